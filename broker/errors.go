@@ -1,0 +1,75 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Error categories. Every error the Service returns wraps exactly one of them;
+// the HTTP layer maps the category to a status and an OAuth error code.
+var (
+	ErrInvalidRequest  = errors.New("invalid request")         // 400 invalid_request
+	ErrInvalidTarget   = errors.New("unknown grant")           // 400 invalid_target
+	ErrUnauthenticated = errors.New("unauthenticated")         // 401 invalid_grant
+	ErrDenied          = errors.New("access denied")           // 403 access_denied
+	ErrNotFound        = errors.New("not found")               // 404 not_found
+	ErrRateLimited     = errors.New("rate limited")            // 429 slow_down
+	ErrUnavailable     = errors.New("temporarily unavailable") // 503 temporarily_unavailable
+)
+
+// Error is a categorised error with a description that is safe to show to the
+// caller. Err holds the internal cause, which goes only to the log.
+type Error struct {
+	Kind       error         // one of the category sentinels
+	Code       string        // optional OAuth error code overriding the category's default
+	Safe       string        // safe, coarse text for error_description
+	Reason     string        // stable machine reason for audit/metrics, e.g. "token_expired"
+	RetryAfter time.Duration // for ErrRateLimited and ErrUnavailable
+	Err        error         // internal cause; never shown to callers
+}
+
+func (e *Error) Error() string {
+	msg := e.Kind.Error()
+	if e.Reason != "" {
+		msg += " (" + e.Reason + ")"
+	}
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Unwrap lets errors.Is match both the category and the internal cause.
+func (e *Error) Unwrap() []error {
+	if e.Err != nil {
+		return []error{e.Kind, e.Err}
+	}
+	return []error{e.Kind}
+}
+
+// Errorf builds a categorised error. safe is shown to callers; reason is a
+// stable snake_case word for audit events and metrics; cause may be nil.
+func Errorf(kind error, reason, safe string, cause error) *Error {
+	return &Error{Kind: kind, Reason: reason, Safe: safe, Err: cause}
+}
+
+// Unavailable builds an ErrUnavailable with a Retry-After hint.
+func Unavailable(reason string, retryAfter time.Duration, cause error) *Error {
+	return &Error{Kind: ErrUnavailable, Reason: reason, Safe: "a backend is temporarily unavailable; retry later", RetryAfter: retryAfter, Err: cause}
+}
+
+// AsError returns err as *Error, classifying unknown errors as unavailable
+// (fail closed: an error we cannot explain never turns into a credential).
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	for _, k := range []error{ErrInvalidRequest, ErrInvalidTarget, ErrUnauthenticated, ErrDenied, ErrNotFound, ErrRateLimited, ErrUnavailable} {
+		if errors.Is(err, k) {
+			return &Error{Kind: k, Reason: "error", Safe: k.Error(), Err: err}
+		}
+	}
+	return &Error{Kind: ErrUnavailable, Reason: "internal", Safe: "temporarily unavailable; retry later", RetryAfter: time.Second, Err: fmt.Errorf("unclassified: %w", err)}
+}

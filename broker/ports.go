@@ -1,0 +1,182 @@
+package broker
+
+import (
+	"context"
+	"crypto"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// Authenticator verifies workload identity tokens.
+//
+// Authenticate MUST honour ctx, MUST return an *Error of kind
+// ErrUnauthenticated (with a coarse Reason such as "token_expired",
+// "untrusted_issuer", "bad_signature", "malformed") for any token it does not
+// accept, and ErrUnavailable when the issuer's keys cannot be had. It MUST NOT
+// put the token or any part of it in errors.
+type Authenticator interface {
+	Authenticate(ctx context.Context, raw string) (*Identity, error)
+}
+
+// MintRequest is what a Minter needs to mint one credential.
+type MintRequest struct {
+	IssuanceID string
+	Workload   string
+	Owner      string
+	SessionID  string
+	Grant      policies.Grant
+	TTL        time.Duration // already capped by the grant's TTL
+	Identity   *Identity
+	Now        time.Time
+}
+
+// Credential is a freshly minted credential. AccessToken is the secret handed
+// to the workload; Fields are kind-specific response fields (user name,
+// password, lease id, certificate...). Refs.Fingerprint is filled in by the
+// Service from AccessToken.
+type Credential struct {
+	AccessToken string
+	Fields      map[string]any
+	Refs        CredentialRefs
+}
+
+// String never prints the secret.
+func (c *Credential) String() string {
+	if c == nil {
+		return "<nil credential>"
+	}
+	return "credential(" + Fingerprint(c.AccessToken) + ")"
+}
+
+// Minter mints credentials of one grant kind.
+//
+// Mint MUST honour ctx, MUST NOT return a credential whose expiry exceeds
+// req.Now+req.TTL, MUST tag the credential with the issuance id wherever the
+// backend keeps tags, and MUST NOT retry a create blindly (a retried create can
+// leave a credential nobody recorded). Backend outages are ErrUnavailable.
+type Minter interface {
+	Mint(ctx context.Context, req MintRequest) (*Credential, error)
+}
+
+// Revoker ends an issued credential at its backend. Revoke MUST be idempotent:
+// revoking an already revoked or expired credential succeeds.
+type Revoker interface {
+	Revoke(ctx context.Context, is *Issuance) error
+}
+
+// RefKind names an index by which an issuance can be found.
+type RefKind string
+
+// Indexes every Store keeps.
+const (
+	RefFingerprint RefKind = "fingerprint"
+	RefAccessor    RefKind = "accessor"
+	RefJTI         RefKind = "jti"
+	RefLeaseID     RefKind = "lease_id"
+	RefUsername    RefKind = "username"
+	RefSerial      RefKind = "serial"
+	RefRequestID   RefKind = "request_id"
+)
+
+// IssuanceFilter selects issuances; empty fields match everything. ActiveAt,
+// when set, keeps only issuances active at that time.
+type IssuanceFilter struct {
+	Workload  string
+	Owner     string
+	SessionID string
+	ActiveAt  time.Time
+	Limit     int // 0 = no limit
+}
+
+// Block stops new issuance to one workload.
+type Block struct {
+	Workload     string    `json:"workload"`
+	Reason       string    `json:"reason"`
+	RevocationID string    `json:"revocation_id,omitempty"`
+	Admin        string    `json:"admin,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// RevokeSelector says what a revocation targets; exactly one field is set.
+type RevokeSelector struct {
+	IssuanceID string `json:"issuance_id,omitempty"`
+	SessionID  string `json:"session_id,omitempty"`
+	Workload   string `json:"workload,omitempty"`
+	Owner      string `json:"owner,omitempty"`
+}
+
+// RevokeFailure is one issuance whose backend revocation has not succeeded yet.
+type RevokeFailure struct {
+	IssuanceID string `json:"issuance_id"`
+	Error      string `json:"error"`
+}
+
+// Revocation is an admin action and its progress.
+type Revocation struct {
+	ID          string          `json:"revocation_id"`
+	Selector    RevokeSelector  `json:"selector"`
+	Reason      string          `json:"reason"`
+	Block       bool            `json:"block"`
+	Admin       string          `json:"admin,omitempty"`
+	CreatedAt   time.Time       `json:"created_at"`
+	Matched     int             `json:"matched"`
+	Revoked     []string        `json:"revoked"`
+	Pending     []string        `json:"pending,omitempty"`
+	Failed      []RevokeFailure `json:"failed"`
+	CompletedAt time.Time       `json:"completed_at,omitzero"`
+}
+
+// Store keeps issuances, revocations and blocks, shared by every broker
+// instance that uses it.
+//
+// Every method MUST honour ctx and apply its own deadline, MUST translate
+// backend errors: a missing record is ErrNotFound, an unreachable backend is
+// ErrUnavailable. PutIssuance overwrites an existing record with the same id
+// and keeps every index (RefKind values, workload, owner, session) in step.
+// Blocks and revocations are durable and never expire.
+type Store interface {
+	PutIssuance(ctx context.Context, is *Issuance) error
+	GetIssuance(ctx context.Context, id string) (*Issuance, error)
+	FindIssuance(ctx context.Context, kind RefKind, value string) (*Issuance, error)
+	ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error)
+
+	PutRevocation(ctx context.Context, r *Revocation) error
+	GetRevocation(ctx context.Context, id string) (*Revocation, error)
+	ListRevocations(ctx context.Context) ([]*Revocation, error)
+
+	PutBlock(ctx context.Context, b Block) error
+	DeleteBlock(ctx context.Context, workload string) error
+	GetBlock(ctx context.Context, workload string) (*Block, error) // ErrNotFound when not blocked
+	ListBlocks(ctx context.Context) ([]Block, error)
+
+	Ping(ctx context.Context) error
+}
+
+// AuditSink makes audit events durable.
+//
+// Append MUST return nil only once the event is durable (written and synced,
+// group commit allowed) and MUST fill in the chain fields (seq, time, chain,
+// prev). Callers pass context.WithoutCancel where the event must be written
+// even if the client went away. A failing sink returns ErrUnavailable.
+type AuditSink interface {
+	Append(ctx context.Context, ev *audit.Event) error
+}
+
+// PublicKey is one public verification key for broker-issued JWTs.
+type PublicKey struct {
+	KID string
+	Alg string
+	Key crypto.PublicKey
+}
+
+// PublicKeySource lists the public keys that verify broker-issued JWTs.
+type PublicKeySource interface {
+	PublicKeys(ctx context.Context) ([]PublicKey, error)
+}
+
+// Pinger is the optional readiness check of a collaborator.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}

@@ -1,0 +1,92 @@
+package broker
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
+
+// Identity is a verified workload identity token. Claims holds every claim of
+// the token; Raw tokens are never kept.
+type Identity struct {
+	IssuerName string         // policy issuer name (e.g. "k8s-prod")
+	Iss        string         // the token's iss claim
+	Sub        string         // the token's sub claim
+	JTI        string         // the token's jti claim, if any
+	Audience   []string       // the token's aud claim
+	IssuedAt   time.Time      // zero when absent
+	Expiry     time.Time      // always set (exp is required)
+	Claims     map[string]any // all claims, decoded from JSON
+}
+
+// IdentityRef is the part of an identity recorded on issuances and in audit
+// events.
+type IdentityRef struct {
+	Iss string `json:"iss"`
+	Sub string `json:"sub"`
+	JTI string `json:"jti,omitempty"`
+}
+
+// Ref returns the recorded part of the identity.
+func (id *Identity) Ref() IdentityRef {
+	return IdentityRef{Iss: id.Iss, Sub: id.Sub, JTI: id.JTI}
+}
+
+// Source is where a request came from.
+type Source struct {
+	IP        string `json:"ip,omitempty"`
+	UserAgent string `json:"user_agent,omitempty"`
+}
+
+// CredentialRefs are every reference by which a minted credential can show up
+// in another system's log. None of them is a secret.
+type CredentialRefs struct {
+	Fingerprint string    `json:"fingerprint,omitempty"` // "sha256:<hex>" of the secret handed out
+	Accessor    string    `json:"accessor,omitempty"`    // Vault token accessor
+	LeaseID     string    `json:"lease_id,omitempty"`    // Vault lease id
+	Username    string    `json:"username,omitempty"`    // generated user name
+	JTI         string    `json:"jti,omitempty"`         // JWT id of a broker-signed JWT
+	Serial      string    `json:"serial,omitempty"`      // certificate serial
+	ExpiresAt   time.Time `json:"expires_at"`
+}
+
+// Issuance is one minted credential and everything needed to trace and revoke it.
+type Issuance struct {
+	ID        string         `json:"issuance_id"`
+	Workload  string         `json:"workload"`
+	Owner     string         `json:"owner"`
+	SessionID string         `json:"session_id"`
+	Grant     string         `json:"grant"`
+	Kind      string         `json:"kind"`
+	Identity  IdentityRef    `json:"identity"`
+	Act       []IdentityRef  `json:"act,omitempty"`
+	Claims    map[string]any `json:"claims,omitempty"` // the identity claims the match used
+	Source    Source         `json:"source"`
+	IssuedAt  time.Time      `json:"issued_at"`
+	ExpiresAt time.Time      `json:"expires_at"`
+	Refs      CredentialRefs `json:"credential"`
+	RequestID string         `json:"request_id,omitempty"`
+	// Revocation state, set by the revocation flow.
+	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+	RevocationID string    `json:"revocation_id,omitempty"`
+}
+
+// Active reports whether the issuance is unexpired and unrevoked at now.
+func (is *Issuance) Active(now time.Time) bool {
+	return is.RevokedAt.IsZero() && now.Before(is.ExpiresAt)
+}
+
+// Fingerprint is the SHA-256 of a secret as stored and logged: "sha256:<hex>".
+func Fingerprint(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Credential kinds (grant kinds).
+const (
+	KindVaultToken   = "vault_token"
+	KindJWT          = "jwt"
+	KindVaultDynamic = "vault_dynamic"
+	KindProxy        = "proxy"
+	KindPKI          = "pki"
+)
