@@ -1,0 +1,414 @@
+// Package authn verifies workload identity tokens (signed JWTs) against the
+// trusted issuers of the policy and implements broker.Authenticator.
+//
+// What it promises:
+//
+//   - only tokens in JWS compact form (three base64url parts), no larger than
+//     Options.MaxTokenBytes, are parsed; parsing and signature verification are
+//     done by github.com/golang-jwt/jwt/v5 with an explicit algorithm
+//     allow-list per issuer (never "none", never HMAC);
+//   - the issuer is chosen by the exact iss claim; keys come only from that
+//     issuer's configured JWKS (jwks_url, or OIDC discovery), never from the
+//     token: tokens carrying jku, x5u, jwk or x5c headers are rejected, and so
+//     are tokens with a crit header;
+//   - a key is used only for the algorithm family it belongs to (RSA for
+//     RS*/PS*, the matching NIST curve for ES*, Ed25519 for EdDSA) and only if
+//     its own alg/use/key_ops agree;
+//   - exp is required, nbf and iat may not lie in the future beyond the leeway
+//     (at most 60 s), the lifetime (exp-iat, or exp-now without iat) may not
+//     exceed the issuer's max_token_lifetime, aud must contain one of the
+//     issuer's audiences and sub must be a non-empty string;
+//   - every rejection is a *broker.Error of kind broker.ErrUnauthenticated
+//     with a stable, coarse Reason (see the Reason constants) and a Safe text
+//     that never contains the token or any claim value; when an issuer's keys
+//     cannot be had it is broker.ErrUnavailable (reason "jwks_unavailable"),
+//     never a 401.
+//
+// JWKS are fetched lazily, on first use, when the cached set is older than
+// Options.CacheTTL, and when a token names an unknown kid; fetches of one
+// issuer are coalesced and happen at most once per Options.RefreshInterval.
+// When an issuer's JWKS endpoint is down, its last good keys stay in use for
+// Options.StaleFor past their CacheTTL. There are no background goroutines
+// beyond the fetch a request starts (bounded by Options.FetchTimeout).
+//
+// keyfunc/v3 and jwkset's HTTP storage are not used for fetching because they
+// refresh on a wall-clock ticker goroutine, fetch eagerly in the constructor,
+// have no body-size cap, no per-issuer scheme rules and no bounded stale
+// window, and cannot run on an injected clock. jwkset is used to parse and
+// validate the individual JWKs.
+package authn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// Defaults and limits of Options.
+const (
+	DefaultMaxTokenBytes   = 16 << 10
+	DefaultLeeway          = 30 * time.Second
+	MaxLeeway              = 60 * time.Second
+	DefaultRefreshInterval = 30 * time.Second
+	DefaultCacheTTL        = 5 * time.Minute
+	DefaultStaleFor        = 10 * time.Minute
+	DefaultMaxJWKSBytes    = 256 << 10
+	DefaultFetchTimeout    = 10 * time.Second
+)
+
+// Options configures a Verifier. Zero values take the defaults above.
+type Options struct {
+	// Issuers are the trusted issuers, validated by New.
+	Issuers []policies.Issuer
+	// HTTPClient is the base client for JWKS and discovery fetches. Optional;
+	// an issuer with ca_file needs its Transport to be nil or *http.Transport.
+	// Redirects are limited and must obey the same scheme rules as the URL.
+	HTTPClient *http.Client
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Logger receives fetch failures; discarded when nil.
+	Logger *slog.Logger
+	// MaxTokenBytes caps the raw token size (default 16 KiB).
+	MaxTokenBytes int
+	// Leeway for exp, nbf and iat (default 30 s, at most 60 s).
+	Leeway time.Duration
+	// RefreshInterval is the minimum time between two JWKS fetches of one
+	// issuer, whatever triggered them (default 30 s).
+	RefreshInterval time.Duration
+	// CacheTTL is how long fetched keys are used before a refetch is tried
+	// (default 5 min).
+	CacheTTL time.Duration
+	// StaleFor is how long past CacheTTL the last good keys are still served
+	// while refetches fail (default 10 min). After that, tokens of the
+	// issuer fail with ErrUnavailable "jwks_unavailable".
+	StaleFor time.Duration
+	// MaxJWKSBytes caps the JWKS and discovery response bodies (default 256 KiB).
+	MaxJWKSBytes int64
+	// FetchTimeout bounds one fetch (discovery plus JWKS; default 10 s).
+	FetchTimeout time.Duration
+}
+
+// Verifier verifies identity tokens. It is safe for concurrent use.
+type Verifier struct {
+	issuers         map[string]*issuerState // by exact iss
+	now             func() time.Time
+	log             *slog.Logger
+	maxTokenBytes   int
+	leeway          time.Duration
+	refreshInterval time.Duration
+	cacheTTL        time.Duration
+	staleFor        time.Duration
+	maxJWKSBytes    int64
+	fetchTimeout    time.Duration
+	router          *jwt.Parser // unverified parse, routing only
+}
+
+var _ broker.Authenticator = (*Verifier)(nil)
+
+// supportedAlgs are the only algorithms an issuer may allow.
+var supportedAlgs = map[string]bool{
+	"RS256": true, "RS384": true, "RS512": true,
+	"PS256": true, "PS384": true, "PS512": true,
+	"ES256": true, "ES384": true, "ES512": true,
+	"EdDSA": true,
+}
+
+// forbiddenHeaders name keys or key locations a token may not bring along.
+var forbiddenHeaders = []string{"jku", "x5u", "jwk", "x5c"}
+
+// New validates o and returns a Verifier. It does not fetch any keys: they are
+// fetched on first use. ctx is only checked for cancellation.
+func New(ctx context.Context, o Options) (*Verifier, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	v := &Verifier{
+		issuers:         make(map[string]*issuerState, len(o.Issuers)),
+		now:             o.Now,
+		log:             o.Logger,
+		maxTokenBytes:   o.MaxTokenBytes,
+		leeway:          o.Leeway,
+		refreshInterval: o.RefreshInterval,
+		cacheTTL:        o.CacheTTL,
+		staleFor:        o.StaleFor,
+		maxJWKSBytes:    o.MaxJWKSBytes,
+		fetchTimeout:    o.FetchTimeout,
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	if v.log == nil {
+		v.log = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	def := func(name string, d *time.Duration, dflt time.Duration) {
+		switch {
+		case *d < 0:
+			errs = append(errs, fmt.Errorf("authn: %s: must not be negative", name))
+		case *d == 0:
+			*d = dflt
+		}
+	}
+	def("leeway", &v.leeway, DefaultLeeway)
+	def("refresh_interval", &v.refreshInterval, DefaultRefreshInterval)
+	def("cache_ttl", &v.cacheTTL, DefaultCacheTTL)
+	def("stale_for", &v.staleFor, DefaultStaleFor)
+	def("fetch_timeout", &v.fetchTimeout, DefaultFetchTimeout)
+	if v.leeway > MaxLeeway {
+		errs = append(errs, fmt.Errorf("authn: leeway: %v exceeds the maximum of %v", v.leeway, MaxLeeway))
+	}
+	switch {
+	case v.maxTokenBytes < 0:
+		errs = append(errs, errors.New("authn: max_token_bytes: must not be negative"))
+	case v.maxTokenBytes == 0:
+		v.maxTokenBytes = DefaultMaxTokenBytes
+	}
+	switch {
+	case v.maxJWKSBytes < 0:
+		errs = append(errs, errors.New("authn: max_jwks_bytes: must not be negative"))
+	case v.maxJWKSBytes == 0:
+		v.maxJWKSBytes = DefaultMaxJWKSBytes
+	}
+	names := map[string]bool{}
+	for i, is := range o.Issuers {
+		st, ierrs := v.newIssuerState(is, o.HTTPClient)
+		for _, e := range ierrs {
+			errs = append(errs, fmt.Errorf("authn: issuers[%d].%w", i, e))
+		}
+		if is.Name != "" {
+			if names[is.Name] {
+				errs = append(errs, fmt.Errorf("authn: issuers[%d].name: duplicate %q", i, is.Name))
+			}
+			names[is.Name] = true
+		}
+		if is.Issuer != "" {
+			if _, dup := v.issuers[is.Issuer]; dup {
+				errs = append(errs, fmt.Errorf("authn: issuers[%d].issuer: duplicate %q", i, is.Issuer))
+			}
+		}
+		if len(ierrs) == 0 && st != nil {
+			if _, dup := v.issuers[is.Issuer]; !dup {
+				v.issuers[is.Issuer] = st
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	v.router = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding())
+	return v, nil
+}
+
+// Authenticate verifies raw and returns the identity it carries. Rejections
+// are *broker.Error of kind broker.ErrUnauthenticated; missing keys are
+// broker.ErrUnavailable.
+func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identity, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, broker.Unavailable("canceled", 0, err)
+	}
+	if len(raw) > v.maxTokenBytes {
+		return nil, reject(ReasonOversized, fmt.Errorf("token of %d bytes exceeds %d", len(raw), v.maxTokenBytes))
+	}
+	if err := checkCompact(raw); err != nil {
+		return nil, reject(ReasonMalformed, err)
+	}
+
+	// Route by the unverified header and iss; nothing here is trusted yet.
+	tok, _, err := v.router.ParseUnverified(raw, jwt.MapClaims{})
+	if err != nil && (tok == nil || errors.Is(err, jwt.ErrTokenMalformed)) {
+		return nil, reject(ReasonMalformed, errors.New("undecodable header, claims or signature"))
+	}
+	for _, h := range forbiddenHeaders {
+		if _, ok := tok.Header[h]; ok {
+			return nil, reject(ReasonForbiddenHeader, fmt.Errorf("header %q present", h))
+		}
+	}
+	if _, ok := tok.Header["crit"]; ok {
+		return nil, reject(ReasonUnsupportedCrit, errors.New("crit header present"))
+	}
+	alg, _ := tok.Header["alg"].(string)
+	if err != nil || !supportedAlgs[alg] {
+		return nil, reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
+	}
+	claims, _ := tok.Claims.(jwt.MapClaims)
+	iss, _ := claims["iss"].(string)
+	st := v.issuers[iss]
+	if iss == "" || st == nil {
+		return nil, reject(ReasonUntrustedIssuer, errors.New("iss is not a trusted issuer"))
+	}
+	if !st.allowsAlg(alg) {
+		return nil, reject(ReasonUnsupportedAlg, fmt.Errorf("issuer %s does not allow alg %s", st.cfg.Name, alg))
+	}
+	kidRaw, hasKid := tok.Header["kid"]
+	kid, isString := kidRaw.(string)
+	if hasKid && !isString {
+		return nil, reject(ReasonMalformed, errors.New("kid header is not a string"))
+	}
+
+	key, kerr := v.resolveKey(ctx, st, kid, hasKid, alg)
+	if kerr != nil {
+		return nil, kerr
+	}
+
+	// Full verification with the issuer's parser and the one key selected.
+	claims = jwt.MapClaims{}
+	_, err = st.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return key, nil })
+	if err != nil && !errors.Is(err, jwt.ErrTokenInvalidClaims) {
+		// The signature (or the token's shape) is bad: say nothing about claims.
+		switch {
+		case errors.Is(err, jwt.ErrTokenMalformed):
+			return nil, reject(ReasonMalformed, errors.New("token could not be decoded"))
+		case errors.Is(err, jwt.ErrTokenUnverifiable):
+			return nil, reject(ReasonUnsupportedAlg, errors.New("token unverifiable"))
+		default:
+			return nil, reject(ReasonBadSignature, errors.New("signature does not verify"))
+		}
+	}
+	// From here on the signature is valid.
+	if r, cause := checkClaimShapes(claims); r != "" {
+		return nil, reject(r, cause)
+	}
+	if err != nil {
+		return nil, reject(claimsReason(err), claimsCause(err))
+	}
+	return v.identity(st, claims)
+}
+
+// identity applies the checks jwt/v5 has no option for and builds the result.
+func (v *Verifier) identity(st *issuerState, claims jwt.MapClaims) (*broker.Identity, error) {
+	exp, _ := claims.GetExpirationTime()
+	if exp == nil {
+		return nil, reject(ReasonMissingExp, errors.New("exp claim missing"))
+	}
+	iat, _ := claims.GetIssuedAt()
+	start := v.now()
+	if iat != nil {
+		start = iat.Time
+	}
+	if life := exp.Sub(start); life > st.maxLifetime {
+		return nil, reject(ReasonLifetimeTooLong, fmt.Errorf("lifetime %v exceeds %v", life.Truncate(time.Second), st.maxLifetime))
+	}
+	sub, _ := claims["sub"].(string)
+	if sub == "" {
+		return nil, reject(ReasonMissingSubject, errors.New("sub claim missing or empty"))
+	}
+	aud, _ := claims.GetAudience()
+	id := &broker.Identity{
+		IssuerName: st.cfg.Name,
+		Iss:        st.cfg.Issuer,
+		Sub:        sub,
+		Audience:   []string(aud),
+		Expiry:     exp.Time,
+		Claims:     map[string]any(claims),
+	}
+	id.JTI, _ = claims["jti"].(string)
+	if iat != nil {
+		id.IssuedAt = iat.Time
+	}
+	return id, nil
+}
+
+// checkCompact accepts only the shape of JWS compact serialization: three
+// base64url parts, the first two non-empty. An empty signature is left to
+// the algorithm check ("none") and to verification.
+func checkCompact(raw string) error {
+	if raw == "" {
+		return errors.New("empty token")
+	}
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return errors.New("token contains characters outside base64url")
+		}
+	}
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return fmt.Errorf("token has %d parts, want 3 (JWS compact)", len(parts))
+	}
+	if parts[0] == "" || parts[1] == "" {
+		return errors.New("token has an empty header or payload")
+	}
+	return nil
+}
+
+// maxNumericDate is 9999-12-31T23:59:59Z: later dates are nonsense.
+const maxNumericDate = 253402300799
+
+// checkClaimShapes checks the types jwt/v5 would otherwise coerce or let
+// through: registered time claims must be numbers within a sane range, sub
+// and jti strings, aud a string or an array of strings.
+func checkClaimShapes(c jwt.MapClaims) (string, error) {
+	for _, k := range []string{"exp", "iat", "nbf"} {
+		val, ok := c[k]
+		if !ok {
+			continue
+		}
+		n, isNum := val.(interface{ Float64() (float64, error) })
+		if !isNum {
+			return ReasonMalformed, fmt.Errorf("%s claim is not a number", k)
+		}
+		f, err := n.Float64()
+		if err != nil || f < 0 || f > maxNumericDate {
+			return ReasonMalformed, fmt.Errorf("%s claim is out of range", k)
+		}
+	}
+	for _, k := range []string{"sub", "jti"} {
+		if val, ok := c[k]; ok {
+			if _, isStr := val.(string); !isStr {
+				return ReasonMalformed, fmt.Errorf("%s claim is not a string", k)
+			}
+		}
+	}
+	switch aud := c["aud"].(type) {
+	case nil, string:
+	case []any:
+		for _, a := range aud {
+			if _, isStr := a.(string); !isStr {
+				return ReasonMalformed, errors.New("aud claim is not a string or array of strings")
+			}
+		}
+	default:
+		return ReasonMalformed, errors.New("aud claim is not a string or array of strings")
+	}
+	if _, ok := c["exp"]; !ok {
+		return ReasonMissingExp, errors.New("exp claim missing")
+	}
+	return "", nil
+}
+
+// claimsReason maps a jwt/v5 claims validation error to a reason. Shapes are
+// already checked, so a missing required claim here is aud (exp is checked
+// first, iss routed the token).
+func claimsReason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrInvalidType):
+		return ReasonMalformed
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return ReasonTokenExpired
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return ReasonNotYetValid
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return ReasonIssuedInFuture
+	case errors.Is(err, jwt.ErrTokenInvalidAudience), errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return ReasonBadAudience
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return ReasonUntrustedIssuer
+	default:
+		return ReasonMalformed
+	}
+}
+
+// claimsCause keeps the library's claim error text, which names claims but
+// never their values.
+func claimsCause(err error) error {
+	return fmt.Errorf("claims invalid: %w", err)
+}

@@ -1,0 +1,532 @@
+package authn
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// RSA modulus sizes accepted in a JWKS.
+const (
+	minRSABits = 2048
+	maxRSABits = 8192
+)
+
+// maxRedirects bounds redirects followed by a JWKS or discovery fetch.
+const maxRedirects = 3
+
+// issuerState is one trusted issuer with its key cache.
+type issuerState struct {
+	cfg         policies.Issuer
+	maxLifetime time.Duration
+	client      *http.Client
+	parser      *jwt.Parser
+
+	mu          sync.Mutex
+	set         *keySet    // last good key set; nil before the first success
+	lastAttempt time.Time  // start of the last fetch, successful or not
+	lastErr     error      // error of the last fetch, nil after a success
+	inflight    *fetchCall // the running fetch, if any
+	jwksURI     string     // discovered jwks_uri, cleared when a fetch fails
+}
+
+// keySet is the usable part of a fetched JWKS.
+type keySet struct {
+	keys      []verifyKey
+	fetchedAt time.Time
+}
+
+// verifyKey is one public key with the JWK metadata that restricts its use.
+type verifyKey struct {
+	kid    string
+	alg    string   // JWK "alg", may be empty
+	use    string   // JWK "use", may be empty
+	keyOps []string // JWK "key_ops", may be empty
+	pub    any      // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
+}
+
+// fetchCall is one in-flight fetch that concurrent callers wait on.
+type fetchCall struct{ done chan struct{} }
+
+func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issuerState, []error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
+	}
+	if is.Name == "" {
+		bad("name", "required")
+	}
+	if is.Issuer == "" {
+		bad("issuer", "required")
+	}
+	switch {
+	case is.JWKSURL != "" && is.Discovery:
+		bad("jwks_url", "set either jwks_url or discovery, not both")
+	case is.JWKSURL == "" && !is.Discovery:
+		bad("jwks_url", "required (or discovery: true)")
+	case is.JWKSURL != "":
+		if err := checkFetchURL(is.JWKSURL); err != nil {
+			bad("jwks_url", "%v", err)
+		}
+	case is.Discovery:
+		if err := checkFetchURL(is.Issuer); err != nil {
+			bad("issuer", "discovery needs an issuer URL: %v", err)
+		}
+	}
+	if len(is.Audiences) == 0 {
+		bad("audiences", "at least one audience is required")
+	}
+	for j, a := range is.Audiences {
+		if a == "" {
+			bad(fmt.Sprintf("audiences[%d]", j), "must not be empty")
+		}
+	}
+	if len(is.Algorithms) == 0 {
+		bad("algorithms", "at least one algorithm is required")
+	}
+	for j, a := range is.Algorithms {
+		if !supportedAlgs[a] {
+			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES* or EdDSA)", a)
+		}
+	}
+	maxLife := time.Duration(is.MaxTokenLifetime)
+	if maxLife <= 0 {
+		bad("max_token_lifetime", "must be positive")
+	}
+	client, err := v.httpClient(base, is.CAFile)
+	if err != nil {
+		bad("ca_file", "%v", err)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	st := &issuerState{
+		cfg:         is,
+		maxLifetime: maxLife,
+		client:      client,
+	}
+	st.parser = jwt.NewParser(
+		jwt.WithValidMethods(slices.Clone(is.Algorithms)),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuer(is.Issuer),
+		jwt.WithAudience(slices.Clone(is.Audiences)...),
+		jwt.WithLeeway(v.leeway),
+		jwt.WithIssuedAt(),
+		jwt.WithTimeFunc(v.now),
+		jwt.WithJSONNumber(),
+		jwt.WithStrictDecoding(),
+	)
+	return st, nil
+}
+
+func (st *issuerState) allowsAlg(alg string) bool {
+	return slices.Contains(st.cfg.Algorithms, alg)
+}
+
+// checkFetchURL allows https, and plain http only for loopback hosts.
+func checkFetchURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return errors.New("not a valid URL")
+	}
+	if u.Host == "" || u.Opaque != "" {
+		return errors.New("must be an absolute URL with a host")
+	}
+	if u.User != nil {
+		return errors.New("must not carry user info")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if isLoopback(u.Hostname()) {
+			return nil
+		}
+		return errors.New("plain http is allowed only for loopback hosts; use https")
+	default:
+		return fmt.Errorf("scheme %q is not allowed; use https", u.Scheme)
+	}
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// httpClient derives the fetch client of one issuer from base, with the
+// issuer's CA bundle as its only roots when caFile is set.
+func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, error) {
+	c := &http.Client{Timeout: v.fetchTimeout}
+	if base != nil {
+		cp := *base
+		c = &cp
+		if c.Timeout == 0 {
+			c.Timeout = v.fetchTimeout
+		}
+	}
+	if caFile != "" || c.Transport == nil {
+		var t *http.Transport
+		switch bt := c.Transport.(type) {
+		case nil:
+			if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+				t = dt.Clone()
+			} else {
+				t = &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: 10 * time.Second}
+			}
+		case *http.Transport:
+			t = bt.Clone()
+		default:
+			return nil, fmt.Errorf("cannot apply ca_file to an HTTP client transport of type %T", bt)
+		}
+		if t.TLSClientConfig == nil {
+			t.TLSClientConfig = &tls.Config{}
+		}
+		if t.TLSClientConfig.MinVersion < tls.VersionTLS12 {
+			t.TLSClientConfig.MinVersion = tls.VersionTLS12
+		}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return nil, fmt.Errorf("read: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+			}
+			t.TLSClientConfig.RootCAs = pool
+		}
+		c.Transport = t
+	}
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= maxRedirects {
+			return errors.New("too many redirects")
+		}
+		if err := checkFetchURL(req.URL.String()); err != nil {
+			return fmt.Errorf("redirect refused: %w", err)
+		}
+		return nil
+	}
+	return c, nil
+}
+
+// keyLookup is the outcome of looking a token's key up in a key set.
+type keyLookup int
+
+const (
+	keyFound    keyLookup = iota
+	keyMissing            // no key with this kid (or, without kid, none usable): a refetch may help
+	keyUnusable           // the kid exists but is not usable for alg, or the choice is ambiguous
+)
+
+// lookup selects the key for a token. With a kid, the keys of that kid that
+// are usable for alg (several are handed to jwt as a set). Without a kid,
+// the only key usable for alg.
+func (s *keySet) lookup(kid string, hasKid bool, alg string) (any, keyLookup) {
+	var usable []any
+	named := false
+	for _, k := range s.keys {
+		if hasKid && k.kid != kid {
+			continue
+		}
+		named = true
+		if k.usableFor(alg) {
+			usable = append(usable, k.pub)
+		}
+	}
+	switch {
+	case len(usable) == 1:
+		return usable[0], keyFound
+	case len(usable) > 1 && hasKid:
+		return jwt.VerificationKeySet{Keys: toVerificationKeys(usable)}, keyFound
+	case len(usable) > 1:
+		return nil, keyUnusable // no kid and several candidates: refuse to guess
+	case hasKid && named:
+		return nil, keyUnusable
+	default:
+		return nil, keyMissing
+	}
+}
+
+func toVerificationKeys(keys []any) []jwt.VerificationKey {
+	out := make([]jwt.VerificationKey, len(keys))
+	for i, k := range keys {
+		out[i] = k
+	}
+	return out
+}
+
+// usableFor reports whether the key may verify a signature of alg: right key
+// type and curve, and the JWK's own alg, use and key_ops agree.
+func (k verifyKey) usableFor(alg string) bool {
+	if k.alg != "" && k.alg != alg {
+		return false
+	}
+	if k.use != "" && k.use != "sig" {
+		return false
+	}
+	if len(k.keyOps) > 0 && !slices.Contains(k.keyOps, "verify") {
+		return false
+	}
+	switch pub := k.pub.(type) {
+	case *rsa.PublicKey:
+		return strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS")
+	case *ecdsa.PublicKey:
+		switch alg {
+		case "ES256":
+			return pub.Curve == elliptic.P256()
+		case "ES384":
+			return pub.Curve == elliptic.P384()
+		case "ES512":
+			return pub.Curve == elliptic.P521()
+		}
+		return false
+	case ed25519.PublicKey:
+		return alg == "EdDSA"
+	default:
+		return false
+	}
+}
+
+// resolveKey finds the verification key for a token, fetching the issuer's
+// JWKS when there is none yet, when the cached set is past CacheTTL, or when
+// the kid is unknown; at most one fetch per RefreshInterval per issuer.
+func (v *Verifier) resolveKey(ctx context.Context, st *issuerState, kid string, hasKid bool, alg string) (any, *broker.Error) {
+	fetched := false
+	for {
+		st.mu.Lock()
+		now := v.now()
+		set := st.set
+		usable := set != nil && now.Before(set.fetchedAt.Add(v.cacheTTL+v.staleFor))
+		fresh := set != nil && now.Before(set.fetchedAt.Add(v.cacheTTL))
+		var (
+			key    any
+			result = keyMissing
+		)
+		if usable {
+			key, result = set.lookup(kid, hasKid, alg)
+		}
+		mayFetch := !fetched && (st.inflight != nil || !now.Before(st.lastAttempt.Add(v.refreshInterval)))
+
+		switch {
+		case usable && result == keyFound && (fresh || !mayFetch || st.inflight != nil):
+			// Fresh, or stale within StaleFor while a refetch is not allowed
+			// or already running elsewhere: use what we have.
+			st.mu.Unlock()
+			return key, nil
+		case usable && result == keyUnusable && (fresh || !mayFetch):
+			st.mu.Unlock()
+			return nil, reject(ReasonUnknownKey, errors.New("no key of that kid is usable for the token's alg, or the key choice is ambiguous"))
+		case usable && result == keyMissing && !mayFetch:
+			st.mu.Unlock()
+			return nil, reject(ReasonUnknownKey, errors.New("kid not in the issuer's JWKS"))
+		case !usable && !mayFetch:
+			cause := st.lastErr
+			retry := st.lastAttempt.Add(v.refreshInterval).Sub(now)
+			st.mu.Unlock()
+			if cause == nil {
+				cause = errors.New("no keys fetched yet")
+			}
+			return nil, unavailable(st, retry, cause)
+		}
+
+		// Fetch (or join the running fetch) and look again.
+		call := st.inflight
+		if call == nil {
+			call = v.startFetch(ctx, st, now)
+		}
+		st.mu.Unlock()
+		fetched = true
+		select {
+		case <-call.done:
+		case <-ctx.Done():
+			return nil, broker.Unavailable(ReasonContextCancelled, 0, ctx.Err())
+		}
+	}
+}
+
+func unavailable(st *issuerState, retry time.Duration, cause error) *broker.Error {
+	if retry < time.Second {
+		retry = time.Second
+	}
+	return broker.Unavailable(ReasonJWKSUnavailable, retry, fmt.Errorf("issuer %s: keys unavailable: %w", st.cfg.Name, cause))
+}
+
+// startFetch starts a fetch of st's JWKS; st.mu must be held. The fetch runs
+// on its own goroutine under FetchTimeout, detached from the cancellation of
+// the request that started it, so that waiters are not failed by someone
+// else's client going away.
+func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Time) *fetchCall {
+	call := &fetchCall{done: make(chan struct{})}
+	st.inflight = call
+	st.lastAttempt = now
+	jwksURI := st.jwksURI
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.fetchTimeout)
+	go func() {
+		defer cancel()
+		keys, uri, err := v.fetch(fctx, st, jwksURI)
+		st.mu.Lock()
+		if err != nil {
+			st.lastErr = err
+			st.jwksURI = "" // rediscover next time
+			v.log.WarnContext(fctx, "authn: jwks fetch failed", "issuer", st.cfg.Name, "err", err)
+		} else {
+			st.set = &keySet{keys: keys, fetchedAt: v.now()}
+			st.lastErr = nil
+			st.jwksURI = uri
+			v.log.DebugContext(fctx, "authn: jwks fetched", "issuer", st.cfg.Name, "keys", len(keys))
+		}
+		st.inflight = nil
+		st.mu.Unlock()
+		close(call.done)
+	}()
+	return call
+}
+
+// fetch gets the issuer's JWKS (discovering its URI first if needed) and
+// returns its usable keys and the URI it came from.
+func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) ([]verifyKey, string, error) {
+	if jwksURI == "" {
+		jwksURI = st.cfg.JWKSURL
+	}
+	if jwksURI == "" {
+		u, err := v.discover(ctx, st)
+		if err != nil {
+			return nil, "", err
+		}
+		jwksURI = u
+	}
+	body, err := v.get(ctx, st.client, jwksURI)
+	if err != nil {
+		return nil, "", fmt.Errorf("jwks: %w", err)
+	}
+	keys, err := parseJWKS(body)
+	if err != nil {
+		return nil, "", fmt.Errorf("jwks: %w", err)
+	}
+	return keys, jwksURI, nil
+}
+
+// discover reads <issuer>/.well-known/openid-configuration and returns its
+// jwks_uri, which must obey the same scheme rules as a configured URL. The
+// document's issuer must be the configured one (OpenID Connect Discovery 4.3).
+func (v *Verifier) discover(ctx context.Context, st *issuerState) (string, error) {
+	u := strings.TrimSuffix(st.cfg.Issuer, "/") + "/.well-known/openid-configuration"
+	body, err := v.get(ctx, st.client, u)
+	if err != nil {
+		return "", fmt.Errorf("discovery: %w", err)
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", errors.New("discovery: document is not valid JSON")
+	}
+	if doc.Issuer != st.cfg.Issuer {
+		return "", errors.New("discovery: document names another issuer")
+	}
+	if doc.JWKSURI == "" {
+		return "", errors.New("discovery: document has no jwks_uri")
+	}
+	if err := checkFetchURL(doc.JWKSURI); err != nil {
+		return "", fmt.Errorf("discovery: jwks_uri: %w", err)
+	}
+	return doc.JWKSURI, nil
+}
+
+// get fetches u and returns its body, at most MaxJWKSBytes of it.
+func (v *Verifier) get(ctx context.Context, c *http.Client, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("request: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		return nil, fmt.Errorf("GET %s: status %d", u, resp.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, v.maxJWKSBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: read body: %w", u, err)
+	}
+	if int64(len(body)) > v.maxJWKSBytes {
+		return nil, fmt.Errorf("GET %s: body exceeds %d bytes", u, v.maxJWKSBytes)
+	}
+	return body, nil
+}
+
+// parseJWKS keeps the public signature keys of a JWKS. Keys that jwkset
+// cannot parse or validate, symmetric keys and keys of unsupported types are
+// skipped; a set with keys none of which is usable is an error, so that a
+// broken response never replaces a good cached set.
+func parseJWKS(body []byte) ([]verifyKey, error) {
+	var doc struct {
+		Keys *[]json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, errors.New("not a JSON JWK set")
+	}
+	if doc.Keys == nil {
+		return nil, errors.New(`no "keys" member`)
+	}
+	keys := make([]verifyKey, 0, len(*doc.Keys))
+	for _, raw := range *doc.Keys {
+		j, err := jwkset.NewJWKFromRawJSON(raw, jwkset.JWKMarshalOptions{Private: false}, jwkset.JWKValidateOptions{})
+		if err != nil {
+			continue
+		}
+		m := j.Marshal()
+		k := verifyKey{kid: m.KID, alg: string(m.ALG), use: string(m.USE)}
+		for _, op := range m.KEYOPS {
+			k.keyOps = append(k.keyOps, string(op))
+		}
+		switch pub := j.Key().(type) {
+		case *rsa.PublicKey:
+			if bits := pub.N.BitLen(); bits < minRSABits || bits > maxRSABits {
+				continue
+			}
+			k.pub = pub
+		case *ecdsa.PublicKey:
+			k.pub = pub
+		case ed25519.PublicKey:
+			k.pub = pub
+		default:
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 && len(*doc.Keys) > 0 {
+		return nil, fmt.Errorf("none of %d keys is a usable public signature key", len(*doc.Keys))
+	}
+	return keys, nil
+}
