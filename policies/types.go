@@ -1,6 +1,11 @@
 package policies
 
-import "time"
+import (
+	"fmt"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
 
 // File is the YAML shape of one policy file (SPEC "Policy files"). Fields are
 // decoded strictly: an unknown field is an error.
@@ -131,3 +136,44 @@ type Duration time.Duration
 
 // Date is a calendar day written as YYYY-MM-DD.
 type Date struct{ time.Time }
+
+// UnmarshalYAML decodes a Go duration string ("15m", "24h"). A bare number
+// without a unit is rejected (except 0), so "15" cannot silently mean 15ns.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: duration must be a string like \"15m\"", n.Line)}}
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: invalid duration %q: want a Go duration like \"15m\" or \"24h\"", n.Line, n.Value)}}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// String formats the duration like time.Duration does.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// dateLayout is the YAML form of a Date.
+const dateLayout = "2006-01-02"
+
+// UnmarshalYAML decodes a YYYY-MM-DD calendar day (UTC midnight).
+func (d *Date) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: date must be YYYY-MM-DD", n.Line)}}
+	}
+	t, err := time.Parse(dateLayout, n.Value)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: invalid date %q: want YYYY-MM-DD", n.Line, n.Value)}}
+	}
+	d.Time = t
+	return nil
+}
+
+// String formats the date as YYYY-MM-DD ("" when unset).
+func (d Date) String() string {
+	if d.IsZero() {
+		return ""
+	}
+	return d.Format(dateLayout)
+}

@@ -1,0 +1,323 @@
+package policies
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Match outcomes. Both mean "deny"; callers map them to their own category.
+var (
+	// ErrNoMatch: no workload of the issuer matches the identity.
+	ErrNoMatch = errors.New("no workload matches the identity")
+	// ErrAmbiguous: more than one workload matches; policy authors must make
+	// workload matches disjoint.
+	ErrAmbiguous = errors.New("identity matches more than one workload")
+)
+
+// claimCheck is one compiled claims or claim_patterns entry.
+type claimCheck struct {
+	path string
+	want string         // exact value, or the pattern source
+	re   *regexp.Regexp // nil for exact values
+}
+
+// matcher is a compiled Match.
+type matcher struct {
+	issuer         string
+	subject        string
+	hasSubject     bool
+	subjectPattern string
+	subjectRE      *regexp.Regexp
+	claims         []claimCheck // sorted by path
+	patterns       []claimCheck // sorted by path
+}
+
+// Check is one step of a match evaluation, for explanations.
+type Check struct {
+	OK   bool   `json:"ok"`
+	Text string `json:"text"`
+}
+
+// eval reports whether the matcher accepts sub and claims. With explain it
+// evaluates every condition and describes each; without, it stops at the
+// first failure and allocates nothing for descriptions.
+func (m *matcher) eval(claims map[string]any, explain bool) (bool, []Check) {
+	ok := true
+	var checks []Check
+	note := func(pass bool, format string, args ...any) bool {
+		if !pass {
+			ok = false
+		}
+		if explain {
+			checks = append(checks, Check{OK: pass, Text: fmt.Sprintf(format, args...)})
+		}
+		return pass || explain
+	}
+	sub, hasSub := claims["sub"].(string)
+	switch {
+	case m.hasSubject && !hasSub:
+		if !note(false, "claim sub missing (want %q)", m.subject) {
+			return false, nil
+		}
+	case m.hasSubject:
+		if sub == m.subject {
+			note(true, "subject %q == %q", sub, m.subject)
+		} else if !note(false, "subject %q != %q", sub, m.subject) {
+			return false, nil
+		}
+	case m.subjectRE != nil && !hasSub:
+		if !note(false, "claim sub missing (want pattern %q)", m.subjectPattern) {
+			return false, nil
+		}
+	case m.subjectRE != nil:
+		if m.subjectRE.MatchString(sub) {
+			note(true, "subject %q matches pattern %q", sub, m.subjectPattern)
+		} else if !note(false, "subject %q does not match pattern %q", sub, m.subjectPattern) {
+			return false, nil
+		}
+	}
+	for _, c := range m.claims {
+		pass, why := claimMatches(claims, c, explain)
+		if !note(pass, "%s", why) {
+			return false, nil
+		}
+	}
+	for _, c := range m.patterns {
+		pass, why := claimMatches(claims, c, explain)
+		if !note(pass, "%s", why) {
+			return false, nil
+		}
+	}
+	return ok, checks
+}
+
+// claimMatches checks one claim condition. A scalar claim (string, number,
+// bool) is compared in its ClaimString form; an array claim matches when any
+// of its scalar elements does. Objects and null never match.
+func claimMatches(claims map[string]any, c claimCheck, explain bool) (bool, string) {
+	test := func(s string) bool {
+		if c.re != nil {
+			return c.re.MatchString(s)
+		}
+		return s == c.want
+	}
+	what := func(got string, pass bool) string {
+		if !explain {
+			return ""
+		}
+		switch {
+		case c.re != nil && pass:
+			return fmt.Sprintf("claim %s %s matches pattern %q", c.path, got, c.want)
+		case c.re != nil:
+			return fmt.Sprintf("claim %s %s does not match pattern %q", c.path, got, c.want)
+		case pass:
+			return fmt.Sprintf("claim %s %s == %q", c.path, got, c.want)
+		default:
+			return fmt.Sprintf("claim %s %s != %q", c.path, got, c.want)
+		}
+	}
+	v, ok := ClaimValue(claims, c.path)
+	if !ok {
+		if !explain {
+			return false, ""
+		}
+		return false, fmt.Sprintf("claim %s missing", c.path)
+	}
+	if arr, isArr := v.([]any); isArr {
+		var elems []string
+		pass := false
+		for _, e := range arr {
+			s, ok := scalarString(e)
+			if !ok {
+				continue
+			}
+			if test(s) {
+				pass = true
+				if !explain {
+					break
+				}
+			}
+			if explain {
+				elems = append(elems, strconv.Quote(s))
+			}
+		}
+		if !explain {
+			return pass, ""
+		}
+		got := "[" + strings.Join(elems, ", ") + "]"
+		if c.re == nil && !pass {
+			return false, fmt.Sprintf("claim %s %s has no element %q", c.path, got, c.want)
+		}
+		if c.re != nil && !pass {
+			return false, fmt.Sprintf("claim %s %s has no element matching pattern %q", c.path, got, c.want)
+		}
+		return true, what(got, true)
+	}
+	s, ok := scalarString(v)
+	if !ok {
+		if !explain {
+			return false, ""
+		}
+		return false, fmt.Sprintf("claim %s is not a string, number, bool or array", c.path)
+	}
+	pass := test(s)
+	return pass, what(strconv.Quote(s), pass)
+}
+
+// Match returns the one workload of issuer issuerName that the identity's
+// claims (including "sub") match. See the package documentation for the
+// rules. No match is an error wrapping ErrNoMatch, more than one an error
+// wrapping ErrAmbiguous; neither error carries claim values other than sub.
+func (p *Policy) Match(issuerName string, claims map[string]any) (*Workload, error) {
+	found := -1
+	var names []string
+	candidates := 0
+	for i, m := range p.workloadMatch {
+		if m.issuer != issuerName {
+			continue
+		}
+		candidates++
+		if ok, _ := m.eval(claims, false); !ok {
+			continue
+		}
+		if found < 0 {
+			found = i
+		}
+		names = append(names, strconv.Quote(p.workloads[i].Name))
+	}
+	switch {
+	case len(names) > 1:
+		return nil, fmt.Errorf("%w: issuer %q, %s: workloads %s; policy workload matches must be disjoint",
+			ErrAmbiguous, issuerName, subDesc(claims), strings.Join(names, ", "))
+	case found < 0:
+		return nil, fmt.Errorf("%w: issuer %q, %s (%d workloads of this issuer checked)",
+			ErrNoMatch, issuerName, subDesc(claims), candidates)
+	}
+	w := cloneWorkload(&p.workloads[found])
+	return &w, nil
+}
+
+func subDesc(claims map[string]any) string {
+	if sub, ok := claims["sub"].(string); ok {
+		return fmt.Sprintf("sub %q", sub)
+	}
+	return "no sub claim"
+}
+
+// MatchAdmin returns the first admin, in declaration order, whose match
+// accepts the identity.
+func (p *Policy) MatchAdmin(issuerName string, claims map[string]any) (*Admin, bool) {
+	for i, m := range p.adminMatch {
+		if m.issuer != issuerName {
+			continue
+		}
+		if ok, _ := m.eval(claims, false); ok {
+			a := cloneAdmin(&p.admins[i])
+			return &a, true
+		}
+	}
+	return nil, false
+}
+
+// HasRole reports whether the admin holds role. A nil admin holds none.
+func (a *Admin) HasRole(role string) bool {
+	if a == nil {
+		return false
+	}
+	for _, r := range a.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// maxClaimLookups bounds the backtracking of ClaimValue over adversarial
+// claims (keys that are dotted prefixes of each other at every level).
+const maxClaimLookups = 1024
+
+// ClaimValue looks up a dotted path in claims. Keys may themselves contain
+// dots (Kubernetes tokens have a top-level "kubernetes.io" key), so at each
+// level the whole remaining path is tried as a key first, then every
+// '.'-separated prefix that names a nested object, longest first, continuing
+// with the rest of the path inside it.
+//
+// Example: "kubernetes.io.pod.uid" resolves claims["kubernetes.io"]["pod"]["uid"].
+func ClaimValue(claims map[string]any, path string) (any, bool) {
+	if path == "" || claims == nil {
+		return nil, false
+	}
+	budget := maxClaimLookups
+	return claimLookup(claims, path, &budget)
+}
+
+func claimLookup(m map[string]any, path string, budget *int) (any, bool) {
+	*budget--
+	if *budget < 0 {
+		return nil, false
+	}
+	if v, ok := m[path]; ok {
+		return v, true
+	}
+	for i := strings.LastIndexByte(path, '.'); i > 0; i = strings.LastIndexByte(path[:i], '.') {
+		child, ok := m[path[:i]].(map[string]any)
+		if !ok {
+			continue
+		}
+		if v, ok := claimLookup(child, path[i+1:], budget); ok {
+			return v, true
+		}
+		if *budget < 0 {
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// ClaimString looks up path (see ClaimValue) and renders a scalar claim as a
+// string: strings as they are, numbers in their shortest decimal form (an
+// integral float64 has no ".0"), bools as "true"/"false". Arrays, objects
+// and null are not scalars and report false.
+func ClaimString(claims map[string]any, path string) (string, bool) {
+	v, ok := ClaimValue(claims, path)
+	if !ok {
+		return "", false
+	}
+	return scalarString(v)
+}
+
+func scalarString(v any) (string, bool) {
+	switch x := v.(type) {
+	case string:
+		return x, true
+	case bool:
+		return strconv.FormatBool(x), true
+	case json.Number:
+		return x.String(), true
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return "", false
+		}
+		return strconv.FormatFloat(x, 'f', -1, 64), true
+	case float32:
+		return scalarString(float64(x))
+	case int:
+		return strconv.Itoa(x), true
+	case int64:
+		return strconv.FormatInt(x, 10), true
+	case int32:
+		return strconv.FormatInt(int64(x), 10), true
+	case uint64:
+		return strconv.FormatUint(x, 10), true
+	case uint32:
+		return strconv.FormatUint(uint64(x), 10), true
+	case uint:
+		return strconv.FormatUint(uint64(x), 10), true
+	}
+	return "", false
+}

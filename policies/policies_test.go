@@ -1,0 +1,775 @@
+package policies
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+// readGoldenLines reads a golden file of one problem per line, rewriting it
+// from got first when -update is set.
+func readGoldenLines(t *testing.T, path string, got []string) []string {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(strings.Join(got, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+}
+
+func names[T any](xs []T, name func(T) string) []string {
+	var out []string
+	for _, x := range xs {
+		out = append(out, name(x))
+	}
+	return out
+}
+
+func TestLoadDirectory(t *testing.T) {
+	p, err := Load("testdata/dir-ok")
+	if err != nil {
+		t.Fatalf("Load(dir-ok) = %v, want nil", err)
+	}
+	type summary struct {
+		Sources    []string
+		Issuers    []string
+		Workloads  []string
+		Grants     []string
+		Admins     []string
+		Exceptions []string
+	}
+	got := summary{
+		Sources:    names(p.Sources(), func(s Source) string { return s.Path }),
+		Issuers:    names(p.Issuers(), func(i Issuer) string { return i.Name }),
+		Workloads:  names(p.Workloads(), func(w Workload) string { return w.Name }),
+		Grants:     names(p.Grants(), func(g Grant) string { return g.Name }),
+		Admins:     names(p.Admins(), func(a Admin) string { return a.Name }),
+		Exceptions: names(p.Exceptions(), func(e Exception) string { return e.Name + " " + e.Expires.String() }),
+	}
+	want := summary{
+		Sources:    []string{"testdata/dir-ok/00-issuers.yaml", "testdata/dir-ok/10-workloads.yml"},
+		Issuers:    []string{"k8s-prod", "github"},
+		Workloads:  []string{"payments-api", "release"},
+		Grants:     []string{"payments-db", "stripe", "release-cert"},
+		Admins:     []string{"secops"},
+		Exceptions: []string{"legacy-batch-key 2027-03-31"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Load(dir-ok) = %+v, want %+v (-want +got):\n%s", got, want, diff)
+	}
+	for _, s := range p.Sources() {
+		if len(s.SHA256) != 64 {
+			t.Errorf("Source %s SHA256 = %q, want 64 hex digits", s.Path, s.SHA256)
+		}
+	}
+
+	gh, ok := p.IssuerByIss("https://token.actions.githubusercontent.com")
+	if !ok || gh.Name != "github" || time.Duration(gh.MaxTokenLifetime) != time.Hour {
+		t.Errorf("IssuerByIss(github) = %+v, %v, want github with 1h lifetime", gh, ok)
+	}
+	if _, ok := p.IssuerByIss("https://token.actions.githubusercontent.com/"); ok {
+		t.Errorf("IssuerByIss(trailing slash) = ok, want exact match only")
+	}
+	// A workload in one file uses an issuer and grants declared in another.
+	w, err := p.Match("k8s-prod", map[string]any{
+		"sub":           "system:serviceaccount:payments:api",
+		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "u-1"}},
+	})
+	if err != nil || w.Name != "payments-api" || !p.Allowed(w, "stripe") || p.Allowed(w, "release-cert") {
+		t.Errorf("Match(payments token) = %v, %v; want payments-api allowed stripe only", w, err)
+	}
+}
+
+func TestHashIsContentAddressed(t *testing.T) {
+	orig, err := Load("testdata/dir-ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same files elsewhere hash the same.
+	dir := t.TempDir()
+	for _, n := range []string{"00-issuers.yaml", "10-workloads.yml"} {
+		b, err := os.ReadFile(filepath.Join("testdata/dir-ok", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.Hash() != orig.Hash() {
+		t.Fatalf("Hash(copy) = %s, want %s", moved.Hash(), orig.Hash())
+	}
+	// A changed byte changes the hash.
+	f := filepath.Join(dir, "10-workloads.yml")
+	b, _ := os.ReadFile(f)
+	if err := os.WriteFile(f, append(b, []byte("# changed\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed.Hash() == orig.Hash() || len(changed.Hash()) != 64 {
+		t.Fatalf("Hash(changed) = %s, want a different 64-digit hash than %s", changed.Hash(), orig.Hash())
+	}
+}
+
+func TestLoadDirectoryProblems(t *testing.T) {
+	_, err := Load("testdata/dir-bad")
+	got := problemStrings(err)
+	want := []string{
+		"testdata/dir-bad/b.yaml: version: required, must be 1",
+		`testdata/dir-bad/b.yaml: grants[0].name: duplicate grant "shared" (first declared at testdata/dir-bad/a.yaml: grants[0])`,
+		`testdata/dir-bad/b.yaml: workloads[1].match: same match as workload "one" (testdata/dir-bad/b.yaml: workloads[0]): a token would match both; make workload matches disjoint`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Load(dir-bad) = %q, want %q (-want +got):\n%s", got, want, diff)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	empty := t.TempDir()
+	if err := os.WriteFile(filepath.Join(empty, "README.md"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		path string
+		want []string // problems; or, for non-policy errors, a one-element substring list
+	}{
+		{"fail/syntax", "testdata/syntax-error.yaml", []string{"testdata/syntax-error.yaml: line 3: did not find expected ',' or ']'"}},
+		{"fail/unknown-field", "testdata/unknown-field.yaml", []string{"testdata/unknown-field.yaml: line 6: field period not found in type policies.VaultTokenGrant"}},
+		{"fail/bad-scalars", "testdata/bad-scalars.yaml", []string{
+			`testdata/bad-scalars.yaml: line 5: invalid duration "15": want a Go duration like "15m" or "24h"`,
+			`testdata/bad-scalars.yaml: line 11: invalid date "31/03/2027": want YYYY-MM-DD`,
+		}},
+		{"fail/two-documents", "testdata/two-documents.yaml", []string{"testdata/two-documents.yaml: line 2: more than one YAML document; put each in its own file"}},
+		{"fail/empty", "testdata/empty.yaml", []string{`testdata/empty.yaml: empty policy file (want at least "version: 1")`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Load(tt.path)
+			got := problemStrings(err)
+			if diff := cmp.Diff(tt.want, got); diff != "" || p != nil {
+				t.Fatalf("Load(%s) = %v, %q, want nil, %q (-want +got):\n%s", tt.path, p, got, tt.want, diff)
+			}
+		})
+	}
+	for _, tt := range []struct{ name, path, want string }{
+		{"fail/missing", "testdata/nope", "no such file"},
+		{"fail/dir-without-yaml", empty, "no *.yaml or *.yml files"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(tt.path)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load(%s) = %v, want error containing %q", tt.path, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestExamples(t *testing.T) {
+	fromDisk, err := Load("examples")
+	if err != nil {
+		t.Fatalf("Load(examples) = %v, want nil", err)
+	}
+	embedded, err := LoadExamples()
+	if err != nil {
+		t.Fatalf("LoadExamples() = %v, want nil", err)
+	}
+	if embedded.Hash() != fromDisk.Hash() {
+		t.Fatalf("LoadExamples().Hash() = %s, want %s (same files)", embedded.Hash(), fromDisk.Hash())
+	}
+	p := embedded
+	demo, ok := p.Issuer("demo")
+	wantDemo := Issuer{Name: "demo", Issuer: "http://127.0.0.1:7701", JWKSURL: "http://127.0.0.1:7701/jwks.json",
+		Audiences: []string{"keytrail"}, Algorithms: []string{"ES256", "EdDSA", "RS256"},
+		MaxTokenLifetime: Duration(24 * time.Hour), SessionClaim: "session"}
+	if diff := cmp.Diff(wantDemo, *demo); !ok || diff != "" {
+		t.Fatalf("Issuer(demo) = %+v, want %+v (-want +got):\n%s", demo, wantDemo, diff)
+	}
+	pay, _ := p.Workload("payments-api")
+	wantPay := Workload{Name: "payments-api", Owner: "team-payments",
+		Match:  Match{Issuer: "demo", Subject: "system:serviceaccount:payments:api", Claims: map[string]string{"namespace": "payments"}},
+		Grants: []string{"payments-vault", "orders-jwt"}, Rate: &Rate{PerSecond: 5, Burst: 20}}
+	if diff := cmp.Diff(wantPay, *pay); diff != "" {
+		t.Fatalf("Workload(payments-api) (-want +got):\n%s", diff)
+	}
+	type gs struct {
+		Name, Kind string
+		TTL        time.Duration
+	}
+	gotGrants := names(p.Grants(), func(g Grant) string { return g.Name + "/" + g.Kind + "/" + g.TTLDuration().String() })
+	wantGrants := []string{"payments-vault/vault_token/15m0s", "orders-jwt/jwt/5m0s", "deploy-vault/vault_token/10m0s"}
+	if diff := cmp.Diff(wantGrants, gotGrants); diff != "" {
+		t.Fatalf("Grants() (-want +got):\n%s", diff)
+	}
+	ci, err := p.Match("demo", map[string]any{"sub": "repo:acme/deploy:ref:refs/heads/main"})
+	if err != nil || ci.Name != "ci-deploy" || ci.Owner != "team-platform" || !p.Allowed(ci, "deploy-vault") {
+		t.Fatalf("Match(ci token) = %v, %v, want ci-deploy allowed deploy-vault", ci, err)
+	}
+	admin, ok := p.MatchAdmin("demo", map[string]any{"sub": "alice", "groups": []any{"staff", "secops"}})
+	if !ok || admin.Name != "secops" || !admin.HasRole(RoleRevoke) || !admin.HasRole(RoleTrace) || !admin.HasRole(RoleReport) {
+		t.Fatalf("MatchAdmin(secops token) = %+v, %v, want secops with all roles", admin, ok)
+	}
+	if len(p.Exceptions()) != 1 {
+		t.Fatalf("Exceptions() = %v, want one", p.Exceptions())
+	}
+}
+
+const matchPolicy = `version: 1
+issuers:
+  - {name: k8s, issuer: "https://k8s", jwks_url: "https://k8s/jwks", audiences: [k], algorithms: [RS256]}
+  - {name: gh, issuer: "https://gh", jwks_url: "https://gh/jwks", audiences: [k], algorithms: [RS256]}
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match: {issuer: k8s, subject: "system:serviceaccount:payments:api", claims: {kubernetes.io.namespace: payments}}
+    grants: [vault, stripe]
+  - name: batch
+    owner: team-data
+    match: {issuer: k8s, subject_pattern: "system:serviceaccount:batch:.*", claims: {tier: "3", canary: "false"}}
+  - name: deploy
+    owner: team-platform
+    match: {issuer: gh, subject_pattern: "repo:acme/deploy:.*", claims: {groups: deployers}, claim_patterns: {run_id: "[0-9]+"}}
+    grants: [vault]
+  - name: overlap-a
+    owner: o
+    match: {issuer: gh, subject: "repo:acme/overlap", claims: {env: prod}}
+  - name: overlap-b
+    owner: o
+    match: {issuer: gh, subject_pattern: "repo:acme/over.*"}
+grants:
+  - {name: vault, kind: vault_token, ttl: 15m, vault_token: {policies: [payments-read, shared]}}
+  - name: stripe
+    kind: proxy
+    ttl: 10m
+    proxy:
+      upstream: https://api.stripe.com
+      secret: {vault_kv: secret/data/upstreams/stripe, field: api_key}
+      inject: {header: Authorization, format: "Bearer {secret}"}
+      methods: [GET, POST]
+      paths: ["/v1/charges", "/v1/charges/*"]
+admins:
+  - {name: secops, match: {issuer: gh, claims: {groups: secops}}, roles: [revoke, trace, report]}
+  - {name: auditor, match: {issuer: gh, subject: alice}, roles: [trace]}
+`
+
+func mustParse(t testing.TB, data string) *Policy {
+	t.Helper()
+	p, err := Parse("t.yaml", []byte(data))
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	return p
+}
+
+func TestMatch(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	const paySub = "system:serviceaccount:payments:api"
+	type result struct {
+		Workload string
+		Err      string // "no-match", "ambiguous" or ""
+	}
+	tests := []struct {
+		name   string
+		issuer string
+		claims map[string]any
+		want   result
+	}{
+		{"ok/exact-subject-nested-dotted-key", "k8s", map[string]any{"sub": paySub, "kubernetes.io": map[string]any{"namespace": "payments"}}, result{Workload: "payments-api"}},
+		{"ok/exact-subject-flat-dotted-key", "k8s", map[string]any{"sub": paySub, "kubernetes.io.namespace": "payments"}, result{Workload: "payments-api"}},
+		{"fail/wrong-namespace", "k8s", map[string]any{"sub": paySub, "kubernetes.io": map[string]any{"namespace": "orders"}}, result{Err: "no-match"}},
+		{"fail/claim-missing", "k8s", map[string]any{"sub": paySub}, result{Err: "no-match"}},
+		{"fail/sub-missing", "k8s", map[string]any{"kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/sub-not-string", "k8s", map[string]any{"sub": 7.0, "kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/other-issuer", "gh", map[string]any{"sub": paySub, "kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/unknown-issuer", "nope", map[string]any{"sub": paySub, "kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/nil-claims", "k8s", nil, result{Err: "no-match"}},
+		{"ok/number-and-bool-claims", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": 3.0, "canary": false}, result{Workload: "batch"}},
+		{"ok/json-number-claim", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": json.Number("3"), "canary": "false"}, result{Workload: "batch"}},
+		{"fail/fractional-number", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": 3.5, "canary": false}, result{Err: "no-match"}},
+		{"fail/object-claim", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": map[string]any{"x": "3"}, "canary": false}, result{Err: "no-match"}},
+		{"ok/array-claim-any-element", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": []any{"dev", "deployers"}, "run_id": json.Number("123")}, result{Workload: "deploy"}},
+		{"fail/array-claim-no-element", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": []any{"dev"}, "run_id": "123"}, result{Err: "no-match"}},
+		{"fail/claim-pattern-anchored", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": "deployers", "run_id": "123abc"}, result{Err: "no-match"}},
+		{"fail/subject-pattern-anchored", "gh", map[string]any{"sub": "xrepo:acme/deploy:ref:main", "groups": "deployers", "run_id": "1"}, result{Err: "no-match"}},
+		{"fail/ambiguous", "gh", map[string]any{"sub": "repo:acme/overlap", "env": "prod"}, result{Err: "ambiguous"}},
+		{"ok/overlap-disjoint-case", "gh", map[string]any{"sub": "repo:acme/overlap", "env": "dev"}, result{Workload: "overlap-b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w, err := p.Match(tt.issuer, tt.claims)
+			var got result
+			switch {
+			case errors.Is(err, ErrNoMatch):
+				got.Err = "no-match"
+			case errors.Is(err, ErrAmbiguous):
+				got.Err = "ambiguous"
+			case err != nil:
+				got.Err = err.Error()
+			}
+			if w != nil {
+				got.Workload = w.Name
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("Match(%s, %v) = %+v, want %+v (-want +got):\n%s", tt.issuer, tt.claims, got, tt.want, diff)
+			}
+		})
+	}
+}
+
+func TestMatchErrorText(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	_, err := p.Match("gh", map[string]any{"sub": "repo:acme/overlap", "env": "prod", "secret_claim": "s3cr3t"})
+	want := `identity matches more than one workload: issuer "gh", sub "repo:acme/overlap": workloads "overlap-a", "overlap-b"; policy workload matches must be disjoint`
+	if err == nil || err.Error() != want {
+		t.Fatalf("Match(ambiguous) = %v, want %s", err, want)
+	}
+	_, err = p.Match("k8s", map[string]any{"sub": "nobody", "secret_claim": "s3cr3t"})
+	want = `no workload matches the identity: issuer "k8s", sub "nobody" (2 workloads of this issuer checked)`
+	if err == nil || err.Error() != want {
+		t.Fatalf("Match(no match) = %v, want %s", err, want)
+	}
+}
+
+func TestMatchAdmin(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	tests := []struct {
+		name   string
+		issuer string
+		claims map[string]any
+		want   string // admin name, "" for none
+		roles  []string
+	}{
+		{"ok/claims-array", "gh", map[string]any{"sub": "bob", "groups": []any{"secops"}}, "secops", []string{"report", "revoke", "trace"}},
+		{"ok/subject", "gh", map[string]any{"sub": "alice"}, "auditor", []string{"trace"}},
+		{"ok/first-declared-wins", "gh", map[string]any{"sub": "alice", "groups": "secops"}, "secops", []string{"report", "revoke", "trace"}},
+		{"fail/other-issuer", "k8s", map[string]any{"sub": "alice", "groups": "secops"}, "", nil},
+		{"fail/no-match", "gh", map[string]any{"sub": "mallory", "groups": []any{"dev"}}, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, ok := p.MatchAdmin(tt.issuer, tt.claims)
+			got := ""
+			if ok {
+				got = a.Name
+			}
+			var gotRoles []string
+			for _, r := range []string{"report", "revoke", "trace", "root"} {
+				if a.HasRole(r) {
+					gotRoles = append(gotRoles, r)
+				}
+			}
+			if got != tt.want || !cmp.Equal(gotRoles, tt.roles) {
+				t.Fatalf("MatchAdmin(%v) = %q %v, want %q %v", tt.claims, got, gotRoles, tt.want, tt.roles)
+			}
+		})
+	}
+}
+
+func TestAllowed(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	w, _ := p.Workload("payments-api")
+	forged := *w
+	forged.Grants = append(forged.Grants, "anything")
+	unknown := Workload{Name: "ghost", Grants: []string{"vault"}}
+	tests := []struct {
+		name  string
+		w     *Workload
+		grant string
+		want  bool
+	}{
+		{"ok/listed", w, "vault", true},
+		{"ok/listed-proxy", w, "stripe", true},
+		{"fail/not-listed", &forged, "anything", false},
+		{"fail/unknown-workload", &unknown, "vault", false},
+		{"fail/nil-workload", nil, "vault", false},
+		{"fail/empty-grant", w, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := p.Allowed(tt.w, tt.grant); got != tt.want {
+				t.Fatalf("Allowed(%v, %q) = %v, want %v", tt.w, tt.grant, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestExplain(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	const paySub = "system:serviceaccount:payments:api"
+	got := p.Explain("k8s", map[string]any{"sub": paySub, "kubernetes.io": map[string]any{"namespace": "payments"}}, "stripe").String()
+	want := `issuer: k8s
+subject: system:serviceaccount:payments:api
+workloads:
+  payments-api: MATCH
+    ok   subject "system:serviceaccount:payments:api" == "system:serviceaccount:payments:api"
+    ok   claim kubernetes.io.namespace "payments" == "payments"
+  batch: no match
+    fail subject "system:serviceaccount:payments:api" does not match pattern "system:serviceaccount:batch:.*"
+    fail claim canary missing
+    fail claim tier missing
+result: workload payments-api (owner team-payments)
+grant stripe: ALLOWED
+  kind proxy, ttl at most 10m0s
+  mints a proxy credential for https://api.stripe.com, methods [GET, POST], paths [/v1/charges, /v1/charges/*]
+  the proxy injects field "api_key" of Vault KV "secret/data/upstreams/stripe" in header "Authorization" as "Bearer {secret}"
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Explain(payments, stripe).String() (-want +got):\n%s", diff)
+	}
+
+	type summary struct {
+		IssuerKnown bool
+		Matched     string
+		Ambiguous   []string
+		GrantKnown  bool
+		Allowed     bool
+		Kind        string
+		TTL         time.Duration
+		Checks      map[string][]string // failed checks per workload
+		Admin       string
+	}
+	summarize := func(e Explanation) summary {
+		s := summary{IssuerKnown: e.IssuerKnown, Matched: e.Matched, Ambiguous: e.Ambiguous, GrantKnown: e.GrantKnown,
+			Allowed: e.Allowed, Kind: e.Kind, TTL: e.TTL, Checks: map[string][]string{}, Admin: e.Admin}
+		for _, w := range e.Workloads {
+			for _, c := range w.Checks {
+				if !c.OK {
+					s.Checks[w.Workload] = append(s.Checks[w.Workload], c.Text)
+				}
+			}
+		}
+		return s
+	}
+	tests := []struct {
+		name   string
+		issuer string
+		claims map[string]any
+		grant  string
+		want   summary
+	}{
+		{"fail/grant-not-listed", "k8s", map[string]any{"sub": paySub, "kubernetes.io.namespace": "payments"}, "nope",
+			summary{IssuerKnown: true, Matched: "payments-api", Checks: map[string][]string{
+				"batch": {`subject "system:serviceaccount:payments:api" does not match pattern "system:serviceaccount:batch:.*"`, "claim canary missing", "claim tier missing"}}}},
+		{"fail/grant-of-other-workload", "gh", map[string]any{"sub": "repo:acme/overlap", "env": "dev"}, "vault",
+			summary{IssuerKnown: true, Matched: "overlap-b", GrantKnown: true, Kind: "vault_token", TTL: 15 * time.Minute, Checks: map[string][]string{
+				"deploy":    {`subject "repo:acme/overlap" does not match pattern "repo:acme/deploy:.*"`, "claim groups missing", "claim run_id missing"},
+				"overlap-a": {`claim env "dev" != "prod"`}}}},
+		{"fail/ambiguous", "gh", map[string]any{"sub": "repo:acme/overlap", "env": "prod", "groups": []any{"x", "secops"}}, "vault",
+			summary{IssuerKnown: true, Ambiguous: []string{"overlap-a", "overlap-b"}, GrantKnown: true, Kind: "vault_token", TTL: 15 * time.Minute, Admin: "secops", Checks: map[string][]string{
+				"deploy": {`subject "repo:acme/overlap" does not match pattern "repo:acme/deploy:.*"`, `claim groups ["x", "secops"] has no element "deployers"`, "claim run_id missing"}}}},
+		{"ok/array-and-pattern-checks", "gh", map[string]any{"sub": "repo:acme/deploy:x", "groups": []any{"deployers"}, "run_id": 42.0}, "vault",
+			summary{IssuerKnown: true, Matched: "deploy", GrantKnown: true, Allowed: true, Kind: "vault_token", TTL: 15 * time.Minute, Checks: map[string][]string{
+				"overlap-a": {`subject "repo:acme/deploy:x" != "repo:acme/overlap"`, "claim env missing"},
+				"overlap-b": {`subject "repo:acme/deploy:x" does not match pattern "repo:acme/over.*"`}}}},
+		{"fail/unknown-issuer", "corp", map[string]any{"sub": "x"}, "vault",
+			summary{GrantKnown: true, Kind: "vault_token", TTL: 15 * time.Minute, Checks: map[string][]string{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := p.Explain(tt.issuer, tt.claims, tt.grant)
+			got := summarize(e)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("Explain(%s, %v, %s) = %+v, want %+v (-want +got):\n%s", tt.issuer, tt.claims, tt.grant, got, tt.want, diff)
+			}
+			// Explain and Match agree.
+			w, err := p.Match(tt.issuer, tt.claims)
+			if (err == nil) != (e.Matched != "") || (w != nil && w.Name != e.Matched) {
+				t.Fatalf("Match(%v) = %v, %v, but Explain matched %q", tt.claims, w, err, e.Matched)
+			}
+			if s := e.String(); !strings.Contains(s, "result: ") {
+				t.Fatalf("Explain().String() = %q, want a result line", s)
+			}
+		})
+	}
+}
+
+func TestClaimValue(t *testing.T) {
+	pod := map[string]any{"name": "api-1", "uid": "u-123"}
+	k8s := map[string]any{
+		"sub":           "system:serviceaccount:payments:api",
+		"kubernetes.io": map[string]any{"namespace": "payments", "pod": pod},
+		"groups":        []any{"a", "b"},
+		"n":             3.0,
+		"flat.key":      "flat",
+		"flat":          map[string]any{"key": "nested"},
+		"a.b":           map[string]any{"x": "from-a.b"},
+		"a":             map[string]any{"b": map[string]any{"c": "from-a"}},
+		"str":           "leaf",
+	}
+	tests := []struct {
+		name   string
+		claims map[string]any
+		path   string
+		want   any
+		ok     bool
+	}{
+		{"ok/top-level", k8s, "sub", "system:serviceaccount:payments:api", true},
+		{"ok/dotted-key-then-nested", k8s, "kubernetes.io.namespace", "payments", true},
+		{"ok/dotted-key-deep", k8s, "kubernetes.io.pod.uid", "u-123", true},
+		{"ok/object-value", k8s, "kubernetes.io.pod", pod, true},
+		{"ok/array-value", k8s, "groups", []any{"a", "b"}, true},
+		{"ok/number-value", k8s, "n", 3.0, true},
+		{"ok/whole-key-wins", k8s, "flat.key", "flat", true},
+		{"ok/backtracks-to-shorter-prefix", k8s, "a.b.c", "from-a", true},
+		{"ok/longest-prefix-first", k8s, "a.b.x", "from-a.b", true},
+		{"fail/missing", k8s, "kubernetes.io.pod.ip", nil, false},
+		{"fail/through-scalar", k8s, "str.x", nil, false},
+		{"fail/through-array", k8s, "groups.0", nil, false},
+		{"fail/empty-path", k8s, "", nil, false},
+		{"fail/trailing-dot", k8s, "sub.", nil, false},
+		{"fail/nil-claims", nil, "sub", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := ClaimValue(tt.claims, tt.path)
+			if diff := cmp.Diff(tt.want, got); diff != "" || ok != tt.ok {
+				t.Fatalf("ClaimValue(%q) = %v, %v, want %v, %v", tt.path, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+// TestClaimValueBounded feeds claims where every level has both "a" and
+// "a.a" pointing at the same child: unbounded backtracking would take
+// 2^40 steps.
+func TestClaimValueBounded(t *testing.T) {
+	leaf := map[string]any{"x": "y"}
+	node := leaf
+	for range 40 {
+		node = map[string]any{"a": node, "a.a": node}
+	}
+	path := strings.Repeat("a.", 40) + "z"
+	done := make(chan bool, 1)
+	go func() {
+		_, ok := ClaimValue(node, path)
+		done <- ok
+	}()
+	select {
+	case ok := <-done:
+		if ok {
+			t.Fatalf("ClaimValue(adversarial, %q) = found, want not found", path)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("ClaimValue(adversarial) did not return within 10s")
+	}
+	// A deep but ordinary structure stays within the budget.
+	deep := leaf
+	for range 40 {
+		deep = map[string]any{"a": deep}
+	}
+	if v, ok := ClaimValue(deep, strings.Repeat("a.", 40)+"x"); !ok || v != "y" {
+		t.Fatalf("ClaimValue(deep, existing) = %v, %v, want y, true", v, ok)
+	}
+}
+
+func TestClaimString(t *testing.T) {
+	tests := []struct {
+		name string
+		v    any
+		want string
+		ok   bool
+	}{
+		{"ok/string", "payments", "payments", true},
+		{"ok/float-integral", 3.0, "3", true},
+		{"ok/float-fraction", 3.25, "3.25", true},
+		{"ok/float-large", 1e21, "1000000000000000000000", true},
+		{"ok/float-negative", -2.0, "-2", true},
+		{"ok/json-number", json.Number("12345678901234567890"), "12345678901234567890", true},
+		{"ok/int", 42, "42", true},
+		{"ok/int64", int64(-7), "-7", true},
+		{"ok/bool-true", true, "true", true},
+		{"ok/bool-false", false, "false", true},
+		{"fail/nil", nil, "", false},
+		{"fail/array", []any{"a"}, "", false},
+		{"fail/object", map[string]any{"a": "b"}, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := ClaimString(map[string]any{"c": tt.v}, "c")
+			if got != tt.want || ok != tt.ok {
+				t.Fatalf("ClaimString(%#v) = %q, %v, want %q, %v", tt.v, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+	if _, ok := ClaimString(map[string]any{}, "missing"); ok {
+		t.Fatalf("ClaimString(missing) = ok, want not ok")
+	}
+}
+
+func TestProxyAllows(t *testing.T) {
+	px := &ProxyGrant{Methods: []string{"GET", "POST"}, Paths: []string{"/v1/charges", "/v1/charges/*", "/health"}}
+	paths := []struct {
+		name string
+		path string
+		want bool
+	}{
+		{"ok/exact", "/v1/charges", true},
+		{"ok/under-prefix", "/v1/charges/ch_1", true},
+		{"ok/deep-under-prefix", "/v1/charges/ch_1/refunds", true},
+		{"ok/other-exact", "/health", true},
+		{"fail/prefix-itself-with-slash", "/v1/charges/", false},
+		{"fail/sibling-prefix", "/v1/chargesX", false},
+		{"fail/parent", "/v1", false},
+		{"fail/exact-has-no-subpaths", "/health/x", false},
+		{"fail/dotdot", "/v1/charges/../admin", false},
+		{"fail/dot", "/v1/charges/./x", false},
+		{"fail/double-slash", "/v1/charges//x", false},
+		{"fail/relative", "v1/charges", false},
+		{"fail/empty", "", false},
+	}
+	for _, tt := range paths {
+		t.Run("path/"+tt.name, func(t *testing.T) {
+			if got := px.AllowsPath(tt.path); got != tt.want {
+				t.Fatalf("AllowsPath(%q) = %v, want %v", tt.path, got, tt.want)
+			}
+		})
+	}
+	all := &ProxyGrant{Paths: []string{"/*"}}
+	if !all.AllowsPath("/anything/at/all") || all.AllowsPath("/") {
+		t.Fatalf(`AllowsPath with "/*": want every path under "/" but not "/" itself`)
+	}
+	methods := []struct {
+		name string
+		px   *ProxyGrant
+		m    string
+		want bool
+	}{
+		{"ok/listed", px, "POST", true},
+		{"fail/not-listed", px, "DELETE", false},
+		{"fail/lowercase", px, "get", false},
+		{"ok/default-get", &ProxyGrant{}, "GET", true},
+		{"fail/default-not-head", &ProxyGrant{}, "HEAD", false},
+	}
+	for _, tt := range methods {
+		t.Run("method/"+tt.name, func(t *testing.T) {
+			if got := tt.px.AllowsMethod(tt.m); got != tt.want {
+				t.Fatalf("AllowsMethod(%q) = %v, want %v", tt.m, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestAccessorsReturnCopies checks the compiled policy cannot be changed
+// through what its accessors return.
+func TestAccessorsReturnCopies(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	before := struct {
+		W []Workload
+		G []Grant
+		I []Issuer
+		A []Admin
+	}{p.Workloads(), p.Grants(), p.Issuers(), p.Admins()}
+
+	w, _ := p.Workload("payments-api")
+	w.Grants[0] = "mutated"
+	w.Match.Claims["kubernetes.io.namespace"] = "mutated"
+	g, _ := p.Grant("stripe")
+	g.Proxy.Paths[0] = "/mutated"
+	g.Proxy.Methods[0] = "DELETE"
+	vt, _ := p.Grant("vault")
+	vt.VaultToken.Policies[0] = "root"
+	is, _ := p.Issuer("k8s")
+	is.Algorithms[0] = "none"
+	p.Workloads()[0].Grants[0] = "mutated"
+	p.Admins()[0].Roles[0] = "mutated"
+	m, _ := p.Match("k8s", map[string]any{"sub": "system:serviceaccount:payments:api", "kubernetes.io.namespace": "payments"})
+	m.Name = "batch"
+
+	after := struct {
+		W []Workload
+		G []Grant
+		I []Issuer
+		A []Admin
+	}{p.Workloads(), p.Grants(), p.Issuers(), p.Admins()}
+	if diff := cmp.Diff(before, after); diff != "" {
+		t.Fatalf("policy changed through accessor results (-before +after):\n%s", diff)
+	}
+}
+
+// FuzzParse checks that no input makes Parse (or evaluating what it
+// accepts) panic, and that failures are reported as problems.
+func FuzzParse(f *testing.F) {
+	var seeds []string
+	for _, glob := range []string{"testdata/*.yaml", "testdata/*/*.yaml", "testdata/*/*.yml", "examples/*.yaml"} {
+		files, _ := filepath.Glob(glob)
+		seeds = append(seeds, files...)
+	}
+	for _, s := range seeds {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(matchPolicy))
+	for _, over := range []map[string]string{
+		nil,
+		{"grants": proxyGrant(okProxy)},
+		{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "a(b"}, grants: [g]}]`},
+		{"issuers": `[{name: i, issuer: "http://[::1]:1", jwks_url: "http://[::1]:1/jwks", audiences: [k], algorithms: [none]}]`},
+	} {
+		f.Add([]byte(doc(over)))
+	}
+	claims := []map[string]any{
+		nil,
+		{"sub": "system:serviceaccount:payments:api", "namespace": "payments", "kubernetes.io": map[string]any{"namespace": "payments"}},
+		{"sub": "repo:acme/deploy:x", "groups": []any{"secops", 1.0, true, nil}},
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("f.yaml", data)
+		if err != nil {
+			if p != nil {
+				t.Fatalf("Parse = %v, %v: want no policy with an error", p, err)
+			}
+			for _, e := range multiErrors(err) {
+				var pr *Problem
+				if !errors.As(e, &pr) {
+					t.Fatalf("Parse problem %T %v is not a *Problem", e, e)
+				}
+			}
+			return
+		}
+		_ = p.Hash()
+		for _, is := range p.Issuers() {
+			for _, c := range claims {
+				_, _ = p.Match(is.Name, c)
+				_, _ = p.MatchAdmin(is.Name, c)
+				for _, g := range p.Grants() {
+					_ = p.Explain(is.Name, c, g.Name).String()
+				}
+				for _, w := range p.Workloads() {
+					for _, path := range []string{"sub", "kubernetes.io.namespace", w.Match.Issuer} {
+						_, _ = ClaimString(c, path)
+					}
+				}
+			}
+		}
+		for _, g := range p.Grants() {
+			if g.Proxy != nil {
+				_ = g.Proxy.AllowsPath("/v1/x")
+				_ = g.Proxy.AllowsMethod("GET")
+			}
+		}
+	})
+}

@@ -1,0 +1,221 @@
+package policies
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"maps"
+	"path/filepath"
+	"slices"
+	"sort"
+)
+
+// Policy is a validated, compiled policy. It is immutable: every accessor
+// returns a copy, so a caller cannot change what the next caller sees. It is
+// safe for concurrent use; a reload builds a new Policy and swaps a pointer.
+type Policy struct {
+	hash    string
+	sources []Source
+
+	issuers   []Issuer
+	issuerIdx map[string]int // name -> index
+	issByIss  map[string]int // iss -> index
+
+	workloads     []Workload
+	workloadIdx   map[string]int
+	workloadMatch []*matcher        // parallel to workloads
+	allowed       []map[string]bool // parallel to workloads
+
+	grants   []Grant
+	grantIdx map[string]int
+
+	admins     []Admin
+	adminMatch []*matcher // parallel to admins
+
+	exceptions []Exception
+}
+
+// finish computes the hash and sources of a compiled policy.
+//
+// The hash is hex SHA-256 over, for each file in name order, its base name,
+// a NUL byte and the SHA-256 of its bytes: it identifies the policy content
+// independently of the directory it was loaded from.
+func (p *Policy) finish(files []parsedFile) {
+	type hashed struct {
+		base string
+		sum  [sha256.Size]byte
+	}
+	hs := make([]hashed, 0, len(files))
+	for _, f := range files {
+		sum := sha256.Sum256(f.data)
+		p.sources = append(p.sources, Source{Path: f.name, SHA256: hex.EncodeToString(sum[:])})
+		hs = append(hs, hashed{base: filepath.Base(f.name), sum: sum})
+	}
+	sort.Slice(hs, func(i, j int) bool { return hs[i].base < hs[j].base })
+	h := sha256.New()
+	for _, x := range hs {
+		h.Write([]byte(x.base))
+		h.Write([]byte{0})
+		h.Write(x.sum[:])
+	}
+	p.hash = hex.EncodeToString(h.Sum(nil))
+}
+
+// Hash identifies the policy content (see Sources for the files).
+func (p *Policy) Hash() string { return p.hash }
+
+// Sources lists the files the policy was built from, sorted by path.
+func (p *Policy) Sources() []Source { return slices.Clone(p.sources) }
+
+// Issuers lists the declared issuers in declaration order.
+func (p *Policy) Issuers() []Issuer {
+	out := make([]Issuer, len(p.issuers))
+	for i := range p.issuers {
+		out[i] = cloneIssuer(&p.issuers[i])
+	}
+	return out
+}
+
+// Issuer returns the issuer with the given policy name.
+func (p *Policy) Issuer(name string) (*Issuer, bool) {
+	i, ok := p.issuerIdx[name]
+	if !ok {
+		return nil, false
+	}
+	is := cloneIssuer(&p.issuers[i])
+	return &is, true
+}
+
+// IssuerByIss returns the issuer whose issuer URL is exactly iss.
+func (p *Policy) IssuerByIss(iss string) (*Issuer, bool) {
+	i, ok := p.issByIss[iss]
+	if !ok {
+		return nil, false
+	}
+	is := cloneIssuer(&p.issuers[i])
+	return &is, true
+}
+
+// Workloads lists the declared workloads in declaration order.
+func (p *Policy) Workloads() []Workload {
+	out := make([]Workload, len(p.workloads))
+	for i := range p.workloads {
+		out[i] = cloneWorkload(&p.workloads[i])
+	}
+	return out
+}
+
+// Workload returns the workload with the given name.
+func (p *Policy) Workload(name string) (*Workload, bool) {
+	i, ok := p.workloadIdx[name]
+	if !ok {
+		return nil, false
+	}
+	w := cloneWorkload(&p.workloads[i])
+	return &w, true
+}
+
+// Grants lists the declared grants in declaration order.
+func (p *Policy) Grants() []Grant {
+	out := make([]Grant, len(p.grants))
+	for i := range p.grants {
+		out[i] = cloneGrant(&p.grants[i])
+	}
+	return out
+}
+
+// Grant returns the grant with the given name.
+func (p *Policy) Grant(name string) (*Grant, bool) {
+	i, ok := p.grantIdx[name]
+	if !ok {
+		return nil, false
+	}
+	g := cloneGrant(&p.grants[i])
+	return &g, true
+}
+
+// Admins lists the declared admins in declaration order.
+func (p *Policy) Admins() []Admin {
+	out := make([]Admin, len(p.admins))
+	for i := range p.admins {
+		out[i] = cloneAdmin(&p.admins[i])
+	}
+	return out
+}
+
+// Exceptions lists the declared exceptions in declaration order.
+func (p *Policy) Exceptions() []Exception { return slices.Clone(p.exceptions) }
+
+// Allowed reports whether workload w (looked up by name in this policy, so a
+// modified copy cannot widen it) may ask for grant.
+func (p *Policy) Allowed(w *Workload, grant string) bool {
+	if w == nil {
+		return false
+	}
+	i, ok := p.workloadIdx[w.Name]
+	if !ok {
+		return false
+	}
+	if _, ok := p.grantIdx[grant]; !ok {
+		return false
+	}
+	return p.allowed[i][grant]
+}
+
+func cloneMatch(m Match) Match {
+	m.Claims = maps.Clone(m.Claims)
+	m.ClaimPatterns = maps.Clone(m.ClaimPatterns)
+	return m
+}
+
+func cloneIssuer(is *Issuer) Issuer {
+	c := *is
+	c.Audiences = slices.Clone(is.Audiences)
+	c.Algorithms = slices.Clone(is.Algorithms)
+	return c
+}
+
+func cloneWorkload(w *Workload) Workload {
+	c := *w
+	c.Match = cloneMatch(w.Match)
+	c.Grants = slices.Clone(w.Grants)
+	if w.Rate != nil {
+		r := *w.Rate
+		c.Rate = &r
+	}
+	return c
+}
+
+func cloneAdmin(a *Admin) Admin {
+	c := *a
+	c.Match = cloneMatch(a.Match)
+	c.Roles = slices.Clone(a.Roles)
+	return c
+}
+
+func cloneGrant(g *Grant) Grant {
+	c := *g
+	if g.VaultToken != nil {
+		vt := *g.VaultToken
+		vt.Policies = slices.Clone(vt.Policies)
+		c.VaultToken = &vt
+	}
+	if g.JWT != nil {
+		j := *g.JWT
+		c.JWT = &j
+	}
+	if g.VaultDynamic != nil {
+		d := *g.VaultDynamic
+		c.VaultDynamic = &d
+	}
+	if g.PKI != nil {
+		k := *g.PKI
+		c.PKI = &k
+	}
+	if g.Proxy != nil {
+		px := *g.Proxy
+		px.Methods = slices.Clone(px.Methods)
+		px.Paths = slices.Clone(px.Paths)
+		c.Proxy = &px
+	}
+	return c
+}

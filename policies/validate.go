@@ -1,0 +1,642 @@
+package policies
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"reflect"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied before validation.
+const (
+	DefaultMaxTokenLifetime = 24 * time.Hour
+	DefaultInjectFormat     = "{secret}"
+	SecretPlaceholder       = "{secret}"
+)
+
+// Grant kinds.
+const (
+	KindVaultToken   = "vault_token"
+	KindJWT          = "jwt"
+	KindVaultDynamic = "vault_dynamic"
+	KindProxy        = "proxy"
+	KindPKI          = "pki"
+)
+
+// Admin roles.
+const (
+	RoleRevoke = "revoke"
+	RoleTrace  = "trace"
+	RoleReport = "report"
+)
+
+// maxPerSecond bounds a workload rate so the derived burst stays an int.
+const maxPerSecond = 1e6
+
+var (
+	kinds         = []string{KindVaultToken, KindJWT, KindVaultDynamic, KindProxy, KindPKI}
+	roles         = []string{RoleRevoke, RoleTrace, RoleReport}
+	algorithms    = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+	proxyMethods  = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	headerTokenRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
+)
+
+// forbiddenHeaders may not carry an injected secret: they are hop-by-hop or
+// change how the request is routed or framed.
+var forbiddenHeaders = []string{"Host", "Connection", "Content-Length", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "X-Request-Id", "X-Keytrail-Issuance"}
+
+// validator collects problems; nothing stops at the first one.
+type validator struct {
+	problems []error
+}
+
+func (v *validator) add(file, path, format string, args ...any) {
+	v.problems = append(v.problems, &Problem{File: file, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// loc is where an entry was declared.
+type loc struct {
+	file string
+	path string // e.g. "grants[2]"
+}
+
+func (l loc) String() string { return l.file + ": " + l.path }
+
+// compile defaults, validates and compiles decoded files.
+func compile(files []parsedFile) (*Policy, error) {
+	var v validator
+	p := &Policy{
+		issuerIdx:   map[string]int{},
+		issByIss:    map[string]int{},
+		workloadIdx: map[string]int{},
+		grantIdx:    map[string]int{},
+	}
+	var issuerLocs, workloadLocs, grantLocs, adminLocs, exceptionLocs []loc
+
+	for fi := range files {
+		f := &files[fi].file
+		name := files[fi].name
+		if f.Version != 1 {
+			if f.Version == 0 {
+				v.add(name, "version", "required, must be 1")
+			} else {
+				v.add(name, "version", "unsupported version %d, must be 1", f.Version)
+			}
+		}
+		for i := range f.Issuers {
+			p.issuers = append(p.issuers, f.Issuers[i])
+			issuerLocs = append(issuerLocs, loc{name, fmt.Sprintf("issuers[%d]", i)})
+		}
+		for i := range f.Workloads {
+			p.workloads = append(p.workloads, f.Workloads[i])
+			workloadLocs = append(workloadLocs, loc{name, fmt.Sprintf("workloads[%d]", i)})
+		}
+		for i := range f.Grants {
+			p.grants = append(p.grants, f.Grants[i])
+			grantLocs = append(grantLocs, loc{name, fmt.Sprintf("grants[%d]", i)})
+		}
+		for i := range f.Admins {
+			p.admins = append(p.admins, f.Admins[i])
+			adminLocs = append(adminLocs, loc{name, fmt.Sprintf("admins[%d]", i)})
+		}
+		for i := range f.Exceptions {
+			p.exceptions = append(p.exceptions, f.Exceptions[i])
+			exceptionLocs = append(exceptionLocs, loc{name, fmt.Sprintf("exceptions[%d]", i)})
+		}
+	}
+
+	// Names first, so cross references can be checked against them.
+	checkNames(&v, "issuer", issuerLocs, func(i int) string { return p.issuers[i].Name }, p.issuerIdx)
+	checkNames(&v, "workload", workloadLocs, func(i int) string { return p.workloads[i].Name }, p.workloadIdx)
+	checkNames(&v, "grant", grantLocs, func(i int) string { return p.grants[i].Name }, p.grantIdx)
+	checkNames(&v, "admin", adminLocs, func(i int) string { return p.admins[i].Name }, map[string]int{})
+	checkNames(&v, "exception", exceptionLocs, func(i int) string { return p.exceptions[i].Name }, map[string]int{})
+
+	for i := range p.issuers {
+		validateIssuer(&v, issuerLocs[i], &p.issuers[i])
+		if iss := p.issuers[i].Issuer; iss != "" {
+			if j, dup := p.issByIss[iss]; dup {
+				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "issuer %q is already declared by %s; iss values must be unique", iss, issuerLocs[j])
+			} else {
+				p.issByIss[iss] = i
+			}
+		}
+	}
+	for i := range p.grants {
+		validateGrant(&v, grantLocs[i], &p.grants[i])
+	}
+	p.workloadMatch = make([]*matcher, len(p.workloads))
+	p.allowed = make([]map[string]bool, len(p.workloads))
+	for i := range p.workloads {
+		w := &p.workloads[i]
+		l := workloadLocs[i]
+		if strings.TrimSpace(w.Owner) == "" {
+			v.add(l.file, l.path+".owner", "required: every workload has exactly one owner")
+		}
+		p.workloadMatch[i] = compileMatch(&v, l, &w.Match, p.issuerIdx, false)
+		p.allowed[i] = map[string]bool{}
+		for j, g := range w.Grants {
+			gp := fmt.Sprintf("%s.grants[%d]", l.path, j)
+			switch {
+			case g == "":
+				v.add(l.file, gp, "must not be empty")
+			case p.allowed[i][g]:
+				v.add(l.file, gp, "grant %q is listed twice", g)
+			default:
+				if _, ok := p.grantIdx[g]; !ok {
+					v.add(l.file, gp, "unknown grant %q", g)
+				}
+			}
+			p.allowed[i][g] = true
+		}
+		if w.Rate != nil {
+			validateRate(&v, l, w.Rate)
+		}
+	}
+	checkDisjoint(&v, p.workloads, workloadLocs)
+
+	p.adminMatch = make([]*matcher, len(p.admins))
+	for i := range p.admins {
+		a := &p.admins[i]
+		l := adminLocs[i]
+		p.adminMatch[i] = compileMatch(&v, l, &a.Match, p.issuerIdx, true)
+		if len(a.Roles) == 0 {
+			v.add(l.file, l.path+".roles", "required: at least one of %s", strings.Join(roles, ", "))
+		}
+		for j, r := range a.Roles {
+			if !slices.Contains(roles, r) {
+				v.add(l.file, fmt.Sprintf("%s.roles[%d]", l.path, j), "unknown role %q (want one of %s)", r, strings.Join(roles, ", "))
+			}
+		}
+	}
+
+	for i := range p.exceptions {
+		e := &p.exceptions[i]
+		l := exceptionLocs[i]
+		if strings.TrimSpace(e.Owner) == "" {
+			v.add(l.file, l.path+".owner", "required")
+		}
+		if strings.TrimSpace(e.Reason) == "" {
+			v.add(l.file, l.path+".reason", "required")
+		}
+		if e.Expires.IsZero() {
+			v.add(l.file, l.path+".expires", "required (YYYY-MM-DD)")
+		}
+	}
+
+	if len(v.problems) > 0 {
+		return nil, joinProblems(v.problems)
+	}
+	p.finish(files)
+	return p, nil
+}
+
+// checkNames checks the name pattern and uniqueness within one section and
+// fills idx with the first index of each valid name.
+func checkNames(v *validator, section string, locs []loc, name func(int) string, idx map[string]int) {
+	for i, l := range locs {
+		n := name(i)
+		switch {
+		case n == "":
+			v.add(l.file, l.path+".name", "required")
+			continue
+		case !nameRE.MatchString(n):
+			// Still indexed below, so references to it do not cascade.
+			v.add(l.file, l.path+".name", "%q must match %s", n, nameRE)
+		}
+		if j, dup := idx[n]; dup {
+			v.add(l.file, l.path+".name", "duplicate %s %q (first declared at %s)", section, n, locs[j])
+			continue
+		}
+		idx[n] = i
+	}
+}
+
+func validateIssuer(v *validator, l loc, is *Issuer) {
+	if is.MaxTokenLifetime == 0 {
+		is.MaxTokenLifetime = Duration(DefaultMaxTokenLifetime)
+	}
+	if is.Issuer == "" {
+		v.add(l.file, l.path+".issuer", "required: the exact iss value of its tokens")
+	} else if u, err := url.Parse(is.Issuer); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		v.add(l.file, l.path+".issuer", "must be an absolute http(s) URL")
+	} else if is.Discovery && !secureOrLoopback(u) {
+		v.add(l.file, l.path+".issuer", "must be https for discovery (http only for a loopback host)")
+	}
+	switch {
+	case is.JWKSURL != "" && is.Discovery:
+		v.add(l.file, l.path+".discovery", "set exactly one of jwks_url and discovery, not both")
+	case is.JWKSURL == "" && !is.Discovery:
+		v.add(l.file, l.path+".jwks_url", "required (or discovery: true)")
+	case is.JWKSURL != "":
+		u, err := url.Parse(is.JWKSURL)
+		switch {
+		case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
+			v.add(l.file, l.path+".jwks_url", "must be an absolute https URL")
+		case u.User != nil:
+			v.add(l.file, l.path+".jwks_url", "must not carry credentials")
+		case !secureOrLoopback(u):
+			v.add(l.file, l.path+".jwks_url", "must be https (http only for a loopback host)")
+		}
+	}
+	if len(is.Audiences) == 0 {
+		v.add(l.file, l.path+".audiences", "required: at least one audience")
+	}
+	for i, a := range is.Audiences {
+		if a == "" {
+			v.add(l.file, fmt.Sprintf("%s.audiences[%d]", l.path, i), "must not be empty")
+		}
+	}
+	if len(is.Algorithms) == 0 {
+		v.add(l.file, l.path+".algorithms", "required: at least one of %s", strings.Join(algorithms, ", "))
+	}
+	for i, a := range is.Algorithms {
+		ap := fmt.Sprintf("%s.algorithms[%d]", l.path, i)
+		switch {
+		case slices.Contains(algorithms, a):
+		case strings.EqualFold(a, "none"):
+			v.add(l.file, ap, "%q is never allowed: it accepts unsigned tokens", a)
+		case strings.HasPrefix(strings.ToUpper(a), "HS"):
+			v.add(l.file, ap, "%q is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them", a)
+		default:
+			v.add(l.file, ap, "unsupported algorithm %q (want one of %s)", a, strings.Join(algorithms, ", "))
+		}
+	}
+	if is.MaxTokenLifetime < 0 {
+		v.add(l.file, l.path+".max_token_lifetime", "must be > 0")
+	}
+	if is.SessionClaim != "" && !validClaimPath(is.SessionClaim) {
+		v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path", is.SessionClaim)
+	}
+}
+
+// secureOrLoopback reports whether u is https, or http to a loopback host.
+func secureOrLoopback(u *url.URL) bool {
+	return u.Scheme == "https" || (u.Scheme == "http" && isLoopback(u.Hostname()))
+}
+
+// isLoopback reports whether host is localhost, 127.0.0.0/8 or ::1.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// validClaimPath reports whether p is a non-empty dotted path with no empty
+// segment.
+func validClaimPath(p string) bool {
+	if p == "" {
+		return false
+	}
+	return !slices.Contains(strings.Split(p, "."), "")
+}
+
+func validateRate(v *validator, l loc, r *Rate) {
+	switch {
+	case math.IsNaN(r.PerSecond) || r.PerSecond <= 0:
+		v.add(l.file, l.path+".rate.per_second", "must be > 0")
+	case r.PerSecond > maxPerSecond:
+		v.add(l.file, l.path+".rate.per_second", "must be at most %g", maxPerSecond)
+	case r.Burst == 0:
+		r.Burst = int(math.Ceil(r.PerSecond))
+	}
+	if r.Burst < 0 {
+		v.add(l.file, l.path+".rate.burst", "must be >= 1")
+	}
+}
+
+// compileMatch validates m and compiles it. Admin matches may omit the
+// subject but must say something.
+func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin bool) *matcher {
+	mp := l.path + ".match"
+	c := &matcher{issuer: m.Issuer, subject: m.Subject, hasSubject: m.Subject != "", subjectPattern: m.SubjectPattern}
+	if m.Issuer == "" {
+		v.add(l.file, mp+".issuer", "required")
+	} else if _, ok := issuers[m.Issuer]; !ok {
+		v.add(l.file, mp+".issuer", "unknown issuer %q", m.Issuer)
+	}
+	switch {
+	case m.Subject != "" && m.SubjectPattern != "":
+		v.add(l.file, mp+".subject_pattern", "set exactly one of subject and subject_pattern, not both")
+	case admin && m.Subject == "" && m.SubjectPattern == "" && len(m.Claims) == 0 && len(m.ClaimPatterns) == 0:
+		v.add(l.file, mp, "required: at least one of subject, subject_pattern, claims, claim_patterns")
+	case !admin && m.Subject == "" && m.SubjectPattern == "":
+		v.add(l.file, mp+".subject", "required (or subject_pattern)")
+	}
+	if m.SubjectPattern != "" {
+		re, err := anchored(m.SubjectPattern)
+		if err != nil {
+			v.add(l.file, mp+".subject_pattern", "invalid regexp: %s", regexpReason(err))
+		}
+		c.subjectRE = re
+	}
+	for _, k := range sortedKeys(m.Claims) {
+		kp := fmt.Sprintf("%s.claims[%q]", mp, k)
+		if !validClaimPath(k) {
+			v.add(l.file, kp, "%q is not a dotted claim path", k)
+		}
+		c.claims = append(c.claims, claimCheck{path: k, want: m.Claims[k]})
+	}
+	for _, k := range sortedKeys(m.ClaimPatterns) {
+		kp := fmt.Sprintf("%s.claim_patterns[%q]", mp, k)
+		if !validClaimPath(k) {
+			v.add(l.file, kp, "%q is not a dotted claim path", k)
+		}
+		re, err := anchored(m.ClaimPatterns[k])
+		if err != nil {
+			v.add(l.file, kp, "invalid regexp: %s", regexpReason(err))
+		}
+		c.patterns = append(c.patterns, claimCheck{path: k, want: m.ClaimPatterns[k], re: re})
+	}
+	return c
+}
+
+// anchored compiles a policy regexp so that it must match the whole value.
+func anchored(p string) (*regexp.Regexp, error) {
+	return regexp.Compile(`^(?:` + p + `)$`)
+}
+
+// regexpReason is the regexp error without the anchoring we added.
+func regexpReason(err error) string {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "error parsing regexp: ")
+	if i := strings.Index(msg, ": `^(?:"); i >= 0 {
+		msg = msg[:i]
+	}
+	return msg
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// checkDisjoint reports workloads whose match blocks are identical: a token
+// matching one matches the other, so Match would always be ambiguous.
+func checkDisjoint(v *validator, ws []Workload, locs []loc) {
+	for i := range ws {
+		for j := 0; j < i; j++ {
+			if sameMatch(&ws[i].Match, &ws[j].Match) {
+				v.add(locs[i].file, locs[i].path+".match", "same match as workload %q (%s): a token would match both; make workload matches disjoint", ws[j].Name, locs[j])
+				break
+			}
+		}
+	}
+}
+
+func sameMatch(a, b *Match) bool {
+	return a.Issuer == b.Issuer && a.Subject == b.Subject && a.SubjectPattern == b.SubjectPattern &&
+		len(a.Claims) == len(b.Claims) && len(a.ClaimPatterns) == len(b.ClaimPatterns) &&
+		(len(a.Claims) == 0 || reflect.DeepEqual(a.Claims, b.Claims)) &&
+		(len(a.ClaimPatterns) == 0 || reflect.DeepEqual(a.ClaimPatterns, b.ClaimPatterns))
+}
+
+func validateGrant(v *validator, l loc, g *Grant) {
+	if g.TTL <= 0 {
+		if g.TTL == 0 {
+			v.add(l.file, l.path+".ttl", "required, must be > 0")
+		} else {
+			v.add(l.file, l.path+".ttl", "must be > 0")
+		}
+	}
+	blocks := []struct {
+		kind string
+		set  bool
+	}{
+		{KindVaultToken, g.VaultToken != nil},
+		{KindJWT, g.JWT != nil},
+		{KindVaultDynamic, g.VaultDynamic != nil},
+		{KindProxy, g.Proxy != nil},
+		{KindPKI, g.PKI != nil},
+	}
+	if !slices.Contains(kinds, g.Kind) {
+		if g.Kind == "" {
+			v.add(l.file, l.path+".kind", "required (one of %s)", strings.Join(kinds, ", "))
+		} else {
+			v.add(l.file, l.path+".kind", "unknown kind %q (want one of %s)", g.Kind, strings.Join(kinds, ", "))
+		}
+	} else {
+		for _, b := range blocks {
+			if b.kind == g.Kind && !b.set {
+				v.add(l.file, l.path+"."+b.kind, "required for kind %s", g.Kind)
+			}
+		}
+	}
+	for _, b := range blocks {
+		if b.set && b.kind != g.Kind {
+			v.add(l.file, l.path+"."+b.kind, "must not be set for kind %q", g.Kind)
+		}
+	}
+	if g.Kind == KindVaultToken && g.VaultToken != nil {
+		vt := g.VaultToken
+		bp := l.path + ".vault_token"
+		if len(vt.Policies) == 0 {
+			v.add(l.file, bp+".policies", "required: at least one Vault policy")
+		}
+		for i, pol := range vt.Policies {
+			pp := fmt.Sprintf("%s.policies[%d]", bp, i)
+			switch {
+			case pol == "":
+				v.add(l.file, pp, "must not be empty")
+			case strings.EqualFold(pol, "root"):
+				v.add(l.file, pp, "the root policy is never granted")
+			}
+		}
+		if vt.NumUses < 0 {
+			v.add(l.file, bp+".num_uses", "must be >= 0 (0 = unlimited)")
+		}
+	}
+	if g.Kind == KindJWT && g.JWT != nil {
+		if g.JWT.Audience == "" {
+			v.add(l.file, l.path+".jwt.audience", "required")
+		}
+		if g.JWT.TransitKey == "" {
+			v.add(l.file, l.path+".jwt.transit_key", "required")
+		}
+	}
+	if g.Kind == KindVaultDynamic && g.VaultDynamic != nil {
+		checkVaultPath(v, l.file, l.path+".vault_dynamic.path", g.VaultDynamic.Path)
+	}
+	if g.Kind == KindPKI && g.PKI != nil {
+		checkVaultPath(v, l.file, l.path+".pki.path", g.PKI.Path)
+		if td := g.PKI.TrustDomain; td != "" && strings.ContainsAny(td, "/:@?# ") {
+			v.add(l.file, l.path+".pki.trust_domain", "must be a bare trust domain name like example.org")
+		}
+	}
+	if g.Kind == KindProxy && g.Proxy != nil {
+		validateProxy(v, l.file, l.path+".proxy", g.Proxy)
+	}
+}
+
+// checkVaultPath checks a Vault API path relative to /v1/.
+func checkVaultPath(v *validator, file, p, val string) {
+	switch {
+	case val == "":
+		v.add(file, p, "required")
+	case strings.HasPrefix(val, "/"):
+		v.add(file, p, "must not start with \"/\" (it is relative to /v1/)")
+	case slices.ContainsFunc(strings.Split(val, "/"), func(s string) bool { return s == "" || s == "." || s == ".." }):
+		v.add(file, p, "must not contain empty, \".\" or \"..\" segments")
+	}
+}
+
+func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
+	if len(px.Methods) == 0 {
+		px.Methods = []string{"GET"}
+	}
+	if px.Inject.Header != "" && px.Inject.Format == "" {
+		px.Inject.Format = DefaultInjectFormat
+	}
+
+	if px.Upstream == "" {
+		v.add(file, bp+".upstream", "required")
+	} else if u, err := url.Parse(px.Upstream); err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
+		v.add(file, bp+".upstream", "must be an absolute https URL")
+	} else {
+		switch {
+		case u.User != nil:
+			v.add(file, bp+".upstream", "must not carry user info")
+		case u.RawQuery != "" || u.ForceQuery:
+			v.add(file, bp+".upstream", "must not have a query")
+		case u.Fragment != "" || strings.Contains(px.Upstream, "#"):
+			v.add(file, bp+".upstream", "must not have a fragment")
+		case u.Scheme == "https":
+		case u.Scheme == "http" && px.AllowPrivate && isLoopback(u.Hostname()):
+		case u.Scheme == "http" && isLoopback(u.Hostname()):
+			v.add(file, bp+".upstream", "must be https (http to a loopback host needs allow_private: true)")
+		default:
+			v.add(file, bp+".upstream", "must be https")
+		}
+	}
+	if px.Secret.VaultKV == "" {
+		v.add(file, bp+".secret.vault_kv", "required")
+	} else {
+		checkVaultPath(v, file, bp+".secret.vault_kv", px.Secret.VaultKV)
+	}
+	if px.Secret.Field == "" {
+		v.add(file, bp+".secret.field", "required")
+	}
+
+	in := px.Inject
+	switch {
+	case in.Header != "" && in.Query != "":
+		v.add(file, bp+".inject", "set exactly one of header and query, not both")
+	case in.Header == "" && in.Query == "":
+		v.add(file, bp+".inject", "required: one of header or query")
+	case in.Header != "":
+		switch {
+		case !headerTokenRE.MatchString(in.Header):
+			v.add(file, bp+".inject.header", "%q is not a valid header name", in.Header)
+		case slices.ContainsFunc(forbiddenHeaders, func(h string) bool { return strings.EqualFold(h, in.Header) }):
+			v.add(file, bp+".inject.header", "%q cannot carry a secret", in.Header)
+		}
+		if !strings.Contains(in.Format, SecretPlaceholder) {
+			v.add(file, bp+".inject.format", "must contain %s", SecretPlaceholder)
+		} else if strings.ContainsAny(in.Format, "\r\n\x00") {
+			v.add(file, bp+".inject.format", "must not contain control characters")
+		}
+	case in.Query != "":
+		if in.Format != "" {
+			v.add(file, bp+".inject.format", "applies to header injection only")
+		}
+		if strings.ContainsAny(in.Query, "&=#?% \t\r\n") {
+			v.add(file, bp+".inject.query", "%q is not a plain query parameter name", in.Query)
+		}
+	}
+
+	for i, m := range px.Methods {
+		mp := fmt.Sprintf("%s.methods[%d]", bp, i)
+		switch {
+		case slices.Contains(proxyMethods, m):
+		case m == "TRACE" || m == "CONNECT":
+			v.add(file, mp, "%s is not allowed: it would expose the injected secret or tunnel past the proxy", m)
+		default:
+			v.add(file, mp, "%q is not an uppercase HTTP method (want one of %s)", m, strings.Join(proxyMethods, ", "))
+		}
+	}
+	if len(px.Paths) == 0 {
+		v.add(file, bp+".paths", "required: at least one path")
+	}
+	for i, p := range px.Paths {
+		if msg := checkPathPattern(p); msg != "" {
+			v.add(file, fmt.Sprintf("%s.paths[%d]", bp, i), "%q %s", p, msg)
+		}
+	}
+}
+
+// checkPathPattern returns why p is not a valid proxy path pattern, or "".
+func checkPathPattern(p string) string {
+	if !strings.HasPrefix(p, "/") {
+		return "must start with \"/\""
+	}
+	body := strings.TrimSuffix(p, "/*")
+	if body != p {
+		body += "/"
+	}
+	if strings.Contains(body, "*") {
+		return "may use a wildcard only as a final \"/*\""
+	}
+	if strings.ContainsAny(body, "?#%\\ \t\r\n") {
+		return "must be a plain path (no query, fragment, escapes or spaces)"
+	}
+	if !cleanPath(body) {
+		return "must be a clean path (no \"//\", \".\" or \"..\" segments)"
+	}
+	return ""
+}
+
+// cleanPath reports whether p (starting with "/") has no empty (except a
+// trailing one), "." or ".." segments.
+func cleanPath(p string) bool {
+	segs := strings.Split(p[1:], "/")
+	for i, s := range segs {
+		if s == "." || s == ".." || (s == "" && i != len(segs)-1) {
+			return false
+		}
+	}
+	return true
+}
+
+// joinProblems is errors.Join; kept as a function so callers see one shape.
+func joinProblems(problems []error) error {
+	return &ValidationError{Problems: problems}
+}
+
+// ValidationError lists every problem found in a policy. Unwrap returns the
+// problems (each a *Problem), so errors.As finds them.
+type ValidationError struct {
+	Problems []error
+}
+
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	b.WriteString("policy invalid: ")
+	b.WriteString(strconv.Itoa(len(e.Problems)))
+	if len(e.Problems) == 1 {
+		b.WriteString(" problem")
+	} else {
+		b.WriteString(" problems")
+	}
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the individual problems.
+func (e *ValidationError) Unwrap() []error { return e.Problems }

@@ -1,0 +1,340 @@
+package policies
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// baseSections is a valid policy in flow style, one line per section, so
+// that cases can replace one section without worrying about indentation.
+var baseSections = map[string]string{
+	"version":    `1`,
+	"issuers":    `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256]}]`,
+	"workloads":  `[{name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}]`,
+	"grants":     `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}]`,
+	"admins":     `[{name: a, match: {issuer: i, subject: admin}, roles: [revoke]}]`,
+	"exceptions": `[{name: e, owner: team, reason: r, expires: 2030-01-01}]`,
+}
+
+// doc renders the base policy with some sections replaced; an empty
+// replacement drops the section.
+func doc(over map[string]string) string {
+	var b strings.Builder
+	for _, k := range []string{"version", "issuers", "workloads", "grants", "admins", "exceptions"} {
+		v, ok := over[k]
+		if !ok {
+			v = baseSections[k]
+		}
+		if v == "" {
+			continue
+		}
+		b.WriteString(k + ": " + v + "\n")
+	}
+	return b.String()
+}
+
+// proxyGrant renders a grants section with one proxy grant g whose proxy
+// block is body.
+func proxyGrant(body string) string {
+	return `[{name: g, kind: proxy, ttl: 5m, proxy: {` + body + `}}]`
+}
+
+const okProxy = `upstream: "https://api.example.com", secret: {vault_kv: secret/data/x, field: key}, inject: {header: Authorization, format: "Bearer {secret}"}, paths: ["/v1/x"]`
+
+// problemStrings returns the individual problems of err as strings.
+func problemStrings(err error) []string {
+	if err == nil {
+		return nil
+	}
+	u, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []string{"not a multi-error: " + err.Error()}
+	}
+	var out []string
+	for _, e := range u.Unwrap() {
+		out = append(out, e.Error())
+	}
+	return out
+}
+
+func TestParseValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		over map[string]string
+		want []string // every problem, in order; nil = valid
+	}{
+		{"ok/base", nil, nil},
+
+		// version
+		{"fail/version-missing", map[string]string{"version": ""}, []string{"t.yaml: version: required, must be 1"}},
+		{"fail/version-2", map[string]string{"version": "2"}, []string{"t.yaml: version: unsupported version 2, must be 1"}},
+
+		// names
+		{"ok/name-dots-dashes", map[string]string{"exceptions": `[{name: a.b-c_9, owner: o, reason: r, expires: 2030-01-01}]`}, nil},
+		{"fail/name-empty", map[string]string{"exceptions": `[{owner: o, reason: r, expires: 2030-01-01}]`}, []string{"t.yaml: exceptions[0].name: required"}},
+		{"fail/name-pattern", map[string]string{"exceptions": `[{name: Bad_Name, owner: o, reason: r, expires: 2030-01-01}]`},
+			[]string{`t.yaml: exceptions[0].name: "Bad_Name" must match ^[a-z0-9][a-z0-9._-]{0,62}$`}},
+		{"fail/name-too-long", map[string]string{"exceptions": `[{name: ` + strings.Repeat("a", 64) + `, owner: o, reason: r, expires: 2030-01-01}]`},
+			[]string{`t.yaml: exceptions[0].name: "` + strings.Repeat("a", 64) + `" must match ^[a-z0-9][a-z0-9._-]{0,62}$`}},
+		{"fail/name-pattern-no-cascade", map[string]string{
+			"issuers":   `[{name: I, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`,
+			"workloads": `[{name: w, owner: o, match: {issuer: I, subject: s}, grants: [g]}]`,
+			"admins":    `[{name: a, match: {issuer: I, subject: admin}, roles: [revoke]}]`},
+			[]string{`t.yaml: issuers[0].name: "I" must match ^[a-z0-9][a-z0-9._-]{0,62}$`}},
+		{"fail/name-duplicate", map[string]string{"exceptions": `[{name: e, owner: o, reason: r, expires: 2030-01-01}, {name: e, owner: o, reason: r, expires: 2030-01-01}]`},
+			[]string{`t.yaml: exceptions[1].name: duplicate exception "e" (first declared at t.yaml: exceptions[0])`}},
+
+		// issuers
+		{"ok/issuer-discovery", map[string]string{"issuers": `[{name: i, issuer: "https://issuer.example", discovery: true, audiences: [k], algorithms: [ES256]}]`}, nil},
+		{"ok/issuer-http-loopback-v4", map[string]string{"issuers": `[{name: i, issuer: "http://127.0.0.2:1", jwks_url: "http://127.0.0.2:1/jwks", audiences: [k], algorithms: [EdDSA]}]`}, nil},
+		{"ok/issuer-http-loopback-v6", map[string]string{"issuers": `[{name: i, issuer: "http://[::1]:1", jwks_url: "http://[::1]:1/jwks", audiences: [k], algorithms: [PS256]}]`}, nil},
+		{"ok/issuer-http-localhost", map[string]string{"issuers": `[{name: i, issuer: "http://localhost:1", jwks_url: "http://localhost:1/jwks", audiences: [k], algorithms: [ES384]}]`}, nil},
+		{"ok/issuer-session-claim-dotted", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: kubernetes.io.pod.uid}]`}, nil},
+		{"fail/issuer-url-missing", map[string]string{"issuers": `[{name: i, jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].issuer: required: the exact iss value of its tokens"}},
+		{"fail/issuer-url-not-absolute", map[string]string{"issuers": `[{name: i, issuer: "issuer.example", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].issuer: must be an absolute http(s) URL"}},
+		{"fail/issuer-discovery-http", map[string]string{"issuers": `[{name: i, issuer: "http://issuer.example", discovery: true, audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].issuer: must be https for discovery (http only for a loopback host)"}},
+		{"fail/issuer-jwks-and-discovery", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", discovery: true, audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].discovery: set exactly one of jwks_url and discovery, not both"}},
+		{"fail/issuer-no-keys", map[string]string{"issuers": `[{name: i, issuer: "https://x", audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].jwks_url: required (or discovery: true)"}},
+		{"fail/issuer-jwks-http", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "http://x/j", audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].jwks_url: must be https (http only for a loopback host)"}},
+		{"fail/issuer-jwks-http-private-not-loopback", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "http://10.0.0.1/j", audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].jwks_url: must be https (http only for a loopback host)"}},
+		{"fail/issuer-jwks-relative", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "/jwks", audiences: [k], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].jwks_url: must be an absolute https URL"}},
+		{"fail/issuer-audiences-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [], algorithms: [RS256]}]`},
+			[]string{"t.yaml: issuers[0].audiences: required: at least one audience"}},
+		{"fail/issuer-algorithms-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k]}]`},
+			[]string{"t.yaml: issuers[0].algorithms: required: at least one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"}},
+		{"fail/issuer-alg-none", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256, none]}]`},
+			[]string{`t.yaml: issuers[0].algorithms[1]: "none" is never allowed: it accepts unsigned tokens`}},
+		{"fail/issuer-alg-hs256", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [HS256]}]`},
+			[]string{`t.yaml: issuers[0].algorithms[0]: "HS256" is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them`}},
+		{"fail/issuer-alg-unknown", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [rs256]}]`},
+			[]string{`t.yaml: issuers[0].algorithms[0]: unsupported algorithm "rs256" (want one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)`}},
+		{"fail/issuer-lifetime-negative", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: -1h}]`},
+			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0"}},
+		{"fail/issuer-session-claim", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "a..b"}]`},
+			[]string{`t.yaml: issuers[0].session_claim: "a..b" is not a dotted claim path`}},
+		{"fail/issuer-iss-duplicate", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}, {name: j, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`},
+			[]string{`t.yaml: issuers[1].issuer: issuer "https://x" is already declared by t.yaml: issuers[0]; iss values must be unique`}},
+
+		// workloads
+		{"ok/workload-subject-pattern-and-claims", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "repo:acme/.*", claims: {kubernetes.io.namespace: ns}, claim_patterns: {ref: "refs/tags/v.*"}}, grants: [g]}]`}, nil},
+		{"ok/workload-rate", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 0.5, burst: 1}}]`}, nil},
+		{"ok/workloads-disjoint-by-claims", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claims: {ns: a}}}, {name: x, owner: o, match: {issuer: i, subject: s, claims: {ns: b}}}]`}, nil},
+		{"fail/workload-owner", map[string]string{"workloads": `[{name: w, match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].owner: required: every workload has exactly one owner"}},
+		{"fail/workload-owner-blank", map[string]string{"workloads": `[{name: w, owner: " ", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].owner: required: every workload has exactly one owner"}},
+		{"fail/workload-issuer-unknown", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: nope, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].match.issuer: unknown issuer "nope"`}},
+		{"fail/workload-issuer-missing", map[string]string{"workloads": `[{name: w, owner: o, match: {subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].match.issuer: required`}},
+		{"fail/workload-subject-and-pattern", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, subject_pattern: s.*}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.subject_pattern: set exactly one of subject and subject_pattern, not both"}},
+		{"fail/workload-no-subject", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, claims: {a: b}}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.subject: required (or subject_pattern)"}},
+		{"fail/workload-subject-pattern-regexp", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "a(b"}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.subject_pattern: invalid regexp: missing closing )"}},
+		{"fail/workload-claim-pattern-regexp", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claim_patterns: {ns: "[z-a]"}}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.claim_patterns[\"ns\"]: invalid regexp: invalid character class range: `z-a`"}},
+		{"fail/workload-claim-path", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claims: {"a.": b}}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].match.claims["a."]: "a." is not a dotted claim path`}},
+		{"fail/workload-grant-unknown", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g, nope]}]`},
+			[]string{`t.yaml: workloads[0].grants[1]: unknown grant "nope"`}},
+		{"fail/workload-grant-twice", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g, g]}]`},
+			[]string{`t.yaml: workloads[0].grants[1]: grant "g" is listed twice`}},
+		{"fail/workload-rate-zero", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 0, burst: 3}}]`},
+			[]string{"t.yaml: workloads[0].rate.per_second: must be > 0"}},
+		{"fail/workload-rate-inf", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: .inf}}]`},
+			[]string{"t.yaml: workloads[0].rate.per_second: must be at most 1e+06"}},
+		{"fail/workload-burst-negative", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 1, burst: -1}}]`},
+			[]string{"t.yaml: workloads[0].rate.burst: must be >= 1"}},
+		{"fail/workloads-same-match", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claims: {ns: a}}}, {name: x, owner: o, match: {issuer: i, subject: s, claims: {ns: a}}}]`},
+			[]string{`t.yaml: workloads[1].match: same match as workload "w" (t.yaml: workloads[0]): a token would match both; make workload matches disjoint`}},
+
+		// grants
+		{"ok/grant-jwt", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {audience: a, transit_key: k}}]`}, nil},
+		{"ok/grant-vault-dynamic", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 30m, vault_dynamic: {path: database/creds/x}}]`}, nil},
+		{"ok/grant-pki", map[string]string{"grants": `[{name: g, kind: pki, ttl: 1h, pki: {path: pki/issue/w, trust_domain: acme.internal}}]`}, nil},
+		{"ok/grant-vault-token-num-uses", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p, q], num_uses: 3}}]`}, nil},
+		{"fail/grant-kind-unknown", map[string]string{"grants": `[{name: g, kind: aws, ttl: 5m}]`},
+			[]string{`t.yaml: grants[0].kind: unknown kind "aws" (want one of vault_token, jwt, vault_dynamic, proxy, pki)`}},
+		{"fail/grant-kind-missing", map[string]string{"grants": `[{name: g, ttl: 5m, vault_token: {policies: [p]}}]`},
+			[]string{`t.yaml: grants[0].kind: required (one of vault_token, jwt, vault_dynamic, proxy, pki)`, `t.yaml: grants[0].vault_token: must not be set for kind ""`}},
+		{"fail/grant-block-missing", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m}]`},
+			[]string{"t.yaml: grants[0].jwt: required for kind jwt"}},
+		{"fail/grant-other-block", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}, pki: {path: pki/issue/x}}]`},
+			[]string{`t.yaml: grants[0].pki: must not be set for kind "vault_token"`}},
+		{"fail/grant-ttl-missing", map[string]string{"grants": `[{name: g, kind: vault_token, vault_token: {policies: [p]}}]`},
+			[]string{"t.yaml: grants[0].ttl: required, must be > 0"}},
+		{"fail/grant-ttl-negative", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: -5m, vault_token: {policies: [p]}}]`},
+			[]string{"t.yaml: grants[0].ttl: must be > 0"}},
+		{"fail/grant-vault-token-no-policies", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {}}]`},
+			[]string{"t.yaml: grants[0].vault_token.policies: required: at least one Vault policy"}},
+		{"fail/grant-vault-token-root", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p, root]}}]`},
+			[]string{"t.yaml: grants[0].vault_token.policies[1]: the root policy is never granted"}},
+		{"fail/grant-vault-token-num-uses", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p], num_uses: -1}}]`},
+			[]string{"t.yaml: grants[0].vault_token.num_uses: must be >= 0 (0 = unlimited)"}},
+		{"fail/grant-jwt-fields", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {}}]`},
+			[]string{"t.yaml: grants[0].jwt.audience: required", "t.yaml: grants[0].jwt.transit_key: required"}},
+		{"fail/grant-vault-dynamic-path-missing", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {}}]`},
+			[]string{"t.yaml: grants[0].vault_dynamic.path: required"}},
+		{"fail/grant-vault-dynamic-leading-slash", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {path: /database/creds/x}}]`},
+			[]string{`t.yaml: grants[0].vault_dynamic.path: must not start with "/" (it is relative to /v1/)`}},
+		{"fail/grant-vault-dynamic-dotdot", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {path: database/../sys/x}}]`},
+			[]string{`t.yaml: grants[0].vault_dynamic.path: must not contain empty, "." or ".." segments`}},
+		{"fail/grant-pki-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {trust_domain: x}}]`},
+			[]string{"t.yaml: grants[0].pki.path: required"}},
+
+		// proxy grants
+		{"ok/proxy", map[string]string{"grants": proxyGrant(okProxy)}, nil},
+		{"ok/proxy-query-inject", map[string]string{"grants": proxyGrant(`upstream: "https://api.example.com/base", secret: {vault_kv: secret/data/x, field: key}, inject: {query: api_key}, methods: [GET, POST, DELETE], paths: ["/", "/v1/*"]`)}, nil},
+		{"ok/proxy-http-loopback-allow-private", map[string]string{"grants": proxyGrant(`upstream: "http://127.0.0.1:8080", allow_private: true, secret: {vault_kv: secret/data/x, field: key}, inject: {header: X-Api-Key}, paths: ["/x"]`)}, nil},
+		{"fail/proxy-http", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "https://", "http://", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must be https"}},
+		{"fail/proxy-http-loopback-without-allow-private", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "https://api.example.com", "http://localhost:8080", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must be https (http to a loopback host needs allow_private: true)"}},
+		{"fail/proxy-http-allow-private-not-loopback", map[string]string{"grants": proxyGrant("allow_private: true, " + strings.Replace(okProxy, "https://api.example.com", "http://10.1.2.3", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must be https"}},
+		{"fail/proxy-upstream-missing", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `upstream: "https://api.example.com", `, "", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: required"}},
+		{"fail/proxy-upstream-relative", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "https://api.example.com", "api.example.com/v1", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must be an absolute https URL"}},
+		{"fail/proxy-upstream-query", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "https://api.example.com", "https://api.example.com/?a=1", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must not have a query"}},
+		{"fail/proxy-upstream-fragment", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "https://api.example.com", "https://api.example.com/#f", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must not have a fragment"}},
+		{"fail/proxy-upstream-userinfo", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "https://api.example.com", "https://u:p@api.example.com", 1))},
+			[]string{"t.yaml: grants[0].proxy.upstream: must not carry user info"}},
+		{"fail/proxy-secret", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "secret: {vault_kv: secret/data/x, field: key}", "secret: {}", 1))},
+			[]string{"t.yaml: grants[0].proxy.secret.vault_kv: required", "t.yaml: grants[0].proxy.secret.field: required"}},
+		{"fail/proxy-inject-both", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization,", "header: Authorization, query: k,", 1))},
+			[]string{"t.yaml: grants[0].proxy.inject: set exactly one of header and query, not both"}},
+		{"fail/proxy-inject-none", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `inject: {header: Authorization, format: "Bearer {secret}"}`, "inject: {}", 1))},
+			[]string{"t.yaml: grants[0].proxy.inject: required: one of header or query"}},
+		{"fail/proxy-inject-format", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "Bearer {secret}", "Bearer secret", 1))},
+			[]string{"t.yaml: grants[0].proxy.inject.format: must contain {secret}"}},
+		{"fail/proxy-inject-header-name", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization", `header: "Bad Header"`, 1))},
+			[]string{`t.yaml: grants[0].proxy.inject.header: "Bad Header" is not a valid header name`}},
+		{"fail/proxy-inject-header-host", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization", `header: host`, 1))},
+			[]string{`t.yaml: grants[0].proxy.inject.header: "host" cannot carry a secret`}},
+		{"fail/proxy-inject-query-format", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization", "query: k", 1))},
+			[]string{"t.yaml: grants[0].proxy.inject.format: applies to header injection only"}},
+		{"fail/proxy-method-lowercase", map[string]string{"grants": proxyGrant(okProxy + ", methods: [GET, post]")},
+			[]string{`t.yaml: grants[0].proxy.methods[1]: "post" is not an uppercase HTTP method (want one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)`}},
+		{"fail/proxy-method-trace", map[string]string{"grants": proxyGrant(okProxy + ", methods: [TRACE]")},
+			[]string{"t.yaml: grants[0].proxy.methods[0]: TRACE is not allowed: it would expose the injected secret or tunnel past the proxy"}},
+		{"fail/proxy-paths-empty", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `paths: ["/v1/x"]`, "paths: []", 1))},
+			[]string{"t.yaml: grants[0].proxy.paths: required: at least one path"}},
+		{"fail/proxy-path-relative", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `"/v1/x"`, `"v1/x"`, 1))},
+			[]string{`t.yaml: grants[0].proxy.paths[0]: "v1/x" must start with "/"`}},
+		{"fail/proxy-path-inner-wildcard", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `"/v1/x"`, `"/v1/x", "/v1/*/y"`, 1))},
+			[]string{`t.yaml: grants[0].proxy.paths[1]: "/v1/*/y" may use a wildcard only as a final "/*"`}},
+		{"fail/proxy-path-suffix-wildcard", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `"/v1/x"`, `"/v1/x*"`, 1))},
+			[]string{`t.yaml: grants[0].proxy.paths[0]: "/v1/x*" may use a wildcard only as a final "/*"`}},
+		{"fail/proxy-path-dotdot", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `"/v1/x"`, `"/v1/../admin/*"`, 1))},
+			[]string{`t.yaml: grants[0].proxy.paths[0]: "/v1/../admin/*" must be a clean path (no "//", "." or ".." segments)`}},
+
+		// admins
+		{"ok/admin-claims-only", map[string]string{"admins": `[{name: a, match: {issuer: i, claims: {groups: secops}}, roles: [revoke, trace, report]}]`}, nil},
+		{"ok/admin-claim-patterns-only", map[string]string{"admins": `[{name: a, match: {issuer: i, claim_patterns: {email: ".*@acme.example"}}, roles: [trace]}]`}, nil},
+		{"fail/admin-match-empty", map[string]string{"admins": `[{name: a, match: {issuer: i}, roles: [revoke]}]`},
+			[]string{"t.yaml: admins[0].match: required: at least one of subject, subject_pattern, claims, claim_patterns"}},
+		{"fail/admin-issuer-unknown", map[string]string{"admins": `[{name: a, match: {issuer: x, subject: s}, roles: [revoke]}]`},
+			[]string{`t.yaml: admins[0].match.issuer: unknown issuer "x"`}},
+		{"fail/admin-roles-empty", map[string]string{"admins": `[{name: a, match: {issuer: i, subject: s}}]`},
+			[]string{"t.yaml: admins[0].roles: required: at least one of revoke, trace, report"}},
+		{"fail/admin-role-unknown", map[string]string{"admins": `[{name: a, match: {issuer: i, subject: s}, roles: [revoke, root]}]`},
+			[]string{`t.yaml: admins[0].roles[1]: unknown role "root" (want one of revoke, trace, report)`}},
+
+		// exceptions
+		{"fail/exception-fields", map[string]string{"exceptions": `[{name: e}]`},
+			[]string{"t.yaml: exceptions[0].owner: required", "t.yaml: exceptions[0].reason: required", "t.yaml: exceptions[0].expires: required (YYYY-MM-DD)"}},
+
+		// sections may be absent: an empty policy denies everything.
+		{"ok/only-version", map[string]string{"issuers": "", "workloads": "", "grants": "", "admins": "", "exceptions": ""}, nil},
+	}
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		if seen[tt.name] {
+			t.Fatalf("duplicate case name %s", tt.name)
+		}
+		seen[tt.name] = true
+		t.Run(tt.name, func(t *testing.T) {
+			in := doc(tt.over)
+			p, err := Parse("t.yaml", []byte(in))
+			got := problemStrings(err)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("Parse(%s) problems = %q, want %q\n(-want +got):\n%s", in, got, tt.want, diff)
+			}
+			if (p == nil) != (tt.want != nil) {
+				t.Fatalf("Parse(%s) policy = %v, want policy only when valid", in, p)
+			}
+			for _, e := range multiErrors(err) {
+				var pr *Problem
+				if !errors.As(e, &pr) || pr.File != "t.yaml" {
+					t.Errorf("problem %v is not a *Problem naming the file", e)
+				}
+			}
+		})
+	}
+}
+
+func multiErrors(err error) []error {
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		return u.Unwrap()
+	}
+	return nil
+}
+
+func TestDefaults(t *testing.T) {
+	in := doc(map[string]string{
+		"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 2.5}}]`,
+		"grants":    `[{name: g, kind: proxy, ttl: 5m, proxy: {upstream: "https://api.example.com", secret: {vault_kv: secret/data/x, field: k}, inject: {header: X-Api-Key}, paths: ["/x"]}}]`,
+	})
+	p, err := Parse("t.yaml", []byte(in))
+	if err != nil {
+		t.Fatalf("Parse(%s) = %v, want nil", in, err)
+	}
+	is, _ := p.Issuer("i")
+	w, _ := p.Workload("w")
+	g, _ := p.Grant("g")
+	type defaults struct {
+		MaxTokenLifetime time.Duration
+		Burst            int
+		Methods          []string
+		Format           string
+	}
+	got := defaults{time.Duration(is.MaxTokenLifetime), w.Rate.Burst, g.Proxy.Methods, g.Proxy.Inject.Format}
+	want := defaults{24 * time.Hour, 3, []string{"GET"}, "{secret}"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("defaults = %+v, want %+v (-want +got):\n%s", got, want, diff)
+	}
+}
+
+// TestValidationReportsEverything checks that one file with many problems
+// reports all of them at once, against a golden list.
+func TestValidationReportsEverything(t *testing.T) {
+	_, err := Load("testdata/many-problems.yaml")
+	got := problemStrings(err)
+	want := readGoldenLines(t, "testdata/many-problems.golden", got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Load(many-problems.yaml) problems = %q, want %q (-want +got):\n%s", got, want, diff)
+	}
+	if len(got) < 20 {
+		t.Fatalf("Load(many-problems.yaml) reported %d problems, want every one (>= 20)", len(got))
+	}
+	if !strings.HasPrefix(err.Error(), "policy invalid: ") {
+		t.Errorf("Load(many-problems.yaml) error = %q, want a 'policy invalid' summary", err)
+	}
+}
