@@ -1,0 +1,487 @@
+// Package memstore is the embedded, single-instance broker.Store: maps behind
+// one RWMutex, gone when the process ends. It is what `keytrail dev` and a
+// server without KEYTRAIL_REDIS_URL use; several broker instances cannot share
+// it.
+//
+// It keeps the same contract as the Redis store (see package storetest):
+// records are stored as their JSON encoding, so a caller can never mutate what
+// is stored and gets back exactly what the Redis store would return (times in
+// UTC, claim numbers as float64). Expired issuances are kept, because trace
+// needs them, until Prune removes them.
+package memstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+var _ broker.Store = (*Store)(nil)
+
+// Store is an in-memory broker.Store. The zero value is not usable; call New.
+type Store struct {
+	now func() time.Time
+
+	mu          sync.RWMutex
+	issuances   map[string]*entry
+	refs        map[broker.RefKind]map[string]string // kind -> value -> issuance id
+	byWorkload  map[string]map[string]struct{}
+	byOwner     map[string]map[string]struct{}
+	bySession   map[string]map[string]struct{}
+	revocations map[string]*revEntry
+	blocks      map[string][]byte // workload -> JSON
+}
+
+// entry is a stored issuance: its JSON encoding, which every read decodes
+// into a fresh value, and the decoded fields the indexes and filters use.
+type entry struct {
+	raw  []byte
+	meta broker.Issuance // decoded from raw; never handed out
+}
+
+type revEntry struct {
+	raw       []byte
+	createdAt time.Time
+}
+
+// New returns an empty store. now is the store's clock (time.Now when nil);
+// it is kept for parity with the Redis store, whose retention is measured
+// from it; Prune takes its cut-off explicitly.
+func New(now func() time.Time) *Store {
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{
+		now:         now,
+		issuances:   map[string]*entry{},
+		refs:        map[broker.RefKind]map[string]string{},
+		byWorkload:  map[string]map[string]struct{}{},
+		byOwner:     map[string]map[string]struct{}{},
+		bySession:   map[string]map[string]struct{}{},
+		revocations: map[string]*revEntry{},
+		blocks:      map[string][]byte{},
+	}
+}
+
+// refKinds lists the indexes kept.
+func refKinds() []broker.RefKind {
+	return []broker.RefKind{
+		broker.RefFingerprint, broker.RefAccessor, broker.RefJTI, broker.RefLeaseID,
+		broker.RefUsername, broker.RefSerial, broker.RefRequestID,
+	}
+}
+
+// refValue is what is is indexed under for kind; ok is false for an unknown
+// kind.
+func refValue(is *broker.Issuance, kind broker.RefKind) (v string, ok bool) {
+	switch kind {
+	case broker.RefFingerprint:
+		return is.Refs.Fingerprint, true
+	case broker.RefAccessor:
+		return is.Refs.Accessor, true
+	case broker.RefJTI:
+		return is.Refs.JTI, true
+	case broker.RefLeaseID:
+		return is.Refs.LeaseID, true
+	case broker.RefUsername:
+		return is.Refs.Username, true
+	case broker.RefSerial:
+		return is.Refs.Serial, true
+	case broker.RefRequestID:
+		return is.RequestID, true
+	}
+	return "", false
+}
+
+func invalid(what string) error {
+	return fmt.Errorf("memstore: %s: %w", what, broker.ErrInvalidRequest)
+}
+
+func notFound(what string) error {
+	return fmt.Errorf("memstore: %s: %w", what, broker.ErrNotFound)
+}
+
+// checkCtx honours a cancelled or expired context as a Redis call would.
+func checkCtx(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return broker.Unavailable("store_unavailable", time.Second, fmt.Errorf("memstore: %w", err))
+	}
+	return nil
+}
+
+// utcIssuance returns a shallow copy of is with every time in UTC, so that the
+// JSON encoding reads back the same as from Redis.
+func utcIssuance(is *broker.Issuance) *broker.Issuance {
+	c := *is
+	c.IssuedAt = c.IssuedAt.UTC()
+	c.ExpiresAt = c.ExpiresAt.UTC()
+	c.Refs.ExpiresAt = c.Refs.ExpiresAt.UTC()
+	c.RevokedAt = c.RevokedAt.UTC()
+	return &c
+}
+
+// PutIssuance stores is, replacing any record with the same id and moving
+// every index to its new values.
+func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	if err := checkCtx(ctx); err != nil {
+		return err
+	}
+	if is == nil || is.ID == "" {
+		return invalid("issuance without id")
+	}
+	raw, err := json.Marshal(utcIssuance(is))
+	if err != nil {
+		return invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
+	}
+	e := &entry{raw: raw}
+	if err := json.Unmarshal(raw, &e.meta); err != nil {
+		return fmt.Errorf("memstore: issuance %s: decode: %w", is.ID, err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.issuances[is.ID]; ok {
+		s.unindex(&old.meta)
+	}
+	s.issuances[is.ID] = e
+	s.index(&e.meta)
+	return nil
+}
+
+func (s *Store) index(is *broker.Issuance) {
+	for _, kind := range refKinds() {
+		v, _ := refValue(is, kind)
+		if v == "" {
+			continue
+		}
+		m := s.refs[kind]
+		if m == nil {
+			m = map[string]string{}
+			s.refs[kind] = m
+		}
+		m[v] = is.ID
+	}
+	addTo(s.byWorkload, is.Workload, is.ID)
+	addTo(s.byOwner, is.Owner, is.ID)
+	addTo(s.bySession, is.SessionID, is.ID)
+}
+
+func (s *Store) unindex(is *broker.Issuance) {
+	for _, kind := range refKinds() {
+		v, _ := refValue(is, kind)
+		// Another issuance may have taken the value over since.
+		if m := s.refs[kind]; m != nil && m[v] == is.ID {
+			delete(m, v)
+		}
+	}
+	removeFrom(s.byWorkload, is.Workload, is.ID)
+	removeFrom(s.byOwner, is.Owner, is.ID)
+	removeFrom(s.bySession, is.SessionID, is.ID)
+}
+
+func addTo(idx map[string]map[string]struct{}, key, id string) {
+	set := idx[key]
+	if set == nil {
+		set = map[string]struct{}{}
+		idx[key] = set
+	}
+	set[id] = struct{}{}
+}
+
+func removeFrom(idx map[string]map[string]struct{}, key, id string) {
+	set := idx[key]
+	delete(set, id)
+	if len(set) == 0 {
+		delete(idx, key)
+	}
+}
+
+func decodeIssuance(e *entry) (*broker.Issuance, error) {
+	var is broker.Issuance
+	if err := json.Unmarshal(e.raw, &is); err != nil {
+		return nil, fmt.Errorf("memstore: decode issuance: %w", err)
+	}
+	return &is, nil
+}
+
+// GetIssuance returns a copy of the issuance with that id.
+func (s *Store) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if id == "" {
+		return nil, invalid("empty issuance id")
+	}
+	s.mu.RLock()
+	e, ok := s.issuances[id]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, notFound("issuance " + id)
+	}
+	return decodeIssuance(e)
+}
+
+// FindIssuance returns a copy of the issuance last stored with value under kind.
+func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value string) (*broker.Issuance, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if _, ok := refValue(&broker.Issuance{}, kind); !ok {
+		return nil, invalid(fmt.Sprintf("unknown ref kind %q", kind))
+	}
+	if value == "" {
+		return nil, invalid(fmt.Sprintf("empty %s", kind))
+	}
+	s.mu.RLock()
+	e, ok := s.issuances[s.refs[kind][value]]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, notFound(fmt.Sprintf("issuance by %s %q", kind, value))
+	}
+	return decodeIssuance(e)
+}
+
+// ListIssuances returns copies of the issuances matching f, ordered by expiry
+// (millisecond resolution, as the Redis store scores them), then id.
+func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*broker.Issuance, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if f.Limit < 0 {
+		return nil, invalid("negative limit")
+	}
+	s.mu.RLock()
+	var matched []*entry
+	match := func(e *entry) {
+		m := &e.meta
+		if (f.Workload == "" || m.Workload == f.Workload) &&
+			(f.Owner == "" || m.Owner == f.Owner) &&
+			(f.SessionID == "" || m.SessionID == f.SessionID) &&
+			(f.ActiveAt.IsZero() || m.Active(f.ActiveAt)) {
+			matched = append(matched, e)
+		}
+	}
+	// Walk the most selective index that applies.
+	var ids map[string]struct{}
+	switch {
+	case f.SessionID != "":
+		ids = s.bySession[f.SessionID]
+	case f.Workload != "":
+		ids = s.byWorkload[f.Workload]
+	case f.Owner != "":
+		ids = s.byOwner[f.Owner]
+	default:
+		for _, e := range s.issuances {
+			match(e)
+		}
+	}
+	for id := range ids {
+		match(s.issuances[id])
+	}
+	s.mu.RUnlock()
+
+	slices.SortFunc(matched, func(a, b *entry) int {
+		return cmp.Or(
+			cmp.Compare(a.meta.ExpiresAt.UnixMilli(), b.meta.ExpiresAt.UnixMilli()),
+			cmp.Compare(a.meta.ID, b.meta.ID),
+		)
+	})
+	if f.Limit > 0 && len(matched) > f.Limit {
+		matched = matched[:f.Limit]
+	}
+	out := make([]*broker.Issuance, 0, len(matched))
+	for _, e := range matched {
+		is, err := decodeIssuance(e)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, is)
+	}
+	return out, nil
+}
+
+// Prune removes the issuances that expired before `before` and returns how
+// many it removed. Revocations and blocks are never pruned.
+func (s *Store) Prune(before time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id, e := range s.issuances {
+		if e.meta.ExpiresAt.Before(before) {
+			s.unindex(&e.meta)
+			delete(s.issuances, id)
+			n++
+		}
+	}
+	return n
+}
+
+// PutRevocation stores r, replacing any revocation with the same id.
+func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
+	if err := checkCtx(ctx); err != nil {
+		return err
+	}
+	if r == nil || r.ID == "" {
+		return invalid("revocation without id")
+	}
+	c := *r
+	c.CreatedAt, c.CompletedAt = c.CreatedAt.UTC(), c.CompletedAt.UTC()
+	raw, err := json.Marshal(&c)
+	if err != nil {
+		return invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revocations[r.ID] = &revEntry{raw: raw, createdAt: c.CreatedAt}
+	return nil
+}
+
+func decodeRevocation(raw []byte) (*broker.Revocation, error) {
+	var r broker.Revocation
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("memstore: decode revocation: %w", err)
+	}
+	return &r, nil
+}
+
+// GetRevocation returns a copy of the revocation with that id.
+func (s *Store) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if id == "" {
+		return nil, invalid("empty revocation id")
+	}
+	s.mu.RLock()
+	e, ok := s.revocations[id]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, notFound("revocation " + id)
+	}
+	return decodeRevocation(e.raw)
+}
+
+// ListRevocations returns copies of every revocation, ordered by creation
+// time, then id.
+func (s *Store) ListRevocations(ctx context.Context) ([]*broker.Revocation, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	type item struct {
+		id string
+		e  *revEntry
+	}
+	s.mu.RLock()
+	items := make([]item, 0, len(s.revocations))
+	for id, e := range s.revocations {
+		items = append(items, item{id, e})
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(items, func(a, b item) int {
+		return cmp.Or(a.e.createdAt.Compare(b.e.createdAt), cmp.Compare(a.id, b.id))
+	})
+	out := make([]*broker.Revocation, 0, len(items))
+	for _, it := range items {
+		r, err := decodeRevocation(it.e.raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// PutBlock blocks b.Workload, replacing any block it had.
+func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
+	if err := checkCtx(ctx); err != nil {
+		return err
+	}
+	if b.Workload == "" {
+		return invalid("block without workload")
+	}
+	b.CreatedAt = b.CreatedAt.UTC()
+	raw, err := json.Marshal(b)
+	if err != nil {
+		return invalid(fmt.Sprintf("block %s cannot be encoded: %v", b.Workload, err))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.blocks[b.Workload] = raw
+	return nil
+}
+
+// DeleteBlock unblocks workload; ErrNotFound when it is not blocked.
+func (s *Store) DeleteBlock(ctx context.Context, workload string) error {
+	if err := checkCtx(ctx); err != nil {
+		return err
+	}
+	if workload == "" {
+		return invalid("empty workload")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.blocks[workload]; !ok {
+		return notFound("block of " + workload)
+	}
+	delete(s.blocks, workload)
+	return nil
+}
+
+func decodeBlock(raw []byte) (*broker.Block, error) {
+	var b broker.Block
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return nil, fmt.Errorf("memstore: decode block: %w", err)
+	}
+	return &b, nil
+}
+
+// GetBlock returns the block of workload; ErrNotFound when it is not blocked.
+func (s *Store) GetBlock(ctx context.Context, workload string) (*broker.Block, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if workload == "" {
+		return nil, invalid("empty workload")
+	}
+	s.mu.RLock()
+	raw, ok := s.blocks[workload]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, notFound("block of " + workload)
+	}
+	return decodeBlock(raw)
+}
+
+// ListBlocks returns every block, ordered by workload.
+func (s *Store) ListBlocks(ctx context.Context) ([]broker.Block, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	raws := make([][]byte, 0, len(s.blocks))
+	for _, raw := range s.blocks {
+		raws = append(raws, raw)
+	}
+	s.mu.RUnlock()
+	out := make([]broker.Block, 0, len(raws))
+	for _, raw := range raws {
+		b, err := decodeBlock(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *b)
+	}
+	slices.SortFunc(out, func(a, b broker.Block) int { return cmp.Compare(a.Workload, b.Workload) })
+	return out, nil
+}
+
+// Ping always succeeds unless ctx is done: the store is in-process.
+func (s *Store) Ping(ctx context.Context) error {
+	return checkCtx(ctx)
+}

@@ -1,0 +1,119 @@
+package memstore_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/adapters/storetest"
+	"github.com/keytrail/keytrail/broker"
+)
+
+func TestContract(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) broker.Store {
+		return memstore.New(storetest.Epoch)
+	})
+}
+
+func TestNewNilClock(t *testing.T) {
+	s := memstore.New(nil)
+	if err := s.Ping(t.Context()); err != nil {
+		t.Errorf("New(nil).Ping() = %v, want nil", err)
+	}
+}
+
+func TestPrune(t *testing.T) {
+	now := storetest.Epoch()
+	for _, c := range []struct {
+		name       string
+		before     time.Time
+		wantPruned int
+		wantLeft   []string
+	}{
+		{"ok/nothing-expired-yet", now.Add(-2 * time.Hour), 0, []string{"iss_old", "iss_mid", "iss_new"}},
+		{"ok/prunes-strictly-before", now.Add(-time.Hour), 0, []string{"iss_old", "iss_mid", "iss_new"}},
+		{"ok/prunes-old", now.Add(-time.Hour + time.Nanosecond), 1, []string{"iss_mid", "iss_new"}},
+		{"ok/prunes-old-and-mid", now.Add(time.Minute), 2, []string{"iss_new"}},
+		{"ok/prunes-all", now.Add(24 * time.Hour), 3, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := memstore.New(storetest.Epoch)
+			for id, exp := range map[string]time.Time{"iss_old": now.Add(-time.Hour), "iss_mid": now, "iss_new": now.Add(time.Hour)} {
+				is := storetest.SampleIssuance(id, exp.Add(-15*time.Minute))
+				if err := s.PutIssuance(t.Context(), is); err != nil {
+					t.Fatalf("PutIssuance(%s) = %v", id, err)
+				}
+			}
+			if got := s.Prune(c.before); got != c.wantPruned {
+				t.Errorf("Prune(%v) = %d, want %d", c.before, got, c.wantPruned)
+			}
+			list, err := s.ListIssuances(t.Context(), broker.IssuanceFilter{Workload: "payments-api"})
+			if err != nil {
+				t.Fatalf("ListIssuances() = %v", err)
+			}
+			var left []string
+			for _, is := range list {
+				left = append(left, is.ID)
+			}
+			if d := cmp.Diff(c.wantLeft, left); d != "" {
+				t.Errorf("ListIssuances() after Prune(%v) (-want +got):\n%s", c.before, d)
+			}
+			// Pruned issuances are gone from the ref indexes too.
+			_, err = s.FindIssuance(t.Context(), broker.RefAccessor, "acc-iss_old")
+			if gotFound, wantFound := err == nil, c.wantPruned == 0; gotFound != wantFound {
+				t.Errorf("FindIssuance(accessor, acc-iss_old) after Prune(%v) = %v, want found=%v", c.before, err, wantFound)
+			}
+		})
+	}
+}
+
+func TestPruneKeepsRevocationsAndBlocks(t *testing.T) {
+	s := memstore.New(storetest.Epoch)
+	ctx := t.Context()
+	if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_1", CreatedAt: storetest.Epoch().Add(-1000 * time.Hour)}); err != nil {
+		t.Fatalf("PutRevocation = %v", err)
+	}
+	if err := s.PutBlock(ctx, broker.Block{Workload: "w", CreatedAt: storetest.Epoch().Add(-1000 * time.Hour)}); err != nil {
+		t.Fatalf("PutBlock = %v", err)
+	}
+	s.Prune(storetest.Epoch().Add(1000 * time.Hour))
+	if _, err := s.GetRevocation(ctx, "rev_1"); err != nil {
+		t.Errorf("GetRevocation(rev_1) after Prune = %v, want nil", err)
+	}
+	if _, err := s.GetBlock(ctx, "w"); err != nil {
+		t.Errorf("GetBlock(w) after Prune = %v, want nil", err)
+	}
+}
+
+func TestRefTakenOverByAnotherIssuance(t *testing.T) {
+	// Issuance b reuses a's accessor, then a is overwritten: the accessor
+	// must still find b.
+	s := memstore.New(storetest.Epoch)
+	ctx := t.Context()
+	a := storetest.SampleIssuance("iss_a", storetest.Epoch())
+	b := storetest.SampleIssuance("iss_b", storetest.Epoch())
+	b.Refs.Accessor = a.Refs.Accessor
+	for _, is := range []*broker.Issuance{a, b} {
+		if err := s.PutIssuance(ctx, is); err != nil {
+			t.Fatalf("PutIssuance(%s) = %v", is.ID, err)
+		}
+	}
+	a.Refs.Accessor = "acc-other"
+	if err := s.PutIssuance(ctx, a); err != nil {
+		t.Fatalf("PutIssuance(a) = %v", err)
+	}
+	got, err := s.FindIssuance(ctx, broker.RefAccessor, b.Refs.Accessor)
+	if err != nil || got.ID != "iss_b" {
+		t.Errorf("FindIssuance(accessor, %s) = %v, %v, want iss_b", b.Refs.Accessor, got, err)
+	}
+}
+
+func BenchmarkPutIssuance(b *testing.B) {
+	storetest.BenchPutIssuance(b, memstore.New(storetest.Epoch))
+}
+
+func BenchmarkGetIssuance(b *testing.B) {
+	storetest.BenchGetIssuance(b, memstore.New(storetest.Epoch))
+}

@@ -1,0 +1,723 @@
+// Package redisstore is the broker.Store that several broker instances share:
+// issuances, revocations and blocks in Redis (standalone, Sentinel or Cluster,
+// through go-redis' UniversalClient).
+//
+// Promises, beyond broker.Store's contract (checked by package storetest):
+//
+//   - every call has its own deadline (Options.Timeout), so a hung or killed
+//     Redis yields broker.ErrUnavailable, never a hang; redis.Nil becomes
+//     broker.ErrNotFound; the core never sees a go-redis error type;
+//   - PutIssuance is one MULTI/EXEC round trip writing the record and all its
+//     indexes atomically;
+//   - issuance records and their ref indexes live for Options.Retention after
+//     the issuance expires (trace needs expired issuances), then Redis drops
+//     them; revocations and blocks get no TTL at all;
+//   - New refuses a server whose maxmemory-policy may evict keys (allkeys-*,
+//     volatile-*) unless Options.AllowEvictingPolicy is set.
+//
+// Key layout, all under Options.Prefix (default "{keytrail}:"):
+//
+//	iss:<id>               issuance JSON, TTL expiry+retention
+//	ref:<kind>:<value>     issuance id, same TTL as the issuance
+//	idx:all                sorted set of issuance ids scored by expiry (unix ms)
+//	idx:workload:<w>       the same, per workload
+//	idx:owner:<o>          the same, per owner
+//	idx:session:<s>        the same, per session
+//	rev:<id>               revocation JSON, no TTL
+//	revs                   set of revocation ids
+//	block:<workload>       block JSON, no TTL
+//	blocks                 set of blocked workloads
+//
+// Index entries are written with the record but not removed when an
+// overwrite moves a record to other index values (that would take a read
+// first); instead every read checks the record it found against the index it
+// came from, and stale sorted-set members are trimmed once their score is
+// past retention. Sorted-set index keys carry a TTL as long as their longest
+// lived member, so indexes of finished sessions disappear. This needs Redis
+// 7.0 or later (EXPIRE NX/GT), which New checks.
+//
+// The default prefix is a Redis Cluster hash tag: every key of one store hashes
+// to the same slot, which multi-key MULTI/EXEC and MGET require in Cluster. The
+// trade-off is that one store's data lives on one shard: Cluster buys
+// availability, not capacity, for keytrail. New refuses a Cluster client whose
+// prefix has no hash tag.
+package redisstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+var _ broker.Store = (*Store)(nil)
+
+// Defaults of Options.
+const (
+	DefaultPrefix    = "{keytrail}:"
+	DefaultTimeout   = 2 * time.Second
+	DefaultRetention = 30 * 24 * time.Hour
+)
+
+// listBatch is how many index entries ListIssuances reads per round trip.
+const listBatch = 256
+
+// Options configure New. Exactly one of URL and Universal is set.
+type Options struct {
+	// URL is a redis:// or rediss:// URL of a standalone server, as
+	// redis.ParseURL reads it (user, password, database, query options).
+	URL string
+	// Universal configures a Sentinel (MasterName set) or Cluster (several
+	// Addrs, or IsClusterMode) client, or a standalone one.
+	Universal *redis.UniversalOptions
+	// Prefix starts every key; default DefaultPrefix. With Cluster it must
+	// contain a hash tag ("{...}").
+	Prefix string
+	// Timeout bounds each store call; default DefaultTimeout.
+	Timeout time.Duration
+	// Retention is how long an issuance record is kept after it expires;
+	// default DefaultRetention.
+	Retention time.Duration
+	// AllowEvictingPolicy lets New accept a maxmemory-policy that may evict
+	// keytrail's keys (allkeys-*, volatile-*).
+	AllowEvictingPolicy bool
+	// Now is the clock retention is measured from; default time.Now.
+	Now func() time.Time
+	// Logger receives warnings (CONFIG not permitted...); default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is a broker.Store over Redis. It is safe for concurrent use.
+type Store struct {
+	client    redis.UniversalClient
+	prefix    string
+	timeout   time.Duration
+	retention time.Duration
+	now       func() time.Time
+	log       *slog.Logger
+}
+
+// New connects, pings, and checks the server's maxmemory-policy and version.
+// A server it cannot reach is broker.ErrUnavailable; bad options and a
+// refused server are plain errors naming the problem.
+func New(ctx context.Context, o Options) (*Store, error) {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	var problems []error
+	if (o.URL == "") == (o.Universal == nil) {
+		problems = append(problems, errors.New("redisstore: exactly one of url and universal options must be set"))
+	}
+	if o.Timeout < 0 {
+		problems = append(problems, fmt.Errorf("redisstore: timeout: must be positive, got %s", o.Timeout))
+	}
+	if o.Retention < 0 {
+		problems = append(problems, fmt.Errorf("redisstore: retention: must be positive, got %s", o.Retention))
+	}
+	var client redis.UniversalClient
+	if len(problems) == 0 {
+		var err error
+		if client, err = newClient(o); err != nil {
+			problems = append(problems, err)
+		}
+	}
+	if _, isCluster := client.(*redis.ClusterClient); isCluster && !hasHashTag(o.Prefix) {
+		problems = append(problems, fmt.Errorf("redisstore: prefix %q: a Redis Cluster needs a hash tag in the prefix, e.g. %q", o.Prefix, DefaultPrefix))
+	}
+	if err := errors.Join(problems...); err != nil {
+		if client != nil {
+			_ = client.Close()
+		}
+		return nil, err
+	}
+
+	s := &Store{client: client, prefix: o.Prefix, timeout: o.Timeout, retention: o.Retention, now: o.Now, log: o.Logger}
+	if err := s.Ping(ctx); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	if err := s.checkServer(ctx, o.AllowEvictingPolicy); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func newClient(o Options) (redis.UniversalClient, error) {
+	if o.Universal != nil {
+		u := *o.Universal
+		u.ContextTimeoutEnabled = true
+		return redis.NewUniversalClient(&u), nil
+	}
+	const want = "want redis://[user:password@]host:port/db or rediss://..."
+	// url.Parse errors repeat the URL, and with an unescaped '/' or '@' in
+	// the password they quote part of it as host or port: say nothing more.
+	u, err := url.Parse(o.URL)
+	if err != nil {
+		return nil, errors.New("redisstore: url: cannot be parsed (" + want + "; escape special characters in the password)")
+	}
+	ro, err := redis.ParseURL(o.URL)
+	if err != nil {
+		msg := err.Error()
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "REDACTED")
+		}
+		return nil, errors.New("redisstore: url: " + msg + " (" + want + ")")
+	}
+	if ro.Network != "tcp" {
+		return nil, errors.New("redisstore: url: scheme must be redis:// or rediss://")
+	}
+	ro.ContextTimeoutEnabled = true
+	return redis.NewClient(ro), nil
+}
+
+// hasHashTag reports whether Redis Cluster would hash keys starting with
+// prefix by a tag inside the prefix.
+func hasHashTag(prefix string) bool {
+	open := strings.IndexByte(prefix, '{')
+	if open < 0 {
+		return false
+	}
+	end := strings.IndexByte(prefix[open+1:], '}')
+	return end > 0
+}
+
+// checkServer refuses an evicting maxmemory-policy and a Redis older than
+// 7.0. Where CONFIG or INFO is not permitted (managed Redis), it warns and
+// goes on.
+func (s *Store) checkServer(ctx context.Context, allowEvicting bool) error {
+	check := func(ctx context.Context, c redis.Cmdable) error {
+		ctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+		if err := s.checkPolicy(ctx, c, allowEvicting); err != nil {
+			return err
+		}
+		return s.checkVersion(ctx, c)
+	}
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		return cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { return check(ctx, c) })
+	}
+	return check(ctx, s.client)
+}
+
+func (s *Store) checkPolicy(ctx context.Context, c redis.Cmdable, allowEvicting bool) error {
+	m, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		var rerr redis.Error
+		if errors.As(err, &rerr) {
+			s.log.Warn("redisstore: CONFIG GET maxmemory-policy refused; cannot check that Redis will not evict keytrail's keys; make sure the policy is noeviction", "err", err)
+			return nil
+		}
+		return s.fail("config get maxmemory-policy", err)
+	}
+	policy, ok := m["maxmemory-policy"]
+	if !ok {
+		s.log.Warn("redisstore: CONFIG GET maxmemory-policy returned nothing; cannot check that Redis will not evict keytrail's keys")
+		return nil
+	}
+	if !strings.HasPrefix(policy, "allkeys-") && !strings.HasPrefix(policy, "volatile-") {
+		return nil
+	}
+	if allowEvicting {
+		s.log.Warn("redisstore: Redis maxmemory-policy may evict keytrail's keys; accepted because AllowEvictingPolicy is set", "policy", policy)
+		return nil
+	}
+	return fmt.Errorf("redisstore: Redis maxmemory-policy is %q: under memory pressure it may evict keytrail's records "+
+		"(volatile-* evicts issuance records and indexes, allkeys-* also revocations and blocks); "+
+		"set `maxmemory-policy noeviction` on the server, or set AllowEvictingPolicy to accept the risk", policy)
+}
+
+func (s *Store) checkVersion(ctx context.Context, c redis.Cmdable) error {
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		var rerr redis.Error
+		if errors.As(err, &rerr) {
+			s.log.Warn("redisstore: INFO server refused; cannot check that Redis is 7.0 or later", "err", err)
+			return nil
+		}
+		return s.fail("info server", err)
+	}
+	for line := range strings.Lines(info) {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:")
+		if !ok {
+			continue
+		}
+		major, _, _ := strings.Cut(v, ".")
+		if n, err := strconv.Atoi(major); err == nil && n < 7 {
+			return fmt.Errorf("redisstore: Redis %s is too old: keytrail needs Redis 7.0 or later (EXPIRE NX/GT)", v)
+		}
+		return nil
+	}
+	s.log.Warn("redisstore: INFO server has no redis_version; cannot check that Redis is 7.0 or later")
+	return nil
+}
+
+// Client is the underlying client, for features built on the same
+// connection (revocation announcements over pub/sub).
+func (s *Store) Client() redis.UniversalClient { return s.client }
+
+// Close closes the client.
+func (s *Store) Close() error { return s.client.Close() }
+
+// fail translates a go-redis error at the edge: redis.Nil is ErrNotFound,
+// everything else (network, timeout, cancelled context, server error) is
+// ErrUnavailable.
+func (s *Store) fail(op string, err error) error {
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("redisstore: %s: %w", op, broker.ErrNotFound)
+	}
+	return broker.Unavailable("store_unavailable", time.Second, fmt.Errorf("redisstore: %s: %w", op, err))
+}
+
+func invalid(what string) error {
+	return fmt.Errorf("redisstore: %s: %w", what, broker.ErrInvalidRequest)
+}
+
+func notFound(what string) error {
+	return fmt.Errorf("redisstore: %s: %w", what, broker.ErrNotFound)
+}
+
+// corrupt reports a stored value that does not decode.
+func corrupt(what string, err error) error {
+	return broker.Unavailable("store_corrupt", time.Second, fmt.Errorf("redisstore: decode %s: %w", what, err))
+}
+
+func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// Keys.
+
+func (s *Store) issKey(id string) string { return s.prefix + "iss:" + id }
+func (s *Store) refKey(kind broker.RefKind, v string) string {
+	return s.prefix + "ref:" + string(kind) + ":" + v
+}
+func (s *Store) idxKey(name, v string) string    { return s.prefix + "idx:" + name + ":" + v }
+func (s *Store) allKey() string                  { return s.prefix + "idx:all" }
+func (s *Store) revKey(id string) string         { return s.prefix + "rev:" + id }
+func (s *Store) revsKey() string                 { return s.prefix + "revs" }
+func (s *Store) blockKey(workload string) string { return s.prefix + "block:" + workload }
+func (s *Store) blocksKey() string               { return s.prefix + "blocks" }
+
+// refKinds lists the indexes kept.
+func refKinds() []broker.RefKind {
+	return []broker.RefKind{
+		broker.RefFingerprint, broker.RefAccessor, broker.RefJTI, broker.RefLeaseID,
+		broker.RefUsername, broker.RefSerial, broker.RefRequestID,
+	}
+}
+
+// refValue is what is is indexed under for kind; ok is false for an unknown
+// kind.
+func refValue(is *broker.Issuance, kind broker.RefKind) (v string, ok bool) {
+	switch kind {
+	case broker.RefFingerprint:
+		return is.Refs.Fingerprint, true
+	case broker.RefAccessor:
+		return is.Refs.Accessor, true
+	case broker.RefJTI:
+		return is.Refs.JTI, true
+	case broker.RefLeaseID:
+		return is.Refs.LeaseID, true
+	case broker.RefUsername:
+		return is.Refs.Username, true
+	case broker.RefSerial:
+		return is.Refs.Serial, true
+	case broker.RefRequestID:
+		return is.RequestID, true
+	}
+	return "", false
+}
+
+// score is an issuance's position in the sorted-set indexes: its expiry in
+// unix milliseconds (exact in a float64).
+func score(exp time.Time) float64 { return float64(exp.UnixMilli()) }
+
+// ttl is how long an issuance expiring at exp is kept: until exp+retention,
+// in whole seconds, at least one.
+func (s *Store) ttl(exp time.Time) time.Duration {
+	d := s.retention
+	if !exp.IsZero() {
+		d = exp.Add(s.retention).Sub(s.now())
+	}
+	d = (d + time.Second - 1).Truncate(time.Second)
+	return max(d, time.Second)
+}
+
+// PutIssuance writes the record and all its indexes in one MULTI/EXEC.
+func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	if is == nil || is.ID == "" {
+		return invalid("issuance without id")
+	}
+	c := *is
+	c.IssuedAt, c.ExpiresAt, c.RevokedAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC(), c.RevokedAt.UTC()
+	c.Refs.ExpiresAt = c.Refs.ExpiresAt.UTC()
+	raw, err := json.Marshal(&c)
+	if err != nil {
+		return invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
+	}
+	ttl := s.ttl(c.ExpiresAt)
+	cutoff := "(" + strconv.FormatInt(s.now().Add(-s.retention).UnixMilli(), 10)
+	member := redis.Z{Score: score(c.ExpiresAt), Member: c.ID}
+
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	pipe := s.client.TxPipeline()
+	pipe.Set(ctx, s.issKey(c.ID), raw, ttl)
+	for _, kind := range refKinds() {
+		if v, _ := refValue(&c, kind); v != "" {
+			pipe.Set(ctx, s.refKey(kind, v), c.ID, ttl)
+		}
+	}
+	zsets := []string{s.allKey()}
+	for _, ix := range []struct{ name, v string }{{"workload", c.Workload}, {"owner", c.Owner}, {"session", c.SessionID}} {
+		if ix.v != "" {
+			zsets = append(zsets, s.idxKey(ix.name, ix.v))
+		}
+	}
+	for _, key := range zsets {
+		pipe.ZRemRangeByScore(ctx, key, "-inf", cutoff)
+		pipe.ZAdd(ctx, key, member)
+		pipe.ExpireNX(ctx, key, ttl)
+		pipe.ExpireGT(ctx, key, ttl)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return s.fail("put issuance "+c.ID, err)
+	}
+	return nil
+}
+
+func decodeIssuance(raw string) (*broker.Issuance, error) {
+	var is broker.Issuance
+	if err := json.Unmarshal([]byte(raw), &is); err != nil {
+		return nil, corrupt("issuance", err)
+	}
+	return &is, nil
+}
+
+// GetIssuance reads one issuance.
+func (s *Store) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	if id == "" {
+		return nil, invalid("empty issuance id")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	raw, err := s.client.Get(ctx, s.issKey(id)).Result()
+	if err != nil {
+		return nil, s.fail("get issuance "+id, err)
+	}
+	return decodeIssuance(raw)
+}
+
+// FindIssuance follows the ref index to the issuance and checks that the
+// issuance still carries value (an overwrite may have moved it).
+func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value string) (*broker.Issuance, error) {
+	if _, ok := refValue(&broker.Issuance{}, kind); !ok {
+		return nil, invalid(fmt.Sprintf("unknown ref kind %q", kind))
+	}
+	if value == "" {
+		return nil, invalid(fmt.Sprintf("empty %s", kind))
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	what := fmt.Sprintf("find issuance by %s %q", kind, value)
+	id, err := s.client.Get(ctx, s.refKey(kind, value)).Result()
+	if err != nil {
+		return nil, s.fail(what, err)
+	}
+	raw, err := s.client.Get(ctx, s.issKey(id)).Result()
+	if err != nil {
+		return nil, s.fail(what, err)
+	}
+	is, err := decodeIssuance(raw)
+	if err != nil {
+		return nil, err
+	}
+	if v, _ := refValue(is, kind); v != value {
+		return nil, notFound(what)
+	}
+	return is, nil
+}
+
+// ListIssuances walks the most selective sorted-set index in (expiry, id)
+// order, from f.ActiveAt on when set, and checks every record against f.
+func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*broker.Issuance, error) {
+	if f.Limit < 0 {
+		return nil, invalid("negative limit")
+	}
+	key := s.allKey()
+	switch {
+	case f.SessionID != "":
+		key = s.idxKey("session", f.SessionID)
+	case f.Workload != "":
+		key = s.idxKey("workload", f.Workload)
+	case f.Owner != "":
+		key = s.idxKey("owner", f.Owner)
+	}
+	// Active means ActiveAt < ExpiresAt, so the expiry's millisecond is at
+	// least ActiveAt's.
+	minScore := "-inf"
+	if !f.ActiveAt.IsZero() {
+		minScore = strconv.FormatInt(f.ActiveAt.UnixMilli(), 10)
+	}
+
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	out := []*broker.Issuance{}
+	seen := map[string]bool{}
+	for offset := int64(0); ; offset += listBatch {
+		ids, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{
+			Key: key, Start: minScore, Stop: "+inf", ByScore: true, Offset: offset, Count: listBatch,
+		}).Result()
+		if err != nil {
+			return nil, s.fail("list issuances", err)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		keys := make([]string, len(ids))
+		for i, id := range ids {
+			keys[i] = s.issKey(id)
+		}
+		vals, err := s.client.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, s.fail("list issuances", err)
+		}
+		for _, v := range vals {
+			raw, ok := v.(string)
+			if !ok {
+				continue // dropped after retention; index entry not yet trimmed
+			}
+			is, err := decodeIssuance(raw)
+			if err != nil {
+				return nil, err
+			}
+			if seen[is.ID] || !matches(is, f) {
+				continue
+			}
+			seen[is.ID] = true
+			out = append(out, is)
+			if f.Limit > 0 && len(out) == f.Limit {
+				return out, nil
+			}
+		}
+		if len(ids) < listBatch {
+			break
+		}
+	}
+	return out, nil
+}
+
+func matches(is *broker.Issuance, f broker.IssuanceFilter) bool {
+	return (f.Workload == "" || is.Workload == f.Workload) &&
+		(f.Owner == "" || is.Owner == f.Owner) &&
+		(f.SessionID == "" || is.SessionID == f.SessionID) &&
+		(f.ActiveAt.IsZero() || is.Active(f.ActiveAt))
+}
+
+// PutRevocation writes the revocation (no TTL) and adds it to the set.
+func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
+	if r == nil || r.ID == "" {
+		return invalid("revocation without id")
+	}
+	c := *r
+	c.CreatedAt, c.CompletedAt = c.CreatedAt.UTC(), c.CompletedAt.UTC()
+	raw, err := json.Marshal(&c)
+	if err != nil {
+		return invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	pipe := s.client.TxPipeline()
+	pipe.Set(ctx, s.revKey(c.ID), raw, 0)
+	pipe.SAdd(ctx, s.revsKey(), c.ID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return s.fail("put revocation "+c.ID, err)
+	}
+	return nil
+}
+
+func decodeRevocation(raw string) (*broker.Revocation, error) {
+	var r broker.Revocation
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		return nil, corrupt("revocation", err)
+	}
+	return &r, nil
+}
+
+// GetRevocation reads one revocation.
+func (s *Store) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	if id == "" {
+		return nil, invalid("empty revocation id")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	raw, err := s.client.Get(ctx, s.revKey(id)).Result()
+	if err != nil {
+		return nil, s.fail("get revocation "+id, err)
+	}
+	return decodeRevocation(raw)
+}
+
+// members reads a set's members and the values of their keys.
+func (s *Store) members(ctx context.Context, set string, key func(string) string) ([]string, error) {
+	names, err := s.client.SMembers(ctx, set).Result()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for chunk := range slices.Chunk(names, listBatch) {
+		keys := make([]string, len(chunk))
+		for i, n := range chunk {
+			keys[i] = key(n)
+		}
+		vals, err := s.client.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vals {
+			if raw, ok := v.(string); ok {
+				out = append(out, raw)
+			}
+		}
+	}
+	return out, nil
+}
+
+// ListRevocations returns every revocation, ordered by creation time, then id.
+func (s *Store) ListRevocations(ctx context.Context) ([]*broker.Revocation, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	raws, err := s.members(ctx, s.revsKey(), s.revKey)
+	if err != nil {
+		return nil, s.fail("list revocations", err)
+	}
+	out := make([]*broker.Revocation, 0, len(raws))
+	for _, raw := range raws {
+		r, err := decodeRevocation(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b *broker.Revocation) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// PutBlock writes the block (no TTL) and adds it to the set.
+func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
+	if b.Workload == "" {
+		return invalid("block without workload")
+	}
+	b.CreatedAt = b.CreatedAt.UTC()
+	raw, err := json.Marshal(b)
+	if err != nil {
+		return invalid(fmt.Sprintf("block %s cannot be encoded: %v", b.Workload, err))
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	pipe := s.client.TxPipeline()
+	pipe.Set(ctx, s.blockKey(b.Workload), raw, 0)
+	pipe.SAdd(ctx, s.blocksKey(), b.Workload)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return s.fail("put block "+b.Workload, err)
+	}
+	return nil
+}
+
+// DeleteBlock removes a block; ErrNotFound when the workload is not blocked.
+func (s *Store) DeleteBlock(ctx context.Context, workload string) error {
+	if workload == "" {
+		return invalid("empty workload")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	pipe := s.client.TxPipeline()
+	del := pipe.Del(ctx, s.blockKey(workload))
+	pipe.SRem(ctx, s.blocksKey(), workload)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return s.fail("delete block "+workload, err)
+	}
+	if del.Val() == 0 {
+		return notFound("block of " + workload)
+	}
+	return nil
+}
+
+func decodeBlock(raw string) (*broker.Block, error) {
+	var b broker.Block
+	if err := json.Unmarshal([]byte(raw), &b); err != nil {
+		return nil, corrupt("block", err)
+	}
+	return &b, nil
+}
+
+// GetBlock reads the block of workload; ErrNotFound when it is not blocked.
+func (s *Store) GetBlock(ctx context.Context, workload string) (*broker.Block, error) {
+	if workload == "" {
+		return nil, invalid("empty workload")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	raw, err := s.client.Get(ctx, s.blockKey(workload)).Result()
+	if err != nil {
+		return nil, s.fail("get block of "+workload, err)
+	}
+	return decodeBlock(raw)
+}
+
+// ListBlocks returns every block, ordered by workload.
+func (s *Store) ListBlocks(ctx context.Context) ([]broker.Block, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	raws, err := s.members(ctx, s.blocksKey(), s.blockKey)
+	if err != nil {
+		return nil, s.fail("list blocks", err)
+	}
+	out := make([]broker.Block, 0, len(raws))
+	for _, raw := range raws {
+		b, err := decodeBlock(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *b)
+	}
+	slices.SortFunc(out, func(a, b broker.Block) int { return cmp.Compare(a.Workload, b.Workload) })
+	return out, nil
+}
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	if err := s.client.Ping(ctx).Err(); err != nil {
+		return s.fail("ping", err)
+	}
+	return nil
+}

@@ -1,0 +1,483 @@
+package redisstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keytrail/keytrail/adapters/redisstore"
+	"github.com/keytrail/keytrail/adapters/storetest"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// newStore connects a store to r under prefix with the suite's clock.
+func newStore(t testing.TB, r *harness.Redis, o redisstore.Options) *redisstore.Store {
+	t.Helper()
+	if o.URL == "" && o.Universal == nil {
+		o.URL = r.URL()
+	}
+	if o.Now == nil {
+		o.Now = storetest.Epoch
+	}
+	s, err := redisstore.New(context.Background(), o)
+	if err != nil {
+		t.Fatalf("New(%s) = %v, want nil", r.URL(), err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestContract(t *testing.T) {
+	r := harness.StartRedis(t)
+	n := 0
+	storetest.Run(t, func(t *testing.T) broker.Store {
+		// One server; every subtest gets its own key space.
+		n++
+		return newStore(t, r, redisstore.Options{Prefix: fmt.Sprintf("{contract-%d}:", n)})
+	})
+}
+
+func TestContractDefaultPrefixWithPersistence(t *testing.T) {
+	r := harness.StartRedis(t, harness.WithPersistence())
+	storetest.Run(t, func(t *testing.T) broker.Store {
+		// The default prefix on a freshly emptied server.
+		s := newStore(t, r, redisstore.Options{})
+		if err := s.Client().FlushDB(t.Context()).Err(); err != nil {
+			t.Fatalf("FLUSHDB = %v", err)
+		}
+		return s
+	})
+}
+
+func TestMaxmemoryPolicy(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		policy  string
+		allow   bool
+		wantErr bool
+	}{
+		{"ok/noeviction", "noeviction", false, false},
+		{"fail/allkeys-lru", "allkeys-lru", false, true},
+		{"fail/allkeys-random", "allkeys-random", false, true},
+		{"fail/volatile-ttl", "volatile-ttl", false, true},
+		{"fail/volatile-lru", "volatile-lru", false, true},
+		{"ok/allkeys-lru-allowed", "allkeys-lru", true, false},
+		{"ok/volatile-lfu-allowed", "volatile-lfu", true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := harness.StartRedis(t, harness.WithArgs("--maxmemory-policy", c.policy))
+			var logs bytes.Buffer
+			s, err := redisstore.New(t.Context(), redisstore.Options{
+				URL: r.URL(), AllowEvictingPolicy: c.allow, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			})
+			if s != nil {
+				t.Cleanup(func() { _ = s.Close() })
+			}
+			if gotErr := err != nil; gotErr != c.wantErr {
+				t.Fatalf("New(maxmemory-policy %s, allow=%v) = %v, want error=%v", c.policy, c.allow, err, c.wantErr)
+			}
+			if err != nil {
+				for _, want := range []string{strconv.Quote(c.policy), "noeviction", "AllowEvictingPolicy"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("New(maxmemory-policy %s) = %q, want it to mention %s", c.policy, err, want)
+					}
+				}
+				return
+			}
+			if c.allow && !strings.Contains(logs.String(), c.policy) {
+				t.Errorf("New(maxmemory-policy %s, allow) logged %q, want a warning naming the policy", c.policy, logs.String())
+			}
+			if err := s.Ping(t.Context()); err != nil {
+				t.Errorf("Ping() = %v, want nil", err)
+			}
+		})
+	}
+}
+
+func TestConfigNotPermitted(t *testing.T) {
+	// Managed Redis often disables CONFIG: New warns and goes on.
+	r := harness.StartRedis(t, harness.WithArgs("--rename-command", "CONFIG", ""))
+	var logs bytes.Buffer
+	s, err := redisstore.New(t.Context(), redisstore.Options{URL: r.URL(), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("New(CONFIG disabled) = %v, want nil", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if !strings.Contains(logs.String(), "maxmemory-policy") || !strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("New(CONFIG disabled) logged %q, want a warning about maxmemory-policy", logs.String())
+	}
+}
+
+func TestNewOptions(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		o    redisstore.Options
+		want string // substring of the error
+	}{
+		{"fail/neither-url-nor-universal", redisstore.Options{}, "exactly one of url and universal"},
+		{"fail/both", redisstore.Options{URL: "redis://127.0.0.1:1", Universal: &redis.UniversalOptions{Addrs: []string{"127.0.0.1:1"}}}, "exactly one of url and universal"},
+		{"fail/http-scheme", redisstore.Options{URL: "http://127.0.0.1:6379"}, "invalid URL scheme"},
+		{"fail/unix-scheme", redisstore.Options{URL: "unix:///tmp/redis.sock"}, "must be redis:// or rediss://"},
+		{"fail/negative-timeout", redisstore.Options{URL: "redis://127.0.0.1:1", Timeout: -time.Second}, "timeout: must be positive"},
+		{"fail/negative-retention", redisstore.Options{URL: "redis://127.0.0.1:1", Retention: -time.Hour}, "retention: must be positive"},
+		{"fail/cluster-without-hash-tag", redisstore.Options{Universal: &redis.UniversalOptions{Addrs: []string{"127.0.0.1:1"}, IsClusterMode: true}, Prefix: "keytrail:"}, "needs a hash tag"},
+		{"fail/cluster-empty-hash-tag", redisstore.Options{Universal: &redis.UniversalOptions{Addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}}, Prefix: "{}keytrail:"}, "needs a hash tag"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := redisstore.New(t.Context(), c.o)
+			if err == nil {
+				_ = s.Close()
+				t.Fatalf("New(%+v) = nil error, want %q", c.o, c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("New(%+v) = %q, want it to contain %q", c.o, err, c.want)
+			}
+		})
+	}
+}
+
+func TestNewURLErrorHidesPassword(t *testing.T) {
+	for _, u := range []string{
+		"redis://user:s3cret@127.0.0.1:notaport/0",
+		"redis://:s3cret@[::1/0",
+		"redis://user:s3cret@127.0.0.1:6379/notadb",
+		"redis://:s3cret@127.0.0.1:6379/0?dial_timeout=forever",
+	} {
+		_, err := redisstore.New(t.Context(), redisstore.Options{URL: u})
+		if err == nil {
+			t.Errorf("New(%q) = nil error, want an error", u)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("New(%q) = %q, leaks the password", u, err)
+		}
+	}
+}
+
+func TestNewUnreachable(t *testing.T) {
+	port := harness.FreePort(t) // nothing listens there
+	start := time.Now()
+	_, err := redisstore.New(t.Context(), redisstore.Options{URL: "redis://127.0.0.1:" + strconv.Itoa(port), Timeout: 300 * time.Millisecond})
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("New(unreachable) = %v, want %v", err, broker.ErrUnavailable)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("New(unreachable) took %s, want it bounded by the timeout", d)
+	}
+}
+
+// calls are the store operations checked against a broken server.
+func calls(s *redisstore.Store) map[string]func(ctx context.Context) error {
+	return map[string]func(ctx context.Context) error{
+		"ping": s.Ping,
+		"put-issuance": func(ctx context.Context) error {
+			return s.PutIssuance(ctx, storetest.SampleIssuance("iss_down", storetest.Epoch()))
+		},
+		"get-issuance": func(ctx context.Context) error { _, err := s.GetIssuance(ctx, "iss_up"); return err },
+		"find-issuance": func(ctx context.Context) error {
+			_, err := s.FindIssuance(ctx, broker.RefAccessor, "acc-iss_up")
+			return err
+		},
+		"list-issuances": func(ctx context.Context) error {
+			_, err := s.ListIssuances(ctx, broker.IssuanceFilter{Workload: "payments-api"})
+			return err
+		},
+		"put-block":        func(ctx context.Context) error { return s.PutBlock(ctx, broker.Block{Workload: "w"}) },
+		"list-blocks":      func(ctx context.Context) error { _, err := s.ListBlocks(ctx); return err },
+		"list-revocations": func(ctx context.Context) error { _, err := s.ListRevocations(ctx); return err },
+	}
+}
+
+func TestUnavailable(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	for _, c := range []struct {
+		name    string
+		break_  func(r *harness.Redis)
+		restore func(r *harness.Redis)
+		keeps   bool // whether data written before survives restore
+	}{
+		{"fail/killed", (*harness.Redis).Kill, (*harness.Redis).Restart, false},
+		{"fail/paused", (*harness.Redis).Pause, (*harness.Redis).Resume, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := harness.StartRedis(t)
+			s := newStore(t, r, redisstore.Options{Timeout: timeout})
+			if err := s.PutIssuance(t.Context(), storetest.SampleIssuance("iss_up", storetest.Epoch())); err != nil {
+				t.Fatalf("PutIssuance(iss_up) = %v, want nil", err)
+			}
+			c.break_(r)
+			for name, call := range calls(s) {
+				start := time.Now()
+				err := call(t.Context())
+				elapsed := time.Since(start)
+				if !errors.Is(err, broker.ErrUnavailable) {
+					t.Errorf("%s on a %s Redis = %v, want %v", name, c.name, err, broker.ErrUnavailable)
+				}
+				var be *broker.Error
+				if errors.As(err, &be) && (be.Reason != "store_unavailable" || be.RetryAfter <= 0) {
+					t.Errorf("%s on a %s Redis = reason %q retry-after %s, want store_unavailable with a retry-after", name, c.name, be.Reason, be.RetryAfter)
+				}
+				// Bounded by the per-call timeout, with slack for a loaded machine.
+				if elapsed > 10*timeout {
+					t.Errorf("%s on a %s Redis took %s, want about the %s timeout", name, c.name, elapsed, timeout)
+				}
+			}
+			c.restore(r)
+			// The store recovers once the server is back, without a new client.
+			_, err := s.GetIssuance(t.Context(), "iss_up")
+			switch {
+			case c.keeps && err != nil:
+				t.Errorf("GetIssuance(iss_up) after recovery = %v, want nil", err)
+			case !c.keeps && !errors.Is(err, broker.ErrNotFound):
+				t.Errorf("GetIssuance(iss_up) after restart without persistence = %v, want %v", err, broker.ErrNotFound)
+			}
+		})
+	}
+}
+
+func TestPersistenceAcrossRestart(t *testing.T) {
+	r := harness.StartRedis(t, harness.WithPersistence())
+	s := newStore(t, r, redisstore.Options{})
+	ctx := t.Context()
+	if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_1", CreatedAt: storetest.Epoch()}); err != nil {
+		t.Fatalf("PutRevocation(rev_1) = %v", err)
+	}
+	if err := s.PutBlock(ctx, broker.Block{Workload: "w", CreatedAt: storetest.Epoch()}); err != nil {
+		t.Fatalf("PutBlock(w) = %v", err)
+	}
+	r.Kill()
+	r.Restart()
+	if _, err := s.GetRevocation(ctx, "rev_1"); err != nil {
+		t.Errorf("GetRevocation(rev_1) after kill and restart = %v, want nil", err)
+	}
+	if _, err := s.GetBlock(ctx, "w"); err != nil {
+		t.Errorf("GetBlock(w) after kill and restart = %v, want nil", err)
+	}
+}
+
+func TestPrefixIsolation(t *testing.T) {
+	r := harness.StartRedis(t)
+	a := newStore(t, r, redisstore.Options{Prefix: "{a}:"})
+	b := newStore(t, r, redisstore.Options{Prefix: "{b}:"})
+	ctx := t.Context()
+	is := storetest.SampleIssuance("iss_a", storetest.Epoch())
+	if err := a.PutIssuance(ctx, is); err != nil {
+		t.Fatalf("a.PutIssuance = %v", err)
+	}
+	if err := a.PutRevocation(ctx, &broker.Revocation{ID: "rev_a"}); err != nil {
+		t.Fatalf("a.PutRevocation = %v", err)
+	}
+	if err := a.PutBlock(ctx, broker.Block{Workload: "payments-api"}); err != nil {
+		t.Fatalf("a.PutBlock = %v", err)
+	}
+
+	_, err := b.GetIssuance(ctx, is.ID)
+	if !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("b.GetIssuance(%s) = %v, want %v", is.ID, err, broker.ErrNotFound)
+	}
+	_, err = b.FindIssuance(ctx, broker.RefAccessor, is.Refs.Accessor)
+	if !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("b.FindIssuance(accessor) = %v, want %v", err, broker.ErrNotFound)
+	}
+	if l, err := b.ListIssuances(ctx, broker.IssuanceFilter{}); err != nil || len(l) != 0 {
+		t.Errorf("b.ListIssuances() = %d, %v, want none", len(l), err)
+	}
+	if l, err := b.ListRevocations(ctx); err != nil || len(l) != 0 {
+		t.Errorf("b.ListRevocations() = %d, %v, want none", len(l), err)
+	}
+	if _, err := b.GetBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("b.GetBlock(payments-api) = %v, want %v", err, broker.ErrNotFound)
+	}
+	if err := b.DeleteBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("b.DeleteBlock(payments-api) = %v, want %v", err, broker.ErrNotFound)
+	}
+	// a still sees its own data.
+	if l, err := a.ListIssuances(ctx, broker.IssuanceFilter{}); err != nil || len(l) != 1 {
+		t.Errorf("a.ListIssuances() = %d, %v, want 1", len(l), err)
+	}
+	if _, err := a.GetBlock(ctx, "payments-api"); err != nil {
+		t.Errorf("a.GetBlock(payments-api) = %v, want nil", err)
+	}
+	// Every key a wrote starts with its prefix.
+	keys, err := a.Client().Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatalf("KEYS * = %v", err)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, "{a}:") {
+			t.Errorf("key %q does not start with prefix {a}:", k)
+		}
+	}
+}
+
+func TestKeyLayoutAndTTL(t *testing.T) {
+	r := harness.StartRedis(t)
+	const retention = 48 * time.Hour
+	s := newStore(t, r, redisstore.Options{Prefix: "{kt}:", Retention: retention})
+	ctx := t.Context()
+	is := storetest.SampleIssuance("iss_ttl", storetest.Epoch()) // expires Epoch+15m
+	if err := s.PutIssuance(ctx, is); err != nil {
+		t.Fatalf("PutIssuance = %v", err)
+	}
+	if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_ttl"}); err != nil {
+		t.Fatalf("PutRevocation = %v", err)
+	}
+	if err := s.PutBlock(ctx, broker.Block{Workload: "payments-api"}); err != nil {
+		t.Fatalf("PutBlock = %v", err)
+	}
+	wantTTL := retention + 15*time.Minute
+	for _, c := range []struct {
+		key     string
+		wantTTL time.Duration // -1: no TTL
+	}{
+		{"{kt}:iss:iss_ttl", wantTTL},
+		{"{kt}:ref:accessor:acc-iss_ttl", wantTTL},
+		{"{kt}:ref:fingerprint:sha256:fp-iss_ttl", wantTTL},
+		{"{kt}:ref:jti:jti-iss_ttl", wantTTL},
+		{"{kt}:ref:lease_id:database/creds/payments/lease-iss_ttl", wantTTL},
+		{"{kt}:ref:username:v-keytrail-iss_ttl", wantTTL},
+		{"{kt}:ref:serial:serial-iss_ttl", wantTTL},
+		{"{kt}:ref:request_id:req-iss_ttl", wantTTL},
+		{"{kt}:idx:all", wantTTL},
+		{"{kt}:idx:workload:payments-api", wantTTL},
+		{"{kt}:idx:owner:team-payments", wantTTL},
+		{"{kt}:idx:session:ses_iss_ttl", wantTTL},
+		{"{kt}:rev:rev_ttl", -1},
+		{"{kt}:revs", -1},
+		{"{kt}:block:payments-api", -1},
+		{"{kt}:blocks", -1},
+	} {
+		got, err := s.Client().TTL(ctx, c.key).Result()
+		if err != nil {
+			t.Fatalf("TTL %s = %v", c.key, err)
+		}
+		if c.wantTTL < 0 {
+			if got != -1 {
+				t.Errorf("TTL %s = %v, want none (-1)", c.key, got)
+			}
+			continue
+		}
+		if got > c.wantTTL || got < c.wantTTL-time.Minute {
+			t.Errorf("TTL %s = %v, want about %v", c.key, got, c.wantTTL)
+		}
+	}
+	// A later, longer-lived issuance extends the shared index's TTL; an
+	// earlier one does not shorten it.
+	long := storetest.SampleIssuance("iss_long", storetest.Epoch().Add(time.Hour))
+	short := storetest.SampleIssuance("iss_short", storetest.Epoch().Add(-time.Hour))
+	for _, x := range []*broker.Issuance{long, short} {
+		if err := s.PutIssuance(ctx, x); err != nil {
+			t.Fatalf("PutIssuance(%s) = %v", x.ID, err)
+		}
+	}
+	got, err := s.Client().TTL(ctx, "{kt}:idx:workload:payments-api").Result()
+	if want := wantTTL + time.Hour; err != nil || got > want || got < want-time.Minute {
+		t.Errorf("TTL idx:workload after longer and shorter issuances = %v, %v, want about %v", got, err, want)
+	}
+}
+
+func TestStaleRefAfterOverwriteIgnored(t *testing.T) {
+	// The old accessor's index key still exists after an overwrite; Find
+	// must not follow it to a record that no longer carries the accessor.
+	r := harness.StartRedis(t)
+	s := newStore(t, r, redisstore.Options{Prefix: "{st}:"})
+	ctx := t.Context()
+	is := storetest.SampleIssuance("iss_st", storetest.Epoch())
+	if err := s.PutIssuance(ctx, is); err != nil {
+		t.Fatalf("PutIssuance = %v", err)
+	}
+	is.Refs.Accessor = "acc-new"
+	if err := s.PutIssuance(ctx, is); err != nil {
+		t.Fatalf("PutIssuance = %v", err)
+	}
+	if n, err := s.Client().Exists(ctx, "{st}:ref:accessor:acc-iss_st").Result(); err != nil || n != 1 {
+		t.Fatalf("EXISTS old ref = %d, %v, want the stale key to exist for this test", n, err)
+	}
+	if _, err := s.FindIssuance(ctx, broker.RefAccessor, "acc-iss_st"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("FindIssuance(accessor, acc-iss_st) = %v, want %v", err, broker.ErrNotFound)
+	}
+}
+
+func TestListSkipsRecordsPastRetention(t *testing.T) {
+	// A record Redis dropped (TTL) while its index entry remains is skipped.
+	r := harness.StartRedis(t)
+	s := newStore(t, r, redisstore.Options{Prefix: "{ret}:"})
+	ctx := t.Context()
+	for _, id := range []string{"iss_1", "iss_2"} {
+		if err := s.PutIssuance(ctx, storetest.SampleIssuance(id, storetest.Epoch())); err != nil {
+			t.Fatalf("PutIssuance(%s) = %v", id, err)
+		}
+	}
+	if err := s.Client().Del(ctx, "{ret}:iss:iss_1").Err(); err != nil {
+		t.Fatalf("DEL = %v", err)
+	}
+	got, err := s.ListIssuances(ctx, broker.IssuanceFilter{Workload: "payments-api"})
+	if err != nil {
+		t.Fatalf("ListIssuances() = %v", err)
+	}
+	var ids []string
+	for _, is := range got {
+		ids = append(ids, is.ID)
+	}
+	if d := cmp.Diff([]string{"iss_2"}, ids); d != "" {
+		t.Errorf("ListIssuances() ids (-want +got):\n%s", d)
+	}
+}
+
+func TestListPagesThroughLargeIndex(t *testing.T) {
+	// More entries than one ZRANGE batch, half of them filtered out.
+	r := harness.StartRedis(t)
+	s := newStore(t, r, redisstore.Options{Prefix: "{page}:"})
+	ctx := t.Context()
+	const n = 600
+	for i := range n {
+		is := storetest.SampleIssuance(fmt.Sprintf("iss_%04d", i), storetest.Epoch().Add(time.Duration(i)*time.Second))
+		if i%2 == 1 {
+			is.Owner = "other"
+		}
+		if err := s.PutIssuance(ctx, is); err != nil {
+			t.Fatalf("PutIssuance = %v", err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		f    broker.IssuanceFilter
+		want int
+		last string
+	}{
+		{"ok/all", broker.IssuanceFilter{}, n, "iss_0599"},
+		{"ok/owner-filtered-in-go", broker.IssuanceFilter{Workload: "payments-api", Owner: "other"}, n / 2, "iss_0599"},
+		{"ok/limit-beyond-first-batch", broker.IssuanceFilter{Workload: "payments-api", Owner: "team-payments", Limit: 200}, 200, "iss_0398"},
+		{"ok/active-at", broker.IssuanceFilter{ActiveAt: storetest.Epoch().Add(15*time.Minute + 500*time.Second)}, 99, "iss_0599"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := s.ListIssuances(ctx, c.f)
+			if err != nil {
+				t.Fatalf("ListIssuances(%+v) = %v", c.f, err)
+			}
+			if len(got) != c.want || got[len(got)-1].ID != c.last {
+				t.Errorf("ListIssuances(%+v) = %d ending %s, want %d ending %s", c.f, len(got), got[len(got)-1].ID, c.want, c.last)
+			}
+		})
+	}
+}
+
+func BenchmarkPutIssuance(b *testing.B) {
+	r := harness.StartRedis(b)
+	storetest.BenchPutIssuance(b, newStore(b, r, redisstore.Options{}))
+}
+
+func BenchmarkGetIssuance(b *testing.B) {
+	r := harness.StartRedis(b)
+	storetest.BenchGetIssuance(b, newStore(b, r, redisstore.Options{}))
+}

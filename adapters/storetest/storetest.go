@@ -1,0 +1,772 @@
+// Package storetest is the contract suite every broker.Store passes: the
+// in-memory store and the Redis store run the same subtests, so the broker
+// behaves the same whichever one is wired in.
+//
+// Besides what broker.Store's doc comment promises, the suite pins down what
+// both implementations agree on:
+//
+//   - records are stored and returned as their JSON encoding decodes: times in
+//     UTC, claim numbers as float64, claim arrays as []any, empty slices and
+//     maps with omitempty tags as nil. Stored records are copies: neither the
+//     caller's value after Put nor a returned value can change what is stored;
+//   - ListIssuances returns issuances ordered by expiry (millisecond
+//     resolution), then id; ListRevocations by creation time, then id;
+//     ListBlocks by workload;
+//   - a nil record, an empty id or workload, an unknown RefKind and an empty
+//     ref value are ErrInvalidRequest; DeleteBlock of a workload that is not
+//     blocked is ErrNotFound;
+//   - a cancelled context is ErrUnavailable wrapping the context's error.
+//
+// Stores under test must use Epoch as their clock: stores that expire records
+// (Redis) compute retention from it.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Epoch is the fixed "now" of the suite; stores under test use it as their
+// clock.
+func Epoch() time.Time {
+	return time.Date(2030, time.January, 2, 3, 4, 5, 123456789, time.UTC)
+}
+
+// AllRefKinds lists every RefKind a Store indexes.
+func AllRefKinds() []broker.RefKind {
+	return []broker.RefKind{
+		broker.RefFingerprint, broker.RefAccessor, broker.RefJTI, broker.RefLeaseID,
+		broker.RefUsername, broker.RefSerial, broker.RefRequestID,
+	}
+}
+
+// SampleIssuance returns a fully populated issuance whose references are all
+// derived from id, issued at `at` and expiring 15 minutes later.
+func SampleIssuance(id string, at time.Time) *broker.Issuance {
+	exp := at.Add(15 * time.Minute)
+	return &broker.Issuance{
+		ID:        id,
+		Workload:  "payments-api",
+		Owner:     "team-payments",
+		SessionID: "ses_" + id,
+		Grant:     "payments-vault",
+		Kind:      broker.KindVaultToken,
+		Identity:  broker.IdentityRef{Iss: "https://k8s.example", Sub: "system:serviceaccount:payments:api", JTI: "idjti-" + id},
+		Act:       []broker.IdentityRef{{Iss: "https://agents.example", Sub: "agent-7"}},
+		Claims: map[string]any{
+			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-" + id}},
+			"groups":        []any{"a", "b"},
+			"n":             float64(3),
+			"ok":            true,
+		},
+		Source:    broker.Source{IP: "10.0.0.7", UserAgent: "keytrail-fetch/1"},
+		IssuedAt:  at,
+		ExpiresAt: exp,
+		Refs: broker.CredentialRefs{
+			Fingerprint: "sha256:fp-" + id,
+			Accessor:    "acc-" + id,
+			LeaseID:     "database/creds/payments/lease-" + id,
+			Username:    "v-keytrail-" + id,
+			JTI:         "jti-" + id,
+			Serial:      "serial-" + id,
+			ExpiresAt:   exp,
+		},
+		RequestID: "req-" + id,
+	}
+}
+
+// refValue is the value of is under kind.
+func refValue(is *broker.Issuance, kind broker.RefKind) string {
+	switch kind {
+	case broker.RefFingerprint:
+		return is.Refs.Fingerprint
+	case broker.RefAccessor:
+		return is.Refs.Accessor
+	case broker.RefJTI:
+		return is.Refs.JTI
+	case broker.RefLeaseID:
+		return is.Refs.LeaseID
+	case broker.RefUsername:
+		return is.Refs.Username
+	case broker.RefSerial:
+		return is.Refs.Serial
+	case broker.RefRequestID:
+		return is.RequestID
+	}
+	return ""
+}
+
+// Run runs the contract suite. newStore is called once per subtest and must
+// return an empty store whose clock is Epoch.
+func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("issuance", func(t *testing.T) { testIssuance(t, newStore) })
+	t.Run("find", func(t *testing.T) { testFind(t, newStore) })
+	t.Run("overwrite", func(t *testing.T) { testOverwrite(t, newStore) })
+	t.Run("list", func(t *testing.T) { testList(t, newStore) })
+	t.Run("revocation", func(t *testing.T) { testRevocation(t, newStore) })
+	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
+	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
+	t.Run("context", func(t *testing.T) { testContext(t, newStore) })
+	t.Run("concurrency", func(t *testing.T) { testConcurrency(t, newStore) })
+	t.Run("copies", func(t *testing.T) { testCopies(t, newStore) })
+}
+
+func ctx(t *testing.T) context.Context { return t.Context() }
+
+func mustPut(t *testing.T, s broker.Store, is *broker.Issuance) {
+	t.Helper()
+	if err := s.PutIssuance(ctx(t), is); err != nil {
+		t.Fatalf("PutIssuance(%s) = %v, want nil", is.ID, err)
+	}
+}
+
+func wantErr(t *testing.T, call string, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Errorf("%s = %v, want %v", call, err, want)
+	}
+}
+
+func testIssuance(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("ok/roundtrip", func(t *testing.T) {
+		s := newStore(t)
+		in := SampleIssuance("iss_roundtrip", Epoch())
+		in.RevokedAt = Epoch().Add(time.Minute)
+		in.RevocationID = "rev_1"
+		mustPut(t, s, in)
+		got, err := s.GetIssuance(ctx(t), in.ID)
+		if err != nil {
+			t.Fatalf("GetIssuance(%s) = %v, want nil", in.ID, err)
+		}
+		if d := cmp.Diff(in, got); d != "" {
+			t.Errorf("GetIssuance(%s) mismatch (-want +got):\n%s", in.ID, d)
+		}
+	})
+
+	t.Run("ok/times-in-utc", func(t *testing.T) {
+		s := newStore(t)
+		zone := time.FixedZone("CEST", 2*60*60)
+		in := SampleIssuance("iss_zone", Epoch().In(zone))
+		mustPut(t, s, in)
+		got, err := s.GetIssuance(ctx(t), in.ID)
+		if err != nil {
+			t.Fatalf("GetIssuance(%s) = %v, want nil", in.ID, err)
+		}
+		for name, tm := range map[string]time.Time{"issued_at": got.IssuedAt, "expires_at": got.ExpiresAt, "credential.expires_at": got.Refs.ExpiresAt} {
+			if tm.Location() != time.UTC {
+				t.Errorf("GetIssuance(%s).%s location = %v, want UTC", in.ID, name, tm.Location())
+			}
+		}
+		if !got.IssuedAt.Equal(Epoch()) {
+			t.Errorf("GetIssuance(%s).IssuedAt = %v, want %v", in.ID, got.IssuedAt, Epoch())
+		}
+	})
+
+	t.Run("ok/claims-json-normalised", func(t *testing.T) {
+		s := newStore(t)
+		in := SampleIssuance("iss_claims", Epoch())
+		in.Claims = map[string]any{"n": 3, "groups": []string{"x"}, "m": map[string]string{"k": "v"}}
+		in.Act = []broker.IdentityRef{}
+		mustPut(t, s, in)
+		got, err := s.GetIssuance(ctx(t), in.ID)
+		if err != nil {
+			t.Fatalf("GetIssuance(%s) = %v, want nil", in.ID, err)
+		}
+		want := map[string]any{"n": float64(3), "groups": []any{"x"}, "m": map[string]any{"k": "v"}}
+		if d := cmp.Diff(want, got.Claims); d != "" {
+			t.Errorf("GetIssuance(%s).Claims mismatch (-want +got):\n%s", in.ID, d)
+		}
+		if got.Act != nil {
+			t.Errorf("GetIssuance(%s).Act = %#v, want nil", in.ID, got.Act)
+		}
+	})
+
+	t.Run("fail/missing", func(t *testing.T) {
+		s := newStore(t)
+		_, err := s.GetIssuance(ctx(t), "iss_missing")
+		wantErr(t, "GetIssuance(iss_missing)", err, broker.ErrNotFound)
+	})
+
+	t.Run("fail/invalid", func(t *testing.T) {
+		s := newStore(t)
+		wantErr(t, "PutIssuance(nil)", s.PutIssuance(ctx(t), nil), broker.ErrInvalidRequest)
+		wantErr(t, "PutIssuance(id=\"\")", s.PutIssuance(ctx(t), SampleIssuance("", Epoch())), broker.ErrInvalidRequest)
+		_, err := s.GetIssuance(ctx(t), "")
+		wantErr(t, "GetIssuance(\"\")", err, broker.ErrInvalidRequest)
+	})
+}
+
+func testFind(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	a := SampleIssuance("iss_find_a", Epoch())
+	b := SampleIssuance("iss_find_b", Epoch().Add(time.Second))
+	mustPut(t, s, a)
+	mustPut(t, s, b)
+
+	for _, kind := range AllRefKinds() {
+		for _, is := range []*broker.Issuance{a, b} {
+			t.Run(fmt.Sprintf("ok/%s/%s", kind, is.ID), func(t *testing.T) {
+				v := refValue(is, kind)
+				got, err := s.FindIssuance(ctx(t), kind, v)
+				if err != nil {
+					t.Fatalf("FindIssuance(%s, %q) = %v, want nil", kind, v, err)
+				}
+				if got.ID != is.ID {
+					t.Errorf("FindIssuance(%s, %q).ID = %s, want %s", kind, v, got.ID, is.ID)
+				}
+				if d := cmp.Diff(is, got); d != "" {
+					t.Errorf("FindIssuance(%s, %q) mismatch (-want +got):\n%s", kind, v, d)
+				}
+			})
+		}
+		t.Run(fmt.Sprintf("fail/%s/unknown-value", kind), func(t *testing.T) {
+			_, err := s.FindIssuance(ctx(t), kind, "nope")
+			wantErr(t, fmt.Sprintf("FindIssuance(%s, nope)", kind), err, broker.ErrNotFound)
+		})
+		t.Run(fmt.Sprintf("fail/%s/empty-value", kind), func(t *testing.T) {
+			_, err := s.FindIssuance(ctx(t), kind, "")
+			wantErr(t, fmt.Sprintf("FindIssuance(%s, \"\")", kind), err, broker.ErrInvalidRequest)
+		})
+	}
+	t.Run("fail/other-kinds-value", func(t *testing.T) {
+		// An accessor is not found under the lease id index.
+		_, err := s.FindIssuance(ctx(t), broker.RefLeaseID, a.Refs.Accessor)
+		wantErr(t, "FindIssuance(lease_id, <accessor>)", err, broker.ErrNotFound)
+	})
+	t.Run("fail/unknown-kind", func(t *testing.T) {
+		_, err := s.FindIssuance(ctx(t), broker.RefKind("colour"), "red")
+		wantErr(t, "FindIssuance(colour, red)", err, broker.ErrInvalidRequest)
+	})
+	t.Run("ok/missing-refs-not-indexed", func(t *testing.T) {
+		is := SampleIssuance("iss_sparse", Epoch())
+		is.Refs = broker.CredentialRefs{Fingerprint: "sha256:sparse", ExpiresAt: is.ExpiresAt}
+		is.RequestID = ""
+		mustPut(t, s, is)
+		if _, err := s.FindIssuance(ctx(t), broker.RefFingerprint, "sha256:sparse"); err != nil {
+			t.Errorf("FindIssuance(fingerprint, sha256:sparse) = %v, want nil", err)
+		}
+		// The earlier issuances are still found by their accessors.
+		got, err := s.FindIssuance(ctx(t), broker.RefAccessor, a.Refs.Accessor)
+		if err != nil || got.ID != a.ID {
+			t.Errorf("FindIssuance(accessor, %s) = %v, %v, want %s", a.Refs.Accessor, got, err, a.ID)
+		}
+	})
+}
+
+func testOverwrite(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	old := SampleIssuance("iss_over", Epoch())
+	mustPut(t, s, old)
+
+	upd := SampleIssuance("iss_over", Epoch())
+	upd.Workload, upd.Owner, upd.SessionID = "orders-api", "team-orders", "ses_new"
+	upd.Refs.Accessor = "acc-new"
+	upd.Refs.Fingerprint = "sha256:new"
+	upd.RequestID = "req-new"
+	upd.RevokedAt = Epoch().Add(time.Minute)
+	upd.RevocationID = "rev_over"
+	mustPut(t, s, upd)
+
+	t.Run("ok/get-returns-new", func(t *testing.T) {
+		got, err := s.GetIssuance(ctx(t), upd.ID)
+		if err != nil {
+			t.Fatalf("GetIssuance(%s) = %v, want nil", upd.ID, err)
+		}
+		if d := cmp.Diff(upd, got); d != "" {
+			t.Errorf("GetIssuance(%s) mismatch (-want +got):\n%s", upd.ID, d)
+		}
+	})
+	for _, c := range []struct {
+		name  string
+		kind  broker.RefKind
+		value string
+		want  error
+	}{
+		{"ok/new-accessor", broker.RefAccessor, "acc-new", nil},
+		{"ok/new-fingerprint", broker.RefFingerprint, "sha256:new", nil},
+		{"ok/new-request-id", broker.RefRequestID, "req-new", nil},
+		{"ok/unchanged-lease-id", broker.RefLeaseID, old.Refs.LeaseID, nil},
+		{"fail/old-accessor", broker.RefAccessor, old.Refs.Accessor, broker.ErrNotFound},
+		{"fail/old-fingerprint", broker.RefFingerprint, old.Refs.Fingerprint, broker.ErrNotFound},
+		{"fail/old-request-id", broker.RefRequestID, old.RequestID, broker.ErrNotFound},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := s.FindIssuance(ctx(t), c.kind, c.value)
+			if c.want != nil {
+				wantErr(t, fmt.Sprintf("FindIssuance(%s, %s)", c.kind, c.value), err, c.want)
+				return
+			}
+			if err != nil || got.ID != upd.ID {
+				t.Fatalf("FindIssuance(%s, %s) = %v, %v, want %s", c.kind, c.value, got, err, upd.ID)
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		f    broker.IssuanceFilter
+		want []string
+	}{
+		{"ok/new-workload", broker.IssuanceFilter{Workload: "orders-api"}, []string{upd.ID}},
+		{"ok/new-owner", broker.IssuanceFilter{Owner: "team-orders"}, []string{upd.ID}},
+		{"ok/new-session", broker.IssuanceFilter{SessionID: "ses_new"}, []string{upd.ID}},
+		{"ok/old-workload-empty", broker.IssuanceFilter{Workload: old.Workload}, nil},
+		{"ok/old-owner-empty", broker.IssuanceFilter{Owner: old.Owner}, nil},
+		{"ok/old-session-empty", broker.IssuanceFilter{SessionID: old.SessionID}, nil},
+		{"ok/revoked-not-active", broker.IssuanceFilter{ActiveAt: Epoch().Add(2 * time.Minute)}, nil},
+		{"ok/all-no-duplicate", broker.IssuanceFilter{}, []string{upd.ID}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := s.ListIssuances(ctx(t), c.f)
+			if err != nil {
+				t.Fatalf("ListIssuances(%+v) = %v, want nil", c.f, err)
+			}
+			if d := cmp.Diff(c.want, ids(got)); d != "" {
+				t.Errorf("ListIssuances(%+v) ids mismatch (-want +got):\n%s", c.f, d)
+			}
+		})
+	}
+}
+
+func ids(list []*broker.Issuance) []string {
+	var out []string
+	for _, is := range list {
+		out = append(out, is.ID)
+	}
+	return out
+}
+
+func testList(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	now := Epoch()
+	mk := func(id, workload, owner, session string, expiresIn time.Duration, revoked bool) *broker.Issuance {
+		is := SampleIssuance(id, now.Add(-time.Hour))
+		is.Workload, is.Owner, is.SessionID = workload, owner, session
+		is.ExpiresAt = now.Add(expiresIn)
+		is.Refs.ExpiresAt = is.ExpiresAt
+		if revoked {
+			is.RevokedAt = now.Add(-time.Minute)
+			is.RevocationID = "rev_x"
+		}
+		return is
+	}
+	// Expiry order: e1 (expired) < a1 < a2 < b1 = r1 (revoked) < c1 < a3.
+	for _, is := range []*broker.Issuance{
+		mk("iss_a2", "wa", "o1", "s1", 20*time.Minute, false),
+		mk("iss_e1", "wa", "o1", "s1", -time.Minute, false),
+		mk("iss_a1", "wa", "o1", "s2", 10*time.Minute, false),
+		mk("iss_b1", "wb", "o1", "s3", 30*time.Minute, false),
+		mk("iss_r1", "wb", "o2", "s3", 30*time.Minute, true), // same expiry as b1: id breaks the tie
+		mk("iss_c1", "wc", "o2", "s4", 40*time.Minute, false),
+		mk("iss_a3", "wa", "o2", "s5", 50*time.Minute, false),
+	} {
+		mustPut(t, s, is)
+	}
+	for _, c := range []struct {
+		name string
+		f    broker.IssuanceFilter
+		want []string
+	}{
+		{"ok/all", broker.IssuanceFilter{}, []string{"iss_e1", "iss_a1", "iss_a2", "iss_b1", "iss_r1", "iss_c1", "iss_a3"}},
+		{"ok/workload", broker.IssuanceFilter{Workload: "wa"}, []string{"iss_e1", "iss_a1", "iss_a2", "iss_a3"}},
+		{"ok/owner", broker.IssuanceFilter{Owner: "o2"}, []string{"iss_r1", "iss_c1", "iss_a3"}},
+		{"ok/session", broker.IssuanceFilter{SessionID: "s1"}, []string{"iss_e1", "iss_a2"}},
+		{"ok/workload-and-owner", broker.IssuanceFilter{Workload: "wa", Owner: "o2"}, []string{"iss_a3"}},
+		{"ok/workload-and-session", broker.IssuanceFilter{Workload: "wb", SessionID: "s3"}, []string{"iss_b1", "iss_r1"}},
+		{"ok/active-excludes-expired-and-revoked", broker.IssuanceFilter{ActiveAt: now}, []string{"iss_a1", "iss_a2", "iss_b1", "iss_c1", "iss_a3"}},
+		{"ok/active-later", broker.IssuanceFilter{ActiveAt: now.Add(35 * time.Minute)}, []string{"iss_c1", "iss_a3"}},
+		{"ok/active-at-exact-expiry-excluded", broker.IssuanceFilter{ActiveAt: now.Add(40 * time.Minute)}, []string{"iss_a3"}},
+		{"ok/active-workload", broker.IssuanceFilter{Workload: "wa", ActiveAt: now}, []string{"iss_a1", "iss_a2", "iss_a3"}},
+		{"ok/active-session", broker.IssuanceFilter{SessionID: "s3", ActiveAt: now}, []string{"iss_b1"}},
+		{"ok/limit", broker.IssuanceFilter{Limit: 2}, []string{"iss_e1", "iss_a1"}},
+		{"ok/limit-active-owner", broker.IssuanceFilter{Owner: "o1", ActiveAt: now, Limit: 2}, []string{"iss_a1", "iss_a2"}},
+		{"ok/limit-above-count", broker.IssuanceFilter{Workload: "wc", Limit: 10}, []string{"iss_c1"}},
+		{"ok/no-match", broker.IssuanceFilter{Workload: "nobody"}, nil},
+		{"ok/no-match-combination", broker.IssuanceFilter{Workload: "wc", Owner: "o1"}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := s.ListIssuances(ctx(t), c.f)
+			if err != nil {
+				t.Fatalf("ListIssuances(%+v) = %v, want nil", c.f, err)
+			}
+			if d := cmp.Diff(c.want, ids(got)); d != "" {
+				t.Errorf("ListIssuances(%+v) ids mismatch (-want +got):\n%s", c.f, d)
+			}
+		})
+	}
+	t.Run("ok/full-records", func(t *testing.T) {
+		got, err := s.ListIssuances(ctx(t), broker.IssuanceFilter{Workload: "wc"})
+		if err != nil || len(got) != 1 {
+			t.Fatalf("ListIssuances(wc) = %v, %v, want one issuance", got, err)
+		}
+		if d := cmp.Diff(mk("iss_c1", "wc", "o2", "s4", 40*time.Minute, false), got[0]); d != "" {
+			t.Errorf("ListIssuances(wc)[0] mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("fail/negative-limit", func(t *testing.T) {
+		_, err := s.ListIssuances(ctx(t), broker.IssuanceFilter{Limit: -1})
+		wantErr(t, "ListIssuances(limit=-1)", err, broker.ErrInvalidRequest)
+	})
+}
+
+func sampleRevocation(id string, at time.Time) *broker.Revocation {
+	return &broker.Revocation{
+		ID:        id,
+		Selector:  broker.RevokeSelector{Workload: "payments-api"},
+		Reason:    "key leaked",
+		Block:     true,
+		Admin:     "secops:alice",
+		CreatedAt: at,
+		Matched:   3,
+		Revoked:   []string{"iss_1", "iss_2"},
+		Pending:   []string{"iss_3"},
+		Failed:    []broker.RevokeFailure{{IssuanceID: "iss_3", Error: "vault unavailable"}},
+	}
+}
+
+func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	r2 := sampleRevocation("rev_2", Epoch().Add(time.Minute))
+	r1 := sampleRevocation("rev_1", Epoch())
+	r3 := sampleRevocation("rev_0", Epoch().Add(time.Minute)) // same time as rev_2: id breaks the tie
+	for _, r := range []*broker.Revocation{r2, r1, r3} {
+		if err := s.PutRevocation(ctx(t), r); err != nil {
+			t.Fatalf("PutRevocation(%s) = %v, want nil", r.ID, err)
+		}
+	}
+	t.Run("ok/get", func(t *testing.T) {
+		got, err := s.GetRevocation(ctx(t), "rev_1")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_1) = %v, want nil", err)
+		}
+		if d := cmp.Diff(r1, got); d != "" {
+			t.Errorf("GetRevocation(rev_1) mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("ok/list-ordered", func(t *testing.T) {
+		got, err := s.ListRevocations(ctx(t))
+		if err != nil {
+			t.Fatalf("ListRevocations() = %v, want nil", err)
+		}
+		if d := cmp.Diff([]*broker.Revocation{r1, r3, r2}, got); d != "" {
+			t.Errorf("ListRevocations() mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("ok/overwrite-progress", func(t *testing.T) {
+		upd := sampleRevocation("rev_1", Epoch())
+		upd.Revoked = append(upd.Revoked, "iss_3")
+		upd.Pending, upd.Failed = nil, []broker.RevokeFailure{}
+		upd.CompletedAt = Epoch().Add(time.Hour)
+		if err := s.PutRevocation(ctx(t), upd); err != nil {
+			t.Fatalf("PutRevocation(rev_1) = %v, want nil", err)
+		}
+		got, err := s.GetRevocation(ctx(t), "rev_1")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_1) = %v, want nil", err)
+		}
+		if d := cmp.Diff(upd, got); d != "" {
+			t.Errorf("GetRevocation(rev_1) mismatch (-want +got):\n%s", d)
+		}
+		list, err := s.ListRevocations(ctx(t))
+		if err != nil {
+			t.Fatalf("ListRevocations() = %v, want nil", err)
+		}
+		var gotIDs []string
+		for _, r := range list {
+			gotIDs = append(gotIDs, r.ID)
+		}
+		if d := cmp.Diff([]string{"rev_1", "rev_0", "rev_2"}, gotIDs); d != "" {
+			t.Errorf("ListRevocations() ids mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("fail/missing", func(t *testing.T) {
+		_, err := s.GetRevocation(ctx(t), "rev_missing")
+		wantErr(t, "GetRevocation(rev_missing)", err, broker.ErrNotFound)
+	})
+	t.Run("fail/invalid", func(t *testing.T) {
+		wantErr(t, "PutRevocation(nil)", s.PutRevocation(ctx(t), nil), broker.ErrInvalidRequest)
+		wantErr(t, "PutRevocation(id=\"\")", s.PutRevocation(ctx(t), sampleRevocation("", Epoch())), broker.ErrInvalidRequest)
+		_, err := s.GetRevocation(ctx(t), "")
+		wantErr(t, "GetRevocation(\"\")", err, broker.ErrInvalidRequest)
+	})
+	t.Run("ok/empty-list", func(t *testing.T) {
+		got, err := newStore(t).ListRevocations(ctx(t))
+		if err != nil || len(got) != 0 {
+			t.Errorf("ListRevocations() on an empty store = %v, %v, want none", got, err)
+		}
+	})
+}
+
+func testBlock(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	mk := func(w string) broker.Block {
+		return broker.Block{Workload: w, Reason: "leak", RevocationID: "rev_" + w, Admin: "secops:bob", CreatedAt: Epoch()}
+	}
+	for _, w := range []string{"wz", "wa", "wm"} {
+		if err := s.PutBlock(ctx(t), mk(w)); err != nil {
+			t.Fatalf("PutBlock(%s) = %v, want nil", w, err)
+		}
+	}
+	t.Run("ok/get", func(t *testing.T) {
+		got, err := s.GetBlock(ctx(t), "wa")
+		if err != nil {
+			t.Fatalf("GetBlock(wa) = %v, want nil", err)
+		}
+		want := mk("wa")
+		if d := cmp.Diff(&want, got); d != "" {
+			t.Errorf("GetBlock(wa) mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("ok/list-by-workload", func(t *testing.T) {
+		got, err := s.ListBlocks(ctx(t))
+		if err != nil {
+			t.Fatalf("ListBlocks() = %v, want nil", err)
+		}
+		if d := cmp.Diff([]broker.Block{mk("wa"), mk("wm"), mk("wz")}, got); d != "" {
+			t.Errorf("ListBlocks() mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("ok/overwrite", func(t *testing.T) {
+		b := mk("wm")
+		b.Reason = "still leaking"
+		if err := s.PutBlock(ctx(t), b); err != nil {
+			t.Fatalf("PutBlock(wm) = %v, want nil", err)
+		}
+		got, err := s.GetBlock(ctx(t), "wm")
+		if err != nil || got.Reason != "still leaking" {
+			t.Errorf("GetBlock(wm) = %+v, %v, want reason %q", got, err, "still leaking")
+		}
+		list, err := s.ListBlocks(ctx(t))
+		if err != nil || len(list) != 3 {
+			t.Errorf("ListBlocks() = %d blocks, %v, want 3", len(list), err)
+		}
+	})
+	t.Run("ok/delete", func(t *testing.T) {
+		if err := s.DeleteBlock(ctx(t), "wz"); err != nil {
+			t.Fatalf("DeleteBlock(wz) = %v, want nil", err)
+		}
+		_, err := s.GetBlock(ctx(t), "wz")
+		wantErr(t, "GetBlock(wz) after delete", err, broker.ErrNotFound)
+		list, err := s.ListBlocks(ctx(t))
+		if err != nil {
+			t.Fatalf("ListBlocks() = %v, want nil", err)
+		}
+		var ws []string
+		for _, b := range list {
+			ws = append(ws, b.Workload)
+		}
+		if d := cmp.Diff([]string{"wa", "wm"}, ws); d != "" {
+			t.Errorf("ListBlocks() workloads mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("fail/delete-not-blocked", func(t *testing.T) {
+		wantErr(t, "DeleteBlock(wz) twice", s.DeleteBlock(ctx(t), "wz"), broker.ErrNotFound)
+	})
+	t.Run("fail/get-not-blocked", func(t *testing.T) {
+		_, err := s.GetBlock(ctx(t), "never")
+		wantErr(t, "GetBlock(never)", err, broker.ErrNotFound)
+	})
+	t.Run("fail/invalid", func(t *testing.T) {
+		wantErr(t, "PutBlock(workload=\"\")", s.PutBlock(ctx(t), broker.Block{Reason: "x"}), broker.ErrInvalidRequest)
+		wantErr(t, "DeleteBlock(\"\")", s.DeleteBlock(ctx(t), ""), broker.ErrInvalidRequest)
+		_, err := s.GetBlock(ctx(t), "")
+		wantErr(t, "GetBlock(\"\")", err, broker.ErrInvalidRequest)
+	})
+	t.Run("ok/empty-list", func(t *testing.T) {
+		got, err := newStore(t).ListBlocks(ctx(t))
+		if err != nil || len(got) != 0 {
+			t.Errorf("ListBlocks() on an empty store = %v, %v, want none", got, err)
+		}
+	})
+}
+
+func testPing(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("ok", func(t *testing.T) {
+		if err := newStore(t).Ping(ctx(t)); err != nil {
+			t.Errorf("Ping() = %v, want nil", err)
+		}
+	})
+}
+
+func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	mustPut(t, s, SampleIssuance("iss_ctx", Epoch()))
+	cctx, cancel := context.WithCancel(ctx(t))
+	cancel()
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"fail/cancelled-put", func() error { return s.PutIssuance(cctx, SampleIssuance("iss_ctx2", Epoch())) }},
+		{"fail/cancelled-get", func() error { _, err := s.GetIssuance(cctx, "iss_ctx"); return err }},
+		{"fail/cancelled-find", func() error { _, err := s.FindIssuance(cctx, broker.RefAccessor, "acc-iss_ctx"); return err }},
+		{"fail/cancelled-list", func() error { _, err := s.ListIssuances(cctx, broker.IssuanceFilter{}); return err }},
+		{"fail/cancelled-list-blocks", func() error { _, err := s.ListBlocks(cctx); return err }},
+		{"fail/cancelled-ping", func() error { return s.Ping(cctx) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.call()
+			wantErr(t, c.name, err, broker.ErrUnavailable)
+			wantErr(t, c.name, err, context.Canceled)
+		})
+	}
+	t.Run("ok/cancelled-put-not-stored", func(t *testing.T) {
+		_, err := s.GetIssuance(ctx(t), "iss_ctx2")
+		wantErr(t, "GetIssuance(iss_ctx2)", err, broker.ErrNotFound)
+	})
+}
+
+func testConcurrency(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("ok/parallel-puts-then-list", func(t *testing.T) {
+		s := newStore(t)
+		const n = 64
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*n)
+		for i := range n {
+			wg.Go(func() {
+				is := SampleIssuance(fmt.Sprintf("iss_par_%03d", i), Epoch())
+				is.SessionID = "ses_shared"
+				if err := s.PutIssuance(context.Background(), is); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := s.GetIssuance(context.Background(), is.ID); err != nil {
+					errs <- err
+				}
+				if _, err := s.ListIssuances(context.Background(), broker.IssuanceFilter{SessionID: "ses_shared", Limit: 5}); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("parallel call = %v, want nil", err)
+		}
+		for _, f := range []broker.IssuanceFilter{{}, {SessionID: "ses_shared"}, {Workload: "payments-api", ActiveAt: Epoch()}} {
+			got, err := s.ListIssuances(ctx(t), f)
+			if err != nil || len(got) != n {
+				t.Errorf("ListIssuances(%+v) = %d issuances, %v, want %d", f, len(got), err, n)
+			}
+		}
+	})
+}
+
+func testCopies(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	opts := cmpopts.EquateEmpty()
+	t.Run("ok/issuance", func(t *testing.T) {
+		s := newStore(t)
+		in := SampleIssuance("iss_copy", Epoch())
+		want := SampleIssuance("iss_copy", Epoch())
+		mustPut(t, s, in)
+		// The caller keeps mutating its value after Put.
+		in.Workload = "mutated"
+		in.Claims["groups"].([]any)[0] = "mutated"
+		in.Claims["kubernetes.io"].(map[string]any)["namespace"] = "mutated"
+		in.Act[0].Sub = "mutated"
+		got, err := s.GetIssuance(ctx(t), want.ID)
+		if err != nil {
+			t.Fatalf("GetIssuance(%s) = %v, want nil", want.ID, err)
+		}
+		if d := cmp.Diff(want, got, opts); d != "" {
+			t.Errorf("GetIssuance(%s) after mutating the put value (-want +got):\n%s", want.ID, d)
+		}
+		// And mutates what it got back.
+		got.Owner = "mutated"
+		got.Claims["groups"].([]any)[1] = "mutated"
+		got.Claims["kubernetes.io"].(map[string]any)["pod"].(map[string]any)["uid"] = "mutated"
+		got.Act[0].Iss = "mutated"
+		for _, read := range []func() (*broker.Issuance, error){
+			func() (*broker.Issuance, error) { return s.GetIssuance(ctx(t), want.ID) },
+			func() (*broker.Issuance, error) {
+				return s.FindIssuance(ctx(t), broker.RefAccessor, want.Refs.Accessor)
+			},
+			func() (*broker.Issuance, error) {
+				l, err := s.ListIssuances(ctx(t), broker.IssuanceFilter{})
+				if err != nil || len(l) != 1 {
+					return nil, fmt.Errorf("list = %d, %w", len(l), err)
+				}
+				l[0].Claims["n"] = "mutated"
+				l, err = s.ListIssuances(ctx(t), broker.IssuanceFilter{})
+				if err != nil || len(l) != 1 {
+					return nil, fmt.Errorf("list = %d, %w", len(l), err)
+				}
+				return l[0], nil
+			},
+		} {
+			again, err := read()
+			if err != nil {
+				t.Fatalf("read back = %v, want nil", err)
+			}
+			if d := cmp.Diff(want, again, opts); d != "" {
+				t.Errorf("read back after mutating a returned value (-want +got):\n%s", d)
+			}
+		}
+	})
+	t.Run("ok/revocation", func(t *testing.T) {
+		s := newStore(t)
+		in := sampleRevocation("rev_copy", Epoch())
+		want := sampleRevocation("rev_copy", Epoch())
+		if err := s.PutRevocation(ctx(t), in); err != nil {
+			t.Fatalf("PutRevocation(rev_copy) = %v, want nil", err)
+		}
+		in.Revoked[0] = "mutated"
+		in.Failed[0].Error = "mutated"
+		got, err := s.GetRevocation(ctx(t), "rev_copy")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_copy) = %v, want nil", err)
+		}
+		if d := cmp.Diff(want, got, opts); d != "" {
+			t.Errorf("GetRevocation(rev_copy) after mutating the put value (-want +got):\n%s", d)
+		}
+		got.Revoked[1] = "mutated"
+		got.Pending[0] = "mutated"
+		list, err := s.ListRevocations(ctx(t))
+		if err != nil || len(list) != 1 {
+			t.Fatalf("ListRevocations() = %v, %v, want one", list, err)
+		}
+		if d := cmp.Diff(want, list[0], opts); d != "" {
+			t.Errorf("ListRevocations()[0] after mutating a returned value (-want +got):\n%s", d)
+		}
+	})
+}
+
+// BenchPutIssuance measures PutIssuance of distinct issuances.
+func BenchPutIssuance(b *testing.B, s broker.Store) {
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := s.PutIssuance(ctx, SampleIssuance(fmt.Sprintf("iss_bench_put_%d", i), Epoch())); err != nil {
+			b.Fatalf("PutIssuance = %v, want nil", err)
+		}
+		i++
+	}
+}
+
+// BenchGetIssuance measures GetIssuance of one of 1,000 stored issuances.
+func BenchGetIssuance(b *testing.B, s broker.Store) {
+	ctx := context.Background()
+	const n = 1000
+	for i := range n {
+		if err := s.PutIssuance(ctx, SampleIssuance(fmt.Sprintf("iss_bench_get_%d", i), Epoch())); err != nil {
+			b.Fatalf("PutIssuance = %v, want nil", err)
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := s.GetIssuance(ctx, fmt.Sprintf("iss_bench_get_%d", i%n)); err != nil {
+			b.Fatalf("GetIssuance = %v, want nil", err)
+		}
+		i++
+	}
+}
