@@ -180,3 +180,12 @@ type PublicKeySource interface {
 type Pinger interface {
 	Ping(ctx context.Context) error
 }
+
+// SecretSource reads the upstream secret of a proxy grant (Vault KV v2).
+//
+// Secret MUST honour ctx, MAY cache briefly, MUST NOT log or wrap the secret
+// value in errors, and returns ErrUnavailable when the backend cannot be read
+// and ErrNotFound when the path or field does not exist.
+type SecretSource interface {
+	Secret(ctx context.Context, ref policies.ProxySecret) (string, error)
+}

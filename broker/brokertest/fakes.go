@@ -1,0 +1,108 @@
+// Package brokertest holds fakes of broker's ports for unit tests of the core
+// and of the HTTP layer: an authenticator keyed by token string, a minter
+// that records requests and revocations, and an audit sink that records
+// events and fails on demand. Real adapters are tested against real services
+// elsewhere; these fakes never stand in for them in e2e.
+package brokertest
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// Authn accepts exactly the tokens in its map.
+type Authn map[string]*broker.Identity
+
+// Authenticate implements broker.Authenticator.
+func (f Authn) Authenticate(ctx context.Context, raw string) (*broker.Identity, error) {
+	if id, ok := f[raw]; ok {
+		return id, nil
+	}
+	return nil, broker.Errorf(broker.ErrUnauthenticated, "bad_signature", "identity token rejected", nil)
+}
+
+// Minter mints "secret-<issuance id>" credentials and records every call.
+type Minter struct {
+	mu      sync.Mutex
+	Reqs    []broker.MintRequest
+	Revoked []string
+	Err     error // returned by Mint when set
+}
+
+// Mint implements broker.Minter.
+func (f *Minter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Reqs = append(f.Reqs, req)
+	if f.Err != nil {
+		return nil, f.Err
+	}
+	return &broker.Credential{
+		AccessToken: "hvs.secret-" + req.IssuanceID,
+		Fields:      map[string]any{"accessor": "acc-" + req.IssuanceID},
+		Refs:        broker.CredentialRefs{Accessor: "acc-" + req.IssuanceID, ExpiresAt: req.Now.Add(req.TTL)},
+	}, nil
+}
+
+// Revoke implements broker.Revoker.
+func (f *Minter) Revoke(ctx context.Context, is *broker.Issuance) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Revoked = append(f.Revoked, is.ID)
+	return nil
+}
+
+// Calls returns a copy of the recorded mint requests.
+func (f *Minter) Calls() []broker.MintRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]broker.MintRequest(nil), f.Reqs...)
+}
+
+// RevokedIDs returns a copy of the revoked issuance ids.
+func (f *Minter) RevokedIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.Revoked...)
+}
+
+// Sink records events; Fail, when set, decides which appends fail.
+type Sink struct {
+	mu     sync.Mutex
+	events []*audit.Event
+	Fail   func(ev *audit.Event) bool
+}
+
+// Append implements broker.AuditSink.
+func (f *Sink) Append(ctx context.Context, ev *audit.Event) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.Fail != nil && f.Fail(ev) {
+		return broker.Unavailable("audit_unavailable", time.Second, errors.New("disk full"))
+	}
+	f.events = append(f.events, ev)
+	return nil
+}
+
+// Events returns the recorded events.
+func (f *Sink) Events() []*audit.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*audit.Event(nil), f.events...)
+}
+
+// Types returns the recorded event types in order.
+func (f *Sink) Types() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, e := range f.events {
+		out = append(out, e.Type)
+	}
+	return out
+}

@@ -1,0 +1,291 @@
+// Package httpapi is keytrail's HTTP surface: every route is listed in
+// Routes, handlers are methods on Server, bodies are capped and decoded
+// strictly, and one function (writeError) decides what an error looks like on
+// the wire: the OAuth error shape with a safe description, the status and
+// Retry-After. Internal error text goes only to the log.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Options configure a Server.
+type Options struct {
+	Service   *broker.Service
+	Keys      broker.PublicKeySource // may be nil: no JWT grants
+	PublicURL string
+	Logger    *slog.Logger
+	// Ready reports whether every backend is usable (Vault, store, audit sink).
+	Ready func(ctx context.Context) error
+	// Registry receives the HTTP metrics; nil creates a private one.
+	Registry *prometheus.Registry
+	// MaxBodyBytes caps request bodies of broker endpoints (default 64 KiB).
+	MaxBodyBytes int64
+	// TrustProxyHeaders: take the source address from X-Forwarded-For.
+	TrustProxyHeaders bool
+	// Extra lets other packages (proxy, admin) add routes.
+	Extra func(mux *http.ServeMux, s *Server)
+}
+
+// Server holds the handlers.
+type Server struct {
+	o       Options
+	log     *slog.Logger
+	metrics *Metrics
+	reg     *prometheus.Registry
+}
+
+// New validates o and returns a Server.
+func New(o Options) (*Server, error) {
+	if o.Service == nil {
+		return nil, errors.New("httpapi: Options.Service is required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 64 << 10
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	m, err := NewMetrics(o.Registry)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{o: o, log: o.Logger, metrics: m, reg: o.Registry}, nil
+}
+
+// Metrics returns the server's metrics (for other components to record).
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Logger returns the server's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// Routes lists every route of the broker.
+func (s *Server) Routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/token", s.handleToken)
+	mux.HandleFunc("POST /v1/introspect", s.handleIntrospect)
+	mux.HandleFunc("GET /.well-known/openid-configuration", s.handleDiscovery)
+	mux.HandleFunc("GET /.well-known/jwks.json", s.handleJWKS)
+	mux.HandleFunc("GET /healthz", s.handleHealthz)
+	mux.HandleFunc("GET /readyz", s.handleReadyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	if s.o.Extra != nil {
+		s.o.Extra(mux, s)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.WriteError(w, r, &broker.Error{Kind: broker.ErrNotFound, Reason: "no_route", Safe: "no such endpoint"})
+	})
+	return s.middleware(mux)
+}
+
+type ctxKey struct{}
+
+// RequestID returns the request id the middleware assigned.
+func RequestID(r *http.Request) string {
+	id, _ := r.Context().Value(ctxKey{}).(string)
+	return id
+}
+
+// statusWriter records the status for logs and metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = 200
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// middleware assigns the request id, recovers panics into a generic 500 (no
+// stack trace on the wire), and logs one line per request.
+func (s *Server) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := broker.NewID(broker.PrefixRequest)
+		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.log.LogAttrs(r.Context(), slog.LevelError, "handler panic", slog.String("request_id", id), slog.Any("panic", p))
+				if sw.status == 0 {
+					s.WriteError(sw, r, &broker.Error{Kind: broker.ErrUnavailable, Reason: "internal", Safe: "internal error", RetryAfter: time.Second})
+				}
+			}
+			s.log.LogAttrs(r.Context(), slog.LevelInfo, "http",
+				slog.String("request_id", id), slog.String("method", r.Method),
+				slog.String("path", r.URL.Path), slog.Int("status", sw.status),
+				slog.Int64("bytes", sw.bytes), slog.Duration("duration", time.Since(start)),
+				slog.String("remote", clientIP(r, s.o.TrustProxyHeaders)))
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// errorBody is the OAuth error shape (SPEC "HTTP API").
+type errorBody struct {
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description,omitempty"`
+	RequestID        string `json:"request_id"`
+}
+
+// WriteError is the one place that decides what an error looks like on the
+// wire. The full error goes to the log only.
+func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	e := broker.AsError(err)
+	status := broker.StatusOf(e)
+	code := broker.CodeOf(e)
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	s.log.LogAttrs(r.Context(), level, "request failed",
+		slog.String("request_id", RequestID(r)), slog.Int("status", status),
+		slog.String("error", code), slog.String("reason", e.Reason), slog.String("detail", e.Error()))
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		ra := e.RetryAfter
+		if ra <= 0 {
+			ra = time.Second
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	desc := e.Safe
+	if desc == "" {
+		desc = e.Kind.Error()
+	}
+	writeJSON(w, status, errorBody{Error: code, ErrorDescription: desc, RequestID: RequestID(r)})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// WriteJSON writes v as a JSON response with no-store caching.
+func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
+
+// clientIP returns the caller's address.
+func clientIP(r *http.Request, trustXFF bool) string {
+	if trustXFF {
+		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+			for i := 0; i < len(xff); i++ {
+				if xff[i] == ',' {
+					xff = xff[:i]
+					break
+				}
+			}
+			if ip := net.ParseIP(trimSpace(xff)); ip != nil {
+				return ip.String()
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// Source returns the request's source for audit records.
+func (s *Server) Source(r *http.Request) broker.Source {
+	ua := r.UserAgent()
+	if len(ua) > 256 {
+		ua = ua[:256]
+	}
+	return broker.Source{IP: clientIP(r, s.o.TrustProxyHeaders), UserAgent: ua}
+}
+
+func trimSpace(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	if s.o.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if err := s.o.Ready(ctx); err != nil {
+			s.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready", slog.String("error", err.Error()))
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": safeReadyError(err)})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// ReadyError names the failing component without internal detail.
+type ReadyError struct{ Component string }
+
+func (e ReadyError) Error() string { return e.Component + " unavailable" }
+
+func safeReadyError(err error) string {
+	var re ReadyError
+	if errors.As(err, &re) {
+		return re.Error()
+	}
+	return "a backend is unavailable"
+}
+
+func jsonEncoder(w http.ResponseWriter) *json.Encoder {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc
+}

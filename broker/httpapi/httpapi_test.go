@@ -1,0 +1,264 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/policies"
+)
+
+const policyYAML = `
+version: 1
+issuers:
+  - name: ci
+    issuer: https://ci.example
+    jwks_url: https://ci.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: deployer
+    owner: team-platform
+    match: {issuer: ci, subject: repo:acme/deploy}
+    grants: [deploy-vault]
+    rate: {per_second: 1, burst: 1}
+grants:
+  - name: deploy-vault
+    kind: vault_token
+    ttl: 10m
+    vault_token: {policies: [deploy]}
+`
+
+const goodToken = "eyJhbGciOiJFUzI1NiJ9.good.sig"
+
+type fixture struct {
+	srv    *httptest.Server
+	sink   *brokertest.Sink
+	minter *brokertest.Minter
+	ready  error
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	pol, err := policies.Parse("p.yaml", []byte(policyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{sink: &brokertest.Sink{}, minter: &brokertest.Minter{}}
+	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
+		Claims: map[string]any{"sub": "repo:acme/deploy"}}}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: f.minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:    memstore.New(time.Now),
+		Audit:    f.sink,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
+		Ready: func(ctx context.Context) error { return f.ready }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = httptest.NewServer(api.Routes())
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func form(kv ...string) url.Values {
+	v := url.Values{
+		"grant_type":         {broker.GrantTypeTokenExchange},
+		"subject_token":      {goodToken},
+		"subject_token_type": {broker.TokenTypeJWT},
+		"audience":           {"deploy-vault"},
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "<del>" {
+			delete(v, kv[i])
+			continue
+		}
+		v[kv[i]] = append([]string(nil), strings.Split(kv[i+1], "|")...)
+	}
+	return v
+}
+
+func (f *fixture) post(t *testing.T, path, contentType, body string) (*http.Response, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(f.srv.URL+path, contentType, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("body is not JSON: %q", raw)
+	}
+	return resp, m
+}
+
+func TestTokenEndpointErrors(t *testing.T) {
+	const formCT = "application/x-www-form-urlencoded"
+	tests := []struct {
+		name        string
+		contentType string
+		body        string
+		status      int
+		code        string
+	}{
+		{"fail/json-body", "application/json", `{"grant_type":"x"}`, 400, "invalid_request"},
+		{"fail/missing-grant-type", formCT, form("grant_type", "<del>").Encode(), 400, "invalid_request"},
+		{"fail/unsupported-grant-type", formCT, form("grant_type", "password").Encode(), 400, "unsupported_grant_type"},
+		{"fail/repeated-param", formCT, form("audience", "deploy-vault|other").Encode(), 400, "invalid_request"},
+		{"fail/bad-subject-token-type", formCT, form("subject_token_type", "urn:x").Encode(), 400, "invalid_request"},
+		{"fail/bad-ttl", formCT, form("ttl", "-5").Encode(), 400, "invalid_request"},
+		{"fail/bad-resource", formCT, form("resource", "not a uri").Encode(), 400, "invalid_target"},
+		{"fail/unknown-grant", formCT, form("audience", "nope").Encode(), 400, "invalid_target"},
+		{"fail/bad-token", formCT, form("subject_token", "forged.token.here").Encode(), 401, "invalid_grant"},
+		{"fail/oversized", formCT, form("subject_token", strings.Repeat("a", 70<<10)).Encode(), 400, "invalid_request"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			resp, body := f.post(t, "/v1/token", tt.contentType, tt.body)
+			got := []any{resp.StatusCode, body["error"]}
+			if diff := cmp.Diff([]any{tt.status, tt.code}, got); diff != "" {
+				t.Errorf("POST /v1/token = %v, want %d %s (-want +got):\n%s", body, tt.status, tt.code, diff)
+			}
+			if rid := resp.Header.Get("X-Request-Id"); rid == "" || body["request_id"] != rid {
+				t.Errorf("request_id = %v, header %q; want equal and set", body["request_id"], rid)
+			}
+			if d, _ := body["error_description"].(string); d == "" || strings.Contains(d, "forged") {
+				t.Errorf("error_description = %q; want a safe non-empty text", d)
+			}
+			if len(f.minter.Calls()) != 0 {
+				t.Errorf("minted on a failed request")
+			}
+		})
+	}
+}
+
+func TestTokenEndpointOK(t *testing.T) {
+	f := newFixture(t)
+	resp, body := f.post(t, "/v1/token", "application/x-www-form-urlencoded",
+		form("ttl", "60", "scope", "ignored", "requested_token_type", broker.TokenTypeAccessToken).Encode())
+	if resp.StatusCode != 200 {
+		t.Fatalf("status = %d %v", resp.StatusCode, body)
+	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("Cache-Control = %q, want no-store", cc)
+	}
+	want := map[string]any{"issued_token_type": broker.TokenTypeAccessToken, "token_type": "Bearer", "expires_in": float64(60),
+		"workload": "deployer", "owner": "team-platform", "grant": "deploy-vault", "kind": "vault_token"}
+	for k, v := range want {
+		if body[k] != v {
+			t.Errorf("%s = %v, want %v", k, body[k], v)
+		}
+	}
+	if id, _ := body["issuance_id"].(string); !strings.HasPrefix(id, "iss_") || body["access_token"] != "hvs.secret-"+id {
+		t.Errorf("issuance_id %v / access_token %v mismatch", body["issuance_id"], body["access_token"])
+	}
+	if diff := cmp.Diff([]string{"issue"}, f.sink.Types()); diff != "" {
+		t.Errorf("audit (-want +got):\n%s", diff)
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	t.Run("fail/rate-limited-429", func(t *testing.T) {
+		f := newFixture(t)
+		f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
+		resp, body := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
+		if resp.StatusCode != 429 || body["error"] != "slow_down" || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("second request at 1/s = %d %v Retry-After=%q; want 429 slow_down with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+		}
+	})
+	t.Run("fail/audit-down-503", func(t *testing.T) {
+		f := newFixture(t)
+		f.sink.Fail = func(*audit.Event) bool { return true }
+		resp, body := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
+		if resp.StatusCode != 503 || body["error"] != "temporarily_unavailable" || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("with audit down = %d %v; want 503 temporarily_unavailable with Retry-After", resp.StatusCode, body)
+		}
+		if _, ok := body["access_token"]; ok {
+			t.Errorf("credential handed out while audit is down")
+		}
+		if got := f.minter.RevokedIDs(); len(got) != 1 {
+			t.Errorf("revoked %v, want the one minted credential", got)
+		}
+	})
+}
+
+func TestReadyz(t *testing.T) {
+	f := newFixture(t)
+	get := func() int {
+		resp, err := http.Get(f.srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := get(); got != 200 {
+		t.Errorf("readyz = %d, want 200", got)
+	}
+	f.ready = errors.Join(httpapi.ReadyError{Component: "vault"}, errors.New("connection refused"))
+	if got := get(); got != 503 {
+		t.Errorf("readyz with vault down = %d, want 503", got)
+	}
+	resp, err := http.Get(f.srv.URL + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("healthz = %v %v, want 200 regardless of backends", resp, err)
+	}
+}
+
+func TestUnknownRouteShape(t *testing.T) {
+	f := newFixture(t)
+	resp, err := http.Get(f.srv.URL + "/v1/nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != 404 || body["error"] != "not_found" || body["request_id"] == "" {
+		t.Errorf("GET /v1/nope = %d %v", resp.StatusCode, body)
+	}
+}
+
+func TestMetricsAfterTraffic(t *testing.T) {
+	f := newFixture(t)
+	f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
+	f.post(t, "/v1/token", "application/x-www-form-urlencoded", form("subject_token", "bad").Encode())
+	resp, err := http.Get(f.srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`keytrail_exchanges_total{grant="deploy-vault",kind="vault_token",outcome="ok"} 1`,
+		`keytrail_exchanges_total{grant="deploy-vault",kind="vault_token",outcome="invalid_grant"} 1`,
+		`keytrail_denies_total{reason="bad_signature"} 1`,
+	} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

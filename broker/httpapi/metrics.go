@@ -1,0 +1,62 @@
+package httpapi
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Metrics are the broker's Prometheus metrics recorded at the HTTP layer.
+type Metrics struct {
+	Exchanges       *prometheus.CounterVec
+	ExchangeSeconds *prometheus.HistogramVec
+	Denies          *prometheus.CounterVec
+	RateLimited     *prometheus.CounterVec
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		Exchanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_exchanges_total",
+			Help: "Token exchanges by grant, kind and outcome (ok or the OAuth error code).",
+		}, []string{"grant", "kind", "outcome"}),
+		ExchangeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keytrail_exchange_duration_seconds",
+			Help:    "Latency of POST /v1/token by outcome.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"outcome"}),
+		Denies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_denies_total",
+			Help: "Refused requests by stable reason.",
+		}, []string{"reason"}),
+		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_rate_limited_total",
+			Help: "Requests refused with 429 slow_down, by endpoint.",
+		}, []string{"endpoint"}),
+	}
+	for _, c := range []prometheus.Collector{m.Exchanges, m.ExchangeSeconds, m.Denies, m.RateLimited} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// ObserveExchange records one exchange.
+func (m *Metrics) ObserveExchange(grant, kind string, err error, d time.Duration) {
+	outcome := "ok"
+	if err != nil {
+		e := broker.AsError(err)
+		outcome = broker.CodeOf(e)
+		m.Denies.WithLabelValues(e.Reason).Inc()
+		if errors.Is(e, broker.ErrRateLimited) {
+			m.RateLimited.WithLabelValues("token").Inc()
+		}
+	}
+	m.Exchanges.WithLabelValues(grant, kind, outcome).Inc()
+	m.ExchangeSeconds.WithLabelValues(outcome).Observe(d.Seconds())
+}

@@ -1,0 +1,157 @@
+package httpapi
+
+import (
+	"errors"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// tokenResponse is the RFC 8693 response with keytrail's fields (SPEC).
+type tokenResponse struct {
+	AccessToken     string         `json:"access_token"`
+	IssuedTokenType string         `json:"issued_token_type"`
+	TokenType       string         `json:"token_type"`
+	ExpiresIn       int64          `json:"expires_in"`
+	IssuanceID      string         `json:"issuance_id"`
+	Workload        string         `json:"workload"`
+	Owner           string         `json:"owner"`
+	SessionID       string         `json:"session_id"`
+	Grant           string         `json:"grant"`
+	Kind            string         `json:"kind"`
+	Credential      map[string]any `json:"credential,omitempty"`
+}
+
+// tokenParams are the parameters /v1/token accepts; anything else is ignored
+// as RFC 6749 §3.2 asks, but none may repeat.
+var tokenParams = []string{
+	"grant_type", "subject_token", "subject_token_type", "audience",
+	"actor_token", "actor_token_type", "ttl", "scope", "resource", "requested_token_type",
+}
+
+func (s *Server) readForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
+	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || ct != "application/x-www-form-urlencoded" {
+		return nil, broker.Errorf(broker.ErrInvalidRequest, "bad_content_type", "body must be application/x-www-form-urlencoded", err)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)
+	if err := r.ParseForm(); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, broker.Errorf(broker.ErrInvalidRequest, "body_too_large", "request body too large", err)
+		}
+		return nil, broker.Errorf(broker.ErrInvalidRequest, "bad_form", "malformed form body", err)
+	}
+	if len(r.URL.RawQuery) > 0 {
+		return nil, broker.Errorf(broker.ErrInvalidRequest, "query_params", "parameters must be sent in the body, not the URL", nil)
+	}
+	return r.PostForm, nil
+}
+
+func single(form url.Values, name string) (string, error) {
+	v := form[name]
+	switch len(v) {
+	case 0:
+		return "", nil
+	case 1:
+		return v[0], nil
+	default:
+		return "", broker.Errorf(broker.ErrInvalidRequest, "repeated_param", "parameter "+name+" must not repeat", nil)
+	}
+}
+
+func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	res, grant, err := s.exchange(w, r)
+	if err != nil {
+		kind := ""
+		if g, ok := s.o.Service.Policy().Grant(grant); ok {
+			kind = g.Kind
+		} else {
+			grant = "" // caller-controlled: keep label cardinality bounded
+		}
+		s.metrics.ObserveExchange(grant, kind, err, time.Since(start))
+		s.WriteError(w, r, err)
+		return
+	}
+	s.metrics.ObserveExchange(res.Issuance.Grant, res.Issuance.Kind, nil, time.Since(start))
+	writeJSON(w, http.StatusOK, tokenResponse{
+		AccessToken:     res.AccessToken,
+		IssuedTokenType: broker.TokenTypeAccessToken,
+		TokenType:       "Bearer",
+		ExpiresIn:       res.ExpiresIn,
+		IssuanceID:      res.Issuance.ID,
+		Workload:        res.Issuance.Workload,
+		Owner:           res.Issuance.Owner,
+		SessionID:       res.Issuance.SessionID,
+		Grant:           res.Issuance.Grant,
+		Kind:            res.Issuance.Kind,
+		Credential:      res.Fields,
+	})
+}
+
+func (s *Server) exchange(w http.ResponseWriter, r *http.Request) (*broker.ExchangeResult, string, error) {
+	form, err := s.readForm(w, r)
+	if err != nil {
+		return nil, "", err
+	}
+	p := map[string]string{}
+	for _, name := range tokenParams {
+		v, err := single(form, name)
+		if err != nil {
+			return nil, "", err
+		}
+		p[name] = v
+	}
+	grant := p["audience"]
+	switch p["grant_type"] {
+	case broker.GrantTypeTokenExchange:
+	case "":
+		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "missing_grant_type", "grant_type is required", nil)
+	default:
+		return nil, grant, &broker.Error{Kind: broker.ErrInvalidRequest, Code: "unsupported_grant_type", Reason: "unsupported_grant_type", Safe: "only token exchange is supported"}
+	}
+	if !validTokenType(p["subject_token_type"]) {
+		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_subject_token_type", "subject_token_type must be "+broker.TokenTypeJWT+" or "+broker.TokenTypeIDToken, nil)
+	}
+	if p["actor_token"] != "" && !validTokenType(p["actor_token_type"]) {
+		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_actor_token_type", "actor_token_type must be a JWT token type", nil)
+	}
+	if p["actor_token"] == "" && p["actor_token_type"] != "" {
+		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "actor_token_type_without_token", "actor_token_type given without actor_token", nil)
+	}
+	if rt := p["requested_token_type"]; rt != "" && rt != broker.TokenTypeAccessToken && rt != broker.TokenTypeJWT {
+		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_requested_token_type", "requested_token_type is not supported", nil)
+	}
+	if res := p["resource"]; res != "" {
+		if u, err := url.Parse(res); err != nil || !u.IsAbs() || u.Fragment != "" {
+			return nil, grant, &broker.Error{Kind: broker.ErrInvalidTarget, Reason: "bad_resource", Safe: "resource must be an absolute URI"}
+		}
+	}
+	var ttl time.Duration
+	if t := strings.TrimSpace(p["ttl"]); t != "" {
+		n, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || n <= 0 || n > 366*24*3600 {
+			return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil)
+		}
+		ttl = time.Duration(n) * time.Second
+	}
+	res, err := s.o.Service.Exchange(r.Context(), broker.ExchangeRequest{
+		SubjectToken: p["subject_token"],
+		ActorToken:   p["actor_token"],
+		Grant:        grant,
+		TTL:          ttl,
+		Source:       s.Source(r),
+		RequestID:    RequestID(r),
+	})
+	return res, grant, err
+}
+
+func validTokenType(t string) bool {
+	return t == broker.TokenTypeJWT || t == broker.TokenTypeIDToken
+}

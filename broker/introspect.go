@@ -1,0 +1,84 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// IntrospectRequest asks whether a broker credential is active (RFC 7662).
+type IntrospectRequest struct {
+	CallerToken string // the caller's own identity token
+	Token       string // the credential being introspected
+	Source      Source
+	RequestID   string
+}
+
+// IntrospectResult is the RFC 7662 answer. When Active is false every other
+// field is empty.
+type IntrospectResult struct {
+	Active   bool
+	Issuance *Issuance
+}
+
+// Introspect authenticates the caller, looks the credential up by its
+// fingerprint and answers whether it is active. Every call is recorded as an
+// introspect event naming the caller; the answer is not given unless that
+// event is durable.
+func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*IntrospectResult, error) {
+	ev := &audit.Event{Type: audit.TypeIntrospect, RequestID: req.RequestID, Source: auditSource(req.Source)}
+	if req.CallerToken == "" {
+		err := Errorf(ErrUnauthenticated, "missing_caller_token", "introspection requires the caller's identity token as a Bearer token", nil)
+		s.recordDeny(ctx, ev, err)
+		return nil, err
+	}
+	caller, err := s.d.Authn().Authenticate(ctx, req.CallerToken)
+	if err != nil {
+		s.recordDeny(ctx, ev, err)
+		return nil, err
+	}
+	ev.Admin = caller.Iss + "#" + caller.Sub
+	ev.Details = map[string]any{"caller": map[string]string{"iss": caller.Iss, "sub": caller.Sub}}
+	if req.Token == "" {
+		err := Errorf(ErrInvalidRequest, "missing_token", "token is required", nil)
+		s.recordDeny(ctx, ev, err)
+		return nil, err
+	}
+	fp := Fingerprint(req.Token)
+	ev.Credential = &audit.Credential{Fingerprint: fp}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	is, err := s.d.Store.FindIssuance(sctx, RefFingerprint, fp)
+	cancel()
+	res := &IntrospectResult{}
+	switch {
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		err = Unavailable("store_unavailable", time.Second, err)
+		s.recordDeny(ctx, ev, err)
+		return nil, err
+	default:
+		active := is.Active(s.d.Now())
+		if active {
+			if berr := s.checkBlocked(ctx, is.Workload); berr != nil {
+				if !errors.Is(berr, ErrDenied) {
+					s.recordDeny(ctx, ev, berr)
+					return nil, berr
+				}
+				active = false
+			}
+		}
+		ev.IssuanceID, ev.Workload, ev.Owner, ev.SessionID, ev.Grant, ev.Kind = is.ID, is.Workload, is.Owner, is.SessionID, is.Grant, is.Kind
+		if active {
+			res = &IntrospectResult{Active: true, Issuance: is}
+		}
+	}
+	ev.UseID = NewID(PrefixUse)
+	ev.Outcome = &audit.Outcome{Status: 200}
+	ev.Details["active"] = res.Active
+	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		return nil, Unavailable("audit_unavailable", time.Second, err)
+	}
+	return res, nil
+}

@@ -1,0 +1,445 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// Token types accepted as subject and actor tokens (RFC 8693).
+const (
+	GrantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+	TokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"
+	TokenTypeIDToken       = "urn:ietf:params:oauth:token-type:id_token"
+	TokenTypeAccessToken   = "urn:ietf:params:oauth:token-type:access_token"
+)
+
+// Deps are the Service's collaborators. Policy and Authn are functions so that
+// a policy reload can swap both atomically behind them.
+type Deps struct {
+	Policy   func() *policies.Policy
+	Authn    func() Authenticator
+	Minters  map[string]Minter  // by grant kind
+	Revokers map[string]Revoker // by grant kind
+	Store    Store
+	Audit    AuditSink
+	Now      func() time.Time
+	Logger   *slog.Logger
+	// MintTimeout bounds one backend mint (default 5s).
+	MintTimeout time.Duration
+	// StoreTimeout bounds one store call made by the Service (default 2s).
+	StoreTimeout time.Duration
+}
+
+// Service implements the workload-facing operations of the broker.
+type Service struct {
+	d        Deps
+	limiters sync.Map // workload name -> *limiterEntry
+}
+
+type limiterEntry struct {
+	perSecond float64
+	burst     int
+	lim       *rate.Limiter
+}
+
+// NewService validates deps and returns a Service.
+func NewService(d Deps) (*Service, error) {
+	var errs []error
+	if d.Policy == nil {
+		errs = append(errs, errors.New("broker: Deps.Policy is required"))
+	}
+	if d.Authn == nil {
+		errs = append(errs, errors.New("broker: Deps.Authn is required"))
+	}
+	if d.Store == nil {
+		errs = append(errs, errors.New("broker: Deps.Store is required"))
+	}
+	if d.Audit == nil {
+		errs = append(errs, errors.New("broker: Deps.Audit is required"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.MintTimeout <= 0 {
+		d.MintTimeout = 5 * time.Second
+	}
+	if d.StoreTimeout <= 0 {
+		d.StoreTimeout = 2 * time.Second
+	}
+	if d.Minters == nil {
+		d.Minters = map[string]Minter{}
+	}
+	if d.Revokers == nil {
+		d.Revokers = map[string]Revoker{}
+	}
+	return &Service{d: d}, nil
+}
+
+// Policy returns the policy in force.
+func (s *Service) Policy() *policies.Policy { return s.d.Policy() }
+
+// Store returns the Service's store.
+func (s *Service) Store() Store { return s.d.Store }
+
+// Now returns the Service's clock reading.
+func (s *Service) Now() time.Time { return s.d.Now() }
+
+// ExchangeRequest is a validated RFC 8693 token-exchange request.
+type ExchangeRequest struct {
+	SubjectToken string
+	ActorToken   string        // optional
+	Grant        string        // the "audience" parameter
+	TTL          time.Duration // 0 = the grant's TTL
+	Source       Source
+	RequestID    string
+}
+
+// ExchangeResult is a minted, stored and audited credential.
+type ExchangeResult struct {
+	AccessToken string
+	ExpiresIn   int64
+	Issuance    *Issuance
+	Fields      map[string]any
+}
+
+// Exchange authenticates the subject token, finds the workload, checks the
+// grant, block and rate limit, mints the credential, stores the issuance and
+// makes its audit event durable, in that order. Any failure after the mint
+// revokes the credential again and returns ErrUnavailable.
+func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
+	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Grant: req.Grant, Source: auditSource(req.Source)}
+	fail := func(err error) (*ExchangeResult, error) {
+		s.recordDeny(ctx, deny, err)
+		return nil, err
+	}
+	if req.SubjectToken == "" {
+		return fail(Errorf(ErrInvalidRequest, "missing_subject_token", "subject_token is required", nil))
+	}
+	if req.Grant == "" {
+		return fail(Errorf(ErrInvalidRequest, "missing_audience", "audience (the grant name) is required", nil))
+	}
+	if req.TTL < 0 {
+		return fail(Errorf(ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil))
+	}
+
+	id, err := s.d.Authn().Authenticate(ctx, req.SubjectToken)
+	if err != nil {
+		return fail(err)
+	}
+	deny.Identity = auditIdentity(id.Ref())
+	var act []IdentityRef
+	if req.ActorToken != "" {
+		actor, err := s.d.Authn().Authenticate(ctx, req.ActorToken)
+		if err != nil {
+			e := AsError(err)
+			e.Reason = "actor_" + e.Reason
+			return fail(e)
+		}
+		act = []IdentityRef{actor.Ref()}
+		deny.Act = auditIdentities(act)
+	}
+
+	pol := s.d.Policy()
+	wl, err := pol.Match(id.IssuerName, id.Claims)
+	if err != nil {
+		return fail(Errorf(ErrDenied, "no_workload", "no workload matches this identity", err))
+	}
+	deny.Workload, deny.Owner = wl.Name, wl.Owner
+
+	grant, ok := pol.Grant(req.Grant)
+	if !ok {
+		return fail(&Error{Kind: ErrInvalidTarget, Reason: "unknown_grant", Safe: "unknown grant"})
+	}
+	deny.Kind = grant.Kind
+	if !pol.Allowed(wl, grant.Name) {
+		return fail(Errorf(ErrDenied, "grant_not_allowed", "the workload is not allowed this grant", nil))
+	}
+	sessionID := s.sessionID(pol, id)
+	deny.SessionID = sessionID
+
+	if err := s.checkBlocked(ctx, wl.Name); err != nil {
+		return fail(err)
+	}
+	if err := s.allow(wl); err != nil {
+		return fail(err)
+	}
+
+	ttl := grant.TTLDuration()
+	if req.TTL > 0 && req.TTL < ttl {
+		ttl = req.TTL
+	}
+	minter, ok := s.d.Minters[grant.Kind]
+	if !ok {
+		return fail(Unavailable("kind_not_configured", 30*time.Second, fmt.Errorf("no minter for grant kind %q", grant.Kind)))
+	}
+
+	now := s.d.Now()
+	issID := NewID(PrefixIssuance)
+	mctx, cancel := context.WithTimeout(ctx, s.d.MintTimeout)
+	cred, err := minter.Mint(mctx, MintRequest{
+		IssuanceID: issID, Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID,
+		Grant: *grant, TTL: ttl, Identity: id, Now: now,
+	})
+	cancel()
+	if err != nil {
+		e := AsError(err)
+		if errors.Is(mctx.Err(), context.DeadlineExceeded) && !errors.Is(e, ErrUnavailable) {
+			e = Unavailable("backend_timeout", 2*time.Second, err)
+		}
+		deny.IssuanceID = issID
+		return fail(e)
+	}
+	cred.Refs.Fingerprint = Fingerprint(cred.AccessToken)
+	if cred.Refs.ExpiresAt.IsZero() || cred.Refs.ExpiresAt.After(now.Add(ttl)) {
+		cred.Refs.ExpiresAt = now.Add(ttl)
+	}
+
+	is := &Issuance{
+		ID: issID, Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID,
+		Grant: grant.Name, Kind: grant.Kind, Identity: id.Ref(), Act: act,
+		Claims: usedClaims(pol, id, wl), Source: req.Source,
+		IssuedAt: now, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs, RequestID: req.RequestID,
+	}
+
+	// Durable record first: store, then the audit event. Either failing
+	// revokes the credential; it never reaches the caller.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+	err = s.d.Store.PutIssuance(sctx, is)
+	cancel()
+	if err != nil {
+		s.undoMint(ctx, is, "store_failed")
+		deny.IssuanceID = issID
+		return fail(Unavailable("store_unavailable", time.Second, err))
+	}
+	ev := &audit.Event{
+		Type: audit.TypeIssue, RequestID: req.RequestID, IssuanceID: issID,
+		Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID, Grant: grant.Name, Kind: grant.Kind,
+		Identity: auditIdentity(id.Ref()), Act: auditIdentities(act), Source: auditSource(req.Source),
+		Credential: auditCredential(cred.Refs), Outcome: &audit.Outcome{Status: 200},
+	}
+	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		s.undoMint(ctx, is, "audit_failed")
+		is.RevokedAt = s.d.Now()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+		if perr := s.d.Store.PutIssuance(sctx, is); perr != nil {
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, "marking unaudited issuance revoked", slog.String("issuance_id", issID), slog.String("error", perr.Error()))
+		}
+		cancel()
+		return nil, Unavailable("audit_unavailable", time.Second, err)
+	}
+	return &ExchangeResult{
+		AccessToken: cred.AccessToken,
+		ExpiresIn:   int64(math.Max(0, math.Round(is.ExpiresAt.Sub(now).Seconds()))),
+		Issuance:    is,
+		Fields:      cred.Fields,
+	}, nil
+}
+
+// undoMint revokes a credential that will not be handed out. A failure is
+// logged with the issuance id and accessor so an operator (and the
+// reconciliation) can find it.
+func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) {
+	rv, ok := s.d.Revokers[is.Kind]
+	if !ok {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.MintTimeout)
+	defer cancel()
+	if err := rv.Revoke(rctx, is); err != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "revoking unrecorded credential failed",
+			slog.String("issuance_id", is.ID), slog.String("accessor", is.Refs.Accessor),
+			slog.String("why", why), slog.String("error", err.Error()))
+		return
+	}
+	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revoked credential that could not be recorded",
+		slog.String("issuance_id", is.ID), slog.String("why", why))
+}
+
+func (s *Service) checkBlocked(ctx context.Context, workload string) error {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	b, err := s.d.Store.GetBlock(sctx, workload)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return Unavailable("store_unavailable", time.Second, err)
+	default:
+		return Errorf(ErrDenied, "workload_blocked", "the workload is blocked", fmt.Errorf("blocked by %s", b.RevocationID))
+	}
+}
+
+// allow applies the workload's rate limit. Limiters are per process; a policy
+// change of the rate replaces the limiter.
+func (s *Service) allow(wl *policies.Workload) error {
+	if wl.Rate == nil || wl.Rate.PerSecond <= 0 {
+		return nil
+	}
+	burst := wl.Rate.Burst
+	if burst < 1 {
+		burst = int(math.Ceil(wl.Rate.PerSecond))
+	}
+	v, _ := s.limiters.Load(wl.Name)
+	e, _ := v.(*limiterEntry)
+	if e == nil || e.perSecond != wl.Rate.PerSecond || e.burst != burst {
+		e = &limiterEntry{perSecond: wl.Rate.PerSecond, burst: burst, lim: rate.NewLimiter(rate.Limit(wl.Rate.PerSecond), burst)}
+		s.limiters.Store(wl.Name, e)
+	}
+	now := s.d.Now()
+	r := e.lim.ReserveN(now, 1)
+	if !r.OK() {
+		return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: time.Second}
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: d}
+	}
+	return nil
+}
+
+// Allow applies the workload's rate limit (used by the proxy for uses).
+func (s *Service) Allow(wl *policies.Workload) error { return s.allow(wl) }
+
+// sessionID takes the issuer's session_claim when present, else the token's
+// jti, else a hash of iss+sub+iat (SPEC "Concepts").
+func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
+	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
+		if v, ok := policies.ClaimString(id.Claims, iss.SessionClaim); ok && v != "" {
+			return SessionID(id.IssuerName, "claim:"+v)
+		}
+	}
+	if id.JTI != "" {
+		return SessionID(id.IssuerName, "jti:"+id.JTI)
+	}
+	return SessionID(id.IssuerName, "token:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.IssuedAt.Unix(), 10))
+}
+
+// usedClaims records the claims the workload match relied on plus the
+// session claim: enough for an auditor, without copying whole tokens.
+func usedClaims(pol *policies.Policy, id *Identity, wl *policies.Workload) map[string]any {
+	out := map[string]any{"sub": id.Sub}
+	for k := range wl.Match.Claims {
+		if v, ok := policies.ClaimValue(id.Claims, k); ok {
+			out[k] = v
+		}
+	}
+	for k := range wl.Match.ClaimPatterns {
+		if v, ok := policies.ClaimValue(id.Claims, k); ok {
+			out[k] = v
+		}
+	}
+	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
+		if v, ok := policies.ClaimValue(id.Claims, iss.SessionClaim); ok {
+			out[iss.SessionClaim] = v
+		}
+	}
+	return out
+}
+
+// recordDeny writes a deny event. A deny that cannot be recorded is logged;
+// the request fails either way.
+func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
+	e := AsError(err)
+	ev.Outcome = &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}
+	if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), ev); aerr != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit deny event failed",
+			slog.String("request_id", ev.RequestID), slog.String("error", aerr.Error()))
+	}
+}
+
+// Audit appends an event through the Service's sink (used by other
+// components that record events: admin calls, policy loads).
+func (s *Service) Audit(ctx context.Context, ev *audit.Event) error {
+	return s.d.Audit.Append(context.WithoutCancel(ctx), ev)
+}
+
+// StatusOf returns the HTTP status for a categorised error.
+func StatusOf(e *Error) int {
+	switch {
+	case errors.Is(e.Kind, ErrInvalidRequest), errors.Is(e.Kind, ErrInvalidTarget):
+		return 400
+	case errors.Is(e.Kind, ErrUnauthenticated):
+		return 401
+	case errors.Is(e.Kind, ErrDenied):
+		return 403
+	case errors.Is(e.Kind, ErrNotFound):
+		return 404
+	case errors.Is(e.Kind, ErrRateLimited):
+		return 429
+	default:
+		return 503
+	}
+}
+
+// CodeOf returns the OAuth error code for a categorised error.
+func CodeOf(e *Error) string {
+	if e.Code != "" {
+		return e.Code
+	}
+	switch {
+	case errors.Is(e.Kind, ErrInvalidRequest):
+		return "invalid_request"
+	case errors.Is(e.Kind, ErrInvalidTarget):
+		return "invalid_target"
+	case errors.Is(e.Kind, ErrUnauthenticated):
+		return "invalid_grant"
+	case errors.Is(e.Kind, ErrDenied):
+		return "access_denied"
+	case errors.Is(e.Kind, ErrNotFound):
+		return "not_found"
+	case errors.Is(e.Kind, ErrRateLimited):
+		return "slow_down"
+	default:
+		return "temporarily_unavailable"
+	}
+}
+
+func auditIdentity(r IdentityRef) *audit.Identity {
+	return &audit.Identity{Iss: r.Iss, Sub: r.Sub, JTI: r.JTI}
+}
+
+func auditIdentities(rs []IdentityRef) []audit.Identity {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]audit.Identity, len(rs))
+	for i, r := range rs {
+		out[i] = audit.Identity{Iss: r.Iss, Sub: r.Sub, JTI: r.JTI}
+	}
+	return out
+}
+
+func auditSource(s Source) *audit.Source {
+	if s.IP == "" && s.UserAgent == "" {
+		return nil
+	}
+	return &audit.Source{IP: s.IP, UserAgent: s.UserAgent}
+}
+
+func auditCredential(r CredentialRefs) *audit.Credential {
+	c := &audit.Credential{
+		Fingerprint: r.Fingerprint, Accessor: r.Accessor, LeaseID: r.LeaseID,
+		Username: r.Username, JTI: r.JTI, Serial: r.Serial,
+	}
+	if !r.ExpiresAt.IsZero() {
+		c.ExpiresAt = r.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	return c
+}

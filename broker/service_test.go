@@ -1,0 +1,266 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+const testPolicy = `
+version: 1
+issuers:
+  - name: k8s
+    issuer: https://k8s.example
+    jwks_url: https://k8s.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+    session_claim: kubernetes.io.pod.uid
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match:
+      issuer: k8s
+      subject: system:serviceaccount:payments:api
+      claims: {kubernetes.io.namespace: payments}
+    grants: [payments-vault]
+    rate: {per_second: 1, burst: 2}
+  - name: batch
+    owner: team-data
+    match: {issuer: k8s, subject: system:serviceaccount:data:batch}
+    grants: [payments-vault]
+grants:
+  - name: payments-vault
+    kind: vault_token
+    ttl: 15m
+    vault_token: {policies: [payments-read]}
+  - name: orders-jwt
+    kind: jwt
+    ttl: 5m
+    jwt: {audience: orders, transit_key: k}
+`
+
+type fixture struct {
+	svc    *broker.Service
+	minter *brokertest.Minter
+	sink   *brokertest.Sink
+	store  *memstore.Store
+	now    time.Time
+}
+
+func identity(sub string, claims map[string]any) *broker.Identity {
+	c := map[string]any{"sub": sub, "iss": "https://k8s.example"}
+	for k, v := range claims {
+		c[k] = v
+	}
+	return &broker.Identity{IssuerName: "k8s", Iss: "https://k8s.example", Sub: sub, JTI: "tok-1", Claims: c}
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatalf("policy: %v", err)
+	}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	f := &fixture{minter: &brokertest.Minter{}, sink: &brokertest.Sink{}, now: now}
+	f.store = memstore.New(func() time.Time { return f.now })
+	authn := brokertest.Authn{
+		"payments": identity("system:serviceaccount:payments:api", map[string]any{
+			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+		}),
+		"payments-other-ns": identity("system:serviceaccount:payments:api", map[string]any{
+			"kubernetes.io": map[string]any{"namespace": "default"},
+		}),
+		"batch": identity("system:serviceaccount:data:batch", nil),
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: f.minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:    f.store,
+		Audit:    f.sink,
+		Now:      func() time.Time { return f.now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc = svc
+	return f
+}
+
+func TestExchange(t *testing.T) {
+	tests := []struct {
+		name       string
+		req        broker.ExchangeRequest
+		wantKind   error
+		wantReason string
+	}{
+		{name: "ok/vault-token", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"}},
+		{name: "ok/shorter-ttl", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", TTL: time.Minute}},
+		{name: "fail/missing-token", req: broker.ExchangeRequest{Grant: "payments-vault"}, wantKind: broker.ErrInvalidRequest, wantReason: "missing_subject_token"},
+		{name: "fail/missing-grant", req: broker.ExchangeRequest{SubjectToken: "payments"}, wantKind: broker.ErrInvalidRequest, wantReason: "missing_audience"},
+		{name: "fail/bad-token", req: broker.ExchangeRequest{SubjectToken: "forged", Grant: "payments-vault"}, wantKind: broker.ErrUnauthenticated, wantReason: "bad_signature"},
+		{name: "fail/no-workload", req: broker.ExchangeRequest{SubjectToken: "payments-other-ns", Grant: "payments-vault"}, wantKind: broker.ErrDenied, wantReason: "no_workload"},
+		{name: "fail/unknown-grant", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "nope"}, wantKind: broker.ErrInvalidTarget, wantReason: "unknown_grant"},
+		{name: "fail/grant-not-allowed", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "orders-jwt"}, wantKind: broker.ErrDenied, wantReason: "grant_not_allowed"},
+		{name: "fail/bad-actor", req: broker.ExchangeRequest{SubjectToken: "payments", ActorToken: "forged", Grant: "payments-vault"}, wantKind: broker.ErrUnauthenticated, wantReason: "actor_bad_signature"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			res, err := f.svc.Exchange(context.Background(), tt.req)
+			if tt.wantKind != nil {
+				if !errors.Is(err, tt.wantKind) {
+					t.Fatalf("Exchange() error = %v, want %v", err, tt.wantKind)
+				}
+				if got := broker.AsError(err).Reason; got != tt.wantReason {
+					t.Errorf("Exchange() reason = %q, want %q", got, tt.wantReason)
+				}
+				if diff := cmp.Diff([]string{"deny"}, f.sink.Types()); diff != "" {
+					t.Errorf("audit events (-want +got):\n%s", diff)
+				}
+				if len(f.minter.Reqs) != 0 {
+					t.Errorf("minter called %d times on a denied request", len(f.minter.Reqs))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Exchange() error = %v", err)
+			}
+			is := res.Issuance
+			if !strings.HasPrefix(is.ID, "iss_") || !strings.HasPrefix(is.SessionID, "ses_") {
+				t.Errorf("ids = %q, %q; want iss_ and ses_ prefixes", is.ID, is.SessionID)
+			}
+			wantTTL := 15 * time.Minute
+			if tt.req.TTL > 0 {
+				wantTTL = tt.req.TTL
+			}
+			if got := f.minter.Reqs[0].TTL; got != wantTTL {
+				t.Errorf("mint TTL = %v, want %v", got, wantTTL)
+			}
+			if res.ExpiresIn != int64(wantTTL/time.Second) {
+				t.Errorf("ExpiresIn = %d, want %d", res.ExpiresIn, int64(wantTTL/time.Second))
+			}
+			got := map[string]string{"workload": is.Workload, "owner": is.Owner, "grant": is.Grant, "kind": is.Kind, "fp": is.Refs.Fingerprint}
+			want := map[string]string{"workload": "payments-api", "owner": "team-payments", "grant": "payments-vault", "kind": "vault_token", "fp": broker.Fingerprint(res.AccessToken)}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("issuance (-want +got):\n%s", diff)
+			}
+			stored, err := f.store.FindIssuance(context.Background(), broker.RefFingerprint, broker.Fingerprint(res.AccessToken))
+			if err != nil || stored.ID != is.ID {
+				t.Errorf("FindIssuance(fingerprint) = %v, %v; want %s", stored, err, is.ID)
+			}
+			if diff := cmp.Diff([]string{"issue"}, f.sink.Types()); diff != "" {
+				t.Errorf("audit events (-want +got):\n%s", diff)
+			}
+			ev := f.sink.Events()[0]
+			if ev.IssuanceID != is.ID || ev.Credential.Accessor != is.Refs.Accessor || ev.SessionID != is.SessionID {
+				t.Errorf("issue event = %+v, does not match issuance %+v", ev, is)
+			}
+		})
+	}
+}
+
+func TestExchangeSessionFromClaim(t *testing.T) {
+	f := newFixture(t)
+	a, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Issuance.SessionID != b.Issuance.SessionID {
+		t.Errorf("two exchanges of one pod got sessions %s and %s, want one", a.Issuance.SessionID, b.Issuance.SessionID)
+	}
+	if want := broker.SessionID("k8s", "claim:pod-1"); a.Issuance.SessionID != want {
+		t.Errorf("session = %s, want %s (from kubernetes.io.pod.uid)", a.Issuance.SessionID, want)
+	}
+	c, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "batch", Grant: "payments-vault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := broker.SessionID("k8s", "jti:tok-1"); c.Issuance.SessionID != want {
+		t.Errorf("session without claim = %s, want %s (from jti)", c.Issuance.SessionID, want)
+	}
+}
+
+func TestExchangeAuditFailureRevokes(t *testing.T) {
+	f := newFixture(t)
+	f.sink.Fail = func(ev *audit.Event) bool { return ev.Type == audit.TypeIssue }
+	res, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if !errors.Is(err, broker.ErrUnavailable) || res != nil {
+		t.Fatalf("Exchange() = %v, %v; want nil, ErrUnavailable", res, err)
+	}
+	if len(f.minter.Reqs) != 1 {
+		t.Fatalf("minted %d, want 1", len(f.minter.Reqs))
+	}
+	if diff := cmp.Diff([]string{f.minter.Reqs[0].IssuanceID}, f.minter.Revoked); diff != "" {
+		t.Errorf("revoked (-want +got):\n%s", diff)
+	}
+	is, err := f.store.GetIssuance(context.Background(), f.minter.Reqs[0].IssuanceID)
+	if err != nil || is.RevokedAt.IsZero() {
+		t.Errorf("stored issuance = %+v, %v; want it marked revoked", is, err)
+	}
+	if e := broker.AsError(err); e.RetryAfter <= 0 {
+		t.Errorf("RetryAfter = %v, want > 0", e.RetryAfter)
+	}
+}
+
+func TestExchangeMintFailureIsUnavailable(t *testing.T) {
+	f := newFixture(t)
+	f.minter.Err = broker.Unavailable("vault_unavailable", 2*time.Second, errors.New("connection refused"))
+	_, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Exchange() error = %v, want ErrUnavailable", err)
+	}
+	if diff := cmp.Diff([]string{"deny"}, f.sink.Types()); diff != "" {
+		t.Errorf("audit events (-want +got):\n%s", diff)
+	}
+	if got := f.sink.Events()[0].Outcome; got.Status != 503 || got.Reason != "vault_unavailable" {
+		t.Errorf("deny outcome = %+v, want 503 vault_unavailable", got)
+	}
+}
+
+func TestExchangeRateLimit(t *testing.T) {
+	f := newFixture(t)
+	var codes []string
+	for range 4 {
+		_, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+		if err != nil {
+			codes = append(codes, broker.CodeOf(broker.AsError(err)))
+		} else {
+			codes = append(codes, "ok")
+		}
+	}
+	if diff := cmp.Diff([]string{"ok", "ok", "slow_down", "slow_down"}, codes); diff != "" {
+		t.Errorf("outcomes with burst 2 (-want +got):\n%s", diff)
+	}
+	f.now = f.now.Add(time.Second)
+	if _, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"}); err != nil {
+		t.Errorf("after one second at 1/s: %v, want ok", err)
+	}
+}
+
+func TestExchangeBlocked(t *testing.T) {
+	f := newFixture(t)
+	if err := f.store.PutBlock(context.Background(), broker.Block{Workload: "payments-api", Reason: "incident"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if !errors.Is(err, broker.ErrDenied) || broker.AsError(err).Reason != "workload_blocked" {
+		t.Fatalf("Exchange() error = %v, want workload_blocked", err)
+	}
+}
