@@ -264,3 +264,55 @@ func TestExchangeBlocked(t *testing.T) {
 		t.Fatalf("Exchange() error = %v, want workload_blocked", err)
 	}
 }
+
+func TestAuthorizeAdmin(t *testing.T) {
+	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
+admins:
+  - name: secops
+    match: {issuer: k8s, claims: {groups: secops}}
+    roles: [revoke]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &brokertest.Sink{}
+	authn := brokertest.Authn{
+		"alice": identity("alice", map[string]any{"groups": "secops"}),
+		"bob":   identity("bob", map[string]any{"groups": "dev"}),
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol }, Authn: func() broker.Authenticator { return authn },
+		Store: memstore.New(time.Now), Audit: sink,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, token, role string
+		want              error
+	}{
+		{"ok/revoke", "alice", broker.RoleRevoke, nil},
+		{"fail/missing-role", "alice", broker.RoleTrace, broker.ErrDenied},
+		{"fail/not-admin", "bob", broker.RoleRevoke, broker.ErrDenied},
+		{"fail/bad-token", "mallory", broker.RoleRevoke, broker.ErrUnauthenticated},
+		{"fail/no-token", "", broker.RoleRevoke, broker.ErrUnauthenticated},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := svc.AuthorizeAdmin(context.Background(), broker.AdminRequest{Token: tt.token, Role: tt.role, Action: "test"})
+			if tt.want == nil && (err != nil || a.String() != "secops:alice") {
+				t.Fatalf("AuthorizeAdmin() = %v, %v; want secops:alice", a, err)
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("AuthorizeAdmin() error = %v, want %v", err, tt.want)
+			}
+			evs := sink.Events()
+			if len(evs) != i+1 {
+				t.Fatalf("%d audit events after %d calls; every admin call must be audited", len(evs), i+1)
+			}
+			if evs[i].Type != "admin" {
+				t.Errorf("event type = %s", evs[i].Type)
+			}
+		})
+	}
+}
