@@ -1,0 +1,115 @@
+package vault
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// DefaultTimeout is the per-request timeout when ClientOptions.Timeout is 0.
+const DefaultTimeout = 10 * time.Second
+
+// ClientOptions configure NewClient. Exactly one of Token and TokenFile is set.
+type ClientOptions struct {
+	Address   string        // e.g. https://vault.internal:8200 (required)
+	Token     string        // the broker's Vault token
+	TokenFile string        // or a file holding it (read once, trimmed)
+	CAFile    string        // PEM bundle to verify Vault's certificate; empty = system roots
+	Timeout   time.Duration // per request; 0 = DefaultTimeout
+}
+
+// NewClient returns a Vault client for the broker.
+//
+// It starts from vaultapi.DefaultConfig (which reads VAULT_* variables) and
+// then overrides everything that matters, so the environment cannot change
+// where the broker talks to, with which token, or how TLS is checked:
+// address, agent address, TLS settings, namespace, extra headers, rate
+// limiter, SRV lookup and redirects are reset; the token comes only from the
+// options (vault/api itself never reads ~/.vault-token).
+//
+// MaxRetries is 0: vault/api retries 5xx and connection errors twice by
+// default, and a retried create can leave a credential in Vault that nobody
+// recorded. Callers that want to retry do so above, with a new issuance id.
+// Timeout bounds each request (vault/api applies it as a context deadline);
+// the caller's ctx still applies when shorter.
+func NewClient(o ClientOptions) (*vaultapi.Client, error) {
+	var errs []error
+	u, err := url.Parse(o.Address)
+	switch {
+	case o.Address == "":
+		errs = append(errs, errors.New("vault.address: required"))
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		errs = append(errs, errors.New("vault.address: must be an http:// or https:// URL"))
+	}
+	if (o.Token == "") == (o.TokenFile == "") {
+		errs = append(errs, errors.New("vault: exactly one of token and token_file is required"))
+	}
+	if o.Timeout < 0 {
+		errs = append(errs, errors.New("vault.timeout: must not be negative"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	token := o.Token
+	if o.TokenFile != "" {
+		b, err := os.ReadFile(o.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("vault.token_file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return nil, fmt.Errorf("vault.token_file: %s is empty", o.TokenFile)
+		}
+	}
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+
+	cfg := vaultapi.DefaultConfig()
+	if cfg.Error != nil {
+		// vaultapi.NewClient would fail the same way: a VAULT_* variable is malformed.
+		return nil, fmt.Errorf("vault: default configuration (check VAULT_* environment variables): %w", cfg.Error)
+	}
+	cfg.Address = o.Address
+	cfg.AgentAddress = ""
+	cfg.MaxRetries = 0
+	cfg.Timeout = timeout
+	cfg.Limiter = nil
+	cfg.SRVLookup = false
+	cfg.DisableRedirects = false
+	cfg.ReadYourWrites = false
+	tr, ok := cfg.HttpClient.Transport.(*http.Transport)
+	if !ok {
+		return nil, fmt.Errorf("vault: unexpected transport %T", cfg.HttpClient.Transport)
+	}
+	// Drop whatever VAULT_SKIP_VERIFY, VAULT_CACERT, VAULT_CLIENT_CERT,
+	// VAULT_TLS_SERVER_NAME or VAULT_HTTP_PROXY put there; keep the ALPN list
+	// http2.ConfigureTransport set.
+	var nextProtos []string
+	if tr.TLSClientConfig != nil {
+		nextProtos = tr.TLSClientConfig.NextProtos
+	}
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: nextProtos}
+	tr.Proxy = http.ProxyFromEnvironment
+	if o.CAFile != "" {
+		if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: o.CAFile}); err != nil {
+			return nil, fmt.Errorf("vault.ca_file: %w", err)
+		}
+	}
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("vault: new client: %w", err)
+	}
+	c.SetToken(token)
+	c.ClearNamespace()
+	c.SetHeaders(http.Header{vaultapi.RequestHeaderName: []string{"true"}})
+	return c, nil
+}

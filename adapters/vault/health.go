@@ -1,0 +1,48 @@
+package vault
+
+import (
+	"context"
+	"errors"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Health checks Vault through sys/health for readiness. An uninitialised,
+// sealed or removed node, or an HA node that lost its cluster, is
+// ErrUnavailable; a standby or performance standby is healthy, because it
+// forwards the broker's requests to the active node. sys/health needs no
+// token.
+func Health(ctx context.Context, c *vaultapi.Client) error {
+	h, err := c.Sys().HealthWithContext(ctx)
+	if err != nil {
+		return translate("health", err)
+	}
+	switch {
+	case !h.Initialized:
+		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: not initialized"))
+	case h.Sealed:
+		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: sealed"))
+	case h.RemovedFromCluster != nil && *h.RemovedFromCluster:
+		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: node removed from cluster"))
+	case h.HAConnectionHealthy != nil && !*h.HAConnectionHealthy:
+		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: HA connection unhealthy"))
+	}
+	return nil
+}
+
+// HealthChecker is Health as a broker.Pinger for /readyz.
+type HealthChecker struct {
+	Client *vaultapi.Client
+}
+
+var _ broker.Pinger = HealthChecker{}
+
+// Ping runs Health.
+func (h HealthChecker) Ping(ctx context.Context) error {
+	if h.Client == nil {
+		return broker.Unavailable(ReasonConfig, retryMisconfig, errors.New("vault health: no client"))
+	}
+	return Health(ctx, h.Client)
+}

@@ -1,0 +1,273 @@
+package vault_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
+	vaultapi "github.com/hashicorp/vault/api"
+
+	vault "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/e2e/harness"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// TestRealVault runs the adapter against a real `vault server -dev`, with a
+// broker token that holds only BrokerPolicy plus the policy it hands out.
+func TestRealVault(t *testing.T) {
+	v := harness.StartVault(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	root := v.Client
+	if err := root.Sys().PutPolicyWithContext(ctx, "payments-read", `path "secret/data/payments/*" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, "keytrail-broker", vault.BrokerPolicy("", harness.VaultSigningKey, harness.VaultEd25519Key)); err != nil {
+		t.Fatal(err)
+	}
+	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies: []string{"keytrail-broker", "payments-read", "default"}, TTL: "1h",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("ok/health", func(t *testing.T) {
+		if err := vault.Health(ctx, bc); err != nil {
+			t.Errorf("Health() = %v, want nil", err)
+		}
+	})
+
+	t.Run("ok/token-mint-lookup-audit-revoke", func(t *testing.T) {
+		m, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: bc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		req := broker.MintRequest{
+			IssuanceID: "iss_01JINTEGRATION", Workload: "payments-api", Owner: "team-payments", SessionID: "ses_it",
+			Grant: policies.Grant{Name: "payments-vault", Kind: broker.KindVaultToken, TTL: policies.Duration(15 * time.Minute),
+				VaultToken: &policies.VaultTokenGrant{Policies: []string{"payments-read"}}},
+			TTL: 15 * time.Minute, Now: now,
+		}
+		cred, err := m.Mint(ctx, req)
+		if err != nil {
+			t.Fatalf("Mint() = %v", err)
+		}
+		if cred.Refs.ExpiresAt.After(now.Add(15*time.Minute)) || cred.Refs.ExpiresAt.Before(now.Add(14*time.Minute)) {
+			t.Errorf("ExpiresAt = %v, want about %v and never later", cred.Refs.ExpiresAt, now.Add(15*time.Minute))
+		}
+
+		tc := tokenClient(t, root, cred.AccessToken)
+		self, err := tc.Auth().Token().LookupSelfWithContext(ctx)
+		if err != nil {
+			t.Fatalf("lookup-self with the minted token = %v", err)
+		}
+		got := map[string]any{
+			"accessor":         self.Data["accessor"],
+			"display_name":     self.Data["display_name"],
+			"meta":             self.Data["meta"],
+			"policies":         self.Data["policies"],
+			"orphan":           self.Data["orphan"],
+			"renewable":        self.Data["renewable"],
+			"explicit_max_ttl": fmt.Sprint(self.Data["explicit_max_ttl"]),
+			"num_uses":         fmt.Sprint(self.Data["num_uses"]),
+		}
+		want := map[string]any{
+			"accessor":     cred.Refs.Accessor,
+			"display_name": "token-keytrail-payments-api",
+			"meta": map[string]any{"workload": "payments-api", "owner": "team-payments", "session_id": "ses_it",
+				"issuance_id": "iss_01JINTEGRATION", "grant": "payments-vault"},
+			"policies":         []any{"default", "payments-read"},
+			"orphan":           true,
+			"renewable":        false,
+			"explicit_max_ttl": "900",
+			"num_uses":         "0",
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("lookup-self (-want +got):\n%s", diff)
+		}
+
+		// Vault's audit entry of that request names the issuance.
+		entry := findAudit(t, v.AuditLogPath, "auth/token/lookup-self", "iss_01JINTEGRATION")
+		if diff := cmp.Diff(map[string]any{
+			"accessor": cred.Refs.Accessor, "display_name": "token-keytrail-payments-api",
+		}, map[string]any{"accessor": entry["accessor"], "display_name": entry["display_name"]}); diff != "" {
+			t.Errorf("audit auth block (-want +got):\n%s", diff)
+		}
+
+		is := &broker.Issuance{ID: req.IssuanceID, Refs: cred.Refs}
+		if err := m.Revoke(ctx, is); err != nil {
+			t.Fatalf("Revoke() = %v", err)
+		}
+		if _, err := tc.Auth().Token().LookupSelfWithContext(ctx); err == nil {
+			t.Errorf("lookup-self after Revoke() = nil error, want the token rejected")
+		}
+		if err := m.Revoke(ctx, is); err != nil {
+			t.Errorf("second Revoke() = %v, want nil (idempotent)", err)
+		}
+		if err := m.Revoke(ctx, &broker.Issuance{Refs: broker.CredentialRefs{Accessor: "no-such-accessor"}}); err != nil {
+			t.Errorf("Revoke(unknown accessor) = %v, want nil", err)
+		}
+	})
+
+	t.Run("fail/policy-the-broker-does-not-hold", func(t *testing.T) {
+		m, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: bc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = m.Mint(ctx, broker.MintRequest{
+			IssuanceID: "iss_01JDENIED", Workload: "w", Owner: "o", SessionID: "s",
+			Grant: policies.Grant{Name: "g", Kind: broker.KindVaultToken, VaultToken: &policies.VaultTokenGrant{Policies: []string{"admin"}}},
+			TTL:   time.Minute, Now: time.Now(),
+		})
+		var be *broker.Error
+		if !errors.As(err, &be) || !errors.Is(err, broker.ErrUnavailable) || be.Reason != vault.ReasonRejected {
+			t.Errorf("Mint(policy not held) = %v, want ErrUnavailable/%s", err, vault.ReasonRejected)
+		}
+	})
+
+	keys, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: bc, Keys: []string{harness.VaultSigningKey, harness.VaultEd25519Key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, key, alg string
+	}{
+		{"ok/jwt-es256", harness.VaultSigningKey, "ES256"},
+		{"ok/jwt-eddsa", harness.VaultEd25519Key, "EdDSA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := vault.NewJWTMinter(vault.JWTMinterOptions{Client: bc, PublicURL: "https://keytrail.test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Now()
+			cred, err := m.Mint(ctx, broker.MintRequest{
+				IssuanceID: "iss_01JJWT", Workload: "orders-client", Owner: "team-orders", SessionID: "ses_j",
+				Grant: policies.Grant{Name: "orders-jwt", Kind: broker.KindJWT, JWT: &policies.JWTGrant{Audience: "orders-api", TransitKey: tc.key}},
+				TTL:   5 * time.Minute, Now: now,
+			})
+			if err != nil {
+				t.Fatalf("Mint() = %v", err)
+			}
+			pks, err := keys.PublicKeys(ctx)
+			if err != nil {
+				t.Fatalf("PublicKeys() = %v", err)
+			}
+			tok, err := jwt.Parse(cred.AccessToken, func(tk *jwt.Token) (any, error) {
+				i := slices.IndexFunc(pks, func(k broker.PublicKey) bool { return k.KID == tk.Header["kid"] && k.Alg == tk.Method.Alg() })
+				if i < 0 {
+					return nil, fmt.Errorf("no public key %v", tk.Header["kid"])
+				}
+				return pks[i].Key, nil
+			}, jwt.WithValidMethods([]string{tc.alg}), jwt.WithIssuer("https://keytrail.test"), jwt.WithAudience("orders-api"), jwt.WithExpirationRequired())
+			if err != nil {
+				t.Fatalf("verify minted JWT with TransitKeys = %v", err)
+			}
+			claims := tok.Claims.(jwt.MapClaims)
+			got := map[string]any{"kid": tok.Header["kid"], "sub": claims["sub"], "jti": claims["jti"], "sid": claims["sid"], "owner": claims["owner"], "grant": claims["grant"]}
+			want := map[string]any{"kid": tc.key + ":1", "sub": "orders-client", "jti": "iss_01JJWT", "sid": "ses_j", "owner": "team-orders", "grant": "orders-jwt"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("JWT (-want +got):\n%s", diff)
+			}
+			if cred.Refs.ExpiresAt.After(now.Add(5 * time.Minute)) {
+				t.Errorf("ExpiresAt = %v, after now+ttl %v", cred.Refs.ExpiresAt, now.Add(5*time.Minute))
+			}
+		})
+	}
+
+	// Last, as it wipes the server: the harness restarts an empty dev server
+	// on the same address and sets it up again; Kill ends it at once.
+	t.Run("ok/harness-restart-and-kill", func(t *testing.T) {
+		before, err := v.Client.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{Policies: []string{"default"}, TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := v.Addr
+		if err := v.Restart(ctx); err != nil {
+			t.Fatalf("Restart() = %v", err)
+		}
+		if v.Addr != addr {
+			t.Errorf("Addr after Restart() = %q, want %q", v.Addr, addr)
+		}
+		if _, err := tokenClient(t, v.Client, before.Auth.ClientToken).Auth().Token().LookupSelfWithContext(ctx); err == nil {
+			t.Errorf("token from before Restart() still valid, want the dev server's state gone")
+		}
+		sec, err := v.Client.Logical().ReadWithContext(ctx, "transit/keys/"+harness.VaultSigningKey)
+		if err != nil || sec == nil || sec.Data["type"] != "ecdsa-p256" {
+			t.Errorf("transit key after Restart() = %v, %v; want it set up again", sec, err)
+		}
+		if err := v.Kill(); err != nil {
+			t.Fatalf("Kill() = %v", err)
+		}
+		select {
+		case <-v.Done():
+		default:
+			t.Errorf("Done() not closed after Kill()")
+		}
+		if err := vault.Health(ctx, v.Client); !errors.Is(err, broker.ErrUnavailable) {
+			t.Errorf("Health(killed vault) = %v, want ErrUnavailable", err)
+		}
+	})
+}
+
+// tokenClient is a client using token.
+func tokenClient(t *testing.T, base *vaultapi.Client, token string) *vaultapi.Client {
+	t.Helper()
+	c, err := base.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(token)
+	return c
+}
+
+// findAudit returns the auth block of the audit request entry for path whose
+// token metadata names issuanceID. Vault writes audit entries before it
+// answers, so the entry is there once the request returned.
+func findAudit(t *testing.T, file, path, issuanceID string) map[string]any {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatalf("open audit log: %v", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64*1024), 4<<20)
+	for sc.Scan() {
+		var e struct {
+			Type    string         `json:"type"`
+			Auth    map[string]any `json:"auth"`
+			Request struct {
+				Path string `json:"path"`
+			} `json:"request"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("audit line is not JSON: %v", err)
+		}
+		md, _ := e.Auth["metadata"].(map[string]any)
+		if e.Type == "request" && e.Request.Path == path && md["issuance_id"] == issuanceID {
+			return e.Auth
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Fatalf("no audit request entry for %s with auth.metadata.issuance_id=%s in %s", path, issuanceID, file)
+	return nil
+}

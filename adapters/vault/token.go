@@ -1,0 +1,182 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// TokenMinterOptions configure NewTokenMinter.
+type TokenMinterOptions struct {
+	Client *vaultapi.Client // from NewClient (required)
+	// Role, when set, mints through auth/token/create/<Role> instead of
+	// auth/token/create-orphan. The role must have orphan=true and
+	// allowed_policies covering the grants; see the package documentation.
+	Role string
+	Now  func() time.Time // default time.Now
+}
+
+// TokenMinter mints and revokes Vault tokens for grants of kind vault_token.
+//
+// Each token is an orphan service token (it survives the broker's own token),
+// not renewable, with ttl and explicit_max_ttl both set to the request's TTL
+// so nothing can extend it, the grant's policies and num_uses, display name
+// keytrail-<workload> (stored by Vault as token-keytrail-<workload>) and meta
+// {workload, owner, session_id, issuance_id, grant}, which Vault writes in
+// clear into the auth block of every audit entry of every request made with
+// the token.
+type TokenMinter struct {
+	c    *vaultapi.Client
+	path string
+	now  func() time.Time
+}
+
+var (
+	_ broker.Minter  = (*TokenMinter)(nil)
+	_ broker.Revoker = (*TokenMinter)(nil)
+)
+
+// NewTokenMinter validates o and returns a TokenMinter.
+func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
+	if o.Client == nil {
+		return nil, errors.New("vault token minter: client is required")
+	}
+	path := "auth/token/create-orphan"
+	if o.Role != "" {
+		if strings.ContainsAny(o.Role, "/?#") {
+			return nil, fmt.Errorf("vault token minter: role %q: must be a plain name", o.Role)
+		}
+		path = "auth/token/create/" + url.PathEscape(o.Role)
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &TokenMinter{c: o.Client, path: path, now: now}, nil
+}
+
+// tokenCreateBody is the body of the create call.
+func tokenCreateBody(req broker.MintRequest, secs int64) map[string]any {
+	g := req.Grant.VaultToken
+	ttl := strconv.FormatInt(secs, 10) + "s"
+	return map[string]any{
+		"type":             "service", // batch tokens have no accessor to revoke by
+		"policies":         slices.Clone(g.Policies),
+		"ttl":              ttl,
+		"explicit_max_ttl": ttl,
+		"renewable":        false,
+		"num_uses":         g.NumUses,
+		"display_name":     "keytrail-" + req.Workload,
+		"meta": map[string]string{
+			"workload":    req.Workload,
+			"owner":       req.Owner,
+			"session_id":  req.SessionID,
+			"issuance_id": req.IssuanceID,
+			"grant":       req.Grant.Name,
+		},
+	}
+}
+
+// Mint creates one token. It never retries: on a timeout after Vault created
+// the token, the token is unrecorded but bounded by explicit_max_ttl and
+// traceable through its meta (issuance_id) in Vault's audit log.
+func (m *TokenMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	g := req.Grant.VaultToken
+	switch {
+	case req.Grant.Kind != broker.KindVaultToken || g == nil:
+		return nil, configError("grant %q of kind %q is not a vault_token grant", req.Grant.Name, req.Grant.Kind)
+	case len(g.Policies) == 0:
+		// Vault would let the token inherit the broker token's policies.
+		return nil, configError("grant %q lists no policies", req.Grant.Name)
+	case slices.ContainsFunc(g.Policies, func(p string) bool { return strings.EqualFold(strings.TrimSpace(p), "root") }):
+		return nil, configError("grant %q lists the root policy", req.Grant.Name)
+	case g.NumUses < 0:
+		return nil, configError("grant %q: negative num_uses", req.Grant.Name)
+	case req.IssuanceID == "" || req.Workload == "":
+		return nil, configError("mint request without issuance id or workload")
+	}
+	secs := int64(req.TTL / time.Second)
+	if secs < 1 {
+		return nil, broker.Errorf(broker.ErrInvalidRequest, "ttl_too_short", "the requested ttl is too short", fmt.Errorf("vault token ttl %v < 1s", req.TTL))
+	}
+
+	const op = "create token"
+	sec, err := m.c.Logical().WriteWithContext(ctx, m.path, tokenCreateBody(req, secs))
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" || sec.Auth.Accessor == "" {
+		return nil, badResponse(op, "no auth block with client token and accessor")
+	}
+	a := sec.Auth
+	lease := time.Duration(a.LeaseDuration) * time.Second
+	if a.LeaseDuration <= 0 || a.LeaseDuration > int(secs) || a.Renewable {
+		// Never hand out a token that outlives the grant: take it back.
+		rerr := m.revokeAccessor(ctx, a.Accessor)
+		return nil, badResponse(op, fmt.Sprintf("token lease %ds (renewable=%v) does not fit ttl %ds; revoked: %v", a.LeaseDuration, a.Renewable, secs, rerr == nil))
+	}
+	expires := m.now().Add(lease)
+	if !req.Now.IsZero() && expires.After(req.Now.Add(req.TTL)) {
+		// Vault counts from its own clock, a round trip after req.Now.
+		expires = req.Now.Add(req.TTL)
+	}
+	pols := a.TokenPolicies
+	if len(pols) == 0 {
+		pols = a.Policies
+	}
+	return &broker.Credential{
+		AccessToken: a.ClientToken,
+		Fields: map[string]any{
+			"accessor":       a.Accessor,
+			"policies":       slices.Clone(pols),
+			"lease_duration": a.LeaseDuration,
+		},
+		Refs: broker.CredentialRefs{Accessor: a.Accessor, ExpiresAt: expires},
+	}, nil
+}
+
+// Revoke revokes the issuance's token by its accessor, with its child
+// tokens. An accessor Vault no longer knows (revoked, expired) counts as
+// revoked.
+func (m *TokenMinter) Revoke(ctx context.Context, is *broker.Issuance) error {
+	if is == nil || is.Refs.Accessor == "" {
+		return broker.Errorf(broker.ErrInvalidRequest, "missing_accessor", "the issuance has no Vault token accessor", errors.New("vault revoke: issuance without accessor"))
+	}
+	return m.revokeAccessor(ctx, is.Refs.Accessor)
+}
+
+func (m *TokenMinter) revokeAccessor(ctx context.Context, accessor string) error {
+	_, err := m.c.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": accessor})
+	if err == nil || responseSays(err, 400, "token not found", "invalid accessor") {
+		return nil
+	}
+	return translate("revoke accessor", err)
+}
+
+// BrokerPolicy returns the HCL of a least-privilege Vault policy for the
+// broker's own token: mint orphan tokens, revoke them by accessor, and read
+// and sign with the named transit keys under mount (default "transit").
+// With create-orphan and no sudo, the broker token must also hold the
+// policies its vault_token grants hand out (Vault's subset rule).
+func BrokerPolicy(mount string, transitKeys ...string) string {
+	if mount == "" {
+		mount = "transit"
+	}
+	var b strings.Builder
+	b.WriteString("path \"auth/token/create-orphan\" {\n  capabilities = [\"update\"]\n}\n")
+	b.WriteString("path \"auth/token/revoke-accessor\" {\n  capabilities = [\"update\"]\n}\n")
+	for _, k := range transitKeys {
+		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"read\"]\n}\n", mount+"/keys/"+k)
+		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"update\"]\n}\n", mount+"/sign/"+k)
+	}
+	return b.String()
+}

@@ -1,0 +1,273 @@
+package vault
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// Transit key types this package signs with, and their JWS algorithms.
+const (
+	KeyTypeECDSAP256 = "ecdsa-p256" // ES256
+	KeyTypeEd25519   = "ed25519"    // EdDSA
+)
+
+// errUnsupportedKey marks a transit key this package cannot use (wrong type,
+// derived); a configuration problem rather than a bad response.
+var errUnsupportedKey = errors.New("unsupported transit key")
+
+// transitKey is what transit/keys/<name> says about a signing key.
+type transitKey struct {
+	Name          string
+	Type          string // KeyTypeECDSAP256 or KeyTypeEd25519
+	Latest        int
+	MinDecryption int
+	Public        map[int]crypto.PublicKey // every version >= MinDecryption
+}
+
+// method is the JWS signing method of the key.
+func (k *transitKey) method() jwt.SigningMethod {
+	if k.Type == KeyTypeEd25519 {
+		return jwt.SigningMethodEdDSA
+	}
+	return jwt.SigningMethodES256
+}
+
+// kid names one version of the key: "<name>:<version>".
+func kid(name string, version int) string { return name + ":" + strconv.Itoa(version) }
+
+// parseTransitKey reads the data of a transit/keys/<name> response.
+func parseTransitKey(name string, data map[string]any) (*transitKey, error) {
+	if data == nil {
+		return nil, errors.New("no data")
+	}
+	typ, _ := data["type"].(string)
+	if typ != KeyTypeECDSAP256 && typ != KeyTypeEd25519 {
+		return nil, fmt.Errorf("%w: key %q has type %q (want %s or %s)", errUnsupportedKey, name, typ, KeyTypeECDSAP256, KeyTypeEd25519)
+	}
+	if derived, _ := data["derived"].(bool); derived {
+		return nil, fmt.Errorf("%w: key %q is derived", errUnsupportedKey, name)
+	}
+	latest, err := asInt(data["latest_version"])
+	if err != nil || latest < 1 {
+		return nil, fmt.Errorf("key %q: bad latest_version", name)
+	}
+	minDec, err := asInt(data["min_decryption_version"])
+	if err != nil {
+		return nil, fmt.Errorf("key %q: bad min_decryption_version", name)
+	}
+	minDec = max(minDec, 1)
+	if minDec > latest {
+		return nil, fmt.Errorf("key %q: min_decryption_version %d > latest_version %d", name, minDec, latest)
+	}
+	versions, ok := data["keys"].(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("key %q: no keys", name)
+	}
+	k := &transitKey{Name: name, Type: typ, Latest: latest, MinDecryption: minDec, Public: map[int]crypto.PublicKey{}}
+	for vs, raw := range versions {
+		v, err := strconv.Atoi(vs)
+		if err != nil || v < 1 || strconv.Itoa(v) != vs {
+			return nil, fmt.Errorf("key %q: bad version %q", name, vs)
+		}
+		if v < minDec || v > latest {
+			continue
+		}
+		entry, _ := raw.(map[string]any)
+		pub, _ := entry["public_key"].(string)
+		if pub == "" {
+			return nil, fmt.Errorf("key %q version %d: no public_key", name, v)
+		}
+		pk, err := parsePublicKey(typ, pub)
+		if err != nil {
+			return nil, fmt.Errorf("key %q version %d: %w", name, v, err)
+		}
+		k.Public[v] = pk
+	}
+	for v := minDec; v <= latest; v++ {
+		if _, ok := k.Public[v]; !ok {
+			return nil, fmt.Errorf("key %q: version %d missing", name, v)
+		}
+	}
+	return k, nil
+}
+
+// parsePublicKey decodes a transit public key: PEM (PKIX) for ECDSA, standard
+// base64 of the 32 raw bytes for Ed25519.
+func parsePublicKey(typ, s string) (crypto.PublicKey, error) {
+	switch typ {
+	case KeyTypeECDSAP256:
+		blk, _ := pem.Decode([]byte(s))
+		if blk == nil || blk.Type != "PUBLIC KEY" {
+			return nil, errors.New("public_key is not a PEM public key")
+		}
+		pk, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("public_key: %w", err)
+		}
+		ek, ok := pk.(*ecdsa.PublicKey)
+		if !ok || ek.Curve != elliptic.P256() {
+			return nil, errors.New("public_key is not a P-256 key")
+		}
+		return ek, nil
+	case KeyTypeEd25519:
+		b, err := base64.StdEncoding.Strict().DecodeString(s)
+		if err != nil || len(b) != ed25519.PublicKeySize {
+			return nil, errors.New("public_key is not a base64 Ed25519 key")
+		}
+		return ed25519.PublicKey(b), nil
+	}
+	return nil, fmt.Errorf("%w: type %q", errUnsupportedKey, typ)
+}
+
+// parseVaultSignature decodes a transit signature "vault:v<N>:<sig>" made
+// with version want of a key of type typ, returning the raw JWS signature
+// bytes (r||s for ECDSA with marshaling_algorithm=jws, which Vault encodes
+// as unpadded base64url; the 64 signature bytes for Ed25519, which Vault
+// encodes as standard base64).
+func parseVaultSignature(s string, want int, typ string) ([]byte, error) {
+	rest, ok := strings.CutPrefix(s, "vault:v")
+	if !ok {
+		return nil, errors.New("signature lacks the vault:v prefix")
+	}
+	vs, enc, ok := strings.Cut(rest, ":")
+	if !ok {
+		return nil, errors.New("signature lacks a version")
+	}
+	v, err := strconv.Atoi(vs)
+	if err != nil || strconv.Itoa(v) != vs {
+		return nil, errors.New("signature has a malformed version")
+	}
+	if v != want {
+		return nil, fmt.Errorf("signature made with key version %d, want %d", v, want)
+	}
+	var sig []byte
+	switch typ {
+	case KeyTypeECDSAP256:
+		sig, err = base64.RawURLEncoding.Strict().DecodeString(enc)
+	case KeyTypeEd25519:
+		sig, err = base64.StdEncoding.Strict().DecodeString(enc)
+	default:
+		return nil, fmt.Errorf("%w: type %q", errUnsupportedKey, typ)
+	}
+	if err != nil {
+		return nil, errors.New("signature is not valid base64")
+	}
+	if len(sig) != 64 {
+		return nil, fmt.Errorf("signature has %d bytes, want 64", len(sig))
+	}
+	return sig, nil
+}
+
+// asInt reads a JSON number as decoded by vault/api (json.Number) or by
+// encoding/json (float64).
+func asInt(v any) (int, error) {
+	switch n := v.(type) {
+	case json.Number:
+		i, err := strconv.ParseInt(string(n), 10, 32)
+		return int(i), err
+	case float64:
+		if n != math.Trunc(n) || n < math.MinInt32 || n > math.MaxInt32 {
+			return 0, errors.New("not an integer")
+		}
+		return int(n), nil
+	case int:
+		return n, nil
+	}
+	return 0, fmt.Errorf("not a number: %T", v)
+}
+
+// readTransitKey reads and parses mount/keys/name.
+func readTransitKey(ctx context.Context, c *vaultapi.Client, mount, name string) (*transitKey, error) {
+	const op = "read transit key"
+	sec, err := c.Logical().ReadWithContext(ctx, mount+"/keys/"+name)
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	if sec == nil {
+		return nil, configError("transit key %s/keys/%s does not exist", mount, name)
+	}
+	k, err := parseTransitKey(name, sec.Data)
+	if errors.Is(err, errUnsupportedKey) {
+		return nil, configError("%v", err)
+	}
+	if err != nil {
+		return nil, badResponse(op, err.Error())
+	}
+	return k, nil
+}
+
+// keyCache keeps parsed transit keys for a short time.
+type keyCache struct {
+	c     *vaultapi.Client
+	mount string
+	ttl   time.Duration
+	now   func() time.Time
+
+	mu   sync.Mutex
+	keys map[string]cachedKey
+}
+
+type cachedKey struct {
+	key *transitKey
+	at  time.Time
+}
+
+func newKeyCache(c *vaultapi.Client, mount string, ttl time.Duration, now func() time.Time) *keyCache {
+	return &keyCache{c: c, mount: mount, ttl: ttl, now: now, keys: map[string]cachedKey{}}
+}
+
+// get returns the key, from the cache when it is younger than ttl.
+func (kc *keyCache) get(ctx context.Context, name string) (*transitKey, error) {
+	kc.mu.Lock()
+	ck, ok := kc.keys[name]
+	kc.mu.Unlock()
+	if ok && kc.now().Sub(ck.at) < kc.ttl {
+		return ck.key, nil
+	}
+	k, err := readTransitKey(ctx, kc.c, kc.mount, name)
+	if err != nil {
+		return nil, err
+	}
+	kc.mu.Lock()
+	kc.keys[name] = cachedKey{key: k, at: kc.now()}
+	kc.mu.Unlock()
+	return k, nil
+}
+
+// forget drops a key so the next get reads it again.
+func (kc *keyCache) forget(name string) {
+	kc.mu.Lock()
+	delete(kc.keys, name)
+	kc.mu.Unlock()
+}
+
+// validName reports whether a transit key or mount name is a plain path
+// segment list without traversal or query characters.
+func validName(s string) bool {
+	if s == "" || strings.ContainsAny(s, "?#%\\ ") || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") {
+		return false
+	}
+	for _, seg := range strings.Split(s, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,217 @@
+package harness
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// RepoRoot returns the keytrail repository root.
+func RepoRoot() (string, error) { return devserver.RepoRoot() }
+
+// KeytrailBinary builds cmd/keytrail once per test process (with -race when
+// the tests run with it, so e2e covers the binary too) and returns its path.
+func KeytrailBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := RepoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "keytrail-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "keytrail")
+		args := []string{"build", "-o", buildPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "./cmd/keytrail")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/keytrail: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("harness: %v", buildErr)
+	}
+	return buildPath
+}
+
+// Keytrail is a running keytrail server process.
+type Keytrail struct {
+	t       testing.TB
+	URL     string
+	Config  string
+	LogPath string
+	Env     []string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+	mu      sync.Mutex
+}
+
+// StartKeytrail runs `keytrail server --config cfg` with env appended to the
+// environment and waits until GET url/readyz answers 200. The process is
+// stopped (SIGTERM) when the test ends.
+func StartKeytrail(t testing.TB, url, cfg string, env ...string) *Keytrail {
+	t.Helper()
+	k := &Keytrail{t: t, URL: strings.TrimRight(url, "/"), Config: cfg, Env: env}
+	k.LogPath = filepath.Join(t.TempDir(), "keytrail.log")
+	k.start()
+	t.Cleanup(func() { k.Stop() })
+	if err := k.WaitReady(30 * time.Second); err != nil {
+		t.Fatalf("harness: keytrail not ready: %v\n--- log ---\n%s", err, k.Logs())
+	}
+	return k
+}
+
+func (k *Keytrail) start() {
+	k.t.Helper()
+	bin := KeytrailBinary(k.t)
+	logf, err := os.OpenFile(k.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		k.t.Fatalf("harness: %v", err)
+	}
+	cmd := exec.Command(bin, "server", "--config", k.Config)
+	cmd.Env = append(append(os.Environ(), "VAULT_TOKEN="), k.Env...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		k.t.Fatalf("harness: starting keytrail: %v", err)
+	}
+	k.mu.Lock()
+	k.cmd = cmd
+	k.done = make(chan struct{})
+	done := k.done
+	k.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		k.mu.Lock()
+		k.waitErr = err
+		k.mu.Unlock()
+		close(done)
+	}()
+}
+
+// WaitReady polls /readyz until it answers 200 or the timeout passes.
+func (k *Keytrail) WaitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: time.Second}
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-k.done:
+			return fmt.Errorf("keytrail exited: %v", k.exitErr())
+		default:
+		}
+		resp, err := client.Get(k.URL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+			last = fmt.Errorf("readyz: %s", resp.Status)
+		} else {
+			last = err
+		}
+		select {
+		case <-k.done:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("timed out: %v", last)
+}
+
+func (k *Keytrail) exitErr() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.waitErr
+}
+
+// Logs returns what the process wrote so far.
+func (k *Keytrail) Logs() string {
+	b, _ := os.ReadFile(k.LogPath)
+	return string(b)
+}
+
+// Stop sends SIGTERM and waits for a graceful exit; it returns the exit error.
+func (k *Keytrail) Stop() error {
+	k.mu.Lock()
+	cmd, done := k.cmd, k.done
+	k.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return k.exitErr()
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	return k.exitErr()
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (k *Keytrail) Kill() {
+	k.mu.Lock()
+	cmd, done := k.cmd, k.done
+	k.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// Restart starts the process again with the same config and waits for it.
+func (k *Keytrail) Restart() {
+	k.t.Helper()
+	k.Stop()
+	k.start()
+	if err := k.WaitReady(30 * time.Second); err != nil {
+		k.t.Fatalf("harness: keytrail not ready after restart: %v\n%s", err, k.Logs())
+	}
+}
+
+// Signal sends sig to the process.
+func (k *Keytrail) Signal(sig os.Signal) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cmd.Process.Signal(sig)
+}
+
+// Done is closed when the process has exited.
+func (k *Keytrail) Done() <-chan struct{} {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.done
+}
