@@ -1,0 +1,825 @@
+// Package auditfile is the append-only JSON Lines audit sink (broker.AuditSink).
+//
+// One writer goroutine owns the file. Concurrent Appends are sealed into the
+// hash chain in arrival order and written as a batch: one write() and one
+// fsync per batch (group commit). Append returns nil only after the fsync of
+// its batch succeeded. When a write or fsync fails, every caller of the batch
+// gets broker.ErrUnavailable, the file is truncated back to the end of the
+// last durable line and the chain rolls back with it, so the next line links
+// to the last durable one; the sink recovers by itself on the next Append (or
+// Ping) once the disk works again.
+//
+// With a Signer, the sink appends a signed checkpoint every CheckpointEvery
+// events, at least every CheckpointInterval when there were events since the
+// last one, before rotating a file, and on Close.
+package auditfile
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// Defaults.
+const (
+	DefaultCheckpointEvery    = 1000
+	DefaultCheckpointInterval = 60 * time.Second
+	DefaultMaxBatch           = 256
+	// rotatedLayout is the UTC timestamp suffix of rotated files: fixed
+	// width, sortable as text, no colons.
+	rotatedLayout = "20060102T150405.000000000Z"
+	signTimeout   = 5 * time.Second
+)
+
+// Options configure a Sink.
+type Options struct {
+	// Path of the audit file. Required.
+	Path string
+	// ChainID names the chain. Empty: resume the chain of the file (or of
+	// its newest rotated sibling when the file is empty), else start a new
+	// "chn_<ULID>". When set and the file holds another chain, Open fails.
+	ChainID string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Signer signs checkpoints; nil writes none.
+	Signer audit.Signer
+	// CheckpointEvery is the number of events between checkpoints; default
+	// DefaultCheckpointEvery.
+	CheckpointEvery int
+	// CheckpointInterval bounds the time between a checkpoint and the next
+	// one when there were events in between; default
+	// DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
+	// NoFsync skips the fsync of each batch: Append then returns once the
+	// batch is written to the OS, not once it is on disk. For tests and
+	// benchmarks; Close still syncs.
+	NoFsync bool
+	// MaxBatch caps the events of one write; default DefaultMaxBatch.
+	MaxBatch int
+	// Logger; default discards.
+	Logger *slog.Logger
+	// RotateBytes rotates the file once it reaches this size: it is renamed
+	// to <Path>.<UTC timestamp> and the same chain continues in a new file.
+	// 0 never rotates.
+	RotateBytes int64
+}
+
+// Stats are counters for metrics.
+type Stats struct {
+	Events             uint64 // events made durable
+	Batches            uint64 // successful writes
+	Checkpoints        uint64 // checkpoints made durable
+	Failures           uint64 // failed batches
+	CheckpointFailures uint64 // checkpoints that could not be signed
+	Rotations          uint64
+	Seq                uint64 // seq of the last durable line
+	Healthy            bool   // the last write succeeded
+}
+
+// file is what the sink needs of an *os.File (a seam for tests).
+type file interface {
+	io.Writer
+	io.ReaderAt
+	Sync() error
+	Truncate(size int64) error
+	Stat() (os.FileInfo, error)
+	Close() error
+}
+
+func openOSFile(path string) (file, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+}
+
+// seams lets tests replace the file and the checkpoint ticker.
+type seams struct {
+	openFile func(path string) (file, error)
+	tick     <-chan time.Time // nil: a real ticker
+}
+
+type request struct {
+	ev   *audit.Event
+	done chan error // buffered 1
+}
+
+// state is the chain state a batch is sealed into; it becomes the durable
+// state only once the batch is.
+type state struct {
+	chain   *audit.Chain
+	sinceCP int       // events since the last checkpoint
+	cpAt    time.Time // time of the last checkpoint (or of Open)
+	cps     int       // checkpoints in the batch being built
+}
+
+func (st state) clone() state {
+	st.chain = st.chain.Clone()
+	st.cps = 0
+	return st
+}
+
+// Sink is the file audit sink. It is safe for concurrent use.
+type Sink struct {
+	o        Options
+	log      *slog.Logger
+	openFile func(string) (file, error)
+
+	reqs     chan *request
+	probes   chan chan error
+	tick     <-chan time.Time
+	stopTick func()
+	quit     chan struct{}
+	done     chan struct{}
+
+	mu     sync.RWMutex // closed, against Append/Ping sending after Close
+	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	statsMu sync.Mutex
+	stats   Stats
+
+	// Owned by the writer goroutine (and by Open before it starts).
+	f          file
+	good       int64 // size of f up to the end of the last durable line
+	dirty      int64 // bytes of the last failed write, which may linger
+	st         state
+	buf        bytes.Buffer
+	cpBackoff  time.Time // no checkpoint signing before this, after a failure
+	lastRotate time.Time
+}
+
+var (
+	_ broker.AuditSink = (*Sink)(nil)
+	_ broker.Pinger    = (*Sink)(nil)
+)
+
+var errClosed = errors.New("auditfile: sink is closed")
+
+// Open opens (or creates, mode 0600) the audit file for appending and resumes
+// its chain from the last complete line. A torn last line (no trailing
+// newline) was never acknowledged: it is truncated away with a warning.
+func Open(o Options) (*Sink, error) {
+	return open(o, seams{})
+}
+
+func open(o Options, sm seams) (*Sink, error) {
+	var errs []error
+	if o.Path == "" {
+		errs = append(errs, errors.New("path: required"))
+	}
+	if o.CheckpointEvery < 0 {
+		errs = append(errs, errors.New("checkpoint_every: must not be negative"))
+	}
+	if o.CheckpointInterval < 0 {
+		errs = append(errs, errors.New("checkpoint_interval: must not be negative"))
+	}
+	if o.MaxBatch < 0 {
+		errs = append(errs, errors.New("max_batch: must not be negative"))
+	}
+	if o.RotateBytes < 0 {
+		errs = append(errs, errors.New("rotate_bytes: must not be negative"))
+	}
+	if o.ChainID != "" {
+		if err := audit.ValidChainID(o.ChainID); err != nil {
+			errs = append(errs, fmt.Errorf("chain_id: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("auditfile: %w", err)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.CheckpointEvery == 0 {
+		o.CheckpointEvery = DefaultCheckpointEvery
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if sm.openFile == nil {
+		sm.openFile = openOSFile
+	}
+	s := &Sink{
+		o:        o,
+		log:      o.Logger.With("path", o.Path),
+		openFile: sm.openFile,
+		reqs:     make(chan *request, o.MaxBatch),
+		probes:   make(chan chan error),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if err := s.load(); err != nil {
+		if s.f != nil {
+			_ = s.f.Close()
+		}
+		return nil, err
+	}
+	s.stats.Seq, _ = s.st.chain.Head()
+	s.stats.Healthy = true
+	switch {
+	case sm.tick != nil:
+		s.tick = sm.tick
+	case o.Signer != nil:
+		t := time.NewTicker(max(o.CheckpointInterval/4, 10*time.Millisecond))
+		s.tick, s.stopTick = t.C, t.Stop
+	}
+	go s.run()
+	return s, nil
+}
+
+// load opens the file, drops a torn tail and resumes or starts the chain.
+func (s *Sink) load() error {
+	f, err := s.openFile(s.o.Path)
+	if err != nil {
+		return fmt.Errorf("auditfile: open: %w", err)
+	}
+	s.f = f
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("auditfile: stat: %w", err)
+	}
+	last, end, err := lastLine(f, fi.Size())
+	if err != nil {
+		return fmt.Errorf("auditfile: read last line: %w", err)
+	}
+	if end < fi.Size() {
+		s.log.Warn("audit: dropping torn last line (no trailing newline, never acknowledged)", "bytes", fi.Size()-end)
+		if err := f.Truncate(end); err != nil {
+			return fmt.Errorf("auditfile: truncate torn line: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("auditfile: sync: %w", err)
+		}
+	}
+	s.good = end
+	if last == nil {
+		if last, err = s.lastRotatedLine(); err != nil {
+			return err
+		}
+	}
+	now := s.o.Now()
+	var c *audit.Chain
+	if last != nil {
+		if c, err = audit.ResumeChain(last); err != nil {
+			return fmt.Errorf("auditfile: %w", err)
+		}
+		if s.o.ChainID != "" && s.o.ChainID != c.ID() {
+			return fmt.Errorf("auditfile: %s continues chain %q, options name chain %q", s.o.Path, c.ID(), s.o.ChainID)
+		}
+		seq, _ := c.Head()
+		s.log.Info("audit: chain resumed", "chain", c.ID(), "seq", seq)
+	} else {
+		id := s.o.ChainID
+		if id == "" {
+			u, err := ulid.New(ulid.Timestamp(now), rand.Reader)
+			if err != nil {
+				return fmt.Errorf("auditfile: chain id: %w", err)
+			}
+			id = "chn_" + u.String()
+		}
+		c = audit.NewChain(id)
+		s.log.Info("audit: chain started", "chain", id)
+	}
+	s.st = state{chain: c, cpAt: now}
+	// Events since the last checkpoint are not counted across restarts;
+	// one is enough to make the interval and Close write a checkpoint.
+	if ev, err := audit.ParseLine(last); err == nil && ev.Type != audit.TypeCheckpoint {
+		s.st.sinceCP = 1
+	}
+	syncDir(s.o.Path, s.log)
+	return nil
+}
+
+// lastRotatedLine returns the last line of the newest rotated sibling, so an
+// empty file right after a rotation continues the chain.
+func (s *Sink) lastRotatedLine() ([]byte, error) {
+	dir, base := filepath.Split(s.o.Path)
+	if dir == "" {
+		dir = "."
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("auditfile: list rotated files: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		suf, ok := strings.CutPrefix(e.Name(), base+".")
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		if _, err := time.Parse(rotatedLayout, suf); err == nil {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	sort.Strings(names)
+	path := filepath.Join(dir, names[len(names)-1])
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("auditfile: open rotated file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("auditfile: stat rotated file: %w", err)
+	}
+	last, _, err := lastLine(f, fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
+	}
+	return last, nil
+}
+
+// lastLine returns the last newline-terminated line of the first size bytes
+// of r (without its newline) and end, the offset just after it. Bytes after
+// end are a torn line. last is nil when there is no complete line.
+func lastLine(r io.ReaderAt, size int64) (last []byte, end int64, err error) {
+	const chunk = 64 << 10
+	var buf []byte // r[pos:size]
+	pos := size
+	nl := -1 // index in buf of the last '\n'
+	for {
+		if nl < 0 {
+			nl = bytes.LastIndexByte(buf, '\n')
+		}
+		if nl >= 0 {
+			if start := bytes.LastIndexByte(buf[:nl], '\n'); start >= 0 || pos == 0 {
+				return buf[start+1 : nl], pos + int64(nl) + 1, nil
+			}
+		} else if pos == 0 {
+			return nil, 0, nil
+		}
+		if size-pos > 2*audit.MaxLineBytes+2 {
+			return nil, 0, fmt.Errorf("last line is longer than %d bytes", audit.MaxLineBytes)
+		}
+		n := min(int64(chunk), pos)
+		pos -= n
+		b := make([]byte, n, int(n)+len(buf))
+		if _, err := r.ReadAt(b, pos); err != nil && !errors.Is(err, io.EOF) {
+			return nil, 0, err
+		}
+		buf = append(b, buf...)
+		if nl >= 0 {
+			nl += int(n)
+		}
+	}
+}
+
+// syncDir makes a created or renamed directory entry durable.
+func syncDir(path string, log *slog.Logger) {
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		log.Warn("audit: open directory for sync", "err", err)
+		return
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		log.Debug("audit: directory sync", "err", err)
+	}
+}
+
+// Append seals ev into the chain (filling in v, seq, time, chain and prev)
+// and returns nil once it is durable. ctx is honoured only while waiting to
+// be enqueued; once the event is handed to the writer, Append reports what
+// happened to it. A failed write returns an error wrapping
+// broker.ErrUnavailable.
+func (s *Sink) Append(ctx context.Context, ev *audit.Event) error {
+	if ev == nil {
+		return errors.New("auditfile: nil event")
+	}
+	if err := ctx.Err(); err != nil {
+		return unavailable(fmt.Errorf("auditfile: event not enqueued: %w", err))
+	}
+	r := &request{ev: ev, done: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return unavailable(errClosed)
+	}
+	select {
+	case s.reqs <- r:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return unavailable(fmt.Errorf("auditfile: event not enqueued: %w", ctx.Err()))
+	}
+	return <-r.done
+}
+
+// Ping reports whether the sink can write: nil when the last write
+// succeeded. After a failure it asks the writer to recover (reopen the file,
+// drop unacknowledged bytes, sync) so readiness comes back without traffic.
+func (s *Sink) Ping(ctx context.Context) error {
+	s.statsMu.Lock()
+	healthy := s.stats.Healthy
+	s.statsMu.Unlock()
+	if healthy {
+		return nil
+	}
+	reply := make(chan error, 1)
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return unavailable(errClosed)
+	}
+	select {
+	case s.probes <- reply:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return unavailable(ctx.Err())
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return unavailable(ctx.Err())
+	}
+}
+
+// Stats returns the counters.
+func (s *Sink) Stats() Stats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.stats
+}
+
+// Close writes what is queued, a final checkpoint (with a Signer, when there
+// were events since the last one), syncs and closes the file. Appends after
+// Close fail with ErrUnavailable. Close is idempotent.
+func (s *Sink) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.quit)
+		<-s.done
+		if s.stopTick != nil {
+			s.stopTick()
+		}
+	})
+	return s.closeErr
+}
+
+func unavailable(err error) error {
+	return broker.Unavailable("audit_unavailable", time.Second, err)
+}
+
+// run is the writer goroutine.
+func (s *Sink) run() {
+	defer close(s.done)
+	batch := make([]*request, 0, s.o.MaxBatch)
+	for {
+		select {
+		case r := <-s.reqs:
+			batch = s.drain(append(batch[:0], r))
+			s.commitEvents(batch)
+		case reply := <-s.probes:
+			reply <- s.probe()
+		case <-s.tick:
+			s.onTick()
+		case <-s.quit:
+			for {
+				batch = s.drain(batch[:0])
+				if len(batch) == 0 {
+					break
+				}
+				s.commitEvents(batch)
+			}
+			s.closeErr = s.finish()
+			return
+		}
+	}
+}
+
+// drain adds queued requests to batch without waiting, up to MaxBatch.
+func (s *Sink) drain(batch []*request) []*request {
+	for len(batch) < s.o.MaxBatch {
+		select {
+		case r := <-s.reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// commitEvents seals a batch, adds the checkpoints that are due, writes and
+// syncs it, and releases its callers.
+func (s *Sink) commitEvents(batch []*request) {
+	now := s.o.Now()
+	work := s.st.clone()
+	s.buf.Reset()
+	sealed := batch[:0]
+	for _, r := range batch {
+		line, err := work.chain.Seal(r.ev, now)
+		if err != nil {
+			r.done <- fmt.Errorf("auditfile: %w", err)
+			continue
+		}
+		s.buf.Write(line)
+		s.buf.WriteByte('\n')
+		sealed = append(sealed, r)
+		work.sinceCP++
+		if work.sinceCP >= s.o.CheckpointEvery {
+			s.addCheckpoint(&work, now)
+		}
+	}
+	if len(sealed) == 0 {
+		return
+	}
+	if work.sinceCP > 0 && now.Sub(work.cpAt) >= s.o.CheckpointInterval {
+		s.addCheckpoint(&work, now)
+	}
+	err := s.write(work, len(sealed))
+	for _, r := range sealed {
+		r.done <- err
+	}
+	if err == nil {
+		s.maybeRotate(now)
+	}
+}
+
+// addCheckpoint seals a checkpoint of work's head into the batch buffer. A
+// signing failure is logged and retried later; it does not fail the events.
+func (s *Sink) addCheckpoint(work *state, now time.Time) {
+	if s.o.Signer == nil || now.Before(s.cpBackoff) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
+	ev, err := work.chain.Checkpoint(ctx, s.o.Signer)
+	cancel()
+	var line []byte
+	if err == nil {
+		line, err = work.chain.Seal(ev, now)
+	}
+	if err != nil {
+		s.cpBackoff = now.Add(min(time.Second, s.o.CheckpointInterval))
+		s.statsMu.Lock()
+		s.stats.CheckpointFailures++
+		s.statsMu.Unlock()
+		s.log.Error("audit: checkpoint failed", "err", err)
+		return
+	}
+	s.buf.Write(line)
+	s.buf.WriteByte('\n')
+	work.sinceCP, work.cpAt = 0, now
+	work.cps++
+}
+
+// write makes the batch buffer durable. On failure it truncates the file back
+// to the last durable line, keeps the durable chain state and returns
+// ErrUnavailable.
+func (s *Sink) write(work state, events int) error {
+	if err := s.ensureOpen(); err != nil {
+		return s.fail(err)
+	}
+	b := s.buf.Bytes()
+	n, err := s.f.Write(b)
+	if err == nil && n != len(b) {
+		err = io.ErrShortWrite
+	}
+	if err == nil && !s.o.NoFsync {
+		if err = s.f.Sync(); err != nil {
+			err = fmt.Errorf("fsync: %w", err)
+		}
+	} else if err != nil {
+		err = fmt.Errorf("write: %w", err)
+	}
+	if err != nil {
+		s.dirty = int64(len(b))
+		s.rollback()
+		return s.fail(err)
+	}
+	s.good += int64(n)
+	s.dirty = 0
+	s.st = work
+	seq, _ := work.chain.Head()
+	s.statsMu.Lock()
+	s.stats.Events += uint64(events)
+	s.stats.Checkpoints += uint64(work.cps)
+	s.stats.Batches++
+	s.stats.Seq = seq
+	s.stats.Healthy = true
+	s.statsMu.Unlock()
+	return nil
+}
+
+// rollback drops whatever a failed write left after the last durable line.
+// If that fails too the file is closed, and ensureOpen retries on reopen.
+func (s *Sink) rollback() {
+	err := s.f.Truncate(s.good)
+	if err == nil {
+		err = s.f.Sync()
+	}
+	if err != nil {
+		s.log.Error("audit: cannot truncate after a failed write; reopening later", "err", err)
+		_ = s.f.Close()
+		s.f = nil
+		return
+	}
+	s.dirty = 0
+}
+
+func (s *Sink) fail(err error) error {
+	s.statsMu.Lock()
+	s.stats.Failures++
+	s.stats.Healthy = false
+	s.statsMu.Unlock()
+	s.log.Error("audit: write failed; events not recorded", "err", err)
+	return unavailable(fmt.Errorf("auditfile: %w", err))
+}
+
+// ensureOpen (re)opens the file after a failure or a rotation, checking that
+// it still ends with the last durable line.
+func (s *Sink) ensureOpen() error {
+	if s.f != nil {
+		return nil
+	}
+	f, err := s.openFile(s.o.Path)
+	if err != nil {
+		return fmt.Errorf("reopen: %w", err)
+	}
+	if err := s.checkReopened(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	s.f = f
+	return nil
+}
+
+func (s *Sink) checkReopened(f file) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("reopen: stat: %w", err)
+	}
+	size := fi.Size()
+	switch {
+	case size < s.good:
+		return fmt.Errorf("reopen: file is %d bytes, shorter than its last durable line at %d: truncated or replaced underneath", size, s.good)
+	case size > s.good+s.dirty:
+		return fmt.Errorf("reopen: file is %d bytes, more than was written (%d): another writer?", size, s.good+s.dirty)
+	case size > s.good:
+		s.log.Warn("audit: dropping bytes of a failed write", "bytes", size-s.good)
+		if err := f.Truncate(s.good); err != nil {
+			return fmt.Errorf("reopen: truncate: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("reopen: sync: %w", err)
+		}
+	}
+	s.dirty = 0
+	if s.good == 0 {
+		return nil
+	}
+	last, _, err := lastLine(f, s.good)
+	if err != nil {
+		return fmt.Errorf("reopen: %w", err)
+	}
+	if _, head := s.st.chain.Head(); audit.HashLine(last) != head {
+		return errors.New("reopen: the file's last line is not the last durable line: replaced underneath")
+	}
+	return nil
+}
+
+// probe is Ping's recovery attempt after a failure.
+func (s *Sink) probe() error {
+	s.statsMu.Lock()
+	healthy := s.stats.Healthy
+	s.statsMu.Unlock()
+	if healthy {
+		return nil
+	}
+	if err := s.ensureOpen(); err != nil {
+		return s.fail(err)
+	}
+	if err := s.f.Sync(); err != nil {
+		s.rollback()
+		return s.fail(fmt.Errorf("fsync: %w", err))
+	}
+	s.statsMu.Lock()
+	s.stats.Healthy = true
+	s.statsMu.Unlock()
+	s.log.Info("audit: sink recovered")
+	return nil
+}
+
+// onTick writes a checkpoint when the interval passed with events since the
+// last one, even when no event comes.
+func (s *Sink) onTick() {
+	now := s.o.Now()
+	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Sub(s.st.cpAt) < s.o.CheckpointInterval {
+		return
+	}
+	if err := s.commitCheckpoint(now); err == nil {
+		s.maybeRotate(now)
+	}
+}
+
+// commitCheckpoint writes a checkpoint alone.
+func (s *Sink) commitCheckpoint(now time.Time) error {
+	work := s.st.clone()
+	s.buf.Reset()
+	s.addCheckpoint(&work, now)
+	if s.buf.Len() == 0 {
+		return errors.New("checkpoint not signed")
+	}
+	return s.write(work, 0)
+}
+
+// maybeRotate renames a full file away and starts a new one; the chain goes
+// on. With a Signer the old file ends with a checkpoint.
+func (s *Sink) maybeRotate(now time.Time) {
+	if s.o.RotateBytes <= 0 || s.good < s.o.RotateBytes || s.f == nil {
+		return
+	}
+	if s.o.Signer != nil && s.st.sinceCP > 0 {
+		if err := s.commitCheckpoint(now); err != nil {
+			s.log.Warn("audit: rotation postponed: no final checkpoint", "err", err)
+			return
+		}
+	}
+	if err := s.f.Sync(); err != nil {
+		s.log.Warn("audit: rotation postponed", "err", err)
+		return
+	}
+	if err := s.f.Close(); err != nil {
+		s.log.Warn("audit: close before rotation", "err", err)
+	}
+	s.f = nil
+	ts := now.UTC()
+	if !ts.After(s.lastRotate) {
+		ts = s.lastRotate.Add(time.Nanosecond)
+	}
+	var name string
+	for {
+		name = s.o.Path + "." + ts.Format(rotatedLayout)
+		if _, err := os.Lstat(name); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		ts = ts.Add(time.Nanosecond)
+	}
+	if err := os.Rename(s.o.Path, name); err != nil {
+		s.log.Error("audit: rotate", "err", err)
+		return // the next write reopens the same file
+	}
+	s.lastRotate = ts
+	s.good, s.dirty = 0, 0
+	syncDir(s.o.Path, s.log)
+	s.statsMu.Lock()
+	s.stats.Rotations++
+	s.statsMu.Unlock()
+	s.log.Info("audit: rotated", "to", name)
+	if err := s.ensureOpen(); err != nil {
+		s.log.Error("audit: open after rotation; retrying on the next write", "err", err)
+	} else {
+		syncDir(s.o.Path, s.log)
+	}
+}
+
+// finish is Close's work in the writer: final checkpoint, sync, close.
+func (s *Sink) finish() error {
+	var errs []error
+	if s.o.Signer != nil && s.st.sinceCP > 0 {
+		if err := s.commitCheckpoint(s.o.Now()); err != nil {
+			errs = append(errs, fmt.Errorf("final checkpoint: %w", err))
+		}
+	}
+	if s.f != nil {
+		if err := s.f.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("sync: %w", err))
+		}
+		if err := s.f.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close: %w", err))
+		}
+		s.f = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("auditfile: close: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,668 @@
+package auditfile
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// clock is a fake clock that moves step on every reading.
+type clock struct {
+	mu   sync.Mutex
+	t    time.Time
+	step time.Duration
+}
+
+func newClock() *clock {
+	return &clock{t: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), step: time.Millisecond}
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.t
+	c.t = c.t.Add(c.step)
+	return t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newSigner(t testing.TB) (*audit.Ed25519Signer, map[string]ed25519.PublicKey) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := audit.NewEd25519Signer(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, map[string]ed25519.PublicKey{s.KeyID(): s.PublicKey()}
+}
+
+func openT(t testing.TB, o Options, sm seams) *Sink {
+	t.Helper()
+	s, err := open(o, sm)
+	if err != nil {
+		t.Fatalf("Open() = %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func appendN(t testing.TB, s *Sink, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("req_", i)}); err != nil {
+			t.Fatalf("Append(#%d) = %v", i, err)
+		}
+	}
+}
+
+func readLines(t testing.TB, path string) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.TrimSuffix(b, []byte{'\n'})
+	if len(b) == 0 {
+		return nil
+	}
+	return bytes.Split(b, []byte{'\n'})
+}
+
+func readEvents(t testing.TB, path string) []*audit.Event {
+	t.Helper()
+	var evs []*audit.Event
+	for _, l := range readLines(t, path) {
+		ev, err := audit.ParseLine(l)
+		if err != nil {
+			t.Fatalf("ParseLine(%s) = %v", path, err)
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}
+
+// types lists "seq:type" of the events of a file.
+func types(t testing.TB, path string) []string {
+	var out []string
+	for _, ev := range readEvents(t, path) {
+		out = append(out, fmt.Sprintf("%d:%s", ev.Seq, ev.Type))
+	}
+	return out
+}
+
+func verify(t testing.TB, keys map[string]ed25519.PublicKey, require bool, paths ...string) (*audit.Report, error) {
+	t.Helper()
+	return audit.VerifyFiles(paths, audit.VerifyOptions{Keys: keys, RequireCheckpoint: require})
+}
+
+// faults is shared by the faultFiles of one test.
+type faults struct {
+	mu              sync.Mutex
+	writeHalf       bool // write half the bytes, then fail
+	sync            bool // fail fsync
+	truncate        bool // fail truncate
+	closeUnderneath bool // close the descriptor before writing
+	syncGate        chan struct{}
+	writes, syncs   int
+}
+
+func (f *faults) set(fn func(*faults)) {
+	f.mu.Lock()
+	fn(f)
+	f.mu.Unlock()
+}
+
+type faultFile struct {
+	*os.File
+	fl *faults
+}
+
+func (f *faultFile) Write(p []byte) (int, error) {
+	f.fl.mu.Lock()
+	f.fl.writes++
+	half, closeIt := f.fl.writeHalf, f.fl.closeUnderneath
+	f.fl.mu.Unlock()
+	if closeIt {
+		_ = f.File.Close()
+	}
+	if half {
+		n, _ := f.File.Write(p[:len(p)/2])
+		return n, syscall.EIO
+	}
+	return f.File.Write(p)
+}
+
+func (f *faultFile) Sync() error {
+	f.fl.mu.Lock()
+	f.fl.syncs++
+	fail, gate := f.fl.sync, f.fl.syncGate
+	f.fl.syncGate = nil
+	f.fl.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	if fail {
+		return syscall.EIO
+	}
+	return f.File.Sync()
+}
+
+func (f *faultFile) Truncate(n int64) error {
+	f.fl.mu.Lock()
+	fail := f.fl.truncate
+	f.fl.mu.Unlock()
+	if fail {
+		return syscall.EIO
+	}
+	return f.File.Truncate(n)
+}
+
+func faultSeams(fl *faults) seams {
+	return seams{openFile: func(path string) (file, error) {
+		f, err := openOSFile(path)
+		if err != nil {
+			return nil, err
+		}
+		return &faultFile{File: f.(*os.File), fl: fl}, nil
+	}}
+}
+
+func TestOpenValidation(t *testing.T) {
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.jsonl")
+	if err := os.WriteFile(garbage, []byte("not json\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		o       Options
+		wantErr string
+	}{
+		{name: "fail/no-path", o: Options{}, wantErr: "path: required"},
+		{name: "fail/negative-every", o: Options{Path: filepath.Join(dir, "a"), CheckpointEvery: -1}, wantErr: "checkpoint_every"},
+		{name: "fail/negative-rotate", o: Options{Path: filepath.Join(dir, "a"), RotateBytes: -1}, wantErr: "rotate_bytes"},
+		{name: "fail/bad-chain-id", o: Options{Path: filepath.Join(dir, "a"), ChainID: "has space"}, wantErr: "chain_id"},
+		{name: "fail/unparseable-last-line", o: Options{Path: garbage}, wantErr: "malformed"},
+		{name: "fail/directory", o: Options{Path: dir}, wantErr: "open"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Open(tt.o)
+			if err == nil {
+				_ = s.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Open() = %v, want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestConcurrentAppend(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer, CheckpointEvery: 100}, seams{})
+	const workers, each = 50, 20
+	seqs := make(chan uint64, workers*each)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				ev := &audit.Event{Type: audit.TypeIssue, Workload: fmt.Sprint("w", w), RequestID: fmt.Sprint(i)}
+				if err := s.Append(context.Background(), ev); err != nil {
+					t.Errorf("Append() = %v", err)
+					return
+				}
+				seqs <- ev.Seq
+			}
+		}()
+	}
+	wg.Wait()
+	close(seqs)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	rep, err := verify(t, keys, true, path)
+	if err != nil {
+		t.Fatalf("Verify() = %v", err)
+	}
+	evs := readEvents(t, path)
+	for i, ev := range evs {
+		if ev.Seq != uint64(i+1) {
+			t.Fatalf("line %d has seq %d, want %d", i+1, ev.Seq, i+1)
+		}
+	}
+	events := map[uint64]bool{}
+	for q := range seqs {
+		if events[q] {
+			t.Fatalf("seq %d returned to two callers", q)
+		}
+		events[q] = true
+	}
+	// 1000 events + a checkpoint after every 100 (the last one also closes).
+	if len(events) != workers*each || len(evs) != workers*each+10 || rep.Chains[0].Checkpoints != 10 {
+		t.Errorf("got %d events, %d lines, %d checkpoints; want %d, %d, 10", len(events), len(evs), rep.Chains[0].Checkpoints, workers*each, workers*each+10)
+	}
+	if st := s.Stats(); st.Events != workers*each || st.Checkpoints != 10 || st.Failures != 0 {
+		t.Errorf("Stats() = %+v", st)
+	}
+}
+
+func TestGroupCommit(t *testing.T) {
+	gate := make(chan struct{})
+	fl := &faults{syncGate: gate}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now}, faultSeams(fl))
+	errs := make(chan error, 11)
+	go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "first"}) }()
+	// The first batch is now stuck in fsync; queue ten more behind it.
+	for {
+		fl.mu.Lock()
+		stuck := fl.syncs == 1
+		fl.mu.Unlock()
+		if stuck {
+			break
+		}
+		runtime.Gosched()
+	}
+	for i := 0; i < 10; i++ {
+		go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "queued"}) }()
+	}
+	for len(s.reqs) < 10 {
+		runtime.Gosched()
+	}
+	close(gate)
+	for i := 0; i < 11; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	fl.mu.Lock()
+	writes, syncs := fl.writes, fl.syncs
+	fl.mu.Unlock()
+	if st := s.Stats(); st.Batches != 2 || st.Events != 11 || writes != 2 || syncs != 2 {
+		t.Errorf("11 events: %d batches, %d write(), %d fsync; want 2, 2, 2", st.Batches, writes, syncs)
+	}
+}
+
+func TestResume(t *testing.T) {
+	signer, keys := newSigner(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	clk := newClock()
+	o := Options{Path: path, Now: clk.Now, Signer: signer}
+
+	s := openT(t, o, seams{})
+	appendN(t, s, 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	chain := readEvents(t, path)[0].Chain
+	lines := readLines(t, path)
+
+	s = openT(t, o, seams{})
+	ev := &audit.Event{Type: audit.TypeStart}
+	if err := s.Append(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	want := audit.Event{V: 1, Seq: 5, Chain: chain, Prev: audit.HashLine(lines[3]), Type: audit.TypeStart}
+	got := audit.Event{V: ev.V, Seq: ev.Seq, Chain: ev.Chain, Prev: ev.Prev, Type: ev.Type}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("Append() after reopen (-want +got):\n%s", d)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A crash (no Close, no final checkpoint): a copy of the file as it was.
+	crashed := filepath.Join(dir, "crashed.jsonl")
+	b, _ := os.ReadFile(path)
+	b = b[:bytes.LastIndexByte(b[:len(b)-1], '\n')+1] // drop the final checkpoint
+	if err := os.WriteFile(crashed, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, Options{Path: crashed, Now: clk.Now, Signer: signer, ChainID: chain}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, keys, true, crashed); err != nil {
+		t.Errorf("Verify(crashed file after reopen and Close) = %v: Close must checkpoint the resumed tail", err)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+
+	if _, err := Open(Options{Path: path, ChainID: "chn_other"}); err == nil || !strings.Contains(err.Error(), "continues chain") {
+		t.Errorf("Open(other chain id) = %v, want a chain mismatch error", err)
+	}
+}
+
+func TestTornTail(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	c := audit.NewChain("chn_torn")
+	var file []byte
+	for i := 0; i < 3; i++ {
+		l, err := c.Seal(&audit.Event{Type: audit.TypeUse}, time.Date(2025, 1, 1, 0, 0, i, 0, time.UTC))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < 2 {
+			file = append(append(file, l...), '\n')
+		} else {
+			file = append(file, l[:len(l)-7]...) // torn: no newline
+		}
+	}
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if got, want := len(readLines(t, path)), 2; got != want {
+		t.Fatalf("Open() left %d lines, want %d", got, want)
+	}
+	if !strings.Contains(logs.String(), "torn last line") {
+		t.Errorf("Open() logged %q, want a torn line warning", logs.String())
+	}
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 3 || ev.Chain != "chn_torn" {
+		t.Fatalf("Append() = %v, seq %d chain %s; want nil, 3, chn_torn", err, ev.Seq, ev.Chain)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestWriteFailure(t *testing.T) {
+	tests := []struct {
+		name  string
+		fault func(*faults)
+		// the failed bytes are gone right after the failure (false: only
+		// once the sink has reopened the file)
+		cleanAtOnce bool
+	}{
+		{name: "fail/partial-write", fault: func(f *faults) { f.writeHalf = true }, cleanAtOnce: true},
+		{name: "fail/fsync", fault: func(f *faults) { f.sync = true }, cleanAtOnce: true},
+		{name: "fail/file-closed-underneath", fault: func(f *faults) { f.closeUnderneath = true }, cleanAtOnce: true},
+		{name: "fail/partial-write-and-truncate", fault: func(f *faults) { f.writeHalf, f.truncate = true, true }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			signer, keys := newSigner(t)
+			fl := &faults{}
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer}, faultSeams(fl))
+			appendN(t, s, 3)
+			before, _ := os.ReadFile(path)
+
+			fl.set(tt.fault)
+			err := s.Append(context.Background(), &audit.Event{Type: audit.TypeIssue})
+			if !errors.Is(err, broker.ErrUnavailable) || broker.AsError(err).Reason != "audit_unavailable" {
+				t.Fatalf("Append(failing disk) = %v, want ErrUnavailable (audit_unavailable)", err)
+			}
+			if st := s.Stats(); st.Healthy || st.Failures != 1 || st.Seq != 3 {
+				t.Errorf("Stats() after failure = %+v, want unhealthy, 1 failure, seq 3", st)
+			}
+			if after, _ := os.ReadFile(path); tt.cleanAtOnce && !bytes.Equal(after, before) {
+				t.Errorf("file after failed Append = %d bytes, want the %d durable bytes only", len(after), len(before))
+			}
+
+			fl.set(func(f *faults) { f.writeHalf, f.sync, f.truncate, f.closeUnderneath = false, false, false, false })
+			if err := s.Ping(context.Background()); err != nil {
+				t.Errorf("Ping() after the disk recovered = %v, want nil", err)
+			}
+			ev := &audit.Event{Type: audit.TypeIssue}
+			if err := s.Append(context.Background(), ev); err != nil {
+				t.Fatalf("Append() after recovery = %v", err)
+			}
+			lines := readLines(t, path)
+			if ev.Seq != 4 || ev.Prev != audit.HashLine(lines[2]) {
+				t.Errorf("Append() after recovery = seq %d, want 4 linked to the last durable line", ev.Seq)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := verify(t, keys, true, path); err != nil {
+				t.Errorf("Verify() = %v", err)
+			}
+		})
+	}
+}
+
+func TestReplacedUnderneath(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now}, faultSeams(fl))
+	appendN(t, s, 2)
+	fl.set(func(f *faults) { f.closeUnderneath, f.truncate = true, true })
+	if err := s.Append(context.Background(), &audit.Event{Type: "x"}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() = %v, want ErrUnavailable", err)
+	}
+	fl.set(func(f *faults) { f.writeHalf, f.sync, f.truncate, f.closeUnderneath = false, false, false, false })
+	if err := os.WriteFile(path, []byte("{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: "x"}); !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "underneath") {
+		t.Fatalf("Append(file replaced) = %v, want ErrUnavailable: replaced underneath", err)
+	}
+	if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Ping(file replaced) = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestCheckpoints(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	tick := make(chan time.Time)
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 3, CheckpointInterval: time.Minute}, seams{tick: tick})
+
+	appendN(t, s, 7)
+	want := []string{"1:use", "2:use", "3:use", "4:checkpoint", "5:use", "6:use", "7:use", "8:checkpoint", "9:use"}
+	if d := cmp.Diff(want, types(t, path)); d != "" {
+		t.Fatalf("every 3 events (-want +got):\n%s", d)
+	}
+
+	tick <- time.Time{} // interval not over: nothing
+	clk.Advance(2 * time.Minute)
+	tick <- time.Time{} // over, with one event since: checkpoint
+	tick <- time.Time{} // nothing since: nothing
+	appendN(t, s, 1)
+	clk.Advance(2 * time.Minute)
+	appendN(t, s, 1) // over: checkpoint in the same batch
+	want = append(want, "10:checkpoint", "11:use", "12:use", "13:checkpoint")
+	if d := cmp.Diff(want, types(t, path)); d != "" {
+		t.Fatalf("interval (-want +got):\n%s", d)
+	}
+
+	appendN(t, s, 1)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	want = append(want, "14:use", "15:checkpoint")
+	if d := cmp.Diff(want, types(t, path)); d != "" {
+		t.Fatalf("Close (-want +got):\n%s", d)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close() = %v", err)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: "x"}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Append() after Close = %v, want ErrUnavailable", err)
+	}
+	if got := len(readLines(t, path)); got != 15 {
+		t.Errorf("Close twice and Append after Close left %d lines, want 15", got)
+	}
+}
+
+func TestAppendCancelled(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now}, seams{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := s.Append(ctx, &audit.Event{Type: "x"})
+	if !errors.Is(err, broker.ErrUnavailable) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Append(cancelled) = %v, want ErrUnavailable and context.Canceled", err)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: "x", Details: map[string]any{"bad": func() {}}}); err == nil {
+		t.Errorf("Append(unencodable event) = nil, want an error")
+	}
+	ev := &audit.Event{Type: "x"}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 1 {
+		t.Errorf("Append() = %v seq %d, want nil, 1 (nothing written before)", err, ev.Seq)
+	}
+}
+
+func rotatedFiles(t *testing.T, path string) []string {
+	t.Helper()
+	m, err := filepath.Glob(path + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(m)
+	return m
+}
+
+func TestRotation(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer, RotateBytes: 1500}, seams{})
+	appendN(t, s, 30)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rotated := rotatedFiles(t, path)
+	if len(rotated) < 2 || s.Stats().Rotations != uint64(len(rotated)) {
+		t.Fatalf("rotated files = %v, stats %+v; want at least 2", rotated, s.Stats())
+	}
+	for _, f := range rotated {
+		evs := readEvents(t, f)
+		if last := evs[len(evs)-1]; last.Type != audit.TypeCheckpoint {
+			t.Errorf("rotated file %s ends with %s, want a checkpoint", f, last.Type)
+		}
+	}
+	inOrder := append(rotated, path)
+	if _, err := verify(t, keys, true, inOrder...); err != nil {
+		t.Errorf("Verify(files in order) = %v", err)
+	}
+	swapped := append([]string(nil), inOrder...)
+	swapped[0], swapped[1] = swapped[1], swapped[0]
+	if _, err := verify(t, keys, false, swapped...); !errors.Is(err, audit.ErrTampered) {
+		t.Errorf("Verify(files swapped) = %v, want ErrTampered", err)
+	}
+	if _, err := verify(t, keys, false, inOrder[1:]...); !errors.Is(err, audit.ErrTampered) {
+		t.Errorf("Verify(first file missing) = %v, want ErrTampered (chain does not start at 1)", err)
+	}
+}
+
+func TestRotationResume(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	o := Options{Path: path, Now: clk.Now, Signer: signer, RotateBytes: 1}
+	s := openT(t, o, seams{})
+	appendN(t, s, 1) // event, checkpoint, rotate: the current file is empty
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lines := readLines(t, path); len(lines) != 0 {
+		t.Fatalf("current file has %d lines, want 0", len(lines))
+	}
+	s = openT(t, o, seams{})
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 3 {
+		t.Fatalf("Append() after reopen = %v, seq %d; want nil, 3 (chain continues from the rotated file)", err, ev.Seq)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files := append(rotatedFiles(t, path), path)
+	if rep, err := verify(t, keys, true, files...); err != nil || len(rep.Chains) != 1 || rep.Chains[0].LastSeq != 4 {
+		t.Errorf("Verify(%v) = %v, %+v; want one chain up to seq 4", files, err, rep)
+	}
+}
+
+func benchmarkAppend(b *testing.B, noFsync bool) {
+	path := filepath.Join(b.TempDir(), "audit.jsonl")
+	s, err := Open(Options{Path: path, NoFsync: noFsync})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	b.ReportAllocs()
+	b.SetParallelism(32) // many concurrent requests, as a busy broker has
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			ev := &audit.Event{Type: audit.TypeUse, RequestID: "req_01JBENCH", Workload: "payments-api", Owner: "team-payments"}
+			if err := s.Append(context.Background(), ev); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	st := s.Stats()
+	b.ReportMetric(float64(st.Events)/float64(max(st.Batches, 1)), "events/batch")
+}
+
+// BenchmarkAppend measures parallel Appends with group commit and fsync.
+func BenchmarkAppend(b *testing.B) { benchmarkAppend(b, false) }
+
+// BenchmarkAppendNoFsync measures the same without fsync.
+func BenchmarkAppendNoFsync(b *testing.B) { benchmarkAppend(b, true) }

@@ -1,0 +1,171 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// TimeFormat is the layout of the "time" field: RFC 3339 in UTC with exactly
+// nine fractional digits, so every timestamp has the same width and sorts as
+// text.
+const TimeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+// MaxChainIDLen bounds the length of a chain id.
+const MaxChainIDLen = 128
+
+// ValidChainID reports whether id can name a chain: 1 to MaxChainIDLen
+// printable ASCII characters without spaces. The restriction keeps
+// CheckpointSigningInput unambiguous.
+func ValidChainID(id string) error {
+	if id == "" {
+		return errors.New("chain id is empty")
+	}
+	if len(id) > MaxChainIDLen {
+		return fmt.Errorf("chain id is longer than %d bytes", MaxChainIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c > '~' {
+			return fmt.Errorf("chain id has a byte outside printable ASCII at offset %d", i)
+		}
+	}
+	return nil
+}
+
+// HashLine returns the hex SHA-256 of one line's exact bytes, without the
+// trailing newline. It is what the next line of the chain carries in "prev".
+func HashLine(line []byte) string {
+	sum := sha256.Sum256(line)
+	return hex.EncodeToString(sum[:])
+}
+
+// Chain seals events into the lines of one hash chain: it numbers them
+// (seq from 1), stamps them, links each to the exact bytes of the line before
+// it and encodes them.
+//
+// The first line of a chain has an empty "prev" (""): there is no previous
+// line to hash.
+//
+// A Chain is not safe for concurrent use; a sink serialises Seal calls and
+// writes the lines in the order they were sealed.
+type Chain struct {
+	id       string
+	seq      uint64
+	head     string    // hash of the last sealed line, "" before the first
+	lastTime time.Time // time of the last sealed line
+	buf      bytes.Buffer
+}
+
+// NewChain starts a new, empty chain named id. The id is checked by Seal
+// (see ValidChainID).
+func NewChain(id string) *Chain {
+	return &Chain{id: id}
+}
+
+// ResumeChain continues the chain whose last written line is lastLine
+// (without its trailing newline): the chain id, seq and time come from that
+// line, and the next line will link to its hash.
+func ResumeChain(lastLine []byte) (*Chain, error) {
+	ev, err := ParseLine(lastLine)
+	if err != nil {
+		return nil, fmt.Errorf("audit: resume chain: %w", err)
+	}
+	if ev.V != Version {
+		return nil, fmt.Errorf("audit: resume chain: unsupported version %d", ev.V)
+	}
+	if err := ValidChainID(ev.Chain); err != nil {
+		return nil, fmt.Errorf("audit: resume chain: %w", err)
+	}
+	if ev.Seq == 0 {
+		return nil, errors.New("audit: resume chain: last line has seq 0")
+	}
+	t, err := parseTime(ev.Time)
+	if err != nil {
+		return nil, fmt.Errorf("audit: resume chain: %w", err)
+	}
+	return &Chain{id: ev.Chain, seq: ev.Seq, head: HashLine(lastLine), lastTime: t}, nil
+}
+
+// ID returns the chain id.
+func (c *Chain) ID() string { return c.id }
+
+// Head returns the seq and hash of the last sealed line; (0, "") before the
+// first.
+func (c *Chain) Head() (seq uint64, hash string) { return c.seq, c.head }
+
+// Clone returns an independent copy of the chain state. A sink seals a batch
+// into a clone and keeps it only once the batch is durable, so a failed write
+// leaves the chain linked to the last durable line.
+func (c *Chain) Clone() *Chain {
+	return &Chain{id: c.id, seq: c.seq, head: c.head, lastTime: c.lastTime}
+}
+
+// Seal fills in the chain fields of ev (v, seq, time, chain, prev), encodes it
+// as one JSON line and advances the chain. It returns the line without a
+// trailing newline; the caller writes it followed by '\n'.
+//
+// The time is now in UTC; should the clock step back, the time of the
+// previous line is used instead, so times in a chain never decrease. A line
+// longer than MaxLineBytes is refused. On error the chain does not advance
+// (ev's chain fields may already be overwritten).
+func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
+	if ev == nil {
+		return nil, errors.New("audit: seal: nil event")
+	}
+	if err := ValidChainID(c.id); err != nil {
+		return nil, fmt.Errorf("audit: seal: %w", err)
+	}
+	if ev.Type == "" {
+		return nil, errors.New("audit: seal: event has no type")
+	}
+	if (ev.Type == TypeCheckpoint) != (ev.Checkpoint != nil) {
+		return nil, errors.New("audit: seal: the checkpoint field is set on checkpoint events and only on them")
+	}
+	t := now.UTC()
+	if t.Before(c.lastTime) {
+		t = c.lastTime
+	}
+	if y := t.Year(); y < 1 || y > 9999 {
+		return nil, fmt.Errorf("audit: seal: year %d cannot be written", y)
+	}
+	ev.V = Version
+	ev.Seq = c.seq + 1
+	ev.Time = t.Format(TimeFormat)
+	ev.Chain = c.id
+	ev.Prev = c.head
+
+	c.buf.Reset()
+	enc := json.NewEncoder(&c.buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(ev); err != nil {
+		return nil, fmt.Errorf("audit: seal: encode %s event: %w", ev.Type, err)
+	}
+	line := bytes.TrimSuffix(c.buf.Bytes(), []byte{'\n'})
+	if len(line) > MaxLineBytes {
+		return nil, fmt.Errorf("audit: seal: %s event is %d bytes, more than %d", ev.Type, len(line), MaxLineBytes)
+	}
+	out := make([]byte, len(line))
+	copy(out, line)
+
+	c.seq = ev.Seq
+	c.head = HashLine(out)
+	c.lastTime = t
+	return out, nil
+}
+
+// parseTime parses a "time" field strictly: it must be exactly what
+// TimeFormat writes for a UTC time.
+func parseTime(s string) (time.Time, error) {
+	t, err := time.Parse(TimeFormat, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("time %q is not in TimeFormat", s)
+	}
+	if t.UTC().Format(TimeFormat) != s {
+		return time.Time{}, fmt.Errorf("time %q is not fixed-width UTC", s)
+	}
+	return t, nil
+}

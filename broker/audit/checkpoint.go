@@ -1,0 +1,174 @@
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Checkpoint signature algorithms (Checkpoint.Alg).
+const (
+	AlgEd25519      = "Ed25519"
+	AlgVaultTransit = "vault-transit"
+)
+
+// CheckpointDomain opens every checkpoint signing input, so a checkpoint
+// signature cannot be confused with a signature over anything else.
+const CheckpointDomain = "keytrail-checkpoint-v1"
+
+// CheckpointSigningInput returns the bytes a checkpoint signs:
+//
+//	keytrail-checkpoint-v1 LF <chain> LF <head seq, decimal> LF <head hash, hex>
+//
+// with no trailing newline. It is unambiguous because chain ids contain no
+// whitespace (ValidChainID), seq is a decimal number and the hash is hex.
+func CheckpointSigningInput(chain string, headSeq uint64, headHash string) []byte {
+	b := make([]byte, 0, len(CheckpointDomain)+len(chain)+len(headHash)+24)
+	b = append(b, CheckpointDomain...)
+	b = append(b, '\n')
+	b = append(b, chain...)
+	b = append(b, '\n')
+	b = strconv.AppendUint(b, headSeq, 10)
+	b = append(b, '\n')
+	b = append(b, headHash...)
+	return b
+}
+
+// Signer signs checkpoints with a key the broker cannot rewrite history with
+// (an Ed25519 private key file, a Vault transit key).
+//
+// KeyID names the key as verifiers know it; Alg is AlgEd25519 or
+// AlgVaultTransit; Sign returns the raw signature over msg (the checkpoint
+// stores it base64-encoded) and MUST honour ctx.
+type Signer interface {
+	KeyID() string
+	Alg() string
+	Sign(ctx context.Context, msg []byte) ([]byte, error)
+}
+
+// ErrUnknownKey is returned by a VerifyFunc for a key id it does not know.
+var ErrUnknownKey = errors.New("unknown checkpoint key")
+
+// VerifyFunc checks a checkpoint signature sig over msg made with key keyID
+// and algorithm alg. It returns nil when the signature is valid, an error
+// wrapping ErrUnknownKey when it does not know keyID, and any other error when
+// the signature does not verify. It lets Verify check signatures made by keys
+// it cannot hold itself, such as a Vault transit key.
+type VerifyFunc func(keyID, alg string, msg, sig []byte) error
+
+// Ed25519KeyID derives the key id of an Ed25519 public key:
+// "ed25519:" followed by the first 16 hex digits of the SHA-256 of the 32
+// public key bytes.
+func Ed25519KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return "ed25519:" + hex.EncodeToString(sum[:8])
+}
+
+// Ed25519Signer signs checkpoints with an Ed25519 private key.
+type Ed25519Signer struct {
+	key   ed25519.PrivateKey
+	keyID string
+}
+
+var _ Signer = (*Ed25519Signer)(nil)
+
+// NewEd25519Signer reads an Ed25519 private key in PKCS#8 PEM ("PRIVATE
+// KEY"), as `openssl genpkey -algorithm ed25519` writes it. Errors never carry
+// key material.
+func NewEd25519Signer(pemBytes []byte) (*Ed25519Signer, error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil, errors.New("audit: checkpoint key: no PEM block found")
+	}
+	if block.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("audit: checkpoint key: PEM block is %q, want \"PRIVATE KEY\" (PKCS#8)", block.Type)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, errors.New("audit: checkpoint key: not a valid PKCS#8 private key")
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("audit: checkpoint key: %T is not an Ed25519 key", k)
+	}
+	pub, _ := priv.Public().(ed25519.PublicKey)
+	return &Ed25519Signer{key: priv, keyID: Ed25519KeyID(pub)}, nil
+}
+
+// KeyID returns the key id (Ed25519KeyID of the public key).
+func (s *Ed25519Signer) KeyID() string { return s.keyID }
+
+// Alg returns AlgEd25519.
+func (s *Ed25519Signer) Alg() string { return AlgEd25519 }
+
+// PublicKey returns the public key verifiers need.
+func (s *Ed25519Signer) PublicKey() ed25519.PublicKey {
+	pub, _ := s.key.Public().(ed25519.PublicKey)
+	return pub
+}
+
+// Sign signs msg.
+func (s *Ed25519Signer) Sign(ctx context.Context, msg []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return ed25519.Sign(s.key, msg), nil
+}
+
+// String names the key by its id, never by its value.
+func (s *Ed25519Signer) String() string { return "ed25519-signer(" + s.keyID + ")" }
+
+// LoadEd25519PublicKey reads an Ed25519 public key in PKIX PEM ("PUBLIC
+// KEY"), as `openssl pkey -pubout` writes it, and returns it with its key id.
+func LoadEd25519PublicKey(pemBytes []byte) (keyID string, pub ed25519.PublicKey, err error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return "", nil, errors.New("audit: public key: no PEM block found")
+	}
+	if block.Type != "PUBLIC KEY" {
+		return "", nil, fmt.Errorf("audit: public key: PEM block is %q, want \"PUBLIC KEY\" (PKIX)", block.Type)
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return "", nil, fmt.Errorf("audit: public key: %w", err)
+	}
+	pub, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return "", nil, fmt.Errorf("audit: public key: %T is not an Ed25519 key", k)
+	}
+	return Ed25519KeyID(pub), pub, nil
+}
+
+// Checkpoint builds the checkpoint event for the current head of the chain:
+// it signs CheckpointSigningInput(chain, head seq, head hash) with s. The
+// caller seals the event next, so that it becomes the line right after the
+// head it signs.
+func (c *Chain) Checkpoint(ctx context.Context, s Signer) (*Event, error) {
+	if s == nil {
+		return nil, errors.New("audit: checkpoint: no signer")
+	}
+	if err := ValidChainID(c.id); err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	sig, err := s.Sign(ctx, CheckpointSigningInput(c.id, c.seq, c.head))
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: sign with %s: %w", s.KeyID(), err)
+	}
+	return &Event{
+		Type: TypeCheckpoint,
+		Checkpoint: &Checkpoint{
+			HeadSeq:   c.seq,
+			HeadHash:  c.head,
+			KeyID:     s.KeyID(),
+			Alg:       s.Alg(),
+			Signature: base64.StdEncoding.EncodeToString(sig),
+		},
+	}, nil
+}

@@ -1,0 +1,404 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+	"unicode/utf8"
+)
+
+// MaxLineBytes bounds the length of one audit line.
+const MaxLineBytes = 1 << 20
+
+// Sentinels.
+var (
+	// ErrMalformed is wrapped by ParseLine errors.
+	ErrMalformed = errors.New("malformed audit line")
+	// ErrTampered is wrapped by the error Verify returns when the log fails
+	// verification.
+	ErrTampered = errors.New("audit log failed verification")
+)
+
+// ParseLine decodes one audit line (without its trailing newline) strictly:
+// the line is exactly one JSON object in valid UTF-8, with no unknown field
+// and nothing before or after it. It does not check the chain; Verify does.
+//
+// encoding/json matches field names case-insensitively and keeps the last
+// of duplicated keys; neither can hide a change, because the chain hashes the
+// exact bytes of each line.
+func ParseLine(b []byte) (*Event, error) {
+	switch {
+	case len(b) == 0:
+		return nil, fmt.Errorf("%w: empty line", ErrMalformed)
+	case len(b) > MaxLineBytes:
+		return nil, fmt.Errorf("%w: line is longer than %d bytes", ErrMalformed, MaxLineBytes)
+	case b[0] != '{' || b[len(b)-1] != '}':
+		return nil, fmt.Errorf("%w: not a single JSON object with nothing around it", ErrMalformed)
+	case bytes.IndexByte(b, '\n') >= 0:
+		return nil, fmt.Errorf("%w: line contains a newline", ErrMalformed)
+	case !utf8.Valid(b):
+		return nil, fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var ev Event
+	if err := dec.Decode(&ev); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the JSON object", ErrMalformed)
+	}
+	return &ev, nil
+}
+
+// Input is one audit file to verify.
+type Input struct {
+	Name string // for Problem.File
+	R    io.Reader
+}
+
+// VerifyOptions say how Verify checks checkpoints.
+type VerifyOptions struct {
+	// Keys are the Ed25519 checkpoint keys, by key id (Ed25519KeyID).
+	Keys map[string]ed25519.PublicKey
+	// VerifyFunc checks signatures made by keys not in Keys (a Vault
+	// transit key, for example). Optional.
+	VerifyFunc VerifyFunc
+	// RequireCheckpoint makes lines not covered by a verified checkpoint a
+	// failure: every chain must end with a valid checkpoint.
+	RequireCheckpoint bool
+	// MaxProblems caps Report.Problems; 0 means 100.
+	MaxProblems int
+}
+
+// Problem is one line that failed verification.
+type Problem struct {
+	File  string `json:"file"`
+	Line  int    `json:"line"` // 1-based line number in File
+	Chain string `json:"chain,omitempty"`
+	Seq   uint64 `json:"seq,omitempty"`
+	Why   string `json:"why"`
+}
+
+func (p Problem) String() string {
+	s := fmt.Sprintf("%s:%d", p.File, p.Line)
+	if p.Seq != 0 {
+		s += fmt.Sprintf(" (seq %d)", p.Seq)
+	}
+	return s + ": " + p.Why
+}
+
+// ChainReport is what Verify learnt about one chain.
+type ChainReport struct {
+	Chain    string `json:"chain"`
+	Lines    int    `json:"lines"`
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	LastHash string `json:"last_hash"`
+	// Checkpoints counts checkpoints whose head and signature verified.
+	Checkpoints int `json:"checkpoints"`
+	// UncheckedCheckpoints counts checkpoints whose signature could not be
+	// checked because no key was given at all. They cover nothing.
+	UncheckedCheckpoints int `json:"unchecked_checkpoints,omitempty"`
+	// LastCheckpointSeq is the seq of the last verified checkpoint line.
+	LastCheckpointSeq uint64 `json:"last_checkpoint_seq,omitempty"`
+	// UnsignedTail counts the lines after the last verified checkpoint (all
+	// lines when there is none). Lines removed from the end of that tail
+	// leave no trace: truncation there cannot be ruled out.
+	UnsignedTail int `json:"unsigned_tail"`
+}
+
+// Report is the result of Verify.
+type Report struct {
+	Files int `json:"files"`
+	Lines int `json:"lines"`
+	// SignaturesChecked is false when no key was given: checkpoint heads
+	// are still checked, their signatures are not.
+	SignaturesChecked bool          `json:"signatures_checked"`
+	Chains            []ChainReport `json:"chains"`
+	// Problems lists failed lines in the order found; the first one is the
+	// earliest evidence of tampering.
+	Problems []Problem `json:"problems,omitempty"`
+	// ProblemsOmitted counts problems beyond VerifyOptions.MaxProblems.
+	ProblemsOmitted int `json:"problems_omitted,omitempty"`
+}
+
+// OK reports whether verification found no problem.
+func (r *Report) OK() bool { return len(r.Problems) == 0 && r.ProblemsOmitted == 0 }
+
+// VerifyFiles runs Verify over the named files, in the order given (rotated
+// files oldest first).
+func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
+	inputs := make([]Input, 0, len(paths))
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			for _, in := range inputs {
+				_ = in.R.(*os.File).Close()
+			}
+			return nil, fmt.Errorf("audit: verify: %w", err)
+		}
+		inputs = append(inputs, Input{Name: p, R: f})
+	}
+	defer func() {
+		for _, in := range inputs {
+			_ = in.R.(*os.File).Close()
+		}
+	}()
+	return Verify(inputs, opts)
+}
+
+// Verify checks audit files, given in order (a chain may span several
+// rotated files; several chains may interleave in one file). Per chain it
+// checks that seq starts at 1 and grows by one, that prev is the hash of the
+// previous line of the same chain, that v is Version, that times parse and
+// never decrease, and that every checkpoint names the line before it as its
+// head and carries a valid signature of a known key. Lines after the last
+// verified checkpoint are reported as ChainReport.UnsignedTail, and are a
+// problem when opts.RequireCheckpoint is set.
+//
+// Verify returns the report and, when it found a problem, an error wrapping
+// ErrTampered that names the first problem. An error reading an input is
+// returned as is, with the report so far.
+func Verify(inputs []Input, opts VerifyOptions) (*Report, error) {
+	v := &verifier{
+		opts:   opts,
+		rep:    &Report{SignaturesChecked: len(opts.Keys) > 0 || opts.VerifyFunc != nil},
+		chains: map[string]*chainState{},
+	}
+	if v.opts.MaxProblems <= 0 {
+		v.opts.MaxProblems = 100
+	}
+	for _, in := range inputs {
+		v.rep.Files++
+		if err := v.file(in); err != nil {
+			v.finish()
+			return v.rep, err
+		}
+	}
+	v.finish()
+	if !v.rep.OK() {
+		n := len(v.rep.Problems) + v.rep.ProblemsOmitted
+		return v.rep, fmt.Errorf("%w: %d problem(s), first at %s", ErrTampered, n, v.rep.Problems[0])
+	}
+	return v.rep, nil
+}
+
+type chainState struct {
+	idx      int // into Report.Chains
+	lastSeq  uint64
+	lastHash string
+	lastTime time.Time
+	lastFile string
+	lastLine int
+	// first line of the unsigned tail
+	tailFile string
+	tailLine int
+	tailSeq  uint64
+}
+
+type verifier struct {
+	opts   VerifyOptions
+	rep    *Report
+	chains map[string]*chainState
+}
+
+func (v *verifier) problem(p Problem) {
+	if len(v.rep.Problems) >= v.opts.MaxProblems {
+		v.rep.ProblemsOmitted++
+		return
+	}
+	v.rep.Problems = append(v.rep.Problems, p)
+}
+
+func (v *verifier) file(in Input) error {
+	r := bufio.NewReaderSize(in.R, 64<<10)
+	for lineNo := 1; ; lineNo++ {
+		raw, terminated, tooLong, err := readLine(r)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("audit: verify: read %s: %w", in.Name, err)
+		}
+		v.rep.Lines++
+		switch {
+		case tooLong:
+			v.problem(Problem{File: in.Name, Line: lineNo, Why: fmt.Sprintf("line is longer than %d bytes", MaxLineBytes)})
+		case !terminated:
+			v.problem(Problem{File: in.Name, Line: lineNo, Why: "incomplete last line (no trailing newline): a torn or cut write"})
+		default:
+			v.line(in.Name, lineNo, raw)
+		}
+	}
+}
+
+// readLine returns the next line without its newline. terminated is false
+// for a last line without newline; err is io.EOF only when nothing was left.
+func readLine(r *bufio.Reader) (line []byte, terminated, tooLong bool, err error) {
+	for {
+		frag, err := r.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(frag) > MaxLineBytes+1 {
+				tooLong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		switch {
+		case err == nil:
+			if !tooLong {
+				line = line[:len(line)-1]
+			}
+			return line, true, tooLong, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF):
+			if len(line) == 0 && !tooLong {
+				return nil, false, false, io.EOF
+			}
+			return line, false, tooLong, nil
+		default:
+			return nil, false, false, err
+		}
+	}
+}
+
+func (v *verifier) line(file string, lineNo int, raw []byte) {
+	ev, err := ParseLine(raw)
+	if err != nil {
+		v.problem(Problem{File: file, Line: lineNo, Why: err.Error()})
+		return
+	}
+	if err := ValidChainID(ev.Chain); err != nil {
+		v.problem(Problem{File: file, Line: lineNo, Seq: ev.Seq, Why: "bad chain id: " + err.Error()})
+		return
+	}
+	st, seen := v.chains[ev.Chain]
+	if !seen {
+		st = &chainState{idx: len(v.rep.Chains)}
+		v.chains[ev.Chain] = st
+		v.rep.Chains = append(v.rep.Chains, ChainReport{Chain: ev.Chain, FirstSeq: ev.Seq})
+	}
+	cr := &v.rep.Chains[st.idx]
+
+	why := ""
+	t, terr := parseTime(ev.Time)
+	switch {
+	case ev.V != Version:
+		why = fmt.Sprintf("unsupported version v=%d", ev.V)
+	case !seen && ev.Seq != 1:
+		why = fmt.Sprintf("chain starts at seq %d, not 1: earlier lines or files are missing, or files are out of order", ev.Seq)
+	case seen && ev.Seq <= st.lastSeq:
+		why = fmt.Sprintf("seq %d after seq %d (%s:%d): a line was duplicated, inserted or reordered", ev.Seq, st.lastSeq, st.lastFile, st.lastLine)
+	case seen && ev.Seq != st.lastSeq+1:
+		why = fmt.Sprintf("seq gap: expected %d, got %d: lines were deleted or reordered, or a file is missing", st.lastSeq+1, ev.Seq)
+	case !seen && ev.Prev != "":
+		why = "first line of the chain has a non-empty prev"
+	case seen && ev.Prev != st.lastHash:
+		why = fmt.Sprintf("prev hash mismatch: the previous line of this chain (%s:%d) was changed, or a line was inserted, deleted or reordered", st.lastFile, st.lastLine)
+	case terr != nil:
+		why = "bad time: " + terr.Error()
+	case seen && t.Before(st.lastTime):
+		why = fmt.Sprintf("time goes backwards: %s after %s", ev.Time, st.lastTime.Format(TimeFormat))
+	case ev.Type == "":
+		why = "event has no type"
+	case ev.Type != TypeCheckpoint && ev.Checkpoint != nil:
+		why = fmt.Sprintf("checkpoint field on a %q event", ev.Type)
+	case ev.Type == TypeCheckpoint && ev.Checkpoint == nil:
+		why = "checkpoint event without checkpoint field"
+	}
+
+	covered, unchecked := false, false
+	if why == "" && ev.Type == TypeCheckpoint {
+		why, unchecked = v.checkpoint(ev)
+		covered = why == "" && !unchecked
+	}
+	if why != "" {
+		v.problem(Problem{File: file, Line: lineNo, Chain: ev.Chain, Seq: ev.Seq, Why: why})
+	}
+
+	// Resynchronise on this line whatever its problem, so one tampered
+	// line yields one problem rather than a cascade.
+	st.lastSeq, st.lastHash = ev.Seq, HashLine(raw)
+	if terr == nil && t.After(st.lastTime) {
+		st.lastTime = t
+	}
+	st.lastFile, st.lastLine = file, lineNo
+	cr.Lines++
+	cr.LastSeq, cr.LastHash = ev.Seq, st.lastHash
+	switch {
+	case covered:
+		cr.Checkpoints++
+		cr.LastCheckpointSeq = ev.Seq
+		cr.UnsignedTail = 0
+	default:
+		if unchecked {
+			cr.UncheckedCheckpoints++
+		}
+		if cr.UnsignedTail == 0 {
+			st.tailFile, st.tailLine, st.tailSeq = file, lineNo, ev.Seq
+		}
+		cr.UnsignedTail++
+	}
+}
+
+// checkpoint checks a checkpoint line whose seq and prev already verified.
+// unchecked is true when no key was given at all.
+func (v *verifier) checkpoint(ev *Event) (why string, unchecked bool) {
+	cp := ev.Checkpoint
+	if cp.HeadSeq != ev.Seq-1 || cp.HeadHash != ev.Prev {
+		return fmt.Sprintf("checkpoint head (seq %d, hash %.16s) is not the previous line (seq %d, hash %.16s)", cp.HeadSeq, cp.HeadHash, ev.Seq-1, ev.Prev), false
+	}
+	sig, err := base64.StdEncoding.Strict().DecodeString(cp.Signature)
+	if err != nil || len(sig) == 0 {
+		return "checkpoint signature is not base64", false
+	}
+	if !v.rep.SignaturesChecked {
+		return "", true
+	}
+	msg := CheckpointSigningInput(ev.Chain, cp.HeadSeq, cp.HeadHash)
+	if pub, ok := v.opts.Keys[cp.KeyID]; ok {
+		if cp.Alg != AlgEd25519 {
+			return fmt.Sprintf("checkpoint alg %q does not match Ed25519 key %s", cp.Alg, cp.KeyID), false
+		}
+		if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, msg, sig) {
+			return fmt.Sprintf("checkpoint signature does not verify with key %s: forged, or the head was changed", cp.KeyID), false
+		}
+		return "", false
+	}
+	if v.opts.VerifyFunc != nil {
+		err := v.opts.VerifyFunc(cp.KeyID, cp.Alg, msg, sig)
+		switch {
+		case errors.Is(err, ErrUnknownKey):
+		case err != nil:
+			return fmt.Sprintf("checkpoint signature does not verify with key %s: forged, or the head was changed", cp.KeyID), false
+		default:
+			return "", false
+		}
+	}
+	return fmt.Sprintf("checkpoint from unknown key %q", cp.KeyID), false
+}
+
+// finish adds the RequireCheckpoint problems.
+func (v *verifier) finish() {
+	if !v.opts.RequireCheckpoint {
+		return
+	}
+	for i := range v.rep.Chains {
+		cr := &v.rep.Chains[i]
+		if cr.UnsignedTail == 0 {
+			continue
+		}
+		st := v.chains[cr.Chain]
+		v.problem(Problem{File: st.tailFile, Line: st.tailLine, Chain: cr.Chain, Seq: st.tailSeq,
+			Why: fmt.Sprintf("%d line(s) from here to the end of the chain are not covered by a verified checkpoint: truncation cannot be ruled out", cr.UnsignedTail)})
+	}
+}

@@ -1,0 +1,398 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+func del(lines [][]byte, i int) [][]byte {
+	out := append([][]byte(nil), lines[:i]...)
+	return append(out, lines[i+1:]...)
+}
+
+func insert(lines [][]byte, i int, l []byte) [][]byte {
+	out := append([][]byte(nil), lines[:i]...)
+	out = append(out, l)
+	return append(out, lines[i:]...)
+}
+
+func swap(lines [][]byte, i, j int) [][]byte {
+	out := append([][]byte(nil), lines...)
+	out[i], out[j] = out[j], out[i]
+	return out
+}
+
+// interleaved seals two chains into one file: A1 B1 A2 B2 ... then a
+// checkpoint of each.
+func interleaved(t *testing.T) [][]byte {
+	t.Helper()
+	s := testSigner(t, "checkpoint.key")
+	a, b := audit.NewChain("chn_A"), audit.NewChain("chn_B")
+	now := goldenStart
+	var lines [][]byte
+	seal := func(c *audit.Chain, ev *audit.Event) {
+		l, err := c.Seal(ev, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+		now = now.Add(time.Millisecond)
+	}
+	for i := 0; i < 3; i++ {
+		seal(a, &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("a", i)})
+		seal(b, &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("b", i)})
+	}
+	for _, c := range []*audit.Chain{a, b} {
+		cp, err := c.Checkpoint(context.Background(), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seal(c, cp)
+	}
+	return lines
+}
+
+func TestVerify(t *testing.T) {
+	golden := sealGolden(t)
+	keys := testKeys(t, "checkpoint.key")
+	real, other := testSigner(t, "checkpoint.key"), testSigner(t, "other.key")
+	withKeys := audit.VerifyOptions{Keys: keys}
+	requireCP := audit.VerifyOptions{Keys: keys, RequireCheckpoint: true}
+
+	// An attacker who cannot sign appends a line after line 2, correctly
+	// linked to it.
+	attacker, err := audit.ResumeChain(golden[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedLine, err := attacker.Seal(&audit.Event{Type: audit.TypeIssue, Workload: "evil"}, goldenStart.Add(2*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Checkpoint 5 re-signed with the other key over the right head.
+	resign := func(s *audit.Ed25519Signer, keyID string) func(*audit.Event) {
+		return func(ev *audit.Event) {
+			sig, _ := s.Sign(context.Background(), audit.CheckpointSigningInput(ev.Chain, ev.Checkpoint.HeadSeq, ev.Checkpoint.HeadHash))
+			ev.Checkpoint.Signature = base64.StdEncoding.EncodeToString(sig)
+			ev.Checkpoint.KeyID = keyID
+		}
+	}
+	file := func(lines [][]byte) [][]byte { return [][]byte{joinLines(lines)} }
+	ilv := interleaved(t)
+
+	tests := []struct {
+		name    string
+		files   [][]byte // contents of files f1, f2, ...
+		opts    audit.VerifyOptions
+		want    *audit.Problem // first problem without Why; nil = none
+		wantWhy string
+		// stats of the first chain
+		wantTail, wantCheckpoints int
+	}{
+		{name: "ok/golden", files: file(golden), opts: withKeys, wantCheckpoints: 3},
+		{name: "ok/golden-require-checkpoint", files: file(golden), opts: requireCP, wantCheckpoints: 3},
+		{name: "ok/no-keys-checks-chain-only", files: file(golden), opts: audit.VerifyOptions{}, wantTail: 11},
+		{
+			name: "ok/verify-func-knows-key", files: file(golden), wantCheckpoints: 3,
+			opts: audit.VerifyOptions{VerifyFunc: func(keyID, alg string, msg, sig []byte) error {
+				if keyID != real.KeyID() {
+					return audit.ErrUnknownKey
+				}
+				if !ed25519.Verify(real.PublicKey(), msg, sig) {
+					return errors.New("bad signature")
+				}
+				return nil
+			}},
+		},
+		{
+			name: "fail/verify-func-unknown-key", files: file(golden), wantTail: 11,
+			opts: audit.VerifyOptions{VerifyFunc: func(string, string, []byte, []byte) error { return fmt.Errorf("vault: %w", audit.ErrUnknownKey) }},
+			want: &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "checkpoint from unknown key",
+		},
+		{
+			name: "fail/verify-func-rejects", files: file(golden), wantTail: 11,
+			opts: audit.VerifyOptions{VerifyFunc: func(string, string, []byte, []byte) error { return errors.New("bad signature") }},
+			want: &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "does not verify",
+		},
+		{
+			name: "fail/modified-byte", opts: withKeys, wantCheckpoints: 3,
+			files: file(func() [][]byte {
+				l := append([][]byte(nil), golden...)
+				l[1] = bytes.Replace(l[1], []byte("payments-api"), []byte("payments-apj"), 1)
+				return l
+			}()),
+			want: &audit.Problem{File: "f1", Line: 3, Chain: goldenChain, Seq: 3}, wantWhy: "prev hash mismatch: the previous line of this chain (f1:2) was changed",
+		},
+		{
+			name: "fail/modified-line-before-checkpoint", opts: withKeys, wantCheckpoints: 2, wantTail: 3,
+			files: file(mutateLine(t, golden, 9, func(ev *audit.Event) { ev.Details["sha256"] = "abd" })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "prev hash mismatch",
+		},
+		{
+			name: "fail/inserted-forged-line", opts: withKeys, wantCheckpoints: 3,
+			files: file(insert(golden, 2, forgedLine)),
+			want:  &audit.Problem{File: "f1", Line: 4, Chain: goldenChain, Seq: 3}, wantWhy: "seq 3 after seq 3 (f1:3): a line was duplicated, inserted or reordered",
+		},
+		{
+			name: "fail/inserted-junk-line", opts: withKeys, wantCheckpoints: 3,
+			files: file(insert(golden, 2, []byte(`{"hello":"world"}`))),
+			want:  &audit.Problem{File: "f1", Line: 3}, wantWhy: `unknown field "hello"`,
+		},
+		{
+			name: "fail/deleted-line", opts: withKeys, wantCheckpoints: 3,
+			files: file(del(golden, 2)),
+			want:  &audit.Problem{File: "f1", Line: 3, Chain: goldenChain, Seq: 4}, wantWhy: "seq gap: expected 3, got 4",
+		},
+		{
+			name: "fail/reordered-lines", opts: withKeys, wantCheckpoints: 2,
+			files: file(swap(golden, 2, 3)),
+			want:  &audit.Problem{File: "f1", Line: 3, Chain: goldenChain, Seq: 4}, wantWhy: "seq gap: expected 3, got 4",
+		},
+		{
+			name: "fail/duplicated-line", opts: withKeys, wantCheckpoints: 3,
+			files: file(insert(golden, 6, golden[5])),
+			want:  &audit.Problem{File: "f1", Line: 7, Chain: goldenChain, Seq: 6}, wantWhy: "seq 6 after seq 6",
+		},
+		{
+			name: "fail/dropped-checkpoint", opts: withKeys, wantCheckpoints: 2,
+			files: file(del(golden, 4)),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 6}, wantWhy: "seq gap: expected 5, got 6",
+		},
+		{
+			name: "ok/truncated-after-checkpoint-reported-as-unsigned-tail", opts: withKeys,
+			files: file(golden[:10]), wantTail: 2, wantCheckpoints: 2,
+		},
+		{
+			name: "fail/truncated-after-checkpoint-require-checkpoint", opts: requireCP,
+			files: file(golden[:10]), wantTail: 2, wantCheckpoints: 2,
+			want: &audit.Problem{File: "f1", Line: 9, Chain: goldenChain, Seq: 9}, wantWhy: "2 line(s) from here to the end of the chain are not covered",
+		},
+		{
+			name: "fail/truncated-into-signed-part-require-checkpoint", opts: requireCP,
+			files: file(golden[:7]), wantTail: 2, wantCheckpoints: 1,
+			want: &audit.Problem{File: "f1", Line: 6, Chain: goldenChain, Seq: 6}, wantWhy: "not covered by a verified checkpoint",
+		},
+		{
+			name: "fail/require-checkpoint-without-keys", opts: audit.VerifyOptions{RequireCheckpoint: true},
+			files: file(golden), wantTail: 11,
+			want: &audit.Problem{File: "f1", Line: 1, Chain: goldenChain, Seq: 1}, wantWhy: "11 line(s)",
+		},
+		{
+			name: "fail/torn-last-line", opts: withKeys, wantCheckpoints: 3,
+			files: [][]byte{append(joinLines(golden), golden[0][:10]...)},
+			want:  &audit.Problem{File: "f1", Line: 12}, wantWhy: "incomplete last line",
+		},
+		{
+			name: "fail/empty-line", opts: withKeys, wantCheckpoints: 3,
+			files: file(insert(golden, 11, nil)),
+			want:  &audit.Problem{File: "f1", Line: 12}, wantWhy: "empty line",
+		},
+		{
+			name: "fail/crlf", opts: withKeys,
+			files: [][]byte{bytes.ReplaceAll(joinLines(golden), []byte("\n"), []byte("\r\n"))},
+			want:  &audit.Problem{File: "f1", Line: 1}, wantWhy: "malformed",
+		},
+		{
+			name: "fail/forged-signature", opts: withKeys, wantCheckpoints: 2,
+			files: file(mutateLine(t, golden, 4, func(ev *audit.Event) {
+				ev.Checkpoint.Signature = base64.StdEncoding.EncodeToString(make([]byte, ed25519.SignatureSize))
+			})),
+			want: &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "checkpoint signature does not verify with key " + real.KeyID(),
+		},
+		{
+			name: "fail/signature-not-base64", opts: withKeys, wantCheckpoints: 2,
+			files: file(mutateLine(t, golden, 4, func(ev *audit.Event) { ev.Checkpoint.Signature = "!!" })),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "not base64",
+		},
+		{
+			name: "fail/checkpoint-signed-by-another-key", opts: withKeys, wantCheckpoints: 2,
+			files: file(mutateLine(t, golden, 4, resign(other, other.KeyID()))),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: fmt.Sprintf("checkpoint from unknown key %q", other.KeyID()),
+		},
+		{
+			name: "fail/checkpoint-signed-by-another-key-claiming-ours", opts: withKeys, wantCheckpoints: 2,
+			files: file(mutateLine(t, golden, 4, resign(other, real.KeyID()))),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "does not verify",
+		},
+		{
+			name: "ok/checkpoint-by-second-known-key", opts: audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key", "other.key")}, wantCheckpoints: 3,
+			// Only the last checkpoint: re-signing changes the line's bytes.
+			files: file(mutateLine(t, golden, 10, resign(other, other.KeyID()))),
+		},
+		{
+			name: "fail/checkpoint-head-not-previous-line", opts: withKeys, wantCheckpoints: 2,
+			files: file(mutateLine(t, golden, 4, func(ev *audit.Event) { ev.Checkpoint.HeadSeq = 3 })),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "checkpoint head (seq 3",
+		},
+		{
+			name: "ok/rotated-files-in-order", opts: requireCP, wantCheckpoints: 3,
+			files: [][]byte{joinLines(golden[:6]), joinLines(golden[6:])},
+		},
+		{
+			name: "fail/rotated-files-swapped", opts: withKeys, wantCheckpoints: 2, wantTail: 6,
+			files: [][]byte{joinLines(golden[6:]), joinLines(golden[:6])},
+			want:  &audit.Problem{File: "f1", Line: 1, Chain: goldenChain, Seq: 7}, wantWhy: "chain starts at seq 7, not 1",
+		},
+		{
+			name: "fail/rotated-file-missing", opts: withKeys, wantCheckpoints: 1,
+			files: [][]byte{joinLines(golden[:4]), joinLines(golden[8:])},
+			want:  &audit.Problem{File: "f2", Line: 1, Chain: goldenChain, Seq: 9}, wantWhy: "seq gap: expected 5, got 9",
+		},
+		{
+			name: "ok/interleaved-chains", opts: requireCP, wantCheckpoints: 1,
+			files: file(ilv),
+		},
+		{
+			name: "fail/interleaved-line-of-other-chain-deleted", opts: withKeys, wantCheckpoints: 1,
+			files: file(del(ilv, 3)), // B2
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: "chn_B", Seq: 3}, wantWhy: "seq gap: expected 2, got 3",
+		},
+		{
+			name: "fail/time-goes-backwards", opts: audit.VerifyOptions{}, wantTail: 2,
+			files: file(forge(t, []audit.Event{
+				{V: 1, Seq: 1, Time: "2025-01-02T03:04:05.000000001Z", Chain: "c", Type: "use"},
+				{V: 1, Seq: 2, Time: "2025-01-02T03:04:05.000000000Z", Chain: "c", Type: "use"},
+			})),
+			want: &audit.Problem{File: "f1", Line: 2, Chain: "c", Seq: 2}, wantWhy: "time goes backwards",
+		},
+		{
+			name: "fail/time-not-fixed-width", opts: audit.VerifyOptions{}, wantTail: 1,
+			files: file(forge(t, []audit.Event{{V: 1, Seq: 1, Time: "2025-01-02T03:04:05Z", Chain: "c", Type: "use"}})),
+			want:  &audit.Problem{File: "f1", Line: 1, Chain: "c", Seq: 1}, wantWhy: "bad time",
+		},
+		{
+			name: "fail/version-2", opts: audit.VerifyOptions{}, wantTail: 1,
+			files: file(forge(t, []audit.Event{{V: 2, Seq: 1, Time: "2025-01-02T03:04:05.000000000Z", Chain: "c", Type: "use"}})),
+			want:  &audit.Problem{File: "f1", Line: 1, Chain: "c", Seq: 1}, wantWhy: "unsupported version v=2",
+		},
+		{
+			name: "fail/first-line-with-prev", opts: audit.VerifyOptions{}, wantTail: 1,
+			files: file(forge(t, []audit.Event{
+				{V: 1, Seq: 1, Time: "2025-01-02T03:04:05.000000000Z", Chain: "c", Type: "use"},
+				{V: 1, Seq: 1, Time: "2025-01-02T03:04:05.000000000Z", Chain: "d", Type: "use"},
+			})),
+			want: &audit.Problem{File: "f1", Line: 2, Chain: "d", Seq: 1}, wantWhy: "first line of the chain has a non-empty prev",
+		},
+		{
+			name: "fail/bad-chain-id", opts: audit.VerifyOptions{},
+			files: file(forge(t, []audit.Event{{V: 1, Seq: 1, Time: "2025-01-02T03:04:05.000000000Z", Chain: "a b", Type: "use"}})),
+			want:  &audit.Problem{File: "f1", Line: 1, Seq: 1}, wantWhy: "bad chain id",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var inputs []audit.Input
+			for i, f := range tt.files {
+				inputs = append(inputs, audit.Input{Name: fmt.Sprintf("f%d", i+1), R: bytes.NewReader(f)})
+			}
+			rep, err := audit.Verify(inputs, tt.opts)
+			if rep == nil {
+				t.Fatalf("Verify() report = nil, err %v", err)
+			}
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Verify() = %v, want nil", err)
+				}
+			} else {
+				if !errors.Is(err, audit.ErrTampered) {
+					t.Fatalf("Verify() = %v, want ErrTampered", err)
+				}
+				first := rep.Problems[0]
+				if d := cmp.Diff(*tt.want, first, cmpopts.IgnoreFields(audit.Problem{}, "Why")); d != "" {
+					t.Errorf("Verify() first problem = %v, want %v (-want +got):\n%s", first, *tt.want, d)
+				}
+				if !strings.Contains(first.Why, tt.wantWhy) {
+					t.Errorf("Verify() first problem why = %q, want it to contain %q", first.Why, tt.wantWhy)
+				}
+				if !strings.Contains(err.Error(), first.String()) {
+					t.Errorf("Verify() error %q does not name the first problem %q", err, first)
+				}
+			}
+			if len(rep.Chains) == 0 {
+				if tt.wantTail != 0 || tt.wantCheckpoints != 0 {
+					t.Fatalf("Verify() found no chain")
+				}
+				return
+			}
+			c := rep.Chains[0]
+			if c.UnsignedTail != tt.wantTail || c.Checkpoints != tt.wantCheckpoints {
+				t.Errorf("Verify() chain %s: unsigned tail %d, checkpoints %d; want %d, %d", c.Chain, c.UnsignedTail, c.Checkpoints, tt.wantTail, tt.wantCheckpoints)
+			}
+		})
+	}
+}
+
+func TestVerifyReport(t *testing.T) {
+	golden := sealGolden(t)
+	rep, err := audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(joinLines(golden[:10]))}}, audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &audit.Report{
+		Files: 1, Lines: 10, SignaturesChecked: true,
+		Chains: []audit.ChainReport{{
+			Chain: goldenChain, Lines: 10, FirstSeq: 1, LastSeq: 10, LastHash: audit.HashLine(golden[9]),
+			Checkpoints: 2, LastCheckpointSeq: 8, UnsignedTail: 2,
+		}},
+	}
+	if d := cmp.Diff(want, rep); d != "" {
+		t.Errorf("Verify() report (-want +got):\n%s", d)
+	}
+
+	// Every tampered line is listed, capped by MaxProblems.
+	bad := joinLines(del(del(golden, 8), 2))
+	rep, err = audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(bad)}}, audit.VerifyOptions{MaxProblems: 1})
+	if !errors.Is(err, audit.ErrTampered) || len(rep.Problems) != 1 || rep.ProblemsOmitted != 1 {
+		t.Errorf("Verify(two deletions, MaxProblems 1) = %v, %d problems, %d omitted; want 1 and 1", err, len(rep.Problems), rep.ProblemsOmitted)
+	}
+}
+
+func TestVerifyFiles(t *testing.T) {
+	golden := sealGolden(t)
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "audit.jsonl.1"), filepath.Join(dir, "audit.jsonl")
+	if err := os.WriteFile(a, joinLines(golden[:5]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b, joinLines(golden[5:]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key"), RequireCheckpoint: true}
+	if _, err := audit.VerifyFiles([]string{a, b}, opts); err != nil {
+		t.Errorf("VerifyFiles(in order) = %v, want nil", err)
+	}
+	rep, err := audit.VerifyFiles([]string{b, a}, opts)
+	if !errors.Is(err, audit.ErrTampered) || rep.Problems[0].File != b || rep.Problems[0].Line != 1 {
+		t.Errorf("VerifyFiles(swapped) = %v, want ErrTampered at %s:1", err, b)
+	}
+	if _, err := audit.VerifyFiles([]string{a, filepath.Join(dir, "missing")}, opts); err == nil || errors.Is(err, audit.ErrTampered) {
+		t.Errorf("VerifyFiles(missing file) = %v, want an I/O error", err)
+	}
+}
+
+func TestVerifyLongLine(t *testing.T) {
+	long := append([]byte(`{"v":1,"x":"`), bytes.Repeat([]byte("a"), audit.MaxLineBytes)...)
+	long = append(long, "\"}\n"...)
+	golden := joinLines(sealGolden(t))
+	rep, err := audit.Verify([]audit.Input{{Name: "f", R: bytes.NewReader(append(long, golden...))}}, audit.VerifyOptions{})
+	if !errors.Is(err, audit.ErrTampered) || len(rep.Problems) != 1 || rep.Problems[0].Line != 1 || !strings.Contains(rep.Problems[0].Why, "longer than") {
+		t.Fatalf("Verify(long line) = %v, %+v; want one problem at line 1", err, rep.Problems)
+	}
+	if rep.Lines != 12 || rep.Chains[0].Lines != 11 {
+		t.Errorf("Verify(long line) read %d lines (%d in chain), want 12 (11)", rep.Lines, rep.Chains[0].Lines)
+	}
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+func newAuditCmd(e *env) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "audit",
+		Short: "Work with keytrail audit logs",
+	}
+	c.AddCommand(newAuditVerifyCmd(e))
+	return c
+}
+
+func newAuditVerifyCmd(e *env) *cobra.Command {
+	var keyFiles []string
+	var requireCheckpoint, asJSON bool
+	c := &cobra.Command{
+		Use:   "verify FILE...",
+		Short: "Check the hash chain and checkpoint signatures of audit files",
+		Long: `verify checks every chain in the given audit files (rotated files oldest
+first): seq continuity, the prev hash over the exact bytes of the previous
+line, and each checkpoint's head and Ed25519 signature (--key, a PKIX public
+key PEM as 'openssl pkey -pubout' writes). It names the first bad line and why,
+and reports lines after the last verified checkpoint, where truncation cannot
+be ruled out (--require-checkpoint makes that a failure). Exit status 1 when
+anything is wrong.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint}
+			if len(keyFiles) > 0 {
+				opts.Keys = map[string]ed25519.PublicKey{}
+				for _, kf := range keyFiles {
+					pemBytes, err := os.ReadFile(kf)
+					if err != nil {
+						return fmt.Errorf("--key: %w", err)
+					}
+					kid, pub, err := audit.LoadEd25519PublicKey(pemBytes)
+					if err != nil {
+						return fmt.Errorf("--key %s: %w", kf, err)
+					}
+					opts.Keys[kid] = pub
+				}
+			}
+			rep, err := audit.VerifyFiles(args, opts)
+			if rep == nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				_ = enc.Encode(rep)
+			} else {
+				printVerifyReport(e, rep)
+			}
+			if err != nil || !rep.OK() {
+				if errors.Is(err, audit.ErrTampered) || !rep.OK() {
+					return exitError{code: 1, msg: "audit log does NOT verify"}
+				}
+				return err
+			}
+			return nil
+		},
+	}
+	c.Flags().StringSliceVar(&keyFiles, "key", nil, "Ed25519 checkpoint public key (PEM); repeatable")
+	c.Flags().BoolVar(&requireCheckpoint, "require-checkpoint", false, "fail when lines follow the last verified checkpoint")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return c
+}
+
+func printVerifyReport(e *env, rep *audit.Report) {
+	w := e.stdout
+	fmt.Fprintf(w, "%d file(s), %d line(s), %d chain(s)\n", rep.Files, rep.Lines, len(rep.Chains))
+	for _, c := range rep.Chains {
+		fmt.Fprintf(w, "chain %s: %d lines, seq %d..%d, %d verified checkpoint(s)", c.Chain, c.Lines, c.FirstSeq, c.LastSeq, c.Checkpoints)
+		if c.UnsignedTail > 0 {
+			fmt.Fprintf(w, ", %d line(s) after the last verified checkpoint (truncation there cannot be ruled out)", c.UnsignedTail)
+		}
+		fmt.Fprintln(w)
+	}
+	if !rep.SignaturesChecked {
+		fmt.Fprintln(w, "checkpoint signatures not checked (no --key given)")
+	}
+	for _, p := range rep.Problems {
+		fmt.Fprintln(w, "FAIL", p.String())
+	}
+	if rep.ProblemsOmitted > 0 {
+		fmt.Fprintf(w, "... and %d more problem(s)\n", rep.ProblemsOmitted)
+	}
+	if rep.OK() {
+		fmt.Fprintln(w, "OK: the chain is intact")
+	}
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the server configuration (SPEC "Server configuration"), decoded
+// strictly. Secrets are referenced by file or environment, never inline.
+type Config struct {
+	Listen    string      `yaml:"listen"`
+	PublicURL string      `yaml:"public_url"`
+	Policy    string      `yaml:"policy"`
+	Vault     VaultConfig `yaml:"vault"`
+	Store     StoreConfig `yaml:"store"`
+	Audit     AuditConfig `yaml:"audit"`
+	TLS       *TLSConfig  `yaml:"tls"`
+	Log       LogConfig   `yaml:"log"`
+	// AllowPlainHTTP permits a plain-HTTP listener on a non-loopback address
+	// (behind a TLS-terminating proxy). Off by default.
+	AllowPlainHTTP bool `yaml:"allow_plain_http"`
+	// TrustProxyHeaders takes the client address from X-Forwarded-For.
+	TrustProxyHeaders bool `yaml:"trust_proxy_headers"`
+	// ShutdownTimeout bounds graceful shutdown (default 20s).
+	ShutdownTimeout duration `yaml:"shutdown_timeout"`
+}
+
+// VaultConfig says how to reach and log in to Vault.
+type VaultConfig struct {
+	Address   string   `yaml:"address"`    // VAULT_ADDR overrides
+	TokenFile string   `yaml:"token_file"` // or VAULT_TOKEN
+	CAFile    string   `yaml:"ca_file"`
+	Timeout   duration `yaml:"timeout"` // per request, default 5s
+}
+
+// StoreConfig selects the shared store.
+type StoreConfig struct {
+	RedisURL            string `yaml:"redis_url"` // KEYTRAIL_REDIS_URL overrides; empty = in-memory
+	Prefix              string `yaml:"prefix"`
+	AllowEvictingPolicy bool   `yaml:"allow_evicting_policy"`
+}
+
+// AuditConfig configures the audit log.
+type AuditConfig struct {
+	File              string `yaml:"file"`
+	CheckpointKeyFile string `yaml:"checkpoint_key_file"`
+	// Fsync per batch (group commit); default true. Turning it off trades
+	// durability for speed and is for benchmarks only.
+	Fsync *bool `yaml:"fsync"`
+	// RotateBytes rotates the file past this size (0 = never).
+	RotateBytes int64 `yaml:"rotate_bytes"`
+}
+
+// TLSConfig enables TLS on the listener.
+type TLSConfig struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// LogConfig configures structured logs on stderr.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // json (default) or text
+}
+
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, s)
+	}
+	*d = duration(v)
+	return nil
+}
+
+// LoadConfig reads, strictly decodes, applies environment overrides and
+// defaults, and validates a config file. Every problem is reported, each
+// named by file and field.
+func LoadConfig(path string, getenv func(string) string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c.applyEnv(getenv)
+	c.applyDefaults()
+	if err := c.validate(path); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyEnv(getenv func(string) string) {
+	if v := getenv("KEYTRAIL_LISTEN"); v != "" {
+		c.Listen = v
+	}
+	if v := getenv("VAULT_ADDR"); v != "" {
+		c.Vault.Address = v
+	}
+	if v := getenv("KEYTRAIL_REDIS_URL"); v != "" {
+		c.Store.RedisURL = v
+	}
+}
+
+func (c *Config) applyDefaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:7700"
+	}
+	if c.Vault.Timeout == 0 {
+		c.Vault.Timeout = duration(5 * time.Second)
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = duration(20 * time.Second)
+	}
+	if c.Audit.Fsync == nil {
+		t := true
+		c.Audit.Fsync = &t
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+}
+
+func (c *Config) validate(file string) error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s: %s", file, field, fmt.Sprintf(format, args...)))
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		bad("listen", "must be host:port (%v)", err)
+	} else if c.TLS == nil && !c.AllowPlainHTTP && !isLoopbackHost(host) {
+		bad("listen", "plain HTTP is allowed only on loopback addresses; configure tls or set allow_plain_http: true")
+	}
+	if c.PublicURL == "" {
+		bad("public_url", "is required (the iss of broker JWTs and the discovery base)")
+	} else if u, err := url.Parse(c.PublicURL); err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		bad("public_url", "must be an absolute http(s) URL")
+	}
+	if c.Policy == "" {
+		bad("policy", "is required (a policy file or directory)")
+	} else if _, err := os.Stat(c.Policy); err != nil {
+		bad("policy", "%v", err)
+	}
+	if c.Vault.Address == "" {
+		bad("vault.address", "is required (or set VAULT_ADDR)")
+	} else if u, err := url.Parse(c.Vault.Address); err != nil || !u.IsAbs() || u.Host == "" {
+		bad("vault.address", "must be an absolute URL")
+	}
+	if c.Vault.CAFile != "" {
+		if _, err := os.Stat(c.Vault.CAFile); err != nil {
+			bad("vault.ca_file", "%v", err)
+		}
+	}
+	if c.Vault.TokenFile != "" {
+		if _, err := os.Stat(c.Vault.TokenFile); err != nil {
+			bad("vault.token_file", "%v", err)
+		}
+	}
+	if c.Store.RedisURL != "" {
+		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+			bad("store.redis_url", "must be a redis://, rediss:// or unix:// URL")
+		}
+	}
+	if c.Audit.File == "" {
+		bad("audit.file", "is required (the JSON Lines audit log)")
+	}
+	if c.Audit.CheckpointKeyFile != "" {
+		if _, err := os.Stat(c.Audit.CheckpointKeyFile); err != nil {
+			bad("audit.checkpoint_key_file", "%v", err)
+		}
+	}
+	if c.Audit.RotateBytes < 0 {
+		bad("audit.rotate_bytes", "must not be negative")
+	}
+	if c.TLS != nil {
+		if c.TLS.CertFile == "" {
+			bad("tls.cert_file", "is required when tls is set")
+		}
+		if c.TLS.KeyFile == "" {
+			bad("tls.key_file", "is required when tls is set")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error")
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format", "must be json or text")
+	}
+	return errors.Join(errs...)
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+)
+
+// The example policies (policies/examples) trust this demo issuer.
+const (
+	devIssuerAddr = "127.0.0.1:7701"
+	devIssuerURL  = "http://" + devIssuerAddr
+)
+
+func newDevCmd(e *env) *cobra.Command {
+	var dir, listen, vaultBin, policyPath string
+	var once bool
+	c := &cobra.Command{
+		Use:   "dev",
+		Short: "Try keytrail locally: Vault dev server, in-memory store, example policies, demo issuer and workload",
+		Long: `dev starts everything keytrail needs on this machine, for a first try:
+
+  - a Vault dev server (built from the Go module proxy on first use, which
+    takes 10-20 minutes on 2 cores; later starts are immediate), with transit
+    keys and a file audit device;
+  - a demo identity issuer on ` + devIssuerAddr + ` that hands out workload tokens;
+  - the broker on --listen with policies/examples, the in-memory store and an
+    audit log in --dir;
+  - a demo workload that exchanges its token for a Vault token.
+
+It then prints commands to try. --once runs the demo, verifies the audit log
+and exits (used by the tests).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDev(cmd.Context(), e, devOptions{dir: dir, listen: listen, vaultBin: vaultBin, policy: policyPath, once: once})
+		},
+	}
+	c.Flags().StringVar(&dir, "dir", ".dev", "state directory (config, audit log, Vault logs, demo tokens)")
+	c.Flags().StringVar(&listen, "listen", "127.0.0.1:7700", "broker listen address")
+	c.Flags().StringVar(&vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
+	c.Flags().StringVar(&policyPath, "policy", "", "policy file or directory (default policies/examples)")
+	c.Flags().BoolVar(&once, "once", false, "run the demo, verify the audit log, then exit")
+	return c
+}
+
+type devOptions struct {
+	dir, listen, vaultBin, policy string
+	once                          bool
+}
+
+func runDev(ctx context.Context, e *env, o devOptions) error {
+	out := e.stdout
+	progress := func(format string, args ...any) { fmt.Fprintf(e.stderr, "keytrail dev: "+format+"\n", args...) }
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		return err
+	}
+	root, rootErr := devserver.RepoRoot()
+	if o.policy == "" {
+		if rootErr != nil {
+			return fmt.Errorf("--policy is required outside the keytrail repository: %w", rootErr)
+		}
+		o.policy = filepath.Join(root, "policies", "examples")
+	}
+
+	bin := o.vaultBin
+	if bin == "" {
+		bin = e.getenv("KEYTRAIL_VAULT_BIN")
+	}
+	if bin == "" {
+		if rootErr != nil {
+			return fmt.Errorf("--vault-bin is required outside the keytrail repository: %w", rootErr)
+		}
+		progress("getting the Vault server (built from the Go module proxy on first use: 10-20 min; later about a minute or less)...")
+		bin, err = devserver.BuildVault(ctx, root, e.stderr)
+		if err != nil {
+			return fmt.Errorf("building Vault: %w", err)
+		}
+	}
+
+	progress("starting Vault dev server...")
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	vp, err := devserver.Start(sctx, bin, devserver.Options{Dir: filepath.Join(dir, "vault")})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("starting Vault: %w", err)
+	}
+	defer vp.Stop()
+	for name, rules := range map[string]string{
+		"payments-read": `path "secret/data/payments/*" { capabilities = ["read"] }`,
+		"deploy":        `path "secret/data/deploy/*" { capabilities = ["read", "list"] }`,
+	} {
+		if err := vp.Client.Sys().PutPolicyWithContext(ctx, name, rules); err != nil {
+			return fmt.Errorf("vault policy %s: %w", name, err)
+		}
+	}
+	progress("Vault dev server at %s (root token %q, audit log %s)", vp.Addr, vp.RootToken, vp.AuditLogPath)
+
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		return err
+	}
+	iss.URL = devIssuerURL
+	ln, err := net.Listen("tcp", devIssuerAddr)
+	if err != nil {
+		return fmt.Errorf("demo issuer needs %s (the example policies trust it): %w", devIssuerAddr, err)
+	}
+	issSrv := &http.Server{Handler: devIssuerHandler(iss), ReadHeaderTimeout: 5 * time.Second}
+	go issSrv.Serve(ln)
+	defer issSrv.Close()
+
+	tokens := map[string]string{}
+	for _, name := range []string{"payments-api", "ci-deploy", "secops"} {
+		tok, err := devToken(iss, name, "demo-"+name)
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, "tokens", name+".jwt")
+		if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
+			return err
+		}
+		tokens[name] = p
+	}
+
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	keyPath, pubPath, err := devCheckpointKey(dir)
+	if err != nil {
+		return err
+	}
+	host, port, _ := net.SplitHostPort(o.listen)
+	publicURL := "http://" + net.JoinHostPort(host, port)
+	cfg := &Config{
+		Listen: o.listen, PublicURL: publicURL, Policy: o.policy,
+		Vault: VaultConfig{Address: vp.Addr},
+		Audit: AuditConfig{File: auditPath, CheckpointKeyFile: keyPath},
+		Log:   LogConfig{Level: "warn", Format: "text"},
+	}
+	cfg.applyDefaults()
+	if err := cfg.validate("dev config"); err != nil {
+		return err
+	}
+	devEnv := &env{ctx: ctx, stdout: e.stdout, stderr: e.stderr, getenv: func(k string) string {
+		if k == "VAULT_TOKEN" {
+			return vp.RootToken
+		}
+		return e.getenv(k)
+	}}
+
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	readyc := make(chan string, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- runServer(sctx, devEnv, cfg, func(addr string) { readyc <- addr }) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("broker: %w", err)
+	case <-readyc:
+	}
+	progress("broker at %s (policy %s, audit log %s)", publicURL, o.policy, auditPath)
+
+	// The demo workload: exchange its identity token for a Vault token.
+	demo, err := devExchange(ctx, publicURL, tokens["payments-api"], "payments-vault")
+	if err != nil {
+		stop()
+		<-errc
+		return fmt.Errorf("demo workload: %w", err)
+	}
+	// The demo workload uses its token once, so Vault's audit log has a
+	// request made with it that names the issuance.
+	if vc, err := vp.Client.Clone(); err == nil {
+		vc.SetToken(demo.AccessToken)
+		if _, err := vc.Auth().Token().LookupSelfWithContext(ctx); err != nil {
+			progress("demo workload's lookup-self failed: %v", err)
+		}
+	}
+	r := strings.NewReplacer(
+		"{ISS}", demo.IssuanceID, "{WORKLOAD}", demo.Workload, "{OWNER}", demo.Owner,
+		"{SESSION}", demo.SessionID, "{KIND}", demo.Kind, "{EXPIRES}", fmt.Sprint(demo.ExpiresIn),
+		"{ACCESSOR}", fmt.Sprint(demo.Credential["accessor"]), "{URL}", publicURL,
+		"{TOKEN}", tokens["payments-api"], "{ISSUER}", devIssuerURL, "{AUDIT}", auditPath,
+		"{VAULTAUDIT}", vp.AuditLogPath, "{POLICY}", o.policy, "{VAULTADDR}", vp.Addr, "{VAULTTOKEN}", vp.RootToken, "{PUB}", pubPath,
+	)
+	fmt.Fprint(out, r.Replace(devNextSteps))
+
+	if o.once {
+		stop()
+		if err := <-errc; err != nil {
+			return err
+		}
+		pubPEM, err := os.ReadFile(pubPath)
+		if err != nil {
+			return err
+		}
+		kid, pub, err := audit.LoadEd25519PublicKey(pubPEM)
+		if err != nil {
+			return err
+		}
+		rep, err := audit.VerifyFiles([]string{auditPath}, audit.VerifyOptions{Keys: map[string]ed25519.PublicKey{kid: pub}, RequireCheckpoint: true})
+		if err != nil {
+			return fmt.Errorf("audit log %s does not verify: %w", auditPath, err)
+		}
+		fmt.Fprintf(out, "\naudit log verified: %d lines, %d chain(s), every line covered by a signed checkpoint\n", rep.Lines, len(rep.Chains))
+		return nil
+	}
+	fmt.Fprintln(out, "\nkeytrail dev is running; Ctrl-C stops everything.")
+	select {
+	case <-ctx.Done():
+		return <-errc
+	case err := <-errc:
+		return err
+	}
+}
+
+// devClaims are the demo identities: a Kubernetes-style service account, a
+// GitHub Actions-style CI job and a security-team admin.
+func devClaims(name, session string) (jwt.MapClaims, error) {
+	switch name {
+	case "payments-api":
+		return jwt.MapClaims{"sub": "system:serviceaccount:payments:api", "namespace": "payments", "session": session}, nil
+	case "ci-deploy":
+		return jwt.MapClaims{"sub": "repo:acme/deploy:ref:refs/heads/main", "run_id": session}, nil
+	case "secops":
+		return jwt.MapClaims{"sub": "alice@example.com", "groups": "secops"}, nil
+	}
+	return nil, fmt.Errorf("unknown demo identity %q", name)
+}
+
+func devToken(iss *authntest.Issuer, name, session string) (string, error) {
+	c, err := devClaims(name, session)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	c["iss"], c["aud"], c["iat"], c["exp"] = devIssuerURL, "keytrail", now.Unix(), now.Add(time.Hour).Unix()
+	return iss.Sign(c)
+}
+
+// devIssuerHandler serves the issuer's JWKS and discovery, and mints demo
+// tokens at /token/{name}.
+func devIssuerHandler(iss *authntest.Issuer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", iss.Handler())
+	mux.HandleFunc("GET /token/{name}", func(w http.ResponseWriter, r *http.Request) {
+		tok, err := devToken(iss, r.PathValue("name"), "demo-"+time.Now().Format("150405.000"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		io.WriteString(w, tok+"\n")
+	})
+	return mux
+}
+
+type devResult struct {
+	AccessToken string         `json:"access_token"`
+	IssuanceID  string         `json:"issuance_id"`
+	Workload    string         `json:"workload"`
+	Owner       string         `json:"owner"`
+	SessionID   string         `json:"session_id"`
+	Kind        string         `json:"kind"`
+	ExpiresIn   int64          `json:"expires_in"`
+	Credential  map[string]any `json:"credential"`
+	Error       string         `json:"error"`
+	Desc        string         `json:"error_description"`
+}
+
+func devExchange(ctx context.Context, base, tokenFile, grant string) (*devResult, error) {
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	form := url.Values{
+		"grant_type":         {"urn:ietf:params:oauth:grant-type:token-exchange"},
+		"subject_token_type": {"urn:ietf:params:oauth:token-type:jwt"},
+		"subject_token":      {strings.TrimSpace(string(raw))},
+		"audience":           {grant},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/token", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var res devResult
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&res); err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errors.New(resp.Status + ": " + res.Error + ": " + res.Desc)
+	}
+	return &res, nil
+}
+
+// devNextSteps is printed after the demo; {NAME}s are filled in.
+const devNextSteps = `
+demo workload payments-api exchanged its identity token:
+  issuance   {ISS}
+  workload   {WORKLOAD} (owner {OWNER})
+  session    {SESSION}
+  kind       {KIND}, expires in {EXPIRES}s
+  accessor   {ACCESSOR}
+
+Try it yourself (in another shell):
+
+  # exchange the demo workload's token for a Vault token
+  curl -s {URL}/v1/token \
+    -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \
+    -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \
+    -d audience=payments-vault \
+    --data-urlencode subject_token@{TOKEN}
+
+  # a JWT for the orders API, signed in Vault transit, verifiable with {URL}/.well-known/jwks.json
+  curl -s {URL}/v1/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \
+    -d subject_token_type=urn:ietf:params:oauth:token-type:jwt -d audience=orders-jwt \
+    --data-urlencode subject_token@{TOKEN}
+
+  # a fresh demo identity token (valid 1h)
+  curl -s {ISSUER}/token/payments-api
+
+  # the audit trail, and proof it was not altered
+  tail -n 3 {AUDIT}
+  go run ./cmd/keytrail audit verify --key {PUB} {AUDIT}
+
+  # Vault's own audit log names the issuance of every request made with the token
+  grep -c {ISS} {VAULTAUDIT}
+
+  # what would this token get, and why?
+  go run ./cmd/keytrail policy explain --policy {POLICY} --token {TOKEN} --grant payments-vault
+
+Vault: export VAULT_ADDR={VAULTADDR} VAULT_TOKEN={VAULTTOKEN}
+`
+
+// devCheckpointKey creates (once) the Ed25519 key that signs the dev audit
+// log's checkpoints, as PKCS#8 and PKIX PEM files.
+func devCheckpointKey(dir string) (keyPath, pubPath string, err error) {
+	keyPath, pubPath = filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
+	if _, err := os.Stat(keyPath); err == nil {
+		return keyPath, pubPath, nil
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return "", "", err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
+		return "", "", err
+	}
+	return keyPath, pubPath, nil
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker/authn"
+	"github.com/keytrail/keytrail/policies"
+)
+
+func newPolicyCmd(e *env) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "policy",
+		Short: "Validate policies and explain what a token would get",
+	}
+	c.AddCommand(newPolicyCheckCmd(e), newPolicyExplainCmd(e))
+	return c
+}
+
+func newPolicyCheckCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check PATH",
+		Short: "Validate a policy file or directory; every problem is reported with its file and path",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := policies.Load(args[0])
+			if err != nil {
+				return policyProblems(e, err)
+			}
+			fmt.Fprintf(e.stdout, "ok: %d issuers, %d workloads, %d grants, %d admins, %d exceptions (hash %s)\n",
+				len(pol.Issuers()), len(pol.Workloads()), len(pol.Grants()), len(pol.Admins()), len(pol.Exceptions()), pol.Hash()[:16])
+			return nil
+		},
+	}
+}
+
+// policyProblems prints one problem per line and returns exit status 1.
+func policyProblems(e *env, err error) error {
+	var multi interface{ Unwrap() []error }
+	if errors.As(err, &multi) {
+		errs := multi.Unwrap()
+		for _, p := range errs {
+			fmt.Fprintln(e.stderr, p)
+		}
+		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) in the policy", len(errs))}
+	}
+	fmt.Fprintln(e.stderr, err)
+	return exitError{code: 1, msg: "invalid policy"}
+}
+
+func newPolicyExplainCmd(e *env) *cobra.Command {
+	var tokenFile, grant, policyPath string
+	var unverified bool
+	c := &cobra.Command{
+		Use:   "explain --token FILE --grant G [--policy PATH]",
+		Short: "Say which workload a token matches (or why none does) and what the grant would mint",
+		Long: `Explain reads an identity token, verifies it against the policy's issuers
+(fetching their JWKS; --unverified skips the signature and time checks for
+offline use) and prints, for every workload of the token's issuer, why it
+matched or not, and what the grant would mint.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if tokenFile == "" || grant == "" {
+				return errors.New("--token and --grant are required")
+			}
+			if policyPath == "" {
+				policyPath = e.getenv("KEYTRAIL_POLICY")
+			}
+			if policyPath == "" {
+				return errors.New("--policy (or KEYTRAIL_POLICY) is required")
+			}
+			pol, err := policies.Load(policyPath)
+			if err != nil {
+				return policyProblems(e, err)
+			}
+			raw, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return fmt.Errorf("--token: %w", err)
+			}
+			tok := strings.TrimSpace(string(raw))
+			var issuerName string
+			var claims map[string]any
+			if unverified {
+				mc := jwt.MapClaims{}
+				if _, _, err := jwt.NewParser().ParseUnverified(tok, mc); err != nil {
+					return fmt.Errorf("--token: not a JWT: %w", err)
+				}
+				iss, _ := mc["iss"].(string)
+				is, ok := pol.IssuerByIss(iss)
+				if !ok {
+					fmt.Fprintf(e.stdout, "token issuer %q is not trusted by any policy issuer: nothing would be granted\n", iss)
+					return exitError{code: 1}
+				}
+				issuerName, claims = is.Name, mc
+				fmt.Fprintln(e.stdout, "warning: token NOT verified (--unverified): signature, expiry and audience were not checked")
+			} else {
+				v, err := authn.New(cmd.Context(), authn.Options{Issuers: pol.Issuers()})
+				if err != nil {
+					return err
+				}
+				id, err := v.Authenticate(cmd.Context(), tok)
+				if err != nil {
+					fmt.Fprintf(e.stdout, "token rejected: %v\n", err)
+					return exitError{code: 1}
+				}
+				issuerName, claims = id.IssuerName, id.Claims
+				fmt.Fprintf(e.stdout, "token verified: issuer %s, sub %q\n", id.IssuerName, id.Sub)
+			}
+			ex := pol.Explain(issuerName, claims, grant)
+			fmt.Fprint(e.stdout, ex.String())
+			if !strings.HasSuffix(ex.String(), "\n") {
+				fmt.Fprintln(e.stdout)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&tokenFile, "token", "", "identity token file")
+	c.Flags().StringVar(&grant, "grant", "", "grant name")
+	c.Flags().StringVar(&policyPath, "policy", "", "policy file or directory (default $KEYTRAIL_POLICY)")
+	c.Flags().BoolVar(&unverified, "unverified", false, "do not verify the token (offline explanation)")
+	return c
+}

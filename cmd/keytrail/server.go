@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/adapters/redisstore"
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/authn"
+	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/policies"
+)
+
+func newServerCmd(e *env) *cobra.Command {
+	var cfgPath string
+	c := &cobra.Command{
+		Use:   "server --config FILE",
+		Short: "Run the broker",
+		Long: `Run the keytrail broker with the given configuration file (YAML, decoded
+strictly). Environment overrides: KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_TOKEN,
+KEYTRAIL_REDIS_URL. SIGHUP reloads the policy; SIGINT/SIGTERM shut down
+gracefully (a second signal exits at once).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfgPath == "" {
+				return errors.New("--config is required")
+			}
+			cfg, err := LoadConfig(cfgPath, e.getenv)
+			if err != nil {
+				return err
+			}
+			return runServer(cmd.Context(), e, cfg, nil)
+		},
+	}
+	c.Flags().StringVar(&cfgPath, "config", "", "server configuration file (YAML)")
+	return c
+}
+
+func newLogger(cfg LogConfig, w interface{ Write([]byte) (int, error) }) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// policyState is the policy in force and the authenticator built from its
+// issuers; a reload swaps both at once.
+type policyState struct {
+	pol   *policies.Policy
+	authn *authn.Verifier
+}
+
+// broker is everything runServer wires together.
+type brokerRuntime struct {
+	cfg     *Config
+	log     *slog.Logger
+	state   atomic.Pointer[policyState]
+	svc     *broker.Service
+	api     *httpapi.Server
+	sink    *auditfile.Sink
+	store   broker.Store
+	vault   *vaultapi.Client
+	closers []func() error
+}
+
+// runServer wires the broker from cfg and serves until ctx ends. ready, when
+// non-nil, is called with the listener's address once serving.
+func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)) error {
+	log := newLogger(cfg.Log, e.stderr)
+	rt := &brokerRuntime{cfg: cfg, log: log}
+	defer rt.close()
+	if err := rt.wire(ctx, e); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           rt.api.Routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if cfg.TLS != nil {
+		tc, err := serverTLS(cfg.TLS)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv.TLSConfig = tc
+		ln = tls.NewListener(ln, tc)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
+		slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.RedisURL != ""))
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			rt.reloadPolicy(ctx, "sighup")
+			continue
+		case err := <-errc:
+			if !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve: %w", err)
+			}
+			return nil
+		case <-ctx.Done():
+		}
+		break
+	}
+
+	// Graceful shutdown: stop accepting, finish in-flight requests within the
+	// bound, then flush and checkpoint the audit log (rt.close). A second
+	// signal exits at once.
+	log.Info("shutting down", slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
+	second := make(chan os.Signal, 1)
+	signal.Notify(second, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(second)
+	go func() {
+		if _, ok := <-second; ok {
+			log.Warn("second signal: exiting now")
+			os.Exit(1)
+		}
+	}()
+	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown incomplete", slog.String("error", err.Error()))
+	}
+	return nil
+}
+
+func serverTLS(c *TLSConfig) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
+}
+
+func (rt *brokerRuntime) close() {
+	for i := len(rt.closers) - 1; i >= 0; i-- {
+		if err := rt.closers[i](); err != nil {
+			rt.log.Warn("close", slog.String("error", err.Error()))
+		}
+	}
+	rt.closers = nil
+}
+
+func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
+	cfg, log := rt.cfg, rt.log
+	pol, err := policies.Load(cfg.Policy)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	v, err := authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: log})
+	if err != nil {
+		return fmt.Errorf("policy issuers: %w", err)
+	}
+	rt.state.Store(&policyState{pol: pol, authn: v})
+
+	vc, err := vaultad.NewClient(vaultad.ClientOptions{
+		Address:   cfg.Vault.Address,
+		Token:     e.getenv("VAULT_TOKEN"),
+		TokenFile: cfg.Vault.TokenFile,
+		CAFile:    cfg.Vault.CAFile,
+		Timeout:   time.Duration(cfg.Vault.Timeout),
+	})
+	if err != nil {
+		return fmt.Errorf("vault: %w", err)
+	}
+	rt.vault = vc
+
+	switch {
+	case cfg.Store.RedisURL != "":
+		rs, err := redisstore.New(ctx, redisstore.Options{URL: cfg.Store.RedisURL, Prefix: cfg.Store.Prefix, AllowEvictingPolicy: cfg.Store.AllowEvictingPolicy, Logger: log})
+		if err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		rt.store = rs
+		rt.closers = append(rt.closers, rs.Close)
+	default:
+		rt.store = memstore.New(time.Now)
+	}
+
+	var signer audit.Signer
+	if cfg.Audit.CheckpointKeyFile != "" {
+		pem, err := os.ReadFile(cfg.Audit.CheckpointKeyFile)
+		if err != nil {
+			return fmt.Errorf("audit.checkpoint_key_file: %w", err)
+		}
+		signer, err = audit.NewEd25519Signer(pem)
+		if err != nil {
+			return fmt.Errorf("audit.checkpoint_key_file: %w", err)
+		}
+	}
+	sink, err := auditfile.Open(auditfile.Options{
+		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync,
+		RotateBytes: cfg.Audit.RotateBytes, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	rt.sink = sink
+	rt.closers = append(rt.closers, sink.Close)
+
+	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc})
+	if err != nil {
+		return err
+	}
+	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL})
+	if err != nil {
+		return err
+	}
+	var keys broker.PublicKeySource
+	if names := transitKeyNames(pol); len(names) > 0 {
+		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: vc, Keys: names})
+		if err != nil {
+			return err
+		}
+		keys = tk
+	}
+
+	svcStore, err := rt.wireRevocationCache(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return rt.state.Load().pol },
+		Authn:    func() broker.Authenticator { return rt.state.Load().authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter},
+		Store:    svcStore,
+		Audit:    sink,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	rt.svc = svc
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api, err := httpapi.New(httpapi.Options{
+		Service: svc, Keys: keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
+		TrustProxyHeaders: cfg.TrustProxyHeaders,
+		Ready:             rt.ready,
+		Extra:             httpapi.RegisterAdmin,
+	})
+	if err != nil {
+		return err
+	}
+	rt.api = api
+	if err := rt.startRevocationWorker(ctx, reg); err != nil {
+		return err
+	}
+	return rt.auditPolicyLoad(ctx, pol, "start", nil)
+}
+
+// ready checks Vault, the store and the audit sink.
+func (rt *brokerRuntime) ready(ctx context.Context) error {
+	if err := vaultad.Health(ctx, rt.vault); err != nil {
+		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "vault"}, err)
+	}
+	if err := rt.store.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "store"}, err)
+	}
+	if err := rt.sink.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "audit"}, err)
+	}
+	return nil
+}
+
+// reloadPolicy validates the new policy first and keeps the old one on any
+// error; either way a policy_load event records the outcome.
+func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
+	pol, err := policies.Load(rt.cfg.Policy)
+	if err == nil {
+		var v *authn.Verifier
+		v, err = authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log})
+		if err == nil {
+			rt.state.Store(&policyState{pol: pol, authn: v})
+			rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
+		}
+	}
+	if err != nil {
+		rt.log.Error("policy reload failed; keeping the policy in force", slog.String("why", why), slog.String("error", err.Error()))
+	}
+	if aerr := rt.auditPolicyLoad(ctx, pol, why, err); aerr != nil {
+		rt.log.Error("audit policy_load failed", slog.String("error", aerr.Error()))
+	}
+}
+
+func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error) error {
+	details := map[string]any{"path": rt.cfg.Policy, "trigger": why}
+	ev := &audit.Event{Type: audit.TypePolicyLoad, Details: details}
+	if pol != nil && loadErr == nil {
+		details["hash"] = pol.Hash()
+		files := map[string]string{}
+		for _, s := range pol.Sources() {
+			files[s.Path] = s.SHA256
+		}
+		details["files"] = files
+		ev.Outcome = &audit.Outcome{Status: 200}
+	} else {
+		ev.Outcome = &audit.Outcome{Status: 400, Error: "invalid_policy", Reason: truncate(loadErr.Error(), 2000)}
+	}
+	return rt.sink.Append(context.WithoutCancel(ctx), ev)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func transitKeyNames(pol *policies.Policy) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, g := range pol.Grants() {
+		if g.JWT != nil && !seen[g.JWT.TransitKey] {
+			seen[g.JWT.TransitKey] = true
+			out = append(out, g.JWT.TransitKey)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this): installs what the
+# tests need (redis-server, PostgreSQL), builds the Vault server (cached),
+# then go vet and go test -race over every package, e2e included.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian starts a system redis on :6379 when installed; the tests start their
+# own on free ports and do not use it.
+
+bash scripts/build-vault.sh
+export KEYTRAIL_VAULT_BIN="$root/bin/vault"
+
+echo "test: gofmt" >&2
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './e2e/vaultserver/*'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:" >&2; echo "$unformatted" >&2; exit 1
+fi
+echo "test: go vet ./..." >&2
+go vet ./...
+echo "test: go test -race ./..." >&2
+go test -race -count=1 -timeout 40m "$@" ./...
