@@ -256,16 +256,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		keys = tk
 	}
 
-	svcStore, err := rt.wireRevocationCache(ctx)
-	if err != nil {
-		return err
-	}
 	svc, err := broker.NewService(broker.Deps{
 		Policy:   func() *policies.Policy { return rt.state.Load().pol },
 		Authn:    func() broker.Authenticator { return rt.state.Load().authn },
 		Minters:  map[string]broker.Minter{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter},
 		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter},
-		Store:    svcStore,
+		Store:    rt.store,
 		Audit:    sink,
 		Logger:   log,
 	})
@@ -280,15 +276,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Service: svc, Keys: keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
 		TrustProxyHeaders: cfg.TrustProxyHeaders,
 		Ready:             rt.ready,
-		Extra:             httpapi.RegisterAdmin,
 	})
 	if err != nil {
 		return err
 	}
 	rt.api = api
-	if err := rt.startRevocationWorker(ctx, reg); err != nil {
-		return err
-	}
 	return rt.auditPolicyLoad(ctx, pol, "start", nil)
 }
 
