@@ -1,0 +1,299 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+)
+
+// errResponseTooLarge is returned when an upstream response exceeds the cap.
+var errResponseTooLarge = errors.New("upstream response exceeds the size limit")
+
+// secretForms returns the byte strings under which an injected secret can
+// come back in a response: raw, URL-encoded (query and path escaping, upper
+// and lower case hex) and JSON-escaped (with and without HTML escaping, with
+// and without "\/"), deduplicated. Other encodings (base64, compression)
+// are not recognised.
+func secretForms(secret string) [][]byte {
+	cands := []string{secret, url.QueryEscape(secret), url.PathEscape(secret)}
+	for _, c := range cands[1:3] {
+		cands = append(cands, lowerHex(c))
+	}
+	for _, html := range []bool{true, false} {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(html)
+		if enc.Encode(secret) == nil {
+			j := strings.TrimSuffix(b.String(), "\n")
+			j = j[1 : len(j)-1] // unquote
+			cands = append(cands, j, strings.ReplaceAll(j, "/", `\/`))
+		}
+	}
+	var out [][]byte
+	seen := map[string]bool{}
+	for _, c := range cands {
+		if c != "" && !seen[c] {
+			seen[c] = true
+			out = append(out, []byte(c))
+		}
+	}
+	return out
+}
+
+// lowerHex lower-cases the hex digits of every percent escape.
+func lowerHex(s string) string {
+	b := []byte(s)
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == '%' {
+			b[i+1], b[i+2] = lowerASCII(b[i+1]), lowerASCII(b[i+2])
+			i += 2
+		}
+	}
+	return string(b)
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// containsAny reports whether s contains one of the forms.
+func containsAny(s string, forms [][]byte) bool {
+	for _, f := range forms {
+		if strings.Contains(s, string(f)) {
+			return true
+		}
+	}
+	return false
+}
+
+// redactString replaces every form in s with '*' of the same length.
+func redactString(s string, forms [][]byte) string {
+	for _, f := range forms {
+		s = strings.ReplaceAll(s, string(f), strings.Repeat("*", len(f)))
+	}
+	return s
+}
+
+// redactReader overwrites every occurrence of the secret forms in a stream
+// with '*' of the same length, so a Content-Length stays right. It holds back
+// the last (longest form - 1) bytes of what it has read until more data (or
+// the end) shows whether they start an occurrence.
+type redactReader struct {
+	src   io.ReadCloser
+	forms [][]byte
+	keep  int
+	pool  *sync.Pool // where buf came from and returns to on Close (may be nil)
+
+	buf   []byte // buf[off:ready] may be returned; buf[ready:] is held back
+	off   int
+	ready int
+	err   error // sticky error of src
+}
+
+const (
+	redactChunk = 32 << 10
+	redactSlack = 1 << 10 // pooled buffers hold forms up to this long
+)
+
+// newRedactBufferPool returns the pool of redactReader buffers.
+func newRedactBufferPool() *sync.Pool {
+	return &sync.Pool{New: func() any { b := make([]byte, 0, redactChunk+redactSlack); return &b }}
+}
+
+func newRedactReader(src io.ReadCloser, forms [][]byte, pool *sync.Pool) *redactReader {
+	keep := 0
+	for _, f := range forms {
+		keep = max(keep, len(f)-1)
+	}
+	r := &redactReader{src: src, forms: forms, keep: keep}
+	if pool != nil && keep <= redactSlack {
+		r.pool = pool
+		r.buf = (*pool.Get().(*[]byte))[:0]
+	} else {
+		r.buf = make([]byte, 0, redactChunk+keep)
+	}
+	return r
+}
+
+func (r *redactReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for r.off == r.ready {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.off > 0 { // compact
+			n := copy(r.buf[:cap(r.buf)], r.buf[r.off:])
+			r.buf = r.buf[:n]
+			r.ready -= r.off
+			r.off = 0
+		}
+		if cap(r.buf)-len(r.buf) < redactChunk/2 {
+			nb := make([]byte, len(r.buf), 2*cap(r.buf))
+			copy(nb, r.buf)
+			r.buf = nb
+		}
+		old := len(r.buf)
+		n, err := r.src.Read(r.buf[old:cap(r.buf)])
+		r.buf = r.buf[:old+n]
+		r.err = err
+		if n > 0 {
+			r.mask(max(0, old-r.keep))
+		}
+		if err != nil {
+			r.ready = len(r.buf) // nothing can complete a held-back prefix now
+		} else {
+			r.ready = max(r.ready, len(r.buf)-r.keep)
+		}
+	}
+	n := copy(p, r.buf[r.off:r.ready])
+	r.off += n
+	return n, nil
+}
+
+// mask overwrites every occurrence starting at or after from.
+func (r *redactReader) mask(from int) {
+	for _, f := range r.forms {
+		for i := from; i <= len(r.buf)-len(f); {
+			j := bytes.Index(r.buf[i:], f)
+			if j < 0 {
+				break
+			}
+			start := i + j
+			for k := start; k < start+len(f); k++ {
+				r.buf[k] = '*'
+			}
+			i = start + len(f)
+		}
+	}
+}
+
+// Close closes the source and hands the buffer back; the reader must not be
+// used afterwards.
+func (r *redactReader) Close() error {
+	if r.pool != nil && r.buf != nil {
+		b := r.buf[:0]
+		clear(b[:cap(b)])
+		r.pool.Put(&b)
+	}
+	r.buf, r.pool = nil, nil
+	r.off, r.ready = 0, 0
+	if r.err == nil {
+		r.err = io.ErrClosedPipe
+	}
+	return r.src.Close()
+}
+
+// capReader fails once more than limit bytes have been read.
+type capReader struct {
+	src   io.ReadCloser
+	n     int64
+	limit int64
+	hit   bool
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.hit {
+		return 0, errResponseTooLarge
+	}
+	n, err := c.src.Read(p)
+	c.n += int64(n)
+	if c.n > c.limit {
+		c.hit = true
+		n -= int(c.n - c.limit)
+		c.n = c.limit
+		return n, errResponseTooLarge
+	}
+	return n, err
+}
+
+func (c *capReader) Close() error { return c.src.Close() }
+
+// responseWriter sits between ReverseProxy and the caller. Headers are staged
+// and reach the caller only with a final (>= 200) status, so 1xx interim
+// responses (whose headers ReverseProxy copies and then clears) are never
+// relayed and cannot wipe the broker's own headers. It records the status and
+// bytes for the use_result event and can override the status of an error the
+// broker renders (413, 502, 504).
+type responseWriter struct {
+	w        http.ResponseWriter
+	staged   http.Header
+	status   int
+	bytes    int64
+	override int
+}
+
+func newResponseWriter(w http.ResponseWriter) *responseWriter {
+	return &responseWriter{w: w, staged: http.Header{}}
+}
+
+func (rw *responseWriter) Header() http.Header {
+	if rw.status != 0 {
+		return rw.w.Header()
+	}
+	return rw.staged
+}
+
+func (rw *responseWriter) WriteHeader(code int) {
+	if rw.status != 0 || code < 200 {
+		return
+	}
+	if rw.override != 0 {
+		code = rw.override
+	}
+	h := rw.w.Header()
+	for k, v := range rw.staged {
+		h[k] = v
+	}
+	rw.status = code
+	rw.w.WriteHeader(code)
+}
+
+func (rw *responseWriter) Write(b []byte) (int, error) {
+	if rw.status == 0 {
+		rw.WriteHeader(http.StatusOK)
+	}
+	n, err := rw.w.Write(b)
+	rw.bytes += int64(n)
+	return n, err
+}
+
+func (rw *responseWriter) Flush() {
+	if rw.status == 0 {
+		rw.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(rw.w).Flush()
+}
+
+// statusWriter overrides the status of a response the error renderer writes
+// (it knows the OAuth categories only: 413 and 502 are not among them).
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s statusWriter) WriteHeader(int) { s.ResponseWriter.WriteHeader(s.code) }
+
+// bufferPool is the ReverseProxy copy-buffer pool.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte { return *(b.p.Get().(*[]byte)) }
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) == 32<<10 {
+		b.p.Put(&buf)
+	}
+}

@@ -1,0 +1,82 @@
+// Package proxy is keytrail's credential-injecting reverse proxy: workloads
+// call an upstream API through ANY /v1/proxy/{grant}/{path...} with a
+// short-lived proxy credential, and the broker injects the upstream's shared
+// secret on the way out, so the workload never holds it and every call is
+// attributed to one issuance.
+//
+// It owns:
+//
+//   - Minter: the broker.Minter and broker.Revoker of grant kind "proxy". A
+//     proxy credential is "ktp_" + 256 random bits (base64url); the broker
+//     stores only its fingerprint. Revocation is the issuance's RevokedAt in
+//     the store (and blocks), checked on every request: nothing to do at a
+//     backend.
+//   - Proxy: the handler, mounted by Register through httpapi.Options.Extra.
+//
+// What every request goes through, in order (the first failure answers,
+// through httpapi's one error renderer):
+//
+//  1. CONNECT is refused (400).
+//  2. The credential is taken from "Authorization: Bearer" or
+//     "Proxy-Authorization: Bearer"; missing or unknown: 401 invalid_token.
+//  3. The issuance found by its fingerprint must be of kind proxy and for the
+//     {grant} of the URL (403), unexpired (401), unrevoked (403), its workload
+//     unblocked (403), and the grant must still exist in the policy in force
+//     with the workload still allowed it (403).
+//  4. The workload's rate limit applies (429 with Retry-After).
+//  5. The request target must be exactly what a well-behaved client sends:
+//     origin-form (no absolute URI), a Host the broker answers on, no Upgrade
+//     or HTTP2-Settings (h2c), and a path free of "..", ".", "//", encoded
+//     slashes or backslashes, NUL and control bytes, double encoding (400).
+//     The path is checked on the raw request target, not on a decoded copy.
+//  6. The method (403 access_denied, reason method_not_allowed: the grant's
+//     policy denies it, like a path it does not list) and the path must be
+//     allowed by the grant (403).
+//  7. A request body over MaxRequestBytes is refused with 413 before anything
+//     goes upstream when its length is declared; a streamed body that grows
+//     past the cap is cut off (the upstream sees an incomplete request) and
+//     the caller gets 413.
+//  8. The secret is read (503 when it cannot be).
+//  9. A "use" audit event is made durable; if it cannot be, the caller gets
+//     503 and nothing is sent upstream.
+//  10. The request goes upstream through httputil.ReverseProxy with Rewrite
+//     only (never Director): the caller's Authorization,
+//     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded and
+//     X-Forwarded-* headers are removed, the secret is injected as the grant
+//     says, and X-Request-Id: <use id> and X-Keytrail-Issuance: <issuance id>
+//     are set. Because this happens in Rewrite, after ReverseProxy removed
+//     the hop-by-hop headers, a caller's "Connection: X-Keytrail-Issuance"
+//     cannot strip them.
+//  11. A "use_result" audit event records status, bytes and duration (best
+//     effort: the response has been sent; a failure is logged).
+//
+// The upstream connection: a Transport per grant (built from the grant's
+// ca_file, cached per grant and policy hash), never a proxy from the
+// environment, never following redirects (a 3xx goes back to the caller
+// unfollowed), with dial, TLS handshake, response header and overall
+// timeouts. Its dialer only ever dials the grant's upstream host and port,
+// resolves the name itself and refuses loopback, private, link-local,
+// unspecified, multicast and other non-public addresses unless the grant says
+// allow_private: true; the address checked is the address dialled (no
+// re-resolution in between).
+//
+// The secret never reaches the caller through the broker: response headers
+// whose value contains it (raw or URL-encoded) are dropped, upstream trailers
+// are dropped, 1xx interim responses are not relayed, and the response body
+// is scanned while it streams and every occurrence of the secret (raw or
+// URL-encoded) is overwritten with '*' of the same length (Content-Length
+// stays right). The upstream is asked for identity encoding so the scan sees
+// plain bytes; a body the upstream compresses anyway is relayed unscanned
+// (and logged). Errors the broker writes (502 when the upstream cannot be
+// reached or misbehaves) never carry upstream error text. Responses over
+// MaxResponseBytes are refused (502) when their length is declared, and cut
+// off (connection aborted) when streamed.
+//
+// Shared use: a credential used from a source address other than the one it
+// was issued to (or, when that is unknown, its first use) is recorded once
+// per issuance and new address as a shared_use_suspected audit event and
+// counted in keytrail_shared_use_suspected_total{grant}. The record is per
+// broker instance (held in memory). A proxy request carries no identity
+// token, so the session of the caller cannot be observed here; the address
+// is the signal.
+package proxy

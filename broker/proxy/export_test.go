@@ -1,0 +1,27 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+)
+
+// NormalizePath exposes the path normaliser to the external tests and the
+// fuzz target.
+func NormalizePath(escaped string) (string, error) {
+	p, why := normalizePath(escaped)
+	if why != "" {
+		return "", errors.New(why)
+	}
+	return p, nil
+}
+
+// PublicAddr exposes the dialer's address filter.
+var PublicAddr = publicAddr
+
+// SecretForms and NewRedactReader expose the response scan.
+var (
+	SecretForms     = secretForms
+	NewRedactReader = func(src io.ReadCloser, forms [][]byte) io.Reader {
+		return newRedactReader(src, forms, newRedactBufferPool())
+	}
+)

@@ -1,0 +1,481 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/broker/proxy"
+	"github.com/keytrail/keytrail/policies"
+)
+
+const (
+	identityToken = "eyJhbGciOiJFUzI1NiJ9.payments.sig"
+	upstreamKey   = "sk_live_51HxUpstreamSharedSecret/+=&key"
+	queryKey      = "qk_upstream_query_secret"
+	maxReqBytes   = 1024
+	maxRespBytes  = 4096
+)
+
+const policyTemplate = `
+version: 1
+issuers:
+  - name: ci
+    issuer: https://ci.example
+    jwks_url: https://ci.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: payments
+    owner: team-payments
+    match: {issuer: ci, subject: repo:acme/payments}
+    grants: [stripe, other, closed, query-api]
+    rate: {per_second: %g, burst: %d}
+grants:
+  - name: stripe
+    kind: proxy
+    ttl: 10m
+    proxy:
+      upstream: %[3]s
+      allow_private: true
+      ca_file: %[4]s
+      secret: {vault_kv: secret/data/upstreams/stripe, field: api_key}
+      inject: {header: Authorization, format: "Bearer {secret}"}
+      methods: [GET, POST]
+      paths: ["/v1/charges", "/v1/charges/*", "/echo", "/echo/*", "/up/*"]
+  - name: other
+    kind: proxy
+    ttl: 10m
+    proxy:
+      upstream: %[3]s
+      allow_private: true
+      ca_file: %[4]s
+      secret: {vault_kv: secret/data/upstreams/stripe, field: api_key}
+      inject: {header: Authorization, format: "Bearer {secret}"}
+      paths: ["/v1/other"]
+  - name: closed
+    kind: proxy
+    ttl: 10m
+    proxy:
+      upstream: %[3]s
+      ca_file: %[4]s
+      secret: {vault_kv: secret/data/upstreams/stripe, field: api_key}
+      inject: {header: Authorization, format: "Bearer {secret}"}
+      paths: ["/v1/charges"]
+  - name: query-api
+    kind: proxy
+    ttl: 10m
+    proxy:
+      upstream: %[3]s/base
+      allow_private: true
+      ca_file: %[4]s
+      secret: {vault_kv: secret/data/upstreams/query, field: key}
+      inject: {query: api_key}
+      paths: ["/search"]
+`
+
+// clock is the injected clock shared by the Service, the store and the
+// proxy.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// secrets is a fake SecretSource.
+type secrets struct {
+	mu    sync.Mutex
+	reads int
+}
+
+func (s *secrets) Secret(ctx context.Context, ref policies.ProxySecret) (string, error) {
+	s.mu.Lock()
+	s.reads++
+	s.mu.Unlock()
+	switch ref {
+	case policies.ProxySecret{VaultKV: "secret/data/upstreams/stripe", Field: "api_key"}:
+		return upstreamKey, nil
+	case policies.ProxySecret{VaultKV: "secret/data/upstreams/query", Field: "key"}:
+		return queryKey, nil
+	}
+	return "", broker.Errorf(broker.ErrNotFound, "secret_not_found", "not found", nil)
+}
+
+// notifySink is a brokertest.Sink that announces every appended event type.
+type notifySink struct {
+	*brokertest.Sink
+	appended chan string
+}
+
+func (s *notifySink) Append(ctx context.Context, ev *audit.Event) error {
+	err := s.Sink.Append(ctx, ev)
+	if err == nil {
+		select {
+		case s.appended <- ev.Type:
+		default:
+		}
+	}
+	return err
+}
+
+// discardSink accepts every event and keeps none (benchmarks).
+type discardSink struct{}
+
+func (discardSink) Append(ctx context.Context, ev *audit.Event) error { return nil }
+
+// seenRequest is what the upstream recorded of one request.
+type seenRequest struct {
+	Method  string
+	Path    string
+	RawPath string
+	Query   string
+	Host    string
+	Header  http.Header
+}
+
+// upstream is the real HTTPS upstream of the tests.
+type upstream struct {
+	srv  *httptest.Server
+	hits atomic.Int64
+	mu   sync.Mutex
+	last *seenRequest
+}
+
+func (u *upstream) Hits() int64 { return u.hits.Load() }
+
+func (u *upstream) Last() *seenRequest {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last
+}
+
+func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u.hits.Add(1)
+	u.mu.Lock()
+	u.last = &seenRequest{Method: r.Method, Path: r.URL.Path, RawPath: r.URL.RawPath, Query: r.URL.RawQuery, Host: r.Host, Header: r.Header.Clone()}
+	u.mu.Unlock()
+	_, _ = io.Copy(io.Discard, r.Body)
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/echo"):
+		// Echo the request headers, the way debugging endpoints and some
+		// error pages do.
+		status := http.StatusOK
+		if r.URL.Path == "/echo/error" {
+			status = http.StatusBadRequest
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]any{"error": "echo", "headers": r.Header})
+	case r.URL.Path == "/up/redirect-away":
+		http.Redirect(w, r, r.URL.Query().Get("to"), http.StatusFound)
+	case r.URL.Path == "/up/redirect-leak":
+		w.Header().Set("Location", r.URL.Query().Get("to")+"?key="+strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+		w.WriteHeader(http.StatusFound)
+	case r.URL.Path == "/up/header-leak":
+		w.Header().Set("X-Debug-Auth", r.Header.Get("Authorization"))
+		w.Header().Set("X-Fine", "kept")
+		w.Header().Set("X-Request-Id", "upstream-own-id")
+		_, _ = io.WriteString(w, "ok")
+	case r.URL.Path == "/up/big":
+		w.Header().Set("Content-Length", fmt.Sprint(maxRespBytes+1))
+		_, _ = w.Write([]byte(strings.Repeat("x", maxRespBytes+1)))
+	case r.URL.Path == "/up/stream-big":
+		f := w.(http.Flusher)
+		for range 8 {
+			_, _ = w.Write([]byte(strings.Repeat("y", 1024)))
+			f.Flush()
+		}
+	case r.URL.Path == "/up/hang":
+		<-r.Context().Done() // until the proxy gives up
+	case r.URL.Path == "/up/switch":
+		w.Header().Set("Upgrade", "h2c")
+		w.Header().Set("Connection", "Upgrade")
+		w.WriteHeader(http.StatusSwitchingProtocols)
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"object":"list","data":[]}`)
+	}
+}
+
+// fixture is a broker with the proxy mounted, a real HTTPS upstream and an
+// "evil" server that must never be reached.
+type fixture struct {
+	clk      *clock
+	store    *memstore.Store
+	sink     *notifySink
+	svc      *broker.Service
+	proxy    *proxy.Proxy
+	broker   *httptest.Server
+	addr     string
+	client   *http.Client
+	up       *upstream
+	evil     *upstream
+	secrets  *secrets
+	registry *prometheus.Registry
+	notify   bool // events reach f.sink (false when fixtureOpts.audit is set)
+}
+
+type fixtureOpts struct {
+	ratePerSecond float64
+	burst         int
+	audit         broker.AuditSink // default: the notifying sink
+	timeouts      proxy.Timeouts
+}
+
+func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
+	tb.Helper()
+	if fo.ratePerSecond == 0 {
+		fo.ratePerSecond, fo.burst = 1e6, 1e6
+	}
+	f := &fixture{
+		clk:      &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)},
+		up:       &upstream{},
+		evil:     &upstream{},
+		secrets:  &secrets{},
+		registry: prometheus.NewRegistry(),
+		sink:     &notifySink{Sink: &brokertest.Sink{}, appended: make(chan string, 1024)},
+	}
+	f.up.srv = httptest.NewTLSServer(f.up)
+	tb.Cleanup(f.up.srv.Close)
+	f.evil.srv = httptest.NewTLSServer(f.evil)
+	tb.Cleanup(f.evil.srv.Close)
+
+	caFile := filepath.Join(tb.TempDir(), "upstream-ca.pem")
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.up.srv.Certificate().Raw})
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	pol, err := policies.Parse("p.yaml", []byte(fmt.Sprintf(policyTemplate, fo.ratePerSecond, fo.burst, f.up.srv.URL, caFile)))
+	if err != nil {
+		tb.Fatalf("policy: %v", err)
+	}
+
+	f.store = memstore.New(f.clk.Now)
+	minter, err := proxy.NewMinter(proxy.MinterOptions{PublicURL: "https://keytrail.example"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var sink broker.AuditSink = f.sink
+	f.notify = fo.audit == nil
+	if !f.notify {
+		sink = fo.audit
+	}
+	authn := brokertest.Authn{identityToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/payments",
+		JTI: "jti-1", Claims: map[string]any{"sub": "repo:acme/payments"}}}
+	f.svc, err = broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindProxy: minter},
+		Revokers: map[string]broker.Revoker{broker.KindProxy: minter},
+		Store:    f.store,
+		Audit:    sink,
+		Now:      f.clk.Now,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+
+	f.broker = httptest.NewUnstartedServer(nil)
+	f.addr = f.broker.Listener.Addr().String()
+	f.proxy, err = proxy.New(proxy.Options{
+		Service:          f.svc,
+		Secrets:          f.secrets,
+		Hosts:            []string{f.addr},
+		MaxRequestBytes:  maxReqBytes,
+		MaxResponseBytes: maxRespBytes,
+		Registerer:       f.registry,
+		Timeouts:         fo.timeouts,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Options{
+		Service: f.svc, PublicURL: "https://keytrail.example",
+		TrustProxyHeaders: true, Extra: f.proxy.Register,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f.broker.Config.Handler = api.Routes()
+	f.broker.Start()
+	tb.Cleanup(f.broker.Close)
+	tb.Cleanup(f.proxy.CloseIdleConnections)
+	f.client = &http.Client{
+		Transport:     &http.Transport{MaxIdleConnsPerHost: 64},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	tb.Cleanup(f.client.CloseIdleConnections)
+	return f
+}
+
+// credential exchanges the identity token for a proxy credential of grant.
+func (f *fixture) credential(tb testing.TB, grant string) *broker.ExchangeResult {
+	tb.Helper()
+	res, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{
+		SubjectToken: identityToken, Grant: grant,
+		Source: broker.Source{IP: "127.0.0.1"}, RequestID: "req_exchange",
+	})
+	if err != nil {
+		tb.Fatalf("Exchange(%s) = %v", grant, err)
+	}
+	if f.notify { // drain the issue event's notification
+		f.waitEvent(tb, audit.TypeIssue)
+	}
+	return res
+}
+
+// waitEvent waits until an event of type typ was appended.
+func (f *fixture) waitEvent(tb testing.TB, typ string) {
+	tb.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case got := <-f.sink.appended:
+			if got == typ {
+				return
+			}
+		case <-timeout:
+			tb.Fatalf("no %s audit event within 10s; events: %v", typ, f.sink.Types())
+		}
+	}
+}
+
+// response is a response read in full.
+type response struct {
+	Status int
+	Header http.Header
+	Body   string
+	Err    error // error reading the body
+}
+
+// raw returns the whole response as text, for secret scans.
+func (r *response) raw() string {
+	var b strings.Builder
+	_ = r.Header.Write(&b)
+	b.WriteString(r.Body)
+	return b.String()
+}
+
+// do sends a request through the broker.
+func (f *fixture) do(tb testing.TB, method, path string, hdr http.Header, body io.Reader) *response {
+	tb.Helper()
+	req, err := http.NewRequest(method, "http://"+f.addr+path, body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	res, err := f.client.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, rerr := io.ReadAll(res.Body)
+	return &response{Status: res.StatusCode, Header: res.Header, Body: string(b), Err: rerr}
+}
+
+// rawRequest writes a request exactly as given (header lines joined with
+// CRLF, then the body) on a new connection and reads the response.
+func (f *fixture) rawRequest(tb testing.TB, lines []string, body string) *response {
+	tb.Helper()
+	conn, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, strings.Join(lines, "\r\n")+"\r\n\r\n"+body); err != nil {
+		tb.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		tb.Fatalf("reading response to %q: %v", lines[0], err)
+	}
+	defer res.Body.Close()
+	b, rerr := io.ReadAll(res.Body)
+	return &response{Status: res.StatusCode, Header: res.Header, Body: string(b), Err: rerr}
+}
+
+func bearer(tok string) http.Header {
+	return http.Header{"Authorization": {"Bearer " + tok}}
+}
+
+// eventsOf returns the recorded events of one type.
+func (f *fixture) eventsOf(typ string) []*audit.Event {
+	var out []*audit.Event
+	for _, ev := range f.sink.Events() {
+		if ev.Type == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// oauthError decodes an OAuth error body.
+func oauthError(tb testing.TB, body string) (code string) {
+	tb.Helper()
+	var e struct {
+		Error     string `json:"error"`
+		RequestID string `json:"request_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &e); err != nil {
+		tb.Fatalf("error body %q is not JSON: %v", body, err)
+	}
+	if e.RequestID == "" {
+		tb.Errorf("error body %q has no request_id", body)
+	}
+	return e.Error
+}
+
+func eventJSON(tb testing.TB, v any) string {
+	tb.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(b)
+}
+
+// leaks reports whether s carries the upstream secret raw, URL-encoded or
+// JSON-escaped.
+func leaks(s string) bool {
+	for _, form := range []string{upstreamKey, url.QueryEscape(upstreamKey), url.PathEscape(upstreamKey), `sk_live_51HxUpstreamSharedSecret/+\u0026key`} {
+		if strings.Contains(s, form) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"strings"
+)
+
+// maxPathBytes bounds the forwarded path.
+const maxPathBytes = 4096
+
+// pathPrefix is where the proxy is mounted.
+const pathPrefix = "/v1/proxy/"
+
+// splitTarget takes the raw request target (r.RequestURI, exactly as the
+// client sent it) and returns the escaped grant segment, the escaped tail
+// ("/..." after the grant) and the raw query. ok is false when the target is
+// not origin-form under pathPrefix.
+func splitTarget(requestURI string) (grantSeg, tail, rawQuery string, reason string) {
+	if !strings.HasPrefix(requestURI, "/") {
+		return "", "", "", "absolute_target" // absolute-form, authority-form or "*"
+	}
+	escaped, rawQuery, _ := strings.Cut(requestURI, "?")
+	if strings.ContainsAny(rawQuery, "#\x00\r\n") {
+		return "", "", "", "bad_query"
+	}
+	rest, ok := strings.CutPrefix(escaped, pathPrefix)
+	if !ok {
+		return "", "", "", "bad_path"
+	}
+	i := strings.IndexByte(rest, '/')
+	if i <= 0 {
+		return "", "", "", "bad_path"
+	}
+	return rest[:i], rest[i:], rawQuery, ""
+}
+
+// normalizePath checks the escaped path tail exactly as the client sent it
+// and returns it decoded (what the grant's path patterns are matched
+// against). It refuses, rather than cleans, anything that could make the
+// upstream see another path than the one checked: "." and ".." segments
+// (also percent-encoded, also with ";params"), empty segments ("//") except a
+// trailing slash, encoded slashes and backslashes, raw backslashes, NUL and
+// control bytes (raw or encoded), double encoding ("%25"), encoded "?" and
+// "#", malformed escapes, raw non-ASCII bytes, and paths over 4 KiB. reason
+// is "" when the path is accepted.
+func normalizePath(escaped string) (decoded string, reason string) {
+	if len(escaped) == 0 || escaped[0] != '/' {
+		return "", "path_not_absolute"
+	}
+	if len(escaped) > maxPathBytes {
+		return "", "path_too_long"
+	}
+	var b strings.Builder
+	b.Grow(len(escaped))
+	segs := strings.Split(escaped[1:], "/")
+	for i, seg := range segs {
+		if seg == "" {
+			if i != len(segs)-1 {
+				return "", "empty_segment"
+			}
+			b.WriteByte('/')
+			continue
+		}
+		d, why := decodeSegment(seg)
+		if why != "" {
+			return "", why
+		}
+		base, _, _ := strings.Cut(d, ";")
+		base = strings.TrimRight(base, " \t")
+		if base == "." || base == ".." {
+			return "", "dot_segment"
+		}
+		b.WriteByte('/')
+		b.WriteString(d)
+	}
+	return b.String(), ""
+}
+
+// decodeSegment percent-decodes one path segment, refusing what
+// normalizePath refuses.
+func decodeSegment(seg string) (string, string) {
+	if strings.IndexByte(seg, '%') < 0 {
+		for i := 0; i < len(seg); i++ {
+			if why := rawByteProblem(seg[i]); why != "" {
+				return "", why
+			}
+		}
+		return seg, ""
+	}
+	out := make([]byte, 0, len(seg))
+	for i := 0; i < len(seg); i++ {
+		c := seg[i]
+		if c != '%' {
+			if why := rawByteProblem(c); why != "" {
+				return "", why
+			}
+			out = append(out, c)
+			continue
+		}
+		if i+2 >= len(seg) || !isHex(seg[i+1]) || !isHex(seg[i+2]) {
+			return "", "bad_escape"
+		}
+		d := unhex(seg[i+1])<<4 | unhex(seg[i+2])
+		switch {
+		case d == '/' || d == '\\':
+			return "", "encoded_slash"
+		case d == '%':
+			return "", "double_encoding"
+		case d == '?' || d == '#':
+			return "", "encoded_delimiter"
+		case d < 0x20 || d == 0x7f:
+			return "", "control_byte"
+		}
+		out = append(out, d)
+		i += 2
+	}
+	return string(out), ""
+}
+
+// rawByteProblem says why a byte may not appear unescaped in a path.
+func rawByteProblem(c byte) string {
+	switch {
+	case c == '\\':
+		return "backslash"
+	case c <= 0x20 || c == 0x7f:
+		return "control_byte"
+	case c >= 0x80:
+		return "non_ascii"
+	case c == '#' || c == '?':
+		return "encoded_delimiter"
+	}
+	return ""
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
+}
+
+// auditPath is the upstream path with the query reduced to its parameter
+// names (values may carry personal data; the injected parameter is left
+// out).
+func auditPath(path, rawQuery, injectParam string) string {
+	if rawQuery == "" {
+		return path
+	}
+	var keys []string
+	seen := map[string]bool{}
+	for _, kv := range strings.Split(rawQuery, "&") {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "" || seen[k] || (injectParam != "" && queryKeyIs(k, injectParam)) {
+			continue
+		}
+		seen[k] = true
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return path
+	}
+	return path + "?" + strings.Join(keys, "&")
+}

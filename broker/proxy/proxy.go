@@ -1,0 +1,638 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxRequestBytes     = 10 << 20
+	DefaultMaxResponseBytes    = 50 << 20
+	DefaultMaxIdleConnsPerHost = 64
+)
+
+// Timeouts bound one proxied request. Zero fields take the defaults.
+type Timeouts struct {
+	Dial           time.Duration // TCP connect to the upstream (default 5s)
+	TLSHandshake   time.Duration // default 5s
+	ResponseHeader time.Duration // from request sent to response headers (default 30s)
+	Overall        time.Duration // the whole exchange, body included (default 60s)
+	IdleConn       time.Duration // idle upstream connections are closed after (default 90s)
+}
+
+func (t *Timeouts) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Dial, 5*time.Second)
+	def(&t.TLSHandshake, 5*time.Second)
+	def(&t.ResponseHeader, 30*time.Second)
+	def(&t.Overall, 60*time.Second)
+	def(&t.IdleConn, 90*time.Second)
+}
+
+// Options configure New.
+type Options struct {
+	Service *broker.Service     // required
+	Secrets broker.SecretSource // required (adapters/vault.KVSecrets)
+	Logger  *slog.Logger        // default: discard
+	Now     func() time.Time    // default: Service.Now
+	// PublicURL is the broker's public base URL; its host is a Host header
+	// value the proxy answers on.
+	PublicURL string
+	// Hosts are more Host header values the proxy answers on ("host" matches
+	// any port, "host:port" that port only). When PublicURL and Hosts are
+	// both empty the Host header is not checked (it never changes the
+	// destination either way).
+	Hosts               []string
+	MaxRequestBytes     int64 // default DefaultMaxRequestBytes
+	MaxResponseBytes    int64 // default DefaultMaxResponseBytes
+	Timeouts            Timeouts
+	MaxIdleConnsPerHost int // default DefaultMaxIdleConnsPerHost
+	// Registerer receives the proxy metrics; nil leaves them unregistered.
+	Registerer prometheus.Registerer
+	// Resolver resolves upstream names (default net.DefaultResolver).
+	Resolver *net.Resolver
+	// StoreTimeout bounds one store call (default 2s); SecretTimeout one
+	// secret read (default 5s).
+	StoreTimeout  time.Duration
+	SecretTimeout time.Duration
+}
+
+// Proxy is the credential-injecting reverse proxy. See the package
+// documentation for what it checks and promises.
+type Proxy struct {
+	o          Options
+	log        *slog.Logger
+	now        func() time.Time
+	hosts      []string
+	metrics    *Metrics
+	bufs       *bufferPool
+	shared     *sharedTracker
+	errLog     *log.Logger // ReverseProxy's own messages (no secrets: they name no request data)
+	redactBufs *sync.Pool
+
+	mu         sync.Mutex
+	transports map[string]*grantTransport // by grant name
+}
+
+// New validates o and returns a Proxy.
+func New(o Options) (*Proxy, error) {
+	var errs []error
+	if o.Service == nil {
+		errs = append(errs, errors.New("proxy: Options.Service is required"))
+	}
+	if o.Secrets == nil {
+		errs = append(errs, errors.New("proxy: Options.Secrets is required"))
+	}
+	if o.MaxRequestBytes < 0 || o.MaxResponseBytes < 0 || o.MaxIdleConnsPerHost < 0 {
+		errs = append(errs, errors.New("proxy: size limits must not be negative"))
+	}
+	var hosts []string
+	if o.PublicURL != "" {
+		u, err := url.Parse(o.PublicURL)
+		if err != nil || u.Host == "" {
+			errs = append(errs, errors.New("proxy: Options.PublicURL must be an absolute URL"))
+		} else {
+			hosts = append(hosts, strings.ToLower(u.Host))
+		}
+	}
+	for _, h := range o.Hosts {
+		if h == "" || strings.ContainsAny(h, "/?#@ ") {
+			errs = append(errs, fmt.Errorf("proxy: Options.Hosts: %q is not a host or host:port", h))
+			continue
+		}
+		hosts = append(hosts, strings.ToLower(h))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = o.Service.Now
+	}
+	if o.MaxRequestBytes == 0 {
+		o.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if o.MaxResponseBytes == 0 {
+		o.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if o.MaxIdleConnsPerHost == 0 {
+		o.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+	}
+	if o.Resolver == nil {
+		o.Resolver = net.DefaultResolver
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 2 * time.Second
+	}
+	if o.SecretTimeout <= 0 {
+		o.SecretTimeout = 5 * time.Second
+	}
+	o.Timeouts.defaults()
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: metrics: %w", err)
+	}
+	return &Proxy{
+		o: o, log: o.Logger, now: o.Now, hosts: hosts, metrics: m,
+		bufs: newBufferPool(), shared: newSharedTracker(), redactBufs: newRedactBufferPool(),
+		errLog:     slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+		transports: map[string]*grantTransport{},
+	}, nil
+}
+
+// Metrics returns the proxy's metrics.
+func (p *Proxy) Metrics() *Metrics { return p.metrics }
+
+// Register mounts the proxy at ANY /v1/proxy/{grant}/{path...}. Its
+// signature is that of httpapi.Options.Extra.
+func (p *Proxy) Register(mux *http.ServeMux, api *httpapi.Server) {
+	mux.Handle(pathPrefix+"{grant}/{path...}", &handler{p: p, api: api})
+}
+
+// handler serves proxy requests with the error renderer and source
+// extraction of one httpapi.Server.
+type handler struct {
+	p   *Proxy
+	api *httpapi.Server
+}
+
+// call is one proxied request as it is checked and forwarded.
+type call struct {
+	h      *handler
+	r      *http.Request
+	start  time.Time
+	src    broker.Source
+	fp     string
+	is     *broker.Issuance
+	grant  *policies.Grant
+	label  string // metrics grant label
+	status int    // returned to the caller
+
+	tail     string // escaped path after /v1/proxy/{grant}, as sent
+	path     string // tail decoded (what the grant's patterns match)
+	rawQuery string
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := &call{h: h, r: r, start: time.Now(), src: h.api.Source(r)}
+	defer func() { h.p.metrics.observe(c.label, c.status, time.Since(c.start)) }()
+	if err := c.check(); err != nil {
+		c.fail(w, err)
+		return
+	}
+	c.forward(w)
+}
+
+// Stable reasons of refused requests.
+func invalidToken(reason, safe string) error {
+	return &broker.Error{Kind: broker.ErrUnauthenticated, Code: "invalid_token", Reason: reason, Safe: safe}
+}
+
+func badRequest(reason string) error {
+	return broker.Errorf(broker.ErrInvalidRequest, reason, "the request cannot be proxied ("+strings.ReplaceAll(reason, "_", " ")+")", nil)
+}
+
+func denied(reason, safe string) error {
+	return broker.Errorf(broker.ErrDenied, reason, safe, nil)
+}
+
+// tooLarge is rendered with status 413.
+type tooLarge struct{ error }
+
+// check runs every check of the package documentation, steps 1 to 7.
+func (c *call) check() error {
+	p, r := c.h.p, c.r
+	if r.Method == http.MethodConnect {
+		return badRequest("connect_refused")
+	}
+	tok := httpapi.BearerToken(r, "Authorization")
+	if tok == "" {
+		tok = httpapi.BearerToken(r, "Proxy-Authorization")
+	}
+	if tok == "" {
+		return invalidToken("missing_credential", "a proxy credential is required as a Bearer token")
+	}
+	if !strings.HasPrefix(tok, TokenPrefix) {
+		return invalidToken("unknown_credential", "the proxy credential is not valid")
+	}
+	c.fp = broker.Fingerprint(tok)
+	svc := p.o.Service
+	sctx, cancel := context.WithTimeout(r.Context(), p.o.StoreTimeout)
+	is, err := svc.Store().FindIssuance(sctx, broker.RefFingerprint, c.fp)
+	cancel()
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		return invalidToken("unknown_credential", "the proxy credential is not valid")
+	case err != nil:
+		return broker.Unavailable("store_unavailable", time.Second, err)
+	}
+	c.is = is
+
+	if is.Kind != broker.KindProxy || is.Grant != r.PathValue("grant") {
+		return denied("wrong_grant", "the credential is not for this grant")
+	}
+	if !p.now().Before(is.ExpiresAt) {
+		return invalidToken("credential_expired", "the proxy credential has expired")
+	}
+	if !is.RevokedAt.IsZero() {
+		return denied("credential_revoked", "the credential has been revoked")
+	}
+	sctx, cancel = context.WithTimeout(r.Context(), p.o.StoreTimeout)
+	_, err = svc.Store().GetBlock(sctx, is.Workload)
+	cancel()
+	switch {
+	case err == nil:
+		return denied("workload_blocked", "the workload is blocked")
+	case !errors.Is(err, broker.ErrNotFound):
+		return broker.Unavailable("store_unavailable", time.Second, err)
+	}
+	pol := svc.Policy()
+	g, ok := pol.Grant(is.Grant)
+	if !ok || g.Kind != broker.KindProxy || g.Proxy == nil {
+		return denied("grant_removed", "the grant no longer exists")
+	}
+	c.grant, c.label = g, g.Name
+	wl, ok := pol.Workload(is.Workload)
+	if !ok || !pol.Allowed(wl, g.Name) {
+		return denied("grant_not_allowed", "the workload is no longer allowed this grant")
+	}
+	if err := svc.Allow(wl); err != nil {
+		return err
+	}
+
+	// The request must be exactly what a well-behaved client sends.
+	if r.URL.IsAbs() || !strings.HasPrefix(r.RequestURI, "/") {
+		return badRequest("absolute_target")
+	}
+	if !p.hostAllowed(r.Host) {
+		return badRequest("bad_host")
+	}
+	if r.Header.Get("Upgrade") != "" || r.Header.Get("HTTP2-Settings") != "" || headerHasToken(r.Header, "Connection", "upgrade") {
+		return badRequest("upgrade_refused")
+	}
+	grantSeg, tail, rawQuery, why := splitTarget(r.RequestURI)
+	if why != "" {
+		return badRequest(why)
+	}
+	if gs, err := url.PathUnescape(grantSeg); err != nil || gs != is.Grant {
+		return badRequest("bad_path")
+	}
+	path, why := normalizePath(tail)
+	if why != "" {
+		return badRequest(why)
+	}
+	c.tail, c.path, c.rawQuery = tail, path, rawQuery
+	if !g.Proxy.AllowsMethod(r.Method) {
+		return denied("method_not_allowed", "the grant does not allow this method")
+	}
+	if !g.Proxy.AllowsPath(path) {
+		return denied("path_not_allowed", "the grant does not allow this path")
+	}
+	if r.ContentLength > p.o.MaxRequestBytes {
+		return tooLarge{badRequest("body_too_large")}
+	}
+	return nil
+}
+
+// hostAllowed reports whether the Host header names the broker.
+func (p *Proxy) hostAllowed(host string) bool {
+	if len(p.hosts) == 0 {
+		return true
+	}
+	host = strings.ToLower(host)
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
+	}
+	for _, a := range p.hosts {
+		if host == a {
+			return true
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil && name == strings.Trim(a, "[]") {
+			return true
+		}
+	}
+	return false
+}
+
+// headerHasToken reports whether a comma-separated header lists token.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// fail renders a refused request and, when the credential was identified,
+// records a deny event naming its issuance.
+func (c *call) fail(w http.ResponseWriter, err error) {
+	var tl tooLarge
+	status := broker.StatusOf(broker.AsError(err))
+	if errors.As(err, &tl) {
+		err, status = tl.error, http.StatusRequestEntityTooLarge
+		w = statusWriter{ResponseWriter: w, code: status}
+	}
+	c.status = status
+	if c.is != nil {
+		e := broker.AsError(err)
+		ev := c.event(audit.TypeDeny)
+		ev.Outcome = &audit.Outcome{Status: status, Error: broker.CodeOf(e), Reason: e.Reason}
+		if aerr := c.h.p.o.Service.Audit(c.r.Context(), ev); aerr != nil {
+			c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit proxy deny event failed",
+				slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", aerr.Error()))
+		}
+	}
+	c.h.api.WriteError(w, c.r, err)
+}
+
+// event returns an audit event about this call's issuance.
+func (c *call) event(typ string) *audit.Event {
+	is := c.is
+	ev := &audit.Event{
+		Type: typ, RequestID: httpapi.RequestID(c.r),
+		IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner, SessionID: is.SessionID,
+		Grant: is.Grant, Kind: is.Kind, Credential: &audit.Credential{Fingerprint: c.fp},
+	}
+	if c.src.IP != "" || c.src.UserAgent != "" {
+		ev.Source = &audit.Source{IP: c.src.IP, UserAgent: c.src.UserAgent}
+	}
+	return ev
+}
+
+// sharedUse records a shared_use_suspected event when the credential comes
+// from a new source address. Best effort: the request goes on either way.
+func (c *call) sharedUse() {
+	p := c.h.p
+	first, n, suspect := p.shared.observe(c.is, c.src.IP, p.now())
+	if !suspect {
+		return
+	}
+	ev := c.event(audit.TypeSharedUse)
+	ev.Reason = "new_source_address"
+	ev.Details = map[string]any{"first_address": first, "address": c.src.IP, "addresses_seen": n}
+	if err := p.o.Service.Audit(c.r.Context(), ev); err != nil {
+		p.shared.forget(c.is.ID, c.src.IP)
+		p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit shared_use_suspected event failed",
+			slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
+		return
+	}
+	p.metrics.SharedUse.WithLabelValues(c.label).Inc()
+	p.log.LogAttrs(c.r.Context(), slog.LevelWarn, "proxy credential used from a new address",
+		slog.String("issuance_id", c.is.ID), slog.String("workload", c.is.Workload),
+		slog.String("first_address", first), slog.String("address", c.src.IP))
+}
+
+// upstreamTarget is where one request goes.
+type upstreamTarget struct {
+	u        *url.URL // scheme and host of the upstream
+	path     string   // decoded upstream path (base + tail)
+	rawPath  string   // escaped upstream path, as the caller escaped the tail
+	rawQuery string   // the query to send (injected parameter included)
+	audit    string   // path with parameter names only
+}
+
+// target joins the upstream base URL and the checked tail.
+func (c *call) target(up *url.URL, inject policies.ProxyInject, secret string) upstreamTarget {
+	base := strings.TrimSuffix(up.Path, "/")
+	baseRaw := strings.TrimSuffix(up.EscapedPath(), "/")
+	t := upstreamTarget{u: up, path: base + c.path, rawPath: baseRaw + c.tail}
+	t.audit = auditPath(t.rawPath, c.rawQuery, inject.Query)
+	t.rawQuery = c.rawQuery
+	if inject.Query != "" {
+		t.rawQuery = injectQuery(c.rawQuery, inject.Query, secret)
+	}
+	return t
+}
+
+// injectQuery drops every caller-sent value of param and appends the secret.
+func injectQuery(rawQuery, param, secret string) string {
+	var parts []string
+	for _, kv := range strings.Split(rawQuery, "&") {
+		if kv == "" {
+			continue
+		}
+		k, _, _ := strings.Cut(kv, "=")
+		if queryKeyIs(k, param) {
+			continue
+		}
+		parts = append(parts, kv)
+	}
+	parts = append(parts, url.QueryEscape(param)+"="+url.QueryEscape(secret))
+	return strings.Join(parts, "&")
+}
+
+// queryKeyIs reports whether the escaped key k names param (case-insensitive;
+// an undecodable key counts as a match and is dropped).
+func queryKeyIs(k, param string) bool {
+	u, err := url.QueryUnescape(k)
+	return err != nil || strings.EqualFold(u, param)
+}
+
+// strippedRequestHeaders are caller headers that never go upstream (besides
+// the hop-by-hop headers, X-Forwarded-* and Forwarded, which ReverseProxy
+// removes itself, and X-Keytrail-*).
+var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip"}
+
+// forward reads the secret, makes the use durable and proxies the request
+// (steps 8 to 11 of the package documentation).
+func (c *call) forward(w http.ResponseWriter) {
+	p, r, g := c.h.p, c.r, c.grant
+	gt, err := p.transport(p.o.Service.Policy().Hash(), g)
+	if err != nil {
+		c.fail(w, broker.Unavailable("upstream_config", 30*time.Second, err))
+		return
+	}
+	sctx, cancel := context.WithTimeout(r.Context(), p.o.SecretTimeout)
+	secret, err := p.o.Secrets.Secret(sctx, g.Proxy.Secret)
+	cancel()
+	if err != nil {
+		c.fail(w, broker.Unavailable("secret_unavailable", 5*time.Second, err))
+		return
+	}
+	if strings.ContainsAny(secret, "\x00\r\n") {
+		c.fail(w, broker.Unavailable("secret_unusable", 30*time.Second, errors.New("the upstream secret contains control characters")))
+		return
+	}
+	forms := secretForms(secret)
+	tgt := c.target(gt.upstream, g.Proxy.Inject, secret)
+
+	c.sharedUse()
+
+	useID := broker.NewID(broker.PrefixUse)
+	use := c.event(audit.TypeUse)
+	use.UseID = useID
+	use.Upstream = &audit.Upstream{Method: r.Method, Host: gt.upstream.Host, Path: tgt.audit}
+	if err := p.o.Service.Audit(r.Context(), use); err != nil {
+		c.fail(w, broker.Unavailable("audit_unavailable", time.Second, err))
+		return
+	}
+
+	ctx, cancelAll := context.WithTimeout(r.Context(), p.o.Timeouts.Overall)
+	defer cancelAll()
+	out := r.WithContext(ctx)
+	if r.Body != nil && r.Body != http.NoBody {
+		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
+	}
+	rw := newResponseWriter(w)
+	var rc *capReader
+	var errCode, errReason string
+	upstreamStatus := 0
+	inject := g.Proxy.Inject
+
+	rp := &httputil.ReverseProxy{
+		Transport:  gt.rt,
+		BufferPool: p.bufs,
+		ErrorLog:   p.errLog,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			o := pr.Out
+			o.URL = &url.URL{Scheme: tgt.u.Scheme, Host: tgt.u.Host, Path: tgt.path, RawPath: tgt.rawPath, RawQuery: tgt.rawQuery}
+			o.Host = tgt.u.Host
+			for _, name := range strippedRequestHeaders {
+				o.Header.Del(name)
+			}
+			for name := range o.Header {
+				if strings.HasPrefix(name, "X-Keytrail-") || strings.HasPrefix(name, "X-Forwarded-") {
+					delete(o.Header, name)
+				}
+			}
+			if inject.Header != "" {
+				o.Header.Set(inject.Header, strings.ReplaceAll(inject.Format, policies.SecretPlaceholder, secret))
+			}
+			o.Header.Set("X-Request-Id", useID)
+			o.Header.Set("X-Keytrail-Issuance", c.is.ID)
+			o.Header.Set("Accept-Encoding", "identity") // so the response scan sees plain bytes
+		},
+		ModifyResponse: func(res *http.Response) error {
+			upstreamStatus = res.StatusCode
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				return errors.New("upstream switched protocols")
+			}
+			if res.ContentLength > p.o.MaxResponseBytes {
+				return errResponseTooLarge
+			}
+			for name, vs := range res.Header {
+				if strings.HasPrefix(name, "X-Keytrail-") || name == "X-Request-Id" {
+					delete(res.Header, name)
+					continue
+				}
+				for _, v := range vs {
+					if containsAny(v, forms) {
+						delete(res.Header, name)
+						p.log.LogAttrs(r.Context(), slog.LevelWarn, "dropped upstream response header carrying the injected secret",
+							slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("header", name))
+						break
+					}
+				}
+			}
+			res.Trailer = nil // trailers arrive after the body: never relayed
+			res.Header.Set("X-Keytrail-Use", useID)
+			rc = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
+			res.Body = rc
+			if ce := res.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+				p.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream sent an encoded body; relayed without the secret scan",
+					slog.String("use_id", useID), slog.String("content_encoding", ce))
+				return nil
+			}
+			res.Body = newRedactReader(rc, forms, p.redactBufs)
+			return nil
+		},
+		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
+			status, reason := http.StatusBadGateway, "upstream_error"
+			var mbe *http.MaxBytesError
+			switch {
+			case errors.As(err, &mbe):
+				status, reason = http.StatusRequestEntityTooLarge, "body_too_large"
+			case errors.Is(err, errResponseTooLarge):
+				reason = "response_too_large"
+			case errors.Is(err, errAddressRefused):
+				reason = "upstream_address_refused"
+			case errors.Is(err, context.DeadlineExceeded):
+				status, reason = http.StatusGatewayTimeout, "upstream_timeout"
+			case errors.Is(err, context.Canceled):
+				reason = "client_gone"
+			}
+			// The transport's error text is sanitised before it is logged
+			// and never reaches the caller.
+			cause := errors.New(redactString(err.Error(), forms))
+			var e error
+			if status == http.StatusRequestEntityTooLarge {
+				e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
+			} else {
+				e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: "the upstream could not be reached or did not answer properly", RetryAfter: time.Second, Err: cause}
+			}
+			errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
+			rw.override = status
+			c.h.api.WriteError(rw, r, e)
+		},
+	}
+
+	defer func() {
+		// ReverseProxy aborts the connection (panic http.ErrAbortHandler)
+		// when the body copy fails after the status went out, e.g. a
+		// streamed response over the cap: record the result, then let the
+		// server abort.
+		rec := recover()
+		status := rw.status
+		if rec != nil {
+			errCode = "aborted"
+			if rc != nil && rc.hit {
+				errReason = "response_too_large"
+			} else if errReason == "" {
+				errReason = "copy_failed"
+			}
+		}
+		c.status = status
+		if status == 0 && rec != nil {
+			c.status = http.StatusBadGateway
+		}
+		c.result(use, rw, upstreamStatus, errCode, errReason)
+		if rec != nil {
+			panic(rec)
+		}
+	}()
+	rp.ServeHTTP(rw, out)
+}
+
+// result writes the use_result event (best effort: the response is gone).
+func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, errCode, errReason string) {
+	ev := c.event(audit.TypeUseResult)
+	ev.UseID = use.UseID
+	ev.Upstream = &audit.Upstream{
+		Method: use.Upstream.Method, Host: use.Upstream.Host, Path: use.Upstream.Path,
+		Status: upstreamStatus, Bytes: rw.bytes,
+		DurationMS: float64(time.Since(c.start).Microseconds()) / 1000,
+	}
+	ev.Outcome = &audit.Outcome{Status: c.status, Error: errCode, Reason: errReason}
+	if err := c.h.p.o.Service.Audit(context.WithoutCancel(c.r.Context()), ev); err != nil {
+		c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit use_result event failed",
+			slog.String("use_id", use.UseID), slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
+	}
+}

@@ -1,0 +1,236 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keytrail/keytrail/policies"
+)
+
+// errAddressRefused marks a dial the grant does not allow.
+var errAddressRefused = errors.New("upstream address refused")
+
+// nonPublic lists address ranges that are not publicly routable or that can
+// reach private networks through translation, beyond what netip's
+// predicates cover. Never modified.
+var nonPublic = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),       // "this network"
+	netip.MustParsePrefix("100.64.0.0/10"),   // carrier-grade NAT
+	netip.MustParsePrefix("192.0.0.0/24"),    // IETF protocol assignments
+	netip.MustParsePrefix("192.0.2.0/24"),    // TEST-NET-1
+	netip.MustParsePrefix("198.18.0.0/15"),   // benchmarking
+	netip.MustParsePrefix("198.51.100.0/24"), // TEST-NET-2
+	netip.MustParsePrefix("203.0.113.0/24"),  // TEST-NET-3
+	netip.MustParsePrefix("240.0.0.0/4"),     // reserved, broadcast
+	netip.MustParsePrefix("64:ff9b::/96"),    // NAT64 (may embed a private IPv4)
+	netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64
+	netip.MustParsePrefix("100::/64"),        // discard
+	netip.MustParsePrefix("2001::/32"),       // Teredo
+	netip.MustParsePrefix("2001:db8::/32"),   // documentation
+	netip.MustParsePrefix("2002::/16"),       // 6to4 (may embed a private IPv4)
+	netip.MustParsePrefix("fec0::/10"),       // deprecated site-local
+}
+
+// publicAddr reports whether a is a publicly routable unicast address.
+func publicAddr(a netip.Addr) bool {
+	a = a.Unmap()
+	if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.IsLoopback() || a.IsPrivate() ||
+		a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() || a.IsMulticast() {
+		return false
+	}
+	for _, p := range nonPublic {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
+}
+
+// upstreamDialer dials only the grant's upstream host and port, resolving
+// the name itself and checking every address it dials.
+type upstreamDialer struct {
+	host         string // hostname, lower case, no brackets
+	port         string
+	allowPrivate bool
+	resolver     *net.Resolver
+	dialer       net.Dialer
+}
+
+func newUpstreamDialer(u *url.URL, allowPrivate bool, resolver *net.Resolver, timeout time.Duration) *upstreamDialer {
+	d := &upstreamDialer{
+		host:         strings.ToLower(u.Hostname()),
+		port:         upstreamPort(u),
+		allowPrivate: allowPrivate,
+		resolver:     resolver,
+	}
+	d.dialer = net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second, Control: d.control}
+	return d
+}
+
+func upstreamPort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if u.Scheme == "http" {
+		return "80"
+	}
+	return "443"
+}
+
+// control re-checks the address actually connected to.
+func (d *upstreamDialer) control(network, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: unparsable address", errAddressRefused)
+	}
+	if strconv.Itoa(int(ap.Port())) != d.port {
+		return fmt.Errorf("%w: port %d is not the upstream's", errAddressRefused, ap.Port())
+	}
+	if !d.allowPrivate && !publicAddr(ap.Addr()) {
+		return fmt.Errorf("%w: %s is not a public address (the grant does not set allow_private)", errAddressRefused, ap.Addr())
+	}
+	return nil
+}
+
+// DialContext is the Transport's dialer.
+func (d *upstreamDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, fmt.Errorf("%w: network %q", errAddressRefused, network)
+	}
+	h, port, err := net.SplitHostPort(addr)
+	if err != nil || !strings.EqualFold(h, d.host) || port != d.port {
+		return nil, fmt.Errorf("%w: %q is not the grant's upstream", errAddressRefused, addr)
+	}
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(h); err == nil {
+		addrs = []netip.Addr{a}
+	} else {
+		addrs, err = d.resolver.LookupNetIP(ctx, "ip", h)
+		if err != nil {
+			return nil, fmt.Errorf("resolve upstream %s: %w", h, err)
+		}
+	}
+	var firstErr error
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !d.allowPrivate && !publicAddr(a) {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%w: %s resolves to %s, not a public address (the grant does not set allow_private)", errAddressRefused, h, a)
+			}
+			continue
+		}
+		conn, err := d.dialer.DialContext(ctx, network, net.JoinHostPort(a.String(), d.port))
+		if err == nil {
+			return conn, nil
+		}
+		if firstErr == nil || errors.Is(firstErr, errAddressRefused) {
+			firstErr = err
+		}
+	}
+	if firstErr == nil {
+		firstErr = fmt.Errorf("%w: %s has no address", errAddressRefused, h)
+	}
+	return nil, firstErr
+}
+
+// grantTransport is the cached upstream connection pool of one grant.
+type grantTransport struct {
+	key      string
+	upstream *url.URL
+	rt       *http.Transport
+}
+
+// transportKey identifies what a grant's transport is built from. The policy
+// hash is part of it so that a reload (e.g. after a CA rotation) rebuilds it.
+func transportKey(polHash string, g *policies.Grant) string {
+	px := g.Proxy
+	return polHash + "\x00" + px.Upstream + "\x00" + px.CAFile + "\x00" + strconv.FormatBool(px.AllowPrivate)
+}
+
+// transport returns the grant's cached transport, building it when the grant
+// or policy changed (the old one's idle connections are closed).
+func (p *Proxy) transport(polHash string, g *policies.Grant) (*grantTransport, error) {
+	key := transportKey(polHash, g)
+	p.mu.Lock()
+	gt := p.transports[g.Name]
+	p.mu.Unlock()
+	if gt != nil && gt.key == key {
+		return gt, nil
+	}
+	nt, err := p.buildTransport(key, g)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cur := p.transports[g.Name]; cur != nil {
+		if cur.key == key { // built concurrently: keep the first
+			nt.rt.CloseIdleConnections()
+			return cur, nil
+		}
+		cur.rt.CloseIdleConnections()
+	}
+	p.transports[g.Name] = nt
+	return nt, nil
+}
+
+func (p *Proxy) buildTransport(key string, g *policies.Grant) (*grantTransport, error) {
+	px := g.Proxy
+	u, err := url.Parse(px.Upstream)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("grant %s: upstream is not an http(s) URL", g.Name)
+	}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if px.CAFile != "" {
+		pem, err := os.ReadFile(px.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("grant %s: ca_file: %w", g.Name, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("grant %s: ca_file %s holds no PEM certificate", g.Name, px.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	t := p.o.Timeouts
+	d := newUpstreamDialer(u, px.AllowPrivate, p.o.Resolver, t.Dial)
+	rt := &http.Transport{
+		Proxy:                  nil, // never a proxy from the environment
+		DialContext:            d.DialContext,
+		TLSClientConfig:        tlsConf,
+		TLSHandshakeTimeout:    t.TLSHandshake,
+		ResponseHeaderTimeout:  t.ResponseHeader,
+		IdleConnTimeout:        t.IdleConn,
+		ExpectContinueTimeout:  time.Second,
+		MaxIdleConns:           4 * p.o.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:    p.o.MaxIdleConnsPerHost,
+		MaxResponseHeaderBytes: 64 << 10,
+		DisableCompression:     true, // the body scan needs plain bytes
+		ForceAttemptHTTP2:      true,
+	}
+	return &grantTransport{key: key, upstream: u, rt: rt}, nil
+}
+
+// CloseIdleConnections closes the idle upstream connections of every grant
+// (call it on shutdown).
+func (p *Proxy) CloseIdleConnections() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, gt := range p.transports {
+		gt.rt.CloseIdleConnections()
+	}
+}

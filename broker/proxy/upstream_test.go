@@ -1,0 +1,247 @@
+package proxy_test
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/proxy"
+)
+
+// TestProxyUpstreamBehaviour covers what an upstream can do to leak the
+// injected secret or send the broker elsewhere.
+func TestProxyUpstreamBehaviour(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	evilURL := f.evil.srv.URL + "/collect"
+	masked := strings.Repeat("*", len(upstreamKey))
+
+	tests := []struct {
+		name       string
+		path       string
+		wantStatus int
+		wantUse    audit.Outcome // outcome of the use_result event
+		check      func(t *testing.T, res *response)
+	}{
+		{
+			name: "ok/redirect-to-other-host-returned-not-followed",
+			path: "/up/redirect-away?to=" + url.QueryEscape(evilURL), wantStatus: 302,
+			wantUse: audit.Outcome{Status: 302},
+			check: func(t *testing.T, res *response) {
+				if got := res.Header.Get("Location"); got != evilURL {
+					t.Errorf("Location = %q, want the upstream's %q relayed", got, evilURL)
+				}
+			},
+		},
+		{
+			name: "ok/redirect-carrying-the-secret-loses-its-location",
+			path: "/up/redirect-leak?to=" + url.QueryEscape(evilURL), wantStatus: 302,
+			wantUse: audit.Outcome{Status: 302},
+			check: func(t *testing.T, res *response) {
+				if got := res.Header.Values("Location"); len(got) != 0 {
+					t.Errorf("Location = %q, want it dropped", got)
+				}
+			},
+		},
+		{
+			name: "ok/echoed-secret-in-body-is-masked", path: "/echo", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200},
+			check: func(t *testing.T, res *response) {
+				if !strings.Contains(res.Body, "Bearer "+masked) {
+					t.Errorf("echo body = %s, want the secret masked in place", res.Body)
+				}
+			},
+		},
+		{
+			name: "ok/echoed-secret-in-error-body-is-masked", path: "/echo/error", wantStatus: 400,
+			wantUse: audit.Outcome{Status: 400},
+			check: func(t *testing.T, res *response) {
+				if !strings.Contains(res.Body, masked) {
+					t.Errorf("echo body = %s, want the secret masked", res.Body)
+				}
+			},
+		},
+		{
+			name: "ok/response-header-carrying-the-secret-is-dropped", path: "/up/header-leak", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200},
+			check: func(t *testing.T, res *response) {
+				got := []any{res.Header.Values("X-Debug-Auth"), res.Header.Get("X-Fine"), len(res.Header.Values("X-Request-Id"))}
+				want := []any{[]string(nil), "kept", 1}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("response headers [debug fine request-ids] (-want +got):\n%s", diff)
+				}
+				if strings.HasPrefix(res.Header.Get("X-Request-Id"), "upstream") {
+					t.Errorf("X-Request-Id = upstream's, want the broker's")
+				}
+			},
+		},
+		{
+			name: "fail/declared-response-over-cap", path: "/up/big", wantStatus: 502,
+			wantUse: audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_too_large"},
+			check: func(t *testing.T, res *response) {
+				if code := oauthError(t, res.Body); code != "temporarily_unavailable" {
+					t.Errorf("error code = %q", code)
+				}
+			},
+		},
+		{
+			name: "fail/streamed-response-over-cap-is-cut", path: "/up/stream-big", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200, Error: "aborted", Reason: "response_too_large"},
+			check: func(t *testing.T, res *response) {
+				if res.Err == nil || len(res.Body) > maxRespBytes {
+					t.Errorf("streamed body: %d bytes, read error %v; want it cut at %d with an error", len(res.Body), res.Err, maxRespBytes)
+				}
+			},
+		},
+		{
+			name: "fail/unrequested-protocol-switch", path: "/up/switch", wantStatus: 502,
+			wantUse: audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "upstream_error"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(f.eventsOf(audit.TypeUseResult))
+			res := f.do(t, "GET", "/v1/proxy/stripe"+tt.path, bearer(tok), nil)
+			if res.Status != tt.wantStatus {
+				t.Errorf("GET %s = %d, want %d; body %s", tt.path, res.Status, tt.wantStatus, res.Body)
+			}
+			if leaks(res.raw()) {
+				t.Errorf("response carries the upstream secret:\n%s", res.raw())
+			}
+			if tt.check != nil {
+				tt.check(t, res)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			results := f.eventsOf(audit.TypeUseResult)
+			if len(results) != before+1 {
+				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
+			}
+			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
+				t.Errorf("use_result outcome (-want +got):\n%s", diff)
+			}
+			if h := f.evil.Hits(); h != 0 {
+				t.Errorf("the other host was reached %d times", h)
+			}
+		})
+	}
+}
+
+func TestProxyDialerRefusesPrivateAddress(t *testing.T) {
+	// Grant "closed" points at the same 127.0.0.1 upstream without
+	// allow_private.
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "closed").AccessToken
+	res := f.do(t, "GET", "/v1/proxy/closed/v1/charges", bearer(tok), nil)
+	got := []any{res.Status, oauthError(t, res.Body), f.up.Hits()}
+	want := []any{502, "temporarily_unavailable", int64(0)}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("[status code upstream-hits] (-want +got):\n%s", diff)
+	}
+	if leaks(res.raw()) {
+		t.Errorf("response carries the secret")
+	}
+	for _, leak := range []string{"127.0.0.1", "dial", "refused"} {
+		if strings.Contains(res.Body, leak) {
+			t.Errorf("error body %s carries internal text %q", res.Body, leak)
+		}
+	}
+	f.waitEvent(t, audit.TypeUseResult)
+	r := f.eventsOf(audit.TypeUseResult)[0]
+	if r.Outcome.Reason != "upstream_address_refused" {
+		t.Errorf("use_result reason = %q, want upstream_address_refused", r.Outcome.Reason)
+	}
+}
+
+func TestProxyUpstreamTimeout(t *testing.T) {
+	f := newFixture(t, fixtureOpts{timeouts: proxy.Timeouts{ResponseHeader: 100 * time.Millisecond}})
+	tok := f.credential(t, "stripe").AccessToken
+	res := f.do(t, "GET", "/v1/proxy/stripe/up/hang", bearer(tok), nil)
+	got := []any{res.Status, oauthError(t, res.Body), leaks(res.raw())}
+	want := []any{504, "temporarily_unavailable", false}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("[status code leaks] (-want +got):\n%s", diff)
+	}
+	f.waitEvent(t, audit.TypeUseResult)
+	if r := f.eventsOf(audit.TypeUseResult)[0]; r.Outcome.Status != 504 || r.Outcome.Reason != "upstream_timeout" || r.Upstream.Status != 0 {
+		t.Errorf("use_result outcome %+v upstream %+v, want 504 upstream_timeout with no upstream status", r.Outcome, r.Upstream)
+	}
+}
+
+func TestProxyStreamedRequestBodyOverCap(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	// No Content-Length: the body is streamed and cut at the cap.
+	body := io.NopCloser(strings.NewReader(strings.Repeat("b", 4*maxReqBytes)))
+	req, err := http.NewRequest("POST", "http://"+f.addr+"/v1/proxy/stripe/v1/charges", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = -1
+	req.Header = bearer(tok)
+	res, err := f.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("POST (streamed, over cap) = %d %s, want 413", res.StatusCode, b)
+	}
+	if leaks(string(b)) {
+		t.Errorf("error carries the secret")
+	}
+}
+
+func TestRedactReader(t *testing.T) {
+	const secret = "s3cr3t/+"
+	forms := proxy.SecretForms(secret)
+	tests := []struct {
+		name string
+		in   string
+		want string
+	}{
+		{name: "ok/no-secret", in: "hello world", want: "hello world"},
+		{name: "ok/raw", in: `{"auth":"Bearer s3cr3t/+"}`, want: `{"auth":"Bearer ********"}`},
+		{name: "ok/query-escaped", in: "key=s3cr3t%2F%2B&x", want: "key=************&x"},
+		{name: "ok/query-escaped-lower-hex", in: "key=s3cr3t%2f%2b&x", want: "key=************&x"},
+		{name: "ok/json-escaped-slash", in: `{"k":"s3cr3t\/+"}`, want: `{"k":"*********"}`},
+		{name: "ok/at-start-and-end", in: "s3cr3t/+ mid s3cr3t/+", want: "******** mid ********"},
+		{name: "ok/adjacent", in: "s3cr3t/+s3cr3t/+", want: "****************"},
+		{name: "ok/partial-prefix-at-end", in: "abc s3cr3", want: "abc s3cr3"},
+		{name: "ok/empty", in: "", want: ""},
+	}
+	readers := map[string]func(io.Reader) io.Reader{
+		"whole":    func(r io.Reader) io.Reader { return r },
+		"one-byte": iotest.OneByteReader,
+		"half":     iotest.HalfReader,
+	}
+	for _, tt := range tests {
+		for rname, wrap := range readers {
+			t.Run(tt.name+"/"+rname, func(t *testing.T) {
+				r := proxy.NewRedactReader(io.NopCloser(wrap(strings.NewReader(tt.in))), forms)
+				got, err := io.ReadAll(iotest.OneByteReader(r))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(got) != tt.want {
+					t.Errorf("redact(%q) = %q, want %q", tt.in, got, tt.want)
+				}
+			})
+		}
+	}
+	// A long stream crossing the internal buffer, with the secret split
+	// across every read.
+	long := strings.Repeat("x", 40<<10) + secret + strings.Repeat("y", 40<<10) + secret
+	r := proxy.NewRedactReader(io.NopCloser(iotest.HalfReader(strings.NewReader(long))), forms)
+	got, err := io.ReadAll(r)
+	if err != nil || len(got) != len(long) || strings.Contains(string(got), secret) {
+		t.Errorf("long redact: %d bytes (want %d), err %v, secret left: %v", len(got), len(long), err, strings.Contains(string(got), secret))
+	}
+}
