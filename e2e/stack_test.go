@@ -26,6 +26,9 @@ import (
 
 type stackOptions struct {
 	redisURL string
+	// extraPolicy is a second policy file (the policy is a directory), for
+	// grants that need values known only at run time.
+	extraPolicy string
 }
 
 type stack struct {
@@ -128,9 +131,17 @@ func startStack(t *testing.T, o stackOptions) *stack {
 	iss.URL = srv.URL
 	s.issuer = &testIssuer{Issuer: iss, url: srv.URL}
 
-	polPath := filepath.Join(s.dir, "policy.yaml")
-	if err := os.WriteFile(polPath, []byte(fmt.Sprintf(e2ePolicy, srv.URL)), 0o600); err != nil {
+	polPath := filepath.Join(s.dir, "policies")
+	if err := os.MkdirAll(polPath, 0o700); err != nil {
 		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(polPath, "base.yaml"), []byte(fmt.Sprintf(e2ePolicy, srv.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if o.extraPolicy != "" {
+		if err := os.WriteFile(filepath.Join(polPath, "extra.yaml"), []byte(o.extraPolicy), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	port := harness.FreePort(t)
 	s.brokerURL = fmt.Sprintf("http://127.0.0.1:%d", port)

@@ -28,6 +28,7 @@ import (
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/broker/proxy"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -104,7 +105,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		Handler:           rt.api.Routes(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
+		WriteTimeout:      90 * time.Second, // above the proxy's 60s overall upstream timeout
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -247,6 +248,14 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	kv, err := vaultad.NewKVSecrets(vaultad.KVOptions{Client: vc})
+	if err != nil {
+		return err
+	}
+	proxyMinter, err := proxy.NewMinter(proxy.MinterOptions{PublicURL: cfg.PublicURL})
+	if err != nil {
+		return err
+	}
 	var keys broker.PublicKeySource
 	if names := transitKeyNames(pol); len(names) > 0 {
 		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: vc, Keys: names})
@@ -259,8 +268,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	svc, err := broker.NewService(broker.Deps{
 		Policy:   func() *policies.Policy { return rt.state.Load().pol },
 		Authn:    func() broker.Authenticator { return rt.state.Load().authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter},
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
 		Store:    rt.store,
 		Audit:    sink,
 		Logger:   log,
@@ -272,10 +281,17 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	px, err := proxy.New(proxy.Options{Service: svc, Secrets: kv, Logger: log, PublicURL: cfg.PublicURL,
+		Hosts: []string{cfg.Listen}, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	rt.closers = append(rt.closers, func() error { px.CloseIdleConnections(); return nil })
 	api, err := httpapi.New(httpapi.Options{
 		Service: svc, Keys: keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
 		TrustProxyHeaders: cfg.TrustProxyHeaders,
 		Ready:             rt.ready,
+		Extra:             px.Register,
 	})
 	if err != nil {
 		return err
