@@ -189,3 +189,28 @@ type Pinger interface {
 type SecretSource interface {
 	Secret(ctx context.Context, ref policies.ProxySecret) (string, error)
 }
+
+// Notice announces a change of revocation state to every broker instance.
+// It is a hint that speeds up what each instance would learn from the Store
+// anyway: receivers never trust a notice more than the Store.
+type Notice struct {
+	RevocationID string   `json:"revocation_id,omitempty"`
+	Revoked      []string `json:"revoked,omitempty"`   // issuance ids now marked revoked
+	Blocked      []string `json:"blocked,omitempty"`   // workloads now blocked
+	Unblocked    []string `json:"unblocked,omitempty"` // workloads no longer blocked
+}
+
+// Notifier announces revocations and blocks to every broker instance that
+// shares a Store (Redis pub/sub, or an in-process fan-out for the embedded
+// store). Announcing is second and best effort: the Store write is what
+// makes a revocation effective, so a lost notice delays nothing past the
+// receivers' next refresh.
+//
+// Publish MUST honour ctx. Subscribe returns once the subscription is
+// active; the channel delivers notices published after that (including the
+// subscriber's own) and is closed when ctx ends. A slow receiver MAY miss
+// notices; a broken connection MAY lose some while it reconnects.
+type Notifier interface {
+	Publish(ctx context.Context, n Notice) error
+	Subscribe(ctx context.Context) (<-chan Notice, error)
+}

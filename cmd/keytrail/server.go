@@ -265,12 +265,16 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		keys = tk
 	}
 
+	svcStore, err := rt.wireRevocationCache(ctx)
+	if err != nil {
+		return err
+	}
 	svc, err := broker.NewService(broker.Deps{
 		Policy:   func() *policies.Policy { return rt.state.Load().pol },
 		Authn:    func() broker.Authenticator { return rt.state.Load().authn },
 		Minters:  map[string]broker.Minter{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
 		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
-		Store:    rt.store,
+		Store:    svcStore,
 		Audit:    sink,
 		Logger:   log,
 	})
@@ -291,12 +295,18 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Service: svc, Keys: keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
 		TrustProxyHeaders: cfg.TrustProxyHeaders,
 		Ready:             rt.ready,
-		Extra:             px.Register,
+		Extra: func(mux *http.ServeMux, s *httpapi.Server) {
+			httpapi.RegisterAdmin(mux, s)
+			px.Register(mux, s)
+		},
 	})
 	if err != nil {
 		return err
 	}
 	rt.api = api
+	if err := rt.startRevocationWorker(ctx, reg); err != nil {
+		return err
+	}
 	return rt.auditPolicyLoad(ctx, pol, "start", nil)
 }
 

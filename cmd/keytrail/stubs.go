@@ -60,15 +60,3 @@ func newReportCmd(e *env) *cobra.Command {
 	c.Flags().String("format", "text", "text, json or html")
 	return c
 }
-
-func newRevokeCmd(e *env) *cobra.Command {
-	c := &cobra.Command{
-		Use:   "revoke (--issuance ID | --session ID | --workload W | --owner O) --reason R [--block]",
-		Short: "Revoke one credential, a session, a workload or everything an owner has",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return notYet("keytrail revoke", 4)
-		},
-	}
-	return c
-}

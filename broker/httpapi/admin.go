@@ -1,0 +1,282 @@
+package httpapi
+
+// Admin endpoints of the security team (SPEC "Security teams and auditors").
+// Every call goes through Service.AuthorizeAdmin first, which authenticates
+// the Bearer identity token, checks the role and writes the `admin` audit
+// event, allowed or denied. Roles:
+//
+//	POST   /v1/admin/revoke              revoke
+//	GET    /v1/admin/revocations/{id}    revoke  (following one's own revocations)
+//	GET    /v1/admin/blocks              revoke
+//	DELETE /v1/admin/blocks/{workload}   revoke
+//	GET    /v1/admin/issuances           trace   (inventory of what workloads hold)
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Issuance listing limits.
+const (
+	defaultIssuanceLimit = 1000
+	maxIssuanceLimit     = 10000
+)
+
+// RegisterAdmin adds the admin routes to mux. Wire it with Options.Extra.
+func RegisterAdmin(mux *http.ServeMux, s *Server) {
+	mux.HandleFunc("POST /v1/admin/revoke", s.handleAdminRevoke)
+	mux.HandleFunc("GET /v1/admin/revocations/{id}", s.handleAdminRevocation)
+	mux.HandleFunc("GET /v1/admin/blocks", s.handleAdminBlocks)
+	mux.HandleFunc("DELETE /v1/admin/blocks/{workload}", s.handleAdminUnblock)
+	mux.HandleFunc("GET /v1/admin/issuances", s.handleAdminIssuances)
+}
+
+// authorizeAdmin authorizes (and audits) one admin call.
+func (s *Server) authorizeAdmin(r *http.Request, role, action string, target map[string]any) (*broker.Admin, error) {
+	return s.o.Service.AuthorizeAdmin(r.Context(), broker.AdminRequest{
+		Token: BearerToken(r, "Authorization"), Role: role, Action: action, Target: target,
+		Source: s.Source(r), RequestID: RequestID(r),
+	})
+}
+
+// RevokeRequest is the body of POST /v1/admin/revoke.
+type RevokeRequest struct {
+	IssuanceID string `json:"issuance_id,omitempty"`
+	SessionID  string `json:"session_id,omitempty"`
+	Workload   string `json:"workload,omitempty"`
+	Owner      string `json:"owner,omitempty"`
+	Reason     string `json:"reason"`
+	Block      bool   `json:"block,omitempty"`
+}
+
+// Receipt is the answer of POST /v1/admin/revoke and GET
+// /v1/admin/revocations/{id}. Status is "revoked" when every matched
+// credential is ended, "pending" while some backend revocations are still
+// being retried (their reasons are in Failed).
+type Receipt struct {
+	RevocationID string                 `json:"revocation_id"`
+	Status       string                 `json:"status"`
+	Matched      int                    `json:"matched"`
+	Revoked      []string               `json:"revoked"`
+	Pending      []string               `json:"pending"`
+	Failed       []broker.RevokeFailure `json:"failed"`
+	Selector     broker.RevokeSelector  `json:"selector"`
+	Reason       string                 `json:"reason"`
+	Block        bool                   `json:"block"`
+	Admin        string                 `json:"admin,omitempty"`
+	CreatedAt    time.Time              `json:"created_at"`
+	CompletedAt  *time.Time             `json:"completed_at,omitempty"`
+}
+
+// Receipt statuses.
+const (
+	ReceiptRevoked = "revoked"
+	ReceiptPending = "pending"
+)
+
+func receiptOf(r *broker.Revocation) Receipt {
+	rc := Receipt{
+		RevocationID: r.ID, Status: ReceiptRevoked, Matched: r.Matched,
+		Revoked: append([]string{}, r.Revoked...), Pending: append([]string{}, r.Pending...),
+		Failed: append([]broker.RevokeFailure{}, r.Failed...), Selector: r.Selector,
+		Reason: r.Reason, Block: r.Block, Admin: r.Admin, CreatedAt: r.CreatedAt,
+	}
+	if len(rc.Pending) > 0 {
+		rc.Status = ReceiptPending
+	}
+	if !r.CompletedAt.IsZero() {
+		t := r.CompletedAt
+		rc.CompletedAt = &t
+	}
+	return rc
+}
+
+func (s *Server) handleAdminRevoke(w http.ResponseWriter, r *http.Request) {
+	var req RevokeRequest
+	derr := s.decodeJSON(w, r, &req)
+	sel := broker.RevokeSelector{IssuanceID: req.IssuanceID, SessionID: req.SessionID, Workload: req.Workload, Owner: req.Owner}
+	target := map[string]any{"selector": sel, "block": req.Block}
+	if derr != nil {
+		target = map[string]any{"body": "invalid"}
+	}
+	admin, err := s.authorizeAdmin(r, broker.RoleRevoke, "revoke", target)
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	if derr != nil {
+		s.WriteError(w, r, derr)
+		return
+	}
+	rev, err := s.o.Service.Revoke(r.Context(), admin, sel, req.Reason, req.Block, RequestID(r))
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	rc := receiptOf(rev)
+	status := http.StatusOK
+	if rc.Status == ReceiptPending {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, rc)
+}
+
+func (s *Server) handleAdminRevocation(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := s.authorizeAdmin(r, broker.RoleRevoke, "get_revocation", map[string]any{"revocation_id": id}); err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	rev, err := s.o.Service.GetRevocation(r.Context(), id)
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, receiptOf(rev))
+}
+
+func (s *Server) handleAdminBlocks(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.authorizeAdmin(r, broker.RoleRevoke, "list_blocks", nil); err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	if err := noQuery(r); err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	blocks, err := s.o.Service.Blocks(r.Context())
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"blocks": blocks})
+}
+
+func (s *Server) handleAdminUnblock(w http.ResponseWriter, r *http.Request) {
+	workload := r.PathValue("workload")
+	admin, err := s.authorizeAdmin(r, broker.RoleRevoke, "unblock", map[string]any{"workload": workload})
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	q, err := queryParams(r, "reason")
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	if err := s.o.Service.Unblock(r.Context(), admin, workload, q["reason"], RequestID(r)); err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"workload": workload, "unblocked": true})
+}
+
+func (s *Server) handleAdminIssuances(w http.ResponseWriter, r *http.Request) {
+	q, qerr := queryParams(r, "workload", "owner", "session_id", "active", "limit")
+	target := map[string]any{}
+	for k, v := range q {
+		target[k] = v
+	}
+	if _, err := s.authorizeAdmin(r, broker.RoleTrace, "list_issuances", target); err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	if qerr != nil {
+		s.WriteError(w, r, qerr)
+		return
+	}
+	f := broker.IssuanceFilter{Workload: q["workload"], Owner: q["owner"], SessionID: q["session_id"], Limit: defaultIssuanceLimit}
+	switch q["active"] {
+	case "", "false":
+	case "true":
+		f.ActiveAt = s.o.Service.Now()
+	default:
+		s.WriteError(w, r, broker.Errorf(broker.ErrInvalidRequest, "bad_active", "active must be true or false", nil))
+		return
+	}
+	if v := q["limit"]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxIssuanceLimit {
+			s.WriteError(w, r, broker.Errorf(broker.ErrInvalidRequest, "bad_limit", "limit must be between 1 and "+strconv.Itoa(maxIssuanceLimit), nil))
+			return
+		}
+		f.Limit = n
+	}
+	limit := f.Limit
+	f.Limit++ // one more tells whether the list was cut
+	list, err := s.o.Service.ListIssuances(r.Context(), f)
+	if err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	truncated := len(list) > limit
+	if truncated {
+		list = list[:limit]
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"issuances": list, "truncated": truncated})
+}
+
+// decodeJSON decodes a capped application/json body strictly into v: unknown
+// fields, trailing data and URL query parameters are errors.
+func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || ct != "application/json" {
+		return broker.Errorf(broker.ErrInvalidRequest, "bad_content_type", "body must be application/json", err)
+	}
+	if r.URL.RawQuery != "" {
+		return broker.Errorf(broker.ErrInvalidRequest, "query_params", "parameters must be sent in the body, not the URL", nil)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return broker.Errorf(broker.ErrInvalidRequest, "body_too_large", "request body too large", err)
+		}
+		return broker.Errorf(broker.ErrInvalidRequest, "bad_json", "body must be one JSON object with known fields only", err)
+	}
+	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
+		return broker.Errorf(broker.ErrInvalidRequest, "bad_json", "body must be one JSON object with known fields only", err)
+	}
+	return nil
+}
+
+// queryParams returns the allowed query parameters; unknown or repeated
+// ones are errors.
+func queryParams(r *http.Request, allowed ...string) (map[string]string, error) {
+	vals, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, broker.Errorf(broker.ErrInvalidRequest, "bad_query", "malformed query string", err)
+	}
+	out := map[string]string{}
+	for k, v := range vals {
+		known := false
+		for _, a := range allowed {
+			known = known || a == k
+		}
+		if !known {
+			return out, broker.Errorf(broker.ErrInvalidRequest, "unknown_param", "unknown query parameter", nil)
+		}
+		if len(v) != 1 {
+			return out, broker.Errorf(broker.ErrInvalidRequest, "repeated_param", "parameter "+k+" must not repeat", nil)
+		}
+		out[k] = v[0]
+	}
+	return out, nil
+}
+
+func noQuery(r *http.Request) error {
+	if r.URL.RawQuery != "" {
+		return broker.Errorf(broker.ErrInvalidRequest, "unknown_param", "this endpoint takes no query parameters", nil)
+	}
+	return nil
+}

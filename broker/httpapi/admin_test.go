@@ -1,0 +1,421 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/policies"
+)
+
+const adminPolicyYAML = `
+version: 1
+issuers:
+  - name: ci
+    issuer: https://ci.example
+    jwks_url: https://ci.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: deployer
+    owner: team-platform
+    match: {issuer: ci, subject: repo:acme/deploy}
+    grants: [deploy-vault]
+grants:
+  - name: deploy-vault
+    kind: vault_token
+    ttl: 10m
+    vault_token: {policies: [deploy]}
+admins:
+  - name: secops
+    match: {issuer: ci, claims: {groups: secops}}
+    roles: [revoke]
+  - name: auditors
+    match: {issuer: ci, claims: {groups: audit}}
+    roles: [trace]
+`
+
+// switchRevoker fails while err is set.
+type switchRevoker struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (r *switchRevoker) Revoke(ctx context.Context, is *broker.Issuance) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+func (r *switchRevoker) set(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.err = err
+}
+
+type adminFixture struct {
+	srv  *httptest.Server
+	sink *brokertest.Sink
+	rv   *switchRevoker
+	logs *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func newAdminFixture(t testing.TB) *adminFixture {
+	t.Helper()
+	pol, err := policies.Parse("p.yaml", []byte(adminPolicyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := func(sub string, claims map[string]any) *broker.Identity {
+		c := map[string]any{"sub": sub}
+		for k, v := range claims {
+			c[k] = v
+		}
+		return &broker.Identity{IssuerName: "ci", Iss: "https://ci.example", Sub: sub, Claims: c}
+	}
+	authn := brokertest.Authn{
+		"workload": id("repo:acme/deploy", nil),
+		"revoker":  id("alice", map[string]any{"groups": "secops"}),
+		"tracer":   id("bob", map[string]any{"groups": "audit"}),
+		"nobody":   id("eve", map[string]any{"groups": "dev"}),
+	}
+	f := &adminFixture{sink: &brokertest.Sink{}, rv: &switchRevoker{}, logs: &syncBuffer{}}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.rv},
+		Store:    memstore.New(time.Now),
+		Audit:    f.sink,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example", Extra: httpapi.RegisterAdmin,
+		Logger: slog.New(slog.NewJSONHandler(f.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = httptest.NewServer(api.Routes())
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// do sends one request and decodes the JSON answer.
+func (f *adminFixture) do(t *testing.T, method, path, token, contentType, body string) (int, map[string]any, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("%s %s: body is not JSON: %q", method, path, raw)
+	}
+	return resp.StatusCode, m, string(raw)
+}
+
+func (f *adminFixture) issue(t *testing.T) string {
+	t.Helper()
+	form := url.Values{
+		"grant_type": {broker.GrantTypeTokenExchange}, "subject_token": {"workload"},
+		"subject_token_type": {broker.TokenTypeJWT}, "audience": {"deploy-vault"},
+	}
+	status, body, _ := f.do(t, "POST", "/v1/token", "", "application/x-www-form-urlencoded", form.Encode())
+	if status != 200 {
+		t.Fatalf("exchange = %d %v", status, body)
+	}
+	return body["issuance_id"].(string)
+}
+
+const jsonCT = "application/json"
+
+func TestAdminAuthorization(t *testing.T) {
+	revokeBody := `{"workload":"deployer","reason":"incident"}`
+	tests := []struct {
+		name, method, path, token, body string
+		status                          int
+		code                            string
+	}{
+		{"ok/revoker-revokes", "POST", "/v1/admin/revoke", "revoker", revokeBody, 200, ""},
+		{"ok/revoker-lists-blocks", "GET", "/v1/admin/blocks", "revoker", "", 200, ""},
+		{"ok/tracer-lists-issuances", "GET", "/v1/admin/issuances?workload=deployer", "tracer", "", 200, ""},
+		{"fail/no-token", "POST", "/v1/admin/revoke", "", revokeBody, 401, "invalid_grant"},
+		{"fail/bad-token", "POST", "/v1/admin/revoke", "forged", revokeBody, 401, "invalid_grant"},
+		{"fail/not-an-admin", "POST", "/v1/admin/revoke", "nobody", revokeBody, 403, "access_denied"},
+		{"fail/workload-is-not-admin", "GET", "/v1/admin/blocks", "workload", "", 403, "access_denied"},
+		{"fail/tracer-cannot-revoke", "POST", "/v1/admin/revoke", "tracer", revokeBody, 403, "access_denied"},
+		{"fail/tracer-cannot-unblock", "DELETE", "/v1/admin/blocks/deployer", "tracer", "", 403, "access_denied"},
+		{"fail/revoker-cannot-list-issuances", "GET", "/v1/admin/issuances", "revoker", "", 403, "access_denied"},
+		{"fail/bad-body-from-stranger-is-401-not-400", "POST", "/v1/admin/revoke", "", `{"nope":1}`, 401, "invalid_grant"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newAdminFixture(t)
+			ct := ""
+			if tt.body != "" {
+				ct = jsonCT
+			}
+			status, body, _ := f.do(t, tt.method, tt.path, tt.token, ct, tt.body)
+			if got := []any{status, body["error"]}; !cmp.Equal(got, []any{tt.status, nilIfEmpty(tt.code)}) {
+				t.Errorf("%s %s as %q = %d %v, want %d %s", tt.method, tt.path, tt.token, status, body, tt.status, tt.code)
+			}
+			evs := f.sink.Events()
+			if len(evs) == 0 || evs[0].Type != "admin" {
+				t.Fatalf("first audit event = %v, want an admin event for every call", f.sink.Types())
+			}
+			wantStatus := 200
+			if tt.status >= 400 {
+				wantStatus = tt.status
+			}
+			if evs[0].Outcome == nil || evs[0].Outcome.Status != wantStatus {
+				t.Errorf("admin event outcome = %+v, want status %d", evs[0].Outcome, wantStatus)
+			}
+			if tt.token == "nobody" && evs[0].Identity.Sub != "eve" {
+				t.Errorf("denied admin event names %+v, want the caller eve", evs[0].Identity)
+			}
+		})
+	}
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+func TestAdminRevokeRejectsBadBodies(t *testing.T) {
+	tests := []struct {
+		name, path, contentType, body string
+		reason                        string
+	}{
+		{"fail/unknown-field", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x","force":true}`, "bad_json"},
+		{"fail/trailing-data", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x"} {}`, "bad_json"},
+		{"fail/not-json", "/v1/admin/revoke", jsonCT, `workload=deployer`, "bad_json"},
+		{"fail/form-content-type", "/v1/admin/revoke", "application/x-www-form-urlencoded", `{"workload":"deployer","reason":"x"}`, "bad_content_type"},
+		{"fail/query-params", "/v1/admin/revoke?workload=deployer", jsonCT, `{"reason":"x"}`, "query_params"},
+		{"fail/oversized", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"` + strings.Repeat("a", 70<<10) + `"}`, "body_too_large"},
+		{"fail/two-selectors", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","owner":"team-platform","reason":"x"}`, "bad_selector"},
+		{"fail/no-selector", "/v1/admin/revoke", jsonCT, `{"reason":"x"}`, "bad_selector"},
+		{"fail/missing-reason", "/v1/admin/revoke", jsonCT, `{"workload":"deployer"}`, "missing_reason"},
+		{"fail/wrong-type", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x","block":"yes"}`, "bad_json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newAdminFixture(t)
+			id := f.issue(t)
+			status, body, _ := f.do(t, "POST", tt.path, "revoker", tt.contentType, tt.body)
+			if status != 400 || body["error"] != "invalid_request" {
+				t.Errorf("POST %s = %d %v, want 400 invalid_request", tt.path, status, body)
+			}
+			if slices.Contains(f.sink.Types(), "revoke") {
+				t.Errorf("a rejected body produced a revoke event: %v", f.sink.Types())
+			}
+			if want := `"reason":"` + tt.reason + `"`; !strings.Contains(f.logs.String(), want) {
+				t.Errorf("log lacks %s:\n%s", want, f.logs.String())
+			}
+			// The credential is untouched.
+			status, body, _ = f.do(t, "GET", "/v1/admin/issuances?active=true", "tracer", "", "")
+			if list, _ := body["issuances"].([]any); status != 200 || len(list) != 1 || list[0].(map[string]any)["issuance_id"] != id {
+				t.Errorf("active issuances after a rejected revoke = %d %v, want %s", status, body, id)
+			}
+		})
+	}
+}
+
+func TestAdminRevokeReceipt(t *testing.T) {
+	tests := []struct {
+		name       string
+		backendErr error
+		status     int
+		receipt    string
+	}{
+		{name: "ok/all-revoked-200", status: 200, receipt: httpapi.ReceiptRevoked},
+		{name: "ok/backend-down-202-pending", backendErr: broker.Unavailable("vault_unavailable", time.Second, errors.New("dial tcp: connection refused")), status: 202, receipt: httpapi.ReceiptPending},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newAdminFixture(t)
+			id := f.issue(t)
+			f.rv.set(tt.backendErr)
+			status, body, raw := f.do(t, "POST", "/v1/admin/revoke", "revoker", jsonCT, `{"workload":"deployer","reason":"incident 7","block":true}`)
+			if status != tt.status || body["status"] != tt.receipt {
+				t.Fatalf("POST /v1/admin/revoke = %d %s, want %d %s", status, raw, tt.status, tt.receipt)
+			}
+			var keys []string
+			for k := range body {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			wantKeys := []string{"admin", "block", "created_at", "failed", "matched", "pending", "reason", "revocation_id", "revoked", "selector", "status"}
+			if tt.status == 200 {
+				wantKeys = slices.Insert(wantKeys, 2, "completed_at")
+			}
+			if diff := cmp.Diff(wantKeys, keys); diff != "" {
+				t.Errorf("receipt keys (-want +got):\n%s", diff)
+			}
+			revoked, pending := []any{id}, []any{}
+			if tt.status == 202 {
+				revoked, pending = []any{}, []any{id}
+			}
+			if !cmp.Equal(body["revoked"], revoked) || !cmp.Equal(body["pending"], pending) || body["matched"] != float64(1) {
+				t.Errorf("receipt = %s; want revoked %v pending %v matched 1", raw, revoked, pending)
+			}
+			if strings.Contains(raw, "connection refused") {
+				t.Errorf("receipt leaks the backend's error text: %s", raw)
+			}
+			revID := body["revocation_id"].(string)
+
+			// Progress, blocks, the block in force, the issuance revoked.
+			status, got, _ := f.do(t, "GET", "/v1/admin/revocations/"+revID, "revoker", "", "")
+			if status != 200 || got["status"] != tt.receipt || got["revocation_id"] != revID {
+				t.Errorf("GET revocation = %d %v", status, got)
+			}
+			status, got, _ = f.do(t, "GET", "/v1/admin/blocks", "revoker", "", "")
+			blocks, _ := got["blocks"].([]any)
+			if status != 200 || len(blocks) != 1 || blocks[0].(map[string]any)["workload"] != "deployer" || blocks[0].(map[string]any)["revocation_id"] != revID {
+				t.Errorf("GET blocks = %d %v", status, got)
+			}
+			form := url.Values{"grant_type": {broker.GrantTypeTokenExchange}, "subject_token": {"workload"},
+				"subject_token_type": {broker.TokenTypeJWT}, "audience": {"deploy-vault"}}
+			if status, got, _ := f.do(t, "POST", "/v1/token", "", "application/x-www-form-urlencoded", form.Encode()); status != 403 || got["error"] != "access_denied" {
+				t.Errorf("exchange while blocked = %d %v, want 403 access_denied", status, got)
+			}
+			status, got, raw = f.do(t, "GET", "/v1/admin/issuances?workload=deployer", "tracer", "", "")
+			list, _ := got["issuances"].([]any)
+			if status != 200 || len(list) != 1 || list[0].(map[string]any)["revocation_id"] != revID || strings.Contains(raw, "hvs.") {
+				t.Errorf("GET issuances = %d %s; want the revoked record, no secret", status, raw)
+			}
+			if status, got, _ := f.do(t, "GET", "/v1/admin/issuances?active=true", "tracer", "", ""); status != 200 || len(got["issuances"].([]any)) != 0 {
+				t.Errorf("GET issuances?active=true = %d %v, want none", status, got)
+			}
+
+			// Unblock, audited; then exchange works again.
+			if status, got, _ := f.do(t, "DELETE", "/v1/admin/blocks/deployer?reason=resolved", "revoker", "", ""); status != 200 || got["unblocked"] != true {
+				t.Errorf("DELETE block = %d %v", status, got)
+			}
+			if !slices.Contains(f.sink.Types(), "unblock") {
+				t.Errorf("no unblock event in %v", f.sink.Types())
+			}
+			if status, got, _ := f.do(t, "DELETE", "/v1/admin/blocks/deployer", "revoker", "", ""); status != 404 || got["error"] != "not_found" {
+				t.Errorf("second DELETE = %d %v, want 404", status, got)
+			}
+			if status, got, _ := f.do(t, "POST", "/v1/token", "", "application/x-www-form-urlencoded", form.Encode()); status != 200 {
+				t.Errorf("exchange after unblock = %d %v, want 200", status, got)
+			}
+		})
+	}
+}
+
+func TestAdminLookupErrors(t *testing.T) {
+	tests := []struct {
+		name, method, path string
+		status             int
+		code               string
+	}{
+		{"fail/unknown-revocation", "GET", "/v1/admin/revocations/rev_01NOPE", 404, "not_found"},
+		{"fail/not-a-revocation-id", "GET", "/v1/admin/revocations/iss_01", 400, "invalid_request"},
+		{"fail/issuances-unknown-param", "GET", "/v1/admin/issuances?team=x", 400, "invalid_request"},
+		{"fail/issuances-repeated-param", "GET", "/v1/admin/issuances?workload=a&workload=b", 400, "invalid_request"},
+		{"fail/issuances-bad-active", "GET", "/v1/admin/issuances?active=yes", 400, "invalid_request"},
+		{"fail/issuances-bad-limit", "GET", "/v1/admin/issuances?limit=0", 400, "invalid_request"},
+		{"fail/blocks-query", "GET", "/v1/admin/blocks?x=1", 400, "invalid_request"},
+	}
+	f := newAdminFixture(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			token := "revoker"
+			if strings.Contains(tt.path, "issuances") {
+				token = "tracer"
+			}
+			status, body, _ := f.do(t, tt.method, tt.path, token, "", "")
+			if status != tt.status || body["error"] != tt.code {
+				t.Errorf("%s %s = %d %v, want %d %s", tt.method, tt.path, status, body, tt.status, tt.code)
+			}
+		})
+	}
+}
+
+func FuzzAdminRevokeBody(f *testing.F) {
+	for _, s := range []string{
+		`{"workload":"deployer","reason":"x"}`, `{"issuance_id":"iss_1","reason":"x","block":true}`,
+		`{"workload":"deployer","reason":"x","force":true}`, `{"reason":"x"} {}`, `[]`, `null`, ``,
+	} {
+		f.Add(s)
+	}
+	fx := newAdminFixture(f)
+	f.Fuzz(func(t *testing.T, body string) {
+		req, _ := http.NewRequest("POST", fx.srv.URL+"/v1/admin/revoke", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer revoker")
+		req.Header.Set("Content-Type", jsonCT)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+			t.Fatalf("answer to %q is not JSON: %v", body, err)
+		}
+		switch resp.StatusCode {
+		case 200, 202:
+			if _, ok := m["revocation_id"]; !ok {
+				t.Errorf("success without revocation_id: %v", m)
+			}
+		case 400, 404:
+			if m["error"] == nil || m["request_id"] == nil {
+				t.Errorf("error without OAuth shape: %v", m)
+			}
+		default:
+			t.Errorf("POST %q = %d %v, want 200/202/400/404", body, resp.StatusCode, m)
+		}
+	})
+}

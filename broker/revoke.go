@@ -1,0 +1,1046 @@
+package broker
+
+// Revocation: the security team's way to end one credential, a session, a
+// workload or everything an owner holds, on every instance at once.
+//
+// Order of a revocation (Service.Revoke):
+//
+//  1. select: the named issuance, or every still-active issuance of the
+//     session, workload or owner (store reads only; a failure changes
+//     nothing);
+//  2. audit: a `revoke` event (and one `block` event per blocked workload)
+//     naming the admin, the reason and every selected issuance id. If the
+//     audit log cannot take it the call fails with ErrUnavailable and
+//     nothing is revoked: an unaudited admin action is not allowed;
+//  3. store, durable first: the Revocation record with every issuance
+//     pending, the blocks, then each issuance marked RevokedAt. From here on
+//     the revocation is in force on every instance, because every check
+//     (Exchange's block check, Introspect, the proxy) reads the Store per
+//     request; and it is never forgotten, because the RevocationWorker of any
+//     instance finishes whatever the record still lists as pending;
+//  4. backends: each kind's Revoker (Vault tokens by accessor...), with a
+//     deadline per call; kinds without a Revoker (proxy credentials, broker
+//     JWTs) are revoked by the store mark alone and denied by the proxy and
+//     introspection until they expire;
+//  5. the record is updated (revoked, pending, failed), a `revoke_result`
+//     event written, and only then the change announced through the Store's
+//     Notifier, if it has one: announcing is second and never needed for
+//     correctness.
+//
+// Propagation. Because every check reads the Store, a revocation is visible
+// on every instance as soon as step 3 is done, not merely within a second.
+// RevocationCache adds what the scale-out contract asks on top of that: an
+// in-memory set of revoked issuances and blocked workloads that each
+// instance refreshes from the Store at least every second and on every
+// Notifier message. RevocationCache.Store fronts the Store with it as an
+// extra, fast deny: a check denies when the Store or the cache says so, so
+// the cache can only make the broker stricter, never let a revoked
+// credential through. (It also covers a revocation write that a Redis
+// failover lost, for as long as the instance keeps the notice.)
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// Limits on admin input.
+const (
+	maxSelectorLen = 256
+	maxReasonLen   = 1024
+	// revokeParallel bounds concurrent backend revocations of one call.
+	revokeParallel = 8
+	// noticeMaxIDs bounds the issuance ids carried by one notice; a larger
+	// revocation is announced without ids and learned from the Store.
+	noticeMaxIDs = 10000
+)
+
+// Revoke ends the credentials sel selects and, when block is set, blocks new
+// issuance to the workloads they belong to (the named workload; every policy
+// workload of the named owner; the workloads of the named issuance or
+// session). Exactly one selector field must be set and reason is required.
+//
+// Matched counts the named issuance (whatever its state), or the session's,
+// workload's or owner's issuances that were active (unexpired, unrevoked).
+// The returned revocation lists each as revoked (stored as revoked and ended
+// at its backend) or pending (to be retried by the RevocationWorker, with
+// the reason in Failed). The revocation is stored and audited before Revoke
+// returns; see the file comment for the order and the failure behaviour.
+func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, reason string, block bool, requestID string) (*Revocation, error) {
+	if admin == nil {
+		return nil, Errorf(ErrUnauthenticated, "missing_admin", "revocation needs an authorized admin", nil)
+	}
+	if err := validateSelector(sel); err != nil {
+		return nil, err
+	}
+	reason = strings.TrimSpace(reason)
+	if err := validateReason(reason); err != nil {
+		return nil, err
+	}
+
+	matched, err := s.selectIssuances(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	var blocks []string
+	if block {
+		blocks = s.blockTargets(sel, matched)
+	}
+
+	now := s.d.Now()
+	rev := &Revocation{
+		ID: NewID(PrefixRevocation), Selector: sel, Reason: reason, Block: block,
+		Admin: admin.String(), CreatedAt: now, Matched: len(matched),
+		Revoked: []string{}, Pending: ids(matched), Failed: []RevokeFailure{},
+	}
+
+	// 2. Audit the decision before anything changes.
+	ev := &audit.Event{
+		Type: audit.TypeRevoke, RequestID: requestID, RevocationID: rev.ID,
+		IssuanceID: sel.IssuanceID, SessionID: sel.SessionID, Workload: sel.Workload, Owner: sel.Owner,
+		Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
+		Details: map[string]any{
+			"selector": sel, "matched": rev.Matched, "issuance_ids": slices.Clone(rev.Pending), "block": block,
+		},
+		Outcome: &audit.Outcome{Status: 200},
+	}
+	if block {
+		ev.Details["blocks"] = blocks
+	}
+	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		return nil, Unavailable("audit_unavailable", time.Second, err)
+	}
+	for _, w := range blocks {
+		bev := &audit.Event{
+			Type: audit.TypeBlock, RequestID: requestID, RevocationID: rev.ID, Workload: w,
+			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
+			Outcome: &audit.Outcome{Status: 200},
+		}
+		if err := s.d.Audit.Append(context.WithoutCancel(ctx), bev); err != nil {
+			return nil, Unavailable("audit_unavailable", time.Second, err)
+		}
+	}
+
+	// 3. Durable first: the record (everything pending), the blocks, the
+	// issuance marks. The client going away does not stop it.
+	dctx := context.WithoutCancel(ctx)
+	if err := s.putRevocation(dctx, rev); err != nil {
+		s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "")
+		return nil, Unavailable("store_unavailable", time.Second, err)
+	}
+	for _, w := range blocks {
+		b := Block{Workload: w, Reason: reason, RevocationID: rev.ID, Admin: rev.Admin, CreatedAt: now}
+		sctx, cancel := context.WithTimeout(dctx, s.d.StoreTimeout)
+		err := s.d.Store.PutBlock(sctx, b)
+		cancel()
+		if err != nil {
+			// The record is stored: the worker still ends the credentials.
+			s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "")
+			return nil, Unavailable("store_unavailable", time.Second, fmt.Errorf("block %s: %w", w, err))
+		}
+	}
+	marked, failed := s.markAll(dctx, matched, rev.ID, now)
+
+	// 4. Backends.
+	revoked, bfailed := s.revokeBackends(dctx, marked)
+	s.settle(rev, revoked, append(failed, bfailed...))
+	if err := s.putRevocation(dctx, rev); err != nil {
+		// The stored record still lists everything as pending; the worker
+		// redoes it (revokers are idempotent).
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
+			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+	}
+
+	// 5. Result, then announce.
+	status := 200
+	if len(rev.Pending) > 0 {
+		status = 202
+	}
+	s.auditResult(dctx, rev, requestID, status, "", "request")
+	s.announce(dctx, Notice{RevocationID: rev.ID, Revoked: ids(marked), Blocked: blocks})
+	return cloneRevocation(rev), nil
+}
+
+// validateSelector checks that exactly one field is set and that it looks
+// like what it names.
+func validateSelector(sel RevokeSelector) error {
+	type field struct{ name, value, prefix string }
+	var set []field
+	for _, f := range []field{
+		{"issuance_id", sel.IssuanceID, PrefixIssuance},
+		{"session_id", sel.SessionID, PrefixSession},
+		{"workload", sel.Workload, ""},
+		{"owner", sel.Owner, ""},
+	} {
+		if f.value != "" {
+			set = append(set, f)
+		}
+	}
+	if len(set) != 1 {
+		return Errorf(ErrInvalidRequest, "bad_selector", "exactly one of issuance_id, session_id, workload or owner is required", nil)
+	}
+	f := set[0]
+	if len(f.value) > maxSelectorLen || !printable(f.value) || strings.TrimSpace(f.value) != f.value {
+		return Errorf(ErrInvalidRequest, "bad_selector", f.name+" is not a valid value", nil)
+	}
+	if f.prefix != "" && !strings.HasPrefix(f.value, f.prefix) {
+		return Errorf(ErrInvalidRequest, "bad_selector", f.name+" must start with "+f.prefix, nil)
+	}
+	return nil
+}
+
+func validateReason(reason string) error {
+	switch {
+	case reason == "":
+		return Errorf(ErrInvalidRequest, "missing_reason", "reason is required", nil)
+	case len(reason) > maxReasonLen:
+		return Errorf(ErrInvalidRequest, "bad_reason", fmt.Sprintf("reason must be at most %d bytes", maxReasonLen), nil)
+	case !printable(reason):
+		return Errorf(ErrInvalidRequest, "bad_reason", "reason must not contain control characters", nil)
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar {
+			return false
+		}
+	}
+	return true
+}
+
+// selectIssuances reads what sel names: the one issuance, or the active
+// issuances of the session, workload or owner.
+func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*Issuance, error) {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	if sel.IssuanceID != "" {
+		is, err := s.d.Store.GetIssuance(sctx, sel.IssuanceID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return nil, Errorf(ErrNotFound, "unknown_issuance", "no issuance with this id", err)
+		case err != nil:
+			return nil, Unavailable("store_unavailable", time.Second, err)
+		}
+		return []*Issuance{is}, nil
+	}
+	list, err := s.d.Store.ListIssuances(sctx, IssuanceFilter{
+		Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID, ActiveAt: s.d.Now(),
+	})
+	if err != nil {
+		return nil, Unavailable("store_unavailable", time.Second, err)
+	}
+	return list, nil
+}
+
+// blockTargets lists the workloads a blocking revocation blocks.
+func (s *Service) blockTargets(sel RevokeSelector, matched []*Issuance) []string {
+	set := map[string]bool{}
+	switch {
+	case sel.Workload != "":
+		set[sel.Workload] = true
+	case sel.Owner != "":
+		for _, w := range s.d.Policy().Workloads() {
+			if w.Owner == sel.Owner {
+				set[w.Name] = true
+			}
+		}
+	}
+	if sel.Workload == "" {
+		for _, is := range matched {
+			set[is.Workload] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for w := range set {
+		out = append(out, w)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// markAll stores each issuance as revoked by revID (an issuance already
+// revoked keeps its first revocation). It returns the issuances now marked
+// and a failure for each that could not be stored.
+func (s *Service) markAll(ctx context.Context, list []*Issuance, revID string, now time.Time) ([]*Issuance, []RevokeFailure) {
+	var marked []*Issuance
+	var failed []RevokeFailure
+	for _, is := range list {
+		if err := s.mark(ctx, is, revID, now); err != nil {
+			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "marking issuance revoked failed",
+				slog.String("issuance_id", is.ID), slog.String("revocation_id", revID), slog.String("error", err.Error()))
+			failed = append(failed, RevokeFailure{IssuanceID: is.ID, Error: "the revocation could not be stored yet; retrying"})
+			continue
+		}
+		marked = append(marked, is)
+	}
+	return marked, failed
+}
+
+func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time.Time) error {
+	if !is.RevokedAt.IsZero() {
+		return nil
+	}
+	c := *is
+	c.RevokedAt, c.RevocationID = now, revID
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	if err := s.d.Store.PutIssuance(sctx, &c); err != nil {
+		return err
+	}
+	is.RevokedAt, is.RevocationID = c.RevokedAt, c.RevocationID
+	return nil
+}
+
+// revokeBackends calls each issuance's Revoker, a few at a time, each with
+// its own deadline. Kinds without a Revoker are ended by the store mark.
+func (s *Service) revokeBackends(ctx context.Context, list []*Issuance) ([]string, []RevokeFailure) {
+	type result struct {
+		id  string
+		err error
+	}
+	results := make([]result, len(list))
+	sem := make(chan struct{}, revokeParallel)
+	var wg sync.WaitGroup
+	for i, is := range list {
+		results[i].id = is.ID
+		rv, ok := s.d.Revokers[is.Kind]
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			rctx, cancel := context.WithTimeout(ctx, s.d.MintTimeout)
+			defer cancel()
+			results[i].err = rv.Revoke(rctx, is)
+		}()
+	}
+	wg.Wait()
+	var revoked []string
+	var failed []RevokeFailure
+	for i, r := range results {
+		if r.err == nil {
+			revoked = append(revoked, r.id)
+			continue
+		}
+		e := AsError(r.err)
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "backend revocation failed; will retry",
+			slog.String("issuance_id", r.id), slog.String("kind", list[i].Kind),
+			slog.String("accessor", list[i].Refs.Accessor), slog.String("error", r.err.Error()))
+		failed = append(failed, RevokeFailure{IssuanceID: r.id, Error: safeRevokeError(e)})
+	}
+	return revoked, failed
+}
+
+// safeRevokeError is the text a receipt shows for a failed backend call: the
+// stable reason only, never the backend's own message.
+func safeRevokeError(e *Error) string {
+	reason := e.Reason
+	if reason == "" {
+		reason = "backend_error"
+	}
+	return "backend revocation failed (" + reason + "); retrying"
+}
+
+// settle moves revoked ids from Pending to Revoked and records failures.
+func (s *Service) settle(rev *Revocation, revoked []string, failed []RevokeFailure) {
+	done := map[string]bool{}
+	for _, id := range revoked {
+		done[id] = true
+		if !slices.Contains(rev.Revoked, id) {
+			rev.Revoked = append(rev.Revoked, id)
+		}
+	}
+	byID := map[string]RevokeFailure{}
+	for _, f := range failed {
+		byID[f.IssuanceID] = f
+	}
+	pending := []string{}
+	fails := []RevokeFailure{}
+	for _, id := range rev.Pending {
+		if done[id] {
+			continue
+		}
+		pending = append(pending, id)
+		if f, ok := byID[id]; ok {
+			fails = append(fails, f)
+		} else {
+			fails = append(fails, RevokeFailure{IssuanceID: id, Error: "not attempted yet; retrying"})
+		}
+	}
+	rev.Pending, rev.Failed = pending, fails
+	if len(pending) == 0 && rev.CompletedAt.IsZero() {
+		rev.CompletedAt = s.d.Now()
+	}
+}
+
+func (s *Service) putRevocation(ctx context.Context, rev *Revocation) error {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	return s.d.Store.PutRevocation(sctx, rev)
+}
+
+// auditResult writes a revoke_result event. It is logged, not returned, on
+// failure: the decision itself is already audited.
+func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID string, status int, reason, by string) {
+	details := map[string]any{
+		"matched": rev.Matched, "revoked": slices.Clone(rev.Revoked), "pending": slices.Clone(rev.Pending),
+		"failed": slices.Clone(rev.Failed),
+	}
+	if by != "" {
+		details["by"] = by
+	}
+	ev := &audit.Event{
+		Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin,
+		Details: details, Outcome: &audit.Outcome{Status: status, Reason: reason},
+	}
+	if status >= 500 {
+		ev.Outcome.Error = "temporarily_unavailable"
+	}
+	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
+			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+	}
+}
+
+// notifier is the Store's Notifier, if it has one (see WithNotifier).
+func (s *Service) notifier() Notifier {
+	n, _ := s.d.Store.(Notifier)
+	return n
+}
+
+// announce publishes n, best effort, with a short deadline.
+func (s *Service) announce(ctx context.Context, n Notice) {
+	nf := s.notifier()
+	if nf == nil {
+		return
+	}
+	if len(n.Revoked) > noticeMaxIDs {
+		n.Revoked = nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	if err := nf.Publish(pctx, n); err != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "announcing revocation failed; instances learn it at their next refresh",
+			slog.String("revocation_id", n.RevocationID), slog.String("error", err.Error()))
+	}
+}
+
+func ids(list []*Issuance) []string {
+	out := make([]string, 0, len(list))
+	for _, is := range list {
+		out = append(out, is.ID)
+	}
+	return out
+}
+
+func cloneRevocation(r *Revocation) *Revocation {
+	c := *r
+	c.Revoked = append([]string{}, r.Revoked...)
+	c.Pending = append([]string{}, r.Pending...)
+	c.Failed = append([]RevokeFailure{}, r.Failed...)
+	return &c
+}
+
+// GetRevocation returns a revocation and its progress.
+func (s *Service) GetRevocation(ctx context.Context, id string) (*Revocation, error) {
+	if !strings.HasPrefix(id, PrefixRevocation) || len(id) > maxSelectorLen || !printable(id) {
+		return nil, Errorf(ErrInvalidRequest, "bad_revocation_id", "revocation ids start with "+PrefixRevocation, nil)
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	r, err := s.d.Store.GetRevocation(sctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, Errorf(ErrNotFound, "unknown_revocation", "no revocation with this id", err)
+	case err != nil:
+		return nil, Unavailable("store_unavailable", time.Second, err)
+	}
+	if r.Revoked == nil {
+		r.Revoked = []string{}
+	}
+	if r.Pending == nil {
+		r.Pending = []string{}
+	}
+	if r.Failed == nil {
+		r.Failed = []RevokeFailure{}
+	}
+	return r, nil
+}
+
+// Blocks lists the blocked workloads.
+func (s *Service) Blocks(ctx context.Context) ([]Block, error) {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	bs, err := s.d.Store.ListBlocks(sctx)
+	if err != nil {
+		return nil, Unavailable("store_unavailable", time.Second, err)
+	}
+	if bs == nil {
+		bs = []Block{}
+	}
+	return bs, nil
+}
+
+// Unblock lifts the block of workload. The `unblock` event is written
+// before the block is removed; ErrNotFound when the workload is not blocked.
+func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, requestID string) error {
+	if admin == nil {
+		return Errorf(ErrUnauthenticated, "missing_admin", "unblocking needs an authorized admin", nil)
+	}
+	if workload == "" || len(workload) > maxSelectorLen || !printable(workload) {
+		return Errorf(ErrInvalidRequest, "bad_workload", "workload is not a valid name", nil)
+	}
+	reason = strings.TrimSpace(reason)
+	if len(reason) > maxReasonLen || !printable(reason) {
+		return Errorf(ErrInvalidRequest, "bad_reason", "reason is not valid", nil)
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	b, err := s.d.Store.GetBlock(sctx, workload)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Errorf(ErrNotFound, "not_blocked", "the workload is not blocked", err)
+	case err != nil:
+		return Unavailable("store_unavailable", time.Second, err)
+	}
+	ev := &audit.Event{
+		Type: audit.TypeUnblock, RequestID: requestID, Workload: workload, RevocationID: b.RevocationID,
+		Admin: admin.String(), Identity: auditIdentity(admin.Identity), Reason: reason,
+		Details: map[string]any{"blocked_at": b.CreatedAt, "blocked_by": b.Admin, "block_reason": b.Reason},
+		Outcome: &audit.Outcome{Status: 200},
+	}
+	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		return Unavailable("audit_unavailable", time.Second, err)
+	}
+	sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+	err = s.d.Store.DeleteBlock(sctx, workload)
+	cancel()
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		fail := &audit.Event{Type: audit.TypeUnblock, RequestID: requestID, Workload: workload, Admin: admin.String(),
+			Outcome: &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "store_unavailable"}}
+		if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), fail); aerr != nil {
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit unblock failure failed", slog.String("error", aerr.Error()))
+		}
+		return Unavailable("store_unavailable", time.Second, err)
+	}
+	s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
+	return nil
+}
+
+// ListIssuances returns issuance records (never secrets) matching f.
+func (s *Service) ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error) {
+	for _, v := range []string{f.Workload, f.Owner, f.SessionID} {
+		if len(v) > maxSelectorLen || !printable(v) {
+			return nil, Errorf(ErrInvalidRequest, "bad_filter", "filter values must be short printable strings", nil)
+		}
+	}
+	if f.Limit < 0 {
+		return nil, Errorf(ErrInvalidRequest, "bad_limit", "limit must not be negative", nil)
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	list, err := s.d.Store.ListIssuances(sctx, f)
+	if err != nil {
+		return nil, Unavailable("store_unavailable", time.Second, err)
+	}
+	if list == nil {
+		list = []*Issuance{}
+	}
+	return list, nil
+}
+
+// WithNotifier returns st with n as its Notifier: Service.Revoke and
+// Unblock announce through the Store's Notifier when it has one, so wiring
+// a store that is not one itself (the embedded store with an in-process
+// fan-out) goes through this.
+func WithNotifier(st Store, n Notifier) Store {
+	return notifyingStore{Store: st, Notifier: n}
+}
+
+type notifyingStore struct {
+	Store
+	Notifier
+}
+
+// WorkerOptions configure a RevocationWorker.
+type WorkerOptions struct {
+	// Interval between passes over the stored revocations (default 2s).
+	Interval time.Duration
+	// MaxBackoff caps the wait between two retries of one revocation
+	// (default 1m); the wait doubles from Interval after each failed try.
+	MaxBackoff time.Duration
+}
+
+// RevocationWorker finishes revocations whose backend part failed: every
+// Interval it loads the stored revocations that still list pending
+// issuances and retries them, with exponential backoff per revocation.
+// When nothing is pending any more it stores CompletedAt and writes a
+// `revoke_result` event. Any number of instances may run one: revokers are
+// idempotent, so two instances retrying the same revocation do no harm
+// (each may write its own revoke_result event).
+type RevocationWorker struct {
+	s       *Service
+	o       WorkerOptions
+	mu      sync.Mutex
+	retry   map[string]*retryState
+	pending atomic.Int64
+}
+
+type retryState struct {
+	attempts int
+	next     time.Time
+}
+
+// NewRevocationWorker returns a worker over s's store, revokers and audit
+// sink.
+func NewRevocationWorker(s *Service, o WorkerOptions) (*RevocationWorker, error) {
+	if s == nil {
+		return nil, errors.New("broker: NewRevocationWorker: service is required")
+	}
+	if o.Interval < 0 || o.MaxBackoff < 0 {
+		return nil, errors.New("broker: NewRevocationWorker: interval and max backoff must not be negative")
+	}
+	if o.Interval == 0 {
+		o.Interval = 2 * time.Second
+	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = time.Minute
+	}
+	return &RevocationWorker{s: s, o: o, retry: map[string]*retryState{}}, nil
+}
+
+// PendingCount is the number of revocations with pending backend work seen
+// by the last pass (the keytrail_revocations_pending gauge).
+func (w *RevocationWorker) PendingCount() int { return int(w.pending.Load()) }
+
+// Run makes a pass every Interval until ctx ends.
+func (w *RevocationWorker) Run(ctx context.Context) error {
+	t := time.NewTicker(w.o.Interval)
+	defer t.Stop()
+	for {
+		if err := w.Tick(ctx); err != nil && ctx.Err() == nil {
+			w.s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation worker pass failed", slog.String("error", err.Error()))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Tick makes one pass: it retries every pending revocation whose backoff
+// has passed.
+func (w *RevocationWorker) Tick(ctx context.Context) error {
+	s := w.s
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	revs, err := s.d.Store.ListRevocations(sctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list revocations: %w", err)
+	}
+	now := s.d.Now()
+	var due []*Revocation
+	seen := map[string]bool{}
+	w.mu.Lock()
+	for _, r := range revs {
+		if !r.CompletedAt.IsZero() {
+			continue
+		}
+		seen[r.ID] = true
+		st := w.retry[r.ID]
+		if st == nil {
+			// Leave a fresh revocation to the request that is still
+			// working on it for one interval.
+			st = &retryState{next: r.CreatedAt.Add(w.o.Interval)}
+			w.retry[r.ID] = st
+		}
+		if !now.Before(st.next) {
+			due = append(due, r)
+		}
+	}
+	for id := range w.retry {
+		if !seen[id] {
+			delete(w.retry, id)
+		}
+	}
+	w.mu.Unlock()
+	w.pending.Store(int64(len(seen)))
+
+	var errs []error
+	for _, r := range due {
+		if ctx.Err() != nil {
+			break
+		}
+		done, err := w.retryOne(ctx, r)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		w.mu.Lock()
+		if done {
+			delete(w.retry, r.ID)
+			w.pending.Add(-1)
+		} else if st := w.retry[r.ID]; st != nil {
+			st.attempts++
+			st.next = s.d.Now().Add(w.backoff(st.attempts))
+		}
+		w.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+func (w *RevocationWorker) backoff(attempts int) time.Duration {
+	d := w.o.Interval
+	for i := 1; i < attempts && d < w.o.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, w.o.MaxBackoff)
+}
+
+// retryOne retries the pending issuances of r and stores the progress. It
+// reports whether r is complete.
+func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, error) {
+	s := w.s
+	var toRevoke []*Issuance
+	var failed []RevokeFailure
+	var gone []string
+	for _, id := range r.Pending {
+		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+		is, err := s.d.Store.GetIssuance(sctx, id)
+		cancel()
+		switch {
+		case errors.Is(err, ErrNotFound):
+			gone = append(gone, id) // past retention: nothing left to end
+			continue
+		case err != nil:
+			failed = append(failed, RevokeFailure{IssuanceID: id, Error: "the revocation could not be stored yet; retrying"})
+			continue
+		}
+		toRevoke = append(toRevoke, is)
+	}
+	marked, mfailed := s.markAll(ctx, toRevoke, r.ID, s.d.Now())
+	revoked, bfailed := s.revokeBackends(ctx, marked)
+	failed = append(append(failed, mfailed...), bfailed...)
+	s.settle(r, append(gone, revoked...), failed)
+	if err := s.putRevocation(ctx, r); err != nil {
+		return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
+	}
+	if len(r.Pending) > 0 {
+		return false, nil
+	}
+	s.auditResult(ctx, r, "", 200, "", "worker")
+	s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
+	return true, nil
+}
+
+// CacheOptions configure a RevocationCache.
+type CacheOptions struct {
+	// Notifier delivers announcements; nil means refresh only.
+	Notifier Notifier
+	// Interval between refreshes from the Store (default 1s; at most 1s).
+	Interval time.Duration
+	// Window: revocations created longer ago than this are not cached (their
+	// credentials have expired; the Store's marks still stand). Default 24h.
+	Window time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// RevocationCache is one instance's in-memory view of the revocation state:
+// revoked issuance ids and blocked workloads, re-read from the Store every
+// Interval and updated at once by Notifier messages. It never replaces a
+// Store read: Store() returns a Store that answers from the underlying
+// Store and adds the cache's denials (see the file comment).
+type RevocationCache struct {
+	st Store
+	o  CacheOptions
+
+	mu        sync.RWMutex
+	revoked   map[string]time.Time // issuance id -> when this instance learned it
+	blocked   map[string]Block
+	seq       uint64        // notices applied so far
+	log       []noticeEntry // notices applied during the refresh in progress
+	refreshed time.Time
+}
+
+type noticeEntry struct {
+	seq uint64
+	n   Notice
+}
+
+// NewRevocationCache returns an empty cache over st; call Refresh or Run.
+func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
+	if st == nil {
+		return nil, errors.New("broker: NewRevocationCache: store is required")
+	}
+	if o.Interval < 0 || o.Interval > time.Second {
+		return nil, errors.New("broker: NewRevocationCache: interval must be at most 1s")
+	}
+	if o.Interval == 0 {
+		o.Interval = time.Second
+	}
+	if o.Window <= 0 {
+		o.Window = 24 * time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{}}, nil
+}
+
+// Revoked reports whether the cache knows issuance id as revoked.
+func (c *RevocationCache) Revoked(id string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.revoked[id]
+	return ok
+}
+
+// Blocked reports whether the cache knows workload as blocked.
+func (c *RevocationCache) Blocked(workload string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.blocked[workload]
+	return ok
+}
+
+// Refreshed is when the last successful refresh finished.
+func (c *RevocationCache) Refreshed() time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.refreshed
+}
+
+// Apply applies a notice.
+func (c *RevocationCache) Apply(n Notice) {
+	now := c.o.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	if c.log != nil {
+		c.log = append(c.log, noticeEntry{seq: c.seq, n: n})
+	}
+	c.applyLocked(n, now)
+}
+
+func (c *RevocationCache) applyLocked(n Notice, now time.Time) {
+	for _, id := range n.Revoked {
+		if _, ok := c.revoked[id]; !ok {
+			c.revoked[id] = now
+		}
+	}
+	for _, w := range n.Blocked {
+		if _, ok := c.blocked[w]; !ok {
+			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
+		}
+	}
+	for _, w := range n.Unblocked {
+		delete(c.blocked, w)
+	}
+}
+
+// Refresh re-reads the blocks and the recent revocations from the Store and
+// replaces the cache with them, keeping notices applied meanwhile.
+func (c *RevocationCache) Refresh(ctx context.Context) error {
+	c.mu.Lock()
+	start := c.seq
+	c.log = []noticeEntry{}
+	c.mu.Unlock()
+
+	blocks, err := c.st.ListBlocks(ctx)
+	var revs []*Revocation
+	if err == nil {
+		revs, err = c.st.ListRevocations(ctx)
+	}
+	now := c.o.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	logged := c.log
+	c.log = nil
+	if err != nil {
+		return err
+	}
+	revoked := make(map[string]time.Time, len(c.revoked))
+	cutoff := now.Add(-c.o.Window)
+	for _, r := range revs {
+		if r.CreatedAt.Before(cutoff) {
+			continue
+		}
+		for _, l := range [][]string{r.Revoked, r.Pending} {
+			for _, id := range l {
+				if t, ok := c.revoked[id]; ok {
+					revoked[id] = t
+				} else {
+					revoked[id] = now
+				}
+			}
+		}
+	}
+	blocked := make(map[string]Block, len(blocks))
+	for _, b := range blocks {
+		blocked[b.Workload] = b
+	}
+	c.revoked, c.blocked, c.refreshed = revoked, blocked, now
+	for _, e := range logged {
+		if e.seq > start {
+			c.applyLocked(e.n, now)
+		}
+	}
+	return nil
+}
+
+// Run refreshes every Interval and applies the Notifier's messages until ctx
+// ends. A failing subscription is retried at every refresh.
+func (c *RevocationCache) Run(ctx context.Context) error {
+	t := time.NewTicker(c.o.Interval)
+	defer t.Stop()
+	var notices <-chan Notice
+	subscribe := func() {
+		if c.o.Notifier == nil || notices != nil {
+			return
+		}
+		ch, err := c.o.Notifier.Subscribe(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation notices: subscribe failed; relying on refresh", slog.String("error", err.Error()))
+			}
+			return
+		}
+		notices = ch
+	}
+	refresh := func() {
+		rctx, cancel := context.WithTimeout(ctx, c.o.Interval)
+		defer cancel()
+		if err := c.Refresh(rctx); err != nil && ctx.Err() == nil {
+			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache refresh failed", slog.String("error", err.Error()))
+		}
+	}
+	subscribe()
+	refresh()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case n, ok := <-notices:
+			if !ok {
+				notices = nil
+				continue
+			}
+			c.Apply(n)
+		case <-t.C:
+			subscribe()
+			refresh()
+		}
+	}
+}
+
+// Store returns a Store that reads through to the underlying one and adds
+// the cache's denials: an issuance the cache knows as revoked is returned
+// revoked, a workload it knows as blocked has a block. Its Publish applies
+// the notice to this cache before announcing it, so the announcing
+// instance's own view never lags.
+func (c *RevocationCache) Store() Store { return &cachedStore{Store: c.st, c: c} }
+
+type cachedStore struct {
+	Store
+	c *RevocationCache
+}
+
+var _ Notifier = (*cachedStore)(nil)
+
+func (s *cachedStore) deny(is *Issuance) *Issuance {
+	if is == nil || !is.RevokedAt.IsZero() {
+		return is
+	}
+	s.c.mu.RLock()
+	t, ok := s.c.revoked[is.ID]
+	s.c.mu.RUnlock()
+	if ok {
+		is.RevokedAt = t
+	}
+	return is
+}
+
+func (s *cachedStore) GetIssuance(ctx context.Context, id string) (*Issuance, error) {
+	is, err := s.Store.GetIssuance(ctx, id)
+	return s.deny(is), err
+}
+
+func (s *cachedStore) FindIssuance(ctx context.Context, kind RefKind, value string) (*Issuance, error) {
+	is, err := s.Store.FindIssuance(ctx, kind, value)
+	return s.deny(is), err
+}
+
+func (s *cachedStore) ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error) {
+	list, err := s.Store.ListIssuances(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out := list[:0]
+	for _, is := range list {
+		s.deny(is)
+		if !f.ActiveAt.IsZero() && !is.Active(f.ActiveAt) {
+			continue
+		}
+		out = append(out, is)
+	}
+	return out, nil
+}
+
+func (s *cachedStore) GetBlock(ctx context.Context, workload string) (*Block, error) {
+	b, err := s.Store.GetBlock(ctx, workload)
+	if errors.Is(err, ErrNotFound) {
+		s.c.mu.RLock()
+		cb, ok := s.c.blocked[workload]
+		s.c.mu.RUnlock()
+		if ok {
+			return &cb, nil
+		}
+	}
+	return b, err
+}
+
+func (s *cachedStore) DeleteBlock(ctx context.Context, workload string) error {
+	err := s.Store.DeleteBlock(ctx, workload)
+	if err == nil || errors.Is(err, ErrNotFound) {
+		s.c.Apply(Notice{Unblocked: []string{workload}})
+	}
+	return err
+}
+
+// Publish applies n here, then announces it through the cache's Notifier.
+func (s *cachedStore) Publish(ctx context.Context, n Notice) error {
+	s.c.Apply(n)
+	if s.c.o.Notifier == nil {
+		return nil
+	}
+	return s.c.o.Notifier.Publish(ctx, n)
+}
+
+// Subscribe subscribes to the cache's Notifier; without one the channel
+// only closes when ctx ends.
+func (s *cachedStore) Subscribe(ctx context.Context) (<-chan Notice, error) {
+	if s.c.o.Notifier != nil {
+		return s.c.o.Notifier.Subscribe(ctx)
+	}
+	ch := make(chan Notice)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch, nil
+}

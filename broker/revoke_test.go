@@ -1,0 +1,477 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// fakeRevoker records calls, fails while err is set, and snapshots what was
+// durable at the moment of each call.
+type fakeRevoker struct {
+	mu     sync.Mutex
+	err    error
+	calls  []string
+	before func(is *broker.Issuance) // run at each call
+}
+
+func (r *fakeRevoker) Revoke(ctx context.Context, is *broker.Issuance) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, is.ID)
+	if r.before != nil {
+		r.before(is)
+	}
+	return r.err
+}
+
+func (r *fakeRevoker) setErr(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.err = err
+}
+
+func (r *fakeRevoker) Calls() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+type revFixture struct {
+	svc   *broker.Service
+	store broker.Store
+	mem   *memstore.Store
+	sink  *brokertest.Sink
+	rv    *fakeRevoker
+	mu    sync.Mutex
+	now   time.Time
+}
+
+func (f *revFixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *revFixture) advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+}
+
+var secops = &broker.Admin{Name: "secops", Identity: broker.IdentityRef{Iss: "https://sso.example", Sub: "alice"}, Roles: []string{"revoke"}}
+
+// newRevFixture is a Service over a memstore whose vault_token revocations
+// go to a fakeRevoker. wrap, when set, wraps the store the Service sees.
+func newRevFixture(t *testing.T, wrap func(*revFixture, broker.Store) broker.Store) *revFixture {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &revFixture{sink: &brokertest.Sink{}, rv: &fakeRevoker{}, now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	f.mem = memstore.New(f.clock)
+	f.store = f.mem
+	if wrap != nil {
+		f.store = wrap(f, f.mem)
+	}
+	authn := brokertest.Authn{
+		"payments": identity("system:serviceaccount:payments:api", map[string]any{
+			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+		}),
+		"batch": identity("system:serviceaccount:data:batch", nil),
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.rv},
+		Store:    f.store,
+		Audit:    f.sink,
+		Now:      f.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc = svc
+	return f
+}
+
+// issue exchanges token and moves the clock past the rate limit.
+func (f *revFixture) issue(t *testing.T, token string) *broker.Issuance {
+	t.Helper()
+	res, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: token, Grant: "payments-vault"})
+	if err != nil {
+		t.Fatalf("Exchange(%s) = %v", token, err)
+	}
+	f.advance(time.Second)
+	return res.Issuance
+}
+
+func (f *revFixture) types(from int) []string { return f.sink.Types()[from:] }
+
+func TestRevoke(t *testing.T) {
+	type want struct {
+		matched  int
+		revoked  []string // by fixture name: p1, p2, b1
+		events   []string
+		blocks   []string
+		kind     error
+		reason   string
+		unmarked []string // issuances that must stay active
+	}
+	tests := []struct {
+		name   string
+		sel    func(m map[string]*broker.Issuance) broker.RevokeSelector
+		reason string
+		block  bool
+		want   want
+	}{
+		{name: "ok/issuance", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{IssuanceID: m["p1"].ID}
+		}, reason: "leaked in a log", want: want{matched: 1, revoked: []string{"p1"}, events: []string{"revoke", "revoke_result"}, unmarked: []string{"p2", "b1"}}},
+		{name: "ok/session", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{SessionID: m["p1"].SessionID}
+		}, reason: "pod compromised", want: want{matched: 2, revoked: []string{"p1", "p2"}, events: []string{"revoke", "revoke_result"}, unmarked: []string{"b1"}}},
+		{name: "ok/workload-with-block", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{Workload: "payments-api"}
+		}, reason: "incident 42", block: true, want: want{matched: 2, revoked: []string{"p1", "p2"}, events: []string{"revoke", "block", "revoke_result"}, blocks: []string{"payments-api"}, unmarked: []string{"b1"}}},
+		{name: "ok/owner-blocks-its-workloads", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{Owner: "team-data"}
+		}, reason: "team offboarded", block: true, want: want{matched: 1, revoked: []string{"b1"}, events: []string{"revoke", "block", "revoke_result"}, blocks: []string{"batch"}, unmarked: []string{"p1", "p2"}}},
+		{name: "ok/workload-nothing-active", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{Workload: "ghost"}
+		}, reason: "precaution", want: want{matched: 0, events: []string{"revoke", "revoke_result"}, unmarked: []string{"p1", "p2", "b1"}}},
+		{name: "fail/no-selector", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{}
+		}, reason: "x", want: want{kind: broker.ErrInvalidRequest, reason: "bad_selector", unmarked: []string{"p1", "p2", "b1"}}},
+		{name: "fail/two-selectors", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{Workload: "payments-api", Owner: "team-payments"}
+		}, reason: "x", want: want{kind: broker.ErrInvalidRequest, reason: "bad_selector", unmarked: []string{"p1", "p2", "b1"}}},
+		{name: "fail/missing-reason", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{Workload: "payments-api"}
+		}, reason: "  ", want: want{kind: broker.ErrInvalidRequest, reason: "missing_reason", unmarked: []string{"p1", "p2", "b1"}}},
+		{name: "fail/control-chars-in-reason", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{Workload: "payments-api"}
+		}, reason: "a\nb", want: want{kind: broker.ErrInvalidRequest, reason: "bad_reason", unmarked: []string{"p1", "p2", "b1"}}},
+		{name: "fail/bad-issuance-prefix", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{IssuanceID: "use_123"}
+		}, reason: "x", want: want{kind: broker.ErrInvalidRequest, reason: "bad_selector", unmarked: []string{"p1", "p2", "b1"}}},
+		{name: "fail/unknown-issuance", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+			return broker.RevokeSelector{IssuanceID: "iss_01NOPE"}
+		}, reason: "x", want: want{kind: broker.ErrNotFound, reason: "unknown_issuance", unmarked: []string{"p1", "p2", "b1"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newRevFixture(t, nil)
+			m := map[string]*broker.Issuance{"p1": f.issue(t, "payments"), "p2": f.issue(t, "payments"), "b1": f.issue(t, "batch")}
+			names := map[string]string{}
+			for k, v := range m {
+				names[v.ID] = k
+			}
+			n := len(f.sink.Events())
+			rev, err := f.svc.Revoke(context.Background(), secops, tt.sel(m), tt.reason, tt.block, "req_1")
+			if tt.want.kind != nil {
+				if !errors.Is(err, tt.want.kind) || broker.AsError(err).Reason != tt.want.reason {
+					t.Fatalf("Revoke() = %v, %v; want %v (%s)", rev, err, tt.want.kind, tt.want.reason)
+				}
+				if got := f.types(n); len(got) != 0 {
+					t.Errorf("events after a refused revoke = %v, want none", got)
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("Revoke() error = %v", err)
+				}
+				var got []string
+				for _, id := range rev.Revoked {
+					got = append(got, names[id])
+				}
+				slices.Sort(got)
+				if diff := cmp.Diff(tt.want.revoked, got); diff != "" {
+					t.Errorf("Revoke().Revoked (-want +got):\n%s", diff)
+				}
+				if rev.Matched != tt.want.matched || len(rev.Pending) != 0 || len(rev.Failed) != 0 || rev.CompletedAt.IsZero() {
+					t.Errorf("Revoke() = matched %d pending %v failed %v completed %v; want matched %d, all done",
+						rev.Matched, rev.Pending, rev.Failed, rev.CompletedAt, tt.want.matched)
+				}
+				if diff := cmp.Diff(tt.want.events, f.types(n)); diff != "" {
+					t.Errorf("audit events (-want +got):\n%s", diff)
+				}
+				ev := f.sink.Events()[n]
+				if ev.Admin != "secops:alice" || ev.RevocationID != rev.ID || ev.Reason != tt.reason || ev.RequestID != "req_1" {
+					t.Errorf("revoke event = %+v, want admin secops:alice, revocation %s, reason %q", ev, rev.ID, tt.reason)
+				}
+				stored, err := f.mem.GetRevocation(context.Background(), rev.ID)
+				if err != nil || !cmp.Equal(stored.Revoked, rev.Revoked) || stored.CompletedAt.IsZero() {
+					t.Errorf("stored revocation = %+v, %v; want it complete", stored, err)
+				}
+				for _, name := range tt.want.revoked {
+					is, _ := f.mem.GetIssuance(context.Background(), m[name].ID)
+					if is.RevokedAt.IsZero() || is.RevocationID != rev.ID {
+						t.Errorf("issuance %s: revoked_at %v by %q, want marked by %s", name, is.RevokedAt, is.RevocationID, rev.ID)
+					}
+				}
+			}
+			for _, name := range tt.want.unmarked {
+				is, _ := f.mem.GetIssuance(context.Background(), m[name].ID)
+				if !is.RevokedAt.IsZero() {
+					t.Errorf("issuance %s revoked, want untouched", name)
+				}
+			}
+			blocks, _ := f.mem.ListBlocks(context.Background())
+			var got []string
+			for _, b := range blocks {
+				got = append(got, b.Workload)
+			}
+			if diff := cmp.Diff(tt.want.blocks, got); diff != "" {
+				t.Errorf("blocks (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The revoke event, the stored revocation and the issuance mark all exist
+// before any backend call is made.
+func TestRevokeDurableFirst(t *testing.T) {
+	f := newRevFixture(t, nil)
+	is := f.issue(t, "payments")
+	type seen struct {
+		events  []string
+		marked  bool
+		pending []string
+	}
+	var at []seen
+	f.rv.before = func(x *broker.Issuance) {
+		got, _ := f.mem.GetIssuance(context.Background(), x.ID)
+		revs, _ := f.mem.ListRevocations(context.Background())
+		var pending []string
+		for _, r := range revs {
+			pending = append(pending, r.Pending...)
+		}
+		at = append(at, seen{events: f.sink.Types(), marked: !got.RevokedAt.IsZero(), pending: pending})
+	}
+	if _, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leak", false, "req_1"); err != nil {
+		t.Fatal(err)
+	}
+	want := []seen{{events: []string{"issue", "revoke"}, marked: true, pending: []string{is.ID}}}
+	if diff := cmp.Diff(want, at, cmp.AllowUnexported(seen{})); diff != "" {
+		t.Errorf("state at the backend call (-want +got):\n%s", diff)
+	}
+}
+
+// An audit log that cannot take the revoke event refuses the revocation:
+// nothing is stored, nothing revoked at the backend.
+func TestRevokeAuditFailureRefuses(t *testing.T) {
+	f := newRevFixture(t, nil)
+	is := f.issue(t, "payments")
+	f.sink.Fail = func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke }
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "leak", true, "req_1")
+	if !errors.Is(err, broker.ErrUnavailable) || rev != nil {
+		t.Fatalf("Revoke() = %v, %v; want nil, ErrUnavailable", rev, err)
+	}
+	if calls := f.rv.Calls(); len(calls) != 0 {
+		t.Errorf("backend revoked %v with the audit log down, want nothing", calls)
+	}
+	revs, _ := f.mem.ListRevocations(context.Background())
+	blocks, _ := f.mem.ListBlocks(context.Background())
+	got, _ := f.mem.GetIssuance(context.Background(), is.ID)
+	if len(revs) != 0 || len(blocks) != 0 || !got.RevokedAt.IsZero() {
+		t.Errorf("store changed by a refused revoke: revocations %v, blocks %v, revoked_at %v", revs, blocks, got.RevokedAt)
+	}
+}
+
+// A backend that fails leaves the issuance pending (but revoked in the
+// store); the worker finishes it with backoff once the backend recovers.
+func TestRevokePendingThenWorkerCompletes(t *testing.T) {
+	f := newRevFixture(t, nil)
+	is := f.issue(t, "payments")
+	f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("dial tcp 127.0.0.1:8200: connection refused")))
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leak", false, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantFailed := []broker.RevokeFailure{{IssuanceID: is.ID, Error: "backend revocation failed (vault_unavailable); retrying"}}
+	if diff := cmp.Diff(wantFailed, rev.Failed); diff != "" || !cmp.Equal(rev.Pending, []string{is.ID}) || len(rev.Revoked) != 0 {
+		t.Fatalf("receipt = revoked %v pending %v failed %v; want %s pending (-want +got failed):\n%s", rev.Revoked, rev.Pending, rev.Failed, is.ID, diff)
+	}
+	if got, _ := f.mem.GetIssuance(context.Background(), is.ID); got.RevokedAt.IsZero() {
+		t.Errorf("issuance not marked revoked while the backend is down; introspection would call it active")
+	}
+
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: 2 * time.Second, MaxBackoff: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	steps := []struct {
+		name      string
+		advance   time.Duration
+		fixed     bool
+		wantCalls int
+		pending   int
+	}{
+		{name: "grace-for-the-request", advance: 0, wantCalls: 1, pending: 1},
+		{name: "first-retry-fails", advance: 2 * time.Second, wantCalls: 2, pending: 1},
+		{name: "backoff-not-over", advance: time.Second, fixed: true, wantCalls: 2, pending: 1},
+		{name: "retry-succeeds", advance: time.Second, fixed: true, wantCalls: 3, pending: 0},
+		{name: "nothing-left", advance: 10 * time.Second, fixed: true, wantCalls: 3, pending: 0},
+	}
+	for _, st := range steps {
+		f.advance(st.advance)
+		if st.fixed {
+			f.rv.setErr(nil)
+		}
+		_ = w.Tick(ctx)
+		if got := len(f.rv.Calls()); got != st.wantCalls || w.PendingCount() != st.pending {
+			t.Fatalf("%s: backend calls %d, pending %d; want %d, %d", st.name, got, w.PendingCount(), st.wantCalls, st.pending)
+		}
+	}
+	stored, err := f.svc.GetRevocation(ctx, rev.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cmp.Equal(stored.Revoked, []string{is.ID}) || len(stored.Pending) != 0 || len(stored.Failed) != 0 || stored.CompletedAt.IsZero() {
+		t.Errorf("GetRevocation() = %+v; want revoked, complete", stored)
+	}
+	types := f.sink.Types()
+	if types[len(types)-1] != "revoke_result" || f.sink.Events()[len(types)-1].Details["by"] != "worker" {
+		t.Errorf("last event = %s %v, want revoke_result by worker", types[len(types)-1], f.sink.Events()[len(types)-1].Details)
+	}
+}
+
+func TestUnblock(t *testing.T) {
+	f := newRevFixture(t, nil)
+	ctx := context.Background()
+	if _, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if broker.AsError(err).Reason != "workload_blocked" {
+		t.Fatalf("Exchange() while blocked = %v, want workload_blocked", err)
+	}
+	blocks, err := f.svc.Blocks(ctx)
+	if err != nil || len(blocks) != 1 || blocks[0].Admin != "secops:alice" || blocks[0].Reason != "incident" || !strings.HasPrefix(blocks[0].RevocationID, "rev_") {
+		t.Fatalf("Blocks() = %+v, %v", blocks, err)
+	}
+	tests := []struct {
+		name     string
+		workload string
+		want     error
+	}{
+		{"ok/blocked", "payments-api", nil},
+		{"fail/not-blocked-any-more", "payments-api", broker.ErrNotFound},
+		{"fail/empty", "", broker.ErrInvalidRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := len(f.sink.Events())
+			err := f.svc.Unblock(ctx, secops, tt.workload, "resolved", "req_2")
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("Unblock(%q) = %v, want %v", tt.workload, err, tt.want)
+			}
+			wantEvents := []string{}
+			if tt.want == nil {
+				wantEvents = []string{"unblock"}
+			}
+			if diff := cmp.Diff(wantEvents, f.types(n)); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+		})
+	}
+	f.advance(time.Second)
+	if _, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"}); err != nil {
+		t.Errorf("Exchange() after unblock = %v, want ok", err)
+	}
+}
+
+// Revoke announces through the Store's Notifier; a second instance's cache
+// learns it from the notice alone, and its fronting store then denies.
+func TestRevokeAnnouncesToCaches(t *testing.T) {
+	nf := memstore.NewNotifier()
+	f := newRevFixture(t, func(f *revFixture, st broker.Store) broker.Store { return broker.WithNotifier(st, nf) })
+	is := f.issue(t, "payments")
+
+	// The "other instance": a cache over a store that never hears of the
+	// revocation, so only the notice can tell it.
+	other := memstore.New(f.clock)
+	if err := other.PutIssuance(context.Background(), is); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := broker.NewRevocationCache(other, broker.CacheOptions{Notifier: nf, Now: f.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	notices, err := nf.Subscribe(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := <-notices
+	if diff := cmp.Diff(broker.Notice{RevocationID: rev.ID, Revoked: []string{is.ID}, Blocked: []string{"payments-api"}}, n); diff != "" {
+		t.Fatalf("notice (-want +got):\n%s", diff)
+	}
+	cache.Apply(n)
+	front := cache.Store()
+	got, err := front.FindIssuance(context.Background(), broker.RefFingerprint, is.Refs.Fingerprint)
+	if err != nil || got.Active(f.clock()) {
+		t.Errorf("front.FindIssuance() = %+v, %v; want revoked by the cache", got, err)
+	}
+	if b, err := front.GetBlock(context.Background(), "payments-api"); err != nil || b.RevocationID != rev.ID {
+		t.Errorf("front.GetBlock() = %+v, %v; want blocked by %s", b, err, rev.ID)
+	}
+	active, _ := front.ListIssuances(context.Background(), broker.IssuanceFilter{Workload: "payments-api", ActiveAt: f.clock()})
+	if len(active) != 0 {
+		t.Errorf("front.ListIssuances(active) = %d issuances, want 0", len(active))
+	}
+}
+
+func TestRevocationCacheRefresh(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	st := memstore.New(func() time.Time { return now })
+	ctx := context.Background()
+	cache, err := broker.NewRevocationCache(st, broker.CacheOptions{Now: func() time.Time { return now }, Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*broker.Revocation{
+		{ID: "rev_recent", CreatedAt: now.Add(-time.Minute), Revoked: []string{"iss_a"}, Pending: []string{"iss_b"}},
+		{ID: "rev_old", CreatedAt: now.Add(-2 * time.Hour), Revoked: []string{"iss_old"}},
+	} {
+		if err := st.PutRevocation(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.PutBlock(ctx, broker.Block{Workload: "w1", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	cache.Apply(broker.Notice{Blocked: []string{"w-notice-only"}})
+	if err := cache.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{
+		"iss_a": cache.Revoked("iss_a"), "iss_b": cache.Revoked("iss_b"), "iss_old": cache.Revoked("iss_old"),
+		"w1": cache.Blocked("w1"), "w-notice-only": cache.Blocked("w-notice-only"),
+	}
+	want := map[string]bool{"iss_a": true, "iss_b": true, "iss_old": false, "w1": true, "w-notice-only": false}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("cache after refresh (-want +got):\n%s", diff)
+	}
+	if _, err := broker.NewRevocationCache(st, broker.CacheOptions{Interval: 2 * time.Second}); err == nil {
+		t.Errorf("NewRevocationCache(interval 2s) = nil error, want refused (the contract is at least every second)")
+	}
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+)
+
+func runCLI(t *testing.T, env map[string]string, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	getenv := func(k string) string { return env[k] }
+	err := run(context.Background(), args, getenv, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+func TestHelpListsEverySubcommand(t *testing.T) {
+	out, _, err := runCLI(t, nil, "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"server", "dev", "fetch", "exec", "revoke", "trace", "audit", "policy", "report"} {
+		if !strings.Contains(out, "\n  "+cmd+" ") {
+			t.Errorf("keytrail --help does not list %q:\n%s", cmd, out)
+		}
+	}
+	for _, sub := range [][]string{{"audit", "--help"}, {"policy", "--help"}} {
+		out, _, err := runCLI(t, nil, sub...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"audit": "verify", "policy": "explain"}[sub[0]]
+		if !strings.Contains(out, want) {
+			t.Errorf("keytrail %s --help lacks %q", sub[0], want)
+		}
+	}
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	tests := []struct {
+		name    string
+		yaml    string
+		env     map[string]string
+		wantErr []string // substrings, each naming a field
+	}{
+		{name: "ok/minimal", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://127.0.0.1:8200}\naudit: {file: /tmp/a.jsonl}\n"},
+		{name: "ok/env-overrides", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\naudit: {file: /tmp/a.jsonl}\n",
+			env: map[string]string{"VAULT_ADDR": "http://127.0.0.1:8200", "KEYTRAIL_LISTEN": "127.0.0.1:9999"}},
+		{name: "fail/unknown-field", yaml: "public_url: http://x\nlisten_addr: 1\n", wantErr: []string{"listen_addr"}},
+		{name: "fail/every-problem-at-once", yaml: "listen: 0.0.0.0:7700\npolicy: /nope\nvault: {address: 'not a url'}\nlog: {level: loud}\n",
+			wantErr: []string{"listen: plain HTTP", "public_url: is required", "policy:", "vault.address:", "audit.file: is required", "log.level:"}},
+		{name: "fail/bad-redis-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'http://redis'}\n",
+			wantErr: []string{"store.redis_url"}},
+		{name: "fail/bad-duration", yaml: "shutdown_timeout: soon\n", wantErr: []string{"not a duration"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "config.yaml", tt.yaml)
+			env := tt.env
+			cfg, err := LoadConfig(p, func(k string) string { return env[k] })
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("LoadConfig() = %v, want ok", err)
+				}
+				if tt.env["KEYTRAIL_LISTEN"] != "" && cfg.Listen != tt.env["KEYTRAIL_LISTEN"] {
+					t.Errorf("Listen = %q, want the env override", cfg.Listen)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("LoadConfig() = ok, want errors %v", tt.wantErr)
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("LoadConfig() error lacks %q:\n%v", w, err)
+				}
+			}
+			if !strings.Contains(err.Error(), p) {
+				t.Errorf("error does not name the file %s:\n%v", p, err)
+			}
+		})
+	}
+}
+
+func TestPolicyCheck(t *testing.T) {
+	out, _, err := runCLI(t, nil, "policy", "check", "../../policies/examples")
+	if err != nil || !strings.HasPrefix(out, "ok:") {
+		t.Fatalf("policy check examples = %q, %v", out, err)
+	}
+	bad := writeFile(t, t.TempDir(), "bad.yaml", "version: 1\nworkloads:\n  - name: x\n    match: {issuer: nope, subject: s}\n")
+	_, stderr, err := runCLI(t, nil, "policy", "check", bad)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("policy check bad = %v, want exit 1", err)
+	}
+	for _, w := range []string{"workloads[0].owner", "workloads[0].match.issuer"} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("policy check output lacks %q:\n%s", w, stderr)
+		}
+	}
+}
+
+func TestPolicyExplainUnverified(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok, err := iss.Sign(jwt.MapClaims{"iss": "http://127.0.0.1:7701", "aud": "keytrail", "sub": "system:serviceaccount:payments:api",
+		"namespace": "payments", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf := writeFile(t, t.TempDir(), "tok", tok)
+	out, _, err := runCLI(t, nil, "policy", "explain", "--unverified", "--policy", "../../policies/examples", "--token", tf, "--grant", "payments-vault")
+	if err != nil {
+		t.Fatalf("explain: %v\n%s", err, out)
+	}
+	for _, w := range []string{"NOT verified", "payments-api", "vault_token"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("explain output lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, tok) {
+		t.Errorf("explain printed the token")
+	}
+}
+

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Admin client defaults.
+const (
+	defaultKeytrailAddr = "http://127.0.0.1:7700"
+	adminClientTimeout  = 60 * time.Second
+	maxAdminResponse    = 4 << 20
+	exitPending         = 3
+)
+
+func newRevokeCmd(e *env) *cobra.Command {
+	var (
+		sel          revokeBody
+		jsonOut      bool
+		addr         string
+		tokenFile    string
+		insecureHTTP bool
+	)
+	c := &cobra.Command{
+		Use:   "revoke (--issuance ID | --session ID | --workload W | --owner O) --reason R [--block] [--json]",
+		Short: "Revoke one credential, a session, a workload or everything an owner has",
+		Long: `Revoke credentials on every keytrail instance at once, through the admin API
+(POST /v1/admin/revoke). Exactly one of --issuance, --session, --workload or
+--owner says what to end; --reason is required and goes to the audit log.
+--block also refuses new credentials to the workload concerned (every workload
+of the owner, with --owner) until the block is lifted with
+DELETE /v1/admin/blocks/{workload}.
+
+Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
+Admin token: your identity token (an identity that policy lists under admins
+             with the revoke role), read from --token-file, else from the file
+             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN.
+
+Exit status:
+  0  every matched credential is revoked
+  3  revoked in keytrail, but some backend revocations (e.g. Vault) are still
+     pending; the server retries them until they succeed
+  1  the revocation was not made (the error says why)`,
+		Example: `  keytrail revoke --workload payments-api --block --reason "INC-4711: key leaked"
+  keytrail revoke --issuance iss_01JD... --reason "seen in a public gist" --json
+  KEYTRAIL_ADDR=https://keytrail.internal:7700 KEYTRAIL_ADMIN_TOKEN_FILE=~/.sso-token \
+    keytrail revoke --owner team-data --reason "team offboarded"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n := 0
+			for _, v := range []string{sel.IssuanceID, sel.SessionID, sel.Workload, sel.Owner} {
+				if v != "" {
+					n++
+				}
+			}
+			if n != 1 {
+				return errors.New("revoke: give exactly one of --issuance, --session, --workload or --owner")
+			}
+			if strings.TrimSpace(sel.Reason) == "" {
+				return errors.New("revoke: --reason is required (it is recorded in the audit log)")
+			}
+			cl, err := newAdminClient(e, addr, tokenFile, insecureHTTP)
+			if err != nil {
+				return fmt.Errorf("revoke: %w", err)
+			}
+			var rc receipt
+			status, err := cl.do(cmd.Context(), http.MethodPost, "/v1/admin/revoke", sel, &rc)
+			if err != nil {
+				return fmt.Errorf("revoke: %w", err)
+			}
+			if jsonOut {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rc); err != nil {
+					return err
+				}
+			} else {
+				printReceipt(e.stdout, &rc)
+			}
+			if status == http.StatusAccepted || len(rc.Pending) > 0 {
+				return exitError{code: exitPending}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&sel.IssuanceID, "issuance", "", "revoke one credential by issuance id (iss_...)")
+	f.StringVar(&sel.SessionID, "session", "", "revoke every active credential of a session (ses_...)")
+	f.StringVar(&sel.Workload, "workload", "", "revoke every active credential of a workload")
+	f.StringVar(&sel.Owner, "owner", "", "revoke every active credential of every workload of an owner")
+	f.StringVar(&sel.Reason, "reason", "", "why (required; recorded in the audit log)")
+	f.BoolVar(&sel.Block, "block", false, "also refuse new credentials to the workload(s) until unblocked")
+	f.BoolVar(&jsonOut, "json", false, "print the receipt as JSON")
+	f.StringVar(&addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
+	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	return c
+}
+
+// revokeBody is the POST /v1/admin/revoke request.
+type revokeBody struct {
+	IssuanceID string `json:"issuance_id,omitempty"`
+	SessionID  string `json:"session_id,omitempty"`
+	Workload   string `json:"workload,omitempty"`
+	Owner      string `json:"owner,omitempty"`
+	Reason     string `json:"reason"`
+	Block      bool   `json:"block,omitempty"`
+}
+
+// receipt is the server's answer (SPEC "Security teams and auditors").
+type receipt struct {
+	RevocationID string   `json:"revocation_id"`
+	Status       string   `json:"status"`
+	Matched      int      `json:"matched"`
+	Revoked      []string `json:"revoked"`
+	Pending      []string `json:"pending"`
+	Failed       []struct {
+		IssuanceID string `json:"issuance_id"`
+		Error      string `json:"error"`
+	} `json:"failed"`
+	Selector struct {
+		IssuanceID string `json:"issuance_id,omitempty"`
+		SessionID  string `json:"session_id,omitempty"`
+		Workload   string `json:"workload,omitempty"`
+		Owner      string `json:"owner,omitempty"`
+	} `json:"selector"`
+	Reason      string     `json:"reason"`
+	Block       bool       `json:"block"`
+	Admin       string     `json:"admin,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+}
+
+func printReceipt(w io.Writer, rc *receipt) {
+	target := ""
+	switch s := rc.Selector; {
+	case s.IssuanceID != "":
+		target = "issuance " + s.IssuanceID
+	case s.SessionID != "":
+		target = "session " + s.SessionID
+	case s.Workload != "":
+		target = "workload " + s.Workload
+	case s.Owner != "":
+		target = "owner " + s.Owner
+	}
+	blocked := ""
+	if rc.Block {
+		blocked = ", new credentials blocked"
+	}
+	fmt.Fprintf(w, "revocation %s (%s%s)\n", rc.RevocationID, target, blocked)
+	fmt.Fprintf(w, "revoked %d of %d matched credential(s)\n", len(rc.Revoked), rc.Matched)
+	for _, id := range rc.Revoked {
+		fmt.Fprintf(w, "  revoked  %s\n", id)
+	}
+	if len(rc.Pending) > 0 {
+		fmt.Fprintf(w, "pending %d: already refused by keytrail; the server keeps retrying the backend revocation\n", len(rc.Pending))
+		errs := map[string]string{}
+		for _, f := range rc.Failed {
+			errs[f.IssuanceID] = f.Error
+		}
+		for _, id := range rc.Pending {
+			fmt.Fprintf(w, "  pending  %s  %s\n", id, errs[id])
+		}
+		fmt.Fprintf(w, "follow with: GET /v1/admin/revocations/%s\n", rc.RevocationID)
+	}
+}
+
+// adminClient calls the admin API with the admin's identity token.
+type adminClient struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminClient, error) {
+	if addr == "" {
+		addr = e.getenv("KEYTRAIL_ADDR")
+	}
+	if addr == "" {
+		addr = defaultKeytrailAddr
+	}
+	u, err := url.Parse(addr)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server address %q: want http(s)://host:port", addr)
+	}
+	if u.Scheme == "http" && !insecureHTTP && !isLoopbackHost(u.Hostname()) {
+		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --insecure-http)", u.Host)
+	}
+	token, err := adminToken(e, tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	return &adminClient{base: u, token: token, http: &http.Client{
+		Timeout: adminClientTimeout,
+		// Never follow a redirect with the token attached.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}, nil
+}
+
+// adminToken reads the admin's identity token: --token-file, else
+// $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN.
+func adminToken(e *env, tokenFile string) (string, error) {
+	src := "--token-file"
+	if tokenFile == "" {
+		tokenFile, src = e.getenv("KEYTRAIL_ADMIN_TOKEN_FILE"), "KEYTRAIL_ADMIN_TOKEN_FILE"
+	}
+	var tok string
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("admin token (%s): %w", src, err)
+		}
+		tok = strings.TrimSpace(string(b))
+	} else {
+		tok, src = strings.TrimSpace(e.getenv("KEYTRAIL_ADMIN_TOKEN")), "KEYTRAIL_ADMIN_TOKEN"
+	}
+	if tok == "" {
+		return "", errors.New("no admin token: set --token-file, KEYTRAIL_ADMIN_TOKEN_FILE or KEYTRAIL_ADMIN_TOKEN")
+	}
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("admin token (%s) must be one line without spaces", src)
+	}
+	return tok, nil
+}
+
+// oauthError is the server's error shape.
+type oauthError struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+	RequestID   string `json:"request_id"`
+}
+
+// do sends body (nil: none) as JSON and decodes a 2xx answer into out. Any
+// other answer becomes an error with the server's OAuth error text.
+func (c *adminClient) do(ctx context.Context, method, path string, body, out any) (int, error) {
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return 0, err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base.JoinPath(path).String(), rd)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "keytrail-cli/"+version)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return 0, fmt.Errorf("%s %s: no answer within %s", method, path, adminClientTimeout)
+		}
+		return 0, fmt.Errorf("%s %s: %w", method, c.base.Host, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponse))
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var oe oauthError
+		if json.Unmarshal(raw, &oe) == nil && oe.Error != "" {
+			msg := fmt.Sprintf("%d %s", resp.StatusCode, oe.Error)
+			if oe.Description != "" {
+				msg += ": " + oe.Description
+			}
+			if oe.RequestID != "" {
+				msg += " (request_id " + oe.RequestID + ")"
+			}
+			return resp.StatusCode, errors.New(msg)
+		}
+		return resp.StatusCode, fmt.Errorf("server answered %s", resp.Status)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("the server's answer is not a receipt: %w", err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// wireRevocationCache fronts rt.store with a revocation cache that re-reads
+// the revocation state every second and applies announcements at once
+// (Redis pub/sub with a Redis store, an in-process fan-out otherwise), and
+// starts it. The result is the store the Service uses: checks deny when
+// the store or the cache says so.
+func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store, error) {
+	n, ok := rt.store.(broker.Notifier)
+	if !ok {
+		n = memstore.NewNotifier()
+	}
+	cache, err := broker.NewRevocationCache(rt.store, broker.CacheOptions{Notifier: n, Logger: rt.log})
+	if err != nil {
+		return nil, err
+	}
+	rt.goBackground(ctx, cache.Run)
+	return cache.Store(), nil
+}
+
+// startRevocationWorker runs the worker that retries pending backend
+// revocations and registers the keytrail_revocations_pending gauge.
+func (rt *brokerRuntime) startRevocationWorker(ctx context.Context, reg prometheus.Registerer) error {
+	w, err := broker.NewRevocationWorker(rt.svc, broker.WorkerOptions{})
+	if err != nil {
+		return err
+	}
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keytrail_revocations_pending",
+		Help: "Revocations whose backend part (e.g. Vault) has not succeeded yet and is being retried.",
+	}, func() float64 { return float64(w.PendingCount()) })); err != nil {
+		return err
+	}
+	rt.goBackground(ctx, w.Run)
+	return nil
+}
+
+// goBackground runs fn until the runtime closes (after the HTTP server has
+// shut down, before the audit sink closes).
+func (rt *brokerRuntime) goBackground(ctx context.Context, fn func(context.Context) error) {
+	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = fn(bctx) }()
+	rt.closers = append(rt.closers, func() error { stop(); <-done; return nil })
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeAdmin answers POST /v1/admin/revoke with status and body, and records
+// what it was sent.
+type fakeAdmin struct {
+	status int
+	body   string
+	got    map[string]any
+	auth   string
+}
+
+func (f *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != "POST" || r.URL.Path != "/v1/admin/revoke" || r.Header.Get("Content-Type") != "application/json" {
+		http.Error(w, "unexpected request", 500)
+		return
+	}
+	f.auth = r.Header.Get("Authorization")
+	raw, _ := io.ReadAll(r.Body)
+	_ = json.Unmarshal(raw, &f.got)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(f.status)
+	io.WriteString(w, f.body)
+}
+
+const (
+	receiptDone    = `{"revocation_id":"rev_1","status":"revoked","matched":2,"revoked":["iss_a","iss_b"],"pending":[],"failed":[],"selector":{"workload":"payments-api"},"reason":"r","block":true}`
+	receiptPending = `{"revocation_id":"rev_2","status":"pending","matched":1,"revoked":[],"pending":["iss_c"],"failed":[{"issuance_id":"iss_c","error":"backend revocation failed (vault_unavailable); retrying"}],"selector":{"issuance_id":"iss_c"},"reason":"r"}`
+	deniedBody     = `{"error":"access_denied","error_description":"this admin lacks the revoke role","request_id":"req_9"}`
+)
+
+func TestRevokeCommand(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("file-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		status     int
+		body       string
+		wantCode   int // 0 ok, else exitError code, -1 plain error (exit 1)
+		wantOut    []string
+		wantErr    string
+		wantSent   map[string]any
+		wantBearer string
+	}{
+		{name: "ok/workload-block-all-revoked", args: []string{"--workload", "payments-api", "--block", "--reason", "INC-1"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "env-token"}, status: 200, body: receiptDone,
+			wantOut:  []string{"revocation rev_1 (workload payments-api, new credentials blocked)", "revoked 2 of 2 matched credential(s)", "revoked  iss_a"},
+			wantSent: map[string]any{"workload": "payments-api", "reason": "INC-1", "block": true}, wantBearer: "Bearer env-token"},
+		{name: "ok/pending-exits-3", args: []string{"--issuance", "iss_c", "--reason", "r", "--token-file", tokenFile},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "env-token"}, status: 202, body: receiptPending, wantCode: 3,
+			wantOut:  []string{"revoked 0 of 1", "pending 1", "iss_c  backend revocation failed (vault_unavailable); retrying", "GET /v1/admin/revocations/rev_2"},
+			wantSent: map[string]any{"issuance_id": "iss_c", "reason": "r"}, wantBearer: "Bearer file-token"},
+		{name: "ok/json", args: []string{"--owner", "team-data", "--reason", "r", "--json"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN_FILE": tokenFile}, status: 200, body: receiptDone,
+			wantOut: []string{`"revocation_id": "rev_1"`, `"revoked": [`}, wantBearer: "Bearer file-token",
+			wantSent: map[string]any{"owner": "team-data", "reason": "r"}},
+		{name: "fail/denied-shows-oauth-error", args: []string{"--workload", "w", "--reason", "r"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, status: 403, body: deniedBody, wantCode: -1,
+			wantErr: "revoke: 403 access_denied: this admin lacks the revoke role (request_id req_9)"},
+		{name: "fail/two-selectors", args: []string{"--workload", "w", "--owner", "o", "--reason", "r"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, wantCode: -1, wantErr: "exactly one of"},
+		{name: "fail/no-reason", args: []string{"--workload", "w"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, wantCode: -1, wantErr: "--reason is required"},
+		{name: "fail/no-token", args: []string{"--workload", "w", "--reason", "r"}, wantCode: -1, wantErr: "no admin token"},
+		{name: "fail/plain-http-remote", args: []string{"--workload", "w", "--reason", "r", "--addr", "http://keytrail.example:7700"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, wantCode: -1, wantErr: "refusing to send the admin token over plain HTTP"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fa := &fakeAdmin{status: tt.status, body: tt.body}
+			srv := httptest.NewServer(fa)
+			defer srv.Close()
+			env := map[string]string{"KEYTRAIL_ADDR": srv.URL}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), append([]string{"revoke"}, tt.args...), func(k string) string { return env[k] }, &stdout, &stderr)
+			var ee exitError
+			switch {
+			case tt.wantCode == 0 && err != nil:
+				t.Fatalf("revoke %v = %v, want success", tt.args, err)
+			case tt.wantCode > 0 && (!errors.As(err, &ee) || ee.code != tt.wantCode):
+				t.Fatalf("revoke %v = %v, want exit %d", tt.args, err, tt.wantCode)
+			case tt.wantCode == -1 && (err == nil || errors.As(err, &ee) || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("revoke %v = %v, want a plain error containing %q", tt.args, err, tt.wantErr)
+			}
+			for _, want := range tt.wantOut {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, stdout.String())
+				}
+			}
+			if tt.wantSent != nil {
+				if diff := cmp.Diff(tt.wantSent, fa.got); diff != "" {
+					t.Errorf("request body (-want +got):\n%s", diff)
+				}
+				if fa.auth != tt.wantBearer {
+					t.Errorf("Authorization = %q, want %q", fa.auth, tt.wantBearer)
+				}
+			}
+			if out := stdout.String() + stderr.String(); strings.Contains(out, "env-token") || strings.Contains(out, "file-token") {
+				t.Errorf("the admin token was printed")
+			}
+		})
+	}
+}
+
+func TestRevokeHelp(t *testing.T) {
+	var stdout bytes.Buffer
+	if err := run(context.Background(), []string{"revoke", "--help"}, func(string) string { return "" }, &stdout, &stdout); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--issuance", "--session", "--workload", "--owner", "--reason", "--block", "--json",
+		"KEYTRAIL_ADDR", "KEYTRAIL_ADMIN_TOKEN_FILE", "KEYTRAIL_ADMIN_TOKEN", "Exit status", "3  revoked in keytrail"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("keytrail revoke --help lacks %q", want)
+		}
+	}
+}
