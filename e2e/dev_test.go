@@ -1,0 +1,50 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// TestDevOnce runs the README's first command the way a new user would (as
+// a process, with the real Vault dev server), in --once mode: the demo
+// workload must get a credential and the audit trail must verify.
+func TestDevOnce(t *testing.T) {
+	bin := harness.KeytrailBinary(t)
+	vault := harness.VaultBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	cmd := exec.CommandContext(ctx, bin, "dev", "--once", "--dir", dir,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)))
+	cmd.Env = append(cmd.Environ(), "KEYTRAIL_VAULT_BIN="+vault)
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("keytrail dev --once: %v\n%s", err, out)
+	}
+	for _, re := range []string{
+		`issuance   iss_[0-9A-Z]{26}`,
+		`workload   payments-api \(owner team-payments\)`,
+		`kind       vault_token, expires in 900s`,
+		`audit log verified: \d+ lines, 1 chain\(s\), every line covered by a signed checkpoint`,
+		`curl -s http://127\.0\.0\.1:\d+/v1/token`,
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("dev output lacks %s:\n%s", re, out)
+		}
+	}
+	if strings.Contains(string(out), "eyJ") {
+		t.Errorf("dev output prints a JWT")
+	}
+}
