@@ -364,6 +364,16 @@ func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
 	}
 }
 
+// RecordDeny records a deny event for a request refused before it reached
+// Exchange (malformed form, unsupported grant type...). The grant name is
+// kept only when policy knows it, so callers cannot write arbitrary text.
+func (s *Service) RecordDeny(ctx context.Context, requestID string, src Source, grant string, err error) {
+	if _, ok := s.d.Policy().Grant(grant); !ok {
+		grant = ""
+	}
+	s.recordDeny(ctx, &audit.Event{Type: audit.TypeDeny, RequestID: requestID, Grant: grant, Source: auditSource(src)}, err)
+}
+
 // Audit appends an event through the Service's sink (used by other
 // components that record events: admin calls, policy loads).
 func (s *Service) Audit(ctx context.Context, ev *audit.Event) error {

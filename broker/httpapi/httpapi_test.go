@@ -151,6 +151,9 @@ func TestTokenEndpointErrors(t *testing.T) {
 			if len(f.minter.Calls()) != 0 {
 				t.Errorf("minted on a failed request")
 			}
+			if diff := cmp.Diff([]string{"deny"}, f.sink.Types()); diff != "" {
+				t.Errorf("every refusal is one deny event (-want +got):\n%s", diff)
+			}
 		})
 	}
 }

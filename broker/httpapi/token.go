@@ -96,48 +96,54 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) exchange(w http.ResponseWriter, r *http.Request) (*broker.ExchangeResult, string, error) {
+	grant := ""
+	// Requests refused before they reach the Service are denials too.
+	reject := func(err error) (*broker.ExchangeResult, string, error) {
+		s.o.Service.RecordDeny(r.Context(), RequestID(r), s.Source(r), grant, err)
+		return nil, grant, err
+	}
 	form, err := s.readForm(w, r)
 	if err != nil {
-		return nil, "", err
+		return reject(err)
 	}
 	p := map[string]string{}
 	for _, name := range tokenParams {
 		v, err := single(form, name)
 		if err != nil {
-			return nil, "", err
+			return reject(err)
 		}
 		p[name] = v
 	}
-	grant := p["audience"]
+	grant = p["audience"]
 	switch p["grant_type"] {
 	case broker.GrantTypeTokenExchange:
 	case "":
-		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "missing_grant_type", "grant_type is required", nil)
+		return reject(broker.Errorf(broker.ErrInvalidRequest, "missing_grant_type", "grant_type is required", nil))
 	default:
-		return nil, grant, &broker.Error{Kind: broker.ErrInvalidRequest, Code: "unsupported_grant_type", Reason: "unsupported_grant_type", Safe: "only token exchange is supported"}
+		return reject(&broker.Error{Kind: broker.ErrInvalidRequest, Code: "unsupported_grant_type", Reason: "unsupported_grant_type", Safe: "only token exchange is supported"})
 	}
 	if !validTokenType(p["subject_token_type"]) {
-		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_subject_token_type", "subject_token_type must be "+broker.TokenTypeJWT+" or "+broker.TokenTypeIDToken, nil)
+		return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_subject_token_type", "subject_token_type must be "+broker.TokenTypeJWT+" or "+broker.TokenTypeIDToken, nil))
 	}
 	if p["actor_token"] != "" && !validTokenType(p["actor_token_type"]) {
-		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_actor_token_type", "actor_token_type must be a JWT token type", nil)
+		return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_actor_token_type", "actor_token_type must be a JWT token type", nil))
 	}
 	if p["actor_token"] == "" && p["actor_token_type"] != "" {
-		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "actor_token_type_without_token", "actor_token_type given without actor_token", nil)
+		return reject(broker.Errorf(broker.ErrInvalidRequest, "actor_token_type_without_token", "actor_token_type given without actor_token", nil))
 	}
 	if rt := p["requested_token_type"]; rt != "" && rt != broker.TokenTypeAccessToken && rt != broker.TokenTypeJWT {
-		return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_requested_token_type", "requested_token_type is not supported", nil)
+		return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_requested_token_type", "requested_token_type is not supported", nil))
 	}
 	if res := p["resource"]; res != "" {
 		if u, err := url.Parse(res); err != nil || !u.IsAbs() || u.Fragment != "" {
-			return nil, grant, &broker.Error{Kind: broker.ErrInvalidTarget, Reason: "bad_resource", Safe: "resource must be an absolute URI"}
+			return reject(&broker.Error{Kind: broker.ErrInvalidTarget, Reason: "bad_resource", Safe: "resource must be an absolute URI"})
 		}
 	}
 	var ttl time.Duration
 	if t := strings.TrimSpace(p["ttl"]); t != "" {
 		n, err := strconv.ParseInt(t, 10, 64)
 		if err != nil || n <= 0 || n > 366*24*3600 {
-			return nil, grant, broker.Errorf(broker.ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil)
+			return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil))
 		}
 		ttl = time.Duration(n) * time.Second
 	}
