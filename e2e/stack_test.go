@@ -7,6 +7,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -29,6 +33,9 @@ type stackOptions struct {
 	// extraPolicy is a second policy file (the policy is a directory), for
 	// grants that need values known only at run time.
 	extraPolicy string
+	// checkpointKey signs audit checkpoints with a fresh Ed25519 key whose
+	// public half is written to stack.checkpointPub.
+	checkpointKey bool
 }
 
 type stack struct {
@@ -38,6 +45,10 @@ type stack struct {
 	brokerURL string
 	auditPath string
 	dir       string
+	// checkpointPub is the PEM public key of the audit checkpoint signer.
+	checkpointPub string
+	// policyDir holds base.yaml and extra.yaml.
+	policyDir string
 }
 
 type testIssuer struct {
@@ -158,6 +169,12 @@ log: {level: debug}
 	if o.redisURL != "" {
 		cfg += "store:\n  redis_url: " + o.redisURL + "\n"
 	}
+	if o.checkpointKey {
+		keyPath, pubPath := writeEd25519Key(t, s.dir)
+		s.checkpointPub = pubPath
+		cfg = strings.Replace(cfg, "audit:\n", "audit:\n  checkpoint_key_file: "+keyPath+"\n", 1)
+	}
+	s.policyDir = polPath
 	cfgPath := filepath.Join(s.dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -185,4 +202,30 @@ func (s *stack) exchange(t *testing.T, subjectToken, grant string, extra url.Val
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, body, resp.Header
+}
+
+// writeEd25519Key writes a PKCS#8 private key and a PKIX public key, as
+// openssl genpkey -algorithm ed25519 and openssl pkey -pubout would.
+func writeEd25519Key(t *testing.T, dir string) (keyPath, pubPath string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath, pubPath = filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return keyPath, pubPath
 }

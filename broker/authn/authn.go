@@ -95,6 +95,9 @@ type Options struct {
 	MaxJWKSBytes int64
 	// FetchTimeout bounds one fetch (discovery plus JWKS; default 10 s).
 	FetchTimeout time.Duration
+	// OnFetch, when set, is told of every JWKS fetch attempt (for metrics):
+	// the policy issuer name and the fetch error, nil on success.
+	OnFetch func(issuer string, err error)
 }
 
 // Verifier verifies identity tokens. It is safe for concurrent use.
@@ -102,6 +105,7 @@ type Verifier struct {
 	issuers         map[string]*issuerState // by exact iss
 	now             func() time.Time
 	log             *slog.Logger
+	onFetch         func(issuer string, err error)
 	maxTokenBytes   int
 	leeway          time.Duration
 	refreshInterval time.Duration
@@ -135,6 +139,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		issuers:         make(map[string]*issuerState, len(o.Issuers)),
 		now:             o.Now,
 		log:             o.Logger,
+		onFetch:         o.OnFetch,
 		maxTokenBytes:   o.MaxTokenBytes,
 		leeway:          o.Leeway,
 		refreshInterval: o.RefreshInterval,

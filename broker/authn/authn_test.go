@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -1164,4 +1165,29 @@ func FuzzAuthenticate(f *testing.F) {
 			t.Fatalf("Authenticate() accepted identity %+v with missing sub or past expiry", id)
 		}
 	})
+}
+
+func TestOnFetchReportsEveryAttempt(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	f := newFixture(t, func(o *authn.Options) {
+		o.OnFetch = func(issuer string, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, fmt.Sprintf("%s:%v", issuer, err == nil))
+		}
+	})
+	if _, err := f.v.Authenticate(context.Background(), sign(t, f.es.Key(), nil, claims(f.es))); err != nil {
+		t.Fatal(err)
+	}
+	f.rs.SetDown(true)
+	_, err := f.v.Authenticate(context.Background(), sign(t, f.rs.Key(), nil, claims(f.rs)))
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("issuer down: %v, want ErrUnavailable", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff([]string{"es:true", "rs:false"}, got); diff != "" {
+		t.Errorf("OnFetch calls (-want +got):\n%s", diff)
+	}
 }

@@ -402,6 +402,9 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 		}
 		st.inflight = nil
 		st.mu.Unlock()
+		if v.onFetch != nil {
+			v.onFetch(st.cfg.Name, err)
+		}
 		close(call.done)
 	}()
 	return call

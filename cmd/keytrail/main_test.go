@@ -145,4 +145,3 @@ func TestPolicyExplainUnverified(t *testing.T) {
 		t.Errorf("explain printed the token")
 	}
 }
-

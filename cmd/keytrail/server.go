@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -85,6 +86,10 @@ type brokerRuntime struct {
 	store   broker.Store
 	vault   *vaultapi.Client
 	closers []func() error
+	reg     *prometheus.Registry
+	metrics *opsMetrics
+	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
+	reloadMu sync.Mutex
 }
 
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
@@ -111,7 +116,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.TLS != nil {
-		tc, err := serverTLS(cfg.TLS)
+		tc, err := serverTLS(cfg.TLS, log)
 		if err != nil {
 			ln.Close()
 			return err
@@ -166,14 +171,6 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	return nil
 }
 
-func serverTLS(c *TLSConfig) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
-}
-
 func (rt *brokerRuntime) close() {
 	for i := len(rt.closers) - 1; i >= 0; i-- {
 		if err := rt.closers[i](); err != nil {
@@ -185,11 +182,19 @@ func (rt *brokerRuntime) close() {
 
 func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	cfg, log := rt.cfg, rt.log
+	rt.reg = prometheus.NewRegistry()
+	rt.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := newOpsMetrics(rt.reg)
+	if err != nil {
+		return err
+	}
+	rt.metrics = m
 	pol, err := policies.Load(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}
-	v, err := authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: log})
+	m.setPolicy(pol.Hash())
+	v, err := authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: log, OnFetch: m.onJWKSFetch})
 	if err != nil {
 		return fmt.Errorf("policy issuers: %w", err)
 	}
@@ -238,6 +243,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	rt.sink = sink
+	if err := m.registerSink(rt.reg, sink); err != nil {
+		return err
+	}
+	rt.store = m.wrapStore(rt.store)
+	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second) })
 	rt.closers = append(rt.closers, sink.Close)
 
 	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc})
@@ -270,12 +280,16 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return rt.state.Load().pol },
-		Authn:    func() broker.Authenticator { return rt.state.Load().authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
+		Policy: func() *policies.Policy { return rt.state.Load().pol },
+		Authn:  func() broker.Authenticator { return rt.state.Load().authn },
+		Minters: map[string]broker.Minter{
+			broker.KindVaultToken: countedMinter{Minter: tokenMinter, backend: "vault", m: m},
+			broker.KindJWT:        countedMinter{Minter: jwtMinter, backend: "vault", m: m},
+			broker.KindProxy:      proxyMinter,
+		},
 		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
 		Store:    svcStore,
-		Audit:    sink,
+		Audit:    timedSink{AuditSink: sink, m: m},
 		Logger:   log,
 	})
 	if err != nil {
@@ -283,8 +297,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	rt.svc = svc
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := rt.reg
 	px, err := proxy.New(proxy.Options{Service: svc, Secrets: kv, Logger: log, PublicURL: cfg.PublicURL,
 		Hosts: []string{cfg.Listen}, Registerer: reg})
 	if err != nil {
@@ -327,15 +340,23 @@ func (rt *brokerRuntime) ready(ctx context.Context) error {
 // reloadPolicy validates the new policy first and keeps the old one on any
 // error; either way a policy_load event records the outcome.
 func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
+	rt.reloadMu.Lock()
+	defer rt.reloadMu.Unlock()
 	pol, err := policies.Load(rt.cfg.Policy)
 	if err == nil {
 		var v *authn.Verifier
-		v, err = authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log})
+		v, err = authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log, OnFetch: rt.metrics.onJWKSFetch})
 		if err == nil {
 			rt.state.Store(&policyState{pol: pol, authn: v})
+			rt.metrics.setPolicy(pol.Hash())
 			rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
 		}
 	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	rt.metrics.policyReloads.WithLabelValues(outcome).Inc()
 	if err != nil {
 		rt.log.Error("policy reload failed; keeping the policy in force", slog.String("why", why), slog.String("error", err.Error()))
 	}

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// opsMetrics are the operational metrics wired here (the HTTP layer, the
+// proxy and the revocation worker register their own).
+type opsMetrics struct {
+	policyReloads *prometheus.CounterVec
+	policyInfo    *prometheus.GaugeVec
+	auditSeconds  prometheus.Histogram
+	auditFailures prometheus.Counter
+	jwksFetches   *prometheus.CounterVec
+	backendErrors *prometheus.CounterVec
+}
+
+func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
+	m := &opsMetrics{
+		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_policy_reloads_total", Help: "Policy reload attempts by outcome (ok, error).",
+		}, []string{"outcome"}),
+		policyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "keytrail_policy_info", Help: "The policy in force: 1 for its hash.",
+		}, []string{"hash"}),
+		auditSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "keytrail_audit_write_duration_seconds", Help: "Time until an audit event is durable (group commit included).",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1},
+		}),
+		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keytrail_audit_write_failures_total", Help: "Audit events that could not be made durable.",
+		}),
+		jwksFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_jwks_fetches_total", Help: "JWKS fetches by policy issuer and outcome (ok, error).",
+		}, []string{"issuer", "outcome"}),
+		backendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_backend_errors_total", Help: "Errors from Vault and the store by backend and reason.",
+		}, []string{"backend", "reason"}),
+	}
+	for _, c := range []prometheus.Collector{m.policyReloads, m.policyInfo, m.auditSeconds, m.auditFailures, m.jwksFetches, m.backendErrors} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// registerSink exposes the audit sink's counters.
+func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sink) error {
+	cs := []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_events_total", Help: "Audit events made durable."},
+			func() float64 { return float64(sink.Stats().Events) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_checkpoints_total", Help: "Signed checkpoints written."},
+			func() float64 { return float64(sink.Stats().Checkpoints) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_healthy", Help: "1 when the last audit write succeeded."},
+			func() float64 {
+				if sink.Stats().Healthy {
+					return 1
+				}
+				return 0
+			}),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *opsMetrics) onJWKSFetch(issuer string, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.jwksFetches.WithLabelValues(issuer, outcome).Inc()
+}
+
+func (m *opsMetrics) setPolicy(hash string) {
+	m.policyInfo.Reset()
+	m.policyInfo.WithLabelValues(hash).Set(1)
+}
+
+// timedSink measures audit writes and counts failures.
+type timedSink struct {
+	broker.AuditSink
+	m *opsMetrics
+}
+
+func (s timedSink) Append(ctx context.Context, ev *audit.Event) error {
+	start := time.Now()
+	err := s.AuditSink.Append(ctx, ev)
+	s.m.auditSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.m.auditFailures.Inc()
+	}
+	return err
+}
+
+// countedMinter counts backend errors of a Vault minter.
+type countedMinter struct {
+	broker.Minter
+	backend string
+	m       *opsMetrics
+}
+
+func (c countedMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	cred, err := c.Minter.Mint(ctx, req)
+	if err != nil {
+		c.m.backendErrors.WithLabelValues(c.backend, broker.AsError(err).Reason).Inc()
+	}
+	return cred, err
+}
+
+// countStoreErr counts store outages (not ErrNotFound, which is an answer).
+func (m *opsMetrics) countStoreErr(err error) error {
+	if err != nil && errors.Is(err, broker.ErrUnavailable) {
+		m.backendErrors.WithLabelValues("store", broker.AsError(err).Reason).Inc()
+	}
+	return err
+}
+
+// countedStore counts outages of the hot store calls. It keeps the
+// Notifier of the store it wraps (see countedNotifierStore).
+type countedStore struct {
+	broker.Store
+	m *opsMetrics
+}
+
+func (s countedStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	return s.m.countStoreErr(s.Store.PutIssuance(ctx, is))
+}
+
+func (s countedStore) FindIssuance(ctx context.Context, k broker.RefKind, v string) (*broker.Issuance, error) {
+	is, err := s.Store.FindIssuance(ctx, k, v)
+	return is, s.m.countStoreErr(err)
+}
+
+func (s countedStore) GetBlock(ctx context.Context, workload string) (*broker.Block, error) {
+	b, err := s.Store.GetBlock(ctx, workload)
+	return b, s.m.countStoreErr(err)
+}
+
+type countedNotifierStore struct {
+	countedStore
+	broker.Notifier
+}
+
+func (m *opsMetrics) wrapStore(st broker.Store) broker.Store {
+	cs := countedStore{Store: st, m: m}
+	if n, ok := st.(broker.Notifier); ok {
+		return countedNotifierStore{countedStore: cs, Notifier: n}
+	}
+	return cs
+}
+
+// certReloader serves the listener's certificate and re-reads the files
+// when they change (checked at most every 5 s), so a rotated certificate is
+// picked up without a restart. A broken new pair keeps the old one.
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+	mu                sync.Mutex
+	cert              *tls.Certificate
+	stamp             string
+	checked           time.Time
+}
+
+func fileStamp(paths ...string) string {
+	h := sha256.New()
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			fmt.Fprintf(h, "%s|%d|%d\n", p, fi.Size(), fi.ModTime().UnixNano())
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (c *certReloader) load() error {
+	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	c.cert, c.stamp = &cert, fileStamp(c.certFile, c.keyFile)
+	return nil
+}
+
+func (c *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.checked) >= 5*time.Second {
+		c.checked = time.Now()
+		if fileStamp(c.certFile, c.keyFile) != c.stamp {
+			if err := c.load(); err != nil {
+				c.log.Error("tls certificate reload failed; keeping the old one", slog.String("error", err.Error()))
+			} else {
+				c.log.Info("tls certificate reloaded", slog.String("cert_file", c.certFile))
+			}
+		}
+	}
+	return c.cert, nil
+}
+
+func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
+	r := &certReloader{certFile: c.CertFile, keyFile: c.KeyFile, log: log, checked: time.Now()}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.getCertificate}
+	if c.ClientCAFile != "" {
+		pemBytes, err := os.ReadFile(c.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("tls.client_ca_file: no PEM certificates in %s", c.ClientCAFile)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// policyStamp summarises the policy files' names, sizes and mtimes, so a
+// change is noticed without reading them.
+func policyStamp(path string) string {
+	var files []string
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	if fi.IsDir() {
+		entries, _ := os.ReadDir(path)
+		for _, e := range entries {
+			if e.Type().IsRegular() || e.Type()&fs.ModeSymlink != 0 {
+				files = append(files, filepath.Join(path, e.Name()))
+			}
+		}
+		sort.Strings(files)
+	} else {
+		files = []string{path}
+	}
+	return fileStamp(files...)
+}
+
+// watchPolicy reloads the policy when its files change (polled every
+// interval). Reload validates first and keeps the old policy on error.
+func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration) error {
+	last := policyStamp(rt.cfg.Policy)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if st := policyStamp(rt.cfg.Policy); st != last {
+			last = st
+			rt.reloadPolicy(ctx, "file_change")
+		}
+	}
+}
