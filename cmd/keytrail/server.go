@@ -266,6 +266,15 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc})
+	if err != nil {
+		return err
+	}
+	pkiMinter, err := vaultad.NewPKIMinter(vaultad.PKIMinterOptions{Client: vc,
+		Grant: func(name string) (*policies.Grant, bool) { return rt.state.Load().pol.Grant(name) }})
+	if err != nil {
+		return err
+	}
 	var keys broker.PublicKeySource
 	if names := transitKeyNames(pol); len(names) > 0 {
 		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: vc, Keys: names})
@@ -283,14 +292,17 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Policy: func() *policies.Policy { return rt.state.Load().pol },
 		Authn:  func() broker.Authenticator { return rt.state.Load().authn },
 		Minters: map[string]broker.Minter{
-			broker.KindVaultToken: countedMinter{Minter: tokenMinter, backend: "vault", m: m},
-			broker.KindJWT:        countedMinter{Minter: jwtMinter, backend: "vault", m: m},
-			broker.KindProxy:      proxyMinter,
+			broker.KindVaultToken:   countedMinter{Minter: tokenMinter, backend: "vault", m: m},
+			broker.KindJWT:          countedMinter{Minter: jwtMinter, backend: "vault", m: m},
+			broker.KindProxy:        proxyMinter,
+			broker.KindVaultDynamic: countedMinter{Minter: dynamicMinter, backend: "vault", m: m},
+			broker.KindPKI:          countedMinter{Minter: pkiMinter, backend: "vault", m: m},
 		},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter},
-		Store:    svcStore,
-		Audit:    timedSink{AuditSink: sink, m: m},
-		Logger:   log,
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter,
+			broker.KindVaultDynamic: dynamicMinter, broker.KindPKI: pkiMinter},
+		Store:  svcStore,
+		Audit:  timedSink{AuditSink: sink, m: m},
+		Logger: log,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,329 @@
+package vault
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// DefaultTrustDomain is the trust domain of the URI SAN when neither the
+// grant nor PKIMinterOptions name one.
+const DefaultTrustDomain = "keytrail"
+
+// DefaultPKIClockSkew is how far a certificate's NotAfter may pass
+// req.Now+TTL (Vault's clock and the request's round trip) before the
+// certificate is refused and revoked.
+const DefaultPKIClockSkew = 5 * time.Second
+
+// PKIMinterOptions configure NewPKIMinter.
+type PKIMinterOptions struct {
+	Client *vaultapi.Client // from NewClient (required)
+	// Grant looks a grant up by name in the policy in force (required). Revoke
+	// uses it to find the PKI mount of an issuance's grant.
+	Grant func(name string) (*policies.Grant, bool)
+	// TrustDomain is the URI SAN's trust domain for grants that do not name
+	// one (default DefaultTrustDomain).
+	TrustDomain string
+	ClockSkew   time.Duration    // default DefaultPKIClockSkew
+	Now         func() time.Time // default time.Now
+}
+
+// PKIMinter mints X.509 certificates for grants of kind pki from a Vault PKI
+// role (grant pki.path: <mount>/issue/<role>, or
+// <mount>/issuer/<issuer>/issue/<role>), and revokes them by serial.
+//
+// Each certificate has common_name = the workload's name (not repeated as a
+// DNS SAN), one URI SAN spiffe://<trust domain>/<workload> (the grant's
+// pki.trust_domain, else TrustDomain), ttl = the request's TTL in whole
+// seconds, less the time already spent since req.Now, and a PKCS#8 private
+// key. Vault's answer is checked before it is handed out: the certificate
+// parses, carries the URI SAN, has the serial Vault reports, and ends no
+// later than req.Now+TTL (give or take ClockSkew); otherwise it is revoked.
+//
+// The credential: AccessToken is the leaf certificate in PEM, exactly as
+// Vault returned it (so the recorded fingerprint can be recomputed from the
+// certificate alone; the private key is only in Fields); Fields are
+// certificate, private_key, private_key_type, issuing_ca, ca_chain (a list
+// of PEM certificates), serial_number, uri_san and expiration (Unix
+// seconds); Refs carry Serial (Vault's form: lowercase hex pairs joined by
+// ":") and ExpiresAt (the certificate's NotAfter).
+type PKIMinter struct {
+	c     *vaultapi.Client
+	grant func(string) (*policies.Grant, bool)
+	td    string
+	skew  time.Duration
+	now   func() time.Time
+}
+
+var (
+	_ broker.Minter  = (*PKIMinter)(nil)
+	_ broker.Revoker = (*PKIMinter)(nil)
+)
+
+// NewPKIMinter validates o and returns a PKIMinter.
+func NewPKIMinter(o PKIMinterOptions) (*PKIMinter, error) {
+	var errs []error
+	if o.Client == nil {
+		errs = append(errs, errors.New("vault pki minter: client is required"))
+	}
+	if o.Grant == nil {
+		errs = append(errs, errors.New("vault pki minter: grant lookup is required"))
+	}
+	td := o.TrustDomain
+	if td == "" {
+		td = DefaultTrustDomain
+	}
+	if !validTrustDomain(td) {
+		errs = append(errs, fmt.Errorf("vault pki minter: trust domain %q: must be a bare name like example.org", td))
+	}
+	if o.ClockSkew < 0 {
+		errs = append(errs, errors.New("vault pki minter: clock skew must not be negative"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	skew := o.ClockSkew
+	if skew == 0 {
+		skew = DefaultPKIClockSkew
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &PKIMinter{c: o.Client, grant: o.Grant, td: td, skew: skew, now: now}, nil
+}
+
+// validTrustDomain accepts what SPIFFE allows in a trust domain name.
+func validTrustDomain(td string) bool {
+	if td == "" || len(td) > 255 {
+		return false
+	}
+	for _, r := range td {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// PKIMount returns the mount of a PKI issue path: "pki" for pki/issue/web,
+// "pki/int" for pki/int/issuer/default/issue/web. It reports false for a
+// path that is not an issue path.
+func PKIMount(path string) (string, bool) {
+	if !validName(path) {
+		return "", false
+	}
+	segs := strings.Split(path, "/")
+	// <mount...>/issue/<role>
+	n := len(segs)
+	if n < 3 || segs[n-2] != "issue" {
+		return "", false
+	}
+	mount := segs[:n-2]
+	// <mount...>/issuer/<ref>/issue/<role>
+	if len(mount) >= 3 && mount[len(mount)-2] == "issuer" {
+		mount = mount[:len(mount)-2]
+	}
+	return strings.Join(mount, "/"), true
+}
+
+// SPIFFEID returns spiffe://<trustDomain>/<workload>, the workload's name
+// escaped as one path segment.
+func SPIFFEID(trustDomain, workload string) string {
+	return "spiffe://" + trustDomain + "/" + url.PathEscape(workload)
+}
+
+// issueBody is the body of the issue call.
+func issueBody(workload, uriSAN string, secs int64) map[string]any {
+	return map[string]any{
+		"common_name":          workload,
+		"exclude_cn_from_sans": true,
+		"uri_sans":             uriSAN,
+		"ttl":                  strconv.FormatInt(secs, 10) + "s",
+		"format":               "pem",
+		"private_key_format":   "pkcs8",
+	}
+}
+
+// Mint issues one certificate. It never retries.
+func (m *PKIMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	g := req.Grant.PKI
+	if req.Grant.Kind != broker.KindPKI || g == nil {
+		return nil, configError("grant %q of kind %q is not a pki grant", req.Grant.Name, req.Grant.Kind)
+	}
+	mount, ok := PKIMount(g.Path)
+	switch {
+	case !ok:
+		return nil, configError("grant %q: pki path %q is not <mount>/issue/<role>", req.Grant.Name, g.Path)
+	case req.IssuanceID == "" || req.Workload == "":
+		return nil, configError("mint request without issuance id or workload")
+	}
+	td := g.TrustDomain
+	if td == "" {
+		td = m.td
+	}
+	if !validTrustDomain(td) {
+		return nil, configError("grant %q: bad trust domain %q", req.Grant.Name, td)
+	}
+	deadline := req.Now.Add(req.TTL)
+	left := req.TTL
+	if !req.Now.IsZero() {
+		left = deadline.Sub(m.now())
+	} else {
+		deadline = m.now().Add(req.TTL)
+	}
+	secs := int64(left / time.Second)
+	if secs < 1 {
+		return nil, broker.Errorf(broker.ErrInvalidRequest, "ttl_too_short", "the requested ttl is too short", fmt.Errorf("vault pki ttl %v < 1s", left))
+	}
+	uriSAN := SPIFFEID(td, req.Workload)
+
+	const op = "issue certificate"
+	sec, err := m.c.Logical().WriteWithContext(ctx, g.Path, issueBody(req.Workload, uriSAN, secs))
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	if sec == nil || sec.Data == nil {
+		return nil, badResponse(op, "no data")
+	}
+	str := func(k string) string { s, _ := sec.Data[k].(string); return s }
+	certPEM, keyPEM, serial := str("certificate"), str("private_key"), str("serial_number")
+	if certPEM == "" || keyPEM == "" || serial == "" {
+		if serial != "" {
+			return nil, m.abort(ctx, mount, serial, badResponse(op, "no certificate or private key"))
+		}
+		return nil, badResponse(op, "no certificate, private key or serial number")
+	}
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, m.abort(ctx, mount, serial, badResponse(op, "certificate: "+err.Error()))
+	}
+	if want, err := parseSerial(serial); err != nil || want.Cmp(cert.SerialNumber) != 0 {
+		return nil, m.abort(ctx, mount, serial, badResponse(op, fmt.Sprintf("serial_number %q does not match the certificate's", serial)))
+	}
+	if !slices.ContainsFunc(cert.URIs, func(u *url.URL) bool { return u.String() == uriSAN }) {
+		return nil, m.abort(ctx, mount, serial, configError("grant %q: certificate lacks URI SAN %s: the role must allow it (allowed_uri_sans)", req.Grant.Name, uriSAN))
+	}
+	if cert.NotAfter.After(deadline.Add(m.skew)) {
+		return nil, m.abort(ctx, mount, serial, badResponse(op, fmt.Sprintf("certificate ends %s, after the grant's %s", cert.NotAfter.UTC().Format(time.RFC3339), deadline.UTC().Format(time.RFC3339))))
+	}
+
+	var chain []string
+	if raw, ok := sec.Data["ca_chain"].([]any); ok {
+		for _, c := range raw {
+			if s, ok := c.(string); ok && s != "" {
+				chain = append(chain, s)
+			}
+		}
+	}
+	expires := cert.NotAfter
+	if expires.After(deadline) {
+		expires = deadline // within the skew: Vault's clock
+	}
+	return &broker.Credential{
+		AccessToken: certPEM,
+		Fields: map[string]any{
+			"certificate":      certPEM,
+			"private_key":      keyPEM,
+			"private_key_type": str("private_key_type"),
+			"issuing_ca":       str("issuing_ca"),
+			"ca_chain":         chain,
+			"serial_number":    serial,
+			"uri_san":          uriSAN,
+			"expiration":       cert.NotAfter.Unix(),
+		},
+		Refs: broker.CredentialRefs{Serial: serial, ExpiresAt: expires},
+	}, nil
+}
+
+// abort revokes a certificate that will not be handed out and returns cause.
+func (m *PKIMinter) abort(ctx context.Context, mount, serial string, cause error) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := m.revokeSerial(rctx, mount, serial, false); err != nil {
+		be := broker.AsError(cause)
+		be.Err = errors.Join(be.Err, fmt.Errorf("cleanup: revoking serial %s: %w", serial, err))
+		return be
+	}
+	return cause
+}
+
+// Revoke revokes the issuance's certificate by serial on its grant's mount.
+// An already revoked certificate counts as revoked; so does an expired one,
+// including one Vault no longer knows (tidied) and one whose grant is gone
+// from the policy. A certificate Vault does not know before its expiry is an
+// error (a wrong mount, or a role with no_store=true).
+func (m *PKIMinter) Revoke(ctx context.Context, is *broker.Issuance) error {
+	if is == nil || is.Refs.Serial == "" {
+		return broker.Errorf(broker.ErrInvalidRequest, "missing_serial", "the issuance has no certificate serial", errors.New("vault revoke: issuance without serial"))
+	}
+	expired := !is.ExpiresAt.IsZero() && !m.now().Before(is.ExpiresAt)
+	g, ok := m.grant(is.Grant)
+	if !ok || g.PKI == nil {
+		if expired {
+			return nil
+		}
+		return configError("revoke %s: grant %q is not a pki grant of the policy in force", is.ID, is.Grant)
+	}
+	mount, ok := PKIMount(g.PKI.Path)
+	if !ok {
+		return configError("revoke %s: grant %q: pki path %q is not <mount>/issue/<role>", is.ID, is.Grant, g.PKI.Path)
+	}
+	return m.revokeSerial(ctx, mount, is.Refs.Serial, expired)
+}
+
+func (m *PKIMinter) revokeSerial(ctx context.Context, mount, serial string, expired bool) error {
+	_, err := m.c.Logical().WriteWithContext(ctx, mount+"/revoke", map[string]any{"serial_number": serial})
+	switch {
+	case err == nil:
+		// Revoked now, already revoked, or expired (a 200 with a warning).
+		return nil
+	case expired && responseSays(err, 400, "not found"):
+		return nil
+	default:
+		return translate("revoke certificate", err)
+	}
+}
+
+// parseCertPEM parses the first PEM block of s as a certificate.
+func parseCertPEM(s string) (*x509.Certificate, error) {
+	b, _ := pem.Decode([]byte(s))
+	if b == nil || b.Type != "CERTIFICATE" {
+		return nil, errors.New("not a PEM certificate")
+	}
+	return x509.ParseCertificate(b.Bytes)
+}
+
+// parseSerial parses Vault's serial form ("1a:2b:..." or plain hex).
+func parseSerial(s string) (*big.Int, error) {
+	h := strings.ReplaceAll(strings.ReplaceAll(s, ":", ""), "-", "")
+	b, err := hex.DecodeString(h)
+	if err != nil || len(b) == 0 {
+		return nil, fmt.Errorf("bad serial %q", s)
+	}
+	return new(big.Int).SetBytes(b), nil
+}
+
+// PKIBrokerPolicy returns the HCL the broker's own token needs for a pki
+// grant with the given issue path: update on the path and on <mount>/revoke.
+func PKIBrokerPolicy(issuePath string) (string, error) {
+	mount, ok := PKIMount(issuePath)
+	if !ok {
+		return "", fmt.Errorf("pki path %q is not <mount>/issue/<role>", issuePath)
+	}
+	return fmt.Sprintf("path %q {\n  capabilities = [\"update\"]\n}\npath %q {\n  capabilities = [\"update\"]\n}\n", issuePath, mount+"/revoke"), nil
+}
