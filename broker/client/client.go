@@ -1,0 +1,388 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Defaults.
+const (
+	DefaultAddr     = "http://127.0.0.1:7700"
+	DefaultTimeout  = 30 * time.Second
+	maxResponseBody = 1 << 20
+)
+
+// Options configure a Client.
+type Options struct {
+	// Addr is the broker's base URL (KEYTRAIL_ADDR); default DefaultAddr.
+	// Plain http:// is accepted only for loopback hosts unless
+	// AllowInsecureHTTP is set: the identity token would cross the network
+	// in clear.
+	Addr              string
+	AllowInsecureHTTP bool
+	// HTTPClient sends the requests; default: a client with DefaultTimeout.
+	HTTPClient *http.Client
+	// Now is the clock used to compute expiry times; default time.Now.
+	Now func() time.Time
+	// UserAgent is sent with every request; default "keytrail-client".
+	UserAgent string
+}
+
+// Client talks to one broker. It is safe for concurrent use.
+type Client struct {
+	tokenURL string
+	hc       *http.Client
+	now      func() time.Time
+	ua       string
+}
+
+// New validates o and returns a Client.
+func New(o Options) (*Client, error) {
+	addr := strings.TrimSpace(o.Addr)
+	if addr == "" {
+		addr = DefaultAddr
+	}
+	if err := checkURL(addr, o.AllowInsecureHTTP, false); err != nil {
+		return nil, fmt.Errorf("client: broker address: %w", err)
+	}
+	hc := o.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: DefaultTimeout}
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	ua := o.UserAgent
+	if ua == "" {
+		ua = "keytrail-client"
+	}
+	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua}, nil
+}
+
+// checkURL accepts https URLs, and http URLs of loopback hosts (or any host
+// when insecure is allowed); a query only when query is set.
+func checkURL(raw string, insecure, query bool) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", err)
+	}
+	if u.Host == "" || u.User != nil || (u.RawQuery != "" && !query) || u.Fragment != "" {
+		return fmt.Errorf("%q must be scheme://host[:port][/path] without credentials, query or fragment", raw)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if insecure || isLoopback(u.Hostname()) {
+			return nil
+		}
+		return fmt.Errorf("%q is plain http to a non-loopback host: use https", raw)
+	default:
+		return fmt.Errorf("%q: scheme must be http or https", raw)
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// ExchangeOptions are the per-exchange inputs.
+type ExchangeOptions struct {
+	// Identity supplies the subject token (required).
+	Identity IdentitySource
+	// Actor optionally supplies an actor token (delegation: an agent acting
+	// for someone), recorded as the act chain.
+	Actor IdentitySource
+	// TTL asks for a shorter lifetime than the grant's (whole seconds; 0 =
+	// the grant's TTL).
+	TTL time.Duration
+}
+
+// Credential is one minted credential: the broker's response plus the
+// client-side times. Its String and LogValue never show the secret.
+type Credential struct {
+	AccessToken     string         `json:"access_token"`
+	IssuedTokenType string         `json:"issued_token_type"`
+	TokenType       string         `json:"token_type"`
+	ExpiresIn       int64          `json:"expires_in"`
+	IssuanceID      string         `json:"issuance_id"`
+	Workload        string         `json:"workload"`
+	Owner           string         `json:"owner"`
+	SessionID       string         `json:"session_id"`
+	Grant           string         `json:"grant"`
+	Kind            string         `json:"kind"`
+	Fields          map[string]any `json:"credential,omitempty"`
+
+	// IssuedAt is the client's time when the request was sent; ExpiresAt is
+	// IssuedAt + ExpiresIn (so it errs on the early side).
+	IssuedAt  time.Time `json:"-"`
+	ExpiresAt time.Time `json:"-"`
+	// Raw is the response body exactly as the broker sent it.
+	Raw []byte `json:"-"`
+}
+
+// TTL is the lifetime the broker granted.
+func (c *Credential) TTL() time.Duration { return c.ExpiresAt.Sub(c.IssuedAt) }
+
+// Valid reports whether the credential has not yet expired at now.
+func (c *Credential) Valid(now time.Time) bool { return c != nil && now.Before(c.ExpiresAt) }
+
+// Field returns a credential field ("username", "password", "lease_id",
+// ...) as a string, or a top-level response field ("access_token",
+// "issuance_id", "session_id", "expires_in", ...). Non-string values are
+// JSON-encoded. ok is false when there is no such field.
+func (c *Credential) Field(name string) (string, bool) {
+	if v, ok := c.Fields[name]; ok {
+		return fieldString(v), true
+	}
+	switch name {
+	case "access_token":
+		return c.AccessToken, true
+	case "token_type":
+		return c.TokenType, true
+	case "issued_token_type":
+		return c.IssuedTokenType, true
+	case "expires_in":
+		return strconv.FormatInt(c.ExpiresIn, 10), true
+	case "issuance_id":
+		return c.IssuanceID, true
+	case "workload":
+		return c.Workload, true
+	case "owner":
+		return c.Owner, true
+	case "session_id":
+		return c.SessionID, true
+	case "grant":
+		return c.Grant, true
+	case "kind":
+		return c.Kind, true
+	}
+	return "", false
+}
+
+func fieldString(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case nil:
+		return ""
+	case json.Number:
+		return x.String()
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case bool:
+		return strconv.FormatBool(x)
+	default:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return ""
+		}
+		return string(b)
+	}
+}
+
+// String identifies the credential without its secret.
+func (c *Credential) String() string {
+	if c == nil {
+		return "<nil credential>"
+	}
+	return fmt.Sprintf("credential{grant=%s issuance=%s fingerprint=%s expires_at=%s}",
+		c.Grant, c.IssuanceID, broker.Fingerprint(c.AccessToken), c.ExpiresAt.UTC().Format(time.RFC3339))
+}
+
+// LogValue implements slog.LogValuer without the secret.
+func (c *Credential) LogValue() slog.Value {
+	if c == nil {
+		return slog.StringValue("<nil>")
+	}
+	return slog.GroupValue(
+		slog.String("grant", c.Grant), slog.String("issuance_id", c.IssuanceID),
+		slog.String("fingerprint", broker.Fingerprint(c.AccessToken)),
+		slog.Time("expires_at", c.ExpiresAt))
+}
+
+// Exchange performs one RFC 8693 token exchange for grant. It does not
+// retry: see Source for that. Broker errors are *Error; a failure to get
+// the identity token is *IdentityError; anything else is a transport
+// failure (transient).
+func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) (*Credential, error) {
+	if grant == "" {
+		return nil, &configError{"client: grant is required"}
+	}
+	if o.Identity == nil {
+		return nil, &configError{"client: ExchangeOptions.Identity is required"}
+	}
+	if o.TTL < 0 || (o.TTL > 0 && o.TTL < time.Second) {
+		return nil, &configError{"client: ttl must be at least 1s"}
+	}
+	subject, err := o.Identity.IdentityToken(ctx)
+	if err != nil {
+		return nil, err
+	}
+	form := url.Values{
+		"grant_type":         {broker.GrantTypeTokenExchange},
+		"subject_token":      {subject},
+		"subject_token_type": {broker.TokenTypeJWT},
+		"audience":           {grant},
+	}
+	if o.Actor != nil {
+		actor, err := o.Actor.IdentityToken(ctx)
+		if err != nil {
+			return nil, err
+		}
+		form.Set("actor_token", actor)
+		form.Set("actor_token_type", broker.TokenTypeJWT)
+	}
+	if o.TTL > 0 {
+		form.Set("ttl", strconv.FormatInt(int64(o.TTL/time.Second), 10))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.tokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, &configError{"client: building request: " + err.Error()}
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.ua)
+	sent := c.now()
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		// *url.Error names the URL, never the body; still, say only what
+		// happened at the transport.
+		return nil, fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("keytrail broker: reading response: %w", err)
+	}
+	if len(body) > maxResponseBody {
+		return nil, fmt.Errorf("keytrail broker: response larger than %d bytes", maxResponseBody)
+	}
+	return parseResponse(resp.StatusCode, resp.Header, body, sent)
+}
+
+// scrubURLError keeps the operation and cause of a *url.Error.
+func scrubURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s %s: %w", ue.Op, redactURL(ue.URL), ue.Err)
+	}
+	return err
+}
+
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<url>"
+	}
+	return u.Redacted()
+}
+
+// parseResponse turns a /v1/token answer into a Credential or an *Error.
+func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Credential, error) {
+	if status != http.StatusOK {
+		e := &Error{Status: status, RequestID: h.Get("X-Request-Id")}
+		var eb struct {
+			Error            string `json:"error"`
+			ErrorDescription string `json:"error_description"`
+			RequestID        string `json:"request_id"`
+		}
+		if json.Unmarshal(body, &eb) == nil && eb.Error != "" && printable(eb.Error) {
+			e.Code = eb.Error
+			e.Description = clip(eb.ErrorDescription, 300)
+			if eb.RequestID != "" {
+				e.RequestID = eb.RequestID
+			}
+		} else {
+			e.Description = http.StatusText(status)
+		}
+		e.RequestID = clip(e.RequestID, 100)
+		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+			e.RetryAfter = ParseRetryAfter(h.Get("Retry-After"), sent)
+		}
+		return nil, e
+	}
+	if ct := h.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return nil, fmt.Errorf("keytrail broker: 200 with content type %q, want application/json", ct)
+		}
+	}
+	var c Credential
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("keytrail broker: malformed token response: %w", errors.New(jsonErrorKind(err)))
+	}
+	switch {
+	case c.AccessToken == "":
+		return nil, errors.New("keytrail broker: token response without access_token")
+	case c.ExpiresIn < 0:
+		return nil, errors.New("keytrail broker: token response with negative expires_in")
+	case c.ExpiresIn > 10*366*24*3600:
+		return nil, errors.New("keytrail broker: token response with absurd expires_in")
+	}
+	c.IssuedAt = sent
+	c.ExpiresAt = sent.Add(time.Duration(c.ExpiresIn) * time.Second)
+	c.Raw = body
+	return &c, nil
+}
+
+// jsonErrorKind describes a decoding error without quoting the input (which
+// may hold a secret).
+func jsonErrorKind(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("invalid JSON at offset %d", se.Offset)
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated JSON"
+	}
+	return "invalid JSON"
+}
+
+func printable(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x21 || r > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func clip(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "..."
+	}
+	return s
+}

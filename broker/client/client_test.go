@@ -1,0 +1,260 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// outcome is what a test compares after an exchange.
+type outcome struct {
+	Issuance   string
+	ExpiresAt  time.Time
+	Code       string
+	Status     int
+	RequestID  string
+	RetryAfter time.Duration
+	Category   string
+	Transient  bool
+	Permanent  bool
+}
+
+var categories = []error{broker.ErrInvalidRequest, broker.ErrInvalidTarget, broker.ErrUnauthenticated,
+	broker.ErrDenied, broker.ErrNotFound, broker.ErrRateLimited, broker.ErrUnavailable}
+
+func outcomeOf(c *Credential, err error) outcome {
+	if err == nil {
+		return outcome{Issuance: c.IssuanceID, ExpiresAt: c.ExpiresAt}
+	}
+	o := outcome{Transient: IsTransient(err), Permanent: IsPermanent(err), RetryAfter: RetryAfterOf(err)}
+	var be *Error
+	if errors.As(err, &be) {
+		o.Code, o.Status, o.RequestID = be.Code, be.Status, be.RequestID
+	}
+	for _, k := range categories {
+		if errors.Is(err, k) {
+			o.Category = k.Error()
+		}
+	}
+	return o
+}
+
+func TestExchange(t *testing.T) {
+	clock := newFakeClock()
+	t0 := clock.Now()
+	httpDate := t0.Add(7 * time.Second).Format(http.TimeFormat)
+	tests := []struct {
+		name  string
+		reply reply
+		want  outcome
+	}{
+		{"ok/credential", reply{status: 200, body: okBody}, outcome{Issuance: "iss_1", ExpiresAt: t0.Add(900 * time.Second)}},
+		{"fail/invalid-grant-401", errReply(401, CodeInvalidGrant, ""),
+			outcome{Code: "invalid_grant", Status: 401, RequestID: "req_body", Category: "unauthenticated", Permanent: true}},
+		{"fail/access-denied-403", errReply(403, CodeAccessDenied, ""),
+			outcome{Code: "access_denied", Status: 403, RequestID: "req_body", Category: "access denied", Permanent: true}},
+		{"fail/invalid-target-400", errReply(400, CodeInvalidTarget, ""),
+			outcome{Code: "invalid_target", Status: 400, RequestID: "req_body", Category: "unknown grant", Permanent: true}},
+		{"fail/invalid-request-400", errReply(400, CodeInvalidRequest, ""),
+			outcome{Code: "invalid_request", Status: 400, RequestID: "req_body", Category: "invalid request", Permanent: true}},
+		{"fail/unsupported-grant-type-400", errReply(400, CodeUnsupportedGrantType, ""),
+			outcome{Code: "unsupported_grant_type", Status: 400, RequestID: "req_body", Category: "invalid request", Permanent: true}},
+		{"fail/slow-down-429-seconds", errReply(429, CodeSlowDown, "3"),
+			outcome{Code: "slow_down", Status: 429, RequestID: "req_body", RetryAfter: 3 * time.Second, Category: "rate limited", Transient: true}},
+		{"fail/unavailable-503-http-date", errReply(503, CodeTemporarilyUnavailable, httpDate),
+			outcome{Code: "temporarily_unavailable", Status: 503, RequestID: "req_body", RetryAfter: 7 * time.Second, Category: "temporarily unavailable", Transient: true}},
+		{"fail/unavailable-503-no-retry-after", errReply(503, CodeTemporarilyUnavailable, ""),
+			outcome{Code: "temporarily_unavailable", Status: 503, RequestID: "req_body", Category: "temporarily unavailable", Transient: true}},
+		{"fail/502-not-oauth-shape", reply{status: 502, body: "<html>bad gateway</html>"},
+			outcome{Status: 502, RequestID: "req_hdr", Category: "temporarily unavailable", Transient: true}},
+		{"fail/200-malformed", reply{status: 200, body: `{"access_token":`}, outcome{Transient: true}},
+		{"fail/200-without-token", reply{status: 200, body: `{"expires_in":5}`}, outcome{Transient: true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fb := newFakeBroker(t, tc.reply)
+			c, err := New(Options{Addr: fb.srv.URL, Now: clock.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cred, err := c.Exchange(context.Background(), "payments-vault", ExchangeOptions{Identity: staticIdentity("SUBJECT-JWT"), TTL: 90 * time.Second})
+			if diff := cmp.Diff(tc.want, outcomeOf(cred, err)); diff != "" {
+				t.Errorf("Exchange(%s) = %v, want %+v (-want +got):\n%s", tc.name, err, tc.want, diff)
+			}
+			if err != nil && (strings.Contains(err.Error(), "SUBJECT-JWT") || strings.Contains(err.Error(), "SECRET")) {
+				t.Errorf("error %q carries a secret", err)
+			}
+			forms := fb.sent()
+			if len(forms) != 1 {
+				t.Fatalf("broker saw %d requests, want 1", len(forms))
+			}
+			wantForm := url.Values{
+				"grant_type":         {"urn:ietf:params:oauth:grant-type:token-exchange"},
+				"subject_token":      {"SUBJECT-JWT"},
+				"subject_token_type": {"urn:ietf:params:oauth:token-type:jwt"},
+				"audience":           {"payments-vault"},
+				"ttl":                {"90"},
+			}
+			if diff := cmp.Diff(wantForm, forms[0]); diff != "" {
+				t.Errorf("form sent (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestExchangeCredentialFields(t *testing.T) {
+	fb := newFakeBroker(t, reply{status: 200, body: okBody})
+	c, err := New(Options{Addr: fb.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := c.Exchange(context.Background(), "payments-vault", ExchangeOptions{Identity: staticIdentity("x"), Actor: staticIdentity("ACTOR")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range []string{"access_token", "accessor", "policies", "ttl", "issuance_id", "expires_in", "session_id", "nope"} {
+		v, ok := cred.Field(f)
+		got[f] = fmt.Sprintf("%v:%s", ok, v)
+	}
+	want := map[string]string{"access_token": "true:hvs.SECRET-TOKEN", "accessor": "true:acc_1", "policies": `true:["payments-read"]`,
+		"ttl": "true:900", "issuance_id": "true:iss_1", "expires_in": "true:900", "session_id": "true:ses_1", "nope": "false:"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Field (-want +got):\n%s", diff)
+	}
+	if string(cred.Raw) != okBody {
+		t.Errorf("Raw = %q, want the body as sent", cred.Raw)
+	}
+	f := fb.sent()[0]
+	if f.Get("actor_token") != "ACTOR" || f.Get("actor_token_type") != broker.TokenTypeJWT || f.Has("ttl") {
+		t.Errorf("form = %v, want actor token and no ttl", f)
+	}
+	// Neither String nor LogValue shows the secret.
+	var logged strings.Builder
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("x", "cred", cred)
+	for _, s := range []string{cred.String(), fmt.Sprint(cred), logged.String()} {
+		if strings.Contains(s, "SECRET") || !strings.Contains(s, "iss_1") {
+			t.Errorf("rendering %q shows the secret or lacks the issuance id", s)
+		}
+	}
+}
+
+func TestExchangeTransportFailureIsTransient(t *testing.T) {
+	fb := newFakeBroker(t, reply{status: 200, body: okBody})
+	addr := fb.srv.URL
+	fb.srv.Close()
+	c, err := New(Options{Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Exchange(context.Background(), "g", ExchangeOptions{Identity: staticIdentity("x")})
+	if got := outcomeOf(nil, err); !got.Transient || got.Permanent {
+		t.Errorf("Exchange(broker down) = %v (%+v), want transient", err, got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = c.Exchange(ctx, "g", ExchangeOptions{Identity: staticIdentity("x")})
+	if IsTransient(err) || IsPermanent(err) {
+		t.Errorf("Exchange(cancelled) = %v: transient %v permanent %v, want neither", err, IsTransient(err), IsPermanent(err))
+	}
+}
+
+func TestNewValidatesAddress(t *testing.T) {
+	tests := []struct {
+		name     string
+		addr     string
+		insecure bool
+		wantErr  bool
+	}{
+		{"ok/default", "", false, false},
+		{"ok/loopback-http", "http://127.0.0.1:7700", false, false},
+		{"ok/localhost-http", "http://localhost:7700/", false, false},
+		{"ok/https", "https://keytrail.internal:7700", false, false},
+		{"ok/insecure-allowed", "http://keytrail.svc:7700", true, false},
+		{"fail/remote-http", "http://keytrail.svc:7700", false, true},
+		{"fail/scheme", "ftp://127.0.0.1", false, true},
+		{"fail/userinfo", "https://u:p@keytrail.internal", false, true},
+		{"fail/no-host", "https://", false, true},
+		{"fail/query", "https://k.internal/?a=b", false, true},
+	}
+	for _, tc := range tests {
+		_, err := New(Options{Addr: tc.addr, AllowInsecureHTTP: tc.insecure})
+		if (err != nil) != tc.wantErr {
+			t.Errorf("New(%s: %q) = %v, want error %v", tc.name, tc.addr, err, tc.wantErr)
+		}
+	}
+}
+
+func TestExchangeRejectsBadInput(t *testing.T) {
+	c, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		grant string
+		o     ExchangeOptions
+	}{
+		{"fail/no-grant", "", ExchangeOptions{Identity: staticIdentity("x")}},
+		{"fail/no-identity", "g", ExchangeOptions{}},
+		{"fail/sub-second-ttl", "g", ExchangeOptions{Identity: staticIdentity("x"), TTL: time.Millisecond}},
+	}
+	for _, tc := range tests {
+		_, err := c.Exchange(context.Background(), tc.grant, tc.o)
+		if err == nil || !IsPermanent(err) {
+			t.Errorf("Exchange(%s) = %v, want a permanent error", tc.name, err)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		in   string
+		want time.Duration
+	}{
+		{"ok/seconds", "3", 3 * time.Second},
+		{"ok/spaces", " 12 ", 12 * time.Second},
+		{"ok/http-date", now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{"ok/capped", "86400", MaxRetryAfter},
+		{"ok/overflow-capped", "99999999999999999999", MaxRetryAfter},
+		{"ok/date-capped", now.Add(time.Hour).Format(http.TimeFormat), MaxRetryAfter},
+		{"fail/empty", "", 0},
+		{"fail/zero", "0", 0},
+		{"fail/negative", "-5", 0},
+		{"fail/fraction", "1.5", 0},
+		{"fail/past-date", now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		{"fail/garbage", "soon", 0},
+	}
+	for _, tc := range tests {
+		if got := ParseRetryAfter(tc.in, now); got != tc.want {
+			t.Errorf("ParseRetryAfter(%s: %q) = %v, want %v", tc.name, tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestErrorHintAndMessage(t *testing.T) {
+	e := &Error{Status: 401, Code: CodeInvalidGrant, Description: "identity token rejected", RequestID: "req_1"}
+	if got, want := e.Error(), "keytrail broker: 401 invalid_grant: identity token rejected (request_id req_1)"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	for _, code := range []string{CodeInvalidGrant, CodeAccessDenied, CodeInvalidTarget, CodeInvalidRequest, CodeSlowDown, CodeTemporarilyUnavailable} {
+		if h := (&Error{Code: code}).Hint(); h == "" || h == (&Error{Status: 400}).Hint() {
+			t.Errorf("Hint(%s) = %q, want specific advice", code, h)
+		}
+	}
+	if h := (&Error{Status: 401, Code: CodeInvalidGrant}).Hint(); !strings.Contains(h, "audience (keytrail)") || !strings.Contains(h, "expiry") {
+		t.Errorf("invalid_grant hint = %q, want audience and expiry named", h)
+	}
+}

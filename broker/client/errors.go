@@ -1,0 +1,201 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// OAuth error codes of POST /v1/token (SPEC "HTTP API").
+const (
+	CodeInvalidRequest         = "invalid_request"         // 400
+	CodeUnsupportedGrantType   = "unsupported_grant_type"  // 400
+	CodeInvalidTarget          = "invalid_target"          // 400: unknown grant
+	CodeInvalidGrant           = "invalid_grant"           // 401: identity token rejected
+	CodeAccessDenied           = "access_denied"           // 403
+	CodeSlowDown               = "slow_down"               // 429, with Retry-After
+	CodeTemporarilyUnavailable = "temporarily_unavailable" // 503, with Retry-After
+)
+
+// MaxRetryAfter bounds how long a Retry-After from the broker is honoured;
+// a larger value is treated as this.
+const MaxRetryAfter = 10 * time.Minute
+
+// Error is an error answer of the broker. Description and RequestID are the
+// broker's safe texts; no secret is ever part of an Error.
+type Error struct {
+	Status      int           // HTTP status
+	Code        string        // OAuth error code ("" when the body was not the OAuth shape)
+	Description string        // error_description
+	RequestID   string        // request_id (or the X-Request-Id header)
+	RetryAfter  time.Duration // parsed Retry-After; 0 when absent
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "keytrail broker: %d", e.Status)
+	if e.Code != "" {
+		b.WriteString(" " + e.Code)
+	}
+	if e.Description != "" {
+		b.WriteString(": " + e.Description)
+	}
+	if e.RequestID != "" {
+		b.WriteString(" (request_id " + e.RequestID + ")")
+	}
+	return b.String()
+}
+
+// Unwrap returns the category sentinel of package broker matching the code
+// (or, for a body that is not the OAuth shape, the status).
+func (e *Error) Unwrap() error {
+	switch e.Code {
+	case CodeInvalidRequest, CodeUnsupportedGrantType:
+		return broker.ErrInvalidRequest
+	case CodeInvalidTarget:
+		return broker.ErrInvalidTarget
+	case CodeInvalidGrant:
+		return broker.ErrUnauthenticated
+	case CodeAccessDenied:
+		return broker.ErrDenied
+	case CodeSlowDown:
+		return broker.ErrRateLimited
+	case CodeTemporarilyUnavailable:
+		return broker.ErrUnavailable
+	case "not_found":
+		return broker.ErrNotFound
+	}
+	switch {
+	case e.Status == http.StatusTooManyRequests:
+		return broker.ErrRateLimited
+	case e.Status >= 500:
+		return broker.ErrUnavailable
+	case e.Status == http.StatusUnauthorized:
+		return broker.ErrUnauthenticated
+	case e.Status == http.StatusForbidden:
+		return broker.ErrDenied
+	case e.Status == http.StatusNotFound:
+		return broker.ErrNotFound
+	default:
+		return broker.ErrInvalidRequest
+	}
+}
+
+// Temporary reports whether retrying the same request later can succeed:
+// 429, 408 and every 5xx.
+func (e *Error) Temporary() bool {
+	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout || e.Status >= 500
+}
+
+// Hint says, in a sentence, what the caller should fix or expect.
+func (e *Error) Hint() string {
+	switch e.Code {
+	case CodeInvalidGrant:
+		return "the identity token was rejected: check the token source, its audience (keytrail), issuer and expiry"
+	case CodeAccessDenied:
+		return "the identity is not allowed this grant (no workload matches it, the grant is not listed for the workload, or the workload is blocked or revoked): check the policy with `keytrail policy explain --token FILE --grant G`"
+	case CodeInvalidTarget:
+		return "the broker knows no such grant: check the grant name against the policy's grants"
+	case CodeUnsupportedGrantType, CodeInvalidRequest:
+		return "the broker rejected the request as malformed: check the grant name, the ttl and the identity token type"
+	case CodeSlowDown:
+		return "the broker is rate limiting this workload: retry after Retry-After"
+	case CodeTemporarilyUnavailable:
+		return "the broker or one of its backends is temporarily unavailable: retry after Retry-After"
+	}
+	if e.Temporary() {
+		return "the broker is unavailable: retry later"
+	}
+	return "the broker refused the request"
+}
+
+// IdentityError is a failure to obtain the workload's identity token.
+type IdentityError struct {
+	Source    string // what was asked, e.g. "file /var/run/secrets/tokens/keytrail"
+	Err       error
+	Transient bool // retrying may help (e.g. the GitHub OIDC endpoint answered 503)
+}
+
+func (e *IdentityError) Error() string {
+	return "identity token from " + e.Source + ": " + e.Err.Error()
+}
+
+func (e *IdentityError) Unwrap() error { return e.Err }
+
+// IsPermanent reports whether err is a failure that retrying cannot fix: a
+// 4xx answer of the broker other than 408 and 429, or an identity token
+// that cannot be had. Context cancellation is neither permanent nor
+// transient.
+func IsPermanent(err error) bool {
+	if err == nil {
+		return false
+	}
+	var be *Error
+	if errors.As(err, &be) {
+		return !be.Temporary()
+	}
+	var ie *IdentityError
+	if errors.As(err, &ie) {
+		return !ie.Transient
+	}
+	var ce *configError
+	return errors.As(err, &ce)
+}
+
+// IsTransient reports whether retrying err later can help: a 429, 408 or
+// 5xx answer, a temporary identity failure, or a transport failure (the
+// broker is down, restarting or unreachable).
+func IsTransient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || IsPermanent(err) {
+		return false
+	}
+	return true
+}
+
+// RetryAfterOf returns the Retry-After the broker sent with err, or 0.
+func RetryAfterOf(err error) time.Duration {
+	var be *Error
+	if errors.As(err, &be) {
+		return be.RetryAfter
+	}
+	return 0
+}
+
+// configError is a problem of the caller's own set-up (never retried).
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+// ParseRetryAfter parses a Retry-After header value (RFC 9110 §10.2.3):
+// delay-seconds or an HTTP-date, relative to now. Absent, malformed or past
+// values give 0; values beyond MaxRetryAfter give MaxRetryAfter.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		if err != nil || n >= uint64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
+		}
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	} else {
+		return 0
+	}
+	switch {
+	case d <= 0:
+		return 0
+	case d > MaxRetryAfter:
+		return MaxRetryAfter
+	}
+	return d
+}

@@ -1,0 +1,221 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// DefaultTokenFile is where Kubernetes mounts a projected service-account
+// token when the pod spec asks for it at that path (see docs/examples).
+const DefaultTokenFile = "/var/run/secrets/tokens/keytrail"
+
+// DefaultAudience is the audience identity tokens for keytrail carry.
+const DefaultAudience = "keytrail"
+
+const maxIdentityToken = 64 << 10
+
+// IdentitySource supplies the workload's identity token. Implementations
+// MUST honour ctx and MUST NOT put the token in an error.
+type IdentitySource interface {
+	IdentityToken(ctx context.Context) (string, error)
+	// Describe names the source for messages ("file /path", "$VAR").
+	Describe() string
+}
+
+// FileIdentity reads the token from a file on every call, since platforms
+// (kubelet, SPIRE helpers) rotate it in place. The zero value reads
+// DefaultTokenFile.
+type FileIdentity struct {
+	Path string
+}
+
+func (f FileIdentity) path() string {
+	if f.Path == "" {
+		return DefaultTokenFile
+	}
+	return f.Path
+}
+
+// Describe implements IdentitySource.
+func (f FileIdentity) Describe() string { return "file " + f.path() }
+
+// IdentityToken implements IdentitySource.
+func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	fh, err := os.Open(f.path())
+	if err != nil {
+		return "", &IdentityError{Source: f.Describe(), Err: stripPathError(err)}
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+	if err != nil {
+		return "", &IdentityError{Source: f.Describe(), Err: stripPathError(err)}
+	}
+	return checkToken(f.Describe(), string(b))
+}
+
+// stripPathError keeps the cause of an *os.PathError (the path is already
+// in the message).
+func stripPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func checkToken(source, tok string) (string, error) {
+	if len(tok) > maxIdentityToken {
+		return "", &IdentityError{Source: source, Err: fmt.Errorf("larger than %d bytes", maxIdentityToken)}
+	}
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return "", &IdentityError{Source: source, Err: errors.New("empty")}
+	}
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return "", &IdentityError{Source: source, Err: errors.New("not a single token (contains whitespace)")}
+	}
+	return tok, nil
+}
+
+// EnvIdentity reads the token from an environment variable on every call.
+type EnvIdentity struct {
+	Name   string
+	Getenv func(string) string // default os.Getenv
+}
+
+// Describe implements IdentitySource.
+func (e EnvIdentity) Describe() string { return "$" + e.Name }
+
+// IdentityToken implements IdentitySource.
+func (e EnvIdentity) IdentityToken(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if e.Name == "" {
+		return "", &IdentityError{Source: "environment", Err: errors.New("no variable named")}
+	}
+	get := e.Getenv
+	if get == nil {
+		get = os.Getenv
+	}
+	v := get(e.Name)
+	if v == "" {
+		return "", &IdentityError{Source: e.Describe(), Err: errors.New("not set or empty")}
+	}
+	return checkToken(e.Describe(), v)
+}
+
+// GitHub Actions environment variables set when the job has
+// `permissions: id-token: write`.
+const (
+	EnvGitHubRequestURL   = "ACTIONS_ID_TOKEN_REQUEST_URL"
+	EnvGitHubRequestToken = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
+)
+
+// GitHubActionsOptions configure a GitHubActionsIdentity.
+type GitHubActionsOptions struct {
+	RequestURL   string // ACTIONS_ID_TOKEN_REQUEST_URL
+	RequestToken string // ACTIONS_ID_TOKEN_REQUEST_TOKEN
+	Audience     string // default DefaultAudience
+	HTTPClient   *http.Client
+	// AllowInsecureHTTP accepts a plain-http RequestURL to a non-loopback
+	// host (never needed on GitHub).
+	AllowInsecureHTTP bool
+}
+
+// GitHubActionsIdentity requests a fresh OIDC token from the GitHub Actions
+// runtime on every call.
+type GitHubActionsIdentity struct {
+	u     *url.URL
+	token string
+	hc    *http.Client
+}
+
+// GitHubActionsFromEnv builds the options from the runner's environment.
+func GitHubActionsFromEnv(getenv func(string) string, audience string) GitHubActionsOptions {
+	return GitHubActionsOptions{RequestURL: getenv(EnvGitHubRequestURL), RequestToken: getenv(EnvGitHubRequestToken), Audience: audience}
+}
+
+// NewGitHubActionsIdentity validates o.
+func NewGitHubActionsIdentity(o GitHubActionsOptions) (*GitHubActionsIdentity, error) {
+	if o.RequestURL == "" || o.RequestToken == "" {
+		return nil, &configError{"github actions: " + EnvGitHubRequestURL + " and " + EnvGitHubRequestToken +
+			" are not set: give the job `permissions: id-token: write`"}
+	}
+	if err := checkURL(o.RequestURL, o.AllowInsecureHTTP, true); err != nil {
+		// RequestURL is not a secret, but keep the message short.
+		return nil, &configError{"github actions: " + EnvGitHubRequestURL + " is not a usable URL"}
+	}
+	u, _ := url.Parse(o.RequestURL)
+	aud := o.Audience
+	if aud == "" {
+		aud = DefaultAudience
+	}
+	q := u.Query()
+	q.Set("audience", aud)
+	u.RawQuery = q.Encode()
+	hc := o.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 15 * time.Second}
+	}
+	return &GitHubActionsIdentity{u: u, token: o.RequestToken, hc: hc}, nil
+}
+
+// Describe implements IdentitySource.
+func (g *GitHubActionsIdentity) Describe() string { return "GitHub Actions OIDC" }
+
+// IdentityToken implements IdentitySource.
+func (g *GitHubActionsIdentity) IdentityToken(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.u.String(), nil)
+	if err != nil {
+		return "", &IdentityError{Source: g.Describe(), Err: errors.New("building request")}
+	}
+	req.Header.Set("Authorization", "Bearer "+g.token)
+	req.Header.Set("Accept", "application/json; api-version=2.0")
+	resp, err := g.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", &IdentityError{Source: g.Describe(), Err: scrubURLError(err), Transient: true}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxIdentityToken+1))
+	if err != nil {
+		return "", &IdentityError{Source: g.Describe(), Err: errors.New("reading response"), Transient: true}
+	}
+	if resp.StatusCode != http.StatusOK {
+		transient := resp.StatusCode == 429 || resp.StatusCode == 408 || resp.StatusCode >= 500
+		return "", &IdentityError{Source: g.Describe(), Err: fmt.Errorf("token endpoint answered %s", resp.Status), Transient: transient}
+	}
+	var out struct {
+		Value string `json:"value"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return "", &IdentityError{Source: g.Describe(), Err: errors.New("token endpoint answered malformed JSON")}
+	}
+	return checkToken(g.Describe(), out.Value)
+}
+
+// IdentityFunc adapts a function to IdentitySource.
+type IdentityFunc struct {
+	Name string
+	Func func(ctx context.Context) (string, error)
+}
+
+// Describe implements IdentitySource.
+func (f IdentityFunc) Describe() string { return f.Name }
+
+// IdentityToken implements IdentitySource.
+func (f IdentityFunc) IdentityToken(ctx context.Context) (string, error) { return f.Func(ctx) }

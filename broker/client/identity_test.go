@@ -1,0 +1,171 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestFileIdentityIsReadOnEveryExchange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	fb := newFakeBroker(t, okReply("iss_1", 60))
+	c, err := New(Options{Addr: fb.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := ExchangeOptions{Identity: FileIdentity{Path: path}}
+	for _, tok := range []string{"jwt-one\n", "jwt-two", "  jwt-three  \n"} {
+		if err := os.WriteFile(path, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exchange(context.Background(), "g", o); err != nil {
+			t.Fatalf("Exchange: %v", err)
+		}
+	}
+	var got []string
+	for _, f := range fb.sent() {
+		got = append(got, f.Get("subject_token"))
+	}
+	if diff := cmp.Diff([]string{"jwt-one", "jwt-two", "jwt-three"}, got); diff != "" {
+		t.Errorf("subject tokens sent after rotations (-want +got):\n%s", diff)
+	}
+}
+
+func TestIdentitySourceFailures(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte(" \n"), 0o600)
+	two := filepath.Join(dir, "two")
+	os.WriteFile(two, []byte("a b"), 0o600)
+	big := filepath.Join(dir, "big")
+	os.WriteFile(big, []byte(strings.Repeat("a", maxIdentityToken+1)), 0o600)
+	env := map[string]string{"SET": "tok", "EMPTY": ""}
+	getenv := func(k string) string { return env[k] }
+	tests := []struct {
+		name    string
+		src     IdentitySource
+		want    string // token, or "" for an error
+		wantMsg string
+	}{
+		{"ok/env", EnvIdentity{Name: "SET", Getenv: getenv}, "tok", ""},
+		{"fail/missing-file", FileIdentity{Path: filepath.Join(dir, "nope")}, "", "identity token from file " + filepath.Join(dir, "nope") + ": no such file or directory"},
+		{"fail/empty-file", FileIdentity{Path: empty}, "", ": empty"},
+		{"fail/two-tokens", FileIdentity{Path: two}, "", "contains whitespace"},
+		{"fail/too-big", FileIdentity{Path: big}, "", "larger than"},
+		{"fail/env-unset", EnvIdentity{Name: "UNSET", Getenv: getenv}, "", "identity token from $UNSET: not set or empty"},
+		{"fail/env-empty", EnvIdentity{Name: "EMPTY", Getenv: getenv}, "", "not set or empty"},
+	}
+	for _, tc := range tests {
+		got, err := tc.src.IdentityToken(context.Background())
+		if got != tc.want {
+			t.Errorf("IdentityToken(%s) = %q, want %q", tc.name, got, tc.want)
+		}
+		if tc.wantMsg == "" {
+			if err != nil {
+				t.Errorf("IdentityToken(%s) error = %v, want none", tc.name, err)
+			}
+			continue
+		}
+		var ie *IdentityError
+		if !errors.As(err, &ie) || !IsPermanent(err) || !strings.Contains(err.Error(), tc.wantMsg) {
+			t.Errorf("IdentityToken(%s) error = %v, want a permanent IdentityError containing %q", tc.name, err, tc.wantMsg)
+		}
+	}
+	// The default file is the Kubernetes projected token path.
+	if got := (FileIdentity{}).Describe(); got != "file /var/run/secrets/tokens/keytrail" {
+		t.Errorf("FileIdentity{}.Describe() = %q", got)
+	}
+}
+
+// fakeGitHub is the Actions runtime token endpoint.
+type fakeGitHub struct {
+	status   int
+	body     string
+	gotQuery []string
+	gotAuth  string
+}
+
+func (f *fakeGitHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet || r.URL.Path != "/_apis/token" {
+		http.Error(w, "unexpected", http.StatusTeapot)
+		return
+	}
+	f.gotQuery = append(f.gotQuery, r.URL.RawQuery)
+	f.gotAuth = r.Header.Get("Authorization")
+	w.WriteHeader(f.status)
+	w.Write([]byte(f.body))
+}
+
+func TestGitHubActionsIdentity(t *testing.T) {
+	tests := []struct {
+		name          string
+		status        int
+		body          string
+		audience      string
+		want          string
+		wantQuery     string
+		wantTransient bool
+		wantErr       bool
+	}{
+		{"ok/default-audience", 200, `{"count":1,"value":"gh.jwt"}`, "", "gh.jwt", "api-version=2.0&audience=keytrail", false, false},
+		{"ok/custom-audience", 200, `{"value":"gh.jwt"}`, "broker-prod", "gh.jwt", "api-version=2.0&audience=broker-prod", false, false},
+		{"fail/503-transient", 503, `oops`, "", "", "api-version=2.0&audience=keytrail", true, true},
+		{"fail/429-transient", 429, `{}`, "", "", "api-version=2.0&audience=keytrail", true, true},
+		{"fail/403-permanent", 403, `{"message":"no id-token permission"}`, "", "", "api-version=2.0&audience=keytrail", false, true},
+		{"fail/malformed", 200, `{"value":`, "", "", "api-version=2.0&audience=keytrail", false, true},
+		{"fail/empty-value", 200, `{"value":""}`, "", "", "api-version=2.0&audience=keytrail", false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			gh := &fakeGitHub{status: tc.status, body: tc.body}
+			srv := httptest.NewServer(gh)
+			defer srv.Close()
+			env := map[string]string{EnvGitHubRequestURL: srv.URL + "/_apis/token?api-version=2.0", EnvGitHubRequestToken: "RUNTIME-TOKEN"}
+			src, err := NewGitHubActionsIdentity(GitHubActionsFromEnv(func(k string) string { return env[k] }, tc.audience))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := src.IdentityToken(context.Background())
+			if got != tc.want || (err != nil) != tc.wantErr || IsTransient(err) != tc.wantTransient {
+				t.Errorf("IdentityToken = %q, %v (transient %v), want %q, error %v, transient %v", got, err, IsTransient(err), tc.want, tc.wantErr, tc.wantTransient)
+			}
+			if err != nil && strings.Contains(err.Error(), "RUNTIME-TOKEN") {
+				t.Errorf("error %q carries the runtime token", err)
+			}
+			if diff := cmp.Diff([]string{tc.wantQuery}, gh.gotQuery); diff != "" {
+				t.Errorf("query (-want +got):\n%s", diff)
+			}
+			if gh.gotAuth != "Bearer RUNTIME-TOKEN" {
+				t.Errorf("Authorization = %q", gh.gotAuth)
+			}
+		})
+	}
+}
+
+func TestGitHubActionsIdentityNeedsEnvironment(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+	}{
+		{"fail/not-set", map[string]string{}},
+		{"fail/no-token", map[string]string{EnvGitHubRequestURL: "https://pipelines.actions.githubusercontent.com/x"}},
+		{"fail/plain-http-remote", map[string]string{EnvGitHubRequestURL: "http://example.com/x", EnvGitHubRequestToken: "t"}},
+	}
+	for _, tc := range tests {
+		_, err := NewGitHubActionsIdentity(GitHubActionsFromEnv(func(k string) string { return tc.env[k] }, ""))
+		if err == nil || !IsPermanent(err) {
+			t.Errorf("NewGitHubActionsIdentity(%s) = %v, want a permanent error", tc.name, err)
+		}
+	}
+	_, err := NewGitHubActionsIdentity(GitHubActionsOptions{})
+	if err == nil || !strings.Contains(err.Error(), "id-token: write") {
+		t.Errorf("error %v does not say which permission to add", err)
+	}
+}

@@ -1,0 +1,419 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker/client"
+)
+
+// envSpec is one --env: set Name to Field of Grant's credential.
+type envSpec struct {
+	Name  string
+	Grant string
+	Field string
+}
+
+var (
+	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	envFieldRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+)
+
+// parseEnvSpec parses NAME, NAME=FIELD or NAME=GRANT:FIELD. Without a
+// field the access token is meant; without a grant the only grant is.
+func parseEnvSpec(s string, grants []string) (envSpec, error) {
+	name, val, hasVal := strings.Cut(s, "=")
+	if !envNameRE.MatchString(name) {
+		return envSpec{}, fmt.Errorf("--env %q: %q is not an environment variable name", s, name)
+	}
+	sp := envSpec{Name: name, Field: "access_token"}
+	if hasVal {
+		g, f, hasGrant := strings.Cut(val, ":")
+		if hasGrant {
+			sp.Grant = g
+		} else {
+			f = val
+		}
+		if !envFieldRE.MatchString(f) {
+			return envSpec{}, fmt.Errorf("--env %q: want NAME, NAME=FIELD or NAME=GRANT:FIELD", s)
+		}
+		sp.Field = f
+	}
+	switch {
+	case sp.Grant == "" && len(grants) == 1:
+		sp.Grant = grants[0]
+	case sp.Grant == "":
+		return envSpec{}, fmt.Errorf("--env %q: several grants are fetched: name one, as NAME=GRANT:FIELD", s)
+	case !slices.Contains(grants, sp.Grant):
+		return envSpec{}, fmt.Errorf("--env %q: grant %q is not one of the --grant values", s, sp.Grant)
+	}
+	return sp, nil
+}
+
+// renewAction is what exec does to the child when a credential is renewed.
+type renewAction struct {
+	restart bool
+	sig     syscall.Signal
+}
+
+var renewSignals = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "TERM": syscall.SIGTERM, "QUIT": syscall.SIGQUIT,
+	"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "WINCH": syscall.SIGWINCH,
+}
+
+// parseOnRenew parses "restart" or "signal:NAME" (HUP, SIGHUP, USR1, ...).
+func parseOnRenew(s string) (renewAction, error) {
+	if s == "restart" {
+		return renewAction{restart: true}, nil
+	}
+	if name, ok := strings.CutPrefix(s, "signal:"); ok {
+		name = strings.TrimPrefix(strings.ToUpper(name), "SIG")
+		if sig, ok := renewSignals[name]; ok {
+			return renewAction{sig: sig}, nil
+		}
+	}
+	return renewAction{}, fmt.Errorf("--on-renew %q: want restart or signal:NAME (HUP, INT, TERM, QUIT, USR1, USR2, WINCH)", s)
+}
+
+// credentialEnv is the child's environment: base without the names set
+// here, plus one NAME=value per spec.
+func credentialEnv(base []string, specs []envSpec, creds map[string]*client.Credential) ([]string, error) {
+	set := map[string]string{}
+	for _, sp := range specs {
+		c := creds[sp.Grant]
+		if c == nil {
+			return nil, fmt.Errorf("--env %s: no credential for grant %s", sp.Name, sp.Grant)
+		}
+		v, ok := c.Field(sp.Field)
+		if !ok {
+			names := make([]string, 0, len(c.Fields))
+			for k := range c.Fields {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			return nil, fmt.Errorf("--env %s: grant %s (kind %s) has no field %q; it has access_token, issuance_id, session_id, expires_in and %s",
+				sp.Name, sp.Grant, c.Kind, sp.Field, strings.Join(names, ", "))
+		}
+		set[sp.Name] = v
+	}
+	out := make([]string, 0, len(base)+len(set))
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, over := set[k]; !over {
+			out = append(out, kv)
+		}
+	}
+	names := make([]string, 0, len(set))
+	for k := range set {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		out = append(out, k+"="+set[k])
+	}
+	return out, nil
+}
+
+func newExecCmd(e *env) *cobra.Command {
+	var (
+		wf       workloadFlags
+		of       outputFlags
+		envs     []string
+		onRenew  string
+		grace    time.Duration
+		noStatus bool
+	)
+	c := &cobra.Command{
+		Use:   "exec --grant G [--identity-token-file F] --env NAME[=[GRANT:]FIELD] [...] [--watch [--on-renew restart|signal:HUP]] -- CMD [ARGS...]",
+		Short: "Run a command with credentials in its environment",
+		Long: `Fetch credentials, then run CMD with them in its environment. keytrail stays
+the parent: it forwards SIGINT, SIGTERM and SIGHUP to CMD and exits with CMD's
+exit status (128+N when CMD was killed by signal N).
+
+--env NAME               sets NAME to the access token of the (only) grant
+--env NAME=FIELD         sets NAME to a credential field (username, password,
+                         lease_id, accessor...) or a response field
+                         (issuance_id, session_id, expires_in)
+--env NAME=GRANT:FIELD   the same, naming the grant when several are fetched
+
+With --watch keytrail renews the credentials at about 2/3 of their TTL and
+then, as --on-renew says, restarts CMD with the new environment (SIGTERM,
+then SIGKILL after --restart-grace) or sends it a signal (signal:HUP): the
+latter suits a program that re-reads a file written with --out/--out-dir,
+since a running process's environment cannot change. A renewal the broker
+refuses for good is reported on stderr and CMD keeps running.
+
+Identity, server, --ttl and --timeout work as for keytrail fetch.`,
+		Example: `  keytrail exec --grant payments-db --env PGUSER=username --env PGPASSWORD=password -- ./server
+  keytrail exec --grant payments-vault --env VAULT_TOKEN --watch -- ./worker
+  keytrail exec --grant payments-vault --out /run/keytrail/token --watch --on-renew signal:HUP -- nginx -g 'daemon off;'`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := wf.validate(); err != nil {
+				return exitError{code: 2, msg: "exec: " + err.Error()}
+			}
+			if of.any() {
+				if err := of.validate(wf.grants, false); err != nil {
+					return exitError{code: 2, msg: "exec: " + err.Error()}
+				}
+				if of.out == "-" {
+					return exitError{code: 2, msg: "exec: --out - would mix the credential into CMD's output"}
+				}
+			}
+			var specs []envSpec
+			for _, s := range envs {
+				sp, err := parseEnvSpec(s, wf.grants)
+				if err != nil {
+					return exitError{code: 2, msg: "exec: " + err.Error()}
+				}
+				specs = append(specs, sp)
+			}
+			if len(specs) == 0 && !of.any() {
+				return exitError{code: 2, msg: "exec: give --env (or --out/--out-dir): otherwise CMD gets no credential"}
+			}
+			action, err := parseOnRenew(onRenew)
+			if err != nil {
+				return exitError{code: 2, msg: "exec: " + err.Error()}
+			}
+			if grace <= 0 {
+				return exitError{code: 2, msg: "exec: --restart-grace must be positive"}
+			}
+			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
+			if of.outDir != "" {
+				if err := os.MkdirAll(of.outDir, 0o700); err != nil {
+					return fmt.Errorf("exec: %w", err)
+				}
+			}
+			srcs, id, err := wf.sources(e, func(grant string, c *client.Credential) error {
+				dest := ""
+				if of.any() {
+					var err error
+					if dest, err = of.write(e.stdout, grant, c); err != nil {
+						return err
+					}
+				}
+				if !noStatus {
+					statusLine(e.stderr, grant, c, dest)
+				}
+				x.update(grant, c)
+				return nil
+			})
+			if err != nil {
+				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}
+			}
+			if err := fetchAll(e.ctx, srcs, id, wf.timeout); err != nil {
+				if errors.Is(err, context.Canceled) {
+					return exitError{code: 130, msg: "exec: interrupted before CMD started"}
+				}
+				return err
+			}
+			return x.run(srcs, id, wf.watch)
+		},
+	}
+	c.Flags().SetInterspersed(false) // everything after CMD belongs to CMD
+	wf.register(c)
+	of.register(c)
+	f := c.Flags()
+	f.StringArrayVar(&envs, "env", nil, "environment variable for CMD: NAME, NAME=FIELD or NAME=GRANT:FIELD (repeatable)")
+	f.StringVar(&onRenew, "on-renew", "restart", "with --watch: restart, or signal:NAME (e.g. signal:HUP) to signal CMD")
+	f.DurationVar(&grace, "restart-grace", 10*time.Second, "on restart, time between SIGTERM and SIGKILL")
+	f.BoolVar(&noStatus, "quiet", false, "no status lines on stderr")
+	return c
+}
+
+// execRun is one exec invocation: the child and the latest credentials.
+type execRun struct {
+	e      *env
+	specs  []envSpec
+	action renewAction
+	grace  time.Duration
+	argv   []string
+
+	mu       sync.Mutex
+	creds    map[string]*client.Credential
+	watching atomic.Bool
+	renewed  chan struct{} // coalesced renewal notifications
+
+	lastForward time.Time
+}
+
+func (x *execRun) update(grant string, c *client.Credential) {
+	x.mu.Lock()
+	x.creds[grant] = c
+	x.mu.Unlock()
+	if x.watching.Load() {
+		select {
+		case x.renewed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// child is one running CMD.
+type child struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+func (x *execRun) start() (*child, error) {
+	x.mu.Lock()
+	environ, err := credentialEnv(os.Environ(), x.specs, x.creds)
+	x.mu.Unlock()
+	if err != nil {
+		return nil, exitError{code: exitPermanent, msg: "exec: " + err.Error()}
+	}
+	cmd := exec.Command(x.argv[0], x.argv[1:]...)
+	cmd.Env = environ
+	cmd.Stdin = os.Stdin
+	cmd.Stdout = x.e.stdout
+	cmd.Stderr = x.e.stderr
+	if err := cmd.Start(); err != nil {
+		code := 126
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			code = 127
+		}
+		return nil, exitError{code: code, msg: "exec: " + err.Error()}
+	}
+	ch := &child{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		ch.err = cmd.Wait()
+		close(ch.done)
+	}()
+	return ch, nil
+}
+
+// status is the exit status keytrail reports for the child: its exit code,
+// or 128+N when signal N killed it.
+func (c *child) status() int {
+	ps := c.cmd.ProcessState
+	if ps == nil {
+		return 1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+func (x *execRun) forward(c *child, sig os.Signal) {
+	x.lastForward = time.Now()
+	_ = c.cmd.Process.Signal(sig)
+}
+
+// stop sends SIGTERM, then SIGKILL after the grace period, and waits.
+func (x *execRun) stop(c *child, sigs <-chan os.Signal) {
+	x.forward(c, syscall.SIGTERM)
+	t := time.NewTimer(x.grace)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case s := <-sigs:
+			x.forward(c, s)
+		case <-t.C:
+			_ = c.cmd.Process.Kill()
+			<-c.done
+			return
+		}
+	}
+}
+
+func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch bool) error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	c, err := x.start()
+	if err != nil {
+		return err
+	}
+	ctx := x.e.ctx
+	wctx, cancelWatch := context.WithCancel(ctx)
+	defer cancelWatch()
+	type watchResult struct {
+		i   int
+		err error
+	}
+	var watchDone chan watchResult
+	if watch {
+		// Each grant renews on its own: one refused for good does not stop
+		// the others.
+		x.watching.Store(true)
+		watchDone = make(chan watchResult, len(srcs))
+		for i, s := range srcs {
+			go func() { watchDone <- watchResult{i, s.Run(wctx)} }()
+		}
+	}
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case s := <-sigs:
+			x.forward(c, s)
+		case <-ctxDone:
+			// main's signal handling cancels ctx on SIGINT/SIGTERM, which
+			// the child has (or is about to have) been sent already; a
+			// cancellation without a signal ends the child with SIGTERM.
+			ctxDone = nil
+			if time.Since(x.lastForward) > time.Second {
+				select {
+				case s := <-sigs:
+					x.forward(c, s)
+				case <-time.After(100 * time.Millisecond):
+					x.forward(c, syscall.SIGTERM)
+				}
+			}
+		case <-c.done:
+			cancelWatch()
+			if st := c.status(); st != 0 {
+				return exitError{code: st}
+			}
+			return nil
+		case r := <-watchDone:
+			if r.err != nil {
+				msg := r.err.Error()
+				if client.IsPermanent(r.err) {
+					var ee exitError
+					if errors.As(permanentError(srcs[r.i].Grant(), id, r.err), &ee) {
+						msg = ee.msg
+					}
+				}
+				fmt.Fprintf(x.e.stderr, "keytrail: renewal stopped: %s; CMD keeps running with the last credential\n", msg)
+			}
+		case <-x.renewed:
+			if ctxDone == nil {
+				continue // shutting down
+			}
+			if !x.action.restart {
+				x.forward(c, x.action.sig)
+				continue
+			}
+			x.stop(c, sigs)
+			if ctx.Err() != nil {
+				if st := c.status(); st != 0 {
+					return exitError{code: st}
+				}
+				return nil
+			}
+			if c, err = x.start(); err != nil {
+				return err
+			}
+			fmt.Fprintf(x.e.stderr, "keytrail: restarted %s with renewed credentials (pid %d)\n", x.argv[0], c.cmd.Process.Pid)
+		}
+	}
+}

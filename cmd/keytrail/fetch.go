@@ -1,0 +1,532 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker/client"
+)
+
+// Exit status of fetch and exec when the broker refuses for good (400, 401,
+// 403) or the identity token cannot be had.
+const exitPermanent = 1
+
+// workloadFlags are what fetch and exec share: where the broker is, which
+// grants, which identity, how long to try.
+type workloadFlags struct {
+	grants       []string
+	tokenFile    string
+	tokenEnv     string
+	github       bool
+	audience     string
+	addr         string
+	insecureHTTP bool
+	ttl          time.Duration
+	timeout      time.Duration
+	watch        bool
+}
+
+func (w *workloadFlags) register(c *cobra.Command) {
+	f := c.Flags()
+	f.StringArrayVar(&w.grants, "grant", nil, "grant to fetch (repeatable)")
+	f.StringVar(&w.tokenFile, "identity-token-file", client.DefaultTokenFile, "identity token file, re-read on every exchange (the default is a Kubernetes projected service-account token)")
+	f.StringVar(&w.tokenEnv, "identity-token-env", "", "take the identity token from this environment variable instead")
+	f.BoolVar(&w.github, "github-actions", false, "request the identity token from GitHub Actions OIDC (the job needs permissions id-token: write)")
+	f.StringVar(&w.audience, "audience", client.DefaultAudience, "audience of the GitHub Actions identity token")
+	f.StringVar(&w.addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+client.DefaultAddr+")")
+	f.BoolVar(&w.insecureHTTP, "allow-insecure-http", false, "allow a plain-http server URL that is not loopback (the identity token crosses the network in clear)")
+	f.DurationVar(&w.ttl, "ttl", 0, "ask for a shorter lifetime than the grant's (whole seconds)")
+	f.DurationVar(&w.timeout, "timeout", 5*time.Minute, "give up the first fetch after this long while the broker is busy or down (0: never)")
+	f.BoolVar(&w.watch, "watch", false, "keep running and renew at about 2/3 of the TTL")
+	c.MarkFlagsMutuallyExclusive("identity-token-file", "identity-token-env", "github-actions")
+}
+
+func (w *workloadFlags) validate() error {
+	if len(w.grants) == 0 {
+		return errors.New("--grant is required")
+	}
+	seen := map[string]bool{}
+	for _, g := range w.grants {
+		if strings.TrimSpace(g) == "" || strings.ContainsAny(g, "/\\\x00") || g == "." || g == ".." {
+			return fmt.Errorf("--grant %q is not a grant name", g)
+		}
+		if seen[g] {
+			return fmt.Errorf("--grant %s given twice", g)
+		}
+		seen[g] = true
+	}
+	if w.ttl < 0 || (w.ttl > 0 && w.ttl%time.Second != 0) {
+		return errors.New("--ttl must be a positive whole number of seconds (e.g. 90s, 15m)")
+	}
+	if w.timeout < 0 {
+		return errors.New("--timeout must not be negative")
+	}
+	return nil
+}
+
+func (w *workloadFlags) identity(e *env) (client.IdentitySource, error) {
+	switch {
+	case w.github:
+		return client.NewGitHubActionsIdentity(client.GitHubActionsFromEnv(e.getenv, w.audience))
+	case w.tokenEnv != "":
+		return client.EnvIdentity{Name: w.tokenEnv, Getenv: e.getenv}, nil
+	default:
+		return client.FileIdentity{Path: w.tokenFile}, nil
+	}
+}
+
+// sources builds one renewing Source per grant. onCred is called with every
+// new credential of a grant (to write it out); retries are reported on
+// stderr.
+func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Credential) error) ([]*client.Source, client.IdentitySource, error) {
+	addr := w.addr
+	if addr == "" {
+		addr = e.getenv("KEYTRAIL_ADDR")
+	}
+	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version})
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := w.identity(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []*client.Source
+	for _, g := range w.grants {
+		var src *client.Source
+		src, err = client.NewSource(client.SourceOptions{
+			Client: cl, Grant: g, Exchange: client.ExchangeOptions{Identity: id, TTL: w.ttl},
+			OnCredential: func(c *client.Credential) error { return onCred(g, c) },
+			OnRetry: func(err error, wait time.Duration) {
+				keep := ""
+				if c := src.Current(); c != nil && c.Valid(time.Now()) {
+					keep = fmt.Sprintf(" (keeping issuance %s, expires in %s)", c.IssuanceID, roundDur(time.Until(c.ExpiresAt)))
+				}
+				fmt.Fprintf(e.stderr, "keytrail: %s: %s; retrying in %s%s\n", g, retryReason(err), roundDur(wait), keep)
+			},
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, src)
+	}
+	return out, id, nil
+}
+
+// retryReason names a transient failure in a few words, without secrets.
+func retryReason(err error) string {
+	var be *client.Error
+	if errors.As(err, &be) {
+		if be.Code != "" {
+			return fmt.Sprintf("broker answered %d %s", be.Status, be.Code)
+		}
+		return fmt.Sprintf("broker answered %d", be.Status)
+	}
+	return err.Error()
+}
+
+func roundDur(d time.Duration) time.Duration {
+	if d > time.Minute {
+		return d.Round(time.Second)
+	}
+	return d.Round(10 * time.Millisecond)
+}
+
+// permanentError turns a failure that retrying cannot fix into an exit
+// status with a message that says what to fix.
+func permanentError(grant string, id client.IdentitySource, err error) error {
+	var be *client.Error
+	var ie *client.IdentityError
+	switch {
+	case errors.As(err, &be) && be.Code == client.CodeInvalidGrant:
+		fix := "check the token " + id.Describe() + ", its audience (" + client.DefaultAudience + ") and expiry"
+		if _, gh := id.(*client.GitHubActionsIdentity); gh {
+			fix = "check that the job has `permissions: id-token: write`, the --audience, and that the policy trusts this repository's tokens"
+		}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: the identity token was rejected (%s): %s", grant, be, fix)}
+	case errors.As(err, &be):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, be, be.Hint())}
+	case errors.As(err, &ie):
+		fix := "check --identity-token-file (in Kubernetes: a projected service-account token volume with audience " + client.DefaultAudience + ", see docs/examples)"
+		switch id.(type) {
+		case client.EnvIdentity:
+			fix = "check --identity-token-env and that the variable holds the identity JWT"
+		case *client.GitHubActionsIdentity:
+			fix = "check that the job has `permissions: id-token: write`"
+		}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: cannot get the identity token: %s: %s", grant, ie, fix)}
+	}
+	return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, err)}
+}
+
+// fetchAll fetches every source's first credential concurrently and
+// returns the first failure (as an exit error).
+func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySource, timeout time.Duration) error {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	errs := make([]error, len(srcs))
+	var wg sync.WaitGroup
+	for i, s := range srcs {
+		wg.Go(func() {
+			if _, err := s.Fetch(ctx); err != nil {
+				errs[i] = err
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+			return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s: the broker stayed busy or unreachable", srcs[i].Grant(), timeout)}
+		case errors.Is(err, context.Canceled):
+			return err
+		case client.IsPermanent(err):
+			return permanentError(srcs[i].Grant(), id, err)
+		default:
+			return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", srcs[i].Grant(), err)}
+		}
+	}
+	return nil
+}
+
+// watchAll runs every source until ctx ends (nil) or one fails for good;
+// it then stops the others and returns the failed source's index and error.
+func watchAll(ctx context.Context, srcs []*client.Source) (int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		i   int
+		err error
+	}
+	res := make(chan result, len(srcs))
+	for i, s := range srcs {
+		go func() { res <- result{i, s.Run(ctx)} }()
+	}
+	var first result
+	first.i = -1
+	for range srcs {
+		r := <-res
+		if r.err != nil && first.i < 0 {
+			first = r
+			cancel()
+		}
+	}
+	return first.i, first.err
+}
+
+// outputFlags say where and how credentials are written.
+type outputFlags struct {
+	out    string
+	outDir string
+	format string
+}
+
+func (o *outputFlags) register(c *cobra.Command) {
+	f := c.Flags()
+	f.StringVar(&o.out, "out", "", "file to write the credential to (one grant; - for stdout)")
+	f.StringVar(&o.outDir, "out-dir", "", "directory to write one file per grant to, named after the grant")
+	f.StringVar(&o.format, "format", "raw", "raw (the access token), json (the whole response), env (KEYTRAIL_* shell assignments) or pem (certificate, chain and key of pki grants)")
+	c.MarkFlagsMutuallyExclusive("out", "out-dir")
+}
+
+func (o *outputFlags) any() bool { return o.out != "" || o.outDir != "" }
+
+func (o *outputFlags) validate(grants []string, watch bool) error {
+	if _, ok := formatExt[o.format]; !ok {
+		return fmt.Errorf("--format %q: want raw, json, env or pem", o.format)
+	}
+	if o.out != "" && len(grants) > 1 {
+		return errors.New("--out takes one grant; use --out-dir for several")
+	}
+	if o.out == "-" && watch {
+		return errors.New("--out - (stdout) cannot be combined with --watch")
+	}
+	return nil
+}
+
+var formatExt = map[string]string{"raw": "", "json": ".json", "env": ".env", "pem": ".pem"}
+
+// path is where grant's credential goes ("-" for stdout).
+func (o *outputFlags) path(grant string) string {
+	if o.out != "" {
+		return o.out
+	}
+	return filepath.Join(o.outDir, grant+formatExt[o.format])
+}
+
+// write renders c and writes it atomically to its path.
+func (o *outputFlags) write(stdout io.Writer, grant string, c *client.Credential) (string, error) {
+	data, err := renderCredential(o.format, c)
+	if err != nil {
+		return "", err
+	}
+	p := o.path(grant)
+	if p == "-" {
+		_, err := stdout.Write(data)
+		return "stdout", err
+	}
+	if err := writeAtomic(p, data); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// renderCredential formats c for a file.
+func renderCredential(format string, c *client.Credential) ([]byte, error) {
+	switch format {
+	case "raw":
+		return []byte(c.AccessToken), nil
+	case "json":
+		return c.Raw, nil
+	case "env":
+		return renderEnv(c), nil
+	case "pem":
+		return renderPEM(c)
+	}
+	return nil, fmt.Errorf("unknown format %q", format)
+}
+
+// renderEnv writes KEYTRAIL_ACCESS_TOKEN and the other fields as shell
+// assignments, single-quoted, one a line. Credential fields become
+// KEYTRAIL_<FIELD> (upper case; the prefix keeps a field called "path"
+// from overwriting PATH).
+func renderEnv(c *client.Credential) []byte {
+	vars := map[string]string{
+		"KEYTRAIL_ACCESS_TOKEN": c.AccessToken,
+		"KEYTRAIL_GRANT":        c.Grant,
+		"KEYTRAIL_ISSUANCE_ID":  c.IssuanceID,
+		"KEYTRAIL_SESSION_ID":   c.SessionID,
+		"KEYTRAIL_EXPIRES_AT":   c.ExpiresAt.UTC().Format(time.RFC3339),
+	}
+	for k := range c.Fields {
+		name := "KEYTRAIL_" + envName(k)
+		if _, taken := vars[name]; taken {
+			continue
+		}
+		v, _ := c.Field(k)
+		vars[name] = v
+	}
+	names := make([]string, 0, len(vars))
+	for k := range vars {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k + "=" + shellQuote(vars[k]) + "\n")
+	}
+	return []byte(b.String())
+}
+
+// envName upper-cases a field name and replaces anything but [A-Z0-9_].
+func envName(field string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_':
+			return r
+		}
+		return '_'
+	}, field)
+}
+
+// shellQuote quotes s for POSIX sh: single quotes, with each embedded
+// quote written as close-quote, backslash-quote, open-quote.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// renderPEM concatenates the certificate, its chain (or issuing CA) and the
+// private key of a pki credential.
+func renderPEM(c *client.Credential) ([]byte, error) {
+	cert, ok := c.Fields["certificate"].(string)
+	if !ok || !strings.Contains(cert, "-----BEGIN ") {
+		return nil, fmt.Errorf("grant %s (kind %s) returned no certificate: --format pem is for pki grants", c.Grant, c.Kind)
+	}
+	blocks := []string{cert}
+	switch chain := c.Fields["ca_chain"].(type) {
+	case []any:
+		for _, v := range chain {
+			if s, ok := v.(string); ok {
+				blocks = append(blocks, s)
+			}
+		}
+	case string:
+		blocks = append(blocks, chain)
+	default:
+		if ca, ok := c.Fields["issuing_ca"].(string); ok {
+			blocks = append(blocks, ca)
+		}
+	}
+	if key, ok := c.Fields["private_key"].(string); ok {
+		blocks = append(blocks, key)
+	}
+	var b strings.Builder
+	for _, s := range blocks {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		b.WriteString(s + "\n")
+	}
+	return []byte(b.String()), nil
+}
+
+// writeAtomic replaces path with data so that a reader sees either the old
+// file or the complete new one, never a part: a temporary file in the same
+// directory (mode 0600), write, fsync, rename, fsync the directory.
+func writeAtomic(path string, data []byte) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("writing %s: fsync: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("writing %s: opening directory for fsync: %w", path, err)
+	}
+	defer d.Close()
+	if err = d.Sync(); err != nil {
+		return fmt.Errorf("writing %s: fsync directory: %w", path, err)
+	}
+	return nil
+}
+
+// statusLine is the one line per credential fetch and exec print.
+func statusLine(w io.Writer, grant string, c *client.Credential, dest string) {
+	msg := fmt.Sprintf("keytrail: %s: issuance %s, expires in %s", grant, c.IssuanceID, roundDur(time.Until(c.ExpiresAt)))
+	if dest != "" {
+		msg += ", written to " + dest
+	}
+	fmt.Fprintln(w, msg)
+}
+
+func newFetchCmd(e *env) *cobra.Command {
+	var (
+		wf workloadFlags
+		of outputFlags
+	)
+	c := &cobra.Command{
+		Use:   "fetch --grant G [--grant G2...] [--identity-token-file F | --identity-token-env VAR | --github-actions] (--out FILE | --out-dir DIR) [--format raw|json|env|pem] [--watch]",
+		Short: "Exchange the workload's identity token for a credential and write it atomically (0600)",
+		Long: `Exchange the workload's identity token for credentials and write each one
+atomically (temporary file in the same directory, mode 0600, fsync, rename):
+a reader sees the old file or the new one, never a part of one. One status
+line per credential goes to stderr.
+
+Identity: --identity-token-file (default ` + client.DefaultTokenFile + `, re-read on
+every exchange), --identity-token-env VAR, or --github-actions (the runner's
+OIDC endpoint, audience --audience).
+Server:   --addr, else $KEYTRAIL_ADDR, else ` + client.DefaultAddr + `
+
+When the broker is busy (429) or unavailable (503) or unreachable, fetch backs
+off with jitter, never before Retry-After, and tries again (the first fetch
+for at most --timeout). With --watch it keeps running, renews each credential
+at about 2/3 of its TTL (with jitter), keeps the last credential in place
+while renewals fail transiently, and stops on SIGINT/SIGTERM.
+
+Formats: raw   the access token alone
+         json  the broker's whole response
+         env   KEYTRAIL_ACCESS_TOKEN='...' and KEYTRAIL_<FIELD>='...' lines
+         pem   certificate, chain and private key (pki grants)
+
+Exit status: 0 done; 1 the broker refused for good (400/401/403: the message
+says what to fix), the identity token cannot be read, or no credential came
+within --timeout; 2 usage.`,
+		Example: `  keytrail fetch --grant payments-db --out /run/secrets/db.json --format json
+  keytrail fetch --grant payments-vault --grant orders-jwt --out-dir /run/keytrail --watch
+  keytrail fetch --github-actions --grant deploy-vault --out - --format env`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := wf.validate(); err != nil {
+				return exitError{code: 2, msg: "fetch: " + err.Error()}
+			}
+			if !of.any() {
+				return exitError{code: 2, msg: "fetch: --out or --out-dir is required"}
+			}
+			if err := of.validate(wf.grants, wf.watch); err != nil {
+				return exitError{code: 2, msg: "fetch: " + err.Error()}
+			}
+			if of.outDir != "" {
+				if err := os.MkdirAll(of.outDir, 0o700); err != nil {
+					return fmt.Errorf("fetch: %w", err)
+				}
+			}
+			srcs, id, err := wf.sources(e, func(grant string, c *client.Credential) error {
+				dest, err := of.write(e.stdout, grant, c)
+				if err != nil {
+					return err
+				}
+				statusLine(e.stderr, grant, c, dest)
+				return nil
+			})
+			if err != nil {
+				return exitError{code: exitPermanent, msg: "fetch: " + err.Error()}
+			}
+			return runFetch(e.ctx, srcs, id, wf)
+		},
+	}
+	wf.register(c)
+	of.register(c)
+	return c
+}
+
+func runFetch(ctx context.Context, srcs []*client.Source, id client.IdentitySource, wf workloadFlags) error {
+	if err := fetchAll(ctx, srcs, id, wf.timeout); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return exitError{code: exitPermanent, msg: "fetch: interrupted before every credential was fetched"}
+		}
+		return err
+	}
+	if !wf.watch {
+		return nil
+	}
+	i, err := watchAll(ctx, srcs)
+	if err == nil {
+		return nil
+	}
+	if client.IsPermanent(err) {
+		return permanentError(srcs[i].Grant(), id, err)
+	}
+	return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", srcs[i].Grant(), err)}
+}

@@ -1,0 +1,424 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker/client"
+)
+
+// fakeTokenBroker answers POST /v1/token per grant (the audience) and
+// records the subject tokens it saw.
+type fakeTokenBroker struct {
+	mu       sync.Mutex
+	byGrant  map[string]tokenReply
+	subjects []string
+}
+
+type tokenReply struct {
+	status int
+	body   string
+}
+
+func (f *fakeTokenBroker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	raw, _ := io.ReadAll(r.Body)
+	form, _ := url.ParseQuery(string(raw))
+	if r.Method != "POST" || r.URL.Path != "/v1/token" || form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange" {
+		http.Error(w, "unexpected request", http.StatusTeapot)
+		return
+	}
+	f.mu.Lock()
+	f.subjects = append(f.subjects, form.Get("subject_token"))
+	rep, ok := f.byGrant[form.Get("audience")]
+	f.mu.Unlock()
+	if !ok {
+		rep = tokenReply{400, `{"error":"invalid_target","error_description":"unknown grant","request_id":"req_t"}`}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(rep.status)
+	io.WriteString(w, rep.body)
+}
+
+const (
+	vaultBody = `{"access_token":"hvs.it's-$secret","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":900,"issuance_id":"iss_V","workload":"payments-api","owner":"team-payments","session_id":"ses_1","grant":"payments-vault","kind":"vault_token","credential":{"accessor":"acc_1","policies":["a","b"],"lease-id":"x"}}` + "\n"
+	dbBody    = `{"access_token":"db-token","token_type":"Bearer","expires_in":600,"issuance_id":"iss_D","grant":"payments-db","kind":"vault_dynamic","credential":{"username":"v-iss_D-user","password":"p@ss w'rd"}}` + "\n"
+	pkiBody   = `{"access_token":"pki-token","expires_in":600,"issuance_id":"iss_P","grant":"tls","kind":"pki","credential":{"certificate":"-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----","ca_chain":["-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----"],"private_key":"-----BEGIN EC PRIVATE KEY-----\nKEY\n-----END EC PRIVATE KEY-----","serial_number":"1a"}}`
+	deniedBdy = `{"error":"access_denied","error_description":"the workload is not allowed this grant","request_id":"req_403"}`
+	rejectBdy = `{"error":"invalid_grant","error_description":"identity token rejected","request_id":"req_401"}`
+)
+
+func newFakeTokenBroker(t *testing.T) (*fakeTokenBroker, string) {
+	t.Helper()
+	f := &fakeTokenBroker{byGrant: map[string]tokenReply{
+		"payments-vault": {200, vaultBody},
+		"payments-db":    {200, dbBody},
+		"tls":            {200, pkiBody},
+		"denied":         {403, deniedBdy},
+		"rejected":       {401, rejectBdy},
+	}}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	return f, srv.URL
+}
+
+// runFetch runs `keytrail fetch args...` in process.
+func runCmd(t *testing.T, ctx context.Context, addr string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	getenv := func(k string) string {
+		if k == "KEYTRAIL_ADDR" {
+			return addr
+		}
+		return ""
+	}
+	err = run(ctx, args, getenv, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+func exitCode(err error) int {
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	default:
+		return -1
+	}
+}
+
+func TestFetchCommand(t *testing.T) {
+	_, addr := newFakeTokenBroker(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantFiles  map[string]string // relative to the case's dir
+		wantStdout string
+		wantStderr []string
+	}{
+		{name: "ok/raw", args: []string{"--grant", "payments-vault", "--out", "{dir}/token"},
+			wantFiles:  map[string]string{"token": "hvs.it's-$secret"},
+			wantStderr: []string{"keytrail: payments-vault: issuance iss_V, expires in 15m0s, written to {dir}/token"}},
+		{name: "ok/json-is-the-whole-response", args: []string{"--grant", "payments-vault", "--out", "{dir}/c.json", "--format", "json"},
+			wantFiles: map[string]string{"c.json": vaultBody}},
+		{name: "ok/env-shell-quoted", args: []string{"--grant", "payments-db", "--out", "{dir}/db.env", "--format", "env"},
+			wantFiles: map[string]string{"db.env": "KEYTRAIL_ACCESS_TOKEN='db-token'\n" + "KEYTRAIL_EXPIRES_AT='{exp}'\n" +
+				"KEYTRAIL_GRANT='payments-db'\nKEYTRAIL_ISSUANCE_ID='iss_D'\nKEYTRAIL_PASSWORD='p@ss w'\\''rd'\nKEYTRAIL_SESSION_ID=''\nKEYTRAIL_USERNAME='v-iss_D-user'\n"}},
+		{name: "ok/pem", args: []string{"--grant", "tls", "--out", "{dir}/tls.pem", "--format", "pem"},
+			wantFiles: map[string]string{"tls.pem": "-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n-----BEGIN EC PRIVATE KEY-----\nKEY\n-----END EC PRIVATE KEY-----\n"}},
+		{name: "ok/out-dir-two-grants", args: []string{"--grant", "payments-vault", "--grant", "payments-db", "--out-dir", "{dir}/creds", "--format", "json"},
+			wantFiles:  map[string]string{"creds/payments-vault.json": vaultBody, "creds/payments-db.json": dbBody},
+			wantStderr: []string{"payments-vault: issuance iss_V", "payments-db: issuance iss_D, expires in 10m0s, written to {dir}/creds/payments-db.json"}},
+		{name: "ok/stdout", args: []string{"--grant", "payments-db", "--out", "-"}, wantStdout: "db-token",
+			wantStderr: []string{"payments-db: issuance iss_D, expires in 10m0s, written to stdout"}},
+		{name: "fail/pem-without-certificate", args: []string{"--grant", "payments-db", "--out", "{dir}/x.pem", "--format", "pem"},
+			wantCode: 1, wantStderr: []string{"returned no certificate: --format pem is for pki grants"}},
+		{name: "fail/401-says-what-to-fix", args: []string{"--grant", "rejected", "--out", "{dir}/x"}, wantCode: 1,
+			wantStderr: []string{"rejected: the identity token was rejected (keytrail broker: 401 invalid_grant: identity token rejected (request_id req_401)): check the token file " + tokenFile + ", its audience (keytrail) and expiry"}},
+		{name: "fail/403-says-what-to-fix", args: []string{"--grant", "denied", "--out", "{dir}/x"}, wantCode: 1,
+			wantStderr: []string{"403 access_denied", "keytrail policy explain"}},
+		{name: "fail/unknown-grant", args: []string{"--grant", "nope", "--out", "{dir}/x"}, wantCode: 1,
+			wantStderr: []string{"400 invalid_target", "check the grant name"}},
+		{name: "fail/no-token-file", args: []string{"--grant", "payments-vault", "--out", "{dir}/x", "--identity-token-file", "{dir}/missing"}, wantCode: 1,
+			wantStderr: []string{"cannot get the identity token: identity token from file {dir}/missing: no such file or directory: check --identity-token-file"}},
+		{name: "fail/no-out", args: []string{"--grant", "payments-vault"}, wantCode: 2, wantStderr: []string{"--out or --out-dir is required"}},
+		{name: "fail/out-with-two-grants", args: []string{"--grant", "a", "--grant", "b", "--out", "{dir}/x"}, wantCode: 2, wantStderr: []string{"use --out-dir"}},
+		{name: "fail/bad-format", args: []string{"--grant", "a", "--out", "{dir}/x", "--format", "yaml"}, wantCode: 2, wantStderr: []string{"want raw, json, env or pem"}},
+		{name: "fail/sub-second-ttl", args: []string{"--grant", "a", "--out", "{dir}/x", "--ttl", "1500ms"}, wantCode: 2, wantStderr: []string{"whole number of seconds"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cdir := t.TempDir()
+			r := strings.NewReplacer("{dir}", cdir)
+			args := []string{"fetch", "--identity-token-file", tokenFile}
+			for _, a := range tc.args {
+				args = append(args, r.Replace(a))
+			}
+			stdout, stderr, err := runCmd(t, context.Background(), addr, args...)
+			if code := exitCode(err); code != tc.wantCode {
+				t.Fatalf("fetch %v = %v (code %d), want code %d\nstderr: %s", tc.args, err, code, tc.wantCode, stderr)
+			}
+			var ee exitError
+			if errors.As(err, &ee) {
+				stderr += ee.msg
+			}
+			for _, w := range tc.wantStderr {
+				if !strings.Contains(stderr, r.Replace(w)) {
+					t.Errorf("stderr %q lacks %q", stderr, r.Replace(w))
+				}
+			}
+			if stdout != tc.wantStdout {
+				t.Errorf("stdout = %q, want %q", stdout, tc.wantStdout)
+			}
+			got := map[string]string{}
+			filepath.WalkDir(cdir, func(p string, d os.DirEntry, err error) error {
+				if err != nil || d.IsDir() {
+					return err
+				}
+				rel, _ := filepath.Rel(cdir, p)
+				data, _ := os.ReadFile(p)
+				got[rel] = string(data)
+				if fi, _ := d.Info(); fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s has mode %v, want 0600", rel, fi.Mode().Perm())
+				}
+				return nil
+			})
+			want := map[string]string{}
+			for k, v := range tc.wantFiles {
+				want[k] = strings.ReplaceAll(v, "{exp}", expiresAtIn(got[k]))
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("files written (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// expiresAtIn takes KEYTRAIL_EXPIRES_AT out of an env file (it depends on
+// the time of the run).
+func expiresAtIn(envFile string) string {
+	for _, l := range strings.Split(envFile, "\n") {
+		if v, ok := strings.CutPrefix(l, "KEYTRAIL_EXPIRES_AT='"); ok {
+			v = strings.TrimSuffix(v, "'")
+			if _, err := time.Parse(time.RFC3339, v); err == nil {
+				return v
+			}
+		}
+	}
+	return "<missing or not RFC 3339>"
+}
+
+func TestEnvFormatSourcesInShell(t *testing.T) {
+	c := &client.Credential{AccessToken: `a'b"c$d` + "`e\\f\ng", Grant: "g", ExpiresAt: time.Unix(0, 0),
+		Fields: map[string]any{"pass word": "it's", "path": "/not/PATH", "n": 3.5}}
+	f := filepath.Join(t.TempDir(), "c.env")
+	if err := writeAtomic(f, renderEnv(c)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("sh", "-c", `. "$1"; printf '%s|%s|%s|%s' "$KEYTRAIL_ACCESS_TOKEN" "$KEYTRAIL_PASS_WORD" "$KEYTRAIL_N" "$KEYTRAIL_PATH"`, "sh", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sh: %v: %s", err, out)
+	}
+	want := c.AccessToken + "|it's|3.5|/not/PATH"
+	if string(out) != want {
+		t.Errorf("sourced env = %q, want %q", out, want)
+	}
+}
+
+func TestWriteAtomicReplacesWithMode0600(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "cred")
+	if err := os.WriteFile(p, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeAtomic(p, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(p)
+	entries, _ := os.ReadDir(dir)
+	if string(data) != "new" || fi.Mode().Perm() != 0o600 || len(entries) != 1 {
+		t.Errorf("after writeAtomic: %q mode %v, %d entries; want \"new\", 0600, 1", data, fi.Mode().Perm(), len(entries))
+	}
+	if err := writeAtomic(filepath.Join(dir, "missing-dir", "x"), []byte("x")); err == nil {
+		t.Errorf("writeAtomic into a missing directory succeeded")
+	}
+}
+
+func TestParseEnvSpec(t *testing.T) {
+	one := []string{"db"}
+	two := []string{"db", "vault"}
+	tests := []struct {
+		name   string
+		in     string
+		grants []string
+		want   envSpec
+		err    string
+	}{
+		{"ok/name-only", "TOKEN", one, envSpec{"TOKEN", "db", "access_token"}, ""},
+		{"ok/field", "PGUSER=username", one, envSpec{"PGUSER", "db", "username"}, ""},
+		{"ok/grant-field", "VAULT_TOKEN=vault:access_token", two, envSpec{"VAULT_TOKEN", "vault", "access_token"}, ""},
+		{"fail/ambiguous-grant", "X=username", two, envSpec{}, "name one"},
+		{"fail/unknown-grant", "X=other:username", two, envSpec{}, "not one of the --grant values"},
+		{"fail/bad-name", "1X", one, envSpec{}, "not an environment variable name"},
+		{"fail/empty-field", "X=", one, envSpec{}, "want NAME"},
+		{"fail/empty-name", "=username", one, envSpec{}, "not an environment variable name"},
+	}
+	for _, tc := range tests {
+		got, err := parseEnvSpec(tc.in, tc.grants)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("parseEnvSpec(%s: %q) = %v, want error %q", tc.name, tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("parseEnvSpec(%s: %q) = %+v, %v, want %+v", tc.name, tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseOnRenew(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want string
+	}{
+		{"ok/restart", "restart", "restart"},
+		{"ok/hup", "signal:HUP", "hangup"},
+		{"ok/sighup", "signal:SIGHUP", "hangup"},
+		{"ok/usr1-lower", "signal:usr1", "user defined signal 1"},
+		{"fail/kill", "signal:KILL", "error"},
+		{"fail/empty", "", "error"},
+		{"fail/other", "reload", "error"},
+	}
+	for _, tc := range tests {
+		a, err := parseOnRenew(tc.in)
+		got := "error"
+		switch {
+		case err != nil:
+		case a.restart:
+			got = "restart"
+		default:
+			got = a.sig.String()
+		}
+		if got != tc.want {
+			t.Errorf("parseOnRenew(%s: %q) = %s, want %s", tc.name, tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestExecCommand(t *testing.T) {
+	_, addr := newFakeTokenBroker(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600)
+	t.Setenv("PGUSER", "inherited-must-be-overridden")
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantErr    string
+	}{
+		{"ok/env-and-exit-status", []string{"--grant", "payments-db", "--env", "PGUSER=username", "--env", "PGPASSWORD=password", "--env", "TOKEN", "--env", "ISS=issuance_id",
+			"--", "sh", "-c", `printf '%s|%s|%s|%s' "$PGUSER" "$PGPASSWORD" "$TOKEN" "$ISS"; exit 7`},
+			7, "v-iss_D-user|p@ss w'rd|db-token|iss_D", ""},
+		{"ok/two-grants", []string{"--grant", "payments-db", "--grant", "payments-vault", "--env", "A=payments-vault:accessor", "--env", "B=payments-db:username",
+			"--", "sh", "-c", `printf '%s|%s' "$A" "$B"`}, 0, "acc_1|v-iss_D-user", ""},
+		{"ok/killed-by-signal-is-128-plus", []string{"--grant", "payments-db", "--env", "T", "--", "sh", "-c", `kill -KILL $$`}, 137, "", ""},
+		{"fail/unknown-field", []string{"--grant", "payments-db", "--env", "X=nope", "--", "true"}, 1, "", `has no field "nope"; it has access_token, issuance_id, session_id, expires_in and password, username`},
+		{"fail/command-not-found", []string{"--grant", "payments-db", "--env", "T", "--", "/nonexistent/cmd"}, 127, "", "no such file"},
+		{"fail/denied-before-start", []string{"--grant", "denied", "--env", "T", "--", "sh", "-c", "echo started"}, 1, "", "403 access_denied"},
+		{"fail/no-env", []string{"--grant", "payments-db", "--", "true"}, 2, "", "give --env"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"exec", "--quiet", "--identity-token-file", tokenFile}, tc.args...)
+			stdout, stderr, err := runCmd(t, context.Background(), addr, args...)
+			if code := exitCode(err); code != tc.wantCode {
+				t.Fatalf("exec = %v (code %d), want %d\nstderr: %s", err, code, tc.wantCode, stderr)
+			}
+			if stdout != tc.wantStdout {
+				t.Errorf("child stdout = %q, want %q", stdout, tc.wantStdout)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("exec error = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestExecStopsChildOnCancel(t *testing.T) {
+	_, addr := newFakeTokenBroker(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600)
+	started := filepath.Join(dir, "started")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := runCmd(t, ctx, addr, "exec", "--quiet", "--identity-token-file", tokenFile, "--grant", "payments-db", "--env", "T",
+			"--", "sh", "-c", `trap 'exit 42' TERM; : > "$1"; while :; do sleep 0.05; done`, "sh", started)
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(started); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("child did not start")
+		}
+		<-time.After(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if code := exitCode(err); code != 42 {
+			t.Errorf("exec after cancel = %v (code %d), want the child's 42 (it got SIGTERM)", err, code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("exec did not end after cancel")
+	}
+}
+
+func FuzzParseEnvSpec(f *testing.F) {
+	for _, s := range []string{"TOKEN", "PGUSER=username", "VAULT_TOKEN=vault:access_token", "X=username", "X=other:username", "1X", "X=", "=username", "A=b:c:d"} {
+		f.Add(s)
+	}
+	grants := []string{"db", "vault"}
+	f.Fuzz(func(t *testing.T, s string) {
+		sp, err := parseEnvSpec(s, grants)
+		if err != nil {
+			return
+		}
+		if !envNameRE.MatchString(sp.Name) || !slices.Contains(grants, sp.Grant) || !envFieldRE.MatchString(sp.Field) {
+			t.Fatalf("parseEnvSpec(%q) = %+v: accepted an invalid spec", s, sp)
+		}
+	})
+}
+
+func FuzzParseOnRenew(f *testing.F) {
+	for _, s := range []string{"restart", "signal:HUP", "signal:SIGHUP", "signal:usr1", "signal:KILL", "", "reload"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := parseOnRenew(s)
+		if err != nil {
+			return
+		}
+		if !a.restart && a.sig == 0 {
+			t.Fatalf("parseOnRenew(%q) = %+v: neither restart nor a signal", s, a)
+		}
+		if a.sig == syscall.SIGKILL || a.sig == syscall.SIGSTOP {
+			t.Fatalf("parseOnRenew(%q) accepted %v", s, a.sig)
+		}
+	})
+}
