@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
 )
 
 func newAuditCmd(e *env) *cobra.Command {
@@ -23,9 +25,9 @@ func newAuditCmd(e *env) *cobra.Command {
 
 func newAuditVerifyCmd(e *env) *cobra.Command {
 	var keyFiles []string
-	var requireCheckpoint, asJSON bool
+	var requireCheckpoint, asJSON, exact bool
 	c := &cobra.Command{
-		Use:   "verify FILE...",
+		Use:   "verify FILE_OR_DIR...",
 		Short: "Check the hash chain and checkpoint signatures of audit files",
 		Long: `verify checks every chain in the given audit files (rotated files oldest
 first): seq continuity, the prev hash over the exact bytes of the previous
@@ -33,9 +35,21 @@ line, and each checkpoint's head and Ed25519 signature (--key, a PKIX public
 key PEM as 'openssl pkey -pubout' writes). It names the first bad line and why,
 and reports lines after the last verified checkpoint, where truncation cannot
 be ruled out (--require-checkpoint makes that a failure). Exit status 1 when
-anything is wrong.`,
+anything is wrong.
+
+Each FILE is read with its rotated siblings (FILE.<UTC timestamp>, as the
+broker's rotation names them), oldest first, so naming the live file checks
+the whole chain; a directory stands for every *.jsonl file in it with its
+siblings. --exact reads only the files named, in the order given.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !exact {
+				files, err := trace.LogFiles(args)
+				if err != nil {
+					return err
+				}
+				args = files
+			}
 			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint}
 			if len(keyFiles) > 0 {
 				opts.Keys = map[string]ed25519.PublicKey{}
@@ -54,6 +68,9 @@ anything is wrong.`,
 			rep, err := audit.VerifyFiles(args, opts)
 			if rep == nil {
 				return err
+			}
+			if !asJSON && len(args) > 1 {
+				fmt.Fprintf(e.stdout, "files, in order: %s\n", strings.Join(args, ", "))
 			}
 			if asJSON {
 				enc := json.NewEncoder(e.stdout)
@@ -74,6 +91,7 @@ anything is wrong.`,
 	c.Flags().StringSliceVar(&keyFiles, "key", nil, "Ed25519 checkpoint public key (PEM); repeatable")
 	c.Flags().BoolVar(&requireCheckpoint, "require-checkpoint", false, "fail when lines follow the last verified checkpoint")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	c.Flags().BoolVar(&exact, "exact", false, "read only the files named, without rotated siblings or directory expansion")
 	return c
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/broker/proxy"
+	"github.com/keytrail/keytrail/broker/trace"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -316,6 +317,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.closers = append(rt.closers, func() error { px.CloseIdleConnections(); return nil })
+	traceSrc, err := trace.NewLive(trace.LiveOptions{Path: cfg.Audit.File, Store: svcStore, Logger: log,
+		Policy: func() *policies.Policy { return rt.state.Load().pol }})
+	if err != nil {
+		return err
+	}
 	api, err := httpapi.New(httpapi.Options{
 		Service: svc, Keys: keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
 		TrustProxyHeaders: cfg.TrustProxyHeaders,
@@ -323,6 +329,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Extra: func(mux *http.ServeMux, s *httpapi.Server) {
 			httpapi.RegisterAdmin(mux, s)
 			px.Register(mux, s)
+			httpapi.RegisterTrace(mux, s, traceSrc)
 		},
 	})
 	if err != nil {

@@ -1,0 +1,152 @@
+package trace
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// RotatedLayout is the UTC timestamp suffix of rotated audit files
+// (<path>.<timestamp>, adapters/auditfile): fixed width, sortable as text.
+const RotatedLayout = "20060102T150405.000000000Z"
+
+// IsRotated reports whether name is a rotated audit file and returns the
+// name of the file it was rotated from.
+func IsRotated(name string) (base string, ok bool) {
+	// The layout itself contains a '.', so split at its fixed width.
+	if len(name) <= len(RotatedLayout)+1 {
+		return "", false
+	}
+	i := len(name) - len(RotatedLayout) - 1
+	if name[i] != '.' {
+		return "", false
+	}
+	if _, err := time.Parse(RotatedLayout, name[i+1:]); err != nil {
+		return "", false
+	}
+	return name[:i], true
+}
+
+// RotatedSiblings returns the rotated siblings of the audit file path
+// (<path>.<timestamp>), oldest first. The file itself need not exist.
+func RotatedSiblings(path string) ([]string, error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("trace: list rotated files of %s: %w", path, err)
+	}
+	var out []string
+	for _, e := range ents {
+		if b, ok := IsRotated(e.Name()); ok && b == base && e.Type().IsRegular() {
+			out = append(out, filepath.Join(filepath.Dir(path), e.Name()))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// LogFiles expands the audit files an auditor names into the files to read,
+// in order: a file is preceded by its rotated siblings (oldest first); a
+// rotated file is taken as it is; a directory stands for every audit file
+// in it (names ending in .jsonl, each preceded by its rotated siblings).
+// Duplicates are read once, where they first appear. A named file that does
+// not exist is an error unless rotated siblings of it exist.
+func LogFiles(args []string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	add := func(p string) {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	withSiblings := func(p string, mustExist bool) error {
+		sib, err := RotatedSiblings(p)
+		if err != nil {
+			return err
+		}
+		for _, s := range sib {
+			add(s)
+		}
+		fi, err := os.Stat(p)
+		switch {
+		case err == nil && fi.Mode().IsRegular():
+			add(p)
+		case err == nil:
+			return fmt.Errorf("trace: %s is not a regular file", p)
+		case errors.Is(err, fs.ErrNotExist) && (len(sib) > 0 || !mustExist):
+		default:
+			return fmt.Errorf("trace: %w", err)
+		}
+		return nil
+	}
+	for _, a := range args {
+		fi, err := os.Stat(a)
+		switch {
+		case err == nil && fi.IsDir():
+			ents, err := os.ReadDir(a)
+			if err != nil {
+				return nil, fmt.Errorf("trace: %w", err)
+			}
+			bases := map[string]bool{}
+			for _, e := range ents {
+				name := e.Name()
+				if b, ok := IsRotated(name); ok {
+					name = b
+				}
+				if strings.HasSuffix(name, ".jsonl") {
+					bases[name] = true
+				}
+			}
+			names := make([]string, 0, len(bases))
+			for b := range bases {
+				names = append(names, b)
+			}
+			sort.Strings(names)
+			for _, b := range names {
+				if err := withSiblings(filepath.Join(a, b), false); err != nil {
+					return nil, err
+				}
+			}
+		default:
+			if _, ok := IsRotated(filepath.Base(a)); ok {
+				if err != nil {
+					return nil, fmt.Errorf("trace: %w", err)
+				}
+				add(a)
+				continue
+			}
+			if err := withSiblings(a, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("trace: no audit files found")
+	}
+	return out, nil
+}
+
+// LoadFiles indexes the audit files (already in order; see LogFiles).
+func LoadFiles(x *Index, paths []string) error {
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		_, err = x.Consume(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("trace: %s: %w", p, err)
+		}
+	}
+	return nil
+}

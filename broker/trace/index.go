@@ -1,0 +1,502 @@
+package trace
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// DefaultMaxEvents bounds an Index when Options.MaxEvents is 0: about
+// 200,000 kept events, in the order of 200-400 MB at the largest event
+// sizes keytrail writes, usually far less.
+const DefaultMaxEvents = 200_000
+
+// Options configure an Index.
+type Options struct {
+	// MaxEvents is the number of kept events past which the oldest are
+	// dropped (0: DefaultMaxEvents). Only events that matter to trace and
+	// report are kept (see Keeps).
+	MaxEvents int
+}
+
+// Index resolves query values to issuances, uses and revocations. It is
+// safe for concurrent use; events are immutable once added.
+type Index struct {
+	mu      sync.RWMutex
+	max     int
+	evs     []*audit.Event // kept events, oldest first; evs[i] has number base+i
+	base    int64
+	keys    map[string][]ref
+	dropped int64 // events dropped by the bound since the index started
+	skipped int64 // lines that were not audit events (malformed)
+}
+
+// ref is one event number under a key, and what the key was on that event.
+type ref struct {
+	n    int64
+	kind string
+}
+
+// NewIndex returns an empty index.
+func NewIndex(o Options) (*Index, error) {
+	if o.MaxEvents < 0 {
+		return nil, errors.New("trace: MaxEvents must not be negative")
+	}
+	if o.MaxEvents == 0 {
+		o.MaxEvents = DefaultMaxEvents
+	}
+	return &Index{max: o.MaxEvents, keys: map[string][]ref{}}, nil
+}
+
+// Keeps reports whether the index keeps events of this type: every event
+// about issuances, uses, revocations and denies, and checkpoints and policy
+// loads are not kept.
+func Keeps(ev *audit.Event) bool {
+	switch ev.Type {
+	case audit.TypeCheckpoint, audit.TypePolicyLoad, audit.TypeStart, audit.TypeStop, audit.TypeAdmin:
+		return false
+	}
+	return true
+}
+
+// Add indexes one event. Events the index does not keep are ignored.
+func (x *Index) Add(ev *audit.Event) {
+	if ev == nil || !Keeps(ev) {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.add(ev)
+}
+
+func (x *Index) add(ev *audit.Event) {
+	n := x.base + int64(len(x.evs))
+	x.evs = append(x.evs, ev)
+	put := func(key, kind string) {
+		if key != "" {
+			x.keys[key] = append(x.keys[key], ref{n: n, kind: kind})
+		}
+	}
+	put(ev.IssuanceID, KindIssuanceID)
+	put(ev.UseID, KindUseID)
+	put(ev.RevocationID, KindRevocationID)
+	put(ev.RequestID, KindRequestID)
+	if c := ev.Credential; c != nil {
+		if fp, ok := NormalizeFingerprint(c.Fingerprint); ok {
+			put(fp, KindFingerprint)
+		}
+		put(c.Accessor, KindAccessor)
+		put(c.LeaseID, KindLeaseID)
+		put(c.Username, KindUsername)
+		put(c.JTI, KindJTI)
+		put(c.Serial, KindSerial)
+		if s, ok := canonicalSerial(c.Serial); ok {
+			put(serialKey(s), KindSerial)
+		}
+	}
+	for _, id := range listedIssuances(ev) {
+		if id != ev.IssuanceID {
+			put(id, KindIssuanceID)
+		}
+	}
+	if len(x.evs) > x.max {
+		x.compact()
+	}
+}
+
+// compact drops the oldest quarter of the bound and rebuilds the key map.
+func (x *Index) compact() {
+	drop := len(x.evs) - x.max + x.max/4
+	if drop > len(x.evs) {
+		drop = len(x.evs)
+	}
+	kept := slices.Clone(x.evs[drop:])
+	x.dropped += int64(drop)
+	x.evs, x.base, x.keys = nil, x.base+int64(drop), map[string][]ref{}
+	max := x.max
+	x.max = len(kept) + 1 // no compaction while re-adding
+	for _, ev := range kept {
+		x.add(ev)
+	}
+	x.max = max
+}
+
+// AddLine parses one audit line and indexes it. A malformed line is
+// counted (Stats.Skipped) and reported as an error wrapping
+// audit.ErrMalformed; the caller decides whether to go on.
+func (x *Index) AddLine(line []byte) error {
+	ev, err := audit.ParseLine(line)
+	if err != nil {
+		x.mu.Lock()
+		x.skipped++
+		x.mu.Unlock()
+		return err
+	}
+	x.Add(ev)
+	return nil
+}
+
+// Consume indexes every complete line of r and returns the number of bytes
+// consumed: a last line without its newline (a write in progress) is left
+// for the next read. Malformed lines are skipped and counted.
+func (x *Index) Consume(r io.Reader) (int64, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var consumed int64
+	var long bool
+	var buf []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		switch {
+		case err == nil:
+			consumed += int64(len(frag))
+			if !long {
+				line := frag
+				if len(buf) > 0 {
+					line = append(buf, frag...)
+				}
+				_ = x.AddLine(line[:len(line)-1])
+			} else {
+				x.mu.Lock()
+				x.skipped++
+				x.mu.Unlock()
+			}
+			buf, long = buf[:0], false
+		case errors.Is(err, bufio.ErrBufferFull):
+			consumed += int64(len(frag))
+			if len(buf)+len(frag) > audit.MaxLineBytes {
+				long, buf = true, buf[:0]
+			} else if !long {
+				buf = append(buf, frag...)
+			}
+		case errors.Is(err, io.EOF):
+			// frag (and buf) is an incomplete line: not consumed.
+			consumed -= int64(len(buf))
+			if long {
+				// An oversized incomplete line is skipped when its newline comes.
+				return consumed, nil
+			}
+			return consumed, nil
+		default:
+			return consumed - int64(len(buf)), fmt.Errorf("trace: read audit log: %w", err)
+		}
+	}
+}
+
+// Stats describe what the index holds.
+type Stats struct {
+	Events  int   `json:"events"`            // kept events
+	Dropped int64 `json:"dropped,omitempty"` // oldest events dropped by the bound
+	Skipped int64 `json:"skipped,omitempty"` // malformed lines
+	Max     int   `json:"max_events"`
+}
+
+// Stats returns the index's counters.
+func (x *Index) Stats() Stats {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return Stats{Events: len(x.evs), Dropped: x.dropped, Skipped: x.skipped, Max: x.max}
+}
+
+// Events returns the kept events, oldest first. The events must not be
+// modified.
+func (x *Index) Events() []*audit.Event {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return slices.Clone(x.evs)
+}
+
+// Match says how a query was read.
+type Match struct {
+	Kind  string `json:"kind"`  // one of the Kind constants
+	Value string `json:"value"` // the non-secret form of the value (a raw credential shows as its fingerprint)
+}
+
+// Result is the answer of a trace: one issuance, every use and every
+// revocation of it, oldest first (SPEC: {"issuance", "uses", "revocations"}).
+type Result struct {
+	Query       Match            `json:"query"`
+	Issuance    *broker.Issuance `json:"issuance"`
+	Uses        []*audit.Event   `json:"uses"`
+	Revocations []*audit.Event   `json:"revocations"`
+	// AlsoMatched lists other issuances the value points to (a request or
+	// revocation that concerned several), oldest first.
+	AlsoMatched []string `json:"also_matched,omitempty"`
+	// From says where the issuance record came from: "audit_log", "store"
+	// (made by another instance, or older than the index), or both.
+	From string `json:"from"`
+	// Vault lists entries of Vault's audit log made with this credential,
+	// when a Vault audit log was given.
+	Vault []VaultEntry `json:"vault,omitempty"`
+}
+
+// From values.
+const (
+	FromAuditLog = "audit_log"
+	FromStore    = "store"
+	FromBoth     = "audit_log+store"
+)
+
+// ErrNoMatch is wrapped (with broker.ErrNotFound) when no issuance matches.
+var ErrNoMatch = errors.New("trace: no issuance matches")
+
+func notFound() error {
+	return &broker.Error{Kind: broker.ErrNotFound, Reason: "no_match", Safe: "no issuance matches this value", Err: ErrNoMatch}
+}
+
+// Lookup resolves q. It returns an error wrapping broker.ErrInvalidRequest
+// for an empty or oversized q and broker.ErrNotFound when nothing matches.
+func (x *Index) Lookup(q string) (*Result, error) {
+	cands, err := candidates(q)
+	if err != nil {
+		return nil, &broker.Error{Kind: broker.ErrInvalidRequest, Reason: "bad_query", Safe: "q must be a non-empty value of at most 64 KiB", Err: err}
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for _, c := range cands {
+		refs := x.live(x.keys[c.key])
+		if len(refs) == 0 {
+			continue
+		}
+		ids := x.issuancesOf(refs, c.key)
+		if len(ids) == 0 {
+			continue
+		}
+		kind := c.kind
+		if kind == "" || kind == KindFingerprint && refs[0].kind != KindFingerprint {
+			kind = refs[0].kind
+		}
+		res := x.resultFor(ids[0])
+		res.Query = Match{Kind: kind, Value: c.shown}
+		if len(ids) > 1 {
+			res.AlsoMatched = ids[1:]
+		}
+		return res, nil
+	}
+	return nil, notFound()
+}
+
+// Issuance returns the trace of one issuance id, or nil when the index has
+// no event about it.
+func (x *Index) Issuance(id string) *Result {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if len(x.live(x.keys[id])) == 0 {
+		return nil
+	}
+	return x.resultFor(id)
+}
+
+// live drops refs to events compacted away (they are rebuilt on compaction,
+// so this only guards the window during one).
+func (x *Index) live(rs []ref) []ref {
+	out := rs[:0:0]
+	for _, r := range rs {
+		if r.n >= x.base {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (x *Index) ev(r ref) *audit.Event { return x.evs[r.n-x.base] }
+
+// issuancesOf lists the issuance ids the events under key point to, in
+// order of first appearance. An issuance-id key points to itself.
+func (x *Index) issuancesOf(rs []ref, key string) []string {
+	var ids []string
+	seen := map[string]bool{}
+	addID := func(id string) {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	for _, r := range rs {
+		if r.kind == KindIssuanceID {
+			addID(key)
+			continue
+		}
+		ev := x.ev(r)
+		addID(ev.IssuanceID)
+		for _, id := range listedIssuances(ev) {
+			addID(id)
+		}
+	}
+	// Only issuances the index or a revocation names are answers; order
+	// them by issuance time where the issue event is known.
+	sort.SliceStable(ids, func(i, j int) bool { return x.issuedAt(ids[i]).Before(x.issuedAt(ids[j])) })
+	return ids
+}
+
+func (x *Index) issuedAt(id string) time.Time {
+	for _, r := range x.live(x.keys[id]) {
+		if ev := x.ev(r); ev.Type == audit.TypeIssue && ev.IssuanceID == id {
+			return parseTime(ev.Time)
+		}
+	}
+	return time.Time{}
+}
+
+// resultFor gathers everything about one issuance. Callers hold mu.
+func (x *Index) resultFor(id string) *Result {
+	res := &Result{Uses: []*audit.Event{}, Revocations: []*audit.Event{}}
+	revs := map[string]bool{}
+	seen := map[int64]bool{}
+	for _, r := range x.live(x.keys[id]) {
+		if seen[r.n] {
+			continue
+		}
+		seen[r.n] = true
+		ev := x.ev(r)
+		switch ev.Type {
+		case audit.TypeIssue:
+			if ev.IssuanceID == id && res.Issuance == nil {
+				res.Issuance = issuanceOf(ev)
+			}
+		case audit.TypeUse, audit.TypeUseResult, audit.TypeIntrospect, audit.TypeSharedUse, audit.TypeDeny:
+			if ev.IssuanceID == id {
+				res.Uses = append(res.Uses, ev)
+			}
+		case audit.TypeRevoke, audit.TypeRevokeResult, audit.TypeBlock, audit.TypeOrphanRevoked:
+			res.Revocations = append(res.Revocations, ev)
+			if ev.RevocationID != "" {
+				revs[ev.RevocationID] = true
+			}
+		}
+	}
+	// Blocks and results of the same revocations, which need not list the
+	// issuance themselves.
+	for rid := range revs {
+		for _, r := range x.live(x.keys[rid]) {
+			if seen[r.n] {
+				continue
+			}
+			ev := x.ev(r)
+			if ev.RevocationID == rid && (ev.Type == audit.TypeBlock || ev.Type == audit.TypeRevokeResult) {
+				seen[r.n] = true
+				res.Revocations = append(res.Revocations, ev)
+			}
+		}
+	}
+	sortEvents(res.Uses)
+	sortEvents(res.Revocations)
+	if res.Issuance == nil {
+		res.Issuance = &broker.Issuance{ID: id}
+	} else {
+		res.From = FromAuditLog
+	}
+	for _, ev := range res.Revocations {
+		if ev.Type == audit.TypeRevoke && res.Issuance.RevokedAt.IsZero() {
+			res.Issuance.RevokedAt, res.Issuance.RevocationID = parseTime(ev.Time), ev.RevocationID
+		}
+	}
+	return res
+}
+
+// sortEvents orders events by time, then chain and seq (stable for equal
+// times from one chain).
+func sortEvents(evs []*audit.Event) {
+	sort.SliceStable(evs, func(i, j int) bool {
+		ti, tj := parseTime(evs[i].Time), parseTime(evs[j].Time)
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		if evs[i].Chain != evs[j].Chain {
+			return evs[i].Chain < evs[j].Chain
+		}
+		return evs[i].Seq < evs[j].Seq
+	})
+}
+
+// listedIssuances returns the issuance ids a revocation event lists in its
+// details (issuance_ids of revoke; revoked, pending and failed of
+// revoke_result).
+func listedIssuances(ev *audit.Event) []string {
+	if ev.Details == nil {
+		return nil
+	}
+	switch ev.Type {
+	case audit.TypeRevoke, audit.TypeRevokeResult, audit.TypeOrphanRevoked:
+	default:
+		return nil
+	}
+	var out []string
+	for _, k := range []string{"issuance_ids", "revoked", "pending", "failed"} {
+		out = append(out, stringsOf(ev.Details[k])...)
+	}
+	return out
+}
+
+// stringsOf reads a []string or a []any of strings (or of objects with an
+// "issuance_id") as decoded from JSON.
+func stringsOf(v any) []string {
+	switch t := v.(type) {
+	case []string:
+		return t
+	case []any:
+		var out []string
+		for _, e := range t {
+			switch u := e.(type) {
+			case string:
+				out = append(out, u)
+			case map[string]any:
+				if s, ok := u["issuance_id"].(string); ok {
+					out = append(out, s)
+				}
+			}
+		}
+		return out
+	case []broker.RevokeFailure:
+		out := make([]string, len(t))
+		for i, f := range t {
+			out[i] = f.IssuanceID
+		}
+		return out
+	}
+	return nil
+}
+
+// issuanceOf rebuilds the issuance record from its issue event. The
+// identity claims used are taken from details.claims when the event has
+// them.
+func issuanceOf(ev *audit.Event) *broker.Issuance {
+	is := &broker.Issuance{
+		ID: ev.IssuanceID, Workload: ev.Workload, Owner: ev.Owner, SessionID: ev.SessionID,
+		Grant: ev.Grant, Kind: ev.Kind, IssuedAt: parseTime(ev.Time), RequestID: ev.RequestID,
+	}
+	if ev.Identity != nil {
+		is.Identity = broker.IdentityRef{Iss: ev.Identity.Iss, Sub: ev.Identity.Sub, JTI: ev.Identity.JTI}
+	}
+	for _, a := range ev.Act {
+		is.Act = append(is.Act, broker.IdentityRef{Iss: a.Iss, Sub: a.Sub, JTI: a.JTI})
+	}
+	if ev.Source != nil {
+		is.Source = broker.Source{IP: ev.Source.IP, UserAgent: ev.Source.UserAgent}
+	}
+	if c := ev.Credential; c != nil {
+		is.Refs = broker.CredentialRefs{Fingerprint: c.Fingerprint, Accessor: c.Accessor, LeaseID: c.LeaseID,
+			Username: c.Username, JTI: c.JTI, Serial: c.Serial, ExpiresAt: parseTime(c.ExpiresAt)}
+		is.ExpiresAt = is.Refs.ExpiresAt
+	}
+	if m, ok := ev.Details["claims"].(map[string]any); ok {
+		is.Claims = m
+	}
+	return is
+}
+
+// parseTime reads an audit time; a bad one is the zero time.
+func parseTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t.UTC()
+}

@@ -1,0 +1,297 @@
+package trace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// LiveOptions configure a Live source.
+type LiveOptions struct {
+	// Path is this instance's audit file (config audit.file). Its rotated
+	// siblings are read too. Required.
+	Path string
+	// Store is the shared store, for issuances this instance's log does not
+	// hold (made by another instance, or dropped from the bounded index)
+	// and for the active credentials of every instance. Optional.
+	Store broker.Store
+	// Policy returns the policy in force (for the report). Optional.
+	Policy func() *policies.Policy
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// MaxEvents bounds the in-memory index (0: DefaultMaxEvents).
+	MaxEvents int
+	// StoreTimeout bounds one store call (default 2s).
+	StoreTimeout time.Duration
+	// Logger; default discards.
+	Logger *slog.Logger
+}
+
+// Live is the broker's online trace and report source. Every call first
+// reads what was appended to the audit file since the previous call
+// (following rotations: the rest of a file that was rotated away is read
+// from its new name), so answers are current without a background
+// goroutine. Memory is bounded by MaxEvents. Safe for concurrent use.
+type Live struct {
+	o   LiveOptions
+	idx atomic.Pointer[Index]
+
+	mu     sync.Mutex // serialises refreshes
+	cur    os.FileInfo
+	curOff int64
+	done   map[string]bool // rotated files fully read
+}
+
+// NewLive validates o and returns a Live source. It reads nothing until
+// the first call.
+func NewLive(o LiveOptions) (*Live, error) {
+	if o.Path == "" {
+		return nil, errors.New("trace: LiveOptions.Path is required")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 2 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	idx, err := NewIndex(Options{MaxEvents: o.MaxEvents})
+	if err != nil {
+		return nil, err
+	}
+	l := &Live{o: o, done: map[string]bool{}}
+	l.idx.Store(idx)
+	return l, nil
+}
+
+// Index returns the live index (refreshed by each call).
+func (l *Live) Index() *Index { return l.idx.Load() }
+
+// Refresh reads what was appended to the audit files since the last call.
+func (l *Live) Refresh() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	err := l.refresh()
+	if errors.Is(err, errRolledBack) {
+		// The sink truncated lines that never became durable (a failed
+		// write or fsync): start over so the index holds only what the
+		// files hold.
+		idx, err := NewIndex(Options{MaxEvents: l.o.MaxEvents})
+		if err != nil {
+			return err
+		}
+		l.idx.Store(idx)
+		l.cur, l.curOff, l.done = nil, 0, map[string]bool{}
+		return l.refresh()
+	}
+	return err
+}
+
+var errRolledBack = errors.New("trace: the audit file shrank")
+
+func (l *Live) refresh() error {
+	rotated, err := RotatedSiblings(l.o.Path)
+	if err != nil {
+		return err
+	}
+	for _, p := range rotated {
+		if l.done[filepath.Base(p)] {
+			continue
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		off := int64(0)
+		if l.cur != nil && os.SameFile(fi, l.cur) {
+			// The file we were tailing was rotated away: read its rest.
+			off, l.cur, l.curOff = l.curOff, nil, 0
+		}
+		if _, err := l.readFrom(p, off); err != nil {
+			return err
+		}
+		l.done[filepath.Base(p)] = true
+	}
+	fi, err := os.Stat(l.o.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	if l.cur != nil && os.SameFile(fi, l.cur) && fi.Size() < l.curOff {
+		return errRolledBack
+	}
+	if l.cur == nil || !os.SameFile(fi, l.cur) {
+		l.cur, l.curOff = fi, 0
+	}
+	n, err := l.readFrom(l.o.Path, l.curOff)
+	l.curOff += n
+	return err
+}
+
+func (l *Live) readFrom(path string, off int64) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("trace: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("trace: %w", err)
+	}
+	return l.idx.Load().Consume(f)
+}
+
+// Trace resolves q over this instance's audit log, then the store.
+func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
+	if err := l.Refresh(); err != nil {
+		return nil, broker.Unavailable("audit_unreadable", time.Second, err)
+	}
+	idx := l.idx.Load()
+	res, err := idx.Lookup(q)
+	if err == nil {
+		l.mergeStore(ctx, res)
+		return res, nil
+	}
+	if !errors.Is(err, broker.ErrNotFound) || l.o.Store == nil {
+		return nil, err
+	}
+	is, kind, shown, err := l.fromStore(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	res = idx.Issuance(is.ID)
+	if res == nil {
+		res = &Result{Uses: []*audit.Event{}, Revocations: []*audit.Event{}}
+	}
+	res.Issuance, res.From = is, FromStore
+	res.Query = Match{Kind: kind, Value: shown}
+	return res, nil
+}
+
+func nilSafe[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// mergeStore adds what only the store knows (the identity claims used) to
+// an issuance rebuilt from the audit log.
+func (l *Live) mergeStore(ctx context.Context, res *Result) {
+	if l.o.Store == nil || res.Issuance == nil || res.Issuance.ID == "" {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
+	defer cancel()
+	is, err := l.o.Store.GetIssuance(sctx, res.Issuance.ID)
+	if err != nil {
+		if !errors.Is(err, broker.ErrNotFound) {
+			l.o.Logger.LogAttrs(ctx, slog.LevelWarn, "trace: store lookup failed", slog.String("issuance_id", res.Issuance.ID), slog.String("error", err.Error()))
+		}
+		return
+	}
+	if res.From == "" {
+		res.Issuance, res.From = is, FromStore
+		return
+	}
+	res.From = FromBoth
+	if res.Issuance.Claims == nil {
+		res.Issuance.Claims = is.Claims
+	}
+}
+
+// fromStore finds an issuance by every store index q could be.
+func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, string, string, error) {
+	cands, err := candidates(q)
+	if err != nil {
+		return nil, "", "", err
+	}
+	try := func(f func(context.Context) (*broker.Issuance, error)) (*broker.Issuance, error) {
+		sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
+		defer cancel()
+		is, err := f(sctx)
+		if errors.Is(err, broker.ErrNotFound) {
+			return nil, nil
+		}
+		return is, err
+	}
+	for _, c := range cands {
+		var kinds []broker.RefKind
+		switch c.kind {
+		case KindFingerprint, KindCredential:
+			kinds = []broker.RefKind{broker.RefFingerprint}
+		case KindSerial:
+			continue
+		default:
+			if strings.HasPrefix(c.key, broker.PrefixIssuance) {
+				is, err := try(func(ctx context.Context) (*broker.Issuance, error) { return l.o.Store.GetIssuance(ctx, c.key) })
+				if err != nil {
+					return nil, "", "", broker.Unavailable("store_unavailable", time.Second, err)
+				}
+				if is != nil {
+					return is, KindIssuanceID, c.shown, nil
+				}
+				continue
+			}
+			kinds = []broker.RefKind{broker.RefAccessor, broker.RefJTI, broker.RefLeaseID, broker.RefUsername, broker.RefSerial, broker.RefRequestID}
+		}
+		for _, k := range kinds {
+			is, err := try(func(ctx context.Context) (*broker.Issuance, error) { return l.o.Store.FindIssuance(ctx, k, c.key) })
+			if err != nil {
+				return nil, "", "", broker.Unavailable("store_unavailable", time.Second, err)
+			}
+			if is != nil {
+				kind := string(k)
+				if c.kind == KindCredential {
+					kind = KindCredential
+				}
+				return is, kind, c.shown, nil
+			}
+		}
+	}
+	return nil, "", "", notFound()
+}
+
+// Report builds the report over this instance's log, with the active
+// credentials of every instance from the store.
+func (l *Live) Report(ctx context.Context) (*Report, error) {
+	if err := l.Refresh(); err != nil {
+		return nil, broker.Unavailable("audit_unreadable", time.Second, err)
+	}
+	now := l.o.Now()
+	idx := l.idx.Load()
+	in := ReportInput{Now: now, Events: idx.Events()}
+	if l.o.Policy != nil {
+		in.Policy = l.o.Policy()
+	}
+	st := idx.Stats()
+	if st.Dropped > 0 {
+		in.Notes = append(in.Notes, fmt.Sprintf("the in-memory index keeps the last %d events; %d older ones are not covered", st.Max, st.Dropped))
+	}
+	in.Notes = append(in.Notes, "events of this broker instance's audit log only; active credentials of all instances come from the store")
+	if l.o.Store != nil {
+		sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
+		active, err := l.o.Store.ListIssuances(sctx, broker.IssuanceFilter{ActiveAt: now})
+		cancel()
+		if err != nil {
+			return nil, broker.Unavailable("store_unavailable", time.Second, err)
+		}
+		in.Active = nilSafe(active)
+	}
+	return BuildReport(in)
+}

@@ -1,0 +1,292 @@
+package trace_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+// fakeStore answers the lookups Live makes; any other method panics (nil
+// embedded interface), which would show Live calling something it should
+// not.
+type fakeStore struct {
+	broker.Store
+	byID   map[string]*broker.Issuance
+	active []*broker.Issuance
+	err    error
+}
+
+func (f *fakeStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	if is, ok := f.byID[id]; ok {
+		c := *is
+		return &c, nil
+	}
+	return nil, broker.ErrNotFound
+}
+
+func (f *fakeStore) FindIssuance(ctx context.Context, kind broker.RefKind, v string) (*broker.Issuance, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	for _, is := range f.byID {
+		if (kind == broker.RefAccessor && is.Refs.Accessor == v) || (kind == broker.RefFingerprint && is.Refs.Fingerprint == v) {
+			c := *is
+			return &c, nil
+		}
+	}
+	return nil, broker.ErrNotFound
+}
+
+func (f *fakeStore) ListIssuances(ctx context.Context, flt broker.IssuanceFilter) ([]*broker.Issuance, error) {
+	return f.active, f.err
+}
+
+func TestLiveFollowsAppendsAndRotation(t *testing.T) {
+	dir := t.TempDir()
+	lines := sealed(t, "chn_live", 0, fixtureEvents())
+	path := writeLines(t, dir, "audit.jsonl", lines[:3])
+	live, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	trace1 := func(q string) (*trace.Result, error) { return live.Trace(ctx, q) }
+
+	if res, err := trace1(idA); err != nil || res.Issuance.Workload != "payments-api" || len(res.Uses) != 0 {
+		t.Fatalf("Trace(%s) after 3 lines = %+v, %v, want the issuance without uses", idA, res, err)
+	}
+	if _, err := trace1("use_U1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("Trace(use_U1) before it is written = %v, want not found", err)
+	}
+
+	// Appended lines, the last one still being written.
+	appendLines(t, path, lines[3:6])
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	f.Write(lines[6][:30])
+	f.Close()
+	if res, err := trace1("use_U1"); err != nil || res.Issuance.ID != idB {
+		t.Fatalf("Trace(use_U1) after append = %+v, %v, want %s", res, err, idB)
+	}
+	if _, err := trace1("req_U2"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("Trace(req_U2) while its line is incomplete = %v, want not found", err)
+	}
+
+	// The rest of that line and one more reach the file, then it rotates
+	// and the chain goes on in a new file.
+	f, _ = os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	f.Write(append(lines[6][30:], '\n'))
+	f.Write(append(lines[7], '\n'))
+	f.Close()
+	rotated := path + "." + at(time.Hour).Format(trace.RotatedLayout)
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	writeLines(t, dir, "audit.jsonl", lines[8:])
+
+	res, err := trace1(idA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := summarize(res)
+	want := summary{Issuance: idA, Workload: "payments-api", Kind: trace.KindIssuanceID, Value: idA,
+		Uses: []string{"introspect:use_I2"}, Revocations: []string{"revoke:rev_R1", "block:rev_R1", "revoke_result:rev_R1"}, From: trace.FromAuditLog}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Trace(%s) across rotation = got, want want (-want +got):\n%s", idA, diff)
+	}
+	if st := live.Index().Stats(); st.Events != 14 || st.Skipped != 0 {
+		t.Errorf("Stats() = %+v, want every kept event once (14) and nothing skipped", st)
+	}
+
+	// Offline over the same files gives the same answer.
+	files, err := trace.LogFiles([]string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{rotated, path}, files); diff != "" {
+		t.Errorf("LogFiles(%s) = got, want want (-want +got):\n%s", path, diff)
+	}
+	off, _ := trace.NewIndex(trace.Options{})
+	if err := trace.LoadFiles(off, files); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{idA, idB, "use_U1", secretA, "rev_R1", "7a3b01ff"} {
+		on, err1 := live.Trace(ctx, q)
+		of, err2 := off.Lookup(q)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("Trace(%s): online %v, offline %v", q, err1, err2)
+		}
+		if diff := cmp.Diff(on, of); diff != "" {
+			t.Errorf("Trace(%s): online and offline differ (-online +offline):\n%s", q, diff)
+		}
+	}
+}
+
+func TestLiveStore(t *testing.T) {
+	dir := t.TempDir()
+	path := writeLines(t, dir, "audit.jsonl", sealed(t, "chn_store", 0, fixtureEvents()))
+	other := &broker.Issuance{ID: "iss_01JXOTHER000000000000000000", Workload: "orders", Owner: "team-orders", Grant: "orders-vault", Kind: broker.KindVaultToken,
+		IssuedAt: at(time.Minute), ExpiresAt: at(time.Hour), Refs: broker.CredentialRefs{Accessor: "accOtherInstance", Fingerprint: broker.Fingerprint("hvs.other-instance-token-0123")}}
+	storedA := &broker.Issuance{ID: idA, Workload: "payments-api", Claims: map[string]any{"namespace": "payments"}}
+	st := &fakeStore{byID: map[string]*broker.Issuance{other.ID: other, idA: storedA}, active: []*broker.Issuance{other}}
+	live, err := trace.NewLive(trace.LiveOptions{Path: path, Store: st, Now: func() time.Time { return at(2 * time.Minute) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cases := []struct {
+		name     string
+		q        string
+		wantID   string
+		wantFrom string
+		wantKind string
+		claims   map[string]any
+	}{
+		{"ok/audit-plus-store-claims", idA, idA, trace.FromBoth, trace.KindIssuanceID, map[string]any{"namespace": "payments"}},
+		{"ok/other-instance-by-accessor", "accOtherInstance", other.ID, trace.FromStore, trace.KindAccessor, nil},
+		{"ok/other-instance-by-id", other.ID, other.ID, trace.FromStore, trace.KindIssuanceID, nil},
+		{"ok/other-instance-raw-token", "hvs.other-instance-token-0123", other.ID, trace.FromStore, trace.KindCredential, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := live.Trace(ctx, tc.q)
+			if err != nil {
+				t.Fatalf("Trace(%s) = %v", tc.name, err)
+			}
+			got := []any{res.Issuance.ID, res.From, res.Query.Kind, res.Issuance.Claims}
+			want := []any{tc.wantID, tc.wantFrom, tc.wantKind, tc.claims}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("Trace(%s) = got, want want (-want +got):\n%s", tc.name, diff)
+			}
+		})
+	}
+	if _, err := live.Trace(ctx, "unknown-everywhere"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Trace(unknown) = %v, want not found", err)
+	}
+
+	rep, err := live.Report(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ActiveFrom != trace.FromStore || len(rep.Workloads) != 3 {
+		t.Fatalf("Report() active from %q with %d workloads, want store and 3", rep.ActiveFrom, len(rep.Workloads))
+	}
+	for _, w := range rep.Workloads {
+		want := 0
+		if w.Name == "orders" {
+			want = 1
+		}
+		if w.Active != want {
+			t.Errorf("Report() %s active = %d, want %d (from the store)", w.Name, w.Active, want)
+		}
+	}
+
+	st.err = broker.Unavailable("down", time.Second, errors.New("redis down"))
+	if _, err := live.Trace(ctx, "unknown-everywhere"); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Trace with the store down = %v, want unavailable", err)
+	}
+	if _, err := live.Report(ctx); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Report with the store down = %v, want unavailable", err)
+	}
+	if _, err := trace.NewLive(trace.LiveOptions{}); err == nil {
+		t.Errorf("NewLive(no path) = nil error, want an error")
+	}
+}
+
+func TestLogFiles(t *testing.T) {
+	dir := t.TempDir()
+	touch := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	r1 := touch("audit.jsonl.20250601T100000.000000000Z")
+	r2 := touch("audit.jsonl.20250602T090000.500000000Z")
+	cur := touch("audit.jsonl")
+	o1 := touch("other.jsonl.20250601T000000.000000000Z")
+	other := touch("other.jsonl")
+	g1 := touch("gone.jsonl.20250101T000000.000000000Z") // its base was deleted
+	touch("audit.jsonl.bak")
+	touch("notes.txt")
+	cases := []struct {
+		name    string
+		args    []string
+		want    []string
+		wantErr bool
+	}{
+		{"ok/file-with-siblings", []string{cur}, []string{r1, r2, cur}, false},
+		{"ok/rotated-file-alone", []string{r2}, []string{r2}, false},
+		{"ok/explicit-then-base-no-duplicates", []string{r1, cur}, []string{r1, r2, cur}, false},
+		{"ok/directory", []string{dir}, []string{r1, r2, cur, g1, o1, other}, false},
+		{"ok/missing-file-with-siblings", []string{filepath.Join(dir, "gone.jsonl")}, []string{g1}, false},
+		{"fail/missing", []string{filepath.Join(dir, "nope.jsonl")}, nil, true},
+		{"fail/missing-rotated", []string{filepath.Join(dir, "audit.jsonl.20990101T000000.000000000Z")}, nil, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := trace.LogFiles(tc.args)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("LogFiles(%s) error = %v, want error %v", tc.name, err, tc.wantErr)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("LogFiles(%s) = got, want want (-want +got):\n%s", tc.name, diff)
+			}
+		})
+	}
+}
+
+func TestIsRotated(t *testing.T) {
+	cases := []struct {
+		name, in, base string
+		ok             bool
+	}{
+		{"ok/rotated", "audit.jsonl.20250601T100000.000000000Z", "audit.jsonl", true},
+		{"fail/plain", "audit.jsonl", "", false},
+		{"fail/bad-timestamp", "audit.jsonl.20251301T100000.000000000Z", "", false},
+		{"fail/short-timestamp", "audit.jsonl.20250601T100000Z", "", false},
+		{"fail/only-timestamp", ".20250601T100000.000000000Z", "", false},
+	}
+	for _, tc := range cases {
+		base, ok := trace.IsRotated(tc.in)
+		if base != tc.base || ok != tc.ok {
+			t.Errorf("IsRotated(%s) = %q, %v, want %q, %v", tc.name, base, ok, tc.base, tc.ok)
+		}
+	}
+}
+
+func TestLiveRollback(t *testing.T) {
+	dir := t.TempDir()
+	lines := sealed(t, "chn_rollback", 0, fixtureEvents())
+	path := writeLines(t, dir, "audit.jsonl", lines[:4]) // policy_load, A, B, C
+	live, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := live.Trace(ctx, idC); err != nil {
+		t.Fatalf("Trace(%s) = %v", idC, err)
+	}
+	// The sink rolls back C's line (a failed fsync) and writes another.
+	writeLines(t, dir, "audit.jsonl", lines[:3])
+	if _, err := live.Trace(ctx, idC); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Trace(%s) after the rollback = %v, want not found", idC, err)
+	}
+	if res, err := live.Trace(ctx, idB); err != nil || res.Issuance.ID != idB {
+		t.Errorf("Trace(%s) after the rollback = %v, %v", idB, res, err)
+	}
+	if st := live.Index().Stats(); st.Events != 2 {
+		t.Errorf("Stats() after the rollback = %+v, want the 2 events the file holds", st)
+	}
+}

@@ -1,0 +1,156 @@
+package trace
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Kinds of value a query can match (Match.Kind).
+const (
+	KindIssuanceID   = "issuance_id"
+	KindUseID        = "use_id"
+	KindRevocationID = "revocation_id"
+	KindRequestID    = "request_id"
+	KindFingerprint  = "fingerprint"
+	KindCredential   = "credential" // a raw credential, matched through its fingerprint
+	KindAccessor     = "accessor"
+	KindLeaseID      = "lease_id"
+	KindUsername     = "username"
+	KindJTI          = "jti"
+	KindSerial       = "serial"
+)
+
+// MaxQueryBytes bounds a query value (a raw credential can be a long JWT or
+// a PEM certificate).
+const MaxQueryBytes = 64 << 10
+
+// candidate is one way of reading a query value: the index key to look up
+// and, when the value is read as a fingerprint or a raw credential, the kind
+// it is matched as.
+type candidate struct {
+	key  string // index key
+	kind string // "" = whatever kind the index recorded for key
+	// shown is the non-secret form of the value for Match.Value.
+	shown string
+}
+
+// candidates returns the readings of q, most specific first: the value as
+// given (ids, accessors, lease ids, user names, jtis, serials), the value
+// as a fingerprint in any of its spellings, a serial in canonical form, and
+// last the value as a raw credential (its fingerprint). It fails on an
+// empty or oversized value.
+func candidates(q string) ([]candidate, error) {
+	q = strings.TrimSpace(q)
+	switch {
+	case q == "":
+		return nil, fmt.Errorf("%w: empty query", broker.ErrInvalidRequest)
+	case len(q) > MaxQueryBytes:
+		return nil, fmt.Errorf("%w: query longer than %d bytes", broker.ErrInvalidRequest, MaxQueryBytes)
+	}
+	var out []candidate
+	add := func(c candidate) {
+		for _, o := range out {
+			if o.key == c.key {
+				return
+			}
+		}
+		out = append(out, c)
+	}
+	secret := LooksSecret(q)
+	if !secret {
+		add(candidate{key: q, shown: q})
+	}
+	if fp, ok := NormalizeFingerprint(q); ok {
+		add(candidate{key: fp, kind: KindFingerprint, shown: fp})
+	}
+	if !secret {
+		if s, ok := canonicalSerial(q); ok {
+			add(candidate{key: serialKey(s), kind: KindSerial, shown: q})
+		}
+	}
+	fp := broker.Fingerprint(q)
+	add(candidate{key: fp, kind: KindCredential, shown: fp})
+	return out, nil
+}
+
+// NormalizeFingerprint reads v as a SHA-256 fingerprint: "sha256:<hex>",
+// bare hex (64 digits, any case), or the 32 bytes in standard or URL-safe
+// base64, padded or not (optionally after "sha256:"). It returns the
+// canonical "sha256:<lowercase hex>".
+func NormalizeFingerprint(v string) (string, bool) {
+	v = strings.TrimSpace(v)
+	if rest, ok := cutPrefixFold(v, "sha256:"); ok {
+		v = rest
+	}
+	if len(v) == 64 {
+		if b, err := hex.DecodeString(v); err == nil && len(b) == 32 {
+			return "sha256:" + hex.EncodeToString(b), true
+		}
+	}
+	if len(v) == 43 || len(v) == 44 {
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			if b, err := enc.Strict().DecodeString(v); err == nil && len(b) == 32 {
+				return "sha256:" + hex.EncodeToString(b), true
+			}
+		}
+	}
+	return "", false
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// canonicalSerial reads v as a certificate serial written in hex, with or
+// without ':' or '-' separators, in any case: "7A:3B:..." and "7a3b..." are
+// the same serial. It returns lowercase hex without separators.
+func canonicalSerial(v string) (string, bool) {
+	s := strings.ToLower(strings.NewReplacer(":", "", "-", "").Replace(strings.TrimSpace(v)))
+	if len(s) < 2 || len(s) > 128 {
+		return "", false
+	}
+	for _, r := range s {
+		if (r < '0' || r > '9') && (r < 'a' || r > 'f') {
+			return "", false
+		}
+	}
+	return s, true
+}
+
+func serialKey(canon string) string { return "serial\x00" + canon }
+
+// LooksSecret reports whether v has the shape of a raw credential that must
+// not be sent or shown as it is: a keytrail proxy credential (ktp_), a Vault
+// token (hvs., hvb., hvr., or the legacy s./b./r. forms) or a JWT. Callers
+// send or show Fingerprint(v) instead. Other values may still be secrets;
+// they are never kept, only looked up.
+func LooksSecret(v string) bool {
+	v = strings.TrimSpace(v)
+	for _, p := range []string{"ktp_", "hvs.", "hvb.", "hvr."} {
+		if strings.HasPrefix(v, p) {
+			return true
+		}
+	}
+	if len(v) > 20 && (strings.HasPrefix(v, "s.") || strings.HasPrefix(v, "b.") || strings.HasPrefix(v, "r.")) && !strings.ContainsAny(v[2:], ".:/ ") {
+		return true
+	}
+	return strings.HasPrefix(v, "eyJ") && strings.Count(v, ".") == 2
+}
+
+// SafeQuery is the form of v to send to a keytrail server or put in a log:
+// the fingerprint when v looks like a raw credential (LooksSecret), v itself
+// otherwise.
+func SafeQuery(v string) string {
+	v = strings.TrimSpace(v)
+	if LooksSecret(v) {
+		return broker.Fingerprint(v)
+	}
+	return v
+}

@@ -1,0 +1,251 @@
+package trace
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// ts formats a time for people: UTC with nanoseconds.
+func ts(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// WriteText renders a trace result as a readable timeline.
+func (r *Result) WriteText(w io.Writer) error {
+	ew := &errWriter{w: w}
+	is := r.Issuance
+	ew.printf("issuance %s", is.ID)
+	if r.Query.Kind != "" {
+		ew.printf("   (matched %s %s)", r.Query.Kind, r.Query.Value)
+	}
+	ew.printf("\n")
+	if r.From == "" {
+		ew.printf("  (no issue event for it in the audit log and no store record: only uses or revocations are known)\n")
+	}
+	tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "  %s\t%s\n", k, v)
+		}
+	}
+	row("workload", is.Workload)
+	row("owner", is.Owner)
+	row("session", is.SessionID)
+	if is.Grant != "" {
+		row("grant", is.Grant+" ("+is.Kind+")")
+	}
+	if is.Identity.Iss != "" || is.Identity.Sub != "" {
+		id := "iss=" + is.Identity.Iss + " sub=" + is.Identity.Sub
+		if is.Identity.JTI != "" {
+			id += " jti=" + is.Identity.JTI
+		}
+		row("identity", id)
+	}
+	for i, a := range is.Act {
+		row(fmt.Sprintf("acting for[%d]", i), "iss="+a.Iss+" sub="+a.Sub)
+	}
+	if len(is.Claims) > 0 {
+		keys := make([]string, 0, len(is.Claims))
+		for k := range is.Claims {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s=%v", k, is.Claims[k])
+		}
+		row("claims used", strings.Join(parts, " "))
+	}
+	row("source", sourceText(is.Source.IP, is.Source.UserAgent))
+	if !is.IssuedAt.IsZero() {
+		row("issued", ts(is.IssuedAt))
+	}
+	if !is.ExpiresAt.IsZero() {
+		row("expires", ts(is.ExpiresAt))
+	}
+	if !is.RevokedAt.IsZero() {
+		row("revoked", ts(is.RevokedAt)+" by "+is.RevocationID)
+	}
+	c := is.Refs
+	row("fingerprint", c.Fingerprint)
+	row("accessor", c.Accessor)
+	row("lease id", c.LeaseID)
+	row("user name", c.Username)
+	row("jwt id", c.JTI)
+	row("serial", c.Serial)
+	row("request id", is.RequestID)
+	row("record from", r.From)
+	tw.Flush()
+
+	ew.printf("\ntimeline (UTC)\n")
+	type line struct {
+		t    time.Time
+		what string
+	}
+	var lines []line
+	if !is.IssuedAt.IsZero() {
+		lines = append(lines, line{is.IssuedAt, fmt.Sprintf("issue\t%s\t%s", is.RequestID, sourceText(is.Source.IP, is.Source.UserAgent))})
+	}
+	for _, ev := range r.Uses {
+		lines = append(lines, line{parseTime(ev.Time), eventText(ev)})
+	}
+	for _, ev := range r.Revocations {
+		lines = append(lines, line{parseTime(ev.Time), eventText(ev)})
+	}
+	sort.SliceStable(lines, func(i, j int) bool { return lines[i].t.Before(lines[j].t) })
+	tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
+	for _, l := range lines {
+		fmt.Fprintf(tw, "  %s\t%s\n", ts(l.t), l.what)
+	}
+	tw.Flush()
+	ew.printf("  %d use event(s), %d revocation event(s)\n", len(r.Uses), len(r.Revocations))
+	if len(r.Vault) > 0 {
+		ew.printf("\nvault audit log: %d request(s) made with this credential\n", len(r.Vault))
+		tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
+		for _, e := range r.Vault {
+			fmt.Fprintf(tw, "  %s\t%s %s\tfrom %s\tline %d\n", ts(e.Time), e.Operation, e.Path, orDash(e.RemoteAddress), e.Line)
+		}
+		tw.Flush()
+	}
+	if len(r.AlsoMatched) > 0 {
+		ew.printf("\nthe value also matches %d other issuance(s): %s\n", len(r.AlsoMatched), strings.Join(r.AlsoMatched, ", "))
+	}
+	return ew.err
+}
+
+func eventText(ev *audit.Event) string {
+	var b strings.Builder
+	b.WriteString(ev.Type)
+	b.WriteString("\t")
+	switch {
+	case ev.UseID != "":
+		b.WriteString(ev.UseID)
+	case ev.RevocationID != "":
+		b.WriteString(ev.RevocationID)
+	default:
+		b.WriteString(ev.RequestID)
+	}
+	b.WriteString("\t")
+	var parts []string
+	if u := ev.Upstream; u != nil {
+		s := strings.TrimSpace(u.Method + " " + u.Host + u.Path)
+		if u.Status != 0 {
+			s += fmt.Sprintf(" -> upstream %d", u.Status)
+		}
+		if u.DurationMS > 0 {
+			s += fmt.Sprintf(" in %.1fms", u.DurationMS)
+		}
+		parts = append(parts, s)
+	}
+	if ev.Admin != "" {
+		parts = append(parts, "by "+ev.Admin)
+	}
+	if ev.Workload != "" && (ev.Type == audit.TypeBlock || ev.Type == audit.TypeRevoke) {
+		parts = append(parts, "workload "+ev.Workload)
+	}
+	if ev.Reason != "" {
+		parts = append(parts, fmt.Sprintf("reason %q", ev.Reason))
+	}
+	if ev.Type == audit.TypeSharedUse {
+		if a, ok := ev.Details["first_address"].(string); ok {
+			parts = append(parts, "first seen from "+a)
+		}
+	}
+	if a, ok := ev.Details["active"].(bool); ok && ev.Type == audit.TypeIntrospect {
+		parts = append(parts, fmt.Sprintf("active=%v", a))
+	}
+	if o := ev.Outcome; o != nil && (o.Status >= 300 || o.Error != "") {
+		s := fmt.Sprintf("status %d", o.Status)
+		if o.Error != "" {
+			s += " " + o.Error
+		}
+		if o.Reason != "" {
+			s += " (" + o.Reason + ")"
+		}
+		parts = append(parts, s)
+	}
+	if s := ev.Source; s != nil {
+		parts = append(parts, "from "+sourceText(s.IP, s.UserAgent))
+	}
+	b.WriteString(strings.Join(parts, ", "))
+	return b.String()
+}
+
+func sourceText(ip, ua string) string {
+	switch {
+	case ip == "" && ua == "":
+		return ""
+	case ua == "":
+		return ip
+	default:
+		return orDash(ip) + " (" + ua + ")"
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// WriteText renders the resolution of a Vault audit log.
+func (r *VaultReport) WriteText(w io.Writer) error {
+	ew := &errWriter{w: w}
+	ew.printf("vault audit log: %d line(s), %d request(s): %d attributed to keytrail issuances, %d with a root token, %d unauthenticated, %d in attribution gaps",
+		r.Lines, r.Requests, r.Attributed, r.Root, r.NoToken, r.GapRequests())
+	if r.Malformed > 0 {
+		ew.printf(", %d malformed line(s) skipped", r.Malformed)
+	}
+	ew.printf("\n")
+	if len(r.Attributions) > 0 {
+		ew.printf("\nattributed (by issuance)\n")
+		tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  ISSUANCE\tWORKLOAD\tOWNER\tSESSION\tREQUESTS\tBY\tFIRST\tLAST\tPATHS\n")
+		for _, a := range r.Attributions {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", a.IssuanceID, a.Workload, a.Owner, a.SessionID, a.Requests, a.By, ts(a.First), ts(a.Last), strings.Join(a.Paths, "; "))
+		}
+		tw.Flush()
+	}
+	if len(r.Gaps) > 0 {
+		ew.printf("\nATTRIBUTION GAPS: requests no keytrail issuance explains\n")
+		tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  DISPLAY NAME\tACCESSOR\tREASON\tREQUESTS\tFIRST\tLAST\tPATHS\n")
+		for _, g := range r.Gaps {
+			reason := g.Reason
+			if g.IssuanceID != "" {
+				reason += " (claims " + g.IssuanceID + ")"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(g.DisplayName), orDash(g.Accessor), reason, g.Requests, ts(g.First), ts(g.Last), strings.Join(g.Paths, "; "))
+		}
+		tw.Flush()
+	} else {
+		ew.printf("\nno attribution gaps\n")
+	}
+	return ew.err
+}
+
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	e.err = err
+	return n, err
+}
+
+func (e *errWriter) printf(format string, a ...any) { fmt.Fprintf(e, format, a...) }

@@ -1,0 +1,545 @@
+package trace
+
+import (
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// Report thresholds (SPEC "keytrail report").
+const (
+	// StaleAfter: a workload with no issuance for this long is stale.
+	StaleAfter = 30 * 24 * time.Hour
+	// ExceptionHorizon: exceptions expiring within this are listed.
+	ExceptionHorizon = 30 * 24 * time.Hour
+	// TimelineBuckets is the number of time buckets of the chart.
+	TimelineBuckets = 30
+)
+
+// ReportInput is what BuildReport works from.
+type ReportInput struct {
+	// Now is the report's clock reading (required).
+	Now time.Time
+	// Policy in force; nil reports only what the events show.
+	Policy *policies.Policy
+	// Events are the audit events covered, any order.
+	Events []*audit.Event
+	// Active, when non-nil, are the issuances active now according to the
+	// shared Store (every instance's); it replaces the active set derived
+	// from Events, which only knows this log's issuances.
+	Active []*broker.Issuance
+	// Notes are added to the report (e.g. the index bound was reached).
+	Notes []string
+}
+
+// Report is the inventory and attribution-gap report.
+type Report struct {
+	GeneratedAt time.Time `json:"generated_at"`
+	// Since is the time of the oldest event covered; findings about
+	// "never" mean "not since then".
+	Since      time.Time `json:"since,omitzero"`
+	Events     int       `json:"events"`
+	PolicyHash string    `json:"policy_hash,omitempty"`
+	// ActiveFrom is "store" when active credentials come from the shared
+	// store, "audit_log" when derived from the events.
+	ActiveFrom        string            `json:"active_from"`
+	Workloads         []WorkloadReport  `json:"workloads"`
+	UnusedGrants      []UnusedGrant     `json:"unused_grants"`
+	StaleWorkloads    []StaleWorkload   `json:"stale_workloads"`
+	UnownedIdentities []UnownedIdentity `json:"unowned_identities"`
+	SharedUse         []SharedUse       `json:"shared_use"`
+	Exceptions        []ExceptionStatus `json:"exceptions"`
+	Denies            []ReasonCount     `json:"denies"`
+	Timeline          Timeline          `json:"timeline"`
+	Notes             []string          `json:"notes,omitempty"`
+}
+
+// WorkloadReport is one workload and what it holds.
+type WorkloadReport struct {
+	Name       string        `json:"name"`
+	Owner      string        `json:"owner"`
+	InPolicy   bool          `json:"in_policy"`
+	Issued     int           `json:"issued"`
+	Active     int           `json:"active"`
+	Uses       int           `json:"uses"`
+	Revoked    int           `json:"revoked"`
+	Denied     int           `json:"denied"`
+	LastIssued time.Time     `json:"last_issued,omitzero"`
+	Grants     []GrantReport `json:"grants"`
+}
+
+// GrantReport is one grant of one workload.
+type GrantReport struct {
+	Name       string    `json:"name"`
+	Kind       string    `json:"kind,omitempty"`
+	Allowed    bool      `json:"allowed"` // the policy allows it to the workload
+	Issued     int       `json:"issued"`
+	Active     int       `json:"active"`
+	Uses       int       `json:"uses"`
+	LastIssued time.Time `json:"last_issued,omitzero"`
+}
+
+// UnusedGrant is a grant the policy allows a workload that was never
+// issued to it in the covered period.
+type UnusedGrant struct {
+	Workload string `json:"workload"`
+	Owner    string `json:"owner"`
+	Grant    string `json:"grant"`
+	Kind     string `json:"kind,omitempty"`
+}
+
+// StaleWorkload had no issuance for StaleAfter (or none at all).
+type StaleWorkload struct {
+	Name       string    `json:"name"`
+	Owner      string    `json:"owner"`
+	LastIssued time.Time `json:"last_issued,omitzero"`
+	// DaysSince is -1 when no issuance is known.
+	DaysSince int `json:"days_since"`
+}
+
+// UnownedIdentity is an identity that asked for credentials and matched
+// no workload (denies with reason no_workload).
+type UnownedIdentity struct {
+	Iss    string    `json:"iss"`
+	Sub    string    `json:"sub"`
+	Denies int       `json:"denies"`
+	First  time.Time `json:"first"`
+	Last   time.Time `json:"last"`
+	Grants []string  `json:"grants"` // grants it asked for
+}
+
+// SharedUse is a credential used from more than one source address.
+type SharedUse struct {
+	IssuanceID string    `json:"issuance_id"`
+	Workload   string    `json:"workload"`
+	Owner      string    `json:"owner"`
+	Grant      string    `json:"grant"`
+	Events     int       `json:"events"`
+	Addresses  []string  `json:"addresses"`
+	First      time.Time `json:"first"`
+	Last       time.Time `json:"last"`
+}
+
+// ExceptionStatus is a policy exception expired or expiring within
+// ExceptionHorizon.
+type ExceptionStatus struct {
+	Name    string `json:"name"`
+	Owner   string `json:"owner"`
+	Reason  string `json:"reason"`
+	Expires string `json:"expires"` // YYYY-MM-DD, the last valid day
+	Status  string `json:"status"`  // "expired" or "expiring"
+	// DaysLeft counts whole days until expiry (negative once expired).
+	DaysLeft int `json:"days_left"`
+}
+
+// ReasonCount is a deny reason and how often it occurred.
+type ReasonCount struct {
+	Reason string `json:"reason"`
+	Count  int    `json:"count"`
+}
+
+// Timeline is the chart data: per workload, issuances, uses and
+// revocations per time bucket.
+type Timeline struct {
+	Start         time.Time     `json:"start"`
+	End           time.Time     `json:"end"`
+	BucketSeconds int64         `json:"bucket_seconds"`
+	Rows          []TimelineRow `json:"rows"`
+}
+
+// TimelineRow is one workload's counts per bucket.
+type TimelineRow struct {
+	Workload    string `json:"workload"`
+	Issues      []int  `json:"issues"`
+	Uses        []int  `json:"uses"`
+	Revocations []int  `json:"revocations"`
+}
+
+// Exception statuses.
+const (
+	ExceptionExpired  = "expired"
+	ExceptionExpiring = "expiring"
+)
+
+// BuildReport builds the report. It is a pure function of its input.
+func BuildReport(in ReportInput) (*Report, error) {
+	if in.Now.IsZero() {
+		return nil, errors.New("trace: ReportInput.Now is required")
+	}
+	now := in.Now.UTC()
+	b := &reportBuilder{
+		now: now, wl: map[string]*WorkloadReport{}, iss: map[string]*issued{},
+		revoked: map[string]time.Time{}, unowned: map[string]*UnownedIdentity{}, shared: map[string]*SharedUse{},
+		denies: map[string]int{},
+	}
+	rep := &Report{GeneratedAt: now, Events: len(in.Events), ActiveFrom: FromAuditLog, Notes: append([]string(nil), in.Notes...)}
+	if in.Policy != nil {
+		rep.PolicyHash = in.Policy.Hash()
+		for _, w := range in.Policy.Workloads() {
+			wr := b.workload(w.Name, w.Owner)
+			wr.InPolicy = true
+			for _, g := range w.Grants {
+				gr := b.grant(wr, g)
+				gr.Allowed = true
+				if pg, ok := in.Policy.Grant(g); ok {
+					gr.Kind = pg.Kind
+				}
+			}
+		}
+	} else {
+		rep.Notes = append(rep.Notes, "no policy given: owners, grants and exceptions come from the audit events only")
+	}
+
+	evs := append([]*audit.Event(nil), in.Events...)
+	sortEvents(evs)
+	for _, ev := range evs {
+		b.event(ev)
+	}
+	if len(evs) > 0 {
+		rep.Since = parseTime(evs[0].Time)
+	}
+
+	// Active credentials.
+	if in.Active != nil {
+		rep.ActiveFrom = FromStore
+		for _, is := range in.Active {
+			if !is.Active(now) {
+				continue
+			}
+			wr := b.workload(is.Workload, is.Owner)
+			wr.Active++
+			b.grant(wr, is.Grant).Active++
+			if b.grant(wr, is.Grant).Kind == "" {
+				b.grant(wr, is.Grant).Kind = is.Kind
+			}
+		}
+	} else {
+		for id, is := range b.iss {
+			if _, rv := b.revoked[id]; rv || !now.Before(is.expires) {
+				continue
+			}
+			wr := b.workload(is.workload, "")
+			wr.Active++
+			b.grant(wr, is.grant).Active++
+		}
+	}
+	for id := range b.revoked {
+		if is := b.iss[id]; is != nil {
+			b.workload(is.workload, "").Revoked++
+		}
+	}
+
+	for _, wr := range b.wl {
+		sort.Slice(wr.Grants, func(i, j int) bool { return wr.Grants[i].Name < wr.Grants[j].Name })
+		rep.Workloads = append(rep.Workloads, *wr)
+	}
+	sort.Slice(rep.Workloads, func(i, j int) bool { return rep.Workloads[i].Name < rep.Workloads[j].Name })
+
+	rep.UnusedGrants, rep.StaleWorkloads = []UnusedGrant{}, []StaleWorkload{}
+	for _, wr := range rep.Workloads {
+		for _, g := range wr.Grants {
+			if g.Allowed && g.Issued == 0 {
+				rep.UnusedGrants = append(rep.UnusedGrants, UnusedGrant{Workload: wr.Name, Owner: wr.Owner, Grant: g.Name, Kind: g.Kind})
+			}
+		}
+		if wr.InPolicy && (wr.LastIssued.IsZero() || now.Sub(wr.LastIssued) >= StaleAfter) {
+			sw := StaleWorkload{Name: wr.Name, Owner: wr.Owner, LastIssued: wr.LastIssued, DaysSince: -1}
+			if !wr.LastIssued.IsZero() {
+				sw.DaysSince = int(now.Sub(wr.LastIssued) / (24 * time.Hour))
+			}
+			rep.StaleWorkloads = append(rep.StaleWorkloads, sw)
+		}
+	}
+
+	rep.UnownedIdentities = []UnownedIdentity{}
+	for _, u := range b.unowned {
+		sort.Strings(u.Grants)
+		rep.UnownedIdentities = append(rep.UnownedIdentities, *u)
+	}
+	sort.Slice(rep.UnownedIdentities, func(i, j int) bool {
+		a, c := rep.UnownedIdentities[i], rep.UnownedIdentities[j]
+		if a.Denies != c.Denies {
+			return a.Denies > c.Denies
+		}
+		return a.Iss+"\x00"+a.Sub < c.Iss+"\x00"+c.Sub
+	})
+
+	rep.SharedUse = []SharedUse{}
+	for _, s := range b.shared {
+		rep.SharedUse = append(rep.SharedUse, *s)
+	}
+	sort.Slice(rep.SharedUse, func(i, j int) bool { return rep.SharedUse[i].IssuanceID < rep.SharedUse[j].IssuanceID })
+
+	rep.Exceptions = exceptions(in.Policy, now)
+
+	rep.Denies = []ReasonCount{}
+	for r, n := range b.denies {
+		rep.Denies = append(rep.Denies, ReasonCount{Reason: r, Count: n})
+	}
+	sort.Slice(rep.Denies, func(i, j int) bool {
+		if rep.Denies[i].Count != rep.Denies[j].Count {
+			return rep.Denies[i].Count > rep.Denies[j].Count
+		}
+		return rep.Denies[i].Reason < rep.Denies[j].Reason
+	})
+
+	rep.Timeline = b.timeline(evs, rep.Since)
+	return rep, nil
+}
+
+type issued struct {
+	workload, grant string
+	expires         time.Time
+}
+
+type reportBuilder struct {
+	now     time.Time
+	wl      map[string]*WorkloadReport
+	iss     map[string]*issued
+	revoked map[string]time.Time
+	unowned map[string]*UnownedIdentity
+	shared  map[string]*SharedUse
+	denies  map[string]int
+}
+
+func (b *reportBuilder) workload(name, owner string) *WorkloadReport {
+	wr := b.wl[name]
+	if wr == nil {
+		wr = &WorkloadReport{Name: name, Owner: owner, Grants: []GrantReport{}}
+		b.wl[name] = wr
+	}
+	if wr.Owner == "" {
+		wr.Owner = owner
+	}
+	return wr
+}
+
+func (b *reportBuilder) grant(wr *WorkloadReport, name string) *GrantReport {
+	for i := range wr.Grants {
+		if wr.Grants[i].Name == name {
+			return &wr.Grants[i]
+		}
+	}
+	wr.Grants = append(wr.Grants, GrantReport{Name: name})
+	return &wr.Grants[len(wr.Grants)-1]
+}
+
+func (b *reportBuilder) event(ev *audit.Event) {
+	t := parseTime(ev.Time)
+	switch ev.Type {
+	case audit.TypeIssue:
+		if ev.Workload == "" {
+			return
+		}
+		wr := b.workload(ev.Workload, ev.Owner)
+		g := b.grant(wr, ev.Grant)
+		if g.Kind == "" {
+			g.Kind = ev.Kind
+		}
+		wr.Issued++
+		g.Issued++
+		if t.After(wr.LastIssued) {
+			wr.LastIssued = t
+		}
+		if t.After(g.LastIssued) {
+			g.LastIssued = t
+		}
+		exp := t.Add(StaleAfter) // unknown expiry: assume long-lived
+		if ev.Credential != nil {
+			if e := parseCredTime(ev.Credential.ExpiresAt); !e.IsZero() {
+				exp = e
+			}
+		}
+		b.iss[ev.IssuanceID] = &issued{workload: ev.Workload, grant: ev.Grant, expires: exp}
+	case audit.TypeUse, audit.TypeIntrospect:
+		if ev.IssuanceID == "" || ev.Workload == "" {
+			return
+		}
+		wr := b.workload(ev.Workload, ev.Owner)
+		wr.Uses++
+		b.grant(wr, ev.Grant).Uses++
+	case audit.TypeSharedUse:
+		s := b.shared[ev.IssuanceID]
+		if s == nil {
+			s = &SharedUse{IssuanceID: ev.IssuanceID, Workload: ev.Workload, Owner: ev.Owner, Grant: ev.Grant, Addresses: []string{}}
+			b.shared[ev.IssuanceID] = s
+		}
+		s.Events++
+		s.First, s.Last = span(s.First, s.Last, t)
+		for _, k := range []string{"first_address", "address"} {
+			if a, ok := ev.Details[k].(string); ok && a != "" && !contains(s.Addresses, a) {
+				s.Addresses = append(s.Addresses, a)
+			}
+		}
+		if ev.Source != nil && ev.Source.IP != "" && !contains(s.Addresses, ev.Source.IP) {
+			s.Addresses = append(s.Addresses, ev.Source.IP)
+		}
+	case audit.TypeRevoke, audit.TypeRevokeResult, audit.TypeOrphanRevoked:
+		ids := listedIssuances(ev)
+		if ev.IssuanceID != "" {
+			ids = append(ids, ev.IssuanceID)
+		}
+		if ev.Type == audit.TypeRevokeResult {
+			// Only the ones it says are revoked.
+			ids = stringsOf(ev.Details["revoked"])
+		}
+		for _, id := range ids {
+			if _, ok := b.revoked[id]; !ok {
+				b.revoked[id] = t
+			}
+		}
+	case audit.TypeDeny:
+		reason := "unknown"
+		if o := ev.Outcome; o != nil {
+			switch {
+			case o.Reason != "":
+				reason = o.Reason
+			case o.Error != "":
+				reason = o.Error
+			}
+		}
+		b.denies[reason]++
+		if ev.Workload != "" {
+			b.workload(ev.Workload, ev.Owner).Denied++
+		}
+		if reason == "no_workload" && ev.Identity != nil {
+			key := ev.Identity.Iss + "\x00" + ev.Identity.Sub
+			u := b.unowned[key]
+			if u == nil {
+				u = &UnownedIdentity{Iss: ev.Identity.Iss, Sub: ev.Identity.Sub, Grants: []string{}}
+				b.unowned[key] = u
+			}
+			u.Denies++
+			u.First, u.Last = span(u.First, u.Last, t)
+			if ev.Grant != "" && !contains(u.Grants, ev.Grant) {
+				u.Grants = append(u.Grants, ev.Grant)
+			}
+		}
+	}
+}
+
+// timeline buckets issuances, uses and revocations per workload from
+// since (at most StaleAfter before now... or the oldest event) to now.
+func (b *reportBuilder) timeline(evs []*audit.Event, since time.Time) Timeline {
+	end := b.now
+	start := since
+	if start.IsZero() || !start.Before(end) {
+		start = end.Add(-time.Hour)
+	}
+	if end.Sub(start) < time.Hour {
+		start = end.Add(-time.Hour)
+	}
+	span := end.Sub(start)
+	bucket := (span + TimelineBuckets - 1) / TimelineBuckets
+	bucketSec := int64((bucket + time.Second - 1) / time.Second)
+	bucket = time.Duration(bucketSec) * time.Second
+	tl := Timeline{Start: start, End: start.Add(bucket * TimelineBuckets), BucketSeconds: bucketSec, Rows: []TimelineRow{}}
+	rows := map[string]*TimelineRow{}
+	row := func(w string) *TimelineRow {
+		r := rows[w]
+		if r == nil {
+			r = &TimelineRow{Workload: w, Issues: make([]int, TimelineBuckets), Uses: make([]int, TimelineBuckets), Revocations: make([]int, TimelineBuckets)}
+			rows[w] = r
+		}
+		return r
+	}
+	idx := func(t time.Time) (int, bool) {
+		if t.IsZero() || t.Before(start) {
+			return 0, false
+		}
+		i := int(t.Sub(start) / bucket)
+		if i >= TimelineBuckets {
+			i = TimelineBuckets - 1
+		}
+		return i, true
+	}
+	for _, ev := range evs {
+		i, ok := idx(parseTime(ev.Time))
+		if !ok {
+			continue
+		}
+		switch ev.Type {
+		case audit.TypeIssue:
+			if ev.Workload != "" {
+				row(ev.Workload).Issues[i]++
+			}
+		case audit.TypeUse, audit.TypeIntrospect:
+			if ev.IssuanceID != "" && ev.Workload != "" {
+				row(ev.Workload).Uses[i]++
+			}
+		case audit.TypeRevoke:
+			ids := listedIssuances(ev)
+			if ev.IssuanceID != "" && !contains(ids, ev.IssuanceID) {
+				ids = append(ids, ev.IssuanceID)
+			}
+			counted := false
+			for _, id := range ids {
+				if is := b.iss[id]; is != nil {
+					row(is.workload).Revocations[i]++
+					counted = true
+				}
+			}
+			if !counted && ev.Workload != "" {
+				row(ev.Workload).Revocations[i]++
+			}
+		}
+	}
+	for _, r := range rows {
+		tl.Rows = append(tl.Rows, *r)
+	}
+	sort.Slice(tl.Rows, func(i, j int) bool { return tl.Rows[i].Workload < tl.Rows[j].Workload })
+	return tl
+}
+
+func exceptions(pol *policies.Policy, now time.Time) []ExceptionStatus {
+	out := []ExceptionStatus{}
+	if pol == nil {
+		return out
+	}
+	for _, e := range pol.Exceptions() {
+		if e.Expires.IsZero() {
+			continue
+		}
+		// Valid through the whole expiry day (UTC).
+		end := e.Expires.Time.AddDate(0, 0, 1)
+		left := end.Sub(now)
+		days := int(left / (24 * time.Hour))
+		if left < 0 {
+			days = -int((-left + 24*time.Hour - 1) / (24 * time.Hour))
+		}
+		st := ExceptionStatus{Name: e.Name, Owner: e.Owner, Reason: e.Reason, Expires: e.Expires.String(), DaysLeft: days}
+		switch {
+		case left <= 0:
+			st.Status = ExceptionExpired
+		case left <= ExceptionHorizon:
+			st.Status = ExceptionExpiring
+		default:
+			continue
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Expires != out[j].Expires {
+			return out[i].Expires < out[j].Expires
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// parseCredTime reads credential.expires_at (RFC 3339, with or without
+// fractional seconds).
+func parseCredTime(s string) time.Time { return parseTime(s) }
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,367 @@
+package trace
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// Vault audit log entries (Vault's file audit device, one JSON object a
+// line). Only requests are counted: every request also has a response entry
+// carrying the same auth block.
+
+// MaxVaultLineBytes bounds one Vault audit line (responses can carry large
+// secrets' HMACs).
+const MaxVaultLineBytes = 16 << 20
+
+// maxPaths is how many distinct request paths a group keeps as examples.
+const maxPaths = 5
+
+// MaxVaultEntries caps Result.Vault.
+const MaxVaultEntries = 1000
+
+// VaultEntry is the part of a Vault audit entry trace uses. Nothing in it
+// is a secret: client tokens are never read, and the accessor is kept only
+// when the device logs it in clear (hmac_accessor=false).
+type VaultEntry struct {
+	Line          int       `json:"line"`
+	Time          time.Time `json:"time"`
+	Type          string    `json:"type"` // "request" or "response"
+	RequestID     string    `json:"request_id,omitempty"`
+	Operation     string    `json:"operation,omitempty"`
+	Path          string    `json:"path,omitempty"`
+	RemoteAddress string    `json:"remote_address,omitempty"`
+	DisplayName   string    `json:"display_name,omitempty"`
+	Accessor      string    `json:"accessor,omitempty"` // "" when HMAC'd
+	// Metadata fields keytrail sets on the tokens it mints.
+	IssuanceID string `json:"issuance_id,omitempty"`
+	Workload   string `json:"workload,omitempty"`
+	Root       bool   `json:"root,omitempty"`     // made with a root token
+	NoToken    bool   `json:"no_token,omitempty"` // unauthenticated (sys/health, logins)
+}
+
+type vaultLine struct {
+	Time string `json:"time"`
+	Type string `json:"type"`
+	Auth *struct {
+		ClientToken string            `json:"client_token"`
+		Accessor    string            `json:"accessor"`
+		DisplayName string            `json:"display_name"`
+		Policies    []string          `json:"policies"`
+		Metadata    map[string]string `json:"metadata"`
+	} `json:"auth"`
+	Request *struct {
+		ID                  string `json:"id"`
+		Operation           string `json:"operation"`
+		Path                string `json:"path"`
+		RemoteAddress       string `json:"remote_address"`
+		ClientTokenAccessor string `json:"client_token_accessor"`
+	} `json:"request"`
+}
+
+// ParseVaultLine reads one line of Vault's file audit device. Unknown
+// fields are ignored (Vault adds fields between versions); the line must be
+// one JSON object with a type.
+func ParseVaultLine(b []byte) (*VaultEntry, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return nil, errors.New("trace: vault audit line: not a JSON object")
+	}
+	var l vaultLine
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("trace: vault audit line: %w", err)
+	}
+	if l.Type == "" {
+		return nil, errors.New("trace: vault audit line: no type")
+	}
+	e := &VaultEntry{Type: l.Type}
+	if t, err := time.Parse(time.RFC3339Nano, l.Time); err == nil {
+		e.Time = t.UTC()
+	}
+	if r := l.Request; r != nil {
+		e.RequestID, e.Operation, e.Path, e.RemoteAddress = r.ID, r.Operation, r.Path, r.RemoteAddress
+		if clearAccessor(r.ClientTokenAccessor) {
+			e.Accessor = r.ClientTokenAccessor
+		}
+	}
+	a := l.Auth
+	if a == nil || (a.ClientToken == "" && a.Accessor == "" && a.DisplayName == "" && len(a.Policies) == 0) {
+		e.NoToken = true
+		return e, nil
+	}
+	if clearAccessor(a.Accessor) {
+		e.Accessor = a.Accessor
+	}
+	e.DisplayName = a.DisplayName
+	e.IssuanceID = a.Metadata["issuance_id"]
+	e.Workload = a.Metadata["workload"]
+	e.Root = slices.Contains(a.Policies, "root")
+	return e, nil
+}
+
+// clearAccessor reports whether a is an accessor in clear (not the HMAC the
+// audit device writes by default).
+func clearAccessor(a string) bool {
+	return a != "" && !strings.HasPrefix(a, "hmac-sha256:")
+}
+
+// Resolver finds issuances for Vault audit entries. Index implements it.
+type Resolver interface {
+	// ByIssuanceID returns the issuance with this id, or nil.
+	ByIssuanceID(id string) *broker.Issuance
+	// ByAccessor returns the issuance of the Vault token with this
+	// accessor, or nil.
+	ByAccessor(accessor string) *broker.Issuance
+}
+
+// ByIssuanceID implements Resolver: only issuances whose issue event the
+// index holds.
+func (x *Index) ByIssuanceID(id string) *broker.Issuance {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for _, r := range x.live(x.keys[id]) {
+		if ev := x.ev(r); ev.Type == "issue" && ev.IssuanceID == id {
+			return issuanceOf(ev)
+		}
+	}
+	return nil
+}
+
+// ByAccessor implements Resolver.
+func (x *Index) ByAccessor(accessor string) *broker.Issuance {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for _, r := range x.live(x.keys[accessor]) {
+		if ev := x.ev(r); r.kind == KindAccessor && ev.Type == "issue" {
+			return issuanceOf(ev)
+		}
+	}
+	return nil
+}
+
+// Attribution is one issuance and the Vault requests made with its token.
+type Attribution struct {
+	IssuanceID string    `json:"issuance_id"`
+	Workload   string    `json:"workload"`
+	Owner      string    `json:"owner"`
+	SessionID  string    `json:"session_id"`
+	Grant      string    `json:"grant"`
+	By         string    `json:"by"` // "metadata", "accessor" or "metadata+accessor"
+	Requests   int       `json:"requests"`
+	First      time.Time `json:"first"`
+	Last       time.Time `json:"last"`
+	Paths      []string  `json:"paths"` // up to 5 distinct "operation path"
+}
+
+// Gap is a group of Vault requests no keytrail issuance explains, by token
+// display name and accessor.
+type Gap struct {
+	DisplayName string `json:"display_name"`
+	Accessor    string `json:"accessor,omitempty"`
+	// Reason: "not_keytrail" (a token keytrail did not mint),
+	// "unknown_issuance" (the token claims a keytrail issuance that no
+	// audit record shows), "accessor_mismatch" (the metadata names an
+	// issuance recorded with another accessor).
+	Reason     string    `json:"reason"`
+	IssuanceID string    `json:"issuance_id,omitempty"` // the claimed one
+	Requests   int       `json:"requests"`
+	First      time.Time `json:"first"`
+	Last       time.Time `json:"last"`
+	Paths      []string  `json:"paths"`
+}
+
+// Gap reasons.
+const (
+	GapNotKeytrail      = "not_keytrail"
+	GapUnknownIssuance  = "unknown_issuance"
+	GapAccessorMismatch = "accessor_mismatch"
+)
+
+// VaultReport is the resolution of a whole Vault audit log.
+type VaultReport struct {
+	Lines        int           `json:"lines"`
+	Malformed    int           `json:"malformed"`
+	Requests     int           `json:"requests"`   // request entries
+	Attributed   int           `json:"attributed"` // requests explained by an issuance
+	Root         int           `json:"root"`       // requests made with a root token (not gaps)
+	NoToken      int           `json:"no_token"`   // unauthenticated requests (not gaps)
+	Attributions []Attribution `json:"attributions"`
+	Gaps         []Gap         `json:"gaps"`
+}
+
+// GapRequests counts the requests in gaps.
+func (r *VaultReport) GapRequests() int {
+	n := 0
+	for _, g := range r.Gaps {
+		n += g.Requests
+	}
+	return n
+}
+
+// ResolveVaultLog reads Vault's audit log and attributes every request made
+// with a token to its keytrail issuance: through the token metadata
+// (issuance_id) and, where the device logs accessors in clear, the
+// accessor. Requests made with a root token and unauthenticated requests
+// are counted but are not gaps; every other request no issuance explains is
+// a gap, grouped by display name and accessor.
+func ResolveVaultLog(r io.Reader, res Resolver) (*VaultReport, error) {
+	rep := &VaultReport{Attributions: []Attribution{}, Gaps: []Gap{}}
+	attr := map[string]*Attribution{}
+	gaps := map[string]*Gap{}
+	err := eachVaultEntry(r, rep, func(e *VaultEntry) {
+		if e.Type != "request" {
+			return
+		}
+		rep.Requests++
+		switch {
+		case e.NoToken:
+			rep.NoToken++
+			return
+		case e.Root:
+			rep.Root++
+			return
+		}
+		is, by, reason := resolveEntry(e, res)
+		if is != nil {
+			rep.Attributed++
+			a := attr[is.ID]
+			if a == nil {
+				a = &Attribution{IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner, SessionID: is.SessionID, Grant: is.Grant, By: by}
+				attr[is.ID] = a
+			} else if a.By != by && !strings.Contains(a.By, "+") {
+				a.By = "metadata+accessor"
+			}
+			a.Requests++
+			a.First, a.Last = span(a.First, a.Last, e.Time)
+			a.Paths = addPath(a.Paths, e)
+			return
+		}
+		key := e.DisplayName + "\x00" + e.Accessor + "\x00" + reason
+		g := gaps[key]
+		if g == nil {
+			g = &Gap{DisplayName: e.DisplayName, Accessor: e.Accessor, Reason: reason, IssuanceID: e.IssuanceID}
+			gaps[key] = g
+		}
+		g.Requests++
+		g.First, g.Last = span(g.First, g.Last, e.Time)
+		g.Paths = addPath(g.Paths, e)
+	})
+	for _, a := range attr {
+		rep.Attributions = append(rep.Attributions, *a)
+	}
+	sort.Slice(rep.Attributions, func(i, j int) bool {
+		a, b := rep.Attributions[i], rep.Attributions[j]
+		if !a.First.Equal(b.First) {
+			return a.First.Before(b.First)
+		}
+		return a.IssuanceID < b.IssuanceID
+	})
+	for _, g := range gaps {
+		rep.Gaps = append(rep.Gaps, *g)
+	}
+	sort.Slice(rep.Gaps, func(i, j int) bool {
+		a, b := rep.Gaps[i], rep.Gaps[j]
+		if a.Requests != b.Requests {
+			return a.Requests > b.Requests
+		}
+		return a.DisplayName+a.Accessor < b.DisplayName+b.Accessor
+	})
+	return rep, err
+}
+
+// resolveEntry finds the issuance of one entry, or says why there is none.
+func resolveEntry(e *VaultEntry, res Resolver) (is *broker.Issuance, by, reason string) {
+	if e.IssuanceID != "" {
+		is = res.ByIssuanceID(e.IssuanceID)
+		switch {
+		case is == nil:
+			// The accessor may still name a known issuance (metadata
+			// edited on a copied token cannot happen, but be exact).
+		case e.Accessor != "" && is.Refs.Accessor != "" && e.Accessor != is.Refs.Accessor:
+			return nil, "", GapAccessorMismatch
+		default:
+			return is, "metadata", ""
+		}
+	}
+	if e.Accessor != "" {
+		if is = res.ByAccessor(e.Accessor); is != nil {
+			if e.IssuanceID != "" && e.IssuanceID != is.ID {
+				return nil, "", GapAccessorMismatch
+			}
+			return is, "accessor", ""
+		}
+	}
+	if e.IssuanceID != "" || strings.HasPrefix(e.DisplayName, "keytrail-") || strings.HasPrefix(e.DisplayName, "token-keytrail-") {
+		return nil, "", GapUnknownIssuance
+	}
+	return nil, "", GapNotKeytrail
+}
+
+// VaultEntriesFor lists the request entries of Vault's audit log made with
+// the credential of is (by metadata issuance_id or clear accessor), at most
+// MaxVaultEntries.
+func VaultEntriesFor(r io.Reader, is *broker.Issuance) ([]VaultEntry, error) {
+	var out []VaultEntry
+	rep := &VaultReport{}
+	err := eachVaultEntry(r, rep, func(e *VaultEntry) {
+		if e.Type != "request" || len(out) >= MaxVaultEntries {
+			return
+		}
+		if e.IssuanceID == is.ID || (e.Accessor != "" && e.Accessor == is.Refs.Accessor) {
+			out = append(out, *e)
+		}
+	})
+	return out, err
+}
+
+func eachVaultEntry(r io.Reader, rep *VaultReport, fn func(*VaultEntry)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), MaxVaultLineBytes)
+	for sc.Scan() {
+		rep.Lines++
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
+		e, err := ParseVaultLine(sc.Bytes())
+		if err != nil {
+			rep.Malformed++
+			continue
+		}
+		e.Line = rep.Lines
+		fn(e)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("trace: read vault audit log (line %d): %w", rep.Lines+1, err)
+	}
+	return nil
+}
+
+func span(first, last, t time.Time) (time.Time, time.Time) {
+	if t.IsZero() {
+		return first, last
+	}
+	if first.IsZero() || t.Before(first) {
+		first = t
+	}
+	if t.After(last) {
+		last = t
+	}
+	return first, last
+}
+
+func addPath(paths []string, e *VaultEntry) []string {
+	p := strings.TrimSpace(e.Operation + " " + e.Path)
+	if p == "" || len(paths) >= maxPaths || slices.Contains(paths, p) {
+		return paths
+	}
+	return append(paths, p)
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker/trace"
+	"github.com/keytrail/keytrail/policies"
+)
+
+func newReportCmd(e *env) *cobra.Command {
+	var (
+		format       string
+		auditLogs    []string
+		policyPath   string
+		out          string
+		addr         string
+		tokenFile    string
+		insecureHTTP bool
+		maxEvents    int
+	)
+	c := &cobra.Command{
+		Use:   "report [--format text|json|html] [--audit-log FILE... [--policy PATH]] [--out FILE]",
+		Short: "Inventory, owners, active credentials and attribution gaps",
+		Long: `report lists workloads with their owners, active credentials per workload
+and grant, grants never issued, workloads with no issuance for 30 days,
+unowned identities seen in denies, shared-use suspicions, policy exceptions
+expired or expiring within 30 days, and deny counts by reason.
+
+Formats: text (default), json, or html: one self-contained file (inline
+styles and an inline script that draws a timeline chart of issuances, uses
+and revocations per workload; nothing is loaded from anywhere).
+
+Offline, with --audit-log FILE... (rotated siblings and directories as for
+'keytrail trace'): the report covers those files; --policy names the policy
+(file or directory) for owners, allowed grants and exceptions. Active
+credentials are then derived from the log (issued, unexpired, unrevoked).
+Online, without --audit-log: GET /v1/admin/report (an admin with the report
+role; server and token as for 'keytrail trace'), where active credentials of
+every instance come from the shared store.`,
+		Example: `  keytrail report
+  keytrail report --format html --out report.html
+  keytrail report --audit-log /var/lib/keytrail/ --policy /etc/keytrail/policies --format json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch format {
+			case "text", "json", "html":
+			default:
+				return fmt.Errorf("report: --format must be text, json or html, not %q", format)
+			}
+			if policyPath != "" && len(auditLogs) == 0 {
+				return errors.New("report: --policy is for offline reports (with --audit-log); online reports use the server's policy")
+			}
+			var rep *trace.Report
+			if len(auditLogs) > 0 {
+				files, err := trace.LogFiles(auditLogs)
+				if err != nil {
+					return err
+				}
+				x, err := trace.NewIndex(trace.Options{MaxEvents: maxEvents})
+				if err != nil {
+					return err
+				}
+				if err := trace.LoadFiles(x, files); err != nil {
+					return err
+				}
+				in := trace.ReportInput{Now: time.Now(), Events: x.Events()}
+				if st := x.Stats(); st.Dropped > 0 {
+					in.Notes = append(in.Notes, fmt.Sprintf("only the last %d events are covered (--max-events); %d older ones were dropped", st.Max, st.Dropped))
+				}
+				if policyPath != "" {
+					if in.Policy, err = policies.Load(policyPath); err != nil {
+						return fmt.Errorf("report: --policy: %w", err)
+					}
+				}
+				if rep, err = trace.BuildReport(in); err != nil {
+					return err
+				}
+			} else {
+				cl, err := newAdminClient(e, addr, tokenFile, insecureHTTP)
+				if err != nil {
+					return fmt.Errorf("report: %w", err)
+				}
+				rep = &trace.Report{}
+				if _, err := adminGet(cmd.Context(), cl, "/v1/admin/report", nil, rep); err != nil {
+					return fmt.Errorf("report: %w", err)
+				}
+			}
+			return writeReport(e.stdout, out, format, rep)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&format, "format", "text", "text, json or html")
+	f.StringSliceVar(&auditLogs, "audit-log", nil, "report offline over these keytrail audit files or directories")
+	f.StringVar(&policyPath, "policy", "", "policy file or directory for offline reports")
+	f.StringVar(&out, "out", "", "write the report to this file (0600, atomically) instead of standard output")
+	f.StringVar(&addr, "addr", "", "keytrail server URL for online reports (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
+	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
+	return c
+}
+
+func writeReport(stdout io.Writer, out, format string, rep *trace.Report) error {
+	render := func(w io.Writer) error {
+		switch format {
+		case "json":
+			return writeJSONOut(w, rep)
+		case "html":
+			return rep.WriteHTML(w)
+		default:
+			return rep.WriteText(w)
+		}
+	}
+	if out == "" {
+		return render(stdout)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".keytrail-report-*")
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := render(tmp); err != nil {
+		tmp.Close()
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+func newTraceCmd(e *env) *cobra.Command {
+	var (
+		auditLogs    []string
+		vaultLog     string
+		asJSON       bool
+		addr         string
+		tokenFile    string
+		insecureHTTP bool
+		maxEvents    int
+	)
+	c := &cobra.Command{
+		Use:   "trace [VALUE] [--audit-log FILE...] [--vault-audit-log FILE] [--json]",
+		Short: "Trace a credential, fingerprint, accessor, lease, user name, jti or request id to its issuance",
+		Long: `trace finds the one issuance behind a value seen in any log, and shows the
+workload, owner, session, identity claims used, source addresses, every use
+and every revocation, as a timeline (or --json).
+
+VALUE may be a raw credential (hashed, never kept or sent as is when it has
+the shape of a Vault token, a proxy credential or a JWT), a fingerprint
+(sha256:<hex>, bare hex, base64 or base64url SHA-256), an issuance, use,
+revocation or request id, a Vault accessor, a lease id, a generated user name,
+a JWT jti or a certificate serial.
+
+Offline, with --audit-log FILE... (no broker needed): the files are read with
+their rotated siblings (FILE.<timestamp>, oldest first); a directory stands
+for every *.jsonl file in it.
+Online, without --audit-log: GET /v1/admin/trace on the server named by
+--addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
+identity token (an admin with the trace role) from --token-file, else the
+file named by $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN.
+
+--vault-audit-log FILE reads Vault's file audit device log: with VALUE, it
+lists the Vault requests made with that credential; without VALUE (and with
+--audit-log), it attributes every request made with a token to its keytrail
+issuance (token metadata issuance_id, or the accessor where Vault logs
+accessors in clear) and lists the attribution gaps: requests no keytrail
+issuance explains, grouped by token display name and accessor. Requests made
+with a root token and unauthenticated ones are counted, not gaps.
+
+Exit status: 0 found, 1 not found or an error.`,
+		Example: `  keytrail trace hvs.CAESI... --audit-log /var/lib/keytrail/audit.jsonl
+  keytrail trace sha256:9f86d081... --json
+  keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var x *trace.Index
+			if len(auditLogs) > 0 {
+				files, err := trace.LogFiles(auditLogs)
+				if err != nil {
+					return err
+				}
+				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
+					return err
+				}
+				if err := trace.LoadFiles(x, files); err != nil {
+					return err
+				}
+				if st := x.Stats(); st.Dropped > 0 {
+					fmt.Fprintf(e.stderr, "keytrail: warning: %d oldest event(s) did not fit the index (--max-events %d)\n", st.Dropped, st.Max)
+				}
+			}
+			if len(args) == 0 {
+				if vaultLog == "" {
+					return errors.New("trace: give a VALUE, or --vault-audit-log with --audit-log to resolve a whole Vault audit log")
+				}
+				if x == nil {
+					return errors.New("trace: resolving a whole Vault audit log needs keytrail's audit files (--audit-log)")
+				}
+				return resolveVaultLog(e, vaultLog, x, asJSON)
+			}
+			value := args[0]
+			var res *trace.Result
+			var err error
+			if x != nil {
+				res, err = x.Lookup(value)
+			} else {
+				res, err = traceOnline(e, cmd, addr, tokenFile, insecureHTTP, value)
+			}
+			if err != nil {
+				if errors.Is(err, broker.ErrNotFound) {
+					return exitError{code: 1, msg: "no issuance matches " + describeQuery(value)}
+				}
+				return fmt.Errorf("trace: %w", err)
+			}
+			if vaultLog != "" {
+				f, err := os.Open(vaultLog)
+				if err != nil {
+					return fmt.Errorf("trace: --vault-audit-log: %w", err)
+				}
+				res.Vault, err = trace.VaultEntriesFor(f, res.Issuance)
+				f.Close()
+				if err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				return writeJSONOut(e.stdout, res)
+			}
+			return res.WriteText(e.stdout)
+		},
+	}
+	f := c.Flags()
+	f.StringSliceVar(&auditLogs, "audit-log", nil, "trace offline over these keytrail audit files or directories (rotated siblings are found)")
+	f.StringVar(&vaultLog, "vault-audit-log", "", "Vault's file audit device log to attribute")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	f.StringVar(&addr, "addr", "", "keytrail server URL for online traces (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
+	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
+	return c
+}
+
+// describeQuery names a query without repeating a credential.
+func describeQuery(v string) string {
+	if trace.LooksSecret(v) {
+		return "the credential with fingerprint " + trace.SafeQuery(v)
+	}
+	if len(v) > 80 {
+		return "the value with fingerprint " + broker.Fingerprint(v)
+	}
+	return fmt.Sprintf("%q", v)
+}
+
+// traceOnline asks the server. A value shaped like a raw credential is sent
+// as its fingerprint: the secret never leaves this machine.
+func traceOnline(e *env, cmd *cobra.Command, addr, tokenFile string, insecureHTTP bool, value string) (*trace.Result, error) {
+	cl, err := newAdminClient(e, addr, tokenFile, insecureHTTP)
+	if err != nil {
+		return nil, err
+	}
+	var res trace.Result
+	status, err := adminGet(cmd.Context(), cl, "/v1/admin/trace", url.Values{"q": {trace.SafeQuery(value)}}, &res)
+	if status == http.StatusNotFound {
+		return nil, broker.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// adminGet sends GET path?query with the admin token and decodes a 200
+// answer into out; any other answer becomes an error with the server's
+// OAuth error text.
+func adminGet(ctx context.Context, c *adminClient, path string, query url.Values, out any) (int, error) {
+	u := c.base.JoinPath(path)
+	u.RawQuery = query.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "keytrail-cli/"+version)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", c.base.Host, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReportResponse))
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var oe oauthError
+		if json.Unmarshal(raw, &oe) == nil && oe.Error != "" {
+			msg := fmt.Sprintf("%d %s", resp.StatusCode, oe.Error)
+			if oe.Description != "" {
+				msg += ": " + oe.Description
+			}
+			if oe.RequestID != "" {
+				msg += " (request_id " + oe.RequestID + ")"
+			}
+			return resp.StatusCode, errors.New(msg)
+		}
+		return resp.StatusCode, fmt.Errorf("server answered %s", resp.Status)
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return resp.StatusCode, fmt.Errorf("the server's answer is not valid JSON: %w", err)
+	}
+	return resp.StatusCode, nil
+}
+
+// maxReportResponse caps trace and report answers (a report of a large
+// fleet is bigger than a revocation receipt).
+const maxReportResponse = 64 << 20
+
+func resolveVaultLog(e *env, path string, x *trace.Index, asJSON bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("trace: --vault-audit-log: %w", err)
+	}
+	defer f.Close()
+	rep, err := trace.ResolveVaultLog(f, x)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return writeJSONOut(e.stdout, rep)
+	}
+	return rep.WriteText(e.stdout)
+}
+
+func writeJSONOut(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+const (
+	cliSecret = "hvs.CLIFixtureToken0123456789abcdef"
+	cliIssID  = "iss_01JXCLI00000000000000000AA"
+)
+
+// cliAuditLog writes a chain split across a rotated file and the live
+// file, as the broker's rotation leaves it, and returns the live path.
+func cliAuditLog(t *testing.T, dir string) string {
+	t.Helper()
+	t0 := time.Now().Add(-time.Minute).UTC()
+	c := audit.NewChain("chn_cli")
+	evs := []*audit.Event{
+		{Type: audit.TypeIssue, RequestID: "req_1", IssuanceID: cliIssID, Workload: "payments-api", Owner: "team-payments", SessionID: "ses_1",
+			Grant: "payments-vault", Kind: broker.KindVaultToken, Identity: &audit.Identity{Iss: "https://issuer.test", Sub: "system:serviceaccount:payments:api"},
+			Source:     &audit.Source{IP: "10.1.2.3"},
+			Credential: &audit.Credential{Fingerprint: broker.Fingerprint(cliSecret), Accessor: "accCLI", ExpiresAt: t0.Add(time.Hour).Format(time.RFC3339)},
+			Outcome:    &audit.Outcome{Status: 200}},
+		{Type: audit.TypeDeny, RequestID: "req_2", Identity: &audit.Identity{Iss: "https://issuer.test", Sub: "stranger"}, Grant: "payments-vault",
+			Outcome: &audit.Outcome{Status: 403, Error: "access_denied", Reason: "no_workload"}},
+		{Type: audit.TypeIntrospect, RequestID: "req_3", UseID: "use_3", IssuanceID: cliIssID, Workload: "payments-api", Owner: "team-payments",
+			Credential: &audit.Credential{Fingerprint: broker.Fingerprint(cliSecret)}, Outcome: &audit.Outcome{Status: 200}},
+	}
+	var lines []string
+	for i, ev := range evs {
+		l, err := c.Seal(ev, t0.Add(time.Duration(i)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(l)+"\n")
+	}
+	writeFile(t, dir, "audit.jsonl."+t0.Format(trace.RotatedLayout), lines[0]+lines[1])
+	return writeFile(t, dir, "audit.jsonl", lines[2])
+}
+
+func TestTraceOffline(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	vaultLog := writeFile(t, dir, "vault-audit.log", strings.Join([]string{
+		`{"time":"2025-06-01T10:00:00Z","type":"request","auth":{"client_token":"hmac-sha256:1","accessor":"accCLI","display_name":"token-keytrail-payments-api","policies":["default"],"metadata":{"issuance_id":"` + cliIssID + `"}},"request":{"id":"a","operation":"read","path":"auth/token/lookup-self"}}`,
+		`{"time":"2025-06-01T10:00:01Z","type":"request","auth":{"client_token":"hmac-sha256:2","accessor":"accOld","display_name":"token-legacy","policies":["default"]},"request":{"id":"b","operation":"read","path":"secret/data/x"}}`,
+		`{"time":"2025-06-01T10:00:02Z","type":"request","auth":{"client_token":"hmac-sha256:3","accessor":"accRoot","display_name":"root","policies":["root"]},"request":{"id":"c","operation":"update","path":"auth/token/create"}}`,
+	}, "\n")+"\n")
+	cases := []struct {
+		name    string
+		args    []string
+		want    []string // substrings of stdout
+		wantErr string   // substring of the error; "" = success
+	}{
+		{"ok/raw-credential", []string{"trace", cliSecret, "--audit-log", live},
+			[]string{"issuance " + cliIssID, "matched credential " + broker.Fingerprint(cliSecret), "payments-api", "team-payments", "10.1.2.3", "introspect"}, ""},
+		{"ok/accessor-in-directory", []string{"trace", "accCLI", "--audit-log", dir}, []string{"matched accessor accCLI", cliIssID}, ""},
+		{"ok/with-vault-log", []string{"trace", cliIssID, "--audit-log", live, "--vault-audit-log", vaultLog},
+			[]string{"vault audit log: 1 request(s) made with this credential", "read auth/token/lookup-self"}, ""},
+		{"ok/vault-gaps", []string{"trace", "--vault-audit-log", vaultLog, "--audit-log", live},
+			[]string{"3 request(s): 1 attributed to keytrail issuances, 1 with a root token, 0 unauthenticated, 1 in attribution gaps", "token-legacy", "accOld", "not_keytrail"}, ""},
+		{"fail/not-found", []string{"trace", "hvs.NotIssuedByKeytrail000000000", "--audit-log", live}, nil, "no issuance matches the credential with fingerprint sha256:"},
+		{"fail/vault-without-audit", []string{"trace", "--vault-audit-log", vaultLog, "--addr", "http://127.0.0.1:1"}, nil, "needs keytrail's audit files"},
+		{"fail/nothing-to-do", []string{"trace", "--audit-log", live}, nil, "give a VALUE"},
+		{"fail/missing-file", []string{"trace", "x", "--audit-log", filepath.Join(dir, "nope.jsonl")}, nil, "no such file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, _, err := runCLI(t, nil, tc.args...)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("keytrail %s = %v, want error containing %q\n%s", strings.Join(tc.args, " "), err, tc.wantErr, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("keytrail %s output lacks %q:\n%s", tc.name, w, out)
+				}
+			}
+			if strings.Contains(out, cliSecret) || (err != nil && strings.Contains(err.Error(), "hvs.NotIssued")) {
+				t.Errorf("keytrail %s shows a raw credential", tc.name)
+			}
+		})
+	}
+
+	// --json: the same answer as the library gives.
+	out, _, err := runCLI(t, nil, "trace", "use_3", "--audit-log", live, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got trace.Result
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("--json output is not a trace result: %v\n%s", err, out)
+	}
+	if got.Issuance.ID != cliIssID || got.Query.Kind != trace.KindUseID || len(got.Uses) != 1 {
+		t.Errorf("trace use_3 --json = %+v", got)
+	}
+	var ee exitError
+	_, _, err = runCLI(t, nil, "trace", "iss_none", "--audit-log", live)
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Errorf("trace of an unknown value = %v, want exit status 1", err)
+	}
+}
+
+func TestTraceOnlineSendsNoRawCredential(t *testing.T) {
+	var gotQ, gotAuth string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != "GET" || r.URL.Path != "/v1/admin/trace" {
+			http.Error(w, "unexpected", 500)
+			return
+		}
+		gotQ, gotAuth = r.URL.Query().Get("q"), r.Header.Get("Authorization")
+		w.Header().Set("Content-Type", "application/json")
+		if gotQ == "iss_missing" {
+			w.WriteHeader(404)
+			fmt.Fprint(w, `{"error":"not_found","error_description":"no issuance matches this value","request_id":"req_x"}`)
+			return
+		}
+		fmt.Fprintf(w, `{"query":{"kind":"credential","value":%q},"issuance":{"issuance_id":%q,"workload":"payments-api","owner":"team-payments"},"uses":[],"revocations":[],"from":"audit_log"}`, gotQ, cliIssID)
+	}))
+	defer srv.Close()
+	env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN": "admin-jwt"}
+	out, _, err := runCLI(t, env, "trace", cliSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{broker.Fingerprint(cliSecret), "Bearer admin-jwt"}, []string{gotQ, gotAuth}); diff != "" {
+		t.Errorf("trace online sent (q, Authorization) = got, want want (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(out, "issuance "+cliIssID) || !strings.Contains(out, "team-payments") {
+		t.Errorf("trace online output:\n%s", out)
+	}
+	_, _, err = runCLI(t, env, "trace", "iss_missing")
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || gotQ != "iss_missing" {
+		t.Errorf("trace online of an unknown id = %v (q %q), want exit status 1", err, gotQ)
+	}
+	if _, _, err := runCLI(t, map[string]string{"KEYTRAIL_ADDR": srv.URL}, "trace", "x"); err == nil || !strings.Contains(err.Error(), "no admin token") {
+		t.Errorf("trace online without a token = %v, want a no-admin-token error", err)
+	}
+}
+
+const cliPolicy = `version: 1
+issuers:
+  - name: test
+    issuer: https://issuer.test
+    jwks_url: https://issuer.test/jwks.json
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match: {issuer: test, subject: "system:serviceaccount:payments:api"}
+    grants: [payments-vault]
+  - name: batch
+    owner: team-data
+    match: {issuer: test, subject: batch}
+    grants: [payments-vault]
+grants:
+  - name: payments-vault
+    kind: vault_token
+    ttl: 15m
+    vault_token: {policies: [payments-read]}
+`
+
+func TestReportOffline(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	pol := writeFile(t, dir, "policy.yaml", cliPolicy)
+	out, _, err := runCLI(t, nil, "report", "--audit-log", live, "--policy", pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"WORKLOADS (2)", "payments-api", "team-payments", "batch (team-data): never issued", "iss=https://issuer.test sub=stranger: 1 deny(s)", "no_workload"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("report text lacks %q:\n%s", w, out)
+		}
+	}
+	out, _, err = runCLI(t, nil, "report", "--audit-log", dir, "--policy", pol, "--format", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep trace.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("report --format json: %v\n%s", err, out)
+	}
+	var names []string
+	for _, w := range rep.Workloads {
+		names = append(names, fmt.Sprintf("%s/%s issued=%d uses=%d", w.Name, w.Owner, w.Issued, w.Uses))
+	}
+	if diff := cmp.Diff([]string{"batch/team-data issued=0 uses=0", "payments-api/team-payments issued=1 uses=1"}, names); diff != "" {
+		t.Errorf("report json workloads = got, want want (-want +got):\n%s", diff)
+	}
+	htmlPath := filepath.Join(dir, "r.html")
+	if _, _, err := runCLI(t, nil, "report", "--audit-log", live, "--format", "html", "--out", htmlPath); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(htmlPath)
+	if err != nil || !strings.Contains(string(b), "<h1>keytrail report</h1>") || !strings.Contains(string(b), "payments-api") {
+		t.Errorf("report --format html --out wrote %d bytes (%v)", len(b), err)
+	}
+	if fi, err := os.Stat(htmlPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("report --out file mode = %v, %v, want 0600", fi.Mode(), err)
+	}
+	for _, args := range [][]string{{"report", "--format", "pdf", "--audit-log", live}, {"report", "--policy", pol}} {
+		if _, _, err := runCLI(t, nil, args...); err == nil {
+			t.Errorf("keytrail %s = nil error, want a usage error", strings.Join(args, " "))
+		}
+	}
+}
+
+func TestAuditVerifyFindsRotatedSiblings(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	out, _, err := runCLI(t, nil, "audit", "verify", live)
+	if err != nil {
+		t.Fatalf("audit verify %s = %v\n%s", live, err, out)
+	}
+	if !strings.Contains(out, "2 file(s), 3 line(s), 1 chain(s)") || !strings.Contains(out, "files, in order: "+filepath.Join(dir, "audit.jsonl.")) {
+		t.Errorf("audit verify did not read the rotated sibling first:\n%s", out)
+	}
+	if out, _, err := runCLI(t, nil, "audit", "verify", dir); err != nil || !strings.Contains(out, "2 file(s), 3 line(s)") {
+		t.Errorf("audit verify DIR = %v\n%s", err, out)
+	}
+	// Without the sibling the chain does not start at seq 1.
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", live)
+	if err == nil {
+		t.Errorf("audit verify --exact on the live file alone = nil error, want a failure (its chain starts mid-way)\n%s", out)
+	}
+}
