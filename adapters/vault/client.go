@@ -16,11 +16,13 @@ import (
 // DefaultTimeout is the per-request timeout when ClientOptions.Timeout is 0.
 const DefaultTimeout = 10 * time.Second
 
-// ClientOptions configure NewClient. Exactly one of Token and TokenFile is set.
+// ClientOptions configure NewClient. Exactly one of Token and TokenFile is
+// set, unless NoToken says a Login (AppRole, Kubernetes) sets the token.
 type ClientOptions struct {
 	Address   string        // e.g. https://vault.internal:8200 (required)
 	Token     string        // the broker's Vault token
 	TokenFile string        // or a file holding it (read once, trimmed)
+	NoToken   bool          // no token yet: a Login will set it
 	CAFile    string        // PEM bundle to verify Vault's certificate; empty = system roots
 	Timeout   time.Duration // per request; 0 = DefaultTimeout
 }
@@ -48,7 +50,10 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		errs = append(errs, errors.New("vault.address: must be an http:// or https:// URL"))
 	}
-	if (o.Token == "") == (o.TokenFile == "") {
+	switch {
+	case o.NoToken && (o.Token != "" || o.TokenFile != ""):
+		errs = append(errs, errors.New("vault: a token or token_file cannot be combined with a login method"))
+	case !o.NoToken && (o.Token == "") == (o.TokenFile == ""):
 		errs = append(errs, errors.New("vault: exactly one of token and token_file is required"))
 	}
 	if o.Timeout < 0 {

@@ -431,6 +431,7 @@ func TestNewClient(t *testing.T) {
 		{"fail/bad-scheme", ClientOptions{Address: "ftp://vault:8200", Token: "x"}, "vault.address: must be"},
 		{"fail/no-token", ClientOptions{Address: f.srv.URL}, "exactly one of token and token_file"},
 		{"fail/both-tokens", ClientOptions{Address: f.srv.URL, Token: "x", TokenFile: tokenFile}, "exactly one of token and token_file"},
+		{"fail/token-and-login", ClientOptions{Address: f.srv.URL, Token: "x", NoToken: true}, "cannot be combined with a login method"},
 		{"fail/negative-timeout", ClientOptions{Address: f.srv.URL, Token: "x", Timeout: -1}, "vault.timeout"},
 		{"fail/missing-token-file", ClientOptions{Address: f.srv.URL, TokenFile: filepath.Join(dir, "nope")}, "vault.token_file"},
 		{"fail/empty-token-file", ClientOptions{Address: f.srv.URL, TokenFile: emptyFile}, "is empty"},

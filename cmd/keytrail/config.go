@@ -39,6 +39,21 @@ type VaultConfig struct {
 	TokenFile string   `yaml:"token_file"` // or VAULT_TOKEN
 	CAFile    string   `yaml:"ca_file"`
 	Timeout   duration `yaml:"timeout"` // per request, default 5s
+	// Auth logs the broker in with AppRole or Kubernetes instead of a
+	// static token; exclusive with token_file and VAULT_TOKEN.
+	Auth *VaultAuthConfig `yaml:"auth"`
+}
+
+// VaultAuthConfig is the broker's own Vault login. The token it gets is
+// renewed with vault/api's LifetimeWatcher and replaced by a new login when
+// it cannot be renewed.
+type VaultAuthConfig struct {
+	Method       string `yaml:"method"`         // approle or kubernetes
+	RoleIDFile   string `yaml:"role_id_file"`   // approle
+	SecretIDFile string `yaml:"secret_id_file"` // approle
+	Role         string `yaml:"role"`           // kubernetes
+	JWTFile      string `yaml:"jwt_file"`       // kubernetes; default the pod's service-account token
+	Mount        string `yaml:"mount"`          // default approle / kubernetes
 }
 
 // StoreConfig selects the shared store.
@@ -57,6 +72,10 @@ type AuditConfig struct {
 	Fsync *bool `yaml:"fsync"`
 	// RotateBytes rotates the file past this size (0 = never).
 	RotateBytes int64 `yaml:"rotate_bytes"`
+	// MaxBatch caps the events of one group commit (one write and one
+	// fsync); 0 = the sink's default (256). 1 syncs every record on its
+	// own, which `keytrail bench` uses as the durability baseline.
+	MaxBatch int `yaml:"max_batch"`
 }
 
 // TLSConfig enables TLS on the listener.
@@ -179,6 +198,26 @@ func (c *Config) validate(file string) error {
 			bad("vault.token_file", "%v", err)
 		}
 	}
+	if a := c.Vault.Auth; a != nil {
+		if c.Vault.TokenFile != "" {
+			bad("vault.auth", "cannot be combined with vault.token_file")
+		}
+		switch a.Method {
+		case "approle":
+			if a.RoleIDFile == "" {
+				bad("vault.auth.role_id_file", "is required for approle")
+			}
+			if a.SecretIDFile == "" {
+				bad("vault.auth.secret_id_file", "is required for approle")
+			}
+		case "kubernetes":
+			if a.Role == "" {
+				bad("vault.auth.role", "is required for kubernetes")
+			}
+		default:
+			bad("vault.auth.method", "must be approle or kubernetes")
+		}
+	}
 	if c.Store.RedisURL != "" {
 		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 			bad("store.redis_url", "must be a redis://, rediss:// or unix:// URL")
@@ -194,6 +233,9 @@ func (c *Config) validate(file string) error {
 	}
 	if c.Audit.RotateBytes < 0 {
 		bad("audit.rotate_bytes", "must not be negative")
+	}
+	if c.Audit.MaxBatch < 0 {
+		bad("audit.max_batch", "must not be negative")
 	}
 	if c.TLS != nil {
 		if c.TLS.CertFile == "" {

@@ -198,7 +198,11 @@ Identity, server, --ttl and --timeout work as for keytrail fetch.`,
 					return fmt.Errorf("exec: %w", err)
 				}
 			}
+			// Grants renew concurrently: one at a time writes files and lines.
+			var outMu sync.Mutex
 			srcs, id, err := wf.sources(e, func(grant string, c *client.Credential) error {
+				outMu.Lock()
+				defer outMu.Unlock()
 				dest := ""
 				if of.any() {
 					var err error

@@ -492,7 +492,11 @@ within --timeout; 2 usage.`,
 					return fmt.Errorf("fetch: %w", err)
 				}
 			}
+			// Grants renew concurrently: one at a time writes files and lines.
+			var outMu sync.Mutex
 			srcs, id, err := wf.sources(e, func(grant string, c *client.Credential) error {
+				outMu.Lock()
+				defer outMu.Unlock()
 				dest, err := of.write(e.stdout, grant, c)
 				if err != nil {
 					return err

@@ -201,17 +201,43 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	rt.state.Store(&policyState{pol: pol, authn: v})
 
+	auth := cfg.Vault.Auth
+	vaultToken := e.getenv("VAULT_TOKEN")
+	if auth != nil && vaultToken != "" {
+		log.Warn("VAULT_TOKEN is ignored: vault.auth logs the broker in", slog.String("method", auth.Method))
+		vaultToken = ""
+	}
 	vc, err := vaultad.NewClient(vaultad.ClientOptions{
 		Address:   cfg.Vault.Address,
-		Token:     e.getenv("VAULT_TOKEN"),
+		Token:     vaultToken,
 		TokenFile: cfg.Vault.TokenFile,
+		NoToken:   auth != nil,
 		CAFile:    cfg.Vault.CAFile,
 		Timeout:   time.Duration(cfg.Vault.Timeout),
 	})
 	if err != nil {
-		return fmt.Errorf("vault: %w", err)
+		return fmt.Errorf("vault: %w (set VAULT_TOKEN, vault.token_file or vault.auth)", err)
 	}
 	rt.vault = vc
+	lo := vaultad.LoginOptions{Client: vc, Logger: log}
+	switch {
+	case auth != nil && auth.Method == vaultad.LoginAppRole:
+		lo.Method, lo.RoleIDFile, lo.SecretIDFile, lo.Mount = auth.Method, auth.RoleIDFile, auth.SecretIDFile, auth.Mount
+	case auth != nil && auth.Method == vaultad.LoginKubernetes:
+		lo.Method, lo.Role, lo.JWTFile, lo.Mount = auth.Method, auth.Role, auth.JWTFile, auth.Mount
+	case cfg.Vault.TokenFile != "":
+		lo.Method, lo.TokenFile = vaultad.LoginTokenFile, cfg.Vault.TokenFile
+	default:
+		lo.Method, lo.Token = vaultad.LoginToken, vaultToken
+	}
+	login, err := vaultad.NewLogin(lo)
+	if err != nil {
+		return fmt.Errorf("vault login: %w", err)
+	}
+	if err := login.Start(ctx); err != nil {
+		return fmt.Errorf("vault login: %w", err)
+	}
+	rt.goBackground(ctx, login.Run)
 
 	switch {
 	case cfg.Store.RedisURL != "":
@@ -238,7 +264,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync,
-		RotateBytes: cfg.Audit.RotateBytes, Logger: log,
+		RotateBytes: cfg.Audit.RotateBytes, MaxBatch: cfg.Audit.MaxBatch, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -328,8 +354,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Ready:             rt.ready,
 		Extra: func(mux *http.ServeMux, s *httpapi.Server) {
 			httpapi.RegisterAdmin(mux, s)
-			px.Register(mux, s)
 			httpapi.RegisterTrace(mux, s, traceSrc)
+			px.Register(mux, s)
 		},
 	})
 	if err != nil {
@@ -337,6 +363,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	rt.api = api
 	if err := rt.startRevocationWorker(ctx, reg); err != nil {
+		return err
+	}
+	if err := rt.startReconciler(ctx, e); err != nil {
 		return err
 	}
 	return rt.auditPolicyLoad(ctx, pol, "start", nil)

@@ -1,0 +1,211 @@
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// TokenInventoryOptions configure NewTokenInventory.
+type TokenInventoryOptions struct {
+	Client *vaultapi.Client // from NewClient (required)
+	// Concurrency of the per-accessor lookups (default 8).
+	Concurrency int
+}
+
+// TokenInventory lists the Vault tokens that carry keytrail meta (an
+// issuance_id) and revokes them by accessor: the backend half of the
+// broker's reconciliation (broker.Reconciler).
+//
+// Listing needs `LIST auth/token/accessors`, which Vault guards with sudo,
+// and `update` on auth/token/lookup-accessor; InventoryPolicy returns that
+// policy. Revocation uses auth/token/revoke-accessor like TokenMinter.
+type TokenInventory struct {
+	c           *vaultapi.Client
+	concurrency int
+}
+
+var _ broker.TaggedSource = (*TokenInventory)(nil)
+
+// NewTokenInventory validates o and returns a TokenInventory.
+func NewTokenInventory(o TokenInventoryOptions) (*TokenInventory, error) {
+	if o.Client == nil {
+		return nil, errors.New("vault token inventory: client is required")
+	}
+	if o.Concurrency < 0 {
+		return nil, errors.New("vault token inventory: concurrency must not be negative")
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 8
+	}
+	return &TokenInventory{c: o.Client, concurrency: o.Concurrency}, nil
+}
+
+// InventoryPolicy is the HCL a broker token needs, on top of BrokerPolicy,
+// for reconciliation. Listing accessors requires sudo.
+func InventoryPolicy() string {
+	return "path \"auth/token/accessors\" {\n  capabilities = [\"list\", \"sudo\"]\n}\n" +
+		"path \"auth/token/lookup-accessor\" {\n  capabilities = [\"update\"]\n}\n"
+}
+
+// ListTagged lists every token accessor and looks each one up, returning
+// the tokens whose meta has an issuance_id. An accessor that disappears
+// between the listing and its lookup (expired, revoked) is left out; any
+// other lookup failure fails the whole listing.
+func (ti *TokenInventory) ListTagged(ctx context.Context) ([]broker.TaggedCredential, error) {
+	const op = "list token accessors"
+	sec, err := ti.c.Logical().ListWithContext(ctx, "auth/token/accessors")
+	if err != nil {
+		return nil, translate(op, err)
+	}
+	var accessors []string
+	if sec != nil && sec.Data != nil {
+		keys, ok := sec.Data["keys"].([]any)
+		if !ok && sec.Data["keys"] != nil {
+			return nil, badResponse(op, "keys is not a list")
+		}
+		for _, k := range keys {
+			s, ok := k.(string)
+			if !ok {
+				return nil, badResponse(op, "a key is not a string")
+			}
+			accessors = append(accessors, s)
+		}
+	}
+
+	type result struct {
+		cred *broker.TaggedCredential
+		err  error
+	}
+	results := make([]result, len(accessors))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(ti.concurrency, max(1, len(accessors))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				c, err := ti.lookup(ctx, accessors[i])
+				results[i] = result{c, err}
+			}
+		}()
+	}
+	for i := range accessors {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+
+	// Vault answers 403 to the lookup of a token it is revoking (and of a
+	// just-expired one): such an accessor is gone. A broker token that may
+	// not look up at all gets 403 for every accessor, its own included,
+	// and that fails the listing.
+	denied := 0
+	for _, r := range results {
+		if statusOf(r.err) == 403 {
+			denied++
+		}
+	}
+	var out []broker.TaggedCredential
+	for _, r := range results {
+		if statusOf(r.err) == 403 && denied < len(results) {
+			continue
+		}
+		if r.err != nil {
+			return nil, translate("lookup accessor", r.err)
+		}
+		if r.cred != nil {
+			out = append(out, *r.cred)
+		}
+	}
+	return out, nil
+}
+
+// lookup returns the token's tags, or nil for a token without keytrail
+// meta or one that no longer exists.
+func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (*broker.TaggedCredential, error) {
+	sec, err := ti.c.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	if responseSays(err, 400, "invalid accessor", "token not found", "bad token") {
+		return nil, nil
+	}
+	if statusOf(err) == 403 {
+		return nil, err // sorted out by ListTagged
+	}
+	if err != nil {
+		return nil, translate("lookup accessor", err)
+	}
+	if sec == nil || sec.Data == nil {
+		return nil, nil
+	}
+	return parseTokenLookup(accessor, sec.Data)
+}
+
+// parseTokenLookup reads the data of a lookup-accessor answer.
+func parseTokenLookup(accessor string, d map[string]any) (*broker.TaggedCredential, error) {
+	meta, _ := d["meta"].(map[string]any)
+	str := func(k string) string { s, _ := meta[k].(string); return s }
+	if str("issuance_id") == "" {
+		return nil, nil
+	}
+	c := &broker.TaggedCredential{
+		Kind: broker.KindVaultToken, Ref: accessor, IssuanceID: str("issuance_id"),
+		Workload: str("workload"), Owner: str("owner"), SessionID: str("session_id"), Grant: str("grant"),
+	}
+	if a, ok := d["accessor"].(string); ok && a != "" && a != accessor {
+		return nil, badResponse("lookup accessor", "answer names another accessor")
+	}
+	if ct, ok := d["creation_time"]; ok && ct != nil {
+		secs, err := unixSeconds(ct)
+		if err != nil {
+			return nil, badResponse("lookup accessor", "creation_time: "+err.Error())
+		}
+		c.CreatedAt = time.Unix(secs, 0)
+	}
+	if et, ok := d["expire_time"].(string); ok && et != "" {
+		t, err := time.Parse(time.RFC3339Nano, et)
+		if err != nil {
+			return nil, badResponse("lookup accessor", "expire_time is not RFC 3339")
+		}
+		c.ExpiresAt = t
+	}
+	return c, nil
+}
+
+func unixSeconds(v any) (int64, error) {
+	switch n := v.(type) {
+	case json.Number:
+		return n.Int64()
+	case float64:
+		return int64(n), nil
+	case int64:
+		return n, nil
+	case int:
+		return int64(n), nil
+	case string:
+		return strconv.ParseInt(strings.TrimSpace(n), 10, 64)
+	default:
+		return 0, fmt.Errorf("unexpected type %T", v)
+	}
+}
+
+// RevokeTagged revokes the token by accessor; a token already gone counts
+// as revoked.
+func (ti *TokenInventory) RevokeTagged(ctx context.Context, c broker.TaggedCredential) error {
+	if c.Ref == "" {
+		return broker.Errorf(broker.ErrInvalidRequest, "missing_accessor", "the credential has no Vault token accessor", errors.New("vault revoke: no accessor"))
+	}
+	_, err := ti.c.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": c.Ref})
+	if err == nil || responseSays(err, 400, "token not found", "invalid accessor") {
+		return nil
+	}
+	return translate("revoke accessor", err)
+}

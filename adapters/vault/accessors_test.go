@@ -1,0 +1,138 @@
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+func TestParseTokenLookup(t *testing.T) {
+	meta := map[string]any{"issuance_id": "iss_1", "workload": "app", "owner": "team", "session_id": "ses_1", "grant": "g"}
+	tests := []struct {
+		name    string
+		data    map[string]any
+		want    *broker.TaggedCredential
+		wantErr bool
+	}{
+		{
+			name: "ok/keytrail-token",
+			data: map[string]any{"accessor": "acc", "meta": meta, "creation_time": json.Number("1700000000"), "expire_time": "2023-11-14T22:28:20Z"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g", CreatedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(2023, 11, 14, 22, 28, 20, 0, time.UTC)},
+		},
+		{name: "ok/root-token-no-meta", data: map[string]any{"accessor": "acc", "meta": nil, "creation_time": json.Number("1"), "expire_time": nil}},
+		{name: "ok/other-meta", data: map[string]any{"accessor": "acc", "meta": map[string]any{"team": "x"}}},
+		{name: "fail/other-accessor", data: map[string]any{"accessor": "zzz", "meta": meta}, wantErr: true},
+		{name: "fail/bad-creation-time", data: map[string]any{"accessor": "acc", "meta": meta, "creation_time": "soon"}, wantErr: true},
+		{name: "fail/bad-expire-time", data: map[string]any{"accessor": "acc", "meta": meta, "expire_time": "tomorrow"}, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseTokenLookup("acc", tc.data)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("parseTokenLookup() error = %v, want error %v", err, tc.wantErr)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("parseTokenLookup() = %+v, want %+v (-want +got):\n%s", got, tc.want, diff)
+			}
+		})
+	}
+}
+
+func TestTokenInventory(t *testing.T) {
+	lookups := map[string]string{
+		"acc_kt":   `{"data":{"accessor":"acc_kt","creation_time":1700000000,"expire_time":"2023-11-14T22:28:20Z","meta":{"issuance_id":"iss_1","workload":"app"}}}`,
+		"acc_root": `{"data":{"accessor":"acc_root","creation_time":1700000000,"expire_time":null,"meta":null}}`,
+	}
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/auth/token/accessors": func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Query().Get("list") != "true" {
+				t.Errorf("accessors listed without list=true")
+			}
+			reply(w, 200, map[string]any{"data": map[string]any{"keys": []string{"acc_kt", "acc_root", "acc_gone", "acc_dying"}}})
+		},
+		"PUT /v1/auth/token/lookup-accessor": func(w http.ResponseWriter, r *http.Request) {
+			acc, _ := decodeBody(t, r)["accessor"].(string)
+			if body, ok := lookups[acc]; ok {
+				replyRaw(200, body)(w, r)
+				return
+			}
+			if acc == "acc_dying" {
+				replyRaw(403, `{"errors":["permission denied"]}`)(w, r)
+				return
+			}
+			replyRaw(400, `{"errors":["invalid accessor"]}`)(w, r)
+		},
+		"PUT /v1/auth/token/revoke-accessor": func(w http.ResponseWriter, r *http.Request) {
+			if acc, _ := decodeBody(t, r)["accessor"].(string); acc == "acc_gone" {
+				replyRaw(400, `{"errors":["invalid accessor"]}`)(w, r)
+				return
+			}
+			w.WriteHeader(204)
+		},
+	})
+	inv, err := NewTokenInventory(TokenInventoryOptions{Client: f.client(t), Concurrency: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	got, err := inv.ListTagged(ctx)
+	if err != nil {
+		t.Fatalf("ListTagged() error = %v", err)
+	}
+	want := []broker.TaggedCredential{{Kind: broker.KindVaultToken, Ref: "acc_kt", IssuanceID: "iss_1", Workload: "app",
+		CreatedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(2023, 11, 14, 22, 28, 20, 0, time.UTC)}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ListTagged() = %+v, want %+v (-want +got):\n%s", got, want, diff)
+	}
+	for _, acc := range []string{"acc_kt", "acc_gone"} {
+		if err := inv.RevokeTagged(ctx, broker.TaggedCredential{Ref: acc}); err != nil {
+			t.Errorf("RevokeTagged(%s) = %v, want nil", acc, err)
+		}
+	}
+	if err := inv.RevokeTagged(ctx, broker.TaggedCredential{}); err == nil {
+		t.Errorf("RevokeTagged(no accessor) = nil, want an error")
+	}
+	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 4 {
+		t.Errorf("lookups = %d, want 4", n)
+	}
+}
+
+func TestTokenInventoryListFailure(t *testing.T) {
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/auth/token/accessors": replyRaw(403, `{"errors":["permission denied"]}`),
+	})
+	inv, err := NewTokenInventory(TokenInventoryOptions{Client: f.client(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = inv.ListTagged(context.Background())
+	if got, want := shapeOf(err), (errShape{Kind: "temporarily unavailable", Reason: ReasonDenied}); got != want {
+		t.Errorf("ListTagged() error = %+v, want %+v", got, want)
+	}
+
+	// A token that may not look up anything gets 403 for every accessor.
+	f2 := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/auth/token/accessors": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"keys": []string{"a1", "a2"}}})
+		},
+		"PUT /v1/auth/token/lookup-accessor": replyRaw(403, `{"errors":["permission denied"]}`),
+	})
+	inv2, err := NewTokenInventory(TokenInventoryOptions{Client: f2.client(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = inv2.ListTagged(context.Background())
+	if got, want := shapeOf(err), (errShape{Kind: "temporarily unavailable", Reason: ReasonDenied}); got != want {
+		t.Errorf("ListTagged(every lookup denied) error = %+v, want %+v", got, want)
+	}
+	if _, err := NewTokenInventory(TokenInventoryOptions{}); err == nil {
+		t.Errorf("NewTokenInventory(no client) = nil error, want one")
+	}
+}

@@ -1,0 +1,123 @@
+package vault
+
+// The minimum Vault policy of the broker's own token, derived from the
+// keytrail policy it serves.
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/keytrail/keytrail/policies"
+)
+
+// BrokerPolicyOptions configure MinimumBrokerPolicy.
+type BrokerPolicyOptions struct {
+	TransitMount string // mount of the transit keys of jwt grants (default "transit")
+	// ReaderPolicies are the DynamicMinter's reader policies (default
+	// [DefaultReaderPolicy]); only used for HeldPolicies.
+	ReaderPolicies []string
+	// Reconcile adds InventoryPolicy, for the Vault token reconciliation:
+	// listing token accessors needs sudo, so it is not part of the minimum
+	// and is off unless asked for.
+	Reconcile bool
+}
+
+// MinimumBrokerPolicy returns the HCL of the least-privilege Vault policy
+// the broker's own token needs to serve pol, and nothing more:
+//
+//   - its own token: read auth/token/lookup-self (the login check) and
+//     update auth/token/renew-self (the LifetimeWatcher); the "default"
+//     policy has both, but a broker token may be created without it;
+//   - BrokerPolicy: mint orphan tokens, revoke them by accessor, and read
+//     and sign with the transit keys the jwt grants name;
+//   - proxy grants: read on each grant's vault_kv path;
+//   - vault_dynamic grants: DynamicBrokerPolicy (revoke leases);
+//   - pki grants: PKIBrokerPolicy of each issue path;
+//   - with o.Reconcile only: InventoryPolicy (sudo list on
+//     auth/token/accessors), which the reconciliation needs.
+//
+// Logging in (approle, kubernetes) and sys/health need no capability.
+// Vault's subset rule adds what no HCL can say: without sudo, the token
+// must also hold the policies it hands out; HeldPolicies lists them.
+// Paths are sorted and listed once, so the result is stable for a policy.
+func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, error) {
+	if pol == nil {
+		return "", fmt.Errorf("vault broker policy: no keytrail policy")
+	}
+	mount := o.TransitMount
+	if mount == "" {
+		mount = "transit"
+	}
+	var keys, kv, pki []string
+	dynamic := false
+	for _, g := range pol.Grants() {
+		switch {
+		case g.JWT != nil:
+			keys = append(keys, g.JWT.TransitKey)
+		case g.Proxy != nil:
+			kv = append(kv, g.Proxy.Secret.VaultKV)
+		case g.VaultDynamic != nil:
+			dynamic = true
+		case g.PKI != nil:
+			pki = append(pki, g.PKI.Path)
+		}
+	}
+	keys, kv, pki = sortedSet(keys), sortedSet(kv), sortedSet(pki)
+
+	var b strings.Builder
+	b.WriteString("# keytrail broker: minimum policy for its own token (generated)\n")
+	b.WriteString("path \"auth/token/lookup-self\" {\n  capabilities = [\"read\"]\n}\n")
+	b.WriteString("path \"auth/token/renew-self\" {\n  capabilities = [\"update\"]\n}\n")
+	b.WriteString(BrokerPolicy(mount, keys...))
+	for _, p := range kv {
+		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"read\"]\n}\n", p)
+	}
+	if dynamic {
+		b.WriteString(DynamicBrokerPolicy())
+	}
+	for _, p := range pki {
+		h, err := PKIBrokerPolicy(p)
+		if err != nil {
+			return "", fmt.Errorf("vault broker policy: %w", err)
+		}
+		b.WriteString(h)
+	}
+	if o.Reconcile {
+		b.WriteString(InventoryPolicy())
+	}
+	return b.String(), nil
+}
+
+// HeldPolicies returns the Vault policies the broker's token must hold
+// besides its own (Vault's subset rule for auth/token/create-orphan
+// without sudo): every policy of pol's vault_token grants and "default"
+// (Vault gives a child token the default policy only when its parent holds
+// it, and workloads expect lookup-self on their tokens), and the reader
+// policies when pol has vault_dynamic grants. Sorted, each once.
+func HeldPolicies(pol *policies.Policy, o BrokerPolicyOptions) []string {
+	if pol == nil {
+		return nil
+	}
+	var out []string
+	for _, g := range pol.Grants() {
+		switch {
+		case g.VaultToken != nil:
+			out = append(out, "default")
+			out = append(out, g.VaultToken.Policies...)
+		case g.VaultDynamic != nil:
+			if len(o.ReaderPolicies) == 0 {
+				out = append(out, DefaultReaderPolicy)
+			} else {
+				out = append(out, o.ReaderPolicies...)
+			}
+		}
+	}
+	return sortedSet(out)
+}
+
+func sortedSet(s []string) []string {
+	s = slices.DeleteFunc(s, func(v string) bool { return v == "" })
+	slices.Sort(s)
+	return slices.Compact(s)
+}

@@ -1,0 +1,184 @@
+package vault_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	vault "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// policyWithGrants is a valid keytrail policy with the given grants
+// (indented YAML list items) all allowed to one workload.
+func policyWithGrants(t *testing.T, names []string, grants string) *policies.Policy {
+	t.Helper()
+	src := fmt.Sprintf(`version: 1
+issuers:
+  - name: test
+    issuer: http://127.0.0.1:9/
+    jwks_url: http://127.0.0.1:9/jwks.json
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: api
+    owner: team-a
+    match: {issuer: test, subject: api}
+    grants: [%s]
+grants:
+%s`, strings.Join(names, ", "), grants)
+	p, err := policies.Parse("p.yaml", []byte(src))
+	if err != nil {
+		t.Fatalf("policy: %v\n%s", err, src)
+	}
+	return p
+}
+
+const (
+	grantVault = `  - name: g-vault
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [payments-read, deploy]}
+`
+	grantVault2 = `  - name: g-vault2
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [deploy]}
+`
+	grantJWT = `  - name: g-jwt
+    kind: jwt
+    ttl: 5m
+    jwt: {audience: orders, transit_key: keytrail-signing}
+`
+	grantJWT2 = `  - name: g-jwt2
+    kind: jwt
+    ttl: 5m
+    jwt: {audience: billing, transit_key: keytrail-signing}
+`
+	grantProxy = `  - name: g-proxy
+    kind: proxy
+    ttl: 5m
+    proxy:
+      upstream: https://api.example.com
+      secret: {vault_kv: secret/data/upstreams/example, field: api_key}
+      inject: {header: Authorization, format: "Bearer {secret}"}
+      paths: ["/v1/*"]
+`
+	grantDynamic = `  - name: g-db
+    kind: vault_dynamic
+    ttl: 5m
+    vault_dynamic: {path: database/creds/payments-rw}
+`
+	grantPKI = `  - name: g-pki
+    kind: pki
+    ttl: 5m
+    pki: {path: pki/issue/workloads, trust_domain: example.org}
+`
+)
+
+const (
+	hclSelf = `# keytrail broker: minimum policy for its own token (generated)
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+`
+	hclMint = `path "auth/token/create-orphan" {
+  capabilities = ["update"]
+}
+path "auth/token/revoke-accessor" {
+  capabilities = ["update"]
+}
+`
+	hclTransit = `path "transit/keys/keytrail-signing" {
+  capabilities = ["read"]
+}
+path "transit/sign/keytrail-signing" {
+  capabilities = ["update"]
+}
+`
+	hclKV = `path "secret/data/upstreams/example" {
+  capabilities = ["read"]
+}
+`
+)
+
+func TestMinimumBrokerPolicy(t *testing.T) {
+	tests := []struct {
+		name   string
+		grants []string
+		yaml   string
+		opts   vault.BrokerPolicyOptions
+		want   string
+		held   []string
+	}{
+		{
+			name: "ok/vault-token-only", grants: []string{"g-vault", "g-vault2"}, yaml: grantVault + grantVault2,
+			want: hclSelf + hclMint, held: []string{"default", "deploy", "payments-read"},
+		},
+		{
+			name: "ok/jwt-keys-once", grants: []string{"g-jwt", "g-jwt2"}, yaml: grantJWT + grantJWT2,
+			want: hclSelf + hclMint + hclTransit,
+		},
+		{
+			name: "ok/jwt-other-mount", grants: []string{"g-jwt"}, yaml: grantJWT, opts: vault.BrokerPolicyOptions{TransitMount: "keytrail-transit"},
+			want: hclSelf + hclMint + strings.ReplaceAll(hclTransit, `"transit/`, `"keytrail-transit/`),
+		},
+		{
+			name: "ok/proxy-kv-read", grants: []string{"g-vault", "g-jwt", "g-proxy"}, yaml: grantVault + grantJWT + grantProxy,
+			want: hclSelf + hclMint + hclTransit + hclKV, held: []string{"default", "deploy", "payments-read"},
+		},
+		{
+			name: "ok/dynamic-and-pki", grants: []string{"g-db", "g-pki"}, yaml: grantDynamic + grantPKI,
+			want: hclSelf + hclMint + vault.DynamicBrokerPolicy() + mustPKI(t, "pki/issue/workloads"),
+			held: []string{vault.DefaultReaderPolicy},
+		},
+		{
+			name: "ok/reconcile-adds-inventory", grants: []string{"g-vault"}, yaml: grantVault,
+			opts: vault.BrokerPolicyOptions{Reconcile: true},
+			want: hclSelf + hclMint + vault.InventoryPolicy(), held: []string{"default", "deploy", "payments-read"},
+		},
+		{
+			name: "ok/dynamic-reader-policies", grants: []string{"g-db"}, yaml: grantDynamic,
+			opts: vault.BrokerPolicyOptions{ReaderPolicies: []string{"db-reader"}},
+			want: hclSelf + hclMint + vault.DynamicBrokerPolicy(), held: []string{"db-reader"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pol := policyWithGrants(t, tt.grants, tt.yaml)
+			got, err := vault.MinimumBrokerPolicy(pol, tt.opts)
+			if err != nil {
+				t.Fatalf("MinimumBrokerPolicy() = %v", err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("MinimumBrokerPolicy(%s) (-want +got):\n%s", tt.name, diff)
+			}
+			// Never less than BrokerPolicy for the same keys.
+			if base := vault.BrokerPolicy(tt.opts.TransitMount); !strings.Contains(got, base) {
+				t.Errorf("MinimumBrokerPolicy(%s) lacks BrokerPolicy's stanzas:\n%s", tt.name, base)
+			}
+			if diff := cmp.Diff(tt.held, vault.HeldPolicies(pol, tt.opts)); diff != "" {
+				t.Errorf("HeldPolicies(%s) (-want +got):\n%s", tt.name, diff)
+			}
+		})
+	}
+	t.Run("fail/no-policy", func(t *testing.T) {
+		if got, err := vault.MinimumBrokerPolicy(nil, vault.BrokerPolicyOptions{}); err == nil {
+			t.Errorf("MinimumBrokerPolicy(nil) = %q, nil; want an error", got)
+		}
+	})
+}
+
+func mustPKI(t *testing.T, path string) string {
+	t.Helper()
+	h, err := vault.PKIBrokerPolicy(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}

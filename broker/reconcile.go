@@ -1,0 +1,273 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// TaggedCredential is one live backend credential that carries keytrail
+// tags (for a Vault token: its meta), found by a TaggedSource. Ref is what
+// the backend revokes it by (a Vault token accessor); it is not a secret.
+type TaggedCredential struct {
+	Kind       string // grant kind, e.g. KindVaultToken
+	Ref        string // backend reference (token accessor)
+	IssuanceID string
+	Workload   string
+	Owner      string
+	SessionID  string
+	Grant      string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time // zero when the backend did not say
+}
+
+// TaggedSource lists the live credentials of one backend that carry
+// keytrail tags, and revokes one of them by its reference.
+//
+// List MUST honour ctx and return ErrUnavailable when the backend cannot be
+// listed completely (a partial list is an error, never a short answer).
+// RevokeTagged MUST be idempotent: a credential that is already gone counts
+// as revoked.
+type TaggedSource interface {
+	ListTagged(ctx context.Context) ([]TaggedCredential, error)
+	RevokeTagged(ctx context.Context, c TaggedCredential) error
+}
+
+// IssuedIndex answers, for one reconciliation run, whether the audit log
+// holds an `issue` event for an issuance id. Snapshot is called once per
+// run, before the backend is listed, so a credential whose issue event
+// became durable before the listing is always found.
+type IssuedIndex interface {
+	Snapshot(ctx context.Context) (issued func(issuanceID string) bool, err error)
+}
+
+// ReconcilerOptions configure NewReconciler.
+type ReconcilerOptions struct {
+	Source TaggedSource // required
+	Store  Store        // required
+	Audit  AuditSink    // required: orphan_revoked events
+	// Issued, when set, is the audit log's index of issue events: a
+	// credential the Store does not know is kept when the log has its issue
+	// event (the in-memory store after a restart).
+	Issued IssuedIndex
+	// IssuedComplete says Issued sees the issue events of every broker that
+	// shares the Store (a single instance). Then a credential whose issuance
+	// the Store holds but the audit log does not is revoked too: the broker
+	// crashed between the Store write and the audit event. With several
+	// instances a local log cannot say that, and the Store alone decides.
+	IssuedComplete bool
+	// Interval between runs after the one at start-up (default 5m).
+	Interval time.Duration
+	// Grace leaves alone credentials created less than Grace ago: an
+	// exchange may be between its mint and its durable record (default 1m;
+	// it must exceed the broker's mint timeout plus store and audit time).
+	Grace time.Duration
+	// CallTimeout bounds each backend, store or audit call (default 10s).
+	CallTimeout time.Duration
+	Now         func() time.Time
+	Logger      *slog.Logger
+}
+
+// Reconciler finds backend credentials carrying keytrail tags that the
+// broker's records do not explain, and revokes them.
+//
+// A tagged credential is kept only when its issuance is explained: the
+// Store holds it unrevoked with the same backend reference and (with an
+// IssuedIndex) the audit log holds its `issue` event, or the Store lost it
+// (the in-memory store after a restart) but the audit log holds its issue
+// event. Every other one — minted and then never recorded because the broker
+// crashed or the backend answered after the mint deadline, recorded but
+// never audited, or revoked in the Store — is revoked by its reference and an
+// `orphan_revoked` event is written. A Store or audit index that cannot be
+// read stops the run without revoking anything (fail safe: an outage never
+// revokes explained credentials).
+type Reconciler struct {
+	o ReconcilerOptions
+}
+
+// ReconcileReport summarises one run.
+type ReconcileReport struct {
+	Listed   int // tagged credentials found
+	Kept     int // explained
+	Young    int // younger than Grace, left for the next run
+	Revoked  int // orphans revoked (each with an orphan_revoked event)
+	Failures int // orphans whose revocation or event failed; retried next run
+}
+
+// Reasons recorded in orphan_revoked events.
+const (
+	OrphanNoRecord        = "no_record"         // neither the Store nor the audit log knows the issuance
+	OrphanNotAudited      = "not_audited"       // the Store has it, the audit log has no issue event
+	OrphanRevoked         = "issuance_revoked"  // the Store marks it revoked
+	OrphanAccessorChanged = "reference_differs" // the Store records another backend reference
+)
+
+var errYoungRevocation = errors.New("revocation in progress")
+
+// NewReconciler validates o and returns a Reconciler.
+func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
+	var errs []error
+	if o.Source == nil {
+		errs = append(errs, errors.New("reconciler: Source is required"))
+	}
+	if o.Store == nil {
+		errs = append(errs, errors.New("reconciler: Store is required"))
+	}
+	if o.Audit == nil {
+		errs = append(errs, errors.New("reconciler: Audit is required"))
+	}
+	if o.Interval < 0 || o.Grace < 0 || o.CallTimeout < 0 {
+		errs = append(errs, errors.New("reconciler: durations must not be negative"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if o.Interval == 0 {
+		o.Interval = 5 * time.Minute
+	}
+	if o.Grace == 0 {
+		o.Grace = time.Minute
+	}
+	if o.CallTimeout == 0 {
+		o.CallTimeout = 10 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{o: o}, nil
+}
+
+// Run reconciles at once and then every Interval until ctx ends. A failed
+// run is logged and retried at the next tick.
+func (r *Reconciler) Run(ctx context.Context) error {
+	t := time.NewTicker(r.o.Interval)
+	defer t.Stop()
+	for {
+		rep, err := r.RunOnce(ctx)
+		lvl := slog.LevelInfo
+		if err != nil {
+			lvl = slog.LevelWarn
+		}
+		attrs := []slog.Attr{slog.Int("listed", rep.Listed), slog.Int("kept", rep.Kept), slog.Int("young", rep.Young),
+			slog.Int("revoked", rep.Revoked), slog.Int("failures", rep.Failures)}
+		if err != nil {
+			attrs = append(attrs, slog.String("error", err.Error()))
+		}
+		r.o.Logger.LogAttrs(ctx, lvl, "reconciliation", attrs...)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce runs one reconciliation.
+func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
+	var rep ReconcileReport
+	issued := func(string) bool { return false } // no index: the Store alone decides
+	if r.o.Issued != nil {
+		ictx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
+		f, err := r.o.Issued.Snapshot(ictx)
+		cancel()
+		if err != nil {
+			return rep, Unavailable("audit_index_unavailable", time.Minute, fmt.Errorf("reconcile: audit index: %w", err))
+		}
+		issued = f
+	}
+	// The cut-off is taken before listing: anything created after it is
+	// young, whatever the listing takes.
+	cutoff := r.o.Now().Add(-r.o.Grace)
+	lctx, cancel := context.WithTimeout(ctx, 4*r.o.CallTimeout)
+	creds, err := r.o.Source.ListTagged(lctx)
+	cancel()
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: list: %w", err)
+	}
+	rep.Listed = len(creds)
+	for _, c := range creds {
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		if c.IssuanceID == "" {
+			continue
+		}
+		if !c.CreatedAt.IsZero() && c.CreatedAt.After(cutoff) {
+			rep.Young++
+			continue
+		}
+		why, err := r.judge(ctx, c, issued)
+		if errors.Is(err, errYoungRevocation) {
+			rep.Young++
+			continue
+		}
+		if err != nil {
+			return rep, err
+		}
+		if why == "" {
+			rep.Kept++
+			continue
+		}
+		if err := r.revoke(ctx, c, why); err != nil {
+			rep.Failures++
+			r.o.Logger.LogAttrs(ctx, slog.LevelError, "revoking orphan credential failed",
+				slog.String("issuance_id", c.IssuanceID), slog.String("accessor", c.Ref), slog.String("error", err.Error()))
+			continue
+		}
+		rep.Revoked++
+	}
+	return rep, nil
+}
+
+// judge returns "" for an explained credential, else the orphan reason.
+func (r *Reconciler) judge(ctx context.Context, c TaggedCredential, issued func(string) bool) (string, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
+	is, err := r.o.Store.GetIssuance(sctx, c.IssuanceID)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if issued(c.IssuanceID) {
+			return "", nil
+		}
+		return OrphanNoRecord, nil
+	case err != nil:
+		return "", fmt.Errorf("reconcile: store: %w", err)
+	case !is.RevokedAt.IsZero() && is.RevocationID != "" && is.RevokedAt.After(r.o.Now().Add(-r.o.Grace)):
+		return "", errYoungRevocation // the revocation worker is on it
+	case !is.RevokedAt.IsZero():
+		return OrphanRevoked, nil
+	case is.Refs.Accessor != "" && c.Ref != "" && is.Refs.Accessor != c.Ref:
+		return OrphanAccessorChanged, nil
+	case r.o.IssuedComplete && r.o.Issued != nil && !issued(c.IssuanceID):
+		return OrphanNotAudited, nil
+	}
+	return "", nil
+}
+
+func (r *Reconciler) revoke(ctx context.Context, c TaggedCredential, why string) error {
+	rctx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
+	err := r.o.Source.RevokeTagged(rctx, c)
+	cancel()
+	if err != nil {
+		return err
+	}
+	ev := &audit.Event{
+		Type: audit.TypeOrphanRevoked, IssuanceID: c.IssuanceID, Workload: c.Workload, Owner: c.Owner,
+		SessionID: c.SessionID, Grant: c.Grant, Kind: c.Kind, Reason: why,
+		Credential: auditCredential(CredentialRefs{Accessor: c.Ref, ExpiresAt: c.ExpiresAt}),
+		Outcome:    &audit.Outcome{Status: 200},
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.o.CallTimeout)
+	defer cancel()
+	if err := r.o.Audit.Append(actx, ev); err != nil {
+		return fmt.Errorf("orphan revoked but its event failed: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,281 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+type fakeTagged struct {
+	mu      sync.Mutex
+	creds   []broker.TaggedCredential
+	listErr error
+	revErr  error
+	revoked []string
+}
+
+func (f *fakeTagged) ListTagged(ctx context.Context) ([]broker.TaggedCredential, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.creds), f.listErr
+}
+
+func (f *fakeTagged) RevokeTagged(ctx context.Context, c broker.TaggedCredential) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.revErr != nil {
+		return f.revErr
+	}
+	f.revoked = append(f.revoked, c.Ref)
+	return nil
+}
+
+type issuedSet map[string]bool
+
+func (s issuedSet) Snapshot(ctx context.Context) (func(string) bool, error) {
+	if s == nil {
+		return nil, errors.New("index unreadable")
+	}
+	return func(id string) bool { return s[id] }, nil
+}
+
+// failingStore fails every GetIssuance as unavailable.
+type failingStore struct{ broker.Store }
+
+func (failingStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))
+}
+
+func TestReconcilerRunOnce(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	old := now.Add(-10 * time.Minute)
+	cred := func(iss, acc string, created time.Time) broker.TaggedCredential {
+		return broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: acc, IssuanceID: iss, Workload: "app", CreatedAt: created}
+	}
+	issuance := func(id, acc string, revokedAt time.Time, revID string) *broker.Issuance {
+		return &broker.Issuance{ID: id, Workload: "app", Owner: "team", Kind: broker.KindVaultToken,
+			IssuedAt: old, ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Accessor: acc, ExpiresAt: now.Add(time.Hour)},
+			RevokedAt: revokedAt, RevocationID: revID}
+	}
+	type want struct {
+		Report  broker.ReconcileReport
+		Revoked []string
+		Reasons []string // of the orphan_revoked events, in order
+		Err     bool
+	}
+	tests := []struct {
+		name      string
+		creds     []broker.TaggedCredential
+		store     []*broker.Issuance
+		issued    issuedSet
+		complete  bool
+		noIndex   bool
+		failStore bool
+		listErr   error
+		revErr    error
+		want      want
+	}{
+		{
+			name:   "ok/recorded-and-audited-kept",
+			creds:  []broker.TaggedCredential{cred("iss_a", "acc_a", old)},
+			store:  []*broker.Issuance{issuance("iss_a", "acc_a", time.Time{}, "")},
+			issued: issuedSet{"iss_a": true}, complete: true,
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1}},
+		},
+		{
+			name:   "ok/no-record-revoked",
+			creds:  []broker.TaggedCredential{cred("iss_b", "acc_b", old)},
+			issued: issuedSet{},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Revoked: 1}, Revoked: []string{"acc_b"}, Reasons: []string{broker.OrphanNoRecord}},
+		},
+		{
+			name:   "ok/store-lost-but-audited-kept",
+			creds:  []broker.TaggedCredential{cred("iss_c", "acc_c", old)},
+			issued: issuedSet{"iss_c": true}, complete: true,
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1}},
+		},
+		{
+			name:   "ok/recorded-not-audited-single-instance-revoked",
+			creds:  []broker.TaggedCredential{cred("iss_d", "acc_d", old)},
+			store:  []*broker.Issuance{issuance("iss_d", "acc_d", time.Time{}, "")},
+			issued: issuedSet{}, complete: true,
+			want: want{Report: broker.ReconcileReport{Listed: 1, Revoked: 1}, Revoked: []string{"acc_d"}, Reasons: []string{broker.OrphanNotAudited}},
+		},
+		{
+			name:   "ok/recorded-not-audited-shared-store-kept",
+			creds:  []broker.TaggedCredential{cred("iss_e", "acc_e", old)},
+			store:  []*broker.Issuance{issuance("iss_e", "acc_e", time.Time{}, "")},
+			issued: issuedSet{},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Kept: 1}},
+		},
+		{
+			name:   "ok/revoked-in-store-revoked",
+			creds:  []broker.TaggedCredential{cred("iss_f", "acc_f", old)},
+			store:  []*broker.Issuance{issuance("iss_f", "acc_f", old, "")},
+			issued: issuedSet{"iss_f": true},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Revoked: 1}, Revoked: []string{"acc_f"}, Reasons: []string{broker.OrphanRevoked}},
+		},
+		{
+			name:   "ok/fresh-admin-revocation-left-to-worker",
+			creds:  []broker.TaggedCredential{cred("iss_g", "acc_g", old)},
+			store:  []*broker.Issuance{issuance("iss_g", "acc_g", now.Add(-time.Second), "rev_1")},
+			issued: issuedSet{"iss_g": true},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Young: 1}},
+		},
+		{
+			name:   "ok/other-accessor-revoked",
+			creds:  []broker.TaggedCredential{cred("iss_h", "acc_other", old)},
+			store:  []*broker.Issuance{issuance("iss_h", "acc_h", time.Time{}, "")},
+			issued: issuedSet{"iss_h": true},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Revoked: 1}, Revoked: []string{"acc_other"}, Reasons: []string{broker.OrphanAccessorChanged}},
+		},
+		{
+			name:   "ok/young-left-alone",
+			creds:  []broker.TaggedCredential{cred("iss_i", "acc_i", now.Add(-5*time.Second))},
+			issued: issuedSet{},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Young: 1}},
+		},
+		{
+			name:   "ok/untagged-ignored",
+			creds:  []broker.TaggedCredential{cred("", "acc_root", old)},
+			issued: issuedSet{},
+			want:   want{Report: broker.ReconcileReport{Listed: 1}},
+		},
+		{
+			name:    "ok/no-index-store-decides",
+			creds:   []broker.TaggedCredential{cred("iss_j", "acc_j", old), cred("iss_k", "acc_k", old)},
+			store:   []*broker.Issuance{issuance("iss_j", "acc_j", time.Time{}, "")},
+			noIndex: true, complete: true,
+			want: want{Report: broker.ReconcileReport{Listed: 2, Kept: 1, Revoked: 1}, Revoked: []string{"acc_k"}, Reasons: []string{broker.OrphanNoRecord}},
+		},
+		{
+			name:      "fail/store-down-revokes-nothing",
+			creds:     []broker.TaggedCredential{cred("iss_l", "acc_l", old)},
+			issued:    issuedSet{},
+			failStore: true,
+			want:      want{Report: broker.ReconcileReport{Listed: 1}, Err: true},
+		},
+		{
+			name:    "fail/index-unreadable-revokes-nothing",
+			creds:   []broker.TaggedCredential{cred("iss_m", "acc_m", old)},
+			issued:  nil,
+			want:    want{Err: true},
+			noIndex: false,
+		},
+		{
+			name:    "fail/list-error",
+			listErr: broker.Unavailable("vault_unavailable", time.Second, errors.New("down")),
+			issued:  issuedSet{},
+			want:    want{Err: true},
+		},
+		{
+			name:   "fail/revoke-error-counted",
+			creds:  []broker.TaggedCredential{cred("iss_n", "acc_n", old)},
+			issued: issuedSet{},
+			revErr: broker.Unavailable("vault_unavailable", time.Second, errors.New("down")),
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Failures: 1}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			var store broker.Store = memstore.New(func() time.Time { return now })
+			for _, is := range tc.store {
+				if err := store.PutIssuance(ctx, is); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.failStore {
+				store = failingStore{store}
+			}
+			src := &fakeTagged{creds: tc.creds, listErr: tc.listErr, revErr: tc.revErr}
+			sink := &brokertest.Sink{}
+			o := broker.ReconcilerOptions{Source: src, Store: store, Audit: sink, IssuedComplete: tc.complete,
+				Grace: time.Minute, Now: func() time.Time { return now }}
+			if !tc.noIndex {
+				o.Issued = tc.issued
+			}
+			r, err := broker.NewReconciler(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := r.RunOnce(ctx)
+			var reasons []string
+			for _, ev := range sink.Events() {
+				if ev.Type != "orphan_revoked" {
+					t.Errorf("event type %q, want orphan_revoked", ev.Type)
+				}
+				if ev.Credential == nil || ev.Credential.Accessor == "" || ev.IssuanceID == "" {
+					t.Errorf("orphan_revoked event without issuance id or accessor: %+v", ev)
+				}
+				reasons = append(reasons, ev.Reason)
+			}
+			got := want{Report: rep, Revoked: src.revoked, Reasons: reasons, Err: err != nil}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("RunOnce() = %+v (err %v), want %+v; diff (-want +got):\n%s", got, err, tc.want, diff)
+			}
+		})
+	}
+}
+
+func TestReconcilerEventFailureCounted(t *testing.T) {
+	now := time.Now()
+	src := &fakeTagged{creds: []broker.TaggedCredential{{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_x", CreatedAt: now.Add(-time.Hour)}}}
+	sink := &brokertest.Sink{Fail: func(*audit.Event) bool { return true }}
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: memstore.New(time.Now), Audit: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.RunOnce(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (broker.ReconcileReport{Listed: 1, Failures: 1}); rep != want {
+		t.Errorf("RunOnce() = %+v, want %+v", rep, want)
+	}
+}
+
+func TestNewReconcilerValidates(t *testing.T) {
+	tests := []struct {
+		name string
+		o    broker.ReconcilerOptions
+		ok   bool
+	}{
+		{"fail/empty", broker.ReconcilerOptions{}, false},
+		{"fail/negative-grace", broker.ReconcilerOptions{Source: &fakeTagged{}, Store: memstore.New(time.Now), Audit: &brokertest.Sink{}, Grace: -1}, false},
+		{"ok/defaults", broker.ReconcilerOptions{Source: &fakeTagged{}, Store: memstore.New(time.Now), Audit: &brokertest.Sink{}}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := broker.NewReconciler(tc.o)
+			if got := err == nil; got != tc.ok {
+				t.Errorf("NewReconciler() error = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestReconcilerRunStops(t *testing.T) {
+	src := &fakeTagged{}
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: memstore.New(time.Now), Audit: &brokertest.Sink{}, Interval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
+}

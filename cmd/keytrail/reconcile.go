@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// Reconciliation tuning, from the environment (defaults in parentheses):
+// KEYTRAIL_RECONCILE_INTERVAL (5m) between runs after the one at start-up,
+// KEYTRAIL_RECONCILE_GRACE (1m) during which a fresh credential is left
+// alone, KEYTRAIL_RECONCILE=off to disable it.
+const (
+	envReconcile         = "KEYTRAIL_RECONCILE"
+	envReconcileInterval = "KEYTRAIL_RECONCILE_INTERVAL"
+	envReconcileGrace    = "KEYTRAIL_RECONCILE_GRACE"
+)
+
+// startReconciler runs the Vault token reconciliation (broker.Reconciler)
+// at start-up and periodically, in the background.
+func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
+	if strings.EqualFold(e.getenv(envReconcile), "off") {
+		rt.log.Warn("reconciliation disabled by " + envReconcile)
+		return nil
+	}
+	var interval, grace time.Duration
+	for _, p := range []struct {
+		name string
+		dst  *time.Duration
+	}{{envReconcileInterval, &interval}, {envReconcileGrace, &grace}} {
+		if v := e.getenv(p.name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("%s: %q is not a positive duration like 30s or 5m", p.name, v)
+			}
+			*p.dst = d
+		}
+	}
+	inv, err := vaultad.NewTokenInventory(vaultad.TokenInventoryOptions{Client: rt.vault})
+	if err != nil {
+		return err
+	}
+	rec, err := broker.NewReconciler(broker.ReconcilerOptions{
+		Source: inv, Store: rt.store, Audit: rt.sink,
+		Issued: newAuditIssueIndex(rt.cfg.Audit.File),
+		// Only a single instance's log sees every issue event; with Redis
+		// (possibly shared) the Store decides for what it holds.
+		IssuedComplete: rt.cfg.Store.RedisURL == "",
+		Interval:       interval, Grace: grace, Logger: rt.log,
+	})
+	if err != nil {
+		return err
+	}
+	rt.goBackground(ctx, rec.Run)
+	return nil
+}
+
+// auditIssueIndex is the set of issuance ids with an `issue` event in the
+// local audit log (the live file and its rotated siblings), read
+// incrementally: each Snapshot reads only the complete lines appended since
+// the last one. Ids of credentials expired for more than an hour are
+// dropped.
+type auditIssueIndex struct {
+	path string
+
+	mu      sync.Mutex
+	offsets map[string]fileOffset // by file name
+	issued  map[string]time.Time
+}
+
+func newAuditIssueIndex(path string) *auditIssueIndex {
+	return &auditIssueIndex{path: path, offsets: map[string]fileOffset{}, issued: map[string]time.Time{}}
+}
+
+// fileOffset is how far one file has been read; fi tells a new file under
+// the same name (after a rotation) from the one read so far.
+type fileOffset struct {
+	fi  os.FileInfo
+	off int64
+}
+
+// Snapshot implements broker.IssuedIndex.
+func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	dir, base := filepath.Split(x.path)
+	if dir == "" {
+		dir = "."
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit index: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if n := e.Name(); (n == base || strings.HasPrefix(n, base+".")) && e.Type().IsRegular() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := x.readFrom(filepath.Join(dir, n)); err != nil {
+			return nil, err
+		}
+	}
+	cut := time.Now().Add(-time.Hour)
+	for id, exp := range x.issued {
+		if !exp.IsZero() && exp.Before(cut) {
+			delete(x.issued, id)
+		}
+	}
+	set := make(map[string]bool, len(x.issued))
+	for id := range x.issued {
+		set[id] = true
+	}
+	return func(id string) bool { return set[id] }, nil
+}
+
+func (x *auditIssueIndex) readFrom(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("audit index: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit index: %w", err)
+	}
+	prev := x.offsets[path]
+	off := prev.off
+	if prev.fi != nil && !os.SameFile(prev.fi, fi) || fi.Size() < off { // a new file under the same name
+		off = 0
+	}
+	if fi.Size() == off {
+		x.offsets[path] = fileOffset{fi, off}
+		return nil
+	}
+	data, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
+	if err != nil {
+		return fmt.Errorf("audit index: %w", err)
+	}
+	end := bytes.LastIndexByte(data, '\n')
+	if end < 0 {
+		x.offsets[path] = fileOffset{fi, off}
+		return nil
+	}
+	for line := range bytes.SplitSeq(data[:end], []byte("\n")) {
+		if !bytes.Contains(line, []byte(`"type":"issue"`)) {
+			continue
+		}
+		var ev struct {
+			Type       string            `json:"type"`
+			IssuanceID string            `json:"issuance_id"`
+			Credential *audit.Credential `json:"credential"`
+		}
+		if json.Unmarshal(line, &ev) != nil || ev.Type != audit.TypeIssue || ev.IssuanceID == "" {
+			continue
+		}
+		var exp time.Time
+		if ev.Credential != nil {
+			exp, _ = time.Parse(time.RFC3339, ev.Credential.ExpiresAt)
+		}
+		x.issued[ev.IssuanceID] = exp
+	}
+	x.offsets[path] = fileOffset{fi, off + int64(end) + 1}
+	return nil
+}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestAuditIssueIndex(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	write := func(name, data string, appendTo bool) {
+		t.Helper()
+		flag := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+		if appendTo {
+			flag = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+		}
+		f, err := os.OpenFile(filepath.Join(dir, name), flag, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(data); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	x := newAuditIssueIndex(path)
+	ids := []string{"iss_new_file", "iss_live", "iss_partial", "iss_rotated", "iss_denied", "iss_expired", "iss_other_file"}
+	check := func(step string, want map[string]bool) {
+		t.Helper()
+		f, err := x.Snapshot(context.Background())
+		if err != nil {
+			t.Fatalf("%s: Snapshot() error = %v", step, err)
+		}
+		got := map[string]bool{}
+		for _, id := range ids {
+			if f(id) {
+				got[id] = true
+			}
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: Snapshot() = %v, want %v (-want +got):\n%s", step, got, want, diff)
+		}
+	}
+
+	check("ok/missing-file", map[string]bool{})
+	write("audit.jsonl", `{"v":1,"type":"issue","issuance_id":"iss_live","credential":{"expires_at":"2999-01-01T00:00:00Z"}}`+"\n"+
+		`{"v":1,"type":"deny","issuance_id":"iss_denied"}`+"\n"+
+		`{"v":1,"type":"issue","issuance_id":"iss_expired","credential":{"expires_at":"2001-01-01T00:00:00Z"}}`+"\n"+
+		`{"v":1,"type":"issue","issuance_id":"iss_par`, false)
+	write("other.jsonl", `{"v":1,"type":"issue","issuance_id":"iss_other_file"}`+"\n", false)
+	check("ok/complete-lines-only", map[string]bool{"iss_live": true})
+	write("audit.jsonl", `tial"}`+"\n", true)
+	check("ok/partial-line-completed", map[string]bool{"iss_live": true, "iss_partial": true})
+	write("audit.jsonl.20260101T000000.000000000Z", `{"v":1,"type":"issue","issuance_id":"iss_rotated"}`+"\n", false)
+	// A new live file after rotation, already longer than what was read
+	// of the old one.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	write("audit.jsonl", `{"v":1,"type":"deny","reason":"padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding"}`+"\n"+
+		`{"v":1,"type":"issue","issuance_id":"iss_new_file"}`+"\n", false)
+	check("ok/rotated-sibling-and-new-file", map[string]bool{"iss_live": true, "iss_partial": true, "iss_rotated": true, "iss_new_file": true})
+}
