@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): installs what the
-# tests need (redis-server, PostgreSQL), builds the Vault server (cached),
+# tests need (redis-server, PostgreSQL, Chromium for the HTML report), builds the Vault server (cached),
 # then go vet and go test -race over every package, e2e included.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,6 +9,7 @@ cd "$root"
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)   # renders the HTML report in a test
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing ${need[*]}" >&2
   sudo=""
