@@ -233,6 +233,9 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID, Grant: grant.Name, Kind: grant.Kind,
 		Identity: auditIdentity(id.Ref()), Act: auditIdentities(act), Source: auditSource(req.Source),
 		Credential: auditCredential(cred.Refs), Outcome: &audit.Outcome{Status: 200},
+		// The identity claims the match used, so an offline trace over the
+		// audit log alone can show them (never whole tokens).
+		Details: map[string]any{"claims": is.Claims},
 	}
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
 		s.undoMint(ctx, is, "audit_failed")

@@ -168,6 +168,10 @@ func TestExchange(t *testing.T) {
 			if ev.IssuanceID != is.ID || ev.Credential.Accessor != is.Refs.Accessor || ev.SessionID != is.SessionID {
 				t.Errorf("issue event = %+v, does not match issuance %+v", ev, is)
 			}
+			claims, _ := ev.Details["claims"].(map[string]any)
+			if claims["sub"] != "system:serviceaccount:payments:api" || claims["kubernetes.io.namespace"] != "payments" {
+				t.Errorf("issue event claims = %v, want the sub and the matched claim", ev.Details["claims"])
+			}
 		})
 	}
 }

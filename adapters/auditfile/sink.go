@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -436,6 +437,11 @@ func (s *Sink) Ping(ctx context.Context) error {
 	s.statsMu.Lock()
 	healthy := s.stats.Healthy
 	s.statsMu.Unlock()
+	// A sink on a (nearly) full file system would fail its next write:
+	// report it before a request finds out.
+	if err := s.checkFreeSpace(); err != nil {
+		return unavailable(err)
+	}
 	if healthy {
 		return nil
 	}
@@ -820,6 +826,23 @@ func (s *Sink) finish() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("auditfile: close: %w", err)
+	}
+	return nil
+}
+
+// MinFreeBytes is the free space below which Ping reports the sink
+// unavailable (readiness), before writes start failing.
+const MinFreeBytes = 16 << 10
+
+// checkFreeSpace fails when the audit file's file system has less than
+// MinFreeBytes available to the broker.
+func (s *Sink) checkFreeSpace() error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(filepath.Dir(s.o.Path), &st); err != nil {
+		return nil // cannot tell; writes will say
+	}
+	if free := uint64(st.Bavail) * uint64(st.Bsize); free < MinFreeBytes {
+		return fmt.Errorf("audit file system nearly full: %d bytes free", free)
 	}
 	return nil
 }

@@ -1191,3 +1191,27 @@ func TestOnFetchReportsEveryAttempt(t *testing.T) {
 		t.Errorf("OnFetch calls (-want +got):\n%s", diff)
 	}
 }
+
+func TestUnknownKidWhileIssuerDownIsUnavailable(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	if _, err := f.v.Authenticate(ctx, sign(t, f.es.Key(), nil, claims(f.es))); err != nil {
+		t.Fatal(err)
+	}
+	f.es.SetDown(true)
+	f.clock.Advance(31 * time.Second)
+	rotated := newKey(t, "ES256")
+	_, err := f.v.Authenticate(ctx, sign(t, rotated, nil, claims(f.es)))
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("unknown kid while the JWKS endpoint is down: %v, want ErrUnavailable (503), not a 401", err)
+	}
+	// Cached keys still serve known kids meanwhile.
+	if _, err := f.v.Authenticate(ctx, sign(t, f.es.Key(), nil, claims(f.es))); err != nil {
+		t.Errorf("known kid while down: %v, want ok from cached keys", err)
+	}
+	f.es.SetDown(false)
+	f.clock.Advance(31 * time.Second)
+	if _, err := f.v.Authenticate(ctx, sign(t, rotated, nil, claims(f.es))); !errors.Is(err, broker.ErrUnauthenticated) {
+		t.Errorf("unknown kid with the issuer up: %v, want unknown_key (401)", err)
+	}
+}

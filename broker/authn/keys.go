@@ -341,6 +341,13 @@ func (v *Verifier) resolveKey(ctx context.Context, st *issuerState, kid string, 
 		case usable && result == keyUnusable && (fresh || !mayFetch):
 			st.mu.Unlock()
 			return nil, reject(ReasonUnknownKey, errors.New("no key of that kid is usable for the token's alg, or the key choice is ambiguous"))
+		case usable && result == keyMissing && !mayFetch && st.lastErr != nil:
+			// The issuer's JWKS could not be fetched just now: the kid may be
+			// a new key we cannot see. A transient fault is a 503, not a 401.
+			cause := fmt.Errorf("kid not in the cached JWKS and the issuer is unreachable: %w", st.lastErr)
+			retry := st.lastAttempt.Add(v.refreshInterval).Sub(now)
+			st.mu.Unlock()
+			return nil, unavailable(st, retry, cause)
 		case usable && result == keyMissing && !mayFetch:
 			st.mu.Unlock()
 			return nil, reject(ReasonUnknownKey, errors.New("kid not in the issuer's JWKS"))
