@@ -73,6 +73,9 @@ func TestOperations(t *testing.T) {
 				t.Errorf("metrics lack %q", m)
 			}
 		}
+		if v := metricValue(after, "keytrail_clock_skew_seconds "); v == -1 || v > 2 || v < -2 {
+			t.Errorf("keytrail_clock_skew_seconds = %v, want a measurement within 2 s (same machine)", v)
+		}
 		if !regexp.MustCompile(`keytrail_policy_info\{hash="[0-9a-f]{64}"\} 1`).MatchString(after) {
 			t.Errorf("no keytrail_policy_info with the policy hash")
 		}

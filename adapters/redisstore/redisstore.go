@@ -46,6 +46,8 @@ package redisstore
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,6 +99,9 @@ type Options struct {
 	// Logger receives warnings (CONFIG not permitted...); default
 	// slog.Default().
 	Logger *slog.Logger
+	// RootCAs verify the server's certificate for rediss:// URLs (and for
+	// Universal clients with TLS); nil uses the system roots.
+	RootCAs *x509.CertPool
 }
 
 // Store is a broker.Store over Redis. It is safe for concurrent use.
@@ -171,6 +176,14 @@ func newClient(o Options) (redis.UniversalClient, error) {
 	if o.Universal != nil {
 		u := *o.Universal
 		u.ContextTimeoutEnabled = true
+		if o.RootCAs != nil {
+			if u.TLSConfig == nil {
+				u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+			} else {
+				u.TLSConfig = u.TLSConfig.Clone()
+			}
+			u.TLSConfig.RootCAs = o.RootCAs
+		}
 		return redis.NewUniversalClient(&u), nil
 	}
 	const want = "want redis://[user:password@]host:port/db or rediss://..."
@@ -192,6 +205,12 @@ func newClient(o Options) (redis.UniversalClient, error) {
 		return nil, errors.New("redisstore: url: scheme must be redis:// or rediss://")
 	}
 	ro.ContextTimeoutEnabled = true
+	if o.RootCAs != nil {
+		if ro.TLSConfig == nil {
+			return nil, errors.New("redisstore: a CA was given but the URL is not rediss://")
+		}
+		ro.TLSConfig.RootCAs = o.RootCAs
+	}
 	return redis.NewClient(ro), nil
 }
 

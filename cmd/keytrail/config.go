@@ -61,6 +61,14 @@ type StoreConfig struct {
 	RedisURL            string `yaml:"redis_url"` // KEYTRAIL_REDIS_URL overrides; empty = in-memory
 	Prefix              string `yaml:"prefix"`
 	AllowEvictingPolicy bool   `yaml:"allow_evicting_policy"`
+	// CAFile verifies the server certificate of a rediss:// store.
+	CAFile string `yaml:"ca_file"`
+	// Addrs selects a Sentinel (with MasterName) or Cluster (several addrs,
+	// no MasterName) deployment instead of redis_url; the password comes
+	// from KEYTRAIL_REDIS_PASSWORD.
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	TLS        bool     `yaml:"tls"` // TLS to Sentinel/Cluster nodes
 }
 
 // AuditConfig configures the audit log.
@@ -221,6 +229,17 @@ func (c *Config) validate(file string) error {
 	if c.Store.RedisURL != "" {
 		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 			bad("store.redis_url", "must be a redis://, rediss:// or unix:// URL")
+		}
+	}
+	if c.Store.RedisURL != "" && len(c.Store.Addrs) > 0 {
+		bad("store.addrs", "cannot be combined with store.redis_url")
+	}
+	if c.Store.MasterName != "" && len(c.Store.Addrs) == 0 {
+		bad("store.master_name", "needs store.addrs (the Sentinel addresses)")
+	}
+	if c.Store.CAFile != "" {
+		if _, err := os.Stat(c.Store.CAFile); err != nil {
+			bad("store.ca_file", "%v", err)
 		}
 	}
 	if c.Audit.File == "" {

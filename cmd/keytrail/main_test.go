@@ -72,6 +72,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "fail/bad-redis-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'http://redis'}\n",
 			wantErr: []string{"store.redis_url"}},
 		{name: "fail/bad-duration", yaml: "shutdown_timeout: soon\n", wantErr: []string{"not a duration"}},
+		{name: "fail/store-addrs-and-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', addrs: [a:1], ca_file: /nope}\n",
+			wantErr: []string{"store.addrs: cannot be combined", "store.ca_file"}},
+		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
+			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
@@ -32,6 +33,7 @@ type opsMetrics struct {
 	auditFailures prometheus.Counter
 	jwksFetches   *prometheus.CounterVec
 	backendErrors *prometheus.CounterVec
+	clockSkew     prometheus.Gauge
 }
 
 func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
@@ -55,8 +57,11 @@ func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
 		backendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_backend_errors_total", Help: "Errors from Vault and the store by backend and reason.",
 		}, []string{"backend", "reason"}),
+		clockSkew: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keytrail_clock_skew_seconds", Help: "Vault's clock (Date header) minus the broker's, last measured.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.policyReloads, m.policyInfo, m.auditSeconds, m.auditFailures, m.jwksFetches, m.backendErrors} {
+	for _, c := range []prometheus.Collector{m.policyReloads, m.policyInfo, m.auditSeconds, m.auditFailures, m.jwksFetches, m.backendErrors, m.clockSkew} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -227,13 +232,9 @@ func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.getCertificate}
 	if c.ClientCAFile != "" {
-		pemBytes, err := os.ReadFile(c.ClientCAFile)
+		pool, err := loadCAPool(c.ClientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls.client_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("tls.client_ca_file: no PEM certificates in %s", c.ClientCAFile)
 		}
 		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
@@ -279,4 +280,39 @@ func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration
 			rt.reloadPolicy(ctx, "file_change")
 		}
 	}
+}
+
+// loadCAPool reads a PEM bundle of CA certificates.
+func loadCAPool(path string) (*x509.CertPool, error) {
+	pemBytes, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("no PEM certificates in %s", path)
+	}
+	return pool, nil
+}
+
+// startClockWatch compares the broker's clock with Vault's every few
+// minutes; a difference over 2 s is a clock_skew audit event (audit times
+// from two clocks that disagree mislead a trace) and the gauge shows it.
+func (rt *brokerRuntime) startClockWatch(ctx context.Context) error {
+	cw, err := vaultad.NewClockWatch(vaultad.ClockWatchOptions{
+		Client: rt.vault, Logger: rt.log,
+		OnMeasure: func(off time.Duration) { rt.metrics.clockSkew.Set(off.Seconds()) },
+		OnSkew: func(ctx context.Context, off time.Duration) {
+			ev := &audit.Event{Type: audit.TypeClockSkew, Reason: "vault_clock_differs",
+				Details: map[string]any{"offset_seconds": off.Seconds(), "peer": "vault", "threshold_seconds": 2}}
+			if err := rt.sink.Append(context.WithoutCancel(ctx), ev); err != nil {
+				rt.log.Warn("audit clock_skew event failed", slog.String("error", err.Error()))
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	rt.goBackground(ctx, cw.Run)
+	return nil
 }

@@ -19,6 +19,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
@@ -240,8 +241,23 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	rt.goBackground(ctx, login.Run)
 
 	switch {
-	case cfg.Store.RedisURL != "":
-		rs, err := redisstore.New(ctx, redisstore.Options{URL: cfg.Store.RedisURL, Prefix: cfg.Store.Prefix, AllowEvictingPolicy: cfg.Store.AllowEvictingPolicy, Logger: log})
+	case cfg.Store.RedisURL != "" || len(cfg.Store.Addrs) > 0:
+		ro := redisstore.Options{URL: cfg.Store.RedisURL, Prefix: cfg.Store.Prefix, AllowEvictingPolicy: cfg.Store.AllowEvictingPolicy, Logger: log}
+		if len(cfg.Store.Addrs) > 0 {
+			ro.Universal = &redis.UniversalOptions{Addrs: cfg.Store.Addrs, MasterName: cfg.Store.MasterName,
+				Password: e.getenv("KEYTRAIL_REDIS_PASSWORD")}
+			if cfg.Store.TLS {
+				ro.Universal.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+			}
+		}
+		if cfg.Store.CAFile != "" {
+			pool, err := loadCAPool(cfg.Store.CAFile)
+			if err != nil {
+				return fmt.Errorf("store.ca_file: %w", err)
+			}
+			ro.RootCAs = pool
+		}
+		rs, err := redisstore.New(ctx, ro)
 		if err != nil {
 			return fmt.Errorf("store: %w", err)
 		}
@@ -275,6 +291,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	rt.store = m.wrapStore(rt.store)
 	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second) })
+	if err := rt.startClockWatch(ctx); err != nil {
+		return err
+	}
 	rt.closers = append(rt.closers, sink.Close)
 
 	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc})
