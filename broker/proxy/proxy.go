@@ -613,6 +613,13 @@ func (c *call) forward(w http.ResponseWriter) {
 		if status == 0 && rec != nil {
 			c.status = http.StatusBadGateway
 		}
+		if rec == nil && status != 0 {
+			// Send the response before the use_result event is made
+			// durable: net/http would otherwise hold a small body in its
+			// buffer until the handler returns, and every proxied call
+			// would wait for a second fsync.
+			rw.Flush()
+		}
 		c.result(use, rw, upstreamStatus, errCode, errReason)
 		if rec != nil {
 			panic(rec)

@@ -84,6 +84,7 @@ and revocation goes to a tamper-evident audit log.`,
 		newPolicyCmd(e),
 		newReportCmd(e),
 		newVersionCmd(e),
+		newBenchCmd(e),
 	)
 	return root
 }

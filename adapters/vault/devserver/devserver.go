@@ -388,6 +388,17 @@ func (p *Process) setup(ctx context.Context) error {
 	return nil
 }
 
+// PID is the process id of the server started last (0 before Start);
+// benchmarks read its CPU time from /proc.
+func (p *Process) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Done is closed when the current server process exits.
 func (p *Process) Done() <-chan struct{} {
 	p.mu.Lock()

@@ -1,0 +1,127 @@
+package broker_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/authn"
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// benchExchangePolicy is one workload allowed one vault_token grant, with
+// no rate limit.
+const benchExchangePolicy = `
+version: 1
+issuers:
+  - name: k8s
+    issuer: https://k8s.example
+    jwks_url: https://k8s.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+    session_claim: kubernetes.io.pod.uid
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match:
+      issuer: k8s
+      subject: system:serviceaccount:payments:api
+      claims: {kubernetes.io.namespace: payments}
+    grants: [payments-vault]
+grants:
+  - name: payments-vault
+    kind: vault_token
+    ttl: 15m
+    vault_token: {policies: [payments-read]}
+`
+
+// benchMinter mints a fixed-shape credential without recording anything.
+type benchMinter struct{}
+
+func (benchMinter) Mint(_ context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	return &broker.Credential{
+		AccessToken: "hvs.bench-" + req.IssuanceID,
+		Fields:      map[string]any{"accessor": "acc-" + req.IssuanceID},
+		Refs:        broker.CredentialRefs{Accessor: "acc-" + req.IssuanceID, ExpiresAt: req.Now.Add(req.TTL)},
+	}, nil
+}
+
+// benchSink seals nothing and keeps nothing: the exchange's own cost.
+type benchSink struct{}
+
+func (benchSink) Append(context.Context, *audit.Event) error { return nil }
+
+// BenchmarkExchange measures Service.Exchange with the backend taken out:
+// the in-memory store, a minter and audit sink that do nothing. "fake-authn"
+// looks the identity up in a map; "es256" verifies a real ES256 identity
+// token (keys cached), as every exchange does in production.
+func BenchmarkExchange(b *testing.B) {
+	pol, err := policies.Parse("bench.yaml", []byte(benchExchangePolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	b.Cleanup(srv.Close)
+	iss.URL = srv.URL
+	now := time.Now()
+	tok, err := iss.Sign(jwt.MapClaims{
+		"iss": iss.URL, "sub": "system:serviceaccount:payments:api", "aud": "keytrail",
+		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(), "jti": "bench-1",
+		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	es, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{{
+		Name: "k8s", Issuer: iss.URL, JWKSURL: iss.URL + authntest.JWKSPath,
+		Audiences: []string{"keytrail"}, Algorithms: []string{"ES256"},
+		MaxTokenLifetime: policies.Duration(2 * time.Hour),
+	}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fake := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", map[string]any{
+		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+	})}
+	for _, c := range []struct {
+		name  string
+		authn broker.Authenticator
+		token string
+	}{
+		{"fake-authn", fake, "payments"},
+		{"es256", es, tok},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			svc, err := broker.NewService(broker.Deps{
+				Policy:  func() *policies.Policy { return pol },
+				Authn:   func() broker.Authenticator { return c.authn },
+				Minters: map[string]broker.Minter{broker.KindVaultToken: benchMinter{}},
+				Store:   memstore.New(time.Now),
+				Audit:   benchSink{},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := broker.ExchangeRequest{SubjectToken: c.token, Grant: "payments-vault", Source: broker.Source{IP: "127.0.0.1"}}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := svc.Exchange(ctx, req); err != nil {
+					b.Fatalf("Exchange() = %v", err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,518 @@
+package main
+
+// `keytrail bench`: the performance figures of docs/PERFORMANCE.md, each
+// measured next to its baseline in the same run (issue #9, and item 9 of
+// issue #3). See bench_env.go for what it starts, bench_load.go for how it
+// measures and bench_scenarios.go for what.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// allScenarios are the scenario letters, in running order.
+var allScenarios = []string{"A", "B", "C", "D", "E"}
+
+// benchOptions are the command's flags.
+type benchOptions struct {
+	scenarios   []string
+	duration    time.Duration // per measurement
+	reps        int
+	workers     int // closed-loop concurrency
+	revocations int // per repetition, scenario E
+	jsonOut     string
+	vaultBin    string
+	keytrailBin string
+	dir         string
+	// childEnv is appended to the brokers' environment (tests).
+	childEnv []string
+}
+
+func newBenchCmd(e *env) *cobra.Command {
+	var (
+		o         benchOptions
+		scenarios string
+	)
+	c := &cobra.Command{
+		Use:   "bench [--scenarios A,B,C,D,E] [--duration 2s] [--reps 5] [--json-out FILE]",
+		Short: "Measure keytrail against its baselines (proxy vs direct, exchange vs raw Vault, ...)",
+		Long: `bench starts its own Vault dev server, redis-server, identity issuer, two
+upstream APIs (one answering at once, one after 1 ms) and keytrail brokers
+(as child processes, so that their CPU time can be read from /proc), then
+measures each scenario next to its baseline in the same run:
+
+  A  a request proxied through keytrail vs the same request sent directly
+  B  an exchange vs the raw Vault call it makes (token create, transit sign)
+  C  the broker's own ceiling: CPU per exchange with Vault out of the loop
+  D  audit without fsync vs group commit vs fsync per record; revocation
+     checks against the in-memory store vs Redis
+  E  revocation propagation across three instances
+
+Variants alternate (A B A B ...) for --reps repetitions of --duration each;
+figures are medians over the repetitions. Throughput is measured closed-loop
+(--workers concurrent clients); latency open-loop at half the slowest
+variant's maximum rate, from each request's intended send time. Progress goes
+to stderr, the report to stdout, and with --json-out to a JSON file too.
+Everything started is stopped on exit and on Ctrl-C. See docs/PERFORMANCE.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.scenarios, err = parseScenarios(scenarios); err != nil {
+				return err
+			}
+			if o.duration <= 0 || o.reps < 1 || o.workers < 1 || o.revocations < 1 {
+				return errors.New("bench: --duration, --reps, --workers and --revocations must be positive")
+			}
+			if o.vaultBin == "" {
+				o.vaultBin = e.getenv("KEYTRAIL_VAULT_BIN")
+			}
+			if o.keytrailBin == "" {
+				if o.keytrailBin, err = os.Executable(); err != nil {
+					return fmt.Errorf("bench: finding the keytrail binary: %w (use --keytrail-bin)", err)
+				}
+			}
+			return runBench(cmd.Context(), e, o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&scenarios, "scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated letters")
+	f.DurationVar(&o.duration, "duration", 2*time.Second, "length of one measurement")
+	f.IntVar(&o.reps, "reps", 5, "repetitions of each measurement (medians are reported)")
+	f.IntVar(&o.workers, "workers", 16, "concurrent clients of the closed-loop (throughput) runs")
+	f.IntVar(&o.revocations, "revocations", 20, "revocations per repetition in scenario E")
+	f.StringVar(&o.jsonOut, "json-out", "", "also write the report as JSON to this file")
+	f.StringVar(&o.vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
+	f.StringVar(&o.keytrailBin, "keytrail-bin", "", "keytrail binary for the broker processes (default: this one)")
+	f.StringVar(&o.dir, "dir", "", "keep configs, audit logs and process logs here (default: a temporary directory, removed)")
+	return c
+}
+
+// parseScenarios reads "A,c, D" into ["A","C","D"] in running order.
+func parseScenarios(s string) ([]string, error) {
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		p := strings.ToUpper(strings.TrimSpace(part))
+		if p == "" {
+			continue
+		}
+		if !slices.Contains(allScenarios, p) {
+			return nil, fmt.Errorf("bench: unknown scenario %q (want letters among %s)", part, strings.Join(allScenarios, ","))
+		}
+		seen[p] = true
+	}
+	var out []string
+	for _, l := range allScenarios {
+		if seen[l] {
+			out = append(out, l)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("bench: --scenarios names no scenario")
+	}
+	return out, nil
+}
+
+// benchReport is the whole result, as printed and as written to JSON.
+type benchReport struct {
+	Keytrail   string    `json:"keytrail_version"`
+	GoVersion  string    `json:"go_version"`
+	OS         string    `json:"os"`
+	Arch       string    `json:"arch"`
+	CPUModel   string    `json:"cpu_model"`
+	NumCPU     int       `json:"num_cpu"`
+	GOMAXPROCS int       `json:"gomaxprocs"`
+	StartedAt  time.Time `json:"started_at"`
+	Seconds    float64   `json:"seconds"`
+	Duration   string    `json:"duration_per_run"`
+	Reps       int       `json:"reps"`
+	Workers    int       `json:"workers"`
+	// LoadAvg is /proc/loadavg at the start and at the end: other work on
+	// the machine shows here.
+	LoadAvgStart string            `json:"loadavg_start,omitempty"`
+	LoadAvgEnd   string            `json:"loadavg_end,omitempty"`
+	Scenarios    []*scenarioResult `json:"scenarios"`
+}
+
+// scenarioResult is one lettered scenario.
+type scenarioResult struct {
+	ID          string              `json:"id"`
+	Title       string              `json:"title"`
+	Comparisons []*comparisonResult `json:"comparisons,omitempty"`
+	Propagation *propagationResult  `json:"propagation,omitempty"`
+	Targets     []targetResult      `json:"targets,omitempty"`
+	Notes       []string            `json:"notes,omitempty"`
+}
+
+// targetResult is one target of the issue, met or not.
+type targetResult struct {
+	What string `json:"what"`
+	Want string `json:"want"`
+	Got  string `json:"got"`
+	Met  bool   `json:"met"`
+}
+
+// phaseSummary are the medians of one variant's runs in one mode.
+type phaseSummary struct {
+	Throughput float64            `json:"throughput"`
+	P50us      float64            `json:"p50_us"`
+	P90us      float64            `json:"p90_us"`
+	P99us      float64            `json:"p99_us"`
+	Errors     int                `json:"errors"` // summed over the runs
+	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
+}
+
+// variantResult is one variant next to the baseline.
+type variantResult struct {
+	Variant string       `json:"variant"`
+	Closed  phaseSummary `json:"closed_loop"`
+	Open    phaseSummary `json:"open_loop"`
+	// Throughput over the baseline's (closed loop); latency differences
+	// with the baseline (open loop, same rate).
+	ThroughputRatio float64 `json:"throughput_ratio"`
+	AddedP50us      float64 `json:"added_p50_us"`
+	AddedP90us      float64 `json:"added_p90_us"`
+	AddedP99us      float64 `json:"added_p99_us"`
+}
+
+// comparisonResult is variants measured against a baseline.
+type comparisonResult struct {
+	ID       string          `json:"id"`
+	Title    string          `json:"title"`
+	Baseline string          `json:"baseline"`
+	Workers  int             `json:"workers"`
+	OpenRate float64         `json:"open_loop_rate"`
+	Variants []variantResult `json:"variants"`
+	Runs     []benchRun      `json:"runs"`
+}
+
+func (c *comparisonResult) variant(name string) *variantResult {
+	for i := range c.Variants {
+		if c.Variants[i].Variant == name {
+			return &c.Variants[i]
+		}
+	}
+	return &variantResult{Variant: name}
+}
+
+// benchVariant is one side of a comparison.
+type benchVariant struct {
+	name string
+	op   benchOp
+}
+
+// comparisonSpec says what to compare.
+type comparisonSpec struct {
+	id, title string
+	variants  []benchVariant // the first is the baseline
+	probes    []cpuProbe
+	workers   int
+}
+
+// runBench sets up the environment, runs the scenarios and reports.
+func runBench(ctx context.Context, e *env, o benchOptions) error {
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(e.stderr, "keytrail bench: "+format+"\n", args...)
+	}
+	start := time.Now()
+	rep := &benchReport{
+		Keytrail: version, GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
+		CPUModel: cpuModel(), NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		StartedAt: start.UTC(), Duration: o.duration.String(), Reps: o.reps, Workers: o.workers,
+		LoadAvgStart: loadAvg(),
+	}
+	env, err := setupBenchEnv(ctx, o, progress)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		progress("stopping everything it started")
+		env.close()
+	}()
+	b := &benchRunner{env: env, o: o, progress: progress, report: rep}
+	for _, s := range o.scenarios {
+		var res *scenarioResult
+		var err error
+		switch s {
+		case "A":
+			res, err = b.scenarioA(ctx)
+		case "B":
+			res, err = b.scenarioB(ctx)
+		case "C":
+			res, err = b.scenarioC(ctx)
+		case "D":
+			res, err = b.scenarioD(ctx)
+		case "E":
+			res, err = b.scenarioE(ctx)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("bench interrupted during scenario %s", s)
+			}
+			return fmt.Errorf("bench: scenario %s: %w", s, err)
+		}
+		rep.Scenarios = append(rep.Scenarios, res)
+	}
+	rep.Seconds = round1(time.Since(start).Seconds())
+	rep.LoadAvgEnd = loadAvg()
+	printBenchReport(e.stdout, rep)
+	if o.jsonOut != "" {
+		raw, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.jsonOut, append(raw, '\n'), 0o644); err != nil {
+			return fmt.Errorf("bench: --json-out: %w", err)
+		}
+		progress("report written to %s", o.jsonOut)
+	}
+	return nil
+}
+
+// benchRunner runs scenarios in one environment.
+type benchRunner struct {
+	env      *benchEnv
+	o        benchOptions
+	progress func(string, ...any)
+	report   *benchReport
+}
+
+// compare measures spec's variants, interleaved, o.reps times in each mode:
+// closed loop for maximum throughput, then open loop at half the slowest
+// variant's median maximum for latency.
+func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*comparisonResult, error) {
+	workers := spec.workers
+	if workers == 0 {
+		workers = b.o.workers
+	}
+	res := &comparisonResult{ID: spec.id, Title: spec.title, Baseline: spec.variants[0].name, Workers: workers}
+	warm := min(b.o.duration/2, time.Second)
+	for _, v := range spec.variants {
+		r := closedLoop(ctx, v.op, workers, warm, nil)
+		if r.OK == 0 {
+			return nil, fmt.Errorf("%s %s: every request failed while warming up: %s", spec.id, v.name, r.FirstError)
+		}
+	}
+	byVariant := map[string][]benchRun{}
+	for rep := 1; rep <= b.o.reps; rep++ {
+		for _, v := range spec.variants {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			r := closedLoop(ctx, v.op, workers, b.o.duration, spec.probes)
+			r.Variant, r.Rep = v.name, rep
+			b.progress("%s closed loop rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
+			res.Runs = append(res.Runs, r)
+			byVariant[v.name] = append(byVariant[v.name], r)
+		}
+	}
+	slowest := -1.0
+	for _, v := range spec.variants {
+		t := median(byVariant[v.name], func(r benchRun) float64 { return r.Throughput })
+		if slowest < 0 || t < slowest {
+			slowest = t
+		}
+	}
+	res.OpenRate = round1(slowest / 2)
+	openRuns := map[string][]benchRun{}
+	for rep := 1; rep <= b.o.reps; rep++ {
+		for _, v := range spec.variants {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			r := openLoop(ctx, v.op, res.OpenRate, b.o.duration, 1024, spec.probes)
+			r.Variant, r.Rep = v.name, rep
+			b.progress("%s open loop   rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
+			res.Runs = append(res.Runs, r)
+			openRuns[v.name] = append(openRuns[v.name], r)
+		}
+	}
+	var base variantResult
+	for i, v := range spec.variants {
+		vr := variantResult{Variant: v.name, Closed: summarize(byVariant[v.name]), Open: summarize(openRuns[v.name])}
+		if i == 0 {
+			base = vr
+		}
+		if base.Closed.Throughput > 0 {
+			vr.ThroughputRatio = math2(vr.Closed.Throughput / base.Closed.Throughput)
+		}
+		vr.AddedP50us = round1(vr.Open.P50us - base.Open.P50us)
+		vr.AddedP90us = round1(vr.Open.P90us - base.Open.P90us)
+		vr.AddedP99us = round1(vr.Open.P99us - base.Open.P99us)
+		res.Variants = append(res.Variants, vr)
+	}
+	return res, nil
+}
+
+func runLine(r benchRun) string {
+	s := fmt.Sprintf("%8.0f/s p50 %s p99 %s errors %d", r.Throughput, fmtUs(r.P50us), fmtUs(r.P99us), r.Errors)
+	if r.FirstError != "" {
+		s += " (first: " + truncate(r.FirstError, 120) + ")"
+	}
+	return s
+}
+
+// summarize takes the median of every figure over runs.
+func summarize(runs []benchRun) phaseSummary {
+	s := phaseSummary{
+		Throughput: round1(median(runs, func(r benchRun) float64 { return r.Throughput })),
+		P50us:      round1(median(runs, func(r benchRun) float64 { return r.P50us })),
+		P90us:      round1(median(runs, func(r benchRun) float64 { return r.P90us })),
+		P99us:      round1(median(runs, func(r benchRun) float64 { return r.P99us })),
+	}
+	keys := map[string]bool{}
+	for _, r := range runs {
+		s.Errors += r.Errors
+		for k := range r.CPUusPerOp {
+			keys[k] = true
+		}
+	}
+	if len(keys) > 0 {
+		s.CPUusPerOp = map[string]float64{}
+		for k := range keys {
+			s.CPUusPerOp[k] = round1(median(runs, func(r benchRun) float64 { return r.CPUusPerOp[k] }))
+		}
+	}
+	return s
+}
+
+// median of f over runs (the mean of the middle two for an even count).
+func median(runs []benchRun, f func(benchRun) float64) float64 {
+	if len(runs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(runs))
+	for i, r := range runs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+func math2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
+
+// fmtUs prints microseconds as µs or ms.
+func fmtUs(v float64) string {
+	if v >= 10000 || v <= -10000 {
+		return fmt.Sprintf("%.1fms", v/1000)
+	}
+	if v >= 1000 || v <= -1000 {
+		return fmt.Sprintf("%.2fms", v/1000)
+	}
+	return fmt.Sprintf("%.0fµs", v)
+}
+
+func fmtSigned(v float64) string {
+	if v >= 0 {
+		return "+" + fmtUs(v)
+	}
+	return fmtUs(v)
+}
+
+func metStr(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT MET"
+}
+
+// printBenchReport writes the human-readable report.
+func printBenchReport(w io.Writer, r *benchReport) {
+	fmt.Fprintf(w, "keytrail bench (%s): %s %s/%s, CPU %s, %d CPUs, GOMAXPROCS %d\n",
+		r.Keytrail, r.GoVersion, r.OS, r.Arch, r.CPUModel, r.NumCPU, r.GOMAXPROCS)
+	fmt.Fprintf(w, "%d repetitions of %s per measurement, medians; closed loop with %d workers; started %s, took %.0fs\n",
+		r.Reps, r.Duration, r.Workers, r.StartedAt.Format(time.RFC3339), r.Seconds)
+	if r.LoadAvgStart != "" {
+		fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n", r.LoadAvgStart, r.LoadAvgEnd)
+	}
+	for _, s := range r.Scenarios {
+		fmt.Fprintf(w, "\n== %s. %s\n", s.ID, s.Title)
+		for _, c := range s.Comparisons {
+			fmt.Fprintf(w, "\n%s %s (baseline: %s)\n", c.ID, c.Title, c.Baseline)
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintf(tw, "variant\tmax/s\tratio\t|\tp50\tp90\tp99\tadded p50\tadded p99\terrors\t|\tbroker CPU/op\tother CPU/op\t\n")
+			for _, v := range c.Variants {
+				ratio := "-"
+				if v.Variant != c.Baseline {
+					ratio = fmt.Sprintf("%.2fx", v.ThroughputRatio)
+				}
+				added50, added99 := "-", "-"
+				if v.Variant != c.Baseline {
+					added50, added99 = fmtSigned(v.AddedP50us), fmtSigned(v.AddedP99us)
+				}
+				fmt.Fprintf(tw, "%s\t%.0f\t%s\t|\t%s\t%s\t%s\t%s\t%s\t%d\t|\t%s\t%s\t\n", v.Variant, v.Closed.Throughput, ratio,
+					fmtUs(v.Open.P50us), fmtUs(v.Open.P90us), fmtUs(v.Open.P99us), added50, added99,
+					v.Closed.Errors+v.Open.Errors, cpuCell(v, "broker"), otherCPU(v))
+			}
+			tw.Flush()
+			fmt.Fprintf(w, "  (max/s: closed loop, %d workers; latencies: open loop at %.0f/s, from the intended send time; CPU/op: closed loop / open loop)\n", c.Workers, c.OpenRate)
+		}
+		if p := s.Propagation; p != nil {
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintf(tw, "\nmeasured\tn\tp50\tp99\tmax\t\n")
+			for _, l := range p.Lines {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", l.Name, l.N, fmtUs(l.P50us), fmtUs(l.P99us), fmtUs(l.MaxUs))
+			}
+			tw.Flush()
+			fmt.Fprintf(w, "  errors %d\n", p.Errors)
+		}
+		if len(s.Targets) > 0 {
+			fmt.Fprintf(w, "targets:\n")
+			for _, t := range s.Targets {
+				fmt.Fprintf(w, "  %-7s %s: want %s, got %s\n", metStr(t.Met), t.What, t.Want, t.Got)
+			}
+		}
+		for _, n := range s.Notes {
+			fmt.Fprintf(w, "  note: %s\n", n)
+		}
+	}
+}
+
+func cpuCell(v variantResult, key string) string {
+	c, okc := v.Closed.CPUusPerOp[key]
+	o, oko := v.Open.CPUusPerOp[key]
+	if !okc && !oko {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f/%.0fµs", c, o)
+}
+
+func otherCPU(v variantResult) string {
+	var parts []string
+	for _, k := range []string{"vault", "redis", "bench"} {
+		if c := cpuCell(v, k); c != "-" {
+			parts = append(parts, k+" "+c)
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
+}
+
+// loadAvg is the first three fields of /proc/loadavg ("" without /proc).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}

@@ -1,0 +1,272 @@
+package main
+
+// The load generator of `keytrail bench`: closed-loop runs (N workers, each
+// sending its next request when the last one answered) find the maximum
+// throughput; open-loop runs (requests sent on a fixed schedule whatever
+// the answers) measure latency from each request's intended send time, so
+// a slow answer cannot hide the requests that should have gone out
+// meanwhile (no coordinated omission).
+
+import (
+	"context"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// benchOp sends one request and reports whether it failed.
+type benchOp func(ctx context.Context) error
+
+// cpuProbe reads the CPU time used so far by the processes a figure is
+// about (the broker, Vault, Redis).
+type cpuProbe struct {
+	name string
+	pids func() []int
+}
+
+func (p cpuProbe) read() time.Duration {
+	var sum time.Duration
+	for _, pid := range p.pids() {
+		if d, ok := procCPU(pid); ok {
+			sum += d
+		}
+	}
+	return sum
+}
+
+// benchRun is one measurement: one variant, one repetition, one mode.
+type benchRun struct {
+	Variant    string  `json:"variant"`
+	Rep        int     `json:"rep"`
+	Mode       string  `json:"mode"` // closed or open
+	Workers    int     `json:"workers,omitempty"`
+	TargetRate float64 `json:"target_rate,omitempty"`
+	Seconds    float64 `json:"seconds"`
+	OK         int     `json:"ok"`
+	Errors     int     `json:"errors"`
+	// Dropped counts open-loop sends skipped because too many requests
+	// were already outstanding (also counted in Errors).
+	Dropped    int     `json:"dropped,omitempty"`
+	Throughput float64 `json:"throughput"` // successful operations per second
+	P50us      float64 `json:"p50_us"`
+	P90us      float64 `json:"p90_us"`
+	P99us      float64 `json:"p99_us"`
+	MaxUs      float64 `json:"max_us"`
+	// CPUusPerOp is, per process group probed, CPU microseconds used
+	// during the run divided by the operations sent.
+	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
+	FirstError string             `json:"first_error,omitempty"`
+}
+
+// recorder collects latencies and errors of one run.
+type recorder struct {
+	mu       sync.Mutex
+	lat      []time.Duration
+	errors   int
+	dropped  int
+	firstErr string
+}
+
+func (r *recorder) add(d time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.errors++
+		if r.firstErr == "" {
+			r.firstErr = err.Error()
+		}
+		return
+	}
+	r.lat = append(r.lat, d)
+}
+
+func (r *recorder) merge(lat []time.Duration, errs int, first string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lat = append(r.lat, lat...)
+	r.errors += errs
+	if r.firstErr == "" {
+		r.firstErr = first
+	}
+}
+
+// finish turns the recorder into a benchRun.
+func (r *recorder) finish(run *benchRun, elapsed time.Duration, cpu map[string]time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	slices.Sort(r.lat)
+	run.Seconds = elapsed.Seconds()
+	run.OK, run.Errors, run.Dropped, run.FirstError = len(r.lat), r.errors+r.dropped, r.dropped, r.firstErr
+	if elapsed > 0 {
+		run.Throughput = float64(len(r.lat)) / elapsed.Seconds()
+	}
+	run.P50us = us(percentile(r.lat, 0.50))
+	run.P90us = us(percentile(r.lat, 0.90))
+	run.P99us = us(percentile(r.lat, 0.99))
+	if n := len(r.lat); n > 0 {
+		run.MaxUs = us(r.lat[n-1])
+	}
+	if ops := len(r.lat) + r.errors; ops > 0 && len(cpu) > 0 {
+		run.CPUusPerOp = map[string]float64{}
+		for k, d := range cpu {
+			run.CPUusPerOp[k] = round1(us(d) / float64(ops))
+		}
+	}
+}
+
+// percentile is the nearest-rank percentile of sorted durations (0 when
+// empty).
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func us(d time.Duration) float64 { return round1(float64(d) / float64(time.Microsecond)) }
+
+func round1(f float64) float64 { return math.Round(f*10) / 10 }
+
+// cpuSnapshot reads every probe.
+func cpuSnapshot(probes []cpuProbe) map[string]time.Duration {
+	m := make(map[string]time.Duration, len(probes))
+	for _, p := range probes {
+		m[p.name] = p.read()
+	}
+	return m
+}
+
+func cpuSince(probes []cpuProbe, before map[string]time.Duration) map[string]time.Duration {
+	m := make(map[string]time.Duration, len(probes))
+	for _, p := range probes {
+		m[p.name] = p.read() - before[p.name]
+	}
+	return m
+}
+
+// closedLoop runs op from workers goroutines back to back for d.
+func closedLoop(ctx context.Context, op benchOp, workers int, d time.Duration, probes []cpuProbe) benchRun {
+	run := benchRun{Mode: "closed", Workers: workers}
+	var rec recorder
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second) // bounds a hung request
+	defer cancel()
+	before := cpuSnapshot(probes)
+	start := time.Now()
+	end := start.Add(d)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, 1024)
+			errs, first := 0, ""
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if !t0.Before(end) {
+					break
+				}
+				if err := op(ctx); err != nil {
+					errs++
+					if first == "" {
+						first = err.Error()
+					}
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			rec.merge(lat, errs, first)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	rec.finish(&run, elapsed, cpuSince(probes, before))
+	return run
+}
+
+// openLoop sends op at rate per second for d, each request from its own
+// goroutine at its intended send time, and measures each latency from that
+// intended time. At most maxInFlight requests are outstanding; a send that
+// would exceed it is dropped and counted as an error.
+func openLoop(ctx context.Context, op benchOp, rate float64, d time.Duration, maxInFlight int, probes []cpuProbe) benchRun {
+	run := benchRun{Mode: "open", TargetRate: math.Round(rate)}
+	var rec recorder
+	if rate <= 0 {
+		rec.finish(&run, 0, nil)
+		return run
+	}
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	n := int(rate * d.Seconds())
+	interval := time.Duration(float64(time.Second) / rate)
+	var inflight atomic.Int64
+	var wg sync.WaitGroup
+	before := cpuSnapshot(probes)
+	start := time.Now()
+	func() {
+		p := newPacer()
+		defer p.close()
+		for i := range n {
+			if ctx.Err() != nil {
+				return
+			}
+			intended := start.Add(time.Duration(i) * interval)
+			p.until(intended)
+			if inflight.Load() >= int64(maxInFlight) {
+				rec.mu.Lock()
+				rec.dropped++
+				if rec.firstErr == "" {
+					rec.firstErr = "too many requests outstanding: send dropped"
+				}
+				rec.mu.Unlock()
+				continue
+			}
+			inflight.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer inflight.Add(-1)
+				err := op(ctx)
+				rec.add(time.Since(intended), err)
+			}()
+		}
+	}()
+	wg.Wait()
+	elapsed := time.Since(start)
+	rec.finish(&run, elapsed, cpuSince(probes, before))
+	// Throughput of an open-loop run is the rate achieved over the
+	// schedule, not over the tail of the last answers.
+	if d > 0 {
+		run.Throughput = round1(float64(run.OK) / max(d.Seconds(), elapsed.Seconds()))
+	}
+	return run
+}
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
+// 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// parseProcStat reads utime and stime (fields 14 and 15) from a
+// /proc/<pid>/stat line. The command name (field 2) is in parentheses and
+// may hold spaces, so fields are counted from the last ')'.
+func parseProcStat(s string) (time.Duration, bool) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state): utime is field 14 = f[11], stime f[12].
+	if len(f) < 13 {
+		return 0, false
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(u+st) * time.Second / clockTicks, true
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// benchChildEnv makes this test binary act as the keytrail binary when
+// `keytrail bench` starts brokers from it (os.Executable is the test
+// binary under go test).
+const benchChildEnv = "KEYTRAIL_BENCH_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(benchChildEnv) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestBenchSmoke runs scenario A briefly against real Vault, Redis and a
+// broker process, and checks the report has the proxied and direct figures
+// and their ratio, in text and in JSON.
+func TestBenchSmoke(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	jsonPath := filepath.Join(dir, "bench.json")
+	var out, errb bytes.Buffer
+	e := &env{ctx: context.Background(), getenv: os.Getenv, stdout: &out, stderr: &errb}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err = runBench(ctx, e, benchOptions{
+		scenarios: []string{"A"}, duration: 200 * time.Millisecond, reps: 1, workers: 4, revocations: 1,
+		jsonOut: jsonPath, vaultBin: os.Getenv("KEYTRAIL_VAULT_BIN"), keytrailBin: self,
+		dir: filepath.Join(dir, "work"), childEnv: []string{benchChildEnv + "=1"},
+	})
+	if err != nil {
+		t.Fatalf("runBench() = %v\nstderr:\n%s", err, errb.String())
+	}
+	raw, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep benchReport
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatalf("JSON report: %v", err)
+	}
+	if rep.GoVersion == "" || rep.CPUModel == "" || rep.GOMAXPROCS < 1 || rep.NumCPU < 1 {
+		t.Errorf("report machine = %q %q %d %d, want all set", rep.GoVersion, rep.CPUModel, rep.GOMAXPROCS, rep.NumCPU)
+	}
+	var ids []string
+	for _, s := range rep.Scenarios {
+		for _, c := range s.Comparisons {
+			ids = append(ids, c.ID)
+			for _, name := range []string{"direct", "proxied"} {
+				v := c.variant(name)
+				if v.Closed.Throughput <= 0 || v.Open.P50us <= 0 || v.Open.P99us < v.Open.P50us {
+					t.Errorf("%s %s = %+v, want throughput and open-loop latencies", c.ID, name, v)
+				}
+				if v.Closed.Errors+v.Open.Errors != 0 {
+					t.Errorf("%s %s: %d errors", c.ID, name, v.Closed.Errors+v.Open.Errors)
+				}
+			}
+			if r := c.variant("proxied").ThroughputRatio; r <= 0 {
+				t.Errorf("%s proxied throughput ratio = %v, want > 0", c.ID, r)
+			}
+			if c.OpenRate <= 0 {
+				t.Errorf("%s open-loop rate = %v, want > 0", c.ID, c.OpenRate)
+			}
+		}
+	}
+	if diff := cmp.Diff([]string{"A1", "A2"}, ids); diff != "" {
+		t.Errorf("comparisons (-want +got):\n%s", diff)
+	}
+	text := out.String()
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "targets:"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text report lacks %q:\n%s", want, text)
+		}
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", errb.String())
+	}
+}
+
+func TestParseScenarios(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     []string
+		wantErr  bool
+	}{
+		{name: "ok/all", in: "A,B,C,D,E", want: []string{"A", "B", "C", "D", "E"}},
+		{name: "ok/reordered-lower-spaces-dup", in: " e, a ,A,", want: []string{"A", "E"}},
+		{name: "fail/unknown", in: "A,F", wantErr: true},
+		{name: "fail/empty", in: " , ", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseScenarios(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("parseScenarios(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("parseScenarios(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseScenarios(f *testing.F) {
+	for _, s := range []string{"A,B,C,D,E", " e, a ,A,", "A,F", " , "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := parseScenarios(s)
+		if err != nil {
+			return
+		}
+		if len(got) == 0 || len(got) > len(allScenarios) {
+			t.Fatalf("parseScenarios(%q) = %v", s, got)
+		}
+		for _, l := range got {
+			if !strings.Contains("ABCDE", l) || len(l) != 1 {
+				t.Fatalf("parseScenarios(%q) = %v: %q is not a scenario", s, got, l)
+			}
+		}
+	})
+}
+
+const statLine = "4242 (keytrail server) S 1 4242 4242 0 -1 4194560 2500 0 0 0 150 37 0 0 20 0 12 0 3600 1950580 9642 18446744073709551615"
+
+func TestParseProcStat(t *testing.T) {
+	tests := []struct {
+		name   string
+		in     string
+		want   time.Duration
+		wantOK bool
+	}{
+		{name: "ok/utime-plus-stime", in: statLine, want: 1870 * time.Millisecond, wantOK: true},
+		{name: "ok/name-with-parens", in: "7 (a) b) S 1 7 7 0 -1 0 0 0 0 0 3 4 0 0", want: 70 * time.Millisecond, wantOK: true},
+		{name: "fail/truncated", in: "7 (x) S 1 7 7", wantOK: false},
+		{name: "fail/no-name", in: "7 x S", wantOK: false},
+		{name: "fail/not-a-number", in: "7 (x) S 1 7 7 0 -1 0 0 0 0 0 u 4 0 0", wantOK: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := parseProcStat(tt.in)
+			if got != tt.want || ok != tt.wantOK {
+				t.Fatalf("parseProcStat(%q) = %v, %v, want %v, %v", tt.in, got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
+func FuzzParseProcStat(f *testing.F) {
+	for _, s := range []string{statLine, "7 (a) b) S 1 7 7 0 -1 0 0 0 0 0 3 4 0 0", "7 (x) S 1 7 7", "7 x S"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if d, ok := parseProcStat(s); ok && d < 0 {
+			t.Fatalf("parseProcStat(%q) = %v, negative", s, d)
+		}
+	})
+}
+
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var out []time.Duration
+		for _, x := range v {
+			out = append(out, time.Duration(x)*time.Millisecond)
+		}
+		return out
+	}
+	tests := []struct {
+		name   string
+		sorted []time.Duration
+		q      float64
+		want   time.Duration
+	}{
+		{name: "ok/empty", sorted: nil, q: 0.5, want: 0},
+		{name: "ok/p50-of-4-nearest-rank", sorted: ms(1, 2, 3, 4), q: 0.5, want: 2 * time.Millisecond},
+		{name: "ok/p99-of-100", sorted: ms(seq(100)...), q: 0.99, want: 99 * time.Millisecond},
+		{name: "ok/p100", sorted: ms(1, 2, 3), q: 1, want: 3 * time.Millisecond},
+		{name: "ok/p0-is-first", sorted: ms(5, 6), q: 0, want: 5 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := percentile(tt.sorted, tt.q); got != tt.want {
+				t.Fatalf("percentile(%v, %v) = %v, want %v", tt.sorted, tt.q, got, tt.want)
+			}
+		})
+	}
+}
+
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i + 1
+	}
+	return out
+}
+
+func TestMedian(t *testing.T) {
+	runs := func(v ...float64) []benchRun {
+		var out []benchRun
+		for _, x := range v {
+			out = append(out, benchRun{Throughput: x})
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		runs []benchRun
+		want float64
+	}{
+		{name: "ok/empty", want: 0},
+		{name: "ok/odd", runs: runs(5, 1, 3), want: 3},
+		{name: "ok/even-mean-of-middle", runs: runs(4, 1, 3, 10), want: 3.5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := median(tt.runs, func(r benchRun) float64 { return r.Throughput }); got != tt.want {
+				t.Fatalf("median(%v) = %v, want %v", tt.runs, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestLoops checks the load generator's counting: the open loop sends on
+// schedule and counts failures; the closed loop counts every answer.
+func TestLoops(t *testing.T) {
+	boom := errors.New("boom")
+	buf := make([]byte, 64<<10)
+	ok := func(context.Context) error { sha256.Sum256(buf); return nil } // takes tens of µs
+	bad := func(context.Context) error { return boom }
+	tests := []struct {
+		name       string
+		run        func() benchRun
+		wantOK     func(n int) bool
+		wantErrors func(n int) bool
+	}{
+		{name: "ok/open-loop-sends-the-schedule", run: func() benchRun {
+			return openLoop(context.Background(), ok, 1000, 100*time.Millisecond, 100, nil)
+		}, wantOK: func(n int) bool { return n == 100 }, wantErrors: func(n int) bool { return n == 0 }},
+		{name: "fail/open-loop-counts-errors", run: func() benchRun {
+			return openLoop(context.Background(), bad, 1000, 50*time.Millisecond, 100, nil)
+		}, wantOK: func(n int) bool { return n == 0 }, wantErrors: func(n int) bool { return n == 50 }},
+		{name: "ok/closed-loop", run: func() benchRun {
+			return closedLoop(context.Background(), ok, 2, 20*time.Millisecond, nil)
+		}, wantOK: func(n int) bool { return n > 0 }, wantErrors: func(n int) bool { return n == 0 }},
+		{name: "fail/closed-loop-counts-errors", run: func() benchRun {
+			return closedLoop(context.Background(), bad, 2, 20*time.Millisecond, nil)
+		}, wantOK: func(n int) bool { return n == 0 }, wantErrors: func(n int) bool { return n > 0 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.run()
+			if !tt.wantOK(r.OK) || !tt.wantErrors(r.Errors) {
+				t.Fatalf("run = ok %d errors %d (first %q), not as expected", r.OK, r.Errors, r.FirstError)
+			}
+			if r.OK > 0 && (r.P50us <= 0 || r.P99us < r.P50us || r.MaxUs < r.P99us) {
+				t.Fatalf("run latencies p50 %v p99 %v max %v, want 0 < p50 <= p99 <= max", r.P50us, r.P99us, r.MaxUs)
+			}
+		})
+	}
+}
