@@ -756,8 +756,21 @@ type CacheOptions struct {
 	// Window: revocations created longer ago than this are not cached (their
 	// credentials have expired; the Store's marks still stand). Default 24h.
 	Window time.Duration
-	Now    func() time.Time
-	Logger *slog.Logger
+	// FastReads lets the cache answer the per-request checks alone while its
+	// view is fresh (refreshed within two intervals): GetBlock for a
+	// workload it does not know as blocked, and FindIssuance by fingerprint
+	// for a record it fetched within IssuanceTTL (revocations since then are
+	// in its revoked set). That keeps Redis off the hot path; revocations
+	// and blocks still reach this instance within one refresh interval, or
+	// at once through the Notifier. A stale view (Store unreachable) falls
+	// back to Store reads, which then fail closed.
+	FastReads bool
+	// IssuanceTTL bounds how long a fetched issuance is reused (default 1m).
+	IssuanceTTL time.Duration
+	// MaxIssuances bounds the issuance cache (default 100,000 records).
+	MaxIssuances int
+	Now          func() time.Time
+	Logger       *slog.Logger
 }
 
 // RevocationCache is one instance's in-memory view of the revocation state:
@@ -775,6 +788,14 @@ type RevocationCache struct {
 	seq       uint64        // notices applied so far
 	log       []noticeEntry // notices applied during the refresh in progress
 	refreshed time.Time
+
+	issMu  sync.Mutex
+	issues map[string]cachedIssuance // fingerprint -> record (FastReads)
+}
+
+type cachedIssuance struct {
+	is *Issuance
+	at time.Time
 }
 
 type noticeEntry struct {
@@ -802,7 +823,14 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{}}, nil
+	if o.IssuanceTTL <= 0 {
+		o.IssuanceTTL = time.Minute
+	}
+	if o.MaxIssuances <= 0 {
+		o.MaxIssuances = 100_000
+	}
+	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
+		issues: map[string]cachedIssuance{}}, nil
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -983,8 +1011,35 @@ func (s *cachedStore) GetIssuance(ctx context.Context, id string) (*Issuance, er
 	return s.deny(is), err
 }
 
+// fresh reports whether the cache's view may answer alone (FastReads).
+func (c *RevocationCache) fresh(now time.Time) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.o.FastReads && !c.refreshed.IsZero() && now.Sub(c.refreshed) <= 2*c.o.Interval
+}
+
 func (s *cachedStore) FindIssuance(ctx context.Context, kind RefKind, value string) (*Issuance, error) {
+	fast := kind == RefFingerprint && s.c.o.FastReads
+	if fast {
+		now := s.c.o.Now()
+		s.c.issMu.Lock()
+		e, ok := s.c.issues[value]
+		s.c.issMu.Unlock()
+		if ok && now.Sub(e.at) < s.c.o.IssuanceTTL && s.c.fresh(now) {
+			cp := *e.is
+			return s.deny(&cp), nil
+		}
+	}
 	is, err := s.Store.FindIssuance(ctx, kind, value)
+	if fast && err == nil && is != nil {
+		cp := *is
+		s.c.issMu.Lock()
+		if len(s.c.issues) >= s.c.o.MaxIssuances {
+			clear(s.c.issues)
+		}
+		s.c.issues[value] = cachedIssuance{is: &cp, at: s.c.o.Now()}
+		s.c.issMu.Unlock()
+	}
 	return s.deny(is), err
 }
 
@@ -1005,6 +1060,15 @@ func (s *cachedStore) ListIssuances(ctx context.Context, f IssuanceFilter) ([]*I
 }
 
 func (s *cachedStore) GetBlock(ctx context.Context, workload string) (*Block, error) {
+	if s.c.fresh(s.c.o.Now()) {
+		s.c.mu.RLock()
+		cb, ok := s.c.blocked[workload]
+		s.c.mu.RUnlock()
+		if ok {
+			return &cb, nil
+		}
+		return nil, fmt.Errorf("workload %q: %w", workload, ErrNotFound)
+	}
 	b, err := s.Store.GetBlock(ctx, workload)
 	if errors.Is(err, ErrNotFound) {
 		s.c.mu.RLock()

@@ -320,7 +320,7 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 	if !ok {
 		n = memstore.NewNotifier()
 	}
-	cache, err := broker.NewRevocationCache(rt.store, broker.CacheOptions{Notifier: n, Logger: rt.log})
+	cache, err := broker.NewRevocationCache(rt.store, broker.CacheOptions{Notifier: n, Logger: rt.log, FastReads: true})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,97 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+)
+
+// countingStore counts the reads the fast path must avoid.
+type countingStore struct {
+	broker.Store
+	finds, blocks atomic.Int64
+}
+
+func (c *countingStore) FindIssuance(ctx context.Context, k broker.RefKind, v string) (*broker.Issuance, error) {
+	c.finds.Add(1)
+	return c.Store.FindIssuance(ctx, k, v)
+}
+
+func (c *countingStore) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
+	c.blocks.Add(1)
+	return c.Store.GetBlock(ctx, w)
+}
+
+func TestRevocationCacheFastReads(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	inner := &countingStore{Store: memstore.New(clock)}
+	is := &broker.Issuance{ID: "iss_1", Workload: "w", Owner: "o", Kind: broker.KindProxy, IssuedAt: now,
+		ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Fingerprint: "sha256:aa", ExpiresAt: now.Add(time.Hour)}}
+	if err := inner.PutIssuance(ctx, is); err != nil {
+		t.Fatal(err)
+	}
+	c, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock, IssuanceTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := c.Store()
+
+	// Before the first refresh the view is not fresh: Store reads.
+	if _, err := st.GetBlock(ctx, "w"); !errors.Is(err, broker.ErrNotFound) || inner.blocks.Load() != 1 {
+		t.Fatalf("GetBlock before refresh = %v, store reads %d; want ErrNotFound from the store", err, inner.blocks.Load())
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name       string
+		do         func()
+		wantFinds  int64
+		wantBlocks int64
+		revoked    bool
+	}{
+		{name: "ok/first-find-reads-store", wantFinds: 1, wantBlocks: 1},
+		{name: "ok/second-find-from-cache", wantFinds: 1, wantBlocks: 1},
+		{name: "fail/revoked-notice-overlays-cached-record", do: func() {
+			// What Revoke does: mark the record durably, then announce.
+			r := *is
+			r.RevokedAt = now
+			_ = inner.PutIssuance(ctx, &r)
+			c.Apply(broker.Notice{Revoked: []string{"iss_1"}})
+		}, wantFinds: 1, wantBlocks: 1, revoked: true},
+		{name: "ok/after-issuance-ttl-store-read-again", do: func() { now = now.Add(61 * time.Second); _ = c.Refresh(ctx) }, wantFinds: 2, wantBlocks: 1, revoked: true},
+		{name: "ok/stale-view-falls-back-to-store", do: func() { now = now.Add(3 * time.Second) }, wantFinds: 3, wantBlocks: 2, revoked: true},
+	}
+	for _, s := range steps {
+		if s.do != nil {
+			s.do()
+		}
+		got, err := st.FindIssuance(ctx, broker.RefFingerprint, "sha256:aa")
+		if err != nil {
+			t.Fatalf("%s: FindIssuance = %v", s.name, err)
+		}
+		if got.RevokedAt.IsZero() == s.revoked {
+			t.Errorf("%s: revoked = %v, want %v", s.name, !got.RevokedAt.IsZero(), s.revoked)
+		}
+		if _, err := st.GetBlock(ctx, "w"); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("%s: GetBlock = %v, want ErrNotFound", s.name, err)
+		}
+		if f, b := inner.finds.Load(), inner.blocks.Load(); f != s.wantFinds || b != s.wantBlocks {
+			t.Errorf("%s: store reads finds=%d blocks=%d, want %d/%d", s.name, f, b, s.wantFinds, s.wantBlocks)
+		}
+	}
+	// A block announced to this instance is seen without a Store read.
+	_ = c.Refresh(ctx)
+	c.Apply(broker.Notice{Blocked: []string{"w"}})
+	before := inner.blocks.Load()
+	if b, err := st.GetBlock(ctx, "w"); err != nil || b.Workload != "w" || inner.blocks.Load() != before {
+		t.Errorf("GetBlock after a block notice = %+v, %v (store reads +%d); want the block from memory", b, err, inner.blocks.Load()-before)
+	}
+}
