@@ -36,6 +36,9 @@ type stackOptions struct {
 	// checkpointKey signs audit checkpoints with a fresh Ed25519 key whose
 	// public half is written to stack.checkpointPub.
 	checkpointKey bool
+	// checkpointTransitKey signs audit checkpoints with this Vault transit
+	// key (audit.checkpoint_transit_key).
+	checkpointTransitKey string
 }
 
 type stack struct {
@@ -173,6 +176,9 @@ log: {level: debug}
 		keyPath, pubPath := writeEd25519Key(t, s.dir)
 		s.checkpointPub = pubPath
 		cfg = strings.Replace(cfg, "audit:\n", "audit:\n  checkpoint_key_file: "+keyPath+"\n", 1)
+	}
+	if o.checkpointTransitKey != "" {
+		cfg = strings.Replace(cfg, "audit:\n", "audit:\n  checkpoint_transit_key: "+o.checkpointTransitKey+"\n", 1)
 	}
 	s.policyDir = polPath
 	cfgPath := filepath.Join(s.dir, "config.yaml")

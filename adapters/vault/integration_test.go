@@ -191,6 +191,8 @@ func TestRealVault(t *testing.T) {
 		})
 	}
 
+	t.Run("checkpoints", func(t *testing.T) { testRealVaultCheckpoints(ctx, t, bc) })
+
 	// Last, as it wipes the server: the harness restarts an empty dev server
 	// on the same address and sets it up again; Kill ends it at once.
 	t.Run("ok/harness-restart-and-kill", func(t *testing.T) {

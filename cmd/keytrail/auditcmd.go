@@ -24,15 +24,17 @@ func newAuditCmd(e *env) *cobra.Command {
 }
 
 func newAuditVerifyCmd(e *env) *cobra.Command {
-	var keyFiles []string
+	var keyFiles, jwksSrcs []string
 	var requireCheckpoint, asJSON, exact bool
 	c := &cobra.Command{
 		Use:   "verify FILE_OR_DIR...",
 		Short: "Check the hash chain and checkpoint signatures of audit files",
 		Long: `verify checks every chain in the given audit files (rotated files oldest
 first): seq continuity, the prev hash over the exact bytes of the previous
-line, and each checkpoint's head and Ed25519 signature (--key, a PKIX public
-key PEM as 'openssl pkey -pubout' writes). It names the first bad line and why,
+line, and each checkpoint's head and signature: Ed25519 (--key, a PKIX public
+key PEM as 'openssl pkey -pubout' writes) or Vault transit (--jwks, the
+broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
+kid, "<transit key>:<version>"). It names the first bad line and why,
 and reports lines after the last verified checkpoint, where truncation cannot
 be ruled out (--require-checkpoint makes that a failure). Exit status 1 when
 anything is wrong.
@@ -65,6 +67,13 @@ siblings. --exact reads only the files named, in the order given.`,
 					opts.Keys[kid] = pub
 				}
 			}
+			if len(jwksSrcs) > 0 {
+				f, err := jwksVerifyFunc(cmd.Context(), jwksSrcs...)
+				if err != nil {
+					return fmt.Errorf("--jwks: %w", err)
+				}
+				opts.VerifyFunc = f
+			}
 			rep, err := audit.VerifyFiles(args, opts)
 			if rep == nil {
 				return err
@@ -89,6 +98,7 @@ siblings. --exact reads only the files named, in the order given.`,
 		},
 	}
 	c.Flags().StringSliceVar(&keyFiles, "key", nil, "Ed25519 checkpoint public key (PEM); repeatable")
+	c.Flags().StringSliceVar(&jwksSrcs, "jwks", nil, "JWKS with the Vault transit checkpoint keys (URL or file); repeatable")
 	c.Flags().BoolVar(&requireCheckpoint, "require-checkpoint", false, "fail when lines follow the last verified checkpoint")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	c.Flags().BoolVar(&exact, "exact", false, "read only the files named, without rotated siblings or directory expansion")
@@ -106,7 +116,7 @@ func printVerifyReport(e *env, rep *audit.Report) {
 		fmt.Fprintln(w)
 	}
 	if !rep.SignaturesChecked {
-		fmt.Fprintln(w, "checkpoint signatures not checked (no --key given)")
+		fmt.Fprintln(w, "checkpoint signatures not checked (no --key or --jwks given)")
 	}
 	for _, p := range rep.Problems {
 		fmt.Fprintln(w, "FAIL", p.String())

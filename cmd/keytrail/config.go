@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -75,6 +76,10 @@ type StoreConfig struct {
 type AuditConfig struct {
 	File              string `yaml:"file"`
 	CheckpointKeyFile string `yaml:"checkpoint_key_file"`
+	// CheckpointTransitKey signs checkpoints with this Vault transit key
+	// (ed25519 or ecdsa-p256, on the "transit" mount) instead of a key file;
+	// its public key is served in the broker's JWKS.
+	CheckpointTransitKey string `yaml:"checkpoint_transit_key"`
 	// Fsync per batch (group commit); default true. Turning it off trades
 	// durability for speed and is for benchmarks only.
 	Fsync *bool `yaml:"fsync"`
@@ -248,6 +253,14 @@ func (c *Config) validate(file string) error {
 	if c.Audit.CheckpointKeyFile != "" {
 		if _, err := os.Stat(c.Audit.CheckpointKeyFile); err != nil {
 			bad("audit.checkpoint_key_file", "%v", err)
+		}
+	}
+	if k := c.Audit.CheckpointTransitKey; k != "" {
+		if c.Audit.CheckpointKeyFile != "" {
+			bad("audit.checkpoint_transit_key", "cannot be combined with audit.checkpoint_key_file")
+		}
+		if strings.ContainsAny(k, "/: \t?#%\\") || k == "." || k == ".." {
+			bad("audit.checkpoint_transit_key", "must be a transit key name")
 		}
 	}
 	if c.Audit.RotateBytes < 0 {

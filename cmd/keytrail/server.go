@@ -278,6 +278,16 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 			return fmt.Errorf("audit.checkpoint_key_file: %w", err)
 		}
 	}
+	if k := cfg.Audit.CheckpointTransitKey; k != "" {
+		ts, err := vaultad.NewTransitCheckpointSigner(vaultad.TransitCheckpointSignerOptions{Client: vc, Key: k})
+		if err != nil {
+			return fmt.Errorf("audit.checkpoint_transit_key: %w", err)
+		}
+		if err := ts.Load(ctx); err != nil {
+			return fmt.Errorf("audit.checkpoint_transit_key: %w", err)
+		}
+		signer = ts
+	}
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync,
 		RotateBytes: cfg.Audit.RotateBytes, MaxBatch: cfg.Audit.MaxBatch, Logger: log,
@@ -322,7 +332,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	var keys broker.PublicKeySource
-	if names := transitKeyNames(pol); len(names) > 0 {
+	names := transitKeyNames(pol)
+	if k := cfg.Audit.CheckpointTransitKey; k != "" {
+		names = append(names, k) // verifiers of checkpoints find it in the JWKS
+	}
+	if len(names) > 0 {
 		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: vc, Keys: names})
 		if err != nil {
 			return err

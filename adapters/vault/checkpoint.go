@@ -1,0 +1,273 @@
+package vault
+
+// Audit checkpoints signed by a Vault transit key, and their verification.
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"sync"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// TransitCheckpointSignerOptions configure NewTransitCheckpointSigner.
+type TransitCheckpointSignerOptions struct {
+	Client       *vaultapi.Client // from NewClient (required)
+	Key          string           // transit key name (required): ed25519, or ecdsa-p256
+	TransitMount string           // default "transit"
+	KeyRefresh   time.Duration    // key metadata cache; default DefaultKeyRefresh
+	Now          func() time.Time // default time.Now
+}
+
+// TransitCheckpointSigner signs audit checkpoints with a Vault transit key
+// (audit.Signer): the private key never leaves Vault, so the broker cannot
+// sign a rewritten history without Vault recording the request.
+//
+// It signs with the key's latest version (read through a cache refreshed
+// every KeyRefresh, so a rotation is picked up). KeyID is "<key>:<version>"
+// of the version the last Sign used: the kid TransitKeys lists and the
+// broker's JWKS serves for it. Alg is audit.AlgVaultTransit; the verifier
+// takes the actual algorithm from the key (CheckpointVerifyFunc): Ed25519
+// over the signing input for an ed25519 key, ECDSA P-256 with SHA-256 (raw
+// r||s, Vault's marshaling_algorithm=jws) for an ecdsa-p256 key.
+//
+// Every signature Vault returns is checked against the key's public key
+// before it is used. audit.Chain.Checkpoint calls Sign, then KeyID; a
+// signer is meant for one sink, whose writer makes checkpoints one at a
+// time (with several concurrent callers, a rotation between one caller's
+// Sign and KeyID could name the other version).
+type TransitCheckpointSigner struct {
+	c     *vaultapi.Client
+	mount string
+	name  string
+	keys  *keyCache
+
+	mu      sync.Mutex
+	version int // of the last signature; 0 before the first
+}
+
+var _ audit.Signer = (*TransitCheckpointSigner)(nil)
+
+// NewTransitCheckpointSigner validates o and returns a signer. It makes no
+// Vault call; Load checks the key.
+func NewTransitCheckpointSigner(o TransitCheckpointSignerOptions) (*TransitCheckpointSigner, error) {
+	var errs []error
+	if o.Client == nil {
+		errs = append(errs, errors.New("vault checkpoint signer: client is required"))
+	}
+	mount := o.TransitMount
+	if mount == "" {
+		mount = "transit"
+	}
+	if !validName(mount) {
+		errs = append(errs, fmt.Errorf("vault checkpoint signer: bad transit mount %q", mount))
+	}
+	if !validName(o.Key) || strings.ContainsAny(o.Key, "/:") {
+		errs = append(errs, fmt.Errorf("vault checkpoint signer: bad transit key name %q", o.Key))
+	}
+	if o.KeyRefresh < 0 {
+		errs = append(errs, errors.New("vault checkpoint signer: key refresh must not be negative"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	refresh := o.KeyRefresh
+	if refresh == 0 {
+		refresh = DefaultKeyRefresh
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &TransitCheckpointSigner{c: o.Client, mount: mount, name: o.Key, keys: newKeyCache(o.Client, mount, refresh, now)}, nil
+}
+
+// Load reads the key now, so that a missing key, a key of the wrong type or
+// a broker token that cannot read it fails start-up rather than the first
+// checkpoint. It sets the version KeyID names until the first Sign.
+func (s *TransitCheckpointSigner) Load(ctx context.Context) error {
+	k, err := s.keys.get(ctx, s.name)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.version == 0 {
+		s.version = k.Latest
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// KeyID returns "<key>:<version>" of the last signature (or of the version
+// Load saw); the bare key name before either.
+func (s *TransitCheckpointSigner) KeyID() string {
+	s.mu.Lock()
+	v := s.version
+	s.mu.Unlock()
+	if v == 0 {
+		return s.name
+	}
+	return kid(s.name, v)
+}
+
+// Alg returns audit.AlgVaultTransit.
+func (s *TransitCheckpointSigner) Alg() string { return audit.AlgVaultTransit }
+
+// String names the key, never anything secret.
+func (s *TransitCheckpointSigner) String() string {
+	return "vault-transit-signer(" + s.mount + "/" + s.name + ")"
+}
+
+// Sign asks transit to sign msg with the key's latest version and returns
+// the raw signature: 64 bytes, Ed25519 or ECDSA r||s. Errors are
+// *broker.Error of kind ErrUnavailable, as for every Vault call.
+func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte, error) {
+	const op = "sign checkpoint"
+	if err := ctx.Err(); err != nil {
+		return nil, translate(op, err)
+	}
+	k, err := s.keys.get(ctx, s.name)
+	if err != nil {
+		return nil, err
+	}
+	body := map[string]any{
+		"input":       base64.StdEncoding.EncodeToString(msg),
+		"key_version": k.Latest,
+	}
+	if k.Type == KeyTypeECDSAP256 {
+		body["hash_algorithm"] = "sha2-256"
+		body["marshaling_algorithm"] = "jws"
+	}
+	sec, err := s.c.Logical().WriteWithContext(ctx, s.mount+"/sign/"+s.name, body)
+	if err != nil {
+		if statusOf(err) == 400 {
+			s.keys.forget(s.name) // rotated, or min_encryption_version raised
+		}
+		return nil, translate(op, err)
+	}
+	if sec == nil || sec.Data == nil {
+		return nil, badResponse(op, "no data")
+	}
+	str, _ := sec.Data["signature"].(string)
+	sig, err := parseVaultSignature(str, k.Latest, k.Type)
+	if err != nil {
+		return nil, badResponse(op, err.Error())
+	}
+	if err := verifyCheckpointSig(k.Public[k.Latest], msg, sig); err != nil {
+		s.keys.forget(s.name)
+		return nil, badResponse(op, "signature does not verify with key "+kid(s.name, k.Latest))
+	}
+	s.mu.Lock()
+	s.version = k.Latest
+	s.mu.Unlock()
+	return sig, nil
+}
+
+// CheckpointVerifyFunc returns an audit.VerifyFunc for checkpoints a
+// TransitCheckpointSigner made, given the transit public keys by kid (as
+// TransitKeys lists them, or as read back from the broker's JWKS). The
+// algorithm comes from the key, never from the checkpoint: an Ed25519 key
+// verifies Ed25519 over msg, a P-256 key verifies ECDSA over SHA-256(msg)
+// with the 64-byte r||s signature. A key's Alg, when set, must agree (EdDSA,
+// ES256). The checkpoint's alg must be audit.AlgVaultTransit. A kid that is
+// not among keys gives an error wrapping audit.ErrUnknownKey.
+//
+// Keys of other types, keys without a kid, and one kid naming two different
+// keys are errors.
+func CheckpointVerifyFunc(keys []broker.PublicKey) (audit.VerifyFunc, error) {
+	byKID := make(map[string]any, len(keys))
+	var errs []error
+	for i, k := range keys {
+		if k.KID == "" {
+			errs = append(errs, fmt.Errorf("keys[%d]: no kid", i))
+			continue
+		}
+		pub, err := checkpointKey(k)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("keys[%d] (kid %q): %w", i, k.KID, err))
+			continue
+		}
+		if prev, ok := byKID[k.KID]; ok && !samePublicKey(prev, pub) {
+			errs = append(errs, fmt.Errorf("keys[%d]: kid %q names two different keys", i, k.KID))
+			continue
+		}
+		byKID[k.KID] = pub
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("vault checkpoint keys: %w", errors.Join(errs...))
+	}
+	return func(keyID, alg string, msg, sig []byte) error {
+		pub, ok := byKID[keyID]
+		if !ok {
+			return fmt.Errorf("%w: %q", audit.ErrUnknownKey, keyID)
+		}
+		if alg != audit.AlgVaultTransit {
+			return fmt.Errorf("checkpoint alg %q, want %q for transit key %s", alg, audit.AlgVaultTransit, keyID)
+		}
+		return verifyCheckpointSig(pub, msg, sig)
+	}, nil
+}
+
+// checkpointKey returns the verification key of k: an ed25519.PublicKey or
+// a P-256 *ecdsa.PublicKey whose Alg, if set, agrees.
+func checkpointKey(k broker.PublicKey) (any, error) {
+	switch pub := k.Key.(type) {
+	case ed25519.PublicKey:
+		if len(pub) != ed25519.PublicKeySize {
+			return nil, errors.New("Ed25519 key has the wrong size")
+		}
+		if k.Alg != "" && k.Alg != "EdDSA" {
+			return nil, fmt.Errorf("alg %q does not fit an Ed25519 key (want EdDSA)", k.Alg)
+		}
+		return pub, nil
+	case *ecdsa.PublicKey:
+		if pub == nil || pub.Curve != elliptic.P256() {
+			return nil, errors.New("ECDSA key is not on P-256")
+		}
+		if k.Alg != "" && k.Alg != "ES256" {
+			return nil, fmt.Errorf("alg %q does not fit a P-256 key (want ES256)", k.Alg)
+		}
+		return pub, nil
+	}
+	return nil, fmt.Errorf("unsupported key type %T (want Ed25519 or ECDSA P-256)", k.Key)
+}
+
+func samePublicKey(a, b any) bool {
+	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ea.Equal(b)
+}
+
+// verifyCheckpointSig checks a raw transit signature over msg with pub.
+func verifyCheckpointSig(pub any, msg, sig []byte) error {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize || !ed25519.Verify(k, msg, sig) {
+			return errors.New("Ed25519 signature does not verify")
+		}
+		return nil
+	case *ecdsa.PublicKey:
+		if len(sig) != 64 {
+			return fmt.Errorf("ES256 signature has %d bytes, want 64 (r||s)", len(sig))
+		}
+		h := sha256.Sum256(msg)
+		r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+		if !ecdsa.Verify(k, h[:], r, s) {
+			return errors.New("ES256 signature does not verify")
+		}
+		return nil
+	}
+	return fmt.Errorf("unsupported key type %T", pub)
+}
