@@ -21,6 +21,9 @@ type BrokerPolicyOptions struct {
 	// listing token accessors needs sudo, so it is not part of the minimum
 	// and is off unless asked for.
 	Reconcile bool
+	// CheckpointTransitKey is the transit key of audit.checkpoint_transit_key
+	// (read and sign, like a jwt grant's key); empty when none.
+	CheckpointTransitKey string
 }
 
 // MinimumBrokerPolicy returns the HCL of the least-privilege Vault policy
@@ -34,6 +37,7 @@ type BrokerPolicyOptions struct {
 //   - proxy grants: read on each grant's vault_kv path;
 //   - vault_dynamic grants: DynamicBrokerPolicy (revoke leases);
 //   - pki grants: PKIBrokerPolicy of each issue path;
+//   - the audit checkpoint transit key, when o.CheckpointTransitKey is set;
 //   - with o.Reconcile only: InventoryPolicy (sudo list on
 //     auth/token/accessors), which the reconciliation needs.
 //
@@ -62,6 +66,9 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 		case g.PKI != nil:
 			pki = append(pki, g.PKI.Path)
 		}
+	}
+	if o.CheckpointTransitKey != "" {
+		keys = append(keys, o.CheckpointTransitKey)
 	}
 	keys, kv, pki = sortedSet(keys), sortedSet(kv), sortedSet(pki)
 

@@ -143,6 +143,11 @@ func TestMinimumBrokerPolicy(t *testing.T) {
 			want: hclSelf + hclMint + vault.InventoryPolicy(), held: []string{"default", "deploy", "payments-read"},
 		},
 		{
+			name: "ok/checkpoint-transit-key", grants: []string{"g-vault"}, yaml: grantVault,
+			opts: vault.BrokerPolicyOptions{CheckpointTransitKey: "keytrail-signing"},
+			want: hclSelf + hclMint + hclTransit, held: []string{"default", "deploy", "payments-read"},
+		},
+		{
 			name: "ok/dynamic-reader-policies", grants: []string{"g-db"}, yaml: grantDynamic,
 			opts: vault.BrokerPolicyOptions{ReaderPolicies: []string{"db-reader"}},
 			want: hclSelf + hclMint + vault.DynamicBrokerPolicy(), held: []string{"db-reader"},
