@@ -149,3 +149,15 @@ func TestPolicyExplainUnverified(t *testing.T) {
 		t.Errorf("explain printed the token")
 	}
 }
+
+func TestPolicyVault(t *testing.T) {
+	out, _, err := runCLI(t, nil, "policy", "vault", "../../policies/examples")
+	if err != nil {
+		t.Fatalf("policy vault: %v", err)
+	}
+	for _, w := range []string{`path "auth/token/create-orphan"`, `path "transit/sign/keytrail-signing"`, "# the broker token must also hold: default, deploy, payments-read"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("policy vault output lacks %q:\n%s", w, out)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
 
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -18,7 +19,7 @@ func newPolicyCmd(e *env) *cobra.Command {
 		Use:   "policy",
 		Short: "Validate policies and explain what a token would get",
 	}
-	c.AddCommand(newPolicyCheckCmd(e), newPolicyExplainCmd(e))
+	c.AddCommand(newPolicyCheckCmd(e), newPolicyExplainCmd(e), newPolicyVaultCmd(e))
 	return c
 }
 
@@ -123,5 +124,39 @@ matched or not, and what the grant would mint.`,
 	c.Flags().StringVar(&grant, "grant", "", "grant name")
 	c.Flags().StringVar(&policyPath, "policy", "", "policy file or directory (default $KEYTRAIL_POLICY)")
 	c.Flags().BoolVar(&unverified, "unverified", false, "do not verify the token (offline explanation)")
+	return c
+}
+
+func newPolicyVaultCmd(e *env) *cobra.Command {
+	var checkpointKey string
+	var reconcile bool
+	c := &cobra.Command{
+		Use:   "vault PATH",
+		Short: "Print the minimum Vault policy the broker's own token needs for these policies",
+		Long: `vault prints, as HCL, the least-privilege Vault policy for the broker's own
+token (mint and revoke what the grants need, read and sign with their
+transit keys, read proxy secrets), then, as comments, the policies the token
+must also hold because Vault lets a token without sudo hand out only
+policies it has itself.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pol, err := policies.Load(args[0])
+			if err != nil {
+				return policyProblems(e, err)
+			}
+			o := vaultad.BrokerPolicyOptions{CheckpointTransitKey: checkpointKey, Reconcile: reconcile}
+			hcl, err := vaultad.MinimumBrokerPolicy(pol, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(e.stdout, hcl)
+			if held := vaultad.HeldPolicies(pol, o); len(held) > 0 {
+				fmt.Fprintf(e.stdout, "# the broker token must also hold: %s\n", strings.Join(held, ", "))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&checkpointKey, "checkpoint-transit-key", "", "audit.checkpoint_transit_key, if used")
+	c.Flags().BoolVar(&reconcile, "reconcile", false, "include what the Vault token reconciliation needs (sudo list of accessors)")
 	return c
 }
