@@ -80,6 +80,33 @@ const (
 	RefRequestID   RefKind = "request_id"
 )
 
+// RefKinds lists every index a Store keeps.
+func RefKinds() []RefKind {
+	return []RefKind{RefFingerprint, RefAccessor, RefJTI, RefLeaseID, RefUsername, RefSerial, RefRequestID}
+}
+
+// RefValue is what an issuance is indexed under for kind; ok is false for
+// an unknown kind.
+func (is *Issuance) RefValue(kind RefKind) (v string, ok bool) {
+	switch kind {
+	case RefFingerprint:
+		return is.Refs.Fingerprint, true
+	case RefAccessor:
+		return is.Refs.Accessor, true
+	case RefJTI:
+		return is.Refs.JTI, true
+	case RefLeaseID:
+		return is.Refs.LeaseID, true
+	case RefUsername:
+		return is.Refs.Username, true
+	case RefSerial:
+		return is.Refs.Serial, true
+	case RefRequestID:
+		return is.RequestID, true
+	}
+	return "", false
+}
+
 // IssuanceFilter selects issuances; empty fields match everything. ActiveAt,
 // when set, keeps only issuances active at that time.
 type IssuanceFilter struct {

@@ -69,36 +69,6 @@ func New(now func() time.Time) *Store {
 	}
 }
 
-// refKinds lists the indexes kept.
-func refKinds() []broker.RefKind {
-	return []broker.RefKind{
-		broker.RefFingerprint, broker.RefAccessor, broker.RefJTI, broker.RefLeaseID,
-		broker.RefUsername, broker.RefSerial, broker.RefRequestID,
-	}
-}
-
-// refValue is what is is indexed under for kind; ok is false for an unknown
-// kind.
-func refValue(is *broker.Issuance, kind broker.RefKind) (v string, ok bool) {
-	switch kind {
-	case broker.RefFingerprint:
-		return is.Refs.Fingerprint, true
-	case broker.RefAccessor:
-		return is.Refs.Accessor, true
-	case broker.RefJTI:
-		return is.Refs.JTI, true
-	case broker.RefLeaseID:
-		return is.Refs.LeaseID, true
-	case broker.RefUsername:
-		return is.Refs.Username, true
-	case broker.RefSerial:
-		return is.Refs.Serial, true
-	case broker.RefRequestID:
-		return is.RequestID, true
-	}
-	return "", false
-}
-
 func invalid(what string) error {
 	return fmt.Errorf("memstore: %s: %w", what, broker.ErrInvalidRequest)
 }
@@ -155,8 +125,8 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 }
 
 func (s *Store) index(is *broker.Issuance) {
-	for _, kind := range refKinds() {
-		v, _ := refValue(is, kind)
+	for _, kind := range broker.RefKinds() {
+		v, _ := is.RefValue(kind)
 		if v == "" {
 			continue
 		}
@@ -173,8 +143,8 @@ func (s *Store) index(is *broker.Issuance) {
 }
 
 func (s *Store) unindex(is *broker.Issuance) {
-	for _, kind := range refKinds() {
-		v, _ := refValue(is, kind)
+	for _, kind := range broker.RefKinds() {
+		v, _ := is.RefValue(kind)
 		// Another issuance may have taken the value over since.
 		if m := s.refs[kind]; m != nil && m[v] == is.ID {
 			delete(m, v)
@@ -232,7 +202,7 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 	if err := checkCtx(ctx); err != nil {
 		return nil, err
 	}
-	if _, ok := refValue(&broker.Issuance{}, kind); !ok {
+	if _, ok := (&broker.Issuance{}).RefValue(kind); !ok {
 		return nil, invalid(fmt.Sprintf("unknown ref kind %q", kind))
 	}
 	if value == "" {

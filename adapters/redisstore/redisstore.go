@@ -342,36 +342,6 @@ func (s *Store) revsKey() string                 { return s.prefix + "revs" }
 func (s *Store) blockKey(workload string) string { return s.prefix + "block:" + workload }
 func (s *Store) blocksKey() string               { return s.prefix + "blocks" }
 
-// refKinds lists the indexes kept.
-func refKinds() []broker.RefKind {
-	return []broker.RefKind{
-		broker.RefFingerprint, broker.RefAccessor, broker.RefJTI, broker.RefLeaseID,
-		broker.RefUsername, broker.RefSerial, broker.RefRequestID,
-	}
-}
-
-// refValue is what is is indexed under for kind; ok is false for an unknown
-// kind.
-func refValue(is *broker.Issuance, kind broker.RefKind) (v string, ok bool) {
-	switch kind {
-	case broker.RefFingerprint:
-		return is.Refs.Fingerprint, true
-	case broker.RefAccessor:
-		return is.Refs.Accessor, true
-	case broker.RefJTI:
-		return is.Refs.JTI, true
-	case broker.RefLeaseID:
-		return is.Refs.LeaseID, true
-	case broker.RefUsername:
-		return is.Refs.Username, true
-	case broker.RefSerial:
-		return is.Refs.Serial, true
-	case broker.RefRequestID:
-		return is.RequestID, true
-	}
-	return "", false
-}
-
 // score is an issuance's position in the sorted-set indexes: its expiry in
 // unix milliseconds (exact in a float64).
 func score(exp time.Time) float64 { return float64(exp.UnixMilli()) }
@@ -407,8 +377,8 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	defer cancel()
 	pipe := s.client.TxPipeline()
 	pipe.Set(ctx, s.issKey(c.ID), raw, ttl)
-	for _, kind := range refKinds() {
-		if v, _ := refValue(&c, kind); v != "" {
+	for _, kind := range broker.RefKinds() {
+		if v, _ := c.RefValue(kind); v != "" {
 			pipe.Set(ctx, s.refKey(kind, v), c.ID, ttl)
 		}
 	}
@@ -455,7 +425,7 @@ func (s *Store) GetIssuance(ctx context.Context, id string) (*broker.Issuance, e
 // FindIssuance follows the ref index to the issuance and checks that the
 // issuance still carries value (an overwrite may have moved it).
 func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value string) (*broker.Issuance, error) {
-	if _, ok := refValue(&broker.Issuance{}, kind); !ok {
+	if _, ok := (&broker.Issuance{}).RefValue(kind); !ok {
 		return nil, invalid(fmt.Sprintf("unknown ref kind %q", kind))
 	}
 	if value == "" {
@@ -476,7 +446,7 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 	if err != nil {
 		return nil, err
 	}
-	if v, _ := refValue(is, kind); v != value {
+	if v, _ := is.RefValue(kind); v != value {
 		return nil, notFound(what)
 	}
 	return is, nil
