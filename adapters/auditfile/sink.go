@@ -78,6 +78,10 @@ type Options struct {
 	// to <Path>.<UTC timestamp> and the same chain continues in a new file.
 	// 0 never rotates.
 	RotateBytes int64
+	// RotateEvery rotates the file once it has been written to for this
+	// long (checked on writes and, with a Signer or RotateEvery set, on a
+	// ticker). 0 never rotates by age. Either limit rotates.
+	RotateEvery time.Duration
 }
 
 // Stats are counters for metrics.
@@ -162,6 +166,7 @@ type Sink struct {
 	buf        bytes.Buffer
 	cpBackoff  time.Time // no checkpoint signing before this, after a failure
 	lastRotate time.Time
+	fileStart  time.Time // when the current file was started (for RotateEvery)
 }
 
 var (
@@ -194,6 +199,9 @@ func open(o Options, sm seams) (*Sink, error) {
 	}
 	if o.RotateBytes < 0 {
 		errs = append(errs, errors.New("rotate_bytes: must not be negative"))
+	}
+	if o.RotateEvery < 0 {
+		errs = append(errs, errors.New("rotate_every: must not be negative"))
 	}
 	if o.ChainID != "" {
 		if err := audit.ValidChainID(o.ChainID); err != nil {
@@ -238,11 +246,19 @@ func open(o Options, sm seams) (*Sink, error) {
 	}
 	s.stats.Seq, _ = s.st.chain.Head()
 	s.stats.Healthy = true
+	s.fileStart = o.Now()
 	switch {
 	case sm.tick != nil:
 		s.tick = sm.tick
-	case o.Signer != nil:
-		t := time.NewTicker(max(o.CheckpointInterval/4, 10*time.Millisecond))
+	case o.Signer != nil || o.RotateEvery > 0:
+		every := time.Minute
+		if o.Signer != nil {
+			every = max(o.CheckpointInterval/4, 10*time.Millisecond)
+		}
+		if o.RotateEvery > 0 {
+			every = min(every, max(o.RotateEvery/4, 10*time.Millisecond))
+		}
+		t := time.NewTicker(every)
 		s.tick, s.stopTick = t.C, t.Stop
 	}
 	go s.run()
@@ -739,6 +755,7 @@ func (s *Sink) probe() error {
 func (s *Sink) onTick() {
 	now := s.o.Now()
 	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Sub(s.st.cpAt) < s.o.CheckpointInterval {
+		s.maybeRotate(now) // by age, even when idle
 		return
 	}
 	if err := s.commitCheckpoint(now); err == nil {
@@ -760,7 +777,9 @@ func (s *Sink) commitCheckpoint(now time.Time) error {
 // maybeRotate renames a full file away and starts a new one; the chain goes
 // on. With a Signer the old file ends with a checkpoint.
 func (s *Sink) maybeRotate(now time.Time) {
-	if s.o.RotateBytes <= 0 || s.good < s.o.RotateBytes || s.f == nil {
+	bySize := s.o.RotateBytes > 0 && s.good >= s.o.RotateBytes
+	byAge := s.o.RotateEvery > 0 && s.good > 0 && now.Sub(s.fileStart) >= s.o.RotateEvery
+	if (!bySize && !byAge) || s.f == nil {
 		return
 	}
 	if s.o.Signer != nil && s.st.sinceCP > 0 {
@@ -794,6 +813,7 @@ func (s *Sink) maybeRotate(now time.Time) {
 		return // the next write reopens the same file
 	}
 	s.lastRotate = ts
+	s.fileStart = now
 	s.good, s.dirty = 0, 0
 	syncDir(s.o.Path, s.log)
 	s.statsMu.Lock()

@@ -666,3 +666,33 @@ func BenchmarkAppend(b *testing.B) { benchmarkAppend(b, false) }
 
 // BenchmarkAppendNoFsync measures the same without fsync.
 func BenchmarkAppendNoFsync(b *testing.B) { benchmarkAppend(b, true) }
+
+func TestRotationByAge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	tick := make(chan time.Time)
+	s := openT(t, Options{Path: path, Now: clk.Now, RotateEvery: time.Hour}, seams{tick: tick})
+	appendN(t, s, 2)
+	tick <- time.Time{} // younger than an hour: nothing
+	appendN(t, s, 1)
+	if got := rotatedFiles(t, path); len(got) != 0 {
+		t.Fatalf("rotated %v before the file was an hour old", got)
+	}
+	clk.Advance(2 * time.Hour)
+	tick <- time.Time{} // an idle sink rotates by age on the ticker
+	tick <- time.Time{} // the new file is empty: nothing more
+	appendN(t, s, 1)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rotated := rotatedFiles(t, path)
+	if len(rotated) != 1 || s.Stats().Rotations != 1 {
+		t.Fatalf("rotated files = %v (stats %+v), want exactly 1", rotated, s.Stats())
+	}
+	if n := len(readLines(t, rotated[0])); n != 3 {
+		t.Errorf("rotated file has %d lines, want the 3 events written before", n)
+	}
+	if rep, err := verify(t, nil, false, append(rotated, path)...); err != nil || rep.Chains[0].LastSeq != 4 {
+		t.Errorf("Verify(rotated, current) = %v, %+v; want one chain up to seq 4", err, rep)
+	}
+}

@@ -85,6 +85,9 @@ type AuditConfig struct {
 	Fsync *bool `yaml:"fsync"`
 	// RotateBytes rotates the file past this size (0 = never).
 	RotateBytes int64 `yaml:"rotate_bytes"`
+	// RotateEvery rotates the file once it is this old (0 = never); either
+	// limit rotates, and the chain continues across files.
+	RotateEvery duration `yaml:"rotate_every"`
 	// MaxBatch caps the events of one group commit (one write and one
 	// fsync); 0 = the sink's default (256). 1 syncs every record on its
 	// own, which `keytrail bench` uses as the durability baseline.

@@ -290,7 +290,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync,
-		RotateBytes: cfg.Audit.RotateBytes, MaxBatch: cfg.Audit.MaxBatch, Logger: log,
+		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
