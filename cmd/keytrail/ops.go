@@ -183,6 +183,7 @@ func (m *opsMetrics) wrapStore(st broker.Store) broker.Store {
 // picked up without a restart. A broken new pair keeps the old one.
 type certReloader struct {
 	certFile, keyFile string
+	every             time.Duration // how often the files are checked
 	log               *slog.Logger
 	mu                sync.Mutex
 	cert              *tls.Certificate
@@ -212,7 +213,7 @@ func (c *certReloader) load() error {
 func (c *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if time.Since(c.checked) >= 5*time.Second {
+	if time.Since(c.checked) >= c.every {
 		c.checked = time.Now()
 		if fileStamp(c.certFile, c.keyFile) != c.stamp {
 			if err := c.load(); err != nil {
@@ -225,9 +226,17 @@ func (c *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	return c.cert, nil
 }
 
-func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
-	r := &certReloader{certFile: c.CertFile, keyFile: c.KeyFile, log: log, checked: time.Now()}
+func newCertReloader(certFile, keyFile string, every time.Duration, log *slog.Logger) (*certReloader, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile, every: every, log: log, checked: time.Now()}
 	if err := r.load(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
+	r, err := newCertReloader(c.CertFile, c.KeyFile, 5*time.Second, log)
+	if err != nil {
 		return nil, err
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.getCertificate}

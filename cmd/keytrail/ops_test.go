@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// writeCert writes a self-signed certificate for cn and its key.
+func writeCert(t *testing.T, dir, cn string) (certFile, keyFile string, der []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, DNSNames: []string{cn}}
+	der, err = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile+".tmp", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile+".tmp", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	os.Rename(certFile+".tmp", certFile)
+	os.Rename(keyFile+".tmp", keyFile)
+	return certFile, keyFile, der
+}
+
+func TestCertReload(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, first := writeCert(t, dir, "one.example")
+	var logs bytes.Buffer
+	r, err := newCertReloader(certFile, keyFile, 0, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := r.getCertificate(&tls.ClientHelloInfo{})
+	if !bytes.Equal(got.Certificate[0], first) {
+		t.Fatalf("first certificate not served")
+	}
+	_, _, second := writeCert(t, dir, "two.example")
+	// The stamp includes mtime with nanoseconds; make sure it differs.
+	later := time.Now().Add(time.Second)
+	os.Chtimes(certFile, later, later)
+	got, _ = r.getCertificate(&tls.ClientHelloInfo{})
+	if !bytes.Equal(got.Certificate[0], second) {
+		t.Errorf("rotated certificate not picked up")
+	}
+	// A broken pair keeps the last good certificate.
+	os.WriteFile(keyFile, []byte("garbage"), 0o600)
+	got, _ = r.getCertificate(&tls.ClientHelloInfo{})
+	if !bytes.Equal(got.Certificate[0], second) || !bytes.Contains(logs.Bytes(), []byte("keeping the old one")) {
+		t.Errorf("broken key pair: served a different certificate or logged nothing:\n%s", logs.String())
+	}
+}
+
+func TestServerTLSClientCA(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, _ := writeCert(t, dir, "broker.example")
+	tc, err := serverTLS(&TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: certFile}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc.ClientAuth != tls.RequireAndVerifyClientCert || tc.ClientCAs == nil || tc.MinVersion != tls.VersionTLS12 {
+		t.Errorf("tls config = auth %v, CAs %v, min %x; want client certificates required, TLS 1.2+", tc.ClientAuth, tc.ClientCAs != nil, tc.MinVersion)
+	}
+	if _, err := serverTLS(&TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: keyFile}, slog.New(slog.DiscardHandler)); err == nil {
+		t.Errorf("a client CA file without certificates was accepted")
+	}
+}
