@@ -369,6 +369,11 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 			c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit proxy deny event failed",
 				slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", aerr.Error()))
 		}
+	} else {
+		// Missing or unknown credentials are refusals too: a deny event
+		// (source and grant, never the presented value) lets the security
+		// team see credential spraying against the proxy.
+		c.h.p.o.Service.RecordDeny(c.r.Context(), httpapi.RequestID(c.r), c.src, c.r.PathValue("grant"), err)
 	}
 	c.h.api.WriteError(w, c.r, err)
 }

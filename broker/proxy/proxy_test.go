@@ -145,21 +145,22 @@ func TestProxyRefusesBadCredentials(t *testing.T) {
 		wantStatus int
 		wantCode   string
 		wantDeny   string // reason of the deny event; "" = none
+		anonymous  bool   // the deny event names no issuance (unknown credential)
 	}{
 		{
 			name:       "fail/missing-credential",
 			setup:      func(t *testing.T, f *fixture) string { f.credential(t, "stripe"); return "" },
-			wantStatus: 401, wantCode: "invalid_token",
+			wantStatus: 401, wantCode: "invalid_token", wantDeny: "missing_credential", anonymous: true,
 		},
 		{
 			name:       "fail/unknown-credential",
 			setup:      func(t *testing.T, f *fixture) string { return "ktp_" + strings.Repeat("A", 43) },
-			wantStatus: 401, wantCode: "invalid_token",
+			wantStatus: 401, wantCode: "invalid_token", wantDeny: "unknown_credential", anonymous: true,
 		},
 		{
 			name:       "fail/not-a-proxy-credential",
 			setup:      func(t *testing.T, f *fixture) string { return "hvs.something" },
-			wantStatus: 401, wantCode: "invalid_token",
+			wantStatus: 401, wantCode: "invalid_token", wantDeny: "unknown_credential", anonymous: true,
 		},
 		{
 			name:       "fail/credential-of-another-grant",
@@ -233,8 +234,11 @@ func TestProxyRefusesBadCredentials(t *testing.T) {
 			if tt.wantDeny != "" {
 				f.waitEvent(t, audit.TypeDeny)
 				denies := f.eventsOf(audit.TypeDeny)
-				if len(denies) != 1 || denies[0].Outcome == nil || denies[0].Outcome.Reason != tt.wantDeny || denies[0].IssuanceID == "" {
-					t.Errorf("deny events = %+v, want one with reason %s naming the issuance", denies, tt.wantDeny)
+				if len(denies) != 1 || denies[0].Outcome == nil || denies[0].Outcome.Reason != tt.wantDeny || (denies[0].IssuanceID == "") != tt.anonymous {
+					t.Errorf("deny events = %+v, want one with reason %s (naming the issuance: %v)", denies, tt.wantDeny, !tt.anonymous)
+				}
+				if tok != "" && strings.Contains(eventJSON(t, denies[0]), tok) {
+					t.Errorf("deny event carries the presented credential")
 				}
 			}
 			if n := len(f.eventsOf(audit.TypeUse)); n != 0 {
