@@ -481,3 +481,18 @@ func BenchmarkGetIssuance(b *testing.B) {
 	r := harness.StartRedis(b)
 	storetest.BenchGetIssuance(b, newStore(b, r, redisstore.Options{}))
 }
+
+// TestContractThroughSentinel runs the contract suite through go-redis'
+// universal client in Sentinel mode (store.addrs + store.master_name).
+func TestContractThroughSentinel(t *testing.T) {
+	r := harness.StartRedis(t)
+	sen := harness.StartSentinel(t, r)
+	n := 0
+	storetest.Run(t, func(t *testing.T) broker.Store {
+		n++
+		return newStore(t, r, redisstore.Options{
+			Universal: &redis.UniversalOptions{Addrs: []string{sen.Addr}, MasterName: sen.MasterName},
+			Prefix:    fmt.Sprintf("{sentinel-%d}:", n),
+		})
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -260,4 +261,85 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Sentinel is a redis-server in sentinel mode monitoring one master under
+// the name "keytrail".
+type Sentinel struct {
+	Addr       string
+	MasterName string
+}
+
+// StartSentinel runs a Sentinel (Debian's redis-server --sentinel) on a free
+// port that monitors master, and waits until it reports the master's
+// address. It is stopped when the test ends.
+func StartSentinel(t testing.TB, master *Redis) *Sentinel {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("harness: redis-server not found (apt-get install -y redis-server): %v", err)
+	}
+	dir := t.TempDir()
+	port := FreePort(t)
+	host, mport, _ := net.SplitHostPort(master.Addr())
+	conf := filepath.Join(dir, "sentinel.conf")
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor keytrail %s %s 1\nsentinel down-after-milliseconds keytrail 1000\n", port, dir, host, mport)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, conf, "--sentinel")
+	cmd.Dir = dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("harness: start sentinel: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), MasterName: "keytrail"}
+	deadline := time.Now().Add(redisStartTimeout)
+	for {
+		if got, err := sentinelMaster(s.Addr); err == nil && got == master.Addr() {
+			return s
+		}
+		select {
+		case <-done:
+			t.Fatalf("harness: sentinel exited: %s", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("harness: sentinel on %s did not report the master within %s: %s", s.Addr, redisStartTimeout, out.String())
+		}
+	}
+}
+
+// sentinelMaster asks a sentinel for the keytrail master's address.
+func sentinelMaster(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("SENTINEL get-master-addr-by-name keytrail\r\n")); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(c)
+	var parts []string
+	head, err := r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(head, "*2") {
+		return "", fmt.Errorf("unexpected reply %q", head)
+	}
+	for range 2 {
+		if _, err := r.ReadString('\n'); err != nil { // $len
+			return "", err
+		}
+		v, err := r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		parts = append(parts, strings.TrimRight(v, "\r\n"))
+	}
+	return net.JoinHostPort(parts[0], parts[1]), nil
 }
