@@ -27,16 +27,17 @@ package broker
 //     Notifier, if it has one: announcing is second and never needed for
 //     correctness.
 //
-// Propagation. Because every check reads the Store, a revocation is visible
-// on every instance as soon as step 3 is done, not merely within a second.
-// RevocationCache adds what the scale-out contract asks on top of that: an
-// in-memory set of revoked issuances and blocked workloads that each
-// instance refreshes from the Store at least every second and on every
-// Notifier message. RevocationCache.Store fronts the Store with it as an
-// extra, fast deny: a check denies when the Store or the cache says so, so
-// the cache can only make the broker stricter, never let a revoked
-// credential through. (It also covers a revocation write that a Redis
-// failover lost, for as long as the instance keeps the notice.)
+// Propagation. RevocationCache is each instance's in-memory set of revoked
+// issuances and blocked workloads, refreshed from the Store at least every
+// second and updated at once by every Notifier message. RevocationCache.Store
+// fronts the Store with it: a check denies when the Store or the cache says
+// so. Without FastReads every check also reads the Store, so a revocation is
+// visible everywhere as soon as step 3 is done. With FastReads (the server's
+// setting) the cache answers the hot-path checks alone while its view is
+// fresh, so a revocation made elsewhere is in force here within one refresh
+// interval (one second), or at once when the notice arrives; a stale view
+// falls back to Store reads. (The cache also covers a revocation write that
+// a Redis failover lost, for as long as the instance keeps the notice.)
 
 import (
 	"context"
@@ -775,9 +776,10 @@ type CacheOptions struct {
 
 // RevocationCache is one instance's in-memory view of the revocation state:
 // revoked issuance ids and blocked workloads, re-read from the Store every
-// Interval and updated at once by Notifier messages. It never replaces a
-// Store read: Store() returns a Store that answers from the underlying
-// Store and adds the cache's denials (see the file comment).
+// Interval and updated at once by Notifier messages. Store() returns a
+// Store that adds the cache's denials to the underlying Store's answers and,
+// with FastReads, answers the hot-path checks alone while the view is fresh
+// (see the file comment).
 type RevocationCache struct {
 	st Store
 	o  CacheOptions
