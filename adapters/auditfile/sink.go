@@ -430,6 +430,12 @@ func (s *Sink) Append(ctx context.Context, ev *audit.Event) error {
 	if err := ctx.Err(); err != nil {
 		return unavailable(fmt.Errorf("auditfile: event not enqueued: %w", err))
 	}
+	if ev.RequestID == "" {
+		// Every event carries a request_id (SPEC "Audit log"); actions
+		// not caused by a request (policy loads, the revocation worker,
+		// reconciliation) get one of their own.
+		ev.RequestID = broker.NewID(broker.PrefixRequest)
+	}
 	r := &request{ev: ev, done: make(chan error, 1)}
 	s.mu.RLock()
 	if s.closed {
@@ -597,6 +603,7 @@ func (s *Sink) addCheckpoint(work *state, now time.Time) {
 	cancel()
 	var line []byte
 	if err == nil {
+		ev.RequestID = broker.NewID(broker.PrefixRequest)
 		line, err = work.chain.Seal(ev, now)
 	}
 	if err != nil {

@@ -696,3 +696,33 @@ func TestRotationByAge(t *testing.T) {
 		t.Errorf("Verify(rotated, current) = %v, %+v; want one chain up to seq 4", err, rep)
 	}
 }
+
+func TestEveryEventHasRequestID(t *testing.T) {
+	signer, _ := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer, CheckpointEvery: 2}, seams{})
+	given := &audit.Event{Type: audit.TypeIssue, RequestID: "req_GIVEN"}
+	if err := s.Append(context.Background(), given); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypePolicyLoad}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	evs := readEvents(t, path)
+	var got []string
+	for _, ev := range evs {
+		if !strings.HasPrefix(ev.RequestID, "req_") {
+			t.Errorf("%s event seq %d has request_id %q, want req_...", ev.Type, ev.Seq, ev.RequestID)
+		}
+		got = append(got, ev.Type)
+	}
+	if diff := cmp.Diff([]string{"issue", "policy_load", "checkpoint"}, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	if evs[0].RequestID != "req_GIVEN" {
+		t.Errorf("a given request_id was replaced: %q", evs[0].RequestID)
+	}
+}
