@@ -186,6 +186,22 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 			t.Errorf("no deny event recorded")
 		}
 	})
+
+	// No checkpoint key configured: the broker made one next to the audit
+	// file, and its log ends in a checkpoint signed with it at shutdown.
+	t.Run("ok/default-checkpoint-key", func(t *testing.T) {
+		if err := env.broker.Stop(); err != nil {
+			t.Fatalf("keytrail exit after SIGTERM = %v", err)
+		}
+		out, err := exec.Command(harness.KeytrailBinary(t), "audit", "verify", "--require-checkpoint",
+			"--key", env.auditPath+".checkpoint.pub", env.auditPath).CombinedOutput()
+		if err != nil {
+			t.Errorf("audit verify with the default checkpoint key: %v\n%s", err, out)
+		}
+		if fi, err := os.Stat(env.auditPath + ".checkpoint.key"); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("default checkpoint key = %v, %v; want a 0600 file", fi, err)
+		}
+	})
 }
 
 type tokenResponse struct {

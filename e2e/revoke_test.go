@@ -520,18 +520,32 @@ func TestRevokeAcrossInstances(t *testing.T) {
 		if status != 200 || rc.Status != "revoked" || rc.Matched != 3 || !slices.Equal(got, want) || len(rc.Pending) != 0 {
 			t.Fatalf("revoke on B = %d %+v; want 200 revoked %v", status, rc, want)
 		}
-		// Within one second of the receipt: Vault refuses the tokens and
-		// introspection on C (and A) says inactive.
-		for _, cr := range creds {
-			if c.vaultValid(t, cr.AccessToken) {
-				t.Errorf("Vault token of %s still passes lookup-self after the receipt", cr.IssuanceID)
-			}
-			for _, node := range []int{nodeC, nodeA} {
-				if c.active(t, node, cr.AccessToken) {
-					t.Errorf("introspection on node %d says %s is active after the receipt", node, cr.IssuanceID)
+		// Within one second of the receipt (SPEC "Scale-out"): Vault refuses
+		// the tokens, introspection on C and A says inactive, and proxied
+		// calls are refused. Each check is polled until it holds or the
+		// second is over.
+		deadline := receipt.Add(time.Second)
+		within := func(what string, cond func() bool) {
+			t.Helper()
+			for !cond() {
+				if time.Now().After(deadline) {
+					t.Errorf("%s: not within 1s of the receipt", what)
+					return
 				}
+				<-time.After(10 * time.Millisecond)
 			}
 		}
+		for _, cr := range creds {
+			within("Vault refuses "+cr.IssuanceID, func() bool { return !c.vaultValid(t, cr.AccessToken) })
+			for _, node := range []int{nodeC, nodeA} {
+				within(fmt.Sprintf("introspection on node %d says %s inactive", node, cr.IssuanceID),
+					func() bool { return !c.active(t, node, cr.AccessToken) })
+			}
+		}
+		for _, node := range []int{nodeC, nodeA} {
+			within(fmt.Sprintf("proxied call on node %d refused", node), func() bool { return c.proxyStatus(t, node, px.AccessToken) == 403 })
+		}
+		// Once refused, refused for good: no further request reaches the upstream.
 		c.upstreamMu.Lock()
 		before := c.upstreamAuth["Bearer sk_test_upstream"]
 		c.upstreamMu.Unlock()
@@ -543,12 +557,10 @@ func TestRevokeAcrossInstances(t *testing.T) {
 		c.upstreamMu.Lock()
 		after := c.upstreamAuth["Bearer sk_test_upstream"]
 		c.upstreamMu.Unlock()
-		if before != 1 || after != before {
-			t.Errorf("upstream saw %d then %d requests with the injected key; want 1 (before the revocation) and no more", before, after)
+		if after != before {
+			t.Errorf("upstream saw %d more requests with the injected key after the revocation took effect", after-before)
 		}
-		if d := time.Since(receipt); d > time.Second {
-			t.Errorf("checks finished %s after the receipt, want within 1s", d)
-		}
+		t.Logf("every check refused within %s of the receipt", time.Since(receipt).Round(time.Millisecond))
 		// Blocked: no new credential on A (or C); the other workload unaffected.
 		for _, node := range []int{nodeA, nodeC} {
 			if status, cr := c.exchange(t, node, payments, "pod-3", "payments-vault"); status != 403 || cr.Error != "access_denied" {

@@ -358,29 +358,37 @@ Vault: export VAULT_ADDR={VAULTADDR} VAULT_TOKEN={VAULTTOKEN}
 `
 
 // devCheckpointKey creates (once) the Ed25519 key that signs the dev audit
-// log's checkpoints, as PKCS#8 and PKIX PEM files.
+// log's checkpoints.
 func devCheckpointKey(dir string) (keyPath, pubPath string, err error) {
 	keyPath, pubPath = filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
+	_, err = ensureEd25519Key(keyPath, pubPath)
+	return keyPath, pubPath, err
+}
+
+// ensureEd25519Key creates an Ed25519 key pair as PKCS#8 (0600) and PKIX
+// PEM files, as openssl genpkey -algorithm ed25519 and openssl pkey -pubout
+// would, unless keyPath exists. created says whether it made them.
+func ensureEd25519Key(keyPath, pubPath string) (created bool, err error) {
 	if _, err := os.Stat(keyPath); err == nil {
-		return keyPath, pubPath, nil
+		return false, nil
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return "", "", err
+		return false, err
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		return "", "", err
+		return false, err
 	}
 	pubDER, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return "", "", err
+		return false, err
 	}
 	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return "", "", err
+		return false, err
 	}
 	if err := os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
-		return "", "", err
+		return false, err
 	}
-	return keyPath, pubPath, nil
+	return true, nil
 }

@@ -268,8 +268,22 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 
 	var signer audit.Signer
-	if cfg.Audit.CheckpointKeyFile != "" {
-		pem, err := os.ReadFile(cfg.Audit.CheckpointKeyFile)
+	keyFile := cfg.Audit.CheckpointKeyFile
+	if keyFile == "" && cfg.Audit.CheckpointTransitKey == "" {
+		// Checkpoints are not optional (SPEC "Audit log"): without a
+		// configured key, use (and on first start create) one next to the
+		// audit file, and say that an external key is better.
+		var pubFile string
+		keyFile, pubFile = cfg.Audit.File+".checkpoint.key", cfg.Audit.File+".checkpoint.pub"
+		created, err := ensureEd25519Key(keyFile, pubFile)
+		if err != nil {
+			return fmt.Errorf("audit: default checkpoint key: %w", err)
+		}
+		log.Warn("audit checkpoints signed with a local key; set audit.checkpoint_transit_key (or a checkpoint_key_file the broker's host cannot rewrite) for stronger tamper evidence",
+			slog.String("key_file", keyFile), slog.String("public_key", pubFile), slog.Bool("created", created))
+	}
+	if keyFile != "" {
+		pem, err := os.ReadFile(keyFile)
 		if err != nil {
 			return fmt.Errorf("audit.checkpoint_key_file: %w", err)
 		}
