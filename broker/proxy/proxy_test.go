@@ -130,8 +130,19 @@ func TestProxyForwardsWithInjectedSecret(t *testing.T) {
 					t.Errorf("audit event %s carries a secret", ev.Type)
 				}
 			}
-			if got := counterValue(t, f, "keytrail_proxy_requests_total", map[string]string{"grant": "stripe", "status": "200"}); got != 1 {
-				t.Errorf("keytrail_proxy_requests_total{stripe,200} = %v, want 1", got)
+			// The request is counted when the handler returns, which may be
+			// just after the caller has the response: wait for it.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				got := counterValue(t, f, "keytrail_proxy_requests_total", map[string]string{"grant": "stripe", "status": "200"})
+				if got == 1 {
+					break
+				}
+				if got > 1 || time.Now().After(deadline) {
+					t.Errorf("keytrail_proxy_requests_total{stripe,200} = %v, want 1", got)
+					break
+				}
+				<-time.After(5 * time.Millisecond)
 			}
 		})
 	}
