@@ -139,7 +139,9 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 			return err
 		}
 		p := filepath.Join(dir, "tokens", name+".jwt")
-		if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
+		// No trailing newline: curl --data-urlencode subject_token@FILE
+		// sends the file's bytes exactly.
+		if err := os.WriteFile(p, []byte(tok), 0o600); err != nil {
 			return err
 		}
 		tokens[name] = p
@@ -295,7 +297,7 @@ func devExchange(ctx context.Context, base, tokenFile, grant string) (*devResult
 	form := url.Values{
 		"grant_type":         {"urn:ietf:params:oauth:grant-type:token-exchange"},
 		"subject_token_type": {"urn:ietf:params:oauth:token-type:jwt"},
-		"subject_token":      {strings.TrimSpace(string(raw))},
+		"subject_token":      {string(raw)}, // exactly the file, as the printed curl command sends it
 		"audience":           {grant},
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/token", strings.NewReader(form.Encode()))
