@@ -170,13 +170,7 @@ func (m *DynamicMinter) readerTokenBody(req broker.MintRequest, secs int64) map[
 		"renewable":         false,
 		"num_uses":          0, // a used-up token is revoked, and its lease with it
 		"display_name":      req.IssuanceID + "-" + req.Workload,
-		"meta": map[string]string{
-			"workload":    req.Workload,
-			"owner":       req.Owner,
-			"session_id":  req.SessionID,
-			"issuance_id": req.IssuanceID,
-			"grant":       req.Grant.Name,
-		},
+		"meta":              issuanceMeta(req),
 	}
 }
 
