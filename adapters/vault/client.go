@@ -16,6 +16,13 @@ import (
 // DefaultTimeout is the per-request timeout when ClientOptions.Timeout is 0.
 const DefaultTimeout = 10 * time.Second
 
+// MaxIdleConnsPerHost is how many idle connections to Vault the client keeps.
+// vaultapi.DefaultConfig keeps GOMAXPROCS+1 (3 on 2 cores): with more
+// exchanges in flight than that, every extra request opened a new TCP (and
+// TLS) connection and closed it afterwards, which cost both the broker and
+// Vault CPU on every exchange (issue #9, scenario B).
+const MaxIdleConnsPerHost = 64
+
 // ClientOptions configure NewClient. Exactly one of Token and TokenFile is
 // set, unless NoToken says a Login (AppRole, Kubernetes) sets the token.
 type ClientOptions struct {
@@ -104,6 +111,10 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	}
 	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: nextProtos}
 	tr.Proxy = http.ProxyFromEnvironment
+	tr.MaxIdleConnsPerHost = MaxIdleConnsPerHost
+	if tr.MaxIdleConns < MaxIdleConnsPerHost {
+		tr.MaxIdleConns = MaxIdleConnsPerHost
+	}
 	if o.CAFile != "" {
 		if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: o.CAFile}); err != nil {
 			return nil, fmt.Errorf("vault.ca_file: %w", err)

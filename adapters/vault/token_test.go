@@ -2,11 +2,15 @@ package vault
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -463,5 +467,61 @@ func TestNewClient(t *testing.T) {
 	}
 	if n := f.count("PUT /v1/auth/token/create-orphan"); n != 1 {
 		t.Errorf("create calls with VAULT_MAX_RETRIES=5 = %d, want 1", n)
+	}
+}
+
+// TestNewClientReusesConnections: with 16 requests in flight at once, three
+// rounds of them open 16 connections to Vault, not one per request beyond
+// the idle pool (vaultapi's default keeps GOMAXPROCS+1 idle connections).
+func TestNewClientReusesConnections(t *testing.T) {
+	const inFlight, rounds = 16, 3
+	var newConns atomic.Int64
+	arrived := make(chan struct{}, inFlight)
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"data":{"ok":true}}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			newConns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	c, err := NewClient(ClientOptions{Address: srv.URL, Token: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := 0; r < rounds; r++ {
+		var wg sync.WaitGroup
+		errs := make(chan error, inFlight)
+		for i := 0; i < inFlight; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := c.Logical().ReadWithContext(context.Background(), "secret/x")
+				errs <- err
+			}()
+		}
+		for i := 0; i < inFlight; i++ {
+			<-arrived // all 16 are in flight at once
+		}
+		for i := 0; i < inFlight; i++ {
+			release <- struct{}{}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", r, err)
+			}
+		}
+	}
+	if got := newConns.Load(); got > inFlight {
+		t.Errorf("%d rounds of %d concurrent requests opened %d connections, want at most %d (idle connections reused)", rounds, inFlight, got, inFlight)
 	}
 }
