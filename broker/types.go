@@ -7,7 +7,9 @@ import (
 )
 
 // Identity is a verified workload identity token. Claims holds every claim of
-// the token; Raw tokens are never kept.
+// the token; Raw tokens are never kept. Claims is read-only: an
+// Authenticator may hand the same map to several calls (authn's
+// verified-token cache does).
 type Identity struct {
 	IssuerName string         // policy issuer name (e.g. "k8s-prod")
 	Iss        string         // the token's iss claim

@@ -40,11 +40,13 @@ package authn
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -98,6 +100,10 @@ type Options struct {
 	// OnFetch, when set, is told of every JWKS fetch attempt (for metrics):
 	// the policy issuer name and the fetch error, nil on success.
 	OnFetch func(issuer string, err error)
+	// VerifiedCacheSize bounds the cache of tokens whose signature verified
+	// (see verifiedCache: a hit skips only the signature check, every other
+	// check runs again). 0 = DefaultVerifiedCacheSize, negative = no cache.
+	VerifiedCacheSize int
 }
 
 // Verifier verifies identity tokens. It is safe for concurrent use.
@@ -114,6 +120,8 @@ type Verifier struct {
 	maxJWKSBytes    int64
 	fetchTimeout    time.Duration
 	router          *jwt.Parser // unverified parse, routing only
+	verified        *verifiedCache
+	sigChecks       atomic.Int64 // signature verifications attempted (tests)
 }
 
 var _ broker.Authenticator = (*Verifier)(nil)
@@ -210,6 +218,11 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		return nil, errors.Join(errs...)
 	}
 	v.router = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding())
+	size := o.VerifiedCacheSize
+	if size == 0 {
+		size = DefaultVerifiedCacheSize
+	}
+	v.verified = newVerifiedCache(size)
 	return v, nil
 }
 
@@ -222,6 +235,15 @@ func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identi
 	}
 	if len(raw) > v.maxTokenBytes {
 		return nil, reject(ReasonOversized, fmt.Errorf("token of %d bytes exceeds %d", len(raw), v.maxTokenBytes))
+	}
+	var sum [sha256.Size]byte
+	if v.verified != nil {
+		sum = sha256.Sum256([]byte(raw))
+		if e := v.verified.get(sum); e != nil {
+			if id, err := v.fromCache(ctx, sum, e); err != errCacheStale {
+				return id, err
+			}
+		}
 	}
 	if err := checkCompact(raw); err != nil {
 		return nil, reject(ReasonMalformed, err)
@@ -266,6 +288,7 @@ func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identi
 
 	// Full verification with the issuer's parser and the one key selected.
 	claims = jwt.MapClaims{}
+	v.sigChecks.Add(1)
 	_, err = st.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return key, nil })
 	if err != nil && !errors.Is(err, jwt.ErrTokenInvalidClaims) {
 		// The signature (or the token's shape) is bad: say nothing about claims.
@@ -285,7 +308,40 @@ func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identi
 	if err != nil {
 		return nil, reject(claimsReason(err), claimsCause(err))
 	}
-	return v.identity(st, claims)
+	id, ierr := v.identity(st, claims)
+	if ierr == nil && v.verified != nil {
+		if _, isSet := key.(jwt.VerificationKeySet); !isSet {
+			v.verified.put(sum, &verifiedEntry{st: st, kid: kid, hasKid: hasKid, alg: alg, key: key,
+				claims: claims, until: id.Expiry.Add(v.leeway)}, v.now())
+		}
+	}
+	return id, ierr
+}
+
+// errCacheStale says a cached verification no longer applies.
+var errCacheStale = errors.New("authn: cached verification is stale")
+
+// fromCache answers for a token that verified before. It returns
+// errCacheStale when the entry no longer applies (the issuer's key for the
+// token changed): the caller then verifies the token in full. Every check
+// but the signature runs again, as in Authenticate.
+func (v *Verifier) fromCache(ctx context.Context, sum [sha256.Size]byte, e *verifiedEntry) (*broker.Identity, error) {
+	key, kerr := v.resolveKey(ctx, e.st, e.kid, e.hasKid, e.alg)
+	if kerr != nil {
+		// A full verification would stop at the same point with the same error.
+		return nil, kerr
+	}
+	if !sameKey(key, e.key) {
+		v.verified.forget(sum)
+		return nil, errCacheStale
+	}
+	if err := e.st.validator.Validate(e.claims); err != nil {
+		if errors.Is(err, jwt.ErrTokenExpired) {
+			v.verified.forget(sum)
+		}
+		return nil, reject(claimsReason(err), claimsCause(err))
+	}
+	return v.identity(e.st, e.claims)
 }
 
 // identity applies the checks jwt/v5 has no option for and builds the result.

@@ -14,11 +14,22 @@ import (
 )
 
 // BenchmarkAuthenticate measures one identity-token verification with the
-// issuer's keys cached (the steady state of every exchange): parsing,
-// signature check and claim checks, per signing algorithm.
+// issuer's keys cached (the steady state of every exchange), per signing
+// algorithm: "new-token" is a token seen for the first time (parsing,
+// signature check and claim checks; the verified-token cache is off),
+// "repeat" the same token presented again (a cache hit: key check and claim
+// checks only).
 func BenchmarkAuthenticate(b *testing.B) {
-	for _, alg := range []string{"ES256", "EdDSA", "RS256"} {
-		b.Run(alg, func(b *testing.B) {
+	for _, c := range []struct {
+		alg, mode string
+		cache     int
+	}{
+		{"ES256", "new-token", -1}, {"ES256", "repeat", 0},
+		{"EdDSA", "new-token", -1}, {"EdDSA", "repeat", 0},
+		{"RS256", "new-token", -1}, {"RS256", "repeat", 0},
+	} {
+		alg := c.alg
+		b.Run(alg+"/"+c.mode, func(b *testing.B) {
 			iss, err := authntest.NewIssuer(alg)
 			if err != nil {
 				b.Fatal(err)
@@ -30,7 +41,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 				Name: "bench", Issuer: iss.URL, JWKSURL: iss.URL + authntest.JWKSPath,
 				Audiences: []string{"keytrail"}, Algorithms: []string{alg},
 				MaxTokenLifetime: policies.Duration(2 * time.Hour),
-			}}})
+			}}, VerifiedCacheSize: c.cache})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -550,6 +550,12 @@ func TestAuthenticate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tok := tc.token(t, f)
 			got, err := f.v.Authenticate(context.Background(), tok)
+			// Presented again (a verified-token cache hit for the good
+			// ones), the token gets the same answer.
+			again, errAgain := f.v.Authenticate(context.Background(), tok)
+			if diff := cmp.Diff(got, again); diff != "" || reasonOf(err) != reasonOf(errAgain) {
+				t.Errorf("second Authenticate() differs: %v / %v, identity (-first +second):\n%s", err, errAgain, diff)
+			}
 			if tc.reason != "" {
 				if got != nil {
 					t.Errorf("Authenticate() = %+v, want nil", got)

@@ -43,6 +43,7 @@ type issuerState struct {
 	maxLifetime time.Duration
 	client      *http.Client
 	parser      *jwt.Parser
+	validator   *jwt.Validator // the parser's claim checks alone
 
 	mu          sync.Mutex
 	set         *keySet    // last good key set; nil before the first success
@@ -127,17 +128,22 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 		maxLifetime: maxLife,
 		client:      client,
 	}
-	st.parser = jwt.NewParser(
-		jwt.WithValidMethods(slices.Clone(is.Algorithms)),
+	// The claim checks, shared by the parser (after a signature check) and
+	// the validator (on a verified-token cache hit).
+	claimOpts := []jwt.ParserOption{
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuer(is.Issuer),
 		jwt.WithAudience(slices.Clone(is.Audiences)...),
 		jwt.WithLeeway(v.leeway),
 		jwt.WithIssuedAt(),
 		jwt.WithTimeFunc(v.now),
+	}
+	st.parser = jwt.NewParser(append([]jwt.ParserOption{
+		jwt.WithValidMethods(slices.Clone(is.Algorithms)),
 		jwt.WithJSONNumber(),
 		jwt.WithStrictDecoding(),
-	)
+	}, claimOpts...)...)
+	st.validator = jwt.NewValidator(claimOpts...)
 	return st, nil
 }
 

@@ -35,6 +35,7 @@ type benchOptions struct {
 	vaultBin    string
 	keytrailBin string
 	dir         string
+	pprof       bool // brokers serve net/http/pprof on a free loopback port
 	// childEnv is appended to the brokers' environment (tests).
 	childEnv []string
 }
@@ -94,6 +95,7 @@ Everything started is stopped on exit and on Ctrl-C. See docs/PERFORMANCE.md.`,
 	f.StringVar(&o.jsonOut, "json-out", "", "also write the report as JSON to this file")
 	f.StringVar(&o.vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
 	f.StringVar(&o.keytrailBin, "keytrail-bin", "", "keytrail binary for the broker processes (default: this one)")
+	f.BoolVar(&o.pprof, "pprof", false, "brokers serve net/http/pprof on a free loopback port (printed with their start), for profiling a run")
 	f.StringVar(&o.dir, "dir", "", "keep configs, audit logs and process logs here (default: a temporary directory, removed)")
 	return c
 }

@@ -485,11 +485,20 @@ func (e *benchEnv) startBroker(ctx context.Context, s brokerSetup) (*benchBroker
 			fmt.Fprintf(&cfg, "  max_batch: %d\n", s.maxBatch)
 		}
 		cfg.WriteString("log:\n  level: warn\n")
+		pprofNote := ""
+		if e.o.pprof {
+			pp, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(&cfg, "pprof_listen: 127.0.0.1:%d\n", pp)
+			pprofNote = fmt.Sprintf(" (pprof on http://127.0.0.1:%d/debug/pprof/)", pp)
+		}
 		cfgPath := filepath.Join(e.dir, fmt.Sprintf("config-%d-%s.yaml", n, s.name))
 		if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
 			return nil, err
 		}
-		e.progress("starting broker %s on %s", s.name, base)
+		e.progress("starting broker %s on %s%s", s.name, base, pprofNote)
 		p, err := e.startProc(fmt.Sprintf("keytrail-%d-%s", n, s.name), e.o.keytrailBin, e.childEnv(), "server", "--config", cfgPath)
 		if err != nil {
 			return nil, err

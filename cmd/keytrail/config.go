@@ -32,6 +32,9 @@ type Config struct {
 	TrustProxyHeaders bool `yaml:"trust_proxy_headers"`
 	// ShutdownTimeout bounds graceful shutdown (default 20s).
 	ShutdownTimeout duration `yaml:"shutdown_timeout"`
+	// PprofListen, when set, serves Go's net/http/pprof on this loopback
+	// host:port (profiling; off by default).
+	PprofListen string `yaml:"pprof_listen"`
 }
 
 // VaultConfig says how to reach and log in to Vault.
@@ -188,6 +191,13 @@ func (c *Config) validate(file string) error {
 		bad("listen", "must be host:port (%v)", err)
 	} else if c.TLS == nil && !c.AllowPlainHTTP && !isLoopbackHost(host) {
 		bad("listen", "plain HTTP is allowed only on loopback addresses; configure tls or set allow_plain_http: true")
+	}
+	if c.PprofListen != "" {
+		if h, _, err := net.SplitHostPort(c.PprofListen); err != nil {
+			bad("pprof_listen", "must be host:port (%v)", err)
+		} else if !isLoopbackHost(h) {
+			bad("pprof_listen", "must be a loopback address (profiles are served without authentication)")
+		}
 	}
 	if c.PublicURL == "" {
 		bad("public_url", "is required (the iss of broker JWTs and the discovery base)")

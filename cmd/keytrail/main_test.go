@@ -74,6 +74,8 @@ func TestLoadConfig(t *testing.T) {
 		{name: "fail/bad-duration", yaml: "shutdown_timeout: soon\n", wantErr: []string{"not a duration"}},
 		{name: "fail/store-addrs-and-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', addrs: [a:1], ca_file: /nope}\n",
 			wantErr: []string{"store.addrs: cannot be combined", "store.ca_file"}},
+		{name: "fail/pprof-not-loopback", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\npprof_listen: 0.0.0.0:6060\n",
+			wantErr: []string{"pprof_listen: must be a loopback address"}},
 		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
 	}

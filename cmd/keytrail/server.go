@@ -126,6 +126,14 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		srv.TLSConfig = tc
 		ln = tls.NewListener(ln, tc)
 	}
+	if cfg.PprofListen != "" {
+		stop, err := servePprof(cfg.PprofListen, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),

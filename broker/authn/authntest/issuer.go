@@ -118,6 +118,16 @@ func (i *Issuer) AddKey(k *Key) {
 	i.keys = append(i.keys, k)
 }
 
+// ReplaceKeys publishes exactly keys; the first becomes the signing key.
+// With a copied KID it stands for an issuer that reuses a kid for new key
+// material.
+func (i *Issuer) ReplaceKeys(keys ...*Key) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.keys = append([]*Key(nil), keys...)
+	i.current = keys[0]
+}
+
 // Rotate makes a fresh key of alg the signing key and publishes it; with
 // keepOld false the previous keys are no longer published.
 func (i *Issuer) Rotate(alg string, keepOld bool) (*Key, error) {
