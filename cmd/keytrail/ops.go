@@ -330,11 +330,11 @@ func (rt *brokerRuntime) startClockWatch(ctx context.Context) error {
 }
 
 // servePprof serves net/http/pprof on addr (validated as loopback by the
-// config) until the returned stop is called.
-func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+// config) until the returned stop is called; bound is the address listened on.
+func servePprof(addr string, log *slog.Logger) (bound string, stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("pprof_listen %s: %w", addr, err)
+		return "", nil, fmt.Errorf("pprof_listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -345,5 +345,5 @@ func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	log.Info("pprof serving", slog.String("listen", ln.Addr().String()))
-	return func() { _ = srv.Close() }, nil
+	return ln.Addr().String(), func() { _ = srv.Close() }, nil
 }

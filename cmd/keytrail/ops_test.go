@@ -9,8 +9,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"log/slog"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -83,5 +85,27 @@ func TestServerTLSClientCA(t *testing.T) {
 	}
 	if _, err := serverTLS(&TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: keyFile}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Errorf("a client CA file without certificates was accepted")
+	}
+}
+
+// TestServePprof: pprof_listen serves the profiling index and stops.
+func TestServePprof(t *testing.T) {
+	addr, stop, err := servePprof("127.0.0.1:0", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + addr + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(body) == 0 {
+		t.Fatalf("GET /debug/pprof/cmdline = %d %q", resp.StatusCode, body)
+	}
+	stop()
+	if resp, err := http.Get("http://" + addr + "/debug/pprof/"); err == nil {
+		resp.Body.Close()
+		t.Errorf("pprof still answers after stop: %s", resp.Status)
 	}
 }

@@ -127,7 +127,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		ln = tls.NewListener(ln, tc)
 	}
 	if cfg.PprofListen != "" {
-		stop, err := servePprof(cfg.PprofListen, log)
+		_, stop, err := servePprof(cfg.PprofListen, log)
 		if err != nil {
 			ln.Close()
 			return err
