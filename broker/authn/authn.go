@@ -24,6 +24,12 @@
 //     cannot be had it is broker.ErrUnavailable (reason "jwks_unavailable"),
 //     never a 401.
 //
+// A token is decoded once: jwt/v5's key function routes it (header, iss,
+// allow-lists, kid) and selects the key; the claim checks run afterwards
+// with jwt/v5's Validator. Tokens whose signature verified are remembered by
+// hash (verifiedCache), so presenting one again skips only the signature
+// check.
+//
 // JWKS are fetched lazily, on first use, when the cached set is older than
 // Options.CacheTTL, and when a token names an unknown kid; fetches of one
 // issuer are coalesced and happen at most once per Options.RefreshInterval.
@@ -119,7 +125,8 @@ type Verifier struct {
 	staleFor        time.Duration
 	maxJWKSBytes    int64
 	fetchTimeout    time.Duration
-	router          *jwt.Parser // unverified parse, routing only
+	router          *jwt.Parser // unverified parse, routing only (two-pass path)
+	single          *jwt.Parser // decode + signature; claims checked by the issuer's validator
 	verified        *verifiedCache
 	sigChecks       atomic.Int64 // signature verifications attempted (tests)
 }
@@ -218,6 +225,9 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		return nil, errors.Join(errs...)
 	}
 	v.router = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding())
+	// No WithValidMethods here: route enforces supportedAlgs and the
+	// issuer's own allow-list before any key is handed over.
+	v.single = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding(), jwt.WithoutClaimsValidation())
 	size := o.VerifiedCacheSize
 	if size == 0 {
 		size = DefaultVerifiedCacheSize
@@ -249,73 +259,137 @@ func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identi
 		return nil, reject(ReasonMalformed, err)
 	}
 
-	// Route by the unverified header and iss; nothing here is trusted yet.
-	tok, _, err := v.router.ParseUnverified(raw, jwt.MapClaims{})
-	if err != nil && (tok == nil || errors.Is(err, jwt.ErrTokenMalformed)) {
-		return nil, reject(ReasonMalformed, errors.New("undecodable header, claims or signature"))
+	// One pass: jwt/v5 decodes the token once, the key function routes it
+	// by its (not yet trusted) header and iss and picks the key, then the
+	// signature is checked. A token rejected before the key function ran is
+	// handed to the two-pass path, which names the exact reason.
+	var r routed
+	claims := jwt.MapClaims{}
+	v.sigChecks.Add(1)
+	_, err := v.single.ParseWithClaims(raw, claims, func(tok *jwt.Token) (any, error) {
+		if r.err = v.route(ctx, tok, &r); r.err != nil {
+			return nil, r.err
+		}
+		r.reached = true
+		return r.key, nil
+	})
+	switch {
+	case r.err != nil:
+		return nil, r.err
+	case !r.reached:
+		return v.authenticateTwoPass(ctx, raw, sum)
+	case err != nil:
+		return nil, signatureRejection(err)
 	}
+	return v.afterSignature(&r, claims, sum)
+}
+
+// routed is what route learned about a token: its issuer, key selection and
+// the key; err is the rejection, reached says the key was handed to jwt.
+type routed struct {
+	st      *issuerState
+	kid     string
+	hasKid  bool
+	alg     string
+	key     any
+	err     error
+	reached bool
+}
+
+// route checks the token's unverified header and iss and selects the key:
+// forbidden headers, crit, the algorithm allow-lists, the trusted issuer, the
+// kid's type, then the issuer's JWKS. Nothing it reads is trusted yet.
+func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 	for _, h := range forbiddenHeaders {
 		if _, ok := tok.Header[h]; ok {
-			return nil, reject(ReasonForbiddenHeader, fmt.Errorf("header %q present", h))
+			return reject(ReasonForbiddenHeader, fmt.Errorf("header %q present", h))
 		}
 	}
 	if _, ok := tok.Header["crit"]; ok {
-		return nil, reject(ReasonUnsupportedCrit, errors.New("crit header present"))
+		return reject(ReasonUnsupportedCrit, errors.New("crit header present"))
 	}
 	alg, _ := tok.Header["alg"].(string)
-	if err != nil || !supportedAlgs[alg] {
-		return nil, reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
+	if !supportedAlgs[alg] {
+		return reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
 	}
 	claims, _ := tok.Claims.(jwt.MapClaims)
 	iss, _ := claims["iss"].(string)
 	st := v.issuers[iss]
 	if iss == "" || st == nil {
-		return nil, reject(ReasonUntrustedIssuer, errors.New("iss is not a trusted issuer"))
+		return reject(ReasonUntrustedIssuer, errors.New("iss is not a trusted issuer"))
 	}
 	if !st.allowsAlg(alg) {
-		return nil, reject(ReasonUnsupportedAlg, fmt.Errorf("issuer %s does not allow alg %s", st.cfg.Name, alg))
+		return reject(ReasonUnsupportedAlg, fmt.Errorf("issuer %s does not allow alg %s", st.cfg.Name, alg))
 	}
 	kidRaw, hasKid := tok.Header["kid"]
 	kid, isString := kidRaw.(string)
 	if hasKid && !isString {
-		return nil, reject(ReasonMalformed, errors.New("kid header is not a string"))
+		return reject(ReasonMalformed, errors.New("kid header is not a string"))
 	}
-
 	key, kerr := v.resolveKey(ctx, st, kid, hasKid, alg)
 	if kerr != nil {
-		return nil, kerr
+		return kerr
 	}
+	*r = routed{st: st, kid: kid, hasKid: hasKid, alg: alg, key: key}
+	return nil
+}
 
-	// Full verification with the issuer's parser and the one key selected.
-	claims = jwt.MapClaims{}
-	v.sigChecks.Add(1)
-	_, err = st.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return key, nil })
-	if err != nil && !errors.Is(err, jwt.ErrTokenInvalidClaims) {
-		// The signature (or the token's shape) is bad: say nothing about claims.
-		switch {
-		case errors.Is(err, jwt.ErrTokenMalformed):
-			return nil, reject(ReasonMalformed, errors.New("token could not be decoded"))
-		case errors.Is(err, jwt.ErrTokenUnverifiable):
-			return nil, reject(ReasonUnsupportedAlg, errors.New("token unverifiable"))
-		default:
-			return nil, reject(ReasonBadSignature, errors.New("signature does not verify"))
-		}
+// authenticateTwoPass is the path for tokens jwt/v5 refused before the key
+// function ran (undecodable parts, an unknown alg): an unverified parse for
+// routing, then the issuer's own parser. It gives each such token its exact
+// reason, in the order the checks are documented.
+func (v *Verifier) authenticateTwoPass(ctx context.Context, raw string, sum [sha256.Size]byte) (*broker.Identity, error) {
+	tok, _, err := v.router.ParseUnverified(raw, jwt.MapClaims{})
+	if err != nil && (tok == nil || errors.Is(err, jwt.ErrTokenMalformed)) {
+		return nil, reject(ReasonMalformed, errors.New("undecodable header, claims or signature"))
 	}
-	// From here on the signature is valid.
-	if r, cause := checkClaimShapes(claims); r != "" {
-		return nil, reject(r, cause)
+	var r routed
+	if rerr := v.route(ctx, tok, &r); rerr != nil {
+		return nil, rerr
 	}
 	if err != nil {
+		return nil, reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
+	}
+	// Full verification with the one key selected, without claim checks
+	// (afterSignature runs them, as on the one-pass path).
+	claims := jwt.MapClaims{}
+	_, err = v.single.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return r.key, nil })
+	if err != nil {
+		return nil, signatureRejection(err)
+	}
+	return v.afterSignature(&r, claims, sum)
+}
+
+// signatureRejection maps a jwt/v5 error from signature verification: say
+// nothing about claims.
+func signatureRejection(err error) error {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return reject(ReasonMalformed, errors.New("token could not be decoded"))
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return reject(ReasonUnsupportedAlg, errors.New("token unverifiable"))
+	default:
+		return reject(ReasonBadSignature, errors.New("signature does not verify"))
+	}
+}
+
+// afterSignature runs the claim checks on a token whose signature verified
+// and remembers it in the verified-token cache.
+func (v *Verifier) afterSignature(r *routed, claims jwt.MapClaims, sum [sha256.Size]byte) (*broker.Identity, error) {
+	if reason, cause := checkClaimShapes(claims); reason != "" {
+		return nil, reject(reason, cause)
+	}
+	if err := r.st.validator.Validate(claims); err != nil {
 		return nil, reject(claimsReason(err), claimsCause(err))
 	}
-	id, ierr := v.identity(st, claims)
-	if ierr == nil && v.verified != nil {
-		if _, isSet := key.(jwt.VerificationKeySet); !isSet {
-			v.verified.put(sum, &verifiedEntry{st: st, kid: kid, hasKid: hasKid, alg: alg, key: key,
+	id, err := v.identity(r.st, claims)
+	if err == nil && v.verified != nil {
+		if _, isSet := r.key.(jwt.VerificationKeySet); !isSet {
+			v.verified.put(sum, &verifiedEntry{st: r.st, kid: r.kid, hasKid: r.hasKid, alg: r.alg, key: r.key,
 				claims: claims, until: id.Expiry.Add(v.leeway)}, v.now())
 		}
 	}
-	return id, ierr
+	return id, err
 }
 
 // errCacheStale says a cached verification no longer applies.

@@ -42,8 +42,7 @@ type issuerState struct {
 	cfg         policies.Issuer
 	maxLifetime time.Duration
 	client      *http.Client
-	parser      *jwt.Parser
-	validator   *jwt.Validator // the parser's claim checks alone
+	validator   *jwt.Validator // the issuer's claim checks
 
 	mu          sync.Mutex
 	set         *keySet    // last good key set; nil before the first success
@@ -128,22 +127,16 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 		maxLifetime: maxLife,
 		client:      client,
 	}
-	// The claim checks, shared by the parser (after a signature check) and
-	// the validator (on a verified-token cache hit).
-	claimOpts := []jwt.ParserOption{
+	// The issuer's claim checks, run by jwt/v5's Validator after the
+	// signature verified and again on every verified-token cache hit.
+	st.validator = jwt.NewValidator(
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuer(is.Issuer),
 		jwt.WithAudience(slices.Clone(is.Audiences)...),
 		jwt.WithLeeway(v.leeway),
 		jwt.WithIssuedAt(),
 		jwt.WithTimeFunc(v.now),
-	}
-	st.parser = jwt.NewParser(append([]jwt.ParserOption{
-		jwt.WithValidMethods(slices.Clone(is.Algorithms)),
-		jwt.WithJSONNumber(),
-		jwt.WithStrictDecoding(),
-	}, claimOpts...)...)
-	st.validator = jwt.NewValidator(claimOpts...)
+	)
 	return st, nil
 }
 
