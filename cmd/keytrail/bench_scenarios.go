@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -57,10 +58,26 @@ func (b *benchRunner) getOp(u, bearer string) benchOp {
 	}
 }
 
-// exchangeOp exchanges a rotating workload identity token for grant.
+// exchangeOp exchanges a rotating workload identity token for grant (64
+// tokens: after the first round, each is one the broker has verified before,
+// as when a workload renews or asks for a second grant).
 func (b *benchRunner) exchangeOp(base, grant string) benchOp {
 	return func(ctx context.Context) error {
 		_, err := b.env.exchange(ctx, base, grant, b.env.nextToken())
+		return err
+	}
+}
+
+// newTokenExchangeOp exchanges an identity token never seen before for
+// grant (a new session each time, as at a workload's start-up): the broker
+// checks its signature. The load generator signs it first (ES256).
+func (b *benchRunner) newTokenExchangeOp(base, grant string) benchOp {
+	return func(ctx context.Context) error {
+		tok, err := b.env.identity(map[string]any{"sub": benchSubject, "session": "new-" + strconv.FormatUint(b.env.tokenNo.Add(1), 10)})
+		if err != nil {
+			return err
+		}
+		_, err = b.env.exchange(ctx, base, grant, tok)
 		return err
 	}
 }
@@ -200,28 +217,32 @@ func (b *benchRunner) scenarioC(ctx context.Context) (*scenarioResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	const reused, fresh = "exchange (proxy)", "exchange (proxy, new token)"
 	cmp, err := b.compare(ctx, comparisonSpec{
 		id: "C1", title: "exchange of a proxy grant (minted in the broker, no Vault call) vs GET /healthz (the HTTP floor)",
 		probes: b.probes(m),
 		variants: []benchVariant{
 			{"healthz", b.getOp(m.url+"/healthz", "")},
-			{"exchange (proxy)", b.exchangeOp(m.url, benchGrantProxy)},
+			{reused, b.exchangeOp(m.url, benchGrantProxy)},
+			{fresh, b.newTokenExchangeOp(m.url, benchGrantProxy)},
 		},
 	})
 	if err != nil {
 		return nil, err
 	}
 	res.Comparisons = append(res.Comparisons, cmp)
-	x := cmp.variant("exchange (proxy)")
-	cpu := x.Closed.CPUusPerOp["broker"]
+	cpuReused := cmp.variant(reused).Closed.CPUusPerOp["broker"]
+	cpuFresh := cmp.variant(fresh).Closed.CPUusPerOp["broker"]
 	ceiling := 0.0
-	if cpu > 0 {
-		ceiling = float64(runtime.NumCPU()) * 1e6 / cpu
+	if cpuFresh > 0 {
+		ceiling = float64(runtime.NumCPU()) * 1e6 / cpuFresh
 	}
 	res.Targets = append(res.Targets,
-		targetResult{"C1 broker CPU per exchange at max rate (HTTP, ES256 verification, policy, Redis, durable audit)", "≤ 250µs", fmtUs(cpu), cpu > 0 && cpu <= 250},
-		targetResult{fmt.Sprintf("C1 exchanges/s the broker's CPU allows on %d cores (cores / CPU per exchange)", runtime.NumCPU()), "≥ 5000/s", fmt.Sprintf("%.0f/s", ceiling), ceiling >= 5000},
+		targetResult{"C1 broker CPU per exchange at max rate, identity token seen before (HTTP, verified-token cache, policy, Redis, durable audit)", "≤ 250µs", fmtUs(cpuReused), cpuReused > 0 && cpuReused <= 250},
+		targetResult{"C1 broker CPU per exchange at max rate, new identity token (the same plus an ES256 signature check)", "≤ 250µs", fmtUs(cpuFresh), cpuFresh > 0 && cpuFresh <= 250},
+		targetResult{fmt.Sprintf("C1 exchanges/s the broker's CPU allows on %d cores, new tokens (cores / CPU per exchange)", runtime.NumCPU()), "≥ 5000/s", fmt.Sprintf("%.0f/s", ceiling), ceiling >= 5000},
 	)
+	res.Notes = append(res.Notes, "\""+reused+"\" rotates through 64 identity tokens (each verified once, then answered by the verified-token cache); \""+fresh+"\" signs a new token per request in the load generator, so every exchange pays for a signature check")
 	// The same figure for the Vault-backed kinds, from scenario B.
 	for _, s := range b.report.Scenarios {
 		if s.ID != "B" {
