@@ -191,6 +191,16 @@ type AuditSink interface {
 	Append(ctx context.Context, ev *audit.Event) error
 }
 
+// DeferredAuditSink is an AuditSink that also takes events nobody waits for
+// (a proxied call's use_result, written after the response is sent):
+// AppendDeferred returns at once and the sink makes the event durable with
+// a later batch, within a bound of its own, then calls done (when not nil)
+// with the outcome. done must not block.
+type DeferredAuditSink interface {
+	AuditSink
+	AppendDeferred(ev *audit.Event, done func(error))
+}
+
 // PublicKey is one public verification key for broker-issued JWTs.
 type PublicKey struct {
 	KID string

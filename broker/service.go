@@ -383,6 +383,19 @@ func (s *Service) Audit(ctx context.Context, ev *audit.Event) error {
 	return s.d.Audit.Append(context.WithoutCancel(ctx), ev)
 }
 
+// AuditDeferred writes an event nobody waits for: with a
+// DeferredAuditSink it shares a later batch's fsync, otherwise it is
+// appended on a goroutine of its own. done (not nil) gets the outcome and
+// must not block.
+func (s *Service) AuditDeferred(ctx context.Context, ev *audit.Event, done func(error)) {
+	if d, ok := s.d.Audit.(DeferredAuditSink); ok {
+		d.AppendDeferred(ev, done)
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() { done(s.d.Audit.Append(ctx, ev)) }()
+}
+
 // StatusOf returns the HTTP status for a categorised error.
 func StatusOf(e *Error) int {
 	switch {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/keytrail/keytrail/broker/audit"
 )
@@ -183,19 +184,26 @@ grants:
 	})
 
 	t.Run("ok/audit-use-events-in-order-and-verify", func(t *testing.T) {
-		evs := readAudit(t, env.auditPath)
-		var types []string
-		for _, ev := range evs {
-			if ev.IssuanceID == res.IssuanceID && (ev.Type == "issue" || ev.Type == "use" || ev.Type == "use_result") {
-				types = append(types, ev.Type)
-				if ev.Type == "use" && (ev.Upstream == nil || ev.Upstream.Path != "/v1/charges/ch_1?expand" /* query keys only, never values */ || ev.Workload != "billing-agent" || ev.SessionID != res.SessionID) {
-					t.Errorf("use event = %+v / %+v", ev, ev.Upstream)
+		// use_result is written after the response, sharing a later
+		// event's fsync (at most 20 ms later): wait for it.
+		want := "issue use use_result use use_result"
+		var evs []*audit.Event
+		var got string
+		waitFor(t, 5*time.Second, "the use_result events", func() bool {
+			evs = readAudit(t, env.auditPath)
+			var types []string
+			for _, ev := range evs {
+				if ev.IssuanceID == res.IssuanceID && (ev.Type == "issue" || ev.Type == "use" || ev.Type == "use_result") {
+					types = append(types, ev.Type)
 				}
 			}
-		}
-		want := "issue use use_result use use_result"
-		if got := strings.Join(types, " "); !strings.HasPrefix(got, want) {
-			t.Errorf("events for the issuance = %q, want prefix %q", got, want)
+			got = strings.Join(types, " ")
+			return strings.HasPrefix(got, want)
+		})
+		for _, ev := range evs {
+			if ev.IssuanceID == res.IssuanceID && ev.Type == "use" && (ev.Upstream == nil || ev.Upstream.Path != "/v1/charges/ch_1?expand" /* query keys only, never values */ || ev.Workload != "billing-agent" || ev.SessionID != res.SessionID) {
+				t.Errorf("use event = %+v / %+v", ev, ev.Upstream)
+			}
 		}
 		raw, _ := os.ReadFile(env.auditPath)
 		if strings.Contains(string(raw), upstreamSecret) || strings.Contains(string(raw), res.AccessToken) {

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -41,6 +42,7 @@ const (
 	DefaultCheckpointEvery    = 1000
 	DefaultCheckpointInterval = 60 * time.Second
 	DefaultMaxBatch           = 256
+	DefaultDeferFor           = 20 * time.Millisecond
 	// rotatedLayout is the UTC timestamp suffix of rotated files: fixed
 	// width, sortable as text, no colons.
 	rotatedLayout = "20060102T150405.000000000Z"
@@ -72,6 +74,9 @@ type Options struct {
 	NoFsync bool
 	// MaxBatch caps the events of one write; default DefaultMaxBatch.
 	MaxBatch int
+	// DeferFor bounds how long an AppendDeferred event waits for an
+	// Append to share its write and fsync with; default DefaultDeferFor.
+	DeferFor time.Duration
 	// Logger; default discards.
 	Logger *slog.Logger
 	// RotateBytes rotates the file once it reaches this size: it is renamed
@@ -117,8 +122,20 @@ type seams struct {
 }
 
 type request struct {
-	ev   *audit.Event
-	done chan error // buffered 1
+	ev       *audit.Event
+	done     chan error  // buffered 1; nil for a deferred request
+	deferred func(error) // called with the outcome of a deferred request
+}
+
+// finish tells the request's caller what happened to its event.
+func (r *request) finish(err error) {
+	if r.done != nil {
+		r.done <- err
+		return
+	}
+	if r.deferred != nil {
+		r.deferred(err)
+	}
 }
 
 // state is the chain state a batch is sealed into; it becomes the durable
@@ -197,6 +214,9 @@ func open(o Options, sm seams) (*Sink, error) {
 	if o.MaxBatch < 0 {
 		errs = append(errs, errors.New("max_batch: must not be negative"))
 	}
+	if o.DeferFor < 0 {
+		errs = append(errs, errors.New("defer_for: must not be negative"))
+	}
 	if o.RotateBytes < 0 {
 		errs = append(errs, errors.New("rotate_bytes: must not be negative"))
 	}
@@ -222,6 +242,9 @@ func open(o Options, sm seams) (*Sink, error) {
 	}
 	if o.MaxBatch == 0 {
 		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.DeferFor == 0 {
+		o.DeferFor = DefaultDeferFor
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -430,26 +453,51 @@ func (s *Sink) Append(ctx context.Context, ev *audit.Event) error {
 	if err := ctx.Err(); err != nil {
 		return unavailable(fmt.Errorf("auditfile: event not enqueued: %w", err))
 	}
-	if ev.RequestID == "" {
+	r := &request{ev: ev, done: make(chan error, 1)}
+	if err := s.enqueue(ctx, r); err != nil {
+		return err
+	}
+	return <-r.done
+}
+
+// AppendDeferred is Append for an event nobody waits for (a proxied call's
+// use_result, written after the response): it returns at once, and the
+// event is sealed and made durable with the next Append's batch, or on its
+// own after Options.DeferFor at the latest (or at Close). It saves an fsync
+// per such event without delaying anyone. done, when not nil, is called
+// once with the outcome, from the writer goroutine: it must not block.
+func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
+	if ev == nil {
+		if done != nil {
+			done(errors.New("auditfile: nil event"))
+		}
+		return
+	}
+	r := &request{ev: ev, deferred: done}
+	if err := s.enqueue(context.Background(), r); err != nil && done != nil {
+		done(err)
+	}
+}
+
+// enqueue hands r to the writer goroutine.
+func (s *Sink) enqueue(ctx context.Context, r *request) error {
+	if r.ev.RequestID == "" {
 		// Every event carries a request_id (SPEC "Audit log"); actions
 		// not caused by a request (policy loads, the revocation worker,
 		// reconciliation) get one of their own.
-		ev.RequestID = broker.NewID(broker.PrefixRequest)
+		r.ev.RequestID = broker.NewID(broker.PrefixRequest)
 	}
-	r := &request{ev: ev, done: make(chan error, 1)}
 	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed {
-		s.mu.RUnlock()
 		return unavailable(errClosed)
 	}
 	select {
 	case s.reqs <- r:
-		s.mu.RUnlock()
+		return nil
 	case <-ctx.Done():
-		s.mu.RUnlock()
 		return unavailable(fmt.Errorf("auditfile: event not enqueued: %w", ctx.Err()))
 	}
-	return <-r.done
 }
 
 // Ping reports whether the sink can write: nil when the last write
@@ -516,20 +564,54 @@ func unavailable(err error) error {
 	return broker.Unavailable("audit_unavailable", time.Second, err)
 }
 
-// run is the writer goroutine.
+// run is the writer goroutine. Deferred requests are held until a waited-for
+// request comes (they are written first, in arrival order, in its batch),
+// until MaxBatch of them are held, or until DeferFor has passed.
 func (s *Sink) run() {
 	defer close(s.done)
 	batch := make([]*request, 0, s.o.MaxBatch)
+	var held []*request
+	hold := time.NewTimer(time.Hour)
+	hold.Stop()
+	flushHeld := func() {
+		hold.Stop()
+		if len(held) > 0 {
+			s.commitEvents(held)
+			held = held[:0]
+		}
+	}
 	for {
 		select {
 		case r := <-s.reqs:
 			batch = s.drain(append(batch[:0], r))
+			waited := slices.ContainsFunc(batch, func(r *request) bool { return r.done != nil })
+			if !waited && len(held)+len(batch) < s.o.MaxBatch {
+				if len(held) == 0 {
+					hold.Reset(s.o.DeferFor)
+				}
+				held = append(held, batch...)
+				continue
+			}
+			if len(held)+len(batch) > s.o.MaxBatch {
+				flushHeld()
+			}
+			if len(held) > 0 {
+				hold.Stop()
+				combined := make([]*request, 0, len(held)+len(batch))
+				combined = append(append(combined, held...), batch...)
+				held = held[:0]
+				s.commitEvents(combined)
+				continue
+			}
 			s.commitEvents(batch)
+		case <-hold.C:
+			flushHeld()
 		case reply := <-s.probes:
 			reply <- s.probe()
 		case <-s.tick:
 			s.onTick()
 		case <-s.quit:
+			flushHeld()
 			for {
 				batch = s.drain(batch[:0])
 				if len(batch) == 0 {
@@ -566,7 +648,7 @@ func (s *Sink) commitEvents(batch []*request) {
 	for _, r := range batch {
 		line, err := work.chain.Seal(r.ev, now)
 		if err != nil {
-			r.done <- fmt.Errorf("auditfile: %w", err)
+			r.finish(fmt.Errorf("auditfile: %w", err))
 			continue
 		}
 		s.buf.Write(line)
@@ -585,7 +667,7 @@ func (s *Sink) commitEvents(batch []*request) {
 	}
 	err := s.write(work, len(sealed))
 	for _, r := range sealed {
-		r.done <- err
+		r.finish(err)
 	}
 	if err == nil {
 		s.maybeRotate(now)

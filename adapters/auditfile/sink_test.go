@@ -726,3 +726,115 @@ func TestEveryEventHasRequestID(t *testing.T) {
 		t.Errorf("a given request_id was replaced: %q", evs[0].RequestID)
 	}
 }
+
+// TestDeferredRidesWithNextAppend: deferred events wait for the next Append
+// and share its single write and fsync, written before it in arrival order.
+func TestDeferredRidesWithNextAppend(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, DeferFor: time.Hour}, faultSeams(fl))
+	results := make(chan error, 3)
+	for i := range 3 {
+		s.AppendDeferred(&audit.Event{Type: fmt.Sprintf("deferred-%d", i)}, func(err error) { results <- err })
+	}
+	for len(s.reqs) > 0 { // the writer has taken them (and holds them)
+		runtime.Gosched()
+	}
+	if st := s.Stats(); st.Batches != 0 {
+		t.Fatalf("deferred events written on their own: %+v", st)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: "waited"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := <-results; err != nil {
+			t.Errorf("deferred outcome = %v", err)
+		}
+	}
+	fl.mu.Lock()
+	writes, syncs := fl.writes, fl.syncs
+	fl.mu.Unlock()
+	if st := s.Stats(); st.Batches != 1 || st.Events != 4 || writes != 1 || syncs != 1 {
+		t.Errorf("3 deferred + 1 event: %d batches, %d events, %d write(), %d fsync; want 1, 4, 1, 1", st.Batches, st.Events, writes, syncs)
+	}
+	if diff := cmp.Diff([]string{"1:deferred-0", "2:deferred-1", "3:deferred-2", "4:waited"}, types(t, path)); diff != "" {
+		t.Errorf("file order (-want +got):\n%s", diff)
+	}
+}
+
+// TestDeferredAlone: with nothing else coming, a deferred event is made
+// durable after DeferFor; at Close, at once.
+func TestDeferredAlone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, DeferFor: 5 * time.Millisecond}, seams{})
+	done := make(chan error, 1)
+	s.AppendDeferred(&audit.Event{Type: "alone"}, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatalf("deferred outcome = %v", err)
+	}
+	if got := types(t, path); len(got) != 1 || got[0] != "1:alone" {
+		t.Errorf("file = %v, want the deferred event", got)
+	}
+
+	path2 := filepath.Join(t.TempDir(), "audit.jsonl")
+	s2, err := Open(Options{Path: path2, DeferFor: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done2 := make(chan error, 1)
+	s2.AppendDeferred(&audit.Event{Type: "at-close"}, func(err error) { done2 <- err })
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done2; err != nil {
+		t.Fatalf("deferred outcome at Close = %v", err)
+	}
+	if got := types(t, path2); len(got) != 1 || got[0] != "1:at-close" {
+		t.Errorf("file after Close = %v, want the deferred event", got)
+	}
+	var afterClose error
+	s2.AppendDeferred(&audit.Event{Type: "late"}, func(err error) { afterClose = err })
+	if !errors.Is(afterClose, broker.ErrUnavailable) {
+		t.Errorf("AppendDeferred after Close: outcome %v, want ErrUnavailable at once", afterClose)
+	}
+}
+
+// TestDeferredFailure: a failed batch reports its error to deferred events
+// too, and they are not in the file.
+func TestDeferredFailure(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, DeferFor: time.Hour}, faultSeams(fl))
+	appendN(t, s, 2)
+	done := make(chan error, 1)
+	s.AppendDeferred(&audit.Event{Type: "deferred"}, func(err error) { done <- err })
+	fl.set(func(f *faults) { f.sync = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: "waited"}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append(failing fsync) = %v, want ErrUnavailable", err)
+	}
+	if err := <-done; !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("deferred outcome = %v, want ErrUnavailable", err)
+	}
+	if got := types(t, path); len(got) != 2 {
+		t.Errorf("file = %v, want the 2 durable events only", got)
+	}
+}
+
+// TestDeferredBoundedByMaxBatch: MaxBatch deferred events are written
+// without waiting for DeferFor.
+func TestDeferredBoundedByMaxBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, MaxBatch: 4, DeferFor: time.Hour}, seams{})
+	results := make(chan error, 4)
+	for i := range 4 {
+		s.AppendDeferred(&audit.Event{Type: fmt.Sprintf("d%d", i)}, func(err error) { results <- err })
+	}
+	for range 4 {
+		if err := <-results; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats(); st.Events != 4 {
+		t.Errorf("Stats() = %+v, want 4 events written", st)
+	}
+}

@@ -643,8 +643,14 @@ func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, 
 		DurationMS: float64(time.Since(c.start).Microseconds()) / 1000,
 	}
 	ev.Outcome = &audit.Outcome{Status: c.status, Error: errCode, Reason: errReason}
-	if err := c.h.p.o.Service.Audit(context.WithoutCancel(c.r.Context()), ev); err != nil {
-		c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit use_result event failed",
-			slog.String("use_id", use.UseID), slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
-	}
+	// Nobody waits for it: the response is gone. It shares the fsync of a
+	// later event (the sink bounds the wait), and the handler returns at
+	// once, freeing the keep-alive connection for the caller's next request.
+	log, issuanceID, ctx := c.h.p.log, c.is.ID, context.WithoutCancel(c.r.Context())
+	c.h.p.o.Service.AuditDeferred(ctx, ev, func(err error) {
+		if err != nil {
+			log.LogAttrs(ctx, slog.LevelError, "audit use_result event failed",
+				slog.String("use_id", use.UseID), slog.String("issuance_id", issuanceID), slog.String("error", err.Error()))
+		}
+	})
 }

@@ -124,6 +124,26 @@ func (s timedSink) Append(ctx context.Context, ev *audit.Event) error {
 	return err
 }
 
+// AppendDeferred forwards to the sink's deferred append when it has one
+// (auditfile does), measuring from the call to the outcome.
+func (s timedSink) AppendDeferred(ev *audit.Event, done func(error)) {
+	start := time.Now()
+	report := func(err error) {
+		s.m.auditSeconds.Observe(time.Since(start).Seconds())
+		if err != nil {
+			s.m.auditFailures.Inc()
+		}
+		if done != nil {
+			done(err)
+		}
+	}
+	if d, ok := s.AuditSink.(broker.DeferredAuditSink); ok {
+		d.AppendDeferred(ev, report)
+		return
+	}
+	go func() { report(s.AuditSink.Append(context.Background(), ev)) }()
+}
+
 // countedMinter counts backend errors of a Vault minter.
 type countedMinter struct {
 	broker.Minter

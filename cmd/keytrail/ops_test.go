@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,6 +18,12 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 // writeCert writes a self-signed certificate for cn and its key.
@@ -107,5 +114,50 @@ func TestServePprof(t *testing.T) {
 	if resp, err := http.Get("http://" + addr + "/debug/pprof/"); err == nil {
 		resp.Body.Close()
 		t.Errorf("pprof still answers after stop: %s", resp.Status)
+	}
+}
+
+// TestTimedSinkDeferred: the metrics wrapper keeps the file sink's deferred
+// appends (one fsync shared with the next event) and still measures them.
+func TestTimedSinkDeferred(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newOpsMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	fs, err := auditfile.Open(auditfile.Options{Path: path, DeferFor: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	var s broker.AuditSink = timedSink{AuditSink: fs, m: m}
+	d, ok := s.(broker.DeferredAuditSink)
+	if !ok {
+		t.Fatal("timedSink does not offer deferred appends")
+	}
+	done := make(chan error, 1)
+	d.AppendDeferred(&audit.Event{Type: audit.TypeUseResult}, func(err error) { done <- err })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("deferred outcome = %v", err)
+	}
+	if st := fs.Stats(); st.Batches != 1 || st.Events != 2 {
+		t.Errorf("file sink stats = %+v, want both events in one batch", st)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
+			n = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	if n != 2 {
+		t.Errorf("audit write observations = %d, want 2 (the deferred one included)", n)
 	}
 }
