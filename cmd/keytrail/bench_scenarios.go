@@ -90,10 +90,6 @@ func (b *benchRunner) credential(ctx context.Context, br *benchBroker, grant str
 	return ta.AccessToken, nil
 }
 
-func maxCPU(v *variantResult, key string) float64 {
-	return max(v.Closed.CPUusPerOp[key], v.Open.CPUusPerOp[key])
-}
-
 // scenarioA: a request proxied through keytrail vs the same request sent
 // directly to the same upstream, trivial and 1 ms upstreams.
 func (b *benchRunner) scenarioA(ctx context.Context) (*scenarioResult, error) {
@@ -125,7 +121,8 @@ func (b *benchRunner) scenarioA(ctx context.Context) (*scenarioResult, error) {
 		res.Targets = append(res.Targets,
 			targetResult{c.id + " added p50 at half the proxied max rate", "≤ 250µs", fmtSigned(p.AddedP50us), p.AddedP50us <= 250},
 			targetResult{c.id + " added p99 at half the proxied max rate", "≤ 1ms", fmtSigned(p.AddedP99us), p.AddedP99us <= 1000},
-			targetResult{c.id + " broker CPU per proxied request (worse of the two loads)", "≤ 150µs", fmtUs(maxCPU(p, "broker")), maxCPU(p, "broker") <= 150},
+			targetResult{c.id + " broker CPU per proxied request at the maximum rate (closed loop)", "≤ 150µs", fmtUs(p.Closed.CPUusPerOp["broker"]), p.Closed.CPUusPerOp["broker"] > 0 && p.Closed.CPUusPerOp["broker"] <= 150},
+			targetResult{c.id + " broker CPU per proxied request at half the maximum rate (open loop: fewer events per fsync, fixed costs shared by fewer requests)", "≤ 150µs", fmtUs(p.Open.CPUusPerOp["broker"]), p.Open.CPUusPerOp["broker"] > 0 && p.Open.CPUusPerOp["broker"] <= 150},
 		)
 		if c.id == "A2" {
 			res.Targets = append(res.Targets, targetResult{"A2 proxied throughput vs direct", "≥ 0.90x", fmt.Sprintf("%.2fx", p.ThroughputRatio), p.ThroughputRatio >= 0.9})
