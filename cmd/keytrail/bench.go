@@ -185,17 +185,25 @@ type variantResult struct {
 	AddedP50us      float64 `json:"added_p50_us"`
 	AddedP90us      float64 `json:"added_p90_us"`
 	AddedP99us      float64 `json:"added_p99_us"`
+	// Light is the open loop at LightRate (comparisons with a light phase):
+	// what the path costs when the machine is not busy.
+	Light           *phaseSummary `json:"light_load,omitempty"`
+	LightAddedP50us float64       `json:"light_added_p50_us,omitempty"`
+	LightAddedP99us float64       `json:"light_added_p99_us,omitempty"`
 }
 
 // comparisonResult is variants measured against a baseline.
 type comparisonResult struct {
-	ID       string          `json:"id"`
-	Title    string          `json:"title"`
-	Baseline string          `json:"baseline"`
-	Workers  int             `json:"workers"`
-	OpenRate float64         `json:"open_loop_rate"`
-	Variants []variantResult `json:"variants"`
-	Runs     []benchRun      `json:"runs"`
+	ID       string  `json:"id"`
+	Title    string  `json:"title"`
+	Baseline string  `json:"baseline"`
+	Workers  int     `json:"workers"`
+	OpenRate float64 `json:"open_loop_rate"`
+	// LightRate is the light-load open-loop rate (a twentieth of the
+	// slowest variant's maximum), when measured.
+	LightRate float64         `json:"light_load_rate,omitempty"`
+	Variants  []variantResult `json:"variants"`
+	Runs      []benchRun      `json:"runs"`
 }
 
 func (c *comparisonResult) variant(name string) *variantResult {
@@ -219,6 +227,9 @@ type comparisonSpec struct {
 	variants  []benchVariant // the first is the baseline
 	probes    []cpuProbe
 	workers   int
+	// light adds an open loop at a twentieth of the maximum rate, so the
+	// report shows the added latency without CPU contention too.
+	light bool
 }
 
 // runBench sets up the environment, runs the scenarios and reports.
@@ -339,11 +350,35 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 			openRuns[v.name] = append(openRuns[v.name], r)
 		}
 	}
+	lightRuns := map[string][]benchRun{}
+	if spec.light {
+		res.LightRate = round1(max(slowest/20, 1))
+		for rep := 1; rep <= b.o.reps; rep++ {
+			for _, v := range spec.variants {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				r := openLoop(ctx, v.op, res.LightRate, b.o.duration, 1024, spec.probes)
+				r.Variant, r.Rep = v.name+" (light load)", rep
+				b.progress("%s light load rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
+				res.Runs = append(res.Runs, r)
+				lightRuns[v.name] = append(lightRuns[v.name], r)
+			}
+		}
+	}
 	var base variantResult
 	for i, v := range spec.variants {
 		vr := variantResult{Variant: v.name, Closed: summarize(byVariant[v.name]), Open: summarize(openRuns[v.name])}
+		if spec.light {
+			l := summarize(lightRuns[v.name])
+			vr.Light = &l
+		}
 		if i == 0 {
 			base = vr
+		}
+		if vr.Light != nil && base.Light != nil {
+			vr.LightAddedP50us = round1(vr.Light.P50us - base.Light.P50us)
+			vr.LightAddedP99us = round1(vr.Light.P99us - base.Light.P99us)
 		}
 		if base.Closed.Throughput > 0 {
 			vr.ThroughputRatio = math2(vr.Closed.Throughput / base.Closed.Throughput)
@@ -462,6 +497,18 @@ func printBenchReport(w io.Writer, r *benchReport) {
 			}
 			tw.Flush()
 			fmt.Fprintf(w, "  (max/s: closed loop, %d workers; latencies: open loop at %.0f/s, from the intended send time; CPU/op: closed loop / open loop)\n", c.Workers, c.OpenRate)
+			if c.LightRate > 0 {
+				for _, v := range c.Variants {
+					if v.Light == nil {
+						continue
+					}
+					line := fmt.Sprintf("  light load (open loop at %.0f/s): %-16s p50 %s p99 %s", c.LightRate, v.Variant, fmtUs(v.Light.P50us), fmtUs(v.Light.P99us))
+					if v.Variant != c.Baseline {
+						line += fmt.Sprintf(", added p50 %s p99 %s", fmtSigned(v.LightAddedP50us), fmtSigned(v.LightAddedP99us))
+					}
+					fmt.Fprintln(w, line)
+				}
+			}
 		}
 		if p := s.Propagation; p != nil {
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

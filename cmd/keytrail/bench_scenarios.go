@@ -107,7 +107,7 @@ func (b *benchRunner) scenarioA(ctx context.Context) (*scenarioResult, error) {
 			return nil, err
 		}
 		cmp, err := b.compare(ctx, comparisonSpec{
-			id: c.id, title: c.title, probes: b.probes(m),
+			id: c.id, title: c.title, probes: b.probes(m), light: true,
 			variants: []benchVariant{
 				{"direct", b.getOp(c.upstream+benchUpstreamPath, b.env.secret)},
 				{"proxied", b.getOp(m.url+"/v1/proxy/"+c.grant+benchUpstreamPath, cred)},
@@ -184,7 +184,7 @@ func (b *benchRunner) scenarioB(ctx context.Context) (*scenarioResult, error) {
 		{"B2", "jwt grant (ES256) vs transit/sign with the same key", "raw transit sign", benchGrantJWT, transitSign},
 	} {
 		cmp, err := b.compare(ctx, comparisonSpec{
-			id: c.id, title: c.title, probes: b.probes(m),
+			id: c.id, title: c.title, probes: b.probes(m), light: true,
 			variants: []benchVariant{{c.raw, c.rawOp}, {"exchange", b.exchangeOp(m.url, c.grant)}},
 		})
 		if err != nil {

@@ -70,6 +70,9 @@ func TestBenchSmoke(t *testing.T) {
 				if v.Closed.Throughput <= 0 || v.Open.P50us <= 0 || v.Open.P99us < v.Open.P50us {
 					t.Errorf("%s %s = %+v, want throughput and open-loop latencies", c.ID, name, v)
 				}
+				if v.Light == nil || v.Light.P50us <= 0 {
+					t.Errorf("%s %s light load = %+v, want open-loop latencies", c.ID, name, v.Light)
+				}
 				if v.Closed.Errors+v.Open.Errors != 0 {
 					t.Errorf("%s %s: %d errors", c.ID, name, v.Closed.Errors+v.Open.Errors)
 				}
@@ -77,8 +80,8 @@ func TestBenchSmoke(t *testing.T) {
 			if r := c.variant("proxied").ThroughputRatio; r <= 0 {
 				t.Errorf("%s proxied throughput ratio = %v, want > 0", c.ID, r)
 			}
-			if c.OpenRate <= 0 {
-				t.Errorf("%s open-loop rate = %v, want > 0", c.ID, c.OpenRate)
+			if c.OpenRate <= 0 || c.LightRate <= 0 || c.LightRate >= c.OpenRate {
+				t.Errorf("%s open-loop rates = %v, light %v, want 0 < light < half", c.ID, c.OpenRate, c.LightRate)
 			}
 		}
 	}
@@ -86,7 +89,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("comparisons (-want +got):\n%s", diff)
 	}
 	text := out.String()
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "targets:"} {
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
