@@ -171,7 +171,7 @@ type Store interface {
 
 	PutRevocation(ctx context.Context, r *Revocation) error
 	GetRevocation(ctx context.Context, id string) (*Revocation, error)
-	ListRevocations(ctx context.Context) ([]*Revocation, error)
+	ListRevocations(ctx context.Context, f RevocationFilter) ([]*Revocation, error)
 
 	PutBlock(ctx context.Context, b Block) error
 	DeleteBlock(ctx context.Context, workload string) error
@@ -179,6 +179,22 @@ type Store interface {
 	ListBlocks(ctx context.Context) ([]Block, error)
 
 	Ping(ctx context.Context) error
+}
+
+// RevocationFilter narrows ListRevocations; the zero value lists every
+// revocation. Both conditions apply together. The hot readers use them so
+// that their cost follows the recent and the unfinished revocations, not
+// the whole history.
+type RevocationFilter struct {
+	// Since keeps revocations created at or after it (zero: any time).
+	Since time.Time
+	// Pending keeps only revocations not completed yet (CompletedAt zero).
+	Pending bool
+}
+
+// Match reports whether r passes f.
+func (f RevocationFilter) Match(r *Revocation) bool {
+	return (f.Since.IsZero() || !r.CreatedAt.Before(f.Since)) && (!f.Pending || r.CompletedAt.IsZero())
 }
 
 // AuditSink makes audit events durable.

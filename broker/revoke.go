@@ -649,7 +649,7 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 func (w *RevocationWorker) Tick(ctx context.Context) error {
 	s := w.s
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-	revs, err := s.d.Store.ListRevocations(sctx)
+	revs, err := s.d.Store.ListRevocations(sctx, RevocationFilter{Pending: true})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("list revocations: %w", err)
@@ -894,10 +894,11 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 	c.log = []noticeEntry{}
 	c.mu.Unlock()
 
+	since := c.o.Now().Add(-c.o.Window)
 	blocks, err := c.st.ListBlocks(ctx)
 	var revs []*Revocation
 	if err == nil {
-		revs, err = c.st.ListRevocations(ctx)
+		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: since})
 	}
 	now := c.o.Now()
 	c.mu.Lock()

@@ -255,7 +255,7 @@ func TestRevokeDurableFirst(t *testing.T) {
 	var at []seen
 	f.rv.before = func(x *broker.Issuance) {
 		got, _ := f.mem.GetIssuance(context.Background(), x.ID)
-		revs, _ := f.mem.ListRevocations(context.Background())
+		revs, _ := f.mem.ListRevocations(context.Background(), broker.RevocationFilter{})
 		var pending []string
 		for _, r := range revs {
 			pending = append(pending, r.Pending...)
@@ -284,7 +284,7 @@ func TestRevokeAuditFailureRefuses(t *testing.T) {
 	if calls := f.rv.Calls(); len(calls) != 0 {
 		t.Errorf("backend revoked %v with the audit log down, want nothing", calls)
 	}
-	revs, _ := f.mem.ListRevocations(context.Background())
+	revs, _ := f.mem.ListRevocations(context.Background(), broker.RevocationFilter{})
 	blocks, _ := f.mem.ListBlocks(context.Background())
 	got, _ := f.mem.GetIssuance(context.Background(), is.ID)
 	if len(revs) != 0 || len(blocks) != 0 || !got.RevokedAt.IsZero() {

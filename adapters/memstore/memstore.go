@@ -337,9 +337,9 @@ func (s *Store) GetRevocation(ctx context.Context, id string) (*broker.Revocatio
 	return decodeRevocation(e.raw)
 }
 
-// ListRevocations returns copies of every revocation, ordered by creation
-// time, then id.
-func (s *Store) ListRevocations(ctx context.Context) ([]*broker.Revocation, error) {
+// ListRevocations returns copies of the revocations f keeps, ordered by
+// creation time, then id.
+func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
 	if err := checkCtx(ctx); err != nil {
 		return nil, err
 	}
@@ -358,11 +358,16 @@ func (s *Store) ListRevocations(ctx context.Context) ([]*broker.Revocation, erro
 	})
 	out := make([]*broker.Revocation, 0, len(items))
 	for _, it := range items {
+		if !f.Since.IsZero() && it.e.createdAt.Before(f.Since) {
+			continue
+		}
 		r, err := decodeRevocation(it.e.raw)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, r)
+		if f.Match(r) {
+			out = append(out, r)
+		}
 	}
 	return out, nil
 }

@@ -169,6 +169,10 @@ func New(ctx context.Context, o Options) (*Store, error) {
 		_ = client.Close()
 		return nil, err
 	}
+	if err := s.reindexRevocations(ctx); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -339,6 +343,8 @@ func (s *Store) idxKey(name, v string) string    { return s.prefix + "idx:" + na
 func (s *Store) allKey() string                  { return s.prefix + "idx:all" }
 func (s *Store) revKey(id string) string         { return s.prefix + "rev:" + id }
 func (s *Store) revsKey() string                 { return s.prefix + "revs" }
+func (s *Store) revsByTimeKey() string           { return s.prefix + "revs:time" }    // id scored by creation ms
+func (s *Store) revsPendingKey() string          { return s.prefix + "revs:pending" } // ids not completed
 func (s *Store) blockKey(workload string) string { return s.prefix + "block:" + workload }
 func (s *Store) blocksKey() string               { return s.prefix + "blocks" }
 
@@ -566,11 +572,61 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	pipe := s.client.TxPipeline()
-	pipe.Set(ctx, s.revKey(c.ID), raw, 0)
-	pipe.SAdd(ctx, s.revsKey(), c.ID)
+	s.indexRevocation(ctx, pipe, c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero())
 	if _, err := pipe.Exec(ctx); err != nil {
 		return s.fail("put revocation "+c.ID, err)
 	}
+	return nil
+}
+
+// indexRevocation queues the writes of one revocation: the record, the set
+// of all revocations, the creation-time index and the pending set.
+func (s *Store) indexRevocation(ctx context.Context, pipe redis.Pipeliner, id string, raw []byte, created time.Time, pending bool) {
+	if raw != nil {
+		pipe.Set(ctx, s.revKey(id), raw, 0)
+	}
+	pipe.SAdd(ctx, s.revsKey(), id)
+	pipe.ZAdd(ctx, s.revsByTimeKey(), redis.Z{Score: float64(created.UnixMilli()), Member: id})
+	if pending {
+		pipe.SAdd(ctx, s.revsPendingKey(), id)
+	} else {
+		pipe.SRem(ctx, s.revsPendingKey(), id)
+	}
+}
+
+// reindexRevocations builds the creation-time index and the pending set for
+// revocations written before they existed (the set of all revocations is
+// their superset). It runs at New, once there is anything to do.
+func (s *Store) reindexRevocations(ctx context.Context) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	all, err := s.client.SCard(ctx, s.revsKey()).Result()
+	if err != nil {
+		return s.fail("count revocations", err)
+	}
+	indexed, err := s.client.ZCard(ctx, s.revsByTimeKey()).Result()
+	if err != nil {
+		return s.fail("count revocations", err)
+	}
+	if indexed >= all {
+		return nil
+	}
+	raws, err := s.members(ctx, s.revsKey(), s.revKey)
+	if err != nil {
+		return s.fail("reindex revocations", err)
+	}
+	pipe := s.client.TxPipeline()
+	for _, raw := range raws {
+		r, err := decodeRevocation(raw)
+		if err != nil {
+			return err
+		}
+		s.indexRevocation(ctx, pipe, r.ID, nil, r.CreatedAt, r.CompletedAt.IsZero())
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return s.fail("reindex revocations", err)
+	}
+	s.log.Info("redisstore: indexed revocations by creation time and pending state", "revocations", len(raws))
 	return nil
 }
 
@@ -602,6 +658,11 @@ func (s *Store) members(ctx context.Context, set string, key func(string) string
 	if err != nil {
 		return nil, err
 	}
+	return s.values(ctx, names, key)
+}
+
+// values reads the keys of names in batches; missing keys are skipped.
+func (s *Store) values(ctx context.Context, names []string, key func(string) string) ([]string, error) {
 	var out []string
 	for chunk := range slices.Chunk(names, listBatch) {
 		keys := make([]string, len(chunk))
@@ -621,11 +682,28 @@ func (s *Store) members(ctx context.Context, set string, key func(string) string
 	return out, nil
 }
 
-// ListRevocations returns every revocation, ordered by creation time, then id.
-func (s *Store) ListRevocations(ctx context.Context) ([]*broker.Revocation, error) {
+// ListRevocations returns the revocations f keeps, ordered by creation
+// time, then id. With Pending it reads the pending set, with Since the
+// creation-time index from Since on, so the revocation cache's refresh and
+// the retry worker cost what is recent or unfinished, not the history.
+func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	raws, err := s.members(ctx, s.revsKey(), s.revKey)
+	var ids []string
+	var err error
+	switch {
+	case f.Pending:
+		ids, err = s.client.SMembers(ctx, s.revsPendingKey()).Result()
+	case !f.Since.IsZero():
+		ids, err = s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.revsByTimeKey(),
+			Start: strconv.FormatInt(f.Since.UnixMilli(), 10), Stop: "+inf", ByScore: true}).Result()
+	default:
+		ids, err = s.client.SMembers(ctx, s.revsKey()).Result()
+	}
+	if err != nil {
+		return nil, s.fail("list revocations", err)
+	}
+	raws, err := s.values(ctx, ids, s.revKey)
 	if err != nil {
 		return nil, s.fail("list revocations", err)
 	}
@@ -635,7 +713,9 @@ func (s *Store) ListRevocations(ctx context.Context) ([]*broker.Revocation, erro
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, r)
+		if f.Match(r) {
+			out = append(out, r)
+		}
 	}
 	slices.SortFunc(out, func(a, b *broker.Revocation) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -192,9 +193,12 @@ func calls(s *redisstore.Store) map[string]func(ctx context.Context) error {
 			_, err := s.ListIssuances(ctx, broker.IssuanceFilter{Workload: "payments-api"})
 			return err
 		},
-		"put-block":        func(ctx context.Context) error { return s.PutBlock(ctx, broker.Block{Workload: "w"}) },
-		"list-blocks":      func(ctx context.Context) error { _, err := s.ListBlocks(ctx); return err },
-		"list-revocations": func(ctx context.Context) error { _, err := s.ListRevocations(ctx); return err },
+		"put-block":   func(ctx context.Context) error { return s.PutBlock(ctx, broker.Block{Workload: "w"}) },
+		"list-blocks": func(ctx context.Context) error { _, err := s.ListBlocks(ctx); return err },
+		"list-revocations": func(ctx context.Context) error {
+			_, err := s.ListRevocations(ctx, broker.RevocationFilter{})
+			return err
+		},
 	}
 }
 
@@ -292,7 +296,7 @@ func TestPrefixIsolation(t *testing.T) {
 	if l, err := b.ListIssuances(ctx, broker.IssuanceFilter{}); err != nil || len(l) != 0 {
 		t.Errorf("b.ListIssuances() = %d, %v, want none", len(l), err)
 	}
-	if l, err := b.ListRevocations(ctx); err != nil || len(l) != 0 {
+	if l, err := b.ListRevocations(ctx, broker.RevocationFilter{}); err != nil || len(l) != 0 {
 		t.Errorf("b.ListRevocations() = %d, %v, want none", len(l), err)
 	}
 	if _, err := b.GetBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
@@ -354,6 +358,8 @@ func TestKeyLayoutAndTTL(t *testing.T) {
 		{"{kt}:idx:session:ses_iss_ttl", wantTTL},
 		{"{kt}:rev:rev_ttl", -1},
 		{"{kt}:revs", -1},
+		{"{kt}:revs:time", -1},
+		{"{kt}:revs:pending", -1},
 		{"{kt}:block:payments-api", -1},
 		{"{kt}:blocks", -1},
 	} {
@@ -467,6 +473,95 @@ func TestListPagesThroughLargeIndex(t *testing.T) {
 			}
 			if len(got) != c.want || got[len(got)-1].ID != c.last {
 				t.Errorf("ListIssuances(%+v) = %d ending %s, want %d ending %s", c.f, len(got), got[len(got)-1].ID, c.want, c.last)
+			}
+		})
+	}
+}
+
+// TestReindexLegacyRevocations: revocations written before the creation-time
+// index and the pending set existed are indexed by New, so the filtered
+// listings find them.
+func TestReindexLegacyRevocations(t *testing.T) {
+	r := harness.StartRedis(t)
+	ctx := t.Context()
+	old := newStore(t, r, redisstore.Options{Prefix: "{legacy}:"})
+	c := old.Client()
+	for i, completed := range []bool{false, true, false} {
+		rev := &broker.Revocation{ID: fmt.Sprintf("rev_%d", i), CreatedAt: storetest.Epoch().Add(time.Duration(i) * time.Hour)}
+		if completed {
+			rev.CompletedAt = rev.CreatedAt.Add(time.Second)
+		}
+		raw, err := json.Marshal(rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The layout before this version: the record and the set only.
+		if err := c.Set(ctx, "{legacy}:rev:"+rev.ID, raw, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SAdd(ctx, "{legacy}:revs", rev.ID).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := newStore(t, r, redisstore.Options{Prefix: "{legacy}:"})
+	ids := func(f broker.RevocationFilter) []string {
+		list, err := s.ListRevocations(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := []string{}
+		for _, x := range list {
+			out = append(out, x.ID)
+		}
+		return out
+	}
+	if d := cmp.Diff([]string{"rev_1", "rev_2"}, ids(broker.RevocationFilter{Since: storetest.Epoch().Add(time.Hour)})); d != "" {
+		t.Errorf("since Epoch+1h (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]string{"rev_0", "rev_2"}, ids(broker.RevocationFilter{Pending: true})); d != "" {
+		t.Errorf("pending (-want +got):\n%s", d)
+	}
+}
+
+// BenchmarkListRevocations: the revocation cache's refresh (revocations of
+// the last 24 h) and the retry worker's pass (pending ones) against a history
+// of 10,000 completed revocations older than that, next to reading them all
+// (what both did before the indexes).
+func BenchmarkListRevocations(b *testing.B) {
+	r := harness.StartRedis(b)
+	s := newStore(b, r, redisstore.Options{Prefix: "{bench-revs}:"})
+	ctx := context.Background()
+	now := storetest.Epoch().Add(48 * time.Hour)
+	for i := range 10_000 {
+		at := storetest.Epoch().Add(time.Duration(i) * time.Second)
+		rev := &broker.Revocation{ID: fmt.Sprintf("rev_old_%05d", i), CreatedAt: at, CompletedAt: at.Add(time.Second),
+			Selector: broker.RevokeSelector{SessionID: "ses_x"}, Revoked: []string{"iss_" + strconv.Itoa(i)}}
+		if err := s.PutRevocation(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		rev := &broker.Revocation{ID: fmt.Sprintf("rev_new_%d", i), CreatedAt: now.Add(-time.Hour), Revoked: []string{"iss_n"}}
+		if err := s.PutRevocation(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		f    broker.RevocationFilter
+		want int
+	}{
+		{"all", broker.RevocationFilter{}, 10_010},
+		{"last-24h", broker.RevocationFilter{Since: now.Add(-24 * time.Hour)}, 10},
+		{"pending", broker.RevocationFilter{Pending: true}, 10},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				list, err := s.ListRevocations(ctx, c.f)
+				if err != nil || len(list) != c.want {
+					b.Fatalf("ListRevocations(%s) = %d, %v, want %d", c.name, len(list), err, c.want)
+				}
 			}
 		})
 	}

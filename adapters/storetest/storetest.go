@@ -10,7 +10,7 @@
 //     maps with omitempty tags as nil. Stored records are copies: neither the
 //     caller's value after Put nor a returned value can change what is stored;
 //   - ListIssuances returns issuances ordered by expiry (millisecond
-//     resolution), then id; ListRevocations by creation time, then id;
+//     resolution), then id; ListRevocations by creation time, then id, narrowed by a RevocationFilter;
 //     ListBlocks by workload;
 //   - a nil record, an empty id or workload, an unknown RefKind and an empty
 //     ref value are ErrInvalidRequest; DeleteBlock of a workload that is not
@@ -452,7 +452,7 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		}
 	})
 	t.Run("ok/list-ordered", func(t *testing.T) {
-		got, err := s.ListRevocations(ctx(t))
+		got, err := s.ListRevocations(ctx(t), broker.RevocationFilter{})
 		if err != nil {
 			t.Fatalf("ListRevocations() = %v, want nil", err)
 		}
@@ -475,7 +475,7 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		if d := cmp.Diff(upd, got); d != "" {
 			t.Errorf("GetRevocation(rev_1) mismatch (-want +got):\n%s", d)
 		}
-		list, err := s.ListRevocations(ctx(t))
+		list, err := s.ListRevocations(ctx(t), broker.RevocationFilter{})
 		if err != nil {
 			t.Fatalf("ListRevocations() = %v, want nil", err)
 		}
@@ -485,6 +485,47 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		}
 		if d := cmp.Diff([]string{"rev_1", "rev_0", "rev_2"}, gotIDs); d != "" {
 			t.Errorf("ListRevocations() ids mismatch (-want +got):\n%s", d)
+		}
+	})
+	t.Run("ok/list-filtered", func(t *testing.T) {
+		// After ok/overwrite-progress: rev_1 (Epoch) is completed, rev_0 and
+		// rev_2 (Epoch+1m) are pending.
+		ids := func(f broker.RevocationFilter) []string {
+			t.Helper()
+			list, err := s.ListRevocations(ctx(t), f)
+			if err != nil {
+				t.Fatalf("ListRevocations(%+v) = %v, want nil", f, err)
+			}
+			out := []string{}
+			for _, r := range list {
+				out = append(out, r.ID)
+			}
+			return out
+		}
+		for _, tc := range []struct {
+			name string
+			f    broker.RevocationFilter
+			want []string
+		}{
+			{"since-epoch", broker.RevocationFilter{Since: Epoch()}, []string{"rev_1", "rev_0", "rev_2"}},
+			{"since-just-after-epoch", broker.RevocationFilter{Since: Epoch().Add(time.Nanosecond)}, []string{"rev_0", "rev_2"}},
+			{"since-1m", broker.RevocationFilter{Since: Epoch().Add(time.Minute)}, []string{"rev_0", "rev_2"}},
+			{"since-later", broker.RevocationFilter{Since: Epoch().Add(time.Hour)}, []string{}},
+			{"pending", broker.RevocationFilter{Pending: true}, []string{"rev_0", "rev_2"}},
+			{"pending-since-later", broker.RevocationFilter{Pending: true, Since: Epoch().Add(2 * time.Minute)}, []string{}},
+		} {
+			if d := cmp.Diff(tc.want, ids(tc.f)); d != "" {
+				t.Errorf("%s: ListRevocations() ids mismatch (-want +got):\n%s", tc.name, d)
+			}
+		}
+		// Completing one takes it out of the pending list.
+		done := sampleRevocation("rev_2", Epoch().Add(time.Minute))
+		done.Pending, done.CompletedAt = nil, Epoch().Add(2*time.Hour)
+		if err := s.PutRevocation(ctx(t), done); err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]string{"rev_0"}, ids(broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending after completing rev_2 (-want +got):\n%s", d)
 		}
 	})
 	t.Run("fail/missing", func(t *testing.T) {
@@ -498,7 +539,7 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		wantErr(t, "GetRevocation(\"\")", err, broker.ErrInvalidRequest)
 	})
 	t.Run("ok/empty-list", func(t *testing.T) {
-		got, err := newStore(t).ListRevocations(ctx(t))
+		got, err := newStore(t).ListRevocations(ctx(t), broker.RevocationFilter{})
 		if err != nil || len(got) != 0 {
 			t.Errorf("ListRevocations() on an empty store = %v, %v, want none", got, err)
 		}
@@ -729,7 +770,7 @@ func testCopies(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		}
 		got.Revoked[1] = "mutated"
 		got.Pending[0] = "mutated"
-		list, err := s.ListRevocations(ctx(t))
+		list, err := s.ListRevocations(ctx(t), broker.RevocationFilter{})
 		if err != nil || len(list) != 1 {
 			t.Fatalf("ListRevocations() = %v, %v, want one", list, err)
 		}
