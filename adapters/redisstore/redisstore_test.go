@@ -414,6 +414,36 @@ func TestStaleRefAfterOverwriteIgnored(t *testing.T) {
 	}
 }
 
+// TestIndexPrunedPastRetention: a put drops index entries of issuances that
+// expired more than the retention ago, from every sorted set it touches, and
+// keeps the rest.
+func TestIndexPrunedPastRetention(t *testing.T) {
+	r := harness.StartRedis(t)
+	now := storetest.Epoch()
+	s := newStore(t, r, redisstore.Options{Prefix: "{prune}:", Retention: time.Hour, Now: func() time.Time { return now }})
+	ctx := t.Context()
+	old := storetest.SampleIssuance("iss_old", storetest.Epoch())                      // expires Epoch+15m
+	recent := storetest.SampleIssuance("iss_recent", storetest.Epoch().Add(time.Hour)) // expires Epoch+1h15m
+	for _, is := range []*broker.Issuance{old, recent} {
+		if err := s.PutIssuance(ctx, is); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now = storetest.Epoch().Add(2 * time.Hour) // cutoff Epoch+1h: past old's expiry, not recent's
+	if err := s.PutIssuance(ctx, storetest.SampleIssuance("iss_new", now)); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"{prune}:idx:all", "{prune}:idx:workload:payments-api", "{prune}:idx:owner:team-payments"} {
+		members, err := s.Client().ZRange(ctx, key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]string{"iss_recent", "iss_new"}, members); d != "" {
+			t.Errorf("%s members (-want +got):\n%s", key, d)
+		}
+	}
+}
+
 func TestListSkipsRecordsPastRetention(t *testing.T) {
 	// A record Redis dropped (TTL) while its index entry remains is skipped.
 	r := harness.StartRedis(t)
