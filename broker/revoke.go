@@ -768,7 +768,10 @@ type CacheOptions struct {
 	FastReads bool
 	// IssuanceTTL bounds how long a fetched issuance is reused (default 1m).
 	IssuanceTTL time.Duration
-	// MaxIssuances bounds the issuance cache (default 100,000 records).
+	// MaxIssuances bounds the issuance cache (default 20,000 records, some
+	// tens of MB). Records older than IssuanceTTL are dropped at every
+	// refresh, so the cache holds about one IssuanceTTL of the distinct
+	// credentials in use; past the bound it is emptied and refilled.
 	MaxIssuances int
 	Now          func() time.Time
 	Logger       *slog.Logger
@@ -829,7 +832,7 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 		o.IssuanceTTL = time.Minute
 	}
 	if o.MaxIssuances <= 0 {
-		o.MaxIssuances = 100_000
+		o.MaxIssuances = 20_000
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}}, nil
@@ -886,9 +889,31 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) {
 	}
 }
 
+// CachedIssuances is how many issuance records the FastReads cache holds.
+func (c *RevocationCache) CachedIssuances() int {
+	c.issMu.Lock()
+	defer c.issMu.Unlock()
+	return len(c.issues)
+}
+
+// sweepIssuances drops the records older than IssuanceTTL: they would not
+// be used again, and without this the cache grew to MaxIssuances under a
+// steady stream of new credentials (seen in the 30-minute soak).
+func (c *RevocationCache) sweepIssuances(now time.Time) {
+	c.issMu.Lock()
+	defer c.issMu.Unlock()
+	for k, e := range c.issues {
+		if now.Sub(e.at) >= c.o.IssuanceTTL {
+			delete(c.issues, k)
+		}
+	}
+}
+
 // Refresh re-reads the blocks and the recent revocations from the Store and
-// replaces the cache with them, keeping notices applied meanwhile.
+// replaces the cache with them, keeping notices applied meanwhile. It also
+// drops issuance records older than IssuanceTTL.
 func (c *RevocationCache) Refresh(ctx context.Context) error {
+	c.sweepIssuances(c.o.Now())
 	c.mu.Lock()
 	start := c.seq
 	c.log = []noticeEntry{}

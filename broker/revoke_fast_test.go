@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,5 +94,62 @@ func TestRevocationCacheFastReads(t *testing.T) {
 	before := inner.blocks.Load()
 	if b, err := st.GetBlock(ctx, "w"); err != nil || b.Workload != "w" || inner.blocks.Load() != before {
 		t.Errorf("GetBlock after a block notice = %+v, %v (store reads +%d); want the block from memory", b, err, inner.blocks.Load()-before)
+	}
+}
+
+// TestRevocationCacheSweepsIssuances: records older than IssuanceTTL leave
+// the FastReads cache at the next refresh, and it never holds more than
+// MaxIssuances.
+func TestRevocationCacheSweepsIssuances(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	inner := memstore.New(clock)
+	c, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock, IssuanceTTL: time.Minute, MaxIssuances: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := c.Store()
+	find := func(i int) {
+		t.Helper()
+		fp := fmt.Sprintf("sha256:%02d", i)
+		is := &broker.Issuance{ID: fmt.Sprintf("iss_%d", i), Workload: "w", Owner: "o", Kind: broker.KindProxy, IssuedAt: now,
+			ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Fingerprint: fp, ExpiresAt: now.Add(time.Hour)}}
+		if err := inner.PutIssuance(ctx, is); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.FindIssuance(ctx, broker.RefFingerprint, fp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		find(i)
+	}
+	if n := c.CachedIssuances(); n != 3 {
+		t.Fatalf("cached = %d, want 3", n)
+	}
+	now = now.Add(30 * time.Second)
+	find(3)
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.CachedIssuances(); n != 4 {
+		t.Errorf("cached after a refresh within the TTL = %d, want 4", n)
+	}
+	now = now.Add(31 * time.Second) // the first three are 61 s old, the fourth 31 s
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.CachedIssuances(); n != 1 {
+		t.Errorf("cached after the TTL = %d, want 1 (the fresh one)", n)
+	}
+	for i := 10; i < 20; i++ {
+		find(i)
+		if n := c.CachedIssuances(); n > 4 {
+			t.Fatalf("cached = %d, want at most MaxIssuances (4)", n)
+		}
 	}
 }
