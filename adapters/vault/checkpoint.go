@@ -64,35 +64,14 @@ var _ audit.Signer = (*TransitCheckpointSigner)(nil)
 // NewTransitCheckpointSigner validates o and returns a signer. It makes no
 // Vault call; Load checks the key.
 func NewTransitCheckpointSigner(o TransitCheckpointSignerOptions) (*TransitCheckpointSigner, error) {
-	var errs []error
-	if o.Client == nil {
-		errs = append(errs, errors.New("vault checkpoint signer: client is required"))
-	}
-	mount := o.TransitMount
-	if mount == "" {
-		mount = "transit"
-	}
-	if !validName(mount) {
-		errs = append(errs, fmt.Errorf("vault checkpoint signer: bad transit mount %q", mount))
-	}
+	keys, errs := transitKeyCache("vault checkpoint signer", o.Client, o.TransitMount, o.KeyRefresh, o.Now)
 	if !validName(o.Key) || strings.ContainsAny(o.Key, "/:") {
 		errs = append(errs, fmt.Errorf("vault checkpoint signer: bad transit key name %q", o.Key))
-	}
-	if o.KeyRefresh < 0 {
-		errs = append(errs, errors.New("vault checkpoint signer: key refresh must not be negative"))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	refresh := o.KeyRefresh
-	if refresh == 0 {
-		refresh = DefaultKeyRefresh
-	}
-	now := o.Now
-	if now == nil {
-		now = time.Now
-	}
-	return &TransitCheckpointSigner{c: o.Client, mount: mount, name: o.Key, keys: newKeyCache(o.Client, mount, refresh, now)}, nil
+	return &TransitCheckpointSigner{c: o.Client, mount: keys.mount, name: o.Key, keys: keys}, nil
 }
 
 // Load reads the key now, so that a missing key, a key of the wrong type or

@@ -52,35 +52,14 @@ var (
 
 // NewJWTMinter validates o and returns a JWTMinter.
 func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
-	var errs []error
-	if o.Client == nil {
-		errs = append(errs, errors.New("vault jwt minter: client is required"))
-	}
+	keys, errs := transitKeyCache("vault jwt minter", o.Client, o.TransitMount, o.KeyRefresh, o.Now)
 	if u, err := url.Parse(o.PublicURL); o.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		errs = append(errs, errors.New("vault jwt minter: public_url must be an absolute http(s) URL"))
-	}
-	mount := o.TransitMount
-	if mount == "" {
-		mount = "transit"
-	}
-	if !validName(mount) {
-		errs = append(errs, fmt.Errorf("vault jwt minter: bad transit mount %q", mount))
-	}
-	if o.KeyRefresh < 0 {
-		errs = append(errs, errors.New("vault jwt minter: key refresh must not be negative"))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	refresh := o.KeyRefresh
-	if refresh == 0 {
-		refresh = DefaultKeyRefresh
-	}
-	now := o.Now
-	if now == nil {
-		now = time.Now
-	}
-	return &JWTMinter{c: o.Client, iss: o.PublicURL, mount: mount, keys: newKeyCache(o.Client, mount, refresh, now), now: now}, nil
+	return &JWTMinter{c: o.Client, iss: o.PublicURL, mount: keys.mount, keys: keys, now: keys.now}, nil
 }
 
 // Mint signs one JWT.

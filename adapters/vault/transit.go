@@ -233,6 +233,32 @@ func newKeyCache(c *vaultapi.Client, mount string, ttl time.Duration, now func()
 	return &keyCache{c: c, mount: mount, ttl: ttl, now: now, keys: map[string]cachedKey{}}
 }
 
+// transitKeyCache checks the options every transit-backed signer shares
+// (client, mount, key refresh, clock), applies their defaults and returns
+// the key cache; who prefixes the errors.
+func transitKeyCache(who string, c *vaultapi.Client, mount string, refresh time.Duration, now func() time.Time) (*keyCache, []error) {
+	var errs []error
+	if c == nil {
+		errs = append(errs, fmt.Errorf("%s: client is required", who))
+	}
+	if mount == "" {
+		mount = "transit"
+	}
+	if !validName(mount) {
+		errs = append(errs, fmt.Errorf("%s: bad transit mount %q", who, mount))
+	}
+	if refresh < 0 {
+		errs = append(errs, fmt.Errorf("%s: key refresh must not be negative", who))
+	}
+	if refresh == 0 {
+		refresh = DefaultKeyRefresh
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return newKeyCache(c, mount, refresh, now), errs
+}
+
 // get returns the key, from the cache when it is younger than ttl.
 func (kc *keyCache) get(ctx context.Context, name string) (*transitKey, error) {
 	kc.mu.Lock()
