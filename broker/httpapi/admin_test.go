@@ -25,24 +25,7 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-const adminPolicyYAML = `
-version: 1
-issuers:
-  - name: ci
-    issuer: https://ci.example
-    jwks_url: https://ci.example/jwks
-    audiences: [keytrail]
-    algorithms: [ES256]
-workloads:
-  - name: deployer
-    owner: team-platform
-    match: {issuer: ci, subject: repo:acme/deploy}
-    grants: [deploy-vault]
-grants:
-  - name: deploy-vault
-    kind: vault_token
-    ttl: 10m
-    vault_token: {policies: [deploy]}
+const adminRolesYAML = `
 admins:
   - name: secops
     match: {issuer: ci, claims: {groups: secops}}
@@ -97,10 +80,7 @@ func (b *syncBuffer) String() string {
 
 func newAdminFixture(t testing.TB) *adminFixture {
 	t.Helper()
-	pol, err := policies.Parse("p.yaml", []byte(adminPolicyYAML))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, "", adminRolesYAML)
 	id := func(sub string, claims map[string]any) *broker.Identity {
 		c := map[string]any{"sub": sub}
 		for k, v := range claims {

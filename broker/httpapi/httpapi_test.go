@@ -22,7 +22,12 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-const policyYAML = `
+// testPolicy parses the policy the handler tests share: issuer ci, workload
+// deployer with the vault_token grant deploy-vault. workloadExtra is added
+// to the workload (indented four spaces), extra after the grants (admins).
+func testPolicy(t testing.TB, workloadExtra, extra string) *policies.Policy {
+	t.Helper()
+	yaml := `
 version: 1
 issuers:
   - name: ci
@@ -35,13 +40,19 @@ workloads:
     owner: team-platform
     match: {issuer: ci, subject: repo:acme/deploy}
     grants: [deploy-vault]
-    rate: {per_second: 1, burst: 1}
+` + workloadExtra + `
 grants:
   - name: deploy-vault
     kind: vault_token
     ttl: 10m
     vault_token: {policies: [deploy]}
-`
+` + extra
+	pol, err := policies.Parse("p.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
+}
 
 const goodToken = "eyJhbGciOiJFUzI1NiJ9.good.sig"
 
@@ -54,10 +65,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	pol, err := policies.Parse("p.yaml", []byte(policyYAML))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, "    rate: {per_second: 1, burst: 1}", "")
 	f := &fixture{sink: &brokertest.Sink{}, minter: &brokertest.Minter{}}
 	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
 		Claims: map[string]any{"sub": "repo:acme/deploy"}}}

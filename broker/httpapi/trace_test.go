@@ -25,24 +25,7 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-const tracePolicyYAML = `
-version: 1
-issuers:
-  - name: ci
-    issuer: https://ci.example
-    jwks_url: https://ci.example/jwks
-    audiences: [keytrail]
-    algorithms: [ES256]
-workloads:
-  - name: deployer
-    owner: team-platform
-    match: {issuer: ci, subject: repo:acme/deploy}
-    grants: [deploy-vault]
-grants:
-  - name: deploy-vault
-    kind: vault_token
-    ttl: 10m
-    vault_token: {policies: [deploy]}
+const traceRolesYAML = `
 admins:
   - name: auditors
     match: {issuer: ci, claims: {groups: audit}}
@@ -62,10 +45,7 @@ type traceFixture struct {
 
 func newTraceFixture(t *testing.T) *traceFixture {
 	t.Helper()
-	pol, err := policies.Parse("p.yaml", []byte(tracePolicyYAML))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := testPolicy(t, "", traceRolesYAML)
 	id := func(sub string, claims map[string]any) *broker.Identity {
 		c := map[string]any{"sub": sub}
 		for k, v := range claims {
