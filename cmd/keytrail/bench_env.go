@@ -8,7 +8,6 @@ package main
 // in reverse order.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -29,6 +28,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keytrail/keytrail/adapters/vault/devserver"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
@@ -392,7 +392,7 @@ func (e *benchEnv) startRedis(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if lastErr = waitFor(ctx, p, 15*time.Second, func() error { return pingRedis(addr) }); lastErr == nil {
+		if lastErr = waitFor(ctx, p, 15*time.Second, func() error { return pingRedis(ctx, addr) }); lastErr == nil {
 			e.redis, e.redisURL = p, "redis://"+addr+"/0"
 			e.onClose(func() { p.stop(10 * time.Second) })
 			return nil
@@ -424,25 +424,11 @@ func waitFor(ctx context.Context, p *benchProc, timeout time.Duration, check fun
 	}
 }
 
-// pingRedis sends an inline PING and expects +PONG.
-func pingRedis(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
+// pingRedis asks the server at addr for PONG with go-redis, once.
+func pingRedis(ctx context.Context, addr string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second})
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("unexpected PING reply %q", line)
-	}
-	return nil
+	return c.Ping(ctx).Err()
 }
 
 // brokerSetup is how one broker is configured.
