@@ -172,6 +172,14 @@ type Store interface {
 	PutRevocation(ctx context.Context, r *Revocation) error
 	GetRevocation(ctx context.Context, id string) (*Revocation, error)
 	ListRevocations(ctx context.Context, f RevocationFilter) ([]*Revocation, error)
+	// RevocationVersion is the store's revocation change number: every
+	// PutRevocation that completes after the call returns v is given a
+	// number above v, so ListRevocations with ChangedAfter: v lists at
+	// least every revocation written since (possibly some written just
+	// before). It starts at zero and never decreases while the data lasts;
+	// a store that lost its data (restored, flushed) may go back, which
+	// readers treat as "read everything again".
+	RevocationVersion(ctx context.Context) (uint64, error)
 
 	PutBlock(ctx context.Context, b Block) error
 	DeleteBlock(ctx context.Context, workload string) error
@@ -182,17 +190,22 @@ type Store interface {
 }
 
 // RevocationFilter narrows ListRevocations; the zero value lists every
-// revocation. Both conditions apply together. The hot readers use them so
-// that their cost follows the recent and the unfinished revocations, not
-// the whole history.
+// revocation. All conditions apply together. The hot readers use them so
+// that their cost follows the recent, the unfinished and the changed
+// revocations, not the whole history.
 type RevocationFilter struct {
 	// Since keeps revocations created at or after it (zero: any time).
 	Since time.Time
 	// Pending keeps only revocations not completed yet (CompletedAt zero).
 	Pending bool
+	// ChangedAfter keeps only revocations last written (created or
+	// updated) after the call to RevocationVersion that returned it (zero:
+	// any). Stores apply it from their own change index; Match does not
+	// see it.
+	ChangedAfter uint64
 }
 
-// Match reports whether r passes f.
+// Match reports whether r passes f's Since and Pending conditions.
 func (f RevocationFilter) Match(r *Revocation) bool {
 	return (f.Since.IsZero() || !r.CreatedAt.Before(f.Since)) && (!f.Pending || r.CompletedAt.IsZero())
 }

@@ -757,6 +757,11 @@ type CacheOptions struct {
 	// Window: revocations created longer ago than this are not cached (their
 	// credentials have expired; the Store's marks still stand). Default 24h.
 	Window time.Duration
+	// FullRefresh is how often a refresh re-reads every revocation of the
+	// Window (dropping older ones) instead of only those written since the
+	// last refresh, by the Store's RevocationVersion (default 1m). Between
+	// full reads a refresh costs one version read when nothing changed.
+	FullRefresh time.Duration
 	// FastReads lets the cache answer the per-request checks alone while its
 	// view is fresh (refreshed within two intervals): GetBlock for a
 	// workload it does not know as blocked, and FindIssuance by fingerprint
@@ -793,6 +798,8 @@ type RevocationCache struct {
 	seq       uint64        // notices applied so far
 	log       []noticeEntry // notices applied during the refresh in progress
 	refreshed time.Time
+	version   uint64    // Store's RevocationVersion the revoked set reflects
+	fullAt    time.Time // last full read (zero: none yet)
 
 	issMu  sync.Mutex
 	issues map[string]cachedIssuance // fingerprint -> record (FastReads)
@@ -821,6 +828,9 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	if o.Window <= 0 {
 		o.Window = 24 * time.Hour
+	}
+	if o.FullRefresh <= 0 {
+		o.FullRefresh = time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -909,21 +919,40 @@ func (c *RevocationCache) sweepIssuances(now time.Time) {
 	}
 }
 
-// Refresh re-reads the blocks and the recent revocations from the Store and
-// replaces the cache with them, keeping notices applied meanwhile. It also
-// drops issuance records older than IssuanceTTL.
+// Refresh re-reads the blocks from the Store and brings the revoked set up
+// to date, keeping notices applied meanwhile. The revoked set is read in
+// full (the Window's revocations) at the first refresh, every FullRefresh,
+// and whenever the Store's version went back (its data was restored or
+// lost); otherwise only the revocations written since the last refresh are
+// read, so a refresh's cost follows the revocation rate per interval, not
+// the Window's total. It also drops issuance records older than IssuanceTTL.
 func (c *RevocationCache) Refresh(ctx context.Context) error {
 	c.sweepIssuances(c.o.Now())
 	c.mu.Lock()
 	start := c.seq
 	c.log = []noticeEntry{}
+	prev, fullAt := c.version, c.fullAt
 	c.mu.Unlock()
 
 	since := c.o.Now().Add(-c.o.Window)
+	full := fullAt.IsZero() || c.o.Now().Sub(fullAt) >= c.o.FullRefresh
 	blocks, err := c.st.ListBlocks(ctx)
-	var revs []*Revocation
+	var version uint64
 	if err == nil {
+		// The version is read before the revocations: everything written
+		// up to it is in what follows (RevocationVersion's contract).
+		version, err = c.st.RevocationVersion(ctx)
+	}
+	if err == nil && version < prev {
+		full = true
+	}
+	var revs []*Revocation
+	switch {
+	case err != nil:
+	case full:
 		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: since})
+	case version != prev:
+		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: since, ChangedAfter: prev})
 	}
 	now := c.o.Now()
 	c.mu.Lock()
@@ -933,7 +962,10 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	revoked := make(map[string]time.Time, len(c.revoked))
+	revoked := c.revoked
+	if full {
+		revoked = make(map[string]time.Time, len(c.revoked))
+	}
 	cutoff := now.Add(-c.o.Window)
 	for _, r := range revs {
 		if r.CreatedAt.Before(cutoff) {
@@ -953,7 +985,10 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 	for _, b := range blocks {
 		blocked[b.Workload] = b
 	}
-	c.revoked, c.blocked, c.refreshed = revoked, blocked, now
+	c.revoked, c.blocked, c.refreshed, c.version = revoked, blocked, now, version
+	if full {
+		c.fullAt = now
+	}
 	for _, e := range logged {
 		if e.seq > start {
 			c.applyLocked(e.n, now)

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -473,5 +474,99 @@ func TestRevocationCacheRefresh(t *testing.T) {
 	}
 	if _, err := broker.NewRevocationCache(st, broker.CacheOptions{Interval: 2 * time.Second}); err == nil {
 		t.Errorf("NewRevocationCache(interval 2s) = nil error, want refused (the contract is at least every second)")
+	}
+}
+
+// listRecorder records the revocation reads a cache makes, and can make the
+// store's version go back (a restored or flushed Redis).
+type listRecorder struct {
+	broker.Store
+	lists    []broker.RevocationFilter
+	returned int // revocations returned by the last list
+	back     uint64
+}
+
+func (l *listRecorder) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
+	l.lists = append(l.lists, f)
+	revs, err := l.Store.ListRevocations(ctx, f)
+	l.returned = len(revs)
+	return revs, err
+}
+
+func (l *listRecorder) RevocationVersion(ctx context.Context) (uint64, error) {
+	v, err := l.Store.RevocationVersion(ctx)
+	return v - min(v, l.back), err
+}
+
+// TestRevocationCacheIncrementalRefresh: between full reads (every
+// FullRefresh), a refresh reads only the revocations written since the last
+// one, none at all when nothing was written, and reads in full again when
+// the store's version goes back.
+func TestRevocationCacheIncrementalRefresh(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	ctx := context.Background()
+	st := &listRecorder{Store: memstore.New(clock)}
+	put := func(id string, created time.Time, issuances ...string) {
+		t.Helper()
+		if err := st.PutRevocation(ctx, &broker.Revocation{ID: id, CreatedAt: created, Revoked: issuances}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := broker.NewRevocationCache(st, broker.CacheOptions{Now: clock, Window: 30 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refresh := func() (lists int, last broker.RevocationFilter, returned int) {
+		t.Helper()
+		before := len(st.lists)
+		if err := c.Refresh(ctx); err != nil {
+			t.Fatalf("Refresh() = %v", err)
+		}
+		if len(st.lists) > before {
+			last = st.lists[len(st.lists)-1]
+		}
+		return len(st.lists) - before, last, st.returned
+	}
+	for i := range 50 {
+		put(fmt.Sprintf("rev_%02d", i), now.Add(-time.Minute), fmt.Sprintf("iss_%02d", i))
+	}
+
+	// First refresh: a full read of the window.
+	if n, f, got := refresh(); n != 1 || f.ChangedAfter != 0 || got != 50 {
+		t.Errorf("first refresh: %d lists, last %+v returning %d; want one full read of 50", n, f, got)
+	}
+	// Nothing written: no list at all.
+	if n, _, _ := refresh(); n != 0 {
+		t.Errorf("refresh without writes: %d lists, want 0", n)
+	}
+	// One new revocation (no notice: another instance's): read alone.
+	now = now.Add(time.Second)
+	put("rev_new", now, "iss_new")
+	if n, f, got := refresh(); n != 1 || f.ChangedAfter == 0 || got != 1 {
+		t.Errorf("refresh after one write: %d lists, last %+v returning %d; want one changed-after read of 1", n, f, got)
+	}
+	if !c.Revoked("iss_new") || !c.Revoked("iss_07") {
+		t.Errorf("Revoked(iss_new, iss_07) = %v, %v; want both", c.Revoked("iss_new"), c.Revoked("iss_07"))
+	}
+	// An update of an old revocation is a change too.
+	put("rev_07", now.Add(-time.Minute), "iss_07", "iss_07b")
+	if _, f, got := refresh(); f.ChangedAfter == 0 || got != 1 || !c.Revoked("iss_07b") {
+		t.Errorf("refresh after an update: last %+v returning %d, Revoked(iss_07b) = %v; want one changed-after read, true", f, got, c.Revoked("iss_07b"))
+	}
+	// The store's version goes back: read in full.
+	st.back = 1
+	if n, f, got := refresh(); n != 1 || f.ChangedAfter != 0 || got != 51 {
+		t.Errorf("refresh after the version went back: %d lists, last %+v returning %d; want a full read of 51", n, f, got)
+	}
+	st.back = 0
+	// Past FullRefresh a full read drops what left the window.
+	now = now.Add(time.Hour)
+	put("rev_late", now, "iss_late")
+	if n, f, _ := refresh(); n != 1 || f.ChangedAfter != 0 {
+		t.Errorf("refresh past FullRefresh: %d lists, last %+v; want a full read", n, f)
+	}
+	if c.Revoked("iss_00") || !c.Revoked("iss_late") {
+		t.Errorf("after the window: Revoked(iss_00, iss_late) = %v, %v; want false, true", c.Revoked("iss_00"), c.Revoked("iss_late"))
 	}
 }

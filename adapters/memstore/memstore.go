@@ -35,6 +35,7 @@ type Store struct {
 	byOwner     map[string]map[string]struct{}
 	bySession   map[string]map[string]struct{}
 	revocations map[string]*revEntry
+	revVersion  uint64            // PutRevocation calls so far (RevocationVersion)
 	blocks      map[string][]byte // workload -> JSON
 }
 
@@ -48,6 +49,7 @@ type entry struct {
 type revEntry struct {
 	raw       []byte
 	createdAt time.Time
+	version   uint64 // revVersion after its last write
 }
 
 // New returns an empty store. now is the store's clock (time.Now when nil);
@@ -308,8 +310,19 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.revocations[r.ID] = &revEntry{raw: raw, createdAt: c.CreatedAt}
+	s.revVersion++
+	s.revocations[r.ID] = &revEntry{raw: raw, createdAt: c.CreatedAt, version: s.revVersion}
 	return nil
+}
+
+// RevocationVersion returns the number of PutRevocation calls so far.
+func (s *Store) RevocationVersion(ctx context.Context) (uint64, error) {
+	if err := checkCtx(ctx); err != nil {
+		return 0, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.revVersion, nil
 }
 
 func decodeRevocation(raw []byte) (*broker.Revocation, error) {
@@ -358,7 +371,7 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 	})
 	out := make([]*broker.Revocation, 0, len(items))
 	for _, it := range items {
-		if !f.Since.IsZero() && it.e.createdAt.Before(f.Since) {
+		if (!f.Since.IsZero() && it.e.createdAt.Before(f.Since)) || it.e.version <= f.ChangedAfter {
 			continue
 		}
 		r, err := decodeRevocation(it.e.raw)

@@ -25,6 +25,10 @@
 //	idx:session:<s>        the same, per session
 //	rev:<id>               revocation JSON, no TTL
 //	revs                   set of revocation ids
+//	revs:time              sorted set of revocation ids scored by creation (unix ms)
+//	revs:pending           set of revocation ids not completed
+//	revs:version           change counter, incremented by every PutRevocation
+//	revs:changes           sorted set of revocation ids scored by their last change
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
 //
@@ -345,6 +349,8 @@ func (s *Store) revKey(id string) string         { return s.prefix + "rev:" + id
 func (s *Store) revsKey() string                 { return s.prefix + "revs" }
 func (s *Store) revsByTimeKey() string           { return s.prefix + "revs:time" }    // id scored by creation ms
 func (s *Store) revsPendingKey() string          { return s.prefix + "revs:pending" } // ids not completed
+func (s *Store) revsVersionKey() string          { return s.prefix + "revs:version" } // change counter
+func (s *Store) revsChangesKey() string          { return s.prefix + "revs:changes" } // id scored by change number
 func (s *Store) blockKey(workload string) string { return s.prefix + "block:" + workload }
 func (s *Store) blocksKey() string               { return s.prefix + "blocks" }
 
@@ -571,32 +577,62 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	pipe := s.client.TxPipeline()
-	s.indexRevocation(ctx, pipe, c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero())
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := s.indexRevocation(ctx, s.client, c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero()).Err(); err != nil {
 		return s.fail("put revocation "+c.ID, err)
 	}
 	return nil
 }
 
-// indexRevocation queues the writes of one revocation: the record, the set
-// of all revocations, the creation-time index and the pending set.
-func (s *Store) indexRevocation(ctx context.Context, pipe redis.Pipeliner, id string, raw []byte, created time.Time, pending bool) {
-	if raw != nil {
-		pipe.Set(ctx, s.revKey(id), raw, 0)
-	}
-	pipe.SAdd(ctx, s.revsKey(), id)
-	pipe.ZAdd(ctx, s.revsByTimeKey(), redis.Z{Score: float64(created.UnixMilli()), Member: id})
+// indexRevocation writes one revocation (the record, unless raw is nil) and
+// its index entries: the set of all revocations, the creation-time index,
+// the pending set, and the change index under a new change number, in one
+// atomic script (so a reader that saw the number sees the entries).
+func (s *Store) indexRevocation(ctx context.Context, c redis.Scripter, id string, raw []byte, created time.Time, pending bool) *redis.Cmd {
+	p := "0"
 	if pending {
-		pipe.SAdd(ctx, s.revsPendingKey(), id)
-	} else {
-		pipe.SRem(ctx, s.revsPendingKey(), id)
+		p = "1"
 	}
+	keys := []string{s.revKey(id), s.revsKey(), s.revsByTimeKey(), s.revsPendingKey(), s.revsVersionKey(), s.revsChangesKey()}
+	return putRevocationScript.Run(ctx, c, keys, raw, id, strconv.FormatInt(created.UnixMilli(), 10), p)
 }
 
-// reindexRevocations builds the creation-time index and the pending set for
-// revocations written before they existed (the set of all revocations is
-// their superset). It runs at New, once there is anything to do.
+// putRevocationScript: KEYS as in indexRevocation; ARGV: JSON (empty: keep
+// the record), id, creation ms, "1" when pending. Returns the change number.
+var putRevocationScript = redis.NewScript(`
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[4], ARGV[2])
+else
+  redis.call('SREM', KEYS[4], ARGV[2])
+end
+local n = redis.call('INCR', KEYS[5])
+redis.call('ZADD', KEYS[6], n, ARGV[2])
+return n
+`)
+
+// RevocationVersion reads the change counter PutRevocation increments.
+func (s *Store) RevocationVersion(ctx context.Context) (uint64, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	v, err := s.client.Get(ctx, s.revsVersionKey()).Uint64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, s.fail("revocation version", err)
+	}
+	return v, nil
+}
+
+// reindexRevocations builds the creation-time, pending and change indexes
+// for revocations written before they existed (the set of all revocations is
+// their superset). It runs at New, once there is anything to do; the
+// revocations it indexes get new change numbers, so readers read them once
+// more.
 func (s *Store) reindexRevocations(ctx context.Context) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -604,18 +640,25 @@ func (s *Store) reindexRevocations(ctx context.Context) error {
 	if err != nil {
 		return s.fail("count revocations", err)
 	}
-	indexed, err := s.client.ZCard(ctx, s.revsByTimeKey()).Result()
+	byTime, err := s.client.ZCard(ctx, s.revsByTimeKey()).Result()
 	if err != nil {
 		return s.fail("count revocations", err)
 	}
-	if indexed >= all {
+	changed, err := s.client.ZCard(ctx, s.revsChangesKey()).Result()
+	if err != nil {
+		return s.fail("count revocations", err)
+	}
+	if byTime >= all && changed >= all {
 		return nil
 	}
 	raws, err := s.members(ctx, s.revsKey(), s.revKey)
 	if err != nil {
 		return s.fail("reindex revocations", err)
 	}
-	pipe := s.client.TxPipeline()
+	if err := putRevocationScript.Load(ctx, s.client).Err(); err != nil {
+		return s.fail("reindex revocations", err)
+	}
+	pipe := s.client.Pipeline()
 	for _, raw := range raws {
 		r, err := decodeRevocation(raw)
 		if err != nil {
@@ -626,7 +669,7 @@ func (s *Store) reindexRevocations(ctx context.Context) error {
 	if _, err := pipe.Exec(ctx); err != nil {
 		return s.fail("reindex revocations", err)
 	}
-	s.log.Info("redisstore: indexed revocations by creation time and pending state", "revocations", len(raws))
+	s.log.Info("redisstore: indexed revocations by creation time, pending state and change", "revocations", len(raws))
 	return nil
 }
 
@@ -692,6 +735,9 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 	var ids []string
 	var err error
 	switch {
+	case f.ChangedAfter > 0:
+		ids, err = s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.revsChangesKey(),
+			Start: "(" + strconv.FormatUint(f.ChangedAfter, 10), Stop: "+inf", ByScore: true}).Result()
 	case f.Pending:
 		ids, err = s.client.SMembers(ctx, s.revsPendingKey()).Result()
 	case !f.Since.IsZero():

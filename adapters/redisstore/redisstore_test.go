@@ -509,54 +509,88 @@ func TestListPagesThroughLargeIndex(t *testing.T) {
 }
 
 // TestReindexLegacyRevocations: revocations written before the creation-time
-// index and the pending set existed are indexed by New, so the filtered
-// listings find them.
+// index and the pending set existed (layout 1), or before the change index
+// existed (layout 2), are indexed by New, so the filtered listings and the
+// changed-after reads find them.
 func TestReindexLegacyRevocations(t *testing.T) {
 	r := harness.StartRedis(t)
-	ctx := t.Context()
-	old := newStore(t, r, redisstore.Options{Prefix: "{legacy}:"})
-	c := old.Client()
-	for i, completed := range []bool{false, true, false} {
-		rev := &broker.Revocation{ID: fmt.Sprintf("rev_%d", i), CreatedAt: storetest.Epoch().Add(time.Duration(i) * time.Hour)}
-		if completed {
-			rev.CompletedAt = rev.CreatedAt.Add(time.Second)
-		}
-		raw, err := json.Marshal(rev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The layout before this version: the record and the set only.
-		if err := c.Set(ctx, "{legacy}:rev:"+rev.ID, raw, 0).Err(); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.SAdd(ctx, "{legacy}:revs", rev.ID).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s := newStore(t, r, redisstore.Options{Prefix: "{legacy}:"})
-	ids := func(f broker.RevocationFilter) []string {
-		list, err := s.ListRevocations(ctx, f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := []string{}
-		for _, x := range list {
-			out = append(out, x.ID)
-		}
-		return out
-	}
-	if d := cmp.Diff([]string{"rev_1", "rev_2"}, ids(broker.RevocationFilter{Since: storetest.Epoch().Add(time.Hour)})); d != "" {
-		t.Errorf("since Epoch+1h (-want +got):\n%s", d)
-	}
-	if d := cmp.Diff([]string{"rev_0", "rev_2"}, ids(broker.RevocationFilter{Pending: true})); d != "" {
-		t.Errorf("pending (-want +got):\n%s", d)
+	for _, layout := range []int{1, 2} {
+		t.Run(fmt.Sprintf("layout-%d", layout), func(t *testing.T) {
+			ctx := t.Context()
+			prefix := fmt.Sprintf("{legacy%d}:", layout)
+			old := newStore(t, r, redisstore.Options{Prefix: prefix})
+			c := old.Client()
+			for i, completed := range []bool{false, true, false} {
+				rev := &broker.Revocation{ID: fmt.Sprintf("rev_%d", i), CreatedAt: storetest.Epoch().Add(time.Duration(i) * time.Hour)}
+				if completed {
+					rev.CompletedAt = rev.CreatedAt.Add(time.Second)
+				}
+				raw, err := json.Marshal(rev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Layout 1: the record and the set only.
+				if err := c.Set(ctx, prefix+"rev:"+rev.ID, raw, 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.SAdd(ctx, prefix+"revs", rev.ID).Err(); err != nil {
+					t.Fatal(err)
+				}
+				if layout == 2 { // and the creation-time index and pending set
+					if err := c.ZAdd(ctx, prefix+"revs:time", redis.Z{Score: float64(rev.CreatedAt.UnixMilli()), Member: rev.ID}).Err(); err != nil {
+						t.Fatal(err)
+					}
+					if !completed {
+						if err := c.SAdd(ctx, prefix+"revs:pending", rev.ID).Err(); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+			}
+			s := newStore(t, r, redisstore.Options{Prefix: prefix})
+			ids := func(f broker.RevocationFilter) []string {
+				list, err := s.ListRevocations(ctx, f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out := []string{}
+				for _, x := range list {
+					out = append(out, x.ID)
+				}
+				return out
+			}
+			if d := cmp.Diff([]string{"rev_1", "rev_2"}, ids(broker.RevocationFilter{Since: storetest.Epoch().Add(time.Hour)})); d != "" {
+				t.Errorf("since Epoch+1h (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff([]string{"rev_0", "rev_2"}, ids(broker.RevocationFilter{Pending: true})); d != "" {
+				t.Errorf("pending (-want +got):\n%s", d)
+			}
+			// Each indexed revocation got a change number.
+			v, err := s.RevocationVersion(ctx)
+			if err != nil || v != 3 {
+				t.Fatalf("RevocationVersion() = %d, %v; want 3 (one per reindexed revocation)", v, err)
+			}
+			if d := cmp.Diff([]string{"rev_0", "rev_1", "rev_2"}, ids(broker.RevocationFilter{ChangedAfter: 0})); d != "" {
+				t.Errorf("all (-want +got):\n%s", d)
+			}
+			if got := ids(broker.RevocationFilter{ChangedAfter: 2}); len(got) != 1 {
+				t.Errorf("changed after 2 = %v, want the one revocation indexed last", got)
+			}
+			if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_3", CreatedAt: storetest.Epoch()}); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff([]string{"rev_3"}, ids(broker.RevocationFilter{ChangedAfter: 3})); d != "" {
+				t.Errorf("changed after 3 (-want +got):\n%s", d)
+			}
+		})
 	}
 }
 
-// BenchmarkListRevocations: the revocation cache's refresh (revocations of
-// the last 24 h) and the retry worker's pass (pending ones) against a history
-// of 10,000 completed revocations older than that, next to reading them all
-// (what both did before the indexes).
+// BenchmarkListRevocations: the revocation cache's full refresh (revocations
+// of the last 24 h), its incremental one (two written since; or only the
+// version read when none was) and the retry worker's pass (pending ones)
+// against a history of 10,000 completed revocations older than that, next
+// to reading them all (what both did before the indexes).
 func BenchmarkListRevocations(b *testing.B) {
 	r := harness.StartRedis(b)
 	s := newStore(b, r, redisstore.Options{Prefix: "{bench-revs}:"})
@@ -584,6 +618,7 @@ func BenchmarkListRevocations(b *testing.B) {
 		{"all", broker.RevocationFilter{}, 10_010},
 		{"last-24h", broker.RevocationFilter{Since: now.Add(-24 * time.Hour)}, 10},
 		{"pending", broker.RevocationFilter{Pending: true}, 10},
+		{"changed-after-last-2", broker.RevocationFilter{Since: now.Add(-24 * time.Hour), ChangedAfter: 10_008}, 2},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -595,6 +630,15 @@ func BenchmarkListRevocations(b *testing.B) {
 			}
 		})
 	}
+	// What a refresh costs when nothing was written since the last one.
+	b.Run("version", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if v, err := s.RevocationVersion(ctx); err != nil || v != 10_010 {
+				b.Fatalf("RevocationVersion() = %d, %v, want 10010", v, err)
+			}
+		}
+	})
 }
 
 func BenchmarkPutIssuance(b *testing.B) {

@@ -113,6 +113,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("overwrite", func(t *testing.T) { testOverwrite(t, newStore) })
 	t.Run("list", func(t *testing.T) { testList(t, newStore) })
 	t.Run("revocation", func(t *testing.T) { testRevocation(t, newStore) })
+	t.Run("revocation-version", func(t *testing.T) { testRevocationVersion(t, newStore) })
 	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
 	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
 	t.Run("context", func(t *testing.T) { testContext(t, newStore) })
@@ -542,6 +543,93 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		got, err := newStore(t).ListRevocations(ctx(t), broker.RevocationFilter{})
 		if err != nil || len(got) != 0 {
 			t.Errorf("ListRevocations() on an empty store = %v, %v, want none", got, err)
+		}
+	})
+}
+
+// testRevocationVersion checks the change numbers the revocation cache
+// reads incrementally with: ChangedAfter v lists what was written after
+// RevocationVersion returned v (new and updated revocations), combined with
+// the other conditions.
+func testRevocationVersion(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	version := func() uint64 {
+		t.Helper()
+		v, err := s.RevocationVersion(ctx(t))
+		if err != nil {
+			t.Fatalf("RevocationVersion() = %v, want nil", err)
+		}
+		return v
+	}
+	changed := func(f broker.RevocationFilter) []string {
+		t.Helper()
+		list, err := s.ListRevocations(ctx(t), f)
+		if err != nil {
+			t.Fatalf("ListRevocations(%+v) = %v, want nil", f, err)
+		}
+		out := []string{}
+		for _, r := range list {
+			out = append(out, r.ID)
+		}
+		return out
+	}
+	put := func(r *broker.Revocation) {
+		t.Helper()
+		if err := s.PutRevocation(ctx(t), r); err != nil {
+			t.Fatalf("PutRevocation(%s) = %v, want nil", r.ID, err)
+		}
+	}
+	if v := version(); v != 0 {
+		t.Errorf("RevocationVersion() of an empty store = %d, want 0", v)
+	}
+	put(sampleRevocation("rev_a", Epoch()))
+	put(sampleRevocation("rev_b", Epoch().Add(time.Minute)))
+	v1 := version()
+	if v1 == 0 {
+		t.Fatalf("RevocationVersion() after two puts = 0, want more")
+	}
+	if d := cmp.Diff([]string{}, changed(broker.RevocationFilter{ChangedAfter: v1})); d != "" {
+		t.Errorf("nothing written after v1 (-want +got):\n%s", d)
+	}
+	if v := version(); v != v1 {
+		t.Errorf("RevocationVersion() without writes = %d, want %d", v, v1)
+	}
+
+	// A new revocation and an update of an old one (completion) are both
+	// changes; ordering stays by creation time.
+	put(sampleRevocation("rev_c", Epoch().Add(2*time.Minute)))
+	done := sampleRevocation("rev_a", Epoch())
+	done.Pending, done.CompletedAt = nil, Epoch().Add(time.Hour)
+	put(done)
+	v2 := version()
+	if v2 <= v1 {
+		t.Errorf("RevocationVersion() after two more puts = %d, want more than %d", v2, v1)
+	}
+	for _, tc := range []struct {
+		name string
+		f    broker.RevocationFilter
+		want []string
+	}{
+		{"changed-after-v1", broker.RevocationFilter{ChangedAfter: v1}, []string{"rev_a", "rev_c"}},
+		{"changed-after-v1-since-1m", broker.RevocationFilter{ChangedAfter: v1, Since: Epoch().Add(time.Minute)}, []string{"rev_c"}},
+		{"changed-after-v1-pending", broker.RevocationFilter{ChangedAfter: v1, Pending: true}, []string{"rev_c"}},
+		{"changed-after-v2", broker.RevocationFilter{ChangedAfter: v2}, []string{}},
+		{"changed-after-0", broker.RevocationFilter{}, []string{"rev_a", "rev_b", "rev_c"}},
+	} {
+		if d := cmp.Diff(tc.want, changed(tc.f)); d != "" {
+			t.Errorf("%s: ListRevocations() ids mismatch (-want +got):\n%s", tc.name, d)
+		}
+	}
+	// The updated record is what a changed-after read returns.
+	list, err := s.ListRevocations(ctx(t), broker.RevocationFilter{ChangedAfter: v1, Since: Epoch(), Pending: false})
+	if err != nil || len(list) == 0 || list[0].ID != "rev_a" || list[0].CompletedAt.IsZero() {
+		t.Errorf("ListRevocations(changed after v1)[0] = %+v, %v; want rev_a completed", list, err)
+	}
+	t.Run("fail/cancelled", func(t *testing.T) {
+		c, cancel := context.WithCancel(ctx(t))
+		cancel()
+		if _, err := s.RevocationVersion(c); err == nil {
+			t.Errorf("RevocationVersion(cancelled) = nil error, want one")
 		}
 	})
 }
