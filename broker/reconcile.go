@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/keytrail/keytrail/broker/audit"
@@ -28,12 +29,17 @@ type TaggedCredential struct {
 // TaggedSource lists the live credentials of one backend that carry
 // keytrail tags, and revokes one of them by its reference.
 //
-// List MUST honour ctx and return ErrUnavailable when the backend cannot be
-// listed completely (a partial list is an error, never a short answer).
-// RevokeTagged MUST be idempotent: a credential that is already gone counts
-// as revoked.
+// ListTagged MUST honour ctx and return ErrUnavailable when the backend
+// cannot be listed completely (a partial list is an error, never a short
+// answer). skip, when not nil, is asked about each live reference before
+// the source looks the credential up: a reference it returns true for is
+// neither looked up nor returned. The Reconciler passes the references its
+// Store already explains, so that a run's backend lookups follow the
+// credentials it does not know rather than every live one. skip may be
+// called concurrently. RevokeTagged MUST be idempotent: a credential that
+// is already gone counts as revoked.
 type TaggedSource interface {
-	ListTagged(ctx context.Context) ([]TaggedCredential, error)
+	ListTagged(ctx context.Context, skip func(ref string) bool) ([]TaggedCredential, error)
 	RevokeTagged(ctx context.Context, c TaggedCredential) error
 }
 
@@ -93,6 +99,7 @@ type Reconciler struct {
 type ReconcileReport struct {
 	Listed   int // tagged credentials found
 	Kept     int // explained
+	Known    int // of those kept, explained by the Store alone (no backend lookup)
 	Young    int // younger than Grace, left for the next run
 	Revoked  int // orphans revoked (each with an orphan_revoked event)
 	Failures int // orphans whose revocation or event failed; retried next run
@@ -155,7 +162,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if err != nil {
 			lvl = slog.LevelWarn
 		}
-		attrs := []slog.Attr{slog.Int("listed", rep.Listed), slog.Int("kept", rep.Kept), slog.Int("young", rep.Young),
+		attrs := []slog.Attr{slog.Int("listed", rep.Listed), slog.Int("kept", rep.Kept), slog.Int("known", rep.Known), slog.Int("young", rep.Young),
 			slog.Int("revoked", rep.Revoked), slog.Int("failures", rep.Failures)}
 		if err != nil {
 			attrs = append(attrs, slog.String("error", err.Error()))
@@ -185,13 +192,22 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 	// The cut-off is taken before listing: anything created after it is
 	// young, whatever the listing takes.
 	cutoff := r.o.Now().Add(-r.o.Grace)
+	var known atomic.Int64
+	skip := func(ref string) bool {
+		if r.explained(ctx, ref, issued) {
+			known.Add(1)
+			return true
+		}
+		return false
+	}
 	lctx, cancel := context.WithTimeout(ctx, 4*r.o.CallTimeout)
-	creds, err := r.o.Source.ListTagged(lctx)
+	creds, err := r.o.Source.ListTagged(lctx, skip)
 	cancel()
 	if err != nil {
 		return rep, fmt.Errorf("reconcile: list: %w", err)
 	}
-	rep.Listed = len(creds)
+	rep.Known = int(known.Load())
+	rep.Listed, rep.Kept = len(creds)+rep.Known, rep.Known
 	for _, c := range creds {
 		if ctx.Err() != nil {
 			return rep, ctx.Err()
@@ -224,6 +240,30 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 		rep.Revoked++
 	}
 	return rep, nil
+}
+
+// explained reports whether the Store alone explains the credential with
+// backend reference ref: it holds an unrevoked issuance recorded with that
+// reference and (with an IssuedIndex that sees every instance) the audit log
+// holds its issue event. Such a credential needs no backend lookup; any
+// doubt (not found, revoked, a Store error) answers false, and the
+// credential is looked up and judged in full.
+func (r *Reconciler) explained(ctx context.Context, ref string, issued func(string) bool) bool {
+	if ref == "" {
+		return false
+	}
+	sctx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
+	is, err := r.o.Store.FindIssuance(sctx, RefAccessor, ref)
+	cancel()
+	switch {
+	case err != nil || is == nil || is.Kind != KindVaultToken || is.Refs.Accessor != ref:
+		return false
+	case !is.RevokedAt.IsZero():
+		return false
+	case r.o.IssuedComplete && r.o.Issued != nil && !issued(is.ID):
+		return false
+	}
+	return true
 }
 
 // judge returns "" for an explained credential, else the orphan reason.

@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -22,12 +21,26 @@ type fakeTagged struct {
 	listErr error
 	revErr  error
 	revoked []string
+	looked  []string // refs returned (looked up at the backend)
+	skipped []string // refs the reconciler explained from its Store
 }
 
-func (f *fakeTagged) ListTagged(ctx context.Context) ([]broker.TaggedCredential, error) {
+func (f *fakeTagged) ListTagged(ctx context.Context, skip func(string) bool) ([]broker.TaggedCredential, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.creds), f.listErr
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
+	var out []broker.TaggedCredential
+	for _, c := range f.creds {
+		if skip != nil && skip(c.Ref) {
+			f.skipped = append(f.skipped, c.Ref)
+			continue
+		}
+		f.looked = append(f.looked, c.Ref)
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 func (f *fakeTagged) RevokeTagged(ctx context.Context, c broker.TaggedCredential) error {
@@ -90,7 +103,7 @@ func TestReconcilerRunOnce(t *testing.T) {
 			creds:  []broker.TaggedCredential{cred("iss_a", "acc_a", old)},
 			store:  []*broker.Issuance{issuance("iss_a", "acc_a", time.Time{}, "")},
 			issued: issuedSet{"iss_a": true}, complete: true,
-			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1}},
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
 		},
 		{
 			name:   "ok/no-record-revoked",
@@ -116,7 +129,7 @@ func TestReconcilerRunOnce(t *testing.T) {
 			creds:  []broker.TaggedCredential{cred("iss_e", "acc_e", old)},
 			store:  []*broker.Issuance{issuance("iss_e", "acc_e", time.Time{}, "")},
 			issued: issuedSet{},
-			want:   want{Report: broker.ReconcileReport{Listed: 1, Kept: 1}},
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
 		},
 		{
 			name:   "ok/revoked-in-store-revoked",
@@ -156,7 +169,7 @@ func TestReconcilerRunOnce(t *testing.T) {
 			creds:   []broker.TaggedCredential{cred("iss_j", "acc_j", old), cred("iss_k", "acc_k", old)},
 			store:   []*broker.Issuance{issuance("iss_j", "acc_j", time.Time{}, "")},
 			noIndex: true, complete: true,
-			want: want{Report: broker.ReconcileReport{Listed: 2, Kept: 1, Revoked: 1}, Revoked: []string{"acc_k"}, Reasons: []string{broker.OrphanNoRecord}},
+			want: want{Report: broker.ReconcileReport{Listed: 2, Kept: 1, Known: 1, Revoked: 1}, Revoked: []string{"acc_k"}, Reasons: []string{broker.OrphanNoRecord}},
 		},
 		{
 			name:      "fail/store-down-revokes-nothing",
@@ -221,6 +234,13 @@ func TestReconcilerRunOnce(t *testing.T) {
 				reasons = append(reasons, ev.Reason)
 			}
 			got := want{Report: rep, Revoked: src.revoked, Reasons: reasons, Err: err != nil}
+			// What the Store explains is not looked up at the backend.
+			if len(src.skipped) != rep.Known {
+				t.Errorf("skipped at the backend %v, report says %d known", src.skipped, rep.Known)
+			}
+			if !tc.want.Err && len(src.skipped)+len(src.looked) != len(tc.creds) {
+				t.Errorf("skipped %v + looked up %v, want every one of %d credentials once", src.skipped, src.looked, len(tc.creds))
+			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("RunOnce() = %+v (err %v), want %+v; diff (-want +got):\n%s", got, err, tc.want, diff)
 			}

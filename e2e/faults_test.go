@@ -261,7 +261,7 @@ func liveKeytrailTokens(t testing.TB, v *harness.Vault) map[string]string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	creds, err := inv.ListTagged(ctx)
+	creds, err := inv.ListTagged(ctx, nil)
 	if err != nil {
 		t.Fatalf("list keytrail tokens: %v", err)
 	}

@@ -32,6 +32,13 @@ type TokenInventoryOptions struct {
 type TokenInventory struct {
 	c           *vaultapi.Client
 	concurrency int
+
+	// untagged holds the accessors looked up before whose tokens carry no
+	// keytrail meta (other Vault users' tokens). A token's meta never
+	// changes, so they are not looked up again while they live; each
+	// listing keeps only the accessors it still sees.
+	mu       sync.Mutex
+	untagged map[string]struct{}
 }
 
 var _ broker.TaggedSource = (*TokenInventory)(nil)
@@ -47,7 +54,7 @@ func NewTokenInventory(o TokenInventoryOptions) (*TokenInventory, error) {
 	if o.Concurrency == 0 {
 		o.Concurrency = 8
 	}
-	return &TokenInventory{c: o.Client, concurrency: o.Concurrency}, nil
+	return &TokenInventory{c: o.Client, concurrency: o.Concurrency, untagged: map[string]struct{}{}}, nil
 }
 
 // InventoryPolicy is the HCL a broker token needs, on top of BrokerPolicy,
@@ -57,11 +64,12 @@ func InventoryPolicy() string {
 		"path \"auth/token/lookup-accessor\" {\n  capabilities = [\"update\"]\n}\n"
 }
 
-// ListTagged lists every token accessor and looks each one up, returning
-// the tokens whose meta has an issuance_id. An accessor that disappears
-// between the listing and its lookup (expired, revoked) is left out; any
-// other lookup failure fails the whole listing.
-func (ti *TokenInventory) ListTagged(ctx context.Context) ([]broker.TaggedCredential, error) {
+// ListTagged lists every token accessor and looks up each one that skip
+// does not claim and that is not known to be untagged, returning the tokens
+// whose meta has an issuance_id. An accessor that disappears between the
+// listing and its lookup (expired, revoked) is left out; any other lookup
+// failure fails the whole listing.
+func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessor string) bool) ([]broker.TaggedCredential, error) {
 	const op = "list token accessors"
 	sec, err := ti.c.Logical().ListWithContext(ctx, "auth/token/accessors")
 	if err != nil {
@@ -82,9 +90,21 @@ func (ti *TokenInventory) ListTagged(ctx context.Context) ([]broker.TaggedCreden
 		}
 	}
 
+	ti.mu.Lock()
+	untagged := make(map[string]struct{}, len(ti.untagged))
+	for _, a := range accessors {
+		if _, ok := ti.untagged[a]; ok {
+			untagged[a] = struct{}{}
+		}
+	}
+	ti.untagged = untagged // forget accessors no longer listed
+	ti.mu.Unlock()
+
 	type result struct {
-		cred *broker.TaggedCredential
-		err  error
+		cred     *broker.TaggedCredential
+		untagged bool
+		looked   bool // false: skipped, no lookup made
+		err      error
 	}
 	results := make([]result, len(accessors))
 	work := make(chan int)
@@ -94,8 +114,12 @@ func (ti *TokenInventory) ListTagged(ctx context.Context) ([]broker.TaggedCreden
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				c, err := ti.lookup(ctx, accessors[i])
-				results[i] = result{c, err}
+				a := accessors[i]
+				if _, ok := untagged[a]; ok || (skip != nil && skip(a)) {
+					continue
+				}
+				c, unt, err := ti.lookup(ctx, a)
+				results[i] = result{cred: c, untagged: unt, looked: true, err: err}
 			}
 		}()
 	}
@@ -109,15 +133,18 @@ func (ti *TokenInventory) ListTagged(ctx context.Context) ([]broker.TaggedCreden
 	// just-expired one): such an accessor is gone. A broker token that may
 	// not look up at all gets 403 for every accessor, its own included,
 	// and that fails the listing.
-	denied := 0
+	denied, looked := 0, 0
 	for _, r := range results {
+		if r.looked {
+			looked++
+		}
 		if statusOf(r.err) == 403 {
 			denied++
 		}
 	}
 	var out []broker.TaggedCredential
 	for _, r := range results {
-		if statusOf(r.err) == 403 && denied < len(results) {
+		if statusOf(r.err) == 403 && denied < looked {
 			continue
 		}
 		if r.err != nil {
@@ -127,26 +154,34 @@ func (ti *TokenInventory) ListTagged(ctx context.Context) ([]broker.TaggedCreden
 			out = append(out, *r.cred)
 		}
 	}
+	ti.mu.Lock() // untagged may be read by a concurrent listing's copy
+	for i, r := range results {
+		if r.untagged {
+			untagged[accessors[i]] = struct{}{}
+		}
+	}
+	ti.mu.Unlock()
 	return out, nil
 }
 
-// lookup returns the token's tags, or nil for a token without keytrail
-// meta or one that no longer exists.
-func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (*broker.TaggedCredential, error) {
+// lookup returns the token's tags; nil and untagged for a token without
+// keytrail meta; nil for one that no longer exists.
+func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (c *broker.TaggedCredential, untagged bool, err error) {
 	sec, err := ti.c.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
 	if responseSays(err, 400, "invalid accessor", "token not found", "bad token") {
-		return nil, nil
+		return nil, false, nil
 	}
 	if statusOf(err) == 403 {
-		return nil, err // sorted out by ListTagged
+		return nil, false, err // sorted out by ListTagged
 	}
 	if err != nil {
-		return nil, translate("lookup accessor", err)
+		return nil, false, translate("lookup accessor", err)
 	}
 	if sec == nil || sec.Data == nil {
-		return nil, nil
+		return nil, false, nil
 	}
-	return parseTokenLookup(accessor, sec.Data)
+	c, err = parseTokenLookup(accessor, sec.Data)
+	return c, c == nil && err == nil, err
 }
 
 // parseTokenLookup reads the data of a lookup-accessor answer.

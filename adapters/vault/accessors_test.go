@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,7 +84,7 @@ func TestTokenInventory(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	got, err := inv.ListTagged(ctx)
+	got, err := inv.ListTagged(ctx, nil)
 	if err != nil {
 		t.Fatalf("ListTagged() error = %v", err)
 	}
@@ -91,6 +93,31 @@ func TestTokenInventory(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ListTagged() = %+v, want %+v (-want +got):\n%s", got, want, diff)
 	}
+	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 4 {
+		t.Errorf("lookups = %d, want 4", n)
+	}
+
+	// Second listing: the untagged root token is not looked up again, and
+	// what skip claims is neither looked up nor returned.
+	var asked []string
+	var mu sync.Mutex
+	got, err = inv.ListTagged(ctx, func(a string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		asked = append(asked, a)
+		return a == "acc_kt"
+	})
+	if err != nil || len(got) != 0 {
+		t.Fatalf("ListTagged(skip acc_kt) = %+v, %v; want none", got, err)
+	}
+	slices.Sort(asked)
+	if diff := cmp.Diff([]string{"acc_dying", "acc_gone", "acc_kt"}, asked); diff != "" {
+		t.Errorf("skip asked about (-want +got):\n%s", diff)
+	}
+	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 6 {
+		t.Errorf("lookups after the second listing = %d, want 6 (acc_gone and acc_dying again)", n)
+	}
+
 	for _, acc := range []string{"acc_kt", "acc_gone"} {
 		if err := inv.RevokeTagged(ctx, broker.TaggedCredential{Ref: acc}); err != nil {
 			t.Errorf("RevokeTagged(%s) = %v, want nil", acc, err)
@@ -98,9 +125,6 @@ func TestTokenInventory(t *testing.T) {
 	}
 	if err := inv.RevokeTagged(ctx, broker.TaggedCredential{}); err == nil {
 		t.Errorf("RevokeTagged(no accessor) = nil, want an error")
-	}
-	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 4 {
-		t.Errorf("lookups = %d, want 4", n)
 	}
 }
 
@@ -112,7 +136,7 @@ func TestTokenInventoryListFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = inv.ListTagged(context.Background())
+	_, err = inv.ListTagged(context.Background(), nil)
 	if got, want := shapeOf(err), (errShape{Kind: "temporarily unavailable", Reason: ReasonDenied}); got != want {
 		t.Errorf("ListTagged() error = %+v, want %+v", got, want)
 	}
@@ -128,9 +152,15 @@ func TestTokenInventoryListFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = inv2.ListTagged(context.Background())
+	_, err = inv2.ListTagged(context.Background(), nil)
 	if got, want := shapeOf(err), (errShape{Kind: "temporarily unavailable", Reason: ReasonDenied}); got != want {
 		t.Errorf("ListTagged(every lookup denied) error = %+v, want %+v", got, want)
+	}
+	// The same when skip spared some of them the lookup: every lookup made
+	// was denied.
+	_, err = inv2.ListTagged(context.Background(), func(a string) bool { return a == "a1" })
+	if got, want := shapeOf(err), (errShape{Kind: "temporarily unavailable", Reason: ReasonDenied}); got != want {
+		t.Errorf("ListTagged(every lookup made denied, one skipped) error = %+v, want %+v", got, want)
 	}
 	if _, err := NewTokenInventory(TokenInventoryOptions{}); err == nil {
 		t.Errorf("NewTokenInventory(no client) = nil error, want one")
