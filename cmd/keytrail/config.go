@@ -35,6 +35,17 @@ type Config struct {
 	// PprofListen, when set, serves Go's net/http/pprof on this loopback
 	// host:port (profiling; off by default).
 	PprofListen string `yaml:"pprof_listen"`
+	// Authn tunes identity-token verification.
+	Authn AuthnConfig `yaml:"authn"`
+}
+
+// AuthnConfig tunes identity-token verification.
+type AuthnConfig struct {
+	// VerifiedCacheSize bounds the tokens whose signature verified that are
+	// remembered (by SHA-256), so presenting one again skips only the
+	// signature check; every other check runs again. 0 = the default
+	// (10,000), -1 = no cache.
+	VerifiedCacheSize int `yaml:"verified_cache_size"`
 }
 
 // VaultConfig says how to reach and log in to Vault.
@@ -95,6 +106,10 @@ type AuditConfig struct {
 	// fsync); 0 = the sink's default (256). 1 syncs every record on its
 	// own, which `keytrail bench` uses as the durability baseline.
 	MaxBatch int `yaml:"max_batch"`
+	// DeferFor bounds how long an event nobody waits for (a proxied call's
+	// use_result) waits to share the next event's write and fsync; 0 = the
+	// sink's default (20ms). A crash can lose this much of them.
+	DeferFor duration `yaml:"defer_for"`
 }
 
 // TLSConfig enables TLS on the listener.
@@ -281,6 +296,12 @@ func (c *Config) validate(file string) error {
 	}
 	if c.Audit.MaxBatch < 0 {
 		bad("audit.max_batch", "must not be negative")
+	}
+	if c.Audit.DeferFor < 0 || time.Duration(c.Audit.DeferFor) > time.Second {
+		bad("audit.defer_for", "must be between 0 (the default, 20ms) and 1s")
+	}
+	if c.Authn.VerifiedCacheSize < -1 {
+		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")
 	}
 	if c.TLS != nil {
 		if c.TLS.CertFile == "" {

@@ -76,6 +76,9 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{"store.addrs: cannot be combined", "store.ca_file"}},
 		{name: "fail/pprof-not-loopback", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\npprof_listen: 0.0.0.0:6060\n",
 			wantErr: []string{"pprof_listen: must be a loopback address"}},
+		{name: "ok/tuning", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: 64, defer_for: 5ms}\nauthn: {verified_cache_size: -1}\n"},
+		{name: "fail/tuning-out-of-range", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: -1, defer_for: 2s}\nauthn: {verified_cache_size: -2}\n",
+			wantErr: []string{"audit.max_batch", "audit.defer_for", "authn.verified_cache_size"}},
 		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
 	}

@@ -204,7 +204,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("policy: %w", err)
 	}
 	m.setPolicy(pol.Hash())
-	v, err := authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: log, OnFetch: m.onJWKSFetch})
+	v, err := rt.newVerifier(ctx, pol)
 	if err != nil {
 		return fmt.Errorf("policy issuers: %w", err)
 	}
@@ -312,7 +312,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync,
-		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, Logger: log,
+		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, DeferFor: time.Duration(cfg.Audit.DeferFor), Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -440,6 +440,12 @@ func (rt *brokerRuntime) ready(ctx context.Context) error {
 	return nil
 }
 
+// newVerifier builds the identity-token verifier for pol's issuers.
+func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) (*authn.Verifier, error) {
+	return authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log, OnFetch: rt.metrics.onJWKSFetch,
+		VerifiedCacheSize: rt.cfg.Authn.VerifiedCacheSize})
+}
+
 // reloadPolicy validates the new policy first and keeps the old one on any
 // error; either way a policy_load event records the outcome.
 func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
@@ -448,7 +454,7 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 	pol, err := policies.Load(rt.cfg.Policy)
 	if err == nil {
 		var v *authn.Verifier
-		v, err = authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log, OnFetch: rt.metrics.onJWKSFetch})
+		v, err = rt.newVerifier(ctx, pol)
 		if err == nil {
 			rt.state.Store(&policyState{pol: pol, authn: v})
 			rt.metrics.setPolicy(pol.Hash())
