@@ -491,18 +491,7 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("ok/list-filtered", func(t *testing.T) {
 		// After ok/overwrite-progress: rev_1 (Epoch) is completed, rev_0 and
 		// rev_2 (Epoch+1m) are pending.
-		ids := func(f broker.RevocationFilter) []string {
-			t.Helper()
-			list, err := s.ListRevocations(ctx(t), f)
-			if err != nil {
-				t.Fatalf("ListRevocations(%+v) = %v, want nil", f, err)
-			}
-			out := []string{}
-			for _, r := range list {
-				out = append(out, r.ID)
-			}
-			return out
-		}
+		ids := func(f broker.RevocationFilter) []string { return revocationIDs(t, s, f) }
 		for _, tc := range []struct {
 			name string
 			f    broker.RevocationFilter
@@ -547,6 +536,20 @@ func testRevocation(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	})
 }
 
+// revocationIDs lists the ids of the revocations f keeps, in order.
+func revocationIDs(t *testing.T, s broker.Store, f broker.RevocationFilter) []string {
+	t.Helper()
+	list, err := s.ListRevocations(ctx(t), f)
+	if err != nil {
+		t.Fatalf("ListRevocations(%+v) = %v, want nil", f, err)
+	}
+	out := []string{}
+	for _, r := range list {
+		out = append(out, r.ID)
+	}
+	return out
+}
+
 // testRevocationVersion checks the change numbers the revocation cache
 // reads incrementally with: ChangedAfter v lists what was written after
 // RevocationVersion returned v (new and updated revocations), combined with
@@ -561,18 +564,7 @@ func testRevocationVersion(t *testing.T, newStore func(t *testing.T) broker.Stor
 		}
 		return v
 	}
-	changed := func(f broker.RevocationFilter) []string {
-		t.Helper()
-		list, err := s.ListRevocations(ctx(t), f)
-		if err != nil {
-			t.Fatalf("ListRevocations(%+v) = %v, want nil", f, err)
-		}
-		out := []string{}
-		for _, r := range list {
-			out = append(out, r.ID)
-		}
-		return out
-	}
+	changed := func(f broker.RevocationFilter) []string { return revocationIDs(t, s, f) }
 	put := func(r *broker.Revocation) {
 		t.Helper()
 		if err := s.PutRevocation(ctx(t), r); err != nil {
