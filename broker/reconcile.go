@@ -111,6 +111,10 @@ const (
 	OrphanNotAudited      = "not_audited"       // the Store has it, the audit log has no issue event
 	OrphanRevoked         = "issuance_revoked"  // the Store marks it revoked
 	OrphanAccessorChanged = "reference_differs" // the Store records another backend reference
+	// OrphanStoreFailed is written by Exchange, not the Reconciler: the
+	// issue event was durable but the Store write failed, so the credential
+	// was revoked instead of handed out.
+	OrphanStoreFailed = "store_failed"
 )
 
 var errYoungRevocation = errors.New("revocation in progress")

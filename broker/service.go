@@ -120,9 +120,9 @@ type ExchangeResult struct {
 }
 
 // Exchange authenticates the subject token, finds the workload, checks the
-// grant, block and rate limit, mints the credential, stores the issuance and
-// makes its audit event durable, in that order. Any failure after the mint
-// revokes the credential again and returns ErrUnavailable.
+// grant, block and rate limit, mints the credential, then stores the
+// issuance and makes its audit event durable (both at once). Any failure
+// after the mint revokes the credential again and returns ErrUnavailable.
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
 	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Grant: req.Grant, Source: auditSource(req.Source)}
 	fail := func(err error) (*ExchangeResult, error) {
@@ -218,16 +218,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		IssuedAt: now, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs, RequestID: req.RequestID,
 	}
 
-	// Durable record first: store, then the audit event. Either failing
-	// revokes the credential; it never reaches the caller.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
-	err = s.d.Store.PutIssuance(sctx, is)
-	cancel()
-	if err != nil {
-		s.undoMint(ctx, is, "store_failed")
-		deny.IssuanceID = issID
-		return fail(Unavailable("store_unavailable", time.Second, err))
-	}
+	// The store record and the audit event are written at the same time
+	// (the exchange waits for the slower of the two, not for both in turn);
+	// the credential is returned only once both are durable. Either failing
+	// revokes the credential: it never reaches the caller.
+	stored := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+		defer cancel()
+		stored <- s.d.Store.PutIssuance(sctx, is)
+	}()
 	ev := &audit.Event{
 		Type: audit.TypeIssue, RequestID: req.RequestID, IssuanceID: issID,
 		Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID, Grant: grant.Name, Kind: grant.Kind,
@@ -237,15 +237,30 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// audit log alone can show them (never whole tokens).
 		Details: map[string]any{"claims": is.Claims},
 	}
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+	aerr := s.d.Audit.Append(context.WithoutCancel(ctx), ev)
+	serr := <-stored
+	switch {
+	case aerr != nil:
 		s.undoMint(ctx, is, "audit_failed")
-		is.RevokedAt = s.d.Now()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
-		if perr := s.d.Store.PutIssuance(sctx, is); perr != nil {
-			s.d.Logger.LogAttrs(ctx, slog.LevelError, "marking unaudited issuance revoked", slog.String("issuance_id", issID), slog.String("error", perr.Error()))
+		if serr == nil {
+			is.RevokedAt = s.d.Now()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+			if perr := s.d.Store.PutIssuance(sctx, is); perr != nil {
+				s.d.Logger.LogAttrs(ctx, slog.LevelError, "marking unaudited issuance revoked", slog.String("issuance_id", issID), slog.String("error", perr.Error()))
+			}
+			cancel()
 		}
-		cancel()
-		return nil, Unavailable("audit_unavailable", time.Second, err)
+		return nil, Unavailable("audit_unavailable", time.Second, aerr)
+	case serr != nil:
+		// The issue event is durable but the credential will not be handed
+		// out: an orphan_revoked event (reason store_failed) says so in the
+		// log, then the deny event of the request. Should the revocation
+		// fail, the reconciliation finds the unrecorded credential and
+		// revokes it.
+		uerr := s.undoMint(ctx, is, "store_failed")
+		s.recordUnrecorded(ctx, is, cred.Refs, req.RequestID, uerr)
+		deny.IssuanceID = issID
+		return fail(Unavailable("store_unavailable", time.Second, serr))
 	}
 	return &ExchangeResult{
 		AccessToken: cred.AccessToken,
@@ -257,11 +272,11 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 
 // undoMint revokes a credential that will not be handed out. A failure is
 // logged with the issuance id and accessor so an operator (and the
-// reconciliation) can find it.
-func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) {
+// reconciliation) can find it, and returned.
+func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error {
 	rv, ok := s.d.Revokers[is.Kind]
 	if !ok {
-		return
+		return nil
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.MintTimeout)
 	defer cancel()
@@ -269,10 +284,30 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "revoking unrecorded credential failed",
 			slog.String("issuance_id", is.ID), slog.String("accessor", is.Refs.Accessor),
 			slog.String("why", why), slog.String("error", err.Error()))
-		return
+		return err
 	}
 	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revoked credential that could not be recorded",
 		slog.String("issuance_id", is.ID), slog.String("why", why))
+	return nil
+}
+
+// recordUnrecorded writes the orphan_revoked event (reason store_failed)
+// that follows an issue event whose credential was not handed out because
+// the store write failed; revokeErr is the outcome of revoking it.
+func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, refs CredentialRefs, requestID string, revokeErr error) {
+	out := &audit.Outcome{Status: 200}
+	if revokeErr != nil {
+		out = &audit.Outcome{Status: 503, Error: "revocation failed; left to the reconciliation"}
+	}
+	ev := &audit.Event{
+		Type: audit.TypeOrphanRevoked, RequestID: requestID, IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner,
+		SessionID: is.SessionID, Grant: is.Grant, Kind: is.Kind, Reason: OrphanStoreFailed,
+		Credential: auditCredential(refs), Outcome: out,
+	}
+	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "recording an unrecorded issuance failed",
+			slog.String("issuance_id", is.ID), slog.String("error", err.Error()))
+	}
 }
 
 func (s *Service) checkBlocked(ctx context.Context, workload string) error {

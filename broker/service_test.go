@@ -55,6 +55,8 @@ type fixture struct {
 	sink   *brokertest.Sink
 	store  *memstore.Store
 	now    time.Time
+	pol    *policies.Policy
+	authn  brokertest.Authn
 }
 
 func identity(sub string, claims map[string]any) *broker.Identity {
@@ -83,20 +85,27 @@ func newFixture(t *testing.T) *fixture {
 		}),
 		"batch": identity("system:serviceaccount:data:batch", nil),
 	}
+	f.pol, f.authn = pol, authn
+	f.svc = f.serviceWith(t, f.store, f.sink)
+	return f
+}
+
+// serviceWith is the fixture's Service over another store or sink.
+func (f *fixture) serviceWith(t *testing.T, st broker.Store, sink broker.AuditSink) *broker.Service {
+	t.Helper()
 	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return authn },
+		Policy:   func() *policies.Policy { return f.pol },
+		Authn:    func() broker.Authenticator { return f.authn },
 		Minters:  map[string]broker.Minter{broker.KindVaultToken: f.minter},
 		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.minter},
-		Store:    f.store,
-		Audit:    f.sink,
+		Store:    st,
+		Audit:    sink,
 		Now:      func() time.Time { return f.now },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.svc = svc
-	return f
+	return svc
 }
 
 func TestExchange(t *testing.T) {
@@ -318,5 +327,100 @@ admins:
 				t.Errorf("event type = %s", evs[i].Type)
 			}
 		})
+	}
+}
+
+// blockingStore holds PutIssuance until release is closed.
+type blockingStore struct {
+	broker.Store
+	entered chan struct{}
+	release chan struct{}
+	err     error
+}
+
+func (b *blockingStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
+	<-b.release
+	if b.err != nil {
+		return b.err
+	}
+	return b.Store.PutIssuance(ctx, is)
+}
+
+// TestExchangeStoreAndAuditAtOnce: the issue event is appended while the
+// store write is still in progress (the two are not waited for in turn),
+// and the credential is returned only after both.
+func TestExchangeStoreAndAuditAtOnce(t *testing.T) {
+	f := newFixture(t)
+	bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	appended := make(chan struct{})
+	f.sink.Fail = func(ev *audit.Event) bool {
+		if ev.Type == audit.TypeIssue {
+			close(appended)
+		}
+		return false
+	}
+	f.svc = f.serviceWith(t, bs, f.sink)
+	type result struct {
+		res *broker.ExchangeResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+		done <- result{res, err}
+	}()
+	<-bs.entered
+	// The store write is in progress; the issue event must come now.
+	select {
+	case <-appended:
+	case r := <-done:
+		t.Fatalf("Exchange() returned %+v before the store write finished", r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the issue event was not appended while the store write was in progress")
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("Exchange() returned %+v before the store write finished", r)
+	default:
+	}
+	close(bs.release)
+	r := <-done
+	if r.err != nil || r.res == nil {
+		t.Fatalf("Exchange() = %+v, %v; want a credential", r.res, r.err)
+	}
+	if _, err := f.store.GetIssuance(context.Background(), r.res.Issuance.ID); err != nil {
+		t.Errorf("stored issuance: %v", err)
+	}
+}
+
+// TestExchangeStoreFailureRevokes: when the store write fails after the
+// issue event became durable, the credential is revoked, the log says so
+// (orphan_revoked, store_failed) and the caller gets 503.
+func TestExchangeStoreFailureRevokes(t *testing.T) {
+	f := newFixture(t)
+	bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{}),
+		err: broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))}
+	close(bs.release)
+	f.svc = f.serviceWith(t, bs, f.sink)
+	res, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if !errors.Is(err, broker.ErrUnavailable) || res != nil {
+		t.Fatalf("Exchange() = %v, %v; want nil, ErrUnavailable", res, err)
+	}
+	if diff := cmp.Diff([]string{f.minter.Reqs[0].IssuanceID}, f.minter.Revoked); diff != "" {
+		t.Errorf("revoked (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{audit.TypeIssue, audit.TypeOrphanRevoked, audit.TypeDeny}, f.sink.Types()); diff != "" {
+		t.Fatalf("audit events (-want +got):\n%s", diff)
+	}
+	evs := f.sink.Events()
+	if o := evs[1]; o.IssuanceID != evs[0].IssuanceID || o.Reason != broker.OrphanStoreFailed || o.Outcome.Status != 200 {
+		t.Errorf("orphan_revoked event = %+v, want issuance %s, reason store_failed, status 200", o, evs[0].IssuanceID)
+	}
+	if d := evs[2]; d.Outcome.Status != 503 || d.IssuanceID != evs[0].IssuanceID {
+		t.Errorf("deny event = %+v, want 503 for the issuance", d)
 	}
 }
