@@ -256,6 +256,11 @@ store:
 audit:
   file: %s
 `, port, base, polPath, c.relay.URL(), c.redis.URL(), audit)
+		if os.Getenv("KEYTRAIL_E2E_PPROF") != "" { // for profiling a soak
+			pp := harness.FreePort(tb)
+			cfg += fmt.Sprintf("pprof_listen: 127.0.0.1:%d\n", pp)
+			fmt.Fprintf(os.Stderr, "instance %d: pprof on http://127.0.0.1:%d/debug/pprof/\n", i, pp)
+		}
 		cfgPath := filepath.Join(dir, fmt.Sprintf("config-%d.yaml", i))
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			tb.Fatal(err)

@@ -8,6 +8,9 @@
 #   scripts/soak.sh                         # 30 minutes, a sample every 30s
 #   DURATION=5m SAMPLE=10s scripts/soak.sh  # shorter
 #
+# KEYTRAIL_E2E_PPROF=1 gives the broker a pprof listener (its address is
+# logged at the start), e.g. for a heap profile during a reconciliation.
+#
 # Needs redis-server on PATH and bin/vault (scripts/build-vault.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -124,12 +126,22 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, erro
 			delete(x.issued, id)
 		}
 	}
-	set := make(map[string]bool, len(x.issued))
-	for id := range x.issued {
-		set[id] = true
-	}
-	return func(id string) bool { return set[id] }, nil
+	// The index itself answers (no copy: with an hour of issuances it is
+	// the largest thing the broker holds); reads after this Snapshot may
+	// see later events too, which the contract allows.
+	return func(id string) bool {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		_, ok := x.issued[id]
+		return ok
+	}, nil
 }
+
+// indexReadBuffer is the read buffer of the audit index: the log is
+// streamed through it line by line (a line longer than it is gathered
+// whole), so a run's memory does not grow with what was appended since the
+// last one (a soak found whole-section reads of ~300 MB every 5 minutes).
+const indexReadBuffer = 256 << 10
 
 func (x *auditIssueIndex) readFrom(path string) error {
 	f, err := os.Open(path)
@@ -153,33 +165,47 @@ func (x *auditIssueIndex) readFrom(path string) error {
 		x.offsets[path] = fileOffset{fi, off}
 		return nil
 	}
-	data, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
-	if err != nil {
-		return fmt.Errorf("audit index: %w", err)
+	r := bufio.NewReaderSize(io.NewSectionReader(f, off, fi.Size()-off), indexReadBuffer)
+	var long []byte
+	for {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			long = append(long[:0], line...)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = r.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
+		if errors.Is(err, io.EOF) {
+			break // nothing more, or a last line still being written: read it next time
+		}
+		if err != nil {
+			return fmt.Errorf("audit index: %w", err)
+		}
+		off += int64(len(line))
+		x.indexLine(line[:len(line)-1])
 	}
-	end := bytes.LastIndexByte(data, '\n')
-	if end < 0 {
-		x.offsets[path] = fileOffset{fi, off}
-		return nil
-	}
-	for line := range bytes.SplitSeq(data[:end], []byte("\n")) {
-		if !bytes.Contains(line, []byte(`"type":"issue"`)) {
-			continue
-		}
-		var ev struct {
-			Type       string            `json:"type"`
-			IssuanceID string            `json:"issuance_id"`
-			Credential *audit.Credential `json:"credential"`
-		}
-		if json.Unmarshal(line, &ev) != nil || ev.Type != audit.TypeIssue || ev.IssuanceID == "" {
-			continue
-		}
-		var exp time.Time
-		if ev.Credential != nil {
-			exp, _ = time.Parse(time.RFC3339, ev.Credential.ExpiresAt)
-		}
-		x.issued[ev.IssuanceID] = exp
-	}
-	x.offsets[path] = fileOffset{fi, off + int64(end) + 1}
+	x.offsets[path] = fileOffset{fi, off}
 	return nil
+}
+
+// indexLine records the issuance of an `issue` event line.
+func (x *auditIssueIndex) indexLine(line []byte) {
+	if !bytes.Contains(line, []byte(`"type":"issue"`)) {
+		return
+	}
+	var ev struct {
+		Type       string            `json:"type"`
+		IssuanceID string            `json:"issuance_id"`
+		Credential *audit.Credential `json:"credential"`
+	}
+	if json.Unmarshal(line, &ev) != nil || ev.Type != audit.TypeIssue || ev.IssuanceID == "" {
+		return
+	}
+	var exp time.Time
+	if ev.Credential != nil {
+		exp, _ = time.Parse(time.RFC3339, ev.Credential.ExpiresAt)
+	}
+	x.issued[ev.IssuanceID] = exp
 }

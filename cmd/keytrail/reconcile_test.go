@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -64,4 +66,59 @@ func TestAuditIssueIndex(t *testing.T) {
 	write("audit.jsonl", `{"v":1,"type":"deny","reason":"padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding"}`+"\n"+
 		`{"v":1,"type":"issue","issuance_id":"iss_new_file"}`+"\n", false)
 	check("ok/rotated-sibling-and-new-file", map[string]bool{"iss_live": true, "iss_partial": true, "iss_rotated": true, "iss_new_file": true})
+}
+
+// TestAuditIssueIndexStreams: the index reads the log line by line through
+// a fixed buffer: lines longer than the buffer are read whole (and a long
+// last line still being written is left for the next run), and reading
+// tens of MB allocates a small fraction of that (a run used to hold all
+// that was appended since the last one in memory at once).
+func TestAuditIssueIndexStreams(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pad := strings.Repeat("x", 2*indexReadBuffer+17)
+	use := `{"v":1,"type":"use","issuance_id":"iss_u","reason":"` + strings.Repeat("y", 600) + `"}` + "\n"
+	var b strings.Builder
+	b.WriteString(`{"v":1,"type":"issue","issuance_id":"iss_long","reason":"` + pad + `"}` + "\n")
+	for b.Len() < 40<<20 {
+		b.WriteString(use)
+	}
+	b.WriteString(`{"v":1,"type":"issue","issuance_id":"iss_last"}` + "\n")
+	b.WriteString(`{"v":1,"type":"issue","issuance_id":"iss_partial","reason":"` + pad)
+	if _, err := f.WriteString(b.String()); err != nil {
+		t.Fatal(err)
+	}
+	size := b.Len()
+	b.Reset()
+
+	x := newAuditIssueIndex(path)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	issued, err := x.Snapshot(context.Background())
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(size/8) {
+		t.Errorf("reading %d MB of log allocated %d MB, want under an eighth of it", size>>20, alloc>>20)
+	}
+	got := map[string]bool{}
+	for _, id := range []string{"iss_long", "iss_last", "iss_partial"} {
+		got[id] = issued(id)
+	}
+	if diff := cmp.Diff(map[string]bool{"iss_long": true, "iss_last": true, "iss_partial": false}, got); diff != "" {
+		t.Errorf("issued (-want +got):\n%s", diff)
+	}
+	// The rest of the partial line arrives: it is read from where it began.
+	if _, err := f.WriteString(`"}` + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	if issued, err = x.Snapshot(context.Background()); err != nil || !issued("iss_partial") {
+		t.Errorf("after the line was completed: issued(iss_partial) = false, %v; want true", err)
+	}
 }
