@@ -757,11 +757,18 @@ type CacheOptions struct {
 	// Window: revocations created longer ago than this are not cached (their
 	// credentials have expired; the Store's marks still stand). Default 24h.
 	Window time.Duration
-	// FullRefresh is how often a refresh re-reads every revocation of the
-	// Window (dropping older ones) instead of only those written since the
-	// last refresh, by the Store's RevocationVersion (default 1m). Between
-	// full reads a refresh costs one version read when nothing changed.
+	// FullRefresh is how often every revocation of the Window is read again
+	// (dropping older ones), next to the refreshes that read only those
+	// written since the last one, by the Store's RevocationVersion (default
+	// 1m). Between full reads a refresh costs one version read when nothing
+	// changed. A full read is also spaced at least fullSpacing times its own
+	// last duration apart, so that however many revocations the Window holds
+	// they take about 1% of the time; and Run does them in the background,
+	// so a long one never holds up the refreshes.
 	FullRefresh time.Duration
+	// FullTimeout bounds one full read in Run (default 5m; each Store round
+	// trip has its own, shorter, deadline too).
+	FullTimeout time.Duration
 	// FastReads lets the cache answer the per-request checks alone while its
 	// view is fresh (refreshed within two intervals): GetBlock for a
 	// workload it does not know as blocked, and FindIssuance by fingerprint
@@ -793,13 +800,18 @@ type RevocationCache struct {
 	o  CacheOptions
 
 	mu        sync.RWMutex
-	revoked   map[string]time.Time // issuance id -> when this instance learned it
+	revoked   map[string]time.Time // issuance id -> when revoked (the revocation's creation; a notice's arrival)
 	blocked   map[string]Block
 	seq       uint64        // notices applied so far
 	log       []noticeEntry // notices applied during the refresh in progress
 	refreshed time.Time
 	version   uint64    // Store's RevocationVersion the revoked set reflects
-	fullAt    time.Time // last full read (zero: none yet)
+	epoch     uint64    // times the Store's version was seen going back
+	fullAt    time.Time // end of the last full read (zero: none yet)
+	fullCost  time.Duration
+	// touched collects the ids learned while a full read is in progress
+	// (nil otherwise): its result, read before they were, must keep them.
+	touched map[string]struct{}
 
 	issMu  sync.Mutex
 	issues map[string]cachedIssuance // fingerprint -> record (FastReads)
@@ -831,6 +843,9 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	if o.FullRefresh <= 0 {
 		o.FullRefresh = time.Minute
+	}
+	if o.FullTimeout <= 0 {
+		o.FullTimeout = 5 * time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -885,9 +900,7 @@ func (c *RevocationCache) Apply(n Notice) {
 
 func (c *RevocationCache) applyLocked(n Notice, now time.Time) {
 	for _, id := range n.Revoked {
-		if _, ok := c.revoked[id]; !ok {
-			c.revoked[id] = now
-		}
+		c.learnLocked(id, now)
 	}
 	for _, w := range n.Blocked {
 		if _, ok := c.blocked[w]; !ok {
@@ -919,40 +932,80 @@ func (c *RevocationCache) sweepIssuances(now time.Time) {
 	}
 }
 
-// Refresh re-reads the blocks from the Store and brings the revoked set up
-// to date, keeping notices applied meanwhile. The revoked set is read in
-// full (the Window's revocations) at the first refresh, every FullRefresh,
-// and whenever the Store's version went back (its data was restored or
-// lost); otherwise only the revocations written since the last refresh are
-// read, so a refresh's cost follows the revocation rate per interval, not
-// the Window's total. It also drops issuance records older than IssuanceTTL.
+// learnLocked adds id to the revoked set (keeping when it was first
+// learned) and, during a full read, to the ids that read must keep.
+func (c *RevocationCache) learnLocked(id string, now time.Time) {
+	if _, ok := c.revoked[id]; !ok {
+		c.revoked[id] = now
+	}
+	if c.touched != nil {
+		c.touched[id] = struct{}{}
+	}
+}
+
+// fullSpacing: a full read starts no sooner than this many times the last
+// one's duration after it ended, so full reads take at most about 1% of
+// the time (and of the Store's) however large the Window's set grows.
+const fullSpacing = 100
+
+// fullDue reports whether a full read should start: none done yet, or
+// FullRefresh (and fullSpacing times the last one's duration) since the
+// last.
+func (c *RevocationCache) fullDue(now time.Time) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.fullAt.IsZero() || now.Sub(c.fullAt) >= max(c.o.FullRefresh, fullSpacing*c.fullCost)
+}
+
+// Refresh brings the view up to date: a full read of the Window's
+// revocations when one is due (the first refresh, then every FullRefresh
+// or more, see fullDue) or when the Store's version went back (its data was
+// restored or lost); then the blocks and the revocations written since the
+// last refresh, so that between full reads a refresh's cost follows the
+// revocation rate per interval, not the Window's total. It keeps notices
+// applied meanwhile and drops issuance records older than IssuanceTTL. Run
+// refreshes the same way but does the full reads in the background.
 func (c *RevocationCache) Refresh(ctx context.Context) error {
+	if c.fullDue(c.o.Now()) {
+		if err := c.readAll(ctx); err != nil {
+			return err
+		}
+	}
+	back, err := c.readChanges(ctx)
+	if err != nil || !back {
+		return err
+	}
+	if err := c.readAll(ctx); err != nil {
+		return err
+	}
+	_, err = c.readChanges(ctx)
+	return err
+}
+
+// readChanges re-reads the blocks and the revocations written since the
+// version the revoked set reflects, keeping notices applied meanwhile. Until
+// a full read has loaded the set it reads the blocks only, and it does not
+// mark the view refreshed. back reports that the Store's version went back:
+// a full read is needed.
+func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error) {
 	c.sweepIssuances(c.o.Now())
 	c.mu.Lock()
 	start := c.seq
 	c.log = []noticeEntry{}
-	prev, fullAt := c.version, c.fullAt
+	prev, loaded := c.version, !c.fullAt.IsZero()
 	c.mu.Unlock()
 
-	since := c.o.Now().Add(-c.o.Window)
-	full := fullAt.IsZero() || c.o.Now().Sub(fullAt) >= c.o.FullRefresh
 	blocks, err := c.st.ListBlocks(ctx)
 	var version uint64
-	if err == nil {
+	if err == nil && loaded {
 		// The version is read before the revocations: everything written
 		// up to it is in what follows (RevocationVersion's contract).
 		version, err = c.st.RevocationVersion(ctx)
 	}
-	if err == nil && version < prev {
-		full = true
-	}
+	back = err == nil && loaded && version < prev
 	var revs []*Revocation
-	switch {
-	case err != nil:
-	case full:
-		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: since})
-	case version != prev:
-		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: since, ChangedAfter: prev})
+	if err == nil && loaded && version > prev {
+		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: c.o.Now().Add(-c.o.Window), ChangedAfter: prev})
 	}
 	now := c.o.Now()
 	c.mu.Lock()
@@ -960,11 +1013,7 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 	logged := c.log
 	c.log = nil
 	if err != nil {
-		return err
-	}
-	revoked := c.revoked
-	if full {
-		revoked = make(map[string]time.Time, len(c.revoked))
+		return false, err
 	}
 	cutoff := now.Add(-c.o.Window)
 	for _, r := range revs {
@@ -973,11 +1022,7 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 		}
 		for _, l := range [][]string{r.Revoked, r.Pending} {
 			for _, id := range l {
-				if t, ok := c.revoked[id]; ok {
-					revoked[id] = t
-				} else {
-					revoked[id] = now
-				}
+				c.learnLocked(id, r.CreatedAt)
 			}
 		}
 	}
@@ -985,20 +1030,95 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 	for _, b := range blocks {
 		blocked[b.Workload] = b
 	}
-	c.revoked, c.blocked, c.refreshed, c.version = revoked, blocked, now, version
-	if full {
-		c.fullAt = now
+	c.blocked = blocked
+	switch {
+	case back:
+		c.version = version
+		c.epoch++
+	case loaded:
+		c.version = max(c.version, version)
+		c.refreshed = now
 	}
 	for _, e := range logged {
 		if e.seq > start {
 			c.applyLocked(e.n, now)
 		}
 	}
+	return back, nil
+}
+
+// readAll reads every revocation of the Window and makes them the revoked
+// set, dropping older ones but keeping what was learned while it read
+// (from notices or readChanges running meanwhile). The first one also sets
+// the version readChanges continues from.
+func (c *RevocationCache) readAll(ctx context.Context) error {
+	begin := c.o.Now()
+	c.mu.Lock()
+	if c.touched != nil {
+		c.mu.Unlock()
+		return errors.New("broker: revocation cache: a full read is already in progress")
+	}
+	c.touched = map[string]struct{}{}
+	epoch := c.epoch
+	c.mu.Unlock()
+
+	version, err := c.st.RevocationVersion(ctx)
+	var revs []*Revocation
+	if err == nil {
+		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: begin.Add(-c.o.Window)})
+	}
+	now := c.o.Now()
+	var revoked map[string]time.Time
+	if err == nil {
+		// Built without the lock: a Window of many revocations takes a
+		// while, and the hot path's checks read the set meanwhile.
+		revoked = make(map[string]time.Time, len(revs))
+		cutoff := now.Add(-c.o.Window)
+		for _, r := range revs {
+			if r.CreatedAt.Before(cutoff) {
+				continue
+			}
+			for _, l := range [][]string{r.Revoked, r.Pending} {
+				for _, id := range l {
+					if t, ok := revoked[id]; !ok || r.CreatedAt.Before(t) {
+						revoked[id] = r.CreatedAt
+					}
+				}
+			}
+		}
+	}
+	end := c.o.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	touched := c.touched
+	c.touched = nil
+	if err != nil {
+		return err
+	}
+	for id := range touched {
+		if _, ok := revoked[id]; !ok {
+			revoked[id] = c.revoked[id]
+		}
+	}
+	// What was read covers every change up to version; readChanges may
+	// continue from there, unless the Store's version went back meanwhile
+	// (then it continues from the lower version it saw).
+	if epoch == c.epoch {
+		c.version = max(c.version, version)
+	}
+	c.revoked, c.fullAt, c.fullCost = revoked, end, end.Sub(begin)
+	if c.fullCost >= c.o.Interval {
+		c.o.Logger.LogAttrs(ctx, slog.LevelInfo, "revocation cache: full read",
+			slog.Int("revocations", len(revs)), slog.Int("revoked_issuances", len(revoked)),
+			slog.Duration("took", c.fullCost), slog.Duration("next_after", max(c.o.FullRefresh, fullSpacing*c.fullCost)))
+	}
 	return nil
 }
 
 // Run refreshes every Interval and applies the Notifier's messages until ctx
-// ends. A failing subscription is retried at every refresh.
+// ends. A failing subscription is retried at every refresh. Full reads (see
+// Refresh) run in the background with their own deadline, FullTimeout, so
+// however long one takes the refreshes and notices go on meanwhile.
 func (c *RevocationCache) Run(ctx context.Context) error {
 	t := time.NewTicker(c.o.Interval)
 	defer t.Stop()
@@ -1016,19 +1136,49 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 		}
 		notices = ch
 	}
+	var fullDone chan error // non-nil while a full read runs
+	needFull := false       // the Store's version went back, or a full read failed
 	refresh := func() {
 		rctx, cancel := context.WithTimeout(ctx, c.o.Interval)
-		defer cancel()
-		if err := c.Refresh(rctx); err != nil && ctx.Err() == nil {
+		back, err := c.readChanges(rctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache refresh failed", slog.String("error", err.Error()))
 		}
+		needFull = needFull || back
+		if fullDone != nil || !(needFull || c.fullDue(c.o.Now())) {
+			return
+		}
+		needFull = false
+		done := make(chan error, 1)
+		fullDone = done
+		go func() {
+			fctx, cancel := context.WithTimeout(ctx, c.o.FullTimeout)
+			defer cancel()
+			done <- c.readAll(fctx)
+		}()
 	}
 	subscribe()
 	refresh()
 	for {
 		select {
 		case <-ctx.Done():
+			if fullDone != nil {
+				<-fullDone
+			}
 			return nil
+		case err := <-fullDone:
+			fullDone = nil
+			if err != nil {
+				if ctx.Err() == nil {
+					c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache full read failed; retrying at the next refresh", slog.String("error", err.Error()))
+				}
+				needFull = true
+				continue
+			}
+			// Loaded (the first time, or again): the view is fresh now,
+			// not only at the next tick.
+			refresh()
 		case n, ok := <-notices:
 			if !ok {
 				notices = nil

@@ -570,3 +570,199 @@ func TestRevocationCacheIncrementalRefresh(t *testing.T) {
 		t.Errorf("after the window: Revoked(iss_00, iss_late) = %v, %v; want false, true", c.Revoked("iss_00"), c.Revoked("iss_late"))
 	}
 }
+
+// TestRevocationCacheFullReadSpacing: a full read is spaced at least 100
+// times its own duration after the last one, not only FullRefresh, so a
+// Window holding many revocations does not have them read every minute.
+func TestRevocationCacheFullReadSpacing(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	ctx := context.Background()
+	st := &slowList{listRecorder: listRecorder{Store: memstore.New(clock)}, advance: func() { now = now.Add(10 * time.Second) }}
+	if err := st.PutRevocation(ctx, &broker.Revocation{ID: "rev_1", CreatedAt: now, Revoked: []string{"iss_1"}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := broker.NewRevocationCache(st, broker.CacheOptions{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fullReads := func() int {
+		n := 0
+		for _, f := range st.lists {
+			if f.ChangedAfter == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	// Every full read "takes" 10s by the cache's clock: the next is due
+	// 1000s later, although FullRefresh is 1m.
+	for _, step := range []struct {
+		after time.Duration
+		want  int
+	}{{0, 1}, {61 * time.Second, 1}, {500 * time.Second, 1}, {990 * time.Second, 1}, {1001 * time.Second, 2}, {1061 * time.Second, 2}} {
+		now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+		if step.after > 0 { // from the end of the first full read
+			now = now.Add(10*time.Second + step.after)
+		}
+		if err := c.Refresh(ctx); err != nil {
+			t.Fatalf("Refresh() = %v", err)
+		}
+		if got := fullReads(); got != step.want {
+			t.Errorf("%s after the first full read ended: %d full reads, want %d", step.after, got, step.want)
+		}
+	}
+	if !c.Revoked("iss_1") {
+		t.Error("Revoked(iss_1) = false, want true")
+	}
+}
+
+// slowList is a listRecorder whose full reads (no ChangedAfter) move the
+// cache's clock on by calling advance.
+type slowList struct {
+	listRecorder
+	advance func()
+}
+
+func (s *slowList) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
+	revs, err := s.listRecorder.ListRevocations(ctx, f)
+	if f.ChangedAfter == 0 {
+		s.advance()
+	}
+	return revs, err
+}
+
+// gatedFullReads is a Store whose full revocation reads (no ChangedAfter),
+// while armed, list first and then wait for release (or their context),
+// returning what they listed: a long full read of a large Window.
+type gatedFullReads struct {
+	broker.Store
+	mu      sync.Mutex
+	gate    chan struct{} // nil: not armed
+	entered chan struct{} // receives once per gated read
+	ctxErr  chan error    // the gated read's context error when released
+}
+
+func (g *gatedFullReads) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
+	revs, err := g.Store.ListRevocations(ctx, f)
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if f.ChangedAfter != 0 || gate == nil {
+		return revs, err
+	}
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-gate:
+	case <-ctx.Done():
+	}
+	select {
+	case g.ctxErr <- ctx.Err():
+	default:
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	return revs, err
+}
+
+func (g *gatedFullReads) arm() chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gate = make(chan struct{})
+	return g.gate
+}
+
+func (g *gatedFullReads) disarm() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gate = nil
+}
+
+// waitFor polls cond every millisecond until it holds or 5s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRevocationCacheRunLongFullRead: in Run, a full read that takes far
+// longer than the refresh interval (a large Window) runs in the background
+// under its own deadline: the refreshes go on meanwhile, so a revocation
+// made elsewhere still reaches the cache within an interval and the view
+// stays fresh, and the full read completes instead of being cut off at the
+// interval and retried forever.
+func TestRevocationCacheRunLongFullRead(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &gatedFullReads{Store: memstore.New(time.Now), entered: make(chan struct{}, 1), ctxErr: make(chan error, 1)}
+	put := func(id, iss string) {
+		t.Helper()
+		if err := st.PutRevocation(ctx, &broker.Revocation{ID: id, CreatedAt: time.Now(), Revoked: []string{iss}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("rev_a", "iss_a")
+	c, err := broker.NewRevocationCache(st, broker.CacheOptions{Interval: 10 * time.Millisecond, FullRefresh: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	waitFor(t, "the first load", func() bool { return c.Revoked("iss_a") })
+
+	gate := st.arm()
+	<-st.entered // a full read is now held
+	put("rev_b", "iss_b")
+	waitFor(t, "a revocation written during the full read", func() bool { return c.Revoked("iss_b") })
+	held := c.Refreshed()
+	waitFor(t, "a refresh during the full read", func() bool { return c.Refreshed().After(held) })
+
+	st.disarm()
+	close(gate)
+	if err := <-st.ctxErr; err != nil {
+		t.Errorf("the long full read's context ended: %v; want it alive (its own deadline)", err)
+	}
+	if !c.Revoked("iss_a") || !c.Revoked("iss_b") {
+		t.Errorf("after the full read: Revoked(iss_a, iss_b) = %v, %v; want both", c.Revoked("iss_a"), c.Revoked("iss_b"))
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v", err)
+	}
+}
+
+// TestRevocationCacheFullReadKeepsWhatItMissed: what the cache learns while
+// a full read is in progress (a notice here) is kept when the read's
+// result, listed before it, replaces the revoked set.
+func TestRevocationCacheFullReadKeepsWhatItMissed(t *testing.T) {
+	ctx := context.Background()
+	st := &gatedFullReads{Store: memstore.New(time.Now), entered: make(chan struct{}, 1), ctxErr: make(chan error, 1)}
+	if err := st.PutRevocation(ctx, &broker.Revocation{ID: "rev_a", CreatedAt: time.Now(), Revoked: []string{"iss_a"}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := broker.NewRevocationCache(st, broker.CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := st.arm()
+	done := make(chan error, 1)
+	go func() { done <- c.Refresh(ctx) }()
+	<-st.entered
+	c.Apply(broker.Notice{RevocationID: "rev_b", Revoked: []string{"iss_b"}})
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatalf("Refresh() = %v", err)
+	}
+	if !c.Revoked("iss_a") || !c.Revoked("iss_b") {
+		t.Errorf("Revoked(iss_a, iss_b) = %v, %v; want both", c.Revoked("iss_a"), c.Revoked("iss_b"))
+	}
+}

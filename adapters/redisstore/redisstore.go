@@ -704,7 +704,8 @@ func (s *Store) members(ctx context.Context, set string, key func(string) string
 	return s.values(ctx, names, key)
 }
 
-// values reads the keys of names in batches; missing keys are skipped.
+// values reads the keys of names in batches, each its own round trip with
+// its own deadline; missing keys are skipped.
 func (s *Store) values(ctx context.Context, names []string, key func(string) string) ([]string, error) {
 	var out []string
 	for chunk := range slices.Chunk(names, listBatch) {
@@ -712,7 +713,9 @@ func (s *Store) values(ctx context.Context, names []string, key func(string) str
 		for i, n := range chunk {
 			keys[i] = key(n)
 		}
-		vals, err := s.client.MGet(ctx, keys...).Result()
+		bctx, cancel := s.ctx(ctx)
+		vals, err := s.client.MGet(bctx, keys...).Result()
+		cancel()
 		if err != nil {
 			return nil, err
 		}
@@ -726,47 +729,105 @@ func (s *Store) values(ctx context.Context, names []string, key func(string) str
 }
 
 // ListRevocations returns the revocations f keeps, ordered by creation
-// time, then id. With Pending it reads the pending set, with Since the
-// creation-time index from Since on, so the revocation cache's refresh and
-// the retry worker cost what is recent or unfinished, not the history.
+// time, then id. With ChangedAfter it reads the change index from there on,
+// with Pending the pending set, with Since the creation-time index from
+// Since on, so the revocation cache's refresh and the retry worker cost what
+// is recent, changed or unfinished, not the history. The indexes are read a
+// page (revPage ids) at a time, each page and each batch of values its own
+// round trip with its own deadline, so a large window neither holds Redis
+// for long in one command nor needs to fit in one timeout.
 func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	var ids []string
+	out := []*broker.Revocation{}
+	add := func(ids []string) error {
+		raws, err := s.values(ctx, ids, s.revKey)
+		if err != nil {
+			return err
+		}
+		for _, raw := range raws {
+			r, err := decodeRevocation(raw)
+			if err != nil {
+				return err
+			}
+			if f.Match(r) {
+				out = append(out, r)
+			}
+		}
+		return nil
+	}
 	var err error
 	switch {
 	case f.ChangedAfter > 0:
-		ids, err = s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.revsChangesKey(),
-			Start: "(" + strconv.FormatUint(f.ChangedAfter, 10), Stop: "+inf", ByScore: true}).Result()
-	case f.Pending:
-		ids, err = s.client.SMembers(ctx, s.revsPendingKey()).Result()
-	case !f.Since.IsZero():
-		ids, err = s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.revsByTimeKey(),
-			Start: strconv.FormatInt(f.Since.UnixMilli(), 10), Stop: "+inf", ByScore: true}).Result()
+		err = s.pagesByScore(ctx, s.revsChangesKey(), f.ChangedAfter, true, add)
+	case !f.Since.IsZero() && !f.Pending:
+		err = s.pagesByScore(ctx, s.revsByTimeKey(), uint64(max(f.Since.UnixMilli(), 0)), false, add)
 	default:
-		ids, err = s.client.SMembers(ctx, s.revsKey()).Result()
+		key := s.revsKey()
+		if f.Pending {
+			key = s.revsPendingKey()
+		}
+		var ids []string
+		sctx, cancel := s.ctx(ctx)
+		ids, err = s.client.SMembers(sctx, key).Result()
+		cancel()
+		if err == nil {
+			err = add(ids)
+		}
 	}
 	if err != nil {
 		return nil, s.fail("list revocations", err)
-	}
-	raws, err := s.values(ctx, ids, s.revKey)
-	if err != nil {
-		return nil, s.fail("list revocations", err)
-	}
-	out := make([]*broker.Revocation, 0, len(raws))
-	for _, raw := range raws {
-		r, err := decodeRevocation(raw)
-		if err != nil {
-			return nil, err
-		}
-		if f.Match(r) {
-			out = append(out, r)
-		}
 	}
 	slices.SortFunc(out, func(a, b *broker.Revocation) int {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
 	})
 	return out, nil
+}
+
+// revPage is how many index entries ListRevocations reads per round trip.
+const revPage = 1024
+
+// pagesByScore calls fn with the members of the sorted set key scored above
+// min (at or above it when !exclusive), revPage at a time in score order,
+// each once. It pages by rank from the count of members below min: members
+// are only ever added (never removed) to these indexes, and k added before
+// the cursor move the rest up by k, so a page may begin with the last k
+// members of the one before (dropped here) but never skips one.
+func (s *Store) pagesByScore(ctx context.Context, key string, min uint64, exclusive bool, fn func([]string) error) error {
+	below := "(" + strconv.FormatUint(min, 10)
+	if exclusive {
+		below = strconv.FormatUint(min, 10)
+	}
+	cctx, cancel := s.ctx(ctx)
+	rank, err := s.client.ZCount(cctx, key, "-inf", below).Result()
+	cancel()
+	if err != nil {
+		return err
+	}
+	last := map[string]struct{}{}
+	for {
+		pctx, cancel := s.ctx(ctx)
+		ids, err := s.client.ZRange(pctx, key, rank, rank+revPage-1).Result()
+		cancel()
+		if err != nil {
+			return err
+		}
+		fresh := make([]string, 0, len(ids))
+		for _, id := range ids {
+			if _, seen := last[id]; !seen {
+				fresh = append(fresh, id)
+			}
+		}
+		if err := fn(fresh); err != nil {
+			return err
+		}
+		if len(ids) < revPage {
+			return nil
+		}
+		rank += revPage
+		clear(last)
+		for _, id := range ids {
+			last[id] = struct{}{}
+		}
+	}
 }
 
 // PutBlock writes the block (no TTL) and adds it to the set.

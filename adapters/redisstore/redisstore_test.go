@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -639,6 +641,117 @@ func BenchmarkListRevocations(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchWindowRevs is KEYTRAIL_BENCH_REVS (default 50,000: about one
+// revocation every 2 s for a day).
+func benchWindowRevs(b *testing.B) int {
+	n := 50_000
+	if v := os.Getenv("KEYTRAIL_BENCH_REVS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			b.Fatalf("KEYTRAIL_BENCH_REVS=%q: want a positive count", v)
+		}
+	}
+	return n
+}
+
+// putWindowRevocations writes n completed revocations spread over the 24 h
+// before now, each naming 4 issuances, from 16 writers.
+func putWindowRevocations(b *testing.B, s *redisstore.Store, now time.Time, n int) {
+	ctx := context.Background()
+	ids := make(chan int)
+	errs := make(chan error, 16)
+	for range 16 {
+		go func() {
+			var err error
+			for i := range ids {
+				at := now.Add(-time.Duration(i) * (24 * time.Hour / time.Duration(n)))
+				rev := &broker.Revocation{ID: fmt.Sprintf("rev_%07d", i), CreatedAt: at, CompletedAt: at.Add(time.Second), Admin: "secops:alice",
+					Reason: "rotation", Selector: broker.RevokeSelector{SessionID: "ses_" + strconv.Itoa(i)}, Matched: 4,
+					Revoked: []string{"iss_a" + strconv.Itoa(i), "iss_b" + strconv.Itoa(i), "iss_c" + strconv.Itoa(i), "iss_d" + strconv.Itoa(i)}}
+				if err == nil {
+					err = s.PutRevocation(ctx, rev)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for i := range n {
+		ids <- i
+	}
+	close(ids)
+	for range 16 {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkListRevocationsWindow: the revocation cache's full read when
+// the window holds many revocations (KEYTRAIL_BENCH_REVS). The read is
+// paged, each round trip with its own deadline.
+func BenchmarkListRevocationsWindow(b *testing.B) {
+	n := benchWindowRevs(b)
+	r := harness.StartRedis(b)
+	s := newStore(b, r, redisstore.Options{Prefix: "{bench-window}:"})
+	now := storetest.Epoch().Add(24 * time.Hour)
+	putWindowRevocations(b, s, now, n)
+	b.ReportAllocs()
+	for b.Loop() {
+		list, err := s.ListRevocations(context.Background(), broker.RevocationFilter{Since: now.Add(-24 * time.Hour)})
+		if err != nil || len(list) != n {
+			b.Fatalf("ListRevocations(last 24h) = %d, %v, want %d", len(list), err, n)
+		}
+	}
+}
+
+// BenchmarkRevocationCacheFullRead: a revocation cache's full read over
+// Redis with KEYTRAIL_BENCH_REVS revocations in its window, while another
+// goroutine makes the hot path's check (Revoked) every 100 µs; reports the
+// longest check seen (max-check-µs). The full read builds the new set
+// without the cache's lock, so checks are not held up by it.
+func BenchmarkRevocationCacheFullRead(b *testing.B) {
+	n := benchWindowRevs(b)
+	r := harness.StartRedis(b)
+	s := newStore(b, r, redisstore.Options{Prefix: "{bench-cache}:", Now: time.Now})
+	putWindowRevocations(b, s, time.Now(), n)
+	// The cache's clock moves an hour per Refresh, so that each one is a
+	// full read (they are spaced by 100x their duration); the window is
+	// long enough to keep every revocation.
+	var hours atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(hours.Load()) * time.Hour) }
+	c, err := broker.NewRevocationCache(s, broker.CacheOptions{Now: clock, Window: 1000 * time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	stop, done := make(chan struct{}), make(chan time.Duration)
+	go func() {
+		var longest time.Duration
+		for {
+			select {
+			case <-stop:
+				done <- longest
+				return
+			case <-time.After(100 * time.Microsecond):
+			}
+			t0 := time.Now()
+			c.Revoked("iss_none")
+			longest = max(longest, time.Since(t0))
+		}
+	}()
+	b.ReportAllocs()
+	for b.Loop() {
+		hours.Add(1)
+		if err := c.Refresh(context.Background()); err != nil {
+			b.Fatalf("Refresh() = %v", err)
+		}
+	}
+	close(stop)
+	b.ReportMetric(float64((<-done).Microseconds()), "max-check-µs")
+	if !c.Revoked("iss_a1") {
+		b.Error("Revoked(iss_a1) = false after a full read, want true")
+	}
 }
 
 func BenchmarkPutIssuance(b *testing.B) {

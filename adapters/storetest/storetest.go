@@ -114,6 +114,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("list", func(t *testing.T) { testList(t, newStore) })
 	t.Run("revocation", func(t *testing.T) { testRevocation(t, newStore) })
 	t.Run("revocation-version", func(t *testing.T) { testRevocationVersion(t, newStore) })
+	t.Run("revocation-many", func(t *testing.T) { testRevocationMany(t, newStore) })
 	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
 	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
 	t.Run("context", func(t *testing.T) { testContext(t, newStore) })
@@ -548,6 +549,48 @@ func revocationIDs(t *testing.T, s broker.Store, f broker.RevocationFilter) []st
 		out = append(out, r.ID)
 	}
 	return out
+}
+
+// testRevocationMany lists more revocations than a store reads per round
+// trip (2,500; Redis pages its indexes 1,024 at a time), many sharing a
+// creation millisecond, through each index: every one exactly once, in
+// order.
+func testRevocationMany(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	const n = 2500
+	var all []string
+	var mid uint64 // the version after 1,400 puts
+	for i := range n {
+		if i == 1400 {
+			v, err := s.RevocationVersion(ctx(t))
+			if err != nil {
+				t.Fatalf("RevocationVersion() = %v, want nil", err)
+			}
+			mid = v
+		}
+		id := fmt.Sprintf("rev_%04d", i)
+		r := sampleRevocation(id, Epoch().Add(time.Duration(i/10)*time.Millisecond)) // ten per millisecond
+		if err := s.PutRevocation(ctx(t), r); err != nil {
+			t.Fatalf("PutRevocation(%s) = %v, want nil", id, err)
+		}
+		all = append(all, id)
+	}
+	for _, tc := range []struct {
+		name string
+		f    broker.RevocationFilter
+		want []string
+	}{
+		{"since-epoch", broker.RevocationFilter{Since: Epoch()}, all},
+		{"since-mid-millisecond-group", broker.RevocationFilter{Since: Epoch().Add(105 * time.Millisecond)}, all[1050:]},
+		{"pending", broker.RevocationFilter{Pending: true}, all},
+		{"all", broker.RevocationFilter{}, all},
+		{"changed-after-mid", broker.RevocationFilter{ChangedAfter: mid}, all[1400:]},
+		{"changed-after-mid-since", broker.RevocationFilter{ChangedAfter: mid, Since: Epoch().Add(200 * time.Millisecond)}, all[2000:]},
+	} {
+		if d := cmp.Diff(tc.want, revocationIDs(t, s, tc.f)); d != "" {
+			t.Errorf("%s: ListRevocations() ids mismatch (-want +got):\n%s", tc.name, d)
+		}
+	}
 }
 
 // testRevocationVersion checks the change numbers the revocation cache

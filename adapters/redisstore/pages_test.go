@@ -1,0 +1,60 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// TestPagesByScoreShifted: members added before the cursor while the pages
+// are read (a revocation created earlier than the ones being listed) move
+// the rest up; every member present from the start is still passed once,
+// none twice.
+func TestPagesByScoreShifted(t *testing.T) {
+	r := harness.StartRedis(t)
+	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: "{pages}:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := context.Background()
+	const key, n = "{pages}:z", 3*revPage + 10
+	for i := range n {
+		if err := s.client.ZAdd(ctx, key, redis.Z{Score: float64(1000 + i), Member: fmt.Sprintf("m%05d", i)}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]int{}
+	page := 0
+	err = s.pagesByScore(ctx, key, 1000, false, func(ids []string) error {
+		for _, id := range ids {
+			seen[id]++
+		}
+		page++
+		// After each page, members that sort before everything listed
+		// so far: 3, then 5, then 1.
+		for j := range []int{3, 5, 1, 0}[min(page-1, 3)] {
+			if err := s.client.ZAdd(ctx, key, redis.Z{Score: float64(1000), Member: fmt.Sprintf("early%d_%d", page, j)}).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("pagesByScore() = %v", err)
+	}
+	for i := range n {
+		if id := fmt.Sprintf("m%05d", i); seen[id] != 1 {
+			t.Errorf("member %s passed %d times, want once", id, seen[id])
+		}
+	}
+	for id, k := range seen {
+		if k > 1 {
+			t.Errorf("member %s passed %d times, want at most once", id, k)
+		}
+	}
+}
