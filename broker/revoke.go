@@ -43,6 +43,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"slices"
 	"strings"
@@ -943,6 +944,26 @@ func (c *RevocationCache) learnLocked(id string, now time.Time) {
 	}
 }
 
+// revokedSince yields every issuance id (revoked or still pending) of the
+// revocations created at or after cutoff, with its revocation's creation
+// time.
+func revokedSince(revs []*Revocation, cutoff time.Time) iter.Seq2[string, time.Time] {
+	return func(yield func(string, time.Time) bool) {
+		for _, r := range revs {
+			if r.CreatedAt.Before(cutoff) {
+				continue
+			}
+			for _, l := range [][]string{r.Revoked, r.Pending} {
+				for _, id := range l {
+					if !yield(id, r.CreatedAt) {
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
 // fullSpacing: a full read starts no sooner than this many times the last
 // one's duration after it ended, so full reads take at most about 1% of
 // the time (and of the Store's) however large the Window's set grows.
@@ -1015,16 +1036,8 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	if err != nil {
 		return false, err
 	}
-	cutoff := now.Add(-c.o.Window)
-	for _, r := range revs {
-		if r.CreatedAt.Before(cutoff) {
-			continue
-		}
-		for _, l := range [][]string{r.Revoked, r.Pending} {
-			for _, id := range l {
-				c.learnLocked(id, r.CreatedAt)
-			}
-		}
+	for id, at := range revokedSince(revs, now.Add(-c.o.Window)) {
+		c.learnLocked(id, at)
 	}
 	blocked := make(map[string]Block, len(blocks))
 	for _, b := range blocks {
@@ -1073,17 +1086,9 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 		// Built without the lock: a Window of many revocations takes a
 		// while, and the hot path's checks read the set meanwhile.
 		revoked = make(map[string]time.Time, len(revs))
-		cutoff := now.Add(-c.o.Window)
-		for _, r := range revs {
-			if r.CreatedAt.Before(cutoff) {
-				continue
-			}
-			for _, l := range [][]string{r.Revoked, r.Pending} {
-				for _, id := range l {
-					if t, ok := revoked[id]; !ok || r.CreatedAt.Before(t) {
-						revoked[id] = r.CreatedAt
-					}
-				}
+		for id, at := range revokedSince(revs, now.Add(-c.o.Window)) {
+			if t, ok := revoked[id]; !ok || at.Before(t) {
+				revoked[id] = at
 			}
 		}
 	}
