@@ -159,9 +159,8 @@ func (p *Postgres) serverCmd(ctx context.Context, name string, args ...string) *
 	}
 	cmd.Dir = p.dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + p.dir, "LC_ALL=C", "LANG=C", "TZ=UTC"}
-	if p.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
-	}
+	cmd.SysProcAttr = childAttrs()
+	cmd.SysProcAttr.Credential = p.cred // nil: as ourselves
 	return cmd
 }
 

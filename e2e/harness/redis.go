@@ -96,6 +96,16 @@ func (r *Redis) URL() string {
 // Dir is the server's working directory (AOF and log file).
 func (r *Redis) Dir() string { return r.dir }
 
+// PID is the running server's process id (0 when it is not running).
+func (r *Redis) PID() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}
+
 // Stop shuts the server down gracefully (SIGTERM) and waits for it to exit.
 func (r *Redis) Stop() {
 	r.t.Helper()
@@ -190,6 +200,7 @@ func (r *Redis) start() error {
 	defer r.mu.Unlock()
 	cmd := exec.Command(r.bin, r.args()...)
 	cmd.Dir = r.dir
+	cmd.SysProcAttr = childAttrs()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -289,6 +300,7 @@ func StartSentinel(t testing.TB, master *Redis) *Sentinel {
 	}
 	cmd := exec.Command(bin, conf, "--sentinel")
 	cmd.Dir = dir
+	cmd.SysProcAttr = childAttrs()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
