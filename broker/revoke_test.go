@@ -641,6 +641,23 @@ type gatedFullReads struct {
 	gate    chan struct{} // nil: not armed
 	entered chan struct{} // receives once per gated read
 	ctxErr  chan error    // the gated read's context error when released
+	// refreshes receives (without blocking) at the start of every refresh
+	// (its ListBlocks): in Run, refreshes are sequential, so by then the
+	// one before has been applied.
+	refreshes chan struct{}
+}
+
+func newGatedFullReads() *gatedFullReads {
+	return &gatedFullReads{Store: memstore.New(time.Now), entered: make(chan struct{}, 1),
+		ctxErr: make(chan error, 1), refreshes: make(chan struct{}, 1)}
+}
+
+func (g *gatedFullReads) ListBlocks(ctx context.Context) ([]broker.Block, error) {
+	select {
+	case g.refreshes <- struct{}{}:
+	default:
+	}
+	return g.Store.ListBlocks(ctx)
 }
 
 func (g *gatedFullReads) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
@@ -682,15 +699,18 @@ func (g *gatedFullReads) disarm() {
 	g.gate = nil
 }
 
-// waitFor polls cond every millisecond until it holds or 5s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor checks cond again after each event until it holds, or fails the
+// test when 5s pass first.
+func waitFor(t *testing.T, what string, events <-chan struct{}, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	timeout := time.NewTimer(5 * time.Second)
+	defer timeout.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-events:
+		case <-timeout.C:
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -703,7 +723,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestRevocationCacheRunLongFullRead(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st := &gatedFullReads{Store: memstore.New(time.Now), entered: make(chan struct{}, 1), ctxErr: make(chan error, 1)}
+	st := newGatedFullReads()
 	put := func(id, iss string) {
 		t.Helper()
 		if err := st.PutRevocation(ctx, &broker.Revocation{ID: id, CreatedAt: time.Now(), Revoked: []string{iss}}); err != nil {
@@ -717,14 +737,14 @@ func TestRevocationCacheRunLongFullRead(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	waitFor(t, "the first load", func() bool { return c.Revoked("iss_a") })
+	waitFor(t, "the first load", st.refreshes, func() bool { return c.Revoked("iss_a") })
 
 	gate := st.arm()
 	<-st.entered // a full read is now held
 	put("rev_b", "iss_b")
-	waitFor(t, "a revocation written during the full read", func() bool { return c.Revoked("iss_b") })
+	waitFor(t, "a revocation written during the full read", st.refreshes, func() bool { return c.Revoked("iss_b") })
 	held := c.Refreshed()
-	waitFor(t, "a refresh during the full read", func() bool { return c.Refreshed().After(held) })
+	waitFor(t, "a refresh during the full read", st.refreshes, func() bool { return c.Refreshed().After(held) })
 
 	st.disarm()
 	close(gate)
@@ -745,7 +765,7 @@ func TestRevocationCacheRunLongFullRead(t *testing.T) {
 // result, listed before it, replaces the revoked set.
 func TestRevocationCacheFullReadKeepsWhatItMissed(t *testing.T) {
 	ctx := context.Background()
-	st := &gatedFullReads{Store: memstore.New(time.Now), entered: make(chan struct{}, 1), ctxErr: make(chan error, 1)}
+	st := newGatedFullReads()
 	if err := st.PutRevocation(ctx, &broker.Revocation{ID: "rev_a", CreatedAt: time.Now(), Revoked: []string{"iss_a"}}); err != nil {
 		t.Fatal(err)
 	}

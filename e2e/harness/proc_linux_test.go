@@ -5,13 +5,15 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const helperEnv = "KEYTRAIL_HARNESS_HELPER"
@@ -55,27 +57,36 @@ func TestServersDieWithTheBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	deadline := time.Now().Add(30 * time.Second)
 	for _, pid := range pids {
-		for alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	for _, pid := range pids {
-		if alive(pid) {
+		if err := waitExit(pid, 30*time.Second); err != nil {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
-			t.Errorf("server pid %d outlived the killed test binary by 30s", pid)
+			t.Errorf("server pid %d: %v", pid, err)
 		}
 	}
 }
 
-// alive reports whether pid is a running (not zombie) process.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
+// waitExit waits until process pid (not a child of ours: the servers were
+// the helper's) has ended, through a pidfd, which becomes readable when the
+// process terminates.
+func waitExit(pid int, timeout time.Duration) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil // already gone and reaped
 	}
-	// pid (comm) state ...: the state follows the last ')'.
-	rest := string(b[bytes.LastIndexByte(b, ')')+1:])
-	return !strings.HasPrefix(strings.TrimSpace(rest), "Z")
+	if err != nil {
+		return fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(fd)
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(timeout.Milliseconds()))
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return fmt.Errorf("poll: %w", err)
+		case n == 0:
+			return fmt.Errorf("still running %s after the test binary that started it was killed", timeout)
+		}
+		return nil
+	}
 }
