@@ -302,16 +302,23 @@ func (r *Reconciler) revoke(ctx context.Context, c TaggedCredential, why string)
 	if err != nil {
 		return err
 	}
-	ev := &audit.Event{
-		Type: audit.TypeOrphanRevoked, IssuanceID: c.IssuanceID, Workload: c.Workload, Owner: c.Owner,
-		SessionID: c.SessionID, Grant: c.Grant, Kind: c.Kind, Reason: why,
-		Credential: auditCredential(CredentialRefs{Accessor: c.Ref, ExpiresAt: c.ExpiresAt}),
-		Outcome:    &audit.Outcome{Status: 200},
-	}
+	ev := orphanRevokedEvent(&Issuance{ID: c.IssuanceID, Workload: c.Workload, Owner: c.Owner, SessionID: c.SessionID,
+		Grant: c.Grant, Kind: c.Kind, Refs: CredentialRefs{Accessor: c.Ref, ExpiresAt: c.ExpiresAt}}, why, &audit.Outcome{Status: 200})
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.o.CallTimeout)
 	defer cancel()
 	if err := r.o.Audit.Append(actx, ev); err != nil {
 		return fmt.Errorf("orphan revoked but its event failed: %w", err)
 	}
 	return nil
+}
+
+// orphanRevokedEvent is the orphan_revoked event for a credential revoked
+// because nothing may hand it out: found by the reconciliation (why is its
+// reason) or left by an exchange whose store write failed.
+func orphanRevokedEvent(is *Issuance, why string, out *audit.Outcome) *audit.Event {
+	return &audit.Event{
+		Type: audit.TypeOrphanRevoked, IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner,
+		SessionID: is.SessionID, Grant: is.Grant, Kind: is.Kind, Reason: why,
+		Credential: auditCredential(is.Refs), Outcome: out,
+	}
 }

@@ -258,7 +258,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// fail, the reconciliation finds the unrecorded credential and
 		// revokes it.
 		uerr := s.undoMint(ctx, is, "store_failed")
-		s.recordUnrecorded(ctx, is, cred.Refs, req.RequestID, uerr)
+		s.recordUnrecorded(ctx, is, req.RequestID, uerr)
 		deny.IssuanceID = issID
 		return fail(Unavailable("store_unavailable", time.Second, serr))
 	}
@@ -294,16 +294,13 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 // recordUnrecorded writes the orphan_revoked event (reason store_failed)
 // that follows an issue event whose credential was not handed out because
 // the store write failed; revokeErr is the outcome of revoking it.
-func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, refs CredentialRefs, requestID string, revokeErr error) {
+func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, requestID string, revokeErr error) {
 	out := &audit.Outcome{Status: 200}
 	if revokeErr != nil {
 		out = &audit.Outcome{Status: 503, Error: "revocation failed; left to the reconciliation"}
 	}
-	ev := &audit.Event{
-		Type: audit.TypeOrphanRevoked, RequestID: requestID, IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner,
-		SessionID: is.SessionID, Grant: is.Grant, Kind: is.Kind, Reason: OrphanStoreFailed,
-		Credential: auditCredential(refs), Outcome: out,
-	}
+	ev := orphanRevokedEvent(is, OrphanStoreFailed, out)
+	ev.RequestID = requestID
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "recording an unrecorded issuance failed",
 			slog.String("issuance_id", is.ID), slog.String("error", err.Error()))

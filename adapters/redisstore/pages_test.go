@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
@@ -55,6 +57,39 @@ func TestPagesByScoreShifted(t *testing.T) {
 	for id, k := range seen {
 		if k > 1 {
 			t.Errorf("member %s passed %d times, want at most once", id, k)
+		}
+	}
+}
+
+// TestListRevocationsCorruptRecord: a revocation record that does not decode
+// is reported as such (reason store_corrupt) from every listing path, not
+// as Redis being unavailable.
+func TestListRevocationsCorruptRecord(t *testing.T) {
+	r := harness.StartRedis(t)
+	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: "{corrupt}:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := context.Background()
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_good", CreatedAt: at, Revoked: []string{"iss_0"}}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.RevocationVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_bad", CreatedAt: at, Revoked: []string{"iss_1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.client.Set(ctx, s.revKey("rev_bad"), "{not json", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []broker.RevocationFilter{{}, {Pending: true}, {Since: at.Add(-time.Hour)}, {ChangedAfter: v}} {
+		_, err := s.ListRevocations(ctx, f)
+		if e := broker.AsError(err); err == nil || e.Reason != "store_corrupt" {
+			t.Errorf("ListRevocations(%+v) = %v, want reason store_corrupt", f, err)
 		}
 	}
 }

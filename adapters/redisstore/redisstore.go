@@ -738,6 +738,7 @@ func (s *Store) values(ctx context.Context, names []string, key func(string) str
 // for long in one command nor needs to fit in one timeout.
 func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
 	out := []*broker.Revocation{}
+	var corruptErr error // a record that does not decode: reported as such, not as Redis unavailable
 	add := func(ids []string) error {
 		raws, err := s.values(ctx, ids, s.revKey)
 		if err != nil {
@@ -746,6 +747,7 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 		for _, raw := range raws {
 			r, err := decodeRevocation(raw)
 			if err != nil {
+				corruptErr = err
 				return err
 			}
 			if f.Match(r) {
@@ -772,6 +774,9 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 		if err == nil {
 			err = add(ids)
 		}
+	}
+	if corruptErr != nil {
+		return nil, corruptErr
 	}
 	if err != nil {
 		return nil, s.fail("list revocations", err)
