@@ -12,17 +12,25 @@ import (
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
+// newInternalStore opens a Store on a Redis of its own, for the tests that
+// reach inside it.
+func newInternalStore(t *testing.T, prefix string) *Store {
+	t.Helper()
+	r := harness.StartRedis(t)
+	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
 // TestPagesByScoreShifted: members added before the cursor while the pages
 // are read (a revocation created earlier than the ones being listed) move
 // the rest up; every member present from the start is still passed once,
 // none twice.
 func TestPagesByScoreShifted(t *testing.T) {
-	r := harness.StartRedis(t)
-	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: "{pages}:"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s := newInternalStore(t, "{pages}:")
 	ctx := context.Background()
 	const key, n = "{pages}:z", 3*revPage + 10
 	for i := range n {
@@ -32,7 +40,7 @@ func TestPagesByScoreShifted(t *testing.T) {
 	}
 	seen := map[string]int{}
 	page := 0
-	err = s.pagesByScore(ctx, key, 1000, false, func(ids []string) error {
+	err := s.pagesByScore(ctx, key, 1000, false, func(ids []string) error {
 		for _, id := range ids {
 			seen[id]++
 		}
@@ -65,12 +73,7 @@ func TestPagesByScoreShifted(t *testing.T) {
 // is reported as such (reason store_corrupt) from every listing path, not
 // as Redis being unavailable.
 func TestListRevocationsCorruptRecord(t *testing.T) {
-	r := harness.StartRedis(t)
-	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: "{corrupt}:"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s := newInternalStore(t, "{corrupt}:")
 	ctx := context.Background()
 	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_good", CreatedAt: at, Revoked: []string{"iss_0"}}); err != nil {
