@@ -48,7 +48,19 @@ type TaggedSource interface {
 // run, before the backend is listed, so a credential whose issue event
 // became durable before the listing is always found.
 type IssuedIndex interface {
-	Snapshot(ctx context.Context) (issued func(issuanceID string) bool, err error)
+	Snapshot(ctx context.Context) (IssuedSnapshot, error)
+}
+
+// IssuedSnapshot is one run's view of the audit log's issue events.
+type IssuedSnapshot struct {
+	// Issued reports whether the log holds an issue event for the
+	// issuance id.
+	Issued func(issuanceID string) bool
+	// Since is the time of the oldest event the log has held (zero: it
+	// holds none). The log's silence about an issuance means "never
+	// audited" only for issuances made at or after it: older ones may
+	// have been recorded in files that are no longer there.
+	Since time.Time
 }
 
 // ReconcilerOptions configure NewReconciler.
@@ -64,8 +76,14 @@ type ReconcilerOptions struct {
 	// shares the Store (a single instance). Then a credential whose issuance
 	// the Store holds but the audit log does not is revoked too: the broker
 	// crashed between the Store write and the audit event. With several
-	// instances a local log cannot say that, and the Store alone decides.
+	// instances a local log cannot say that for the others' issuances, and
+	// the Store alone decides for them (see Chain).
 	IssuedComplete bool
+	// Chain is the chain id of Issued's log (this instance's own). With a
+	// shared Store, an issuance recorded with this AuditChain must have
+	// its issue event in Issued too, as with IssuedComplete: this
+	// instance wrote both and may have crashed between them.
+	Chain string
 	// Interval between runs after the one at start-up (default 5m).
 	Interval time.Duration
 	// Grace leaves alone credentials created less than Grace ago: an
@@ -82,8 +100,9 @@ type ReconcilerOptions struct {
 // broker's records do not explain, and revokes them.
 //
 // A tagged credential is kept only when its issuance is explained: the
-// Store holds it unrevoked with the same backend reference and (with an
-// IssuedIndex) the audit log holds its `issue` event, or the Store lost it
+// Store holds it unrevoked with the same backend reference and (where the
+// IssuedIndex can tell: every instance's events, or this instance's own
+// chain) the audit log holds its `issue` event, or the Store lost it
 // (the in-memory store after a restart) but the audit log holds its issue
 // event. Every other one — minted and then never recorded because the broker
 // crashed or the backend answered after the mint deadline, recorded but
@@ -183,22 +202,22 @@ func (r *Reconciler) Run(ctx context.Context) error {
 // RunOnce runs one reconciliation.
 func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 	var rep ReconcileReport
-	issued := func(string) bool { return false } // no index: the Store alone decides
+	snap := IssuedSnapshot{Issued: func(string) bool { return false }} // no index: the Store alone decides
 	if r.o.Issued != nil {
 		ictx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
-		f, err := r.o.Issued.Snapshot(ictx)
+		s, err := r.o.Issued.Snapshot(ictx)
 		cancel()
 		if err != nil {
 			return rep, Unavailable("audit_index_unavailable", time.Minute, fmt.Errorf("reconcile: audit index: %w", err))
 		}
-		issued = f
+		snap = s
 	}
 	// The cut-off is taken before listing: anything created after it is
 	// young, whatever the listing takes.
 	cutoff := r.o.Now().Add(-r.o.Grace)
 	var known atomic.Int64
 	skip := func(ref string) bool {
-		if r.explained(ctx, ref, issued) {
+		if r.explained(ctx, ref, snap) {
 			known.Add(1)
 			return true
 		}
@@ -223,7 +242,7 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 			rep.Young++
 			continue
 		}
-		why, err := r.judge(ctx, c, issued)
+		why, err := r.judge(ctx, c, snap)
 		if errors.Is(err, errYoungRevocation) {
 			rep.Young++
 			continue
@@ -248,11 +267,11 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 
 // explained reports whether the Store alone explains the credential with
 // backend reference ref: it holds an unrevoked issuance recorded with that
-// reference and (with an IssuedIndex that sees every instance) the audit log
-// holds its issue event. Such a credential needs no backend lookup; any
+// reference and (where the log must hold it, see mustBeAudited) the audit
+// log holds its issue event. Such a credential needs no backend lookup; any
 // doubt (not found, revoked, a Store error) answers false, and the
 // credential is looked up and judged in full.
-func (r *Reconciler) explained(ctx context.Context, ref string, issued func(string) bool) bool {
+func (r *Reconciler) explained(ctx context.Context, ref string, snap IssuedSnapshot) bool {
 	if ref == "" {
 		return false
 	}
@@ -264,20 +283,31 @@ func (r *Reconciler) explained(ctx context.Context, ref string, issued func(stri
 		return false
 	case !is.RevokedAt.IsZero():
 		return false
-	case r.o.IssuedComplete && r.o.Issued != nil && !issued(is.ID):
+	case r.mustBeAudited(is, snap) && !snap.Issued(is.ID):
 		return false
 	}
 	return true
 }
 
+// mustBeAudited reports whether is is explained only if the run's audit log
+// holds its issue event: the log sees every instance's events
+// (IssuedComplete) or is was recorded through this instance's own chain,
+// and the log reaches back to when is was issued.
+func (r *Reconciler) mustBeAudited(is *Issuance, snap IssuedSnapshot) bool {
+	if r.o.Issued == nil || snap.Since.IsZero() || is.IssuedAt.Before(snap.Since) {
+		return false
+	}
+	return r.o.IssuedComplete || r.o.Chain != "" && is.AuditChain == r.o.Chain
+}
+
 // judge returns "" for an explained credential, else the orphan reason.
-func (r *Reconciler) judge(ctx context.Context, c TaggedCredential, issued func(string) bool) (string, error) {
+func (r *Reconciler) judge(ctx context.Context, c TaggedCredential, snap IssuedSnapshot) (string, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
 	is, err := r.o.Store.GetIssuance(sctx, c.IssuanceID)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
-		if issued(c.IssuanceID) {
+		if snap.Issued(c.IssuanceID) {
 			return "", nil
 		}
 		return OrphanNoRecord, nil
@@ -289,7 +319,7 @@ func (r *Reconciler) judge(ctx context.Context, c TaggedCredential, issued func(
 		return OrphanRevoked, nil
 	case is.Refs.Accessor != "" && c.Ref != "" && is.Refs.Accessor != c.Ref:
 		return OrphanAccessorChanged, nil
-	case r.o.IssuedComplete && r.o.Issued != nil && !issued(c.IssuanceID):
+	case r.mustBeAudited(is, snap) && !snap.Issued(c.IssuanceID):
 		return OrphanNotAudited, nil
 	}
 	return "", nil

@@ -53,13 +53,25 @@ func (f *fakeTagged) RevokeTagged(ctx context.Context, c broker.TaggedCredential
 	return nil
 }
 
+// issuedSet is an audit index that holds the issue events of the ids set
+// true, and reaches back to the Unix epoch.
 type issuedSet map[string]bool
 
-func (s issuedSet) Snapshot(ctx context.Context) (func(string) bool, error) {
-	if s == nil {
-		return nil, errors.New("index unreadable")
+func (s issuedSet) Snapshot(ctx context.Context) (broker.IssuedSnapshot, error) {
+	return issuedSince{s, time.Unix(1, 0)}.Snapshot(ctx)
+}
+
+// issuedSince is an issuedSet whose log reaches back to since only.
+type issuedSince struct {
+	ids   issuedSet
+	since time.Time
+}
+
+func (s issuedSince) Snapshot(ctx context.Context) (broker.IssuedSnapshot, error) {
+	if s.ids == nil {
+		return broker.IssuedSnapshot{}, errors.New("index unreadable")
 	}
-	return func(id string) bool { return s[id] }, nil
+	return broker.IssuedSnapshot{Issued: func(id string) bool { return s.ids[id] }, Since: s.since}, nil
 }
 
 // failingStore fails every GetIssuance as unavailable.
@@ -80,6 +92,12 @@ func TestReconcilerRunOnce(t *testing.T) {
 			IssuedAt: old, ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Accessor: acc, ExpiresAt: now.Add(time.Hour)},
 			RevokedAt: revokedAt, RevocationID: revID}
 	}
+	// chained is an issuance whose issue event went to audit chain chain.
+	chained := func(id, acc, chain string) *broker.Issuance {
+		is := issuance(id, acc, time.Time{}, "")
+		is.AuditChain = chain
+		return is
+	}
 	type want struct {
 		Report  broker.ReconcileReport
 		Revoked []string
@@ -92,6 +110,8 @@ func TestReconcilerRunOnce(t *testing.T) {
 		store     []*broker.Issuance
 		issued    issuedSet
 		complete  bool
+		since     time.Time // when the audit index reaches back only to then
+		chain     string    // the reconciler's own audit chain
 		noIndex   bool
 		failStore bool
 		listErr   error
@@ -130,6 +150,34 @@ func TestReconcilerRunOnce(t *testing.T) {
 			store:  []*broker.Issuance{issuance("iss_e", "acc_e", time.Time{}, "")},
 			issued: issuedSet{},
 			want:   want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
+		},
+		{
+			name:   "ok/recorded-not-audited-own-chain-shared-store-revoked",
+			creds:  []broker.TaggedCredential{cred("iss_o", "acc_o", old), cred("iss_p", "acc_p", old)},
+			store:  []*broker.Issuance{chained("iss_o", "acc_o", "chn_mine"), chained("iss_p", "acc_p", "chn_mine")},
+			issued: issuedSet{"iss_p": true}, chain: "chn_mine",
+			want: want{Report: broker.ReconcileReport{Listed: 2, Kept: 1, Known: 1, Revoked: 1}, Revoked: []string{"acc_o"}, Reasons: []string{broker.OrphanNotAudited}},
+		},
+		{
+			name:   "ok/recorded-not-audited-other-chain-shared-store-kept",
+			creds:  []broker.TaggedCredential{cred("iss_q", "acc_q", old)},
+			store:  []*broker.Issuance{chained("iss_q", "acc_q", "chn_other")},
+			issued: issuedSet{}, chain: "chn_mine",
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
+		},
+		{
+			name:   "ok/recorded-own-chain-before-the-log-reaches-kept",
+			creds:  []broker.TaggedCredential{cred("iss_r", "acc_r", old)},
+			store:  []*broker.Issuance{chained("iss_r", "acc_r", "chn_mine")},
+			issued: issuedSet{}, chain: "chn_mine", since: old.Add(time.Second),
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
+		},
+		{
+			name:   "ok/recorded-single-instance-before-the-log-reaches-kept",
+			creds:  []broker.TaggedCredential{cred("iss_s", "acc_s", old)},
+			store:  []*broker.Issuance{issuance("iss_s", "acc_s", time.Time{}, "")},
+			issued: issuedSet{}, complete: true, since: old.Add(time.Second),
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
 		},
 		{
 			name:   "ok/revoked-in-store-revoked",
@@ -213,9 +261,13 @@ func TestReconcilerRunOnce(t *testing.T) {
 			}
 			src := &fakeTagged{creds: tc.creds, listErr: tc.listErr, revErr: tc.revErr}
 			sink := &brokertest.Sink{}
-			o := broker.ReconcilerOptions{Source: src, Store: store, Audit: sink, IssuedComplete: tc.complete,
+			o := broker.ReconcilerOptions{Source: src, Store: store, Audit: sink, IssuedComplete: tc.complete, Chain: tc.chain,
 				Grace: time.Minute, Now: func() time.Time { return now }}
-			if !tc.noIndex {
+			switch {
+			case tc.noIndex:
+			case !tc.since.IsZero():
+				o.Issued = issuedSince{tc.issued, tc.since}
+			default:
 				o.Issued = tc.issued
 			}
 			r, err := broker.NewReconciler(o)

@@ -33,8 +33,11 @@ type Deps struct {
 	Revokers map[string]Revoker // by grant kind
 	Store    Store
 	Audit    AuditSink
-	Now      func() time.Time
-	Logger   *slog.Logger
+	// AuditChain is the chain id of Audit's log, recorded on every
+	// issuance (Issuance.AuditChain); empty when the sink has none.
+	AuditChain string
+	Now        func() time.Time
+	Logger     *slog.Logger
 	// MintTimeout bounds one backend mint (default 5s).
 	MintTimeout time.Duration
 	// StoreTimeout bounds one store call made by the Service (default 2s).
@@ -216,6 +219,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		Grant: grant.Name, Kind: grant.Kind, Identity: id.Ref(), Act: act,
 		Claims: usedClaims(pol, id, wl), Source: req.Source,
 		IssuedAt: now, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs, RequestID: req.RequestID,
+		AuditChain: s.d.AuditChain,
 	}
 
 	// The store record and the audit event are written at the same time

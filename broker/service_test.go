@@ -94,13 +94,14 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) serviceWith(t *testing.T, st broker.Store, sink broker.AuditSink) *broker.Service {
 	t.Helper()
 	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return f.pol },
-		Authn:    func() broker.Authenticator { return f.authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: f.minter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.minter},
-		Store:    st,
-		Audit:    sink,
-		Now:      func() time.Time { return f.now },
+		Policy:     func() *policies.Policy { return f.pol },
+		Authn:      func() broker.Authenticator { return f.authn },
+		Minters:    map[string]broker.Minter{broker.KindVaultToken: f.minter},
+		Revokers:   map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:      st,
+		Audit:      sink,
+		AuditChain: "chn_fixture",
+		Now:        func() time.Time { return f.now },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -161,14 +162,14 @@ func TestExchange(t *testing.T) {
 			if res.ExpiresIn != int64(wantTTL/time.Second) {
 				t.Errorf("ExpiresIn = %d, want %d", res.ExpiresIn, int64(wantTTL/time.Second))
 			}
-			got := map[string]string{"workload": is.Workload, "owner": is.Owner, "grant": is.Grant, "kind": is.Kind, "fp": is.Refs.Fingerprint}
-			want := map[string]string{"workload": "payments-api", "owner": "team-payments", "grant": "payments-vault", "kind": "vault_token", "fp": broker.Fingerprint(res.AccessToken)}
+			got := map[string]string{"workload": is.Workload, "owner": is.Owner, "grant": is.Grant, "kind": is.Kind, "fp": is.Refs.Fingerprint, "chain": is.AuditChain}
+			want := map[string]string{"workload": "payments-api", "owner": "team-payments", "grant": "payments-vault", "kind": "vault_token", "fp": broker.Fingerprint(res.AccessToken), "chain": "chn_fixture"}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("issuance (-want +got):\n%s", diff)
 			}
 			stored, err := f.store.FindIssuance(context.Background(), broker.RefFingerprint, broker.Fingerprint(res.AccessToken))
-			if err != nil || stored.ID != is.ID {
-				t.Errorf("FindIssuance(fingerprint) = %v, %v; want %s", stored, err, is.ID)
+			if err != nil || stored.ID != is.ID || stored.AuditChain != "chn_fixture" {
+				t.Errorf("FindIssuance(fingerprint) = %+v, %v; want %s recorded with audit chain chn_fixture", stored, err, is.ID)
 			}
 			if diff := cmp.Diff([]string{"issue"}, f.sink.Types()); diff != "" {
 				t.Errorf("audit events (-want +got):\n%s", diff)

@@ -68,6 +68,11 @@ type Issuance struct {
 	ExpiresAt time.Time      `json:"expires_at"`
 	Refs      CredentialRefs `json:"credential"`
 	RequestID string         `json:"request_id,omitempty"`
+	// AuditChain is the chain id of the audit log that holds the issue
+	// event: the issuing instance's own log. An auditor learns from it
+	// whose log to read; with a shared store, each instance's
+	// reconciliation judges the records of its own chain against its log.
+	AuditChain string `json:"audit_chain,omitempty"`
 	// Revocation state, set by the revocation flow.
 	RevokedAt    time.Time `json:"revoked_at,omitzero"`
 	RevocationID string    `json:"revocation_id,omitempty"`

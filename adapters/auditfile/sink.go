@@ -175,6 +175,8 @@ type Sink struct {
 	statsMu sync.Mutex
 	stats   Stats
 
+	chainID string // set by Open; a rotation continues the same chain
+
 	// Owned by the writer goroutine (and by Open before it starts).
 	f          file
 	good       int64 // size of f up to the end of the last durable line
@@ -342,6 +344,7 @@ func (s *Sink) load() error {
 		s.log.Info("audit: chain started", "chain", id)
 	}
 	s.st = state{chain: c, cpAt: now}
+	s.chainID = c.ID()
 	// Events since the last checkpoint are not counted across restarts;
 	// one is enough to make the interval and Close write a checkpoint.
 	if ev, err := audit.ParseLine(last); err == nil && ev.Type != audit.TypeCheckpoint {
@@ -535,6 +538,10 @@ func (s *Sink) Ping(ctx context.Context) error {
 		return unavailable(ctx.Err())
 	}
 }
+
+// ChainID returns the id of the chain the sink writes: the one its file
+// continued, or the one it started.
+func (s *Sink) ChainID() string { return s.chainID }
 
 // Stats returns the counters.
 func (s *Sink) Stats() Stats {

@@ -328,13 +328,20 @@ func TestResume(t *testing.T) {
 
 	s := openT(t, o, seams{})
 	appendN(t, s, 3)
+	started := s.ChainID()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	chain := readEvents(t, path)[0].Chain
+	if started != chain || chain == "" {
+		t.Errorf("ChainID() of a new file = %q, its events name chain %q", started, chain)
+	}
 	lines := readLines(t, path)
 
 	s = openT(t, o, seams{})
+	if got := s.ChainID(); got != chain {
+		t.Errorf("ChainID() after reopen = %q, want the file's chain %q", got, chain)
+	}
 	ev := &audit.Event{Type: audit.TypeStart}
 	if err := s.Append(context.Background(), ev); err != nil {
 		t.Fatal(err)

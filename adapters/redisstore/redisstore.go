@@ -369,7 +369,8 @@ func (s *Store) ttl(exp time.Time) time.Duration {
 	return max(d, time.Second)
 }
 
-// PutIssuance writes the record and all its indexes in one MULTI/EXEC.
+// PutIssuance writes the record and all its indexes in one round trip
+// (putIssuanceScript).
 func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	if is == nil || is.ID == "" {
 		return invalid("issuance without id")

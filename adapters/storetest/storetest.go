@@ -80,7 +80,8 @@ func SampleIssuance(id string, at time.Time) *broker.Issuance {
 			Serial:      "serial-" + id,
 			ExpiresAt:   exp,
 		},
-		RequestID: "req-" + id,
+		RequestID:  "req-" + id,
+		AuditChain: "chn_01J00000000000000000000000",
 	}
 }
 

@@ -60,8 +60,10 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 		Source: inv, Store: rt.store, Audit: rt.sink,
 		Issued: newAuditIssueIndex(rt.cfg.Audit.File),
 		// Only a single instance's log sees every issue event; with Redis
-		// (possibly shared) the Store decides for what it holds.
+		// (possibly shared) the Store decides for what other instances
+		// recorded, and this log for what this instance did (its chain).
 		IssuedComplete: rt.cfg.Store.RedisURL == "",
+		Chain:          rt.sink.ChainID(),
 		Interval:       interval, Grace: grace, Logger: rt.log,
 	})
 	if err != nil {
@@ -75,7 +77,8 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 // local audit log (the live file and its rotated siblings), read
 // incrementally: each Snapshot reads only the complete lines appended since
 // the last one. Ids of credentials expired for more than an hour are
-// dropped.
+// dropped. Its Since is the time of the oldest event it has read: the first
+// line of the oldest file present when it first looked.
 //
 // It holds an hour and more of issuances (hundreds of thousands at high
 // rates), so keytrail's own ids ("iss_" and a ULID) are kept as the ULID's
@@ -89,6 +92,7 @@ type auditIssueIndex struct {
 	offsets map[string]fileOffset // by file name
 	issued  map[ulid.ULID]int64   // expiry, Unix seconds (0: none)
 	other   map[string]int64
+	since   time.Time // of the oldest event read (zero: none yet)
 }
 
 func newAuditIssueIndex(path string) *auditIssueIndex {
@@ -117,7 +121,7 @@ type fileOffset struct {
 }
 
 // Snapshot implements broker.IssuedIndex.
-func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, error) {
+func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	dir, base := filepath.Split(x.path)
@@ -126,7 +130,7 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, erro
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("audit index: %w", err)
+		return broker.IssuedSnapshot{}, fmt.Errorf("audit index: %w", err)
 	}
 	var names []string
 	for _, e := range ents {
@@ -137,10 +141,10 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, erro
 	sort.Strings(names)
 	for _, n := range names {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return broker.IssuedSnapshot{}, err
 		}
 		if err := x.readFrom(filepath.Join(dir, n)); err != nil {
-			return nil, err
+			return broker.IssuedSnapshot{}, err
 		}
 	}
 	cut := time.Now().Add(-time.Hour).Unix()
@@ -157,7 +161,7 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, erro
 	// The index itself answers (no copy: with an hour of issuances it is
 	// the largest thing the broker holds); reads after this Snapshot may
 	// see later events too, which the contract allows.
-	return func(id string) bool {
+	return broker.IssuedSnapshot{Since: x.since, Issued: func(id string) bool {
 		x.mu.Lock()
 		defer x.mu.Unlock()
 		var ok bool
@@ -167,7 +171,7 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (func(string) bool, erro
 			_, ok = x.other[id]
 		}
 		return ok
-	}, nil
+	}}, nil
 }
 
 // indexReadBuffer is the read buffer of the audit index: the log is
@@ -198,6 +202,7 @@ func (x *auditIssueIndex) readFrom(path string) error {
 		x.offsets[path] = fileOffset{fi, off}
 		return nil
 	}
+	first := off == 0
 	r := bufio.NewReaderSize(io.NewSectionReader(f, off, fi.Size()-off), indexReadBuffer)
 	var long []byte
 	for {
@@ -217,10 +222,28 @@ func (x *auditIssueIndex) readFrom(path string) error {
 			return fmt.Errorf("audit index: %w", err)
 		}
 		off += int64(len(line))
+		if first {
+			x.noteFirst(line)
+			first = false
+		}
 		x.indexLine(line[:len(line)-1])
 	}
 	x.offsets[path] = fileOffset{fi, off}
 	return nil
+}
+
+// noteFirst lowers Since to the time of a file's first line. A line
+// without a readable time leaves it: the index then vouches for less.
+func (x *auditIssueIndex) noteFirst(line []byte) {
+	var ev struct {
+		Time time.Time `json:"time"`
+	}
+	if json.Unmarshal(line, &ev) != nil || ev.Time.IsZero() {
+		return
+	}
+	if x.since.IsZero() || ev.Time.Before(x.since) {
+		x.since = ev.Time
+	}
 }
 
 // indexLine records the issuance of an `issue` event line.

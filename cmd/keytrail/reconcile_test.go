@@ -35,41 +35,48 @@ func TestAuditIssueIndex(t *testing.T) {
 	}
 	x := newAuditIssueIndex(path)
 	ids := []string{"iss_new_file", "iss_live", "iss_partial", "iss_rotated", "iss_denied", "iss_expired", "iss_other_file"}
-	check := func(step string, want map[string]bool) {
+	check := func(step string, want map[string]bool, wantSince string) {
 		t.Helper()
-		f, err := x.Snapshot(context.Background())
+		snap, err := x.Snapshot(context.Background())
 		if err != nil {
 			t.Fatalf("%s: Snapshot() error = %v", step, err)
 		}
 		got := map[string]bool{}
 		for _, id := range ids {
-			if f(id) {
+			if snap.Issued(id) {
 				got[id] = true
 			}
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("%s: Snapshot() = %v, want %v (-want +got):\n%s", step, got, want, diff)
 		}
+		since := ""
+		if !snap.Since.IsZero() {
+			since = snap.Since.UTC().Format(time.RFC3339)
+		}
+		if since != wantSince {
+			t.Errorf("%s: Snapshot().Since = %q, want %q (the oldest file's first event)", step, since, wantSince)
+		}
 	}
 
-	check("ok/missing-file", map[string]bool{})
-	write("audit.jsonl", `{"v":1,"type":"issue","issuance_id":"iss_live","credential":{"expires_at":"2999-01-01T00:00:00Z"}}`+"\n"+
+	check("ok/missing-file", map[string]bool{}, "")
+	write("audit.jsonl", `{"v":1,"time":"2026-03-01T10:00:00.5Z","type":"issue","issuance_id":"iss_live","credential":{"expires_at":"2999-01-01T00:00:00Z"}}`+"\n"+
 		`{"v":1,"type":"deny","issuance_id":"iss_denied"}`+"\n"+
 		`{"v":1,"type":"issue","issuance_id":"iss_expired","credential":{"expires_at":"2001-01-01T00:00:00Z"}}`+"\n"+
 		`{"v":1,"type":"issue","issuance_id":"iss_par`, false)
 	write("other.jsonl", `{"v":1,"type":"issue","issuance_id":"iss_other_file"}`+"\n", false)
-	check("ok/complete-lines-only", map[string]bool{"iss_live": true})
+	check("ok/complete-lines-only", map[string]bool{"iss_live": true}, "2026-03-01T10:00:00Z")
 	write("audit.jsonl", `tial"}`+"\n", true)
-	check("ok/partial-line-completed", map[string]bool{"iss_live": true, "iss_partial": true})
-	write("audit.jsonl.20260101T000000.000000000Z", `{"v":1,"type":"issue","issuance_id":"iss_rotated"}`+"\n", false)
+	check("ok/partial-line-completed", map[string]bool{"iss_live": true, "iss_partial": true}, "2026-03-01T10:00:00Z")
+	write("audit.jsonl.20260101T000000.000000000Z", `{"v":1,"time":"2026-02-01T00:00:00Z","type":"issue","issuance_id":"iss_rotated"}`+"\n", false)
 	// A new live file after rotation, already longer than what was read
 	// of the old one.
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	write("audit.jsonl", `{"v":1,"type":"deny","reason":"padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding"}`+"\n"+
+	write("audit.jsonl", `{"v":1,"time":"2026-03-02T00:00:00Z","type":"deny","reason":"padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding padding"}`+"\n"+
 		`{"v":1,"type":"issue","issuance_id":"iss_new_file"}`+"\n", false)
-	check("ok/rotated-sibling-and-new-file", map[string]bool{"iss_live": true, "iss_partial": true, "iss_rotated": true, "iss_new_file": true})
+	check("ok/rotated-sibling-and-new-file", map[string]bool{"iss_live": true, "iss_partial": true, "iss_rotated": true, "iss_new_file": true}, "2026-02-01T00:00:00Z")
 }
 
 // TestAuditIssueIndexStreams: the index reads the log line by line through
@@ -113,7 +120,7 @@ func TestAuditIssueIndexStreams(t *testing.T) {
 	}
 	got := map[string]bool{}
 	for _, id := range []string{"iss_long", "iss_last", "iss_partial"} {
-		got[id] = issued(id)
+		got[id] = issued.Issued(id)
 	}
 	if diff := cmp.Diff(map[string]bool{"iss_long": true, "iss_last": true, "iss_partial": false}, got); diff != "" {
 		t.Errorf("issued (-want +got):\n%s", diff)
@@ -122,7 +129,7 @@ func TestAuditIssueIndexStreams(t *testing.T) {
 	if _, err := f.WriteString(`"}` + "\n"); err != nil {
 		t.Fatal(err)
 	}
-	if issued, err = x.Snapshot(context.Background()); err != nil || !issued("iss_partial") {
+	if issued, err = x.Snapshot(context.Background()); err != nil || !issued.Issued("iss_partial") {
 		t.Errorf("after the line was completed: issued(iss_partial) = false, %v; want true", err)
 	}
 }
@@ -173,7 +180,7 @@ func TestAuditIssueIndexCompact(t *testing.T) {
 		{expired, false},
 		{broker.NewID(broker.PrefixIssuance), false},
 	} {
-		if got := issued(c.id); got != c.want {
+		if got := issued.Issued(c.id); got != c.want {
 			t.Errorf("issued(%s) = %v, want %v", c.id, got, c.want)
 		}
 	}

@@ -382,9 +382,10 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		},
 		Revokers: map[string]broker.Revoker{broker.KindVaultToken: tokenMinter, broker.KindJWT: jwtMinter, broker.KindProxy: proxyMinter,
 			broker.KindVaultDynamic: dynamicMinter, broker.KindPKI: pkiMinter},
-		Store:  svcStore,
-		Audit:  timedSink{AuditSink: sink, m: m},
-		Logger: log,
+		Store:      svcStore,
+		Audit:      timedSink{AuditSink: sink, m: m},
+		AuditChain: sink.ChainID(),
+		Logger:     log,
 	})
 	if err != nil {
 		return err
