@@ -96,3 +96,59 @@ func TestListRevocationsCorruptRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestListIssuancesPrunedWhileListing: every put prunes the oldest index
+// members. A listing that pages by offset skipped as many members as a
+// prune between two of its pages removed; paging by score skips none. The
+// last page boundary also falls inside a run of equal scores.
+func TestListIssuancesPrunedWhileListing(t *testing.T) {
+	s := newInternalStore(t, "{prune}:")
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	const n = 3*listBatch + 5
+	want := map[string]bool{}
+	for i := range n {
+		// Runs of three issuances share an expiry (and so a score).
+		at := exp.Add(time.Duration(i/3) * time.Millisecond)
+		is := &broker.Issuance{ID: fmt.Sprintf("iss_%05d", i), Workload: "app", IssuedAt: at.Add(-time.Hour), ExpiresAt: at,
+			Refs: broker.CredentialRefs{Fingerprint: fmt.Sprintf("sha256:%05d", i), ExpiresAt: at}}
+		if err := s.PutIssuance(ctx, is); err != nil {
+			t.Fatal(err)
+		}
+		want[is.ID] = true
+	}
+	// Ten members old enough to be pruned by the next put.
+	for i := range 10 {
+		if err := s.client.ZAdd(ctx, s.allKey(), redis.Z{Score: float64(1000 + i), Member: fmt.Sprintf("iss_old%d", i)}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages := 0
+	s.afterListPage = func() {
+		pages++
+		if pages == 1 { // as a concurrent put's prune would
+			if err := s.client.ZRemRangeByScore(ctx, s.allKey(), "-inf", "2000").Err(); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	list, err := s.ListIssuances(ctx, broker.IssuanceFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, is := range list {
+		if got[is.ID] {
+			t.Errorf("%s listed twice", is.ID)
+		}
+		got[is.ID] = true
+	}
+	for id := range want {
+		if !got[id] {
+			t.Errorf("%s not listed", id)
+		}
+	}
+	if pages < 3 {
+		t.Errorf("the listing took %d page boundaries, want at least 3 (the test must span pages)", pages)
+	}
+}

@@ -116,6 +116,8 @@ type Store struct {
 	retention time.Duration
 	now       func() time.Time
 	log       *slog.Logger
+
+	afterListPage func() // tests: called between ListIssuances' pages
 }
 
 // New connects, pings, and checks the server's maxmemory-policy and version.
@@ -511,19 +513,43 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 		minScore = strconv.FormatInt(f.ActiveAt.UnixMilli(), 10)
 	}
 
+	// Pages follow the score (a cursor past the last score read), never an
+	// offset: every put prunes the oldest members, and an offset counted
+	// before a prune would skip as many members as it removed. A page that
+	// ends inside the members of one score is completed with all of them,
+	// so the next page can start after that score.
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	out := []*broker.Issuance{}
 	seen := map[string]bool{}
-	for offset := int64(0); ; offset += listBatch {
-		ids, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{
-			Key: key, Start: minScore, Stop: "+inf", ByScore: true, Offset: offset, Count: listBatch,
+	start := minScore
+	for {
+		page, err := s.client.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+			Key: key, Start: start, Stop: "+inf", ByScore: true, Count: listBatch,
 		}).Result()
 		if err != nil {
 			return nil, s.fail("list issuances", err)
 		}
-		if len(ids) == 0 {
+		if len(page) == 0 {
 			break
+		}
+		ids := make([]string, 0, len(page))
+		for _, z := range page {
+			ids = append(ids, z.Member.(string))
+		}
+		full := len(page) == listBatch
+		if full {
+			last := strconv.FormatFloat(page[len(page)-1].Score, 'f', -1, 64)
+			ties, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: key, Start: last, Stop: last, ByScore: true}).Result()
+			if err != nil {
+				return nil, s.fail("list issuances", err)
+			}
+			for _, id := range ties {
+				if !slices.Contains(ids, id) {
+					ids = append(ids, id)
+				}
+			}
+			start = "(" + last
 		}
 		keys := make([]string, len(ids))
 		for i, id := range ids {
@@ -551,8 +577,11 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 				return out, nil
 			}
 		}
-		if len(ids) < listBatch {
+		if !full {
 			break
+		}
+		if s.afterListPage != nil {
+			s.afterListPage()
 		}
 	}
 	return out, nil
