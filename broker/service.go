@@ -225,13 +225,10 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	// The store record and the audit event are written at the same time
 	// (the exchange waits for the slower of the two, not for both in turn);
 	// the credential is returned only once both are durable. Either failing
-	// revokes the credential: it never reaches the caller.
-	stored := make(chan error, 1)
-	go func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
-		defer cancel()
-		stored <- s.d.Store.PutIssuance(sctx, is)
-	}()
+	// revokes the credential: it never reaches the caller. The audit append
+	// gets the new goroutine: it only queues the event and waits, while the
+	// store write encodes JSON and would grow a fresh goroutine's stack
+	// (copied each time) on every exchange.
 	ev := &audit.Event{
 		Type: audit.TypeIssue, RequestID: req.RequestID, IssuanceID: issID,
 		Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID, Grant: grant.Name, Kind: grant.Kind,
@@ -241,8 +238,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// audit log alone can show them (never whole tokens).
 		Details: map[string]any{"claims": is.Claims},
 	}
-	aerr := s.d.Audit.Append(context.WithoutCancel(ctx), ev)
-	serr := <-stored
+	audited := make(chan error, 1)
+	go func() { audited <- s.d.Audit.Append(context.WithoutCancel(ctx), ev) }()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+	serr := s.d.Store.PutIssuance(sctx, is)
+	cancel()
+	aerr := <-audited
 	switch {
 	case aerr != nil:
 		s.undoMint(ctx, is, "audit_failed")
