@@ -10,7 +10,6 @@ import (
 
 	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/broker/brokertest"
@@ -42,22 +41,6 @@ grants:
     ttl: 15m
     vault_token: {policies: [payments-read]}
 `
-
-// benchMinter mints a fixed-shape credential without recording anything.
-type benchMinter struct{}
-
-func (benchMinter) Mint(_ context.Context, req broker.MintRequest) (*broker.Credential, error) {
-	return &broker.Credential{
-		AccessToken: "hvs.bench-" + req.IssuanceID,
-		Fields:      map[string]any{"accessor": "acc-" + req.IssuanceID},
-		Refs:        broker.CredentialRefs{Accessor: "acc-" + req.IssuanceID, ExpiresAt: req.Now.Add(req.TTL)},
-	}, nil
-}
-
-// benchSink seals nothing and keeps nothing: the exchange's own cost.
-type benchSink struct{}
-
-func (benchSink) Append(context.Context, *audit.Event) error { return nil }
 
 // BenchmarkExchange measures Service.Exchange with the backend taken out:
 // the in-memory store, a minter and audit sink that do nothing. "fake-authn"
@@ -115,9 +98,9 @@ func BenchmarkExchange(b *testing.B) {
 			svc, err := broker.NewService(broker.Deps{
 				Policy:  func() *policies.Policy { return pol },
 				Authn:   func() broker.Authenticator { return c.authn },
-				Minters: map[string]broker.Minter{broker.KindVaultToken: benchMinter{}},
+				Minters: map[string]broker.Minter{broker.KindVaultToken: brokertest.QuietMinter{}},
 				Store:   memstore.New(time.Now),
-				Audit:   benchSink{},
+				Audit:   brokertest.DiscardSink{},
 			})
 			if err != nil {
 				b.Fatal(err)

@@ -1,7 +1,8 @@
 // Package brokertest holds fakes of broker's ports for unit tests of the core
 // and of the HTTP layer: an authenticator keyed by token string, a minter
 // that records requests and revocations, and an audit sink that records
-// events and fails on demand. Real adapters are tested against real services
+// events and fails on demand; for benchmarks, a minter and a sink that keep
+// nothing. Real adapters are tested against real services
 // elsewhere; these fakes never stand in for them in e2e.
 package brokertest
 
@@ -106,3 +107,23 @@ func (f *Sink) Types() []string {
 	}
 	return out
 }
+
+// QuietMinter mints credentials of the same shape as Minter's and keeps
+// nothing (for benchmarks: a Minter's record grows with every call).
+type QuietMinter struct{}
+
+// Mint implements broker.Minter.
+func (QuietMinter) Mint(_ context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	return &broker.Credential{
+		AccessToken: "hvs.bench-" + req.IssuanceID,
+		Fields:      map[string]any{"accessor": "acc-" + req.IssuanceID},
+		Refs:        broker.CredentialRefs{Accessor: "acc-" + req.IssuanceID, ExpiresAt: req.Now.Add(req.TTL)},
+	}, nil
+}
+
+// DiscardSink accepts every event, seals nothing and keeps nothing (for
+// benchmarks of what the caller costs).
+type DiscardSink struct{}
+
+// Append implements broker.AuditSink.
+func (DiscardSink) Append(context.Context, *audit.Event) error { return nil }

@@ -1,7 +1,6 @@
 package httpapi_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,27 +10,10 @@ import (
 
 	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/policies"
 )
-
-// quietMinter mints a fixed-shape credential and keeps nothing.
-type quietMinter struct{}
-
-func (quietMinter) Mint(_ context.Context, req broker.MintRequest) (*broker.Credential, error) {
-	return &broker.Credential{
-		AccessToken: "hvs.bench-" + req.IssuanceID,
-		Fields:      map[string]any{"accessor": "acc-" + req.IssuanceID},
-		Refs:        broker.CredentialRefs{Accessor: "acc-" + req.IssuanceID, ExpiresAt: req.Now.Add(req.TTL)},
-	}, nil
-}
-
-// discardSink seals nothing and keeps nothing.
-type discardSink struct{}
-
-func (discardSink) Append(context.Context, *audit.Event) error { return nil }
 
 // BenchmarkTokenEndpoint measures one exchange through the HTTP API over a
 // loopback keep-alive connection (client and server in this process): form
@@ -47,9 +29,9 @@ func BenchmarkTokenEndpoint(b *testing.B) {
 	svc, err := broker.NewService(broker.Deps{
 		Policy:  func() *policies.Policy { return pol },
 		Authn:   func() broker.Authenticator { return authn },
-		Minters: map[string]broker.Minter{broker.KindVaultToken: quietMinter{}},
+		Minters: map[string]broker.Minter{broker.KindVaultToken: brokertest.QuietMinter{}},
 		Store:   memstore.New(time.Now),
-		Audit:   discardSink{},
+		Audit:   brokertest.DiscardSink{},
 	})
 	if err != nil {
 		b.Fatal(err)
