@@ -167,6 +167,12 @@ type Store interface {
 	PutIssuance(ctx context.Context, is *Issuance) error
 	GetIssuance(ctx context.Context, id string) (*Issuance, error)
 	FindIssuance(ctx context.Context, kind RefKind, value string) (*Issuance, error)
+	// FindIssuances is FindIssuance for many values of one kind, in as
+	// few round trips as the backend allows (the reconciliation looks up
+	// every live Vault token's accessor): out[i] is the issuance found for
+	// values[i], nil when there is none. An unknown kind or an empty value
+	// is ErrInvalidRequest.
+	FindIssuances(ctx context.Context, kind RefKind, values []string) ([]*Issuance, error)
 	ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error)
 
 	PutRevocation(ctx context.Context, r *Revocation) error

@@ -31,15 +31,15 @@ type TaggedCredential struct {
 //
 // ListTagged MUST honour ctx and return ErrUnavailable when the backend
 // cannot be listed completely (a partial list is an error, never a short
-// answer). skip, when not nil, is asked about each live reference before
-// the source looks the credential up: a reference it returns true for is
-// neither looked up nor returned. The Reconciler passes the references its
-// Store already explains, so that a run's backend lookups follow the
-// credentials it does not know rather than every live one. skip may be
-// called concurrently. RevokeTagged MUST be idempotent: a credential that
-// is already gone counts as revoked.
+// answer). skip, when not nil, is asked about the live references, many at
+// a time, before the source looks the credentials up: skip(refs)[i] true
+// means refs[i] is neither looked up nor returned. The Reconciler answers
+// true for the references its Store already explains (one batched Store
+// lookup per call), so that a run's backend lookups follow the credentials
+// it does not know rather than every live one. RevokeTagged MUST be
+// idempotent: a credential that is already gone counts as revoked.
 type TaggedSource interface {
-	ListTagged(ctx context.Context, skip func(ref string) bool) ([]TaggedCredential, error)
+	ListTagged(ctx context.Context, skip func(refs []string) []bool) ([]TaggedCredential, error)
 	RevokeTagged(ctx context.Context, c TaggedCredential) error
 }
 
@@ -216,12 +216,14 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 	// young, whatever the listing takes.
 	cutoff := r.o.Now().Add(-r.o.Grace)
 	var known atomic.Int64
-	skip := func(ref string) bool {
-		if r.explained(ctx, ref, snap) {
-			known.Add(1)
-			return true
+	skip := func(refs []string) []bool {
+		out := r.explained(ctx, refs, snap)
+		for _, ok := range out {
+			if ok {
+				known.Add(1)
+			}
 		}
-		return false
+		return out
 	}
 	lctx, cancel := context.WithTimeout(ctx, 4*r.o.CallTimeout)
 	creds, err := r.o.Source.ListTagged(lctx, skip)
@@ -265,28 +267,42 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 	return rep, nil
 }
 
-// explained reports whether the Store alone explains the credential with
-// backend reference ref: it holds an unrevoked issuance recorded with that
-// reference and (where the log must hold it, see mustBeAudited) the audit
-// log holds its issue event. Such a credential needs no backend lookup; any
-// doubt (not found, revoked, a Store error) answers false, and the
-// credential is looked up and judged in full.
-func (r *Reconciler) explained(ctx context.Context, ref string, snap IssuedSnapshot) bool {
-	if ref == "" {
-		return false
+// explained reports, for each backend reference, whether the Store alone
+// explains its credential: it holds an unrevoked issuance recorded with
+// that reference and (where the log must hold it, see mustBeAudited) the
+// audit log holds its issue event. Such a credential needs no backend
+// lookup; any doubt (not found, revoked, a Store error) answers false, and
+// the credential is looked up and judged in full. One batched Store lookup
+// serves all refs.
+func (r *Reconciler) explained(ctx context.Context, refs []string, snap IssuedSnapshot) []bool {
+	out := make([]bool, len(refs))
+	var ask []string
+	var at []int // ask[j] is refs[at[j]]
+	for i, ref := range refs {
+		if ref != "" {
+			ask = append(ask, ref)
+			at = append(at, i)
+		}
+	}
+	if len(ask) == 0 {
+		return out
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
-	is, err := r.o.Store.FindIssuance(sctx, RefAccessor, ref)
+	found, err := r.o.Store.FindIssuances(sctx, RefAccessor, ask)
 	cancel()
-	switch {
-	case err != nil || is == nil || is.Kind != KindVaultToken || is.Refs.Accessor != ref:
-		return false
-	case !is.RevokedAt.IsZero():
-		return false
-	case r.mustBeAudited(is, snap) && !snap.Issued(is.ID):
-		return false
+	if err != nil || len(found) != len(ask) {
+		return out
 	}
-	return true
+	for j, is := range found {
+		switch {
+		case is == nil || is.Kind != KindVaultToken || is.Refs.Accessor != ask[j]:
+		case !is.RevokedAt.IsZero():
+		case r.mustBeAudited(is, snap) && !snap.Issued(is.ID):
+		default:
+			out[at[j]] = true
+		}
+	}
+	return out
 }
 
 // mustBeAudited reports whether is is explained only if the run's audit log

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -25,15 +26,23 @@ type fakeTagged struct {
 	skipped []string // refs the reconciler explained from its Store
 }
 
-func (f *fakeTagged) ListTagged(ctx context.Context, skip func(string) bool) ([]broker.TaggedCredential, error) {
+func (f *fakeTagged) ListTagged(ctx context.Context, skip func([]string) []bool) ([]broker.TaggedCredential, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.listErr != nil {
 		return nil, f.listErr
 	}
+	refs := make([]string, len(f.creds))
+	for i, c := range f.creds {
+		refs[i] = c.Ref
+	}
+	skipped := make([]bool, len(refs))
+	if skip != nil {
+		skipped = skip(refs)
+	}
 	var out []broker.TaggedCredential
-	for _, c := range f.creds {
-		if skip != nil && skip(c.Ref) {
+	for i, c := range f.creds {
+		if skipped[i] {
 			f.skipped = append(f.skipped, c.Ref)
 			continue
 		}
@@ -349,5 +358,57 @@ func TestReconcilerRunStops(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run() = %v, want nil", err)
+	}
+}
+
+// lookupCountingStore counts the Store's reference lookups.
+type lookupCountingStore struct {
+	broker.Store
+	mu           sync.Mutex
+	single, many int
+}
+
+func (s *lookupCountingStore) FindIssuance(ctx context.Context, k broker.RefKind, v string) (*broker.Issuance, error) {
+	s.mu.Lock()
+	s.single++
+	s.mu.Unlock()
+	return s.Store.FindIssuance(ctx, k, v)
+}
+
+func (s *lookupCountingStore) FindIssuances(ctx context.Context, k broker.RefKind, vs []string) ([]*broker.Issuance, error) {
+	s.mu.Lock()
+	s.many++
+	s.mu.Unlock()
+	return s.Store.FindIssuances(ctx, k, vs)
+}
+
+// TestReconcilerBatchesStoreLookups: the references the source asks about
+// in one call cost one Store call, not one each.
+func TestReconcilerBatchesStoreLookups(t *testing.T) {
+	now := time.Now()
+	old := now.Add(-time.Hour)
+	store := &lookupCountingStore{Store: memstore.New(func() time.Time { return now })}
+	src := &fakeTagged{}
+	for i := range 50 {
+		id, acc := fmt.Sprintf("iss_%02d", i), fmt.Sprintf("acc_%02d", i)
+		src.creds = append(src.creds, broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: acc, IssuanceID: id, CreatedAt: old})
+		if err := store.PutIssuance(context.Background(), &broker.Issuance{ID: id, Kind: broker.KindVaultToken, IssuedAt: old,
+			ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Accessor: acc, ExpiresAt: now.Add(time.Hour)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: store, Audit: &brokertest.Sink{}, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.RunOnce(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (broker.ReconcileReport{Listed: 50, Kept: 50, Known: 50}); rep != want {
+		t.Errorf("RunOnce() = %+v, want %+v", rep, want)
+	}
+	if store.single != 0 || store.many != 1 {
+		t.Errorf("Store lookups: %d FindIssuance, %d FindIssuances; want 0 and 1", store.single, store.many)
 	}
 }

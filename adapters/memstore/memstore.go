@@ -14,6 +14,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -217,6 +218,20 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 		return nil, notFound(fmt.Sprintf("issuance by %s %q", kind, value))
 	}
 	return decodeIssuance(e)
+}
+
+// FindIssuances returns FindIssuance's answer for each value, nil where
+// there is none.
+func (s *Store) FindIssuances(ctx context.Context, kind broker.RefKind, values []string) ([]*broker.Issuance, error) {
+	out := make([]*broker.Issuance, len(values))
+	for i, v := range values {
+		is, err := s.FindIssuance(ctx, kind, v)
+		if err != nil && !errors.Is(err, broker.ErrNotFound) {
+			return nil, err
+		}
+		out[i] = is
+	}
+	return out, nil
 }
 
 // ListIssuances returns copies of the issuances matching f, ordered by expiry

@@ -491,6 +491,70 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 	return is, nil
 }
 
+// FindIssuances follows the ref index of each value like FindIssuance,
+// listBatch values at a time: two MGETs per batch (the ref keys, then the
+// records they name), each batch under its own deadline.
+func (s *Store) FindIssuances(ctx context.Context, kind broker.RefKind, values []string) ([]*broker.Issuance, error) {
+	if _, ok := (&broker.Issuance{}).RefValue(kind); !ok {
+		return nil, invalid(fmt.Sprintf("unknown ref kind %q", kind))
+	}
+	if slices.Contains(values, "") {
+		return nil, invalid(fmt.Sprintf("empty %s", kind))
+	}
+	out := make([]*broker.Issuance, len(values))
+	for start := 0; start < len(values); start += listBatch {
+		chunk := values[start:min(start+listBatch, len(values))]
+		if err := s.findChunk(ctx, kind, chunk, out[start:]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// findChunk fills out[i] with the issuance indexed under values[i].
+func (s *Store) findChunk(ctx context.Context, kind broker.RefKind, values []string, out []*broker.Issuance) error {
+	what := fmt.Sprintf("find issuances by %s", kind)
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	keys := make([]string, len(values))
+	for i, v := range values {
+		keys[i] = s.refKey(kind, v)
+	}
+	ids, err := s.client.MGet(ctx, keys...).Result()
+	if err != nil {
+		return s.fail(what, err)
+	}
+	var at []int // positions in values whose ref key named an issuance
+	keys = keys[:0]
+	for i, id := range ids {
+		if id, ok := id.(string); ok {
+			at = append(at, i)
+			keys = append(keys, s.issKey(id))
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	raws, err := s.client.MGet(ctx, keys...).Result()
+	if err != nil {
+		return s.fail(what, err)
+	}
+	for j, raw := range raws {
+		raw, ok := raw.(string)
+		if !ok {
+			continue // expired between the two reads
+		}
+		is, err := decodeIssuance(raw)
+		if err != nil {
+			return err // store_corrupt, not Redis being unavailable
+		}
+		if v, _ := is.RefValue(kind); v == values[at[j]] { // an overwrite may have moved it
+			out[at[j]] = is
+		}
+	}
+	return nil
+}
+
 // ListIssuances walks the most selective sorted-set index in (expiry, id)
 // order, from f.ActiveAt on when set, and checks every record against f.
 func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*broker.Issuance, error) {

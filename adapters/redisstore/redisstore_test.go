@@ -764,6 +764,11 @@ func BenchmarkGetIssuance(b *testing.B) {
 	storetest.BenchGetIssuance(b, newStore(b, r, redisstore.Options{}))
 }
 
+func BenchmarkFindAccessors(b *testing.B) {
+	r := harness.StartRedis(b)
+	storetest.BenchFindAccessors(b, newStore(b, r, redisstore.Options{}))
+}
+
 // TestContractThroughSentinel runs the contract suite through go-redis'
 // universal client in Sentinel mode (store.addrs + store.master_name).
 func TestContractThroughSentinel(t *testing.T) {

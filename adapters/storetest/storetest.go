@@ -111,6 +111,7 @@ func refValue(is *broker.Issuance, kind broker.RefKind) string {
 func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("issuance", func(t *testing.T) { testIssuance(t, newStore) })
 	t.Run("find", func(t *testing.T) { testFind(t, newStore) })
+	t.Run("find-many", func(t *testing.T) { testFindMany(t, newStore) })
 	t.Run("overwrite", func(t *testing.T) { testOverwrite(t, newStore) })
 	t.Run("list", func(t *testing.T) { testList(t, newStore) })
 	t.Run("revocation", func(t *testing.T) { testRevocation(t, newStore) })
@@ -263,6 +264,60 @@ func testFind(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			t.Errorf("FindIssuance(accessor, %s) = %v, %v, want %s", a.Refs.Accessor, got, err, a.ID)
 		}
 	})
+}
+
+// testFindMany: FindIssuances answers for every value, in order, across
+// more values than one Redis round trip carries; nil for a value nothing
+// is indexed under and for one an overwrite moved away.
+func testFindMany(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	const n = 600
+	var values []string
+	var want []string // issuance id per value, "" for none
+	for i := range n {
+		is := SampleIssuance(fmt.Sprintf("iss_many_%04d", i), Epoch().Add(time.Duration(i)*time.Millisecond))
+		mustPut(t, s, is)
+		values = append(values, is.Refs.Accessor)
+		want = append(want, is.ID)
+		if i%100 == 7 {
+			values = append(values, fmt.Sprintf("acc-unknown-%d", i))
+			want = append(want, "")
+		}
+	}
+	moved := SampleIssuance("iss_many_moved", Epoch())
+	mustPut(t, s, moved)
+	upd := SampleIssuance("iss_many_moved", Epoch())
+	upd.Refs.Accessor = "acc-many-moved-new"
+	mustPut(t, s, upd)
+	values = append(values, moved.Refs.Accessor, upd.Refs.Accessor)
+	want = append(want, "", upd.ID)
+
+	got, err := s.FindIssuances(ctx(t), broker.RefAccessor, values)
+	if err != nil {
+		t.Fatalf("FindIssuances(accessor, %d values) = %v, want nil", len(values), err)
+	}
+	ids := make([]string, len(got))
+	for i, is := range got {
+		if is != nil {
+			ids[i] = is.ID
+			if is.Refs.Accessor != values[i] {
+				t.Errorf("FindIssuances()[%d] has accessor %q, asked for %q", i, is.Refs.Accessor, values[i])
+			}
+		}
+	}
+	if d := cmp.Diff(want, ids); d != "" {
+		t.Errorf("FindIssuances() ids mismatch (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(SampleIssuance("iss_many_0000", Epoch()), got[0]); d != "" {
+		t.Errorf("FindIssuances()[0] mismatch (-want +got):\n%s", d)
+	}
+	if got, err := s.FindIssuances(ctx(t), broker.RefAccessor, nil); err != nil || len(got) != 0 {
+		t.Errorf("FindIssuances(no values) = %v, %v; want none, nil", got, err)
+	}
+	_, err = s.FindIssuances(ctx(t), broker.RefAccessor, []string{values[0], ""})
+	wantErr(t, "FindIssuances(accessor, [..., \"\"])", err, broker.ErrInvalidRequest)
+	_, err = s.FindIssuances(ctx(t), broker.RefKind("colour"), []string{"red"})
+	wantErr(t, "FindIssuances(colour, [red])", err, broker.ErrInvalidRequest)
 }
 
 func testOverwrite(t *testing.T, newStore func(t *testing.T) broker.Store) {
@@ -934,4 +989,39 @@ func BenchGetIssuance(b *testing.B, s broker.Store) {
 		}
 		i++
 	}
+}
+
+// BenchFindAccessors measures finding the issuances of 1,000 accessors (a
+// reconciliation's Store lookups) one FindIssuance at a time, the baseline,
+// and with one FindIssuances call; ns/op is per 1,000 accessors.
+func BenchFindAccessors(b *testing.B, s broker.Store) {
+	ctx := context.Background()
+	const n = 1000
+	accessors := make([]string, n)
+	for i := range n {
+		is := SampleIssuance(fmt.Sprintf("iss_bench_find_%d", i), Epoch())
+		if err := s.PutIssuance(ctx, is); err != nil {
+			b.Fatalf("PutIssuance = %v, want nil", err)
+		}
+		accessors[i] = is.Refs.Accessor
+	}
+	b.Run("one-by-one", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, a := range accessors {
+				if _, err := s.FindIssuance(ctx, broker.RefAccessor, a); err != nil {
+					b.Fatalf("FindIssuance = %v, want nil", err)
+				}
+			}
+		}
+	})
+	b.Run("batched", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			list, err := s.FindIssuances(ctx, broker.RefAccessor, accessors)
+			if err != nil || len(list) != n || list[n-1] == nil {
+				b.Fatalf("FindIssuances = %d, %v; want %d found", len(list), err, n)
+			}
+		}
+	})
 }

@@ -64,12 +64,16 @@ func InventoryPolicy() string {
 		"path \"auth/token/lookup-accessor\" {\n  capabilities = [\"update\"]\n}\n"
 }
 
+// skipBatch is how many accessors ListTagged asks skip about at once.
+const skipBatch = 1024
+
 // ListTagged lists every token accessor and looks up each one that skip
-// does not claim and that is not known to be untagged, returning the tokens
-// whose meta has an issuance_id. An accessor that disappears between the
-// listing and its lookup (expired, revoked) is left out; any other lookup
-// failure fails the whole listing.
-func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessor string) bool) ([]broker.TaggedCredential, error) {
+// does not claim (asked skipBatch accessors at a time) and that is not
+// known to be untagged, returning the tokens whose meta has an
+// issuance_id. An accessor that disappears between the listing and its
+// lookup (expired, revoked) is left out; any other lookup failure fails the
+// whole listing.
+func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessors []string) []bool) ([]broker.TaggedCredential, error) {
 	const op = "list token accessors"
 	sec, err := ti.c.Logical().ListWithContext(ctx, "auth/token/accessors")
 	if err != nil {
@@ -100,6 +104,29 @@ func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessor str
 	ti.untagged = untagged // forget accessors no longer listed
 	ti.mu.Unlock()
 
+	skipped := make([]bool, len(accessors))
+	if skip != nil {
+		var ask []string
+		var at []int // ask[j] is accessors[at[j]]
+		for i, a := range accessors {
+			if _, ok := untagged[a]; !ok {
+				ask = append(ask, a)
+				at = append(at, i)
+			}
+		}
+		for start := 0; start < len(ask); start += skipBatch {
+			if err := ctx.Err(); err != nil {
+				return nil, translate(op, err)
+			}
+			end := min(start+skipBatch, len(ask))
+			for j, yes := range skip(ask[start:end]) {
+				if yes && start+j < end {
+					skipped[at[start+j]] = true
+				}
+			}
+		}
+	}
+
 	type result struct {
 		cred     *broker.TaggedCredential
 		untagged bool
@@ -115,7 +142,7 @@ func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessor str
 			defer wg.Done()
 			for i := range work {
 				a := accessors[i]
-				if _, ok := untagged[a]; ok || (skip != nil && skip(a)) {
+				if _, ok := untagged[a]; ok || skipped[i] {
 					continue
 				}
 				c, unt, err := ti.lookup(ctx, a)

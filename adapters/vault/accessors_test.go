@@ -3,9 +3,9 @@ package vault
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -100,12 +100,13 @@ func TestTokenInventory(t *testing.T) {
 	// Second listing: the untagged root token is not looked up again, and
 	// what skip claims is neither looked up nor returned.
 	var asked []string
-	var mu sync.Mutex
-	got, err = inv.ListTagged(ctx, func(a string) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		asked = append(asked, a)
-		return a == "acc_kt"
+	got, err = inv.ListTagged(ctx, func(as []string) []bool {
+		asked = append(asked, as...)
+		out := make([]bool, len(as))
+		for i, a := range as {
+			out[i] = a == "acc_kt"
+		}
+		return out
 	})
 	if err != nil || len(got) != 0 {
 		t.Fatalf("ListTagged(skip acc_kt) = %+v, %v; want none", got, err)
@@ -158,11 +159,62 @@ func TestTokenInventoryListFailure(t *testing.T) {
 	}
 	// The same when skip spared some of them the lookup: every lookup made
 	// was denied.
-	_, err = inv2.ListTagged(context.Background(), func(a string) bool { return a == "a1" })
+	_, err = inv2.ListTagged(context.Background(), func(as []string) []bool {
+		out := make([]bool, len(as))
+		for i, a := range as {
+			out[i] = a == "a1"
+		}
+		return out
+	})
 	if got, want := shapeOf(err), (errShape{Kind: "temporarily unavailable", Reason: ReasonDenied}); got != want {
 		t.Errorf("ListTagged(every lookup made denied, one skipped) error = %+v, want %+v", got, want)
 	}
 	if _, err := NewTokenInventory(TokenInventoryOptions{}); err == nil {
 		t.Errorf("NewTokenInventory(no client) = nil error, want one")
+	}
+}
+
+// TestTokenInventorySkipBatches: skip is asked about every accessor once,
+// skipBatch at a time, and what it claims is not looked up.
+func TestTokenInventorySkipBatches(t *testing.T) {
+	const n = 2*skipBatch + 452
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("acc_%05d", i)
+	}
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/auth/token/accessors": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"keys": keys}})
+		},
+		"PUT /v1/auth/token/lookup-accessor": replyRaw(400, `{"errors":["invalid accessor"]}`),
+	})
+	inv, err := NewTokenInventory(TokenInventoryOptions{Client: f.client(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	asked := map[string]int{}
+	got, err := inv.ListTagged(context.Background(), func(as []string) []bool {
+		sizes = append(sizes, len(as))
+		out := make([]bool, len(as))
+		for i, a := range as {
+			asked[a]++
+			out[i] = a != "acc_00007" // everything but one is explained
+		}
+		return out
+	})
+	if err != nil || len(got) != 0 {
+		t.Fatalf("ListTagged() = %v, %v; want none, nil", got, err)
+	}
+	if diff := cmp.Diff([]int{skipBatch, skipBatch, 452}, sizes); diff != "" {
+		t.Errorf("skip called with batches of (-want +got):\n%s", diff)
+	}
+	for _, k := range keys {
+		if asked[k] != 1 {
+			t.Errorf("skip asked about %s %d times, want once", k, asked[k])
+		}
+	}
+	if lookups := f.count("PUT /v1/auth/token/lookup-accessor"); lookups != 1 {
+		t.Errorf("lookups = %d, want 1 (the accessor skip did not claim)", lookups)
 	}
 }

@@ -183,6 +183,11 @@ func (s countedStore) FindIssuance(ctx context.Context, k broker.RefKind, v stri
 	return is, s.m.countStoreErr(err)
 }
 
+func (s countedStore) FindIssuances(ctx context.Context, k broker.RefKind, vs []string) ([]*broker.Issuance, error) {
+	list, err := s.Store.FindIssuances(ctx, k, vs)
+	return list, s.m.countStoreErr(err)
+}
+
 func (s countedStore) GetBlock(ctx context.Context, workload string) (*broker.Block, error) {
 	b, err := s.Store.GetBlock(ctx, workload)
 	return b, s.m.countStoreErr(err)
