@@ -471,6 +471,7 @@ func issuanceOf(ev *audit.Event) *broker.Issuance {
 	is := &broker.Issuance{
 		ID: ev.IssuanceID, Workload: ev.Workload, Owner: ev.Owner, SessionID: ev.SessionID,
 		Grant: ev.Grant, Kind: ev.Kind, IssuedAt: parseTime(ev.Time), RequestID: ev.RequestID,
+		AuditChain: ev.Chain,
 	}
 	if ev.Identity != nil {
 		is.Identity = broker.IdentityRef{Iss: ev.Identity.Iss, Sub: ev.Identity.Sub, JTI: ev.Identity.JTI}

@@ -167,7 +167,7 @@ func TestLookupIssuanceRecord(t *testing.T) {
 		Source:   broker.Source{IP: "10.0.0.5"}, IssuedAt: at(2 * time.Second).Truncate(time.Nanosecond),
 		ExpiresAt: at(10 * time.Minute).Truncate(time.Second),
 		Refs:      broker.CredentialRefs{Fingerprint: broker.Fingerprint(secretB), JTI: "jti-B", ExpiresAt: at(10 * time.Minute).Truncate(time.Second)},
-		RequestID: "req_B",
+		RequestID: "req_B", AuditChain: "chn_fixture",
 	}
 	if diff := cmp.Diff(want, res.Issuance); diff != "" {
 		t.Errorf("Lookup(%s).Issuance = got, want want (-want +got):\n%s", idB, diff)

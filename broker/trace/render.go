@@ -69,6 +69,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	if !is.IssuedAt.IsZero() {
 		row("issued", ts(is.IssuedAt))
 	}
+	row("audit chain", is.AuditChain)
 	if !is.ExpiresAt.IsZero() {
 		row("expires", ts(is.ExpiresAt))
 	}

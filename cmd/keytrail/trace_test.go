@@ -68,7 +68,7 @@ func TestTraceOffline(t *testing.T) {
 		wantErr string   // substring of the error; "" = success
 	}{
 		{"ok/raw-credential", []string{"trace", cliSecret, "--audit-log", live},
-			[]string{"issuance " + cliIssID, "matched credential " + broker.Fingerprint(cliSecret), "payments-api", "team-payments", "10.1.2.3", "introspect"}, ""},
+			[]string{"issuance " + cliIssID, "matched credential " + broker.Fingerprint(cliSecret), "payments-api", "team-payments", "10.1.2.3", "introspect", "audit chain", "chn_cli"}, ""},
 		{"ok/accessor-in-directory", []string{"trace", "accCLI", "--audit-log", dir}, []string{"matched accessor accCLI", cliIssID}, ""},
 		{"ok/with-vault-log", []string{"trace", cliIssID, "--audit-log", live, "--vault-audit-log", vaultLog},
 			[]string{"vault audit log: 1 request(s) made with this credential", "read auth/token/lookup-self"}, ""},
