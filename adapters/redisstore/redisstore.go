@@ -599,7 +599,9 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 		}
 		ids := make([]string, 0, len(page))
 		for _, z := range page {
-			ids = append(ids, z.Member.(string))
+			if id, ok := z.Member.(string); ok {
+				ids = append(ids, id)
+			}
 		}
 		full := len(page) == listBatch
 		if full {
