@@ -641,8 +641,15 @@ func TestDeploySystemdUnit(t *testing.T) {
 // vault.MinimumBrokerPolicy of its policy plus the policies its grants hand
 // out (vault.HeldPolicies: the grants' policies and "default", which Vault
 // passes on to a minted token only when the parent holds it), and exchanges
-// a vault_token and a jwt grant and revokes an issuance through it.
+// a vault_token and a jwt grant and revokes an issuance through it. With
+// vault.token_role the broker mints through an orphan token role whose
+// allowed_policies bound what it hands out, and holds none of them itself.
 func TestMinimumVaultPolicy(t *testing.T) {
+	t.Run("create-orphan", func(t *testing.T) { testMinimumVaultPolicy(t, "") })
+	t.Run("token-role", func(t *testing.T) { testMinimumVaultPolicy(t, "keytrail-workloads") })
+}
+
+func testMinimumVaultPolicy(t *testing.T, tokenRole string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	v := harness.StartVault(t)
@@ -668,12 +675,22 @@ func TestMinimumVaultPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hcl, err := vault.MinimumBrokerPolicy(pol, vault.BrokerPolicyOptions{})
+	po := vault.BrokerPolicyOptions{TokenRole: tokenRole}
+	hcl, err := vault.MinimumBrokerPolicy(pol, po)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := vault.HeldPolicies(pol, vault.BrokerPolicyOptions{})
-	if diff := cmp.Diff([]string{"default", "deploy", "payments-read"}, held); diff != "" {
+	held := vault.HeldPolicies(pol, po)
+	wantHeld := []string{"default", "deploy", "payments-read"}
+	if tokenRole != "" {
+		wantHeld = nil
+		if _, err := root.Logical().WriteWithContext(ctx, "auth/token/roles/"+tokenRole, map[string]any{
+			"allowed_policies": []string{"deploy", "payments-read"}, "orphan": true, "renewable": false,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if diff := cmp.Diff(wantHeld, held); diff != "" {
 		t.Errorf("HeldPolicies (-want +got):\n%s", diff)
 	}
 	for name, rules := range map[string]string{
@@ -692,18 +709,42 @@ func TestMinimumVaultPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	brokerToken := bt.Auth.ClientToken
-	if diff := cmp.Diff([]string{"default", "deploy", "keytrail-broker", "payments-read"}, bt.Auth.Policies); diff != "" {
+	wantPolicies := []string{"default", "deploy", "keytrail-broker", "payments-read"}
+	if tokenRole != "" {
+		wantPolicies = []string{"default", "keytrail-broker"} // Vault adds default
+	}
+	if diff := cmp.Diff(wantPolicies, bt.Auth.Policies); diff != "" {
 		t.Fatalf("broker token policies (-want +got):\n%s", diff)
 	}
 
 	port := harness.FreePort(t)
 	s.brokerURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	s.auditPath = filepath.Join(s.dir, "audit.jsonl")
-	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\npublic_url: %s\npolicy: %s\nvault:\n  address: %s\naudit:\n  file: %s\nlog: {level: debug}\n",
-		port, s.brokerURL, polDir, v.Addr, s.auditPath)
+	cfg := fmt.Sprintf("listen: 127.0.0.1:%d\npublic_url: %s\npolicy: %s\nvault:\n  address: %s\n  token_role: %q\naudit:\n  file: %s\nlog: {level: debug}\n",
+		port, s.brokerURL, polDir, v.Addr, tokenRole, s.auditPath)
 	cfgPath := filepath.Join(s.dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if tokenRole != "" {
+		// While the role does not make orphans (which would tie every
+		// minted token to the broker's own), the broker refuses to start.
+		setOrphan := func(orphan bool) {
+			t.Helper()
+			if _, err := root.Logical().WriteWithContext(ctx, "auth/token/roles/"+tokenRole, map[string]any{
+				"allowed_policies": []string{"deploy", "payments-read"}, "orphan": orphan, "renewable": false,
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setOrphan(false)
+		cmd := exec.CommandContext(ctx, harness.KeytrailBinary(t), "server", "--config", cfgPath)
+		cmd.Env = append(os.Environ(), "VAULT_TOKEN="+brokerToken, "KEYTRAIL_RECONCILE=off")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "vault.token_role") || !strings.Contains(string(out), "orphan=true") {
+			t.Errorf("keytrail server with a non-orphan token role: err %v, output:\n%s\nwant a failed start naming vault.token_role and orphan=true", err, out)
+		}
+		setOrphan(true)
 	}
 	// Reconciliation lists every token accessor, which needs sudo: not part
 	// of the minimum (BrokerPolicyOptions.Reconcile), so it is off here.
@@ -731,6 +772,18 @@ func TestMinimumVaultPolicy(t *testing.T) {
 		mustJSON(t, body, &vaultIss)
 		if err := minted(vaultIss.AccessToken); err != nil {
 			t.Errorf("lookup-self with the minted token = %v", err)
+		}
+		// An orphan with the grant's policy, whichever way it was made,
+		// so it outlives the broker's own token.
+		look, err := root.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": vaultIss.Credential["accessor"]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		orphan, _ := look.Data["orphan"].(bool)
+		pols, _ := look.Data["policies"].([]any)
+		role, _ := look.Data["role"].(string)
+		if !orphan || !slices.Contains(pols, any("payments-read")) || role != tokenRole {
+			t.Errorf("minted token: orphan %v, policies %v, role %q; want an orphan with payments-read made through role %q", orphan, pols, role, tokenRole)
 		}
 	})
 

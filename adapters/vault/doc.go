@@ -39,9 +39,10 @@
 // update capability on that path (auth/token/create with no_parent=true would
 // need sudo). Without sudo, Vault only lets a token hand out policies it
 // holds itself, so the broker token must also carry every policy that a
-// vault_token grant lists — or use a token role (TokenMinterOptions.Role):
-// auth/token/create/<role> with a role that has orphan=true and
-// allowed_policies set, which needs update on that path only and is the
+// vault_token grant lists — or use a token role (TokenMinterOptions.Role,
+// keytrail's vault.token_role): auth/token/create/<role> with a role that
+// has orphan=true and allowed_policies set, which needs update on that path
+// and read on auth/token/roles/<role> (TokenMinter.CheckRole) and is the
 // least-privilege choice. BrokerPolicy returns HCL equivalent to:
 //
 //	path "auth/token/create-orphan"     { capabilities = ["update"] }

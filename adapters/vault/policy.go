@@ -24,6 +24,11 @@ type BrokerPolicyOptions struct {
 	// CheckpointTransitKey is the transit key of audit.checkpoint_transit_key
 	// (read and sign, like a jwt grant's key); empty when none.
 	CheckpointTransitKey string
+	// TokenRole is vault.token_role: vault_token grants mint through
+	// auth/token/create/<role> (update) after reading the role (read)
+	// instead of auth/token/create-orphan. The role's allowed_policies,
+	// not the broker token's own policies, then bound what it hands out.
+	TokenRole string
 }
 
 // MinimumBrokerPolicy returns the HCL of the least-privilege Vault policy
@@ -32,8 +37,9 @@ type BrokerPolicyOptions struct {
 //   - its own token: read auth/token/lookup-self (the login check) and
 //     update auth/token/renew-self (the LifetimeWatcher); the "default"
 //     policy has both, but a broker token may be created without it;
-//   - BrokerPolicy: mint orphan tokens, revoke them by accessor, and read
-//     and sign with the transit keys the jwt grants name;
+//   - BrokerPolicy: mint orphan tokens (through o.TokenRole when set),
+//     revoke them by accessor, and read and sign with the transit keys the
+//     jwt grants name;
 //   - proxy grants: read on each grant's vault_kv path;
 //   - vault_dynamic grants: DynamicBrokerPolicy (revoke leases);
 //   - pki grants: PKIBrokerPolicy of each issue path;
@@ -48,6 +54,9 @@ type BrokerPolicyOptions struct {
 func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, error) {
 	if pol == nil {
 		return "", fmt.Errorf("vault broker policy: no keytrail policy")
+	}
+	if r := o.TokenRole; r != "" && (!validName(r) || strings.Contains(r, "/")) {
+		return "", fmt.Errorf("vault broker policy: token role %q: must be a plain name", r)
 	}
 	mount := o.TransitMount
 	if mount == "" {
@@ -76,7 +85,7 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 	b.WriteString("# keytrail broker: minimum policy for its own token (generated)\n")
 	b.WriteString("path \"auth/token/lookup-self\" {\n  capabilities = [\"read\"]\n}\n")
 	b.WriteString("path \"auth/token/renew-self\" {\n  capabilities = [\"update\"]\n}\n")
-	b.WriteString(BrokerPolicy(mount, keys...))
+	b.WriteString(brokerPolicy(o.TokenRole, mount, keys...))
 	for _, p := range kv {
 		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"read\"]\n}\n", p)
 	}
@@ -101,7 +110,9 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 // without sudo): every policy of pol's vault_token grants and "default"
 // (Vault gives a child token the default policy only when its parent holds
 // it, and workloads expect lookup-self on their tokens), and the reader
-// policies when pol has vault_dynamic grants. Sorted, each once.
+// policies when pol has vault_dynamic grants. Sorted, each once. With
+// o.TokenRole the vault_token grants' policies are not needed: the role's
+// allowed_policies take the subset rule's place.
 func HeldPolicies(pol *policies.Policy, o BrokerPolicyOptions) []string {
 	if pol == nil {
 		return nil
@@ -109,7 +120,7 @@ func HeldPolicies(pol *policies.Policy, o BrokerPolicyOptions) []string {
 	var out []string
 	for _, g := range pol.Grants() {
 		switch {
-		case g.VaultToken != nil:
+		case g.VaultToken != nil && o.TokenRole == "":
 			out = append(out, "default")
 			out = append(out, g.VaultToken.Policies...)
 		case g.VaultDynamic != nil:

@@ -148,6 +148,23 @@ func TestMinimumBrokerPolicy(t *testing.T) {
 			want: hclSelf + hclMint + hclTransit, held: []string{"default", "deploy", "payments-read"},
 		},
 		{
+			// The role's allowed_policies bound what it hands out: the
+			// broker need not hold the grants' policies.
+			name: "ok/token-role", grants: []string{"g-vault", "g-db"}, yaml: grantVault + grantDynamic,
+			opts: vault.BrokerPolicyOptions{TokenRole: "keytrail"},
+			want: hclSelf + `path "auth/token/create/keytrail" {
+  capabilities = ["update"]
+}
+path "auth/token/roles/keytrail" {
+  capabilities = ["read"]
+}
+path "auth/token/revoke-accessor" {
+  capabilities = ["update"]
+}
+` + vault.DynamicBrokerPolicy(),
+			held: []string{vault.DefaultReaderPolicy},
+		},
+		{
 			name: "ok/dynamic-reader-policies", grants: []string{"g-db"}, yaml: grantDynamic,
 			opts: vault.BrokerPolicyOptions{ReaderPolicies: []string{"db-reader"}},
 			want: hclSelf + hclMint + vault.DynamicBrokerPolicy(), held: []string{"db-reader"},
@@ -164,7 +181,7 @@ func TestMinimumBrokerPolicy(t *testing.T) {
 				t.Errorf("MinimumBrokerPolicy(%s) (-want +got):\n%s", tt.name, diff)
 			}
 			// Never less than BrokerPolicy for the same keys.
-			if base := vault.BrokerPolicy(tt.opts.TransitMount); !strings.Contains(got, base) {
+			if base := vault.BrokerPolicy(tt.opts.TransitMount); tt.opts.TokenRole == "" && !strings.Contains(got, base) {
 				t.Errorf("MinimumBrokerPolicy(%s) lacks BrokerPolicy's stanzas:\n%s", tt.name, base)
 			}
 			if diff := cmp.Diff(tt.held, vault.HeldPolicies(pol, tt.opts)); diff != "" {
@@ -172,6 +189,12 @@ func TestMinimumBrokerPolicy(t *testing.T) {
 			}
 		})
 	}
+	t.Run("fail/token-role-path", func(t *testing.T) {
+		pol := policyWithGrants(t, []string{"g-vault"}, grantVault)
+		if _, err := vault.MinimumBrokerPolicy(pol, vault.BrokerPolicyOptions{TokenRole: "a/../b"}); err == nil {
+			t.Error("MinimumBrokerPolicy(token role a/../b) = nil error, want one")
+		}
+	})
 	t.Run("fail/no-policy", func(t *testing.T) {
 		if got, err := vault.MinimumBrokerPolicy(nil, vault.BrokerPolicyOptions{}); err == nil {
 			t.Errorf("MinimumBrokerPolicy(nil) = %q, nil; want an error", got)

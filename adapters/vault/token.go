@@ -37,6 +37,7 @@ type TokenMinterOptions struct {
 type TokenMinter struct {
 	c    *vaultapi.Client
 	path string
+	role string
 	now  func() time.Time
 }
 
@@ -61,7 +62,32 @@ func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &TokenMinter{c: o.Client, path: path, now: now}, nil
+	return &TokenMinter{c: o.Client, path: path, role: o.Role, now: now}, nil
+}
+
+// CheckRole reads the token role the minter creates tokens through (none
+// set: nothing to check) and fails unless it exists and has orphan=true:
+// a token created through a role without it is a child of the broker's
+// own token, and Vault revokes it when that token is revoked or expires
+// (at the broker's next login), long before its TTL. Reading the role needs
+// read on auth/token/roles/<role> (MinimumBrokerPolicy with TokenRole has
+// it).
+func (m *TokenMinter) CheckRole(ctx context.Context) error {
+	if m.role == "" {
+		return nil
+	}
+	const op = "read token role"
+	sec, err := m.c.Logical().ReadWithContext(ctx, "auth/token/roles/"+url.PathEscape(m.role))
+	if err != nil {
+		return translate(op, err)
+	}
+	if sec == nil || sec.Data == nil {
+		return fmt.Errorf("vault token role %q does not exist (auth/token/roles/%s)", m.role, m.role)
+	}
+	if orphan, _ := sec.Data["orphan"].(bool); !orphan {
+		return fmt.Errorf("vault token role %q must set orphan=true: tokens created through it would be children of the broker's own token and be revoked with it", m.role)
+	}
+	return nil
 }
 
 // tokenCreateBody is the body of the create call.
@@ -162,11 +188,22 @@ func (m *TokenMinter) revokeAccessor(ctx context.Context, accessor string) error
 // With create-orphan and no sudo, the broker token must also hold the
 // policies its vault_token grants hand out (Vault's subset rule).
 func BrokerPolicy(mount string, transitKeys ...string) string {
+	return brokerPolicy("", mount, transitKeys...)
+}
+
+// brokerPolicy is BrokerPolicy, minting through the token role tokenRole
+// when it is set (create through the role, read the role for CheckRole).
+func brokerPolicy(tokenRole, mount string, transitKeys ...string) string {
 	if mount == "" {
 		mount = "transit"
 	}
 	var b strings.Builder
-	b.WriteString("path \"auth/token/create-orphan\" {\n  capabilities = [\"update\"]\n}\n")
+	if tokenRole != "" {
+		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"update\"]\n}\n", "auth/token/create/"+tokenRole)
+		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"read\"]\n}\n", "auth/token/roles/"+tokenRole)
+	} else {
+		b.WriteString("path \"auth/token/create-orphan\" {\n  capabilities = [\"update\"]\n}\n")
+	}
 	b.WriteString("path \"auth/token/revoke-accessor\" {\n  capabilities = [\"update\"]\n}\n")
 	for _, k := range transitKeys {
 		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"read\"]\n}\n", mount+"/keys/"+k)

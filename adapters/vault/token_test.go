@@ -384,6 +384,48 @@ func TestTokenMinterRevoke(t *testing.T) {
 	}
 }
 
+// TestTokenMinterCheckRole: a token role must exist and make orphans, or
+// the broker does not start; without a role there is nothing to read.
+func TestTokenMinterCheckRole(t *testing.T) {
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/auth/token/roles/orphans": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"orphan": true, "allowed_policies": []string{"payments-read"}}})
+		},
+		"GET /v1/auth/token/roles/children": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"orphan": false}})
+		},
+		"GET /v1/auth/token/roles/hidden":  replyRaw(403, `{"errors":["permission denied"]}`),
+		"GET /v1/auth/token/roles/missing": replyRaw(404, `{"errors":[]}`), // what Vault answers
+	})
+	for _, tc := range []struct {
+		role    string
+		wantErr string // "" = nil
+	}{
+		{"", ""},
+		{"orphans", ""},
+		{"children", "must set orphan=true"},
+		{"missing", "does not exist"},
+		{"hidden", "permission denied"},
+	} {
+		t.Run("role="+tc.role, func(t *testing.T) {
+			m, err := NewTokenMinter(TokenMinterOptions{Client: f.client(t), Role: tc.role})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = m.CheckRole(context.Background())
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("CheckRole() = %v, want nil", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("CheckRole() = %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+	if n := f.count("GET /v1/auth/token/roles/orphans"); n != 1 {
+		t.Errorf("role reads = %d, want 1", n)
+	}
+}
+
 func TestNewTokenMinterValidates(t *testing.T) {
 	t.Parallel()
 	f := newFakeVault(t, nil)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -48,12 +49,21 @@ type AuthnConfig struct {
 	VerifiedCacheSize int `yaml:"verified_cache_size"`
 }
 
+// tokenRoleName is what vault.token_role may be: a plain Vault token role
+// name, safe in a path.
+var tokenRoleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
 // VaultConfig says how to reach and log in to Vault.
 type VaultConfig struct {
 	Address   string   `yaml:"address"`    // VAULT_ADDR overrides
 	TokenFile string   `yaml:"token_file"` // or VAULT_TOKEN
 	CAFile    string   `yaml:"ca_file"`
 	Timeout   duration `yaml:"timeout"` // per request, default 5s
+	// TokenRole mints vault_token grants through auth/token/create/<role>
+	// instead of auth/token/create-orphan; the role must exist with
+	// orphan=true (checked at start-up) and its allowed_policies bound
+	// what the grants hand out.
+	TokenRole string `yaml:"token_role"`
 	// Auth logs the broker in with AppRole or Kubernetes instead of a
 	// static token; exclusive with token_file and VAULT_TOKEN.
 	Auth *VaultAuthConfig `yaml:"auth"`
@@ -238,6 +248,9 @@ func (c *Config) validate(file string) error {
 		if _, err := os.Stat(c.Vault.TokenFile); err != nil {
 			bad("vault.token_file", "%v", err)
 		}
+	}
+	if r := c.Vault.TokenRole; r != "" && !tokenRoleName.MatchString(r) {
+		bad("vault.token_role", "must be a token role name (letters, digits, '.', '_', '-')")
 	}
 	if a := c.Vault.Auth; a != nil {
 		if c.Vault.TokenFile != "" {

@@ -79,6 +79,9 @@ func TestLoadConfig(t *testing.T) {
 		{name: "ok/tuning", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: 64, defer_for: 5ms}\nauthn: {verified_cache_size: -1}\n"},
 		{name: "fail/tuning-out-of-range", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: -1, defer_for: 2s}\nauthn: {verified_cache_size: -2}\n",
 			wantErr: []string{"audit.max_batch", "audit.defer_for", "authn.verified_cache_size"}},
+		{name: "ok/token-role", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: keytrail-workloads}\naudit: {file: a}\n"},
+		{name: "fail/token-role-path", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: 'a/../b'}\naudit: {file: a}\n",
+			wantErr: []string{"vault.token_role: must be a token role name"}},
 		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
 	}

@@ -128,7 +128,7 @@ matched or not, and what the grant would mint.`,
 }
 
 func newPolicyVaultCmd(e *env) *cobra.Command {
-	var checkpointKey string
+	var checkpointKey, tokenRole string
 	var reconcile bool
 	c := &cobra.Command{
 		Use:   "vault PATH",
@@ -144,7 +144,7 @@ policies it has itself.`,
 			if err != nil {
 				return policyProblems(e, err)
 			}
-			o := vaultad.BrokerPolicyOptions{CheckpointTransitKey: checkpointKey, Reconcile: reconcile}
+			o := vaultad.BrokerPolicyOptions{CheckpointTransitKey: checkpointKey, Reconcile: reconcile, TokenRole: tokenRole}
 			hcl, err := vaultad.MinimumBrokerPolicy(pol, o)
 			if err != nil {
 				return err
@@ -158,5 +158,6 @@ policies it has itself.`,
 	}
 	c.Flags().StringVar(&checkpointKey, "checkpoint-transit-key", "", "audit.checkpoint_transit_key, if used")
 	c.Flags().BoolVar(&reconcile, "reconcile", false, "include what the Vault token reconciliation needs (sudo list of accessors)")
+	c.Flags().StringVar(&tokenRole, "token-role", "", "vault.token_role, if used: mint through this token role instead of create-orphan")
 	return c
 }

@@ -328,9 +328,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	rt.closers = append(rt.closers, sink.Close)
 
-	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc})
+	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc, Role: cfg.Vault.TokenRole})
 	if err != nil {
-		return err
+		return fmt.Errorf("vault.token_role: %w", err)
+	}
+	if err := tokenMinter.CheckRole(ctx); err != nil {
+		return fmt.Errorf("vault.token_role: %w", err)
 	}
 	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL})
 	if err != nil {
