@@ -322,6 +322,51 @@ func testLeastPrivilege(t *testing.T, env *stack, pg *harness.Postgres) {
 		t.Errorf("connection as %s after Revoke succeeded, want refused", cred.Refs.Username)
 	}
 
+	// Through a token role (vault.token_role): the broker token holds no
+	// reader policy; the role's allowed_policies bound it instead.
+	const role = "keytrail-lp"
+	if _, err := root.Logical().WriteWithContext(ctx, "auth/token/roles/"+role, map[string]any{
+		"allowed_policies": []string{vault.DefaultReaderPolicy}, "orphan": true, "renewable": false,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pol := policiesWithDynamicGrant(t)
+	hcl, err := vault.MinimumBrokerPolicy(pol, vault.BrokerPolicyOptions{TokenRole: role})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held := vault.HeldPolicies(pol, vault.BrokerPolicyOptions{TokenRole: role}); len(held) != 0 {
+		t.Errorf("HeldPolicies with a token role = %v, want none", held)
+	}
+	mustVault(t, root.Sys().PutPolicyWithContext(ctx, "keytrail-broker-role", hcl))
+	rt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
+		Policies: []string{"keytrail-broker-role"}, NoDefaultPolicy: true, TTL: "1h",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := vault.NewClient(vault.ClientOptions{Address: env.vault.Addr, Token: rt.Auth.ClientToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdm, err := vault.NewDynamicMinter(vault.DynamicMinterOptions{Client: rc, Role: role})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rreq := req
+	rreq.IssuanceID = broker.NewID(broker.PrefixIssuance)
+	rcred, err := rdm.Mint(ctx, rreq)
+	if err != nil {
+		t.Fatalf("DynamicMinter.Mint through token role %s: %v", role, err)
+	}
+	if out, err := pg.Query(rcred.Refs.Username, rcred.AccessToken, "SELECT current_user"); err != nil || out != rcred.Refs.Username {
+		t.Fatalf("query as %s = %q, %v", rcred.Refs.Username, out, err)
+	}
+	ris := &broker.Issuance{ID: rreq.IssuanceID, Grant: grant.Name, Kind: grant.Kind, ExpiresAt: rcred.Refs.ExpiresAt, Refs: rcred.Refs}
+	if err := rdm.Revoke(ctx, ris); err != nil {
+		t.Fatalf("DynamicMinter.Revoke (token role): %v", err)
+	}
+
 	pm, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: bc, Grant: func(string) (*policies.Grant, bool) {
 		return &policies.Grant{Name: "payments-cert", Kind: broker.KindPKI, PKI: &policies.PKIGrant{Path: "pki/issue/workloads"}}, true
 	}})
@@ -458,4 +503,33 @@ func adminIssuance(t *testing.T, env *stack, admin, workload, id string) broker.
 	}
 	t.Fatalf("issuance %s not listed: %s", id, raw)
 	return broker.Issuance{}
+}
+
+// policiesWithDynamicGrant is a keytrail policy with one vault_dynamic
+// grant, for MinimumBrokerPolicy.
+func policiesWithDynamicGrant(t *testing.T) *policies.Policy {
+	t.Helper()
+	pol, err := policies.Parse("lp.yaml", []byte(`
+version: 1
+issuers:
+  - name: ci
+    issuer: https://ci.example
+    jwks_url: https://ci.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: payments-ledger
+    owner: team-payments
+    match: {issuer: ci, subject: ledger}
+    grants: [payments-db]
+grants:
+  - name: payments-db
+    kind: vault_dynamic
+    ttl: 1m
+    vault_dynamic: {path: database/creds/payments-rw}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
 }

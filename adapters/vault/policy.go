@@ -24,10 +24,11 @@ type BrokerPolicyOptions struct {
 	// CheckpointTransitKey is the transit key of audit.checkpoint_transit_key
 	// (read and sign, like a jwt grant's key); empty when none.
 	CheckpointTransitKey string
-	// TokenRole is vault.token_role: vault_token grants mint through
-	// auth/token/create/<role> (update) after reading the role (read)
-	// instead of auth/token/create-orphan. The role's allowed_policies,
-	// not the broker token's own policies, then bound what it hands out.
+	// TokenRole is vault.token_role: vault_token grants and the dynamic
+	// minter's reader tokens are made through auth/token/create/<role>
+	// (update), after reading the role (read), instead of
+	// auth/token/create-orphan. The role's allowed_policies, not the broker
+	// token's own policies, then bound what it hands out.
 	TokenRole string
 }
 
@@ -111,8 +112,9 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 // (Vault gives a child token the default policy only when its parent holds
 // it, and workloads expect lookup-self on their tokens), and the reader
 // policies when pol has vault_dynamic grants. Sorted, each once. With
-// o.TokenRole the vault_token grants' policies are not needed: the role's
-// allowed_policies take the subset rule's place.
+// o.TokenRole none of them is needed: vault_token grants and the dynamic
+// minter's reader tokens are made through the role, whose allowed_policies
+// take the subset rule's place.
 func HeldPolicies(pol *policies.Policy, o BrokerPolicyOptions) []string {
 	if pol == nil {
 		return nil
@@ -123,7 +125,7 @@ func HeldPolicies(pol *policies.Policy, o BrokerPolicyOptions) []string {
 		case g.VaultToken != nil && o.TokenRole == "":
 			out = append(out, "default")
 			out = append(out, g.VaultToken.Policies...)
-		case g.VaultDynamic != nil:
+		case g.VaultDynamic != nil && o.TokenRole == "":
 			if len(o.ReaderPolicies) == 0 {
 				out = append(out, DefaultReaderPolicy)
 			} else {

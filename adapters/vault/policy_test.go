@@ -149,7 +149,7 @@ func TestMinimumBrokerPolicy(t *testing.T) {
 		},
 		{
 			// The role's allowed_policies bound what it hands out: the
-			// broker need not hold the grants' policies.
+			// broker need not hold the grants' or the readers' policies.
 			name: "ok/token-role", grants: []string{"g-vault", "g-db"}, yaml: grantVault + grantDynamic,
 			opts: vault.BrokerPolicyOptions{TokenRole: "keytrail"},
 			want: hclSelf + `path "auth/token/create/keytrail" {
@@ -162,7 +162,6 @@ path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
 ` + vault.DynamicBrokerPolicy(),
-			held: []string{vault.DefaultReaderPolicy},
 		},
 		{
 			name: "ok/dynamic-reader-policies", grants: []string{"g-db"}, yaml: grantDynamic,

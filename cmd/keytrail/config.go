@@ -59,10 +59,11 @@ type VaultConfig struct {
 	TokenFile string   `yaml:"token_file"` // or VAULT_TOKEN
 	CAFile    string   `yaml:"ca_file"`
 	Timeout   duration `yaml:"timeout"` // per request, default 5s
-	// TokenRole mints vault_token grants through auth/token/create/<role>
-	// instead of auth/token/create-orphan; the role must exist with
-	// orphan=true (checked at start-up) and its allowed_policies bound
-	// what the grants hand out.
+	// TokenRole makes vault_token grants' tokens and the vault_dynamic
+	// reader tokens through auth/token/create/<role> instead of
+	// auth/token/create-orphan; the role must exist with orphan=true
+	// (checked at start-up) and its allowed_policies bound what is handed
+	// out.
 	TokenRole string `yaml:"token_role"`
 	// Auth logs the broker in with AppRole or Kubernetes instead of a
 	// static token; exclusive with token_file and VAULT_TOKEN.

@@ -347,7 +347,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc})
+	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc, Role: cfg.Vault.TokenRole})
 	if err != nil {
 		return err
 	}
