@@ -330,7 +330,10 @@ func testLeastPrivilege(t *testing.T, env *stack, pg *harness.Postgres) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pol := policiesWithDynamicGrant(t)
+	pol, err := policies.Load(env.policyDir) // its vault_dynamic grants and more
+	if err != nil {
+		t.Fatal(err)
+	}
 	hcl, err := vault.MinimumBrokerPolicy(pol, vault.BrokerPolicyOptions{TokenRole: role})
 	if err != nil {
 		t.Fatal(err)
@@ -503,33 +506,4 @@ func adminIssuance(t *testing.T, env *stack, admin, workload, id string) broker.
 	}
 	t.Fatalf("issuance %s not listed: %s", id, raw)
 	return broker.Issuance{}
-}
-
-// policiesWithDynamicGrant is a keytrail policy with one vault_dynamic
-// grant, for MinimumBrokerPolicy.
-func policiesWithDynamicGrant(t *testing.T) *policies.Policy {
-	t.Helper()
-	pol, err := policies.Parse("lp.yaml", []byte(`
-version: 1
-issuers:
-  - name: ci
-    issuer: https://ci.example
-    jwks_url: https://ci.example/jwks
-    audiences: [keytrail]
-    algorithms: [ES256]
-workloads:
-  - name: payments-ledger
-    owner: team-payments
-    match: {issuer: ci, subject: ledger}
-    grants: [payments-db]
-grants:
-  - name: payments-db
-    kind: vault_dynamic
-    ttl: 1m
-    vault_dynamic: {path: database/creds/payments-rw}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pol
 }
