@@ -223,6 +223,9 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 // FindIssuances returns FindIssuance's answer for each value, nil where
 // there is none.
 func (s *Store) FindIssuances(ctx context.Context, kind broker.RefKind, values []string) ([]*broker.Issuance, error) {
+	if _, ok := (&broker.Issuance{}).RefValue(kind); !ok {
+		return nil, invalid(fmt.Sprintf("unknown ref kind %q", kind))
+	}
 	out := make([]*broker.Issuance, len(values))
 	for i, v := range values {
 		is, err := s.FindIssuance(ctx, kind, v)

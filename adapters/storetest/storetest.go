@@ -318,6 +318,8 @@ func testFindMany(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	wantErr(t, "FindIssuances(accessor, [..., \"\"])", err, broker.ErrInvalidRequest)
 	_, err = s.FindIssuances(ctx(t), broker.RefKind("colour"), []string{"red"})
 	wantErr(t, "FindIssuances(colour, [red])", err, broker.ErrInvalidRequest)
+	_, err = s.FindIssuances(ctx(t), broker.RefKind("colour"), nil)
+	wantErr(t, "FindIssuances(colour, no values)", err, broker.ErrInvalidRequest)
 }
 
 func testOverwrite(t *testing.T, newStore func(t *testing.T) broker.Store) {
