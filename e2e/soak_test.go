@@ -8,11 +8,16 @@ package e2e
 //	go test ./e2e -run '^$' -bench Soak -benchtime 1x -timeout 2h -v
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 func BenchmarkSoak(b *testing.B) {
@@ -81,6 +86,41 @@ func BenchmarkSoak(b *testing.B) {
 		}
 		record(time.Since(start))
 		b.Logf("soak summary (%v):\n%s", dur, strings.Join(samples, "\n"))
+		// Nothing crashed, so the reconciliation (every 5 minutes) must
+		// not have revoked anything: every Vault token the soak made is
+		// recorded and audited.
+		if orphans := orphanReasons(b, c.audits[0]); len(orphans) > 0 {
+			b.Errorf("orphan_revoked events in a soak without crashes, by reason: %v", orphans)
+		}
 		b.ReportMetric(float64(ops["exchange"]+ops["proxy"]+ops["revoke"])/time.Since(start).Seconds(), "ops/s")
 	}
+}
+
+// orphanReasons counts the orphan_revoked events of an audit log by reason,
+// streaming it (a soak's log is hundreds of MB).
+func orphanReasons(tb testing.TB, path string) map[string]int {
+	tb.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !bytes.Contains(line, []byte(`"orphan_revoked"`)) {
+			continue
+		}
+		var ev audit.Event
+		if err := json.Unmarshal(line, &ev); err != nil || ev.Type != audit.TypeOrphanRevoked {
+			continue
+		}
+		out[ev.Reason]++
+	}
+	if err := sc.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out
 }
