@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -368,6 +370,36 @@ func testLeastPrivilege(t *testing.T, env *stack, pg *harness.Postgres) {
 	ris := &broker.Issuance{ID: rreq.IssuanceID, Grant: grant.Name, Kind: grant.Kind, ExpiresAt: rcred.Refs.ExpiresAt, Refs: rcred.Refs}
 	if err := rdm.Revoke(ctx, ris); err != nil {
 		t.Fatalf("DynamicMinter.Revoke (token role): %v", err)
+	}
+
+	// The same through a keytrail server configured with vault.token_role
+	// and that token: the configuration reaches the dynamic minter.
+	cfg, err := os.ReadFile(filepath.Join(env.dir, "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := harness.FreePort(t)
+	rURL := fmt.Sprintf("http://127.0.0.1:%d", port)
+	rcfg := regexp.MustCompile(`(?m)^listen: .*$`).ReplaceAllString(string(cfg), fmt.Sprintf("listen: 127.0.0.1:%d", port))
+	rcfg = regexp.MustCompile(`(?m)^public_url: .*$`).ReplaceAllString(rcfg, "public_url: "+rURL)
+	rcfg = regexp.MustCompile(`(?m)^  file: .*$`).ReplaceAllString(rcfg, "  file: "+filepath.Join(env.dir, "audit-role.jsonl"))
+	rcfg = strings.Replace(rcfg, "vault:\n", "vault:\n  token_role: "+role+"\n", 1)
+	rcfgPath := filepath.Join(env.dir, "config-role.yaml")
+	if err := os.WriteFile(rcfgPath, []byte(rcfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rb := harness.StartKeytrail(t, rURL, rcfgPath, "VAULT_TOKEN="+rt.Auth.ClientToken, "KEYTRAIL_RECONCILE=off")
+	renv := *env
+	renv.brokerURL, renv.broker = rURL, rb
+	status, body, _ := renv.exchange(t, env.issuer.token(t, "system:serviceaccount:payments:ledger", map[string]any{"session": "pod-role"}), "payments-db", nil)
+	if status != 200 {
+		t.Fatalf("exchange through a broker with vault.token_role = %d %s\nbroker log:\n%s", status, body, rb.Logs())
+	}
+	var res tokenResponse
+	mustJSON(t, body, &res)
+	username, _ := res.Credential["username"].(string)
+	if out, err := pg.Query(username, res.AccessToken, "SELECT current_user"); err != nil || out != username {
+		t.Fatalf("query as %s = %q, %v", username, out, err)
 	}
 
 	pm, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: bc, Grant: func(string) (*policies.Grant, bool) {
