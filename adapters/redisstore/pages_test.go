@@ -26,13 +26,13 @@ func newInternalStore(t *testing.T, prefix string) *Store {
 }
 
 // TestPagesByScoreShifted: members added before the cursor while the pages
-// are read (a revocation created earlier than the ones being listed) move
-// the rest up; every member present from the start is still passed once,
-// none twice.
+// are read (a revocation created earlier than the ones being listed) are
+// not passed; every member present from the start is passed once, none
+// twice.
 func TestPagesByScoreShifted(t *testing.T) {
 	s := newInternalStore(t, "{pages}:")
 	ctx := context.Background()
-	const key, n = "{pages}:z", 3*revPage + 10
+	const key, n = "{pages}:z", 3*indexPage + 10
 	for i := range n {
 		if err := s.client.ZAdd(ctx, key, redis.Z{Score: float64(1000 + i), Member: fmt.Sprintf("m%05d", i)}).Err(); err != nil {
 			t.Fatal(err)
@@ -40,7 +40,7 @@ func TestPagesByScoreShifted(t *testing.T) {
 	}
 	seen := map[string]int{}
 	page := 0
-	err := s.pagesByScore(ctx, key, 1000, false, func(ids []string) error {
+	err := s.pagesByScore(ctx, key, "1000", func(ids []string) (bool, error) {
 		for _, id := range ids {
 			seen[id]++
 		}
@@ -49,10 +49,10 @@ func TestPagesByScoreShifted(t *testing.T) {
 		// so far: 3, then 5, then 1.
 		for j := range []int{3, 5, 1, 0}[min(page-1, 3)] {
 			if err := s.client.ZAdd(ctx, key, redis.Z{Score: float64(1000), Member: fmt.Sprintf("early%d_%d", page, j)}).Err(); err != nil {
-				return err
+				return false, err
 			}
 		}
-		return nil
+		return false, nil
 	})
 	if err != nil {
 		t.Fatalf("pagesByScore() = %v", err)
@@ -66,6 +66,53 @@ func TestPagesByScoreShifted(t *testing.T) {
 		if k > 1 {
 			t.Errorf("member %s passed %d times, want at most once", id, k)
 		}
+	}
+}
+
+// TestListRevocationsChangedWhileListing: an update moves a revocation to
+// a higher change number. A listing of the change index that paged by rank
+// skipped a member for each one that moved from before its cursor to after
+// it; paging by score skips none and lists the moved one once.
+func TestListRevocationsChangedWhileListing(t *testing.T) {
+	s := newInternalStore(t, "{moved}:")
+	ctx := context.Background()
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	const n = 3*indexPage + 10
+	var revs []*broker.Revocation
+	for i := range n {
+		r := &broker.Revocation{ID: fmt.Sprintf("rev_%05d", i), CreatedAt: at, Revoked: []string{fmt.Sprintf("iss_%05d", i)}}
+		if err := s.PutRevocation(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, r)
+	}
+	pages := 0
+	s.afterPage = func() {
+		pages++
+		if pages == 1 { // the revocation worker updates ten already listed
+			for _, r := range revs[:10] {
+				r.CompletedAt = at.Add(time.Second)
+				if err := s.PutRevocation(ctx, r); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+	list, err := s.ListRevocations(ctx, broker.RevocationFilter{ChangedAfter: 0 + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, r := range list {
+		got[r.ID]++
+	}
+	for _, r := range revs[1:] { // change numbers start at 1; ChangedAfter 1 leaves the first out
+		if got[r.ID] != 1 {
+			t.Errorf("%s listed %d times, want once", r.ID, got[r.ID])
+		}
+	}
+	if pages < 3 {
+		t.Errorf("the listing took %d page boundaries, want at least 3", pages)
 	}
 }
 
@@ -105,7 +152,7 @@ func TestListIssuancesPrunedWhileListing(t *testing.T) {
 	s := newInternalStore(t, "{prune}:")
 	ctx := context.Background()
 	exp := time.Now().Add(time.Hour).Truncate(time.Millisecond)
-	const n = 3*listBatch + 5
+	const n = 3*indexPage + 5
 	want := map[string]bool{}
 	for i := range n {
 		// Runs of three issuances share an expiry (and so a score).
@@ -124,7 +171,7 @@ func TestListIssuancesPrunedWhileListing(t *testing.T) {
 		}
 	}
 	pages := 0
-	s.afterListPage = func() {
+	s.afterPage = func() {
 		pages++
 		if pages == 1 { // as a concurrent put's prune would
 			if err := s.client.ZRemRangeByScore(ctx, s.allKey(), "-inf", "2000").Err(); err != nil {

@@ -76,7 +76,8 @@ const (
 	DefaultRetention = 30 * 24 * time.Hour
 )
 
-// listBatch is how many index entries ListIssuances reads per round trip.
+// listBatch is how many values one MGET reads (issuances and revocations
+// listed, issuances found by reference).
 const listBatch = 256
 
 // Options configure New. Exactly one of URL and Universal is set.
@@ -117,7 +118,7 @@ type Store struct {
 	now       func() time.Time
 	log       *slog.Logger
 
-	afterListPage func() // tests: called between ListIssuances' pages
+	afterPage func() // tests: called between pagesByScore's pages
 }
 
 // New connects, pings, and checks the server's maxmemory-policy and version.
@@ -577,78 +578,36 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 		minScore = strconv.FormatInt(f.ActiveAt.UnixMilli(), 10)
 	}
 
-	// Pages follow the score (a cursor past the last score read), never an
-	// offset: every put prunes the oldest members, and an offset counted
-	// before a prune would skip as many members as it removed. A page that
-	// ends inside the members of one score is completed with all of them,
-	// so the next page can start after that score.
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
+	// The index is paged by score (pagesByScore): every put prunes its
+	// oldest members while it is read.
 	out := []*broker.Issuance{}
-	seen := map[string]bool{}
-	start := minScore
-	for {
-		page, err := s.client.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
-			Key: key, Start: start, Stop: "+inf", ByScore: true, Count: listBatch,
-		}).Result()
+	var decodeErr error // a record that does not decode: reported as such
+	err := s.pagesByScore(ctx, key, minScore, func(ids []string) (bool, error) {
+		raws, err := s.values(ctx, ids, s.issKey) // an id dropped after retention has no value
 		if err != nil {
-			return nil, s.fail("list issuances", err)
+			return false, err
 		}
-		if len(page) == 0 {
-			break
-		}
-		ids := make([]string, 0, len(page))
-		for _, z := range page {
-			if id, ok := z.Member.(string); ok {
-				ids = append(ids, id)
-			}
-		}
-		full := len(page) == listBatch
-		if full {
-			last := strconv.FormatFloat(page[len(page)-1].Score, 'f', -1, 64)
-			ties, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: key, Start: last, Stop: last, ByScore: true}).Result()
-			if err != nil {
-				return nil, s.fail("list issuances", err)
-			}
-			for _, id := range ties {
-				if !slices.Contains(ids, id) {
-					ids = append(ids, id)
-				}
-			}
-			start = "(" + last
-		}
-		keys := make([]string, len(ids))
-		for i, id := range ids {
-			keys[i] = s.issKey(id)
-		}
-		vals, err := s.client.MGet(ctx, keys...).Result()
-		if err != nil {
-			return nil, s.fail("list issuances", err)
-		}
-		for _, v := range vals {
-			raw, ok := v.(string)
-			if !ok {
-				continue // dropped after retention; index entry not yet trimmed
-			}
+		for _, raw := range raws {
 			is, err := decodeIssuance(raw)
 			if err != nil {
-				return nil, err
+				decodeErr = err
+				return false, err
 			}
-			if seen[is.ID] || !matches(is, f) {
+			if !matches(is, f) {
 				continue
 			}
-			seen[is.ID] = true
 			out = append(out, is)
 			if f.Limit > 0 && len(out) == f.Limit {
-				return out, nil
+				return true, nil
 			}
 		}
-		if !full {
-			break
-		}
-		if s.afterListPage != nil {
-			s.afterListPage()
-		}
+		return false, nil
+	})
+	if decodeErr != nil {
+		return nil, decodeErr
+	}
+	if err != nil {
+		return nil, s.fail("list issuances", err)
 	}
 	return out, nil
 }
@@ -835,29 +794,29 @@ func (s *Store) values(ctx context.Context, names []string, key func(string) str
 func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
 	out := []*broker.Revocation{}
 	var corruptErr error // a record that does not decode: reported as such, not as Redis unavailable
-	add := func(ids []string) error {
+	add := func(ids []string) (bool, error) {
 		raws, err := s.values(ctx, ids, s.revKey)
 		if err != nil {
-			return err
+			return false, err
 		}
 		for _, raw := range raws {
 			r, err := decodeRevocation(raw)
 			if err != nil {
 				corruptErr = err
-				return err
+				return false, err
 			}
 			if f.Match(r) {
 				out = append(out, r)
 			}
 		}
-		return nil
+		return false, nil
 	}
 	var err error
 	switch {
 	case f.ChangedAfter > 0:
-		err = s.pagesByScore(ctx, s.revsChangesKey(), f.ChangedAfter, true, add)
+		err = s.pagesByScore(ctx, s.revsChangesKey(), "("+strconv.FormatUint(f.ChangedAfter, 10), add)
 	case !f.Since.IsZero() && !f.Pending:
-		err = s.pagesByScore(ctx, s.revsByTimeKey(), uint64(max(f.Since.UnixMilli(), 0)), false, add)
+		err = s.pagesByScore(ctx, s.revsByTimeKey(), strconv.FormatInt(max(f.Since.UnixMilli(), 0), 10), add)
 	default:
 		key := s.revsKey()
 		if f.Pending {
@@ -868,7 +827,7 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 		ids, err = s.client.SMembers(sctx, key).Result()
 		cancel()
 		if err == nil {
-			err = add(ids)
+			_, err = add(ids)
 		}
 	}
 	if corruptErr != nil {
@@ -883,52 +842,83 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 	return out, nil
 }
 
-// revPage is how many index entries ListRevocations reads per round trip.
-const revPage = 1024
+// indexPage is how many sorted-set members one round trip of pagesByScore
+// reads.
+const indexPage = 1024
 
-// pagesByScore calls fn with the members of the sorted set key scored above
-// min (at or above it when !exclusive), revPage at a time in score order,
-// each once. It pages by rank from the count of members below min: members
-// are only ever added (never removed) to these indexes, and k added before
-// the cursor move the rest up by k, so a page may begin with the last k
-// members of the one before (dropped here) but never skips one.
-func (s *Store) pagesByScore(ctx context.Context, key string, min uint64, exclusive bool, fn func([]string) error) error {
-	below := "(" + strconv.FormatUint(min, 10)
-	if exclusive {
-		below = strconv.FormatUint(min, 10)
-	}
-	cctx, cancel := s.ctx(ctx)
-	rank, err := s.client.ZCount(cctx, key, "-inf", below).Result()
-	cancel()
-	if err != nil {
-		return err
-	}
-	last := map[string]struct{}{}
-	for {
-		pctx, cancel := s.ctx(ctx)
-		ids, err := s.client.ZRange(pctx, key, rank, rank+revPage-1).Result()
-		cancel()
+// pagesByScore calls fn with the members of the sorted set key scored at or
+// above min (a Redis score bound: "-inf", "123", or "(123" for above), in
+// score order, up to indexPage (and the rest of the last page's score) at a
+// time, each member once, until fn returns stop or the set is exhausted.
+// Each round trip has its own deadline.
+//
+// The cursor is the last score read, never a rank or an offset: these
+// indexes change while they are read. Puts prune issuance indexes from the
+// low end, and a revocation's update moves it to a higher change number; a
+// rank counted before such a change would skip as many members as moved
+// or were removed. A page that ends inside the members of one score is
+// completed with all of them, so the next page can start after that score;
+// a member that moved up past the cursor is passed once only.
+func (s *Store) pagesByScore(ctx context.Context, key, min string, fn func(ids []string) (stop bool, err error)) error {
+	seen := map[string]struct{}{}
+	for start := min; ; {
+		page, next, err := s.scorePage(ctx, key, start)
 		if err != nil {
 			return err
 		}
-		fresh := make([]string, 0, len(ids))
-		for _, id := range ids {
-			if _, seen := last[id]; !seen {
+		fresh := make([]string, 0, len(page))
+		for _, id := range page {
+			if _, ok := seen[id]; !ok {
+				seen[id] = struct{}{}
 				fresh = append(fresh, id)
 			}
 		}
-		if err := fn(fresh); err != nil {
-			return err
+		if len(fresh) > 0 {
+			if stop, err := fn(fresh); stop || err != nil {
+				return err
+			}
 		}
-		if len(ids) < revPage {
+		if next == "" {
 			return nil
 		}
-		rank += revPage
-		clear(last)
-		for _, id := range ids {
-			last[id] = struct{}{}
+		start = next
+		if s.afterPage != nil {
+			s.afterPage()
 		}
 	}
+}
+
+// scorePage reads one page of pagesByScore from start; next is where the
+// following page starts ("" after the last).
+func (s *Store) scorePage(ctx context.Context, key, start string) (ids []string, next string, err error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	page, err := s.client.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
+		Key: key, Start: start, Stop: "+inf", ByScore: true, Count: indexPage,
+	}).Result()
+	if err != nil {
+		return nil, "", err
+	}
+	ids = make([]string, 0, len(page))
+	for _, z := range page {
+		if id, ok := z.Member.(string); ok {
+			ids = append(ids, id)
+		}
+	}
+	if len(page) < indexPage {
+		return ids, "", nil
+	}
+	last := strconv.FormatFloat(page[len(page)-1].Score, 'f', -1, 64)
+	ties, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: key, Start: last, Stop: last, ByScore: true}).Result()
+	if err != nil {
+		return nil, "", err
+	}
+	for _, id := range ties {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, "(" + last, nil
 }
 
 // PutBlock writes the block (no TTL) and adds it to the set.
