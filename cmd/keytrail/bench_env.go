@@ -176,7 +176,12 @@ func (e *benchEnv) startProc(name, bin string, env []string, args ...string) (*b
 	cmd.Dir = e.dir
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = childAttrs()
+	// Die with the bench (the bench never ends threads it started
+	// children from, see pacer.close), in a process group of its own so
+	// Ctrl-C in a terminal reaches only the bench, which then stops the
+	// children in order.
+	cmd.SysProcAttr = devserver.DieWithParent()
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)

@@ -59,11 +59,3 @@ func (*pacer) until(t time.Time) {
 // close gives the thread back (an exiting locked thread would take a
 // child's Pdeathsig with it).
 func (*pacer) close() { runtime.UnlockOSThread() }
-
-// childAttrs makes a child process die with the bench: SIGKILL when the
-// thread that started it ends (the bench never ends threads it started
-// children from, see pacer.close), and its own process group so Ctrl-C in a
-// terminal reaches only the bench, which then stops the children in order.
-func childAttrs() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-}

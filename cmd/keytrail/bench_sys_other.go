@@ -2,10 +2,7 @@
 
 package main
 
-import (
-	"syscall"
-	"time"
-)
+import "time"
 
 // procCPU is unavailable without /proc: CPU figures are reported as 0.
 func procCPU(pid int) (time.Duration, bool) { return 0, false }
@@ -19,5 +16,3 @@ func newPacer() *pacer { return &pacer{} }
 func (*pacer) until(t time.Time) { time.Sleep(time.Until(t)) }
 
 func (*pacer) close() {}
-
-func childAttrs() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }

@@ -95,7 +95,7 @@ func (k *Keytrail) start() {
 	}
 	cmd := exec.Command(bin, "server", "--config", k.Config)
 	cmd.Env = append(append(os.Environ(), "VAULT_TOKEN="), k.Env...)
-	cmd.SysProcAttr = childAttrs()
+	cmd.SysProcAttr = devserver.DieWithParent()
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {

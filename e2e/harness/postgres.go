@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
 )
 
 // pgStartTimeout bounds initdb plus start-up until the first query answers.
@@ -159,7 +161,7 @@ func (p *Postgres) serverCmd(ctx context.Context, name string, args ...string) *
 	}
 	cmd.Dir = p.dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + p.dir, "LC_ALL=C", "LANG=C", "TZ=UTC"}
-	cmd.SysProcAttr = childAttrs()
+	cmd.SysProcAttr = devserver.DieWithParent()
 	cmd.SysProcAttr.Credential = p.cred // nil: as ourselves
 	return cmd
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
 )
 
 // redisStartTimeout bounds how long StartRedis and Restart wait for PING.
@@ -200,7 +202,7 @@ func (r *Redis) start() error {
 	defer r.mu.Unlock()
 	cmd := exec.Command(r.bin, r.args()...)
 	cmd.Dir = r.dir
-	cmd.SysProcAttr = childAttrs()
+	cmd.SysProcAttr = devserver.DieWithParent()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -300,7 +302,7 @@ func StartSentinel(t testing.TB, master *Redis) *Sentinel {
 	}
 	cmd := exec.Command(bin, conf, "--sentinel")
 	cmd.Dir = dir
-	cmd.SysProcAttr = childAttrs()
+	cmd.SysProcAttr = devserver.DieWithParent()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -291,7 +291,7 @@ func (p *Process) launch(ctx context.Context, port int) error {
 		"-dev-no-store-token")
 	cmd.Dir = p.Dir
 	cmd.Env = vaultChildEnv(filepath.Join(p.Dir, "home"))
-	cmd.SysProcAttr = childAttrs()
+	cmd.SysProcAttr = DieWithParent()
 	cmd.Stdout = out
 	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {

@@ -4,5 +4,6 @@ package devserver
 
 import "syscall"
 
-// childAttrs: no parent-death signal outside Linux; Stop ends the server.
-func childAttrs() *syscall.SysProcAttr { return &syscall.SysProcAttr{} }
+// DieWithParent: no parent-death signal outside Linux; the caller's own
+// shutdown (Stop, the test cleanups, the bench's exit) ends its children.
+func DieWithParent() *syscall.SysProcAttr { return &syscall.SysProcAttr{} }
