@@ -1277,15 +1277,20 @@ func (s *cachedStore) ListIssuances(ctx context.Context, f IssuanceFilter) ([]*I
 	return out, nil
 }
 
+// errNotBlocked is the cache's answer for a workload it knows no block of:
+// one value, since every exchange and proxied request asks.
+var errNotBlocked = fmt.Errorf("workload not blocked: %w", ErrNotFound)
+
 func (s *cachedStore) GetBlock(ctx context.Context, workload string) (*Block, error) {
 	if s.c.fresh(s.c.o.Now()) {
 		s.c.mu.RLock()
 		cb, ok := s.c.blocked[workload]
 		s.c.mu.RUnlock()
 		if ok {
-			return &cb, nil
+			b := cb // copied here, so that only a block is allocated
+			return &b, nil
 		}
-		return nil, fmt.Errorf("workload %q: %w", workload, ErrNotFound)
+		return nil, errNotBlocked
 	}
 	b, err := s.Store.GetBlock(ctx, workload)
 	if errors.Is(err, ErrNotFound) {

@@ -51,6 +51,11 @@ func TestRevocationCacheFastReads(t *testing.T) {
 	if err := c.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Every exchange and proxied request asks; a fresh view answers
+	// "not blocked" without allocating.
+	if n := testing.AllocsPerRun(100, func() { _, _ = st.GetBlock(ctx, "w") }); n != 0 {
+		t.Errorf("GetBlock from a fresh view: %v allocations, want 0", n)
+	}
 	steps := []struct {
 		name       string
 		do         func()
