@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,7 +45,7 @@ func TestBenchSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err = runBench(ctx, e, benchOptions{
-		scenarios: []string{"A"}, duration: 200 * time.Millisecond, reps: 1, workers: 4, revocations: 1,
+		scenarios: []string{"A", "C"}, duration: 200 * time.Millisecond, reps: 1, workers: 4, revocations: 1,
 		jsonOut: jsonPath, vaultBin: os.Getenv("KEYTRAIL_VAULT_BIN"), keytrailBin: self,
 		dir: filepath.Join(dir, "work"), childEnv: []string{benchChildEnv + "=1"},
 	})
@@ -65,6 +67,14 @@ func TestBenchSmoke(t *testing.T) {
 	for _, s := range rep.Scenarios {
 		for _, c := range s.Comparisons {
 			ids = append(ids, c.ID)
+			if c.ID == "C1" {
+				for _, v := range c.Variants {
+					if v.Closed.Throughput <= 0 || v.Closed.Errors+v.Open.Errors != 0 || v.Closed.CPUusPerOp["broker"] <= 0 {
+						t.Errorf("C1 %s = %+v, want throughput, broker CPU and no errors", v.Variant, v)
+					}
+				}
+				continue
+			}
 			for _, name := range []string{"direct", "proxied"} {
 				v := c.variant(name)
 				if v.Closed.Throughput <= 0 || v.Open.P50us <= 0 || v.Open.P99us < v.Open.P50us {
@@ -85,7 +95,7 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
-	if diff := cmp.Diff([]string{"A1", "A2"}, ids); diff != "" {
+	if diff := cmp.Diff([]string{"A1", "A2", "C1"}, ids); diff != "" {
 		t.Errorf("comparisons (-want +got):\n%s", diff)
 	}
 	text := out.String()
@@ -278,5 +288,131 @@ func TestLoops(t *testing.T) {
 				t.Fatalf("run latencies p50 %v p99 %v max %v, want 0 < p50 <= p99 <= max", r.P50us, r.P99us, r.MaxUs)
 			}
 		})
+	}
+}
+
+// TestVaultKindsNote: C's report carries B's broker CPU per exchange, though
+// B runs after C.
+func TestVaultKindsNote(t *testing.T) {
+	exchange := func(closed, open float64) variantResult {
+		return variantResult{Variant: "exchange",
+			Closed: phaseSummary{CPUusPerOp: map[string]float64{"broker": closed}},
+			Open:   phaseSummary{CPUusPerOp: map[string]float64{"broker": open}}}
+	}
+	b := &scenarioResult{ID: "B", Comparisons: []*comparisonResult{
+		{ID: "B1", Title: "vault_token grant vs ...", Variants: []variantResult{{Variant: "raw token create"}, exchange(390, 648)}},
+		{ID: "B2", Title: "jwt grant (ES256) vs ...", Variants: []variantResult{{Variant: "raw transit sign"}, exchange(389, 673)}},
+	}}
+	c := &scenarioResult{ID: "C", Notes: []string{"c's own"}}
+	vaultKindsNote([]*scenarioResult{{ID: "A"}, c, {ID: "D"}, b, {ID: "E"}})
+	want := []string{
+		"c's own",
+		"B1 vault_token: broker CPU per exchange (Vault wait excluded: CPU time, not wall time) 390µs at max rate, 648µs at half rate",
+		"B2 jwt: broker CPU per exchange (Vault wait excluded: CPU time, not wall time) 389µs at max rate, 673µs at half rate",
+	}
+	if diff := cmp.Diff(want, c.Notes); diff != "" {
+		t.Errorf("C's notes (-want +got):\n%s", diff)
+	}
+	alone := &scenarioResult{ID: "C"}
+	vaultKindsNote([]*scenarioResult{alone})
+	if len(alone.Notes) != 0 {
+		t.Errorf("C alone got notes %q, want none", alone.Notes)
+	}
+}
+
+func TestTokenPool(t *testing.T) {
+	var signed atomic.Int64
+	p := &tokenPool{sign: func() (string, error) { return fmt.Sprint("tok-", signed.Add(1)), nil }}
+	if err := p.fill(100); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.fill(40); err != nil { // already holds more
+		t.Fatal(err)
+	}
+	if got := signed.Load(); got != 100 {
+		t.Fatalf("fill(100), fill(40) signed %d tokens, want 100", got)
+	}
+	seen := map[string]bool{}
+	for range 100 {
+		tok, err := p.take()
+		if err != nil || seen[tok] {
+			t.Fatalf("take() = %q, %v; want a token not taken before", tok, err)
+		}
+		seen[tok] = true
+	}
+	if n := p.inline.Load(); n != 0 {
+		t.Fatalf("%d tokens signed by take while the pool held some", n)
+	}
+	tok, err := p.take()
+	if err != nil || seen[tok] || p.inline.Load() != 1 || signed.Load() != 101 {
+		t.Fatalf("take() from an empty pool = %q, %v (inline %d, signed %d); want a new token signed there and counted",
+			tok, err, p.inline.Load(), signed.Load())
+	}
+	failing := &tokenPool{sign: func() (string, error) { return "", errors.New("no key") }}
+	if err := failing.fill(3); err == nil || len(failing.toks) != 0 {
+		t.Fatalf("fill with a failing signer = %v (%d tokens), want the error and nothing", err, len(failing.toks))
+	}
+}
+
+// TestComparePrepares: a variant's prepare runs before every run of it,
+// outside the measurement, sized so that an open-loop run never outlasts
+// what it made.
+func TestComparePrepares(t *testing.T) {
+	var avail, dry atomic.Int64
+	var calls []int
+	op := func(context.Context) error {
+		if avail.Add(-1) < 0 {
+			dry.Add(1)
+		}
+		return nil
+	}
+	var dryOf []int64 // per run of the prepared variant, in order
+	prepare := func(n int) error {
+		if len(calls) > 0 {
+			dryOf = append(dryOf, dry.Swap(0))
+		}
+		calls = append(calls, n)
+		avail.Store(int64(n))
+		return nil
+	}
+	b := &benchRunner{o: benchOptions{duration: 100 * time.Millisecond, reps: 2, workers: 2}, progress: func(string, ...any) {}}
+	res, err := b.compare(context.Background(), comparisonSpec{id: "T", light: true, variants: []benchVariant{
+		{name: "base", op: func(context.Context) error { return nil }},
+		{name: "prepared", op: op, prepare: prepare},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dryOf = append(dryOf, dry.Swap(0))
+	if len(calls) != 1+3*2 { // warm-up, then each rep of closed, open and light
+		t.Fatalf("prepare called %d times (%v), want 7", len(calls), calls)
+	}
+	openRuns := 0
+	for _, r := range res.Runs {
+		if r.Variant != "prepared" && r.Variant != "prepared (light load)" || r.Mode != "open" {
+			continue
+		}
+		openRuns++
+		if r.OK+r.Errors == 0 {
+			t.Errorf("open-loop run %+v sent nothing", r)
+		}
+	}
+	if openRuns != 4 {
+		t.Fatalf("%d open-loop runs of the prepared variant, want 4", openRuns)
+	}
+	for i, n := range calls[3:] {
+		rate := res.OpenRate
+		if i >= 2 {
+			rate = res.LightRate
+		}
+		if want := int(rate * 0.1); n < want {
+			t.Errorf("open-loop prepare %d: n = %d, want ≥ %d (rate %v for 100ms)", i, n, want, rate)
+		}
+	}
+	// Runs: warm-up, closed ×2, open ×2, light ×2. An open loop sends
+	// rate × duration requests, all of them prepared. (A closed loop of
+	// this trivial op may outrun 1.5× its warm-up: not checked.)
+	if diff := cmp.Diff([]int64{0, 0, 0, 0}, dryOf[3:]); diff != "" {
+		t.Errorf("open-loop operations that found nothing prepared (-want +got):\n%s", diff)
 	}
 }
