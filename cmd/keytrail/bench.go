@@ -24,6 +24,9 @@ import (
 // allScenarios are the scenario letters, in the report's order.
 var allScenarios = []string{"A", "B", "C", "D", "E"}
 
+// benchFsyncProbes is how many fsyncs the machine probe times.
+const benchFsyncProbes = 2000
+
 // runOrder is the order the scenarios run in. B runs after the scenarios
 // that keep Vault out of the loop: it leaves tens of thousands of live
 // tokens behind (15-minute TTL), and when B ran before C and D Vault kept
@@ -152,6 +155,7 @@ type benchReport struct {
 	// the machine shows here.
 	LoadAvgStart string            `json:"loadavg_start,omitempty"`
 	LoadAvgEnd   string            `json:"loadavg_end,omitempty"`
+	Calibration  *calibration      `json:"calibration,omitempty"`
 	Scenarios    []*scenarioResult `json:"scenarios"`
 }
 
@@ -265,6 +269,11 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 		progress("stopping everything it started")
 		env.close()
 	}()
+	progress("measuring the machine: %d fsyncs in %s, ECDSA verifications", benchFsyncProbes, env.dir)
+	if rep.Calibration, err = calibrate(env.dir, benchFsyncProbes); err != nil {
+		return err
+	}
+	progress("%s", rep.Calibration.line())
 	b := &benchRunner{env: env, o: o, progress: progress, report: rep}
 	for _, s := range o.scenarios {
 		var res *scenarioResult
@@ -516,6 +525,9 @@ func printBenchReport(w io.Writer, r *benchReport) {
 		r.Reps, r.Duration, r.Workers, r.StartedAt.Format(time.RFC3339), r.Seconds)
 	if r.LoadAvgStart != "" {
 		fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n", r.LoadAvgStart, r.LoadAvgEnd)
+	}
+	if r.Calibration != nil {
+		fmt.Fprintln(w, r.Calibration.line())
 	}
 	for _, s := range r.Scenarios {
 		fmt.Fprintf(w, "\n== %s. %s\n", s.ID, s.Title)

@@ -197,6 +197,10 @@ func (b *benchRunner) scenarioA(ctx context.Context) (*scenarioResult, error) {
 	res.Notes = append(res.Notes,
 		"the load generator, the upstreams, Redis, Vault and the broker share the machine's CPUs: the proxied max/s is bounded by all of them together, and the direct max/s by the generator and upstream alone",
 		"per proxied request the broker answers the credential and block checks from its revocation cache while fresh (Redis only on a cache miss: fingerprint -> issuance id, the issuance) and makes two audit events durable (use before forwarding, use_result after the response is sent)")
+	if cal := b.report.Calibration; cal != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("the use event is durable before the request is forwarded (fail closed): on this disk one fsync alone takes p50 %s and p99 %s (the machine line above), against the 250µs added p50 and 1ms added p99 allowed",
+			fmtUs(cal.FsyncP50us), fmtUs(cal.FsyncP99us)))
+	}
 	return res, nil
 }
 

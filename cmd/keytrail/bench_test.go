@@ -63,6 +63,9 @@ func TestBenchSmoke(t *testing.T) {
 	if rep.GoVersion == "" || rep.CPUModel == "" || rep.GOMAXPROCS < 1 || rep.NumCPU < 1 {
 		t.Errorf("report machine = %q %q %d %d, want all set", rep.GoVersion, rep.CPUModel, rep.GOMAXPROCS, rep.NumCPU)
 	}
+	if c := rep.Calibration; c == nil || c.FsyncSamples != benchFsyncProbes || c.FsyncP50us <= 0 || c.ECDSAVerifyUs <= 0 {
+		t.Errorf("report calibration = %+v, want the fsync and ECDSA probes' figures", c)
+	}
 	var ids []string
 	for _, s := range rep.Scenarios {
 		for _, c := range s.Comparisons {
@@ -99,7 +102,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("comparisons (-want +got):\n%s", diff)
 	}
 	text := out.String()
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:"} {
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
@@ -414,5 +417,22 @@ func TestComparePrepares(t *testing.T) {
 	// this trivial op may outrun 1.5× its warm-up: not checked.)
 	if diff := cmp.Diff([]int64{0, 0, 0, 0}, dryOf[3:]); diff != "" {
 		t.Errorf("open-loop operations that found nothing prepared (-want +got):\n%s", diff)
+	}
+}
+
+func TestCalibrate(t *testing.T) {
+	dir := t.TempDir()
+	c, err := calibrate(dir, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FsyncSamples != 50 || c.FsyncP50us <= 0 || c.FsyncP99us < c.FsyncP50us || c.ECDSAVerifyUs <= 0 {
+		t.Errorf("calibrate() = %+v, want 50 fsyncs timed, p99 ≥ p50 > 0, a verification time", c)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("calibrate left %d files in its directory, want none", len(left))
+	}
+	if _, err := calibrate(filepath.Join(dir, "missing"), 5); err == nil {
+		t.Error("calibrate() in a missing directory succeeded, want an error")
 	}
 }
