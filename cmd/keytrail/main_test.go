@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/spf13/cobra"
 
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 )
@@ -166,6 +168,38 @@ func TestPolicyVault(t *testing.T) {
 	for _, w := range []string{`path "auth/token/create-orphan"`, `path "transit/sign/keytrail-signing"`, "# the broker token must also hold: default, deploy, payments-read"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("policy vault output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+// TestReadmeListsEveryCommand: the README's command table names every
+// command a user can run (leaf commands, by their full path).
+func TestReadmeListsEveryCommand(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaves []string
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			if sub.HasSubCommands() {
+				walk(sub)
+				continue
+			}
+			leaves = append(leaves, sub.CommandPath())
+		}
+	}
+	walk(newRootCmd(&env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}))
+	if len(leaves) < 10 {
+		t.Fatalf("found %d commands (%v), want the whole tree", len(leaves), leaves)
+	}
+	for _, path := range leaves {
+		if !bytes.Contains(readme, []byte("| `"+path)) {
+			t.Errorf("README.md's command table has no row for %q", path)
 		}
 	}
 }
