@@ -134,7 +134,7 @@ func NewDynamicMinter(o DynamicMinterOptions) (*DynamicMinter, error) {
 	}
 	path := "auth/token/create-orphan"
 	if o.Role != "" {
-		if strings.ContainsAny(o.Role, "/?#") {
+		if !PlainRoleName(o.Role) {
 			errs = append(errs, fmt.Errorf("vault dynamic minter: role %q: must be a plain name", o.Role))
 		}
 		path = "auth/token/create/" + url.PathEscape(o.Role)

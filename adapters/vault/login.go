@@ -184,7 +184,7 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	if mount != "" && !validName(mount) {
 		bad("mount: bad auth mount path %q", mount)
 	}
-	if o.Role != "" && strings.ContainsAny(o.Role, "/?#") {
+	if o.Role != "" && !PlainRoleName(o.Role) {
 		bad("role: %q must be a plain name", o.Role)
 	}
 	if o.PollInterval < 0 || o.RetryMin < 0 || o.RetryMax < 0 {

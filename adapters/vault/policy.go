@@ -56,7 +56,7 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 	if pol == nil {
 		return "", fmt.Errorf("vault broker policy: no keytrail policy")
 	}
-	if r := o.TokenRole; r != "" && (!validName(r) || strings.Contains(r, "/")) {
+	if r := o.TokenRole; r != "" && !PlainRoleName(r) {
 		return "", fmt.Errorf("vault broker policy: token role %q: must be a plain name", r)
 	}
 	mount := o.TransitMount

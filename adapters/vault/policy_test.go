@@ -209,3 +209,18 @@ func mustPKI(t *testing.T, path string) string {
 	}
 	return h
 }
+
+func TestPlainRoleName(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want bool
+	}{
+		{"keytrail", true}, {"keytrail-workloads", true}, {"k8s_prod.v2", true}, {"a", true},
+		{"", false}, {"a/b", false}, {"a/../b", false}, {"..", false}, {"-r", false}, {"r.", false},
+		{"r?x=1", false}, {"r#f", false}, {"r%2f", false}, {"r x", false},
+	} {
+		if got := vault.PlainRoleName(tt.in); got != tt.want {
+			t.Errorf("PlainRoleName(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}

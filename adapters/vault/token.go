@@ -53,7 +53,7 @@ func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
 	}
 	path := "auth/token/create-orphan"
 	if o.Role != "" {
-		if strings.ContainsAny(o.Role, "/?#") {
+		if !PlainRoleName(o.Role) {
 			return nil, fmt.Errorf("vault token minter: role %q: must be a plain name", o.Role)
 		}
 		path = "auth/token/create/" + url.PathEscape(o.Role)

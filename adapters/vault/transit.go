@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -283,6 +284,15 @@ func (kc *keyCache) forget(name string) {
 	delete(kc.keys, name)
 	kc.mu.Unlock()
 }
+
+// roleName is Vault's own rule for role names (its GenericNameRegex): word
+// characters, with '.' and '-' inside.
+var roleName = regexp.MustCompile(`^\w([\w.-]*\w)?$`)
+
+// PlainRoleName reports whether s is a Vault role name (a token role, an
+// auth method's role) that is safe as one path segment: what
+// vault.token_role and vault.auth.role may be.
+func PlainRoleName(s string) bool { return roleName.MatchString(s) }
 
 // validName reports whether a transit key or mount name is a plain path
 // segment list without traversal or query characters.

@@ -8,11 +8,12 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
 )
 
 // Config is the server configuration (SPEC "Server configuration"), decoded
@@ -48,10 +49,6 @@ type AuthnConfig struct {
 	// (10,000), -1 = no cache.
 	VerifiedCacheSize int `yaml:"verified_cache_size"`
 }
-
-// tokenRoleName is what vault.token_role may be: a plain Vault token role
-// name, safe in a path.
-var tokenRoleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // VaultConfig says how to reach and log in to Vault.
 type VaultConfig struct {
@@ -250,8 +247,8 @@ func (c *Config) validate(file string) error {
 			bad("vault.token_file", "%v", err)
 		}
 	}
-	if r := c.Vault.TokenRole; r != "" && !tokenRoleName.MatchString(r) {
-		bad("vault.token_role", "must be a token role name (letters, digits, '.', '_', '-')")
+	if r := c.Vault.TokenRole; r != "" && !vaultad.PlainRoleName(r) {
+		bad("vault.token_role", "must be a token role name (letters, digits, '_', and '.' or '-' inside)")
 	}
 	if a := c.Vault.Auth; a != nil {
 		if c.Vault.TokenFile != "" {
@@ -268,6 +265,8 @@ func (c *Config) validate(file string) error {
 		case "kubernetes":
 			if a.Role == "" {
 				bad("vault.auth.role", "is required for kubernetes")
+			} else if !vaultad.PlainRoleName(a.Role) {
+				bad("vault.auth.role", "must be a role name (letters, digits, '_', and '.' or '-' inside)")
 			}
 		default:
 			bad("vault.auth.method", "must be approle or kubernetes")

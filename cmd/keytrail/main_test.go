@@ -84,6 +84,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "ok/token-role", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: keytrail-workloads}\naudit: {file: a}\n"},
 		{name: "fail/token-role-path", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: 'a/../b'}\naudit: {file: a}\n",
 			wantErr: []string{"vault.token_role: must be a token role name"}},
+		{name: "fail/token-role-query", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: 'r?x=1'}\naudit: {file: a}\n",
+			wantErr: []string{"vault.token_role: must be a token role name"}},
+		{name: "fail/auth-role-path", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: kubernetes, role: 'a/b'}}\naudit: {file: a}\n",
+			wantErr: []string{"vault.auth.role: must be a role name"}},
 		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
 	}
