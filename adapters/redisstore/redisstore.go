@@ -888,7 +888,8 @@ func (s *Store) pagesByScore(ctx context.Context, key, min string, fn func(ids [
 	}
 }
 
-// scorePage reads one page of pagesByScore from start; next is where the
+// scorePage reads one page of pagesByScore from start, completed with every
+// member of its last score (some of them twice); next is where the
 // following page starts ("" after the last).
 func (s *Store) scorePage(ctx context.Context, key, start string) (ids []string, next string, err error) {
 	ctx, cancel := s.ctx(ctx)
@@ -913,12 +914,9 @@ func (s *Store) scorePage(ctx context.Context, key, start string) (ids []string,
 	if err != nil {
 		return nil, "", err
 	}
-	for _, id := range ties {
-		if !slices.Contains(ids, id) {
-			ids = append(ids, id)
-		}
-	}
-	return ids, "(" + last, nil
+	// The page's own members of that score come again here; pagesByScore
+	// passes each member once.
+	return append(ids, ties...), "(" + last, nil
 }
 
 // PutBlock writes the block (no TTL) and adds it to the set.
