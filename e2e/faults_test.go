@@ -7,6 +7,7 @@ package e2e
 // without a restart once the fault ends.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -215,17 +216,30 @@ func wantUnavailable(t testing.TB, what string, r exchangeResult) {
 // auditEvents reads every parseable event of an audit file.
 func auditEvents(t testing.TB, path string) []*audit.Event {
 	t.Helper()
-	raw, err := os.ReadFile(path)
+	var out []*audit.Event
+	eachAuditEvent(t, path, func(ev *audit.Event) { out = append(out, ev) })
+	return out
+}
+
+// eachAuditEvent calls fn with every parseable event of an audit file,
+// streaming it (a soak's log is hundreds of MB).
+func eachAuditEvent(t testing.TB, path string, fn func(*audit.Event)) {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatalf("read audit: %v", err)
 	}
-	var out []*audit.Event
-	for _, line := range strings.Split(string(raw), "\n") {
-		if ev, err := audit.ParseLine([]byte(line)); err == nil {
-			out = append(out, ev)
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), audit.MaxLineBytes+1)
+	for sc.Scan() {
+		if ev, err := audit.ParseLine(sc.Bytes()); err == nil {
+			fn(ev)
 		}
 	}
-	return out
+	if err := sc.Err(); err != nil {
+		t.Fatalf("read audit: %v", err)
+	}
 }
 
 // denyRecorded reports whether the audit log has a deny event with the

@@ -8,9 +8,6 @@ package e2e
 //	go test ./e2e -run '^$' -bench Soak -benchtime 1x -timeout 2h -v
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -96,31 +93,14 @@ func BenchmarkSoak(b *testing.B) {
 	}
 }
 
-// orphanReasons counts the orphan_revoked events of an audit log by reason,
-// streaming it (a soak's log is hundreds of MB).
+// orphanReasons counts the orphan_revoked events of an audit log by reason.
 func orphanReasons(tb testing.TB, path string) map[string]int {
 	tb.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
 	out := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if !bytes.Contains(line, []byte(`"orphan_revoked"`)) {
-			continue
+	eachAuditEvent(tb, path, func(ev *audit.Event) {
+		if ev.Type == audit.TypeOrphanRevoked {
+			out[ev.Reason]++
 		}
-		var ev audit.Event
-		if err := json.Unmarshal(line, &ev); err != nil || ev.Type != audit.TypeOrphanRevoked {
-			continue
-		}
-		out[ev.Reason]++
-	}
-	if err := sc.Err(); err != nil {
-		tb.Fatal(err)
-	}
+	})
 	return out
 }
