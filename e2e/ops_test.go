@@ -61,6 +61,7 @@ func TestOperations(t *testing.T) {
 			`keytrail_exchanges_total{grant="payments-vault",kind="vault_token",outcome="ok"}`,
 			`keytrail_exchanges_total{grant="payments-vault",kind="vault_token",outcome="invalid_grant"}`,
 			`keytrail_audit_events_total`,
+			`keytrail_audit_writes_total`,
 			`keytrail_audit_write_duration_seconds_count`,
 			`keytrail_exchange_duration_seconds_count{outcome="ok"}`,
 		} {

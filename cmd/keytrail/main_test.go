@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -204,6 +206,48 @@ func TestReadmeListsEveryCommand(t *testing.T) {
 	for _, path := range leaves {
 		if !bytes.Contains(readme, []byte("| `"+path)) {
 			t.Errorf("README.md's command table has no row for %q", path)
+		}
+	}
+}
+
+// TestReadmeListsEveryMetric: every metric the module registers (a
+// `Name: "keytrail_..."` in its non-test sources) has a row in the
+// README's metrics table.
+func TestReadmeListsEveryMetric(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`Name:\s*"(keytrail_[a-z_]+)"`)
+	names := map[string]bool{}
+	err = filepath.WalkDir(filepath.Join("..", ".."), func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "bin" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".")) && path != filepath.Join("..", "..") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range re.FindAllSubmatch(src, -1) {
+			names[string(m[1])] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) < 15 {
+		t.Fatalf("found %d metrics (%v), want all of them", len(names), names)
+	}
+	for name := range names {
+		if !bytes.Contains(readme, []byte("| `"+name+"` |")) {
+			t.Errorf("README.md's metrics table has no row for %s", name)
 		}
 	}
 }

@@ -77,6 +77,8 @@ func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sin
 	cs := []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_events_total", Help: "Audit events made durable."},
 			func() float64 { return float64(sink.Stats().Events) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_writes_total", Help: "Audit batches written (one write and, unless audit.fsync is off, one fsync each); events over writes is the group commit's batch size."},
+			func() float64 { return float64(sink.Stats().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_checkpoints_total", Help: "Signed checkpoints written."},
 			func() float64 { return float64(sink.Stats().Checkpoints) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_healthy", Help: "1 when the last audit write succeeded."},
