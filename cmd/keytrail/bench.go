@@ -185,6 +185,8 @@ type phaseSummary struct {
 	P99us      float64            `json:"p99_us"`
 	Errors     int                `json:"errors"` // summed over the runs
 	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
+	// AuditWritesPerOp: see benchRun.
+	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
 }
 
 // variantResult is one variant next to the baseline.
@@ -243,7 +245,9 @@ type comparisonSpec struct {
 	id, title string
 	variants  []benchVariant // the first is the baseline
 	probes    []cpuProbe
-	workers   int
+	// audit, when set, counts the brokers' audit writes per operation.
+	audit   *auditWrites
+	workers int
 	// light adds an open loop at a twentieth of the maximum rate, so the
 	// report shows the added latency without CPU contention too.
 	light bool
@@ -365,7 +369,7 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 			if err := prepare(v, 1.5*fastest[v.name], b.o.duration); err != nil {
 				return nil, err
 			}
-			r := closedLoop(ctx, v.op, workers, b.o.duration, spec.probes)
+			r := withAuditWrites(ctx, spec.audit, func() benchRun { return closedLoop(ctx, v.op, workers, b.o.duration, spec.probes) })
 			fastest[v.name] = max(fastest[v.name], r.Throughput)
 			r.Variant, r.Rep = v.name, rep
 			b.progress("%s closed loop rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
@@ -390,7 +394,7 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 			if err := prepare(v, res.OpenRate, b.o.duration); err != nil {
 				return nil, err
 			}
-			r := openLoop(ctx, v.op, res.OpenRate, b.o.duration, 1024, spec.probes)
+			r := withAuditWrites(ctx, spec.audit, func() benchRun { return openLoop(ctx, v.op, res.OpenRate, b.o.duration, 1024, spec.probes) })
 			r.Variant, r.Rep = v.name, rep
 			b.progress("%s open loop   rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
 			res.Runs = append(res.Runs, r)
@@ -408,7 +412,7 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 				if err := prepare(v, res.LightRate, b.o.duration); err != nil {
 					return nil, err
 				}
-				r := openLoop(ctx, v.op, res.LightRate, b.o.duration, 1024, spec.probes)
+				r := withAuditWrites(ctx, spec.audit, func() benchRun { return openLoop(ctx, v.op, res.LightRate, b.o.duration, 1024, spec.probes) })
 				r.Variant, r.Rep = v.name+" (light load)", rep
 				b.progress("%s light load rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
 				res.Runs = append(res.Runs, r)
@@ -452,10 +456,11 @@ func runLine(r benchRun) string {
 // summarize takes the median of every figure over runs.
 func summarize(runs []benchRun) phaseSummary {
 	s := phaseSummary{
-		Throughput: round1(median(runs, func(r benchRun) float64 { return r.Throughput })),
-		P50us:      round1(median(runs, func(r benchRun) float64 { return r.P50us })),
-		P90us:      round1(median(runs, func(r benchRun) float64 { return r.P90us })),
-		P99us:      round1(median(runs, func(r benchRun) float64 { return r.P99us })),
+		Throughput:       round1(median(runs, func(r benchRun) float64 { return r.Throughput })),
+		P50us:            round1(median(runs, func(r benchRun) float64 { return r.P50us })),
+		P90us:            round1(median(runs, func(r benchRun) float64 { return r.P90us })),
+		P99us:            round1(median(runs, func(r benchRun) float64 { return r.P99us })),
+		AuditWritesPerOp: median(runs, func(r benchRun) float64 { return r.AuditWritesPerOp }),
 	}
 	keys := map[string]bool{}
 	for _, r := range runs {
@@ -562,6 +567,9 @@ func printBenchReport(w io.Writer, r *benchReport) {
 					fmt.Fprintln(w, line)
 				}
 			}
+			if line := auditWritesLine(c); line != "" {
+				fmt.Fprintln(w, line)
+			}
 		}
 		if p := s.Propagation; p != nil {
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -582,6 +590,37 @@ func printBenchReport(w io.Writer, r *benchReport) {
 			fmt.Fprintf(w, "  note: %s\n", n)
 		}
 	}
+}
+
+// auditWritesLine says, for the variants whose broker wrote its audit log,
+// how many audit writes (group-commit batches: one fsync each unless
+// audit.fsync is off) each operation cost in each mode: what the CPU per
+// operation pays for fsyncs (the machine line's CPU per fsync times this),
+// and why it rises when fewer requests share a batch.
+func auditWritesLine(c *comparisonResult) string {
+	modes := "closed / open"
+	if c.LightRate > 0 {
+		modes += " / light"
+	}
+	var parts []string
+	for _, v := range c.Variants {
+		light := 0.0
+		if v.Light != nil {
+			light = v.Light.AuditWritesPerOp
+		}
+		if v.Closed.AuditWritesPerOp < 0.0005 && v.Open.AuditWritesPerOp < 0.0005 && light < 0.0005 {
+			continue
+		}
+		p := fmt.Sprintf("%s %.3f / %.3f", v.Variant, v.Closed.AuditWritesPerOp, v.Open.AuditWritesPerOp)
+		if v.Light != nil {
+			p += fmt.Sprintf(" / %.3f", light)
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "  audit writes per operation (" + modes + "; each write is one fsync unless audit.fsync is off): " + strings.Join(parts, "; ")
 }
 
 func cpuCell(v variantResult, key string) string {

@@ -8,8 +8,11 @@ package main
 // meanwhile (no coordinated omission).
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"math"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,7 +62,11 @@ type benchRun struct {
 	// CPUusPerOp is, per process group probed, CPU microseconds used
 	// during the run divided by the operations sent.
 	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
-	FirstError string             `json:"first_error,omitempty"`
+	// AuditWritesPerOp is the brokers' audit writes (group-commit batches,
+	// each with an fsync unless audit.fsync is off) during the run divided
+	// by the operations sent; for comparisons that hit brokers.
+	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
+	FirstError       string  `json:"first_error,omitempty"`
 }
 
 // recorder collects latencies and errors of one run.
@@ -269,4 +276,73 @@ func parseProcStat(s string) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(u+st) * time.Second / clockTicks, true
+}
+
+// auditWrites reads keytrail_audit_writes_total from brokers' /metrics:
+// one write (and, with audit.fsync on, one fsync) per group-commit batch.
+// Writes per operation say how many operations shared each fsync.
+type auditWrites struct {
+	client *http.Client
+	urls   []string
+}
+
+// read returns the sum over the brokers.
+func (a *auditWrites) read(ctx context.Context) (float64, error) {
+	var sum float64
+	for _, u := range a.urls {
+		v, err := metricFromURL(ctx, a.client, u+"/metrics", "keytrail_audit_writes_total")
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// metricFromURL fetches a Prometheus text exposition and returns the value
+// of the sample named name (a metric without labels).
+func metricFromURL(ctx context.Context, c *http.Client, u, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("GET %s: no %s", u, name)
+}
+
+// withAuditWrites runs measure and, when a is set, adds the broker's audit
+// writes per operation to its result. The counter is read just before and
+// just after the run: a use_result event of the run's last requests may
+// still be held (audit.defer_for) and be counted with the next run.
+func withAuditWrites(ctx context.Context, a *auditWrites, measure func() benchRun) benchRun {
+	if a == nil {
+		return measure()
+	}
+	before, err := a.read(ctx)
+	r := measure()
+	if err != nil {
+		return r
+	}
+	after, err := a.read(ctx)
+	if ops := r.OK + r.Errors; err == nil && ops > 0 {
+		r.AuditWritesPerOp = math.Round((after-before)/float64(ops)*1000) / 1000
+	}
+	return r
 }

@@ -45,6 +45,15 @@ func (b *benchRunner) probes(brokers ...*benchBroker) []cpuProbe {
 	}
 }
 
+// auditOf reads the audit writes of the given brokers.
+func (b *benchRunner) auditOf(brokers ...*benchBroker) *auditWrites {
+	a := &auditWrites{client: b.env.client}
+	for _, br := range brokers {
+		a.urls = append(a.urls, br.url)
+	}
+	return a
+}
+
 // getOp sends GET u with a bearer token and expects 200.
 func (b *benchRunner) getOp(u, bearer string) benchOp {
 	return func(ctx context.Context) error {
@@ -173,7 +182,7 @@ func (b *benchRunner) scenarioA(ctx context.Context) (*scenarioResult, error) {
 			return nil, err
 		}
 		cmp, err := b.compare(ctx, comparisonSpec{
-			id: c.id, title: c.title, probes: b.probes(m), light: true,
+			id: c.id, title: c.title, probes: b.probes(m), audit: b.auditOf(m), light: true,
 			variants: []benchVariant{
 				{name: "direct", op: b.getOp(c.upstream+benchUpstreamPath, b.env.secret)},
 				{name: "proxied", op: b.getOp(m.url+"/v1/proxy/"+c.grant+benchUpstreamPath, cred)},
@@ -254,7 +263,7 @@ func (b *benchRunner) scenarioB(ctx context.Context) (*scenarioResult, error) {
 		{"B2", "jwt grant (ES256) vs transit/sign with the same key", "raw transit sign", benchGrantJWT, transitSign},
 	} {
 		cmp, err := b.compare(ctx, comparisonSpec{
-			id: c.id, title: c.title, probes: b.probes(m), light: true,
+			id: c.id, title: c.title, probes: b.probes(m), audit: b.auditOf(m), light: true,
 			variants: []benchVariant{{name: c.raw, op: c.rawOp}, {name: "exchange", op: b.exchangeOp(m.url, c.grant)}},
 		})
 		if err != nil {
@@ -294,7 +303,7 @@ func (b *benchRunner) scenarioC(ctx context.Context) (*scenarioResult, error) {
 	freshOp, freshPrepare, pool := b.newTokenExchangeOp(m.url, benchGrantProxy)
 	cmp, err := b.compare(ctx, comparisonSpec{
 		id: "C1", title: "exchange of a proxy grant (minted in the broker, no Vault call) vs GET /healthz (the HTTP floor)",
-		probes: b.probes(m),
+		probes: b.probes(m), audit: b.auditOf(m),
 		variants: []benchVariant{
 			{name: "healthz", op: b.getOp(m.url+"/healthz", "")},
 			{name: reused, op: b.exchangeOp(m.url, benchGrantProxy)},
@@ -366,7 +375,7 @@ func (b *benchRunner) scenarioD(ctx context.Context) (*scenarioResult, error) {
 	defer each.stop(30 * time.Second)
 	cmp, err := b.compare(ctx, comparisonSpec{
 		id: "D1", title: "audit log: written without fsync vs group commit vs fsync per record (proxy-grant exchange: one audit event each)",
-		probes: b.probes(noFsync, m, each),
+		probes: b.probes(noFsync, m, each), audit: b.auditOf(noFsync, m, each),
 		variants: []benchVariant{
 			{name: "no fsync", op: b.exchangeOp(noFsync.url, benchGrantProxy)},
 			{name: "group commit", op: b.exchangeOp(m.url, benchGrantProxy)},
@@ -398,7 +407,7 @@ func (b *benchRunner) scenarioD(ctx context.Context) (*scenarioResult, error) {
 	path := "/v1/proxy/" + benchGrantProxy + benchUpstreamPath
 	cmp, err = b.compare(ctx, comparisonSpec{
 		id: "D2", title: "proxied request, revocation state from the in-memory store vs Redis (trivial upstream)",
-		probes: b.probes(mem, m),
+		probes: b.probes(mem, m), audit: b.auditOf(mem, m),
 		variants: []benchVariant{
 			{name: "memory store", op: b.getOp(mem.url+path, credMem)},
 			{name: "redis store", op: b.getOp(m.url+path, credRedis)},

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,6 +92,18 @@ func TestBenchSmoke(t *testing.T) {
 					t.Errorf("%s %s: %d errors", c.ID, name, v.Closed.Errors+v.Open.Errors)
 				}
 			}
+			// Every proxied request makes its use event durable: a share
+			// of a write each (use and use_result: at most two); the
+			// direct requests never reach the broker.
+			px, dr := c.variant("proxied"), c.variant("direct")
+			for mode, w := range map[string]float64{"closed": px.Closed.AuditWritesPerOp, "open": px.Open.AuditWritesPerOp, "light": px.Light.AuditWritesPerOp} {
+				if w <= 0 || w > 2 {
+					t.Errorf("%s proxied audit writes per op (%s loop) = %v, want in (0, 2]", c.ID, mode, w)
+				}
+			}
+			if w := dr.Closed.AuditWritesPerOp; w > 0.05 {
+				t.Errorf("%s direct audit writes per op = %v, want about 0", c.ID, w)
+			}
 			if r := c.variant("proxied").ThroughputRatio; r <= 0 {
 				t.Errorf("%s proxied throughput ratio = %v, want > 0", c.ID, r)
 			}
@@ -102,7 +116,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("comparisons (-want +got):\n%s", diff)
 	}
 	text := out.String()
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 "} {
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
@@ -434,5 +448,39 @@ func TestCalibrate(t *testing.T) {
 	}
 	if _, err := calibrate(filepath.Join(dir, "missing"), 5); err == nil {
 		t.Error("calibrate() in a missing directory succeeded, want an error")
+	}
+}
+
+// TestAuditWrites: the writes counter is read from /metrics before and
+// after a run and divided by the run's operations.
+func TestAuditWrites(t *testing.T) {
+	var writes atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprintf(w, "# HELP keytrail_audit_writes_total x\n# TYPE keytrail_audit_writes_total counter\n")
+		fmt.Fprintf(w, "keytrail_audit_writes_total_other 7\nkeytrail_audit_writes_total %d\n", writes.Load())
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	a := &auditWrites{client: srv.Client(), urls: []string{srv.URL, srv.URL}} // two brokers: summed
+	writes.Store(40)
+	r := withAuditWrites(ctx, a, func() benchRun {
+		writes.Add(3) // counted twice, once per URL
+		return benchRun{OK: 10, Errors: 2}
+	})
+	if r.AuditWritesPerOp != 0.5 {
+		t.Errorf("writes per op = %v, want 0.5 (2×3 writes over 12 operations)", r.AuditWritesPerOp)
+	}
+	if r := withAuditWrites(ctx, nil, func() benchRun { return benchRun{OK: 1} }); r.AuditWritesPerOp != 0 {
+		t.Errorf("without brokers: writes per op = %v, want 0", r.AuditWritesPerOp)
+	}
+	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/metrics", "keytrail_audit_events_total"); err == nil {
+		t.Error("metricFromURL found a metric the page lacks")
+	}
+	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/other", "keytrail_audit_writes_total"); err == nil {
+		t.Error("metricFromURL accepted a 404")
 	}
 }
