@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -47,7 +48,7 @@ func TestBenchSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err = runBench(ctx, e, benchOptions{
-		scenarios: []string{"A", "C"}, duration: 200 * time.Millisecond, reps: 1, workers: 4, revocations: 1,
+		scenarios: []string{"A", "C"}, duration: 200 * time.Millisecond, reps: 1, workers: []int{2, 4}, revocations: 1,
 		jsonOut: jsonPath, vaultBin: os.Getenv("KEYTRAIL_VAULT_BIN"), keytrailBin: self,
 		dir: filepath.Join(dir, "work"), childEnv: []string{benchChildEnv + "=1"},
 	})
@@ -72,6 +73,17 @@ func TestBenchSmoke(t *testing.T) {
 	for _, s := range rep.Scenarios {
 		for _, c := range s.Comparisons {
 			ids = append(ids, c.ID)
+			// Each variant ran at both levels; its maximum is the better.
+			for _, v := range c.Variants {
+				if len(v.ClosedByWorkers) != 2 || v.ClosedByWorkers[0].Workers != 2 || v.ClosedByWorkers[1].Workers != 4 {
+					t.Errorf("%s %s closed loop by workers = %+v, want levels 2 and 4", c.ID, v.Variant, v.ClosedByWorkers)
+					continue
+				}
+				top := max(v.ClosedByWorkers[0].Throughput, v.ClosedByWorkers[1].Throughput)
+				if v.Closed.Throughput != top || (v.ClosedWorkers != 2 && v.ClosedWorkers != 4) {
+					t.Errorf("%s %s max/s = %v at %d workers, want the best level's %v (%+v)", c.ID, v.Variant, v.Closed.Throughput, v.ClosedWorkers, top, v.ClosedByWorkers)
+				}
+			}
 			if c.ID == "C1" {
 				for _, v := range c.Variants {
 					if v.Closed.Throughput <= 0 || v.Closed.Errors+v.Open.Errors != 0 || v.Closed.CPUusPerOp["broker"] <= 0 {
@@ -116,7 +128,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("comparisons (-want +got):\n%s", diff)
 	}
 	text := out.String()
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; "} {
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
@@ -392,7 +404,7 @@ func TestComparePrepares(t *testing.T) {
 		avail.Store(int64(n))
 		return nil
 	}
-	b := &benchRunner{o: benchOptions{duration: 100 * time.Millisecond, reps: 2, workers: 2}, progress: func(string, ...any) {}}
+	b := &benchRunner{o: benchOptions{duration: 100 * time.Millisecond, reps: 2, workers: []int{2}}, progress: func(string, ...any) {}}
 	res, err := b.compare(context.Background(), comparisonSpec{id: "T", light: true, variants: []benchVariant{
 		{name: "base", op: func(context.Context) error { return nil }},
 		{name: "prepared", op: op, prepare: prepare},
@@ -482,5 +494,48 @@ func TestAuditWrites(t *testing.T) {
 	}
 	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/other", "keytrail_audit_writes_total"); err == nil {
 		t.Error("metricFromURL accepted a 404")
+	}
+}
+
+// TestBestLevels: a variant's maximum is the level with the highest median
+// throughput, the lower level on a tie.
+func TestBestLevels(t *testing.T) {
+	runs := func(ts ...float64) []benchRun {
+		var rs []benchRun
+		for _, x := range ts {
+			rs = append(rs, benchRun{Throughput: x})
+		}
+		return rs
+	}
+	best, by := bestLevels(map[levelKey][]benchRun{
+		{"a", 16}: runs(100, 120, 110),
+		{"a", 64}: runs(200, 90, 210), // median 200
+		{"b", 16}: runs(300, 301, 299),
+		{"b", 64}: runs(250, 400, 300), // median 300: a tie
+		{"c", 16}: runs(50, 60, 55),
+		{"c", 64}: runs(40, 45, 41),
+	}, []int{16, 64})
+	if diff := cmp.Diff(map[string]int{"a": 64, "b": 16, "c": 16}, best); diff != "" {
+		t.Errorf("best levels (-want +got):\n%s", diff)
+	}
+	want := map[string][]levelThroughput{
+		"a": {{16, 110}, {64, 200}},
+		"b": {{16, 300}, {64, 300}},
+		"c": {{16, 55}, {64, 41}},
+	}
+	if diff := cmp.Diff(want, by); diff != "" {
+		t.Errorf("throughput by level (-want +got):\n%s", diff)
+	}
+}
+
+func TestWorkerLevels(t *testing.T) {
+	got, err := workerLevels([]int{64, 16, 16})
+	if err != nil || !slices.Equal(got, []int{16, 64}) {
+		t.Errorf("workerLevels(64,16,16) = %v, %v; want [16 64]", got, err)
+	}
+	for _, bad := range [][]int{nil, {0}, {16, -1}, {2000}} {
+		if _, err := workerLevels(bad); err == nil {
+			t.Errorf("workerLevels(%v) accepted", bad)
+		}
 	}
 }
