@@ -105,12 +105,14 @@ func TestBenchSmoke(t *testing.T) {
 				}
 			}
 			// Every proxied request makes its use event durable: a share
-			// of a write each (use and use_result: at most two); the
-			// direct requests never reach the broker.
+			// of a write each (use and use_result: at most two, plus a
+			// rare write of the sink's own, such as a timed checkpoint,
+			// in a light-load run of a few dozen requests); the direct
+			// requests never reach the broker.
 			px, dr := c.variant("proxied"), c.variant("direct")
 			for mode, w := range map[string]float64{"closed": px.Closed.AuditWritesPerOp, "open": px.Open.AuditWritesPerOp, "light": px.Light.AuditWritesPerOp} {
-				if w <= 0 || w > 2 {
-					t.Errorf("%s proxied audit writes per op (%s loop) = %v, want in (0, 2]", c.ID, mode, w)
+				if w <= 0 || w > 2.5 {
+					t.Errorf("%s proxied audit writes per op (%s loop) = %v, want in (0, 2.5]", c.ID, mode, w)
 				}
 			}
 			if w := dr.Closed.AuditWritesPerOp; w > 0.05 {
