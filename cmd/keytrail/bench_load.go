@@ -8,7 +8,6 @@ package main
 // meanwhile (no coordinated omission).
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math"
@@ -19,6 +18,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // benchOp sends one request and reports whether it failed.
@@ -300,7 +302,7 @@ func (a *auditWrites) read(ctx context.Context) (float64, error) {
 }
 
 // metricFromURL fetches a Prometheus text exposition and returns the value
-// of the sample named name (a metric without labels).
+// of the counter or gauge named name (a metric without labels).
 func metricFromURL(ctx context.Context, c *http.Client, u, name string) (float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -314,17 +316,22 @@ func metricFromURL(ctx context.Context, c *http.Client, u, name string) (float64
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 2 && f[0] == name {
-			return strconv.ParseFloat(f[1], 64)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", u, err)
+	}
+	if f, ok := families[name]; ok && len(f.GetMetric()) == 1 {
+		switch m := f.GetMetric()[0]; {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), nil
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), nil
+		case m.GetUntyped() != nil:
+			return m.GetUntyped().GetValue(), nil
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("GET %s: no %s", u, name)
+	return 0, fmt.Errorf("GET %s: no single counter or gauge %s", u, name)
 }
 
 // withAuditWrites runs measure and, when a is set, adds the broker's audit

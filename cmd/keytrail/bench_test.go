@@ -257,14 +257,17 @@ func seq(n int) []int {
 	return out
 }
 
-func TestMedian(t *testing.T) {
-	runs := func(v ...float64) []benchRun {
-		var out []benchRun
-		for _, x := range v {
-			out = append(out, benchRun{Throughput: x})
-		}
-		return out
+// throughputRuns makes runs with the given throughputs.
+func throughputRuns(v ...float64) []benchRun {
+	var out []benchRun
+	for _, x := range v {
+		out = append(out, benchRun{Throughput: x})
 	}
+	return out
+}
+
+func TestMedian(t *testing.T) {
+	runs := throughputRuns
 	tests := []struct {
 		name string
 		runs []benchRun
@@ -470,12 +473,16 @@ func TestCalibrate(t *testing.T) {
 func TestAuditWrites(t *testing.T) {
 	var writes atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bad" {
+			fmt.Fprintf(w, "keytrail_audit_writes_total{ 3\n")
+			return
+		}
 		if r.URL.Path != "/metrics" {
 			http.NotFound(w, r)
 			return
 		}
-		fmt.Fprintf(w, "# HELP keytrail_audit_writes_total x\n# TYPE keytrail_audit_writes_total counter\n")
-		fmt.Fprintf(w, "keytrail_audit_writes_total_other 7\nkeytrail_audit_writes_total %d\n", writes.Load())
+		fmt.Fprintf(w, "# TYPE keytrail_audit_writes_total_other counter\nkeytrail_audit_writes_total_other 7\n")
+		fmt.Fprintf(w, "# HELP keytrail_audit_writes_total x\n# TYPE keytrail_audit_writes_total counter\nkeytrail_audit_writes_total %d\n", writes.Load())
 	}))
 	defer srv.Close()
 	ctx := context.Background()
@@ -497,18 +504,15 @@ func TestAuditWrites(t *testing.T) {
 	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/other", "keytrail_audit_writes_total"); err == nil {
 		t.Error("metricFromURL accepted a 404")
 	}
+	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/bad", "keytrail_audit_writes_total"); err == nil {
+		t.Error("metricFromURL accepted a malformed exposition")
+	}
 }
 
 // TestBestLevels: a variant's maximum is the level with the highest median
 // throughput, the lower level on a tie.
 func TestBestLevels(t *testing.T) {
-	runs := func(ts ...float64) []benchRun {
-		var rs []benchRun
-		for _, x := range ts {
-			rs = append(rs, benchRun{Throughput: x})
-		}
-		return rs
-	}
+	runs := throughputRuns
 	best, by := bestLevels(map[levelKey][]benchRun{
 		{"a", 16}: runs(100, 120, 110),
 		{"a", 64}: runs(200, 90, 210), // median 200
