@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+
+	"github.com/keytrail/keytrail/policies"
 )
 
 // errResponseTooLarge is returned when an upstream response exceeds the cap.
@@ -64,22 +66,61 @@ func lowerASCII(c byte) byte {
 	return c
 }
 
+// formSet is a secret's forms as byte strings (for the body scan) and as
+// strings (for headers and error texts), so neither converts per request.
+type formSet struct {
+	b [][]byte
+	s []string
+}
+
+func newFormSet(secret string) *formSet {
+	f := &formSet{b: secretForms(secret)}
+	for _, b := range f.b {
+		f.s = append(f.s, string(b))
+	}
+	return f
+}
+
 // containsAny reports whether s contains one of the forms.
-func containsAny(s string, forms [][]byte) bool {
-	for _, f := range forms {
-		if strings.Contains(s, string(f)) {
+func (f *formSet) containsAny(s string) bool {
+	for _, form := range f.s {
+		if strings.Contains(s, form) {
 			return true
 		}
 	}
 	return false
 }
 
-// redactString replaces every form in s with '*' of the same length.
-func redactString(s string, forms [][]byte) string {
-	for _, f := range forms {
-		s = strings.ReplaceAll(s, string(f), strings.Repeat("*", len(f)))
+// redact replaces every form in s with '*' of the same length.
+func (f *formSet) redact(s string) string {
+	for _, form := range f.s {
+		s = strings.ReplaceAll(s, form, strings.Repeat("*", len(form)))
 	}
 	return s
+}
+
+// formsCache keeps each secret reference's forms for the value it last had,
+// so they are built once per secret rather than once per proxied request. A
+// rotated secret replaces its entry; the references are the policy's, so
+// the cache stays as small as the policy.
+type formsCache struct {
+	m sync.Map // policies.ProxySecret → *formsEntry
+}
+
+type formsEntry struct {
+	secret string
+	forms  *formSet
+}
+
+func (c *formsCache) get(ref policies.ProxySecret, secret string) *formSet {
+	if v, ok := c.m.Load(ref); ok {
+		if e := v.(*formsEntry); e.secret == secret {
+			return e.forms
+		}
+	}
+	f := newFormSet(secret)
+	c.m.Store(ref, &formsEntry{secret: secret, forms: f})
+	return f
 }
 
 // redactReader overwrites every occurrence of the secret forms in a stream

@@ -116,16 +116,28 @@ func (c *clock) Advance(d time.Duration) {
 
 // secrets is a fake SecretSource.
 type secrets struct {
-	mu    sync.Mutex
-	reads int
+	mu     sync.Mutex
+	reads  int
+	stripe string // the stripe key after a rotation (default upstreamKey)
+}
+
+// rotate changes the stripe key the source returns.
+func (s *secrets) rotate(key string) {
+	s.mu.Lock()
+	s.stripe = key
+	s.mu.Unlock()
 }
 
 func (s *secrets) Secret(ctx context.Context, ref policies.ProxySecret) (string, error) {
 	s.mu.Lock()
 	s.reads++
+	stripe := s.stripe
 	s.mu.Unlock()
 	switch ref {
 	case policies.ProxySecret{VaultKV: "secret/data/upstreams/stripe", Field: "api_key"}:
+		if stripe != "" {
+			return stripe, nil
+		}
 		return upstreamKey, nil
 	case policies.ProxySecret{VaultKV: "secret/data/upstreams/query", Field: "key"}:
 		return queryKey, nil

@@ -91,6 +91,7 @@ type Proxy struct {
 	shared     *sharedTracker
 	errLog     *log.Logger // ReverseProxy's own messages (no secrets: they name no request data)
 	redactBufs *sync.Pool
+	forms      formsCache // the injected secrets' forms, for the response scan
 
 	mu         sync.Mutex
 	transports map[string]*grantTransport // by grant name
@@ -486,7 +487,7 @@ func (c *call) forward(w http.ResponseWriter) {
 		c.fail(w, broker.Unavailable("secret_unusable", 30*time.Second, errors.New("the upstream secret contains control characters")))
 		return
 	}
-	forms := secretForms(secret)
+	forms := p.forms.get(g.Proxy.Secret, secret)
 	tgt := c.target(gt.upstream, g.Proxy.Inject, secret)
 
 	c.sharedUse()
@@ -549,7 +550,7 @@ func (c *call) forward(w http.ResponseWriter) {
 					continue
 				}
 				for _, v := range vs {
-					if containsAny(v, forms) {
+					if forms.containsAny(v) {
 						delete(res.Header, name)
 						p.log.LogAttrs(r.Context(), slog.LevelWarn, "dropped upstream response header carrying the injected secret",
 							slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("header", name))
@@ -566,7 +567,7 @@ func (c *call) forward(w http.ResponseWriter) {
 					slog.String("use_id", useID), slog.String("content_encoding", ce))
 				return nil
 			}
-			res.Body = newRedactReader(rc, forms, p.redactBufs)
+			res.Body = newRedactReader(rc, forms.b, p.redactBufs)
 			return nil
 		},
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
@@ -586,7 +587,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			}
 			// The transport's error text is sanitised before it is logged
 			// and never reaches the caller.
-			cause := errors.New(redactString(err.Error(), forms))
+			cause := errors.New(forms.redact(err.Error()))
 			var e error
 			if status == http.StatusRequestEntityTooLarge {
 				e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)

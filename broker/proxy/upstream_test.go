@@ -133,6 +133,32 @@ func TestProxyUpstreamBehaviour(t *testing.T) {
 	}
 }
 
+// TestProxyRedactsRotatedSecret: the response scan follows the secret's
+// current value. The proxy keeps a secret's redaction forms between
+// requests, so a rotation must replace them: the new key is masked in the
+// echoed headers, and an upstream echoing the old one is no longer a leak
+// of anything the broker injects.
+func TestProxyRedactsRotatedSecret(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	for i, key := range []string{upstreamKey, "sk_live_rotated<key>&more/+", upstreamKey} {
+		f.secrets.rotate(key)
+		res := f.do(t, "GET", "/v1/proxy/stripe/echo", bearer(tok), nil)
+		if res.Status != 200 {
+			t.Fatalf("key %d: status %d, body %s", i, res.Status, res.Body)
+		}
+		if got := f.up.Last().Header.Get("Authorization"); got != "Bearer "+key {
+			t.Errorf("key %d: upstream saw Authorization %q, want the current key", i, got)
+		}
+		if strings.Contains(res.raw(), key) || strings.Contains(res.raw(), url.QueryEscape(key)) {
+			t.Errorf("key %d: response carries the current key:\n%s", i, res.raw())
+		}
+		if !strings.Contains(res.Body, "Bearer "+strings.Repeat("*", len(key))) {
+			t.Errorf("key %d: echo body = %s, want the current key masked in place", i, res.Body)
+		}
+	}
+}
+
 func TestProxyDialerRefusesPrivateAddress(t *testing.T) {
 	// Grant "closed" points at the same 127.0.0.1 upstream without
 	// allow_private.
