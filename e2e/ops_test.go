@@ -63,6 +63,7 @@ func TestOperations(t *testing.T) {
 			`keytrail_audit_events_total`,
 			`keytrail_audit_writes_total`,
 			`keytrail_audit_write_duration_seconds_count`,
+			`keytrail_audit_sync_duration_seconds_count`,
 			`keytrail_exchange_duration_seconds_count{outcome="ok"}`,
 		} {
 			if b, a := metricValue(before, m), metricValue(after, m); a <= b {

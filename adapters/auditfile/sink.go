@@ -79,6 +79,11 @@ type Options struct {
 	DeferFor time.Duration
 	// Logger; default discards.
 	Logger *slog.Logger
+	// OnWrite, if set, is called from the sink's writer after every
+	// successful batch with the time its write and fsync took (sealing and
+	// waiting in the queue not included): the disk's share of an event's
+	// wait, against the group commit's.
+	OnWrite func(time.Duration)
 	// RotateBytes rotates the file once it reaches this size: it is renamed
 	// to <Path>.<UTC timestamp> and the same chain continues in a new file.
 	// 0 never rotates.
@@ -717,6 +722,7 @@ func (s *Sink) write(work state, events int) error {
 		return s.fail(err)
 	}
 	b := s.buf.Bytes()
+	start := time.Now()
 	n, err := s.f.Write(b)
 	if err == nil && n != len(b) {
 		err = io.ErrShortWrite
@@ -732,6 +738,9 @@ func (s *Sink) write(work state, events int) error {
 		s.dirty = int64(len(b))
 		s.rollback()
 		return s.fail(err)
+	}
+	if s.o.OnWrite != nil {
+		s.o.OnWrite(time.Since(start))
 	}
 	s.good += int64(n)
 	s.dirty = 0

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -286,7 +287,12 @@ func TestGroupCommit(t *testing.T) {
 	gate := make(chan struct{})
 	fl := &faults{syncGate: gate}
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	s := openT(t, Options{Path: path, Now: newClock().Now}, faultSeams(fl))
+	var (
+		mu    sync.Mutex
+		syncd []time.Duration // OnWrite's figures
+	)
+	onWrite := func(d time.Duration) { mu.Lock(); syncd = append(syncd, d); mu.Unlock() }
+	s := openT(t, Options{Path: path, Now: newClock().Now, OnWrite: onWrite}, faultSeams(fl))
 	errs := make(chan error, 11)
 	go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "first"}) }()
 	// The first batch is now stuck in fsync; queue ten more behind it.
@@ -299,12 +305,14 @@ func TestGroupCommit(t *testing.T) {
 		}
 		runtime.Gosched()
 	}
+	stuckAt := time.Now()
 	for i := 0; i < 10; i++ {
 		go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "queued"}) }()
 	}
 	for len(s.reqs) < 10 {
 		runtime.Gosched()
 	}
+	held := time.Since(stuckAt)
 	close(gate)
 	for i := 0; i < 11; i++ {
 		if err := <-errs; err != nil {
@@ -316,6 +324,13 @@ func TestGroupCommit(t *testing.T) {
 	fl.mu.Unlock()
 	if st := s.Stats(); st.Batches != 2 || st.Events != 11 || writes != 2 || syncs != 2 {
 		t.Errorf("11 events: %d batches, %d write(), %d fsync; want 2, 2, 2", st.Batches, writes, syncs)
+	}
+	// OnWrite saw each batch once, the first for at least as long as its
+	// fsync was held.
+	mu.Lock()
+	defer mu.Unlock()
+	if len(syncd) != 2 || syncd[0] < held {
+		t.Errorf("OnWrite durations = %v, want 2, the first at least %v (its fsync was held that long)", syncd, held)
 	}
 }
 
@@ -452,9 +467,11 @@ func TestWriteFailure(t *testing.T) {
 			signer, keys := newSigner(t)
 			fl := &faults{}
 			path := filepath.Join(t.TempDir(), "audit.jsonl")
-			s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer}, faultSeams(fl))
+			var writes atomic.Int64
+			s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer, OnWrite: func(time.Duration) { writes.Add(1) }}, faultSeams(fl))
 			appendN(t, s, 3)
 			before, _ := os.ReadFile(path)
+			okWrites := writes.Load()
 
 			fl.set(tt.fault)
 			err := s.Append(context.Background(), &audit.Event{Type: audit.TypeIssue})
@@ -463,6 +480,9 @@ func TestWriteFailure(t *testing.T) {
 			}
 			if st := s.Stats(); st.Healthy || st.Failures != 1 || st.Seq != 3 {
 				t.Errorf("Stats() after failure = %+v, want unhealthy, 1 failure, seq 3", st)
+			}
+			if n := writes.Load(); n != okWrites {
+				t.Errorf("OnWrite calls after a failed write = %d, want %d (successful writes only)", n, okWrites)
 			}
 			if after, _ := os.ReadFile(path); tt.cleanAtOnce && !bytes.Equal(after, before) {
 				t.Errorf("file after failed Append = %d bytes, want the %d durable bytes only", len(after), len(before))

@@ -313,6 +313,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync,
 		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, DeferFor: time.Duration(cfg.Audit.DeferFor), Logger: log,
+		OnWrite: func(d time.Duration) { m.auditSync.Observe(d.Seconds()) },
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
