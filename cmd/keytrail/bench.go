@@ -213,8 +213,9 @@ type phaseSummary struct {
 	P99us      float64            `json:"p99_us"`
 	Errors     int                `json:"errors"` // summed over the runs
 	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
-	// AuditWritesPerOp: see benchRun.
+	// AuditWritesPerOp and AuditSyncMeanUs: see benchRun.
 	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
+	AuditSyncMeanUs  float64 `json:"audit_sync_mean_us,omitempty"`
 }
 
 // variantResult is one variant next to the baseline.
@@ -537,6 +538,7 @@ func summarize(runs []benchRun) phaseSummary {
 		P90us:            round1(median(runs, func(r benchRun) float64 { return r.P90us })),
 		P99us:            round1(median(runs, func(r benchRun) float64 { return r.P99us })),
 		AuditWritesPerOp: median(runs, func(r benchRun) float64 { return r.AuditWritesPerOp }),
+		AuditSyncMeanUs:  round1(median(runs, func(r benchRun) float64 { return r.AuditSyncMeanUs })),
 	}
 	keys := map[string]bool{}
 	for _, r := range runs {
@@ -672,7 +674,10 @@ func printBenchReport(w io.Writer, r *benchReport) {
 // how many audit writes (group-commit batches: one fsync each unless
 // audit.fsync is off) each operation cost in each mode: what the CPU per
 // operation pays for fsyncs (the machine line's CPU per fsync times this),
-// and why it rises when fewer requests share a batch.
+// and why it rises when fewer requests share a batch. With each, the mean
+// time a write and its fsync took under the run's load: the disk's part of
+// a durable event's wait (the machine line times the same on an idle
+// machine).
 func auditWritesLine(c *comparisonResult) string {
 	modes := "closed / open"
 	if c.LightRate > 0 {
@@ -688,8 +693,13 @@ func auditWritesLine(c *comparisonResult) string {
 			continue
 		}
 		p := fmt.Sprintf("%s %.3f / %.3f", v.Variant, v.Closed.AuditWritesPerOp, v.Open.AuditWritesPerOp)
+		sync := fmtUs(v.Closed.AuditSyncMeanUs) + " / " + fmtUs(v.Open.AuditSyncMeanUs)
 		if v.Light != nil {
 			p += fmt.Sprintf(" / %.3f", light)
+			sync += " / " + fmtUs(v.Light.AuditSyncMeanUs)
+		}
+		if v.Closed.AuditSyncMeanUs > 0 || v.Open.AuditSyncMeanUs > 0 {
+			p += " (write+fsync " + sync + " each)"
 		}
 		parts = append(parts, p)
 	}

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -68,7 +69,10 @@ type benchRun struct {
 	// each with an fsync unless audit.fsync is off) during the run divided
 	// by the operations sent; for comparisons that hit brokers.
 	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
-	FirstError       string  `json:"first_error,omitempty"`
+	// AuditSyncMeanUs is the brokers' mean time to write and fsync one
+	// audit batch during the run, in µs.
+	AuditSyncMeanUs float64 `json:"audit_sync_mean_us,omitempty"`
+	FirstError      string  `json:"first_error,omitempty"`
 }
 
 // recorder collects latencies and errors of one run.
@@ -282,45 +286,74 @@ func parseProcStat(s string) (time.Duration, bool) {
 
 // auditWrites reads keytrail_audit_writes_total from brokers' /metrics:
 // one write (and, with audit.fsync on, one fsync) per group-commit batch.
-// Writes per operation say how many operations shared each fsync.
+// Writes per operation say how many operations shared each fsync. It also
+// reads keytrail_audit_sync_duration_seconds, how long those writes and
+// fsyncs took under the run's load (the machine line times them idle).
 type auditWrites struct {
 	client *http.Client
 	urls   []string
 }
 
+// auditCounters are the audit figures of /metrics, summed over brokers.
+type auditCounters struct {
+	writes float64
+	// syncSeconds and syncs are the sync histogram's sum and count; both
+	// 0 when a broker does not export it (an older --keytrail-bin).
+	syncSeconds, syncs float64
+}
+
+const (
+	metricAuditWrites = "keytrail_audit_writes_total"
+	metricAuditSync   = "keytrail_audit_sync_duration_seconds"
+)
+
 // read returns the sum over the brokers.
-func (a *auditWrites) read(ctx context.Context) (float64, error) {
-	var sum float64
+func (a *auditWrites) read(ctx context.Context) (auditCounters, error) {
+	var sum auditCounters
 	for _, u := range a.urls {
-		v, err := metricFromURL(ctx, a.client, u+"/metrics", "keytrail_audit_writes_total")
+		fams, err := metricsFromURL(ctx, a.client, u+"/metrics")
 		if err != nil {
-			return 0, err
+			return auditCounters{}, err
 		}
-		sum += v
+		v, err := counterValue(fams, metricAuditWrites)
+		if err != nil {
+			return auditCounters{}, fmt.Errorf("GET %s/metrics: %w", u, err)
+		}
+		sum.writes += v
+		if f, ok := fams[metricAuditSync]; ok && len(f.GetMetric()) == 1 && f.GetMetric()[0].GetHistogram() != nil {
+			h := f.GetMetric()[0].GetHistogram()
+			sum.syncSeconds += h.GetSampleSum()
+			sum.syncs += float64(h.GetSampleCount())
+		}
 	}
 	return sum, nil
 }
 
-// metricFromURL fetches a Prometheus text exposition and returns the value
-// of the counter or gauge named name (a metric without labels).
-func metricFromURL(ctx context.Context, c *http.Client, u, name string) (float64, error) {
+// metricsFromURL fetches and parses a Prometheus text exposition.
+func metricsFromURL(ctx context.Context, c *http.Client, u string) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET %s: %s", u, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return 0, fmt.Errorf("GET %s: %w", u, err)
+		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
+	return families, nil
+}
+
+// counterValue returns the value of the counter or gauge named name (a
+// metric without labels).
+func counterValue(families map[string]*dto.MetricFamily, name string) (float64, error) {
 	if f, ok := families[name]; ok && len(f.GetMetric()) == 1 {
 		switch m := f.GetMetric()[0]; {
 		case m.GetCounter() != nil:
@@ -331,7 +364,7 @@ func metricFromURL(ctx context.Context, c *http.Client, u, name string) (float64
 			return m.GetUntyped().GetValue(), nil
 		}
 	}
-	return 0, fmt.Errorf("GET %s: no single counter or gauge %s", u, name)
+	return 0, fmt.Errorf("no single counter or gauge %s", name)
 }
 
 // withAuditWrites runs measure and, when a is set, adds the broker's audit
@@ -349,7 +382,10 @@ func withAuditWrites(ctx context.Context, a *auditWrites, measure func() benchRu
 	}
 	after, err := a.read(ctx)
 	if ops := r.OK + r.Errors; err == nil && ops > 0 {
-		r.AuditWritesPerOp = math.Round((after-before)/float64(ops)*1000) / 1000
+		r.AuditWritesPerOp = math.Round((after.writes-before.writes)/float64(ops)*1000) / 1000
+	}
+	if n := after.syncs - before.syncs; err == nil && n > 0 {
+		r.AuditSyncMeanUs = round1((after.syncSeconds - before.syncSeconds) / n * 1e6)
 	}
 	return r
 }

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -115,6 +116,12 @@ func TestBenchSmoke(t *testing.T) {
 					t.Errorf("%s proxied audit writes per op (%s loop) = %v, want in (0, 2.5]", c.ID, mode, w)
 				}
 			}
+			// and those writes were timed (the sync histogram moved).
+			for mode, us := range map[string]float64{"closed": px.Closed.AuditSyncMeanUs, "open": px.Open.AuditSyncMeanUs, "light": px.Light.AuditSyncMeanUs} {
+				if us <= 0 {
+					t.Errorf("%s proxied audit write+fsync mean (%s loop) = %vµs, want > 0", c.ID, mode, us)
+				}
+			}
 			if w := dr.Closed.AuditWritesPerOp; w > 0.05 {
 				t.Errorf("%s direct audit writes per op = %v, want about 0", c.ID, w)
 			}
@@ -130,7 +137,10 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("comparisons (-want +got):\n%s", diff)
 	}
 	text := out.String()
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
+	if !regexp.MustCompile(`proxied [0-9.]+ / [0-9.]+ / [0-9.]+ \(write\+fsync [0-9.]+[µm]?s / [0-9.]+[µm]?s / [0-9.]+[µm]?s each\)`).MatchString(text) {
+		t.Errorf("text report lacks the proxied audit writes with their write+fsync times:\n%s", text)
+	}
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; ", "(write+fsync ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
@@ -471,7 +481,8 @@ func TestCalibrate(t *testing.T) {
 // TestAuditWrites: the writes counter is read from /metrics before and
 // after a run and divided by the run's operations.
 func TestAuditWrites(t *testing.T) {
-	var writes atomic.Int64
+	var writes, syncs, syncMicros atomic.Int64
+	histogram := true
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/bad" {
 			fmt.Fprintf(w, "keytrail_audit_writes_total{ 3\n")
@@ -483,29 +494,48 @@ func TestAuditWrites(t *testing.T) {
 		}
 		fmt.Fprintf(w, "# TYPE keytrail_audit_writes_total_other counter\nkeytrail_audit_writes_total_other 7\n")
 		fmt.Fprintf(w, "# HELP keytrail_audit_writes_total x\n# TYPE keytrail_audit_writes_total counter\nkeytrail_audit_writes_total %d\n", writes.Load())
+		if histogram {
+			n, sum := syncs.Load(), float64(syncMicros.Load())/1e6
+			fmt.Fprintf(w, "# TYPE keytrail_audit_sync_duration_seconds histogram\n")
+			fmt.Fprintf(w, "keytrail_audit_sync_duration_seconds_bucket{le=\"0.001\"} %d\nkeytrail_audit_sync_duration_seconds_bucket{le=\"+Inf\"} %d\n", n, n)
+			fmt.Fprintf(w, "keytrail_audit_sync_duration_seconds_sum %g\nkeytrail_audit_sync_duration_seconds_count %d\n", sum, n)
+		}
 	}))
 	defer srv.Close()
 	ctx := context.Background()
 	a := &auditWrites{client: srv.Client(), urls: []string{srv.URL, srv.URL}} // two brokers: summed
 	writes.Store(40)
+	syncs.Store(40)
+	syncMicros.Store(40 * 900) // before the run: 900 µs each
 	r := withAuditWrites(ctx, a, func() benchRun {
 		writes.Add(3) // counted twice, once per URL
+		syncs.Add(3)
+		syncMicros.Add(3 * 250) // the run's: 250 µs each
 		return benchRun{OK: 10, Errors: 2}
 	})
-	if r.AuditWritesPerOp != 0.5 {
-		t.Errorf("writes per op = %v, want 0.5 (2×3 writes over 12 operations)", r.AuditWritesPerOp)
+	if r.AuditWritesPerOp != 0.5 || r.AuditSyncMeanUs != 250 {
+		t.Errorf("writes per op = %v, sync mean = %vµs; want 0.5 (2×3 writes over 12 operations) and 250µs (the run's writes only)", r.AuditWritesPerOp, r.AuditSyncMeanUs)
+	}
+	histogram = false // a broker without the sync histogram: writes still counted
+	r = withAuditWrites(ctx, a, func() benchRun { writes.Add(1); return benchRun{OK: 4} })
+	if r.AuditWritesPerOp != 0.5 || r.AuditSyncMeanUs != 0 {
+		t.Errorf("without the histogram: writes per op = %v, sync mean = %v; want 0.5 and 0", r.AuditWritesPerOp, r.AuditSyncMeanUs)
 	}
 	if r := withAuditWrites(ctx, nil, func() benchRun { return benchRun{OK: 1} }); r.AuditWritesPerOp != 0 {
 		t.Errorf("without brokers: writes per op = %v, want 0", r.AuditWritesPerOp)
 	}
-	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/metrics", "keytrail_audit_events_total"); err == nil {
-		t.Error("metricFromURL found a metric the page lacks")
+	fams, err := metricsFromURL(ctx, srv.Client(), srv.URL+"/metrics")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/other", "keytrail_audit_writes_total"); err == nil {
-		t.Error("metricFromURL accepted a 404")
+	if _, err := counterValue(fams, "keytrail_audit_events_total"); err == nil {
+		t.Error("counterValue found a metric the page lacks")
 	}
-	if _, err := metricFromURL(ctx, srv.Client(), srv.URL+"/bad", "keytrail_audit_writes_total"); err == nil {
-		t.Error("metricFromURL accepted a malformed exposition")
+	if _, err := metricsFromURL(ctx, srv.Client(), srv.URL+"/other"); err == nil {
+		t.Error("metricsFromURL accepted a 404")
+	}
+	if _, err := metricsFromURL(ctx, srv.Client(), srv.URL+"/bad"); err == nil {
+		t.Error("metricsFromURL accepted a malformed exposition")
 	}
 }
 
