@@ -210,6 +210,15 @@ func (b *benchRunner) scenarioA(ctx context.Context) (*scenarioResult, error) {
 		res.Notes = append(res.Notes, fmt.Sprintf("the use event is durable before the request is forwarded (fail closed): on this disk one fsync alone takes p50 %s and p99 %s (the machine line above), against the 250µs added p50 and 1ms added p99 allowed",
 			fmtUs(cal.FsyncP50us), fmtUs(cal.FsyncP99us)))
 	}
+	for _, c := range res.Comparisons {
+		if p := c.variant("proxied"); p.Open.AuditSyncMeanUs > 0 {
+			n := fmt.Sprintf("%s: under this run's load each audit write and its fsync took %s (mean per batch) at half the maximum", c.ID, fmtUs(p.Open.AuditSyncMeanUs))
+			if p.Light != nil && p.Light.AuditSyncMeanUs > 0 {
+				n += fmt.Sprintf(" and %s at light load", fmtUs(p.Light.AuditSyncMeanUs))
+			}
+			res.Notes = append(res.Notes, n+"; a use event waits for the batch being written, then its own")
+		}
+	}
 	return res, nil
 }
 

@@ -140,7 +140,7 @@ func TestBenchSmoke(t *testing.T) {
 	if !regexp.MustCompile(`proxied [0-9.]+ / [0-9.]+ / [0-9.]+ \(write\+fsync [0-9.]+[µm]?s / [0-9.]+[µm]?s / [0-9.]+[µm]?s each\)`).MatchString(text) {
 		t.Errorf("text report lacks the proxied audit writes with their write+fsync times:\n%s", text)
 	}
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; ", "(write+fsync ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one fsync alone takes p50 ", "audit writes per operation (closed / open / light; ", "(write+fsync ", "A1: under this run's load each audit write and its fsync took ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
