@@ -367,10 +367,11 @@ func counterValue(families map[string]*dto.MetricFamily, name string) (float64, 
 	return 0, fmt.Errorf("no single counter or gauge %s", name)
 }
 
-// withAuditWrites runs measure and, when a is set, adds the broker's audit
-// writes per operation to its result. The counter is read just before and
-// just after the run: a use_result event of the run's last requests may
-// still be held (audit.defer_for) and be counted with the next run.
+// withAuditWrites runs measure and, when a is set, adds the brokers' audit
+// writes per operation and their mean write+fsync time to its result. The
+// metrics are read just before and just after the run: a use_result event
+// of the run's last requests may still be held (audit.defer_for) and be
+// counted with the next run.
 func withAuditWrites(ctx context.Context, a *auditWrites, measure func() benchRun) benchRun {
 	if a == nil {
 		return measure()

@@ -40,6 +40,10 @@ type opsMetrics struct {
 	clockSkew     prometheus.Gauge
 }
 
+// auditBuckets are the audit histograms' buckets, from 50 µs (an fsync on
+// fast local storage) to 1 s.
+var auditBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1}
+
 func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
 	m := &opsMetrics{
 		policyReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -50,11 +54,11 @@ func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
 		}, []string{"hash"}),
 		auditSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "keytrail_audit_write_duration_seconds", Help: "Time until an audit event is durable (group commit included).",
-			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1},
+			Buckets: auditBuckets,
 		}),
 		auditSync: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "keytrail_audit_sync_duration_seconds", Help: "Time to write and fsync one audit batch (the disk's part of keytrail_audit_write_duration_seconds).",
-			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1},
+			Buckets: auditBuckets,
 		}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keytrail_audit_write_failures_total", Help: "Audit events that could not be made durable.",
