@@ -1,13 +1,14 @@
 // Package auditfile is the append-only JSON Lines audit sink (broker.AuditSink).
 //
 // One writer goroutine owns the file. Concurrent Appends are sealed into the
-// hash chain in arrival order and written as a batch: one write() and one
-// fsync per batch (group commit). Append returns nil only after the fsync of
-// its batch succeeded. When a write or fsync fails, every caller of the batch
-// gets broker.ErrUnavailable, the file is truncated back to the end of the
-// last durable line and the chain rolls back with it, so the next line links
-// to the last durable one; the sink recovers by itself on the next Append (or
-// Ping) once the disk works again.
+// hash chain in arrival order and written as a batch (group commit): one
+// write() and one fsync per batch, or, with Options.Journal, one direct write
+// into the journal (journal.go) and one write() to the file. Append returns
+// nil only once its batch is durable. When a write or sync fails, every
+// caller of the batch gets broker.ErrUnavailable, the file is truncated back
+// to the end of the last durable line and the chain rolls back with it, so
+// the next line links to the last durable one; the sink recovers by itself on
+// the next Append (or Ping) once the disk works again.
 //
 // With a Signer, the sink appends a signed checkpoint every CheckpointEvery
 // events, at least every CheckpointInterval when there were events since the
@@ -68,6 +69,20 @@ type Options struct {
 	// one when there were events in between; default
 	// DefaultCheckpointInterval.
 	CheckpointInterval time.Duration
+	// Journal makes each batch durable with one direct, synchronous write
+	// into a preallocated journal next to the file (<Path>.wal) instead of
+	// an fsync of the file; the batch is then appended to the file without
+	// a sync. The file is fsynced when the journal is full, before a
+	// rotation and on Close, and Open replays the journal into the file
+	// after a crash. Where direct I/O is not available (some file systems,
+	// not Linux) or the journal cannot be preallocated, the sink logs so and
+	// fsyncs the file per batch. Without Journal (or
+	// with NoFsync) a journal left by an earlier run is replayed and
+	// removed.
+	Journal bool
+	// JournalBytes is the journal's size, at least 16 KiB; default
+	// DefaultJournalBytes. A batch takes a multiple of 4 KiB.
+	JournalBytes int64
 	// NoFsync skips the fsync of each batch: Append then returns once the
 	// batch is written to the OS, not once it is on disk. For tests and
 	// benchmarks; Close still syncs.
@@ -122,8 +137,9 @@ func openOSFile(path string) (file, error) {
 
 // seams lets tests replace the file and the checkpoint ticker.
 type seams struct {
-	openFile func(path string) (file, error)
-	tick     <-chan time.Time // nil: a real ticker
+	openFile    func(path string) (file, error)
+	openJournal func(path string) (journalFile, error)
+	tick        <-chan time.Time // nil: a real ticker
 }
 
 type request struct {
@@ -163,6 +179,7 @@ type Sink struct {
 	o        Options
 	log      *slog.Logger
 	openFile func(string) (file, error)
+	openJrnl func(string) (journalFile, error)
 
 	reqs     chan *request
 	probes   chan chan error
@@ -184,8 +201,9 @@ type Sink struct {
 
 	// Owned by the writer goroutine (and by Open before it starts).
 	f          file
-	good       int64 // size of f up to the end of the last durable line
-	dirty      int64 // bytes of the last failed write, which may linger
+	j          *journal // nil: fsync the file per batch
+	good       int64    // size of f up to the end of the last durable line
+	dirty      int64    // bytes of the last failed write, which may linger
 	st         state
 	buf        bytes.Buffer
 	cpBackoff  time.Time // no checkpoint signing before this, after a failure
@@ -230,6 +248,9 @@ func open(o Options, sm seams) (*Sink, error) {
 	if o.RotateEvery < 0 {
 		errs = append(errs, errors.New("rotate_every: must not be negative"))
 	}
+	if o.JournalBytes != 0 && o.JournalBytes < minJournalBytes {
+		errs = append(errs, fmt.Errorf("journal_bytes: must be at least %d", minJournalBytes))
+	}
 	if o.ChainID != "" {
 		if err := audit.ValidChainID(o.ChainID); err != nil {
 			errs = append(errs, fmt.Errorf("chain_id: %w", err))
@@ -253,16 +274,24 @@ func open(o Options, sm seams) (*Sink, error) {
 	if o.DeferFor == 0 {
 		o.DeferFor = DefaultDeferFor
 	}
+	if o.JournalBytes == 0 {
+		o.JournalBytes = DefaultJournalBytes
+	}
+	o.JournalBytes = (o.JournalBytes + journalBlock - 1) &^ (journalBlock - 1)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if sm.openFile == nil {
 		sm.openFile = openOSFile
 	}
+	if sm.openJournal == nil {
+		sm.openJournal = openDirect
+	}
 	s := &Sink{
 		o:        o,
 		log:      o.Logger.With("path", o.Path),
 		openFile: sm.openFile,
+		openJrnl: sm.openJournal,
 		reqs:     make(chan *request, o.MaxBatch),
 		probes:   make(chan chan error),
 		quit:     make(chan struct{}),
@@ -271,6 +300,9 @@ func open(o Options, sm seams) (*Sink, error) {
 	if err := s.load(); err != nil {
 		if s.f != nil {
 			_ = s.f.Close()
+		}
+		if s.j != nil {
+			_ = s.j.f.Close()
 		}
 		return nil, err
 	}
@@ -297,6 +329,17 @@ func open(o Options, sm seams) (*Sink, error) {
 
 // load opens the file, drops a torn tail and resumes or starts the chain.
 func (s *Sink) load() error {
+	jpath := s.o.Path + journalSuffix
+	epoch, frames, repaired, err := replayJournal(jpath, s.o.Path)
+	fresh := errors.Is(err, errJournalHeader)
+	switch {
+	case fresh:
+		s.log.Warn("audit: journal header unreadable (torn by a crash during a reset); the audit file was durable then, nothing to replay", "journal", jpath, "err", err)
+	case err != nil:
+		return fmt.Errorf("auditfile: %w", err)
+	case frames > 0:
+		s.log.Warn("audit: replayed the journal after an unclean stop", "journal", jpath, "batches", frames, "bytes_restored", repaired)
+	}
 	f, err := s.openFile(s.o.Path)
 	if err != nil {
 		return fmt.Errorf("auditfile: open: %w", err)
@@ -356,7 +399,78 @@ func (s *Sink) load() error {
 		s.st.sinceCP = 1
 	}
 	syncDir(s.o.Path, s.log)
+	return s.startJournal(epoch, fresh)
+}
+
+// startJournal sets up the journal after load, continuing after epoch; or,
+// when the sink fsyncs instead, removes a journal left by an earlier run so
+// that its frames are never replayed over a file that has moved on.
+func (s *Sink) startJournal(epoch uint64, fresh bool) error {
+	jpath := s.o.Path + journalSuffix
+	without := func() error {
+		if err := os.Remove(jpath); err == nil {
+			syncDir(jpath, s.log)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("auditfile: remove the journal: %w", err)
+		}
+		return nil
+	}
+	if !s.o.Journal || s.o.NoFsync {
+		return without()
+	}
+	// Whether the file system takes direct I/O is asked before the
+	// journal is preallocated: a small tmpfs cannot hold it.
+	f, err := os.OpenFile(jpath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("auditfile: journal: %w", err)
+	}
+	_ = f.Close()
+	jf, err := s.openJrnl(jpath)
+	if errors.Is(err, errNoDirectIO) {
+		s.log.Info("audit: no direct I/O on this file system; fsyncing the audit file per batch instead of the journal")
+		return without()
+	}
+	if err != nil {
+		return fmt.Errorf("auditfile: journal: %w", err)
+	}
+	if err := prepareJournal(jpath, s.o.JournalBytes, fresh); err != nil {
+		_ = jf.Close()
+		s.log.Warn("audit: cannot preallocate the journal; fsyncing the audit file per batch instead", "journal", jpath, "bytes", s.o.JournalBytes, "err", err)
+		return without()
+	}
+	s.j = &journal{f: jf, path: jpath, size: s.o.JournalBytes, epoch: epoch}
+	// An epoch starts where the file is durable.
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("auditfile: sync: %w", err)
+	}
+	_, head := s.st.chain.Head()
+	if err := s.j.reset(s.good, head); err != nil {
+		_ = jf.Close()
+		s.j = nil
+		if errors.Is(err, syscall.EINVAL) {
+			s.log.Info("audit: direct writes refused on this file system; fsyncing the audit file per batch instead of the journal", "err", err)
+			return without()
+		}
+		return fmt.Errorf("auditfile: %w", err)
+	}
+	syncDir(jpath, s.log)
 	return nil
+}
+
+// syncAndReset makes the file durable up to good and starts a new journal
+// epoch there: the journal's frames are no longer needed.
+func (s *Sink) syncAndReset() error {
+	if err := s.f.Sync(); err != nil {
+		if s.j != nil {
+			s.j.broken = true
+		}
+		return fmt.Errorf("fsync: %w", err)
+	}
+	if s.j == nil {
+		return nil
+	}
+	_, head := s.st.chain.Head()
+	return s.j.reset(s.good, head)
 }
 
 // lastRotatedLine returns the last line of the newest rotated sibling, so an
@@ -723,11 +837,18 @@ func (s *Sink) write(work state, events int) error {
 	}
 	b := s.buf.Bytes()
 	start := time.Now()
+	journaled, err := s.journal(b)
+	if err != nil {
+		// Nothing reached the file; the frame, if written, is dropped by
+		// the reset in rollback.
+		s.rollback()
+		return s.fail(err)
+	}
 	n, err := s.f.Write(b)
 	if err == nil && n != len(b) {
 		err = io.ErrShortWrite
 	}
-	if err == nil && !s.o.NoFsync {
+	if err == nil && !s.o.NoFsync && !journaled {
 		if err = s.f.Sync(); err != nil {
 			err = fmt.Errorf("fsync: %w", err)
 		}
@@ -745,6 +866,12 @@ func (s *Sink) write(work state, events int) error {
 	s.good += int64(n)
 	s.dirty = 0
 	s.st = work
+	if s.j != nil && !journaled {
+		// Synced past the journal's frames: a new epoch continues here.
+		if err := s.syncAndReset(); err != nil {
+			s.log.Warn("audit: journal reset after a direct sync failed; retrying before the next write", "err", err)
+		}
+	}
 	seq, _ := work.chain.Head()
 	s.statsMu.Lock()
 	s.stats.Events += uint64(events)
@@ -756,14 +883,38 @@ func (s *Sink) write(work state, events int) error {
 	return nil
 }
 
-// rollback drops whatever a failed write left after the last durable line.
-// If that fails too the file is closed, and ensureOpen retries on reopen.
+// journal makes b durable in the journal, when there is one and b fits:
+// journaled reports whether it did. A full journal is emptied first (the file
+// synced, a new epoch started); a batch too large for the journal is left to
+// an fsync of the file.
+func (s *Sink) journal(b []byte) (journaled bool, err error) {
+	if s.j == nil || s.o.NoFsync {
+		return false, nil
+	}
+	if s.j.broken || !s.j.fits(len(b)) {
+		if err := s.syncAndReset(); err != nil {
+			return false, err
+		}
+	}
+	if !s.j.capacity(len(b)) {
+		return false, nil
+	}
+	return true, s.j.append(b, s.good)
+}
+
+// rollback drops whatever a failed write left after the last durable line,
+// and the journal's frames with it (a new epoch starts at the last durable
+// line). If that fails too the file is closed, and ensureOpen retries on
+// reopen; the journal is reset before the next write.
 func (s *Sink) rollback() {
 	err := s.f.Truncate(s.good)
 	if err == nil {
-		err = s.f.Sync()
+		err = s.syncAndReset()
 	}
 	if err != nil {
+		if s.j != nil {
+			s.j.broken = true
+		}
 		s.log.Error("audit: cannot truncate after a failed write; reopening later", "err", err)
 		_ = s.f.Close()
 		s.f = nil
@@ -844,9 +995,9 @@ func (s *Sink) probe() error {
 	if err := s.ensureOpen(); err != nil {
 		return s.fail(err)
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := s.syncAndReset(); err != nil {
 		s.rollback()
-		return s.fail(fmt.Errorf("fsync: %w", err))
+		return s.fail(err)
 	}
 	s.statsMu.Lock()
 	s.stats.Healthy = true
@@ -893,7 +1044,7 @@ func (s *Sink) maybeRotate(now time.Time) {
 			return
 		}
 	}
-	if err := s.f.Sync(); err != nil {
+	if err := s.syncAndReset(); err != nil {
 		s.log.Warn("audit: rotation postponed", "err", err)
 		return
 	}
@@ -920,6 +1071,14 @@ func (s *Sink) maybeRotate(now time.Time) {
 	s.lastRotate = ts
 	s.fileStart = now
 	s.good, s.dirty = 0, 0
+	if s.j != nil {
+		// The journal's epoch continued the renamed file; the next one
+		// starts at the new file's first byte.
+		_, head := s.st.chain.Head()
+		if err := s.j.reset(0, head); err != nil {
+			s.log.Warn("audit: journal reset after rotation failed; retrying before the next write", "err", err)
+		}
+	}
 	syncDir(s.o.Path, s.log)
 	s.statsMu.Lock()
 	s.stats.Rotations++
@@ -941,13 +1100,19 @@ func (s *Sink) finish() error {
 		}
 	}
 	if s.f != nil {
-		if err := s.f.Sync(); err != nil {
+		if err := s.syncAndReset(); err != nil {
 			errs = append(errs, fmt.Errorf("sync: %w", err))
 		}
 		if err := s.f.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close: %w", err))
 		}
 		s.f = nil
+	}
+	if s.j != nil {
+		if err := s.j.f.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close journal: %w", err))
+		}
+		s.j = nil
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("auditfile: close: %w", err)

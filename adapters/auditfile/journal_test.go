@@ -1,0 +1,418 @@
+package auditfile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// openCrashable opens a sink that the test abandons instead of closing, as
+// a crash would leave it: no final sync, no journal reset. Its writer stays
+// parked (no ticker), so it never touches the files again.
+func openCrashable(t *testing.T, o Options, sm seams) *Sink {
+	t.Helper()
+	if sm.tick == nil {
+		sm.tick = make(chan time.Time)
+	}
+	s, err := open(o, sm)
+	if err != nil {
+		t.Fatalf("Open() = %v", err)
+	}
+	return s
+}
+
+// journalOf returns the journal's current state as Open would read it.
+func journalOf(t *testing.T, path string) journalState {
+	t.Helper()
+	b, err := os.ReadFile(path + journalSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := readJournal(b)
+	if err != nil {
+		t.Fatalf("readJournal() = %v", err)
+	}
+	return js
+}
+
+// requestIDs lists the request ids of a file's events.
+func requestIDs(t *testing.T, path string) []string {
+	t.Helper()
+	var ids []string
+	for _, ev := range readEvents(t, path) {
+		ids = append(ids, ev.RequestID)
+	}
+	return ids
+}
+
+func appendIDs(t *testing.T, s *Sink, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: id}); err != nil {
+			t.Fatalf("Append(%s) = %v", id, err)
+		}
+	}
+}
+
+// TestJournalReplay: a crash loses some of what the file was given without
+// an fsync; Open puts back every acknowledged batch from the journal.
+func TestJournalReplay(t *testing.T) {
+	// lose changes the audit file the way a crash may have: base is where
+	// it was last synced, size its size at the crash.
+	tests := []struct {
+		name string
+		lose func(t *testing.T, path string, base, size int64)
+	}{
+		{name: "nothing-lost", lose: func(*testing.T, string, int64, int64) {}},
+		{name: "all-unsynced-lost", lose: func(t *testing.T, path string, base, _ int64) {
+			if err := os.Truncate(path, base); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "torn-mid-line", lose: func(t *testing.T, path string, base, size int64) {
+			if err := os.Truncate(path, base+(size-base)/2+3); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "tail-zeroed", lose: func(t *testing.T, path string, base, size int64) {
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.WriteAt(make([]byte, (size-base)/3), size-(size-base)/3); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "file-gone", lose: func(t *testing.T, path string, _, _ int64) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			signer, keys := newSigner(t)
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			clk := newClock()
+			o := Options{Path: path, Now: clk.Now, Journal: true}
+			if tt.name != "file-gone" {
+				// A first run that ends cleanly: the second run's journal
+				// continues a synced, non-empty file.
+				o.Signer = signer
+				s := openT(t, o, seams{})
+				appendIDs(t, s, "req_a", "req_b")
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				o.Signer = nil
+			}
+			var base int64
+			if fi, err := os.Stat(path); err == nil {
+				base = fi.Size()
+			}
+
+			s := openCrashable(t, o, seams{})
+			appendIDs(t, s, "req_1", "req_2", "req_3")
+			s.AppendDeferred(&audit.Event{Type: audit.TypeUseResult, RequestID: "req_4"}, nil) // rides with req_5
+			appendIDs(t, s, "req_5")
+			want := requestIDs(t, path)
+			if js := journalOf(t, path); js.base != base || len(js.frames) != 4 {
+				t.Fatalf("journal before the crash: base %d, %d frames; want base %d (the synced size), 4 frames", js.base, len(js.frames), base)
+			}
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.lose(t, path, base, fi.Size())
+
+			var logs syncBuffer
+			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			o.Signer = signer
+			s2 := openT(t, o, seams{})
+			if d := cmp.Diff(want, requestIDs(t, path)); d != "" {
+				t.Errorf("events after replay (-acknowledged +file):\n%s", d)
+			}
+			if !strings.Contains(logs.String(), "replayed the journal") || !strings.Contains(logs.String(), "batches=4") {
+				t.Errorf("Open() logged %q, want the replay of 4 batches", logs.String())
+			}
+			appendIDs(t, s2, "req_6")
+			if err := s2.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := verify(t, keys, true, path); err != nil {
+				t.Errorf("Verify() after replay = %v", err)
+			}
+			if js := journalOf(t, path); len(js.frames) != 0 {
+				t.Errorf("journal after Close has %d frames, want none (file synced)", len(js.frames))
+			}
+		})
+	}
+}
+
+// TestJournalTornFrame: a frame torn by the crash was never acknowledged;
+// replay stops before it.
+func TestJournalTornFrame(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openCrashable(t, o, seams{})
+	appendIDs(t, s, "req_1", "req_2", "req_3")
+	// Tear the third frame: its last payload byte differs.
+	jf, err := os.OpenFile(path+journalSuffix, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := journalOf(t, path)
+	third := journalBlock + frameLen(len(js.frames[0].batch)) + frameLen(len(js.frames[1].batch))
+	if _, err := jf.WriteAt([]byte{'X'}, third+frameHeaderLen+int64(len(js.frames[2].batch))-2); err != nil {
+		t.Fatal(err)
+	}
+	_ = jf.Close()
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_1", "req_2"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events after replaying a torn journal (-want +got):\n%s", d)
+	}
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s2.Append(context.Background(), ev); err != nil || ev.Seq != 3 {
+		t.Errorf("Append() after replay = %v, seq %d; want seq 3 after the replayed tail", err, ev.Seq)
+	}
+}
+
+// TestJournalFailedWriteNotReplayed: a batch whose file write failed was
+// reported failed; a crash right after must not bring it back.
+func TestJournalFailedWriteNotReplayed(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openCrashable(t, o, faultSeams(fl))
+	appendIDs(t, s, "req_1")
+	fl.set(func(f *faults) { f.writeHalf = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_failed"}); err == nil {
+		t.Fatal("Append(failing write) = nil, want an error")
+	}
+	if err := os.Truncate(path, journalOf(t, path).base); err != nil { // the crash loses what was not synced
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_1"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events after a failed write and a crash (-want +got):\n%s", d)
+	}
+}
+
+// TestJournalWraps: a full journal syncs the file and starts a new epoch;
+// old frames are never replayed again.
+func TestJournalWraps(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: minJournalBytes} // 3 frames
+	s := openCrashable(t, o, faultSeams(fl))
+	fl.set(func(f *faults) { f.syncs = 0 })
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, fmt.Sprint("req_", i))
+	}
+	appendIDs(t, s, ids...)
+	fl.mu.Lock()
+	syncs := fl.syncs
+	fl.mu.Unlock()
+	if syncs != 3 {
+		t.Errorf("file fsyncs for 10 batches with room for 3 frames = %d, want 3 (one per wrap)", syncs)
+	}
+	js := journalOf(t, path)
+	if len(js.frames) != 1 {
+		t.Errorf("journal after 10 batches holds %d frames, want 1", len(js.frames))
+	}
+	if err := os.Truncate(path, js.base); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff(ids, requestIDs(t, path)); d != "" {
+		t.Errorf("events after replay (-want +got):\n%s", d)
+	}
+}
+
+// TestJournalEpochs: frames left by an earlier run's epoch, beyond the
+// current one's, are not replayed (they would not continue it).
+func TestJournalEpochs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openT(t, o, seams{})
+	appendIDs(t, s, "req_1", "req_2", "req_3", "req_4")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = openCrashable(t, o, seams{})
+	appendIDs(t, s, "req_5")
+	if err := os.Truncate(path, fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_1", "req_2", "req_3", "req_4", "req_5"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events after replay (-want +got):\n%s", d)
+	}
+}
+
+// TestJournalForeignFile: a journal next to a file it does not continue is
+// refused with an error naming both.
+func TestJournalForeignFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openT(t, o, seams{})
+	appendIDs(t, s, "req_1", "req_2")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openCrashable(t, o, seams{})
+	appendIDs(t, s, "req_3")
+	lines := readLines(t, path)
+	other := append(append(bytes.Join(lines[:1], []byte{'\n'}), '\n'), bytes.Repeat([]byte("x"), len(lines[1]))...)
+	if err := os.WriteFile(path, append(other, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(o)
+	if err == nil || !strings.Contains(err.Error(), "does not continue") || !strings.Contains(err.Error(), path+journalSuffix) {
+		t.Fatalf("Open(replaced file) = %v, want an error naming the journal and the file", err)
+	}
+	if err := os.Truncate(path, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(o); err == nil || !strings.Contains(err.Error(), "truncated or replaced") || !strings.Contains(err.Error(), "move the journal away") {
+		t.Fatalf("Open(file shorter than the journal's base) = %v, want an error saying what to do", err)
+	}
+}
+
+// TestJournalOff: without Journal a journal left by a crashed run is
+// replayed, then removed, so it can never be replayed over newer lines.
+func TestJournalOff(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openCrashable(t, Options{Path: path, Now: newClock().Now, Journal: true}, seams{})
+	appendIDs(t, s, "req_1", "req_2")
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	fl := &faults{}
+	s2 := openT(t, Options{Path: path, Now: newClock().Now}, faultSeams(fl))
+	if d := cmp.Diff([]string{"req_1", "req_2"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events after replay (-want +got):\n%s", d)
+	}
+	if _, err := os.Stat(path + journalSuffix); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("journal after Open without Journal: stat = %v, want removed", err)
+	}
+	fl.set(func(f *faults) { f.syncs = 0 })
+	appendIDs(t, s2, "req_3")
+	if fl.syncs != 1 {
+		t.Errorf("fsyncs for one batch without the journal = %d, want 1", fl.syncs)
+	}
+}
+
+// TestJournalNoDirectIO: where direct I/O is refused the sink fsyncs the
+// file per batch, and says so.
+func TestJournalNoDirectIO(t *testing.T) {
+	for _, refusal := range []error{errNoDirectIO, syscall.EINVAL} {
+		t.Run(refusal.Error(), func(t *testing.T) {
+			fl := &faults{}
+			sm := faultSeams(fl)
+			sm.openJournal = func(path string) (journalFile, error) {
+				if refusal == errNoDirectIO {
+					return nil, errNoDirectIO
+				}
+				return refusingJournal{}, nil
+			}
+			var logs syncBuffer
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, sm)
+			fl.set(func(f *faults) { f.syncs = 0 })
+			appendIDs(t, s, "req_1", "req_2")
+			if fl.syncs != 2 {
+				t.Errorf("fsyncs for two batches without direct I/O = %d, want 2", fl.syncs)
+			}
+			if !strings.Contains(logs.String(), "fsyncing the audit file per batch") {
+				t.Errorf("Open() logged %q, want the fallback named", logs.String())
+			}
+			if _, err := os.Stat(path + journalSuffix); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("journal without direct I/O: stat = %v, want none", err)
+			}
+		})
+	}
+}
+
+type refusingJournal struct{}
+
+func (refusingJournal) WriteAt([]byte, int64) (int, error) { return 0, syscall.EINVAL }
+func (refusingJournal) Close() error                       { return nil }
+
+// TestJournalTornHeader: a header torn by a crash during a reset (when the
+// file was already synced) is rebuilt; nothing is replayed.
+func TestJournalTornHeader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openT(t, o, seams{})
+	appendIDs(t, s, "req_1")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	jf, err := os.OpenFile(path+journalSuffix, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jf.WriteAt([]byte("torn"), 40); err != nil {
+		t.Fatal(err)
+	}
+	_ = jf.Close()
+	var logs syncBuffer
+	o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	s = openT(t, o, seams{})
+	if !strings.Contains(logs.String(), "journal header unreadable") {
+		t.Errorf("Open() logged %q, want the torn header named", logs.String())
+	}
+	appendIDs(t, s, "req_2")
+	if d := cmp.Diff([]string{"req_1", "req_2"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events (-want +got):\n%s", d)
+	}
+	if js := journalOf(t, path); len(js.frames) != 1 {
+		t.Errorf("rebuilt journal holds %d frames, want 1", len(js.frames))
+	}
+}
+
+// TestJournalLargeBatch: a batch larger than the journal is made durable by
+// an fsync of the file, and the journal goes on after it.
+func TestJournalLargeBatch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: minJournalBytes}
+	s := openCrashable(t, o, seams{})
+	big := &audit.Event{Type: audit.TypeUse, RequestID: "req_big", Reason: strings.Repeat("r", 3*journalBlock)}
+	if err := s.Append(context.Background(), big); err != nil {
+		t.Fatal(err)
+	}
+	appendIDs(t, s, "req_after")
+	js := journalOf(t, path)
+	if len(js.frames) != 1 || js.base == 0 {
+		t.Fatalf("journal after a large batch: base %d, %d frames; want the large batch synced (base > 0) and 1 frame", js.base, len(js.frames))
+	}
+	if err := os.Truncate(path, js.base); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_big", "req_after"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events after replay (-want +got):\n%s", d)
+	}
+}
