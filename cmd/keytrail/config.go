@@ -105,6 +105,11 @@ type AuditConfig struct {
 	// Fsync per batch (group commit); default true. Turning it off trades
 	// durability for speed and is for benchmarks only.
 	Fsync *bool `yaml:"fsync"`
+	// Journal makes each batch durable with one direct write into a
+	// preallocated journal next to the file (<file>.wal) instead of an fsync
+	// of the file; default true. Falls back to fsync where the file system
+	// has no direct I/O or no room for the journal. See docs/RELIABILITY.md.
+	Journal *bool `yaml:"journal"`
 	// RotateBytes rotates the file past this size (0 = never).
 	RotateBytes int64 `yaml:"rotate_bytes"`
 	// RotateEvery rotates the file once it is this old (0 = never); either
@@ -195,6 +200,10 @@ func (c *Config) applyDefaults() {
 	if c.Audit.Fsync == nil {
 		t := true
 		c.Audit.Fsync = &t
+	}
+	if c.Audit.Journal == nil {
+		t := true
+		c.Audit.Journal = &t
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"

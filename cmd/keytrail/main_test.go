@@ -122,6 +122,25 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+// TestAuditJournalDefault: the audit journal is on unless turned off.
+func TestAuditJournalDefault(t *testing.T) {
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	for _, tt := range []struct {
+		audit string
+		want  bool
+	}{{"{file: a}", true}, {"{file: a, journal: false}", false}, {"{file: a, journal: true}", true}} {
+		p := writeFile(t, t.TempDir(), "config.yaml", "public_url: http://127.0.0.1:7700\npolicy: "+pol+"\nvault: {address: http://v}\naudit: "+tt.audit+"\n")
+		cfg, err := LoadConfig(p, func(string) string { return "" })
+		if err != nil {
+			t.Fatalf("LoadConfig(audit: %s) = %v", tt.audit, err)
+		}
+		if *cfg.Audit.Journal != tt.want {
+			t.Errorf("LoadConfig(audit: %s): journal = %v, want %v", tt.audit, *cfg.Audit.Journal, tt.want)
+		}
+	}
+}
+
 func TestPolicyCheck(t *testing.T) {
 	out, _, err := runCLI(t, nil, "policy", "check", "../../policies/examples")
 	if err != nil || !strings.HasPrefix(out, "ok:") {

@@ -57,7 +57,7 @@ func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
 			Buckets: auditBuckets,
 		}),
 		auditSync: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "keytrail_audit_sync_duration_seconds", Help: "Time to write and fsync one audit batch (the disk's part of keytrail_audit_write_duration_seconds).",
+			Name: "keytrail_audit_sync_duration_seconds", Help: "Time to make one audit batch durable: journal write and append, or write and fsync (the disk's part of keytrail_audit_write_duration_seconds).",
 			Buckets: auditBuckets,
 		}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
@@ -86,7 +86,7 @@ func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sin
 	cs := []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_events_total", Help: "Audit events made durable."},
 			func() float64 { return float64(sink.Stats().Events) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_writes_total", Help: "Audit batches written (one write and, unless audit.fsync is off, one fsync each); events over writes is the group commit's batch size."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_writes_total", Help: "Audit batches written (each made durable by one journal write, or one fsync with audit.journal off, unless audit.fsync is off); events over writes is the group commit's batch size."},
 			func() float64 { return float64(sink.Stats().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_checkpoints_total", Help: "Signed checkpoints written."},
 			func() float64 { return float64(sink.Stats().Checkpoints) }),
