@@ -91,8 +91,8 @@ measures each scenario next to its baseline in the same run:
   A  a request proxied through keytrail vs the same request sent directly
   B  an exchange vs the raw Vault call it makes (token create, transit sign)
   C  the broker's own ceiling: CPU per exchange with Vault out of the loop
-  D  audit without fsync vs group commit vs fsync per record; revocation
-     checks against the in-memory store vs Redis
+  D  audit without fsync vs group commit (journal, fsync) vs fsync per
+     record; revocation checks against the in-memory store vs Redis
   E  revocation propagation across three instances
 
 Variants alternate (A B A B ...) for --reps repetitions of --duration each;
@@ -671,12 +671,13 @@ func printBenchReport(w io.Writer, r *benchReport) {
 }
 
 // auditWritesLine says, for the variants whose broker wrote its audit log,
-// how many audit writes (group-commit batches: one fsync each unless
-// audit.fsync is off) each operation cost in each mode: what the CPU per
-// operation pays for fsyncs (the machine line's CPU per fsync times this),
-// and why it rises when fewer requests share a batch. With each, the mean
-// time a write and its fsync took under the run's load: the disk's part of
-// a durable event's wait (the machine line times the same on an idle
+// how many audit writes (group-commit batches, each made durable by one
+// journal write, or an fsync with audit.journal off, unless audit.fsync is
+// off) each operation cost in each mode: what the CPU per operation pays
+// for durability (the machine line's CPU per write times this), and why it
+// rises when fewer requests share a batch. With each, the mean time a
+// batch took to become durable under the run's load: the disk's part of a
+// durable event's wait (the machine line times the same on an idle
 // machine).
 func auditWritesLine(c *comparisonResult) string {
 	modes := "closed / open"
@@ -699,14 +700,14 @@ func auditWritesLine(c *comparisonResult) string {
 			sync += " / " + fmtUs(v.Light.AuditSyncMeanUs)
 		}
 		if v.Closed.AuditSyncMeanUs > 0 || v.Open.AuditSyncMeanUs > 0 {
-			p += " (write+fsync " + sync + " each)"
+			p += " (durable in " + sync + " each)"
 		}
 		parts = append(parts, p)
 	}
 	if len(parts) == 0 {
 		return ""
 	}
-	return "  audit writes per operation (" + modes + "; each write is one fsync unless audit.fsync is off): " + strings.Join(parts, "; ")
+	return "  audit writes per operation (" + modes + "; each write is made durable by one journal write, or one fsync with audit.journal off, unless audit.fsync is off): " + strings.Join(parts, "; ")
 }
 
 // workersNote says at which concurrency each variant reached its maximum.

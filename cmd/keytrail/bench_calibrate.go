@@ -10,11 +10,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
 )
 
 // calibration is what the probes measured.
@@ -26,13 +29,20 @@ type calibration struct {
 	FsyncP50us   float64 `json:"fsync_p50_us"`
 	FsyncP99us   float64 `json:"fsync_p99_us"`
 	FsyncCPUus   float64 `json:"fsync_cpu_us"`
+	// Journal*: the same record made durable the way the brokers' audit
+	// sinks do by default (audit.journal): one direct write into a
+	// preallocated journal. Zero where direct I/O is not available (the
+	// sinks fsync there).
+	JournalP50us float64 `json:"journal_p50_us,omitempty"`
+	JournalP99us float64 `json:"journal_p99_us,omitempty"`
+	JournalCPUus float64 `json:"journal_cpu_us,omitempty"`
 	// ECDSAVerifyUs is one P-256 signature check (crypto/ecdsa), the
 	// largest part of a new identity token's cost: a CPU-speed yardstick.
 	ECDSAVerifyUs float64 `json:"ecdsa_p256_verify_us"`
 }
 
-// calibrate runs both probes: about half a second on a disk whose fsync
-// takes 200 µs.
+// calibrate runs the probes: about a second on a disk whose fsync takes
+// 200 µs.
 func calibrate(dir string, fsyncs int) (*calibration, error) {
 	c := &calibration{FsyncSamples: fsyncs}
 	f, err := os.CreateTemp(dir, "fsync-probe-")
@@ -66,6 +76,19 @@ func calibrate(dir string, fsyncs int) (*calibration, error) {
 		c.FsyncCPUus = round1(float64(cpu1-cpu0) / float64(time.Microsecond) / float64(fsyncs))
 	}
 
+	cpu0, _ = procCPU(self)
+	jlat, err := auditfile.ProbeJournal(dir, rec, fsyncs)
+	cpu1, _ = procCPU(self)
+	switch {
+	case errors.Is(err, auditfile.ErrNoDirectIO):
+	case err != nil:
+		return nil, fmt.Errorf("bench: journal probe: %w", err)
+	case len(jlat) > 0:
+		slices.Sort(jlat)
+		c.JournalP50us, c.JournalP99us = us(percentile(jlat, 0.50)), us(percentile(jlat, 0.99))
+		c.JournalCPUus = round1(float64(cpu1-cpu0) / float64(time.Microsecond) / float64(len(jlat)))
+	}
+
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -88,6 +111,19 @@ func calibrate(dir string, fsyncs int) (*calibration, error) {
 
 // line is the report's line for c.
 func (c *calibration) line() string {
-	return fmt.Sprintf("machine: fsync after a 400-byte append p50 %s p99 %s (%s of CPU each, %d in the bench's directory); ECDSA P-256 verify %s",
-		fmtUs(c.FsyncP50us), fmtUs(c.FsyncP99us), fmtUs(c.FsyncCPUus), c.FsyncSamples, fmtUs(c.ECDSAVerifyUs))
+	journal := "audit journal: no direct I/O in the bench's directory (the brokers fsync)"
+	if c.JournalP50us > 0 {
+		journal = fmt.Sprintf("audit journal write p50 %s p99 %s (%s of CPU each)", fmtUs(c.JournalP50us), fmtUs(c.JournalP99us), fmtUs(c.JournalCPUus))
+	}
+	return fmt.Sprintf("machine: fsync after a 400-byte append p50 %s p99 %s (%s of CPU each, %d in the bench's directory); %s; ECDSA P-256 verify %s",
+		fmtUs(c.FsyncP50us), fmtUs(c.FsyncP99us), fmtUs(c.FsyncCPUus), c.FsyncSamples, journal, fmtUs(c.ECDSAVerifyUs))
+}
+
+// durableWrite names what makes an audit batch durable on this machine, and
+// its idle p50 and p99: the floor of the latency a durable event adds.
+func (c *calibration) durableWrite() (what string, p50, p99 float64) {
+	if c.JournalP50us > 0 {
+		return "one audit journal write", c.JournalP50us, c.JournalP99us
+	}
+	return "one fsync", c.FsyncP50us, c.FsyncP99us
 }

@@ -438,10 +438,11 @@ func pingRedis(ctx context.Context, addr string) error {
 
 // brokerSetup is how one broker is configured.
 type brokerSetup struct {
-	name     string
-	memStore bool // the embedded store instead of Redis
-	noFsync  bool // audit written but not fsynced
-	maxBatch int  // audit events per write+fsync; 1 = fsync per record; 0 = default
+	name      string
+	memStore  bool // the embedded store instead of Redis
+	noFsync   bool // audit written but not fsynced
+	noJournal bool // audit.journal: false: each batch fsyncs the file
+	maxBatch  int  // audit events per durable write; 1 = one per record; 0 = default
 }
 
 // benchBroker is a running `keytrail server` child.
@@ -474,6 +475,9 @@ func (e *benchEnv) startBroker(ctx context.Context, s brokerSetup) (*benchBroker
 			filepath.Join(e.dir, fmt.Sprintf("audit-%d-%s.jsonl", n, s.name)), e.ckptKey, !s.noFsync)
 		if s.maxBatch > 0 {
 			fmt.Fprintf(&cfg, "  max_batch: %d\n", s.maxBatch)
+		}
+		if s.noJournal {
+			cfg.WriteString("  journal: false\n")
 		}
 		cfg.WriteString("log:\n  level: warn\n")
 		pprofNote := ""
