@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 	"unsafe"
 
@@ -17,7 +18,8 @@ import (
 // The journal makes a batch durable with one direct write instead of an
 // append and an fsync of the audit file.
 //
-// It is a preallocated file next to the audit log (<Path>.wal). Each batch is
+// It is a preallocated file next to the audit log (.<name>.wal: hidden, so
+// that a glob of the audit files, audit.jsonl*, does not take it). Each batch is
 // written into it as a frame with O_DIRECT|O_DSYNC, into blocks that already
 // hold data: the file system has no size or allocation to journal, so the
 // write costs one device write and none of the file system's journal commit
@@ -44,7 +46,6 @@ import (
 //	                      | zeros to the next block
 const (
 	journalBlock    = 4096
-	journalSuffix   = ".wal"
 	journalVersion  = 1
 	frameHeaderLen  = 32
 	maxJournalHead  = 512
@@ -58,6 +59,13 @@ const (
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// JournalPath is where the sink for the audit file at path keeps its
+// journal: ".<name>.wal" in the same directory.
+func JournalPath(path string) string {
+	dir, base := filepath.Split(path)
+	return filepath.Join(dir, "."+base+".wal")
+}
 
 // errNoDirectIO is returned by openDirect where direct I/O is not available
 // (another OS, or a file system such as tmpfs); the sink then fsyncs the

@@ -36,7 +36,7 @@ func openCrashable(t *testing.T, o Options, sm seams) *Sink {
 // journalOf returns the journal's current state as Open would read it.
 func journalOf(t *testing.T, path string) journalState {
 	t.Helper()
-	b, err := os.ReadFile(path + journalSuffix)
+	b, err := os.ReadFile(JournalPath(path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestJournalTornFrame(t *testing.T) {
 	s := openCrashable(t, o, seams{})
 	appendIDs(t, s, "req_1", "req_2", "req_3")
 	// Tear the third frame: its last payload byte differs.
-	jf, err := os.OpenFile(path+journalSuffix, os.O_RDWR, 0)
+	jf, err := os.OpenFile(JournalPath(path), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestJournalForeignFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Open(o)
-	if err == nil || !strings.Contains(err.Error(), "does not continue") || !strings.Contains(err.Error(), path+journalSuffix) {
+	if err == nil || !strings.Contains(err.Error(), "does not continue") || !strings.Contains(err.Error(), JournalPath(path)) {
 		t.Fatalf("Open(replaced file) = %v, want an error naming the journal and the file", err)
 	}
 	if err := os.Truncate(path, 10); err != nil {
@@ -314,7 +314,7 @@ func TestJournalOff(t *testing.T) {
 	if d := cmp.Diff([]string{"req_1", "req_2"}, requestIDs(t, path)); d != "" {
 		t.Errorf("events after replay (-want +got):\n%s", d)
 	}
-	if _, err := os.Stat(path + journalSuffix); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(JournalPath(path)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("journal after Open without Journal: stat = %v, want removed", err)
 	}
 	fl.set(func(f *faults) { f.syncs = 0 })
@@ -348,7 +348,7 @@ func TestJournalNoDirectIO(t *testing.T) {
 			if !strings.Contains(logs.String(), "fsyncing the audit file per batch") {
 				t.Errorf("Open() logged %q, want the fallback named", logs.String())
 			}
-			if _, err := os.Stat(path + journalSuffix); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(JournalPath(path)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("journal without direct I/O: stat = %v, want none", err)
 			}
 		})
@@ -370,7 +370,7 @@ func TestJournalTornHeader(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	jf, err := os.OpenFile(path+journalSuffix, os.O_RDWR, 0)
+	jf, err := os.OpenFile(JournalPath(path), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,5 +414,23 @@ func TestJournalLargeBatch(t *testing.T) {
 	openT(t, o, seams{})
 	if d := cmp.Diff([]string{"req_big", "req_after"}, requestIDs(t, path)); d != "" {
 		t.Errorf("events after replay (-want +got):\n%s", d)
+	}
+}
+
+// TestJournalPathHidden: a glob of the audit files (what a log shipper or
+// `keytrail audit verify audit.jsonl*` is given) does not take the journal.
+func TestJournalPathHidden(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, Journal: true}, seams{})
+	appendIDs(t, s, "req_1")
+	if _, err := os.Stat(JournalPath(path)); err != nil {
+		t.Fatalf("journal: %v", err)
+	}
+	got, err := filepath.Glob(path + "*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{path}, got); d != "" {
+		t.Errorf("Glob(%s*) (-want +got):\n%s", path, d)
 	}
 }

@@ -70,7 +70,7 @@ type Options struct {
 	// DefaultCheckpointInterval.
 	CheckpointInterval time.Duration
 	// Journal makes each batch durable with one direct, synchronous write
-	// into a preallocated journal next to the file (<Path>.wal) instead of
+	// into a preallocated journal next to the file (JournalPath) instead of
 	// an fsync of the file; the batch is then appended to the file without
 	// a sync. The file is fsynced when the journal is full, before a
 	// rotation and on Close, and Open replays the journal into the file
@@ -329,7 +329,7 @@ func open(o Options, sm seams) (*Sink, error) {
 
 // load opens the file, drops a torn tail and resumes or starts the chain.
 func (s *Sink) load() error {
-	jpath := s.o.Path + journalSuffix
+	jpath := JournalPath(s.o.Path)
 	epoch, frames, repaired, err := replayJournal(jpath, s.o.Path)
 	fresh := errors.Is(err, errJournalHeader)
 	switch {
@@ -406,7 +406,7 @@ func (s *Sink) load() error {
 // when the sink fsyncs instead, removes a journal left by an earlier run so
 // that its frames are never replayed over a file that has moved on.
 func (s *Sink) startJournal(epoch uint64, fresh bool) error {
-	jpath := s.o.Path + journalSuffix
+	jpath := JournalPath(s.o.Path)
 	without := func() error {
 		if err := os.Remove(jpath); err == nil {
 			syncDir(jpath, s.log)

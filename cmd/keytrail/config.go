@@ -106,7 +106,7 @@ type AuditConfig struct {
 	// durability for speed and is for benchmarks only.
 	Fsync *bool `yaml:"fsync"`
 	// Journal makes each batch durable with one direct write into a
-	// preallocated journal next to the file (<file>.wal) instead of an fsync
+	// preallocated journal next to the file (.<name>.wal) instead of an fsync
 	// of the file; default true. Falls back to fsync where the file system
 	// has no direct I/O or no room for the journal. See docs/RELIABILITY.md.
 	Journal *bool `yaml:"journal"`
