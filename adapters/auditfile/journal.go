@@ -216,6 +216,9 @@ var errJournalHeader = errors.New("journal header unreadable")
 // missing ends the list; a frame that does not continue the previous one is
 // an error.
 func readJournal(b []byte) (j journalState, err error) {
+	if len(b) == 0 {
+		return j, nil // created, never prepared: no epoch, no frames
+	}
 	if len(b) < journalBlock {
 		return j, fmt.Errorf("journal of %d bytes, shorter than its header: %w", len(b), errJournalHeader)
 	}

@@ -434,3 +434,15 @@ func TestJournalPathHidden(t *testing.T) {
 		t.Errorf("Glob(%s*) (-want +got):\n%s", path, d)
 	}
 }
+
+// TestReadJournalEmpty: a journal file created but never prepared (a crash
+// right after its creation) holds nothing and is no error; a short one is
+// an unreadable header.
+func TestReadJournalEmpty(t *testing.T) {
+	if js, err := readJournal(nil); err != nil || len(js.frames) != 0 {
+		t.Errorf("readJournal(empty) = %+v, %v; want nothing, no error", js, err)
+	}
+	if _, err := readJournal(make([]byte, 100)); !errors.Is(err, errJournalHeader) {
+		t.Errorf("readJournal(100 bytes) = %v, want errJournalHeader", err)
+	}
+}

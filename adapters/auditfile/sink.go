@@ -915,7 +915,7 @@ func (s *Sink) rollback() {
 		if s.j != nil {
 			s.j.broken = true
 		}
-		s.log.Error("audit: cannot truncate after a failed write; reopening later", "err", err)
+		s.log.Error("audit: cannot truncate and sync after a failed write; reopening later", "err", err)
 		_ = s.f.Close()
 		s.f = nil
 		return
