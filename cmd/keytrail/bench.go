@@ -213,9 +213,12 @@ type phaseSummary struct {
 	P99us      float64            `json:"p99_us"`
 	Errors     int                `json:"errors"` // summed over the runs
 	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
-	// AuditWritesPerOp and AuditSyncMeanUs: see benchRun.
+	// AuditWritesPerOp and AuditSyncMeanUs: see benchRun; medians over
+	// the runs whose audit metrics were read. AuditUnreadRuns counts the
+	// others.
 	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
 	AuditSyncMeanUs  float64 `json:"audit_sync_mean_us,omitempty"`
+	AuditUnreadRuns  int     `json:"audit_unread_runs,omitempty"`
 }
 
 // variantResult is one variant next to the baseline.
@@ -533,13 +536,15 @@ func runLine(r benchRun) string {
 // summarize takes the median of every figure over runs.
 func summarize(runs []benchRun) phaseSummary {
 	s := phaseSummary{
-		Throughput:       round1(median(runs, func(r benchRun) float64 { return r.Throughput })),
-		P50us:            round1(median(runs, func(r benchRun) float64 { return r.P50us })),
-		P90us:            round1(median(runs, func(r benchRun) float64 { return r.P90us })),
-		P99us:            round1(median(runs, func(r benchRun) float64 { return r.P99us })),
-		AuditWritesPerOp: median(runs, func(r benchRun) float64 { return r.AuditWritesPerOp }),
-		AuditSyncMeanUs:  round1(median(runs, func(r benchRun) float64 { return r.AuditSyncMeanUs })),
+		Throughput: round1(median(runs, func(r benchRun) float64 { return r.Throughput })),
+		P50us:      round1(median(runs, func(r benchRun) float64 { return r.P50us })),
+		P90us:      round1(median(runs, func(r benchRun) float64 { return r.P90us })),
+		P99us:      round1(median(runs, func(r benchRun) float64 { return r.P99us })),
 	}
+	read := slices.DeleteFunc(slices.Clone(runs), func(r benchRun) bool { return r.AuditUnread })
+	s.AuditUnreadRuns = len(runs) - len(read)
+	s.AuditWritesPerOp = median(read, func(r benchRun) float64 { return r.AuditWritesPerOp })
+	s.AuditSyncMeanUs = round1(median(read, func(r benchRun) float64 { return r.AuditSyncMeanUs }))
 	keys := map[string]bool{}
 	for _, r := range runs {
 		s.Errors += r.Errors
@@ -685,10 +690,13 @@ func auditWritesLine(c *comparisonResult) string {
 		modes += " / light"
 	}
 	var parts []string
+	unread := 0
 	for _, v := range c.Variants {
+		unread += v.Closed.AuditUnreadRuns + v.Open.AuditUnreadRuns
 		light := 0.0
 		if v.Light != nil {
 			light = v.Light.AuditWritesPerOp
+			unread += v.Light.AuditUnreadRuns
 		}
 		if v.Closed.AuditWritesPerOp < 0.0005 && v.Open.AuditWritesPerOp < 0.0005 && light < 0.0005 {
 			continue
@@ -703,6 +711,9 @@ func auditWritesLine(c *comparisonResult) string {
 			p += " (durable in " + sync + " each)"
 		}
 		parts = append(parts, p)
+	}
+	if unread > 0 {
+		parts = append(parts, fmt.Sprintf("the brokers' metrics could not be read around %d runs, left out of these medians", unread))
 	}
 	if len(parts) == 0 {
 		return ""

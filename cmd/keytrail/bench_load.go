@@ -66,13 +66,18 @@ type benchRun struct {
 	// during the run divided by the operations sent.
 	CPUusPerOp map[string]float64 `json:"cpu_us_per_op,omitempty"`
 	// AuditWritesPerOp is the brokers' audit writes (group-commit batches,
-	// each with an fsync unless audit.fsync is off) during the run divided
-	// by the operations sent; for comparisons that hit brokers.
+	// each made durable by a journal write or an fsync unless audit.fsync
+	// is off) during the run divided by the operations sent; for
+	// comparisons that hit brokers.
 	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
-	// AuditSyncMeanUs is the brokers' mean time to write and fsync one
-	// audit batch during the run, in µs.
+	// AuditSyncMeanUs is the brokers' mean time to make one audit batch
+	// durable during the run, in µs.
 	AuditSyncMeanUs float64 `json:"audit_sync_mean_us,omitempty"`
-	FirstError      string  `json:"first_error,omitempty"`
+	// AuditUnread: the brokers' /metrics could not be read around the
+	// run, so the two figures above are unknown (not zero); the medians
+	// leave the run out.
+	AuditUnread bool   `json:"audit_unread,omitempty"`
+	FirstError  string `json:"first_error,omitempty"`
 }
 
 // recorder collects latencies and errors of one run.
@@ -379,13 +384,18 @@ func withAuditWrites(ctx context.Context, a *auditWrites, measure func() benchRu
 	before, err := a.read(ctx)
 	r := measure()
 	if err != nil {
+		r.AuditUnread = true
 		return r
 	}
 	after, err := a.read(ctx)
-	if ops := r.OK + r.Errors; err == nil && ops > 0 {
+	if err != nil {
+		r.AuditUnread = true
+		return r
+	}
+	if ops := r.OK + r.Errors; ops > 0 {
 		r.AuditWritesPerOp = math.Round((after.writes-before.writes)/float64(ops)*1000) / 1000
 	}
-	if n := after.syncs - before.syncs; err == nil && n > 0 {
+	if n := after.syncs - before.syncs; n > 0 {
 		r.AuditSyncMeanUs = round1((after.syncSeconds - before.syncSeconds) / n * 1e6)
 	}
 	return r

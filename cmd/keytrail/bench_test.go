@@ -528,8 +528,22 @@ func TestAuditWrites(t *testing.T) {
 	if r.AuditWritesPerOp != 0.5 || r.AuditSyncMeanUs != 0 {
 		t.Errorf("without the histogram: writes per op = %v, sync mean = %v; want 0.5 and 0", r.AuditWritesPerOp, r.AuditSyncMeanUs)
 	}
-	if r := withAuditWrites(ctx, nil, func() benchRun { return benchRun{OK: 1} }); r.AuditWritesPerOp != 0 {
-		t.Errorf("without brokers: writes per op = %v, want 0", r.AuditWritesPerOp)
+	if r := withAuditWrites(ctx, nil, func() benchRun { return benchRun{OK: 1} }); r.AuditWritesPerOp != 0 || r.AuditUnread {
+		t.Errorf("without brokers: writes per op = %v, unread %v; want 0, false", r.AuditWritesPerOp, r.AuditUnread)
+	}
+	// A broker whose metrics cannot be read: the figures are unknown, and
+	// the medians leave the run out instead of counting a zero.
+	gone := &auditWrites{client: srv.Client(), urls: []string{srv.URL + "/gone"}}
+	if r := withAuditWrites(ctx, gone, func() benchRun { return benchRun{OK: 4} }); !r.AuditUnread || r.AuditWritesPerOp != 0 {
+		t.Errorf("metrics unreadable: writes per op = %v, unread %v; want unread", r.AuditWritesPerOp, r.AuditUnread)
+	}
+	s := summarize([]benchRun{{OK: 1, AuditWritesPerOp: 0.5, AuditSyncMeanUs: 300}, {OK: 1, AuditUnread: true}, {OK: 1, AuditWritesPerOp: 0.7, AuditSyncMeanUs: 500}})
+	if s.AuditWritesPerOp != 0.6 || s.AuditSyncMeanUs != 400 || s.AuditUnreadRuns != 1 {
+		t.Errorf("summarize with an unread run = writes %v, sync %v, unread %d; want 0.6, 400 (the read runs' medians), 1", s.AuditWritesPerOp, s.AuditSyncMeanUs, s.AuditUnreadRuns)
+	}
+	line := auditWritesLine(&comparisonResult{Variants: []variantResult{{Variant: "proxied", Closed: s, Open: s}}})
+	if !strings.Contains(line, "could not be read around 2 runs") {
+		t.Errorf("audit writes line = %q, want the unread runs named", line)
 	}
 	fams, err := metricsFromURL(ctx, srv.Client(), srv.URL+"/metrics")
 	if err != nil {
