@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -67,10 +68,14 @@ func JournalPath(path string) string {
 	return filepath.Join(dir, "."+base+".wal")
 }
 
-// errNoDirectIO is returned by openDirect where direct I/O is not available
-// (another OS, or a file system such as tmpfs); the sink then fsyncs the
-// audit file instead.
-var errNoDirectIO = errors.New("direct I/O not supported")
+// ErrNoDirectIO: the file system (or the OS) refuses direct I/O, when the
+// journal is opened or first written; the sink fsyncs the audit file
+// instead, and ProbeJournal has nothing to time.
+var ErrNoDirectIO = errors.New("direct I/O not supported")
+
+// errPreallocate: the journal could not be preallocated (a volume too small
+// for it); the sink fsyncs the audit file instead.
+var errPreallocate = errors.New("cannot preallocate the journal")
 
 // journalFile is the journal's descriptor: opened for direct, synchronous
 // writes (a seam for tests).
@@ -81,7 +86,6 @@ type journalFile interface {
 
 type journal struct {
 	f     journalFile
-	path  string
 	size  int64
 	epoch uint64
 	next  int64 // journal offset of the next frame
@@ -89,7 +93,6 @@ type journal struct {
 	// broken: a reset failed, so the frames on disk may not be the ones
 	// the sink believes; the next write must reset first.
 	broken bool
-	raw    []byte // backing of buf
 	buf    []byte // block-aligned scratch for direct writes
 }
 
@@ -97,12 +100,12 @@ type journal struct {
 // journalBlock) whose start is block aligned, as O_DIRECT requires.
 func (j *journal) alignedBlocks(n int) []byte {
 	if cap(j.buf) < n {
-		j.raw = make([]byte, n+journalBlock)
-		off := int(uintptr(unsafe.Pointer(&j.raw[0])) & (journalBlock - 1))
+		raw := make([]byte, n+journalBlock)
+		off := int(uintptr(unsafe.Pointer(&raw[0])) & (journalBlock - 1))
 		if off != 0 {
 			off = journalBlock - off
 		}
-		j.buf = j.raw[off : off+n : off+n]
+		j.buf = raw[off : off+n : off+n]
 	}
 	b := j.buf[:n]
 	clear(b)
@@ -133,6 +136,37 @@ func prepareJournal(path string, size int64, fresh bool) error {
 		return err
 	}
 	return f.Close()
+}
+
+// openJournal opens the journal at path for direct writes, preallocates it
+// (size bytes; fresh: rewritten even when its size is right) and starts the
+// epoch after epoch at base, whose line hashes to head: the audit file must
+// be durable up to base. Whether the file system takes direct I/O is asked
+// before the preallocation, which a small volume cannot hold. A refusal
+// wraps ErrNoDirectIO, a failed preallocation errPreallocate.
+func openJournal(open func(string) (journalFile, error), path string, size int64, fresh bool, epoch uint64, base int64, head string) (*journal, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	_ = f.Close()
+	jf, err := open(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareJournal(path, size, fresh); err != nil {
+		_ = jf.Close()
+		return nil, fmt.Errorf("%w: %w", errPreallocate, err)
+	}
+	j := &journal{f: jf, size: size, epoch: epoch}
+	if err := j.reset(base, head); err != nil {
+		_ = jf.Close()
+		if errors.Is(err, syscall.EINVAL) {
+			return nil, fmt.Errorf("%w: %w", ErrNoDirectIO, err)
+		}
+		return nil, err
+	}
+	return j, nil
 }
 
 // reset starts a new epoch: the audit file is durable up to base, whose last
@@ -342,10 +376,6 @@ func commonPrefix(a, b []byte) int {
 	return n
 }
 
-// ErrNoDirectIO is returned by ProbeJournal where the sink would fsync
-// instead of journaling (no direct I/O).
-var ErrNoDirectIO = errNoDirectIO
-
 // ProbeJournal times n durable writes of rec through a scratch journal in
 // dir, made as the sink makes a batch durable with Options.Journal (the
 // journal is removed afterwards). For `keytrail bench`'s machine line.
@@ -359,18 +389,11 @@ func ProbeJournal(dir string, rec []byte, n int) ([]time.Duration, error) {
 	defer os.Remove(path)
 	size := min(frameLen(len(rec))*int64(n)+journalBlock, DefaultJournalBytes)
 	size = max(size, minJournalBytes)
-	if err := prepareJournal(path, size, true); err != nil {
-		return nil, err
-	}
-	jf, err := openDirect(path)
+	j, err := openJournal(openDirect, path, size, true, 0, 0, "")
 	if err != nil {
 		return nil, err
 	}
-	defer jf.Close()
-	j := &journal{f: jf, path: path, size: size}
-	if err := j.reset(0, ""); err != nil {
-		return nil, err
-	}
+	defer j.f.Close()
 	lat := make([]time.Duration, 0, n)
 	var at int64
 	for range n {

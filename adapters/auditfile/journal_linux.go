@@ -11,7 +11,7 @@ import (
 func openDirect(path string) (journalFile, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT|syscall.O_DSYNC, 0)
 	if errors.Is(err, syscall.EINVAL) {
-		return nil, errNoDirectIO
+		return nil, ErrNoDirectIO
 	}
 	if err != nil {
 		return nil, err

@@ -327,13 +327,13 @@ func TestJournalOff(t *testing.T) {
 // TestJournalNoDirectIO: where direct I/O is refused the sink fsyncs the
 // file per batch, and says so.
 func TestJournalNoDirectIO(t *testing.T) {
-	for _, refusal := range []error{errNoDirectIO, syscall.EINVAL} {
+	for _, refusal := range []error{ErrNoDirectIO, syscall.EINVAL} {
 		t.Run(refusal.Error(), func(t *testing.T) {
 			fl := &faults{}
 			sm := faultSeams(fl)
 			sm.openJournal = func(path string) (journalFile, error) {
-				if refusal == errNoDirectIO {
-					return nil, errNoDirectIO
+				if refusal == ErrNoDirectIO {
+					return nil, ErrNoDirectIO
 				}
 				return refusingJournal{}, nil
 			}

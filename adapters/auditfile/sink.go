@@ -418,41 +418,23 @@ func (s *Sink) startJournal(epoch uint64, fresh bool) error {
 	if !s.o.Journal || s.o.NoFsync {
 		return without()
 	}
-	// Whether the file system takes direct I/O is asked before the
-	// journal is preallocated: a small tmpfs cannot hold it.
-	f, err := os.OpenFile(jpath, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("auditfile: journal: %w", err)
-	}
-	_ = f.Close()
-	jf, err := s.openJrnl(jpath)
-	if errors.Is(err, errNoDirectIO) {
-		s.log.Info("audit: no direct I/O on this file system; fsyncing the audit file per batch instead of the journal")
-		return without()
-	}
-	if err != nil {
-		return fmt.Errorf("auditfile: journal: %w", err)
-	}
-	if err := prepareJournal(jpath, s.o.JournalBytes, fresh); err != nil {
-		_ = jf.Close()
-		s.log.Warn("audit: cannot preallocate the journal; fsyncing the audit file per batch instead", "journal", jpath, "bytes", s.o.JournalBytes, "err", err)
-		return without()
-	}
-	s.j = &journal{f: jf, path: jpath, size: s.o.JournalBytes, epoch: epoch}
 	// An epoch starts where the file is durable.
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("auditfile: sync: %w", err)
 	}
 	_, head := s.st.chain.Head()
-	if err := s.j.reset(s.good, head); err != nil {
-		_ = jf.Close()
-		s.j = nil
-		if errors.Is(err, syscall.EINVAL) {
-			s.log.Info("audit: direct writes refused on this file system; fsyncing the audit file per batch instead of the journal", "err", err)
-			return without()
-		}
-		return fmt.Errorf("auditfile: %w", err)
+	j, err := openJournal(s.openJrnl, jpath, s.o.JournalBytes, fresh, epoch, s.good, head)
+	switch {
+	case errors.Is(err, ErrNoDirectIO):
+		s.log.Info("audit: no direct I/O on this file system; fsyncing the audit file per batch instead of the journal", "err", err)
+		return without()
+	case errors.Is(err, errPreallocate):
+		s.log.Warn("audit: cannot preallocate the journal; fsyncing the audit file per batch instead", "journal", jpath, "bytes", s.o.JournalBytes, "err", err)
+		return without()
+	case err != nil:
+		return fmt.Errorf("auditfile: journal: %w", err)
 	}
+	s.j = j
 	syncDir(jpath, s.log)
 	return nil
 }

@@ -101,8 +101,8 @@ func (f *formSet) redact(s string) string {
 
 // formsCache keeps each secret reference's forms for the value it last had,
 // so they are built once per secret rather than once per proxied request. A
-// rotated secret replaces its entry; the references are the policy's, so
-// the cache stays as small as the policy.
+// rotated secret replaces its entry. Entries are not evicted: there is one
+// per secret reference the policies have named since start-up.
 type formsCache struct {
 	m sync.Map // policies.ProxySecret → *formsEntry
 }

@@ -290,10 +290,10 @@ func parseProcStat(s string) (time.Duration, bool) {
 }
 
 // auditWrites reads keytrail_audit_writes_total from brokers' /metrics:
-// one write (and, with audit.fsync on, one fsync) per group-commit batch.
-// Writes per operation say how many operations shared each fsync. It also
-// reads keytrail_audit_sync_duration_seconds, how long those writes and
-// fsyncs took under the run's load (the machine line times them idle).
+// one per group-commit batch, each made durable by one journal write (or
+// fsync). Writes per operation say how many operations shared each. It also
+// reads keytrail_audit_sync_duration_seconds, how long the batches took to
+// become durable under the run's load (the machine line times it idle).
 type auditWrites struct {
 	client *http.Client
 	urls   []string
@@ -373,7 +373,8 @@ func counterValue(families map[string]*dto.MetricFamily, name string) (float64, 
 }
 
 // withAuditWrites runs measure and, when a is set, adds the brokers' audit
-// writes per operation and their mean write+fsync time to its result. The
+// writes per operation and the mean time a batch took to become durable to
+// its result (or marks it AuditUnread when /metrics could not be read). The
 // metrics are read just before and just after the run: a use_result event
 // of the run's last requests may still be held (audit.defer_for) and be
 // counted with the next run.
