@@ -378,11 +378,13 @@ func commonPrefix(a, b []byte) int {
 
 // ProbeJournal times n durable writes of rec through a scratch journal in
 // dir, made as the sink makes a batch durable with Options.Journal (the
-// journal is removed afterwards). For `keytrail bench`'s machine line.
-func ProbeJournal(dir string, rec []byte, n int) ([]time.Duration, error) {
+// journal is removed afterwards). For `keytrail bench`'s machine line: the
+// latency of each write, and the process's CPU time (user+system) over the
+// writes alone, not the journal's preallocation.
+func ProbeJournal(dir string, rec []byte, n int) (lat []time.Duration, cpu time.Duration, err error) {
 	f, err := os.CreateTemp(dir, "journal-probe-")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	path := f.Name()
 	_ = f.Close()
@@ -391,23 +393,33 @@ func ProbeJournal(dir string, rec []byte, n int) ([]time.Duration, error) {
 	size = max(size, minJournalBytes)
 	j, err := openJournal(openDirect, path, size, true, 0, 0, "")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer j.f.Close()
-	lat := make([]time.Duration, 0, n)
+	lat = make([]time.Duration, 0, n)
 	var at int64
+	cpu0 := processCPU()
 	for range n {
 		if !j.fits(len(rec)) {
 			if err := j.reset(at, ""); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 		t := time.Now()
 		if err := j.append(rec, at); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		lat = append(lat, time.Since(t))
 		at += int64(len(rec))
 	}
-	return lat, nil
+	return lat, processCPU() - cpu0, nil
+}
+
+// processCPU is the process's user+system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

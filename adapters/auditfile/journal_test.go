@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -444,5 +445,21 @@ func TestReadJournalEmpty(t *testing.T) {
 	}
 	if _, err := readJournal(make([]byte, 100)); !errors.Is(err, errJournalHeader) {
 		t.Errorf("readJournal(100 bytes) = %v, want errJournalHeader", err)
+	}
+}
+
+// TestProbeJournal: the bench's probe times every write and leaves nothing
+// behind.
+func TestProbeJournal(t *testing.T) {
+	dir := t.TempDir()
+	lat, cpu, err := ProbeJournal(dir, []byte("{}\n"), 50)
+	if err != nil {
+		t.Fatalf("ProbeJournal() = %v", err)
+	}
+	if len(lat) != 50 || slices.Min(lat) <= 0 || cpu < 0 {
+		t.Errorf("ProbeJournal() = %d latencies (min %v), CPU %v; want 50 positive ones", len(lat), slices.Min(lat), cpu)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("ProbeJournal left %d files behind", len(ents))
 	}
 }

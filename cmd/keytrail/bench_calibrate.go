@@ -76,9 +76,7 @@ func calibrate(dir string, fsyncs int) (*calibration, error) {
 		c.FsyncCPUus = round1(float64(cpu1-cpu0) / float64(time.Microsecond) / float64(fsyncs))
 	}
 
-	cpu0, _ = procCPU(self)
-	jlat, err := auditfile.ProbeJournal(dir, rec, fsyncs)
-	cpu1, _ = procCPU(self)
+	jlat, jcpu, err := auditfile.ProbeJournal(dir, rec, fsyncs) // CPU of the writes, not the preallocation
 	switch {
 	case errors.Is(err, auditfile.ErrNoDirectIO):
 	case err != nil:
@@ -86,7 +84,7 @@ func calibrate(dir string, fsyncs int) (*calibration, error) {
 	case len(jlat) > 0:
 		slices.Sort(jlat)
 		c.JournalP50us, c.JournalP99us = us(percentile(jlat, 0.50)), us(percentile(jlat, 0.99))
-		c.JournalCPUus = round1(float64(cpu1-cpu0) / float64(time.Microsecond) / float64(len(jlat)))
+		c.JournalCPUus = round1(float64(jcpu) / float64(time.Microsecond) / float64(len(jlat)))
 	}
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -73,7 +73,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("report calibration = %+v, want the fsync and ECDSA probes' figures", c)
 	}
 	// The journal probe has figures wherever the brokers' sinks journal.
-	_, noDirect := auditfile.ProbeJournal(t.TempDir(), []byte("x\n"), 1)
+	_, _, noDirect := auditfile.ProbeJournal(t.TempDir(), []byte("x\n"), 1)
 	if c := rep.Calibration; c != nil && (c.JournalP50us > 0 && c.JournalCPUus > 0) != (noDirect == nil) {
 		t.Errorf("report calibration journal p50 %vµs, CPU %vµs; direct I/O here: %v", c.JournalP50us, c.JournalCPUus, noDirect)
 	}
