@@ -21,13 +21,15 @@ import (
 )
 
 // openCrashable opens a sink that the test abandons instead of closing, as
-// a crash would leave it: no final sync, no journal reset. Its writer stays
-// parked (no ticker), so it never touches the files again.
+// a crash would leave it: no final sync, no journal reset, and no lock held
+// (the kernel drops a dead process's). Its writer stays parked (no ticker),
+// so it never touches the files again.
 func openCrashable(t *testing.T, o Options, sm seams) *Sink {
 	t.Helper()
 	if sm.tick == nil {
 		sm.tick = make(chan time.Time)
 	}
+	sm.noLock = true
 	s, err := open(o, sm)
 	if err != nil {
 		t.Fatalf("Open() = %v", err)

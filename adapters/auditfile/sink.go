@@ -140,6 +140,9 @@ type seams struct {
 	openFile    func(path string) (file, error)
 	openJournal func(path string) (journalFile, error)
 	tick        <-chan time.Time // nil: a real ticker
+	// noLock skips the lock: a test's abandoned sink stands for a process
+	// that died, whose lock the kernel released.
+	noLock bool
 }
 
 type request struct {
@@ -180,6 +183,7 @@ type Sink struct {
 	log      *slog.Logger
 	openFile func(string) (file, error)
 	openJrnl func(string) (journalFile, error)
+	lock     *os.File // holds the flock on LockPath; nil without one
 
 	reqs     chan *request
 	probes   chan chan error
@@ -297,7 +301,15 @@ func open(o Options, sm seams) (*Sink, error) {
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	if !sm.noLock {
+		lock, err := lockFile(o.Path, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.lock = lock
+	}
 	if err := s.load(); err != nil {
+		s.unlock()
 		if s.f != nil {
 			_ = s.f.Close()
 		}
@@ -1096,10 +1108,56 @@ func (s *Sink) finish() error {
 		}
 		s.j = nil
 	}
+	s.unlock()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("auditfile: close: %w", err)
 	}
 	return nil
+}
+
+// LockPath is the file a sink locks while it writes the audit file at path:
+// ".<name>.lock" in the same directory (hidden, like the journal). It stays
+// after Close; only the lock on it matters.
+func LockPath(path string) string {
+	dir, base := filepath.Split(path)
+	return filepath.Join(dir, "."+base+".lock")
+}
+
+// lockFile takes an exclusive flock on LockPath(path), so that a second
+// sink (another broker pointed at the same file, on the same host or volume)
+// cannot interleave its lines, and its own chain, with this one's, nor
+// replay or reset the same journal. The kernel drops the lock when the
+// process dies, so a crash leaves nothing to clean up. Where the file
+// system has no flock the sink goes on without one, with a warning.
+func lockFile(path string, log *slog.Logger) (*os.File, error) {
+	lp := LockPath(path)
+	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("auditfile: lock: %w", err)
+	}
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	switch {
+	case err == nil:
+		return f, nil
+	case errors.Is(err, syscall.EWOULDBLOCK):
+		_ = f.Close()
+		return nil, fmt.Errorf("auditfile: %s is in use by another sink (%s is locked, by another keytrail process or another Open): give each broker its own audit file", path, lp)
+	case errors.Is(err, syscall.ENOLCK), errors.Is(err, syscall.ENOTSUP), errors.Is(err, syscall.EOPNOTSUPP):
+		_ = f.Close()
+		log.Warn("audit: the file system does not support file locks; nothing stops a second broker from writing the same audit file", "lock", lp, "err", err)
+		return nil, nil
+	default:
+		_ = f.Close()
+		return nil, fmt.Errorf("auditfile: lock %s: %w", lp, err)
+	}
+}
+
+// unlock releases the lock (closing its descriptor drops the flock).
+func (s *Sink) unlock() {
+	if s.lock != nil {
+		_ = s.lock.Close()
+		s.lock = nil
+	}
 }
 
 // MinFreeBytes is the free space below which Ping reports the sink

@@ -869,3 +869,47 @@ func TestDeferredBoundedByMaxBatch(t *testing.T) {
 		t.Errorf("Stats() = %+v, want 4 events written", st)
 	}
 }
+
+// TestLock: a second sink on the same audit file is refused while the first
+// is open (it would interleave its own chain and reset the same journal),
+// and opens once the first is closed.
+func TestLock(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Signer: signer, Journal: true}
+	s := openT(t, o, seams{})
+	appendN(t, s, 2)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	journal, err := os.ReadFile(JournalPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(o)
+	if err == nil || !strings.Contains(err.Error(), "in use by another sink") || !strings.Contains(err.Error(), LockPath(path)) {
+		t.Fatalf("Open(same file) while open = %v, want an error naming the lock %s", err, LockPath(path))
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Errorf("the refused Open changed the audit file")
+	}
+	if after, _ := os.ReadFile(JournalPath(path)); !bytes.Equal(after, journal) {
+		t.Errorf("the refused Open changed the journal")
+	}
+	appendN(t, s, 1)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openT(t, o, seams{})
+	appendN(t, s2, 1)
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+	if strings.HasPrefix(filepath.Base(LockPath(path)), "audit.jsonl") {
+		t.Errorf("lock file %s would match the glob audit.jsonl*", LockPath(path))
+	}
+}
