@@ -331,25 +331,15 @@ func replayJournal(jpath, path string) (epoch uint64, frames int, repaired int64
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("stat for replay: %w", err)
 	}
-	if fi.Size() < js.base {
-		return 0, 0, 0, fmt.Errorf("journal %s continues %s at byte %d, but the file has %d bytes: it was truncated or replaced; move the journal away to start without it", jpath, path, js.base, fi.Size())
-	}
-	if js.base > 0 {
-		last, end, err := lastLine(f, js.base)
-		if err != nil {
-			return 0, 0, 0, fmt.Errorf("replay: %w", err)
-		}
-		if end != js.base || audit.HashLine(last) != js.head {
-			return 0, 0, 0, fmt.Errorf("journal %s does not continue %s (its line ending at byte %d is not the one the journal follows): the file was replaced; move the journal away to start without it", jpath, path, js.base)
-		}
+	if err := js.continues(f, fi.Size(), jpath, path); err != nil {
+		return 0, 0, 0, fmt.Errorf("replay: %w", err)
 	}
 	for _, fr := range js.frames {
-		have := make([]byte, len(fr.batch))
-		n, _ := f.ReadAt(have, fr.at)
-		if n == len(have) && bytes.Equal(have, fr.batch) {
+		missing := fr.missing(f)
+		if missing == 0 {
 			continue
 		}
-		repaired += int64(len(fr.batch) - commonPrefix(have[:n], fr.batch))
+		repaired += missing
 		if _, err := f.WriteAt(fr.batch, fr.at); err != nil {
 			return 0, 0, 0, fmt.Errorf("replay write: %w", err)
 		}
@@ -366,6 +356,135 @@ func replayJournal(jpath, path string) (epoch uint64, frames int, repaired int64
 		return 0, 0, 0, fmt.Errorf("replay sync: %w", err)
 	}
 	return js.epoch, len(js.frames), repaired, nil
+}
+
+// continues checks that the journal's epoch continues the audit file f of
+// size bytes: the file is at least as long as the base the epoch started at,
+// and its line ending there is the one the journal recorded.
+func (js journalState) continues(f io.ReaderAt, size int64, jpath, path string) error {
+	if size < js.base {
+		return fmt.Errorf("journal %s continues %s at byte %d, but the file has %d bytes: it was truncated or replaced; move the journal away to start without it", jpath, path, js.base, size)
+	}
+	if js.base > 0 {
+		last, end, err := lastLine(f, js.base)
+		if err != nil {
+			return err
+		}
+		if end != js.base || audit.HashLine(last) != js.head {
+			return fmt.Errorf("journal %s does not continue %s (its line ending at byte %d is not the one the journal follows): the file was replaced; move the journal away to start without it", jpath, path, js.base)
+		}
+	}
+	return nil
+}
+
+// missing returns how many of the frame's bytes the file lacks or holds
+// differently (from the first difference on).
+func (fr frame) missing(f io.ReaderAt) int64 {
+	have := make([]byte, len(fr.batch))
+	n, _ := f.ReadAt(have, fr.at)
+	if n == len(have) && bytes.Equal(have, fr.batch) {
+		return 0
+	}
+	return int64(len(fr.batch) - commonPrefix(have[:n], fr.batch))
+}
+
+// Unreplayed is what the journal next to an audit file holds that the file
+// lacks: batches acknowledged by a broker that stopped uncleanly, which it
+// writes back into the file at its next start (before that, the file alone
+// is missing them).
+type Unreplayed struct {
+	Journal string
+	// Batches is the number of journal frames whose bytes the file lacks
+	// (or holds differently), Bytes those bytes, and Line the file's line
+	// (1-based) where the first of them belongs.
+	Batches int
+	Bytes   int64
+	Line    int
+	// Live: a sink holds the file's lock, so its journal is in use (a
+	// frame may be a moment ahead of the file) and was not compared.
+	Live bool
+}
+
+// CheckJournal compares the audit file at path with its journal, without
+// changing either: for `keytrail audit verify`, which would otherwise pass a
+// file that a crash left short of acknowledged events. No journal: a zero
+// Unreplayed. A journal that does not continue the file is an error.
+func CheckJournal(path string) (Unreplayed, error) {
+	jpath := JournalPath(path)
+	u := Unreplayed{Journal: jpath}
+	jb, err := os.ReadFile(jpath)
+	if errors.Is(err, os.ErrNotExist) {
+		return u, nil
+	}
+	if err != nil {
+		return u, fmt.Errorf("read journal: %w", err)
+	}
+	if lf, err := os.Open(LockPath(path)); err == nil {
+		err = syscall.Flock(int(lf.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+		_ = lf.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			u.Live = true
+			return u, nil
+		}
+	}
+	js, err := readJournal(jb)
+	if err != nil {
+		return u, fmt.Errorf("journal %s: %w", jpath, err)
+	}
+	if len(js.frames) == 0 {
+		return u, nil
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		f, err = os.Open(os.DevNull) // every frame is missing
+	}
+	if err != nil {
+		return u, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return u, err
+	}
+	if err := js.continues(f, fi.Size(), jpath, path); err != nil {
+		return u, err
+	}
+	first := int64(-1)
+	for _, fr := range js.frames {
+		if m := fr.missing(f); m > 0 {
+			u.Batches++
+			u.Bytes += m
+			if first < 0 {
+				first = fr.at + int64(len(fr.batch)) - m
+			}
+		}
+	}
+	if first >= 0 {
+		lines, err := countLines(f, first)
+		if err != nil {
+			return u, err
+		}
+		u.Line = lines + 1
+	}
+	return u, nil
+}
+
+// countLines counts the newlines in r's first n bytes.
+func countLines(r io.ReaderAt, n int64) (int, error) {
+	buf := make([]byte, 256<<10)
+	lines := 0
+	for off := int64(0); off < n; {
+		k, err := r.ReadAt(buf[:min(int64(len(buf)), n-off)], off)
+		lines += bytes.Count(buf[:k], []byte{'\n'})
+		off += int64(k)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return 0, err
+		}
+	}
+	return lines, nil
 }
 
 func commonPrefix(a, b []byte) int {

@@ -546,3 +546,72 @@ func TestJournalRotation(t *testing.T) {
 		t.Errorf("Verify() of every file after the crash = %v", err)
 	}
 }
+
+// TestCheckJournal: what the journal holds that the file lacks, read
+// without changing either; a running sink's journal is not compared.
+func TestCheckJournal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	if u, err := CheckJournal(path); err != nil || u.Batches != 0 || u.Live {
+		t.Errorf("CheckJournal(no journal) = %+v, %v; want nothing", u, err)
+	}
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openT(t, o, seams{})
+	appendIDs(t, s, "req_1", "req_2")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := fi.Size()
+
+	// A running sink, caught between a frame and the file's append (made
+	// here by cutting the file): not compared.
+	s = openT(t, o, seams{})
+	appendIDs(t, s, "req_3")
+	if err := os.Truncate(path, synced); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := CheckJournal(path); err != nil || !u.Live || u.Batches != 0 {
+		t.Errorf("CheckJournal(while a sink holds the file) = %+v, %v; want Live, nothing compared", u, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A crash (no lock held any more) that lost the unsynced tail.
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, o, seams{}) // a new chain from scratch
+	appendIDs(t, s, "req_a", "req_b")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openCrashable(t, o, seams{})
+	appendIDs(t, s, "req_c", "req_d", "req_e")
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := len(before) - 10 // into the last line (req_e)
+	if err := os.Truncate(path, int64(cut)); err != nil {
+		t.Fatal(err)
+	}
+	u, err := CheckJournal(path)
+	if err != nil || u.Live || u.Batches != 1 || u.Bytes != int64(len(before)-cut) || u.Line != 5 {
+		t.Errorf("CheckJournal(after a crash) = %+v, %v; want 1 batch, %d bytes, from line 5", u, err, len(before)-cut)
+	}
+	if after, _ := os.ReadFile(path); len(after) != cut {
+		t.Errorf("CheckJournal changed the file: %d bytes, want %d", len(after), cut)
+	}
+
+	// The file replaced by a shorter one: the journal does not continue it.
+	if err := os.WriteFile(path, before[:10], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CheckJournal(path); err == nil || !strings.Contains(err.Error(), "move the journal away") {
+		t.Errorf("CheckJournal(replaced file) = %v, want the journal named as not continuing it", err)
+	}
+}

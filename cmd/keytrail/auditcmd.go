@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
 )
@@ -42,7 +43,13 @@ anything is wrong.
 Each FILE is read with its rotated siblings (FILE.<UTC timestamp>, as the
 broker's rotation names them), oldest first, so naming the live file checks
 the whole chain; a directory stands for every *.jsonl file in it with its
-siblings. --exact reads only the files named, in the order given.`,
+siblings. --exact reads only the files named, in the order given.
+
+A live audit file's journal (.<name>.wal, next to it) is compared with the
+file too, unless a running broker holds the file: after an unclean stop it
+holds acknowledged events that the file gets back only when the broker starts
+again, and verify says so (exit status 1) instead of passing a file that is
+short of them.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !exact {
@@ -78,6 +85,7 @@ siblings. --exact reads only the files named, in the order given.`,
 			if rep == nil {
 				return err
 			}
+			rep.Problems = append(rep.Problems, journalProblems(args)...)
 			if !asJSON && len(args) > 1 {
 				fmt.Fprintf(e.stdout, "files, in order: %s\n", strings.Join(args, ", "))
 			}
@@ -127,4 +135,23 @@ func printVerifyReport(e *env, rep *audit.Report) {
 	if rep.OK() {
 		fmt.Fprintln(w, "OK: the chain is intact")
 	}
+}
+
+// journalProblems reports, for each audit file, acknowledged batches that
+// its journal holds and the file lacks (an unclean stop, not yet replayed),
+// and a journal that does not continue its file.
+func journalProblems(files []string) []audit.Problem {
+	var out []audit.Problem
+	for _, f := range files {
+		u, err := auditfile.CheckJournal(f)
+		switch {
+		case err != nil:
+			out = append(out, audit.Problem{File: u.Journal, Why: err.Error()})
+		case u.Batches > 0:
+			out = append(out, audit.Problem{File: f, Line: u.Line, Why: fmt.Sprintf(
+				"%d acknowledged batch(es) (%d bytes) are in the journal %s but not in the file: the broker stopped uncleanly and has not started since; start it (it writes them back into the file at start-up), then verify again",
+				u.Batches, u.Bytes, u.Journal)})
+		}
+	}
+	return out
 }

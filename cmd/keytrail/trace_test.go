@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
@@ -239,5 +241,74 @@ func TestAuditVerifyFindsRotatedSiblings(t *testing.T) {
 	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", live)
 	if err == nil {
 		t.Errorf("audit verify --exact on the live file alone = nil error, want a failure (its chain starts mid-way)\n%s", out)
+	}
+}
+
+// TestAuditVerifyUnreplayedJournal: after an unclean stop the audit file can
+// be short of acknowledged events that only its journal holds; verify says
+// so (and fails) until a broker has replayed them, and leaves a running
+// broker's journal alone.
+func TestAuditVerifyUnreplayedJournal(t *testing.T) {
+	live := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := auditfile.Options{Path: live, Journal: true}
+	appendUse := func(s *auditfile.Sink, n int) {
+		for range n {
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, Workload: "w"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s, err := auditfile.Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendUse(s, 2)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	synced, err := os.ReadFile(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err = auditfile.Open(o); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendUse(s, 3)
+	if out, _, err := runCLI(t, nil, "audit", "verify", live); err != nil {
+		t.Errorf("audit verify of a file a running broker writes = %v, want OK (its journal is live)\n%s", err, out)
+	}
+
+	// What a power loss may leave: the journal, and the file as last synced.
+	crashed := filepath.Join(t.TempDir(), "audit.jsonl")
+	journal, err := os.ReadFile(auditfile.JournalPath(live))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Dir(crashed), filepath.Base(auditfile.JournalPath(crashed)), string(journal))
+	writeFile(t, filepath.Dir(crashed), "audit.jsonl", string(synced))
+	out, _, err := runCLI(t, nil, "audit", "verify", crashed)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, crashed+":3: 3 acknowledged batch(es)") {
+		t.Errorf("audit verify after an unclean stop = %v, want exit 1 naming 3 batches from line 3\n%s", err, out)
+	}
+
+	// A broker started on it replays the journal; then the file is whole.
+	s2, err := auditfile.Open(auditfile.Options{Path: crashed, Journal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := runCLI(t, nil, "audit", "verify", crashed); err != nil || !strings.Contains(out, "5 line(s)") {
+		t.Errorf("audit verify after the replay = %v, want OK with 5 lines\n%s", err, out)
+	}
+
+	// A journal that does not continue its file (another file's) is named.
+	writeFile(t, filepath.Dir(crashed), filepath.Base(auditfile.JournalPath(crashed)), string(journal))
+	writeFile(t, filepath.Dir(crashed), "audit.jsonl", string(synced[:len(synced)/2]))
+	if out, _, err := runCLI(t, nil, "audit", "verify", crashed); err == nil || !strings.Contains(out, "move the journal away") {
+		t.Errorf("audit verify with a journal that does not continue the file = %v, want a failure naming the journal\n%s", err, out)
 	}
 }
