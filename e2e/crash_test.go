@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/adapters/redisstore"
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
@@ -47,9 +49,12 @@ func testCrashConsistency(t *testing.T, withRedis bool) {
 
 	v := harness.StartVault(t)
 	setupVaultPolicies(t, v)
+	// A small journal (15 frames) wraps many times a round, so kills land
+	// before, during and after wraps.
+	const journalBytes = 64 << 10
 	o := faultOptions{env: []string{
 		"KEYTRAIL_RECONCILE_INTERVAL=1s", "KEYTRAIL_RECONCILE_GRACE=" + grace.String(),
-	}}
+	}, auditExtra: fmt.Sprintf("  journal_bytes: %d\n", journalBytes)}
 	if withRedis {
 		o.redisURL = harness.StartRedis(t).URL()
 	}
@@ -105,6 +110,9 @@ func testCrashConsistency(t *testing.T, withRedis bool) {
 		t.Errorf("no restart replayed the audit journal, though %d credentials were handed out before kills", len(returned))
 	} else {
 		t.Logf("restarts that replayed the audit journal: %d of %d", n, rounds)
+	}
+	if fi, err := os.Stat(auditfile.JournalPath(s.auditPath)); err != nil || fi.Size() != journalBytes {
+		t.Errorf("audit journal: %v, %v; want %d bytes (audit.journal_bytes)", fi, err, journalBytes)
 	}
 	for st := range statuses {
 		if st != 200 && st != 503 {

@@ -82,6 +82,7 @@ type faultOptions struct {
 	redisURL     string
 	auditDir     string // default a temporary directory
 	vaultTimeout string // vault.timeout, default keytrail's
+	auditExtra   string // more lines of the audit section ("  key: value\n")
 	env          []string
 }
 
@@ -135,7 +136,7 @@ func startFaultStack(t testing.TB, v *harness.Vault, o faultOptions) *faultStack
 	if o.vaultTimeout != "" {
 		cfg += "  timeout: " + o.vaultTimeout + "\n"
 	}
-	cfg += "audit:\n  file: " + s.auditPath + "\nlog: {level: debug}\n"
+	cfg += "audit:\n  file: " + s.auditPath + "\n" + o.auditExtra + "log: {level: debug}\n"
 	if o.redisURL != "" {
 		cfg += "store:\n  redis_url: " + o.redisURL + "\n"
 	}

@@ -52,7 +52,8 @@ const (
 	maxJournalHead  = 512
 	journalMagic    = "KTAUDWAL"
 	frameMagic      = "KTFR"
-	minJournalBytes = 4 * journalBlock
+	// MinJournalBytes is the smallest journal: a header and three frames.
+	MinJournalBytes = 4 * journalBlock
 	// DefaultJournalBytes is the journal's size: a batch takes at least one
 	// 4 KiB block, so this holds 4096 batches between two fsyncs of the
 	// audit file.
@@ -509,7 +510,7 @@ func ProbeJournal(dir string, rec []byte, n int) (lat []time.Duration, cpu time.
 	_ = f.Close()
 	defer os.Remove(path)
 	size := min(frameLen(len(rec))*int64(n)+journalBlock, DefaultJournalBytes)
-	size = max(size, minJournalBytes)
+	size = max(size, MinJournalBytes)
 	j, err := openJournal(openDirect, path, size, true, 0, 0, "")
 	if err != nil {
 		return nil, 0, err

@@ -223,7 +223,7 @@ func TestJournalFailedWriteNotReplayed(t *testing.T) {
 func TestJournalWraps(t *testing.T) {
 	fl := &faults{}
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: minJournalBytes} // 3 frames
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: MinJournalBytes} // 3 frames
 	s := openCrashable(t, o, faultSeams(fl))
 	fl.set(func(f *faults) { f.syncs = 0 })
 	var ids []string
@@ -401,7 +401,7 @@ func TestJournalTornHeader(t *testing.T) {
 // an fsync of the file, and the journal goes on after it.
 func TestJournalLargeBatch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: minJournalBytes}
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: MinJournalBytes}
 	s := openCrashable(t, o, seams{})
 	big := &audit.Event{Type: audit.TypeUse, RequestID: "req_big", Reason: strings.Repeat("r", 3*journalBlock)}
 	if err := s.Append(context.Background(), big); err != nil {

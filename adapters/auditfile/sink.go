@@ -252,8 +252,8 @@ func open(o Options, sm seams) (*Sink, error) {
 	if o.RotateEvery < 0 {
 		errs = append(errs, errors.New("rotate_every: must not be negative"))
 	}
-	if o.JournalBytes != 0 && o.JournalBytes < minJournalBytes {
-		errs = append(errs, fmt.Errorf("journal_bytes: must be at least %d", minJournalBytes))
+	if o.JournalBytes != 0 && o.JournalBytes < MinJournalBytes {
+		errs = append(errs, fmt.Errorf("journal_bytes: must be at least %d", MinJournalBytes))
 	}
 	if o.ChainID != "" {
 		if err := audit.ValidChainID(o.ChainID); err != nil {

@@ -311,7 +311,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		signer = ts
 	}
 	sink, err := auditfile.Open(auditfile.Options{
-		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync, Journal: *cfg.Audit.Journal,
+		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync, Journal: *cfg.Audit.Journal, JournalBytes: cfg.Audit.JournalBytes,
 		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, DeferFor: time.Duration(cfg.Audit.DeferFor), Logger: log,
 		OnWrite: func(d time.Duration) { m.auditSync.Observe(d.Seconds()) },
 	})
