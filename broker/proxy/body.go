@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/keytrail/keytrail/policies"
 )
@@ -101,11 +102,17 @@ func (f *formSet) redact(s string) string {
 
 // formsCache keeps each secret reference's forms for the value it last had,
 // so they are built once per secret rather than once per proxied request. A
-// rotated secret replaces its entry. Entries are not evicted: there is one
-// per secret reference the policies have named since start-up.
+// rotated secret replaces its entry. There is one entry per secret reference
+// named since start-up or since the cache was last emptied: past
+// maxFormsEntries it is emptied, so that references a policy reload dropped
+// (and their secrets' values) do not stay in memory for good.
 type formsCache struct {
-	m sync.Map // policies.ProxySecret → *formsEntry
+	m sync.Map     // policies.ProxySecret → *formsEntry
+	n atomic.Int64 // entries stored since the last emptying (an estimate under races)
 }
+
+// maxFormsEntries bounds the forms cache; a policy names far fewer secrets.
+const maxFormsEntries = 1024
 
 type formsEntry struct {
 	secret string
@@ -119,8 +126,18 @@ func (c *formsCache) get(ref policies.ProxySecret, secret string) *formSet {
 		}
 	}
 	f := newFormSet(secret)
-	c.m.Store(ref, &formsEntry{secret: secret, forms: f})
+	if _, replaced := c.m.Swap(ref, &formsEntry{secret: secret, forms: f}); !replaced && c.n.Add(1) > maxFormsEntries {
+		c.m.Clear()
+		c.n.Store(0)
+	}
 	return f
+}
+
+// len counts the entries (for tests).
+func (c *formsCache) len() int {
+	n := 0
+	c.m.Range(func(any, any) bool { n++; return true })
+	return n
 }
 
 // redactReader overwrites every occurrence of the secret forms in a stream
