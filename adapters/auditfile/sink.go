@@ -1135,7 +1135,16 @@ func lockFile(path string, log *slog.Logger) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("auditfile: lock: %w", err)
 	}
-	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	// `keytrail audit verify` holds a shared lock for a moment (CheckJournal):
+	// retry for a while before calling the file taken. Another sink holds
+	// it for as long as it runs.
+	for deadline := time.Now().Add(lockWait); ; {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	switch {
 	case err == nil:
 		return f, nil
@@ -1151,6 +1160,9 @@ func lockFile(path string, log *slog.Logger) (*os.File, error) {
 		return nil, fmt.Errorf("auditfile: lock %s: %w", lp, err)
 	}
 }
+
+// lockWait is how long Open waits for the audit file's lock.
+const lockWait = time.Second
 
 // unlock releases the lock (closing its descriptor drops the flock).
 func (s *Sink) unlock() {

@@ -913,3 +913,33 @@ func TestLock(t *testing.T) {
 		t.Errorf("lock file %s would match the glob audit.jsonl*", LockPath(path))
 	}
 }
+
+// TestLockWaitsForVerify: a reader's moment of shared lock (audit verify's
+// CheckJournal) does not make Open call the file taken.
+func TestLockWaitsForVerify(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	lf, err := os.OpenFile(LockPath(path), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_SH); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan error, 1)
+	go func() {
+		s, err := Open(Options{Path: path})
+		if err == nil {
+			err = s.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("Open() while a reader held the lock = %v, want it to wait", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	_ = lf.Close() // the reader is done
+	if err := <-opened; err != nil {
+		t.Errorf("Open() after the reader let go = %v", err)
+	}
+}
