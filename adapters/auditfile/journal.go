@@ -46,12 +46,12 @@ import (
 //	                      | file offset i64 | length u32 | 0 u32 | the batch
 //	                      | zeros to the next block
 const (
-	journalBlock    = 4096
-	journalVersion  = 1
-	frameHeaderLen  = 32
-	maxJournalHead  = 512
-	journalMagic    = "KTAUDWAL"
-	frameMagic      = "KTFR"
+	journalBlock   = 4096
+	journalVersion = 1
+	frameHeaderLen = 32
+	maxJournalHead = 512
+	journalMagic   = "KTAUDWAL"
+	frameMagic     = "KTFR"
 	// MinJournalBytes is the smallest journal: a header and three frames.
 	MinJournalBytes = 4 * journalBlock
 	// DefaultJournalBytes is the journal's size: a batch takes at least one
