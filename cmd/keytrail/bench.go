@@ -282,6 +282,9 @@ type benchVariant struct {
 	// the number of operations the run may send (its requests' inputs made
 	// ahead, e.g. identity tokens signed).
 	prepare func(n int) error
+	// audit, when set, counts the audit writes of this variant's broker
+	// instead of the comparison's.
+	audit *auditWrites
 }
 
 // comparisonSpec says what to compare.
@@ -297,6 +300,15 @@ type comparisonSpec struct {
 	// light adds an open loop at a twentieth of the maximum rate, so the
 	// report shows the added latency without CPU contention too.
 	light bool
+}
+
+// auditFor is where the audit writes of v's runs are counted: its own
+// broker when it names one, else the comparison's brokers.
+func (s comparisonSpec) auditFor(v benchVariant) *auditWrites {
+	if v.audit != nil {
+		return v.audit
+	}
+	return s.audit
 }
 
 // runBench sets up the environment, runs the scenarios and reports.
@@ -416,7 +428,7 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 				if err := prepare(v, 1.5*fastest[v.name], b.o.duration); err != nil {
 					return nil, err
 				}
-				r := withAuditWrites(ctx, spec.audit, func() benchRun { return closedLoop(ctx, v.op, w, b.o.duration, spec.probes) })
+				r := withAuditWrites(ctx, spec.auditFor(v), func() benchRun { return closedLoop(ctx, v.op, w, b.o.duration, spec.probes) })
 				fastest[v.name] = max(fastest[v.name], r.Throughput)
 				r.Variant, r.Rep = v.name, rep
 				b.progress("%s closed loop rep %d/%d %-22s %3d workers %s", spec.id, rep, b.o.reps, v.name, w, runLine(r))
@@ -443,7 +455,7 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 			if err := prepare(v, res.OpenRate, b.o.duration); err != nil {
 				return nil, err
 			}
-			r := withAuditWrites(ctx, spec.audit, func() benchRun { return openLoop(ctx, v.op, res.OpenRate, b.o.duration, 1024, spec.probes) })
+			r := withAuditWrites(ctx, spec.auditFor(v), func() benchRun { return openLoop(ctx, v.op, res.OpenRate, b.o.duration, 1024, spec.probes) })
 			r.Variant, r.Rep = v.name, rep
 			b.progress("%s open loop   rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
 			res.Runs = append(res.Runs, r)
@@ -461,7 +473,7 @@ func (b *benchRunner) compare(ctx context.Context, spec comparisonSpec) (*compar
 				if err := prepare(v, res.LightRate, b.o.duration); err != nil {
 					return nil, err
 				}
-				r := withAuditWrites(ctx, spec.audit, func() benchRun { return openLoop(ctx, v.op, res.LightRate, b.o.duration, 1024, spec.probes) })
+				r := withAuditWrites(ctx, spec.auditFor(v), func() benchRun { return openLoop(ctx, v.op, res.LightRate, b.o.duration, 1024, spec.probes) })
 				r.Variant, r.Rep = v.name+" (light load)", rep
 				b.progress("%s light load rep %d/%d %-22s %s", spec.id, rep, b.o.reps, v.name, runLine(r))
 				res.Runs = append(res.Runs, r)

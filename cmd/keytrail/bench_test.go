@@ -596,3 +596,16 @@ func TestWorkerLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditForVariant: a variant that names its broker's audit metrics is
+// counted there, not in the comparison's brokers together.
+func TestAuditForVariant(t *testing.T) {
+	all, own := &auditWrites{urls: []string{"a", "b"}}, &auditWrites{urls: []string{"b"}}
+	spec := comparisonSpec{audit: all}
+	if got := spec.auditFor(benchVariant{name: "v"}); got != all {
+		t.Errorf("auditFor(variant without its own) = %v, want the comparison's", got)
+	}
+	if got := spec.auditFor(benchVariant{name: "v", audit: own}); got != own {
+		t.Errorf("auditFor(variant with its own) = %v, want its own", got)
+	}
+}
