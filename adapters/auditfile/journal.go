@@ -54,6 +54,9 @@ const (
 	frameMagic     = "KTFR"
 	// MinJournalBytes is the smallest journal: a header and three frames.
 	MinJournalBytes = 4 * journalBlock
+	// MaxJournalBytes is the largest journal: Open and CheckJournal read the
+	// whole journal into memory.
+	MaxJournalBytes = 1 << 30
 	// DefaultJournalBytes is the journal's size: a batch takes at least one
 	// 4 KiB block, so this holds 4096 batches between two fsyncs of the
 	// audit file.

@@ -80,7 +80,7 @@ type Options struct {
 	// with NoFsync) a journal left by an earlier run is replayed and
 	// removed.
 	Journal bool
-	// JournalBytes is the journal's size, at least 16 KiB; default
+	// JournalBytes is the journal's size, 16 KiB to 1 GiB; default
 	// DefaultJournalBytes. A batch takes a multiple of 4 KiB.
 	JournalBytes int64
 	// NoFsync skips the fsync of each batch: Append then returns once the
@@ -252,8 +252,8 @@ func open(o Options, sm seams) (*Sink, error) {
 	if o.RotateEvery < 0 {
 		errs = append(errs, errors.New("rotate_every: must not be negative"))
 	}
-	if o.JournalBytes != 0 && o.JournalBytes < MinJournalBytes {
-		errs = append(errs, fmt.Errorf("journal_bytes: must be at least %d", MinJournalBytes))
+	if o.JournalBytes != 0 && (o.JournalBytes < MinJournalBytes || o.JournalBytes > MaxJournalBytes) {
+		errs = append(errs, fmt.Errorf("journal_bytes: must be between %d and %d", MinJournalBytes, MaxJournalBytes))
 	}
 	if o.ChainID != "" {
 		if err := audit.ValidChainID(o.ChainID); err != nil {

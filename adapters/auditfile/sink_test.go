@@ -214,6 +214,8 @@ func TestOpenValidation(t *testing.T) {
 		{name: "fail/no-path", o: Options{}, wantErr: "path: required"},
 		{name: "fail/negative-every", o: Options{Path: filepath.Join(dir, "a"), CheckpointEvery: -1}, wantErr: "checkpoint_every"},
 		{name: "fail/negative-rotate", o: Options{Path: filepath.Join(dir, "a"), RotateBytes: -1}, wantErr: "rotate_bytes"},
+		{name: "fail/journal-too-small", o: Options{Path: filepath.Join(dir, "a"), JournalBytes: MinJournalBytes - 1}, wantErr: "journal_bytes"},
+		{name: "fail/journal-too-large", o: Options{Path: filepath.Join(dir, "a"), JournalBytes: MaxJournalBytes + 1}, wantErr: "journal_bytes"},
 		{name: "fail/bad-chain-id", o: Options{Path: filepath.Join(dir, "a"), ChainID: "has space"}, wantErr: "chain_id"},
 		{name: "fail/unparseable-last-line", o: Options{Path: garbage}, wantErr: "malformed"},
 		{name: "fail/directory", o: Options{Path: dir}, wantErr: "open"},

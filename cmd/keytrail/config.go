@@ -111,7 +111,7 @@ type AuditConfig struct {
 	// of the file; default true. Falls back to fsync where the file system
 	// has no direct I/O or no room for the journal. See docs/RELIABILITY.md.
 	Journal *bool `yaml:"journal"`
-	// JournalBytes is the journal's size (0 = 16 MiB, at least 16 KiB): a
+	// JournalBytes is the journal's size (0 = 16 MiB, 16 KiB to 1 GiB): a
 	// batch takes at least one 4 KiB block, and the file is fsynced each
 	// time the journal fills, so a larger journal syncs the file less often.
 	JournalBytes int64 `yaml:"journal_bytes"`
@@ -321,8 +321,8 @@ func (c *Config) validate(file string) error {
 	if c.Audit.RotateBytes < 0 {
 		bad("audit.rotate_bytes", "must not be negative")
 	}
-	if c.Audit.JournalBytes != 0 && c.Audit.JournalBytes < auditfile.MinJournalBytes {
-		bad("audit.journal_bytes", "must be 0 (the default, 16 MiB) or at least %d", auditfile.MinJournalBytes)
+	if c.Audit.JournalBytes != 0 && (c.Audit.JournalBytes < auditfile.MinJournalBytes || c.Audit.JournalBytes > auditfile.MaxJournalBytes) {
+		bad("audit.journal_bytes", "must be 0 (the default, 16 MiB) or between %d and %d", auditfile.MinJournalBytes, auditfile.MaxJournalBytes)
 	}
 	if c.Audit.MaxBatch < 0 {
 		bad("audit.max_batch", "must not be negative")

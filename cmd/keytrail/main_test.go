@@ -83,6 +83,8 @@ func TestLoadConfig(t *testing.T) {
 		{name: "ok/tuning", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: 64, defer_for: 5ms, journal_bytes: 65536}\nauthn: {verified_cache_size: -1}\n"},
 		{name: "fail/tuning-out-of-range", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: -1, defer_for: 2s, journal_bytes: 4096}\nauthn: {verified_cache_size: -2}\n",
 			wantErr: []string{"audit.max_batch", "audit.defer_for", "audit.journal_bytes", "authn.verified_cache_size"}},
+		{name: "fail/journal-too-large", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, journal_bytes: 2147483648}\n",
+			wantErr: []string{"audit.journal_bytes"}},
 		{name: "ok/token-role", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: keytrail-workloads}\naudit: {file: a}\n"},
 		{name: "fail/token-role-path", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: 'a/../b'}\naudit: {file: a}\n",
 			wantErr: []string{"vault.token_role: must be a token role name"}},
