@@ -22,8 +22,10 @@ import (
 
 // openCrashable opens a sink that the test abandons instead of closing, as
 // a crash would leave it: no final sync, no journal reset, and no lock held
-// (the kernel drops a dead process's). Its writer stays parked (no ticker),
-// so it never touches the files again.
+// (the kernel drops a dead process's). Its writer stays parked (no ticker)
+// once it has finished the work an append started (appendIDs waits for
+// that: a rotation runs after the batch's callers are released), so it
+// never touches the files again.
 func openCrashable(t *testing.T, o Options, sm seams) *Sink {
 	t.Helper()
 	if sm.tick == nil {
@@ -61,12 +63,28 @@ func requestIDs(t *testing.T, path string) []string {
 	return ids
 }
 
+// appendIDs appends an event per id and returns once the writer is idle.
 func appendIDs(t *testing.T, s *Sink, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
 		if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: id}); err != nil {
 			t.Fatalf("Append(%s) = %v", id, err)
 		}
+	}
+	writerIdle(t, s)
+}
+
+// writerIdle returns once the writer goroutine has finished what it was
+// doing: Append returns when its batch is durable, and the writer may then
+// still rotate the file. A test that abandons the sink (a crash) and opens
+// the same file again must not race that. The writer serves a health probe
+// only between batches; a healthy sink's probe touches nothing.
+func writerIdle(t *testing.T, s *Sink) {
+	t.Helper()
+	reply := make(chan error, 1)
+	s.probes <- reply
+	if err := <-reply; err != nil {
+		t.Fatalf("writer probe = %v", err)
 	}
 }
 
