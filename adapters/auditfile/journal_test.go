@@ -565,6 +565,51 @@ func TestJournalRotation(t *testing.T) {
 	}
 }
 
+// TestCrashDuringRotation: a crash after the rotation renamed the file
+// away but before it reset the journal leaves a journal whose epoch
+// continues the renamed file (synced up to base, no frames). Open starts a
+// new file, the chain goes on from the rotated one, and audit verify finds
+// nothing unreplayed.
+func TestCrashDuringRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openCrashable(t, o, seams{})
+	appendIDs(t, s, "req_1", "req_2")
+	// What the rotation does before the crash: sync and reset the journal
+	// at the file's end, then rename the file.
+	reply := make(chan error, 1)
+	s.probes <- reply // the writer is idle; its state is ours to use below
+	<-reply
+	if err := s.syncAndReset(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if js := journalOf(t, path); js.base != fi.Size() || len(js.frames) != 0 {
+		t.Fatalf("journal before the crash: base %d, %d frames; want %d, none", js.base, len(js.frames), fi.Size())
+	}
+	rotated := path + "." + time.Unix(1, 0).UTC().Format(rotatedLayout)
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := CheckJournal(path); err != nil || u.Batches != 0 {
+		t.Errorf("CheckJournal() after the crash = %+v, %v; want nothing unreplayed", u, err)
+	}
+	s = openT(t, o, seams{})
+	appendIDs(t, s, "req_3")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"req_3"}, requestIDs(t, path)); d != "" {
+		t.Errorf("new file (-want +got):\n%s", d)
+	}
+	if _, err := verify(t, nil, false, rotated, path); err != nil {
+		t.Errorf("Verify(rotated, new) = %v", err)
+	}
+}
+
 // TestCheckJournal: what the journal holds that the file lacks, read
 // without changing either; a running sink's journal is not compared.
 func TestCheckJournal(t *testing.T) {
