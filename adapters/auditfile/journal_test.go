@@ -567,47 +567,62 @@ func TestJournalRotation(t *testing.T) {
 
 // TestCrashDuringRotation: a crash after the rotation renamed the file
 // away but before it reset the journal leaves a journal whose epoch
-// continues the renamed file (synced up to base, no frames). Open starts a
-// new file, the chain goes on from the rotated one, and audit verify finds
-// nothing unreplayed.
+// continues the renamed file (synced up to base, no frames). The sink's own
+// rotation gets there: the journal refuses the reset that follows the
+// rename, and the test abandons the sink. Open starts a new file, the chain
+// goes on from the rotated one, and audit verify finds nothing unreplayed.
 func TestCrashDuringRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	o := Options{Path: path, Now: newClock().Now, Journal: true}
-	s := openCrashable(t, o, seams{})
-	appendIDs(t, s, "req_1", "req_2")
-	// What the rotation does before the crash: sync and reset the journal
-	// at the file's end, then rename the file.
-	reply := make(chan error, 1)
-	s.probes <- reply // the writer is idle; its state is ours to use below
-	<-reply
-	if err := s.syncAndReset(); err != nil {
-		t.Fatal(err)
+	o := Options{Path: path, Now: newClock().Now, Journal: true, RotateBytes: 1}
+	s := openCrashable(t, o, seams{openJournal: func(jpath string) (journalFile, error) {
+		f, err := openDirect(jpath)
+		return resetAfterRename{f, path}, err
+	}})
+	appendIDs(t, s, "req_1") // the writer rotates after this batch
+	rotated := rotatedFiles(t, path)
+	if len(rotated) != 1 {
+		t.Fatalf("rotated files = %v, want one", rotated)
 	}
-	fi, err := os.Stat(path)
+	fi, err := os.Stat(rotated[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	if js := journalOf(t, path); js.base != fi.Size() || len(js.frames) != 0 {
-		t.Fatalf("journal before the crash: base %d, %d frames; want %d, none", js.base, len(js.frames), fi.Size())
-	}
-	rotated := path + "." + time.Unix(1, 0).UTC().Format(rotatedLayout)
-	if err := os.Rename(path, rotated); err != nil {
-		t.Fatal(err)
+		t.Fatalf("journal at the crash: base %d, %d frames; want %d (the rotated file's size), none", js.base, len(js.frames), fi.Size())
 	}
 	if u, err := CheckJournal(path); err != nil || u.Batches != 0 {
 		t.Errorf("CheckJournal() after the crash = %+v, %v; want nothing unreplayed", u, err)
 	}
+	o.RotateBytes = 0
 	s = openT(t, o, seams{})
-	appendIDs(t, s, "req_3")
+	appendIDs(t, s, "req_2")
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff([]string{"req_3"}, requestIDs(t, path)); d != "" {
+	if d := cmp.Diff([]string{"req_1"}, requestIDs(t, rotated[0])); d != "" {
+		t.Errorf("rotated file (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]string{"req_2"}, requestIDs(t, path)); d != "" {
 		t.Errorf("new file (-want +got):\n%s", d)
 	}
-	if _, err := verify(t, nil, false, rotated, path); err != nil {
+	if _, err := verify(t, nil, false, rotated[0], path); err != nil {
 		t.Errorf("Verify(rotated, new) = %v", err)
 	}
+}
+
+// resetAfterRename is a journal whose header cannot be rewritten while the
+// audit file is renamed away: the crash point between a rotation's rename
+// and its journal reset.
+type resetAfterRename struct {
+	journalFile
+	audit string
+}
+
+func (f resetAfterRename) WriteAt(b []byte, off int64) (int, error) {
+	if _, err := os.Stat(f.audit); off == 0 && errors.Is(err, os.ErrNotExist) {
+		return 0, syscall.EIO
+	}
+	return f.journalFile.WriteAt(b, off)
 }
 
 // TestCheckJournal: what the journal holds that the file lacks, read
