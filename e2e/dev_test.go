@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -14,20 +15,27 @@ import (
 
 // TestDevOnce runs the README's first command the way a new user would (as
 // a process, with the real Vault dev server), in --once mode: the demo
-// workload must get a credential and the audit trail must verify.
+// workload must get a credential and the audit trail must verify. Vault is
+// named the way a user in the repository would name it, relative to the
+// working directory (--vault-bin bin/vault), which the server's own working
+// directory (under --dir) must not change.
 func TestDevOnce(t *testing.T) {
 	bin := harness.KeytrailBinary(t)
 	vault := harness.VaultBinary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	cmd := exec.CommandContext(ctx, bin, "dev", "--once", "--dir", dir,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)))
-	cmd.Env = append(cmd.Environ(), "KEYTRAIL_VAULT_BIN="+vault)
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
+	relVault, err := filepath.Rel(root, vault)
+	if err != nil || filepath.IsAbs(relVault) {
+		t.Fatalf("vault binary %s is not below the repository %s: %v", vault, root, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	cmd := exec.CommandContext(ctx, bin, "dev", "--once", "--dir", dir,
+		"--vault-bin", relVault,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)))
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -165,8 +165,17 @@ func (p *benchProc) logTail() string {
 	return string(b)
 }
 
-// startProc starts bin with args, output to dir/name.log.
+// startProc starts bin with args, output to dir/name.log. The child runs in
+// e.dir; a relative bin (--keytrail-bin ./keytrail) still names the file
+// relative to the bench's own working directory.
 func (e *benchEnv) startProc(name, bin string, env []string, args ...string) (*benchProc, error) {
+	if strings.ContainsRune(bin, os.PathSeparator) {
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		bin = abs
+	}
 	logPath := filepath.Join(e.dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -609,3 +609,32 @@ func TestAuditForVariant(t *testing.T) {
 		t.Errorf("auditFor(variant with its own) = %v, want its own", got)
 	}
 }
+
+// TestStartProcRelativeBinary: children run in the bench's directory, but a
+// relative binary path (--keytrail-bin ./keytrail) names the file relative
+// to the directory the bench was started from.
+func TestStartProcRelativeBinary(t *testing.T) {
+	cwd := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(cwd, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "#!/bin/sh\necho started with \"$1\"\n"
+	if err := os.WriteFile(filepath.Join(cwd, "bin", "child"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(cwd)
+	e := &benchEnv{dir: t.TempDir()}
+	p, err := e.startProc("child", filepath.Join("bin", "child"), nil, "arg1")
+	if err != nil {
+		t.Fatalf("startProc with a relative binary: %v", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.stop(time.Second)
+		t.Fatal("child did not exit")
+	}
+	if got, want := strings.TrimSpace(p.logTail()), "started with arg1"; got != want {
+		t.Errorf("child log = %q, want %q", got, want)
+	}
+}

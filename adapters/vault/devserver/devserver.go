@@ -229,6 +229,13 @@ func Start(ctx context.Context, bin string, o Options) (*Process, error) {
 	if fi, err := os.Stat(bin); err != nil || !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("start vault: binary %q not found", bin)
 	}
+	// The server runs in o.Dir, and exec resolves a relative binary path
+	// against the child's working directory: "bin/vault" must mean the file
+	// just found, relative to ours.
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, fmt.Errorf("start vault: %w", err)
+	}
 	if o.Port < 0 || o.Port > 65535 {
 		return nil, fmt.Errorf("start vault: bad port %d", o.Port)
 	}
