@@ -181,10 +181,14 @@ type benchReport struct {
 	Workers    []int     `json:"workers"` // closed-loop concurrency levels
 	// LoadAvg is /proc/loadavg at the start and at the end: other work on
 	// the machine shows here.
-	LoadAvgStart string            `json:"loadavg_start,omitempty"`
-	LoadAvgEnd   string            `json:"loadavg_end,omitempty"`
-	Calibration  *calibration      `json:"calibration,omitempty"`
-	Scenarios    []*scenarioResult `json:"scenarios"`
+	LoadAvgStart string `json:"loadavg_start,omitempty"`
+	LoadAvgEnd   string `json:"loadavg_end,omitempty"`
+	// StealPct is the share of the machine's CPU time the hypervisor took
+	// (/proc/stat steal) over the whole bench, in per cent; each run's
+	// stolen time per operation is its "steal" CPU figure.
+	StealPct    *float64          `json:"steal_pct,omitempty"`
+	Calibration *calibration      `json:"calibration,omitempty"`
+	Scenarios   []*scenarioResult `json:"scenarios"`
 }
 
 // scenarioResult is one lettered scenario.
@@ -323,6 +327,7 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 		StartedAt: start.UTC(), Duration: o.duration.String(), Reps: o.reps, Workers: o.workers,
 		LoadAvgStart: loadAvg(),
 	}
+	machineStart, machineOK := machineCPU()
 	env, err := setupBenchEnv(ctx, o, progress)
 	if err != nil {
 		return err
@@ -364,6 +369,10 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 	slices.SortStableFunc(rep.Scenarios, func(a, b *scenarioResult) int { return strings.Compare(a.ID, b.ID) })
 	rep.Seconds = round1(time.Since(start).Seconds())
 	rep.LoadAvgEnd = loadAvg()
+	if machineEnd, ok := machineCPU(); ok && machineOK {
+		pct := stealPct(machineStart, machineEnd)
+		rep.StealPct = &pct
+	}
 	printBenchReport(e.stdout, rep)
 	if o.jsonOut != "" {
 		raw, err := json.MarshalIndent(rep, "", "  ")
@@ -626,6 +635,9 @@ func printBenchReport(w io.Writer, r *benchReport) {
 	if r.LoadAvgStart != "" {
 		fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n", r.LoadAvgStart, r.LoadAvgEnd)
 	}
+	if r.StealPct != nil {
+		fmt.Fprintf(w, "CPU time taken by the hypervisor (steal): %.1f%% over the whole bench; per operation in each run's 'steal' CPU figure\n", *r.StealPct)
+	}
 	if r.Calibration != nil {
 		fmt.Fprintln(w, r.Calibration.line())
 	}
@@ -768,7 +780,7 @@ func cpuCell(v variantResult, key string) string {
 
 func otherCPU(v variantResult) string {
 	var parts []string
-	for _, k := range []string{"vault", "redis", "bench"} {
+	for _, k := range []string{"vault", "redis", "bench", "steal"} {
 		if c := cpuCell(v, k); c != "-" {
 			parts = append(parts, k+" "+c)
 		}

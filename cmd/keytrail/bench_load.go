@@ -32,9 +32,14 @@ type benchOp func(ctx context.Context) error
 type cpuProbe struct {
 	name string
 	pids func() []int
+	// total, when set, replaces pids: a machine-wide counter (steal).
+	total func() time.Duration
 }
 
 func (p cpuProbe) read() time.Duration {
+	if p.total != nil {
+		return p.total()
+	}
 	var sum time.Duration
 	for _, pid := range p.pids() {
 		if d, ok := procCPU(pid); ok {
@@ -287,6 +292,43 @@ func parseProcStat(s string) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(u+st) * time.Second / clockTicks, true
+}
+
+// machineTimes are the whole machine's CPU times from the "cpu" line of
+// /proc/stat: steal is the time the hypervisor ran something else while
+// this virtual machine's CPUs had work (always 0 on bare metal), total all
+// of it (user to steal).
+type machineTimes struct{ steal, total time.Duration }
+
+// parseMachineStat reads the "cpu" line of /proc/stat: user nice system
+// idle iowait irq softirq steal [guest guest_nice], in clock ticks (guest
+// time is already counted in user).
+func parseMachineStat(s string) (machineTimes, bool) {
+	line, _, _ := strings.Cut(s, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return machineTimes{}, false
+	}
+	var t [8]uint64
+	var sum uint64
+	for i := range t {
+		v, err := strconv.ParseUint(f[1+i], 10, 64)
+		if err != nil {
+			return machineTimes{}, false
+		}
+		t[i], sum = v, sum+v
+	}
+	tick := func(n uint64) time.Duration { return time.Duration(n) * time.Second / clockTicks }
+	return machineTimes{steal: tick(t[7]), total: tick(sum)}, true
+}
+
+// stealPct is the share of the machine's CPU time stolen between a and b,
+// in per cent.
+func stealPct(a, b machineTimes) float64 {
+	if b.total <= a.total {
+		return 0
+	}
+	return round1(100 * float64(b.steal-a.steal) / float64(b.total-a.total))
 }
 
 // auditWrites reads keytrail_audit_writes_total from brokers' /metrics:

@@ -42,6 +42,12 @@ func (b *benchRunner) probes(brokers ...*benchBroker) []cpuProbe {
 		{name: "vault", pids: func() []int { return []int{b.env.vault.PID()} }},
 		{name: "redis", pids: func() []int { return []int{b.env.redis.pid()} }},
 		{name: "bench", pids: func() []int { return []int{self} }},
+		// The hypervisor's share: CPU time this virtual machine's CPUs
+		// wanted and did not get, all CPUs together.
+		{name: "steal", total: func() time.Duration {
+			t, _ := machineCPU()
+			return t.steal
+		}},
 	}
 }
 

@@ -20,6 +20,15 @@ func procCPU(pid int) (time.Duration, bool) {
 	return parseProcStat(string(b))
 }
 
+// machineCPU reads the machine's CPU times (see parseMachineStat).
+func machineCPU() (machineTimes, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineTimes{}, false
+	}
+	return parseMachineStat(string(b))
+}
+
 // cpuModel is the "model name" of /proc/cpuinfo.
 func cpuModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")

@@ -9,6 +9,8 @@ func procCPU(pid int) (time.Duration, bool) { return 0, false }
 
 func cpuModel() string { return "unknown" }
 
+func machineCPU() (machineTimes, bool) { return machineTimes{}, false }
+
 type pacer struct{}
 
 func newPacer() *pacer { return &pacer{} }

@@ -77,10 +77,19 @@ func TestBenchSmoke(t *testing.T) {
 	if c := rep.Calibration; c != nil && (c.JournalP50us > 0 && c.JournalCPUus > 0) != (noDirect == nil) {
 		t.Errorf("report calibration journal p50 %vµs, CPU %vµs; direct I/O here: %v", c.JournalP50us, c.JournalCPUus, noDirect)
 	}
+	if _, ok := machineCPU(); ok && (rep.StealPct == nil || *rep.StealPct < 0 || *rep.StealPct > 100) {
+		t.Errorf("report steal = %v, want a share in [0, 100] where /proc/stat is readable", rep.StealPct)
+	}
 	var ids []string
 	for _, s := range rep.Scenarios {
 		for _, c := range s.Comparisons {
 			ids = append(ids, c.ID)
+			// Every run says how much CPU time the hypervisor took.
+			for _, r := range c.Runs {
+				if st, ok := r.CPUusPerOp["steal"]; !ok || st < 0 {
+					t.Errorf("%s %s %s run: steal CPU per op = %v (present %v), want >= 0", c.ID, r.Variant, r.Mode, st, ok)
+				}
+			}
 			// Each variant ran at both levels; its maximum is the better.
 			for _, v := range c.Variants {
 				if len(v.ClosedByWorkers) != 2 || v.ClosedByWorkers[0].Workers != 2 || v.ClosedByWorkers[1].Workers != 4 {
@@ -147,13 +156,39 @@ func TestBenchSmoke(t *testing.T) {
 	if !regexp.MustCompile(`proxied [0-9.]+ / [0-9.]+ / [0-9.]+ \(durable in [0-9.]+[µm]?s / [0-9.]+[µm]?s / [0-9.]+[µm]?s each\)`).MatchString(text) {
 		t.Errorf("text report lacks the proxied audit writes with their write+fsync times:\n%s", text)
 	}
-	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "machine: fsync after a 400-byte append p50 ", "on this disk one audit journal write alone takes p50 ", "audit journal write p50 ", "audit writes per operation (closed / open / light; ", "(durable in ", "A1: under this run's load each durable audit write took ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
+	for _, want := range []string{"A1 trivial upstream", "A2 upstream taking 1 ms", "direct", "proxied", "x  |", "light load (open loop at", "targets:", "CPU time taken by the hypervisor (steal): ", "machine: fsync after a 400-byte append p50 ", "on this disk one audit journal write alone takes p50 ", "audit journal write p50 ", "audit writes per operation (closed / open / light; ", "(durable in ", "A1: under this run's load each durable audit write took ", "closed loop with 2 and 4 workers (each variant's best)", "(max/s: closed loop, the best of 2 and 4 workers: direct "} {
 		if !strings.Contains(text, want) {
 			t.Errorf("text report lacks %q:\n%s", want, text)
 		}
 	}
 	if t.Failed() {
 		t.Logf("stderr:\n%s", errb.String())
+	}
+}
+
+// TestParseMachineStat: the "cpu" line's steal (the 8th figure) and total
+// (the first eight; guest time is already in user), and the share stolen
+// between two readings.
+func TestParseMachineStat(t *testing.T) {
+	a, ok := parseMachineStat("cpu  100 1 50 800 10 0 9 30 7 0\ncpu0 50 0 25 400 5 0 4 15 0 0\nintr 1 2\n")
+	if !ok {
+		t.Fatal("parseMachineStat rejected a /proc/stat")
+	}
+	tick := time.Second / clockTicks
+	if want := (machineTimes{steal: 30 * tick, total: 1000 * tick}); a != want {
+		t.Errorf("parseMachineStat = %+v, want %+v", a, want)
+	}
+	b, _ := parseMachineStat("cpu  150 1 70 880 10 0 9 80 7 0\n")
+	if got := stealPct(a, b); got != 25 {
+		t.Errorf("stealPct = %v, want 25 (50 of 200 ticks)", got)
+	}
+	if got := stealPct(b, b); got != 0 {
+		t.Errorf("stealPct over no time = %v, want 0", got)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 2 3 4 5 6 7 x\n"} {
+		if _, ok := parseMachineStat(bad); ok {
+			t.Errorf("parseMachineStat(%q) accepted", bad)
+		}
 	}
 }
 
