@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): installs what the
 # tests need (redis-server, PostgreSQL, Chromium for the HTML report), builds the Vault server (cached),
-# then go vet and go test -race over every package, e2e included.
+# then go vet, a macOS build of the binary, and go test -race over every
+# package, e2e included.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -30,5 +31,8 @@ if [ -n "$unformatted" ]; then
 fi
 echo "test: go vet ./..." >&2
 go vet ./...
+# The README says the binary builds for macOS too (no Windows: flock).
+echo "test: GOOS=darwin go build ./cmd/keytrail" >&2
+GOOS=darwin go build -o /dev/null ./cmd/keytrail
 echo "test: go test -race ./..." >&2
 go test -race -count=1 -timeout 40m "$@" ./...
