@@ -363,6 +363,7 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 			}
 			return fmt.Errorf("bench: scenario %s: %w", s, err)
 		}
+		res.Notes = append(res.Notes, fellBehindNotes(res.Comparisons)...)
 		rep.Scenarios = append(rep.Scenarios, res)
 	}
 	vaultKindsNote(rep.Scenarios)

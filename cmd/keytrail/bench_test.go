@@ -673,3 +673,31 @@ func TestStartProcRelativeBinary(t *testing.T) {
 		t.Errorf("child log = %q, want %q", got, want)
 	}
 }
+
+// TestFellBehindNotes: an open-loop run that completed less than 95 % of its
+// rate is named, per comparison and variant; closed-loop runs and runs that
+// kept up are not.
+func TestFellBehindNotes(t *testing.T) {
+	open := func(v string, rate, got float64) benchRun {
+		return benchRun{Variant: v, Mode: "open", TargetRate: rate, Throughput: got}
+	}
+	b1 := &comparisonResult{ID: "B1", Runs: []benchRun{
+		{Variant: "exchange", Mode: "closed", Workers: 64, Throughput: 10},
+		open("raw token create", 437, 436.5),
+		open("exchange", 437, 387.4),
+		open("exchange", 437, 436.9),
+		open("exchange", 437, 413.3),
+		open("exchange", 437, 415.2), // 0.950: kept up
+		open("exchange", 437, 398.5),
+		open("exchange (light load)", 44, 43.4),
+	}}
+	a1 := &comparisonResult{ID: "A1", Runs: []benchRun{open("proxied", 2000, 1990)}}
+	got := fellBehindNotes([]*comparisonResult{a1, b1})
+	want := []string{"B1 exchange: the open loop fell behind its rate in 3 of 5 runs (completed 387-413/s of 437/s): their latencies include the queue that built up, and the medians mix them with the runs that kept up"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("fellBehindNotes (-want +got):\n%s", diff)
+	}
+	if got := fellBehindNotes([]*comparisonResult{a1}); len(got) != 0 {
+		t.Errorf("fellBehindNotes of runs that kept up = %q, want none", got)
+	}
+}
