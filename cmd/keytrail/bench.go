@@ -209,6 +209,11 @@ type targetResult struct {
 	Met  bool   `json:"met"`
 }
 
+// fellBehind is the share of an open loop's rate under which a run is said
+// to have fallen behind: its requests queued, so its latencies measure the
+// queue, not the path at that rate.
+const fellBehind = 0.95
+
 // phaseSummary are the medians of one variant's runs in one mode.
 type phaseSummary struct {
 	Throughput float64            `json:"throughput"`
@@ -223,6 +228,11 @@ type phaseSummary struct {
 	AuditWritesPerOp float64 `json:"audit_writes_per_op,omitempty"`
 	AuditSyncMeanUs  float64 `json:"audit_sync_mean_us,omitempty"`
 	AuditUnreadRuns  int     `json:"audit_unread_runs,omitempty"`
+	// FellBehindRuns counts the open-loop runs that completed less than
+	// fellBehind of their rate (their latencies measure a queue);
+	// SlowestRunThroughput is the lowest throughput among them.
+	FellBehindRuns       int     `json:"fell_behind_runs,omitempty"`
+	SlowestRunThroughput float64 `json:"slowest_run_throughput,omitempty"`
 }
 
 // variantResult is one variant next to the baseline.
@@ -363,7 +373,7 @@ func runBench(ctx context.Context, e *env, o benchOptions) error {
 			}
 			return fmt.Errorf("bench: scenario %s: %w", s, err)
 		}
-		res.Notes = append(res.Notes, fellBehindNotes(res.Comparisons)...)
+		res.Notes = append(res.Notes, fellBehindNotes(res.Comparisons, o.reps)...)
 		rep.Scenarios = append(rep.Scenarios, res)
 	}
 	vaultKindsNote(rep.Scenarios)
@@ -570,6 +580,12 @@ func summarize(runs []benchRun) phaseSummary {
 	keys := map[string]bool{}
 	for _, r := range runs {
 		s.Errors += r.Errors
+		if r.Mode == "open" && r.Throughput < fellBehind*r.TargetRate {
+			if s.FellBehindRuns == 0 || r.Throughput < s.SlowestRunThroughput {
+				s.SlowestRunThroughput = r.Throughput
+			}
+			s.FellBehindRuns++
+		}
 		for k := range r.CPUusPerOp {
 			keys[k] = true
 		}

@@ -373,50 +373,23 @@ func vaultKindsNote(scenarios []*scenarioResult) {
 	}
 }
 
-// fellBehind is the share of an open loop's rate under which a run is said
-// to have fallen behind: its requests queued, so its latencies measure the
-// queue, not the path at that rate.
-const fellBehind = 0.95
-
-// fellBehindNotes names, per comparison and variant, the open-loop runs
-// that completed less than fellBehind of their rate.
-func fellBehindNotes(comparisons []*comparisonResult) []string {
+// fellBehindNotes names the variants whose open-loop runs (at half rate or
+// at light load) fell behind in some of their reps repetitions.
+func fellBehindNotes(comparisons []*comparisonResult, reps int) []string {
 	var notes []string
 	for _, c := range comparisons {
-		type tally struct {
-			behind, runs int
-			lo, hi       float64
-			rate         float64
-		}
-		var order []string
-		by := map[string]*tally{}
-		for _, r := range c.Runs {
-			if r.Mode != "open" || r.TargetRate <= 0 {
-				continue
+		for _, v := range c.Variants {
+			for _, ph := range []struct {
+				name string
+				s    *phaseSummary
+				rate float64
+			}{{"open loop", &v.Open, c.OpenRate}, {"light-load open loop", v.Light, c.LightRate}} {
+				if ph.s == nil || ph.s.FellBehindRuns == 0 {
+					continue
+				}
+				notes = append(notes, fmt.Sprintf("%s %s: the %s fell behind its rate in %d of %d runs (the slowest completed %.0f/s of %.0f/s): their latencies include the queue that built up, and the medians mix them with the runs that kept up",
+					c.ID, v.Variant, ph.name, ph.s.FellBehindRuns, reps, ph.s.SlowestRunThroughput, ph.rate))
 			}
-			t := by[r.Variant]
-			if t == nil {
-				t = &tally{rate: r.TargetRate}
-				by[r.Variant] = t
-				order = append(order, r.Variant)
-			}
-			t.runs++
-			if r.Throughput >= fellBehind*r.TargetRate {
-				continue
-			}
-			if t.behind == 0 || r.Throughput < t.lo {
-				t.lo = r.Throughput
-			}
-			t.hi = max(t.hi, r.Throughput)
-			t.behind++
-		}
-		for _, v := range order {
-			t := by[v]
-			if t.behind == 0 {
-				continue
-			}
-			notes = append(notes, fmt.Sprintf("%s %s: the open loop fell behind its rate in %d of %d runs (completed %.0f-%.0f/s of %.0f/s): their latencies include the queue that built up, and the medians mix them with the runs that kept up",
-				c.ID, v, t.behind, t.runs, t.lo, t.hi, t.rate))
 		}
 	}
 	return notes

@@ -674,30 +674,34 @@ func TestStartProcRelativeBinary(t *testing.T) {
 	}
 }
 
-// TestFellBehindNotes: an open-loop run that completed less than 95 % of its
-// rate is named, per comparison and variant; closed-loop runs and runs that
-// kept up are not.
+// TestFellBehindNotes: summarize counts the open-loop runs that completed
+// less than 95 % of their rate (closed-loop runs and runs that kept up do
+// not count), and the report names those variants.
 func TestFellBehindNotes(t *testing.T) {
-	open := func(v string, rate, got float64) benchRun {
-		return benchRun{Variant: v, Mode: "open", TargetRate: rate, Throughput: got}
+	open := func(rate, got float64) benchRun {
+		return benchRun{Mode: "open", TargetRate: rate, Throughput: got}
 	}
-	b1 := &comparisonResult{ID: "B1", Runs: []benchRun{
-		{Variant: "exchange", Mode: "closed", Workers: 64, Throughput: 10},
-		open("raw token create", 437, 436.5),
-		open("exchange", 437, 387.4),
-		open("exchange", 437, 436.9),
-		open("exchange", 437, 413.3),
-		open("exchange", 437, 415.2), // 0.950: kept up
-		open("exchange", 437, 398.5),
-		open("exchange (light load)", 44, 43.4),
+	closed := summarize([]benchRun{{Mode: "closed", Workers: 64, Throughput: 10}})
+	exchange := summarize([]benchRun{open(437, 387.4), open(437, 436.9), open(437, 413.3), open(437, 415.2), open(437, 398.5)})
+	if exchange.FellBehindRuns != 3 || exchange.SlowestRunThroughput != 387.4 {
+		t.Errorf("summarize: %d runs fell behind, slowest %v/s; want 3, 387.4/s", exchange.FellBehindRuns, exchange.SlowestRunThroughput)
+	}
+	kept := summarize([]benchRun{open(437, 436.5), open(437, 430)})
+	light := summarize([]benchRun{open(44, 43.4), open(44, 30)})
+	b1 := &comparisonResult{ID: "B1", OpenRate: 437, LightRate: 44, Variants: []variantResult{
+		{Variant: "raw token create", Closed: closed, Open: kept, Light: &kept},
+		{Variant: "exchange", Closed: closed, Open: exchange, Light: &light},
 	}}
-	a1 := &comparisonResult{ID: "A1", Runs: []benchRun{open("proxied", 2000, 1990)}}
-	got := fellBehindNotes([]*comparisonResult{a1, b1})
-	want := []string{"B1 exchange: the open loop fell behind its rate in 3 of 5 runs (completed 387-413/s of 437/s): their latencies include the queue that built up, and the medians mix them with the runs that kept up"}
+	a1 := &comparisonResult{ID: "A1", OpenRate: 2000, Variants: []variantResult{{Variant: "proxied", Closed: closed, Open: summarize([]benchRun{open(2000, 1990)})}}}
+	got := fellBehindNotes([]*comparisonResult{a1, b1}, 5)
+	want := []string{
+		"B1 exchange: the open loop fell behind its rate in 3 of 5 runs (the slowest completed 387/s of 437/s): their latencies include the queue that built up, and the medians mix them with the runs that kept up",
+		"B1 exchange: the light-load open loop fell behind its rate in 1 of 5 runs (the slowest completed 30/s of 44/s): their latencies include the queue that built up, and the medians mix them with the runs that kept up",
+	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("fellBehindNotes (-want +got):\n%s", diff)
 	}
-	if got := fellBehindNotes([]*comparisonResult{a1}); len(got) != 0 {
-		t.Errorf("fellBehindNotes of runs that kept up = %q, want none", got)
+	if closed.FellBehindRuns != 0 || kept.FellBehindRuns != 0 {
+		t.Errorf("closed-loop runs or runs that kept up counted as behind: %d, %d", closed.FellBehindRuns, kept.FellBehindRuns)
 	}
 }
