@@ -56,7 +56,7 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return deny(err)
 	}
 	ev.Identity = auditIdentity(id.Ref())
-	entry, ok := s.d.Policy().MatchAdmin(id.IssuerName, id.Claims)
+	entry, ok := s.d.Policy().MatchAdmin(id.IssuerName, id.Claims, req.Role)
 	if !ok {
 		return deny(Errorf(ErrDenied, "not_admin", "this identity is not an admin", nil))
 	}

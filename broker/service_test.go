@@ -285,6 +285,9 @@ admins:
   - name: secops
     match: {issuer: k8s, claims: {groups: secops}}
     roles: [revoke]
+  - name: oncall
+    match: {issuer: k8s, claims: {oncall: "yes"}}
+    roles: [trace]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -293,6 +296,9 @@ admins:
 	authn := brokertest.Authn{
 		"alice": identity("alice", map[string]any{"groups": "secops"}),
 		"bob":   identity("bob", map[string]any{"groups": "dev"}),
+		// carol is listed under secops (revoke) and, later, oncall (trace):
+		// she holds both roles.
+		"carol": identity("carol", map[string]any{"groups": "secops", "oncall": "yes"}),
 	}
 	svc, err := broker.NewService(broker.Deps{
 		Policy: func() *policies.Policy { return pol }, Authn: func() broker.Authenticator { return authn },
@@ -304,18 +310,22 @@ admins:
 	tests := []struct {
 		name, token, role string
 		want              error
+		admin             string
 	}{
-		{"ok/revoke", "alice", broker.RoleRevoke, nil},
-		{"fail/missing-role", "alice", broker.RoleTrace, broker.ErrDenied},
-		{"fail/not-admin", "bob", broker.RoleRevoke, broker.ErrDenied},
-		{"fail/bad-token", "mallory", broker.RoleRevoke, broker.ErrUnauthenticated},
-		{"fail/no-token", "", broker.RoleRevoke, broker.ErrUnauthenticated},
+		{"ok/revoke", "alice", broker.RoleRevoke, nil, "secops:alice"},
+		{"ok/first-entry-role", "carol", broker.RoleRevoke, nil, "secops:carol"},
+		{"ok/later-entry-role", "carol", broker.RoleTrace, nil, "oncall:carol"},
+		{"fail/missing-role", "alice", broker.RoleTrace, broker.ErrDenied, ""},
+		{"fail/missing-role-in-every-entry", "carol", broker.RoleReport, broker.ErrDenied, ""},
+		{"fail/not-admin", "bob", broker.RoleRevoke, broker.ErrDenied, ""},
+		{"fail/bad-token", "mallory", broker.RoleRevoke, broker.ErrUnauthenticated, ""},
+		{"fail/no-token", "", broker.RoleRevoke, broker.ErrUnauthenticated, ""},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, err := svc.AuthorizeAdmin(context.Background(), broker.AdminRequest{Token: tt.token, Role: tt.role, Action: "test"})
-			if tt.want == nil && (err != nil || a.String() != "secops:alice") {
-				t.Fatalf("AuthorizeAdmin() = %v, %v; want secops:alice", a, err)
+			if tt.want == nil && (err != nil || a.String() != tt.admin) {
+				t.Fatalf("AuthorizeAdmin() = %v, %v; want %s", a, err, tt.admin)
 			}
 			if tt.want != nil && !errors.Is(err, tt.want) {
 				t.Fatalf("AuthorizeAdmin() error = %v, want %v", err, tt.want)

@@ -43,5 +43,6 @@
 //
 // Admins match the same way (the subject is optional for them, but a match
 // must say something); MatchAdmin returns the first admin, in declaration
-// order, that matches.
+// order, that matches and holds the role asked for: an identity listed
+// under several admins holds every role any of them grants.
 package policies

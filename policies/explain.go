@@ -62,7 +62,7 @@ func (p *Policy) Explain(issuerName string, claims map[string]any, grant string)
 			e.Ambiguous = append(e.Ambiguous, p.workloads[i].Name)
 		}
 	}
-	if a, ok := p.MatchAdmin(issuerName, claims); ok {
+	if a, ok := p.MatchAdmin(issuerName, claims, ""); ok {
 		e.Admin = a.Name
 	}
 	if grant == "" {

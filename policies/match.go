@@ -210,18 +210,33 @@ func subDesc(claims map[string]any) string {
 }
 
 // MatchAdmin returns the first admin, in declaration order, whose match
-// accepts the identity.
-func (p *Policy) MatchAdmin(issuerName string, claims map[string]any) (*Admin, bool) {
+// accepts the identity and that holds role. An identity may be listed under
+// several admins (a team entry and an on-call entry, say): it holds the role
+// when any of them grants it, whatever their order. When none of the matching
+// admins holds role (or role is ""), MatchAdmin returns the first that
+// matches, so the caller can name it; ok is false only when none matches.
+func (p *Policy) MatchAdmin(issuerName string, claims map[string]any, role string) (*Admin, bool) {
+	first := -1
 	for i, m := range p.adminMatch {
 		if m.issuer != issuerName {
 			continue
 		}
-		if ok, _ := m.eval(claims, false); ok {
-			a := cloneAdmin(&p.admins[i])
-			return &a, true
+		if ok, _ := m.eval(claims, false); !ok {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		if role != "" && p.admins[i].HasRole(role) {
+			first = i
+			break
 		}
 	}
-	return nil, false
+	if first < 0 {
+		return nil, false
+	}
+	a := cloneAdmin(&p.admins[first])
+	return &a, true
 }
 
 // HasRole reports whether the admin holds role. A nil admin holds none.

@@ -226,7 +226,7 @@ func TestExamples(t *testing.T) {
 	if err != nil || ci.Name != "ci-deploy" || ci.Owner != "team-platform" || !p.Allowed(ci, "deploy-vault") {
 		t.Fatalf("Match(ci token) = %v, %v, want ci-deploy allowed deploy-vault", ci, err)
 	}
-	admin, ok := p.MatchAdmin("demo", map[string]any{"sub": "alice", "groups": []any{"staff", "secops"}})
+	admin, ok := p.MatchAdmin("demo", map[string]any{"sub": "alice", "groups": []any{"staff", "secops"}}, RoleRevoke)
 	if !ok || admin.Name != "secops" || !admin.HasRole(RoleRevoke) || !admin.HasRole(RoleTrace) || !admin.HasRole(RoleReport) {
 		t.Fatalf("MatchAdmin(secops token) = %+v, %v, want secops with all roles", admin, ok)
 	}
@@ -271,6 +271,7 @@ grants:
 admins:
   - {name: secops, match: {issuer: gh, claims: {groups: secops}}, roles: [revoke, trace, report]}
   - {name: auditor, match: {issuer: gh, subject: alice}, roles: [trace]}
+  - {name: oncall, match: {issuer: gh, claims: {oncall: "yes"}}, roles: [revoke]}
 `
 
 func mustParse(t testing.TB, data string) *Policy {
@@ -353,22 +354,30 @@ func TestMatchErrorText(t *testing.T) {
 
 func TestMatchAdmin(t *testing.T) {
 	p := mustParse(t, matchPolicy)
+	alice := map[string]any{"sub": "alice", "oncall": "yes"}
 	tests := []struct {
 		name   string
 		issuer string
 		claims map[string]any
+		role   string
 		want   string // admin name, "" for none
 		roles  []string
 	}{
-		{"ok/claims-array", "gh", map[string]any{"sub": "bob", "groups": []any{"secops"}}, "secops", []string{"report", "revoke", "trace"}},
-		{"ok/subject", "gh", map[string]any{"sub": "alice"}, "auditor", []string{"trace"}},
-		{"ok/first-declared-wins", "gh", map[string]any{"sub": "alice", "groups": "secops"}, "secops", []string{"report", "revoke", "trace"}},
-		{"fail/other-issuer", "k8s", map[string]any{"sub": "alice", "groups": "secops"}, "", nil},
-		{"fail/no-match", "gh", map[string]any{"sub": "mallory", "groups": []any{"dev"}}, "", nil},
+		{"ok/claims-array", "gh", map[string]any{"sub": "bob", "groups": []any{"secops"}}, RoleRevoke, "secops", []string{"report", "revoke", "trace"}},
+		{"ok/subject", "gh", map[string]any{"sub": "alice"}, RoleTrace, "auditor", []string{"trace"}},
+		{"ok/first-declared-with-role-wins", "gh", map[string]any{"sub": "alice", "groups": "secops"}, RoleTrace, "secops", []string{"report", "revoke", "trace"}},
+		// alice is listed as auditor (trace) first and as oncall (revoke)
+		// later: she holds both roles, whatever the order.
+		{"ok/later-entry-grants-role", "gh", alice, RoleRevoke, "oncall", []string{"revoke"}},
+		{"ok/earlier-entry-grants-role", "gh", alice, RoleTrace, "auditor", []string{"trace"}},
+		{"ok/no-entry-grants-role-first-match", "gh", alice, RoleReport, "auditor", []string{"trace"}},
+		{"ok/no-role-asked-first-match", "gh", alice, "", "auditor", []string{"trace"}},
+		{"fail/other-issuer", "k8s", map[string]any{"sub": "alice", "groups": "secops"}, RoleRevoke, "", nil},
+		{"fail/no-match", "gh", map[string]any{"sub": "mallory", "groups": []any{"dev"}}, RoleRevoke, "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, ok := p.MatchAdmin(tt.issuer, tt.claims)
+			a, ok := p.MatchAdmin(tt.issuer, tt.claims, tt.role)
 			got := ""
 			if ok {
 				got = a.Name
@@ -380,7 +389,7 @@ func TestMatchAdmin(t *testing.T) {
 				}
 			}
 			if got != tt.want || !cmp.Equal(gotRoles, tt.roles) {
-				t.Fatalf("MatchAdmin(%v) = %q %v, want %q %v", tt.claims, got, gotRoles, tt.want, tt.roles)
+				t.Fatalf("MatchAdmin(%v, %q) = %q %v, want %q %v", tt.claims, tt.role, got, gotRoles, tt.want, tt.roles)
 			}
 		})
 	}
@@ -754,7 +763,7 @@ func FuzzParse(f *testing.F) {
 		for _, is := range p.Issuers() {
 			for _, c := range claims {
 				_, _ = p.Match(is.Name, c)
-				_, _ = p.MatchAdmin(is.Name, c)
+				_, _ = p.MatchAdmin(is.Name, c, RoleRevoke)
 				for _, g := range p.Grants() {
 					_ = p.Explain(is.Name, c, g.Name).String()
 				}
