@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -212,15 +213,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // WriteJSON writes v as a JSON response with no-store caching.
 func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
 
-// clientIP returns the caller's address.
+// clientIP returns the caller's address. With trustXFF the broker runs
+// behind one trusted front proxy, which appends the address it saw to
+// X-Forwarded-For: the rightmost entry of the last such header is that
+// address. Entries to its left were sent by the caller and are not trusted
+// (a caller could otherwise name any address, and hide shared use).
 func clientIP(r *http.Request, trustXFF bool) string {
 	if trustXFF {
-		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
-			for i := 0; i < len(xff); i++ {
-				if xff[i] == ',' {
-					xff = xff[:i]
-					break
-				}
+		if vals := r.Header.Values("X-Forwarded-For"); len(vals) > 0 {
+			xff := vals[len(vals)-1]
+			if i := strings.LastIndexByte(xff, ','); i >= 0 {
+				xff = xff[i+1:]
 			}
 			if ip := net.ParseIP(trimSpace(xff)); ip != nil {
 				return ip.String()

@@ -31,7 +31,8 @@ type Config struct {
 	// AllowPlainHTTP permits a plain-HTTP listener on a non-loopback address
 	// (behind a TLS-terminating proxy). Off by default.
 	AllowPlainHTTP bool `yaml:"allow_plain_http"`
-	// TrustProxyHeaders takes the client address from X-Forwarded-For.
+	// TrustProxyHeaders takes the client address from X-Forwarded-For: the
+	// rightmost entry, the one the (single, trusted) front proxy appended.
 	TrustProxyHeaders bool `yaml:"trust_proxy_headers"`
 	// ShutdownTimeout bounds graceful shutdown (default 20s).
 	ShutdownTimeout duration `yaml:"shutdown_timeout"`
