@@ -59,7 +59,9 @@ func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return &JWTMinter{c: o.Client, iss: o.PublicURL, mount: keys.mount, keys: keys, now: keys.now}, nil
+	// iss is the discovery issuer, which httpapi serves without a trailing
+	// slash; verifiers compare the two byte for byte.
+	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, now: keys.now}, nil
 }
 
 // Mint signs one JWT.

@@ -466,3 +466,27 @@ func TestBrokerPolicy(t *testing.T) {
 		t.Errorf("BrokerPolicy() (-want +got):\n%s", diff)
 	}
 }
+
+// TestJWTMinterIssWithoutTrailingSlash: the iss of a broker JWT is the
+// discovery issuer (served without a trailing slash); verifiers compare the
+// two byte for byte, so a public_url written with a trailing slash must not
+// leak into iss.
+func TestJWTMinterIssWithoutTrailingSlash(t *testing.T) {
+	key := newFakeKey(t, KeyTypeEd25519, 1)
+	f := newFakeVault(t, fakeTransit(t, "sig", key, nil))
+	m, err := NewJWTMinter(JWTMinterOptions{Client: f.client(t), PublicURL: "https://keytrail.test/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := m.Mint(context.Background(), jwtReq("sig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(cred.AccessToken, claims); err != nil {
+		t.Fatal(err)
+	}
+	if claims["iss"] != "https://keytrail.test" {
+		t.Errorf("JWT iss = %q, want the discovery issuer https://keytrail.test", claims["iss"])
+	}
+}

@@ -59,6 +59,8 @@ func New(o Options) (*Server, error) {
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 64 << 10
 	}
+	// Discovery's issuer and introspection's iss must be the same string.
+	o.PublicURL = strings.TrimRight(o.PublicURL, "/")
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}

@@ -80,7 +80,9 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
+	// A trailing slash, as an operator may write public_url: every iss the
+	// API serves must still be the one spelling (TestOneIssuer).
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example/",
 		Ready: func(ctx context.Context) error { return f.ready }})
 	if err != nil {
 		t.Fatal(err)
@@ -271,5 +273,43 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		if !strings.Contains(string(raw), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestOneIssuer: discovery's issuer and introspection's iss are the same
+// string (verifiers compare them byte for byte), even when the public URL was
+// written with a trailing slash.
+func TestOneIssuer(t *testing.T) {
+	f := newFixture(t)
+	resp, tok := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
+	if resp.StatusCode != 200 {
+		t.Fatalf("exchange = %d %v", resp.StatusCode, tok)
+	}
+	req, _ := http.NewRequest("POST", f.srv.URL+"/v1/introspect", strings.NewReader(url.Values{"token": {tok["access_token"].(string)}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+goodToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var intro map[string]any
+	err = json.NewDecoder(resp.Body).Decode(&intro)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || intro["active"] != true {
+		t.Fatalf("introspect = %d %v %v", resp.StatusCode, intro, err)
+	}
+	resp, err = http.Get(f.srv.URL + "/.well-known/openid-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disc map[string]any
+	err = json.NewDecoder(resp.Body).Decode(&disc)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []any{disc["issuer"], intro["iss"]}
+	if diff := cmp.Diff([]any{"https://keytrail.example", "https://keytrail.example"}, got); diff != "" {
+		t.Errorf("discovery issuer, introspection iss (-want +got):\n%s", diff)
 	}
 }

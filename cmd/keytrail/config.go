@@ -217,6 +217,10 @@ func (c *Config) applyDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	// One spelling of the public URL: it is the iss of broker JWTs and
+	// introspection answers and the discovery issuer, which verifiers
+	// compare byte for byte.
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 }
 
 func (c *Config) validate(file string) error {
@@ -241,6 +245,8 @@ func (c *Config) validate(file string) error {
 		bad("public_url", "is required (the iss of broker JWTs and the discovery base)")
 	} else if u, err := url.Parse(c.PublicURL); err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		bad("public_url", "must be an absolute http(s) URL")
+	} else if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		bad("public_url", "must not have a query, fragment or user info")
 	}
 	if c.Policy == "" {
 		bad("policy", "is required (a policy file or directory)")

@@ -66,6 +66,8 @@ func TestLoadConfig(t *testing.T) {
 		yaml    string
 		env     map[string]string
 		wantErr []string // substrings, each naming a field
+		// publicURL, when set, is the public_url LoadConfig must return.
+		publicURL string
 	}{
 		{name: "ok/minimal", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://127.0.0.1:8200}\naudit: {file: /tmp/a.jsonl}\n"},
 		{name: "ok/env-overrides", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\naudit: {file: /tmp/a.jsonl}\n",
@@ -85,6 +87,8 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{"audit.max_batch", "audit.defer_for", "audit.journal_bytes", "authn.verified_cache_size"}},
 		{name: "fail/journal-too-large", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, journal_bytes: 2147483648}\n",
 			wantErr: []string{"audit.journal_bytes"}},
+		{name: "ok/public-url-trailing-slash", yaml: "public_url: https://k.example/base/\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\n",
+			publicURL: "https://k.example/base"},
 		{name: "ok/token-role", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: keytrail-workloads}\naudit: {file: a}\n"},
 		{name: "fail/token-role-path", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, token_role: 'a/../b'}\naudit: {file: a}\n",
 			wantErr: []string{"vault.token_role: must be a token role name"}},
@@ -92,6 +96,8 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{"vault.token_role: must be a token role name"}},
 		{name: "fail/auth-role-path", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: kubernetes, role: 'a/b'}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role: must be a role name"}},
+		{name: "fail/public-url-query", yaml: "public_url: 'https://k.example/?a=1'\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\n",
+			wantErr: []string{"public_url: must not have a query"}},
 		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
 	}
@@ -106,6 +112,9 @@ func TestLoadConfig(t *testing.T) {
 				}
 				if tt.env["KEYTRAIL_LISTEN"] != "" && cfg.Listen != tt.env["KEYTRAIL_LISTEN"] {
 					t.Errorf("Listen = %q, want the env override", cfg.Listen)
+				}
+				if tt.publicURL != "" && cfg.PublicURL != tt.publicURL {
+					t.Errorf("PublicURL = %q, want %q", cfg.PublicURL, tt.publicURL)
 				}
 				return
 			}
