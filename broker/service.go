@@ -127,7 +127,13 @@ type ExchangeResult struct {
 // issuance and makes its audit event durable (both at once). Any failure
 // after the mint revokes the credential again and returns ErrUnavailable.
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
-	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Grant: req.Grant, Source: auditSource(req.Source)}
+	pol := s.d.Policy()
+	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Source: auditSource(req.Source)}
+	if _, ok := pol.Grant(req.Grant); ok {
+		// Only a grant policy knows: a caller, authenticated or not,
+		// cannot write arbitrary text into the audit log (as RecordDeny).
+		deny.Grant = req.Grant
+	}
 	fail := func(err error) (*ExchangeResult, error) {
 		s.recordDeny(ctx, deny, err)
 		return nil, err
@@ -159,7 +165,6 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		deny.Act = auditIdentities(act)
 	}
 
-	pol := s.d.Policy()
 	wl, err := pol.Match(id.IssuerName, id.Claims)
 	if err != nil {
 		return fail(Errorf(ErrDenied, "no_workload", "no workload matches this identity", err))

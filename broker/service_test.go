@@ -115,16 +115,19 @@ func TestExchange(t *testing.T) {
 		req        broker.ExchangeRequest
 		wantKind   error
 		wantReason string
+		wantGrant  string // the deny event's grant: only a grant policy knows
 	}{
 		{name: "ok/vault-token", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"}},
 		{name: "ok/shorter-ttl", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", TTL: time.Minute}},
-		{name: "fail/missing-token", req: broker.ExchangeRequest{Grant: "payments-vault"}, wantKind: broker.ErrInvalidRequest, wantReason: "missing_subject_token"},
+		{name: "fail/missing-token", req: broker.ExchangeRequest{Grant: "payments-vault"}, wantKind: broker.ErrInvalidRequest, wantReason: "missing_subject_token", wantGrant: "payments-vault"},
 		{name: "fail/missing-grant", req: broker.ExchangeRequest{SubjectToken: "payments"}, wantKind: broker.ErrInvalidRequest, wantReason: "missing_audience"},
-		{name: "fail/bad-token", req: broker.ExchangeRequest{SubjectToken: "forged", Grant: "payments-vault"}, wantKind: broker.ErrUnauthenticated, wantReason: "bad_signature"},
-		{name: "fail/no-workload", req: broker.ExchangeRequest{SubjectToken: "payments-other-ns", Grant: "payments-vault"}, wantKind: broker.ErrDenied, wantReason: "no_workload"},
+		{name: "fail/bad-token", req: broker.ExchangeRequest{SubjectToken: "forged", Grant: "payments-vault"}, wantKind: broker.ErrUnauthenticated, wantReason: "bad_signature", wantGrant: "payments-vault"},
+		// An unauthenticated caller's free text stays out of the audit log.
+		{name: "fail/bad-token-unknown-grant", req: broker.ExchangeRequest{SubjectToken: "forged", Grant: strings.Repeat("A", 60000)}, wantKind: broker.ErrUnauthenticated, wantReason: "bad_signature"},
+		{name: "fail/no-workload", req: broker.ExchangeRequest{SubjectToken: "payments-other-ns", Grant: "payments-vault"}, wantKind: broker.ErrDenied, wantReason: "no_workload", wantGrant: "payments-vault"},
 		{name: "fail/unknown-grant", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "nope"}, wantKind: broker.ErrInvalidTarget, wantReason: "unknown_grant"},
-		{name: "fail/grant-not-allowed", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "orders-jwt"}, wantKind: broker.ErrDenied, wantReason: "grant_not_allowed"},
-		{name: "fail/bad-actor", req: broker.ExchangeRequest{SubjectToken: "payments", ActorToken: "forged", Grant: "payments-vault"}, wantKind: broker.ErrUnauthenticated, wantReason: "actor_bad_signature"},
+		{name: "fail/grant-not-allowed", req: broker.ExchangeRequest{SubjectToken: "payments", Grant: "orders-jwt"}, wantKind: broker.ErrDenied, wantReason: "grant_not_allowed", wantGrant: "orders-jwt"},
+		{name: "fail/bad-actor", req: broker.ExchangeRequest{SubjectToken: "payments", ActorToken: "forged", Grant: "payments-vault"}, wantKind: broker.ErrUnauthenticated, wantReason: "actor_bad_signature", wantGrant: "payments-vault"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -139,6 +142,8 @@ func TestExchange(t *testing.T) {
 				}
 				if diff := cmp.Diff([]string{"deny"}, f.sink.Types()); diff != "" {
 					t.Errorf("audit events (-want +got):\n%s", diff)
+				} else if g := f.sink.Events()[0].Grant; g != tt.wantGrant {
+					t.Errorf("deny event grant = %.40q (%d bytes), want %q", g, len(g), tt.wantGrant)
 				}
 				if len(f.minter.Reqs) != 0 {
 					t.Errorf("minter called %d times on a denied request", len(f.minter.Reqs))
