@@ -1,12 +1,16 @@
 package policies
 
 import (
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"sort"
 	"strconv"
@@ -43,9 +47,10 @@ const maxPerSecond = 1e6
 var (
 	kinds         = []string{KindVaultToken, KindJWT, KindVaultDynamic, KindProxy, KindPKI}
 	roles         = []string{RoleRevoke, RoleTrace, RoleReport}
-	algorithms    = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+	algorithms    = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 	proxyMethods  = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)
 	headerTokenRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
 )
 
@@ -247,6 +252,7 @@ func validateIssuer(v *validator, l loc, is *Issuer) {
 			v.add(l.file, l.path+".jwks_url", "must be https (http only for a loopback host)")
 		}
 	}
+	checkCAFile(v, l.file, l.path+".ca_file", is.CAFile)
 	if len(is.Audiences) == 0 {
 		v.add(l.file, l.path+".audiences", "required: at least one audience")
 	}
@@ -336,7 +342,7 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 	if m.SubjectPattern != "" {
 		re, err := anchored(m.SubjectPattern)
 		if err != nil {
-			v.add(l.file, mp+".subject_pattern", "invalid regexp: %s", regexpReason(err))
+			v.add(l.file, mp+".subject_pattern", "invalid regexp: %s", regexpReason(err, m.SubjectPattern))
 		}
 		c.subjectRE = re
 	}
@@ -354,7 +360,7 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 		}
 		re, err := anchored(m.ClaimPatterns[k])
 		if err != nil {
-			v.add(l.file, kp, "invalid regexp: %s", regexpReason(err))
+			v.add(l.file, kp, "invalid regexp: %s", regexpReason(err, m.ClaimPatterns[k]))
 		}
 		c.patterns = append(c.patterns, claimCheck{path: k, want: m.ClaimPatterns[k], re: re})
 	}
@@ -362,18 +368,27 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 }
 
 // anchored compiles a policy regexp so that it must match the whole value.
+// The pattern must compile on its own first: wrapped in ^(?:...)$ an
+// unbalanced "a)|(?:b" would compile and escape the anchors.
 func anchored(p string) (*regexp.Regexp, error) {
+	if _, err := regexp.Compile(p); err != nil {
+		return nil, err
+	}
 	return regexp.Compile(`^(?:` + p + `)$`)
 }
 
-// regexpReason is the regexp error without the anchoring we added.
-func regexpReason(err error) string {
-	msg := err.Error()
-	msg = strings.TrimPrefix(msg, "error parsing regexp: ")
-	if i := strings.Index(msg, ": `^(?:"); i >= 0 {
-		msg = msg[:i]
+// regexpReason is the regexp error of pattern p, without p itself when the
+// error quotes all of it (the field path already names it); a fragment of
+// the pattern is kept.
+func regexpReason(err error, p string) string {
+	var se *syntax.Error
+	if !errors.As(err, &se) {
+		return err.Error()
 	}
-	return msg
+	if se.Expr == p || se.Expr == `^(?:`+p+`)$` {
+		return se.Code.String()
+	}
+	return se.Code.String() + ": `" + se.Expr + "`"
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -473,12 +488,45 @@ func validateGrant(v *validator, l loc, g *Grant) {
 	}
 	if g.Kind == KindPKI && g.PKI != nil {
 		checkVaultPath(v, l.file, l.path+".pki.path", g.PKI.Path)
-		if td := g.PKI.TrustDomain; td != "" && strings.ContainsAny(td, "/:@?# ") {
-			v.add(l.file, l.path+".pki.trust_domain", "must be a bare trust domain name like example.org")
+		if g.PKI.Path != "" && !pkiIssuePath(g.PKI.Path) {
+			v.add(l.file, l.path+".pki.path", "must be an issue path: <mount>/issue/<role> or <mount>/issuer/<ref>/issue/<role>")
+		}
+		if td := g.PKI.TrustDomain; td != "" && !trustDomainRE.MatchString(td) {
+			v.add(l.file, l.path+".pki.trust_domain", "must be a bare lowercase trust domain name like example.org ([a-z0-9._-])")
 		}
 	}
 	if g.Kind == KindProxy && g.Proxy != nil {
 		validateProxy(v, l.file, l.path+".proxy", g.Proxy)
+	}
+}
+
+// pkiIssuePath reports whether path is a PKI issue path:
+// <mount...>/issue/<role> or <mount...>/issuer/<ref>/issue/<role> (a sign
+// path needs a CSR the broker does not have). adapters/vault.PKIMount is
+// the same rule where the path is used.
+func pkiIssuePath(path string) bool {
+	segs := strings.Split(path, "/")
+	n := len(segs)
+	if n < 3 || segs[n-2] != "issue" {
+		return false
+	}
+	return !(n == 4 && segs[1] == "issuer") // "<mount>/issuer/issue/<role>" has no issuer ref
+}
+
+// checkCAFile checks that a ca_file, when set, is readable and holds at
+// least one PEM certificate: a broker started with it would refuse the
+// policy, so policy check says so first, naming the file and field.
+func checkCAFile(v *validator, file, path, caFile string) {
+	if caFile == "" {
+		return
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		v.add(file, path, "cannot read %s: %v", caFile, errors.Unwrap(err))
+		return
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+		v.add(file, path, "%s holds no PEM certificate", caFile)
 	}
 }
 
@@ -502,6 +550,7 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
 		px.Inject.Format = DefaultInjectFormat
 	}
 
+	checkCAFile(v, file, bp+".ca_file", px.CAFile)
 	if px.Upstream == "" {
 		v.add(file, bp+".upstream", "required")
 	} else if u, err := url.Parse(px.Upstream); err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {

@@ -1,7 +1,15 @@
 package policies
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -113,13 +121,14 @@ func TestParseValidation(t *testing.T) {
 		{"fail/issuer-audiences-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [], algorithms: [RS256]}]`},
 			[]string{"t.yaml: issuers[0].audiences: required: at least one audience"}},
 		{"fail/issuer-algorithms-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k]}]`},
-			[]string{"t.yaml: issuers[0].algorithms: required: at least one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"}},
+			[]string{"t.yaml: issuers[0].algorithms: required: at least one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA"}},
+		{"ok/issuer-alg-es512", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [ES512]}]`}, nil},
 		{"fail/issuer-alg-none", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256, none]}]`},
 			[]string{`t.yaml: issuers[0].algorithms[1]: "none" is never allowed: it accepts unsigned tokens`}},
 		{"fail/issuer-alg-hs256", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [HS256]}]`},
 			[]string{`t.yaml: issuers[0].algorithms[0]: "HS256" is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them`}},
 		{"fail/issuer-alg-unknown", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [rs256]}]`},
-			[]string{`t.yaml: issuers[0].algorithms[0]: unsupported algorithm "rs256" (want one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)`}},
+			[]string{`t.yaml: issuers[0].algorithms[0]: unsupported algorithm "rs256" (want one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)`}},
 		{"fail/issuer-lifetime-negative", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: -1h}]`},
 			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0"}},
 		{"fail/issuer-session-claim", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "a..b"}]`},
@@ -145,6 +154,12 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: workloads[0].match.subject: required (or subject_pattern)"}},
 		{"fail/workload-subject-pattern-regexp", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "a(b"}, grants: [g]}]`},
 			[]string{"t.yaml: workloads[0].match.subject_pattern: invalid regexp: missing closing )"}},
+		// Wrapped in ^(?:...)$ this compiles and escapes the anchors: it
+		// would give the workload to sub "repo:acme/api-evil-fork".
+		{"fail/workload-subject-pattern-escapes-anchors", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "repo:acme/api)|(?:repo:acme/web"}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.subject_pattern: invalid regexp: unexpected )"}},
+		{"fail/workload-claim-pattern-escapes-anchors", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claim_patterns: {ns: "a)|(b"}}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.claim_patterns[\"ns\"]: invalid regexp: unexpected )"}},
 		{"fail/workload-claim-pattern-regexp", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claim_patterns: {ns: "[z-a]"}}, grants: [g]}]`},
 			[]string{"t.yaml: workloads[0].match.claim_patterns[\"ns\"]: invalid regexp: invalid character class range: `z-a`"}},
 		{"fail/workload-claim-path", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claims: {"a.": b}}, grants: [g]}]`},
@@ -195,6 +210,15 @@ func TestParseValidation(t *testing.T) {
 			[]string{`t.yaml: grants[0].vault_dynamic.path: must not contain empty, "." or ".." segments`}},
 		{"fail/grant-pki-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {trust_domain: x}}]`},
 			[]string{"t.yaml: grants[0].pki.path: required"}},
+		{"ok/grant-pki-issuer-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: pki/int/issuer/default/issue/web}}]`}, nil},
+		{"fail/grant-pki-sign-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: pki/sign/w}}]`},
+			[]string{"t.yaml: grants[0].pki.path: must be an issue path: <mount>/issue/<role> or <mount>/issuer/<ref>/issue/<role>"}},
+		{"fail/grant-pki-kv-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: secret/data/x}}]`},
+			[]string{"t.yaml: grants[0].pki.path: must be an issue path: <mount>/issue/<role> or <mount>/issuer/<ref>/issue/<role>"}},
+		{"fail/grant-pki-trust-domain-upper", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: pki/issue/w, trust_domain: Prod.Example.ORG}}]`},
+			[]string{"t.yaml: grants[0].pki.trust_domain: must be a bare lowercase trust domain name like example.org ([a-z0-9._-])"}},
+		{"fail/grant-pki-trust-domain-escaped", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: pki/issue/w, trust_domain: "exa%2fmple.org"}}]`},
+			[]string{"t.yaml: grants[0].pki.trust_domain: must be a bare lowercase trust domain name like example.org ([a-z0-9._-])"}},
 
 		// proxy grants
 		{"ok/proxy", map[string]string{"grants": proxyGrant(okProxy)}, nil},
@@ -336,5 +360,69 @@ func TestValidationReportsEverything(t *testing.T) {
 	}
 	if !strings.HasPrefix(err.Error(), "policy invalid: ") {
 		t.Errorf("Load(many-problems.yaml) error = %q, want a 'policy invalid' summary", err)
+	}
+}
+
+// TestCAFile: a ca_file that a broker would refuse (unreadable, or holding
+// no PEM certificate) is a policy problem naming the file and field, so
+// `keytrail policy check` catches it before a server start or reload does.
+func TestCAFile(t *testing.T) {
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "ca.pem")
+	garbage := filepath.Join(dir, "garbage.pem")
+	missing := filepath.Join(dir, "missing.pem")
+	if err := os.WriteFile(good, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(garbage, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	issuer := func(ca string) string {
+		return `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256], ca_file: "` + ca + `"}]`
+	}
+	proxy := func(ca string) string {
+		return proxyGrant(`upstream: "https://api.example.com", ca_file: "` + ca + `", secret: {vault_kv: secret/data/x, field: key}, inject: {header: X-Api-Key}, paths: ["/x"]`)
+	}
+	tests := []struct {
+		name string
+		over map[string]string
+		want string // "" = valid
+	}{
+		{"ok/issuer", map[string]string{"issuers": issuer(good)}, ""},
+		{"ok/proxy", map[string]string{"grants": proxy(good)}, ""},
+		{"fail/issuer-missing", map[string]string{"issuers": issuer(missing)}, "t.yaml: issuers[0].ca_file: cannot read " + missing + ": no such file or directory"},
+		{"fail/issuer-garbage", map[string]string{"issuers": issuer(garbage)}, "t.yaml: issuers[0].ca_file: " + garbage + " holds no PEM certificate"},
+		{"fail/proxy-missing", map[string]string{"grants": proxy(missing)}, "t.yaml: grants[0].proxy.ca_file: cannot read " + missing + ": no such file or directory"},
+		{"fail/proxy-garbage", map[string]string{"grants": proxy(garbage)}, "t.yaml: grants[0].proxy.ca_file: " + garbage + " holds no PEM certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(doc(tt.over)))
+			var got []string
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				for _, p := range ve.Problems {
+					got = append(got, p.Error())
+				}
+			} else if err != nil {
+				t.Fatalf("Parse() = %v, want a *ValidationError or nil", err)
+			}
+			var want []string
+			if tt.want != "" {
+				want = []string{tt.want}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
