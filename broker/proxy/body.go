@@ -282,6 +282,14 @@ func (c *capReader) Close() error { return c.src.Close() }
 // relayed and cannot wipe the broker's own headers. It records the status and
 // bytes for the use_result event and can override the status of an error the
 // broker renders (413, 502, 504).
+//
+// It relays no trailers. After the body, ReverseProxy copies the upstream's
+// trailers (which the transport fills in when the body is closed, whatever
+// ModifyResponse did) into Header(), and net/http sends as trailers whatever
+// lands in the real header map after the status: so Header() never returns
+// the real map. WriteHeader moves the staged headers out and empties the
+// staged map, which keeps collecting what is set afterwards, unsent. The
+// staged headers lose any Trailer announcement and http.TrailerPrefix keys.
 type responseWriter struct {
 	w        http.ResponseWriter
 	staged   http.Header
@@ -294,12 +302,9 @@ func newResponseWriter(w http.ResponseWriter) *responseWriter {
 	return &responseWriter{w: w, staged: http.Header{}}
 }
 
-func (rw *responseWriter) Header() http.Header {
-	if rw.status != 0 {
-		return rw.w.Header()
-	}
-	return rw.staged
-}
+// Header returns the staged headers; once the status is written, a map that
+// is never sent (see responseWriter).
+func (rw *responseWriter) Header() http.Header { return rw.staged }
 
 func (rw *responseWriter) WriteHeader(code int) {
 	if rw.status != 0 || code < 200 {
@@ -310,10 +315,21 @@ func (rw *responseWriter) WriteHeader(code int) {
 	}
 	h := rw.w.Header()
 	for k, v := range rw.staged {
+		if isTrailerKey(k) {
+			continue
+		}
 		h[k] = v
 	}
+	clear(rw.staged)
 	rw.status = code
 	rw.w.WriteHeader(code)
+}
+
+// isTrailerKey reports whether a header map key would make net/http announce
+// or send a trailer: "Trailer" itself, or a name with http.TrailerPrefix.
+func isTrailerKey(k string) bool {
+	n := len(http.TrailerPrefix)
+	return strings.EqualFold(k, "Trailer") || (len(k) >= n && strings.EqualFold(k[:n], http.TrailerPrefix))
 }
 
 func (rw *responseWriter) Write(b []byte) (int, error) {

@@ -62,7 +62,8 @@
 //
 // The secret never reaches the caller through the broker: response headers
 // whose value contains it (raw or URL-encoded) are dropped, upstream trailers
-// are dropped, 1xx interim responses are not relayed, and the response body
+// are dropped (neither announced nor sent, whatever the upstream declared),
+// 1xx interim responses are not relayed, and the response body
 // is scanned while it streams and every occurrence of the secret (raw or
 // URL-encoded) is overwritten with '*' of the same length (Content-Length
 // stays right). The upstream is asked for identity encoding so the scan sees

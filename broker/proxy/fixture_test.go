@@ -220,6 +220,20 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Fine", "kept")
 		w.Header().Set("X-Request-Id", "upstream-own-id")
 		_, _ = io.WriteString(w, "ok")
+	case r.URL.Path == "/up/trailer-announced", r.URL.Path == "/up/trailer-unannounced":
+		// Trailers after a flushed body: one echoing the injected
+		// Authorization, one harmless. Announced ones are declared in a
+		// Trailer header; unannounced ones use http.TrailerPrefix.
+		prefix := http.TrailerPrefix
+		if r.URL.Path == "/up/trailer-announced" {
+			w.Header().Set("Trailer", "X-Debug-Auth, X-Fine-Trailer")
+			prefix = ""
+		}
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "body")
+		w.(http.Flusher).Flush()
+		w.Header().Set(prefix+"X-Debug-Auth", r.Header.Get("Authorization"))
+		w.Header().Set(prefix+"X-Fine-Trailer", "harmless")
 	case r.URL.Path == "/up/big":
 		w.Header().Set("Content-Length", fmt.Sprint(maxRespBytes+1))
 		_, _ = w.Write([]byte(strings.Repeat("x", maxRespBytes+1)))
@@ -386,17 +400,23 @@ func (f *fixture) waitEvent(tb testing.TB, typ string) {
 
 // response is a response read in full.
 type response struct {
-	Status int
-	Header http.Header
-	Body   string
-	Err    error // error reading the body
+	Status  int
+	Header  http.Header
+	Body    string
+	Trailer http.Header // announced trailer names and every trailer received
+	Err     error       // error reading the body
 }
 
-// raw returns the whole response as text, for secret scans.
+// raw returns the whole response as text, trailers included, for secret
+// scans.
 func (r *response) raw() string {
 	var b strings.Builder
 	_ = r.Header.Write(&b)
 	b.WriteString(r.Body)
+	if len(r.Trailer) != 0 {
+		b.WriteString("\n")
+		_ = r.Trailer.Write(&b)
+	}
 	return b.String()
 }
 
@@ -416,7 +436,7 @@ func (f *fixture) do(tb testing.TB, method, path string, hdr http.Header, body i
 	}
 	defer res.Body.Close()
 	b, rerr := io.ReadAll(res.Body)
-	return &response{Status: res.StatusCode, Header: res.Header, Body: string(b), Err: rerr}
+	return &response{Status: res.StatusCode, Header: res.Header, Body: string(b), Trailer: res.Trailer, Err: rerr}
 }
 
 // rawRequest writes a request exactly as given (header lines joined with
@@ -438,7 +458,7 @@ func (f *fixture) rawRequest(tb testing.TB, lines []string, body string) *respon
 	}
 	defer res.Body.Close()
 	b, rerr := io.ReadAll(res.Body)
-	return &response{Status: res.StatusCode, Header: res.Header, Body: string(b), Err: rerr}
+	return &response{Status: res.StatusCode, Header: res.Header, Body: string(b), Trailer: res.Trailer, Err: rerr}
 }
 
 func bearer(tok string) http.Header {

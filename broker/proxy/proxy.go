@@ -558,7 +558,10 @@ func (c *call) forward(w http.ResponseWriter) {
 					}
 				}
 			}
-			res.Trailer = nil // trailers arrive after the body: never relayed
+			// Trailers arrive after the body and are never relayed: with no
+			// names here ReverseProxy announces none, and the responseWriter
+			// drops those it copies after the body (see responseWriter).
+			res.Trailer = nil
 			res.Header.Set("X-Keytrail-Use", useID)
 			rc = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
 			res.Body = rc

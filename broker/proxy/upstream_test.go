@@ -2,8 +2,10 @@ package proxy_test
 
 import (
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -83,6 +85,16 @@ func TestProxyUpstreamBehaviour(t *testing.T) {
 			},
 		},
 		{
+			name: "ok/announced-trailers-are-dropped", path: "/up/trailer-announced", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200},
+			check:   wantNoTrailers,
+		},
+		{
+			name: "ok/unannounced-trailers-are-dropped", path: "/up/trailer-unannounced", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200},
+			check:   wantNoTrailers,
+		},
+		{
 			name: "fail/declared-response-over-cap", path: "/up/big", wantStatus: 502,
 			wantUse: audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_too_large"},
 			check: func(t *testing.T, res *response) {
@@ -130,6 +142,22 @@ func TestProxyUpstreamBehaviour(t *testing.T) {
 				t.Errorf("the other host was reached %d times", h)
 			}
 		})
+	}
+}
+
+// wantNoTrailers checks that the upstream's trailers (one of which echoes
+// the injected secret, see the fixture's /up/trailer-* routes) reach the
+// caller neither announced nor sent. The client moves an announcing Trailer
+// header into res.Trailer, so an empty Trailer covers both.
+func wantNoTrailers(t *testing.T, res *response) {
+	t.Helper()
+	if res.Body != "body" || res.Err != nil {
+		t.Errorf("body = %q (read error %v), want the upstream's %q", res.Body, res.Err, "body")
+	}
+	if len(res.Trailer) != 0 {
+		var b strings.Builder
+		_ = res.Trailer.Write(&b)
+		t.Errorf("upstream trailers reached the caller (names announced or trailers sent): %q, names %q", b.String(), slices.Sorted(maps.Keys(res.Trailer)))
 	}
 }
 
