@@ -54,6 +54,26 @@ var attacks = []attack{
 				t.Errorf("upstream headers = %v, want the injected secret and correlation headers despite Connection", h)
 			}
 		}},
+	{name: "ok/underscore-lookalike-headers-dropped", target: "/v1/proxy/stripe/v1/charges",
+		// CGI, WSGI and Rack upstreams read X_Request_Id as X-Request-Id:
+		// every caller header with an underscore is dropped.
+		extra: []string{"X_Keytrail_Issuance: iss_SPOOFED", "x_request_id: use_SPOOFED", "X-Keytrail_Issuance: iss_SPOOFED",
+			"Proxy_Authorization: Bearer SPOOFED", "X_Forwarded_For: SPOOFED", "X-Custom_Thing: SPOOFED", "X-Custom: kept"},
+		wantStatus: 200, wantHit: true,
+		check: func(t *testing.T, f *fixture, res *response) {
+			h := f.up.Last().Header
+			for name, vs := range h {
+				if strings.Contains(name, "_") || strings.Contains(strings.Join(vs, ","), "SPOOFED") {
+					t.Errorf("upstream got caller-sent %s: %q", name, vs)
+				}
+			}
+			use := f.eventsOf(audit.TypeUse)
+			got := []any{h.Values("X-Keytrail-Issuance"), h.Values("X-Request-Id"), h.Get("X-Custom")}
+			want := []any{[]string{use[len(use)-1].IssuanceID}, []string{use[len(use)-1].UseID}, "kept"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("upstream [issuance request-id custom] (-want +got):\n%s", diff)
+			}
+		}},
 	{name: "fail/dot-dot", target: "/v1/proxy/stripe/v1/charges/../../admin", wantStatus: 307,
 		check: wantLocalRedirect("/v1/proxy/stripe/admin")},
 	{name: "fail/dot-dot-out-of-proxy", target: "/v1/proxy/stripe/../../token", wantStatus: 307,

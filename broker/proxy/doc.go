@@ -42,11 +42,13 @@
 //  10. The request goes upstream through httputil.ReverseProxy with Rewrite
 //     only (never Director): the caller's Authorization,
 //     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded and
-//     X-Forwarded-* headers are removed, the secret is injected as the grant
-//     says, and X-Request-Id: <use id> and X-Keytrail-Issuance: <issuance id>
-//     are set. Because this happens in Rewrite, after ReverseProxy removed
-//     the hop-by-hop headers, a caller's "Connection: X-Keytrail-Issuance"
-//     cannot strip them.
+//     X-Forwarded-* headers are removed, and so is every header whose name
+//     contains an underscore (CGI, WSGI and Rack upstreams read X_Request_Id
+//     as X-Request-Id; nginx drops such headers by default too). The secret
+//     is injected as the grant says, and X-Request-Id: <use id> and
+//     X-Keytrail-Issuance: <issuance id> are set. Because this happens in
+//     Rewrite, after ReverseProxy removed the hop-by-hop headers, a caller's
+//     "Connection: X-Keytrail-Issuance" cannot strip them.
 //  11. A "use_result" audit event records status, bytes and duration (best
 //     effort: the response has been sent; a failure is logged).
 //

@@ -464,8 +464,20 @@ func queryKeyIs(k, param string) bool {
 
 // strippedRequestHeaders are caller headers that never go upstream (besides
 // the hop-by-hop headers, X-Forwarded-* and Forwarded, which ReverseProxy
-// removes itself, and X-Keytrail-*).
+// removes itself, X-Keytrail-*, and every header whose name contains an
+// underscore: see dropRequestHeader).
 var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip"}
+
+// dropRequestHeader reports whether a caller header never goes upstream
+// because of its name: X-Keytrail-* and X-Forwarded-*, and any name with an
+// underscore. CGI, WSGI and Rack upstreams map "-" and "_" both to "_"
+// (X_Request_Id reads as X-Request-Id), so a look-alike could spoof the
+// correlation headers the broker sets or stand in for one it strips; like
+// nginx (underscores_in_headers off) the broker drops them all rather than
+// keep a list of look-alikes in step with every header it strips or injects.
+func dropRequestHeader(name string) bool {
+	return strings.HasPrefix(name, "X-Keytrail-") || strings.HasPrefix(name, "X-Forwarded-") || strings.Contains(name, "_")
+}
 
 // forward reads the secret, makes the use durable and proxies the request
 // (steps 8 to 11 of the package documentation).
@@ -525,7 +537,7 @@ func (c *call) forward(w http.ResponseWriter) {
 				o.Header.Del(name)
 			}
 			for name := range o.Header {
-				if strings.HasPrefix(name, "X-Keytrail-") || strings.HasPrefix(name, "X-Forwarded-") {
+				if dropRequestHeader(name) {
 					delete(o.Header, name)
 				}
 			}
