@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -366,7 +367,7 @@ func (s *Service) Allow(wl *policies.Workload) error { return s.allow(wl) }
 // jti, else a hash of iss+sub+iat (SPEC "Concepts").
 func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
-		if v, ok := policies.ClaimString(id.Claims, iss.SessionClaim); ok && v != "" {
+		if v, ok := sessionClaimValue(iss, id.Claims); ok {
 			return SessionID(id.IssuerName, "claim:"+v)
 		}
 	}
@@ -374,6 +375,26 @@ func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 		return SessionID(id.IssuerName, "jti:"+id.JTI)
 	}
 	return SessionID(id.IssuerName, "token:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.IssuedAt.Unix(), 10))
+}
+
+// sessionClaimValue is the value of the issuer's session claims: each must
+// be a non-empty scalar; several are joined by NUL (one claim's value is used
+// as is, so session ids stay what they were before several were allowed).
+func sessionClaimValue(iss *policies.Issuer, claims map[string]any) (string, bool) {
+	if !strings.Contains(iss.SessionClaim, "+") { // the common case, without allocating
+		v, ok := policies.ClaimString(claims, iss.SessionClaim)
+		return v, ok && v != ""
+	}
+	paths := iss.SessionClaims()
+	vals := make([]string, 0, len(paths))
+	for _, p := range paths {
+		v, ok := policies.ClaimString(claims, p)
+		if !ok || v == "" {
+			return "", false
+		}
+		vals = append(vals, v)
+	}
+	return strings.Join(vals, "\x00"), true
 }
 
 // usedClaims records the claims the workload match relied on plus the
@@ -390,9 +411,11 @@ func usedClaims(pol *policies.Policy, id *Identity, wl *policies.Workload) map[s
 			out[k] = v
 		}
 	}
-	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
-		if v, ok := policies.ClaimValue(id.Claims, iss.SessionClaim); ok {
-			out[iss.SessionClaim] = v
+	if iss, ok := pol.Issuer(id.IssuerName); ok {
+		for _, p := range iss.SessionClaims() {
+			if v, ok := policies.ClaimValue(id.Claims, p); ok {
+				out[p] = v
+			}
 		}
 	}
 	return out

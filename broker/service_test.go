@@ -216,6 +216,67 @@ func TestExchangeSessionFromClaim(t *testing.T) {
 	}
 }
 
+// TestExchangeSessionFromClaims: a session claim may join several claims
+// with "+", as GitHub Actions needs (run_id+run_attempt, SPEC "Session"):
+// every job of one run attempt shares a session, a re-run gets a new one.
+func TestExchangeSessionFromClaims(t *testing.T) {
+	pol, err := policies.Parse("gh.yaml", []byte(`
+version: 1
+issuers:
+  - {name: gh, issuer: "https://token.actions.githubusercontent.com", jwks_url: "https://token.actions.githubusercontent.com/.well-known/jwks", audiences: [keytrail], algorithms: [RS256], session_claim: "run_id + run_attempt"}
+workloads:
+  - {name: deploy, owner: team-platform, match: {issuer: gh, subject: "repo:acme/app:ref:refs/heads/main"}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gh := func(jti string, claims map[string]any) *broker.Identity {
+		c := map[string]any{"sub": "repo:acme/app:ref:refs/heads/main", "jti": jti}
+		for k, v := range claims {
+			c[k] = v
+		}
+		return &broker.Identity{IssuerName: "gh", Iss: "https://token.actions.githubusercontent.com", Sub: c["sub"].(string), JTI: jti, Claims: c}
+	}
+	authn := brokertest.Authn{
+		"job1":      gh("j1", map[string]any{"run_id": "42", "run_attempt": "1"}),
+		"job2":      gh("j2", map[string]any{"run_id": "42", "run_attempt": "1"}),
+		"rerun":     gh("j3", map[string]any{"run_id": "42", "run_attempt": "2"}),
+		"noattempt": gh("j4", map[string]any{"run_id": "42"}),
+	}
+	sink := &brokertest.Sink{}
+	svc, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol }, Authn: func() broker.Authenticator { return authn },
+		Minters: map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Store:   memstore.New(time.Now), Audit: sink,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := map[string]string{}
+	for _, tok := range []string{"job1", "job2", "rerun", "noattempt"} {
+		res, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: tok, Grant: "g"})
+		if err != nil {
+			t.Fatalf("Exchange(%s) = %v", tok, err)
+		}
+		session[tok] = res.Issuance.SessionID
+	}
+	want := map[string]string{
+		"job1":      broker.SessionID("gh", "claim:42\x001"),
+		"job2":      broker.SessionID("gh", "claim:42\x001"),
+		"rerun":     broker.SessionID("gh", "claim:42\x002"),
+		"noattempt": broker.SessionID("gh", "jti:j4"), // a session claim missing: the token's jti
+	}
+	if diff := cmp.Diff(want, session); diff != "" {
+		t.Errorf("sessions (-want +got):\n%s", diff)
+	}
+	claims, _ := sink.Events()[0].Details["claims"].(map[string]any)
+	if claims["run_id"] != "42" || claims["run_attempt"] != "1" {
+		t.Errorf("issue event claims = %v, want run_id and run_attempt recorded", claims)
+	}
+}
+
 func TestExchangeAuditFailureRevokes(t *testing.T) {
 	f := newFixture(t)
 	f.sink.Fail = func(ev *audit.Event) bool { return ev.Type == audit.TypeIssue }

@@ -294,6 +294,19 @@ func claimLookup(m map[string]any, path string, budget *int) (any, bool) {
 	return nil, false
 }
 
+// SessionClaims returns the claim paths of SessionClaim: one, or several
+// joined by "+" (spaces around a "+" are ignored). Nil when unset.
+func (is *Issuer) SessionClaims() []string {
+	if is.SessionClaim == "" {
+		return nil
+	}
+	parts := strings.Split(is.SessionClaim, "+")
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+	}
+	return parts
+}
+
 // ClaimString looks up path (see ClaimValue) and renders a scalar claim as a
 // string: strings as they are, numbers in their shortest decimal form (an
 // integral float64 has no ".0"), bools as "true"/"false". Arrays, objects

@@ -28,7 +28,10 @@ type Issuer struct {
 	Audiences        []string `yaml:"audiences"` // aud must contain one
 	Algorithms       []string `yaml:"algorithms"`
 	MaxTokenLifetime Duration `yaml:"max_token_lifetime"`
-	SessionClaim     string   `yaml:"session_claim"` // dotted path into claims
+	// SessionClaim names the claim whose value identifies one running
+	// instance: a dotted path, or several joined by "+" (GitHub Actions:
+	// run_id+run_attempt), all of which must be present.
+	SessionClaim string `yaml:"session_claim"`
 }
 
 // Workload is a named identity defined by claims of one issuer.

@@ -279,8 +279,8 @@ func validateIssuer(v *validator, l loc, is *Issuer) {
 	if is.MaxTokenLifetime < 0 {
 		v.add(l.file, l.path+".max_token_lifetime", "must be > 0")
 	}
-	if is.SessionClaim != "" && !validClaimPath(is.SessionClaim) {
-		v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path", is.SessionClaim)
+	if is.SessionClaim != "" && slices.ContainsFunc(is.SessionClaims(), func(p string) bool { return !validClaimPath(p) }) {
+		v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path (or several joined by +)", is.SessionClaim)
 	}
 }
 

@@ -132,7 +132,10 @@ func TestParseValidation(t *testing.T) {
 		{"fail/issuer-lifetime-negative", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: -1h}]`},
 			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0"}},
 		{"fail/issuer-session-claim", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "a..b"}]`},
-			[]string{`t.yaml: issuers[0].session_claim: "a..b" is not a dotted claim path`}},
+			[]string{`t.yaml: issuers[0].session_claim: "a..b" is not a dotted claim path (or several joined by +)`}},
+		{"ok/issuer-session-claims", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+run_attempt"}]`}, nil},
+		{"fail/issuer-session-claims-empty-part", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+"}]`},
+			[]string{`t.yaml: issuers[0].session_claim: "run_id+" is not a dotted claim path (or several joined by +)`}},
 		{"fail/issuer-iss-duplicate", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}, {name: j, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`},
 			[]string{`t.yaml: issuers[1].issuer: issuer "https://x" is already declared by t.yaml: issuers[0]; iss values must be unique`}},
 
