@@ -54,8 +54,7 @@ type revEntry struct {
 }
 
 // New returns an empty store. now is the store's clock (time.Now when nil);
-// it is kept for parity with the Redis store, whose retention is measured
-// from it; Prune takes its cut-off explicitly.
+// RunPrune measures retention from it; Prune takes its cut-off explicitly.
 func New(now func() time.Time) *Store {
 	if now == nil {
 		now = time.Now
@@ -310,6 +309,28 @@ func (s *Store) Prune(before time.Time) int {
 		}
 	}
 	return n
+}
+
+// DefaultRetention is how long RunPrune keeps an issuance after it expired:
+// the Redis store's default, so trace answers the same either way.
+const DefaultRetention = 30 * 24 * time.Hour
+
+// RunPrune prunes, at every tick until ctx ends, the issuances that expired
+// more than retention ago by the store's clock (a long-running single
+// instance would otherwise keep every issuance forever). It returns nil when
+// ctx ends or tick is closed.
+func (s *Store) RunPrune(ctx context.Context, tick <-chan time.Time, retention time.Duration) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-tick:
+			if !ok {
+				return nil
+			}
+			s.Prune(s.now().Add(-retention))
+		}
+	}
 }
 
 // PutRevocation stores r, replacing any revocation with the same id.

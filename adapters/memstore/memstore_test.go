@@ -1,6 +1,8 @@
 package memstore_test
 
 import (
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +68,49 @@ func TestPrune(t *testing.T) {
 				t.Errorf("FindIssuance(accessor, acc-iss_old) after Prune(%v) = %v, want found=%v", c.before, err, wantFound)
 			}
 		})
+	}
+}
+
+// TestRunPrune: at each tick, issuances that expired more than the
+// retention ago (by the store's clock) go; younger ones stay.
+func TestRunPrune(t *testing.T) {
+	now := storetest.Epoch()
+	var clock atomic.Int64 // the prune goroutine reads it
+	clock.Store(now.UnixNano())
+	s := memstore.New(func() time.Time { return time.Unix(0, clock.Load()) })
+	for id, exp := range map[string]time.Time{"iss_old": now.Add(-2 * time.Hour), "iss_recent": now.Add(-30 * time.Minute), "iss_live": now.Add(time.Hour)} {
+		if err := s.PutIssuance(t.Context(), storetest.SampleIssuance(id, exp.Add(-15*time.Minute))); err != nil {
+			t.Fatalf("PutIssuance(%s) = %v", id, err)
+		}
+	}
+	tick := make(chan time.Time) // unbuffered: a send returns once RunPrune took it
+	done := make(chan error, 1)
+	go func() { done <- s.RunPrune(t.Context(), tick, time.Hour) }()
+	left := func() []string {
+		list, err := s.ListIssuances(t.Context(), broker.IssuanceFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, is := range list {
+			ids = append(ids, is.ID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	tick <- now
+	tick <- now // the first tick's prune is done once the second is taken
+	if diff := cmp.Diff([]string{"iss_live", "iss_recent"}, left()); diff != "" {
+		t.Errorf("after a tick with a 1h retention (-want +got):\n%s", diff)
+	}
+	clock.Store(now.Add(2 * time.Hour).UnixNano())
+	tick <- now
+	close(tick)
+	if err := <-done; err != nil {
+		t.Errorf("RunPrune() = %v, want nil once the tick channel closes", err)
+	}
+	if diff := cmp.Diff([]string{"iss_live"}, left()); diff != "" {
+		t.Errorf("two hours later (-want +got):\n%s", diff)
 	}
 }
 

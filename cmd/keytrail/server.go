@@ -272,7 +272,15 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		rt.store = rs
 		rt.closers = append(rt.closers, rs.Close)
 	default:
-		rt.store = memstore.New(time.Now)
+		ms := memstore.New(time.Now)
+		rt.store = ms
+		// Without Redis nothing expires records: prune them once a
+		// minute after the same retention as Redis keeps them.
+		rt.goBackground(ctx, func(ctx context.Context) error {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			return ms.RunPrune(ctx, t.C, memstore.DefaultRetention)
+		})
 	}
 
 	var signer audit.Signer
