@@ -1005,6 +1005,14 @@ func TestCAFile(t *testing.T) {
 		http.Redirect(w, r, "http://keys.example.invalid/jwks.json", http.StatusFound)
 	}))
 	t.Cleanup(redirect.Close)
+	// A plain-http loopback server that does serve the right keys: a
+	// redirect from https down to it is refused all the same.
+	plain := httptest.NewServer(iss.Handler())
+	t.Cleanup(plain.Close)
+	downgrade := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+authntest.JWKSPath, http.StatusFound)
+	}))
+	t.Cleanup(downgrade.Close)
 
 	tests := []struct {
 		name    string
@@ -1015,6 +1023,7 @@ func TestCAFile(t *testing.T) {
 		{name: "ok/ca-file-trusts-server", jwksURL: srv.URL + authntest.JWKSPath, caFile: caFile},
 		{name: "fail/no-ca-file-unknown-authority", jwksURL: srv.URL + authntest.JWKSPath, unavail: true},
 		{name: "fail/redirect-to-plain-http-refused", jwksURL: redirect.URL + "/jwks.json", caFile: writeCA(t, redirect), unavail: true},
+		{name: "fail/redirect-to-plain-http-loopback-refused", jwksURL: downgrade.URL + "/jwks.json", caFile: writeCA(t, downgrade), unavail: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

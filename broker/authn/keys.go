@@ -228,6 +228,12 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, e
 		if err := checkFetchURL(req.URL.String()); err != nil {
 			return fmt.Errorf("redirect refused: %w", err)
 		}
+		// Never from https down to plain http, loopback included: a
+		// redirect must not turn a key fetch into a request to a local
+		// plain-http service.
+		if len(via) > 0 && via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+			return errors.New("redirect refused: from https to plain http")
+		}
 		return nil
 	}
 	return c, nil
