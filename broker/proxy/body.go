@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"html"
 	"io"
 	"net/http"
 	"net/url"
@@ -19,9 +20,10 @@ var errResponseTooLarge = errors.New("upstream response exceeds the size limit")
 
 // secretForms returns the byte strings under which an injected secret can
 // come back in a response: raw, URL-encoded (query and path escaping, upper
-// and lower case hex) and JSON-escaped (with and without HTML escaping, with
-// and without "\/"), deduplicated. Other encodings (base64, compression)
-// are not recognised.
+// and lower case hex), JSON-escaped (with and without HTML escaping, upper
+// and lower case hex, with and without "\/") and HTML-escaped (an error
+// page echoing a request header: &#34; or &quot;, &#39; or &#x27;),
+// deduplicated. Other encodings (base64, compression) are not recognised.
 func secretForms(secret string) [][]byte {
 	cands := []string{secret, url.QueryEscape(secret), url.PathEscape(secret)}
 	for _, c := range cands[1:3] {
@@ -35,8 +37,13 @@ func secretForms(secret string) [][]byte {
 			j := strings.TrimSuffix(b.String(), "\n")
 			j = j[1 : len(j)-1] // unquote
 			cands = append(cands, j, strings.ReplaceAll(j, "/", `\/`))
+			if up := jsonUpperHex.Replace(j); up != j {
+				cands = append(cands, up, strings.ReplaceAll(up, "/", `\/`))
+			}
 		}
 	}
+	h := html.EscapeString(secret)
+	cands = append(cands, h, htmlNamedQuotes.Replace(h))
 	var out [][]byte
 	seen := map[string]bool{}
 	for _, c := range cands {
@@ -47,6 +54,14 @@ func secretForms(secret string) [][]byte {
 	}
 	return out
 }
+
+// jsonUpperHex writes the escapes Go's encoder writes with lower case hex
+// letters (\u003c, \u003e) in upper case, as other encoders do.
+var jsonUpperHex = strings.NewReplacer(`\u003c`, `\u003C`, `\u003e`, `\u003E`)
+
+// htmlNamedQuotes turns html.EscapeString's numeric quote escapes into the
+// other common spellings.
+var htmlNamedQuotes = strings.NewReplacer("&#34;", "&quot;", "&#39;", "&#x27;")
 
 // lowerHex lower-cases the hex digits of every percent escape.
 func lowerHex(s string) string {

@@ -253,6 +253,28 @@ func TestProxyStreamedRequestBodyOverCap(t *testing.T) {
 	}
 }
 
+// TestRedactReaderEscapedForms: a secret with characters that JSON and HTML
+// escape is redacted in those forms too (an upstream's error page or JSON
+// echo of the request's Authorization header).
+func TestRedactReaderEscapedForms(t *testing.T) {
+	const secret = `k&y<1>"'z`
+	forms := proxy.SecretForms(secret)
+	for _, in := range []string{
+		`k&amp;y&lt;1&gt;&#34;&#39;z`,   // Go's html.EscapeString, html/template
+		`k&amp;y&lt;1&gt;&quot;&#x27;z`, // Python's html.escape, many others
+		`k\u0026y\u003c1\u003e\"'z`,     // Go's encoding/json
+		`k\u0026y\u003C1\u003E\"'z`,     // upper case hex
+		`k&y<1>\"'z`,                    // JSON without HTML escaping
+		"k%26y%3C1%3E%22%27z",           // query escaping
+	} {
+		r := proxy.NewRedactReader(io.NopCloser(strings.NewReader("<p>"+in+"</p>")), forms)
+		got, err := io.ReadAll(r)
+		if want := "<p>" + strings.Repeat("*", len(in)) + "</p>"; err != nil || string(got) != want {
+			t.Errorf("redact(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
 func TestRedactReader(t *testing.T) {
 	const secret = "s3cr3t/+"
 	forms := proxy.SecretForms(secret)
