@@ -202,6 +202,13 @@ func (m *PKIMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	}
 	str := func(k string) string { s, _ := sec.Data[k].(string); return s }
 	certPEM, keyPEM, serial := str("certificate"), str("private_key"), str("serial_number")
+	if serial == "" && certPEM != "" {
+		// Vault always sends it; without it, revoke by the certificate's
+		// own serial rather than leave a certificate nobody holds valid.
+		if c, err := parseCertPEM(certPEM); err == nil {
+			return nil, m.abort(ctx, mount, formatSerial(c.SerialNumber), badResponse(op, "no serial number"))
+		}
+	}
 	if certPEM == "" || keyPEM == "" || serial == "" {
 		if serial != "" {
 			return nil, m.abort(ctx, mount, serial, badResponse(op, "no certificate or private key"))
@@ -217,6 +224,12 @@ func (m *PKIMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	}
 	if !slices.ContainsFunc(cert.URIs, func(u *url.URL) bool { return u.String() == uriSAN }) {
 		return nil, m.abort(ctx, mount, serial, configError("grant %q: certificate lacks URI SAN %s: the role must allow it (allowed_uri_sans)", req.Grant.Name, uriSAN))
+	}
+	// SPEC-ADDITIONS: common name = the workload, exactly one URI SAN. A
+	// role that adds names would make the certificate speak for more than
+	// this workload.
+	if len(cert.URIs) != 1 || cert.Subject.CommonName != req.Workload {
+		return nil, m.abort(ctx, mount, serial, configError("grant %q: certificate has common name %q and %d URI SANs, want %q and only %s: check the role", req.Grant.Name, cert.Subject.CommonName, len(cert.URIs), req.Workload, uriSAN))
 	}
 	if cert.NotAfter.After(deadline.Add(m.skew)) {
 		return nil, m.abort(ctx, mount, serial, badResponse(op, fmt.Sprintf("certificate ends %s, after the grant's %s", cert.NotAfter.UTC().Format(time.RFC3339), deadline.UTC().Format(time.RFC3339))))
@@ -306,6 +319,20 @@ func parseCertPEM(s string) (*x509.Certificate, error) {
 		return nil, errors.New("not a PEM certificate")
 	}
 	return x509.ParseCertificate(b.Bytes)
+}
+
+// formatSerial writes a serial in Vault's form: lowercase hex byte pairs
+// joined by ":".
+func formatSerial(n *big.Int) string {
+	b := n.Bytes()
+	if len(b) == 0 {
+		b = []byte{0}
+	}
+	parts := make([]string, len(b))
+	for i, c := range b {
+		parts[i] = hex.EncodeToString([]byte{c})
+	}
+	return strings.Join(parts, ":")
 }
 
 // parseSerial parses Vault's serial form ("1a:2b:..." or plain hex).

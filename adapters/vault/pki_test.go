@@ -54,8 +54,20 @@ func newTestCA(t *testing.T) *testCA {
 	return &testCA{key: key, cert: cert, pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
 }
 
-// leaf returns a PEM certificate with the given serial, URI SAN and NotAfter.
+// leaf returns a PEM certificate for payments-api with the given serial,
+// URI SAN (none when "") and NotAfter.
 func (ca *testCA) leaf(t *testing.T, serial, uri string, notAfter time.Time) string {
+	t.Helper()
+	var uris []string
+	if uri != "" {
+		uris = []string{uri}
+	}
+	return ca.leafWith(t, serial, "payments-api", uris, notAfter)
+}
+
+// leafWith returns a PEM certificate with the given serial, common name,
+// URI SANs and NotAfter.
+func (ca *testCA) leafWith(t *testing.T, serial, cn string, uris []string, notAfter time.Time) string {
 	t.Helper()
 	sn, err := parseSerial(serial)
 	if err != nil {
@@ -65,13 +77,13 @@ func (ca *testCA) leaf(t *testing.T, serial, uri string, notAfter time.Time) str
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: "payments-api"}, NotBefore: t0.Add(-30 * time.Second), NotAfter: notAfter}
-	if uri != "" {
+	tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: cn}, NotBefore: t0.Add(-30 * time.Second), NotAfter: notAfter}
+	for _, uri := range uris {
 		u, err := url.Parse(uri)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tmpl.URIs = []*url.URL{u}
+		tmpl.URIs = append(tmpl.URIs, u)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -188,6 +200,36 @@ func TestPKIMinterMint(t *testing.T) {
 			revoke:   pkiRevoke,
 			wantErr:  errShape{unavailable, ReasonConfig},
 			notInErr: "TEST-KEY-SECRET",
+		},
+		{
+			// SPEC-ADDITIONS: exactly one URI SAN, common name = workload.
+			name:    "fail/extra-uri-san-revoked",
+			req:     pkiReq(nil),
+			issue:   pkiIssue,
+			body:    wantIssueBody(spiffe, "900s"),
+			answer:  issueReply(ca.leafWith(t, pkiSerial, "payments-api", []string{spiffe, "spiffe://keytrail/admin"}, t0.Add(15*time.Minute)), ca.pem, pkiSerial),
+			revoke:  pkiRevoke,
+			wantErr: errShape{unavailable, ReasonConfig},
+		},
+		{
+			name:    "fail/other-common-name-revoked",
+			req:     pkiReq(nil),
+			issue:   pkiIssue,
+			body:    wantIssueBody(spiffe, "900s"),
+			answer:  issueReply(ca.leafWith(t, pkiSerial, "admin", []string{spiffe}, t0.Add(15*time.Minute)), ca.pem, pkiSerial),
+			revoke:  pkiRevoke,
+			wantErr: errShape{unavailable, ReasonConfig},
+		},
+		{
+			// No serial_number in the answer: revoked by the certificate's
+			// own serial (revokeBody), not left valid.
+			name:    "fail/no-serial-revoked-by-certificate-serial",
+			req:     pkiReq(nil),
+			issue:   pkiIssue,
+			body:    wantIssueBody(spiffe, "900s"),
+			answer:  issueReply(good, ca.pem, ""),
+			revoke:  pkiRevoke,
+			wantErr: errShape{unavailable, ReasonBadResponse},
 		},
 		{
 			name:    "fail/serial-mismatch-revoked",
