@@ -56,7 +56,11 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return deny(err)
 	}
 	ev.Identity = auditIdentity(id.Ref())
-	entry, ok := s.d.Policy().MatchAdmin(id.IssuerName, id.Claims, req.Role)
+	pol := s.d.Policy()
+	if !pol.Trusts(id.IssuerName, id.Iss) {
+		return deny(errPolicyReloaded(id))
+	}
+	entry, ok := pol.MatchAdmin(id.IssuerName, id.Claims, req.Role)
 	if !ok {
 		return deny(Errorf(ErrDenied, "not_admin", "this identity is not an admin", nil))
 	}

@@ -154,6 +154,9 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(err)
 	}
 	deny.Identity = auditIdentity(id.Ref())
+	if !pol.Trusts(id.IssuerName, id.Iss) {
+		return fail(errPolicyReloaded(id))
+	}
 	var act []IdentityRef
 	if req.ActorToken != "" {
 		actor, err := s.d.Authn().Authenticate(ctx, req.ActorToken)
@@ -375,6 +378,14 @@ func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 		return SessionID(id.IssuerName, "jti:"+id.JTI)
 	}
 	return SessionID(id.IssuerName, "token:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.IssuedAt.Unix(), 10))
+}
+
+// errPolicyReloaded: the identity was verified by the authenticator of
+// another policy than the one read for the request (a reload in between),
+// and that policy gives the issuer's name to another issuer. Retrying reads
+// one policy again.
+func errPolicyReloaded(id *Identity) error {
+	return Unavailable("policy_reloaded", time.Second, fmt.Errorf("issuer name %q of iss %q differs in the policy in force: reloaded during the request", id.IssuerName, id.Iss))
 }
 
 // sessionClaimValue is the value of the issuer's session claims: each must

@@ -277,6 +277,49 @@ grants:
 	}
 }
 
+// TestPolicyReloadedBetweenReads: an identity verified by the authenticator
+// of a reloaded policy that swapped two issuers' names must not be matched
+// against the other policy's workloads or admins under the swapped name.
+func TestPolicyReloadedBetweenReads(t *testing.T) {
+	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
+admins:
+  - name: secops
+    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
+    roles: [revoke]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Verified by an authenticator that calls https://other.example "k8s".
+	swapped := identity("system:serviceaccount:payments:api", map[string]any{"kubernetes.io": map[string]any{"namespace": "payments"}})
+	swapped.Iss = "https://other.example"
+	authn := brokertest.Authn{"swapped": swapped}
+	minter := &brokertest.Minter{}
+	sink := &brokertest.Sink{}
+	svc, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol }, Authn: func() broker.Authenticator { return authn },
+		Minters: map[string]broker.Minter{broker.KindVaultToken: minter},
+		Store:   memstore.New(time.Now), Audit: sink,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "swapped", Grant: "payments-vault"})
+	if !errors.Is(err, broker.ErrUnavailable) || broker.AsError(err).Reason != "policy_reloaded" {
+		t.Errorf("Exchange() = %v, want unavailable policy_reloaded", err)
+	}
+	if len(minter.Reqs) != 0 {
+		t.Errorf("minter called %d times", len(minter.Reqs))
+	}
+	_, err = svc.AuthorizeAdmin(context.Background(), broker.AdminRequest{Token: "swapped", Role: broker.RoleRevoke, Action: "test"})
+	if !errors.Is(err, broker.ErrUnavailable) || broker.AsError(err).Reason != "policy_reloaded" {
+		t.Errorf("AuthorizeAdmin() = %v, want unavailable policy_reloaded", err)
+	}
+	if diff := cmp.Diff([]string{"deny", "admin"}, sink.Types()); diff != "" {
+		t.Errorf("audit events (-want +got):\n%s", diff)
+	}
+}
+
 func TestExchangeAuditFailureRevokes(t *testing.T) {
 	f := newFixture(t)
 	f.sink.Fail = func(ev *audit.Event) bool { return ev.Type == audit.TypeIssue }

@@ -75,6 +75,15 @@ func (p *Policy) Issuers() []Issuer {
 	return out
 }
 
+// Trusts reports whether the policy names, under issuerName, the issuer
+// whose tokens carry iss. An identity verified by another policy's
+// authenticator (a reload between the two reads) may carry a name this
+// policy gives to another issuer.
+func (p *Policy) Trusts(issuerName, iss string) bool {
+	i, ok := p.issuerIdx[issuerName]
+	return ok && p.issuers[i].Issuer == iss
+}
+
 // Issuer returns the issuer with the given policy name.
 func (p *Policy) Issuer(name string) (*Issuer, bool) {
 	i, ok := p.issuerIdx[name]
