@@ -101,7 +101,9 @@ type Options struct {
 	OnWrite func(time.Duration)
 	// RotateBytes rotates the file once it reaches this size: it is renamed
 	// to <Path>.<UTC timestamp> and the same chain continues in a new file.
-	// 0 never rotates.
+	// The timestamp is the rotation's time, but never before the chain's
+	// last line and always after the newest rotated file, so the names sort
+	// in chain order even after the clock stepped back. 0 never rotates.
 	RotateBytes int64
 	// RotateEvery rotates the file once it has been written to for this
 	// long (checked on writes and, with a Signer or RotateEvery set, on a
@@ -467,18 +469,17 @@ func (s *Sink) syncAndReset() error {
 	return s.j.reset(s.good, head)
 }
 
-// lastRotatedLine returns the last line of the newest rotated sibling, so an
-// empty file right after a rotation continues the chain.
-func (s *Sink) lastRotatedLine() ([]byte, error) {
+// rotatedNames returns the names of the rotated siblings of the file
+// (<base>.<timestamp>) in dir, oldest first.
+func (s *Sink) rotatedNames() (dir string, names []string, err error) {
 	dir, base := filepath.Split(s.o.Path)
 	if dir == "" {
 		dir = "."
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("auditfile: list rotated files: %w", err)
+		return dir, nil, fmt.Errorf("auditfile: list rotated files: %w", err)
 	}
-	var names []string
 	for _, e := range ents {
 		suf, ok := strings.CutPrefix(e.Name(), base+".")
 		if !ok || !e.Type().IsRegular() {
@@ -488,10 +489,20 @@ func (s *Sink) lastRotatedLine() ([]byte, error) {
 			names = append(names, e.Name())
 		}
 	}
+	sort.Strings(names)
+	return dir, names, nil
+}
+
+// lastRotatedLine returns the last line of the newest rotated sibling, so an
+// empty file right after a rotation continues the chain.
+func (s *Sink) lastRotatedLine() ([]byte, error) {
+	dir, names, err := s.rotatedNames()
+	if err != nil {
+		return nil, err
+	}
 	if len(names) == 0 {
 		return nil, nil
 	}
-	sort.Strings(names)
 	path := filepath.Join(dir, names[len(names)-1])
 	f, err := os.Open(path)
 	if err != nil {
@@ -507,6 +518,33 @@ func (s *Sink) lastRotatedLine() ([]byte, error) {
 		return nil, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
 	}
 	return last, nil
+}
+
+// rotationTime is the timestamp the next rotated file is named with: now,
+// but not before the chain's last line, and after the newest rotated
+// sibling (and the last rotation of this run). Rotated files are read in
+// name order (`keytrail audit verify`, trace.LogFiles) and the newest name
+// is what an empty file resumes the chain from (lastRotatedLine), so names
+// must grow with the chain even when the clock stepped back, within a run
+// or across a restart.
+func (s *Sink) rotationTime(now time.Time) time.Time {
+	ts := now.UTC()
+	if lt := s.st.chain.LastTime(); ts.Before(lt) {
+		ts = lt
+	}
+	after := s.lastRotate
+	if _, names, err := s.rotatedNames(); err != nil {
+		s.log.Warn("audit: cannot list rotated files to name the next one", "err", err)
+	} else if len(names) > 0 {
+		newest := names[len(names)-1] // the suffix parsed: it has the layout's width
+		if t, err := time.Parse(rotatedLayout, newest[len(newest)-len(rotatedLayout):]); err == nil && t.After(after) {
+			after = t
+		}
+	}
+	if !ts.After(after) {
+		ts = after.Add(time.Nanosecond)
+	}
+	return ts
 }
 
 // lastLine returns the last newline-terminated line of the first size bytes
@@ -1046,10 +1084,7 @@ func (s *Sink) maybeRotate(now time.Time) {
 		s.log.Warn("audit: close before rotation", "err", err)
 	}
 	s.f = nil
-	ts := now.UTC()
-	if !ts.After(s.lastRotate) {
-		ts = s.lastRotate.Add(time.Nanosecond)
-	}
+	ts := s.rotationTime(now)
 	var name string
 	for {
 		name = s.o.Path + "." + ts.Format(rotatedLayout)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
 )
 
 // clock is a fake clock that moves step on every reading.
@@ -664,6 +665,46 @@ func TestRotationResume(t *testing.T) {
 	files := append(rotatedFiles(t, path), path)
 	if rep, err := verify(t, keys, true, files...); err != nil || len(rep.Chains) != 1 || rep.Chains[0].LastSeq != 4 {
 		t.Errorf("Verify(%v) = %v, %+v; want one chain up to seq 4", files, err, rep)
+	}
+}
+
+// A restart with the wall clock behind the previous run (an NTP step, a bad
+// RTC) must not name the next rotated file with a timestamp that sorts
+// before the files already rotated: `audit verify` reads rotated files in
+// name order (trace.LogFiles), and a restart with an empty file resumes the
+// chain from the newest name.
+func TestRotationNamesAfterClockStepBack(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	late := &clock{t: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), step: time.Millisecond}
+	early := &clock{t: time.Date(2025, 3, 3, 5, 6, 7, 0, time.UTC), step: time.Millisecond}
+
+	s := openT(t, Options{Path: path, Now: late.Now, Signer: signer, RotateBytes: 1}, seams{})
+	appendN(t, s, 1) // seq 1 event, seq 2 checkpoint, rotated
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, Options{Path: path, Now: early.Now, Signer: signer, RotateBytes: 1}, seams{})
+	appendN(t, s, 1) // seq 3 event, seq 4 checkpoint, rotated
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	files, err := trace.LogFiles([]string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, keys, true, files...); err != nil {
+		t.Errorf("Verify(%v) of an untampered log = %v, want nil", files, err)
+	}
+
+	s = openT(t, Options{Path: path, Now: early.Now, Signer: signer}, seams{})
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Seq != 5 {
+		t.Errorf("Append() after restart: seq %d, want 5 (a lower seq resumed from an older rotated file: the chain forks)", ev.Seq)
 	}
 }
 

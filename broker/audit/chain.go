@@ -97,6 +97,10 @@ func (c *Chain) ID() string { return c.id }
 // first.
 func (c *Chain) Head() (seq uint64, hash string) { return c.seq, c.head }
 
+// LastTime returns the time of the last sealed line (of the line resumed
+// from); zero before the first. The next line's time is not before it.
+func (c *Chain) LastTime() time.Time { return c.lastTime }
+
 // Clone returns an independent copy of the chain state. A sink seals a batch
 // into a clone and keeps it only once the batch is durable, so a failed write
 // leaves the chain linked to the last durable line.
