@@ -142,13 +142,10 @@ func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
 	ev.Chain = c.id
 	ev.Prev = c.head
 
-	c.buf.Reset()
-	enc := json.NewEncoder(&c.buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(ev); err != nil {
+	line, err := encodeLine(&c.buf, ev)
+	if err != nil {
 		return nil, fmt.Errorf("audit: seal: encode %s event: %w", ev.Type, err)
 	}
-	line := bytes.TrimSuffix(c.buf.Bytes(), []byte{'\n'})
 	if len(line) > MaxLineBytes {
 		return nil, fmt.Errorf("audit: seal: %s event is %d bytes, more than %d", ev.Type, len(line), MaxLineBytes)
 	}
@@ -159,6 +156,19 @@ func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
 	c.head = HashLine(out)
 	c.lastTime = t
 	return out, nil
+}
+
+// encodeLine encodes ev as Seal writes it (compact JSON, fields in Event
+// order, HTML characters not escaped) into buf and returns the line without
+// a trailing newline. The result aliases buf.
+func encodeLine(buf *bytes.Buffer, ev *Event) ([]byte, error) {
+	buf.Reset()
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(ev); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
 }
 
 // parseTime parses a "time" field strictly: it must be exactly what

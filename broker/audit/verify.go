@@ -160,7 +160,12 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // checks that seq starts at 1 and grows by one, that prev is the hash of the
 // previous line of the same chain, that v is Version, that times parse and
 // never decrease, and that every checkpoint names the line before it as its
-// head and carries a valid signature of a known key. Lines after the last
+// head and carries a valid signature of a known key. A checkpoint line must
+// also be exactly what a sink writes for one (chain fields, type,
+// request_id, checkpoint): the last line of a chain is normally a
+// checkpoint, and no later prev covers its bytes. Only its request_id and
+// its time (which the signature does not cover; it must still not precede
+// the line before it) could then be changed unseen. Lines after the last
 // verified checkpoint are reported as ChainReport.UnsignedTail, and are a
 // problem when opts.RequireCheckpoint is set.
 //
@@ -318,8 +323,15 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 
 	covered, unchecked := false, false
 	if why == "" && ev.Type == TypeCheckpoint {
+		// The signature covers the head; the checkpoint line's own bytes
+		// are covered only by the next line's prev, and the last line of
+		// a chain is normally a checkpoint: it must be exactly what a
+		// sink writes.
 		why, unchecked = v.checkpoint(ev)
 		covered = why == "" && !unchecked
+		if why == "" {
+			why = checkpointForm(raw, ev)
+		}
 	}
 	if why != "" {
 		v.problem(Problem{File: file, Line: lineNo, Chain: ev.Chain, Seq: ev.Seq, Why: why})
@@ -385,6 +397,29 @@ func (v *verifier) checkpoint(ev *Event) (why string, unchecked bool) {
 		}
 	}
 	return fmt.Sprintf("checkpoint from unknown key %q", cp.KeyID), false
+}
+
+// checkpointForm reports why a checkpoint line is not exactly the line a
+// sink writes for a checkpoint: the chain fields, type, request_id and
+// checkpoint, encoded as Seal encodes them. Anything else on it (an
+// issuance, a credential, details, other spacing, key order or escapes) was
+// put there after it was written.
+func checkpointForm(raw []byte, ev *Event) string {
+	bare := Event{V: ev.V, Seq: ev.Seq, Time: ev.Time, Chain: ev.Chain, Prev: ev.Prev, Type: ev.Type,
+		RequestID: ev.RequestID, Checkpoint: ev.Checkpoint}
+	var buf bytes.Buffer
+	want, err := encodeLine(&buf, &bare)
+	if err != nil {
+		return "checkpoint line cannot be re-encoded: " + err.Error()
+	}
+	if bytes.Equal(raw, want) {
+		return ""
+	}
+	var buf2 bytes.Buffer
+	if full, err := encodeLine(&buf2, ev); err != nil || !bytes.Equal(full, want) {
+		return "checkpoint line carries fields a checkpoint is not written with (only v, seq, time, chain, prev, type, request_id, checkpoint): the line was changed"
+	}
+	return "checkpoint line is not encoded as it is written (spacing, key order, letter case, escapes or repeated keys differ): the line was changed"
 }
 
 // finish adds the RequireCheckpoint problems.

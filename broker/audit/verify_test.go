@@ -93,6 +93,26 @@ func TestVerify(t *testing.T) {
 	}
 	file := func(lines [][]byte) [][]byte { return [][]byte{joinLines(lines)} }
 	ilv := interleaved(t)
+	// The sink writes its checkpoints with a request_id.
+	withRequestID := func() [][]byte {
+		c, err := audit.ResumeChain(golden[9])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp, err := c.Checkpoint(context.Background(), real)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp.RequestID = "req_01JCHECKPOINT"
+		line, err := c.Seal(cp, goldenStart.Add(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(append([][]byte(nil), golden[:10]...), line)
+	}()
+	// The last line of a chain is a checkpoint: no later prev covers it.
+	finalCheckpointRespaced := append([][]byte(nil), golden...)
+	finalCheckpointRespaced[10] = bytes.Replace(golden[10], []byte(`"type":"checkpoint"`), []byte(`"type": "checkpoint"`), 1)
 
 	tests := []struct {
 		name    string
@@ -232,6 +252,28 @@ func TestVerify(t *testing.T) {
 			name: "ok/checkpoint-by-second-known-key", opts: audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key", "other.key")}, wantCheckpoints: 3,
 			// Only the last checkpoint: re-signing changes the line's bytes.
 			files: file(mutateLine(t, golden, 10, resign(other, other.KeyID()))),
+		},
+		{name: "ok/checkpoint-with-request-id", files: file(withRequestID), opts: requireCP, wantCheckpoints: 3},
+		{
+			name: "fail/final-checkpoint-line-given-other-fields", opts: requireCP, wantCheckpoints: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) {
+				ev.RequestID = "req_forged"
+				ev.IssuanceID = "iss_FORGED"
+				ev.Workload = "evil"
+				ev.Credential = &audit.Credential{Accessor: "acc_forged"}
+				ev.Reason = "rewritten after the fact"
+			})),
+			want: &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint line carries fields a checkpoint is not written with",
+		},
+		{
+			name: "fail/final-checkpoint-line-given-details", opts: withKeys, wantCheckpoints: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) { ev.Details = map[string]any{"note": "x"} })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "carries fields",
+		},
+		{
+			name: "fail/final-checkpoint-line-re-encoded", opts: withKeys, wantCheckpoints: 3,
+			files: file(finalCheckpointRespaced),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint line is not encoded as it is written",
 		},
 		{
 			name: "fail/checkpoint-head-not-previous-line", opts: withKeys, wantCheckpoints: 2,
