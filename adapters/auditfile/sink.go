@@ -67,7 +67,11 @@ type Options struct {
 	CheckpointEvery int
 	// CheckpointInterval bounds the time between a checkpoint and the next
 	// one when there were events in between; default
-	// DefaultCheckpointInterval.
+	// DefaultCheckpointInterval. The sink checks it on every batch and on a
+	// ticker (every quarter of it, or more often), on which it checkpoints
+	// when the next tick would come after the interval is over: an idle
+	// sink's checkpoints come at most the interval apart, usually more than
+	// 3/4 of it.
 	CheckpointInterval time.Duration
 	// Journal makes each batch durable with one direct, synchronous write
 	// into a preallocated journal next to the file (JournalPath) instead of
@@ -187,12 +191,13 @@ type Sink struct {
 	openJrnl func(string) (journalFile, error)
 	lock     *os.File // holds the flock on LockPath; nil without one
 
-	reqs     chan *request
-	probes   chan chan error
-	tick     <-chan time.Time
-	stopTick func()
-	quit     chan struct{}
-	done     chan struct{}
+	reqs      chan *request
+	probes    chan chan error
+	tick      <-chan time.Time
+	tickEvery time.Duration // the ticker's period (also with a test's tick)
+	stopTick  func()
+	quit      chan struct{}
+	done      chan struct{}
 
 	mu     sync.RWMutex // closed, against Append/Ping sending after Close
 	closed bool
@@ -323,18 +328,18 @@ func open(o Options, sm seams) (*Sink, error) {
 	s.stats.Seq, _ = s.st.chain.Head()
 	s.stats.Healthy = true
 	s.fileStart = o.Now()
+	s.tickEvery = time.Minute
+	if o.Signer != nil {
+		s.tickEvery = max(o.CheckpointInterval/4, 10*time.Millisecond)
+	}
+	if o.RotateEvery > 0 {
+		s.tickEvery = min(s.tickEvery, max(o.RotateEvery/4, 10*time.Millisecond))
+	}
 	switch {
 	case sm.tick != nil:
 		s.tick = sm.tick
 	case o.Signer != nil || o.RotateEvery > 0:
-		every := time.Minute
-		if o.Signer != nil {
-			every = max(o.CheckpointInterval/4, 10*time.Millisecond)
-		}
-		if o.RotateEvery > 0 {
-			every = min(every, max(o.RotateEvery/4, 10*time.Millisecond))
-		}
-		t := time.NewTicker(every)
+		t := time.NewTicker(s.tickEvery)
 		s.tick, s.stopTick = t.C, t.Stop
 	}
 	go s.run()
@@ -1038,11 +1043,13 @@ func (s *Sink) probe() error {
 	return nil
 }
 
-// onTick writes a checkpoint when the interval passed with events since the
-// last one, even when no event comes.
+// onTick writes a checkpoint, when there were events since the last one and
+// the interval would be over before the next tick, even when no event comes:
+// waiting for the tick after the interval is over would leave up to
+// CheckpointInterval plus a tick between checkpoints.
 func (s *Sink) onTick() {
 	now := s.o.Now()
-	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Sub(s.st.cpAt) < s.o.CheckpointInterval {
+	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Add(s.tickEvery).Sub(s.st.cpAt) < s.o.CheckpointInterval {
 		s.maybeRotate(now) // by age, even when idle
 		return
 	}

@@ -581,6 +581,67 @@ func TestCheckpoints(t *testing.T) {
 	}
 }
 
+// SPEC: a checkpoint at least every 60 s. The interval is checked on a
+// ticker every quarter of it: waiting for the first tick past the interval
+// left up to 75 s between checkpoints of an idle sink.
+func TestCheckpointIntervalNeverExceeded(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	start := clk.t
+	tick := make(chan time.Time)
+	// onTick reads the clock after the writer took the tick: a second tick
+	// waits for the first one to be handled (and finds nothing more to do).
+	tickAt := func(d time.Duration) {
+		clk.Advance(d)
+		tick <- time.Time{}
+		tick <- time.Time{}
+	}
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointInterval: time.Minute}, seams{tick: tick})
+
+	appendN(t, s, 1)
+	tickAt(40 * time.Second) // the next tick, ~55 s after Open, is in time: nothing
+	if d := cmp.Diff([]string{"1:use"}, types(t, path)); d != "" {
+		t.Fatalf("checkpoint not due before the next tick (-want +got):\n%s", d)
+	}
+	tickAt(6 * time.Second) // the next one, ~61 s after Open, would be late: checkpoint now
+	if d := cmp.Diff([]string{"1:use", "2:checkpoint"}, types(t, path)); d != "" {
+		t.Fatalf("checkpoint due before the next tick (-want +got):\n%s", d)
+	}
+
+	// Ticks every 15 s, an event between most of them, never
+	// CheckpointEvery events: no two checkpoints more than a minute apart.
+	for i := range 40 {
+		tickAt(15*time.Second + 7*time.Millisecond)
+		if i%5 != 4 {
+			appendN(t, s, 1)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	last, n := start, 0
+	for _, ev := range readEvents(t, path) {
+		if ev.Type != audit.TypeCheckpoint {
+			continue
+		}
+		at, err := time.Parse(audit.TimeFormat, ev.Time)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gap := at.Sub(last); gap > time.Minute {
+			t.Errorf("checkpoint seq %d came %v after the one before (or Open), more than the interval of 1m0s", ev.Seq, gap)
+		}
+		last, n = at, n+1
+	}
+	if n < 10 {
+		t.Errorf("%d checkpoints in 10 minutes with events, want at least 10", n)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}
+
 func TestAppendCancelled(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	s := openT(t, Options{Path: path, Now: newClock().Now}, seams{})
