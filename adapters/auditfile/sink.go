@@ -382,10 +382,13 @@ func (s *Sink) load() error {
 		}
 	}
 	s.good = end
+	var sinceCP int
 	if last == nil {
-		if last, err = s.lastRotatedLine(); err != nil {
+		if last, sinceCP, err = s.lastRotatedLine(); err != nil {
 			return err
 		}
+	} else if sinceCP, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery); err != nil {
+		return fmt.Errorf("auditfile: read the lines after the last checkpoint: %w", err)
 	}
 	now := s.o.Now()
 	var c *audit.Chain
@@ -410,13 +413,10 @@ func (s *Sink) load() error {
 		c = audit.NewChain(id)
 		s.log.Info("audit: chain started", "chain", id)
 	}
-	s.st = state{chain: c, cpAt: now}
+	// The events an unclean stop left after the last checkpoint count
+	// towards the next one (CheckpointEvery).
+	s.st = state{chain: c, cpAt: now, sinceCP: sinceCP}
 	s.chainID = c.ID()
-	// Events since the last checkpoint are not counted across restarts;
-	// one is enough to make the interval and Close write a checkpoint.
-	if ev, err := audit.ParseLine(last); err == nil && ev.Type != audit.TypeCheckpoint {
-		s.st.sinceCP = 1
-	}
 	syncDir(s.o.Path, s.log)
 	return s.startJournal(epoch, fresh)
 }
@@ -499,30 +499,68 @@ func (s *Sink) rotatedNames() (dir string, names []string, err error) {
 }
 
 // lastRotatedLine returns the last line of the newest rotated sibling, so an
-// empty file right after a rotation continues the chain.
-func (s *Sink) lastRotatedLine() ([]byte, error) {
+// empty file right after a rotation continues the chain, and the number of
+// events after that file's last checkpoint (eventsSinceCheckpoint).
+func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, err error) {
 	dir, names, err := s.rotatedNames()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if len(names) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	path := filepath.Join(dir, names[len(names)-1])
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("auditfile: open rotated file: %w", err)
+		return nil, 0, fmt.Errorf("auditfile: open rotated file: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("auditfile: stat rotated file: %w", err)
+		return nil, 0, fmt.Errorf("auditfile: stat rotated file: %w", err)
 	}
-	last, _, err := lastLine(f, fi.Size())
+	last, end, err := lastLine(f, fi.Size())
+	if err == nil {
+		sinceCP, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
+		return nil, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
 	}
-	return last, nil
+	return last, sinceCP, nil
+}
+
+// eventsSinceCheckpoint counts the lines after the last checkpoint line in
+// the first end bytes of r (which end with a newline), reading backwards,
+// up to limit (more make no difference: the next event is followed by a
+// checkpoint either way). A line that does not parse ends the count, as a
+// checkpoint would.
+func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int) (int, error) {
+	const chunk = 64 << 10
+	var buf []byte // r[pos:end]: whole lines not counted yet
+	pos, n := end, 0
+	for n < limit && end > 0 {
+		if len(buf) == 0 || bytes.LastIndexByte(buf[:len(buf)-1], '\n') < 0 && pos > 0 {
+			if len(buf) > audit.MaxLineBytes+1 {
+				return 0, fmt.Errorf("line is longer than %d bytes", audit.MaxLineBytes)
+			}
+			k := min(int64(chunk), pos)
+			pos -= k
+			b := make([]byte, k, int(k)+len(buf))
+			if _, err := r.ReadAt(b, pos); err != nil && !errors.Is(err, io.EOF) {
+				return 0, err
+			}
+			buf = append(b, buf...)
+			continue
+		}
+		line := buf[bytes.LastIndexByte(buf[:len(buf)-1], '\n')+1 : len(buf)-1]
+		if ev, err := audit.ParseLine(line); err != nil || ev.Type == audit.TypeCheckpoint {
+			break
+		}
+		n++
+		buf = buf[:len(buf)-len(line)-1]
+		end -= int64(len(line)) + 1
+	}
+	return n, nil
 }
 
 // rotationTime is the timestamp the next rotated file is named with: now,

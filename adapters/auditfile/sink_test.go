@@ -642,6 +642,116 @@ func TestCheckpointIntervalNeverExceeded(t *testing.T) {
 	}
 }
 
+// SPEC: a checkpoint at least every CheckpointEvery events. After an unclean
+// stop, the events after the last checkpoint count towards the next one
+// (they were counted as 1, so up to 2*CheckpointEvery-1 events could follow
+// one another without a checkpoint).
+func TestCheckpointEveryAcrossCrash(t *testing.T) {
+	ids := func(prefix string, n int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprint(prefix, i+1))
+		}
+		return out
+	}
+	tests := []struct {
+		name          string
+		before, after int // events before the crash, after the restart
+		want          []string
+	}{
+		{
+			name: "no-checkpoint-yet", before: 4, after: 4,
+			want: []string{"1:use", "2:use", "3:use", "4:use", "5:use", "6:checkpoint", "7:use", "8:use", "9:use"},
+		},
+		{
+			name: "after-a-checkpoint", before: 7, after: 4,
+			want: []string{"1:use", "2:use", "3:use", "4:use", "5:use", "6:checkpoint", "7:use", "8:use",
+				"9:use", "10:use", "11:use", "12:checkpoint", "13:use"},
+		},
+		{
+			name: "checkpoint-last", before: 5, after: 5,
+			want: []string{"1:use", "2:use", "3:use", "4:use", "5:use", "6:checkpoint",
+				"7:use", "8:use", "9:use", "10:use", "11:use", "12:checkpoint"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			signer, keys := newSigner(t)
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			o := Options{Path: path, Now: newClock().Now, Signer: signer, CheckpointEvery: 5}
+			appendIDs(t, openCrashable(t, o, seams{}), ids("a", tt.before)...) // then a crash
+			s := openT(t, o, seams{tick: make(chan time.Time)})
+			appendIDs(t, s, ids("b", tt.after)...)
+			if d := cmp.Diff(tt.want, types(t, path)); d != "" {
+				t.Errorf("events and checkpoints (-want +got):\n%s", d)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := verify(t, keys, true, path); err != nil {
+				t.Errorf("Verify() = %v", err)
+			}
+		})
+	}
+}
+
+func TestEventsSinceCheckpoint(t *testing.T) {
+	signer, _ := newSigner(t)
+	c := audit.NewChain("chn_count")
+	now := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	var file []byte
+	add := func(details int) {
+		ev := &audit.Event{Type: audit.TypeUse}
+		if details > 0 {
+			ev.Details = map[string]any{"pad": strings.Repeat("p", details)}
+		}
+		line, err := c.Seal(ev, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, line...), '\n')
+	}
+	checkpoint := func() {
+		ev, err := c.Checkpoint(context.Background(), signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, err := c.Seal(ev, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, line...), '\n')
+	}
+	add(0)
+	add(100 << 10) // lines longer than a read, across read boundaries
+	noCheckpoint := len(file)
+	checkpoint()
+	atCheckpoint := len(file)
+	add(100 << 10)
+	add(0)
+	add(70 << 10)
+	tests := []struct {
+		name  string
+		end   int
+		limit int
+		want  int
+	}{
+		{name: "ok/after-checkpoint", end: len(file), limit: 10, want: 3},
+		{name: "ok/limit", end: len(file), limit: 2, want: 2},
+		{name: "ok/checkpoint-last", end: atCheckpoint, limit: 10, want: 0},
+		{name: "ok/no-checkpoint", end: noCheckpoint, limit: 10, want: 2},
+		{name: "ok/empty", end: 0, limit: 10, want: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), tt.limit)
+			if err != nil || got != tt.want {
+				t.Errorf("eventsSinceCheckpoint(end %d, limit %d) = %d, %v; want %d", tt.end, tt.limit, got, err, tt.want)
+			}
+		})
+	}
+}
+
 func TestAppendCancelled(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	s := openT(t, Options{Path: path, Now: newClock().Now}, seams{})
