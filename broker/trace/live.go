@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -43,7 +44,10 @@ type LiveOptions struct {
 // reads what was appended to the audit file since the previous call
 // (following rotations: the rest of a file that was rotated away is read
 // from its new name), so answers are current without a background
-// goroutine. Memory is bounded by MaxEvents. Safe for concurrent use.
+// goroutine. When the file no longer holds the last line read (the sink
+// rolled back a failed batch, even if it has written past that point since),
+// the index is rebuilt from the files. Memory is bounded by MaxEvents. Safe
+// for concurrent use.
 type Live struct {
 	o   LiveOptions
 	idx atomic.Pointer[Index]
@@ -51,7 +55,11 @@ type Live struct {
 	mu     sync.Mutex // serialises refreshes
 	cur    os.FileInfo
 	curOff int64
-	done   map[string]bool // rotated files fully read
+	// curTail is the hash of the bytes of cur just before curOff, back to
+	// the newline before them (the last line read): a rollback the file
+	// grew back over since shows there.
+	curTail string
+	done    map[string]bool // rotated files fully read
 }
 
 // NewLive validates o and returns a Live source. It reads nothing until
@@ -95,13 +103,13 @@ func (l *Live) Refresh() error {
 			return err
 		}
 		l.idx.Store(idx)
-		l.cur, l.curOff, l.done = nil, 0, map[string]bool{}
+		l.cur, l.curOff, l.curTail, l.done = nil, 0, "", map[string]bool{}
 		return l.refresh()
 	}
 	return err
 }
 
-var errRolledBack = errors.New("trace: the audit file shrank")
+var errRolledBack = errors.New("trace: the audit file no longer holds what was read")
 
 func (l *Live) refresh() error {
 	rotated, err := RotatedSiblings(l.o.Path)
@@ -119,9 +127,12 @@ func (l *Live) refresh() error {
 		off := int64(0)
 		if l.cur != nil && os.SameFile(fi, l.cur) {
 			// The file we were tailing was rotated away: read its rest.
-			off, l.cur, l.curOff = l.curOff, nil, 0
+			if err := l.checkTail(p, fi); err != nil {
+				return err
+			}
+			off, l.cur, l.curOff, l.curTail = l.curOff, nil, 0, ""
 		}
-		if _, err := l.readFrom(p, off); err != nil {
+		if _, _, err := l.readFrom(p, off); err != nil {
 			return err
 		}
 		l.done[filepath.Base(p)] = true
@@ -133,27 +144,93 @@ func (l *Live) refresh() error {
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
 	}
-	if l.cur != nil && os.SameFile(fi, l.cur) && fi.Size() < l.curOff {
-		return errRolledBack
+	if l.cur != nil && os.SameFile(fi, l.cur) {
+		if err := l.checkTail(l.o.Path, fi); err != nil {
+			return err
+		}
+	} else {
+		l.cur, l.curOff, l.curTail = fi, 0, ""
 	}
-	if l.cur == nil || !os.SameFile(fi, l.cur) {
-		l.cur, l.curOff = fi, 0
+	n, tail, err := l.readFrom(l.o.Path, l.curOff)
+	if n > 0 {
+		l.curOff += n
+		l.curTail = tail
 	}
-	n, err := l.readFrom(l.o.Path, l.curOff)
-	l.curOff += n
 	return err
 }
 
-func (l *Live) readFrom(path string, off int64) (int64, error) {
+// checkTail returns errRolledBack unless the file at path (cur, or cur
+// under its rotated name) still holds, just before curOff, the bytes read
+// there. The sink truncates a batch that failed back to the last durable
+// line; the file is shorter then, unless later batches have grown it past
+// curOff again by the next call.
+func (l *Live) checkTail(path string, fi os.FileInfo) error {
+	if fi.Size() < l.curOff {
+		return errRolledBack
+	}
+	if l.curOff == 0 {
+		return nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("trace: %w", err)
+		return fmt.Errorf("trace: %w", err)
+	}
+	defer f.Close()
+	tail, err := tailBefore(f, l.curOff)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errRolledBack // shrank since the Stat
+	}
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	if audit.HashLine(tail) != l.curTail {
+		return errRolledBack
+	}
+	return nil
+}
+
+// readFrom indexes the complete lines of path from off and returns the
+// number of bytes read and, when that is not 0, the hash of the bytes
+// before the end of what was read back to the newline before them.
+func (l *Live) readFrom(path string, off int64) (int64, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", fmt.Errorf("trace: %w", err)
 	}
 	defer f.Close()
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return 0, fmt.Errorf("trace: %w", err)
+		return 0, "", fmt.Errorf("trace: %w", err)
 	}
-	return l.idx.Load().Consume(f)
+	n, err := l.idx.Load().Consume(f)
+	if n == 0 || err != nil {
+		return n, "", err
+	}
+	tail, err := tailBefore(f, off+n)
+	if err != nil {
+		return n, "", fmt.Errorf("trace: %w", err)
+	}
+	return n, audit.HashLine(tail), nil
+}
+
+// tailBefore returns the bytes of r before off back to the newline before
+// them (the last line read, with its newline), reading no further back
+// than a line can be long (audit.MaxLineBytes) and a read more.
+func tailBefore(r io.ReaderAt, off int64) ([]byte, error) {
+	const chunk = 4 << 10
+	var buf []byte // r[pos:off]
+	for pos := off; pos > 0 && len(buf) <= audit.MaxLineBytes; {
+		k := min(chunk, pos)
+		pos -= k
+		b := make([]byte, k, int(k)+len(buf))
+		if _, err := r.ReadAt(b, pos); err != nil {
+			return nil, err
+		}
+		buf = append(b, buf...)
+		if i := bytes.LastIndexByte(buf[:len(buf)-1], '\n'); i >= 0 {
+			return buf[i+1:], nil
+		}
+	}
+	return buf, nil
 }
 
 // Trace resolves q over this instance's audit log, then the store.

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
 )
 
@@ -288,5 +290,66 @@ func TestLiveRollback(t *testing.T) {
 	}
 	if st := live.Index().Stats(); st.Events != 2 {
 		t.Errorf("Stats() after the rollback = %+v, want the 2 events the file holds", st)
+	}
+}
+
+// The sink rolls back a failed batch by truncating the file to its last
+// durable line, then goes on writing once the disk works again. When later
+// batches have grown the file past what Live had read by the next call (and
+// perhaps rotated it), Live must drop the rolled-back events (never
+// recorded; their credentials were revoked again) and read the lines that
+// replaced them from their start.
+func TestLiveRollbackThenRegrowth(t *testing.T) {
+	for _, rotate := range []bool{false, true} {
+		t.Run(map[bool]string{false: "same-file", true: "then-rotated"}[rotate], func(t *testing.T) {
+			dir := t.TempDir()
+			c := audit.NewChain("chn_rollback")
+			seal := func(c *audit.Chain, ev *audit.Event, d time.Duration) []byte {
+				l, err := c.Seal(ev, at(d))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return l
+			}
+			first := seal(c, &audit.Event{Type: audit.TypeIssue, RequestID: "req_1", IssuanceID: "iss_FIRST", Workload: "w"}, 0)
+			path := writeLines(t, dir, "audit.jsonl", [][]byte{first})
+			live, err := trace.NewLive(trace.LiveOptions{Path: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+
+			// A batch reaches the file; its fsync fails. A trace runs meanwhile.
+			failed := seal(c.Clone(), &audit.Event{Type: audit.TypeIssue, RequestID: "req_2", IssuanceID: "iss_PHANTOM", Workload: "w"}, time.Second)
+			appendLines(t, path, [][]byte{failed})
+			if _, err := live.Trace(ctx, "iss_PHANTOM"); err != nil {
+				t.Fatal(err)
+			}
+			// The sink truncates the failed batch away, recovers and writes
+			// more: past the offset Live had read up to.
+			if err := os.Truncate(path, int64(len(first)+1)); err != nil {
+				t.Fatal(err)
+			}
+			appendLines(t, path, [][]byte{
+				seal(c, &audit.Event{Type: audit.TypeIssue, RequestID: "req_3", IssuanceID: "iss_REAL", Workload: strings.Repeat("x", 40)}, 2*time.Second),
+				seal(c, &audit.Event{Type: audit.TypeUse, RequestID: "req_4", UseID: "use_REAL", IssuanceID: "iss_REAL"}, 3*time.Second),
+			})
+			if rotate {
+				if err := os.Rename(path, path+"."+at(4*time.Second).Format(trace.RotatedLayout)); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			if res, err := live.Trace(ctx, "iss_PHANTOM"); !errors.Is(err, broker.ErrNotFound) {
+				t.Errorf("Trace(iss_PHANTOM) = %+v, %v; want not found: the audit file holds no such issuance", res, err)
+			}
+			res, err := live.Trace(ctx, "iss_REAL")
+			if err != nil || res.From != trace.FromAuditLog || res.Issuance.Workload != strings.Repeat("x", 40) || len(res.Uses) != 1 {
+				t.Errorf("Trace(iss_REAL) = %+v, %v; want the issue and use events the audit file holds", res, err)
+			}
+			if st := live.Index().Stats(); st.Events != 3 {
+				t.Errorf("Stats() = %+v, want the 3 events the files hold", st)
+			}
+		})
 	}
 }
