@@ -142,17 +142,26 @@ type RevokeFailure struct {
 
 // Revocation is an admin action and its progress.
 type Revocation struct {
-	ID          string          `json:"revocation_id"`
-	Selector    RevokeSelector  `json:"selector"`
-	Reason      string          `json:"reason"`
-	Block       bool            `json:"block"`
-	Admin       string          `json:"admin,omitempty"`
-	CreatedAt   time.Time       `json:"created_at"`
-	Matched     int             `json:"matched"`
-	Revoked     []string        `json:"revoked"`
-	Pending     []string        `json:"pending,omitempty"`
-	Failed      []RevokeFailure `json:"failed"`
-	CompletedAt time.Time       `json:"completed_at,omitzero"`
+	ID        string          `json:"revocation_id"`
+	Selector  RevokeSelector  `json:"selector"`
+	Reason    string          `json:"reason"`
+	Block     bool            `json:"block"`
+	Admin     string          `json:"admin,omitempty"`
+	CreatedAt time.Time       `json:"created_at"`
+	Matched   int             `json:"matched"`
+	Revoked   []string        `json:"revoked"`
+	Pending   []string        `json:"pending,omitempty"`
+	Failed    []RevokeFailure `json:"failed"`
+	// Blocks are the workloads the revocation blocked (when Block is set).
+	Blocks []string `json:"blocks,omitempty"`
+	// SweepAt is when the revocation's sweep is due: the second selection
+	// that finds the credentials minted while the revocation ran (or, for
+	// a block, by an instance that had not learned the block yet) and
+	// revokes them under this revocation (see broker/revoke.go). Zero once
+	// the sweep has run, and for the revocation of one issuance without a
+	// block, which needs none. CompletedAt stays zero until it has run.
+	SweepAt     time.Time `json:"sweep_at,omitzero"`
+	CompletedAt time.Time `json:"completed_at,omitzero"`
 }
 
 // Store keeps issuances, revocations and blocks, shared by every broker

@@ -25,7 +25,34 @@ package broker
 //  5. the record is updated (revoked, pending, failed), a `revoke_result`
 //     event written, and only then the change announced through the Store's
 //     Notifier, if it has one: announcing is second and never needed for
-//     correctness.
+//     correctness;
+//  6. the sweep, SweepDelay after the revocation (see below), by the
+//     RevocationWorker of any instance.
+//
+// The sweep. Step 1 cannot see a credential whose exchange had already
+// passed its block check (or, for a revocation without a block, had simply
+// started) but had not stored its issuance yet: the mint takes up to
+// MintTimeout and the store write up to StoreTimeout. Nor, with FastReads,
+// what another instance issues to a blocked workload before its cache
+// learns the block (cacheLag). So a revocation of a session, workload or
+// owner, and every revocation that blocks, stores SweepAt (its creation
+// plus SweepDelay: MintTimeout + StoreTimeout + cacheLag + revokeClockSkew),
+// and stays incomplete (CompletedAt zero, so the worker's pending list
+// holds it and any instance's worker does it, after a restart too) until
+// the sweep has run. The sweep selects again, on the Store: the active
+// issuances of the session, workload or owner issued by the revocation's
+// creation (plus revokeClockSkew; issued_at is stamped before the mint, on
+// the minting instance's clock), and every active issuance of each
+// blocked workload while the block stands (issued by SweepAt if it was
+// lifted meanwhile: later ones belong to the unblocked workload). Whatever
+// it finds that the record does not list yet is added to the record as
+// pending (stored first), then marked, revoked at its backend and settled
+// like the rest, and a `revoke_result` event (`by: sweep`) names it under
+// `swept`. A credential issued after the revocation to a session or
+// workload it did not block is not taken. The cost: a credential that
+// raced the revocation stays usable until the sweep (SweepDelay, 12 s with
+// the defaults) instead of being refused at once; in exchange the
+// exchange's hot path gains no Store read.
 //
 // Propagation. RevocationCache is each instance's in-memory set of revoked
 // issuances and blocked workloads, refreshed from the Store at least every
@@ -75,8 +102,10 @@ const (
 // workload's or owner's issuances that were active (unexpired, unrevoked).
 // The returned revocation lists each as revoked (stored as revoked and ended
 // at its backend) or pending (to be retried by the RevocationWorker, with
-// the reason in Failed). The revocation is stored and audited before Revoke
-// returns; see the file comment for the order and the failure behaviour.
+// the reason in Failed), and SweepAt when the credentials minted while it
+// ran will be looked for. The revocation is stored and audited before Revoke
+// returns; see the file comment for the order, the sweep and the failure
+// behaviour.
 func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, reason string, block bool, requestID string) (*Revocation, error) {
 	if admin == nil {
 		return nil, Errorf(ErrUnauthenticated, "missing_admin", "revocation needs an authorized admin", nil)
@@ -103,6 +132,12 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		ID: NewID(PrefixRevocation), Selector: sel, Reason: reason, Block: block,
 		Admin: admin.String(), CreatedAt: now, Matched: len(matched),
 		Revoked: []string{}, Pending: ids(matched), Failed: []RevokeFailure{},
+		Blocks: blocks,
+	}
+	if sel.IssuanceID == "" || len(blocks) > 0 {
+		// A scope or a block: credentials minted meanwhile are found by
+		// the sweep (see the file comment).
+		rev.SweepAt = now.Add(s.SweepDelay())
 	}
 
 	// 2. Audit the decision before anything changes.
@@ -117,6 +152,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	}
 	if block {
 		ev.Details["blocks"] = blocks
+	}
+	if !rev.SweepAt.IsZero() {
+		ev.Details["sweep_at"] = rev.SweepAt
 	}
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
 		return nil, Unavailable("audit_unavailable", time.Second, err)
@@ -136,7 +174,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// issuance marks. The client going away does not stop it.
 	dctx := context.WithoutCancel(ctx)
 	if err := s.putRevocation(dctx, rev); err != nil {
-		s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "")
+		s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "", nil)
 		return nil, Unavailable("store_unavailable", time.Second, err)
 	}
 	for _, w := range blocks {
@@ -146,7 +184,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		cancel()
 		if err != nil {
 			// The record is stored: the worker still ends the credentials.
-			s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "")
+			s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "", nil)
 			return nil, Unavailable("store_unavailable", time.Second, fmt.Errorf("block %s: %w", w, err))
 		}
 	}
@@ -167,7 +205,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	if len(rev.Pending) > 0 {
 		status = 202
 	}
-	s.auditResult(dctx, rev, requestID, status, "", "request")
+	s.auditResult(dctx, rev, requestID, status, "", "request", nil)
 	s.announce(dctx, Notice{RevocationID: rev.ID, Revoked: ids(marked), Blocked: blocks})
 	return cloneRevocation(rev), nil
 }
@@ -384,7 +422,7 @@ func (s *Service) settle(rev *Revocation, revoked []string, failed []RevokeFailu
 		}
 	}
 	rev.Pending, rev.Failed = pending, fails
-	if len(pending) == 0 && rev.CompletedAt.IsZero() {
+	if len(pending) == 0 && rev.SweepAt.IsZero() && rev.CompletedAt.IsZero() {
 		rev.CompletedAt = s.d.Now()
 	}
 }
@@ -395,15 +433,22 @@ func (s *Service) putRevocation(ctx context.Context, rev *Revocation) error {
 	return s.d.Store.PutRevocation(sctx, rev)
 }
 
-// auditResult writes a revoke_result event. It is logged, not returned, on
-// failure: the decision itself is already audited.
-func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID string, status int, reason, by string) {
+// auditResult writes a revoke_result event, with extra added to its
+// details. It is logged, not returned, on failure: the decision itself is
+// already audited.
+func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) {
 	details := map[string]any{
 		"matched": rev.Matched, "revoked": slices.Clone(rev.Revoked), "pending": slices.Clone(rev.Pending),
 		"failed": slices.Clone(rev.Failed),
 	}
 	if by != "" {
 		details["by"] = by
+	}
+	if !rev.SweepAt.IsZero() {
+		details["sweep_at"] = rev.SweepAt
+	}
+	for k, v := range extra {
+		details[k] = v
 	}
 	ev := &audit.Event{
 		Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin,
@@ -454,6 +499,7 @@ func cloneRevocation(r *Revocation) *Revocation {
 	c.Revoked = append([]string{}, r.Revoked...)
 	c.Pending = append([]string{}, r.Pending...)
 	c.Failed = append([]RevokeFailure{}, r.Failed...)
+	c.Blocks = slices.Clone(r.Blocks)
 	return &c
 }
 
@@ -587,11 +633,13 @@ type WorkerOptions struct {
 	MaxBackoff time.Duration
 }
 
-// RevocationWorker finishes revocations whose backend part failed: every
-// Interval it loads the stored revocations that still list pending
-// issuances and retries them, with exponential backoff per revocation.
-// When nothing is pending any more it stores CompletedAt and writes a
-// `revoke_result` event. Any number of instances may run one: revokers are
+// RevocationWorker finishes revocations whose backend part failed, and
+// sweeps them (see the file comment): every Interval it loads the stored
+// revocations that are not complete, retries their pending issuances and
+// runs the sweeps that are due, with exponential backoff per revocation.
+// When nothing is pending any more and the sweep has run it stores
+// CompletedAt; it writes a `revoke_result` event when it finished pending
+// issuances or the sweep found some. Any number of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
 type RevocationWorker struct {
@@ -625,8 +673,9 @@ func NewRevocationWorker(s *Service, o WorkerOptions) (*RevocationWorker, error)
 	return &RevocationWorker{s: s, o: o, retry: map[string]*retryState{}}, nil
 }
 
-// PendingCount is the number of revocations with pending backend work seen
-// by the last pass (the keytrail_revocations_pending gauge).
+// PendingCount is the number of revocations with pending backend work, or
+// a sweep past its time, seen by the last pass (the
+// keytrail_revocations_pending gauge).
 func (w *RevocationWorker) PendingCount() int { return int(w.pending.Load()) }
 
 // Run makes a pass every Interval until ctx ends.
@@ -658,12 +707,21 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 	now := s.d.Now()
 	var due []*Revocation
 	seen := map[string]bool{}
+	counted := map[string]bool{} // the ones the gauge counts
 	w.mu.Lock()
 	for _, r := range revs {
 		if !r.CompletedAt.IsZero() {
 			continue
 		}
 		seen[r.ID] = true
+		// Work left now: pending issuances, or a sweep whose time has
+		// come. A revocation only waiting for its sweep is not due yet,
+		// and not counted as pending.
+		work := len(r.Pending) > 0 || r.SweepAt.IsZero() || !now.Before(r.SweepAt)
+		if !work {
+			continue
+		}
+		counted[r.ID] = true
 		st := w.retry[r.ID]
 		if st == nil {
 			// Leave a fresh revocation to the request that is still
@@ -681,7 +739,7 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		}
 	}
 	w.mu.Unlock()
-	w.pending.Store(int64(len(seen)))
+	w.pending.Store(int64(len(counted)))
 
 	var errs []error
 	for _, r := range due {
@@ -713,10 +771,36 @@ func (w *RevocationWorker) backoff(attempts int) time.Duration {
 	return min(d, w.o.MaxBackoff)
 }
 
-// retryOne retries the pending issuances of r and stores the progress. It
-// reports whether r is complete.
+// retryOne runs r's sweep when it is due, retries the pending issuances of
+// r (with those the sweep found) and stores the progress. It reports whether
+// r is complete.
 func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, error) {
 	s := w.s
+	hadPending := len(r.Pending) > 0
+	var swept []string
+	if !r.SweepAt.IsZero() && !s.d.Now().Before(r.SweepAt) {
+		late, err := s.lateIssuances(ctx, r)
+		if err != nil {
+			return false, fmt.Errorf("sweep revocation %s: %w", r.ID, err)
+		}
+		swept = ids(late)
+		r.Pending = append(r.Pending, swept...)
+		r.Matched += len(swept)
+		r.SweepAt = time.Time{}
+		if len(swept) > 0 {
+			// Durable first: once the record lists them as pending, the
+			// worker of any instance finishes them; until then the stored
+			// SweepAt makes the next pass sweep again.
+			for _, id := range swept {
+				r.Failed = append(r.Failed, RevokeFailure{IssuanceID: id, Error: "not attempted yet; retrying"})
+			}
+			if err := s.putRevocation(ctx, r); err != nil {
+				return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
+			}
+			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation sweep found credentials minted while it ran",
+				slog.String("revocation_id", r.ID), slog.Any("issuance_ids", swept))
+		}
+	}
 	var toRevoke []*Issuance
 	var failed []RevokeFailure
 	var gone []string
@@ -741,12 +825,102 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	if err := s.putRevocation(ctx, r); err != nil {
 		return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 	}
+	status := 200
+	if len(r.Pending) > 0 {
+		status = 202
+	}
+	switch {
+	case len(swept) > 0:
+		// The ids the sweep added, named in the log whatever their state.
+		s.auditResult(ctx, r, "", status, "", "sweep", map[string]any{"swept": swept})
+	case hadPending && len(r.Pending) == 0:
+		s.auditResult(ctx, r, "", status, "", "worker", nil)
+	}
 	if len(r.Pending) > 0 {
 		return false, nil
 	}
-	s.auditResult(ctx, r, "", 200, "", "worker")
-	s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
+	if hadPending || len(swept) > 0 {
+		s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
+	}
 	return true, nil
+}
+
+// Bounds behind SweepDelay.
+const (
+	// cacheLag bounds how long a RevocationCache with FastReads may still
+	// answer "not blocked" after a block is stored: its view answers alone
+	// for two refresh intervals after a refresh, which itself may take one,
+	// and the interval is at most one second.
+	cacheLag = 3 * time.Second
+	// revokeClockSkew is the difference between two instances' clocks the
+	// sweep allows for (a larger one is a clock_skew event).
+	revokeClockSkew = 2 * time.Second
+)
+
+// SweepDelay is how long after its creation a revocation is swept (see the
+// file comment): an exchange that passed its block check before the
+// revocation, or on an instance whose cache had not learned the block yet
+// (cacheLag), has stored its issuance by then, its mint and its store write
+// being bounded by MintTimeout and StoreTimeout; plus revokeClockSkew.
+func (s *Service) SweepDelay() time.Duration {
+	return s.d.MintTimeout + s.d.StoreTimeout + cacheLag + revokeClockSkew
+}
+
+// lateIssuances is the sweep's selection: the still-active issuances r
+// should have covered that it does not list yet. Those of r's session,
+// workload or owner issued by r's creation (plus revokeClockSkew: issued_at
+// is the minting instance's clock); and, for each workload r blocked, every
+// one issued before now while the block stands, or before SweepAt when it
+// was lifted meanwhile (credentials issued after an unblock are not r's).
+func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance, error) {
+	now := s.d.Now()
+	known := map[string]bool{}
+	for _, l := range [][]string{r.Revoked, r.Pending} {
+		for _, id := range l {
+			known[id] = true
+		}
+	}
+	var late []*Issuance
+	add := func(f IssuanceFilter, cutoff time.Time) error {
+		f.ActiveAt = now
+		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+		list, err := s.d.Store.ListIssuances(sctx, f)
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, is := range list {
+			if known[is.ID] || is.IssuedAt.After(cutoff) {
+				continue
+			}
+			known[is.ID] = true
+			late = append(late, is)
+		}
+		return nil
+	}
+	if sel := r.Selector; sel.IssuanceID == "" {
+		f := IssuanceFilter{Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID}
+		if err := add(f, r.CreatedAt.Add(revokeClockSkew)); err != nil {
+			return nil, err
+		}
+	}
+	for _, wl := range r.Blocks {
+		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+		_, err := s.d.Store.GetBlock(sctx, wl)
+		cancel()
+		cutoff := now
+		switch {
+		case errors.Is(err, ErrNotFound):
+			cutoff = r.SweepAt
+		case err != nil:
+			return nil, fmt.Errorf("block %s: %w", wl, err)
+		}
+		if err := add(IssuanceFilter{Workload: wl}, cutoff); err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(late, func(a, b *Issuance) int { return strings.Compare(a.ID, b.ID) })
+	return late, nil
 }
 
 // CacheOptions configure a RevocationCache.

@@ -203,9 +203,17 @@ func TestRevoke(t *testing.T) {
 				if diff := cmp.Diff(tt.want.revoked, got); diff != "" {
 					t.Errorf("Revoke().Revoked (-want +got):\n%s", diff)
 				}
-				if rev.Matched != tt.want.matched || len(rev.Pending) != 0 || len(rev.Failed) != 0 || rev.CompletedAt.IsZero() {
-					t.Errorf("Revoke() = matched %d pending %v failed %v completed %v; want matched %d, all done",
-						rev.Matched, rev.Pending, rev.Failed, rev.CompletedAt, tt.want.matched)
+				if rev.Matched != tt.want.matched || len(rev.Pending) != 0 || len(rev.Failed) != 0 {
+					t.Errorf("Revoke() = matched %d pending %v failed %v; want matched %d, all done",
+						rev.Matched, rev.Pending, rev.Failed, tt.want.matched)
+				}
+				// A revocation of one issuance is complete at once; one of
+				// a session, workload or owner (or with a block) once its
+				// sweep has run.
+				sweep := tt.sel(m).IssuanceID == "" || tt.block
+				if wantSweep := rev.CreatedAt.Add(f.svc.SweepDelay()); sweep != !rev.SweepAt.IsZero() || sweep == !rev.CompletedAt.IsZero() ||
+					(sweep && !rev.SweepAt.Equal(wantSweep)) {
+					t.Errorf("Revoke() = sweep_at %v completed %v; want sweep %v (at %v)", rev.SweepAt, rev.CompletedAt, sweep, wantSweep)
 				}
 				if diff := cmp.Diff(tt.want.events, f.types(n)); diff != "" {
 					t.Errorf("audit events (-want +got):\n%s", diff)
@@ -214,8 +222,25 @@ func TestRevoke(t *testing.T) {
 				if ev.Admin != "secops:alice" || ev.RevocationID != rev.ID || ev.Reason != tt.reason || ev.RequestID != "req_1" {
 					t.Errorf("revoke event = %+v, want admin secops:alice, revocation %s, reason %q", ev, rev.ID, tt.reason)
 				}
+				if sweep {
+					// The sweep finds nothing more (and must not take the
+					// credentials the revocation did not select), completes
+					// the revocation and writes no event.
+					w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: 2 * time.Second})
+					if err != nil {
+						t.Fatal(err)
+					}
+					f.advance(rev.SweepAt.Sub(f.clock()))
+					events := len(f.sink.Events())
+					if err := w.Tick(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					if got := f.sink.Types()[events:]; len(got) != 0 {
+						t.Errorf("events of a sweep that found nothing = %v, want none", got)
+					}
+				}
 				stored, err := f.mem.GetRevocation(context.Background(), rev.ID)
-				if err != nil || !cmp.Equal(stored.Revoked, rev.Revoked) || stored.CompletedAt.IsZero() {
+				if err != nil || !cmp.Equal(stored.Revoked, rev.Revoked) || stored.CompletedAt.IsZero() || !stored.SweepAt.IsZero() || stored.Matched != tt.want.matched {
 					t.Errorf("stored revocation = %+v, %v; want it complete", stored, err)
 				}
 				for _, name := range tt.want.revoked {
@@ -784,5 +809,316 @@ func TestRevocationCacheFullReadKeepsWhatItMissed(t *testing.T) {
 	}
 	if !c.Revoked("iss_a") || !c.Revoked("iss_b") {
 		t.Errorf("Revoked(iss_a, iss_b) = %v, %v; want both", c.Revoked("iss_a"), c.Revoked("iss_b"))
+	}
+}
+
+// gatedMinter mints like brokertest.Minter but, for its first call, signals
+// entered and waits for release before answering: an exchange that has
+// passed its block check and is in the middle of its Vault call.
+type gatedMinter struct {
+	brokertest.Minter
+	once    sync.Once
+	session string // the first call's session, set before entered closes
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		g.session = req.SessionID
+		close(g.entered)
+		<-g.release
+	}
+	return g.Minter.Mint(ctx, req)
+}
+
+// sweepFixture is a Service over a memstore (on a clock the test moves)
+// whose vault_token credentials come from, and are revoked at, minter.
+type sweepFixture struct {
+	svc  *broker.Service
+	mem  *memstore.Store
+	sink *brokertest.Sink
+	w    *broker.RevocationWorker
+	mu   sync.Mutex
+	now  time.Time
+}
+
+func (f *sweepFixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *sweepFixture) advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+}
+
+// until moves the clock to t.
+func (f *sweepFixture) until(t time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = t
+}
+
+func newSweepFixture(t *testing.T, minter interface {
+	broker.Minter
+	broker.Revoker
+}) *sweepFixture {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &sweepFixture{sink: &brokertest.Sink{}, now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	f.mem = memstore.New(f.clock)
+	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", map[string]any{
+		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+	})}
+	f.svc, err = broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter},
+		Store:    f.mem,
+		Audit:    f.sink,
+		Now:      f.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.w, err = broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// tickAt runs one worker pass at time at.
+func (f *sweepFixture) tickAt(t *testing.T, at time.Time) {
+	t.Helper()
+	f.until(at)
+	if err := f.w.Tick(context.Background()); err != nil {
+		t.Fatalf("Tick() = %v", err)
+	}
+}
+
+// TestRevokeSweepsExchangeInFlight: an exchange already past its block
+// check when the revocation selects (here: in its Vault call) stores its
+// issuance after the selection. The revocation's sweep finds it and revokes
+// it under the same revocation: store mark, backend call, record, and a
+// revoke_result event naming it. Found in review.
+func TestRevokeSweepsExchangeInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sel   broker.RevokeSelector
+		block bool
+	}{
+		{"workload-with-block", broker.RevokeSelector{Workload: "payments-api"}, true},
+		{"owner-with-block", broker.RevokeSelector{Owner: "team-payments"}, true},
+		{"session", broker.RevokeSelector{SessionID: "set below"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gm := &gatedMinter{entered: make(chan struct{}), release: make(chan struct{})}
+			f := newSweepFixture(t, gm)
+			ctx := context.Background()
+			type result struct {
+				res *broker.ExchangeResult
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				res, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+				done <- result{res, err}
+			}()
+			<-gm.entered // the exchange passed its block check and is minting
+			sel := tc.sel
+			if sel.SessionID != "" {
+				sel.SessionID = gm.session
+			}
+			rev, err := f.svc.Revoke(ctx, secops, sel, "incident 42", tc.block, "req_r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rev.Matched != 0 || rev.SweepAt.IsZero() || !rev.CompletedAt.IsZero() {
+				t.Fatalf("Revoke() = matched %d sweep_at %v completed_at %v; want 0 matched, a sweep due, not complete",
+					rev.Matched, rev.SweepAt, rev.CompletedAt)
+			}
+			close(gm.release)
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("Exchange() = %v; it passed its block check before the revocation, want it to succeed", r.err)
+			}
+			id := r.res.Issuance.ID
+
+			// Not before the sweep is due: an exchange still in flight
+			// then would be missed.
+			f.tickAt(t, rev.SweepAt.Add(-time.Nanosecond))
+			if got, _ := f.mem.GetIssuance(ctx, id); !got.RevokedAt.IsZero() {
+				t.Fatalf("issuance revoked at %v, before the sweep was due at %v", got.RevokedAt, rev.SweepAt)
+			}
+			events := len(f.sink.Events())
+			f.tickAt(t, rev.SweepAt)
+
+			stored, err := f.mem.GetIssuance(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stored.Active(f.clock()) || stored.RevocationID != rev.ID || !slices.Contains(gm.RevokedIDs(), id) {
+				t.Errorf("after the sweep: issuance %s revoked_at %v by %q, backend revoked %v; want it marked by %s and revoked at the backend",
+					id, stored.RevokedAt, stored.RevocationID, gm.RevokedIDs(), rev.ID)
+			}
+			got, err := f.svc.GetRevocation(ctx, rev.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Matched != 1 || !cmp.Equal(got.Revoked, []string{id}) || len(got.Pending) != 0 || !got.SweepAt.IsZero() || got.CompletedAt.IsZero() {
+				t.Errorf("GetRevocation() = %+v; want %s matched and revoked, the sweep done, complete", got, id)
+			}
+			evs := f.sink.Events()[events:]
+			if len(evs) != 1 || evs[0].Type != audit.TypeRevokeResult || evs[0].RevocationID != rev.ID ||
+				evs[0].Details["by"] != "sweep" || !cmp.Equal(evs[0].Details["swept"], []string{id}) {
+				t.Errorf("events of the sweep = %+v; want one revoke_result by sweep naming %s as swept", evs, id)
+			}
+		})
+	}
+}
+
+// afterListBlocks runs hook (once) after a ListBlocks read.
+type afterListBlocks struct {
+	broker.Store
+	hook func()
+}
+
+func (s *afterListBlocks) ListBlocks(ctx context.Context) ([]broker.Block, error) {
+	bs, err := s.Store.ListBlocks(ctx)
+	if h := s.hook; h != nil {
+		s.hook = nil
+		h()
+	}
+	return bs, err
+}
+
+// TestRevokeSweepsStaleCacheIssuance: with FastReads, another instance
+// whose cache has not learned a block yet still issues to the workload:
+// its view answers alone for two refresh intervals after a refresh that
+// read the blocks just before the block was stored and itself took most of
+// an interval. The blocking revocation's sweep revokes what it issued,
+// although it was issued well after the revocation. Found in review.
+func TestRevokeSweepsStaleCacheIssuance(t *testing.T) {
+	ctx := context.Background()
+	f := newSweepFixture(t, &brokertest.Minter{})
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Instance B: same store, its own cache. Its refresh reads the blocks,
+	// then the block is stored (instance A's revocation) while the refresh
+	// takes 900ms more.
+	var rev *broker.Revocation
+	slow := &afterListBlocks{Store: f.mem, hook: func() {
+		var err error
+		rev, err = f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+		if err != nil {
+			t.Error(err)
+		}
+		f.advance(900 * time.Millisecond)
+	}}
+	cache, err := broker.NewRevocationCache(slow, broker.CacheOptions{FastReads: true, Now: f.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.Refresh(ctx); err != nil || rev == nil {
+		t.Fatalf("Refresh() = %v (revocation %v)", err, rev)
+	}
+	minterB := &brokertest.Minter{}
+	b, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol },
+		Authn: func() broker.Authenticator {
+			return brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", map[string]any{
+				"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-2"}},
+			})}
+		},
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: minterB},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minterB},
+		Store:    cache.Store(),
+		Audit:    &brokertest.Sink{},
+		Now:      f.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(1900 * time.Millisecond) // 2.8s after the block, 1.9s after B's refresh
+	res, err := b.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if err != nil {
+		t.Fatalf("instance B's Exchange() = %v; want it to pass on B's stale view (the case under test)", err)
+	}
+	f.tickAt(t, rev.SweepAt)
+	stored, err := f.mem.GetIssuance(ctx, res.Issuance.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The backend call is made by the sweeping instance's Revoker (A's).
+	if stored.Active(f.clock()) || stored.RevocationID != rev.ID {
+		t.Errorf("credential %s issued 2.8s after the block: revoked_at %v by %q; want revoked by %s", stored.ID, stored.RevokedAt, stored.RevocationID, rev.ID)
+	}
+}
+
+// TestRevokeSweepLeavesLaterIssuances: the sweep takes only what the
+// revocation covers: not a credential a session gets after its (unblocked)
+// revocation, nor one issued once a block was lifted.
+func TestRevokeSweepLeavesLaterIssuances(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sel   broker.RevokeSelector
+		block bool
+	}{
+		{"session-revoked-then-new-credential", broker.RevokeSelector{SessionID: "set below"}, false},
+		{"workload-unblocked-after-the-sweep-time", broker.RevokeSelector{Workload: "payments-api"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			m := &brokertest.Minter{}
+			f := newSweepFixture(t, m)
+			first, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sel := tc.sel
+			if sel.SessionID != "" {
+				sel.SessionID = first.Issuance.SessionID
+			}
+			f.advance(time.Second)
+			rev, err := f.svc.Revoke(ctx, secops, sel, "incident", tc.block, "req_r")
+			if err != nil || rev.Matched != 1 {
+				t.Fatalf("Revoke() = %+v, %v; want the first credential matched", rev, err)
+			}
+			if tc.block {
+				if err := f.svc.Unblock(ctx, secops, "payments-api", "resolved", "req_u"); err != nil {
+					t.Fatal(err)
+				}
+				f.until(rev.SweepAt.Add(time.Second))
+			} else {
+				f.advance(3 * time.Second) // past the 2s of clock skew the sweep allows
+			}
+			later, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			at := rev.SweepAt
+			if f.clock().After(at) {
+				at = f.clock()
+			}
+			f.tickAt(t, at)
+			if got, _ := f.mem.GetIssuance(ctx, later.Issuance.ID); !got.Active(f.clock()) || slices.Contains(m.RevokedIDs(), later.Issuance.ID) {
+				t.Errorf("credential issued after the revocation: revoked_at %v by %q; want it left alone", got.RevokedAt, got.RevocationID)
+			}
+			if got, _ := f.svc.GetRevocation(ctx, rev.ID); got.CompletedAt.IsZero() || got.Matched != 1 {
+				t.Errorf("GetRevocation() = %+v; want complete with 1 matched", got)
+			}
+		})
 	}
 }

@@ -342,7 +342,7 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 		return invalid("revocation without id")
 	}
 	c := *r
-	c.CreatedAt, c.CompletedAt = c.CreatedAt.UTC(), c.CompletedAt.UTC()
+	c.CreatedAt, c.SweepAt, c.CompletedAt = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC()
 	raw, err := json.Marshal(&c)
 	if err != nil {
 		return invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))

@@ -489,6 +489,8 @@ func sampleRevocation(id string, at time.Time) *broker.Revocation {
 		Revoked:   []string{"iss_1", "iss_2"},
 		Pending:   []string{"iss_3"},
 		Failed:    []broker.RevokeFailure{{IssuanceID: "iss_3", Error: "vault unavailable"}},
+		Blocks:    []string{"payments-api"},
+		SweepAt:   at.Add(12 * time.Second),
 	}
 }
 

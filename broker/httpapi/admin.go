@@ -60,7 +60,10 @@ type RevokeRequest struct {
 // Receipt is the answer of POST /v1/admin/revoke and GET
 // /v1/admin/revocations/{id}. Status is "revoked" when every matched
 // credential is ended, "pending" while some backend revocations are still
-// being retried (their reasons are in Failed).
+// being retried (their reasons are in Failed). SweepAt, until the
+// revocation's sweep has run, is when the credentials minted while it ran
+// are looked for and revoked under it; CompletedAt is set once nothing is
+// pending and the sweep has run.
 type Receipt struct {
 	RevocationID string                 `json:"revocation_id"`
 	Status       string                 `json:"status"`
@@ -73,6 +76,7 @@ type Receipt struct {
 	Block        bool                   `json:"block"`
 	Admin        string                 `json:"admin,omitempty"`
 	CreatedAt    time.Time              `json:"created_at"`
+	SweepAt      *time.Time             `json:"sweep_at,omitempty"`
 	CompletedAt  *time.Time             `json:"completed_at,omitempty"`
 }
 
@@ -91,6 +95,10 @@ func receiptOf(r *broker.Revocation) Receipt {
 	}
 	if len(rc.Pending) > 0 {
 		rc.Status = ReceiptPending
+	}
+	if !r.SweepAt.IsZero() {
+		t := r.SweepAt
+		rc.SweepAt = &t
 	}
 	if !r.CompletedAt.IsZero() {
 		t := r.CompletedAt

@@ -144,6 +144,7 @@ type receipt struct {
 	Block       bool       `json:"block"`
 	Admin       string     `json:"admin,omitempty"`
 	CreatedAt   time.Time  `json:"created_at"`
+	SweepAt     *time.Time `json:"sweep_at,omitempty"`
 	CompletedAt *time.Time `json:"completed_at,omitempty"`
 }
 
@@ -178,6 +179,9 @@ func printReceipt(w io.Writer, rc *receipt) {
 			fmt.Fprintf(w, "  pending  %s  %s\n", id, errs[id])
 		}
 		fmt.Fprintf(w, "follow with: GET /v1/admin/revocations/%s\n", rc.RevocationID)
+	}
+	if rc.SweepAt != nil {
+		fmt.Fprintf(w, "credentials minted while it ran are looked for and revoked at %s\n", rc.SweepAt.UTC().Format(time.RFC3339))
 	}
 }
 
