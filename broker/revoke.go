@@ -58,7 +58,10 @@ package broker
 // issuances and blocked workloads, refreshed from the Store at least every
 // second and updated at once by every Notifier message. RevocationCache.Store
 // fronts the Store with it: a check denies when the Store or the cache says
-// so. Without FastReads every check also reads the Store, so a revocation is
+// so. (The revocation flow itself, selection, marks, worker and sweep,
+// decides on the Store's own records, never on a copy the cache marked
+// revoked: a mark the cache stands in for must still be written.) Without
+// FastReads every check also reads the Store, so a revocation is
 // visible everywhere as soon as step 3 is done. With FastReads (the server's
 // setting) the cache answers the hot-path checks alone while its view is
 // fresh, so a revocation made elsewhere is in force here within one refresh
@@ -260,12 +263,12 @@ func printable(s string) bool {
 }
 
 // selectIssuances reads what sel names: the one issuance, or the active
-// issuances of the session, workload or owner.
+// issuances of the session, workload or owner, as the Store holds them.
 func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*Issuance, error) {
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	defer cancel()
 	if sel.IssuanceID != "" {
-		is, err := s.d.Store.GetIssuance(sctx, sel.IssuanceID)
+		is, err := s.records().GetIssuance(sctx, sel.IssuanceID)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			return nil, Errorf(ErrNotFound, "unknown_issuance", "no issuance with this id", err)
@@ -274,7 +277,7 @@ func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*I
 		}
 		return []*Issuance{is}, nil
 	}
-	list, err := s.d.Store.ListIssuances(sctx, IssuanceFilter{
+	list, err := s.records().ListIssuances(sctx, IssuanceFilter{
 		Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID, ActiveAt: s.d.Now(),
 	})
 	if err != nil {
@@ -327,6 +330,10 @@ func (s *Service) markAll(ctx context.Context, list []*Issuance, revID string, n
 	return marked, failed
 }
 
+// mark stores is as revoked by revID unless it is already. is must be read
+// from s.records(): a record that only the revocation cache calls revoked
+// (a mark that failed, or a revocation write a failover lost) must still be
+// written.
 func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time.Time) error {
 	if !is.RevokedAt.IsZero() {
 		return nil
@@ -424,6 +431,26 @@ func (s *Service) settle(rev *Revocation, revoked []string, failed []RevokeFailu
 	rev.Pending, rev.Failed = pending, fails
 	if len(pending) == 0 && rev.SweepAt.IsZero() && rev.CompletedAt.IsZero() {
 		rev.CompletedAt = s.d.Now()
+	}
+}
+
+// storeWrapper is a Store that fronts another and adds answers of its own
+// (RevocationCache.Store adds the cache's denials).
+type storeWrapper interface{ unwrap() Store }
+
+// records is the Store whose records the revocation flow decides on: the
+// Service's store without the wrappers that add answers of their own. A
+// cache-decorated record looks revoked (RevokedAt set) before its mark is
+// stored, and deciding on it left the mark unwritten for good. Writes
+// still go through s.d.Store.
+func (s *Service) records() Store {
+	st := s.d.Store
+	for {
+		w, ok := st.(storeWrapper)
+		if !ok {
+			return st
+		}
+		st = w.unwrap()
 	}
 }
 
@@ -624,6 +651,8 @@ type notifyingStore struct {
 	Notifier
 }
 
+func (s notifyingStore) unwrap() Store { return s.Store }
+
 // WorkerOptions configure a RevocationWorker.
 type WorkerOptions struct {
 	// Interval between passes over the stored revocations (default 2s).
@@ -806,7 +835,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	var gone []string
 	for _, id := range r.Pending {
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-		is, err := s.d.Store.GetIssuance(sctx, id)
+		is, err := s.records().GetIssuance(sctx, id) // its mark as stored
 		cancel()
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -884,7 +913,7 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 	add := func(f IssuanceFilter, cutoff time.Time) error {
 		f.ActiveAt = now
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-		list, err := s.d.Store.ListIssuances(sctx, f)
+		list, err := s.records().ListIssuances(sctx, f)
 		cancel()
 		if err != nil {
 			return err
@@ -906,7 +935,7 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 	}
 	for _, wl := range r.Blocks {
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-		_, err := s.d.Store.GetBlock(sctx, wl)
+		_, err := s.records().GetBlock(sctx, wl)
 		cancel()
 		cutoff := now
 		switch {
@@ -1384,6 +1413,8 @@ type cachedStore struct {
 }
 
 var _ Notifier = (*cachedStore)(nil)
+
+func (s *cachedStore) unwrap() Store { return s.Store }
 
 func (s *cachedStore) deny(is *Issuance) *Issuance {
 	if is == nil || !is.RevokedAt.IsZero() {

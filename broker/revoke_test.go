@@ -1122,3 +1122,164 @@ func TestRevokeSweepLeavesLaterIssuances(t *testing.T) {
 		})
 	}
 }
+
+// failMarkStore fails the first PutIssuance that marks a record revoked (a
+// Redis blip during the revocation's step 3).
+type failMarkStore struct {
+	broker.Store
+	mu     sync.Mutex
+	failed bool
+}
+
+func (s *failMarkStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	s.mu.Lock()
+	fail := !is.RevokedAt.IsZero() && !s.failed
+	if fail {
+		s.failed = true
+	}
+	s.mu.Unlock()
+	if fail {
+		return broker.Unavailable("store_unavailable", time.Second, errors.New("i/o timeout"))
+	}
+	return s.Store.PutIssuance(ctx, is)
+}
+
+// TestRevocationWorkerStoresFailedMarkThroughCache: with the server's
+// wiring (the Service over RevocationCache.Store()), a mark that failed
+// during Revoke is written by the RevocationWorker. It used to read the
+// issuance through the cache, whose copy already looked revoked (learned
+// from the revocation's pending list), skip the mark and call the
+// revocation complete: once the revocation left the cache's Window (24h;
+// grant TTLs have no upper bound) the credential was accepted again. Found
+// in review.
+func TestRevocationWorkerStoresFailedMarkThroughCache(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+
+	mem := memstore.New(clock)
+	flaky := &failMarkStore{Store: mem}
+	cache, err := broker.NewRevocationCache(flaky, broker.CacheOptions{FastReads: true, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 48h grant (policy puts no upper bound on a grant's ttl).
+	pol, err := policies.Parse("test.yaml", []byte(strings.Replace(testPolicy, "ttl: 15m", "ttl: 48h", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", map[string]any{
+		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+	})}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:  func() *policies.Policy { return pol },
+		Authn:   func() broker.Authenticator { return authn },
+		Minters: map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		// No backend Revoker for the kind: like proxy and jwt credentials,
+		// it is revoked by the store mark alone.
+		Revokers: map[string]broker.Revoker{},
+		Store:    cache.Store(),
+		Audit:    &brokertest.Sink{},
+		Now:      clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cache.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, fp := res.Issuance.ID, res.Issuance.Refs.Fingerprint
+
+	rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: id}, "leaked", false, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rev.Pending) != 1 {
+		t.Fatalf("receipt pending = %v, want the issuance whose mark failed", rev.Pending)
+	}
+	// The cache refreshes (Run does so every second) and learns the id.
+	advance(time.Second)
+	if err := cache.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !cache.Revoked(id) {
+		t.Fatalf("cache.Revoked(%s) = false; the case under test is a cache that already denies it", id)
+	}
+	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	advance(2 * time.Second)
+	if err := w.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done, err := mem.GetRevocation(ctx, rev.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := mem.GetIssuance(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.RevokedAt.IsZero() || stored.RevocationID != rev.ID || done.CompletedAt.IsZero() {
+		t.Errorf("after the worker's retry: revocation completed_at=%v pending=%v, stored issuance revoked_at=%v revocation_id=%q; "+
+			"want it marked revoked by %s, complete", done.CompletedAt, done.Pending, stored.RevokedAt, stored.RevocationID, rev.ID)
+	}
+	// 25h later the revocation has left the cache's Window: the store's
+	// mark alone denies the credential (valid 48h).
+	advance(25 * time.Hour)
+	if err := cache.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cache.Store().FindIssuance(ctx, broker.RefFingerprint, fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Active(clock()) {
+		t.Errorf("25h after revocation %s, FindIssuance by fingerprint (proxy/introspect path) returns the credential as active", rev.ID)
+	}
+}
+
+// TestRevokeMarksWhatOnlyTheCacheDenies: a credential the cache denies
+// (from a notice) but the Store holds unmarked, e.g. a revocation write a
+// Redis failover lost, is marked by a new revocation through the cache:
+// Revoke decides on the stored record, not on the cache's copy.
+func TestRevokeMarksWhatOnlyTheCacheDenies(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sel  func(is *broker.Issuance) broker.RevokeSelector
+	}{
+		{"issuance", func(is *broker.Issuance) broker.RevokeSelector { return broker.RevokeSelector{IssuanceID: is.ID} }},
+		{"workload", func(is *broker.Issuance) broker.RevokeSelector { return broker.RevokeSelector{Workload: is.Workload} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			var cache *broker.RevocationCache
+			f := newRevFixture(t, func(f *revFixture, st broker.Store) broker.Store {
+				var err error
+				cache, err = broker.NewRevocationCache(st, broker.CacheOptions{FastReads: true, Now: f.clock})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return cache.Store()
+			})
+			is := f.issue(t, "payments")
+			cache.Apply(broker.Notice{RevocationID: "rev_lost", Revoked: []string{is.ID}})
+			rev, err := f.svc.Revoke(ctx, secops, tc.sel(is), "again", false, "req_1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := f.mem.GetIssuance(ctx, is.ID)
+			if got.RevokedAt.IsZero() || got.RevocationID != rev.ID || !slices.Contains(f.rv.Calls(), is.ID) {
+				t.Errorf("stored revoked_at %v by %q, backend calls %v; want marked by %s and revoked at the backend",
+					got.RevokedAt, got.RevocationID, f.rv.Calls(), rev.ID)
+			}
+		})
+	}
+}
