@@ -1466,20 +1466,35 @@ func (s *cachedStore) FindIssuance(ctx context.Context, kind RefKind, value stri
 	return s.deny(is), err
 }
 
+// ListIssuances lists through the Store and adds the cache's denials. An
+// active listing drops what the cache knows as revoked, so with a Limit it
+// asks the Store again for as many more as it dropped (the Store's order
+// is stable, so each answer extends the last) until it has Limit active
+// records or the Store has no more.
 func (s *cachedStore) ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error) {
-	list, err := s.Store.ListIssuances(ctx, f)
-	if err != nil {
-		return nil, err
-	}
-	out := list[:0]
-	for _, is := range list {
-		s.deny(is)
-		if !f.ActiveAt.IsZero() && !is.Active(f.ActiveAt) {
-			continue
+	ask := f
+	for {
+		list, err := s.Store.ListIssuances(ctx, ask)
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, is)
+		out := make([]*Issuance, 0, len(list))
+		for _, is := range list {
+			s.deny(is)
+			if !f.ActiveAt.IsZero() && !is.Active(f.ActiveAt) {
+				continue
+			}
+			out = append(out, is)
+		}
+		dropped := len(list) - len(out)
+		if f.Limit == 0 || dropped == 0 || len(list) < ask.Limit || len(out) >= f.Limit {
+			if f.Limit > 0 && len(out) > f.Limit {
+				out = out[:f.Limit]
+			}
+			return out, nil
+		}
+		ask.Limit += max(dropped, f.Limit)
 	}
-	return out, nil
 }
 
 // errNotBlocked is the cache's answer for a workload it knows no block of:

@@ -1283,3 +1283,57 @@ func TestRevokeMarksWhatOnlyTheCacheDenies(t *testing.T) {
 		})
 	}
 }
+
+// TestCachedListIssuancesLimitCountsActive: an active listing through the
+// cache with a Limit returns up to Limit active records although the cache
+// drops some the Store still lists as active; it used to apply the Limit
+// first and come back short (and the admin API's one-extra-record check
+// then said "not truncated"). Found in review.
+func TestCachedListIssuancesLimitCountsActive(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	all := []string{"iss_a", "iss_b", "iss_c", "iss_d", "iss_e"} // the Store lists them in this order (by expiry)
+	tests := []struct {
+		name    string
+		revoked []string // known to the cache only
+		limit   int
+		want    []string
+	}{
+		{"ok/one-dropped-limit-2", []string{"iss_a"}, 2, []string{"iss_b", "iss_c"}},
+		{"ok/three-dropped-limit-1", []string{"iss_a", "iss_b", "iss_c"}, 1, []string{"iss_d"}},
+		{"ok/three-dropped-limit-2", []string{"iss_a", "iss_b", "iss_c"}, 2, []string{"iss_d", "iss_e"}},
+		{"ok/three-dropped-limit-3-not-cut", []string{"iss_a", "iss_b", "iss_c"}, 3, []string{"iss_d", "iss_e"}},
+		{"ok/dropped-in-the-middle", []string{"iss_b", "iss_d"}, 2, []string{"iss_a", "iss_c"}},
+		{"ok/no-limit", []string{"iss_a", "iss_c"}, 0, []string{"iss_b", "iss_d", "iss_e"}},
+		{"ok/all-dropped", all, 2, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := memstore.New(clock)
+			for i, id := range all {
+				exp := now.Add(time.Duration(i+1) * time.Minute)
+				if err := mem.PutIssuance(ctx, &broker.Issuance{ID: id, Workload: "w", Owner: "o", Kind: broker.KindProxy,
+					IssuedAt: now, ExpiresAt: exp, Refs: broker.CredentialRefs{Fingerprint: "sha256:" + id, ExpiresAt: exp}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, err := broker.NewRevocationCache(mem, broker.CacheOptions{Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Apply(broker.Notice{RevocationID: "rev_1", Revoked: tt.revoked})
+			list, err := c.Store().ListIssuances(ctx, broker.IssuanceFilter{Workload: "w", ActiveAt: now, Limit: tt.limit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, is := range list {
+				got = append(got, is.ID)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("ListIssuances(active, limit %d) (-want +got):\n%s", tt.limit, diff)
+			}
+		})
+	}
+}
