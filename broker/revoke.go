@@ -67,7 +67,10 @@ package broker
 // fresh, so a revocation made elsewhere is in force here within one refresh
 // interval (one second), or at once when the notice arrives; a stale view
 // falls back to Store reads. (The cache also covers a revocation write that
-// a Redis failover lost, for as long as the instance keeps the notice.)
+// a Redis failover lost: its refreshes add to the revoked set and never drop
+// an id before it leaves the Window. When the Store's version goes back, its
+// data was lost or restored, the cache also drops the issuance records it
+// read from it, so none of them is served as active any more.)
 
 import (
 	"context"
@@ -1019,6 +1022,9 @@ type RevocationCache struct {
 
 	issMu  sync.Mutex
 	issues map[string]cachedIssuance // fingerprint -> record (FastReads)
+	// issGen counts the times issues was dropped because the Store's data
+	// went back: a record read before that is not cached after it.
+	issGen uint64
 }
 
 type cachedIssuance struct {
@@ -1121,6 +1127,16 @@ func (c *RevocationCache) CachedIssuances() int {
 	c.issMu.Lock()
 	defer c.issMu.Unlock()
 	return len(c.issues)
+}
+
+// dropIssuances empties the issuance cache: the Store's data went back, so
+// records read from it before may say what it no longer holds (or hold an
+// issuance active that its revocation, lost with the data, had marked).
+func (c *RevocationCache) dropIssuances() {
+	c.issMu.Lock()
+	defer c.issMu.Unlock()
+	c.issGen++
+	clear(c.issues)
 }
 
 // sweepIssuances drops the records older than IssuanceTTL: they would not
@@ -1251,6 +1267,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	case back:
 		c.version = version
 		c.epoch++
+		c.dropIssuances()
 	case loaded:
 		c.version = max(c.version, version)
 		c.refreshed = now
@@ -1263,10 +1280,14 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	return back, nil
 }
 
-// readAll reads every revocation of the Window and makes them the revoked
-// set, dropping older ones but keeping what was learned while it read
-// (from notices or readChanges running meanwhile). The first one also sets
-// the version readChanges continues from.
+// readAll reads every revocation of the Window and adds them to the revoked
+// set, dropping the ids older than the Window. An id the set already holds
+// within the Window is kept even if the Store no longer lists it (its data
+// went back: restored, flushed, a failover that lost the revocation write):
+// the set is the union, so the cache goes on denying what it once learned
+// for the Window, and it keeps what was learned while it read (from
+// notices or readChanges running meanwhile). The first one also sets the
+// version readChanges continues from.
 func (c *RevocationCache) readAll(ctx context.Context) error {
 	begin := c.o.Now()
 	c.mu.Lock()
@@ -1306,6 +1327,12 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 	for id := range touched {
 		if _, ok := revoked[id]; !ok {
 			revoked[id] = c.revoked[id]
+		}
+	}
+	cutoff := now.Add(-c.o.Window)
+	for id, at := range c.revoked {
+		if _, ok := revoked[id]; !ok && !at.Before(cutoff) {
+			revoked[id] = at
 		}
 	}
 	// What was read covers every change up to version; readChanges may
@@ -1443,10 +1470,12 @@ func (c *RevocationCache) fresh(now time.Time) bool {
 
 func (s *cachedStore) FindIssuance(ctx context.Context, kind RefKind, value string) (*Issuance, error) {
 	fast := kind == RefFingerprint && s.c.o.FastReads
+	var gen uint64
 	if fast {
 		now := s.c.o.Now()
 		s.c.issMu.Lock()
 		e, ok := s.c.issues[value]
+		gen = s.c.issGen
 		s.c.issMu.Unlock()
 		if ok && now.Sub(e.at) < s.c.o.IssuanceTTL && s.c.fresh(now) {
 			cp := *e.is
@@ -1460,7 +1489,9 @@ func (s *cachedStore) FindIssuance(ctx context.Context, kind RefKind, value stri
 		if len(s.c.issues) >= s.c.o.MaxIssuances {
 			clear(s.c.issues)
 		}
-		s.c.issues[value] = cachedIssuance{is: &cp, at: s.c.o.Now()}
+		if s.c.issGen == gen { // not read from data that went back meanwhile
+			s.c.issues[value] = cachedIssuance{is: &cp, at: s.c.o.Now()}
+		}
 		s.c.issMu.Unlock()
 	}
 	return s.deny(is), err

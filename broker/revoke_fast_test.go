@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -156,5 +157,145 @@ func TestRevocationCacheSweepsIssuances(t *testing.T) {
 		if n := c.CachedIssuances(); n > 4 {
 			t.Fatalf("cached = %d, want at most MaxIssuances (4)", n)
 		}
+	}
+}
+
+// swapStore lets a test replace the Store's data at once, as a Redis that
+// restarted without its data (or failed over to a replica that had not
+// seen the last writes) does.
+type swapStore struct {
+	mu sync.Mutex
+	st broker.Store
+}
+
+func (s *swapStore) cur() broker.Store    { s.mu.Lock(); defer s.mu.Unlock(); return s.st }
+func (s *swapStore) swap(st broker.Store) { s.mu.Lock(); s.st = st; s.mu.Unlock() }
+func (s *swapStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	return s.cur().PutIssuance(ctx, is)
+}
+func (s *swapStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	return s.cur().GetIssuance(ctx, id)
+}
+func (s *swapStore) FindIssuance(ctx context.Context, k broker.RefKind, v string) (*broker.Issuance, error) {
+	return s.cur().FindIssuance(ctx, k, v)
+}
+func (s *swapStore) FindIssuances(ctx context.Context, k broker.RefKind, v []string) ([]*broker.Issuance, error) {
+	return s.cur().FindIssuances(ctx, k, v)
+}
+func (s *swapStore) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*broker.Issuance, error) {
+	return s.cur().ListIssuances(ctx, f)
+}
+func (s *swapStore) PutRevocation(ctx context.Context, r *broker.Revocation) error {
+	return s.cur().PutRevocation(ctx, r)
+}
+func (s *swapStore) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	return s.cur().GetRevocation(ctx, id)
+}
+func (s *swapStore) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
+	return s.cur().ListRevocations(ctx, f)
+}
+func (s *swapStore) RevocationVersion(ctx context.Context) (uint64, error) {
+	return s.cur().RevocationVersion(ctx)
+}
+func (s *swapStore) PutBlock(ctx context.Context, b broker.Block) error {
+	return s.cur().PutBlock(ctx, b)
+}
+func (s *swapStore) DeleteBlock(ctx context.Context, w string) error {
+	return s.cur().DeleteBlock(ctx, w)
+}
+func (s *swapStore) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
+	return s.cur().GetBlock(ctx, w)
+}
+func (s *swapStore) ListBlocks(ctx context.Context) ([]broker.Block, error) {
+	return s.cur().ListBlocks(ctx)
+}
+func (s *swapStore) Ping(ctx context.Context) error { return s.cur().Ping(ctx) }
+
+// TestRevocationCacheStoreDataLoss: after the Store's data goes back (its
+// RevocationVersion drops), the cache drops the FastReads issuance records
+// it read before, and keeps denying the ids it had learned as revoked
+// (within the Window), also through later full reads. It used to keep the
+// records, so a credential fetched (active) shortly before its revocation
+// was answered active for the rest of IssuanceTTL, and to replace the
+// revoked set with what the Store still had. Found in review.
+func TestRevocationCacheStoreDataLoss(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		after time.Duration // from the revocation to the refresh after the loss
+	}{
+		{"seen-by-a-refresh", time.Second},
+		{"seen-first-by-a-due-full-read", 61 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			var mu sync.Mutex
+			now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+
+			st := &swapStore{st: memstore.New(clock)}
+			c, err := broker.NewRevocationCache(st, broker.CacheOptions{FastReads: true, Now: clock, IssuanceTTL: 5 * time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			is := &broker.Issuance{ID: "iss_x", Workload: "w", Owner: "o", Kind: broker.KindProxy, IssuedAt: clock(),
+				ExpiresAt: clock().Add(time.Hour), Refs: broker.CredentialRefs{Fingerprint: "sha256:x", ExpiresAt: clock().Add(time.Hour)}}
+			if err := st.PutIssuance(ctx, is); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cs := c.Store()
+			if got, err := cs.FindIssuance(ctx, broker.RefFingerprint, "sha256:x"); err != nil || !got.Active(clock()) {
+				t.Fatalf("before revocation: %v, %v", got, err)
+			}
+			// Revoked (record first, then the mark), and the cache learns it.
+			if err := st.PutRevocation(ctx, &broker.Revocation{ID: "rev_1", CreatedAt: clock(), Pending: []string{"iss_x"},
+				Revoked: []string{}, Failed: []broker.RevokeFailure{}}); err != nil {
+				t.Fatal(err)
+			}
+			m := *is
+			m.RevokedAt, m.RevocationID = clock(), "rev_1"
+			if err := st.PutIssuance(ctx, &m); err != nil {
+				t.Fatal(err)
+			}
+			advance(time.Second)
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := cs.FindIssuance(ctx, broker.RefFingerprint, "sha256:x"); got.Active(clock()) {
+				t.Fatal("cache does not deny the revoked credential")
+			}
+
+			// Redis restarts without its data.
+			st.swap(memstore.New(clock))
+			advance(tt.after)
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !c.Revoked("iss_x") {
+				t.Errorf("Revoked(iss_x) = false after the Store lost the revocation; want the cache to keep denying it")
+			}
+			if got, err := cs.FindIssuance(ctx, broker.RefFingerprint, "sha256:x"); !errors.Is(err, broker.ErrNotFound) {
+				t.Errorf("after the Store lost its data: FindIssuance = %+v, %v; want not found, as the Store says (no record read before the loss)", got, err)
+			}
+			// The issuance comes back unrevoked (restored from an older
+			// copy): still denied.
+			if err := st.PutIssuance(ctx, is); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := cs.FindIssuance(ctx, broker.RefFingerprint, "sha256:x"); err != nil || got.Active(clock()) {
+				t.Errorf("restored unrevoked record: FindIssuance = %+v, %v; want it denied", got, err)
+			}
+			// A later full read keeps it too.
+			advance(2 * time.Minute)
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !c.Revoked("iss_x") {
+				t.Errorf("Revoked(iss_x) = false after a later full read; want it kept for the Window")
+			}
+		})
 	}
 }
