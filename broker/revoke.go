@@ -787,8 +787,14 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 			delete(w.retry, r.ID)
 			w.pending.Add(-1)
 		} else if st := w.retry[r.ID]; st != nil {
-			st.attempts++
-			st.next = s.d.Now().Add(w.backoff(st.attempts))
+			if err == nil && len(r.Pending) == 0 && !r.SweepAt.IsZero() {
+				// Only the sweep is left: due at its time, not after
+				// the backoff of the retries that just succeeded.
+				st.attempts, st.next = 0, r.SweepAt
+			} else {
+				st.attempts++
+				st.next = s.d.Now().Add(w.backoff(st.attempts))
+			}
 		}
 		w.mu.Unlock()
 	}
@@ -868,8 +874,8 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	case hadPending && len(r.Pending) == 0:
 		s.auditResult(ctx, r, "", status, "", "worker", nil)
 	}
-	if len(r.Pending) > 0 {
-		return false, nil
+	if r.CompletedAt.IsZero() {
+		return false, nil // pending issuances, or the sweep not due yet
 	}
 	if hadPending || len(swept) > 0 {
 		s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))

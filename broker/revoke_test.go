@@ -1337,3 +1337,41 @@ func TestCachedListIssuancesLimitCountsActive(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokeSweepNotDelayedByBackoff: when the worker's retries of a
+// revocation's failed backend calls finally succeed before its sweep is
+// due, the sweep runs at its time, not after the backoff those retries
+// built up.
+func TestRevokeSweepNotDelayedByBackoff(t *testing.T) {
+	ctx := context.Background()
+	f := newRevFixture(t, nil)
+	f.issue(t, "payments")
+	f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused")))
+	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", false, "req_1")
+	if err != nil || len(rev.Pending) != 1 {
+		t.Fatalf("Revoke() = %+v, %v; want one pending", rev, err)
+	}
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: 2 * time.Second, MaxBackoff: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []time.Duration{2 * time.Second, 4 * time.Second} { // two failed retries
+		f.advance(rev.CreatedAt.Add(at).Sub(f.clock()))
+		_ = w.Tick(ctx)
+	}
+	f.rv.setErr(nil)
+	f.advance(rev.CreatedAt.Add(8 * time.Second).Sub(f.clock())) // the next retry succeeds
+	if err := w.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.svc.GetRevocation(ctx, rev.ID); len(got.Pending) != 0 || !got.CompletedAt.IsZero() {
+		t.Fatalf("after the successful retry: %+v; want nothing pending, the sweep still due", got)
+	}
+	f.advance(rev.SweepAt.Sub(f.clock()))
+	if err := w.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.svc.GetRevocation(ctx, rev.ID); got.CompletedAt.IsZero() || !got.SweepAt.IsZero() {
+		t.Errorf("at sweep_at %v: %+v; want the sweep run and the revocation complete", rev.SweepAt, got)
+	}
+}
