@@ -160,8 +160,12 @@ type Revocation struct {
 	// revokes them under this revocation (see broker/revoke.go). Zero once
 	// the sweep has run, and for the revocation of one issuance without a
 	// block, which needs none. CompletedAt stays zero until it has run.
-	SweepAt     time.Time `json:"sweep_at,omitzero"`
-	CompletedAt time.Time `json:"completed_at,omitzero"`
+	SweepAt time.Time `json:"sweep_at,omitzero"`
+	// Unblocked holds when each of Blocks was unblocked before the sweep
+	// ran (UTC): the sweep takes none of that workload's credentials
+	// issued after it.
+	Unblocked   map[string]time.Time `json:"unblocked,omitempty"`
+	CompletedAt time.Time            `json:"completed_at,omitzero"`
 }
 
 // Store keeps issuances, revocations and blocks, shared by every broker

@@ -43,8 +43,9 @@ package broker
 // issuances of the session, workload or owner issued by the revocation's
 // creation (plus revokeClockSkew; issued_at is stamped before the mint, on
 // the minting instance's clock), and every active issuance of each
-// blocked workload while the block stands (issued by SweepAt if it was
-// lifted meanwhile: later ones belong to the unblocked workload). Whatever
+// blocked workload while the block stands (if it was lifted meanwhile,
+// those issued before the unblock, which Unblock records on the revocation:
+// later ones belong to the unblocked workload). Whatever
 // it finds that the record does not list yet is added to the record as
 // pending (stored first), then marked, revoked at its backend and settled
 // like the rest, and a `revoke_result` event (`by: sweep`) names it under
@@ -78,6 +79,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -530,6 +532,7 @@ func cloneRevocation(r *Revocation) *Revocation {
 	c.Pending = append([]string{}, r.Pending...)
 	c.Failed = append([]RevokeFailure{}, r.Failed...)
 	c.Blocks = slices.Clone(r.Blocks)
+	c.Unblocked = maps.Clone(r.Unblocked)
 	return &c
 }
 
@@ -595,6 +598,9 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 	case err != nil:
 		return Unavailable("store_unavailable", time.Second, err)
 	}
+	if err := s.noteUnblock(ctx, b, workload); err != nil {
+		return Unavailable("store_unavailable", time.Second, err)
+	}
 	ev := &audit.Event{
 		Type: audit.TypeUnblock, RequestID: requestID, Workload: workload, RevocationID: b.RevocationID,
 		Admin: admin.String(), Identity: auditIdentity(admin.Identity), Reason: reason,
@@ -617,6 +623,32 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 	}
 	s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
 	return nil
+}
+
+// noteUnblock records the unblock time on the revocation that made the
+// block, when its sweep is still due, so the sweep takes none of the
+// credentials the workload gets once unblocked. Written before the block is
+// deleted: while the block stands the sweep ignores it.
+func (s *Service) noteUnblock(ctx context.Context, b *Block, workload string) error {
+	if b.RevocationID == "" {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	rev, err := s.records().GetRevocation(sctx, b.RevocationID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case rev.SweepAt.IsZero() || !slices.Contains(rev.Blocks, workload):
+		return nil
+	}
+	if rev.Unblocked == nil {
+		rev.Unblocked = map[string]time.Time{}
+	}
+	rev.Unblocked[workload] = s.d.Now().UTC()
+	return s.d.Store.PutRevocation(sctx, rev)
 }
 
 // ListIssuances returns issuance records (never secrets) matching f.
@@ -908,8 +940,9 @@ func (s *Service) SweepDelay() time.Duration {
 // should have covered that it does not list yet. Those of r's session,
 // workload or owner issued by r's creation (plus revokeClockSkew: issued_at
 // is the minting instance's clock); and, for each workload r blocked, every
-// one issued before now while the block stands, or before SweepAt when it
-// was lifted meanwhile (credentials issued after an unblock are not r's).
+// one issued before now while the block stands, or, when it was lifted
+// meanwhile, before the unblock (r.Unblocked; SweepAt when not recorded):
+// credentials issued after an unblock are not r's.
 func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance, error) {
 	now := s.d.Now()
 	known := map[string]bool{}
@@ -950,6 +983,9 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 		switch {
 		case errors.Is(err, ErrNotFound):
 			cutoff = r.SweepAt
+			if t, ok := r.Unblocked[wl]; ok && t.Before(cutoff) {
+				cutoff = t // what the workload got once unblocked is its own
+			}
 		case err != nil:
 			return nil, fmt.Errorf("block %s: %w", wl, err)
 		}

@@ -1075,9 +1075,11 @@ func TestRevokeSweepLeavesLaterIssuances(t *testing.T) {
 		name  string
 		sel   broker.RevokeSelector
 		block bool
+		early bool // unblock and exchange again before the sweep is due
 	}{
-		{"session-revoked-then-new-credential", broker.RevokeSelector{SessionID: "set below"}, false},
-		{"workload-unblocked-after-the-sweep-time", broker.RevokeSelector{Workload: "payments-api"}, true},
+		{"session-revoked-then-new-credential", broker.RevokeSelector{SessionID: "set below"}, false, false},
+		{"workload-unblocked-after-the-sweep-time", broker.RevokeSelector{Workload: "payments-api"}, true, false},
+		{"workload-unblocked-before-the-sweep-time", broker.RevokeSelector{Workload: "payments-api"}, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -1097,10 +1099,17 @@ func TestRevokeSweepLeavesLaterIssuances(t *testing.T) {
 				t.Fatalf("Revoke() = %+v, %v; want the first credential matched", rev, err)
 			}
 			if tc.block {
+				f.advance(time.Second)
 				if err := f.svc.Unblock(ctx, secops, "payments-api", "resolved", "req_u"); err != nil {
 					t.Fatal(err)
 				}
-				f.until(rev.SweepAt.Add(time.Second))
+				if tc.early {
+					// The next exchange: after the unblock and past the 2s of
+					// clock skew the scope allows, before sweep_at.
+					f.advance(2 * time.Second)
+				} else {
+					f.until(rev.SweepAt.Add(time.Second))
+				}
 			} else {
 				f.advance(3 * time.Second) // past the 2s of clock skew the sweep allows
 			}

@@ -491,6 +491,7 @@ func sampleRevocation(id string, at time.Time) *broker.Revocation {
 		Failed:    []broker.RevokeFailure{{IssuanceID: "iss_3", Error: "vault unavailable"}},
 		Blocks:    []string{"payments-api"},
 		SweepAt:   at.Add(12 * time.Second),
+		Unblocked: map[string]time.Time{"payments-api": at.Add(5 * time.Second).UTC()},
 	}
 }
 
