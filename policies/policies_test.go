@@ -202,7 +202,7 @@ func TestExamples(t *testing.T) {
 	demo, ok := p.Issuer("demo")
 	wantDemo := Issuer{Name: "demo", Issuer: "http://127.0.0.1:7701", JWKSURL: "http://127.0.0.1:7701/jwks.json",
 		Audiences: []string{"keytrail"}, Algorithms: []string{"ES256", "EdDSA", "RS256"},
-		MaxTokenLifetime: Duration(24 * time.Hour), SessionClaim: "session"}
+		MaxTokenLifetime: Duration(24 * time.Hour), SessionClaim: "session", Source: "keytrail.yaml: issuers[0]"}
 	if diff := cmp.Diff(wantDemo, *demo); !ok || diff != "" {
 		t.Fatalf("Issuer(demo) = %+v, want %+v (-want +got):\n%s", demo, wantDemo, diff)
 	}

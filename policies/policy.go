@@ -32,6 +32,8 @@ type Policy struct {
 	adminMatch []*matcher // parallel to admins
 
 	exceptions []Exception
+
+	issuerLocs, grantLocs []loc // where each was declared (CheckFiles)
 }
 
 // finish computes the hash and sources of a compiled policy.

@@ -32,6 +32,9 @@ type Issuer struct {
 	// instance: a dotted path, or several joined by "+" (GitHub Actions:
 	// run_id+run_attempt), all of which must be present.
 	SessionClaim string `yaml:"session_claim"`
+	// Source is where the issuer was declared ("file: issuers[i]"), set by
+	// Load and Parse, for messages about it from other packages.
+	Source string `yaml:"-"`
 }
 
 // Workload is a named identity defined by claims of one issuer.

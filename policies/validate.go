@@ -118,6 +118,11 @@ func compile(files []parsedFile) (*Policy, error) {
 		}
 	}
 
+	p.issuerLocs, p.grantLocs = issuerLocs, grantLocs
+	for i := range p.issuers {
+		p.issuers[i].Source = issuerLocs[i].String()
+	}
+
 	// Names first, so cross references can be checked against them.
 	checkNames(&v, "issuer", issuerLocs, func(i int) string { return p.issuers[i].Name }, p.issuerIdx)
 	checkNames(&v, "workload", workloadLocs, func(i int) string { return p.workloads[i].Name }, p.workloadIdx)
@@ -252,7 +257,6 @@ func validateIssuer(v *validator, l loc, is *Issuer) {
 			v.add(l.file, l.path+".jwks_url", "must be https (http only for a loopback host)")
 		}
 	}
-	checkCAFile(v, l.file, l.path+".ca_file", is.CAFile)
 	if len(is.Audiences) == 0 {
 		v.add(l.file, l.path+".audiences", "required: at least one audience")
 	}
@@ -513,9 +517,31 @@ func pkiIssuePath(path string) bool {
 	return !(n == 4 && segs[1] == "issuer") // "<mount>/issuer/issue/<role>" has no issuer ref
 }
 
+// CheckFiles checks the files the policy names (every ca_file: readable,
+// holding a PEM certificate), each problem named by policy file and field.
+// Parse and Load do not read them: a policy is often checked where they do
+// not exist (a policy repository's CI). The server runs it at start and on
+// every reload, `keytrail policy check --files` on request.
+func (p *Policy) CheckFiles() error {
+	var v validator
+	for i := range p.issuers {
+		l := p.issuerLocs[i]
+		checkCAFile(&v, l.file, l.path+".ca_file", p.issuers[i].CAFile)
+	}
+	for i := range p.grants {
+		if g := &p.grants[i]; g.Kind == KindProxy && g.Proxy != nil {
+			l := p.grantLocs[i]
+			checkCAFile(&v, l.file, l.path+".proxy.ca_file", g.Proxy.CAFile)
+		}
+	}
+	if len(v.problems) > 0 {
+		return &ValidationError{Problems: v.problems}
+	}
+	return nil
+}
+
 // checkCAFile checks that a ca_file, when set, is readable and holds at
-// least one PEM certificate: a broker started with it would refuse the
-// policy, so policy check says so first, naming the file and field.
+// least one PEM certificate.
 func checkCAFile(v *validator, file, path, caFile string) {
 	if caFile == "" {
 		return
@@ -550,7 +576,6 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
 		px.Inject.Format = DefaultInjectFormat
 	}
 
-	checkCAFile(v, file, bp+".ca_file", px.CAFile)
 	if px.Upstream == "" {
 		v.add(file, bp+".upstream", "required")
 	} else if u, err := url.Parse(px.Upstream); err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {

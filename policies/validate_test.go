@@ -366,10 +366,10 @@ func TestValidationReportsEverything(t *testing.T) {
 	}
 }
 
-// TestCAFile: a ca_file that a broker would refuse (unreadable, or holding
-// no PEM certificate) is a policy problem naming the file and field, so
-// `keytrail policy check` catches it before a server start or reload does.
-func TestCAFile(t *testing.T) {
+// TestCheckFiles: a ca_file that a broker would refuse (unreadable, or
+// holding no PEM certificate) is a CheckFiles problem naming the policy file
+// and field; Parse does not read files (a policy repository's CI has none).
+func TestCheckFiles(t *testing.T) {
 	dir := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -409,7 +409,11 @@ func TestCAFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Parse("t.yaml", []byte(doc(tt.over)))
+			p, err := Parse("t.yaml", []byte(doc(tt.over)))
+			if err != nil {
+				t.Fatalf("Parse() = %v; it must not read the files a policy names", err)
+			}
+			err = p.CheckFiles()
 			var got []string
 			var ve *ValidationError
 			if errors.As(err, &ve) {

@@ -201,8 +201,12 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	names := map[string]bool{}
 	for i, is := range o.Issuers {
 		st, ierrs := v.newIssuerState(is, o.HTTPClient)
+		where := fmt.Sprintf("issuers[%d]", i)
+		if is.Source != "" {
+			where = is.Source // the policy file and path it was declared at
+		}
 		for _, e := range ierrs {
-			errs = append(errs, fmt.Errorf("authn: issuers[%d].%w", i, e))
+			errs = append(errs, fmt.Errorf("authn: %s.%w", where, e))
 		}
 		if is.Name != "" {
 			if names[is.Name] {

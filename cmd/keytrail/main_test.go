@@ -168,6 +168,22 @@ func TestPolicyCheck(t *testing.T) {
 			t.Errorf("policy check output lacks %q:\n%s", w, stderr)
 		}
 	}
+
+	// A ca_file that does not exist here: fine without --files (a policy
+	// repository's CI), a problem naming file and field with it.
+	dir := t.TempDir()
+	missingCA := filepath.Join(dir, "missing-ca.pem")
+	withCA := writeFile(t, dir, "ca.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256], ca_file: "`+missingCA+`"}
+`)
+	if out, _, err := runCLI(t, nil, "policy", "check", withCA); err != nil || !strings.HasPrefix(out, "ok:") {
+		t.Errorf("policy check (ca_file not here) = %q, %v; want ok", out, err)
+	}
+	_, stderr, err = runCLI(t, nil, "policy", "check", "--files", withCA)
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(stderr, withCA+": issuers[0].ca_file: cannot read "+missingCA) {
+		t.Errorf("policy check --files = %v\n%s; want exit 1 naming %s: issuers[0].ca_file", err, stderr, withCA)
+	}
 }
 
 func TestPolicyExplainUnverified(t *testing.T) {

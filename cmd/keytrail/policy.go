@@ -24,12 +24,20 @@ func newPolicyCmd(e *env) *cobra.Command {
 }
 
 func newPolicyCheckCmd(e *env) *cobra.Command {
-	return &cobra.Command{
+	var files bool
+	c := &cobra.Command{
 		Use:   "check PATH",
 		Short: "Validate a policy file or directory; every problem is reported with its file and path",
-		Args:  cobra.ExactArgs(1),
+		Long: `Validate a policy file or directory; every problem is reported with its file
+and path. The files the policy names (ca_file) are not read unless --files is
+given: run it with --files where the broker runs, as the broker checks them at
+start and on every reload.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := policies.Load(args[0])
+			if err == nil && files {
+				err = pol.CheckFiles()
+			}
 			if err != nil {
 				return policyProblems(e, err)
 			}
@@ -38,6 +46,8 @@ func newPolicyCheckCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&files, "files", false, "also check the files the policy names (ca_file) are readable certificates")
+	return c
 }
 
 // policyProblems prints one problem per line and returns exit status 1.

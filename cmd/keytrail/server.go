@@ -199,7 +199,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.metrics = m
-	pol, err := policies.Load(cfg.Policy)
+	pol, err := loadServedPolicy(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}
@@ -459,12 +459,25 @@ func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) 
 		VerifiedCacheSize: rt.cfg.Authn.VerifiedCacheSize})
 }
 
+// loadServedPolicy loads a policy for the server: validated, and the files
+// it names (ca_file) readable, each problem named by policy file and field.
+func loadServedPolicy(path string) (*policies.Policy, error) {
+	pol, err := policies.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pol.CheckFiles(); err != nil {
+		return nil, err
+	}
+	return pol, nil
+}
+
 // reloadPolicy validates the new policy first and keeps the old one on any
 // error; either way a policy_load event records the outcome.
 func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
-	pol, err := policies.Load(rt.cfg.Policy)
+	pol, err := loadServedPolicy(rt.cfg.Policy)
 	if err == nil {
 		var v *authn.Verifier
 		v, err = rt.newVerifier(ctx, pol)
