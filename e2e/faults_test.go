@@ -80,6 +80,7 @@ type faultStack struct {
 type faultOptions struct {
 	vaultAddr    string // default the Vault's own address (a relay goes here)
 	redisURL     string
+	redisAddrs   string // store.addrs (the Sentinel/Cluster form) instead of redis_url
 	auditDir     string // default a temporary directory
 	vaultTimeout string // vault.timeout, default keytrail's
 	auditExtra   string // more lines of the audit section ("  key: value\n")
@@ -139,6 +140,9 @@ func startFaultStack(t testing.TB, v *harness.Vault, o faultOptions) *faultStack
 	cfg += "audit:\n  file: " + s.auditPath + "\n" + o.auditExtra + "log: {level: debug}\n"
 	if o.redisURL != "" {
 		cfg += "store:\n  redis_url: " + o.redisURL + "\n"
+	}
+	if o.redisAddrs != "" {
+		cfg += "store:\n  addrs: [" + o.redisAddrs + "]\n"
 	}
 	cfgPath := filepath.Join(s.dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -399,6 +403,42 @@ func TestFaults(t *testing.T) {
 			r := faultExchange(t, s.url, s.token(t, "app-seal"))
 			return r.status == 200 && r.credential
 		})
+	})
+
+	// Two instances share Redis through store.addrs (the Sentinel/Cluster
+	// form of the config): each one's reconciliation must keep the Vault
+	// tokens the other issued (its audit log does not hold their issue
+	// events; the shared Store explains them). It used to treat store.addrs
+	// as a single instance and revoke them as not_audited.
+	t.Run("reconcile-shared-store-addrs", func(t *testing.T) {
+		rd := harness.StartRedis(t)
+		reconcile := []string{"KEYTRAIL_RECONCILE_INTERVAL=1s", "KEYTRAIL_RECONCILE_GRACE=1s"}
+		a := startFaultStack(t, v, faultOptions{redisAddrs: rd.Addr(), env: reconcile})
+		b := startFaultStack(t, v, faultOptions{redisAddrs: rd.Addr(), env: reconcile})
+		r := faultExchange(t, b.url, b.token(t, "app-shared"))
+		if r.status != 200 || !r.credential {
+			t.Fatalf("exchange on b = %+v, want 200 with a credential", r)
+		}
+		orphaned := func() bool {
+			for _, ev := range auditEvents(t, a.auditPath) {
+				if ev.Type == audit.TypeOrphanRevoked && ev.IssuanceID == r.issuanceID {
+					return true
+				}
+			}
+			return false
+		}
+		// a's first pass after the exchange either explains b's token by
+		// the Store (known >= 1: nothing else is in this Redis) or, past
+		// the grace, revokes it.
+		waitFor(t, 30*time.Second, "a reconciliation on a that judged b's token", func() bool {
+			return orphaned() || regexp.MustCompile(`"msg":"reconciliation"[^\n]*"known":[1-9]`).MatchString(a.broker.Logs())
+		})
+		if orphaned() {
+			t.Fatalf("a revoked b's recorded token %s as an orphan", r.issuanceID)
+		}
+		if _, ok := liveKeytrailTokens(t, v)[r.issuanceID]; !ok {
+			t.Errorf("b's token %s is no longer live in Vault", r.issuanceID)
+		}
 	})
 
 	t.Run("redis-killed", func(t *testing.T) {

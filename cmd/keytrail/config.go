@@ -96,6 +96,10 @@ type StoreConfig struct {
 	TLS        bool     `yaml:"tls"` // TLS to Sentinel/Cluster nodes
 }
 
+// Shared reports whether the store is Redis (a URL or addresses), which
+// other instances may share; otherwise it is this process's memory.
+func (c StoreConfig) Shared() bool { return c.RedisURL != "" || len(c.Addrs) > 0 }
+
 // AuditConfig configures the audit log.
 type AuditConfig struct {
 	File              string `yaml:"file"`

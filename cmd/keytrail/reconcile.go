@@ -62,7 +62,7 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 		// Only a single instance's log sees every issue event; with Redis
 		// (possibly shared) the Store decides for what other instances
 		// recorded, and this log for what this instance did (its chain).
-		IssuedComplete: rt.cfg.Store.RedisURL == "",
+		IssuedComplete: !rt.cfg.Store.Shared(),
 		Chain:          rt.sink.ChainID(),
 		Interval:       interval, Grace: grace, Logger: rt.log,
 	})

@@ -137,7 +137,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
-		slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.RedisURL != ""))
+		slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.Shared()))
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
@@ -249,7 +249,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	rt.goBackground(ctx, login.Run)
 
 	switch {
-	case cfg.Store.RedisURL != "" || len(cfg.Store.Addrs) > 0:
+	case cfg.Store.Shared():
 		ro := redisstore.Options{URL: cfg.Store.RedisURL, Prefix: cfg.Store.Prefix, AllowEvictingPolicy: cfg.Store.AllowEvictingPolicy, Logger: log}
 		if len(cfg.Store.Addrs) > 0 {
 			ro.Universal = &redis.UniversalOptions{Addrs: cfg.Store.Addrs, MasterName: cfg.Store.MasterName,
