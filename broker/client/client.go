@@ -59,10 +59,15 @@ func New(o Options) (*Client, error) {
 	if err := checkURL(addr, o.AllowInsecureHTTP, false); err != nil {
 		return nil, fmt.Errorf("client: broker address: %w", err)
 	}
-	hc := o.HTTPClient
-	if hc == nil {
-		hc = &http.Client{Timeout: DefaultTimeout}
+	// Never follow a redirect: a 307/308 would re-send the form, identity
+	// token included, to whatever the Location names (plain http to any
+	// host too, past checkURL). A caller's client is copied, not changed.
+	hc := &http.Client{Timeout: DefaultTimeout}
+	if o.HTTPClient != nil {
+		c := *o.HTTPClient
+		hc = &c
 	}
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	now := o.Now
 	if now == nil {
 		now = time.Now

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -256,5 +258,47 @@ func TestErrorHintAndMessage(t *testing.T) {
 	}
 	if h := (&Error{Status: 401, Code: CodeInvalidGrant}).Hint(); !strings.Contains(h, "audience (keytrail)") || !strings.Contains(h, "expiry") {
 		t.Errorf("invalid_grant hint = %q, want audience and expiry named", h)
+	}
+}
+
+// TestExchangeDoesNotFollowRedirects: a 307/308 from the broker address
+// would make net/http re-send the form, identity token included, to the
+// Location (plain http to any host too). The client refuses to follow,
+// also with a caller's HTTP client, which it leaves unchanged.
+func TestExchangeDoesNotFollowRedirects(t *testing.T) {
+	var mu sync.Mutex
+	var leaked []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		mu.Lock()
+		leaked = append(leaked, r.PostForm.Get("subject_token"))
+		mu.Unlock()
+		http.Error(w, "nope", http.StatusBadRequest)
+	}))
+	defer target.Close()
+	callers := &http.Client{Timeout: time.Minute}
+	for _, code := range []int{http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		for _, hc := range []*http.Client{nil, callers} {
+			broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL+"/v1/token", code)
+			}))
+			c, err := New(Options{Addr: broker.URL, HTTPClient: hc})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Exchange(context.Background(), "g", ExchangeOptions{Identity: staticIdentity("identity.jwt.secret")})
+			broker.Close()
+			if err == nil {
+				t.Errorf("Exchange(broker answers %d) = nil error, want an error", code)
+			}
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(leaked) > 0 {
+		t.Errorf("the identity token was re-sent to the redirect target: %q", leaked)
+	}
+	if callers.CheckRedirect != nil {
+		t.Errorf("the caller's HTTP client was changed")
 	}
 }
