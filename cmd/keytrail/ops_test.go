@@ -9,21 +9,32 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // writeCert writes a self-signed certificate for cn and its key.
@@ -159,5 +170,234 @@ func TestTimedSinkDeferred(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("audit write observations = %d, want 2 (the deferred one included)", n)
+	}
+}
+
+func vaultBinForTest(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("KEYTRAIL_VAULT_BIN"), "../../bin/vault"} {
+		if p == "" {
+			continue
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	t.Skip("no Vault binary (set KEYTRAIL_VAULT_BIN)")
+	return ""
+}
+
+const reloadJWKSPolicy = `version: 1
+issuers:
+  - name: test
+    issuer: {ISS}
+    jwks_url: {ISS}/jwks.json
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match: {issuer: test, subject: system:serviceaccount:payments:api}
+    grants: [{GRANTS}]
+grants:
+  - name: orders-jwt
+    kind: jwt
+    ttl: 5m
+    jwt: {audience: orders-api, transit_key: keytrail-signing}
+{EXTRA}`
+
+const reloadJWKSEd25519Grant = `  - name: billing-jwt
+    kind: jwt
+    ttl: 5m
+    jwt: {audience: billing-api, transit_key: keytrail-ed25519}
+`
+
+// TestReloadedJWTGrantKeyIsInJWKS: a policy reload (SIGHUP or the file
+// watcher) that adds a jwt grant signed with another transit key must put
+// that key in /.well-known/jwks.json, or no verifier can check the new
+// grant's JWTs until the broker restarts. Real Vault (KEYTRAIL_VAULT_BIN).
+func TestReloadedJWTGrantKeyIsInJWKS(t *testing.T) {
+	bin := vaultBinForTest(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
+	vp, err := devserver.Start(sctx, bin, devserver.Options{Dir: filepath.Join(dir, "vault")})
+	scancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vp.Stop()
+
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issSrv := httptest.NewServer(iss.Handler())
+	defer issSrv.Close()
+	iss.URL = issSrv.URL
+
+	polFile := filepath.Join(dir, "policy.yaml")
+	writePol := func(grants, extra string) {
+		p := strings.NewReplacer("{ISS}", issSrv.URL, "{GRANTS}", grants, "{EXTRA}", extra).Replace(reloadJWKSPolicy)
+		if err := os.WriteFile(polFile, []byte(p), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writePol("orders-jwt", "")
+
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: polFile,
+		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
+		Log: LogConfig{Level: "error", Format: "text"}}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+		if k == "VAULT_TOKEN" {
+			return vp.RootToken
+		}
+		return ""
+	}}
+	readyc, errc := make(chan string, 1), make(chan error, 1)
+	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	var base string
+	select {
+	case a := <-readyc:
+		base = "http://" + a
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	defer func() { cancel(); <-errc }()
+
+	exchange := func(grant string) (int, map[string]any) {
+		tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		form := url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:token-exchange"}, "subject_token": {tok},
+			"subject_token_type": {"urn:ietf:params:oauth:token-type:jwt"}, "audience": {grant}}
+		resp, err := http.PostForm(base+"/v1/token", form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+			t.Fatalf("/v1/token %s: status %d, body not JSON: %v", grant, resp.StatusCode, err)
+		}
+		return resp.StatusCode, m
+	}
+	kidOf := func(jwt string) string {
+		h, err := base64.RawURLEncoding.DecodeString(strings.Split(jwt, ".")[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hdr struct{ Kid string }
+		if err := json.Unmarshal(h, &hdr); err != nil || hdr.Kid == "" {
+			t.Fatalf("JWT header %s: no kid (%v)", h, err)
+		}
+		return hdr.Kid
+	}
+	jwksKids := func() []string {
+		resp, err := http.Get(base + "/.well-known/jwks.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var set struct{ Keys []struct{ Kid string } }
+		if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+			t.Fatalf("jwks.json: status %d: %v", resp.StatusCode, err)
+		}
+		var kids []string
+		for _, k := range set.Keys {
+			kids = append(kids, k.Kid)
+		}
+		return kids
+	}
+	st, m := exchange("orders-jwt")
+	if st != 200 {
+		t.Fatalf("orders-jwt exchange = %d %v", st, m)
+	}
+	ordersKid := kidOf(m["access_token"].(string))
+
+	// Add a jwt grant signed with another transit key; the file watcher
+	// reloads the policy (same path as SIGHUP).
+	writePol("orders-jwt, billing-jwt", reloadJWKSEd25519Grant)
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var st int
+		if st, m = exchange("billing-jwt"); st == 200 {
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("billing-jwt never issued after the reload: %d %v", st, m)
+		case <-tick.C:
+		}
+	}
+	kids := jwksKids()
+	for _, kid := range []string{ordersKid, kidOf(m["access_token"].(string))} {
+		if !slices.Contains(kids, kid) {
+			t.Errorf("a JWT issued after the reload is signed with kid %q, but /.well-known/jwks.json serves only %v: verifiers cannot check it", kid, kids)
+		}
+	}
+}
+
+// TestPolicyStateKeyNames: the JWKS of a reloaded policy has the keys it
+// names and keeps those the previous policy named (JWTs they signed are still
+// live); with no new key the key source, and its cache, is kept.
+func TestPolicyStateKeyNames(t *testing.T) {
+	dir := t.TempDir()
+	vc, err := vaultapi.NewClient(vaultapi.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &brokerRuntime{cfg: &Config{}, vault: vc}
+	load := func(grants, extra string) *policies.Policy {
+		t.Helper()
+		p := strings.NewReplacer("{ISS}", "https://issuer.example", "{GRANTS}", grants, "{EXTRA}", extra).Replace(reloadJWKSPolicy)
+		pol, err := policies.Load(writeFile(t, dir, "policy.yaml", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pol
+	}
+	first, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added, err := rt.newPolicyState(load("orders-jwt, billing-jwt", reloadJWKSEd25519Grant), nil, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"keytrail-ed25519", "keytrail-signing"}, added.keyNames); diff != "" {
+		t.Errorf("after adding billing-jwt: key names (-want +got):\n%s", diff)
+	}
+	if added.keys == first.keys {
+		t.Error("after adding a key: the old key source (without the new key) is still used")
+	}
+	// billing-jwt's key was named alone by a grant the next policy drops.
+	dropped, err := rt.newPolicyState(load("orders-jwt", ""), nil, added)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(added.keyNames, dropped.keyNames); diff != "" {
+		t.Errorf("after dropping billing-jwt: key names (-want +got):\n%s", diff)
+	}
+	if dropped.keys != added.keys {
+		t.Error("no new key, but the key source (and its cache) was replaced")
+	}
+	rt.cfg.Audit.CheckpointTransitKey = "checkpoints"
+	withCheckpoint, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"checkpoints", "keytrail-signing"}, withCheckpoint.keyNames); diff != "" {
+		t.Errorf("with checkpoint_transit_key: key names (-want +got):\n%s", diff)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -70,11 +71,18 @@ func newLogger(cfg LogConfig, w interface{ Write([]byte) (int, error) }) *slog.L
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// policyState is the policy in force and the authenticator built from its
-// issuers; a reload swaps both at once.
+// policyState is the policy in force, the authenticator built from its
+// issuers and the public keys of its jwt grants' transit keys; a reload swaps
+// them at once, so /.well-known/jwks.json serves every key the policy in
+// force signs with.
 type policyState struct {
 	pol   *policies.Policy
 	authn *authn.Verifier
+	// keys lists the public keys of the transit keys keyNames (nil when
+	// there are none); a reload that names no new key keeps it, and so its
+	// cache.
+	keys     *vaultad.TransitKeys
+	keyNames []string
 }
 
 // broker is everything runServer wires together.
@@ -208,7 +216,6 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return fmt.Errorf("policy issuers: %w", err)
 	}
-	rt.state.Store(&policyState{pol: pol, authn: v})
 
 	auth := cfg.Vault.Auth
 	vaultToken := e.getenv("VAULT_TOKEN")
@@ -228,6 +235,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("vault: %w (set VAULT_TOKEN, vault.token_file or vault.auth)", err)
 	}
 	rt.vault = vc
+	st, err := rt.newPolicyState(pol, v, nil)
+	if err != nil {
+		return err
+	}
+	rt.state.Store(st)
 	lo := vaultad.LoginOptions{Client: vc, Logger: log}
 	switch {
 	case auth != nil && auth.Method == vaultad.LoginAppRole:
@@ -365,19 +377,6 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	var keys broker.PublicKeySource
-	names := transitKeyNames(pol)
-	if k := cfg.Audit.CheckpointTransitKey; k != "" {
-		names = append(names, k) // verifiers of checkpoints find it in the JWKS
-	}
-	if len(names) > 0 {
-		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: vc, Keys: names})
-		if err != nil {
-			return err
-		}
-		keys = tk
-	}
-
 	svcStore, err := rt.wireRevocationCache(ctx)
 	if err != nil {
 		return err
@@ -417,7 +416,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	api, err := httpapi.New(httpapi.Options{
-		Service: svc, Keys: keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
+		Service: svc, Keys: policyKeys{rt}, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
 		TrustProxyHeaders: cfg.TrustProxyHeaders,
 		Ready:             rt.ready,
 		Extra: func(mux *http.ServeMux, s *httpapi.Server) {
@@ -481,8 +480,12 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 	if err == nil {
 		var v *authn.Verifier
 		v, err = rt.newVerifier(ctx, pol)
+		var st *policyState
 		if err == nil {
-			rt.state.Store(&policyState{pol: pol, authn: v})
+			st, err = rt.newPolicyState(pol, v, rt.state.Load())
+		}
+		if err == nil {
+			rt.state.Store(st)
 			rt.metrics.setPolicy(pol.Hash())
 			rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
 		}
@@ -522,6 +525,49 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// newPolicyState pairs pol and its verifier with the public keys of the
+// transit keys its jwt grants sign with (and the checkpoint transit key, so
+// verifiers of checkpoints find it in the JWKS). A reload adds keys but keeps
+// those of prev that pol no longer names: JWTs they signed before the reload
+// must still verify until they expire (a restart drops them, as before).
+// When the names do not change, prev's key source (and its cache) is kept.
+func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier, prev *policyState) (*policyState, error) {
+	names := transitKeyNames(pol)
+	if k := rt.cfg.Audit.CheckpointTransitKey; k != "" {
+		names = append(names, k)
+	}
+	if prev != nil {
+		names = append(names, prev.keyNames...)
+	}
+	slices.Sort(names)
+	st := &policyState{pol: pol, authn: v, keyNames: slices.Compact(names)}
+	switch {
+	case len(st.keyNames) == 0:
+	case prev != nil && slices.Equal(prev.keyNames, st.keyNames):
+		st.keys = prev.keys
+	default:
+		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: rt.vault, Keys: st.keyNames})
+		if err != nil {
+			return nil, fmt.Errorf("jwks: %w", err)
+		}
+		st.keys = tk
+	}
+	return st, nil
+}
+
+// policyKeys serves the public keys of the policy in force.
+type policyKeys struct{ rt *brokerRuntime }
+
+var _ broker.PublicKeySource = policyKeys{}
+
+func (k policyKeys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
+	st := k.rt.state.Load()
+	if st == nil || st.keys == nil {
+		return nil, nil
+	}
+	return st.keys.PublicKeys(ctx)
 }
 
 func transitKeyNames(pol *policies.Policy) []string {
