@@ -170,37 +170,52 @@ func permanentError(grant string, id client.IdentitySource, err error) error {
 }
 
 // fetchAll fetches every source's first credential concurrently and
-// returns the first failure (as an exit error).
+// returns the first failure (as an exit error). A failure retrying cannot
+// fix (a permanent refusal, no identity token, a credential that cannot be
+// written) stops the other fetches at once: the command fails either way,
+// and they may be retrying a busy broker until --timeout (or forever).
 func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySource, timeout time.Duration) error {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	errs := make([]error, len(srcs))
-	var wg sync.WaitGroup
-	for i, s := range srcs {
-		wg.Go(func() {
-			if _, err := s.Fetch(ctx); err != nil {
-				errs[i] = err
-			}
-		})
+	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	type result struct {
+		i   int
+		err error
 	}
-	wg.Wait()
-	for i, err := range errs {
-		switch {
-		case err == nil:
-		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-			return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s: the broker stayed busy or unreachable", srcs[i].Grant(), timeout)}
-		case errors.Is(err, context.Canceled):
-			return err
-		case client.IsPermanent(err):
-			return permanentError(srcs[i].Grant(), id, err)
-		default:
-			return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", srcs[i].Grant(), err)}
+	res := make(chan result, len(srcs))
+	for i, s := range srcs {
+		go func() {
+			_, err := s.Fetch(fctx)
+			res <- result{i, err}
+		}()
+	}
+	// The first failure is the cause; the ones it cancels are not reported.
+	first := result{i: -1}
+	for range srcs {
+		r := <-res
+		if r.err != nil && first.i < 0 {
+			first = r
+			stop()
 		}
 	}
-	return nil
+	if first.i < 0 {
+		return nil
+	}
+	grant, err := srcs[first.i].Grant(), first.err
+	switch {
+	case timeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s: the broker stayed busy or unreachable", grant, timeout)}
+	case errors.Is(err, context.Canceled):
+		return err
+	case client.IsPermanent(err):
+		return permanentError(grant, id, err)
+	default:
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, err)}
+	}
 }
 
 // watchAll runs every source until ctx ends (nil) or one fails for good;

@@ -389,6 +389,47 @@ func TestExecStopsChildOnCancel(t *testing.T) {
 	}
 }
 
+// TestFetchFailsFastOnPermanentRefusalOfOneGrant: docs/WORKLOADS.md says
+// permanent refusals (403 ...) are not retried: the command exits 1 with a
+// message saying what to fix. With two grants, one refused for good and one
+// the broker keeps answering 503 for, fetch and exec must say so at once,
+// not after --timeout (with --timeout 0, never) while the other grant
+// retries.
+func TestFetchFailsFastOnPermanentRefusalOfOneGrant(t *testing.T) {
+	f, addr := newFakeTokenBroker(t)
+	f.byGrant["busy"] = tokenReply{503, `{"error":"temporarily_unavailable","error_description":"vault down","request_id":"req_503"}`}
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	grants := []string{"--identity-token-file", tokenFile, "--grant", "busy", "--grant", "denied", "--grant", "payments-vault", "--timeout", "0"}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"fetch", append(append([]string{"fetch"}, grants...), "--out-dir", filepath.Join(dir, "out"))},
+		{"exec", append(append([]string{"exec", "--quiet"}, grants...), "--env", "T=payments-vault:access_token", "--", "sh", "-c", "echo started")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The busy grant retries until this context ends: a command
+			// still running then waited for it.
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			stdout, stderr, err := runCmd(t, ctx, addr, tc.args...)
+			if ctx.Err() != nil {
+				t.Fatalf("%s returned only when the test's context ended (%v): it kept retrying the busy grant after the 403\nstderr: %s", tc.name, err, stderr)
+			}
+			if code := exitCode(err); code != 1 || !strings.Contains(err.Error(), "denied: keytrail broker: 403 access_denied") {
+				t.Fatalf("%s = %v (code %d), want exit 1 naming the 403 of grant denied\nstderr: %s", tc.name, err, code, stderr)
+			}
+			if stdout != "" {
+				t.Errorf("%s stdout = %q, want nothing (the command must not start)", tc.name, stdout)
+			}
+		})
+	}
+}
+
 func FuzzParseEnvSpec(f *testing.F) {
 	for _, s := range []string{"TOKEN", "PGUSER=username", "VAULT_TOKEN=vault:access_token", "X=username", "X=other:username", "1X", "X=", "=username", "A=b:c:d"} {
 		f.Add(s)
