@@ -38,7 +38,7 @@ broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
 kid, "<transit key>:<version>"). It names the first bad line and why,
 and reports lines after the last verified checkpoint, where truncation cannot
 be ruled out (--require-checkpoint makes that a failure). Exit status 1 when
-anything is wrong.
+anything is wrong, 2 on a usage mistake.
 
 Each FILE is read with its rotated siblings (FILE.<UTC timestamp>, as the
 broker's rotation names them), oldest first, so naming the live file checks

@@ -106,13 +106,13 @@ Everything started is stopped on exit and on Ctrl-C. See docs/PERFORMANCE.md.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if o.scenarios, err = parseScenarios(scenarios); err != nil {
-				return err
+				return exitError{code: exitUsage, msg: err.Error()}
 			}
 			if o.duration <= 0 || o.reps < 1 || o.revocations < 1 {
-				return errors.New("bench: --duration, --reps and --revocations must be positive")
+				return exitError{code: exitUsage, msg: "bench: --duration, --reps and --revocations must be positive"}
 			}
 			if o.workers, err = workerLevels(o.workers); err != nil {
-				return err
+				return exitError{code: exitUsage, msg: err.Error()}
 			}
 			if o.vaultBin == "" {
 				o.vaultBin = e.getenv("KEYTRAIL_VAULT_BIN")

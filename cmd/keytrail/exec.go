@@ -157,40 +157,43 @@ latter suits a program that re-reads a file written with --out/--out-dir,
 since a running process's environment cannot change. A renewal the broker
 refuses for good is reported on stderr and CMD keeps running.
 
-Identity, server, --ttl and --timeout work as for keytrail fetch.`,
+Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
+the exit status before CMD starts: 1 the broker refused for good, the identity
+token cannot be read, or no credential came within --timeout; 2 usage; 130
+interrupted.`,
 		Example: `  keytrail exec --grant payments-db --env PGUSER=username --env PGPASSWORD=password -- ./server
   keytrail exec --grant payments-vault --env VAULT_TOKEN --watch -- ./worker
   keytrail exec --grant payments-vault --out /run/keytrail/token --watch --on-renew signal:HUP -- nginx -g 'daemon off;'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := wf.validate(); err != nil {
-				return exitError{code: 2, msg: "exec: " + err.Error()}
+				return exitError{code: exitUsage, msg: "exec: " + err.Error()}
 			}
 			if of.any() {
 				if err := of.validate(wf.grants, false); err != nil {
-					return exitError{code: 2, msg: "exec: " + err.Error()}
+					return exitError{code: exitUsage, msg: "exec: " + err.Error()}
 				}
 				if of.out == "-" {
-					return exitError{code: 2, msg: "exec: --out - would mix the credential into CMD's output"}
+					return exitError{code: exitUsage, msg: "exec: --out - would mix the credential into CMD's output"}
 				}
 			}
 			var specs []envSpec
 			for _, s := range envs {
 				sp, err := parseEnvSpec(s, wf.grants)
 				if err != nil {
-					return exitError{code: 2, msg: "exec: " + err.Error()}
+					return exitError{code: exitUsage, msg: "exec: " + err.Error()}
 				}
 				specs = append(specs, sp)
 			}
 			if len(specs) == 0 && !of.any() {
-				return exitError{code: 2, msg: "exec: give --env (or --out/--out-dir): otherwise CMD gets no credential"}
+				return exitError{code: exitUsage, msg: "exec: give --env (or --out/--out-dir): otherwise CMD gets no credential"}
 			}
 			action, err := parseOnRenew(onRenew)
 			if err != nil {
-				return exitError{code: 2, msg: "exec: " + err.Error()}
+				return exitError{code: exitUsage, msg: "exec: " + err.Error()}
 			}
 			if grace <= 0 {
-				return exitError{code: 2, msg: "exec: --restart-grace must be positive"}
+				return exitError{code: exitUsage, msg: "exec: --restart-grace must be positive"}
 			}
 			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
 			if of.outDir != "" {

@@ -494,13 +494,13 @@ within --timeout; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := wf.validate(); err != nil {
-				return exitError{code: 2, msg: "fetch: " + err.Error()}
+				return exitError{code: exitUsage, msg: "fetch: " + err.Error()}
 			}
 			if !of.any() {
-				return exitError{code: 2, msg: "fetch: --out or --out-dir is required"}
+				return exitError{code: exitUsage, msg: "fetch: --out or --out-dir is required"}
 			}
 			if err := of.validate(wf.grants, wf.watch); err != nil {
-				return exitError{code: 2, msg: "fetch: " + err.Error()}
+				return exitError{code: exitUsage, msg: "fetch: " + err.Error()}
 			}
 			if of.outDir != "" {
 				if err := os.MkdirAll(of.outDir, 0o700); err != nil {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -86,7 +87,61 @@ and revocation goes to a tamper-evident audit log.`,
 		newVersionCmd(e),
 		newBenchCmd(e),
 	)
+	usageExits2(root)
 	return root
+}
+
+// exitUsage is the exit status of a usage mistake, for every command.
+const exitUsage = 2
+
+// usageError is a usage mistake of cmd: exit status 2, never 1 (which
+// fetch, exec and others use for "refused for good").
+func usageError(cmd *cobra.Command, err error) error {
+	var ee exitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	where := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+	if cmd == cmd.Root() {
+		return exitError{code: exitUsage, msg: fmt.Sprintf("%v (see %s --help)", err, cmd.CommandPath())}
+	}
+	return exitError{code: exitUsage, msg: fmt.Sprintf("%s: %v (see %s --help)", where, err, cmd.CommandPath())}
+}
+
+// usageExits2 makes the usage mistakes cobra catches exit 2 in c and every
+// command below it: a bad or unknown flag (the flag error function), a
+// wrong number of arguments (the Args validators), a missing required flag
+// or a flag group broken (checked with the arguments, as cobra checks them
+// only after, without a way to tell them from other errors). A command that
+// only groups others shows its help when run alone and rejects an argument
+// that names no subcommand.
+func usageExits2(c *cobra.Command) {
+	if !c.HasParent() {
+		c.SetFlagErrorFunc(usageError)
+	}
+	if c.HasSubCommands() && !c.Runnable() {
+		c.Args = cobra.NoArgs
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	args := c.Args
+	if args == nil {
+		args = cobra.ArbitraryArgs
+	}
+	c.Args = func(cmd *cobra.Command, a []string) error {
+		if err := args(cmd, a); err != nil {
+			return usageError(cmd, err)
+		}
+		if err := cmd.ValidateRequiredFlags(); err != nil {
+			return usageError(cmd, err)
+		}
+		if err := cmd.ValidateFlagGroups(); err != nil {
+			return usageError(cmd, err)
+		}
+		return nil
+	}
+	for _, sub := range c.Commands() {
+		usageExits2(sub)
+	}
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

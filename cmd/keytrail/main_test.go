@@ -49,6 +49,54 @@ func TestHelpListsEverySubcommand(t *testing.T) {
 	}
 }
 
+// TestUsageErrorsExit2: fetch --help says "Exit status: 0 done; 1 the broker
+// refused for good ...; 2 usage", and 1 means "refused for good" to the
+// scripts that run fetch and exec. A usage mistake cobra catches (unknown
+// flag, bad flag value, exclusive flags, a stray or missing argument, an
+// unknown command) must exit 2 like the ones the commands check themselves,
+// in every command, and nothing must reach the broker.
+func TestUsageErrorsExit2(t *testing.T) {
+	f, addr := newFakeTokenBroker(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "cred")
+	for _, args := range [][]string{
+		{"fetch", "--grant", "payments-vault", "--out", out, "--no-such-flag"},
+		{"fetch", "--grant", "payments-vault", "--out", out, "--timeout", "soon"},
+		{"fetch", "--grant", "payments-vault", "--out", out, "--out-dir", dir},
+		{"fetch", "--grant", "payments-vault", "--identity-token-env", "T", "--github-actions", "--out", out},
+		{"fetch", "--grant", "payments-vault", "--out", out, "stray"},
+		{"fetch", "--out", out}, // checked by fetch itself
+		{"exec", "--grant", "payments-vault", "--env", "T"},
+		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "soon", "--", "true"},
+		{"revoke", "--workload", "w", "--reason", "r", "--block=maybe"},
+		{"revoke", "--workload", "w"}, // checked by revoke itself
+		{"trace", "a", "b"},
+		{"trace"},
+		{"policy", "check"},
+		{"policy", "no-such-subcommand"},
+		{"audit", "verify", "--no-such-flag", "x"},
+		{"server", "--config"},
+		{"server"},
+		{"report", "--format", "pdf"},
+		{"version", "stray"},
+		{"no-such-command"},
+	} {
+		_, stderr, err := runCmd(t, context.Background(), addr, args...)
+		if got := exitCode(err); got != 2 {
+			t.Errorf("keytrail %v: exit status %d (%v), want 2 (usage)\nstderr: %s", args, got, err, stderr)
+		}
+	}
+	if len(f.subjects) != 0 {
+		t.Errorf("usage errors sent %d token exchange(s) to the broker", len(f.subjects))
+	}
+	// Help is not a usage error.
+	for _, args := range [][]string{{"fetch", "--help"}, {"policy"}, {"--help"}} {
+		if _, _, err := runCmd(t, context.Background(), addr, args...); err != nil {
+			t.Errorf("keytrail %v = %v, want exit 0", args, err)
+		}
+	}
+}
+
 func writeFile(t *testing.T, dir, name, content string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)

@@ -77,13 +77,13 @@ matched or not, and what the grant would mint.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if tokenFile == "" || grant == "" {
-				return errors.New("--token and --grant are required")
+				return exitError{code: exitUsage, msg: "policy explain: --token and --grant are required"}
 			}
 			if policyPath == "" {
 				policyPath = e.getenv("KEYTRAIL_POLICY")
 			}
 			if policyPath == "" {
-				return errors.New("--policy (or KEYTRAIL_POLICY) is required")
+				return exitError{code: exitUsage, msg: "policy explain: --policy (or KEYTRAIL_POLICY) is required"}
 			}
 			pol, err := policies.Load(policyPath)
 			if err != nil {

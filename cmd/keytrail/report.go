@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -52,10 +51,10 @@ every instance come from the shared store.`,
 			switch format {
 			case "text", "json", "html":
 			default:
-				return fmt.Errorf("report: --format must be text, json or html, not %q", format)
+				return exitError{code: exitUsage, msg: fmt.Sprintf("report: --format must be text, json or html, not %q", format)}
 			}
 			if policyPath != "" && len(auditLogs) == 0 {
-				return errors.New("report: --policy is for offline reports (with --audit-log); online reports use the server's policy")
+				return exitError{code: exitUsage, msg: "report: --policy is for offline reports (with --audit-log); online reports use the server's policy"}
 			}
 			var rep *trace.Report
 			if len(auditLogs) > 0 {

@@ -56,7 +56,8 @@ Exit status:
   0  every matched credential is revoked
   3  revoked in keytrail, but some backend revocations (e.g. Vault) are still
      pending; the server retries them until they succeed
-  1  the revocation was not made (the error says why)`,
+  1  the revocation was not made (the error says why)
+  2  usage: a flag or argument is wrong or missing; nothing was sent`,
 		Example: `  keytrail revoke --workload payments-api --block --reason "INC-4711: key leaked"
   keytrail revoke --issuance iss_01JD... --reason "seen in a public gist" --json
   KEYTRAIL_ADDR=https://keytrail.internal:7700 KEYTRAIL_ADMIN_TOKEN_FILE=~/.sso-token \
@@ -70,10 +71,10 @@ Exit status:
 				}
 			}
 			if n != 1 {
-				return errors.New("revoke: give exactly one of --issuance, --session, --workload or --owner")
+				return exitError{code: exitUsage, msg: "revoke: give exactly one of --issuance, --session, --workload or --owner"}
 			}
 			if strings.TrimSpace(sel.Reason) == "" {
-				return errors.New("revoke: --reason is required (it is recorded in the audit log)")
+				return exitError{code: exitUsage, msg: "revoke: --reason is required (it is recorded in the audit log)"}
 			}
 			cl, err := newAdminClient(e, addr, tokenFile, insecureHTTP)
 			if err != nil {

@@ -48,7 +48,7 @@ gracefully (a second signal exits at once).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
-				return errors.New("--config is required")
+				return exitError{code: exitUsage, msg: "server: --config is required"}
 			}
 			cfg, err := LoadConfig(cfgPath, e.getenv)
 			if err != nil {

@@ -55,7 +55,7 @@ accessors in clear) and lists the attribution gaps: requests no keytrail
 issuance explains, grouped by token display name and accessor. Requests made
 with a root token and unauthenticated ones are counted, not gaps.
 
-Exit status: 0 found, 1 not found or an error.`,
+Exit status: 0 found, 1 not found or an error, 2 usage.`,
 		Example: `  keytrail trace hvs.CAESI... --audit-log /var/lib/keytrail/audit.jsonl
   keytrail trace sha256:9f86d081... --json
   keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
@@ -79,10 +79,10 @@ Exit status: 0 found, 1 not found or an error.`,
 			}
 			if len(args) == 0 {
 				if vaultLog == "" {
-					return errors.New("trace: give a VALUE, or --vault-audit-log with --audit-log to resolve a whole Vault audit log")
+					return exitError{code: exitUsage, msg: "trace: give a VALUE, or --vault-audit-log with --audit-log to resolve a whole Vault audit log"}
 				}
 				if x == nil {
-					return errors.New("trace: resolving a whole Vault audit log needs keytrail's audit files (--audit-log)")
+					return exitError{code: exitUsage, msg: "trace: resolving a whole Vault audit log needs keytrail's audit files (--audit-log)"}
 				}
 				return resolveVaultLog(e, vaultLog, x, asJSON)
 			}
