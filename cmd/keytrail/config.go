@@ -272,6 +272,9 @@ func (c *Config) validate(file string) error {
 			bad("vault.token_file", "%v", err)
 		}
 	}
+	if c.Vault.Timeout < 0 {
+		bad("vault.timeout", "must not be negative (0: the default, 5s)")
+	}
 	if r := c.Vault.TokenRole; r != "" && !vaultad.PlainRoleName(r) {
 		bad("vault.token_role", "must be a token role name (letters, digits, '_', and '.' or '-' inside)")
 	}
@@ -329,6 +332,9 @@ func (c *Config) validate(file string) error {
 			bad("audit.checkpoint_transit_key", "must be a transit key name")
 		}
 	}
+	if c.Audit.RotateEvery < 0 {
+		bad("audit.rotate_every", "must not be negative (0: never)")
+	}
 	if c.Audit.RotateBytes < 0 {
 		bad("audit.rotate_bytes", "must not be negative")
 	}
@@ -340,6 +346,9 @@ func (c *Config) validate(file string) error {
 	}
 	if c.Audit.DeferFor < 0 || time.Duration(c.Audit.DeferFor) > time.Second {
 		bad("audit.defer_for", "must be between 0 (the default, 20ms) and 1s")
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown_timeout", "must not be negative (0: the default, 20s)")
 	}
 	if c.Authn.VerifiedCacheSize < -1 {
 		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")

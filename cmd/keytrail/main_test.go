@@ -148,6 +148,12 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{"public_url: must not have a query"}},
 		{name: "fail/vault-auth", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, auth: {method: approle}}\naudit: {file: a}\n",
 			wantErr: []string{"vault.auth.role_id_file", "vault.auth.secret_id_file"}},
+		// A negative shutdown_timeout made graceful shutdown cut every
+		// in-flight request, a negative vault.timeout failed every Vault call.
+		{name: "fail/negative-durations", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, timeout: -1s}\naudit: {file: a, rotate_every: -1h, defer_for: -1ms}\nshutdown_timeout: -5s\n",
+			wantErr: []string{"config.yaml: shutdown_timeout: must not be negative", "config.yaml: vault.timeout: must not be negative",
+				"config.yaml: audit.rotate_every: must not be negative", "config.yaml: audit.defer_for: must be between 0"}},
+		{name: "ok/zero-durations-are-defaults", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, timeout: 0s}\naudit: {file: a, rotate_every: 0s}\nshutdown_timeout: 0s\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
