@@ -351,7 +351,9 @@ func (rt *brokerRuntime) startRevocationWorker(ctx context.Context, reg promethe
 }
 
 // goBackground runs fn until the runtime closes (after the HTTP server has
-// shut down, before the audit sink closes).
+// shut down). Closers run in reverse order, so a loop started after the
+// audit sink opened (as every loop that writes audit events must be) stops
+// before the sink closes.
 func (rt *brokerRuntime) goBackground(ctx context.Context, fn func(context.Context) error) {
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})

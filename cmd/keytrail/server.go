@@ -339,6 +339,10 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	rt.sink = sink
+	// Closers run in reverse: every background loop started from here on
+	// (policy watcher, clock watch, revocation worker, reconciler) writes
+	// audit events and so must stop before the sink closes.
+	rt.closers = append(rt.closers, sink.Close)
 	if err := m.registerSink(rt.reg, sink); err != nil {
 		return err
 	}
@@ -347,7 +351,6 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := rt.startClockWatch(ctx); err != nil {
 		return err
 	}
-	rt.closers = append(rt.closers, sink.Close)
 
 	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc, Role: cfg.Vault.TokenRole})
 	if err != nil {
