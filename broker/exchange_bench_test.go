@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,11 +70,17 @@ func BenchmarkExchange(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	issuers := []policies.Issuer{{
-		Name: "k8s", Issuer: iss.URL, JWKSURL: iss.URL + authntest.JWKSPath,
-		Audiences: []string{"keytrail"}, Algorithms: []string{"ES256"},
-		MaxTokenLifetime: policies.Duration(2 * time.Hour),
-	}}
+	// The ES256 cases' policy trusts the test issuer (the service checks
+	// that the policy in force names the identity's iss).
+	polES, err := policies.Parse("bench.yaml", []byte(strings.NewReplacer(
+		"issuer: https://k8s.example", "issuer: "+iss.URL,
+		"jwks_url: https://k8s.example/jwks", "jwks_url: "+iss.URL+authntest.JWKSPath,
+		"audiences: [keytrail]", "audiences: [keytrail]\n    max_token_lifetime: 2h",
+	).Replace(benchExchangePolicy)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	issuers := polES.Issuers()
 	es, err := authn.New(context.Background(), authn.Options{Issuers: issuers, VerifiedCacheSize: -1})
 	if err != nil {
 		b.Fatal(err)
@@ -87,16 +94,17 @@ func BenchmarkExchange(b *testing.B) {
 	})}
 	for _, c := range []struct {
 		name  string
+		pol   *policies.Policy
 		authn broker.Authenticator
 		token string
 	}{
-		{"fake-authn", fake, "payments"},
-		{"es256-new-token", es, tok},
-		{"es256-repeat", esCached, tok},
+		{"fake-authn", pol, fake, "payments"},
+		{"es256-new-token", polES, es, tok},
+		{"es256-repeat", polES, esCached, tok},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			svc, err := broker.NewService(broker.Deps{
-				Policy:  func() *policies.Policy { return pol },
+				Policy:  func() *policies.Policy { return c.pol },
 				Authn:   func() broker.Authenticator { return c.authn },
 				Minters: map[string]broker.Minter{broker.KindVaultToken: brokertest.QuietMinter{}},
 				Store:   memstore.New(time.Now),

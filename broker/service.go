@@ -130,7 +130,7 @@ type ExchangeResult struct {
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
 	pol := s.d.Policy()
 	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Source: auditSource(req.Source)}
-	if _, ok := pol.Grant(req.Grant); ok {
+	if pol.HasGrant(req.Grant) {
 		// Only a grant policy knows: a caller, authenticated or not,
 		// cannot write arbitrary text into the audit log (as RecordDeny).
 		deny.Grant = req.Grant
@@ -422,10 +422,17 @@ func usedClaims(pol *policies.Policy, id *Identity, wl *policies.Workload) map[s
 			out[k] = v
 		}
 	}
-	if iss, ok := pol.Issuer(id.IssuerName); ok {
-		for _, p := range iss.SessionClaims() {
+	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
+		record := func(p string) {
 			if v, ok := policies.ClaimValue(id.Claims, p); ok {
 				out[p] = v
+			}
+		}
+		if !strings.Contains(iss.SessionClaim, "+") {
+			record(iss.SessionClaim) // the common case, without allocating
+		} else {
+			for _, p := range iss.SessionClaims() {
+				record(p)
 			}
 		}
 	}

@@ -134,6 +134,13 @@ func (p *Policy) Grants() []Grant {
 	return out
 }
 
+// HasGrant reports whether the policy declares a grant of that name
+// (without copying it, as Grant does).
+func (p *Policy) HasGrant(name string) bool {
+	_, ok := p.grantIdx[name]
+	return ok
+}
+
 // Grant returns the grant with the given name.
 func (p *Policy) Grant(name string) (*Grant, bool) {
 	i, ok := p.grantIdx[name]
