@@ -306,6 +306,14 @@ func (x *execRun) start() (*child, error) {
 
 // status is the exit status keytrail reports for the child: its exit code,
 // or 128+N when signal N killed it.
+// exitStatus is exec's result once CMD has ended: its status.
+func exitStatus(c *child) error {
+	if st := c.status(); st != 0 {
+		return exitError{code: st}
+	}
+	return nil
+}
+
 func (c *child) status() int {
 	ps := c.cmd.ProcessState
 	if ps == nil {
@@ -387,10 +395,7 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 			}
 		case <-c.done:
 			cancelWatch()
-			if st := c.status(); st != 0 {
-				return exitError{code: st}
-			}
-			return nil
+			return exitStatus(c)
 		case r := <-watchDone:
 			if r.err != nil {
 				msg := r.err.Error()
@@ -410,12 +415,18 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 				x.forward(c, x.action.sig)
 				continue
 			}
+			select {
+			case <-c.done:
+				// CMD ended on its own as the renewal came (select picks
+				// either ready case): its exit ends exec, a batch job is
+				// not run twice.
+				cancelWatch()
+				return exitStatus(c)
+			default:
+			}
 			x.stop(c, sigs)
 			if ctx.Err() != nil {
-				if st := c.status(); st != 0 {
-					return exitError{code: st}
-				}
-				return nil
+				return exitStatus(c)
 			}
 			if c, err = x.start(); err != nil {
 				return err
