@@ -652,7 +652,13 @@ func (s *Store) indexRevocation(ctx context.Context, c redis.Scripter, id string
 }
 
 // putRevocationScript: KEYS as in indexRevocation; ARGV: JSON (empty: keep
-// the record), id, creation ms, "1" when pending. Returns the change number.
+// the record), id, creation ms, "1" when pending. Returns the change number:
+// the counter plus one, but at least the server's time in µs. A replica
+// promoted after missing the last writes has a lower counter; a plain
+// counter would then hand out numbers readers already saw (they read
+// ChangedAfter what they saw and would skip the new revocations); the clock
+// keeps new numbers above every earlier one (up to clock differences
+// between primaries). Numbers stay below 2^53, exact as sorted-set scores.
 var putRevocationScript = redis.NewScript(`
 if ARGV[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -665,6 +671,12 @@ else
   redis.call('SREM', KEYS[4], ARGV[2])
 end
 local n = redis.call('INCR', KEYS[5])
+local t = redis.call('TIME')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if us > n then
+  n = us
+  redis.call('SET', KEYS[5], string.format('%.0f', n))
+end
 redis.call('ZADD', KEYS[6], n, ARGV[2])
 return n
 `)

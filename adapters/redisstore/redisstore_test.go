@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -567,22 +568,23 @@ func TestReindexLegacyRevocations(t *testing.T) {
 			if d := cmp.Diff([]string{"rev_0", "rev_2"}, ids(broker.RevocationFilter{Pending: true})); d != "" {
 				t.Errorf("pending (-want +got):\n%s", d)
 			}
-			// Each indexed revocation got a change number.
+			// Each indexed revocation got its own change number (the last
+			// one is the version).
 			v, err := s.RevocationVersion(ctx)
-			if err != nil || v != 3 {
-				t.Fatalf("RevocationVersion() = %d, %v; want 3 (one per reindexed revocation)", v, err)
+			if err != nil || v == 0 {
+				t.Fatalf("RevocationVersion() = %d, %v; want the last reindexed revocation's number", v, err)
 			}
 			if d := cmp.Diff([]string{"rev_0", "rev_1", "rev_2"}, ids(broker.RevocationFilter{ChangedAfter: 0})); d != "" {
 				t.Errorf("all (-want +got):\n%s", d)
 			}
-			if got := ids(broker.RevocationFilter{ChangedAfter: 2}); len(got) != 1 {
-				t.Errorf("changed after 2 = %v, want the one revocation indexed last", got)
+			if got := ids(broker.RevocationFilter{ChangedAfter: v - 1}); len(got) != 1 {
+				t.Errorf("changed after version-1 = %v, want the one revocation indexed last", got)
 			}
 			if err := s.PutRevocation(ctx, &broker.Revocation{ID: "rev_3", CreatedAt: storetest.Epoch()}); err != nil {
 				t.Fatal(err)
 			}
-			if d := cmp.Diff([]string{"rev_3"}, ids(broker.RevocationFilter{ChangedAfter: 3})); d != "" {
-				t.Errorf("changed after 3 (-want +got):\n%s", d)
+			if d := cmp.Diff([]string{"rev_3"}, ids(broker.RevocationFilter{ChangedAfter: v})); d != "" {
+				t.Errorf("changed after the version (-want +got):\n%s", d)
 			}
 		})
 	}
@@ -606,11 +608,23 @@ func BenchmarkListRevocations(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	var before2 uint64 // the version before the last two puts
 	for i := range 10 {
+		if i == 8 {
+			v, err := s.RevocationVersion(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			before2 = v
+		}
 		rev := &broker.Revocation{ID: fmt.Sprintf("rev_new_%d", i), CreatedAt: now.Add(-time.Hour), Revoked: []string{"iss_n"}}
 		if err := s.PutRevocation(ctx, rev); err != nil {
 			b.Fatal(err)
 		}
+	}
+	last, err := s.RevocationVersion(ctx)
+	if err != nil {
+		b.Fatal(err)
 	}
 	for _, c := range []struct {
 		name string
@@ -620,7 +634,7 @@ func BenchmarkListRevocations(b *testing.B) {
 		{"all", broker.RevocationFilter{}, 10_010},
 		{"last-24h", broker.RevocationFilter{Since: now.Add(-24 * time.Hour)}, 10},
 		{"pending", broker.RevocationFilter{Pending: true}, 10},
-		{"changed-after-last-2", broker.RevocationFilter{Since: now.Add(-24 * time.Hour), ChangedAfter: 10_008}, 2},
+		{"changed-after-last-2", broker.RevocationFilter{Since: now.Add(-24 * time.Hour), ChangedAfter: before2}, 2},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -636,8 +650,8 @@ func BenchmarkListRevocations(b *testing.B) {
 	b.Run("version", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if v, err := s.RevocationVersion(ctx); err != nil || v != 10_010 {
-				b.Fatalf("RevocationVersion() = %d, %v, want 10010", v, err)
+			if v, err := s.RevocationVersion(ctx); err != nil || v != last {
+				b.Fatalf("RevocationVersion() = %d, %v, want %d", v, err, last)
 			}
 		}
 	})
@@ -782,4 +796,74 @@ func TestContractThroughSentinel(t *testing.T) {
 			Prefix:    fmt.Sprintf("{sentinel-%d}:", n),
 		})
 	})
+}
+
+// TestRevocationVersionAfterFailover: a replica promoted after missing the
+// primary's last write must not hand out change numbers readers already
+// saw (they list ChangedAfter what they saw, and would skip the new
+// revocations until their next full read). With a plain counter it did:
+// 3 again, then 4. Found in review.
+func TestRevocationVersionAfterFailover(t *testing.T) {
+	master := harness.StartRedis(t)
+	replica := harness.StartRedis(t)
+	ctx := t.Context()
+	host, port, _ := net.SplitHostPort(master.Addr())
+
+	m := newStore(t, master, redisstore.Options{Prefix: "{fo}:"})
+	rc := newStore(t, replica, redisstore.Options{Prefix: "{other}:"}).Client()
+	if err := rc.ReplicaOf(ctx, host, port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := m.PutRevocation(ctx, &broker.Revocation{ID: fmt.Sprintf("rev_%d", i), CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := m.RevocationVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, _ := rc.Get(ctx, "{fo}:revs:version").Uint64()
+		if v == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica did not catch up to version %d (has %d)", want, v)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the replica's copy
+	}
+	// The link breaks; the primary takes one more write the replica never gets.
+	if err := rc.ReplicaOf(ctx, "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.PutRevocation(ctx, &broker.Revocation{ID: "rev_lost", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	seen, err := m.RevocationVersion(ctx) // a reader's last version
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Failover: the replica is the new primary.
+	p := newStore(t, replica, redisstore.Options{Prefix: "{fo}:"})
+	for _, id := range []string{"rev_new_a", "rev_new_b"} {
+		if err := p.PutRevocation(ctx, &broker.Revocation{ID: id, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := p.ListRevocations(ctx, broker.RevocationFilter{ChangedAfter: seen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, r := range got {
+		ids[r.ID] = true
+	}
+	now, _ := p.RevocationVersion(ctx)
+	for _, id := range []string{"rev_new_a", "rev_new_b"} {
+		if !ids[id] {
+			t.Errorf("revocation %s written after RevocationVersion returned %d (now %d) is not listed by ChangedAfter %d: its change number was reused", id, seen, now, seen)
+		}
+	}
 }
