@@ -379,6 +379,9 @@ func (b *reportBuilder) event(ev *audit.Event) {
 			s.Addresses = append(s.Addresses, ev.Source.IP)
 		}
 	case audit.TypeRevoke, audit.TypeRevokeResult, audit.TypeOrphanRevoked:
+		if ev.Type == audit.TypeOrphanRevoked && ev.Outcome != nil && ev.Outcome.Status >= 300 {
+			break // the revocation failed: the credential lives on (the reconciliation retries)
+		}
 		ids := listedIssuances(ev)
 		if ev.IssuanceID != "" {
 			ids = append(ids, ev.IssuanceID)

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -186,6 +187,18 @@ func TestBuildReportCases(t *testing.T) {
 		{"ok/active-from-store", trace.ReportInput{Now: at(5 * time.Minute), Policy: pol, Events: x.Events(), Active: fromStore},
 			projection{Active: map[string]int{"idle-job": 0, "payments-api": 0, "reports": 1, "orders": 1}, Stale: []string{"idle-job"},
 				Exceptions: []string{"old-shared-ftp:expired", "legacy-batch-key:expiring"}, Unused: 2, ActiveFrom: trace.FromStore}},
+		// An orphan_revoked event whose revocation failed (503: left to the
+		// reconciliation) does not end the credential; one that succeeded does.
+		{"ok/failed-orphan-revocation-still-active", trace.ReportInput{Now: at(5 * time.Minute), Policy: pol, Events: append(x.Events(),
+			&audit.Event{Type: audit.TypeOrphanRevoked, Seq: 100, Chain: "chn_a", Time: at(4 * time.Second).Format(time.RFC3339Nano), IssuanceID: idC,
+				Workload: "reports", Reason: "store_failed", Outcome: &audit.Outcome{Status: 503, Error: "revocation failed; left to the reconciliation"}})},
+			projection{Active: map[string]int{"idle-job": 0, "payments-api": 1, "reports": 1}, Stale: []string{"idle-job"},
+				Exceptions: []string{"old-shared-ftp:expired", "legacy-batch-key:expiring"}, Unused: 2, ActiveFrom: trace.FromAuditLog}},
+		{"ok/orphan-revocation-ends-credential", trace.ReportInput{Now: at(5 * time.Minute), Policy: pol, Events: append(x.Events(),
+			&audit.Event{Type: audit.TypeOrphanRevoked, Seq: 100, Chain: "chn_a", Time: at(4 * time.Second).Format(time.RFC3339Nano), IssuanceID: idC,
+				Workload: "reports", Reason: "not_audited", Outcome: &audit.Outcome{Status: 200}})},
+			projection{Active: map[string]int{"idle-job": 0, "payments-api": 1, "reports": 0}, Stale: []string{"idle-job"},
+				Exceptions: []string{"old-shared-ftp:expired", "legacy-batch-key:expiring"}, Unused: 2, ActiveFrom: trace.FromAuditLog}},
 		{"ok/no-policy", trace.ReportInput{Now: at(5 * time.Minute), Events: x.Events()},
 			projection{Active: map[string]int{"payments-api": 1, "reports": 1}, ActiveFrom: trace.FromAuditLog}},
 		{"ok/no-events", trace.ReportInput{Now: at(5 * time.Minute), Policy: pol},
