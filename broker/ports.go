@@ -188,7 +188,19 @@ type Store interface {
 	FindIssuances(ctx context.Context, kind RefKind, values []string) ([]*Issuance, error)
 	ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error)
 
+	// PutRevocation stores r whole. The revocation flow uses it only to
+	// create a record; every later change goes through UpdateRevocation.
 	PutRevocation(ctx context.Context, r *Revocation) error
+	// UpdateRevocation reads the stored revocation id, applies fn to it and
+	// writes the result only if nobody wrote the record in between (a
+	// compare-and-set, with PutRevocation's change number and indexes),
+	// retrying a bounded number of times on conflict; it returns the record
+	// as stored. fn may therefore run more than once, each time on a fresh
+	// copy: it MUST be a pure function of its argument and MUST NOT call the
+	// Store. An error from fn is returned as is and nothing is written.
+	// ErrNotFound when there is no such revocation; ErrUnavailable when the
+	// conflicts outlast the retries.
+	UpdateRevocation(ctx context.Context, id string, fn func(*Revocation) error) (*Revocation, error)
 	GetRevocation(ctx context.Context, id string) (*Revocation, error)
 	ListRevocations(ctx context.Context, f RevocationFilter) ([]*Revocation, error)
 	// RevocationVersion is the store's revocation change number: every

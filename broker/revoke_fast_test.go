@@ -188,6 +188,9 @@ func (s *swapStore) ListIssuances(ctx context.Context, f broker.IssuanceFilter) 
 func (s *swapStore) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	return s.cur().PutRevocation(ctx, r)
 }
+func (s *swapStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	return s.cur().UpdateRevocation(ctx, id, fn)
+}
 func (s *swapStore) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
 	return s.cur().GetRevocation(ctx, id)
 }

@@ -36,7 +36,7 @@ type Store struct {
 	byOwner     map[string]map[string]struct{}
 	bySession   map[string]map[string]struct{}
 	revocations map[string]*revEntry
-	revVersion  uint64            // PutRevocation calls so far (RevocationVersion)
+	revVersion  uint64            // revocation writes so far (RevocationVersion)
 	blocks      map[string][]byte // workload -> JSON
 }
 
@@ -341,20 +341,70 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	if r == nil || r.ID == "" {
 		return invalid("revocation without id")
 	}
+	raw, created, err := encodeRevocation(r)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putRevocationLocked(r.ID, raw, created)
+	return nil
+}
+
+// encodeRevocation is the stored form of r (times in UTC) and its creation
+// time.
+func encodeRevocation(r *broker.Revocation) ([]byte, time.Time, error) {
 	c := *r
 	c.CreatedAt, c.SweepAt, c.CompletedAt = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC()
 	raw, err := json.Marshal(&c)
 	if err != nil {
-		return invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
+		return nil, time.Time{}, invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
+	}
+	return raw, c.CreatedAt, nil
+}
+
+// putRevocationLocked stores one revocation under a new change number;
+// s.mu must be held for writing.
+func (s *Store) putRevocationLocked(id string, raw []byte, created time.Time) {
+	s.revVersion++
+	s.revocations[id] = &revEntry{raw: raw, createdAt: created, version: s.revVersion}
+}
+
+// UpdateRevocation applies fn to the stored revocation id and stores the
+// result, all under the store's lock: no other write can come in between,
+// so fn runs once.
+func (s *Store) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if id == "" || fn == nil {
+		return nil, invalid("update revocation without id or function")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.revVersion++
-	s.revocations[r.ID] = &revEntry{raw: raw, createdAt: c.CreatedAt, version: s.revVersion}
-	return nil
+	e, ok := s.revocations[id]
+	if !ok {
+		return nil, notFound("revocation " + id)
+	}
+	r, err := decodeRevocation(e.raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(r); err != nil {
+		return nil, err
+	}
+	if r.ID != id {
+		return nil, invalid(fmt.Sprintf("update of revocation %s changed its id to %q", id, r.ID))
+	}
+	raw, created, err := encodeRevocation(r)
+	if err != nil {
+		return nil, err
+	}
+	s.putRevocationLocked(id, raw, created)
+	return decodeRevocation(raw)
 }
 
-// RevocationVersion returns the number of PutRevocation calls so far.
+// RevocationVersion returns the number of revocation writes so far.
 func (s *Store) RevocationVersion(ctx context.Context) (uint64, error) {
 	if err := checkCtx(ctx); err != nil {
 		return 0, err

@@ -8,7 +8,8 @@
 //     Redis yields broker.ErrUnavailable, never a hang; redis.Nil becomes
 //     broker.ErrNotFound; the core never sees a go-redis error type;
 //   - PutIssuance is one MULTI/EXEC round trip writing the record and all its
-//     indexes atomically;
+//     indexes atomically; UpdateRevocation is a WATCH/MULTI/EXEC
+//     compare-and-set retried on conflict;
 //   - issuance records and their ref indexes live for Options.Retention after
 //     the issuance expires (trace needs expired issuances), then Redis drops
 //     them; revocations and blocks get no TTL at all;
@@ -27,7 +28,7 @@
 //	revs                   set of revocation ids
 //	revs:time              sorted set of revocation ids scored by creation (unix ms)
 //	revs:pending           set of revocation ids not completed
-//	revs:version           change counter, incremented by every PutRevocation
+//	revs:version           change counter, incremented by every revocation write
 //	revs:changes           sorted set of revocation ids scored by their last change
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
@@ -624,11 +625,9 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	if r == nil || r.ID == "" {
 		return invalid("revocation without id")
 	}
-	c := *r
-	c.CreatedAt, c.SweepAt, c.CompletedAt = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC()
-	raw, err := json.Marshal(&c)
+	raw, c, err := encodeRevocation(r)
 	if err != nil {
-		return invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
+		return err
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -638,17 +637,105 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	return nil
 }
 
+// encodeRevocation is the stored form of r (times in UTC) and the copy it
+// encodes.
+func encodeRevocation(r *broker.Revocation) ([]byte, *broker.Revocation, error) {
+	c := *r
+	c.CreatedAt, c.SweepAt, c.CompletedAt = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC()
+	raw, err := json.Marshal(&c)
+	if err != nil {
+		return nil, nil, invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
+	}
+	return raw, &c, nil
+}
+
+// maxUpdateTries bounds the optimistic transactions of one
+// UpdateRevocation: each conflict means another writer's update landed.
+const maxUpdateTries = 16
+
+// UpdateRevocation is a compare-and-set: it WATCHes the record, reads it,
+// applies fn and writes the result with exactly PutRevocation's script in
+// MULTI/EXEC, so the write happens only if the record was not written
+// meanwhile; on a conflict it starts again from a fresh read (up to
+// maxUpdateTries times, all within one Options.Timeout). Every key is under
+// the prefix's hash tag, so the transaction stays on one Cluster slot.
+func (s *Store) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	if id == "" || fn == nil {
+		return nil, invalid("update revocation without id or function")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	key := s.revKey(id)
+	for range maxUpdateTries {
+		var out *broker.Revocation
+		var own error // fn's error, or a record that does not decode: returned as is
+		err := s.client.Watch(ctx, func(tx *redis.Tx) error {
+			raw, err := tx.Get(ctx, key).Result()
+			if err != nil {
+				return err
+			}
+			r, err := decodeRevocation(raw)
+			if err != nil {
+				own = err
+				return err
+			}
+			if err := fn(r); err != nil {
+				own = err
+				return err
+			}
+			if r.ID != id {
+				own = invalid(fmt.Sprintf("update of revocation %s changed its id to %q", id, r.ID))
+				return own
+			}
+			enc, c, err := encodeRevocation(r)
+			if err != nil {
+				own = err
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				// EVAL, not EVALSHA: a script missing from the cache
+				// would fail the whole transaction only at EXEC.
+				keys, args := s.revocationScriptArgs(id, enc, c.CreatedAt, c.CompletedAt.IsZero())
+				putRevocationScript.Eval(ctx, p, keys, args...)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			// What GetRevocation now returns.
+			out, own = decodeRevocation(string(enc))
+			return own
+		}, key)
+		switch {
+		case own != nil:
+			return nil, own
+		case errors.Is(err, redis.TxFailedErr):
+			continue
+		case err != nil:
+			return nil, s.fail("update revocation "+id, err)
+		}
+		return out, nil
+	}
+	return nil, s.fail("update revocation "+id, fmt.Errorf("%d conflicting writes in a row", maxUpdateTries))
+}
+
 // indexRevocation writes one revocation (the record, unless raw is nil) and
 // its index entries: the set of all revocations, the creation-time index,
 // the pending set, and the change index under a new change number, in one
 // atomic script (so a reader that saw the number sees the entries).
 func (s *Store) indexRevocation(ctx context.Context, c redis.Scripter, id string, raw []byte, created time.Time, pending bool) *redis.Cmd {
+	keys, args := s.revocationScriptArgs(id, raw, created, pending)
+	return putRevocationScript.Run(ctx, c, keys, args...)
+}
+
+// revocationScriptArgs are putRevocationScript's KEYS and ARGV.
+func (s *Store) revocationScriptArgs(id string, raw []byte, created time.Time, pending bool) ([]string, []any) {
 	p := "0"
 	if pending {
 		p = "1"
 	}
 	keys := []string{s.revKey(id), s.revsKey(), s.revsByTimeKey(), s.revsPendingKey(), s.revsVersionKey(), s.revsChangesKey()}
-	return putRevocationScript.Run(ctx, c, keys, raw, id, strconv.FormatInt(created.UnixMilli(), 10), p)
+	return keys, []any{raw, id, strconv.FormatInt(created.UnixMilli(), 10), p}
 }
 
 // putRevocationScript: KEYS as in indexRevocation; ARGV: JSON (empty: keep

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -866,4 +867,80 @@ func TestRevocationVersionAfterFailover(t *testing.T) {
 			t.Errorf("revocation %s written after RevocationVersion returned %d (now %d) is not listed by ChangedAfter %d: its change number was reused", id, seen, now, seen)
 		}
 	}
+}
+
+// TestUpdateRevocationConflict: a write by another client between
+// UpdateRevocation's read and its EXEC fails the transaction; the update
+// starts again from the record that write left (keeping it), and gives up
+// with ErrUnavailable when every try is raced.
+func TestUpdateRevocationConflict(t *testing.T) {
+	r := harness.StartRedis(t)
+	a := newStore(t, r, redisstore.Options{Prefix: "{conflict}:"})
+	b := newStore(t, r, redisstore.Options{Prefix: "{conflict}:"})
+	rev := &broker.Revocation{ID: "rev_x", CreatedAt: storetest.Epoch(), Revoked: []string{}, Failed: []broker.RevokeFailure{}}
+	if err := a.PutRevocation(t.Context(), rev); err != nil {
+		t.Fatal(err)
+	}
+	// other writes the record from another connection, as another instance
+	// would: it adds id to Revoked.
+	other := func(id string) {
+		cur, err := b.GetRevocation(t.Context(), "rev_x")
+		if err != nil {
+			t.Fatalf("GetRevocation() = %v", err)
+		}
+		cur.Revoked = append(cur.Revoked, id)
+		if err := b.PutRevocation(t.Context(), cur); err != nil {
+			t.Fatalf("PutRevocation() = %v", err)
+		}
+	}
+
+	t.Run("ok/retried-from-the-fresh-record", func(t *testing.T) {
+		calls := 0
+		got, err := a.UpdateRevocation(t.Context(), "rev_x", func(r *broker.Revocation) error {
+			calls++
+			if calls == 1 {
+				other("iss_b")
+			}
+			r.Pending = append(r.Pending, "iss_a")
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("UpdateRevocation() = %v, want nil", err)
+		}
+		if calls != 2 {
+			t.Errorf("fn ran %d times, want 2 (once more after the conflict)", calls)
+		}
+		stored, err := a.GetRevocation(t.Context(), "rev_x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []*broker.Revocation{got, stored} {
+			if d := cmp.Diff([]string{"iss_b"}, r.Revoked); d != "" {
+				t.Errorf("revoked: the other client's write was lost (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff([]string{"iss_a"}, r.Pending); d != "" {
+				t.Errorf("pending (-want +got):\n%s", d)
+			}
+		}
+	})
+	t.Run("fail/always-raced", func(t *testing.T) {
+		calls := 0
+		_, err := a.UpdateRevocation(t.Context(), "rev_x", func(r *broker.Revocation) error {
+			calls++
+			other(fmt.Sprintf("iss_race%d", calls))
+			r.Pending = append(r.Pending, "iss_never")
+			return nil
+		})
+		if !errors.Is(err, broker.ErrUnavailable) {
+			t.Errorf("UpdateRevocation(always raced) = %v, want ErrUnavailable", err)
+		}
+		stored, err := a.GetRevocation(t.Context(), "rev_x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(stored.Revoked) != 1+calls || slices.Contains(stored.Pending, "iss_never") {
+			t.Errorf("after %d raced tries: revoked %v, pending %v; want every other write kept and none of ours",
+				calls, stored.Revoked, stored.Pending)
+		}
+	})
 }

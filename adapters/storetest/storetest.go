@@ -116,6 +116,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("list", func(t *testing.T) { testList(t, newStore) })
 	t.Run("revocation", func(t *testing.T) { testRevocation(t, newStore) })
 	t.Run("revocation-version", func(t *testing.T) { testRevocationVersion(t, newStore) })
+	t.Run("revocation-update", func(t *testing.T) { testRevocationUpdate(t, newStore) })
 	t.Run("revocation-many", func(t *testing.T) { testRevocationMany(t, newStore) })
 	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
 	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
@@ -726,6 +727,134 @@ func testRevocationVersion(t *testing.T, newStore func(t *testing.T) broker.Stor
 		cancel()
 		if _, err := s.RevocationVersion(c); err == nil {
 			t.Errorf("RevocationVersion(cancelled) = nil error, want one")
+		}
+	})
+}
+
+// testRevocationUpdate checks UpdateRevocation: fn sees the stored record,
+// its result is stored (with a new change number and the pending index kept
+// in step) and returned; fn's error writes nothing; and concurrent updates
+// of one record all land, none writing back a copy older than another's.
+func testRevocationUpdate(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("ok/applies-and-returns", func(t *testing.T) {
+		s := newStore(t)
+		if err := s.PutRevocation(ctx(t), sampleRevocation("rev_u", Epoch())); err != nil {
+			t.Fatalf("PutRevocation(rev_u) = %v, want nil", err)
+		}
+		v, err := s.RevocationVersion(ctx(t))
+		if err != nil {
+			t.Fatalf("RevocationVersion() = %v, want nil", err)
+		}
+		got, err := s.UpdateRevocation(ctx(t), "rev_u", func(r *broker.Revocation) error {
+			if d := cmp.Diff(sampleRevocation("rev_u", Epoch()), r); d != "" {
+				return fmt.Errorf("fn got (-want +got):\n%s", d)
+			}
+			r.Revoked, r.Pending, r.Failed = append(r.Revoked, r.Pending...), nil, []broker.RevokeFailure{}
+			r.CompletedAt = Epoch().Add(time.Hour)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("UpdateRevocation(rev_u) = %v, want nil", err)
+		}
+		want := sampleRevocation("rev_u", Epoch())
+		want.Revoked, want.Pending, want.Failed = []string{"iss_1", "iss_2", "iss_3"}, nil, []broker.RevokeFailure{}
+		want.CompletedAt = Epoch().Add(time.Hour)
+		if d := cmp.Diff(want, got); d != "" {
+			t.Errorf("UpdateRevocation(rev_u) returned (-want +got):\n%s", d)
+		}
+		stored, err := s.GetRevocation(ctx(t), "rev_u")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_u) = %v, want nil", err)
+		}
+		if d := cmp.Diff(want, stored); d != "" {
+			t.Errorf("GetRevocation(rev_u) after the update (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{"rev_u"}, revocationIDs(t, s, broker.RevocationFilter{ChangedAfter: v})); d != "" {
+			t.Errorf("changed after the update (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending after completing it (-want +got):\n%s", d)
+		}
+	})
+	t.Run("fail/fn-error-writes-nothing", func(t *testing.T) {
+		s := newStore(t)
+		if err := s.PutRevocation(ctx(t), sampleRevocation("rev_u", Epoch())); err != nil {
+			t.Fatalf("PutRevocation(rev_u) = %v, want nil", err)
+		}
+		v, err := s.RevocationVersion(ctx(t))
+		if err != nil {
+			t.Fatalf("RevocationVersion() = %v, want nil", err)
+		}
+		errNo := errors.New("nothing to change")
+		_, err = s.UpdateRevocation(ctx(t), "rev_u", func(r *broker.Revocation) error {
+			r.Pending = nil
+			return errNo
+		})
+		if !errors.Is(err, errNo) {
+			t.Errorf("UpdateRevocation(fn fails) = %v, want fn's error", err)
+		}
+		got, err := s.GetRevocation(ctx(t), "rev_u")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_u) = %v, want nil", err)
+		}
+		if d := cmp.Diff(sampleRevocation("rev_u", Epoch()), got); d != "" {
+			t.Errorf("record after a failed update (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{}, revocationIDs(t, s, broker.RevocationFilter{ChangedAfter: v})); d != "" {
+			t.Errorf("changed after a failed update (-want +got):\n%s", d)
+		}
+	})
+	t.Run("fail/missing", func(t *testing.T) {
+		s := newStore(t)
+		_, err := s.UpdateRevocation(ctx(t), "rev_none", func(r *broker.Revocation) error {
+			t.Errorf("fn called for a missing revocation")
+			return nil
+		})
+		wantErr(t, "UpdateRevocation(rev_none)", err, broker.ErrNotFound)
+	})
+	t.Run("fail/invalid", func(t *testing.T) {
+		s := newStore(t)
+		_, err := s.UpdateRevocation(ctx(t), "", func(*broker.Revocation) error { return nil })
+		wantErr(t, `UpdateRevocation(id="")`, err, broker.ErrInvalidRequest)
+	})
+	t.Run("ok/concurrent-updates-all-land", func(t *testing.T) {
+		s := newStore(t)
+		r := sampleRevocation("rev_c", Epoch())
+		r.Pending, r.Failed = nil, nil
+		if err := s.PutRevocation(ctx(t), r); err != nil {
+			t.Fatalf("PutRevocation(rev_c) = %v, want nil", err)
+		}
+		const n = 8
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Go(func() {
+				id := fmt.Sprintf("iss_c%d", i)
+				_, err := s.UpdateRevocation(context.Background(), "rev_c", func(r *broker.Revocation) error {
+					r.Pending = append(r.Pending, id)
+					r.Matched++
+					return nil
+				})
+				if err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("concurrent UpdateRevocation = %v, want nil", err)
+		}
+		got, err := s.GetRevocation(ctx(t), "rev_c")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_c) = %v, want nil", err)
+		}
+		want := []string{}
+		for i := range n {
+			want = append(want, fmt.Sprintf("iss_c%d", i))
+		}
+		if d := cmp.Diff(want, got.Pending, cmpopts.SortSlices(func(a, b string) bool { return a < b })); d != "" || got.Matched != 3+n {
+			t.Errorf("after %d concurrent updates: matched %d (want %d), pending (-want +got):\n%s", n, got.Matched, 3+n, d)
 		}
 	})
 }
