@@ -108,13 +108,15 @@ func (is *Issuance) RefValue(kind RefKind) (v string, ok bool) {
 }
 
 // IssuanceFilter selects issuances; empty fields match everything. ActiveAt,
-// when set, keeps only issuances active at that time.
+// when set, keeps only issuances active at that time; UnexpiredAt only
+// those not expired at that time, revoked or not.
 type IssuanceFilter struct {
-	Workload  string
-	Owner     string
-	SessionID string
-	ActiveAt  time.Time
-	Limit     int // 0 = no limit
+	Workload    string
+	Owner       string
+	SessionID   string
+	ActiveAt    time.Time
+	UnexpiredAt time.Time
+	Limit       int // 0 = no limit
 }
 
 // Block stops new issuance to one workload.

@@ -252,7 +252,8 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 		if (f.Workload == "" || m.Workload == f.Workload) &&
 			(f.Owner == "" || m.Owner == f.Owner) &&
 			(f.SessionID == "" || m.SessionID == f.SessionID) &&
-			(f.ActiveAt.IsZero() || m.Active(f.ActiveAt)) {
+			(f.ActiveAt.IsZero() || m.Active(f.ActiveAt)) &&
+			(f.UnexpiredAt.IsZero() || f.UnexpiredAt.Before(m.ExpiresAt)) {
 			matched = append(matched, e)
 		}
 	}

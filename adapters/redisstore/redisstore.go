@@ -573,10 +573,10 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 		key = s.idxKey("owner", f.Owner)
 	}
 	// Active means ActiveAt < ExpiresAt, so the expiry's millisecond is at
-	// least ActiveAt's.
+	// least ActiveAt's; the same for UnexpiredAt.
 	minScore := "-inf"
-	if !f.ActiveAt.IsZero() {
-		minScore = strconv.FormatInt(f.ActiveAt.UnixMilli(), 10)
+	if from := laterOf(f.ActiveAt, f.UnexpiredAt); !from.IsZero() {
+		minScore = strconv.FormatInt(from.UnixMilli(), 10)
 	}
 
 	// The index is paged by score (pagesByScore): every put prunes its
@@ -613,11 +613,19 @@ func (s *Store) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*
 	return out, nil
 }
 
+func laterOf(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 func matches(is *broker.Issuance, f broker.IssuanceFilter) bool {
 	return (f.Workload == "" || is.Workload == f.Workload) &&
 		(f.Owner == "" || is.Owner == f.Owner) &&
 		(f.SessionID == "" || is.SessionID == f.SessionID) &&
-		(f.ActiveAt.IsZero() || is.Active(f.ActiveAt))
+		(f.ActiveAt.IsZero() || is.Active(f.ActiveAt)) &&
+		(f.UnexpiredAt.IsZero() || f.UnexpiredAt.Before(is.ExpiresAt))
 }
 
 // PutRevocation writes the revocation (no TTL) and adds it to the set.
