@@ -22,10 +22,10 @@ package broker
 //     deadline per call; kinds without a Revoker (proxy credentials, broker
 //     JWTs) are revoked by the store mark alone and denied by the proxy and
 //     introspection until they expire;
-//  5. the record is updated (revoked, pending, failed), a `revoke_result`
-//     event written, and only then the change announced through the Store's
-//     Notifier, if it has one: announcing is second and never needed for
-//     correctness;
+//  5. the record is updated (revoked, pending, failed; see Writers below), a
+//     `revoke_result` event written, and only then the change announced
+//     through the Store's Notifier, if it has one: announcing is second and
+//     never needed for correctness;
 //  6. the sweep, SweepDelay after the revocation (see below), by the
 //     RevocationWorker of any instance.
 //
@@ -49,11 +49,27 @@ package broker
 // it finds that the record does not list yet is added to the record as
 // pending (stored first), then marked, revoked at its backend and settled
 // like the rest, and a `revoke_result` event (`by: sweep`) names it under
-// `swept`. A credential issued after the revocation to a session or
+// `swept`. The sweep also takes back any unexpired issuance stored as
+// revoked by the revocation that the record lists neither as revoked nor as
+// pending: the mark keeps it out of every selection of active issuances, so
+// a record that lost it would otherwise never end it at its backend. A
+// credential issued after the revocation to a session or
 // workload it did not block is not taken. The cost: a credential that
 // raced the revocation stays usable until the sweep (SweepDelay, 12 s with
 // the defaults) instead of being refused at once; in exchange the
 // exchange's hot path gains no Store read.
+//
+// Writers. Once created (PutRevocation), a revocation record is changed by
+// several writers, on any instance and at the same time: Revoke's progress
+// write, the worker's retries, the sweep, Unblock. Each changes it through
+// Store.UpdateRevocation, a compare-and-set on the record as stored, and
+// changes only what it did itself: settle moves the ids this writer
+// handled from Pending to Revoked (or sets their failure) and leaves every
+// other id as stored; the sweep adds the ids it found and clears SweepAt;
+// Unblock sets one Unblocked time. None writes back a copy it read earlier,
+// which could drop the ids a sweep added (never revoked at their backend)
+// or an unblock time (the sweep then takes the unblocked workload's new
+// credentials).
 //
 // Propagation. RevocationCache is each instance's in-memory set of revoked
 // issuances and blocked workloads, refreshed from the Store at least every
@@ -200,12 +216,15 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 
 	// 4. Backends.
 	revoked, bfailed := s.revokeBackends(dctx, marked)
-	s.settle(rev, revoked, append(failed, bfailed...))
-	if err := s.putRevocation(dctx, rev); err != nil {
+	failed = append(failed, bfailed...)
+	if cur, err := s.storeProgress(dctx, rev.ID, revoked, failed); err != nil {
 		// The stored record still lists everything as pending; the worker
 		// redoes it (revokers are idempotent).
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
 			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+		settle(rev, revoked, failed, s.d.Now())
+	} else {
+		rev = cur // with whatever other writers stored meanwhile
 	}
 
 	// 5. Result, then announce.
@@ -407,25 +426,35 @@ func safeRevokeError(e *Error) string {
 	return "backend revocation failed (" + reason + "); retrying"
 }
 
-// settle moves revoked ids from Pending to Revoked and records failures.
-func (s *Service) settle(rev *Revocation, revoked []string, failed []RevokeFailure) {
-	done := map[string]bool{}
-	for _, id := range revoked {
-		done[id] = true
+// settle applies one writer's outcome to rev: the ids in done (revoked, or
+// gone) move from Pending to Revoked, and each failure becomes the Failed
+// entry of its id while that id is still pending. Every other id keeps its
+// state: rev is the freshly stored record (see storeProgress), and what
+// other writers added to it since this writer read it (ids the sweep
+// found, an unblock time) is not this writer's to drop. When nothing is
+// pending any more and the sweep has run, rev is complete at now.
+func settle(rev *Revocation, done []string, failed []RevokeFailure, now time.Time) {
+	isDone := map[string]bool{}
+	for _, id := range done {
+		isDone[id] = true
 		if !slices.Contains(rev.Revoked, id) {
 			rev.Revoked = append(rev.Revoked, id)
 		}
 	}
 	byID := map[string]RevokeFailure{}
+	for _, f := range rev.Failed {
+		byID[f.IssuanceID] = f
+	}
 	for _, f := range failed {
 		byID[f.IssuanceID] = f
 	}
 	pending := []string{}
 	fails := []RevokeFailure{}
 	for _, id := range rev.Pending {
-		if done[id] {
+		if isDone[id] {
 			continue
 		}
+		isDone[id] = true // listed once
 		pending = append(pending, id)
 		if f, ok := byID[id]; ok {
 			fails = append(fails, f)
@@ -435,8 +464,18 @@ func (s *Service) settle(rev *Revocation, revoked []string, failed []RevokeFailu
 	}
 	rev.Pending, rev.Failed = pending, fails
 	if len(pending) == 0 && rev.SweepAt.IsZero() && rev.CompletedAt.IsZero() {
-		rev.CompletedAt = s.d.Now()
+		rev.CompletedAt = now
 	}
+}
+
+// storeProgress stores what one writer did to revocation id (see settle)
+// on the record as stored now, and returns that record.
+func (s *Service) storeProgress(ctx context.Context, id string, done []string, failed []RevokeFailure) (*Revocation, error) {
+	now := s.d.Now()
+	return s.updateRevocation(ctx, id, func(r *Revocation) error {
+		settle(r, done, failed, now)
+		return nil
+	})
 }
 
 // storeWrapper is a Store that fronts another and adds answers of its own
@@ -459,10 +498,23 @@ func (s *Service) records() Store {
 	}
 }
 
+// putRevocation creates a revocation record. Every later change goes
+// through updateRevocation: a writer that put back a whole copy it read
+// earlier would drop what others wrote meanwhile (the ids a sweep added,
+// an unblock time).
 func (s *Service) putRevocation(ctx context.Context, rev *Revocation) error {
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	defer cancel()
 	return s.d.Store.PutRevocation(sctx, rev)
+}
+
+// updateRevocation applies fn, which must change only what its writer did,
+// to the stored record id (Store.UpdateRevocation: fn may run more than
+// once) and returns the record as stored.
+func (s *Service) updateRevocation(ctx context.Context, id string, fn func(*Revocation) error) (*Revocation, error) {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	return s.d.Store.UpdateRevocation(sctx, id, fn)
 }
 
 // auditResult writes a revoke_result event, with extra added to its
@@ -633,23 +685,26 @@ func (s *Service) noteUnblock(ctx context.Context, b *Block, workload string) er
 	if b.RevocationID == "" {
 		return nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-	defer cancel()
-	rev, err := s.records().GetRevocation(sctx, b.RevocationID)
-	switch {
-	case errors.Is(err, ErrNotFound):
+	at := s.d.Now().UTC()
+	_, err := s.updateRevocation(ctx, b.RevocationID, func(rev *Revocation) error {
+		if rev.SweepAt.IsZero() || !slices.Contains(rev.Blocks, workload) {
+			return errUnchanged
+		}
+		if rev.Unblocked == nil {
+			rev.Unblocked = map[string]time.Time{}
+		}
+		rev.Unblocked[workload] = at
 		return nil
-	case err != nil:
-		return err
-	case rev.SweepAt.IsZero() || !slices.Contains(rev.Blocks, workload):
+	})
+	if errors.Is(err, ErrNotFound) || errors.Is(err, errUnchanged) {
 		return nil
 	}
-	if rev.Unblocked == nil {
-		rev.Unblocked = map[string]time.Time{}
-	}
-	rev.Unblocked[workload] = s.d.Now().UTC()
-	return s.d.Store.PutRevocation(sctx, rev)
+	return err
 }
+
+// errUnchanged is an update function's answer when there is nothing to
+// write.
+var errUnchanged = errors.New("nothing to change")
 
 // ListIssuances returns issuance records (never secrets) matching f.
 func (s *Service) ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error) {
@@ -853,20 +908,21 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		if err != nil {
 			return false, fmt.Errorf("sweep revocation %s: %w", r.ID, err)
 		}
-		swept = ids(late)
-		r.Pending = append(r.Pending, swept...)
-		r.Matched += len(swept)
-		r.SweepAt = time.Time{}
+		// Durable first: once the record lists them as pending, the worker
+		// of any instance finishes them; until then the stored SweepAt makes
+		// the next pass sweep again. Added to the record as stored now, so
+		// nothing another writer stored since r was read is lost.
+		found := ids(late)
+		cur, err := s.updateRevocation(ctx, r.ID, func(c *Revocation) error {
+			swept = addPending(c, found)
+			c.SweepAt = time.Time{}
+			return nil
+		})
+		if err != nil {
+			return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
+		}
+		*r = *cur
 		if len(swept) > 0 {
-			// Durable first: once the record lists them as pending, the
-			// worker of any instance finishes them; until then the stored
-			// SweepAt makes the next pass sweep again.
-			for _, id := range swept {
-				r.Failed = append(r.Failed, RevokeFailure{IssuanceID: id, Error: "not attempted yet; retrying"})
-			}
-			if err := s.putRevocation(ctx, r); err != nil {
-				return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
-			}
 			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation sweep found credentials minted while it ran",
 				slog.String("revocation_id", r.ID), slog.Any("issuance_ids", swept))
 		}
@@ -891,10 +947,11 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	marked, mfailed := s.markAll(ctx, toRevoke, r.ID, s.d.Now())
 	revoked, bfailed := s.revokeBackends(ctx, marked)
 	failed = append(append(failed, mfailed...), bfailed...)
-	s.settle(r, append(gone, revoked...), failed)
-	if err := s.putRevocation(ctx, r); err != nil {
+	cur, err := s.storeProgress(ctx, r.ID, append(gone, revoked...), failed)
+	if err != nil {
 		return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 	}
+	*r = *cur
 	status := 200
 	if len(r.Pending) > 0 {
 		status = 202
@@ -913,6 +970,34 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
 	}
 	return true, nil
+}
+
+// addPending adds to r, as pending, the ids of found it does not list yet
+// (counted in Matched) and returns them. Should r be complete already (a
+// sweep found what another instance's completed sweep had not), it is open
+// again: the worker lists only incomplete revocations.
+func addPending(r *Revocation, found []string) []string {
+	known := map[string]bool{}
+	for _, l := range [][]string{r.Revoked, r.Pending} {
+		for _, id := range l {
+			known[id] = true
+		}
+	}
+	var added []string
+	for _, id := range found {
+		if known[id] {
+			continue
+		}
+		known[id] = true
+		added = append(added, id)
+		r.Pending = append(r.Pending, id)
+		r.Failed = append(r.Failed, RevokeFailure{IssuanceID: id, Error: "not attempted yet; retrying"})
+	}
+	r.Matched += len(added)
+	if len(added) > 0 {
+		r.CompletedAt = time.Time{}
+	}
+	return added
 }
 
 // Bounds behind SweepDelay.
@@ -942,7 +1027,10 @@ func (s *Service) SweepDelay() time.Duration {
 // is the minting instance's clock); and, for each workload r blocked, every
 // one issued before now while the block stands, or, when it was lifted
 // meanwhile, before the unblock (r.Unblocked; SweepAt when not recorded):
-// credentials issued after an unblock are not r's.
+// credentials issued after an unblock are not r's. It also takes back every
+// unexpired issuance stored as revoked by r that r lists neither as revoked
+// nor as pending: marked, so no selection of active issuances finds it
+// again, but not known to be ended at its backend.
 func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance, error) {
 	now := s.d.Now()
 	known := map[string]bool{}
@@ -953,7 +1041,7 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 	}
 	var late []*Issuance
 	add := func(f IssuanceFilter, cutoff time.Time) error {
-		f.ActiveAt = now
+		f.UnexpiredAt = now // active ones, and those r marked
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 		list, err := s.records().ListIssuances(sctx, f)
 		cancel()
@@ -961,7 +1049,11 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 			return err
 		}
 		for _, is := range list {
-			if known[is.ID] || is.IssuedAt.After(cutoff) {
+			if known[is.ID] {
+				continue
+			}
+			marked := !is.RevokedAt.IsZero() && is.RevocationID == r.ID
+			if !marked && (!is.Active(now) || is.IssuedAt.After(cutoff)) {
 				continue
 			}
 			known[is.ID] = true

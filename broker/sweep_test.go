@@ -1,0 +1,387 @@
+package broker_test
+
+// Tests of the revocation sweep against writers that race it, on other
+// instances (several Services over one memstore) and within one.
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// sweepClock is a clock the test moves.
+type sweepClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *sweepClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *sweepClock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
+func (c *sweepClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// switchRevoker mints like brokertest.Minter; its Revoke fails while err is
+// set, records only successful calls, and runs hook (once) at its first call.
+type switchRevoker struct {
+	brokertest.Minter
+	mu   sync.Mutex
+	err  error
+	ok   []string
+	hook func()
+}
+
+func (r *switchRevoker) Revoke(ctx context.Context, is *broker.Issuance) error {
+	r.mu.Lock()
+	h := r.hook
+	r.hook = nil
+	r.mu.Unlock()
+	if h != nil {
+		h()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	r.ok = append(r.ok, is.ID)
+	return nil
+}
+
+func (r *switchRevoker) setErr(err error) { r.mu.Lock(); r.err = err; r.mu.Unlock() }
+func (r *switchRevoker) setHook(h func()) { r.mu.Lock(); r.hook = h; r.mu.Unlock() }
+func (r *switchRevoker) revoked() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.ok)
+}
+
+var errVaultDown = broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused"))
+
+// newSweepSvc is a Service over st; tokens "pod1" and "pod2" are two
+// sessions (pods) of payments-api.
+func newSweepSvc(t *testing.T, clk *sweepClock, st broker.Store, mr *switchRevoker) *broker.Service {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := func(uid string) *broker.Identity {
+		return identity("system:serviceaccount:payments:api", map[string]any{
+			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": uid}},
+		})
+	}
+	authn := brokertest.Authn{"pod1": pod("pod-1"), "pod2": pod("pod-2")}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: mr},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: mr},
+		Store:    st,
+		Audit:    &brokertest.Sink{},
+		Now:      clk.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+func exchangeAs(t *testing.T, svc *broker.Service, token string) *broker.Issuance {
+	t.Helper()
+	res, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: token, Grant: "payments-vault"})
+	if err != nil {
+		t.Fatalf("Exchange(%s) = %v", token, err)
+	}
+	return res.Issuance
+}
+
+func newTestWorker(t *testing.T, svc *broker.Service) *broker.RevocationWorker {
+	t.Helper()
+	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// TestRevokeUnblockTimeSurvivesStaleWriter: Unblock records its time on the
+// revocation while another writer works from a copy read before it
+// (Revoke's step-5 progress write; the worker's retry of a pending backend
+// revocation). The unblock time must survive that writer, so that the
+// sweep leaves the credential the workload got after the unblock. (Found in
+// review: the writer put back its whole copy without Unblocked, and the
+// sweep, cut off at sweep_at instead, revoked that credential.)
+func TestRevokeUnblockTimeSurvivesStaleWriter(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		worker bool // unblock while the worker retries (else: while Revoke calls the backend)
+	}{
+		{"during-revoke-backend-call", false},
+		{"during-worker-retry", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+			mem := memstore.New(clk.Now)
+			mr := &switchRevoker{}
+			svc := newSweepSvc(t, clk, mem, mr)
+			w := newTestWorker(t, svc)
+			exchangeAs(t, svc, "pod1")
+			clk.Add(time.Second)
+			unblock := func() {
+				if err := svc.Unblock(ctx, secops, "payments-api", "false alarm", "req_u"); err != nil {
+					t.Errorf("Unblock() = %v", err)
+				}
+			}
+			if tc.worker {
+				mr.setErr(errVaultDown)
+			} else {
+				mr.setHook(unblock)
+			}
+			rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.worker {
+				mr.setErr(nil)
+				mr.setHook(unblock)
+				clk.Set(rev.CreatedAt.Add(2 * time.Second))
+				if err := w.Tick(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := mem.GetBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
+				t.Fatalf("GetBlock() = %v; want unblocked", err)
+			}
+			// After the unblock and past the 2 s of clock skew the scope allows.
+			clk.Set(rev.CreatedAt.Add(4 * time.Second))
+			later := exchangeAs(t, svc, "pod1")
+			clk.Set(rev.SweepAt)
+			if err := w.Tick(ctx); err != nil {
+				t.Fatal(err)
+			}
+			stored, _ := mem.GetRevocation(ctx, rev.ID)
+			got, _ := mem.GetIssuance(ctx, later.ID)
+			if !got.Active(clk.Now()) {
+				t.Errorf("credential issued 3 s after the unblock was revoked by the sweep of %s (record's unblocked = %v)",
+					got.RevocationID, stored.Unblocked)
+			}
+		})
+	}
+}
+
+// hookStore runs a hook (once) right after a ListRevocations or
+// GetRevocation read, or right before an UpdateRevocation: another instance
+// acting between this one's read of a revocation record and its write of
+// it. (An UpdateRevocation that another write races is retried on top of
+// that write, which is what the hook before it shows.) It has no unwrap,
+// so the Service's records() reads through it.
+type hookStore struct {
+	broker.Store
+	mu           sync.Mutex
+	afterList    func()
+	afterGetRv   func()
+	beforeUpdate func()
+}
+
+func (s *hookStore) take(p *func()) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := *p
+	*p = nil
+	return h
+}
+
+func (s *hookStore) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
+	revs, err := s.Store.ListRevocations(ctx, f)
+	if h := s.take(&s.afterList); h != nil {
+		h()
+	}
+	return revs, err
+}
+
+func (s *hookStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	if h := s.take(&s.beforeUpdate); h != nil {
+		h()
+	}
+	return s.Store.UpdateRevocation(ctx, id, fn)
+}
+
+func (s *hookStore) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	r, err := s.Store.GetRevocation(ctx, id)
+	if h := s.take(&s.afterGetRv); h != nil {
+		h()
+	}
+	return r, err
+}
+
+// noBlocks is an instance whose (stale) cache has not learned the block.
+type noBlocks struct{ broker.Store }
+
+func (noBlocks) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
+	return nil, broker.ErrNotFound
+}
+
+// TestRevokeSweptCredentialSurvivesStaleWriter: the sweep grows a
+// revocation's Pending list after its creation. Instance A's sweep stores
+// the late credential as pending, marks it, and its backend call fails
+// (Vault down). Then a writer that read the record before the sweep writes
+// its change: instance B's worker, whose pass listed the revocation just
+// before A swept; an Unblock; Revoke's own progress write when its backend
+// calls outlast SweepDelay. The late id must stay pending until it is
+// revoked at its backend. (Found in review: each of them wrote back its
+// whole older copy, the id left Pending, and no later sweep could find it,
+// since it selected only active issuances and the mark made it inactive:
+// the revocation completed while the Vault token was never revoked.)
+func TestRevokeSweptCredentialSurvivesStaleWriter(t *testing.T) {
+	for _, tc := range []string{"second-worker", "unblock", "revoke-past-sweep-delay"} {
+		t.Run(tc, func(t *testing.T) {
+			ctx := context.Background()
+			clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+			mem := memstore.New(clk.Now)
+			rvA, rvB := &switchRevoker{}, &switchRevoker{}
+			svcA := newSweepSvc(t, clk, mem, rvA)
+			hs := &hookStore{Store: mem}
+			svcB := newSweepSvc(t, clk, hs, rvB)
+			stale := newSweepSvc(t, clk, noBlocks{mem}, &switchRevoker{})
+			wA, wB := newTestWorker(t, svcA), newTestWorker(t, svcB)
+			// finish: Vault is back and the workers go on for a few minutes;
+			// the late credential must have been revoked at its backend.
+			finish := func(t *testing.T, revID string, late *broker.Issuance) {
+				t.Helper()
+				rvA.setErr(nil)
+				rvB.setErr(nil)
+				for range 10 {
+					clk.Add(30 * time.Second)
+					_ = wA.Tick(ctx)
+					_ = wB.Tick(ctx)
+				}
+				r, _ := mem.GetRevocation(ctx, revID)
+				if !slices.Contains(rvA.revoked(), late.ID) && !slices.Contains(rvB.revoked(), late.ID) {
+					t.Errorf("swept credential %s never revoked at the backend; revocation: revoked %v pending %v sweep_at %v completed_at %v",
+						late.ID, r.Revoked, r.Pending, r.SweepAt, r.CompletedAt)
+				}
+				if !slices.Contains(r.Revoked, late.ID) || len(r.Pending) != 0 || r.CompletedAt.IsZero() {
+					t.Errorf("revocation at the end: revoked %v pending %v completed_at %v; want %s revoked and the revocation complete",
+						r.Revoked, r.Pending, r.CompletedAt, late.ID)
+				}
+			}
+
+			sweepA := func(revID string, late *broker.Issuance) {
+				if err := wA.Tick(ctx); err != nil {
+					t.Errorf("A's Tick() = %v", err)
+				}
+				if r, _ := mem.GetRevocation(ctx, revID); !slices.Contains(r.Pending, late.ID) {
+					t.Errorf("after A's sweep: pending %v; want %s (setup)", r.Pending, late.ID)
+				}
+			}
+			if tc == "revoke-past-sweep-delay" {
+				// B revokes; its backend call outlasts SweepDelay, while a
+				// stale instance issues a credential and A's sweep takes it.
+				exchangeAs(t, svcB, "pod2")
+				var late *broker.Issuance
+				rvB.setHook(func() {
+					clk.Add(2800 * time.Millisecond)
+					late = exchangeAs(t, stale, "pod1")
+					rvA.setErr(errVaultDown)
+					revs, err := mem.ListRevocations(ctx, broker.RevocationFilter{Pending: true})
+					if err != nil || len(revs) != 1 {
+						t.Errorf("ListRevocations() = %v, %v; want the one revocation", revs, err)
+						return
+					}
+					clk.Set(revs[0].SweepAt)
+					sweepA(revs[0].ID, late)
+				})
+				rev, err := svcB.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Contains(rev.Pending, late.ID) {
+					t.Errorf("Revoke() pending = %v, want the swept %s", rev.Pending, late.ID)
+				}
+				finish(t, rev.ID, late)
+				return
+			}
+
+			rev, err := svcA.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			clk.Add(2800 * time.Millisecond)
+			late := exchangeAs(t, stale, "pod1") // issued on an instance that had not learned the block
+
+			rvA.setErr(errVaultDown)
+			rvB.setErr(errVaultDown)
+			clk.Set(rev.SweepAt)
+			switch tc {
+			case "second-worker":
+				hs.afterList = func() { sweepA(rev.ID, late) }
+				if err := wB.Tick(ctx); err != nil {
+					t.Fatal(err)
+				}
+			case "unblock":
+				// After Unblock's read of the record, or before its update.
+				var once sync.Once
+				hs.afterGetRv = func() { once.Do(func() { sweepA(rev.ID, late) }) }
+				hs.afterList, hs.beforeUpdate = hs.afterGetRv, hs.afterGetRv
+				if err := svcB.Unblock(ctx, secops, "payments-api", "resolved", "req_u"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			finish(t, rev.ID, late)
+		})
+	}
+}
+
+// TestRevokeSweepFindsMarkedIssuanceTheRecordLost: an issuance stored as
+// revoked by a revocation that the record lists neither as revoked nor as
+// pending (a record write lost, as every record write was before
+// UpdateRevocation) is found again by the sweep and ended at its backend,
+// though it is no longer active.
+func TestRevokeSweepFindsMarkedIssuanceTheRecordLost(t *testing.T) {
+	ctx := context.Background()
+	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	mem := memstore.New(clk.Now)
+	mr := &switchRevoker{}
+	svc := newSweepSvc(t, clk, mem, mr)
+	a := exchangeAs(t, svc, "pod1")
+	clk.Add(time.Minute)
+	mr.setErr(errVaultDown)
+	rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+	if err != nil || !slices.Contains(rev.Pending, a.ID) {
+		t.Fatalf("Revoke() = %+v, %v; want %s pending", rev, err, a.ID)
+	}
+	// The record loses the id; the issuance stays marked.
+	lost, err := mem.GetRevocation(ctx, rev.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost.Pending, lost.Failed = nil, []broker.RevokeFailure{}
+	if err := mem.PutRevocation(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := mem.GetIssuance(ctx, a.ID); got.RevocationID != rev.ID {
+		t.Fatalf("issuance %s marked by %q, want %s (setup)", a.ID, got.RevocationID, rev.ID)
+	}
+	mr.setErr(nil)
+	clk.Set(rev.SweepAt)
+	if err := newTestWorker(t, svc).Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := mem.GetRevocation(ctx, rev.ID)
+	if !slices.Contains(mr.revoked(), a.ID) || !slices.Contains(r.Revoked, a.ID) || r.CompletedAt.IsZero() {
+		t.Errorf("after the sweep: backend revoked %v, record revoked %v pending %v completed_at %v; want %s revoked and the revocation complete",
+			mr.revoked(), r.Revoked, r.Pending, r.CompletedAt, a.ID)
+	}
+}
