@@ -42,10 +42,13 @@ package broker
 // the sweep has run. The sweep selects again, on the Store: the active
 // issuances of the session, workload or owner issued by the revocation's
 // creation (plus revokeClockSkew; issued_at is stamped before the mint, on
-// the minting instance's clock), and every active issuance of each
-// blocked workload while the block stands (if it was lifted meanwhile,
+// the minting instance's clock), and the active issuances of each blocked
+// workload issued while the block stands (if it was lifted meanwhile,
 // those issued before the unblock, which Unblock records on the revocation:
-// later ones belong to the unblocked workload). Whatever
+// later ones belong to the unblocked workload). For a revocation of a
+// session or an issuance that part starts MintTimeout + StoreTimeout +
+// revokeClockSkew before its creation: the workload's other credentials
+// issued earlier were stored when it selected and are not its own. Whatever
 // it finds that the record does not list yet is added to the record as
 // pending (stored first), then marked, revoked at its backend and settled
 // like the rest, and a `revoke_result` event (`by: sweep`) names it under
@@ -1012,6 +1015,13 @@ const (
 	revokeClockSkew = 2 * time.Second
 )
 
+// inFlight bounds how long before a revocation's creation (by its clock) an
+// exchange that stored its issuance only after the revocation selected may
+// have stamped issued_at: its mint and its store write, plus clock skew.
+func (s *Service) inFlight() time.Duration {
+	return s.d.MintTimeout + s.d.StoreTimeout + revokeClockSkew
+}
+
 // SweepDelay is how long after its creation a revocation is swept (see the
 // file comment): an exchange that passed its block check before the
 // revocation, or on an instance whose cache had not learned the block yet
@@ -1025,7 +1035,8 @@ func (s *Service) SweepDelay() time.Duration {
 // should have covered that it does not list yet. Those of r's session,
 // workload or owner issued by r's creation (plus revokeClockSkew: issued_at
 // is the minting instance's clock); and, for each workload r blocked, every
-// one issued before now while the block stands, or, when it was lifted
+// one issued before now (for a session or issuance, from inFlight before
+// r's creation on) while the block stands, or, when it was lifted
 // meanwhile, before the unblock (r.Unblocked; SweepAt when not recorded):
 // credentials issued after an unblock are not r's. It also takes back every
 // unexpired issuance stored as revoked by r that r lists neither as revoked
@@ -1040,7 +1051,9 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 		}
 	}
 	var late []*Issuance
-	add := func(f IssuanceFilter, cutoff time.Time) error {
+	// add takes the active issuances f selects issued in [from, cutoff]
+	// (from zero: no lower bound).
+	add := func(f IssuanceFilter, from, cutoff time.Time) error {
 		f.UnexpiredAt = now // active ones, and those r marked
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 		list, err := s.records().ListIssuances(sctx, f)
@@ -1053,7 +1066,7 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 				continue
 			}
 			marked := !is.RevokedAt.IsZero() && is.RevocationID == r.ID
-			if !marked && (!is.Active(now) || is.IssuedAt.After(cutoff)) {
+			if !marked && (!is.Active(now) || is.IssuedAt.After(cutoff) || is.IssuedAt.Before(from)) {
 				continue
 			}
 			known[is.ID] = true
@@ -1061,11 +1074,23 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 		}
 		return nil
 	}
-	if sel := r.Selector; sel.IssuanceID == "" {
+	sel := r.Selector
+	if sel.IssuanceID == "" {
 		f := IssuanceFilter{Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID}
-		if err := add(f, r.CreatedAt.Add(revokeClockSkew)); err != nil {
+		if err := add(f, time.Time{}, r.CreatedAt.Add(revokeClockSkew)); err != nil {
 			return nil, err
 		}
+	}
+	// A block's part is what was minted while r ran, or by an instance that
+	// had not learned the block yet. For a workload or an owner the scope
+	// part above already took everything earlier; for a session or an
+	// issuance, the workload's other credentials issued before r were there
+	// to select and are not r's: only those whose exchange may still have
+	// been minting or storing at r's creation (issued_at is stamped before
+	// the mint, on the minting instance's clock) or that came later.
+	var from time.Time
+	if sel.SessionID != "" || sel.IssuanceID != "" {
+		from = r.CreatedAt.Add(-s.inFlight())
 	}
 	for _, wl := range r.Blocks {
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
@@ -1081,7 +1106,7 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 		case err != nil:
 			return nil, fmt.Errorf("block %s: %w", wl, err)
 		}
-		if err := add(IssuanceFilter{Workload: wl}, cutoff); err != nil {
+		if err := add(IssuanceFilter{Workload: wl}, from, cutoff); err != nil {
 			return nil, err
 		}
 	}

@@ -385,3 +385,59 @@ func TestRevokeSweepFindsMarkedIssuanceTheRecordLost(t *testing.T) {
 			mr.revoked(), r.Revoked, r.Pending, r.CompletedAt, a.ID)
 	}
 }
+
+// TestRevokeSweepLeavesOtherSessionsOfABlockedWorkload: a revocation of one
+// session (or one issuance) with block ends that session's credentials and
+// blocks new issuance; the workload's other credentials, issued well before
+// the revocation, are not selected (Revoke leaves them active), and the
+// sweep leaves them too, while it still takes what an instance that had not
+// learned the block issued to the workload after the revocation. (Found in
+// review: the sweep took every active credential of the blocked workload,
+// which is not "the credentials minted while it ran".)
+func TestRevokeSweepLeavesOtherSessionsOfABlockedWorkload(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sel  func(a *broker.Issuance) broker.RevokeSelector
+	}{
+		{"session-with-block", func(a *broker.Issuance) broker.RevokeSelector { return broker.RevokeSelector{SessionID: a.SessionID} }},
+		{"issuance-with-block", func(a *broker.Issuance) broker.RevokeSelector { return broker.RevokeSelector{IssuanceID: a.ID} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+			mem := memstore.New(clk.Now)
+			mr := &switchRevoker{}
+			svc := newSweepSvc(t, clk, mem, mr)
+			stale := newSweepSvc(t, clk, noBlocks{mem}, &switchRevoker{})
+			a := exchangeAs(t, svc, "pod1")
+			clk.Add(time.Minute)
+			b := exchangeAs(t, svc, "pod2") // another session, a minute before the revocation
+			if a.SessionID == b.SessionID {
+				t.Fatal("want two sessions")
+			}
+			clk.Add(time.Minute)
+			rev, err := svc.Revoke(ctx, secops, tc.sel(a), "pod-1 compromised", true, "req_r")
+			if err != nil || rev.Matched != 1 {
+				t.Fatalf("Revoke() = %+v, %v; want only pod-1's credential matched", rev, err)
+			}
+			if got, _ := mem.GetIssuance(ctx, b.ID); !got.Active(clk.Now()) {
+				t.Fatalf("Revoke took %s", b.ID)
+			}
+			clk.Add(2 * time.Second)
+			late := exchangeAs(t, stale, "pod2") // on an instance that had not learned the block
+			clk.Set(rev.SweepAt)
+			if err := newTestWorker(t, svc).Tick(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := mem.GetIssuance(ctx, b.ID)
+			if !got.Active(clk.Now()) || slices.Contains(mr.revoked(), b.ID) {
+				t.Errorf("pod-2's credential, issued 1 min before the revocation of %v and not matched by it, "+
+					"was revoked by the sweep (revoked_at %v by %q; backend revoked %v)", tc.sel(a), got.RevokedAt, got.RevocationID, mr.revoked())
+			}
+			if got, _ := mem.GetIssuance(ctx, late.ID); got.RevocationID != rev.ID || !slices.Contains(mr.revoked(), late.ID) {
+				t.Errorf("credential issued to the blocked workload 2 s after the revocation: revoked by %q (backend revoked %v); want swept by %s",
+					got.RevocationID, mr.revoked(), rev.ID)
+			}
+		})
+	}
+}
