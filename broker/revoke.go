@@ -44,8 +44,9 @@ package broker
 // creation (plus revokeClockSkew; issued_at is stamped before the mint, on
 // the minting instance's clock), and the active issuances of each blocked
 // workload issued while the block stands (if it was lifted meanwhile,
-// those issued before the unblock, which Unblock records on the revocation:
-// later ones belong to the unblocked workload). For a revocation of a
+// those issued before the unblock, which Unblock records on every
+// revocation whose sweep is due that blocked the workload: later ones
+// belong to the unblocked workload). For a revocation of a
 // session or an issuance that part starts MintTimeout + StoreTimeout +
 // revokeClockSkew before its creation: the workload's other credentials
 // issued earlier were stored when it selected and are not its own. Whatever
@@ -653,7 +654,7 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 	case err != nil:
 		return Unavailable("store_unavailable", time.Second, err)
 	}
-	if err := s.noteUnblock(ctx, b, workload); err != nil {
+	if err := s.noteUnblock(ctx, workload); err != nil {
 		return Unavailable("store_unavailable", time.Second, err)
 	}
 	ev := &audit.Event{
@@ -680,29 +681,45 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 	return nil
 }
 
-// noteUnblock records the unblock time on the revocation that made the
-// block, when its sweep is still due, so the sweep takes none of the
-// credentials the workload gets once unblocked. Written before the block is
-// deleted: while the block stands the sweep ignores it.
-func (s *Service) noteUnblock(ctx context.Context, b *Block, workload string) error {
-	if b.RevocationID == "" {
-		return nil
+// noteUnblock records the unblock time on every revocation that blocked
+// workload and whose sweep is still due, so no sweep takes the credentials
+// the workload gets once unblocked. Every one, not only the revocation the
+// block record names: a later blocking revocation of the same workload
+// overwrites the block record, and the earlier one's sweep still selects
+// the workload's credentials. A revocation that already records an unblock
+// keeps the first one: what the workload got between that unblock and a
+// re-block is not that revocation's. Written before the block is deleted:
+// while the block stands the sweep ignores it.
+func (s *Service) noteUnblock(ctx context.Context, workload string) error {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	revs, err := s.records().ListRevocations(sctx, RevocationFilter{Pending: true})
+	cancel()
+	if err != nil {
+		return err
 	}
 	at := s.d.Now().UTC()
-	_, err := s.updateRevocation(ctx, b.RevocationID, func(rev *Revocation) error {
-		if rev.SweepAt.IsZero() || !slices.Contains(rev.Blocks, workload) {
-			return errUnchanged
+	for _, r := range revs {
+		if r.SweepAt.IsZero() || !slices.Contains(r.Blocks, workload) {
+			continue
 		}
-		if rev.Unblocked == nil {
-			rev.Unblocked = map[string]time.Time{}
+		_, err := s.updateRevocation(ctx, r.ID, func(rev *Revocation) error {
+			if rev.SweepAt.IsZero() || !slices.Contains(rev.Blocks, workload) {
+				return errUnchanged // swept meanwhile
+			}
+			if _, ok := rev.Unblocked[workload]; ok {
+				return errUnchanged
+			}
+			if rev.Unblocked == nil {
+				rev.Unblocked = map[string]time.Time{}
+			}
+			rev.Unblocked[workload] = at
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, errUnchanged) {
+			return fmt.Errorf("revocation %s: %w", r.ID, err)
 		}
-		rev.Unblocked[workload] = at
-		return nil
-	})
-	if errors.Is(err, ErrNotFound) || errors.Is(err, errUnchanged) {
-		return nil
 	}
-	return err
+	return nil
 }
 
 // errUnchanged is an update function's answer when there is nothing to

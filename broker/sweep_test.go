@@ -441,3 +441,90 @@ func TestRevokeSweepLeavesOtherSessionsOfABlockedWorkload(t *testing.T) {
 		})
 	}
 }
+
+// TestUnblockNotedOnEveryBlockingRevocation: after a second blocking
+// revocation of the same workload the block record names only the second
+// (PutBlock overwrites it). Unblock must still note its time on the first,
+// whose sweep is due too, so that neither sweep takes what the workload got
+// after the unblock. (Found in review: Unblock noted it on the revocation
+// the block named alone, and the first revocation's sweep, block gone and
+// no unblock time, took everything up to its sweep_at.)
+func TestUnblockNotedOnEveryBlockingRevocation(t *testing.T) {
+	ctx := context.Background()
+	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	mem := memstore.New(clk.Now)
+	mr := &switchRevoker{}
+	svc := newSweepSvc(t, clk, mem, mr)
+	w := newTestWorker(t, svc)
+	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	r2, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Owner: "team-payments"}, "incident, whole team", true, "req_2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	if err := svc.Unblock(ctx, secops, "payments-api", "resolved", "req_u"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(r2.CreatedAt.Add(4 * time.Second)) // 3 s after the unblock, past both scopes' skew
+	later := exchangeAs(t, svc, "pod1")
+	for _, at := range []time.Time{r1.SweepAt, r2.SweepAt} {
+		clk.Set(at)
+		if err := w.Tick(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := mem.GetIssuance(ctx, later.ID)
+	if !got.Active(clk.Now()) {
+		s1, _ := mem.GetRevocation(ctx, r1.ID)
+		s2, _ := mem.GetRevocation(ctx, r2.ID)
+		t.Errorf("credential issued 3 s after the unblock revoked by %s (r1 %s unblocked=%v, r2 %s unblocked=%v)",
+			got.RevocationID, r1.ID, s1.Unblocked, r2.ID, s2.Unblocked)
+	}
+}
+
+// TestUnblockKeepsFirstUnblockTime: a workload blocked by r1, unblocked,
+// blocked again by r2 and unblocked again: r1 keeps the first unblock time,
+// so r1's sweep leaves the credential the workload got while it was
+// unblocked in between.
+func TestUnblockKeepsFirstUnblockTime(t *testing.T) {
+	ctx := context.Background()
+	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	mem := memstore.New(clk.Now)
+	mr := &switchRevoker{}
+	svc := newSweepSvc(t, clk, mem, mr)
+	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	first := clk.Now()
+	if err := svc.Unblock(ctx, secops, "payments-api", "false alarm", "req_u1"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * time.Second)
+	between := exchangeAs(t, svc, "pod1") // unblocked, past r1's 2 s of skew
+	clk.Add(time.Second)
+	pod2 := exchangeAs(t, svc, "pod2")
+	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{SessionID: pod2.SessionID}, "pod-2 this time", true, "req_2"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	if err := svc.Unblock(ctx, secops, "payments-api", "resolved", "req_u2"); err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := mem.GetRevocation(ctx, r1.ID)
+	if got := stored.Unblocked["payments-api"]; !got.Equal(first) {
+		t.Errorf("%s unblocked = %v, want the first unblock %v", r1.ID, got, first)
+	}
+	clk.Set(r1.SweepAt)
+	if err := newTestWorker(t, svc).Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := mem.GetIssuance(ctx, between.ID); got.RevocationID == r1.ID {
+		t.Errorf("credential issued while the workload was unblocked was swept by %s", r1.ID)
+	}
+}
