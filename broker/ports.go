@@ -206,7 +206,8 @@ type Store interface {
 	GetRevocation(ctx context.Context, id string) (*Revocation, error)
 	ListRevocations(ctx context.Context, f RevocationFilter) ([]*Revocation, error)
 	// RevocationVersion is the store's revocation change number: every
-	// PutRevocation that completes after the call returns v is given a
+	// PutRevocation or UpdateRevocation write that completes after the
+	// call returns v is given a
 	// number above v, so ListRevocations with ChangedAfter: v lists at
 	// least every revocation written since (possibly some written just
 	// before). It starts at zero and never decreases while the data lasts;
