@@ -313,6 +313,19 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 		case KindFingerprint, KindCredential:
 			kinds = []broker.RefKind{broker.RefFingerprint}
 		case KindSerial:
+			// The store matches exact values: ask for the serial in the
+			// form Vault wrote it, whatever spelling q used.
+			for _, s := range c.serials {
+				is, err := try(func(ctx context.Context) (*broker.Issuance, error) {
+					return l.o.Store.FindIssuance(ctx, broker.RefSerial, vaultSerial(s))
+				})
+				if err != nil {
+					return nil, "", "", broker.Unavailable("store_unavailable", time.Second, err)
+				}
+				if is != nil {
+					return is, KindSerial, c.shown, nil
+				}
+			}
 			continue
 		default:
 			if strings.HasPrefix(c.key, broker.PrefixIssuance) {

@@ -42,7 +42,9 @@ func (f *fakeStore) FindIssuance(ctx context.Context, kind broker.RefKind, v str
 		return nil, f.err
 	}
 	for _, is := range f.byID {
-		if (kind == broker.RefAccessor && is.Refs.Accessor == v) || (kind == broker.RefFingerprint && is.Refs.Fingerprint == v) {
+		// Exact values, as the real stores match them.
+		if (kind == broker.RefAccessor && is.Refs.Accessor == v) || (kind == broker.RefFingerprint && is.Refs.Fingerprint == v) ||
+			(kind == broker.RefSerial && is.Refs.Serial == v) {
 			c := *is
 			return &c, nil
 		}
@@ -351,5 +353,48 @@ func TestLiveRollbackThenRegrowth(t *testing.T) {
 				t.Errorf("Stats() = %+v, want the 3 events the files hold", st)
 			}
 		})
+	}
+}
+
+// TestLiveStoreSerialAnySpelling: an issuance only the store holds (made by
+// another instance, or older than the index) is found by its serial in any
+// spelling the index accepts, although the store matches only the exact
+// string Vault wrote (lowercase hex byte pairs joined by ':'). Found in
+// review: the store was asked only for the value as given.
+func TestLiveStoreSerialAnySpelling(t *testing.T) {
+	dir := t.TempDir()
+	path := writeLines(t, dir, "audit.jsonl", nil)
+	other := &broker.Issuance{ID: "iss_01JXOTHERPKI000000000000000", Workload: "orders", Owner: "team-orders", Grant: "orders-cert", Kind: broker.KindPKI,
+		IssuedAt: at(time.Minute), ExpiresAt: at(time.Hour), Refs: broker.CredentialRefs{Serial: "0f:3d:0a:5c:7d"}}
+	st := &fakeStore{byID: map[string]*broker.Issuance{other.ID: other}}
+	live, err := trace.NewLive(trace.LiveOptions{Path: path, Store: st, Now: func() time.Time { return at(2 * time.Minute) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cases := []struct{ name, q string }{
+		{"ok/as-vault-wrote-it", "0f:3d:0a:5c:7d"},
+		{"ok/upper-case-colons", "0F:3D:0A:5C:7D"},
+		{"ok/openssl-x509-serial", "0F3D0A5C7D"},
+		{"ok/lower-case-bare", "0f3d0a5c7d"},
+		{"ok/dashes", "0f-3d-0a-5c-7d"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := live.Trace(ctx, tc.q)
+			if err != nil {
+				t.Fatalf("Trace(%s) = %v, want %s (stored serial %s)", tc.q, err, other.ID, other.Refs.Serial)
+			}
+			got := []any{res.Issuance.ID, res.From, res.Query.Kind, res.Query.Value}
+			want := []any{other.ID, trace.FromStore, trace.KindSerial, tc.q}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("Trace(%s) = got, want want (-want +got):\n%s", tc.q, diff)
+			}
+		})
+	}
+	for _, q := range []string{"0f:3d:0a:5c:7e", "3d0a5c7d", "0f:3d:0a:5c:7d:00"} {
+		if res, err := live.Trace(ctx, q); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("Trace(%s) = %v, %v, want not found", q, res, err)
+		}
 	}
 }

@@ -36,6 +36,9 @@ type candidate struct {
 	kind string // "" = whatever kind the index recorded for key
 	// shown is the non-secret form of the value for Match.Value.
 	shown string
+	// serials are the canonical readings of the value as a certificate
+	// serial (kind KindSerial; key is serialKey(serials[0])).
+	serials []string
 }
 
 // candidates returns the readings of q, most specific first: the value as
@@ -69,7 +72,7 @@ func candidates(q string) ([]candidate, error) {
 	}
 	if !secret {
 		if s, ok := canonicalSerial(q); ok {
-			add(candidate{key: serialKey(s), kind: KindSerial, shown: q})
+			add(candidate{key: serialKey(s), kind: KindSerial, shown: q, serials: []string{s}})
 		}
 	}
 	fp := broker.Fingerprint(q)
@@ -125,6 +128,23 @@ func canonicalSerial(v string) (string, bool) {
 }
 
 func serialKey(canon string) string { return "serial\x00" + canon }
+
+// vaultSerial writes a canonical serial in the form Vault writes serials,
+// and the stores hold them (adapters/vault records Vault's serial_number):
+// lowercase hex byte pairs joined by ':'.
+func vaultSerial(canon string) string {
+	if len(canon)%2 == 1 {
+		canon = "0" + canon
+	}
+	var b strings.Builder
+	for i := 0; i < len(canon); i += 2 {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(canon[i : i+2])
+	}
+	return b.String()
+}
 
 // LooksSecret reports whether v has the shape of a raw credential that must
 // not be sent or shown as it is: a keytrail proxy credential (ktp_), a Vault
