@@ -4,7 +4,8 @@
 // — a raw credential (hashed on arrival, never kept), a fingerprint
 // (sha256:<hex>, bare hex, base64 or base64url SHA-256), an issuance, use or
 // revocation id, a request id, a Vault accessor, a lease id, a generated user
-// name, a JWT jti or a certificate serial — to one issuance, its uses and its
+// name, a JWT jti or a certificate serial (hex in any spelling, or decimal;
+// an all-digit value reads both ways) — to one issuance, its uses and its
 // revocations, rendered as a readable timeline or JSON.
 //
 // It also resolves Vault's own file audit device log against the index (each

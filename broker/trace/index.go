@@ -261,17 +261,33 @@ func (x *Index) Lookup(q string) (*Result, error) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	for _, c := range cands {
-		refs := x.live(x.keys[c.key])
-		if len(refs) == 0 {
-			continue
+		var ids []string
+		kind := c.kind
+		for _, key := range c.keys() {
+			refs := x.live(x.keys[key])
+			if len(refs) == 0 {
+				continue
+			}
+			found := x.issuancesOf(refs, key)
+			if len(found) == 0 {
+				continue
+			}
+			if kind == "" || kind == KindFingerprint && refs[0].kind != KindFingerprint {
+				kind = refs[0].kind
+			}
+			for _, id := range found {
+				if !slices.Contains(ids, id) {
+					ids = append(ids, id)
+				}
+			}
 		}
-		ids := x.issuancesOf(refs, c.key)
 		if len(ids) == 0 {
 			continue
 		}
-		kind := c.kind
-		if kind == "" || kind == KindFingerprint && refs[0].kind != KindFingerprint {
-			kind = refs[0].kind
+		if len(c.serials) > 1 {
+			// The value reads as two serials (hex and decimal): every
+			// issuance either names is an answer, oldest first.
+			sort.SliceStable(ids, func(i, j int) bool { return x.issuedAt(ids[i]).Before(x.issuedAt(ids[j])) })
 		}
 		res := x.resultFor(ids[0])
 		res.Query = Match{Kind: kind, Value: c.shown}

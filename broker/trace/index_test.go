@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,75 @@ func TestLookupIssuanceRecord(t *testing.T) {
 		"iss=https://issuer.test sub=system:serviceaccount:payments:api jti=tok-1", "revoke", "by secops:alice", `reason "INC-1: token leaked"`, "introspect"} {
 		if !strings.Contains(txt.String(), want) {
 			t.Errorf("WriteText does not show %q:\n%s", want, txt.String())
+		}
+	}
+}
+
+// TestLookupSerialAsNumber: a serial is a number. Vault writes it as byte
+// pairs, with a leading zero when the first byte is below 0x10
+// ("0f:3b:..."); Go's big.Int Text(16) and many TLS servers' logs print it
+// without ("f3b..."), and PostgreSQL's ssl_client_serial() and Go's
+// SerialNumber.String() in decimal. All of them find the issuance. An
+// all-digit value reads as hex and as decimal: when both readings match,
+// both issuances are answers (AlsoMatched). Found in review: "f3b..." was
+// "no match".
+func TestLookupSerialAsNumber(t *testing.T) {
+	const (
+		vaultP = "0f:3b:5c:7d:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:01"
+		idP    = "iss_01JXP0000000000000000000PP"
+		idZ    = "iss_01JXZ0000000000000000000ZZ" // serial 0
+		idH    = "iss_01JXH0000000000000000000HH" // serial 0x1234
+		idD    = "iss_01JXD0000000000000000000DD" // serial 1234 = 0x04d2
+	)
+	x, err := trace.NewIndex(trace.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, is := range []struct{ id, serial string }{{idP, vaultP}, {idZ, "00"}, {idH, "12:34"}, {idD, "04:d2"}} {
+		x.Add(&audit.Event{Type: audit.TypeIssue, Seq: uint64(i + 1), Chain: "chn_serial", Time: rfc(at(time.Duration(i) * time.Second)),
+			IssuanceID: is.id, Workload: "payments-api", Owner: "team-payments", Grant: "payments-cert", Kind: broker.KindPKI,
+			Credential: &audit.Credential{Serial: is.serial}})
+	}
+	n, _ := new(big.Int).SetString("0f3b5c7d112233445566778899aabbccddeeff01", 16)
+	type answer struct {
+		ID, Kind, Value string
+		Also            []string
+	}
+	serial := func(id, q string, also ...string) answer { return answer{id, trace.KindSerial, q, also} }
+	cases := []struct {
+		name string
+		q    string
+		want answer
+	}{
+		{"ok/as-vault-wrote-it", vaultP, serial(idP, vaultP)},
+		{"ok/openssl-with-leading-zero", "0F3B5C7D112233445566778899AABBCCDDEEFF01", serial(idP, "0F3B5C7D112233445566778899AABBCCDDEEFF01")},
+		{"ok/number-in-hex-without-leading-zero", n.Text(16), serial(idP, "f3b5c7d112233445566778899aabbccddeeff01")},
+		{"ok/number-in-hex-upper-case", "F3B5C7D112233445566778899AABBCCDDEEFF01", serial(idP, "F3B5C7D112233445566778899AABBCCDDEEFF01")},
+		{"ok/more-leading-zeros", "000f3b5c7d112233445566778899aabbccddeeff01", serial(idP, "000f3b5c7d112233445566778899aabbccddeeff01")},
+		{"ok/decimal-postgresql-ssl-client-serial", n.String(), serial(idP, "86958662417446940527215879799394005710644641537")},
+		{"ok/all-zero", "00:00", serial(idZ, "00:00")},
+		{"ok/all-zero-bare", "000", serial(idZ, "000")},
+		{"ok/zero-as-recorded", "00", serial(idZ, "00")},
+		{"ok/hex-letters-are-not-decimal", "4d2", serial(idD, "4d2")},
+		{"ok/ambiguous-hex-and-decimal", "1234", serial(idH, "1234", idD)},
+		{"ok/ambiguous-with-leading-zero", "01234", serial(idH, "01234", idD)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := x.Lookup(tc.q)
+			if err != nil {
+				t.Fatalf("Lookup(%s) = %v, want %s", tc.q, err, tc.want.ID)
+			}
+			got := answer{res.Issuance.ID, res.Query.Kind, res.Query.Value, res.AlsoMatched}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Lookup(%s) = got, want want (-want +got):\n%s", tc.q, diff)
+			}
+		})
+	}
+	near := new(big.Int).Add(n, big.NewInt(1))
+	for _, q := range []string{near.Text(16), near.String(), "0f3b5c7d112233445566778899aabbccddeeff0100", "f3b5c7d112233445566778899aabbccddeeff0"} {
+		if res, err := x.Lookup(q); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("Lookup(%s) = %+v, %v, want not found", q, res, err)
 		}
 	}
 }

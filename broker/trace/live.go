@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -247,7 +249,7 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	if !errors.Is(err, broker.ErrNotFound) || l.o.Store == nil {
 		return nil, err
 	}
-	is, kind, shown, err := l.fromStore(ctx, q)
+	is, kind, shown, also, err := l.fromStore(ctx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -257,6 +259,7 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	}
 	res.Issuance, res.From = is, FromStore
 	res.Query = Match{Kind: kind, Value: shown}
+	res.AlsoMatched = also
 	return res, nil
 }
 
@@ -292,11 +295,13 @@ func (l *Live) mergeStore(ctx context.Context, res *Result) {
 	}
 }
 
-// fromStore finds an issuance by every store index q could be.
-func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, string, string, error) {
+// fromStore finds an issuance by every store index q could be. It returns
+// the issuance, the kind and shown form of the match, and the other
+// issuances q names (an all-digit serial that reads as hex and as decimal).
+func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, string, string, []string, error) {
 	cands, err := candidates(q)
 	if err != nil {
-		return nil, "", "", err
+		return nil, "", "", nil, err
 	}
 	try := func(f func(context.Context) (*broker.Issuance, error)) (*broker.Issuance, error) {
 		sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
@@ -314,27 +319,37 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 			kinds = []broker.RefKind{broker.RefFingerprint}
 		case KindSerial:
 			// The store matches exact values: ask for the serial in the
-			// form Vault wrote it, whatever spelling q used.
+			// form Vault wrote it, whatever spelling q used, under every
+			// reading (hex and decimal for an all-digit value).
+			var found []*broker.Issuance
 			for _, s := range c.serials {
 				is, err := try(func(ctx context.Context) (*broker.Issuance, error) {
 					return l.o.Store.FindIssuance(ctx, broker.RefSerial, vaultSerial(s))
 				})
 				if err != nil {
-					return nil, "", "", broker.Unavailable("store_unavailable", time.Second, err)
+					return nil, "", "", nil, broker.Unavailable("store_unavailable", time.Second, err)
 				}
-				if is != nil {
-					return is, KindSerial, c.shown, nil
+				if is != nil && !slices.ContainsFunc(found, func(f *broker.Issuance) bool { return f.ID == is.ID }) {
+					found = append(found, is)
 				}
 			}
-			continue
+			if len(found) == 0 {
+				continue
+			}
+			sort.SliceStable(found, func(i, j int) bool { return found[i].IssuedAt.Before(found[j].IssuedAt) })
+			var also []string
+			for _, is := range found[1:] {
+				also = append(also, is.ID)
+			}
+			return found[0], KindSerial, c.shown, also, nil
 		default:
 			if strings.HasPrefix(c.key, broker.PrefixIssuance) {
 				is, err := try(func(ctx context.Context) (*broker.Issuance, error) { return l.o.Store.GetIssuance(ctx, c.key) })
 				if err != nil {
-					return nil, "", "", broker.Unavailable("store_unavailable", time.Second, err)
+					return nil, "", "", nil, broker.Unavailable("store_unavailable", time.Second, err)
 				}
 				if is != nil {
-					return is, KindIssuanceID, c.shown, nil
+					return is, KindIssuanceID, c.shown, nil, nil
 				}
 				continue
 			}
@@ -343,18 +358,18 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 		for _, k := range kinds {
 			is, err := try(func(ctx context.Context) (*broker.Issuance, error) { return l.o.Store.FindIssuance(ctx, k, c.key) })
 			if err != nil {
-				return nil, "", "", broker.Unavailable("store_unavailable", time.Second, err)
+				return nil, "", "", nil, broker.Unavailable("store_unavailable", time.Second, err)
 			}
 			if is != nil {
 				kind := string(k)
 				if c.kind == KindCredential {
 					kind = KindCredential
 				}
-				return is, kind, c.shown, nil
+				return is, kind, c.shown, nil, nil
 			}
 		}
 	}
-	return nil, "", "", notFound()
+	return nil, "", "", nil, notFound()
 }
 
 // Report builds the report over this instance's log, with the active

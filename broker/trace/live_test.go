@@ -378,6 +378,8 @@ func TestLiveStoreSerialAnySpelling(t *testing.T) {
 		{"ok/openssl-x509-serial", "0F3D0A5C7D"},
 		{"ok/lower-case-bare", "0f3d0a5c7d"},
 		{"ok/dashes", "0f-3d-0a-5c-7d"},
+		{"ok/number-in-hex-without-leading-zero", "f3d0a5c7d"},
+		{"ok/decimal", "65448598653"}, // 0x0f3d0a5c7d
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -392,9 +394,24 @@ func TestLiveStoreSerialAnySpelling(t *testing.T) {
 			}
 		})
 	}
-	for _, q := range []string{"0f:3d:0a:5c:7e", "3d0a5c7d", "0f:3d:0a:5c:7d:00"} {
+	for _, q := range []string{"0f:3d:0a:5c:7e", "3d0a5c7d", "0f:3d:0a:5c:7d:00", "65448598654"} {
 		if res, err := live.Trace(ctx, q); !errors.Is(err, broker.ErrNotFound) {
 			t.Errorf("Trace(%s) = %v, %v, want not found", q, res, err)
 		}
+	}
+
+	// An all-digit value reads as hex and as decimal: when both readings
+	// name an issuance, both are answers, oldest first.
+	hexIs := &broker.Issuance{ID: "iss_01JXHEX0000000000000000000", Workload: "orders", Kind: broker.KindPKI, IssuedAt: at(3 * time.Minute),
+		Refs: broker.CredentialRefs{Serial: "12:34"}}
+	decIs := &broker.Issuance{ID: "iss_01JXDEC0000000000000000000", Workload: "orders", Kind: broker.KindPKI, IssuedAt: at(2 * time.Minute),
+		Refs: broker.CredentialRefs{Serial: "04:d2"}} // 1234
+	st.byID[hexIs.ID], st.byID[decIs.ID] = hexIs, decIs
+	res, err := live.Trace(ctx, "1234")
+	if err != nil {
+		t.Fatalf("Trace(1234) = %v, want %s and %s", err, decIs.ID, hexIs.ID)
+	}
+	if diff := cmp.Diff([]any{decIs.ID, []string{hexIs.ID}}, []any{res.Issuance.ID, res.AlsoMatched}); diff != "" {
+		t.Errorf("Trace(1234) = got, want want (-want +got):\n%s", diff)
 	}
 }

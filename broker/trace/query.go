@@ -4,6 +4,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"math/big"
+	"slices"
 	"strings"
 
 	"github.com/keytrail/keytrail/broker"
@@ -37,14 +39,26 @@ type candidate struct {
 	// shown is the non-secret form of the value for Match.Value.
 	shown string
 	// serials are the canonical readings of the value as a certificate
-	// serial (kind KindSerial; key is serialKey(serials[0])).
+	// serial (kind KindSerial; key is serialKey(serials[0])): one, or two
+	// for an all-digit value, which reads as hex and as decimal. Issuances
+	// under every reading are answers.
 	serials []string
+}
+
+// keys returns the index keys of c: key, and the other serial readings.
+func (c candidate) keys() []string {
+	keys := []string{c.key}
+	for i := 1; i < len(c.serials); i++ {
+		keys = append(keys, serialKey(c.serials[i]))
+	}
+	return keys
 }
 
 // candidates returns the readings of q, most specific first: the value as
 // given (ids, accessors, lease ids, user names, jtis, serials), the value
-// as a fingerprint in any of its spellings, a serial in canonical form, and
-// last the value as a raw credential (its fingerprint). It fails on an
+// as a fingerprint in any of its spellings, a serial in canonical form (an
+// all-digit value reads as hex and as decimal: one candidate with both
+// serials), and last the value as a raw credential (its fingerprint). It fails on an
 // empty or oversized value.
 func candidates(q string) ([]candidate, error) {
 	q = strings.TrimSpace(q)
@@ -71,8 +85,15 @@ func candidates(q string) ([]candidate, error) {
 		add(candidate{key: fp, kind: KindFingerprint, shown: fp})
 	}
 	if !secret {
+		var serials []string
 		if s, ok := canonicalSerial(q); ok {
-			add(candidate{key: serialKey(s), kind: KindSerial, shown: q, serials: []string{s}})
+			serials = append(serials, s)
+		}
+		if s, ok := decimalSerial(q); ok && !slices.Contains(serials, s) {
+			serials = append(serials, s)
+		}
+		if len(serials) > 0 {
+			add(candidate{key: serialKey(serials[0]), kind: KindSerial, shown: q, serials: serials})
 		}
 	}
 	fp := broker.Fingerprint(q)
@@ -112,8 +133,11 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 }
 
 // canonicalSerial reads v as a certificate serial written in hex, with or
-// without ':' or '-' separators, in any case: "7A:3B:..." and "7a3b..." are
-// the same serial. It returns lowercase hex without separators.
+// without ':' or '-' separators, in any case, with or without leading
+// zeros: "7A:3B:...", "7a3b..." and "07a3b..." are the same serial, and
+// so are "0f:3b:..." (Vault's byte pairs) and "f3b..." (the number printed
+// in hex). It returns lowercase hex without separators or leading zeros
+// ("0" for zero).
 func canonicalSerial(v string) (string, bool) {
 	s := strings.ToLower(strings.NewReplacer(":", "", "-", "").Replace(strings.TrimSpace(v)))
 	if len(s) < 2 || len(s) > 128 {
@@ -124,7 +148,35 @@ func canonicalSerial(v string) (string, bool) {
 			return "", false
 		}
 	}
+	if s = strings.TrimLeft(s, "0"); s == "" {
+		s = "0"
+	}
 	return s, true
+}
+
+// maxDecimalSerial is the number of decimal digits of the largest serial
+// canonicalSerial reads (128 hex digits).
+const maxDecimalSerial = 155
+
+// decimalSerial reads v as a certificate serial written in decimal
+// (PostgreSQL's ssl_client_serial(), Go's SerialNumber.String()) and
+// returns it in canonicalSerial's form. An all-digit value is read both
+// ways by candidates: which one was meant cannot be told.
+func decimalSerial(v string) (string, bool) {
+	s := strings.TrimSpace(v)
+	if len(s) < 2 || len(s) > maxDecimalSerial {
+		return "", false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return "", false
+		}
+	}
+	n, ok := new(big.Int).SetString(s, 10)
+	if !ok {
+		return "", false
+	}
+	return n.Text(16), true
 }
 
 func serialKey(canon string) string { return "serial\x00" + canon }

@@ -28,7 +28,7 @@ func newTraceCmd(e *env) *cobra.Command {
 	)
 	c := &cobra.Command{
 		Use:   "trace [VALUE] [--audit-log FILE...] [--vault-audit-log FILE] [--json]",
-		Short: "Trace a credential, fingerprint, accessor, lease, user name, jti or request id to its issuance",
+		Short: "Trace a credential, fingerprint, accessor, lease, user name, jti, serial or request id to its issuance",
 		Long: `trace finds the one issuance behind a value seen in any log, and shows the
 workload, owner, session, identity claims used, source addresses, every use
 and every revocation, as a timeline (or --json).
@@ -37,7 +37,11 @@ VALUE may be a raw credential (hashed, never kept or sent as is when it has
 the shape of a Vault token, a proxy credential or a JWT), a fingerprint
 (sha256:<hex>, bare hex, base64 or base64url SHA-256), an issuance, use,
 revocation or request id, a Vault accessor, a lease id, a generated user name,
-a JWT jti or a certificate serial.
+a JWT jti or a certificate serial: in hex in any case, with or without ':'
+separators and leading zeros (Vault's 0f:3b:..., openssl's 0F3B..., f3b...),
+or in decimal (PostgreSQL's ssl_client_serial()). An all-digit serial reads as
+hex and as decimal: when both name an issuance, the other is listed as also
+matched.
 
 Offline, with --audit-log FILE... (no broker needed): the files are read with
 their rotated siblings (FILE.<timestamp>, oldest first); a directory stands
