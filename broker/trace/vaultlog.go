@@ -19,8 +19,9 @@ import (
 // line). Only requests are counted: every request also has a response entry
 // carrying the same auth block.
 
-// MaxVaultLineBytes bounds one Vault audit line (responses can carry large
-// secrets' HMACs).
+// MaxVaultLineBytes bounds one Vault audit line read. Longer lines (only
+// responses are that long: a LIST of every token accessor, large secrets'
+// HMACs) are skipped and counted as malformed.
 const MaxVaultLineBytes = 16 << 20
 
 // maxPaths is how many distinct request paths a group keeps as examples.
@@ -323,26 +324,67 @@ func VaultEntriesFor(r io.Reader, is *broker.Issuance) ([]VaultEntry, error) {
 	return out, err
 }
 
+// eachVaultEntry calls fn with each entry of Vault's audit log. A line
+// longer than MaxVaultLineBytes is skipped and counted as malformed without
+// being held in memory: only request entries are used, and such a line is
+// a response (a LIST of every token accessor, say).
 func eachVaultEntry(r io.Reader, rep *VaultReport, fn func(*VaultEntry)) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), MaxVaultLineBytes)
-	for sc.Scan() {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte // the current line, when longer than br's buffer
+	n := 0         // bytes of the current line read so far
+	for {
+		frag, err := br.ReadSlice('\n')
+		n += len(frag)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if n <= MaxVaultLineBytes {
+				buf = appendLine(buf, frag)
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("trace: read vault audit log (line %d): %w", rep.Lines+1, err)
+		}
+		if n == 0 {
+			return nil // the end, after a newline
+		}
 		rep.Lines++
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
-			continue
+		size := n
+		if err == nil {
+			size-- // the newline
 		}
-		e, err := ParseVaultLine(sc.Bytes())
-		if err != nil {
+		line := frag
+		if size <= MaxVaultLineBytes && len(buf) > 0 {
+			buf = appendLine(buf, frag)
+			line = buf
+		}
+		switch {
+		case size > MaxVaultLineBytes:
 			rep.Malformed++
-			continue
+		case len(bytes.TrimSpace(line)) == 0:
+		default:
+			if e, perr := ParseVaultLine(line); perr != nil {
+				rep.Malformed++
+			} else {
+				e.Line = rep.Lines
+				fn(e)
+			}
 		}
-		e.Line = rep.Lines
-		fn(e)
+		buf, n = buf[:0], 0
+		if err != nil {
+			return nil // the end, after a last line without its newline
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("trace: read vault audit log (line %d): %w", rep.Lines+1, err)
+}
+
+// appendLine appends frag to the line in buf, doubling buf's capacity as
+// needed up to the longest line with its newline (MaxVaultLineBytes+1).
+func appendLine(buf, frag []byte) []byte {
+	if need := len(buf) + len(frag); need > cap(buf) {
+		nb := make([]byte, len(buf), min(max(2*cap(buf), need), max(MaxVaultLineBytes+1, need)))
+		copy(nb, buf)
+		buf = nb
 	}
-	return nil
+	return append(buf, frag...)
 }
 
 func span(first, last, t time.Time) (time.Time, time.Time) {

@@ -3,6 +3,9 @@ package trace_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +109,81 @@ func TestResolveVaultLog(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"r1", "r2", "r3", "r6"}, ids); diff != "" {
 		t.Errorf("VaultEntriesFor(%s) = got, want want (-want +got):\n%s", idA, diff)
+	}
+}
+
+// filler yields n bytes of 'x' without holding them.
+type filler struct{ n int64 }
+
+var fillBlock = bytes.Repeat([]byte("x"), 64<<10)
+
+func (f *filler) Read(p []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > f.n {
+		p = p[:f.n]
+	}
+	k := 0
+	for k < len(p) {
+		k += copy(p[k:], fillBlock)
+	}
+	f.n -= int64(k)
+	return k, nil
+}
+
+func TestResolveVaultLogSkipsOversizedLine(t *testing.T) {
+	x := fixtureIndex(t)
+	metaA := map[string]string{"issuance_id": idA, "workload": "payments-api"}
+	when := at(time.Minute)
+	req := func(id string) string {
+		return vaultEntry("request", id, "list", "auth/token/accessors", "token-keytrail-payments-api", "accA0000", metaA, []string{"default"}, when)
+	}
+	huge := func(n int64, end string) io.Reader { // a response entry of n bytes and more
+		return io.MultiReader(strings.NewReader(`{"type":"response","response":{"data":{"keys":["`), &filler{n: n}, strings.NewReader(`"]}}}`+end))
+	}
+	// A request line of exactly the bound is used, one a byte longer is
+	// not. (Padded with leading spaces: decoding 16 MiB of JSON would cost
+	// seconds under -race.)
+	padded := func(line string, size int) string { return strings.Repeat(" ", size-len(line)) + line }
+	atMax, overMax := padded(req("r3"), trace.MaxVaultLineBytes), padded(req("r4"), trace.MaxVaultLineBytes+1)
+	first, middle := req("r1")+"\n", req("r2")+"\n"+atMax+"\n"+overMax+"\n"+req("r5")+"\n"
+	log := func() io.Reader {
+		return io.MultiReader(
+			strings.NewReader(first),
+			huge(8*trace.MaxVaultLineBytes, "\n"), // line 2
+			strings.NewReader(middle),             // lines 3-6
+			huge(2*trace.MaxVaultLineBytes, ""),   // line 7, the last one, without its newline
+		)
+	}
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	rep, err := trace.ResolveVaultLog(log(), x)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatalf("ResolveVaultLog = %v, want the oversized lines skipped", err)
+	}
+	got := []int{rep.Lines, rep.Malformed, rep.Requests, rep.Attributed}
+	if diff := cmp.Diff([]int{7, 3, 4, 4}, got); diff != "" {
+		t.Errorf("ResolveVaultLog() lines, malformed, requests, attributed = got, want want (-want +got):\n%s", diff)
+	}
+	// Holding the 128 MiB line would allocate at least that much; buffering
+	// lines up to the bound costs about twice the bound.
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4*trace.MaxVaultLineBytes {
+		t.Errorf("ResolveVaultLog allocated %d MiB reading a %d MiB line, want at most %d MiB", alloc>>20, 8*trace.MaxVaultLineBytes>>20, 4*trace.MaxVaultLineBytes>>20)
+	}
+
+	entries, err := trace.VaultEntriesFor(log(), x.ByIssuanceID(idA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, e := range entries {
+		lines = append(lines, fmt.Sprintf("%s@%d", e.RequestID, e.Line))
+	}
+	if diff := cmp.Diff([]string{"r1@1", "r2@3", "r3@4", "r5@6"}, lines); diff != "" {
+		t.Errorf("VaultEntriesFor(%s) request@line = got, want want (-want +got):\n%s", idA, diff)
 	}
 }
 
