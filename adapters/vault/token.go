@@ -140,9 +140,17 @@ func (m *TokenMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker
 	a := sec.Auth
 	lease := time.Duration(a.LeaseDuration) * time.Second
 	if a.LeaseDuration <= 0 || a.LeaseDuration > int(secs) || a.Renewable {
-		// Never hand out a token that outlives the grant: take it back.
-		rerr := m.revokeAccessor(ctx, a.Accessor)
-		return nil, badResponse(op, fmt.Sprintf("token lease %ds (renewable=%v) does not fit ttl %ds; revoked: %v", a.LeaseDuration, a.Renewable, secs, rerr == nil))
+		// Never hand out a token that outlives the grant: take it back,
+		// even when the caller has gone away meanwhile.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		cause := fmt.Errorf("vault %s: token lease %ds (renewable=%v) does not fit ttl %ds", op, a.LeaseDuration, a.Renewable, secs)
+		if rerr := m.revokeAccessor(rctx, a.Accessor); rerr != nil {
+			cause = fmt.Errorf("%w; taking it back failed, it stays valid: %w", cause, rerr)
+		} else {
+			cause = fmt.Errorf("%w; the token was revoked", cause)
+		}
+		return nil, broker.Unavailable(ReasonBadResponse, retryOutage, cause)
 	}
 	expires := m.now().Add(lease)
 	if !req.Now.IsZero() && expires.After(req.Now.Add(req.TTL)) {

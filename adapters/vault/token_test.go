@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/policies"
@@ -331,6 +332,77 @@ func TestTokenMinterDeadline(t *testing.T) {
 	}
 	if n := f.total(); n != 1 {
 		t.Errorf("Vault calls = %d, want 1", n)
+	}
+}
+
+// cancelOnRT cancels the caller's ctx as a request to path sets out, then
+// sends the request on: the exchange's client goes away while Mint talks to
+// Vault. A request made with that ctx then fails in the transport and never
+// reaches Vault.
+type cancelOnRT struct {
+	path   string
+	cancel context.CancelFunc
+}
+
+func (rt cancelOnRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == rt.path {
+		rt.cancel()
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestTokenMinterTakesBackLongTokenAfterCancel: Vault answers the create
+// with a lease longer than the grant's TTL (a token role with a period, a
+// renewable token), and the caller's ctx ends as Mint takes that token back.
+// The revocation must still reach Vault (it must not depend on the caller:
+// the token would stay valid, unrecorded, for 24h) and, when Vault refuses
+// it, the returned error must say why. (vault/api drops an answer whose ctx
+// ended before it returned, so the create itself cannot be the moment.)
+func TestTokenMinterTakesBackLongTokenAfterCancel(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name      string
+		revoke    http.HandlerFunc
+		wantInErr string // in the returned error's text (for the log)
+	}{
+		{"ok/revoked", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) }, "the token was revoked"},
+		{"fail/revoke-refused", replyRaw(403, `{"errors":["permission denied on revoke-accessor"]}`), "permission denied on revoke-accessor"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFakeVault(t, map[string]http.HandlerFunc{
+				"PUT /v1/auth/token/create-orphan": func(w http.ResponseWriter, r *http.Request) {
+					reply(w, 200, authReply(86400, true, "payments-read"))
+				},
+				"PUT /v1/auth/token/revoke-accessor": tt.revoke,
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cfg := vaultapi.DefaultConfig()
+			cfg.Address = f.srv.URL
+			cfg.MaxRetries = 0
+			cfg.Timeout = 5 * time.Second
+			cfg.HttpClient = &http.Client{Transport: cancelOnRT{path: "/v1/auth/token/revoke-accessor", cancel: cancel}}
+			c, err := vaultapi.NewClient(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetToken(brokerToken)
+			m, err := NewTokenMinter(TokenMinterOptions{Client: c, Now: func() time.Time { return t0 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = m.Mint(ctx, tokenReq(nil))
+			if got, want := shapeOf(err), (errShape{unavailable, ReasonBadResponse}); got != want {
+				t.Errorf("Mint(24h renewable token, ctx ended) = %v, want %+v", err, want)
+			}
+			if err != nil && !strings.Contains(err.Error(), tt.wantInErr) {
+				t.Errorf("Mint() error = %q, want it to contain %q", err, tt.wantInErr)
+			}
+			if n := f.count("PUT /v1/auth/token/revoke-accessor"); n != 1 {
+				t.Errorf("revoke-accessor calls = %d, want 1: a renewable 24h token minted for a 15m grant was left valid", n)
+			}
+		})
 	}
 }
 
