@@ -9,9 +9,15 @@ package vault
 // vault/api client's Logical().Write: that is exactly what the packages
 // github.com/hashicorp/vault/api/auth/approle and .../auth/kubernetes do, but
 // they are separate Go modules that keytrail does not require, and this file
-// needs nothing else from them. The broker's token is then kept alive with
-// vault/api's LifetimeWatcher; when it cannot be renewed any more (max TTL
-// reached, renewal refused, token revoked), Run logs in again.
+// needs nothing else from them. Run then renews the broker's token with
+// auth/token/renew-self; when it cannot be renewed any more (max TTL
+// reached) or Vault refuses it (token revoked), Run logs in again.
+//
+// Run renews by itself rather than with vault/api's LifetimeWatcher: the
+// watcher takes a 403 "permission denied" on renew-self, which is what Vault
+// answers for a revoked token, for "not renewable" in every RenewBehavior,
+// and then only sleeps until the old lease is nearly over, while every
+// Vault call fails. Its renewals also take no ctx.
 
 import (
 	"context"
@@ -46,6 +52,10 @@ const (
 	DefaultTokenFilePoll     = 10 * time.Second
 	DefaultLoginRetryMin     = time.Second
 	DefaultLoginRetryMax     = 30 * time.Second
+	// DefaultMaxRenewInterval is the longest wait between two renewals of
+	// a renewable token. A renewal is how Run learns that the token was
+	// revoked, so this bounds how long that goes unnoticed.
+	DefaultMaxRenewInterval = time.Minute
 	// maxCredentialFileBytes caps what is read from a token, role id,
 	// secret id or JWT file.
 	maxCredentialFileBytes = 64 << 10
@@ -78,6 +88,10 @@ type LoginOptions struct {
 	// RetryMin and RetryMax bound the exponential backoff between failed
 	// re-logins in Run (defaults DefaultLoginRetryMin, DefaultLoginRetryMax).
 	RetryMin, RetryMax time.Duration
+	// MaxRenewInterval is the longest wait between two renewals of a
+	// renewable token (default DefaultMaxRenewInterval); otherwise a token
+	// is renewed when two thirds of its lease have passed.
+	MaxRenewInterval time.Duration
 
 	Logger *slog.Logger                         // default: discard
 	Now    func() time.Time                     // default time.Now
@@ -115,6 +129,7 @@ type Login struct {
 	poll         time.Duration
 	retryMin     time.Duration
 	retryMax     time.Duration
+	maxRenew     time.Duration
 	log          *slog.Logger
 	now          func() time.Time
 	after        func(time.Duration) <-chan time.Time
@@ -122,7 +137,7 @@ type Login struct {
 	loginMu sync.Mutex // one login at a time (lc's token is set during lookups)
 
 	mu      sync.Mutex
-	secret  *vaultapi.Secret // auth of the current token, for the LifetimeWatcher
+	secret  *vaultapi.Secret // auth of the current token, for keepAlive
 	current string           // the current token
 	fileSig fileSig          // token_file: what the file looked like when read
 	status  LoginStatus
@@ -187,7 +202,7 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	if o.Role != "" && !PlainRoleName(o.Role) {
 		bad("role: %q must be a plain name", o.Role)
 	}
-	if o.PollInterval < 0 || o.RetryMin < 0 || o.RetryMax < 0 {
+	if o.PollInterval < 0 || o.RetryMin < 0 || o.RetryMax < 0 || o.MaxRenewInterval < 0 {
 		bad("durations must not be negative")
 	}
 	if len(errs) > 0 {
@@ -210,7 +225,7 @@ func NewLogin(o LoginOptions) (*Login, error) {
 		c: o.Client, lc: lc, method: o.Method,
 		token: o.Token, file: o.TokenFile, roleIDFile: o.RoleIDFile, secretIDFile: o.SecretIDFile,
 		role: o.Role, jwtFile: o.JWTFile, mount: mount,
-		poll: o.PollInterval, retryMin: o.RetryMin, retryMax: o.RetryMax,
+		poll: o.PollInterval, retryMin: o.RetryMin, retryMax: o.RetryMax, maxRenew: o.MaxRenewInterval,
 		log: o.Logger, now: o.Now, after: o.After,
 	}
 	if l.method == LoginKubernetes && l.jwtFile == "" {
@@ -224,6 +239,9 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	}
 	if l.retryMax == 0 {
 		l.retryMax = DefaultLoginRetryMax
+	}
+	if l.maxRenew == 0 {
+		l.maxRenew = DefaultMaxRenewInterval
 	}
 	if l.retryMax < l.retryMin {
 		l.retryMax = l.retryMin
@@ -278,18 +296,25 @@ func (l *Login) Status() LoginStatus {
 // errTokenFileChanged ends a watch when the token file holds a new token.
 var errTokenFileChanged = errors.New("token file changed")
 
+// errTokenRefused marks a renewal that Vault refused because the token is
+// no longer valid (revoked, or unknown to it).
+var errTokenRefused = errors.New("vault refused the broker's token")
+
 // Run keeps the broker's token alive until ctx ends, then returns nil.
 // Start must have succeeded first.
 //
-// A token with a TTL is renewed by a vaultapi.LifetimeWatcher. When the
-// watcher gives up (the token reached its max TTL, or renewal kept failing
-// until the lease is nearly over), Run logs in again: approle and kubernetes
-// log in anew, token_file re-reads its file, token looks the same token up
-// again (which fails once it has expired: a static token cannot be
-// replaced). Failed logins are retried with exponential backoff between
-// RetryMin and RetryMax; the old token stays set meanwhile. With
-// token_file, the file's mtime and size are polled every PollInterval and a
-// new token in it replaces the current one at once.
+// A renewable token is renewed at once, then when two thirds of its lease
+// have passed, and at least every MaxRenewInterval. Run logs in again when
+// the token cannot be renewed further and its lease is nearly over (max TTL
+// reached, not renewable, or renewals failing), and at once when Vault
+// refuses a renewal with 401 or 403 (or "invalid token"), as it does for a
+// revoked token: approle and kubernetes log in anew, token_file re-reads
+// its file, token looks the same token up again (a static token cannot be
+// replaced: Run logs an error and keeps retrying). Failed logins are
+// retried with exponential backoff between RetryMin and RetryMax; the old
+// token stays set meanwhile, and is still renewed. With token_file, the
+// file's mtime and size are polled every PollInterval and a new token in
+// it replaces the current one at once.
 func (l *Login) Run(ctx context.Context) error {
 	l.mu.Lock()
 	started := l.secret != nil
@@ -300,25 +325,50 @@ func (l *Login) Run(ctx context.Context) error {
 	delay := l.retryMin
 	for {
 		began := l.now()
-		err := l.watch(ctx)
+		// The current token is renewed until a new one replaces it: while
+		// new logins fail, it may still be valid.
+		l.mu.Lock()
+		sec := l.secret
+		l.mu.Unlock()
+		kctx, stopKeep := context.WithCancel(ctx)
+		kept := make(chan error, 1)
+		keeping := make(chan struct{})
+		go func() {
+			defer close(keeping)
+			kept <- l.keepAlive(kctx, sec)
+		}()
+		stop := func() {
+			stopKeep()
+			<-keeping
+		}
+
+		err := l.watch(ctx, kept)
 		if ctx.Err() != nil {
+			stop()
 			return nil
 		}
 		switch {
 		case errors.Is(err, errTokenFileChanged):
 			l.log.Info("vault token file changed; loading the new token", slog.String("file", l.file))
+		case errors.Is(err, errTokenRefused) && l.method == LoginToken:
+			l.log.Error("vault refused the broker's token (revoked?); a static token cannot be replaced: give the broker a new one and restart it; retrying meanwhile",
+				slog.String("error", err.Error()))
+		case errors.Is(err, errTokenRefused):
+			l.log.Error("vault refused the broker's token (revoked?); logging in again", slog.String("error", err.Error()))
 		case err != nil:
 			l.log.Warn("vault token renewal failed; logging in again", slog.String("error", err.Error()))
 		default:
 			l.log.Info("vault token cannot be renewed further; logging in again")
 		}
 		// A watch that ended at once (a token already at its max TTL, a
-		// static token that is about to expire) must not spin: wait first,
-		// longer each time. A watch that lasted resets the backoff.
+		// static token that is about to expire, a token refused as soon as
+		// it was renewed) must not spin: wait first, longer each time. A
+		// watch that lasted resets the backoff.
 		if errors.Is(err, errTokenFileChanged) || l.now().Sub(began) >= l.retryMin {
 			delay = l.retryMin
 		} else {
 			if !l.wait(ctx, delay) {
+				stop()
 				return nil
 			}
 			delay = min(delay*2, l.retryMax)
@@ -329,6 +379,7 @@ func (l *Login) Run(ctx context.Context) error {
 				break
 			}
 			if ctx.Err() != nil {
+				stop()
 				return nil
 			}
 			l.mu.Lock()
@@ -337,10 +388,12 @@ func (l *Login) Run(ctx context.Context) error {
 			l.mu.Unlock()
 			l.log.Error("vault login failed; retrying", slog.String("error", err.Error()), slog.Duration("retry_in", delay))
 			if !l.wait(ctx, delay) {
+				stop()
 				return nil
 			}
 			delay = min(delay*2, l.retryMax)
 		}
+		stop()
 		st := l.Status()
 		l.log.Info("vault login", slog.Int("logins", st.Logins), slog.Time("expires_at", st.ExpiresAt), slog.Bool("renewable", st.Renewable))
 	}
@@ -356,29 +409,10 @@ func (l *Login) wait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// watch renews the current token until the LifetimeWatcher gives up (its
-// result), the token file changes (errTokenFileChanged) or ctx ends.
-func (l *Login) watch(ctx context.Context) error {
-	l.mu.Lock()
-	sec := l.secret
-	l.mu.Unlock()
-
-	var done <-chan error
-	var renewed <-chan *vaultapi.RenewOutput
-	if sec.Auth.LeaseDuration > 0 {
-		w, err := l.c.NewLifetimeWatcher(&vaultapi.LifetimeWatcherInput{
-			Secret:        sec,
-			RenewBehavior: vaultapi.RenewBehaviorIgnoreErrors,
-		})
-		if err != nil {
-			return err
-		}
-		go w.Start()
-		defer w.Stop()
-		done, renewed = w.DoneCh(), w.RenewCh()
-	}
-	// A token without a TTL (done stays nil) needs no renewal: only ctx or
-	// a new token file ends the watch.
+// watch waits until keepAlive of the current token ends (its result from
+// kept), the token file holds a new token (errTokenFileChanged) or ctx ends
+// (nil).
+func (l *Login) watch(ctx context.Context, kept <-chan error) error {
 	for {
 		var tick <-chan time.Time
 		if l.method == LoginTokenFile {
@@ -387,17 +421,8 @@ func (l *Login) watch(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-done:
+		case err := <-kept:
 			return err
-		case r := <-renewed:
-			l.mu.Lock()
-			l.status.Renewals++
-			if r != nil && r.Secret != nil && r.Secret.Auth != nil {
-				l.status.ExpiresAt = l.now().Add(time.Duration(r.Secret.Auth.LeaseDuration) * time.Second)
-				l.status.Renewable = r.Secret.Auth.Renewable
-			}
-			l.mu.Unlock()
-			l.log.Debug("vault token renewed")
 		case <-tick:
 			changed, err := l.tokenFileChanged()
 			if err != nil {
@@ -409,6 +434,140 @@ func (l *Login) watch(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// keepAlive renews the token of sec until ctx ends (nil), Vault refuses it
+// (an error wrapping errTokenRefused), or it cannot be renewed further and
+// its lease is nearly over: nil, or the last renewal's error when renewals
+// were failing. A token without a TTL needs no renewal: keepAlive waits for
+// ctx.
+//
+// Its waits follow the token's lease in real time (as vault/api's
+// LifetimeWatcher's did), not the injected After, which paces Run's retries.
+func (l *Login) keepAlive(ctx context.Context, sec *vaultapi.Secret) error {
+	const op = "renew-self of the broker token"
+	a := sec.Auth
+	if a.LeaseDuration <= 0 {
+		<-ctx.Done()
+		return nil
+	}
+	lease := time.Duration(a.LeaseDuration) * time.Second
+	expires := time.Now().Add(lease)
+	// Within grace of its end a token is replaced, not renewed. It is a
+	// tenth of the longest lease seen: a token at its max TTL gets shorter
+	// leases from each renewal.
+	grace := lease / 10
+	renewable := a.Renewable
+	retry := l.retryMin
+	var lastErr error
+	// The first renewal is at once: it shows early whether the token can
+	// be renewed (and has not been revoked meanwhile).
+	first := true
+	for {
+		rem := time.Until(expires)
+		if rem <= grace {
+			return lastErr
+		}
+		d := rem - grace
+		switch {
+		case !renewable:
+		case first:
+			d = 0
+		case lastErr != nil:
+			d = min(d, retry)
+		default:
+			d = min(d, rem*2/3, l.maxRenew)
+		}
+		first = false
+		if d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+		if !renewable {
+			continue
+		}
+		s, err := l.c.Auth().Token().RenewTokenAsSelfWithContext(ctx, a.ClientToken, 0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil && tokenRefused(err) {
+			// A revoked token and one whose policy lacks renew-self both get
+			// 403 "permission denied": lookup-self tells them apart.
+			lerr := l.lookUpRefused(ctx, a.ClientToken)
+			if ctx.Err() != nil {
+				return nil
+			}
+			switch {
+			case lerr == nil:
+				l.log.Warn("vault token still valid but may not renew itself (does its policy allow update on auth/token/renew-self?); keeping it until its lease is nearly over",
+					slog.String("error", translate(op, err).Error()))
+				renewable, lastErr = false, nil
+				continue
+			case tokenRefused(lerr):
+				return fmt.Errorf("%w: %w", errTokenRefused, translate(op, err))
+			}
+			// Unknown: count it as a failed renewal.
+		}
+		if err == nil && (s == nil || s.Auth == nil) {
+			err = badResponse(op, "no auth block")
+		}
+		if err != nil {
+			lastErr = translate(op, err)
+			l.log.Warn("vault token renewal failed; retrying", slog.String("error", lastErr.Error()), slog.Duration("retry_in", retry))
+			retry = min(retry*2, l.retryMax)
+			continue
+		}
+		lastErr, retry = nil, l.retryMin
+		got := time.Duration(s.Auth.LeaseDuration) * time.Second
+		expires = time.Now().Add(got)
+		renewable = s.Auth.Renewable
+		if got > lease {
+			lease, grace = got, got/10
+		}
+		l.renewed(a.ClientToken, s.Auth)
+	}
+}
+
+// lookUpRefused looks tok up with lookup-self, through the login client,
+// and returns vault/api's error.
+func (l *Login) lookUpRefused(ctx context.Context, tok string) error {
+	l.loginMu.Lock()
+	defer l.loginMu.Unlock()
+	l.lc.SetToken(tok)
+	defer l.lc.ClearToken()
+	_, err := l.lc.Auth().Token().LookupSelfWithContext(ctx)
+	return err
+}
+
+// tokenRefused reports whether a renewal error says that the token itself
+// is no longer valid: 401 or 403 (Vault's "permission denied" for a revoked
+// token), or 400 "invalid token" / "bad token".
+func tokenRefused(err error) bool {
+	st := statusOf(err)
+	return st == http.StatusUnauthorized || st == http.StatusForbidden ||
+		responseSays(err, http.StatusBadRequest, "invalid token", "bad token")
+}
+
+// renewed records a renewal of tok, unless another token has replaced it
+// meanwhile.
+func (l *Login) renewed(tok string, a *vaultapi.SecretAuth) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if tok != l.current {
+		return
+	}
+	l.status.Renewals++
+	l.status.ExpiresAt = time.Time{}
+	if a.LeaseDuration > 0 {
+		l.status.ExpiresAt = l.now().Add(time.Duration(a.LeaseDuration) * time.Second)
+	}
+	l.status.Renewable = a.Renewable
+	l.log.Debug("vault token renewed")
 }
 
 // tokenFileChanged reports whether the token file holds a token other than
@@ -489,7 +648,7 @@ func (l *Login) loginOnce(ctx context.Context) error {
 }
 
 // lookupToken checks a given token with auth/token/lookup-self and returns
-// it as an auth Secret for the LifetimeWatcher.
+// it as an auth Secret for keepAlive.
 func (l *Login) lookupToken(ctx context.Context, tok, what string) (*vaultapi.Secret, error) {
 	op := "lookup-self of the broker token (" + what + ")"
 	l.lc.SetToken(tok)

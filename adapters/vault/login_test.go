@@ -593,6 +593,39 @@ func TestLoginRealVault(t *testing.T) {
 		}
 	})
 
+	t.Run("ok/approle-token-revoked-logs-in-again", func(t *testing.T) {
+		c := newClient(t)
+		l, err := vault.NewLogin(vault.LoginOptions{
+			Client: c, Method: "approle", RoleIDFile: roleIDFile, SecretIDFile: secretIDFile,
+			RetryMin: 100 * time.Millisecond, MaxRenewInterval: 100 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Start(ctx); err != nil {
+			t.Fatalf("Start() = %v", err)
+		}
+		first := c.Token()
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- l.Run(rctx) }()
+		waitLogin(t, 5*time.Second, "a renewal of the approle token", func() bool { return l.Status().Renewals >= 1 })
+		if err := root.Auth().Token().RevokeTreeWithContext(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		// Well before the token's max TTL (6s) would make Run log in again.
+		waitLogin(t, 2*time.Second, "a new login after the token was revoked", func() bool {
+			return l.Status().Logins >= 2 && c.Token() != first
+		})
+		if diff := cmp.Diff([]string{"keytrail-broker"}, policiesOf(t, c)); diff != "" {
+			t.Errorf("policies after the new login (-want +got):\n%s", diff)
+		}
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run() = %v, want nil", err)
+		}
+	})
+
 	t.Run("fail/approle-bad-secret-id", func(t *testing.T) {
 		c := newClient(t)
 		l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: "approle", RoleIDFile: roleIDFile, SecretIDFile: badSecretFile})
@@ -700,4 +733,266 @@ func TestLoginRealVault(t *testing.T) {
 			t.Errorf("Start() error carries the token")
 		}
 	})
+}
+
+// ownTokenVault is a fake Vault for the broker's own token. AppRole logins
+// hand out hvs.login-1, hvs.login-2, ...; lookup-self and renew-self answer
+// for any token with the given TTL, renewable, except for a revoked one,
+// which gets 403 permission denied (as from Vault).
+type ownTokenVault struct {
+	t   *testing.T
+	srv *httptest.Server
+	ttl int
+
+	mu      sync.Mutex
+	logins  int
+	revoked map[string]bool
+	noRenew map[string]bool // valid, but renew-self is denied (a policy without it)
+	calls   map[string]int  // path+" "+token -> requests
+}
+
+func newOwnTokenVault(t *testing.T, ttl int) *ownTokenVault {
+	t.Helper()
+	f := &ownTokenVault{t: t, ttl: ttl, revoked: map[string]bool{}, noRenew: map[string]bool{}, calls: map[string]int{}}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *ownTokenVault) serve(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	tok := r.Header.Get("X-Vault-Token")
+	f.mu.Lock()
+	f.calls[r.URL.Path+" "+tok]++
+	revoked := f.revoked[tok] || (r.URL.Path == "/v1/auth/token/renew-self" && f.noRenew[tok])
+	f.mu.Unlock()
+	switch r.URL.Path {
+	case "/v1/auth/approle/login":
+		f.mu.Lock()
+		f.logins++
+		n := f.logins
+		f.mu.Unlock()
+		_ = json.NewEncoder(w).Encode(authReply(fmt.Sprintf("hvs.login-%d", n), f.ttl, true))
+		return
+	case "/v1/auth/token/lookup-self", "/v1/auth/token/renew-self":
+		if revoked {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errors":["permission denied"]}`))
+			return
+		}
+		if r.URL.Path == "/v1/auth/token/lookup-self" {
+			_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{"ttl": f.ttl, "renewable": true}})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(authReply(tok, f.ttl, true))
+		return
+	}
+	f.t.Errorf("fake vault: unexpected request %s %s", r.Method, r.URL.Path)
+	w.WriteHeader(http.StatusNotFound)
+}
+
+func (f *ownTokenVault) revoke(tok string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoked[tok] = true
+}
+
+func (f *ownTokenVault) denyRenewal(tok string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.noRenew[tok] = true
+}
+
+func (f *ownTokenVault) count(path, tok string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[path+" "+tok]
+}
+
+// TestLoginRevokedToken: an operator revokes the broker's own token (Vault
+// then answers renew-self with 403 permission denied). Run must notice at
+// the renewal and act at once, not wait for the end of the token's lease
+// (an hour here) while every Vault call fails: approle logs in again,
+// token_file reads its file again, and a static token, which nothing can
+// replace, is reported as an error and retried with backoff.
+func TestLoginRevokedToken(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		method string
+		// done reports whether Run has done what it must; it runs with the
+		// fake, the client, the log and the first token.
+		done func(f *ownTokenVault, c *vaultapi.Client, logs, first string) bool
+		what string
+	}{
+		{"ok/approle-logs-in-again", vault.LoginAppRole, func(f *ownTokenVault, c *vaultapi.Client, _, _ string) bool {
+			return c.Token() == "hvs.login-2"
+		}, "a new login"},
+		{"ok/token-file-read-again", vault.LoginTokenFile, func(f *ownTokenVault, _ *vaultapi.Client, _, first string) bool {
+			return f.count("/v1/auth/token/lookup-self", first) >= 2
+		}, "the token file read and looked up again"},
+		{"fail/static-token-reported-and-retried", vault.LoginToken, func(f *ownTokenVault, _ *vaultapi.Client, logs, first string) bool {
+			return f.count("/v1/auth/token/lookup-self", first) >= 3 && strings.Contains(logs, "cannot be replaced")
+		}, "an error logged and the token retried with backoff"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newOwnTokenVault(t, 3600)
+			dir := t.TempDir()
+			o := vault.LoginOptions{Method: tt.method, RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}
+			switch tt.method {
+			case vault.LoginAppRole:
+				o.RoleIDFile = writeLoginFile(t, dir, "role_id", "role-1")
+				o.SecretIDFile = writeLoginFile(t, dir, "secret_id", "secret-1")
+			case vault.LoginTokenFile:
+				o.TokenFile = writeLoginFile(t, dir, "token", "hvs.static")
+			case vault.LoginToken:
+				o.Token = "hvs.static"
+			}
+			c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs loginLogBuffer
+			o.Client, o.Logger = c, newLoginLogger(&logs)
+			l, err := vault.NewLogin(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if err := l.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			first := c.Token()
+			f.revoke(first)
+			done := make(chan error, 1)
+			go func() { done <- l.Run(ctx) }()
+			waitLogin(t, 5*time.Second, tt.what+" after the token (lease 1h) was revoked", func() bool {
+				return tt.done(f, c, logs.String(), first)
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run() = %v, want nil", err)
+			}
+			if strings.Contains(logs.String(), first) {
+				t.Errorf("logs contain the token:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+// TestLoginRevokedLaterNoticedWithinMaxRenewInterval: the token (lease 1h)
+// was renewed once and is revoked afterwards. Renewing only at two thirds
+// of the lease would leave that unnoticed for 40 minutes; MaxRenewInterval
+// bounds it.
+func TestLoginRevokedLaterNoticedWithinMaxRenewInterval(t *testing.T) {
+	f := newOwnTokenVault(t, 3600)
+	dir := t.TempDir()
+	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: vault.LoginAppRole,
+		RoleIDFile: writeLoginFile(t, dir, "role_id", "role-1"), SecretIDFile: writeLoginFile(t, dir, "secret_id", "secret-1"),
+		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, MaxRenewInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	waitLogin(t, 5*time.Second, "two renewals", func() bool { return l.Status().Renewals >= 2 })
+	f.revoke("hvs.login-1")
+	waitLogin(t, 5*time.Second, "a new login after the renewed token was revoked", func() bool { return c.Token() == "hvs.login-2" })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
+}
+
+// TestLoginRenewalDeniedTokenValid: renew-self answers 403 permission
+// denied, as for a revoked token, but lookup-self shows the token valid (its
+// policy lacks renew-self). Run must not log in again at once (every
+// renewal would then make a new token): it keeps the token, says why, and
+// logs in again near the end of its lease.
+func TestLoginRenewalDeniedTokenValid(t *testing.T) {
+	f := newOwnTokenVault(t, 3600)
+	f.denyRenewal("hvs.login-1")
+	dir := t.TempDir()
+	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs loginLogBuffer
+	l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: vault.LoginAppRole,
+		RoleIDFile: writeLoginFile(t, dir, "role_id", "role-1"), SecretIDFile: writeLoginFile(t, dir, "secret_id", "secret-1"),
+		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, Logger: newLoginLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	waitLogin(t, 5*time.Second, "the denied renewal reported", func() bool {
+		return strings.Contains(logs.String(), "may not renew itself")
+	})
+	if st := l.Status(); c.Token() != "hvs.login-1" || st.Logins != 1 {
+		t.Errorf("after a denied renewal of a valid token: token %q, Status() = %+v; want hvs.login-1 kept, 1 login", c.Token(), st)
+	}
+	if n := f.count("/v1/auth/token/lookup-self", "hvs.login-1"); n != 1 {
+		t.Errorf("lookup-self of the token = %d calls, want 1", n)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
+}
+
+// TestLoginTokenFileBadNewTokenKeepsOldRenewed: the token file is
+// rewritten with a token Vault refuses (403 on lookup-self). Run keeps the
+// old token set while it retries the new one, and must keep renewing it:
+// it is still valid, and would otherwise run out (here within 2s).
+func TestLoginTokenFileBadNewTokenKeepsOldRenewed(t *testing.T) {
+	f := newOwnTokenVault(t, 2)
+	f.revoke("hvs.bad")
+	file := writeLoginFile(t, t.TempDir(), "token", "hvs.good")
+	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: "token_file", TokenFile: file,
+		PollInterval: 20 * time.Millisecond, RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	replaceLoginFile(t, file, "hvs.bad")
+	waitLogin(t, 5*time.Second, "the new token refused", func() bool {
+		return f.count("/v1/auth/token/lookup-self", "hvs.bad") >= 1 && l.Status().Failures >= 1
+	})
+	before := f.count("/v1/auth/token/renew-self", "hvs.good")
+	// Within the old token's TTL (2s), with a second of slack.
+	waitLogin(t, 3*time.Second, "a renewal of the old token after the new one was refused", func() bool {
+		return f.count("/v1/auth/token/renew-self", "hvs.good") > before
+	})
+	if c.Token() != "hvs.good" {
+		t.Errorf("client token = %q, want the old token kept", c.Token())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
 }
