@@ -70,8 +70,8 @@ type VaultConfig struct {
 }
 
 // VaultAuthConfig is the broker's own Vault login. The token it gets is
-// renewed with vault/api's LifetimeWatcher and replaced by a new login when
-// it cannot be renewed.
+// renewed by adapters/vault.Login and replaced by a new login when it cannot
+// be renewed further or Vault refuses it (revoked).
 type VaultAuthConfig struct {
 	Method       string `yaml:"method"`         // approle or kubernetes
 	RoleIDFile   string `yaml:"role_id_file"`   // approle
