@@ -214,7 +214,7 @@ interrupted.`,
 					}
 				}
 				if !noStatus {
-					statusLine(e.stderr, grant, c, dest)
+					statusLine(e.lineErr(), grant, c, dest)
 				}
 				x.update(grant, c)
 				return nil
@@ -405,7 +405,7 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 						msg = ee.msg
 					}
 				}
-				fmt.Fprintf(x.e.stderr, "keytrail: renewal stopped: %s; CMD keeps running with the last credential\n", msg)
+				fmt.Fprintf(x.e.lineErr(), "keytrail: renewal stopped: %s; CMD keeps running with the last credential\n", msg)
 			}
 		case <-x.renewed:
 			if ctxDone == nil {
@@ -431,7 +431,7 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 			if c, err = x.start(); err != nil {
 				return err
 			}
-			fmt.Fprintf(x.e.stderr, "keytrail: restarted %s with renewed credentials (pid %d)\n", x.argv[0], c.cmd.Process.Pid)
+			fmt.Fprintf(x.e.lineErr(), "keytrail: restarted %s with renewed credentials (pid %d)\n", x.argv[0], c.cmd.Process.Pid)
 		}
 	}
 }

@@ -112,7 +112,7 @@ func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Cred
 				if c := src.Current(); c != nil && c.Valid(time.Now()) {
 					keep = fmt.Sprintf(" (keeping issuance %s, expires in %s)", c.IssuanceID, roundDur(time.Until(c.ExpiresAt)))
 				}
-				fmt.Fprintf(e.stderr, "keytrail: %s: %s; retrying in %s%s\n", g, retryReason(err), roundDur(wait), keep)
+				fmt.Fprintf(e.lineErr(), "keytrail: %s: %s; retrying in %s%s\n", g, retryReason(err), roundDur(wait), keep)
 			},
 		})
 		if err != nil {
@@ -516,7 +516,7 @@ within --timeout; 2 usage.`,
 				if err != nil {
 					return err
 				}
-				statusLine(e.stderr, grant, c, dest)
+				statusLine(e.lineErr(), grant, c, dest)
 				return nil
 			})
 			if err != nil {

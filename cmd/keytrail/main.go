@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -49,6 +50,23 @@ type env struct {
 	getenv func(string) string
 	stdout io.Writer
 	stderr io.Writer
+	errMu  sync.Mutex // serializes lines written by concurrent goroutines (lineErr)
+}
+
+// lineErr is stderr for lines that goroutines running at the same time
+// write (fetch and exec renew their grants concurrently): one Write at a
+// time. (fmt's Fprint* make one Write per line.)
+func (e *env) lineErr() io.Writer { return lockedWriter{mu: &e.errMu, w: e.stderr} }
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // run executes the CLI with explicit inputs and outputs (testable without a
