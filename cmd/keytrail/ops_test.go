@@ -30,10 +30,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
-	"github.com/keytrail/keytrail/adapters/vault/devserver"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -173,20 +173,6 @@ func TestTimedSinkDeferred(t *testing.T) {
 	}
 }
 
-func vaultBinForTest(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{os.Getenv("KEYTRAIL_VAULT_BIN"), "../../bin/vault"} {
-		if p == "" {
-			continue
-		}
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p
-		}
-	}
-	t.Skip("no Vault binary (set KEYTRAIL_VAULT_BIN)")
-	return ""
-}
-
 const reloadJWKSPolicy = `version: 1
 issuers:
   - name: test
@@ -215,19 +201,12 @@ const reloadJWKSEd25519Grant = `  - name: billing-jwt
 // TestReloadedJWTGrantKeyIsInJWKS: a policy reload (SIGHUP or the file
 // watcher) that adds a jwt grant signed with another transit key must put
 // that key in /.well-known/jwks.json, or no verifier can check the new
-// grant's JWTs until the broker restarts. Real Vault (KEYTRAIL_VAULT_BIN).
+// grant's JWTs until the broker restarts. Real Vault (harness.StartVault).
 func TestReloadedJWTGrantKeyIsInJWKS(t *testing.T) {
-	bin := vaultBinForTest(t)
+	vp := harness.StartVault(t) // builds Vault if needed; fails, never skips
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
-	sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
-	vp, err := devserver.Start(sctx, bin, devserver.Options{Dir: filepath.Join(dir, "vault")})
-	scancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vp.Stop()
 
 	iss, err := authntest.NewIssuer("ES256")
 	if err != nil {
