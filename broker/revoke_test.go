@@ -841,28 +841,14 @@ type sweepFixture struct {
 	mem  *memstore.Store
 	sink *brokertest.Sink
 	w    *broker.RevocationWorker
-	mu   sync.Mutex
-	now  time.Time
+	clk  *sweepClock
 }
 
-func (f *sweepFixture) clock() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *sweepFixture) advance(d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = f.now.Add(d)
-}
+func (f *sweepFixture) clock() time.Time        { return f.clk.Now() }
+func (f *sweepFixture) advance(d time.Duration) { f.clk.Add(d) }
 
 // until moves the clock to t.
-func (f *sweepFixture) until(t time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = t
-}
+func (f *sweepFixture) until(t time.Time) { f.clk.Set(t) }
 
 func newSweepFixture(t *testing.T, minter interface {
 	broker.Minter
@@ -873,7 +859,7 @@ func newSweepFixture(t *testing.T, minter interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &sweepFixture{sink: &brokertest.Sink{}, now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	f := &sweepFixture{sink: &brokertest.Sink{}, clk: &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}}
 	f.mem = memstore.New(f.clock)
 	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", map[string]any{
 		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},

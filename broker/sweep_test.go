@@ -70,6 +70,16 @@ var errVaultDown = broker.Unavailable("vault_unavailable", time.Second, errors.N
 
 // newSweepSvc is a Service over st; tokens "pod1" and "pod2" are two
 // sessions (pods) of payments-api.
+// newSweepEnv is the usual set-up: a clock at 2026-11-26 12:00 UTC, a
+// memstore on it, a switchable revoker and a Service over them.
+func newSweepEnv(t *testing.T) (*sweepClock, *memstore.Store, *switchRevoker, *broker.Service) {
+	t.Helper()
+	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	mem := memstore.New(clk.Now)
+	mr := &switchRevoker{}
+	return clk, mem, mr, newSweepSvc(t, clk, mem, mr)
+}
+
 func newSweepSvc(t *testing.T, clk *sweepClock, st broker.Store, mr *switchRevoker) *broker.Service {
 	t.Helper()
 	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
@@ -132,10 +142,7 @@ func TestRevokeUnblockTimeSurvivesStaleWriter(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-			mem := memstore.New(clk.Now)
-			mr := &switchRevoker{}
-			svc := newSweepSvc(t, clk, mem, mr)
+			clk, mem, mr, svc := newSweepEnv(t)
 			w := newTestWorker(t, svc)
 			exchangeAs(t, svc, "pod1")
 			clk.Add(time.Second)
@@ -351,10 +358,7 @@ func TestRevokeSweptCredentialSurvivesStaleWriter(t *testing.T) {
 // though it is no longer active.
 func TestRevokeSweepFindsMarkedIssuanceTheRecordLost(t *testing.T) {
 	ctx := context.Background()
-	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	mem := memstore.New(clk.Now)
-	mr := &switchRevoker{}
-	svc := newSweepSvc(t, clk, mem, mr)
+	clk, mem, mr, svc := newSweepEnv(t)
 	a := exchangeAs(t, svc, "pod1")
 	clk.Add(time.Minute)
 	mr.setErr(errVaultDown)
@@ -404,10 +408,7 @@ func TestRevokeSweepLeavesOtherSessionsOfABlockedWorkload(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-			mem := memstore.New(clk.Now)
-			mr := &switchRevoker{}
-			svc := newSweepSvc(t, clk, mem, mr)
+			clk, mem, mr, svc := newSweepEnv(t)
 			stale := newSweepSvc(t, clk, noBlocks{mem}, &switchRevoker{})
 			a := exchangeAs(t, svc, "pod1")
 			clk.Add(time.Minute)
@@ -451,10 +452,7 @@ func TestRevokeSweepLeavesOtherSessionsOfABlockedWorkload(t *testing.T) {
 // no unblock time, took everything up to its sweep_at.)
 func TestUnblockNotedOnEveryBlockingRevocation(t *testing.T) {
 	ctx := context.Background()
-	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	mem := memstore.New(clk.Now)
-	mr := &switchRevoker{}
-	svc := newSweepSvc(t, clk, mem, mr)
+	clk, mem, _, svc := newSweepEnv(t)
 	w := newTestWorker(t, svc)
 	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
 	if err != nil {
@@ -492,10 +490,7 @@ func TestUnblockNotedOnEveryBlockingRevocation(t *testing.T) {
 // unblocked in between.
 func TestUnblockKeepsFirstUnblockTime(t *testing.T) {
 	ctx := context.Background()
-	clk := &sweepClock{now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	mem := memstore.New(clk.Now)
-	mr := &switchRevoker{}
-	svc := newSweepSvc(t, clk, mem, mr)
+	clk, mem, _, svc := newSweepEnv(t)
 	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
 	if err != nil {
 		t.Fatal(err)

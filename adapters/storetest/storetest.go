@@ -735,6 +735,20 @@ func testRevocationVersion(t *testing.T, newStore func(t *testing.T) broker.Stor
 	})
 }
 
+// putSampleRevocation stores sampleRevocation(id) and returns the version
+// after it.
+func putSampleRevocation(t *testing.T, s broker.Store, id string) uint64 {
+	t.Helper()
+	if err := s.PutRevocation(ctx(t), sampleRevocation(id, Epoch())); err != nil {
+		t.Fatalf("PutRevocation(%s) = %v, want nil", id, err)
+	}
+	v, err := s.RevocationVersion(ctx(t))
+	if err != nil {
+		t.Fatalf("RevocationVersion() = %v, want nil", err)
+	}
+	return v
+}
+
 // testRevocationUpdate checks UpdateRevocation: fn sees the stored record,
 // its result is stored (with a new change number and the pending index kept
 // in step) and returned; fn's error writes nothing; and concurrent updates
@@ -742,13 +756,7 @@ func testRevocationVersion(t *testing.T, newStore func(t *testing.T) broker.Stor
 func testRevocationUpdate(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("ok/applies-and-returns", func(t *testing.T) {
 		s := newStore(t)
-		if err := s.PutRevocation(ctx(t), sampleRevocation("rev_u", Epoch())); err != nil {
-			t.Fatalf("PutRevocation(rev_u) = %v, want nil", err)
-		}
-		v, err := s.RevocationVersion(ctx(t))
-		if err != nil {
-			t.Fatalf("RevocationVersion() = %v, want nil", err)
-		}
+		v := putSampleRevocation(t, s, "rev_u")
 		got, err := s.UpdateRevocation(ctx(t), "rev_u", func(r *broker.Revocation) error {
 			if d := cmp.Diff(sampleRevocation("rev_u", Epoch()), r); d != "" {
 				return fmt.Errorf("fn got (-want +got):\n%s", d)
@@ -782,15 +790,9 @@ func testRevocationUpdate(t *testing.T, newStore func(t *testing.T) broker.Store
 	})
 	t.Run("fail/fn-error-writes-nothing", func(t *testing.T) {
 		s := newStore(t)
-		if err := s.PutRevocation(ctx(t), sampleRevocation("rev_u", Epoch())); err != nil {
-			t.Fatalf("PutRevocation(rev_u) = %v, want nil", err)
-		}
-		v, err := s.RevocationVersion(ctx(t))
-		if err != nil {
-			t.Fatalf("RevocationVersion() = %v, want nil", err)
-		}
+		v := putSampleRevocation(t, s, "rev_u")
 		errNo := errors.New("nothing to change")
-		_, err = s.UpdateRevocation(ctx(t), "rev_u", func(r *broker.Revocation) error {
+		_, err := s.UpdateRevocation(ctx(t), "rev_u", func(r *broker.Revocation) error {
 			r.Pending = nil
 			return errNo
 		})

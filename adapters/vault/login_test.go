@@ -815,6 +815,39 @@ func (f *ownTokenVault) count(path, tok string) int {
 // (an hour here) while every Vault call fails: approle logs in again,
 // token_file reads its file again, and a static token, which nothing can
 // replace, is reported as an error and retried with backoff.
+// startRun makes a client for the fake, starts o's Login on it, calls
+// beforeRun (if any) and runs Run in the background. stop ends Run and
+// checks it returned nil.
+func startRun(t *testing.T, f *ownTokenVault, o vault.LoginOptions, beforeRun func(c *vaultapi.Client)) (l *vault.Login, c *vaultapi.Client, stop func()) {
+	t.Helper()
+	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Client = c
+	l, err = vault.NewLogin(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if beforeRun != nil {
+		beforeRun(c)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	return l, c, func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run() = %v, want nil", err)
+		}
+	}
+}
+
 func TestLoginRevokedToken(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
@@ -847,32 +880,14 @@ func TestLoginRevokedToken(t *testing.T) {
 			case vault.LoginToken:
 				o.Token = "hvs.static"
 			}
-			c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
 			var logs loginLogBuffer
-			o.Client, o.Logger = c, newLoginLogger(&logs)
-			l, err := vault.NewLogin(o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			if err := l.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
-			first := c.Token()
-			f.revoke(first)
-			done := make(chan error, 1)
-			go func() { done <- l.Run(ctx) }()
+			o.Logger = newLoginLogger(&logs)
+			var first string
+			_, c, stop := startRun(t, f, o, func(c *vaultapi.Client) { first = c.Token(); f.revoke(first) })
 			waitLogin(t, 5*time.Second, tt.what+" after the token (lease 1h) was revoked", func() bool {
 				return tt.done(f, c, logs.String(), first)
 			})
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run() = %v, want nil", err)
-			}
+			stop()
 			if strings.Contains(logs.String(), first) {
 				t.Errorf("logs contain the token:\n%s", logs.String())
 			}
@@ -887,30 +902,13 @@ func TestLoginRevokedToken(t *testing.T) {
 func TestLoginRevokedLaterNoticedWithinMaxRenewInterval(t *testing.T) {
 	f := newOwnTokenVault(t, 3600)
 	dir := t.TempDir()
-	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: vault.LoginAppRole,
+	l, c, stop := startRun(t, f, vault.LoginOptions{Method: vault.LoginAppRole,
 		RoleIDFile: writeLoginFile(t, dir, "role_id", "role-1"), SecretIDFile: writeLoginFile(t, dir, "secret_id", "secret-1"),
-		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, MaxRenewInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := l.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
+		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, MaxRenewInterval: 20 * time.Millisecond}, nil)
 	waitLogin(t, 5*time.Second, "two renewals", func() bool { return l.Status().Renewals >= 2 })
 	f.revoke("hvs.login-1")
 	waitLogin(t, 5*time.Second, "a new login after the renewed token was revoked", func() bool { return c.Token() == "hvs.login-2" })
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run() = %v, want nil", err)
-	}
+	stop()
 }
 
 // TestLoginRenewalDeniedTokenValid: renew-self answers 403 permission
@@ -922,24 +920,10 @@ func TestLoginRenewalDeniedTokenValid(t *testing.T) {
 	f := newOwnTokenVault(t, 3600)
 	f.denyRenewal("hvs.login-1")
 	dir := t.TempDir()
-	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs loginLogBuffer
-	l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: vault.LoginAppRole,
+	l, c, stop := startRun(t, f, vault.LoginOptions{Method: vault.LoginAppRole,
 		RoleIDFile: writeLoginFile(t, dir, "role_id", "role-1"), SecretIDFile: writeLoginFile(t, dir, "secret_id", "secret-1"),
-		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, Logger: newLoginLogger(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := l.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
+		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, Logger: newLoginLogger(&logs)}, nil)
 	waitLogin(t, 5*time.Second, "the denied renewal reported", func() bool {
 		return strings.Contains(logs.String(), "may not renew itself")
 	})
@@ -949,10 +933,7 @@ func TestLoginRenewalDeniedTokenValid(t *testing.T) {
 	if n := f.count("/v1/auth/token/lookup-self", "hvs.login-1"); n != 1 {
 		t.Errorf("lookup-self of the token = %d calls, want 1", n)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run() = %v, want nil", err)
-	}
+	stop()
 }
 
 // TestLoginTokenFileBadNewTokenKeepsOldRenewed: the token file is
@@ -963,22 +944,8 @@ func TestLoginTokenFileBadNewTokenKeepsOldRenewed(t *testing.T) {
 	f := newOwnTokenVault(t, 2)
 	f.revoke("hvs.bad")
 	file := writeLoginFile(t, t.TempDir(), "token", "hvs.good")
-	c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, NoToken: true, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: "token_file", TokenFile: file,
-		PollInterval: 20 * time.Millisecond, RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := l.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
+	l, c, stop := startRun(t, f, vault.LoginOptions{Method: "token_file", TokenFile: file,
+		PollInterval: 20 * time.Millisecond, RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond}, nil)
 	replaceLoginFile(t, file, "hvs.bad")
 	waitLogin(t, 5*time.Second, "the new token refused", func() bool {
 		return f.count("/v1/auth/token/lookup-self", "hvs.bad") >= 1 && l.Status().Failures >= 1
@@ -991,8 +958,5 @@ func TestLoginTokenFileBadNewTokenKeepsOldRenewed(t *testing.T) {
 	if c.Token() != "hvs.good" {
 		t.Errorf("client token = %q, want the old token kept", c.Token())
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run() = %v, want nil", err)
-	}
+	stop()
 }

@@ -180,32 +180,14 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	fctx, stop := context.WithCancel(ctx)
-	defer stop()
-	type result struct {
-		i   int
-		err error
-	}
-	res := make(chan result, len(srcs))
-	for i, s := range srcs {
-		go func() {
-			_, err := s.Fetch(fctx)
-			res <- result{i, err}
-		}()
-	}
-	// The first failure is the cause; the ones it cancels are not reported.
-	first := result{i: -1}
-	for range srcs {
-		r := <-res
-		if r.err != nil && first.i < 0 {
-			first = r
-			stop()
-		}
-	}
-	if first.i < 0 {
+	i, err := firstFailure(ctx, srcs, func(ctx context.Context, s *client.Source) error {
+		_, err := s.Fetch(ctx)
+		return err
+	})
+	if i < 0 {
 		return nil
 	}
-	grant, err := srcs[first.i].Grant(), first.err
+	grant := srcs[i].Grant()
 	switch {
 	case timeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s: the broker stayed busy or unreachable", grant, timeout)}
@@ -221,6 +203,13 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 // watchAll runs every source until ctx ends (nil) or one fails for good;
 // it then stops the others and returns the failed source's index and error.
 func watchAll(ctx context.Context, srcs []*client.Source) (int, error) {
+	return firstFailure(ctx, srcs, func(ctx context.Context, s *client.Source) error { return s.Run(ctx) })
+}
+
+// firstFailure runs fn for every source concurrently until all return. The
+// first one to fail cancels the others (their cancellations are not
+// reported); it returns that source's index and error, or -1, nil.
+func firstFailure(ctx context.Context, srcs []*client.Source, fn func(context.Context, *client.Source) error) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -229,10 +218,9 @@ func watchAll(ctx context.Context, srcs []*client.Source) (int, error) {
 	}
 	res := make(chan result, len(srcs))
 	for i, s := range srcs {
-		go func() { res <- result{i, s.Run(ctx)} }()
+		go func() { res <- result{i, fn(ctx, s)} }()
 	}
-	var first result
-	first.i = -1
+	first := result{i: -1}
 	for range srcs {
 		r := <-res
 		if r.err != nil && first.i < 0 {
