@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"testing"
@@ -190,6 +191,28 @@ func TestRealVault(t *testing.T) {
 			}
 		})
 	}
+
+	// A key Vault lacks (a typo in one jwt grant: the root token reads 404,
+	// the broker's token 403) leaves the others in the list.
+	t.Run("ok/jwks-without-a-missing-key", func(t *testing.T) {
+		for _, c := range []*vaultapi.Client{root, bc} {
+			tk, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: c, Keys: []string{harness.VaultSigningKey, "no-such-key"}, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pks, err := tk.PublicKeys(ctx)
+			if err != nil {
+				t.Fatalf("PublicKeys() = %v, want %s's versions", err, harness.VaultSigningKey)
+			}
+			var kids []string
+			for _, k := range pks {
+				kids = append(kids, k.KID)
+			}
+			if want := []string{harness.VaultSigningKey + ":1"}; !slices.Equal(kids, want) {
+				t.Errorf("PublicKeys() kids = %q, want %q", kids, want)
+			}
+		}
+	})
 
 	t.Run("checkpoints", func(t *testing.T) { testRealVaultCheckpoints(ctx, t, bc) })
 

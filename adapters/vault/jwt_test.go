@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -11,7 +12,9 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -374,7 +377,7 @@ func TestTransitKeys(t *testing.T) {
 		"GET /v1/transit/keys/ed": guard(func(w http.ResponseWriter, r *http.Request) { reply(w, 200, ed.readReply(t)) }),
 	})
 	now := t0
-	tk, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"ed", "ec", "ed"}, CacheTTL: 10 * time.Second, MaxStale: time.Minute, Now: func() time.Time { return now }})
+	tk, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"ed", "ec", "ed"}, CacheTTL: 10 * time.Second, MaxStale: time.Minute, Retry: 5 * time.Second, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,8 +397,11 @@ func TestTransitKeys(t *testing.T) {
 		{"ok/cached", 9 * time.Second, false, 2, errShape{}},
 		{"ok/refreshed", 2 * time.Second, false, 4, errShape{}},
 		{"ok/stale-while-vault-down", 30 * time.Second, true, 5, errShape{}},
-		{"fail/too-stale", 31 * time.Second, true, 6, errShape{unavailable, ReasonUnavailable}},
-		{"ok/recovered", 0, false, 8, errShape{}},
+		// After a failed read Vault is left alone for Retry.
+		{"ok/stale-not-retried-within-retry", 2 * time.Second, true, 5, errShape{}},
+		{"fail/too-stale", 29 * time.Second, true, 6, errShape{unavailable, ReasonUnavailable}},
+		{"fail/error-not-retried-within-retry", time.Second, false, 6, errShape{unavailable, ReasonUnavailable}},
+		{"ok/recovered", 4 * time.Second, false, 8, errShape{}},
 	}
 	for _, s := range steps {
 		now = now.Add(s.advance)
@@ -488,5 +494,213 @@ func TestJWTMinterIssWithoutTrailingSlash(t *testing.T) {
 	}
 	if claims["iss"] != "https://keytrail.test" {
 		t.Errorf("JWT iss = %q, want the discovery issuer https://keytrail.test", claims["iss"])
+	}
+}
+
+// TestTransitKeysOneKeyCannotTakeDownTheOthers: a key Vault does not have
+// (a typo in one jwt grant), denies or cannot serve now leaves the other
+// keys in the JWKS; its last good versions stay for MaxStale.
+func TestTransitKeysOneKeyCannotTakeDownTheOthers(t *testing.T) {
+	t.Parallel()
+	ec := newFakeKey(t, KeyTypeECDSAP256, 1)
+	ed := newFakeKey(t, KeyTypeEd25519, 1)
+	ecKeys := []broker.PublicKey{{KID: "ec:1", Alg: "ES256", Key: ec.public(1)}}
+	both := append(slices.Clone(ecKeys), broker.PublicKey{KID: "ed:1", Alg: "EdDSA", Key: ed.public(1)})
+	// What Vault answers for the key "ed" at each step ("ec" always works).
+	const (
+		ok      = "ok"
+		absent  = "absent"  // 404: no such key
+		denied  = "denied"  // 403
+		sealed  = "sealed"  // 503
+		allDeny = "alldeny" // 403 for every key: the broker's token was revoked
+	)
+	tests := []struct {
+		name  string
+		steps []string // Vault's answer for "ed" on each read, a minute apart
+		want  []broker.PublicKey
+		err   errShape
+		warn  bool // a warning names transit/keys/ed
+	}{
+		{"ok/absent-key-left-out", []string{absent}, ecKeys, errShape{}, true},
+		{"ok/denied-key-left-out", []string{denied}, ecKeys, errShape{}, true},
+		{"ok/deleted-key-keeps-its-versions", []string{ok, absent}, both, errShape{}, true},
+		{"ok/sealed-key-keeps-its-versions", []string{ok, sealed}, both, errShape{}, false},
+		{"ok/token-revoked-keeps-every-version", []string{ok, allDeny}, both, errShape{}, false},
+		{"fail/sealed-key-never-read", []string{sealed}, nil, errShape{unavailable, ReasonUnavailable}, false},
+		{"fail/token-revoked-nothing-known", []string{allDeny}, nil, errShape{unavailable, ReasonDenied}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			answer := ok
+			deny := replyRaw(403, `{"errors":["permission denied"]}`)
+			f := newFakeVault(t, map[string]http.HandlerFunc{
+				"GET /v1/transit/keys/ec": func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					a := answer
+					mu.Unlock()
+					if a == allDeny {
+						deny(w, r)
+						return
+					}
+					reply(w, 200, ec.readReply(t))
+				},
+				"GET /v1/transit/keys/ed": func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					a := answer
+					mu.Unlock()
+					switch a {
+					case ok:
+						reply(w, 200, ed.readReply(t))
+					case absent:
+						replyRaw(404, `{"errors":[]}`)(w, r)
+					case denied, allDeny:
+						deny(w, r)
+					case sealed:
+						replyRaw(503, `{"errors":["Vault is sealed"]}`)(w, r)
+					}
+				},
+			})
+			var logs bytes.Buffer // PublicKeys logs from the caller's goroutine
+			now := t0
+			tk, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"ec", "ed"}, CacheTTL: 10 * time.Second, MaxStale: 5 * time.Minute,
+				Log: slog.New(slog.NewJSONHandler(&logs, nil)), Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []broker.PublicKey
+			for i, a := range tc.steps {
+				mu.Lock()
+				answer = a
+				mu.Unlock()
+				now = now.Add(time.Minute)
+				got, err = tk.PublicKeys(context.Background())
+				if i < len(tc.steps)-1 && err != nil {
+					t.Fatalf("step %d (%s): PublicKeys() = %v", i, a, err)
+				}
+			}
+			if diff := cmp.Diff(tc.err, shapeOf(err)); diff != "" {
+				t.Fatalf("PublicKeys() error = %v, want %+v", err, tc.err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("PublicKeys() (-want +got):\n%s", diff)
+			}
+			if warned := strings.Contains(logs.String(), `"transit_key":"transit/keys/ed"`); warned != tc.warn {
+				t.Errorf("warning for transit/keys/ed logged = %v, want %v; logs:\n%s", warned, tc.warn, logs.String())
+			}
+		})
+	}
+
+	t.Run("ok/versions-dropped-after-max-stale", func(t *testing.T) {
+		t.Parallel()
+		var mu sync.Mutex
+		edAbsent := false
+		f := newFakeVault(t, map[string]http.HandlerFunc{
+			"GET /v1/transit/keys/ec": func(w http.ResponseWriter, r *http.Request) { reply(w, 200, ec.readReply(t)) },
+			"GET /v1/transit/keys/ed": func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				a := edAbsent
+				mu.Unlock()
+				if a {
+					replyRaw(404, `{"errors":[]}`)(w, r)
+					return
+				}
+				reply(w, 200, ed.readReply(t))
+			},
+		})
+		now := t0
+		tk, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"ec", "ed"}, CacheTTL: 10 * time.Second, MaxStale: time.Minute,
+			Log: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tk.PublicKeys(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		edAbsent = true
+		mu.Unlock()
+		for _, step := range []struct {
+			advance time.Duration
+			want    []broker.PublicKey
+		}{{30 * time.Second, both}, {29 * time.Second, both}, {2 * time.Second, ecKeys}} {
+			now = now.Add(step.advance)
+			got, err := tk.PublicKeys(context.Background())
+			if err != nil {
+				t.Fatalf("PublicKeys() = %v", err)
+			}
+			if diff := cmp.Diff(step.want, got); diff != "" {
+				t.Errorf("%v after ed's last read: PublicKeys() (-want +got):\n%s", now.Sub(t0), diff)
+			}
+		}
+	})
+}
+
+// TestTransitKeysDoNotQueueBehindSlowVault: while one caller waits for a
+// slow Vault, the others are served the last list at once; with nothing
+// cached they wait for that read rather than start their own.
+func TestTransitKeysDoNotQueueBehindSlowVault(t *testing.T) {
+	t.Parallel()
+	ec := newFakeKey(t, KeyTypeECDSAP256, 1)
+	want := []broker.PublicKey{{KID: "ec:1", Alg: "ES256", Key: ec.public(1)}}
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	var mu sync.Mutex
+	slow := false
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/transit/keys/ec": func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			s := slow
+			mu.Unlock()
+			if s {
+				entered <- struct{}{}
+				<-release
+			}
+			reply(w, 200, ec.readReply(t))
+		},
+	})
+	var nowMu sync.Mutex
+	now := t0
+	clock := func() time.Time { nowMu.Lock(); defer nowMu.Unlock(); return now }
+	tk, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"ec"}, CacheTTL: 10 * time.Second, MaxStale: time.Minute, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tk.PublicKeys(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nowMu.Lock()
+	now = now.Add(20 * time.Second) // stale, within MaxStale
+	nowMu.Unlock()
+	mu.Lock()
+	slow = true
+	mu.Unlock()
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := tk.PublicKeys(context.Background())
+		first <- err
+	}()
+	<-entered // the first caller is reading Vault
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got, err := tk.PublicKeys(ctx)
+	if err != nil {
+		t.Fatalf("PublicKeys() during a slow read = %v, want the last list at once", err)
+	}
+	select {
+	case err := <-first:
+		t.Fatalf("the second caller was answered only after the first caller's read ended (%v): it queued behind Vault", err)
+	default: // the first caller is still held in Vault
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("PublicKeys() during a slow read (-want +got):\n%s", diff)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Errorf("the reading caller: PublicKeys() = %v", err)
+	}
+	if n := f.total(); n != 2 {
+		t.Errorf("key reads = %d, want 2 (the second caller must not read)", n)
 	}
 }

@@ -551,7 +551,7 @@ func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier,
 	case prev != nil && slices.Equal(prev.keyNames, st.keyNames):
 		st.keys = prev.keys
 	default:
-		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: rt.vault, Keys: st.keyNames})
+		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: rt.vault, Keys: st.keyNames, Log: rt.log})
 		if err != nil {
 			return nil, fmt.Errorf("jwks: %w", err)
 		}
