@@ -142,7 +142,8 @@ func newExecCmd(e *env) *cobra.Command {
 		Short: "Run a command with credentials in its environment",
 		Long: `Fetch credentials, then run CMD with them in its environment. keytrail stays
 the parent: it forwards SIGINT, SIGTERM and SIGHUP to CMD and exits with CMD's
-exit status (128+N when CMD was killed by signal N).
+exit status (128+N when CMD was killed by signal N). A Ctrl-C in a terminal
+reaches CMD once, from the terminal: keytrail does not send it again.
 
 --env NAME               sets NAME to the access token of the (only) grant
 --env NAME=FIELD         sets NAME to a credential field (username, password,
@@ -330,6 +331,16 @@ func (x *execRun) forward(c *child, sig os.Signal) {
 	_ = c.cmd.Process.Signal(sig)
 }
 
+// relay passes on a signal keytrail received, unless CMD has had it from
+// the terminal already (Ctrl-C: see terminalSent).
+func (x *execRun) relay(c *child, sig os.Signal) {
+	if terminalSent(sig) {
+		x.lastForward = time.Now() // CMD has it: no SIGTERM for ctx's end
+		return
+	}
+	x.forward(c, sig)
+}
+
 // stop sends SIGTERM, then SIGKILL after the grace period, and waits.
 func (x *execRun) stop(c *child, sigs <-chan os.Signal) {
 	x.forward(c, syscall.SIGTERM)
@@ -340,7 +351,7 @@ func (x *execRun) stop(c *child, sigs <-chan os.Signal) {
 		case <-c.done:
 			return
 		case s := <-sigs:
-			x.forward(c, s)
+			x.relay(c, s)
 		case <-t.C:
 			_ = c.cmd.Process.Kill()
 			<-c.done
@@ -379,7 +390,7 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 	for {
 		select {
 		case s := <-sigs:
-			x.forward(c, s)
+			x.relay(c, s)
 		case <-ctxDone:
 			// main's signal handling cancels ctx on SIGINT/SIGTERM, which
 			// the child has (or is about to have) been sent already; a
@@ -388,7 +399,7 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 			if time.Since(x.lastForward) > time.Second {
 				select {
 				case s := <-sigs:
-					x.forward(c, s)
+					x.relay(c, s)
 				case <-time.After(100 * time.Millisecond):
 					x.forward(c, syscall.SIGTERM)
 				}
