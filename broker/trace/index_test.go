@@ -237,6 +237,8 @@ func TestLookupSerialAsNumber(t *testing.T) {
 		{"ok/hex-letters-are-not-decimal", "4d2", serial(idD, "4d2")},
 		{"ok/ambiguous-hex-and-decimal", "1234", serial(idH, "1234", idD)},
 		{"ok/ambiguous-with-leading-zero", "01234", serial(idH, "01234", idD)},
+		{"ok/openssl-serial-prefix", "serial=0F3B5C7D112233445566778899AABBCCDDEEFF01", serial(idP, "serial=0F3B5C7D112233445566778899AABBCCDDEEFF01")},
+		{"ok/openssl-serial-prefix-all-digits-is-hex", "serial=1234", serial(idH, "serial=1234")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -86,11 +86,18 @@ func candidates(q string) ([]candidate, error) {
 	}
 	if !secret {
 		var serials []string
-		if s, ok := canonicalSerial(q); ok {
-			serials = append(serials, s)
-		}
-		if s, ok := decimalSerial(q); ok && !slices.Contains(serials, s) {
-			serials = append(serials, s)
+		if hexq, ok := cutPrefixFold(q, "serial="); ok {
+			// As `openssl x509 -serial` prints it: always hex.
+			if s, ok := canonicalSerial(hexq); ok {
+				serials = append(serials, s)
+			}
+		} else {
+			if s, ok := canonicalSerial(q); ok {
+				serials = append(serials, s)
+			}
+			if s, ok := decimalSerial(q); ok && !slices.Contains(serials, s) {
+				serials = append(serials, s)
+			}
 		}
 		if len(serials) > 0 {
 			add(candidate{key: serialKey(serials[0]), kind: KindSerial, shown: q, serials: serials})
