@@ -259,7 +259,7 @@ func setupBenchEnv(ctx context.Context, o benchOptions, progress func(string, ..
 	if bin == "" {
 		root, rerr := devserver.RepoRoot()
 		if rerr != nil {
-			return nil, fmt.Errorf("--vault-bin (or KEYTRAIL_VAULT_BIN) is required outside the keytrail repository: %w", rerr)
+			return nil, exitError{code: exitUsage, msg: fmt.Sprintf("bench: --vault-bin (or KEYTRAIL_VAULT_BIN) is required outside the keytrail repository (%v) (see keytrail bench --help)", rerr)}
 		}
 		progress("getting the Vault server (bin/vault; built from the Go module proxy if missing: 10-20 min)")
 		if bin, err = devserver.BuildVault(ctx, root, io.Discard); err != nil {

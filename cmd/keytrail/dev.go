@@ -81,7 +81,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	root, rootErr := devserver.RepoRoot()
 	if o.policy == "" {
 		if rootErr != nil {
-			return fmt.Errorf("--policy is required outside the keytrail repository: %w", rootErr)
+			return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --policy is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
 		}
 		o.policy = filepath.Join(root, "policies", "examples")
 	}
@@ -92,7 +92,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	}
 	if bin == "" {
 		if rootErr != nil {
-			return fmt.Errorf("--vault-bin is required outside the keytrail repository: %w", rootErr)
+			return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --vault-bin is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
 		}
 		progress("getting the Vault server (built from the Go module proxy on first use: 10-20 min; later about a minute or less)...")
 		bin, err = devserver.BuildVault(ctx, root, e.stderr)

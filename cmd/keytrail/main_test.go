@@ -89,6 +89,22 @@ func TestUsageErrorsExit2(t *testing.T) {
 	if len(f.subjects) != 0 {
 		t.Errorf("usage errors sent %d token exchange(s) to the broker", len(f.subjects))
 	}
+	// What dev and bench find in the repository must be named outside it.
+	t.Run("outside-the-repository", func(t *testing.T) {
+		out := t.TempDir()
+		t.Chdir(out)
+		pol := writeFile(t, out, "p.yaml", "version: 1\n")
+		for _, args := range [][]string{
+			{"dev", "--dir", filepath.Join(out, "dev")},
+			{"dev", "--dir", filepath.Join(out, "dev"), "--policy", pol},
+			{"bench", "--scenarios", "A", "--dir", filepath.Join(out, "bench")},
+		} {
+			_, stderr, err := runCmd(t, context.Background(), addr, args...)
+			if got := exitCode(err); got != 2 || !strings.Contains(err.Error(), "required outside the keytrail repository") {
+				t.Errorf("keytrail %v: exit status %d (%v), want 2 naming the flag\nstderr: %s", args, got, err, stderr)
+			}
+		}
+	})
 	// Help is not a usage error.
 	for _, args := range [][]string{{"fetch", "--help"}, {"policy"}, {"--help"}} {
 		if _, _, err := runCmd(t, context.Background(), addr, args...); err != nil {
