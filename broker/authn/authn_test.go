@@ -1230,3 +1230,35 @@ func TestUnknownKidWhileIssuerDownIsUnavailable(t *testing.T) {
 		t.Errorf("unknown kid with the issuer up: %v, want unknown_key (401)", err)
 	}
 }
+
+// TestDiscoveryNoDowngradeToPlainHTTP: the discovery document of an https
+// issuer may not send the key fetch to a plain-http jwks_uri, loopback
+// included, as a redirect may not (TestCAFile).
+func TestDiscoveryNoDowngradeToPlainHTTP(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A plain-http loopback server that does serve the right keys.
+	plain := httptest.NewServer(iss.Handler())
+	t.Cleanup(plain.Close)
+	var srv *httptest.Server
+	srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"issuer": srv.URL, "jwks_uri": plain.URL + authntest.JWKSPath})
+	}))
+	t.Cleanup(srv.Close)
+	v, err := authn.New(context.Background(), authn.Options{
+		Issuers: []policies.Issuer{{
+			Name: "x", Issuer: srv.URL, Discovery: true, CAFile: writeCA(t, srv), Audiences: []string{"keytrail"},
+			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour),
+		}},
+		Now: func() time.Time { return t0 },
+	})
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	_, err = v.Authenticate(context.Background(), sign(t, iss.Key(), nil, claims(iss, set("iss", srv.URL))))
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Authenticate() = %v, want ErrUnavailable (jwks_uri downgraded to plain http)", err)
+	}
+}

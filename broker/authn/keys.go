@@ -447,8 +447,9 @@ func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) (
 }
 
 // discover reads <issuer>/.well-known/openid-configuration and returns its
-// jwks_uri, which must obey the same scheme rules as a configured URL. The
-// document's issuer must be the configured one (OpenID Connect Discovery 4.3).
+// jwks_uri, which must obey the same scheme rules as a configured URL (and be
+// https when the issuer is). The document's issuer must be the configured
+// one (OpenID Connect Discovery 4.3).
 func (v *Verifier) discover(ctx context.Context, st *issuerState) (string, error) {
 	u := strings.TrimSuffix(st.cfg.Issuer, "/") + "/.well-known/openid-configuration"
 	body, err := v.get(ctx, st.client, u)
@@ -470,6 +471,14 @@ func (v *Verifier) discover(ctx context.Context, st *issuerState) (string, error
 	}
 	if err := checkFetchURL(doc.JWKSURI); err != nil {
 		return "", fmt.Errorf("discovery: jwks_uri: %w", err)
+	}
+	// Never from an https issuer down to plain http, loopback included (as
+	// for redirects): the document must not turn the key fetch into a
+	// request to a local plain-http service.
+	isu, err := url.Parse(u)
+	ju, jerr := url.Parse(doc.JWKSURI)
+	if err != nil || jerr != nil || isu.Scheme == "https" && ju.Scheme != "https" {
+		return "", errors.New("discovery: jwks_uri: plain http for an https issuer")
 	}
 	return doc.JWKSURI, nil
 }
