@@ -326,7 +326,17 @@ func scalarString(v any) (string, bool) {
 	case bool:
 		return strconv.FormatBool(x), true
 	case json.Number:
-		return x.String(), true
+		// As written in the token: an integer is kept exact however long;
+		// any other spelling ("3.0", "1e3") in the float64 form below.
+		s := x.String()
+		if isDecimalInteger(s) {
+			return s, true
+		}
+		f, err := x.Float64()
+		if err != nil {
+			return s, true // out of float64 range: as written
+		}
+		return scalarString(f)
 	case float64:
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			return "", false
@@ -348,4 +358,19 @@ func scalarString(v any) (string, bool) {
 		return strconv.FormatUint(uint64(x), 10), true
 	}
 	return "", false
+}
+
+// isDecimalInteger reports whether s is an optional '-' followed by digits
+// only.
+func isDecimalInteger(s string) bool {
+	s = strings.TrimPrefix(s, "-")
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }

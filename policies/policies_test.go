@@ -307,6 +307,7 @@ func TestMatch(t *testing.T) {
 		{"fail/nil-claims", "k8s", nil, result{Err: "no-match"}},
 		{"ok/number-and-bool-claims", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": 3.0, "canary": false}, result{Workload: "batch"}},
 		{"ok/json-number-claim", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": json.Number("3"), "canary": "false"}, result{Workload: "batch"}},
+		{"ok/json-number-claim-integral-fraction", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": json.Number("3.0"), "canary": false}, result{Workload: "batch"}},
 		{"fail/fractional-number", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": 3.5, "canary": false}, result{Err: "no-match"}},
 		{"fail/object-claim", "k8s", map[string]any{"sub": "system:serviceaccount:batch:nightly", "tier": map[string]any{"x": "3"}, "canary": false}, result{Err: "no-match"}},
 		{"ok/array-claim-any-element", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": []any{"dev", "deployers"}, "run_id": json.Number("123")}, result{Workload: "deploy"}},
@@ -605,6 +606,13 @@ func TestClaimString(t *testing.T) {
 		{"ok/float-large", 1e21, "1000000000000000000000", true},
 		{"ok/float-negative", -2.0, "-2", true},
 		{"ok/json-number", json.Number("12345678901234567890"), "12345678901234567890", true},
+		// What authn hands over: numbers as written in the token, rendered
+		// like the float64 cases above.
+		{"ok/json-number-integral-fraction", json.Number("3.0"), "3", true},
+		{"ok/json-number-exponent", json.Number("1e3"), "1000", true},
+		{"ok/json-number-exponent-upper", json.Number("2.5E+1"), "25", true},
+		{"ok/json-number-fraction", json.Number("3.250"), "3.25", true},
+		{"ok/json-number-negative", json.Number("-7"), "-7", true},
 		{"ok/int", 42, "42", true},
 		{"ok/int64", int64(-7), "-7", true},
 		{"ok/bool-true", true, "true", true},
