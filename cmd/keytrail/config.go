@@ -301,8 +301,10 @@ func (c *Config) validate(file string) error {
 		}
 	}
 	if c.Store.RedisURL != "" {
-		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
-			bad("store.redis_url", "must be a redis://, rediss:// or unix:// URL")
+		// The store refuses unix:// (redisstore.New): say so here, with
+		// every other problem, rather than at start-up.
+		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			bad("store.redis_url", "must be a redis:// or rediss:// URL")
 		}
 	}
 	if c.Store.RedisURL != "" && len(c.Store.Addrs) > 0 {

@@ -141,6 +141,10 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{"listen: plain HTTP", "public_url: is required", "policy:", "vault.address:", "audit.file: is required", "log.level:"}},
 		{name: "fail/bad-redis-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'http://redis'}\n",
 			wantErr: []string{"store.redis_url"}},
+		// The store has no unix socket support: the config must not accept
+		// what the server then refuses at start-up.
+		{name: "fail/unix-redis-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'unix:///run/redis.sock'}\n",
+			wantErr: []string{"store.redis_url: must be a redis:// or rediss:// URL"}},
 		{name: "fail/bad-duration", yaml: "shutdown_timeout: soon\n", wantErr: []string{"not a duration"}},
 		{name: "fail/store-addrs-and-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', addrs: [a:1], ca_file: /nope}\n",
 			wantErr: []string{"store.addrs: cannot be combined", "store.ca_file"}},
