@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -368,6 +369,56 @@ func TestReadmeListsEveryMetric(t *testing.T) {
 	for name := range names {
 		if !bytes.Contains(readme, []byte("| `"+name+"` |")) {
 			t.Errorf("README.md's metrics table has no row for %s", name)
+		}
+	}
+}
+
+// TestReadmeListsEveryConfigKey: every field of the server configuration
+// (Config, by its YAML path) appears in the README's configuration reference,
+// so a user can find every key the server accepts.
+func TestReadmeListsEveryConfigKey(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(readme)
+	start := strings.Index(text, "## Server configuration")
+	if start < 0 {
+		t.Fatal(`README.md has no "## Server configuration" section`)
+	}
+	text = text[start:]
+	block := text[strings.Index(text, "```yaml")+len("```yaml"):]
+	block = block[:strings.Index(block, "```")]
+	var keys []string
+	var walk func(typ reflect.Type, prefix string)
+	walk = func(typ reflect.Type, prefix string) {
+		for typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			keys = append(keys, prefix+name)
+			if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(duration(0)) {
+				walk(ft, prefix+name+".")
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "")
+	if len(keys) < 40 {
+		t.Fatalf("found %d config keys (%v), want all of them", len(keys), keys)
+	}
+	for _, k := range keys {
+		leaf := k[strings.LastIndex(k, ".")+1:]
+		if !regexp.MustCompile(`(?m)(^|[\s{,#])` + regexp.QuoteMeta(leaf) + `:`).MatchString(block) {
+			t.Errorf("README.md's server configuration does not list %s", k)
 		}
 	}
 }
