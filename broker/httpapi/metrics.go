@@ -46,6 +46,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
+// ObserveRefusal records a request to another endpoint than POST /v1/token
+// (endpoint: "proxy") refused with err: keytrail_denies_total by its reason,
+// and keytrail_rate_limited_total when it was a 429 slow_down.
+func (m *Metrics) ObserveRefusal(endpoint string, err error) {
+	e := broker.AsError(err)
+	m.Denies.WithLabelValues(e.Reason).Inc()
+	if errors.Is(e, broker.ErrRateLimited) {
+		m.RateLimited.WithLabelValues(endpoint).Inc()
+	}
+}
+
 // ObserveExchange records one exchange.
 func (m *Metrics) ObserveExchange(grant, kind string, err error, d time.Duration) {
 	outcome := "ok"

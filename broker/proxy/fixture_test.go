@@ -348,7 +348,7 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		tb.Fatal(err)
 	}
 	api, err := httpapi.New(httpapi.Options{
-		Service: f.svc, PublicURL: "https://keytrail.example",
+		Service: f.svc, PublicURL: "https://keytrail.example", Registry: f.registry,
 		TrustProxyHeaders: true, Extra: f.proxy.Register,
 	})
 	if err != nil {

@@ -362,6 +362,7 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 		w = statusWriter{ResponseWriter: w, code: status}
 	}
 	c.status = status
+	c.h.api.Metrics().ObserveRefusal("proxy", err)
 	if c.is != nil {
 		e := broker.AsError(err)
 		ev := c.event(audit.TypeDeny)

@@ -273,6 +273,15 @@ func TestProxyRateLimit(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("[first second code retry-after hits] (-want +got):\n%s", diff)
 	}
+	// The README's metrics: a 429 of the proxy is counted like one of the
+	// token endpoint, and as a refusal by its reason.
+	gotM := []float64{
+		counterValue(t, f, "keytrail_rate_limited_total", map[string]string{"endpoint": "proxy"}),
+		counterValue(t, f, "keytrail_denies_total", map[string]string{"reason": "rate_limited"}),
+	}
+	if diff := cmp.Diff([]float64{1, 1}, gotM); diff != "" {
+		t.Errorf("[rate_limited{endpoint=proxy} denies{reason=rate_limited}] (-want +got):\n%s", diff)
+	}
 }
 
 func TestProxyQueryInjection(t *testing.T) {
