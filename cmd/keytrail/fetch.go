@@ -473,9 +473,10 @@ Formats: raw   the access token alone
          env   KEYTRAIL_ACCESS_TOKEN='...' and KEYTRAIL_<FIELD>='...' lines
          pem   certificate, chain and private key (pki grants)
 
-Exit status: 0 done; 1 the broker refused for good (400/401/403: the message
-says what to fix), the identity token cannot be read, or no credential came
-within --timeout; 2 usage.`,
+Exit status: 0 done (with --watch: stopped by SIGINT/SIGTERM); 1 the broker
+refused for good (400/401/403: the message says what to fix), the identity
+token cannot be read, no credential came within --timeout, or a signal came
+before every credential was fetched; 2 usage.`,
 		Example: `  keytrail fetch --grant payments-db --out /run/secrets/db.json --format json
   keytrail fetch --grant payments-vault --grant orders-jwt --out-dir /run/keytrail --watch
   keytrail fetch --github-actions --grant deploy-vault --out - --format env`,

@@ -43,8 +43,11 @@ func newServerCmd(e *env) *cobra.Command {
 		Short: "Run the broker",
 		Long: `Run the keytrail broker with the given configuration file (YAML, decoded
 strictly). Environment overrides: KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_TOKEN,
-KEYTRAIL_REDIS_URL. SIGHUP reloads the policy; SIGINT/SIGTERM shut down
-gracefully (a second signal exits at once).`,
+KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
+(Sentinel, Cluster). The Vault token reconciliation is tuned with
+KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m) and turned off
+with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy;
+SIGINT/SIGTERM shut down gracefully (a second signal exits at once).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
