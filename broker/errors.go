@@ -9,13 +9,14 @@ import (
 // Error categories. Every error the Service returns wraps exactly one of them;
 // the HTTP layer maps the category to a status and an OAuth error code.
 var (
-	ErrInvalidRequest  = errors.New("invalid request")         // 400 invalid_request
-	ErrInvalidTarget   = errors.New("unknown grant")           // 400 invalid_target
-	ErrUnauthenticated = errors.New("unauthenticated")         // 401 invalid_grant
-	ErrDenied          = errors.New("access denied")           // 403 access_denied
-	ErrNotFound        = errors.New("not found")               // 404 not_found
-	ErrRateLimited     = errors.New("rate limited")            // 429 slow_down
-	ErrUnavailable     = errors.New("temporarily unavailable") // 503 temporarily_unavailable
+	ErrInvalidRequest   = errors.New("invalid request")         // 400 invalid_request
+	ErrInvalidTarget    = errors.New("unknown grant")           // 400 invalid_target
+	ErrUnauthenticated  = errors.New("unauthenticated")         // 401 invalid_grant
+	ErrDenied           = errors.New("access denied")           // 403 access_denied
+	ErrNotFound         = errors.New("not found")               // 404 not_found
+	ErrMethodNotAllowed = errors.New("method not allowed")      // 405 method_not_allowed
+	ErrRateLimited      = errors.New("rate limited")            // 429 slow_down
+	ErrUnavailable      = errors.New("temporarily unavailable") // 503 temporarily_unavailable
 )
 
 // Error is a categorised error with a description that is safe to show to the
@@ -66,7 +67,7 @@ func AsError(err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	for _, k := range []error{ErrInvalidRequest, ErrInvalidTarget, ErrUnauthenticated, ErrDenied, ErrNotFound, ErrRateLimited, ErrUnavailable} {
+	for _, k := range []error{ErrInvalidRequest, ErrInvalidTarget, ErrUnauthenticated, ErrDenied, ErrNotFound, ErrMethodNotAllowed, ErrRateLimited, ErrUnavailable} {
 		if errors.Is(err, k) {
 			return &Error{Kind: k, Reason: "error", Safe: k.Error(), Err: err}
 		}

@@ -490,6 +490,8 @@ func StatusOf(e *Error) int {
 		return 403
 	case errors.Is(e.Kind, ErrNotFound):
 		return 404
+	case errors.Is(e.Kind, ErrMethodNotAllowed):
+		return 405
 	case errors.Is(e.Kind, ErrRateLimited):
 		return 429
 	default:
@@ -513,6 +515,8 @@ func CodeOf(e *Error) string {
 		return "access_denied"
 	case errors.Is(e.Kind, ErrNotFound):
 		return "not_found"
+	case errors.Is(e.Kind, ErrMethodNotAllowed):
+		return "method_not_allowed"
 	case errors.Is(e.Kind, ErrRateLimited):
 		return "slow_down"
 	default:

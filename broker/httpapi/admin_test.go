@@ -398,3 +398,46 @@ func FuzzAdminRevokeBody(f *testing.F) {
 		}
 	})
 }
+
+// TestWrongMethod: a route asked with a method it does not serve answers
+// 405 with Allow (RFC 9110 §15.5.6), not 404 "no such endpoint"; a path no
+// route serves stays 404.
+func TestWrongMethod(t *testing.T) {
+	f := newAdminFixture(t)
+	tests := []struct {
+		name, method, path string
+		status             int
+		code, allow        string
+	}{
+		{"fail/get-token", "GET", "/v1/token", 405, "method_not_allowed", "POST"},
+		{"fail/options-token", "OPTIONS", "/v1/token", 405, "method_not_allowed", "POST"},
+		{"fail/put-introspect", "PUT", "/v1/introspect", 405, "method_not_allowed", "POST"},
+		{"fail/post-healthz", "POST", "/healthz", 405, "method_not_allowed", "GET, HEAD"},
+		{"fail/get-revoke", "GET", "/v1/admin/revoke", 405, "method_not_allowed", "POST"},
+		{"fail/get-block", "GET", "/v1/admin/blocks/deployer", 405, "method_not_allowed", "DELETE"},
+		{"fail/delete-blocks", "DELETE", "/v1/admin/blocks", 405, "method_not_allowed", "GET, HEAD"},
+		{"fail/no-route", "GET", "/v1/nope", 404, "not_found", ""},
+		{"fail/trailing-slash", "POST", "/v1/token/", 404, "not_found", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, f.srv.URL+tt.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]any
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("body is not JSON: %v", err)
+			}
+			got := []any{resp.StatusCode, body["error"], resp.Header.Get("Allow"), body["request_id"] == resp.Header.Get("X-Request-Id")}
+			if diff := cmp.Diff([]any{tt.status, tt.code, tt.allow, true}, got); diff != "" {
+				t.Errorf("%s %s = %v, want %d %s Allow %q (-want +got):\n%s", tt.method, tt.path, got, tt.status, tt.code, tt.allow, diff)
+			}
+		})
+	}
+}

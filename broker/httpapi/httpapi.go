@@ -91,9 +91,34 @@ func (s *Server) Routes() http.Handler {
 		s.o.Extra(mux, s)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// The catch-all matches every method, so the mux never answers 405
+		// itself: a path another method serves gets 405 with Allow here.
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			s.WriteError(w, r, &broker.Error{Kind: broker.ErrMethodNotAllowed, Reason: "method_not_allowed", Safe: "method not allowed; see the Allow header"})
+			return
+		}
 		s.WriteError(w, r, &broker.Error{Kind: broker.ErrNotFound, Reason: "no_route", Safe: "no such endpoint"})
 	})
 	return s.middleware(mux)
+}
+
+// allowedMethods lists the methods some route serves r's path with (HEAD
+// where GET is served); none when only the catch-all matches it.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	if r.Method == http.MethodConnect {
+		return nil
+	}
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.WithContext(r.Context())
+		probe.Method = m
+		_, pattern := mux.Handler(probe)
+		if strings.HasPrefix(pattern, m+" ") || (m == http.MethodHead && strings.HasPrefix(pattern, http.MethodGet+" ")) {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 type ctxKey struct{}
