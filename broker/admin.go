@@ -36,13 +36,11 @@ type AdminRequest struct {
 
 // AuthorizeAdmin authenticates the caller and checks that policy grants it
 // the role. Every call, allowed or denied, is recorded as an admin event
-// naming the caller and the action; an allowed call whose event cannot be
-// made durable is refused (ErrUnavailable).
+// naming the caller and the action, and the target once the caller is
+// authenticated; an allowed call whose event cannot be made durable is
+// refused (ErrUnavailable).
 func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin, error) {
 	details := map[string]any{"action": req.Action, "role": req.Role}
-	if len(req.Target) > 0 {
-		details["target"] = req.Target
-	}
 	ev := &audit.Event{Type: audit.TypeAdmin, RequestID: req.RequestID, Source: auditSource(req.Source), Details: details}
 	deny := func(err error) (*Admin, error) {
 		s.recordDeny(ctx, ev, err)
@@ -56,6 +54,12 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return deny(err)
 	}
 	ev.Identity = auditIdentity(id.Ref())
+	// The target is the caller's own text (a path segment, query values, a
+	// body): recorded only once the caller is authenticated, so that a
+	// stranger cannot write into the audit log (as for a deny's grant).
+	if len(req.Target) > 0 {
+		details["target"] = req.Target
+	}
 	pol := s.d.Policy()
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return deny(errPolicyReloaded(id))

@@ -441,3 +441,50 @@ func TestWrongMethod(t *testing.T) {
 		})
 	}
 }
+
+// TestAdminDenyKeepsStrangersTextOut: an admin call whose caller is not
+// authenticated is audited (action, role, source, outcome) without its
+// target, which is the caller's free text (a path segment, query values, a
+// body's selector): anyone could otherwise write up to the header or body
+// cap of their own text into the audit log. An authenticated caller's
+// target is kept: it is attributed to that identity.
+func TestAdminDenyKeepsStrangersTextOut(t *testing.T) {
+	junk := strings.Repeat("J", 8<<10)
+	tests := []struct {
+		name, method, path, token, body string
+		wantTarget                      bool
+	}{
+		{"fail/unblock-no-token", "DELETE", "/v1/admin/blocks/" + junk, "", "", false},
+		{"fail/unblock-forged-token", "DELETE", "/v1/admin/blocks/" + junk, "forged", "", false},
+		{"fail/revocation-no-token", "GET", "/v1/admin/revocations/rev_" + junk, "", "", false},
+		{"fail/issuances-no-token", "GET", "/v1/admin/issuances?owner=" + junk, "", "", false},
+		{"fail/revoke-no-token", "POST", "/v1/admin/revoke", "", `{"workload":"` + junk + `","reason":"x"}`, false},
+		{"fail/unblock-not-an-admin", "DELETE", "/v1/admin/blocks/" + junk, "nobody", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newAdminFixture(t)
+			ct := ""
+			if tt.body != "" {
+				ct = jsonCT
+			}
+			if status, body, _ := f.do(t, tt.method, tt.path, tt.token, ct, tt.body); status != 401 && status != 403 {
+				t.Fatalf("%s as %q = %d %v, want 401/403", tt.method, tt.token, status, body)
+			}
+			evs := f.sink.Events()
+			if len(evs) != 1 || evs[0].Type != "admin" {
+				t.Fatalf("audit events = %v, want one admin event", f.sink.Types())
+			}
+			raw, err := json.Marshal(evs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(string(raw), junk); got != tt.wantTarget {
+				t.Errorf("admin event holds the caller's text = %v, want %v (event %d bytes)", got, tt.wantTarget, len(raw))
+			}
+			if evs[0].Details["action"] == nil || evs[0].Outcome == nil || evs[0].Outcome.Status < 400 {
+				t.Errorf("admin event = %+v, want the action and the denied outcome", evs[0])
+			}
+		})
+	}
+}
