@@ -193,6 +193,20 @@ func TestTokenEndpointOK(t *testing.T) {
 	}
 }
 
+// TestTokenTTLCapped: ttl is capped by the grant (SPEC), however large:
+// a value above any grant's TTL gets the grant's TTL, not a 400.
+func TestTokenTTLCapped(t *testing.T) {
+	for _, ttl := range []string{"601", "31622401", "9223372036854775807", "99999999999999999999"} {
+		t.Run("ok/"+ttl, func(t *testing.T) {
+			f := newFixture(t)
+			resp, body := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form("ttl", ttl).Encode())
+			if got := []any{resp.StatusCode, body["expires_in"]}; !cmp.Equal(got, []any{200, float64(600)}) {
+				t.Errorf("ttl=%s: POST /v1/token = %d %v, want 200 expires_in 600 (the grant's TTL)", ttl, resp.StatusCode, body)
+			}
+		})
+	}
+}
+
 func TestRetryAfter(t *testing.T) {
 	t.Run("fail/rate-limited-429", func(t *testing.T) {
 		f := newFixture(t)

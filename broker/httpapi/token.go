@@ -34,6 +34,9 @@ var tokenParams = []string{
 	"actor_token", "actor_token_type", "ttl", "scope", "resource", "requested_token_type",
 }
 
+// maxTTLSeconds bounds the ttl parameter before the grant caps it.
+const maxTTLSeconds = 366 * 24 * 3600
+
 func (s *Server) readForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || ct != "application/x-www-form-urlencoded" {
@@ -142,10 +145,15 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request) (*broker.Excha
 	var ttl time.Duration
 	if t := strings.TrimSpace(p["ttl"]); t != "" {
 		n, err := strconv.ParseInt(t, 10, 64)
-		if err != nil || n <= 0 || n > 366*24*3600 {
+		if errors.Is(err, strconv.ErrRange) && n > 0 {
+			err = nil // beyond int64: capped like any other ttl above the grant's
+		}
+		if err != nil || n <= 0 {
 			return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil))
 		}
-		ttl = time.Duration(n) * time.Second
+		// The grant caps it (SPEC); bounded here only so that it fits a
+		// time.Duration.
+		ttl = time.Duration(min(n, maxTTLSeconds)) * time.Second
 	}
 	res, err := s.o.Service.Exchange(r.Context(), broker.ExchangeRequest{
 		SubjectToken: p["subject_token"],
