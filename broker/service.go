@@ -49,6 +49,8 @@ type Deps struct {
 type Service struct {
 	d        Deps
 	limiters sync.Map // workload name -> *limiterEntry
+	// limitersMu serialises making a limiter (a first use, a rate change).
+	limitersMu sync.Mutex
 }
 
 type limiterEntry struct {
@@ -345,11 +347,21 @@ func (s *Service) allow(wl *policies.Workload) error {
 	if burst < 1 {
 		burst = int(math.Ceil(wl.Rate.PerSecond))
 	}
+	stale := func(e *limiterEntry) bool {
+		return e == nil || e.perSecond != wl.Rate.PerSecond || e.burst != burst
+	}
 	v, _ := s.limiters.Load(wl.Name)
 	e, _ := v.(*limiterEntry)
-	if e == nil || e.perSecond != wl.Rate.PerSecond || e.burst != burst {
-		e = &limiterEntry{perSecond: wl.Rate.PerSecond, burst: burst, lim: rate.NewLimiter(rate.Limit(wl.Rate.PerSecond), burst)}
-		s.limiters.Store(wl.Name, e)
+	if stale(e) {
+		// One limiter per rate: concurrent first requests must not each
+		// make their own (each would get a full burst).
+		s.limitersMu.Lock()
+		v, _ = s.limiters.Load(wl.Name)
+		if e, _ = v.(*limiterEntry); stale(e) {
+			e = &limiterEntry{perSecond: wl.Rate.PerSecond, burst: burst, lim: rate.NewLimiter(rate.Limit(wl.Rate.PerSecond), burst)}
+			s.limiters.Store(wl.Name, e)
+		}
+		s.limitersMu.Unlock()
 	}
 	now := s.d.Now()
 	r := e.lim.ReserveN(now, 1)

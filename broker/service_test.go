@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -374,6 +376,43 @@ func TestExchangeRateLimit(t *testing.T) {
 	f.now = f.now.Add(time.Second)
 	if _, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"}); err != nil {
 		t.Errorf("after one second at 1/s: %v, want ok", err)
+	}
+}
+
+// TestRateLimitConcurrentFirstUse: a workload's first requests, made at
+// once, share one limiter: no more than the burst gets through. (Each
+// request used to make its own limiter when none was stored yet, and the
+// last one stored won: a burst of concurrent first requests, or of
+// requests right after a reload changing the rate, got past the limit. The
+// race is narrow, hence many fresh Services; the test cannot fail once
+// only one limiter is ever made.)
+func TestRateLimitConcurrentFirstUse(t *testing.T) {
+	f := newFixture(t)
+	wl, ok := f.pol.Workload("payments-api") // rate: {per_second: 1, burst: 2}
+	if !ok {
+		t.Fatal("no workload payments-api")
+	}
+	const trials, callers = 3000, 8
+	for trial := range trials {
+		svc := f.serviceWith(t, f.store, f.sink)
+		var allowed atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if svc.Allow(wl) == nil {
+					allowed.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if n := allowed.Load(); n > 2 {
+			t.Fatalf("trial %d: %d of %d concurrent first requests allowed, want at most the burst 2", trial, n, callers)
+		}
 	}
 }
 
