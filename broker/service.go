@@ -313,7 +313,8 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, requestID string, revokeErr error) {
 	out := &audit.Outcome{Status: 200}
 	if revokeErr != nil {
-		out = &audit.Outcome{Status: 503, Error: "revocation failed; left to the reconciliation"}
+		// Codes, as in every outcome: the reconciliation takes it from here.
+		out = &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "revoke_failed"}
 	}
 	ev := orphanRevokedEvent(is, OrphanStoreFailed, out)
 	ev.RequestID = requestID

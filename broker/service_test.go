@@ -582,4 +582,16 @@ func TestExchangeStoreFailureRevokes(t *testing.T) {
 	if d := evs[2]; d.Outcome.Status != 503 || d.IssuanceID != evs[0].IssuanceID {
 		t.Errorf("deny event = %+v, want 503 for the issuance", d)
 	}
+
+	// When taking it back fails too, the outcome says so in codes (SPEC-
+	// ADDITIONS), and the reconciliation revokes it later.
+	f.minter.RevokeErr = errors.New("vault down")
+	if _, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Exchange() with a failing revoke = %v, want ErrUnavailable", err)
+	}
+	evs = f.sink.Events()
+	o := evs[len(evs)-2]
+	if diff := cmp.Diff(&audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "revoke_failed"}, o.Outcome); o.Type != audit.TypeOrphanRevoked || diff != "" {
+		t.Errorf("orphan_revoked event after a failed revoke: type %s, outcome (-want +got):\n%s", o.Type, diff)
+	}
 }

@@ -29,10 +29,11 @@ func (f Authn) Authenticate(ctx context.Context, raw string) (*broker.Identity, 
 
 // Minter mints "secret-<issuance id>" credentials and records every call.
 type Minter struct {
-	mu      sync.Mutex
-	Reqs    []broker.MintRequest
-	Revoked []string
-	Err     error // returned by Mint when set
+	mu        sync.Mutex
+	Reqs      []broker.MintRequest
+	Revoked   []string
+	Err       error // returned by Mint when set
+	RevokeErr error // returned by Revoke when set (the call is recorded)
 }
 
 // Mint implements broker.Minter.
@@ -55,7 +56,7 @@ func (f *Minter) Revoke(ctx context.Context, is *broker.Issuance) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Revoked = append(f.Revoked, is.ID)
-	return nil
+	return f.RevokeErr
 }
 
 // Calls returns a copy of the recorded mint requests.

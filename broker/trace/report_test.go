@@ -191,7 +191,7 @@ func TestBuildReportCases(t *testing.T) {
 		// reconciliation) does not end the credential; one that succeeded does.
 		{"ok/failed-orphan-revocation-still-active", trace.ReportInput{Now: at(5 * time.Minute), Policy: pol, Events: append(x.Events(),
 			&audit.Event{Type: audit.TypeOrphanRevoked, Seq: 100, Chain: "chn_a", Time: at(4 * time.Second).Format(time.RFC3339Nano), IssuanceID: idC,
-				Workload: "reports", Reason: "store_failed", Outcome: &audit.Outcome{Status: 503, Error: "revocation failed; left to the reconciliation"}})},
+				Workload: "reports", Reason: "store_failed", Outcome: &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "revoke_failed"}})},
 			projection{Active: map[string]int{"idle-job": 0, "payments-api": 1, "reports": 1}, Stale: []string{"idle-job"},
 				Exceptions: []string{"old-shared-ftp:expired", "legacy-batch-key:expiring"}, Unused: 2, ActiveFrom: trace.FromAuditLog}},
 		{"ok/orphan-revocation-ends-credential", trace.ReportInput{Now: at(5 * time.Minute), Policy: pol, Events: append(x.Events(),
