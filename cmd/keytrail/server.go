@@ -46,8 +46,9 @@ strictly). Environment overrides: KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_TOKEN,
 KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m) and turned off
-with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy;
-SIGINT/SIGTERM shut down gracefully (a second signal exits at once).`,
+with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
+(one received during start-up reloads once serving); SIGINT/SIGTERM shut down
+gracefully (a second signal exits at once).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
@@ -109,6 +110,13 @@ type brokerRuntime struct {
 // non-nil, is called with the listener's address once serving.
 func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)) error {
 	log := newLogger(cfg.Log, e.stderr)
+	// SIGHUP is caught from the start to the end, start-up and the final
+	// close included: its default action ends the process at once, without
+	// closing the audit log. One that arrives before serving reloads once
+	// serving starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	rt := &brokerRuntime{cfg: cfg, log: log}
 	defer rt.close()
 	if err := rt.wire(ctx, e); err != nil {
@@ -153,9 +161,6 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		ready(ln.Addr().String())
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
