@@ -312,9 +312,9 @@ func policyStamp(path string) string {
 }
 
 // watchPolicy reloads the policy when its files change (polled every
-// interval). Reload validates first and keeps the old policy on error.
-func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration) error {
-	last := policyStamp(rt.cfg.Policy)
+// interval) from last, their policyStamp when the policy in force was read.
+// Reload validates first and keeps the old policy on error.
+func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration, last string) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

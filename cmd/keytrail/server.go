@@ -215,6 +215,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.metrics = m
+	// The watcher, started later, compares with the files as they were
+	// before this read: a change made while the broker starts is loaded.
+	polStamp := policyStamp(cfg.Policy)
 	pol, err := loadServedPolicy(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("policy: %w", err)
@@ -355,7 +358,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.store = m.wrapStore(rt.store)
-	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second) })
+	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second, polStamp) })
 	if err := rt.startClockWatch(ctx); err != nil {
 		return err
 	}

@@ -1,18 +1,24 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/e2e/harness"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // serverTestPolicy is a minimal valid policy (no Vault key is named).
@@ -138,4 +144,112 @@ type logText struct{ path string }
 func (l logText) String() string {
 	b, _ := os.ReadFile(l.path)
 	return string(b)
+}
+
+// TestPolicyChangedDuringStartupIsLoaded: the policy is read first thing at
+// start-up, and the file watcher starts later (after Vault login, the store,
+// the audit log). A change made in between must be loaded: the watcher has
+// to compare with the files the policy in force was read from, not with
+// what they hold once it starts, or the broker serves the old policy (a
+// removed workload keeps its grants) until the next change or SIGHUP.
+// Real Vault (harness.StartVault).
+func TestPolicyChangedDuringStartupIsLoaded(t *testing.T) {
+	vp := harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+
+	// Vault behind a gate: the first request (the broker's login, after
+	// the policy was read) waits until the test has changed the policy.
+	target, err := url.Parse(vp.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var gate sync.Once
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gate.Do(func() {
+			close(arrived)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		})
+		rp.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+
+	polDir := filepath.Join(dir, "policies")
+	if err := os.Mkdir(polDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(polDir, "main.yaml"), []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: polDir,
+		Vault: VaultConfig{Address: front.URL}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
+		Log: LogConfig{Level: "error", Format: "text"}}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+		if k == "VAULT_TOKEN" {
+			return vp.RootToken
+		}
+		return ""
+	}}
+	readyc, errc := make(chan string, 1), make(chan error, 1)
+	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	select {
+	case <-arrived:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server never called Vault")
+	}
+	// The policy was read; the broker waits for Vault. Add a file.
+	const extra = "version: 1\nworkloads:\n  - name: late\n    owner: team-late\n    match: {issuer: test, subject: late}\n    grants: [payments-vault]\n"
+	if err := os.WriteFile(filepath.Join(polDir, "late.yaml"), []byte(extra), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want, err := policies.Load(polDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	var base string
+	select {
+	case a := <-readyc:
+		base = "http://" + a
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	defer func() { cancel(); <-errc }()
+
+	metric := `keytrail_policy_info{hash="` + want.Hash() + `"} 1`
+	deadline := time.After(20 * time.Second) // the watcher polls every 2s
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), metric) {
+			return
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("the policy file added during start-up was never loaded: /metrics lacks %s", metric)
+		case <-tick.C:
+		}
+	}
 }
