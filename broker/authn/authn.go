@@ -110,6 +110,12 @@ type Options struct {
 	// (see verifiedCache: a hit skips only the signature check, every other
 	// check runs again). 0 = DefaultVerifiedCacheSize, negative = no cache.
 	VerifiedCacheSize int
+	// Previous, when set, is the verifier this one replaces (a policy
+	// reload): an issuer whose key source (issuer, jwks_url, discovery,
+	// ca_file) is unchanged starts from Previous's last good keys and fetch
+	// times instead of none, so a reload during the issuer's outage does
+	// not drop keys StaleFor would still serve.
+	Previous *Verifier
 }
 
 // Verifier verifies identity tokens. It is safe for concurrent use.
@@ -227,6 +233,9 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	if o.Previous != nil {
+		v.keepKeys(o.Previous)
 	}
 	v.router = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding())
 	// No WithValidMethods here: route enforces supportedAlgs and the

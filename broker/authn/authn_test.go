@@ -18,6 +18,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1260,5 +1261,40 @@ func TestDiscoveryNoDowngradeToPlainHTTP(t *testing.T) {
 	_, err = v.Authenticate(context.Background(), sign(t, iss.Key(), nil, claims(iss, set("iss", srv.URL))))
 	if !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("Authenticate() = %v, want ErrUnavailable (jwks_uri downgraded to plain http)", err)
+	}
+}
+
+// TestPreviousKeepsKeysOfUnchangedIssuers: a verifier built with Previous
+// (a policy reload) serves the last good keys of the issuers whose key
+// source is unchanged, without a fetch, even while the issuer is down; an
+// issuer whose jwks_url changed starts from nothing.
+func TestPreviousKeepsKeysOfUnchangedIssuers(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	esTok := sign(t, f.es.Key(), nil, claims(f.es))
+	rsTok := sign(t, f.rs.Key(), nil, claims(f.rs))
+	for _, tok := range []string{esTok, rsTok} {
+		if _, err := f.v.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("Authenticate() = %v", err)
+		}
+	}
+	f.es.SetDown(true)
+	f.rs.SetDown(true)
+	opts := f.opts
+	opts.Issuers = slices.Clone(f.opts.Issuers)
+	opts.Issuers[2].JWKSURL += "?v=2" // rs: another key source
+	opts.Previous = f.v
+	v2, err := authn.New(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v2.Authenticate(ctx, esTok); err != nil {
+		t.Errorf("unchanged issuer after the reload: Authenticate() = %v, want the kept keys", err)
+	}
+	if got := f.es.JWKSFetches(); got != 1 {
+		t.Errorf("unchanged issuer: fetches = %d, want 1 (the kept keys are fresh)", got)
+	}
+	if _, err := v2.Authenticate(ctx, rsTok); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("issuer with a new jwks_url: Authenticate() = %v, want ErrUnavailable (its old keys are not kept)", err)
 	}
 }

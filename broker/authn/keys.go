@@ -52,6 +52,25 @@ type issuerState struct {
 	jwksURI     string     // discovered jwks_uri, cleared when a fetch fails
 }
 
+// keepKeys starts each issuer of v whose key source is unchanged in prev
+// from prev's last good key set (immutable, so shared), discovered jwks_uri
+// and last finished fetch attempt (so a reload does not bypass
+// RefreshInterval).
+func (v *Verifier) keepKeys(prev *Verifier) {
+	for iss, st := range v.issuers {
+		p, ok := prev.issuers[iss]
+		if !ok || p.cfg.JWKSURL != st.cfg.JWKSURL || p.cfg.Discovery != st.cfg.Discovery || p.cfg.CAFile != st.cfg.CAFile {
+			continue
+		}
+		p.mu.Lock()
+		st.set, st.jwksURI = p.set, p.jwksURI
+		if p.inflight == nil { // else v fetches for itself at once
+			st.lastAttempt, st.lastErr = p.lastAttempt, p.lastErr
+		}
+		p.mu.Unlock()
+	}
+}
+
 // keySet is the usable part of a fetched JWKS.
 type keySet struct {
 	keys      []verifyKey

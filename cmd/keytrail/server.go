@@ -466,10 +466,16 @@ func (rt *brokerRuntime) ready(ctx context.Context) error {
 	return nil
 }
 
-// newVerifier builds the identity-token verifier for pol's issuers.
+// newVerifier builds the identity-token verifier for pol's issuers, keeping
+// the keys of the verifier in force for the issuers whose key source pol
+// leaves unchanged.
 func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) (*authn.Verifier, error) {
+	var prev *authn.Verifier
+	if st := rt.state.Load(); st != nil {
+		prev = st.authn
+	}
 	return authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log, OnFetch: rt.metrics.onJWKSFetch,
-		VerifiedCacheSize: rt.cfg.Authn.VerifiedCacheSize})
+		VerifiedCacheSize: rt.cfg.Authn.VerifiedCacheSize, Previous: prev})
 }
 
 // loadServedPolicy loads a policy for the server: validated, and the files

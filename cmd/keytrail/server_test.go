@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -17,6 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -253,3 +258,98 @@ func TestPolicyChangedDuringStartupIsLoaded(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyReloadKeepsLastGoodJWKS: while an issuer's JWKS endpoint is
+// down, the last good keys are used for a bounded time (ARCHITECTURE.md,
+// "Issuer JWKS unreachable"). A policy reload (SIGHUP, or any file change,
+// e.g. a new grant for another team) must not drop them: the issuer's key
+// source did not change, and dropping them turns a reload during an
+// identity-provider outage into 503s for every workload of that issuer.
+func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issSrv := httptest.NewServer(iss.Handler())
+	defer issSrv.Close()
+	iss.URL = issSrv.URL
+
+	polFile := filepath.Join(dir, "policy.yaml")
+	writePol := func(grants string) {
+		p := strings.NewReplacer("{ISS}", issSrv.URL, "{GRANTS}", grants).Replace(reloadKeysPolicy)
+		if err := os.WriteFile(polFile, []byte(p), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writePol("payments-vault")
+
+	m, err := newOpsMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := auditfile.Open(auditfile.Options{Path: filepath.Join(dir, "audit.jsonl")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	rt := &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
+	pol, err := loadServedPolicy(polFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := rt.newVerifier(ctx, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := rt.newPolicyState(pol, v, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.state.Store(st)
+
+	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.state.Load().authn.Authenticate(ctx, tok); err != nil {
+		t.Fatalf("before the outage: %v", err)
+	}
+	iss.SetDown(true) // the identity provider's JWKS endpoint fails from now on
+	if _, err := rt.state.Load().authn.Authenticate(ctx, tok); err != nil {
+		t.Fatalf("during the outage, before any reload (cached keys): %v", err)
+	}
+
+	writePol("payments-vault, payments-db")
+	rt.reloadPolicy(ctx, "sighup")
+	if rt.state.Load().pol.Hash() == pol.Hash() {
+		t.Fatal("the reload did not take the new policy")
+	}
+	if _, err := rt.state.Load().authn.Authenticate(ctx, tok); err != nil {
+		t.Fatalf("during the outage, after a reload that left the issuer unchanged: %v; the last good keys must be kept", err)
+	}
+}
+
+const reloadKeysPolicy = `version: 1
+issuers:
+  - name: test
+    issuer: {ISS}
+    jwks_url: {ISS}/jwks.json
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match: {issuer: test, subject: system:serviceaccount:payments:api}
+    grants: [{GRANTS}]
+grants:
+  - name: payments-vault
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [payments-read]}
+  - name: payments-db
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [payments-db]}
+`
