@@ -183,10 +183,14 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	second := make(chan os.Signal, 1)
 	signal.Notify(second, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(second)
+	returned := make(chan struct{})
+	defer close(returned)
 	go func() {
-		if _, ok := <-second; ok {
+		select {
+		case <-second:
 			log.Warn("second signal: exiting now")
 			os.Exit(1)
+		case <-returned:
 		}
 	}()
 	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))

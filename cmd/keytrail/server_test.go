@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -353,3 +354,50 @@ grants:
     ttl: 5m
     vault_token: {policies: [payments-db]}
 `
+
+// TestServerLeavesNoGoroutine: once runServer has returned, none of the
+// goroutines it started is left behind (the watcher of a second signal
+// used to wait forever on a channel nobody closes). Real Vault.
+func TestServerLeavesNoGoroutine(t *testing.T) {
+	vp := harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
+		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
+		Log: LogConfig{Level: "error", Format: "text"}}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+		if k == "VAULT_TOKEN" {
+			return vp.RootToken
+		}
+		return ""
+	}}
+	readyc, errc := make(chan string, 1), make(chan error, 1)
+	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	select {
+	case <-readyc:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("runServer() = %v", err)
+	}
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	for _, g := range strings.Split(stacks, "\n\n") {
+		if strings.Contains(g, "cmd/keytrail.runServer") {
+			t.Errorf("a goroutine started by runServer is still there after it returned:\n%s", g)
+		}
+	}
+}
