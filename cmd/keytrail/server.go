@@ -198,6 +198,10 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown incomplete", slog.String("error", err.Error()))
 	}
+	// The final flush and checkpoint of the audit log run here, while a
+	// second signal still exits at once (the deferred close is then a
+	// no-op).
+	rt.close()
 	return nil
 }
 
