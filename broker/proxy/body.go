@@ -158,7 +158,8 @@ func (c *formsCache) len() int {
 // redactReader overwrites every occurrence of the secret forms in a stream
 // with '*' of the same length, so a Content-Length stays right. It holds back
 // the last (longest form - 1) bytes of what it has read until more data (or
-// the end) shows whether they start an occurrence.
+// the end, io.EOF) shows whether they start an occurrence; a stream that
+// fails otherwise never releases them.
 type redactReader struct {
 	src   io.ReadCloser
 	forms [][]byte
@@ -222,9 +223,12 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		if n > 0 {
 			r.mask(max(0, old-r.keep))
 		}
-		if err != nil {
+		if err == io.EOF {
 			r.ready = len(r.buf) // nothing can complete a held-back prefix now
 		} else {
+			// nil, or an error that cuts the stream (the response cap, a
+			// timeout, a broken upstream): the held-back bytes may start
+			// the secret and are never released.
 			r.ready = max(r.ready, len(r.buf)-r.keep)
 		}
 	}

@@ -321,3 +321,33 @@ func TestRedactReader(t *testing.T) {
 		t.Errorf("long redact: %d bytes (want %d), err %v, secret left: %v", len(got), len(long), err, strings.Contains(string(got), secret))
 	}
 }
+
+// TestProxyResponseCapDoesNotCutTheSecretOpen: a streamed response cut at
+// MaxResponseBytes must not end with the part of the secret the scan was
+// holding back. A caller pads an echo (a header it sends, echoed before the
+// injected Authorization) so that the cap falls inside the echoed secret:
+// the bytes before the cap are all but the last of the secret.
+func TestProxyResponseCapDoesNotCutTheSecretOpen(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	echo := func(pad int) *response {
+		hdr := bearer(tok)
+		hdr.Set("Aaaa", strings.Repeat("x", pad)) // sorts before Authorization in the echo
+		return f.do(t, "GET", "/v1/proxy/stripe/echo", hdr, nil)
+	}
+	// Where the masked secret lands with one byte of padding.
+	first := echo(1)
+	start := strings.Index(first.Body, "Bearer *") + len("Bearer ")
+	n := len(first.Body[start:]) - len(strings.TrimLeft(first.Body[start:], "*"))
+	if first.Status != 200 || start < len("Bearer ") || n < len(upstreamKey) {
+		t.Fatalf("echo = %d %s, want the secret masked", first.Status, first.Body)
+	}
+	// Pad so that the cap falls just before the last byte of the secret.
+	res := echo(1 + maxRespBytes - (start + n - 1))
+	if res.Err == nil || len(res.Body) > maxRespBytes {
+		t.Fatalf("padded echo: %d bytes, read error %v; want it cut at the cap", len(res.Body), res.Err)
+	}
+	if prefix := upstreamKey[:20]; strings.Contains(res.Body, prefix) {
+		t.Errorf("the body cut at the cap ends with the secret's first %d+ bytes: ...%q", len(prefix), res.Body[max(0, len(res.Body)-60):])
+	}
+}
