@@ -72,10 +72,11 @@
 // plain bytes; a body the upstream compresses anyway is relayed unscanned
 // (and logged). Errors the broker writes (502 when the upstream cannot be
 // reached or misbehaves) never carry upstream error text. Responses over
-// MaxResponseBytes are refused (502) when their length is declared, and cut
-// off (connection aborted) when streamed; a body cut off, at the cap or by an
-// error, ends without the bytes the scan was still holding back (the start
-// of the secret when the cut falls inside it).
+// MaxResponseBytes are refused (502) when their length is declared (not for
+// HEAD, whose response has no body), and cut off (connection aborted) when
+// streamed; a body cut off, at the cap or by an error, ends without the
+// bytes the scan was still holding back (the start of the secret when the
+// cut falls inside it).
 //
 // Shared use: a credential used from a source address other than the one it
 // was issued to (or, when that is unknown, its first use) is recorded once

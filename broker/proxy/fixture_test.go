@@ -62,7 +62,7 @@ grants:
       ca_file: %[4]s
       secret: {vault_kv: secret/data/upstreams/stripe, field: api_key}
       inject: {header: Authorization, format: "Bearer {secret}"}
-      methods: [GET, POST]
+      methods: [GET, HEAD, POST]
       paths: ["/v1/charges", "/v1/charges/*", "/echo", "/echo/*", "/up/*"]
   - name: other
     kind: proxy

@@ -554,7 +554,8 @@ func (c *call) forward(w http.ResponseWriter) {
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				return errors.New("upstream switched protocols")
 			}
-			if res.ContentLength > p.o.MaxResponseBytes {
+			// A HEAD response declares the length of a body it does not have.
+			if res.ContentLength > p.o.MaxResponseBytes && r.Method != http.MethodHead {
 				return errResponseTooLarge
 			}
 			for name, vs := range res.Header {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -349,5 +350,23 @@ func TestProxyResponseCapDoesNotCutTheSecretOpen(t *testing.T) {
 	}
 	if prefix := upstreamKey[:20]; strings.Contains(res.Body, prefix) {
 		t.Errorf("the body cut at the cap ends with the secret's first %d+ bytes: ...%q", len(prefix), res.Body[max(0, len(res.Body)-60):])
+	}
+}
+
+// TestProxyHeadOfLargeResource: the Content-Length of a HEAD response is
+// that of the body a GET would get; no body follows, so the response cap
+// does not apply and the headers are relayed.
+func TestProxyHeadOfLargeResource(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	res := f.do(t, "HEAD", "/v1/proxy/stripe/up/big", bearer(tok), nil)
+	got := []any{res.Status, res.Header.Get("Content-Length"), res.Body}
+	want := []any{200, strconv.Itoa(maxRespBytes + 1), ""}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("HEAD of a resource over the response cap = [status content-length body] (-want +got):\n%s", diff)
+	}
+	f.waitEvent(t, audit.TypeUseResult)
+	if r := f.eventsOf(audit.TypeUseResult)[0]; r.Outcome.Status != 200 || r.Outcome.Error != "" {
+		t.Errorf("use_result outcome = %+v, want 200 without error", r.Outcome)
 	}
 }
