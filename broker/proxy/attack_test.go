@@ -74,6 +74,22 @@ var attacks = []attack{
 				t.Errorf("upstream [issuance request-id custom] (-want +got):\n%s", diff)
 			}
 		}},
+	{name: "ok/method-and-url-override-headers-dropped", method: "POST", target: "/v1/proxy/stripe/v1/charges",
+		// The grant allows GET, HEAD and POST on /v1/charges: headers that
+		// make common upstream frameworks (Express method-override, Rails,
+		// Laravel, Symfony, ASP.NET, IIS URL Rewrite, Zend) use another
+		// method or path must not reach the upstream.
+		extra: []string{"X-HTTP-Method-Override: DELETE", "X-HTTP-Method: DELETE", "X-Method-Override: DELETE",
+			"X-Original-URL: /v1/customers", "X-Rewrite-URL: /v1/customers"},
+		wantStatus: 200, wantHit: true,
+		check: func(t *testing.T, f *fixture, res *response) {
+			h := f.up.Last().Header
+			for _, name := range []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url"} {
+				if vs := h.Values(name); len(vs) != 0 {
+					t.Errorf("upstream got caller-sent %s: %q", name, vs)
+				}
+			}
+		}},
 	{name: "fail/dot-dot", target: "/v1/proxy/stripe/v1/charges/../../admin", wantStatus: 307,
 		check: wantLocalRedirect("/v1/proxy/stripe/admin")},
 	{name: "fail/dot-dot-out-of-proxy", target: "/v1/proxy/stripe/../../token", wantStatus: 307,

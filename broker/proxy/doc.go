@@ -41,8 +41,10 @@
 //     503 and nothing is sent upstream.
 //  10. The request goes upstream through httputil.ReverseProxy with Rewrite
 //     only (never Director): the caller's Authorization,
-//     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded and
-//     X-Forwarded-* headers are removed, and so is every header whose name
+//     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded,
+//     X-Forwarded-* and X-Real-Ip headers are removed, the method and URL
+//     overrides (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override,
+//     X-Original-URL, X-Rewrite-URL) too, and so is every header whose name
 //     contains an underscore (CGI, WSGI and Rack upstreams read X_Request_Id
 //     as X-Request-Id; nginx drops such headers by default too). The secret
 //     is injected as the grant says, and X-Request-Id: <use id> and

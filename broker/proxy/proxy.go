@@ -466,8 +466,12 @@ func queryKeyIs(k, param string) bool {
 // strippedRequestHeaders are caller headers that never go upstream (besides
 // the hop-by-hop headers, X-Forwarded-* and Forwarded, which ReverseProxy
 // removes itself, X-Keytrail-*, and every header whose name contains an
-// underscore: see dropRequestHeader).
-var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip"}
+// underscore: see dropRequestHeader). The method and URL overrides make
+// common upstream frameworks (Express method-override, Rails, Laravel,
+// Symfony, ASP.NET, IIS URL Rewrite, Zend) serve another method or path than
+// the one the grant allowed.
+var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip",
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url"}
 
 // dropRequestHeader reports whether a caller header never goes upstream
 // because of its name: X-Keytrail-* and X-Forwarded-*, and any name with an
