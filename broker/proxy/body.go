@@ -157,9 +157,9 @@ func (c *formsCache) len() int {
 
 // redactReader overwrites every occurrence of the secret forms in a stream
 // with '*' of the same length, so a Content-Length stays right. It holds back
-// the last (longest form - 1) bytes of what it has read until more data (or
-// the end, io.EOF) shows whether they start an occurrence; a stream that
-// fails otherwise never releases them.
+// the end of what it has read that could start an occurrence (at most the
+// longest form - 1 bytes) until more data (or the end, io.EOF) shows whether
+// it does; a stream that fails otherwise never releases it.
 type redactReader struct {
 	src   io.ReadCloser
 	forms [][]byte
@@ -229,12 +229,28 @@ func (r *redactReader) Read(p []byte) (int, error) {
 			// nil, or an error that cuts the stream (the response cap, a
 			// timeout, a broken upstream): the held-back bytes may start
 			// the secret and are never released.
-			r.ready = max(r.ready, len(r.buf)-r.keep)
+			r.ready = max(r.ready, len(r.buf)-r.partial())
 		}
 	}
 	n := copy(p, r.buf[r.off:r.ready])
 	r.off += n
 	return n, nil
+}
+
+// partial returns the length of the longest end of buf that is the start of
+// a form (at most keep bytes): what must be held back until more data shows
+// whether it completes one. A stream whose end starts no form (a server-sent
+// event, a line of a watch) is released at once.
+func (r *redactReader) partial() int {
+	tail := r.buf[max(0, len(r.buf)-r.keep):]
+	for i := range tail {
+		for _, f := range r.forms {
+			if tail[i] == f[0] && len(tail)-i < len(f) && bytes.HasPrefix(f, tail[i:]) {
+				return len(tail) - i
+			}
+		}
+	}
+	return 0
 }
 
 // mask overwrites every occurrence starting at or after from.

@@ -243,6 +243,13 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write([]byte(strings.Repeat("y", 1024)))
 			f.Flush()
 		}
+	case r.URL.Path == "/up/events":
+		// One server-sent event, then nothing until the caller goes away
+		// (a quiet event stream).
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
 	case r.URL.Path == "/up/hang":
 		<-r.Context().Done() // until the proxy gives up
 	case r.URL.Path == "/up/switch":

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"io"
 	"maps"
 	"net/http"
@@ -368,5 +369,37 @@ func TestProxyHeadOfLargeResource(t *testing.T) {
 	f.waitEvent(t, audit.TypeUseResult)
 	if r := f.eventsOf(audit.TypeUseResult)[0]; r.Outcome.Status != 200 || r.Outcome.Error != "" {
 		t.Errorf("use_result outcome = %+v, want 200 without error", r.Outcome)
+	}
+}
+
+// TestProxyStreamsEventsWithoutHoldingThemBack: the response scan holds
+// back the end of what it has read only while it could be the start of the
+// secret. A server-sent event must reach the caller when the upstream sends
+// it, not when the next one comes (or the stream ends).
+func TestProxyStreamsEventsWithoutHoldingThemBack(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = bearer(tok)
+	res, err := f.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close() // ends the upstream's stream
+	got := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(res.Body).ReadString('\n')
+		got <- line
+	}()
+	select {
+	case line := <-got:
+		if line != "data: first\n" {
+			t.Errorf("first line = %q, want the upstream's event", line)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("the upstream's event did not reach the caller within 10s (held back by the response scan)")
 	}
 }
