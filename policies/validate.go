@@ -54,9 +54,11 @@ var (
 	headerTokenRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
 )
 
-// forbiddenHeaders may not carry an injected secret: they are hop-by-hop or
-// change how the request is routed or framed.
-var forbiddenHeaders = []string{"Host", "Connection", "Content-Length", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "X-Request-Id", "X-Keytrail-Issuance"}
+// forbiddenHeaders may not carry an injected secret: they are hop-by-hop,
+// change how the request is routed or framed, or are set by the proxy after
+// the secret is injected (X-Request-Id, X-Keytrail-Issuance and
+// Accept-Encoding would overwrite it).
+var forbiddenHeaders = []string{"Host", "Connection", "Content-Length", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "X-Request-Id", "X-Keytrail-Issuance", "Accept-Encoding"}
 
 // validator collects problems; nothing stops at the first one.
 type validator struct {
