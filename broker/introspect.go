@@ -59,15 +59,10 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	default:
-		active := is.Active(s.d.Now())
-		if active {
-			if berr := s.checkBlocked(ctx, is.Workload); berr != nil {
-				if !errors.Is(berr, ErrDenied) {
-					s.recordDeny(ctx, ev, berr)
-					return nil, berr
-				}
-				active = false
-			}
+		active, berr := s.credentialActive(ctx, is)
+		if berr != nil {
+			s.recordDeny(ctx, ev, berr)
+			return nil, berr
 		}
 		ev.IssuanceID, ev.Workload, ev.Owner, ev.SessionID, ev.Grant, ev.Kind = is.ID, is.Workload, is.Owner, is.SessionID, is.Grant, is.Kind
 		if active {

@@ -159,9 +159,15 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return fail(errPolicyReloaded(id))
 	}
+	if err := s.checkBrokerToken(ctx, req.SubjectToken, id); err != nil {
+		return fail(err)
+	}
 	var act []IdentityRef
 	if req.ActorToken != "" {
 		actor, err := s.d.Authn().Authenticate(ctx, req.ActorToken)
+		if err == nil {
+			err = s.checkBrokerToken(ctx, req.ActorToken, actor)
+		}
 		if err != nil {
 			e := AsError(err)
 			e.Reason = "actor_" + e.Reason
@@ -322,6 +328,52 @@ func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, requestID 
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "recording an unrecorded issuance failed",
 			slog.String("issuance_id", is.ID), slog.String("error", err.Error()))
 	}
+}
+
+// checkBrokerToken refuses an identity token that is a credential this
+// broker issued and that is no longer active: a broker JWT, where policy
+// trusts the broker as an issuer (its jti is the issuance id), once revoked
+// or its workload blocked, as introspection would answer for it (SPEC
+// /v1/token: 403, credential revoked). Only a token whose jti looks like an
+// issuance id is looked up, by its fingerprint; others cost nothing.
+func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity) error {
+	if !strings.HasPrefix(id.JTI, PrefixIssuance) {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	is, err := s.d.Store.FindIssuance(sctx, RefFingerprint, Fingerprint(raw))
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil // not a credential of this broker
+	case err != nil:
+		return Unavailable("store_unavailable", time.Second, err)
+	}
+	active, err := s.credentialActive(ctx, is)
+	if err != nil {
+		return err
+	}
+	if !active {
+		return Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
+			fmt.Errorf("broker credential %s is revoked, expired or its workload blocked", is.ID))
+	}
+	return nil
+}
+
+// credentialActive reports whether a broker credential is in force:
+// unexpired, unrevoked, and its workload not blocked. An error only when the
+// block cannot be read.
+func (s *Service) credentialActive(ctx context.Context, is *Issuance) (bool, error) {
+	if !is.Active(s.d.Now()) {
+		return false, nil
+	}
+	if err := s.checkBlocked(ctx, is.Workload); err != nil {
+		if errors.Is(err, ErrDenied) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
 
 func (s *Service) checkBlocked(ctx context.Context, workload string) error {

@@ -1,0 +1,130 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// chainPolicy trusts the broker itself as an issuer: a workload hands the
+// JWT it got from the broker (grant handoff-jwt, audience keytrail) to an
+// agent, which exchanges it as its identity token (subject or actor).
+const chainPolicy = `
+version: 1
+issuers:
+  - name: k8s
+    issuer: https://k8s.example
+    jwks_url: https://k8s.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+  - name: keytrail
+    issuer: https://keytrail.example
+    jwks_url: https://keytrail.example/.well-known/jwks.json
+    audiences: [keytrail]
+    algorithms: [ES256]
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
+    grants: [handoff-jwt, payments-vault]
+  - name: payments-agent
+    owner: team-payments
+    match: {issuer: keytrail, subject: payments-api}
+    grants: [payments-vault]
+grants:
+  - name: handoff-jwt
+    kind: jwt
+    ttl: 10m
+    jwt: {audience: keytrail, transit_key: k}
+  - name: payments-vault
+    kind: vault_token
+    ttl: 15m
+    vault_token: {policies: [payments-read]}
+`
+
+// A credential the broker issued stays refused once revoked, also where it
+// is presented as an identity token: a revoked (or blocked) broker JWT is
+// not exchanged for new credentials, as subject or as actor (SPEC /v1/token:
+// 403 access_denied, "credential revoked"). Tokens of other issuers are not
+// looked up.
+func TestExchangeRefusesRevokedBrokerCredentialAsIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		revoke     func(t *testing.T, svc *broker.Service, is *broker.Issuance)
+		wantReason string
+	}{
+		{name: "revoked", wantReason: "credential_revoked", revoke: func(t *testing.T, svc *broker.Service, is *broker.Issuance) {
+			if _, err := svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "jwt leaked", false, "req_r"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "workload-blocked", wantReason: "credential_revoked", revoke: func(t *testing.T, svc *broker.Service, is *broker.Issuance) {
+			// Its workload blocked (by a revocation of another of its
+			// credentials): introspection calls it inactive, and so does
+			// the exchange.
+			if err := svc.Store().PutBlock(context.Background(), broker.Block{Workload: is.Workload, Reason: "incident", CreatedAt: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pol, err := policies.Parse("chain.yaml", []byte(chainPolicy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+			clock := func() time.Time { return now }
+			minter := &brokertest.Minter{}
+			authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}
+			svc, err := broker.NewService(broker.Deps{
+				Policy:   func() *policies.Policy { return pol },
+				Authn:    func() broker.Authenticator { return authn },
+				Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
+				Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
+				Store:    memstore.New(clock),
+				Audit:    &brokertest.Sink{},
+				Now:      clock,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			handoff, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The broker's JWKS verifies its own JWT: the authenticator
+			// accepts it as an identity of the keytrail issuer.
+			jwtTok := handoff.AccessToken
+			authn[jwtTok] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
+				JTI: handoff.Issuance.ID, Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api", "jti": handoff.Issuance.ID}}
+			// An outside token whose jti merely looks like an issuance id
+			// is not a broker credential.
+			authn["lookalike"] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
+				JTI: "iss_01LOOKALIKE", Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api"}}
+
+			if _, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: jwtTok, Grant: "payments-vault"}); err != nil {
+				t.Fatalf("exchange of the active broker JWT = %v, want it accepted", err)
+			}
+			tc.revoke(t, svc, handoff.Issuance)
+
+			_, err = svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: jwtTok, Grant: "payments-vault"})
+			if !errors.Is(err, broker.ErrDenied) || broker.AsError(err).Reason != tc.wantReason {
+				t.Errorf("exchange of the %s broker JWT as subject = %v, want access_denied (%s)", tc.name, err, tc.wantReason)
+			}
+			_, err = svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "lookalike", ActorToken: jwtTok, Grant: "payments-vault"})
+			if !errors.Is(err, broker.ErrDenied) || broker.AsError(err).Reason != "actor_"+tc.wantReason {
+				t.Errorf("exchange with the %s broker JWT as actor = %v, want access_denied (actor_%s)", tc.name, err, tc.wantReason)
+			}
+			if _, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "lookalike", Grant: "payments-vault"}); err != nil {
+				t.Errorf("exchange of an outside token = %v, want it accepted", err)
+			}
+		})
+	}
+}
