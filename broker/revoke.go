@@ -152,7 +152,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	}
 	var blocks []string
 	if block {
-		blocks = s.blockTargets(sel, matched)
+		if blocks, err = s.blockTargets(ctx, sel, matched); err != nil {
+			return nil, err
+		}
 	}
 
 	now := s.d.Now()
@@ -314,8 +316,13 @@ func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*I
 	return list, nil
 }
 
-// blockTargets lists the workloads a blocking revocation blocks.
-func (s *Service) blockTargets(sel RevokeSelector, matched []*Issuance) []string {
+// blockTargets lists the workloads a blocking revocation blocks: the named
+// workload; every policy workload of the named owner and the workloads of
+// its matched issuances; the workload of the named issuance; the workloads
+// of every issuance the session was given, active or not (a session whose
+// credentials were revoked earlier, or have expired, is still blocked by
+// its workload).
+func (s *Service) blockTargets(ctx context.Context, sel RevokeSelector, matched []*Issuance) ([]string, error) {
 	set := map[string]bool{}
 	switch {
 	case sel.Workload != "":
@@ -325,6 +332,16 @@ func (s *Service) blockTargets(sel RevokeSelector, matched []*Issuance) []string
 			if w.Owner == sel.Owner {
 				set[w.Name] = true
 			}
+		}
+	case sel.SessionID != "":
+		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+		all, err := s.records().ListIssuances(sctx, IssuanceFilter{SessionID: sel.SessionID})
+		cancel()
+		if err != nil {
+			return nil, Unavailable("store_unavailable", time.Second, err)
+		}
+		for _, is := range all {
+			set[is.Workload] = true
 		}
 	}
 	if sel.Workload == "" {
@@ -337,7 +354,7 @@ func (s *Service) blockTargets(sel RevokeSelector, matched []*Issuance) []string
 		out = append(out, w)
 	}
 	slices.Sort(out)
-	return out
+	return out, nil
 }
 
 // markAll stores each issuance as revoked by revID (an issuance already
