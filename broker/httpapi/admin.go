@@ -63,7 +63,8 @@ type RevokeRequest struct {
 // being retried (their reasons are in Failed). SweepAt, until the
 // revocation's sweep has run, is when the credentials minted while it ran
 // are looked for and revoked under it; CompletedAt is set once nothing is
-// pending and the sweep has run.
+// pending and the sweep has run. Blocks, for a revocation that blocks, names
+// the workloads it blocked (an empty list when it found none to block).
 type Receipt struct {
 	RevocationID string                 `json:"revocation_id"`
 	Status       string                 `json:"status"`
@@ -74,6 +75,7 @@ type Receipt struct {
 	Selector     broker.RevokeSelector  `json:"selector"`
 	Reason       string                 `json:"reason"`
 	Block        bool                   `json:"block"`
+	Blocks       []string               `json:"blocks,omitzero"`
 	Admin        string                 `json:"admin,omitempty"`
 	CreatedAt    time.Time              `json:"created_at"`
 	SweepAt      *time.Time             `json:"sweep_at,omitempty"`
@@ -95,6 +97,9 @@ func receiptOf(r *broker.Revocation) Receipt {
 	}
 	if len(rc.Pending) > 0 {
 		rc.Status = ReceiptPending
+	}
+	if r.Block {
+		rc.Blocks = append([]string{}, r.Blocks...)
 	}
 	if !r.SweepAt.IsZero() {
 		t := r.SweepAt

@@ -277,7 +277,7 @@ func TestAdminRevokeReceipt(t *testing.T) {
 			slices.Sort(keys)
 			// A workload's revocation is complete only once its sweep
 			// (for credentials minted meanwhile) has run.
-			wantKeys := []string{"admin", "block", "created_at", "failed", "matched", "pending", "reason", "revocation_id", "revoked", "selector", "status", "sweep_at"}
+			wantKeys := []string{"admin", "block", "blocks", "created_at", "failed", "matched", "pending", "reason", "revocation_id", "revoked", "selector", "status", "sweep_at"}
 			if diff := cmp.Diff(wantKeys, keys); diff != "" {
 				t.Errorf("receipt keys (-want +got):\n%s", diff)
 			}
@@ -486,5 +486,29 @@ func TestAdminDenyKeepsStrangersTextOut(t *testing.T) {
 				t.Errorf("admin event = %+v, want the action and the denied outcome", evs[0])
 			}
 		})
+	}
+}
+
+// The receipt names the workloads a blocking revocation blocked, so the
+// admin sees when a block took nothing (an unknown session or owner): an
+// empty list, not a bare "block": true.
+func TestAdminRevokeReceiptNamesBlocks(t *testing.T) {
+	f := newAdminFixture(t)
+	f.issue(t)
+	for _, tc := range []struct {
+		body string
+		want any
+	}{
+		{`{"workload":"deployer","reason":"incident","block":true}`, []any{"deployer"}},
+		{`{"session_id":"ses_unknown","reason":"typo","block":true}`, []any{}},
+		{`{"owner":"team-platform","reason":"no block"}`, nil},
+	} {
+		status, body, raw := f.do(t, "POST", "/v1/admin/revoke", "revoker", jsonCT, tc.body)
+		if status != 200 {
+			t.Fatalf("POST /v1/admin/revoke %s = %d %s", tc.body, status, raw)
+		}
+		if got, ok := body["blocks"]; !cmp.Equal(got, tc.want) || ok != (tc.want != nil) {
+			t.Errorf("receipt of %s: blocks = %v (present %v), want %v", tc.body, got, ok, tc.want)
+		}
 	}
 }

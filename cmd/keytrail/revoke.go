@@ -143,6 +143,7 @@ type receipt struct {
 	} `json:"selector"`
 	Reason      string     `json:"reason"`
 	Block       bool       `json:"block"`
+	Blocks      []string   `json:"blocks,omitempty"` // nil from a server that does not name them
 	Admin       string     `json:"admin,omitempty"`
 	CreatedAt   time.Time  `json:"created_at"`
 	SweepAt     *time.Time `json:"sweep_at,omitempty"`
@@ -162,8 +163,13 @@ func printReceipt(w io.Writer, rc *receipt) {
 		target = "owner " + s.Owner
 	}
 	blocked := ""
-	if rc.Block {
+	switch {
+	case rc.Block && rc.Blocks == nil:
 		blocked = ", new credentials blocked"
+	case rc.Block && len(rc.Blocks) == 0:
+		blocked = ", block asked for but no workload found to block: nothing blocked"
+	case rc.Block:
+		blocked = ", new credentials blocked for " + strings.Join(rc.Blocks, ", ")
 	}
 	fmt.Fprintf(w, "revocation %s (%s%s)\n", rc.RevocationID, target, blocked)
 	fmt.Fprintf(w, "revoked %d of %d matched credential(s)\n", len(rc.Revoked), rc.Matched)

@@ -41,6 +41,8 @@ func (f *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 const (
 	receiptDone    = `{"revocation_id":"rev_1","status":"revoked","matched":2,"revoked":["iss_a","iss_b"],"pending":[],"failed":[],"selector":{"workload":"payments-api"},"reason":"r","block":true}`
 	receiptPending = `{"revocation_id":"rev_2","status":"pending","matched":1,"revoked":[],"pending":["iss_c"],"failed":[{"issuance_id":"iss_c","error":"backend revocation failed (vault_unavailable); retrying"}],"selector":{"issuance_id":"iss_c"},"reason":"r"}`
+	receiptNoBlock = `{"revocation_id":"rev_3","status":"revoked","matched":0,"revoked":[],"pending":[],"failed":[],"selector":{"session_id":"ses_typo"},"reason":"r","block":true,"blocks":[]}`
+	receiptBlocks  = `{"revocation_id":"rev_4","status":"revoked","matched":0,"revoked":[],"pending":[],"failed":[],"selector":{"owner":"team-data"},"reason":"r","block":true,"blocks":["batch","etl"]}`
 	deniedBody     = `{"error":"access_denied","error_description":"this admin lacks the revoke role","request_id":"req_9"}`
 )
 
@@ -57,6 +59,7 @@ func TestRevokeCommand(t *testing.T) {
 		body       string
 		wantCode   int // 0 ok, else exitError code, -1 plain error (exit 1)
 		wantOut    []string
+		wantNotOut string
 		wantErr    string
 		wantSent   map[string]any
 		wantBearer string
@@ -65,6 +68,12 @@ func TestRevokeCommand(t *testing.T) {
 			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "env-token"}, status: 200, body: receiptDone,
 			wantOut:  []string{"revocation rev_1 (workload payments-api, new credentials blocked)", "revoked 2 of 2 matched credential(s)", "revoked  iss_a"},
 			wantSent: map[string]any{"workload": "payments-api", "reason": "INC-1", "block": true}, wantBearer: "Bearer env-token"},
+		{name: "ok/block-found-nothing", args: []string{"--session", "ses_typo", "--block", "--reason", "r"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, status: 200, body: receiptNoBlock,
+			wantOut: []string{"revocation rev_3 (session ses_typo, block asked for but no workload found to block: nothing blocked)"}, wantNotOut: "new credentials blocked"},
+		{name: "ok/block-names-workloads", args: []string{"--owner", "team-data", "--block", "--reason", "r"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, status: 200, body: receiptBlocks,
+			wantOut: []string{"revocation rev_4 (owner team-data, new credentials blocked for batch, etl)"}},
 		{name: "ok/pending-exits-3", args: []string{"--issuance", "iss_c", "--reason", "r", "--token-file", tokenFile},
 			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "env-token"}, status: 202, body: receiptPending, wantCode: 3,
 			wantOut:  []string{"revoked 0 of 1", "pending 1", "iss_c  backend revocation failed (vault_unavailable); retrying", "GET /v1/admin/revocations/rev_2"},
@@ -108,6 +117,9 @@ func TestRevokeCommand(t *testing.T) {
 				if !strings.Contains(stdout.String(), want) {
 					t.Errorf("output lacks %q:\n%s", want, stdout.String())
 				}
+			}
+			if tt.wantNotOut != "" && strings.Contains(stdout.String(), tt.wantNotOut) {
+				t.Errorf("output has %q:\n%s", tt.wantNotOut, stdout.String())
 			}
 			if tt.wantSent != nil {
 				if diff := cmp.Diff(tt.wantSent, fa.got); diff != "" {
