@@ -38,7 +38,8 @@ broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
 kid, "<transit key>:<version>"). It names the first bad line and why,
 and reports lines after the last verified checkpoint, where truncation cannot
 be ruled out (--require-checkpoint makes that a failure). Exit status 1 when
-anything is wrong, 2 on a usage mistake.
+anything is wrong (also when a file cannot be read to its end: it and the
+files after it are then not verified), 2 on a usage mistake.
 
 Each FILE is read with its rotated siblings (FILE.<UTC timestamp>, as the
 broker's rotation names them), oldest first, so naming the live file checks
@@ -85,6 +86,12 @@ short of them.`,
 			if rep == nil {
 				return err
 			}
+			// An error other than ErrTampered stopped the reading: the
+			// report covers only the lines read before it.
+			var readErr error
+			if err != nil && !errors.Is(err, audit.ErrTampered) {
+				readErr = err
+			}
 			rep.Problems = append(rep.Problems, journalProblems(args)...)
 			if !asJSON && len(args) > 1 {
 				fmt.Fprintf(e.stdout, "files, in order: %s\n", strings.Join(args, ", "))
@@ -94,13 +101,13 @@ short of them.`,
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(rep)
 			} else {
-				printVerifyReport(e, rep)
+				printVerifyReport(e, rep, readErr)
 			}
-			if err != nil || !rep.OK() {
-				if errors.Is(err, audit.ErrTampered) || !rep.OK() {
-					return exitError{code: 1, msg: "audit log does NOT verify"}
-				}
-				return err
+			switch {
+			case readErr != nil:
+				return fmt.Errorf("audit log not verified: %w", readErr)
+			case err != nil || !rep.OK():
+				return exitError{code: 1, msg: "audit log does NOT verify"}
 			}
 			return nil
 		},
@@ -113,7 +120,9 @@ short of them.`,
 	return c
 }
 
-func printVerifyReport(e *env, rep *audit.Report) {
+// printVerifyReport prints rep; readErr, when not nil, stopped the reading
+// before the last line of the last file.
+func printVerifyReport(e *env, rep *audit.Report, readErr error) {
 	w := e.stdout
 	fmt.Fprintf(w, "%d file(s), %d line(s), %d chain(s)\n", rep.Files, rep.Lines, len(rep.Chains))
 	for _, c := range rep.Chains {
@@ -132,7 +141,10 @@ func printVerifyReport(e *env, rep *audit.Report) {
 	if rep.ProblemsOmitted > 0 {
 		fmt.Fprintf(w, "... and %d more problem(s)\n", rep.ProblemsOmitted)
 	}
-	if rep.OK() {
+	switch {
+	case readErr != nil:
+		fmt.Fprintln(w, "NOT VERIFIED: a file could not be read to its end (see the error): it and the files after it were not verified")
+	case rep.OK():
 		fmt.Fprintln(w, "OK: the chain is intact")
 	}
 }
