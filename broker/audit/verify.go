@@ -110,8 +110,9 @@ type ChainReport struct {
 	// LastCheckpointSeq is the seq of the last verified checkpoint line.
 	LastCheckpointSeq uint64 `json:"last_checkpoint_seq,omitempty"`
 	// UnsignedTail counts the lines after the last verified checkpoint (all
-	// lines when there is none). Lines removed from the end of that tail
-	// leave no trace: truncation there cannot be ruled out.
+	// lines when there is none). No signature covers them: whoever can
+	// write the file can add or change them (relinking prev) and remove
+	// lines from the end, and leave no trace.
 	UnsignedTail int `json:"unsigned_tail"`
 }
 
@@ -434,6 +435,6 @@ func (v *verifier) finish() {
 		}
 		st := v.chains[cr.Chain]
 		v.problem(Problem{File: st.tailFile, Line: st.tailLine, Chain: cr.Chain, Seq: st.tailSeq,
-			Why: fmt.Sprintf("%d line(s) from here to the end of the chain are not covered by a verified checkpoint: truncation cannot be ruled out", cr.UnsignedTail)})
+			Why: fmt.Sprintf("%d line(s) from here to the end of the chain are not covered by a verified checkpoint: they may have been added or changed, and lines after them removed, unseen", cr.UnsignedTail)})
 	}
 }

@@ -36,8 +36,9 @@ line, and each checkpoint's head and signature: Ed25519 (--key, a PKIX public
 key PEM as 'openssl pkey -pubout' writes) or Vault transit (--jwks, the
 broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
 kid, "<transit key>:<version>"). It names the first bad line and why,
-and reports lines after the last verified checkpoint, where truncation cannot
-be ruled out (--require-checkpoint makes that a failure). Exit status 1 when
+and reports lines after the last verified checkpoint, which no signature
+covers: they may have been added or changed, and lines after them removed,
+unseen (--require-checkpoint makes that a failure). Exit status 1 when
 anything is wrong (also when a file cannot be read to its end: it and the
 files after it are then not verified), 2 on a usage mistake.
 
@@ -128,7 +129,7 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error) {
 	for _, c := range rep.Chains {
 		fmt.Fprintf(w, "chain %s: %d lines, seq %d..%d, %d verified checkpoint(s)", c.Chain, c.Lines, c.FirstSeq, c.LastSeq, c.Checkpoints)
 		if c.UnsignedTail > 0 {
-			fmt.Fprintf(w, ", %d line(s) after the last verified checkpoint (truncation there cannot be ruled out)", c.UnsignedTail)
+			fmt.Fprintf(w, ", %d line(s) after the last verified checkpoint (no signature covers them: they may have been added or changed, and lines after them removed, unseen)", c.UnsignedTail)
 		}
 		fmt.Fprintln(w)
 	}

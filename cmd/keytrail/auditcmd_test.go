@@ -1,11 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 // TestAuditVerifyReadErrorIsNotOK: when a file cannot be read to its end,
@@ -35,5 +44,62 @@ func TestAuditVerifyReadErrorIsNotOK(t *testing.T) {
 	}
 	if !strings.Contains(out, "not verified") {
 		t.Errorf("audit verify output does not say the files were not all verified:\n%s", out)
+	}
+}
+
+// TestAuditVerifyWarnsUnsignedLinesMayBeForged: lines after the last
+// verified checkpoint are covered by no signature. Whoever can write the
+// file can add (or change) them, correctly linked; verify cannot tell, and
+// its warning must say so, not only that truncation cannot be ruled out.
+func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
+	dir := t.TempDir()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := audit.NewEd25519Signer(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(signer.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubFile := writeFile(t, dir, "checkpoint.pub", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})))
+	path, lines := writeSignedAudit(t, dir, signer)
+
+	// The attacker appends an issuance, linked to the final checkpoint.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	c, err := audit.ResumeChain(all[len(all)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_forged", IssuanceID: "iss_FORGED", Workload: "payments-api", Owner: "someone-else"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(append(data, forged...), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", path)
+	if err != nil {
+		t.Fatalf("audit verify = %v, want success (nothing signed was changed)\n%s", err, out)
+	}
+	if !strings.Contains(out, "1 line(s) after the last verified checkpoint") || !strings.Contains(out, "added or changed") {
+		t.Errorf("audit verify does not warn that the unsigned line may have been added or changed:\n%s", out)
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--require-checkpoint", path)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, fmt.Sprintf("%s:%d (seq %d): 1 line(s)", path, lines+1, lines+1)) || !strings.Contains(out, "added or changed") {
+		t.Errorf("audit verify --require-checkpoint = %v, want exit 1 naming line %d as possibly added or changed\n%s", err, lines+1, out)
 	}
 }
