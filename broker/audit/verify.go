@@ -166,7 +166,8 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // request_id, checkpoint): the last line of a chain is normally a
 // checkpoint, and no later prev covers its bytes. Only its request_id and
 // its time (which the signature does not cover; it must still not precede
-// the line before it) could then be changed unseen. Lines after the last
+// the line before it) could then be changed unseen, and the signature of
+// a malleable scheme (ECDSA: (r, n-s) for (r, s)) for its twin. Lines after the last
 // verified checkpoint are reported as ChainReport.UnsignedTail, and are a
 // problem when opts.RequireCheckpoint is set.
 //

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,5 +104,44 @@ func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
 	var ee exitError
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, fmt.Sprintf("%s:%d (seq %d): 1 line(s)", path, lines+1, lines+1)) || !strings.Contains(out, "added or changed") {
 		t.Errorf("audit verify --require-checkpoint = %v, want exit 1 naming line %d as possibly added or changed\n%s", err, lines+1, out)
+	}
+}
+
+// TestAuditVerifyES256FinalCheckpointSignatureMalleable pins a documented
+// limit (README "Checkpoints"): an ECDSA signature (r, s) is also valid as
+// (r, n-s), and Vault's are not normalised, so the signature on the last
+// line of a chain signed by an ecdsa-p256 transit key can be swapped for its
+// twin unseen. The signed head cannot be changed.
+func TestAuditVerifyES256FinalCheckpointSignatureMalleable(t *testing.T) {
+	_, ecS := newFakeTransitSigners(t)
+	dir := t.TempDir()
+	jwks := writeFile(t, dir, "jwks.json", string(jwksJSON(t, jwkJSON(t, ecS.kid, "ES256", ecS.public()))))
+	path, _ := writeSignedAudit(t, dir, ecS)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	last := all[len(all)-1]
+	ev, err := audit.ParseLine(last)
+	if err != nil || ev.Checkpoint == nil {
+		t.Fatalf("last line is not a checkpoint: %s", last)
+	}
+	sig, err := base64.StdEncoding.DecodeString(ev.Checkpoint.Signature)
+	if err != nil || len(sig) != 64 {
+		t.Fatalf("signature: %d bytes, %v", len(sig), err)
+	}
+	s := new(big.Int).SetBytes(sig[32:])
+	new(big.Int).Sub(elliptic.P256().Params().N, s).FillBytes(sig[32:])
+	twin := bytes.Replace(last, []byte(ev.Checkpoint.Signature), []byte(base64.StdEncoding.EncodeToString(sig)), 1)
+	if bytes.Equal(twin, last) {
+		t.Fatal("the twin signature is the same line")
+	}
+	all[len(all)-1] = twin
+	if err := os.WriteFile(path, append(bytes.Join(all, []byte("\n")), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := runCLI(t, nil, "audit", "verify", "--jwks", jwks, "--require-checkpoint", "--exact", path); err != nil {
+		t.Errorf("audit verify with the twin ES256 signature on the last checkpoint = %v, want OK (a documented limit)\n%s", err, out)
 	}
 }
