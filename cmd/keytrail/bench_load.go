@@ -224,7 +224,10 @@ func openLoop(ctx context.Context, op benchOp, rate float64, d time.Duration, ma
 	}
 	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	n := int(rate * d.Seconds())
+	// At least one request: a run too short for its rate (a light-load
+	// loop at 1/s in a 200 ms smoke run on a busy machine) would otherwise
+	// measure nothing.
+	n := max(1, int(rate*d.Seconds()))
 	interval := time.Duration(float64(time.Second) / rate)
 	var inflight atomic.Int64
 	var wg sync.WaitGroup

@@ -354,6 +354,9 @@ func TestLoops(t *testing.T) {
 		{name: "ok/open-loop-sends-the-schedule", run: func() benchRun {
 			return openLoop(context.Background(), ok, 1000, 100*time.Millisecond, 100, nil)
 		}, wantOK: func(n int) bool { return n == 100 }, wantErrors: func(n int) bool { return n == 0 }},
+		{name: "ok/open-loop-sends-at-least-one", run: func() benchRun {
+			return openLoop(context.Background(), ok, 1, 200*time.Millisecond, 100, nil)
+		}, wantOK: func(n int) bool { return n == 1 }, wantErrors: func(n int) bool { return n == 0 }},
 		{name: "fail/open-loop-counts-errors", run: func() benchRun {
 			return openLoop(context.Background(), bad, 1000, 50*time.Millisecond, 100, nil)
 		}, wantOK: func(n int) bool { return n == 0 }, wantErrors: func(n int) bool { return n == 50 }},
