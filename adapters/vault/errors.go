@@ -3,6 +3,7 @@ package vault
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -38,7 +39,7 @@ func translate(op string, err error) error {
 	if errors.As(err, &be) {
 		return err
 	}
-	cause := fmt.Errorf("vault %s: %w", op, err)
+	cause := fmt.Errorf("vault %s: %w", op, hideAddressPassword(err))
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) {
 		switch {
@@ -54,6 +55,33 @@ func translate(op string, err error) error {
 	// timeout and the caller's deadline all land here.
 	return broker.Unavailable(ReasonUnavailable, retryOutage, cause)
 }
+
+// hideAddressPassword masks the password of a Vault address with user info
+// (basic auth for a front proxy) in err's text: vault/api's ResponseError
+// repeats the request URL whole. The rest of the text stays for the log.
+func hideAddressPassword(err error) error {
+	var re *vaultapi.ResponseError
+	if !errors.As(err, &re) {
+		return err // *url.Error of net/http already strips the password
+	}
+	u, perr := url.Parse(re.URL)
+	if perr != nil || u.User == nil {
+		return err
+	}
+	if _, ok := u.User.Password(); !ok {
+		return err
+	}
+	return &maskedError{msg: strings.ReplaceAll(err.Error(), re.URL, u.Redacted()), err: err}
+}
+
+// maskedError is err with a text that hides a secret it carries.
+type maskedError struct {
+	msg string
+	err error
+}
+
+func (e *maskedError) Error() string { return e.msg }
+func (e *maskedError) Unwrap() error { return e.err }
 
 // badResponse reports a 2xx answer the adapter cannot use.
 func badResponse(op, what string) error {
