@@ -474,7 +474,13 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	what := fmt.Sprintf("find issuance by %s %q", kind, value)
+	// value may be a raw credential (a trace query: SPEC, "hashed on
+	// arrival"): errors name its fingerprint, never the value.
+	shown := value
+	if kind != broker.RefFingerprint {
+		shown = broker.Fingerprint(value)
+	}
+	what := fmt.Sprintf("find issuance by %s %s", kind, shown)
 	id, err := s.client.Get(ctx, s.refKey(kind, value)).Result()
 	if err != nil {
 		return nil, s.fail(what, err)

@@ -253,6 +253,29 @@ func TestUnavailable(t *testing.T) {
 	}
 }
 
+// An auditor's trace query may be a raw credential (a database password
+// found in a log): the store looks it up under every ref kind, and its
+// error for an unreachable Redis, which the broker logs, must not quote it.
+func TestFindIssuanceErrorHidesValue(t *testing.T) {
+	const value = "db-password-MARKER-91f3"
+	r := harness.StartRedis(t)
+	s := newStore(t, r, redisstore.Options{Timeout: 300 * time.Millisecond})
+	r.Kill()
+	for _, kind := range []broker.RefKind{broker.RefAccessor, broker.RefUsername, broker.RefLeaseID, broker.RefJTI, broker.RefRequestID} {
+		_, err := s.FindIssuance(t.Context(), kind, value)
+		if !errors.Is(err, broker.ErrUnavailable) {
+			t.Errorf("FindIssuance(%s) on a killed Redis = %v, want %v", kind, err, broker.ErrUnavailable)
+			continue
+		}
+		if strings.Contains(err.Error(), value) {
+			t.Errorf("FindIssuance(%s) = %q, quotes the looked-up value", kind, err)
+		}
+		if !strings.Contains(err.Error(), broker.Fingerprint(value)) {
+			t.Errorf("FindIssuance(%s) = %q, want the value's fingerprint for the log", kind, err)
+		}
+	}
+}
+
 func TestPersistenceAcrossRestart(t *testing.T) {
 	r := harness.StartRedis(t, harness.WithPersistence())
 	s := newStore(t, r, redisstore.Options{})
