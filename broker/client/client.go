@@ -84,10 +84,15 @@ func New(o Options) (*Client, error) {
 func checkURL(raw string, insecure, query bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("not a URL: %w", err)
+		// url.Parse's error repeats raw, and an unescaped '/' or '@' in a
+		// password makes it quote part of it as the port.
+		return errors.New("not a URL")
 	}
+	// Errors show the address without user info, query or fragment: they
+	// may hold a password or a token, and go to stderr (CI logs).
+	shown := strconv.Quote((&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String())
 	if u.Host == "" || u.User != nil || (u.RawQuery != "" && !query) || u.Fragment != "" {
-		return fmt.Errorf("%q must be scheme://host[:port][/path] without credentials, query or fragment", raw)
+		return fmt.Errorf("%s must be scheme://host[:port][/path] without credentials, query or fragment", shown)
 	}
 	switch u.Scheme {
 	case "https":
@@ -96,9 +101,9 @@ func checkURL(raw string, insecure, query bool) error {
 		if insecure || isLoopback(u.Hostname()) {
 			return nil
 		}
-		return fmt.Errorf("%q is plain http to a non-loopback host: use https", raw)
+		return fmt.Errorf("%s is plain http to a non-loopback host: use https", shown)
 	default:
-		return fmt.Errorf("%q: scheme must be http or https", raw)
+		return fmt.Errorf("%s: scheme must be http or https", shown)
 	}
 }
 

@@ -197,6 +197,30 @@ func TestNewValidatesAddress(t *testing.T) {
 	}
 }
 
+// A broker address refused for carrying credentials or a query (or not
+// parsing at all) must not be quoted whole: the error goes to stderr, and
+// from there into CI logs.
+func TestNewAddressErrorHidesSecrets(t *testing.T) {
+	const secret = "ADDR-SECRET-MARKER-5"
+	for _, addr := range []string{
+		"https://ci:" + secret + "@keytrail.internal",
+		"http://ci:" + secret + "@keytrail.svc:7700",
+		"https://keytrail.internal/?token=" + secret,
+		"https://keytrail.internal/#" + secret,
+		"https://ci:" + secret + "@keytrail.internal:notaport",
+		"ftp://ci:" + secret + "@keytrail.internal",
+	} {
+		_, err := New(Options{Addr: addr})
+		if err == nil {
+			t.Errorf("New(%q) = nil error, want one", addr)
+			continue
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("New(%q) = %q, quotes the secret", addr, err)
+		}
+	}
+}
+
 func TestExchangeRejectsBadInput(t *testing.T) {
 	c, err := New(Options{})
 	if err != nil {
