@@ -207,8 +207,14 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 		addr = defaultKeytrailAddr
 	}
 	u, err := url.Parse(addr)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("server address %q: want http(s)://host:port", addr)
+	if err != nil {
+		// url.Parse's error repeats addr, user info and query included.
+		return nil, errors.New("server address is not a URL: want http(s)://host:port")
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		// Shown without user info or query: they may hold a password or token.
+		shown := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+		return nil, fmt.Errorf("server address %q: want http(s)://host:port", shown)
 	}
 	if u.Scheme == "http" && !insecureHTTP && !isLoopbackHost(u.Hostname()) {
 		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --insecure-http)", u.Host)

@@ -148,3 +148,29 @@ func TestRevokeHelp(t *testing.T) {
 		}
 	}
 }
+
+// An admin server address refused as unusable must not be quoted whole:
+// its user info or query may hold a password or token.
+func TestAdminAddressErrorHidesSecrets(t *testing.T) {
+	const secret = "ADMIN-ADDR-MARKER-3"
+	for _, addr := range []string{
+		"htps://admin:" + secret + "@keytrail.internal",
+		"https://admin:" + secret + "@keytrail.internal:notaport",
+		"keytrail.internal?token=" + secret,
+	} {
+		for _, args := range [][]string{
+			{"revoke", "--workload", "w", "--reason", "r", "--addr", addr},
+			{"trace", "--addr", addr, "iss_01JTEST"},
+			{"report", "--addr", addr},
+		} {
+			_, stderr, err := runCLI(t, map[string]string{"KEYTRAIL_ADMIN_TOKEN": "admin-token"}, args...)
+			if err == nil {
+				t.Errorf("keytrail %s: nil error, want the address refused", strings.Join(args, " "))
+				continue
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(stderr, secret) {
+				t.Errorf("keytrail %s = %q (stderr %q), quotes the secret", strings.Join(args, " "), err, stderr)
+			}
+		}
+	}
+}
