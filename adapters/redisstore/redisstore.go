@@ -475,26 +475,29 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	// value may be a raw credential (a trace query: SPEC, "hashed on
-	// arrival"): errors name its fingerprint, never the value.
-	shown := value
-	if kind != broker.RefFingerprint {
-		shown = broker.Fingerprint(value)
+	// arrival"): errors name its fingerprint, never the value (computed
+	// only when there is an error to name it in).
+	what := func() string {
+		shown := value
+		if kind != broker.RefFingerprint {
+			shown = broker.Fingerprint(value)
+		}
+		return fmt.Sprintf("find issuance by %s %s", kind, shown)
 	}
-	what := fmt.Sprintf("find issuance by %s %s", kind, shown)
 	id, err := s.client.Get(ctx, s.refKey(kind, value)).Result()
 	if err != nil {
-		return nil, s.fail(what, err)
+		return nil, s.fail(what(), err)
 	}
 	raw, err := s.client.Get(ctx, s.issKey(id)).Result()
 	if err != nil {
-		return nil, s.fail(what, err)
+		return nil, s.fail(what(), err)
 	}
 	is, err := decodeIssuance(raw)
 	if err != nil {
 		return nil, err
 	}
 	if v, _ := is.RefValue(kind); v != value {
-		return nil, notFound(what)
+		return nil, notFound(what())
 	}
 	return is, nil
 }
