@@ -433,6 +433,9 @@ func validateGrant(v *validator, l loc, g *Grant) {
 		} else {
 			v.add(l.file, l.path+".ttl", "must be > 0")
 		}
+	} else if g.TTL < Duration(time.Second) {
+		// The minters issue whole seconds and refuse less (ttl_too_short).
+		v.add(l.file, l.path+".ttl", "%s is less than 1s: credentials are issued for whole seconds", g.TTL)
 	}
 	blocks := []struct {
 		kind string

@@ -197,6 +197,11 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: grants[0].ttl: required, must be > 0"}},
 		{"fail/grant-ttl-negative", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: -5m, vault_token: {policies: [p]}}]`},
 			[]string{"t.yaml: grants[0].ttl: must be > 0"}},
+		// Every minter issues whole seconds and refuses a ttl under 1s
+		// (ttl_too_short): such a grant was accepted but no exchange worked.
+		{"fail/grant-ttl-under-a-second", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 500ms, vault_token: {policies: [p]}}]`},
+			[]string{"t.yaml: grants[0].ttl: 500ms is less than 1s: credentials are issued for whole seconds"}},
+		{"ok/grant-ttl-one-second", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 1s, vault_token: {policies: [p]}}]`}, nil},
 		{"fail/grant-vault-token-no-policies", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {}}]`},
 			[]string{"t.yaml: grants[0].vault_token.policies: required: at least one Vault policy"}},
 		{"fail/grant-vault-token-root", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p, root]}}]`},
