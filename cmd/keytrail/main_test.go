@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -419,6 +420,46 @@ func TestReadmeListsEveryConfigKey(t *testing.T) {
 		leaf := k[strings.LastIndex(k, ".")+1:]
 		if !regexp.MustCompile(`(?m)(^|[\s{,#])` + regexp.QuoteMeta(leaf) + `:`).MatchString(block) {
 			t.Errorf("README.md's server configuration does not list %s", k)
+		}
+	}
+}
+
+// TestPolicyExplainUnverifiedNumbersAsServer: --unverified decodes the token
+// as the server does. A numeric claim above 2^53 (an account or repository
+// id) is exact for the server (JSON numbers), so a workload matching it must
+// match in the offline explanation too; it was rounded to a float64 there
+// and explained as "no match".
+func TestPolicyExplainUnverifiedNumbersAsServer(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	defer srv.Close()
+	iss.URL = srv.URL
+	pol := writeFile(t, t.TempDir(), "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject: s, claims: {account_id: "9007199254740993"}}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	tok, err := iss.Sign(jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "account_id": int64(9007199254740993),
+		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf := writeFile(t, t.TempDir(), "tok", tok)
+	for _, mode := range [][]string{nil, {"--unverified"}} {
+		args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
+		out, _, err := runCLI(t, nil, args...)
+		if err != nil {
+			t.Fatalf("explain %v: %v\n%s", mode, err, out)
+		}
+		if !strings.Contains(out, "result: workload w") || !strings.Contains(out, "grant g: ALLOWED") {
+			t.Errorf("explain %v does not say what the server decides (workload w, grant allowed):\n%s", mode, out)
 		}
 	}
 }

@@ -98,7 +98,9 @@ matched or not, and what the grant would mint.`,
 			var claims map[string]any
 			if unverified {
 				mc := jwt.MapClaims{}
-				if _, _, err := jwt.NewParser().ParseUnverified(tok, mc); err != nil {
+				// JSON numbers as the server's verifier reads them: exact,
+				// not rounded to a float64.
+				if _, _, err := jwt.NewParser(jwt.WithJSONNumber()).ParseUnverified(tok, mc); err != nil {
 					return fmt.Errorf("--token: not a JWT: %w", err)
 				}
 				iss, _ := mc["iss"].(string)
