@@ -177,12 +177,37 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// One document: settings after a "---" would otherwise be ignored.
+	for {
+		var extra yaml.Node
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if !emptyYAMLDocument(&extra) {
+			return nil, fmt.Errorf("%s: line %d: more than one YAML document; a config file holds one", path, extra.Line)
+		}
+	}
 	c.applyEnv(getenv)
 	c.applyDefaults()
 	if err := c.validate(path); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// emptyYAMLDocument reports whether n is a document with no content (a
+// trailing "---" or "...").
+func emptyYAMLDocument(n *yaml.Node) bool {
+	for _, c := range n.Content {
+		if c.Kind != yaml.ScalarNode || c.Tag != "!!null" || c.Value != "" {
+			return false
+		}
+	}
+	return n.Kind == yaml.DocumentNode
 }
 
 func (c *Config) applyEnv(getenv func(string) string) {

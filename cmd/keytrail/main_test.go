@@ -463,3 +463,21 @@ grants:
 		}
 	}
 }
+
+// TestLoadConfigOneDocument: a config file is one YAML document. What came
+// after a "---" was silently ignored (here: the audit file, the vault
+// timeout), so the broker ran with settings other than the file says.
+func TestLoadConfigOneDocument(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
+	base := "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\n"
+	p := writeFile(t, t.TempDir(), "config.yaml", base+"---\nvault: {address: http://v, timeout: 30s}\n")
+	_, err := LoadConfig(p, func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), p+": line 5: more than one YAML document") {
+		t.Errorf("LoadConfig(two documents) = %v, want an error naming %s: line 5", err, p)
+	}
+	// A trailing document marker is no second document.
+	p = writeFile(t, t.TempDir(), "config.yaml", base+"---\n")
+	if _, err := LoadConfig(p, func(string) string { return "" }); err != nil {
+		t.Errorf("LoadConfig(trailing ---) = %v, want ok", err)
+	}
+}
