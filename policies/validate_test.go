@@ -202,6 +202,19 @@ func TestParseValidation(t *testing.T) {
 		{"fail/grant-ttl-under-a-second", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 500ms, vault_token: {policies: [p]}}]`},
 			[]string{"t.yaml: grants[0].ttl: 500ms is less than 1s: credentials are issued for whole seconds"}},
 		{"ok/grant-ttl-one-second", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 1s, vault_token: {policies: [p]}}]`}, nil},
+		// YAML turns 1.5 into 1 for an integer field: a fraction where a
+		// whole number belongs was silently truncated.
+		{"fail/fraction-for-integer", map[string]string{"version": "1.5",
+			"workloads": `[{name: w, owner: team, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 1, burst: 2.5}}]`,
+			"grants":    `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p], num_uses: 0.5}}]`},
+			[]string{"t.yaml: version: must be a whole number, not 1.5 (line 1)",
+				"t.yaml: workloads[0].rate.burst: must be a whole number, not 2.5 (line 3)",
+				"t.yaml: grants[0].vault_token.num_uses: must be a whole number, not 0.5 (line 4)"}},
+		{"fail/fraction-for-integer-merged", map[string]string{
+			"workloads": `[{<<: [{rate: &r {per_second: 1, burst: 2.5}}], name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}, {name: w2, owner: team, match: {issuer: i, subject: s2}, rate: *r}]`},
+			[]string{"t.yaml: workloads[0].rate.burst: must be a whole number, not 2.5 (line 3)",
+				"t.yaml: workloads[1].rate.burst: must be a whole number, not 2.5 (line 3)"}},
+		{"ok/integral-float-for-integer", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p], num_uses: 2.0}}]`}, nil},
 		{"fail/grant-vault-token-no-policies", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {}}]`},
 			[]string{"t.yaml: grants[0].vault_token.policies: required: at least one Vault policy"}},
 		{"fail/grant-vault-token-root", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p, root]}}]`},
