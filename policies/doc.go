@@ -6,7 +6,8 @@
 // # Loading
 //
 // Load takes one YAML file or a directory of *.yaml/*.yml files (sorted by
-// name, not recursive) that are merged into one policy; Parse takes one
+// name, not recursive; a b.YAML there is a problem, not skipped) that are
+// merged into one policy; Parse takes one
 // document. Files are decoded strictly, defaults are applied
 // (max_token_lifetime 24h, rate burst ceil(per_second), proxy methods [GET],
 // header format "{secret}"), then everything is validated at once. A failure

@@ -72,8 +72,12 @@ func Load(p string) (*Policy, error) {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	var files []namedData
+	var misnamed []error
 	for _, e := range entries {
 		if !isPolicyFile(e) {
+			if miscasedPolicyFile(e) {
+				misnamed = append(misnamed, &Problem{File: filepath.Join(p, e.Name()), Message: misnamedMessage})
+			}
 			continue
 		}
 		name := filepath.Join(p, e.Name())
@@ -82,6 +86,9 @@ func Load(p string) (*Policy, error) {
 			return nil, err
 		}
 		files = append(files, namedData{name: name, data: data})
+	}
+	if len(misnamed) > 0 {
+		return nil, joinProblems(misnamed)
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("policies: %s: no *.yaml or *.yml files in directory", p)
@@ -110,8 +117,12 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	var files []namedData
+	var misnamed []error
 	for _, e := range entries {
 		if !isPolicyFile(e) {
+			if miscasedPolicyFile(e) {
+				misnamed = append(misnamed, &Problem{File: path.Join(dir, e.Name()), Message: misnamedMessage})
+			}
 			continue
 		}
 		name := path.Join(dir, e.Name())
@@ -120,6 +131,9 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 			return nil, err
 		}
 		files = append(files, namedData{name: name, data: data})
+	}
+	if len(misnamed) > 0 {
+		return nil, joinProblems(misnamed)
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("policies: %s: no *.yaml or *.yml files in directory", dir)
@@ -141,6 +155,20 @@ func isPolicyFile(e fs.DirEntry) bool {
 	if strings.HasPrefix(n, ".") {
 		return false
 	}
+	return strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")
+}
+
+// misnamedMessage is the problem of a file miscasedPolicyFile reports.
+const misnamedMessage = `not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`
+
+// miscasedPolicyFile reports whether e would be a policy file but for the
+// case of its extension (b.YAML): left out silently, its entries would be
+// missing from a policy that validates.
+func miscasedPolicyFile(e fs.DirEntry) bool {
+	if !e.Type().IsRegular() && e.Type()&fs.ModeSymlink == 0 || strings.HasPrefix(e.Name(), ".") {
+		return false
+	}
+	n := strings.ToLower(e.Name())
 	return strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")
 }
 

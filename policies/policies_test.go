@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -789,4 +790,32 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLoadDirectoryUppercaseExtension: a directory's b.YAML was silently
+// left out (only *.yaml and *.yml were read), so its workloads and grants
+// did not exist while 'policy check' said ok. It is now a problem naming
+// the file, from Load and LoadFS alike.
+func TestLoadDirectoryUppercaseExtension(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "b.YAML"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "c.yaml.bak"), []byte("not: loaded\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "b.YAML") + `: not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`}
+	p, err := Load(dir)
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" || p != nil {
+		t.Errorf("Load = %v, %v; want problems %q (-want +got):\n%s", p, err, want, diff)
+	}
+	fsys := fstest.MapFS{"d/a.yaml": {Data: []byte("version: 1\n")}, "d/b.Yml": {Data: []byte("version: 1\n")}}
+	want = []string{`d/b.Yml: not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`}
+	p, err = LoadFS(fsys, "d")
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" || p != nil {
+		t.Errorf("LoadFS = %v, %v; want problems %q (-want +got):\n%s", p, err, want, diff)
+	}
 }
