@@ -225,21 +225,7 @@ func TestReloadedJWTGrantKeyIsInJWKS(t *testing.T) {
 	}
 	writePol("orders-jwt", "")
 
-	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: polFile,
-		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-		Log: LogConfig{Level: "error", Format: "text"}}
-	cfg.applyDefaults()
-	if err := cfg.validate("test config"); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
-		if k == "VAULT_TOKEN" {
-			return vp.RootToken
-		}
-		return ""
-	}}
-	readyc, errc := make(chan string, 1), make(chan error, 1)
-	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	readyc, errc := goServer(t, ctx, dir, polFile, vp.Addr, vp.RootToken)
 	var base string
 	select {
 	case a := <-readyc:

@@ -195,21 +195,7 @@ func TestPolicyChangedDuringStartupIsLoaded(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(polDir, "main.yaml"), []byte(serverTestPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: polDir,
-		Vault: VaultConfig{Address: front.URL}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-		Log: LogConfig{Level: "error", Format: "text"}}
-	cfg.applyDefaults()
-	if err := cfg.validate("test config"); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
-		if k == "VAULT_TOKEN" {
-			return vp.RootToken
-		}
-		return ""
-	}}
-	readyc, errc := make(chan string, 1), make(chan error, 1)
-	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	readyc, errc := goServer(t, ctx, dir, polDir, front.URL, vp.RootToken)
 	select {
 	case <-arrived:
 	case err := <-errc:
@@ -367,21 +353,7 @@ func TestServerLeavesNoGoroutine(t *testing.T) {
 	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
-		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-		Log: LogConfig{Level: "error", Format: "text"}}
-	cfg.applyDefaults()
-	if err := cfg.validate("test config"); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
-		if k == "VAULT_TOKEN" {
-			return vp.RootToken
-		}
-		return ""
-	}}
-	readyc, errc := make(chan string, 1), make(chan error, 1)
-	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken)
 	select {
 	case <-readyc:
 	case err := <-errc:
@@ -400,4 +372,28 @@ func TestServerLeavesNoGoroutine(t *testing.T) {
 			t.Errorf("a goroutine started by runServer is still there after it returned:\n%s", g)
 		}
 	}
+}
+
+// goServer runs runServer in process with a minimal configuration (listen
+// on a free port, the policy at policy, Vault at vaultAddr with token, the
+// audit log in dir) until ctx ends. The server's address arrives on readyc
+// once it serves; runServer's result on errc.
+func goServer(t *testing.T, ctx context.Context, dir, policy, vaultAddr, token string) (readyc chan string, errc chan error) {
+	t.Helper()
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: policy,
+		Vault: VaultConfig{Address: vaultAddr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
+		Log: LogConfig{Level: "error", Format: "text"}}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+		if k == "VAULT_TOKEN" {
+			return token
+		}
+		return ""
+	}}
+	readyc, errc = make(chan string, 1), make(chan error, 1)
+	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	return readyc, errc
 }
