@@ -327,7 +327,14 @@ func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Cre
 		}
 		e.RequestID = clip(e.RequestID, 100)
 		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-			e.RetryAfter = ParseRetryAfter(h.Get("Retry-After"), sent)
+			// An HTTP-date is a time on the broker's clock: measure it from
+			// the response's Date, so that a workload clock off by minutes
+			// neither skips the wait nor stretches it.
+			ref := sent
+			if d, err := http.ParseTime(h.Get("Date")); err == nil {
+				ref = d
+			}
+			e.RetryAfter = ParseRetryAfter(h.Get("Retry-After"), ref)
 		}
 		return nil, e
 	}

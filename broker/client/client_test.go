@@ -54,7 +54,9 @@ func outcomeOf(c *Credential, err error) outcome {
 func TestExchange(t *testing.T) {
 	clock := newFakeClock()
 	t0 := clock.Now()
-	httpDate := t0.Add(7 * time.Second).Format(http.TimeFormat)
+	// A broker whose clock agrees with the client's: its Date is t0.
+	dated := errReply(503, CodeTemporarilyUnavailable, t0.Add(7*time.Second).Format(http.TimeFormat))
+	dated.header["Date"] = t0.Format(http.TimeFormat)
 	tests := []struct {
 		name  string
 		reply reply
@@ -73,7 +75,7 @@ func TestExchange(t *testing.T) {
 			outcome{Code: "unsupported_grant_type", Status: 400, RequestID: "req_body", Category: "invalid request", Permanent: true}},
 		{"fail/slow-down-429-seconds", errReply(429, CodeSlowDown, "3"),
 			outcome{Code: "slow_down", Status: 429, RequestID: "req_body", RetryAfter: 3 * time.Second, Category: "rate limited", Transient: true}},
-		{"fail/unavailable-503-http-date", errReply(503, CodeTemporarilyUnavailable, httpDate),
+		{"fail/unavailable-503-http-date", dated,
 			outcome{Code: "temporarily_unavailable", Status: 503, RequestID: "req_body", RetryAfter: 7 * time.Second, Category: "temporarily unavailable", Transient: true}},
 		{"fail/unavailable-503-no-retry-after", errReply(503, CodeTemporarilyUnavailable, ""),
 			outcome{Code: "temporarily_unavailable", Status: 503, RequestID: "req_body", Category: "temporarily unavailable", Transient: true}},
@@ -324,5 +326,25 @@ func TestExchangeDoesNotFollowRedirects(t *testing.T) {
 	}
 	if callers.CheckRedirect != nil {
 		t.Errorf("the caller's HTTP client was changed")
+	}
+}
+
+// TestRetryAfterDateIsReadOnTheBrokersClock: a Retry-After HTTP-date is a
+// time on the broker's clock. With the workload's clock an hour ahead (or
+// behind) the wait is still the one the broker meant, measured from the
+// response's Date: not 0 (retrying at once) nor MaxRetryAfter.
+func TestRetryAfterDateIsReadOnTheBrokersClock(t *testing.T) {
+	brokerNow := time.Now().UTC().Truncate(time.Second)
+	for _, skew := range []time.Duration{time.Hour, -time.Hour} {
+		fb := newFakeBroker(t, reply{status: 503, body: `{"error":"temporarily_unavailable"}`, header: map[string]string{
+			"Date": brokerNow.Format(http.TimeFormat), "Retry-After": brokerNow.Add(30 * time.Second).Format(http.TimeFormat)}})
+		c, err := New(Options{Addr: fb.srv.URL, Now: func() time.Time { return brokerNow.Add(skew) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Exchange(context.Background(), "g", ExchangeOptions{Identity: staticIdentity("jwt")})
+		if got := RetryAfterOf(err); got != 30*time.Second {
+			t.Errorf("client clock %v off: Retry-After = %v, want 30s (err %v)", skew, got, err)
+		}
 	}
 }
