@@ -165,10 +165,16 @@ func NewGitHubActionsIdentity(o GitHubActionsOptions) (*GitHubActionsIdentity, e
 	q := u.Query()
 	q.Set("audience", aud)
 	u.RawQuery = q.Encode()
-	hc := o.HTTPClient
-	if hc == nil {
-		hc = &http.Client{Timeout: 15 * time.Second}
+	// Never follow a redirect: net/http would re-send the Authorization
+	// header (the runtime's request token) to another port or scheme of
+	// the same host, plain http included, and take the token from there.
+	// A caller's client is copied, not changed.
+	hc := &http.Client{Timeout: 15 * time.Second}
+	if o.HTTPClient != nil {
+		c := *o.HTTPClient
+		hc = &c
 	}
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &GitHubActionsIdentity{u: u, token: o.RequestToken, hc: hc}, nil
 }
 

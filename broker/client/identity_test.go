@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -167,5 +168,38 @@ func TestGitHubActionsIdentityNeedsEnvironment(t *testing.T) {
 	_, err := NewGitHubActionsIdentity(GitHubActionsOptions{})
 	if err == nil || !strings.Contains(err.Error(), "id-token: write") {
 		t.Errorf("error %v does not say which permission to add", err)
+	}
+}
+
+// TestGitHubActionsIdentityDoesNotFollowRedirects: a redirect from the
+// token endpoint would make net/http re-send the runtime's request token
+// (same host, any port or scheme) and accept an identity token from
+// wherever it points. The identity source refuses to follow.
+func TestGitHubActionsIdentityDoesNotFollowRedirects(t *testing.T) {
+	var mu sync.Mutex
+	var leaked []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		leaked = append(leaked, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.Write([]byte(`{"value":"forged.jwt"}`))
+	}))
+	defer target.Close()
+	gh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+"/x", http.StatusFound)
+	}))
+	defer gh.Close()
+	src, err := NewGitHubActionsIdentity(GitHubActionsOptions{RequestURL: gh.URL + "/t", RequestToken: "RUNTIME-TOKEN"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := src.IdentityToken(context.Background())
+	if err == nil {
+		t.Errorf("IdentityToken = %q, nil; want an error", tok)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(leaked) > 0 {
+		t.Errorf("redirect followed; target got Authorization %q", leaked)
 	}
 }
