@@ -315,7 +315,14 @@ func renderEnv(c *client.Credential) []byte {
 		"KEYTRAIL_SESSION_ID":   c.SessionID,
 		"KEYTRAIL_EXPIRES_AT":   c.ExpiresAt.UTC().Format(time.RFC3339),
 	}
+	// Fields in sorted order: when two names map to one variable (lease-id,
+	// lease_id) the same one wins on every renewal.
+	fields := make([]string, 0, len(c.Fields))
 	for k := range c.Fields {
+		fields = append(fields, k)
+	}
+	sort.Strings(fields)
+	for _, k := range fields {
 		name := "KEYTRAIL_" + envName(k)
 		if _, taken := vars[name]; taken {
 			continue

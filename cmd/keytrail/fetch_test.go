@@ -463,3 +463,21 @@ func FuzzParseOnRenew(f *testing.F) {
 		}
 	})
 }
+
+// TestEnvFormatFieldNameClashIsDeterministic: two credential fields whose
+// variable names clash (lease-id and lease_id are both KEYTRAIL_LEASE_ID)
+// render the same file on every run, not whichever field Go's map order
+// happens to visit first.
+func TestEnvFormatFieldNameClashIsDeterministic(t *testing.T) {
+	c := &client.Credential{AccessToken: "tok", Grant: "g", ExpiresAt: time.Unix(0, 0),
+		Fields: map[string]any{"lease-id": "dash", "lease_id": "underscore", "a": "1", "b": "2", "c": "3"}}
+	first := string(renderEnv(c))
+	for i := 0; i < 50; i++ {
+		if got := string(renderEnv(c)); got != first {
+			t.Fatalf("renderEnv differs between runs:\n%s\nthen\n%s", first, got)
+		}
+	}
+	if !strings.Contains(first, "KEYTRAIL_LEASE_ID='dash'\n") {
+		t.Errorf("renderEnv = %q, want the first field name in sorted order (lease-id) to win", first)
+	}
+}
