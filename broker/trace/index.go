@@ -410,11 +410,28 @@ func (x *Index) resultFor(id string) *Result {
 		res.From = FromAuditLog
 	}
 	for _, ev := range res.Revocations {
-		if ev.Type == audit.TypeRevoke && res.Issuance.RevokedAt.IsZero() {
+		if revokes(ev, id) {
 			res.Issuance.RevokedAt, res.Issuance.RevocationID = parseTime(ev.Time), ev.RevocationID
+			break
 		}
 	}
 	return res
+}
+
+// revokes reports whether ev (a revocation event gathered for issuance id)
+// ended id: a revoke decision naming it, a revoke_result listing it as
+// revoked (the only event naming an issuance the sweep found), or an
+// orphan_revoked event whose backend revocation succeeded.
+func revokes(ev *audit.Event, id string) bool {
+	switch ev.Type {
+	case audit.TypeRevoke:
+		return true
+	case audit.TypeRevokeResult:
+		return slices.Contains(stringsOf(ev.Details["revoked"]), id)
+	case audit.TypeOrphanRevoked:
+		return ev.IssuanceID == id && (ev.Outcome == nil || ev.Outcome.Status < 300)
+	}
+	return false
 }
 
 // sortEvents orders events by time, then chain and seq (stable for equal

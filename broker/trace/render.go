@@ -74,7 +74,11 @@ func (r *Result) WriteText(w io.Writer) error {
 		row("expires", ts(is.ExpiresAt))
 	}
 	if !is.RevokedAt.IsZero() {
-		row("revoked", ts(is.RevokedAt)+" by "+is.RevocationID)
+		by := ""
+		if is.RevocationID != "" {
+			by = " by " + is.RevocationID
+		}
+		row("revoked", ts(is.RevokedAt)+by)
 	}
 	c := is.Refs
 	row("fingerprint", c.Fingerprint)
