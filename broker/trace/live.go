@@ -270,8 +270,10 @@ func nilSafe[T any](s []T) []T {
 	return s
 }
 
-// mergeStore adds what only the store knows (the identity claims used) to
-// an issuance rebuilt from the audit log.
+// mergeStore adds what only the store knows to an issuance rebuilt from
+// the audit log: the identity claims used, and a revocation made by another
+// instance (its revoke event is in that instance's log, the mark in the
+// shared store).
 func (l *Live) mergeStore(ctx context.Context, res *Result) {
 	if l.o.Store == nil || res.Issuance == nil || res.Issuance.ID == "" {
 		return
@@ -292,6 +294,9 @@ func (l *Live) mergeStore(ctx context.Context, res *Result) {
 	res.From = FromBoth
 	if res.Issuance.Claims == nil {
 		res.Issuance.Claims = is.Claims
+	}
+	if res.Issuance.RevokedAt.IsZero() && !is.RevokedAt.IsZero() {
+		res.Issuance.RevokedAt, res.Issuance.RevocationID = is.RevokedAt, is.RevocationID
 	}
 }
 
