@@ -57,16 +57,28 @@ func RotatedSiblings(path string) ([]string, error) {
 // in order: a file is preceded by its rotated siblings (oldest first); a
 // rotated file is taken as it is; a directory stands for every audit file
 // in it (names ending in .jsonl, each preceded by its rotated siblings).
-// Duplicates are read once, where they first appear. A named file that does
-// not exist is an error unless rotated siblings of it exist.
+// Duplicates are read once, where they first appear, however they are
+// spelled (./a, a/./b, a symlinked directory: the same file). A named file
+// that does not exist is an error unless rotated siblings of it exist.
 func LogFiles(args []string) ([]string, error) {
 	var out []string
+	var infos []os.FileInfo
 	seen := map[string]bool{}
 	add := func(p string) {
-		if !seen[p] {
-			seen[p] = true
-			out = append(out, p)
+		p = filepath.Clean(p)
+		if seen[p] {
+			return
 		}
+		seen[p] = true
+		if fi, err := os.Stat(p); err == nil {
+			for _, o := range infos {
+				if os.SameFile(fi, o) {
+					return
+				}
+			}
+			infos = append(infos, fi)
+		}
+		out = append(out, p)
 	}
 	withSiblings := func(p string, mustExist bool) error {
 		sib, err := RotatedSiblings(p)
