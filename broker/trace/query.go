@@ -61,7 +61,8 @@ func (c candidate) keys() []string {
 // serials), and last the value as a raw credential (its fingerprint). It fails on an
 // empty or oversized value.
 func candidates(q string) ([]candidate, error) {
-	q = strings.TrimSpace(q)
+	orig := strings.TrimSpace(q)
+	q = Unwrap(q)
 	switch {
 	case q == "":
 		return nil, fmt.Errorf("%w: empty query", broker.ErrInvalidRequest)
@@ -105,7 +106,37 @@ func candidates(q string) ([]candidate, error) {
 	}
 	fp := broker.Fingerprint(q)
 	add(candidate{key: fp, kind: KindCredential, shown: fp})
+	if orig != q {
+		// A credential that really has the wrapping's characters.
+		fp := broker.Fingerprint(orig)
+		add(candidate{key: fp, kind: KindCredential, shown: fp})
+	}
 	return out, nil
+}
+
+// Unwrap strips what other logs and tools put around a value: surrounding
+// space, one pair of matching double or single quotes (PostgreSQL's
+// `role "kt-iss-..." does not exist`, JSON, shells) and an
+// "Authorization:" and "Bearer " prefix (HTTP logs, curl commands), in any
+// case and order.
+func Unwrap(v string) string {
+	v = strings.TrimSpace(v)
+	for {
+		w := v
+		if rest, ok := cutPrefixFold(w, "authorization:"); ok {
+			w = strings.TrimSpace(rest)
+		}
+		if rest, ok := cutPrefixFold(w, "bearer "); ok {
+			w = strings.TrimSpace(rest)
+		}
+		if len(w) >= 2 && (w[0] == '"' || w[0] == '\'') && w[len(w)-1] == w[0] {
+			w = strings.TrimSpace(w[1 : len(w)-1])
+		}
+		if w == v {
+			return v
+		}
+		v = w
+	}
 }
 
 // NormalizeFingerprint reads v as a SHA-256 fingerprint: "sha256:<hex>",
@@ -207,11 +238,12 @@ func vaultSerial(canon string) string {
 
 // LooksSecret reports whether v has the shape of a raw credential that must
 // not be sent or shown as it is: a keytrail proxy credential (ktp_), a Vault
-// token (hvs., hvb., hvr., or the legacy s./b./r. forms) or a JWT. Callers
-// send or show Fingerprint(v) instead. Other values may still be secrets;
-// they are never kept, only looked up.
+// token (hvs., hvb., hvr., or the legacy s./b./r. forms) or a JWT, also
+// when quoted or after "Bearer " (see Unwrap). Callers send or show
+// SafeQuery(v) instead. Other values may still be secrets; they are never
+// kept, only looked up.
 func LooksSecret(v string) bool {
-	v = strings.TrimSpace(v)
+	v = Unwrap(v)
 	for _, p := range []string{"ktp_", "hvs.", "hvb.", "hvr."} {
 		if strings.HasPrefix(v, p) {
 			return true
@@ -224,10 +256,10 @@ func LooksSecret(v string) bool {
 }
 
 // SafeQuery is the form of v to send to a keytrail server or put in a log:
-// the fingerprint when v looks like a raw credential (LooksSecret), v itself
-// otherwise.
+// the fingerprint of the credential when v looks like a raw credential
+// (LooksSecret; without its quotes or "Bearer "), v unwrapped otherwise.
 func SafeQuery(v string) string {
-	v = strings.TrimSpace(v)
+	v = Unwrap(v)
 	if LooksSecret(v) {
 		return broker.Fingerprint(v)
 	}

@@ -41,7 +41,8 @@ a JWT jti or a certificate serial: in hex in any case, with or without ':'
 separators and leading zeros (Vault's 0f:3b:..., openssl's 0F3B..., f3b...),
 or in decimal (PostgreSQL's ssl_client_serial()). An all-digit serial reads as
 hex and as decimal: when both name an issuance, the other is listed as also
-matched.
+matched. A value may be copied with its quotes (PostgreSQL's role "kt-iss-...")
+or an "Authorization: Bearer " prefix: it is read without them.
 
 Offline, with --audit-log FILE... (no broker needed): the files are read with
 their rotated siblings (FILE.<timestamp>, oldest first); a directory stands

@@ -312,3 +312,29 @@ func TestAuditVerifyUnreplayedJournal(t *testing.T) {
 		t.Errorf("audit verify with a journal that does not continue the file = %v, want a failure naming the journal\n%s", err, out)
 	}
 }
+
+// A credential copied with its "Bearer " prefix or its quotes is still a
+// credential: the CLI sends its fingerprint, and a not-found message does
+// not repeat it.
+func TestTraceOnlineWrappedCredential(t *testing.T) {
+	var gotQ string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotQ = r.URL.Query().Get("q")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(404)
+		fmt.Fprint(w, `{"error":"not_found","error_description":"no issuance matches this value"}`)
+	}))
+	defer srv.Close()
+	env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN": "admin-jwt"}
+	const legacy = "s.LegacyVaultToken0123456789"
+	for _, tc := range []struct{ v, secret string }{{"Bearer " + cliSecret, cliSecret}, {`"` + legacy + `"`, legacy}} {
+		v := tc.v
+		_, _, err := runCLI(t, env, "trace", v)
+		if want := broker.Fingerprint(tc.secret); gotQ != want {
+			t.Errorf("trace %q online sent q=%q, want the credential's fingerprint %q", v, gotQ, want)
+		}
+		if err == nil || strings.Contains(err.Error(), tc.secret) {
+			t.Errorf("trace %q online = %v, want a not-found error that does not show the credential", v, err)
+		}
+	}
+}

@@ -1,0 +1,49 @@
+package trace_test
+
+import (
+	"testing"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+// Values as other logs write them: PostgreSQL quotes a role name in its
+// error messages (`FATAL: role "kt-iss-..." does not exist` when a revoked
+// credential is tried again), HTTP logs and curl commands carry tokens as
+// "Authorization: Bearer <token>", shells and JSON quote. They name the
+// same issuance as the bare value, and a credential in such a wrapping is
+// still a credential: never sent or shown as it is.
+func TestLookupQuotedAndBearerValues(t *testing.T) {
+	x := fixtureIndex(t)
+	cases := []struct {
+		q, wantID, wantKind string
+	}{
+		{`"v-kt-iss_01JXC-reports"`, idC, trace.KindUsername},
+		{`'v-kt-iss_01JXC-reports'`, idC, trace.KindUsername},
+		{`"use_U1"`, idB, trace.KindUseID},
+		{"Bearer " + secretB, idB, trace.KindCredential},
+		{"bearer " + secretA, idA, trace.KindCredential},
+		{`"` + secretC + `"`, idC, trace.KindCredential},
+	}
+	for _, tc := range cases {
+		res, err := x.Lookup(tc.q)
+		if err != nil {
+			t.Errorf("Lookup(%q) = %v, want %s", tc.q, err, tc.wantID)
+			continue
+		}
+		if res.Issuance.ID != tc.wantID || res.Query.Kind != tc.wantKind {
+			t.Errorf("Lookup(%q) = %s matched %s, want %s matched %s", tc.q, res.Issuance.ID, res.Query.Kind, tc.wantID, tc.wantKind)
+		}
+	}
+	for _, q := range []string{"Bearer " + secretB, "Authorization: Bearer " + secretB, `"` + secretB + `"`, `"` + secretA + `"`} {
+		if !trace.LooksSecret(q) {
+			t.Errorf("LooksSecret(%q) = false, want true", q)
+		}
+	}
+	if got, want := trace.SafeQuery("Bearer "+secretB), broker.Fingerprint(secretB); got != want {
+		t.Errorf("SafeQuery(Bearer <proxy credential>) = %q, want the credential's fingerprint %q", got, want)
+	}
+	if got, want := trace.SafeQuery(`"`+secretA+`"`), broker.Fingerprint(secretA); got != want {
+		t.Errorf("SafeQuery(quoted Vault token) = %q, want the token's fingerprint %q", got, want)
+	}
+}
