@@ -24,6 +24,10 @@ const (
 	KindUsername     = "username"
 	KindJTI          = "jti"
 	KindSerial       = "serial"
+	// KindVaultAuditLog: a value of an entry of Vault's audit log (an
+	// HMAC'd accessor or token, a Vault request id), matched through the
+	// issuance that entry's token names (VaultRefs).
+	KindVaultAuditLog = "vault_audit_log"
 )
 
 // MaxQueryBytes bounds a query value (a raw credential can be a long JWT or

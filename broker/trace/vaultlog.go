@@ -65,6 +65,7 @@ type vaultLine struct {
 		Operation           string `json:"operation"`
 		Path                string `json:"path"`
 		RemoteAddress       string `json:"remote_address"`
+		ClientToken         string `json:"client_token"`
 		ClientTokenAccessor string `json:"client_token_accessor"`
 	} `json:"request"`
 }
@@ -73,16 +74,26 @@ type vaultLine struct {
 // fields are ignored (Vault adds fields between versions); the line must be
 // one JSON object with a type.
 func ParseVaultLine(b []byte) (*VaultEntry, error) {
+	e, _, err := parseVaultLine(b)
+	return e, err
+}
+
+// parseVaultLine is ParseVaultLine, and also returns the values of the
+// entry an auditor may copy from it: the request id and the tokens and
+// accessors as the device wrote them (HMAC'd by default). They are only
+// compared, never kept or shown.
+func parseVaultLine(b []byte) (*VaultEntry, []string, error) {
+	var carries []string
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 || b[0] != '{' {
-		return nil, errors.New("trace: vault audit line: not a JSON object")
+		return nil, nil, errors.New("trace: vault audit line: not a JSON object")
 	}
 	var l vaultLine
 	if err := json.Unmarshal(b, &l); err != nil {
-		return nil, fmt.Errorf("trace: vault audit line: %w", err)
+		return nil, nil, fmt.Errorf("trace: vault audit line: %w", err)
 	}
 	if l.Type == "" {
-		return nil, errors.New("trace: vault audit line: no type")
+		return nil, nil, errors.New("trace: vault audit line: no type")
 	}
 	e := &VaultEntry{Type: l.Type}
 	if t, err := time.Parse(time.RFC3339Nano, l.Time); err == nil {
@@ -93,12 +104,14 @@ func ParseVaultLine(b []byte) (*VaultEntry, error) {
 		if clearAccessor(r.ClientTokenAccessor) {
 			e.Accessor = r.ClientTokenAccessor
 		}
+		carries = append(carries, r.ID, r.ClientToken, r.ClientTokenAccessor)
 	}
 	a := l.Auth
 	if a == nil || (a.ClientToken == "" && a.Accessor == "" && a.DisplayName == "" && len(a.Policies) == 0) {
 		e.NoToken = true
-		return e, nil
+		return e, carries, nil
 	}
+	carries = append(carries, a.ClientToken, a.Accessor)
 	if clearAccessor(a.Accessor) {
 		e.Accessor = a.Accessor
 	}
@@ -106,7 +119,7 @@ func ParseVaultLine(b []byte) (*VaultEntry, error) {
 	e.IssuanceID = a.Metadata["issuance_id"]
 	e.Workload = a.Metadata["workload"]
 	e.Root = slices.Contains(a.Policies, "root")
-	return e, nil
+	return e, carries, nil
 }
 
 // clearAccessor reports whether a is an accessor in clear (not the HMAC the
@@ -218,7 +231,7 @@ func ResolveVaultLog(r io.Reader, res Resolver) (*VaultReport, error) {
 	rep := &VaultReport{Attributions: []Attribution{}, Gaps: []Gap{}}
 	attr := map[string]*Attribution{}
 	gaps := map[string]*Gap{}
-	err := eachVaultEntry(r, rep, func(e *VaultEntry) {
+	err := eachVaultEntry(r, rep, func(e *VaultEntry, _ []string) {
 		if e.Type != "request" {
 			return
 		}
@@ -313,7 +326,7 @@ func resolveEntry(e *VaultEntry, res Resolver) (is *broker.Issuance, by, reason 
 func VaultEntriesFor(r io.Reader, is *broker.Issuance) ([]VaultEntry, error) {
 	var out []VaultEntry
 	rep := &VaultReport{}
-	err := eachVaultEntry(r, rep, func(e *VaultEntry) {
+	err := eachVaultEntry(r, rep, func(e *VaultEntry, _ []string) {
 		if e.Type != "request" || len(out) >= MaxVaultEntries {
 			return
 		}
@@ -324,11 +337,38 @@ func VaultEntriesFor(r io.Reader, is *broker.Issuance) ([]VaultEntry, error) {
 	return out, err
 }
 
+// VaultRefs reads Vault's audit log for the entries that carry value (a
+// request id, or a token or accessor as the device wrote it: HMAC'd by
+// default, "hmac-sha256:...") and returns what names their token's
+// issuance, in order of first appearance, each once: the token metadata's
+// issuance_id, else the accessor when it is in clear. Both the request and
+// the response entries are read: the response of auth/token/create carries
+// the new token, so the request id of a token's creation names it too. An
+// entry made with a token keytrail did not mint names nothing.
+func VaultRefs(r io.Reader, value string) ([]string, error) {
+	value = Unwrap(value)
+	var out []string
+	rep := &VaultReport{}
+	err := eachVaultEntry(r, rep, func(e *VaultEntry, carries []string) {
+		if value == "" || !slices.Contains(carries, value) {
+			return
+		}
+		ref := e.IssuanceID
+		if ref == "" && !e.Root {
+			ref = e.Accessor
+		}
+		if ref != "" && !slices.Contains(out, ref) {
+			out = append(out, ref)
+		}
+	})
+	return out, err
+}
+
 // eachVaultEntry calls fn with each entry of Vault's audit log. A line
 // longer than MaxVaultLineBytes is skipped and counted as malformed without
 // being held in memory: only request entries are used, and such a line is
 // a response (a LIST of every token accessor, say).
-func eachVaultEntry(r io.Reader, rep *VaultReport, fn func(*VaultEntry)) error {
+func eachVaultEntry(r io.Reader, rep *VaultReport, fn func(*VaultEntry, []string)) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var buf []byte // the current line, when longer than br's buffer
 	n := 0         // bytes of the current line read so far
@@ -362,11 +402,11 @@ func eachVaultEntry(r io.Reader, rep *VaultReport, fn func(*VaultEntry)) error {
 			rep.Malformed++
 		case len(bytes.TrimSpace(line)) == 0:
 		default:
-			if e, perr := ParseVaultLine(line); perr != nil {
+			if e, carries, perr := parseVaultLine(line); perr != nil {
 				rep.Malformed++
 			} else {
 				e.Line = rep.Lines
-				fn(e)
+				fn(e, carries)
 			}
 		}
 		buf, n = buf[:0], 0

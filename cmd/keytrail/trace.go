@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -53,7 +54,10 @@ identity token (an admin with the trace role) from --token-file, else the
 file named by $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN.
 
 --vault-audit-log FILE reads Vault's file audit device log: with VALUE, it
-lists the Vault requests made with that credential; without VALUE (and with
+lists the Vault requests made with that credential, and a VALUE keytrail does
+not know is looked up in it (an HMAC'd accessor or token, hmac-sha256:...,
+or a Vault request id) and traced through the issuance the token of the
+entries carrying it names; without VALUE (and with
 --audit-log), it attributes every request made with a token to its keytrail
 issuance (token metadata issuance_id, or the accessor where Vault logs
 accessors in clear) and lists the attribution gaps: requests no keytrail
@@ -92,12 +96,15 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				return resolveVaultLog(e, vaultLog, x, asJSON)
 			}
 			value := args[0]
-			var res *trace.Result
-			var err error
-			if x != nil {
-				res, err = x.Lookup(value)
-			} else {
-				res, err = traceOnline(e, cmd, addr, tokenFile, insecureHTTP, value)
+			lookup := func(v string) (*trace.Result, error) {
+				if x != nil {
+					return x.Lookup(v)
+				}
+				return traceOnline(e, cmd, addr, tokenFile, insecureHTTP, v)
+			}
+			res, err := lookup(value)
+			if errors.Is(err, broker.ErrNotFound) && vaultLog != "" {
+				res, err = traceThroughVaultLog(vaultLog, value, lookup)
 			}
 			if err != nil {
 				if errors.Is(err, broker.ErrNotFound) {
@@ -142,6 +149,45 @@ func describeQuery(v string) string {
 		return "the value with fingerprint " + broker.Fingerprint(v)
 	}
 	return fmt.Sprintf("%q", v)
+}
+
+// traceThroughVaultLog finds value in Vault's audit log (an HMAC'd
+// accessor or token, a Vault request id) and traces the issuance the
+// entries carrying it name; others they name are listed as also matched.
+func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result, error)) (*trace.Result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--vault-audit-log: %w", err)
+	}
+	refs, err := trace.VaultRefs(f, value)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	var res *trace.Result
+	for _, ref := range refs {
+		r, err := lookup(ref)
+		if errors.Is(err, broker.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if res == nil {
+			res = r
+			continue
+		}
+		for _, id := range append([]string{r.Issuance.ID}, r.AlsoMatched...) {
+			if id != res.Issuance.ID && !slices.Contains(res.AlsoMatched, id) {
+				res.AlsoMatched = append(res.AlsoMatched, id)
+			}
+		}
+	}
+	if res == nil {
+		return nil, broker.ErrNotFound
+	}
+	res.Query = trace.Match{Kind: trace.KindVaultAuditLog, Value: trace.SafeQuery(value)}
+	return res, nil
 }
 
 // traceOnline asks the server. A value shaped like a raw credential is sent

@@ -338,3 +338,33 @@ func TestTraceOnlineWrappedCredential(t *testing.T) {
 		}
 	}
 }
+
+// Vault's audit log HMACs tokens and accessors by default and names each
+// request by its own id: a value copied from it (an HMAC'd accessor or
+// client token, a request id) traces, with --vault-audit-log, through the
+// entry that carries it to the issuance its token names.
+func TestTraceValueFromVaultAuditLog(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	vaultLog := writeFile(t, dir, "vault-audit.log", strings.Join([]string{
+		// The broker creates the token: the response carries the new token's auth.
+		`{"time":"2025-06-01T09:59:59Z","type":"request","auth":{"client_token":"hmac-sha256:broker","accessor":"hmac-sha256:brokeracc","display_name":"token-keytrail-broker","policies":["keytrail"]},"request":{"id":"6f1c-create","operation":"update","path":"auth/token/create-orphan","client_token":"hmac-sha256:broker","client_token_accessor":"hmac-sha256:brokeracc"}}`,
+		`{"time":"2025-06-01T09:59:59Z","type":"response","auth":{"client_token":"hmac-sha256:tok1","accessor":"hmac-sha256:acc1","display_name":"token-keytrail-payments-api","policies":["default"],"metadata":{"issuance_id":"` + cliIssID + `"}},"request":{"id":"6f1c-create","operation":"update","path":"auth/token/create-orphan"}}`,
+		// The workload uses it.
+		`{"time":"2025-06-01T10:00:00Z","type":"request","auth":{"client_token":"hmac-sha256:tok1","accessor":"hmac-sha256:acc1","display_name":"token-keytrail-payments-api","policies":["default"],"metadata":{"issuance_id":"` + cliIssID + `"}},"request":{"id":"9a2e-read","operation":"read","path":"secret/data/x","client_token":"hmac-sha256:tok1","client_token_accessor":"hmac-sha256:acc1"}}`,
+	}, "\n")+"\n")
+	for _, v := range []string{"hmac-sha256:acc1", "hmac-sha256:tok1", "9a2e-read", "6f1c-create"} {
+		out, _, err := runCLI(t, nil, "trace", v, "--audit-log", live, "--vault-audit-log", vaultLog)
+		if err != nil {
+			t.Errorf("trace %s --vault-audit-log = %v, want issuance %s", v, err, cliIssID)
+			continue
+		}
+		if !strings.Contains(out, "issuance "+cliIssID) || !strings.Contains(out, "vault audit log: 1 request(s)") {
+			t.Errorf("trace %s --vault-audit-log output:\n%s", v, out)
+		}
+	}
+	var ee exitError
+	if _, _, err := runCLI(t, nil, "trace", "hmac-sha256:brokeracc", "--audit-log", live, "--vault-audit-log", vaultLog); !errors.As(err, &ee) || ee.code != 1 {
+		t.Errorf("trace of the broker's own accessor = %v, want not found (exit 1)", err)
+	}
+}
