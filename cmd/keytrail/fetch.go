@@ -34,15 +34,17 @@ type workloadFlags struct {
 	ttl          time.Duration
 	timeout      time.Duration
 	watch        bool
+	cmd          *cobra.Command // to tell a flag given from its default
 }
 
 func (w *workloadFlags) register(c *cobra.Command) {
 	f := c.Flags()
+	w.cmd = c
 	f.StringArrayVar(&w.grants, "grant", nil, "grant to fetch (repeatable)")
 	f.StringVar(&w.tokenFile, "identity-token-file", client.DefaultTokenFile, "identity token file, re-read on every exchange (the default is a Kubernetes projected service-account token)")
 	f.StringVar(&w.tokenEnv, "identity-token-env", "", "take the identity token from this environment variable instead")
 	f.BoolVar(&w.github, "github-actions", false, "request the identity token from GitHub Actions OIDC (the job needs permissions id-token: write)")
-	f.StringVar(&w.audience, "audience", client.DefaultAudience, "audience of the GitHub Actions identity token")
+	f.StringVar(&w.audience, "audience", client.DefaultAudience, "audience of the GitHub Actions identity token (with --github-actions only)")
 	f.StringVar(&w.addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+client.DefaultAddr+")")
 	f.BoolVar(&w.insecureHTTP, "allow-insecure-http", false, "allow a plain-http server URL that is not loopback (the identity token crosses the network in clear)")
 	f.DurationVar(&w.ttl, "ttl", 0, "ask for a shorter lifetime than the grant's (whole seconds)")
@@ -70,6 +72,11 @@ func (w *workloadFlags) validate() error {
 	}
 	if w.timeout < 0 {
 		return errors.New("--timeout must not be negative")
+	}
+	if w.cmd != nil && w.cmd.Flags().Changed("audience") && !w.github {
+		// It would be ignored: only the GitHub Actions identity is asked
+		// for an audience.
+		return errors.New("--audience applies only with --github-actions")
 	}
 	return nil
 }

@@ -68,6 +68,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"fetch", "--grant", "payments-vault", "--identity-token-env", "T", "--github-actions", "--out", out},
 		{"fetch", "--grant", "payments-vault", "--out", out, "stray"},
 		{"fetch", "--out", out}, // checked by fetch itself
+		{"fetch", "--grant", "payments-vault", "--out", out, "--audience", "other"}, // ignored without --github-actions
 		{"exec", "--grant", "payments-vault", "--env", "T"},
 		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "soon", "--", "true"},
 		{"revoke", "--workload", "w", "--reason", "r", "--block=maybe"},
