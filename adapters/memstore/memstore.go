@@ -214,7 +214,8 @@ func (s *Store) FindIssuance(ctx context.Context, kind broker.RefKind, value str
 	e, ok := s.issuances[s.refs[kind][value]]
 	s.mu.RUnlock()
 	if !ok {
-		return nil, notFound(fmt.Sprintf("issuance by %s %q", kind, value))
+		// Not the value: it may be a raw credential (a trace query).
+		return nil, notFound("issuance by " + string(kind))
 	}
 	return decodeIssuance(e)
 }

@@ -1,7 +1,9 @@
 package memstore_test
 
 import (
+	"errors"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -161,4 +163,21 @@ func BenchmarkPutIssuance(b *testing.B) {
 
 func BenchmarkGetIssuance(b *testing.B) {
 	storetest.BenchGetIssuance(b, memstore.New(storetest.Epoch))
+}
+
+// TestFindIssuanceErrorHidesValue: the looked-up value may be a raw
+// credential (a trace query); a miss's error does not quote it.
+func TestFindIssuanceErrorHidesValue(t *testing.T) {
+	const value = "db-password-MARKER-91f3"
+	s := memstore.New(nil)
+	for _, kind := range []broker.RefKind{broker.RefAccessor, broker.RefUsername, broker.RefLeaseID, broker.RefJTI, broker.RefRequestID} {
+		_, err := s.FindIssuance(t.Context(), kind, value)
+		if !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("FindIssuance(%s) = %v, want %v", kind, err, broker.ErrNotFound)
+			continue
+		}
+		if strings.Contains(err.Error(), value) {
+			t.Errorf("FindIssuance(%s) = %q, quotes the looked-up value", kind, err)
+		}
+	}
 }
