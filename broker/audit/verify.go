@@ -191,6 +191,16 @@ func Verify(inputs []Input, opts VerifyOptions) (*Report, error) {
 		}
 	}
 	v.finish()
+	if v.opts.RequireCheckpoint && len(v.rep.Chains) == 0 {
+		// Nothing is covered by a checkpoint: a broker writes at least its
+		// policy_load event when it starts, so an empty log is an emptied
+		// one or not a broker's.
+		name := ""
+		if len(inputs) > 0 {
+			name = inputs[len(inputs)-1].Name
+		}
+		v.problem(Problem{File: name, Why: "no audit lines: nothing is covered by a verified checkpoint (a broker writes at least its policy_load event when it starts)"})
+	}
 	if !v.rep.OK() {
 		n := len(v.rep.Problems) + v.rep.ProblemsOmitted
 		return v.rep, fmt.Errorf("%w: %d problem(s), first at %s", ErrTampered, n, v.rep.Problems[0])

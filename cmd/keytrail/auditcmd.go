@@ -38,9 +38,9 @@ broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
 kid, "<transit key>:<version>"). It names the first bad line and why,
 and reports lines after the last verified checkpoint, which no signature
 covers: they may have been added or changed, and lines after them removed,
-unseen (--require-checkpoint makes that a failure). Exit status 1 when
-anything is wrong (also when a file cannot be read to its end: it and the
-files after it are then not verified), 2 on a usage mistake.
+unseen (--require-checkpoint makes that a failure, and an empty log too).
+Exit status 1 when anything is wrong (also when a file cannot be read to its
+end: it and the files after it are then not verified), 2 on a usage mistake.
 
 Each FILE is read with its rotated siblings (FILE.<UTC timestamp>, as the
 broker's rotation names them), oldest first, so naming the live file checks
@@ -145,6 +145,8 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error) {
 	switch {
 	case readErr != nil:
 		fmt.Fprintln(w, "NOT VERIFIED: a file could not be read to its end (see the error): it and the files after it were not verified")
+	case rep.OK() && rep.Lines == 0:
+		fmt.Fprintln(w, "NOTHING VERIFIED: no audit lines (a broker writes at least its policy_load event when it starts; --require-checkpoint makes this a failure)")
 	case rep.OK():
 		fmt.Fprintln(w, "OK: the chain is intact")
 	}

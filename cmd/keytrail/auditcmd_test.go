@@ -145,3 +145,28 @@ func TestAuditVerifyES256FinalCheckpointSignatureMalleable(t *testing.T) {
 		t.Errorf("audit verify with the twin ES256 signature on the last checkpoint = %v, want OK (a documented limit)\n%s", err, out)
 	}
 }
+
+// TestAuditVerifyEmptyLogIsNotOK: an empty audit log (every line removed)
+// verified "OK: the chain is intact", even with --require-checkpoint. A
+// broker writes at least its policy_load event when it starts.
+func TestAuditVerifyEmptyLogIsNotOK(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, nil, "audit", "verify", "--exact", path)
+	if err != nil {
+		t.Fatalf("audit verify of an empty log = %v, want exit 0 with a warning\n%s", err, out)
+	}
+	if strings.Contains(out, "OK: the chain is intact") || !strings.Contains(out, "NOTHING VERIFIED") {
+		t.Errorf("audit verify of an empty log printed:\n%s\nwant NOTHING VERIFIED, not OK", out)
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", "--require-checkpoint", path)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Errorf("audit verify --require-checkpoint of an empty log = %v, want exit 1\n%s", err, out)
+	}
+	if !strings.Contains(out, "no audit lines") {
+		t.Errorf("audit verify --require-checkpoint of an empty log does not say why:\n%s", out)
+	}
+}
