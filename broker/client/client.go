@@ -79,6 +79,17 @@ func New(o Options) (*Client, error) {
 	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua}, nil
 }
 
+// CheckAddr checks a keytrail server address as New does (https, or http
+// to a loopback host unless allowInsecureHTTP; no user info, query or
+// fragment) and returns it parsed. Its errors never quote what could hold a
+// password or a token.
+func CheckAddr(raw string, allowInsecureHTTP bool) (*url.URL, error) {
+	if err := checkURL(raw, allowInsecureHTTP, false); err != nil {
+		return nil, err
+	}
+	return url.Parse(raw)
+}
+
 // checkURL accepts https URLs, and http URLs of loopback hosts (or any host
 // when insecure is allowed); a query only when query is set.
 func checkURL(raw string, insecure, query bool) error {

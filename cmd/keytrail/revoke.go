@@ -19,6 +19,7 @@ import (
 
 	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/client"
 )
 
 // Admin client defaults.
@@ -206,15 +207,11 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 	if addr == "" {
 		addr = defaultKeytrailAddr
 	}
-	u, err := url.Parse(addr)
+	// The workload client's check (shape, no credentials, errors that quote
+	// no secret); plain HTTP gets the admin token's own message below.
+	u, err := client.CheckAddr(addr, true)
 	if err != nil {
-		// url.Parse's error repeats addr, user info and query included.
-		return nil, errors.New("server address is not a URL: want http(s)://host:port")
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		// Shown without user info or query: they may hold a password or token.
-		shown := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-		return nil, fmt.Errorf("server address %q: want http(s)://host:port", shown)
+		return nil, fmt.Errorf("server address: %w", err)
 	}
 	if u.Scheme == "http" && !insecureHTTP && !isLoopbackHost(u.Hostname()) {
 		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --insecure-http)", u.Host)

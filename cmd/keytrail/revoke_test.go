@@ -157,6 +157,10 @@ func TestAdminAddressErrorHidesSecrets(t *testing.T) {
 		"htps://admin:" + secret + "@keytrail.internal",
 		"https://admin:" + secret + "@keytrail.internal:notaport",
 		"keytrail.internal?token=" + secret,
+		// Well-formed, but the admin token would go with a password or a
+		// token in the URL: refused as the workload client refuses it.
+		"https://admin:" + secret + "@keytrail.internal",
+		"https://keytrail.internal/?token=" + secret,
 	} {
 		for _, args := range [][]string{
 			{"revoke", "--workload", "w", "--reason", "r", "--addr", addr},
@@ -170,6 +174,11 @@ func TestAdminAddressErrorHidesSecrets(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), secret) || strings.Contains(stderr, secret) {
 				t.Errorf("keytrail %s = %q (stderr %q), quotes the secret", strings.Join(args, " "), err, stderr)
+			}
+			// Refused before any request: the address is checked as the
+			// workload client checks it, not reached and failed.
+			if !strings.Contains(err.Error(), "server address") {
+				t.Errorf("keytrail %s = %q, want the server address refused before any request", strings.Join(args, " "), err)
 			}
 		}
 	}
