@@ -2,12 +2,8 @@ package main
 
 import (
 	"bytes"
-	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -56,23 +52,19 @@ func TestAuditVerifyReadErrorIsNotOK(t *testing.T) {
 // its warning must say so, not only that truncation cannot be ruled out.
 func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
 	dir := t.TempDir()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	// A key pair as dev makes it (PKCS#8 private key, PKIX public key).
+	keyFile, pubFile := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
+	if _, err := ensureEd25519Key(keyFile, pubFile); err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	signer, err := audit.NewEd25519Signer(keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := audit.NewEd25519Signer(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubDER, err := x509.MarshalPKIXPublicKey(signer.PublicKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubFile := writeFile(t, dir, "checkpoint.pub", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})))
 	path, lines := writeSignedAudit(t, dir, signer)
 
 	// The attacker appends an issuance, linked to the final checkpoint.
