@@ -173,7 +173,9 @@ func TestTimedSinkDeferred(t *testing.T) {
 	}
 }
 
-const reloadJWKSPolicy = `version: 1
+// reloadPolicyHead is the issuer and workload the reload tests share; the
+// workload's grants replace {GRANTS}, the issuer's URL {ISS}.
+const reloadPolicyHead = `version: 1
 issuers:
   - name: test
     issuer: {ISS}
@@ -185,7 +187,9 @@ workloads:
     owner: team-payments
     match: {issuer: test, subject: system:serviceaccount:payments:api}
     grants: [{GRANTS}]
-grants:
+`
+
+const reloadJWKSPolicy = reloadPolicyHead + `grants:
   - name: orders-jwt
     kind: jwt
     ttl: 5m

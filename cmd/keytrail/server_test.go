@@ -318,19 +318,7 @@ func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
 	}
 }
 
-const reloadKeysPolicy = `version: 1
-issuers:
-  - name: test
-    issuer: {ISS}
-    jwks_url: {ISS}/jwks.json
-    audiences: [keytrail]
-    algorithms: [ES256]
-workloads:
-  - name: payments-api
-    owner: team-payments
-    match: {issuer: test, subject: system:serviceaccount:payments:api}
-    grants: [{GRANTS}]
-grants:
+const reloadKeysPolicy = reloadPolicyHead + `grants:
   - name: payments-vault
     kind: vault_token
     ttl: 5m
