@@ -432,7 +432,7 @@ func (s *Service) allow(wl *policies.Workload) error {
 func (s *Service) Allow(wl *policies.Workload) error { return s.allow(wl) }
 
 // sessionID takes the issuer's session_claim when present, else the token's
-// jti, else a hash of iss+sub+iat (SPEC "Concepts").
+// jti, else a hash of iss+sub+iat (SPEC "Concepts"), else of iss+sub+exp.
 func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
 		if v, ok := sessionClaimValue(iss, id.Claims); ok {
@@ -441,6 +441,11 @@ func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 	}
 	if id.JTI != "" {
 		return SessionID(id.IssuerName, "jti:"+id.JTI)
+	}
+	if id.IssuedAt.IsZero() {
+		// Neither jti nor iat: the token's exp (always present) stands in
+		// for iat, so the tokens of one sub do not all share one session.
+		return SessionID(id.IssuerName, "token-exp:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.Expiry.Unix(), 10))
 	}
 	return SessionID(id.IssuerName, "token:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.IssuedAt.Unix(), 10))
 }

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -276,6 +277,63 @@ grants:
 	claims, _ := sink.Events()[0].Details["claims"].(map[string]any)
 	if claims["run_id"] != "42" || claims["run_attempt"] != "1" {
 		t.Errorf("issue event claims = %v, want run_id and run_attempt recorded", claims)
+	}
+}
+
+// TestExchangeSessionWithoutIatOrJTI: SPEC derives a session from the token
+// itself when no session claim applies: its jti, else iss+sub+iat. An issuer
+// whose tokens carry neither jti nor iat must not put every token of one sub
+// into one session (one revocation would take every instance's credentials):
+// the token's exp stands in for iat. Tokens with an iat keep their ids.
+func TestExchangeSessionWithoutIatOrJTI(t *testing.T) {
+	pol, err := policies.Parse("p.yaml", []byte(`
+version: 1
+issuers:
+  - {name: oidc, issuer: "https://idp.example", jwks_url: "https://idp.example/jwks", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: agent, owner: team-ai, match: {issuer: oidc, subject: agent}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp1 := time.Unix(1_900_000_000, 0)
+	exp2 := exp1.Add(time.Hour)
+	id := func(iat, exp time.Time) *broker.Identity {
+		return &broker.Identity{IssuerName: "oidc", Iss: "https://idp.example", Sub: "agent", IssuedAt: iat, Expiry: exp,
+			Claims: map[string]any{"sub": "agent"}}
+	}
+	authn := brokertest.Authn{
+		"first":       id(time.Time{}, exp1),
+		"first-again": id(time.Time{}, exp1),
+		"second":      id(time.Time{}, exp2),
+		"with-iat":    id(exp1.Add(-time.Hour), exp1),
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol }, Authn: func() broker.Authenticator { return authn },
+		Minters: map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Store:   memstore.New(time.Now), Audit: &brokertest.Sink{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := map[string]string{}
+	for tok := range authn {
+		res, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: tok, Grant: "g"})
+		if err != nil {
+			t.Fatalf("Exchange(%s) = %v", tok, err)
+		}
+		session[tok] = res.Issuance.SessionID
+	}
+	if session["first"] != session["first-again"] {
+		t.Errorf("one token presented twice got sessions %s and %s, want one", session["first"], session["first-again"])
+	}
+	if session["first"] == session["second"] {
+		t.Errorf("two tokens without iat or jti (different exp) share session %s, want one each", session["first"])
+	}
+	if want := broker.SessionID("oidc", "token:https://idp.example\x00agent\x00"+strconv.FormatInt(exp1.Add(-time.Hour).Unix(), 10)); session["with-iat"] != want {
+		t.Errorf("token with iat: session %s, want %s (iss+sub+iat, unchanged)", session["with-iat"], want)
 	}
 }
 
