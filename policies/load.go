@@ -158,6 +158,12 @@ func isPolicyFile(e fs.DirEntry) bool {
 	return strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")
 }
 
+// Considers reports whether Load of a directory reads the entry e or
+// reports it as a problem: a change to any other entry (hidden files, an
+// editor's swap and probe files, other extensions, subdirectories) cannot
+// change what Load returns.
+func Considers(e fs.DirEntry) bool { return miscasedPolicyFile(e) }
+
 // misnamedMessage is the problem of a file miscasedPolicyFile reports.
 const misnamedMessage = `not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`
 

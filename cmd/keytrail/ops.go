@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,6 +24,7 @@ import (
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // opsMetrics are the operational metrics wired here (the HTTP layer, the
@@ -290,7 +290,8 @@ func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
 }
 
 // policyStamp summarises the policy files' names, sizes and mtimes, so a
-// change is noticed without reading them.
+// change is noticed without reading them. In a directory only the entries
+// the loader reads or reports count (policies.Considers).
 func policyStamp(path string) string {
 	var files []string
 	fi, err := os.Stat(path)
@@ -300,7 +301,7 @@ func policyStamp(path string) string {
 	if fi.IsDir() {
 		entries, _ := os.ReadDir(path)
 		for _, e := range entries {
-			if e.Type().IsRegular() || e.Type()&fs.ModeSymlink != 0 {
+			if policies.Considers(e) {
 				files = append(files, filepath.Join(path, e.Name()))
 			}
 		}

@@ -370,3 +370,41 @@ func TestPolicyStateKeyNames(t *testing.T) {
 		t.Errorf("with checkpoint_transit_key: key names (-want +got):\n%s", diff)
 	}
 }
+
+// TestPolicyStampIgnoresFilesTheLoaderDoesNotRead: the policy watcher
+// reloads (and writes a policy_load event) when the stamp of the policy
+// directory changes. An editor's swap and probe files, hidden files and
+// other extensions are never read by the loader: they must not change it.
+// A miscased policy file does (the loader reports it as a problem).
+func TestPolicyStampIgnoresFilesTheLoaderDoesNotRead(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a.yaml", "version: 1\n")
+	before := policyStamp(dir)
+	for _, name := range []string{".a.yaml.swp", "4913", "a.yaml~", "README.md", ".hidden.yaml"} {
+		write(name, "x")
+		if got := policyStamp(dir); got != before {
+			t.Errorf("writing %s changed the stamp: the watcher would reload for a file the loader never reads", name)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got := policyStamp(dir); got != before {
+		t.Errorf("a directory changed the stamp")
+	}
+	write("B.YAML", "x")
+	miscased := policyStamp(dir)
+	if miscased == before {
+		t.Errorf("a miscased policy file left the stamp unchanged: the loader reports it, the watcher must reload")
+	}
+	write("a.yaml", "version: 1\n# changed\n")
+	if policyStamp(dir) == miscased {
+		t.Errorf("changing a.yaml left the stamp unchanged")
+	}
+}
