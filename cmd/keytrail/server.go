@@ -48,7 +48,9 @@ KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m) and turned off
 with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
 (one received during start-up reloads once serving); SIGINT/SIGTERM shut down
-gracefully (a second signal exits at once).`,
+gracefully (a second signal exits at once). The exit status is 0 after a clean
+shutdown, 1 when start-up fails or when closing failed (e.g. the audit log's
+final signed checkpoint could not be written).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
@@ -200,18 +202,23 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	}
 	// The final flush and checkpoint of the audit log run here, while a
 	// second signal still exits at once (the deferred close is then a
-	// no-op).
-	rt.close()
-	return nil
+	// no-op). A failure is the exit status: every acknowledged event was
+	// durable already, but the last lines lack their signed checkpoint.
+	return rt.close()
 }
 
-func (rt *brokerRuntime) close() {
+// close runs the closers newest first, logs each failure and returns them
+// joined.
+func (rt *brokerRuntime) close() error {
+	var errs []error
 	for i := len(rt.closers) - 1; i >= 0; i-- {
 		if err := rt.closers[i](); err != nil {
-			rt.log.Warn("close", slog.String("error", err.Error()))
+			rt.log.Error("close", slog.String("error", err.Error()))
+			errs = append(errs, err)
 		}
 	}
 	rt.closers = nil
+	return errors.Join(errs...)
 }
 
 func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {

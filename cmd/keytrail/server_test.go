@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
@@ -362,15 +363,51 @@ func TestServerLeavesNoGoroutine(t *testing.T) {
 	}
 }
 
+// TestServerExitsNonZeroWhenTheFinalCheckpointFails: at shutdown the audit
+// log's last lines get their signed checkpoint. When that fails (here: the
+// transit mount signing checkpoints is gone) the server must not exit 0 as
+// if the log were sealed: runServer returns the error (exit status 1).
+func TestServerExitsNonZeroWhenTheFinalCheckpointFails(t *testing.T) {
+	vp := harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, func(c *Config) {
+		c.Audit.CheckpointTransitKey = devserver.Ed25519Key
+	})
+	select {
+	case <-readyc:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	if err := vp.Client.Sys().Unmount(devserver.TransitMount); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	err := <-errc
+	if err == nil || !strings.Contains(err.Error(), "final checkpoint") {
+		t.Fatalf("runServer() = %v, want the final checkpoint's failure", err)
+	}
+}
+
 // goServer runs runServer in process with a minimal configuration (listen
 // on a free port, the policy at policy, Vault at vaultAddr with token, the
 // audit log in dir) until ctx ends. The server's address arrives on readyc
 // once it serves; runServer's result on errc.
-func goServer(t *testing.T, ctx context.Context, dir, policy, vaultAddr, token string) (readyc chan string, errc chan error) {
+func goServer(t *testing.T, ctx context.Context, dir, policy, vaultAddr, token string, mods ...func(*Config)) (readyc chan string, errc chan error) {
 	t.Helper()
 	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: policy,
 		Vault: VaultConfig{Address: vaultAddr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
 		Log: LogConfig{Level: "error", Format: "text"}}
+	for _, m := range mods {
+		m(cfg)
+	}
 	cfg.applyDefaults()
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)
