@@ -153,10 +153,12 @@ type Timeline struct {
 
 // TimelineRow is one workload's counts per bucket.
 type TimelineRow struct {
-	Workload    string `json:"workload"`
-	Issues      []int  `json:"issues"`
-	Uses        []int  `json:"uses"`
-	Revocations []int  `json:"revocations"`
+	Workload string `json:"workload"`
+	Issues   []int  `json:"issues"`
+	Uses     []int  `json:"uses"`
+	// Revocations counts revoked issuances, each once, in the bucket of
+	// the first event that revoked it (as WorkloadReport.Revoked does).
+	Revocations []int `json:"revocations"`
 }
 
 // Exception statuses.
@@ -173,7 +175,7 @@ func BuildReport(in ReportInput) (*Report, error) {
 	now := in.Now.UTC()
 	b := &reportBuilder{
 		now: now, wl: map[string]*WorkloadReport{}, iss: map[string]*issued{},
-		revoked: map[string]time.Time{}, unowned: map[string]*UnownedIdentity{}, shared: map[string]*SharedUse{},
+		revoked: map[string]time.Time{}, revokedWL: map[string]string{}, unowned: map[string]*UnownedIdentity{}, shared: map[string]*SharedUse{},
 		denies: map[string]int{},
 	}
 	rep := &Report{GeneratedAt: now, Events: len(in.Events), ActiveFrom: FromAuditLog, Notes: append([]string(nil), in.Notes...)}
@@ -300,10 +302,14 @@ type reportBuilder struct {
 	now     time.Time
 	wl      map[string]*WorkloadReport
 	iss     map[string]*issued
-	revoked map[string]time.Time
-	unowned map[string]*UnownedIdentity
-	shared  map[string]*SharedUse
-	denies  map[string]int
+	revoked map[string]time.Time // issuance id -> when first revoked
+	// revokedWL is the workload of the event that first revoked an
+	// issuance (the selector's, for a revoke), for one issued before the
+	// events covered.
+	revokedWL map[string]string
+	unowned   map[string]*UnownedIdentity
+	shared    map[string]*SharedUse
+	denies    map[string]int
 }
 
 func (b *reportBuilder) workload(name, owner string) *WorkloadReport {
@@ -392,7 +398,7 @@ func (b *reportBuilder) event(ev *audit.Event) {
 		}
 		for _, id := range ids {
 			if _, ok := b.revoked[id]; !ok {
-				b.revoked[id] = t
+				b.revoked[id], b.revokedWL[id] = t, ev.Workload
 			}
 		}
 	case audit.TypeDeny:
@@ -474,21 +480,22 @@ func (b *reportBuilder) timeline(evs []*audit.Event, since time.Time) Timeline {
 			if ev.IssuanceID != "" && ev.Workload != "" {
 				row(ev.Workload).Uses[i]++
 			}
-		case audit.TypeRevoke:
-			ids := listedIssuances(ev)
-			if ev.IssuanceID != "" && !contains(ids, ev.IssuanceID) {
-				ids = append(ids, ev.IssuanceID)
-			}
-			counted := false
-			for _, id := range ids {
-				if is := b.iss[id]; is != nil {
-					row(is.workload).Revocations[i]++
-					counted = true
-				}
-			}
-			if !counted && ev.Workload != "" {
-				row(ev.Workload).Revocations[i]++
-			}
+		}
+	}
+	// Revocations: each revoked issuance once, when first revoked (a
+	// revoke, a revoke_result, which alone names what the sweep found, or
+	// a successful orphan_revoked), as in the totals.
+	for id, t := range b.revoked {
+		i, ok := idx(t)
+		if !ok {
+			continue
+		}
+		w := b.revokedWL[id]
+		if is := b.iss[id]; is != nil {
+			w = is.workload
+		}
+		if w != "" {
+			row(w).Revocations[i]++
 		}
 	}
 	for _, r := range rows {
