@@ -302,77 +302,78 @@ func (l *Live) mergeStore(ctx context.Context, res *Result) {
 
 // fromStore finds an issuance by every store index q could be. It returns
 // the issuance, the kind and shown form of the match, and the other
-// issuances q names (an all-digit serial that reads as hex and as decimal).
+// issuances q names (under another ref kind, or an all-digit serial that
+// reads as hex and as decimal), like Index.Lookup: of the first reading of
+// q that finds anything, every issuance found, oldest first.
 func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, string, string, []string, error) {
 	cands, err := candidates(q)
 	if err != nil {
 		return nil, "", "", nil, err
 	}
-	try := func(f func(context.Context) (*broker.Issuance, error)) (*broker.Issuance, error) {
+	type hit struct {
+		is   *broker.Issuance
+		kind string
+	}
+	var hits []hit
+	find := func(k broker.RefKind, v, kind string) error {
 		sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
 		defer cancel()
-		is, err := f(sctx)
-		if errors.Is(err, broker.ErrNotFound) {
-			return nil, nil
+		var is *broker.Issuance
+		var err error
+		if k == "" {
+			is, err = l.o.Store.GetIssuance(sctx, v)
+		} else {
+			is, err = l.o.Store.FindIssuance(sctx, k, v)
 		}
-		return is, err
+		switch {
+		case errors.Is(err, broker.ErrNotFound):
+			return nil
+		case err != nil:
+			return broker.Unavailable("store_unavailable", time.Second, err)
+		}
+		if is != nil && !slices.ContainsFunc(hits, func(h hit) bool { return h.is.ID == is.ID }) {
+			hits = append(hits, hit{is: is, kind: kind})
+		}
+		return nil
 	}
 	for _, c := range cands {
-		var kinds []broker.RefKind
+		hits = hits[:0]
+		var err error
 		switch c.kind {
 		case KindFingerprint, KindCredential:
-			kinds = []broker.RefKind{broker.RefFingerprint}
+			err = find(broker.RefFingerprint, c.key, c.kind)
 		case KindSerial:
 			// The store matches exact values: ask for the serial in the
 			// form Vault wrote it, whatever spelling q used, under every
 			// reading (hex and decimal for an all-digit value).
-			var found []*broker.Issuance
 			for _, s := range c.serials {
-				is, err := try(func(ctx context.Context) (*broker.Issuance, error) {
-					return l.o.Store.FindIssuance(ctx, broker.RefSerial, vaultSerial(s))
-				})
-				if err != nil {
-					return nil, "", "", nil, broker.Unavailable("store_unavailable", time.Second, err)
-				}
-				if is != nil && !slices.ContainsFunc(found, func(f *broker.Issuance) bool { return f.ID == is.ID }) {
-					found = append(found, is)
+				if err = find(broker.RefSerial, vaultSerial(s), KindSerial); err != nil {
+					break
 				}
 			}
-			if len(found) == 0 {
-				continue
-			}
-			sort.SliceStable(found, func(i, j int) bool { return found[i].IssuedAt.Before(found[j].IssuedAt) })
-			var also []string
-			for _, is := range found[1:] {
-				also = append(also, is.ID)
-			}
-			return found[0], KindSerial, c.shown, also, nil
 		default:
 			if strings.HasPrefix(c.key, broker.PrefixIssuance) {
-				is, err := try(func(ctx context.Context) (*broker.Issuance, error) { return l.o.Store.GetIssuance(ctx, c.key) })
-				if err != nil {
-					return nil, "", "", nil, broker.Unavailable("store_unavailable", time.Second, err)
-				}
-				if is != nil {
-					return is, KindIssuanceID, c.shown, nil, nil
-				}
-				continue
+				err = find("", c.key, KindIssuanceID)
+				break
 			}
-			kinds = []broker.RefKind{broker.RefAccessor, broker.RefJTI, broker.RefLeaseID, broker.RefUsername, broker.RefSerial, broker.RefRequestID}
-		}
-		for _, k := range kinds {
-			is, err := try(func(ctx context.Context) (*broker.Issuance, error) { return l.o.Store.FindIssuance(ctx, k, c.key) })
-			if err != nil {
-				return nil, "", "", nil, broker.Unavailable("store_unavailable", time.Second, err)
-			}
-			if is != nil {
-				kind := string(k)
-				if c.kind == KindCredential {
-					kind = KindCredential
+			for _, k := range []broker.RefKind{broker.RefAccessor, broker.RefJTI, broker.RefLeaseID, broker.RefUsername, broker.RefSerial, broker.RefRequestID} {
+				if err = find(k, c.key, string(k)); err != nil {
+					break
 				}
-				return is, kind, c.shown, nil, nil
 			}
 		}
+		if err != nil {
+			return nil, "", "", nil, err
+		}
+		if len(hits) == 0 {
+			continue
+		}
+		sort.SliceStable(hits, func(i, j int) bool { return hits[i].is.IssuedAt.Before(hits[j].is.IssuedAt) })
+		var also []string
+		for _, h := range hits[1:] {
+			also = append(also, h.is.ID)
+		}
+		return hits[0].is, hits[0].kind, c.shown, also, nil
 	}
 	return nil, "", "", nil, notFound()
 }

@@ -43,8 +43,7 @@ func (f *fakeStore) FindIssuance(ctx context.Context, kind broker.RefKind, v str
 	}
 	for _, is := range f.byID {
 		// Exact values, as the real stores match them.
-		if (kind == broker.RefAccessor && is.Refs.Accessor == v) || (kind == broker.RefFingerprint && is.Refs.Fingerprint == v) ||
-			(kind == broker.RefSerial && is.Refs.Serial == v) {
+		if rv, ok := is.RefValue(kind); ok && rv != "" && rv == v {
 			c := *is
 			return &c, nil
 		}
@@ -413,5 +412,33 @@ func TestLiveStoreSerialAnySpelling(t *testing.T) {
 	}
 	if diff := cmp.Diff([]any{decIs.ID, []string{hexIs.ID}}, []any{res.Issuance.ID, res.AlsoMatched}); diff != "" {
 		t.Errorf("Trace(1234) = got, want want (-want +got):\n%s", diff)
+	}
+}
+
+// A value the store finds under two ref kinds, for two issuances (here an
+// accessor of one and the user name of the other): like the offline trace,
+// the answer is the older and also_matched lists the other, whichever
+// kind the store is asked first.
+func TestLiveStoreValueUnderSeveralKinds(t *testing.T) {
+	dir := t.TempDir()
+	path := writeLines(t, dir, "audit.jsonl", nil)
+	const v = "shared-value-0123"
+	byAccessor := &broker.Issuance{ID: "iss_01JXACC0000000000000000000", Workload: "orders", Kind: broker.KindVaultToken,
+		IssuedAt: at(3 * time.Minute), Refs: broker.CredentialRefs{Accessor: v}}
+	byUsername := &broker.Issuance{ID: "iss_01JXUSR0000000000000000000", Workload: "reports", Kind: broker.KindVaultDynamic,
+		IssuedAt: at(2 * time.Minute), Refs: broker.CredentialRefs{Username: v}}
+	st := &fakeStore{byID: map[string]*broker.Issuance{byAccessor.ID: byAccessor, byUsername.ID: byUsername}}
+	live, err := trace.NewLive(trace.LiveOptions{Path: path, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := live.Trace(context.Background(), v)
+	if err != nil {
+		t.Fatalf("Trace(%s) = %v", v, err)
+	}
+	got := []any{res.Issuance.ID, res.Query.Kind, res.AlsoMatched, res.From}
+	want := []any{byUsername.ID, trace.KindUsername, []string{byAccessor.ID}, trace.FromStore}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Trace(%s) = got, want want (-want +got):\n%s", v, diff)
 	}
 }
