@@ -62,6 +62,10 @@ type Live struct {
 	// grew back over since shows there.
 	curTail string
 	done    map[string]bool // rotated files fully read
+
+	// afterList, when set (tests only), is called by each refresh after it
+	// listed the rotated files and before it opens the audit file.
+	afterList func()
 }
 
 // NewLive validates o and returns a Live source. It reads nothing until
@@ -114,6 +118,56 @@ func (l *Live) Refresh() error {
 var errRolledBack = errors.New("trace: the audit file no longer holds what was read")
 
 func (l *Live) refresh() error {
+	if err := l.readRotated(nil); err != nil {
+		return err
+	}
+	if l.afterList != nil {
+		l.afterList()
+	}
+	// The file is read through the descriptor its identity comes from: a
+	// rotation after the open does not matter (what follows is read under
+	// the rotated name, from where this read stops).
+	f, err := os.Open(l.o.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	if l.cur != nil && !os.SameFile(fi, l.cur) {
+		// The file being tailed was rotated after the listing above (a
+		// rotation renames it before it creates the new file, so its new
+		// name is listed now): read its rest from where the tail stopped
+		// before the new file, rather than all of it at the next call.
+		if err := l.readRotated(fi); err != nil {
+			return err
+		}
+	}
+	if l.cur != nil && os.SameFile(fi, l.cur) {
+		if err := l.checkTail(f, fi.Size()); err != nil {
+			return err
+		}
+	} else {
+		l.cur, l.curOff, l.curTail = fi, 0, ""
+	}
+	n, tail, err := l.readFrom(f, l.curOff)
+	if n > 0 {
+		l.curOff += n
+		l.curTail = tail
+	}
+	return err
+}
+
+// readRotated reads the rotated siblings not read yet: the file being
+// tailed (cur), found under its rotated name, from curOff; any other from
+// its start. A sibling that is next (the file about to be tailed, rotated
+// since it was opened) is left for a later call, which finds it as cur.
+func (l *Live) readRotated(next os.FileInfo) error {
 	rotated, err := RotatedSiblings(l.o.Path)
 	if err != nil {
 		return err
@@ -122,62 +176,53 @@ func (l *Live) refresh() error {
 		if l.done[filepath.Base(p)] {
 			continue
 		}
-		fi, err := os.Stat(p)
-		if err != nil {
-			return fmt.Errorf("trace: %w", err)
-		}
-		off := int64(0)
-		if l.cur != nil && os.SameFile(fi, l.cur) {
-			// The file we were tailing was rotated away: read its rest.
-			if err := l.checkTail(p, fi); err != nil {
-				return err
-			}
-			off, l.cur, l.curOff, l.curTail = l.curOff, nil, 0, ""
-		}
-		if _, _, err := l.readFrom(p, off); err != nil {
+		if err := l.readRotatedFile(p, next); err != nil {
 			return err
 		}
-		l.done[filepath.Base(p)] = true
 	}
-	fi, err := os.Stat(l.o.Path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	return nil
+}
+
+func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
+	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
 	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	if next != nil && os.SameFile(fi, next) {
+		return nil
+	}
+	off := int64(0)
 	if l.cur != nil && os.SameFile(fi, l.cur) {
-		if err := l.checkTail(l.o.Path, fi); err != nil {
+		// The file we were tailing was rotated away: read its rest.
+		if err := l.checkTail(f, fi.Size()); err != nil {
 			return err
 		}
-	} else {
-		l.cur, l.curOff, l.curTail = fi, 0, ""
+		off, l.cur, l.curOff, l.curTail = l.curOff, nil, 0, ""
 	}
-	n, tail, err := l.readFrom(l.o.Path, l.curOff)
-	if n > 0 {
-		l.curOff += n
-		l.curTail = tail
+	if _, _, err := l.readFrom(f, off); err != nil {
+		return err
 	}
-	return err
+	l.done[filepath.Base(p)] = true
+	return nil
 }
 
-// checkTail returns errRolledBack unless the file at path (cur, or cur
-// under its rotated name) still holds, just before curOff, the bytes read
+// checkTail returns errRolledBack unless f (cur, or cur under its rotated
+// name), size bytes long, still holds, just before curOff, the bytes read
 // there. The sink truncates a batch that failed back to the last durable
 // line; the file is shorter then, unless later batches have grown it past
 // curOff again by the next call.
-func (l *Live) checkTail(path string, fi os.FileInfo) error {
-	if fi.Size() < l.curOff {
+func (l *Live) checkTail(f io.ReaderAt, size int64) error {
+	if size < l.curOff {
 		return errRolledBack
 	}
 	if l.curOff == 0 {
 		return nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("trace: %w", err)
-	}
-	defer f.Close()
 	tail, err := tailBefore(f, l.curOff)
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return errRolledBack // shrank since the Stat
@@ -191,15 +236,10 @@ func (l *Live) checkTail(path string, fi os.FileInfo) error {
 	return nil
 }
 
-// readFrom indexes the complete lines of path from off and returns the
+// readFrom indexes the complete lines of f from off and returns the
 // number of bytes read and, when that is not 0, the hash of the bytes
 // before the end of what was read back to the newline before them.
-func (l *Live) readFrom(path string, off int64) (int64, string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, "", fmt.Errorf("trace: %w", err)
-	}
-	defer f.Close()
+func (l *Live) readFrom(f *os.File, off int64) (int64, string, error) {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		return 0, "", fmt.Errorf("trace: %w", err)
 	}
