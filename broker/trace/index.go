@@ -287,7 +287,7 @@ func (x *Index) Lookup(q string) (*Result, error) {
 		if len(c.serials) > 1 {
 			// The value reads as two serials (hex and decimal): every
 			// issuance either names is an answer, oldest first.
-			sort.SliceStable(ids, func(i, j int) bool { return x.issuedAt(ids[i]).Before(x.issuedAt(ids[j])) })
+			x.sortByIssuedAt(ids)
 		}
 		res := x.resultFor(ids[0])
 		res.Query = Match{Kind: kind, Value: c.shown}
@@ -348,8 +348,26 @@ func (x *Index) issuancesOf(rs []ref, key string) []string {
 	}
 	// Only issuances the index or a revocation names are answers; order
 	// them by issuance time where the issue event is known.
-	sort.SliceStable(ids, func(i, j int) bool { return x.issuedAt(ids[i]).Before(x.issuedAt(ids[j])) })
+	x.sortByIssuedAt(ids)
 	return ids
+}
+
+// sortByIssuedAt orders ids by the time of their issue event, oldest
+// first; ids whose issue event the index does not hold (another
+// instance's, or dropped by the bound) come last, in their given order:
+// the answer is one whose record the index has.
+func (x *Index) sortByIssuedAt(ids []string) {
+	at := make(map[string]time.Time, len(ids))
+	for _, id := range ids {
+		at[id] = x.issuedAt(id)
+	}
+	sort.SliceStable(ids, func(i, j int) bool {
+		ti, tj := at[ids[i]], at[ids[j]]
+		if ti.IsZero() || tj.IsZero() {
+			return !ti.IsZero() && tj.IsZero()
+		}
+		return ti.Before(tj)
+	})
 }
 
 func (x *Index) issuedAt(id string) time.Time {
