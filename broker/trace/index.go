@@ -361,13 +361,22 @@ func (x *Index) sortByIssuedAt(ids []string) {
 	for _, id := range ids {
 		at[id] = x.issuedAt(id)
 	}
-	sort.SliceStable(ids, func(i, j int) bool {
-		ti, tj := at[ids[i]], at[ids[j]]
-		if ti.IsZero() || tj.IsZero() {
-			return !ti.IsZero() && tj.IsZero()
-		}
-		return ti.Before(tj)
-	})
+	sort.SliceStable(ids, func(i, j int) bool { return issuedBefore(at[ids[i]], at[ids[j]]) })
+}
+
+// issuedBefore orders issuance times oldest first, unknown (zero) last.
+func issuedBefore(ti, tj time.Time) bool {
+	if ti.IsZero() || tj.IsZero() {
+		return !ti.IsZero() && tj.IsZero()
+	}
+	return ti.Before(tj)
+}
+
+// issueTime is issuedAt for callers that do not hold mu.
+func (x *Index) issueTime(id string) time.Time {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.issuedAt(id)
 }
 
 func (x *Index) issuedAt(id string) time.Time {

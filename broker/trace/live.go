@@ -284,6 +284,9 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	res, err := idx.Lookup(q)
 	if err == nil {
 		l.mergeStore(ctx, res)
+		if res.Query.Kind == KindSerial {
+			res = l.mergeStoreSerials(ctx, idx, q, res)
+		}
 		return res, nil
 	}
 	if !errors.Is(err, broker.ErrNotFound) || l.o.Store == nil {
@@ -338,6 +341,76 @@ func (l *Live) mergeStore(ctx context.Context, res *Result) {
 	if res.Issuance.RevokedAt.IsZero() && !is.RevokedAt.IsZero() {
 		res.Issuance.RevokedAt, res.Issuance.RevocationID = is.RevokedAt, is.RevocationID
 	}
+}
+
+// mergeStoreSerials adds to res, an answer of the index for a serial, the
+// issuances only the store has under q's serial readings (an all-digit
+// value reads as hex and as decimal; the index may hold the issuance of one
+// reading, another instance the other's): every issuance found is an
+// answer, oldest first, as Index.Lookup orders them. A store failure is
+// logged and leaves res as it is.
+func (l *Live) mergeStoreSerials(ctx context.Context, idx *Index, q string, res *Result) *Result {
+	if l.o.Store == nil || res.Issuance == nil {
+		return res
+	}
+	cands, err := candidates(q)
+	if err != nil {
+		return res
+	}
+	var serials []string
+	for _, c := range cands {
+		if c.kind == KindSerial {
+			serials = c.serials
+		}
+	}
+	if len(serials) < 2 {
+		return res // one reading: the index found its issuance
+	}
+	known := map[string]bool{res.Issuance.ID: true}
+	for _, id := range res.AlsoMatched {
+		known[id] = true
+	}
+	stored := map[string]*broker.Issuance{}
+	ids := append([]string{res.Issuance.ID}, res.AlsoMatched...)
+	for _, s := range serials {
+		sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
+		is, err := l.o.Store.FindIssuance(sctx, broker.RefSerial, vaultSerial(s))
+		cancel()
+		switch {
+		case errors.Is(err, broker.ErrNotFound):
+			continue
+		case err != nil:
+			l.o.Logger.LogAttrs(ctx, slog.LevelWarn, "trace: store lookup failed", slog.String("kind", KindSerial), slog.String("error", err.Error()))
+			return res
+		case is == nil || known[is.ID]:
+			continue
+		}
+		known[is.ID], stored[is.ID] = true, is
+		ids = append(ids, is.ID)
+	}
+	if len(stored) == 0 {
+		return res
+	}
+	at := map[string]time.Time{res.Issuance.ID: res.Issuance.IssuedAt}
+	for _, id := range ids[1:] {
+		if is := stored[id]; is != nil {
+			at[id] = is.IssuedAt
+		} else {
+			at[id] = idx.issueTime(id)
+		}
+	}
+	sort.SliceStable(ids, func(i, j int) bool { return issuedBefore(at[ids[i]], at[ids[j]]) })
+	if is := stored[ids[0]]; is != nil {
+		// Only the store has the oldest: it is the answer, as when the
+		// value is found in the store alone.
+		query := res.Query
+		if res = idx.Issuance(is.ID); res == nil {
+			res = &Result{Uses: []*audit.Event{}, Revocations: []*audit.Event{}}
+		}
+		res.Issuance, res.From, res.Query = is, FromStore, query
+	}
+	res.AlsoMatched = slices.DeleteFunc(ids, func(id string) bool { return id == res.Issuance.ID })
+	return res
 }
 
 // fromStore finds an issuance by every store index q could be. It returns
