@@ -36,7 +36,10 @@
 //     goes upstream when its length is declared; a streamed body that grows
 //     past the cap is cut off (the upstream sees an incomplete request) and
 //     the caller gets 413.
-//  8. The secret is read (503 when it cannot be).
+//  8. The secret is read (503 when it cannot be, and 503 secret_unusable,
+//     naming the grant in the log, when it holds a control character other
+//     than a tab: no HTTP header can carry one, so the request could never
+//     be sent).
 //  9. A "use" audit event is made durable; if it cannot be, the caller gets
 //     503 and nothing is sent upstream.
 //  10. The request goes upstream through httputil.ReverseProxy with Rewrite

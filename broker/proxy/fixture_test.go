@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -285,6 +286,25 @@ type fixtureOpts struct {
 	burst         int
 	audit         broker.AuditSink // default: the notifying sink
 	timeouts      proxy.Timeouts
+	logs          *logBuffer // receives the broker's log lines (default: discarded)
+}
+
+// logBuffer collects log output safely across goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
@@ -340,6 +360,11 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		tb.Fatal(err)
 	}
 
+	logger := slog.New(slog.DiscardHandler)
+	if fo.logs != nil {
+		logger = slog.New(slog.NewTextHandler(fo.logs, nil))
+	}
+
 	f.broker = httptest.NewUnstartedServer(nil)
 	f.addr = f.broker.Listener.Addr().String()
 	f.proxy, err = proxy.New(proxy.Options{
@@ -350,13 +375,14 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		MaxResponseBytes: maxRespBytes,
 		Registerer:       f.registry,
 		Timeouts:         fo.timeouts,
+		Logger:           logger,
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	api, err := httpapi.New(httpapi.Options{
 		Service: f.svc, PublicURL: "https://keytrail.example", Registry: f.registry,
-		TrustProxyHeaders: true, Extra: f.proxy.Register,
+		TrustProxyHeaders: true, Extra: f.proxy.Register, Logger: logger,
 	})
 	if err != nil {
 		tb.Fatal(err)

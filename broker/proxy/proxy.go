@@ -500,8 +500,12 @@ func (c *call) forward(w http.ResponseWriter) {
 		c.fail(w, broker.Unavailable("secret_unavailable", 5*time.Second, err))
 		return
 	}
-	if strings.ContainsAny(secret, "\x00\r\n") {
-		c.fail(w, broker.Unavailable("secret_unusable", 30*time.Second, errors.New("the upstream secret contains control characters")))
+	if !sendableSecret(secret) {
+		// Checked before the use event: the Transport would refuse the
+		// request (a 502 after a use event claiming it went upstream).
+		c.fail(w, broker.Unavailable("secret_unusable", 30*time.Second, fmt.Errorf(
+			"grant %s: the secret at %s field %q contains a control character (other than a tab), which no HTTP header can carry",
+			g.Name, g.Proxy.Secret.VaultKV, g.Proxy.Secret.Field)))
 		return
 	}
 	forms := p.forms.get(g.Proxy.Secret, secret)
@@ -653,6 +657,19 @@ func (c *call) forward(w http.ResponseWriter) {
 		}
 	}()
 	rp.ServeHTTP(rw, out)
+}
+
+// sendableSecret reports whether a secret can be sent: it holds no control
+// character other than HTAB (NUL, CR, LF, the other C0 controls and DEL),
+// which net/http refuses in a header value (and the broker refuses in a
+// query too: such a value is a mistake, e.g. a trailing newline from a file).
+func sendableSecret(secret string) bool {
+	for i := 0; i < len(secret); i++ {
+		if c := secret[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // result writes the use_result event (best effort: the response is gone).

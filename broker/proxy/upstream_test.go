@@ -403,3 +403,58 @@ func TestProxyStreamsEventsWithoutHoldingThemBack(t *testing.T) {
 		t.Errorf("the upstream's event did not reach the caller within 10s (held back by the response scan)")
 	}
 }
+
+// TestProxyRefusesUnsendableSecret: a secret no HTTP header can carry (a
+// control character other than HTAB: Go's Transport refuses the request)
+// is refused before the use event, naming the grant in the log, so no use
+// event claims a request that could never be sent. A tab is a valid header
+// character and goes through.
+func TestProxyRefusesUnsendableSecret(t *testing.T) {
+	tests := []struct {
+		name   string
+		secret string
+		want   int
+	}{
+		{name: "fail/soh", secret: "sk_live_\x01key", want: 503},
+		{name: "fail/escape", secret: "sk_live_\x1b[0mkey", want: 503},
+		{name: "fail/del", secret: "sk_live_key\x7f", want: 503},
+		{name: "fail/vertical-tab", secret: "sk_live_\vkey", want: 503},
+		{name: "fail/newline", secret: "sk_live_key\n", want: 503},
+		{name: "fail/nul", secret: "sk_live_\x00key", want: 503},
+		{name: "ok/tab", secret: "sk_live_\tkey", want: 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &logBuffer{}
+			f := newFixture(t, fixtureOpts{logs: logs})
+			tok := f.credential(t, "stripe").AccessToken
+			f.secrets.rotate(tt.secret)
+			res := f.do(t, "GET", "/v1/proxy/stripe/v1/charges", bearer(tok), nil)
+			if res.Status != tt.want {
+				t.Fatalf("status %d, body %s; want %d", res.Status, res.Body, tt.want)
+			}
+			if tt.want == 200 {
+				if got := f.up.Last().Header.Get("Authorization"); got != "Bearer "+tt.secret {
+					t.Errorf("upstream saw Authorization %q, want the secret", got)
+				}
+				return
+			}
+			f.waitEvent(t, audit.TypeDeny)
+			got := []any{oauthError(t, res.Body), f.up.Hits(), len(f.eventsOf(audit.TypeUse)), len(f.eventsOf(audit.TypeUseResult))}
+			want := []any{"temporarily_unavailable", int64(0), 0, 0}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("[code upstream-hits use-events use_result-events] (-want +got):\n%s", diff)
+			}
+			if d := f.eventsOf(audit.TypeDeny); len(d) != 1 || d[0].Outcome.Reason != "secret_unusable" || d[0].Grant != "stripe" {
+				t.Errorf("deny events %s, want one for grant stripe with reason secret_unusable", eventJSON(t, d))
+			}
+			out := logs.String()
+			if !strings.Contains(out, "grant stripe") || !strings.Contains(out, "secret/data/upstreams/stripe") {
+				t.Errorf("log does not name the grant and its secret reference:\n%s", out)
+			}
+			if strings.Contains(out, strings.TrimRight(tt.secret, "\n")) || strings.Contains(res.raw(), tt.secret) {
+				t.Errorf("the secret reached the log or the response")
+			}
+		})
+	}
+}
