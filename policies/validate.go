@@ -57,8 +57,12 @@ var (
 // forbiddenHeaders may not carry an injected secret: they are hop-by-hop,
 // change how the request is routed or framed, or are set by the proxy after
 // the secret is injected (X-Request-Id, X-Keytrail-Issuance and
-// Accept-Encoding would overwrite it).
-var forbiddenHeaders = []string{"Host", "Connection", "Content-Length", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "X-Request-Id", "X-Keytrail-Issuance", "Accept-Encoding"}
+// Accept-Encoding would overwrite it). Proxy-Authorization is hop-by-hop and
+// addressed to a proxy on the way, which consumes it: the upstream may never
+// see it, and were the Transport ever given a proxy, net/http would send the
+// secret to that proxy (a plain-http upstream) or replace it with the proxy
+// URL's credentials. Proxy-Authenticate is a response header (hop-by-hop).
+var forbiddenHeaders = []string{"Host", "Connection", "Content-Length", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate", "X-Request-Id", "X-Keytrail-Issuance", "Accept-Encoding"}
 
 // validator collects problems; nothing stops at the first one.
 type validator struct {

@@ -275,6 +275,8 @@ func TestParseValidation(t *testing.T) {
 			[]string{`t.yaml: grants[0].proxy.inject.header: "host" cannot carry a secret`}},
 		{"fail/proxy-inject-header-accept-encoding", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization", `header: accept-encoding`, 1))},
 			[]string{`t.yaml: grants[0].proxy.inject.header: "accept-encoding" cannot carry a secret`}},
+		{"fail/proxy-inject-header-proxy-authorization", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization", `header: Proxy-Authorization`, 1))},
+			[]string{`t.yaml: grants[0].proxy.inject.header: "Proxy-Authorization" cannot carry a secret`}},
 		{"fail/proxy-inject-query-format", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "header: Authorization", "query: k", 1))},
 			[]string{"t.yaml: grants[0].proxy.inject.format: applies to header injection only"}},
 		{"fail/proxy-method-lowercase", map[string]string{"grants": proxyGrant(okProxy + ", methods: [GET, post]")},
