@@ -629,8 +629,10 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
 		}
 		if !strings.Contains(in.Format, SecretPlaceholder) {
 			v.add(file, bp+".inject.format", "must contain %s", SecretPlaceholder)
-		} else if strings.ContainsAny(in.Format, "\r\n\x00") {
-			v.add(file, bp+".inject.format", "must not contain control characters")
+		} else if strings.ContainsFunc(in.Format, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
+			// net/http refuses such a header value: every request would
+			// fail after its use event.
+			v.add(file, bp+".inject.format", "must not contain control characters (other than a tab)")
 		}
 	case in.Query != "":
 		if in.Format != "" {
