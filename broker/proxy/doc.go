@@ -47,7 +47,9 @@
 //     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded,
 //     X-Forwarded-* and X-Real-Ip headers are removed, the method and URL
 //     overrides (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override,
-//     X-Original-URL, X-Rewrite-URL) too, and so is every header whose name
+//     X-Original-URL, X-Rewrite-URL) too, Range, If-Range and Request-Range
+//     (a ranged response could carry the secret in pieces the response scan
+//     cannot recognise), and so is every header whose name
 //     contains an underscore (CGI, WSGI and Rack upstreams read X_Request_Id
 //     as X-Request-Id; nginx drops such headers by default too). The secret
 //     is injected as the grant says, and X-Request-Id: <use id> and

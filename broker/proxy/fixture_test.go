@@ -201,6 +201,11 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.mu.Unlock()
 	_, _ = io.Copy(io.Discard, r.Body)
 	switch {
+	case r.URL.Path == "/echo/ranged":
+		// Echo the injected Authorization in a body served with Range
+		// support (single ranges and multipart/byteranges), as file and
+		// blob servers do.
+		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(rangedPrefix+r.Header.Get("Authorization")+"\n"))
 	case strings.HasPrefix(r.URL.Path, "/echo"):
 		// Echo the request headers, the way debugging endpoints and some
 		// error pages do.
@@ -262,6 +267,10 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"object":"list","data":[]}`)
 	}
 }
+
+// rangedPrefix starts the body of /echo/ranged, before the echoed
+// Authorization header.
+const rangedPrefix = "debug: authorization="
 
 // fixture is a broker with the proxy mounted, a real HTTPS upstream and an
 // "evil" server that must never be reached.

@@ -469,9 +469,13 @@ func queryKeyIs(k, param string) bool {
 // underscore: see dropRequestHeader). The method and URL overrides make
 // common upstream frameworks (Express method-override, Rails, Laravel,
 // Symfony, ASP.NET, IIS URL Rewrite, Zend) serve another method or path than
-// the one the grant allowed.
+// the one the grant allowed. Range, If-Range and the legacy Request-Range
+// (still honoured by Apache httpd) would let a caller fetch an echoed secret
+// in pieces (over several requests, or in the parts of one
+// multipart/byteranges response) that the response scan cannot recognise.
 var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip",
-	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url"}
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url",
+	"Range", "If-Range", "Request-Range"}
 
 // dropRequestHeader reports whether a caller header never goes upstream
 // because of its name: X-Keytrail-* and X-Forwarded-*, and any name with an

@@ -458,3 +458,53 @@ func TestProxyRefusesUnsendableSecret(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyRangeCannotSplitTheSecret: an upstream that echoes the injected
+// secret and honours Range would let a caller fetch it in pieces (two
+// single-range requests, or one multipart/byteranges response with the
+// pieces in separate parts) that the response scan cannot recognise. The
+// proxy does not forward Range or If-Range: every response is whole, and
+// the secret in it is masked.
+func TestProxyRangeCannotSplitTheSecret(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	cut := len(rangedPrefix+"Bearer ") + len(upstreamKey)/2 // inside the secret
+	get := func(t *testing.T, ranges ...string) *response {
+		t.Helper()
+		h := bearer(tok)
+		h.Set("Range", "bytes="+strings.Join(ranges, ","))
+		res := f.do(t, "GET", "/v1/proxy/stripe/echo/ranged", h, nil)
+		if res.Status != 200 && res.Status != 206 {
+			t.Fatalf("Range %v: status %d, body %q", ranges, res.Status, res.Body)
+		}
+		if got := f.up.Last().Header.Get("Range"); got != "" {
+			t.Errorf("upstream saw Range %q, want none", got)
+		}
+		return res
+	}
+	start := upstreamKey[:cut-len(rangedPrefix+"Bearer ")] // the first piece of the secret
+	t.Run("fail/two-single-ranges", func(t *testing.T) {
+		head := get(t, "0-"+strconv.Itoa(cut-1))
+		tail := get(t, strconv.Itoa(cut)+"-")
+		if whole := head.Body + tail.Body; leaks(whole) || strings.Contains(whole, start) {
+			t.Errorf("the two ranges put together carry the secret: %q", whole)
+		}
+	})
+	t.Run("fail/multipart-byteranges", func(t *testing.T) {
+		if raw := get(t, "0-"+strconv.Itoa(cut-1), strconv.Itoa(cut)+"-").raw(); strings.Contains(raw, start) {
+			t.Errorf("the multipart response carries the start of the secret: %q", raw)
+		}
+	})
+	t.Run("ok/if-range-and-request-range-not-forwarded", func(t *testing.T) {
+		// Request-Range is the legacy Range Apache httpd still honours.
+		h := bearer(tok)
+		h.Set("If-Range", `"v1"`)
+		h.Set("Request-Range", "bytes=0-"+strconv.Itoa(cut-1))
+		if res := f.do(t, "GET", "/v1/proxy/stripe/echo/ranged", h, nil); res.Status != 200 || leaks(res.raw()) {
+			t.Errorf("status %d, leaks %v; want 200 without the secret", res.Status, leaks(res.raw()))
+		}
+		if seen := f.up.Last().Header; seen.Get("If-Range") != "" || seen.Get("Request-Range") != "" {
+			t.Errorf("upstream saw If-Range %q Request-Range %q, want neither", seen.Get("If-Range"), seen.Get("Request-Range"))
+		}
+	})
+}
