@@ -90,6 +90,19 @@ var attacks = []attack{
 				}
 			}
 		}},
+	{name: "ok/request-trailers-not-forwarded", method: "POST", target: "/v1/proxy/stripe/v1/charges",
+		// Trailers come after the checks and could stand in for a header
+		// the broker strips or sets: neither their names (announced in
+		// Trailer) nor their values reach the upstream.
+		extra:      []string{"Transfer-Encoding: chunked", "Trailer: X-Keytrail-Issuance, X-Request-Id, X-Smuggle"},
+		body:       "4\r\ndata\r\n0\r\nX-Keytrail-Issuance: iss_SPOOFED\r\nX-Request-Id: use_SPOOFED\r\nX-Smuggle: SPOOFED\r\n\r\n",
+		wantStatus: 200, wantHit: true,
+		check: func(t *testing.T, f *fixture, res *response) {
+			seen := f.up.Last()
+			if len(seen.Trailer) != 0 || len(seen.Header.Values("Trailer")) != 0 {
+				t.Errorf("upstream got request trailers %v (Trailer header %q), want none", seen.Trailer, seen.Header.Values("Trailer"))
+			}
+		}},
 	{name: "fail/dot-dot", target: "/v1/proxy/stripe/v1/charges/../../admin", wantStatus: 307,
 		check: wantLocalRedirect("/v1/proxy/stripe/admin")},
 	{name: "fail/dot-dot-out-of-proxy", target: "/v1/proxy/stripe/../../token", wantStatus: 307,

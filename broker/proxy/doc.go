@@ -45,7 +45,8 @@
 //  10. The request goes upstream through httputil.ReverseProxy with Rewrite
 //     only (never Director): the caller's Authorization,
 //     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded,
-//     X-Forwarded-* and X-Real-Ip headers are removed, the method and URL
+//     X-Forwarded-* and X-Real-Ip headers and its trailers (names
+//     and values) are removed, the method and URL
 //     overrides (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override,
 //     X-Original-URL, X-Rewrite-URL) too, Range, If-Range and Request-Range
 //     (a ranged response could carry the secret in pieces the response scan

@@ -176,6 +176,7 @@ type seenRequest struct {
 	Query   string
 	Host    string
 	Header  http.Header
+	Trailer http.Header // announced names and received values, once the body was read
 }
 
 // upstream is the real HTTPS upstream of the tests.
@@ -196,10 +197,14 @@ func (u *upstream) Last() *seenRequest {
 
 func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.hits.Add(1)
+	seen := &seenRequest{Method: r.Method, Path: r.URL.Path, RawPath: r.URL.RawPath, Query: r.URL.RawQuery, Host: r.Host, Header: r.Header.Clone()}
 	u.mu.Lock()
-	u.last = &seenRequest{Method: r.Method, Path: r.URL.Path, RawPath: r.URL.RawPath, Query: r.URL.RawQuery, Host: r.Host, Header: r.Header.Clone()}
+	u.last = seen
 	u.mu.Unlock()
 	_, _ = io.Copy(io.Discard, r.Body)
+	u.mu.Lock()
+	seen.Trailer = r.Trailer.Clone()
+	u.mu.Unlock()
 	switch {
 	case r.URL.Path == "/echo/ranged":
 		// Echo the injected Authorization in a body served with Range

@@ -546,6 +546,9 @@ func (c *call) forward(w http.ResponseWriter) {
 			o := pr.Out
 			o.URL = &url.URL{Scheme: tgt.u.Scheme, Host: tgt.u.Host, Path: tgt.path, RawPath: tgt.rawPath, RawQuery: tgt.rawQuery}
 			o.Host = tgt.u.Host
+			// The caller's announced trailer names would be announced
+			// upstream (their values never are): send none.
+			o.Trailer = nil
 			for _, name := range strippedRequestHeaders {
 				o.Header.Del(name)
 			}
