@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -117,6 +118,7 @@ var attacks = []attack{
 	{name: "fail/raw-backslash", target: `/v1/proxy/stripe/v1/charges/..\admin`, wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/double-encoding", target: "/v1/proxy/stripe/v1/charges/%252e%252e/admin", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/encoded-nul", target: "/v1/proxy/stripe/v1/charges/a%00b", wantStatus: 400, wantCode: "invalid_request"},
+	{name: "fail/overlong-utf8-dot-dot", target: "/v1/proxy/stripe/v1/charges/%c0%ae%c0%ae/%c0%ae%c0%ae/admin", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/absolute-uri", target: "https://evil.example/v1/proxy/stripe/v1/charges", host: "evil.example", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/absolute-uri-broker-host", target: "http://{broker}/v1/proxy/stripe/v1/charges", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/host-header", target: "/v1/proxy/stripe/v1/charges", host: "evil.example", wantStatus: 400, wantCode: "invalid_request"},
@@ -233,6 +235,12 @@ var normalizeCases = []struct {
 	{name: "fail/bad-escape", in: "/v1/a%zz", wantErr: "bad_escape"},
 	{name: "fail/truncated-escape", in: "/v1/a%2", wantErr: "bad_escape"},
 	{name: "fail/non-ascii", in: "/v1/caf\xc3\xa9", wantErr: "non_ascii"},
+	{name: "ok/encoded-utf8", in: "/v1/caf%C3%A9", want: "/v1/caf\u00e9"},
+	{name: "fail/overlong-dot-dot", in: "/v1/%c0%ae%c0%ae/admin", wantErr: "invalid_utf8"},
+	{name: "fail/overlong-slash", in: "/v1/..%c0%afadmin", wantErr: "invalid_utf8"},
+	{name: "fail/latin1-byte", in: "/v1/caf%e9", wantErr: "invalid_utf8"},
+	{name: "fail/surrogate", in: "/v1/%ed%a0%80", wantErr: "invalid_utf8"},
+	{name: "fail/truncated-sequence", in: "/v1/a%c3", wantErr: "invalid_utf8"},
 	{name: "fail/too-long", in: "/" + strings.Repeat("a", 4096), wantErr: "path_too_long"},
 }
 
@@ -275,6 +283,8 @@ func FuzzProxyPath(f *testing.F) {
 			t.Errorf("NormalizePath(%q) = %q, not absolute", in, got)
 		case strings.Contains(got, "//"):
 			t.Errorf("NormalizePath(%q) = %q, contains //", in, got)
+		case !utf8.ValidString(got):
+			t.Errorf("NormalizePath(%q) = %q, not valid UTF-8", in, got)
 		case strings.ContainsAny(got, "\\\x00\r\n"):
 			t.Errorf("NormalizePath(%q) = %q, contains a backslash or control byte", in, got)
 		case strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(in, `\`):

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strings"
+	"unicode/utf8"
 )
 
 // maxPathBytes bounds the forwarded path.
@@ -40,7 +41,8 @@ func splitTarget(requestURI string) (grantSeg, tail, rawQuery string, reason str
 // (also percent-encoded, also with ";params"), empty segments ("//") except a
 // trailing slash, encoded slashes and backslashes, raw backslashes, NUL and
 // control bytes (raw or encoded), double encoding ("%25"), encoded "?" and
-// "#", malformed escapes, raw non-ASCII bytes, and paths over 4 KiB. reason
+// "#", malformed escapes, raw non-ASCII bytes, escapes that do not decode
+// to valid UTF-8 (overlong forms such as %c0%ae), and paths over 4 KiB. reason
 // is "" when the path is accepted.
 func normalizePath(escaped string) (decoded string, reason string) {
 	if len(escaped) == 0 || escaped[0] != '/' {
@@ -112,6 +114,12 @@ func decodeSegment(seg string) (string, string) {
 		}
 		out = append(out, d)
 		i += 2
+	}
+	// Escaped bytes must decode to UTF-8: an overlong form (%c0%ae is ".",
+	// %c0%af is "/" to a lax decoder), a surrogate or a stray byte could
+	// read as another path to the upstream than the one checked.
+	if !utf8.Valid(out) {
+		return "", "invalid_utf8"
 	}
 	return string(out), ""
 }
