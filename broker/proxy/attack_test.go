@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/proxy"
@@ -119,6 +120,7 @@ var attacks = []attack{
 	{name: "fail/double-encoding", target: "/v1/proxy/stripe/v1/charges/%252e%252e/admin", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/encoded-nul", target: "/v1/proxy/stripe/v1/charges/a%00b", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/overlong-utf8-dot-dot", target: "/v1/proxy/stripe/v1/charges/%c0%ae%c0%ae/%c0%ae%c0%ae/admin", wantStatus: 400, wantCode: "invalid_request"},
+	{name: "fail/fullwidth-dot-dot", target: "/v1/proxy/stripe/v1/charges/%EF%BC%8E%EF%BC%8E/%EF%BC%8E%EF%BC%8E/admin", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/absolute-uri", target: "https://evil.example/v1/proxy/stripe/v1/charges", host: "evil.example", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/absolute-uri-broker-host", target: "http://{broker}/v1/proxy/stripe/v1/charges", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/host-header", target: "/v1/proxy/stripe/v1/charges", host: "evil.example", wantStatus: 400, wantCode: "invalid_request"},
@@ -241,6 +243,16 @@ var normalizeCases = []struct {
 	{name: "fail/latin1-byte", in: "/v1/caf%e9", wantErr: "invalid_utf8"},
 	{name: "fail/surrogate", in: "/v1/%ed%a0%80", wantErr: "invalid_utf8"},
 	{name: "fail/truncated-sequence", in: "/v1/a%c3", wantErr: "invalid_utf8"},
+	{name: "ok/fullwidth-dot-in-name", in: "/v1/file%EF%BC%8Etxt", want: "/v1/file\uff0etxt"},
+	{name: "ok/compatibility-letters", in: "/v1/%EF%BD%81%E2%84%A1", want: "/v1/\uff41\u2121"},
+	{name: "fail/fullwidth-dot-dot", in: "/v1/%EF%BC%8E%EF%BC%8E/admin", wantErr: "dot_segment"},
+	{name: "fail/fullwidth-and-ascii-dot", in: "/v1/.%EF%BC%8E/admin", wantErr: "dot_segment"},
+	{name: "fail/two-dot-leader", in: "/v1/%E2%80%A5/admin", wantErr: "dot_segment"},
+	{name: "fail/small-full-stop", in: "/v1/%EF%B9%92;x/admin", wantErr: "dot_segment"},
+	{name: "fail/fullwidth-slash", in: "/v1/..%EF%BC%8Fadmin", wantErr: "encoded_slash"},
+	{name: "fail/fullwidth-backslash", in: "/v1/..%EF%BC%BCadmin", wantErr: "encoded_slash"},
+	{name: "fail/fullwidth-percent", in: "/v1/%EF%BC%852e%EF%BC%852e", wantErr: "double_encoding"},
+	{name: "fail/fullwidth-question-mark", in: "/v1/a%EF%BC%9Fkey=1", wantErr: "encoded_delimiter"},
 	{name: "fail/too-long", in: "/" + strings.Repeat("a", 4096), wantErr: "path_too_long"},
 }
 
@@ -296,6 +308,18 @@ func FuzzProxyPath(f *testing.F) {
 			base, _, _ := strings.Cut(seg, ";")
 			if b := strings.TrimRight(base, " \t"); b == "." || b == ".." {
 				t.Errorf("NormalizePath(%q) = %q, has a dot segment %q", in, got, seg)
+			}
+		}
+		// An upstream that folds compatibility forms (NFKC) reads the
+		// same segments, none of them a dot segment or an escape.
+		folded := norm.NFKC.String(got)
+		if strings.Count(folded, "/") != strings.Count(got, "/") || strings.ContainsAny(folded, "\\%?#") {
+			t.Errorf("NormalizePath(%q) = %q, which reads as %q once NFKC-folded", in, got, folded)
+		}
+		for _, seg := range strings.Split(folded, "/") {
+			base, _, _ := strings.Cut(seg, ";")
+			if b := strings.TrimRight(base, " \t"); b == "." || b == ".." {
+				t.Errorf("NormalizePath(%q) = %q, has a dot segment %q once NFKC-folded", in, got, seg)
 			}
 		}
 		if dec, err := url.PathUnescape(in); err != nil || dec != got {

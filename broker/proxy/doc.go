@@ -28,7 +28,9 @@
 //     origin-form (no absolute URI), a Host the broker answers on, no Upgrade
 //     or HTTP2-Settings (h2c), and a path free of "..", ".", "//", encoded
 //     slashes or backslashes, NUL and control bytes, double encoding, escapes
-//     that do not decode to valid UTF-8 (overlong "%c0%ae", Latin-1) (400).
+//     that do not decode to valid UTF-8 (overlong "%c0%ae", Latin-1), and
+//     segments that are one of these once NFKC-folded (fullwidth "．．")
+//     (400).
 //     The path is checked on the raw request target, not on a decoded copy.
 //  6. The method (403 access_denied, reason method_not_allowed: the grant's
 //     policy denies it, like a path it does not list) and the path must be

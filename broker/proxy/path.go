@@ -3,6 +3,8 @@ package proxy
 import (
 	"strings"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // maxPathBytes bounds the forwarded path.
@@ -42,7 +44,9 @@ func splitTarget(requestURI string) (grantSeg, tail, rawQuery string, reason str
 // trailing slash, encoded slashes and backslashes, raw backslashes, NUL and
 // control bytes (raw or encoded), double encoding ("%25"), encoded "?" and
 // "#", malformed escapes, raw non-ASCII bytes, escapes that do not decode
-// to valid UTF-8 (overlong forms such as %c0%ae), and paths over 4 KiB. reason
+// to valid UTF-8 (overlong forms such as %c0%ae), segments that read as one
+// of the above once Unicode compatibility forms are folded (NFKC: fullwidth
+// "．．", "／"), and paths over 4 KiB. reason
 // is "" when the path is accepted.
 func normalizePath(escaped string) (decoded string, reason string) {
 	if len(escaped) == 0 || escaped[0] != '/' {
@@ -66,10 +70,11 @@ func normalizePath(escaped string) (decoded string, reason string) {
 		if why != "" {
 			return "", why
 		}
-		base, _, _ := strings.Cut(d, ";")
-		base = strings.TrimRight(base, " \t")
-		if base == "." || base == ".." {
+		if isDotSegment(d) {
 			return "", "dot_segment"
+		}
+		if why := foldedProblem(d); why != "" {
+			return "", why
 		}
 		b.WriteByte('/')
 		b.WriteString(d)
@@ -122,6 +127,49 @@ func decodeSegment(seg string) (string, string) {
 		return "", "invalid_utf8"
 	}
 	return string(out), ""
+}
+
+// isDotSegment reports whether a decoded segment is "." or "..", also with
+// ";params" or trailing blanks.
+func isDotSegment(d string) bool {
+	base, _, _ := strings.Cut(d, ";")
+	base = strings.TrimRight(base, " \t")
+	return base == "." || base == ".."
+}
+
+// foldedProblem checks a decoded segment as an upstream that applies
+// Unicode compatibility normalisation (NFKC: Python's unicodedata, Java's
+// and .NET's Normalizer) would read it: fullwidth "．．" is "..", "／" and
+// "＼" are slashes, "％" starts an escape. It says why the folded segment
+// is refused, or "" (always for ASCII, which NFKC leaves alone).
+func foldedProblem(d string) string {
+	ascii := true
+	for i := 0; i < len(d); i++ {
+		if d[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii || norm.NFKC.IsNormalString(d) {
+		return ""
+	}
+	f := norm.NFKC.String(d)
+	for i := 0; i < len(f); i++ {
+		switch c := f[i]; {
+		case c == '/' || c == '\\':
+			return "encoded_slash"
+		case c == '%':
+			return "double_encoding"
+		case c == '?' || c == '#':
+			return "encoded_delimiter"
+		case c < 0x20 || c == 0x7f:
+			return "control_byte"
+		}
+	}
+	if isDotSegment(f) {
+		return "dot_segment"
+	}
+	return ""
 }
 
 // rawByteProblem says why a byte may not appear unescaped in a path.
