@@ -41,7 +41,10 @@ type Source struct {
 }
 
 // CredentialRefs are every reference by which a minted credential can show up
-// in another system's log. None of them is a secret.
+// in another system's log. None of them is a secret. Mount is recorded at
+// issuance so that revoking the credential does not depend on its grant
+// still being in the policy in force; it is empty for kinds that do not
+// need it and on records written before it was kept.
 type CredentialRefs struct {
 	Fingerprint string    `json:"fingerprint,omitempty"` // "sha256:<hex>" of the secret handed out
 	Accessor    string    `json:"accessor,omitempty"`    // Vault token accessor
@@ -49,6 +52,7 @@ type CredentialRefs struct {
 	Username    string    `json:"username,omitempty"`    // generated user name
 	JTI         string    `json:"jti,omitempty"`         // JWT id of a broker-signed JWT
 	Serial      string    `json:"serial,omitempty"`      // certificate serial
+	Mount       string    `json:"mount,omitempty"`       // Vault mount that issued it and revokes it (pki)
 	ExpiresAt   time.Time `json:"expires_at"`
 }
 

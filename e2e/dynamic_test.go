@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -19,6 +20,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,8 +275,76 @@ func TestDynamicCredentialsAgainstRealVaultAndPostgres(t *testing.T) {
 		}
 	})
 
+	// Needs the PKI set up by the subtest above. A certificate's grant
+	// removed from the policy (or renamed, or moved to another mount) does
+	// not keep the certificate from being revoked: its issuance records the
+	// mount that issued it.
+	t.Run("ok/pki-revoked-after-its-grant-is-removed", func(t *testing.T) {
+		status, body, _ := env.exchange(t, workloadToken(t, "pod-cert-2"), "payments-cert", nil)
+		if status != 200 {
+			t.Fatalf("exchange = %d %s, want 200\nbroker log:\n%s", status, body, env.broker.Logs())
+		}
+		var res tokenResponse
+		mustJSON(t, body, &res)
+		serial, _ := res.Credential["serial_number"].(string)
+
+		extra := filepath.Join(env.policyDir, "extra.yaml")
+		without := strings.Replace(strings.Replace(dynamicPolicy, "grants: [payments-db, payments-cert]", "grants: [payments-db]", 1),
+			"  - name: payments-cert\n    kind: pki\n    ttl: 10m\n    pki: {path: pki/issue/workloads}\n", "", 1)
+		if without == dynamicPolicy || strings.Contains(without, "payments-cert") {
+			t.Fatalf("the policy without the pki grant still names it:\n%s", without)
+		}
+		reloadPolicy(t, env, extra, without)
+		defer reloadPolicy(t, env, extra, dynamicPolicy) // for the subtests that follow
+		if st, b, _ := env.exchange(t, workloadToken(t, "pod-cert-3"), "payments-cert", nil); st != 400 {
+			t.Fatalf("exchange for the removed grant = %d %s, want 400 invalid_target", st, b)
+		}
+
+		st, rc := adminRevoke(t, env, admin, res.IssuanceID)
+		if st != 200 || !slices.Contains(rc.Revoked, res.IssuanceID) || len(rc.Failed) != 0 {
+			t.Fatalf("revoke after the grant was removed = %d %+v, want 200 with %s revoked and nothing failed\nbroker log:\n%s", st, rc, res.IssuanceID, env.broker.Logs())
+		}
+		cert, err := root.Logical().ReadWithContext(ctx, "pki/cert/"+serial)
+		if err != nil || cert == nil {
+			t.Fatalf("read pki/cert/%s: %v", serial, err)
+		}
+		if rt, _ := cert.Data["revocation_time"].(json.Number).Int64(); rt <= 0 {
+			t.Errorf("revocation_time of %s = %v, want > 0: the certificate is still valid in Vault", serial, cert.Data["revocation_time"])
+		}
+	})
+
 	// Needs the database and PKI set up by the subtests above.
 	t.Run("ok/least-privilege-broker-token", func(t *testing.T) { testLeastPrivilege(t, env, pg) })
+}
+
+// reloadPolicy writes content to the policy file path, signals the broker
+// and waits for a new policy_load event that loaded exactly that content.
+func reloadPolicy(t *testing.T, env *stack, path, content string) {
+	t.Helper()
+	seen := len(readAudit(t, env.auditPath))
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.broker.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(content))
+	want := hex.EncodeToString(sum[:])
+	waitFor(t, 15*time.Second, "the policy_load event of "+filepath.Base(path), func() bool {
+		for _, ev := range readAudit(t, env.auditPath)[seen:] {
+			if ev.Type != audit.TypePolicyLoad || ev.Outcome == nil || ev.Outcome.Status != 200 {
+				continue
+			}
+			if files, _ := ev.Details["files"].(map[string]any); files != nil {
+				for f, h := range files {
+					if filepath.Base(f) == filepath.Base(path) && h == want {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	})
 }
 
 // testLeastPrivilege mints and revokes through the adapter directly with a

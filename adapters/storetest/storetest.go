@@ -78,11 +78,20 @@ func SampleIssuance(id string, at time.Time) *broker.Issuance {
 			Username:    "v-keytrail-" + id,
 			JTI:         "jti-" + id,
 			Serial:      "serial-" + id,
+			Mount:       "pki/" + id, // not an index: kept for revocation
 			ExpiresAt:   exp,
 		},
 		RequestID:  "req-" + id,
 		AuditChain: "chn_01J00000000000000000000000",
 	}
+}
+
+// mountOf is is's recorded mount, "" for nil.
+func mountOf(is *broker.Issuance) string {
+	if is == nil {
+		return ""
+	}
+	return is.Refs.Mount
 }
 
 // refValue is the value of is under kind.
@@ -192,6 +201,35 @@ func testIssuance(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		}
 		if got.Act != nil {
 			t.Errorf("GetIssuance(%s).Act = %#v, want nil", in.ID, got.Act)
+		}
+	})
+
+	t.Run("ok/credential-mount-kept", func(t *testing.T) {
+		// Revoking a pki certificate needs the mount recorded at issuance
+		// (its grant may be gone from the policy by then); a record
+		// written before the mount was kept reads back without one.
+		s := newStore(t)
+		cert := SampleIssuance("iss_cert", Epoch())
+		cert.Kind, cert.Grant = broker.KindPKI, "payments-cert"
+		cert.Refs = broker.CredentialRefs{Fingerprint: "sha256:cert", Serial: "3d:0a:7f", Mount: "pki_int", ExpiresAt: cert.ExpiresAt}
+		old := SampleIssuance("iss_cert_old", Epoch())
+		old.Kind, old.Grant = broker.KindPKI, "payments-cert"
+		old.Refs = broker.CredentialRefs{Fingerprint: "sha256:cert-old", Serial: "3d:0a:80", ExpiresAt: old.ExpiresAt}
+		mustPut(t, s, cert)
+		mustPut(t, s, old)
+		for _, want := range []*broker.Issuance{cert, old} {
+			got, err := s.GetIssuance(ctx(t), want.ID)
+			if err != nil || got.Refs.Mount != want.Refs.Mount {
+				t.Errorf("GetIssuance(%s) = mount %q, %v, want %q", want.ID, mountOf(got), err, want.Refs.Mount)
+			}
+			got, err = s.FindIssuance(ctx(t), broker.RefSerial, want.Refs.Serial)
+			if err != nil || got.Refs.Mount != want.Refs.Mount {
+				t.Errorf("FindIssuance(serial, %s) = mount %q, %v, want %q", want.Refs.Serial, mountOf(got), err, want.Refs.Mount)
+			}
+		}
+		list, err := s.ListIssuances(ctx(t), broker.IssuanceFilter{SessionID: cert.SessionID, ActiveAt: Epoch()})
+		if err != nil || len(list) != 1 || list[0].Refs.Mount != "pki_int" {
+			t.Errorf("ListIssuances(session %s) = %v, %v, want %s with mount pki_int", cert.SessionID, list, err, cert.ID)
 		}
 	})
 

@@ -33,7 +33,8 @@ const DefaultPKIClockSkew = 5 * time.Second
 type PKIMinterOptions struct {
 	Client *vaultapi.Client // from NewClient (required)
 	// Grant looks a grant up by name in the policy in force (required). Revoke
-	// uses it to find the PKI mount of an issuance's grant.
+	// uses it to find the PKI mount of an issuance recorded without one
+	// (written before Refs.Mount was kept).
 	Grant func(name string) (*policies.Grant, bool)
 	// TrustDomain is the URI SAN's trust domain for grants that do not name
 	// one (default DefaultTrustDomain).
@@ -60,7 +61,8 @@ type PKIMinterOptions struct {
 // certificate, private_key, private_key_type, issuing_ca, ca_chain (a list
 // of PEM certificates), serial_number, uri_san and expiration (Unix
 // seconds); Refs carry Serial (Vault's form: lowercase hex pairs joined by
-// ":") and ExpiresAt (the certificate's NotAfter).
+// ":"), Mount (the mount of the issue path, where Revoke revokes it) and
+// ExpiresAt (the certificate's NotAfter, at most req.Now+TTL).
 type PKIMinter struct {
 	c     *vaultapi.Client
 	grant func(string) (*policies.Grant, bool)
@@ -259,7 +261,7 @@ func (m *PKIMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 			"uri_san":          uriSAN,
 			"expiration":       cert.NotAfter.Unix(),
 		},
-		Refs: broker.CredentialRefs{Serial: serial, ExpiresAt: expires},
+		Refs: broker.CredentialRefs{Serial: serial, Mount: mount, ExpiresAt: expires},
 	}, nil
 }
 
@@ -275,22 +277,32 @@ func (m *PKIMinter) abort(ctx context.Context, mount, serial string, cause error
 	return cause
 }
 
-// Revoke revokes the issuance's certificate by serial on its grant's mount.
-// An already revoked certificate counts as revoked; so does an expired one,
-// including one Vault no longer knows (tidied) and one whose grant is gone
-// from the policy. A certificate Vault does not know before its expiry is an
+// Revoke revokes the issuance's certificate by serial on the mount that
+// issued it: the one recorded on the issuance (Refs.Mount), whatever the
+// policy in force says of its grant now (removed, renamed, moved to another
+// mount). A record written before the mount was recorded falls back to the
+// mount of its grant in the policy in force. An already revoked certificate
+// counts as revoked; so does an expired one, including one Vault no longer
+// knows (tidied) and, for such an old record, one whose grant is gone from
+// the policy. A certificate Vault does not know before its expiry is an
 // error (a wrong mount, or a role with no_store=true).
 func (m *PKIMinter) Revoke(ctx context.Context, is *broker.Issuance) error {
 	if is == nil || is.Refs.Serial == "" {
 		return broker.Errorf(broker.ErrInvalidRequest, "missing_serial", "the issuance has no certificate serial", errors.New("vault revoke: issuance without serial"))
 	}
 	expired := !is.ExpiresAt.IsZero() && !m.now().Before(is.ExpiresAt)
+	if mount := is.Refs.Mount; mount != "" {
+		if !validName(mount) {
+			return configError("revoke %s: recorded pki mount %q is not a mount path", is.ID, mount)
+		}
+		return m.revokeSerial(ctx, mount, is.Refs.Serial, expired)
+	}
 	g, ok := m.grant(is.Grant)
 	if !ok || g.PKI == nil {
 		if expired {
 			return nil
 		}
-		return configError("revoke %s: grant %q is not a pki grant of the policy in force", is.ID, is.Grant)
+		return configError("revoke %s: no recorded pki mount, and grant %q is not a pki grant of the policy in force", is.ID, is.Grant)
 	}
 	mount, ok := PKIMount(g.PKI.Path)
 	if !ok {

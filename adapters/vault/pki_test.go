@@ -162,7 +162,7 @@ func TestPKIMinterMint(t *testing.T) {
 					"certificate": good, "private_key": pkiKeyPEM, "private_key_type": "ec", "issuing_ca": ca.pem,
 					"ca_chain": []string{ca.pem}, "serial_number": pkiSerial, "uri_san": spiffe, "expiration": t0.Add(15 * time.Minute).Unix(),
 				},
-				Refs: broker.CredentialRefs{Serial: pkiSerial, ExpiresAt: t0.Add(15 * time.Minute)},
+				Refs: broker.CredentialRefs{Serial: pkiSerial, Mount: "pki", ExpiresAt: t0.Add(15 * time.Minute)},
 			},
 		},
 		{
@@ -176,7 +176,7 @@ func TestPKIMinterMint(t *testing.T) {
 			answer: issueReply(ca.leaf(t, pkiSerial, "spiffe://prod.example.org/payments-api", t0.Add(15*time.Minute+2*time.Second)), ca.pem, pkiSerial),
 			want: &broker.Credential{
 				Fields: map[string]any{"uri_san": "spiffe://prod.example.org/payments-api", "expiration": t0.Add(15*time.Minute + 2*time.Second).Unix()},
-				Refs:   broker.CredentialRefs{Serial: pkiSerial, ExpiresAt: t0.Add(15 * time.Minute)},
+				Refs:   broker.CredentialRefs{Serial: pkiSerial, Mount: "pki_int", ExpiresAt: t0.Add(15 * time.Minute)},
 			},
 		},
 		{
@@ -188,7 +188,7 @@ func TestPKIMinterMint(t *testing.T) {
 			answer: issueReply(ca.leaf(t, pkiSerial, "spiffe://corp.internal/payments-api", t0.Add(time.Minute)), ca.pem, pkiSerial),
 			want: &broker.Credential{
 				Fields: map[string]any{"uri_san": "spiffe://corp.internal/payments-api", "expiration": t0.Add(time.Minute).Unix()},
-				Refs:   broker.CredentialRefs{Serial: pkiSerial, ExpiresAt: t0.Add(time.Minute)},
+				Refs:   broker.CredentialRefs{Serial: pkiSerial, Mount: "pki", ExpiresAt: t0.Add(time.Minute)},
 			},
 		},
 		{
@@ -374,6 +374,16 @@ func TestPKIMinterRevoke(t *testing.T) {
 		is.ExpiresAt = t0
 		return is
 	}
+	// recorded is an issuance that records the mount that issued it.
+	recorded := func(grant, mount string) *broker.Issuance {
+		is := live(grant)
+		is.Refs.Mount = mount
+		return is
+	}
+	expiredAt := func(is *broker.Issuance) *broker.Issuance {
+		is.ExpiresAt = t0
+		return is
+	}
 	tests := []struct {
 		name    string
 		is      *broker.Issuance
@@ -387,6 +397,12 @@ func TestPKIMinterRevoke(t *testing.T) {
 		{"ok/tidied-after-expiry", expired("payments-cert"), pkiRevoke, replyRaw(400, `{"errors":["certificate with serial 3d:0a not found."]}`), errShape{}},
 		{"ok/grant-gone-after-expiry", expired("gone"), "", nil, errShape{}},
 		{"fail/not-found-while-valid", live("payments-cert"), pkiRevoke, replyRaw(400, `{"errors":["certificate with serial 3d:0a not found."]}`), errShape{unavailable, ReasonRejected}},
+		{"ok/recorded-mount-grant-gone", recorded("gone", "pki"), pkiRevoke, replyRaw(200, `{"data":{"revocation_time":1772366400}}`), errShape{}},
+		{"ok/recorded-mount-grant-moved", recorded("web-cert", "pki"), pkiRevoke, replyRaw(200, `{"data":{"revocation_time":1772366400}}`), errShape{}},
+		{"ok/recorded-mount-grant-not-pki", recorded("db", "pki_int"), "PUT /v1/pki_int/revoke", replyRaw(200, `{"data":{"revocation_time":1772366400}}`), errShape{}},
+		{"ok/recorded-mount-tidied-after-expiry", expiredAt(recorded("gone", "pki")), pkiRevoke, replyRaw(400, `{"errors":["certificate with serial 3d:0a not found."]}`), errShape{}},
+		{"fail/recorded-mount-not-found-while-valid", recorded("gone", "pki"), pkiRevoke, replyRaw(400, `{"errors":["certificate with serial 3d:0a not found."]}`), errShape{unavailable, ReasonRejected}},
+		{"fail/recorded-mount-traversal", recorded("payments-cert", "pki/../sys"), "", nil, errShape{unavailable, ReasonConfig}},
 		{"fail/grant-gone-while-valid", live("gone"), "", nil, errShape{unavailable, ReasonConfig}},
 		{"fail/grant-not-pki", live("db"), "", nil, errShape{unavailable, ReasonConfig}},
 		{"fail/500", live("payments-cert"), pkiRevoke, replyRaw(500, `{"errors":["storage"]}`), errShape{unavailable, ReasonUnavailable}},
@@ -419,6 +435,61 @@ func TestPKIMinterRevoke(t *testing.T) {
 			}
 			if n := f.total(); n != want {
 				t.Errorf("Vault calls = %d, want %d", n, want)
+			}
+		})
+	}
+}
+
+// TestPKIMinterRevokesAfterGrantChanged mints a certificate, then changes
+// what the policy in force says of its grant (removed, moved to another
+// mount, renamed to a grant of another kind) and revokes the issuance the
+// broker recorded from the credential: the certificate is revoked on the
+// mount that issued it.
+func TestPKIMinterRevokesAfterGrantChanged(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t)
+	const spiffe = "spiffe://keytrail/payments-api"
+	good := ca.leaf(t, pkiSerial, spiffe, t0.Add(15*time.Minute))
+	for _, tc := range []struct {
+		name  string
+		later map[string]*policies.Grant // the policy in force at revocation
+	}{
+		{"ok/grant-removed", map[string]*policies.Grant{}},
+		{"ok/grant-moved-to-another-mount", map[string]*policies.Grant{
+			"payments-cert": {Name: "payments-cert", Kind: broker.KindPKI, PKI: &policies.PKIGrant{Path: "pki_v2/issue/workloads"}},
+		}},
+		{"ok/name-reused-by-another-kind", map[string]*policies.Grant{
+			"payments-cert": {Name: "payments-cert", Kind: broker.KindVaultDynamic, VaultDynamic: &policies.VaultDynamicGrant{Path: "database/creds/x"}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFakeVault(t, map[string]http.HandlerFunc{
+				pkiIssue:  expectBody(t, wantIssueBody(spiffe, "900s"), issueReply(good, ca.pem, pkiSerial)),
+				pkiRevoke: expectBody(t, map[string]any{"serial_number": pkiSerial}, replyRaw(200, `{"data":{"revocation_time":1772366400}}`)),
+			})
+			req := pkiReq(nil)
+			inForce := map[string]*policies.Grant{req.Grant.Name: &req.Grant}
+			m, err := NewPKIMinter(PKIMinterOptions{
+				Client: f.client(t),
+				Grant:  func(name string) (*policies.Grant, bool) { g, ok := inForce[name]; return g, ok },
+				Now:    func() time.Time { return t0 },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cred, err := m.Mint(context.Background(), req)
+			if err != nil {
+				t.Fatalf("Mint() = %v", err)
+			}
+			// What the broker records (broker.Service.Exchange).
+			is := &broker.Issuance{ID: req.IssuanceID, Grant: req.Grant.Name, Kind: broker.KindPKI, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs}
+			inForce = tc.later // a policy reload
+			if err := m.Revoke(context.Background(), is); err != nil {
+				t.Errorf("Revoke() after the grant changed = %v, want nil", err)
+			}
+			if n := f.count(pkiRevoke); n != 1 {
+				t.Errorf("revoke calls on the issuing mount = %d, want 1", n)
 			}
 		})
 	}
