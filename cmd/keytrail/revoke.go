@@ -178,7 +178,9 @@ func printReceipt(w io.Writer, rc *receipt) {
 		fmt.Fprintf(w, "  revoked  %s\n", id)
 	}
 	if len(rc.Pending) > 0 {
-		fmt.Fprintf(w, "pending %d: already refused by keytrail; the server keeps retrying the backend revocation\n", len(rc.Pending))
+		// keytrail's own checks refuse them, but whoever holds them can
+		// still use them at their backend until the retry succeeds.
+		fmt.Fprintf(w, "pending %d: refused by keytrail but NOT yet revoked at their backend: a Vault token, database login or certificate still works there until the server's retry succeeds\n", len(rc.Pending))
 		errs := map[string]string{}
 		for _, f := range rc.Failed {
 			errs[f.IssuanceID] = f.Error
