@@ -6,16 +6,16 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
 // maxFileSize caps one policy file; policies are small, and a cap keeps a
@@ -228,9 +228,15 @@ func decode(name string, data []byte) (parsedFile, []error) {
 		}
 		return pf, yamlProblems(name, err)
 	}
+	// The decoder turned "num_uses: 1.5" into 1 without a word; Check
+	// finds every such fraction, by field path.
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err == nil {
-		if errs := checkIntegers(name, "", &root, reflect.TypeOf(pf.file), 0); len(errs) > 0 {
+		if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file)); len(ps) > 0 {
+			errs := make([]error, len(ps))
+			for i, p := range ps {
+				errs[i] = &Problem{File: name, Path: p.Path, Message: fmt.Sprintf("%s (line %d)", p.Message, p.Line)}
+			}
 			return pf, errs
 		}
 	}
@@ -246,91 +252,6 @@ func decode(name string, data []byte) (parsedFile, []error) {
 			return pf, []error{&Problem{File: name, Path: fmt.Sprintf("line %d", extra.Line), Message: "more than one YAML document; put each in its own file"}}
 		}
 	}
-}
-
-var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
-
-// checkIntegers reports every fraction written where t (the type the node
-// decodes into) wants an integer: YAML would truncate "num_uses: 1.5" to 1
-// without a word. It follows the yaml tags of structs, merge keys and
-// aliases (depth bounds alias cycles). n has decoded into t without error.
-func checkIntegers(file, path string, n *yaml.Node, t reflect.Type, depth int) []error {
-	if depth > 64 {
-		return nil
-	}
-	for n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	if n.Kind == yaml.DocumentNode {
-		var out []error
-		for _, c := range n.Content {
-			out = append(out, checkIntegers(file, path, c, t, depth+1)...)
-		}
-		return out
-	}
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if reflect.PointerTo(t).Implements(unmarshalerType) {
-		return nil
-	}
-	join := func(key string) string {
-		if path == "" {
-			return key
-		}
-		return path + "." + key
-	}
-	var out []error
-	switch t.Kind() {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!float" {
-			if f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64); err == nil && f != math.Trunc(f) {
-				out = append(out, &Problem{File: file, Path: path, Message: fmt.Sprintf("must be a whole number, not %s (line %d)", n.Value, n.Line)})
-			}
-		}
-	case reflect.Slice:
-		if n.Kind == yaml.SequenceNode {
-			for i, c := range n.Content {
-				out = append(out, checkIntegers(file, fmt.Sprintf("%s[%d]", path, i), c, t.Elem(), depth+1)...)
-			}
-		}
-	case reflect.Map:
-		if n.Kind == yaml.MappingNode {
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				out = append(out, checkIntegers(file, fmt.Sprintf("%s[%q]", path, n.Content[i].Value), n.Content[i+1], t.Elem(), depth+1)...)
-			}
-		}
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			break
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if k.ShortTag() == "!!merge" {
-				// <<: a mapping, or a sequence of them, merged into this one.
-				for v.Kind == yaml.AliasNode && v.Alias != nil {
-					v = v.Alias
-				}
-				merged := []*yaml.Node{v}
-				if v.Kind == yaml.SequenceNode {
-					merged = v.Content
-				}
-				for _, m := range merged {
-					out = append(out, checkIntegers(file, path, m, t, depth+1)...)
-				}
-				continue
-			}
-			for fi := 0; fi < t.NumField(); fi++ {
-				f := t.Field(fi)
-				if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); f.IsExported() && tag == k.Value {
-					out = append(out, checkIntegers(file, join(k.Value), v, f.Type, depth+1)...)
-					break
-				}
-			}
-		}
-	}
-	return out
 }
 
 // emptyDocument reports whether n is a document with no content (a trailing

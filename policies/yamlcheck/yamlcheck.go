@@ -1,0 +1,328 @@
+// Package yamlcheck names, by field path and line and in the words of the
+// file's author, every value of a YAML document that does not fit the Go
+// type it decodes into: "audit.max_batch: must be a whole number, not 1.5
+// (line 7)". The YAML decoder says "cannot unmarshal !!str into int64" with a
+// line but no field, and it silently truncates a fraction written for an
+// integer; config and policy loaders run Check for both.
+//
+// Check accepts what go.yaml.in/yaml/v3 accepts, value by value (each scalar
+// is decoded by the library into a fresh value of its field's type), and in
+// addition refuses fractions for integers. It follows aliases and merge keys
+// as the decoder does.
+package yamlcheck
+
+import (
+	"encoding"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Problem is one value that does not fit its field.
+type Problem struct {
+	Path    string // e.g. "audit.max_batch", "grants[2].ttl"; "" for the whole document
+	Line    int
+	Message string // e.g. "must be a whole number, not 1.5"
+}
+
+func (p Problem) Error() string {
+	if p.Path == "" {
+		return fmt.Sprintf("%s (line %d)", p.Message, p.Line)
+	}
+	return fmt.Sprintf("%s: %s (line %d)", p.Path, p.Message, p.Line)
+}
+
+// maxVisits bounds the nodes Check visits, aliases counted each time they
+// are followed, so a document of nested aliases cannot make it run for
+// ever. Files with this many values are far beyond what a config or policy
+// holds.
+const maxVisits = 1 << 20
+
+// Check walks n (a document or any node) against t, the type it decodes
+// into, and returns every problem in document order. Unknown keys in a
+// mapping decoded into a struct and keys written twice are problems too.
+func Check(n *yaml.Node, t reflect.Type) []Problem {
+	return check(n, t, maxVisits)
+}
+
+func check(n *yaml.Node, t reflect.Type, budget int) []Problem {
+	c := checker{budget: budget, max: budget}
+	c.walk("", n, t)
+	return c.out
+}
+
+var (
+	unmarshalerType     = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+	textUnmarshalerType = reflect.TypeOf((*encoding.TextUnmarshaler)(nil)).Elem()
+	nodeType            = reflect.TypeOf(yaml.Node{})
+)
+
+type checker struct {
+	out         []Problem
+	budget, max int
+}
+
+func (c *checker) add(path string, n *yaml.Node, format string, args ...any) {
+	c.out = append(c.out, Problem{Path: path, Line: n.Line, Message: fmt.Sprintf(format, args...)})
+}
+
+func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
+	if c.budget--; c.budget == 0 {
+		c.add(path, n, "too many values to check (more than %d, aliases counted each time they are used)", c.max)
+	}
+	if c.budget <= 0 {
+		return
+	}
+	if n.Kind == 0 {
+		return // an empty document
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		c.walk(path, n.Alias, t)
+		return
+	}
+	if n.Kind == yaml.DocumentNode {
+		for _, d := range n.Content {
+			c.walk(path, d, t)
+		}
+		return
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+		return // the zero value, for every type
+	}
+	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		if err := n.Decode(reflect.New(t).Interface()); err != nil {
+			c.add(path, n, "%s", decodeMessage(err))
+		}
+		return
+	}
+	if reflect.PointerTo(t).Implements(textUnmarshalerType) {
+		c.scalar(path, n, t) // time.Time and the like: one string
+		return
+	}
+	join := func(key string) string {
+		if path == "" {
+			return key
+		}
+		return path + "." + key
+	}
+	switch t.Kind() {
+	case reflect.Interface:
+		return // takes anything
+	case reflect.Slice, reflect.Array:
+		if n.Kind != yaml.SequenceNode {
+			c.add(path, n, "must be a list, not %s", got(n))
+			return
+		}
+		for i, e := range n.Content {
+			c.walk(fmt.Sprintf("%s[%d]", path, i), e, t.Elem())
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			c.add(path, n, "must be a mapping, not %s", got(n))
+			return
+		}
+		c.duplicates(path, n)
+		c.mapping(path, n, func(k, v *yaml.Node) {
+			kp := fmt.Sprintf("%s[%q]", path, k.Value)
+			c.walk(kp, k, t.Key())
+			c.walk(kp, v, t.Elem())
+		})
+	case reflect.Struct:
+		if t == nodeType {
+			return // takes anything
+		}
+		if n.Kind != yaml.MappingNode {
+			c.add(path, n, "must be a mapping, not %s", got(n))
+			return
+		}
+		c.duplicates(path, n)
+		c.mapping(path, n, func(k, v *yaml.Node) {
+			if k.ShortTag() == "!!null" {
+				return // the decoder skips it
+			}
+			ft, ok := field(t, k.Value)
+			if !ok {
+				c.add(join(k.Value), k, "unknown field")
+				return
+			}
+			c.walk(join(k.Value), v, ft)
+		})
+	default:
+		c.scalar(path, n, t)
+	}
+}
+
+// mapping calls f for each key and value of n, the merged ones ("<<: *a")
+// included.
+func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.ShortTag() != "!!merge" {
+			f(k, v)
+			continue
+		}
+		for v.Kind == yaml.AliasNode && v.Alias != nil {
+			v = v.Alias
+		}
+		merged := []*yaml.Node{v}
+		if v.Kind == yaml.SequenceNode {
+			merged = v.Content
+		}
+		for _, m := range merged {
+			if c.budget--; c.budget <= 0 {
+				return
+			}
+			for m.Kind == yaml.AliasNode && m.Alias != nil {
+				m = m.Alias
+			}
+			if m.Kind != yaml.MappingNode {
+				c.add(path, m, "a merge (<<) takes a mapping or a list of mappings")
+				continue
+			}
+			c.mapping(path, m, f)
+		}
+	}
+}
+
+// duplicates reports a key written twice in one mapping.
+func (c *checker) duplicates(path string, n *yaml.Node) {
+	for i := 0; i < len(n.Content); i += 2 {
+		for j := i + 2; j < len(n.Content); j += 2 {
+			a, b := n.Content[i], n.Content[j]
+			if a.Kind == b.Kind && a.Value == b.Value && a.ShortTag() != "!!merge" {
+				p := a.Value
+				if path != "" {
+					p = path + "." + a.Value
+				}
+				c.add(p, b, "written twice (first at line %d)", a.Line)
+			}
+		}
+	}
+}
+
+// field finds the type of the struct field that key names, as the decoder
+// does: the yaml tag's name, else the lowercased field name; inline structs
+// flattened.
+func field(t reflect.Type, key string) (reflect.Type, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("yaml")
+		if !f.IsExported() || tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		if strings.Contains(","+opts+",", ",inline,") {
+			if ft, ok := field(f.Type, key); ok {
+				return ft, true
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		if name == key {
+			return f.Type, true
+		}
+	}
+	return nil, false
+}
+
+// scalar checks a value for a field of a scalar kind: the decoder decides
+// whether it fits, and a fraction never fits an integer.
+func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
+	err := n.Decode(reflect.New(t).Interface())
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		tag := n.ShortTag()
+		fraction := false
+		if tag == "!!float" {
+			// 1e3 and 2.0 are whole; 1.5, 15e-1, .inf and .nan are not.
+			f, perr := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64)
+			fraction = perr != nil || f != math.Trunc(f)
+		}
+		switch {
+		case err == nil && !fraction:
+		case !fraction && (tag == "!!int" || tag == "!!float"):
+			c.add(path, n, "must be a whole number from %s to %s, not %s", minOf(t), maxOf(t), n.Value)
+		default:
+			c.add(path, n, "must be a whole number, not %s", got(n))
+		}
+	case reflect.Float32, reflect.Float64:
+		if err != nil {
+			c.add(path, n, "must be a number, not %s", got(n))
+		}
+	case reflect.Bool:
+		if err != nil {
+			c.add(path, n, "must be true or false, not %s", got(n))
+		}
+	case reflect.String:
+		if err != nil {
+			c.add(path, n, "must be a single value, not %s", got(n))
+		}
+	default:
+		if err != nil {
+			c.add(path, n, "%s", decodeMessage(err))
+		}
+	}
+}
+
+// got describes what n holds, for "must be X, not <got>".
+func got(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.MappingNode:
+		return "a mapping"
+	}
+	switch n.ShortTag() {
+	case "!!int", "!!float", "!!bool":
+		return n.Value
+	}
+	return strconv.Quote(n.Value)
+}
+
+// decodeMessage is an error of the decoder or of an UnmarshalYAML method
+// without the "yaml: " and "line N: " its text may start with (Problem
+// carries the line).
+func decodeMessage(err error) string {
+	var msgs []string
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs = te.Errors
+	} else {
+		msgs = []string{err.Error()}
+	}
+	for i, m := range msgs {
+		m = strings.TrimPrefix(m, "yaml: ")
+		if rest, ok := strings.CutPrefix(m, "line "); ok {
+			if _, after, ok := strings.Cut(rest, ": "); ok {
+				m = after
+			}
+		}
+		msgs[i] = m
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func minOf(t reflect.Type) string {
+	if t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uintptr {
+		return "0"
+	}
+	return strconv.FormatInt(-1<<(t.Bits()-1), 10)
+}
+
+func maxOf(t reflect.Type) string {
+	if t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uintptr {
+		return strconv.FormatUint(math.MaxUint64>>(64-t.Bits()), 10)
+	}
+	return strconv.FormatInt(1<<(t.Bits()-1)-1, 10)
+}

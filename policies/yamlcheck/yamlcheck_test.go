@@ -1,0 +1,181 @@
+package yamlcheck
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
+)
+
+type sub struct {
+	N    int      `yaml:"n"`
+	Wait duration `yaml:"wait"`
+}
+
+type doc struct {
+	N        int64          `yaml:"n"`
+	Small    int8           `yaml:"small"`
+	U        uint16         `yaml:"u"`
+	On       bool           `yaml:"on"`
+	Rate     float64        `yaml:"rate"`
+	Name     string         `yaml:"name"`
+	List     []int          `yaml:"list"`
+	Counts   map[string]int `yaml:"counts"`
+	Sub      *sub           `yaml:"sub"`
+	Subs     []sub          `yaml:"subs"`
+	Any      any            `yaml:"any"`
+	When     time.Time      `yaml:"when"`
+	Untagged string
+	Hidden   string `yaml:"-"`
+}
+
+// duration is a type with its own UnmarshalYAML, as config and policy
+// files have.
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: must be a duration like 30s, not %q", n.Line, n.Value)
+	}
+	*d = duration(v)
+	return nil
+}
+
+func checkString(t testing.TB, src string) []Problem {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+		t.Fatalf("yaml.Unmarshal(%q) = %v", src, err)
+	}
+	return Check(&n, reflect.TypeOf(doc{}))
+}
+
+var tests = []struct {
+	name string
+	yaml string
+	want []Problem
+}{
+	{"ok/empty", "", nil},
+	{"ok/whole-numbers", "n: 3\nsmall: -128\nu: 65535\nlist: [1, 0x10, 1e3, 2.0, 1_000]\ncounts: {a: 1}\n", nil},
+	{"ok/every-kind", "on: yes\nrate: 1.5\nname: 12\nsub: {n: 1, wait: 5s}\nany: {x: [1]}\nwhen: 2026-01-02T03:04:05Z\nuntagged: x\n", nil},
+	{"ok/nulls", "n:\non: ~\nlist: null\nsub:\nsubs: [~]\nwhen:\n", nil},
+	{"fail/fraction", "n: 1.5\n", []Problem{{"n", 1, "must be a whole number, not 1.5"}}},
+	{"fail/fraction-exponent", "n: 15e-1\n", []Problem{{"n", 1, "must be a whole number, not 15e-1"}}},
+	{"fail/infinity", "n: .inf\n", []Problem{{"n", 1, "must be a whole number, not .inf"}}},
+	{"fail/word-for-integer", "n: abc\n", []Problem{{"n", 1, `must be a whole number, not "abc"`}}},
+	{"fail/quoted-integer", "n: '3'\n", []Problem{{"n", 1, `must be a whole number, not "3"`}}},
+	{"fail/out-of-range", "small: 300\nu: -1\n", []Problem{
+		{"small", 1, "must be a whole number from -128 to 127, not 300"},
+		{"u", 2, "must be a whole number from 0 to 65535, not -1"}}},
+	{"fail/not-a-bool", "on: maybe\n", []Problem{{"on", 1, `must be true or false, not "maybe"`}}},
+	{"fail/not-a-number", "rate: fast\n", []Problem{{"rate", 1, `must be a number, not "fast"`}}},
+	{"fail/list-for-string", "name: [a]\n", []Problem{{"name", 1, "must be a single value, not a list"}}},
+	{"fail/word-for-list", "list: 1\n", []Problem{{"list", 1, "must be a list, not 1"}}},
+	{"fail/word-for-mapping", "sub: x\ncounts: [1]\n", []Problem{
+		{"sub", 1, `must be a mapping, not "x"`},
+		{"counts", 2, "must be a mapping, not a list"}}},
+	{"fail/unknown-field", "sub:\n  m: 1\nhidden: x\n", []Problem{
+		{"sub.m", 2, "unknown field"},
+		{"hidden", 3, "unknown field"}}},
+	{"fail/written-twice", "n: 1\nsub: {n: 1}\nn: 2\n", []Problem{{"n", 3, "written twice (first at line 1)"}}},
+	{"fail/own-unmarshaler", "sub: {wait: soon}\n", []Problem{{"sub.wait", 1, `must be a duration like 30s, not "soon"`}}},
+	{"fail/paths-in-lists-and-maps", "subs:\n  - {n: 1}\n  - {n: 0.5}\ncounts: {a: 1, b: x}\nlist: [1, 2.5]\n", []Problem{
+		{"subs[1].n", 3, "must be a whole number, not 0.5"},
+		{`counts["b"]`, 4, `must be a whole number, not "x"`},
+		{"list[1]", 5, "must be a whole number, not 2.5"}}},
+	// A value shared through an alias or merge key is wrong in every place
+	// it is used.
+	{"fail/merged-and-aliased", "subs:\n  - &s {n: 2.5}\n  - {<<: *s, wait: 1s}\n  - *s\n", []Problem{
+		{"subs[0].n", 2, "must be a whole number, not 2.5"},
+		{"subs[1].n", 2, "must be a whole number, not 2.5"},
+		{"subs[2].n", 2, "must be a whole number, not 2.5"}}},
+	{"fail/every-problem-at-once", "n: x\non: 2\nsub: {n: 1.5, wait: never, extra: 1}\n", []Problem{
+		{"n", 1, `must be a whole number, not "x"`},
+		{"on", 2, "must be true or false, not 2"},
+		{"sub.n", 3, "must be a whole number, not 1.5"},
+		{"sub.wait", 3, `must be a duration like 30s, not "never"`},
+		{"sub.extra", 3, "unknown field"}}},
+}
+
+func TestCheck(t *testing.T) {
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := checkString(t, tt.yaml)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Check(%q) = %v, want %v (-want +got):\n%s", tt.yaml, got, tt.want, diff)
+			}
+		})
+	}
+}
+
+func TestProblemError(t *testing.T) {
+	p := Problem{Path: "audit.max_batch", Line: 7, Message: "must be a whole number, not 1.5"}
+	if got, want := p.Error(), "audit.max_batch: must be a whole number, not 1.5 (line 7)"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+// TestCheckBoundsAliases: nested aliases that expand to billions of values
+// stop the walk with one problem instead of running for ever.
+func TestCheckBoundsAliases(t *testing.T) {
+	src := "a: &a [~, ~, ~, ~, ~, ~, ~, ~, ~, ~]\n"
+	prev := "a"
+	for _, name := range []string{"b", "c", "d", "e", "f", "g", "h", "i"} {
+		src += fmt.Sprintf("%s: &%s [*%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s]\n", name, name, prev, prev, prev, prev, prev, prev, prev, prev, prev, prev)
+		prev = name
+	}
+	src += "list: *i\n"
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+		t.Fatal(err)
+	}
+	type deep []deep
+	got := check(&n, reflect.TypeOf(map[string]deep{}), 10_000)
+	if len(got) != 1 || !strings.HasPrefix(got[0].Message, "too many values") {
+		t.Errorf("Check(billion laughs) = %v, want one \"too many values\" problem", got)
+	}
+}
+
+// FuzzCheck: Check accepts what the strict decoder accepts, but for
+// fractions written for integers, and finds a problem wherever the decoder
+// fails.
+func FuzzCheck(f *testing.F) {
+	for _, tt := range tests {
+		f.Add(tt.yaml)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+			return
+		}
+		dec := yaml.NewDecoder(bytes.NewReader([]byte(src)))
+		dec.KnownFields(true)
+		var d doc
+		err := dec.Decode(&d)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		if err != nil && strings.Contains(err.Error(), "excessive aliasing") {
+			return
+		}
+		got := Check(&n, reflect.TypeOf(doc{}))
+		if err != nil && len(got) == 0 {
+			t.Fatalf("decoding %q failed (%v) but Check found nothing", src, err)
+		}
+		if err == nil {
+			for _, p := range got {
+				if !strings.HasPrefix(p.Message, "must be a whole number, not ") {
+					t.Fatalf("decoding %q worked but Check found %v", src, p)
+				}
+			}
+		}
+	})
+}
