@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
 // Config is the server configuration (SPEC "Server configuration"), decoded
@@ -151,13 +153,12 @@ type LogConfig struct {
 type duration time.Duration
 
 func (d *duration) UnmarshalYAML(n *yaml.Node) error {
-	var s string
-	if err := n.Decode(&s); err != nil {
-		return err
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a list or mapping is not a duration like 30s or 5m", n.Line)
 	}
-	v, err := time.ParseDuration(s)
+	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, s)
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, n.Value)
 	}
 	*d = duration(v)
 	return nil
@@ -165,16 +166,16 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 
 // LoadConfig reads, strictly decodes, applies environment overrides and
 // defaults, and validates a config file. Every problem is reported, each
-// named by file and field.
+// named by file, field and line: first every value that does not fit its
+// field (yamlcheck), then, once the file decodes, every validation rule.
 func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	var c Config
+	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	// One document: settings after a "---" would otherwise be ignored.
@@ -190,6 +191,22 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 		if !emptyYAMLDocument(&extra) {
 			return nil, fmt.Errorf("%s: line %d: more than one YAML document; a config file holds one", path, extra.Line)
 		}
+	}
+	// The decoder names Go types ("cannot unmarshal !!str into int64"),
+	// stops at the first bad duration and truncates "max_batch: 1.5" to 1:
+	// Check names every value that does not fit, by field and line.
+	var c Config
+	if ps := yamlcheck.Check(&doc, reflect.TypeOf(c)); len(ps) > 0 {
+		errs := make([]error, len(ps))
+		for i, p := range ps {
+			errs[i] = fmt.Errorf("%s: %w", path, p)
+		}
+		return nil, errors.Join(errs...)
+	}
+	strict := yaml.NewDecoder(bytes.NewReader(data))
+	strict.KnownFields(true)
+	if err := strict.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	c.applyEnv(getenv)
 	c.applyDefaults()

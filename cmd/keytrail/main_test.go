@@ -176,6 +176,23 @@ func TestLoadConfig(t *testing.T) {
 		{name: "fail/negative-durations", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, timeout: -1s}\naudit: {file: a, rotate_every: -1h, defer_for: -1ms}\nshutdown_timeout: -5s\n",
 			wantErr: []string{"config.yaml: shutdown_timeout: must not be negative", "config.yaml: vault.timeout: must not be negative",
 				"config.yaml: audit.rotate_every: must not be negative", "config.yaml: audit.defer_for: must be between 0"}},
+		// YAML truncated a fraction written for a whole number (max_batch:
+		// 1.5 ran with 1) without a word.
+		{name: "fail/fraction-for-integer", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, max_batch: 1.5, journal_bytes: 65536.5, rotate_bytes: 1e9}\nauthn: {verified_cache_size: 2.5}\n",
+			wantErr: []string{"config.yaml: audit.max_batch: must be a whole number, not 1.5 (line 4)",
+				"config.yaml: audit.journal_bytes: must be a whole number, not 65536.5 (line 4)",
+				"config.yaml: authn.verified_cache_size: must be a whole number, not 2.5 (line 5)"}},
+		// Decode errors named Go types ("cannot unmarshal !!str `abc` into
+		// int", "main.Config") and stopped at the first bad duration.
+		{name: "fail/every-decode-problem-at-once", yaml: "public_url: http://127.0.0.1:7700\nvault: {timeout: [1s]}\naudit: {max_batch: abc, fsync: maybe}\nshutdown_timeout: soon\nrotate: 1\nlog: info\nlisten: a\nlisten: b\n",
+			wantErr: []string{`config.yaml: vault.timeout: a list or mapping is not a duration like 30s or 5m (line 2)`,
+				`config.yaml: audit.max_batch: must be a whole number, not "abc" (line 3)`,
+				`config.yaml: audit.fsync: must be true or false, not "maybe" (line 3)`,
+				`config.yaml: shutdown_timeout: "soon" is not a duration like 30s or 5m (line 4)`,
+				`config.yaml: rotate: unknown field (line 5)`,
+				`config.yaml: log: must be a mapping, not "info" (line 6)`,
+				`config.yaml: listen: written twice (first at line 7) (line 8)`}},
+		{name: "fail/word-for-list", yaml: "store: {addrs: a:1}\n", wantErr: []string{`config.yaml: store.addrs: must be a list, not "a:1" (line 1)`}},
 		{name: "ok/zero-durations-are-defaults", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, timeout: 0s}\naudit: {file: a, rotate_every: 0s}\nshutdown_timeout: 0s\n"},
 	}
 	for _, tt := range tests {
@@ -205,6 +222,11 @@ func TestLoadConfig(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), p) {
 				t.Errorf("error does not name the file %s:\n%v", p, err)
+			}
+			for _, goism := range []string{"!!", "unmarshal", "int64", "main.", "time.Duration"} {
+				if strings.Contains(err.Error(), goism) {
+					t.Errorf("LoadConfig() error speaks Go (%q), not the file's terms:\n%v", goism, err)
+				}
 			}
 		})
 	}
