@@ -43,11 +43,12 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	details := map[string]any{"action": req.Action, "role": req.Role}
 	ev := &audit.Event{Type: audit.TypeAdmin, RequestID: req.RequestID, Source: auditSource(req.Source), Details: details}
 	deny := func(err error) (*Admin, error) {
+		err = bearerError(err)
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}
 	if req.Token == "" {
-		return deny(Errorf(ErrUnauthenticated, "missing_admin_token", "admin calls need an identity token as a Bearer token", nil))
+		return deny(missingBearer("missing_admin_token", "admin calls need an identity token as a Bearer token"))
 	}
 	id, err := s.d.Authn().Authenticate(ctx, req.Token)
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 var (
 	ErrInvalidRequest   = errors.New("invalid request")         // 400 invalid_request
 	ErrInvalidTarget    = errors.New("unknown grant")           // 400 invalid_target
-	ErrUnauthenticated  = errors.New("unauthenticated")         // 401 invalid_grant
+	ErrUnauthenticated  = errors.New("unauthenticated")         // 401 invalid_grant (invalid_token: introspection, admin API)
 	ErrDenied           = errors.New("access denied")           // 403 access_denied
 	ErrNotFound         = errors.New("not found")               // 404 not_found
 	ErrMethodNotAllowed = errors.New("method not allowed")      // 405 method_not_allowed
@@ -28,6 +28,34 @@ type Error struct {
 	Reason     string        // stable machine reason for audit/metrics, e.g. "token_expired"
 	RetryAfter time.Duration // for ErrRateLimited and ErrUnavailable
 	Err        error         // internal cause; never shown to callers
+	// NoToken marks a 401 of a protected resource to a request that carried
+	// no Bearer token at all: its WWW-Authenticate challenge names no error
+	// (RFC 6750 §3.1).
+	NoToken bool
+}
+
+// CodeInvalidToken is the error code of a protected resource (introspection,
+// the admin API) refusing the caller's Bearer token (RFC 6750 §3.1).
+// POST /v1/token keeps the SPEC's invalid_grant for a rejected subject token.
+const CodeInvalidToken = "invalid_token"
+
+// bearerError returns err as a protected resource reports it: an
+// ErrUnauthenticated error (a rejected or missing caller token) gets the code
+// invalid_token; any other error is returned unchanged.
+func bearerError(err error) error {
+	e := AsError(err)
+	if !errors.Is(e.Kind, ErrUnauthenticated) || e.Code != "" {
+		return err
+	}
+	c := *e
+	c.Code = CodeInvalidToken
+	return &c
+}
+
+// missingBearer is the 401 of a protected resource asked without a Bearer
+// token.
+func missingBearer(reason, safe string) *Error {
+	return &Error{Kind: ErrUnauthenticated, Code: CodeInvalidToken, NoToken: true, Reason: reason, Safe: safe}
 }
 
 func (e *Error) Error() string {

@@ -30,12 +30,13 @@ type IntrospectResult struct {
 func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*IntrospectResult, error) {
 	ev := &audit.Event{Type: audit.TypeIntrospect, RequestID: req.RequestID, Source: auditSource(req.Source)}
 	if req.CallerToken == "" {
-		err := Errorf(ErrUnauthenticated, "missing_caller_token", "introspection requires the caller's identity token as a Bearer token", nil)
+		err := missingBearer("missing_caller_token", "introspection requires the caller's identity token as a Bearer token")
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}
 	caller, err := s.d.Authn().Authenticate(ctx, req.CallerToken)
 	if err != nil {
+		err = bearerError(err)
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}

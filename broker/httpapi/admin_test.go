@@ -167,14 +167,14 @@ func TestAdminAuthorization(t *testing.T) {
 		{"ok/revoker-revokes", "POST", "/v1/admin/revoke", "revoker", revokeBody, 200, ""},
 		{"ok/revoker-lists-blocks", "GET", "/v1/admin/blocks", "revoker", "", 200, ""},
 		{"ok/tracer-lists-issuances", "GET", "/v1/admin/issuances?workload=deployer", "tracer", "", 200, ""},
-		{"fail/no-token", "POST", "/v1/admin/revoke", "", revokeBody, 401, "invalid_grant"},
-		{"fail/bad-token", "POST", "/v1/admin/revoke", "forged", revokeBody, 401, "invalid_grant"},
+		{"fail/no-token", "POST", "/v1/admin/revoke", "", revokeBody, 401, "invalid_token"},
+		{"fail/bad-token", "POST", "/v1/admin/revoke", "forged", revokeBody, 401, "invalid_token"},
 		{"fail/not-an-admin", "POST", "/v1/admin/revoke", "nobody", revokeBody, 403, "access_denied"},
 		{"fail/workload-is-not-admin", "GET", "/v1/admin/blocks", "workload", "", 403, "access_denied"},
 		{"fail/tracer-cannot-revoke", "POST", "/v1/admin/revoke", "tracer", revokeBody, 403, "access_denied"},
 		{"fail/tracer-cannot-unblock", "DELETE", "/v1/admin/blocks/deployer", "tracer", "", 403, "access_denied"},
 		{"fail/revoker-cannot-list-issuances", "GET", "/v1/admin/issuances", "revoker", "", 403, "access_denied"},
-		{"fail/bad-body-from-stranger-is-401-not-400", "POST", "/v1/admin/revoke", "", `{"nope":1}`, 401, "invalid_grant"},
+		{"fail/bad-body-from-stranger-is-401-not-400", "POST", "/v1/admin/revoke", "", `{"nope":1}`, 401, "invalid_token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -217,13 +217,25 @@ func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ra+time.Second-1)/time.Second)))
 	}
 	if status == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		w.Header().Set("WWW-Authenticate", challenge(e, code))
 	}
 	desc := e.Safe
 	if desc == "" {
 		desc = e.Kind.Error()
 	}
 	writeJSON(w, status, errorBody{Error: code, ErrorDescription: desc, RequestID: RequestID(r)})
+}
+
+// challenge is the WWW-Authenticate header of a 401 (RFC 6750 §3). It names
+// an error only where the body does, invalid_token for a Bearer token that was
+// sent and refused. A request that sent none gets a challenge without an
+// error (§3.1), and so does POST /v1/token's invalid_grant: the token it
+// refused was a form field, not a credential of the request.
+func challenge(e *broker.Error, code string) string {
+	if code == broker.CodeInvalidToken && !e.NoToken {
+		return `Bearer error="invalid_token"`
+	}
+	return `Bearer realm="keytrail"`
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

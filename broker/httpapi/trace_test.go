@@ -140,13 +140,13 @@ func TestTraceRoutes(t *testing.T) {
 		{"fail/not-found", "/v1/admin/trace?q=iss_NOPE", "auditor", 404, "not_found"},
 		{"fail/no-q", "/v1/admin/trace", "auditor", 400, "invalid_request"},
 		{"fail/two-q", "/v1/admin/trace?q=a&q=b", "auditor", 400, "invalid_request"},
-		{"fail/no-token", "/v1/admin/trace?q=" + issID, "", 401, "invalid_grant"},
+		{"fail/no-token", "/v1/admin/trace?q=" + issID, "", 401, "invalid_token"},
 		{"fail/not-admin", "/v1/admin/trace?q=" + issID, "nobody", 403, "access_denied"},
 		{"fail/workload", "/v1/admin/trace?q=" + issID, "workload", 403, "access_denied"},
 		{"fail/report-role-cannot-trace", "/v1/admin/trace?q=" + issID, "manager", 403, "access_denied"},
 		{"ok/report", "/v1/admin/report", "manager", 200, ""},
 		{"fail/trace-role-cannot-report", "/v1/admin/report", "auditor", 403, "access_denied"},
-		{"fail/report-no-token", "/v1/admin/report", "", 401, "invalid_grant"},
+		{"fail/report-no-token", "/v1/admin/report", "", 401, "invalid_token"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -197,9 +197,10 @@ func printReceipt(w io.Writer, rc *receipt) {
 
 // adminClient calls the admin API with the admin's identity token.
 type adminClient struct {
-	base  *url.URL
-	token string
-	http  *http.Client
+	base     *url.URL
+	token    string
+	tokenSrc string // where the token came from, for error messages
+	http     *http.Client
 }
 
 func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminClient, error) {
@@ -218,11 +219,11 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 	if u.Scheme == "http" && !insecureHTTP && !isLoopbackHost(u.Hostname()) {
 		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --insecure-http)", u.Host)
 	}
-	token, err := adminToken(e, tokenFile)
+	token, src, err := adminToken(e, tokenFile)
 	if err != nil {
 		return nil, err
 	}
-	return &adminClient{base: u, token: token, http: &http.Client{
+	return &adminClient{base: u, token: token, tokenSrc: src, http: &http.Client{
 		Timeout: adminClientTimeout,
 		// Never follow a redirect with the token attached.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -230,8 +231,9 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 }
 
 // adminToken reads the admin's identity token: --token-file, else
-// $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN.
-func adminToken(e *env, tokenFile string) (string, error) {
+// $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN, and names where it
+// came from.
+func adminToken(e *env, tokenFile string) (string, string, error) {
 	src := "--token-file"
 	if tokenFile == "" {
 		tokenFile, src = e.getenv("KEYTRAIL_ADMIN_TOKEN_FILE"), "KEYTRAIL_ADMIN_TOKEN_FILE"
@@ -240,19 +242,19 @@ func adminToken(e *env, tokenFile string) (string, error) {
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
-			return "", fmt.Errorf("admin token (%s): %w", src, err)
+			return "", "", fmt.Errorf("admin token (%s): %w", src, err)
 		}
 		tok = strings.TrimSpace(string(b))
 	} else {
 		tok, src = strings.TrimSpace(e.getenv("KEYTRAIL_ADMIN_TOKEN")), "KEYTRAIL_ADMIN_TOKEN"
 	}
 	if tok == "" {
-		return "", errors.New("no admin token: set --token-file, KEYTRAIL_ADMIN_TOKEN_FILE or KEYTRAIL_ADMIN_TOKEN")
+		return "", "", errors.New("no admin token: set --token-file, KEYTRAIL_ADMIN_TOKEN_FILE or KEYTRAIL_ADMIN_TOKEN")
 	}
 	if strings.ContainsAny(tok, " \t\r\n") {
-		return "", fmt.Errorf("admin token (%s) must be one line without spaces", src)
+		return "", "", fmt.Errorf("admin token (%s) must be one line without spaces", src)
 	}
-	return tok, nil
+	return tok, src, nil
 }
 
 // oauthError is the server's error shape.
@@ -297,18 +299,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, body, out any
 		return resp.StatusCode, fmt.Errorf("reading the answer: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var oe oauthError
-		if json.Unmarshal(raw, &oe) == nil && oe.Error != "" {
-			msg := fmt.Sprintf("%d %s", resp.StatusCode, oe.Error)
-			if oe.Description != "" {
-				msg += ": " + oe.Description
-			}
-			if oe.RequestID != "" {
-				msg += " (request_id " + oe.RequestID + ")"
-			}
-			return resp.StatusCode, errors.New(msg)
-		}
-		return resp.StatusCode, fmt.Errorf("server answered %s", resp.Status)
+		return resp.StatusCode, c.answerError(resp, raw)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -316,6 +307,27 @@ func (c *adminClient) do(ctx context.Context, method, path string, body, out any
 		}
 	}
 	return resp.StatusCode, nil
+}
+
+// answerError is the error for an admin API answer that is not a success:
+// the server's OAuth error text and, for a 401 (the admin token refused),
+// where the token came from.
+func (c *adminClient) answerError(resp *http.Response, raw []byte) error {
+	var oe oauthError
+	if json.Unmarshal(raw, &oe) != nil || oe.Error == "" {
+		return fmt.Errorf("server answered %s", resp.Status)
+	}
+	msg := fmt.Sprintf("%d %s", resp.StatusCode, oe.Error)
+	if oe.Description != "" {
+		msg += ": " + oe.Description
+	}
+	if oe.RequestID != "" {
+		msg += " (request_id " + oe.RequestID + ")"
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		msg += "; the admin token (from " + c.tokenSrc + ") was refused: check its issuer, audience and expiry"
+	}
+	return errors.New(msg)
 }
 
 func unwrapURLError(err error) error {

@@ -231,18 +231,7 @@ func adminGet(ctx context.Context, c *adminClient, path string, query url.Values
 		return resp.StatusCode, fmt.Errorf("reading the answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var oe oauthError
-		if json.Unmarshal(raw, &oe) == nil && oe.Error != "" {
-			msg := fmt.Sprintf("%d %s", resp.StatusCode, oe.Error)
-			if oe.Description != "" {
-				msg += ": " + oe.Description
-			}
-			if oe.RequestID != "" {
-				msg += " (request_id " + oe.RequestID + ")"
-			}
-			return resp.StatusCode, errors.New(msg)
-		}
-		return resp.StatusCode, fmt.Errorf("server answered %s", resp.Status)
+		return resp.StatusCode, c.answerError(resp, raw)
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
 		return resp.StatusCode, fmt.Errorf("the server's answer is not valid JSON: %w", err)
