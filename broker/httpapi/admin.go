@@ -12,13 +12,17 @@ package httpapi
 //	GET    /v1/admin/issuances           trace   (inventory of what workloads hold)
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
 	"net/url"
+	"reflect"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
@@ -237,8 +241,10 @@ func (s *Server) handleAdminIssuances(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"issuances": list, "truncated": truncated})
 }
 
-// decodeJSON decodes a capped application/json body strictly into v: unknown
-// fields, trailing data and URL query parameters are errors.
+// decodeJSON decodes a capped application/json body strictly into v (a
+// pointer to a struct): unknown fields, trailing data and URL query
+// parameters are errors, and so is a field named twice or in another case
+// than its json tag (checkFieldNames).
 func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || ct != "application/json" {
@@ -247,18 +253,71 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 	if r.URL.RawQuery != "" {
 		return broker.Errorf(broker.ErrInvalidRequest, "query_params", "parameters must be sent in the body, not the URL", nil)
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return broker.Errorf(broker.ErrInvalidRequest, "body_too_large", "request body too large", err)
 		}
+		return broker.Errorf(broker.ErrInvalidRequest, "bad_body", "the request body could not be read", err)
+	}
+	if err := checkFieldNames(raw, reflect.TypeOf(v).Elem()); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return broker.Errorf(broker.ErrInvalidRequest, "bad_json", "body must be one JSON object with known fields only", err)
 	}
 	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
 		return broker.Errorf(broker.ErrInvalidRequest, "bad_json", "body must be one JSON object with known fields only", err)
+	}
+	return nil
+}
+
+// checkFieldNames refuses a top-level object that names a field of t twice
+// (repeated_field) or in another case than its json tag (field_case).
+// encoding/json keeps the last of repeated names and matches names without
+// regard to case, so {"session_id":"a","Session_ID":"b"} would act on b
+// while a reader of the body sees a. A name t does not have is bad_json,
+// like the decoder's unknown fields; a body that is not an object is left
+// to the decoder.
+func checkFieldNames(raw []byte, t reflect.Type) error {
+	var names []string
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		key, _ := tok.(string)
+		switch {
+		case seen[key]:
+			return broker.Errorf(broker.ErrInvalidRequest, "repeated_field", "field "+key+" must not repeat", nil)
+		case slices.Contains(names, key):
+			seen[key] = true
+		default:
+			for _, name := range names {
+				if strings.EqualFold(key, name) {
+					return broker.Errorf(broker.ErrInvalidRequest, "field_case", "field names are case-sensitive: write "+name, nil)
+				}
+			}
+			// Unknown, whatever encoding/json's case folding would make of it.
+			return broker.Errorf(broker.ErrInvalidRequest, "bad_json", "body must be one JSON object with known fields only", nil)
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
+		}
 	}
 	return nil
 }

@@ -227,6 +227,15 @@ func TestAdminRevokeRejectsBadBodies(t *testing.T) {
 		{"fail/no-selector", "/v1/admin/revoke", jsonCT, `{"reason":"x"}`, "bad_selector"},
 		{"fail/missing-reason", "/v1/admin/revoke", jsonCT, `{"workload":"deployer"}`, "missing_reason"},
 		{"fail/wrong-type", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x","block":"yes"}`, "bad_json"},
+		// encoding/json keeps the last of repeated names and folds case:
+		// each of these would revoke deployer while the body first names
+		// someone else.
+		{"fail/repeated-field", "/v1/admin/revoke", jsonCT, `{"workload":"nobody","workload":"deployer","reason":"x"}`, "repeated_field"},
+		{"fail/repeated-field-escaped", "/v1/admin/revoke", jsonCT, `{"workload":"nobody","work\u006coad":"deployer","reason":"x"}`, "repeated_field"},
+		{"fail/case-variant", "/v1/admin/revoke", jsonCT, `{"workload":"nobody","Workload":"deployer","reason":"x"}`, "field_case"},
+		{"fail/case-variant-alone", "/v1/admin/revoke", jsonCT, `{"WORKLOAD":"deployer","reason":"x"}`, "field_case"},
+		{"fail/kelvin-sign-fold", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x","bloc\u212a":false}`, "field_case"},
+		{"fail/session-case-variants", "/v1/admin/revoke", jsonCT, `{"session_id":"ses_a","Session_ID":"ses_b","reason":"x"}`, "field_case"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
