@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
@@ -149,6 +150,10 @@ func (s *Server) handleAdminRevoke(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleAdminRevocation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if _, err := s.authorizeAdmin(r, broker.RoleRevoke, "get_revocation", map[string]any{"revocation_id": id}); err != nil {
+		s.WriteError(w, r, err)
+		return
+	}
+	if err := noQuery(r); err != nil {
 		s.WriteError(w, r, err)
 		return
 	}
@@ -322,33 +327,56 @@ func checkFieldNames(raw []byte, t reflect.Type) error {
 	return nil
 }
 
-// queryParams returns the allowed query parameters; unknown or repeated
-// ones are errors.
+// queryParams returns the allowed query parameters. An unknown or repeated
+// one is an error naming it (the first in sorted order); the map then holds
+// the allowed ones that were well-formed.
 func queryParams(r *http.Request, allowed ...string) (map[string]string, error) {
 	vals, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		return nil, broker.Errorf(broker.ErrInvalidRequest, "bad_query", "malformed query string", err)
 	}
 	out := map[string]string{}
-	for k, v := range vals {
-		known := false
-		for _, a := range allowed {
-			known = known || a == k
+	var first error
+	for _, k := range slices.Sorted(maps.Keys(vals)) {
+		v := vals[k]
+		switch {
+		case !slices.Contains(allowed, k):
+			takes := "none"
+			if len(allowed) > 0 {
+				takes = strings.Join(allowed, ", ")
+			}
+			err = broker.Errorf(broker.ErrInvalidRequest, "unknown_param", "unknown query parameter "+paramName(k)+"; this endpoint takes "+takes, nil)
+		case len(v) != 1:
+			err = broker.Errorf(broker.ErrInvalidRequest, "repeated_param", "parameter "+k+" must not repeat", nil)
+		default:
+			out[k] = v[0]
+			continue
 		}
-		if !known {
-			return out, broker.Errorf(broker.ErrInvalidRequest, "unknown_param", "unknown query parameter", nil)
+		if first == nil {
+			first = err
 		}
-		if len(v) != 1 {
-			return out, broker.Errorf(broker.ErrInvalidRequest, "repeated_param", "parameter "+k+" must not repeat", nil)
-		}
-		out[k] = v[0]
 	}
-	return out, nil
+	return out, first
 }
 
-func noQuery(r *http.Request) error {
-	if r.URL.RawQuery != "" {
-		return broker.Errorf(broker.ErrInvalidRequest, "unknown_param", "this endpoint takes no query parameters", nil)
+// paramName is a caller's parameter name as an error may show it: quoted
+// when it looks like one (up to 32 lowercase letters, digits and
+// underscores), else not at all, as it may be a credential pasted in the
+// wrong place.
+func paramName(k string) string {
+	ok := len(k) > 0 && len(k) <= 32
+	for i := 0; ok && i < len(k); i++ {
+		c := k[i]
+		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_'
 	}
-	return nil
+	if !ok {
+		return "(name not shown)"
+	}
+	return `"` + k + `"`
+}
+
+// noQuery refuses any query parameter, naming it.
+func noQuery(r *http.Request) error {
+	_, err := queryParams(r)
+	return err
 }

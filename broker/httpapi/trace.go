@@ -62,6 +62,10 @@ func (h *traceHandlers) trace(w http.ResponseWriter, r *http.Request) {
 		h.s.WriteError(w, r, err)
 		return
 	}
+	if _, err := queryParams(r, "q"); err != nil {
+		h.s.WriteError(w, r, err)
+		return
+	}
 	if len(qs["q"]) != 1 || q == "" {
 		h.s.WriteError(w, r, broker.Errorf(broker.ErrInvalidRequest, "bad_query", "give exactly one non-empty q parameter", nil))
 		return
@@ -80,6 +84,10 @@ func (h *traceHandlers) trace(w http.ResponseWriter, r *http.Request) {
 
 func (h *traceHandlers) report(w http.ResponseWriter, r *http.Request) {
 	if err := h.authorize(r, broker.RoleReport, "report", nil); err != nil {
+		h.s.WriteError(w, r, err)
+		return
+	}
+	if err := noQuery(r); err != nil {
 		h.s.WriteError(w, r, err)
 		return
 	}

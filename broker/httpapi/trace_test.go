@@ -214,3 +214,52 @@ func TestTraceRoutes(t *testing.T) {
 		t.Errorf("admin events = %d (%d naming the raw credential's hash), want %d (1)", admin, traced, len(cases))
 	}
 }
+
+// TestUnknownQueryParamsNamed: every admin GET refuses a query parameter it
+// does not take with 400 naming it (trace and report used to ignore them),
+// and does not repeat a name that may be a credential pasted in the wrong
+// place.
+func TestUnknownQueryParamsNamed(t *testing.T) {
+	tf := newTraceFixture(t)
+	issID, secret := tf.exchange(t)
+	af := newAdminFixture(t)
+	tests := []struct {
+		name, path, token string
+		admin             bool // the admin fixture, else the trace fixture
+		wantDesc          string
+	}{
+		{"fail/trace-unknown", "/v1/admin/trace?q=" + issID + "&format=json", "auditor", false, `unknown query parameter "format"; this endpoint takes q`},
+		{"fail/trace-typo", "/v1/admin/trace?query=" + issID, "auditor", false, `unknown query parameter "query"; this endpoint takes q`},
+		{"fail/report-unknown", "/v1/admin/report?format=html", "manager", false, `unknown query parameter "format"; this endpoint takes none`},
+		{"fail/trace-credential-as-name", "/v1/admin/trace?q=" + issID + "&" + url.QueryEscape(secret), "auditor", false, "unknown query parameter (name not shown); this endpoint takes q"},
+		{"fail/revocation-unknown", "/v1/admin/revocations/rev_01NOPE?verbose=1", "revoker", true, `unknown query parameter "verbose"; this endpoint takes none`},
+		{"fail/blocks-unknown", "/v1/admin/blocks?workload=x", "revoker", true, `unknown query parameter "workload"; this endpoint takes none`},
+		{"fail/issuances-unknown", "/v1/admin/issuances?team=x&workload=deployer", "tracer", true, `unknown query parameter "team"; this endpoint takes workload, owner, session_id, active, limit`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var status int
+			var raw []byte
+			if tt.admin {
+				var s string
+				status, _, s = af.do(t, "GET", tt.path, tt.token, "", "")
+				raw = []byte(s)
+			} else {
+				status, raw = tf.get(t, tt.path, tt.token)
+			}
+			var body struct {
+				Error string `json:"error"`
+				Desc  string `json:"error_description"`
+			}
+			if err := json.Unmarshal(raw, &body); err != nil {
+				t.Fatalf("GET %s: not JSON: %s", tt.path, raw)
+			}
+			if diff := cmp.Diff([]any{400, "invalid_request", tt.wantDesc}, []any{status, body.Error, body.Desc}); diff != "" {
+				t.Errorf("GET %s = got, want want (-want +got):\n%s", tt.path, diff)
+			}
+			if strings.Contains(string(raw), secret) {
+				t.Errorf("GET %s: the answer repeats the credential", tt.path)
+			}
+		})
+	}
+}
