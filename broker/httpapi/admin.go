@@ -44,12 +44,17 @@ func RegisterAdmin(mux *http.ServeMux, s *Server) {
 	mux.HandleFunc("GET /v1/admin/issuances", s.handleAdminIssuances)
 }
 
-// authorizeAdmin authorizes (and audits) one admin call.
+// authorizeAdmin authorizes (and audits) one admin call; a refusal counts in
+// keytrail_denies_total by its reason.
 func (s *Server) authorizeAdmin(r *http.Request, role, action string, target map[string]any) (*broker.Admin, error) {
-	return s.o.Service.AuthorizeAdmin(r.Context(), broker.AdminRequest{
+	a, err := s.o.Service.AuthorizeAdmin(r.Context(), broker.AdminRequest{
 		Token: BearerToken(r, "Authorization"), Role: role, Action: action, Target: target,
 		Source: s.Source(r), RequestID: RequestID(r),
 	})
+	if err != nil {
+		s.metrics.ObserveRefusal("admin", err)
+	}
+	return a, err
 }
 
 // RevokeRequest is the body of POST /v1/admin/revoke.

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -76,5 +77,62 @@ func TestUnauthorizedChallenges(t *testing.T) {
 				t.Errorf("%s %s (status, error, WWW-Authenticate, audit status, audit error) = got, want want (-want +got):\n%s", tt.method, tt.path, diff)
 			}
 		})
+	}
+}
+
+// TestDeniesCountedByReason: refused introspections and admin calls count in
+// keytrail_denies_total by reason, as refused exchanges do, so a flood of
+// bad tokens on any of them shows on /metrics.
+func TestDeniesCountedByReason(t *testing.T) {
+	f := newAdminFixture(t)
+	send := func(method, path, auth, ct, body string) {
+		t.Helper()
+		req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 && resp.StatusCode != 403 {
+			t.Fatalf("%s %s = %d, want a refusal", method, path, resp.StatusCode)
+		}
+	}
+	const formCT = "application/x-www-form-urlencoded"
+	introspect := url.Values{"token": {"whatever"}}.Encode()
+	send("POST", "/v1/introspect", "Bearer forged", formCT, introspect)
+	send("POST", "/v1/introspect", "Bearer forged", formCT, introspect)
+	send("POST", "/v1/introspect", "", formCT, introspect)
+	send("GET", "/v1/admin/blocks", "Bearer forged", "", "")
+	send("GET", "/v1/admin/blocks", "", "", "")
+	send("GET", "/v1/admin/blocks", "Bearer nobody", "", "")
+	send("POST", "/v1/token", "", formCT, url.Values{
+		"grant_type": {broker.GrantTypeTokenExchange}, "subject_token": {"forged"},
+		"subject_token_type": {broker.TokenTypeJWT}, "audience": {"deploy-vault"},
+	}.Encode())
+
+	resp, err := http.Get(f.srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`keytrail_denies_total{reason="bad_signature"} 4`,
+		`keytrail_denies_total{reason="missing_caller_token"} 1`,
+		`keytrail_denies_total{reason="missing_admin_token"} 1`,
+		`keytrail_denies_total{reason="not_admin"} 1`,
+	} {
+		if !strings.Contains(string(raw), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }

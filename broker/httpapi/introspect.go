@@ -19,12 +19,12 @@ func BearerToken(r *http.Request, header string) string {
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	form, err := s.readForm(w, r)
 	if err != nil {
-		s.WriteError(w, r, err)
+		s.refuse(w, r, "introspect", err)
 		return
 	}
 	tok, err := single(form, "token")
 	if err != nil {
-		s.WriteError(w, r, err)
+		s.refuse(w, r, "introspect", err)
 		return
 	}
 	res, err := s.o.Service.Introspect(r.Context(), broker.IntrospectRequest{
@@ -34,7 +34,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		RequestID:   RequestID(r),
 	})
 	if err != nil {
-		s.WriteError(w, r, err)
+		s.refuse(w, r, "introspect", err)
 		return
 	}
 	if !res.Active {
@@ -55,4 +55,11 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		"iss":        s.o.PublicURL,
 		"token_type": "Bearer",
 	})
+}
+
+// refuse counts a refused request to endpoint in keytrail_denies_total (so
+// that a flood of bad tokens shows by reason) and writes the error.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, endpoint string, err error) {
+	s.metrics.ObserveRefusal(endpoint, err)
+	s.WriteError(w, r, err)
 }

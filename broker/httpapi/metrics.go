@@ -47,8 +47,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // ObserveRefusal records a request to another endpoint than POST /v1/token
-// (endpoint: "proxy") refused with err: keytrail_denies_total by its reason,
-// and keytrail_rate_limited_total when it was a 429 slow_down.
+// (endpoint: "proxy", "introspect", "admin") refused with err:
+// keytrail_denies_total by its reason, and keytrail_rate_limited_total when
+// it was a 429 slow_down.
 func (m *Metrics) ObserveRefusal(endpoint string, err error) {
 	e := broker.AsError(err)
 	m.Denies.WithLabelValues(e.Reason).Inc()

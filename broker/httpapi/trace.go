@@ -44,10 +44,7 @@ type traceHandlers struct {
 }
 
 func (h *traceHandlers) authorize(r *http.Request, role, action string, target map[string]any) error {
-	_, err := h.s.o.Service.AuthorizeAdmin(r.Context(), broker.AdminRequest{
-		Token: BearerToken(r, "Authorization"), Role: role, Action: action, Target: target,
-		Source: h.s.Source(r), RequestID: RequestID(r),
-	})
+	_, err := h.s.authorizeAdmin(r, role, action, target)
 	return err
 }
 
