@@ -367,6 +367,11 @@ func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Cre
 		return nil, errors.New("keytrail broker: token response with negative expires_in")
 	case c.ExpiresIn > 10*366*24*3600:
 		return nil, errors.New("keytrail broker: token response with absurd expires_in")
+	case c.ExpiresIn == 0:
+		// Over as it arrives (the minted lifetime rounded to 0 s, e.g. a
+		// Vault token capped by the broker's own expiring token): useless,
+		// and renewing it at once would loop. Transient: Source backs off.
+		return nil, errors.New("keytrail broker: the credential expired on arrival (expires_in 0)")
 	}
 	c.IssuedAt = sent
 	c.ExpiresAt = sent.Add(time.Duration(c.ExpiresIn) * time.Second)

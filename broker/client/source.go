@@ -16,7 +16,7 @@ const (
 	DefaultJitter     = 0.1
 	DefaultMinBackoff = 500 * time.Millisecond
 	DefaultMaxBackoff = 30 * time.Second
-	minRenewDelay     = 100 * time.Millisecond
+	minRenewDelay     = time.Second
 )
 
 // SourceOptions configure a Source.
@@ -245,7 +245,9 @@ func (s *Source) Run(ctx context.Context) (err error) {
 
 // renewDelay is the wait from now until c should be renewed: at
 // RenewAt±Jitter of its TTL after it was issued, and at least
-// minRenewDelay (to bound the rate for credentials with a tiny TTL).
+// minRenewDelay: every renewal is a new issuance (and, under exec --watch,
+// a restart of the program), so a tiny TTL or a slow exchange must not
+// make it a loop.
 func (s *Source) renewDelay(c *Credential) time.Duration {
 	frac := s.o.RenewAt + s.o.Jitter*(2*s.o.Rand()-1)
 	at := c.IssuedAt.Add(time.Duration(float64(c.TTL()) * frac))

@@ -106,6 +106,7 @@ func TestRenewScheduleBounds(t *testing.T) {
 		{"ok/earliest", 900 * time.Second, 0, 510 * time.Second},
 		{"ok/latest", 900 * time.Second, 1, 690 * time.Second},
 		{"ok/short-ttl", 3 * time.Second, 0.5, 2 * time.Second},
+		{"ok/one-second-ttl-floored", time.Second, 0.5, minRenewDelay},
 		{"ok/tiny-ttl-floored", 0, 0.5, minRenewDelay},
 	}
 	for _, tc := range tests {
@@ -115,7 +116,10 @@ func TestRenewScheduleBounds(t *testing.T) {
 		if d := got - tc.want; d < -time.Millisecond || d > time.Millisecond {
 			t.Errorf("renewDelay(%s) = %v, want %v", tc.name, got, tc.want)
 		}
-		if tc.ttl > 0 && (got < tc.ttl*17/30-time.Millisecond || got >= tc.ttl) {
+		if got < time.Second {
+			t.Errorf("renewDelay(%s) = %v, want at least 1s (one issuance a second at most)", tc.name, got)
+		}
+		if tc.ttl > 0 && got > minRenewDelay && (got < tc.ttl*17/30-time.Millisecond || got >= tc.ttl) {
 			t.Errorf("renewDelay(%s) = %v, outside [17/30, 1) of the TTL", tc.name, got)
 		}
 	}
@@ -273,5 +277,41 @@ func TestNewSourceValidates(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("NewSource(%s) = %v, want error containing %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// A credential that is already over when it arrives (expires_in 0) is not
+// published and is retried with the growing backoff, not every 100 ms:
+// each retry is a new issuance (and, under exec --watch, a restart).
+func TestRunBacksOffOnCredentialExpiredOnArrival(t *testing.T) {
+	clock := newFakeClock()
+	fb := newFakeBroker(t,
+		okReply("iss_1", 90),
+		okReply("iss_dead1", 0), okReply("iss_dead2", 0), okReply("iss_dead3", 0),
+		okReply("iss_2", 90),
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got []string
+	s := newTestSource(t, fb, clock, 0.5, func(o *SourceOptions) {
+		o.OnCredential = func(c *Credential) error {
+			got = append(got, c.IssuanceID)
+			if len(got) == 2 {
+				cancel()
+			}
+			return nil
+		}
+	})
+	if err := s.Run(ctx); err != nil {
+		t.Fatalf("Run = %v, want nil after cancellation", err)
+	}
+	if diff := cmp.Diff([]string{"iss_1", "iss_2"}, got); diff != "" {
+		t.Errorf("credentials published (-want +got):\n%s", diff)
+	}
+	// Renewal at 60s, then the exponential backoff (rand 0.5: 3/4 of
+	// 500ms, 1s, 2s), as after any transient failure.
+	want := []time.Duration{60 * time.Second, 375 * time.Millisecond, 750 * time.Millisecond, 1500 * time.Millisecond}
+	if diff := cmp.Diff(want, clock.slept()); diff != "" {
+		t.Errorf("waits (-want +got):\n%s", diff)
 	}
 }
