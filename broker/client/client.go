@@ -351,22 +351,26 @@ func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Cre
 	}
 	if ct := h.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return nil, fmt.Errorf("keytrail broker: 200 with content type %q, want application/json", ct)
+			return nil, badResponse(fmt.Sprintf("200 with content type %s, want application/json", strconv.Quote(clip(ct, 100))))
 		}
 	}
 	var c Credential
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("keytrail broker: malformed token response: %w", errors.New(jsonErrorKind(err)))
+		return nil, badResponse("malformed token response: " + jsonErrorKind(err))
 	}
 	switch {
 	case c.AccessToken == "":
-		return nil, errors.New("keytrail broker: token response without access_token")
+		return nil, badResponse("token response without access_token")
+	case c.TokenType != "" && !strings.EqualFold(c.TokenType, "Bearer"):
+		// RFC 6749 §7.1: the type is case-insensitive; keytrail issues
+		// Bearer tokens only.
+		return nil, badResponse("token response with token_type " + strconv.Quote(clip(c.TokenType, 40)) + ", want Bearer")
 	case c.ExpiresIn < 0:
-		return nil, errors.New("keytrail broker: token response with negative expires_in")
+		return nil, badResponse("token response with negative expires_in")
 	case c.ExpiresIn > 10*366*24*3600:
-		return nil, errors.New("keytrail broker: token response with absurd expires_in")
+		return nil, badResponse("token response with absurd expires_in")
 	case c.ExpiresIn == 0:
 		// Over as it arrives (the minted lifetime rounded to 0 s, e.g. a
 		// Vault token capped by the broker's own expiring token): useless,
@@ -378,6 +382,15 @@ func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Cre
 	c.Raw = body
 	return &c, nil
 }
+
+// badResponse is a 200 answer that is not a keytrail token response; it
+// is ErrBadResponse (errors.Is) without repeating its text.
+func badResponse(what string) error { return &badResponseError{"keytrail broker: " + what} }
+
+type badResponseError struct{ msg string }
+
+func (e *badResponseError) Error() string        { return e.msg }
+func (e *badResponseError) Is(target error) bool { return target == ErrBadResponse }
 
 // jsonErrorKind describes a decoding error without quoting the input (which
 // may hold a secret).

@@ -81,8 +81,16 @@ func TestExchange(t *testing.T) {
 			outcome{Code: "temporarily_unavailable", Status: 503, RequestID: "req_body", Category: "temporarily unavailable", Transient: true}},
 		{"fail/502-not-oauth-shape", reply{status: 502, body: "<html>bad gateway</html>"},
 			outcome{Status: 502, RequestID: "req_hdr", Category: "temporarily unavailable", Transient: true}},
-		{"fail/200-malformed", reply{status: 200, body: `{"access_token":`}, outcome{Transient: true}},
-		{"fail/200-without-token", reply{status: 200, body: `{"expires_in":5}`}, outcome{Transient: true}},
+		// A 200 that is not a token response cannot become one on a retry
+		// (wrong --addr, something rewriting answers), and each retry may
+		// mint a credential that is thrown away: permanent.
+		{"fail/200-malformed", reply{status: 200, body: `{"access_token":`}, outcome{Permanent: true}},
+		{"fail/200-without-token", reply{status: 200, body: `{"expires_in":5}`}, outcome{Permanent: true}},
+		{"fail/200-html", reply{status: 200, body: `<html>hello</html>`, header: map[string]string{"Content-Type": "text/html"}}, outcome{Permanent: true}},
+		{"fail/200-token-type-not-bearer", reply{status: 200, body: `{"access_token":"x","token_type":"mac","expires_in":60}`}, outcome{Permanent: true}},
+		{"fail/200-negative-expires-in", reply{status: 200, body: `{"access_token":"x","token_type":"Bearer","expires_in":-1}`}, outcome{Permanent: true}},
+		{"ok/200-token-type-any-case", reply{status: 200, body: `{"access_token":"x","token_type":"bearer","expires_in":60,"issuance_id":"iss_b"}`},
+			outcome{Issuance: "iss_b", ExpiresAt: t0.Add(60 * time.Second)}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -128,13 +128,24 @@ func (e *IdentityError) Error() string {
 
 func (e *IdentityError) Unwrap() error { return e.Err }
 
+// ErrBadResponse is wrapped by the error for a 200 answer that is not a
+// token response (not JSON, no access_token, a token_type other than
+// Bearer, an impossible expires_in): the address names something other
+// than a keytrail broker, or something in between rewrites its answers.
+// It is permanent: a retry would get the same, and each one may mint a
+// credential nobody receives.
+var ErrBadResponse = errors.New("not a keytrail token response")
+
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
-// 4xx answer of the broker other than 408 and 429, or an identity token
-// that cannot be had. Context cancellation is neither permanent nor
-// transient.
+// 4xx answer of the broker other than 408 and 429, a 200 answer that is
+// not a token response (ErrBadResponse), or an identity token that cannot
+// be had. Context cancellation is neither permanent nor transient.
 func IsPermanent(err error) bool {
 	if err == nil {
 		return false
+	}
+	if errors.Is(err, ErrBadResponse) {
+		return true
 	}
 	var be *Error
 	if errors.As(err, &be) {

@@ -159,9 +159,9 @@ since a running process's environment cannot change. A renewal the broker
 refuses for good is reported on stderr and CMD keeps running.
 
 Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
-the exit status before CMD starts: 1 the broker refused for good, the identity
-token cannot be read, or no credential came within --timeout; 2 usage; 130
-interrupted.`,
+the exit status before CMD starts: 1 the broker refused for good or its
+answer was not a token response, the identity token cannot be read, or no
+credential came within --timeout; 2 usage; 130 interrupted.`,
 		Example: `  keytrail exec --grant payments-db --env PGUSER=username --env PGPASSWORD=password -- ./server
   keytrail exec --grant payments-vault --env VAULT_TOKEN --watch -- ./worker
   keytrail exec --grant payments-vault --out /run/keytrail/token --watch --on-renew signal:HUP -- nginx -g 'daemon off;'`,

@@ -163,6 +163,8 @@ func permanentError(grant string, id client.IdentitySource, err error) error {
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: the identity token was rejected (%s): %s", grant, be, fix)}
 	case errors.As(err, &be):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, be, be.Hint())}
+	case errors.Is(err, client.ErrBadResponse):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: check that --addr (or $KEYTRAIL_ADDR) names a keytrail server and that nothing in between rewrites its answers", grant, err)}
 	case errors.As(err, &ie):
 		fix := "check --identity-token-file (in Kubernetes: a projected service-account token volume with audience " + client.DefaultAudience + ", see docs/examples)"
 		switch id.(type) {
@@ -488,9 +490,10 @@ Formats: raw   the access token alone
          pem   certificate, chain and private key (pki grants)
 
 Exit status: 0 done (with --watch: stopped by SIGINT/SIGTERM); 1 the broker
-refused for good (400/401/403: the message says what to fix), the identity
-token cannot be read, no credential came within --timeout, or a signal came
-before every credential was fetched; 2 usage.`,
+refused for good (400/401/403: the message says what to fix), its 200 answer
+was not a token response (not retried), the identity token cannot be read,
+no credential came within --timeout, or a signal came before every
+credential was fetched; 2 usage.`,
 		Example: `  keytrail fetch --grant payments-db --out /run/secrets/db.json --format json
   keytrail fetch --grant payments-vault --grant orders-jwt --out-dir /run/keytrail --watch
   keytrail fetch --github-actions --grant deploy-vault --out - --format env`,

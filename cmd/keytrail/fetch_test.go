@@ -71,6 +71,7 @@ func newFakeTokenBroker(t *testing.T) (*fakeTokenBroker, string) {
 		"tls":            {200, pkiBody},
 		"denied":         {403, deniedBdy},
 		"rejected":       {401, rejectBdy},
+		"garbled":        {200, `{"token_type":"Bearer","expires_in":60}`},
 	}}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
@@ -139,6 +140,8 @@ func TestFetchCommand(t *testing.T) {
 			wantStderr: []string{"rejected: the identity token was rejected (keytrail broker: 401 invalid_grant: identity token rejected (request_id req_401)): check the token file " + tokenFile + ", its audience (keytrail) and expiry"}},
 		{name: "fail/403-says-what-to-fix", args: []string{"--grant", "denied", "--out", "{dir}/x"}, wantCode: 1,
 			wantStderr: []string{"403 access_denied", "keytrail policy explain"}},
+		{name: "fail/200-not-a-token-response-is-not-retried", args: []string{"--grant", "garbled", "--out", "{dir}/x", "--timeout", "3s"}, wantCode: 1,
+			wantStderr: []string{"garbled: keytrail broker: token response without access_token: check that --addr (or $KEYTRAIL_ADDR) names a keytrail server"}},
 		{name: "fail/unknown-grant", args: []string{"--grant", "nope", "--out", "{dir}/x"}, wantCode: 1,
 			wantStderr: []string{"400 invalid_target", "check the grant name"}},
 		{name: "fail/no-token-file", args: []string{"--grant", "payments-vault", "--out", "{dir}/x", "--identity-token-file", "{dir}/missing"}, wantCode: 1,
