@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,8 +32,9 @@ type IdentitySource interface {
 }
 
 // FileIdentity reads the token from a file on every call, since platforms
-// (kubelet, SPIRE helpers) rotate it in place. The zero value reads
-// DefaultTokenFile.
+// (kubelet, SPIRE helpers) rotate it in place. An empty file is a
+// transient IdentityError (a writer between truncate and write); a missing
+// one is permanent. The zero value reads DefaultTokenFile.
 type FileIdentity struct {
 	Path string
 }
@@ -60,6 +62,14 @@ func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
 	b, err := io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
 	if err != nil {
 		return "", &IdentityError{Source: f.Describe(), Err: stripPathError(err)}
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		// A file that exists but is empty is most likely being rewritten
+		// in place (truncate, then write, as spiffe-helper does) or not
+		// filled yet by its helper: transient, so a renewal backs off and
+		// keeps the last credential, and a first fetch waits up to its
+		// timeout. A missing file stays permanent (a wrong path).
+		return "", &IdentityError{Source: f.Describe(), Err: errors.New("empty"), Transient: true}
 	}
 	return checkToken(f.Describe(), string(b))
 }

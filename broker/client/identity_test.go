@@ -54,14 +54,17 @@ func TestIdentitySourceFailures(t *testing.T) {
 		src     IdentitySource
 		want    string // token, or "" for an error
 		wantMsg string
+		// transient: retrying can help (an empty file is one being
+		// written in place, as spiffe-helper does: truncate, then write).
+		transient bool
 	}{
-		{"ok/env", EnvIdentity{Name: "SET", Getenv: getenv}, "tok", ""},
-		{"fail/missing-file", FileIdentity{Path: filepath.Join(dir, "nope")}, "", "identity token from file " + filepath.Join(dir, "nope") + ": no such file or directory"},
-		{"fail/empty-file", FileIdentity{Path: empty}, "", ": empty"},
-		{"fail/two-tokens", FileIdentity{Path: two}, "", "contains whitespace"},
-		{"fail/too-big", FileIdentity{Path: big}, "", "larger than"},
-		{"fail/env-unset", EnvIdentity{Name: "UNSET", Getenv: getenv}, "", "identity token from $UNSET: not set or empty"},
-		{"fail/env-empty", EnvIdentity{Name: "EMPTY", Getenv: getenv}, "", "not set or empty"},
+		{"ok/env", EnvIdentity{Name: "SET", Getenv: getenv}, "tok", "", false},
+		{"fail/missing-file", FileIdentity{Path: filepath.Join(dir, "nope")}, "", "identity token from file " + filepath.Join(dir, "nope") + ": no such file or directory", false},
+		{"fail/empty-file-is-transient", FileIdentity{Path: empty}, "", ": empty", true},
+		{"fail/two-tokens", FileIdentity{Path: two}, "", "contains whitespace", false},
+		{"fail/too-big", FileIdentity{Path: big}, "", "larger than", false},
+		{"fail/env-unset", EnvIdentity{Name: "UNSET", Getenv: getenv}, "", "identity token from $UNSET: not set or empty", false},
+		{"fail/env-empty", EnvIdentity{Name: "EMPTY", Getenv: getenv}, "", "not set or empty", false},
 	}
 	for _, tc := range tests {
 		got, err := tc.src.IdentityToken(context.Background())
@@ -75,8 +78,8 @@ func TestIdentitySourceFailures(t *testing.T) {
 			continue
 		}
 		var ie *IdentityError
-		if !errors.As(err, &ie) || !IsPermanent(err) || !strings.Contains(err.Error(), tc.wantMsg) {
-			t.Errorf("IdentityToken(%s) error = %v, want a permanent IdentityError containing %q", tc.name, err, tc.wantMsg)
+		if !errors.As(err, &ie) || IsPermanent(err) == tc.transient || IsTransient(err) != tc.transient || !strings.Contains(err.Error(), tc.wantMsg) {
+			t.Errorf("IdentityToken(%s) error = %v (permanent %v), want an IdentityError containing %q, transient %v", tc.name, err, IsPermanent(err), tc.wantMsg, tc.transient)
 		}
 	}
 	// The default file is the Kubernetes projected token path.

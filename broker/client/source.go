@@ -180,8 +180,10 @@ func (s *Source) end(err error) {
 
 // Fetch exchanges until it gets a credential, retrying transient failures
 // with backoff (never before a Retry-After), and publishes it. It returns a
-// permanent error at once, and ctx's error when ctx ends first.
+// permanent error at once, and ctx's error when ctx ends first (naming the
+// last transient failure, if any; errors.Is(err, ctx.Err()) holds).
 func (s *Source) Fetch(ctx context.Context) (*Credential, error) {
+	var last error
 	for attempt := 0; ; attempt++ {
 		c, err := s.o.Client.Exchange(ctx, s.o.Grant, s.o.Exchange)
 		if err == nil {
@@ -195,11 +197,12 @@ func (s *Source) Fetch(ctx context.Context) (*Credential, error) {
 			return c, nil
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, gaveUp(ctx.Err(), last)
 		}
 		if !IsTransient(err) {
 			return nil, err
 		}
+		last = err
 		wait := s.backoff(attempt, err)
 		s.o.Logger.LogAttrs(ctx, slog.LevelWarn, "exchange failed; retrying",
 			slog.String("grant", s.o.Grant), slog.String("error", err.Error()), slog.Duration("wait", wait))
@@ -207,9 +210,34 @@ func (s *Source) Fetch(ctx context.Context) (*Credential, error) {
 			s.o.OnRetry(err, wait)
 		}
 		if err := s.o.Sleep(ctx, wait); err != nil {
-			return nil, err
+			return nil, gaveUp(err, last)
 		}
 	}
+}
+
+// gaveUp is ctxErr, saying what failed last before it.
+func gaveUp(ctxErr, last error) error {
+	if last == nil {
+		return ctxErr
+	}
+	return &gaveUpError{ctxErr, last}
+}
+
+type gaveUpError struct{ ctxErr, last error }
+
+func (e *gaveUpError) Error() string {
+	return e.ctxErr.Error() + " (last failure: " + e.last.Error() + ")"
+}
+func (e *gaveUpError) Unwrap() error { return e.ctxErr }
+
+// LastFailure returns the last transient failure before Fetch's context
+// ended, when err is such an end of Fetch; else nil.
+func LastFailure(err error) error {
+	var g *gaveUpError
+	if errors.As(err, &g) {
+		return g.last
+	}
+	return nil
 }
 
 // Run keeps the credential fresh until ctx ends (then it returns nil) or a

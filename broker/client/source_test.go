@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -313,5 +315,59 @@ func TestRunBacksOffOnCredentialExpiredOnArrival(t *testing.T) {
 	want := []time.Duration{60 * time.Second, 375 * time.Millisecond, 750 * time.Millisecond, 1500 * time.Millisecond}
 	if diff := cmp.Diff(want, clock.slept()); diff != "" {
 		t.Errorf("waits (-want +got):\n%s", diff)
+	}
+}
+
+// A token file rewritten in place (truncate, then write: spiffe-helper)
+// can be read empty; a renewal that reads it so retries with the backoff
+// and keeps the last credential instead of ending Run for good.
+func TestRunRidesOutTokenFileReadEmptyMidWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte("jwt-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock := newFakeClock()
+	fb := newFakeBroker(t, okReply("iss_1", 90), okReply("iss_2", 90))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clock.onSleep = func(n int) {
+		switch n {
+		case 1: // the renewal is due: the writer has just truncated
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
+				t.Error(err)
+			}
+		case 2: // the backoff after the empty read: the writer is done
+			if err := os.WriteFile(path, []byte("jwt-2\n"), 0o600); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	var got, retried []string
+	s := newTestSource(t, fb, clock, 0.5, func(o *SourceOptions) {
+		o.Exchange.Identity = FileIdentity{Path: path}
+		o.OnCredential = func(c *Credential) error {
+			got = append(got, c.IssuanceID)
+			if len(got) == 2 {
+				cancel()
+			}
+			return nil
+		}
+		o.OnRetry = func(err error, wait time.Duration) { retried = append(retried, err.Error()) }
+	})
+	if err := s.Run(ctx); err != nil {
+		t.Fatalf("Run = %v, want nil after cancellation (the empty read retried)", err)
+	}
+	if diff := cmp.Diff([]string{"iss_1", "iss_2"}, got); diff != "" {
+		t.Errorf("credentials (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"identity token from file " + path + ": empty"}, retried); diff != "" {
+		t.Errorf("retries (-want +got):\n%s", diff)
+	}
+	var subjects []string
+	for _, f := range fb.sent() {
+		subjects = append(subjects, f.Get("subject_token"))
+	}
+	if diff := cmp.Diff([]string{"jwt-1", "jwt-2"}, subjects); diff != "" {
+		t.Errorf("subject tokens sent (-want +got):\n%s", diff)
 	}
 }

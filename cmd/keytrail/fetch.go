@@ -199,7 +199,11 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 	grant := srcs[i].Grant()
 	switch {
 	case timeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s: the broker stayed busy or unreachable", grant, timeout)}
+		why := "the broker stayed busy or unreachable"
+		if last := client.LastFailure(err); last != nil {
+			why = "last failure: " + retryReason(last)
+		}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s; %s", grant, timeout, why)}
 	case errors.Is(err, context.Canceled):
 		return err
 	case client.IsPermanent(err):

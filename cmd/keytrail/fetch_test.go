@@ -484,3 +484,34 @@ func TestEnvFormatFieldNameClashIsDeterministic(t *testing.T) {
 		t.Errorf("renderEnv = %q, want the first field name in sorted order (lease-id) to win", first)
 	}
 }
+
+// An identity token file that exists but is empty (its helper has not
+// written it yet, or is rewriting it in place) is waited for up to
+// --timeout, and the failure then names it rather than the broker.
+func TestFetchWaitsForEmptyTokenFileThenNamesIt(t *testing.T) {
+	f, addr := newFakeTokenBroker(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := runCmd(t, context.Background(), addr, "fetch", "--identity-token-file", tokenFile,
+		"--grant", "payments-vault", "--out", filepath.Join(dir, "x"), "--timeout", "1s")
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("fetch with an empty token file = %v, want exit 1 after --timeout\nstderr: %s", err, stderr)
+	}
+	want := "payments-vault: no credential after 1s; last failure: identity token from file " + tokenFile + ": empty"
+	if ee.msg != want {
+		t.Errorf("message = %q, want %q", ee.msg, want)
+	}
+	if !strings.Contains(stderr, "identity token from file "+tokenFile+": empty; retrying in") {
+		t.Errorf("stderr %q lacks the retry line", stderr)
+	}
+	f.mu.Lock()
+	n := len(f.subjects)
+	f.mu.Unlock()
+	if n != 0 {
+		t.Errorf("broker saw %d requests, want none", n)
+	}
+}
