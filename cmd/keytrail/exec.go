@@ -197,10 +197,8 @@ credential came within --timeout; 2 usage; 130 interrupted.`,
 				return exitError{code: exitUsage, msg: "exec: --restart-grace must be positive"}
 			}
 			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
-			if of.outDir != "" {
-				if err := os.MkdirAll(of.outDir, 0o700); err != nil {
-					return fmt.Errorf("exec: %w", err)
-				}
+			if err := of.prepare(wf.grants); err != nil {
+				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}
 			}
 			// Grants renew concurrently: one at a time writes files and lines.
 			var outMu sync.Mutex

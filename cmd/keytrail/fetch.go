@@ -274,6 +274,60 @@ func (o *outputFlags) validate(grants []string, watch bool) error {
 	return nil
 }
 
+// prepare creates --out-dir and checks that every grant's file can be
+// written, before the broker is asked: a credential minted and then
+// dropped for want of a directory is an issuance for nothing.
+func (o *outputFlags) prepare(grants []string) error {
+	if !o.any() {
+		return nil // exec with --env only
+	}
+	if o.outDir != "" {
+		if err := os.MkdirAll(o.outDir, 0o700); err != nil {
+			return fmt.Errorf("--out-dir %s: %w", o.outDir, stripPath(err))
+		}
+	}
+	flag := "--out"
+	if o.outDir != "" {
+		flag = "--out-dir"
+	}
+	probed := map[string]bool{}
+	for _, g := range grants {
+		p := o.path(g)
+		if p == "-" {
+			continue
+		}
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			if o.outDir != "" {
+				return fmt.Errorf("%s: %s is a directory", flag, p)
+			}
+			return fmt.Errorf("%s %s: is a directory (use --out-dir)", flag, p)
+		}
+		dir := filepath.Dir(p)
+		if probed[dir] {
+			continue
+		}
+		probed[dir] = true
+		// What writeAtomic will do: a temporary file in the directory.
+		f, err := os.CreateTemp(dir, ".keytrail-probe-*")
+		if err != nil {
+			return fmt.Errorf("%s %s: cannot write in %s: %w", flag, p, dir, stripPath(err))
+		}
+		f.Close()
+		os.Remove(f.Name())
+	}
+	return nil
+}
+
+// stripPath keeps the cause of an *os.PathError (the message names the
+// path already).
+func stripPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 var formatExt = map[string]string{"raw": "", "json": ".json", "env": ".env", "pem": ".pem"}
 
 // path is where grant's credential goes ("-" for stdout).
@@ -512,10 +566,8 @@ credential was fetched; 2 usage.`,
 			if err := of.validate(wf.grants, wf.watch); err != nil {
 				return exitError{code: exitUsage, msg: "fetch: " + err.Error()}
 			}
-			if of.outDir != "" {
-				if err := os.MkdirAll(of.outDir, 0o700); err != nil {
-					return fmt.Errorf("fetch: %w", err)
-				}
+			if err := of.prepare(wf.grants); err != nil {
+				return exitError{code: exitPermanent, msg: "fetch: " + err.Error()}
 			}
 			// Grants renew concurrently: one at a time writes files and lines.
 			var outMu sync.Mutex

@@ -515,3 +515,47 @@ func TestFetchWaitsForEmptyTokenFileThenNamesIt(t *testing.T) {
 		t.Errorf("broker saw %d requests, want none", n)
 	}
 }
+
+// Where the credential would go is checked before the broker is asked: a
+// credential minted and then thrown away for want of a directory is an
+// issuance for nothing.
+func TestOutputCheckedBeforeExchange(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outDir := filepath.Join(dir, "outdir")
+	if err := os.Mkdir(outDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"fail/fetch-out-in-missing-directory", []string{"fetch", "--grant", "payments-vault", "--out", dir + "/nope/token"},
+			"fetch: --out " + dir + "/nope/token: cannot write in " + dir + "/nope: no such file or directory"},
+		{"fail/fetch-out-is-a-directory", []string{"fetch", "--grant", "payments-vault", "--out", outDir},
+			"fetch: --out " + outDir + ": is a directory (use --out-dir)"},
+		{"fail/exec-out-in-missing-directory", []string{"exec", "--grant", "payments-vault", "--out", dir + "/nope/token", "--", "true"},
+			"exec: --out " + dir + "/nope/token: cannot write in " + dir + "/nope: no such file or directory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, addr := newFakeTokenBroker(t)
+			args := append([]string{tc.args[0], "--identity-token-file", tokenFile}, tc.args[1:]...)
+			_, stderr, err := runCmd(t, context.Background(), addr, args...)
+			var ee exitError
+			if !errors.As(err, &ee) || ee.code != 1 || ee.msg != tc.want {
+				t.Errorf("%v = %v, want exit 1 with %q\nstderr: %s", tc.args, err, tc.want, stderr)
+			}
+			f.mu.Lock()
+			n := len(f.subjects)
+			f.mu.Unlock()
+			if n != 0 {
+				t.Errorf("broker was asked %d times, want none", n)
+			}
+		})
+	}
+}
