@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -51,7 +52,8 @@ DELETE /v1/admin/blocks/{workload}.
 Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
 Admin token: your identity token (an identity that policy lists under admins
              with the revoke role), read from --token-file, else from the file
-             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN.
+             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN
+             (a file others can read gets a warning: chmod 600 it).
 
 Exit status:
   0  every matched credential is revoked
@@ -240,7 +242,7 @@ func adminToken(e *env, tokenFile string) (string, string, error) {
 	}
 	var tok string
 	if tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
+		b, err := readAdminTokenFile(e, tokenFile)
 		if err != nil {
 			return "", "", fmt.Errorf("admin token (%s): %w", src, err)
 		}
@@ -256,6 +258,30 @@ func adminToken(e *env, tokenFile string) (string, string, error) {
 	}
 	return tok, src, nil
 }
+
+// adminTokenLoosePerm are the mode bits that let others than the owner
+// (and a group it shares the file with for reading, as a Vault agent sink's
+// default 0640 does) read or change the admin token.
+const adminTokenLoosePerm = 0o027
+
+// readAdminTokenFile reads the admin token file and warns on stderr when
+// others can read or change it. A warning, not a refusal (as ssh does for
+// private keys): the token is usually a short-lived SSO token kept where
+// its tool puts it, and refusing would stop an incident response.
+func readAdminTokenFile(e *env, path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&adminTokenLoosePerm != 0 {
+		fmt.Fprintf(e.stderr, "keytrail: warning: admin token file %s has mode %#o: others can read or change it; chmod 600 %s\n", path, fi.Mode().Perm(), path)
+	}
+	return io.ReadAll(io.LimitReader(f, maxAdminTokenFile))
+}
+
+// maxAdminTokenFile bounds what is read from the admin token file.
+const maxAdminTokenFile = 1 << 20
 
 // oauthError is the server's error shape.
 type oauthError struct {

@@ -184,3 +184,46 @@ func TestAdminAddressErrorHidesSecrets(t *testing.T) {
 		}
 	}
 }
+
+// An admin token file others can read (or anyone but its owner can write)
+// draws a warning on stderr naming the file and its mode; the command
+// still runs. Group read alone (0640, a Vault agent sink's default) is a
+// deliberate sharing and passes quietly.
+func TestAdminTokenFilePermissionsWarn(t *testing.T) {
+	tests := []struct {
+		name string
+		mode os.FileMode
+		warn string
+	}{
+		{"ok/owner-only", 0o600, ""},
+		{"ok/group-read", 0o640, ""},
+		{"warn/world-readable", 0o644, "keytrail: warning: admin token file {file} has mode 0644: others can read or change it; chmod 600 {file}\n"},
+		{"warn/group-writable", 0o660, "keytrail: warning: admin token file {file} has mode 0660: others can read or change it; chmod 600 {file}\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "admin-token")
+			if err := os.WriteFile(file, []byte("file-token\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(file, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			fa := &fakeAdmin{status: 200, body: receiptDone}
+			srv := httptest.NewServer(fa)
+			defer srv.Close()
+			env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN_FILE": file}
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), []string{"revoke", "--workload", "w", "--reason", "r"}, func(k string) string { return env[k] }, &stdout, &stderr)
+			if err != nil {
+				t.Fatalf("revoke with a mode %#o token file = %v, want it to run", tc.mode, err)
+			}
+			if fa.auth != "Bearer file-token" {
+				t.Errorf("Authorization = %q, want the file's token", fa.auth)
+			}
+			if want := strings.ReplaceAll(tc.warn, "{file}", file); stderr.String() != want {
+				t.Errorf("stderr = %q, want %q", stderr.String(), want)
+			}
+		})
+	}
+}
