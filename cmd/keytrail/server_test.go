@@ -334,22 +334,7 @@ const reloadKeysPolicy = reloadPolicyHead + `grants:
 // goroutines it started is left behind (the watcher of a second signal
 // used to wait forever on a channel nobody closes). Real Vault.
 func TestServerLeavesNoGoroutine(t *testing.T) {
-	vp := harness.StartVault(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken)
-	select {
-	case <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	_, cancel, errc := serveTestPolicy(t)
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatalf("runServer() = %v", err)
@@ -368,24 +353,9 @@ func TestServerLeavesNoGoroutine(t *testing.T) {
 // transit mount signing checkpoints is gone) the server must not exit 0 as
 // if the log were sealed: runServer returns the error (exit status 1).
 func TestServerExitsNonZeroWhenTheFinalCheckpointFails(t *testing.T) {
-	vp := harness.StartVault(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, func(c *Config) {
+	vp, cancel, errc := serveTestPolicy(t, func(c *Config) {
 		c.Audit.CheckpointTransitKey = devserver.Ed25519Key
 	})
-	select {
-	case <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
 	if err := vp.Client.Sys().Unmount(devserver.TransitMount); err != nil {
 		t.Fatal(err)
 	}
@@ -394,6 +364,31 @@ func TestServerExitsNonZeroWhenTheFinalCheckpointFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "final checkpoint") {
 		t.Fatalf("runServer() = %v, want the final checkpoint's failure", err)
 	}
+}
+
+// serveTestPolicy starts a Vault of its own and, in process, a server of
+// serverTestPolicy on it (mods change goServer's configuration), and waits
+// until it serves. cancel shuts the server down; runServer's result then
+// arrives on errc.
+func serveTestPolicy(t *testing.T, mods ...func(*Config)) (vp *harness.Vault, cancel func(), errc chan error) {
+	t.Helper()
+	vp = harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, mods...)
+	select {
+	case <-readyc:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	return vp, cancel, errc
 }
 
 // goServer runs runServer in process with a minimal configuration (listen
