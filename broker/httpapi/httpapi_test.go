@@ -273,18 +273,25 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	f := newFixture(t)
 	f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
 	f.post(t, "/v1/token", "application/x-www-form-urlencoded", form("subject_token", "bad").Encode())
-	resp, err := http.Get(f.srv.URL + "/metrics")
+	wantMetrics(t, f.srv.URL,
+		`keytrail_exchanges_total{grant="deploy-vault",kind="vault_token",outcome="ok"} 1`,
+		`keytrail_exchanges_total{grant="deploy-vault",kind="vault_token",outcome="invalid_grant"} 1`,
+		`keytrail_denies_total{reason="bad_signature"} 1`,
+	)
+}
+
+// wantMetrics fails t for each of lines (whole lines) that base's /metrics
+// lacks.
+func wantMetrics(t *testing.T, base string, lines ...string) {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
-		`keytrail_exchanges_total{grant="deploy-vault",kind="vault_token",outcome="ok"} 1`,
-		`keytrail_exchanges_total{grant="deploy-vault",kind="vault_token",outcome="invalid_grant"} 1`,
-		`keytrail_denies_total{reason="bad_signature"} 1`,
-	} {
-		if !strings.Contains(string(raw), want) {
+	for _, want := range lines {
+		if !strings.Contains(string(raw), want+"\n") {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
