@@ -10,10 +10,11 @@ import (
 )
 
 // Health checks Vault through sys/health for readiness. An uninitialised,
-// sealed or removed node, or an HA node that lost its cluster, is
-// ErrUnavailable; a standby or performance standby is healthy, because it
-// forwards the broker's requests to the active node. sys/health needs no
-// token.
+// sealed or removed node, an HA node that lost its cluster, or a node of a
+// DR secondary cluster (Vault Enterprise: it serves no client request until
+// promoted) is ErrUnavailable; a standby or performance standby is healthy,
+// because it forwards the broker's requests to the active node, and so is a
+// performance secondary. sys/health needs no token.
 func Health(ctx context.Context, c *vaultapi.Client) error {
 	h, err := c.Sys().HealthWithContext(ctx)
 	if err != nil {
@@ -28,6 +29,8 @@ func Health(ctx context.Context, c *vaultapi.Client) error {
 		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: node removed from cluster"))
 	case h.HAConnectionHealthy != nil && !*h.HAConnectionHealthy:
 		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: HA connection unhealthy"))
+	case h.ReplicationDRMode == "secondary":
+		return broker.Unavailable(ReasonUnavailable, retryOutage, errors.New("vault health: DR secondary (serves no client requests until promoted)"))
 	}
 	return nil
 }

@@ -436,6 +436,11 @@ func TestHealth(t *testing.T) {
 		{"fail/uninitialized", `{"initialized":false,"sealed":true}`, errShape{unavailable, ReasonUnavailable}},
 		{"fail/removed", `{"initialized":true,"sealed":false,"removed_from_cluster":true}`, errShape{unavailable, ReasonUnavailable}},
 		{"fail/ha-unhealthy", `{"initialized":true,"sealed":false,"standby":true,"ha_connection_healthy":false}`, errShape{unavailable, ReasonUnavailable}},
+		{"ok/dr-primary", `{"initialized":true,"sealed":false,"replication_dr_mode":"primary","replication_performance_mode":"primary"}`, errShape{}},
+		{"ok/performance-secondary", `{"initialized":true,"sealed":false,"replication_dr_mode":"disabled","replication_performance_mode":"secondary"}`, errShape{}},
+		// A DR secondary answers sys/health but serves no client request
+		// (no token lookup, no mint) until it is promoted.
+		{"fail/dr-secondary", `{"initialized":true,"sealed":false,"replication_dr_mode":"secondary","replication_performance_mode":"disabled"}`, errShape{unavailable, ReasonUnavailable}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
