@@ -66,10 +66,12 @@ func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
 }
 
 // CheckRole reads the token role the minter creates tokens through (none
-// set: nothing to check) and fails unless it exists and has orphan=true:
-// a token created through a role without it is a child of the broker's
-// own token, and Vault revokes it when that token is revoked or expires
-// (at the broker's next login), long before its TTL. Reading the role needs
+// set: nothing to check) and fails unless it exists, has orphan=true and
+// can make service tokens: a token created through a role without orphan
+// is a child of the broker's own token, and Vault revokes it when that
+// token is revoked or expires (at the broker's next login), long before its
+// TTL; a role with token_type=batch makes batch tokens whatever the request
+// asks, which have no accessor, so every mint through it would fail. Reading the role needs
 // read on auth/token/roles/<role> (MinimumBrokerPolicy with TokenRole has
 // it).
 func (m *TokenMinter) CheckRole(ctx context.Context) error {
@@ -86,6 +88,9 @@ func (m *TokenMinter) CheckRole(ctx context.Context) error {
 	}
 	if orphan, _ := sec.Data["orphan"].(bool); !orphan {
 		return fmt.Errorf("vault token role %q must set orphan=true: tokens created through it would be children of the broker's own token and be revoked with it", m.role)
+	}
+	if tt, _ := sec.Data["token_type"].(string); tt == "batch" {
+		return fmt.Errorf("vault token role %q has token_type=batch: Vault makes batch tokens through it whatever keytrail asks, and a batch token has no accessor to record or revoke it by; use service or default-batch", m.role)
 	}
 	return nil
 }

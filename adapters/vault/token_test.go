@@ -456,8 +456,9 @@ func TestTokenMinterRevoke(t *testing.T) {
 	}
 }
 
-// TestTokenMinterCheckRole: a token role must exist and make orphans, or
-// the broker does not start; without a role there is nothing to read.
+// TestTokenMinterCheckRole: a token role must exist, make orphans and be
+// able to make service tokens, or the broker does not start; without a role
+// there is nothing to read.
 func TestTokenMinterCheckRole(t *testing.T) {
 	f := newFakeVault(t, map[string]http.HandlerFunc{
 		"GET /v1/auth/token/roles/orphans": func(w http.ResponseWriter, r *http.Request) {
@@ -465,6 +466,12 @@ func TestTokenMinterCheckRole(t *testing.T) {
 		},
 		"GET /v1/auth/token/roles/children": func(w http.ResponseWriter, r *http.Request) {
 			reply(w, 200, map[string]any{"data": map[string]any{"orphan": false}})
+		},
+		"GET /v1/auth/token/roles/batch": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"orphan": true, "token_type": "batch"}})
+		},
+		"GET /v1/auth/token/roles/default-batch": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"orphan": true, "token_type": "default-batch"}})
 		},
 		"GET /v1/auth/token/roles/hidden":  replyRaw(403, `{"errors":["permission denied"]}`),
 		"GET /v1/auth/token/roles/missing": replyRaw(404, `{"errors":[]}`), // what Vault answers
@@ -476,6 +483,8 @@ func TestTokenMinterCheckRole(t *testing.T) {
 		{"", ""},
 		{"orphans", ""},
 		{"children", "must set orphan=true"},
+		{"batch", "token_type"},
+		{"default-batch", ""}, // the request's type=service wins
 		{"missing", "does not exist"},
 		{"hidden", "permission denied"},
 	} {
