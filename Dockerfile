@@ -12,10 +12,14 @@ COPY policies ./policies
 COPY cmd ./cmd
 ARG VERSION=dev
 RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /out/keytrail ./cmd/keytrail
+# The audit log's directory, for the final stage to own: Docker makes a
+# VOLUME path the image lacks a root-owned directory user 65532 cannot write.
+RUN install -d -m 0750 /out/state
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/keytrail /usr/local/bin/keytrail
 COPY policies/examples /etc/keytrail/policies
+COPY --from=build --chown=65532:65532 /out/state /var/lib/keytrail
 USER 65532:65532
 EXPOSE 7700
 VOLUME ["/var/lib/keytrail"]

@@ -68,3 +68,61 @@ func TestDockerfileBuildStage(t *testing.T) {
 		}
 	}
 }
+
+// TestDockerfileVolumeOwnedByUser: Docker creates a VOLUME's mount point
+// (and initialises a new named or anonymous volume) from the image's
+// directory at that path, owner and mode included; a path the image does
+// not have becomes a root-owned 0755 directory, where the non-root USER
+// cannot create the audit log. So every VOLUME of the final stage must be a
+// directory the image creates for the USER: a COPY --from the build stage
+// with --chown of the USER, of a directory that the build stage makes.
+func TestDockerfileVolumeOwnedByUser(t *testing.T) {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(df)
+	froms := regexp.MustCompile(`(?m)^FROM `).FindAllStringIndex(text, -1)
+	if len(froms) < 2 {
+		t.Fatalf("Dockerfile has %d stages, want a build stage and a final one", len(froms))
+	}
+	build, final := text[:froms[len(froms)-1][0]], text[froms[len(froms)-1][0]:]
+	user := regexp.MustCompile(`(?m)^USER (\S+)$`).FindStringSubmatch(final)
+	if user == nil {
+		t.Fatal("final stage has no USER")
+	}
+	vols := regexp.MustCompile(`(?m)^VOLUME \["([^"]+)"\]$`).FindAllStringSubmatch(final, -1)
+	if len(vols) == 0 {
+		t.Fatal("final stage declares no VOLUME (the audit log's directory)")
+	}
+	copies := regexp.MustCompile(`(?m)^COPY --from=build --chown=(\S+) (\S+) (\S+)$`).FindAllStringSubmatch(final, -1)
+	for _, v := range vols {
+		var src string
+		for _, c := range copies {
+			if c[3] == v[1] || c[3] == v[1]+"/" {
+				if c[1] != user[1] {
+					t.Errorf("VOLUME %s is copied with --chown=%s, want the USER %s", v[1], c[1], user[1])
+				}
+				src = strings.TrimSuffix(c[2], "/")
+			}
+		}
+		if src == "" {
+			t.Errorf("VOLUME %s: the image does not create it for USER %s (no COPY --from=build --chown=%s DIR %s): Docker makes it root-owned and the broker cannot write its audit log there",
+				v[1], user[1], user[1], v[1])
+			continue
+		}
+		made := false
+		for _, r := range regexp.MustCompile(`(?m)^RUN (.*)$`).FindAllStringSubmatch(build, -1) {
+			if regexp.MustCompile(`\b(mkdir|install -d)\b.*\s` + regexp.QuoteMeta(src) + `(\s|$)`).MatchString(r[1]) {
+				made = true
+			}
+		}
+		if !made {
+			t.Errorf("VOLUME %s is copied from %s, which no RUN of the build stage creates (mkdir or install -d)", v[1], src)
+		}
+	}
+}
