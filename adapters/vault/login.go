@@ -110,8 +110,18 @@ type LoginStatus struct {
 	// or renewal); zero for a token without expiry.
 	ExpiresAt time.Time
 	Renewable bool
+	// TokenType is the current token's type: TokenTypeService or
+	// TokenTypeBatch. A batch token cannot create tokens, so it cannot
+	// serve vault_token or vault_dynamic grants.
+	TokenType string
 	LastError string // of the last failed attempt, "" after a success
 }
+
+// Token types (LoginStatus.TokenType).
+const (
+	TokenTypeService = "service"
+	TokenTypeBatch   = "batch"
+)
 
 // Login logs the broker in to Vault and keeps its token alive. Start makes
 // the first login; Run renews and logs in again until its ctx ends.
@@ -644,6 +654,13 @@ func (l *Login) loginOnce(ctx context.Context) error {
 	if sec.Auth.LeaseDuration > 0 {
 		l.status.ExpiresAt = now.Add(time.Duration(sec.Auth.LeaseDuration) * time.Second)
 	}
+	// Vault gives batch tokens no accessor (vault/api does not decode the
+	// login's token_type; lookup-self's accessor is empty too).
+	l.status.TokenType = TokenTypeService
+	if sec.Auth.Accessor == "" {
+		l.status.TokenType = TokenTypeBatch
+		l.log.Warn("the broker's vault token is a batch token: Vault refuses it every token creation, so vault_token and vault_dynamic grants cannot be served (use token_type=service)")
+	}
 	return nil
 }
 
@@ -668,8 +685,10 @@ func (l *Login) lookupToken(ctx context.Context, tok, what string) (*vaultapi.Se
 	if err != nil {
 		return nil, badResponse(op, "bad renewable flag")
 	}
+	accessor, _ := s.Data["accessor"].(string)
 	return &vaultapi.Secret{Auth: &vaultapi.SecretAuth{
 		ClientToken:   tok,
+		Accessor:      accessor,
 		LeaseDuration: int(ttl / time.Second),
 		Renewable:     renewable,
 	}}, nil

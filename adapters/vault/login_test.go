@@ -246,7 +246,7 @@ func TestLoginKubernetes(t *testing.T) {
 			want: want{
 				Path: "/v1/auth/kubernetes/login", Body: map[string]any{"role": "keytrail", "jwt": "eyJhbGciOiJSUzI1NiJ9.k8s-sa.sig"},
 				Token:    "hvs.k8s-1",
-				Status:   vault.LoginStatus{Method: "kubernetes", Logins: 1, LastLogin: now, ExpiresAt: now.Add(time.Hour), Renewable: true},
+				Status:   vault.LoginStatus{Method: "kubernetes", Logins: 1, LastLogin: now, ExpiresAt: now.Add(time.Hour), Renewable: true, TokenType: "service"},
 				Requests: 1,
 			},
 		},
@@ -257,7 +257,21 @@ func TestLoginKubernetes(t *testing.T) {
 			want: want{
 				Path: "/v1/auth/k8s/prod/login", Body: map[string]any{"role": "broker", "jwt": "eyJhbGciOiJSUzI1NiJ9.k8s-sa.sig"},
 				Token:    "hvs.k8s-2",
-				Status:   vault.LoginStatus{Method: "kubernetes", Logins: 1, LastLogin: now, ExpiresAt: now.Add(time.Minute)},
+				Status:   vault.LoginStatus{Method: "kubernetes", Logins: 1, LastLogin: now, ExpiresAt: now.Add(time.Minute), TokenType: "service"},
+				Requests: 1,
+			},
+		},
+		{
+			// Vault gives a batch token no accessor.
+			name: "ok/batch-token",
+			opts: vault.LoginOptions{Method: "kubernetes", Role: "broker", JWTFile: jwtFile},
+			reply: func(int) (int, any) {
+				return 200, map[string]any{"auth": map[string]any{"client_token": "hvb.k8s-3", "accessor": "", "lease_duration": 60, "renewable": false}}
+			},
+			want: want{
+				Path: "/v1/auth/kubernetes/login", Body: map[string]any{"role": "broker", "jwt": "eyJhbGciOiJSUzI1NiJ9.k8s-sa.sig"},
+				Token:    "hvb.k8s-3",
+				Status:   vault.LoginStatus{Method: "kubernetes", Logins: 1, LastLogin: now, ExpiresAt: now.Add(time.Minute), TokenType: "batch"},
 				Requests: 1,
 			},
 		},
@@ -414,7 +428,7 @@ func TestLoginKubernetesRun(t *testing.T) {
 
 	st := l.Status()
 	st.LastLogin, st.ExpiresAt = time.Time{}, time.Time{}
-	if diff := cmp.Diff(vault.LoginStatus{Method: "kubernetes", Logins: 2, Failures: 2}, st); diff != "" {
+	if diff := cmp.Diff(vault.LoginStatus{Method: "kubernetes", Logins: 2, Failures: 2, TokenType: "service"}, st); diff != "" {
 		t.Errorf("Status() (-want +got):\n%s", diff)
 	}
 	mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -283,6 +284,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	if err := login.Start(ctx); err != nil {
 		return fmt.Errorf("vault login: %w", err)
+	}
+	if err := checkTokenType(login.Status().TokenType, pol); err != nil {
+		return err
 	}
 	rt.goBackground(ctx, login.Run)
 
@@ -616,4 +620,26 @@ func transitKeyNames(pol *policies.Policy) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// checkTokenType fails when the broker's Vault token is a batch token and
+// pol has grants that need it to create tokens: Vault refuses every token
+// creation made with a batch token ("batch tokens cannot create more
+// tokens"), so each vault_token grant and each vault_dynamic grant (its
+// reader token) would answer 503.
+func checkTokenType(tokenType string, pol *policies.Policy) error {
+	if tokenType != vaultad.TokenTypeBatch {
+		return nil
+	}
+	var names []string
+	for _, g := range pol.Grants() {
+		if g.VaultToken != nil || g.VaultDynamic != nil {
+			names = append(names, g.Name)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return fmt.Errorf("vault login: the broker's Vault token is a batch token, which cannot create tokens, so grants %s (vault_token, vault_dynamic) cannot be served: give the broker a service token (token_type=service on its AppRole or Kubernetes role, or a service token in vault.token_file / VAULT_TOKEN)",
+		strings.Join(names, ", "))
 }
