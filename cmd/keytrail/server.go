@@ -244,6 +244,13 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("policy issuers: %w", err)
 	}
 
+	if ns := e.getenv("VAULT_NAMESPACE"); ns != "" {
+		// NewClient clears any namespace: every request goes to the root
+		// namespace, which is not what a Vault Enterprise or HCP Vault
+		// operator setting it means.
+		log.Warn("VAULT_NAMESPACE is ignored: keytrail does not support Vault namespaces and talks to the root namespace",
+			slog.String("vault_namespace", ns))
+	}
 	auth := cfg.Vault.Auth
 	vaultToken := e.getenv("VAULT_TOKEN")
 	if auth != nil && vaultToken != "" {
