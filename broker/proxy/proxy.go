@@ -210,7 +210,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Stable reasons of refused requests.
 func invalidToken(reason, safe string) error {
-	return &broker.Error{Kind: broker.ErrUnauthenticated, Code: "invalid_token", Reason: reason, Safe: safe}
+	return &broker.Error{Kind: broker.ErrUnauthenticated, Code: broker.CodeInvalidToken, Reason: reason, Safe: safe}
 }
 
 func badRequest(reason string) error {
@@ -235,7 +235,9 @@ func (c *call) check() error {
 		tok = httpapi.BearerToken(r, "Proxy-Authorization")
 	}
 	if tok == "" {
-		return invalidToken("missing_credential", "a proxy credential is required as a Bearer token")
+		// No credential at all: the challenge names no error (RFC 6750 §3.1).
+		return &broker.Error{Kind: broker.ErrUnauthenticated, Code: broker.CodeInvalidToken, NoToken: true,
+			Reason: "missing_credential", Safe: "a proxy credential is required as a Bearer token"}
 	}
 	if !strings.HasPrefix(tok, TokenPrefix) {
 		return invalidToken("unknown_credential", "the proxy credential is not valid")

@@ -236,8 +236,16 @@ func TestProxyRefusesBadCredentials(t *testing.T) {
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("GET with %s = [status code upstream-hits] (-want +got):\n%s", tt.name, diff)
 			}
-			if tt.wantStatus == 401 && res.Header.Get("WWW-Authenticate") == "" {
-				t.Errorf("401 without WWW-Authenticate")
+			if tt.wantStatus == 401 {
+				// RFC 6750 §3.1: a request that carried no credential gets
+				// a challenge without an error code.
+				want := `Bearer error="invalid_token"`
+				if tok == "" {
+					want = `Bearer realm="keytrail"`
+				}
+				if got := res.Header.Get("WWW-Authenticate"); got != want {
+					t.Errorf("WWW-Authenticate = %q, want %q", got, want)
+				}
 			}
 			if tt.wantStatus == 503 && res.Header.Get("Retry-After") == "" {
 				t.Errorf("503 without Retry-After")
