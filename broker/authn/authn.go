@@ -339,6 +339,12 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 	if hasKid && !isString {
 		return reject(ReasonMalformed, errors.New("kid header is not a string"))
 	}
+	// An empty kid names no key: it is taken as absent, as go-jose and
+	// go-oidc take it (they cannot tell the two apart) and as a JWK's empty
+	// kid is taken. Else "kid": "" would pick the issuer's kid-less keys as
+	// a set to try, where a token without kid gets the only usable key or
+	// is refused as ambiguous.
+	hasKid = hasKid && kid != ""
 	key, kerr := v.resolveKey(ctx, st, kid, hasKid, alg)
 	if kerr != nil {
 		return kerr

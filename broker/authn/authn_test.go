@@ -323,7 +323,7 @@ func tokenCases() []tokenCase {
 		// Keys and kid (RFC 8725 3.10, CVE-2018-0114 and friends).
 		{name: "fail/kid-path-traversal", token: esHdr(map[string]any{"kid": "../../../../dev/null"}), reason: "unknown_key"},
 		{name: "fail/kid-sql", token: esHdr(map[string]any{"kid": "x' UNION SELECT 'secret' --"}), reason: "unknown_key"},
-		{name: "fail/kid-empty", token: esHdr(map[string]any{"kid": ""}), reason: "unknown_key"},
+		{name: "ok/kid-empty-taken-as-absent", issuer: "es", token: esHdr(map[string]any{"kid": ""})},
 		{name: "fail/kid-unknown", token: esHdr(map[string]any{"kid": "no-such-key"}), reason: "unknown_key"},
 		{name: "fail/kid-number", token: esHdr(map[string]any{"kid": 7}), reason: "malformed"},
 		{name: "fail/kid-of-rsa-key-on-es256-token", token: func(tb testing.TB, f *fixture) string {
@@ -613,6 +613,63 @@ func TestNoKidAmbiguous(t *testing.T) {
 	// With its kid the same token's key is found.
 	if _, err := f.v.Authenticate(context.Background(), sign(t, f.es.Key(), nil, claims(f.es))); err != nil {
 		t.Errorf("Authenticate(with kid) = %v, want ok", err)
+	}
+}
+
+// TestEmptyKidTakenAsAbsent: a token with "kid": "" selects its key exactly
+// as a token without kid does, whatever mix of keys with and without kid the
+// issuer publishes: the only key usable for the alg, else refused as
+// ambiguous (never the kid-less keys tried as a set).
+func TestEmptyKidTakenAsAbsent(t *testing.T) {
+	kidless := func(tb testing.TB, alg string) *authntest.Key {
+		k := newKey(tb, alg)
+		k.KID = ""
+		return k
+	}
+	cases := []struct {
+		name   string
+		keys   func(tb testing.TB) []*authntest.Key // the first signs
+		reason string                               // "" for ok
+	}{
+		{name: "ok/one-key-with-kid", keys: func(tb testing.TB) []*authntest.Key {
+			return []*authntest.Key{newKey(tb, "ES256")}
+		}},
+		{name: "ok/one-kidless-key", keys: func(tb testing.TB) []*authntest.Key {
+			return []*authntest.Key{kidless(tb, "ES256")}
+		}},
+		{name: "ok/kidless-key-and-rsa-key-with-kid", keys: func(tb testing.TB) []*authntest.Key {
+			return []*authntest.Key{kidless(tb, "ES256"), newKey(tb, "RS256")}
+		}},
+		{name: "fail/kidless-key-and-es256-key-with-kid", reason: "unknown_key", keys: func(tb testing.TB) []*authntest.Key {
+			return []*authntest.Key{kidless(tb, "ES256"), newKey(tb, "ES256")}
+		}},
+		{name: "fail/two-kidless-keys", reason: "unknown_key", keys: func(tb testing.TB) []*authntest.Key {
+			return []*authntest.Key{kidless(tb, "ES256"), kidless(tb, "ES256")}
+		}},
+	}
+	for _, tc := range cases {
+		for _, hdr := range []struct {
+			name string
+			kid  any
+		}{{"absent", nil}, {"empty", ""}} {
+			t.Run(tc.name+"/kid-"+hdr.name, func(t *testing.T) {
+				f := newFixture(t, nil)
+				keys := tc.keys(t)
+				f.es.ReplaceKeys(keys...)
+				tok := sign(t, keys[0], map[string]any{"kid": hdr.kid}, claims(f.es))
+				id, err := f.v.Authenticate(context.Background(), tok)
+				if tc.reason == "" {
+					if err != nil {
+						t.Fatalf("Authenticate() = %v, want ok", err)
+					}
+					if id.IssuerName != "es" {
+						t.Errorf("IssuerName = %q, want es", id.IssuerName)
+					}
+					return
+				}
+				checkRejection(t, err, tok, tc.reason)
+			})
+		}
 	}
 }
 

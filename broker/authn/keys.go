@@ -268,8 +268,8 @@ const (
 )
 
 // lookup selects the key for a token. With a kid, the keys of that kid that
-// are usable for alg (several are handed to jwt as a set). Without a kid,
-// the only key usable for alg.
+// are usable for alg (several are handed to jwt as a set). Without a kid
+// (an empty kid counts as none, see route), the only key usable for alg.
 func (s *keySet) lookup(kid string, hasKid bool, alg string) (any, keyLookup) {
 	var usable []any
 	named := false
