@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -831,6 +832,51 @@ func TestStaleKeysWhileIssuerDown(t *testing.T) {
 	}
 }
 
+// TestEmptyJWKSKeepsLastGoodKeys: an answer {"keys": []} (a misbehaving IdP
+// or proxy) is a failed fetch, not a removal of every key: the last good
+// keys serve for StaleFor, then the issuer's tokens get 503, never 401.
+func TestEmptyJWKSKeepsLastGoodKeys(t *testing.T) {
+	iss := newIssuer(t, "ES256")
+	var body atomic.Pointer[[]byte]
+	good := iss.JWKS()
+	body.Store(&good)
+	var fetches atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fetches.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(*body.Load())
+	}))
+	t.Cleanup(srv.Close)
+	clock := &fakeClock{now: t0}
+	v := verifierFor(t, iss.URL, srv.URL, func(o *authn.Options) { o.Now = clock.Now })
+	ctx := context.Background()
+	tok := sign(t, iss.Key(), nil, claims(iss, set("exp", t0.Add(30*time.Minute).Unix())))
+	if _, err := v.Authenticate(ctx, tok); err != nil {
+		t.Fatalf("Authenticate() = %v, want ok", err)
+	}
+	empty := []byte(`{"keys":[]}`)
+	body.Store(&empty)
+
+	clock.Advance(authn.DefaultCacheTTL)
+	if _, err := v.Authenticate(ctx, tok); err != nil {
+		t.Errorf("Authenticate(refetch answered an empty set) = %v, want ok from the last good keys", err)
+	}
+	if got := fetches.Load(); got != 2 {
+		t.Errorf("fetches = %d, want 2", got)
+	}
+	clock.Advance(authn.DefaultStaleFor)
+	_, err := v.Authenticate(ctx, tok)
+	if !errors.Is(err, broker.ErrUnavailable) || broker.AsError(err).Reason != "jwks_unavailable" {
+		t.Errorf("Authenticate(past StaleFor, still empty) = %v, want ErrUnavailable jwks_unavailable", err)
+	}
+	// A good set again restores service at the next allowed fetch.
+	body.Store(&good)
+	clock.Advance(authn.DefaultRefreshInterval)
+	if _, err := v.Authenticate(ctx, tok); err != nil {
+		t.Errorf("Authenticate(after the keys are back) = %v, want ok", err)
+	}
+}
+
 func TestFirstFetchFailsIsUnavailable(t *testing.T) {
 	f := newFixture(t, nil)
 	f.rs.SetDown(true)
@@ -960,7 +1006,7 @@ func TestJWKSContentRules(t *testing.T) {
 		{name: "fail/symmetric-key-only", body: []byte(`{"keys":[{"kty":"oct","kid":"` + k.KID + `","k":"c2VjcmV0"}]}`), reason: "jwks_unavailable"},
 		{name: "fail/not-json", body: []byte(`<html>`), reason: "jwks_unavailable"},
 		{name: "fail/no-keys-member", body: []byte(`{"jwks":[]}`), reason: "jwks_unavailable"},
-		{name: "fail/empty-set", body: []byte(`{"keys":[]}`), reason: "unknown_key"},
+		{name: "fail/empty-set", body: []byte(`{"keys":[]}`), reason: "jwks_unavailable"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

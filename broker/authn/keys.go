@@ -530,8 +530,11 @@ func (v *Verifier) get(ctx context.Context, c *http.Client, u string) ([]byte, e
 
 // parseJWKS keeps the public signature keys of a JWKS. Keys that jwkset
 // cannot parse or validate, symmetric keys and keys of unsupported types are
-// skipped; a set with keys none of which is usable is an error, so that a
-// broken response never replaces a good cached set.
+// skipped; a set without a usable key, an empty one included, is an error,
+// so that a broken response (an IdP or proxy answering {"keys": []}) never
+// replaces a good cached set: the last good keys serve for StaleFor, then
+// the issuer's tokens get ErrUnavailable, as when its endpoint is down. An
+// issuer is distrusted by removing it from policy, not by emptying its JWKS.
 func parseJWKS(body []byte) ([]verifyKey, error) {
 	var doc struct {
 		Keys *[]json.RawMessage `json:"keys"`
@@ -568,7 +571,10 @@ func parseJWKS(body []byte) ([]verifyKey, error) {
 		}
 		keys = append(keys, k)
 	}
-	if len(keys) == 0 && len(*doc.Keys) > 0 {
+	switch {
+	case len(*doc.Keys) == 0:
+		return nil, errors.New("the key set is empty")
+	case len(keys) == 0:
 		return nil, fmt.Errorf("none of %d keys is a usable public signature key", len(*doc.Keys))
 	}
 	return keys, nil
