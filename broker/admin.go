@@ -34,8 +34,9 @@ type AdminRequest struct {
 	RequestID string
 }
 
-// AuthorizeAdmin authenticates the caller and checks that policy grants it
-// the role. Every call, allowed or denied, is recorded as an admin event
+// AuthorizeAdmin authenticates the caller (a token that is a revoked broker
+// credential is refused, as checkBrokerToken says) and checks that policy
+// grants it the role. Every call, allowed or denied, is recorded as an admin event
 // naming the caller and the action, and the target once the caller is
 // authenticated; an allowed call whose event cannot be made durable is
 // refused (ErrUnavailable).
@@ -64,6 +65,9 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	pol := s.d.Policy()
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return deny(errPolicyReloaded(id))
+	}
+	if err := s.checkCallerBrokerToken(ctx, req.Token, id); err != nil {
+		return deny(err)
 	}
 	entry, ok := pol.MatchAdmin(id.IssuerName, id.Claims, req.Role)
 	if !ok {

@@ -23,10 +23,11 @@ type IntrospectResult struct {
 	Issuance *Issuance
 }
 
-// Introspect authenticates the caller, looks the credential up by its
-// fingerprint and answers whether it is active. Every call is recorded as an
-// introspect event naming the caller; the answer is not given unless that
-// event is durable.
+// Introspect authenticates the caller (a caller token that is a revoked
+// broker credential is refused, as checkBrokerToken says), looks the
+// credential up by its fingerprint and answers whether it is active. Every
+// call is recorded as an introspect event naming the caller; the answer is
+// not given unless that event is durable.
 func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*IntrospectResult, error) {
 	ev := &audit.Event{Type: audit.TypeIntrospect, RequestID: req.RequestID, Source: auditSource(req.Source)}
 	if req.CallerToken == "" {
@@ -42,6 +43,10 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	}
 	ev.Admin = caller.Iss + "#" + caller.Sub
 	ev.Details = map[string]any{"caller": map[string]string{"iss": caller.Iss, "sub": caller.Sub}}
+	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {
+		s.recordDeny(ctx, ev, err)
+		return nil, err
+	}
 	if req.Token == "" {
 		err := Errorf(ErrInvalidRequest, "missing_token", "token is required", nil)
 		s.recordDeny(ctx, ev, err)

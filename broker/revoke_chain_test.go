@@ -128,3 +128,84 @@ func TestExchangeRefusesRevokedBrokerCredentialAsIdentity(t *testing.T) {
 		})
 	}
 }
+
+// A revoked (or blocked) broker JWT is refused also as the Bearer token of
+// a protected resource's caller: introspection and the admin API answer 401
+// invalid_token (reason credential_revoked), as for any refused Bearer
+// token, and record the denial. Before the revocation both accept it.
+func TestRevokedBrokerCredentialRefusedAsCaller(t *testing.T) {
+	pol, err := policies.Parse("chain.yaml", []byte(chainPolicy+`
+admins:
+  - name: agents
+    match: {issuer: keytrail, subject: payments-api}
+    roles: [trace]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	minter := &brokertest.Minter{}
+	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}
+	sink := &brokertest.Sink{}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Store:    memstore.New(clock),
+		Audit:    sink,
+		Now:      clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	handoff, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtTok := handoff.AccessToken
+	authn[jwtTok] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
+		JTI: handoff.Issuance.ID, Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api", "jti": handoff.Issuance.ID}}
+	authn["lookalike"] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
+		JTI: "iss_01LOOKALIKE", Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api"}}
+
+	admin := func(tok string) error {
+		_, err := svc.AuthorizeAdmin(ctx, broker.AdminRequest{Token: tok, Role: broker.RoleTrace, Action: "trace"})
+		return err
+	}
+	introspect := func(tok string) error {
+		_, err := svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: tok, Token: "whatever"})
+		return err
+	}
+	for name, call := range map[string]func(string) error{"AuthorizeAdmin": admin, "Introspect": introspect} {
+		if err := call(jwtTok); err != nil {
+			t.Fatalf("%s(active broker JWT) = %v, want ok", name, err)
+		}
+	}
+	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: handoff.Issuance.ID}, "jwt leaked", false, "req_r"); err != nil {
+		t.Fatal(err)
+	}
+	before := len(sink.Events())
+	for name, call := range map[string]func(string) error{"AuthorizeAdmin": admin, "Introspect": introspect} {
+		err := call(jwtTok)
+		e := broker.AsError(err)
+		if !errors.Is(err, broker.ErrUnauthenticated) || e.Reason != "credential_revoked" || e.Code != broker.CodeInvalidToken {
+			t.Errorf("%s(revoked broker JWT) = %v (code %q), want unauthenticated invalid_token (credential_revoked)", name, err, e.Code)
+		}
+		if err := call("lookalike"); err != nil {
+			t.Errorf("%s(outside token) = %v, want ok", name, err)
+		}
+	}
+	evs := sink.Events()[before:]
+	revoked := 0
+	for _, ev := range evs {
+		if ev.Outcome != nil && ev.Outcome.Reason == "credential_revoked" {
+			revoked++
+		}
+	}
+	if len(evs) != 4 || revoked != 2 {
+		t.Errorf("audit events = %d, %d of them credential_revoked; want 4 (each call recorded), 2", len(evs), revoked)
+	}
+}

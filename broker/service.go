@@ -360,6 +360,20 @@ func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity
 	return nil
 }
 
+// checkCallerBrokerToken is checkBrokerToken for the Bearer token of a
+// protected resource's caller (introspection, the admin API): a revoked
+// broker credential is an invalid Bearer token there, 401 invalid_token
+// (RFC 6750 §3.1 names revoked tokens), with the same reason.
+func (s *Service) checkCallerBrokerToken(ctx context.Context, raw string, id *Identity) error {
+	err := s.checkBrokerToken(ctx, raw, id)
+	if err == nil || !errors.Is(err, ErrDenied) {
+		return err
+	}
+	e := *AsError(err)
+	e.Kind, e.Code, e.Safe = ErrUnauthenticated, CodeInvalidToken, "the Bearer token is a revoked credential"
+	return &e
+}
+
 // credentialActive reports whether a broker credential is in force:
 // unexpired, unrevoked, and its workload not blocked. An error only when the
 // block cannot be read.
