@@ -326,9 +326,14 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 		return reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
 	}
 	claims, _ := tok.Claims.(jwt.MapClaims)
-	iss, _ := claims["iss"].(string)
+	iss, isString := claims["iss"].(string)
+	if isString && iss == "" || claims["iss"] == nil {
+		// Legal in a SPIFFE JWT-SVID (SPIRE sets iss only when its server
+		// has jwt_issuer), but an issuer is chosen by its exact iss alone.
+		return reject(ReasonMissingIssuer, errors.New("iss claim missing or empty (a SPIRE server sets it only with jwt_issuer configured)"))
+	}
 	st := v.issuers[iss]
-	if iss == "" || st == nil {
+	if st == nil {
 		return reject(ReasonUntrustedIssuer, errors.New("iss is not a trusted issuer"))
 	}
 	if !st.allowsAlg(alg) {

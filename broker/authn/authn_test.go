@@ -442,8 +442,8 @@ func tokenCases() []tokenCase {
 		{name: "fail/iss-different-case", token: func(tb testing.TB, f *fixture) string {
 			return sign(tb, f.es.Key(), nil, claims(f.es, set("iss", strings.ToUpper(f.es.URL))))
 		}, reason: "untrusted_issuer"},
-		{name: "fail/iss-missing", token: esTok(del("iss")), reason: "untrusted_issuer"},
-		{name: "fail/iss-empty", token: esTok(set("iss", "")), reason: "untrusted_issuer"},
+		{name: "fail/iss-missing", token: esTok(del("iss")), reason: "missing_issuer"},
+		{name: "fail/iss-empty", token: esTok(set("iss", "")), reason: "missing_issuer"},
 		{name: "fail/iss-number", token: esTok(set("iss", 1)), reason: "untrusted_issuer"},
 		{name: "fail/iss-array", token: func(tb testing.TB, f *fixture) string {
 			return sign(tb, f.es.Key(), nil, claims(f.es, set("iss", []any{f.es.URL})))

@@ -8,6 +8,7 @@ const (
 	ReasonMalformed        = "malformed"
 	ReasonOversized        = "oversized"
 	ReasonUntrustedIssuer  = "untrusted_issuer"
+	ReasonMissingIssuer    = "missing_issuer"
 	ReasonUnsupportedAlg   = "unsupported_alg"
 	ReasonForbiddenHeader  = "forbidden_header"
 	ReasonUnsupportedCrit  = "unsupported_crit"
@@ -29,6 +30,7 @@ var safeText = map[string]string{
 	ReasonMalformed:       "identity token rejected: malformed",
 	ReasonOversized:       "identity token rejected: too large",
 	ReasonUntrustedIssuer: "identity token rejected: untrusted issuer",
+	ReasonMissingIssuer:   "identity token rejected: missing issuer (iss claim)",
 	ReasonUnsupportedAlg:  "identity token rejected: unsupported algorithm",
 	ReasonForbiddenHeader: "identity token rejected: unsupported header",
 	ReasonUnsupportedCrit: "identity token rejected: unsupported header",

@@ -311,6 +311,35 @@ func TestPolicyExplainUnverified(t *testing.T) {
 	}
 }
 
+// TestPolicyExplainNoIss: a token without iss (a SPIRE JWT-SVID whose
+// server has no jwt_issuer) is refused, verified or not, with the reason and
+// what to configure, not as an untrusted issuer "".
+func TestPolicyExplainNoIss(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok, err := iss.Sign(jwt.MapClaims{"aud": "keytrail", "sub": "spiffe://example.org/payments",
+		"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf := writeFile(t, t.TempDir(), "tok", tok)
+	for _, mode := range [][]string{nil, {"--unverified"}} {
+		args := append([]string{"policy", "explain", "--policy", "../../policies/examples", "--token", tf, "--grant", "payments-vault"}, mode...)
+		out, _, err := runCLI(t, nil, args...)
+		if err == nil {
+			t.Errorf("explain %v = ok, want an error\n%s", mode, out)
+		}
+		for _, w := range []string{"iss", "jwt_issuer"} {
+			if !strings.Contains(out, w) {
+				t.Errorf("explain %v output lacks %q:\n%s", mode, w, out)
+			}
+		}
+	}
+}
+
 func TestPolicyVault(t *testing.T) {
 	out, _, err := runCLI(t, nil, "policy", "vault", "../../policies/examples")
 	if err != nil {

@@ -104,6 +104,10 @@ matched or not, and what the grant would mint.`,
 					return fmt.Errorf("--token: not a JWT: %w", err)
 				}
 				iss, _ := mc["iss"].(string)
+				if iss == "" {
+					fmt.Fprintln(e.stdout, "token has no iss claim: an issuer is chosen by its exact iss, so nothing would be granted (SPIRE sets iss in JWT-SVIDs only when the server has jwt_issuer)")
+					return exitError{code: 1}
+				}
 				is, ok := pol.IssuerByIss(iss)
 				if !ok {
 					fmt.Fprintf(e.stdout, "token issuer %q is not trusted by any policy issuer: nothing would be granted\n", iss)
