@@ -240,6 +240,9 @@ func decode(name string, data []byte) (parsedFile, []error) {
 			return pf, errs
 		}
 	}
+	if errs := nullClaimValues(name, &root); len(errs) > 0 {
+		return pf, errs
+	}
 	for {
 		var extra yaml.Node
 		err := dec.Decode(&extra)
@@ -252,6 +255,54 @@ func decode(name string, data []byte) (parsedFile, []error) {
 			return pf, []error{&Problem{File: name, Path: fmt.Sprintf("line %d", extra.Line), Message: "more than one YAML document; put each in its own file"}}
 		}
 	}
+}
+
+// nullClaimValues refuses a claims or claim_patterns entry of a workload or
+// admin match written without a value ("namespace:" or "namespace: ~"):
+// decoded, it would silently require the claim to be present and empty,
+// which is rarely what was meant (a forgotten value, a template variable
+// that expanded to nothing). An empty claim is required with "" spelled out.
+func nullClaimValues(file string, root *yaml.Node) []error {
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, section := range []string{"workloads", "admins"} {
+		seq := mappingValue(root.Content[0], section)
+		if seq == nil || seq.Kind != yaml.SequenceNode {
+			continue
+		}
+		for i, item := range seq.Content {
+			match := mappingValue(item, "match")
+			for _, field := range []string{"claims", "claim_patterns"} {
+				m := mappingValue(match, field)
+				if m == nil || m.Kind != yaml.MappingNode {
+					continue
+				}
+				for j := 0; j+1 < len(m.Content); j += 2 {
+					if v := m.Content[j+1]; v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+						errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s[%d].match.%s[%q]", section, i, field, m.Content[j].Value),
+							Message: fmt.Sprintf(`no value (line %d): write "" to require an empty claim, or remove the entry`, v.Line)})
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// mappingValue is the value node of key in mapping n, nil when n is not a
+// mapping or has no such key.
+func mappingValue(n *yaml.Node, key string) *yaml.Node {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
 }
 
 // emptyDocument reports whether n is a document with no content (a trailing
