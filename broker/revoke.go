@@ -121,10 +121,26 @@ const (
 	noticeMaxIDs = 10000
 )
 
-// Revoke ends the credentials sel selects and, when block is set, blocks new
-// issuance to the workloads they belong to (the named workload; every policy
-// workload of the named owner; the workloads of the named issuance or
+// RevokeOptions are the choices of one revocation besides its target.
+type RevokeOptions struct {
+	// Block also stops new issuance to the workloads concerned.
+	Block bool
+	// Force accepts a workload or owner that neither the policy in force
+	// nor the Store knows (see Revoke).
+	Force bool
+}
+
+// Revoke ends the credentials sel selects and, when o.Block is set, blocks
+// new issuance to the workloads they belong to (the named workload; every
+// policy workload of the named owner; the workloads of the named issuance or
 // session). Exactly one selector field must be set and reason is required.
+//
+// A workload or owner named by sel must be known: in the policy in force, or
+// named by an issuance the Store holds (active or not: a workload removed
+// from the policy may still hold credentials). Otherwise, unless o.Force,
+// Revoke refuses it (ErrNotFound, unknown_workload or unknown_owner) before
+// anything is audited or stored: a typo or a wrong case would match nothing
+// and, with a block, block a name no workload has.
 //
 // Matched counts the named issuance (whatever its state), or the session's,
 // workload's or owner's issuances that were active (unexpired, unrevoked).
@@ -134,7 +150,8 @@ const (
 // ran will be looked for. The revocation is stored and audited before Revoke
 // returns; see the file comment for the order, the sweep and the failure
 // behaviour.
-func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, reason string, block bool, requestID string) (*Revocation, error) {
+func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, reason string, o RevokeOptions, requestID string) (*Revocation, error) {
+	block := o.Block
 	if admin == nil {
 		return nil, Errorf(ErrUnauthenticated, "missing_admin", "revocation needs an authorized admin", nil)
 	}
@@ -149,6 +166,11 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	matched, err := s.selectIssuances(ctx, sel)
 	if err != nil {
 		return nil, err
+	}
+	if len(matched) == 0 && !o.Force {
+		if err := s.checkKnown(ctx, sel); err != nil {
+			return nil, err
+		}
 	}
 	var blocks []string
 	if block {
@@ -182,6 +204,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	}
 	if block {
 		ev.Details["blocks"] = blocks
+	}
+	if o.Force {
+		ev.Details["force"] = true
 	}
 	if !rev.SweepAt.IsZero() {
 		ev.Details["sweep_at"] = rev.SweepAt
@@ -314,6 +339,63 @@ func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*I
 		return nil, Unavailable("store_unavailable", time.Second, err)
 	}
 	return list, nil
+}
+
+// checkKnown refuses a workload or owner selector that names what neither
+// the policy in force nor the Store knows (see Revoke); an issuance or
+// session selector passes.
+func (s *Service) checkKnown(ctx context.Context, sel RevokeSelector) error {
+	var what, name string
+	var f IssuanceFilter
+	var similar []string
+	pol := s.d.Policy()
+	switch {
+	case sel.Workload != "":
+		if _, ok := pol.Workload(sel.Workload); ok {
+			return nil
+		}
+		what, name, f = "workload", sel.Workload, IssuanceFilter{Workload: sel.Workload, Limit: 1}
+		for _, w := range pol.Workloads() {
+			if strings.EqualFold(w.Name, name) {
+				similar = append(similar, w.Name)
+			}
+		}
+	case sel.Owner != "":
+		what, name, f = "owner", sel.Owner, IssuanceFilter{Owner: sel.Owner, Limit: 1}
+		for _, w := range pol.Workloads() {
+			if w.Owner == name {
+				return nil
+			}
+			if strings.EqualFold(w.Owner, name) && !slices.Contains(similar, w.Owner) {
+				similar = append(similar, w.Owner)
+			}
+		}
+	default:
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	list, err := s.records().ListIssuances(sctx, f)
+	if err != nil {
+		return Unavailable("store_unavailable", time.Second, err)
+	}
+	if len(list) > 0 {
+		return nil
+	}
+	if what == "workload" {
+		// A block outlives the policy entry and the issuances it stopped.
+		if _, err := s.records().GetBlock(sctx, name); err == nil {
+			return nil
+		} else if !errors.Is(err, ErrNotFound) {
+			return Unavailable("store_unavailable", time.Second, err)
+		}
+	}
+	msg := fmt.Sprintf("no %s named %q in the policy in force and no issuance recorded for it", what, name)
+	if len(similar) > 0 {
+		msg += fmt.Sprintf(" (names are case-sensitive: did you mean %q?)", strings.Join(similar, `" or "`))
+	}
+	msg += "; nothing was revoked or blocked; to revoke or block this name anyway, send force (keytrail revoke --force)"
+	return Errorf(ErrNotFound, "unknown_"+what, msg, nil)
 }
 
 // blockTargets lists the workloads a blocking revocation blocks: the named

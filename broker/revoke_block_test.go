@@ -21,7 +21,7 @@ func TestRevokeSessionBlockWithoutActiveCredentials(t *testing.T) {
 		before func(t *testing.T, f *revFixture, is *broker.Issuance)
 	}{
 		{name: "already-revoked", before: func(t *testing.T, f *revFixture, is *broker.Issuance) {
-			if _, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{SessionID: is.SessionID}, "pod compromised", false, "req_1"); err != nil {
+			if _, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{SessionID: is.SessionID}, "pod compromised", broker.RevokeOptions{}, "req_1"); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -36,7 +36,7 @@ func TestRevokeSessionBlockWithoutActiveCredentials(t *testing.T) {
 			f.issue(t, "batch") // another workload, another session
 			tc.before(t, f, is)
 
-			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{SessionID: is.SessionID}, "block it too", true, "req_2")
+			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{SessionID: is.SessionID}, "block it too", broker.RevokeOptions{Block: true}, "req_2")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -60,7 +60,7 @@ func TestExchangeRefusesRevokedBrokerCredentialAsIdentity(t *testing.T) {
 		wantReason string
 	}{
 		{name: "revoked", wantReason: "credential_revoked", revoke: func(t *testing.T, svc *broker.Service, is *broker.Issuance) {
-			if _, err := svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "jwt leaked", false, "req_r"); err != nil {
+			if _, err := svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "jwt leaked", broker.RevokeOptions{}, "req_r"); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -184,7 +184,7 @@ admins:
 			t.Fatalf("%s(active broker JWT) = %v, want ok", name, err)
 		}
 	}
-	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: handoff.Issuance.ID}, "jwt leaked", false, "req_r"); err != nil {
+	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: handoff.Issuance.ID}, "jwt leaked", broker.RevokeOptions{}, "req_r"); err != nil {
 		t.Fatal(err)
 	}
 	before := len(sink.Events())

@@ -152,9 +152,9 @@ func TestRevoke(t *testing.T) {
 		{name: "ok/owner-blocks-its-workloads", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
 			return broker.RevokeSelector{Owner: "team-data"}
 		}, reason: "team offboarded", block: true, want: want{matched: 1, revoked: []string{"b1"}, events: []string{"revoke", "block", "revoke_result"}, blocks: []string{"batch"}, unmarked: []string{"p1", "p2"}}},
-		{name: "ok/workload-nothing-active", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
+		{name: "fail/unknown-workload", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
 			return broker.RevokeSelector{Workload: "ghost"}
-		}, reason: "precaution", want: want{matched: 0, events: []string{"revoke", "revoke_result"}, unmarked: []string{"p1", "p2", "b1"}}},
+		}, reason: "precaution", block: true, want: want{kind: broker.ErrNotFound, reason: "unknown_workload", unmarked: []string{"p1", "p2", "b1"}}},
 		{name: "fail/no-selector", sel: func(m map[string]*broker.Issuance) broker.RevokeSelector {
 			return broker.RevokeSelector{}
 		}, reason: "x", want: want{kind: broker.ErrInvalidRequest, reason: "bad_selector", unmarked: []string{"p1", "p2", "b1"}}},
@@ -183,7 +183,7 @@ func TestRevoke(t *testing.T) {
 				names[v.ID] = k
 			}
 			n := len(f.sink.Events())
-			rev, err := f.svc.Revoke(context.Background(), secops, tt.sel(m), tt.reason, tt.block, "req_1")
+			rev, err := f.svc.Revoke(context.Background(), secops, tt.sel(m), tt.reason, broker.RevokeOptions{Block: tt.block}, "req_1")
 			if tt.want.kind != nil {
 				if !errors.Is(err, tt.want.kind) || broker.AsError(err).Reason != tt.want.reason {
 					t.Fatalf("Revoke() = %v, %v; want %v (%s)", rev, err, tt.want.kind, tt.want.reason)
@@ -288,7 +288,7 @@ func TestRevokeDurableFirst(t *testing.T) {
 		}
 		at = append(at, seen{events: f.sink.Types(), marked: !got.RevokedAt.IsZero(), pending: pending})
 	}
-	if _, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leak", false, "req_1"); err != nil {
+	if _, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leak", broker.RevokeOptions{}, "req_1"); err != nil {
 		t.Fatal(err)
 	}
 	want := []seen{{events: []string{"issue", "revoke"}, marked: true, pending: []string{is.ID}}}
@@ -303,7 +303,7 @@ func TestRevokeAuditFailureRefuses(t *testing.T) {
 	f := newRevFixture(t, nil)
 	is := f.issue(t, "payments")
 	f.sink.Fail = func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke }
-	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "leak", true, "req_1")
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "leak", broker.RevokeOptions{Block: true}, "req_1")
 	if !errors.Is(err, broker.ErrUnavailable) || rev != nil {
 		t.Fatalf("Revoke() = %v, %v; want nil, ErrUnavailable", rev, err)
 	}
@@ -324,7 +324,7 @@ func TestRevokePendingThenWorkerCompletes(t *testing.T) {
 	f := newRevFixture(t, nil)
 	is := f.issue(t, "payments")
 	f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("dial tcp 127.0.0.1:8200: connection refused")))
-	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leak", false, "req_1")
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leak", broker.RevokeOptions{}, "req_1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +380,7 @@ func TestRevokePendingThenWorkerCompletes(t *testing.T) {
 func TestUnblock(t *testing.T) {
 	f := newRevFixture(t, nil)
 	ctx := context.Background()
-	if _, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1"); err != nil {
+	if _, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_1"); err != nil {
 		t.Fatal(err)
 	}
 	_, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault"})
@@ -443,7 +443,7 @@ func TestRevokeAnnouncesToCaches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -925,7 +925,7 @@ func TestRevokeSweepsExchangeInFlight(t *testing.T) {
 			if sel.SessionID != "" {
 				sel.SessionID = gm.session
 			}
-			rev, err := f.svc.Revoke(ctx, secops, sel, "incident 42", tc.block, "req_r")
+			rev, err := f.svc.Revoke(ctx, secops, sel, "incident 42", broker.RevokeOptions{Block: tc.block}, "req_r")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1007,7 +1007,7 @@ func TestRevokeSweepsStaleCacheIssuance(t *testing.T) {
 	var rev *broker.Revocation
 	slow := &afterListBlocks{Store: f.mem, hook: func() {
 		var err error
-		rev, err = f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+		rev, err = f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_r")
 		if err != nil {
 			t.Error(err)
 		}
@@ -1080,7 +1080,7 @@ func TestRevokeSweepLeavesLaterIssuances(t *testing.T) {
 				sel.SessionID = first.Issuance.SessionID
 			}
 			f.advance(time.Second)
-			rev, err := f.svc.Revoke(ctx, secops, sel, "incident", tc.block, "req_r")
+			rev, err := f.svc.Revoke(ctx, secops, sel, "incident", broker.RevokeOptions{Block: tc.block}, "req_r")
 			if err != nil || rev.Matched != 1 {
 				t.Fatalf("Revoke() = %+v, %v; want the first credential matched", rev, err)
 			}
@@ -1191,7 +1191,7 @@ func TestRevocationWorkerStoresFailedMarkThroughCache(t *testing.T) {
 	}
 	id, fp := res.Issuance.ID, res.Issuance.Refs.Fingerprint
 
-	rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: id}, "leaked", false, "req_1")
+	rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: id}, "leaked", broker.RevokeOptions{}, "req_1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1266,7 +1266,7 @@ func TestRevokeMarksWhatOnlyTheCacheDenies(t *testing.T) {
 			})
 			is := f.issue(t, "payments")
 			cache.Apply(broker.Notice{RevocationID: "rev_lost", Revoked: []string{is.ID}})
-			rev, err := f.svc.Revoke(ctx, secops, tc.sel(is), "again", false, "req_1")
+			rev, err := f.svc.Revoke(ctx, secops, tc.sel(is), "again", broker.RevokeOptions{}, "req_1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1342,7 +1342,7 @@ func TestRevokeSweepNotDelayedByBackoff(t *testing.T) {
 	f := newRevFixture(t, nil)
 	f.issue(t, "payments")
 	f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused")))
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", false, "req_1")
+	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{}, "req_1")
 	if err != nil || len(rev.Pending) != 1 {
 		t.Fatalf("Revoke() = %+v, %v; want one pending", rev, err)
 	}

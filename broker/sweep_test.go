@@ -156,7 +156,7 @@ func TestRevokeUnblockTimeSurvivesStaleWriter(t *testing.T) {
 			} else {
 				mr.setHook(unblock)
 			}
-			rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+			rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_r")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -310,7 +310,7 @@ func TestRevokeSweptCredentialSurvivesStaleWriter(t *testing.T) {
 					clk.Set(revs[0].SweepAt)
 					sweepA(revs[0].ID, late)
 				})
-				rev, err := svcB.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+				rev, err := svcB.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_r")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -321,7 +321,7 @@ func TestRevokeSweptCredentialSurvivesStaleWriter(t *testing.T) {
 				return
 			}
 
-			rev, err := svcA.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+			rev, err := svcA.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_r")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -362,7 +362,7 @@ func TestRevokeSweepFindsMarkedIssuanceTheRecordLost(t *testing.T) {
 	a := exchangeAs(t, svc, "pod1")
 	clk.Add(time.Minute)
 	mr.setErr(errVaultDown)
-	rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_r")
+	rev, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_r")
 	if err != nil || !slices.Contains(rev.Pending, a.ID) {
 		t.Fatalf("Revoke() = %+v, %v; want %s pending", rev, err, a.ID)
 	}
@@ -417,7 +417,7 @@ func TestRevokeSweepLeavesOtherSessionsOfABlockedWorkload(t *testing.T) {
 				t.Fatal("want two sessions")
 			}
 			clk.Add(time.Minute)
-			rev, err := svc.Revoke(ctx, secops, tc.sel(a), "pod-1 compromised", true, "req_r")
+			rev, err := svc.Revoke(ctx, secops, tc.sel(a), "pod-1 compromised", broker.RevokeOptions{Block: true}, "req_r")
 			if err != nil || rev.Matched != 1 {
 				t.Fatalf("Revoke() = %+v, %v; want only pod-1's credential matched", rev, err)
 			}
@@ -454,12 +454,12 @@ func TestUnblockNotedOnEveryBlockingRevocation(t *testing.T) {
 	ctx := context.Background()
 	clk, mem, _, svc := newSweepEnv(t)
 	w := newTestWorker(t, svc)
-	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
+	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	clk.Add(time.Second)
-	r2, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Owner: "team-payments"}, "incident, whole team", true, "req_2")
+	r2, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Owner: "team-payments"}, "incident, whole team", broker.RevokeOptions{Block: true}, "req_2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +491,7 @@ func TestUnblockNotedOnEveryBlockingRevocation(t *testing.T) {
 func TestUnblockKeepsFirstUnblockTime(t *testing.T) {
 	ctx := context.Background()
 	clk, mem, _, svc := newSweepEnv(t)
-	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", true, "req_1")
+	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,7 +504,7 @@ func TestUnblockKeepsFirstUnblockTime(t *testing.T) {
 	between := exchangeAs(t, svc, "pod1") // unblocked, past r1's 2 s of skew
 	clk.Add(time.Second)
 	pod2 := exchangeAs(t, svc, "pod2")
-	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{SessionID: pod2.SessionID}, "pod-2 this time", true, "req_2"); err != nil {
+	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{SessionID: pod2.SessionID}, "pod-2 this time", broker.RevokeOptions{Block: true}, "req_2"); err != nil {
 		t.Fatal(err)
 	}
 	clk.Add(time.Second)

@@ -65,6 +65,9 @@ type RevokeRequest struct {
 	Owner      string `json:"owner,omitempty"`
 	Reason     string `json:"reason"`
 	Block      bool   `json:"block,omitempty"`
+	// Force accepts a workload or owner unknown to the policy in force
+	// and to the store (docs/SPEC-ADDITIONS.md).
+	Force bool `json:"force,omitempty"`
 }
 
 // Receipt is the answer of POST /v1/admin/revoke and GET
@@ -127,6 +130,9 @@ func (s *Server) handleAdminRevoke(w http.ResponseWriter, r *http.Request) {
 	derr := s.decodeJSON(w, r, &req)
 	sel := broker.RevokeSelector{IssuanceID: req.IssuanceID, SessionID: req.SessionID, Workload: req.Workload, Owner: req.Owner}
 	target := map[string]any{"selector": sel, "block": req.Block}
+	if req.Force {
+		target["force"] = true
+	}
 	if derr != nil {
 		target = map[string]any{"body": "invalid"}
 	}
@@ -139,7 +145,7 @@ func (s *Server) handleAdminRevoke(w http.ResponseWriter, r *http.Request) {
 		s.WriteError(w, r, derr)
 		return
 	}
-	rev, err := s.o.Service.Revoke(r.Context(), admin, sel, req.Reason, req.Block, RequestID(r))
+	rev, err := s.o.Service.Revoke(r.Context(), admin, sel, req.Reason, broker.RevokeOptions{Block: req.Block, Force: req.Force}, RequestID(r))
 	if err != nil {
 		s.WriteError(w, r, err)
 		return

@@ -217,7 +217,7 @@ func TestAdminRevokeRejectsBadBodies(t *testing.T) {
 		name, path, contentType, body string
 		reason                        string
 	}{
-		{"fail/unknown-field", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x","force":true}`, "bad_json"},
+		{"fail/unknown-field", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x","dry_run":true}`, "bad_json"},
 		{"fail/trailing-data", "/v1/admin/revoke", jsonCT, `{"workload":"deployer","reason":"x"} {}`, "bad_json"},
 		{"fail/not-json", "/v1/admin/revoke", jsonCT, `workload=deployer`, "bad_json"},
 		{"fail/form-content-type", "/v1/admin/revoke", "application/x-www-form-urlencoded", `{"workload":"deployer","reason":"x"}`, "bad_content_type"},
@@ -340,6 +340,23 @@ func TestAdminRevokeReceipt(t *testing.T) {
 				t.Errorf("exchange after unblock = %d %v, want 200", status, got)
 			}
 		})
+	}
+}
+
+// A workload name the policy and the store do not know is refused with 404
+// and a hint, nothing blocked; with force it is revoked and blocked.
+func TestAdminRevokeUnknownWorkload(t *testing.T) {
+	f := newAdminFixture(t)
+	status, body, _ := f.do(t, "POST", "/v1/admin/revoke", "revoker", jsonCT, `{"workload":"Deployer","reason":"x","block":true}`)
+	if desc, _ := body["error_description"].(string); status != 404 || body["error"] != "not_found" || !strings.Contains(desc, `did you mean "deployer"?`) {
+		t.Errorf("revoke of an unknown workload = %d %v; want 404 not_found naming deployer", status, body)
+	}
+	if status, got, _ := f.do(t, "GET", "/v1/admin/blocks", "revoker", "", ""); status != 200 || len(got["blocks"].([]any)) != 0 {
+		t.Errorf("GET blocks after a refused revoke = %d %v, want none", status, got)
+	}
+	status, body, _ = f.do(t, "POST", "/v1/admin/revoke", "revoker", jsonCT, `{"workload":"Deployer","reason":"x","block":true,"force":true}`)
+	if blocks, _ := body["blocks"].([]any); status != 200 || len(blocks) != 1 || blocks[0] != "Deployer" {
+		t.Errorf("forced revoke = %d %v; want 200 blocking Deployer", status, body)
 	}
 }
 

@@ -40,14 +40,17 @@ func newRevokeCmd(e *env) *cobra.Command {
 		insecureHTTP bool
 	)
 	c := &cobra.Command{
-		Use:   "revoke (--issuance ID | --session ID | --workload W | --owner O) --reason R [--block] [--json]",
+		Use:   "revoke (--issuance ID | --session ID | --workload W | --owner O) --reason R [--block] [--force] [--json]",
 		Short: "Revoke one credential, a session, a workload or everything an owner has",
 		Long: `Revoke credentials on every keytrail instance at once, through the admin API
 (POST /v1/admin/revoke). Exactly one of --issuance, --session, --workload or
 --owner says what to end; --reason is required and goes to the audit log.
 --block also refuses new credentials to the workload concerned (every workload
 of the owner, with --owner) until the block is lifted with
-DELETE /v1/admin/blocks/{workload}.
+DELETE /v1/admin/blocks/{workload}. A --workload or --owner that neither the
+policy in force nor any recorded issuance knows (a typo, a wrong case) is
+refused and nothing is revoked or blocked; --force revokes and blocks the name
+anyway (e.g. a workload about to be deployed).
 
 Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
 Admin token: your identity token (an identity that policy lists under admins
@@ -110,6 +113,7 @@ Exit status:
 	f.StringVar(&sel.Owner, "owner", "", "revoke every active credential of every workload of an owner")
 	f.StringVar(&sel.Reason, "reason", "", "why (required; recorded in the audit log)")
 	f.BoolVar(&sel.Block, "block", false, "also refuse new credentials to the workload(s) until unblocked")
+	f.BoolVar(&sel.Force, "force", false, "accept a --workload or --owner unknown to the policy in force and to every recorded issuance")
 	f.BoolVar(&jsonOut, "json", false, "print the receipt as JSON")
 	f.StringVar(&addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
@@ -125,6 +129,7 @@ type revokeBody struct {
 	Owner      string `json:"owner,omitempty"`
 	Reason     string `json:"reason"`
 	Block      bool   `json:"block,omitempty"`
+	Force      bool   `json:"force,omitempty"`
 }
 
 // receipt is the server's answer (SPEC "Security teams and auditors").

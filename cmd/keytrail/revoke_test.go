@@ -86,6 +86,13 @@ func TestRevokeCommand(t *testing.T) {
 		{name: "fail/denied-shows-oauth-error", args: []string{"--workload", "w", "--reason", "r"},
 			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, status: 403, body: deniedBody, wantCode: -1,
 			wantErr: "revoke: 403 access_denied: this admin lacks the revoke role (request_id req_9)"},
+		{name: "ok/force-sent", args: []string{"--workload", "not-deployed-yet", "--block", "--force", "--reason", "r"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, status: 200, body: receiptDone, wantBearer: "Bearer t",
+			wantSent: map[string]any{"workload": "not-deployed-yet", "reason": "r", "block": true, "force": true}},
+		{name: "fail/unknown-workload-refused", args: []string{"--workload", "Payments-API", "--block", "--reason", "r"},
+			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, status: 404, wantCode: -1,
+			body:    `{"error":"not_found","error_description":"no workload named \"Payments-API\" in the policy in force and no issuance recorded for it (names are case-sensitive: did you mean \"payments-api\"?); nothing was revoked or blocked; to revoke or block this name anyway, send force (keytrail revoke --force)","request_id":"req_8"}`,
+			wantErr: `revoke: 404 not_found: no workload named "Payments-API" in the policy in force`},
 		{name: "fail/two-selectors", args: []string{"--workload", "w", "--owner", "o", "--reason", "r"},
 			env: map[string]string{"KEYTRAIL_ADMIN_TOKEN": "t"}, wantCode: 2, wantErr: "exactly one of"},
 		{name: "fail/no-reason", args: []string{"--workload", "w"},
@@ -142,7 +149,7 @@ func TestRevokeHelp(t *testing.T) {
 	if err := run(context.Background(), []string{"revoke", "--help"}, func(string) string { return "" }, &stdout, &stdout); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"--issuance", "--session", "--workload", "--owner", "--reason", "--block", "--json",
+	for _, want := range []string{"--issuance", "--session", "--workload", "--owner", "--reason", "--block", "--force", "--json",
 		"KEYTRAIL_ADDR", "KEYTRAIL_ADMIN_TOKEN_FILE", "KEYTRAIL_ADMIN_TOKEN", "Exit status", "3  revoked in keytrail"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("keytrail revoke --help lacks %q", want)
