@@ -12,8 +12,11 @@ package broker
 //     naming the admin, the reason and every selected issuance id. If the
 //     audit log cannot take it the call fails with ErrUnavailable and
 //     nothing is revoked: an unaudited admin action is not allowed;
-//  3. store, durable first: the Revocation record with every issuance
-//     pending, the blocks, then each issuance marked RevokedAt. From here on
+//  3. store, durable first: the blocks, the Revocation record with every
+//     issuance pending, then each issuance marked RevokedAt. Until the
+//     record is stored a failure answers ErrUnavailable and the revocation
+//     is not made (blocks stored before it stay: the retry puts them
+//     again); once it is, the worker finishes it. From here on
 //     the revocation is in force on every instance, because every check
 //     (Exchange's block check, Introspect, the proxy) reads the Store per
 //     request; and it is never forgotten, because the RevocationWorker of any
@@ -225,23 +228,27 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		}
 	}
 
-	// 3. Durable first: the record (everything pending), the blocks, the
-	// issuance marks. The client going away does not stop it.
+	// 3. Durable first: the blocks, the record (everything pending), the
+	// issuance marks. The client going away does not stop it. The blocks
+	// go first: once the record is stored the worker finishes the
+	// revocation whatever this call answers, and nothing would put a block
+	// that failed after it. So a failure up to the record leaves a
+	// revocation not made (nothing revoked, no record: the caller retries),
+	// at most with some of its blocks already in force, the safe side.
 	dctx := context.WithoutCancel(ctx)
-	if err := s.putRevocation(dctx, rev); err != nil {
-		s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "", nil)
-		return nil, Unavailable("store_unavailable", time.Second, err)
-	}
+	var blocked []string
 	for _, w := range blocks {
 		b := Block{Workload: w, Reason: reason, RevocationID: rev.ID, Admin: rev.Admin, CreatedAt: now}
 		sctx, cancel := context.WithTimeout(dctx, s.d.StoreTimeout)
 		err := s.d.Store.PutBlock(sctx, b)
 		cancel()
 		if err != nil {
-			// The record is stored: the worker still ends the credentials.
-			s.auditResult(dctx, rev, requestID, 503, "store_unavailable", "", nil)
-			return nil, Unavailable("store_unavailable", time.Second, fmt.Errorf("block %s: %w", w, err))
+			return nil, s.notMade(dctx, rev, requestID, blocked, fmt.Errorf("block %s: %w", w, err))
 		}
+		blocked = append(blocked, w)
+	}
+	if err := s.putRevocation(dctx, rev); err != nil {
+		return nil, s.notMade(dctx, rev, requestID, blocked, err)
 	}
 	marked, failed := s.markAll(dctx, matched, rev.ID, now)
 
@@ -266,6 +273,25 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	s.auditResult(dctx, rev, requestID, status, "", "request", nil)
 	s.announce(dctx, Notice{RevocationID: rev.ID, Revoked: ids(marked), Blocked: blocks})
 	return cloneRevocation(rev), nil
+}
+
+// notMade audits and returns the failure of a revocation whose record could
+// not be stored: nothing is revoked and no worker will; blocked are the
+// blocks it stored before (in force, and left: the retry puts them again).
+func (s *Service) notMade(ctx context.Context, rev *Revocation, requestID string, blocked []string, cause error) error {
+	none := cloneRevocation(rev)
+	none.Pending, none.Failed = []string{}, []RevokeFailure{} // nothing left to do: not made
+	s.auditResult(ctx, none, requestID, 503, "store_unavailable", "", map[string]any{
+		"not_made": true, "blocks_in_force": append([]string{}, blocked...),
+	})
+	safe := "the revocation was not made (the store is unavailable): nothing was revoked; retry"
+	if len(blocked) > 0 {
+		safe = "the revocation was not made (the store is unavailable): nothing was revoked, but the block of " +
+			strings.Join(blocked, ", ") + " is in force; retry"
+	}
+	e := Unavailable("store_unavailable", time.Second, cause)
+	e.Safe = safe
+	return e
 }
 
 // validateSelector checks that exactly one field is set and that it looks
