@@ -436,8 +436,9 @@ func (x *Index) resultFor(id string) *Result {
 	} else {
 		res.From = FromAuditLog
 	}
+	unmade := notMadeRevocations(res.Revocations)
 	for _, ev := range res.Revocations {
-		if revokes(ev, id) {
+		if revokes(ev, id) && !unmade[ev.RevocationID] {
 			res.Issuance.RevokedAt, res.Issuance.RevocationID = parseTime(ev.Time), ev.RevocationID
 			break
 		}
@@ -459,6 +460,20 @@ func revokes(ev *audit.Event, id string) bool {
 		return ev.IssuanceID == id && (ev.Outcome == nil || ev.Outcome.Status < 300)
 	}
 	return false
+}
+
+// notMadeRevocations returns the ids of the revocations that evs say were
+// not made: a revoke_result with details.not_made (its record could not be
+// stored, nothing was revoked; its revoke event named issuances all the
+// same, the decision being audited first).
+func notMadeRevocations(evs []*audit.Event) map[string]bool {
+	out := map[string]bool{}
+	for _, ev := range evs {
+		if ev.Type == audit.TypeRevokeResult && ev.RevocationID != "" && ev.Details["not_made"] == true {
+			out[ev.RevocationID] = true
+		}
+	}
+	return out
 }
 
 // sortEvents orders events by time, then chain and seq (stable for equal

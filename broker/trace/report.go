@@ -198,6 +198,7 @@ func BuildReport(in ReportInput) (*Report, error) {
 
 	evs := append([]*audit.Event(nil), in.Events...)
 	sortEvents(evs)
+	b.notMade = notMadeRevocations(evs)
 	for _, ev := range evs {
 		b.event(ev)
 	}
@@ -310,6 +311,9 @@ type reportBuilder struct {
 	unowned   map[string]*UnownedIdentity
 	shared    map[string]*SharedUse
 	denies    map[string]int
+	// notMade are the revocations whose record could not be stored: their
+	// revoke events revoked nothing.
+	notMade map[string]bool
 }
 
 func (b *reportBuilder) workload(name, owner string) *WorkloadReport {
@@ -387,6 +391,9 @@ func (b *reportBuilder) event(ev *audit.Event) {
 	case audit.TypeRevoke, audit.TypeRevokeResult, audit.TypeOrphanRevoked:
 		if ev.Type == audit.TypeOrphanRevoked && ev.Outcome != nil && ev.Outcome.Status >= 300 {
 			break // the revocation failed: the credential lives on (the reconciliation retries)
+		}
+		if ev.Type == audit.TypeRevoke && b.notMade[ev.RevocationID] {
+			break // not made: nothing was revoked (the caller was told to retry)
 		}
 		ids := listedIssuances(ev)
 		if ev.IssuanceID != "" {
