@@ -6,8 +6,9 @@ package broker
 // Order of a revocation (Service.Revoke):
 //
 //  1. select: the named issuance, or every still-active issuance of the
-//     session, workload or owner (store reads only; a failure changes
-//     nothing);
+//     session, workload or owner (an owner's: recorded with it at issue, or
+//     of a workload the policy in force gives it; store reads only; a
+//     failure changes nothing);
 //  2. audit: a `revoke` event (and one `block` event per blocked workload)
 //     naming the admin, the reason and every selected issuance id. If the
 //     audit log cannot take it the call fails with ErrUnavailable and
@@ -344,7 +345,10 @@ func printable(s string) bool {
 }
 
 // selectIssuances reads what sel names: the one issuance, or the active
-// issuances of the session, workload or owner, as the Store holds them.
+// issuances of the session, workload or owner, as the Store holds them. An
+// owner's are those recorded with it at issue and those of the workloads
+// the policy in force gives it (recorded with a former owner, if the
+// workload changed hands).
 func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*Issuance, error) {
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	defer cancel()
@@ -358,13 +362,44 @@ func (s *Service) selectIssuances(ctx context.Context, sel RevokeSelector) ([]*I
 		}
 		return []*Issuance{is}, nil
 	}
+	now := s.d.Now()
 	list, err := s.records().ListIssuances(sctx, IssuanceFilter{
-		Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID, ActiveAt: s.d.Now(),
+		Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID, ActiveAt: now,
 	})
 	if err != nil {
 		return nil, Unavailable("store_unavailable", time.Second, err)
 	}
+	if sel.Owner == "" {
+		return list, nil
+	}
+	seen := map[string]bool{}
+	for _, is := range list {
+		seen[is.ID] = true
+	}
+	for _, w := range s.ownerWorkloads(sel.Owner) {
+		more, err := s.records().ListIssuances(sctx, IssuanceFilter{Workload: w, ActiveAt: now})
+		if err != nil {
+			return nil, Unavailable("store_unavailable", time.Second, err)
+		}
+		for _, is := range more {
+			if !seen[is.ID] {
+				seen[is.ID] = true
+				list = append(list, is)
+			}
+		}
+	}
 	return list, nil
+}
+
+// ownerWorkloads lists the workloads the policy in force gives owner.
+func (s *Service) ownerWorkloads(owner string) []string {
+	var out []string
+	for _, w := range s.d.Policy().Workloads() {
+		if w.Owner == owner {
+			out = append(out, w.Name)
+		}
+	}
+	return out
 }
 
 // checkKnown refuses a workload or owner selector that names what neither
@@ -436,10 +471,8 @@ func (s *Service) blockTargets(ctx context.Context, sel RevokeSelector, matched 
 	case sel.Workload != "":
 		set[sel.Workload] = true
 	case sel.Owner != "":
-		for _, w := range s.d.Policy().Workloads() {
-			if w.Owner == sel.Owner {
-				set[w.Name] = true
-			}
+		for _, w := range s.ownerWorkloads(sel.Owner) {
+			set[w] = true
 		}
 	case sel.SessionID != "":
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
@@ -1175,7 +1208,8 @@ func (s *Service) SweepDelay() time.Duration {
 
 // lateIssuances is the sweep's selection: the still-active issuances r
 // should have covered that it does not list yet. Those of r's session,
-// workload or owner issued by r's creation (plus revokeClockSkew: issued_at
+// workload or owner (as selectIssuances, with the policy in force now)
+// issued by r's creation (plus revokeClockSkew: issued_at
 // is the minting instance's clock); and, for each workload r blocked, every
 // one issued before now (for a session or issuance, from inFlight before
 // r's creation on) while the block stands, or, when it was lifted
@@ -1221,6 +1255,14 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 		f := IssuanceFilter{Workload: sel.Workload, Owner: sel.Owner, SessionID: sel.SessionID}
 		if err := add(f, time.Time{}, r.CreatedAt.Add(revokeClockSkew)); err != nil {
 			return nil, err
+		}
+	}
+	if sel.Owner != "" {
+		// As selectIssuances: the owner's workloads in the policy in force.
+		for _, w := range s.ownerWorkloads(sel.Owner) {
+			if err := add(IssuanceFilter{Workload: w}, time.Time{}, r.CreatedAt.Add(revokeClockSkew)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	// A block's part is what was minted while r ran, or by an instance that
