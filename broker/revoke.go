@@ -50,7 +50,12 @@ package broker
 // workload issued while the block stands (if it was lifted meanwhile,
 // those issued before the unblock, which Unblock records on every
 // revocation whose sweep is due that blocked the workload: later ones
-// belong to the unblocked workload). For a revocation of a
+// belong to the unblocked workload; but when the workload is blocked again
+// by the sweep, by another revocation, the block stands and the recorded
+// unblock is not read: the sweep then takes what the workload got while
+// unblocked too, an over-revocation on the safe side: a recorded unblock
+// whose block still stands may also be one that failed after recording
+// its time, the block then being this revocation's own). For a revocation of a
 // session or an issuance that part starts MintTimeout + StoreTimeout +
 // revokeClockSkew before its creation: the workload's other credentials
 // issued earlier were stored when it selected and are not its own. Whatever
