@@ -217,28 +217,35 @@ func build(files []namedData) (*Policy, error) {
 	return compile(parsed)
 }
 
-// decode strictly decodes one YAML document.
+// decode strictly decodes one YAML document. Every value that does not fit
+// its field, and every unknown field, is a problem named by field path and
+// line (yamlcheck): the decoder would name a Go type ("field period not
+// found in type policies.VaultTokenGrant"), give only a line, stop at the
+// first bad value and truncate "num_uses: 1.5" to 1 without a word.
 func decode(name string, data []byte) (parsedFile, []error) {
 	pf := parsedFile{name: name, data: data}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&pf.file); err != nil {
+	var root yaml.Node
+	if err := dec.Decode(&root); err != nil {
 		if errors.Is(err, io.EOF) {
 			return pf, []error{&Problem{File: name, Message: "empty policy file (want at least \"version: 1\")"}}
 		}
 		return pf, yamlProblems(name, err)
 	}
-	// The decoder turned "num_uses: 1.5" into 1 without a word; Check
-	// finds every such fraction, by field path.
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err == nil {
-		if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file)); len(ps) > 0 {
-			errs := make([]error, len(ps))
-			for i, p := range ps {
-				errs[i] = &Problem{File: name, Path: p.Path, Message: fmt.Sprintf("%s (line %d)", p.Message, p.Line)}
-			}
-			return pf, errs
+	if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file)); len(ps) > 0 {
+		errs := make([]error, len(ps))
+		for i, p := range ps {
+			errs[i] = &Problem{File: name, Path: p.Path, Message: fmt.Sprintf("%s (line %d)", p.Message, p.Line)}
 		}
+		return pf, errs
+	}
+	strict := yaml.NewDecoder(bytes.NewReader(data))
+	strict.KnownFields(true)
+	if err := strict.Decode(&pf.file); err != nil {
+		if errors.Is(err, io.EOF) {
+			return pf, []error{&Problem{File: name, Message: "empty policy file (want at least \"version: 1\")"}}
+		}
+		return pf, yamlProblems(name, err)
 	}
 	if errs := nullClaimValues(name, &root); len(errs) > 0 {
 		return pf, errs

@@ -157,10 +157,13 @@ func TestLoadErrors(t *testing.T) {
 		want []string // problems; or, for non-policy errors, a one-element substring list
 	}{
 		{"fail/syntax", "testdata/syntax-error.yaml", []string{"testdata/syntax-error.yaml: line 3: did not find expected ',' or ']'"}},
-		{"fail/unknown-field", "testdata/unknown-field.yaml", []string{"testdata/unknown-field.yaml: line 6: field period not found in type policies.VaultTokenGrant"}},
+		// Named by field path and line, in the policy's words: not by a Go
+		// type ("field period not found in type policies.VaultTokenGrant")
+		// or by line alone.
+		{"fail/unknown-field", "testdata/unknown-field.yaml", []string{"testdata/unknown-field.yaml: grants[0].vault_token.period: unknown field (line 6)"}},
 		{"fail/bad-scalars", "testdata/bad-scalars.yaml", []string{
-			`testdata/bad-scalars.yaml: line 5: invalid duration "15": want a Go duration like "15m" or "24h"`,
-			`testdata/bad-scalars.yaml: line 11: invalid date "31/03/2027": want YYYY-MM-DD`,
+			`testdata/bad-scalars.yaml: grants[0].ttl: invalid duration "15": want a Go duration like "15m" or "24h" (line 5)`,
+			`testdata/bad-scalars.yaml: exceptions[0].expires: invalid date "31/03/2027": want YYYY-MM-DD (line 11)`,
 		}},
 		{"fail/two-documents", "testdata/two-documents.yaml", []string{"testdata/two-documents.yaml: line 2: more than one YAML document; put each in its own file"}},
 		{"fail/empty", "testdata/empty.yaml", []string{`testdata/empty.yaml: empty policy file (want at least "version: 1")`}},
@@ -817,5 +820,36 @@ func TestLoadDirectoryUppercaseExtension(t *testing.T) {
 	p, err = LoadFS(fsys, "d")
 	if diff := cmp.Diff(want, problemStrings(err)); diff != "" || p != nil {
 		t.Errorf("LoadFS = %v, %v; want problems %q (-want +got):\n%s", p, err, want, diff)
+	}
+}
+
+// TestDecodeProblemsNamedByField: policy check names every value that does
+// not fit and every unknown field by file, field path and line, in the
+// policy's words. The decoder's messages gave a line but no field, and named
+// Go types ("field period not found in type policies.VaultTokenGrant",
+// "cannot unmarshal !!str `fast` into float64").
+func TestDecodeProblemsNamedByField(t *testing.T) {
+	const doc = `version: 1
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p], period: 1h}
+workloads:
+  - name: w
+    owner: o
+    match: {issuer: i, subject: s, namespace: x}
+    grants: g
+    rate: {per_second: fast}
+`
+	_, err := Parse("p.yaml", []byte(doc))
+	want := []string{
+		"p.yaml: grants[0].vault_token.period: unknown field (line 6)",
+		"p.yaml: workloads[0].match.namespace: unknown field (line 10)",
+		`p.yaml: workloads[0].grants: must be a list, not "g" (line 11)`,
+		`p.yaml: workloads[0].rate.per_second: must be a number, not "fast" (line 12)`,
+	}
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
 	}
 }
