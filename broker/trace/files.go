@@ -41,7 +41,7 @@ func RotatedSiblings(path string) ([]string, error) {
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("trace: list rotated files of %s: %w", path, err)
+		return nil, fmt.Errorf("list rotated files of %s: %w", path, err)
 	}
 	var out []string
 	for _, e := range ents {
@@ -60,6 +60,8 @@ func RotatedSiblings(path string) ([]string, error) {
 // Duplicates are read once, where they first appear, however they are
 // spelled (./a, a/./b, a symlinked directory: the same file). A named file
 // that does not exist is an error unless rotated siblings of it exist.
+// Errors name the path, not a command: trace, report and audit verify all
+// read audit files through LogFiles and say which of them failed.
 func LogFiles(args []string) ([]string, error) {
 	var out []string
 	var infos []os.FileInfo
@@ -93,10 +95,10 @@ func LogFiles(args []string) ([]string, error) {
 		case err == nil && fi.Mode().IsRegular():
 			add(p)
 		case err == nil:
-			return fmt.Errorf("trace: %s is not a regular file", p)
+			return fmt.Errorf("%s is not a regular file", p)
 		case errors.Is(err, fs.ErrNotExist) && (len(sib) > 0 || !mustExist):
 		default:
-			return fmt.Errorf("trace: %w", err)
+			return err
 		}
 		return nil
 	}
@@ -106,7 +108,7 @@ func LogFiles(args []string) ([]string, error) {
 		case err == nil && fi.IsDir():
 			ents, err := os.ReadDir(a)
 			if err != nil {
-				return nil, fmt.Errorf("trace: %w", err)
+				return nil, err
 			}
 			bases := map[string]bool{}
 			for _, e := range ents {
@@ -131,7 +133,7 @@ func LogFiles(args []string) ([]string, error) {
 		default:
 			if _, ok := IsRotated(filepath.Base(a)); ok {
 				if err != nil {
-					return nil, fmt.Errorf("trace: %w", err)
+					return nil, err
 				}
 				add(a)
 				continue
@@ -142,7 +144,7 @@ func LogFiles(args []string) ([]string, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, errors.New("trace: no audit files found")
+		return nil, fmt.Errorf("no audit files (*.jsonl) in %s", strings.Join(args, ", "))
 	}
 	return out, nil
 }
@@ -152,12 +154,12 @@ func LoadFiles(x *Index, paths []string) error {
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
-			return fmt.Errorf("trace: %w", err)
+			return err
 		}
 		_, err = x.Consume(f)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("trace: %s: %w", p, err)
+			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
 	return nil

@@ -57,7 +57,7 @@ short of them.`,
 			if !exact {
 				files, err := trace.LogFiles(args)
 				if err != nil {
-					return err
+					return fmt.Errorf("audit verify: %w", err)
 				}
 				args = files
 			}

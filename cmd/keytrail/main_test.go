@@ -533,3 +533,30 @@ func TestLoadConfigOneDocument(t *testing.T) {
 		t.Errorf("LoadConfig(trailing ---) = %v, want ok", err)
 	}
 }
+
+// TestAuditFileErrorsNameTheCommand: audit verify, report and trace read
+// audit files the same way; an error about one of them names the command
+// (and flag) the operator ran and the path. audit verify and report said
+// "trace: stat ...", naming a command nobody ran.
+func TestAuditFileErrorsNameTheCommand(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope.jsonl")
+	empty := filepath.Join(dir, "empty")
+	if err := os.Mkdir(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"audit", "verify", missing}, "audit verify: stat " + missing + ": no such file or directory"},
+		{[]string{"audit", "verify", empty}, "audit verify: no audit files (*.jsonl) in " + empty},
+		{[]string{"report", "--audit-log", missing}, "report: --audit-log: stat " + missing + ": no such file or directory"},
+		{[]string{"trace", "iss_x", "--audit-log", missing}, "trace: --audit-log: stat " + missing + ": no such file or directory"},
+	} {
+		_, _, err := runCLI(t, nil, tt.args...)
+		if err == nil || err.Error() != tt.want || exitCode(err) != -1 {
+			t.Errorf("keytrail %v = %v, want %q (exit 1)", tt.args, err, tt.want)
+		}
+	}
+}

@@ -60,14 +60,14 @@ every instance come from the shared store.`,
 			if len(auditLogs) > 0 {
 				files, err := trace.LogFiles(auditLogs)
 				if err != nil {
-					return err
+					return fmt.Errorf("report: --audit-log: %w", err)
 				}
 				x, err := trace.NewIndex(trace.Options{MaxEvents: maxEvents})
 				if err != nil {
 					return err
 				}
 				if err := trace.LoadFiles(x, files); err != nil {
-					return err
+					return fmt.Errorf("report: --audit-log: %w", err)
 				}
 				in := trace.ReportInput{Now: time.Now(), Events: x.Events()}
 				if st := x.Stats(); st.Dropped > 0 {

@@ -74,13 +74,13 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 			if len(auditLogs) > 0 {
 				files, err := trace.LogFiles(auditLogs)
 				if err != nil {
-					return err
+					return fmt.Errorf("trace: --audit-log: %w", err)
 				}
 				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
 					return err
 				}
 				if err := trace.LoadFiles(x, files); err != nil {
-					return err
+					return fmt.Errorf("trace: --audit-log: %w", err)
 				}
 				if st := x.Stats(); st.Dropped > 0 {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %d oldest event(s) did not fit the index (--max-events %d)\n", st.Dropped, st.Max)
