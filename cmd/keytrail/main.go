@@ -130,7 +130,9 @@ func usageError(cmd *cobra.Command, err error) error {
 // command below it: a bad or unknown flag (the flag error function), a
 // wrong number of arguments (the Args validators), a missing required flag
 // or a flag group broken (checked with the arguments, as cobra checks them
-// only after, without a way to tell them from other errors). A command that
+// only after, without a way to tell them from other errors). A stray
+// argument to a command that takes none is called that, not an unknown
+// command. A command that
 // only groups others shows its help when run alone and rejects an argument
 // that names no subcommand.
 func usageExits2(c *cobra.Command) {
@@ -147,6 +149,12 @@ func usageExits2(c *cobra.Command) {
 	}
 	c.Args = func(cmd *cobra.Command, a []string) error {
 		if err := args(cmd, a); err != nil {
+			if !cmd.HasSubCommands() && len(a) > 0 && strings.HasPrefix(err.Error(), "unknown command ") {
+				// cobra.NoArgs calls a stray word a command: in
+				// "revoke --reason INC-4711: key leaked" it is the rest
+				// of an unquoted value.
+				err = fmt.Errorf("unexpected argument %q: takes no arguments; quote a flag value that has spaces", a[0])
+			}
 			return usageError(cmd, err)
 		}
 		if err := cmd.ValidateRequiredFlags(); err != nil {

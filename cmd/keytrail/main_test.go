@@ -560,3 +560,31 @@ func TestAuditFileErrorsNameTheCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestStrayArgumentIsNotACommand: a word left over on the command line of a
+// command that takes no arguments (most often the rest of an unquoted flag
+// value: --reason INC-4711: key leaked) is called an unexpected argument,
+// exit 2. It was reported as 'unknown command "key" for "keytrail revoke"',
+// as if revoke had subcommands. Where subcommands exist, an unknown one is
+// still called that.
+func TestStrayArgumentIsNotACommand(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"revoke", "--workload", "w", "--reason", "INC-4711:", "key", "leaked"},
+			`revoke: unexpected argument "key": takes no arguments; quote a flag value that has spaces (see keytrail revoke --help)`},
+		{[]string{"report", "--format", "json", "x"},
+			`report: unexpected argument "x": takes no arguments; quote a flag value that has spaces (see keytrail report --help)`},
+		{[]string{"policy", "explain", "--token", "f", "--grant", "g", "x"},
+			`policy explain: unexpected argument "x": takes no arguments; quote a flag value that has spaces (see keytrail policy explain --help)`},
+		{[]string{"policy", "nope"}, `policy: unknown command "nope" for "keytrail policy" (see keytrail policy --help)`},
+		{[]string{"nope"}, `unknown command "nope" for "keytrail" (see keytrail --help)`},
+	} {
+		_, _, err := runCLI(t, nil, tt.args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || ee.msg != tt.want {
+			t.Errorf("keytrail %v = %v, want exit 2 with %q", tt.args, err, tt.want)
+		}
+	}
+}
