@@ -588,3 +588,41 @@ func TestStrayArgumentIsNotACommand(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyExplainExitStatus: explain exits 0 only when the token would
+// get the grant. It exited 1 for a rejected token or an untrusted issuer,
+// but 0 for "grant deploy-vault: DENIED", an unknown grant or a token no
+// workload matches, so a script could not ask "would it get G?".
+func TestPolicyExplainExitStatus(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	token := func(sub string) string {
+		tok, err := iss.Sign(jwt.MapClaims{"iss": "http://127.0.0.1:7701", "aud": "keytrail", "sub": sub,
+			"namespace": "payments", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return writeFile(t, t.TempDir(), "tok", tok)
+	}
+	api, stranger := token("system:serviceaccount:payments:api"), token("system:serviceaccount:payments:other")
+	for _, tt := range []struct {
+		name, token, grant string
+		wantCode           int
+		wantOut            string
+	}{
+		{"ok/allowed", api, "payments-vault", 0, "grant payments-vault: ALLOWED"},
+		{"fail/not-the-workloads-grant", api, "deploy-vault", 1, "grant deploy-vault: DENIED, not in the grants of workload payments-api"},
+		{"fail/unknown-grant", api, "nope", 1, "grant nope: unknown grant"},
+		{"fail/no-workload", stranger, "payments-vault", 1, "result: DENIED, no workload matches"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _, err := runCLI(t, nil, "policy", "explain", "--unverified", "--policy", "../../policies/examples", "--token", tt.token, "--grant", tt.grant)
+			if got := exitCode(err); got != tt.wantCode || !strings.Contains(out, tt.wantOut) {
+				t.Errorf("explain --grant %s = exit %d (%v), want %d with %q:\n%s", tt.grant, got, err, tt.wantCode, tt.wantOut, out)
+			}
+		})
+	}
+}

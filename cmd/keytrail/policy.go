@@ -73,7 +73,11 @@ func newPolicyExplainCmd(e *env) *cobra.Command {
 		Long: `Explain reads an identity token, verifies it against the policy's issuers
 (fetching their JWKS; --unverified skips the signature and time checks for
 offline use) and prints, for every workload of the token's issuer, why it
-matched or not, and what the grant would mint.`,
+matched or not, and what the grant would mint.
+
+Exit status: 0 the token would get the grant; 1 it would not (token rejected,
+issuer not trusted, no or several workloads match, grant unknown or not the
+workload's), or the policy or token cannot be read; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if tokenFile == "" || grant == "" {
@@ -132,6 +136,11 @@ matched or not, and what the grant would mint.`,
 			fmt.Fprint(e.stdout, ex.String())
 			if !strings.HasSuffix(ex.String(), "\n") {
 				fmt.Fprintln(e.stdout)
+			}
+			if !ex.Allowed {
+				// As for a rejected token: the answer is on stdout, and a
+				// script asking "would it get G?" gets no from the status.
+				return exitError{code: 1}
 			}
 			return nil
 		},
