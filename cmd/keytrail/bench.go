@@ -101,7 +101,12 @@ at each --workers level (concurrent clients); a variant's maximum is its
 best level. Latency is measured open-loop at half the slowest variant's
 maximum rate, from each request's intended send time. Progress goes
 to stderr, the report to stdout, and with --json-out to a JSON file too.
-Everything started is stopped on exit and on Ctrl-C. See docs/PERFORMANCE.md.`,
+Everything started is stopped on exit and on Ctrl-C. See docs/PERFORMANCE.md.
+The Vault binary comes from --vault-bin, else $KEYTRAIL_VAULT_BIN, else
+bin/vault in the repository (built if missing).
+
+Exit status: 0 every scenario ran; 1 something could not be started, a
+measurement failed or the run was interrupted; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error

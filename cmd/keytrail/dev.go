@@ -49,7 +49,12 @@ func newDevCmd(e *env) *cobra.Command {
   - a demo workload that exchanges its token for a Vault token.
 
 It then prints commands to try. --once runs the demo, verifies the audit log
-and exits (used by the tests).`,
+and exits (used by the tests). The Vault binary comes from --vault-bin, else
+$KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
+
+Exit status: 0 stopped by Ctrl-C (with --once: the demo ran and the audit log
+verified); 1 something failed to start, the demo exchange failed or (with
+--once) the audit log did not verify; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDev(cmd.Context(), e, devOptions{dir: dir, listen: listen, vaultBin: vaultBin, policy: policyPath, once: once})

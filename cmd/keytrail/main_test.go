@@ -626,3 +626,29 @@ func TestPolicyExplainExitStatus(t *testing.T) {
 		})
 	}
 }
+
+// TestHelpStatesExitStatus: the --help of every command that does something
+// says what its exit statuses mean (usage is 2 everywhere, but 1 and 3 mean
+// different things to different commands). dev, policy check, policy
+// explain, policy vault, report and bench did not; server did not say 2.
+func TestHelpStatesExitStatus(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		switch {
+		case !c.Runnable() || c.HasSubCommands(), c.Name() == "version":
+			return
+		}
+		out, _, err := runCLI(t, nil, append(strings.Fields(strings.TrimPrefix(c.CommandPath(), "keytrail")), "--help")...)
+		if err != nil {
+			t.Errorf("%s --help: %v", c.CommandPath(), err)
+			return
+		}
+		if !regexp.MustCompile(`(?i)exit status[: ]`).MatchString(out) || !regexp.MustCompile(`\b2\s+(on a )?usage`).MatchString(out) {
+			t.Errorf("%s --help does not state its exit status:\n%s", c.CommandPath(), out)
+		}
+	}
+	walk(newRootCmd(&env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}))
+}

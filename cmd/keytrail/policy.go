@@ -31,7 +31,10 @@ func newPolicyCheckCmd(e *env) *cobra.Command {
 		Long: `Validate a policy file or directory; every problem is reported with its file
 and path. The files the policy names (ca_file) are not read unless --files is
 given: run it with --files where the broker runs, as the broker checks them at
-start and on every reload.`,
+start and on every reload.
+
+Exit status: 0 the policy is valid; 1 it is not (every problem on stderr, one
+per line) or cannot be read; 2 usage.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := policies.Load(args[0])
@@ -162,7 +165,10 @@ func newPolicyVaultCmd(e *env) *cobra.Command {
 token (mint and revoke what the grants need, read and sign with their
 transit keys, read proxy secrets), then, as comments, the policies the token
 must also hold because Vault lets a token without sudo hand out only
-policies it has itself.`,
+policies it has itself.
+
+Exit status: 0 printed; 1 the policy is not valid (every problem on stderr)
+or cannot be read; 2 usage.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := policies.Load(args[0])

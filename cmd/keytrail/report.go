@@ -42,7 +42,11 @@ Offline, with --audit-log FILE... (rotated siblings and directories as for
 credentials are then derived from the log (issued, unexpired, unrevoked).
 Online, without --audit-log: GET /v1/admin/report (an admin with the report
 role; server and token as for 'keytrail trace'), where active credentials of
-every instance come from the shared store.`,
+every instance come from the shared store.
+
+Exit status: 0 the report was written; 1 an audit file, the policy or the
+server could not be read (the error says which), or --out could not be
+written; 2 usage.`,
 		Example: `  keytrail report
   keytrail report --format html --out report.html
   keytrail report --audit-log /var/lib/keytrail/ --policy /etc/keytrail/policies --format json`,

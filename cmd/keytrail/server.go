@@ -51,7 +51,7 @@ with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
 (one received during start-up reloads once serving); SIGINT/SIGTERM shut down
 gracefully (a second signal exits at once). The exit status is 0 after a clean
 shutdown, 1 when start-up fails or when closing failed (e.g. the audit log's
-final signed checkpoint could not be written).`,
+final signed checkpoint could not be written), 2 on a usage mistake.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
