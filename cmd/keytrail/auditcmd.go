@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,6 +41,7 @@ kid, "<transit key>:<version>"). It names the first bad line and why,
 and reports lines after the last verified checkpoint, which no signature
 covers: they may have been added or changed, and lines after them removed,
 unseen (--require-checkpoint makes that a failure, and an empty log too).
+A log that takes longer than 5 s gets a progress line on stderr every 5 s.
 Exit status 1 when anything is wrong (also when a file cannot be read to its
 end: it and the files after it are then not verified), 2 on a usage mistake.
 
@@ -83,7 +86,7 @@ short of them.`,
 				}
 				opts.VerifyFunc = f
 			}
-			rep, err := audit.VerifyFiles(args, opts)
+			rep, err := verifyFiles(e, args, opts)
 			if rep == nil {
 				return err
 			}
@@ -119,6 +122,80 @@ short of them.`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	c.Flags().BoolVar(&exact, "exact", false, "read only the files named, without rotated siblings or directory expansion")
 	return c
+}
+
+// verifyFiles is audit.VerifyFiles with a progress line on stderr every
+// e.progressEvery while the files are read: a log of a few GiB takes
+// minutes.
+func verifyFiles(e *env, paths []string, opts audit.VerifyOptions) (*audit.Report, error) {
+	var total int64
+	inputs := make([]audit.Input, 0, len(paths))
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}()
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, fmt.Errorf("audit verify: %w", err)
+		}
+		files = append(files, f)
+		if fi, err := f.Stat(); err == nil {
+			total += fi.Size()
+		}
+	}
+	pr := &progress{w: e.stderr, what: "keytrail audit verify", total: total, every: e.progressEvery, last: time.Now()}
+	for i, f := range files {
+		inputs = append(inputs, audit.Input{Name: paths[i], R: progressReader{r: f, p: pr, name: paths[i]}})
+	}
+	return audit.Verify(inputs, opts)
+}
+
+// progress prints "<what>: <file>: 512 MiB of 1.7 GiB read" at most once
+// every every (never before the first every has passed, so a small job
+// prints nothing).
+type progress struct {
+	w     io.Writer
+	what  string
+	total int64
+	done  int64
+	every time.Duration
+	last  time.Time
+}
+
+func (p *progress) add(name string, n int) {
+	p.done += int64(n)
+	if now := time.Now(); now.Sub(p.last) >= p.every {
+		p.last = now
+		fmt.Fprintf(p.w, "%s: %s: %s of %s read\n", p.what, name, byteSize(p.done), byteSize(p.total))
+	}
+}
+
+type progressReader struct {
+	r    io.Reader
+	p    *progress
+	name string
+}
+
+func (r progressReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.p.add(r.name, n)
+	return n, err
+}
+
+// byteSize is n in B, KiB, MiB or GiB with one decimal.
+func byteSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 // printVerifyReport prints rep; readErr, when not nil, stopped the reading

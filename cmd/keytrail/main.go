@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -51,6 +52,9 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	errMu  sync.Mutex // serializes lines written by concurrent goroutines (lineErr)
+	// progressEvery is how often long file reads (audit verify) print a
+	// progress line on stderr.
+	progressEvery time.Duration
 }
 
 // lineErr is stderr for lines that goroutines running at the same time
@@ -72,7 +76,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 // run executes the CLI with explicit inputs and outputs (testable without a
 // process).
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	e := &env{ctx: ctx, getenv: getenv, stdout: stdout, stderr: stderr}
+	e := &env{ctx: ctx, getenv: getenv, stdout: stdout, stderr: stderr, progressEvery: 5 * time.Second}
 	root := newRootCmd(e)
 	root.SetArgs(args)
 	root.SetOut(stdout)
