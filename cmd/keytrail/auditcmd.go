@@ -153,6 +153,30 @@ func verifyFiles(e *env, paths []string, opts audit.VerifyOptions) (*audit.Repor
 	return audit.Verify(inputs, opts)
 }
 
+// loadAuditFiles is trace.LoadFiles with the progress lines of verifyFiles
+// (what is the command, for them): an offline trace or report over a large
+// log spends minutes reading it.
+func loadAuditFiles(e *env, what string, x *trace.Index, paths []string) error {
+	pr := &progress{w: e.stderr, what: what, every: e.progressEvery, last: time.Now()}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil {
+			pr.total += fi.Size()
+		}
+	}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		_, err = x.Consume(progressReader{r: f, p: pr, name: p})
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return nil
+}
+
 // progress prints "<what>: <file>: 512 MiB of 1.7 GiB read" at most once
 // every every (never before the first every has passed, so a small job
 // prints nothing).

@@ -42,7 +42,8 @@ Offline, with --audit-log FILE... (rotated siblings and directories as for
 credentials are then derived from the log (issued, unexpired, unrevoked).
 Online, without --audit-log: GET /v1/admin/report (an admin with the report
 role; server and token as for 'keytrail trace'), where active credentials of
-every instance come from the shared store.
+every instance come from the shared store. Audit files that take longer
+than 5 s to read get a progress line on stderr every 5 s.
 
 Exit status: 0 the report was written; 1 an audit file, the policy or the
 server could not be read (the error says which), or --out could not be
@@ -70,7 +71,7 @@ written; 2 usage.`,
 				if err != nil {
 					return err
 				}
-				if err := trace.LoadFiles(x, files); err != nil {
+				if err := loadAuditFiles(e, "keytrail report", x, files); err != nil {
 					return fmt.Errorf("report: --audit-log: %w", err)
 				}
 				in := trace.ReportInput{Now: time.Now(), Events: x.Events()}

@@ -47,7 +47,8 @@ or an "Authorization: Bearer " prefix: it is read without them.
 
 Offline, with --audit-log FILE... (no broker needed): the files are read with
 their rotated siblings (FILE.<timestamp>, oldest first); a directory stands
-for every *.jsonl file in it.
+for every *.jsonl file in it. Files that take longer than 5 s to read get a
+progress line on stderr every 5 s.
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
@@ -79,7 +80,7 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
 					return err
 				}
-				if err := trace.LoadFiles(x, files); err != nil {
+				if err := loadAuditFiles(e, "keytrail trace", x, files); err != nil {
 					return fmt.Errorf("trace: --audit-log: %w", err)
 				}
 				if st := x.Stats(); st.Dropped > 0 {
