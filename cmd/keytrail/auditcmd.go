@@ -177,6 +177,12 @@ func loadAuditFiles(e *env, what string, x *trace.Index, paths []string) error {
 	return nil
 }
 
+// skippedNote says that n audit lines could not be read and were left out
+// of an offline trace or report, and where to find them.
+func skippedNote(n int64) string {
+	return fmt.Sprintf("%d audit line(s) are not well-formed events and were left out (keytrail audit verify names each by file and line)", n)
+}
+
 // progress prints "<what>: <file>: 512 MiB of 1.7 GiB read" at most once
 // every every (never before the first every has passed, so a small job
 // prints nothing).

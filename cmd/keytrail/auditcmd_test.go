@@ -240,3 +240,35 @@ func TestOfflineTraceAndReportPrintProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestOfflineTraceAndReportNameSkippedLines: a line of the audit files that
+// is not a well-formed event (a torn or edited line) was left out of an
+// offline report or trace without a word, so the report covered less than
+// the files it named. The report now carries a note and trace a warning
+// pointing to audit verify, which names the line.
+func TestOfflineTraceAndReportNameSkippedLines(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	f, err := os.OpenFile(live, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("{\"v\":1,\"seq\":\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	const note = "1 audit line(s) are not well-formed events and were left out (keytrail audit verify names each by file and line)"
+	out, _, err := runCLI(t, nil, "report", "--audit-log", live)
+	if err != nil || !strings.Contains(out, "note: "+note) {
+		t.Errorf("report = %v, want a note %q:\n%s", err, note, out)
+	}
+	out, stderr, err := runCLI(t, nil, "trace", cliIssID, "--audit-log", live)
+	if err != nil || !strings.Contains(stderr, "keytrail: warning: "+note) || !strings.Contains(out, cliIssID) {
+		t.Errorf("trace = %v, want the issuance and a warning %q\nstdout: %s\nstderr: %s", err, note, out, stderr)
+	}
+	// audit verify does name it.
+	out, _, _ = runCLI(t, nil, "audit", "verify", live)
+	if !strings.Contains(out, "FAIL "+live+":2: malformed audit line") {
+		t.Errorf("audit verify does not name the line:\n%s", out)
+	}
+}

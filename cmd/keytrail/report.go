@@ -75,8 +75,12 @@ written; 2 usage.`,
 					return fmt.Errorf("report: --audit-log: %w", err)
 				}
 				in := trace.ReportInput{Now: time.Now(), Events: x.Events()}
-				if st := x.Stats(); st.Dropped > 0 {
+				st := x.Stats()
+				if st.Dropped > 0 {
 					in.Notes = append(in.Notes, fmt.Sprintf("only the last %d events are covered (--max-events); %d older ones were dropped", st.Max, st.Dropped))
+				}
+				if st.Skipped > 0 {
+					in.Notes = append(in.Notes, skippedNote(st.Skipped))
 				}
 				if policyPath != "" {
 					if in.Policy, err = policies.Load(policyPath); err != nil {

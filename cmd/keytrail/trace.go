@@ -83,8 +83,12 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				if err := loadAuditFiles(e, "keytrail trace", x, files); err != nil {
 					return fmt.Errorf("trace: --audit-log: %w", err)
 				}
-				if st := x.Stats(); st.Dropped > 0 {
+				st := x.Stats()
+				if st.Dropped > 0 {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %d oldest event(s) did not fit the index (--max-events %d)\n", st.Dropped, st.Max)
+				}
+				if st.Skipped > 0 {
+					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", skippedNote(st.Skipped))
 				}
 			}
 			if len(args) == 0 {
