@@ -61,7 +61,7 @@ verified); 1 something failed to start, the demo exchange failed or (with
 		},
 	}
 	c.Flags().StringVar(&dir, "dir", ".dev", "state directory (config, audit log, Vault logs, demo tokens)")
-	c.Flags().StringVar(&listen, "listen", "127.0.0.1:7700", "broker listen address")
+	c.Flags().StringVar(&listen, "listen", "127.0.0.1:7700", "broker listen address (loopback: dev serves plain HTTP)")
 	c.Flags().StringVar(&vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
 	c.Flags().StringVar(&policyPath, "policy", "", "policy file or directory (default policies/examples)")
 	c.Flags().BoolVar(&once, "once", false, "run the demo, verify the audit log, then exit")
@@ -76,6 +76,11 @@ type devOptions struct {
 func runDev(ctx context.Context, e *env, o devOptions) error {
 	out := e.stdout
 	progress := func(format string, args ...any) { fmt.Fprintf(e.stderr, "keytrail dev: "+format+"\n", args...) }
+	// Checked before anything starts, as a usage mistake: the broker
+	// validates the same address only once Vault is up.
+	if host, _, err := net.SplitHostPort(o.listen); err != nil || !isLoopbackHost(host) {
+		return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --listen %q: want a loopback host:port such as 127.0.0.1:7700 (dev serves plain HTTP) (see keytrail dev --help)", o.listen)}
+	}
 	dir, err := filepath.Abs(o.dir)
 	if err != nil {
 		return err

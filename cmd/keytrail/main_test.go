@@ -652,3 +652,23 @@ func TestHelpStatesExitStatus(t *testing.T) {
 	}
 	walk(newRootCmd(&env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}))
 }
+
+// TestDevListenIsAUsageError: a --listen that dev's broker cannot use (not
+// host:port, or not loopback: dev serves plain HTTP) was found only after
+// the Vault dev server had started, and exited 1 naming "dev config:
+// listen". It is a usage mistake: exit 2 naming --listen, before anything
+// starts or is written.
+func TestDevListenIsAUsageError(t *testing.T) {
+	dir := t.TempDir()
+	for _, listen := range []string{"bogus", "0.0.0.0:7700", "10.1.2.3:7700"} {
+		state := filepath.Join(dir, "dev")
+		_, _, err := runCLI(t, nil, "dev", "--once", "--listen", listen, "--dir", state, "--vault-bin", filepath.Join(dir, "no-vault"))
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, `dev: --listen "`+listen+`"`) {
+			t.Errorf("dev --listen %s = %v, want exit 2 naming --listen", listen, err)
+		}
+		if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("dev --listen %s created %s (%v), want nothing started or written", listen, state, err)
+		}
+	}
+}
