@@ -196,6 +196,13 @@ credential came within --timeout; 2 usage; 130 interrupted.`,
 			if grace <= 0 {
 				return exitError{code: exitUsage, msg: "exec: --restart-grace must be positive"}
 			}
+			// As --audience without --github-actions: a flag that would do
+			// nothing is a mistake, not silently ignored.
+			for _, name := range []string{"on-renew", "restart-grace"} {
+				if cmd.Flags().Changed(name) && !wf.watch {
+					return exitError{code: exitUsage, msg: "exec: --" + name + " applies only with --watch (without it nothing is renewed)"}
+				}
+			}
 			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
 			if err := of.prepare(wf.grants); err != nil {
 				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}

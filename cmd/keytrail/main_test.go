@@ -71,6 +71,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"fetch", "--grant", "payments-vault", "--out", out, "--audience", "other"}, // ignored without --github-actions
 		{"exec", "--grant", "payments-vault", "--env", "T"},
 		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "soon", "--", "true"},
+		{"exec", "--grant", "payments-vault", "--env", "T", "--on-renew", "signal:HUP", "--", "true"}, // ignored without --watch
+		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "1s", "--", "true"},    // ignored without --watch
 		{"revoke", "--workload", "w", "--reason", "r", "--block=maybe"},
 		{"revoke", "--workload", "w"}, // checked by revoke itself
 		{"trace", "a", "b"},
