@@ -674,3 +674,37 @@ func TestDevListenIsAUsageError(t *testing.T) {
 		}
 	}
 }
+
+// TestReportOutCheckedFirst: a --out report could not write was found only
+// after the audit files had been read (minutes for a large log), and the
+// error named a temporary file ("open /dir/.keytrail-report-123: no such
+// file or directory") rather than --out. It is checked first and named.
+func TestReportOutCheckedFirst(t *testing.T) {
+	dir := t.TempDir()
+	log := cliAuditLog(t, dir)
+	missing := filepath.Join(dir, "no-such-dir", "r.html")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"report", "--audit-log", log, "--out", missing},
+			"report: --out " + missing + ": cannot write in " + filepath.Dir(missing) + ": no such file or directory"},
+		{[]string{"report", "--audit-log", log, "--out", dir}, "report: --out " + dir + ": is a directory"},
+		// Found before the audit files are read.
+		{[]string{"report", "--audit-log", filepath.Join(dir, "missing.jsonl"), "--out", missing},
+			"report: --out " + missing + ": cannot write in " + filepath.Dir(missing) + ": no such file or directory"},
+	} {
+		_, _, err := runCLI(t, nil, tt.args...)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("keytrail %v = %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	// A report it can write is written.
+	out := filepath.Join(dir, "r.json")
+	if _, _, err := runCLI(t, nil, "report", "--audit-log", log, "--out", out, "--format", "json"); err != nil {
+		t.Fatalf("report --out %s = %v", out, err)
+	}
+	if b, err := os.ReadFile(out); err != nil || !strings.Contains(string(b), "payments-api") {
+		t.Errorf("report file = %q, %v; want the JSON report", b, err)
+	}
+}

@@ -61,6 +61,11 @@ written; 2 usage.`,
 			if policyPath != "" && len(auditLogs) == 0 {
 				return exitError{code: exitUsage, msg: "report: --policy is for offline reports (with --audit-log); online reports use the server's policy"}
 			}
+			// Before the audit files are read (minutes for a large log),
+			// not after.
+			if err := probeReportOut(out); err != nil {
+				return err
+			}
 			var rep *trace.Report
 			if len(auditLogs) > 0 {
 				files, err := trace.LogFiles(auditLogs)
@@ -131,18 +136,35 @@ func writeReport(stdout io.Writer, out, format string, rep *trace.Report) error 
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(out), ".keytrail-report-*")
 	if err != nil {
-		return fmt.Errorf("report: %w", err)
+		return fmt.Errorf("report: --out %s: cannot write in %s: %w", out, filepath.Dir(out), stripPath(err))
 	}
 	defer os.Remove(tmp.Name())
 	if err := render(tmp); err != nil {
 		tmp.Close()
-		return fmt.Errorf("report: %w", err)
+		return fmt.Errorf("report: --out %s: %w", out, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("report: %w", err)
+		return fmt.Errorf("report: --out %s: %w", out, err)
 	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
-		return fmt.Errorf("report: %w", err)
+		return fmt.Errorf("report: --out %s: %w", out, stripPath(err))
 	}
 	return nil
+}
+
+// probeReportOut checks that writeReport will be able to write out: not a
+// directory, and a temporary file can be made next to it.
+func probeReportOut(out string) error {
+	if out == "" {
+		return nil
+	}
+	if fi, err := os.Stat(out); err == nil && fi.IsDir() {
+		return fmt.Errorf("report: --out %s: is a directory", out)
+	}
+	f, err := os.CreateTemp(filepath.Dir(out), ".keytrail-report-*")
+	if err != nil {
+		return fmt.Errorf("report: --out %s: cannot write in %s: %w", out, filepath.Dir(out), stripPath(err))
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
