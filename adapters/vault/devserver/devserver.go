@@ -51,7 +51,8 @@ const (
 // keeps parallel test binaries from building twice; the output is written
 // next to the binary and renamed into place, so an interrupted build never
 // leaves a truncated bin/vault that looks fresh. progress (may be nil)
-// receives a line before building and the go command's output.
+// receives a line before building, the go command's output, a line every
+// minute while it compiles (silently, for 10-20 minutes) and one after.
 func BuildVault(ctx context.Context, root string, progress io.Writer) (string, error) {
 	if progress == nil {
 		progress = io.Discard
@@ -78,24 +79,69 @@ func BuildVault(ctx context.Context, root string, progress io.Writer) (string, e
 	} else if ok {
 		return bin, nil
 	}
-	fmt.Fprintln(progress, "building Vault server (first time: 10-20 min)...")
 	tmp := bin + ".tmp"
 	_ = os.Remove(tmp)
-	var tail tailBuffer
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", tmp, "github.com/hashicorp/vault")
 	cmd.Dir = modDir
-	cmd.Stdout = io.MultiWriter(progress, &tail)
-	cmd.Stderr = io.MultiWriter(progress, &tail)
+	if err := runBuild(cmd, tmp, bin, progress, buildHeartbeat); err != nil {
+		return "", err
+	}
+	return bin, nil
+}
+
+// buildHeartbeat is how often a Vault build says it is still going: the go
+// command prints nothing while it compiles, for 10-20 minutes.
+const buildHeartbeat = time.Minute
+
+// runBuild runs cmd, which writes the binary to tmp, and renames tmp to bin.
+// progress gets a line before, cmd's output, a line every every while cmd
+// runs, and a line after.
+func runBuild(cmd *exec.Cmd, tmp, bin string, progress io.Writer, every time.Duration) error {
+	fmt.Fprintln(progress, "building Vault server (first time: 10-20 min)...")
+	var mu sync.Mutex // cmd's stdout, its stderr and the heartbeat write at once
+	out := lockedWriter{mu: &mu, w: progress}
+	var tail tailBuffer
+	cmd.Stdout = io.MultiWriter(out, &tail)
+	cmd.Stderr = io.MultiWriter(out, &tail)
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
+	done := make(chan struct{})
+	beat := make(chan struct{})
+	go func() {
+		defer close(beat)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintf(out, "still building Vault (%s so far; the first build takes 10-20 min)...\n", time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	err := cmd.Run()
+	close(done)
+	<-beat
+	if err != nil {
 		_ = os.Remove(tmp)
-		return "", fmt.Errorf("build vault in %s: %w\n%s", modDir, err, tail.String())
+		return fmt.Errorf("build vault in %s: %w\n%s", cmd.Dir, err, tail.String())
 	}
 	if err := os.Rename(tmp, bin); err != nil {
-		return "", fmt.Errorf("build vault: %w", err)
+		return fmt.Errorf("build vault: %w", err)
 	}
 	fmt.Fprintf(progress, "built %s in %s\n", bin, time.Since(start).Round(time.Second))
-	return bin, nil
+	return nil
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // vaultBinaryFresh reports whether bin exists, is non-empty and is newer than
