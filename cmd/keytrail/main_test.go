@@ -61,6 +61,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 	f, addr := newFakeTokenBroker(t)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "cred")
+	logs := t.TempDir()
+	cliAuditLog(t, logs)
 	for _, args := range [][]string{
 		{"fetch", "--grant", "payments-vault", "--out", out, "--no-such-flag"},
 		{"fetch", "--grant", "payments-vault", "--out", out, "--timeout", "soon"},
@@ -83,6 +85,10 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"server", "--config"},
 		{"server"},
 		{"report", "--format", "pdf"},
+		// The online mode's flags with --audit-log (offline) were ignored.
+		{"report", "--audit-log", logs, "--addr", addr},
+		{"report", "--audit-log", logs, "--token-file", out},
+		{"trace", cliIssID, "--audit-log", logs, "--insecure-http"},
 		{"version", "stray"},
 		{"no-such-command"},
 	} {

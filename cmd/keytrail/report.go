@@ -61,6 +61,9 @@ written; 2 usage.`,
 			if policyPath != "" && len(auditLogs) == 0 {
 				return exitError{code: exitUsage, msg: "report: --policy is for offline reports (with --audit-log); online reports use the server's policy"}
 			}
+			if err := onlineFlagsOffline(cmd, auditLogs); err != nil {
+				return err
+			}
 			// Before the audit files are read (minutes for a large log),
 			// not after.
 			if err := probeReportOut(out); err != nil {

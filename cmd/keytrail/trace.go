@@ -71,6 +71,9 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
   keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := onlineFlagsOffline(cmd, auditLogs); err != nil {
+				return err
+			}
 			var x *trace.Index
 			if len(auditLogs) > 0 {
 				files, err := trace.LogFiles(auditLogs)
@@ -193,6 +196,22 @@ func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result
 	}
 	res.Query = trace.Match{Kind: trace.KindVaultAuditLog, Value: trace.SafeQuery(value)}
 	return res, nil
+}
+
+// onlineFlagsOffline refuses, as a usage mistake, the flags of the online
+// mode (server and admin token) together with --audit-log, which answers
+// offline without them: an operator who names a server expects its answer,
+// not the files'.
+func onlineFlagsOffline(cmd *cobra.Command, auditLogs []string) error {
+	if len(auditLogs) == 0 {
+		return nil
+	}
+	for _, name := range []string{"addr", "token-file", "insecure-http"} {
+		if cmd.Flags().Changed(name) {
+			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --%s is for the online mode; with --audit-log the answer comes from the files, not a server", cmd.Name(), name)}
+		}
+	}
+	return nil
 }
 
 // traceOnline asks the server. A value shaped like a raw credential is sent
