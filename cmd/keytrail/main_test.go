@@ -89,6 +89,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"report", "--audit-log", logs, "--addr", addr},
 		{"report", "--audit-log", logs, "--token-file", out},
 		{"trace", cliIssID, "--audit-log", logs, "--insecure-http"},
+		{"report", "--max-events", "10"}, // offline only: ignored online
+		{"trace", cliIssID, "--max-events", "10"},
 		{"version", "stray"},
 		{"no-such-command"},
 	} {

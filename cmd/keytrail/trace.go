@@ -200,10 +200,13 @@ func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result
 
 // onlineFlagsOffline refuses, as a usage mistake, the flags of the online
 // mode (server and admin token) together with --audit-log, which answers
-// offline without them: an operator who names a server expects its answer,
-// not the files'.
+// offline without them (an operator who names a server expects its answer,
+// not the files'), and --max-events without --audit-log.
 func onlineFlagsOffline(cmd *cobra.Command, auditLogs []string) error {
 	if len(auditLogs) == 0 {
+		if cmd.Flags().Changed("max-events") {
+			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --max-events bounds the offline index (with --audit-log); online, the server answers", cmd.Name())}
+		}
 		return nil
 	}
 	for _, name := range []string{"addr", "token-file", "insecure-http"} {
