@@ -74,47 +74,15 @@ func TestExchangeRefusesRevokedBrokerCredentialAsIdentity(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pol, err := policies.Parse("chain.yaml", []byte(chainPolicy))
-			if err != nil {
-				t.Fatal(err)
-			}
-			now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-			clock := func() time.Time { return now }
-			minter := &brokertest.Minter{}
-			authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}
-			svc, err := broker.NewService(broker.Deps{
-				Policy:   func() *policies.Policy { return pol },
-				Authn:    func() broker.Authenticator { return authn },
-				Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
-				Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
-				Store:    memstore.New(clock),
-				Audit:    &brokertest.Sink{},
-				Now:      clock,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx := context.Background()
-			handoff, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The broker's JWKS verifies its own JWT: the authenticator
-			// accepts it as an identity of the keytrail issuer.
-			jwtTok := handoff.AccessToken
-			authn[jwtTok] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
-				JTI: handoff.Issuance.ID, Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api", "jti": handoff.Issuance.ID}}
-			// An outside token whose jti merely looks like an issuance id
-			// is not a broker credential.
-			authn["lookalike"] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
-				JTI: "iss_01LOOKALIKE", Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api"}}
+			svc, _, handoff := chainService(t, chainPolicy)
+			ctx, jwtTok := context.Background(), handoff.AccessToken
 
 			if _, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: jwtTok, Grant: "payments-vault"}); err != nil {
 				t.Fatalf("exchange of the active broker JWT = %v, want it accepted", err)
 			}
 			tc.revoke(t, svc, handoff.Issuance)
 
-			_, err = svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: jwtTok, Grant: "payments-vault"})
+			_, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: jwtTok, Grant: "payments-vault"})
 			if !errors.Is(err, broker.ErrDenied) || broker.AsError(err).Reason != tc.wantReason {
 				t.Errorf("exchange of the %s broker JWT as subject = %v, want access_denied (%s)", tc.name, err, tc.wantReason)
 			}
@@ -134,42 +102,13 @@ func TestExchangeRefusesRevokedBrokerCredentialAsIdentity(t *testing.T) {
 // invalid_token (reason credential_revoked), as for any refused Bearer
 // token, and record the denial. Before the revocation both accept it.
 func TestRevokedBrokerCredentialRefusedAsCaller(t *testing.T) {
-	pol, err := policies.Parse("chain.yaml", []byte(chainPolicy+`
+	svc, sink, handoff := chainService(t, chainPolicy+`
 admins:
   - name: agents
     match: {issuer: keytrail, subject: payments-api}
     roles: [trace]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
-	minter := &brokertest.Minter{}
-	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}
-	sink := &brokertest.Sink{}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Store:    memstore.New(clock),
-		Audit:    sink,
-		Now:      clock,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	handoff, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwtTok := handoff.AccessToken
-	authn[jwtTok] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
-		JTI: handoff.Issuance.ID, Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api", "jti": handoff.Issuance.ID}}
-	authn["lookalike"] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
-		JTI: "iss_01LOOKALIKE", Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api"}}
+`)
+	ctx, jwtTok := context.Background(), handoff.AccessToken
 
 	admin := func(tok string) error {
 		_, err := svc.AuthorizeAdmin(ctx, broker.AdminRequest{Token: tok, Role: broker.RoleTrace, Action: "trace"})
@@ -208,4 +147,45 @@ admins:
 	if len(evs) != 4 || revoked != 2 {
 		t.Errorf("audit events = %d, %d of them credential_revoked; want 4 (each call recorded), 2", len(evs), revoked)
 	}
+}
+
+// chainService is a Service of policy (chainPolicy and more) whose
+// authenticator accepts "payments" (payments-api's Kubernetes token), the
+// broker JWT payments-api got from the handoff-jwt grant (handoff), as an
+// identity of the keytrail issuer, and "lookalike", an outside token of that
+// issuer whose jti merely looks like an issuance id.
+func chainService(t *testing.T, policy string) (*broker.Service, *brokertest.Sink, *broker.ExchangeResult) {
+	t.Helper()
+	pol, err := policies.Parse("chain.yaml", []byte(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	minter := &brokertest.Minter{}
+	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}
+	sink := &brokertest.Sink{}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Store:    memstore.New(clock),
+		Audit:    sink,
+		Now:      clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handoff, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The broker's JWKS verifies its own JWT: the authenticator accepts it
+	// as an identity of the keytrail issuer.
+	authn[handoff.AccessToken] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
+		JTI: handoff.Issuance.ID, Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api", "jti": handoff.Issuance.ID}}
+	authn["lookalike"] = &broker.Identity{IssuerName: "keytrail", Iss: "https://keytrail.example", Sub: "payments-api",
+		JTI: "iss_01LOOKALIKE", Claims: map[string]any{"iss": "https://keytrail.example", "sub": "payments-api"}}
+	return svc, sink, handoff
 }
