@@ -102,6 +102,7 @@ type brokerRuntime struct {
 	sink    *auditfile.Sink
 	store   broker.Store
 	vault   *vaultapi.Client
+	login   *vaultad.Login // the broker's own Vault login (token type checked on reload)
 	closers []func() error
 	reg     *prometheus.Registry
 	metrics *opsMetrics
@@ -295,6 +296,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := checkTokenType(login.Status().TokenType, pol); err != nil {
 		return err
 	}
+	rt.login = login
 	rt.goBackground(ctx, login.Run)
 
 	switch {
@@ -523,6 +525,10 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
 	pol, err := loadServedPolicy(rt.cfg.Policy)
+	if err == nil && rt.login != nil {
+		// As at start-up: grants a batch token cannot serve are refused.
+		err = checkTokenType(rt.login.Status().TokenType, pol)
+	}
 	if err == nil {
 		var v *authn.Verifier
 		v, err = rt.newVerifier(ctx, pol)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,7 +73,15 @@ func TestServerRefusesBatchVaultTokenForTokenGrants(t *testing.T) {
 			}
 			readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, batch)
 			select {
-			case <-readyc:
+			case addr := <-readyc:
+				if tc.wantErr == "" {
+					// A reload that adds a vault_token grant is refused
+					// as the start-up is: the policy in force stays.
+					if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+						t.Fatal(err)
+					}
+					waitMetric(t, "http://"+addr, `keytrail_policy_reloads_total{outcome="error"} 1`, `keytrail_policy_reloads_total{outcome="ok"}`)
+				}
 				cancel()
 				<-errc
 				if tc.wantErr != "" {
@@ -88,5 +98,37 @@ func TestServerRefusesBatchVaultTokenForTokenGrants(t *testing.T) {
 				t.Fatal("server neither started nor failed")
 			}
 		})
+	}
+}
+
+// waitMetric polls base's /metrics (the policy watcher polls every 2 s)
+// until it has the line want, failing when it shows bad (a line prefix)
+// first or when 20 s pass.
+func waitMetric(t *testing.T, base, want, bad string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			if line == want {
+				return
+			}
+			if bad != "" && strings.HasPrefix(line, bad) {
+				t.Fatalf("/metrics has %q, want %q", line, want)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics never had %q", want)
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		}
 	}
 }
