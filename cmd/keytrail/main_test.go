@@ -715,4 +715,7 @@ func TestReportOutCheckedFirst(t *testing.T) {
 	if b, err := os.ReadFile(out); err != nil || !strings.Contains(string(b), "payments-api") {
 		t.Errorf("report file = %q, %v; want the JSON report", b, err)
 	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("report file mode = %v, %v; want 0600 (--help says so)", fi.Mode(), err)
+	}
 }

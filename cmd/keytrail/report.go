@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -137,20 +138,14 @@ func writeReport(stdout io.Writer, out, format string, rep *trace.Report) error 
 	if out == "" {
 		return render(stdout)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".keytrail-report-*")
-	if err != nil {
-		return fmt.Errorf("report: --out %s: cannot write in %s: %w", out, filepath.Dir(out), stripPath(err))
-	}
-	defer os.Remove(tmp.Name())
-	if err := render(tmp); err != nil {
-		tmp.Close()
+	// Rendered in memory, then written as fetch writes credentials: a
+	// temporary file, fsync, rename, fsync of the directory.
+	var buf bytes.Buffer
+	if err := render(&buf); err != nil {
 		return fmt.Errorf("report: --out %s: %w", out, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("report: --out %s: %w", out, err)
-	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return fmt.Errorf("report: --out %s: %w", out, stripPath(err))
+	if err := writeAtomic(out, buf.Bytes()); err != nil {
+		return fmt.Errorf("report: --out: %w", err)
 	}
 	return nil
 }
