@@ -277,6 +277,16 @@ func TestPolicyCheck(t *testing.T) {
 			t.Errorf("policy check output lacks %q:\n%s", w, stderr)
 		}
 	}
+	// A path that cannot be read is not called an invalid policy.
+	missing := filepath.Join(t.TempDir(), "nope")
+	_, stderr, err = runCLI(t, nil, "policy", "check", missing)
+	if !errors.As(err, &ee) || ee.code != 1 || ee.msg != "policy not read" || !strings.Contains(stderr, missing) {
+		t.Errorf("policy check %s = %v\n%s; want exit 1 \"policy not read\" naming the path", missing, err, stderr)
+	}
+	oneProblem := writeFile(t, t.TempDir(), "one.yaml", "version: 2\n")
+	if _, _, err = runCLI(t, nil, "policy", "check", oneProblem); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "polic") || ee.msg == "policy not read" {
+		t.Errorf("policy check (one problem) = %v; want exit 1 naming the policy invalid", err)
+	}
 
 	// A ca_file that does not exist here: fine without --files (a policy
 	// repository's CI), a problem naming file and field with it.

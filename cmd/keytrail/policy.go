@@ -64,6 +64,11 @@ func policyProblems(e *env, err error) error {
 		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) in the policy", len(errs))}
 	}
 	fmt.Fprintln(e.stderr, err)
+	var p *policies.Problem
+	if !errors.As(err, &p) {
+		// Not a problem of the policy: its files could not be read.
+		return exitError{code: 1, msg: "policy not read"}
+	}
 	return exitError{code: 1, msg: "invalid policy"}
 }
 
