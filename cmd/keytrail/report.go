@@ -119,7 +119,7 @@ written; 2 usage.`,
 	f.StringVar(&out, "out", "", "write the report to this file (0600, atomically) instead of standard output")
 	f.StringVar(&addr, "addr", "", "keytrail server URL for online reports (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
-	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
 	return c
 }

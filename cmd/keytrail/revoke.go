@@ -117,8 +117,17 @@ Exit status:
 	f.BoolVar(&jsonOut, "json", false, "print the receipt as JSON")
 	f.StringVar(&addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
-	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	adminInsecureHTTPFlags(c, &insecureHTTP)
 	return c
+}
+
+// adminInsecureHTTPFlags defines --allow-insecure-http, the name fetch and
+// exec use, and its older name --insecure-http (hidden, still accepted).
+func adminInsecureHTTPFlags(c *cobra.Command, v *bool) {
+	f := c.Flags()
+	f.BoolVar(v, "allow-insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	f.BoolVar(v, "insecure-http", false, "older name of --allow-insecure-http")
+	_ = f.MarkHidden("insecure-http")
 }
 
 // revokeBody is the POST /v1/admin/revoke request.
@@ -224,7 +233,7 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 		return nil, fmt.Errorf("server address: %w", err)
 	}
 	if u.Scheme == "http" && !insecureHTTP && !isLoopbackHost(u.Hostname()) {
-		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --insecure-http)", u.Host)
+		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --allow-insecure-http)", u.Host)
 	}
 	token, src, err := adminToken(e, tokenFile)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/cobra"
 )
 
 // fakeAdmin answers POST /v1/admin/revoke with status and body, and records
@@ -232,5 +233,32 @@ func TestAdminTokenFilePermissionsWarn(t *testing.T) {
 				t.Errorf("stderr = %q, want %q", stderr.String(), want)
 			}
 		})
+	}
+}
+
+// TestAdminAllowInsecureHTTPFlag: the admin commands take the name the
+// workload commands use (--allow-insecure-http, as fetch and exec), and
+// still accept their older --insecure-http (hidden), both setting one flag.
+func TestAdminAllowInsecureHTTPFlag(t *testing.T) {
+	e := &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
+	for _, c := range []*cobra.Command{newRevokeCmd(e), newTraceCmd(e), newReportCmd(e)} {
+		for _, name := range []string{"allow-insecure-http", "insecure-http"} {
+			_ = c.Flags().Set("allow-insecure-http", "false")
+			if err := c.ParseFlags([]string{"--" + name}); err != nil {
+				t.Errorf("%s --%s: %v", c.Name(), name, err)
+				continue
+			}
+			for _, other := range []string{"allow-insecure-http", "insecure-http"} {
+				if v, err := c.Flags().GetBool(other); err != nil || !v {
+					t.Errorf("%s --%s: --%s = %v, %v; want both names set", c.Name(), name, other, v, err)
+				}
+			}
+		}
+		if f := c.Flags().Lookup("allow-insecure-http"); f == nil || f.Hidden {
+			t.Errorf("%s: --allow-insecure-http missing or hidden from --help", c.Name())
+		}
+		if f := c.Flags().Lookup("insecure-http"); f == nil || !f.Hidden {
+			t.Errorf("%s: the older --insecure-http should be accepted but hidden", c.Name())
+		}
 	}
 }

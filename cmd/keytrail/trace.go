@@ -143,7 +143,7 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	f.StringVar(&addr, "addr", "", "keytrail server URL for online traces (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
-	f.BoolVar(&insecureHTTP, "insecure-http", false, "allow sending the admin token over plain HTTP to a non-loopback address")
+	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
 	return c
 }
@@ -209,7 +209,7 @@ func onlineFlagsOffline(cmd *cobra.Command, auditLogs []string) error {
 		}
 		return nil
 	}
-	for _, name := range []string{"addr", "token-file", "insecure-http"} {
+	for _, name := range []string{"addr", "token-file", "allow-insecure-http", "insecure-http"} {
 		if cmd.Flags().Changed(name) {
 			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --%s is for the online mode; with --audit-log the answer comes from the files, not a server", cmd.Name(), name)}
 		}
