@@ -181,6 +181,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		rep, err := r.RunOnce(ctx)
+		if ctx.Err() != nil {
+			// Cut short by shutdown: not a failed reconciliation.
+			r.o.Logger.LogAttrs(ctx, slog.LevelDebug, "reconciliation interrupted by shutdown")
+			return nil
+		}
 		lvl := slog.LevelInfo
 		if err != nil {
 			lvl = slog.LevelWarn

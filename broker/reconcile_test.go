@@ -1,9 +1,12 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -410,5 +413,42 @@ func TestReconcilerBatchesStoreLookups(t *testing.T) {
 	}
 	if store.single != 0 || store.many != 1 {
 		t.Errorf("Store lookups: %d FindIssuance, %d FindIssuances; want 0 and 1", store.single, store.many)
+	}
+}
+
+// blockingTagged's listing waits until its ctx ends, as a Vault call cut
+// short by shutdown does, and then fails with the ctx's error.
+type blockingTagged struct{ listing chan struct{} }
+
+func (b *blockingTagged) ListTagged(ctx context.Context, _ func([]string) []bool) ([]broker.TaggedCredential, error) {
+	close(b.listing)
+	<-ctx.Done()
+	return nil, broker.Unavailable("vault_unavailable", time.Second, fmt.Errorf("vault lookup accessor: %w", ctx.Err()))
+}
+
+func (b *blockingTagged) RevokeTagged(context.Context, broker.TaggedCredential) error { return nil }
+
+// TestReconcilerRunShutdownIsNotAWarning: a run cut short because the
+// broker is shutting down (Run's ctx ended) is not a failed reconciliation:
+// it must not log a warning every operator then looks into (keytrail dev
+// printed one at every exit).
+func TestReconcilerRunShutdownIsNotAWarning(t *testing.T) {
+	var logs bytes.Buffer
+	src := &blockingTagged{listing: make(chan struct{})}
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: memstore.New(time.Now), Audit: &brokertest.Sink{},
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-src.listing
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v, want nil", err)
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("a run cut short by shutdown logged a warning:\n%s", logs.String())
 	}
 }
