@@ -60,8 +60,11 @@
 //     X-Keytrail-Issuance: <issuance id> are set. Because this happens in
 //     Rewrite, after ReverseProxy removed the hop-by-hop headers, a caller's
 //     "Connection: X-Keytrail-Issuance" cannot strip them.
-//  11. A "use_result" audit event records status, bytes and duration (best
-//     effort: the response has been sent; a failure is logged).
+//  11. A "use_result" audit event records status, bytes and duration, and
+//     the upstream's own request id from the well-known response headers
+//     (upstreamRequestIDHeaders; bounded, printable, never a value carrying
+//     the secret) in details.upstream_request_ids (best effort: the
+//     response has been sent; a failure is logged).
 //
 // The upstream connection: a Transport per grant (built from the grant's
 // ca_file, cached per grant and policy hash), never a proxy from the

@@ -245,6 +245,23 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
 		w.Header().Set(prefix+"X-Debug-Auth", r.Header.Get("Authorization"))
 		w.Header().Set(prefix+"X-Fine-Trailer", "harmless")
+	case r.URL.Path == "/up/request-ids":
+		// Each query parameter is a response header to send (a value
+		// "{use}" is the X-Request-Id the broker sent, "{secret}" the
+		// injected key), as APIs return their own request ids.
+		for name, vs := range r.URL.Query() {
+			for _, v := range vs {
+				switch v {
+				case "{use}":
+					v = r.Header.Get("X-Request-Id")
+				case "{secret}":
+					v = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+				}
+				w.Header().Add(name, v)
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"ch_1"}`)
 	case r.URL.Path == "/up/big":
 		w.Header().Set("Content-Length", fmt.Sprint(maxRespBytes+1))
 		_, _ = w.Write([]byte(strings.Repeat("x", maxRespBytes+1)))

@@ -196,6 +196,10 @@ type call struct {
 	tail     string // escaped path after /v1/proxy/{grant}, as sent
 	path     string // tail decoded (what the grant's patterns match)
 	rawQuery string
+
+	// upstreamIDs are the upstream's own request ids, by the index of
+	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
+	upstreamIDs [len(upstreamRequestIDHeaders)]string
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -571,6 +575,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				return errors.New("upstream switched protocols")
 			}
+			c.upstreamRequestIDs(res.Header, forms, useID)
 			// A HEAD response declares the length of a body it does not have.
 			if res.ContentLength > p.o.MaxResponseBytes && r.Method != http.MethodHead {
 				return errResponseTooLarge
@@ -668,6 +673,58 @@ func (c *call) forward(w http.ResponseWriter) {
 	rp.ServeHTTP(rw, out)
 }
 
+// upstreamRequestIDHeaders are the response headers in which well-known
+// APIs return the id they log a request under (their own, which is what
+// their dashboards and logs show; many do not log the X-Request-Id the
+// broker sends), lower-case as the use_result event names them: Stripe,
+// generic (Heroku, Rails, OpenAI...), AWS (JSON APIs, API Gateway; S3 and
+// other REST APIs), GitHub, Azure, Cloudflare. canonicalRequestIDHeaders
+// holds the same names as http.Header keys them.
+var upstreamRequestIDHeaders = [...]string{"request-id", "x-request-id", "x-amzn-requestid", "x-amz-request-id",
+	"x-github-request-id", "x-ms-request-id", "cf-ray"}
+
+var canonicalRequestIDHeaders = func() (out [len(upstreamRequestIDHeaders)]string) {
+	for i, h := range upstreamRequestIDHeaders {
+		out[i] = http.CanonicalHeaderKey(h)
+	}
+	return out
+}()
+
+// maxUpstreamRequestID bounds a recorded upstream request id.
+const maxUpstreamRequestID = 128
+
+// upstreamRequestIDs keeps the upstream's request ids of a response for the
+// use_result event: a header of upstreamRequestIDHeaders sent once, whose
+// value is 1 to maxUpstreamRequestID printable ASCII characters (no space),
+// does not carry the injected secret in any of the forms the response scan
+// drops headers for, and is not the use id the broker sent (an upstream
+// echoing X-Request-Id). It allocates nothing.
+func (c *call) upstreamRequestIDs(h http.Header, forms *formSet, useID string) {
+	for i, name := range canonicalRequestIDHeaders {
+		vs := h[name]
+		if len(vs) != 1 {
+			continue
+		}
+		if v := vs[0]; v != useID && recordableRequestID(v) && !forms.containsAny(v) {
+			c.upstreamIDs[i] = v
+		}
+	}
+}
+
+// recordableRequestID reports whether v is 1 to maxUpstreamRequestID
+// printable ASCII characters other than space.
+func recordableRequestID(v string) bool {
+	if v == "" || len(v) > maxUpstreamRequestID {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
 // sendableSecret reports whether a secret can be sent: it holds no control
 // character other than HTAB (NUL, CR, LF, the other C0 controls and DEL),
 // which net/http refuses in a header value (and the broker refuses in a
@@ -691,6 +748,18 @@ func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, 
 		DurationMS: float64(time.Since(c.start).Microseconds()) / 1000,
 	}
 	ev.Outcome = &audit.Outcome{Status: c.status, Error: errCode, Reason: errReason}
+	var ids map[string]string
+	for i, v := range c.upstreamIDs {
+		if v != "" {
+			if ids == nil {
+				ids = map[string]string{}
+			}
+			ids[upstreamRequestIDHeaders[i]] = v
+		}
+	}
+	if ids != nil {
+		ev.Details = map[string]any{"upstream_request_ids": ids}
+	}
 	// Nobody waits for it: the response is gone. It shares the fsync of a
 	// later event (the sink bounds the wait), and the handler returns at
 	// once, freeing the keep-alive connection for the caller's next request.
