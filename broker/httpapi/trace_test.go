@@ -39,6 +39,7 @@ admins:
 // it and the in-memory store.
 type traceFixture struct {
 	srv       *httptest.Server
+	svc       *broker.Service
 	auditPath string
 	logs      *syncBuffer
 }
@@ -87,6 +88,7 @@ func newTraceFixture(t *testing.T) *traceFixture {
 	}
 	f.srv = httptest.NewServer(api.Routes())
 	t.Cleanup(f.srv.Close)
+	f.svc = svc
 	return f
 }
 
@@ -212,6 +214,51 @@ func TestTraceRoutes(t *testing.T) {
 	}
 	if admin != len(cases) || traced != 1 {
 		t.Errorf("admin events = %d (%d naming the raw credential's hash), want %d (1)", admin, traced, len(cases))
+	}
+}
+
+// TestTraceByUpstreamRequestID: GET /v1/admin/trace answers the request id
+// an upstream returned for a proxied call (recorded in the use_result
+// event's details.upstream_request_ids) with the use and its issuance.
+func TestTraceByUpstreamRequestID(t *testing.T) {
+	f := newTraceFixture(t)
+	issID, _ := f.exchange(t)
+	for _, ev := range []*audit.Event{
+		{Type: audit.TypeUse, RequestID: "req_P", UseID: "use_P", IssuanceID: issID, Workload: "deployer",
+			Upstream: &audit.Upstream{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges"}},
+		{Type: audit.TypeUseResult, RequestID: "req_P", UseID: "use_P", IssuanceID: issID, Workload: "deployer",
+			Upstream: &audit.Upstream{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges", Status: 200},
+			Outcome:  &audit.Outcome{Status: 200},
+			Details:  map[string]any{"upstream_request_ids": map[string]string{"request-id": "req_ABC"}}},
+	} {
+		if err := f.svc.Audit(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status, body := f.get(t, "/v1/admin/trace?q=req_ABC", "auditor")
+	var got struct {
+		Query    trace.Match `json:"query"`
+		Issuance struct {
+			ID string `json:"issuance_id"`
+		} `json:"issuance"`
+		Uses []struct {
+			Type  string `json:"type"`
+			UseID string `json:"use_id"`
+		} `json:"uses"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil || status != 200 {
+		t.Fatalf("GET trace?q=req_ABC = %d %s", status, body)
+	}
+	want := []string{issID, trace.KindUpstreamRequestID, "req_ABC"}
+	if diff := cmp.Diff(want, []string{got.Issuance.ID, got.Query.Kind, got.Query.Value}); diff != "" {
+		t.Errorf("GET trace?q=req_ABC issuance, match kind, value (-want +got):\n%s", diff)
+	}
+	var uses []string
+	for _, u := range got.Uses {
+		uses = append(uses, u.Type+" "+u.UseID)
+	}
+	if diff := cmp.Diff([]string{"use use_P", "use_result use_P"}, uses); diff != "" {
+		t.Errorf("GET trace?q=req_ABC uses (-want +got):\n%s", diff)
 	}
 }
 

@@ -4,9 +4,11 @@
 // — a raw credential (hashed on arrival, never kept), a fingerprint
 // (sha256:<hex>, bare hex, base64 or base64url SHA-256), an issuance, use or
 // revocation id, a request id, a Vault accessor, a lease id, a generated user
-// name, a JWT jti or a certificate serial (hex in any spelling, or decimal;
-// an all-digit value reads both ways) — to one issuance, its uses and its
-// revocations, rendered as a readable timeline or JSON.
+// name, a JWT jti, an upstream API's own request id of a proxied call (as
+// its use_result event records it) or a certificate serial (hex in any
+// spelling, or decimal; an all-digit value reads both ways) — to one
+// issuance, its uses and its revocations, rendered as a readable timeline or
+// JSON.
 //
 // It also resolves Vault's own file audit device log against the index (each
 // entry made with a keytrail-minted token names its issuance in the token

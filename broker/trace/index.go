@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,6 +107,9 @@ func (x *Index) add(ev *audit.Event) {
 		if id != ev.IssuanceID {
 			put(id, KindIssuanceID)
 		}
+	}
+	for _, id := range upstreamRequestIDs(ev) {
+		put(id[1], KindUpstreamRequestID)
 	}
 	if len(x.evs) > x.max {
 		x.compact()
@@ -507,6 +511,32 @@ func listedIssuances(ev *audit.Event) []string {
 	for _, k := range []string{"issuance_ids", "revoked", "pending", "failed"} {
 		out = append(out, stringsOf(ev.Details[k])...)
 	}
+	return out
+}
+
+// upstreamRequestIDs returns the upstream's own request ids a use_result
+// event records (details.upstream_request_ids: header name to id), by
+// header name, sorted by name.
+func upstreamRequestIDs(ev *audit.Event) [][2]string {
+	if ev.Type != audit.TypeUseResult || ev.Details == nil {
+		return nil
+	}
+	var out [][2]string
+	switch m := ev.Details["upstream_request_ids"].(type) {
+	case map[string]any: // as decoded from JSON
+		for k, v := range m {
+			if s, ok := v.(string); ok && s != "" {
+				out = append(out, [2]string{k, s})
+			}
+		}
+	case map[string]string: // as the proxy writes it
+		for k, s := range m {
+			if s != "" {
+				out = append(out, [2]string{k, s})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b [2]string) int { return strings.Compare(a[0], b[0]) })
 	return out
 }
 

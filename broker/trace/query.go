@@ -24,6 +24,10 @@ const (
 	KindUsername     = "username"
 	KindJTI          = "jti"
 	KindSerial       = "serial"
+	// KindUpstreamRequestID: the request id an upstream API returned for a
+	// proxied call (Stripe's Request-Id, AWS's x-amzn-RequestId, ...), as
+	// its use_result event records it.
+	KindUpstreamRequestID = "upstream_request_id"
 	// KindVaultAuditLog: a value of an entry of Vault's audit log (an
 	// HMAC'd accessor or token, a Vault request id), matched through the
 	// issuance that entry's token names (VaultRefs).

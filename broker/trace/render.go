@@ -151,6 +151,9 @@ func eventText(ev *audit.Event) string {
 		}
 		parts = append(parts, s)
 	}
+	for _, id := range upstreamRequestIDs(ev) {
+		parts = append(parts, "upstream "+id[0]+" "+id[1])
+	}
 	if ev.Admin != "" {
 		parts = append(parts, "by "+ev.Admin)
 	}
