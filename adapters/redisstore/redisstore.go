@@ -14,7 +14,13 @@
 //     the issuance expires (trace needs expired issuances), then Redis drops
 //     them; revocations and blocks get no TTL at all;
 //   - New refuses a server whose maxmemory-policy may evict keys (allkeys-*,
-//     volatile-*) unless Options.AllowEvictingPolicy is set.
+//     volatile-*) unless Options.AllowEvictingPolicy is set;
+//   - with Options.MinReplicas set, a write of a revocation, a block, an
+//     unblock or an issuance's revoked mark is acknowledged only once that
+//     many replicas have it (WAIT on the write's connection, up to half of
+//     Options.Timeout); fewer is broker.ErrUnavailable (reason
+//     store_unreplicated): the write is on the primary but a failover may
+//     lose it, so the caller retries.
 //
 // Key layout, all under Options.Prefix (default "{keytrail}:"):
 //
@@ -100,6 +106,12 @@ type Options struct {
 	// AllowEvictingPolicy lets New accept a maxmemory-policy that may evict
 	// keytrail's keys (allkeys-*, volatile-*).
 	AllowEvictingPolicy bool
+	// MinReplicas is how many replicas must acknowledge a write of a
+	// revocation, a block, an unblock or an issuance's revoked mark before
+	// it succeeds (Redis WAIT, up to half of Timeout); 0, the default, does
+	// not wait: Redis replicates asynchronously, and a failover right after
+	// such a write can lose it.
+	MinReplicas int
 	// Now is the clock retention is measured from; default time.Now.
 	Now func() time.Time
 	// Logger receives warnings (CONFIG not permitted...); default
@@ -118,6 +130,9 @@ type Store struct {
 	retention time.Duration
 	now       func() time.Time
 	log       *slog.Logger
+
+	minReplicas int           // Options.MinReplicas
+	waitFor     time.Duration // WAIT's timeout: half of timeout
 
 	afterPage func() // tests: called between pagesByScore's pages
 }
@@ -151,6 +166,9 @@ func New(ctx context.Context, o Options) (*Store, error) {
 	if o.Retention < 0 {
 		problems = append(problems, fmt.Errorf("redisstore: retention: must be positive, got %s", o.Retention))
 	}
+	if o.MinReplicas < 0 {
+		problems = append(problems, fmt.Errorf("redisstore: min replicas: must be 0 or more, got %d", o.MinReplicas))
+	}
 	var client redis.UniversalClient
 	if len(problems) == 0 {
 		var err error
@@ -168,7 +186,8 @@ func New(ctx context.Context, o Options) (*Store, error) {
 		return nil, err
 	}
 
-	s := &Store{client: client, prefix: o.Prefix, timeout: o.Timeout, retention: o.Retention, now: o.Now, log: o.Logger}
+	s := &Store{client: client, prefix: o.Prefix, timeout: o.Timeout, retention: o.Retention, now: o.Now, log: o.Logger,
+		minReplicas: o.MinReplicas, waitFor: max(o.Timeout/2, time.Millisecond)}
 	if err := s.Ping(ctx); err != nil {
 		_ = client.Close()
 		return nil, err
@@ -321,6 +340,10 @@ func (s *Store) fail(op string, err error) error {
 	if errors.Is(err, redis.Nil) {
 		return fmt.Errorf("redisstore: %s: %w", op, broker.ErrNotFound)
 	}
+	var u *unreplicated
+	if errors.As(err, &u) {
+		return broker.Unavailable("store_unreplicated", time.Second, fmt.Errorf("redisstore: %s: %w", op, err))
+	}
 	return broker.Unavailable("store_unavailable", time.Second, fmt.Errorf("redisstore: %s: %w", op, err))
 }
 
@@ -339,6 +362,65 @@ func corrupt(what string, err error) error {
 
 func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
+}
+
+// unreplicated is a write the primary applied but fewer than MinReplicas
+// replicas acknowledged within the wait.
+type unreplicated struct{ acked, want int64 }
+
+func (u *unreplicated) Error() string {
+	return fmt.Sprintf("written on the primary, but %d of the %d replicas required acknowledged it (store.min_replicas)", u.acked, u.want)
+}
+
+// durably runs write, then, with MinReplicas set, waits for the replicas
+// (replicated). WAIT counts the replication of the writes of its own
+// connection, so with MinReplicas set write runs on one connection to the
+// primary of key's slot, held for both; without, on the pooled client.
+func (s *Store) durably(ctx context.Context, key string, write func(c redis.Cmdable) error) error {
+	if s.minReplicas == 0 {
+		return write(s.client)
+	}
+	var c *redis.Client
+	switch cl := s.client.(type) {
+	case *redis.Client: // standalone, or Sentinel's failover client
+		c = cl
+	case *redis.ClusterClient:
+		var err error
+		if c, err = cl.MasterForKey(ctx, key); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("a %T cannot wait for replicas", s.client)
+	}
+	conn := c.Conn()
+	defer conn.Close()
+	if err := write(conn); err != nil {
+		return err
+	}
+	return s.replicated(ctx, conn)
+}
+
+// waiter is a client pinned to one connection (redis.Conn, redis.Tx): the
+// pooled clients have no WAIT.
+type waiter interface {
+	Wait(ctx context.Context, replicas int, timeout time.Duration) *redis.IntCmd
+}
+
+// replicated waits, on the connection that wrote, until MinReplicas
+// replicas acknowledged its writes, at most half of Options.Timeout;
+// unreplicated when fewer did.
+func (s *Store) replicated(ctx context.Context, c waiter) error {
+	if s.minReplicas == 0 {
+		return nil
+	}
+	n, err := c.Wait(ctx, s.minReplicas, s.waitFor).Result()
+	if err != nil {
+		return err
+	}
+	if n < int64(s.minReplicas) {
+		return &unreplicated{acked: n, want: int64(s.minReplicas)}
+	}
+	return nil
 }
 
 // Keys.
@@ -405,8 +487,15 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	err = putIssuanceScript.Run(ctx, s.client, keys,
-		raw, ttl.Milliseconds(), refs, c.ID, strconv.FormatInt(int64(score(c.ExpiresAt)), 10), cutoff).Err()
+	args := []any{raw, ttl.Milliseconds(), refs, c.ID, strconv.FormatInt(int64(score(c.ExpiresAt)), 10), cutoff}
+	if c.RevokedAt.IsZero() {
+		err = putIssuanceScript.Run(ctx, s.client, keys, args...).Err()
+	} else {
+		// A revoked mark: with MinReplicas, acknowledged once replicated.
+		err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
+			return putIssuanceScript.Run(ctx, rc, keys, args...).Err()
+		})
+	}
 	if err != nil {
 		return s.fail("put issuance "+c.ID, err)
 	}
@@ -648,7 +737,10 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if err := s.indexRevocation(ctx, s.client, c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero()).Err(); err != nil {
+	err = s.durably(ctx, s.revKey(c.ID), func(rc redis.Cmdable) error {
+		return s.indexRevocation(ctx, rc, c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero()).Err()
+	})
+	if err != nil {
 		return s.fail("put revocation "+c.ID, err)
 	}
 	return nil
@@ -717,6 +809,10 @@ func (s *Store) UpdateRevocation(ctx context.Context, id string, fn func(*broker
 				return nil
 			})
 			if err != nil {
+				return err
+			}
+			// On the connection that wrote: WAIT counts its writes.
+			if err := s.replicated(ctx, tx); err != nil {
 				return err
 			}
 			// What GetRevocation now returns.
@@ -1047,10 +1143,15 @@ func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	pipe := s.client.TxPipeline()
-	pipe.Set(ctx, s.blockKey(b.Workload), raw, 0)
-	pipe.SAdd(ctx, s.blocksKey(), b.Workload)
-	if _, err := pipe.Exec(ctx); err != nil {
+	err = s.durably(ctx, s.blockKey(b.Workload), func(c redis.Cmdable) error {
+		_, err := c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.Set(ctx, s.blockKey(b.Workload), raw, 0)
+			pipe.SAdd(ctx, s.blocksKey(), b.Workload)
+			return nil
+		})
+		return err
+	})
+	if err != nil {
 		return s.fail("put block "+b.Workload, err)
 	}
 	return nil
@@ -1063,10 +1164,16 @@ func (s *Store) DeleteBlock(ctx context.Context, workload string) error {
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	pipe := s.client.TxPipeline()
-	del := pipe.Del(ctx, s.blockKey(workload))
-	pipe.SRem(ctx, s.blocksKey(), workload)
-	if _, err := pipe.Exec(ctx); err != nil {
+	var del *redis.IntCmd
+	err := s.durably(ctx, s.blockKey(workload), func(c redis.Cmdable) error {
+		_, err := c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			del = pipe.Del(ctx, s.blockKey(workload))
+			pipe.SRem(ctx, s.blocksKey(), workload)
+			return nil
+		})
+		return err
+	})
+	if err != nil {
 		return s.fail("delete block "+workload, err)
 	}
 	if del.Val() == 0 {

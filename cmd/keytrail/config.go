@@ -88,6 +88,10 @@ type StoreConfig struct {
 	RedisURL            string `yaml:"redis_url"` // KEYTRAIL_REDIS_URL overrides; empty = in-memory
 	Prefix              string `yaml:"prefix"`
 	AllowEvictingPolicy bool   `yaml:"allow_evicting_policy"`
+	// MinReplicas is how many replicas must acknowledge a revocation, a
+	// block, an unblock or a revoked mark before it succeeds (Redis WAIT);
+	// 0 = do not wait.
+	MinReplicas int `yaml:"min_replicas"`
 	// CAFile verifies the server certificate of a rediss:// store.
 	CAFile string `yaml:"ca_file"`
 	// Addrs selects a Sentinel (with MasterName) or Cluster (several addrs,
@@ -351,6 +355,12 @@ func (c *Config) validate(file string) error {
 	}
 	if c.Store.RedisURL != "" && len(c.Store.Addrs) > 0 {
 		bad("store.addrs", "cannot be combined with store.redis_url")
+	}
+	switch {
+	case c.Store.MinReplicas < 0:
+		bad("store.min_replicas", "must be 0 or more")
+	case c.Store.MinReplicas > 0 && !c.Store.Shared():
+		bad("store.min_replicas", "needs a Redis store (store.redis_url or store.addrs)")
 	}
 	if c.Store.MasterName != "" && len(c.Store.Addrs) == 0 {
 		bad("store.master_name", "needs store.addrs (the Sentinel addresses)")

@@ -301,7 +301,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 
 	switch {
 	case cfg.Store.Shared():
-		ro := redisstore.Options{URL: cfg.Store.RedisURL, Prefix: cfg.Store.Prefix, AllowEvictingPolicy: cfg.Store.AllowEvictingPolicy, Logger: log}
+		ro := redisstore.Options{URL: cfg.Store.RedisURL, Prefix: cfg.Store.Prefix, AllowEvictingPolicy: cfg.Store.AllowEvictingPolicy,
+			MinReplicas: cfg.Store.MinReplicas, Logger: log}
 		if len(cfg.Store.Addrs) > 0 {
 			ro.Universal = &redis.UniversalOptions{Addrs: cfg.Store.Addrs, MasterName: cfg.Store.MasterName,
 				Password: e.getenv("KEYTRAIL_REDIS_PASSWORD")}
