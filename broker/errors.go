@@ -83,6 +83,18 @@ func Errorf(kind error, reason, safe string, cause error) *Error {
 	return &Error{Kind: kind, Reason: reason, Safe: safe, Err: cause}
 }
 
+// ReasonStoreUnreplicated is the reason of a Store write that the store
+// applied but could not confirm as replicated as configured (redisstore's
+// min_replicas): it is in force unless a failover loses it.
+const ReasonStoreUnreplicated = "store_unreplicated"
+
+// unreplicated reports whether err is a Store write applied but not
+// confirmed (ReasonStoreUnreplicated).
+func unreplicated(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Reason == ReasonStoreUnreplicated
+}
+
 // Unavailable builds an ErrUnavailable with a Retry-After hint.
 func Unavailable(reason string, retryAfter time.Duration, cause error) *Error {
 	return &Error{Kind: ErrUnavailable, Reason: reason, Safe: "a backend is temporarily unavailable; retry later", RetryAfter: retryAfter, Err: cause}

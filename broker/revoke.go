@@ -249,11 +249,17 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		err := s.d.Store.PutBlock(sctx, b)
 		cancel()
 		if err != nil {
+			if unreplicated(err) { // stored all the same, in force
+				blocked = append(blocked, w)
+			}
 			return nil, s.notMade(dctx, rev, requestID, blocked, fmt.Errorf("block %s: %w", w, err))
 		}
 		blocked = append(blocked, w)
 	}
 	if err := s.putRevocation(dctx, rev); err != nil {
+		if unreplicated(err) {
+			return nil, s.unconfirmed(dctx, rev, requestID, err)
+		}
 		return nil, s.notMade(dctx, rev, requestID, blocked, err)
 	}
 	marked, failed := s.markAll(dctx, matched, rev.ID, now)
@@ -297,6 +303,19 @@ func (s *Service) notMade(ctx context.Context, rev *Revocation, requestID string
 	}
 	e := Unavailable("store_unavailable", time.Second, cause)
 	e.Safe = safe
+	return e
+}
+
+// unconfirmed audits and returns the failure of a revocation whose record
+// the store applied but could not confirm as replicated (store.min_replicas):
+// it is made, everything pending, and the worker finishes it unless a
+// failover loses the record; the caller retries to be sure (a retry makes
+// a second revocation, which finds what the first did not).
+func (s *Service) unconfirmed(ctx context.Context, rev *Revocation, requestID string, cause error) error {
+	s.auditResult(ctx, rev, requestID, 503, ReasonStoreUnreplicated, "", map[string]any{"unconfirmed": true})
+	e := Unavailable(ReasonStoreUnreplicated, time.Second, cause)
+	e.Safe = "the revocation " + rev.ID + " is stored, but fewer store replicas than store.min_replicas confirmed it: " +
+		"it is finished in the background unless a store failover loses it; retry"
 	return e
 }
 

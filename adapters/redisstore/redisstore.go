@@ -342,7 +342,7 @@ func (s *Store) fail(op string, err error) error {
 	}
 	var u *unreplicated
 	if errors.As(err, &u) {
-		return broker.Unavailable("store_unreplicated", time.Second, fmt.Errorf("redisstore: %s: %w", op, err))
+		return broker.Unavailable(broker.ReasonStoreUnreplicated, time.Second, fmt.Errorf("redisstore: %s: %w", op, err))
 	}
 	return broker.Unavailable("store_unavailable", time.Second, fmt.Errorf("redisstore: %s: %w", op, err))
 }
