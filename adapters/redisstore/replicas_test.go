@@ -225,3 +225,38 @@ func TestNewMinReplicasNegative(t *testing.T) {
 		t.Fatalf("New(MinReplicas: -1) = %v, want an error naming min replicas", err)
 	}
 }
+
+// TestMinReplicasThroughSentinel: through Sentinel's failover client
+// (store.addrs + store.master_name), each write waits for the replica on
+// its own connection to the primary: once it returns, the replica has it;
+// with the replica stopped, it fails with store_unreplicated.
+func TestMinReplicasThroughSentinel(t *testing.T) {
+	primary, replica := startReplicated(t)
+	sen := harness.StartSentinel(t, primary)
+	rc := rawClient(t, replica)
+	const prefix = "{sentinel-durable}:"
+	s := newStore(t, primary, redisstore.Options{
+		Universal:   &redis.UniversalOptions{Addrs: []string{sen.Addr}, MasterName: sen.MasterName},
+		Prefix:      prefix,
+		MinReplicas: 1,
+		Timeout:     time.Second,
+	})
+	setup, writes := durableWrites(prefix)
+	if err := setup(t.Context(), s); err != nil {
+		t.Fatalf("setup with the replica up = %v, want nil", err)
+	}
+	for _, w := range writes {
+		if err := w.run(t.Context(), s); err != nil {
+			t.Fatalf("%s with the replica up = %v, want nil", w.name, err)
+		}
+		if !w.written(t.Context(), rc) {
+			t.Errorf("%s returned, but the replica does not have it", w.name)
+		}
+	}
+	replica.Stop()
+	err := s.PutRevocation(t.Context(), &broker.Revocation{ID: "rev_down", CreatedAt: storetest.Epoch()})
+	var be *broker.Error
+	if !errors.As(err, &be) || be.Reason != broker.ReasonStoreUnreplicated {
+		t.Fatalf("PutRevocation with the replica down = %v, want reason %s", err, broker.ReasonStoreUnreplicated)
+	}
+}
