@@ -63,25 +63,8 @@ func RotatedSiblings(path string) ([]string, error) {
 // Errors name the path, not a command: trace, report and audit verify all
 // read audit files through LogFiles and say which of them failed.
 func LogFiles(args []string) ([]string, error) {
-	var out []string
-	var infos []os.FileInfo
-	seen := map[string]bool{}
-	add := func(p string) {
-		p = filepath.Clean(p)
-		if seen[p] {
-			return
-		}
-		seen[p] = true
-		if fi, err := os.Stat(p); err == nil {
-			for _, o := range infos {
-				if os.SameFile(fi, o) {
-					return
-				}
-			}
-			infos = append(infos, fi)
-		}
-		out = append(out, p)
-	}
+	var set fileSet
+	add := set.add
 	withSiblings := func(p string, mustExist bool) error {
 		sib, err := RotatedSiblings(p)
 		if err != nil {
@@ -143,10 +126,51 @@ func LogFiles(args []string) ([]string, error) {
 			}
 		}
 	}
+	out := set.out
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no audit files (*.jsonl) in %s", strings.Join(args, ", "))
 	}
 	return out, nil
+}
+
+// UniqueFiles returns paths (cleaned) without the ones that name a file an
+// earlier one names, however spelled, as LogFiles does: for files named
+// exactly (audit verify --exact), which read twice would count every line
+// twice. A path that cannot be stat'ed is kept, once per spelling, for its
+// reader to report.
+func UniqueFiles(paths []string) []string {
+	var set fileSet
+	for _, p := range paths {
+		set.add(p)
+	}
+	return set.out
+}
+
+// fileSet collects paths in order, each file once (os.SameFile).
+type fileSet struct {
+	out   []string
+	infos []os.FileInfo
+	seen  map[string]bool
+}
+
+func (s *fileSet) add(p string) {
+	p = filepath.Clean(p)
+	if s.seen[p] {
+		return
+	}
+	if s.seen == nil {
+		s.seen = map[string]bool{}
+	}
+	s.seen[p] = true
+	if fi, err := os.Stat(p); err == nil {
+		for _, o := range s.infos {
+			if os.SameFile(fi, o) {
+				return
+			}
+		}
+		s.infos = append(s.infos, fi)
+	}
+	s.out = append(s.out, p)
 }
 
 // LoadFiles indexes the audit files (already in order; see LogFiles).

@@ -48,7 +48,8 @@ end: it and the files after it are then not verified), 2 on a usage mistake.
 Each FILE is read with its rotated siblings (FILE.<UTC timestamp>, as the
 broker's rotation names them), oldest first, so naming the live file checks
 the whole chain; a directory stands for every *.jsonl file in it with its
-siblings. --exact reads only the files named, in the order given.
+siblings. --exact reads only the files named, in the order given (a file
+named twice, however spelled, once).
 
 A live audit file's journal (.<name>.wal, next to it) is compared with the
 file too, unless a running broker holds the file: after an unclean stop it
@@ -57,7 +58,9 @@ again, and verify says so (exit status 1) instead of passing a file that is
 short of them.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !exact {
+			if exact {
+				args = trace.UniqueFiles(args)
+			} else {
 				files, err := trace.LogFiles(args)
 				if err != nil {
 					return fmt.Errorf("audit verify: %w", err)

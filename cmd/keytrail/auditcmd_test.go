@@ -272,3 +272,18 @@ func TestOfflineTraceAndReportNameSkippedLines(t *testing.T) {
 		t.Errorf("audit verify does not name the line:\n%s", out)
 	}
 }
+
+// TestAuditVerifyExactSameFileTwice: --exact with one file named twice
+// (twice the same path, or another spelling of it) read the file twice and
+// reported every line of the second reading as duplicated. It is now read
+// once, as without --exact (trace.LogFiles).
+func TestAuditVerifyExactSameFileTwice(t *testing.T) {
+	log, _ := progressAuditLog(t)
+	other := filepath.Join(filepath.Dir(log), ".", filepath.Base(log))
+	for _, args := range [][]string{{log, log}, {log, other}} {
+		out, _, err := runCLI(t, nil, append([]string{"audit", "verify", "--exact"}, args...)...)
+		if err != nil || !strings.Contains(out, "1 file(s), 2000 line(s)") || !strings.Contains(out, "OK: the chain is intact") {
+			t.Errorf("audit verify --exact %q = %v, want the file read once and OK:\n%s", args, err, out)
+		}
+	}
+}
