@@ -78,17 +78,22 @@ type VerifyOptions struct {
 	MaxProblems int
 }
 
-// Problem is one line that failed verification.
+// Problem is one line that failed verification, or a file that did (Line
+// 0: an empty log, a journal that cannot be compared with its file).
 type Problem struct {
 	File  string `json:"file"`
-	Line  int    `json:"line"` // 1-based line number in File
+	Line  int    `json:"line,omitempty"` // 1-based line number in File; 0: the whole file
 	Chain string `json:"chain,omitempty"`
 	Seq   uint64 `json:"seq,omitempty"`
 	Why   string `json:"why"`
 }
 
+// String is "file:line (seq n): why", or "file: why" for a whole file.
 func (p Problem) String() string {
-	s := fmt.Sprintf("%s:%d", p.File, p.Line)
+	s := p.File
+	if p.Line > 0 {
+		s += fmt.Sprintf(":%d", p.Line)
+	}
 	if p.Seq != 0 {
 		s += fmt.Sprintf(" (seq %d)", p.Seq)
 	}

@@ -271,7 +271,10 @@ func journalProblems(files []string) []audit.Problem {
 		u, err := auditfile.CheckJournal(f)
 		switch {
 		case err != nil:
-			out = append(out, audit.Problem{File: u.Journal, Why: err.Error()})
+			// The problem is the journal's, not a line's: name the
+			// journal, its audit file and what is wrong.
+			why := strings.TrimPrefix(err.Error(), "journal "+u.Journal+": ")
+			out = append(out, audit.Problem{File: u.Journal, Why: fmt.Sprintf("the journal of %s cannot be compared with it: %s", f, why)})
 		case u.Batches > 0:
 			out = append(out, audit.Problem{File: f, Line: u.Line, Why: fmt.Sprintf(
 				"%d acknowledged batch(es) (%d bytes) are in the journal %s but not in the file: the broker stopped uncleanly and has not started since; start it (it writes them back into the file at start-up), then verify again",

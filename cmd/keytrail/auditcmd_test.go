@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/elliptic"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/audit"
 )
 
@@ -285,5 +287,36 @@ func TestAuditVerifyExactSameFileTwice(t *testing.T) {
 		if err != nil || !strings.Contains(out, "1 file(s), 2000 line(s)") || !strings.Contains(out, "OK: the chain is intact") {
 			t.Errorf("audit verify --exact %q = %v, want the file read once and OK:\n%s", args, err, out)
 		}
+	}
+}
+
+// TestAuditVerifyJournalProblemNamesJournal: a journal verify cannot
+// compare with its audit file was reported as "FAIL <journal>:0: ...", a
+// line 0 that does not exist. It is now reported as the journal file, the
+// audit file it belongs to and what is wrong with it, with no line.
+func TestAuditVerifyJournalProblemNamesJournal(t *testing.T) {
+	log, _ := progressAuditLog(t)
+	journal := auditfile.JournalPath(log)
+	if err := os.WriteFile(journal, bytes.Repeat([]byte("x"), 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, nil, "audit", "verify", log)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Errorf("audit verify with a broken journal = %v, want exit 1\n%s", err, out)
+	}
+	want := "FAIL " + journal + ": the journal of " + log + " cannot be compared with it: not a keytrail audit journal"
+	if !strings.Contains(out, want) || strings.Contains(out, ":0:") {
+		t.Errorf("audit verify with a broken journal printed:\n%s\nwant a line %q and no line 0", out, want)
+	}
+	out, _, _ = runCLI(t, nil, "audit", "verify", "--json", log)
+	var rep struct {
+		Problems []map[string]any `json:"problems"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Problems) != 1 {
+		t.Fatalf("audit verify --json = %v, %s; want one problem", err, out)
+	}
+	if p := rep.Problems[0]; p["file"] != journal || p["line"] != nil {
+		t.Errorf("audit verify --json problem = %v, want file %s and no line", p, journal)
 	}
 }
