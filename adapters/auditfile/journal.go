@@ -423,13 +423,9 @@ func CheckJournal(path string) (Unreplayed, error) {
 	if err != nil {
 		return u, fmt.Errorf("read journal: %w", err)
 	}
-	if lf, err := os.Open(LockPath(path)); err == nil {
-		err = syscall.Flock(int(lf.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
-		_ = lf.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			u.Live = true
-			return u, nil
-		}
+	if Locked(path) {
+		u.Live = true
+		return u, nil
 	}
 	js, err := readJournal(jb)
 	if err != nil {

@@ -1203,6 +1203,20 @@ func LockPath(path string) string {
 	return filepath.Join(dir, "."+base+".lock")
 }
 
+// Locked reports whether a sink holds the audit file at path (the flock on
+// its LockPath), for `keytrail audit verify`: the file is then being
+// written. It tries a shared lock without waiting and drops it at once, so
+// a running sink is not disturbed, and one starting meanwhile waits for it
+// (lockFile). False when there is no lock file or no flock.
+func Locked(path string) bool {
+	lf, err := os.Open(LockPath(path))
+	if err != nil {
+		return false
+	}
+	defer lf.Close()
+	return errors.Is(syscall.Flock(int(lf.Fd()), syscall.LOCK_SH|syscall.LOCK_NB), syscall.EWOULDBLOCK)
+}
+
 // lockFile takes an exclusive flock on LockPath(path), so that a second
 // sink (another broker pointed at the same file, on the same host or volume)
 // cannot interleave its lines, and its own chain, with this one's, nor

@@ -62,6 +62,9 @@ func ParseLine(b []byte) (*Event, error) {
 type Input struct {
 	Name string // for Problem.File
 	R    io.Reader
+	// Live: a running writer holds the file. Its incomplete last line is
+	// then a batch being written (Report.BeingWritten), not a problem.
+	Live bool
 }
 
 // VerifyOptions say how Verify checks checkpoints.
@@ -134,6 +137,17 @@ type Report struct {
 	Problems []Problem `json:"problems,omitempty"`
 	// ProblemsOmitted counts problems beyond VerifyOptions.MaxProblems.
 	ProblemsOmitted int `json:"problems_omitted,omitempty"`
+	// BeingWritten lists the incomplete last lines of live inputs, not
+	// verified (nor counted in Lines) and not a problem.
+	BeingWritten []Pending `json:"being_written,omitempty"`
+}
+
+// Pending is the incomplete last line of a live input: a batch its writer
+// is in the middle of writing, Bytes of it so far.
+type Pending struct {
+	File  string `json:"file"`
+	Line  int    `json:"line"`
+	Bytes int    `json:"bytes"`
 }
 
 // OK reports whether verification found no problem.
@@ -249,6 +263,10 @@ func (v *verifier) file(in Input) error {
 		}
 		if err != nil {
 			return fmt.Errorf("audit: verify: read %s: %w", in.Name, err)
+		}
+		if !terminated && !tooLong && in.Live {
+			v.rep.BeingWritten = append(v.rep.BeingWritten, Pending{File: in.Name, Line: lineNo, Bytes: len(raw)})
+			return nil
 		}
 		v.rep.Lines++
 		switch {

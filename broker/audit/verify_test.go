@@ -438,3 +438,26 @@ func TestVerifyLongLine(t *testing.T) {
 		t.Errorf("Verify(long line) read %d lines (%d in chain), want 12 (11)", rep.Lines, rep.Chains[0].Lines)
 	}
 }
+
+// TestVerifyLiveInput: the incomplete last line of a live input (a running
+// writer holds it) is a batch being written: listed in BeingWritten, not
+// counted, not a problem. A changed line before it still is; so is the
+// incomplete last line of an input that is not live.
+func TestVerifyLiveInput(t *testing.T) {
+	golden := sealGolden(t)
+	keys := audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key")}
+	torn := append(joinLines(golden[:10]), golden[10][:10]...)
+	rep, err := audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(torn), Live: true}}, keys)
+	if err != nil || rep.Lines != 10 || !cmp.Equal(rep.BeingWritten, []audit.Pending{{File: "a", Line: 11, Bytes: 10}}) {
+		t.Errorf("Verify(live, torn last line) = %v, %d lines, being written %+v; want no problem, 10 lines, line 11 (10 bytes) being written", err, rep.Lines, rep.BeingWritten)
+	}
+	changed := append(joinLines(mutateLine(t, golden[:10], 3, func(e *audit.Event) { e.RequestID = "req_changed" })), golden[10][:10]...)
+	rep, err = audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(changed), Live: true}}, keys)
+	if !errors.Is(err, audit.ErrTampered) || len(rep.Problems) != 1 || rep.Problems[0].Line != 5 {
+		t.Errorf("Verify(live, line 4 changed) = %v, %+v; want one problem at line 5", err, rep.Problems)
+	}
+	rep, err = audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(torn)}}, keys)
+	if !errors.Is(err, audit.ErrTampered) || len(rep.BeingWritten) != 0 || len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0].Why, "incomplete last line") {
+		t.Errorf("Verify(not live, torn last line) = %v, %+v; want the incomplete last line as a problem", err, rep.Problems)
+	}
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// runVerifyEnv runs the CLI.
+func runVerifyEnv(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: &out, stderr: &errb,
+		progressEvery: time.Hour}
+	root := newRootCmd(e)
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// liveSink opens a real sink on dir/audit.jsonl (it holds the file's lock
+// until the test ends) and returns it with a function that appends one
+// event and returns once the sink's writer is done with it (rotation
+// included: Ping is answered by the writer after the batch).
+func liveSink(t *testing.T, dir string, rotateBytes int64) (*auditfile.Sink, string, func()) {
+	t.Helper()
+	path := filepath.Join(dir, "audit.jsonl")
+	s, err := auditfile.Open(auditfile.Options{Path: path, NoFsync: true, RotateBytes: rotateBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	n := 0
+	add := func() {
+		t.Helper()
+		n++
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Append(ctx, &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprintf("req_%04d", n)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s, path, add
+}
+
+func appendBytes(t *testing.T, path string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAuditVerifyLiveFileBeingWritten: a reader of a running broker's
+// audit file can see half a batch at its end. verify reported it as "FAIL
+// ... incomplete last line: a torn or cut write" (exit 1): a false alarm
+// for an auditor verifying a live log. When a running sink holds the file,
+// its incomplete last line is now reported as being written, not as a
+// problem; a changed or missing line before it still is, and so is the
+// incomplete line once no sink holds the file.
+func TestAuditVerifyLiveFileBeingWritten(t *testing.T) {
+	dir := t.TempDir()
+	s, path, add := liveSink(t, dir, 0)
+	for range 4 {
+		add()
+	}
+	// The next batch, as a reader can see it while the sink writes it
+	// (written here, at a known point, rather than raced).
+	partial := []byte(`{"v":1,"seq":5,"time":"2026-`)
+	appendBytes(t, path, partial)
+
+	out, err := runVerifyEnv(t, "audit", "verify", path)
+	if err != nil || strings.Contains(out, "FAIL") || !strings.Contains(out, "OK: the chain is intact") {
+		t.Errorf("audit verify of a live file ending in half a batch = %v, want OK:\n%s", err, out)
+	}
+	want := fmt.Sprintf("%s:5: being written by the running broker (incomplete last line, %d bytes so far)", path, len(partial))
+	if !strings.Contains(out, want) || !strings.Contains(out, "4 line(s)") {
+		t.Errorf("audit verify of a live file ending in half a batch printed:\n%s\nwant 4 lines and %q", out, want)
+	}
+
+	// A changed line of the live file is still found.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := bytes.Replace(data, []byte("req_0002"), []byte("req_0X02"), 1)
+	if err := os.WriteFile(path, changed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runVerifyEnv(t, "audit", "verify", path)
+	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":3 (seq 3): prev hash mismatch") {
+		t.Errorf("audit verify of a live file with line 2 changed = %v, want exit 1 and line 3's prev hash mismatch:\n%s", err, out)
+	}
+
+	// A line missing in the middle is still found.
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	gap := bytes.Join(append(append([][]byte{}, lines[:1]...), lines[2:]...), nil)
+	if err := os.WriteFile(path, gap, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runVerifyEnv(t, "audit", "verify", path)
+	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":2 (seq 3): seq gap: expected 2, got 3") {
+		t.Errorf("audit verify of a live file with line 2 removed = %v, want exit 1 and a seq gap at line 2:\n%s", err, out)
+	}
+
+	// No sink holds the file any more: the incomplete line is a torn write.
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runVerifyEnv(t, "audit", "verify", path)
+	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":5: incomplete last line") {
+		t.Errorf("audit verify of a stopped broker's file ending in half a line = %v, want exit 1 naming line 5:\n%s", err, out)
+	}
+}
