@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,7 +55,9 @@ named twice, however spelled, once).
 
 A file a running broker holds (it has the file's lock) may end in a batch
 it is writing: that incomplete last line is reported as being written (not
-verified, not a problem; verify again to check it).
+verified, not a problem; verify again to check it). Once the files are
+open, verify lists them again and, if the broker rotated its file in
+between, starts over once, rather than reporting the renamed file as a gap.
 
 A live audit file's journal (.<name>.wal, next to it) is compared with the
 file too, unless a running broker holds the file: after an unclean stop it
@@ -62,15 +66,12 @@ again, and verify says so (exit status 1) instead of passing a file that is
 short of them.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if exact {
-				args = trace.UniqueFiles(args)
-			} else {
-				files, err := trace.LogFiles(args)
-				if err != nil {
-					return fmt.Errorf("audit verify: %w", err)
-				}
-				args = files
+			paths, files, err := openAuditFiles(e, args, exact)
+			if err != nil {
+				return fmt.Errorf("audit verify: %w", err)
 			}
+			defer closeAll(files)
+			args = paths
 			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint}
 			if len(keyFiles) > 0 {
 				opts.Keys = map[string]ed25519.PublicKey{}
@@ -93,7 +94,7 @@ short of them.`,
 				}
 				opts.VerifyFunc = f
 			}
-			rep, err := verifyFiles(e, args, opts)
+			rep, err := verifyFiles(e, args, files, opts)
 			if rep == nil {
 				return err
 			}
@@ -131,30 +132,92 @@ short of them.`,
 	return c
 }
 
-// verifyFiles is audit.VerifyFiles with a progress line on stderr every
-// e.progressEvery while the files are read: a log of a few GiB takes
-// minutes. A file a running sink holds (auditfile.Locked) is live: its
-// incomplete last line is a batch being written, not a problem.
-func verifyFiles(e *env, paths []string, opts audit.VerifyOptions) (*audit.Report, error) {
-	var total int64
-	inputs := make([]audit.Input, 0, len(paths))
-	var files []*os.File
-	defer func() {
-		for _, f := range files {
-			_ = f.Close()
+// openAuditFiles lists the audit files args name (as named, with exact)
+// and opens them. A running broker can rotate its file between the listing
+// and the opening: the path then names a new file (or, for a moment, none)
+// and the renamed one is not in the list, which verify would report as a
+// seq gap. So once the files are open they are listed again, and when the
+// listing changed or a path no longer names the file opened under it,
+// verify starts over, once: a second race is reported as what it looks
+// like (a broker does not rotate twice in a few milliseconds). The files
+// named with exact are taken as they are.
+func openAuditFiles(e *env, args []string, exact bool) ([]string, []*os.File, error) {
+	list := func() ([]string, error) {
+		if exact {
+			return trace.UniqueFiles(args), nil
 		}
-	}()
+		return trace.LogFiles(args)
+	}
+	for retry := !exact; ; retry = false {
+		paths, err := list()
+		if err != nil {
+			return nil, nil, err
+		}
+		if e.afterAuditList != nil {
+			e.afterAuditList()
+		}
+		files, err := openAll(paths)
+		switch {
+		case err != nil && retry && errors.Is(err, fs.ErrNotExist):
+			continue // renamed away meanwhile
+		case err != nil:
+			return nil, nil, err
+		case !retry || sameListing(list, paths, files):
+			return paths, files, nil
+		}
+		closeAll(files)
+	}
+}
+
+func openAll(paths []string) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(paths))
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
-			return nil, fmt.Errorf("audit verify: %w", err)
+			closeAll(files)
+			return nil, err
 		}
 		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+// sameListing reports whether list still returns paths, each naming the
+// file opened under it.
+func sameListing(list func() ([]string, error), paths []string, files []*os.File) bool {
+	again, err := list()
+	if err != nil || !slices.Equal(again, paths) {
+		return false
+	}
+	for i, p := range paths {
+		now, err1 := os.Stat(p)
+		opened, err2 := files[i].Stat()
+		if err1 != nil || err2 != nil || !os.SameFile(now, opened) {
+			return false
+		}
+	}
+	return true
+}
+
+// verifyFiles is audit.Verify over the open files, with a progress line on
+// stderr every e.progressEvery while they are read: a log of a few GiB
+// takes minutes. A file a running sink holds (auditfile.Locked) is live:
+// its incomplete last line is a batch being written, not a problem.
+func verifyFiles(e *env, paths []string, files []*os.File, opts audit.VerifyOptions) (*audit.Report, error) {
+	var total int64
+	for _, f := range files {
 		if fi, err := f.Stat(); err == nil {
 			total += fi.Size()
 		}
 	}
 	pr := &progress{w: e.stderr, what: "keytrail audit verify", total: total, every: e.progressEvery, last: time.Now()}
+	inputs := make([]audit.Input, 0, len(files))
 	for i, f := range files {
 		inputs = append(inputs, audit.Input{Name: paths[i], R: progressReader{r: f, p: pr, name: paths[i]}, Live: auditfile.Locked(paths[i])})
 	}

@@ -13,14 +13,16 @@ import (
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
 )
 
-// runVerifyEnv runs the CLI.
-func runVerifyEnv(t *testing.T, args ...string) (string, error) {
+// runVerifyEnv runs the CLI with afterList as the hook verify calls
+// between listing the audit files and opening them.
+func runVerifyEnv(t *testing.T, afterList func(), args ...string) (string, error) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: &out, stderr: &errb,
-		progressEvery: time.Hour}
+		progressEvery: time.Hour, afterAuditList: afterList}
 	root := newRootCmd(e)
 	root.SetArgs(args)
 	root.SetOut(&out)
@@ -87,7 +89,7 @@ func TestAuditVerifyLiveFileBeingWritten(t *testing.T) {
 	partial := []byte(`{"v":1,"seq":5,"time":"2026-`)
 	appendBytes(t, path, partial)
 
-	out, err := runVerifyEnv(t, "audit", "verify", path)
+	out, err := runVerifyEnv(t, nil, "audit", "verify", path)
 	if err != nil || strings.Contains(out, "FAIL") || !strings.Contains(out, "OK: the chain is intact") {
 		t.Errorf("audit verify of a live file ending in half a batch = %v, want OK:\n%s", err, out)
 	}
@@ -105,7 +107,7 @@ func TestAuditVerifyLiveFileBeingWritten(t *testing.T) {
 	if err := os.WriteFile(path, changed, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err = runVerifyEnv(t, "audit", "verify", path)
+	out, err = runVerifyEnv(t, nil, "audit", "verify", path)
 	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":3 (seq 3): prev hash mismatch") {
 		t.Errorf("audit verify of a live file with line 2 changed = %v, want exit 1 and line 3's prev hash mismatch:\n%s", err, out)
 	}
@@ -116,7 +118,7 @@ func TestAuditVerifyLiveFileBeingWritten(t *testing.T) {
 	if err := os.WriteFile(path, gap, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err = runVerifyEnv(t, "audit", "verify", path)
+	out, err = runVerifyEnv(t, nil, "audit", "verify", path)
 	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":2 (seq 3): seq gap: expected 2, got 3") {
 		t.Errorf("audit verify of a live file with line 2 removed = %v, want exit 1 and a seq gap at line 2:\n%s", err, out)
 	}
@@ -128,8 +130,74 @@ func TestAuditVerifyLiveFileBeingWritten(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	out, err = runVerifyEnv(t, "audit", "verify", path)
+	out, err = runVerifyEnv(t, nil, "audit", "verify", path)
 	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":5: incomplete last line") {
 		t.Errorf("audit verify of a stopped broker's file ending in half a line = %v, want exit 1 naming line 5:\n%s", err, out)
+	}
+}
+
+// TestAuditVerifyLiveRotationRace: a running broker can rotate its file
+// after verify listed the files and before it opened them. verify then read
+// the new live file in place of the one renamed away and reported the
+// renamed file's lines as a seq gap (exit 1), a false alarm. It now lists
+// the files again once they are open and, when the listing changed, starts
+// over once. A rotated file really missing is still a seq gap.
+func TestAuditVerifyLiveRotationRace(t *testing.T) {
+	dir := t.TempDir()
+	s, path, add := liveSink(t, dir, 600)
+	rotateThenOne := func() {
+		r := s.Stats().Rotations
+		for s.Stats().Rotations == r {
+			add()
+		}
+		add()
+	}
+	rotateThenOne() // audit.jsonl.<t1>, and one line in audit.jsonl
+	raced := false
+	out, err := runVerifyEnv(t, func() {
+		if !raced {
+			raced = true
+			rotateThenOne() // audit.jsonl.<t2>, unlisted; a new audit.jsonl
+		}
+	}, "audit", "verify", path)
+	if !raced {
+		t.Fatal("verify did not call the hook")
+	}
+	if err != nil || strings.Contains(out, "FAIL") || !strings.Contains(out, "3 file(s)") {
+		t.Errorf("audit verify racing a rotation = %v, want the 3 files listed again and OK:\n%s", err, out)
+	}
+
+	// A rotated file missing in the middle is not a race: still a gap.
+	sib, err := filepath.Glob(path + ".*")
+	if err != nil || len(sib) != 2 {
+		t.Fatalf("rotated files: %v, %v", sib, err)
+	}
+	if err := os.Remove(sib[1]); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runVerifyEnv(t, nil, "audit", "verify", path)
+	if ee := (exitError{}); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":1") || !strings.Contains(out, "seq gap") {
+		t.Errorf("audit verify with a rotated file removed = %v, want exit 1 and a seq gap at %s:1:\n%s", err, path, out)
+	}
+}
+
+// TestAuditVerifyRenamedAwayWhileOpening: between a rotation's rename and
+// the new file's creation, the listed live file does not exist. verify
+// failed with "open ...: no such file or directory"; it now lists the
+// files again (once) and verifies the renamed file.
+func TestAuditVerifyRenamedAwayWhileOpening(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	renamed := false
+	out, err := runVerifyEnv(t, func() {
+		if !renamed {
+			renamed = true
+			if err := os.Rename(live, live+"."+time.Now().UTC().Format(trace.RotatedLayout)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}, "audit", "verify", live)
+	if err != nil || !strings.Contains(out, "2 file(s), 3 line(s)") || !strings.Contains(out, "OK: the chain is intact") {
+		t.Errorf("audit verify with the live file renamed away while opening = %v, want its 2 files listed again and OK:\n%s", err, out)
 	}
 }

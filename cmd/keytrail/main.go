@@ -55,6 +55,9 @@ type env struct {
 	// progressEvery is how often long file reads (audit verify) print a
 	// progress line on stderr.
 	progressEvery time.Duration
+	// afterAuditList, when set, is called by audit verify between listing
+	// the audit files and opening them (tests: a rotation in between).
+	afterAuditList func()
 }
 
 // lineErr is stderr for lines that goroutines running at the same time
