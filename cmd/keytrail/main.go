@@ -113,7 +113,27 @@ and revocation goes to a tamper-evident audit log.`,
 		newBenchCmd(e),
 	)
 	usageExits2(root)
+	root.SetHelpCommand(newHelpCmd(root))
 	return root
+}
+
+// newHelpCmd is "keytrail help [command]": cobra's own shows the main help
+// and exits 0 for a topic it does not know ("keytrail help revok"), which a
+// script cannot tell from success. This one exits 2 for it, as for any
+// other usage mistake.
+func newHelpCmd(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Long:  "Help about any command: keytrail help revoke is keytrail revoke --help.\n\nExit status: 0; 2 for a command that does not exist.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, rest, err := root.Find(args)
+			if err != nil || target == nil || len(rest) > 0 {
+				return exitError{code: exitUsage, msg: fmt.Sprintf("help: no command %q (see %s --help)", strings.Join(args, " "), root.Name())}
+			}
+			return target.Help()
+		},
+	}
 }
 
 // exitUsage is the exit status of a usage mistake, for every command.

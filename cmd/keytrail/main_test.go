@@ -93,6 +93,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"trace", cliIssID, "--max-events", "10"},
 		{"version", "stray"},
 		{"no-such-command"},
+		{"help", "revok"}, // cobra's help showed the main help and exited 0
+		{"help", "audit", "bogus"},
 	} {
 		_, stderr, err := runCmd(t, context.Background(), addr, args...)
 		if got := exitCode(err); got != 2 {
