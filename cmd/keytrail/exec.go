@@ -142,8 +142,9 @@ func newExecCmd(e *env) *cobra.Command {
 		Short: "Run a command with credentials in its environment",
 		Long: `Fetch credentials, then run CMD with them in its environment. keytrail stays
 the parent: it forwards SIGINT, SIGTERM and SIGHUP to CMD and exits with CMD's
-exit status (128+N when CMD was killed by signal N). A Ctrl-C in a terminal
-reaches CMD once, from the terminal: keytrail does not send it again.
+exit status (128+N when CMD was killed by signal N; 127 when CMD is not
+found, 126 when it cannot be run). A Ctrl-C in a terminal reaches CMD once,
+from the terminal: keytrail does not send it again.
 
 --env NAME               sets NAME to the access token of the (only) grant
 --env NAME=FIELD         sets NAME to a credential field (username, password,
@@ -160,8 +161,9 @@ refuses for good is reported on stderr and CMD keeps running.
 
 Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
 the exit status before CMD starts: 1 the broker refused for good or its
-answer was not a token response, the identity token cannot be read, or no
-credential came within --timeout; 2 usage; 130 interrupted.`,
+answer was not a token response, the identity token cannot be read,
+--out/--out-dir cannot be written (checked before the broker is asked), or
+no credential came within --timeout; 2 usage; 130 interrupted.`,
 		Example: `  keytrail exec --grant payments-db --env PGUSER=username --env PGPASSWORD=password -- ./server
   keytrail exec --grant payments-vault --env VAULT_TOKEN --watch -- ./worker
   keytrail exec --grant payments-vault --out /run/keytrail/token --watch --on-renew signal:HUP -- nginx -g 'daemon off;'`,

@@ -550,8 +550,9 @@ Formats: raw   the access token alone
 Exit status: 0 done (with --watch: stopped by SIGINT/SIGTERM); 1 the broker
 refused for good (400/401/403: the message says what to fix), its 200 answer
 was not a token response (not retried), the identity token cannot be read,
-no credential came within --timeout, or a signal came before every
-credential was fetched; 2 usage.`,
+--out/--out-dir cannot be written (checked before the broker is asked), no
+credential came within --timeout, or a signal came before every credential
+was fetched; 2 usage.`,
 		Example: `  keytrail fetch --grant payments-db --out /run/secrets/db.json --format json
   keytrail fetch --grant payments-vault --grant orders-jwt --out-dir /run/keytrail --watch
   keytrail fetch --github-actions --grant deploy-vault --out - --format env`,
