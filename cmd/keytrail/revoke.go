@@ -62,7 +62,11 @@ Exit status:
   0  every matched credential is revoked
   3  revoked in keytrail, but some backend revocations (e.g. Vault) are still
      pending; the server retries them until they succeed
-  1  the revocation was not made (the error says why)
+  1  the revocation was not made, or not confirmed (the error says which:
+     refused, e.g. an unknown --workload; not made, the store unavailable;
+     stored but confirmed by fewer replicas than store.min_replicas,
+     store_unreplicated, finished by the server unless a failover loses it;
+     or no answer): retry when it says so
   2  usage: a flag or argument is wrong or missing; nothing was sent`,
 		Example: `  keytrail revoke --workload payments-api --block --reason "INC-4711: key leaked"
   keytrail revoke --issuance iss_01JD... --reason "seen in a public gist" --json
