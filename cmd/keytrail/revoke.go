@@ -48,9 +48,10 @@ func newRevokeCmd(e *env) *cobra.Command {
 --block also refuses new credentials to the workload concerned (every workload
 of the owner, with --owner) until the block is lifted with
 DELETE /v1/admin/blocks/{workload}. A --workload or --owner that neither the
-policy in force nor any recorded issuance knows (a typo, a wrong case) is
-refused and nothing is revoked or blocked; --force revokes and blocks the name
-anyway (e.g. a workload about to be deployed).
+policy in force nor any recorded issuance knows, nor (for a workload) a
+standing block (a typo, a wrong case) is refused and nothing is revoked or
+blocked; --force revokes and blocks the name anyway (e.g. a workload about to
+be deployed).
 
 Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
 Admin token: your identity token (an identity that policy lists under admins
@@ -117,7 +118,7 @@ Exit status:
 	f.StringVar(&sel.Owner, "owner", "", "revoke every active credential of every workload of an owner")
 	f.StringVar(&sel.Reason, "reason", "", "why (required; recorded in the audit log)")
 	f.BoolVar(&sel.Block, "block", false, "also refuse new credentials to the workload(s) until unblocked")
-	f.BoolVar(&sel.Force, "force", false, "accept a --workload or --owner unknown to the policy in force and to every recorded issuance")
+	f.BoolVar(&sel.Force, "force", false, "accept a --workload or --owner unknown to the policy in force, to every recorded issuance and (a workload) to the blocks")
 	f.BoolVar(&jsonOut, "json", false, "print the receipt as JSON")
 	f.StringVar(&addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
