@@ -37,9 +37,11 @@ and every revocation, as a timeline (or --json).
 VALUE may be a raw credential (hashed, never kept or sent as is when it has
 the shape of a Vault token, a proxy credential or a JWT), a fingerprint
 (sha256:<hex>, bare hex, base64 or base64url SHA-256), an issuance, use,
-revocation or request id, a Vault accessor, a lease id, a generated user name,
-a JWT jti or a certificate serial: in hex in any case, with or without ':'
-separators and leading zeros (Vault's 0f:3b:..., openssl's 0F3B..., f3b...),
+revocation or request id, the upstream API's own request id of a proxied
+call (Stripe's req_..., x-amzn-RequestId, X-GitHub-Request-Id, CF-Ray...),
+a Vault accessor, a lease id, a generated user name, a JWT jti or a
+certificate serial: in hex in any case, with or without ':' separators and
+leading zeros (Vault's 0f:3b:..., openssl's 0F3B..., f3b...),
 or in decimal (PostgreSQL's ssl_client_serial()). An all-digit serial reads as
 hex and as decimal: when both name an issuance, the other is listed as also
 matched. A value may be copied with its quotes (PostgreSQL's role "kt-iss-...")
