@@ -48,7 +48,8 @@ KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m) and turned off
 with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
-(one received during start-up reloads once serving); SIGINT/SIGTERM shut down
+(one received during start-up reloads once serving), and so does a change to
+its *.yaml/*.yml files (polled every 2 s); SIGINT/SIGTERM shut down
 gracefully (a second signal exits at once). The exit status is 0 after a clean
 shutdown, 1 when start-up fails or when closing failed (e.g. the audit log's
 final signed checkpoint could not be written), 2 on a usage mistake.`,
