@@ -225,26 +225,9 @@ func TestPolicyChangedDuringStartupIsLoaded(t *testing.T) {
 	}
 	defer func() { cancel(); <-errc }()
 
-	metric := `keytrail_policy_info{hash="` + want.Hash() + `"} 1`
-	deadline := time.After(20 * time.Second) // the watcher polls every 2s
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		resp, err := http.Get(base + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if strings.Contains(string(b), metric) {
-			return
-		}
-		select {
-		case <-deadline:
-			t.Fatalf("the policy file added during start-up was never loaded: /metrics lacks %s", metric)
-		case <-tick.C:
-		}
-	}
+	// The policy file added during start-up must be loaded (the watcher
+	// polls every 2 s).
+	waitMetric(t, base, `keytrail_policy_info{hash="`+want.Hash()+`"} 1`, "")
 }
 
 // TestPolicyReloadKeepsLastGoodJWKS: while an issuer's JWKS endpoint is
