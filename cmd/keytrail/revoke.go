@@ -115,7 +115,7 @@ Exit status:
 	f.StringVar(&sel.IssuanceID, "issuance", "", "revoke one credential by issuance id (iss_...)")
 	f.StringVar(&sel.SessionID, "session", "", "revoke every active credential of a session (ses_...)")
 	f.StringVar(&sel.Workload, "workload", "", "revoke every active credential of a workload")
-	f.StringVar(&sel.Owner, "owner", "", "revoke every active credential of every workload of an owner")
+	f.StringVar(&sel.Owner, "owner", "", "revoke every active credential of an owner: of its workloads in the policy and of any issuance recorded with that owner")
 	f.StringVar(&sel.Reason, "reason", "", "why (required; recorded in the audit log)")
 	f.BoolVar(&sel.Block, "block", false, "also refuse new credentials to the workload(s) until unblocked")
 	f.BoolVar(&sel.Force, "force", false, "accept a --workload or --owner unknown to the policy in force, to every recorded issuance and (a workload) to the blocks")
