@@ -78,11 +78,11 @@ short of them.`,
 				for _, kf := range keyFiles {
 					pemBytes, err := os.ReadFile(kf)
 					if err != nil {
-						return fmt.Errorf("--key: %w", err)
+						return fmt.Errorf("audit verify: --key: %w", err)
 					}
 					kid, pub, err := audit.LoadEd25519PublicKey(pemBytes)
 					if err != nil {
-						return fmt.Errorf("--key %s: %w", kf, err)
+						return fmt.Errorf("audit verify: --key %s: %w", kf, err)
 					}
 					opts.Keys[kid] = pub
 				}
@@ -90,7 +90,7 @@ short of them.`,
 			if len(jwksSrcs) > 0 {
 				f, err := jwksVerifyFunc(cmd.Context(), jwksSrcs...)
 				if err != nil {
-					return fmt.Errorf("--jwks: %w", err)
+					return fmt.Errorf("audit verify: --jwks: %w", err)
 				}
 				opts.VerifyFunc = f
 			}

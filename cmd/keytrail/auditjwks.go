@@ -64,7 +64,7 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
 		if err != nil {
-			return nil, fmt.Errorf("jwks: %w", err)
+			return nil, err // url's errors quote the URL
 		}
 		// Whoever can change the keys in transit can make a rewritten
 		// log verify: plain HTTP only to this host.
@@ -77,7 +77,7 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 		}}
 		resp, err := client.Do(req)
 		if err != nil {
-			return nil, fmt.Errorf("jwks: %w", err)
+			return nil, err // a *url.Error names the URL
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
@@ -87,7 +87,7 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 	} else {
 		f, err := os.Open(src)
 		if err != nil {
-			return nil, fmt.Errorf("jwks: %w", err)
+			return nil, err // a *fs.PathError names the file
 		}
 		defer f.Close()
 		r = f

@@ -298,7 +298,7 @@ func TestAuditVerifyJWKS(t *testing.T) {
 		{name: "fail/jwks-redirect", signer: edS, jwks: []string{srv.URL + "/moved"}, want: outcome{Err: "HTTP 302"}},
 		{name: "fail/jwks-404", signer: edS, jwks: []string{srv.URL + "/nope"}, want: outcome{Err: "HTTP 404"}},
 		{name: "fail/jwks-plain-http-remote", signer: edS, jwks: []string{"http://keytrail.example/.well-known/jwks.json"}, want: outcome{Err: "must be https"}},
-		{name: "fail/jwks-file-missing", signer: edS, jwks: []string{filepath.Join(dir, "missing.json")}, want: outcome{Err: "no such file"}},
+		{name: "fail/jwks-file-missing", signer: edS, jwks: []string{filepath.Join(dir, "missing.json")}, want: outcome{Err: "audit verify: --jwks: open " + filepath.Join(dir, "missing.json") + ": no such file"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path, lines := writeSignedAudit(t, t.TempDir(), tc.signer)

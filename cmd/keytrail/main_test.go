@@ -736,3 +736,24 @@ func TestReportOutCheckedFirst(t *testing.T) {
 		t.Errorf("report file mode = %v, %v; want 0600 (--help says so)", fi.Mode(), err)
 	}
 }
+
+// TestPolicyExplainTokenFileErrors: a token file that cannot be read or is
+// not a JWT is named with the command and the flag.
+func TestPolicyExplainTokenFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	garbage := writeFile(t, dir, "garbage", "not-a-jwt")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token", missing}, "policy explain: --token: open " + missing + ": no such file"},
+		{[]string{"--token", garbage, "--unverified"}, "policy explain: --token: not a JWT"},
+	} {
+		args := append([]string{"policy", "explain", "--policy", "../../policies/examples", "--grant", "payments-vault"}, tc.args...)
+		_, _, err := runCLI(t, nil, args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("explain %v: err = %v, want it to contain %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -103,7 +103,7 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 			}
 			raw, err := os.ReadFile(tokenFile)
 			if err != nil {
-				return fmt.Errorf("--token: %w", err)
+				return fmt.Errorf("policy explain: --token: %w", err)
 			}
 			tok := strings.TrimSpace(string(raw))
 			var issuerName string
@@ -113,7 +113,7 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 				// JSON numbers as the server's verifier reads them: exact,
 				// not rounded to a float64.
 				if _, _, err := jwt.NewParser(jwt.WithJSONNumber()).ParseUnverified(tok, mc); err != nil {
-					return fmt.Errorf("--token: not a JWT: %w", err)
+					return fmt.Errorf("policy explain: --token: not a JWT: %w", err)
 				}
 				iss, _ := mc["iss"].(string)
 				if iss == "" {
