@@ -189,8 +189,10 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	signal.Notify(second, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(second)
 	returned := make(chan struct{})
-	defer close(returned)
+	watcherDone := make(chan struct{})
+	defer func() { close(returned); <-watcherDone }() // gone when runServer returns
 	go func() {
+		defer close(watcherDone)
 		select {
 		case <-second:
 			log.Warn("second signal: exiting now")
