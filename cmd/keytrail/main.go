@@ -112,6 +112,16 @@ and revocation goes to a tamper-evident audit log.`,
 		newVersionCmd(e),
 		newBenchCmd(e),
 	)
+	// cobra adds its completion command when it runs; added now, it gets
+	// the usage checks below ("completion bogus" exits 2, not 0).
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			for _, sh := range c.Commands() {
+				sh.Long += "\nExit status: 0 the script is printed; 2 usage.\n"
+			}
+		}
+	}
 	usageExits2(root)
 	root.SetHelpCommand(newHelpCmd(root))
 	return root

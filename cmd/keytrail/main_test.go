@@ -95,6 +95,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"no-such-command"},
 		{"help", "revok"}, // cobra's help showed the main help and exited 0
 		{"help", "audit", "bogus"},
+		{"completion", "bogus"}, // cobra's completion command showed its help and exited 0
+		{"completion", "bash", "stray"},
 	} {
 		_, stderr, err := runCmd(t, context.Background(), addr, args...)
 		if got := exitCode(err); got != 2 {
