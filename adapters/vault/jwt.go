@@ -19,18 +19,34 @@ import (
 // cached when no interval is configured.
 const DefaultKeyRefresh = time.Minute
 
+// DefaultPublishDelay is how old a transit key version must be before JWTs
+// are signed with it: the broker's JWKS cache (DefaultPublicKeysTTL, 30 s),
+// its Cache-Control max-age (60 s) and a verifier's spacing of refetches
+// on an unknown kid (30 s, as broker/authn's).
+const DefaultPublishDelay = 2 * time.Minute
+
 // JWTMinterOptions configure NewJWTMinter.
 type JWTMinterOptions struct {
 	Client       *vaultapi.Client // from NewClient (required)
 	PublicURL    string           // the broker's public URL: iss of every JWT (required)
 	TransitMount string           // default "transit"
 	KeyRefresh   time.Duration    // key metadata cache; default DefaultKeyRefresh
+	// PublishDelay: a version Vault created less than this long ago is
+	// not signed with while an older one can be; default
+	// DefaultPublishDelay.
+	PublishDelay time.Duration
 	Now          func() time.Time // default time.Now; used when req.Now is zero
 }
 
 // JWTMinter mints JWTs for grants of kind jwt, signed by a Vault transit key
-// (ecdsa-p256 → ES256, ed25519 → EdDSA) with the key's latest version; the
-// header kid is "<transit key>:<version>", as TransitKeys lists it.
+// (ecdsa-p256 → ES256, ed25519 → EdDSA); the header kid is
+// "<transit key>:<version>", as TransitKeys lists it.
+//
+// It signs with the newest version Vault created at least PublishDelay ago
+// (the latest one unless the key was just rotated, or min_encryption_version
+// leaves no older one): a rotated-in version is first published in the
+// JWKS, then used, so verifiers that cached the JWKS before the rotation
+// do not refuse fresh JWTs for an unknown kid.
 //
 // Claims: iss (PublicURL), sub (workload), aud (the grant's audience, a
 // single string), owner, sid (session id), jti (issuance id), grant, iat,
@@ -38,11 +54,12 @@ type JWTMinterOptions struct {
 // req.Now+req.TTL). Every signature Vault returns is verified against the
 // key's public key before the JWT is handed out.
 type JWTMinter struct {
-	c     *vaultapi.Client
-	iss   string
-	mount string
-	keys  *keyCache
-	now   func() time.Time
+	c       *vaultapi.Client
+	iss     string
+	mount   string
+	keys    *keyCache
+	publish time.Duration
+	now     func() time.Time
 }
 
 var (
@@ -56,12 +73,19 @@ func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
 	if u, err := url.Parse(o.PublicURL); o.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		errs = append(errs, errors.New("vault jwt minter: public_url must be an absolute http(s) URL"))
 	}
+	if o.PublishDelay < 0 {
+		errs = append(errs, errors.New("vault jwt minter: publish delay must not be negative"))
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	// iss is the discovery issuer, which httpapi serves without a trailing
 	// slash; verifiers compare the two byte for byte.
-	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, now: keys.now}, nil
+	publish := o.PublishDelay
+	if publish == 0 {
+		publish = DefaultPublishDelay
+	}
+	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, publish: publish, now: keys.now}, nil
 }
 
 // Mint signs one JWT.
@@ -91,6 +115,7 @@ func (m *JWTMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	}
 	iat := now.Unix() // floors: exp = iat+secs <= now+TTL
 	exp := iat + secs
+	version := k.signingVersion(now, m.publish)
 	method := k.method()
 	tok := jwt.NewWithClaims(method, jwt.MapClaims{
 		"iss":   m.iss,
@@ -104,17 +129,17 @@ func (m *JWTMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 		"nbf":   iat,
 		"exp":   exp,
 	})
-	keyID := kid(k.Name, k.Latest)
+	keyID := kid(k.Name, version)
 	tok.Header["kid"] = keyID
 	signing, err := tok.SigningString()
 	if err != nil {
 		return nil, configError("encode jwt: %v", err)
 	}
-	sig, err := m.sign(ctx, k, signing)
+	sig, err := m.sign(ctx, k, version, signing)
 	if err != nil {
 		return nil, err
 	}
-	if err := method.Verify(signing, sig, k.Public[k.Latest]); err != nil {
+	if err := method.Verify(signing, sig, k.Public[version]); err != nil {
 		m.keys.forget(k.Name)
 		return nil, badResponse("sign", "signature does not verify with key "+keyID)
 	}
@@ -125,13 +150,13 @@ func (m *JWTMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	}, nil
 }
 
-// sign asks transit to sign the JWS signing input with the key's latest
-// version and returns the raw signature.
-func (m *JWTMinter) sign(ctx context.Context, k *transitKey, signing string) ([]byte, error) {
+// sign asks transit to sign the JWS signing input with the given version of
+// the key and returns the raw signature.
+func (m *JWTMinter) sign(ctx context.Context, k *transitKey, version int, signing string) ([]byte, error) {
 	const op = "sign"
 	body := map[string]any{
 		"input":       base64.StdEncoding.EncodeToString([]byte(signing)),
-		"key_version": k.Latest,
+		"key_version": version,
 	}
 	if k.Type == KeyTypeECDSAP256 {
 		body["hash_algorithm"] = "sha2-256"
@@ -150,7 +175,7 @@ func (m *JWTMinter) sign(ctx context.Context, k *transitKey, signing string) ([]
 		return nil, badResponse(op, "no data")
 	}
 	s, _ := sec.Data["signature"].(string)
-	sig, err := parseVaultSignature(s, k.Latest, k.Type)
+	sig, err := parseVaultSignature(s, version, k.Type)
 	if err != nil {
 		return nil, badResponse(op, err.Error())
 	}

@@ -29,11 +29,13 @@ import (
 
 // fakeKey is a transit key the fake Vault signs with.
 type fakeKey struct {
-	typ    string
-	ec     map[int]*ecdsa.PrivateKey
-	ed     map[int]ed25519.PrivateKey
-	latest int
-	minDec int
+	typ     string
+	ec      map[int]*ecdsa.PrivateKey
+	ed      map[int]ed25519.PrivateKey
+	latest  int
+	minDec  int
+	minEnc  int               // min_encryption_version; 0 = none
+	created map[int]time.Time // creation_time per version; default 2026-01-01
 }
 
 func newFakeKey(t *testing.T, typ string, versions int) *fakeKey {
@@ -81,11 +83,15 @@ func (k *fakeKey) readReply(t *testing.T) map[string]any {
 		case KeyTypeEd25519:
 			pub = base64.StdEncoding.EncodeToString(k.ed[v].Public().(ed25519.PublicKey))
 		}
-		keys[fmt.Sprint(v)] = map[string]any{"name": k.typ, "public_key": pub, "creation_time": "2026-01-01T00:00:00Z"}
+		created := "2026-01-01T00:00:00Z"
+		if c, ok := k.created[v]; ok {
+			created = c.Format(time.RFC3339Nano)
+		}
+		keys[fmt.Sprint(v)] = map[string]any{"name": k.typ, "public_key": pub, "creation_time": created}
 	}
 	return map[string]any{"data": map[string]any{
 		"name": "k", "type": k.typ, "latest_version": k.latest, "min_decryption_version": k.minDec,
-		"min_encryption_version": 0, "derived": false, "keys": keys,
+		"min_encryption_version": k.minEnc, "derived": false, "keys": keys,
 	}}
 }
 

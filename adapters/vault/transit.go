@@ -38,7 +38,26 @@ type transitKey struct {
 	Type          string // KeyTypeECDSAP256 or KeyTypeEd25519
 	Latest        int
 	MinDecryption int
+	MinEncryption int                      // transit refuses to sign with older versions; 0 = none
 	Public        map[int]crypto.PublicKey // every version >= MinDecryption
+	Created       map[int]time.Time        // creation_time of each version in Public; zero when Vault gave none
+}
+
+// signingVersion is the version to sign with at now: the newest version
+// created at least delay ago, so that verifiers holding a JWKS read (and
+// cached) before a rotation already know it, else (every signable version
+// is newer, e.g. a new key) the oldest signable one. Versions below
+// min_encryption_version (transit refuses to sign with them) or
+// min_decryption_version (no public key is served) are never chosen. A
+// version without creation_time counts as old.
+func (k *transitKey) signingVersion(now time.Time, delay time.Duration) int {
+	lo := max(k.MinDecryption, k.MinEncryption, 1)
+	for v := k.Latest; v > lo; v-- {
+		if c := k.Created[v]; c.IsZero() || !now.Before(c.Add(delay)) {
+			return v
+		}
+	}
+	return min(lo, k.Latest)
 }
 
 // method is the JWS signing method of the key.
@@ -73,6 +92,15 @@ func parseTransitKey(name string, data map[string]any) (*transitKey, error) {
 		return nil, fmt.Errorf("key %q: bad min_decryption_version", name)
 	}
 	minDec = max(minDec, 1)
+	minEnc := 0
+	if raw, ok := data["min_encryption_version"]; ok && raw != nil {
+		if minEnc, err = asInt(raw); err != nil || minEnc < 0 {
+			return nil, fmt.Errorf("key %q: bad min_encryption_version", name)
+		}
+	}
+	if minEnc > latest {
+		return nil, fmt.Errorf("key %q: min_encryption_version %d > latest_version %d", name, minEnc, latest)
+	}
 	if minDec > latest {
 		return nil, fmt.Errorf("key %q: min_decryption_version %d > latest_version %d", name, minDec, latest)
 	}
@@ -80,7 +108,8 @@ func parseTransitKey(name string, data map[string]any) (*transitKey, error) {
 	if !ok {
 		return nil, fmt.Errorf("key %q: no keys", name)
 	}
-	k := &transitKey{Name: name, Type: typ, Latest: latest, MinDecryption: minDec, Public: map[int]crypto.PublicKey{}}
+	k := &transitKey{Name: name, Type: typ, Latest: latest, MinDecryption: minDec, MinEncryption: minEnc,
+		Public: map[int]crypto.PublicKey{}, Created: map[int]time.Time{}}
 	for vs, raw := range versions {
 		v, err := strconv.Atoi(vs)
 		if err != nil || v < 1 || strconv.Itoa(v) != vs {
@@ -99,6 +128,11 @@ func parseTransitKey(name string, data map[string]any) (*transitKey, error) {
 			return nil, fmt.Errorf("key %q version %d: %w", name, v, err)
 		}
 		k.Public[v] = pk
+		if ct, _ := entry["creation_time"].(string); ct != "" {
+			if c, err := time.Parse(time.RFC3339Nano, ct); err == nil {
+				k.Created[v] = c
+			}
+		}
 	}
 	for v := minDec; v <= latest; v++ {
 		if _, ok := k.Public[v]; !ok {

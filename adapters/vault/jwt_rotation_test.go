@@ -1,0 +1,162 @@
+package vault
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/base64"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// TestJWTMinterSignsOnlyWithPublishedVersions: right after the transit key
+// is rotated, a JWT the broker mints must verify against the JWKS the
+// broker serves at that moment (TransitKeys, which caches its read): the
+// new version is published first and signed with once it is PublishDelay
+// old. min_encryption_version, which makes transit refuse older versions,
+// wins over the delay.
+func TestJWTMinterSignsOnlyWithPublishedVersions(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		typ string
+		alg string
+	}{
+		{KeyTypeECDSAP256, "ES256"},
+		{KeyTypeEd25519, "EdDSA"},
+	} {
+		t.Run(tc.alg, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			now := t0
+			key := newFakeKey(t, tc.typ, 1)
+			key.created = map[int]time.Time{1: t0.Add(-time.Hour)}
+			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+			rotate := func() {
+				mu.Lock()
+				defer mu.Unlock()
+				key.latest++
+				v := key.latest
+				switch tc.typ {
+				case KeyTypeECDSAP256:
+					pk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+					if err != nil {
+						t.Fatal(err)
+					}
+					key.ec[v] = pk
+				default:
+					_, pk, err := ed25519.GenerateKey(rand.Reader)
+					if err != nil {
+						t.Fatal(err)
+					}
+					key.ed[v] = pk
+				}
+				key.created[v] = now
+			}
+			f := newFakeVault(t, map[string]http.HandlerFunc{
+				"GET /v1/transit/keys/sig": func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					defer mu.Unlock()
+					reply(w, 200, key.readReply(t))
+				},
+				"PUT /v1/transit/sign/sig": func(w http.ResponseWriter, r *http.Request) {
+					body := decodeBody(t, r)
+					in, _ := body["input"].(string)
+					input, err := base64.StdEncoding.DecodeString(in)
+					if err != nil {
+						t.Errorf("sign input is not standard base64: %v", err)
+					}
+					fv, _ := body["key_version"].(float64)
+					v := int(fv)
+					mu.Lock()
+					defer mu.Unlock()
+					if v < 1 || v > key.latest || v < key.minEnc {
+						// As transit: "requested version for signing is less than the minimum encryption key version".
+						replyRaw(400, `{"errors":["requested version for signing is not allowed"]}`)(w, r)
+						return
+					}
+					reply(w, 200, map[string]any{"data": map[string]any{"signature": key.sign(t, v, input), "key_version": v}})
+				},
+			})
+			jwks, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"sig"}, Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := NewJWTMinter(JWTMinterOptions{Client: f.client(t), PublicURL: "https://keytrail.test", Now: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// mint mints a JWT now and verifies it as a resource server
+			// would, against the JWKS the broker serves now; it returns the kid.
+			mint := func(step string) string {
+				t.Helper()
+				req := jwtReq("sig")
+				req.Now = clock()
+				cred, err := m.Mint(context.Background(), req)
+				if err != nil {
+					t.Fatalf("%s: Mint() = %v", step, err)
+				}
+				served, err := jwks.PublicKeys(context.Background())
+				if err != nil {
+					t.Fatalf("%s: PublicKeys() = %v", step, err)
+				}
+				var kid string
+				_, err = jwt.Parse(cred.AccessToken, func(tok *jwt.Token) (any, error) {
+					kid, _ = tok.Header["kid"].(string)
+					for _, k := range served {
+						if k.KID == kid && k.Alg == tc.alg {
+							return k.Key, nil
+						}
+					}
+					return nil, jwt.ErrTokenUnverifiable
+				}, jwt.WithValidMethods([]string{tc.alg}), jwt.WithIssuer("https://keytrail.test"), jwt.WithAudience("orders-api"),
+					jwt.WithExpirationRequired(), jwt.WithTimeFunc(clock))
+				if err != nil {
+					t.Fatalf("%s: the JWT (kid %q) does not verify against the served JWKS: %v", step, kid, err)
+				}
+				return kid
+			}
+			steps := []struct {
+				name    string
+				before  func()
+				wantKID string
+			}{
+				{"ok/before-rotation", func() {}, "sig:1"},
+				// The JWKS is read (and cached), the key is rotated, and
+				// the minter's KeyRefresh runs out just after.
+				{"ok/just-rotated-signs-with-published", func() {
+					advance(DefaultKeyRefresh - time.Second)
+					if _, err := jwks.PublicKeys(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					advance(time.Second / 2)
+					rotate()
+					advance(time.Second)
+				}, "sig:1"},
+				{"ok/new-version-once-published", func() { advance(2 * time.Minute) }, "sig:2"}, // DefaultPublishDelay,
+				// An operator who raises min_encryption_version to a fresh
+				// version leaves nothing else transit would sign with.
+				{"ok/min-encryption-version-wins", func() {
+					rotate()
+					mu.Lock()
+					key.minEnc = key.latest
+					mu.Unlock()
+					advance(DefaultKeyRefresh)
+					advance(DefaultPublicKeysTTL)
+				}, "sig:3"},
+			}
+			for _, s := range steps {
+				s.before()
+				if got := mint(s.name); got != s.wantKID {
+					t.Errorf("%s: kid = %q, want %q", s.name, got, s.wantKID)
+				}
+			}
+		})
+	}
+}
