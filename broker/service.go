@@ -335,13 +335,19 @@ func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, requestID 
 // trusts the broker as an issuer (its jti is the issuance id), once revoked
 // or its workload blocked, as introspection would answer for it (SPEC
 // /v1/token: 403, credential revoked). Only a token whose jti looks like an
-// issuance id is looked up, by its fingerprint; others cost nothing.
+// issuance id is looked up, by its fingerprint, else by its jti: an ES256
+// signature (r, s) has a twin (r, n-s) that verifies as well, so the holder
+// of a broker JWT can present a different string than the one issued, with
+// the same (signed) jti. Other tokens cost nothing.
 func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity) error {
 	if !strings.HasPrefix(id.JTI, PrefixIssuance) {
 		return nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	is, err := s.d.Store.FindIssuance(sctx, RefFingerprint, Fingerprint(raw))
+	if errors.Is(err, ErrNotFound) {
+		is, err = s.d.Store.FindIssuance(sctx, RefJTI, id.JTI)
+	}
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
