@@ -92,6 +92,7 @@ type journal struct {
 	f     journalFile
 	size  int64
 	epoch uint64
+	base  int64 // audit file offset the epoch started at
 	next  int64 // journal offset of the next frame
 	at    int64 // audit file offset the next frame must start at
 	// broken: a reset failed, so the frames on disk may not be the ones
@@ -193,7 +194,7 @@ func (j *journal) reset(base int64, head string) error {
 		return fmt.Errorf("journal reset: %w", err)
 	}
 	j.epoch++
-	j.next, j.at, j.broken = journalBlock, base, false
+	j.base, j.next, j.at, j.broken = base, journalBlock, base, false
 	return nil
 }
 

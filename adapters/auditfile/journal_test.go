@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
 
@@ -233,6 +234,35 @@ func TestJournalFailedWriteNotReplayed(t *testing.T) {
 	openT(t, o, seams{})
 	if d := cmp.Diff([]string{"req_1"}, requestIDs(t, path)); d != "" {
 		t.Errorf("events after a failed write and a crash (-want +got):\n%s", d)
+	}
+}
+
+// TestJournalFailedFsyncKeepsFrames: when the fsync of a full journal's
+// audit file fails, Linux may have dropped the file's pages it could not
+// write and reports success for the next fsync without writing them. The
+// acknowledged batches are then only in the journal: the sink must not start
+// a new epoch over them until it has written them to the file again and an
+// fsync of that succeeded, or a machine crash loses them.
+func TestJournalFailedFsyncKeepsFrames(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: MinJournalBytes} // 3 frames
+	s := openCrashable(t, o, faultSeams(fl))
+	appendIDs(t, s, "req_1", "req_2", "req_3") // the journal is full
+	fl.set(func(f *faults) { f.sync = true })
+	err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_failed"})
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append(fsync fails) = %v, want ErrUnavailable", err)
+	}
+	fl.set(func(f *faults) { f.sync = false })
+	appendIDs(t, s, "req_4", "req_5")
+	// The machine crashes: the file keeps what an fsync made durable.
+	if err := os.Truncate(path, fl.durableSize()); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_1", "req_2", "req_3", "req_4", "req_5"}, requestIDs(t, path)); d != "" {
+		t.Errorf("acknowledged events after a failed fsync and a crash (-want +got):\n%s", d)
 	}
 }
 

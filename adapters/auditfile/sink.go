@@ -211,10 +211,16 @@ type Sink struct {
 	chainID string // set by Open; a rotation continues the same chain
 
 	// Owned by the writer goroutine (and by Open before it starts).
-	f          file
-	j          *journal // nil: fsync the file per batch
-	good       int64    // size of f up to the end of the last durable line
-	dirty      int64    // bytes of the last failed write, which may linger
+	f     file
+	j     *journal // nil: fsync the file per batch
+	good  int64    // size of f up to the end of the last durable line
+	dirty int64    // bytes of the last failed write, which may linger
+	// resync: an fsync of the file failed while the journal held frames.
+	// The kernel may have dropped the pages it could not write (Linux marks
+	// them clean), so a later fsync that succeeds proves nothing about
+	// them: the journal's frames are their only durable copy until
+	// syncAndReset has written them to the file again and synced it.
+	resync     bool
 	st         state
 	buf        bytes.Buffer
 	cpBackoff  time.Time // no checkpoint signing before this, after a failure
@@ -461,17 +467,76 @@ func (s *Sink) startJournal(epoch uint64, fresh bool) error {
 // syncAndReset makes the file durable up to good and starts a new journal
 // epoch there: the journal's frames are no longer needed.
 func (s *Sink) syncAndReset() error {
-	if err := s.f.Sync(); err != nil {
-		if s.j != nil {
+	if s.resync {
+		if err := s.rewriteEpoch(); err != nil {
 			s.j.broken = true
+			return err
 		}
-		return fmt.Errorf("fsync: %w", err)
+	}
+	if err := s.syncFile(); err != nil {
+		return err
 	}
 	if s.j == nil {
 		return nil
 	}
 	_, head := s.st.chain.Head()
 	return s.j.reset(s.good, head)
+}
+
+// syncFile fsyncs the file. With a journal, a failure keeps the journal's
+// frames until they are written again (resync) and breaks the journal, so
+// the next write goes through syncAndReset first.
+func (s *Sink) syncFile() error {
+	if err := s.f.Sync(); err != nil {
+		if s.j != nil {
+			s.resync, s.j.broken = true, true
+		}
+		return fmt.Errorf("fsync: %w", err)
+	}
+	s.resync = false
+	return nil
+}
+
+// rewriteEpoch replaces what the file holds after the journal epoch's base
+// with the epoch's frames, read back from the journal: after a failed fsync
+// the file's pages for them may never reach the disk unless written again.
+// Only frames up to the last acknowledged line (good) are taken: a frame
+// after it belongs to a write that failed.
+func (s *Sink) rewriteEpoch() error {
+	jpath := JournalPath(s.o.Path)
+	jb, err := os.ReadFile(jpath)
+	if err != nil {
+		return fmt.Errorf("rewrite from the journal: %w", err)
+	}
+	js, err := readJournal(jb)
+	if err != nil {
+		return fmt.Errorf("rewrite from the journal %s: %w", jpath, err)
+	}
+	if js.epoch != s.j.epoch || js.base != s.j.base {
+		return fmt.Errorf("rewrite from the journal %s: it holds epoch %d from byte %d, the sink wrote epoch %d from byte %d", jpath, js.epoch, js.base, s.j.epoch, s.j.base)
+	}
+	var b []byte
+	for _, fr := range js.frames {
+		if fr.at+int64(len(fr.batch)) > s.good {
+			break
+		}
+		b = append(b, fr.batch...)
+	}
+	if end := js.base + int64(len(b)); end != s.good {
+		return fmt.Errorf("rewrite from the journal %s: its frames end at byte %d, the last acknowledged line at %d", jpath, end, s.good)
+	}
+	if err := s.f.Truncate(js.base); err != nil {
+		return fmt.Errorf("rewrite from the journal: truncate: %w", err)
+	}
+	n, err := s.f.Write(b)
+	if err == nil && n != len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return fmt.Errorf("rewrite from the journal: write: %w", err)
+	}
+	s.log.Warn("audit: rewrote the journal's batches into the file after a failed fsync", "bytes", len(b))
+	return nil
 }
 
 // rotatedNames returns the names of the rotated siblings of the file
@@ -924,9 +989,7 @@ func (s *Sink) write(work state, events int) error {
 		err = io.ErrShortWrite
 	}
 	if err == nil && !s.o.NoFsync && !journaled {
-		if err = s.f.Sync(); err != nil {
-			err = fmt.Errorf("fsync: %w", err)
-		}
+		err = s.syncFile()
 	} else if err != nil {
 		err = fmt.Errorf("write: %w", err)
 	}
@@ -1032,6 +1095,11 @@ func (s *Sink) checkReopened(f file) error {
 	}
 	size := fi.Size()
 	switch {
+	case s.resync && size >= s.j.base && size <= s.good+s.dirty:
+		// A rewrite of the journal's frames was cut short, or is still
+		// to be made: syncAndReset makes it before the next write.
+		s.dirty = 0
+		return nil
 	case size < s.good:
 		return fmt.Errorf("reopen: file is %d bytes, shorter than its last durable line at %d: truncated or replaced underneath", size, s.good)
 	case size > s.good+s.dirty:

@@ -138,6 +138,20 @@ type faults struct {
 	closeUnderneath bool // close the descriptor before writing
 	syncGate        chan struct{}
 	writes, syncs   int
+	// A model of what is on the disk, as Linux treats a failed fsync:
+	// durable is the size an fsync made durable; lost is set by a failed
+	// fsync, whose pages the kernel may have dropped (marked clean), so
+	// that no later fsync writes them. Only a truncation to durable or
+	// less, then new writes, make the file durable again.
+	durable int64
+	lost    bool
+}
+
+// durableSize is what a machine crash leaves of the file (the model above).
+func (f *faults) durableSize() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.durable
 }
 
 func (f *faults) set(fn func(*faults)) {
@@ -176,9 +190,22 @@ func (f *faultFile) Sync() error {
 		<-gate
 	}
 	if fail {
+		f.fl.set(func(fl *faults) { fl.lost = true })
 		return syscall.EIO
 	}
-	return f.File.Sync()
+	if err := f.File.Sync(); err != nil {
+		return err
+	}
+	fi, err := f.File.Stat()
+	if err != nil {
+		return err
+	}
+	f.fl.set(func(fl *faults) {
+		if !fl.lost {
+			fl.durable = fi.Size()
+		}
+	})
+	return nil
 }
 
 func (f *faultFile) Truncate(n int64) error {
@@ -188,7 +215,15 @@ func (f *faultFile) Truncate(n int64) error {
 	if fail {
 		return syscall.EIO
 	}
-	return f.File.Truncate(n)
+	if err := f.File.Truncate(n); err != nil {
+		return err
+	}
+	f.fl.set(func(fl *faults) {
+		if n <= fl.durable {
+			fl.durable, fl.lost = n, false
+		}
+	})
+	return nil
 }
 
 func faultSeams(fl *faults) seams {
