@@ -230,6 +230,20 @@ func (j *journal) append(batch []byte, at int64) error {
 	return nil
 }
 
+// drop withdraws the last frame, of n batch bytes, whose batch did not reach
+// the audit file: its first block is zeroed, so a replay stops before it.
+// It needs no fsync of the audit file, which may be what failed.
+func (j *journal) drop(n int) error {
+	fl := frameLen(n)
+	if _, err := j.f.WriteAt(j.alignedBlocks(journalBlock), j.next-fl); err != nil {
+		j.broken = true
+		return fmt.Errorf("journal drop: %w", err)
+	}
+	j.next -= fl
+	j.at -= int64(n)
+	return nil
+}
+
 // frame is one batch read back from the journal.
 type frame struct {
 	at    int64

@@ -266,6 +266,29 @@ func TestJournalFailedFsyncKeepsFrames(t *testing.T) {
 	}
 }
 
+// TestJournalFailedWriteNotReplayedWhenSyncFails: a batch whose file write
+// failed was reported failed; when the rollback's fsync fails too, so that no
+// new epoch can start, a crash must still not bring the batch back.
+func TestJournalFailedWriteNotReplayedWhenSyncFails(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openCrashable(t, o, faultSeams(fl))
+	appendIDs(t, s, "req_1")
+	fl.set(func(f *faults) { f.writeHalf, f.sync = true, true })
+	err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_failed"})
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append(failing write and fsync) = %v, want ErrUnavailable", err)
+	}
+	if err := os.Truncate(path, journalOf(t, path).base); err != nil { // the crash loses what was not synced
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_1"}, requestIDs(t, path)); d != "" {
+		t.Errorf("events after a failed write, a failed fsync and a crash (-want +got):\n%s", d)
+	}
+}
+
 // TestJournalWraps: a full journal syncs the file and starts a new epoch;
 // old frames are never replayed again.
 func TestJournalWraps(t *testing.T) {

@@ -995,6 +995,13 @@ func (s *Sink) write(work state, events int) error {
 	}
 	if err != nil {
 		s.dirty = int64(len(b))
+		if journaled {
+			// Withdraw the frame now: the rollback's reset needs an
+			// fsync of the file, which may fail too.
+			if derr := s.j.drop(len(b)); derr != nil {
+				s.log.Error("audit: cannot withdraw the failed batch from the journal; a crash before the next reset replays it", "err", derr)
+			}
+		}
 		s.rollback()
 		return s.fail(err)
 	}
