@@ -114,6 +114,38 @@ func TestVerify(t *testing.T) {
 	finalCheckpointRespaced := append([][]byte(nil), golden...)
 	finalCheckpointRespaced[10] = bytes.Replace(golden[10], []byte(`"type":"checkpoint"`), []byte(`"type": "checkpoint"`), 1)
 
+	// Another broker's chain, signed with the same key: its files and
+	// checkpoints must not pass for this chain's.
+	otherChain := func() [][]byte {
+		c := audit.NewChain("chn_OTHERBROKER")
+		var lines [][]byte
+		now := goldenStart.Add(24 * time.Hour) // another day
+		for _, ev := range goldenEvents() {
+			if ev == nil {
+				var err error
+				if ev, err = c.Checkpoint(context.Background(), real); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l, err := c.Seal(ev, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = append(lines, l)
+			now = now.Add(time.Millisecond)
+		}
+		return lines
+	}()
+	// Its checkpoint at seq 5, relabelled to stand for this chain's.
+	replayedCheckpoint := mutateLine(t, otherChain, 4, func(ev *audit.Event) {
+		g, err := audit.ParseLine(golden[4])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev.Chain, ev.Prev, ev.Time = g.Chain, g.Prev, g.Time
+		ev.Checkpoint.HeadHash = g.Checkpoint.HeadHash
+	})[4]
+
 	tests := []struct {
 		name    string
 		files   [][]byte // contents of files f1, f2, ...
@@ -181,6 +213,22 @@ func TestVerify(t *testing.T) {
 			name: "fail/reordered-lines", opts: withKeys, wantCheckpoints: 2,
 			files: file(swap(golden, 2, 3)),
 			want:  &audit.Problem{File: "f1", Line: 3, Chain: goldenChain, Seq: 4}, wantWhy: "seq gap: expected 3, got 4",
+		},
+		{
+			name: "fail/deleted-first-line", opts: withKeys, wantCheckpoints: 3,
+			files: file(del(golden, 0)),
+			want:  &audit.Problem{File: "f1", Line: 1, Chain: goldenChain, Seq: 2}, wantWhy: "chain starts at seq 2, not 1: earlier lines or files are missing",
+		},
+		{
+			// The last line is a checkpoint: without it the lines it
+			// covered are an unsigned tail, counted.
+			name: "ok/deleted-last-line-reported-as-unsigned-tail", opts: withKeys,
+			files: file(del(golden, 10)), wantTail: 2, wantCheckpoints: 2,
+		},
+		{
+			name: "fail/deleted-last-line-require-checkpoint", opts: requireCP,
+			files: file(del(golden, 10)), wantTail: 2, wantCheckpoints: 2,
+			want: &audit.Problem{File: "f1", Line: 9, Chain: goldenChain, Seq: 9}, wantWhy: "2 line(s) from here to the end of the chain are not covered by a verified checkpoint",
 		},
 		{
 			name: "fail/duplicated-line", opts: withKeys, wantCheckpoints: 3,
@@ -293,6 +341,33 @@ func TestVerify(t *testing.T) {
 			name: "fail/rotated-file-missing", opts: withKeys, wantCheckpoints: 1,
 			files: [][]byte{joinLines(golden[:4]), joinLines(golden[8:])},
 			want:  &audit.Problem{File: "f2", Line: 1, Chain: goldenChain, Seq: 9}, wantWhy: "seq gap: expected 5, got 9",
+		},
+		{
+			// A rotated file of another broker (another day) in place of
+			// one of this chain's: it is not this chain's continuation.
+			name: "fail/rotated-file-swapped-with-another-brokers", opts: withKeys, wantCheckpoints: 1,
+			files: [][]byte{joinLines(golden[:4]), joinLines(otherChain[4:8]), joinLines(golden[8:])},
+			want:  &audit.Problem{File: "f2", Line: 1, Chain: "chn_OTHERBROKER", Seq: 5}, wantWhy: "chain starts at seq 5, not 1",
+		},
+		{
+			name: "fail/rotated-file-swapped-with-another-brokers-first", opts: withKeys, wantCheckpoints: 1,
+			files: [][]byte{joinLines(golden[:4]), joinLines(otherChain[:4]), joinLines(golden[8:])},
+			want:  &audit.Problem{File: "f3", Line: 1, Chain: goldenChain, Seq: 9}, wantWhy: "seq gap: expected 5, got 9",
+		},
+		{
+			name: "fail/checkpoint-replayed-from-another-chain", opts: withKeys, wantCheckpoints: 2,
+			files: file(append(append(append([][]byte(nil), golden[:4]...), replayedCheckpoint), golden[5:]...)),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: goldenChain, Seq: 5}, wantWhy: "checkpoint signature does not verify with key " + real.KeyID(),
+		},
+		{
+			name: "fail/checkpoint-of-another-chain-inserted-as-is", opts: withKeys, wantCheckpoints: 3,
+			files: file(insert(golden, 4, otherChain[4])),
+			want:  &audit.Problem{File: "f1", Line: 5, Chain: "chn_OTHERBROKER", Seq: 5}, wantWhy: "chain starts at seq 5, not 1",
+		},
+		{
+			name: "fail/own-checkpoint-replayed-later", opts: withKeys, wantCheckpoints: 3,
+			files: file(insert(golden, 8, golden[4])),
+			want:  &audit.Problem{File: "f1", Line: 9, Chain: goldenChain, Seq: 5}, wantWhy: "seq 5 after seq 8 (f1:8): a line was duplicated, inserted or reordered",
 		},
 		{
 			name: "ok/interleaved-chains", opts: requireCP, wantCheckpoints: 1,
