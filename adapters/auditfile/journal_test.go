@@ -289,6 +289,40 @@ func TestJournalFailedWriteNotReplayedWhenSyncFails(t *testing.T) {
 	}
 }
 
+// TestJournalFailedFsyncFileReplaced: the rewrite after a failed fsync
+// replaces only the journal epoch's part of the file; a file replaced
+// underneath meanwhile (its part before the epoch differs) is refused, not
+// completed with the journal's batches.
+func TestJournalFailedFsyncFileReplaced(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: MinJournalBytes} // 3 frames
+	s := openCrashable(t, o, faultSeams(fl))
+	appendIDs(t, s, "req_1", "req_2", "req_3", "req_4", "req_5", "req_6") // one wrap: the epoch starts after req_3
+	fl.set(func(f *faults) { f.sync = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_failed"}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append(fsync fails) = %v, want ErrUnavailable", err)
+	}
+	fl.set(func(f *faults) { f.sync = false })
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The line the epoch continues (req_3's) differs.
+	third := bytes.Index(b, []byte(`"req_3"`))
+	if third < 0 {
+		t.Fatalf("req_3 not in the file: %s", b)
+	}
+	b[third+5] = '9'
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_7"})
+	if !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "replaced") {
+		t.Fatalf("Append(file replaced underneath) = %v, want ErrUnavailable naming the replaced file", err)
+	}
+}
+
 // TestJournalWraps: a full journal syncs the file and starts a new epoch;
 // old frames are never replayed again.
 func TestJournalWraps(t *testing.T) {

@@ -515,6 +515,13 @@ func (s *Sink) rewriteEpoch() error {
 	if js.epoch != s.j.epoch || js.base != s.j.base {
 		return fmt.Errorf("rewrite from the journal %s: it holds epoch %d from byte %d, the sink wrote epoch %d from byte %d", jpath, js.epoch, js.base, s.j.epoch, s.j.base)
 	}
+	fi, err := s.f.Stat()
+	if err != nil {
+		return fmt.Errorf("rewrite from the journal: stat: %w", err)
+	}
+	if err := js.continues(s.f, fi.Size(), jpath, s.o.Path); err != nil {
+		return fmt.Errorf("rewrite from the journal: %w", err)
+	}
 	var b []byte
 	for _, fr := range js.frames {
 		if fr.at+int64(len(fr.batch)) > s.good {
