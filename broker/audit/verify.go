@@ -110,6 +110,11 @@ type ChainReport struct {
 	FirstSeq uint64 `json:"first_seq"`
 	LastSeq  uint64 `json:"last_seq"`
 	LastHash string `json:"last_hash"`
+	// LastTime is the time of the last line (as written). Lines removed
+	// from the end of a chain up to a checkpoint, or its newest files
+	// removed whole, leave no trace in the files: compare LastSeq and
+	// LastTime with a copy kept elsewhere.
+	LastTime string `json:"last_time,omitempty"`
 	// Checkpoints counts checkpoints whose head and signature verified.
 	Checkpoints int `json:"checkpoints"`
 	// UncheckedCheckpoints counts checkpoints whose signature could not be
@@ -380,7 +385,7 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	}
 	st.lastFile, st.lastLine = file, lineNo
 	cr.Lines++
-	cr.LastSeq, cr.LastHash = ev.Seq, st.lastHash
+	cr.LastSeq, cr.LastHash, cr.LastTime = ev.Seq, st.lastHash, ev.Time
 	switch {
 	case covered:
 		cr.Checkpoints++

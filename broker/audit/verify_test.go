@@ -463,6 +463,7 @@ func TestVerifyReport(t *testing.T) {
 		Files: 1, Lines: 10, SignaturesChecked: true,
 		Chains: []audit.ChainReport{{
 			Chain: goldenChain, Lines: 10, FirstSeq: 1, LastSeq: 10, LastHash: audit.HashLine(golden[9]),
+			LastTime:    goldenStart.Add(9 * 1500 * time.Microsecond).Format(audit.TimeFormat),
 			Checkpoints: 2, LastCheckpointSeq: 8, UnsignedTail: 2,
 		}},
 	}

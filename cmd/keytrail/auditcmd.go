@@ -43,6 +43,9 @@ kid, "<transit key>:<version>"). It names the first bad line and why,
 and reports lines after the last verified checkpoint, which no signature
 covers: they may have been added or changed, and lines after them removed,
 unseen (--require-checkpoint makes that a failure, and an empty log too).
+Lines removed from the end up to a checkpoint, or the newest files removed
+whole, leave no trace in the files: compare each chain's last seq and time,
+printed for it, with a copy kept elsewhere.
 A log that takes longer than 5 s gets a progress line on stderr every 5 s.
 Exit status 1 when anything is wrong (also when a file cannot be read to its
 end: it and the files after it are then not verified), 2 on a usage mistake.
@@ -305,7 +308,7 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error) {
 	w := e.stdout
 	fmt.Fprintf(w, "%d file(s), %d line(s), %d chain(s)\n", rep.Files, rep.Lines, len(rep.Chains))
 	for _, c := range rep.Chains {
-		fmt.Fprintf(w, "chain %s: %d lines, seq %d..%d, %d verified checkpoint(s)", c.Chain, c.Lines, c.FirstSeq, c.LastSeq, c.Checkpoints)
+		fmt.Fprintf(w, "chain %s: %d lines, seq %d..%d, last line at %s, %d verified checkpoint(s)", c.Chain, c.Lines, c.FirstSeq, c.LastSeq, c.LastTime, c.Checkpoints)
 		if c.UnsignedTail > 0 {
 			fmt.Fprintf(w, ", %d line(s) after the last verified checkpoint (no signature covers them: they may have been added or changed, and lines after them removed, unseen)", c.UnsignedTail)
 		}
@@ -329,7 +332,8 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error) {
 	case rep.OK() && rep.Lines == 0:
 		fmt.Fprintln(w, "NOTHING VERIFIED: no audit lines (a broker writes at least its policy_load event when it starts; --require-checkpoint makes this a failure)")
 	case rep.OK():
-		fmt.Fprintln(w, "OK: the chain is intact")
+		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq and time above)")
+		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup)")
 	}
 }
 

@@ -102,6 +102,59 @@ func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
 	}
 }
 
+// TestAuditVerifyCutAfterCheckpointNamesTheEnd: a log cut right after a
+// checkpoint (the lines after it removed) verifies, as nothing in the files
+// shows the cut. verify must not just call it intact: it prints the chain's
+// last seq and time and says that such a cut leaves no trace.
+func TestAuditVerifyCutAfterCheckpointNamesTheEnd(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, pubFile := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
+	if _, err := ensureEd25519Key(keyFile, pubFile); err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := audit.NewEd25519Signer(keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, _ := writeSignedAudit(t, dir, signer)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	cut := -1 // the first checkpoint that is not the last line
+	for i, l := range all[:len(all)-1] {
+		if ev, err := audit.ParseLine(l); err == nil && ev.Type == audit.TypeCheckpoint {
+			cut = i
+			break
+		}
+	}
+	if cut < 0 {
+		t.Fatalf("no checkpoint before the last line in %s", data)
+	}
+	last, err := audit.ParseLine(all[cut])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(bytes.Join(all[:cut+1], []byte("\n")), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--require-checkpoint", path)
+	if err != nil {
+		t.Fatalf("audit verify (cut after a checkpoint) = %v, want success (nothing shows the cut)\n%s", err, out)
+	}
+	if want := fmt.Sprintf("seq 1..%d, last line at %s", last.Seq, last.Time); !strings.Contains(out, want) {
+		t.Errorf("audit verify does not name the chain's end (%q):\n%s", want, out)
+	}
+	if !strings.Contains(out, "removed from the end up to a checkpoint") || !strings.Contains(out, "leave no trace") {
+		t.Errorf("audit verify does not say that a cut after a checkpoint leaves no trace:\n%s", out)
+	}
+}
+
 // TestAuditVerifyES256FinalCheckpointSignatureMalleable pins a documented
 // limit (README "Checkpoints"): an ECDSA signature (r, s) is also valid as
 // (r, n-s), and Vault's are not normalised, so the signature on the last
