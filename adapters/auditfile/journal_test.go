@@ -289,6 +289,44 @@ func TestJournalFailedWriteNotReplayedWhenSyncFails(t *testing.T) {
 	}
 }
 
+// TestJournalReplayAfterFailedFsync: a broker whose fsync of the audit file
+// failed dies before it has written the journal's batches to the file again.
+// The kernel still shows the file whole (the pages it failed to write, kept
+// and marked clean), so the restarted broker must write every frame again,
+// not only those that look missing, before its journal moves on; otherwise
+// a later machine crash loses acknowledged events.
+func TestJournalReplayAfterFailedFsync(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: MinJournalBytes} // 3 frames
+	s := openCrashable(t, o, faultSeams(fl))
+	appendIDs(t, s, "req_1", "req_2", "req_3") // the journal is full
+	fl.set(func(f *faults) { f.sync = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_failed"}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append(fsync fails) = %v, want ErrUnavailable", err)
+	}
+	// The process dies; the disk works again; the broker restarts.
+	fl.set(func(f *faults) { f.sync = false })
+	sm := faultSeams(fl)
+	sm.openReplay = func(p string) (replayFile, error) {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		return &faultReplay{File: f, fl: fl}, nil
+	}
+	s2 := openCrashable(t, o, sm)
+	appendIDs(t, s2, "req_4")
+	// Then the machine crashes: the file keeps what an fsync made durable.
+	if err := os.Truncate(path, fl.durableSize()); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff([]string{"req_1", "req_2", "req_3", "req_4"}, requestIDs(t, path)); d != "" {
+		t.Errorf("acknowledged events after a failed fsync, a restart and a crash (-want +got):\n%s", d)
+	}
+}
+
 // TestJournalFailedFsyncFileReplaced: the rewrite after a failed fsync
 // replaces only the journal epoch's part of the file; a file replaced
 // underneath meanwhile (its part before the epoch differs) is refused, not

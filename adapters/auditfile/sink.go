@@ -145,6 +145,7 @@ func openOSFile(path string) (file, error) {
 type seams struct {
 	openFile    func(path string) (file, error)
 	openJournal func(path string) (journalFile, error)
+	openReplay  func(path string) (replayFile, error)
 	tick        <-chan time.Time // nil: a real ticker
 	// noLock skips the lock: a test's abandoned sink stands for a process
 	// that died, whose lock the kernel released.
@@ -189,6 +190,7 @@ type Sink struct {
 	log      *slog.Logger
 	openFile func(string) (file, error)
 	openJrnl func(string) (journalFile, error)
+	openRply func(string) (replayFile, error)
 	lock     *os.File // holds the flock on LockPath; nil without one
 
 	reqs      chan *request
@@ -304,11 +306,15 @@ func open(o Options, sm seams) (*Sink, error) {
 	if sm.openJournal == nil {
 		sm.openJournal = openDirect
 	}
+	if sm.openReplay == nil {
+		sm.openReplay = openReplayFile
+	}
 	s := &Sink{
 		o:        o,
 		log:      o.Logger.With("path", o.Path),
 		openFile: sm.openFile,
 		openJrnl: sm.openJournal,
+		openRply: sm.openReplay,
 		reqs:     make(chan *request, o.MaxBatch),
 		probes:   make(chan chan error),
 		quit:     make(chan struct{}),
@@ -355,7 +361,7 @@ func open(o Options, sm seams) (*Sink, error) {
 // load opens the file, drops a torn tail and resumes or starts the chain.
 func (s *Sink) load() error {
 	jpath := JournalPath(s.o.Path)
-	epoch, frames, repaired, err := replayJournal(jpath, s.o.Path)
+	epoch, frames, repaired, err := replayJournal(jpath, s.o.Path, s.openRply)
 	fresh := errors.Is(err, errJournalHeader)
 	switch {
 	case fresh:

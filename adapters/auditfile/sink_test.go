@@ -145,6 +145,9 @@ type faults struct {
 	// less, then new writes, make the file durable again.
 	durable int64
 	lost    bool
+	// redirtied: after a failed fsync, the bytes from durable up to here
+	// were written again (a replay's WriteAt), so an fsync writes them.
+	redirtied int64
 }
 
 // durableSize is what a machine crash leaves of the file (the model above).
@@ -190,7 +193,7 @@ func (f *faultFile) Sync() error {
 		<-gate
 	}
 	if fail {
-		f.fl.set(func(fl *faults) { fl.lost = true })
+		f.fl.set(func(fl *faults) { fl.lost, fl.redirtied = true, fl.durable })
 		return syscall.EIO
 	}
 	if err := f.File.Sync(); err != nil {
@@ -221,6 +224,54 @@ func (f *faultFile) Truncate(n int64) error {
 	f.fl.set(func(fl *faults) {
 		if n <= fl.durable {
 			fl.durable, fl.lost = n, false
+		}
+	})
+	return nil
+}
+
+// faultReplay is the audit file as a replay opens it, under the durability
+// model of faults.
+type faultReplay struct {
+	*os.File
+	fl *faults
+}
+
+func (f *faultReplay) WriteAt(b []byte, off int64) (int, error) {
+	n, err := f.File.WriteAt(b, off)
+	f.fl.set(func(fl *faults) {
+		if fl.lost && off <= fl.redirtied {
+			fl.redirtied = max(fl.redirtied, off+int64(n))
+		}
+	})
+	return n, err
+}
+
+func (f *faultReplay) Truncate(n int64) error {
+	if err := f.File.Truncate(n); err != nil {
+		return err
+	}
+	f.fl.set(func(fl *faults) {
+		if n <= fl.durable {
+			fl.durable, fl.lost = n, false
+		}
+	})
+	return nil
+}
+
+func (f *faultReplay) Sync() error {
+	if err := f.File.Sync(); err != nil {
+		return err
+	}
+	fi, err := f.File.Stat()
+	if err != nil {
+		return err
+	}
+	f.fl.set(func(fl *faults) {
+		if fl.lost && fl.redirtied >= fi.Size() {
+			fl.lost = false
+		}
+		if !fl.lost {
+			fl.durable = fi.Size()
 		}
 	})
 	return nil
