@@ -278,6 +278,10 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "data: first\n\n")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
+	case r.URL.Path == "/up/gzip":
+		// A compressed body although the proxy asked for identity.
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write([]byte("\x1f\x8b not really gzip"))
 	case r.URL.Path == "/up/hang":
 		<-r.Context().Done() // until the proxy gives up
 	case r.URL.Path == "/up/switch":

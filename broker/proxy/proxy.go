@@ -414,12 +414,12 @@ func (c *call) sharedUse() {
 	if err := p.o.Service.Audit(c.r.Context(), ev); err != nil {
 		p.shared.forget(c.is.ID, c.src.IP)
 		p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit shared_use_suspected event failed",
-			slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
+			slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
 		return
 	}
 	p.metrics.SharedUse.WithLabelValues(c.label).Inc()
 	p.log.LogAttrs(c.r.Context(), slog.LevelWarn, "proxy credential used from a new address",
-		slog.String("issuance_id", c.is.ID), slog.String("workload", c.is.Workload),
+		slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("workload", c.is.Workload),
 		slog.String("first_address", first), slog.String("address", c.src.IP))
 }
 
@@ -603,7 +603,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			res.Body = rc
 			if ce := res.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 				p.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream sent an encoded body; relayed without the secret scan",
-					slog.String("use_id", useID), slog.String("content_encoding", ce))
+					slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("content_encoding", ce))
 				return nil
 			}
 			res.Body = newRedactReader(rc, forms.b, p.redactBufs)
@@ -763,11 +763,11 @@ func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, 
 	// Nobody waits for it: the response is gone. It shares the fsync of a
 	// later event (the sink bounds the wait), and the handler returns at
 	// once, freeing the keep-alive connection for the caller's next request.
-	log, issuanceID, ctx := c.h.p.log, c.is.ID, context.WithoutCancel(c.r.Context())
+	log, requestID, issuanceID, ctx := c.h.p.log, ev.RequestID, c.is.ID, context.WithoutCancel(c.r.Context())
 	c.h.p.o.Service.AuditDeferred(ctx, ev, func(err error) {
 		if err != nil {
 			log.LogAttrs(ctx, slog.LevelError, "audit use_result event failed",
-				slog.String("use_id", use.UseID), slog.String("issuance_id", issuanceID), slog.String("error", err.Error()))
+				slog.String("request_id", requestID), slog.String("use_id", use.UseID), slog.String("issuance_id", issuanceID), slog.String("error", err.Error()))
 		}
 	})
 }

@@ -1,0 +1,73 @@
+package proxy_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+// TestProxyLogLinesNameTheRequest: every line the proxy logs about one
+// proxied request names that request's id (the X-Request-Id the caller
+// got), so an operator can join it with the request's "http" line, its
+// error and its audit events.
+func TestProxyLogLinesNameTheRequest(t *testing.T) {
+	tests := []struct {
+		name string
+		fail func(ev *audit.Event) bool // audit events the sink refuses
+		path string
+		xff  string
+		msg  string // the log line to find
+	}{
+		{name: "shared-use", path: "/v1/charges", xff: "192.0.2.7",
+			msg: "proxy credential used from a new address"},
+		{name: "shared-use-audit-failed", path: "/v1/charges", xff: "192.0.2.7",
+			fail: func(ev *audit.Event) bool { return ev.Type == audit.TypeSharedUse },
+			msg:  "audit shared_use_suspected event failed"},
+		{name: "encoded-body", path: "/up/gzip",
+			msg: "upstream sent an encoded body; relayed without the secret scan"},
+		{name: "use-result-audit-failed", path: "/v1/charges",
+			fail: func(ev *audit.Event) bool { return ev.Type == audit.TypeUseResult },
+			msg:  "audit use_result event failed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &logBuffer{}
+			fo := fixtureOpts{logs: logs}
+			if tt.fail != nil {
+				fo.audit = &brokertest.Sink{Fail: tt.fail}
+			}
+			f := newFixture(t, fo)
+			tok := f.credential(t, "stripe").AccessToken
+			hdr := bearer(tok)
+			if tt.xff != "" {
+				hdr.Set("X-Forwarded-For", tt.xff)
+			}
+			res := f.do(t, "GET", "/v1/proxy/stripe"+tt.path, hdr, nil)
+			if res.Status != 200 {
+				t.Fatalf("status %d %s, want 200", res.Status, res.Body)
+			}
+			id := res.Header.Get("X-Request-Id")
+			var line string
+			deadline := time.Now().Add(10 * time.Second)
+			for line == "" {
+				for _, l := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(l, `msg="`+tt.msg+`"`) {
+						line = l
+					}
+				}
+				if line == "" && time.Now().After(deadline) {
+					t.Fatalf("no log line %q within 10s; log:\n%s", tt.msg, logs.String())
+				}
+				if line == "" {
+					<-time.After(5 * time.Millisecond)
+				}
+			}
+			if !strings.Contains(line, " request_id="+id) {
+				t.Errorf("log line does not name its request (request_id=%s):\n%s", id, line)
+			}
+		})
+	}
+}
