@@ -304,12 +304,12 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 	defer cancel()
 	if err := rv.Revoke(rctx, is); err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "revoking unrecorded credential failed",
-			slog.String("issuance_id", is.ID), slog.String("accessor", is.Refs.Accessor),
+			slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("accessor", is.Refs.Accessor),
 			slog.String("why", why), slog.String("error", err.Error()))
 		return err
 	}
 	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revoked credential that could not be recorded",
-		slog.String("issuance_id", is.ID), slog.String("why", why))
+		slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("why", why))
 	return nil
 }
 
@@ -326,7 +326,7 @@ func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, requestID 
 	ev.RequestID = requestID
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "recording an unrecorded issuance failed",
-			slog.String("issuance_id", is.ID), slog.String("error", err.Error()))
+			slog.String("request_id", requestID), slog.String("issuance_id", is.ID), slog.String("error", err.Error()))
 	}
 }
 

@@ -1,0 +1,105 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// syncBuffer is a bytes.Buffer safe for a logger used from goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestUnrecordedCredentialLogLinesNameTheRequest: when an exchange minted a
+// credential it then could not record (the audit log or the store failed),
+// the lines logged about taking it back name the exchange's request id, as
+// its "request failed" line and its audit events do.
+func TestUnrecordedCredentialLogLinesNameTheRequest(t *testing.T) {
+	tests := []struct {
+		name       string
+		failAudit  func(ev *audit.Event) bool
+		failStore  bool
+		failRevoke bool
+		msg        string
+	}{
+		{name: "audit-failed/revoked", failAudit: isType(audit.TypeIssue),
+			msg: "revoked credential that could not be recorded"},
+		{name: "audit-failed/revoke-failed", failAudit: isType(audit.TypeIssue), failRevoke: true,
+			msg: "revoking unrecorded credential failed"},
+		{name: "store-failed/orphan-event-failed", failStore: true, failAudit: isType(audit.TypeOrphanRevoked),
+			msg: "recording an unrecorded issuance failed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.sink.Fail = tt.failAudit
+			if tt.failRevoke {
+				f.minter.RevokeErr = errors.New("vault down")
+			}
+			var st broker.Store = f.store
+			if tt.failStore {
+				bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{}),
+					err: broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))}
+				close(bs.release)
+				st = bs
+			}
+			logs := &syncBuffer{}
+			svc, err := broker.NewService(broker.Deps{
+				Policy:   func() *policies.Policy { return f.pol },
+				Authn:    func() broker.Authenticator { return f.authn },
+				Minters:  map[string]broker.Minter{broker.KindVaultToken: f.minter},
+				Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+				Store:    st,
+				Audit:    f.sink,
+				Now:      func() time.Time { return f.now },
+				Logger:   slog.New(slog.NewTextHandler(logs, nil)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const reqID = "req_01TESTUNRECORDED"
+			if _, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: reqID}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Exchange() = %v, want ErrUnavailable", err)
+			}
+			var line string
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, `msg="`+tt.msg+`"`) {
+					line = l
+				}
+			}
+			if line == "" {
+				t.Fatalf("no log line %q; log:\n%s", tt.msg, logs.String())
+			}
+			if !strings.Contains(line, " request_id="+reqID) {
+				t.Errorf("log line does not name its request (request_id=%s):\n%s", reqID, line)
+			}
+		})
+	}
+}
+
+func isType(typ string) func(ev *audit.Event) bool {
+	return func(ev *audit.Event) bool { return ev.Type == typ }
+}
