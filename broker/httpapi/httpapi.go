@@ -199,8 +199,19 @@ type errorBody struct {
 // WriteError is the one place that decides what an error looks like on the
 // wire. The full error goes to the log only.
 func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	s.WriteErrorStatus(w, r, err, 0)
+}
+
+// WriteErrorStatus is WriteError with an HTTP status the caller chose where
+// the error's category has none of its own (the proxy's 413, 502 and 504);
+// 0 is the category's. The body, the error code and Retry-After still
+// follow the category; the log names the status sent.
+func (s *Server) WriteErrorStatus(w http.ResponseWriter, r *http.Request, err error, status int) {
 	e := broker.AsError(err)
-	status := broker.StatusOf(e)
+	catStatus := broker.StatusOf(e)
+	if status == 0 {
+		status = catStatus
+	}
 	code := broker.CodeOf(e)
 	level := slog.LevelInfo
 	if status >= 500 {
@@ -209,7 +220,7 @@ func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	s.log.LogAttrs(r.Context(), level, "request failed",
 		slog.String("request_id", RequestID(r)), slog.Int("status", status),
 		slog.String("error", code), slog.String("reason", e.Reason), slog.String("detail", e.Error()))
-	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+	if catStatus == http.StatusTooManyRequests || catStatus == http.StatusServiceUnavailable {
 		ra := e.RetryAfter
 		if ra <= 0 {
 			ra = time.Second

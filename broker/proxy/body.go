@@ -315,8 +315,7 @@ func (c *capReader) Close() error { return c.src.Close() }
 // and reach the caller only with a final (>= 200) status, so 1xx interim
 // responses (whose headers ReverseProxy copies and then clears) are never
 // relayed and cannot wipe the broker's own headers. It records the status and
-// bytes for the use_result event and can override the status of an error the
-// broker renders (413, 502, 504).
+// bytes for the use_result event.
 //
 // It relays no trailers. After the body, ReverseProxy copies the upstream's
 // trailers (which the transport fills in when the body is closed, whatever
@@ -326,11 +325,10 @@ func (c *capReader) Close() error { return c.src.Close() }
 // staged map, which keeps collecting what is set afterwards, unsent. The
 // staged headers lose any Trailer announcement and http.TrailerPrefix keys.
 type responseWriter struct {
-	w        http.ResponseWriter
-	staged   http.Header
-	status   int
-	bytes    int64
-	override int
+	w      http.ResponseWriter
+	staged http.Header
+	status int
+	bytes  int64
 }
 
 func newResponseWriter(w http.ResponseWriter) *responseWriter {
@@ -344,9 +342,6 @@ func (rw *responseWriter) Header() http.Header { return rw.staged }
 func (rw *responseWriter) WriteHeader(code int) {
 	if rw.status != 0 || code < 200 {
 		return
-	}
-	if rw.override != 0 {
-		code = rw.override
 	}
 	h := rw.w.Header()
 	for k, v := range rw.staged {
@@ -382,15 +377,6 @@ func (rw *responseWriter) Flush() {
 	}
 	_ = http.NewResponseController(rw.w).Flush()
 }
-
-// statusWriter overrides the status of a response the error renderer writes
-// (it knows the OAuth categories only: 413 and 502 are not among them).
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s statusWriter) WriteHeader(int) { s.ResponseWriter.WriteHeader(s.code) }
 
 // bufferPool is the ReverseProxy copy-buffer pool.
 type bufferPool struct{ p sync.Pool }

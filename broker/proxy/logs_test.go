@@ -1,12 +1,15 @@
 package proxy_test
 
 import (
+	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/proxy"
 )
 
 // TestProxyLogLinesNameTheRequest: every line the proxy logs about one
@@ -67,6 +70,52 @@ func TestProxyLogLinesNameTheRequest(t *testing.T) {
 			}
 			if !strings.Contains(line, " request_id="+id) {
 				t.Errorf("log line does not name its request (request_id=%s):\n%s", id, line)
+			}
+		})
+	}
+}
+
+// TestProxyErrorLogNamesTheStatusSent: the "request failed" line of a
+// proxied request refused with a status outside the OAuth categories
+// (413 for a body over the cap, 504 for an upstream that did not answer in
+// time) names the status the caller got, not the category's (400, 503),
+// so the log and the response agree.
+func TestProxyErrorLogNamesTheStatusSent(t *testing.T) {
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		want   int
+	}{
+		{name: "fail/body-too-large", method: "POST", path: "/v1/charges", body: strings.Repeat("a", maxReqBytes+1), want: 413},
+		{name: "fail/upstream-timeout", method: "GET", path: "/up/hang", want: 504},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &logBuffer{}
+			f := newFixture(t, fixtureOpts{logs: logs, timeouts: proxy.Timeouts{ResponseHeader: 100 * time.Millisecond}})
+			tok := f.credential(t, "stripe").AccessToken
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			res := f.do(t, tt.method, "/v1/proxy/stripe"+tt.path, bearer(tok), body)
+			if res.Status != tt.want {
+				t.Fatalf("status %d %s, want %d", res.Status, res.Body, tt.want)
+			}
+			id := res.Header.Get("X-Request-Id")
+			var line string
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, `msg="request failed"`) && strings.Contains(l, " request_id="+id) {
+					line = l
+				}
+			}
+			if line == "" {
+				t.Fatalf("no \"request failed\" line for %s; log:\n%s", id, logs.String())
+			}
+			if !strings.Contains(line, " status="+strconv.Itoa(tt.want)+" ") {
+				t.Errorf("\"request failed\" line does not name status %d:\n%s", tt.want, line)
 			}
 		})
 	}

@@ -365,7 +365,6 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 	status := broker.StatusOf(broker.AsError(err))
 	if errors.As(err, &tl) {
 		err, status = tl.error, http.StatusRequestEntityTooLarge
-		w = statusWriter{ResponseWriter: w, code: status}
 	}
 	c.status = status
 	c.h.api.Metrics().ObserveRefusal("proxy", err)
@@ -383,7 +382,7 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 		// team see credential spraying against the proxy.
 		c.h.p.o.Service.RecordDeny(c.r.Context(), httpapi.RequestID(c.r), c.src, c.r.PathValue("grant"), err)
 	}
-	c.h.api.WriteError(w, c.r, err)
+	c.h.api.WriteErrorStatus(w, c.r, err, status)
 }
 
 // event returns an audit event about this call's issuance.
@@ -634,8 +633,7 @@ func (c *call) forward(w http.ResponseWriter) {
 				e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: "the upstream could not be reached or did not answer properly", RetryAfter: time.Second, Err: cause}
 			}
 			errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
-			rw.override = status
-			c.h.api.WriteError(rw, r, e)
+			c.h.api.WriteErrorStatus(rw, r, e, status)
 		},
 	}
 
