@@ -436,16 +436,22 @@ func (s *Service) allow(wl *policies.Workload) error {
 		}
 		s.limitersMu.Unlock()
 	}
+	// AllowN takes a token only when there is one: a refused request takes
+	// nothing. (A reservation cancelled after a refusal gives its token back
+	// only when no later reservation was made meanwhile, so concurrent
+	// refusals left the bucket in debt, refusing the workload, with growing
+	// Retry-After, long after it slowed down.)
 	now := s.d.Now()
-	r := e.lim.ReserveN(now, 1)
-	if !r.OK() {
-		return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: time.Second}
+	if e.lim.AllowN(now, 1) {
+		return nil
 	}
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: d}
+	// Retry-After: until one token is back (rounded up to whole seconds
+	// when rendered).
+	d := time.Second
+	if lack := 1 - e.lim.TokensAt(now); lack > 0 {
+		d = time.Duration(math.Ceil(lack / wl.Rate.PerSecond * float64(time.Second)))
 	}
-	return nil
+	return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: d}
 }
 
 // Allow applies the workload's rate limit (used by the proxy for uses).
