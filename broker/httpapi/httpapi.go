@@ -170,14 +170,24 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
+			p := recover()
+			// http.ErrAbortHandler (the proxy cutting off a response after
+			// its status went out) is the server's to handle, once the
+			// request is logged like any other.
+			aborted := p == http.ErrAbortHandler
+			if p != nil && !aborted {
 				s.log.LogAttrs(r.Context(), slog.LevelError, "handler panic", slog.String("request_id", id), slog.Any("panic", p))
 				if sw.status == 0 {
 					s.WriteError(sw, r, &broker.Error{Kind: broker.ErrUnavailable, Reason: "internal", Safe: "internal error", RetryAfter: time.Second})
 				}
+			}
+			if aborted {
+				s.log.LogAttrs(r.Context(), slog.LevelInfo, "http",
+					slog.String("request_id", id), slog.String("method", r.Method),
+					slog.String("path", r.URL.Path), slog.Int("status", sw.status),
+					slog.Int64("bytes", sw.bytes), slog.Duration("duration", time.Since(start)),
+					slog.String("remote", clientIP(r, s.o.TrustProxyHeaders)), slog.Bool("aborted", true))
+				panic(p)
 			}
 			s.log.LogAttrs(r.Context(), slog.LevelInfo, "http",
 				slog.String("request_id", id), slog.String("method", r.Method),

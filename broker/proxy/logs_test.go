@@ -120,3 +120,36 @@ func TestProxyErrorLogNamesTheStatusSent(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyAbortedRequestIsLogged: a proxied response cut off after its
+// status went out (a streamed body over the cap: the server aborts the
+// connection) still gets its "http" access-log line, with its request id
+// and the status sent, like every other request.
+func TestProxyAbortedRequestIsLogged(t *testing.T) {
+	logs := &logBuffer{}
+	f := newFixture(t, fixtureOpts{logs: logs})
+	tok := f.credential(t, "stripe").AccessToken
+	res := f.do(t, "GET", "/v1/proxy/stripe/up/stream-big", bearer(tok), nil)
+	if res.Status != 200 || res.Err == nil {
+		t.Fatalf("status %d, body error %v; want 200 and a cut-off body", res.Status, res.Err)
+	}
+	id := res.Header.Get("X-Request-Id")
+	var line string
+	deadline := time.Now().Add(10 * time.Second)
+	for line == "" {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, `msg=http `) && strings.Contains(l, " request_id="+id) {
+				line = l
+			}
+		}
+		if line == "" && time.Now().After(deadline) {
+			t.Fatalf("no \"http\" line for the aborted request %s within 10s; log:\n%s", id, logs.String())
+		}
+		if line == "" {
+			<-time.After(5 * time.Millisecond)
+		}
+	}
+	if !strings.Contains(line, " status=200 ") {
+		t.Errorf("\"http\" line of the aborted request does not name the status sent (200):\n%s", line)
+	}
+}
