@@ -2,8 +2,11 @@ package policies
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Explanation says what an identity would get and why: for each workload of
@@ -81,6 +84,17 @@ func (p *Policy) Explain(issuerName string, claims map[string]any, grant string)
 	return e
 }
 
+// printable is s as it is when every rune of it is printable, else quoted
+// with Go escapes: a token's sub is written by its issuer (or, with
+// --unverified, by anyone), and a newline or terminal escape in it must not
+// forge lines of the explanation.
+func printable(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
 // String renders the explanation for a terminal.
 func (e Explanation) String() string {
 	var b strings.Builder
@@ -90,7 +104,7 @@ func (e Explanation) String() string {
 	}
 	b.WriteString("\n")
 	if e.Subject != "" {
-		fmt.Fprintf(&b, "subject: %s\n", e.Subject)
+		fmt.Fprintf(&b, "subject: %s\n", printable(e.Subject))
 	} else {
 		b.WriteString("subject: (no sub claim)\n")
 	}

@@ -853,3 +853,43 @@ workloads:
 		t.Errorf("Parse() problems (-want +got):\n%s", diff)
 	}
 }
+
+// TestExplainStringQuotesUnprintableSubject: the sub of a token (anyone's,
+// with policy explain --unverified) is printed so that a newline or a
+// terminal escape in it cannot forge lines of the explanation, such as a
+// result or an ALLOWED verdict.
+func TestExplainStringQuotesUnprintableSubject(t *testing.T) {
+	p := mustParse(t, matchPolicy)
+	tests := []struct {
+		name, sub, wantLine string
+	}{
+		{"ok/printable-as-is", "repo:acme/x y", "subject: repo:acme/x y"},
+		{"ok/non-ascii-printable-as-is", "système", "subject: système"},
+		{"fail/newline-forges-lines", "x\nresult: workload payments-api (owner team-payments)\ngrant stripe: ALLOWED",
+			`subject: "x\nresult: workload payments-api (owner team-payments)\ngrant stripe: ALLOWED"`},
+		{"fail/terminal-escape", "x\x1b[2K\rresult: ok", `subject: "x\x1b[2K\rresult: ok"`},
+		{"fail/bidi-override", "x\u202eyx", `subject: "x\u202eyx"`},
+		{"fail/invalid-utf8", "x\xff", `subject: "x\xff"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := p.Explain("k8s", map[string]any{"sub": tt.sub}, "stripe").String()
+			lines := strings.Split(out, "\n")
+			if lines[1] != tt.wantLine {
+				t.Fatalf("Explain().String() line 2 = %q, want %q; output:\n%s", lines[1], tt.wantLine, out)
+			}
+			var results int
+			for _, l := range lines {
+				if strings.HasPrefix(l, "result: ") {
+					results++
+				}
+				if strings.HasPrefix(l, "grant ") && l != "grant stripe: DENIED, no workload" {
+					t.Fatalf("Explain().String() has a grant line %q for a token that matches nothing:\n%s", l, out)
+				}
+			}
+			if results != 1 || !strings.Contains(out, "result: DENIED, no workload matches\n") {
+				t.Fatalf("Explain().String() has %d result lines, want the one DENIED line:\n%s", results, out)
+			}
+		})
+	}
+}
