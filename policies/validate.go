@@ -289,8 +289,16 @@ func validateIssuer(v *validator, l loc, is *Issuer) {
 	if is.MaxTokenLifetime < 0 {
 		v.add(l.file, l.path+".max_token_lifetime", "must be > 0")
 	}
-	if is.SessionClaim != "" && slices.ContainsFunc(is.SessionClaims(), func(p string) bool { return !validClaimPath(p) }) {
-		v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path (or several joined by +)", is.SessionClaim)
+	if is.SessionClaim != "" {
+		paths := is.SessionClaims()
+		if !strings.Contains(is.SessionClaim, "+") {
+			// One path is looked up as written: spaces are ignored only
+			// around a "+".
+			paths = []string{is.SessionClaim}
+		}
+		if slices.ContainsFunc(paths, func(p string) bool { return !validClaimPath(p) }) {
+			v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path (or several joined by +)", is.SessionClaim)
+		}
 	}
 }
 
@@ -309,12 +317,13 @@ func isLoopback(host string) bool {
 }
 
 // validClaimPath reports whether p is a non-empty dotted path with no empty
-// segment.
+// segment and none that starts or ends with a space: claims are looked up
+// by exact key, so " uid" would never be found.
 func validClaimPath(p string) bool {
 	if p == "" {
 		return false
 	}
-	return !slices.Contains(strings.Split(p, "."), "")
+	return !slices.ContainsFunc(strings.Split(p, "."), func(s string) bool { return s == "" || strings.TrimSpace(s) != s })
 }
 
 func validateRate(v *validator, l loc, r *Rate) {

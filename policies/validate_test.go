@@ -136,6 +136,15 @@ func TestParseValidation(t *testing.T) {
 		{"ok/issuer-session-claims", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+run_attempt"}]`}, nil},
 		{"fail/issuer-session-claims-empty-part", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+"}]`},
 			[]string{`t.yaml: issuers[0].session_claim: "run_id+" is not a dotted claim path (or several joined by +)`}},
+		// One session claim is looked up as written: " session" never names
+		// a claim, and every token would silently get a session of its own.
+		{"fail/issuer-session-claim-leading-space", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: " session"}]`},
+			[]string{`t.yaml: issuers[0].session_claim: " session" is not a dotted claim path (or several joined by +)`}},
+		{"fail/issuer-session-claim-space-in-segment", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "kubernetes.io. pod.uid"}]`},
+			[]string{`t.yaml: issuers[0].session_claim: "kubernetes.io. pod.uid" is not a dotted claim path (or several joined by +)`}},
+		{"ok/issuer-session-claims-spaces-around-plus", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id + run_attempt"}]`}, nil},
+		{"fail/workload-claim-path-space", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claims: {"namespace ": b}}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].match.claims["namespace "]: "namespace " is not a dotted claim path`}},
 		{"fail/issuer-iss-duplicate", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}, {name: j, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`},
 			[]string{`t.yaml: issuers[1].issuer: issuer "https://x" is already declared by t.yaml: issuers[0]; iss values must be unique`}},
 
