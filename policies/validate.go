@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Defaults applied before validation.
@@ -156,6 +157,8 @@ func compile(files []parsedFile) (*Policy, error) {
 		l := workloadLocs[i]
 		if strings.TrimSpace(w.Owner) == "" {
 			v.add(l.file, l.path+".owner", "required: every workload has exactly one owner")
+		} else {
+			checkOwner(&v, l.file, l.path+".owner", w.Owner)
 		}
 		p.workloadMatch[i] = compileMatch(&v, l, &w.Match, p.issuerIdx, false)
 		p.allowed[i] = map[string]bool{}
@@ -199,6 +202,8 @@ func compile(files []parsedFile) (*Policy, error) {
 		l := exceptionLocs[i]
 		if strings.TrimSpace(e.Owner) == "" {
 			v.add(l.file, l.path+".owner", "required")
+		} else {
+			checkOwner(&v, l.file, l.path+".owner", e.Owner)
 		}
 		if strings.TrimSpace(e.Reason) == "" {
 			v.add(l.file, l.path+".reason", "required")
@@ -299,6 +304,19 @@ func validateIssuer(v *validator, l loc, is *Issuer) {
 		if slices.ContainsFunc(paths, func(p string) bool { return !validClaimPath(p) }) {
 			v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path (or several joined by +)", is.SessionClaim)
 		}
+	}
+}
+
+// checkOwner refuses an owner with spaces around it or a control character:
+// owners are compared exactly (revoke --owner, blocks, the report), so
+// "team-payments " would be an owner of its own that a revocation of
+// team-payments misses, and a newline would forge lines of text output.
+func checkOwner(v *validator, file, path, owner string) {
+	switch {
+	case strings.TrimSpace(owner) != owner:
+		v.add(file, path, "%q starts or ends with a space: owners are compared exactly", owner)
+	case strings.ContainsFunc(owner, unicode.IsControl):
+		v.add(file, path, "%q contains a control character", owner)
 	}
 }
 

@@ -160,6 +160,17 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: workloads[0].owner: required: every workload has exactly one owner"}},
 		{"fail/workload-owner-blank", map[string]string{"workloads": `[{name: w, owner: " ", match: {issuer: i, subject: s}, grants: [g]}]`},
 			[]string{"t.yaml: workloads[0].owner: required: every workload has exactly one owner"}},
+		// Owners are compared exactly: "team-payments " would be an owner of
+		// its own, missed by a revocation of team-payments.
+		{"ok/workload-owner-free-text", map[string]string{"workloads": `[{name: w, owner: "Alice Example <alice@example.com>", match: {issuer: i, subject: s}, grants: [g]}]`}, nil},
+		{"fail/workload-owner-trailing-space", map[string]string{"workloads": `[{name: w, owner: "team-payments ", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].owner: "team-payments " starts or ends with a space: owners are compared exactly`}},
+		{"fail/workload-owner-leading-tab", map[string]string{"workloads": `[{name: w, owner: "\tteam-payments", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].owner: "\tteam-payments" starts or ends with a space: owners are compared exactly`}},
+		{"fail/workload-owner-control", map[string]string{"workloads": `[{name: w, owner: "team\npayments", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].owner: "team\npayments" contains a control character`}},
+		{"fail/exception-owner-trailing-space", map[string]string{"exceptions": `[{name: e, owner: "team-data ", reason: r, expires: 2030-01-01}]`},
+			[]string{`t.yaml: exceptions[0].owner: "team-data " starts or ends with a space: owners are compared exactly`}},
 		{"fail/workload-issuer-unknown", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: nope, subject: s}, grants: [g]}]`},
 			[]string{`t.yaml: workloads[0].match.issuer: unknown issuer "nope"`}},
 		{"fail/workload-issuer-missing", map[string]string{"workloads": `[{name: w, owner: o, match: {subject: s}, grants: [g]}]`},
