@@ -12,9 +12,10 @@
 // (max_token_lifetime 24h, rate burst ceil(per_second), proxy methods [GET],
 // header format "{secret}"), then everything is validated at once. A failure
 // is a *ValidationError whose Unwrap() []error returns one *Problem per
-// problem, printed as "<file>: <path>: <message>", e.g.
+// problem, printed as "<file>: <path>: <message> (line <n>)", the line of
+// the field (of the entry that lacks it, when it is not written), e.g.
 //
-//	policies/a.yaml: grants[2].proxy.upstream: must be https
+//	policies/a.yaml: grants[2].proxy.upstream: must be https (line 31)
 //
 // YAML errors are problems too, with the line as path ("line 7").
 //

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -28,15 +29,24 @@ type Problem struct {
 	File    string // the file as named to Load or Parse
 	Path    string // e.g. "grants[2].proxy.upstream"; "line 7" for YAML errors
 	Message string
+	// Line is the line in File of the field Path names (of the nearest
+	// entry that holds it when the field is not written), 0 when the
+	// message already says it or it is not known.
+	Line int
 }
 
 func (p *Problem) Error() string {
+	var s string
 	switch {
 	case p.Path == "":
-		return p.File + ": " + p.Message
+		s = p.File + ": " + p.Message
 	default:
-		return p.File + ": " + p.Path + ": " + p.Message
+		s = p.File + ": " + p.Path + ": " + p.Message
 	}
+	if p.Line > 0 {
+		s += " (line " + strconv.Itoa(p.Line) + ")"
+	}
+	return s
 }
 
 // Source is one policy file a Policy was built from.
@@ -199,6 +209,7 @@ type parsedFile struct {
 	name string
 	data []byte
 	file File
+	root *yaml.Node // the document, for the lines of problems
 }
 
 // build decodes, defaults, validates and compiles files.
@@ -250,6 +261,7 @@ func decode(name string, data []byte) (parsedFile, []error) {
 	if errs := nullClaimValues(name, &root); len(errs) > 0 {
 		return pf, errs
 	}
+	pf.root = &root
 	for {
 		var extra yaml.Node
 		err := dec.Decode(&extra)
@@ -347,4 +359,85 @@ func lineProblem(name, msg string) *Problem {
 		}
 	}
 	return &Problem{File: name, Message: msg}
+}
+
+// locate sets the Line of each problem that has none from its file's
+// document (root returns it, nil when unknown).
+func locate(problems []error, root func(file string) *yaml.Node) {
+	for _, e := range problems {
+		p, ok := e.(*Problem)
+		if !ok || p.Line > 0 || p.Path == "" || strings.HasPrefix(p.Path, "line ") {
+			continue
+		}
+		p.Line = nodeLine(root(p.File), p.Path)
+	}
+}
+
+// nodeLine returns the line of the node a problem path names in doc:
+// mapping keys by name (`name`, `claims["k"]`), sequence items by index
+// (`grants[2]`). Where the path leaves the document (a required field that
+// is not written) it is the line of the last node found; 0 when doc is nil.
+func nodeLine(doc *yaml.Node, path string) int {
+	if doc == nil {
+		return 0
+	}
+	n := doc
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return n.Line
+		}
+		n = n.Content[0]
+	}
+	line := n.Line
+	for path != "" {
+		for n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
+		var key string
+		switch {
+		case path[0] == '.':
+			path = path[1:]
+			continue
+		case strings.HasPrefix(path, `["`):
+			q, err := strconv.QuotedPrefix(path[1:])
+			if err != nil {
+				return line
+			}
+			key, _ = strconv.Unquote(q)
+			path = strings.TrimPrefix(path[1+len(q):], "]")
+		case path[0] == '[':
+			end := strings.IndexByte(path, ']')
+			if end < 0 {
+				return line
+			}
+			i, err := strconv.Atoi(path[1:end])
+			if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
+				return line
+			}
+			path = path[end+1:]
+			n = n.Content[i]
+			line = n.Line
+			continue
+		default:
+			end := strings.IndexAny(path, ".[")
+			if end < 0 {
+				end = len(path)
+			}
+			key, path = path[:end], path[end:]
+		}
+		if n.Kind != yaml.MappingNode {
+			return line
+		}
+		found := false
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				line, n, found = n.Content[i].Line, n.Content[i+1], true
+				break
+			}
+		}
+		if !found {
+			return line
+		}
+	}
+	return line
 }

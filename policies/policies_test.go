@@ -135,11 +135,13 @@ func TestHashIsContentAddressed(t *testing.T) {
 
 func TestLoadDirectoryProblems(t *testing.T) {
 	_, err := Load("testdata/dir-bad")
-	got := problemStrings(err)
+	got := locatedProblemStrings(err)
+	// Each problem names its file, its path and its line there (a missing
+	// version: the document's first line).
 	want := []string{
-		"testdata/dir-bad/b.yaml: version: required, must be 1",
-		`testdata/dir-bad/b.yaml: grants[0].name: duplicate grant "shared" (first declared at testdata/dir-bad/a.yaml: grants[0])`,
-		`testdata/dir-bad/b.yaml: workloads[1].match: same match as workload "one" (testdata/dir-bad/b.yaml: workloads[0]): a token would match both; make workload matches disjoint`,
+		"testdata/dir-bad/b.yaml: version: required, must be 1 (line 2)",
+		`testdata/dir-bad/b.yaml: grants[0].name: duplicate grant "shared" (first declared at testdata/dir-bad/a.yaml: grants[0]) (line 3)`,
+		`testdata/dir-bad/b.yaml: workloads[1].match: same match as workload "one" (testdata/dir-bad/b.yaml: workloads[0]): a token would match both; make workload matches disjoint (line 14)`,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("Load(dir-bad) = %q, want %q (-want +got):\n%s", got, want, diff)

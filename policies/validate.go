@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Defaults applied before validation.
@@ -214,6 +216,7 @@ func compile(files []parsedFile) (*Policy, error) {
 	}
 
 	if len(v.problems) > 0 {
+		locate(v.problems, fileRoots(files))
 		return nil, joinProblems(v.problems)
 	}
 	p.finish(files)
@@ -571,9 +574,22 @@ func (p *Policy) CheckFiles() error {
 		}
 	}
 	if len(v.problems) > 0 {
+		locate(v.problems, func(file string) *yaml.Node { return p.roots[file] })
 		return &ValidationError{Problems: v.problems}
 	}
 	return nil
+}
+
+// fileRoots looks up the document of a parsed file by name.
+func fileRoots(files []parsedFile) func(string) *yaml.Node {
+	return func(name string) *yaml.Node {
+		for i := range files {
+			if files[i].name == name {
+				return files[i].root
+			}
+		}
+		return nil
+	}
 }
 
 // checkCAFile checks that a ca_file, when set, is readable and holds at

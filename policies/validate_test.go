@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -53,7 +54,10 @@ func proxyGrant(body string) string {
 
 const okProxy = `upstream: "https://api.example.com", secret: {vault_kv: secret/data/x, field: key}, inject: {header: Authorization, format: "Bearer {secret}"}, paths: ["/v1/x"]`
 
-// problemStrings returns the individual problems of err as strings.
+// problemStrings returns the individual problems of err as strings, without
+// the line a problem's path was located at (Problem.Line: see
+// TestProblemsNameTheLine and the golden files); a line the message itself
+// gives (YAML errors) is kept.
 func problemStrings(err error) []string {
 	if err == nil {
 		return nil
@@ -64,6 +68,25 @@ func problemStrings(err error) []string {
 	}
 	var out []string
 	for _, e := range u.Unwrap() {
+		if p, ok := e.(*Problem); ok {
+			c := *p
+			c.Line = 0
+			e = &c
+		}
+		out = append(out, e.Error())
+	}
+	return out
+}
+
+// locatedProblemStrings returns the problems of err as printed, lines
+// included.
+func locatedProblemStrings(err error) []string {
+	var multi interface{ Unwrap() []error }
+	if !errors.As(err, &multi) {
+		return []string{"not a multi-error: " + fmt.Sprint(err)}
+	}
+	var out []string
+	for _, e := range multi.Unwrap() {
 		out = append(out, e.Error())
 	}
 	return out
@@ -408,7 +431,7 @@ func TestDefaults(t *testing.T) {
 // reports all of them at once, against a golden list.
 func TestValidationReportsEverything(t *testing.T) {
 	_, err := Load("testdata/many-problems.yaml")
-	got := problemStrings(err)
+	got := locatedProblemStrings(err)
 	want := readGoldenLines(t, "testdata/many-problems.golden", got)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("Load(many-problems.yaml) problems = %q, want %q (-want +got):\n%s", got, want, diff)
@@ -453,14 +476,14 @@ func TestCheckFiles(t *testing.T) {
 	tests := []struct {
 		name string
 		over map[string]string
-		want string // "" = valid
+		want string // "" = valid; the line is that of the ca_file
 	}{
 		{"ok/issuer", map[string]string{"issuers": issuer(good)}, ""},
 		{"ok/proxy", map[string]string{"grants": proxy(good)}, ""},
-		{"fail/issuer-missing", map[string]string{"issuers": issuer(missing)}, "t.yaml: issuers[0].ca_file: cannot read " + missing + ": no such file or directory"},
-		{"fail/issuer-garbage", map[string]string{"issuers": issuer(garbage)}, "t.yaml: issuers[0].ca_file: " + garbage + " holds no PEM certificate"},
-		{"fail/proxy-missing", map[string]string{"grants": proxy(missing)}, "t.yaml: grants[0].proxy.ca_file: cannot read " + missing + ": no such file or directory"},
-		{"fail/proxy-garbage", map[string]string{"grants": proxy(garbage)}, "t.yaml: grants[0].proxy.ca_file: " + garbage + " holds no PEM certificate"},
+		{"fail/issuer-missing", map[string]string{"issuers": issuer(missing)}, "t.yaml: issuers[0].ca_file: cannot read " + missing + ": no such file or directory (line 2)"},
+		{"fail/issuer-garbage", map[string]string{"issuers": issuer(garbage)}, "t.yaml: issuers[0].ca_file: " + garbage + " holds no PEM certificate (line 2)"},
+		{"fail/proxy-missing", map[string]string{"grants": proxy(missing)}, "t.yaml: grants[0].proxy.ca_file: cannot read " + missing + ": no such file or directory (line 4)"},
+		{"fail/proxy-garbage", map[string]string{"grants": proxy(garbage)}, "t.yaml: grants[0].proxy.ca_file: " + garbage + " holds no PEM certificate (line 4)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -486,5 +509,55 @@ func TestCheckFiles(t *testing.T) {
 				t.Errorf("problems (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestProblemsNameTheLine: keytrail policy check names, for every problem,
+// the file, the field path and the line of that field (or of the entry that
+// lacks it), so a problem in a long file or a directory is found at once.
+func TestProblemsNameTheLine(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+    session_claim: "a..b"
+workloads:
+  - name: w
+    owner: o
+    match: &m
+      issuer: i
+      subject: s
+      claims:
+        kubernetes.io.namespace: ok
+        "a.": b
+    grants:
+      - g
+      - nope
+  - name: x
+    match: *m
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token:
+      policies: [root]
+`
+	_, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		`t.yaml: issuers[0].session_claim: "a..b" is not a dotted claim path (or several joined by +) (line 8)`,
+		`t.yaml: grants[0].vault_token.policies[0]: the root policy is never granted (line 28)`,
+		`t.yaml: workloads[0].match.claims["a."]: "a." is not a dotted claim path (line 17)`,
+		`t.yaml: workloads[0].grants[1]: unknown grant "nope" (line 20)`,
+		// An entry without the field: the entry's line.
+		`t.yaml: workloads[1].owner: required: every workload has exactly one owner (line 21)`,
+		// A path through an alias: the line where it is written.
+		`t.yaml: workloads[1].match.claims["a."]: "a." is not a dotted claim path (line 17)`,
+		`t.yaml: workloads[1].match: same match as workload "w" (t.yaml: workloads[0]): a token would match both; make workload matches disjoint (line 22)`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
+		t.Fatalf("Parse() problems (-want +got):\n%s", diff)
 	}
 }

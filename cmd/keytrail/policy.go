@@ -27,9 +27,9 @@ func newPolicyCheckCmd(e *env) *cobra.Command {
 	var files bool
 	c := &cobra.Command{
 		Use:   "check PATH",
-		Short: "Validate a policy file or directory; every problem is reported with its file and path",
-		Long: `Validate a policy file or directory; every problem is reported with its file
-and path. The files the policy names (ca_file) are not read unless --files is
+		Short: "Validate a policy file or directory; every problem is reported with its file, path and line",
+		Long: `Validate a policy file or directory; every problem is reported with its file,
+field path and line. The files the policy names (ca_file) are not read unless --files is
 given: run it with --files where the broker runs, as the broker checks them at
 start and on every reload.
 
