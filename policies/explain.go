@@ -34,6 +34,7 @@ type Explanation struct {
 // WorkloadCheck is the evaluation of one workload's match.
 type WorkloadCheck struct {
 	Workload string  `json:"workload"`
+	Source   string  `json:"source"` // where it is declared: "file: workloads[i], line n"
 	Matched  bool    `json:"matched"`
 	Checks   []Check `json:"checks"`
 }
@@ -50,7 +51,7 @@ func (p *Policy) Explain(issuerName string, claims map[string]any, grant string)
 			continue
 		}
 		ok, checks := m.eval(claims, true)
-		e.Workloads = append(e.Workloads, WorkloadCheck{Workload: p.workloads[i].Name, Matched: ok, Checks: checks})
+		e.Workloads = append(e.Workloads, WorkloadCheck{Workload: p.workloads[i].Name, Source: p.workloadSrc[i], Matched: ok, Checks: checks})
 		if ok {
 			matched = append(matched, i)
 		}
@@ -118,7 +119,7 @@ func (e Explanation) String() string {
 		if w.Matched {
 			verdict = "MATCH"
 		}
-		fmt.Fprintf(&b, "  %s: %s\n", w.Workload, verdict)
+		fmt.Fprintf(&b, "  %s: %s (%s)\n", w.Workload, verdict, w.Source)
 		for _, c := range w.Checks {
 			mark := "fail"
 			if c.OK {

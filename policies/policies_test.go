@@ -437,10 +437,10 @@ func TestExplain(t *testing.T) {
 	want := `issuer: k8s
 subject: system:serviceaccount:payments:api
 workloads:
-  payments-api: MATCH
+  payments-api: MATCH (t.yaml: workloads[0], line 6)
     ok   subject "system:serviceaccount:payments:api" == "system:serviceaccount:payments:api"
     ok   claim kubernetes.io.namespace "payments" == "payments"
-  batch: no match
+  batch: no match (t.yaml: workloads[1], line 10)
     fail subject "system:serviceaccount:payments:api" does not match pattern "system:serviceaccount:batch:.*"
     fail claim canary missing
     fail claim tier missing
@@ -893,5 +893,26 @@ func TestExplainStringQuotesUnprintableSubject(t *testing.T) {
 				t.Fatalf("Explain().String() has %d result lines, want the one DENIED line:\n%s", results, out)
 			}
 		})
+	}
+}
+
+// TestExplainNamesWhereWorkloadsAreDeclared: in a policy directory, explain
+// says in which file, at which path and line each workload it evaluated is
+// declared, so an operator can find the one that failed or that overlaps.
+func TestExplainNamesWhereWorkloadsAreDeclared(t *testing.T) {
+	p, err := Load("testdata/dir-ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := p.Explain("github", map[string]any{"sub": "repo:acme/api:ref:refs/tags/v1", "repository_owner": "acme"}, "release-cert")
+	if len(e.Workloads) != 1 {
+		t.Fatalf("Explain().Workloads = %+v, want the one github workload", e.Workloads)
+	}
+	want := filepath.Join("testdata", "dir-ok", "10-workloads.yml") + ": workloads[1], line 11"
+	if got := e.Workloads[0].Source; got != want {
+		t.Fatalf("Explain().Workloads[0].Source = %q, want %q", got, want)
+	}
+	if s := e.String(); !strings.Contains(s, "  release: MATCH ("+want+")\n") {
+		t.Fatalf("Explain().String() does not name where release is declared (%s):\n%s", want, s)
 	}
 }

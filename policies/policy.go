@@ -26,6 +26,7 @@ type Policy struct {
 	workloadIdx   map[string]int
 	workloadMatch []*matcher        // parallel to workloads
 	allowed       []map[string]bool // parallel to workloads
+	workloadSrc   []string          // parallel to workloads: "file: workloads[i], line n"
 
 	grants   []Grant
 	grantIdx map[string]int

@@ -220,6 +220,10 @@ func compile(files []parsedFile) (*Policy, error) {
 		return nil, joinProblems(v.problems)
 	}
 	p.finish(files)
+	p.workloadSrc = make([]string, len(workloadLocs))
+	for i, l := range workloadLocs {
+		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, nodeLine(p.roots[l.file], l.path))
+	}
 	return p, nil
 }
 
