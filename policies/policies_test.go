@@ -320,6 +320,17 @@ func TestMatch(t *testing.T) {
 		{"fail/array-claim-no-element", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": []any{"dev"}, "run_id": "123"}, result{Err: "no-match"}},
 		{"fail/claim-pattern-anchored", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": "deployers", "run_id": "123abc"}, result{Err: "no-match"}},
 		{"fail/subject-pattern-anchored", "gh", map[string]any{"sub": "xrepo:acme/deploy:ref:main", "groups": "deployers", "run_id": "1"}, result{Err: "no-match"}},
+		// Exact and anchored: a trailing newline, a look-alike letter, a
+		// glob or a different case never match.
+		{"fail/subject-trailing-newline", "k8s", map[string]any{"sub": paySub + "\n", "kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/subject-lookalike", "k8s", map[string]any{"sub": "system:serviceaccount:payments:\u0430pi", "kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/subject-case", "k8s", map[string]any{"sub": "System:serviceaccount:payments:api", "kubernetes.io.namespace": "payments"}, result{Err: "no-match"}},
+		{"fail/claim-glob-is-not-a-pattern", "k8s", map[string]any{"sub": paySub, "kubernetes.io.namespace": "pay*"}, result{Err: "no-match"}},
+		{"fail/claim-trailing-newline", "k8s", map[string]any{"sub": paySub, "kubernetes.io.namespace": "payments\n"}, result{Err: "no-match"}},
+		{"fail/subject-pattern-trailing-newline", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main\n", "groups": "deployers", "run_id": "1"}, result{Err: "no-match"}},
+		{"fail/claim-pattern-trailing-newline", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": "deployers", "run_id": "1\n"}, result{Err: "no-match"}},
+		{"fail/claim-null", "k8s", map[string]any{"sub": paySub, "kubernetes.io.namespace": nil}, result{Err: "no-match"}},
+		{"fail/array-of-arrays", "gh", map[string]any{"sub": "repo:acme/deploy:ref:main", "groups": []any{[]any{"deployers"}}, "run_id": "1"}, result{Err: "no-match"}},
 		{"fail/ambiguous", "gh", map[string]any{"sub": "repo:acme/overlap", "env": "prod"}, result{Err: "ambiguous"}},
 		{"ok/overlap-disjoint-case", "gh", map[string]any{"sub": "repo:acme/overlap", "env": "dev"}, result{Workload: "overlap-b"}},
 	}
