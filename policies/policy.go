@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // Policy is a validated, compiled policy. It is immutable: every accessor
@@ -36,8 +34,8 @@ type Policy struct {
 
 	exceptions []Exception
 
-	issuerLocs, grantLocs []loc                 // where each was declared (CheckFiles)
-	roots                 map[string]*yaml.Node // each file's document, for the lines of CheckFiles problems
+	issuerLocs, grantLocs []loc          // where each was declared (CheckFiles)
+	caLines               map[string]int // "file: path" of each ca_file -> its line (CheckFiles)
 }
 
 // finish computes the hash and sources of a compiled policy.
@@ -51,9 +49,7 @@ func (p *Policy) finish(files []parsedFile) {
 		sum  [sha256.Size]byte
 	}
 	hs := make([]hashed, 0, len(files))
-	p.roots = make(map[string]*yaml.Node, len(files))
 	for _, f := range files {
-		p.roots[f.name] = f.root
 		sum := sha256.Sum256(f.data)
 		p.sources = append(p.sources, Source{Path: f.name, SHA256: hex.EncodeToString(sum[:])})
 		hs = append(hs, hashed{base: filepath.Base(f.name), sum: sum})

@@ -220,9 +220,18 @@ func compile(files []parsedFile) (*Policy, error) {
 		return nil, joinProblems(v.problems)
 	}
 	p.finish(files)
+	// Lines are looked up now: the documents are not kept.
+	root := fileRoots(files)
 	p.workloadSrc = make([]string, len(workloadLocs))
 	for i, l := range workloadLocs {
-		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, nodeLine(p.roots[l.file], l.path))
+		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, nodeLine(root(l.file), l.path))
+	}
+	p.caLines = map[string]int{}
+	for _, l := range issuerLocs {
+		p.caLines[l.String()+".ca_file"] = nodeLine(root(l.file), l.path+".ca_file")
+	}
+	for _, l := range grantLocs {
+		p.caLines[l.String()+".proxy.ca_file"] = nodeLine(root(l.file), l.path+".proxy.ca_file")
 	}
 	return p, nil
 }
@@ -578,7 +587,11 @@ func (p *Policy) CheckFiles() error {
 		}
 	}
 	if len(v.problems) > 0 {
-		locate(v.problems, func(file string) *yaml.Node { return p.roots[file] })
+		for _, e := range v.problems {
+			if pr, ok := e.(*Problem); ok {
+				pr.Line = p.caLines[pr.File+": "+pr.Path]
+			}
+		}
 		return &ValidationError{Problems: v.problems}
 	}
 	return nil
