@@ -69,6 +69,16 @@ type VaultConfig struct {
 	// Auth logs the broker in with AppRole or Kubernetes instead of a
 	// static token; exclusive with token_file and VAULT_TOKEN.
 	Auth *VaultAuthConfig `yaml:"auth"`
+	// AppRole is the SPEC's spelling of an AppRole login, the same as
+	// auth: {method: approle, role_id_file, secret_id_file}; LoadConfig
+	// turns it into Auth once the file validates.
+	AppRole *AppRoleConfig `yaml:"approle"`
+}
+
+// AppRoleConfig is vault.approle (SPEC "Server configuration").
+type AppRoleConfig struct {
+	RoleIDFile   string `yaml:"role_id_file"`
+	SecretIDFile string `yaml:"secret_id_file"`
 }
 
 // VaultAuthConfig is the broker's own Vault login. The token it gets is
@@ -217,6 +227,10 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	if err := c.validate(path); err != nil {
 		return nil, err
 	}
+	if a := c.Vault.AppRole; a != nil {
+		c.Vault.Auth = &VaultAuthConfig{Method: vaultad.LoginAppRole, RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile}
+		c.Vault.AppRole = nil
+	}
 	return &c, nil
 }
 
@@ -323,6 +337,20 @@ func (c *Config) validate(file string) error {
 	}
 	if r := c.Vault.TokenRole; r != "" && !vaultad.PlainRoleName(r) {
 		bad("vault.token_role", "must be a token role name (letters, digits, '_', and '.' or '-' inside)")
+	}
+	if a := c.Vault.AppRole; a != nil {
+		switch {
+		case c.Vault.Auth != nil:
+			bad("vault.approle", "cannot be combined with vault.auth (approle is the short form of auth: {method: approle})")
+		case c.Vault.TokenFile != "":
+			bad("vault.approle", "cannot be combined with vault.token_file")
+		}
+		if a.RoleIDFile == "" {
+			bad("vault.approle.role_id_file", "is required")
+		}
+		if a.SecretIDFile == "" {
+			bad("vault.approle.secret_id_file", "is required")
+		}
 	}
 	if a := c.Vault.Auth; a != nil {
 		if c.Vault.TokenFile != "" {

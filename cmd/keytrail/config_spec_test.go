@@ -1,0 +1,81 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestLoadConfigSpecExample: the server configuration of SPEC "Server
+// configuration", as written there (its files made real), loads; so does
+// its AppRole alternative, vault.approle: {role_id_file, secret_id_file},
+// which logs in like vault.auth: {method: approle}.
+func TestLoadConfigSpecExample(t *testing.T) {
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	tokenFile := writeFile(t, dir, "vault-token", "hvs.x\n")
+	caFile := writeFile(t, dir, "vault-ca.pem", "")
+	keyFile := writeFile(t, dir, "checkpoint.key", "")
+	roleID := writeFile(t, dir, "role-id", "r\n")
+	secretID := writeFile(t, dir, "secret-id", "s\n")
+	spec := func(vault string) string {
+		return `listen: 127.0.0.1:7700             # KEYTRAIL_LISTEN
+public_url: https://keytrail.internal:7700   # iss of broker JWTs, discovery base
+policy: ` + pol + `     # file or directory; reloaded on SIGHUP
+vault:
+  address: https://vault.internal:8200        # VAULT_ADDR
+` + vault + `  ca_file: ` + caFile + `
+store:
+  redis_url: redis://redis:6379/0  # KEYTRAIL_REDIS_URL; absent = in-memory
+audit:
+  file: /var/lib/keytrail/audit.jsonl
+  checkpoint_key_file: ` + keyFile + `   # or checkpoint_transit_key
+tls: {cert_file: /etc/keytrail/tls.crt, key_file: /etc/keytrail/tls.key, client_ca_file: /etc/keytrail/clients.pem}
+`
+	}
+	tests := []struct {
+		name     string
+		vault    string
+		wantAuth *VaultAuthConfig
+		wantErr  []string
+	}{
+		{name: "ok/token-file", vault: "  token_file: " + tokenFile + "        # or VAULT_TOKEN, or approle: {role_id_file, secret_id_file}\n"},
+		{name: "ok/approle", vault: "  approle: {role_id_file: " + roleID + ", secret_id_file: " + secretID + "}\n",
+			wantAuth: &VaultAuthConfig{Method: "approle", RoleIDFile: roleID, SecretIDFile: secretID}},
+		{name: "fail/approle-without-files", vault: "  approle: {}\n",
+			wantErr: []string{"vault.approle.role_id_file: is required", "vault.approle.secret_id_file: is required"}},
+		{name: "fail/approle-and-token-file", vault: "  token_file: " + tokenFile + "\n  approle: {role_id_file: " + roleID + ", secret_id_file: " + secretID + "}\n",
+			wantErr: []string{"vault.approle: cannot be combined with vault.token_file"}},
+		{name: "fail/approle-and-auth", vault: "  auth: {method: approle, role_id_file: " + roleID + ", secret_id_file: " + secretID + "}\n  approle: {role_id_file: " + roleID + ", secret_id_file: " + secretID + "}\n",
+			wantErr: []string{"vault.approle: cannot be combined with vault.auth"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "config.yaml", spec(tt.vault))
+			cfg, err := LoadConfig(p, func(string) string { return "" })
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("LoadConfig() = ok, want errors %q", tt.wantErr)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), p+": "+w) {
+						t.Errorf("LoadConfig() error lacks %q:\n%v", p+": "+w, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadConfig() = %v, want ok", err)
+			}
+			if diff := cmp.Diff(tt.wantAuth, cfg.Vault.Auth); diff != "" {
+				t.Errorf("LoadConfig().Vault.Auth (-want +got):\n%s", diff)
+			}
+			got := []string{cfg.Listen, cfg.PublicURL, cfg.Vault.Address, cfg.Store.RedisURL, cfg.Audit.CheckpointKeyFile, cfg.TLS.ClientCAFile}
+			want := []string{"127.0.0.1:7700", "https://keytrail.internal:7700", "https://vault.internal:8200", "redis://redis:6379/0", keyFile, "/etc/keytrail/clients.pem"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("LoadConfig() listen, public_url, vault.address, store.redis_url, audit.checkpoint_key_file, tls.client_ca_file (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
