@@ -135,6 +135,10 @@ func TestTokenEndpointErrors(t *testing.T) {
 	}{
 		{"fail/json-body", "application/json", `{"grant_type":"x"}`, 400, "invalid_request"},
 		{"fail/missing-grant-type", formCT, form("grant_type", "<del>").Encode(), 400, "invalid_request"},
+		{"fail/missing-subject-token", formCT, form("subject_token", "<del>").Encode(), 400, "invalid_request"},
+		{"fail/missing-subject-token-type", formCT, form("subject_token_type", "<del>").Encode(), 400, "invalid_request"},
+		{"fail/missing-audience", formCT, form("audience", "<del>").Encode(), 400, "invalid_request"},
+		{"fail/id-token-type-unknown-grant", formCT, form("subject_token_type", broker.TokenTypeIDToken, "audience", "nope").Encode(), 400, "invalid_target"},
 		{"fail/unsupported-grant-type", formCT, form("grant_type", "password").Encode(), 400, "unsupported_grant_type"},
 		{"fail/repeated-param", formCT, form("audience", "deploy-vault|other").Encode(), 400, "invalid_request"},
 		{"fail/bad-subject-token-type", formCT, form("subject_token_type", "urn:x").Encode(), 400, "invalid_request"},
@@ -187,6 +191,12 @@ func TestTokenEndpointOK(t *testing.T) {
 	}
 	if id, _ := body["issuance_id"].(string); !strings.HasPrefix(id, "iss_") || body["access_token"] != "hvs.secret-"+id {
 		t.Errorf("issuance_id %v / access_token %v mismatch", body["issuance_id"], body["access_token"])
+	}
+	if sid, _ := body["session_id"].(string); !strings.HasPrefix(sid, broker.PrefixSession) {
+		t.Errorf("session_id = %v, want a %s id", body["session_id"], broker.PrefixSession)
+	}
+	if cred, ok := body["credential"].(map[string]any); !ok || len(cred) == 0 {
+		t.Errorf("credential = %v, want the kind-specific fields as an object", body["credential"])
 	}
 	if diff := cmp.Diff([]string{"issue"}, f.sink.Types()); diff != "" {
 		t.Errorf("audit (-want +got):\n%s", diff)
@@ -332,5 +342,74 @@ func TestOneIssuer(t *testing.T) {
 	got := []any{disc["issuer"], intro["iss"]}
 	if diff := cmp.Diff([]any{"https://keytrail.example", "https://keytrail.example"}, got); diff != "" {
 		t.Errorf("discovery issuer, introspection iss (-want +got):\n%s", diff)
+	}
+}
+
+// introspect posts token to /v1/introspect with the caller's Bearer token.
+func (f *fixture) introspect(t *testing.T, caller, token string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", f.srv.URL+"/v1/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "Bearer "+caller)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("introspect body is not JSON: %v", err)
+	}
+	return resp.StatusCode, body
+}
+
+// TestIntrospectResponse: SPEC "POST /v1/introspect": an active broker
+// credential answers sub (the workload), owner, sid, jti (the issuance id),
+// grant, iat, exp and iss; any other token answers exactly {"active":
+// false}; both are recorded as a use (an introspect event with a use id).
+func TestIntrospectResponse(t *testing.T) {
+	f := newFixture(t)
+	resp, tok := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
+	if resp.StatusCode != 200 {
+		t.Fatalf("exchange = %d %v", resp.StatusCode, tok)
+	}
+	status, got := f.introspect(t, goodToken, tok["access_token"].(string))
+	if status != 200 {
+		t.Fatalf("introspect = %d %v, want 200", status, got)
+	}
+	want := map[string]any{"active": true, "sub": "deployer", "owner": "team-platform", "sid": tok["session_id"],
+		"jti": tok["issuance_id"], "grant": "deploy-vault", "iss": "https://keytrail.example"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("introspect %s = %v, want %v", k, got[k], v)
+		}
+	}
+	iat, _ := got["iat"].(float64)
+	exp, _ := got["exp"].(float64)
+	if iat == 0 || exp-iat != 600 {
+		t.Errorf("introspect iat = %v, exp = %v; want Unix seconds 600 apart (the grant's TTL)", got["iat"], got["exp"])
+	}
+
+	status, got = f.introspect(t, goodToken, "hvs.not-a-broker-credential")
+	if diff := cmp.Diff(map[string]any{"active": false}, got); status != 200 || diff != "" {
+		t.Errorf("introspect of an unknown token = %d, body (-want +got):\n%s", status, diff)
+	}
+
+	var uses []*audit.Event
+	for _, ev := range f.sink.Events() {
+		if ev.Type == audit.TypeIntrospect {
+			uses = append(uses, ev)
+		}
+	}
+	if len(uses) != 2 {
+		t.Fatalf("introspect events = %d, want 2 (one per call)", len(uses))
+	}
+	for i, ev := range uses {
+		if !strings.HasPrefix(ev.UseID, broker.PrefixUse) || ev.Outcome == nil || ev.Outcome.Status != 200 {
+			t.Errorf("introspect event %d: use_id %q, outcome %+v; want a use_ id and status 200", i, ev.UseID, ev.Outcome)
+		}
+	}
+	if uses[0].IssuanceID != tok["issuance_id"] || uses[1].IssuanceID != "" {
+		t.Errorf("introspect events name issuances %q and %q, want %v and none", uses[0].IssuanceID, uses[1].IssuanceID, tok["issuance_id"])
 	}
 }
