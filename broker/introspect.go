@@ -41,6 +41,9 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}
+	// The identity token the introspection was made with (SPEC "Audit
+	// log": identity {iss, sub, jti}), as an admin event names its caller's.
+	ev.Identity = auditIdentity(caller.Ref())
 	ev.Admin = caller.Iss + "#" + caller.Sub
 	ev.Details = map[string]any{"caller": map[string]string{"iss": caller.Iss, "sub": caller.Sub}}
 	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {

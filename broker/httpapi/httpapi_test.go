@@ -56,6 +56,10 @@ grants:
 
 const goodToken = "eyJhbGciOiJFUzI1NiJ9.good.sig"
 
+// callerToken is another identity of the trusted issuer, with a jti, that
+// matches no workload (a service introspecting what it was sent).
+const callerToken = "eyJhbGciOiJFUzI1NiJ9.caller.sig"
+
 type fixture struct {
 	srv    *httptest.Server
 	sink   *brokertest.Sink
@@ -68,7 +72,9 @@ func newFixture(t *testing.T) *fixture {
 	pol := testPolicy(t, "    rate: {per_second: 1, burst: 1}", "")
 	f := &fixture{sink: &brokertest.Sink{}, minter: &brokertest.Minter{}}
 	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
-		Claims: map[string]any{"sub": "repo:acme/deploy"}}}
+		Claims: map[string]any{"sub": "repo:acme/deploy"}},
+		callerToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/verifier", JTI: "caller-jti-1",
+			Claims: map[string]any{"sub": "repo:acme/verifier"}}}
 	svc, err := broker.NewService(broker.Deps{
 		Policy:   func() *policies.Policy { return pol },
 		Authn:    func() broker.Authenticator { return authn },
@@ -366,14 +372,15 @@ func (f *fixture) introspect(t *testing.T, caller, token string) (int, map[strin
 // TestIntrospectResponse: SPEC "POST /v1/introspect": an active broker
 // credential answers sub (the workload), owner, sid, jti (the issuance id),
 // grant, iat, exp and iss; any other token answers exactly {"active":
-// false}; both are recorded as a use (an introspect event with a use id).
+// false}; both are recorded as a use (an introspect event with a use id)
+// naming the caller's identity token {iss, sub, jti}.
 func TestIntrospectResponse(t *testing.T) {
 	f := newFixture(t)
 	resp, tok := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
 	if resp.StatusCode != 200 {
 		t.Fatalf("exchange = %d %v", resp.StatusCode, tok)
 	}
-	status, got := f.introspect(t, goodToken, tok["access_token"].(string))
+	status, got := f.introspect(t, callerToken, tok["access_token"].(string))
 	if status != 200 {
 		t.Fatalf("introspect = %d %v, want 200", status, got)
 	}
@@ -390,7 +397,7 @@ func TestIntrospectResponse(t *testing.T) {
 		t.Errorf("introspect iat = %v, exp = %v; want Unix seconds 600 apart (the grant's TTL)", got["iat"], got["exp"])
 	}
 
-	status, got = f.introspect(t, goodToken, "hvs.not-a-broker-credential")
+	status, got = f.introspect(t, callerToken, "hvs.not-a-broker-credential")
 	if diff := cmp.Diff(map[string]any{"active": false}, got); status != 200 || diff != "" {
 		t.Errorf("introspect of an unknown token = %d, body (-want +got):\n%s", status, diff)
 	}
@@ -407,6 +414,10 @@ func TestIntrospectResponse(t *testing.T) {
 	for i, ev := range uses {
 		if !strings.HasPrefix(ev.UseID, broker.PrefixUse) || ev.Outcome == nil || ev.Outcome.Status != 200 {
 			t.Errorf("introspect event %d: use_id %q, outcome %+v; want a use_ id and status 200", i, ev.UseID, ev.Outcome)
+		}
+		wantID := &audit.Identity{Iss: "https://ci.example", Sub: "repo:acme/verifier", JTI: "caller-jti-1"}
+		if diff := cmp.Diff(wantID, ev.Identity); diff != "" {
+			t.Errorf("introspect event %d: identity (-want +got):\n%s", i, diff)
 		}
 	}
 	if uses[0].IssuanceID != tok["issuance_id"] || uses[1].IssuanceID != "" {
