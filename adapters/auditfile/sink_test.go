@@ -1243,3 +1243,34 @@ func TestLockWaitsForVerify(t *testing.T) {
 		t.Errorf("Open() after the reader let go = %v", err)
 	}
 }
+
+// TestCheckpointDefaultsMeetSPEC: with the defaults the server uses (no
+// CheckpointEvery, no CheckpointInterval), a checkpoint follows at most
+// 1,000 events and at most 60 s (SPEC "Audit log").
+func TestCheckpointDefaultsMeetSPEC(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	tick := make(chan time.Time)
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, NoFsync: true}, seams{tick: tick})
+
+	appendN(t, s, 1000)
+	evs := readEvents(t, path)
+	if len(evs) != 1001 || evs[1000].Type != audit.TypeCheckpoint {
+		t.Fatalf("after 1,000 events: %d lines, the last %v; want a checkpoint as line 1,001", len(evs), types(t, path)[len(evs)-1])
+	}
+
+	appendN(t, s, 1)
+	clk.Advance(60 * time.Second)
+	tick <- time.Time{}
+	tick <- time.Time{} // the writer has handled the first tick
+	if got, want := types(t, path)[1001:], []string{"1002:use", "1003:checkpoint"}; !cmp.Equal(got, want) {
+		t.Errorf("60 s after the last checkpoint, one event since: lines %v, want %v", got, want)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}
