@@ -79,3 +79,41 @@ tls: {cert_file: /etc/keytrail/tls.crt, key_file: /etc/keytrail/tls.key, client_
 		})
 	}
 }
+
+// TestLoadConfigEnvOverrides: SPEC "Server configuration": listen defaults
+// to 127.0.0.1:7700 and an absent store.redis_url means the in-memory store;
+// KEYTRAIL_LISTEN, VAULT_ADDR and KEYTRAIL_REDIS_URL override the file.
+func TestLoadConfigEnvOverrides(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
+	const base = "public_url: http://127.0.0.1:7700\naudit: {file: a.jsonl}\npolicy: "
+	tests := []struct {
+		name string
+		yaml string
+		env  map[string]string
+		want []string // listen, vault.address, store.redis_url
+	}{
+		{name: "ok/defaults", yaml: base + pol + "\nvault: {address: http://127.0.0.1:8200}\n",
+			want: []string{"127.0.0.1:7700", "http://127.0.0.1:8200", ""}},
+		{name: "ok/file", yaml: base + pol + "\nlisten: 127.0.0.1:7800\nvault: {address: http://127.0.0.1:8200}\nstore: {redis_url: 'redis://file:6379/0'}\n",
+			want: []string{"127.0.0.1:7800", "http://127.0.0.1:8200", "redis://file:6379/0"}},
+		{name: "ok/env-over-file", yaml: base + pol + "\nlisten: 127.0.0.1:7800\nvault: {address: http://127.0.0.1:8200}\nstore: {redis_url: 'redis://file:6379/0'}\n",
+			env:  map[string]string{"KEYTRAIL_LISTEN": "127.0.0.1:7900", "VAULT_ADDR": "https://vault.env:8200", "KEYTRAIL_REDIS_URL": "redis://env:6379/1"},
+			want: []string{"127.0.0.1:7900", "https://vault.env:8200", "redis://env:6379/1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "config.yaml", tt.yaml)
+			cfg, err := LoadConfig(p, func(k string) string { return tt.env[k] })
+			if err != nil {
+				t.Fatalf("LoadConfig() = %v, want ok", err)
+			}
+			got := []string{cfg.Listen, cfg.Vault.Address, cfg.Store.RedisURL}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("LoadConfig() listen, vault.address, store.redis_url (-want +got):\n%s", diff)
+			}
+			if shared := cfg.Store.Shared(); shared != (tt.want[2] != "") {
+				t.Errorf("Store.Shared() = %v with redis_url %q", shared, tt.want[2])
+			}
+		})
+	}
+}
