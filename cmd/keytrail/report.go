@@ -52,7 +52,12 @@ written; 2 usage.`,
 		Example: `  keytrail report
   keytrail report --format html --out report.html
   keytrail report --audit-log /var/lib/keytrail/ --policy /etc/keytrail/policies --format json`,
-		Args: cobra.NoArgs,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 && cmd.Flags().Changed("audit-log") {
+				return fmt.Errorf("unexpected argument %q: takes no arguments%s", args[0], auditLogsHint(cmd))
+			}
+			return cobra.NoArgs(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch format {
 			case "text", "json", "html":

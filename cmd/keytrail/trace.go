@@ -47,7 +47,8 @@ hex and as decimal: when both name an issuance, the other is listed as also
 matched. A value may be copied with its quotes (PostgreSQL's role "kt-iss-...")
 or an "Authorization: Bearer " prefix: it is read without them.
 
-Offline, with --audit-log FILE... (no broker needed): the files are read with
+Offline, with --audit-log FILE... (no broker needed; several files as
+--audit-log A --audit-log B or --audit-log A,B): the files are read with
 their rotated siblings (FILE.<timestamp>, oldest first); a directory stands
 for every *.jsonl file in it. Files that take longer than 5 s to read get a
 progress line on stderr every 5 s.
@@ -71,7 +72,16 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 		Example: `  keytrail trace hvs.CAESI... --audit-log /var/lib/keytrail/audit.jsonl
   keytrail trace sha256:9f86d081... --json
   keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
-		Args: cobra.MaximumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				hint := auditLogsHint(cmd)
+				if hint == "" {
+					hint = "; quote a VALUE that has spaces"
+				}
+				return fmt.Errorf("takes one VALUE, got %d arguments%s", len(args), hint)
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := onlineFlagsOffline(cmd, auditLogs); err != nil {
 				return err
@@ -204,6 +214,16 @@ func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result
 // mode (server and admin token) together with --audit-log, which answers
 // offline without them (an operator who names a server expects its answer,
 // not the files'), and --max-events without --audit-log.
+// auditLogsHint explains, after --audit-log, how to name several audit
+// files: "--audit-log FILE..." takes one file per flag, so the second file
+// of "--audit-log a.jsonl b.jsonl" (or of a shell glob) is an argument.
+func auditLogsHint(cmd *cobra.Command) string {
+	if !cmd.Flags().Changed("audit-log") {
+		return ""
+	}
+	return "; name several audit files as --audit-log A --audit-log B, --audit-log A,B or their directory"
+}
+
 func onlineFlagsOffline(cmd *cobra.Command, auditLogs []string) error {
 	if len(auditLogs) == 0 {
 		if cmd.Flags().Changed("max-events") {

@@ -368,3 +368,37 @@ func TestTraceValueFromVaultAuditLog(t *testing.T) {
 		t.Errorf("trace of the broker's own accessor = %v, want not found (exit 1)", err)
 	}
 }
+
+// TestAuditLogSeveralFiles: SPEC "CLI" writes trace's and report's
+// offline files as --audit-log FILE...: each of --audit-log A --audit-log B,
+// --audit-log A,B and a directory reads both files, and "--audit-log A B"
+// (a shell glob after one flag) is a usage error (exit 2) that says how to
+// name several files instead of only counting arguments.
+func TestAuditLogSeveralFiles(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	other := writeFile(t, t.TempDir(), "other.jsonl", "")
+	for _, args := range [][]string{
+		{"trace", cliIssID, "--audit-log", other, "--audit-log", live},
+		{"trace", cliIssID, "--audit-log", other + "," + live},
+		{"trace", cliIssID, "--audit-log", dir},
+	} {
+		if out, _, err := runCLI(t, nil, args...); err != nil || !strings.Contains(out, "issuance "+cliIssID) {
+			t.Errorf("keytrail %s = %v, want the issuance\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	const hint = "name several audit files as --audit-log A --audit-log B, --audit-log A,B or their directory"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"trace", cliIssID, "--audit-log", other, live}, "trace: takes one VALUE, got 2 arguments; " + hint},
+		{[]string{"report", "--audit-log", other, live}, "report: unexpected argument \"" + live + "\": takes no arguments; " + hint},
+		{[]string{"trace", "connection", "authorized:", "user=kt-iss-x"}, "trace: takes one VALUE, got 3 arguments; quote a VALUE that has spaces"},
+	} {
+		_, _, err := runCLI(t, nil, tc.args...)
+		if exitCode(err) != exitUsage || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("keytrail %s = %v (exit %d), want exit 2 saying %q", strings.Join(tc.args, " "), err, exitCode(err), tc.want)
+		}
+	}
+}
