@@ -436,11 +436,20 @@ func (c *Config) validate(file string) error {
 		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")
 	}
 	if c.TLS != nil {
-		if c.TLS.CertFile == "" {
-			bad("tls.cert_file", "is required when tls is set")
-		}
-		if c.TLS.KeyFile == "" {
-			bad("tls.key_file", "is required when tls is set")
+		// Checked here, with every other problem: the server reads them
+		// only once it is wired (Vault login, audit log opened) and about
+		// to listen.
+		for _, f := range []struct{ field, path string }{
+			{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile}, {"tls.client_ca_file", c.TLS.ClientCAFile},
+		} {
+			switch {
+			case f.path == "" && f.field != "tls.client_ca_file":
+				bad(f.field, "is required when tls is set")
+			case f.path != "":
+				if _, err := os.Stat(f.path); err != nil {
+					bad(f.field, "%v", err)
+				}
+			}
 		}
 	}
 	switch c.Log.Level {

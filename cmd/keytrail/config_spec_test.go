@@ -19,6 +19,9 @@ func TestLoadConfigSpecExample(t *testing.T) {
 	keyFile := writeFile(t, dir, "checkpoint.key", "")
 	roleID := writeFile(t, dir, "role-id", "r\n")
 	secretID := writeFile(t, dir, "secret-id", "s\n")
+	certFile := writeFile(t, dir, "tls.crt", "")
+	tlsKey := writeFile(t, dir, "tls.key", "")
+	clientCA := writeFile(t, dir, "clients.pem", "")
 	spec := func(vault string) string {
 		return `listen: 127.0.0.1:7700             # KEYTRAIL_LISTEN
 public_url: https://keytrail.internal:7700   # iss of broker JWTs, discovery base
@@ -31,7 +34,7 @@ store:
 audit:
   file: /var/lib/keytrail/audit.jsonl
   checkpoint_key_file: ` + keyFile + `   # or checkpoint_transit_key
-tls: {cert_file: /etc/keytrail/tls.crt, key_file: /etc/keytrail/tls.key, client_ca_file: /etc/keytrail/clients.pem}
+tls: {cert_file: ` + certFile + `, key_file: ` + tlsKey + `, client_ca_file: ` + clientCA + `}
 `
 	}
 	tests := []struct {
@@ -72,7 +75,7 @@ tls: {cert_file: /etc/keytrail/tls.crt, key_file: /etc/keytrail/tls.key, client_
 				t.Errorf("LoadConfig().Vault.Auth (-want +got):\n%s", diff)
 			}
 			got := []string{cfg.Listen, cfg.PublicURL, cfg.Vault.Address, cfg.Store.RedisURL, cfg.Audit.CheckpointKeyFile, cfg.TLS.ClientCAFile}
-			want := []string{"127.0.0.1:7700", "https://keytrail.internal:7700", "https://vault.internal:8200", "redis://redis:6379/0", keyFile, "/etc/keytrail/clients.pem"}
+			want := []string{"127.0.0.1:7700", "https://keytrail.internal:7700", "https://vault.internal:8200", "redis://redis:6379/0", keyFile, clientCA}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("LoadConfig() listen, public_url, vault.address, store.redis_url, audit.checkpoint_key_file, tls.client_ca_file (-want +got):\n%s", diff)
 			}

@@ -212,6 +212,13 @@ func TestLoadConfig(t *testing.T) {
 				`config.yaml: log: must be a mapping, not "info" (line 6)`,
 				`config.yaml: listen: written twice (first at line 7) (line 8)`}},
 		{name: "fail/word-for-list", yaml: "store: {addrs: a:1}\n", wantErr: []string{`config.yaml: store.addrs: must be a list, not "a:1" (line 1)`}},
+		// The TLS files were read only after the broker had logged in to
+		// Vault and written to its audit log, one problem at a time and
+		// without the config file's name.
+		{name: "fail/tls-files-missing", yaml: "public_url: https://k.example\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nlisten: 0.0.0.0:7700\ntls: {cert_file: /nope/c.pem, key_file: /nope/k.pem, client_ca_file: /nope/ca.pem}\nlog: {level: loud}\n",
+			wantErr: []string{"config.yaml: tls.cert_file: stat /nope/c.pem", "config.yaml: tls.key_file: stat /nope/k.pem", "config.yaml: tls.client_ca_file: stat /nope/ca.pem", "config.yaml: log.level"}},
+		{name: "fail/tls-without-files", yaml: "public_url: https://k.example\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\ntls: {}\n",
+			wantErr: []string{"config.yaml: tls.cert_file: is required", "config.yaml: tls.key_file: is required"}},
 		{name: "ok/zero-durations-are-defaults", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v, timeout: 0s}\naudit: {file: a, rotate_every: 0s}\nshutdown_timeout: 0s\n"},
 	}
 	for _, tt := range tests {
