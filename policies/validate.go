@@ -535,15 +535,18 @@ func validateGrant(v *validator, l loc, g *Grant) {
 		if g.JWT.Audience == "" {
 			v.add(l.file, l.path+".jwt.audience", "required")
 		}
-		if g.JWT.TransitKey == "" {
+		switch k := g.JWT.TransitKey; {
+		case k == "":
 			v.add(l.file, l.path+".jwt.transit_key", "required")
+		case !validTransitKey(k):
+			v.add(l.file, l.path+".jwt.transit_key", `%q must be a transit key name (one path segment, no ":", "?", "#", "%%", "\" or spaces)`, k)
 		}
 	}
 	if g.Kind == KindVaultDynamic && g.VaultDynamic != nil {
-		checkVaultPath(v, l.file, l.path+".vault_dynamic.path", g.VaultDynamic.Path)
+		checkVaultPath(v, l.file, l.path+".vault_dynamic.path", g.VaultDynamic.Path, strictPathRefuse, strictPathReason)
 	}
 	if g.Kind == KindPKI && g.PKI != nil {
-		checkVaultPath(v, l.file, l.path+".pki.path", g.PKI.Path)
+		checkVaultPath(v, l.file, l.path+".pki.path", g.PKI.Path, strictPathRefuse, strictPathReason)
 		if g.PKI.Path != "" && !pkiIssuePath(g.PKI.Path) {
 			v.add(l.file, l.path+".pki.path", "must be an issue path: <mount>/issue/<role> or <mount>/issuer/<ref>/issue/<role>")
 		}
@@ -625,8 +628,21 @@ func checkCAFile(v *validator, file, path, caFile string) {
 	}
 }
 
-// checkVaultPath checks a Vault API path relative to /v1/.
-func checkVaultPath(v *validator, file, p, val string) {
+// The characters a Vault API path may not hold: what the adapters refuse
+// where the path is used (adapters/vault validName for vault_dynamic and
+// pki paths, KVSecrets for vault_kv), so that a path every mint would fail
+// on is a problem of the policy file, not a vault_config error at each
+// exchange.
+const (
+	strictPathRefuse = "?#%\\ "
+	strictPathReason = `must not contain "?", "#", "%", "\" or spaces`
+	kvPathRefuse     = "?#"
+	kvPathReason     = `must not contain "?" or "#"`
+)
+
+// checkVaultPath checks a Vault API path relative to /v1/; refuse lists
+// characters it may not contain, reason says so.
+func checkVaultPath(v *validator, file, p, val, refuse, reason string) {
 	switch {
 	case val == "":
 		v.add(file, p, "required")
@@ -634,7 +650,16 @@ func checkVaultPath(v *validator, file, p, val string) {
 		v.add(file, p, "must not start with \"/\" (it is relative to /v1/)")
 	case slices.ContainsFunc(strings.Split(val, "/"), func(s string) bool { return s == "" || s == "." || s == ".." }):
 		v.add(file, p, "must not contain empty, \".\" or \"..\" segments")
+	case strings.ContainsAny(val, refuse):
+		v.add(file, p, "%s", reason)
 	}
+}
+
+// validTransitKey reports whether k can name a transit key in a Vault path
+// (<mount>/keys/<k>, <mount>/sign/<k>) and in a kid ("<k>:<version>"): one
+// path segment, the rule audit.checkpoint_transit_key follows too.
+func validTransitKey(k string) bool {
+	return k != "." && k != ".." && !strings.ContainsAny(k, "/: \t?#%\\")
 }
 
 func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
@@ -668,7 +693,7 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
 	if px.Secret.VaultKV == "" {
 		v.add(file, bp+".secret.vault_kv", "required")
 	} else {
-		checkVaultPath(v, file, bp+".secret.vault_kv", px.Secret.VaultKV)
+		checkVaultPath(v, file, bp+".secret.vault_kv", px.Secret.VaultKV, kvPathRefuse, kvPathReason)
 	}
 	if px.Secret.Field == "" {
 		v.add(file, bp+".secret.field", "required")

@@ -276,6 +276,23 @@ func TestParseValidation(t *testing.T) {
 			[]string{`t.yaml: grants[0].vault_dynamic.path: must not start with "/" (it is relative to /v1/)`}},
 		{"fail/grant-vault-dynamic-dotdot", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {path: database/../sys/x}}]`},
 			[]string{`t.yaml: grants[0].vault_dynamic.path: must not contain empty, "." or ".." segments`}},
+		// Characters the Vault adapters refuse at mint time (every mint of
+		// the grant would fail with vault_config) are refused here, where
+		// the problem names the file and field.
+		{"fail/grant-vault-dynamic-query", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {path: "database/creds/x?list=true"}}]`},
+			[]string{`t.yaml: grants[0].vault_dynamic.path: must not contain "?", "#", "%", "\" or spaces`}},
+		{"fail/grant-vault-dynamic-escaped-slash", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {path: "database/creds/x%2F..%2Fsys"}}]`},
+			[]string{`t.yaml: grants[0].vault_dynamic.path: must not contain "?", "#", "%", "\" or spaces`}},
+		{"fail/grant-pki-path-fragment", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: "pki/issue/web#x"}}]`},
+			[]string{`t.yaml: grants[0].pki.path: must not contain "?", "#", "%", "\" or spaces`}},
+		{"fail/grant-jwt-transit-key-path", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {audience: a, transit_key: "../sys/x"}}]`},
+			[]string{`t.yaml: grants[0].jwt.transit_key: "../sys/x" must be a transit key name (one path segment, no ":", "?", "#", "%", "\" or spaces)`}},
+		{"fail/grant-jwt-transit-key-dotdot", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {audience: a, transit_key: ".."}}]`},
+			[]string{`t.yaml: grants[0].jwt.transit_key: ".." must be a transit key name (one path segment, no ":", "?", "#", "%", "\" or spaces)`}},
+		{"ok/grant-jwt-transit-key-dots-dashes", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {audience: a, transit_key: keytrail-signing.v2_x}}]`}, nil},
+		{"ok/proxy-kv-path-with-space", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "vault_kv: secret/data/x,", `vault_kv: "secret/data/my x",`, 1))}, nil},
+		{"fail/proxy-kv-path-query", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "vault_kv: secret/data/x,", `vault_kv: "secret/data/x?version=1",`, 1))},
+			[]string{`t.yaml: grants[0].proxy.secret.vault_kv: must not contain "?" or "#"`}},
 		{"fail/grant-pki-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {trust_domain: x}}]`},
 			[]string{"t.yaml: grants[0].pki.path: required"}},
 		{"ok/grant-pki-issuer-path", map[string]string{"grants": `[{name: g, kind: pki, ttl: 5m, pki: {path: pki/int/issuer/default/issue/web}}]`}, nil},
