@@ -24,7 +24,9 @@ type TokenInventoryOptions struct {
 
 // TokenInventory lists the Vault tokens that carry keytrail meta (an
 // issuance_id) and revokes them by accessor: the backend half of the
-// broker's reconciliation (broker.Reconciler).
+// broker's reconciliation (broker.Reconciler). A DynamicMinter reader token
+// is listed with kind vault_dynamic (the credential it holds), any other
+// with vault_token.
 //
 // Listing needs `LIST auth/token/accessors`, which Vault guards with sudo,
 // and `update` on auth/token/lookup-accessor; InventoryPolicy returns that
@@ -211,6 +213,12 @@ func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (c *broke
 	return c, c == nil && err == nil, err
 }
 
+// readerDisplayPrefix is how the display name Vault stores for the reader
+// token of the issuance starts (see DynamicMinter): "token-iss-<ULID>-".
+func readerDisplayPrefix(issuanceID string) string {
+	return displayNameSanitize.ReplaceAllString("token-"+issuanceID+"-", "-")
+}
+
 // parseTokenLookup reads the data of a lookup-accessor answer.
 func parseTokenLookup(accessor string, d map[string]any) (*broker.TaggedCredential, error) {
 	meta, _ := d["meta"].(map[string]any)
@@ -221,6 +229,11 @@ func parseTokenLookup(accessor string, d map[string]any) (*broker.TaggedCredenti
 	c := &broker.TaggedCredential{
 		Kind: broker.KindVaultToken, Ref: accessor, IssuanceID: str("issuance_id"),
 		Workload: str("workload"), Owner: str("owner"), SessionID: str("session_id"), Grant: str("grant"),
+	}
+	if dn, _ := d["display_name"].(string); strings.HasPrefix(dn, readerDisplayPrefix(c.IssuanceID)) {
+		// A DynamicMinter reader token: it holds the lease of a
+		// vault_dynamic credential, and its orphan_revoked event says so.
+		c.Kind = broker.KindVaultDynamic
 	}
 	if a, ok := d["accessor"].(string); ok && a != "" && a != accessor {
 		return nil, badResponse("lookup accessor", "answer names another accessor")

@@ -28,6 +28,29 @@ func TestParseTokenLookup(t *testing.T) {
 			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
 				SessionID: "ses_1", Grant: "g", CreatedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(2023, 11, 14, 22, 28, 20, 0, time.UTC)},
 		},
+		{
+			// A DynamicMinter reader token (display name
+			// "<issuance id>-<workload>"): its orphan_revoked event must
+			// name the kind of the credential it holds, vault_dynamic.
+			name: "ok/dynamic-reader-token",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-iss-1-app"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultDynamic, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g"},
+		},
+		{
+			name: "ok/vault-token-display-name",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g"},
+		},
+		{
+			// A reader token of another issuance with this meta (edited
+			// or copied) is not taken for this issuance's.
+			name: "ok/other-issuance-display-name",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-iss-2-app"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g"},
+		},
 		{name: "ok/root-token-no-meta", data: map[string]any{"accessor": "acc", "meta": nil, "creation_time": json.Number("1"), "expire_time": nil}},
 		{name: "ok/other-meta", data: map[string]any{"accessor": "acc", "meta": map[string]any{"team": "x"}}},
 		{name: "fail/other-accessor", data: map[string]any{"accessor": "zzz", "meta": meta}, wantErr: true},
