@@ -174,6 +174,66 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 		}
 	})
 
+	// A requested ttl is capped by the grant, never extends it: in Vault the
+	// token's explicit_max_ttl and ttl stay within the grant's 15m and it
+	// cannot be renewed; a JWT's exp-iat stays within orders-jwt's 5m; 0 is
+	// refused.
+	t.Run("ok/requested-ttl-capped-in-vault", func(t *testing.T) {
+		tok := env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments", "session": "pod-ttl"})
+		for _, tc := range []struct {
+			ttl      string
+			maxVault int64 // the token's explicit_max_ttl, exactly
+			maxJWT   int64
+		}{
+			{"99999999999999999999", 900, 300}, // beyond int64
+			{"86400", 900, 300},
+			{"60", 60, 60},
+		} {
+			status, body, _ := env.exchange(t, tok, "payments-vault", url.Values{"ttl": {tc.ttl}})
+			if status != 200 {
+				t.Fatalf("ttl=%s: exchange = %d %s, want 200", tc.ttl, status, body)
+			}
+			var res tokenResponse
+			mustJSON(t, body, &res)
+			vc, err := env.vault.Client.Clone()
+			if err != nil {
+				t.Fatal(err)
+			}
+			vc.SetToken(res.AccessToken)
+			self, err := vc.Auth().Token().LookupSelfWithContext(context.Background())
+			if err != nil {
+				t.Fatalf("ttl=%s: lookup-self: %v", tc.ttl, err)
+			}
+			maxTTL, _ := self.Data["explicit_max_ttl"].(json.Number).Int64()
+			ttl, _ := self.Data["ttl"].(json.Number).Int64()
+			if maxTTL != tc.maxVault || ttl <= 0 || ttl > tc.maxVault || self.Data["renewable"] != false || res.ExpiresIn <= 0 || res.ExpiresIn > tc.maxVault {
+				t.Errorf("ttl=%s: vault explicit_max_ttl %d, ttl %d, renewable %v, expires_in %d; want explicit_max_ttl %d, ttl and expires_in in (0, %d], not renewable",
+					tc.ttl, maxTTL, ttl, self.Data["renewable"], res.ExpiresIn, tc.maxVault, tc.maxVault)
+			}
+			if _, err := vc.Auth().Token().RenewSelfWithContext(context.Background(), 3600); err == nil {
+				t.Errorf("ttl=%s: renew-self of the minted token succeeded, want refused", tc.ttl)
+			}
+
+			status, body, _ = env.exchange(t, tok, "orders-jwt", url.Values{"ttl": {tc.ttl}})
+			if status != 200 {
+				t.Fatalf("ttl=%s: jwt exchange = %d %s, want 200", tc.ttl, status, body)
+			}
+			mustJSON(t, body, &res)
+			claims := jwt.MapClaims{}
+			if _, _, err := jwt.NewParser().ParseUnverified(res.AccessToken, claims); err != nil {
+				t.Fatalf("ttl=%s: jwt: %v", tc.ttl, err)
+			}
+			iat, _ := claims["iat"].(float64)
+			exp, _ := claims["exp"].(float64)
+			if life := int64(exp - iat); life <= 0 || life > tc.maxJWT || res.ExpiresIn > tc.maxJWT {
+				t.Errorf("ttl=%s: jwt exp-iat %ds, expires_in %d; want at most %ds", tc.ttl, life, res.ExpiresIn, tc.maxJWT)
+			}
+		}
+		if status, body, _ := env.exchange(t, tok, "payments-vault", url.Values{"ttl": {"0"}}); status != 400 || !strings.Contains(string(body), "invalid_request") {
+			t.Errorf("ttl=0: exchange = %d %s, want 400 invalid_request", status, body)
+		}
+	})
+
 	// Last: Vault down means 503 with Retry-After and no credential.
 	t.Run("fail/vault-down-503", func(t *testing.T) {
 		env.vault.Stop()
