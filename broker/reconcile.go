@@ -300,7 +300,9 @@ func (r *Reconciler) explained(ctx context.Context, refs []string, snap IssuedSn
 	}
 	for j, is := range found {
 		switch {
-		case is == nil || is.Kind != KindVaultToken || is.Refs.Accessor != ask[j]:
+		// The Vault tokens keytrail records by accessor: a vault_token's
+		// own and a vault_dynamic's reader token.
+		case is == nil || (is.Kind != KindVaultToken && is.Kind != KindVaultDynamic) || is.Refs.Accessor != ask[j]:
 		case !is.RevokedAt.IsZero():
 		case r.mustBeAudited(is, snap) && !snap.Issued(is.ID):
 		default:

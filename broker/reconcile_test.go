@@ -138,6 +138,26 @@ func TestReconcilerRunOnce(t *testing.T) {
 			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
 		},
 		{
+			// A DynamicMinter reader token whose vault_dynamic issuance
+			// the store holds with its accessor is explained by the store
+			// alone, like a vault_token's token: no Vault lookup per live
+			// database credential on every run.
+			name: "ok/recorded-dynamic-reader-token-known",
+			creds: func() []broker.TaggedCredential {
+				c := cred("iss_dyn", "acc_dyn", old)
+				c.Kind = broker.KindVaultDynamic
+				return []broker.TaggedCredential{c}
+			}(),
+			store: func() []*broker.Issuance {
+				is := issuance("iss_dyn", "acc_dyn", time.Time{}, "")
+				is.Kind = broker.KindVaultDynamic
+				is.Refs.LeaseID = "database/creds/rw/abc"
+				return []*broker.Issuance{is}
+			}(),
+			issued: issuedSet{"iss_dyn": true}, complete: true,
+			want: want{Report: broker.ReconcileReport{Listed: 1, Kept: 1, Known: 1}},
+		},
+		{
 			name:   "ok/no-record-revoked",
 			creds:  []broker.TaggedCredential{cred("iss_b", "acc_b", old)},
 			issued: issuedSet{},
