@@ -216,6 +216,39 @@ func TestRealVault(t *testing.T) {
 
 	t.Run("checkpoints", func(t *testing.T) { testRealVaultCheckpoints(ctx, t, bc) })
 
+	// After a rotation, JWTs keep the previous version's kid until the new
+	// version is DefaultPublishDelay old (Vault's creation_time), then use it.
+	t.Run("ok/jwt-after-rotation-waits-for-publication", func(t *testing.T) {
+		if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/"+harness.VaultSigningKey+"/rotate", nil); err != nil {
+			t.Fatal(err)
+		}
+		req := broker.MintRequest{
+			IssuanceID: "iss_01JROT", Workload: "orders-client", Owner: "team-orders", SessionID: "ses_r",
+			Grant: policies.Grant{Name: "orders-jwt", Kind: broker.KindJWT, JWT: &policies.JWTGrant{Audience: "orders-api", TransitKey: harness.VaultSigningKey}},
+			TTL:   time.Minute,
+		}
+		for _, tc := range []struct {
+			after time.Duration
+			kid   string
+		}{
+			{0, harness.VaultSigningKey + ":1"},
+			{vault.DefaultPublishDelay + time.Second, harness.VaultSigningKey + ":2"},
+		} {
+			now := time.Now().Add(tc.after)
+			m, err := vault.NewJWTMinter(vault.JWTMinterOptions{Client: bc, PublicURL: "https://keytrail.test", Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cred, err := m.Mint(ctx, req)
+			if err != nil {
+				t.Fatalf("Mint() %v after the rotation = %v", tc.after, err)
+			}
+			if cred.Fields["kid"] != tc.kid {
+				t.Errorf("Mint() %v after the rotation: kid %v, want %s", tc.after, cred.Fields["kid"], tc.kid)
+			}
+		}
+	})
+
 	// Last, as it wipes the server: the harness restarts an empty dev server
 	// on the same address and sets it up again; Kill ends it at once.
 	t.Run("ok/harness-restart-and-kill", func(t *testing.T) {
