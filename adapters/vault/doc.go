@@ -14,7 +14,8 @@
 //   - JWTMinter: broker.Minter for grants of kind jwt (JWTs signed by a
 //     transit key; the private key never leaves Vault);
 //   - TransitKeys: broker.PublicKeySource listing the transit public keys;
-//   - Health / HealthChecker: readiness through sys/health.
+//   - Health / HealthChecker: readiness through sys/health; TokenHealth:
+//     whether Vault accepts the broker's own token (lookup-self).
 //
 // Errors: every error returned is a *broker.Error of kind
 // broker.ErrUnavailable (the workload cannot fix a Vault problem; the broker

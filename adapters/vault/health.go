@@ -35,6 +35,18 @@ func Health(ctx context.Context, c *vaultapi.Client) error {
 	return nil
 }
 
+// TokenHealth checks that Vault accepts the client's token (the broker's
+// own, as Login keeps it) with auth/token/lookup-self, which every broker
+// policy allows: sys/health answers for a Vault that refuses a revoked or
+// expired broker token all the same, while every mint fails. A refusal is
+// ErrUnavailable with ReasonDenied, as the mints report it.
+func TokenHealth(ctx context.Context, c *vaultapi.Client) error {
+	if _, err := c.Auth().Token().LookupSelfWithContext(ctx); err != nil {
+		return translate("lookup-self of the broker token", err)
+	}
+	return nil
+}
+
 // HealthChecker is Health as a broker.Pinger for /readyz.
 type HealthChecker struct {
 	Client *vaultapi.Client

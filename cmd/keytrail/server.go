@@ -484,9 +484,13 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	return rt.auditPolicyLoad(ctx, pol, "start", nil)
 }
 
-// ready checks Vault, the store and the audit sink.
+// ready checks Vault (its health, and that it accepts the broker's own
+// token), the store and the audit sink.
 func (rt *brokerRuntime) ready(ctx context.Context) error {
 	if err := vaultad.Health(ctx, rt.vault); err != nil {
+		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "vault"}, err)
+	}
+	if err := vaultad.TokenHealth(ctx, rt.vault); err != nil {
 		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "vault"}, err)
 	}
 	if err := rt.store.Ping(ctx); err != nil {
