@@ -51,7 +51,8 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	if req.Token == "" {
 		return deny(missingBearer("missing_admin_token", "admin calls need an identity token as a Bearer token"))
 	}
-	id, err := s.d.Authn().Authenticate(ctx, req.Token)
+	pol, authn := s.policyAndAuthn()
+	id, err := authn.Authenticate(ctx, req.Token)
 	if err != nil {
 		return deny(err)
 	}
@@ -62,7 +63,6 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	if len(req.Target) > 0 {
 		details["target"] = req.Target
 	}
-	pol := s.d.Policy()
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return deny(errPolicyReloaded(id))
 	}

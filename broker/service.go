@@ -26,7 +26,9 @@ const (
 )
 
 // Deps are the Service's collaborators. Policy and Authn are functions so that
-// a policy reload can swap both atomically behind them.
+// a policy reload can swap both atomically behind them: both must read one
+// state that a reload replaces at once, with a new *policies.Policy each
+// time (a request reads them as a pair, see policyAndAuthn).
 type Deps struct {
 	Policy   func() *policies.Policy
 	Authn    func() Authenticator
@@ -130,7 +132,7 @@ type ExchangeResult struct {
 // issuance and makes its audit event durable (both at once). Any failure
 // after the mint revokes the credential again and returns ErrUnavailable.
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
-	pol := s.d.Policy()
+	pol, authn := s.policyAndAuthn()
 	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Source: auditSource(req.Source)}
 	if pol.HasGrant(req.Grant) {
 		// Only a grant policy knows: a caller, authenticated or not,
@@ -151,7 +153,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(Errorf(ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil))
 	}
 
-	id, err := s.d.Authn().Authenticate(ctx, req.SubjectToken)
+	id, err := authn.Authenticate(ctx, req.SubjectToken)
 	if err != nil {
 		return fail(err)
 	}
@@ -164,7 +166,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	}
 	var act []IdentityRef
 	if req.ActorToken != "" {
-		actor, err := s.d.Authn().Authenticate(ctx, req.ActorToken)
+		actor, err := authn.Authenticate(ctx, req.ActorToken)
 		if err == nil {
 			err = s.checkBrokerToken(ctx, req.ActorToken, actor)
 		}
@@ -474,6 +476,24 @@ func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 		return SessionID(id.IssuerName, "token-exp:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.Expiry.Unix(), 10))
 	}
 	return SessionID(id.IssuerName, "token:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.IssuedAt.Unix(), 10))
+}
+
+// policyAndAuthn returns the policy in force and the authenticator built
+// from it, read as one pair: a reload between the two reads would otherwise
+// pair the authenticator of one policy (its issuers, audiences, algorithms)
+// with the workloads and admins of the other. Should the policy change
+// while they are read, they are read again; reloads are rare, so this
+// loops once at most in practice. (A Deps.Policy that returned a new
+// pointer at every call would break the contract; the bound keeps it from
+// spinning, and Exchange's Trusts check still guards the issuer names.)
+func (s *Service) policyAndAuthn() (*policies.Policy, Authenticator) {
+	for i := 0; ; i++ {
+		pol := s.d.Policy()
+		a := s.d.Authn()
+		if s.d.Policy() == pol || i == 99 {
+			return pol, a
+		}
+	}
 }
 
 // errPolicyReloaded: the identity was verified by the authenticator of
