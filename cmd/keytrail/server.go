@@ -273,6 +273,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("vault: %w (set VAULT_TOKEN, vault.token_file or vault.auth)", err)
 	}
 	rt.vault = vc
+	// The first closer, so the last to run: everything that talks to Vault
+	// (the login, the audit sink's transit checkpoints) has stopped by then.
+	rt.closers = append(rt.closers, func() error { vaultad.CloseIdleConnections(vc); return nil })
 	st, err := rt.newPolicyState(pol, v, nil)
 	if err != nil {
 		return err
