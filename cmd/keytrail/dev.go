@@ -15,7 +15,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -88,6 +90,31 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
 		return err
 	}
+	// A second dev is refused before it starts anything: on the same --dir
+	// it would write over the first one's tokens and logs, and either way it
+	// would find 127.0.0.1:7701 or --listen taken only after starting Vault.
+	unlock, err := lockDevDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	probe, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("dev: --listen %s is in use (another keytrail dev or broker?): %w", o.listen, err)
+	}
+	probe.Close()
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		return err
+	}
+	iss.URL = devIssuerURL
+	ln, err := net.Listen("tcp", devIssuerAddr)
+	if err != nil {
+		return fmt.Errorf("dev: the demo issuer needs %s (the example policies trust it), which is in use (another keytrail dev?): %w", devIssuerAddr, err)
+	}
+	issSrv := &http.Server{Handler: devIssuerHandler(iss), ReadHeaderTimeout: 5 * time.Second}
+	go issSrv.Serve(ln)
+	defer issSrv.Close()
 	root, rootErr := devserver.RepoRoot()
 	if o.policy == "" {
 		if rootErr != nil {
@@ -128,19 +155,6 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 		}
 	}
 	progress("Vault dev server at %s (root token %q, audit log %s)", vp.Addr, vp.RootToken, vp.AuditLogPath)
-
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		return err
-	}
-	iss.URL = devIssuerURL
-	ln, err := net.Listen("tcp", devIssuerAddr)
-	if err != nil {
-		return fmt.Errorf("demo issuer needs %s (the example policies trust it): %w", devIssuerAddr, err)
-	}
-	issSrv := &http.Server{Handler: devIssuerHandler(iss), ReadHeaderTimeout: 5 * time.Second}
-	go issSrv.Serve(ln)
-	defer issSrv.Close()
 
 	tokens := map[string]string{}
 	for _, name := range []string{"payments-api", "ci-deploy", "secops"} {
@@ -244,6 +258,34 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// lockDevDir takes an exclusive flock on dir/dev.lock and writes our pid
+// into it, so that a second dev on the same state directory is refused with
+// the first one's pid. The lock ends with the process, however it ends.
+func lockDevDir(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, "dev.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("dev: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 32))
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("dev: another keytrail dev (pid %s) is running with --dir %s; stop it (Ctrl-C) or pass another --dir",
+				strings.TrimSpace(string(holder)), dir)
+		}
+		return nil, fmt.Errorf("dev: lock %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return func() {
+		_ = f.Truncate(0)
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		_ = f.Close()
+	}, nil
 }
 
 // devClaims are the demo identities: a Kubernetes-style service account, a
