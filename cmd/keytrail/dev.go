@@ -50,19 +50,22 @@ func newDevCmd(e *env) *cobra.Command {
     audit log in --dir;
   - a demo workload that exchanges its token for a Vault token.
 
-It then prints commands to try. --once runs the demo, verifies the audit log
+It then prints commands to try. Ctrl-C (SIGINT) or SIGTERM stops the broker,
+the demo issuer and Vault; --dir is kept. One dev runs at a time: a second
+one on the same --dir (locked by its dev.lock), --listen or demo issuer port
+fails before starting anything. --once runs the demo, verifies the audit log
 and exits (used by the tests). The Vault binary comes from --vault-bin, else
 $KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
 
-Exit status: 0 stopped by Ctrl-C (with --once: the demo ran and the audit log
-verified); 1 something failed to start, the demo exchange failed or (with
---once) the audit log did not verify; 2 usage.`,
+Exit status: 0 stopped by Ctrl-C or SIGTERM (with --once: the demo ran and
+the audit log verified); 1 something failed to start, the demo exchange
+failed or (with --once) the audit log did not verify; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDev(cmd.Context(), e, devOptions{dir: dir, listen: listen, vaultBin: vaultBin, policy: policyPath, once: once})
 		},
 	}
-	c.Flags().StringVar(&dir, "dir", ".dev", "state directory (config, audit log, Vault logs, demo tokens)")
+	c.Flags().StringVar(&dir, "dir", ".dev", "state directory, kept after exit (audit log and checkpoint key, Vault logs, demo tokens)")
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:7700", "broker listen address (loopback: dev serves plain HTTP)")
 	c.Flags().StringVar(&vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
 	c.Flags().StringVar(&policyPath, "policy", "", "policy file or directory (default policies/examples)")
@@ -98,6 +101,14 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 		return err
 	}
 	defer unlock()
+	// What was started, said once it has all stopped (the deferred stops
+	// below run before this).
+	var started []string
+	defer func() {
+		if len(started) > 0 {
+			progress("stopped %s; state kept in %s (remove it to start afresh)", strings.Join(started, ", "), dir)
+		}
+	}()
 	probe, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("dev: --listen %s is in use (another keytrail dev or broker?): %w", o.listen, err)
@@ -115,6 +126,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	issSrv := &http.Server{Handler: devIssuerHandler(iss), ReadHeaderTimeout: 5 * time.Second}
 	go issSrv.Serve(ln)
 	defer issSrv.Close()
+	started = append(started, "the demo issuer")
 	root, rootErr := devserver.RepoRoot()
 	if o.policy == "" {
 		if rootErr != nil {
@@ -146,6 +158,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 		return fmt.Errorf("starting Vault: %w", err)
 	}
 	defer vp.Stop()
+	started = append([]string{fmt.Sprintf("Vault (pid %d)", vp.PID())}, started...)
 	for name, rules := range map[string]string{
 		"payments-read": `path "secret/data/payments/*" { capabilities = ["read"] }`,
 		"deploy":        `path "secret/data/deploy/*" { capabilities = ["read", "list"] }`,
@@ -154,7 +167,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 			return fmt.Errorf("vault policy %s: %w", name, err)
 		}
 	}
-	progress("Vault dev server at %s (root token %q, audit log %s)", vp.Addr, vp.RootToken, vp.AuditLogPath)
+	progress("Vault dev server at %s (pid %d, root token %q, audit log %s)", vp.Addr, vp.PID(), vp.RootToken, vp.AuditLogPath)
 
 	tokens := map[string]string{}
 	for _, name := range []string{"payments-api", "ci-deploy", "secops"} {
@@ -205,6 +218,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 		return fmt.Errorf("broker: %w", err)
 	case <-readyc:
 	}
+	started = append([]string{"the broker"}, started...)
 	progress("broker at %s (policy %s, audit log %s)", publicURL, o.policy, auditPath)
 
 	// The demo workload: exchange its identity token for a Vault token.
