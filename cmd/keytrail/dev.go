@@ -93,6 +93,21 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
 		return err
 	}
+	// Usage mistakes first, then what another dev may hold.
+	root, rootErr := devserver.RepoRoot()
+	if o.policy == "" {
+		if rootErr != nil {
+			return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --policy is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
+		}
+		o.policy = filepath.Join(root, "policies", "examples")
+	}
+	bin := o.vaultBin
+	if bin == "" {
+		bin = e.getenv("KEYTRAIL_VAULT_BIN")
+	}
+	if bin == "" && rootErr != nil {
+		return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --vault-bin is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
+	}
 	// A second dev is refused before it starts anything: on the same --dir
 	// it would write over the first one's tokens and logs, and either way it
 	// would find 127.0.0.1:7701 or --listen taken only after starting Vault.
@@ -127,22 +142,8 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	go issSrv.Serve(ln)
 	defer issSrv.Close()
 	started = append(started, "the demo issuer")
-	root, rootErr := devserver.RepoRoot()
-	if o.policy == "" {
-		if rootErr != nil {
-			return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --policy is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
-		}
-		o.policy = filepath.Join(root, "policies", "examples")
-	}
 
-	bin := o.vaultBin
 	if bin == "" {
-		bin = e.getenv("KEYTRAIL_VAULT_BIN")
-	}
-	if bin == "" {
-		if rootErr != nil {
-			return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --vault-bin is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
-		}
 		progress("getting the Vault server (built from the Go module proxy on first use: 10-20 min; later about a minute or less)...")
 		bin, err = devserver.BuildVault(ctx, root, e.stderr)
 		if err != nil {

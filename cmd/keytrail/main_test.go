@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -705,6 +706,34 @@ func TestDevListenIsAUsageError(t *testing.T) {
 		}
 		if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("dev --listen %s created %s (%v), want nothing started or written", listen, state, err)
+		}
+	}
+}
+
+// TestDevUsageErrorsBeforeItsPorts: a dev run outside the repository
+// without --policy or --vault-bin is a usage mistake (exit 2 naming the
+// flag) whether or not another dev holds the demo issuer's port; it was
+// reported as "127.0.0.1:7701 ... in use" (exit 1) when one did, since the
+// ports were checked first. 7701 is held here for the run (or is held by
+// someone else already: the same for this test).
+func TestDevUsageErrorsBeforeItsPorts(t *testing.T) {
+	if l, err := net.Listen("tcp", devIssuerAddr); err == nil {
+		defer l.Close()
+	}
+	out := t.TempDir()
+	t.Chdir(out)
+	pol := writeFile(t, out, "p.yaml", "version: 1\n")
+	for _, c := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"dev", "--dir", filepath.Join(out, "dev")}, "--policy"},
+		{[]string{"dev", "--dir", filepath.Join(out, "dev"), "--policy", pol}, "--vault-bin"},
+	} {
+		_, _, err := runCLI(t, nil, c.args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, c.flag+" is required outside the keytrail repository") {
+			t.Errorf("keytrail %v = %v, want exit 2 naming %s", c.args, err, c.flag)
 		}
 	}
 }
