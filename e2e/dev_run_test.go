@@ -32,18 +32,28 @@ type devRun struct {
 // the end of the test if it is still running.
 func startDev(t *testing.T, dir, listen string) *devRun {
 	t.Helper()
-	bin := harness.KeytrailBinary(t)
+	return startDevWith(t, []string{harness.KeytrailBinary(t)}, dir, listen)
+}
+
+// startDevWith is startDev with the command that runs keytrail, e.g.
+// {"go", "run", "./cmd/keytrail"}.
+func startDevWith(t *testing.T, keytrail []string, dir, listen string) *devRun {
+	t.Helper()
 	vault := harness.VaultBinary(t)
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		d := &devRun{out: &lockedBuffer{}, done: make(chan struct{}), dir: dir, listen: listen}
-		d.cmd = exec.Command(bin, "dev", "--dir", dir, "--listen", listen, "--vault-bin", vault)
+		args := append(keytrail[1:len(keytrail):len(keytrail)], "dev", "--dir", dir, "--listen", listen, "--vault-bin", vault)
+		d.cmd = exec.Command(keytrail[0], args...)
 		d.cmd.Dir = root
 		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+		// Under go run, dev shares the output pipe: a dev that outlives
+		// the go command must not keep Wait (and done) from returning.
+		d.cmd.WaitDelay = 30 * time.Second
 		if err := d.cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

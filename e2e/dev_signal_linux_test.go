@@ -79,6 +79,46 @@ func TestDevStopsEverythingOnSignal(t *testing.T) {
 	}
 }
 
+// TestDevUnderGoRunStopsWithTheGoCommand: under `go run ./cmd/keytrail
+// dev`, the README's command, a SIGTERM to the go command (what a
+// supervisor, an IDE's stop button or timeout(1) sends) ended it without
+// passing the signal on: keytrail dev and its Vault dev server kept running
+// and holding their ports. dev now stops, as on its own SIGTERM.
+func TestDevUnderGoRunStopsWithTheGoCommand(t *testing.T) {
+	dir := t.TempDir()
+	d := startDevWith(t, []string{"go", "run", "./cmd/keytrail"}, dir, fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)))
+	m := regexp.MustCompile(`Vault dev server at \S+ \(pid (\d+),`).FindStringSubmatch(d.out.String())
+	if m == nil {
+		t.Fatalf("dev does not say which Vault process it started:\n%s", d.out.String())
+	}
+	vaultPID, _ := strconv.Atoi(m[1])
+	devPID, ok := procParent(vaultPID)
+	if !ok {
+		t.Fatalf("Vault (pid %d) is not running", vaultPID)
+	}
+	if goPID, _ := procParent(devPID); goPID != d.cmd.Process.Pid {
+		t.Fatalf("dev (pid %d) has parent %d, want the go command %d", devPID, goPID, d.cmd.Process.Pid)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(devPID, syscall.SIGKILL) }) // if it outlived the test
+
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		name string
+		pid  int
+	}{{"keytrail dev", devPID}, {"Vault", vaultPID}} {
+		waitFor(t, 30*time.Second, fmt.Sprintf("%s (pid %d) to stop after the go command ended", p.name, p.pid), func() bool {
+			_, running := procParent(p.pid)
+			return !running
+		})
+	}
+	<-d.done // dev has exited: its output is complete
+	if want := "state kept in " + dir; !strings.Contains(d.out.String(), want) {
+		t.Errorf("dev's output lacks %q:\n%s", want, d.out.String())
+	}
+}
+
 // procParent returns the parent pid of a running process; ok is false when
 // pid has exited (gone, or a zombie nobody has reaped yet).
 func procParent(pid int) (ppid int, ok bool) {

@@ -62,7 +62,9 @@ the audit log verified); 1 something failed to start, the demo exchange
 failed or (with --once) the audit log did not verify; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runDev(cmd.Context(), e, devOptions{dir: dir, listen: listen, vaultBin: vaultBin, policy: policyPath, once: once})
+			ctx, cancel := stopWithGoRun(cmd.Context(), os.Getppid(), parentIsGoCommand)
+			defer cancel()
+			return runDev(ctx, e, devOptions{dir: dir, listen: listen, vaultBin: vaultBin, policy: policyPath, once: once})
 		},
 	}
 	c.Flags().StringVar(&dir, "dir", ".dev", "state directory, kept after exit (audit log and checkpoint key, Vault logs, demo tokens)")
@@ -273,6 +275,38 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// stopWithGoRun returns a context that also ends when dev's parent, ppid,
+// is the go command and ends. Under `go run ./cmd/keytrail dev`, the
+// README's command, a SIGTERM to the go command (a supervisor, an IDE's
+// stop button, timeout(1)) ended it without passing the signal on, which
+// left dev, its Vault dev server and its ports running; Ctrl-C reaches both
+// through the terminal's process group. Only under go: a dev started from a
+// shell with nohup must outlive that shell. (Not a parent-death signal: the
+// kernel sends one as each of the go command's threads exits, and a second
+// SIGTERM makes the broker exit at once.)
+func stopWithGoRun(ctx context.Context, ppid int, isGo func(ppid int) bool) (context.Context, context.CancelFunc) {
+	if !isGo(ppid) {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if os.Getppid() != ppid {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx, cancel
 }
 
 // lockDevDir takes an exclusive flock on dir/dev.lock and writes our pid
