@@ -169,3 +169,27 @@ func TestTestShInstallsWhatTheSuiteNeeds(t *testing.T) {
 		})
 	}
 }
+
+// TestFuzzShFailsWhenNothingMatches: scripts/fuzz.sh with a filter that
+// matched no target (a typo in a scheduled job) or was not a valid
+// extended regular expression (grep's exit 2 read as "no match") printed
+// "ran 0 target(s), 0 failed" and exited 0: green, having fuzzed nothing.
+// It now exits 1 naming the filter, before running go.
+func TestFuzzShFailsWhenNothingMatches(t *testing.T) {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ filter, want string }{
+		{"FuzzNoSuchTarget", "fuzz: no fuzz target matches FuzzNoSuchTarget"},
+		{"Fuzz(", "fuzz: bad filter Fuzz("},
+	} {
+		cmd := exec.Command("bash", filepath.Join(root, "scripts", "fuzz.sh"), c.filter)
+		cmd.Env = append(os.Environ(), "FUZZTIME=1x")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), c.want) {
+			t.Errorf("fuzz.sh %q: %v, want exit status 1 with %q; output:\n%s", c.filter, err, c.want, out)
+		}
+	}
+}

@@ -11,7 +11,8 @@
 #
 # A failing input is written by go test to the package's
 # testdata/fuzz/<Target>/ directory; commit it so it becomes a seed.
-# Exit status: 0 when every target ran clean, 1 when one or more failed.
+# Exit status: 0 when every target ran clean, 1 when one or more failed, or
+# when no target matches the filter (a typo must not fuzz nothing, green).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -30,6 +31,15 @@ if [ "$filter" = "-list" ]; then
   exit 0
 fi
 
+# grep exits 2 on a malformed pattern, which the loop below would take for
+# "no match".
+rc=0
+grep -Eq -- "$filter" </dev/null 2>/dev/null || rc=$?
+if [ "$rc" -gt 1 ]; then
+  echo "fuzz: bad filter $filter (an extended regular expression, as grep -E takes)" >&2
+  exit 1
+fi
+
 failed=()
 ran=0
 while read -r dir name; do
@@ -43,6 +53,10 @@ while read -r dir name; do
 done <<< "$targets"
 
 echo "fuzz: ran $ran target(s), ${#failed[@]} failed" >&2
+if [ "$ran" -eq 0 ]; then
+  echo "fuzz: no fuzz target matches $filter (scripts/fuzz.sh -list lists them)" >&2
+  exit 1
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'fuzz: FAILED %s\n' "${failed[@]}" >&2
   exit 1
