@@ -407,13 +407,21 @@ type waiter interface {
 }
 
 // replicated waits, on the connection that wrote, until MinReplicas
-// replicas acknowledged its writes, at most half of Options.Timeout;
-// unreplicated when fewer did.
+// replicas acknowledged its writes, at most half of Options.Timeout and of
+// what ctx has left; unreplicated when fewer did.
 func (s *Store) replicated(ctx context.Context, c waiter) error {
 	if s.minReplicas == 0 {
 		return nil
 	}
-	n, err := c.Wait(ctx, s.minReplicas, s.waitFor).Result()
+	wait := s.waitFor
+	if dl, ok := ctx.Deadline(); ok {
+		// WAIT's answer must arrive before the deadline, which is also the
+		// socket's: it gets at most half of what the write left, so a slow
+		// write (a loaded machine) still ends as unreplicated, not as an
+		// i/o timeout that says nothing about the replicas.
+		wait = max(min(wait, time.Until(dl)/2), time.Millisecond)
+	}
+	n, err := c.Wait(ctx, s.minReplicas, wait).Result()
 	if err != nil {
 		return err
 	}
