@@ -41,8 +41,9 @@ type opsMetrics struct {
 }
 
 // auditBuckets are the audit histograms' buckets, from 50 µs (an fsync on
-// fast local storage) to 1 s.
-var auditBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1}
+// fast local storage) to 5 s (a stalled disk; a checkpoint's signature may
+// take up to 5 s).
+var auditBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 
 func newOpsMetrics(reg prometheus.Registerer) (*opsMetrics, error) {
 	m := &opsMetrics{

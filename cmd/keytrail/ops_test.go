@@ -408,3 +408,47 @@ func TestPolicyStampIgnoresFilesTheLoaderDoesNotRead(t *testing.T) {
 		t.Errorf("changing a.yaml left the stamp unchanged")
 	}
 }
+
+// TestAuditBucketsBetweenTenthAndHalfSecond: the audit histograms tell a
+// 0.2s write from a 0.4s one (a disk slowing down), and a 2s one from a
+// stall of more than 5s (a checkpoint's signing waits up to 5s).
+func TestAuditBucketsBetweenTenthAndHalfSecond(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newOpsMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []prometheus.Histogram{m.auditSeconds, m.auditSync} {
+		for _, s := range []float64{0.2, 0.4, 2, 7} {
+			h.Observe(s)
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if name != "keytrail_audit_write_duration_seconds" && name != "keytrail_audit_sync_duration_seconds" {
+			continue
+		}
+		seen++
+		// The cumulative counts must take every value from 1 to 3: each
+		// observation but the last is told from the next one.
+		counts := map[uint64]bool{}
+		var bounds []float64
+		for _, b := range mf.GetMetric()[0].GetHistogram().GetBucket() {
+			counts[b.GetCumulativeCount()] = true
+			bounds = append(bounds, b.GetUpperBound())
+		}
+		for _, n := range []uint64{1, 2, 3} {
+			if !counts[n] {
+				t.Errorf("%s: no bucket holds exactly %d of the observations 0.2, 0.4, 2, 7 s (buckets %v)", name, n, bounds)
+			}
+		}
+	}
+	if seen != 2 {
+		t.Fatalf("gathered %d audit histograms, want 2", seen)
+	}
+}
