@@ -1725,6 +1725,10 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 	t := time.NewTicker(c.o.Interval)
 	defer t.Stop()
 	var notices <-chan Notice
+	// While the Store is down each of these fails at every refresh.
+	subFails := outage{log: c.o.Logger, what: "revocation notices: subscribe", first: "revocation notices: subscribe failed; relying on refresh"}
+	refreshFails := outage{log: c.o.Logger, what: "revocation cache refresh", first: "revocation cache refresh failed"}
+	fullFails := outage{log: c.o.Logger, what: "revocation cache full read", first: "revocation cache full read failed; retrying at the next refresh"}
 	subscribe := func() {
 		if c.o.Notifier == nil || notices != nil {
 			return
@@ -1732,10 +1736,11 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 		ch, err := c.o.Notifier.Subscribe(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation notices: subscribe failed; relying on refresh", slog.String("error", err.Error()))
+				subFails.fail(ctx, c.o.Now(), err)
 			}
 			return
 		}
+		subFails.ok(ctx, c.o.Now())
 		notices = ch
 	}
 	var fullDone chan error // non-nil while a full read runs
@@ -1744,8 +1749,11 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, c.o.Interval)
 		back, err := c.readChanges(rctx)
 		cancel()
-		if err != nil && ctx.Err() == nil {
-			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache refresh failed", slog.String("error", err.Error()))
+		switch {
+		case err == nil:
+			refreshFails.ok(ctx, c.o.Now())
+		case ctx.Err() == nil:
+			refreshFails.fail(ctx, c.o.Now(), err)
 		}
 		needFull = needFull || back
 		if fullDone != nil || !(needFull || c.fullDue(c.o.Now())) {
@@ -1773,11 +1781,12 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 			fullDone = nil
 			if err != nil {
 				if ctx.Err() == nil {
-					c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache full read failed; retrying at the next refresh", slog.String("error", err.Error()))
+					fullFails.fail(ctx, c.o.Now(), err)
 				}
 				needFull = true
 				continue
 			}
+			fullFails.ok(ctx, c.o.Now())
 			// Loaded (the first time, or again): the view is fresh now,
 			// not only at the next tick.
 			refresh()
@@ -1792,6 +1801,45 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 			refresh()
 		}
 	}
+}
+
+// outageLogEvery is how often a failure that recurs at every refresh is
+// logged again while it lasts.
+const outageLogEvery = time.Minute
+
+// outage logs one kind of failure that recurs at every refresh while the
+// Store is down (about once a second): the first at WARN, then at most once
+// per outageLogEvery with how long it has lasted and how many failures
+// there were, and its end at INFO. Used by one goroutine.
+type outage struct {
+	log   *slog.Logger
+	what  string // e.g. "revocation cache refresh"
+	first string // the first failure's message
+
+	since, logged time.Time // zero while it works
+	failures      int
+}
+
+func (o *outage) fail(ctx context.Context, now time.Time, err error) {
+	o.failures++
+	switch {
+	case o.since.IsZero():
+		o.since, o.logged = now, now
+		o.log.LogAttrs(ctx, slog.LevelWarn, o.first, slog.String("error", err.Error()))
+	case now.Sub(o.logged) >= outageLogEvery:
+		o.logged = now
+		o.log.LogAttrs(ctx, slog.LevelWarn, o.what+" still failing", slog.String("error", err.Error()),
+			slog.Duration("failing_for", now.Sub(o.since)), slog.Int("failures", o.failures))
+	}
+}
+
+func (o *outage) ok(ctx context.Context, now time.Time) {
+	if o.since.IsZero() {
+		return
+	}
+	o.log.LogAttrs(ctx, slog.LevelInfo, o.what+" recovered",
+		slog.Duration("failing_for", now.Sub(o.since)), slog.Int("failures", o.failures))
+	o.since, o.logged, o.failures = time.Time{}, time.Time{}, 0
 }
 
 // Store returns a Store that reads through to the underlying one and adds
