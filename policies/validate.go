@@ -483,6 +483,11 @@ func validateGrant(v *validator, l loc, g *Grant) {
 	} else if g.TTL < Duration(time.Second) {
 		// The minters issue whole seconds and refuse less (ttl_too_short).
 		v.add(l.file, l.path+".ttl", "%s is less than 1s: credentials are issued for whole seconds", g.TTL)
+	} else if ttl := g.TTLDuration(); ttl%time.Second != 0 {
+		// The minters would cut it to whole seconds while policy explain
+		// and the grant's description print the fraction.
+		down := ttl.Truncate(time.Second)
+		v.add(l.file, l.path+".ttl", "%s is not whole seconds: credentials are issued for whole seconds (write %s or %s)", g.TTL, down, down+time.Second)
 	}
 	blocks := []struct {
 		kind string

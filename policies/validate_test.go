@@ -249,6 +249,12 @@ func TestParseValidation(t *testing.T) {
 		{"fail/grant-ttl-under-a-second", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 500ms, vault_token: {policies: [p]}}]`},
 			[]string{"t.yaml: grants[0].ttl: 500ms is less than 1s: credentials are issued for whole seconds"}},
 		{"ok/grant-ttl-one-second", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 1s, vault_token: {policies: [p]}}]`}, nil},
+		// Minted as whole seconds (1s here) while policy explain said 1.5s.
+		{"fail/grant-ttl-fraction-of-a-second", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 1500ms, jwt: {audience: a, transit_key: k}}]`},
+			[]string{"t.yaml: grants[0].ttl: 1.5s is not whole seconds: credentials are issued for whole seconds (write 1s or 2s)"}},
+		{"fail/grant-ttl-minutes-and-a-fraction", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m0.25s, vault_token: {policies: [p]}}]`},
+			[]string{"t.yaml: grants[0].ttl: 5m0.25s is not whole seconds: credentials are issued for whole seconds (write 5m0s or 5m1s)"}},
+		{"ok/grant-ttl-hours-and-seconds", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 1h30s, vault_token: {policies: [p]}}]`}, nil},
 		// YAML turns 1.5 into 1 for an integer field: a fraction where a
 		// whole number belongs was silently truncated.
 		{"fail/fraction-for-integer", map[string]string{"version": "1.5",
@@ -574,6 +580,24 @@ grants:
 		`t.yaml: workloads[1].match.claims["a."]: "a." is not a dotted claim path (line 17)`,
 		`t.yaml: workloads[1].match: same match as workload "w" (t.yaml: workloads[0]): a token would match both; make workload matches disjoint (line 22)`,
 	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
+		t.Fatalf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
+// TestSubSecondTTLNamesTheLine: a grant ttl that is not whole seconds is a
+// problem naming the file, the field and its line.
+func TestSubSecondTTLNamesTheLine(t *testing.T) {
+	const policy = `version: 1
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 1500ms
+    vault_token:
+      policies: [p]
+`
+	_, err := Parse("t.yaml", []byte(policy))
+	want := []string{`t.yaml: grants[0].ttl: 1.5s is not whole seconds: credentials are issued for whole seconds (write 1s or 2s) (line 5)`}
 	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
 		t.Fatalf("Parse() problems (-want +got):\n%s", diff)
 	}
