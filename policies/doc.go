@@ -9,8 +9,9 @@
 // name, not recursive; a b.YAML there is a problem, not skipped) that are
 // merged into one policy; Parse takes one
 // document. Files are decoded strictly, defaults are applied
-// (max_token_lifetime 24h, rate burst ceil(per_second), proxy methods [GET],
-// header format "{secret}"), then everything is validated at once. A failure
+// (max_token_lifetime 24h when omitted, a written 0 being a problem; rate
+// burst ceil(per_second), proxy methods [GET], header format "{secret}"),
+// then everything is validated at once. A failure
 // is a *ValidationError whose Unwrap() []error returns one *Problem per
 // problem, printed as "<file>: <path>: <message> (line <n>)", the line of
 // the field (of the entry that lacks it, when it is not written), e.g.

@@ -378,13 +378,27 @@ func locate(problems []error, root func(file string) *yaml.Node) {
 // (`grants[2]`). Where the path leaves the document (a required field that
 // is not written) it is the line of the last node found; 0 when doc is nil.
 func nodeLine(doc *yaml.Node, path string) int {
+	line, _ := lookup(doc, path)
+	return line
+}
+
+// written reports whether the field path names is written in doc (with any
+// value, null included).
+func written(doc *yaml.Node, path string) bool {
+	_, n := lookup(doc, path)
+	return n != nil
+}
+
+// lookup finds the node path names in doc (see nodeLine): its line, and the
+// node itself, nil when the path leaves the document.
+func lookup(doc *yaml.Node, path string) (int, *yaml.Node) {
 	if doc == nil {
-		return 0
+		return 0, nil
 	}
 	n := doc
 	if n.Kind == yaml.DocumentNode {
 		if len(n.Content) == 0 {
-			return n.Line
+			return n.Line, nil
 		}
 		n = n.Content[0]
 	}
@@ -401,18 +415,18 @@ func nodeLine(doc *yaml.Node, path string) int {
 		case strings.HasPrefix(path, `["`):
 			q, err := strconv.QuotedPrefix(path[1:])
 			if err != nil {
-				return line
+				return line, nil
 			}
 			key, _ = strconv.Unquote(q)
 			path = strings.TrimPrefix(path[1+len(q):], "]")
 		case path[0] == '[':
 			end := strings.IndexByte(path, ']')
 			if end < 0 {
-				return line
+				return line, nil
 			}
 			i, err := strconv.Atoi(path[1:end])
 			if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
-				return line
+				return line, nil
 			}
 			path = path[end+1:]
 			n = n.Content[i]
@@ -426,7 +440,7 @@ func nodeLine(doc *yaml.Node, path string) int {
 			key, path = path[:end], path[end:]
 		}
 		if n.Kind != yaml.MappingNode {
-			return line
+			return line, nil
 		}
 		found := false
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -436,8 +450,8 @@ func nodeLine(doc *yaml.Node, path string) int {
 			}
 		}
 		if !found {
-			return line
+			return line, nil
 		}
 	}
-	return line
+	return line, n
 }

@@ -139,8 +139,10 @@ func compile(files []parsedFile) (*Policy, error) {
 	checkNames(&v, "admin", adminLocs, func(i int) string { return p.admins[i].Name }, map[string]int{})
 	checkNames(&v, "exception", exceptionLocs, func(i int) string { return p.exceptions[i].Name }, map[string]int{})
 
+	roots := fileRoots(files)
 	for i := range p.issuers {
-		validateIssuer(&v, issuerLocs[i], &p.issuers[i])
+		l := issuerLocs[i]
+		validateIssuer(&v, l, &p.issuers[i], written(roots(l.file), l.path+".max_token_lifetime"))
 		if iss := p.issuers[i].Issuer; iss != "" {
 			if j, dup := p.issByIss[iss]; dup {
 				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "issuer %q is already declared by %s; iss values must be unique", iss, issuerLocs[j])
@@ -257,8 +259,16 @@ func checkNames(v *validator, section string, locs []loc, name func(int) string,
 	}
 }
 
-func validateIssuer(v *validator, l loc, is *Issuer) {
+// validateIssuer validates is; lifetimeWritten says whether its
+// max_token_lifetime is written in the file (an omitted one defaults).
+func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 	if is.MaxTokenLifetime == 0 {
+		if lifetimeWritten {
+			// 0 means "no limit" to some readers (Vault's
+			// explicit_max_ttl) and "the default" to others (Vault's
+			// max_ttl): neither is guessed.
+			v.add(l.file, l.path+".max_token_lifetime", "must be > 0 (omit it for the default, 24h)")
+		}
 		is.MaxTokenLifetime = Duration(DefaultMaxTokenLifetime)
 	}
 	if is.Issuer == "" {

@@ -154,6 +154,15 @@ func TestParseValidation(t *testing.T) {
 			[]string{`t.yaml: issuers[0].algorithms[0]: unsupported algorithm "rs256" (want one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)`}},
 		{"fail/issuer-lifetime-negative", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: -1h}]`},
 			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0"}},
+		// 0 reads as "no limit" to some (Vault's explicit_max_ttl) and as
+		// "the default" to others (Vault's max_ttl): it silently meant 24h.
+		{"fail/issuer-lifetime-zero", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: 0s}]`},
+			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0 (omit it for the default, 24h)"}},
+		{"fail/issuer-lifetime-bare-zero", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: 0}]`},
+			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0 (omit it for the default, 24h)"}},
+		{"fail/issuer-lifetime-no-value", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: }]`},
+			[]string{"t.yaml: issuers[0].max_token_lifetime: must be > 0 (omit it for the default, 24h)"}},
+		{"ok/issuer-lifetime-omitted", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`}, nil},
 		{"fail/issuer-session-claim", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "a..b"}]`},
 			[]string{`t.yaml: issuers[0].session_claim: "a..b" is not a dotted claim path (or several joined by +)`}},
 		{"ok/issuer-session-claims", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+run_attempt"}]`}, nil},
