@@ -437,8 +437,19 @@ func anchored(p string) (*regexp.Regexp, error) {
 	if _, err := regexp.Compile(p); err != nil {
 		return nil, err
 	}
-	return regexp.Compile(`^(?:` + p + `)$`)
+	re, err := regexp.Compile(`^(?:` + p + `)$`)
+	// On its own p compiled, so the wrapping broke it: a \Q that quotes to
+	// the end of p quoted the ")$" too ("missing closing )"). A \E outside
+	// \Q is an error, so p+`\E` compiling proves that is what happened.
+	if err != nil {
+		if _, qerr := regexp.Compile(p + `\E`); qerr == nil {
+			return nil, errUnterminatedQuote
+		}
+	}
+	return re, err
 }
+
+var errUnterminatedQuote = errors.New(`\Q without a closing \E: end the quoted text with \E`)
 
 // regexpReason is the regexp error of pattern p, without p itself when the
 // error quotes all of it (the field path already names it); a fragment of

@@ -213,6 +213,14 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: workloads[0].match.subject: required (or subject_pattern)"}},
 		{"fail/workload-subject-pattern-regexp", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "a(b"}, grants: [g]}]`},
 			[]string{"t.yaml: workloads[0].match.subject_pattern: invalid regexp: missing closing )"}},
+		// On its own \Q quotes to the end of the pattern; wrapped in
+		// ^(?:...)$ it quoted the ")$" too, and the message was
+		// "missing closing )".
+		{"fail/workload-subject-pattern-unterminated-quote", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "repo:\\Qacme/api.v1"}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.subject_pattern: invalid regexp: \\Q without a closing \\E: end the quoted text with \\E"}},
+		{"fail/workload-claim-pattern-unterminated-quote", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claim_patterns: {ns: "\\Qa\\Eb\\Qc"}}, grants: [g]}]`},
+			[]string{"t.yaml: workloads[0].match.claim_patterns[\"ns\"]: invalid regexp: \\Q without a closing \\E: end the quoted text with \\E"}},
+		{"ok/workload-subject-pattern-quoted", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "repo:\\Qacme/api.v1\\E"}, grants: [g]}]`}, nil},
 		// Wrapped in ^(?:...)$ this compiles and escapes the anchors: it
 		// would give the workload to sub "repo:acme/api-evil-fork".
 		{"fail/workload-subject-pattern-escapes-anchors", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "repo:acme/api)|(?:repo:acme/web"}, grants: [g]}]`},
