@@ -134,29 +134,6 @@ func TestPruneKeepsRevocationsAndBlocks(t *testing.T) {
 	}
 }
 
-func TestRefTakenOverByAnotherIssuance(t *testing.T) {
-	// Issuance b reuses a's accessor, then a is overwritten: the accessor
-	// must still find b.
-	s := memstore.New(storetest.Epoch)
-	ctx := t.Context()
-	a := storetest.SampleIssuance("iss_a", storetest.Epoch())
-	b := storetest.SampleIssuance("iss_b", storetest.Epoch())
-	b.Refs.Accessor = a.Refs.Accessor
-	for _, is := range []*broker.Issuance{a, b} {
-		if err := s.PutIssuance(ctx, is); err != nil {
-			t.Fatalf("PutIssuance(%s) = %v", is.ID, err)
-		}
-	}
-	a.Refs.Accessor = "acc-other"
-	if err := s.PutIssuance(ctx, a); err != nil {
-		t.Fatalf("PutIssuance(a) = %v", err)
-	}
-	got, err := s.FindIssuance(ctx, broker.RefAccessor, b.Refs.Accessor)
-	if err != nil || got.ID != "iss_b" {
-		t.Errorf("FindIssuance(accessor, %s) = %v, %v, want iss_b", b.Refs.Accessor, got, err)
-	}
-}
-
 func BenchmarkPutIssuance(b *testing.B) {
 	storetest.BenchPutIssuance(b, memstore.New(storetest.Epoch))
 }

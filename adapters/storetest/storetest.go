@@ -122,6 +122,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("find", func(t *testing.T) { testFind(t, newStore) })
 	t.Run("find-many", func(t *testing.T) { testFindMany(t, newStore) })
 	t.Run("overwrite", func(t *testing.T) { testOverwrite(t, newStore) })
+	t.Run("overwrite-expiry", func(t *testing.T) { testOverwriteExpiry(t, newStore) })
 	t.Run("list", func(t *testing.T) { testList(t, newStore) })
 	t.Run("revocation", func(t *testing.T) { testRevocation(t, newStore) })
 	t.Run("revocation-version", func(t *testing.T) { testRevocationVersion(t, newStore) })
@@ -289,6 +290,45 @@ func testFind(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		_, err := s.FindIssuance(ctx(t), broker.RefKind("colour"), "red")
 		wantErr(t, "FindIssuance(colour, red)", err, broker.ErrInvalidRequest)
 	})
+	t.Run("ok/same-value-under-several-kinds", func(t *testing.T) {
+		// One string under several kinds of one issuance: each kind has
+		// its own index, and each finds the issuance.
+		is := SampleIssuance("iss_samevalue", Epoch())
+		is.Refs.JTI, is.Refs.Serial, is.RequestID = "shared-value", "shared-value", "shared-value"
+		mustPut(t, s, is)
+		for _, kind := range []broker.RefKind{broker.RefJTI, broker.RefSerial, broker.RefRequestID} {
+			got, err := s.FindIssuance(ctx(t), kind, "shared-value")
+			if err != nil || got.ID != is.ID {
+				t.Errorf("FindIssuance(%s, shared-value) = %v, %v, want %s", kind, got, err, is.ID)
+			}
+		}
+		_, err := s.FindIssuance(ctx(t), broker.RefAccessor, "shared-value")
+		wantErr(t, "FindIssuance(accessor, shared-value)", err, broker.ErrNotFound)
+	})
+	t.Run("ok/ref-taken-over", func(t *testing.T) {
+		// c reuses b's accessor (the last put wins); b's overwrite to
+		// another accessor leaves c found by it, and b by its new one.
+		b := SampleIssuance("iss_take_b", Epoch())
+		c := SampleIssuance("iss_take_c", Epoch())
+		c.Refs.Accessor = b.Refs.Accessor
+		mustPut(t, s, b)
+		mustPut(t, s, c)
+		got, err := s.FindIssuance(ctx(t), broker.RefAccessor, b.Refs.Accessor)
+		if err != nil || got.ID != c.ID {
+			t.Errorf("FindIssuance(accessor, %s) = %v, %v, want %s (stored last)", b.Refs.Accessor, got, err, c.ID)
+		}
+		moved := SampleIssuance("iss_take_b", Epoch())
+		moved.Refs.Accessor = "acc-take-b-new"
+		mustPut(t, s, moved)
+		got, err = s.FindIssuance(ctx(t), broker.RefAccessor, c.Refs.Accessor)
+		if err != nil || got.ID != c.ID {
+			t.Errorf("FindIssuance(accessor, %s) after %s moved = %v, %v, want %s", c.Refs.Accessor, b.ID, got, err, c.ID)
+		}
+		got, err = s.FindIssuance(ctx(t), broker.RefAccessor, "acc-take-b-new")
+		if err != nil || got.ID != b.ID {
+			t.Errorf("FindIssuance(accessor, acc-take-b-new) = %v, %v, want %s", got, err, b.ID)
+		}
+	})
 	t.Run("ok/missing-refs-not-indexed", func(t *testing.T) {
 		is := SampleIssuance("iss_sparse", Epoch())
 		is.Refs = broker.CredentialRefs{Fingerprint: "sha256:sparse", ExpiresAt: is.ExpiresAt}
@@ -349,6 +389,12 @@ func testFindMany(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	}
 	if d := cmp.Diff(SampleIssuance("iss_many_0000", Epoch()), got[0]); d != "" {
 		t.Errorf("FindIssuances()[0] mismatch (-want +got):\n%s", d)
+	}
+	// A value asked twice is answered twice.
+	twice := []string{values[1], "acc-unknown-7", values[1]}
+	got, err = s.FindIssuances(ctx(t), broker.RefAccessor, twice)
+	if err != nil || len(got) != 3 || got[0] == nil || got[1] != nil || got[2] == nil || got[0].ID != got[2].ID {
+		t.Errorf("FindIssuances(accessor, %q) = %v, %v; want the same issuance first and last, nil between", twice, got, err)
 	}
 	if got, err := s.FindIssuances(ctx(t), broker.RefAccessor, nil); err != nil || len(got) != 0 {
 		t.Errorf("FindIssuances(no values) = %v, %v; want none, nil", got, err)
@@ -435,6 +481,46 @@ func testOverwrite(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	}
 }
 
+// testOverwriteExpiry: an overwrite that moves an issuance's expiry moves
+// it in the listing order and in what an ActiveAt or UnexpiredAt listing
+// finds, in every index, without listing it twice.
+func testOverwriteExpiry(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	s := newStore(t)
+	mk := func(id string, expiresIn time.Duration) *broker.Issuance {
+		is := SampleIssuance(id, Epoch())
+		is.SessionID = "ses_moved"
+		is.ExpiresAt = Epoch().Add(expiresIn)
+		is.Refs.ExpiresAt = is.ExpiresAt
+		return is
+	}
+	mustPut(t, s, mk("iss_x", 10*time.Minute))
+	mustPut(t, s, mk("iss_y", 20*time.Minute))
+	mustPut(t, s, mk("iss_z", 40*time.Minute))
+	mustPut(t, s, mk("iss_x", 30*time.Minute)) // later
+	mustPut(t, s, mk("iss_z", 5*time.Minute))  // earlier
+	for _, c := range []struct {
+		name string
+		f    broker.IssuanceFilter
+		want []string
+	}{
+		{"ok/all-reordered", broker.IssuanceFilter{}, []string{"iss_z", "iss_y", "iss_x"}},
+		{"ok/session-reordered", broker.IssuanceFilter{SessionID: "ses_moved"}, []string{"iss_z", "iss_y", "iss_x"}},
+		{"ok/workload-limit", broker.IssuanceFilter{Workload: "payments-api", Limit: 2}, []string{"iss_z", "iss_y"}},
+		{"ok/active-after-old-expiry", broker.IssuanceFilter{ActiveAt: Epoch().Add(25 * time.Minute)}, []string{"iss_x"}},
+		{"ok/unexpired-after-new-expiry", broker.IssuanceFilter{Owner: "team-payments", UnexpiredAt: Epoch().Add(6 * time.Minute)}, []string{"iss_y", "iss_x"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := s.ListIssuances(ctx(t), c.f)
+			if err != nil {
+				t.Fatalf("ListIssuances(%+v) = %v, want nil", c.f, err)
+			}
+			if d := cmp.Diff(c.want, ids(got)); d != "" {
+				t.Errorf("ListIssuances(%+v) ids mismatch (-want +got):\n%s", c.f, d)
+			}
+		})
+	}
+}
+
 func ids(list []*broker.Issuance) []string {
 	var out []string
 	for _, is := range list {
@@ -492,6 +578,8 @@ func testList(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		{"ok/limit", broker.IssuanceFilter{Limit: 2}, []string{"iss_e1", "iss_a1"}},
 		{"ok/limit-active-owner", broker.IssuanceFilter{Owner: "o1", ActiveAt: now, Limit: 2}, []string{"iss_a1", "iss_a2"}},
 		{"ok/limit-above-count", broker.IssuanceFilter{Workload: "wc", Limit: 10}, []string{"iss_c1"}},
+		{"ok/limit-inside-equal-expiries", broker.IssuanceFilter{Limit: 4}, []string{"iss_e1", "iss_a1", "iss_a2", "iss_b1"}},
+		{"ok/limit-unexpired-owner", broker.IssuanceFilter{Owner: "o2", UnexpiredAt: now, Limit: 1}, []string{"iss_r1"}},
 		{"ok/no-match", broker.IssuanceFilter{Workload: "nobody"}, nil},
 		{"ok/no-match-combination", broker.IssuanceFilter{Workload: "wc", Owner: "o1"}, nil},
 	} {
@@ -997,6 +1085,12 @@ func testPing(t *testing.T, newStore func(t *testing.T) broker.Store) {
 func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	s := newStore(t)
 	mustPut(t, s, SampleIssuance("iss_ctx", Epoch()))
+	if err := s.PutRevocation(ctx(t), sampleRevocation("rev_ctx", Epoch())); err != nil {
+		t.Fatalf("PutRevocation(rev_ctx) = %v, want nil", err)
+	}
+	if err := s.PutBlock(ctx(t), broker.Block{Workload: "w-ctx"}); err != nil {
+		t.Fatalf("PutBlock(w-ctx) = %v, want nil", err)
+	}
 	cctx, cancel := context.WithCancel(ctx(t))
 	cancel()
 	for _, c := range []struct {
@@ -1007,6 +1101,28 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		{"fail/cancelled-get", func() error { _, err := s.GetIssuance(cctx, "iss_ctx"); return err }},
 		{"fail/cancelled-find", func() error { _, err := s.FindIssuance(cctx, broker.RefAccessor, "acc-iss_ctx"); return err }},
 		{"fail/cancelled-list", func() error { _, err := s.ListIssuances(cctx, broker.IssuanceFilter{}); return err }},
+		{"fail/cancelled-find-many", func() error {
+			_, err := s.FindIssuances(cctx, broker.RefAccessor, []string{"acc-iss_ctx"})
+			return err
+		}},
+		{"fail/cancelled-put-revocation", func() error { return s.PutRevocation(cctx, sampleRevocation("rev_ctx2", Epoch())) }},
+		{"fail/cancelled-update-revocation", func() error {
+			_, err := s.UpdateRevocation(cctx, "rev_ctx", func(*broker.Revocation) error { return nil })
+			return err
+		}},
+		{"fail/cancelled-get-revocation", func() error { _, err := s.GetRevocation(cctx, "rev_ctx"); return err }},
+		{"fail/cancelled-list-revocations", func() error { _, err := s.ListRevocations(cctx, broker.RevocationFilter{}); return err }},
+		{"fail/cancelled-list-pending", func() error {
+			_, err := s.ListRevocations(cctx, broker.RevocationFilter{Pending: true})
+			return err
+		}},
+		{"fail/cancelled-list-since", func() error {
+			_, err := s.ListRevocations(cctx, broker.RevocationFilter{Since: Epoch()})
+			return err
+		}},
+		{"fail/cancelled-put-block", func() error { return s.PutBlock(cctx, broker.Block{Workload: "w-ctx2"}) }},
+		{"fail/cancelled-delete-block", func() error { return s.DeleteBlock(cctx, "w-ctx") }},
+		{"fail/cancelled-get-block", func() error { _, err := s.GetBlock(cctx, "w-ctx"); return err }},
 		{"fail/cancelled-list-blocks", func() error { _, err := s.ListBlocks(cctx); return err }},
 		{"fail/cancelled-ping", func() error { return s.Ping(cctx) }},
 	} {
@@ -1016,9 +1132,16 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			wantErr(t, c.name, err, context.Canceled)
 		})
 	}
-	t.Run("ok/cancelled-put-not-stored", func(t *testing.T) {
+	t.Run("ok/cancelled-writes-not-stored", func(t *testing.T) {
 		_, err := s.GetIssuance(ctx(t), "iss_ctx2")
 		wantErr(t, "GetIssuance(iss_ctx2)", err, broker.ErrNotFound)
+		_, err = s.GetRevocation(ctx(t), "rev_ctx2")
+		wantErr(t, "GetRevocation(rev_ctx2)", err, broker.ErrNotFound)
+		_, err = s.GetBlock(ctx(t), "w-ctx2")
+		wantErr(t, "GetBlock(w-ctx2)", err, broker.ErrNotFound)
+		if _, err := s.GetBlock(ctx(t), "w-ctx"); err != nil {
+			t.Errorf("GetBlock(w-ctx) after a cancelled DeleteBlock = %v, want nil", err)
+		}
 	})
 }
 
