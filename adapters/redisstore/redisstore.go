@@ -7,9 +7,10 @@
 //   - every call has its own deadline (Options.Timeout), so a hung or killed
 //     Redis yields broker.ErrUnavailable, never a hang; redis.Nil becomes
 //     broker.ErrNotFound; the core never sees a go-redis error type;
-//   - PutIssuance is one MULTI/EXEC round trip writing the record and all its
-//     indexes atomically; UpdateRevocation is a WATCH/MULTI/EXEC
-//     compare-and-set retried on conflict;
+//   - PutIssuance is one Lua script (one round trip) writing the record and
+//     all its indexes atomically; PutRevocation is one script writing the
+//     record, its indexes and its change number; UpdateRevocation runs that
+//     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
 //   - issuance records and their ref indexes live for Options.Retention after
 //     the issuance expires (trace needs expired issuances), then Redis drops
 //     them; revocations and blocks get no TTL at all;
@@ -38,14 +39,16 @@
 //	revs:changes           sorted set of revocation ids scored by their last change
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
+//	revocations            pub/sub channel of revocation notices (not a key)
 //
 // Index entries are written with the record but not removed when an
 // overwrite moves a record to other index values (that would take a read
 // first); instead every read checks the record it found against the index it
 // came from, and stale sorted-set members are trimmed once their score is
-// past retention. Sorted-set index keys carry a TTL as long as their longest
-// lived member, so indexes of finished sessions disappear. This needs Redis
-// 7.0 or later (EXPIRE NX/GT), which New checks.
+// past retention by the next put to the same index. Sorted-set index keys
+// carry a TTL as long as their longest lived member (a put raises it, never
+// lowers it), so indexes of finished sessions disappear. New refuses a Redis
+// older than 7.0, the oldest version the store is tested against.
 //
 // The default prefix is a Redis Cluster hash tag: every key of one store hashes
 // to the same slot, which multi-key MULTI/EXEC and MGET require in Cluster. The
@@ -318,7 +321,7 @@ func (s *Store) checkVersion(ctx context.Context, c redis.Cmdable) error {
 		}
 		major, _, _ := strings.Cut(v, ".")
 		if n, err := strconv.Atoi(major); err == nil && n < 7 {
-			return fmt.Errorf("redisstore: Redis %s is too old: keytrail needs Redis 7.0 or later (EXPIRE NX/GT)", v)
+			return fmt.Errorf("redisstore: Redis %s is too old: keytrail needs Redis 7.0 or later", v)
 		}
 		return nil
 	}
