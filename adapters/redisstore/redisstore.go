@@ -910,44 +910,67 @@ func (s *Store) RevocationVersion(ctx context.Context) (uint64, error) {
 // for revocations written before they existed (the set of all revocations is
 // their superset). It runs at New, once there is anything to do; the
 // revocations it indexes get new change numbers, so readers read them once
-// more.
+// more. It reads and indexes indexPage revocations at a time, each read and
+// each write its own round trip with its own deadline: a long history (each
+// revocation is one script call) does not have to fit in one
+// Options.Timeout, which would fail New at every start.
 func (s *Store) reindexRevocations(ctx context.Context) error {
-	ctx, cancel := s.ctx(ctx)
+	cctx, cancel := s.ctx(ctx)
 	defer cancel()
-	all, err := s.client.SCard(ctx, s.revsKey()).Result()
+	all, err := s.client.SCard(cctx, s.revsKey()).Result()
 	if err != nil {
 		return s.fail("count revocations", err)
 	}
-	byTime, err := s.client.ZCard(ctx, s.revsByTimeKey()).Result()
+	byTime, err := s.client.ZCard(cctx, s.revsByTimeKey()).Result()
 	if err != nil {
 		return s.fail("count revocations", err)
 	}
-	changed, err := s.client.ZCard(ctx, s.revsChangesKey()).Result()
+	changed, err := s.client.ZCard(cctx, s.revsChangesKey()).Result()
 	if err != nil {
 		return s.fail("count revocations", err)
 	}
 	if byTime >= all && changed >= all {
 		return nil
 	}
-	raws, err := s.members(ctx, s.revsKey(), s.revKey)
-	if err != nil {
+	if err := putRevocationScript.Load(cctx, s.client).Err(); err != nil {
 		return s.fail("reindex revocations", err)
 	}
-	if err := putRevocationScript.Load(ctx, s.client).Err(); err != nil {
-		return s.fail("reindex revocations", err)
-	}
-	pipe := s.client.Pipeline()
-	for _, raw := range raws {
-		r, err := decodeRevocation(raw)
+	n := 0
+	for cursor := uint64(0); ; {
+		sctx, cancel := s.ctx(ctx)
+		ids, next, err := s.client.SScan(sctx, s.revsKey(), cursor, "", indexPage).Result()
+		cancel()
 		if err != nil {
-			return err
+			return s.fail("reindex revocations", err)
 		}
-		s.indexRevocation(ctx, pipe, r.ID, nil, r.CreatedAt, r.CompletedAt.IsZero())
+		raws, err := s.values(ctx, ids, s.revKey)
+		if err != nil {
+			return s.fail("reindex revocations", err)
+		}
+		if len(raws) > 0 {
+			wctx, cancel := s.ctx(ctx)
+			pipe := s.client.Pipeline()
+			for _, raw := range raws {
+				r, err := decodeRevocation(raw)
+				if err != nil {
+					cancel()
+					return err
+				}
+				s.indexRevocation(wctx, pipe, r.ID, nil, r.CreatedAt, r.CompletedAt.IsZero())
+			}
+			_, err = pipe.Exec(wctx)
+			cancel()
+			if err != nil {
+				return s.fail("reindex revocations", err)
+			}
+			n += len(raws)
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return s.fail("reindex revocations", err)
-	}
-	s.log.Info("redisstore: indexed revocations by creation time, pending state and change", "revocations", len(raws))
+	s.log.Info("redisstore: indexed revocations by creation time, pending state and change", "revocations", n)
 	return nil
 }
 

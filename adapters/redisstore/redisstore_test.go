@@ -614,6 +614,71 @@ func TestReindexLegacyRevocations(t *testing.T) {
 	}
 }
 
+// TestReindexManyLegacyRevocations: New indexes a long history of
+// revocations written before the indexes existed (each one a script call,
+// about 0.1 ms of Redis time here) page by page, each page under its own
+// deadline. Indexing them all under one Options.Timeout failed New with
+// "context deadline exceeded" at every start, so a broker upgraded onto
+// such a store could not start at all.
+func TestReindexManyLegacyRevocations(t *testing.T) {
+	r := harness.StartRedis(t)
+	ctx := t.Context()
+	const prefix, n = "{legacymany}:", 30000
+	c := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	var pending, since []string
+	pipe := c.Pipeline()
+	for i := range n {
+		rev := &broker.Revocation{ID: fmt.Sprintf("rev_%05d", i), Selector: broker.RevokeSelector{Workload: "w"}, Reason: "rotation",
+			CreatedAt: storetest.Epoch().Add(time.Duration(i) * time.Second), Revoked: []string{"iss_1", "iss_2"}}
+		if i%3 == 0 {
+			rev.CompletedAt = rev.CreatedAt.Add(time.Second)
+		} else {
+			pending = append(pending, rev.ID)
+		}
+		if i >= n-100 {
+			since = append(since, rev.ID)
+		}
+		raw, err := json.Marshal(rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pipe.Set(ctx, prefix+"rev:"+rev.ID, raw, 0) // layout 1: the record and the set only
+		pipe.SAdd(ctx, prefix+"revs", rev.ID)
+		if pipe.Len() >= 2000 || i == n-1 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				t.Fatalf("writing legacy revocations: %v", err)
+			}
+		}
+	}
+	s, err := redisstore.New(ctx, redisstore.Options{URL: r.URL(), Prefix: prefix, Now: storetest.Epoch})
+	if err != nil {
+		t.Fatalf("New(%d revocations without indexes) = %v, want nil", n, err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ids := func(f broker.RevocationFilter) []string {
+		t.Helper()
+		list, err := s.ListRevocations(ctx, f)
+		if err != nil {
+			t.Fatalf("ListRevocations(%+v) = %v", f, err)
+		}
+		out := []string{}
+		for _, x := range list {
+			out = append(out, x.ID)
+		}
+		return out
+	}
+	if d := cmp.Diff(pending, ids(broker.RevocationFilter{Pending: true})); d != "" {
+		t.Errorf("pending (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(since, ids(broker.RevocationFilter{Since: storetest.Epoch().Add((n - 100) * time.Second)})); d != "" {
+		t.Errorf("since the last 100 (-want +got):\n%s", d)
+	}
+	if got := len(ids(broker.RevocationFilter{ChangedAfter: 1})); got != n {
+		t.Errorf("changed after 1: %d revocations, want all %d", got, n)
+	}
+}
+
 // BenchmarkListRevocations: the revocation cache's full refresh (revocations
 // of the last 24 h), its incremental one (two written since; or only the
 // version read when none was) and the retry worker's pass (pending ones)
