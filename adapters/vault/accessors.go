@@ -22,8 +22,9 @@ type TokenInventoryOptions struct {
 	Concurrency int
 }
 
-// TokenInventory lists the Vault tokens that carry keytrail meta (an
-// issuance_id) and revokes them by accessor: the backend half of the
+// TokenInventory lists the Vault tokens keytrail made (meta with an
+// issuance_id and a workload, and keytrail's display name; see
+// parseTokenLookup) and revokes them by accessor: the backend half of the
 // broker's reconciliation (broker.Reconciler). A DynamicMinter reader token
 // is listed with kind vault_dynamic (the credential it holds), any other
 // with vault_token.
@@ -71,8 +72,8 @@ const skipBatch = 1024
 
 // ListTagged lists every token accessor and looks up each one that skip
 // does not claim (asked skipBatch accessors at a time) and that is not
-// known to be untagged, returning the tokens whose meta has an
-// issuance_id. An accessor that disappears between the listing and its
+// known to be untagged, returning the tokens keytrail made (see
+// parseTokenLookup). An accessor that disappears between the listing and its
 // lookup (expired, revoked) is left out; any other lookup failure fails the
 // whole listing.
 func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessors []string) []bool) ([]broker.TaggedCredential, error) {
@@ -213,27 +214,38 @@ func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (c *broke
 	return c, c == nil && err == nil, err
 }
 
-// readerDisplayPrefix is how the display name Vault stores for the reader
-// token of the issuance starts (see DynamicMinter): "token-iss-<ULID>-".
-func readerDisplayPrefix(issuanceID string) string {
-	return displayNameSanitize.ReplaceAllString("token-"+issuanceID+"-", "-")
+// storedDisplayName is the display name Vault stores for a token created
+// with display_name name (vault/token_store.go: "token-" prefixed,
+// sanitized, without a trailing "-").
+func storedDisplayName(name string) string {
+	return strings.TrimSuffix(displayNameSanitize.ReplaceAllString("token-"+name, "-"), "-")
 }
 
-// parseTokenLookup reads the data of a lookup-accessor answer.
+// parseTokenLookup reads the data of a lookup-accessor answer. A token is
+// keytrail's only when its meta names an issuance and a workload and its
+// display name is the one keytrail gives such a token: "keytrail-<workload>"
+// (TokenMinter) or "<issuance id>-<workload>" (a DynamicMinter reader
+// token), as Vault stores them. Any other token, whatever its meta, is
+// another Vault user's and answers nil: the reconciliation never revokes
+// it.
 func parseTokenLookup(accessor string, d map[string]any) (*broker.TaggedCredential, error) {
 	meta, _ := d["meta"].(map[string]any)
 	str := func(k string) string { s, _ := meta[k].(string); return s }
-	if str("issuance_id") == "" {
+	if str("issuance_id") == "" || str("workload") == "" {
 		return nil, nil
 	}
 	c := &broker.TaggedCredential{
 		Kind: broker.KindVaultToken, Ref: accessor, IssuanceID: str("issuance_id"),
 		Workload: str("workload"), Owner: str("owner"), SessionID: str("session_id"), Grant: str("grant"),
 	}
-	if dn, _ := d["display_name"].(string); strings.HasPrefix(dn, readerDisplayPrefix(c.IssuanceID)) {
+	switch dn, _ := d["display_name"].(string); dn {
+	case storedDisplayName("keytrail-" + c.Workload):
+	case storedDisplayName(c.IssuanceID + "-" + c.Workload):
 		// A DynamicMinter reader token: it holds the lease of a
 		// vault_dynamic credential, and its orphan_revoked event says so.
 		c.Kind = broker.KindVaultDynamic
+	default:
+		return nil, nil
 	}
 	if a, ok := d["accessor"].(string); ok && a != "" && a != accessor {
 		return nil, badResponse("lookup accessor", "answer names another accessor")

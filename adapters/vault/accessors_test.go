@@ -24,7 +24,7 @@ func TestParseTokenLookup(t *testing.T) {
 	}{
 		{
 			name: "ok/keytrail-token",
-			data: map[string]any{"accessor": "acc", "meta": meta, "creation_time": json.Number("1700000000"), "expire_time": "2023-11-14T22:28:20Z"},
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app", "creation_time": json.Number("1700000000"), "expire_time": "2023-11-14T22:28:20Z"},
 			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
 				SessionID: "ses_1", Grant: "g", CreatedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(2023, 11, 14, 22, 28, 20, 0, time.UTC)},
 		},
@@ -44,18 +44,32 @@ func TestParseTokenLookup(t *testing.T) {
 				SessionID: "ses_1", Grant: "g"},
 		},
 		{
+			// Vault stores the display name sanitized.
+			name: "ok/sanitized-workload",
+			data: map[string]any{"accessor": "acc", "display_name": "token-keytrail-spiffe---prod-pay",
+				"meta": map[string]any{"issuance_id": "iss_1", "workload": "spiffe://prod/pay"}},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "spiffe://prod/pay"},
+		},
+		// Tokens keytrail did not make are not listed, whatever their
+		// meta says: the reconciliation would revoke them.
+		{
 			// A reader token of another issuance with this meta (edited
 			// or copied) is not taken for this issuance's.
 			name: "ok/other-issuance-display-name",
 			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-iss-2-app"},
-			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
-				SessionID: "ses_1", Grant: "g"},
 		},
+		{
+			name: "ok/foreign-token-with-issuance-meta",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-ci-deploy", "creation_time": json.Number("1700000000")},
+		},
+		{name: "ok/other-workload-display-name", data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-billing"}},
+		{name: "ok/no-display-name", data: map[string]any{"accessor": "acc", "meta": meta}},
+		{name: "ok/no-workload", data: map[string]any{"accessor": "acc", "display_name": "token-keytrail-", "meta": map[string]any{"issuance_id": "iss_1"}}},
 		{name: "ok/root-token-no-meta", data: map[string]any{"accessor": "acc", "meta": nil, "creation_time": json.Number("1"), "expire_time": nil}},
 		{name: "ok/other-meta", data: map[string]any{"accessor": "acc", "meta": map[string]any{"team": "x"}}},
-		{name: "fail/other-accessor", data: map[string]any{"accessor": "zzz", "meta": meta}, wantErr: true},
-		{name: "fail/bad-creation-time", data: map[string]any{"accessor": "acc", "meta": meta, "creation_time": "soon"}, wantErr: true},
-		{name: "fail/bad-expire-time", data: map[string]any{"accessor": "acc", "meta": meta, "expire_time": "tomorrow"}, wantErr: true},
+		{name: "fail/other-accessor", data: map[string]any{"accessor": "zzz", "meta": meta, "display_name": "token-keytrail-app"}, wantErr: true},
+		{name: "fail/bad-creation-time", data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app", "creation_time": "soon"}, wantErr: true},
+		{name: "fail/bad-expire-time", data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app", "expire_time": "tomorrow"}, wantErr: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -72,15 +86,18 @@ func TestParseTokenLookup(t *testing.T) {
 
 func TestTokenInventory(t *testing.T) {
 	lookups := map[string]string{
-		"acc_kt":   `{"data":{"accessor":"acc_kt","creation_time":1700000000,"expire_time":"2023-11-14T22:28:20Z","meta":{"issuance_id":"iss_1","workload":"app"}}}`,
-		"acc_root": `{"data":{"accessor":"acc_root","creation_time":1700000000,"expire_time":null,"meta":null}}`,
+		"acc_kt":   `{"data":{"accessor":"acc_kt","display_name":"token-keytrail-app","creation_time":1700000000,"expire_time":"2023-11-14T22:28:20Z","meta":{"issuance_id":"iss_1","workload":"app"}}}`,
+		"acc_root": `{"data":{"accessor":"acc_root","display_name":"root","creation_time":1700000000,"expire_time":null,"meta":null}}`,
+		// Another Vault user's token whose meta happens to carry an
+		// issuance_id: not keytrail's (not listed, so never revoked).
+		"acc_foreign": `{"data":{"accessor":"acc_foreign","display_name":"token-ci-deploy","creation_time":1700000000,"meta":{"issuance_id":"iss_9","workload":"app"}}}`,
 	}
 	f := newFakeVault(t, map[string]http.HandlerFunc{
 		"GET /v1/auth/token/accessors": func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Query().Get("list") != "true" {
 				t.Errorf("accessors listed without list=true")
 			}
-			reply(w, 200, map[string]any{"data": map[string]any{"keys": []string{"acc_kt", "acc_root", "acc_gone", "acc_dying"}}})
+			reply(w, 200, map[string]any{"data": map[string]any{"keys": []string{"acc_kt", "acc_root", "acc_foreign", "acc_gone", "acc_dying"}}})
 		},
 		"PUT /v1/auth/token/lookup-accessor": func(w http.ResponseWriter, r *http.Request) {
 			acc, _ := decodeBody(t, r)["accessor"].(string)
@@ -116,11 +133,11 @@ func TestTokenInventory(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ListTagged() = %+v, want %+v (-want +got):\n%s", got, want, diff)
 	}
-	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 4 {
-		t.Errorf("lookups = %d, want 4", n)
+	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 5 {
+		t.Errorf("lookups = %d, want 5", n)
 	}
 
-	// Second listing: the untagged root token is not looked up again, and
+	// Second listing: the untagged root and foreign tokens are not looked up again, and
 	// what skip claims is neither looked up nor returned.
 	var asked []string
 	got, err = inv.ListTagged(ctx, func(as []string) []bool {
@@ -138,8 +155,8 @@ func TestTokenInventory(t *testing.T) {
 	if diff := cmp.Diff([]string{"acc_dying", "acc_gone", "acc_kt"}, asked); diff != "" {
 		t.Errorf("skip asked about (-want +got):\n%s", diff)
 	}
-	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 6 {
-		t.Errorf("lookups after the second listing = %d, want 6 (acc_gone and acc_dying again)", n)
+	if n := f.count("PUT /v1/auth/token/lookup-accessor"); n != 7 {
+		t.Errorf("lookups after the second listing = %d, want 7 (acc_gone and acc_dying again)", n)
 	}
 
 	for _, acc := range []string{"acc_kt", "acc_gone"} {
