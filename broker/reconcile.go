@@ -348,7 +348,12 @@ func (r *Reconciler) judge(ctx context.Context, c TaggedCredential, snap IssuedS
 	return "", nil
 }
 
+// revoke revokes c and writes its orphan_revoked event. Once started it is
+// finished (each call within CallTimeout) even when ctx ends: a shutdown
+// that cut the backend call short could leave c revoked without its event,
+// and the next run would no longer find c to write one.
 func (r *Reconciler) revoke(ctx context.Context, c TaggedCredential, why string) error {
+	ctx = context.WithoutCancel(ctx)
 	rctx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
 	err := r.o.Source.RevokeTagged(rctx, c)
 	cancel()
@@ -357,7 +362,7 @@ func (r *Reconciler) revoke(ctx context.Context, c TaggedCredential, why string)
 	}
 	ev := orphanRevokedEvent(&Issuance{ID: c.IssuanceID, Workload: c.Workload, Owner: c.Owner, SessionID: c.SessionID,
 		Grant: c.Grant, Kind: c.Kind, Refs: CredentialRefs{Accessor: c.Ref, ExpiresAt: c.ExpiresAt}}, why, &audit.Outcome{Status: 200})
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.o.CallTimeout)
+	actx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
 	defer cancel()
 	if err := r.o.Audit.Append(actx, ev); err != nil {
 		return fmt.Errorf("orphan revoked but its event failed: %w", err)

@@ -472,3 +472,68 @@ func TestReconcilerRunShutdownIsNotAWarning(t *testing.T) {
 		t.Errorf("a run cut short by shutdown logged a warning:\n%s", logs.String())
 	}
 }
+
+// revokeDuringShutdown is a source whose one revocation is under way at the
+// backend when the broker starts shutting down: the backend revokes the
+// credential, and the answer arrives after the shutdown began. A call whose
+// ctx has ended by then reports the ctx's error, as an HTTP client does.
+type revokeDuringShutdown struct {
+	fakeTagged
+	revoking chan struct{} // closed when the backend has revoked
+	answer   chan struct{} // closed to let the backend's answer arrive
+}
+
+func (s *revokeDuringShutdown) RevokeTagged(ctx context.Context, c broker.TaggedCredential) error {
+	if err := s.fakeTagged.RevokeTagged(ctx, c); err != nil {
+		return err
+	}
+	close(s.revoking)
+	<-s.answer
+	if err := ctx.Err(); err != nil {
+		return broker.Unavailable("vault_unavailable", time.Second, fmt.Errorf("vault revoke accessor: %w", err))
+	}
+	return nil
+}
+
+// TestReconcilerRevocationFinishesOnShutdown: a revocation the reconciler
+// started is finished and audited even when the broker shuts down while it
+// is under way. Cancelling it would leave a credential revoked at the
+// backend without its orphan_revoked event, and the next run no longer
+// finds it to write one.
+func TestReconcilerRevocationFinishesOnShutdown(t *testing.T) {
+	now := time.Now()
+	src := &revokeDuringShutdown{revoking: make(chan struct{}), answer: make(chan struct{})}
+	src.creds = []broker.TaggedCredential{{Kind: broker.KindVaultToken, Ref: "acc_orphan", IssuanceID: "iss_orphan", Workload: "app",
+		CreatedAt: now.Add(-time.Hour)}}
+	sink := &brokertest.Sink{}
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: memstore.New(time.Now), Audit: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		rep broker.ReconcileReport
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := r.RunOnce(ctx)
+		done <- result{rep, err}
+	}()
+	<-src.revoking
+	cancel() // shutdown while the backend's answer is on its way
+	close(src.answer)
+	res := <-done
+	if want := (broker.ReconcileReport{Listed: 1, Revoked: 1}); res.rep != want {
+		t.Errorf("RunOnce() = %+v (err %v), want %+v", res.rep, res.err, want)
+	}
+	if diff := cmp.Diff([]string{"acc_orphan"}, src.revoked); diff != "" {
+		t.Errorf("revoked at the backend (-want +got):\n%s", diff)
+	}
+	evs := sink.Events()
+	if len(evs) != 1 || evs[0].Type != audit.TypeOrphanRevoked || evs[0].Reason != broker.OrphanNoRecord ||
+		evs[0].IssuanceID != "iss_orphan" || evs[0].Credential == nil || evs[0].Credential.Accessor != "acc_orphan" {
+		t.Errorf("events = %+v, want one orphan_revoked (no_record) for iss_orphan / acc_orphan", evs)
+	}
+}
