@@ -87,6 +87,9 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 // ~100. Other ids (none are written today) are kept whole.
 type auditIssueIndex struct {
 	path string
+	// listed, when set, is called after each listing of the directory
+	// (tests: a rotation between the listing and the reads).
+	listed func()
 
 	mu      sync.Mutex
 	offsets map[string]fileOffset // by file name
@@ -139,6 +142,9 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, 
 		}
 	}
 	sort.Strings(names)
+	if x.listed != nil {
+		x.listed()
+	}
 	for _, n := range names {
 		if err := ctx.Err(); err != nil {
 			return broker.IssuedSnapshot{}, err
