@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -131,26 +132,36 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, 
 	if dir == "" {
 		dir = "."
 	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return broker.IssuedSnapshot{}, fmt.Errorf("audit index: %w", err)
-	}
-	var names []string
-	for _, e := range ents {
-		if n := e.Name(); (n == base || strings.HasPrefix(n, base+".")) && e.Type().IsRegular() {
-			names = append(names, n)
-		}
-	}
-	sort.Strings(names)
-	if x.listed != nil {
-		x.listed()
-	}
-	for _, n := range names {
-		if err := ctx.Err(); err != nil {
+	// The directory is listed again after the reads, and any file not
+	// read in this Snapshot is read too, until a listing brings nothing
+	// new: a rotation after a listing renames the live file, with what was
+	// appended to it since the last Snapshot, to a name that listing did
+	// not have. Missing those events would make their issuances look
+	// unaudited, and the reconciliation revoke their credentials.
+	read := map[string]bool{}
+	for pass := 0; ; pass++ {
+		names, err := auditFileNames(dir, base)
+		if err != nil {
 			return broker.IssuedSnapshot{}, err
 		}
-		if err := x.readFrom(filepath.Join(dir, n)); err != nil {
-			return broker.IssuedSnapshot{}, err
+		if x.listed != nil {
+			x.listed()
+		}
+		names = slices.DeleteFunc(names, func(n string) bool { return read[n] })
+		if len(names) == 0 {
+			break
+		}
+		if pass == maxIndexPasses {
+			return broker.IssuedSnapshot{}, fmt.Errorf("audit index: %s: files still appearing after %d listings", x.path, pass)
+		}
+		for _, n := range names {
+			if err := ctx.Err(); err != nil {
+				return broker.IssuedSnapshot{}, err
+			}
+			if err := x.readFrom(filepath.Join(dir, n)); err != nil {
+				return broker.IssuedSnapshot{}, err
+			}
+			read[n] = true
 		}
 	}
 	cut := time.Now().Add(-time.Hour).Unix()
@@ -178,6 +189,27 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, 
 		}
 		return ok
 	}}, nil
+}
+
+// maxIndexPasses bounds the listings of one Snapshot: each one after the
+// first follows a rotation during the previous reads.
+const maxIndexPasses = 8
+
+// auditFileNames lists the audit file base and its siblings (base.*) in
+// dir, sorted.
+func auditFileNames(dir, base string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit index: %w", err)
+	}
+	var names []string
+	for _, e := range ents {
+		if n := e.Name(); (n == base || strings.HasPrefix(n, base+".")) && e.Type().IsRegular() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // indexReadBuffer is the read buffer of the audit index: the log is

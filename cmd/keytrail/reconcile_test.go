@@ -186,3 +186,59 @@ func TestAuditIssueIndexCompact(t *testing.T) {
 	}
 	runtime.KeepAlive(x)
 }
+
+// TestAuditIssueIndexRotationDuringSnapshot: a rotation between the
+// index's directory listing and its reads renames the live file to a name
+// the listing did not have. The events appended to it since the last
+// Snapshot must still be in this one: the reconciliation would otherwise
+// revoke their credentials as not_audited.
+func TestAuditIssueIndexRotationDuringSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	appendLine := func(name, line string) {
+		t.Helper()
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(line + "\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendLine("audit.jsonl", `{"v":1,"time":"2026-03-01T10:00:00Z","type":"issue","issuance_id":"iss_before"}`)
+	x := newAuditIssueIndex(path)
+	if _, err := x.Snapshot(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Issued after that Snapshot, before the next one.
+	appendLine("audit.jsonl", `{"v":1,"time":"2026-03-01T10:01:00Z","type":"issue","issuance_id":"iss_tail"}`)
+	rotations := 0
+	x.listed = func() {
+		if rotations > 0 {
+			return
+		}
+		rotations++
+		if err := os.Rename(path, path+".20260301T100200.000000000Z"); err != nil {
+			t.Fatal(err)
+		}
+		appendLine("audit.jsonl", `{"v":1,"time":"2026-03-01T10:02:00Z","type":"issue","issuance_id":"iss_after"}`)
+	}
+	snap, err := x.Snapshot(context.Background())
+	if err != nil {
+		t.Fatalf("Snapshot() error = %v", err)
+	}
+	if rotations != 1 {
+		t.Fatalf("rotations = %d, want 1", rotations)
+	}
+	got := map[string]bool{}
+	for _, id := range []string{"iss_before", "iss_tail", "iss_after"} {
+		got[id] = snap.Issued(id)
+	}
+	if diff := cmp.Diff(map[string]bool{"iss_before": true, "iss_tail": true, "iss_after": true}, got); diff != "" {
+		t.Errorf("Snapshot() after a rotation during it (-want +got):\n%s", diff)
+	}
+	if want := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC); !snap.Since.Equal(want) {
+		t.Errorf("Snapshot().Since = %v, want %v", snap.Since, want)
+	}
+}
