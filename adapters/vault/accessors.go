@@ -20,6 +20,7 @@ type TokenInventoryOptions struct {
 	Client *vaultapi.Client // from NewClient (required)
 	// Concurrency of the per-accessor lookups (default 8).
 	Concurrency int
+	Now         func() time.Time // default time.Now
 }
 
 // TokenInventory lists the Vault tokens keytrail made (meta with an
@@ -35,6 +36,7 @@ type TokenInventoryOptions struct {
 type TokenInventory struct {
 	c           *vaultapi.Client
 	concurrency int
+	now         func() time.Time
 
 	// untagged holds the accessors looked up before whose tokens carry no
 	// keytrail meta (other Vault users' tokens). A token's meta never
@@ -57,7 +59,10 @@ func NewTokenInventory(o TokenInventoryOptions) (*TokenInventory, error) {
 	if o.Concurrency == 0 {
 		o.Concurrency = 8
 	}
-	return &TokenInventory{c: o.Client, concurrency: o.Concurrency, untagged: map[string]struct{}{}}, nil
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &TokenInventory{c: o.Client, concurrency: o.Concurrency, now: o.Now, untagged: map[string]struct{}{}}, nil
 }
 
 // InventoryPolicy is the HCL a broker token needs, on top of BrokerPolicy,
@@ -210,7 +215,7 @@ func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (c *broke
 	if sec == nil || sec.Data == nil {
 		return nil, false, nil
 	}
-	c, err = parseTokenLookup(accessor, sec.Data)
+	c, err = parseTokenLookup(accessor, sec.Data, ti.now())
 	return c, c == nil && err == nil, err
 }
 
@@ -228,7 +233,16 @@ func storedDisplayName(name string) string {
 // token), as Vault stores them. Any other token, whatever its meta, is
 // another Vault user's and answers nil: the reconciliation never revokes
 // it.
-func parseTokenLookup(accessor string, d map[string]any) (*broker.TaggedCredential, error) {
+//
+// CreatedAt is on the clock of now (the broker's): Vault's creation_time is
+// on Vault's, and a Vault clock behind the broker's would make a token
+// minted a moment ago look older than the reconciliation's grace period,
+// to be revoked before the exchange that minted it recorded it. Vault's own
+// count of the token's age (creation_ttl - ttl, both Vault's, less a
+// second for ttl's rounding) taken back from now gives a second creation
+// time; the later of the two is kept, so a token is never taken for older
+// than either says.
+func parseTokenLookup(accessor string, d map[string]any, now time.Time) (*broker.TaggedCredential, error) {
 	meta, _ := d["meta"].(map[string]any)
 	str := func(k string) string { s, _ := meta[k].(string); return s }
 	if str("issuance_id") == "" || str("workload") == "" {
@@ -256,6 +270,22 @@ func parseTokenLookup(accessor string, d map[string]any) (*broker.TaggedCredenti
 			return nil, badResponse("lookup accessor", "creation_time: "+err.Error())
 		}
 		c.CreatedAt = time.Unix(secs, 0)
+	}
+	if cttl, ttl := d["creation_ttl"], d["ttl"]; cttl != nil && ttl != nil {
+		created, err := unixSeconds(cttl)
+		if err != nil {
+			return nil, badResponse("lookup accessor", "creation_ttl: "+err.Error())
+		}
+		left, err := unixSeconds(ttl)
+		if err != nil {
+			return nil, badResponse("lookup accessor", "ttl: "+err.Error())
+		}
+		if created > 0 && left > 0 {
+			age := time.Duration(max(created-left-1, 0)) * time.Second
+			if at := now.Add(-age); at.After(c.CreatedAt) {
+				c.CreatedAt = at
+			}
+		}
 	}
 	if et, ok := d["expire_time"].(string); ok && et != "" {
 		t, err := time.Parse(time.RFC3339Nano, et)

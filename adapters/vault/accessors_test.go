@@ -16,6 +16,8 @@ import (
 
 func TestParseTokenLookup(t *testing.T) {
 	meta := map[string]any{"issuance_id": "iss_1", "workload": "app", "owner": "team", "session_id": "ses_1", "grant": "g"}
+	now := time.Unix(1700000600, 0) // the broker's clock
+	at := func(secs int64) json.Number { return json.Number(fmt.Sprint(secs)) }
 	tests := []struct {
 		name    string
 		data    map[string]any
@@ -65,6 +67,40 @@ func TestParseTokenLookup(t *testing.T) {
 		{name: "ok/other-workload-display-name", data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-billing"}},
 		{name: "ok/no-display-name", data: map[string]any{"accessor": "acc", "meta": meta}},
 		{name: "ok/no-workload", data: map[string]any{"accessor": "acc", "display_name": "token-keytrail-", "meta": map[string]any{"issuance_id": "iss_1"}}},
+		{
+			// Vault's clock is 10 minutes behind the broker's: by its
+			// creation_time the token looks 10 minutes old, by Vault's
+			// own count (creation_ttl - ttl) it was minted 5 s ago. The
+			// reconciliation must see a fresh token, which an exchange
+			// may not have recorded yet.
+			name: "ok/vault-clock-behind",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app",
+				"creation_time": at(1700000600 - 600 - 5), "creation_ttl": json.Number("3600"), "ttl": json.Number("3595")},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g", CreatedAt: now.Add(-4 * time.Second)},
+		},
+		{
+			// Vault's clock is ahead: creation_time is the later one.
+			name: "ok/vault-clock-ahead",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app",
+				"creation_time": at(1700000600 + 30), "creation_ttl": json.Number("3600"), "ttl": json.Number("3598")},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g", CreatedAt: time.Unix(1700000630, 0)},
+		},
+		{
+			name: "ok/clocks-agree",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app",
+				"creation_time": at(1700000600 - 120), "creation_ttl": json.Number("3600"), "ttl": json.Number("3480")},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g", CreatedAt: now.Add(-119 * time.Second)},
+		},
+		{
+			name: "ok/age-without-creation-time",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app", "creation_ttl": 60.0, "ttl": 50.0},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g", CreatedAt: now.Add(-9 * time.Second)},
+		},
+		{name: "fail/bad-ttl", data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app", "creation_ttl": json.Number("60"), "ttl": "soon"}, wantErr: true},
 		{name: "ok/root-token-no-meta", data: map[string]any{"accessor": "acc", "meta": nil, "creation_time": json.Number("1"), "expire_time": nil}},
 		{name: "ok/other-meta", data: map[string]any{"accessor": "acc", "meta": map[string]any{"team": "x"}}},
 		{name: "fail/other-accessor", data: map[string]any{"accessor": "zzz", "meta": meta, "display_name": "token-keytrail-app"}, wantErr: true},
@@ -73,7 +109,7 @@ func TestParseTokenLookup(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseTokenLookup("acc", tc.data)
+			got, err := parseTokenLookup("acc", tc.data, now)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("parseTokenLookup() error = %v, want error %v", err, tc.wantErr)
 			}
