@@ -620,10 +620,17 @@ func safeRevokeError(e *Error) string {
 // found, an unblock time) is not this writer's to drop. When nothing is
 // pending any more and the sweep has run, rev is complete at now.
 func settle(rev *Revocation, done []string, failed []RevokeFailure, now time.Time) {
-	isDone := map[string]bool{}
+	// Sets, not slices.Contains: a revocation of tens of thousands of
+	// issuances would take seconds of CPU per update (n²).
+	isDone := make(map[string]bool, len(done))
+	wasRevoked := make(map[string]bool, len(rev.Revoked))
+	for _, id := range rev.Revoked {
+		wasRevoked[id] = true
+	}
 	for _, id := range done {
 		isDone[id] = true
-		if !slices.Contains(rev.Revoked, id) {
+		if !wasRevoked[id] {
+			wasRevoked[id] = true
 			rev.Revoked = append(rev.Revoked, id)
 		}
 	}
