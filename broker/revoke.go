@@ -201,27 +201,29 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		rev.SweepAt = now.Add(s.SweepDelay())
 	}
 
-	// 2. Audit the decision before anything changes.
-	ev := &audit.Event{
-		Type: audit.TypeRevoke, RequestID: requestID, RevocationID: rev.ID,
-		IssuanceID: sel.IssuanceID, SessionID: sel.SessionID, Workload: sel.Workload, Owner: sel.Owner,
-		Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
-		Details: map[string]any{
-			"selector": sel, "matched": rev.Matched, "issuance_ids": slices.Clone(rev.Pending), "block": block,
-		},
-		Outcome: &audit.Outcome{Status: 200},
-	}
+	// 2. Audit the decision before anything changes. A revocation naming
+	// more issuances than one audit line holds is written as several
+	// revoke events (see eventParts), all before anything changes.
+	details := map[string]any{"selector": sel, "matched": rev.Matched, "block": block}
 	if block {
-		ev.Details["blocks"] = blocks
+		details["blocks"] = blocks
 	}
 	if o.Force {
-		ev.Details["force"] = true
+		details["force"] = true
 	}
 	if !rev.SweepAt.IsZero() {
-		ev.Details["sweep_at"] = rev.SweepAt
+		details["sweep_at"] = rev.SweepAt
 	}
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-		return nil, Unavailable("audit_unavailable", time.Second, err)
+	for _, part := range eventParts(details, map[string][]string{"issuance_ids": rev.Pending}, nil) {
+		ev := &audit.Event{
+			Type: audit.TypeRevoke, RequestID: requestID, RevocationID: rev.ID,
+			IssuanceID: sel.IssuanceID, SessionID: sel.SessionID, Workload: sel.Workload, Owner: sel.Owner,
+			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
+			Details: part, Outcome: &audit.Outcome{Status: 200},
+		}
+		if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+			return nil, Unavailable("audit_unavailable", time.Second, err)
+		}
 	}
 	for _, w := range blocks {
 		bev := &audit.Event{
@@ -713,31 +715,101 @@ func (s *Service) updateRevocation(ctx context.Context, id string, fn func(*Revo
 // auditResult writes a revoke_result event, with extra added to its
 // details. It is logged, not returned, on failure: the decision itself is
 // already audited.
+// A list of issuances too long for one event (over maxEventListBytes) is
+// split over several revoke_result events, as eventParts says.
 func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) {
-	details := map[string]any{
-		"matched": rev.Matched, "revoked": slices.Clone(rev.Revoked), "pending": slices.Clone(rev.Pending),
-		"failed": slices.Clone(rev.Failed),
-	}
+	details := map[string]any{"matched": rev.Matched}
 	if by != "" {
 		details["by"] = by
 	}
 	if !rev.SweepAt.IsZero() {
 		details["sweep_at"] = rev.SweepAt
 	}
+	lists := map[string][]string{"revoked": rev.Revoked, "pending": rev.Pending}
 	for k, v := range extra {
+		if ids, ok := v.([]string); ok && k == "swept" {
+			lists[k] = ids
+			continue
+		}
 		details[k] = v
 	}
-	ev := &audit.Event{
-		Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin,
-		Details: details, Outcome: &audit.Outcome{Status: status, Reason: reason},
+	for _, part := range eventParts(details, lists, append([]RevokeFailure{}, rev.Failed...)) {
+		ev := &audit.Event{
+			Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin,
+			Details: part, Outcome: &audit.Outcome{Status: status, Reason: reason},
+		}
+		if status >= 500 {
+			ev.Outcome.Error = "temporarily_unavailable"
+		}
+		if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
+				slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+			return
+		}
 	}
-	if status >= 500 {
-		ev.Outcome.Error = "temporarily_unavailable"
+}
+
+// maxEventListBytes bounds the encoded issuance ids and failures one revoke
+// or revoke_result event lists, a quarter of audit.MaxLineBytes: an event
+// naming every id of a large revocation (about 31,000 ids fill a line)
+// would be refused by the audit log, and the revocation with it.
+const maxEventListBytes = audit.MaxLineBytes / 4
+
+// eventParts returns the details of the events that together list ids (by
+// detail key) and failed (under "failed"): one map when everything fits in
+// maxEventListBytes, else several, each with every key of details and
+// every list key (its own share of the ids, possibly empty; "failed" when
+// failed is not nil), and "part" (1,
+// 2, ...) and "parts" (their number). Ids keep their order across parts.
+func eventParts(details map[string]any, ids map[string][]string, failed []RevokeFailure) []map[string]any {
+	keys := slices.Sorted(maps.Keys(ids))
+	newPart := func() map[string]any {
+		p := maps.Clone(details)
+		for _, k := range keys {
+			p[k] = []string{}
+		}
+		if failed != nil {
+			p["failed"] = []RevokeFailure{}
+		}
+		return p
 	}
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
-			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+	parts := []map[string]any{newPart()}
+	size := 0
+	add := func(n int) map[string]any {
+		if size > 0 && size+n > maxEventListBytes {
+			parts, size = append(parts, newPart()), 0
+		}
+		size += n
+		return parts[len(parts)-1]
 	}
+	for _, k := range keys {
+		for _, id := range ids[k] {
+			p := add(jsonLen(id) + 1)
+			p[k] = append(p[k].([]string), id)
+		}
+	}
+	for _, f := range failed {
+		p := add(jsonLen(f.IssuanceID) + jsonLen(f.Error) + len(`{"issuance_id":,"error":},`))
+		p["failed"] = append(p["failed"].([]RevokeFailure), f)
+	}
+	if len(parts) > 1 {
+		for i, p := range parts {
+			p["part"], p["parts"] = i+1, len(parts)
+		}
+	}
+	return parts
+}
+
+// jsonLen bounds the length of s as a JSON string: quotes, and six bytes
+// for a byte the encoder may escape (\u00XX).
+func jsonLen(s string) int {
+	n := len(s) + 2
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			n += 5
+		}
+	}
+	return n
 }
 
 // notifier is the Store's Notifier, if it has one (see WithNotifier).
