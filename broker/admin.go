@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/keytrail/keytrail/broker/audit"
@@ -61,7 +62,7 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	// body): recorded only once the caller is authenticated, so that a
 	// stranger cannot write into the audit log (as for a deny's grant).
 	if len(req.Target) > 0 {
-		details["target"] = req.Target
+		details["target"] = boundTarget(req.Target)
 	}
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return deny(errPolicyReloaded(id))
@@ -83,4 +84,34 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return nil, Unavailable("audit_unavailable", time.Second, err)
 	}
 	return a, nil
+}
+
+// boundTarget returns target with every string longer than maxSelectorLen
+// (longer than any selector, workload, owner or session id can be)
+// replaced by its length and SHA-256: the caller's own text, recorded for
+// any authenticated caller, admin or not, must not let one call write tens
+// of KiB into the audit log. Other values are kept as they are.
+func boundTarget(target map[string]any) map[string]any {
+	out := make(map[string]any, len(target))
+	for k, v := range target {
+		switch t := v.(type) {
+		case string:
+			out[k] = boundTargetString(t)
+		case RevokeSelector:
+			out[k] = RevokeSelector{
+				IssuanceID: boundTargetString(t.IssuanceID), SessionID: boundTargetString(t.SessionID),
+				Workload: boundTargetString(t.Workload), Owner: boundTargetString(t.Owner),
+			}
+		default:
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func boundTargetString(s string) string {
+	if len(s) <= maxSelectorLen {
+		return s
+	}
+	return fmt.Sprintf("(%d bytes, %s)", len(s), Fingerprint(s))
 }
