@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"fmt"
 	"strings"
 	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
+
+	"github.com/keytrail/keytrail/broker"
 )
 
 // maxPathBytes bounds the forwarded path.
@@ -204,7 +207,8 @@ func unhex(c byte) byte {
 
 // auditPath is the upstream path with the query reduced to its parameter
 // names (values may carry personal data; the injected parameter is left
-// out).
+// out), at most maxAuditQueryBytes of them: longer names are recorded as
+// their first maxAuditQueryBytes, "…", then their length and SHA-256.
 func auditPath(path, rawQuery, injectParam string) string {
 	if rawQuery == "" {
 		return path
@@ -222,5 +226,18 @@ func auditPath(path, rawQuery, injectParam string) string {
 	if len(keys) == 0 {
 		return path
 	}
-	return path + "?" + strings.Join(keys, "&")
+	names := strings.Join(keys, "&")
+	if len(names) > maxAuditQueryBytes {
+		// The path is bounded (maxPathBytes), the query only by the
+		// request header cap: keep its start, and name the rest.
+		cut := maxAuditQueryBytes
+		for cut > 0 && !utf8.RuneStart(names[cut]) {
+			cut--
+		}
+		names = fmt.Sprintf("%s…(%d bytes, %s)", names[:cut], len(names), broker.Fingerprint(names))
+	}
+	return path + "?" + names
 }
+
+// maxAuditQueryBytes bounds the parameter names an audit path records.
+const maxAuditQueryBytes = 2048
