@@ -27,8 +27,11 @@ import (
 const (
 	defaultKeytrailAddr = "http://127.0.0.1:7700"
 	adminClientTimeout  = 60 * time.Second
-	maxAdminResponse    = 4 << 20
-	exitPending         = 3
+	// maxAdminResponse bounds an admin answer read: a receipt lists every
+	// issuance a revocation matched (twice while pending: pending and
+	// failed), about 130 bytes each, so 64 MiB holds some 500,000.
+	maxAdminResponse = 64 << 20
+	exitPending      = 3
 )
 
 func newRevokeCmd(e *env) *cobra.Command {
@@ -339,9 +342,12 @@ func (c *adminClient) do(ctx context.Context, method, path string, body, out any
 		return 0, fmt.Errorf("%s %s: %w", method, c.base.Host, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponse))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponse+1))
 	if err != nil {
 		return resp.StatusCode, fmt.Errorf("reading the answer: %w", err)
+	}
+	if len(raw) > maxAdminResponse {
+		return resp.StatusCode, fmt.Errorf("the server's answer is larger than %d MiB, more than this command reads (status %s)", maxAdminResponse>>20, resp.Status)
 	}
 	if resp.StatusCode/100 != 2 {
 		return resp.StatusCode, c.answerError(resp, raw)
