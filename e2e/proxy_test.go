@@ -53,11 +53,7 @@ func TestProxyAgainstRealVaultAndUpstream(t *testing.T) {
 		fmt.Fprintf(w, `{"path":%q,"method":%q}`, r.URL.Path, r.Method)
 	}))
 	t.Cleanup(up.Close)
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "upstream-ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := writeServerCA(t, up.Server)
 	extra := fmt.Sprintf(`version: 1
 workloads:
   - name: billing-agent
@@ -230,4 +226,15 @@ func readAudit(t *testing.T, path string) []*audit.Event {
 		out = append(out, ev)
 	}
 	return out
+}
+
+// writeServerCA writes the certificate of a httptest TLS server to a PEM
+// file (a proxy grant's upstream ca_file) and returns its path.
+func writeServerCA(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return caFile
 }
