@@ -55,19 +55,7 @@ func TestAuditVerifyReadErrorIsNotOK(t *testing.T) {
 // its warning must say so, not only that truncation cannot be ruled out.
 func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
 	dir := t.TempDir()
-	// A key pair as dev makes it (PKCS#8 private key, PKIX public key).
-	keyFile, pubFile := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
-	if _, err := ensureEd25519Key(keyFile, pubFile); err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := os.ReadFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := audit.NewEd25519Signer(keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, pubFile := devCheckpointSigner(t, dir)
 	path, lines := writeSignedAudit(t, dir, signer)
 
 	// The attacker appends an issuance, linked to the final checkpoint.
@@ -108,18 +96,7 @@ func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
 // last seq and time and says that such a cut leaves no trace.
 func TestAuditVerifyCutAfterCheckpointNamesTheEnd(t *testing.T) {
 	dir := t.TempDir()
-	keyFile, pubFile := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
-	if _, err := ensureEd25519Key(keyFile, pubFile); err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := os.ReadFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := audit.NewEd25519Signer(keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, pubFile := devCheckpointSigner(t, dir)
 	path, _ := writeSignedAudit(t, dir, signer)
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -372,4 +349,24 @@ func TestAuditVerifyJournalProblemNamesJournal(t *testing.T) {
 	if p := rep.Problems[0]; p["file"] != journal || p["line"] != nil {
 		t.Errorf("audit verify --json problem = %v, want file %s and no line", p, journal)
 	}
+}
+
+// devCheckpointSigner makes a checkpoint key pair in dir as dev does
+// (PKCS#8 private key, PKIX public key) and returns its signer and the
+// public key's file.
+func devCheckpointSigner(t *testing.T, dir string) (*audit.Ed25519Signer, string) {
+	t.Helper()
+	keyFile, pubFile := filepath.Join(dir, "checkpoint.key"), filepath.Join(dir, "checkpoint.pub")
+	if _, err := ensureEd25519Key(keyFile, pubFile); err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := audit.NewEd25519Signer(keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer, pubFile
 }
