@@ -50,16 +50,19 @@ func newDevCmd(e *env) *cobra.Command {
     audit log in --dir;
   - a demo workload that exchanges its token for a Vault token.
 
-It then prints commands to try. Ctrl-C (SIGINT) or SIGTERM stops the broker,
-the demo issuer and Vault; --dir is kept. One dev runs at a time: a second
-one on the same --dir (locked by its dev.lock), --listen or demo issuer port
-fails before starting anything. --once runs the demo, verifies the audit log
-and exits (used by the tests). The Vault binary comes from --vault-bin, else
+It then prints commands to try. Ctrl-C (SIGINT) or SIGTERM (to dev, or on
+Linux to the go command of 'go run ./cmd/keytrail dev') stops the broker, the
+demo issuer and Vault and says so; --dir is kept. One dev runs at a time: a
+second one on the same --dir (locked by its dev.lock, which names the running
+dev's pid), --listen or demo issuer port fails before starting anything,
+naming the conflict. --once runs the demo, verifies the audit log and exits
+(used by the tests). The Vault binary comes from --vault-bin, else
 $KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
 
 Exit status: 0 stopped by Ctrl-C or SIGTERM (with --once: the demo ran and
-the audit log verified); 1 something failed to start, the demo exchange
-failed or (with --once) the audit log did not verify; 2 usage.`,
+the audit log verified); 1 another dev runs on --dir, --listen or the demo
+issuer's port is in use, something failed to start, the demo exchange failed
+or (with --once) the audit log did not verify; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := stopWithGoRun(cmd.Context(), os.Getppid(), parentIsGoCommand)

@@ -738,6 +738,27 @@ func TestDevUsageErrorsBeforeItsPorts(t *testing.T) {
 	}
 }
 
+// TestDevHelpSaysHowItStops: dev --help said Ctrl-C or SIGTERM stops it,
+// not that it also stops when the go command of `go run ./cmd/keytrail dev`
+// (the README's command) ends, nor that a second dev exits 1 naming the
+// conflict, as README says.
+func TestDevHelpSaysHowItStops(t *testing.T) {
+	out, _, err := runCLI(t, nil, "dev", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{
+		"on Linux to the go command of 'go run ./cmd/keytrail dev'",
+		"dev.lock, which names the running dev's pid",
+		"1 another dev runs on --dir, --listen or the demo issuer's port is in use",
+	} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("keytrail dev --help lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // TestReportOutCheckedFirst: a --out report could not write was found only
 // after the audit files had been read (minutes for a large log), and the
 // error named a temporary file ("open /dir/.keytrail-report-123: no such
