@@ -759,6 +759,35 @@ func TestDevHelpSaysHowItStops(t *testing.T) {
 	}
 }
 
+// TestPolicyHelpNamesLinesAndPolicySource: since problems and explain name
+// the line of their field or workload (089221f, 143cb2b), policy check's
+// --help gave no example of the line, and policy explain's --help said
+// neither that it names where each workload is declared nor that --policy
+// or $KEYTRAIL_POLICY is required.
+func TestPolicyHelpNamesLinesAndPolicySource(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"policy", "check", "--help"}, []string{`"a.yaml: grants[2].ttl: must be > 0 (line 31)"`}},
+		{[]string{"policy", "explain", "--help"}, []string{
+			"(with the file, path and line that declare it)",
+			"The policy is --policy, else $KEYTRAIL_POLICY; one of them is required.",
+		}},
+	} {
+		out, _, err := runCLI(t, nil, c.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flat := strings.Join(strings.Fields(out), " ")
+		for _, want := range c.want {
+			if !strings.Contains(flat, want) {
+				t.Errorf("keytrail %v lacks %q:\n%s", c.args, want, out)
+			}
+		}
+	}
+}
+
 // TestReportOutCheckedFirst: a --out report could not write was found only
 // after the audit files had been read (minutes for a large log), and the
 // error named a temporary file ("open /dir/.keytrail-report-123: no such

@@ -28,9 +28,10 @@ func newPolicyCheckCmd(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "check PATH",
 		Short: "Validate a policy file or directory; every problem is reported with its file, path and line",
-		Long: `Validate a policy file or directory; every problem is reported with its file,
-field path and line. The files the policy names (ca_file) are not read unless --files is
-given: run it with --files where the broker runs, as the broker checks them at
+		Long: `Validate a policy file or directory; every problem is reported with its
+file, field path and line, e.g. "a.yaml: grants[2].ttl: must be > 0 (line 31)".
+The files the policy names (ca_file) are not read unless --files is given:
+run it with --files where the broker runs, as the broker checks them at
 start and on every reload.
 
 Exit status: 0 the policy is valid; 1 it is not (every problem on stderr, one
@@ -80,8 +81,10 @@ func newPolicyExplainCmd(e *env) *cobra.Command {
 		Short: "Say which workload a token matches (or why none does) and what the grant would mint",
 		Long: `Explain reads an identity token, verifies it against the policy's issuers
 (fetching their JWKS; --unverified skips the signature and time checks for
-offline use) and prints, for every workload of the token's issuer, why it
-matched or not, and what the grant would mint.
+offline use) and prints, for every workload of the token's issuer (with the
+file, path and line that declare it), why it matched or not, and what the
+grant would mint. The policy is --policy, else $KEYTRAIL_POLICY; one of them
+is required.
 
 Exit status: 0 the token would get the grant; 1 it would not (token rejected,
 issuer not trusted, no or several workloads match, grant unknown or not the
