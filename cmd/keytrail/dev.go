@@ -450,7 +450,7 @@ Try it yourself (in another shell):
   # a fresh demo identity token (valid 1h)
   curl -s {ISSUER}/token/payments-api
 
-  # the audit trail, and proof it was not altered
+  # the audit trail, and the check that it is intact up to its last line (seq and time printed)
   tail -n 3 {AUDIT}
   go run ./cmd/keytrail audit verify --key {PUB} {AUDIT}
 
