@@ -35,8 +35,9 @@ type BrokerPolicyOptions struct {
 // MinimumBrokerPolicy returns the HCL of the least-privilege Vault policy
 // the broker's own token needs to serve pol, and nothing more:
 //
-//   - its own token: read auth/token/lookup-self (the login check) and
-//     update auth/token/renew-self (Login.Run's renewals); the "default"
+//   - its own token: read auth/token/lookup-self (the login check, and
+//     TokenHealth for /readyz) and update auth/token/renew-self
+//     (Login.Run's renewals); the "default"
 //     policy has both, but a broker token may be created without it;
 //   - BrokerPolicy: mint orphan tokens (through o.TokenRole when set),
 //     revoke them by accessor, and read and sign with the transit keys the
