@@ -38,9 +38,10 @@ type TokenInventory struct {
 	concurrency int
 	now         func() time.Time
 
-	// untagged holds the accessors looked up before whose tokens carry no
-	// keytrail meta (other Vault users' tokens). A token's meta never
-	// changes, so they are not looked up again while they live; each
+	// untagged holds the accessors looked up before whose tokens are not
+	// keytrail's (no keytrail meta, or another display name: other Vault
+	// users' tokens). A token's meta and display name never change, so
+	// they are not looked up again while they live; each
 	// listing keeps only the accessors it still sees.
 	mu       sync.Mutex
 	untagged map[string]struct{}
@@ -199,8 +200,8 @@ func (ti *TokenInventory) ListTagged(ctx context.Context, skip func(accessors []
 	return out, nil
 }
 
-// lookup returns the token's tags; nil and untagged for a token without
-// keytrail meta; nil for one that no longer exists.
+// lookup returns the token's tags; nil and untagged for a token that is
+// not keytrail's (meta or display name); nil for one that no longer exists.
 func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (c *broker.TaggedCredential, untagged bool, err error) {
 	sec, err := ti.c.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
 	if responseSays(err, 400, "invalid accessor", "token not found", "bad token") {
