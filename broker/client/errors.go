@@ -99,7 +99,7 @@ func (e *Error) Hint() string {
 	case CodeInvalidGrant:
 		return "the identity token was rejected: check the token source, its audience (keytrail), issuer and expiry"
 	case CodeAccessDenied:
-		return "the identity is not allowed this grant (no workload matches it, the grant is not listed for the workload, or the workload is blocked or revoked): check the policy with `keytrail policy explain --token FILE --grant G`"
+		return "the identity is not allowed this grant (no workload matches it, the grant is not listed for the workload, or the workload is blocked or revoked): check the policy with `keytrail policy explain --policy PATH --token FILE --grant G`"
 	case CodeInvalidTarget:
 		return "the broker knows no such grant: check the grant name against the policy's grants"
 	case CodeUnsupportedGrantType, CodeInvalidRequest:

@@ -139,7 +139,7 @@ func TestFetchCommand(t *testing.T) {
 		{name: "fail/401-says-what-to-fix", args: []string{"--grant", "rejected", "--out", "{dir}/x"}, wantCode: 1,
 			wantStderr: []string{"rejected: the identity token was rejected (keytrail broker: 401 invalid_grant: identity token rejected (request_id req_401)): check the token file " + tokenFile + ", its audience (keytrail) and expiry"}},
 		{name: "fail/403-says-what-to-fix", args: []string{"--grant", "denied", "--out", "{dir}/x"}, wantCode: 1,
-			wantStderr: []string{"403 access_denied", "keytrail policy explain"}},
+			wantStderr: []string{"403 access_denied", "keytrail policy explain --policy PATH --token FILE --grant G"}},
 		{name: "fail/200-not-a-token-response-is-not-retried", args: []string{"--grant", "garbled", "--out", "{dir}/x", "--timeout", "3s"}, wantCode: 1,
 			wantStderr: []string{"garbled: keytrail broker: token response without access_token: check that --addr (or $KEYTRAIL_ADDR) names a keytrail server"}},
 		{name: "fail/unknown-grant", args: []string{"--grant", "nope", "--out", "{dir}/x"}, wantCode: 1,
