@@ -420,14 +420,15 @@ func (x *Index) resultFor(id string) *Result {
 		}
 	}
 	// Blocks and results of the same revocations, which need not list the
-	// issuance themselves.
+	// issuance themselves, and the other revoke events of a revocation
+	// split over several (details.part): the revocation is shown whole.
 	for rid := range revs {
 		for _, r := range x.live(x.keys[rid]) {
 			if seen[r.n] {
 				continue
 			}
 			ev := x.ev(r)
-			if ev.RevocationID == rid && (ev.Type == audit.TypeBlock || ev.Type == audit.TypeRevokeResult) {
+			if ev.RevocationID == rid && (ev.Type == audit.TypeBlock || ev.Type == audit.TypeRevokeResult || ev.Type == audit.TypeRevoke) {
 				seen[r.n] = true
 				res.Revocations = append(res.Revocations, ev)
 			}
@@ -451,13 +452,15 @@ func (x *Index) resultFor(id string) *Result {
 }
 
 // revokes reports whether ev (a revocation event gathered for issuance id)
-// ended id: a revoke decision naming it, a revoke_result listing it as
-// revoked (the only event naming an issuance the sweep found), or an
-// orphan_revoked event whose backend revocation succeeded.
+// ended id: a revoke decision naming it (a revocation split over several
+// revoke events names it in one of them; a sweep's find in none), a
+// revoke_result listing it as revoked (the only event naming an issuance
+// the sweep found), or an orphan_revoked event whose backend revocation
+// succeeded.
 func revokes(ev *audit.Event, id string) bool {
 	switch ev.Type {
 	case audit.TypeRevoke:
-		return true
+		return ev.IssuanceID == id || slices.Contains(listedIssuances(ev), id)
 	case audit.TypeRevokeResult:
 		return slices.Contains(stringsOf(ev.Details["revoked"]), id)
 	case audit.TypeOrphanRevoked:

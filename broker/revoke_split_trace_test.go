@@ -1,0 +1,227 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+// splitBulk is the ids of splitStore's extra issuances: enough that a
+// revocation naming them all is split over several audit events.
+const splitBulk = 20_000
+
+// splitStore holds splitBulk issuances of payments-api in a plain map in
+// front of Store, and lists a workload's issuances as: the oldest one the
+// Store holds, the map's in order, then the Store's others. A revocation
+// of payments-api then names the first issuance made through Exchange in
+// its first revoke event and the others in its last.
+type splitStore struct {
+	broker.Store
+	mu    sync.Mutex
+	order []string
+	m     map[string]broker.Issuance
+}
+
+func (b *splitStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.m[is.ID]; ok {
+		b.m[is.ID] = *is
+		return nil
+	}
+	return b.Store.PutIssuance(ctx, is)
+}
+
+func (b *splitStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if is, ok := b.m[id]; ok {
+		return &is, nil
+	}
+	return b.Store.GetIssuance(ctx, id)
+}
+
+func (b *splitStore) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*broker.Issuance, error) {
+	list, err := b.Store.ListIssuances(ctx, f)
+	if err != nil || f.Workload != "payments-api" || len(list) == 0 {
+		return list, err
+	}
+	slices.SortFunc(list, func(a, c *broker.Issuance) int { return a.IssuedAt.Compare(c.IssuedAt) })
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := []*broker.Issuance{list[0]}
+	for _, id := range b.order {
+		is := b.m[id]
+		if is.RevokedAt.IsZero() && (f.ActiveAt.IsZero() || f.ActiveAt.Before(is.ExpiresAt)) {
+			out = append(out, &is)
+		}
+	}
+	return append(out, list[1:]...), nil
+}
+
+// splitFixture is a revFixture whose audit events are sealed as the audit
+// file seals them into log (and path, by write).
+type splitFixture struct {
+	*revFixture
+	bulk *splitStore
+	path string
+	mu   sync.Mutex
+	log  bytes.Buffer
+}
+
+func newSplitFixture(t *testing.T) *splitFixture {
+	t.Helper()
+	sf := &splitFixture{path: filepath.Join(t.TempDir(), "audit.jsonl")}
+	sf.revFixture = newRevFixture(t, func(_ *revFixture, s broker.Store) broker.Store {
+		sf.bulk = &splitStore{Store: s, m: map[string]broker.Issuance{}}
+		return sf.bulk
+	})
+	chain := audit.NewChain("c1")
+	sf.sink.Fail = func(ev *audit.Event) bool {
+		cp := *ev // Seal fills in the chain fields
+		line, err := chain.Seal(&cp, sf.clock())
+		if err != nil {
+			t.Errorf("Seal(%s) = %v", ev.Type, err)
+			return true
+		}
+		sf.mu.Lock()
+		defer sf.mu.Unlock()
+		sf.log.Write(append(line, '\n'))
+		return false
+	}
+	now := sf.clock()
+	for i := range splitBulk {
+		id := fmt.Sprintf("iss_01JTEST%019d", i)
+		sf.bulk.order = append(sf.bulk.order, id)
+		sf.bulk.m[id] = broker.Issuance{
+			ID: id, Workload: "payments-api", Owner: "team-payments", SessionID: "ses_1",
+			Grant: "payments-vault", Kind: broker.KindVaultToken, IssuedAt: now, ExpiresAt: now.Add(time.Hour),
+		}
+	}
+	return sf
+}
+
+// write puts the sealed log in sf.path, as the audit file holds it.
+func (sf *splitFixture) write(t *testing.T) {
+	t.Helper()
+	sf.mu.Lock()
+	defer sf.mu.Unlock()
+	if err := os.WriteFile(sf.path, sf.log.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// index reads the sealed log as keytrail trace --audit-log does.
+func (sf *splitFixture) index(t *testing.T) *trace.Index {
+	t.Helper()
+	x, err := trace.NewIndex(trace.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf.mu.Lock()
+	defer sf.mu.Unlock()
+	if _, err := x.Consume(bytes.NewReader(sf.log.Bytes())); err != nil {
+		t.Fatalf("Consume() = %v", err)
+	}
+	if st := x.Stats(); st.Skipped > 0 {
+		t.Fatalf("index skipped %d line(s)", st.Skipped)
+	}
+	return x
+}
+
+// partsOf returns the part numbers of the events of type typ of
+// revocation rid in evs, in order, and the parts each says there are.
+func partsOf(evs []*audit.Event, typ, rid string) (parts []int, of []int) {
+	for _, ev := range evs {
+		if ev.Type != typ || ev.RevocationID != rid {
+			continue
+		}
+		p, _ := ev.Details["part"].(float64)
+		n, _ := ev.Details["parts"].(float64)
+		parts, of = append(parts, int(p)), append(of, int(n))
+	}
+	return parts, of
+}
+
+// TestTraceSplitRevocation revokes a workload holding more credentials
+// than one revoke event can name, so that the revocation is written as
+// several revoke and revoke_result events (details.part of details.parts).
+// A trace of an issuance named by the first part, by the last, and of the
+// revocation id must each show the revocation whole: every revoke part and
+// every revoke_result part, with the issuance revoked by it; and the online
+// trace (Live, over the same file) must answer as the offline index does.
+func TestTraceSplitRevocation(t *testing.T) {
+	sf := newSplitFixture(t)
+	first := sf.issue(t, "payments")
+	last := sf.issue(t, "payments")
+	sf.advance(time.Minute)
+	rev, err := sf.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident 7", broker.RevokeOptions{}, "req_big")
+	if err != nil {
+		t.Fatalf("Revoke() = %v", err)
+	}
+	if rev.Matched != splitBulk+2 || len(rev.Revoked) != splitBulk+2 {
+		t.Fatalf("Revoke() matched %d, revoked %d; want %d", rev.Matched, len(rev.Revoked), splitBulk+2)
+	}
+	sf.write(t)
+	x := sf.index(t)
+	live, err := trace.NewLive(trace.LiveOptions{Path: sf.path, Store: sf.store, Now: sf.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, q := range []string{first.ID, last.ID, rev.ID} {
+		res, err := x.Lookup(q)
+		if err != nil {
+			t.Fatalf("Lookup(%s) = %v", q, err)
+		}
+		revokeParts, revokeOf := partsOf(res.Revocations, audit.TypeRevoke, rev.ID)
+		resultParts, resultOf := partsOf(res.Revocations, audit.TypeRevokeResult, rev.ID)
+		if len(revokeParts) < 2 {
+			t.Fatalf("Lookup(%s): revoke parts %v, want the revocation split over several events", q, revokeParts)
+		}
+		n := revokeOf[0]
+		want := make([]int, n)
+		for i := range want {
+			want[i] = i + 1
+		}
+		if !slices.Equal(revokeParts, want) || slices.ContainsFunc(revokeOf, func(k int) bool { return k != n }) {
+			t.Errorf("Lookup(%s): revoke parts %v of %v, want %v of %d (the whole decision)", q, revokeParts, revokeOf, want, n)
+		}
+		if len(resultParts) != resultOf[0] {
+			t.Errorf("Lookup(%s): revoke_result parts %v of %v, want every part", q, resultParts, resultOf)
+		}
+		if q != rev.ID && (res.Issuance.ID != q || res.Issuance.RevocationID != rev.ID || res.Issuance.RevokedAt.IsZero()) {
+			t.Errorf("Lookup(%s): issuance %s revoked at %v by %q, want %s revoked by %s", q, res.Issuance.ID, res.Issuance.RevokedAt, res.Issuance.RevocationID, q, rev.ID)
+		}
+
+		got, err := live.Trace(context.Background(), q)
+		if err != nil {
+			t.Fatalf("Live.Trace(%s) = %v", q, err)
+		}
+		if got.Issuance.ID != res.Issuance.ID || got.Issuance.RevocationID != res.Issuance.RevocationID ||
+			!got.Issuance.RevokedAt.Equal(res.Issuance.RevokedAt) || got.Query != res.Query ||
+			!slices.Equal(got.AlsoMatched, res.AlsoMatched) || !slices.Equal(eventSeqs(got.Revocations), eventSeqs(res.Revocations)) {
+			t.Errorf("Live.Trace(%s) = issuance %s (revoked %v by %q), query %v, %d also matched, revocation events %v;\noffline: issuance %s (revoked %v by %q), query %v, %d also matched, revocation events %v",
+				q, got.Issuance.ID, got.Issuance.RevokedAt, got.Issuance.RevocationID, got.Query, len(got.AlsoMatched), eventSeqs(got.Revocations),
+				res.Issuance.ID, res.Issuance.RevokedAt, res.Issuance.RevocationID, res.Query, len(res.AlsoMatched), eventSeqs(res.Revocations))
+		}
+	}
+}
+
+func eventSeqs(evs []*audit.Event) []uint64 {
+	out := make([]uint64, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.Seq
+	}
+	return out
+}
