@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,4 +226,44 @@ func eventSeqs(evs []*audit.Event) []uint64 {
 		out[i] = ev.Seq
 	}
 	return out
+}
+
+// TestTraceTextSplitRevocation: keytrail trace's text of a revocation
+// split over several events says which part each revoke and revoke_result
+// line is, and names a bounded number of the issuances a revocation id
+// also matches (all of them are in --json).
+func TestTraceTextSplitRevocation(t *testing.T) {
+	sf := newSplitFixture(t)
+	sf.issue(t, "payments")
+	sf.advance(time.Minute)
+	rev, err := sf.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident 7", broker.RevokeOptions{}, "req_big")
+	if err != nil {
+		t.Fatalf("Revoke() = %v", err)
+	}
+	res, err := sf.index(t).Lookup(rev.ID)
+	if err != nil {
+		t.Fatalf("Lookup(%s) = %v", rev.ID, err)
+	}
+	_, of := partsOf(res.Revocations, audit.TypeRevoke, rev.ID)
+	if len(of) == 0 || of[0] < 2 {
+		t.Fatalf("revoke parts of %v, want the revocation split", of)
+	}
+	var b bytes.Buffer
+	if err := res.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	text := b.String()
+	for _, typ := range []string{audit.TypeRevoke, audit.TypeRevokeResult} {
+		for i := 1; i <= of[0]; i++ {
+			if !regexp.MustCompile(fmt.Sprintf(`(?m)^  \S+  %s +%s .*part %d/%d$`, typ, rev.ID, i, of[0])).MatchString(text) {
+				t.Errorf("trace text has no %s line of part %d/%d:\n%.3000s", typ, i, of[0], text)
+			}
+		}
+	}
+	if want := fmt.Sprintf("the value also matches %d other issuance(s): ", splitBulk); !strings.Contains(text, want) {
+		t.Errorf("trace text lacks %q:\n%.3000s", want, text)
+	}
+	if len(text) > 16<<10 {
+		t.Errorf("trace text is %d bytes, want the also-matched issuances bounded (--json lists them): %.500s...", len(text), text[len(text)-500:])
+	}
 }

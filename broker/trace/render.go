@@ -121,10 +121,36 @@ func (r *Result) WriteText(w io.Writer) error {
 		}
 		tw.Flush()
 	}
-	if len(r.AlsoMatched) > 0 {
-		ew.printf("\nthe value also matches %d other issuance(s): %s\n", len(r.AlsoMatched), strings.Join(r.AlsoMatched, ", "))
+	if n := len(r.AlsoMatched); n > 0 {
+		shown := r.AlsoMatched[:min(n, textMaxAlsoMatched)]
+		ew.printf("\nthe value also matches %d other issuance(s): %s", n, strings.Join(shown, ", "))
+		if n > len(shown) {
+			ew.printf(", and %d more (--json lists them all)", n-len(shown))
+		}
+		ew.printf("\n")
 	}
 	return ew.err
+}
+
+// textMaxAlsoMatched bounds the other issuances the text names: a
+// revocation id matches every issuance it revoked, tens of thousands.
+const textMaxAlsoMatched = 20
+
+// eventPart returns details.part and details.parts of a revoke or
+// revoke_result event that is one of several (as written, or as decoded
+// from JSON), and whether it is.
+func eventPart(ev *audit.Event) (part, parts int, ok bool) {
+	num := func(v any) int {
+		switch n := v.(type) {
+		case int:
+			return n
+		case float64:
+			return int(n)
+		}
+		return 0
+	}
+	part, parts = num(ev.Details["part"]), num(ev.Details["parts"])
+	return part, parts, part > 0 && parts > 1
 }
 
 func eventText(ev *audit.Event) string {
@@ -162,6 +188,9 @@ func eventText(ev *audit.Event) string {
 	}
 	if ev.Reason != "" {
 		parts = append(parts, fmt.Sprintf("reason %q", ev.Reason))
+	}
+	if p, n, ok := eventPart(ev); ok && (ev.Type == audit.TypeRevoke || ev.Type == audit.TypeRevokeResult) {
+		parts = append(parts, fmt.Sprintf("part %d/%d", p, n))
 	}
 	if ev.Type == audit.TypeSharedUse {
 		if a, ok := ev.Details["first_address"].(string); ok {
