@@ -214,7 +214,11 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	if !rev.SweepAt.IsZero() {
 		details["sweep_at"] = rev.SweepAt
 	}
-	for _, part := range eventParts(details, map[string][]string{"issuance_ids": rev.Pending}, nil) {
+	// Once one event is written, a failure of a later one leaves the
+	// decision audited in part: a revoke_result with not_made says that
+	// nothing was revoked (trace and report would read the issuances
+	// the written parts name as revoked).
+	for i, part := range eventParts(details, map[string][]string{"issuance_ids": rev.Pending}, nil) {
 		ev := &audit.Event{
 			Type: audit.TypeRevoke, RequestID: requestID, RevocationID: rev.ID,
 			IssuanceID: sel.IssuanceID, SessionID: sel.SessionID, Workload: sel.Workload, Owner: sel.Owner,
@@ -222,6 +226,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			Details: part, Outcome: &audit.Outcome{Status: 200},
 		}
 		if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+			if i > 0 {
+				s.auditNotMade(context.WithoutCancel(ctx), rev, requestID, "audit_unavailable", nil)
+			}
 			return nil, Unavailable("audit_unavailable", time.Second, err)
 		}
 	}
@@ -232,6 +239,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			Outcome: &audit.Outcome{Status: 200},
 		}
 		if err := s.d.Audit.Append(context.WithoutCancel(ctx), bev); err != nil {
+			s.auditNotMade(context.WithoutCancel(ctx), rev, requestID, "audit_unavailable", nil)
 			return nil, Unavailable("audit_unavailable", time.Second, err)
 		}
 	}
@@ -293,11 +301,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 // not be stored: nothing is revoked and no worker will; blocked are the
 // blocks it stored before (in force, and left: the retry puts them again).
 func (s *Service) notMade(ctx context.Context, rev *Revocation, requestID string, blocked []string, cause error) error {
-	none := cloneRevocation(rev)
-	none.Pending, none.Failed = []string{}, []RevokeFailure{} // nothing left to do: not made
-	s.auditResult(ctx, none, requestID, 503, "store_unavailable", "", map[string]any{
-		"not_made": true, "blocks_in_force": append([]string{}, blocked...),
-	})
+	s.auditNotMade(ctx, rev, requestID, "store_unavailable", blocked)
 	safe := "the revocation was not made (the store is unavailable): nothing was revoked; retry"
 	if len(blocked) > 0 {
 		safe = "the revocation was not made (the store is unavailable): nothing was revoked, but the block of " +
@@ -306,6 +310,17 @@ func (s *Service) notMade(ctx context.Context, rev *Revocation, requestID string
 	e := Unavailable("store_unavailable", time.Second, cause)
 	e.Safe = safe
 	return e
+}
+
+// auditNotMade writes the revoke_result of a revocation that was not made
+// (details.not_made; reason says why): nothing was revoked and no worker
+// will; blocked are the blocks in force all the same.
+func (s *Service) auditNotMade(ctx context.Context, rev *Revocation, requestID, reason string, blocked []string) {
+	none := cloneRevocation(rev)
+	none.Pending, none.Failed = []string{}, []RevokeFailure{} // nothing left to do: not made
+	s.auditResult(ctx, none, requestID, 503, reason, "", map[string]any{
+		"not_made": true, "blocks_in_force": append([]string{}, blocked...),
+	})
 }
 
 // unconfirmed audits and returns the failure of a revocation whose record

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -79,6 +80,9 @@ type splitFixture struct {
 	path string
 	mu   sync.Mutex
 	log  bytes.Buffer
+	// refuse, when set, makes the audit log refuse the events it returns
+	// true for (a failed write).
+	refuse func(ev *audit.Event) bool
 }
 
 func newSplitFixture(t *testing.T) *splitFixture {
@@ -90,6 +94,9 @@ func newSplitFixture(t *testing.T) *splitFixture {
 	})
 	chain := audit.NewChain("c1")
 	sf.sink.Fail = func(ev *audit.Event) bool {
+		if sf.refuse != nil && sf.refuse(ev) {
+			return true
+		}
 		cp := *ev // Seal fills in the chain fields
 		line, err := chain.Seal(&cp, sf.clock())
 		if err != nil {
@@ -265,5 +272,63 @@ func TestTraceTextSplitRevocation(t *testing.T) {
 	}
 	if len(text) > 16<<10 {
 		t.Errorf("trace text is %d bytes, want the also-matched issuances bounded (--json lists them): %.500s...", len(text), text[len(text)-500:])
+	}
+}
+
+// TestRevokeSplitAuditFailureNotMade: when the audit log takes the first
+// revoke event of a split revocation and refuses a later one (or a block
+// event after them), the revocation is refused (503) and nothing is
+// revoked; trace and report must not read the issuances the written part
+// names as revoked by it. A revoke_result with not_made says so.
+func TestRevokeSplitAuditFailureNotMade(t *testing.T) {
+	tests := []struct {
+		name   string
+		block  bool
+		refuse func(ev *audit.Event) bool
+	}{
+		{"fail/second-revoke-part", false, func(ev *audit.Event) bool {
+			return ev.Type == audit.TypeRevoke && ev.Details["part"] == 2
+		}},
+		{"fail/block-event", true, func(ev *audit.Event) bool { return ev.Type == audit.TypeBlock }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sf := newSplitFixture(t)
+			first := sf.issue(t, "payments")
+			sf.advance(time.Minute)
+			sf.refuse = tt.refuse
+			_, err := sf.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident 7", broker.RevokeOptions{Block: tt.block}, "req_big")
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Revoke() = %v, want ErrUnavailable (audit_unavailable)", err)
+			}
+			sf.refuse = nil
+			if is, err := sf.store.GetIssuance(context.Background(), first.ID); err != nil || !is.RevokedAt.IsZero() {
+				t.Fatalf("GetIssuance(%s) = revoked at %v, %v; want it not revoked", first.ID, is.RevokedAt, err)
+			}
+			x := sf.index(t)
+			res, err := x.Lookup(first.ID)
+			if err != nil {
+				t.Fatalf("Lookup(%s) = %v", first.ID, err)
+			}
+			if !res.Issuance.RevokedAt.IsZero() || res.Issuance.RevocationID != "" {
+				t.Errorf("Lookup(%s): revoked at %v by %q, want not revoked (the revocation was not made)", first.ID, res.Issuance.RevokedAt, res.Issuance.RevocationID)
+			}
+			rep, err := trace.BuildReport(trace.ReportInput{Now: sf.clock(), Events: x.Events()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range rep.Workloads {
+				if w.Revoked != 0 || w.Active != 1 {
+					t.Errorf("report: workload %s revoked %d, active %d; want 0 and 1", w.Name, w.Revoked, w.Active)
+				}
+			}
+			for _, r := range rep.Timeline.Rows {
+				for i, n := range r.Revocations {
+					if n != 0 {
+						t.Errorf("report timeline: %s has %d revocation(s) in bucket %d, want none", r.Workload, n, i)
+					}
+				}
+			}
+		})
 	}
 }
