@@ -33,6 +33,22 @@ type splitStore struct {
 	mu    sync.Mutex
 	order []string
 	m     map[string]broker.Issuance
+	// putRevocation, when set, answers PutRevocation after (applied) or
+	// instead of (not) the Store.
+	putRevocation func() (err error, applied bool)
+}
+
+func (b *splitStore) PutRevocation(ctx context.Context, r *broker.Revocation) error {
+	if b.putRevocation == nil {
+		return b.Store.PutRevocation(ctx, r)
+	}
+	err, applied := b.putRevocation()
+	if applied {
+		if perr := b.Store.PutRevocation(ctx, r); perr != nil {
+			return perr
+		}
+	}
+	return err
 }
 
 func (b *splitStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
@@ -331,4 +347,118 @@ func TestRevokeSplitAuditFailureNotMade(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReportSplitRevocation: keytrail report over a revocation split over
+// several revoke and revoke_result events (and, when its record was not
+// confirmed, the worker's and the sweep's results, each split again)
+// counts every revoked issuance once, and none of a revocation not made;
+// trace agrees, offline and online.
+func TestReportSplitRevocation(t *testing.T) {
+	tests := []struct {
+		name          string
+		putRevocation func() (error, bool)
+		made          bool
+	}{
+		{"ok/made", nil, true},
+		{"ok/unconfirmed-then-worker-and-sweep", func() (error, bool) { return errUnreplicated(), true }, true},
+		{"ok/not-made", func() (error, bool) {
+			return broker.Unavailable("store_unavailable", time.Second, errors.New("connection refused")), false
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sf := newSplitFixture(t)
+			first := sf.issue(t, "payments")
+			last := sf.issue(t, "payments")
+			sf.advance(time.Minute)
+			sf.bulk.putRevocation = tt.putRevocation
+			ctx := context.Background()
+			_, err := sf.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident 7", broker.RevokeOptions{}, "req_big")
+			if (err == nil) != (tt.putRevocation == nil) {
+				t.Fatalf("Revoke() = %v", err)
+			}
+			sf.bulk.putRevocation = nil
+			if tt.putRevocation != nil && tt.made {
+				w, err := broker.NewRevocationWorker(sf.svc, broker.WorkerOptions{Interval: time.Second})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := w.Tick(ctx); err != nil {
+					t.Fatalf("Tick() = %v", err)
+				}
+				sf.advance(sf.svc.SweepDelay() + time.Second)
+				if err := w.Tick(ctx); err != nil {
+					t.Fatalf("Tick() after the sweep delay = %v", err)
+				}
+			}
+			sf.write(t)
+			x := sf.index(t)
+			var revRevoke, revResult int
+			for _, ev := range x.Events() {
+				if _, _, ok := partOf(ev); ok && ev.Type == audit.TypeRevoke {
+					revRevoke++
+				} else if ok {
+					revResult++
+				}
+			}
+			if revRevoke < 2 || (tt.made && revResult < 2) {
+				t.Fatalf("%d revoke and %d revoke_result part events, want the revocation split", revRevoke, revResult)
+			}
+
+			wantRevoked, wantActive, wantTimeline := 0, 2, 0
+			if tt.made {
+				wantRevoked, wantActive, wantTimeline = 2, 0, splitBulk+2
+			}
+			rep, err := trace.BuildReport(trace.ReportInput{Now: sf.clock(), Events: x.Events()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			live, err := trace.NewLive(trace.LiveOptions{Path: sf.path, Store: sf.store, Now: sf.clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			online, err := live.Report(ctx)
+			if err != nil {
+				t.Fatalf("Live.Report() = %v", err)
+			}
+			for name, r := range map[string]*trace.Report{"offline": rep, "online": online} {
+				revoked, active, timeline := 0, 0, 0
+				for _, w := range r.Workloads {
+					revoked += w.Revoked
+					active += w.Active
+				}
+				for _, row := range r.Timeline.Rows {
+					for _, n := range row.Revocations {
+						timeline += n
+					}
+				}
+				if revoked != wantRevoked || active != wantActive || timeline != wantTimeline {
+					t.Errorf("%s report: revoked %d, active %d, timeline revocations %d; want %d, %d, %d", name, revoked, active, timeline, wantRevoked, wantActive, wantTimeline)
+				}
+			}
+			for _, id := range []string{first.ID, last.ID, fmt.Sprintf("iss_01JTEST%019d", splitBulk-1)} {
+				res, err := x.Lookup(id)
+				if err != nil {
+					t.Fatalf("Lookup(%s) = %v", id, err)
+				}
+				got, err := live.Trace(ctx, id)
+				if err != nil {
+					t.Fatalf("Live.Trace(%s) = %v", id, err)
+				}
+				for name, r := range map[string]*trace.Result{"offline": res, "online": got} {
+					if revoked := !r.Issuance.RevokedAt.IsZero(); revoked != tt.made {
+						t.Errorf("%s trace of %s: revoked at %v by %q, want revoked %v", name, id, r.Issuance.RevokedAt, r.Issuance.RevocationID, tt.made)
+					}
+				}
+			}
+		})
+	}
+}
+
+// partOf reads details.part and details.parts of an event as written.
+func partOf(ev *audit.Event) (part, parts int, ok bool) {
+	p, _ := ev.Details["part"].(float64)
+	n, _ := ev.Details["parts"].(float64)
+	return int(p), int(n), p > 0
 }
