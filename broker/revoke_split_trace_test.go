@@ -181,10 +181,11 @@ func partsOf(evs []*audit.Event, typ, rid string) (parts []int, of []int) {
 // TestTraceSplitRevocation revokes a workload holding more credentials
 // than one revoke event can name, so that the revocation is written as
 // several revoke and revoke_result events (details.part of details.parts).
-// A trace of an issuance named by the first part, by the last, and of the
-// revocation id must each show the revocation whole: every revoke part and
-// every revoke_result part, with the issuance revoked by it; and the online
-// trace (Live, over the same file) must answer as the offline index does.
+// A trace of an issuance named by the first part, a middle one or the
+// last, and of the revocation id, must each show the revocation whole:
+// every revoke part and every revoke_result part, with the issuance
+// revoked by it; and the online trace (Live, over the same file) must
+// answer as the offline index does.
 func TestTraceSplitRevocation(t *testing.T) {
 	sf := newSplitFixture(t)
 	first := sf.issue(t, "payments")
@@ -204,7 +205,8 @@ func TestTraceSplitRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, q := range []string{first.ID, last.ID, rev.ID} {
+	middle := fmt.Sprintf("iss_01JTEST%019d", splitBulk/2) // no issue event, a middle part
+	for _, q := range []string{first.ID, middle, last.ID, rev.ID} {
 		res, err := x.Lookup(q)
 		if err != nil {
 			t.Fatalf("Lookup(%s) = %v", q, err)
