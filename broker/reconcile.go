@@ -88,7 +88,8 @@ type ReconcilerOptions struct {
 	Interval time.Duration
 	// Grace leaves alone credentials created less than Grace ago: an
 	// exchange may be between its mint and its durable record (default 1m;
-	// it must exceed the broker's mint timeout plus store and audit time).
+	// it must exceed the broker's mint timeout plus store and audit
+	// timeouts, Deps.MintTimeout + StoreTimeout + AuditTimeout).
 	Grace time.Duration
 	// CallTimeout bounds each backend, store or audit call (default 10s).
 	CallTimeout time.Duration

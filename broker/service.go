@@ -45,11 +45,20 @@ type Deps struct {
 	MintTimeout time.Duration
 	// StoreTimeout bounds one store call made by the Service (default 2s).
 	StoreTimeout time.Duration
+	// AuditTimeout bounds an exchange's wait for its issue event to become
+	// durable (default 10s). Past it the exchange fails closed: the
+	// credential is revoked, never handed out. It must stay well below the
+	// reconciliation's grace: a credential whose record landed but whose
+	// event is still pending looks unaudited to a run after the grace.
+	AuditTimeout time.Duration
 }
 
 // Service implements the workload-facing operations of the broker.
 type Service struct {
-	d        Deps
+	d Deps
+	// timers holds stopped timers for the bounded audit wait, so an
+	// exchange allocates none.
+	timers   sync.Pool
 	limiters sync.Map // workload name -> *limiterEntry
 	// limitersMu serialises making a limiter (a first use, a rate change).
 	limitersMu sync.Mutex
@@ -90,6 +99,9 @@ func NewService(d Deps) (*Service, error) {
 	}
 	if d.StoreTimeout <= 0 {
 		d.StoreTimeout = 2 * time.Second
+	}
+	if d.AuditTimeout <= 0 {
+		d.AuditTimeout = 10 * time.Second
 	}
 	if d.Minters == nil {
 		d.Minters = map[string]Minter{}
@@ -262,10 +274,23 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
 	serr := s.d.Store.PutIssuance(sctx, is)
 	cancel()
-	aerr := <-audited
+	aerr := s.awaitAudit(audited)
 	switch {
 	case aerr != nil:
+		// The issue event failed or is still pending (a stalled disk):
+		// the credential never goes out. A pending event may land later;
+		// the deny event (queued behind it, nobody waits for it) says the
+		// issuance was refused, and the store marks it revoked.
 		s.undoMint(ctx, is, "audit_failed")
+		deny.IssuanceID = issID
+		e := Unavailable("audit_unavailable", time.Second, aerr)
+		deny.Outcome = &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}
+		s.AuditDeferred(ctx, deny, func(err error) {
+			if err != nil {
+				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit deny event failed",
+					slog.String("request_id", req.RequestID), slog.String("issuance_id", issID), slog.String("error", err.Error()))
+			}
+		})
 		if serr == nil {
 			is.RevokedAt = s.d.Now()
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
@@ -274,7 +299,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			}
 			cancel()
 		}
-		return nil, Unavailable("audit_unavailable", time.Second, aerr)
+		return nil, e
 	case serr != nil:
 		// The issue event is durable but the credential will not be handed
 		// out: an orphan_revoked event (reason store_failed) says so in the
@@ -292,6 +317,33 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		Issuance:    is,
 		Fields:      cred.Fields,
 	}, nil
+}
+
+// awaitAudit waits for the issue event's append, at most AuditTimeout: an
+// event not durable by then is a failure (the append goes on; Exchange
+// revokes the credential).
+func (s *Service) awaitAudit(audited <-chan error) error {
+	select {
+	case err := <-audited: // already there: no timer
+		return err
+	default:
+	}
+	t, _ := s.timers.Get().(*time.Timer)
+	if t == nil {
+		t = time.NewTimer(s.d.AuditTimeout)
+	} else {
+		t.Reset(s.d.AuditTimeout)
+	}
+	defer func() {
+		t.Stop() // a stopped timer's channel is empty (Go 1.23 timers)
+		s.timers.Put(t)
+	}()
+	select {
+	case err := <-audited:
+		return err
+	case <-t.C:
+		return fmt.Errorf("the issue event was not durable within %s", s.d.AuditTimeout)
+	}
 }
 
 // undoMint revokes a credential that will not be handed out. A failure is

@@ -1,0 +1,120 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// stallingSink holds every issue event until release is closed, ignoring
+// ctx as a real sink does once the event is queued (a disk whose writes
+// hang), then records it.
+type stallingSink struct {
+	*brokertest.Sink
+	release chan struct{}
+	added   chan string // the type of each event recorded
+}
+
+func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
+	if ev.Type == audit.TypeIssue {
+		<-s.release
+	}
+	err := s.Sink.Append(ctx, ev)
+	s.added <- ev.Type
+	return err
+}
+
+// TestExchangeAuditStallFailsClosed: an issue event that does not become
+// durable within AuditTimeout fails the exchange (503 audit_unavailable)
+// instead of holding it indefinitely: the credential is revoked at its
+// backend and marked revoked in the store (its record has landed), so a
+// reconciliation after the grace never finds a recorded, unaudited
+// credential that the caller is about to receive. Once the stalled event
+// lands, a deny event for the issuance follows it.
+func TestExchangeAuditStallFailsClosed(t *testing.T) {
+	f := newFixture(t)
+	sink := &stallingSink{Sink: f.sink, release: make(chan struct{}), added: make(chan string, 16)}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(sink.release)
+		}
+	}
+	t.Cleanup(release)
+	svc, err := broker.NewService(broker.Deps{
+		Policy:       func() *policies.Policy { return f.pol },
+		Authn:        func() broker.Authenticator { return f.authn },
+		Minters:      map[string]broker.Minter{broker.KindVaultToken: f.minter},
+		Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:        f.store,
+		Audit:        sink,
+		Now:          func() time.Time { return f.now },
+		AuditTimeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		res *broker.ExchangeResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_stall"})
+		done <- result{res, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Exchange() still waiting for its stalled issue event after 10s (AuditTimeout 50ms)")
+	}
+	if e := broker.AsError(r.err); r.res != nil || !errors.Is(r.err, broker.ErrUnavailable) || e.Reason != "audit_unavailable" || e.RetryAfter <= 0 {
+		t.Fatalf("Exchange() = %+v, %v; want nil, ErrUnavailable (audit_unavailable) with Retry-After", r.res, r.err)
+	}
+	calls := f.minter.Calls()
+	if len(calls) != 1 {
+		t.Fatalf("minted %d, want 1", len(calls))
+	}
+	id := calls[0].IssuanceID
+	if diff := cmp.Diff([]string{id}, f.minter.RevokedIDs()); diff != "" {
+		t.Errorf("revoked at the backend (-want +got):\n%s", diff)
+	}
+	if is, err := f.store.GetIssuance(context.Background(), id); err != nil || is.RevokedAt.IsZero() {
+		t.Errorf("stored issuance = %+v, %v; want it marked revoked", is, err)
+	}
+
+	release()
+	// A fake sink, unlike a real one, need not keep the stalled issue event
+	// ahead of the deny: wait for both.
+	seen := map[string]bool{}
+	for !seen[audit.TypeIssue] || !seen[audit.TypeDeny] {
+		select {
+		case typ := <-sink.added:
+			seen[typ] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("audit events %v: want an issue and a deny event once the sink recovers", f.sink.Types())
+		}
+	}
+	evs := f.sink.Events()
+	if len(evs) != 2 {
+		t.Fatalf("audit events %v, want issue and deny", f.sink.Types())
+	}
+	deny := evs[0]
+	if deny.Type != audit.TypeDeny {
+		deny = evs[1]
+	}
+	want := &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "audit_unavailable"}
+	if deny.IssuanceID != id || deny.RequestID != "req_stall" || !cmp.Equal(want, deny.Outcome) {
+		t.Errorf("deny event = %+v (outcome %+v); want issuance %s, request req_stall, outcome %+v", deny, deny.Outcome, id, want)
+	}
+}
