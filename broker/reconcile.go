@@ -44,7 +44,9 @@ type TaggedSource interface {
 }
 
 // IssuedIndex answers, for one reconciliation run, whether the audit log
-// holds an `issue` event for an issuance id. Snapshot is called once per
+// holds an `issue` event for an issuance id, and no `orphan_revoked` event
+// after it (a withdrawn credential, e.g. one whose store write failed, is
+// not explained by its issue event). Snapshot is called once per
 // run, before the backend is listed, so a credential whose issue event
 // became durable before the listing is always found.
 type IssuedIndex interface {

@@ -74,8 +74,8 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 	return nil
 }
 
-// auditIssueIndex is the set of issuance ids with an `issue` event in the
-// local audit log (the live file and its rotated siblings), read
+// auditIssueIndex is the set of issuance ids with an `issue` event and no
+// later `orphan_revoked` event in the local audit log (the live file and its rotated siblings), read
 // incrementally: each Snapshot reads only the complete lines appended since
 // the last one. Ids of credentials expired for more than an hour are
 // dropped. Its Since is the time of the oldest event it has read: the first
@@ -284,9 +284,15 @@ func (x *auditIssueIndex) noteFirst(line []byte) {
 	}
 }
 
-// indexLine records the issuance of an `issue` event line.
+// indexLine records the issuance of an `issue` event line, and forgets it
+// again at its `orphan_revoked` event: the credential was withdrawn (an
+// exchange whose store write failed after the issue event, or an earlier
+// run), so the issue event no longer explains it. Without that, a
+// store_failed credential whose revocation failed too (never handed out)
+// was kept by every run for its whole TTL, the log's issue event standing
+// in for the record the store never got.
 func (x *auditIssueIndex) indexLine(line []byte) {
-	if !bytes.Contains(line, []byte(`"type":"issue"`)) {
+	if !bytes.Contains(line, []byte(`"type":"issue"`)) && !bytes.Contains(line, []byte(`"type":"orphan_revoked"`)) {
 		return
 	}
 	var ev struct {
@@ -294,7 +300,18 @@ func (x *auditIssueIndex) indexLine(line []byte) {
 		IssuanceID string            `json:"issuance_id"`
 		Credential *audit.Credential `json:"credential"`
 	}
-	if json.Unmarshal(line, &ev) != nil || ev.Type != audit.TypeIssue || ev.IssuanceID == "" {
+	if json.Unmarshal(line, &ev) != nil || ev.IssuanceID == "" {
+		return
+	}
+	if ev.Type == audit.TypeOrphanRevoked {
+		if u, ok := issuedKey(ev.IssuanceID); ok {
+			delete(x.issued, u)
+		} else {
+			delete(x.other, ev.IssuanceID)
+		}
+		return
+	}
+	if ev.Type != audit.TypeIssue {
 		return
 	}
 	var exp int64
