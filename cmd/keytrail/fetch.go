@@ -73,6 +73,17 @@ func (w *workloadFlags) validate() error {
 	if w.timeout < 0 {
 		return errors.New("--timeout must not be negative")
 	}
+	// An empty value is a mistake (an unset shell variable, say), not a
+	// request for the default: the default token file, or the audience
+	// keytrail, would be used without a word.
+	for _, name := range []string{"identity-token-file", "identity-token-env", "audience"} {
+		if w.cmd == nil || !w.cmd.Flags().Changed(name) {
+			continue
+		}
+		if v, _ := w.cmd.Flags().GetString(name); strings.TrimSpace(v) == "" {
+			return fmt.Errorf("--%s must not be empty", name)
+		}
+	}
 	if w.cmd != nil && w.cmd.Flags().Changed("audience") && !w.github {
 		// It would be ignored: only the GitHub Actions identity is asked
 		// for an audience.

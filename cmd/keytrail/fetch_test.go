@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -211,6 +212,52 @@ func expiresAtIn(envFile string) string {
 		}
 	}
 	return "<missing or not RFC 3339>"
+}
+
+// TestEmptyIdentityFlagsAreUsageErrors: an empty --identity-token-file,
+// --identity-token-env or --audience (an unset shell variable, say) is a
+// usage mistake, exit 2 before anything is asked. It used to stand for the
+// default: the default token file was read instead of the variable, and the
+// GitHub Actions token was requested for audience keytrail.
+func TestEmptyIdentityFlagsAreUsageErrors(t *testing.T) {
+	f, addr := newFakeTokenBroker(t)
+	var ghRequests atomic.Int64
+	gh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ghRequests.Add(1)
+		io.WriteString(w, `{"count":1,"value":"gh.identity.jwt"}`)
+	}))
+	t.Cleanup(gh.Close)
+	getenv := func(k string) string {
+		return map[string]string{
+			"KEYTRAIL_ADDR":              addr,
+			client.EnvGitHubRequestURL:   gh.URL + "/idtoken?api-version=2.0",
+			client.EnvGitHubRequestToken: "request-token",
+		}[k]
+	}
+	out := filepath.Join(t.TempDir(), "cred")
+	for _, flags := range [][]string{
+		{"--github-actions", "--audience", ""},
+		{"--github-actions", "--audience", " "},
+		{"--identity-token-env", ""},
+		{"--identity-token-file", ""},
+	} {
+		for _, args := range [][]string{
+			append([]string{"fetch", "--grant", "payments-vault", "--out", out}, flags...),
+			append([]string{"exec", "--grant", "payments-vault", "--env", "T"}, append(flags, "--", "true")...),
+		} {
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), args, getenv, &stdout, &stderr)
+			if got := exitCode(err); got != exitUsage || !strings.Contains(err.Error(), flags[len(flags)-2]+" must not be empty") {
+				t.Errorf("keytrail %q: exit status %d (%v), want %d naming %s\nstderr: %s", args, got, err, exitUsage, flags[len(flags)-2], stderr.String())
+			}
+		}
+	}
+	if n := ghRequests.Load(); n != 0 {
+		t.Errorf("the GitHub Actions token endpoint was asked %d time(s); want none", n)
+	}
+	if len(f.subjects) != 0 {
+		t.Errorf("%d token exchange(s) reached the broker; want none", len(f.subjects))
+	}
 }
 
 func TestEnvFormatSourcesInShell(t *testing.T) {
