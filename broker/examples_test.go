@@ -191,6 +191,17 @@ func TestExamplePolicyExchanges(t *testing.T) {
 // with extra appended (the grants it names, which the comment leaves out).
 func commentedPolicy(t *testing.T, file, extra string) *policies.Policy {
 	t.Helper()
+	src := commentedPolicyText(t, file, extra)
+	pol, err := policies.Parse(file, []byte(src))
+	if err != nil {
+		t.Fatalf("the policy in the comments of %s does not load: %v\n%s", file, err, src)
+	}
+	return pol
+}
+
+// commentedPolicyText is the text commentedPolicy parses.
+func commentedPolicyText(t *testing.T, file, extra string) string {
+	t.Helper()
 	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
@@ -213,11 +224,7 @@ func commentedPolicy(t *testing.T, file, extra string) *policies.Policy {
 		t.Fatalf("%s: no commented policy with workloads found", file)
 	}
 	b.WriteString(extra)
-	pol, err := policies.Parse(file, []byte(b.String()))
-	if err != nil {
-		t.Fatalf("the policy in the comments of %s does not load: %v\n%s", file, err, b.String())
-	}
-	return pol
+	return b.String()
 }
 
 func TestDocsGitHubActionsExamplePolicy(t *testing.T) {
