@@ -29,10 +29,8 @@ const splitBulk = 20_000
 // of payments-api then names the first issuance made through Exchange in
 // its first revoke event and the others in its last.
 type splitStore struct {
-	broker.Store
-	mu    sync.Mutex
-	order []string
-	m     map[string]broker.Issuance
+	*bulkStore // its map and its PutIssuance and GetIssuance
+	order      []string
 	// putRevocation, when set, answers PutRevocation after (applied) or
 	// instead of (not) the Store.
 	putRevocation func() (err error, applied bool)
@@ -49,25 +47,6 @@ func (b *splitStore) PutRevocation(ctx context.Context, r *broker.Revocation) er
 		}
 	}
 	return err
-}
-
-func (b *splitStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if _, ok := b.m[is.ID]; ok {
-		b.m[is.ID] = *is
-		return nil
-	}
-	return b.Store.PutIssuance(ctx, is)
-}
-
-func (b *splitStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if is, ok := b.m[id]; ok {
-		return &is, nil
-	}
-	return b.Store.GetIssuance(ctx, id)
 }
 
 func (b *splitStore) ListIssuances(ctx context.Context, f broker.IssuanceFilter) ([]*broker.Issuance, error) {
@@ -105,7 +84,7 @@ func newSplitFixture(t *testing.T) *splitFixture {
 	t.Helper()
 	sf := &splitFixture{path: filepath.Join(t.TempDir(), "audit.jsonl")}
 	sf.revFixture = newRevFixture(t, func(_ *revFixture, s broker.Store) broker.Store {
-		sf.bulk = &splitStore{Store: s, m: map[string]broker.Issuance{}}
+		sf.bulk = &splitStore{bulkStore: &bulkStore{Store: s, m: map[string]broker.Issuance{}}}
 		return sf.bulk
 	})
 	chain := audit.NewChain("c1")
