@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -46,5 +49,33 @@ func TestRevokeLargePendingReceipt(t *testing.T) {
 	}
 	if want := fmt.Sprintf("pending %d", n); !strings.Contains(stdout.String(), want) {
 		t.Errorf("output lacks %q: %.300s", want, stdout.String())
+	}
+}
+
+// TestAdminGetAnswerTooLarge: a trace or report answer over the 64 MiB the
+// CLI reads said "the server's answer is not valid JSON" (it was cut); it
+// names the cause and the way out, as revoke does for its receipt.
+func TestAdminGetAnswerTooLarge(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		mib := []byte(strings.Repeat("x", 1<<20))
+		io.WriteString(w, `{"events":["`)
+		for range 64 { // 64 MiB and a few bytes: one string too long
+			if _, err := w.Write(mib); err != nil {
+				return // the client stopped reading
+			}
+		}
+		io.WriteString(w, `"]}`)
+	}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &adminClient{base: u, token: "t", http: srv.Client()}
+	var out map[string]any
+	_, err = adminGet(t.Context(), c, "/v1/admin/report", nil, &out)
+	if err == nil || !strings.Contains(err.Error(), "larger than 64 MiB") || !strings.Contains(err.Error(), "--audit-log") {
+		t.Errorf("adminGet(a 65 MiB answer) = %v, want an error naming the 64 MiB bound and --audit-log", err)
 	}
 }

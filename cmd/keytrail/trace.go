@@ -275,9 +275,12 @@ func adminGet(ctx context.Context, c *adminClient, path string, query url.Values
 		return 0, fmt.Errorf("GET %s: %w", c.base.Host, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReportResponse))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReportResponse+1))
 	if err != nil {
 		return resp.StatusCode, fmt.Errorf("reading the answer: %w", err)
+	}
+	if len(raw) > maxReportResponse {
+		return resp.StatusCode, fmt.Errorf("the server's answer is larger than %d MiB, more than this command reads (status %s): run it offline instead, with --audit-log over the audit files", maxReportResponse>>20, resp.Status)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return resp.StatusCode, c.answerError(resp, raw)
