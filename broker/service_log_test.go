@@ -1,37 +1,18 @@
 package broker_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
-
-// syncBuffer is a bytes.Buffer safe for a logger used from goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestUnrecordedCredentialLogLinesNameTheRequest: when an exchange minted a
 // credential it then could not record (the audit log or the store failed),
@@ -66,7 +47,7 @@ func TestUnrecordedCredentialLogLinesNameTheRequest(t *testing.T) {
 				close(bs.release)
 				st = bs
 			}
-			logs := &syncBuffer{}
+			logs := &brokertest.SyncBuffer{}
 			svc, err := broker.NewService(broker.Deps{
 				Policy:   func() *policies.Policy { return f.pol },
 				Authn:    func() broker.Authenticator { return f.authn },

@@ -12,15 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
 // devRun is a `keytrail dev` process (not --once) started by a test.
 type devRun struct {
 	cmd    *exec.Cmd
-	out    *lockedBuffer // stdout and stderr
-	done   chan struct{} // closed when the process has exited
-	err    error         // cmd.Wait's result, once done is closed
+	out    *brokertest.SyncBuffer // stdout and stderr
+	done   chan struct{}          // closed when the process has exited
+	err    error                  // cmd.Wait's result, once done is closed
 	dir    string
 	listen string
 }
@@ -46,7 +47,7 @@ func startDevWith(t *testing.T, keytrail []string, dir, listen string) *devRun {
 	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		d := &devRun{out: &lockedBuffer{}, done: make(chan struct{}), dir: dir, listen: listen}
+		d := &devRun{out: &brokertest.SyncBuffer{}, done: make(chan struct{}), dir: dir, listen: listen}
 		args := append(keytrail[1:len(keytrail):len(keytrail)], "dev", "--dir", dir, "--listen", listen, "--vault-bin", vault)
 		d.cmd = exec.Command(keytrail[0], args...)
 		d.cmd.Dir = root

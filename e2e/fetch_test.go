@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/client"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -374,13 +375,13 @@ func (w *wireRecorder) events() []wireEvent {
 // proc is a keytrail process started by a test.
 type proc struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *brokertest.SyncBuffer
 	done   chan struct{}
 }
 
 func startProc(t *testing.T, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{cmd: cmd, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, stderr: &brokertest.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.stderr
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
@@ -418,23 +419,6 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 		t.Fatalf("process did not exit within %v\n%s", timeout, p.stderr.String())
 		return -1
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // fileWatcher reads a credential file over and over while it is being

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
 // openCrashable opens a sink that the test abandons instead of closing, as
@@ -161,7 +162,7 @@ func TestJournalReplay(t *testing.T) {
 			}
 			tt.lose(t, path, base, fi.Size())
 
-			var logs syncBuffer
+			var logs brokertest.SyncBuffer
 			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			o.Signer = signer
 			s2 := openT(t, o, seams{})
@@ -484,7 +485,7 @@ func TestJournalNoDirectIO(t *testing.T) {
 				}
 				return refusingJournal{}, nil
 			}
-			var logs syncBuffer
+			var logs brokertest.SyncBuffer
 			path := filepath.Join(t.TempDir(), "audit.jsonl")
 			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, sm)
 			fl.set(func(f *faults) { f.syncs = 0 })
@@ -525,7 +526,7 @@ func TestJournalTornHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = jf.Close()
-	var logs syncBuffer
+	var logs brokertest.SyncBuffer
 	o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	s = openT(t, o, seams{})
 	if !strings.Contains(logs.String(), "journal header unreadable") {

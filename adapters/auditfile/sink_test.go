@@ -25,6 +25,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/trace"
 )
 
@@ -501,7 +502,7 @@ func TestTornTail(t *testing.T) {
 	if err := os.WriteFile(path, file, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs brokertest.SyncBuffer
 	s := openT(t, Options{Path: path, Now: newClock().Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
 	if got, want := len(readLines(t, path)), 2; got != want {
 		t.Fatalf("Open() left %d lines, want %d", got, want)
@@ -519,23 +520,6 @@ func TestTornTail(t *testing.T) {
 	if _, err := verify(t, keys, true, path); err != nil {
 		t.Errorf("Verify() = %v", err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestWriteFailure(t *testing.T) {

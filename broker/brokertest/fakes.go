@@ -9,6 +9,7 @@ package brokertest
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,3 +129,24 @@ type DiscardSink struct{}
 
 // Append implements broker.AuditSink.
 func (DiscardSink) Append(context.Context, *audit.Event) error { return nil }
+
+// SyncBuffer is a strings.Builder safe for writers on several goroutines
+// (a logger, a child process's output) and a test reading it meanwhile.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,7 +1,6 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,25 +56,7 @@ type adminFixture struct {
 	srv  *httptest.Server
 	sink *brokertest.Sink
 	rv   *switchRevoker
-	logs *syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs *brokertest.SyncBuffer
 }
 
 func newAdminFixture(t testing.TB) *adminFixture {
@@ -94,7 +75,7 @@ func newAdminFixture(t testing.TB) *adminFixture {
 		"tracer":   id("bob", map[string]any{"groups": "audit"}),
 		"nobody":   id("eve", map[string]any{"groups": "dev"}),
 	}
-	f := &adminFixture{sink: &brokertest.Sink{}, rv: &switchRevoker{}, logs: &syncBuffer{}}
+	f := &adminFixture{sink: &brokertest.Sink{}, rv: &switchRevoker{}, logs: &brokertest.SyncBuffer{}}
 	svc, err := broker.NewService(broker.Deps{
 		Policy:   func() *policies.Policy { return pol },
 		Authn:    func() broker.Authenticator { return authn },

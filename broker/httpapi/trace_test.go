@@ -41,7 +41,7 @@ type traceFixture struct {
 	srv       *httptest.Server
 	svc       *broker.Service
 	auditPath string
-	logs      *syncBuffer
+	logs      *brokertest.SyncBuffer
 }
 
 func newTraceFixture(t *testing.T) *traceFixture {
@@ -60,7 +60,7 @@ func newTraceFixture(t *testing.T) *traceFixture {
 		"manager":  id("carol", map[string]any{"groups": "mgmt"}),
 		"nobody":   id("eve", map[string]any{"groups": "dev"}),
 	}
-	f := &traceFixture{auditPath: filepath.Join(t.TempDir(), "audit.jsonl"), logs: &syncBuffer{}}
+	f := &traceFixture{auditPath: filepath.Join(t.TempDir(), "audit.jsonl"), logs: &brokertest.SyncBuffer{}}
 	sink, err := auditfile.Open(auditfile.Options{Path: f.auditPath, NoFsync: true})
 	if err != nil {
 		t.Fatal(err)

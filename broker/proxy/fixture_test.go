@@ -321,25 +321,7 @@ type fixtureOpts struct {
 	burst         int
 	audit         broker.AuditSink // default: the notifying sink
 	timeouts      proxy.Timeouts
-	logs          *logBuffer // receives the broker's log lines (default: discarded)
-}
-
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs          *brokertest.SyncBuffer // receives the broker's log lines (default: discarded)
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {

@@ -37,7 +37,7 @@ func TestProxyLogLinesNameTheRequest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			logs := &logBuffer{}
+			logs := &brokertest.SyncBuffer{}
 			fo := fixtureOpts{logs: logs}
 			if tt.fail != nil {
 				fo.audit = &brokertest.Sink{Fail: tt.fail}
@@ -93,7 +93,7 @@ func TestProxyErrorLogNamesTheStatusSent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			logs := &logBuffer{}
+			logs := &brokertest.SyncBuffer{}
 			f := newFixture(t, fixtureOpts{logs: logs, timeouts: proxy.Timeouts{ResponseHeader: 100 * time.Millisecond}})
 			tok := f.credential(t, "stripe").AccessToken
 			var body io.Reader
@@ -126,7 +126,7 @@ func TestProxyErrorLogNamesTheStatusSent(t *testing.T) {
 // connection) still gets its "http" access-log line, with its request id
 // and the status sent, like every other request.
 func TestProxyAbortedRequestIsLogged(t *testing.T) {
-	logs := &logBuffer{}
+	logs := &brokertest.SyncBuffer{}
 	f := newFixture(t, fixtureOpts{logs: logs})
 	tok := f.credential(t, "stripe").AccessToken
 	res := f.do(t, "GET", "/v1/proxy/stripe/up/stream-big", bearer(tok), nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/proxy"
 )
 
@@ -425,7 +426,7 @@ func TestProxyRefusesUnsendableSecret(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			logs := &logBuffer{}
+			logs := &brokertest.SyncBuffer{}
 			f := newFixture(t, fixtureOpts{logs: logs})
 			tok := f.credential(t, "stripe").AccessToken
 			f.secrets.rotate(tt.secret)

@@ -1,35 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
-
-// syncLogBuffer is a bytes.Buffer that concurrent loggers write to.
-type syncLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncLogBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLogBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestServerWarnsVaultNamespaceIgnored: keytrail talks to Vault's root
 // namespace only (adapters/vault.NewClient clears any namespace), but
@@ -53,7 +34,7 @@ func TestServerWarnsVaultNamespaceIgnored(t *testing.T) {
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncLogBuffer
+	var logs brokertest.SyncBuffer
 	e := &env{ctx: ctx, stdout: &logs, stderr: &logs, getenv: func(k string) string {
 		switch k {
 		case "VAULT_TOKEN":

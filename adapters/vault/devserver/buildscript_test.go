@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
 // buildScriptRepo makes a copy of the repository's layout that
@@ -78,7 +80,7 @@ func TestBuildVaultScriptSharesTheBuildLock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out syncBuffer
+		var out brokertest.SyncBuffer
 		cmd := exec.Command("bash", filepath.Join(root, "scripts", "build-vault.sh"))
 		cmd.Env = append(os.Environ(), "PATH="+path)
 		cmd.Stdout, cmd.Stderr = &out, &out

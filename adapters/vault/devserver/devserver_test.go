@@ -5,27 +5,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/broker/brokertest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestVaultBuildSaysItIsStillBuilding: the first Vault build takes 10-20
 // minutes, during which the go command prints nothing; keytrail dev and the
@@ -41,7 +25,7 @@ func TestVaultBuildSaysItIsStillBuilding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var progress syncBuffer
+	var progress brokertest.SyncBuffer
 	errc := make(chan error, 1)
 	go func() { errc <- runBuild(cmd, tmp, bin, &progress, time.Millisecond) }()
 	deadline := time.After(20 * time.Second)
