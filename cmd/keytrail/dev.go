@@ -149,7 +149,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	started = append(started, "the demo issuer")
 
 	if bin == "" {
-		progress("getting the Vault server (built from the Go module proxy on first use: 10-20 min; later about a minute or less)...")
+		progress("getting the Vault server (bin/vault; built from the Go module proxy only when missing or older than e2e/vaultserver/go.sum)...")
 		bin, err = devserver.BuildVault(ctx, root, e.stderr)
 		if err != nil {
 			return fmt.Errorf("building Vault: %w", err)
