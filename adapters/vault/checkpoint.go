@@ -29,6 +29,10 @@ type TransitCheckpointSignerOptions struct {
 	Key          string           // transit key name (required): ed25519, or ecdsa-p256
 	TransitMount string           // default "transit"
 	KeyRefresh   time.Duration    // key metadata cache; default DefaultKeyRefresh
+	// PublishDelay: a version Vault created less than this long ago is
+	// not signed with while an older one can be; default
+	// DefaultPublishDelay (as for JWTMinter).
+	PublishDelay time.Duration
 	Now          func() time.Time // default time.Now
 }
 
@@ -36,13 +40,17 @@ type TransitCheckpointSignerOptions struct {
 // (audit.Signer): the private key never leaves Vault, so the broker cannot
 // sign a rewritten history without Vault recording the request.
 //
-// It signs with the key's latest version (read through a cache refreshed
-// every KeyRefresh, so a rotation is picked up). KeyID is "<key>:<version>"
-// of the version the last Sign used: the kid TransitKeys lists and the
-// broker's JWKS serves for it. Alg is audit.AlgVaultTransit; the verifier
-// takes the actual algorithm from the key (CheckpointVerifyFunc): Ed25519
-// over the signing input for an ed25519 key, ECDSA P-256 with SHA-256 (raw
-// r||s, Vault's marshaling_algorithm=jws) for an ecdsa-p256 key.
+// It signs with the version JWTMinter would (read through a cache refreshed
+// every KeyRefresh, so a rotation is picked up): the newest one Vault
+// created at least PublishDelay ago, so that a checkpoint made right after
+// a rotation verifies against the JWKS the broker serves (and verifiers
+// cache) at that moment; min_encryption_version wins over the delay.
+// KeyID is "<key>:<version>" of the version the last Sign used: the kid
+// TransitKeys lists and the broker's JWKS serves for it. Alg is
+// audit.AlgVaultTransit; the verifier takes the actual algorithm from the
+// key (CheckpointVerifyFunc): Ed25519 over the signing input for an ed25519
+// key, ECDSA P-256 with SHA-256 (raw r||s, Vault's
+// marshaling_algorithm=jws) for an ecdsa-p256 key.
 //
 // Every signature Vault returns is checked against the key's public key
 // before it is used. audit.Chain.Checkpoint calls Sign, then KeyID; a
@@ -50,10 +58,11 @@ type TransitCheckpointSignerOptions struct {
 // time (with several concurrent callers, a rotation between one caller's
 // Sign and KeyID could name the other version).
 type TransitCheckpointSigner struct {
-	c     *vaultapi.Client
-	mount string
-	name  string
-	keys  *keyCache
+	c       *vaultapi.Client
+	mount   string
+	name    string
+	keys    *keyCache
+	publish time.Duration
 
 	mu      sync.Mutex
 	version int // of the last signature; 0 before the first
@@ -68,10 +77,14 @@ func NewTransitCheckpointSigner(o TransitCheckpointSignerOptions) (*TransitCheck
 	if !validName(o.Key) || strings.ContainsAny(o.Key, "/:") {
 		errs = append(errs, fmt.Errorf("vault checkpoint signer: bad transit key name %q", o.Key))
 	}
+	publish, err := publishDelay("vault checkpoint signer", o.PublishDelay)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return &TransitCheckpointSigner{c: o.Client, mount: keys.mount, name: o.Key, keys: keys}, nil
+	return &TransitCheckpointSigner{c: o.Client, mount: keys.mount, name: o.Key, keys: keys, publish: publish}, nil
 }
 
 // Load reads the key now, so that a missing key, a key of the wrong type or
@@ -84,7 +97,7 @@ func (s *TransitCheckpointSigner) Load(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	if s.version == 0 {
-		s.version = k.Latest
+		s.version = k.signingVersion(s.keys.now(), s.publish)
 	}
 	s.mu.Unlock()
 	return nil
@@ -110,7 +123,8 @@ func (s *TransitCheckpointSigner) String() string {
 	return "vault-transit-signer(" + s.mount + "/" + s.name + ")"
 }
 
-// Sign asks transit to sign msg with the key's latest version and returns
+// Sign asks transit to sign msg with the key's signing version (see
+// TransitCheckpointSigner) and returns
 // the raw signature: 64 bytes, Ed25519 or ECDSA r||s. Errors are
 // *broker.Error of kind ErrUnavailable, as for every Vault call.
 func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte, error) {
@@ -122,9 +136,10 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
+	version := k.signingVersion(s.keys.now(), s.publish)
 	body := map[string]any{
 		"input":       base64.StdEncoding.EncodeToString(msg),
-		"key_version": k.Latest,
+		"key_version": version,
 	}
 	if k.Type == KeyTypeECDSAP256 {
 		body["hash_algorithm"] = "sha2-256"
@@ -141,16 +156,16 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 		return nil, badResponse(op, "no data")
 	}
 	str, _ := sec.Data["signature"].(string)
-	sig, err := parseVaultSignature(str, k.Latest, k.Type)
+	sig, err := parseVaultSignature(str, version, k.Type)
 	if err != nil {
 		return nil, badResponse(op, err.Error())
 	}
-	if err := verifyCheckpointSig(k.Public[k.Latest], msg, sig); err != nil {
+	if err := verifyCheckpointSig(k.Public[version], msg, sig); err != nil {
 		s.keys.forget(s.name)
-		return nil, badResponse(op, "signature does not verify with key "+kid(s.name, k.Latest))
+		return nil, badResponse(op, "signature does not verify with key "+kid(s.name, version))
 	}
 	s.mu.Lock()
-	s.version = k.Latest
+	s.version = version
 	s.mu.Unlock()
 	return sig, nil
 }

@@ -272,6 +272,7 @@ func TestNewTransitCheckpointSignerValidates(t *testing.T) {
 		{"fail/key-traversal", TransitCheckpointSignerOptions{Client: c, Key: ".."}, false},
 		{"fail/bad-mount", TransitCheckpointSignerOptions{Client: c, Key: "k", TransitMount: "/transit"}, false},
 		{"fail/negative-refresh", TransitCheckpointSignerOptions{Client: c, Key: "k", KeyRefresh: -time.Second}, false},
+		{"fail/negative-publish-delay", TransitCheckpointSignerOptions{Client: c, Key: "k", PublishDelay: -time.Second}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := NewTransitCheckpointSigner(tc.o)
@@ -363,6 +364,85 @@ func TestCheckpointVerifyFunc(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if f, err := CheckpointVerifyFunc(tc.keys); err == nil || f != nil {
 				t.Errorf("CheckpointVerifyFunc(%s) = %v, %v; want an error", tc.name, f != nil, err)
+			}
+		})
+	}
+}
+
+// TestTransitCheckpointSignerSignsOnlyWithPublishedVersions: right after the
+// transit key is rotated, a checkpoint must verify against the JWKS the
+// broker serves at that moment (what `keytrail audit verify --jwks <URL>`
+// reads): like the JWT minter, the signer uses a new version only once it
+// is PublishDelay old, and min_encryption_version wins over the delay.
+func TestTransitCheckpointSignerSignsOnlyWithPublishedVersions(t *testing.T) {
+	t.Parallel()
+	for _, typ := range []string{KeyTypeECDSAP256, KeyTypeEd25519} {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			rt := newRotatingTransit(t, "cp", typ)
+			jwks, err := NewTransitKeys(TransitKeysOptions{Client: rt.f.client(t), Keys: []string{"cp"}, Now: rt.clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := NewTransitCheckpointSigner(TransitCheckpointSignerOptions{Client: rt.f.client(t), Key: "cp", Now: rt.clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Load(context.Background()); err != nil {
+				t.Fatalf("Load() = %v", err)
+			}
+			// sign signs a checkpoint now and verifies it as `audit verify
+			// --jwks` would, against the JWKS served now; it returns the
+			// checkpoint's key id.
+			sign := func(step string) string {
+				t.Helper()
+				sig, err := s.Sign(context.Background(), cpMsg)
+				if err != nil {
+					t.Fatalf("%s: Sign() = %v", step, err)
+				}
+				served, err := jwks.PublicKeys(context.Background())
+				if err != nil {
+					t.Fatalf("%s: PublicKeys() = %v", step, err)
+				}
+				verify, err := CheckpointVerifyFunc(served)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := verify(s.KeyID(), s.Alg(), cpMsg, sig); err != nil {
+					t.Errorf("%s: the checkpoint (key %s) does not verify against the served JWKS: %v", step, s.KeyID(), err)
+				}
+				return s.KeyID()
+			}
+			steps := []struct {
+				name    string
+				before  func()
+				wantKID string
+			}{
+				{"ok/before-rotation", func() {}, "cp:1"},
+				// The JWKS is read (and cached), the key is rotated, and
+				// the signer's KeyRefresh runs out just after.
+				{"ok/just-rotated-signs-with-published", func() {
+					rt.advance(DefaultKeyRefresh - time.Second)
+					if _, err := jwks.PublicKeys(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+					rt.advance(time.Second / 2)
+					rt.rotate()
+					rt.advance(time.Second)
+				}, "cp:1"},
+				{"ok/new-version-once-published", func() { rt.advance(DefaultPublishDelay) }, "cp:2"},
+				{"ok/min-encryption-version-wins", func() {
+					rt.rotate()
+					rt.minEncToLatest()
+					rt.advance(DefaultKeyRefresh)
+					rt.advance(DefaultPublicKeysTTL)
+				}, "cp:3"},
+			}
+			for _, st := range steps {
+				st.before()
+				if got := sign(st.name); got != st.wantKID {
+					t.Errorf("%s: KeyID() = %q, want %q", st.name, got, st.wantKID)
+				}
 			}
 		})
 	}

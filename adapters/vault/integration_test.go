@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	vault "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -245,6 +247,48 @@ func TestRealVault(t *testing.T) {
 			}
 			if cred.Fields["kid"] != tc.kid {
 				t.Errorf("Mint() %v after the rotation: kid %v, want %s", tc.after, cred.Fields["kid"], tc.kid)
+			}
+		}
+	})
+
+	// The checkpoint signer follows the same rule on the key just rotated:
+	// its checkpoints name version 1 until version 2 is DefaultPublishDelay
+	// old, and each verifies with the JWKS keys.
+	t.Run("ok/checkpoint-after-rotation-waits-for-publication", func(t *testing.T) {
+		tk, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: bc, Keys: []string{harness.VaultSigningKey}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs, err := tk.PublicKeys(ctx)
+		if err != nil {
+			t.Fatalf("PublicKeys() = %v", err)
+		}
+		verify, err := vault.CheckpointVerifyFunc(jwksRoundTrip(t, pubs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := audit.CheckpointSigningInput("kt-rotation", 1, strings.Repeat("ab", 32))
+		for _, tc := range []struct {
+			after time.Duration
+			kid   string
+		}{
+			{0, harness.VaultSigningKey + ":1"},
+			{vault.DefaultPublishDelay + time.Second, harness.VaultSigningKey + ":2"},
+		} {
+			now := time.Now().Add(tc.after)
+			s, err := vault.NewTransitCheckpointSigner(vault.TransitCheckpointSignerOptions{Client: bc, Key: harness.VaultSigningKey, Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig, err := s.Sign(ctx, msg)
+			if err != nil {
+				t.Fatalf("Sign() %v after the rotation = %v", tc.after, err)
+			}
+			if s.KeyID() != tc.kid {
+				t.Errorf("Sign() %v after the rotation: key id %s, want %s", tc.after, s.KeyID(), tc.kid)
+			}
+			if err := verify(s.KeyID(), s.Alg(), msg, sig); err != nil {
+				t.Errorf("checkpoint signed %v after the rotation does not verify with the JWKS: %v", tc.after, err)
 			}
 		}
 	})

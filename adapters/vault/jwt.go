@@ -20,7 +20,7 @@ import (
 const DefaultKeyRefresh = time.Minute
 
 // DefaultPublishDelay is how old a transit key version must be before JWTs
-// are signed with it: the broker's JWKS cache (DefaultPublicKeysTTL, 30 s),
+// and audit checkpoints are signed with it: the broker's JWKS cache (DefaultPublicKeysTTL, 30 s),
 // its Cache-Control max-age (60 s) and a verifier's spacing of refetches
 // on an unknown kid (30 s, as broker/authn's).
 const DefaultPublishDelay = 2 * time.Minute
@@ -73,18 +73,15 @@ func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
 	if u, err := url.Parse(o.PublicURL); o.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		errs = append(errs, errors.New("vault jwt minter: public_url must be an absolute http(s) URL"))
 	}
-	if o.PublishDelay < 0 {
-		errs = append(errs, errors.New("vault jwt minter: publish delay must not be negative"))
+	publish, err := publishDelay("vault jwt minter", o.PublishDelay)
+	if err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	// iss is the discovery issuer, which httpapi serves without a trailing
 	// slash; verifiers compare the two byte for byte.
-	publish := o.PublishDelay
-	if publish == 0 {
-		publish = DefaultPublishDelay
-	}
 	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, publish: publish, now: keys.now}, nil
 }
 

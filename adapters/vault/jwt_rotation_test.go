@@ -32,63 +32,13 @@ func TestJWTMinterSignsOnlyWithPublishedVersions(t *testing.T) {
 	} {
 		t.Run(tc.alg, func(t *testing.T) {
 			t.Parallel()
-			var mu sync.Mutex
-			now := t0
-			key := newFakeKey(t, tc.typ, 1)
-			key.created = map[int]time.Time{1: t0.Add(-time.Hour)}
-			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-			advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-			rotate := func() {
-				mu.Lock()
-				defer mu.Unlock()
-				key.latest++
-				v := key.latest
-				switch tc.typ {
-				case KeyTypeECDSAP256:
-					pk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-					if err != nil {
-						t.Fatal(err)
-					}
-					key.ec[v] = pk
-				default:
-					_, pk, err := ed25519.GenerateKey(rand.Reader)
-					if err != nil {
-						t.Fatal(err)
-					}
-					key.ed[v] = pk
-				}
-				key.created[v] = now
-			}
-			f := newFakeVault(t, map[string]http.HandlerFunc{
-				"GET /v1/transit/keys/sig": func(w http.ResponseWriter, r *http.Request) {
-					mu.Lock()
-					defer mu.Unlock()
-					reply(w, 200, key.readReply(t))
-				},
-				"PUT /v1/transit/sign/sig": func(w http.ResponseWriter, r *http.Request) {
-					body := decodeBody(t, r)
-					in, _ := body["input"].(string)
-					input, err := base64.StdEncoding.DecodeString(in)
-					if err != nil {
-						t.Errorf("sign input is not standard base64: %v", err)
-					}
-					fv, _ := body["key_version"].(float64)
-					v := int(fv)
-					mu.Lock()
-					defer mu.Unlock()
-					if v < 1 || v > key.latest || v < key.minEnc {
-						// As transit: "requested version for signing is less than the minimum encryption key version".
-						replyRaw(400, `{"errors":["requested version for signing is not allowed"]}`)(w, r)
-						return
-					}
-					reply(w, 200, map[string]any{"data": map[string]any{"signature": key.sign(t, v, input), "key_version": v}})
-				},
-			})
-			jwks, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"sig"}, Now: clock})
+			rt := newRotatingTransit(t, "sig", tc.typ)
+			clock, advance, rotate := rt.clock, rt.advance, rt.rotate
+			jwks, err := NewTransitKeys(TransitKeysOptions{Client: rt.f.client(t), Keys: []string{"sig"}, Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}
-			m, err := NewJWTMinter(JWTMinterOptions{Client: f.client(t), PublicURL: "https://keytrail.test", Now: clock})
+			m, err := NewJWTMinter(JWTMinterOptions{Client: rt.f.client(t), PublicURL: "https://keytrail.test", Now: clock})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,9 +94,7 @@ func TestJWTMinterSignsOnlyWithPublishedVersions(t *testing.T) {
 				// version leaves nothing else transit would sign with.
 				{"ok/min-encryption-version-wins", func() {
 					rotate()
-					mu.Lock()
-					key.minEnc = key.latest
-					mu.Unlock()
+					rt.minEncToLatest()
 					advance(DefaultKeyRefresh)
 					advance(DefaultPublicKeysTTL)
 				}, "sig:3"},
@@ -159,4 +107,94 @@ func TestJWTMinterSignsOnlyWithPublishedVersions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rotatingTransit is a fake Vault with one transit key that the test
+// rotates on its own clock: each new version's creation_time is the clock's
+// now, and signing refuses versions below min_encryption_version as transit
+// does.
+type rotatingTransit struct {
+	t   *testing.T
+	typ string
+	f   *fakeVault
+
+	mu  sync.Mutex
+	now time.Time
+	key *fakeKey
+}
+
+// newRotatingTransit starts the fake with version 1 of key name, created an
+// hour before t0, and the clock at t0.
+func newRotatingTransit(t *testing.T, name, typ string) *rotatingTransit {
+	t.Helper()
+	rt := &rotatingTransit{t: t, typ: typ, now: t0, key: newFakeKey(t, typ, 1)}
+	rt.key.created = map[int]time.Time{1: t0.Add(-time.Hour)}
+	rt.f = newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/transit/keys/" + name: func(w http.ResponseWriter, r *http.Request) {
+			rt.mu.Lock()
+			defer rt.mu.Unlock()
+			reply(w, 200, rt.key.readReply(t))
+		},
+		"PUT /v1/transit/sign/" + name: func(w http.ResponseWriter, r *http.Request) {
+			body := decodeBody(t, r)
+			in, _ := body["input"].(string)
+			input, err := base64.StdEncoding.DecodeString(in)
+			if err != nil {
+				t.Errorf("sign input is not standard base64: %v", err)
+			}
+			fv, _ := body["key_version"].(float64)
+			v := int(fv)
+			rt.mu.Lock()
+			defer rt.mu.Unlock()
+			if v < 1 || v > rt.key.latest || v < rt.key.minEnc {
+				// As transit: "requested version for signing is less than the minimum encryption key version".
+				replyRaw(400, `{"errors":["requested version for signing is not allowed"]}`)(w, r)
+				return
+			}
+			reply(w, 200, map[string]any{"data": map[string]any{"signature": rt.key.sign(t, v, input), "key_version": v}})
+		},
+	})
+	return rt
+}
+
+func (rt *rotatingTransit) clock() time.Time {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.now
+}
+
+func (rt *rotatingTransit) advance(d time.Duration) {
+	rt.mu.Lock()
+	rt.now = rt.now.Add(d)
+	rt.mu.Unlock()
+}
+
+// rotate adds a version created now, as transit/keys/<name>/rotate does.
+func (rt *rotatingTransit) rotate() {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.key.latest++
+	v := rt.key.latest
+	switch rt.typ {
+	case KeyTypeECDSAP256:
+		pk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			rt.t.Fatal(err)
+		}
+		rt.key.ec[v] = pk
+	default:
+		_, pk, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			rt.t.Fatal(err)
+		}
+		rt.key.ed[v] = pk
+	}
+	rt.key.created[v] = rt.now
+}
+
+// minEncToLatest sets min_encryption_version to the latest version.
+func (rt *rotatingTransit) minEncToLatest() {
+	rt.mu.Lock()
+	rt.key.minEnc = rt.key.latest
+	rt.mu.Unlock()
 }

@@ -293,6 +293,18 @@ func transitKeyCache(who string, c *vaultapi.Client, mount string, refresh time.
 	return newKeyCache(c, mount, refresh, now), errs
 }
 
+// publishDelay checks a signer's PublishDelay option and applies its default
+// (DefaultPublishDelay); who prefixes the error.
+func publishDelay(who string, d time.Duration) (time.Duration, error) {
+	if d < 0 {
+		return 0, fmt.Errorf("%s: publish delay must not be negative", who)
+	}
+	if d == 0 {
+		return DefaultPublishDelay, nil
+	}
+	return d, nil
+}
+
 // get returns the key, from the cache when it is younger than ttl.
 func (kc *keyCache) get(ctx context.Context, name string) (*transitKey, error) {
 	kc.mu.Lock()
