@@ -2,15 +2,19 @@ package vault_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
 	vaultapi "github.com/hashicorp/vault/api"
 
@@ -19,6 +23,7 @@ import (
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/e2e/harness"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // testRealVaultCheckpoints runs inside TestRealVault (one Vault per
@@ -150,4 +155,143 @@ func readEvents(t *testing.T, path string) []*audit.Event {
 		out = append(out, ev)
 	}
 	return out
+}
+
+// testRealVaultDomainSeparation runs inside TestRealVault: `audit verify
+// --jwks` trusts every key of the broker's JWKS for checkpoints, JWT keys
+// included, and a checkpoint transit key may sign JWTs too. With one transit
+// key signing both, neither signature may pass for the other: a workload's
+// JWT signature is not a checkpoint signature, and a checkpoint signature
+// does not make a JWT, because CheckpointSigningInput opens with
+// CheckpointDomain and a newline, which no JWS signing input can contain.
+func testRealVaultDomainSeparation(ctx context.Context, t *testing.T, bc *vaultapi.Client) {
+	tk, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: bc, Keys: []string{harness.VaultEd25519Key, harness.VaultSigningKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs, err := tk.PublicKeys(ctx)
+	if err != nil {
+		t.Fatalf("PublicKeys() = %v", err)
+	}
+	served := jwksRoundTrip(t, pubs)
+	verify, err := vault.CheckpointVerifyFunc(served)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ key, alg string }{{harness.VaultEd25519Key, "EdDSA"}, {harness.VaultSigningKey, "ES256"}} {
+		t.Run(tc.alg, func(t *testing.T) {
+			m, err := vault.NewJWTMinter(vault.JWTMinterOptions{Client: bc, PublicURL: "https://keytrail.test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cred, err := m.Mint(ctx, broker.MintRequest{
+				IssuanceID: "iss_01JDOMAIN", Workload: "orders-client", Owner: "team-orders", SessionID: "ses_d",
+				Grant: policies.Grant{Name: "orders-jwt", Kind: broker.KindJWT, JWT: &policies.JWTGrant{Audience: "orders-api", TransitKey: tc.key}},
+				TTL:   time.Minute,
+			})
+			if err != nil {
+				t.Fatalf("Mint() = %v", err)
+			}
+			cut := strings.LastIndexByte(cred.AccessToken, '.')
+			jwtInput, jwtSigB64 := cred.AccessToken[:cut], cred.AccessToken[cut+1:]
+			jwtSig, err := base64.RawURLEncoding.DecodeString(jwtSigB64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			jwtKID, _ := cred.Fields["kid"].(string)
+
+			s, err := vault.NewTransitCheckpointSigner(vault.TransitCheckpointSignerOptions{Client: bc, Key: tc.key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: s, CheckpointEvery: 1000, NoFsync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 2 {
+				if err := sink.Append(ctx, &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("req_", i)}); err != nil {
+					t.Fatalf("Append(#%d) = %v", i, err)
+				}
+			}
+			if err := sink.Close(); err != nil {
+				t.Fatalf("Close() = %v", err)
+			}
+			evs := readEvents(t, path)
+			last := evs[len(evs)-1]
+			if last.Checkpoint == nil || last.Checkpoint.KeyID != jwtKID {
+				t.Fatalf("last line = %+v, want a checkpoint by %s, the JWT's key", last, jwtKID)
+			}
+			cp := last.Checkpoint
+			cpMsg := audit.CheckpointSigningInput(last.Chain, cp.HeadSeq, cp.HeadHash)
+			cpSig, err := base64.StdEncoding.DecodeString(cp.Signature)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// Both signatures are good over their own message, with the
+			// same key from the same JWKS: only the messages differ.
+			if err := verify(jwtKID, audit.AlgVaultTransit, []byte(jwtInput), jwtSig); err != nil {
+				t.Fatalf("verify(JWT signing input, JWT signature) = %v, want nil: the JWKS key must be the JWT's", err)
+			}
+			if err := verify(cp.KeyID, cp.Alg, cpMsg, cpSig); err != nil {
+				t.Fatalf("verify(checkpoint) = %v, want nil", err)
+			}
+
+			t.Run("fail/jwt-signature-as-checkpoint", func(t *testing.T) {
+				raw, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				forged := bytes.Replace(raw, []byte(`"signature":"`+cp.Signature+`"`), []byte(`"signature":"`+base64.StdEncoding.EncodeToString(jwtSig)+`"`), 1)
+				if bytes.Equal(forged, raw) {
+					t.Fatal("the checkpoint signature was not found in the file")
+				}
+				fp := filepath.Join(t.TempDir(), "audit.jsonl")
+				if err := os.WriteFile(fp, forged, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				rep, err := audit.VerifyFiles([]string{fp}, audit.VerifyOptions{VerifyFunc: verify, RequireCheckpoint: true})
+				if err == nil || rep == nil || rep.OK() || len(rep.Problems) == 0 || rep.Problems[0].Line != len(evs) || !strings.Contains(rep.Problems[0].Why, "does not verify") {
+					t.Errorf("VerifyFiles(checkpoint carrying the JWT's signature) = %+v, %v; want line %d: does not verify", rep, err, len(evs))
+				}
+			})
+
+			t.Run("fail/checkpoint-signature-as-jwt", func(t *testing.T) {
+				if !bytes.ContainsFunc(cpMsg, func(r rune) bool { return !isJWSChar(r) }) {
+					t.Fatalf("checkpoint signing input %q is all JWS compact characters: a JWS could sign it", cpMsg)
+				}
+				if strings.HasPrefix(jwtInput, audit.CheckpointDomain) || strings.ContainsFunc(jwtInput, func(r rune) bool { return !isJWSChar(r) }) {
+					t.Fatalf("JWT signing input %q is not plain JWS compact characters", jwtInput)
+				}
+				keyfunc := func(tok *jwt.Token) (any, error) {
+					for _, k := range served {
+						if k.KID == tok.Header["kid"] && k.Alg == tok.Method.Alg() {
+							return k.Key, nil
+						}
+					}
+					return nil, fmt.Errorf("no key %v", tok.Header["kid"])
+				}
+				opts := []jwt.ParserOption{jwt.WithValidMethods([]string{tc.alg}), jwt.WithIssuer("https://keytrail.test"), jwt.WithExpirationRequired()}
+				if _, err := jwt.Parse(cred.AccessToken, keyfunc, opts...); err != nil {
+					t.Fatalf("the minted JWT does not verify: %v", err)
+				}
+				cpSigB64 := base64.RawURLEncoding.EncodeToString(cpSig)
+				for name, tok := range map[string]string{
+					"the checkpoint input as the signing input": string(cpMsg) + "." + cpSigB64,
+					"the JWT with the checkpoint's signature":   jwtInput + "." + cpSigB64,
+				} {
+					if _, err := jwt.Parse(tok, keyfunc, opts...); err == nil {
+						t.Errorf("jwt.Parse(%s) = nil error, want a rejection", name)
+					}
+				}
+			})
+		})
+	}
+}
+
+// isJWSChar reports whether r may appear in a JWS compact signing input:
+// the base64url alphabet and the dot.
+func isJWSChar(r rune) bool {
+	return r == '.' || r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
 }

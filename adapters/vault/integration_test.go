@@ -217,6 +217,7 @@ func TestRealVault(t *testing.T) {
 	})
 
 	t.Run("checkpoints", func(t *testing.T) { testRealVaultCheckpoints(ctx, t, bc) })
+	t.Run("checkpoint-jwt-domain-separation", func(t *testing.T) { testRealVaultDomainSeparation(ctx, t, bc) })
 
 	// After a rotation, JWTs keep the previous version's kid until the new
 	// version is DefaultPublishDelay old (Vault's creation_time), then use it.
