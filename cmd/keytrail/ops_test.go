@@ -371,6 +371,79 @@ func TestPolicyStateKeyNames(t *testing.T) {
 	}
 }
 
+// TestReloadRetiresDroppedTransitKeys: a reload that drops the last jwt
+// grant signing with a transit key keeps that key in /.well-known/jwks.json
+// while JWTs it signed may still be live (the longest ttl of the grants that
+// used it, plus jwksRetireLeeway for verifiers' clock skew), then drops it:
+// a later reload does not extend that, and the one after it stops reading
+// the key. Real Vault (harness.StartVault).
+func TestReloadRetiresDroppedTransitKeys(t *testing.T) {
+	vp := harness.StartVault(t) // builds Vault if needed; fails, never skips
+	dir := t.TempDir()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	rt := &brokerRuntime{cfg: &Config{}, vault: vp.Client, log: slog.New(slog.DiscardHandler), now: func() time.Time { return now }}
+	load := func(grants, extra string) *policies.Policy {
+		t.Helper()
+		p := strings.NewReplacer("{ISS}", "https://issuer.example", "{GRANTS}", grants, "{EXTRA}", extra).Replace(reloadJWKSPolicy)
+		pol, err := policies.Load(writeFile(t, dir, "policy.yaml", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pol
+	}
+	reload := func(pol *policies.Policy) {
+		t.Helper()
+		st, err := rt.newPolicyState(pol, nil, rt.state.Load())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.state.Store(st)
+	}
+	kids := func() []string {
+		t.Helper()
+		keys, err := policyKeys{rt}.PublicKeys(context.Background())
+		if err != nil {
+			t.Fatalf("PublicKeys() = %v", err)
+		}
+		var out []string
+		for _, k := range keys {
+			out = append(out, k.KID)
+		}
+		return out
+	}
+	const billingTTL = 5 * time.Minute // reloadJWKSEd25519Grant's ttl
+	both := []string{harness.VaultEd25519Key + ":1", harness.VaultSigningKey + ":1"}
+	orders := []string{harness.VaultSigningKey + ":1"}
+
+	reload(load("orders-jwt, billing-jwt", reloadJWKSEd25519Grant))
+	reload(load("orders-jwt", "")) // billing-jwt, and with it its key, dropped
+	steps := []struct {
+		name    string
+		at      time.Duration // after the reload that dropped billing-jwt
+		reload  bool
+		want    []string
+		wantKey []string // keyNames after the step
+	}{
+		{"ok/kept-while-its-jwts-live", billingTTL, false, both, nil},
+		{"ok/a-later-reload-does-not-extend", billingTTL + jwksRetireLeeway - time.Second, true, both, nil},
+		{"ok/dropped-once-its-jwts-expired", billingTTL + jwksRetireLeeway, false, orders, nil},
+		{"ok/no-longer-read-after-the-next-reload", billingTTL + jwksRetireLeeway + time.Minute, true, orders, []string{harness.VaultSigningKey}},
+	}
+	start := now
+	for _, s := range steps {
+		now = start.Add(s.at)
+		if s.reload {
+			reload(load("orders-jwt", ""))
+		}
+		if diff := cmp.Diff(s.want, kids()); diff != "" {
+			t.Errorf("%s: JWKS kids %v after the drop (-want +got):\n%s", s.name, s.at, diff)
+		}
+		if got := rt.state.Load().keyNames; s.wantKey != nil && !slices.Equal(got, s.wantKey) {
+			t.Errorf("%s: key names %q, want %q", s.name, got, s.wantKey)
+		}
+	}
+}
+
 // TestPolicyStampIgnoresFilesTheLoaderDoesNotRead: the policy watcher
 // reloads (and writes a policy_load event) when the stamp of the policy
 // directory changes. An editor's swap and probe files, hidden files and

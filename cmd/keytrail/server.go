@@ -91,6 +91,10 @@ type policyState struct {
 	// cache.
 	keys     *vaultad.TransitKeys
 	keyNames []string
+	// retiring are the keys among keyNames that the policy in force no
+	// longer names, each with the time it leaves the JWKS: JWTs signed
+	// before the reload that dropped it have expired by then.
+	retiring map[string]time.Time
 }
 
 // broker is everything runServer wires together.
@@ -109,6 +113,16 @@ type brokerRuntime struct {
 	metrics *opsMetrics
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
+	// now is the clock of key retirement (policyState.retiring); nil means
+	// time.Now.
+	now func() time.Time
+}
+
+func (rt *brokerRuntime) clock() time.Time {
+	if rt.now != nil {
+		return rt.now()
+	}
+	return time.Now()
 }
 
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
@@ -590,22 +604,48 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
+// jwksRetireLeeway is how long past the last possible expiry of its JWTs a
+// transit key the policy no longer names stays in the JWKS: verifiers
+// commonly accept a JWT up to a minute past exp (clock skew).
+const jwksRetireLeeway = time.Minute
+
 // newPolicyState pairs pol and its verifier with the public keys of the
 // transit keys its jwt grants sign with (and the checkpoint transit key, so
-// verifiers of checkpoints find it in the JWKS). A reload adds keys but keeps
-// those of prev that pol no longer names: JWTs they signed before the reload
-// must still verify until they expire (a restart drops them, as before).
-// When the names do not change, prev's key source (and its cache) is kept.
+// verifiers of checkpoints find it in the JWKS). A reload adds keys, and
+// keeps those of prev that pol no longer names while JWTs they signed may
+// be live: until the longest ttl of prev's grants that signed with the key,
+// plus jwksRetireLeeway, after the reload that dropped it (a later reload
+// does not extend that; a restart forgets them). When the names do not
+// change, prev's key source (and its cache) is kept.
 func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier, prev *policyState) (*policyState, error) {
 	names := transitKeyNames(pol)
 	if k := rt.cfg.Audit.CheckpointTransitKey; k != "" {
 		names = append(names, k)
 	}
+	st := &policyState{pol: pol, authn: v}
 	if prev != nil {
-		names = append(names, prev.keyNames...)
+		now := rt.clock()
+		for _, name := range prev.keyNames {
+			if slices.Contains(names, name) {
+				continue
+			}
+			until, ok := prev.retiring[name]
+			if !ok {
+				until = now.Add(maxJWTTTL(prev.pol, name) + jwksRetireLeeway)
+			}
+			if now.Before(until) {
+				if st.retiring == nil {
+					st.retiring = map[string]time.Time{}
+				}
+				st.retiring[name] = until
+			}
+		}
+	}
+	for name := range st.retiring {
+		names = append(names, name)
 	}
 	slices.Sort(names)
-	st := &policyState{pol: pol, authn: v, keyNames: slices.Compact(names)}
+	st.keyNames = slices.Compact(names)
 	switch {
 	case len(st.keyNames) == 0:
 	case prev != nil && slices.Equal(prev.keyNames, st.keyNames):
@@ -620,6 +660,21 @@ func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier,
 	return st, nil
 }
 
+// maxJWTTTL is the longest ttl of pol's jwt grants that sign with the
+// transit key name: no JWT it signed under pol outlives that.
+func maxJWTTTL(pol *policies.Policy, name string) time.Duration {
+	var ttl time.Duration
+	if pol == nil {
+		return ttl
+	}
+	for _, g := range pol.Grants() {
+		if g.JWT != nil && g.JWT.TransitKey == name {
+			ttl = max(ttl, g.TTLDuration())
+		}
+	}
+	return ttl
+}
+
 // policyKeys serves the public keys of the policy in force.
 type policyKeys struct{ rt *brokerRuntime }
 
@@ -630,7 +685,18 @@ func (k policyKeys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) 
 	if st == nil || st.keys == nil {
 		return nil, nil
 	}
-	return st.keys.PublicKeys(ctx)
+	keys, err := st.keys.PublicKeys(ctx)
+	if err != nil || len(st.retiring) == 0 {
+		return keys, err
+	}
+	// A retiring key past its time leaves now, not at the next reload
+	// (which stops reading it). keys is the caller's own copy.
+	now := k.rt.clock()
+	return slices.DeleteFunc(keys, func(pk broker.PublicKey) bool {
+		i := strings.LastIndexByte(pk.KID, ':')
+		until, ok := st.retiring[pk.KID[:max(i, 0)]]
+		return ok && !now.Before(until)
+	}), nil
 }
 
 func transitKeyNames(pol *policies.Policy) []string {
