@@ -294,6 +294,38 @@ func TestRealVault(t *testing.T) {
 		}
 	})
 
+	// Raising min_decryption_version withdraws the older versions from the
+	// JWKS at the next read (the documented way to pull a leaked version at
+	// once), and both signers move to a version the JWKS serves.
+	t.Run("ok/min-decryption-version-withdraws-older-versions", func(t *testing.T) {
+		if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/"+harness.VaultSigningKey+"/config", map[string]any{"min_decryption_version": 2}); err != nil {
+			t.Fatal(err)
+		}
+		tk, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: bc, Keys: []string{harness.VaultSigningKey}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs, err := tk.PublicKeys(ctx)
+		if err != nil {
+			t.Fatalf("PublicKeys() = %v", err)
+		}
+		var kids []string
+		for _, k := range pubs {
+			kids = append(kids, k.KID)
+		}
+		want := harness.VaultSigningKey + ":2"
+		if !slices.Equal(kids, []string{want}) {
+			t.Errorf("JWKS kids after min_decryption_version 2 = %q, want [%s]", kids, want)
+		}
+		s, err := vault.NewTransitCheckpointSigner(vault.TransitCheckpointSignerOptions{Client: bc, Key: harness.VaultSigningKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Sign(ctx, audit.CheckpointSigningInput("kt-mindec", 1, strings.Repeat("cd", 32))); err != nil || s.KeyID() != want {
+			t.Errorf("checkpoint Sign() = %v, key id %s; want nil, %s", err, s.KeyID(), want)
+		}
+	})
+
 	// Last, as it wipes the server: the harness restarts an empty dev server
 	// on the same address and sets it up again; Kill ends it at once.
 	t.Run("ok/harness-restart-and-kill", func(t *testing.T) {
