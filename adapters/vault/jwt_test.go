@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -713,5 +714,54 @@ func TestTransitKeysDoNotQueueBehindSlowVault(t *testing.T) {
 	}
 	if n := f.total(); n != 2 {
 		t.Errorf("key reads = %d, want 2 (the second caller must not read)", n)
+	}
+}
+
+// TestTransitKeysCallerWhoGivesUpDoesNotFailOthers: a JWKS client that
+// disconnects while the broker reads Vault (a verifier with a short timeout
+// on a cold cache) says nothing about Vault: the next caller must get the
+// keys, not that client's cancellation as 503 for the retry interval.
+func TestTransitKeysCallerWhoGivesUpDoesNotFailOthers(t *testing.T) {
+	t.Parallel()
+	ec := newFakeKey(t, KeyTypeECDSAP256, 1)
+	entered := make(chan struct{}, 1)
+	var mu sync.Mutex
+	hold := true
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"GET /v1/transit/keys/ec": func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			h := hold
+			hold = false
+			mu.Unlock()
+			if h {
+				entered <- struct{}{}
+				<-r.Context().Done() // held until the caller gives up
+				return
+			}
+			reply(w, 200, ec.readReply(t))
+		},
+	})
+	tk, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"ec"}, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := tk.PublicKeys(ctx)
+		first <- err
+	}()
+	<-entered
+	cancel()
+	if err := <-first; !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("the caller who gave up: PublicKeys() = %v, want ErrUnavailable", err)
+	}
+	got, err := tk.PublicKeys(context.Background())
+	if err != nil {
+		t.Fatalf("the next caller: PublicKeys() = %v, want the keys (the previous caller's cancellation is not a Vault outage)", err)
+	}
+	want := []broker.PublicKey{{KID: "ec:1", Alg: "ES256", Key: ec.public(1)}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the next caller: PublicKeys() (-want +got):\n%s", diff)
 	}
 }

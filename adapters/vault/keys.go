@@ -131,7 +131,8 @@ func NewTransitKeys(o TransitKeysOptions) (*TransitKeys, error) {
 // PublicKeys returns the keys, sorted by name then version. The list is read
 // from Vault at most every CacheTTL; after a failed read, the last list is
 // served for Retry before Vault is asked again, and while another caller
-// reads Vault. It fails with ErrUnavailable only when a key Vault cannot
+// reads Vault. A read cut short because ctx was cancelled is not a failed
+// read: it fails this call only. It fails with ErrUnavailable only when a key Vault cannot
 // serve now has no versions younger than MaxStale to fall back on.
 func (t *TransitKeys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
 	if keys, err := t.cachedList(false); keys != nil || err != nil {
@@ -199,6 +200,11 @@ func (t *TransitKeys) read(ctx context.Context) ([]broker.PublicKey, error) {
 		}
 	}
 
+	if err := ctx.Err(); errors.Is(err, context.Canceled) {
+		// The caller gave up (a JWKS client went away): that says nothing
+		// about Vault, so nothing is recorded and the next caller reads.
+		return nil, broker.Unavailable(ReasonUnavailable, retryOutage, fmt.Errorf("vault read transit keys: %w", err))
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
