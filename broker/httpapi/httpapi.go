@@ -325,7 +325,8 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		if err := s.o.Ready(ctx); err != nil {
-			s.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready", slog.String("error", err.Error()))
+			s.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready",
+				slog.String("request_id", RequestID(r)), slog.String("error", err.Error()))
 			w.Header().Set("Retry-After", "1")
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": safeReadyError(err)})
 			return
