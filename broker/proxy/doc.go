@@ -64,7 +64,9 @@
 //     the upstream's own request id from the well-known response headers
 //     (upstreamRequestIDHeaders; bounded, printable, never a value carrying
 //     the secret) in details.upstream_request_ids (best effort: the
-//     response has been sent; a failure is logged).
+//     response has been sent; a failure is logged). A caller that goes away
+//     before the upstream answers is recorded with status 499 and reason
+//     client_gone (and logged at INFO): not an upstream error.
 //
 // The upstream connection: a Transport per grant (built from the grant's
 // ca_file, cached per grant and policy hash), never a proxy from the

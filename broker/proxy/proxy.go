@@ -22,6 +22,12 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
+// StatusClientClosedRequest is the status (nginx's 499) the access log,
+// keytrail_proxy_requests_total and the use_result event record for a
+// proxied request whose caller went away before the upstream answered.
+// Nothing is sent: nobody is there to read it.
+const StatusClientClosedRequest = 499
+
 // Defaults of Options.
 const (
 	DefaultMaxRequestBytes     = 10 << 20
@@ -620,8 +626,16 @@ func (c *call) forward(w http.ResponseWriter) {
 				reason = "upstream_address_refused"
 			case errors.Is(err, context.DeadlineExceeded):
 				status, reason = http.StatusGatewayTimeout, "upstream_timeout"
-			case errors.Is(err, context.Canceled):
-				reason = "client_gone"
+			case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+				// The caller went away before the upstream answered: not
+				// an upstream failure. Nobody reads the answer; its 499
+				// (nginx's "client closed request") is for the access log,
+				// the metrics and the use_result event.
+				errCode, errReason = "", "client_gone"
+				p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
+					slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
+				rw.WriteHeader(StatusClientClosedRequest)
+				return
 			}
 			// The transport's error text is sanitised before it is logged
 			// and never reaches the caller.
