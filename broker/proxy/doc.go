@@ -23,8 +23,7 @@
 //     {grant} of the URL (403), unexpired (401), unrevoked (403), its workload
 //     unblocked (403), and the grant must still exist in the policy in force
 //     with the workload still allowed it (403).
-//  4. The workload's rate limit applies (429 with Retry-After).
-//  5. The request target must be exactly what a well-behaved client sends:
+//  4. The request target must be exactly what a well-behaved client sends:
 //     origin-form (no absolute URI), a Host the broker answers on, no Upgrade
 //     or HTTP2-Settings (h2c), and a path free of "..", ".", "//", encoded
 //     slashes or backslashes, NUL and control bytes, double encoding, escapes
@@ -32,13 +31,16 @@
 //     segments that are one of these once NFKC-folded (fullwidth "．．")
 //     (400).
 //     The path is checked on the raw request target, not on a decoded copy.
-//  6. The method (403 access_denied, reason method_not_allowed: the grant's
+//  5. The method (403 access_denied, reason method_not_allowed: the grant's
 //     policy denies it, like a path it does not list) and the path must be
 //     allowed by the grant (403).
-//  7. A request body over MaxRequestBytes is refused with 413 before anything
+//  6. A request body over MaxRequestBytes is refused with 413 before anything
 //     goes upstream when its length is declared; a streamed body that grows
 //     past the cap is cut off (the upstream sees an incomplete request) and
 //     the caller gets 413.
+//  7. The workload's rate limit applies (429 with Retry-After), last, as
+//     for a token exchange: a request refused by a check above takes
+//     nothing from it.
 //  8. The secret is read (503 when it cannot be, and 503 secret_unusable,
 //     naming the grant in the log, when it holds a control character other
 //     than a tab: no HTTP header can carry one, so the request could never

@@ -293,9 +293,6 @@ func (c *call) check() error {
 	if !ok || !pol.Allowed(wl, g.Name) {
 		return denied("grant_not_allowed", "the workload is no longer allowed this grant")
 	}
-	if err := svc.Allow(wl); err != nil {
-		return err
-	}
 
 	// The request must be exactly what a well-behaved client sends.
 	if r.URL.IsAbs() || !strings.HasPrefix(r.RequestURI, "/") {
@@ -328,7 +325,10 @@ func (c *call) check() error {
 	if r.ContentLength > p.o.MaxRequestBytes {
 		return tooLarge{badRequest("body_too_large")}
 	}
-	return nil
+	// Last, as for a token exchange (after the grant and block checks): the
+	// rate meters what goes on to the secret read, the use event and the
+	// upstream; a request refused above takes nothing from it.
+	return svc.Allow(wl)
 }
 
 // hostAllowed reports whether the Host header names the broker.

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -408,4 +409,47 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 		}
 	}
 	return n == len(want)
+}
+
+// TestProxyRefusedRequestsDoNotConsumeTheRateLimit: like a token exchange
+// refused by policy (grant not allowed, workload blocked), a proxied
+// request the grant refuses (a method or path it does not allow, a path
+// the normaliser refuses, a declared body over the cap) takes
+// nothing from the workload's rate: only requests that go on to the
+// secret read, the use event and the upstream do. A client that sent a
+// few bad requests still has its budget for good ones.
+func TestProxyRefusedRequestsDoNotConsumeTheRateLimit(t *testing.T) {
+	// burst 2: the exchange takes one token, one is left for a use.
+	f := newFixture(t, fixtureOpts{ratePerSecond: 0.001, burst: 2})
+	tok := f.credential(t, "stripe").AccessToken
+	refused := []struct {
+		method, path string
+		hdr          http.Header
+		body         string
+		want         int
+	}{
+		{"GET", "/v1/proxy/stripe/v1/customers", bearer(tok), "", 403},
+		{"DELETE", "/v1/proxy/stripe/v1/charges", bearer(tok), "", 403},
+		{"GET", "/v1/proxy/stripe/v1/charges/a%2fb", bearer(tok), "", 400},
+		{"POST", "/v1/proxy/stripe/v1/charges", bearer(tok), strings.Repeat("a", maxReqBytes+1), 413},
+	}
+	var got []int
+	for _, r := range refused {
+		var body io.Reader
+		if r.body != "" {
+			body = strings.NewReader(r.body)
+		}
+		got = append(got, f.do(t, r.method, r.path, r.hdr, body).Status)
+	}
+	ok := f.do(t, "GET", "/v1/proxy/stripe/v1/charges", bearer(tok), nil)
+	got = append(got, ok.Status)
+	again := f.do(t, "GET", "/v1/proxy/stripe/v1/charges", bearer(tok), nil)
+	got = append(got, again.Status)
+	want := []int{403, 403, 400, 413, 200, 429}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("[customers DELETE encoded-slash too-large; then good good] statuses (-want +got):\n%s", diff)
+	}
+	if n := f.up.Hits(); n != 1 {
+		t.Errorf("upstream hits = %d, want 1", n)
+	}
 }
