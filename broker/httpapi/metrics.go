@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"outcome"}),
 		Denies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_denies_total",
-			Help: "Refused requests by stable reason.",
+			Help: "Requests the broker refused (token exchanges, proxied requests before anything went upstream, introspections, admin calls), 503s of its backends included, by stable reason.",
 		}, []string{"reason"}),
 		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_rate_limited_total",

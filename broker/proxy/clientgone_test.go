@@ -11,6 +11,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/proxy"
 )
 
 // TestProxyClientGoneIsNotAnUpstreamError: a caller that goes away while
@@ -94,5 +95,35 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out after 10s waiting for %s", what)
 		}
 		<-time.After(5 * time.Millisecond)
+	}
+}
+
+// TestProxyUpstreamErrorsAreNotDenies pins the README's semantics of
+// keytrail_denies_total: it counts requests the broker refused (an error
+// answer and a deny audit event, nothing sent upstream), 503s of a backend
+// the broker needs included. A proxied call that went upstream (its use
+// event is durable) and failed there, 502 or 504, is no refusal: it is
+// counted in keytrail_proxy_requests_total by status, and its use_result
+// event says why.
+func TestProxyUpstreamErrorsAreNotDenies(t *testing.T) {
+	f := newFixture(t, fixtureOpts{timeouts: proxy.Timeouts{ResponseHeader: 100 * time.Millisecond}})
+	tok := f.credential(t, "stripe").AccessToken
+	var got []any
+	for _, path := range []string{"/up/switch", "/up/hang"} {
+		res := f.do(t, "GET", "/v1/proxy/stripe"+path, bearer(tok), nil)
+		got = append(got, res.Status)
+	}
+	for _, reason := range []string{"upstream_error", "upstream_timeout"} {
+		got = append(got, counterValue(t, f, "keytrail_denies_total", map[string]string{"reason": reason}))
+	}
+	for _, status := range []string{"502", "504"} {
+		got = append(got, counterValue(t, f, "keytrail_proxy_requests_total", map[string]string{"grant": "stripe", "status": status}))
+	}
+	want := []any{502, 504, float64(0), float64(0), float64(1), float64(1)}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("[switch hang; denies{upstream_error} {upstream_timeout}; proxy_requests{502} {504}] (-want +got):\n%s", diff)
+	}
+	if n := len(f.eventsOf(audit.TypeDeny)); n != 0 {
+		t.Errorf("deny events = %d, want 0", n)
 	}
 }
