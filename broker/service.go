@@ -59,7 +59,10 @@ type Service struct {
 	// timers holds stopped timers for the bounded audit wait, so an
 	// exchange allocates none.
 	timers   sync.Pool
-	limiters sync.Map // workload name -> *limiterEntry
+	limiters sync.Map // workload name -> *limiterEntry (rate)
+	// proxyLimiters are the buckets of workloads whose policy sets
+	// proxy_rate: workload name -> *limiterEntry.
+	proxyLimiters sync.Map
 	// limitersMu serialises making a limiter (a first use, a rate change).
 	limitersMu sync.Mutex
 }
@@ -464,29 +467,36 @@ func (s *Service) checkBlocked(ctx context.Context, workload string) error {
 	}
 }
 
-// allow applies the workload's rate limit. Limiters are per process; a policy
-// change of the rate replaces the limiter.
+// allow applies the workload's rate limit (its token exchanges, and its
+// proxied requests unless it has a proxy_rate).
 func (s *Service) allow(wl *policies.Workload) error {
-	if wl.Rate == nil || wl.Rate.PerSecond <= 0 {
+	return s.allowFrom(&s.limiters, wl.Name, wl.Rate)
+}
+
+// allowFrom takes a token from the bucket of workload in limiters, which
+// rt sizes (nil: no limit). Limiters are per process; a policy change of
+// the rate replaces the limiter.
+func (s *Service) allowFrom(limiters *sync.Map, workload string, rt *policies.Rate) error {
+	if rt == nil || rt.PerSecond <= 0 {
 		return nil
 	}
-	burst := wl.Rate.Burst
+	burst := rt.Burst
 	if burst < 1 {
-		burst = int(math.Ceil(wl.Rate.PerSecond))
+		burst = int(math.Ceil(rt.PerSecond))
 	}
 	stale := func(e *limiterEntry) bool {
-		return e == nil || e.perSecond != wl.Rate.PerSecond || e.burst != burst
+		return e == nil || e.perSecond != rt.PerSecond || e.burst != burst
 	}
-	v, _ := s.limiters.Load(wl.Name)
+	v, _ := limiters.Load(workload)
 	e, _ := v.(*limiterEntry)
 	if stale(e) {
 		// One limiter per rate: concurrent first requests must not each
 		// make their own (each would get a full burst).
 		s.limitersMu.Lock()
-		v, _ = s.limiters.Load(wl.Name)
+		v, _ = limiters.Load(workload)
 		if e, _ = v.(*limiterEntry); stale(e) {
-			e = &limiterEntry{perSecond: wl.Rate.PerSecond, burst: burst, lim: rate.NewLimiter(rate.Limit(wl.Rate.PerSecond), burst)}
-			s.limiters.Store(wl.Name, e)
+			e = &limiterEntry{perSecond: rt.PerSecond, burst: burst, lim: rate.NewLimiter(rate.Limit(rt.PerSecond), burst)}
+			limiters.Store(workload, e)
 		}
 		s.limitersMu.Unlock()
 	}
@@ -503,13 +513,24 @@ func (s *Service) allow(wl *policies.Workload) error {
 	// when rendered).
 	d := time.Second
 	if lack := 1 - e.lim.TokensAt(now); lack > 0 {
-		d = time.Duration(math.Ceil(lack / wl.Rate.PerSecond * float64(time.Second)))
+		d = time.Duration(math.Ceil(lack / rt.PerSecond * float64(time.Second)))
 	}
 	return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: d}
 }
 
-// Allow applies the workload's rate limit (used by the proxy for uses).
+// Allow applies the workload's rate limit, the bucket of its token
+// exchanges.
 func (s *Service) Allow(wl *policies.Workload) error { return s.allow(wl) }
+
+// AllowProxy applies the workload's limit to a proxied request: the bucket
+// of its proxy_rate when the policy sets one, else the one its token
+// exchanges take from (rate).
+func (s *Service) AllowProxy(wl *policies.Workload) error {
+	if wl.ProxyRate != nil {
+		return s.allowFrom(&s.proxyLimiters, wl.Name, wl.ProxyRate)
+	}
+	return s.allow(wl)
+}
 
 // sessionID takes the issuer's session_claim when present, else the token's
 // jti, else a hash of iss+sub+iat (SPEC "Concepts"), else of iss+sub+exp.

@@ -202,6 +202,10 @@ func cloneWorkload(w *Workload) Workload {
 		r := *w.Rate
 		c.Rate = &r
 	}
+	if w.ProxyRate != nil {
+		r := *w.ProxyRate
+		c.ProxyRate = &r
+	}
 	return c
 }
 

@@ -44,6 +44,10 @@ type Workload struct {
 	Match  Match    `yaml:"match"`
 	Grants []string `yaml:"grants"`
 	Rate   *Rate    `yaml:"rate"`
+	// ProxyRate, when set, is the bucket of the workload's proxied
+	// requests, apart from Rate's; absent, they share Rate's bucket with
+	// its token exchanges (docs/SPEC-ADDITIONS.md).
+	ProxyRate *Rate `yaml:"proxy_rate"`
 }
 
 // Match selects tokens of one issuer.

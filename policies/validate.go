@@ -181,7 +181,10 @@ func compile(files []parsedFile) (*Policy, error) {
 			p.allowed[i][g] = true
 		}
 		if w.Rate != nil {
-			validateRate(&v, l, w.Rate)
+			validateRate(&v, l, "rate", w.Rate)
+		}
+		if w.ProxyRate != nil {
+			validateRate(&v, l, "proxy_rate", w.ProxyRate)
 		}
 	}
 	checkDisjoint(&v, p.workloads, workloadLocs)
@@ -370,17 +373,17 @@ func validClaimPath(p string) bool {
 	return !slices.ContainsFunc(strings.Split(p, "."), func(s string) bool { return s == "" || strings.TrimSpace(s) != s })
 }
 
-func validateRate(v *validator, l loc, r *Rate) {
+func validateRate(v *validator, l loc, field string, r *Rate) {
 	switch {
 	case math.IsNaN(r.PerSecond) || r.PerSecond <= 0:
-		v.add(l.file, l.path+".rate.per_second", "must be > 0")
+		v.add(l.file, l.path+"."+field+".per_second", "must be > 0")
 	case r.PerSecond > maxPerSecond:
-		v.add(l.file, l.path+".rate.per_second", "must be at most %g", maxPerSecond)
+		v.add(l.file, l.path+"."+field+".per_second", "must be at most %g", maxPerSecond)
 	case r.Burst == 0:
 		r.Burst = int(math.Ceil(r.PerSecond))
 	}
 	if r.Burst < 0 {
-		v.add(l.file, l.path+".rate.burst", "must be >= 1")
+		v.add(l.file, l.path+"."+field+".burst", "must be >= 1")
 	}
 }
 

@@ -38,9 +38,10 @@
 //     goes upstream when its length is declared; a streamed body that grows
 //     past the cap is cut off (the upstream sees an incomplete request) and
 //     the caller gets 413.
-//  7. The workload's rate limit applies (429 with Retry-After), last, as
-//     for a token exchange: a request refused by a check above takes
-//     nothing from it.
+//  7. The workload's rate limit applies (429 with Retry-After): the bucket
+//     of its proxy_rate when the policy sets one, else the one its token
+//     exchanges take from (rate). Last, as for a token exchange: a request
+//     refused by a check above takes nothing from it.
 //  8. The secret is read (503 when it cannot be, and 503 secret_unusable,
 //     naming the grant in the log, when it holds a control character other
 //     than a tab: no HTTP header can carry one, so the request could never

@@ -53,6 +53,7 @@ workloads:
     match: {issuer: ci, subject: repo:acme/payments}
     grants: [stripe, other, closed, query-api]
     rate: {per_second: %g, burst: %d}
+%[5]s
 grants:
   - name: stripe
     kind: proxy
@@ -319,6 +320,7 @@ type fixture struct {
 type fixtureOpts struct {
 	ratePerSecond float64
 	burst         int
+	proxyRate     string           // the workload's proxy_rate line, e.g. "proxy_rate: {per_second: 1, burst: 2}"
 	audit         broker.AuditSink // default: the notifying sink
 	timeouts      proxy.Timeouts
 	logs          *brokertest.SyncBuffer // receives the broker's log lines (default: discarded)
@@ -347,7 +349,7 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	pol, err := policies.Parse("p.yaml", []byte(fmt.Sprintf(policyTemplate, fo.ratePerSecond, fo.burst, f.up.srv.URL, caFile)))
+	pol, err := policies.Parse("p.yaml", []byte(fmt.Sprintf(policyTemplate, fo.ratePerSecond, fo.burst, f.up.srv.URL, caFile, "    "+fo.proxyRate)))
 	if err != nil {
 		tb.Fatalf("policy: %v", err)
 	}

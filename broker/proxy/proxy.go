@@ -328,7 +328,7 @@ func (c *call) check() error {
 	// Last, as for a token exchange (after the grant and block checks): the
 	// rate meters what goes on to the secret read, the use event and the
 	// upstream; a request refused above takes nothing from it.
-	return svc.Allow(wl)
+	return svc.AllowProxy(wl)
 }
 
 // hostAllowed reports whether the Host header names the broker.

@@ -453,3 +453,34 @@ func TestProxyRefusedRequestsDoNotConsumeTheRateLimit(t *testing.T) {
 		t.Errorf("upstream hits = %d, want 1", n)
 	}
 }
+
+// TestProxyRateOwnBucket: a workload whose policy sets proxy_rate has a
+// bucket for its proxied requests apart from the one rate gives its token
+// exchanges, so heavy proxy use cannot starve its credential renewals
+// (nor renewals its proxied calls). Without proxy_rate both share one
+// bucket, as TestProxyRateLimit shows.
+func TestProxyRateOwnBucket(t *testing.T) {
+	f := newFixture(t, fixtureOpts{ratePerSecond: 0.001, burst: 2, proxyRate: "proxy_rate: {per_second: 0.001, burst: 2}"})
+	tok := f.credential(t, "stripe").AccessToken // rate: one token left
+	var got []int
+	for range 3 { // proxy_rate: two, then 429
+		got = append(got, f.do(t, "GET", "/v1/proxy/stripe/v1/charges", bearer(tok), nil).Status)
+	}
+	renew, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{
+		SubjectToken: identityToken, Grant: "stripe", RequestID: "req_renew"})
+	got = append(got, statusOf(renew, err))
+	_, err = f.svc.Exchange(context.Background(), broker.ExchangeRequest{
+		SubjectToken: identityToken, Grant: "stripe", RequestID: "req_renew2"})
+	got = append(got, statusOf(nil, err))
+	want := []int{200, 200, 429, 200, 429}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("[use use use renew renew] statuses (-want +got):\n%s", diff)
+	}
+}
+
+func statusOf(_ *broker.ExchangeResult, err error) int {
+	if err != nil {
+		return broker.StatusOf(broker.AsError(err))
+	}
+	return 200
+}
