@@ -294,34 +294,103 @@ func nullClaimValues(file string, root *yaml.Node) []error {
 		for i, item := range seq.Content {
 			match := mappingValue(item, "match")
 			for _, field := range []string{"claims", "claim_patterns"} {
-				m := mappingValue(match, field)
-				if m == nil || m.Kind != yaml.MappingNode {
-					continue
-				}
-				for j := 0; j+1 < len(m.Content); j += 2 {
-					if v := m.Content[j+1]; v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
-						errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s[%d].match.%s[%q]", section, i, field, m.Content[j].Value),
+				mappingEntries(mappingValue(match, field), func(k, v *yaml.Node) bool {
+					for v.Kind == yaml.AliasNode && v.Alias != nil {
+						v = v.Alias
+					}
+					if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
+						errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s[%d].match.%s[%q]", section, i, field, k.Value),
 							Message: fmt.Sprintf(`no value (line %d): write "" to require an empty claim, or remove the entry`, v.Line)})
 					}
-				}
+					return true
+				})
 			}
 		}
 	}
 	return errs
 }
 
-// mappingValue is the value node of key in mapping n, nil when n is not a
-// mapping or has no such key.
+// mappingValue is the value node of key in mapping n (see mappingEntry),
+// nil when n is not a mapping or has no such key.
 func mappingValue(n *yaml.Node, key string) *yaml.Node {
-	if n == nil || n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == key {
-			return n.Content[i+1]
+	_, v := mappingEntry(n, key)
+	return v
+}
+
+// maxMergeVisits bounds the nodes one mappingEntries call visits, merged
+// mappings counted each time they are merged.
+const maxMergeVisits = 1 << 16
+
+// mappingEntry is the key and value nodes of key in mapping n, aliases
+// followed, as the decoder sees them: merge keys ("<<: *defaults")
+// included (see mappingEntries). Both are nil when n is not a mapping or
+// has no such key.
+func mappingEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
+	mappingEntries(n, func(kn, vn *yaml.Node) bool {
+		if kn.Value == key {
+			k, v = kn, vn
+			return false
 		}
+		return true
+	})
+	return k, v
+}
+
+// mappingEntries calls f with each key and value of mapping n (aliases
+// followed) that the decoder uses, until f returns false: the keys written
+// in n, then those of the mappings merged into it ("<<: *a" or
+// "<<: [*a, *b]", the last "<<" of n), in order and recursively, a key
+// already seen being skipped: a key written next to a merge overrides the
+// merged one, and an earlier merged mapping overrides a later one.
+func mappingEntries(n *yaml.Node, f func(k, v *yaml.Node) bool) {
+	budget := maxMergeVisits
+	seen := map[string]bool{}
+	var walk func(n *yaml.Node) bool
+	walk = func(n *yaml.Node) bool {
+		for n != nil && n.Kind == yaml.AliasNode {
+			n = n.Alias
+		}
+		if budget--; budget < 0 || n == nil || n.Kind != yaml.MappingNode {
+			return budget >= 0
+		}
+		var merge *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if isMergeKey(k) {
+				merge = v
+				continue
+			}
+			if seen[k.Value] {
+				continue
+			}
+			seen[k.Value] = true
+			if !f(k, v) {
+				return false
+			}
+		}
+		for merge != nil && merge.Kind == yaml.AliasNode {
+			merge = merge.Alias
+		}
+		if merge == nil {
+			return true
+		}
+		if merge.Kind != yaml.SequenceNode {
+			return walk(merge)
+		}
+		for _, m := range merge.Content {
+			if !walk(m) {
+				return false
+			}
+		}
+		return true
 	}
-	return nil
+	walk(n)
+}
+
+// isMergeKey reports whether k is a merge key ("<<" written plain or
+// tagged !!merge; a quoted "<<" is a string).
+func isMergeKey(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge"
 }
 
 // emptyDocument reports whether n is a document with no content (a trailing
@@ -439,19 +508,11 @@ func lookup(doc *yaml.Node, path string) (int, *yaml.Node) {
 			}
 			key, path = path[:end], path[end:]
 		}
-		if n.Kind != yaml.MappingNode {
+		k, v := mappingEntry(n, key)
+		if k == nil {
 			return line, nil
 		}
-		found := false
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == key {
-				line, n, found = n.Content[i].Line, n.Content[i+1], true
-				break
-			}
-		}
-		if !found {
-			return line, nil
-		}
+		line, n = k.Line, v
 	}
 	return line, n
 }

@@ -622,3 +622,97 @@ grants:
 		t.Fatalf("Parse() problems (-want +got):\n%s", diff)
 	}
 }
+
+// TestMergeKeysSeenByEveryCheck: a value reached through a YAML merge key
+// ("<<: *defaults") is decoded like one written in place, so every check
+// must see it too. A merged max_token_lifetime of 0 was silently replaced
+// by the 24h default, a merged claims entry without a value silently
+// required an empty claim, and a problem in a merged field was given the
+// line of the "<<" instead of the line where the value is written. A key
+// written next to the merge overrides the merged one, as in the decoder.
+func TestMergeKeysSeenByEveryCheck(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - &iss
+    name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+    max_token_lifetime: 0
+  - <<: *iss
+    name: j
+    issuer: "https://y"
+  - <<: [{max_token_lifetime: 1h}, *iss]
+    name: k
+    issuer: "https://z"
+  - <<: *iss
+    name: l
+    issuer: "https://w"
+    max_token_lifetime: 1h
+workloads:
+  - &w
+    name: w
+    owner: " o"
+    match: {issuer: i, subject: s}
+    grants: [g]
+  - <<: *w
+    name: x
+    match: {issuer: i, subject: s2}
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p]}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		`t.yaml: issuers[0].max_token_lifetime: must be > 0 (omit it for the default, 24h) (line 9)`,
+		`t.yaml: issuers[1].max_token_lifetime: must be > 0 (omit it for the default, 24h) (line 9)`,
+		`t.yaml: workloads[0].owner: " o" starts or ends with a space: owners are compared exactly (line 23)`,
+		`t.yaml: workloads[1].owner: " o" starts or ends with a space: owners are compared exactly (line 23)`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" || p != nil {
+		t.Errorf("Parse() = %v, problems (-want +got):\n%s", p, diff)
+	}
+
+	const claims = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      claims: &c
+        <<: {namespace: }
+        team: t
+    grants: [g]
+  - name: x
+    owner: o
+    match:
+      issuer: i
+      subject: s2
+      claims:
+        <<: *c
+        namespace: payments
+    grants: [g]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p]}
+`
+	p, err = Parse("t.yaml", []byte(claims))
+	want = []string{
+		`t.yaml: workloads[0].match.claims["namespace"]: no value (line 15): write "" to require an empty claim, or remove the entry`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" || p != nil {
+		t.Errorf("Parse() = %v, problems (-want +got):\n%s", p, diff)
+	}
+}
