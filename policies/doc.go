@@ -19,6 +19,8 @@
 //	policies/a.yaml: grants[2].proxy.upstream: must be https (line 31)
 //
 // YAML errors are problems too, with the line as path ("line 7").
+// Warnings lists, in the same form, what is valid but likely not meant (an
+// unquoted claims value 1.0, which no number claim equals).
 //
 // # Matching
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -282,12 +283,76 @@ func decode(name string, data []byte) (parsedFile, []error) {
 // which is rarely what was meant (a forgotten value, a template variable
 // that expanded to nothing). An empty claim is required with "" spelled out.
 func nullClaimValues(file string, root *yaml.Node) []error {
-	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
-		return nil
-	}
 	var errs []error
+	matchEntries(root, func(path, field string, k, v *yaml.Node) {
+		if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
+			errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, k.Value),
+				Message: fmt.Sprintf(`no value (line %d): write "" to require an empty claim, or remove the entry`, v.Line)})
+		}
+	})
+	return errs
+}
+
+// claimScalarWarnings warns of a claims value of a workload or admin match
+// written as an unquoted number or boolean in a form a claim of that type
+// is never compared in (1.0, 1e3, 0x1F, True): values are compared as the
+// text written, and a number or boolean claim as its shortest form ("1",
+// "1000", "31", "true"), so only a string claim spelled the same matches.
+// That may be meant (a ref named 1.0), so it is a warning, silenced by
+// quoting the value; 1, 1.5 and true match both and draw none.
+func claimScalarWarnings(file string, root *yaml.Node) []*Problem {
+	var out []*Problem
+	matchEntries(root, func(path, field string, k, v *yaml.Node) {
+		if field != "claims" || v.Kind != yaml.ScalarNode {
+			return
+		}
+		var msg string
+		switch v.ShortTag() {
+		case "!!bool":
+			var b bool
+			if v.Value == "true" || v.Value == "false" || v.Decode(&b) != nil {
+				return
+			}
+			msg = fmt.Sprintf("unquoted %s is compared as the text %q, never as the boolean %t: quote it to match that text, or write %t to match a boolean claim", v.Value, v.Value, b, b)
+		case "!!int", "!!float":
+			if digits := strings.TrimPrefix(v.Value, "-"); isDecimalInteger(v.Value) && (digits == "0" || digits[0] != '0') {
+				return // an integer claim is compared as written, however long
+			}
+			var f float64
+			if v.Decode(&f) != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+				msg = fmt.Sprintf("unquoted %s is compared as the text %q and never equals a number claim: quote it to match that text", v.Value, v.Value)
+				break
+			}
+			canonical := strconv.FormatFloat(f, 'f', -1, 64)
+			var i int64
+			if v.ShortTag() == "!!int" && v.Decode(&i) == nil {
+				canonical = strconv.FormatInt(i, 10) // exact
+			}
+			if v.Value == canonical {
+				return
+			}
+			msg = fmt.Sprintf("unquoted %s is compared as the text %q, never as the number %s: quote it to match that text, or write %s to match a number claim", v.Value, v.Value, canonical, canonical)
+		default:
+			return
+		}
+		out = append(out, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, k.Value), Message: msg, Line: v.Line})
+	})
+	return out
+}
+
+// matchEntries calls f with every claims and claim_patterns entry of the
+// workload and admin matches of document root, as the decoder sees them
+// (aliases and merge keys followed; the value's aliases resolved): path is
+// the match's ("workloads[2].match"), field "claims" or "claim_patterns".
+func matchEntries(root *yaml.Node, f func(path, field string, k, v *yaml.Node)) {
+	if root == nil || root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return
+	}
 	for _, section := range []string{"workloads", "admins"} {
 		seq := mappingValue(root.Content[0], section)
+		for seq != nil && seq.Kind == yaml.AliasNode {
+			seq = seq.Alias
+		}
 		if seq == nil || seq.Kind != yaml.SequenceNode {
 			continue
 		}
@@ -298,16 +363,12 @@ func nullClaimValues(file string, root *yaml.Node) []error {
 					for v.Kind == yaml.AliasNode && v.Alias != nil {
 						v = v.Alias
 					}
-					if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
-						errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s[%d].match.%s[%q]", section, i, field, k.Value),
-							Message: fmt.Sprintf(`no value (line %d): write "" to require an empty claim, or remove the entry`, v.Line)})
-					}
+					f(fmt.Sprintf("%s[%d].match", section, i), field, k, v)
 					return true
 				})
 			}
 		}
 	}
-	return errs
 }
 
 // mappingValue is the value node of key in mapping n (see mappingEntry),

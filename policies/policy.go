@@ -36,6 +36,21 @@ type Policy struct {
 
 	issuerLocs, grantLocs []loc          // where each was declared (CheckFiles)
 	caLines               map[string]int // "file: path" of each ca_file -> its line (CheckFiles)
+
+	warnings []*Problem // see Warnings
+}
+
+// Warnings lists what in the policy is valid but likely not meant (an
+// unquoted claims value such as 1.0 that no number claim equals), each
+// named by file, field path and line like a problem. keytrail policy check
+// prints them; the server logs them at every load.
+func (p *Policy) Warnings() []*Problem {
+	out := make([]*Problem, len(p.warnings))
+	for i, w := range p.warnings {
+		c := *w
+		out[i] = &c
+	}
+	return out
 }
 
 // finish computes the hash and sources of a compiled policy.

@@ -231,6 +231,9 @@ func compile(files []parsedFile) (*Policy, error) {
 	for i, l := range workloadLocs {
 		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, nodeLine(root(l.file), l.path))
 	}
+	for _, f := range files {
+		p.warnings = append(p.warnings, claimScalarWarnings(f.name, f.root)...)
+	}
 	p.caLines = map[string]int{}
 	for _, l := range issuerLocs {
 		p.caLines[l.String()+".ca_file"] = nodeLine(root(l.file), l.path+".ca_file")

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -714,5 +715,95 @@ grants:
 	}
 	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" || p != nil {
 		t.Errorf("Parse() = %v, problems (-want +got):\n%s", p, diff)
+	}
+}
+
+// TestUnquotedClaimScalarsWarn: a claims value is compared as the text
+// written, so an unquoted 1.0, 1e3, 0x1F or True never equals a number or
+// boolean claim (compared as "1", "1000", "31", "true"): the workload
+// silently never matched. Such a value still matches the same text in a
+// string claim (a GitLab ref named 1.0), so it is a warning naming the
+// file, the field and the line, not a problem. The canonical forms (1,
+// 1.5, true), quoted values and claim_patterns draw none.
+func TestUnquotedClaimScalarsWarn(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      claims:
+        a: 1.0
+        b: 1e3
+        c: 0x1F
+        d: True
+        e: .inf
+        ok-int: 1
+        ok-float: 1.5
+        ok-bool: true
+        ok-quoted: "1.0"
+        ok-text: v1.0
+        ok-long: 12345678901234567890
+      claim_patterns: {p: 1.0}
+    grants: [g]
+  - name: x
+    owner: o
+    match:
+      issuer: i
+      subject: s2
+      claims: {<<: &m {f: 01}}
+    grants: [g]
+admins:
+  - name: a
+    match: {issuer: i, claims: {g: FALSE}}
+    roles: [revoke]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p]}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	if err != nil {
+		t.Fatalf("Parse() = %v, want a valid policy", err)
+	}
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.Error())
+	}
+	want := []string{
+		`t.yaml: workloads[0].match.claims["a"]: unquoted 1.0 is compared as the text "1.0", never as the number 1: quote it to match that text, or write 1 to match a number claim (line 15)`,
+		`t.yaml: workloads[0].match.claims["b"]: unquoted 1e3 is compared as the text "1e3", never as the number 1000: quote it to match that text, or write 1000 to match a number claim (line 16)`,
+		`t.yaml: workloads[0].match.claims["c"]: unquoted 0x1F is compared as the text "0x1F", never as the number 31: quote it to match that text, or write 31 to match a number claim (line 17)`,
+		`t.yaml: workloads[0].match.claims["d"]: unquoted True is compared as the text "True", never as the boolean true: quote it to match that text, or write true to match a boolean claim (line 18)`,
+		`t.yaml: workloads[0].match.claims["e"]: unquoted .inf is compared as the text ".inf" and never equals a number claim: quote it to match that text (line 19)`,
+		`t.yaml: workloads[1].match.claims["f"]: unquoted 01 is compared as the text "01", never as the number 1: quote it to match that text, or write 1 to match a number claim (line 33)`,
+		`t.yaml: admins[0].match.claims["g"]: unquoted FALSE is compared as the text "FALSE", never as the boolean false: quote it to match that text, or write false to match a boolean claim (line 37)`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Warnings() (-want +got):\n%s", diff)
+	}
+	// What the warnings say: the canonical forms match number and boolean
+	// claims, the others only their own text.
+	for _, tc := range []struct {
+		workload string
+		claims   map[string]any
+		match    bool
+	}{
+		{"w", map[string]any{"sub": "s", "a": 1.0, "b": 1000.0, "c": 31.0, "d": true, "e": "x", "ok-int": 1.0, "ok-float": 1.5, "ok-bool": true, "ok-quoted": "1.0", "ok-text": "v1.0", "ok-long": json.Number("12345678901234567890"), "p": "1.0"}, false},
+		{"w", map[string]any{"sub": "s", "a": "1.0", "b": "1e3", "c": "0x1F", "d": "True", "e": ".inf", "ok-int": 1.0, "ok-float": 1.5, "ok-bool": true, "ok-quoted": "1.0", "ok-text": "v1.0", "ok-long": json.Number("12345678901234567890"), "p": "1.0"}, true},
+		{"w", map[string]any{"sub": "s", "a": "1.0", "b": "1e3", "c": "0x1F", "d": "True", "e": ".inf", "ok-int": "1", "ok-float": "1.5", "ok-bool": "true", "ok-quoted": "1.0", "ok-text": "v1.0", "ok-long": "12345678901234567890", "p": "1.0"}, true},
+	} {
+		w, err := p.Match("i", tc.claims)
+		if got := err == nil && w.Name == tc.workload; got != tc.match {
+			t.Errorf("Match(%v) = %v, %v; want a match: %v", tc.claims, w, err, tc.match)
+		}
 	}
 }

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -843,5 +845,53 @@ func TestPolicyExplainTokenFileErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("explain %v: err = %v, want it to contain %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// TestPolicyCheckPrintsWarnings: a policy that is valid but likely not what
+// was meant (an unquoted claims value 1.0, which no number claim equals)
+// passed 'policy check' without a word and its workload silently never
+// matched. check now prints each warning on stderr, naming file, field and
+// line, and still exits 0; the server logs them when it loads the policy.
+func TestPolicyCheckPrintsWarnings(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "w.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256]}
+workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      claims:
+        run_attempt: 1.0
+    grants: [g]
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	want := pol + `: workloads[0].match.claims["run_attempt"]: unquoted 1.0 is compared as the text "1.0", never as the number 1: quote it to match that text, or write 1 to match a number claim (line 11)`
+	out, stderr, err := runCLI(t, nil, "policy", "check", pol)
+	if err != nil || !strings.HasPrefix(out, "ok:") || stderr != "warning: "+want+"\n" {
+		t.Errorf("policy check = %q, %v, stderr %q; want ok and stderr %q", out, err, stderr, "warning: "+want+"\n")
+	}
+}
+
+// TestServedPolicyLogsWarnings: the server logs the policy's warnings (see
+// TestPolicyCheckPrintsWarnings) each time it loads it, at start and on
+// every reload.
+func TestServedPolicyLogsWarnings(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "w.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256]}
+admins:
+  - {name: a, match: {issuer: i, claims: {admin: True}}, roles: [revoke]}
+`)
+	want := pol + `: admins[0].match.claims["admin"]: unquoted True is compared as the text "True", never as the boolean true: quote it to match that text, or write true to match a boolean claim (line 5)`
+	var logs bytes.Buffer
+	if _, err := loadServedPolicy(pol, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
+		t.Fatalf("loadServedPolicy = %v", err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), strconv.Quote(want)) {
+		t.Errorf("loadServedPolicy logged %q; want a warning with %q", logs.String(), want)
 	}
 }

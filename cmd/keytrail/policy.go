@@ -34,6 +34,10 @@ The files the policy names (ca_file) are not read unless --files is given:
 run it with --files where the broker runs, as the broker checks them at
 start and on every reload.
 
+What is valid but likely not meant (an unquoted claims value such as 1.0,
+which no number claim equals) is printed on stderr as "warning: ...", with
+the file, field path and line; it does not change the exit status.
+
 Exit status: 0 the policy is valid; 1 it is not (every problem on stderr, one
 per line) or cannot be read; 2 usage.`,
 		Args: cobra.ExactArgs(1),
@@ -45,6 +49,7 @@ per line) or cannot be read; 2 usage.`,
 			if err != nil {
 				return policyProblems(e, err)
 			}
+			printPolicyWarnings(e, pol)
 			fmt.Fprintf(e.stdout, "ok: %d issuers, %d workloads, %d grants, %d admins, %d exceptions (hash %s)\n",
 				len(pol.Issuers()), len(pol.Workloads()), len(pol.Grants()), len(pol.Admins()), len(pol.Exceptions()), pol.Hash()[:16])
 			return nil
@@ -52,6 +57,13 @@ per line) or cannot be read; 2 usage.`,
 	}
 	c.Flags().BoolVar(&files, "files", false, "also check the files the policy names (ca_file) are readable certificates")
 	return c
+}
+
+// printPolicyWarnings prints the policy's warnings on stderr, one a line.
+func printPolicyWarnings(e *env, pol *policies.Policy) {
+	for _, w := range pol.Warnings() {
+		fmt.Fprintln(e.stderr, "warning: "+w.Error())
+	}
 }
 
 // policyProblems prints one problem per line and returns exit status 1.
@@ -104,6 +116,7 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 			if err != nil {
 				return policyProblems(e, err)
 			}
+			printPolicyWarnings(e, pol)
 			raw, err := os.ReadFile(tokenFile)
 			if err != nil {
 				return fmt.Errorf("policy explain: --token: %w", err)

@@ -252,7 +252,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// The watcher, started later, compares with the files as they were
 	// before this read: a change made while the broker starts is loaded.
 	polStamp := policyStamp(cfg.Policy)
-	pol, err := loadServedPolicy(cfg.Policy)
+	pol, err := loadServedPolicy(cfg.Policy, log)
 	if err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}
@@ -533,13 +533,17 @@ func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) 
 
 // loadServedPolicy loads a policy for the server: validated, and the files
 // it names (ca_file) readable, each problem named by policy file and field.
-func loadServedPolicy(path string) (*policies.Policy, error) {
+// Its warnings go to log.
+func loadServedPolicy(path string, log *slog.Logger) (*policies.Policy, error) {
 	pol, err := policies.Load(path)
 	if err != nil {
 		return nil, err
 	}
 	if err := pol.CheckFiles(); err != nil {
 		return nil, err
+	}
+	for _, w := range pol.Warnings() {
+		log.Warn("policy warning", slog.String("problem", w.Error()))
 	}
 	return pol, nil
 }
@@ -549,7 +553,7 @@ func loadServedPolicy(path string) (*policies.Policy, error) {
 func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
-	pol, err := loadServedPolicy(rt.cfg.Policy)
+	pol, err := loadServedPolicy(rt.cfg.Policy, rt.log)
 	if err == nil && rt.login != nil {
 		// As at start-up: grants a batch token cannot serve are refused.
 		err = checkTokenType(rt.login.Status().TokenType, pol)

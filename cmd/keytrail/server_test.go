@@ -266,7 +266,7 @@ func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
 	}
 	defer sink.Close()
 	rt := &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
-	pol, err := loadServedPolicy(polFile)
+	pol, err := loadServedPolicy(polFile, rt.log)
 	if err != nil {
 		t.Fatal(err)
 	}
