@@ -17,8 +17,10 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Defaults applied before validation.
@@ -67,13 +69,19 @@ var (
 // URL's credentials. Proxy-Authenticate is a response header (hop-by-hop).
 var forbiddenHeaders = []string{"Host", "Connection", "Content-Length", "Transfer-Encoding", "Te", "Trailer", "Upgrade", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate", "X-Request-Id", "X-Keytrail-Issuance", "Accept-Encoding"}
 
-// validator collects problems; nothing stops at the first one.
+// validator collects problems, and warnings (see Policy.Warnings); nothing
+// stops at the first one.
 type validator struct {
 	problems []error
+	warnings []error
 }
 
 func (v *validator) add(file, path, format string, args ...any) {
 	v.problems = append(v.problems, &Problem{File: file, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) warn(file, path, format string, args ...any) {
+	v.warnings = append(v.warnings, &Problem{File: file, Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
 // loc is where an entry was declared.
@@ -231,6 +239,10 @@ func compile(files []parsedFile) (*Policy, error) {
 	for i, l := range workloadLocs {
 		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, nodeLine(root(l.file), l.path))
 	}
+	locate(v.warnings, root)
+	for _, w := range v.warnings {
+		p.warnings = append(p.warnings, w.(*Problem))
+	}
 	for _, f := range files {
 		p.warnings = append(p.warnings, claimScalarWarnings(f.name, f.root)...)
 	}
@@ -339,17 +351,61 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 	}
 }
 
-// checkOwner refuses an owner with spaces around it or a control character:
-// owners are compared exactly (revoke --owner, blocks, the report), so
-// "team-payments " would be an owner of its own that a revocation of
-// team-payments misses, and a newline would forge lines of text output.
+// checkOwner refuses an owner with spaces around it, a control character,
+// a character that cannot be seen or a decomposed spelling: owners are
+// compared exactly (revoke --owner, blocks, the report), so
+// "team-payments ", "team\u200bpayments" or an NFD "équipe" would be an
+// owner of its own that looks like another and that a revocation of it
+// misses, and a newline would forge lines of text output. An owner mixing
+// Latin letters with Cyrillic or Greek ones (a Cyrillic "а" in
+// "team-pаyments") draws a warning: a team may mean it.
 func checkOwner(v *validator, file, path, owner string) {
+	invisible := strings.IndexFunc(owner, func(r rune) bool { return !unicode.IsPrint(r) })
 	switch {
 	case strings.TrimSpace(owner) != owner:
 		v.add(file, path, "%q starts or ends with a space: owners are compared exactly", owner)
 	case strings.ContainsFunc(owner, unicode.IsControl):
 		v.add(file, path, "%q contains a control character", owner)
+	case invisible >= 0:
+		r, _ := utf8.DecodeRuneInString(owner[invisible:])
+		v.add(file, path, "%q contains %U, an invisible or non-printing character: owners are compared exactly", owner, r)
+	case !norm.NFC.IsNormalString(owner):
+		v.add(file, path, "%+q is not in Unicode NFC form: owners are compared exactly; write %+q (composed characters)", owner, norm.NFC.String(owner))
+	default:
+		if a, b, r := mixedScripts(owner); a != "" {
+			v.warn(file, path, "%+q mixes %s and %s letters (%U %c): it looks like an owner it is not, and revoke --owner would tell them apart", owner, a, b, r, r)
+		}
 	}
+}
+
+// lookalikeScripts are the scripts whose letters include look-alikes of
+// each other's (Latin a, Cyrillic а, Greek α): an owner mixing two of them
+// is likely a spoof or a slip.
+var lookalikeScripts = []struct {
+	name  string
+	table *unicode.RangeTable
+}{{"Latin", unicode.Latin}, {"Cyrillic", unicode.Cyrillic}, {"Greek", unicode.Greek}}
+
+// mixedScripts reports two look-alike scripts s holds letters of (Latin
+// first, then Cyrillic), with the first letter of the second; "" when s
+// holds letters of at most one of them.
+func mixedScripts(s string) (first, second string, r rune) {
+	seen := make([]rune, len(lookalikeScripts))
+	for _, c := range s {
+		for i, sc := range lookalikeScripts {
+			if seen[i] == 0 && unicode.Is(sc.table, c) {
+				seen[i] = c
+			}
+		}
+	}
+	for i := range seen {
+		for j := i + 1; j < len(seen); j++ {
+			if seen[i] != 0 && seen[j] != 0 {
+				return lookalikeScripts[i].name, lookalikeScripts[j].name, seen[j]
+			}
+		}
+	}
+	return "", "", 0
 }
 
 // secureOrLoopback reports whether u is https, or http to a loopback host.

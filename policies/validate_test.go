@@ -202,6 +202,18 @@ func TestParseValidation(t *testing.T) {
 			[]string{`t.yaml: workloads[0].owner: "\tteam-payments" starts or ends with a space: owners are compared exactly`}},
 		{"fail/workload-owner-control", map[string]string{"workloads": `[{name: w, owner: "team\npayments", match: {issuer: i, subject: s}, grants: [g]}]`},
 			[]string{`t.yaml: workloads[0].owner: "team\npayments" contains a control character`}},
+		// Nor may an owner hold what cannot be seen, or a second spelling of
+		// the same text: "team\u200bpayments" and an NFD "équipe" print as
+		// "team-payments" and "équipe", and revoke --owner missed them.
+		{"ok/workload-owner-accents-and-scripts", map[string]string{"workloads": `[{name: w, owner: "équipe-paiements", match: {issuer: i, subject: s}, grants: [g]}, {name: x, owner: "チーム 決済", match: {issuer: i, subject: s2}, grants: [g]}]`}, nil},
+		{"fail/workload-owner-zero-width", map[string]string{"workloads": `[{name: w, owner: "team\u200bpayments", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].owner: "team\u200bpayments" contains U+200B, an invisible or non-printing character: owners are compared exactly`}},
+		{"fail/workload-owner-nbsp", map[string]string{"workloads": `[{name: w, owner: "team\u00a0payments", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].owner: "team\u00a0payments" contains U+00A0, an invisible or non-printing character: owners are compared exactly`}},
+		{"fail/exception-owner-bidi", map[string]string{"exceptions": `[{name: e, owner: "\u202eteam", reason: r, expires: 2030-01-01}]`},
+			[]string{`t.yaml: exceptions[0].owner: "\u202eteam" contains U+202E, an invisible or non-printing character: owners are compared exactly`}},
+		{"fail/workload-owner-nfd", map[string]string{"workloads": `[{name: w, owner: "e\u0301quipe", match: {issuer: i, subject: s}, grants: [g]}]`},
+			[]string{`t.yaml: workloads[0].owner: "e\u0301quipe" is not in Unicode NFC form: owners are compared exactly; write "\u00e9quipe" (composed characters)`}},
 		{"fail/exception-owner-trailing-space", map[string]string{"exceptions": `[{name: e, owner: "team-data ", reason: r, expires: 2030-01-01}]`},
 			[]string{`t.yaml: exceptions[0].owner: "team-data " starts or ends with a space: owners are compared exactly`}},
 		{"fail/workload-issuer-unknown", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: nope, subject: s}, grants: [g]}]`},
@@ -805,5 +817,44 @@ grants:
 		if got := err == nil && w.Name == tc.workload; got != tc.match {
 			t.Errorf("Match(%v) = %v, %v; want a match: %v", tc.claims, w, err, tc.match)
 		}
+	}
+}
+
+// TestLookalikeOwnersWarn: an owner that mixes Latin letters with Cyrillic
+// or Greek ones ("team-pаyments" with a Cyrillic а) looks like another
+// owner but is a different one, missed by revoke --owner team-payments. A
+// team may mean it, so it is a warning naming file, field and line; one
+// script, or Latin with scripts that have no Latin look-alikes, draws none.
+func TestLookalikeOwnersWarn(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - {name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}
+workloads:
+  - {name: a, owner: "team-p\u0430yments", match: {issuer: i, subject: a}, grants: [g]}
+  - {name: b, owner: команда-платежи, match: {issuer: i, subject: b}, grants: [g]}
+  - {name: c, owner: チーム-payments, match: {issuer: i, subject: c}, grants: [g]}
+  - {name: d, owner: team-payments, match: {issuer: i, subject: d}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+exceptions:
+  - name: e
+    owner: "\u03a4eam-data"
+    reason: r
+    expires: 2030-01-01
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	if err != nil {
+		t.Fatalf("Parse() = %v, want a valid policy", err)
+	}
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.Error())
+	}
+	want := []string{
+		`t.yaml: workloads[0].owner: "team-p\u0430yments" mixes Latin and Cyrillic letters (U+0430 а): it looks like an owner it is not, and revoke --owner would tell them apart (line 5)`,
+		`t.yaml: exceptions[0].owner: "\u03a4eam-data" mixes Latin and Greek letters (U+03A4 Τ): it looks like an owner it is not, and revoke --owner would tell them apart (line 13)`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Warnings() (-want +got):\n%s", diff)
 	}
 }
