@@ -242,7 +242,7 @@ func decode(name string, data []byte) (parsedFile, []error) {
 		if errors.Is(err, io.EOF) {
 			return pf, []error{&Problem{File: name, Message: "empty policy file (want at least \"version: 1\")"}}
 		}
-		return pf, yamlProblems(name, err)
+		return pf, yamlProblems(name, parseErrorLine(data, err))
 	}
 	if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file)); len(ps) > 0 {
 		errs := make([]error, len(ps))
@@ -466,6 +466,33 @@ func emptyDocument(n *yaml.Node) bool {
 		}
 	}
 	return true
+}
+
+// parseErrorLine gives the line to an error of parsing data that the YAML
+// parser left without one: a syntax error on the first line (it names a
+// line only when it is not the first) and an unknown alias (it names none).
+func parseErrorLine(data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	switch {
+	case strings.HasPrefix(msg, "line "), strings.HasPrefix(msg, "attempted to "):
+		return err
+	case strings.HasPrefix(msg, "unknown anchor "):
+		// The parser stops at the first alias it cannot resolve: the
+		// first line that, with those before it, fails the same way.
+		lines := bytes.SplitAfter(data, []byte("\n"))
+		fails := func(n int) bool {
+			var doc yaml.Node
+			e := yaml.Unmarshal(bytes.Join(lines[:n], nil), &doc)
+			return e != nil && e.Error() == err.Error()
+		}
+		n := sort.Search(len(lines), func(i int) bool { return fails(i + 1) }) + 1
+		if n > len(lines) {
+			return err
+		}
+		return fmt.Errorf("line %d: %s", n, msg)
+	default:
+		return fmt.Errorf("line 1: %s", msg)
+	}
 }
 
 // yamlProblems turns a YAML error into problems naming the file and line.

@@ -757,6 +757,8 @@ func FuzzParse(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(matchPolicy))
+	f.Add([]byte(`version: "1`))
+	f.Add([]byte("version: 1\nissuers: *nope\n"))
 	for _, over := range []map[string]string{
 		nil,
 		{"grants": proxyGrant(okProxy)},
@@ -780,6 +782,11 @@ func FuzzParse(f *testing.F) {
 				var pr *Problem
 				if !errors.As(e, &pr) {
 					t.Fatalf("Parse problem %T %v is not a *Problem", e, e)
+				}
+				// Every problem names the file and a line.
+				named := pr.Line > 0 || strings.HasPrefix(pr.Path, "line ") || strings.Contains(pr.Message, "(line ") || strings.HasPrefix(pr.Message, "empty policy file")
+				if pr.File != "f.yaml" || !named {
+					t.Fatalf("Parse problem %q does not name the file and a line", pr.Error())
 				}
 			}
 			return
@@ -925,5 +932,32 @@ func TestExplainNamesWhereWorkloadsAreDeclared(t *testing.T) {
 	}
 	if s := e.String(); !strings.Contains(s, "  release: MATCH ("+want+")\n") {
 		t.Fatalf("Explain().String() does not name where release is declared (%s):\n%s", want, s)
+	}
+}
+
+// TestYAMLErrorsNameTheLine: the YAML parser leaves the line out of an
+// error on the first line ("found unexpected end of stream" for an
+// unterminated quote in a one-line file) and out of an unknown alias
+// altogether, so
+// 'policy check' printed such a problem with the file alone. The line is
+// now named in both cases.
+func TestYAMLErrorsNameTheLine(t *testing.T) {
+	tests := []struct {
+		name, data string
+		want       []string
+	}{
+		{"fail/unterminated-quote-first-line", `version: "1`, []string{`t.yaml: line 1: found unexpected end of stream`}},
+		{"fail/tab-first-line", "\tversion: 1\n", []string{`t.yaml: line 1: found character that cannot start any token`}},
+		{"fail/unknown-alias", "version: 1\n# not *base: a comment\nissuers:\n  - name: \"*base\"\n    <<: *base\n", []string{`t.yaml: line 5: unknown anchor 'base' referenced`}},
+		{"fail/unknown-alias-flow", "version: 1\nworkloads: [{name: w,\n  match: *m}]\n", []string{`t.yaml: line 3: unknown anchor 'm' referenced`}},
+		{"fail/unknown-alias-first-line", "version: *v\n", []string{`t.yaml: line 1: unknown anchor 'v' referenced`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("t.yaml", []byte(tt.data))
+			if diff := cmp.Diff(tt.want, locatedProblemStrings(err)); diff != "" || p != nil {
+				t.Errorf("Parse(%q) = %v, problems (-want +got):\n%s", tt.data, p, diff)
+			}
+		})
 	}
 }
