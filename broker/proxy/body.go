@@ -2,12 +2,9 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
-	"html"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,101 +15,289 @@ import (
 // errResponseTooLarge is returned when an upstream response exceeds the cap.
 var errResponseTooLarge = errors.New("upstream response exceeds the size limit")
 
-// secretForms returns the byte strings under which an injected secret can
-// come back in a response: raw, URL-encoded (query and path escaping, upper
-// and lower case hex), JSON-escaped (with and without HTML escaping, upper
-// and lower case hex, with and without "\/") and HTML-escaped (an error
-// page echoing a request header: &#34; or &quot;, &#39; or &#x27;),
-// deduplicated. Other encodings (base64, compression) are not recognised.
-func secretForms(secret string) [][]byte {
-	cands := []string{secret, url.QueryEscape(secret), url.PathEscape(secret)}
-	for _, c := range cands[1:3] {
-		cands = append(cands, lowerHex(c))
-	}
-	for _, html := range []bool{true, false} {
-		var b bytes.Buffer
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(html)
-		if enc.Encode(secret) == nil {
-			j := strings.TrimSuffix(b.String(), "\n")
-			j = j[1 : len(j)-1] // unquote
-			cands = append(cands, j, strings.ReplaceAll(j, "/", `\/`))
-			if up := jsonUpperHex.Replace(j); up != j {
-				cands = append(cands, up, strings.ReplaceAll(up, "/", `\/`))
-			}
-		}
-	}
-	h := html.EscapeString(secret)
-	cands = append(cands, h, htmlNamedQuotes.Replace(h))
-	var out [][]byte
-	seen := map[string]bool{}
-	for _, c := range cands {
-		if c != "" && !seen[c] {
-			seen[c] = true
-			out = append(out, []byte(c))
-		}
-	}
-	return out
-}
-
-// jsonUpperHex writes the escapes Go's encoder writes with lower case hex
-// letters (\u003c, \u003e) in upper case, as other encoders do.
-var jsonUpperHex = strings.NewReplacer(`\u003c`, `\u003C`, `\u003e`, `\u003E`)
-
-// htmlNamedQuotes turns html.EscapeString's numeric quote escapes into the
-// other common spellings.
-var htmlNamedQuotes = strings.NewReplacer("&#34;", "&quot;", "&#39;", "&#x27;")
-
-// lowerHex lower-cases the hex digits of every percent escape.
-func lowerHex(s string) string {
-	b := []byte(s)
-	for i := 0; i+2 < len(b); i++ {
-		if b[i] == '%' {
-			b[i+1], b[i+2] = lowerASCII(b[i+1]), lowerASCII(b[i+2])
-			i += 2
-		}
-	}
-	return string(b)
-}
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
-}
-
-// formSet is a secret's forms as byte strings (for the body scan) and as
-// strings (for headers and error texts), so neither converts per request.
+// formSet recognises the injected secret in what an upstream sends back,
+// under any mix, byte by byte, of the escapes encoders apply to text they
+// echo. Each byte of the secret may appear raw or as
+//
+//   - a percent escape %HH, either hex case ("+" for a space): Go's
+//     QueryEscape and PathEscape, Python's quote (which keeps "/"), JavaScript's
+//     encodeURIComponent;
+//   - a JSON or JavaScript string escape: \u00HH or \xHH (either hex case),
+//     \/ \" \\ or \t;
+//   - an HTML or XML character reference: &#DD; or &#xHH; (at most
+//     maxRefDigits digits, leading zeros allowed, either case of x and hex)
+//     or a named one (htmlNamedRefs: &amp; &quot; &sol; &equals; ...), as
+//     html.EscapeString, Python's html.escape, PHP's htmlspecialchars,
+//     Handlebars and OWASP's encoders write them.
+//
+// Escapes within escapes (%252F, \u0026amp;), base64 and compression are not
+// recognised. Matching allocates nothing.
 type formSet struct {
-	b [][]byte
-	s []string
+	secret string
+	start  [256]bool // bytes an occurrence can begin with
+	first  [5]byte   // the same bytes, f.first[:f.nfirst]
+	nfirst int
+	keep   int // the longest occurrence - 1: what a stream scan holds back at most
+}
+
+// maxRefDigits bounds the digits of a numeric character reference.
+const maxRefDigits = 6
+
+// maxUnitLen is the longest escape of one byte ("&#x" + maxRefDigits + ";").
+const maxUnitLen = 3 + maxRefDigits + 1
+
+// htmlNamedRefs are the HTML5 named character references of ASCII
+// characters, without "&" and ";".
+var htmlNamedRefs = [128][]string{
+	'\t': {"Tab"}, '!': {"excl"}, '"': {"quot", "QUOT"}, '#': {"num"}, '$': {"dollar"}, '%': {"percnt"},
+	'&': {"amp", "AMP"}, '\'': {"apos"}, '(': {"lpar"}, ')': {"rpar"}, '*': {"ast", "midast"}, '+': {"plus"},
+	',': {"comma"}, '.': {"period"}, '/': {"sol"}, ':': {"colon"}, ';': {"semi"}, '<': {"lt", "LT"},
+	'=': {"equals"}, '>': {"gt", "GT"}, '?': {"quest"}, '@': {"commat"}, '[': {"lsqb", "lbrack"},
+	'\\': {"bsol"}, ']': {"rsqb", "rbrack"}, '^': {"Hat"}, '_': {"lowbar"}, '`': {"grave"},
+	'{': {"lcub", "lbrace"}, '|': {"verbar", "vert"}, '}': {"rcub", "rbrace"},
 }
 
 func newFormSet(secret string) *formSet {
-	f := &formSet{b: secretForms(secret)}
-	for _, b := range f.b {
-		f.s = append(f.s, string(b))
+	f := &formSet{secret: secret}
+	if secret == "" {
+		return f // matches nothing
 	}
+	starts := []byte{secret[0], '%', '\\', '&'}
+	if secret[0] == ' ' {
+		starts = append(starts, '+')
+	}
+	for _, c := range starts {
+		if !f.start[c] {
+			f.start[c] = true
+			f.first[f.nfirst] = c
+			f.nfirst++
+		}
+	}
+	f.keep = maxUnitLen*len(secret) - 1
 	return f
 }
 
-// containsAny reports whether s contains one of the forms.
+// containsAny reports whether s contains the secret in one of its forms.
 func (f *formSet) containsAny(s string) bool {
-	for _, form := range f.s {
-		if strings.Contains(s, form) {
-			return true
+	for i := 0; i < len(s); i++ {
+		if f.start[s[i]] {
+			if _, res := matchFrom(f, s, i, 0); res == fullMatch {
+				return true
+			}
 		}
 	}
 	return false
 }
 
-// redact replaces every form in s with '*' of the same length.
+// redact replaces every occurrence in s with '*' of the same length.
 func (f *formSet) redact(s string) string {
-	for _, form := range f.s {
-		s = strings.ReplaceAll(s, form, strings.Repeat("*", len(form)))
+	if !f.containsAny(s) {
+		return s
 	}
-	return s
+	b := []byte(s)
+	f.mask(b, 0)
+	return string(b)
+}
+
+// mask overwrites every occurrence in b starting at or after from with '*'.
+// It visits only the bytes an occurrence can start with, found with
+// bytes.IndexByte (next[k] is where f.first[k] is next, -1: nowhere).
+func (f *formSet) mask(b []byte, from int) {
+	var next [len(formSet{}.first)]int
+	for k := range f.nfirst {
+		next[k] = -2 // not looked for yet
+	}
+	for i := from; ; {
+		at := -1
+		for k, c := range f.first[:f.nfirst] {
+			if next[k] != -1 && next[k] < i {
+				next[k] = bytes.IndexByte(b[i:], c)
+				if next[k] >= 0 {
+					next[k] += i
+				}
+			}
+			if next[k] >= 0 && (at < 0 || next[k] < at) {
+				at = next[k]
+			}
+		}
+		if at < 0 {
+			return
+		}
+		end, res := matchFrom(f, b, at, 0)
+		if res != fullMatch {
+			i = at + 1
+			continue
+		}
+		for k := at; k < end; k++ {
+			b[k] = '*'
+		}
+		i = end
+	}
+}
+
+// matchResult says whether text at a position is an occurrence.
+type matchResult uint8
+
+const (
+	noMatch      matchResult = iota
+	partialMatch             // the text ends inside what could be one
+	fullMatch
+)
+
+// matchFrom matches the secret from its byte k on against b from j, and
+// returns where the occurrence ends. Where a byte can be read two ways (a
+// raw "&" that also starts "&amp;"), both are tried.
+func matchFrom[T ~string | ~[]byte](f *formSet, b T, j, k int) (int, matchResult) {
+	for ; k < len(f.secret); k++ {
+		if j >= len(b) {
+			return j, partialMatch
+		}
+		c, x := f.secret[k], b[j]
+		if x != '%' && x != '\\' && x != '&' && x != '+' { // no escape starts here
+			if x != c {
+				return j, noMatch
+			}
+			j++
+			continue
+		}
+		n, alt, cut := unitAt(b, j, c)
+		if alt > 0 {
+			switch end, res := matchFrom(f, b, j+alt, k+1); res {
+			case fullMatch:
+				return end, res
+			case partialMatch:
+				cut = true
+			}
+		}
+		if n == 0 {
+			if cut {
+				return j, partialMatch
+			}
+			return j, noMatch
+		}
+		if cut {
+			if end, res := matchFrom(f, b, j+n, k+1); res != noMatch {
+				return end, res
+			}
+			return j, partialMatch
+		}
+		j += n
+	}
+	return j, fullMatch
+}
+
+// unitAt returns the lengths of the forms of byte c that start at b[j]: n
+// the first (0: none), alt a second one (an escape starting with a raw c,
+// 0: none); cut is true when b ends inside a form that could still be c.
+func unitAt[T ~string | ~[]byte](b T, j int, c byte) (n, alt int, cut bool) {
+	x := b[j]
+	if x == c || (c == ' ' && x == '+') {
+		n = 1
+	}
+	esc := 0
+	switch x {
+	case '%':
+		esc, cut = hexValueAt(b, j+1, 2, c)
+		if esc > 0 {
+			esc++
+		}
+	case '\\':
+		if j+1 >= len(b) {
+			cut = true
+			break
+		}
+		switch y := b[j+1]; {
+		case y == 'u':
+			if esc, cut = hexValueAt(b, j+2, 4, c); esc > 0 {
+				esc += 2
+			}
+		case y == 'x':
+			if esc, cut = hexValueAt(b, j+2, 2, c); esc > 0 {
+				esc += 2
+			}
+		case y == c && (c == '/' || c == '"' || c == '\\'), y == 't' && c == '\t':
+			esc = 2
+		}
+	case '&':
+		esc, cut = refAt(b, j, c)
+	}
+	if esc > 0 {
+		if n == 0 {
+			n = esc
+		} else {
+			alt = esc
+		}
+	}
+	return n, alt, cut
+}
+
+// hexValueAt reads exactly digits hex digits at b[j:] and returns digits
+// when their value is c; cut is true when b ends before them.
+func hexValueAt[T ~string | ~[]byte](b T, j, digits int, c byte) (n int, cut bool) {
+	v := 0
+	for i := j; i < j+digits; i++ {
+		if i >= len(b) {
+			return 0, true
+		}
+		if !isHex(b[i]) {
+			return 0, false
+		}
+		v = v<<4 | int(unhex(b[i]))
+	}
+	if v != int(c) {
+		return 0, false
+	}
+	return digits, false
+}
+
+// refAt matches an HTML character reference of c at b[j] ("&"): numeric
+// (&#DD; &#xHH;) or named. It returns its length.
+func refAt[T ~string | ~[]byte](b T, j int, c byte) (n int, cut bool) {
+	i := j + 1
+	if i >= len(b) {
+		return 0, true
+	}
+	if b[i] != '#' {
+		if c >= 128 {
+			return 0, false
+		}
+		for _, name := range htmlNamedRefs[c] {
+			k := 0
+			for ; k < len(name) && i+k < len(b) && b[i+k] == name[k]; k++ {
+			}
+			switch {
+			case k < len(name) && i+k >= len(b):
+				cut = true
+			case k == len(name) && i+k >= len(b):
+				cut = true
+			case k == len(name) && b[i+k] == ';':
+				return len(name) + 2, false
+			}
+		}
+		return 0, cut
+	}
+	i++
+	base := 10
+	if i < len(b) && (b[i] == 'x' || b[i] == 'X') {
+		base = 16
+		i++
+	}
+	v, digits := 0, 0
+	for ; i < len(b); i++ {
+		d := b[i]
+		switch {
+		case base == 10 && '0' <= d && d <= '9', base == 16 && isHex(d):
+			if digits++; digits > maxRefDigits {
+				return 0, false
+			}
+			v = v*base + int(unhex(d))
+			continue
+		case d == ';' && digits > 0 && v == int(c):
+			return i + 1 - j, false
+		}
+		return 0, false
+	}
+	return 0, true // b ends inside the reference
 }
 
 // formsCache keeps each secret reference's forms for the value it last had,
@@ -162,7 +347,7 @@ func (c *formsCache) len() int {
 // it does; a stream that fails otherwise never releases it.
 type redactReader struct {
 	src   io.ReadCloser
-	forms [][]byte
+	forms *formSet
 	keep  int
 	pool  *sync.Pool // where buf came from and returns to on Close (may be nil)
 
@@ -174,7 +359,7 @@ type redactReader struct {
 
 const (
 	redactChunk = 32 << 10
-	redactSlack = 1 << 10 // pooled buffers hold forms up to this long
+	redactSlack = 1 << 10
 )
 
 // newRedactBufferPool returns the pool of redactReader buffers.
@@ -182,13 +367,12 @@ func newRedactBufferPool() *sync.Pool {
 	return &sync.Pool{New: func() any { b := make([]byte, 0, redactChunk+redactSlack); return &b }}
 }
 
-func newRedactReader(src io.ReadCloser, forms [][]byte, pool *sync.Pool) *redactReader {
-	keep := 0
-	for _, f := range forms {
-		keep = max(keep, len(f)-1)
-	}
+func newRedactReader(src io.ReadCloser, forms *formSet, pool *sync.Pool) *redactReader {
+	keep := forms.keep
 	r := &redactReader{src: src, forms: forms, keep: keep}
-	if pool != nil && keep <= redactSlack {
+	if pool != nil {
+		// A buffer holding back more than half a chunk grows in Read
+		// (a secret of over ~1.6 KB) and is then not handed back.
 		r.pool = pool
 		r.buf = (*pool.Get().(*[]byte))[:0]
 	} else {
@@ -221,7 +405,7 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		r.buf = r.buf[:old+n]
 		r.err = err
 		if n > 0 {
-			r.mask(max(0, old-r.keep))
+			r.forms.mask(r.buf, max(0, old-r.keep))
 		}
 		if err == io.EOF {
 			r.ready = len(r.buf) // nothing can complete a held-back prefix now
@@ -237,43 +421,25 @@ func (r *redactReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// partial returns the length of the longest end of buf that is the start of
-// a form (at most keep bytes): what must be held back until more data shows
-// whether it completes one. A stream whose end starts no form (a server-sent
+// partial returns the length of the longest end of buf that could start an
+// occurrence (at most keep bytes): what must be held back until more data
+// shows whether it is one. A stream whose end starts none (a server-sent
 // event, a line of a watch) is released at once.
 func (r *redactReader) partial() int {
-	tail := r.buf[max(0, len(r.buf)-r.keep):]
-	for i := range tail {
-		for _, f := range r.forms {
-			if tail[i] == f[0] && len(tail)-i < len(f) && bytes.HasPrefix(f, tail[i:]) {
-				return len(tail) - i
+	for i := max(0, len(r.buf)-r.keep); i < len(r.buf); i++ {
+		if r.forms.start[r.buf[i]] {
+			if _, res := matchFrom(r.forms, r.buf, i, 0); res == partialMatch {
+				return len(r.buf) - i
 			}
 		}
 	}
 	return 0
 }
 
-// mask overwrites every occurrence starting at or after from.
-func (r *redactReader) mask(from int) {
-	for _, f := range r.forms {
-		for i := from; i <= len(r.buf)-len(f); {
-			j := bytes.Index(r.buf[i:], f)
-			if j < 0 {
-				break
-			}
-			start := i + j
-			for k := start; k < start+len(f); k++ {
-				r.buf[k] = '*'
-			}
-			i = start + len(f)
-		}
-	}
-}
-
 // Close closes the source and hands the buffer back; the reader must not be
 // used afterwards.
 func (r *redactReader) Close() error {
-	if r.pool != nil && r.buf != nil {
+	if r.pool != nil && cap(r.buf) == redactChunk+redactSlack {
 		b := r.buf[:0]
 		clear(b[:cap(b)])
 		r.pool.Put(&b)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"html"
 	"testing"
 
 	"github.com/keytrail/keytrail/policies"
@@ -30,5 +31,17 @@ func TestFormsCacheBounded(t *testing.T) {
 	f1 := c.get(ref, "sk_y")
 	if f2 := c.get(ref, "sk_y"); f1 != f2 {
 		t.Error("get() of the same secret twice built its forms twice")
+	}
+}
+
+// TestHTMLNamedRefs: every named reference the scan knows stands for its
+// character.
+func TestHTMLNamedRefs(t *testing.T) {
+	for c, names := range htmlNamedRefs {
+		for _, name := range names {
+			if got := html.UnescapeString("&" + name + ";"); got != string(rune(c)) {
+				t.Errorf("&%s; = %q, want %q", name, got, string(rune(c)))
+			}
+		}
 	}
 }

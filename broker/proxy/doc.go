@@ -82,14 +82,16 @@
 // re-resolution in between).
 //
 // The secret never reaches the caller through the broker: response headers
-// whose value contains it (raw or URL-encoded) are dropped, upstream trailers
+// whose value contains it are dropped, upstream trailers
 // are dropped (neither announced nor sent, whatever the upstream declared),
 // 1xx interim responses are not relayed, and the response body
-// is scanned while it streams and every occurrence of the secret (raw or
-// URL-encoded) is overwritten with '*' of the same length (Content-Length
-// stays right). The upstream is asked for identity encoding so the scan sees
-// plain bytes; a body the upstream compresses anyway is relayed unscanned
-// (and logged). Errors the broker writes (502 when the upstream cannot be
+// is scanned while it streams and every occurrence of the secret is
+// overwritten with '*' of the same length (Content-Length stays right).
+// An occurrence is the secret with each of its bytes raw, percent-escaped,
+// JSON- or JavaScript-escaped (\u00HH, \xHH) or an HTML character reference
+// (numeric or named), in any mix (see formSet). The upstream is asked for
+// identity encoding so the scan sees plain bytes; a body the upstream
+// compresses anyway is relayed unscanned (and logged). Errors the broker writes (502 when the upstream cannot be
 // reached or misbehaves) never carry upstream error text. Responses over
 // MaxResponseBytes are refused (502) when their length is declared (not for
 // HEAD, whose response has no body), and cut off (connection aborted) when

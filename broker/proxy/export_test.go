@@ -20,8 +20,8 @@ var PublicAddr = publicAddr
 
 // SecretForms and NewRedactReader expose the response scan.
 var (
-	SecretForms     = secretForms
-	NewRedactReader = func(src io.ReadCloser, forms [][]byte) io.Reader {
+	SecretForms     = newFormSet
+	NewRedactReader = func(src io.ReadCloser, forms *formSet) io.Reader {
 		return newRedactReader(src, forms, newRedactBufferPool())
 	}
 )

@@ -263,6 +263,14 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"id":"ch_1"}`)
+	case r.URL.Path == "/up/echo-as":
+		// Echo the injected key as one of the escapings real encoders
+		// apply (query parameter enc, see echoEncodings), in a response
+		// header and in the body.
+		enc := echoEncodings[r.URL.Query().Get("enc")](strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+		w.Header().Set("X-Echo", enc)
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = io.WriteString(w, "<p>key: "+enc+"</p>")
 	case r.URL.Path == "/up/big":
 		w.Header().Set("Content-Length", fmt.Sprint(maxRespBytes+1))
 		_, _ = w.Write([]byte(strings.Repeat("x", maxRespBytes+1)))

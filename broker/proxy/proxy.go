@@ -611,7 +611,7 @@ func (c *call) forward(w http.ResponseWriter) {
 					slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("content_encoding", ce))
 				return nil
 			}
-			res.Body = newRedactReader(rc, forms.b, p.redactBufs)
+			res.Body = newRedactReader(rc, forms, p.redactBufs)
 			return nil
 		},
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {

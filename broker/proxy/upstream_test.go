@@ -2,6 +2,8 @@ package proxy_test
 
 import (
 	"bufio"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -508,4 +510,103 @@ func TestProxyRangeCannotSplitTheSecret(t *testing.T) {
 			t.Errorf("upstream saw If-Range %q Request-Range %q, want neither", seen.Get("If-Range"), seen.Get("Request-Range"))
 		}
 	})
+}
+
+// echoEncodings are escapings that real encoders apply to text they echo,
+// each applied to the whole secret, by name.
+var echoEncodings = map[string]func(string) string{
+	// Python's urllib.parse.quote (safe="/"), Ruby's ERB::Util.url_encode
+	// keeps "/": every other byte outside the unreserved set as %XX.
+	"python-quote": func(s string) string {
+		return escapeEach(s, "/", func(c byte) string { return fmt.Sprintf("%%%02X", c) })
+	},
+	// Handlebars, Underscore: & < > " ' ` = as named or hex references.
+	"handlebars": strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;", "'", "&#x27;", "`", "&#x60;", "=", "&#x3D;").Replace,
+	// PHP's htmlspecialchars(ENT_QUOTES), XML serializers: decimal references.
+	"decimal-refs": strings.NewReplacer("&", "&#38;", "/", "&#47;", "'", "&#039;").Replace,
+	// OWASP ESAPI encodeForHTML: every non-alphanumeric byte as &#xHH;.
+	"owasp-html": func(s string) string {
+		return escapeEach(s, "", func(c byte) string { return fmt.Sprintf("&#x%02x;", c) })
+	},
+	// A JSON encoder escaping every non-alphanumeric byte (\u00XX).
+	"json-all": func(s string) string {
+		return escapeEach(s, "", func(c byte) string { return fmt.Sprintf(`\u%04x`, c) })
+	},
+	// JavaScript and Python string literals: \xHH.
+	"js-hex": func(s string) string {
+		return escapeEach(s, "", func(c byte) string { return fmt.Sprintf(`\x%02X`, c) })
+	},
+	// HTML5 named references for punctuation (&sol; &plus; &equals;).
+	"html5-named": strings.NewReplacer("/", "&sol;", "+", "&plus;", "=", "&equals;", "&", "&amp;").Replace,
+}
+
+// escapeEach escapes every byte of s other than ASCII letters, digits,
+// "-_.~" and keep with esc.
+func escapeEach(s, keep string, esc func(byte) string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.~"+keep, c) >= 0 {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteString(esc(c))
+	}
+	return b.String()
+}
+
+// TestProxyRedactsEveryEscapingOfTheSecret: an upstream echoing the injected
+// key through a common encoder (a URL built with Python's quote, an HTML
+// page rendered by Handlebars or PHP, a JSON or JavaScript literal escaping
+// every symbol) must not hand it to the caller: the body shows '*' where
+// it was, the header carrying it is dropped.
+func TestProxyRedactsEveryEscapingOfTheSecret(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	for _, name := range slices.Sorted(maps.Keys(echoEncodings)) {
+		t.Run(name, func(t *testing.T) {
+			enc := echoEncodings[name](upstreamKey)
+			if enc == upstreamKey {
+				t.Fatalf("encoding %s leaves the key unchanged", name)
+			}
+			res := f.do(t, "GET", "/v1/proxy/stripe/up/echo-as?enc="+name, bearer(tok), nil)
+			got := []any{res.Status, res.Header.Values("X-Echo"), res.Body}
+			want := []any{200, []string(nil), "<p>key: " + strings.Repeat("*", len(enc)) + "</p>"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("echo of the key as %s (%s): [status X-Echo body] (-want +got):\n%s", name, enc, diff)
+			}
+		})
+	}
+}
+
+// TestRedactReaderSplitEscapes: every escaping of echoEncodings is redacted
+// however the stream is split, and text that falls short of the secret
+// (one byte missing, a reference without its ";") is left alone.
+func TestRedactReaderSplitEscapes(t *testing.T) {
+	forms := proxy.SecretForms(upstreamKey)
+	short := upstreamKey[:len(upstreamKey)-1]
+	for _, name := range slices.Sorted(maps.Keys(echoEncodings)) {
+		enc := echoEncodings[name](upstreamKey)
+		notSecret := echoEncodings[name](short) + " " + strings.Replace(echoEncodings["owasp-html"](upstreamKey), ";", "", 1)
+		in := "a " + enc + " b " + notSecret + " " + enc
+		want := "a " + strings.Repeat("*", len(enc)) + " b " + notSecret + " " + strings.Repeat("*", len(enc))
+		for _, wrap := range []func(io.Reader) io.Reader{iotest.OneByteReader, iotest.HalfReader} {
+			got, err := io.ReadAll(proxy.NewRedactReader(io.NopCloser(wrap(strings.NewReader(in))), forms))
+			if err != nil || string(got) != want {
+				t.Errorf("%s: redact(%q) = %q, %v; want %q", name, in, got, err, want)
+			}
+		}
+	}
+	// A secret longer than half the scan's buffer, escaped: the bytes held
+	// back outgrow the pooled buffer.
+	var raw [24 << 10]byte
+	for i := range raw {
+		raw[i] = byte(i * 7919 >> 3)
+	}
+	long := base64.StdEncoding.EncodeToString(raw[:])
+	enc := echoEncodings["json-all"](long)
+	got, err := io.ReadAll(proxy.NewRedactReader(io.NopCloser(iotest.HalfReader(strings.NewReader("a "+enc+" b"))), proxy.SecretForms(long)))
+	if want := "a " + strings.Repeat("*", len(enc)) + " b"; err != nil || string(got) != want {
+		t.Errorf("redact of a %d-byte secret JSON-escaped: %d bytes, %v; want %d bytes of '*' between a and b", len(long), len(got), err, len(enc))
+	}
 }
