@@ -91,11 +91,12 @@
 // JSON- or JavaScript-escaped (\u00HH, \xHH) or an HTML character reference
 // (numeric or named), in any mix (see formSet). The upstream is asked for
 // identity encoding so the scan sees plain bytes; a body the upstream
-// compresses anyway is relayed unscanned (and logged). Errors the broker writes (502 when the upstream cannot be
-// reached or misbehaves) never carry upstream error text. Responses over
-// MaxResponseBytes are refused (502) when their length is declared (not for
-// HEAD, whose response has no body), and cut off (connection aborted) when
-// streamed; a body cut off, at the cap or by an error, ends without the
+// compresses anyway is relayed unscanned (and logged). Errors the broker
+// writes (502 when the upstream cannot be reached or misbehaves, 504 when a
+// timeout runs out, over HTTP/1.1 or HTTP/2) never carry upstream error
+// text. Responses over MaxResponseBytes are refused (502) when their length
+// is declared (not for HEAD, whose response has no body), and cut off
+// (connection aborted) when streamed; a body cut off, at the cap or by an error, ends without the
 // bytes the scan was still holding back (the start of the secret when the
 // cut falls inside it).
 //

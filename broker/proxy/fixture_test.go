@@ -332,6 +332,7 @@ type fixtureOpts struct {
 	audit         broker.AuditSink // default: the notifying sink
 	timeouts      proxy.Timeouts
 	logs          *brokertest.SyncBuffer // receives the broker's log lines (default: discarded)
+	http2         bool                   // the upstream speaks HTTP/2 (as most HTTPS APIs do) besides HTTP/1.1
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
@@ -347,7 +348,9 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		registry: prometheus.NewRegistry(),
 		sink:     &notifySink{Sink: &brokertest.Sink{}, appended: make(chan string, 1024)},
 	}
-	f.up.srv = httptest.NewTLSServer(f.up)
+	f.up.srv = httptest.NewUnstartedServer(f.up)
+	f.up.srv.EnableHTTP2 = fo.http2
+	f.up.srv.StartTLS()
 	tb.Cleanup(f.up.srv.Close)
 	f.evil.srv = httptest.NewTLSServer(f.evil)
 	tb.Cleanup(f.evil.srv.Close)

@@ -624,7 +624,7 @@ func (c *call) forward(w http.ResponseWriter) {
 				reason = "response_too_large"
 			case errors.Is(err, errAddressRefused):
 				reason = "upstream_address_refused"
-			case errors.Is(err, context.DeadlineExceeded):
+			case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 				status, reason = http.StatusGatewayTimeout, "upstream_timeout"
 			case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 				// The caller went away before the upstream answered: not
@@ -683,6 +683,14 @@ func (c *call) forward(w http.ResponseWriter) {
 		}
 	}()
 	rp.ServeHTTP(rw, out)
+}
+
+// isTimeout reports whether err says a timeout ran out. The HTTP/2
+// transport's response header timeout and the TLS handshake timeout are not
+// context.DeadlineExceeded, only net.Error timeouts.
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 // upstreamRequestIDHeaders are the response headers in which well-known

@@ -219,17 +219,23 @@ func TestProxyDialerRefusesPrivateAddress(t *testing.T) {
 }
 
 func TestProxyUpstreamTimeout(t *testing.T) {
-	f := newFixture(t, fixtureOpts{timeouts: proxy.Timeouts{ResponseHeader: 100 * time.Millisecond}})
-	tok := f.credential(t, "stripe").AccessToken
-	res := f.do(t, "GET", "/v1/proxy/stripe/up/hang", bearer(tok), nil)
-	got := []any{res.Status, oauthError(t, res.Body), leaks(res.raw())}
-	want := []any{504, "temporarily_unavailable", false}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("[status code leaks] (-want +got):\n%s", diff)
-	}
-	f.waitEvent(t, audit.TypeUseResult)
-	if r := f.eventsOf(audit.TypeUseResult)[0]; r.Outcome.Status != 504 || r.Outcome.Reason != "upstream_timeout" || r.Upstream.Status != 0 {
-		t.Errorf("use_result outcome %+v upstream %+v, want 504 upstream_timeout with no upstream status", r.Outcome, r.Upstream)
+	// Over HTTP/2 the transport's response header timeout is an error of
+	// its own (not context.DeadlineExceeded): it is a timeout all the same.
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
+			f := newFixture(t, fixtureOpts{timeouts: proxy.Timeouts{ResponseHeader: 100 * time.Millisecond}, http2: h2})
+			tok := f.credential(t, "stripe").AccessToken
+			res := f.do(t, "GET", "/v1/proxy/stripe/up/hang", bearer(tok), nil)
+			got := []any{res.Status, oauthError(t, res.Body), leaks(res.raw())}
+			want := []any{504, "temporarily_unavailable", false}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("[status code leaks] (-want +got):\n%s", diff)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			if r := f.eventsOf(audit.TypeUseResult)[0]; r.Outcome.Status != 504 || r.Outcome.Reason != "upstream_timeout" || r.Upstream.Status != 0 {
+				t.Errorf("use_result outcome %+v upstream %+v, want 504 upstream_timeout with no upstream status", r.Outcome, r.Upstream)
+			}
+		})
 	}
 }
 
