@@ -51,8 +51,9 @@ with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
 (one received during start-up reloads once serving), and so does a change to
 its *.yaml/*.yml files (polled every 2 s); SIGINT/SIGTERM shut down
 gracefully (a second signal exits at once). The exit status is 0 after a clean
-shutdown, 1 when start-up fails or when closing failed (e.g. the audit log's
-final signed checkpoint could not be written), 2 on a usage mistake.`,
+shutdown, 1 when start-up fails, when requests were still in flight after
+shutdown_timeout, or when closing failed (e.g. the audit log's final signed
+checkpoint could not be written), 2 on a usage mistake.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
@@ -216,14 +217,20 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	}()
 	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
 	defer cancel()
+	var incomplete error
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("shutdown incomplete", slog.String("error", err.Error()))
+		// Requests still running past shutdown_timeout are cut off: the
+		// exit status says so (1), so a supervisor sees an unclean stop.
+		log.Error("shutdown incomplete: requests still in flight after shutdown_timeout are cut off",
+			slog.Duration("shutdown_timeout", time.Duration(cfg.ShutdownTimeout)), slog.String("error", err.Error()))
+		_ = srv.Close()
+		incomplete = fmt.Errorf("shutdown incomplete: requests were still in flight after shutdown_timeout (%s)", time.Duration(cfg.ShutdownTimeout))
 	}
 	// The final flush and checkpoint of the audit log run here, while a
 	// second signal still exits at once (the deferred close is then a
 	// no-op). A failure is the exit status: every acknowledged event was
 	// durable already, but the last lines lack their signed checkpoint.
-	return rt.close()
+	return errors.Join(incomplete, rt.close())
 }
 
 // close runs the closers newest first, logs each failure and returns them
