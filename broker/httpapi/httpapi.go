@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,7 +47,15 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	reg     *prometheus.Registry
+	// draining is set by Drain: the process is shutting down.
+	draining atomic.Bool
 }
+
+// Drain makes /readyz answer 503 (error "shutting down") from now on,
+// without asking the backends, while every other route keeps serving: load
+// balancers and Kubernetes take the instance out of rotation before its
+// listener closes.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 // New validates o and returns a Server.
 func New(o Options) (*Server, error) {
@@ -321,6 +330,11 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": ReadyShuttingDown})
+		return
+	}
 	if s.o.Ready != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
@@ -334,6 +348,9 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
+
+// ReadyShuttingDown is /readyz's error while the server drains (Drain).
+const ReadyShuttingDown = "shutting down"
 
 // ReadyError names the failing component without internal detail.
 type ReadyError struct{ Component string }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -422,5 +423,49 @@ func TestIntrospectResponse(t *testing.T) {
 	}
 	if uses[0].IssuanceID != tok["issuance_id"] || uses[1].IssuanceID != "" {
 		t.Errorf("introspect events name issuances %q and %q, want %v and none", uses[0].IssuanceID, uses[1].IssuanceID, tok["issuance_id"])
+	}
+}
+
+// TestReadyzWhileDraining: once Drain is called (the server got SIGTERM and
+// drains), /readyz answers 503 with the stable error "shutting down" and
+// Retry-After, without asking the backends, and /healthz stays 200.
+func TestReadyzWhileDraining(t *testing.T) {
+	svc, err := broker.NewService(broker.Deps{
+		Policy:  func() *policies.Policy { return testPolicy(t, "", "") },
+		Authn:   func() broker.Authenticator { return brokertest.Authn{} },
+		Minters: map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Store:   memstore.New(time.Now),
+		Audit:   &brokertest.Sink{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked atomic.Int32
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
+		Ready: func(context.Context) error { asked.Add(1); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.Routes())
+	defer srv.Close()
+	api.Drain()
+	resp, err := http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct{ Status, Error string }
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || body.Error != "shutting down" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("readyz while draining = %d %+v (Retry-After %q), want 503 error %q with Retry-After",
+			resp.StatusCode, body, resp.Header.Get("Retry-After"), "shutting down")
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("readyz while draining asked the backends %d times, want 0", n)
+	}
+	if resp, err := http.Get(srv.URL + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("healthz while draining = %v %v, want 200", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }

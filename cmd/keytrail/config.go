@@ -38,6 +38,10 @@ type Config struct {
 	TrustProxyHeaders bool `yaml:"trust_proxy_headers"`
 	// ShutdownTimeout bounds graceful shutdown (default 20s).
 	ShutdownTimeout duration `yaml:"shutdown_timeout"`
+	// ShutdownDrain is how long, after SIGTERM, /readyz answers 503 while
+	// the listener keeps serving, before the shutdown proper (default 0:
+	// none).
+	ShutdownDrain duration `yaml:"shutdown_drain"`
 	// PprofListen, when set, serves Go's net/http/pprof on this loopback
 	// host:port (profiling; off by default).
 	PprofListen string `yaml:"pprof_listen"`
@@ -431,6 +435,9 @@ func (c *Config) validate(file string) error {
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown_timeout", "must not be negative (0: the default, 20s)")
+	}
+	if c.ShutdownDrain < 0 {
+		bad("shutdown_drain", "must not be negative (0: the default, no drain)")
 	}
 	if c.Authn.VerifiedCacheSize < -1 {
 		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")

@@ -50,7 +50,9 @@ KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m) and turned off
 with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
 (one received during start-up reloads once serving), and so does a change to
 its *.yaml/*.yml files (polled every 2 s); SIGINT/SIGTERM shut down
-gracefully (a second signal exits at once). The exit status is 0 after a clean
+gracefully: /readyz answers 503 for shutdown_drain while requests are still
+served, then in-flight requests get shutdown_timeout (a second signal exits
+at once). The exit status is 0 after a clean
 shutdown, 1 when start-up fails, when requests were still in flight after
 shutdown_timeout, or when closing failed (e.g. the audit log's final signed
 checkpoint could not be written), 2 on a usage mistake.`,
@@ -196,10 +198,13 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		break
 	}
 
-	// Graceful shutdown: stop accepting, finish in-flight requests within the
-	// bound, then flush and checkpoint the audit log (rt.close). A second
-	// signal exits at once.
-	log.Info("shutting down", slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
+	// Graceful shutdown: drain (shutdown_drain: /readyz answers 503 while
+	// the listener keeps serving, so load balancers stop sending new
+	// requests first), stop accepting, finish in-flight requests within
+	// shutdown_timeout, then flush and checkpoint the audit log
+	// (rt.close). A second signal exits at once.
+	drain := time.Duration(cfg.ShutdownDrain)
+	log.Info("shutting down", slog.Duration("drain", drain), slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
 	second := make(chan os.Signal, 1)
 	signal.Notify(second, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(second)
@@ -215,6 +220,20 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		case <-returned:
 		}
 	}()
+	if drain > 0 {
+		rt.api.Drain()
+		// Each connection closes after its current response: keep-alive
+		// clients reconnect, through the load balancer, to another
+		// instance.
+		srv.SetKeepAlivesEnabled(false)
+		t := time.NewTimer(drain)
+		select {
+		case <-t.C:
+		case err := <-errc: // nothing closed the server: a failure
+			t.Stop()
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
 	defer cancel()
 	var incomplete error

@@ -2,18 +2,24 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
@@ -112,5 +118,137 @@ func TestServerExitsNonZeroWhenShutdownTimesOut(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "shutdown incomplete") || !strings.Contains(err.Error(), "shutdown_timeout") {
 		t.Fatalf("runServer() = %v after a request outlived shutdown_timeout, want an error saying the shutdown was incomplete (exit status 1)", err)
+	}
+}
+
+// readyzAnswer is one GET /readyz on a new connection.
+func readyzAnswer(base string) (status int, errCode string, closed bool, err error) {
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := client.Get(base + "/readyz")
+	if err != nil {
+		return 0, "", false, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Error string `json:"error"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body.Error, resp.Close, nil
+}
+
+// waitShuttingDown polls /readyz (new connections) until it answers 503
+// "shutting down", failing on a refused connection (the listener closed
+// instead of draining) or when the deadline passes.
+func waitShuttingDown(t *testing.T, base string, deadline time.Time, logs func() string) {
+	t.Helper()
+	for {
+		st, code, _, err := readyzAnswer(base)
+		switch {
+		case err != nil:
+			t.Fatalf("GET /readyz after SIGTERM: %v; the listener must keep serving during shutdown_drain\n%s", err, logs())
+		case st == http.StatusServiceUnavailable && code == httpapi.ReadyShuttingDown:
+			return
+		case st != http.StatusOK:
+			t.Fatalf("/readyz after SIGTERM = %d %q, want 503 %q\n%s", st, code, httpapi.ReadyShuttingDown, logs())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still 200 long after SIGTERM, want 503 %q\n%s", httpapi.ReadyShuttingDown, logs())
+		}
+		<-time.After(20 * time.Millisecond)
+	}
+}
+
+// TestServerDrainsBeforeShutdown: with shutdown_drain, a SIGTERM first
+// turns /readyz to 503 "shutting down" while the listener keeps serving
+// (new connections included; each response closes its connection, so
+// keep-alive clients reconnect through the load balancer), and only after
+// the drain does the shutdown proper start. Before, the listener closed at
+// once: requests a load balancer still sent were refused.
+func TestServerDrainsBeforeShutdown(t *testing.T) {
+	const drain = 3 * time.Second
+	vp := harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, func(c *Config) {
+		c.ShutdownDrain = duration(drain)
+	})
+	var base string
+	select {
+	case a := <-readyc:
+		base = "http://" + a
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	if st, code, _, err := readyzAnswer(base); err != nil || st != http.StatusOK {
+		t.Fatalf("/readyz before the shutdown = %d %q %v, want 200", st, code, err)
+	}
+
+	cancel() // SIGTERM
+	stopped := time.Now()
+	waitShuttingDown(t, base, stopped.Add(drain), func() string { return "" })
+	// Every other route keeps answering, on a new connection too, and
+	// closes the connection after the response.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := client.Get(base + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz during the drain: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("GET /healthz during the drain = %d (Connection: close %v), want 200 closing the connection", resp.StatusCode, resp.Close)
+	}
+
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("runServer() = %v after the drain, want nil", err)
+		}
+	case <-time.After(drain + 30*time.Second):
+		t.Fatal("runServer did not return after the drain")
+	}
+	if took := time.Since(stopped); took < drain {
+		t.Errorf("runServer returned %v after the shutdown began, before shutdown_drain (%v) ended", took, drain)
+	}
+}
+
+// TestSecondSignalEndsTheDrain: a second SIGTERM during shutdown_drain
+// exits at once (status 1), as it does during the shutdown proper; an
+// operator or kubelet does not have to wait out the drain. Real binary.
+func TestSecondSignalEndsTheDrain(t *testing.T) {
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t))
+	cfg := filepath.Join(dir, "keytrail.yaml")
+	if err := os.WriteFile(cfg, []byte("listen: "+strings.TrimPrefix(base, "http://")+"\npublic_url: "+base+"\npolicy: "+pol+
+		"\nvault: {address: "+vp.Addr+"}\naudit: {file: "+filepath.Join(dir, "audit.jsonl")+"}\nshutdown_drain: 10m\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k := harness.StartKeytrail(t, base, cfg, "VAULT_TOKEN="+vp.RootToken, "VAULT_ADDR=", "KEYTRAIL_LISTEN=", "KEYTRAIL_REDIS_URL=")
+	if err := k.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitShuttingDown(t, base, time.Now().Add(30*time.Second), k.Logs)
+	if err := k.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-k.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("a second SIGTERM during the drain did not end the server\n%s", k.Logs())
+	}
+	var ee *exec.ExitError
+	if err := k.Stop(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit after a second SIGTERM = %v, want exit status 1\n%s", err, k.Logs())
 	}
 }
