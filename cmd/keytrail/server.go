@@ -575,7 +575,10 @@ func loadServedPolicy(path string, log *slog.Logger) (*policies.Policy, error) {
 }
 
 // reloadPolicy validates the new policy first and keeps the old one on any
-// error; either way a policy_load event records the outcome.
+// error; either way a policy_load event records the outcome. A new policy
+// takes effect only once its policy_load event is durable: when the audit
+// log cannot take it, the policy in force stays (fail closed), so every
+// policy that ever served is in the log.
 func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
@@ -584,30 +587,32 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 		// As at start-up: grants a batch token cannot serve are refused.
 		err = checkTokenType(rt.login.Status().TokenType, pol)
 	}
+	var st *policyState
 	if err == nil {
 		var v *authn.Verifier
 		v, err = rt.newVerifier(ctx, pol)
-		var st *policyState
 		if err == nil {
 			st, err = rt.newPolicyState(pol, v, rt.state.Load())
 		}
-		if err == nil {
-			rt.state.Store(st)
-			rt.metrics.setPolicy(pol.Hash())
-			rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
-		}
 	}
-	outcome := "ok"
 	if err != nil {
-		outcome = "error"
-	}
-	rt.metrics.policyReloads.WithLabelValues(outcome).Inc()
-	if err != nil {
+		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload failed; keeping the policy in force", slog.String("why", why), slog.String("error", err.Error()))
+		if aerr := rt.auditPolicyLoad(ctx, pol, why, err); aerr != nil {
+			rt.log.Error("audit policy_load failed", slog.String("error", aerr.Error()))
+		}
+		return
 	}
-	if aerr := rt.auditPolicyLoad(ctx, pol, why, err); aerr != nil {
-		rt.log.Error("audit policy_load failed", slog.String("error", aerr.Error()))
+	if aerr := rt.auditPolicyLoad(ctx, pol, why, nil); aerr != nil {
+		rt.metrics.policyReloads.WithLabelValues("error").Inc()
+		rt.log.Error("policy reload not applied: its policy_load audit event could not be written; keeping the policy in force",
+			slog.String("why", why), slog.String("policy_hash", pol.Hash()), slog.String("error", aerr.Error()))
+		return
 	}
+	rt.state.Store(st)
+	rt.metrics.setPolicy(pol.Hash())
+	rt.metrics.policyReloads.WithLabelValues("ok").Inc()
+	rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
 }
 
 func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error) error {
