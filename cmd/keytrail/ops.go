@@ -313,21 +313,61 @@ func policyStamp(path string) string {
 	return fileStamp(files...)
 }
 
+// policyReloadRetries bounds the retries of a failed file-triggered reload
+// (watchPolicy).
+const policyReloadRetries = 10
+
 // watchPolicy reloads the policy when its files change (polled every
 // interval) from last, their policyStamp when the policy in force was read.
-// Reload validates first and keeps the old policy on error.
+// Reload validates first and keeps the old policy on error. A reload that
+// failed is retried while the files stay as they are, since what failed
+// may be passing (a ca_file not mounted yet, the audit log full): after
+// 2, 4, 8 ... intervals, at most 30 intervals apart (1 min at 2 s),
+// policyReloadRetries times, each attempt logged and audited as a
+// file_change_retry. A change of the files starts over; a reload by SIGHUP
+// that succeeds in the meantime ends the retries.
 func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration, last string) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var (
+		failedAt *policyState // the policy in force when the last attempt failed; nil: none failed
+		retries  int
+		delay    time.Duration
+		retryAt  time.Time
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		if st := policyStamp(rt.cfg.Policy); st != last {
-			last = st
-			rt.reloadPolicy(ctx, "file_change")
+		var err error
+		switch st := policyStamp(rt.cfg.Policy); {
+		case st != last:
+			last, retries, delay = st, 0, 0
+			err = rt.reloadPolicy(ctx, "file_change")
+		case failedAt == nil || retries >= policyReloadRetries || time.Now().Before(retryAt):
+			continue
+		case rt.state.Load() != failedAt: // reloaded since (SIGHUP)
+			failedAt = nil
+			continue
+		default:
+			retries++
+			err = rt.reloadPolicy(ctx, "file_change_retry")
+		}
+		if err == nil {
+			failedAt = nil
+			continue
+		}
+		failedAt = rt.state.Load()
+		delay = min(max(2*delay, 2*interval), 30*interval)
+		retryAt = time.Now().Add(delay)
+		if retries < policyReloadRetries {
+			rt.log.Warn("policy reload from the files failed; retrying", slog.Duration("in", delay),
+				slog.Int("retry", retries+1), slog.Int("of", policyReloadRetries))
+		} else {
+			rt.log.Error("policy reload from the files failed; no more retries: change the files or send SIGHUP",
+				slog.Int("retries", retries))
 		}
 	}
 }

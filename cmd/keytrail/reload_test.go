@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -96,4 +97,102 @@ func readCounter(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// writeAtomically replaces path with data (rename), so a watcher never
+// reads half of it.
+func writeAtomically(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitReload polls cond until it holds or 20 s pass.
+func waitReload(t *testing.T, what string, cond func() bool, logs *brokertest.SyncBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 20s\n%s", what, logs.String())
+		}
+		<-time.After(5 * time.Millisecond)
+	}
+}
+
+// startWatch runs rt.watchPolicy with interval until the test ends.
+func startWatch(t *testing.T, rt *brokerRuntime, interval time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	last := policyStamp(rt.cfg.Policy) // the files of the policy in force, before the test changes them
+	go func() { defer close(done); _ = rt.watchPolicy(ctx, interval, last) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// caFilePolicy is serverTestPolicy with the issuer's ca_file set to ca.
+func caFilePolicy(ca string) string {
+	return strings.Replace(serverTestPolicy, "    algorithms: [ES256]\n", "    algorithms: [ES256]\n    ca_file: "+ca+"\n", 1)
+}
+
+// TestFailedFileReloadIsRetried: a policy change whose reload fails for a
+// passing reason (here the issuer's ca_file, a Secret the kubelet has not
+// mounted yet) used to be retried only when the YAML changed again: the
+// broker kept the old policy although the new one was loadable a moment
+// later. The watcher now retries a failed reload with a backoff while the
+// files are unchanged.
+func TestFailedFileReloadIsRetried(t *testing.T) {
+	dir := t.TempDir()
+	polFile := filepath.Join(dir, "policy.yaml")
+	writeAtomically(t, polFile, serverTestPolicy)
+	var logs brokertest.SyncBuffer
+	rt, _ := reloadRuntime(t, dir, polFile, &logs)
+	startWatch(t, rt, 10*time.Millisecond)
+
+	caDir := filepath.Join(dir, "ca")
+	if err := os.Mkdir(caDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeAtomically(t, polFile, caFilePolicy(filepath.Join(caDir, "cert.pem")))
+	waitReload(t, "the reload of the policy naming a missing ca_file fails", func() bool {
+		return readCounter(t, rt.metrics.policyReloads.WithLabelValues("error")) >= 1
+	}, &logs)
+
+	writeCert(t, caDir, "issuer.example") // the Secret is mounted; the YAML does not change
+	want, err := loadServedPolicy(polFile, rt.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, "the failed reload is retried and takes the new policy", func() bool {
+		return rt.state.Load().pol.Hash() == want.Hash()
+	}, &logs)
+}
+
+// TestFailedFileReloadRetriesAreBounded: a policy that stays broken is
+// retried policyReloadRetries times, then the watcher says it gives up
+// (and a change of the files starts over).
+func TestFailedFileReloadRetriesAreBounded(t *testing.T) {
+	dir := t.TempDir()
+	polFile := filepath.Join(dir, "policy.yaml")
+	writeAtomically(t, polFile, serverTestPolicy)
+	var logs brokertest.SyncBuffer
+	rt, _ := reloadRuntime(t, dir, polFile, &logs)
+	before := rt.state.Load().pol.Hash()
+	startWatch(t, rt, time.Millisecond)
+
+	writeAtomically(t, polFile, caFilePolicy(filepath.Join(dir, "never.pem")))
+	waitReload(t, "the watcher gives up", func() bool { return strings.Contains(logs.String(), "no more retries") }, &logs)
+	if n := readCounter(t, rt.metrics.policyReloads.WithLabelValues("error")); n != 1+policyReloadRetries {
+		t.Errorf("failed reloads = %v, want the first attempt and %d retries", n, policyReloadRetries)
+	}
+	if got := rt.state.Load().pol.Hash(); got != before {
+		t.Errorf("policy in force = %s, want the old %s", got, before)
+	}
+	// A change of the files is tried again.
+	writeAtomically(t, polFile, serverTestPolicy+"\n")
+	waitReload(t, "the changed files are loaded", func() bool {
+		return readCounter(t, rt.metrics.policyReloads.WithLabelValues("ok")) == 1
+	}, &logs)
 }

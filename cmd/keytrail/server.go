@@ -186,7 +186,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	for {
 		select {
 		case <-hup:
-			rt.reloadPolicy(ctx, "sighup")
+			_ = rt.reloadPolicy(ctx, "sighup") // logged and audited; the policy in force stays
 			continue
 		case err := <-errc:
 			if !errors.Is(err, http.ErrServerClosed) {
@@ -578,8 +578,9 @@ func loadServedPolicy(path string, log *slog.Logger) (*policies.Policy, error) {
 // error; either way a policy_load event records the outcome. A new policy
 // takes effect only once its policy_load event is durable: when the audit
 // log cannot take it, the policy in force stays (fail closed), so every
-// policy that ever served is in the log.
-func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
+// policy that ever served is in the log. It returns the reason a reload
+// was not applied.
+func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
 	pol, err := loadServedPolicy(rt.cfg.Policy, rt.log)
@@ -601,18 +602,19 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) {
 		if aerr := rt.auditPolicyLoad(ctx, pol, why, err); aerr != nil {
 			rt.log.Error("audit policy_load failed", slog.String("error", aerr.Error()))
 		}
-		return
+		return err
 	}
 	if aerr := rt.auditPolicyLoad(ctx, pol, why, nil); aerr != nil {
 		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload not applied: its policy_load audit event could not be written; keeping the policy in force",
 			slog.String("why", why), slog.String("policy_hash", pol.Hash()), slog.String("error", aerr.Error()))
-		return
+		return fmt.Errorf("audit policy_load: %w", aerr)
 	}
 	rt.state.Store(st)
 	rt.metrics.setPolicy(pol.Hash())
 	rt.metrics.policyReloads.WithLabelValues("ok").Inc()
 	rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
+	return nil
 }
 
 func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error) error {
