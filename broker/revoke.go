@@ -40,7 +40,9 @@ package broker
 // what another instance issues to a blocked workload before its cache
 // learns the block (cacheLag). So a revocation of a session, workload or
 // owner, and every revocation that blocks, stores SweepAt (its creation
-// plus SweepDelay: MintTimeout + StoreTimeout + cacheLag + revokeClockSkew),
+// plus SweepDelay: MintTimeout + StoreTimeout + cacheLag + revokeClockSkew;
+// for a block, SweepDelay after the blocks are stored, which follows the
+// audit writes: until then an exchange may still pass its block check),
 // and stays incomplete (CompletedAt zero, so the worker's pending list
 // holds it and any instance's worker does it, after a restart too) until
 // the sweep has run. The sweep selects again, on the Store: the active
@@ -265,6 +267,14 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			return nil, s.notMade(dctx, rev, requestID, blocked, fmt.Errorf("block %s: %w", w, err))
 		}
 		blocked = append(blocked, w)
+	}
+	if len(blocks) > 0 {
+		// The sweep's delay counts from when the blocks are in force, not
+		// from the selection: an exchange may pass its block check until
+		// then, and the audit writes above take what they take.
+		if at := s.d.Now().Add(s.SweepDelay()); at.After(rev.SweepAt) {
+			rev.SweepAt = at
+		}
 	}
 	if err := s.putRevocation(dctx, rev); err != nil {
 		if unreplicated(err) {

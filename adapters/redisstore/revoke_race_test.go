@@ -1,0 +1,223 @@
+package redisstore_test
+
+// Revocations racing exchanges of the same workload, on the real store.
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/redisstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/e2e/harness"
+	"github.com/keytrail/keytrail/policies"
+)
+
+const racePolicy = `
+version: 1
+issuers:
+  - name: k8s
+    issuer: https://k8s.example
+    jwks_url: https://k8s.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+    session_claim: kubernetes.io.pod.uid
+workloads:
+  - name: payments-api
+    owner: team-payments
+    match:
+      issuer: k8s
+      subject: system:serviceaccount:payments:api
+      claims: {kubernetes.io.namespace: payments}
+    grants: [payments-vault]
+grants:
+  - name: payments-vault
+    kind: vault_token
+    ttl: 15m
+    vault_token: {policies: [payments-read]}
+`
+
+// raceClock is a clock the test moves.
+type raceClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *raceClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *raceClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.now = t
+	c.mu.Unlock()
+}
+
+// gate holds a call until the test opens it, and says when one arrived.
+type gate struct {
+	arrived chan struct{}
+	open    chan struct{}
+}
+
+func newGate() *gate { return &gate{arrived: make(chan struct{}, 1), open: make(chan struct{})} }
+
+func (g *gate) hold() {
+	select {
+	case g.arrived <- struct{}{}:
+	default:
+	}
+	<-g.open
+}
+
+// await waits for a call to arrive at g, at most 10 s.
+func (g *gate) await(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-g.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s never arrived", what)
+	}
+}
+
+// stallingSink holds the append of the first event of type typ at its gate.
+type stallingSink struct {
+	brokertest.Sink
+	typ  string
+	once sync.Once
+	g    *gate
+}
+
+func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
+	if ev.Type == s.typ {
+		s.once.Do(s.g.hold)
+	}
+	return s.Sink.Append(ctx, ev)
+}
+
+// holdingMinter holds its first mint at its gate.
+type holdingMinter struct {
+	brokertest.Minter
+	once sync.Once
+	g    *gate
+}
+
+func (m *holdingMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
+	m.once.Do(m.g.hold)
+	return m.Minter.Mint(ctx, req)
+}
+
+// TestRevokeBlockRacingExchange: a blocking revocation of a workload and
+// an exchange of it, interleaved on a real Redis. The revocation selects,
+// then writes its audit events (here the block event takes 8 s, a slow
+// disk), and only then stores the block. An exchange that passed its
+// block check while the block was not stored yet, and mints for 4.5 s
+// (under the 5 s mint timeout), stores its credential after the sweep
+// the receipt promised was due. The sweep must not run before that
+// credential can be stored: the credential, issued to a workload blocked
+// by the revocation before the block was in force, is the revocation's.
+// (It escaped both selections when sweep_at counted from the revocation's
+// creation, before its audit writes, instead of from when its blocks were
+// stored.)
+func TestRevokeBlockRacingExchange(t *testing.T) {
+	ctx := context.Background()
+	r := harness.StartRedis(t)
+	start := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clk := &raceClock{now: start}
+	st := newStore(t, r, redisstore.Options{Prefix: "{race}:", Now: clk.Now})
+	pol, err := policies.Parse("race.yaml", []byte(racePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &broker.Identity{IssuerName: "k8s", Iss: "https://k8s.example", Sub: "system:serviceaccount:payments:api", JTI: "tok-1",
+		Claims: map[string]any{"iss": "https://k8s.example", "sub": "system:serviceaccount:payments:api",
+			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}}}}
+	auditGate, mintGate := newGate(), newGate()
+	sink := &stallingSink{typ: audit.TypeBlock, g: auditGate}
+	minter := &holdingMinter{g: mintGate}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return brokertest.Authn{"pod1": pod} },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter},
+		Store:    st,
+		Audit:    sink,
+		Now:      clk.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := &broker.Admin{Name: "secops", Identity: broker.IdentityRef{Iss: "https://sso.example", Sub: "alice"}, Roles: []string{"revoke"}}
+
+	// 1. The revocation selects (nothing yet) and writes its block event.
+	type revoked struct {
+		rev *broker.Revocation
+		err error
+	}
+	revDone := make(chan revoked, 1)
+	go func() {
+		rev, err := svc.Revoke(ctx, admin, broker.RevokeSelector{Workload: "payments-api"}, "INC-7", broker.RevokeOptions{Block: true}, "req_r")
+		revDone <- revoked{rev, err}
+	}()
+	auditGate.await(t, "the revocation's block event")
+
+	// 2. 8 s later, the block still not stored, an exchange passes its
+	// block check and starts minting.
+	clk.Set(start.Add(8 * time.Second))
+	type exchanged struct {
+		res *broker.ExchangeResult
+		err error
+	}
+	exDone := make(chan exchanged, 1)
+	go func() {
+		res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "pod1", Grant: "payments-vault", RequestID: "req_x"})
+		exDone <- exchanged{res, err}
+	}()
+	mintGate.await(t, "the exchange's mint")
+
+	// 3. The audit write completes: the block and the record are stored.
+	close(auditGate.open)
+	rd := <-revDone
+	if rd.err != nil {
+		t.Fatalf("Revoke() = %v", rd.err)
+	}
+	rev := rd.rev
+
+	// 4. 4.5 s into the mint, the worker runs: is the sweep due?
+	clk.Set(start.Add(12500 * time.Millisecond))
+	if err := w.Tick(ctx); err != nil {
+		t.Fatalf("Tick() = %v", err)
+	}
+
+	// 5. The mint completes and the credential is stored.
+	close(mintGate.open)
+	xd := <-exDone
+	if xd.err != nil {
+		t.Fatalf("Exchange() = %v", xd.err)
+	}
+	is := xd.res.Issuance
+
+	// 6. The worker runs again, past any sweep_at the revocation stored.
+	stored, err := st.GetRevocation(ctx, rev.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(start.Add(time.Minute))
+	if err := w.Tick(ctx); err != nil {
+		t.Fatalf("Tick() = %v", err)
+	}
+	got, err := st.GetIssuance(ctx, is.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.RevocationID != rev.ID || got.Active(clk.Now()) {
+		t.Errorf("credential issued at %v to payments-api, blocked by %s (created %v, block stored at %v; sweep_at %v, completed %v): revocation %q, active %v; want it swept by %s",
+			is.IssuedAt, rev.ID, rev.CreatedAt, start.Add(8*time.Second), stored.SweepAt, stored.CompletedAt, got.RevocationID, got.Active(clk.Now()), rev.ID)
+	}
+	if want := start.Add(8 * time.Second).Add(svc.SweepDelay()); rev.SweepAt.Before(want) {
+		t.Errorf("receipt sweep_at = %v, want at least %v (SweepDelay after the block was stored)", rev.SweepAt, want)
+	}
+}
