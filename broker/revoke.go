@@ -52,12 +52,14 @@ package broker
 // workload issued while the block stands (if it was lifted meanwhile,
 // those issued before the unblock, which Unblock records on every
 // revocation whose sweep is due that blocked the workload: later ones
-// belong to the unblocked workload; but when the workload is blocked again
-// by the sweep, by another revocation, the block stands and the recorded
-// unblock is not read: the sweep then takes what the workload got while
-// unblocked too, an over-revocation on the safe side: a recorded unblock
-// whose block still stands may also be one that failed after recording
-// its time, the block then being this revocation's own). For a revocation of a
+// belong to the unblocked workload. When a block stands at the sweep
+// although an unblock is recorded, the sweep reads it: another
+// revocation's block created more than revokeClockSkew after the unblock
+// is a re-block, so the unblock held and its time still bounds this
+// revocation's part; any other (this revocation's own, the unblock having
+// failed after recording its time, or a re-block too close to the unblock
+// to tell) makes the sweep take what the workload got up to now, an
+// over-revocation on the safe side). For a revocation of a
 // session or an issuance that part starts MintTimeout + StoreTimeout +
 // revokeClockSkew before its creation: the workload's other credentials
 // issued earlier were stored when it selected and are not its own. Whatever
@@ -1406,17 +1408,23 @@ func (s *Service) lateIssuances(ctx context.Context, r *Revocation) ([]*Issuance
 	}
 	for _, wl := range r.Blocks {
 		sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-		_, err := s.records().GetBlock(sctx, wl)
+		b, err := s.records().GetBlock(sctx, wl)
 		cancel()
 		cutoff := now
+		unblocked, wasUnblocked := r.Unblocked[wl]
 		switch {
 		case errors.Is(err, ErrNotFound):
 			cutoff = r.SweepAt
-			if t, ok := r.Unblocked[wl]; ok && t.Before(cutoff) {
-				cutoff = t // what the workload got once unblocked is its own
+			if wasUnblocked && unblocked.Before(cutoff) {
+				cutoff = unblocked // what the workload got once unblocked is its own
 			}
 		case err != nil:
 			return nil, fmt.Errorf("block %s: %w", wl, err)
+		case wasUnblocked && b.RevocationID != r.ID && b.CreatedAt.After(unblocked.Add(revokeClockSkew)):
+			// Another revocation's block, made after the recorded unblock:
+			// the unblock held, and what the workload got once unblocked
+			// is its own (the new block's sweep takes what is its).
+			cutoff = unblocked
 		}
 		if err := add(IssuanceFilter{Workload: wl}, from, cutoff); err != nil {
 			return nil, err

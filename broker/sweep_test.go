@@ -523,3 +523,94 @@ func TestUnblockKeepsFirstUnblockTime(t *testing.T) {
 		t.Errorf("credential issued while the workload was unblocked was swept by %s", r1.ID)
 	}
 }
+
+// TestSweepKeepsUnblockBeforeReblock: r1 blocks payments-api, is
+// unblocked, and the workload gets a credential; then r2, a revocation of
+// another session, blocks it again before r1's sweep runs. r1's sweep
+// finds a block standing, but it is r2's, made after the recorded unblock:
+// the credential the workload got while unblocked is neither r1's (issued
+// after its unblock) nor r2's (issued long before r2, by another session).
+// (The sweep took it: a standing block made it ignore r1's recorded
+// unblock, whoever's block it was.)
+func TestSweepKeepsUnblockBeforeReblock(t *testing.T) {
+	ctx := context.Background()
+	clk, mem, _, svc := newSweepEnv(t)
+	w := newTestWorker(t, svc)
+	start := clk.Now()
+	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(start.Add(time.Second))
+	if err := svc.Unblock(ctx, secops, "payments-api", "false alarm", "req_u"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(start.Add(3 * time.Second)) // past r1's 2 s of skew
+	between := exchangeAs(t, svc, "pod1")
+	clk.Set(start.Add(12 * time.Second))
+	pod2 := exchangeAs(t, svc, "pod2")
+	clk.Set(start.Add(12500 * time.Millisecond)) // more than inFlight after between
+	r2, err := svc.Revoke(ctx, secops, broker.RevokeSelector{SessionID: pod2.SessionID}, "pod-2 this time", broker.RevokeOptions{Block: true}, "req_2")
+	if err != nil || len(r2.Blocks) != 1 {
+		t.Fatalf("Revoke(session of pod2, block) = %+v, %v; want payments-api blocked", r2, err)
+	}
+	for _, at := range []time.Time{r1.SweepAt.Add(time.Second), r2.SweepAt} {
+		clk.Set(at)
+		if err := w.Tick(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{r1.ID, r2.ID} {
+		if got, _ := mem.GetRevocation(ctx, id); got.CompletedAt.IsZero() {
+			t.Fatalf("%s not complete after its sweep", id)
+		}
+	}
+	if got, _ := mem.GetIssuance(ctx, between.ID); !got.Active(clk.Now()) {
+		t.Errorf("credential issued while payments-api was unblocked (%v, unblock at %v, re-block at %v) revoked by %s (r1 %s, r2 %s); want it left alone",
+			between.IssuedAt, start.Add(time.Second), r2.CreatedAt, got.RevocationID, r1.ID, r2.ID)
+	}
+}
+
+// failDeleteBlockStore fails every DeleteBlock (a Redis blip during an
+// unblock, after it recorded its time on the revocations).
+type failDeleteBlockStore struct{ broker.Store }
+
+func (failDeleteBlockStore) DeleteBlock(context.Context, string) error {
+	return broker.Unavailable("store_unavailable", time.Second, errors.New("connection reset"))
+}
+
+// TestSweepFailedUnblockStillTakes: an unblock that recorded its time and
+// then failed to delete the block leaves the revocation's own block
+// standing; the sweep must not read the recorded time as an unblock that
+// held: what the workload got meanwhile (here a record an instance stored
+// without having learned the block) is still the revocation's.
+func TestSweepFailedUnblockStillTakes(t *testing.T) {
+	ctx := context.Background()
+	clk, mem, mr, _ := newSweepEnv(t)
+	svc := newSweepSvc(t, clk, failDeleteBlockStore{mem}, mr)
+	start := clk.Now()
+	r1, err := svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident", broker.RevokeOptions{Block: true}, "req_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(start.Add(time.Second))
+	if err := svc.Unblock(ctx, secops, "payments-api", "false alarm", "req_u"); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Unblock() with DeleteBlock failing = %v, want ErrUnavailable", err)
+	}
+	if stored, _ := mem.GetRevocation(ctx, r1.ID); stored.Unblocked["payments-api"].IsZero() {
+		t.Fatalf("%s records no unblock time; the test needs one", r1.ID)
+	}
+	late := &broker.Issuance{ID: "iss_late", Workload: "payments-api", Owner: "team-payments", SessionID: "pod-9",
+		Grant: "payments-vault", Kind: broker.KindVaultToken, IssuedAt: start.Add(4 * time.Second), ExpiresAt: start.Add(time.Hour),
+		Refs: broker.CredentialRefs{Fingerprint: "sha256:late", Accessor: "acc-late"}}
+	if err := mem.PutIssuance(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	clk.Set(r1.SweepAt.Add(time.Second))
+	if err := newTestWorker(t, newSweepSvc(t, clk, mem, mr)).Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := mem.GetIssuance(ctx, late.ID); got.RevocationID != r1.ID {
+		t.Errorf("credential issued while %s's block stood (its unblock failed): revocation %q, want swept by %s", r1.ID, got.RevocationID, r1.ID)
+	}
+}
