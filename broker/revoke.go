@@ -938,7 +938,7 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 	cancel()
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return Errorf(ErrNotFound, "not_blocked", "the workload is not blocked", err)
+		return Errorf(ErrNotFound, "not_blocked", notBlocked, err)
 	case err != nil:
 		return Unavailable("store_unavailable", time.Second, err)
 	}
@@ -958,16 +958,40 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 	err = s.d.Store.DeleteBlock(sctx, workload)
 	cancel()
 	if err != nil && !errors.Is(err, ErrNotFound) {
+		// Applied but not confirmed by the replicas: in force unless a
+		// failover loses it. Said so, not "failed", and announced.
+		unconfirmed := unreplicated(err)
+		reason := "store_unavailable"
+		if unconfirmed {
+			reason = ReasonStoreUnreplicated
+		}
 		fail := &audit.Event{Type: audit.TypeUnblock, RequestID: requestID, Workload: workload, Admin: admin.String(),
-			Outcome: &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "store_unavailable"}}
+			Outcome: &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: reason}}
+		if unconfirmed {
+			fail.Details = map[string]any{"unconfirmed": true}
+		}
 		if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), fail); aerr != nil {
 			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit unblock failure failed", slog.String("error", aerr.Error()))
 		}
-		return Unavailable("store_unavailable", time.Second, err)
+		e := Unavailable(reason, time.Second, err)
+		if unconfirmed {
+			s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
+			e.Safe = "the unblock is stored but not confirmed by the store's replicas; retry to be sure: " +
+				"404 not_found (not blocked) then means it holds"
+		} else {
+			e.Safe = "a backend is temporarily unavailable and the unblock may not have been stored; retry: " +
+				"404 not_found (not blocked) then means it was"
+		}
+		return e
 	}
 	s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
 	return nil
 }
+
+// notBlocked is Unblock's answer for a workload with no block: the same
+// for a retry whose first try went through (its answer lost, or a 503), so
+// a retry is safe and its 404 says it.
+const notBlocked = "the workload is not blocked: nothing to unblock (an earlier unblock of it that answered 503 or was not answered went through)"
 
 // noteUnblock records the unblock time on every revocation that blocked
 // workload and whose sweep is still due, so no sweep takes the credentials

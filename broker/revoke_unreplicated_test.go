@@ -16,7 +16,14 @@ import (
 // store.min_replicas acknowledged the write.
 type unreplicatedStore struct {
 	broker.Store
-	revocations, blocks bool
+	revocations, blocks, unblocks bool
+}
+
+func (s *unreplicatedStore) DeleteBlock(ctx context.Context, workload string) error {
+	if err := s.Store.DeleteBlock(ctx, workload); err != nil || !s.unblocks {
+		return err
+	}
+	return errUnreplicated()
 }
 
 func errUnreplicated() error {
@@ -111,5 +118,49 @@ func TestRevokeBlockUnreplicated(t *testing.T) {
 	}
 	if b, err := f.mem.GetBlock(ctx, "payments-api"); err != nil || b == nil {
 		t.Errorf("GetBlock(payments-api) = %v, %v; want the block stored", b, err)
+	}
+}
+
+// TestUnblockUnreplicated: an unblock the store applied but could not
+// confirm on its replicas is in force; its 503 must say so (reason
+// store_unreplicated, "stored but not confirmed", what a retry answers),
+// and its audit event too, not report a store failure; the retry, whose
+// first try went through, answers 404 not_blocked saying so. (The 503 was
+// a plain store_unavailable, "retry later", and the unblock event said the
+// unblock failed while it was in force.)
+func TestUnblockUnreplicated(t *testing.T) {
+	var us *unreplicatedStore
+	f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
+		us = &unreplicatedStore{Store: st}
+		return us
+	})
+	ctx := context.Background()
+	f.issue(t, "payments")
+	if _, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-12", broker.RevokeOptions{Block: true}, "req_1"); err != nil {
+		t.Fatal(err)
+	}
+	us.unblocks = true
+
+	err := f.svc.Unblock(ctx, secops, "payments-api", "resolved", "req_u1")
+	e := broker.AsError(err)
+	if !errors.Is(err, broker.ErrUnavailable) || e.Reason != broker.ReasonStoreUnreplicated {
+		t.Fatalf("Unblock() with the delete unreplicated = %v (reason %q), want ErrUnavailable, reason %s", err, e.Reason, broker.ReasonStoreUnreplicated)
+	}
+	if !strings.Contains(e.Safe, "not confirmed") || !strings.Contains(e.Safe, "retry") || !strings.Contains(e.Safe, "404") {
+		t.Errorf("the 503 says %q; want it to say the unblock is stored but not confirmed, and what a retry answers", e.Safe)
+	}
+	evs := f.sink.Events()
+	last := evs[len(evs)-1]
+	if last.Type != "unblock" || last.Outcome.Status != 503 || last.Outcome.Reason != broker.ReasonStoreUnreplicated || last.Details["unconfirmed"] != true {
+		t.Errorf("last event = %s %+v %v, want unblock 503 store_unreplicated, unconfirmed", last.Type, last.Outcome, last.Details)
+	}
+	if _, err := f.mem.GetBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("GetBlock(payments-api) = %v, want not found: the unblock is in force", err)
+	}
+
+	err = f.svc.Unblock(ctx, secops, "payments-api", "resolved", "req_u2")
+	e = broker.AsError(err)
+	if !errors.Is(err, broker.ErrNotFound) || e.Reason != "not_blocked" || !strings.Contains(e.Safe, "went through") {
+		t.Errorf("the retry = %v (%q), want 404 not_blocked saying an earlier unblock went through", err, e.Safe)
 	}
 }
