@@ -56,9 +56,25 @@ func (c *Credential) String() string {
 // req.Now+req.TTL, MUST tag the credential with the issuance id wherever the
 // backend keeps tags, and MUST NOT retry a create blindly (a retried create can
 // leave a credential nobody recorded). Backend outages are ErrUnavailable.
+// A credential it created but will not return and could not revoke (its
+// clean-up failed) it reports as an *UnrevokedError naming it, at least
+// when the credential carries no tag the reconciliation finds it by (a
+// certificate; Vault tokens carry their issuance id in their meta).
 type Minter interface {
 	Mint(ctx context.Context, req MintRequest) (*Credential, error)
 }
+
+// UnrevokedError is a Minter's failure that left a credential behind: the
+// backend created it, the Minter refused it and its revocation failed.
+// Refs name it (never the secret) so that the deny event records them and
+// trace finds it by them; Err is the failure, with its category.
+type UnrevokedError struct {
+	Refs CredentialRefs
+	Err  error
+}
+
+func (e *UnrevokedError) Error() string { return e.Err.Error() }
+func (e *UnrevokedError) Unwrap() error { return e.Err }
 
 // Revoker ends an issued credential at its backend. Revoke MUST be idempotent:
 // revoking an already revoked or expired credential succeeds.

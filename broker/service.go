@@ -241,6 +241,11 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			e = Unavailable("backend_timeout", 2*time.Second, err)
 		}
 		deny.IssuanceID = issID
+		if ue := (*UnrevokedError)(nil); errors.As(err, &ue) {
+			// Left valid at its backend: the deny event names it.
+			deny.Credential = auditCredential(ue.Refs)
+			deny.Details = map[string]any{"unrevoked": true}
+		}
 		return fail(e)
 	}
 	cred.Refs.Fingerprint = Fingerprint(cred.AccessToken)

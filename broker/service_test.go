@@ -653,3 +653,23 @@ func TestExchangeStoreFailureRevokes(t *testing.T) {
 		t.Errorf("orphan_revoked event after a failed revoke: type %s, outcome (-want +got):\n%s", o.Type, diff)
 	}
 }
+
+// TestExchangeDenyNamesUnrevokedCredential: a mint whose credential the
+// minter refused and could not revoke (its clean-up failed) leaves it
+// valid at the backend; the deny event must name it (its references,
+// never a secret) and say it is unrevoked, so that trace finds it by its
+// serial. (It named nothing: the serial was only in the server log.)
+func TestExchangeDenyNamesUnrevokedCredential(t *testing.T) {
+	f := newFixture(t)
+	cause := broker.Unavailable("config", 30*time.Second, errors.New("certificate lacks URI SAN; cleanup: revoking serial 1a:2b: 500"))
+	f.minter.Err = &broker.UnrevokedError{Refs: broker.CredentialRefs{Serial: "1a:2b", Mount: "pki"}, Err: cause}
+	_, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_u"})
+	if e := broker.AsError(err); !errors.Is(err, broker.ErrUnavailable) || e.Reason != "config" {
+		t.Fatalf("Exchange() = %v, want the minter's unavailable (config)", err)
+	}
+	evs := f.sink.Events()
+	deny := evs[len(evs)-1]
+	if deny.Type != "deny" || deny.IssuanceID == "" || deny.Credential == nil || deny.Credential.Serial != "1a:2b" || deny.Details["unrevoked"] != true {
+		t.Errorf("last event = %s issuance %q credential %+v details %v; want a deny naming serial 1a:2b, unrevoked", deny.Type, deny.IssuanceID, deny.Credential, deny.Details)
+	}
+}

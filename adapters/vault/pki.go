@@ -272,7 +272,7 @@ func (m *PKIMinter) abort(ctx context.Context, mount, serial string, cause error
 	if err := m.revokeSerial(rctx, mount, serial, false); err != nil {
 		be := broker.AsError(cause)
 		be.Err = errors.Join(be.Err, fmt.Errorf("cleanup: revoking serial %s: %w", serial, err))
-		return be
+		return &broker.UnrevokedError{Refs: broker.CredentialRefs{Serial: serial, Mount: mount}, Err: be}
 	}
 	return cause
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -565,4 +566,37 @@ func FuzzPKIMount(f *testing.F) {
 			t.Fatalf("PKIMount(%q) = %q: the rest is not an issue path", path, mount)
 		}
 	})
+}
+
+// TestPKIMinterCleanupFailureNamesCertificate: a certificate Vault issued
+// that the minter refuses (here: no URI SAN) is revoked; when that
+// revocation fails too, the certificate stays valid, and the error must
+// name it (serial, mount) as a *broker.UnrevokedError so that the deny
+// event records it and trace finds it by its serial. (The serial was only
+// in the internal error text, which reaches the server log alone.)
+func TestPKIMinterCleanupFailureNamesCertificate(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t)
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		pkiIssue:  issueReply(ca.leaf(t, pkiSerial, "", t0.Add(15*time.Minute)), ca.pem, pkiSerial),
+		pkiRevoke: replyRaw(500, `{"errors":["storage unavailable"]}`),
+	})
+	m, err := NewPKIMinter(PKIMinterOptions{
+		Client: f.client(t), Now: func() time.Time { return t0 },
+		Grant: func(string) (*policies.Grant, bool) { return nil, false },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Mint(context.Background(), pkiReq(nil))
+	var ue *broker.UnrevokedError
+	if !errors.As(err, &ue) {
+		t.Fatalf("Mint() with the clean-up failing = %v (%T), want a *broker.UnrevokedError", err, err)
+	}
+	if want := (broker.CredentialRefs{Serial: pkiSerial, Mount: "pki"}); ue.Refs != want {
+		t.Errorf("UnrevokedError.Refs = %+v, want %+v", ue.Refs, want)
+	}
+	if got := shapeOf(err); got != (errShape{unavailable, ReasonConfig}) {
+		t.Errorf("Mint() error shape = %+v, want the refusal's own (config)", got)
+	}
 }
