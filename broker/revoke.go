@@ -107,6 +107,7 @@ package broker
 // read from it, so none of them is served as active any more.)
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -923,11 +924,23 @@ func (s *Service) Blocks(ctx context.Context) ([]Block, error) {
 // Unblock lifts the block of workload. The `unblock` event is written
 // before the block is removed; ErrNotFound when the workload is not blocked.
 func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, requestID string) error {
+	return s.UnblockIf(ctx, admin, workload, "", reason, requestID)
+}
+
+// UnblockIf is Unblock of the block revocationID made: when the workload's
+// block is another revocation's (blocked again since the caller looked,
+// e.g. between an unconfirmed unblock and its retry) nothing is lifted and
+// it answers ErrNotFound, reason block_changed. An empty revocationID lifts
+// whatever block stands.
+func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocationID, reason, requestID string) error {
 	if admin == nil {
 		return Errorf(ErrUnauthenticated, "missing_admin", "unblocking needs an authorized admin", nil)
 	}
 	if workload == "" || len(workload) > maxSelectorLen || !printable(workload) {
 		return Errorf(ErrInvalidRequest, "bad_workload", "workload is not a valid name", nil)
+	}
+	if revocationID != "" && (!strings.HasPrefix(revocationID, PrefixRevocation) || len(revocationID) > maxSelectorLen || !printable(revocationID)) {
+		return Errorf(ErrInvalidRequest, "bad_revocation_id", "revocation ids start with "+PrefixRevocation, nil)
 	}
 	reason = strings.TrimSpace(reason)
 	if len(reason) > maxReasonLen || !printable(reason) {
@@ -941,6 +954,9 @@ func (s *Service) Unblock(ctx context.Context, admin *Admin, workload, reason, r
 		return Errorf(ErrNotFound, "not_blocked", notBlocked, err)
 	case err != nil:
 		return Unavailable("store_unavailable", time.Second, err)
+	case revocationID != "" && b.RevocationID != revocationID:
+		return Errorf(ErrNotFound, "block_changed", "the workload is not blocked by "+revocationID+
+			" any more but by "+cmp.Or(b.RevocationID, "a block without revocation")+": nothing was unblocked", nil)
 	}
 	if err := s.noteUnblock(ctx, workload); err != nil {
 		return Unavailable("store_unavailable", time.Second, err)

@@ -200,12 +200,12 @@ func (s *Server) handleAdminUnblock(w http.ResponseWriter, r *http.Request) {
 		s.WriteError(w, r, err)
 		return
 	}
-	q, err := queryParams(r, "reason")
+	q, err := queryParams(r, "reason", "revocation_id")
 	if err != nil {
 		s.WriteError(w, r, err)
 		return
 	}
-	if err := s.o.Service.Unblock(r.Context(), admin, workload, q["reason"], RequestID(r)); err != nil {
+	if err := s.o.Service.UnblockIf(r.Context(), admin, workload, q["revocation_id"], q["reason"], RequestID(r)); err != nil {
 		s.WriteError(w, r, err)
 		return
 	}

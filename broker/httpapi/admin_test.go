@@ -520,3 +520,38 @@ func TestAdminRevokeReceiptNamesBlocks(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminUnblockNamedBlock: DELETE /v1/admin/blocks/{workload} with
+// revocation_id lifts the block only while it is that revocation's. A
+// retry of an unblock (its first answer a 503 or lost) after the workload
+// was blocked again by another revocation must not lift the new block: it
+// answers 404 naming the block now standing, which stays. (Without the
+// parameter, the only form, a retry lifted whatever block stood.)
+func TestAdminUnblockNamedBlock(t *testing.T) {
+	f := newAdminFixture(t)
+	f.issue(t)
+	revoke := func() string {
+		t.Helper()
+		status, body, raw := f.do(t, "POST", "/v1/admin/revoke", "revoker", jsonCT, `{"workload":"deployer","reason":"incident 7","block":true}`)
+		if status != 200 && status != 202 {
+			t.Fatalf("POST /v1/admin/revoke = %d %s", status, raw)
+		}
+		return body["revocation_id"].(string)
+	}
+	r1 := revoke()
+	r2 := revoke() // blocked again: the block is r2's now
+	status, got, raw := f.do(t, "DELETE", "/v1/admin/blocks/deployer?revocation_id="+r1, "revoker", "", "")
+	if desc, _ := got["error_description"].(string); status != 404 || got["error"] != "not_found" || !strings.Contains(desc, r2) {
+		t.Errorf("DELETE block of %s while %s's stands = %d %s, want 404 naming %s", r1, r2, status, raw, r2)
+	}
+	status, got, _ = f.do(t, "GET", "/v1/admin/blocks", "revoker", "", "")
+	if blocks, _ := got["blocks"].([]any); status != 200 || len(blocks) != 1 || blocks[0].(map[string]any)["revocation_id"] != r2 {
+		t.Fatalf("GET blocks = %d %v, want %s's block standing", status, got, r2)
+	}
+	if status, got, raw := f.do(t, "DELETE", "/v1/admin/blocks/deployer?revocation_id="+r2, "revoker", "", ""); status != 200 || got["unblocked"] != true {
+		t.Errorf("DELETE block of %s = %d %s, want 200", r2, status, raw)
+	}
+	if status, _, raw := f.do(t, "DELETE", "/v1/admin/blocks/deployer?revocation_id=bogus", "revoker", "", ""); status != 400 {
+		t.Errorf("DELETE with revocation_id=bogus = %d %s, want 400", status, raw)
+	}
+}
