@@ -4,7 +4,10 @@ package redisstore_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,16 +97,82 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 	return s.Sink.Append(ctx, ev)
 }
 
-// holdingMinter holds its first mint at its gate.
+// holdingMinter holds the first mint after arm at its gate.
 type holdingMinter struct {
 	brokertest.Minter
-	once sync.Once
-	g    *gate
+	armed atomic.Bool
+	g     *gate
 }
 
+func (m *holdingMinter) arm() { m.armed.Store(true) }
+
 func (m *holdingMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Credential, error) {
-	m.once.Do(m.g.hold)
+	if m.armed.CompareAndSwap(true, false) {
+		m.g.hold()
+	}
 	return m.Minter.Mint(ctx, req)
+}
+
+// raceEnv is a Service over a real Redis whose clock, audit sink and
+// minter the test drives.
+type raceEnv struct {
+	start  time.Time
+	clk    *raceClock
+	st     *redisstore.Store
+	svc    *broker.Service
+	w      *broker.RevocationWorker
+	sink   *stallingSink
+	minter *holdingMinter
+}
+
+var raceAdmin = &broker.Admin{Name: "secops", Identity: broker.IdentityRef{Iss: "https://sso.example", Sub: "alice"}, Roles: []string{"revoke"}}
+
+func newRaceEnv(t *testing.T, prefix string) *raceEnv {
+	t.Helper()
+	r := harness.StartRedis(t)
+	e := &raceEnv{start: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	e.clk = &raceClock{now: e.start}
+	e.st = newStore(t, r, redisstore.Options{Prefix: prefix, Now: e.clk.Now})
+	pol, err := policies.Parse("race.yaml", []byte(racePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &broker.Identity{IssuerName: "k8s", Iss: "https://k8s.example", Sub: "system:serviceaccount:payments:api", JTI: "tok-1",
+		Claims: map[string]any{"iss": "https://k8s.example", "sub": "system:serviceaccount:payments:api",
+			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}}}}
+	e.sink = &stallingSink{typ: audit.TypeBlock, g: newGate()}
+	e.minter = &holdingMinter{g: newGate()}
+	e.svc, err = broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return brokertest.Authn{"pod1": pod} },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: e.minter},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: e.minter},
+		Store:    e.st,
+		Audit:    e.sink,
+		Now:      e.clk.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.w, err = broker.NewRevocationWorker(e.svc, broker.WorkerOptions{Interval: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+type exchanged struct {
+	res *broker.ExchangeResult
+	err error
+}
+
+// exchange starts an exchange of pod1 and returns where its result comes.
+func (e *raceEnv) exchange(ctx context.Context) <-chan exchanged {
+	done := make(chan exchanged, 1)
+	go func() {
+		res, err := e.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "pod1", Grant: "payments-vault"})
+		done <- exchanged{res, err}
+	}()
+	return done
 }
 
 // TestRevokeBlockRacingExchange: a blocking revocation of a workload and
@@ -120,37 +189,10 @@ func (m *holdingMinter) Mint(ctx context.Context, req broker.MintRequest) (*brok
 // stored.)
 func TestRevokeBlockRacingExchange(t *testing.T) {
 	ctx := context.Background()
-	r := harness.StartRedis(t)
-	start := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	clk := &raceClock{now: start}
-	st := newStore(t, r, redisstore.Options{Prefix: "{race}:", Now: clk.Now})
-	pol, err := policies.Parse("race.yaml", []byte(racePolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod := &broker.Identity{IssuerName: "k8s", Iss: "https://k8s.example", Sub: "system:serviceaccount:payments:api", JTI: "tok-1",
-		Claims: map[string]any{"iss": "https://k8s.example", "sub": "system:serviceaccount:payments:api",
-			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}}}}
-	auditGate, mintGate := newGate(), newGate()
-	sink := &stallingSink{typ: audit.TypeBlock, g: auditGate}
-	minter := &holdingMinter{g: mintGate}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return brokertest.Authn{"pod1": pod} },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter},
-		Store:    st,
-		Audit:    sink,
-		Now:      clk.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := &broker.Admin{Name: "secops", Identity: broker.IdentityRef{Iss: "https://sso.example", Sub: "alice"}, Roles: []string{"revoke"}}
+	e := newRaceEnv(t, "{race}:")
+	start, clk, st, svc, w, admin := e.start, e.clk, e.st, e.svc, e.w, raceAdmin
+	auditGate, mintGate := e.sink.g, e.minter.g
+	e.minter.arm()
 
 	// 1. The revocation selects (nothing yet) and writes its block event.
 	type revoked struct {
@@ -167,15 +209,7 @@ func TestRevokeBlockRacingExchange(t *testing.T) {
 	// 2. 8 s later, the block still not stored, an exchange passes its
 	// block check and starts minting.
 	clk.Set(start.Add(8 * time.Second))
-	type exchanged struct {
-		res *broker.ExchangeResult
-		err error
-	}
-	exDone := make(chan exchanged, 1)
-	go func() {
-		res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "pod1", Grant: "payments-vault", RequestID: "req_x"})
-		exDone <- exchanged{res, err}
-	}()
+	exDone := e.exchange(ctx)
 	mintGate.await(t, "the exchange's mint")
 
 	// 3. The audit write completes: the block and the record are stored.
@@ -219,5 +253,63 @@ func TestRevokeBlockRacingExchange(t *testing.T) {
 	}
 	if want := start.Add(8 * time.Second).Add(svc.SweepDelay()); rev.SweepAt.Before(want) {
 		t.Errorf("receipt sweep_at = %v, want at least %v (SweepDelay after the block was stored)", rev.SweepAt, want)
+	}
+}
+
+// TestRevokeScopeRacingExchange: a revocation of the session, the
+// workload or the owner made while an exchange of that session is minting
+// (past its checks, its issuance not stored yet, so the revocation's
+// selection cannot see it), on a real Redis. The credential stored after
+// the selection must not escape: the sweep takes it under the revocation.
+func TestRevokeScopeRacingExchange(t *testing.T) {
+	for i, tc := range []struct {
+		name  string
+		sel   func(session string) broker.RevokeSelector
+		block bool
+	}{
+		{"session", func(s string) broker.RevokeSelector { return broker.RevokeSelector{SessionID: s} }, false},
+		{"session-block", func(s string) broker.RevokeSelector { return broker.RevokeSelector{SessionID: s} }, true},
+		{"workload", func(string) broker.RevokeSelector { return broker.RevokeSelector{Workload: "payments-api"} }, false},
+		{"owner-block", func(string) broker.RevokeSelector { return broker.RevokeSelector{Owner: "team-payments"} }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newRaceEnv(t, fmt.Sprintf("{scope-%d}:", i))
+			close(e.sink.g.open) // no audit stall here
+			first := <-e.exchange(ctx)
+			if first.err != nil {
+				t.Fatalf("Exchange() = %v", first.err)
+			}
+			e.clk.Set(e.start.Add(time.Second))
+			e.minter.arm()
+			exDone := e.exchange(ctx)
+			e.minter.g.await(t, "the exchange's mint")
+
+			e.clk.Set(e.start.Add(2 * time.Second))
+			rev, err := e.svc.Revoke(ctx, raceAdmin, tc.sel(first.res.Issuance.SessionID), "INC-8", broker.RevokeOptions{Block: tc.block}, "req_r")
+			if err != nil || rev.Matched != 1 {
+				t.Fatalf("Revoke() = %+v, %v; want the first credential matched", rev, err)
+			}
+			e.clk.Set(e.start.Add(5 * time.Second)) // the mint took 4 s
+			close(e.minter.g.open)
+			xd := <-exDone
+			if xd.err != nil {
+				t.Fatalf("Exchange() = %v", xd.err)
+			}
+			e.clk.Set(rev.SweepAt)
+			if err := e.w.Tick(ctx); err != nil {
+				t.Fatalf("Tick() = %v", err)
+			}
+			late, err := e.st.GetIssuance(ctx, xd.res.Issuance.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if late.RevocationID != rev.ID {
+				t.Errorf("credential minted while %s ran (issued %v, revocation created %v): revocation %q, want swept by it", rev.ID, late.IssuedAt, rev.CreatedAt, late.RevocationID)
+			}
+			if stored, _ := e.st.GetRevocation(ctx, rev.ID); stored.CompletedAt.IsZero() || !slices.Contains(stored.Revoked, late.ID) {
+				t.Errorf("after the sweep: completed %v, revoked %v; want complete, listing %s", stored.CompletedAt, stored.Revoked, late.ID)
+			}
+		})
 	}
 }
