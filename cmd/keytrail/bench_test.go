@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/e2e/harness"
 )
 
 // benchChildEnv makes this test binary act as the keytrail binary when
@@ -33,7 +34,9 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	harness.RemoveBinary() // built by TestServersDieWithTheBinary
+	os.Exit(code)
 }
 
 // TestBenchSmoke runs scenario A briefly against real Vault, Redis and a

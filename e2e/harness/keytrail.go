@@ -58,6 +58,16 @@ func KeytrailBinary(t testing.TB) string {
 	return buildPath
 }
 
+// RemoveBinary removes what KeytrailBinary built (its temporary
+// directory, ~45 MB with -race): call it from TestMain after m.Run, since
+// no test's cleanup outlives the binary's other users. Harmless when
+// nothing was built.
+func RemoveBinary() {
+	if buildPath != "" {
+		_ = os.RemoveAll(filepath.Dir(buildPath))
+	}
+}
+
 // Keytrail is a running keytrail server process.
 type Keytrail struct {
 	t       testing.TB
