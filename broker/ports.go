@@ -270,6 +270,17 @@ type AuditSink interface {
 	Append(ctx context.Context, ev *audit.Event) error
 }
 
+// BatchAuditSink is an AuditSink that can make several events durable
+// together: AppendBatch seals evs in order into the chain and returns nil
+// only once every one of them is durable (one write, one fsync or journal
+// write); on error none of them is, a write that failed part way being
+// undone. The parts of one revocation's decision go through it, so that a
+// failing disk never leaves part of a decision in the log.
+type BatchAuditSink interface {
+	AuditSink
+	AppendBatch(ctx context.Context, evs []*audit.Event) error
+}
+
 // DeferredAuditSink is an AuditSink that also takes events nobody waits for
 // (a proxied call's use_result, written after the response is sent):
 // AppendDeferred returns at once and the sink makes the event durable with

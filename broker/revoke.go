@@ -219,34 +219,33 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	if !rev.SweepAt.IsZero() {
 		details["sweep_at"] = rev.SweepAt
 	}
-	// Once one event is written, a failure of a later one leaves the
-	// decision audited in part: a revoke_result with not_made says that
-	// nothing was revoked (trace and report would read the issuances
-	// the written parts name as revoked).
-	for i, part := range eventParts(details, map[string][]string{"issuance_ids": rev.Pending}, nil) {
-		ev := &audit.Event{
+	// The revoke events (one per part) and the block events are made
+	// durable together when the sink can (BatchAuditSink): a failure then
+	// leaves none of them. With a sink that writes them one by one, a
+	// failure after the first leaves the decision audited in part: a
+	// revoke_result with not_made says that nothing was revoked (trace and
+	// report would read the issuances the written parts name as revoked).
+	var decision []*audit.Event
+	for _, part := range eventParts(details, map[string][]string{"issuance_ids": rev.Pending}, nil) {
+		decision = append(decision, &audit.Event{
 			Type: audit.TypeRevoke, RequestID: requestID, RevocationID: rev.ID,
 			IssuanceID: sel.IssuanceID, SessionID: sel.SessionID, Workload: sel.Workload, Owner: sel.Owner,
 			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
 			Details: part, Outcome: &audit.Outcome{Status: 200},
-		}
-		if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-			if i > 0 {
-				s.auditNotMade(context.WithoutCancel(ctx), rev, requestID, "audit_unavailable", nil)
-			}
-			return nil, Unavailable("audit_unavailable", time.Second, err)
-		}
+		})
 	}
 	for _, w := range blocks {
-		bev := &audit.Event{
+		decision = append(decision, &audit.Event{
 			Type: audit.TypeBlock, RequestID: requestID, RevocationID: rev.ID, Workload: w,
 			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
 			Outcome: &audit.Outcome{Status: 200},
-		}
-		if err := s.d.Audit.Append(context.WithoutCancel(ctx), bev); err != nil {
+		})
+	}
+	if written, err := s.appendAll(context.WithoutCancel(ctx), decision); err != nil {
+		if written > 0 {
 			s.auditNotMade(context.WithoutCancel(ctx), rev, requestID, "audit_unavailable", nil)
-			return nil, Unavailable("audit_unavailable", time.Second, err)
 		}
+		return nil, Unavailable("audit_unavailable", time.Second, err)
 	}
 
 	// 3. Durable first: the blocks, the record (everything pending), the
@@ -761,6 +760,7 @@ func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID st
 		}
 		details[k] = v
 	}
+	var evs []*audit.Event
 	for _, part := range eventParts(details, lists, append([]RevokeFailure{}, rev.Failed...)) {
 		ev := &audit.Event{
 			Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin,
@@ -769,12 +769,31 @@ func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID st
 		if status >= 500 {
 			ev.Outcome.Error = "temporarily_unavailable"
 		}
-		if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
-				slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
-			return
-		}
+		evs = append(evs, ev)
 	}
+	if _, err := s.appendAll(context.WithoutCancel(ctx), evs); err != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
+			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+	}
+}
+
+// appendAll makes evs durable, together when there are several and the
+// sink can (BatchAuditSink: all or none), else one by one up to the first
+// failure. written is the number of events made durable.
+func (s *Service) appendAll(ctx context.Context, evs []*audit.Event) (written int, err error) {
+	if b, ok := s.d.Audit.(BatchAuditSink); ok && len(evs) > 1 {
+		if err := b.AppendBatch(ctx, evs); err != nil {
+			return 0, err
+		}
+		return len(evs), nil
+	}
+	for _, ev := range evs {
+		if err := s.d.Audit.Append(ctx, ev); err != nil {
+			return written, err
+		}
+		written++
+	}
+	return written, nil
 }
 
 // maxEventListBytes bounds the encoded issuance ids and failures one revoke

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/trace"
 )
 
@@ -82,26 +83,44 @@ type splitFixture struct {
 
 func newSplitFixture(t *testing.T) *splitFixture {
 	t.Helper()
+	return newSplitFixtureAudit(t, nil)
+}
+
+// oneByOne hides the fake sink's AppendBatch: a sink that writes events one
+// at a time.
+type oneByOne struct{ broker.AuditSink }
+
+// newSplitFixtureAudit is newSplitFixture whose Service writes its audit
+// events to auditWrap(sink) when auditWrap is set.
+func newSplitFixtureAudit(t *testing.T, auditWrap func(*brokertest.Sink) broker.AuditSink) *splitFixture {
+	t.Helper()
 	sf := &splitFixture{path: filepath.Join(t.TempDir(), "audit.jsonl")}
-	sf.revFixture = newRevFixture(t, func(_ *revFixture, s broker.Store) broker.Store {
+	sf.revFixture = newRevFixtureAudit(t, func(_ *revFixture, s broker.Store) broker.Store {
 		sf.bulk = &splitStore{bulkStore: &bulkStore{Store: s, m: map[string]broker.Issuance{}}}
 		return sf.bulk
-	})
+	}, auditWrap)
 	chain := audit.NewChain("c1")
 	sf.sink.Fail = func(ev *audit.Event) bool {
 		if sf.refuse != nil && sf.refuse(ev) {
 			return true
 		}
 		cp := *ev // Seal fills in the chain fields
+		if _, err := chain.Clone().Seal(&cp, sf.clock()); err != nil {
+			t.Errorf("Seal(%s) = %v", ev.Type, err)
+			return true
+		}
+		return false
+	}
+	sf.sink.Record = func(ev *audit.Event) {
+		cp := *ev
 		line, err := chain.Seal(&cp, sf.clock())
 		if err != nil {
 			t.Errorf("Seal(%s) = %v", ev.Type, err)
-			return true
+			return
 		}
 		sf.mu.Lock()
 		defer sf.mu.Unlock()
 		sf.log.Write(append(line, '\n'))
-		return false
 	}
 	now := sf.clock()
 	for i := range splitBulk {
@@ -272,11 +291,95 @@ func TestTraceTextSplitRevocation(t *testing.T) {
 	}
 }
 
-// TestRevokeSplitAuditFailureNotMade: when the audit log takes the first
-// revoke event of a split revocation and refuses a later one (or a block
-// event after them), the revocation is refused (503) and nothing is
-// revoked; trace and report must not read the issuances the written part
-// names as revoked by it. A revoke_result with not_made says so.
+// TestRevokeSplitAuditAllOrNothing: the revoke events of a split
+// revocation and its block events reach the audit log in one batch
+// (BatchAuditSink), so that a disk failing after the first part leaves none
+// of them. Written one by one, the first part stayed durable and the
+// revoke_result with not_made that should have withdrawn it failed on the
+// same broken disk: trace and report then read the issuances the part names
+// as revoked by a revocation that was refused (503) and never made.
+func TestRevokeSplitAuditAllOrNothing(t *testing.T) {
+	tests := []struct {
+		name  string
+		block bool
+		// breaks: the first event the disk refuses; it refuses every
+		// event after it too.
+		breaks func(ev *audit.Event) bool
+	}{
+		{"ok/one-batch", false, nil},
+		{"ok/one-batch-with-block", true, nil},
+		{"fail/disk-breaks-at-second-part", false, func(ev *audit.Event) bool {
+			return ev.Type == audit.TypeRevoke && ev.Details["part"] == 2
+		}},
+		{"fail/disk-breaks-at-block-event", true, func(ev *audit.Event) bool { return ev.Type == audit.TypeBlock }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sf := newSplitFixture(t)
+			first := sf.issue(t, "payments")
+			sf.advance(time.Minute)
+			var broken bool
+			if tt.breaks != nil {
+				sf.refuse = func(ev *audit.Event) bool {
+					broken = broken || tt.breaks(ev)
+					return broken
+				}
+			}
+			rev, err := sf.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, "incident 7", broker.RevokeOptions{Block: tt.block}, "req_big")
+			sf.refuse = nil
+			if tt.breaks == nil {
+				if err != nil {
+					t.Fatalf("Revoke() = %v", err)
+				}
+				// Every revoke and block event of the revocation came in
+				// one batch, and nothing else with them.
+				var decision []*audit.Event
+				for _, ev := range sf.sink.Events() {
+					if ev.RevocationID == rev.ID && (ev.Type == audit.TypeRevoke || ev.Type == audit.TypeBlock) {
+						decision = append(decision, ev)
+					}
+				}
+				parts, _ := partsOf(decision, audit.TypeRevoke, rev.ID)
+				if len(parts) < 2 {
+					t.Fatalf("revoke parts %v, want the decision split over several events", parts)
+				}
+				var together bool
+				for _, b := range sf.sink.Batches() {
+					together = together || slices.Equal(b, decision)
+				}
+				if !together {
+					t.Errorf("the %d revoke and block events of %s were not made durable in one batch (batches: %d)", len(decision), rev.ID, len(sf.sink.Batches()))
+				}
+				return
+			}
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Revoke() = %v, want ErrUnavailable (audit_unavailable)", err)
+			}
+			for _, ev := range sf.sink.Events() {
+				if ev.Type == audit.TypeRevoke || ev.Type == audit.TypeBlock {
+					t.Errorf("durable %s event (part %v of %v) of a revocation that was refused", ev.Type, ev.Details["part"], ev.Details["parts"])
+				}
+			}
+			if is, err := sf.store.GetIssuance(context.Background(), first.ID); err != nil || !is.RevokedAt.IsZero() {
+				t.Fatalf("GetIssuance(%s) = revoked at %v, %v; want it not revoked", first.ID, is.RevokedAt, err)
+			}
+			res, err := sf.index(t).Lookup(first.ID)
+			if err != nil {
+				t.Fatalf("Lookup(%s) = %v", first.ID, err)
+			}
+			if !res.Issuance.RevokedAt.IsZero() || res.Issuance.RevocationID != "" {
+				t.Errorf("Lookup(%s): revoked at %v by %q, want not revoked (the revocation was not made)", first.ID, res.Issuance.RevokedAt, res.Issuance.RevocationID)
+			}
+		})
+	}
+}
+
+// TestRevokeSplitAuditFailureNotMade: with a sink that writes events one by
+// one (no BatchAuditSink), when the audit log takes the first revoke event
+// of a split revocation and refuses a later one (or a block event after
+// them), the revocation is refused (503) and nothing is revoked; trace and
+// report must not read the issuances the written part names as revoked by
+// it. A revoke_result with not_made says so.
 func TestRevokeSplitAuditFailureNotMade(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -290,7 +393,7 @@ func TestRevokeSplitAuditFailureNotMade(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sf := newSplitFixture(t)
+			sf := newSplitFixtureAudit(t, func(s *brokertest.Sink) broker.AuditSink { return oneByOne{s} })
 			first := sf.issue(t, "payments")
 			sf.advance(time.Minute)
 			sf.refuse = tt.refuse

@@ -78,6 +78,13 @@ var secops = &broker.Admin{Name: "secops", Identity: broker.IdentityRef{Iss: "ht
 // go to a fakeRevoker. wrap, when set, wraps the store the Service sees.
 func newRevFixture(t *testing.T, wrap func(*revFixture, broker.Store) broker.Store) *revFixture {
 	t.Helper()
+	return newRevFixtureAudit(t, wrap, nil)
+}
+
+// newRevFixtureAudit is newRevFixture whose Service writes its audit events
+// to auditWrap(f.sink) when auditWrap is set.
+func newRevFixtureAudit(t *testing.T, wrap func(*revFixture, broker.Store) broker.Store, auditWrap func(*brokertest.Sink) broker.AuditSink) *revFixture {
+	t.Helper()
 	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
 	if err != nil {
 		t.Fatal(err)
@@ -94,13 +101,17 @@ func newRevFixture(t *testing.T, wrap func(*revFixture, broker.Store) broker.Sto
 		}),
 		"batch": identity("system:serviceaccount:data:batch", nil),
 	}
+	var sink broker.AuditSink = f.sink
+	if auditWrap != nil {
+		sink = auditWrap(f.sink)
+	}
 	svc, err := broker.NewService(broker.Deps{
 		Policy:   func() *policies.Policy { return pol },
 		Authn:    func() broker.Authenticator { return authn },
 		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
 		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.rv},
 		Store:    f.store,
-		Audit:    f.sink,
+		Audit:    sink,
 		Now:      f.clock,
 	})
 	if err != nil {

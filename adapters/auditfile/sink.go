@@ -153,7 +153,10 @@ type seams struct {
 }
 
 type request struct {
-	ev       *audit.Event
+	ev *audit.Event
+	// evs, when not nil, are the events of one AppendBatch (ev is nil):
+	// sealed into the same batch, all or none.
+	evs      []*audit.Event
 	done     chan error  // buffered 1; nil for a deferred request
 	deferred func(error) // called with the outcome of a deferred request
 }
@@ -231,8 +234,10 @@ type Sink struct {
 }
 
 var (
-	_ broker.AuditSink = (*Sink)(nil)
-	_ broker.Pinger    = (*Sink)(nil)
+	_ broker.AuditSink         = (*Sink)(nil)
+	_ broker.BatchAuditSink    = (*Sink)(nil)
+	_ broker.DeferredAuditSink = (*Sink)(nil)
+	_ broker.Pinger            = (*Sink)(nil)
 )
 
 var errClosed = errors.New("auditfile: sink is closed")
@@ -735,6 +740,32 @@ func (s *Sink) Append(ctx context.Context, ev *audit.Event) error {
 	return <-r.done
 }
 
+// AppendBatch is Append for several events that must be durable together
+// (the parts of one revocation): they are sealed in order into one batch,
+// written with one write() and made durable with one fsync or journal
+// write, and AppendBatch returns nil only once all of them are. When one
+// cannot be sealed none is written; when the write or sync fails the file is
+// truncated back to the last durable line, as for any batch, so none of them
+// stays. A checkpoint the sink owes may come between them; other callers'
+// events come only before or after them. The batch may then hold more than
+// MaxBatch events.
+func (s *Sink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	if slices.Contains(evs, nil) {
+		return errors.New("auditfile: nil event")
+	}
+	if err := ctx.Err(); err != nil {
+		return unavailable(fmt.Errorf("auditfile: events not enqueued: %w", err))
+	}
+	r := &request{evs: evs, done: make(chan error, 1)}
+	if err := s.enqueue(ctx, r); err != nil {
+		return err
+	}
+	return <-r.done
+}
+
 // AppendDeferred is Append for an event nobody waits for (a proxied call's
 // use_result, written after the response): it returns at once, and the
 // event is sealed and made durable with the next Append's batch, or on its
@@ -756,11 +787,16 @@ func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
 
 // enqueue hands r to the writer goroutine.
 func (s *Sink) enqueue(ctx context.Context, r *request) error {
-	if r.ev.RequestID == "" {
-		// Every event carries a request_id (SPEC "Audit log"); actions
-		// not caused by a request (policy loads, the revocation worker,
-		// reconciliation) get one of their own.
+	// Every event carries a request_id (SPEC "Audit log"); actions not
+	// caused by a request (policy loads, the revocation worker,
+	// reconciliation) get one of their own.
+	if r.ev != nil && r.ev.RequestID == "" {
 		r.ev.RequestID = broker.NewID(broker.PrefixRequest)
+	}
+	for _, ev := range r.evs {
+		if ev.RequestID == "" {
+			ev.RequestID = broker.NewID(broker.PrefixRequest)
+		}
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -924,19 +960,20 @@ func (s *Sink) commitEvents(batch []*request) {
 	work := s.st.clone()
 	s.buf.Reset()
 	sealed := batch[:0]
+	events := 0
 	for _, r := range batch {
-		line, err := work.chain.Seal(r.ev, now)
+		var err error
+		if r.evs != nil {
+			err = s.sealAll(&work, r.evs, now)
+		} else {
+			err = s.seal(&work, r.ev, now)
+		}
 		if err != nil {
 			r.finish(fmt.Errorf("auditfile: %w", err))
 			continue
 		}
-		s.buf.Write(line)
-		s.buf.WriteByte('\n')
 		sealed = append(sealed, r)
-		work.sinceCP++
-		if work.sinceCP >= s.o.CheckpointEvery {
-			s.addCheckpoint(&work, now)
-		}
+		events += max(len(r.evs), 1)
 	}
 	if len(sealed) == 0 {
 		return
@@ -944,13 +981,44 @@ func (s *Sink) commitEvents(batch []*request) {
 	if work.sinceCP > 0 && now.Sub(work.cpAt) >= s.o.CheckpointInterval {
 		s.addCheckpoint(&work, now)
 	}
-	err := s.write(work, len(sealed))
+	err := s.write(work, events)
 	for _, r := range sealed {
 		r.finish(err)
 	}
 	if err == nil {
 		s.maybeRotate(now)
 	}
+}
+
+// seal seals ev into work and the batch buffer, followed by a checkpoint
+// when one is due.
+func (s *Sink) seal(work *state, ev *audit.Event, now time.Time) error {
+	line, err := work.chain.Seal(ev, now)
+	if err != nil {
+		return err
+	}
+	s.buf.Write(line)
+	s.buf.WriteByte('\n')
+	work.sinceCP++
+	if work.sinceCP >= s.o.CheckpointEvery {
+		s.addCheckpoint(work, now)
+	}
+	return nil
+}
+
+// sealAll seals evs into work and the batch buffer, all or none: when one
+// cannot be sealed, work and the buffer are as they were before.
+func (s *Sink) sealAll(work *state, evs []*audit.Event, now time.Time) error {
+	before, n := *work, s.buf.Len()
+	before.chain = work.chain.Clone()
+	for _, ev := range evs {
+		if err := s.seal(work, ev, now); err != nil {
+			*work = before
+			s.buf.Truncate(n)
+			return err
+		}
+	}
+	return nil
 }
 
 // addCheckpoint seals a checkpoint of work's head into the batch buffer. A

@@ -97,6 +97,18 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 	return s.Sink.Append(ctx, ev)
 }
 
+// AppendBatch holds a batch (the revocation's decision, made durable
+// together) that carries an event of type typ, like Append.
+func (s *stallingSink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
+	for _, ev := range evs {
+		if ev.Type == s.typ {
+			s.once.Do(s.g.hold)
+			break
+		}
+	}
+	return s.Sink.AppendBatch(ctx, evs)
+}
+
 // holdingMinter holds the first mint after arm at its gate.
 type holdingMinter struct {
 	brokertest.Minter

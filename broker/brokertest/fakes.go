@@ -74,12 +74,17 @@ func (f *Minter) RevokedIDs() []string {
 	return append([]string(nil), f.Revoked...)
 }
 
-// Sink records events; Fail, when set, decides which appends fail.
+// Sink records events; Fail, when set, decides which appends fail, and
+// Record, when set, is called with each event made durable, in order.
 type Sink struct {
-	mu     sync.Mutex
-	events []*audit.Event
-	Fail   func(ev *audit.Event) bool
+	mu      sync.Mutex
+	events  []*audit.Event
+	batches [][]*audit.Event
+	Fail    func(ev *audit.Event) bool
+	Record  func(ev *audit.Event)
 }
+
+var _ broker.BatchAuditSink = (*Sink)(nil)
 
 // Append implements broker.AuditSink.
 func (f *Sink) Append(ctx context.Context, ev *audit.Event) error {
@@ -88,8 +93,39 @@ func (f *Sink) Append(ctx context.Context, ev *audit.Event) error {
 	if f.Fail != nil && f.Fail(ev) {
 		return broker.Unavailable("audit_unavailable", time.Second, errors.New("disk full"))
 	}
-	f.events = append(f.events, ev)
+	f.record(ev)
 	return nil
+}
+
+// AppendBatch implements broker.BatchAuditSink: all of evs, or none when
+// Fail refuses any of them.
+func (f *Sink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ev := range evs {
+		if f.Fail != nil && f.Fail(ev) {
+			return broker.Unavailable("audit_unavailable", time.Second, errors.New("disk full"))
+		}
+	}
+	for _, ev := range evs {
+		f.record(ev)
+	}
+	f.batches = append(f.batches, append([]*audit.Event(nil), evs...))
+	return nil
+}
+
+func (f *Sink) record(ev *audit.Event) {
+	f.events = append(f.events, ev)
+	if f.Record != nil {
+		f.Record(ev)
+	}
+}
+
+// Batches returns the event lists made durable by AppendBatch, in order.
+func (f *Sink) Batches() [][]*audit.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]*audit.Event(nil), f.batches...)
 }
 
 // Events returns the recorded events.

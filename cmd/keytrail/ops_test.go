@@ -173,6 +173,47 @@ func TestTimedSinkDeferred(t *testing.T) {
 	}
 }
 
+// TestTimedSinkBatch: the metrics wrapper keeps the file sink's batch
+// append, so that the parts of a revocation stay all or nothing behind it
+// (without it the Service wrote them one by one), and measures each event.
+func TestTimedSinkBatch(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newOpsMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := auditfile.Open(auditfile.Options{Path: filepath.Join(t.TempDir(), "audit.jsonl")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	var s broker.AuditSink = timedSink{AuditSink: fs, m: m}
+	b, ok := s.(broker.BatchAuditSink)
+	if !ok {
+		t.Fatal("timedSink does not offer batch appends")
+	}
+	evs := []*audit.Event{{Type: audit.TypeRevoke}, {Type: audit.TypeRevoke}, {Type: audit.TypeBlock}}
+	if err := b.AppendBatch(context.Background(), evs); err != nil {
+		t.Fatal(err)
+	}
+	if st := fs.Stats(); st.Batches != 1 || st.Events != 3 {
+		t.Errorf("file sink stats = %+v, want the 3 events in one batch", st)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
+			n = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	if n != 3 {
+		t.Errorf("audit write observations = %d, want 3 (one per event)", n)
+	}
+}
+
 // reloadPolicyHead is the issuer and workload the reload tests share; the
 // workload's grants replace {GRANTS}, the issuer's URL {ISS}.
 const reloadPolicyHead = `version: 1
