@@ -124,7 +124,11 @@ type Stats struct {
 	CheckpointFailures uint64 // checkpoints that could not be signed
 	Rotations          uint64
 	Seq                uint64 // seq of the last durable line
-	Healthy            bool   // the last write succeeded
+	// CheckpointSeq is the seq of the last durable checkpoint line; 0
+	// when there is none, or when Open found none in the CheckpointEvery
+	// lines before the chain's end and none was written since.
+	CheckpointSeq uint64
+	Healthy       bool // the last write succeeded
 }
 
 // file is what the sink needs of an *os.File (a seam for tests).
@@ -178,6 +182,7 @@ type state struct {
 	chain   *audit.Chain
 	sinceCP int       // events since the last checkpoint
 	cpAt    time.Time // time of the last checkpoint (or of Open)
+	cpSeq   uint64    // seq of the last checkpoint line (0: none known)
 	cps     int       // checkpoints in the batch being built
 }
 
@@ -343,6 +348,7 @@ func open(o Options, sm seams) (*Sink, error) {
 		return nil, err
 	}
 	s.stats.Seq, _ = s.st.chain.Head()
+	s.stats.CheckpointSeq = s.st.cpSeq
 	s.stats.Healthy = true
 	s.fileStart = o.Now()
 	s.tickEvery = time.Minute
@@ -400,11 +406,12 @@ func (s *Sink) load() error {
 	}
 	s.good = end
 	var sinceCP int
+	var cpSeq uint64
 	if last == nil {
-		if last, sinceCP, err = s.lastRotatedLine(); err != nil {
+		if last, sinceCP, cpSeq, err = s.lastRotatedLine(); err != nil {
 			return err
 		}
-	} else if sinceCP, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery); err != nil {
+	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery); err != nil {
 		return fmt.Errorf("auditfile: read the lines after the last checkpoint: %w", err)
 	}
 	now := s.o.Now()
@@ -432,7 +439,7 @@ func (s *Sink) load() error {
 	}
 	// The events an unclean stop left after the last checkpoint count
 	// towards the next one (CheckpointEvery).
-	s.st = state{chain: c, cpAt: now, sinceCP: sinceCP}
+	s.st = state{chain: c, cpAt: now, sinceCP: sinceCP, cpSeq: cpSeq}
 	s.chainID = c.ID()
 	syncDir(s.o.Path, s.log)
 	return s.startJournal(epoch, fresh)
@@ -583,67 +590,74 @@ func (s *Sink) rotatedNames() (dir string, names []string, err error) {
 
 // lastRotatedLine returns the last line of the newest rotated sibling, so an
 // empty file right after a rotation continues the chain, and the number of
-// events after that file's last checkpoint (eventsSinceCheckpoint).
-func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, err error) {
+// events after that file's last checkpoint and its seq
+// (eventsSinceCheckpoint).
+func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err error) {
 	dir, names, err := s.rotatedNames()
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	if len(names) == 0 {
-		return nil, 0, nil
+		return nil, 0, 0, nil
 	}
 	path := filepath.Join(dir, names[len(names)-1])
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, 0, fmt.Errorf("auditfile: open rotated file: %w", err)
+		return nil, 0, 0, fmt.Errorf("auditfile: open rotated file: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, 0, fmt.Errorf("auditfile: stat rotated file: %w", err)
+		return nil, 0, 0, fmt.Errorf("auditfile: stat rotated file: %w", err)
 	}
 	last, end, err := lastLine(f, fi.Size())
 	if err == nil {
-		sinceCP, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery)
+		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
+		return nil, 0, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
 	}
-	return last, sinceCP, nil
+	return last, sinceCP, cpSeq, nil
 }
 
 // eventsSinceCheckpoint counts the lines after the last checkpoint line in
 // the first end bytes of r (which end with a newline), reading backwards,
 // up to limit (more make no difference: the next event is followed by a
-// checkpoint either way). A line that does not parse ends the count, as a
-// checkpoint would.
-func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int) (int, error) {
+// checkpoint either way), and returns that checkpoint's seq. A line that
+// does not parse ends the count, as a checkpoint would; cpSeq is then 0, as
+// it is when no checkpoint was found within limit lines.
+func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int) (n int, cpSeq uint64, err error) {
 	const chunk = 64 << 10
 	var buf []byte // r[pos:end]: whole lines not counted yet
-	pos, n := end, 0
+	pos := end
 	for n < limit && end > 0 {
 		if len(buf) == 0 || bytes.LastIndexByte(buf[:len(buf)-1], '\n') < 0 && pos > 0 {
 			if len(buf) > audit.MaxLineBytes+1 {
-				return 0, fmt.Errorf("line is longer than %d bytes", audit.MaxLineBytes)
+				return 0, 0, fmt.Errorf("line is longer than %d bytes", audit.MaxLineBytes)
 			}
 			k := min(int64(chunk), pos)
 			pos -= k
 			b := make([]byte, k, int(k)+len(buf))
 			if _, err := r.ReadAt(b, pos); err != nil && !errors.Is(err, io.EOF) {
-				return 0, err
+				return 0, 0, err
 			}
 			buf = append(b, buf...)
 			continue
 		}
 		line := buf[bytes.LastIndexByte(buf[:len(buf)-1], '\n')+1 : len(buf)-1]
-		if ev, err := audit.ParseLine(line); err != nil || ev.Type == audit.TypeCheckpoint {
+		ev, err := audit.ParseLine(line)
+		if err != nil {
+			break
+		}
+		if ev.Type == audit.TypeCheckpoint {
+			cpSeq = ev.Seq
 			break
 		}
 		n++
 		buf = buf[:len(buf)-len(line)-1]
 		end -= int64(len(line)) + 1
 	}
-	return n, nil
+	return n, cpSeq, nil
 }
 
 // rotationTime is the timestamp the next rotated file is named with: now,
@@ -1045,7 +1059,7 @@ func (s *Sink) addCheckpoint(work *state, now time.Time) {
 	}
 	s.buf.Write(line)
 	s.buf.WriteByte('\n')
-	work.sinceCP, work.cpAt = 0, now
+	work.sinceCP, work.cpAt, work.cpSeq = 0, now, ev.Seq
 	work.cps++
 }
 
@@ -1104,6 +1118,7 @@ func (s *Sink) write(work state, events int) error {
 	s.stats.Checkpoints += uint64(work.cps)
 	s.stats.Batches++
 	s.stats.Seq = seq
+	s.stats.CheckpointSeq = work.cpSeq
 	s.stats.Healthy = true
 	s.statsMu.Unlock()
 	return nil

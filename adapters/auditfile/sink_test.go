@@ -801,22 +801,23 @@ func TestEventsSinceCheckpoint(t *testing.T) {
 	add(0)
 	add(70 << 10)
 	tests := []struct {
-		name  string
-		end   int
-		limit int
-		want  int
+		name      string
+		end       int
+		limit     int
+		want      int
+		wantCPSeq uint64
 	}{
-		{name: "ok/after-checkpoint", end: len(file), limit: 10, want: 3},
+		{name: "ok/after-checkpoint", end: len(file), limit: 10, want: 3, wantCPSeq: 3},
 		{name: "ok/limit", end: len(file), limit: 2, want: 2},
-		{name: "ok/checkpoint-last", end: atCheckpoint, limit: 10, want: 0},
+		{name: "ok/checkpoint-last", end: atCheckpoint, limit: 10, want: 0, wantCPSeq: 3},
 		{name: "ok/no-checkpoint", end: noCheckpoint, limit: 10, want: 2},
 		{name: "ok/empty", end: 0, limit: 10, want: 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), tt.limit)
-			if err != nil || got != tt.want {
-				t.Errorf("eventsSinceCheckpoint(end %d, limit %d) = %d, %v; want %d", tt.end, tt.limit, got, err, tt.want)
+			got, cpSeq, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), tt.limit)
+			if err != nil || got != tt.want || cpSeq != tt.wantCPSeq {
+				t.Errorf("eventsSinceCheckpoint(end %d, limit %d) = %d, %d, %v; want %d, %d", tt.end, tt.limit, got, cpSeq, err, tt.want, tt.wantCPSeq)
 			}
 		})
 	}
@@ -1256,5 +1257,37 @@ func TestCheckpointDefaultsMeetSPEC(t *testing.T) {
 	}
 	if _, err := verify(t, keys, true, path); err != nil {
 		t.Errorf("Verify() = %v", err)
+	}
+}
+
+// TestStatsCheckpointSeq: Stats names the seq of the last durable line and
+// of the last durable checkpoint (the high-water marks the broker exports),
+// also right after Open: from the file, from the newest rotated file when
+// the file is empty, and after an unclean stop, which wrote no final
+// checkpoint.
+func TestStatsCheckpointSeq(t *testing.T) {
+	signer, _ := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Signer: signer, CheckpointEvery: 3}
+	s := openCrashable(t, o, seams{})
+	appendIDs(t, s, "req_1", "req_2", "req_3", "req_4") // seq 1-3, checkpoint 4, seq 5
+	if st := s.Stats(); st.Seq != 5 || st.CheckpointSeq != 4 {
+		t.Fatalf("Stats() = seq %d, checkpoint seq %d; want 5 and 4", st.Seq, st.CheckpointSeq)
+	}
+	// An unclean stop: no final checkpoint.
+	s2 := openT(t, o, seams{})
+	if st := s2.Stats(); st.Seq != 5 || st.CheckpointSeq != 4 {
+		t.Errorf("Stats() after an unclean stop = seq %d, checkpoint seq %d; want 5 and 4", st.Seq, st.CheckpointSeq)
+	}
+	if err := s2.Close(); err != nil { // final checkpoint: seq 6
+		t.Fatal(err)
+	}
+	// The file rotated away: the chain resumes from the rotated file.
+	if err := os.Rename(path, path+".20250304T050607.000000000Z"); err != nil {
+		t.Fatal(err)
+	}
+	s3 := openT(t, o, seams{})
+	if st := s3.Stats(); st.Seq != 6 || st.CheckpointSeq != 6 {
+		t.Errorf("Stats() resumed from a rotated file = seq %d, checkpoint seq %d; want 6 and 6", st.Seq, st.CheckpointSeq)
 	}
 }

@@ -91,6 +91,12 @@ func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sin
 			func() float64 { return float64(sink.Stats().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_audit_checkpoints_total", Help: "Signed checkpoints written."},
 			func() float64 { return float64(sink.Stats().Checkpoints) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_last_seq", Help: "Seq of the last durable line of the audit chain: keep its high-water mark outside the broker and check the files against it (keytrail audit verify --expect-seq)."},
+			func() float64 { return float64(sink.Stats().Seq) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_last_checkpoint_seq", Help: "Seq of the last durable signed checkpoint line of the audit chain (0: none known yet)."},
+			func() float64 { return float64(sink.Stats().CheckpointSeq) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_chain_info", Help: "The audit chain this broker writes: 1 for its id.",
+			ConstLabels: prometheus.Labels{"chain": sink.ChainID()}}, func() float64 { return 1 }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_healthy", Help: "1 when the last audit write succeeded."},
 			func() float64 {
 				if sink.Stats().Healthy {

@@ -214,6 +214,72 @@ func TestTimedSinkBatch(t *testing.T) {
 	}
 }
 
+// TestSinkSeqGauges: the broker exports the audit chain's high-water mark
+// (the seq of its last durable line and of its last checkpoint, and the
+// chain id), so that monitoring keeps it outside the broker's disk: a log
+// cut after a checkpoint is invisible in the files alone, but ends before
+// the seq monitoring saw (keytrail audit verify --expect-seq).
+func TestSinkSeqGauges(t *testing.T) {
+	dir := t.TempDir()
+	signer, _ := devCheckpointSigner(t, dir)
+	path := filepath.Join(dir, "audit.jsonl")
+	gauges := func(sink *auditfile.Sink) map[string]float64 {
+		t.Helper()
+		reg := prometheus.NewRegistry()
+		m, err := newOpsMetrics(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.registerSink(reg, sink); err != nil {
+			t.Fatal(err)
+		}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			for _, mt := range mf.GetMetric() {
+				name := mf.GetName()
+				for _, l := range mt.GetLabel() {
+					name += "{" + l.GetName() + "=" + l.GetValue() + "}"
+				}
+				out[name] = mt.GetGauge().GetValue()
+			}
+		}
+		return out
+	}
+	sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: signer, CheckpointEvery: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 { // seq 1-3, checkpoint 4, seq 5
+		if err := sink.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := gauges(sink)
+	chain := "keytrail_audit_chain_info{chain=" + sink.ChainID() + "}"
+	for name, want := range map[string]float64{"keytrail_audit_last_seq": 5, "keytrail_audit_last_checkpoint_seq": 4, chain: 1} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (exported: %v), want %v", name, v, ok, want)
+		}
+	}
+	if err := sink.Close(); err != nil { // final checkpoint: seq 6
+		t.Fatal(err)
+	}
+	// A restarted broker exports where its chain stands at once.
+	sink, err = auditfile.Open(auditfile.Options{Path: path, Signer: signer, CheckpointEvery: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	got = gauges(sink)
+	if got["keytrail_audit_last_seq"] != 6 || got["keytrail_audit_last_checkpoint_seq"] != 6 {
+		t.Errorf("after a restart: last_seq %v, last_checkpoint_seq %v; want 6 and 6", got["keytrail_audit_last_seq"], got["keytrail_audit_last_checkpoint_seq"])
+	}
+}
+
 // reloadPolicyHead is the issuer and workload the reload tests share; the
 // workload's grants replace {GRANTS}, the issuer's URL {ISS}.
 const reloadPolicyHead = `version: 1
