@@ -5,5 +5,6 @@
 // signature covers. Lines removed from the end of a chain up to a checkpoint
 // (its newest files removed whole, for one) leave no trace in the files; the
 // report gives each chain's last seq and time to compare with a copy kept
-// elsewhere. It is a leaf: it imports nothing of keytrail.
+// elsewhere, and VerifyOptions.ExpectSeq checks that each chain reaches a
+// seq seen outside the files. It is a leaf: it imports nothing of keytrail.
 package audit

@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -79,6 +82,14 @@ type VerifyOptions struct {
 	RequireCheckpoint bool
 	// MaxProblems caps Report.Problems; 0 means 100.
 	MaxProblems int
+	// ExpectSeq names, by chain id, a seq the chain must reach: one seen
+	// outside the files, such as the broker's keytrail_audit_last_seq as
+	// monitoring kept it. A chain that ends before it, or is not in the
+	// files, is a problem: lines were removed from its end, which nothing
+	// in the files shows when the cut is at a checkpoint. The key ""
+	// stands for the only chain in the files (a problem when they hold
+	// none or several).
+	ExpectSeq map[string]uint64
 }
 
 // Problem is one line that failed verification, or a file that did (Line
@@ -113,7 +124,7 @@ type ChainReport struct {
 	// LastTime is the time of the last line (as written). Lines removed
 	// from the end of a chain up to a checkpoint, or its newest files
 	// removed whole, leave no trace in the files: compare LastSeq and
-	// LastTime with a copy kept elsewhere.
+	// LastTime with a copy kept elsewhere (VerifyOptions.ExpectSeq).
 	LastTime string `json:"last_time,omitempty"`
 	// Checkpoints counts checkpoints whose head and signature verified.
 	Checkpoints int `json:"checkpoints"`
@@ -193,7 +204,8 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // the line before it) could then be changed unseen, and the signature of
 // a malleable scheme (ECDSA: (r, n-s) for (r, s)) for its twin. Lines after the last
 // verified checkpoint are reported as ChainReport.UnsignedTail, and are a
-// problem when opts.RequireCheckpoint is set.
+// problem when opts.RequireCheckpoint is set. A chain that ends before the
+// seq opts.ExpectSeq gives it is a problem too.
 //
 // Verify returns the report and, when it found a problem, an error wrapping
 // ErrTampered that names the first problem. An error reading an input is
@@ -215,6 +227,7 @@ func Verify(inputs []Input, opts VerifyOptions) (*Report, error) {
 		}
 	}
 	v.finish()
+	v.expect(inputs)
 	if v.opts.RequireCheckpoint && len(v.rep.Chains) == 0 {
 		// Nothing is covered by a checkpoint: a broker writes at least its
 		// policy_load event when it starts, so an empty log is an emptied
@@ -460,6 +473,37 @@ func checkpointForm(raw []byte, ev *Event) string {
 		return "checkpoint line carries fields a checkpoint is not written with (only v, seq, time, chain, prev, type, request_id, checkpoint): the line was changed"
 	}
 	return "checkpoint line is not encoded as it is written (spacing, key order, letter case, escapes or repeated keys differ): the line was changed"
+}
+
+// expect adds the ExpectSeq problems, in chain id order.
+func (v *verifier) expect(inputs []Input) {
+	name := ""
+	if len(inputs) > 0 {
+		name = inputs[len(inputs)-1].Name
+	}
+	for _, chain := range slices.Sorted(maps.Keys(v.opts.ExpectSeq)) {
+		want := v.opts.ExpectSeq[chain]
+		if chain == "" {
+			if len(v.rep.Chains) != 1 {
+				ids := make([]string, len(v.rep.Chains))
+				for i, c := range v.rep.Chains {
+					ids[i] = c.Chain
+				}
+				v.problem(Problem{File: name, Why: fmt.Sprintf("seq %d is expected of the only chain, but the files hold %d chain(s) (%s): name the chain the seq is of (CHAIN=SEQ)", want, len(ids), strings.Join(ids, ", "))})
+				continue
+			}
+			chain = v.rep.Chains[0].Chain
+		}
+		st, ok := v.chains[chain]
+		if !ok {
+			v.problem(Problem{File: name, Chain: chain, Why: fmt.Sprintf("chain %s is expected to reach seq %d but is not in the files: its files were removed, or the wrong files were given", chain, want)})
+			continue
+		}
+		if cr := v.rep.Chains[st.idx]; cr.LastSeq < want {
+			v.problem(Problem{File: st.lastFile, Line: st.lastLine, Chain: chain, Seq: cr.LastSeq,
+				Why: fmt.Sprintf("the chain ends at seq %d, before seq %d, which it was seen to reach: lines %d..%d were removed from its end (the file cut, or its newest files removed)", cr.LastSeq, want, cr.LastSeq+1, want)})
+		}
+	}
 }
 
 // finish adds the RequireCheckpoint problems.

@@ -537,3 +537,53 @@ func TestVerifyLiveInput(t *testing.T) {
 		t.Errorf("Verify(not live, torn last line) = %v, %+v; want the incomplete last line as a problem", err, rep.Problems)
 	}
 }
+
+// TestVerifyExpectSeq: a log cut right after a checkpoint verifies (nothing
+// in the files shows the cut); with the seq the chain was seen to reach
+// elsewhere (ExpectSeq, e.g. keytrail_audit_last_seq as monitoring kept it)
+// the cut is a problem naming the chain's end and the lines missing.
+func TestVerifyExpectSeq(t *testing.T) {
+	golden := sealGolden(t) // 11 lines, checkpoints at seq 5, 8 and 11
+	other, err := audit.NewChain("chn_other").Seal(&audit.Event{Type: audit.TypeStart}, goldenStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		lines  [][]byte
+		expect map[string]uint64
+		want   string // the problem, "" for none
+		line   int
+	}{
+		{name: "ok/reaches", lines: golden, expect: map[string]uint64{"": 11}},
+		{name: "ok/beyond", lines: golden, expect: map[string]uint64{goldenChain: 8}},
+		{name: "ok/cut-unseen-without-expect", lines: golden[:8]},
+		{name: "fail/cut-after-checkpoint", lines: golden[:8], expect: map[string]uint64{"": 11},
+			want: "the chain ends at seq 8, before seq 11, which it was seen to reach: lines 9..11 were removed from its end", line: 8},
+		{name: "fail/cut-by-chain", lines: golden[:8], expect: map[string]uint64{goldenChain: 9},
+			want: "the chain ends at seq 8, before seq 9", line: 8},
+		{name: "fail/chain-not-in-files", lines: golden, expect: map[string]uint64{"chn_gone": 3},
+			want: "chain chn_gone is expected to reach seq 3 but is not in the files"},
+		{name: "fail/which-chain", lines: append(append([][]byte(nil), golden...), other), expect: map[string]uint64{"": 3},
+			want: "the files hold 2 chain(s) (" + goldenChain + ", chn_other): name the chain"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rep, err := audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(joinLines(tt.lines))}},
+				audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key"), RequireCheckpoint: true, ExpectSeq: tt.expect})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Verify() = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, audit.ErrTampered) {
+				t.Fatalf("Verify() = %v, want ErrTampered", err)
+			}
+			// The last problem (an unsigned line of chn_other comes first).
+			if p := rep.Problems[len(rep.Problems)-1]; !strings.Contains(p.Why, tt.want) || p.Line != tt.line || p.File != "a" {
+				t.Errorf("Verify() problems = %v, want the last a:%d: ...%s...", rep.Problems, tt.line, tt.want)
+			}
+		})
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +31,7 @@ func newAuditCmd(e *env) *cobra.Command {
 }
 
 func newAuditVerifyCmd(e *env) *cobra.Command {
-	var keyFiles, jwksSrcs []string
+	var keyFiles, jwksSrcs, expectSeqs []string
 	var requireCheckpoint, asJSON, exact bool
 	c := &cobra.Command{
 		Use:   "verify FILE_OR_DIR...",
@@ -45,7 +47,10 @@ covers: they may have been added or changed, and lines after them removed,
 unseen (--require-checkpoint makes that a failure, and an empty log too).
 Lines removed from the end up to a checkpoint, or the newest files removed
 whole, leave no trace in the files: compare each chain's last seq and time,
-printed for it, with a copy kept elsewhere.
+printed for it, with a copy kept elsewhere, or give the seq the chain was
+seen to reach, such as the highest keytrail_audit_last_seq monitoring
+recorded: --expect-seq SEQ (the files hold one chain) or CHAIN=SEQ
+(repeatable) fails when the chain ends before it, or is not in the files.
 A log that takes longer than 5 s gets a progress line on stderr every 5 s.
 Exit status 1 when anything is wrong (also when a file cannot be read to its
 end: it and the files after it are then not verified), 2 on a usage mistake.
@@ -76,6 +81,11 @@ short of them.`,
 			defer closeAll(files)
 			args = paths
 			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint}
+			if len(expectSeqs) > 0 {
+				if opts.ExpectSeq, err = parseExpectSeq(expectSeqs); err != nil {
+					return exitError{code: exitUsage, msg: "audit verify: " + err.Error()}
+				}
+			}
 			if len(keyFiles) > 0 {
 				opts.Keys = map[string]ed25519.PublicKey{}
 				for _, kf := range keyFiles {
@@ -116,7 +126,7 @@ short of them.`,
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(rep)
 			} else {
-				printVerifyReport(e, rep, readErr)
+				printVerifyReport(e, rep, readErr, opts.ExpectSeq)
 			}
 			switch {
 			case readErr != nil:
@@ -132,7 +142,33 @@ short of them.`,
 	c.Flags().BoolVar(&requireCheckpoint, "require-checkpoint", false, "fail when lines follow the last verified checkpoint")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	c.Flags().BoolVar(&exact, "exact", false, "read only the files named, without rotated siblings or directory expansion")
+	c.Flags().StringArrayVar(&expectSeqs, "expect-seq", nil, "SEQ or CHAIN=SEQ: fail when the chain ends before this seq (e.g. the highest keytrail_audit_last_seq seen); repeatable")
 	return c
+}
+
+// parseExpectSeq reads --expect-seq values: SEQ (for the only chain of the
+// files) or CHAIN=SEQ, SEQ a positive decimal number. The chain is what
+// comes before the last "=" (a chain id may contain one).
+func parseExpectSeq(vals []string) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for _, v := range vals {
+		chain, num := "", v
+		if i := strings.LastIndexByte(v, '='); i >= 0 {
+			chain, num = v[:i], v[i+1:]
+			if err := audit.ValidChainID(chain); err != nil {
+				return nil, fmt.Errorf("--expect-seq %q: %v", v, err)
+			}
+		}
+		n, err := strconv.ParseUint(num, 10, 64)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("--expect-seq %q: want SEQ or CHAIN=SEQ, SEQ a positive whole number", v)
+		}
+		if _, dup := out[chain]; dup {
+			return nil, fmt.Errorf("--expect-seq %q: a seq for this chain is already given", v)
+		}
+		out[chain] = n
+	}
+	return out, nil
 }
 
 // openAuditFiles lists the audit files args name (as named, with exact)
@@ -304,7 +340,7 @@ func byteSize(n int64) string {
 
 // printVerifyReport prints rep; readErr, when not nil, stopped the reading
 // before the last line of the last file.
-func printVerifyReport(e *env, rep *audit.Report, readErr error) {
+func printVerifyReport(e *env, rep *audit.Report, readErr error, expect map[string]uint64) {
 	w := e.stdout
 	fmt.Fprintf(w, "%d file(s), %d line(s), %d chain(s)\n", rep.Files, rep.Lines, len(rep.Chains))
 	for _, c := range rep.Chains {
@@ -333,7 +369,14 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error) {
 		fmt.Fprintln(w, "NOTHING VERIFIED: no audit lines (a broker writes at least its policy_load event when it starts; --require-checkpoint makes this a failure)")
 	case rep.OK():
 		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq and time above)")
-		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup)")
+		for _, chain := range slices.Sorted(maps.Keys(expect)) {
+			name := chain
+			if name == "" {
+				name = rep.Chains[0].Chain
+			}
+			fmt.Fprintf(w, "chain %s reaches seq %d, as expected (--expect-seq)\n", name, expect[chain])
+		}
+		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup, or the highest keytrail_audit_last_seq monitoring saw, with --expect-seq)")
 	}
 }
 

@@ -132,6 +132,57 @@ func TestAuditVerifyCutAfterCheckpointNamesTheEnd(t *testing.T) {
 	}
 }
 
+// TestAuditVerifyExpectSeq: the cut of TestAuditVerifyCutAfterCheckpointNamesTheEnd
+// fails verification once the operator gives the seq the chain was seen to
+// reach (--expect-seq, from keytrail_audit_last_seq), naming the lines
+// removed; a log that reaches it passes and says so.
+func TestAuditVerifyExpectSeq(t *testing.T) {
+	dir := t.TempDir()
+	signer, pubFile := devCheckpointSigner(t, dir)
+	path, _ := writeSignedAudit(t, dir, signer)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	last, err := audit.ParseLine(all[len(all)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--expect-seq", fmt.Sprint(last.Seq), path)
+	if err != nil || !strings.Contains(out, fmt.Sprintf("chain %s reaches seq %d, as expected", last.Chain, last.Seq)) {
+		t.Fatalf("audit verify --expect-seq %d (the whole log) = %v, want success saying so\n%s", last.Seq, err, out)
+	}
+	cut := -1 // the first checkpoint that is not the last line
+	for i, l := range all[:len(all)-1] {
+		if ev, err := audit.ParseLine(l); err == nil && ev.Type == audit.TypeCheckpoint {
+			cut = i
+			break
+		}
+	}
+	if cut < 0 {
+		t.Fatalf("no checkpoint before the last line in %s", data)
+	}
+	if err := os.WriteFile(path, append(bytes.Join(all[:cut+1], []byte("\n")), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []string{fmt.Sprint(last.Seq), last.Chain + "=" + fmt.Sprint(last.Seq)} {
+		out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--require-checkpoint", "--expect-seq", flag, path)
+		var ee exitError
+		want := fmt.Sprintf("the chain ends at seq %d, before seq %d, which it was seen to reach: lines %d..%d were removed", cut+1, last.Seq, cut+2, last.Seq)
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, want) || strings.Contains(out, "OK:") {
+			t.Errorf("audit verify --expect-seq %s (cut after seq %d) = %v, want exit 1 saying %q\n%s", flag, cut+1, err, want, out)
+		}
+	}
+	for _, bad := range []string{"0", "x", "chn_a=", "has space=3"} {
+		_, _, err := runCLI(t, nil, "audit", "verify", "--exact", "--expect-seq", bad, path)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != exitUsage || !strings.Contains(err.Error(), "--expect-seq") {
+			t.Errorf("audit verify --expect-seq %q = %v, want a usage error (exit %d) naming the flag", bad, err, exitUsage)
+		}
+	}
+}
+
 // TestAuditVerifyES256FinalCheckpointSignatureMalleable pins a documented
 // limit (README "Checkpoints"): an ECDSA signature (r, s) is also valid as
 // (r, n-s), and Vault's are not normalised, so the signature on the last
