@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -80,6 +81,15 @@ type VerifyOptions struct {
 	// RequireCheckpoint makes lines not covered by a verified checkpoint a
 	// failure: every chain must end with a valid checkpoint.
 	RequireCheckpoint bool
+	// AllowTrimmedStart accepts a chain whose first line in the files has
+	// a seq above 1: its oldest files were removed on purpose (retention).
+	// The chain is verified from that line (ChainReport.FirstSeq,
+	// TrimmedStart): its prev cannot be checked, but its bytes are covered,
+	// through the prev of each line after it, by the first verified
+	// checkpoint after it, as every other line is. Whether the lines
+	// before it existed and what they said can no longer be told. Without
+	// it such a chain is a problem (lines or files missing from its start).
+	AllowTrimmedStart bool
 	// MaxProblems caps Report.Problems; 0 means 100.
 	MaxProblems int
 	// ExpectSeq names, by chain id, a seq the chain must reach: one seen
@@ -119,8 +129,13 @@ type ChainReport struct {
 	Chain    string `json:"chain"`
 	Lines    int    `json:"lines"`
 	FirstSeq uint64 `json:"first_seq"`
-	LastSeq  uint64 `json:"last_seq"`
-	LastHash string `json:"last_hash"`
+	// TrimmedStart: the chain's first line in the files has a seq above 1
+	// (FirstSeq); the lines before it are not in the files. With
+	// VerifyOptions.AllowTrimmedStart the chain was verified from FirstSeq,
+	// otherwise its first line is a problem.
+	TrimmedStart bool   `json:"trimmed_start,omitempty"`
+	LastSeq      uint64 `json:"last_seq"`
+	LastHash     string `json:"last_hash"`
 	// LastTime is the time of the last line (as written). Lines removed
 	// from the end of a chain up to a checkpoint, or its newest files
 	// removed whole, leave no trace in the files: compare LastSeq and
@@ -343,7 +358,7 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	if !seen {
 		st = &chainState{idx: len(v.rep.Chains)}
 		v.chains[ev.Chain] = st
-		v.rep.Chains = append(v.rep.Chains, ChainReport{Chain: ev.Chain, FirstSeq: ev.Seq})
+		v.rep.Chains = append(v.rep.Chains, ChainReport{Chain: ev.Chain, FirstSeq: ev.Seq, TrimmedStart: ev.Seq > 1})
 	}
 	cr := &v.rep.Chains[st.idx]
 
@@ -352,13 +367,15 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	switch {
 	case ev.V != Version:
 		why = fmt.Sprintf("unsupported version v=%d", ev.V)
-	case !seen && ev.Seq != 1:
-		why = fmt.Sprintf("chain starts at seq %d, not 1: earlier lines or files are missing, or files are out of order", ev.Seq)
+	case !seen && ev.Seq != 1 && !v.opts.AllowTrimmedStart:
+		why = fmt.Sprintf("chain starts at seq %d, not 1: earlier lines or files are missing (if they were removed on purpose, by retention, allow a trimmed start to verify from here), or files are out of order", ev.Seq)
+	case !seen && ev.Seq != 1 && !isHash(ev.Prev):
+		why = fmt.Sprintf("chain starts at seq %d with a prev that is not a SHA-256 hash: a line after the first links to the line before it", ev.Seq)
 	case seen && ev.Seq <= st.lastSeq:
 		why = fmt.Sprintf("seq %d after seq %d (%s:%d): a line was duplicated, inserted or reordered", ev.Seq, st.lastSeq, st.lastFile, st.lastLine)
 	case seen && ev.Seq != st.lastSeq+1:
 		why = fmt.Sprintf("seq gap: expected %d, got %d: lines were deleted or reordered, or a file is missing", st.lastSeq+1, ev.Seq)
-	case !seen && ev.Prev != "":
+	case !seen && ev.Seq == 1 && ev.Prev != "":
 		why = "first line of the chain has a non-empty prev"
 	case seen && ev.Prev != st.lastHash:
 		why = fmt.Sprintf("prev hash mismatch: the previous line of this chain (%s:%d) was changed, or a line was inserted, deleted or reordered", st.lastFile, st.lastLine)
@@ -413,6 +430,19 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 		}
 		cr.UnsignedTail++
 	}
+}
+
+// isHash reports whether s is what HashLine returns: 64 lower-case hex digits.
+func isHash(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkpoint checks a checkpoint line whose seq and prev already verified.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -583,6 +584,83 @@ func TestVerifyExpectSeq(t *testing.T) {
 			// The last problem (an unsigned line of chn_other comes first).
 			if p := rep.Problems[len(rep.Problems)-1]; !strings.Contains(p.Why, tt.want) || p.Line != tt.line || p.File != "a" {
 				t.Errorf("Verify() problems = %v, want the last a:%d: ...%s...", rep.Problems, tt.line, tt.want)
+			}
+		})
+	}
+}
+
+// TestVerifyTrimmedStart: once retention removed a chain's oldest files,
+// the first file left starts mid-chain. Verify refused such a log outright
+// (the chain does not start at seq 1), so it could never be verified again.
+// With AllowTrimmedStart it verifies the chain from its first line present,
+// which the first checkpoint after it still covers through the prev links:
+// a change there, or a rewrite of the whole remaining prefix, is still
+// found, and so is a reordering of the files left.
+func TestVerifyTrimmedStart(t *testing.T) {
+	golden := sealGolden(t) // 11 lines, checkpoints at seq 5, 8 and 11
+	// Files as the sink rotates them: each ends with a checkpoint.
+	b, c := golden[5:8], golden[8:]
+	// seq 6 and 7 rewritten and relinked from the prev of seq 6, and the
+	// checkpoint at seq 8 relinked and its head set to the new seq 7.
+	var relinked [][]byte
+	prev := ""
+	for i, l := range golden[5:8] {
+		ev, err := audit.ParseLine(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			ev.Prev = prev
+		}
+		if ev.Checkpoint != nil {
+			ev.Checkpoint.HeadHash = prev
+		} else {
+			ev.Reason = "rewritten"
+		}
+		line, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relinked = append(relinked, line)
+		prev = audit.HashLine(line)
+	}
+	tests := []struct {
+		name  string
+		files [][][]byte
+		allow bool
+		want  string // the first problem, "" for none
+	}{
+		{name: "fail/trimmed-not-allowed", files: [][][]byte{b, c}, want: "chain starts at seq 6, not 1"},
+		{name: "ok/trimmed-allowed", files: [][][]byte{b, c}, allow: true},
+		{name: "fail/first-line-changed", allow: true, want: "prev hash mismatch",
+			files: [][][]byte{mutateLine(t, b, 0, func(ev *audit.Event) { ev.Workload = "someone-else" }), c}},
+		{name: "fail/prefix-rewritten-and-relinked", allow: true, want: "checkpoint signature does not verify",
+			files: [][][]byte{relinked, c}},
+		{name: "fail/files-reordered", files: [][][]byte{c, b}, allow: true, want: "seq 6 after seq 11"},
+		{name: "fail/first-line-without-prev", allow: true, want: "not a SHA-256 hash",
+			files: [][][]byte{mutateLine(t, b, 0, func(ev *audit.Event) { ev.Prev = "" }), c}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var inputs []audit.Input
+			for i, f := range tt.files {
+				inputs = append(inputs, audit.Input{Name: fmt.Sprint("f", i), R: bytes.NewReader(joinLines(f))})
+			}
+			rep, err := audit.Verify(inputs, audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key"), RequireCheckpoint: true, AllowTrimmedStart: tt.allow})
+			if tt.want != "" {
+				if !errors.Is(err, audit.ErrTampered) || !strings.Contains(rep.Problems[0].Why, tt.want) {
+					t.Fatalf("Verify() = %v, want ErrTampered, first problem ...%s...", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Verify() = %v, want nil", err)
+			}
+			want := audit.ChainReport{Chain: goldenChain, Lines: 6, FirstSeq: 6, TrimmedStart: true, LastSeq: 11,
+				LastHash: audit.HashLine(golden[10]), LastTime: goldenStart.Add(10 * 1500 * time.Microsecond).Format(audit.TimeFormat),
+				Checkpoints: 2, LastCheckpointSeq: 11}
+			if d := cmp.Diff([]audit.ChainReport{want}, rep.Chains); d != "" {
+				t.Errorf("Verify() chains (-want +got):\n%s", d)
 			}
 		})
 	}

@@ -32,7 +32,7 @@ func newAuditCmd(e *env) *cobra.Command {
 
 func newAuditVerifyCmd(e *env) *cobra.Command {
 	var keyFiles, jwksSrcs, expectSeqs []string
-	var requireCheckpoint, asJSON, exact bool
+	var requireCheckpoint, asJSON, exact, allowTrimmed bool
 	c := &cobra.Command{
 		Use:   "verify FILE_OR_DIR...",
 		Short: "Check the hash chain and checkpoint signatures of audit files",
@@ -51,6 +51,12 @@ printed for it, with a copy kept elsewhere, or give the seq the chain was
 seen to reach, such as the highest keytrail_audit_last_seq monitoring
 recorded: --expect-seq SEQ (the files hold one chain) or CHAIN=SEQ
 (repeatable) fails when the chain ends before it, or is not in the files.
+
+A chain must start at seq 1 in the files. Once retention removed its oldest
+files, --allow-trimmed-start verifies it from its first line present (and
+says from which seq): the first verified checkpoint after that line still
+covers it, through the prev of each line in between; what the removed lines
+said can no longer be checked.
 A log that takes longer than 5 s gets a progress line on stderr every 5 s.
 Exit status 1 when anything is wrong (also when a file cannot be read to its
 end: it and the files after it are then not verified), 2 on a usage mistake.
@@ -80,7 +86,7 @@ short of them.`,
 			}
 			defer closeAll(files)
 			args = paths
-			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint}
+			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint, AllowTrimmedStart: allowTrimmed}
 			if len(expectSeqs) > 0 {
 				if opts.ExpectSeq, err = parseExpectSeq(expectSeqs); err != nil {
 					return exitError{code: exitUsage, msg: "audit verify: " + err.Error()}
@@ -126,7 +132,7 @@ short of them.`,
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(rep)
 			} else {
-				printVerifyReport(e, rep, readErr, opts.ExpectSeq)
+				printVerifyReport(e, rep, readErr, opts)
 			}
 			switch {
 			case readErr != nil:
@@ -142,6 +148,7 @@ short of them.`,
 	c.Flags().BoolVar(&requireCheckpoint, "require-checkpoint", false, "fail when lines follow the last verified checkpoint")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	c.Flags().BoolVar(&exact, "exact", false, "read only the files named, without rotated siblings or directory expansion")
+	c.Flags().BoolVar(&allowTrimmed, "allow-trimmed-start", false, "accept chains whose oldest files were removed (retention): verify each from its first line present")
 	c.Flags().StringArrayVar(&expectSeqs, "expect-seq", nil, "SEQ or CHAIN=SEQ: fail when the chain ends before this seq (e.g. the highest keytrail_audit_last_seq seen); repeatable")
 	return c
 }
@@ -340,15 +347,24 @@ func byteSize(n int64) string {
 
 // printVerifyReport prints rep; readErr, when not nil, stopped the reading
 // before the last line of the last file.
-func printVerifyReport(e *env, rep *audit.Report, readErr error, expect map[string]uint64) {
+func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.VerifyOptions) {
 	w := e.stdout
 	fmt.Fprintf(w, "%d file(s), %d line(s), %d chain(s)\n", rep.Files, rep.Lines, len(rep.Chains))
+	var trimmed []string
 	for _, c := range rep.Chains {
 		fmt.Fprintf(w, "chain %s: %d lines, seq %d..%d, last line at %s, %d verified checkpoint(s)", c.Chain, c.Lines, c.FirstSeq, c.LastSeq, c.LastTime, c.Checkpoints)
+		if c.TrimmedStart && opts.AllowTrimmedStart {
+			fmt.Fprintf(w, ", verified from seq %d (seq 1..%d are not in the files: removed, by retention)", c.FirstSeq, c.FirstSeq-1)
+		} else if c.TrimmedStart {
+			trimmed = append(trimmed, c.Chain)
+		}
 		if c.UnsignedTail > 0 {
 			fmt.Fprintf(w, ", %d line(s) after the last verified checkpoint (no signature covers them: they may have been added or changed, and lines after them removed, unseen)", c.UnsignedTail)
 		}
 		fmt.Fprintln(w)
+	}
+	if len(trimmed) > 0 {
+		fmt.Fprintf(w, "hint: chain(s) %s start after seq 1 in the files: if their oldest files were removed on purpose (retention), verify again with --allow-trimmed-start\n", strings.Join(trimmed, ", "))
 	}
 	if !rep.SignaturesChecked {
 		fmt.Fprintln(w, "checkpoint signatures not checked (no --key or --jwks given)")
@@ -369,12 +385,12 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, expect map[stri
 		fmt.Fprintln(w, "NOTHING VERIFIED: no audit lines (a broker writes at least its policy_load event when it starts; --require-checkpoint makes this a failure)")
 	case rep.OK():
 		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq and time above)")
-		for _, chain := range slices.Sorted(maps.Keys(expect)) {
+		for _, chain := range slices.Sorted(maps.Keys(opts.ExpectSeq)) {
 			name := chain
 			if name == "" {
 				name = rep.Chains[0].Chain
 			}
-			fmt.Fprintf(w, "chain %s reaches seq %d, as expected (--expect-seq)\n", name, expect[chain])
+			fmt.Fprintf(w, "chain %s reaches seq %d, as expected (--expect-seq)\n", name, opts.ExpectSeq[chain])
 		}
 		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup, or the highest keytrail_audit_last_seq monitoring saw, with --expect-seq)")
 	}

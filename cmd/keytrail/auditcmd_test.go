@@ -183,6 +183,57 @@ func TestAuditVerifyExpectSeq(t *testing.T) {
 	}
 }
 
+// TestAuditVerifyAfterRetention: once the oldest rotated files of a chain
+// are removed (retention), the files left start mid-chain. verify reported
+// "chain starts at seq N, not 1" and failed, with no way to verify the rest;
+// --allow-trimmed-start verifies it from the first line present and says so,
+// and without it the failure says how to proceed.
+func TestAuditVerifyAfterRetention(t *testing.T) {
+	dir := t.TempDir()
+	signer, pubFile := devCheckpointSigner(t, dir)
+	path := filepath.Join(dir, "audit.jsonl")
+	sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: signer, RotateBytes: 1, NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 { // each event rotates the file, after a checkpoint
+		if err := sink.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("req_", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := filepath.Glob(path + ".*")
+	if err != nil || len(rotated) < 3 {
+		t.Fatalf("rotated files = %v, %v; want several", rotated, err)
+	}
+	if err := os.Remove(rotated[0]); err != nil { // retention: the oldest goes
+		t.Fatal(err)
+	}
+	evs, err := os.ReadFile(rotated[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := audit.ParseLine(bytes.SplitN(evs, []byte("\n"), 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--require-checkpoint", path)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, fmt.Sprintf("chain starts at seq %d, not 1", first.Seq)) || !strings.Contains(out, "--allow-trimmed-start") {
+		t.Errorf("audit verify (oldest file removed) = %v, want exit 1 naming the start and --allow-trimmed-start\n%s", err, out)
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--require-checkpoint", "--allow-trimmed-start", path)
+	if err != nil {
+		t.Fatalf("audit verify --allow-trimmed-start = %v, want success\n%s", err, out)
+	}
+	if want := fmt.Sprintf("verified from seq %d (seq 1..%d are not in the files", first.Seq, first.Seq-1); !strings.Contains(out, want) || !strings.Contains(out, "OK:") {
+		t.Errorf("audit verify --allow-trimmed-start does not say %q:\n%s", want, out)
+	}
+}
+
 // TestAuditVerifyES256FinalCheckpointSignatureMalleable pins a documented
 // limit (README "Checkpoints"): an ECDSA signature (r, s) is also valid as
 // (r, n-s), and Vault's are not normalised, so the signature on the last
