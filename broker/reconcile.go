@@ -36,8 +36,10 @@ type TaggedCredential struct {
 // means refs[i] is neither looked up nor returned. The Reconciler answers
 // true for the references its Store already explains (one batched Store
 // lookup per call), so that a run's backend lookups follow the credentials
-// it does not know rather than every live one. RevokeTagged MUST be
-// idempotent: a credential that is already gone counts as revoked.
+// it does not know rather than every live one. RevokeTagged MUST answer
+// an error wrapping ErrNotFound, and revoke nothing, when the backend says
+// the credential is already gone (it expired or was revoked by someone else
+// since the listing): the Reconciler then records nothing for it.
 type TaggedSource interface {
 	ListTagged(ctx context.Context, skip func(refs []string) []bool) ([]TaggedCredential, error)
 	RevokeTagged(ctx context.Context, c TaggedCredential) error
@@ -124,6 +126,7 @@ type ReconcileReport struct {
 	Known    int // of those kept, explained by the Store alone (no backend lookup)
 	Young    int // younger than Grace, left for the next run
 	Revoked  int // orphans revoked (each with an orphan_revoked event)
+	Gone     int // orphans the backend no longer had at their revocation (expired): nothing recorded
 	Failures int // orphans whose revocation or event failed; retried next run
 }
 
@@ -194,7 +197,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			lvl = slog.LevelWarn
 		}
 		attrs := []slog.Attr{slog.Int("listed", rep.Listed), slog.Int("kept", rep.Kept), slog.Int("known", rep.Known), slog.Int("young", rep.Young),
-			slog.Int("revoked", rep.Revoked), slog.Int("failures", rep.Failures)}
+			slog.Int("revoked", rep.Revoked), slog.Int("gone", rep.Gone), slog.Int("failures", rep.Failures)}
 		if err != nil {
 			attrs = append(attrs, slog.String("error", err.Error()))
 		}
@@ -264,7 +267,15 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 			rep.Kept++
 			continue
 		}
-		if err := r.revoke(ctx, c, why); err != nil {
+		err = r.revoke(ctx, c, why)
+		if errors.Is(err, ErrNotFound) {
+			// Expired (or revoked by someone else) since the listing:
+			// this run revoked nothing, and an orphan_revoked event
+			// would say it did.
+			rep.Gone++
+			continue
+		}
+		if err != nil {
 			rep.Failures++
 			r.o.Logger.LogAttrs(ctx, slog.LevelError, "revoking orphan credential failed",
 				slog.String("issuance_id", c.IssuanceID), slog.String("accessor", c.Ref), slog.String("error", err.Error()))
@@ -351,7 +362,8 @@ func (r *Reconciler) judge(ctx context.Context, c TaggedCredential, snap IssuedS
 	return "", nil
 }
 
-// revoke revokes c and writes its orphan_revoked event. Once started it is
+// revoke revokes c and writes its orphan_revoked event; it returns the
+// source's ErrNotFound, and writes nothing, when c was already gone. Once started it is
 // finished (each call within CallTimeout) even when ctx ends: a shutdown
 // that cut the backend call short could leave c revoked without its event,
 // and the next run would no longer find c to write one.

@@ -278,6 +278,15 @@ func TestReconcilerRunOnce(t *testing.T) {
 			revErr: broker.Unavailable("vault_unavailable", time.Second, errors.New("down")),
 			want:   want{Report: broker.ReconcileReport{Listed: 1, Failures: 1}},
 		},
+		{
+			// Expired (or revoked by someone else) between the listing
+			// and the revocation: nothing was revoked, nothing recorded.
+			name:   "ok/gone-before-revocation-records-nothing",
+			creds:  []broker.TaggedCredential{cred("iss_o", "acc_o", old)},
+			issued: issuedSet{},
+			revErr: broker.Errorf(broker.ErrNotFound, "token_gone", "gone", nil),
+			want:   want{Report: broker.ReconcileReport{Listed: 1, Gone: 1}},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

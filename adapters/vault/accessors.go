@@ -315,15 +315,28 @@ func unixSeconds(v any) (int64, error) {
 	}
 }
 
-// RevokeTagged revokes the token by accessor; a token already gone counts
-// as revoked.
+// RevokeTagged revokes the token by accessor. A token that is already gone
+// (it expired, or someone else revoked it, since the listing) answers an
+// error wrapping broker.ErrNotFound: nothing was revoked. Vault 1.10 and
+// later answer 200 with the warning "No token found with this accessor"
+// for it (revoke-accessor is idempotent since hashicorp/vault#13661, and a
+// revoked token answers 204 with no body); older ones answer 400
+// "invalid accessor" or "token not found".
 func (ti *TokenInventory) RevokeTagged(ctx context.Context, c broker.TaggedCredential) error {
 	if c.Ref == "" {
 		return broker.Errorf(broker.ErrInvalidRequest, "missing_accessor", "the credential has no Vault token accessor", errors.New("vault revoke: no accessor"))
 	}
-	_, err := ti.c.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": c.Ref})
-	if err == nil || responseSays(err, 400, "token not found", "invalid accessor") {
-		return nil
+	sec, err := ti.c.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": c.Ref})
+	gone := responseSays(err, 400, "token not found", "invalid accessor")
+	if err == nil && sec != nil {
+		for _, w := range sec.Warnings {
+			if strings.Contains(strings.ToLower(w), "no token found") {
+				gone = true
+			}
+		}
+	}
+	if gone {
+		return broker.Errorf(broker.ErrNotFound, "token_gone", "the Vault token no longer exists", errors.New("vault revoke accessor: no token found with this accessor"))
 	}
 	return translate("revoke accessor", err)
 }

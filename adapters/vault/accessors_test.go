@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -148,11 +149,14 @@ func TestTokenInventory(t *testing.T) {
 			replyRaw(400, `{"errors":["invalid accessor"]}`)(w, r)
 		},
 		"PUT /v1/auth/token/revoke-accessor": func(w http.ResponseWriter, r *http.Request) {
-			if acc, _ := decodeBody(t, r)["accessor"].(string); acc == "acc_gone" {
+			switch acc, _ := decodeBody(t, r)["accessor"].(string); acc {
+			case "acc_gone": // Vault before 1.10
 				replyRaw(400, `{"errors":["invalid accessor"]}`)(w, r)
-				return
+			case "acc_expired": // Vault 1.10 and later
+				replyRaw(200, `{"data":null,"warnings":["No token found with this accessor"]}`)(w, r)
+			default:
+				w.WriteHeader(204)
 			}
-			w.WriteHeader(204)
 		},
 	})
 	inv, err := NewTokenInventory(TokenInventoryOptions{Client: f.client(t), Concurrency: 2})
@@ -195,9 +199,14 @@ func TestTokenInventory(t *testing.T) {
 		t.Errorf("lookups after the second listing = %d, want 7 (acc_gone and acc_dying again)", n)
 	}
 
-	for _, acc := range []string{"acc_kt", "acc_gone"} {
-		if err := inv.RevokeTagged(ctx, broker.TaggedCredential{Ref: acc}); err != nil {
-			t.Errorf("RevokeTagged(%s) = %v, want nil", acc, err)
+	if err := inv.RevokeTagged(ctx, broker.TaggedCredential{Ref: "acc_kt"}); err != nil {
+		t.Errorf("RevokeTagged(acc_kt) = %v, want nil", err)
+	}
+	// A token Vault no longer has was not revoked by this call: the
+	// reconciliation must not record an orphan_revoked event for it.
+	for _, acc := range []string{"acc_gone", "acc_expired"} {
+		if err := inv.RevokeTagged(ctx, broker.TaggedCredential{Ref: acc}); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("RevokeTagged(%s) = %v, want ErrNotFound", acc, err)
 		}
 	}
 	if err := inv.RevokeTagged(ctx, broker.TaggedCredential{}); err == nil {
