@@ -20,7 +20,15 @@ type TokenInventoryOptions struct {
 	Client *vaultapi.Client // from NewClient (required)
 	// Concurrency of the per-accessor lookups (default 8).
 	Concurrency int
-	Now         func() time.Time // default time.Now
+	// Deployment, when set, is this broker's deployment (the minters'
+	// TokenMinterOptions.Deployment): a token whose meta names another
+	// deployment is not listed (another keytrail deployment sharing this
+	// Vault minted it, and only its reconciliation may judge it), like
+	// another Vault user's. A token without deployment meta (minted
+	// before deployments were tagged) is listed as before. Empty: every
+	// keytrail token is listed, whatever its deployment.
+	Deployment string
+	Now        func() time.Time // default time.Now
 }
 
 // TokenInventory lists the Vault tokens keytrail made (meta with an
@@ -36,11 +44,13 @@ type TokenInventoryOptions struct {
 type TokenInventory struct {
 	c           *vaultapi.Client
 	concurrency int
+	deployment  string
 	now         func() time.Time
 
 	// untagged holds the accessors looked up before whose tokens are not
-	// keytrail's (no keytrail meta, or another display name: other Vault
-	// users' tokens). A token's meta and display name never change, so
+	// this deployment's (no keytrail meta, or another display name: other
+	// Vault users' tokens; another deployment's). A token's meta and
+	// display name never change, so
 	// they are not looked up again while they live; each
 	// listing keeps only the accessors it still sees.
 	mu       sync.Mutex
@@ -63,7 +73,7 @@ func NewTokenInventory(o TokenInventoryOptions) (*TokenInventory, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &TokenInventory{c: o.Client, concurrency: o.Concurrency, now: o.Now, untagged: map[string]struct{}{}}, nil
+	return &TokenInventory{c: o.Client, concurrency: o.Concurrency, deployment: o.Deployment, now: o.Now, untagged: map[string]struct{}{}}, nil
 }
 
 // InventoryPolicy is the HCL a broker token needs, on top of BrokerPolicy,
@@ -216,7 +226,7 @@ func (ti *TokenInventory) lookup(ctx context.Context, accessor string) (c *broke
 	if sec == nil || sec.Data == nil {
 		return nil, false, nil
 	}
-	c, err = parseTokenLookup(accessor, sec.Data, ti.now())
+	c, err = parseTokenLookup(accessor, sec.Data, ti.now(), ti.deployment)
 	return c, c == nil && err == nil, err
 }
 
@@ -233,7 +243,10 @@ func storedDisplayName(name string) string {
 // (TokenMinter) or "<issuance id>-<workload>" (a DynamicMinter reader
 // token), as Vault stores them. Any other token, whatever its meta, is
 // another Vault user's and answers nil: the reconciliation never revokes
-// it.
+// it. So does a token whose meta names a deployment other than deployment
+// (when that is set): another keytrail deployment's, which this one's
+// records cannot explain. A token without deployment meta is this
+// deployment's (minted before the tag existed).
 //
 // CreatedAt is on the clock of now (the broker's): Vault's creation_time is
 // on Vault's, and a Vault clock behind the broker's would make a token
@@ -243,10 +256,13 @@ func storedDisplayName(name string) string {
 // second for ttl's rounding) taken back from now gives a second creation
 // time; the later of the two is kept, so a token is never taken for older
 // than either says.
-func parseTokenLookup(accessor string, d map[string]any, now time.Time) (*broker.TaggedCredential, error) {
+func parseTokenLookup(accessor string, d map[string]any, now time.Time, deployment string) (*broker.TaggedCredential, error) {
 	meta, _ := d["meta"].(map[string]any)
 	str := func(k string) string { s, _ := meta[k].(string); return s }
 	if str("issuance_id") == "" || str("workload") == "" {
+		return nil, nil
+	}
+	if dep := str(MetaDeployment); deployment != "" && dep != "" && dep != deployment {
 		return nil, nil
 	}
 	c := &broker.TaggedCredential{

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"testing"
@@ -20,10 +21,11 @@ func TestParseTokenLookup(t *testing.T) {
 	now := time.Unix(1700000600, 0) // the broker's clock
 	at := func(secs int64) json.Number { return json.Number(fmt.Sprint(secs)) }
 	tests := []struct {
-		name    string
-		data    map[string]any
-		want    *broker.TaggedCredential
-		wantErr bool
+		name       string
+		data       map[string]any
+		deployment string // the inventory's
+		want       *broker.TaggedCredential
+		wantErr    bool
 	}{
 		{
 			name: "ok/keytrail-token",
@@ -101,6 +103,36 @@ func TestParseTokenLookup(t *testing.T) {
 			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
 				SessionID: "ses_1", Grant: "g", CreatedAt: now.Add(-9 * time.Second)},
 		},
+		// Two keytrail deployments share one Vault: a token whose meta
+		// names the other deployment is not this one's to judge.
+		{
+			name: "ok/own-deployment", deployment: "dep-a",
+			data: map[string]any{"accessor": "acc", "meta": withMeta(meta, "deployment", "dep-a"), "display_name": "token-keytrail-app"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g"},
+		},
+		{
+			name: "ok/other-deployment-not-listed", deployment: "dep-a",
+			data: map[string]any{"accessor": "acc", "meta": withMeta(meta, "deployment", "dep-b"), "display_name": "token-keytrail-app"},
+		},
+		{
+			name: "ok/other-deployment-reader-token-not-listed", deployment: "dep-a",
+			data: map[string]any{"accessor": "acc", "meta": withMeta(meta, "deployment", "dep-b"), "display_name": "token-iss-1-app"},
+		},
+		{
+			// Minted before deployments were tagged: this deployment's.
+			name: "ok/no-deployment-meta-is-own", deployment: "dep-a",
+			data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g"},
+		},
+		{
+			// An inventory without a deployment lists every deployment's.
+			name: "ok/no-own-deployment-lists-all",
+			data: map[string]any{"accessor": "acc", "meta": withMeta(meta, "deployment", "dep-b"), "display_name": "token-keytrail-app"},
+			want: &broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_1", Workload: "app", Owner: "team",
+				SessionID: "ses_1", Grant: "g"},
+		},
 		{name: "fail/bad-ttl", data: map[string]any{"accessor": "acc", "meta": meta, "display_name": "token-keytrail-app", "creation_ttl": json.Number("60"), "ttl": "soon"}, wantErr: true},
 		{name: "ok/root-token-no-meta", data: map[string]any{"accessor": "acc", "meta": nil, "creation_time": json.Number("1"), "expire_time": nil}},
 		{name: "ok/other-meta", data: map[string]any{"accessor": "acc", "meta": map[string]any{"team": "x"}}},
@@ -110,7 +142,7 @@ func TestParseTokenLookup(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseTokenLookup("acc", tc.data, now)
+			got, err := parseTokenLookup("acc", tc.data, now, tc.deployment)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("parseTokenLookup() error = %v, want error %v", err, tc.wantErr)
 			}
@@ -119,6 +151,13 @@ func TestParseTokenLookup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withMeta returns a copy of meta with k set to v.
+func withMeta(meta map[string]any, k, v string) map[string]any {
+	out := maps.Clone(meta)
+	out[k] = v
+	return out
 }
 
 func TestTokenInventory(t *testing.T) {

@@ -84,7 +84,10 @@ type DynamicMinterOptions struct {
 	// such a credential is revoked and the mint fails: the SPEC promises
 	// that generated user names embed the issuance id.
 	AllowUntaggedUsernames bool
-	Now                    func() time.Time // default time.Now
+	// Deployment, when set, is added to the reader token's meta, as
+	// TokenMinterOptions.Deployment.
+	Deployment string
+	Now        func() time.Time // default time.Now
 }
 
 // DynamicMinter mints credentials of grants of kind vault_dynamic: it reads
@@ -114,11 +117,12 @@ type DynamicMinterOptions struct {
 // whichever ends first); Refs carry LeaseID, Username (the data's username),
 // Accessor (the reader token's) and ExpiresAt.
 type DynamicMinter struct {
-	c        *vaultapi.Client
-	path     string
-	policies []string
-	untagged bool
-	now      func() time.Time
+	c          *vaultapi.Client
+	path       string
+	policies   []string
+	untagged   bool
+	deployment string
+	now        func() time.Time
 }
 
 var (
@@ -155,7 +159,7 @@ func NewDynamicMinter(o DynamicMinterOptions) (*DynamicMinter, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &DynamicMinter{c: o.Client, path: path, policies: pols, untagged: o.AllowUntaggedUsernames, now: now}, nil
+	return &DynamicMinter{c: o.Client, path: path, policies: pols, untagged: o.AllowUntaggedUsernames, deployment: o.Deployment, now: now}, nil
 }
 
 // readerTokenBody is the body of the reader token's create call.
@@ -170,7 +174,7 @@ func (m *DynamicMinter) readerTokenBody(req broker.MintRequest, secs int64) map[
 		"renewable":         false,
 		"num_uses":          0, // a used-up token is revoked, and its lease with it
 		"display_name":      req.IssuanceID + "-" + req.Workload,
-		"meta":              issuanceMeta(req),
+		"meta":              issuanceMeta(req, m.deployment),
 	}
 }
 

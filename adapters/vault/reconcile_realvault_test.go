@@ -2,8 +2,11 @@ package vault_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/keytrail/keytrail/adapters/memstore"
 	vault "github.com/keytrail/keytrail/adapters/vault"
@@ -21,7 +24,9 @@ func TestRealVaultReconcile(t *testing.T) {
 	defer cancel()
 	root := v.Client // the inventory lists accessors, which needs sudo
 
-	mint := func(t *testing.T, m *vault.TokenMinter, ttl time.Duration) *broker.Credential {
+	// mint mints a token for a new issuance and returns that issuance
+	// (its id and references), recorded nowhere.
+	mint := func(t *testing.T, m *vault.TokenMinter, ttl time.Duration) *broker.Issuance {
 		t.Helper()
 		req := broker.MintRequest{
 			IssuanceID: broker.NewID(broker.PrefixIssuance), Workload: "app", Owner: "team-app", SessionID: "ses_rec",
@@ -33,7 +38,8 @@ func TestRealVaultReconcile(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Mint() = %v", err)
 		}
-		return cred
+		return &broker.Issuance{ID: req.IssuanceID, Workload: req.Workload, Owner: req.Owner, SessionID: req.SessionID,
+			Grant: req.Grant.Name, Kind: req.Grant.Kind, IssuedAt: req.Now, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs}
 	}
 	// gone reports whether Vault no longer knows the token of accessor.
 	gone := func(t *testing.T, accessor string) bool {
@@ -89,6 +95,80 @@ func TestRealVaultReconcile(t *testing.T) {
 		}
 		if types := sink.Types(); len(types) != 0 {
 			t.Errorf("audit events %v, want none for a token that expired on its own", types)
+		}
+	})
+
+	// Two keytrail deployments (each its own in-memory store) share this
+	// Vault. Each one's reconciliation revokes only its own orphans (and
+	// those minted before tokens named their deployment), never the other
+	// deployment's tokens, which its own records cannot explain.
+	t.Run("ok/two-deployments-leave-each-others-tokens", func(t *testing.T) {
+		minter := func(deployment string) *vault.TokenMinter {
+			m, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: root, Deployment: deployment})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+		reconciler := func(deployment string, store broker.Store, sink broker.AuditSink) *broker.Reconciler {
+			inv, err := vault.NewTokenInventory(vault.TokenInventoryOptions{Client: root, Deployment: deployment})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: inv, Store: store, Audit: sink,
+				Now: func() time.Time { return time.Now().Add(time.Hour) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		orphanA := mint(t, minter("dep-a"), 10*time.Minute) // a's, never recorded (a crashed)
+		legacy := mint(t, minter(""), 10*time.Minute)       // minted before tokens named a deployment
+		ofB := mint(t, minter("dep-b"), 10*time.Minute)     // b's, recorded by b
+		sec, err := root.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": ofB.Refs.Accessor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if meta, _ := sec.Data["meta"].(map[string]any); meta[vault.MetaDeployment] != "dep-b" {
+			t.Errorf("meta of b's token = %v, want deployment dep-b", meta)
+		}
+		storeB := memstore.New(time.Now)
+		if err := storeB.PutIssuance(ctx, ofB); err != nil {
+			t.Fatal(err)
+		}
+
+		sinkA := &brokertest.Sink{}
+		rep, err := reconciler("dep-a", memstore.New(time.Now), sinkA).RunOnce(ctx)
+		if err != nil {
+			t.Fatalf("a: RunOnce() = %v", err)
+		}
+		if rep.Revoked != 2 || rep.Failures != 0 {
+			t.Errorf("a: RunOnce() = %+v, want 2 revoked (its orphan and the untagged one)", rep)
+		}
+		var revoked []string
+		for _, ev := range sinkA.Events() {
+			revoked = append(revoked, ev.IssuanceID+" "+ev.Reason)
+		}
+		slices.Sort(revoked)
+		want := []string{orphanA.ID + " " + broker.OrphanNoRecord, legacy.ID + " " + broker.OrphanNoRecord}
+		slices.Sort(want)
+		if diff := cmp.Diff(want, revoked); diff != "" {
+			t.Errorf("a's orphan_revoked events (-want +got):\n%s", diff)
+		}
+		if gone(t, ofB.Refs.Accessor) {
+			t.Fatalf("a's reconciliation revoked b's token %s", ofB.ID)
+		}
+
+		sinkB := &brokertest.Sink{}
+		rep, err = reconciler("dep-b", storeB, sinkB).RunOnce(ctx)
+		if err != nil {
+			t.Fatalf("b: RunOnce() = %v", err)
+		}
+		if rep.Revoked != 0 || rep.Kept != 1 || len(sinkB.Events()) != 0 {
+			t.Errorf("b: RunOnce() = %+v with events %v, want its recorded token kept and nothing revoked", rep, sinkB.Types())
+		}
+		if gone(t, ofB.Refs.Accessor) {
+			t.Errorf("b's token %s was revoked", ofB.ID)
 		}
 	})
 }

@@ -22,7 +22,12 @@ type TokenMinterOptions struct {
 	// auth/token/create-orphan. The role must have orphan=true and
 	// allowed_policies covering the grants; see the package documentation.
 	Role string
-	Now  func() time.Time // default time.Now
+	// Deployment, when set, is added to the token meta as "deployment":
+	// the keytrail deployment that minted the token, so that the
+	// reconciliation of another deployment sharing this Vault leaves the
+	// token alone (see TokenInventoryOptions.Deployment).
+	Deployment string
+	Now        func() time.Time // default time.Now
 }
 
 // TokenMinter mints and revokes Vault tokens for grants of kind vault_token.
@@ -31,14 +36,16 @@ type TokenMinterOptions struct {
 // not renewable, with ttl and explicit_max_ttl both set to the request's TTL
 // so nothing can extend it, the grant's policies and num_uses, display name
 // keytrail-<workload> (stored by Vault as token-keytrail-<workload>) and meta
-// {workload, owner, session_id, issuance_id, grant}, which Vault writes in
+// {workload, owner, session_id, issuance_id, grant} (and deployment when
+// TokenMinterOptions.Deployment is set), which Vault writes in
 // clear into the auth block of every audit entry of every request made with
 // the token.
 type TokenMinter struct {
-	c    *vaultapi.Client
-	path string
-	role string
-	now  func() time.Time
+	c          *vaultapi.Client
+	path       string
+	role       string
+	deployment string
+	now        func() time.Time
 }
 
 var (
@@ -62,7 +69,7 @@ func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &TokenMinter{c: o.Client, path: path, role: o.Role, now: now}, nil
+	return &TokenMinter{c: o.Client, path: path, role: o.Role, deployment: o.Deployment, now: now}, nil
 }
 
 // CheckRole reads the token role the minter creates tokens through (none
@@ -96,7 +103,7 @@ func (m *TokenMinter) CheckRole(ctx context.Context) error {
 }
 
 // tokenCreateBody is the body of the create call.
-func tokenCreateBody(req broker.MintRequest, secs int64) map[string]any {
+func tokenCreateBody(req broker.MintRequest, secs int64, deployment string) map[string]any {
 	g := req.Grant.VaultToken
 	ttl := strconv.FormatInt(secs, 10) + "s"
 	return map[string]any{
@@ -107,7 +114,7 @@ func tokenCreateBody(req broker.MintRequest, secs int64) map[string]any {
 		"renewable":        false,
 		"num_uses":         g.NumUses,
 		"display_name":     "keytrail-" + req.Workload,
-		"meta":             issuanceMeta(req),
+		"meta":             issuanceMeta(req, deployment),
 	}
 }
 
@@ -135,7 +142,7 @@ func (m *TokenMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker
 	}
 
 	const op = "create token"
-	sec, err := m.c.Logical().WriteWithContext(ctx, m.path, tokenCreateBody(req, secs))
+	sec, err := m.c.Logical().WriteWithContext(ctx, m.path, tokenCreateBody(req, secs, m.deployment))
 	if err != nil {
 		return nil, translate(op, err)
 	}
@@ -227,13 +234,23 @@ func brokerPolicy(tokenRole, mount string, transitKeys ...string) string {
 
 // issuanceMeta is the token meta every keytrail-minted Vault token carries
 // (SPEC "Audit log"), so each Vault audit entry made with it names its
-// issuance.
-func issuanceMeta(req broker.MintRequest) map[string]string {
-	return map[string]string{
+// issuance, and, when deployment is set, the keytrail deployment that
+// minted it (MetaDeployment).
+func issuanceMeta(req broker.MintRequest, deployment string) map[string]string {
+	m := map[string]string{
 		"workload":    req.Workload,
 		"owner":       req.Owner,
 		"session_id":  req.SessionID,
 		"issuance_id": req.IssuanceID,
 		"grant":       req.Grant.Name,
 	}
+	if deployment != "" {
+		m[MetaDeployment] = deployment
+	}
+	return m
 }
+
+// MetaDeployment is the token meta key naming the keytrail deployment that
+// minted a token. A token without it was minted before deployments were
+// tagged (or by a minter without one).
+const MetaDeployment = "deployment"

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -9,12 +11,14 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/adapters/redisstore"
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
@@ -47,6 +51,11 @@ type Config struct {
 	PprofListen string `yaml:"pprof_listen"`
 	// Authn tunes identity-token verification.
 	Authn AuthnConfig `yaml:"authn"`
+	// Deployment names this keytrail deployment (the instances sharing one
+	// store) in the meta of the Vault tokens it mints: the Vault token
+	// reconciliation leaves another deployment's tokens alone. Default
+	// (empty): derived from the store, see deploymentID.
+	Deployment string `yaml:"deployment"`
 }
 
 // AuthnConfig tunes identity-token verification.
@@ -439,6 +448,9 @@ func (c *Config) validate(file string) error {
 	if c.ShutdownDrain < 0 {
 		bad("shutdown_drain", "must not be negative (0: the default, no drain)")
 	}
+	if d := c.Deployment; d != "" && !validDeployment(d) {
+		bad("deployment", "must be 1 to 64 letters, digits, '.', '_' or '-'")
+	}
 	if c.Authn.VerifiedCacheSize < -1 {
 		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")
 	}
@@ -478,4 +490,66 @@ func isLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// validDeployment reports whether d is a deployment name: 1 to 64
+// letters, digits, '.', '_' or '-'.
+func validDeployment(d string) bool {
+	if len(d) == 0 || len(d) > 64 {
+		return false
+	}
+	for _, r := range d {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// deploymentID is the deployment the broker tags its Vault tokens with
+// (Config.Deployment): the configured one, or by default
+//   - with the in-memory store (one instance, its own deployment), chain:
+//     the id of its audit chain, which a restart with the same audit file
+//     keeps;
+//   - with Redis, "redis-" and 16 hex digits of the SHA-256 of the store's
+//     location (the redis_url's host, port and database, without user
+//     info or query; or the sorted addrs and master_name) and key prefix:
+//     the same for every instance configured with that store and prefix,
+//     different for a deployment with another Redis or prefix.
+func deploymentID(c *Config, chain string) string {
+	if c.Deployment != "" {
+		return c.Deployment
+	}
+	if !c.Store.Shared() {
+		return chain
+	}
+	prefix := c.Store.Prefix
+	if prefix == "" {
+		prefix = redisstore.DefaultPrefix
+	}
+	var loc string
+	if c.Store.RedisURL != "" {
+		loc = "url"
+		if u, err := url.Parse(c.Store.RedisURL); err == nil {
+			host := strings.ToLower(u.Hostname())
+			port := u.Port()
+			if port == "" {
+				port = "6379"
+			}
+			db := strings.Trim(u.Path, "/")
+			if db == "" {
+				db = "0"
+			}
+			loc += "\x00" + net.JoinHostPort(host, port) + "\x00" + db
+		}
+	} else {
+		addrs := make([]string, len(c.Store.Addrs))
+		for i, a := range c.Store.Addrs {
+			addrs[i] = strings.ToLower(a)
+		}
+		slices.Sort(addrs)
+		loc = "addrs\x00" + strings.Join(addrs, ",") + "\x00" + c.Store.MasterName
+	}
+	sum := sha256.Sum256([]byte(loc + "\x00" + prefix))
+	return "redis-" + hex.EncodeToString(sum[:8])
 }

@@ -53,7 +53,7 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 			*p.dst = d
 		}
 	}
-	inv, err := vaultad.NewTokenInventory(vaultad.TokenInventoryOptions{Client: rt.vault})
+	inv, err := vaultad.NewTokenInventory(vaultad.TokenInventoryOptions{Client: rt.vault, Deployment: rt.deployment})
 	if err != nil {
 		return err
 	}

@@ -242,3 +242,54 @@ func TestAuditIssueIndexRotationDuringSnapshot(t *testing.T) {
 		t.Errorf("Snapshot().Since = %v, want %v", snap.Since, want)
 	}
 }
+
+// TestDeploymentID: the deployment a broker tags its Vault tokens with is
+// the same for every instance of one deployment (the same store) and
+// differs between deployments (another store, Redis or prefix), so that
+// deployments sharing a Vault never reconcile each other's tokens.
+func TestDeploymentID(t *testing.T) {
+	const chain = "chn_01JCHAIN0000000000000000000"
+	id := func(c Config) string { return deploymentID(&c, chain) }
+	url := func(u string) Config { return Config{Store: StoreConfig{RedisURL: u}} }
+	addrs := func(master string, a ...string) Config {
+		return Config{Store: StoreConfig{Addrs: a, MasterName: master}}
+	}
+
+	if got := id(Config{Deployment: "prod-eu", Store: StoreConfig{RedisURL: "redis://r:6379"}}); got != "prod-eu" {
+		t.Errorf("configured deployment: deploymentID() = %q, want prod-eu", got)
+	}
+	if got := id(Config{}); got != chain {
+		t.Errorf("in-memory store: deploymentID() = %q, want the audit chain %q", got, chain)
+	}
+	same := [][]Config{
+		// One Redis, spelled the ways instances of a deployment may.
+		{url("redis://r:6379"), url("redis://r"), url("redis://user:secret@R:6379/0"), url("rediss://r:6379/?dial_timeout=1s"),
+			{Store: StoreConfig{RedisURL: "redis://r:6379", Prefix: "{keytrail}:"}}},
+		{addrs("m", "a:1", "b:2"), addrs("m", "b:2", "a:1")},
+	}
+	for _, group := range same {
+		for _, c := range group[1:] {
+			if a, b := id(group[0]), id(c); a != b {
+				t.Errorf("deploymentID(%+v) = %q, deploymentID(%+v) = %q; want the same deployment", group[0].Store, a, c.Store, b)
+			}
+		}
+	}
+	seen := map[string]StoreConfig{}
+	for _, c := range []Config{
+		url("redis://r:6379"), url("redis://other:6379"), url("redis://r:6380"), url("redis://r:6379/1"),
+		{Store: StoreConfig{RedisURL: "redis://r:6379", Prefix: "staging:"}},
+		addrs("m", "a:1", "b:2"), addrs("", "a:1", "b:2"), addrs("m", "a:1"),
+	} {
+		got := id(c)
+		if !strings.HasPrefix(got, "redis-") || !validDeployment(got) {
+			t.Errorf("deploymentID(%+v) = %q, want redis-<hex>, a valid deployment", c.Store, got)
+		}
+		if prev, ok := seen[got]; ok {
+			t.Errorf("deploymentID(%+v) = deploymentID(%+v) = %q, want different deployments", c.Store, prev, got)
+		}
+		seen[got] = c.Store
+	}
+	if got := id(url("redis://user:hunter2@r:6379")); strings.Contains(got, "hunter2") {
+		t.Errorf("deploymentID() = %q carries the Redis password", got)
+	}
+}

@@ -114,6 +114,8 @@ type brokerRuntime struct {
 	closers []func() error
 	reg     *prometheus.Registry
 	metrics *opsMetrics
+	// deployment tags the Vault tokens this broker mints (deploymentID).
+	deployment string
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
 	// now is the clock of key retirement (policyState.retiring); nil means
@@ -425,6 +427,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	rt.sink = sink
+	rt.deployment = deploymentID(cfg, sink.ChainID())
+	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
 	// Closers run in reverse: every background loop started from here on
 	// (policy watcher, clock watch, revocation worker, reconciler) writes
 	// audit events and so must stop before the sink closes.
@@ -438,7 +442,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 
-	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc, Role: cfg.Vault.TokenRole})
+	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc, Role: cfg.Vault.TokenRole, Deployment: rt.deployment})
 	if err != nil {
 		return fmt.Errorf("vault.token_role: %w", err)
 	}
@@ -457,7 +461,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc, Role: cfg.Vault.TokenRole})
+	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc, Role: cfg.Vault.TokenRole, Deployment: rt.deployment})
 	if err != nil {
 		return err
 	}
