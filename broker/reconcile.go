@@ -91,9 +91,9 @@ type ReconcilerOptions struct {
 	// Interval between runs after the one at start-up (default 5m).
 	Interval time.Duration
 	// Grace leaves alone credentials created less than Grace ago: an
-	// exchange may be between its mint and its durable record (default 1m;
-	// it must exceed the broker's mint timeout plus store and audit
-	// timeouts, Deps.MintTimeout + StoreTimeout + AuditTimeout).
+	// exchange may be between its mint and its durable record (default
+	// DefaultReconcileGrace; it must exceed the broker's mint timeout plus
+	// store and audit timeouts, the sum of Service.Timeouts).
 	Grace time.Duration
 	// CallTimeout bounds each backend, store or audit call (default 10s).
 	CallTimeout time.Duration
@@ -142,6 +142,9 @@ const (
 	OrphanStoreFailed = "store_failed"
 )
 
+// DefaultReconcileGrace is ReconcilerOptions.Grace when it is not set.
+const DefaultReconcileGrace = time.Minute
+
 var errYoungRevocation = errors.New("revocation in progress")
 
 // NewReconciler validates o and returns a Reconciler.
@@ -166,7 +169,7 @@ func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
 		o.Interval = 5 * time.Minute
 	}
 	if o.Grace == 0 {
-		o.Grace = time.Minute
+		o.Grace = DefaultReconcileGrace
 	}
 	if o.CallTimeout == 0 {
 		o.CallTimeout = 10 * time.Second

@@ -124,6 +124,19 @@ func (s *Service) Store() Store { return s.d.Store }
 // Now returns the Service's clock reading.
 func (s *Service) Now() time.Time { return s.d.Now() }
 
+// Timeouts are the bounds of one exchange's steps (Deps, defaults
+// applied).
+type Timeouts struct {
+	Mint, Store, Audit time.Duration
+}
+
+// Timeouts returns the Service's timeouts. An exchange's credential is
+// durably recorded (store write and issue event) within their sum of the
+// start of its mint, or never: the reconciliation's grace must exceed it.
+func (s *Service) Timeouts() Timeouts {
+	return Timeouts{Mint: s.d.MintTimeout, Store: s.d.StoreTimeout, Audit: s.d.AuditTimeout}
+}
+
 // ExchangeRequest is a validated RFC 8693 token-exchange request.
 type ExchangeRequest struct {
 	SubjectToken string

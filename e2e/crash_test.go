@@ -41,7 +41,7 @@ func testCrashConsistency(t *testing.T, withRedis bool) {
 	const (
 		rounds      = 3
 		concurrency = 200
-		grace       = 10 * time.Second // > Vault timeout (5s) + store + audit time
+		grace       = 20 * time.Second // > the broker's floor: 5s mint + 2s store + 10s audit + 2s
 	)
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, seed>>1))
@@ -203,7 +203,7 @@ func testCrashConsistency(t *testing.T, withRedis bool) {
 // the second, which only the other instance's log could judge, and the
 // credential it issued itself.
 func TestReconcileOwnChainSharedStore(t *testing.T) {
-	const grace = 2 * time.Second
+	const grace = 20 * time.Second // > the broker's floor (19s), which a shorter one is raised to
 	v := harness.StartVault(t)
 	setupVaultPolicies(t, v)
 	rd := harness.StartRedis(t)

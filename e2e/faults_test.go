@@ -326,7 +326,7 @@ func TestFaults(t *testing.T) {
 	t.Run("vault-slow-past-deadline", func(t *testing.T) {
 		rl := startDelayRelay(t, strings.TrimPrefix(v.Addr, "http://"))
 		s := startFaultStack(t, v, faultOptions{vaultAddr: rl.URL(), vaultTimeout: "1s",
-			env: []string{"KEYTRAIL_RECONCILE_INTERVAL=1s", "KEYTRAIL_RECONCILE_GRACE=2s"}})
+			env: []string{"KEYTRAIL_RECONCILE_INTERVAL=1s", "KEYTRAIL_RECONCILE_GRACE=20s"}}) // > the broker's floor, 19s
 		if r := faultExchange(t, s.url, s.token(t, "app-slow")); r.status != 200 || !r.credential {
 			t.Fatalf("before the fault: exchange = %+v, want 200 with a credential", r)
 		}
@@ -354,7 +354,7 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("vault slow: the deny event names no issuance id")
 		}
 		rl.SetDelay(0)
-		waitFor(t, 30*time.Second, "an orphan_revoked event for the late token "+lost, func() bool {
+		waitFor(t, 50*time.Second, "an orphan_revoked event for the late token "+lost, func() bool {
 			for _, ev := range auditEvents(t, s.auditPath) {
 				if ev.Type == audit.TypeOrphanRevoked && ev.IssuanceID == lost {
 					return true
@@ -412,7 +412,7 @@ func TestFaults(t *testing.T) {
 	// as a single instance and revoke them as not_audited.
 	t.Run("reconcile-shared-store-addrs", func(t *testing.T) {
 		rd := harness.StartRedis(t)
-		reconcile := []string{"KEYTRAIL_RECONCILE_INTERVAL=1s", "KEYTRAIL_RECONCILE_GRACE=1s"}
+		reconcile := []string{"KEYTRAIL_RECONCILE_INTERVAL=1s", "KEYTRAIL_RECONCILE_GRACE=20s"}
 		a := startFaultStack(t, v, faultOptions{redisAddrs: rd.Addr(), env: reconcile})
 		b := startFaultStack(t, v, faultOptions{redisAddrs: rd.Addr(), env: reconcile})
 		r := faultExchange(t, b.url, b.token(t, "app-shared"))

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,6 +34,52 @@ const (
 	envReconcileGrace    = "KEYTRAIL_RECONCILE_GRACE"
 )
 
+// graceFloor is the shortest safe reconciliation grace: an exchange's
+// Vault token is durably recorded (store write, then issue event) within
+// its create call (vault.timeout, or the broker's mint timeout if that is
+// longer) plus the store and audit timeouts of its creation, or never; 2s
+// more cover Vault's creation_time, which is in whole seconds. A shorter
+// grace lets a run revoke a token whose exchange is still recording it
+// (no_record, or not_audited while its issue event is pending), and the
+// workload is handed a revoked token.
+func graceFloor(vaultTimeout time.Duration, t broker.Timeouts) time.Duration {
+	return max(vaultTimeout, t.Mint) + t.Store + t.Audit + 2*time.Second
+}
+
+// reconcileTuning reads KEYTRAIL_RECONCILE_INTERVAL and
+// KEYTRAIL_RECONCILE_GRACE (interval 0: the Reconciler's default). A
+// grace, set or the default, shorter than floor (graceFloor) is raised to
+// floor, and warn says so, naming the variable.
+func reconcileTuning(getenv func(string) string, floor time.Duration) (interval, grace time.Duration, warn string, err error) {
+	for _, p := range []struct {
+		name string
+		dst  *time.Duration
+	}{{envReconcileInterval, &interval}, {envReconcileGrace, &grace}} {
+		if v := getenv(p.name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return 0, 0, "", fmt.Errorf("%s: %q is not a positive duration like 30s or 5m", p.name, v)
+			}
+			*p.dst = d
+		}
+	}
+	set := grace != 0
+	if !set {
+		grace = broker.DefaultReconcileGrace
+	}
+	if grace < floor {
+		what := envReconcileGrace + "=" + getenv(envReconcileGrace)
+		if !set {
+			what = "the default " + envReconcileGrace + " (" + grace.String() + ")"
+		}
+		warn = fmt.Sprintf("%s is shorter than %s, the longest an exchange may take from its Vault create call to its durable record "+
+			"(vault.timeout or the mint timeout, whichever is longer, + store and audit timeouts + 2s): using %s, "+
+			"as a shorter grace could revoke a token still being recorded", what, floor, floor)
+		grace = floor
+	}
+	return interval, grace, warn, nil
+}
+
 // startReconciler runs the Vault token reconciliation (broker.Reconciler)
 // at start-up and periodically, in the background.
 func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
@@ -40,18 +87,13 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 		rt.log.Warn("reconciliation disabled by " + envReconcile)
 		return nil
 	}
-	var interval, grace time.Duration
-	for _, p := range []struct {
-		name string
-		dst  *time.Duration
-	}{{envReconcileInterval, &interval}, {envReconcileGrace, &grace}} {
-		if v := e.getenv(p.name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil || d <= 0 {
-				return fmt.Errorf("%s: %q is not a positive duration like 30s or 5m", p.name, v)
-			}
-			*p.dst = d
-		}
+	floor := graceFloor(time.Duration(rt.cfg.Vault.Timeout), rt.svc.Timeouts())
+	interval, grace, warn, err := reconcileTuning(e.getenv, floor)
+	if err != nil {
+		return err
+	}
+	if warn != "" {
+		rt.log.Warn(warn, slog.Duration("grace", grace), slog.Duration("vault_timeout", time.Duration(rt.cfg.Vault.Timeout)))
 	}
 	inv, err := vaultad.NewTokenInventory(vaultad.TokenInventoryOptions{Client: rt.vault, Deployment: rt.deployment})
 	if err != nil {

@@ -12,7 +12,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 func TestAuditIssueIndex(t *testing.T) {
@@ -291,5 +294,74 @@ func TestDeploymentID(t *testing.T) {
 	}
 	if got := id(url("redis://user:hunter2@r:6379")); strings.Contains(got, "hunter2") {
 		t.Errorf("deploymentID() = %q carries the Redis password", got)
+	}
+}
+
+// TestReconcileGraceFloor: a reconciliation grace shorter than an exchange
+// may take from its Vault create call to its durable record would let a
+// run revoke a token still being recorded (no_record, or not_audited while
+// its issue event is pending), and the workload be handed a revoked
+// token. Such a grace, set or the default, is raised, with a warning
+// naming KEYTRAIL_RECONCILE_GRACE.
+func TestReconcileGraceFloor(t *testing.T) {
+	svc, err := broker.NewService(broker.Deps{Policy: func() *policies.Policy { return nil }, Authn: func() broker.Authenticator { return nil },
+		Store: memstore.New(time.Now), Audit: brokertest.DiscardSink{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The broker's defaults: 5s mint, 2s store, 10s audit.
+	floor := graceFloor(5*time.Second, svc.Timeouts())
+	if floor != 19*time.Second {
+		t.Errorf("graceFloor(vault.timeout 5s, defaults) = %v, want 19s", floor)
+	}
+	if got := graceFloor(time.Second, svc.Timeouts()); got != floor {
+		t.Errorf("graceFloor(vault.timeout 1s) = %v, want %v (the mint timeout bounds the create call)", got, floor)
+	}
+	if got := graceFloor(time.Minute, svc.Timeouts()); got != 74*time.Second {
+		t.Errorf("graceFloor(vault.timeout 1m) = %v, want 74s", got)
+	}
+
+	tests := []struct {
+		name         string
+		env          map[string]string
+		floor        time.Duration
+		wantInterval time.Duration
+		wantGrace    time.Duration
+		wantWarn     []string // substrings; none: no warning
+		wantErr      string
+	}{
+		{name: "ok/defaults", floor: floor, wantGrace: time.Minute},
+		{name: "ok/set-above-floor", env: map[string]string{envReconcileGrace: "30s", envReconcileInterval: "10s"}, floor: floor,
+			wantInterval: 10 * time.Second, wantGrace: 30 * time.Second},
+		{name: "ok/set-below-floor-raised", env: map[string]string{envReconcileGrace: "2s"}, floor: floor, wantGrace: floor,
+			wantWarn: []string{"KEYTRAIL_RECONCILE_GRACE=2s is shorter than 19s", "vault.timeout", "using 19s"}},
+		{name: "ok/default-below-floor-raised", floor: 74 * time.Second, wantGrace: 74 * time.Second,
+			wantWarn: []string{"the default KEYTRAIL_RECONCILE_GRACE (1m0s) is shorter than 1m14s", "vault.timeout"}},
+		{name: "fail/not-a-duration", env: map[string]string{envReconcileGrace: "soon"}, floor: floor, wantErr: "KEYTRAIL_RECONCILE_GRACE"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			interval, grace, warn, err := reconcileTuning(func(k string) string { return tc.env[k] }, tc.floor)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("reconcileTuning() error = %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if interval != tc.wantInterval || grace != tc.wantGrace {
+				t.Errorf("reconcileTuning() = interval %v, grace %v; want %v, %v", interval, grace, tc.wantInterval, tc.wantGrace)
+			}
+			if (warn != "") != (len(tc.wantWarn) > 0) {
+				t.Errorf("reconcileTuning() warning = %q, want one: %v", warn, len(tc.wantWarn) > 0)
+			}
+			for _, w := range tc.wantWarn {
+				if !strings.Contains(warn, w) {
+					t.Errorf("reconcileTuning() warning = %q, want it to say %q", warn, w)
+				}
+			}
+		})
 	}
 }
