@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -117,6 +119,32 @@ type ReconcilerOptions struct {
 // revokes explained credentials).
 type Reconciler struct {
 	o ReconcilerOptions
+
+	mu    sync.Mutex
+	stats ReconcileStats
+}
+
+// ReconcileStats are a Reconciler's totals since it was made (the
+// keytrail_reconcile_* metrics). A run cut short by the end of its ctx
+// (shutdown) counts neither as completed nor as failed.
+type ReconcileStats struct {
+	Runs       uint64            // runs that completed
+	FailedRuns uint64            // runs stopped by an error (store, audit index or backend listing)
+	Listed     uint64            // tagged credentials the runs looked at (ReconcileReport.Listed)
+	Revoked    map[string]uint64 // orphans revoked, by reason (OrphanNoRecord, ...)
+	Gone       uint64            // orphans already gone at their revocation (nothing recorded)
+	Failures   uint64            // orphans whose revocation or event failed
+	// LastSuccess is when the last completed run ended (zero: none yet).
+	LastSuccess time.Time
+}
+
+// Stats returns the Reconciler's totals.
+func (r *Reconciler) Stats() ReconcileStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.stats
+	s.Revoked = maps.Clone(r.stats.Revoked)
+	return s
 }
 
 // ReconcileReport summarises one run.
@@ -180,7 +208,7 @@ func NewReconciler(o ReconcilerOptions) (*Reconciler, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{o: o}, nil
+	return &Reconciler{o: o, stats: ReconcileStats{Revoked: map[string]uint64{}}}, nil
 }
 
 // Run reconciles at once and then every Interval until ctx ends. A failed
@@ -215,6 +243,24 @@ func (r *Reconciler) Run(ctx context.Context) error {
 
 // RunOnce runs one reconciliation.
 func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
+	rep, err := r.runOnce(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats.Listed += uint64(rep.Listed)
+	r.stats.Gone += uint64(rep.Gone)
+	r.stats.Failures += uint64(rep.Failures)
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		r.stats.FailedRuns++
+	default:
+		r.stats.Runs++
+		r.stats.LastSuccess = r.o.Now()
+	}
+	return rep, err
+}
+
+func (r *Reconciler) runOnce(ctx context.Context) (ReconcileReport, error) {
 	var rep ReconcileReport
 	snap := IssuedSnapshot{Issued: func(string) bool { return false }} // no index: the Store alone decides
 	if r.o.Issued != nil {
@@ -285,6 +331,9 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 			continue
 		}
 		rep.Revoked++
+		r.mu.Lock()
+		r.stats.Revoked[why]++
+		r.mu.Unlock()
 	}
 	return rep, nil
 }

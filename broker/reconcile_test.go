@@ -546,3 +546,77 @@ func TestReconcilerRevocationFinishesOnShutdown(t *testing.T) {
 		t.Errorf("events = %+v, want one orphan_revoked (no_record) for iss_orphan / acc_orphan", evs)
 	}
 }
+
+// TestReconcilerStats: the totals behind the keytrail_reconcile_* metrics.
+func TestReconcilerStats(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	old := now.Add(-10 * time.Minute)
+	ctx := context.Background()
+	store := memstore.New(func() time.Time { return now })
+	for _, is := range []*broker.Issuance{
+		{ID: "iss_kept", Workload: "app", Kind: broker.KindVaultToken, IssuedAt: old, ExpiresAt: now.Add(time.Hour),
+			Refs: broker.CredentialRefs{Accessor: "acc_kept"}},
+		{ID: "iss_rev", Workload: "app", Kind: broker.KindVaultToken, IssuedAt: old, ExpiresAt: now.Add(time.Hour),
+			Refs: broker.CredentialRefs{Accessor: "acc_rev"}, RevokedAt: old},
+	} {
+		if err := store.PutIssuance(ctx, is); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cred := func(iss, acc string) broker.TaggedCredential {
+		return broker.TaggedCredential{Kind: broker.KindVaultToken, Ref: acc, IssuanceID: iss, Workload: "app", CreatedAt: old}
+	}
+	src := &fakeTagged{creds: []broker.TaggedCredential{cred("iss_kept", "acc_kept"), cred("iss_rev", "acc_rev"), cred("iss_none", "acc_none")}}
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: store, Audit: &brokertest.Sink{}, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := broker.ReconcileStats{Revoked: map[string]uint64{}}
+	if diff := cmp.Diff(want, r.Stats()); diff != "" {
+		t.Errorf("Stats() before any run (-want +got):\n%s", diff)
+	}
+
+	// A completed run: 3 looked at, 2 revoked for their reasons.
+	if _, err := r.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want = broker.ReconcileStats{Runs: 1, Listed: 3, Revoked: map[string]uint64{broker.OrphanRevoked: 1, broker.OrphanNoRecord: 1}, LastSuccess: now}
+	if diff := cmp.Diff(want, r.Stats()); diff != "" {
+		t.Errorf("Stats() after a run (-want +got):\n%s", diff)
+	}
+
+	// A failed run (the listing failed): counted, the last success stays.
+	src.listErr = broker.Unavailable("vault_unavailable", time.Second, errors.New("down"))
+	if _, err := r.RunOnce(ctx); err == nil {
+		t.Fatal("RunOnce() with a failing listing = nil error")
+	}
+	want.FailedRuns = 1
+	if diff := cmp.Diff(want, r.Stats()); diff != "" {
+		t.Errorf("Stats() after a failed run (-want +got):\n%s", diff)
+	}
+
+	// Revocations that fail, or find the token gone, are counted apart.
+	src.listErr = nil
+	src.revErr = broker.Unavailable("vault_unavailable", time.Second, errors.New("down"))
+	now = now.Add(time.Minute)
+	if _, err := r.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src.revErr = broker.Errorf(broker.ErrNotFound, "token_gone", "gone", nil)
+	if _, err := r.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want.Runs, want.Listed, want.Failures, want.Gone, want.LastSuccess = 3, 9, 2, 2, now
+	if diff := cmp.Diff(want, r.Stats()); diff != "" {
+		t.Errorf("Stats() after failed and gone revocations (-want +got):\n%s", diff)
+	}
+
+	// A run cut short by shutdown is neither completed nor failed.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	_, _ = r.RunOnce(cctx)
+	got := r.Stats()
+	if got.Runs != want.Runs || got.FailedRuns != want.FailedRuns {
+		t.Errorf("Stats() after a run cut short = runs %d, failed %d; want %d, %d", got.Runs, got.FailedRuns, want.Runs, want.FailedRuns)
+	}
+}

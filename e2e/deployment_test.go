@@ -32,9 +32,20 @@ func TestTwoDeploymentsShareVault(t *testing.T) {
 
 	// Two of a's runs that began once b's token was past the grace (a
 	// run logs its line when it ends, one interval after the previous).
-	waitFor(t, grace+30*time.Second, "two reconciliations on a judging b's token past the grace", func() bool {
+	waitFor(t, grace+60*time.Second, "two reconciliations on a judging b's token past the grace", func() bool {
 		return reconciliationsAfter(a.broker.Logs(), minted.Add(grace+time.Second)) >= 2
 	})
+	// a's metrics count those runs and no revocation.
+	m := metrics(t, a.url)
+	if got := metricValue(m, `keytrail_reconcile_runs_total{outcome="ok"}`); got < 2 {
+		t.Errorf(`keytrail_reconcile_runs_total{outcome="ok"} on a = %v, want 2 or more`, got)
+	}
+	if got := metricValue(m, `keytrail_reconcile_revoked_total{reason="no_record"}`); got != 0 {
+		t.Errorf(`keytrail_reconcile_revoked_total{reason="no_record"} on a = %v, want 0`, got)
+	}
+	if got := metricValue(m, "keytrail_reconcile_last_success_timestamp_seconds"); got < float64(minted.Unix()) {
+		t.Errorf("keytrail_reconcile_last_success_timestamp_seconds on a = %v, want after %d", got, minted.Unix())
+	}
 	live := liveKeytrailTokens(t, v)
 	for _, s := range []struct {
 		name, auditPath, issuanceID string

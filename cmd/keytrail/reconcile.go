@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
@@ -112,7 +113,51 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	if err := registerReconcileMetrics(rt.reg, rec); err != nil {
+		return err
+	}
 	rt.goBackground(ctx, rec.Run)
+	return nil
+}
+
+// orphanReasons are the reasons the reconciliation revokes for, each a
+// keytrail_reconcile_revoked_total series from the start.
+var orphanReasons = []string{broker.OrphanNoRecord, broker.OrphanNotAudited, broker.OrphanRevoked, broker.OrphanAccessorChanged}
+
+// registerReconcileMetrics exposes the reconciliation's totals
+// (broker.ReconcileStats) as the keytrail_reconcile_* metrics.
+func registerReconcileMetrics(reg prometheus.Registerer, rec *broker.Reconciler) error {
+	stat := func(f func(broker.ReconcileStats) float64) func() float64 {
+		return func() float64 { return f(rec.Stats()) }
+	}
+	cs := []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_reconcile_runs_total", Help: "Vault token reconciliation runs by outcome (ok, error: stopped by a store, audit index or Vault listing failure, revoking nothing after it).",
+			ConstLabels: prometheus.Labels{"outcome": "ok"}}, stat(func(s broker.ReconcileStats) float64 { return float64(s.Runs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_reconcile_runs_total", Help: "Vault token reconciliation runs by outcome (ok, error: stopped by a store, audit index or Vault listing failure, revoking nothing after it).",
+			ConstLabels: prometheus.Labels{"outcome": "error"}}, stat(func(s broker.ReconcileStats) float64 { return float64(s.FailedRuns) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_reconcile_tokens_total", Help: "Keytrail Vault tokens the reconciliation runs looked at (listed, explained by the store or looked up)."},
+			stat(func(s broker.ReconcileStats) float64 { return float64(s.Listed) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_reconcile_gone_total", Help: "Orphan Vault tokens already gone (expired) when the reconciliation revoked them; nothing recorded."},
+			stat(func(s broker.ReconcileStats) float64 { return float64(s.Gone) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_reconcile_failures_total", Help: "Orphan Vault tokens whose revocation or orphan_revoked event failed (retried next run)."},
+			stat(func(s broker.ReconcileStats) float64 { return float64(s.Failures) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_reconcile_last_success_timestamp_seconds", Help: "When the last completed reconciliation run ended (Unix seconds; 0: none yet)."},
+			stat(func(s broker.ReconcileStats) float64 {
+				if s.LastSuccess.IsZero() {
+					return 0
+				}
+				return float64(s.LastSuccess.UnixNano()) / 1e9
+			})),
+	}
+	for _, reason := range orphanReasons {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keytrail_reconcile_revoked_total", Help: "Orphan Vault tokens the reconciliation revoked (each with an orphan_revoked event), by reason.",
+			ConstLabels: prometheus.Labels{"reason": reason}}, stat(func(s broker.ReconcileStats) float64 { return float64(s.Revoked[reason]) })))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
@@ -363,5 +364,69 @@ func TestReconcileGraceFloor(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReconcileMetrics: the reconciliation's totals are exported as the
+// keytrail_reconcile_* metrics, every revocation reason from the start.
+func TestReconcileMetrics(t *testing.T) {
+	src := &listedTokens{live: []broker.TaggedCredential{
+		{Kind: broker.KindVaultToken, Ref: "acc-1", IssuanceID: broker.NewID(broker.PrefixIssuance), Workload: "app"},
+		{Kind: broker.KindVaultToken, Ref: "acc-2", IssuanceID: broker.NewID(broker.PrefixIssuance), Workload: "app"},
+	}}
+	ended := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	rec, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: memstore.New(time.Now), Audit: brokertest.DiscardSink{},
+		Now: func() time.Time { return ended }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	if err := registerReconcileMetrics(reg, rec); err != nil {
+		t.Fatal(err)
+	}
+	gather := func() map[string]float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				key := mf.GetName()
+				for _, l := range m.GetLabel() {
+					key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+				}
+				switch {
+				case m.GetCounter() != nil:
+					out[key] = m.GetCounter().GetValue()
+				case m.GetGauge() != nil:
+					out[key] = m.GetGauge().GetValue()
+				}
+			}
+		}
+		return out
+	}
+	want := map[string]float64{
+		"keytrail_reconcile_runs_total{outcome=ok}": 0, "keytrail_reconcile_runs_total{outcome=error}": 0,
+		"keytrail_reconcile_tokens_total": 0, "keytrail_reconcile_gone_total": 0, "keytrail_reconcile_failures_total": 0,
+		"keytrail_reconcile_last_success_timestamp_seconds":          0,
+		"keytrail_reconcile_revoked_total{reason=no_record}":         0,
+		"keytrail_reconcile_revoked_total{reason=not_audited}":       0,
+		"keytrail_reconcile_revoked_total{reason=issuance_revoked}":  0,
+		"keytrail_reconcile_revoked_total{reason=reference_differs}": 0,
+	}
+	if diff := cmp.Diff(want, gather()); diff != "" {
+		t.Errorf("metrics before a run (-want +got):\n%s", diff)
+	}
+	if _, err := rec.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want["keytrail_reconcile_runs_total{outcome=ok}"] = 1
+	want["keytrail_reconcile_tokens_total"] = 2
+	want["keytrail_reconcile_revoked_total{reason=no_record}"] = 2
+	want["keytrail_reconcile_last_success_timestamp_seconds"] = float64(ended.Unix())
+	if diff := cmp.Diff(want, gather()); diff != "" {
+		t.Errorf("metrics after a run that revoked 2 (-want +got):\n%s", diff)
 	}
 }
