@@ -1,8 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"compress/zlib"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -14,6 +19,143 @@ import (
 
 // errResponseTooLarge is returned when an upstream response exceeds the cap.
 var errResponseTooLarge = errors.New("upstream response exceeds the size limit")
+
+// Errors of an upstream response whose body the scan could not see plain.
+var (
+	errEncodingUnsupported = errors.New("upstream response has a content encoding the broker does not decode")
+	errUndecodable         = errors.New("upstream response body does not decode as its content encoding says")
+)
+
+// contentCoding is how an upstream response body is encoded.
+type contentCoding uint8
+
+const (
+	codingIdentity    contentCoding = iota // no coding (or only "identity")
+	codingGzip                             // gzip or x-gzip
+	codingDeflate                          // deflate: zlib (RFC 1950), or raw deflate as some servers send it
+	codingUnsupported                      // anything else: br, zstd, compress, an unknown token, stacked codings
+)
+
+// responseCoding reads the Content-Encoding of an upstream response: every
+// value and every comma-separated token, ignoring empty ones and
+// "identity". One gzip, x-gzip or deflate token is a coding the broker
+// decodes; any other token, or more than one coding, is unsupported. It
+// allocates nothing.
+func responseCoding(h http.Header) contentCoding {
+	coding := codingIdentity
+	for _, v := range h["Content-Encoding"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.Trim(tok, " \t")
+			switch {
+			case tok == "" || strings.EqualFold(tok, "identity"):
+				continue
+			case coding != codingIdentity:
+				return codingUnsupported
+			case strings.EqualFold(tok, "gzip"), strings.EqualFold(tok, "x-gzip"):
+				coding = codingGzip
+			case strings.EqualFold(tok, "deflate"):
+				coding = codingDeflate
+			default:
+				return codingUnsupported
+			}
+		}
+	}
+	return coding
+}
+
+// decoder decodes a gzip or deflate body read through wire (which caps the
+// bytes taken from the upstream: a stream of empty gzip members or deflate
+// blocks decodes to nothing however long it is). What it yields is capped
+// by the capReader above it, so a decompression bomb is cut at the
+// response cap of decoded bytes; the decompressors' own memory is fixed
+// (a 32 KiB window). bad records that the body failed to decode (as
+// opposed to the upstream read failing or the cap), for the use_result
+// event.
+type decoder struct {
+	wire    *capReader
+	dec     io.Reader // nil: the body was empty
+	closer  io.Closer // dec's, when it has one
+	wireErr error     // the last error wire returned
+	bad     bool
+}
+
+// wireSource is what the decompressor reads: wire, recording its errors.
+type wireSource struct{ d *decoder }
+
+func (s wireSource) Read(p []byte) (int, error) {
+	n, err := s.d.wire.Read(p)
+	if err != nil {
+		s.d.wireErr = err
+	}
+	return n, err
+}
+
+// newDecoder reads the coding's header from wire. An empty body decodes to
+// an empty one; a header that is not the coding's is errUndecodable; an
+// error reading wire (a timeout, the cap) is returned as it is.
+func newDecoder(wire *capReader, coding contentCoding) (*decoder, error) {
+	d := &decoder{wire: wire}
+	src := wireSource{d}
+	fail := func(err error) (*decoder, error) {
+		switch {
+		case d.wireErr != nil && d.wireErr != io.EOF:
+			return nil, d.wireErr
+		case err == io.EOF && d.wireErr == io.EOF && wire.n == 0:
+			return d, nil // empty body
+		}
+		return nil, fmt.Errorf("%w: %v", errUndecodable, err)
+	}
+	switch coding {
+	case codingGzip:
+		zr, err := gzip.NewReader(src)
+		if err != nil {
+			return fail(err)
+		}
+		d.dec, d.closer = zr, zr
+	case codingDeflate:
+		// RFC 9110 deflate is zlib; some servers (old IIS) send raw
+		// deflate, which browsers accept too. A zlib header is told by
+		// its method (8) and check bits.
+		br := bufio.NewReaderSize(src, 512)
+		h, err := br.Peek(2)
+		if err != nil {
+			return fail(err)
+		}
+		if h[0]&0x0f == 8 && (uint16(h[0])<<8|uint16(h[1]))%31 == 0 {
+			zr, err := zlib.NewReader(br)
+			if err != nil {
+				return fail(err)
+			}
+			d.dec, d.closer = zr, zr
+		} else {
+			fr := flate.NewReader(br)
+			d.dec, d.closer = fr, fr
+		}
+	default:
+		return nil, errEncodingUnsupported
+	}
+	return d, nil
+}
+
+func (d *decoder) Read(p []byte) (int, error) {
+	if d.dec == nil {
+		return 0, io.EOF
+	}
+	n, err := d.dec.Read(p)
+	if err != nil && err != io.EOF && (d.wireErr == nil || d.wireErr == io.EOF) {
+		// Not the upstream's read error nor the cap: the data (or its
+		// end, a truncated stream) does not decode.
+		d.bad = true
+	}
+	return n, err
+}
+
+func (d *decoder) Close() error {
+	if d.closer != nil {
+		_ = d.closer.Close()
+	}
+	return d.wire.Close()
+}
 
 // formSet recognises the injected secret in what an upstream sends back,
 // under any mix, byte by byte, of the escapes encoders apply to text they

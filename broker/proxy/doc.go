@@ -91,7 +91,16 @@
 // JSON- or JavaScript-escaped (\u00HH, \xHH) or an HTML character reference
 // (numeric or named), in any mix (see formSet). The upstream is asked for
 // identity encoding so the scan sees plain bytes; a body the upstream
-// compresses anyway is relayed unscanned (and logged). Errors the broker
+// compresses anyway with gzip (x-gzip) or deflate (zlib, or raw deflate) is
+// decoded by the broker, scanned like any body and relayed decoded, without
+// Content-Encoding and Content-Length (HEAD, 204 and 304 responses lose
+// them too). The response cap counts the decoded bytes (a decompression
+// bomb is cut at the cap) and, separately, the bytes read from the
+// upstream. Any other Content-Encoding (br, zstd, compress, an unknown
+// token, more than one coding) is refused with 502, reason
+// response_encoding_unsupported, and a body that does not decode with 502
+// response_undecodable (or, once streaming, cut off): the caller never gets
+// bytes the scan did not see plain. Errors the broker
 // writes (502 when the upstream cannot be reached or misbehaves, 504 when a
 // timeout runs out, over HTTP/1.1 or HTTP/2) never carry upstream error
 // text. Responses over MaxResponseBytes are refused (502) when their length

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"encoding/pem"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -287,10 +289,28 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "data: first\n\n")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
-	case r.URL.Path == "/up/gzip":
-		// A compressed body although the proxy asked for identity.
-		w.Header().Set("Content-Encoding", "gzip")
-		_, _ = w.Write([]byte("\x1f\x8b not really gzip"))
+	case r.URL.Path == "/up/encoded":
+		// The request headers (the injected Authorization among them),
+		// encoded as the query says (as, see encodeAs), labelled with each
+		// ce as one Content-Encoding line, with status (default 200) and
+		// with its length unless stream is set: an upstream that
+		// compresses whatever it was asked for, as httpbin's /gzip does.
+		q := r.URL.Query()
+		var plain bytes.Buffer
+		_ = json.NewEncoder(&plain).Encode(map[string]any{"headers": r.Header})
+		body := encodeAs(q.Get("as"), plain.Bytes())
+		for _, ce := range q["ce"] {
+			w.Header().Add("Content-Encoding", ce)
+		}
+		if q.Get("stream") == "" {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		}
+		status := http.StatusOK
+		if s := q.Get("status"); s != "" {
+			status, _ = strconv.Atoi(s)
+		}
+		w.WriteHeader(status)
+		_, _ = w.Write(body)
 	case r.URL.Path == "/up/hang":
 		<-r.Context().Done() // until the proxy gives up
 	case r.URL.Path == "/up/switch":

@@ -203,6 +203,14 @@ type call struct {
 	path     string // tail decoded (what the grant's patterns match)
 	rawQuery string
 
+	// The response body's readers: rc caps the bytes relayed (decoded
+	// ones when the upstream compressed the body), wire the bytes read from
+	// the upstream and dec decodes them (both nil when the body is not
+	// encoded). Fields rather than variables the ReverseProxy hooks
+	// capture, which would each be allocated.
+	rc, wire *capReader
+	dec      *decoder
+
 	// upstreamIDs are the upstream's own request ids, by the index of
 	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
 	upstreamIDs [len(upstreamRequestIDHeaders)]string
@@ -544,7 +552,6 @@ func (c *call) forward(w http.ResponseWriter) {
 		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
 	}
 	rw := newResponseWriter(w)
-	var rc *capReader
 	var errCode, errReason string
 	upstreamStatus := 0
 	inject := g.Proxy.Inject
@@ -585,6 +592,24 @@ func (c *call) forward(w http.ResponseWriter) {
 			if res.ContentLength > p.o.MaxResponseBytes && r.Method != http.MethodHead {
 				return errResponseTooLarge
 			}
+			// The scan must see plain bytes: a gzip or deflate body is
+			// decoded here and relayed decoded (no Content-Encoding, no
+			// Content-Length: the decoded length is not known before the
+			// end), any other coding is refused. HEAD, 204 and 304 have no
+			// body: their headers are what a GET's decoded response has.
+			coding := responseCoding(res.Header)
+			if coding == codingUnsupported {
+				return fmt.Errorf("%w: Content-Encoding %q", errEncodingUnsupported, res.Header.Values("Content-Encoding"))
+			}
+			if _, ok := res.Header["Content-Encoding"]; ok {
+				delete(res.Header, "Content-Encoding")
+				if coding != codingIdentity {
+					delete(res.Header, "Content-Length")
+					res.ContentLength = -1
+					res.Uncompressed = true
+				}
+			}
+			bodyless := r.Method == http.MethodHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
 			for name, vs := range res.Header {
 				if strings.HasPrefix(name, "X-Keytrail-") || name == "X-Request-Id" {
 					delete(res.Header, name)
@@ -604,14 +629,19 @@ func (c *call) forward(w http.ResponseWriter) {
 			// drops those it copies after the body (see responseWriter).
 			res.Trailer = nil
 			res.Header.Set("X-Keytrail-Use", useID)
-			rc = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
-			res.Body = rc
-			if ce := res.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-				p.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream sent an encoded body; relayed without the secret scan",
-					slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("content_encoding", ce))
-				return nil
+			body := res.Body
+			if coding != codingIdentity && !bodyless {
+				// Both caps: the bytes read from the upstream and,
+				// above the decoder, the decoded bytes relayed.
+				c.wire = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
+				d, err := newDecoder(c.wire, coding)
+				if err != nil {
+					return err
+				}
+				c.dec, body = d, d
 			}
-			res.Body = newRedactReader(rc, forms, p.redactBufs)
+			c.rc = &capReader{src: body, limit: p.o.MaxResponseBytes}
+			res.Body = newRedactReader(c.rc, forms, p.redactBufs)
 			return nil
 		},
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
@@ -622,6 +652,10 @@ func (c *call) forward(w http.ResponseWriter) {
 				status, reason = http.StatusRequestEntityTooLarge, "body_too_large"
 			case errors.Is(err, errResponseTooLarge):
 				reason = "response_too_large"
+			case errors.Is(err, errEncodingUnsupported):
+				reason = "response_encoding_unsupported"
+			case errors.Is(err, errUndecodable):
+				reason = "response_undecodable"
 			case errors.Is(err, errAddressRefused):
 				reason = "upstream_address_refused"
 			case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
@@ -644,7 +678,11 @@ func (c *call) forward(w http.ResponseWriter) {
 			if status == http.StatusRequestEntityTooLarge {
 				e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
 			} else {
-				e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: "the upstream could not be reached or did not answer properly", RetryAfter: time.Second, Err: cause}
+				safe := "the upstream could not be reached or did not answer properly"
+				if reason == "response_encoding_unsupported" || reason == "response_undecodable" {
+					safe = "the upstream's response is encoded in a way the broker cannot scan"
+				}
+				e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: time.Second, Err: cause}
 			}
 			errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
 			c.h.api.WriteErrorStatus(rw, r, e, status)
@@ -660,9 +698,12 @@ func (c *call) forward(w http.ResponseWriter) {
 		status := rw.status
 		if rec != nil {
 			errCode = "aborted"
-			if rc != nil && rc.hit {
+			switch {
+			case (c.rc != nil && c.rc.hit) || (c.wire != nil && c.wire.hit):
 				errReason = "response_too_large"
-			} else if errReason == "" {
+			case c.dec != nil && c.dec.bad:
+				errReason = "response_undecodable"
+			case errReason == "":
 				errReason = "copy_failed"
 			}
 		}

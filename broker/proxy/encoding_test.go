@@ -1,0 +1,184 @@
+package proxy_test
+
+import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"compress/zlib"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// encodeAs encodes plain as the fixture's /up/encoded route is asked to:
+// gzip, zlib (HTTP's deflate), rawdeflate (the deflate some servers send),
+// plain, empty (no body), garbage (a gzip magic number and then not gzip),
+// bomb (1 MiB of zeros, gzipped to about 1 KiB: far over the response cap
+// once decoded) or members (400 empty gzip members: over the cap on the
+// wire, nothing once decoded).
+func encodeAs(as string, plain []byte) []byte {
+	var b bytes.Buffer
+	switch as {
+	case "gzip", "bomb", "members":
+		if as == "bomb" {
+			plain = make([]byte, 1<<20)
+		}
+		n := 1
+		if as == "members" {
+			n, plain = 400, nil
+		}
+		for range n {
+			zw := gzip.NewWriter(&b)
+			_, _ = zw.Write(plain)
+			_ = zw.Close()
+		}
+	case "zlib":
+		zw := zlib.NewWriter(&b)
+		_, _ = zw.Write(plain)
+		_ = zw.Close()
+	case "rawdeflate":
+		zw, _ := flate.NewWriter(&b, flate.DefaultCompression)
+		_, _ = zw.Write(plain)
+		_ = zw.Close()
+	case "plain":
+		return plain
+	case "empty":
+		return nil
+	case "garbage":
+		return []byte("\x1f\x8b not really gzip")
+	default:
+		panic("encodeAs: unknown " + as)
+	}
+	return b.Bytes()
+}
+
+// TestProxyDecodesCompressedResponses: an upstream that compresses although
+// the broker asked for identity (or echoes the request headers compressed,
+// as httpbin's /gzip does) must not get the injected secret past the
+// response scan. A gzip or deflate body is decoded, scanned and relayed
+// without Content-Encoding; a decoded body over the response cap (a
+// decompression bomb) is cut there; any other coding, or a body that does
+// not decode, is refused with 502 and the reason in the use_result event.
+// HEAD, 204 and 304 responses carry no body and lose the coding's headers.
+func TestProxyDecodesCompressedResponses(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	masked := "Bearer " + strings.Repeat("*", len(upstreamKey))
+
+	decodedEcho := func(t *testing.T, res *response) {
+		t.Helper()
+		if !strings.Contains(res.Body, masked) || res.Err != nil {
+			t.Errorf("body = %q (read error %v), want the decoded echo with the secret masked", res.Body, res.Err)
+		}
+	}
+	unsupported := audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_encoding_unsupported"}
+	tests := []struct {
+		name       string
+		method     string // default GET
+		query      string
+		wantStatus int
+		wantUse    audit.Outcome
+		check      func(t *testing.T, res *response)
+	}{
+		{name: "ok/gzip", query: "as=gzip&ce=gzip", wantStatus: 200, wantUse: audit.Outcome{Status: 200}, check: decodedEcho},
+		{name: "ok/x-gzip-upper-case", query: "as=gzip&ce=X-GZIP", wantStatus: 200, wantUse: audit.Outcome{Status: 200}, check: decodedEcho},
+		{name: "ok/deflate-zlib", query: "as=zlib&ce=deflate", wantStatus: 200, wantUse: audit.Outcome{Status: 200}, check: decodedEcho},
+		{name: "ok/deflate-raw", query: "as=rawdeflate&ce=deflate", wantStatus: 200, wantUse: audit.Outcome{Status: 200}, check: decodedEcho},
+		{name: "ok/identity-token", query: "as=plain&ce=identity", wantStatus: 200, wantUse: audit.Outcome{Status: 200}, check: decodedEcho},
+		{name: "ok/gzip-after-identity", query: "as=gzip&ce=identity,%20gzip", wantStatus: 200, wantUse: audit.Outcome{Status: 200}, check: decodedEcho},
+		{name: "ok/empty-gzip-body", query: "as=empty&ce=gzip", wantStatus: 200, wantUse: audit.Outcome{Status: 200},
+			check: func(t *testing.T, res *response) {
+				if res.Body != "" || res.Err != nil {
+					t.Errorf("body = %q (read error %v), want empty", res.Body, res.Err)
+				}
+			}},
+		{name: "ok/head-of-gzip", method: "HEAD", query: "as=gzip&ce=gzip", wantStatus: 200, wantUse: audit.Outcome{Status: 200}},
+		{name: "ok/304-of-gzip", query: "as=empty&ce=gzip&status=304", wantStatus: 304, wantUse: audit.Outcome{Status: 304}},
+		{name: "ok/204-of-gzip", query: "as=empty&ce=gzip&status=204", wantStatus: 204, wantUse: audit.Outcome{Status: 204}},
+		{name: "fail/br", query: "as=plain&ce=br", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/zstd", query: "as=plain&ce=zstd", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/compress", query: "as=plain&ce=compress", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/unknown-token", query: "as=plain&ce=snappy", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/gzip-with-parameter", query: "as=gzip&ce=gzip%3Bq=1", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/stacked-in-one-line", query: "as=gzip&ce=gzip,%20gzip", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/stacked-in-two-lines", query: "as=gzip&ce=gzip&ce=gzip", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/gzip-then-br", query: "as=gzip&ce=gzip,br", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/head-of-br", method: "HEAD", query: "as=plain&ce=br", wantStatus: 502, wantUse: unsupported},
+		{name: "fail/not-really-gzip", query: "as=garbage&ce=gzip", wantStatus: 502,
+			wantUse: audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_undecodable"}},
+		{name: "fail/decompression-bomb-is-cut-at-the-cap", query: "as=bomb&ce=gzip", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200, Error: "aborted", Reason: "response_too_large"},
+			check: func(t *testing.T, res *response) {
+				if res.Err == nil || len(res.Body) > maxRespBytes {
+					t.Errorf("decoded body: %d bytes, read error %v; want it cut at %d decoded bytes with an error", len(res.Body), res.Err, maxRespBytes)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			before := len(f.eventsOf(audit.TypeUseResult))
+			hdr := bearer(tok)
+			// Asked explicitly, so the test client relays the body as it
+			// came (it decodes gzip only when it asked on its own).
+			hdr.Set("Accept-Encoding", "gzip, deflate, br, zstd")
+			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, hdr, nil)
+			if res.Status != tt.wantStatus {
+				t.Errorf("%s %s = %d, want %d; body %q", method, tt.query, res.Status, tt.wantStatus, res.Body)
+			}
+			if ce := res.Header.Values("Content-Encoding"); len(ce) != 0 {
+				t.Errorf("Content-Encoding = %q relayed, want none (the body is relayed decoded)", ce)
+			}
+			if cl := res.Header.Get("Content-Length"); cl != "" && tt.wantStatus == 200 && tt.name != "ok/identity-token" && tt.name != "ok/empty-gzip-body" {
+				t.Errorf("Content-Length = %s relayed, want none (the upstream's is the encoded length)", cl)
+			}
+			if leaks(res.raw()) || strings.Contains(res.Body, "\x1f\x8b") {
+				t.Errorf("response carries the upstream secret or an undecoded gzip body:\n%q", res.raw())
+			}
+			if tt.check != nil {
+				tt.check(t, res)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			results := f.eventsOf(audit.TypeUseResult)
+			if len(results) != before+1 {
+				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
+			}
+			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
+				t.Errorf("use_result outcome (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestProxyCapsEncodedBytes: the response cap also bounds the bytes read
+// from the upstream when the body is decoded, so a body that decodes to
+// little or nothing (here 400 empty gzip members, over the cap on the wire)
+// cannot keep the broker decoding without end.
+func TestProxyCapsEncodedBytes(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/encoded?as=members&ce=gzip&stream=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = bearer(tok)
+	// The response is aborted before anything is written: the client may
+	// see no response at all.
+	if res, err := f.client.Do(req); err == nil {
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	f.waitEvent(t, audit.TypeUseResult)
+	got := f.eventsOf(audit.TypeUseResult)[0].Outcome
+	if got.Error != "aborted" || got.Reason != "response_too_large" {
+		t.Errorf("use_result outcome = %+v, want aborted, response_too_large", got)
+	}
+}
