@@ -1627,6 +1627,46 @@ func (c *RevocationCache) Blocked(workload string) bool {
 	return ok
 }
 
+// state reports whether the cache knows issuance id as revoked and
+// workload as blocked, under one read lock.
+func (c *RevocationCache) state(id, workload string) (revoked, blocked bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, revoked = c.revoked[id]
+	_, blocked = c.blocked[workload]
+	return revoked, blocked
+}
+
+// revocationCacheOf returns the RevocationCache whose Store st is, or
+// fronts through other wrappers; nil when there is none.
+func revocationCacheOf(st Store) *RevocationCache {
+	for st != nil {
+		if cs, ok := st.(*cachedStore); ok {
+			return cs.c
+		}
+		w, ok := st.(storeWrapper)
+		if !ok {
+			return nil
+		}
+		st = w.unwrap()
+	}
+	return nil
+}
+
+// KnownRevoked reports whether this instance's in-memory revocation state
+// (the RevocationCache behind the Service's Store) holds issuance id as
+// revoked or workload as blocked: revocations made here, announced by
+// other instances or read at the cache's last refresh. It makes no Store
+// round trip and allocates nothing, so a hot path can ask it again just
+// before acting (the proxy, right before a request goes upstream). Without
+// a RevocationCache it knows nothing and reports false, false.
+func (s *Service) KnownRevoked(id, workload string) (revoked, blocked bool) {
+	if s.cache == nil {
+		return false, false
+	}
+	return s.cache.state(id, workload)
+}
+
 // Refreshed is when the last successful refresh finished.
 func (c *RevocationCache) Refreshed() time.Time {
 	c.mu.RLock()

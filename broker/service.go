@@ -56,6 +56,8 @@ type Deps struct {
 // Service implements the workload-facing operations of the broker.
 type Service struct {
 	d Deps
+	// cache is the RevocationCache behind d.Store, if any (see KnownRevoked).
+	cache *RevocationCache
 	// timers holds stopped timers for the bounded audit wait, so an
 	// exchange allocates none.
 	timers   sync.Pool
@@ -112,7 +114,7 @@ func NewService(d Deps) (*Service, error) {
 	if d.Revokers == nil {
 		d.Revokers = map[string]Revoker{}
 	}
-	return &Service{d: d}, nil
+	return &Service{d: d, cache: revocationCacheOf(d.Store)}, nil
 }
 
 // Policy returns the policy in force.

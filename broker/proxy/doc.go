@@ -62,7 +62,15 @@
 //     is injected as the grant says, and X-Request-Id: <use id> and
 //     X-Keytrail-Issuance: <issuance id> are set. Because this happens in
 //     Rewrite, after ReverseProxy removed the hop-by-hop headers, a caller's
-//     "Connection: X-Keytrail-Issuance" cannot strip them.
+//     "Connection: X-Keytrail-Issuance" cannot strip them. Right before
+//     the Transport sends it, the instance's in-memory revocation state
+//     (broker.Service.KnownRevoked: no store round trip) is asked again: a
+//     credential revoked, or its workload blocked, since step 3 (the secret
+//     read and the use event take time) is refused with step 3's 403
+//     (credential_revoked, workload_blocked), nothing is sent, and the
+//     use_result event says details.not_sent: true. A response already
+//     streaming when the credential is revoked is not cut: it ends at the
+//     latest with the overall timeout (60 s by default).
 //  11. A "use_result" audit event records status, bytes and duration, and
 //     the upstream's own request id from the well-known response headers
 //     (upstreamRequestIDHeaders; bounded, printable, never a value carrying

@@ -123,6 +123,7 @@ type secrets struct {
 	mu     sync.Mutex
 	reads  int
 	stripe string // the stripe key after a rotation (default upstreamKey)
+	onRead func() // called during every read (e.g. a revocation arriving meanwhile)
 }
 
 // rotate changes the stripe key the source returns.
@@ -135,8 +136,11 @@ func (s *secrets) rotate(key string) {
 func (s *secrets) Secret(ctx context.Context, ref policies.ProxySecret) (string, error) {
 	s.mu.Lock()
 	s.reads++
-	stripe := s.stripe
+	stripe, onRead := s.stripe, s.onRead
 	s.mu.Unlock()
+	if onRead != nil {
+		onRead()
+	}
 	switch ref {
 	case policies.ProxySecret{VaultKV: "secret/data/upstreams/stripe", Field: "api_key"}:
 		if stripe != "" {
@@ -332,6 +336,7 @@ const rangedPrefix = "debug: authorization="
 type fixture struct {
 	clk      *clock
 	store    *memstore.Store
+	cache    *broker.RevocationCache // in front of store when fixtureOpts.cache is set
 	sink     *notifySink
 	svc      *broker.Service
 	proxy    *proxy.Proxy
@@ -353,6 +358,7 @@ type fixtureOpts struct {
 	timeouts      proxy.Timeouts
 	logs          *brokertest.SyncBuffer // receives the broker's log lines (default: discarded)
 	http2         bool                   // the upstream speaks HTTP/2 (as most HTTPS APIs do) besides HTTP/1.1
+	cache         bool                   // the Service's store is a RevocationCache's, as keytrail server wires it
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
@@ -395,6 +401,14 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	if !f.notify {
 		sink = fo.audit
 	}
+	var svcStore broker.Store = f.store
+	if fo.cache {
+		f.cache, err = broker.NewRevocationCache(f.store, broker.CacheOptions{Now: f.clk.Now})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		svcStore = f.cache.Store()
+	}
 	authn := brokertest.Authn{identityToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/payments",
 		JTI: "jti-1", Claims: map[string]any{"sub": "repo:acme/payments"}}}
 	f.svc, err = broker.NewService(broker.Deps{
@@ -402,7 +416,7 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		Authn:    func() broker.Authenticator { return authn },
 		Minters:  map[string]broker.Minter{broker.KindProxy: minter},
 		Revokers: map[string]broker.Revoker{broker.KindProxy: minter},
-		Store:    f.store,
+		Store:    svcStore,
 		Audit:    sink,
 		Now:      f.clk.Now,
 	})

@@ -211,6 +211,11 @@ type call struct {
 	rc, wire *capReader
 	dec      *decoder
 
+	// rt is the grant's Transport, which RoundTrip sends through unless
+	// the credential was revoked meanwhile (notSent).
+	rt      http.RoundTripper
+	notSent bool
+
 	// upstreamIDs are the upstream's own request ids, by the index of
 	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
 	upstreamIDs [len(upstreamRequestIDHeaders)]string
@@ -238,6 +243,14 @@ func badRequest(reason string) error {
 func denied(reason, safe string) error {
 	return broker.Errorf(broker.ErrDenied, reason, safe, nil)
 }
+
+// The refusals of a request whose credential was revoked, or its workload
+// blocked, after its checks and before it went upstream: those of the
+// checks (see call.RoundTrip).
+var (
+	errRevokedBeforeSend = denied("credential_revoked", "the credential has been revoked")
+	errBlockedBeforeSend = denied("workload_blocked", "the workload is blocked")
+)
 
 // tooLarge is rendered with status 413.
 type tooLarge struct{ error }
@@ -556,8 +569,9 @@ func (c *call) forward(w http.ResponseWriter) {
 	upstreamStatus := 0
 	inject := g.Proxy.Inject
 
+	c.rt = gt.rt
 	rp := &httputil.ReverseProxy{
-		Transport:  gt.rt,
+		Transport:  c, // gt.rt, after the revocation state is asked again
 		BufferPool: p.bufs,
 		ErrorLog:   p.errLog,
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -645,6 +659,14 @@ func (c *call) forward(w http.ResponseWriter) {
 			return nil
 		},
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
+			if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
+				// Refused as the checks refuse it: nothing went upstream.
+				e := broker.AsError(err)
+				errCode, errReason = broker.CodeOf(e), e.Reason
+				c.h.api.Metrics().ObserveRefusal("proxy", err)
+				c.h.api.WriteErrorStatus(rw, r, err, 0)
+				return
+			}
 			status, reason := http.StatusBadGateway, "upstream_error"
 			var mbe *http.MaxBytesError
 			switch {
@@ -724,6 +746,28 @@ func (c *call) forward(w http.ResponseWriter) {
 		}
 	}()
 	rp.ServeHTTP(rw, out)
+}
+
+// RoundTrip sends the request through the grant's Transport unless this
+// instance learned, since the checks, that the credential was revoked or its
+// workload blocked: the secret read (up to SecretTimeout when Vault is slow)
+// and the durable use event take time, and a revocation made meanwhile must
+// stop the request. It runs after Rewrite, right before the Transport
+// dials or reuses a connection, and asks the in-memory revocation state only
+// (Service.KnownRevoked: no Store round trip, no allocation).
+func (c *call) RoundTrip(req *http.Request) (*http.Response, error) {
+	revoked, blocked := c.h.p.o.Service.KnownRevoked(c.is.ID, c.is.Workload)
+	if !revoked && !blocked {
+		return c.rt.RoundTrip(req)
+	}
+	c.notSent = true
+	if req.Body != nil {
+		_ = req.Body.Close() // a RoundTripper closes the body, even on error
+	}
+	if revoked {
+		return nil, errRevokedBeforeSend
+	}
+	return nil, errBlockedBeforeSend
 }
 
 // isTimeout reports whether err says a timeout ran out. The HTTP/2
@@ -820,6 +864,10 @@ func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, 
 	}
 	if ids != nil {
 		ev.Details = map[string]any{"upstream_request_ids": ids}
+	}
+	if c.notSent {
+		// Refused after the use event: the request never went upstream.
+		ev.Details = map[string]any{"not_sent": true}
 	}
 	// Nobody waits for it: the response is gone. It shares the fsync of a
 	// later event (the sink bounds the wait), and the handler returns at
