@@ -19,6 +19,12 @@ var (
 	ErrUnavailable      = errors.New("temporarily unavailable") // 503 temporarily_unavailable
 )
 
+// ErrBlockChanged is Store.DeleteBlock's answer when the workload's block is
+// not the one the caller named (another revocation blocked it again since
+// it was read): nothing was deleted. It is not a category and wraps none:
+// the workload is blocked, so it must not read as ErrNotFound.
+var ErrBlockChanged = errors.New("block changed")
+
 // Error is a categorised error with a description that is safe to show to the
 // caller. Err holds the internal cause, which goes only to the log.
 type Error struct {

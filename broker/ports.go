@@ -232,7 +232,13 @@ type Store interface {
 	RevocationVersion(ctx context.Context) (uint64, error)
 
 	PutBlock(ctx context.Context, b Block) error
-	DeleteBlock(ctx context.Context, workload string) error
+	// DeleteBlock removes the block of workload only while it is the block
+	// revocationID made (the RevocationID of the block as GetBlock read
+	// it; "" for a block without one), in one atomic step: a block put
+	// since the caller read it (another revocation blocking the workload
+	// again) is left standing and the answer is ErrBlockChanged.
+	// ErrNotFound when the workload is not blocked.
+	DeleteBlock(ctx context.Context, workload, revocationID string) error
 	GetBlock(ctx context.Context, workload string) (*Block, error) // ErrNotFound when not blocked
 	ListBlocks(ctx context.Context) ([]Block, error)
 

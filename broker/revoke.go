@@ -989,9 +989,14 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
 		return Unavailable("audit_unavailable", time.Second, err)
 	}
+	// Deleted only while it is still the block read above: a revocation
+	// that blocked the workload again meanwhile keeps its block.
 	sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
-	err = s.d.Store.DeleteBlock(sctx, workload)
+	err = s.d.Store.DeleteBlock(sctx, workload, b.RevocationID)
 	cancel()
+	if errors.Is(err, ErrBlockChanged) {
+		return s.unblockOvertaken(ctx, admin, workload, b.RevocationID, requestID)
+	}
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		// Applied but not confirmed by the replicas: in force unless a
 		// failover loses it. Said so, not "failed", and announced.
@@ -1021,6 +1026,27 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 	}
 	s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
 	return nil
+}
+
+// unblockOvertaken answers an unblock whose block was replaced by another
+// revocation's between its read and its delete: nothing was lifted. Its
+// unblock event (status 200) is already written, so a second one says it
+// did not happen (404 block_changed), as a failed delete's 503 does.
+func (s *Service) unblockOvertaken(ctx context.Context, admin *Admin, workload, revocationID, requestID string) error {
+	fail := &audit.Event{Type: audit.TypeUnblock, RequestID: requestID, Workload: workload, RevocationID: revocationID,
+		Admin: admin.String(), Outcome: &audit.Outcome{Status: 404, Error: "not_found", Reason: "block_changed"}}
+	standing := "another revocation"
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+	if cur, err := s.records().GetBlock(sctx, workload); err == nil {
+		standing = cmp.Or(cur.RevocationID, "a block without revocation")
+		fail.Details = map[string]any{"standing_revocation_id": cur.RevocationID}
+	}
+	cancel()
+	if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), fail); aerr != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit unblock failure failed", slog.String("error", aerr.Error()))
+	}
+	return Errorf(ErrNotFound, "block_changed", "the workload was blocked again by "+standing+
+		" while it was being unblocked: nothing was unblocked", nil)
 }
 
 // notBlocked is Unblock's answer for a workload with no block: the same
@@ -2181,8 +2207,8 @@ func (s *cachedStore) GetBlock(ctx context.Context, workload string) (*Block, er
 	return b, err
 }
 
-func (s *cachedStore) DeleteBlock(ctx context.Context, workload string) error {
-	err := s.Store.DeleteBlock(ctx, workload)
+func (s *cachedStore) DeleteBlock(ctx context.Context, workload, revocationID string) error {
+	err := s.Store.DeleteBlock(ctx, workload, revocationID)
 	if err == nil || errors.Is(err, ErrNotFound) {
 		s.c.Apply(Notice{Unblocked: []string{workload}})
 	}

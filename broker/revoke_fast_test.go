@@ -203,8 +203,8 @@ func (s *swapStore) RevocationVersion(ctx context.Context) (uint64, error) {
 func (s *swapStore) PutBlock(ctx context.Context, b broker.Block) error {
 	return s.cur().PutBlock(ctx, b)
 }
-func (s *swapStore) DeleteBlock(ctx context.Context, w string) error {
-	return s.cur().DeleteBlock(ctx, w)
+func (s *swapStore) DeleteBlock(ctx context.Context, w, revocationID string) error {
+	return s.cur().DeleteBlock(ctx, w, revocationID)
 }
 func (s *swapStore) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
 	return s.cur().GetBlock(ctx, w)

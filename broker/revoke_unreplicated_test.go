@@ -19,8 +19,8 @@ type unreplicatedStore struct {
 	revocations, blocks, unblocks bool
 }
 
-func (s *unreplicatedStore) DeleteBlock(ctx context.Context, workload string) error {
-	if err := s.Store.DeleteBlock(ctx, workload); err != nil || !s.unblocks {
+func (s *unreplicatedStore) DeleteBlock(ctx context.Context, workload, revocationID string) error {
+	if err := s.Store.DeleteBlock(ctx, workload, revocationID); err != nil || !s.unblocks {
 		return err
 	}
 	return errUnreplicated()

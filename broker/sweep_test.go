@@ -575,7 +575,7 @@ func TestSweepKeepsUnblockBeforeReblock(t *testing.T) {
 // unblock, after it recorded its time on the revocations).
 type failDeleteBlockStore struct{ broker.Store }
 
-func (failDeleteBlockStore) DeleteBlock(context.Context, string) error {
+func (failDeleteBlockStore) DeleteBlock(context.Context, string, string) error {
 	return broker.Unavailable("store_unavailable", time.Second, errors.New("connection reset"))
 }
 

@@ -495,8 +495,10 @@ func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
 	return nil
 }
 
-// DeleteBlock unblocks workload; ErrNotFound when it is not blocked.
-func (s *Store) DeleteBlock(ctx context.Context, workload string) error {
+// DeleteBlock unblocks workload if its block is still revocationID's,
+// checked and deleted under the store's lock; ErrNotFound when it is not
+// blocked, ErrBlockChanged when another block stands.
+func (s *Store) DeleteBlock(ctx context.Context, workload, revocationID string) error {
 	if err := checkCtx(ctx); err != nil {
 		return err
 	}
@@ -505,8 +507,16 @@ func (s *Store) DeleteBlock(ctx context.Context, workload string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.blocks[workload]; !ok {
+	raw, ok := s.blocks[workload]
+	if !ok {
 		return notFound("block of " + workload)
+	}
+	b, err := decodeBlock(raw)
+	if err != nil {
+		return err
+	}
+	if b.RevocationID != revocationID {
+		return fmt.Errorf("memstore: block of %s is %q's, not %q's: %w", workload, b.RevocationID, revocationID, broker.ErrBlockChanged)
 	}
 	delete(s.blocks, workload)
 	return nil

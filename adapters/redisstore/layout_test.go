@@ -111,7 +111,7 @@ func TestKeyLayoutAfterWorkloadAndRetention(t *testing.T) {
 			t.Fatalf("PutBlock(%s) = %v", w, err)
 		}
 	}
-	if err := s.DeleteBlock(ctx, "w3"); err != nil {
+	if err := s.DeleteBlock(ctx, "w3", done.ID); err != nil {
 		t.Fatalf("DeleteBlock(w3) = %v", err)
 	}
 

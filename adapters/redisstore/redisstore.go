@@ -11,6 +11,8 @@
 //     all its indexes atomically; PutRevocation is one script writing the
 //     record, its indexes and its change number; UpdateRevocation runs that
 //     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
+//     DeleteBlock is one script that deletes the block only while it is
+//     the named revocation's;
 //   - issuance records and their ref indexes live for Options.Retention after
 //     the issuance expires (trace needs expired issuances), then Redis drops
 //     them; revocations and blocks get no TTL at all;
@@ -1191,30 +1193,54 @@ func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
 	return nil
 }
 
-// DeleteBlock removes a block; ErrNotFound when the workload is not blocked.
-func (s *Store) DeleteBlock(ctx context.Context, workload string) error {
+// DeleteBlock removes the block of workload if it is still revocationID's:
+// one script compares the stored block's revocation id and deletes it in the
+// same atomic step, so a block another revocation put since the caller read
+// it stays (ErrBlockChanged). ErrNotFound when the workload is not blocked.
+func (s *Store) DeleteBlock(ctx context.Context, workload, revocationID string) error {
 	if workload == "" {
 		return invalid("empty workload")
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	var del *redis.IntCmd
+	var res int64
 	err := s.durably(ctx, s.blockKey(workload), func(c redis.Cmdable) error {
-		_, err := c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-			del = pipe.Del(ctx, s.blockKey(workload))
-			pipe.SRem(ctx, s.blocksKey(), workload)
-			return nil
-		})
+		var err error
+		res, err = deleteBlockScript.Run(ctx, c, []string{s.blockKey(workload), s.blocksKey()}, workload, revocationID).Int64()
 		return err
 	})
-	if err != nil {
+	switch {
+	case err != nil:
 		return s.fail("delete block "+workload, err)
-	}
-	if del.Val() == 0 {
+	case res == 0:
 		return notFound("block of " + workload)
+	case res < 0:
+		return fmt.Errorf("redisstore: block of %s is not %q's: %w", workload, revocationID, broker.ErrBlockChanged)
 	}
 	return nil
 }
+
+// deleteBlockScript: KEYS block:<workload>, blocks; ARGV workload, the
+// revocation id the block must have ("" for none). Returns 1 when deleted,
+// 0 when there is no block, -1 when the block is another revocation's (it
+// stays). A stored block that does not decode fails the script.
+var deleteBlockScript = redis.NewScript(`
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return 0
+end
+local rid = cjson.decode(raw)['revocation_id']
+if type(rid) ~= 'string' then
+  rid = ''
+end
+if rid ~= ARGV[2] then
+  return -1
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+`)
 
 func decodeBlock(raw string) (*broker.Block, error) {
 	var b broker.Block

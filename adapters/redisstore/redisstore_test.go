@@ -329,7 +329,7 @@ func TestPrefixIsolation(t *testing.T) {
 	if _, err := b.GetBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
 		t.Errorf("b.GetBlock(payments-api) = %v, want %v", err, broker.ErrNotFound)
 	}
-	if err := b.DeleteBlock(ctx, "payments-api"); !errors.Is(err, broker.ErrNotFound) {
+	if err := b.DeleteBlock(ctx, "payments-api", ""); !errors.Is(err, broker.ErrNotFound) {
 		t.Errorf("b.DeleteBlock(payments-api) = %v, want %v", err, broker.ErrNotFound)
 	}
 	// a still sees its own data.

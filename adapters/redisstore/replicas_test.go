@@ -102,7 +102,7 @@ func durableWrites(prefix string) (setup func(ctx context.Context, s *redisstore
 			return s.PutBlock(ctx, broker.Block{Workload: "w-new", CreatedAt: now})
 		}, has("block:w-new", "w-new")},
 		{"delete-block", func(ctx context.Context, s *redisstore.Store) error {
-			return s.DeleteBlock(ctx, "w-old")
+			return s.DeleteBlock(ctx, "w-old", "")
 		}, func(ctx context.Context, c *redis.Client) bool {
 			n, err := c.Exists(ctx, prefix+"block:w-old").Result()
 			return err == nil && n == 0

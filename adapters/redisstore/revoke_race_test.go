@@ -4,6 +4,7 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -323,5 +324,51 @@ func TestRevokeScopeRacingExchange(t *testing.T) {
 				t.Errorf("after the sweep: completed %v, revoked %v; want complete, listing %s", stored.CompletedAt, stored.Revoked, late.ID)
 			}
 		})
+	}
+}
+
+// TestUnblockRacingReblock: on a real Redis, an unblock reads the
+// workload's block (r1's) and, held at its audit write, has not deleted it
+// yet when a second revocation blocks the workload again (r2). The delete
+// must leave r2's block standing: the unblock answers 404 block_changed and
+// the workload stays blocked. (An unconditional delete lifted r2's fresh
+// block: the workload was unblocked although the newest revocation blocked
+// it.)
+func TestUnblockRacingReblock(t *testing.T) {
+	ctx := context.Background()
+	e := newRaceEnv(t, "{unblockrace}:")
+	e.sink.typ = audit.TypeUnblock // hold the unblock between its read and its delete
+	sel := broker.RevokeSelector{Workload: "payments-api"}
+	r1, err := e.svc.Revoke(ctx, raceAdmin, sel, "INC-7", broker.RevokeOptions{Block: true}, "req_r1")
+	if err != nil {
+		t.Fatalf("Revoke() = %v", err)
+	}
+
+	unblocked := make(chan error, 1)
+	go func() { unblocked <- e.svc.Unblock(ctx, raceAdmin, "payments-api", "false alarm", "req_u") }()
+	e.sink.g.await(t, "the unblock's audit write")
+	e.clk.Set(e.start.Add(time.Second))
+	r2, err := e.svc.Revoke(ctx, raceAdmin, sel, "INC-8", broker.RevokeOptions{Block: true}, "req_r2")
+	if err != nil {
+		t.Fatalf("Revoke() again = %v", err)
+	}
+	close(e.sink.g.open)
+	err = <-unblocked
+
+	if be := broker.AsError(err); !errors.Is(err, broker.ErrNotFound) || be == nil || be.Reason != "block_changed" {
+		t.Errorf("Unblock() overtaken by %s's block = %v, want ErrNotFound, reason block_changed", r2.ID, err)
+	}
+	b, err := e.st.GetBlock(ctx, "payments-api")
+	if err != nil || b.RevocationID != r2.ID {
+		t.Fatalf("block after the unblock of %s's block = %+v, %v; want %s's block standing", r1.ID, b, err, r2.ID)
+	}
+	blocks, err := e.st.ListBlocks(ctx)
+	if err != nil || len(blocks) != 1 {
+		t.Errorf("ListBlocks() = %+v, %v, want payments-api's block listed", blocks, err)
+	}
+	e.clk.Set(e.start.Add(2 * time.Second))
+	x := <-e.exchange(ctx)
+	if be := broker.AsError(x.err); be == nil || be.Reason != "workload_blocked" {
+		t.Errorf("Exchange() after the overtaken unblock = %v, want workload_blocked", x.err)
 	}
 }

@@ -14,7 +14,8 @@
 //     ListBlocks by workload;
 //   - a nil record, an empty id or workload, an unknown RefKind and an empty
 //     ref value are ErrInvalidRequest; DeleteBlock of a workload that is not
-//     blocked is ErrNotFound;
+//     blocked is ErrNotFound, of a workload blocked by another revocation
+//     than the one named ErrBlockChanged (and the block stays);
 //   - a cancelled context is ErrUnavailable wrapping the context's error.
 //
 // Stores under test must use Epoch as their clock: stores that expire records
@@ -25,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -1036,7 +1038,7 @@ func testBlock(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		}
 	})
 	t.Run("ok/delete", func(t *testing.T) {
-		if err := s.DeleteBlock(ctx(t), "wz"); err != nil {
+		if err := s.DeleteBlock(ctx(t), "wz", "rev_wz"); err != nil {
 			t.Fatalf("DeleteBlock(wz) = %v, want nil", err)
 		}
 		_, err := s.GetBlock(ctx(t), "wz")
@@ -1053,8 +1055,50 @@ func testBlock(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			t.Errorf("ListBlocks() workloads mismatch (-want +got):\n%s", d)
 		}
 	})
+	t.Run("fail/delete-block-changed", func(t *testing.T) {
+		// wa was blocked again by another revocation after the caller
+		// read rev_wa's block: deleting rev_wa's block lifts nothing.
+		again := mk("wa")
+		again.RevocationID, again.Reason = "rev_again", "leaking again"
+		if err := s.PutBlock(ctx(t), again); err != nil {
+			t.Fatalf("PutBlock(wa, rev_again) = %v, want nil", err)
+		}
+		err := s.DeleteBlock(ctx(t), "wa", "rev_wa")
+		wantErr(t, "DeleteBlock(wa, rev_wa) under rev_again's block", err, broker.ErrBlockChanged)
+		if errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("DeleteBlock(wa, rev_wa) = %v: ErrBlockChanged must not read as ErrNotFound (wa is blocked)", err)
+		}
+		got, err := s.GetBlock(ctx(t), "wa")
+		if err != nil {
+			t.Fatalf("GetBlock(wa) after the refused delete = %v, want rev_again's block", err)
+		}
+		if d := cmp.Diff(&again, got); d != "" {
+			t.Errorf("GetBlock(wa) after the refused delete mismatch (-want +got):\n%s", d)
+		}
+		list, err := s.ListBlocks(ctx(t))
+		if err != nil || !slices.ContainsFunc(list, func(b broker.Block) bool { return b.Workload == "wa" }) {
+			t.Errorf("ListBlocks() = %v, %v, want wa still listed", list, err)
+		}
+		if err := s.DeleteBlock(ctx(t), "wa", "rev_again"); err != nil {
+			t.Fatalf("DeleteBlock(wa, rev_again) = %v, want nil", err)
+		}
+		_, err = s.GetBlock(ctx(t), "wa")
+		wantErr(t, "GetBlock(wa) after deleting rev_again's block", err, broker.ErrNotFound)
+	})
+	t.Run("ok/delete-block-without-revocation", func(t *testing.T) {
+		bare := broker.Block{Workload: "w-bare", Reason: "by hand", CreatedAt: Epoch()}
+		if err := s.PutBlock(ctx(t), bare); err != nil {
+			t.Fatalf("PutBlock(w-bare) = %v, want nil", err)
+		}
+		wantErr(t, "DeleteBlock(w-bare, rev_x)", s.DeleteBlock(ctx(t), "w-bare", "rev_x"), broker.ErrBlockChanged)
+		if err := s.DeleteBlock(ctx(t), "w-bare", ""); err != nil {
+			t.Fatalf("DeleteBlock(w-bare, \"\") = %v, want nil", err)
+		}
+		_, err := s.GetBlock(ctx(t), "w-bare")
+		wantErr(t, "GetBlock(w-bare) after delete", err, broker.ErrNotFound)
+	})
 	t.Run("fail/delete-not-blocked", func(t *testing.T) {
-		wantErr(t, "DeleteBlock(wz) twice", s.DeleteBlock(ctx(t), "wz"), broker.ErrNotFound)
+		wantErr(t, "DeleteBlock(wz) twice", s.DeleteBlock(ctx(t), "wz", "rev_wz"), broker.ErrNotFound)
 	})
 	t.Run("fail/get-not-blocked", func(t *testing.T) {
 		_, err := s.GetBlock(ctx(t), "never")
@@ -1062,7 +1106,7 @@ func testBlock(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	})
 	t.Run("fail/invalid", func(t *testing.T) {
 		wantErr(t, "PutBlock(workload=\"\")", s.PutBlock(ctx(t), broker.Block{Reason: "x"}), broker.ErrInvalidRequest)
-		wantErr(t, "DeleteBlock(\"\")", s.DeleteBlock(ctx(t), ""), broker.ErrInvalidRequest)
+		wantErr(t, "DeleteBlock(\"\")", s.DeleteBlock(ctx(t), "", "rev_x"), broker.ErrInvalidRequest)
 		_, err := s.GetBlock(ctx(t), "")
 		wantErr(t, "GetBlock(\"\")", err, broker.ErrInvalidRequest)
 	})
@@ -1121,7 +1165,7 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			return err
 		}},
 		{"fail/cancelled-put-block", func() error { return s.PutBlock(cctx, broker.Block{Workload: "w-ctx2"}) }},
-		{"fail/cancelled-delete-block", func() error { return s.DeleteBlock(cctx, "w-ctx") }},
+		{"fail/cancelled-delete-block", func() error { return s.DeleteBlock(cctx, "w-ctx", "") }},
 		{"fail/cancelled-get-block", func() error { _, err := s.GetBlock(cctx, "w-ctx"); return err }},
 		{"fail/cancelled-list-blocks", func() error { _, err := s.ListBlocks(cctx); return err }},
 		{"fail/cancelled-ping", func() error { return s.Ping(cctx) }},
