@@ -793,6 +793,26 @@ func TestPolicyHelpNamesLinesAndPolicySource(t *testing.T) {
 	}
 }
 
+// TestServerHelpMatchesBehaviour: server --help states what the server
+// does that an operator tunes or relies on. The reconciliation grace's
+// floor (ea917e9) read "at least vault.timeout or 5s + 14s", which parses
+// as vault.timeout alone when it is set; the floor is the longer of the two
+// plus 14s (graceFloor; TestReconcileGraceFloor checks the values).
+func TestServerHelpMatchesBehaviour(t *testing.T) {
+	out, _, err := runCLI(t, nil, "server", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{
+		"KEYTRAIL_RECONCILE_GRACE (1m; raised, with a warning, to at least the longer of vault.timeout and 5s, plus 14s)",
+	} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("keytrail server --help lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // TestReportOutCheckedFirst: a --out report could not write was found only
 // after the audit files had been read (minutes for a large log), and the
 // error named a temporary file ("open /dir/.keytrail-report-123: no such

@@ -47,8 +47,8 @@ strictly). Environment overrides: KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_TOKEN,
 KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m; raised, with
-a warning, to at least vault.timeout or 5s + 14s) and turned off with
-KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
+a warning, to at least the longer of vault.timeout and 5s, plus 14s) and
+turned off with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
 (one received during start-up reloads once serving), and so does a change to
 its *.yaml/*.yml files (polled every 2 s); SIGINT/SIGTERM shut down
 gracefully: /readyz answers 503 for shutdown_drain while requests are still
