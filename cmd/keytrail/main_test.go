@@ -797,7 +797,10 @@ func TestPolicyHelpNamesLinesAndPolicySource(t *testing.T) {
 // does that an operator tunes or relies on. The reconciliation grace's
 // floor (ea917e9) read "at least vault.timeout or 5s + 14s", which parses
 // as vault.timeout alone when it is set; the floor is the longer of the two
-// plus 14s (graceFloor; TestReconcileGraceFloor checks the values).
+// plus 14s (graceFloor; TestReconcileGraceFloor checks the values). It
+// said nothing of the retries of a failed file-triggered reload (4e74d25)
+// nor that a reload whose policy_load event cannot be written is not
+// applied (f450427).
 func TestServerHelpMatchesBehaviour(t *testing.T) {
 	out, _, err := runCLI(t, nil, "server", "--help")
 	if err != nil {
@@ -806,6 +809,8 @@ func TestServerHelpMatchesBehaviour(t *testing.T) {
 	flat := strings.Join(strings.Fields(out), " ")
 	for _, want := range []string{
 		"KEYTRAIL_RECONCILE_GRACE (1m; raised, with a warning, to at least the longer of vault.timeout and 5s, plus 14s)",
+		"a reload after a change that fails is retried 10 times, 4 s doubling to 1 min apart",
+		"A reload that fails, or whose policy_load audit event cannot be written, keeps the policy in force.",
 	} {
 		if !strings.Contains(flat, want) {
 			t.Errorf("keytrail server --help lacks %q:\n%s", want, out)

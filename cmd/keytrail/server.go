@@ -48,15 +48,18 @@ KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m; raised, with
 a warning, to at least the longer of vault.timeout and 5s, plus 14s) and
-turned off with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP reloads the policy
-(one received during start-up reloads once serving), and so does a change to
-its *.yaml/*.yml files (polled every 2 s); SIGINT/SIGTERM shut down
-gracefully: /readyz answers 503 for shutdown_drain while requests are still
-served, then in-flight requests get shutdown_timeout (a second signal exits
-at once). The exit status is 0 after a clean
-shutdown, 1 when start-up fails, when requests were still in flight after
-shutdown_timeout, or when closing failed (e.g. the audit log's final signed
-checkpoint could not be written), 2 on a usage mistake.`,
+turned off with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP
+reloads the policy (one received during start-up reloads once serving), and
+so does a change to its *.yaml/*.yml files (polled every 2 s; a reload after
+a change that fails is retried 10 times, 4 s doubling to 1 min apart). A
+reload that fails, or whose policy_load audit event cannot be written, keeps
+the policy in force. SIGINT/SIGTERM shut down gracefully: /readyz answers
+503 for shutdown_drain while requests are still served, then in-flight
+requests get shutdown_timeout (a second signal exits at once).
+The exit status is 0 after a clean shutdown, 1 when start-up fails, when
+requests were still in flight after shutdown_timeout, or when closing failed
+(e.g. the audit log's final signed checkpoint could not be written),
+2 on a usage mistake.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
