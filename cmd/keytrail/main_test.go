@@ -768,16 +768,22 @@ func TestDevHelpSaysHowItStops(t *testing.T) {
 // the line of their field or workload (089221f, 143cb2b), policy check's
 // --help gave no example of the line, and policy explain's --help said
 // neither that it names where each workload is declared nor that --policy
-// or $KEYTRAIL_POLICY is required.
+// or $KEYTRAIL_POLICY is required. Since look-alike owners draw a warning
+// (5409d39) and explain prints the warnings too (e8e0691), check's --help
+// named only the unquoted claims value and explain's none.
 func TestPolicyHelpNamesLinesAndPolicySource(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want []string
 	}{
-		{[]string{"policy", "check", "--help"}, []string{`"a.yaml: grants[2].ttl: must be > 0 (line 31)"`}},
+		{[]string{"policy", "check", "--help"}, []string{
+			`"a.yaml: grants[2].ttl: must be > 0 (line 31)"`,
+			"an owner mixing Latin letters with Cyrillic or Greek ones",
+		}},
 		{[]string{"policy", "explain", "--help"}, []string{
 			"(with the file, path and line that declare it)",
 			"The policy is --policy, else $KEYTRAIL_POLICY; one of them is required.",
+			"The policy's warnings (see 'keytrail policy check') go to stderr.",
 		}},
 	} {
 		out, _, err := runCLI(t, nil, c.args...)

@@ -35,8 +35,10 @@ run it with --files where the broker runs, as the broker checks them at
 start and on every reload.
 
 What is valid but likely not meant (an unquoted claims value such as 1.0,
-which no number claim equals) is printed on stderr as "warning: ...", with
-the file, field path and line; it does not change the exit status.
+which no number claim equals; an owner mixing Latin letters with Cyrillic
+or Greek ones, which looks like an owner it is not) is printed on stderr as
+"warning: ...", with the file, field path and line; it does not change the
+exit status. The server logs the same warnings at every load.
 
 Exit status: 0 the policy is valid; 1 it is not (every problem on stderr, one
 per line) or cannot be read; 2 usage.`,
@@ -96,7 +98,8 @@ func newPolicyExplainCmd(e *env) *cobra.Command {
 offline use) and prints, for every workload of the token's issuer (with the
 file, path and line that declare it), why it matched or not, and what the
 grant would mint. The policy is --policy, else $KEYTRAIL_POLICY; one of them
-is required.
+is required. The policy's warnings (see 'keytrail policy check') go to
+stderr.
 
 Exit status: 0 the token would get the grant; 1 it would not (token rejected,
 issuer not trusted, no or several workloads match, grant unknown or not the
