@@ -103,7 +103,8 @@ maximum rate, from each request's intended send time. Progress goes
 to stderr, the report to stdout, and with --json-out to a JSON file too.
 Everything started is stopped on exit and on Ctrl-C. See docs/PERFORMANCE.md.
 The Vault binary comes from --vault-bin, else $KEYTRAIL_VAULT_BIN, else
-bin/vault in the repository (built if missing).
+bin/vault in the repository (built if missing or older than
+e2e/vaultserver/go.sum).
 
 Exit status: 0 every scenario ran; 1 something could not be started, a
 measurement failed or the run was interrupted; 2 usage.`,
@@ -137,7 +138,7 @@ measurement failed or the run was interrupted; 2 usage.`,
 	f.IntSliceVar(&o.workers, "workers", defaultWorkers, "concurrency levels of the closed-loop (throughput) runs, comma-separated; a variant's maximum is its best level")
 	f.IntVar(&o.revocations, "revocations", 20, "revocations per repetition in scenario E")
 	f.StringVar(&o.jsonOut, "json-out", "", "also write the report as JSON to this file")
-	f.StringVar(&o.vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
+	f.StringVar(&o.vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing or older than e2e/vaultserver/go.sum)")
 	f.StringVar(&o.keytrailBin, "keytrail-bin", "", "keytrail binary for the broker processes (default: this one)")
 	f.BoolVar(&o.pprof, "pprof", false, "brokers serve net/http/pprof on a free loopback port (printed with their start), for profiling a run")
 	f.StringVar(&o.dir, "dir", "", "keep configs, audit logs and process logs here (default: a temporary directory, removed)")

@@ -42,9 +42,10 @@ func newDevCmd(e *env) *cobra.Command {
 		Short: "Try keytrail locally: Vault dev server, in-memory store, example policies, demo issuer and workload",
 		Long: `dev starts everything keytrail needs on this machine, for a first try:
 
-  - a Vault dev server (built from the Go module proxy on first use, which
-    takes 10-20 minutes on 2 cores; later starts are immediate), with transit
-    keys and a file audit device;
+  - a Vault dev server (bin/vault, built from the Go module proxy only when
+    missing or older than e2e/vaultserver/go.sum, which takes 10-20 minutes
+    on 2 cores; otherwise it starts at once), with transit keys and a file
+    audit device;
   - a demo identity issuer on ` + devIssuerAddr + ` that hands out workload tokens;
   - the broker on --listen with policies/examples, the in-memory store and an
     audit log in --dir;
@@ -72,7 +73,7 @@ or (with --once) the audit log did not verify; 2 usage.`,
 	}
 	c.Flags().StringVar(&dir, "dir", ".dev", "state directory, kept after exit (audit log and checkpoint key, Vault logs, demo tokens)")
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:7700", "broker listen address (loopback: dev serves plain HTTP)")
-	c.Flags().StringVar(&vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing)")
+	c.Flags().StringVar(&vaultBin, "vault-bin", "", "Vault binary (default $KEYTRAIL_VAULT_BIN, else bin/vault, built if missing or older than e2e/vaultserver/go.sum)")
 	c.Flags().StringVar(&policyPath, "policy", "", "policy file or directory (default policies/examples)")
 	c.Flags().BoolVar(&once, "once", false, "run the demo, verify the audit log, then exit")
 	return c

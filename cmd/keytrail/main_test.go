@@ -746,7 +746,10 @@ func TestDevUsageErrorsBeforeItsPorts(t *testing.T) {
 // TestDevHelpSaysHowItStops: dev --help said Ctrl-C or SIGTERM stops it,
 // not that it also stops when the go command of `go run ./cmd/keytrail dev`
 // (the README's command) ends, nor that a second dev exits 1 naming the
-// conflict, as README says.
+// conflict, as README says. It also said bin/vault is built "on first use"
+// and --vault-bin "if missing", while it is rebuilt whenever it is older
+// than e2e/vaultserver/go.sum (devserver.BuildVault; 85bdb15's progress
+// line says so).
 func TestDevHelpSaysHowItStops(t *testing.T) {
 	out, _, err := runCLI(t, nil, "dev", "--help")
 	if err != nil {
@@ -757,6 +760,8 @@ func TestDevHelpSaysHowItStops(t *testing.T) {
 		"on Linux to the go command of 'go run ./cmd/keytrail dev'",
 		"dev.lock, which names the running dev's pid",
 		"1 another dev runs on --dir, --listen or the demo issuer's port is in use",
+		"built from the Go module proxy only when missing or older than e2e/vaultserver/go.sum",
+		"else bin/vault, built if missing or older than e2e/vaultserver/go.sum)",
 	} {
 		if !strings.Contains(flat, want) {
 			t.Errorf("keytrail dev --help lacks %q:\n%s", want, out)
