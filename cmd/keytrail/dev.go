@@ -62,8 +62,10 @@ $KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
 
 Exit status: 0 stopped by Ctrl-C or SIGTERM (with --once: the demo ran and
 the audit log verified); 1 another dev runs on --dir, --listen or the demo
-issuer's port is in use, something failed to start, the demo exchange failed
-or (with --once) the audit log did not verify; 2 usage.`,
+issuer's port is in use, something failed to start, the demo exchange failed,
+the broker did not stop cleanly (requests still in flight 20 s after the
+stop, or its audit log's final checkpoint not written) or (with --once) the
+audit log did not verify; 2 usage.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := stopWithGoRun(cmd.Context(), os.Getppid(), parentIsGoCommand)
