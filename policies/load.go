@@ -242,7 +242,7 @@ func decode(name string, data []byte) (parsedFile, []error) {
 		if errors.Is(err, io.EOF) {
 			return pf, []error{&Problem{File: name, Message: "empty policy file (want at least \"version: 1\")"}}
 		}
-		return pf, yamlProblems(name, parseErrorLine(data, err))
+		return pf, yamlProblems(name, ParseErrorLine(data, err))
 	}
 	if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file)); len(ps) > 0 {
 		errs := make([]error, len(ps))
@@ -270,7 +270,7 @@ func decode(name string, data []byte) (parsedFile, []error) {
 		case errors.Is(err, io.EOF):
 			return pf, nil
 		case err != nil:
-			return pf, yamlProblems(name, err)
+			return pf, yamlProblems(name, ParseErrorLine(data, err))
 		case !emptyDocument(&extra):
 			return pf, []error{&Problem{File: name, Path: fmt.Sprintf("line %d", extra.Line), Message: "more than one YAML document; put each in its own file"}}
 		}
@@ -468,21 +468,23 @@ func emptyDocument(n *yaml.Node) bool {
 	return true
 }
 
-// parseErrorLine gives the line to an error of parsing data that the YAML
-// parser left without one: a syntax error on the first line (it names a
-// line only when it is not the first) and an unknown alias (it names none).
-func parseErrorLine(data []byte, err error) error {
+// ParseErrorLine gives the line to an error of parsing data (a YAML stream,
+// one document or more) that the YAML parser left without one: a syntax
+// error on the first line (it names a line only when it is not the first)
+// and an unknown alias (it names none). Errors that name a line are
+// returned as they are. The server config loader uses it too.
+func ParseErrorLine(data []byte, err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	switch {
 	case strings.HasPrefix(msg, "line "), strings.HasPrefix(msg, "attempted to "):
 		return err
 	case strings.HasPrefix(msg, "unknown anchor "):
 		// The parser stops at the first alias it cannot resolve: the
-		// first line that, with those before it, fails the same way.
+		// first line that, with those before it, fails the same way
+		// (every document read, so an alias in a later one is found).
 		lines := bytes.SplitAfter(data, []byte("\n"))
 		fails := func(n int) bool {
-			var doc yaml.Node
-			e := yaml.Unmarshal(bytes.Join(lines[:n], nil), &doc)
+			e := decodeAll(bytes.Join(lines[:n], nil))
 			return e != nil && e.Error() == err.Error()
 		}
 		n := sort.Search(len(lines), func(i int) bool { return fails(i + 1) }) + 1
@@ -492,6 +494,20 @@ func parseErrorLine(data []byte, err error) error {
 		return fmt.Errorf("line %d: %s", n, msg)
 	default:
 		return fmt.Errorf("line 1: %s", msg)
+	}
+}
+
+// decodeAll parses every document of data, returning the first error.
+func decodeAll(data []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
 	}
 }
 

@@ -940,7 +940,7 @@ func TestExplainNamesWhereWorkloadsAreDeclared(t *testing.T) {
 // unterminated quote in a one-line file) and out of an unknown alias
 // altogether, so
 // 'policy check' printed such a problem with the file alone. The line is
-// now named in both cases.
+// now named in both cases, in a document after a "---" too.
 func TestYAMLErrorsNameTheLine(t *testing.T) {
 	tests := []struct {
 		name, data string
@@ -951,6 +951,7 @@ func TestYAMLErrorsNameTheLine(t *testing.T) {
 		{"fail/unknown-alias", "version: 1\n# not *base: a comment\nissuers:\n  - name: \"*base\"\n    <<: *base\n", []string{`t.yaml: line 5: unknown anchor 'base' referenced`}},
 		{"fail/unknown-alias-flow", "version: 1\nworkloads: [{name: w,\n  match: *m}]\n", []string{`t.yaml: line 3: unknown anchor 'm' referenced`}},
 		{"fail/unknown-alias-first-line", "version: *v\n", []string{`t.yaml: line 1: unknown anchor 'v' referenced`}},
+		{"fail/unknown-alias-second-document", "version: 1\n---\n# *w\nworkloads: *w\n", []string{`t.yaml: line 4: unknown anchor 'w' referenced`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
