@@ -20,6 +20,7 @@ import (
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/adapters/redisstore"
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/policies"
 	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
@@ -203,7 +204,7 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, yamlError(path, data, err)
 	}
 	// One document: settings after a "---" would otherwise be ignored.
 	for {
@@ -213,7 +214,7 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, yamlError(path, data, err)
 		}
 		if !emptyYAMLDocument(&extra) {
 			return nil, fmt.Errorf("%s: line %d: more than one YAML document; a config file holds one", path, extra.Line)
@@ -245,6 +246,13 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 		c.Vault.AppRole = nil
 	}
 	return &c, nil
+}
+
+// yamlError is err, an error of parsing the YAML of the config file at
+// path, named by file and line as policy files' are: the parser leaves the
+// line out of a syntax error on the first line and of an unknown alias.
+func yamlError(path string, data []byte, err error) error {
+	return fmt.Errorf("%s: %s", path, strings.TrimPrefix(policies.ParseErrorLine(data, err).Error(), "yaml: "))
 }
 
 // emptyYAMLDocument reports whether n is a document with no content (a

@@ -576,6 +576,32 @@ func TestLoadConfigOneDocument(t *testing.T) {
 	}
 }
 
+// TestLoadConfigYAMLErrorsNameTheLine: the YAML parser leaves the line out
+// of a syntax error on the first line and of an unknown alias, so
+// 'keytrail server --config' said "config.yaml: yaml: unknown anchor 'x'
+// referenced" with no line to go to. Every such error now names file and
+// line, as the policy loader's do (policies.ParseErrorLine), in a second
+// document too.
+func TestLoadConfigYAMLErrorsNameTheLine(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
+	base := "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\n"
+	for _, tt := range []struct{ name, yaml, want string }{
+		{"syntax-first-line", ": x\n" + base, "line 1: did not find expected key"},
+		{"unterminated-quote-one-line", `listen: "127.0.0.1:7700`, "line 1: found unexpected end of stream"},
+		{"unknown-alias", base + "# not *x: a comment\nlog: *x\n", "line 6: unknown anchor 'x' referenced"},
+		{"unknown-alias-second-document", base + "---\nlog: *y\n", "line 6: unknown anchor 'y' referenced"},
+		{"syntax-later-line", base + "log: [\n", "line 5: did not find expected node content"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "config.yaml", tt.yaml)
+			_, err := LoadConfig(p, func(string) string { return "" })
+			if want := p + ": " + tt.want; err == nil || err.Error() != want {
+				t.Errorf("LoadConfig(%q) = %v, want %q", tt.yaml, err, want)
+			}
+		})
+	}
+}
+
 // TestAuditFileErrorsNameTheCommand: audit verify, report and trace read
 // audit files the same way; an error about one of them names the command
 // (and flag) the operator ran and the path. audit verify and report said
