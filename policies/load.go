@@ -542,15 +542,17 @@ func locate(problems []error, root func(file string) *yaml.Node) {
 		if !ok || p.Line > 0 || p.Path == "" || strings.HasPrefix(p.Path, "line ") {
 			continue
 		}
-		p.Line = nodeLine(root(p.File), p.Path)
+		p.Line = NodeLine(root(p.File), p.Path)
 	}
 }
 
-// nodeLine returns the line of the node a problem path names in doc:
+// NodeLine returns the line of the node a problem path names in doc:
 // mapping keys by name (`name`, `claims["k"]`), sequence items by index
-// (`grants[2]`). Where the path leaves the document (a required field that
-// is not written) it is the line of the last node found; 0 when doc is nil.
-func nodeLine(doc *yaml.Node, path string) int {
+// (`grants[2]`), aliases and merge keys followed as the decoder does.
+// Where the path leaves the document (a required field that is not
+// written) it is the line of the last node found; 0 when doc is nil. The
+// server config loader uses it too.
+func NodeLine(doc *yaml.Node, path string) int {
 	line, _ := lookup(doc, path)
 	return line
 }

@@ -237,7 +237,7 @@ func compile(files []parsedFile) (*Policy, error) {
 	root := fileRoots(files)
 	p.workloadSrc = make([]string, len(workloadLocs))
 	for i, l := range workloadLocs {
-		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, nodeLine(root(l.file), l.path))
+		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, NodeLine(root(l.file), l.path))
 	}
 	locate(v.warnings, root)
 	for _, w := range v.warnings {
@@ -248,10 +248,10 @@ func compile(files []parsedFile) (*Policy, error) {
 	}
 	p.caLines = map[string]int{}
 	for _, l := range issuerLocs {
-		p.caLines[l.String()+".ca_file"] = nodeLine(root(l.file), l.path+".ca_file")
+		p.caLines[l.String()+".ca_file"] = NodeLine(root(l.file), l.path+".ca_file")
 	}
 	for _, l := range grantLocs {
-		p.caLines[l.String()+".proxy.ca_file"] = nodeLine(root(l.file), l.path+".proxy.ca_file")
+		p.caLines[l.String()+".proxy.ca_file"] = NodeLine(root(l.file), l.path+".proxy.ca_file")
 	}
 	return p, nil
 }

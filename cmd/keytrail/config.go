@@ -236,9 +236,9 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	if err := strict.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	c.applyEnv(getenv)
+	fromEnv := c.applyEnv(getenv)
 	c.applyDefaults()
-	if err := c.validate(path); err != nil {
+	if err := c.validateFile(path, &doc, fromEnv); err != nil {
 		return nil, err
 	}
 	if a := c.Vault.AppRole; a != nil {
@@ -266,16 +266,24 @@ func emptyYAMLDocument(n *yaml.Node) bool {
 	return n.Kind == yaml.DocumentNode
 }
 
-func (c *Config) applyEnv(getenv func(string) string) {
-	if v := getenv("KEYTRAIL_LISTEN"); v != "" {
-		c.Listen = v
+// applyEnv applies the environment overrides and returns the variable
+// that set each field it set, by field path.
+func (c *Config) applyEnv(getenv func(string) string) map[string]string {
+	from := map[string]string{}
+	for _, o := range []struct {
+		field, env string
+		dst        *string
+	}{
+		{"listen", "KEYTRAIL_LISTEN", &c.Listen},
+		{"vault.address", "VAULT_ADDR", &c.Vault.Address},
+		{"store.redis_url", "KEYTRAIL_REDIS_URL", &c.Store.RedisURL},
+	} {
+		if v := getenv(o.env); v != "" {
+			*o.dst = v
+			from[o.field] = o.env
+		}
 	}
-	if v := getenv("VAULT_ADDR"); v != "" {
-		c.Vault.Address = v
-	}
-	if v := getenv("KEYTRAIL_REDIS_URL"); v != "" {
-		c.Store.RedisURL = v
-	}
+	return from
 }
 
 func (c *Config) applyDefaults() {
@@ -308,10 +316,25 @@ func (c *Config) applyDefaults() {
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 }
 
-func (c *Config) validate(file string) error {
+// validate checks every rule of a configuration built in code (dev, tests);
+// each problem is named by file and field.
+func (c *Config) validate(file string) error { return c.validateFile(file, nil, nil) }
+
+// validateFile is validate for a configuration read from doc: a problem
+// also names the line of its field (merge keys followed, as the decoder
+// does; for a field not written, the line of the last one found on its
+// path), or, for a field the environment set, the variable (fromEnv, by
+// field path).
+func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]string) error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s: %s", file, field, fmt.Sprintf(format, args...)))
+		msg := fmt.Sprintf(format, args...)
+		if v := fromEnv[field]; v != "" {
+			msg += " (from " + v + ")"
+		} else if line := policies.NodeLine(doc, field); line > 0 {
+			msg += fmt.Sprintf(" (line %d)", line)
+		}
+		errs = append(errs, fmt.Errorf("%s: %s: %s", file, field, msg))
 	}
 	host, _, err := net.SplitHostPort(c.Listen)
 	if err != nil {

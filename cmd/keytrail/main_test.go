@@ -13,12 +13,14 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/cobra"
 
 	"github.com/keytrail/keytrail/broker/authn/authntest"
@@ -599,6 +601,58 @@ func TestLoadConfigYAMLErrorsNameTheLine(t *testing.T) {
 				t.Errorf("LoadConfig(%q) = %v, want %q", tt.yaml, err, want)
 			}
 		})
+	}
+}
+
+// TestLoadConfigProblemsNameTheLine: a validation problem named file and
+// field but no line ("config.yaml: log.level: must be debug, info, warn or
+// error"), unlike a policy problem or a config value of the wrong type.
+// Each now names the line of its field, merge keys ("<<") followed as the
+// decoder follows them (the line where the merged value is written, not
+// the "<<"), or the environment variable that set the field.
+func TestLoadConfigProblemsNameTheLine(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
+	yaml := "public_url: ftp://k.example\n" + // 1
+		"policy: " + pol + "\n" + // 2
+		"vault:\n" + // 3
+		"  address: http://v\n" + // 4
+		"  approle: {}\n" + // 5
+		"audit:\n" + // 6
+		"  <<: [{file: a},\n" + // 7
+		"       {max_batch: -1,\n" + // 8
+		"        rotate_every: -1h}]\n" + // 9
+		"log:\n" + // 10
+		"  <<: {format: text}\n" + // 11
+		"  level: loud\n" + // 12
+		"store: {redis_url: 'redis://r:6379'}\n" // 13
+	p := writeFile(t, t.TempDir(), "config.yaml", yaml)
+	_, err := LoadConfig(p, func(k string) string { return map[string]string{"KEYTRAIL_REDIS_URL": "http://r"}[k] })
+	if err == nil {
+		t.Fatal("LoadConfig() = ok, want problems")
+	}
+	want := []string{
+		"public_url: must be an absolute http(s) URL (line 1)",
+		"vault.approle.role_id_file: is required (line 5)",
+		"vault.approle.secret_id_file: is required (line 5)",
+		"store.redis_url: must be a redis:// or rediss:// URL (from KEYTRAIL_REDIS_URL)",
+		"audit.rotate_every: must not be negative (0: never) (line 9)",
+		"audit.max_batch: must not be negative (line 8)",
+		"log.level: must be debug, info, warn or error (line 12)",
+	}
+	got := strings.Split(err.Error(), "\n")
+	for i, g := range got {
+		got[i] = strings.TrimPrefix(g, p+": ")
+	}
+	slices.Sort(want)
+	slices.Sort(got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("LoadConfig() problems (-want +got):\n%s", diff)
+	}
+
+	// A value that does not fit its field, merged, names its own line too.
+	p = writeFile(t, t.TempDir(), "config.yaml", "audit:\n  <<: {file: a,\n    max_batch: 1.5}\n")
+	if _, err := LoadConfig(p, func(string) string { return "" }); err == nil || err.Error() != p+": audit.max_batch: must be a whole number, not 1.5 (line 3)" {
+		t.Errorf("LoadConfig(merged max_batch: 1.5) = %v, want its line (3)", err)
 	}
 }
 
