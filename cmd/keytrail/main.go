@@ -58,6 +58,10 @@ type env struct {
 	// afterAuditList, when set, is called by audit verify between listing
 	// the audit files and opening them (tests: a rotation in between).
 	afterAuditList func()
+	// auditWritten, when set, is called by the server's audit sink after
+	// each batch it wrote, before the batch's writers are told (tests: an
+	// audit disk that hangs).
+	auditWritten func()
 }
 
 // lineErr is stderr for lines that goroutines running at the same time

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/e2e/harness"
 )
 
 // reloadRuntime is a brokerRuntime with what reloadPolicy uses (metrics,
@@ -195,4 +201,96 @@ func TestFailedFileReloadRetriesAreBounded(t *testing.T) {
 	waitReload(t, "the changed files are loaded", func() bool {
 		return readCounter(t, rt.metrics.policyReloads.WithLabelValues("ok")) == 1
 	}, &logs)
+}
+
+// TestSIGTERMDuringHungReloadShutsDown: a SIGHUP reload ran on runServer's
+// main loop and waits for its policy_load event to be durable. With the
+// audit disk hung, the loop no longer saw SIGTERM (and the watcher of a
+// second signal was not installed yet): the broker could not be stopped
+// gracefully. Now the reload runs beside the loop: SIGTERM starts the
+// shutdown at once, and the reload, once its event is durable, still
+// completes (its policy applied) before the audit log closes. Real Vault;
+// the hung disk is an audit write that does not return (its event is in
+// the file, its writer not yet told).
+func TestSIGTERMDuringHungReloadShutsDown(t *testing.T) {
+	vp := harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	var logs brokertest.SyncBuffer
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: &logs, getenv: func(k string) string {
+		return map[string]string{"VAULT_TOKEN": vp.RootToken, envReconcile: "off"}[k]
+	}, auditWritten: func() {
+		// Hold the batch holding the SIGHUP reload's policy_load event.
+		if b, _ := os.ReadFile(auditPath); hold.Load() && bytes.Contains(b, []byte(`"trigger":"sighup"`)) {
+			hold.Store(false)
+			close(held)
+			<-release
+		}
+	}}
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
+		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: auditPath}, Log: LogConfig{Level: "info", Format: "text"}}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	readyc, done := make(chan string, 1), make(chan struct{})
+	var runErr error
+	go func() { defer close(done); runErr = runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	t.Cleanup(func() { // whatever failed: let the server end before the next test
+		open()
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+		}
+	})
+	select {
+	case <-readyc:
+	case <-done:
+		t.Fatalf("server: %v", runErr)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+
+	hold.Store(true)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held: // the reload waits for its policy_load event, which the disk holds
+	case <-done:
+		t.Fatalf("server ended: %v\n%s", runErr, logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the SIGHUP reload never wrote its policy_load event\n%s", logs.String())
+	}
+	cancel() // SIGTERM
+	waitReload(t, "shutdown starts while a SIGHUP reload waits for the audit log", func() bool {
+		return strings.Contains(logs.String(), "shutting down")
+	}, &logs)
+	if strings.Contains(logs.String(), "policy reloaded") {
+		t.Fatalf("the reload was applied before its policy_load event was acknowledged\n%s", logs.String())
+	}
+
+	open() // the disk answers
+	select {
+	case <-done:
+		if runErr != nil {
+			t.Fatalf("runServer() = %v, want a clean shutdown", runErr)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("runServer did not return once the audit write completed\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "policy reloaded") || !strings.Contains(logs.String(), "why=sighup") {
+		t.Errorf("the SIGHUP reload, its event durable, did not complete before the server ended\n%s", logs.String())
+	}
 }

@@ -189,19 +189,27 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		ready(ln.Addr().String())
 	}
 
-	for {
-		select {
-		case <-hup:
-			_ = rt.reloadPolicy(ctx, "sighup") // logged and audited; the policy in force stays
-			continue
-		case err := <-errc:
-			if !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("serve: %w", err)
+	// SIGHUP reloads run beside this loop, one at a time (reloadMu), until
+	// the runtime closes: a reload waits for its policy_load event to be
+	// durable, and an audit disk that hangs must not keep SIGTERM from
+	// starting the shutdown. One received during start-up is read now.
+	rt.goBackground(ctx, func(ctx context.Context) error {
+		for {
+			select {
+			case <-hup:
+				_ = rt.reloadPolicy(ctx, "sighup") // logged and audited; the policy in force stays
+			case <-ctx.Done():
+				return nil
 			}
-			return nil
-		case <-ctx.Done():
 		}
-		break
+	})
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
 	}
 
 	// Graceful shutdown: drain (shutdown_drain: /readyz answers 503 while
@@ -425,7 +433,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync, Journal: *cfg.Audit.Journal, JournalBytes: cfg.Audit.JournalBytes,
 		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, DeferFor: time.Duration(cfg.Audit.DeferFor), Logger: log,
-		OnWrite: func(d time.Duration) { m.auditSync.Observe(d.Seconds()) },
+		OnWrite: func(d time.Duration) {
+			m.auditSync.Observe(d.Seconds())
+			if e.auditWritten != nil {
+				e.auditWritten()
+			}
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
