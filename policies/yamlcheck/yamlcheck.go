@@ -160,13 +160,35 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 	}
 }
 
-// mapping calls f for each key and value of n, the merged ones ("<<: *a")
-// included.
+// mapping calls f for each key and value of n that the decoder uses, in
+// document order: the keys written in n and those of the mappings merged
+// into it ("<<: *a" or "<<: [*a, *b]"), recursively, but for a merged key
+// that a key written in n, or in an earlier merged mapping, overrides (the
+// decoder never reads that value).
 func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
+	c.merged(path, n, map[string]bool{}, f)
+}
+
+// merged is mapping for n merged below keys already set (seen), which it
+// skips; it adds the keys it sets to seen.
+func (c *checker) merged(path string, n *yaml.Node, seen map[string]bool, f func(k, v *yaml.Node)) {
+	// The keys written in n override those merged into it, wherever the
+	// "<<" is written.
+	own := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.ShortTag() != "!!merge" && !seen[k.Value] {
+			own[k.Value] = true
+		}
+	}
+	for key := range own {
+		seen[key] = true
+	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.ShortTag() != "!!merge" {
-			f(k, v)
+			if own[k.Value] {
+				f(k, v)
+			}
 			continue
 		}
 		for v.Kind == yaml.AliasNode && v.Alias != nil {
@@ -187,7 +209,7 @@ func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
 				c.add(path, m, "a merge (<<) takes a mapping or a list of mappings")
 				continue
 			}
-			c.mapping(path, m, f)
+			c.merged(path, m, seen, f)
 		}
 	}
 }

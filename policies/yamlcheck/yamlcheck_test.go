@@ -97,6 +97,11 @@ var tests = []struct {
 		{"subs[0].n", 2, "must be a whole number, not 2.5"},
 		{"subs[1].n", 2, "must be a whole number, not 2.5"},
 		{"subs[2].n", 2, "must be a whole number, not 2.5"}}},
+	// The decoder never reads a merged value that a key written next to
+	// the "<<" (or in an earlier merged mapping) overrides.
+	{"ok/merged-value-overridden", "sub: {<<: [{n: abc}, {n: x, wait: soon}], n: 2, wait: 1s}\nsubs:\n  - {n: 1, <<: {n: 1.5}}\n  - {<<: [{n: 3}, {n: 0.5}]}\n", nil},
+	{"fail/merged-value-not-overridden", "sub: {<<: [{n: 2}, {n: x, wait: soon}]}\n", []Problem{
+		{"sub.wait", 1, `must be a duration like 30s, not "soon"`}}},
 	{"fail/every-problem-at-once", "n: x\non: 2\nsub: {n: 1.5, wait: never, extra: 1}\n", []Problem{
 		{"n", 1, `must be a whole number, not "x"`},
 		{"on", 2, "must be true or false, not 2"},
