@@ -274,7 +274,15 @@ func readyStatus(t testing.TB, base string) int {
 // asked of Vault with its root token.
 func liveKeytrailTokens(t testing.TB, v *harness.Vault) map[string]string {
 	t.Helper()
-	inv, err := vaultad.NewTokenInventory(vaultad.TokenInventoryOptions{Client: v.Client})
+	return liveKeytrailTokensOf(t, v, "")
+}
+
+// liveKeytrailTokensOf lists the live keytrail tokens in v (issuance id ->
+// accessor): every deployment's when deployment is "", else those the
+// reconciliation of that deployment would look at.
+func liveKeytrailTokensOf(t testing.TB, v *harness.Vault, deployment string) map[string]string {
+	t.Helper()
+	inv, err := vaultad.NewTokenInventory(vaultad.TokenInventoryOptions{Client: v.Client, Deployment: deployment})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,6 +297,19 @@ func liveKeytrailTokens(t testing.TB, v *harness.Vault) map[string]string {
 		out[c.IssuanceID] = c.Ref
 	}
 	return out
+}
+
+// liveTokens is liveKeytrailTokens narrowed to this stack's deployment
+// (the in-memory store's default: its audit chain id): other stacks on the
+// same Vault leave their tokens alone since 97fad65, so a stack's checks
+// must not count theirs.
+func (s *faultStack) liveTokens(t testing.TB, v *harness.Vault) map[string]string {
+	t.Helper()
+	evs := auditEvents(t, s.auditPath)
+	if len(evs) == 0 || evs[0].Chain == "" {
+		t.Fatalf("%s: no audit line to read the chain (deployment) id from", s.auditPath)
+	}
+	return liveKeytrailTokensOf(t, v, evs[0].Chain)
 }
 
 func TestFaults(t *testing.T) {
@@ -368,7 +389,7 @@ func TestFaults(t *testing.T) {
 				issued[ev.IssuanceID] = true
 			}
 		}
-		for id := range liveKeytrailTokens(t, v) {
+		for id := range s.liveTokens(t, v) {
 			if !issued[id] {
 				t.Errorf("vault slow: live keytrail token of issuance %s has no issue event", id)
 			}
@@ -479,7 +500,7 @@ func TestFaults(t *testing.T) {
 		}
 		filler := filepath.Join(mnt, "filler")
 		fillDisk(t, filler)
-		before := len(liveKeytrailTokens(t, v))
+		before := len(s.liveTokens(t, v))
 		// The audit file's last page still has room: exchanges succeed
 		// until it is used up, then every one must fail.
 		var r exchangeResult
@@ -495,7 +516,7 @@ func TestFaults(t *testing.T) {
 		if r2 := faultExchange(t, s.url, s.token(t, "app-disk")); r2.status != 503 || r2.credential {
 			t.Errorf("audit disk full, again: exchange = %+v, want 503 and no credential", r2)
 		}
-		if got := len(liveKeytrailTokens(t, v)); got != before+ok {
+		if got := len(s.liveTokens(t, v)); got != before+ok {
 			t.Errorf("audit disk full: live keytrail tokens %d -> %d after %d successes, want the unaudited tokens revoked", before, got, ok)
 		}
 		if got := readyStatus(t, s.url); got != 503 {
