@@ -89,6 +89,10 @@
 // allow_private: true; the address checked is the address dialled (no
 // re-resolution in between).
 //
+// Every proxied response is made Cache-Control: private
+// (keepOutOfSharedCaches): a shared cache in front of the broker storing
+// it would answer later requests with no credential check and no use event.
+//
 // The secret never reaches the caller through the broker: response headers
 // whose value contains it are dropped, upstream trailers
 // are dropped (neither announced nor sent, whatever the upstream declared),

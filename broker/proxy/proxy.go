@@ -642,6 +642,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// names here ReverseProxy announces none, and the responseWriter
 			// drops those it copies after the body (see responseWriter).
 			res.Trailer = nil
+			keepOutOfSharedCaches(res.Header)
 			res.Header.Set("X-Keytrail-Use", useID)
 			body := res.Body
 			if coding != codingIdentity && !bodyless {
