@@ -50,11 +50,12 @@ func newRevokeCmd(e *env) *cobra.Command {
 --owner says what to end; --reason is required and goes to the audit log.
 --block also refuses new credentials to the workload concerned (every workload
 of the owner, with --owner) until the block is lifted with
-DELETE /v1/admin/blocks/{workload}. A --workload or --owner that neither the
-policy in force nor any recorded issuance knows, nor (for a workload) a
-standing block (a typo, a wrong case) is refused and nothing is revoked or
-blocked; --force revokes and blocks the name anyway (e.g. a workload about to
-be deployed).
+DELETE /v1/admin/blocks/{workload}?revocation_id=<this revocation's id> (the
+id names the block to lift, so a retry never lifts a newer one). A --workload
+or --owner that neither the policy in force nor any recorded issuance knows,
+nor (for a workload) a standing block (a typo, a wrong case) is refused and
+nothing is revoked or blocked; --force revokes and blocks the name anyway
+(e.g. a workload about to be deployed).
 
 Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
 Admin token: your identity token (an identity that policy lists under admins
