@@ -17,32 +17,6 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-// benchExchangePolicy is one workload allowed one vault_token grant, with
-// no rate limit.
-const benchExchangePolicy = `
-version: 1
-issuers:
-  - name: k8s
-    issuer: https://k8s.example
-    jwks_url: https://k8s.example/jwks
-    audiences: [keytrail]
-    algorithms: [ES256]
-    session_claim: kubernetes.io.pod.uid
-workloads:
-  - name: payments-api
-    owner: team-payments
-    match:
-      issuer: k8s
-      subject: system:serviceaccount:payments:api
-      claims: {kubernetes.io.namespace: payments}
-    grants: [payments-vault]
-grants:
-  - name: payments-vault
-    kind: vault_token
-    ttl: 15m
-    vault_token: {policies: [payments-read]}
-`
-
 // BenchmarkExchange measures Service.Exchange with the backend taken out:
 // the in-memory store, a minter and audit sink that do nothing. "fake-authn"
 // looks the identity up in a map; "es256-new-token" verifies a real ES256
@@ -50,7 +24,7 @@ grants:
 // seen for the first time); "es256-repeat" presents the same token again
 // (a verified-token cache hit: no signature check).
 func BenchmarkExchange(b *testing.B) {
-	pol, err := policies.Parse("bench.yaml", []byte(benchExchangePolicy))
+	pol, err := policies.Parse("bench.yaml", []byte(brokertest.PaymentsPolicy))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -76,7 +50,7 @@ func BenchmarkExchange(b *testing.B) {
 		"issuer: https://k8s.example", "issuer: "+iss.URL,
 		"jwks_url: https://k8s.example/jwks", "jwks_url: "+iss.URL+authntest.JWKSPath,
 		"audiences: [keytrail]", "audiences: [keytrail]\n    max_token_lifetime: 2h",
-	).Replace(benchExchangePolicy)))
+	).Replace(brokertest.PaymentsPolicy)))
 	if err != nil {
 		b.Fatal(err)
 	}

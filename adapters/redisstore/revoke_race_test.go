@@ -20,30 +20,6 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-const racePolicy = `
-version: 1
-issuers:
-  - name: k8s
-    issuer: https://k8s.example
-    jwks_url: https://k8s.example/jwks
-    audiences: [keytrail]
-    algorithms: [ES256]
-    session_claim: kubernetes.io.pod.uid
-workloads:
-  - name: payments-api
-    owner: team-payments
-    match:
-      issuer: k8s
-      subject: system:serviceaccount:payments:api
-      claims: {kubernetes.io.namespace: payments}
-    grants: [payments-vault]
-grants:
-  - name: payments-vault
-    kind: vault_token
-    ttl: 15m
-    vault_token: {policies: [payments-read]}
-`
-
 // raceClock is a clock the test moves.
 type raceClock struct {
 	mu  sync.Mutex
@@ -146,7 +122,7 @@ func newRaceEnv(t *testing.T, prefix string) *raceEnv {
 	e := &raceEnv{start: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	e.clk = &raceClock{now: e.start}
 	e.st = newStore(t, r, redisstore.Options{Prefix: prefix, Now: e.clk.Now})
-	pol, err := policies.Parse("race.yaml", []byte(racePolicy))
+	pol, err := policies.Parse("race.yaml", []byte(brokertest.PaymentsPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
