@@ -31,7 +31,9 @@ func TestServersDieWithTheBinary(t *testing.T) {
 		select {} // until killed
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestServersDieWithTheBinary$", "-test.v", "-test.timeout=5m")
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	// The helper is killed, so its own cleanups (t.TempDir, the servers'
+	// data directories) never run: its temporary files go under ours.
+	cmd.Env = append(os.Environ(), helperEnv+"=1", "TMPDIR="+t.TempDir())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
