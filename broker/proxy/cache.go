@@ -45,3 +45,20 @@ func keepOutOfSharedCaches(h http.Header) {
 	}
 	h["Cache-Control"] = []string{strings.Join(kept, ", ")}
 }
+
+// weakenETags makes every strong ETag of a response the broker relays
+// decoded (its upstream compressed it) weak: a strong validator promises
+// byte-identical representations (RFC 9110 8.8.1), and the decoded body is
+// not the one the upstream's tag names. Weak, it still revalidates
+// (If-None-Match compares weakly, and the upstream sees W/"x" match its "x"),
+// and it never matches where byte equality is needed (If-Match, If-Range),
+// so a cache or client cannot mix the encoded and decoded bytes. nginx's gzip
+// filter does the same. An ETag already weak is left as it is.
+func weakenETags(h http.Header) {
+	vs := h["Etag"] // the upstream response's own values
+	for i, v := range vs {
+		if t := strings.TrimLeft(v, " \t"); t != "" && !strings.HasPrefix(t, "W/") {
+			vs[i] = "W/" + t
+		}
+	}
+}

@@ -182,3 +182,45 @@ func TestProxyCapsEncodedBytes(t *testing.T) {
 		t.Errorf("use_result outcome = %+v, want aborted, response_too_large", got)
 	}
 }
+
+// TestProxyWeakensETagOfDecodedResponses: a response the broker relays
+// decoded is not the representation a strong ETag of the upstream names
+// (RFC 9110 8.8.1), so its strong ETags are relayed weak: revalidation
+// (If-None-Match) still works, byte-range and If-Match use cannot mix the
+// encoded and decoded bytes. A response relayed as it came keeps its ETag;
+// HEAD and 304 answers of a compressed representation get the tag its GET
+// would.
+func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	tests := []struct {
+		name   string
+		method string // default GET
+		query  string
+		want   []string
+	}{
+		{name: "gzip/strong-becomes-weak", query: "as=gzip&ce=gzip&etag=%22v1%22", want: []string{`W/"v1"`}},
+		{name: "deflate/strong-becomes-weak", query: "as=zlib&ce=deflate&etag=%22v1%22", want: []string{`W/"v1"`}},
+		{name: "gzip/weak-stays", query: "as=gzip&ce=gzip&etag=W/%22v1%22", want: []string{`W/"v1"`}},
+		{name: "gzip/each-line", query: "as=gzip&ce=gzip&etag=W/%22a%22&etag=%22b%22", want: []string{`W/"a"`, `W/"b"`}},
+		{name: "head-of-gzip", method: "HEAD", query: "as=gzip&ce=gzip&etag=%22v1%22", want: []string{`W/"v1"`}},
+		{name: "304-of-gzip", query: "as=empty&ce=gzip&status=304&etag=%22v1%22", want: []string{`W/"v1"`}},
+		{name: "plain/strong-stays", query: "as=plain&etag=%22v1%22", want: []string{`"v1"`}},
+		{name: "identity-token/strong-stays", query: "as=plain&ce=identity&etag=%22v1%22", want: []string{`"v1"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, bearer(tok), nil)
+			if res.Status >= 300 && res.Status != 304 {
+				t.Fatalf("%s %s = %d: %s", method, tt.query, res.Status, res.Body)
+			}
+			if diff := cmp.Diff(tt.want, res.Header.Values("ETag")); diff != "" {
+				t.Errorf("ETag relayed (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

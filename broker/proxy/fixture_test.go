@@ -296,7 +296,8 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/up/encoded":
 		// The request headers (the injected Authorization among them),
 		// encoded as the query says (as, see encodeAs), labelled with each
-		// ce as one Content-Encoding line, with status (default 200) and
+		// ce as one Content-Encoding line, each etag as one ETag line,
+		// with status (default 200) and
 		// with its length unless stream is set: an upstream that
 		// compresses whatever it was asked for, as httpbin's /gzip does.
 		q := r.URL.Query()
@@ -305,6 +306,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		body := encodeAs(q.Get("as"), plain.Bytes())
 		for _, ce := range q["ce"] {
 			w.Header().Add("Content-Encoding", ce)
+		}
+		for _, et := range q["etag"] {
+			w.Header().Add("ETag", et)
 		}
 		if q.Get("stream") == "" {
 			w.Header().Set("Content-Length", strconv.Itoa(len(body)))

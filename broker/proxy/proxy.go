@@ -621,6 +621,7 @@ func (c *call) forward(w http.ResponseWriter) {
 					delete(res.Header, "Content-Length")
 					res.ContentLength = -1
 					res.Uncompressed = true
+					weakenETags(res.Header)
 				}
 			}
 			bodyless := r.Method == http.MethodHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
