@@ -25,6 +25,20 @@ func BenchmarkProxy(b *testing.B) {
 	run(b, f.client, req)
 }
 
+// BenchmarkProxyGzip is BenchmarkProxy with a gzipped response (about 2 KB
+// decoded) that the broker decodes to scan: compare its allocations with
+// BenchmarkProxy's for what decoding costs.
+func BenchmarkProxyGzip(b *testing.B) {
+	f := newFixture(b, fixtureOpts{audit: discardSink{}})
+	tok := f.credential(b, "stripe").AccessToken
+	req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/gzipped", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	run(b, f.client, req)
+}
+
 func BenchmarkDirect(b *testing.B) {
 	f := newFixture(b, fixtureOpts{audit: discardSink{}})
 	client := f.up.srv.Client()

@@ -74,9 +74,24 @@ func responseCoding(h http.Header) contentCoding {
 type decoder struct {
 	wire    *capReader
 	dec     io.Reader // nil: the body was empty
-	closer  io.Closer // dec's, when it has one
 	wireErr error     // the last error wire returned
 	bad     bool
+
+	// The decompressor in use (at most one), and where it returns on
+	// Close.
+	pools    *decoderPools
+	gz       *gzip.Reader
+	zl       io.ReadCloser // zlib's, a zlib.Resetter
+	fl       io.ReadCloser // flate's, a flate.Resetter
+	br       *bufio.Reader // what the decompressor reads (wire, buffered)
+	released bool          // closed: the decompressor went back to its pool
+}
+
+// decoderPools keep the decompressors of compressed responses (each holds a
+// 32 KiB window and its Huffman tables, some 40 KB) for the next one, reset
+// to its new source, rather than allocating them per response.
+type decoderPools struct {
+	gzip, zlib, flate, bufio sync.Pool
 }
 
 // wireSource is what the decompressor reads: wire, recording its errors.
@@ -92,11 +107,14 @@ func (s wireSource) Read(p []byte) (int, error) {
 
 // newDecoder reads the coding's header from wire. An empty body decodes to
 // an empty one; a header that is not the coding's is errUndecodable; an
-// error reading wire (a timeout, the cap) is returned as it is.
-func newDecoder(wire *capReader, coding contentCoding) (*decoder, error) {
-	d := &decoder{wire: wire}
+// error reading wire (a timeout, the cap) is returned as it is. The
+// decompressor comes from pools and goes back there on Close (or at once,
+// when newDecoder fails).
+func newDecoder(wire *capReader, coding contentCoding, pools *decoderPools) (*decoder, error) {
+	d := &decoder{wire: wire, pools: pools}
 	src := wireSource{d}
 	fail := func(err error) (*decoder, error) {
+		d.release()
 		switch {
 		case d.wireErr != nil && d.wireErr != io.EOF:
 			return nil, d.wireErr
@@ -105,40 +123,78 @@ func newDecoder(wire *capReader, coding contentCoding) (*decoder, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", errUndecodable, err)
 	}
+	if coding != codingGzip && coding != codingDeflate {
+		return nil, errEncodingUnsupported
+	}
+	// The decompressors read through a bufio.Reader of their own (an
+	// io.ByteReader), or each Reset would allocate one.
+	if d.br, _ = pools.bufio.Get().(*bufio.Reader); d.br == nil {
+		d.br = bufio.NewReaderSize(src, 512)
+	} else {
+		d.br.Reset(src)
+	}
 	switch coding {
 	case codingGzip:
-		zr, err := gzip.NewReader(src)
-		if err != nil {
+		if d.gz, _ = pools.gzip.Get().(*gzip.Reader); d.gz == nil {
+			d.gz = new(gzip.Reader)
+		}
+		if err := d.gz.Reset(d.br); err != nil {
 			return fail(err)
 		}
-		d.dec, d.closer = zr, zr
+		d.dec = d.gz
 	case codingDeflate:
 		// RFC 9110 deflate is zlib; some servers (old IIS) send raw
 		// deflate, which browsers accept too. A zlib header is told by
 		// its method (8) and check bits.
-		br := bufio.NewReaderSize(src, 512)
-		h, err := br.Peek(2)
+		h, err := d.br.Peek(2)
 		if err != nil {
 			return fail(err)
 		}
 		if h[0]&0x0f == 8 && (uint16(h[0])<<8|uint16(h[1]))%31 == 0 {
-			zr, err := zlib.NewReader(br)
+			if d.zl, _ = pools.zlib.Get().(io.ReadCloser); d.zl == nil {
+				d.zl, err = zlib.NewReader(d.br)
+			} else {
+				err = d.zl.(zlib.Resetter).Reset(d.br, nil)
+			}
 			if err != nil {
 				return fail(err)
 			}
-			d.dec, d.closer = zr, zr
+			d.dec = d.zl
 		} else {
-			fr := flate.NewReader(br)
-			d.dec, d.closer = fr, fr
+			if d.fl, _ = pools.flate.Get().(io.ReadCloser); d.fl == nil {
+				d.fl = flate.NewReader(d.br)
+			} else if err := d.fl.(flate.Resetter).Reset(d.br, nil); err != nil {
+				return fail(err)
+			}
+			d.dec = d.fl
 		}
-	default:
-		return nil, errEncodingUnsupported
 	}
 	return d, nil
 }
 
+// release hands the decompressor back to its pool; d must not be read
+// afterwards.
+func (d *decoder) release() {
+	switch {
+	case d.gz != nil:
+		d.pools.gzip.Put(d.gz)
+	case d.zl != nil:
+		d.pools.zlib.Put(d.zl)
+	case d.fl != nil:
+		d.pools.flate.Put(d.fl)
+	}
+	if d.br != nil {
+		d.br.Reset(nil) // the pooled readers keep no hold on this response
+		d.pools.bufio.Put(d.br)
+	}
+	d.gz, d.zl, d.fl, d.br, d.dec = nil, nil, nil, nil, nil
+}
+
 func (d *decoder) Read(p []byte) (int, error) {
 	if d.dec == nil {
+		if d.released {
+			return 0, io.ErrClosedPipe
+		}
 		return 0, io.EOF
 	}
 	n, err := d.dec.Read(p)
@@ -151,9 +207,11 @@ func (d *decoder) Read(p []byte) (int, error) {
 }
 
 func (d *decoder) Close() error {
-	if d.closer != nil {
-		_ = d.closer.Close()
+	if d.dec != nil {
+		_ = d.dec.(io.Closer).Close()
 	}
+	d.release()
+	d.released = true
 	return d.wire.Close()
 }
 

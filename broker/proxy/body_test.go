@@ -1,8 +1,14 @@
 package proxy
 
 import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"compress/zlib"
 	"fmt"
 	"html"
+	"io"
+	"strings"
 	"testing"
 
 	"github.com/keytrail/keytrail/policies"
@@ -43,5 +49,81 @@ func TestHTMLNamedRefs(t *testing.T) {
 				t.Errorf("&%s; = %q, want %q", name, got, string(rune(c)))
 			}
 		}
+	}
+}
+
+// TestDecoderPoolReuse: decompressors handed back to the pools (after a
+// whole body, a body closed half read, or a body that did not decode) decode
+// the next body of any coding from its start, with nothing of the last one.
+func TestDecoderPoolReuse(t *testing.T) {
+	gz := func(s string) []byte {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.Bytes()
+	}
+	zl := func(s string) []byte {
+		var b bytes.Buffer
+		zw := zlib.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.Bytes()
+	}
+	raw := func(s string) []byte {
+		var b bytes.Buffer
+		zw, _ := flate.NewWriter(&b, flate.BestSpeed)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.Bytes()
+	}
+	long := strings.Repeat("0123456789abcdef", 4096) // 64 KiB: more than a window
+	tests := []struct {
+		name     string
+		coding   contentCoding
+		body     []byte
+		readOnly int // read this many bytes, then close (0: all)
+		want     string
+		wantErr  bool // newDecoder or the read fails
+	}{
+		{name: "ok/gzip", coding: codingGzip, body: gz("first"), want: "first"},
+		{name: "ok/gzip-half-read", coding: codingGzip, body: gz(long), readOnly: 1000, want: long[:1000]},
+		{name: "ok/gzip-after-half-read", coding: codingGzip, body: gz("second"), want: "second"},
+		{name: "fail/gzip-garbage", coding: codingGzip, body: []byte("\x1f\x8b not really gzip"), wantErr: true},
+		{name: "ok/gzip-after-garbage", coding: codingGzip, body: gz(long), want: long},
+		{name: "ok/gzip-empty", coding: codingGzip, want: ""},
+		{name: "ok/zlib", coding: codingDeflate, body: zl(long), readOnly: 5000, want: long[:5000]},
+		{name: "ok/zlib-again", coding: codingDeflate, body: zl("third"), want: "third"},
+		{name: "ok/raw-deflate", coding: codingDeflate, body: raw(long), readOnly: 7, want: long[:7]},
+		{name: "ok/raw-deflate-again", coding: codingDeflate, body: raw("fourth"), want: "fourth"},
+		{name: "fail/zlib-truncated", coding: codingDeflate, body: zl(long)[:40], wantErr: true},
+		{name: "ok/zlib-after-truncated", coding: codingDeflate, body: zl("fifth"), want: "fifth"},
+		{name: "ok/gzip-last", coding: codingGzip, body: gz("sixth"), want: "sixth"},
+	}
+	var pools decoderPools
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wire := &capReader{src: io.NopCloser(bytes.NewReader(tt.body)), limit: 1 << 20}
+			d, err := newDecoder(wire, tt.coding, &pools)
+			var got []byte
+			if err == nil {
+				if tt.readOnly > 0 {
+					got = make([]byte, tt.readOnly)
+					_, err = io.ReadFull(d, got)
+				} else {
+					got, err = io.ReadAll(d)
+				}
+				_ = d.Close()
+				if n, rerr := d.Read(make([]byte, 1)); n != 0 || rerr == nil || rerr == io.EOF {
+					t.Errorf("Read after Close = %d, %v; want an error other than io.EOF", n, rerr)
+				}
+			}
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("decode = %v, want error %v", err, tt.wantErr)
+			}
+			if !tt.wantErr && string(got) != tt.want {
+				t.Errorf("decoded %d bytes %.40q..., want %d bytes %.40q...", len(got), got, len(tt.want), tt.want)
+			}
+		})
 	}
 }

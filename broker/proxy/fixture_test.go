@@ -319,6 +319,13 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(status)
 		_, _ = w.Write(body)
+	case r.URL.Path == "/up/gzipped":
+		// A fixed gzipped JSON body (benchmarks: the upstream's own cost
+		// stays out of the proxy's allocations).
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Length", strconv.Itoa(len(gzippedBody)))
+		_, _ = w.Write(gzippedBody)
 	case r.URL.Path == "/up/hang":
 		<-r.Context().Done() // until the proxy gives up
 	case r.URL.Path == "/up/switch":
@@ -330,6 +337,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"object":"list","data":[]}`)
 	}
 }
+
+// gzippedBody is what /up/gzipped serves: about 2 KB of JSON, gzipped.
+var gzippedBody = encodeAs("gzip", []byte(`{"object":"list","data":[`+strings.Repeat(`{"id":"ch_1","amount":100,"currency":"eur"},`, 47)+`{}]}`))
 
 // rangedPrefix starts the body of /echo/ranged, before the echoed
 // Authorization header.

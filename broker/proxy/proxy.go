@@ -98,6 +98,7 @@ type Proxy struct {
 	errLog     *log.Logger // ReverseProxy's own messages (no secrets: they name no request data)
 	redactBufs *sync.Pool
 	forms      formsCache // the injected secrets' forms, for the response scan
+	decoders   decoderPools
 
 	mu         sync.Mutex
 	transports map[string]*grantTransport // by grant name
@@ -650,7 +651,7 @@ func (c *call) forward(w http.ResponseWriter) {
 				// Both caps: the bytes read from the upstream and,
 				// above the decoder, the decoded bytes relayed.
 				c.wire = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
-				d, err := newDecoder(c.wire, coding)
+				d, err := newDecoder(c.wire, coding, &p.decoders)
 				if err != nil {
 					return err
 				}
