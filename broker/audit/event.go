@@ -84,13 +84,18 @@ type Credential struct {
 	ExpiresAt   string `json:"expires_at,omitempty"`
 }
 
-// Upstream describes a proxied call.
+// Upstream describes a proxied call. Status and Bytes describe the
+// upstream's response and are set on use_result events when there was one:
+// Status 0 (omitted) means the upstream sent no response; Bytes, then
+// always set (0 included), counts the bytes of its body relayed to the
+// caller, and is nil (omitted) where no response is described (a use event,
+// or no response).
 type Upstream struct {
 	Method     string  `json:"method,omitempty"`
 	Host       string  `json:"host,omitempty"`
 	Path       string  `json:"path,omitempty"`
 	Status     int     `json:"status,omitempty"`
-	Bytes      int64   `json:"bytes,omitempty"`
+	Bytes      *int64  `json:"bytes,omitempty"`
 	DurationMS float64 `json:"duration_ms,omitempty"`
 }
 

@@ -62,7 +62,7 @@ func goldenEvents() []*audit.Event {
 		{Type: audit.TypeDeny, RequestID: "req_02", Outcome: &audit.Outcome{Status: 403, Error: "access_denied", Reason: "grant_not_allowed"}},
 		{
 			Type: audit.TypeUse, RequestID: "req_03", UseID: "use_01", IssuanceID: "iss_01JAAAAAAAAAAAAAAAAAAAAAAA",
-			Upstream: &audit.Upstream{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges", Status: 201, Bytes: 512, DurationMS: 12.5},
+			Upstream: &audit.Upstream{Method: "POST", Host: "api.stripe.com", Path: "/v1/charges", Status: 201, Bytes: new(int64(512)), DurationMS: 12.5},
 		},
 		nil,
 		{

@@ -681,7 +681,8 @@ func (c *capReader) Close() error { return c.src.Close() }
 // and reach the caller only with a final (>= 200) status, so 1xx interim
 // responses (whose headers ReverseProxy copies and then clears) are never
 // relayed and cannot wipe the broker's own headers. It records the status and
-// bytes for the use_result event.
+// the bytes of the upstream's body relayed (not of the broker's own error
+// body: see own) for the use_result event.
 //
 // It relays no trailers. After the body, ReverseProxy copies the upstream's
 // trailers (which the transport fills in when the body is closed, whatever
@@ -694,7 +695,8 @@ type responseWriter struct {
 	w      http.ResponseWriter
 	staged http.Header
 	status int
-	bytes  int64
+	bytes  int64 // of the upstream's body
+	own    bool  // the broker answers itself (ReverseProxy's ErrorHandler): bytes does not count
 }
 
 func newResponseWriter(w http.ResponseWriter) *responseWriter {
@@ -733,7 +735,9 @@ func (rw *responseWriter) Write(b []byte) (int, error) {
 		rw.WriteHeader(http.StatusOK)
 	}
 	n, err := rw.w.Write(b)
-	rw.bytes += int64(n)
+	if !rw.own {
+		rw.bytes += int64(n)
+	}
 	return n, err
 }
 

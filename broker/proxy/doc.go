@@ -71,7 +71,9 @@
 //     use_result event says details.not_sent: true. A response already
 //     streaming when the credential is revoked is not cut: it ends at the
 //     latest with the overall timeout (60 s by default).
-//  11. A "use_result" audit event records status, bytes and duration, and
+//  11. A "use_result" audit event records the upstream's status and the
+//     bytes of its body relayed (0 included; neither when the upstream sent
+//     no response, and never the broker's own error body), the duration, and
 //     the upstream's own request id from the well-known response headers
 //     (upstreamRequestIDHeaders; bounded, printable, never a value carrying
 //     the secret) in details.upstream_request_ids (best effort: the

@@ -662,6 +662,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			return nil
 		},
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
+			rw.own = true // nothing of the upstream's body is relayed
 			if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
 				// Refused as the checks refuse it: nothing went upstream.
 				e := broker.AsError(err)
@@ -852,8 +853,13 @@ func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, 
 	ev.UseID = use.UseID
 	ev.Upstream = &audit.Upstream{
 		Method: use.Upstream.Method, Host: use.Upstream.Host, Path: use.Upstream.Path,
-		Status: upstreamStatus, Bytes: rw.bytes,
+		Status:     upstreamStatus,
 		DurationMS: float64(time.Since(c.start).Microseconds()) / 1000,
+	}
+	if upstreamStatus != 0 {
+		// The upstream answered: the bytes of its body relayed, 0
+		// included. rw is done with: nothing writes to it any more.
+		ev.Upstream.Bytes = &rw.bytes
 	}
 	ev.Outcome = &audit.Outcome{Status: c.status, Error: errCode, Reason: errReason}
 	var ids map[string]string

@@ -123,7 +123,7 @@ func TestProxyForwardsWithInjectedSecret(t *testing.T) {
 			results := f.eventsOf(audit.TypeUseResult)
 			r := results[0]
 			if r.UseID != useID || r.IssuanceID != is.ID || r.Upstream == nil || r.Upstream.Status != 200 ||
-				r.Upstream.Bytes != int64(len(res.Body)) || r.Outcome == nil || r.Outcome.Status != 200 || r.Outcome.Error != "" {
+				r.Upstream.Bytes == nil || *r.Upstream.Bytes != int64(len(res.Body)) || r.Outcome == nil || r.Outcome.Status != 200 || r.Outcome.Error != "" {
 				t.Errorf("use_result = %+v upstream %+v outcome %+v, want use %s, status 200, %d bytes", r, r.Upstream, r.Outcome, useID, len(res.Body))
 			}
 			for _, ev := range f.sink.Events() {

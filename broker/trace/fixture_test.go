@@ -52,7 +52,7 @@ func fixtureEvents() []*audit.Event {
 			Source: &audit.Source{IP: "10.0.0.6"}, Upstream: &audit.Upstream{Method: "GET", Host: "api.stripe.com", Path: "/v1/charges"}},
 		{Type: audit.TypeUseResult, RequestID: "req_U1", UseID: "use_U1", IssuanceID: idB, Workload: "payments-api", Owner: "team-payments",
 			SessionID: "ses_a", Grant: "stripe", Kind: broker.KindProxy, Credential: &audit.Credential{Fingerprint: broker.Fingerprint(secretB)},
-			Upstream: &audit.Upstream{Method: "GET", Host: "api.stripe.com", Path: "/v1/charges", Status: 200, Bytes: 512, DurationMS: 12.5},
+			Upstream: &audit.Upstream{Method: "GET", Host: "api.stripe.com", Path: "/v1/charges", Status: 200, Bytes: new(int64(512)), DurationMS: 12.5},
 			Outcome:  &audit.Outcome{Status: 200}},
 		{Type: audit.TypeSharedUse, RequestID: "req_U2", IssuanceID: idB, Workload: "payments-api", Owner: "team-payments",
 			SessionID: "ses_a", Grant: "stripe", Kind: broker.KindProxy, Credential: &audit.Credential{Fingerprint: broker.Fingerprint(secretB)},
