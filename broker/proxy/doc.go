@@ -114,7 +114,10 @@
 // token, more than one coding) is refused with 502, reason
 // response_encoding_unsupported, and a body that does not decode with 502
 // response_undecodable (or, once streaming, cut off): the caller never gets
-// bytes the scan did not see plain. Errors the broker
+// bytes the scan did not see plain. A body that is gzip data without
+// Content-Encoding is read whole, decoded to be scanned and relayed as it
+// came when clean, refused (502 response_contains_secret, or aborted when
+// streamed) when the secret is inside (see gzipGuard). Errors the broker
 // writes (502 when the upstream cannot be reached or misbehaves, 504 when a
 // timeout runs out, over HTTP/1.1 or HTTP/2) never carry upstream error
 // text. Responses over MaxResponseBytes are refused (502) when their length

@@ -294,16 +294,24 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
 	case r.URL.Path == "/up/encoded":
-		// The request headers (the injected Authorization among them),
-		// encoded as the query says (as, see encodeAs), labelled with each
-		// ce as one Content-Encoding line, each etag as one ETag line,
-		// with status (default 200) and
-		// with its length unless stream is set: an upstream that
+		// The request headers (the injected Authorization among them; or,
+		// with clean set, cleanText), encoded as the query says (as, see
+		// encodeAs), labelled with each ce as one Content-Encoding line,
+		// each etag as one ETag line, with status (default 200) and with
+		// its length unless stream is set (then chunked), its first half
+		// only if cut is set: an upstream that
 		// compresses whatever it was asked for, as httpbin's /gzip does.
 		q := r.URL.Query()
 		var plain bytes.Buffer
 		_ = json.NewEncoder(&plain).Encode(map[string]any{"headers": r.Header})
+		if q.Get("clean") != "" {
+			plain.Reset()
+			plain.WriteString(cleanText)
+		}
 		body := encodeAs(q.Get("as"), plain.Bytes())
+		if q.Get("cut") != "" {
+			body = body[:len(body)/2]
+		}
 		for _, ce := range q["ce"] {
 			w.Header().Add("Content-Encoding", ce)
 		}
@@ -318,6 +326,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			status, _ = strconv.Atoi(s)
 		}
 		w.WriteHeader(status)
+		if q.Get("stream") != "" {
+			w.(http.Flusher).Flush() // chunked, however short the body
+		}
 		_, _ = w.Write(body)
 	case r.URL.Path == "/up/gzipped":
 		// A fixed gzipped JSON body (benchmarks: the upstream's own cost
@@ -337,6 +348,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"object":"list","data":[]}`)
 	}
 }
+
+// cleanText is what /up/encoded encodes when asked for a clean body.
+var cleanText = strings.Repeat("a log line without any secret in it\n", 20)
 
 // gzippedBody is what /up/gzipped serves: about 2 KB of JSON, gzipped.
 var gzippedBody = encodeAs("gzip", []byte(`{"object":"list","data":[`+strings.Repeat(`{"id":"ch_1","amount":100,"currency":"eur"},`, 47)+`{}]}`))

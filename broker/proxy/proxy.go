@@ -211,6 +211,8 @@ type call struct {
 	// capture, which would each be allocated.
 	rc, wire *capReader
 	dec      *decoder
+	// guard screens a body that is gzip data without Content-Encoding.
+	guard gzipGuard
 
 	// rt is the grant's Transport, which RoundTrip sends through unless
 	// the credential was revoked meanwhile (notSent).
@@ -658,7 +660,15 @@ func (c *call) forward(w http.ResponseWriter) {
 				c.dec, body = d, d
 			}
 			c.rc = &capReader{src: body, limit: p.o.MaxResponseBytes}
-			res.Body = newRedactReader(c.rc, forms, p.redactBufs)
+			c.guard = gzipGuard{src: c.rc, forms: forms, pools: &p.decoders, limit: p.o.MaxResponseBytes, screened: bodyless}
+			if res.ContentLength > 0 && !bodyless {
+				// Declared length: screened before the status goes out,
+				// so that a refusal is a 502.
+				if err := c.guard.screen(); err != nil {
+					return err
+				}
+			}
+			res.Body = newRedactReader(&c.guard, forms, p.redactBufs)
 			return nil
 		},
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
@@ -682,6 +692,8 @@ func (c *call) forward(w http.ResponseWriter) {
 				reason = "response_encoding_unsupported"
 			case errors.Is(err, errUndecodable):
 				reason = "response_undecodable"
+			case errors.Is(err, errSecretInBody):
+				reason = "response_contains_secret"
 			case errors.Is(err, errAddressRefused):
 				reason = "upstream_address_refused"
 			case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
@@ -705,8 +717,11 @@ func (c *call) forward(w http.ResponseWriter) {
 				e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
 			} else {
 				safe := "the upstream could not be reached or did not answer properly"
-				if reason == "response_encoding_unsupported" || reason == "response_undecodable" {
+				switch reason {
+				case "response_encoding_unsupported", "response_undecodable":
 					safe = "the upstream's response is encoded in a way the broker cannot scan"
+				case "response_contains_secret":
+					safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
 				}
 				e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: time.Second, Err: cause}
 			}
@@ -727,6 +742,8 @@ func (c *call) forward(w http.ResponseWriter) {
 			switch {
 			case (c.rc != nil && c.rc.hit) || (c.wire != nil && c.wire.hit):
 				errReason = "response_too_large"
+			case c.guard.refused != "":
+				errReason = c.guard.refused
 			case c.dec != nil && c.dec.bad:
 				errReason = "response_undecodable"
 			case errReason == "":

@@ -1,0 +1,85 @@
+package proxy_test
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// TestProxyScreensGzipWithoutContentEncoding: a body that is gzip data
+// although the response has no Content-Encoding (a .gz download, an echo
+// endpoint returning compressed bytes as application/octet-stream) is
+// decoded to be scanned. Clean, the caller gets the upstream's bytes
+// unchanged (it asked for a .gz file); carrying the injected secret, or
+// not decodable within the response cap, it is refused: 502 when its length
+// was declared, the response aborted when it streams (its status is gone).
+func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	cleanGz := string(encodeAs("gzip", []byte(cleanText)))
+	refused := func(reason string) audit.Outcome {
+		return audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: reason}
+	}
+	aborted := func(reason string) audit.Outcome {
+		return audit.Outcome{Status: 200, Error: "aborted", Reason: reason}
+	}
+	tests := []struct {
+		name       string
+		query      string
+		wantStatus int // 0: the response is aborted (the client may see none)
+		wantBody   string
+		wantUse    audit.Outcome
+	}{
+		{name: "ok/clean-gzip-relayed-unchanged", query: "as=gzip&clean=1", wantStatus: 200, wantBody: cleanGz, wantUse: audit.Outcome{Status: 200}},
+		{name: "ok/clean-gzip-streamed-relayed-unchanged", query: "as=gzip&clean=1&stream=1", wantStatus: 200, wantBody: cleanGz, wantUse: audit.Outcome{Status: 200}},
+		{name: "ok/not-gzip-magic-relayed", query: "as=garbage", wantStatus: 200, wantBody: "\x1f\x8b not really gzip", wantUse: audit.Outcome{Status: 200}},
+		{name: "fail/gzip-carrying-the-secret", query: "as=gzip", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/gzip-carrying-the-secret-streamed", query: "as=gzip&stream=1", wantUse: aborted("response_contains_secret")},
+		{name: "fail/decompression-bomb", query: "as=bomb", wantStatus: 502, wantUse: refused("response_too_large")},
+		{name: "fail/truncated-gzip", query: "as=gzip&clean=1&cut=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(f.eventsOf(audit.TypeUseResult))
+			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/encoded?"+tt.query, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = bearer(tok)
+			status, body := 0, ""
+			if res, err := f.client.Do(req); err == nil {
+				b, rerr := io.ReadAll(res.Body)
+				res.Body.Close()
+				body = string(b)
+				if rerr == nil {
+					status = res.StatusCode
+				}
+				if ce := res.Header.Get("Content-Encoding"); ce != "" {
+					t.Errorf("Content-Encoding %q relayed", ce)
+				}
+			}
+			if status != tt.wantStatus {
+				t.Errorf("status = %d, want %d (0: aborted); body %.80q", status, tt.wantStatus, body)
+			}
+			if strings.Contains(body, "\x1f\x8b") && tt.wantStatus != 200 || leaks(body) {
+				t.Errorf("the refused body reached the caller: %.80q", body)
+			}
+			if tt.wantStatus == 200 && body != tt.wantBody {
+				t.Errorf("body = %.80q, want the upstream's bytes %.80q", body, tt.wantBody)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			results := f.eventsOf(audit.TypeUseResult)
+			if len(results) != before+1 {
+				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
+			}
+			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
+				t.Errorf("use_result outcome (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
