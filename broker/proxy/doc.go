@@ -67,8 +67,8 @@
 //     (broker.Service.KnownRevoked: no store round trip) is asked again: a
 //     credential revoked, or its workload blocked, since step 3 (the secret
 //     read and the use event take time) is refused with step 3's 403
-//     (credential_revoked, workload_blocked), nothing is sent, and the
-//     use_result event says details.not_sent: true. A response already
+//     (credential_revoked, workload_blocked) and deny event, nothing is
+//     sent, and the use_result event says details.not_sent: true. A response already
 //     streaming when the credential is revoked is not cut: it ends at the
 //     latest with the overall timeout (60 s by default).
 //  11. A "use_result" audit event records the upstream's status and the

@@ -674,11 +674,11 @@ func (c *call) forward(w http.ResponseWriter) {
 		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
 			rw.own = true // nothing of the upstream's body is relayed
 			if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
-				// Refused as the checks refuse it: nothing went upstream.
+				// Refused as the checks refuse it, deny event included:
+				// nothing went upstream.
 				e := broker.AsError(err)
 				errCode, errReason = broker.CodeOf(e), e.Reason
-				c.h.api.Metrics().ObserveRefusal("proxy", err)
-				c.h.api.WriteErrorStatus(rw, r, err, 0)
+				c.fail(rw, err)
 				return
 			}
 			status, reason := http.StatusBadGateway, "upstream_error"

@@ -14,8 +14,9 @@ import (
 // upstream, here while the secret is read, is refused with the checks' 403
 // and nothing reaches the upstream. The revocation arrives as an
 // announcement to this instance's revocation cache, as one made on another
-// instance does; the use event already written is followed by a use_result
-// saying the request was not sent.
+// instance does; the use event already written is followed by a deny (the
+// refusal, before the 403 leaves, as for a refusal by the checks) and a
+// use_result saying the request was not sent.
 func TestProxyRevokedDuringForwardIsNotSent(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -53,6 +54,28 @@ func TestProxyRevokedDuringForwardIsNotSent(t *testing.T) {
 			wantEv := []any{audit.Outcome{Status: 403, Error: "access_denied", Reason: tt.reason}, 0, true}
 			if diff := cmp.Diff(wantEv, gotEv); diff != "" {
 				t.Errorf("use_result [outcome upstream-status not_sent] (-want +got):\n%s", diff)
+			}
+			// The refusal is a deny like the checks' own, written before
+			// the 403 went out (so before the use_result), naming the
+			// request and the issuance.
+			var order []string
+			var deny *audit.Event
+			for _, ev := range f.sink.Events() {
+				switch ev.Type {
+				case audit.TypeUse, audit.TypeDeny, audit.TypeUseResult:
+					order = append(order, ev.Type)
+				}
+				if ev.Type == audit.TypeDeny {
+					deny = ev
+				}
+			}
+			if diff := cmp.Diff([]string{audit.TypeUse, audit.TypeDeny, audit.TypeUseResult}, order); diff != "" {
+				t.Fatalf("events of the refused request (-want +got):\n%s", diff)
+			}
+			gotDeny := []any{*deny.Outcome, deny.IssuanceID, deny.RequestID}
+			wantDeny := []any{audit.Outcome{Status: 403, Error: "access_denied", Reason: tt.reason}, cred.Issuance.ID, r.RequestID}
+			if diff := cmp.Diff(wantDeny, gotDeny); diff != "" {
+				t.Errorf("deny [outcome issuance request] (-want +got):\n%s", diff)
 			}
 
 			// The next request is refused by the checks themselves.
