@@ -1583,6 +1583,9 @@ type RevocationCache struct {
 	// touched collects the ids learned while a full read is in progress
 	// (nil otherwise): its result, read before they were, must keep them.
 	touched map[string]struct{}
+	// learners are told when the view gains a revoked issuance or a
+	// blocked workload (OnLearn).
+	learners []func()
 
 	issMu  sync.Mutex
 	issues map[string]cachedIssuance // fingerprint -> record (FastReads)
@@ -1693,6 +1696,43 @@ func (s *Service) KnownRevoked(id, workload string) (revoked, blocked bool) {
 	return s.cache.state(id, workload)
 }
 
+// OnLearn registers f, called each time the view gains a revoked issuance
+// or a blocked workload it did not hold: by Apply (a revocation made here,
+// or announced) or by a refresh that read it from the Store. f runs on the
+// goroutine that learned it, after the cache's lock is released (it may
+// ask Revoked, Blocked or Service.KnownRevoked), and must not block. It is
+// not told what was learned: revocations are rare, and asking the view
+// again is how a caller finds out what concerns it. Registrations are for
+// the cache's lifetime (one per proxy).
+func (c *RevocationCache) OnLearn(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.learners = append(c.learners, f)
+}
+
+// tell calls the learners returned by a locked section that learned
+// something (nil when it learned nothing).
+func tell(learners []func()) {
+	for _, f := range learners {
+		f()
+	}
+}
+
+// OnKnownRevoked registers f with the RevocationCache behind the Service's
+// Store (RevocationCache.OnLearn): f is called each time this instance's
+// in-memory revocation state gains a revoked issuance or a blocked workload
+// (a revocation or block made here, announced, or read at a refresh), and
+// asks KnownRevoked about the work it has under way (the proxy cuts its
+// in-flight requests so). It reports false, registering nothing, without a
+// RevocationCache.
+func (s *Service) OnKnownRevoked(f func()) bool {
+	if s.cache == nil {
+		return false
+	}
+	s.cache.OnLearn(f)
+	return true
+}
+
 // Refreshed is when the last successful refresh finished.
 func (c *RevocationCache) Refreshed() time.Time {
 	c.mu.RLock()
@@ -1700,30 +1740,39 @@ func (c *RevocationCache) Refreshed() time.Time {
 	return c.refreshed
 }
 
-// Apply applies a notice.
+// Apply applies a notice, and tells the learners (OnLearn) when it revoked
+// or blocked something new.
 func (c *RevocationCache) Apply(n Notice) {
 	now := c.o.Now()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.seq++
 	if c.log != nil {
 		c.log = append(c.log, noticeEntry{seq: c.seq, n: n})
 	}
-	c.applyLocked(n, now)
+	var learners []func()
+	if c.applyLocked(n, now) {
+		learners = c.learners
+	}
+	c.mu.Unlock()
+	tell(learners)
 }
 
-func (c *RevocationCache) applyLocked(n Notice, now time.Time) {
+// applyLocked applies n and reports whether it added a revoked issuance or
+// a blocked workload.
+func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 	for _, id := range n.Revoked {
-		c.learnLocked(id, now)
+		learned = c.learnLocked(id, now) || learned
 	}
 	for _, w := range n.Blocked {
 		if _, ok := c.blocked[w]; !ok {
 			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
+			learned = true
 		}
 	}
 	for _, w := range n.Unblocked {
 		delete(c.blocked, w)
 	}
+	return learned
 }
 
 // CachedIssuances is how many issuance records the FastReads cache holds.
@@ -1757,14 +1806,17 @@ func (c *RevocationCache) sweepIssuances(now time.Time) {
 }
 
 // learnLocked adds id to the revoked set (keeping when it was first
-// learned) and, during a full read, to the ids that read must keep.
-func (c *RevocationCache) learnLocked(id string, now time.Time) {
+// learned) and, during a full read, to the ids that read must keep. It
+// reports whether id is new to the set.
+func (c *RevocationCache) learnLocked(id string, now time.Time) (learned bool) {
 	if _, ok := c.revoked[id]; !ok {
 		c.revoked[id] = now
+		learned = true
 	}
 	if c.touched != nil {
 		c.touched[id] = struct{}{}
 	}
+	return learned
 }
 
 // revokedSince yields every issuance id (revoked or still pending) of the
@@ -1852,6 +1904,8 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: c.o.Now().Add(-c.o.Window), ChangedAfter: prev})
 	}
 	now := c.o.Now()
+	var learners []func()
+	defer func() { tell(learners) }() // after the unlock below
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	logged := c.log
@@ -1859,12 +1913,16 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	if err != nil {
 		return false, err
 	}
+	learned := false
 	for id, at := range revokedSince(revs, now.Add(-c.o.Window)) {
-		c.learnLocked(id, at)
+		learned = c.learnLocked(id, at) || learned
 	}
 	blocked := make(map[string]Block, len(blocks))
 	for _, b := range blocks {
 		blocked[b.Workload] = b
+		if _, ok := c.blocked[b.Workload]; !ok {
+			learned = true
+		}
 	}
 	c.blocked = blocked
 	switch {
@@ -1878,8 +1936,11 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	}
 	for _, e := range logged {
 		if e.seq > start {
-			c.applyLocked(e.n, now)
+			learned = c.applyLocked(e.n, now) || learned
 		}
+	}
+	if learned {
+		learners = c.learners
 	}
 	return back, nil
 }
@@ -1921,6 +1982,8 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 		}
 	}
 	end := c.o.Now()
+	var learners []func()
+	defer func() { tell(learners) }() // after the unlock below
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	touched := c.touched
@@ -1934,10 +1997,17 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 		}
 	}
 	cutoff := now.Add(-c.o.Window)
+	kept := 0 // ids of the set that the new one holds
 	for id, at := range c.revoked {
-		if _, ok := revoked[id]; !ok && !at.Before(cutoff) {
+		if _, ok := revoked[id]; ok {
+			kept++
+		} else if !at.Before(cutoff) {
 			revoked[id] = at
+			kept++
 		}
+	}
+	if len(revoked) > kept {
+		learners = c.learners
 	}
 	// What was read covers every change up to version; readChanges may
 	// continue from there, unless the Store's version went back meanwhile

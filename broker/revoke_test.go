@@ -1381,3 +1381,70 @@ func TestRevokeSweepNotDelayedByBackoff(t *testing.T) {
 		t.Errorf("at sweep_at %v: %+v; want the sweep run and the revocation complete", rev.SweepAt, got)
 	}
 }
+
+// TestRevocationCacheOnLearn: the cache tells its learners each time its
+// view gains a revoked issuance or a blocked workload, from a notice or a
+// refresh (full or incremental), once, and after releasing its lock (a
+// learner asks the view again); not for what it already held nor for an
+// unblock.
+func TestRevocationCacheOnLearn(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	st := memstore.New(func() time.Time { return now })
+	ctx := context.Background()
+	cache, err := broker.NewRevocationCache(st, broker.CacheOptions{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	var seen []string
+	cache.OnLearn(func() {
+		calls++
+		for _, id := range []string{"iss_0", "iss_a", "iss_b"} {
+			if cache.Revoked(id) && !slices.Contains(seen, id) {
+				seen = append(seen, id)
+			}
+		}
+	})
+	put := func(r *broker.Revocation) func() {
+		return func() {
+			if err := st.PutRevocation(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	refresh := func() {
+		if err := cache.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		name  string
+		do    []func()
+		calls int
+	}{
+		{"full-read-learns", []func(){put(&broker.Revocation{ID: "rev_0", CreatedAt: now, Revoked: []string{"iss_0"}}), refresh}, 1},
+		{"notice-revokes", []func(){func() { cache.Apply(broker.Notice{Revoked: []string{"iss_a"}}) }}, 1},
+		{"notice-known-again", []func(){func() { cache.Apply(broker.Notice{Revoked: []string{"iss_a", "iss_0"}}) }}, 0},
+		{"notice-blocks", []func(){func() { cache.Apply(broker.Notice{Blocked: []string{"w1"}}) }}, 1},
+		{"notice-unblocks", []func(){func() { cache.Apply(broker.Notice{Unblocked: []string{"w1"}}) }}, 0},
+		{"refresh-reads-revocation", []func(){put(&broker.Revocation{ID: "rev_b", CreatedAt: now, Pending: []string{"iss_b"}}), refresh}, 1},
+		{"refresh-nothing-new", []func(){refresh}, 0},
+		{"refresh-reads-block", []func(){func() {
+			if err := st.PutBlock(ctx, broker.Block{Workload: "w2", CreatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+		}, refresh}, 1},
+	}
+	for _, s := range steps {
+		calls = 0
+		for _, f := range s.do {
+			f()
+		}
+		if calls != s.calls {
+			t.Errorf("%s: learners called %d times, want %d", s.name, calls, s.calls)
+		}
+	}
+	if diff := cmp.Diff([]string{"iss_0", "iss_a", "iss_b"}, seen); diff != "" {
+		t.Errorf("revocations the learner found in the view (-want +got):\n%s", diff)
+	}
+}

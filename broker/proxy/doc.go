@@ -68,9 +68,13 @@
 //     credential revoked, or its workload blocked, since step 3 (the secret
 //     read and the use event take time) is refused with step 3's 403
 //     (credential_revoked, workload_blocked) and deny event, nothing is
-//     sent, and the use_result event says details.not_sent: true. A response already
-//     streaming when the credential is revoked is not cut: it ends at the
-//     latest with the overall timeout (60 s by default).
+//     sent, and the use_result event says details.not_sent: true. A
+//     request already upstream is cut when the instance's revocation state
+//     learns that its credential was revoked or its workload blocked
+//     (Proxy.cutRevoked, called by the revocation cache): its upstream
+//     context is cancelled, a response under way is aborted (connection
+//     cut, as at the response cap), one not answered yet gets step 3's
+//     403, and the use_result event has reason revoked_in_flight.
 //  11. A "use_result" audit event records the upstream's status and the
 //     bytes of its body relayed (0 included; neither when the upstream sent
 //     no response, and never the broker's own error body), the duration, and

@@ -192,6 +192,33 @@ type upstream struct {
 	hits atomic.Int64
 	mu   sync.Mutex
 	last *seenRequest
+	hold *hold // of /up/hold (see holdRequest)
+}
+
+// hold is what the test controls of a request to /up/hold: it answers
+// with holdFirst (flushed; with ?headers=late, nothing, not even the
+// status), then waits until the test closes release (and sends
+// holdSecond) or the request ends (and closes gone).
+type hold struct {
+	arrived chan struct{} // closed when the request arrived
+	release chan struct{}
+	gone    chan struct{}
+}
+
+const (
+	holdFirst  = "data: first\n\n"
+	holdSecond = "data: second\n\n"
+)
+
+// holdRequest arms /up/hold for one request. The request is released when
+// the test ends.
+func (u *upstream) holdRequest(tb testing.TB) *hold {
+	h := &hold{arrived: make(chan struct{}), release: make(chan struct{}), gone: make(chan struct{})}
+	u.mu.Lock()
+	u.hold = h
+	u.mu.Unlock()
+	tb.Cleanup(func() { close(h.release) })
+	return h
 }
 
 func (u *upstream) Hits() int64 { return u.hits.Load() }
@@ -337,6 +364,26 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Set("Content-Length", strconv.Itoa(len(gzippedBody)))
 		_, _ = w.Write(gzippedBody)
+	case r.URL.Path == "/up/hold":
+		u.mu.Lock()
+		h := u.hold
+		u.mu.Unlock()
+		close(h.arrived)
+		late := r.URL.Query().Get("headers") == "late"
+		if !late {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, holdFirst)
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-h.release:
+			_, _ = io.WriteString(w, holdSecond)
+		case <-r.Context().Done():
+			close(h.gone)
+			if late {
+				panic(http.ErrAbortHandler) // still no answer, not an empty 200
+			}
+		}
 	case r.URL.Path == "/up/hang":
 		<-r.Context().Done() // until the proxy gives up
 	case r.URL.Path == "/up/switch":

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,7 @@ type Proxy struct {
 	redactBufs *sync.Pool
 	forms      formsCache // the injected secrets' forms, for the response scan
 	decoders   decoderPools
+	inFlight   inFlight // requests gone upstream, cut when revoked (cutRevoked)
 
 	mu         sync.Mutex
 	transports map[string]*grantTransport // by grant name
@@ -164,12 +166,14 @@ func New(o Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
-	return &Proxy{
+	p := &Proxy{
 		o: o, log: o.Logger, now: o.Now, hosts: hosts, metrics: m,
 		bufs: newBufferPool(), shared: newSharedTracker(), redactBufs: newRedactBufferPool(),
 		errLog:     slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 		transports: map[string]*grantTransport{},
-	}, nil
+	}
+	o.Service.OnKnownRevoked(p.cutRevoked)
+	return p, nil
 }
 
 // Metrics returns the proxy's metrics.
@@ -218,6 +222,13 @@ type call struct {
 	// the credential was revoked meanwhile (notSent).
 	rt      http.RoundTripper
 	notSent bool
+
+	// While the request is upstream it is listed in Proxy.inFlight (prev,
+	// next); cutRevoked sets cut (cutIssuance, cutBlock) and calls cancel,
+	// which ends its upstream context.
+	prev, next *call
+	cancel     context.CancelFunc
+	cut        atomic.Uint32
 
 	// upstreamIDs are the upstream's own request ids, by the index of
 	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
@@ -563,6 +574,11 @@ func (c *call) forward(w http.ResponseWriter) {
 
 	ctx, cancelAll := context.WithTimeout(r.Context(), p.o.Timeouts.Overall)
 	defer cancelAll()
+	// Listed before RoundTrip asks the revocation state: a revocation
+	// learned after that question cuts the request (cutRevoked).
+	c.cancel = cancelAll
+	p.inFlight.add(c)
+	defer p.inFlight.remove(c)
 	out := r.WithContext(ctx)
 	if r.Body != nil && r.Body != http.NoBody {
 		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
@@ -681,6 +697,18 @@ func (c *call) forward(w http.ResponseWriter) {
 				c.fail(rw, err)
 				return
 			}
+			if why := c.cut.Load(); why != 0 && r.Context().Err() == nil {
+				// Cut (cutRevoked) before the upstream answered: the
+				// checks' 403, though the request went upstream (its
+				// use_result, not a deny, records it).
+				e := errRevokedBeforeSend
+				if why == cutBlock {
+					e = errBlockedBeforeSend
+				}
+				errCode, errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
+				c.h.api.WriteErrorStatus(rw, r, e, 0)
+				return
+			}
 			status, reason := http.StatusBadGateway, "upstream_error"
 			var mbe *http.MaxBytesError
 			switch {
@@ -736,6 +764,12 @@ func (c *call) forward(w http.ResponseWriter) {
 		// streamed response over the cap: record the result, then let the
 		// server abort.
 		rec := recover()
+		if rec == nil && errReason == "" && c.cut.Load() != 0 {
+			// Cut (cutRevoked), yet the body ended without an error: the
+			// TLS close_notify the cut sends can make the upstream end its
+			// response cleanly. The caller must not take it as complete.
+			rec = http.ErrAbortHandler
+		}
 		status := rw.status
 		if rec != nil {
 			errCode = "aborted"
@@ -746,6 +780,8 @@ func (c *call) forward(w http.ResponseWriter) {
 				errReason = c.guard.refused
 			case c.dec != nil && c.dec.bad:
 				errReason = "response_undecodable"
+			case c.cut.Load() != 0:
+				errReason = reasonRevokedInFlight
 			case errReason == "":
 				errReason = "copy_failed"
 			}
@@ -753,6 +789,10 @@ func (c *call) forward(w http.ResponseWriter) {
 		c.status = status
 		if status == 0 && rec != nil {
 			c.status = http.StatusBadGateway
+		}
+		if errReason == reasonRevokedInFlight {
+			p.log.LogAttrs(r.Context(), slog.LevelInfo, "proxied request cut: its credential was revoked or its workload blocked",
+				slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("issuance_id", c.is.ID))
 		}
 		if rec == nil && status != 0 {
 			// Send the response before the use_result event is made
