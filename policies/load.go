@@ -378,8 +378,8 @@ func mappingValue(n *yaml.Node, key string) *yaml.Node {
 	return v
 }
 
-// maxMergeVisits bounds the nodes one mappingEntries call visits, merged
-// mappings counted each time they are merged.
+// maxMergeVisits bounds the mappings one mappingEntries call merges, each
+// counted each time it is merged.
 const maxMergeVisits = 1 << 16
 
 // mappingEntry is the key and value nodes of key in mapping n, aliases
@@ -399,59 +399,13 @@ func mappingEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 
 // mappingEntries calls f with each key and value of mapping n (aliases
 // followed) that the decoder uses, until f returns false: the keys written
-// in n, then those of the mappings merged into it ("<<: *a" or
-// "<<: [*a, *b]", the last "<<" of n), in order and recursively, a key
-// already seen being skipped: a key written next to a merge overrides the
-// merged one, and an earlier merged mapping overrides a later one.
+// in n, then those of the mappings merged into it, in the order the
+// decoder sets them (yamlcheck.Entries).
 func mappingEntries(n *yaml.Node, f func(k, v *yaml.Node) bool) {
 	budget := maxMergeVisits
-	seen := map[string]bool{}
-	var walk func(n *yaml.Node) bool
-	walk = func(n *yaml.Node) bool {
-		for n != nil && n.Kind == yaml.AliasNode {
-			n = n.Alias
-		}
-		if budget--; budget < 0 || n == nil || n.Kind != yaml.MappingNode {
-			return budget >= 0
-		}
-		var merge *yaml.Node
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if isMergeKey(k) {
-				merge = v
-				continue
-			}
-			if seen[k.Value] {
-				continue
-			}
-			seen[k.Value] = true
-			if !f(k, v) {
-				return false
-			}
-		}
-		for merge != nil && merge.Kind == yaml.AliasNode {
-			merge = merge.Alias
-		}
-		if merge == nil {
-			return true
-		}
-		if merge.Kind != yaml.SequenceNode {
-			return walk(merge)
-		}
-		for _, m := range merge.Content {
-			if !walk(m) {
-				return false
-			}
-		}
-		return true
-	}
-	walk(n)
-}
-
-// isMergeKey reports whether k is a merge key ("<<" written plain or
-// tagged !!merge; a quoted "<<" is a string).
-func isMergeKey(k *yaml.Node) bool {
-	return k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge"
+	yamlcheck.Entries(n, yamlcheck.DecoderOrder, &budget, func(k, v *yaml.Node) bool {
+		return k == nil || f(k, v) // a merged non-mapping: the decoder refuses it
+	})
 }
 
 // emptyDocument reports whether n is a document with no content (a trailing

@@ -8,7 +8,8 @@
 // Check accepts what go.yaml.in/yaml/v3 accepts, value by value (each scalar
 // is decoded by the library into a fresh value of its field's type), and in
 // addition refuses fractions for integers. It follows aliases and merge keys
-// as the decoder does.
+// as the decoder does: Entries, which the policy loader uses too, is the
+// one walk of a mapping's entries, merged ones included.
 package yamlcheck
 
 import (
@@ -161,57 +162,17 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 }
 
 // mapping calls f for each key and value of n that the decoder uses, in
-// document order: the keys written in n and those of the mappings merged
-// into it ("<<: *a" or "<<: [*a, *b]"), recursively, but for a merged key
-// that a key written in n, or in an earlier merged mapping, overrides (the
-// decoder never reads that value).
+// document order (see Entries), and reports each merged value that is not
+// a mapping.
 func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
-	c.merged(path, n, map[string]bool{}, f)
-}
-
-// merged is mapping for n merged below keys already set (seen), which it
-// skips; it adds the keys it sets to seen.
-func (c *checker) merged(path string, n *yaml.Node, seen map[string]bool, f func(k, v *yaml.Node)) {
-	// The keys written in n override those merged into it, wherever the
-	// "<<" is written.
-	own := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k := n.Content[i]; k.ShortTag() != "!!merge" && !seen[k.Value] {
-			own[k.Value] = true
+	Entries(n, DocumentOrder, &c.budget, func(k, v *yaml.Node) bool {
+		if k == nil {
+			c.add(path, v, "a merge (<<) takes a mapping or a list of mappings")
+			return true
 		}
-	}
-	for key := range own {
-		seen[key] = true
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.ShortTag() != "!!merge" {
-			if own[k.Value] {
-				f(k, v)
-			}
-			continue
-		}
-		for v.Kind == yaml.AliasNode && v.Alias != nil {
-			v = v.Alias
-		}
-		merged := []*yaml.Node{v}
-		if v.Kind == yaml.SequenceNode {
-			merged = v.Content
-		}
-		for _, m := range merged {
-			if c.budget--; c.budget <= 0 {
-				return
-			}
-			for m.Kind == yaml.AliasNode && m.Alias != nil {
-				m = m.Alias
-			}
-			if m.Kind != yaml.MappingNode {
-				c.add(path, m, "a merge (<<) takes a mapping or a list of mappings")
-				continue
-			}
-			c.merged(path, m, seen, f)
-		}
-	}
+		f(k, v)
+		return true
+	})
 }
 
 // duplicates reports a key written twice in one mapping.

@@ -1,0 +1,159 @@
+package yamlcheck
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
+)
+
+// TestEntries: Entries passes what the decoder reads of mapping "m", in
+// both orders: written keys override merged ones wherever the "<<" is
+// written, an earlier merged mapping overrides a later one, merges nest,
+// and a merged value that is not a mapping is passed with a nil key
+// ("!bad" below, with its line). Where the decoder accepts the document,
+// the entries passed are exactly the mapping it decodes.
+func TestEntries(t *testing.T) {
+	tests := []struct {
+		name          string
+		yaml          string
+		document, dec []string
+	}{
+		{"ok/no-merge", "m: {a: 1, b: 2}\n",
+			[]string{"a=1", "b=2"},
+			[]string{"a=1", "b=2"}},
+		{"ok/alias-to-mapping", "x: &x {a: 1}\nm: *x\n",
+			[]string{"a=1"},
+			[]string{"a=1"}},
+		{"merge/mapping", "m: {<<: {a: 1, b: 2}, c: 3}\n",
+			[]string{"a=1", "b=2", "c=3"},
+			[]string{"c=3", "a=1", "b=2"}},
+		{"merge/alias", "x: &x {a: 1, b: 2}\nm: {c: 3, <<: *x}\n",
+			[]string{"c=3", "a=1", "b=2"},
+			[]string{"c=3", "a=1", "b=2"}},
+		{"merge/list-of-mappings", "x: &x {a: 1}\nm: {<<: [*x, {b: 2}], c: 3}\n",
+			[]string{"a=1", "b=2", "c=3"},
+			[]string{"c=3", "a=1", "b=2"}},
+		{"merge/empty-list", "m: {<<: [], a: 1}\n",
+			[]string{"a=1"},
+			[]string{"a=1"}},
+		// A key written in the mapping wins over a merged one, whether it
+		// is written before or after the "<<".
+		{"override/written-over-merged", "m: {b: 0, <<: {a: 1, b: 2, c: 3}, c: 4}\n",
+			[]string{"b=0", "a=1", "c=4"},
+			[]string{"b=0", "c=4", "a=1"}},
+		// Of the mappings of a merge list, the first to set a key wins.
+		{"override/earlier-merged-over-later", "m: {<<: [{a: 1}, {a: 2, b: 2}, {b: 3, c: 3}]}\n",
+			[]string{"a=1", "b=2", "c=3"},
+			[]string{"a=1", "b=2", "c=3"}},
+		// y merges x, m merges y then a mapping: x's own a wins over
+		// its merged a, y's b over the later mapping's b, m's d over all.
+		{"merge/nested",
+			"x: &x {a: 1, <<: {a: 9, z: 9}}\ny: &y {<<: *x, b: 2}\nm: {<<: [*y, {b: 8, c: 3, d: 8}], d: 4}\n",
+			[]string{"a=1", "z=9", "b=2", "c=3", "d=4"},
+			[]string{"d=4", "b=2", "a=1", "z=9", "c=3"}},
+		{"bad/alias-to-scalar", "s: &s 5\nm: {<<: *s, a: 1}\n",
+			[]string{"!bad@1", "a=1"},
+			[]string{"a=1", "!bad@1"}},
+		{"bad/null-in-list", "m:\n  <<: [{a: 1}, ~]\n  b: 2\n",
+			[]string{"a=1", "!bad@2", "b=2"},
+			[]string{"b=2", "a=1", "!bad@2"}},
+		{"bad/list-in-list", "m: {<<: [[{a: 1}]]}\n",
+			[]string{"!bad@1"},
+			[]string{"!bad@1"}},
+		{"none/not-a-mapping", "m: [a, b]\n", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var doc yaml.Node
+			if err := yaml.Unmarshal([]byte(tt.yaml), &doc); err != nil {
+				t.Fatal(err)
+			}
+			m := mappingValueForTest(t, &doc, "m")
+			for _, o := range []struct {
+				ord  Order
+				want []string
+			}{{DocumentOrder, tt.document}, {DecoderOrder, tt.dec}} {
+				var got []string
+				budget := 100
+				Entries(m, o.ord, &budget, func(k, v *yaml.Node) bool {
+					if k == nil {
+						got = append(got, fmt.Sprintf("!bad@%d", v.Line))
+					} else {
+						got = append(got, k.Value+"="+v.Value)
+					}
+					return true
+				})
+				if diff := cmp.Diff(o.want, got); diff != "" {
+					t.Errorf("Entries(m, %d) = %v, want %v (-want +got):\n%s", o.ord, got, o.want, diff)
+				}
+			}
+
+			// What the decoder makes of m, when it accepts it.
+			var decoded struct {
+				M map[string]string `yaml:"m"`
+			}
+			if err := yaml.Unmarshal([]byte(tt.yaml), &decoded); err != nil {
+				return
+			}
+			fromEntries := map[string]string{}
+			budget := 100
+			Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+				if _, dup := fromEntries[k.Value]; dup {
+					t.Errorf("Entries passed %q twice", k.Value)
+				}
+				fromEntries[k.Value] = v.Value
+				return true
+			})
+			if decoded.M == nil {
+				decoded.M = map[string]string{}
+			}
+			if diff := cmp.Diff(decoded.M, fromEntries); diff != "" {
+				t.Errorf("Entries(m) = %v, the decoder reads %v (-decoder +Entries):\n%s", fromEntries, decoded.M, diff)
+			}
+		})
+	}
+}
+
+// TestEntriesStops: Entries stops when f returns false and when the budget
+// of merged mappings runs out, and says so.
+func TestEntriesStops(t *testing.T) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte("m: {<<: [{a: 1}, {b: 2}, {c: 3}], d: 4}\n"), &doc); err != nil {
+		t.Fatal(err)
+	}
+	m := mappingValueForTest(t, &doc, "m")
+	var got []string
+	budget := 100
+	done := Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+		got = append(got, k.Value)
+		return k.Value != "b"
+	})
+	if want := []string{"a", "b"}; done || !cmp.Equal(got, want) {
+		t.Errorf("Entries stopped at b: passed %v and returned %t, want %v and false", got, done, want)
+	}
+
+	got = nil
+	budget = 3 // two merged mappings, then out
+	done = Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+		got = append(got, k.Value)
+		return true
+	})
+	if want := []string{"a", "b"}; done || !cmp.Equal(got, want) || budget > 0 {
+		t.Errorf("Entries with a budget of 2 merges: passed %v and returned %t (budget left %d), want %v, false and 0", got, done, budget, want)
+	}
+}
+
+// mappingValueForTest is the value of key in the top mapping of doc.
+func mappingValueForTest(t *testing.T, doc *yaml.Node, key string) *yaml.Node {
+	t.Helper()
+	top := doc.Content[0]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value == key {
+			return top.Content[i+1]
+		}
+	}
+	t.Fatalf("no %q in the document", key)
+	return nil
+}
