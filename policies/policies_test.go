@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -958,6 +959,66 @@ func TestYAMLErrorsNameTheLine(t *testing.T) {
 			p, err := Parse("t.yaml", []byte(tt.data))
 			if diff := cmp.Diff(tt.want, locatedProblemStrings(err)); diff != "" || p != nil {
 				t.Errorf("Parse(%q) = %v, problems (-want +got):\n%s", tt.data, p, diff)
+			}
+		})
+	}
+}
+
+// TestMergeTagOnOtherKey: the !!merge tag makes a merge key only of "<<";
+// on any other key the decoder ignores it. A policy that wrote it to merge
+// ("!!merge defaults: *d") was refused with the decoder's words, a line
+// and a Go type but no field ("line 8: field defaults not found in type
+// policies.Issuer"), and one that wrote it on a field name was accepted
+// as if the tag were not there. Both are refused, naming the file, the
+// field, the line and what is wrong; "!!merge <<" still merges.
+func TestMergeTagOnOtherKey(t *testing.T) {
+	const head = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+`
+	const tail = `workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      claims: {team: t, %s}
+    grants: [g]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p]}
+`
+	const msg = `!!merge makes a merge key only of "<<": write "<<: ..." to merge a mapping, or remove the tag`
+	tests := []struct {
+		name, issuer, claim string
+		want                []string
+	}{
+		{"ok/merge-tag-on-merge-key", "    !!merge <<: {max_token_lifetime: 1h}\n", "!!merge <<: {env: prod}", nil},
+		{"fail/merge-tag-to-merge", "    !!merge defaults: {max_token_lifetime: 1h}\n", "env: prod", []string{
+			"t.yaml: issuers[0].defaults: " + msg + " (line 8)"}},
+		{"fail/merge-tag-on-field", "    !!merge max_token_lifetime: 1h\n", "env: prod", []string{
+			"t.yaml: issuers[0].max_token_lifetime: " + msg + " (line 8)"}},
+		{"fail/merge-tag-on-claim", "", "!!merge env: prod", []string{
+			`t.yaml: workloads[0].match.claims["env"]: ` + msg + " (line 14)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := head + tt.issuer + fmt.Sprintf(tail, tt.claim)
+			p, err := Parse("t.yaml", []byte(doc))
+			if tt.want == nil {
+				if err != nil || p == nil {
+					t.Fatalf("Parse(%q) = %v, %v; want a policy", doc, p, err)
+				}
+				return
+			}
+			if diff := cmp.Diff(tt.want, locatedProblemStrings(err)); diff != "" {
+				t.Fatalf("Parse(%q) problems (-want +got):\n%s", doc, diff)
 			}
 		})
 	}

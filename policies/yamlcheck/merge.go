@@ -93,10 +93,17 @@ func entries(n *yaml.Node, ord Order, budget *int, seen map[string]bool, f func(
 	return true
 }
 
-// isMergeKey reports whether k is a merge key ("<<" written plain or
-// tagged !!merge; a quoted "<<" is a string).
+// isMergeKey reports whether k is a merge key, as the decoder decides:
+// "<<" written plain or tagged !!merge (a quoted "<<" is a string, and on
+// any other key the decoder ignores the !!merge tag).
 func isMergeKey(k *yaml.Node) bool {
-	return k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge"
+	return k.Kind == yaml.ScalarNode && k.Value == "<<" && k.ShortTag() == "!!merge"
+}
+
+// misplacedMergeTag reports whether k is a key other than "<<" tagged
+// !!merge, which the decoder reads as a plain key.
+func misplacedMergeTag(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" && !isMergeKey(k)
 }
 
 // unalias is n with aliases followed.

@@ -53,6 +53,10 @@ func TestEntries(t *testing.T) {
 			"x: &x {a: 1, <<: {a: 9, z: 9}}\ny: &y {<<: *x, b: 2}\nm: {<<: [*y, {b: 8, c: 3, d: 8}], d: 4}\n",
 			[]string{"a=1", "z=9", "b=2", "c=3", "d=4"},
 			[]string{"d=4", "b=2", "a=1", "z=9", "c=3"}},
+		// The decoder ignores the !!merge tag on a key other than "<<".
+		{"plain/merge-tag-on-other-key", "m: {!!merge a: 1, <<: {a: 2, b: 2}}\n",
+			[]string{"a=1", "b=2"},
+			[]string{"a=1", "b=2"}},
 		{"bad/alias-to-scalar", "s: &s 5\nm: {<<: *s, a: 1}\n",
 			[]string{"!bad@1", "a=1"},
 			[]string{"a=1", "!bad@1"}},

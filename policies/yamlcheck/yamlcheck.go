@@ -7,7 +7,8 @@
 //
 // Check accepts what go.yaml.in/yaml/v3 accepts, value by value (each scalar
 // is decoded by the library into a fresh value of its field's type), and in
-// addition refuses fractions for integers. It follows aliases and merge keys
+// addition refuses fractions for integers and the !!merge tag on a key other
+// than "<<" (which the decoder ignores). It follows aliases and merge keys
 // as the decoder does: Entries, which the policy loader uses too, is the
 // one walk of a mapping's entries, merged ones included.
 package yamlcheck
@@ -133,6 +134,10 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		c.duplicates(path, n)
 		c.mapping(path, n, func(k, v *yaml.Node) {
 			kp := fmt.Sprintf("%s[%q]", path, k.Value)
+			if misplacedMergeTag(k) {
+				c.add(kp, k, "%s", mergeTagMessage)
+				return
+			}
 			c.walk(kp, k, t.Key())
 			c.walk(kp, v, t.Elem())
 		})
@@ -149,6 +154,10 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			if k.ShortTag() == "!!null" {
 				return // the decoder skips it
 			}
+			if misplacedMergeTag(k) {
+				c.add(join(k.Value), k, "%s", mergeTagMessage)
+				return
+			}
 			ft, ok := field(t, k.Value)
 			if !ok {
 				c.add(join(k.Value), k, "unknown field")
@@ -160,6 +169,11 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		c.scalar(path, n, t)
 	}
 }
+
+// mergeTagMessage is the problem of a key other than "<<" tagged !!merge:
+// the decoder ignores the tag there, so whoever wrote it meant a merge
+// that does not happen.
+const mergeTagMessage = `!!merge makes a merge key only of "<<": write "<<: ..." to merge a mapping, or remove the tag`
 
 // mapping calls f for each key and value of n that the decoder uses, in
 // document order (see Entries), and reports each merged value that is not
