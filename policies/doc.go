@@ -20,7 +20,8 @@
 //
 // YAML errors are problems too, with the line as path ("line 7").
 // Warnings lists, in the same form, what is valid but likely not meant (an
-// unquoted claims value 1.0, which no number claim equals).
+// unquoted claims value 1.0, which no number claim equals; a
+// max_token_lifetime under 1s, which refuses nearly every token).
 //
 // # Matching
 //

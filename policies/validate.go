@@ -338,6 +338,11 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 	if is.MaxTokenLifetime < 0 {
 		v.add(l.file, l.path+".max_token_lifetime", "must be > 0")
 	}
+	if d := time.Duration(is.MaxTokenLifetime); d > 0 && d < time.Second {
+		// Valid (it fails closed), but a token's exp and iat are whole
+		// seconds: only one that expires the second it is issued fits.
+		v.warn(l.file, l.path+".max_token_lifetime", "%v is under 1s: token lifetimes (exp - iat) are whole seconds, so nearly every token is refused (lifetime_too_long)", d)
+	}
 	if is.SessionClaim != "" {
 		paths := is.SessionClaims()
 		if !strings.Contains(is.SessionClaim, "+") {

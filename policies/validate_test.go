@@ -858,3 +858,41 @@ exceptions:
 		t.Fatalf("Warnings() (-want +got):\n%s", diff)
 	}
 }
+
+// TestSubSecondTokenLifetimeWarns: token lifetimes (exp - iat) are whole
+// seconds, so an issuer whose max_token_lifetime is under 1s refuses
+// nearly every token (lifetime_too_long) while policy check said nothing.
+// It is a warning naming the file, the field and its line (the policy is
+// valid: it fails closed); 1s and more, or omitted, draw none.
+func TestSubSecondTokenLifetimeWarns(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - {name: a, issuer: "https://a", jwks_url: "https://a/j", audiences: [k], algorithms: [RS256], max_token_lifetime: 500ms}
+  - name: b
+    issuer: "https://b"
+    jwks_url: "https://b/j"
+    audiences: [k]
+    algorithms: [RS256]
+    max_token_lifetime: 999ms
+  - {name: c, issuer: "https://c", jwks_url: "https://c/j", audiences: [k], algorithms: [RS256], max_token_lifetime: 1s}
+  - {name: d, issuer: "https://d", jwks_url: "https://d/j", audiences: [k], algorithms: [RS256], max_token_lifetime: 1500ms}
+  - {name: e, issuer: "https://e", jwks_url: "https://e/j", audiences: [k], algorithms: [RS256]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	if err != nil {
+		t.Fatalf("Parse() = %v, want a valid policy", err)
+	}
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.Error())
+	}
+	want := []string{
+		`t.yaml: issuers[0].max_token_lifetime: 500ms is under 1s: token lifetimes (exp - iat) are whole seconds, so nearly every token is refused (lifetime_too_long) (line 3)`,
+		`t.yaml: issuers[1].max_token_lifetime: 999ms is under 1s: token lifetimes (exp - iat) are whole seconds, so nearly every token is refused (lifetime_too_long) (line 9)`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Warnings() (-want +got):\n%s", diff)
+	}
+}
