@@ -1023,3 +1023,37 @@ grants:
 		})
 	}
 }
+
+// TestMergeOfAliasToListNamesTheField: "<<: *list", an alias to a list of
+// mappings, is refused by the YAML decoder (only a list written in place
+// is merged mapping by mapping), and policy check said only "map merge
+// requires map or sequence of maps as the value": no field, no line.
+// yamlcheck had merged the list's mappings. It now names the entry, the
+// line of the "<<" and what to write instead; a merged alias to a scalar
+// names the line of the "<<" too.
+func TestMergeOfAliasToListNamesTheField(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - {name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}
+exceptions: &ex
+  - {name: e, owner: &o o}
+workloads:
+  - <<: *ex
+    match: {issuer: i, subject: s}
+    grants: [g]
+  - name: w
+    owner: o
+    match: {issuer: i, subject: s2, claims: {<<: *o}}
+    grants: [g]
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		`t.yaml: workloads[0]: a merge (<<) takes an alias to a mapping, not to a list: write "<<: [*a, *b]", an alias per mapping (line 7)`,
+		`t.yaml: workloads[1].match.claims: a merge (<<) takes a mapping or a list of mappings (line 12)`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" || p != nil {
+		t.Errorf("Parse() = %v, problems (-want +got):\n%s", p, diff)
+	}
+}

@@ -23,8 +23,9 @@ const (
 // one wherever the "<<" is written. A key written twice in one mapping is
 // passed each time (the decoder refuses it; Check reports it).
 //
-// A merged value that is not a mapping (the decoder refuses it) is passed
-// to f with a nil key, where it is written.
+// A merged value that is not a mapping, or is an alias to anything but a
+// mapping (the decoder refuses both: "<<: *list" too), is passed to f with
+// a nil key, as written (an alias not followed), where it is written.
 //
 // budget bounds the work on documents of nested aliases: it is decremented
 // for each mapping merged, and the walk stops when it reaches 0. Entries
@@ -65,7 +66,9 @@ func entries(n *yaml.Node, ord Order, budget *int, seen map[string]bool, f func(
 				}
 				continue
 			}
-			v = unalias(v)
+			// A list written in place is merged mapping by mapping; an
+			// alias must name a mapping (the decoder refuses an alias to
+			// a list).
 			merged := []*yaml.Node{v}
 			if v.Kind == yaml.SequenceNode {
 				merged = v.Content
@@ -74,14 +77,13 @@ func entries(n *yaml.Node, ord Order, budget *int, seen map[string]bool, f func(
 				if *budget--; *budget <= 0 {
 					return false
 				}
-				m = unalias(m)
-				if m.Kind != yaml.MappingNode {
+				if um := unalias(m); um.Kind != yaml.MappingNode {
 					if !f(nil, m) {
 						return false
 					}
 					continue
 				}
-				if !entries(m, ord, budget, seen, f) {
+				if !entries(unalias(m), ord, budget, seen, f) {
 					return false
 				}
 			}

@@ -176,11 +176,16 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 const mergeTagMessage = `!!merge makes a merge key only of "<<": write "<<: ..." to merge a mapping, or remove the tag`
 
 // mapping calls f for each key and value of n that the decoder uses, in
-// document order (see Entries), and reports each merged value that is not
-// a mapping.
+// document order (see Entries), and reports each merged value that the
+// decoder refuses, at the line of the merge.
 func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
 	Entries(n, DocumentOrder, &c.budget, func(k, v *yaml.Node) bool {
-		if k == nil {
+		switch {
+		case k != nil:
+		case v.Kind == yaml.AliasNode && unalias(v).Kind == yaml.SequenceNode:
+			c.add(path, v, `a merge (<<) takes an alias to a mapping, not to a list: write "<<: [*a, *b]", an alias per mapping`)
+			return true
+		default:
 			c.add(path, v, "a merge (<<) takes a mapping or a list of mappings")
 			return true
 		}

@@ -100,6 +100,12 @@ var tests = []struct {
 	// The decoder never reads a merged value that a key written next to
 	// the "<<" (or in an earlier merged mapping) overrides.
 	{"ok/merged-value-overridden", "sub: {<<: [{n: abc}, {n: x, wait: soon}], n: 2, wait: 1s}\nsubs:\n  - {n: 1, <<: {n: 1.5}}\n  - {<<: [{n: 3}, {n: 0.5}]}\n", nil},
+	// The decoder refuses a merged alias to anything but a mapping: the
+	// problem is where the merge is written.
+	{"fail/merge-alias-to-list", "subs: &x [{n: 1}]\nsub: {<<: *x}\n", []Problem{
+		{"sub", 2, `a merge (<<) takes an alias to a mapping, not to a list: write "<<: [*a, *b]", an alias per mapping`}}},
+	{"fail/merge-alias-to-scalar", "name: &x a\nsub:\n  <<: [{n: 1}, *x]\n", []Problem{
+		{"sub", 3, "a merge (<<) takes a mapping or a list of mappings"}}},
 	{"fail/merged-value-not-overridden", "sub: {<<: [{n: 2}, {n: x, wait: soon}]}\n", []Problem{
 		{"sub.wait", 1, `must be a duration like 30s, not "soon"`}}},
 	// The decoder reads a key other than "<<" tagged !!merge as a plain
