@@ -404,7 +404,7 @@ func mappingEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 func mappingEntries(n *yaml.Node, f func(k, v *yaml.Node) bool) {
 	budget := maxMergeVisits
 	yamlcheck.Entries(n, yamlcheck.DecoderOrder, &budget, func(k, v *yaml.Node) bool {
-		return k == nil || f(k, v) // a merged non-mapping: the decoder refuses it
+		return k == nil || f(k, v) // k == nil: v is merged, its entries follow
 	})
 }
 

@@ -1057,3 +1057,39 @@ grants:
 		t.Errorf("Parse() = %v, problems (-want +got):\n%s", p, diff)
 	}
 }
+
+// TestKeyWrittenTwiceInMergeNamesTheField: the YAML decoder refuses a
+// mapping with "<<" written twice, or with a key written twice in a
+// mapping merged in place, and policy check printed its words, a line but
+// no field ("line 9: mapping key "<<" already defined at line 7"):
+// yamlcheck, which names every other key written twice by its field, left
+// these out. Both are now named like the others.
+func TestKeyWrittenTwiceInMergeNamesTheField(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    <<: {max_token_lifetime: 1h}
+    algorithms: [RS256]
+    <<: {session_claim: sub}
+  - name: j
+    issuer: "https://y"
+    jwks_url: "https://y/j"
+    audiences: [k]
+    algorithms: [RS256]
+    <<: {max_token_lifetime: 1h,
+      max_token_lifetime: 2h}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		"t.yaml: issuers[0].<<: written twice (first at line 7) (line 9)",
+		"t.yaml: issuers[1].max_token_lifetime: written twice (first at line 15) (line 16)",
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" || p != nil {
+		t.Errorf("Parse() = %v, problems (-want +got):\n%s", p, diff)
+	}
+}

@@ -23,9 +23,10 @@ const (
 // one wherever the "<<" is written. A key written twice in one mapping is
 // passed each time (the decoder refuses it; Check reports it).
 //
-// A merged value that is not a mapping, or is an alias to anything but a
-// mapping (the decoder refuses both: "<<: *list" too), is passed to f with
-// a nil key, as written (an alias not followed), where it is written.
+// Each value merged into a mapping is passed to f with a nil key, as
+// written (an alias not followed), where it is written: a mapping or an
+// alias to one, before the entries it adds, or a value the decoder refuses
+// (any other, an alias to a list too: "<<: *list").
 //
 // budget bounds the work on documents of nested aliases: it is decremented
 // for each mapping merged, and the walk stops when it reaches 0. Entries
@@ -77,13 +78,10 @@ func entries(n *yaml.Node, ord Order, budget *int, seen map[string]bool, f func(
 				if *budget--; *budget <= 0 {
 					return false
 				}
-				if um := unalias(m); um.Kind != yaml.MappingNode {
-					if !f(nil, m) {
-						return false
-					}
-					continue
+				if !f(nil, m) {
+					return false
 				}
-				if !entries(unalias(m), ord, budget, seen, f) {
+				if um := unalias(m); um.Kind == yaml.MappingNode && !entries(um, ord, budget, seen, f) {
 					return false
 				}
 			}

@@ -11,8 +11,9 @@ import (
 // TestEntries: Entries passes what the decoder reads of mapping "m", in
 // both orders: written keys override merged ones wherever the "<<" is
 // written, an earlier merged mapping overrides a later one, merges nest,
-// and a merged value that is not a mapping is passed with a nil key
-// ("!bad" below, with its line). Where the decoder accepts the document,
+// and each merged value is passed with a nil key, as written: a mapping
+// before its entries ("<<" below, with its line), or one the decoder
+// refuses ("!bad"). Where the decoder accepts the document,
 // the entries passed are exactly the mapping it decodes.
 func TestEntries(t *testing.T) {
 	tests := []struct {
@@ -27,36 +28,36 @@ func TestEntries(t *testing.T) {
 			[]string{"a=1"},
 			[]string{"a=1"}},
 		{"merge/mapping", "m: {<<: {a: 1, b: 2}, c: 3}\n",
-			[]string{"a=1", "b=2", "c=3"},
-			[]string{"c=3", "a=1", "b=2"}},
+			[]string{"<<@1", "a=1", "b=2", "c=3"},
+			[]string{"c=3", "<<@1", "a=1", "b=2"}},
 		{"merge/alias", "x: &x {a: 1, b: 2}\nm: {c: 3, <<: *x}\n",
-			[]string{"c=3", "a=1", "b=2"},
-			[]string{"c=3", "a=1", "b=2"}},
-		{"merge/list-of-mappings", "x: &x {a: 1}\nm: {<<: [*x, {b: 2}], c: 3}\n",
-			[]string{"a=1", "b=2", "c=3"},
-			[]string{"c=3", "a=1", "b=2"}},
+			[]string{"c=3", "<<@2", "a=1", "b=2"},
+			[]string{"c=3", "<<@2", "a=1", "b=2"}},
+		{"merge/list-of-mappings", "x: &x {a: 1}\nm:\n  <<: [*x, {b: 2}]\n  c: 3\n",
+			[]string{"<<@3", "a=1", "<<@3", "b=2", "c=3"},
+			[]string{"c=3", "<<@3", "a=1", "<<@3", "b=2"}},
 		{"merge/empty-list", "m: {<<: [], a: 1}\n",
 			[]string{"a=1"},
 			[]string{"a=1"}},
 		// A key written in the mapping wins over a merged one, whether it
 		// is written before or after the "<<".
 		{"override/written-over-merged", "m: {b: 0, <<: {a: 1, b: 2, c: 3}, c: 4}\n",
-			[]string{"b=0", "a=1", "c=4"},
-			[]string{"b=0", "c=4", "a=1"}},
+			[]string{"b=0", "<<@1", "a=1", "c=4"},
+			[]string{"b=0", "c=4", "<<@1", "a=1"}},
 		// Of the mappings of a merge list, the first to set a key wins.
 		{"override/earlier-merged-over-later", "m: {<<: [{a: 1}, {a: 2, b: 2}, {b: 3, c: 3}]}\n",
-			[]string{"a=1", "b=2", "c=3"},
-			[]string{"a=1", "b=2", "c=3"}},
+			[]string{"<<@1", "a=1", "<<@1", "b=2", "<<@1", "c=3"},
+			[]string{"<<@1", "a=1", "<<@1", "b=2", "<<@1", "c=3"}},
 		// y merges x, m merges y then a mapping: x's own a wins over
 		// its merged a, y's b over the later mapping's b, m's d over all.
 		{"merge/nested",
-			"x: &x {a: 1, <<: {a: 9, z: 9}}\ny: &y {<<: *x, b: 2}\nm: {<<: [*y, {b: 8, c: 3, d: 8}], d: 4}\n",
-			[]string{"a=1", "z=9", "b=2", "c=3", "d=4"},
-			[]string{"d=4", "b=2", "a=1", "z=9", "c=3"}},
+			"x: &x {a: 1, <<: {a: 9, z: 9}}\ny: &y {<<: *x, b: 2}\nm:\n  <<: [*y, {b: 8, c: 3, d: 8}]\n  d: 4\n",
+			[]string{"<<@4", "<<@2", "a=1", "<<@1", "z=9", "b=2", "<<@4", "c=3", "d=4"},
+			[]string{"d=4", "<<@4", "b=2", "<<@2", "a=1", "<<@1", "z=9", "<<@4", "c=3"}},
 		// The decoder ignores the !!merge tag on a key other than "<<".
 		{"plain/merge-tag-on-other-key", "m: {!!merge a: 1, <<: {a: 2, b: 2}}\n",
-			[]string{"a=1", "b=2"},
-			[]string{"a=1", "b=2"}},
+			[]string{"a=1", "<<@1", "b=2"},
+			[]string{"a=1", "<<@1", "b=2"}},
 		// Passed as written: the line is the merge's.
 		{"bad/alias-to-scalar", "s: &s 5\nm: {<<: *s, a: 1}\n",
 			[]string{"!bad@2", "a=1"},
@@ -66,11 +67,11 @@ func TestEntries(t *testing.T) {
 			[]string{"!bad@2", "b=2"},
 			[]string{"b=2", "!bad@2"}},
 		{"bad/alias-to-list-in-list", "l: &l [{a: 1}]\nm:\n  <<: [{b: 2}, *l]\n",
-			[]string{"b=2", "!bad@3"},
-			[]string{"b=2", "!bad@3"}},
+			[]string{"<<@3", "b=2", "!bad@3"},
+			[]string{"<<@3", "b=2", "!bad@3"}},
 		{"bad/null-in-list", "m:\n  <<: [{a: 1}, ~]\n  b: 2\n",
-			[]string{"a=1", "!bad@2", "b=2"},
-			[]string{"b=2", "a=1", "!bad@2"}},
+			[]string{"<<@2", "a=1", "!bad@2", "b=2"},
+			[]string{"b=2", "<<@2", "a=1", "!bad@2"}},
 		{"bad/list-in-list", "m: {<<: [[{a: 1}]]}\n",
 			[]string{"!bad@1"},
 			[]string{"!bad@1"}},
@@ -90,9 +91,12 @@ func TestEntries(t *testing.T) {
 				var got []string
 				budget := 100
 				Entries(m, o.ord, &budget, func(k, v *yaml.Node) bool {
-					if k == nil {
+					switch {
+					case k == nil && unalias(v).Kind == yaml.MappingNode:
+						got = append(got, fmt.Sprintf("<<@%d", v.Line))
+					case k == nil:
 						got = append(got, fmt.Sprintf("!bad@%d", v.Line))
-					} else {
+					default:
 						got = append(got, k.Value+"="+v.Value)
 					}
 					return true
@@ -112,6 +116,9 @@ func TestEntries(t *testing.T) {
 			fromEntries := map[string]string{}
 			budget := 100
 			Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+				if k == nil {
+					return true
+				}
 				if _, dup := fromEntries[k.Value]; dup {
 					t.Errorf("Entries passed %q twice", k.Value)
 				}
@@ -139,6 +146,9 @@ func TestEntriesStops(t *testing.T) {
 	var got []string
 	budget := 100
 	done := Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+		if k == nil {
+			return true
+		}
 		got = append(got, k.Value)
 		return k.Value != "b"
 	})
@@ -149,7 +159,9 @@ func TestEntriesStops(t *testing.T) {
 	got = nil
 	budget = 3 // two merged mappings, then out
 	done = Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
-		got = append(got, k.Value)
+		if k != nil {
+			got = append(got, k.Value)
+		}
 		return true
 	})
 	if want := []string{"a", "b"}; done || !cmp.Equal(got, want) || budget > 0 {

@@ -177,11 +177,15 @@ const mergeTagMessage = `!!merge makes a merge key only of "<<": write "<<: ..."
 
 // mapping calls f for each key and value of n that the decoder uses, in
 // document order (see Entries), and reports each merged value that the
-// decoder refuses, at the line of the merge.
+// decoder refuses, at the line of the merge, and each key written twice in
+// a merged mapping.
 func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
 	Entries(n, DocumentOrder, &c.budget, func(k, v *yaml.Node) bool {
 		switch {
 		case k != nil:
+		case unalias(v).Kind == yaml.MappingNode:
+			c.duplicates(path, unalias(v)) // the decoder refuses them there too
+			return true
 		case v.Kind == yaml.AliasNode && unalias(v).Kind == yaml.SequenceNode:
 			c.add(path, v, `a merge (<<) takes an alias to a mapping, not to a list: write "<<: [*a, *b]", an alias per mapping`)
 			return true
@@ -194,12 +198,13 @@ func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
 	})
 }
 
-// duplicates reports a key written twice in one mapping.
+// duplicates reports a key written twice in one mapping ("<<" included),
+// as the decoder does.
 func (c *checker) duplicates(path string, n *yaml.Node) {
 	for i := 0; i < len(n.Content); i += 2 {
 		for j := i + 2; j < len(n.Content); j += 2 {
 			a, b := n.Content[i], n.Content[j]
-			if a.Kind == b.Kind && a.Value == b.Value && a.ShortTag() != "!!merge" {
+			if a.Kind == b.Kind && a.Value == b.Value { // "<<" too, as the decoder
 				p := a.Value
 				if path != "" {
 					p = path + "." + a.Value

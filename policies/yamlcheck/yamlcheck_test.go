@@ -86,6 +86,10 @@ var tests = []struct {
 		{"sub.m", 2, "unknown field"},
 		{"hidden", 3, "unknown field"}}},
 	{"fail/written-twice", "n: 1\nsub: {n: 1}\nn: 2\n", []Problem{{"n", 3, "written twice (first at line 1)"}}},
+	// The decoder refuses "<<" written twice, and a key written twice in
+	// a merged mapping, as any key written twice.
+	{"fail/merge-written-twice", "sub: {<<: {n: 1}, wait: 1s, <<: {n: 2}}\n", []Problem{{"sub.<<", 1, "written twice (first at line 1)"}}},
+	{"fail/written-twice-in-merged", "sub:\n  <<: {n: 1,\n    n: 2}\n", []Problem{{"sub.n", 3, "written twice (first at line 2)"}}},
 	{"fail/own-unmarshaler", "sub: {wait: soon}\n", []Problem{{"sub.wait", 1, `must be a duration like 30s, not "soon"`}}},
 	{"fail/paths-in-lists-and-maps", "subs:\n  - {n: 1}\n  - {n: 0.5}\ncounts: {a: 1, b: x}\nlist: [1, 2.5]\n", []Problem{
 		{"subs[1].n", 3, "must be a whole number, not 0.5"},
