@@ -189,10 +189,10 @@ func compile(files []parsedFile) (*Policy, error) {
 			p.allowed[i][g] = true
 		}
 		if w.Rate != nil {
-			validateRate(&v, l, "rate", w.Rate)
+			validateRate(&v, l, "rate", w.Rate, written(roots(l.file), l.path+".rate.burst"))
 		}
 		if w.ProxyRate != nil {
-			validateRate(&v, l, "proxy_rate", w.ProxyRate)
+			validateRate(&v, l, "proxy_rate", w.ProxyRate, written(roots(l.file), l.path+".proxy_rate.burst"))
 		}
 	}
 	checkDisjoint(&v, p.workloads, workloadLocs)
@@ -437,17 +437,23 @@ func validClaimPath(p string) bool {
 	return !slices.ContainsFunc(strings.Split(p, "."), func(s string) bool { return s == "" || strings.TrimSpace(s) != s })
 }
 
-func validateRate(v *validator, l loc, field string, r *Rate) {
+// validateRate validates the rate (or proxy_rate) r of the workload at l;
+// burstWritten says whether its burst is written in the file (one left
+// out defaults to ceil(per_second); a written 0 is a problem, as -1 is).
+func validateRate(v *validator, l loc, field string, r *Rate, burstWritten bool) {
 	switch {
 	case math.IsNaN(r.PerSecond) || r.PerSecond <= 0:
 		v.add(l.file, l.path+"."+field+".per_second", "must be > 0")
 	case r.PerSecond > maxPerSecond:
 		v.add(l.file, l.path+"."+field+".per_second", "must be at most %g", maxPerSecond)
-	case r.Burst == 0:
+	case r.Burst == 0 && !burstWritten:
 		r.Burst = int(math.Ceil(r.PerSecond))
 	}
-	if r.Burst < 0 {
+	switch {
+	case r.Burst < 0:
 		v.add(l.file, l.path+"."+field+".burst", "must be >= 1")
+	case r.Burst == 0 && burstWritten:
+		v.add(l.file, l.path+"."+field+".burst", "must be >= 1 (omit it for the default, ceil(per_second))")
 	}
 }
 

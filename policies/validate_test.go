@@ -257,6 +257,12 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: workloads[0].proxy_rate.per_second: must be > 0", "t.yaml: workloads[0].proxy_rate.burst: must be >= 1"}},
 		{"fail/workload-burst-negative", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 1, burst: -1}}]`},
 			[]string{"t.yaml: workloads[0].rate.burst: must be >= 1"}},
+		// A written burst of 0 (or no value) was silently replaced by the
+		// default of a burst left out, though -1 was refused.
+		{"fail/workload-burst-zero", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 5, burst: 0}}]`},
+			[]string{"t.yaml: workloads[0].rate.burst: must be >= 1 (omit it for the default, ceil(per_second))"}},
+		{"fail/workload-proxy-burst-no-value", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], proxy_rate: {per_second: 5, burst: }}]`},
+			[]string{"t.yaml: workloads[0].proxy_rate.burst: must be >= 1 (omit it for the default, ceil(per_second))"}},
 		{"fail/workloads-same-match", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s, claims: {ns: a}}}, {name: x, owner: o, match: {issuer: i, subject: s, claims: {ns: a}}}]`},
 			[]string{`t.yaml: workloads[1].match: same match as workload "w" (t.yaml: workloads[0]): a token would match both; make workload matches disjoint`}},
 
