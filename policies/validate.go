@@ -160,7 +160,8 @@ func compile(files []parsedFile) (*Policy, error) {
 		}
 	}
 	for i := range p.grants {
-		validateGrant(&v, grantLocs[i], &p.grants[i])
+		l := grantLocs[i]
+		validateGrant(&v, l, &p.grants[i], written(roots(l.file), l.path+".proxy.methods"))
 	}
 	p.workloadMatch = make([]*matcher, len(p.workloads))
 	p.allowed = make([]map[string]bool, len(p.workloads))
@@ -567,7 +568,9 @@ func sameMatch(a, b *Match) bool {
 		(len(a.ClaimPatterns) == 0 || reflect.DeepEqual(a.ClaimPatterns, b.ClaimPatterns))
 }
 
-func validateGrant(v *validator, l loc, g *Grant) {
+// validateGrant validates g; methodsWritten says whether its
+// proxy.methods is written in the file (one left out defaults to [GET]).
+func validateGrant(v *validator, l loc, g *Grant, methodsWritten bool) {
 	if g.TTL <= 0 {
 		if g.TTL == 0 {
 			v.add(l.file, l.path+".ttl", "required, must be > 0")
@@ -654,7 +657,7 @@ func validateGrant(v *validator, l loc, g *Grant) {
 		}
 	}
 	if g.Kind == KindProxy && g.Proxy != nil {
-		validateProxy(v, l.file, l.path+".proxy", g.Proxy)
+		validateProxy(v, l.file, l.path+".proxy", g.Proxy, methodsWritten)
 	}
 }
 
@@ -761,8 +764,13 @@ func validTransitKey(k string) bool {
 	return k != "." && k != ".." && !strings.ContainsAny(k, "/: \t?#%\\")
 }
 
-func validateProxy(v *validator, file, bp string, px *ProxyGrant) {
-	if len(px.Methods) == 0 {
+func validateProxy(v *validator, file, bp string, px *ProxyGrant, methodsWritten bool) {
+	switch {
+	case len(px.Methods) > 0:
+	case methodsWritten:
+		// "methods: []" is no method, not the default.
+		v.add(file, bp+".methods", "required: at least one method (omit it for the default, [GET])")
+	default:
 		px.Methods = []string{"GET"}
 	}
 	if px.Inject.Header != "" && px.Inject.Format == "" {

@@ -397,6 +397,13 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: grants[0].proxy.inject.format: applies to header injection only"}},
 		{"fail/proxy-method-lowercase", map[string]string{"grants": proxyGrant(okProxy + ", methods: [GET, post]")},
 			[]string{`t.yaml: grants[0].proxy.methods[1]: "post" is not an uppercase HTTP method (want one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)`}},
+		// A written empty list (or no value) was silently replaced by the
+		// default of a list left out, [GET]: a method the policy did not
+		// list was allowed.
+		{"fail/proxy-methods-empty", map[string]string{"grants": proxyGrant(okProxy + ", methods: []")},
+			[]string{"t.yaml: grants[0].proxy.methods: required: at least one method (omit it for the default, [GET])"}},
+		{"fail/proxy-methods-no-value", map[string]string{"grants": proxyGrant(okProxy + ", methods: ")},
+			[]string{"t.yaml: grants[0].proxy.methods: required: at least one method (omit it for the default, [GET])"}},
 		{"fail/proxy-method-trace", map[string]string{"grants": proxyGrant(okProxy + ", methods: [TRACE]")},
 			[]string{"t.yaml: grants[0].proxy.methods[0]: TRACE is not allowed: it would expose the injected secret or tunnel past the proxy"}},
 		{"fail/proxy-paths-empty", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `paths: ["/v1/x"]`, "paths: []", 1))},
