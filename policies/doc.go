@@ -11,7 +11,8 @@
 // document. Files are decoded strictly, defaults are applied
 // (max_token_lifetime 24h when omitted, a written 0 being a problem; rate
 // and proxy_rate burst ceil(per_second), proxy methods [GET], header format "{secret}";
-// a written 0 burst or empty methods list is a problem, not the default),
+// a written 0 burst, empty methods list or empty format is a problem, not
+// the default),
 // then everything is validated at once. A failure
 // is a *ValidationError whose Unwrap() []error returns one *Problem per
 // problem, printed as "<file>: <path>: <message> (line <n>)", the line of

@@ -161,7 +161,7 @@ func compile(files []parsedFile) (*Policy, error) {
 	}
 	for i := range p.grants {
 		l := grantLocs[i]
-		validateGrant(&v, l, &p.grants[i], written(roots(l.file), l.path+".proxy.methods"))
+		validateGrant(&v, l, &p.grants[i], func(path string) bool { return written(roots(l.file), path) })
 	}
 	p.workloadMatch = make([]*matcher, len(p.workloads))
 	p.allowed = make([]map[string]bool, len(p.workloads))
@@ -568,9 +568,10 @@ func sameMatch(a, b *Match) bool {
 		(len(a.ClaimPatterns) == 0 || reflect.DeepEqual(a.ClaimPatterns, b.ClaimPatterns))
 }
 
-// validateGrant validates g; methodsWritten says whether its
-// proxy.methods is written in the file (one left out defaults to [GET]).
-func validateGrant(v *validator, l loc, g *Grant, methodsWritten bool) {
+// validateGrant validates g; isWritten says whether the field a path
+// names is written in the file (proxy.methods and proxy.inject.format left
+// out default; written empty, they are problems).
+func validateGrant(v *validator, l loc, g *Grant, isWritten func(path string) bool) {
 	if g.TTL <= 0 {
 		if g.TTL == 0 {
 			v.add(l.file, l.path+".ttl", "required, must be > 0")
@@ -657,7 +658,7 @@ func validateGrant(v *validator, l loc, g *Grant, methodsWritten bool) {
 		}
 	}
 	if g.Kind == KindProxy && g.Proxy != nil {
-		validateProxy(v, l.file, l.path+".proxy", g.Proxy, methodsWritten)
+		validateProxy(v, l.file, l.path+".proxy", g.Proxy, isWritten)
 	}
 }
 
@@ -764,16 +765,18 @@ func validTransitKey(k string) bool {
 	return k != "." && k != ".." && !strings.ContainsAny(k, "/: \t?#%\\")
 }
 
-func validateProxy(v *validator, file, bp string, px *ProxyGrant, methodsWritten bool) {
+func validateProxy(v *validator, file, bp string, px *ProxyGrant, isWritten func(path string) bool) {
 	switch {
 	case len(px.Methods) > 0:
-	case methodsWritten:
+	case isWritten(bp + ".methods"):
 		// "methods: []" is no method, not the default.
 		v.add(file, bp+".methods", "required: at least one method (omit it for the default, [GET])")
 	default:
 		px.Methods = []string{"GET"}
 	}
-	if px.Inject.Header != "" && px.Inject.Format == "" {
+	// A written "format: """ is not the default either (checked below).
+	formatWritten := px.Inject.Format == "" && isWritten(bp+".inject.format")
+	if px.Inject.Header != "" && px.Inject.Format == "" && !formatWritten {
 		px.Inject.Format = DefaultInjectFormat
 	}
 
@@ -819,7 +822,9 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant, methodsWritten
 		case slices.ContainsFunc(forbiddenHeaders, func(h string) bool { return strings.EqualFold(h, in.Header) }):
 			v.add(file, bp+".inject.header", "%q cannot carry a secret", in.Header)
 		}
-		if !strings.Contains(in.Format, SecretPlaceholder) {
+		if formatWritten {
+			v.add(file, bp+".inject.format", "must contain %s (omit it for the default, %q)", SecretPlaceholder, DefaultInjectFormat)
+		} else if !strings.Contains(in.Format, SecretPlaceholder) {
 			v.add(file, bp+".inject.format", "must contain %s", SecretPlaceholder)
 		} else if strings.ContainsFunc(in.Format, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
 			// net/http refuses such a header value: every request would

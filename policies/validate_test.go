@@ -378,6 +378,12 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: grants[0].proxy.inject: required: one of header or query"}},
 		{"fail/proxy-inject-format", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "Bearer {secret}", "Bearer secret", 1))},
 			[]string{"t.yaml: grants[0].proxy.inject.format: must contain {secret}"}},
+		// A written empty format (or no value) was silently replaced by the
+		// default of a format left out, the bare secret.
+		{"fail/proxy-inject-format-empty", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `"Bearer {secret}"`, `""`, 1))},
+			[]string{`t.yaml: grants[0].proxy.inject.format: must contain {secret} (omit it for the default, "{secret}")`}},
+		{"fail/proxy-inject-format-no-value", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, `"Bearer {secret}"`, ``, 1))},
+			[]string{`t.yaml: grants[0].proxy.inject.format: must contain {secret} (omit it for the default, "{secret}")`}},
 		{"fail/proxy-inject-format-control", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "Bearer {secret}", `Bearer\x01{secret}`, 1))},
 			[]string{"t.yaml: grants[0].proxy.inject.format: must not contain control characters (other than a tab)"}},
 		{"fail/proxy-inject-format-del", map[string]string{"grants": proxyGrant(strings.Replace(okProxy, "Bearer {secret}", `Bearer {secret}\x7f`, 1))},
