@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/adapters/vault/devserver"
 )
 
 func main() {
@@ -67,18 +69,7 @@ type env struct {
 // lineErr is stderr for lines that goroutines running at the same time
 // write (fetch and exec renew their grants concurrently): one Write at a
 // time. (fmt's Fprint* make one Write per line.)
-func (e *env) lineErr() io.Writer { return lockedWriter{mu: &e.errMu, w: e.stderr} }
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
+func (e *env) lineErr() io.Writer { return devserver.LockedWriter(&e.errMu, e.stderr) }
 
 // run executes the CLI with explicit inputs and outputs (testable without a
 // process).

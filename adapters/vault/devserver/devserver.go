@@ -99,7 +99,7 @@ const buildHeartbeat = time.Minute
 func runBuild(cmd *exec.Cmd, tmp, bin string, progress io.Writer, every time.Duration) error {
 	fmt.Fprintln(progress, "building Vault server (first time: 10-20 min)...")
 	var mu sync.Mutex // cmd's stdout, its stderr and the heartbeat write at once
-	out := lockedWriter{mu: &mu, w: progress}
+	out := LockedWriter(&mu, progress)
 	var tail tailBuffer
 	cmd.Stdout = io.MultiWriter(out, &tail)
 	cmd.Stderr = io.MultiWriter(out, &tail)
@@ -132,6 +132,12 @@ func runBuild(cmd *exec.Cmd, tmp, bin string, progress io.Writer, every time.Dur
 	fmt.Fprintf(progress, "built %s in %s\n", bin, time.Since(start).Round(time.Second))
 	return nil
 }
+
+// LockedWriter returns a writer that passes each Write to w while holding
+// mu, so writers sharing mu never interleave within one Write (fmt's
+// Fprint* make one Write per call). keytrail's CLI uses it too, for the
+// lines its concurrent renewals write to stderr.
+func LockedWriter(mu *sync.Mutex, w io.Writer) io.Writer { return lockedWriter{mu: mu, w: w} }
 
 type lockedWriter struct {
 	mu *sync.Mutex

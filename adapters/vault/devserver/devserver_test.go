@@ -1,10 +1,13 @@
 package devserver
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,5 +53,37 @@ func TestVaultBuildSaysItIsStillBuilding(t *testing.T) {
 	out := progress.String()
 	if !strings.HasPrefix(out, "building Vault server") || !strings.Contains(out, "compiled\n") || !strings.Contains(out, "built "+bin+" in ") {
 		t.Errorf("progress = %q, want the start line, the command's output and the end line", out)
+	}
+}
+
+// TestLockedWriterKeepsWritesWhole: writers sharing one mutex write to a
+// writer that is not safe for concurrent use (a bytes.Buffer) one Write at
+// a time: every line arrives whole (and -race sees no data race).
+func TestLockedWriterKeepsWritesWhole(t *testing.T) {
+	var (
+		buf bytes.Buffer
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+	)
+	const writers, lines = 8, 200
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := LockedWriter(&mu, &buf)
+			for range lines {
+				fmt.Fprintf(w, "writer %d: %s\n", i, strings.Repeat("x", 64))
+			}
+		}()
+	}
+	wg.Wait()
+	got := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(got) != writers*lines {
+		t.Fatalf("%d lines, want %d", len(got), writers*lines)
+	}
+	for _, l := range got {
+		if !strings.HasSuffix(l, ": "+strings.Repeat("x", 64)) || !strings.HasPrefix(l, "writer ") {
+			t.Fatalf("line %q was interleaved with another", l)
+		}
 	}
 }
