@@ -223,19 +223,32 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	// The decoder names Go types ("cannot unmarshal !!str into int64"),
 	// stops at the first bad duration and truncates "max_batch: 1.5" to 1:
 	// Check names every value that does not fit, by field and line.
+	// Top-level keys starting with "x-" are extensions, ignored (as in
+	// Compose files): a place for anchors (x-defaults: &d) that other
+	// settings merge or alias.
 	var c Config
-	if ps := yamlcheck.Check(&doc, reflect.TypeOf(c)); len(ps) > 0 {
+	if ps := yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c)); len(ps) > 0 {
 		errs := make([]error, len(ps))
 		for i, p := range ps {
 			errs[i] = fmt.Errorf("%s: %w", path, p)
 		}
 		return nil, errors.Join(errs...)
 	}
+	var withExt struct {
+		Config     `yaml:",inline"`
+		Extensions map[string]yaml.Node `yaml:",inline"` // the top level's unknown keys: only x-* pass Check
+	}
 	strict := yaml.NewDecoder(bytes.NewReader(data))
 	strict.KnownFields(true)
-	if err := strict.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	if err := strict.Decode(&withExt); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	for k := range withExt.Extensions {
+		if !isExtensionKey(k) {
+			return nil, fmt.Errorf("%s: %s: unknown field", path, k)
+		}
+	}
+	c = withExt.Config
 	fromEnv := c.applyEnv(getenv)
 	c.applyDefaults()
 	if err := c.validateFile(path, &doc, fromEnv); err != nil {
@@ -246,6 +259,33 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 		c.Vault.AppRole = nil
 	}
 	return &c, nil
+}
+
+// isExtensionKey reports whether a top-level config key is an extension
+// (x-...), which LoadConfig ignores.
+func isExtensionKey(k string) bool { return strings.HasPrefix(k, "x-") }
+
+// withoutExtensions is doc without the keys of its top-level mapping that
+// are extensions (x-...); the nodes are shared, so aliases of anchors
+// defined in an extension still resolve. Only the top level: an x- key
+// anywhere else is an unknown field.
+func withoutExtensions(doc *yaml.Node) *yaml.Node {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+		return doc
+	}
+	m := doc.Content[0]
+	kept := make([]*yaml.Node, 0, len(m.Content))
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if k := m.Content[i]; k.Kind == yaml.ScalarNode && k.ShortTag() == "!!str" && isExtensionKey(k.Value) {
+			continue
+		}
+		kept = append(kept, m.Content[i], m.Content[i+1])
+	}
+	top := *m
+	top.Content = kept
+	d := *doc
+	d.Content = []*yaml.Node{&top}
+	return &d
 }
 
 // yamlError is err, an error of parsing the YAML of the config file at

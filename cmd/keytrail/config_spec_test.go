@@ -1,8 +1,10 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -116,6 +118,56 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 			}
 			if shared := cfg.Store.Shared(); shared != (tt.want[2] != "") {
 				t.Errorf("Store.Shared() = %v with redis_url %q", shared, tt.want[2])
+			}
+		})
+	}
+}
+
+// TestLoadConfigExtensionKeys: anchors at the config's top level
+// ("x-defaults: &d", then "<<: *d") were refused as unknown fields, so
+// shared settings could not be written once. Top-level keys starting with
+// "x-" are now ignored, as Compose files do: what they hold counts only
+// where it is merged or aliased, a problem there names the line it is
+// written on, and an x- key anywhere but the top level is still an
+// unknown field.
+func TestLoadConfigExtensionKeys(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
+	head := "x-vault: &vault\n" + // 1
+		"  address: http://v\n" + // 2
+		"  timeout: 7s\n" + // 3
+		"x-notes: [anything, {goes: here}]\n" + // 4
+		"public_url: http://127.0.0.1:7700\n" + // 5
+		"policy: " + pol + "\n" + // 6
+		"audit: {file: a}\n" // 7
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string // the whole error, after "<file>: "
+	}{
+		{name: "ok/merged", yaml: head + "vault:\n  <<: *vault\n"},
+		{name: "ok/aliased", yaml: head + "vault: *vault\n"},
+		{name: "fail/problem-in-merged-extension-names-its-line", yaml: "x-d: &d {timeout: -1s}\n" + head + "vault:\n  <<: [*d, *vault]\n",
+			wantErr: "vault.timeout: must not be negative (0: the default, 5s) (line 1)"},
+		{name: "fail/x-below-the-top-level", yaml: head + "vault:\n  <<: *vault\n  x-note: 1\n",
+			wantErr: "vault.x-note: unknown field (line 10)"},
+		{name: "fail/not-an-x-key", yaml: head + "vault: *vault\nxdefaults: 1\n",
+			wantErr: "xdefaults: unknown field (line 9)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "config.yaml", tt.yaml)
+			cfg, err := LoadConfig(p, func(string) string { return "" })
+			if tt.wantErr != "" {
+				if want := p + ": " + tt.wantErr; err == nil || err.Error() != want {
+					t.Fatalf("LoadConfig() = %v, want %q", err, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadConfig() = %v, want ok", err)
+			}
+			if got := []string{cfg.Vault.Address, time.Duration(cfg.Vault.Timeout).String()}; !slices.Equal(got, []string{"http://v", "7s"}) {
+				t.Errorf("LoadConfig() vault.address, vault.timeout = %q, want the x-vault values", got)
 			}
 		})
 	}
