@@ -96,6 +96,7 @@ and revocation goes to a tamper-evident audit log.`,
 	}
 	root.AddCommand(
 		newServerCmd(e),
+		newConfigCmd(e),
 		newDevCmd(e),
 		newFetchCmd(e),
 		newExecCmd(e),

@@ -39,7 +39,7 @@ func TestHelpListsEverySubcommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"server", "dev", "fetch", "exec", "revoke", "trace", "audit", "policy", "report"} {
+	for _, cmd := range []string{"server", "config", "dev", "fetch", "exec", "revoke", "trace", "audit", "policy", "report"} {
 		if !strings.Contains(out, "\n  "+cmd+" ") {
 			t.Errorf("keytrail --help does not list %q:\n%s", cmd, out)
 		}
@@ -89,6 +89,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"audit", "verify", "--no-such-flag", "x"},
 		{"server", "--config"},
 		{"server"},
+		{"config", "check"},
+		{"config", "check", "--config", out, "stray"},
+		{"config", "bogus"},
 		{"report", "--format", "pdf"},
 		// The online mode's flags with --audit-log (offline) were ignored.
 		{"report", "--audit-log", logs, "--addr", addr},

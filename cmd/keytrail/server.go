@@ -72,7 +72,7 @@ requests were still in flight after shutdown_timeout, or when closing failed
 			return runServer(cmd.Context(), e, cfg, nil)
 		},
 	}
-	c.Flags().StringVar(&cfgPath, "config", "", "server configuration file (YAML)")
+	c.Flags().StringVar(&cfgPath, "config", "", "server configuration file (YAML); check it first with keytrail config check")
 	return c
 }
 
@@ -582,11 +582,8 @@ func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) 
 // it names (ca_file) readable, each problem named by policy file and field.
 // Its warnings go to log.
 func loadServedPolicy(path string, log *slog.Logger) (*policies.Policy, error) {
-	pol, err := policies.Load(path)
+	pol, err := checkServedPolicy(path)
 	if err != nil {
-		return nil, err
-	}
-	if err := pol.CheckFiles(); err != nil {
 		return nil, err
 	}
 	for _, w := range pol.Warnings() {
