@@ -39,7 +39,7 @@ func TestHelpListsEverySubcommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"server", "config", "dev", "fetch", "exec", "revoke", "trace", "audit", "policy", "report"} {
+	for _, cmd := range []string{"server", "config", "dev", "fetch", "exec", "revoke", "unblock", "trace", "audit", "policy", "report"} {
 		if !strings.Contains(out, "\n  "+cmd+" ") {
 			t.Errorf("keytrail --help does not list %q:\n%s", cmd, out)
 		}
@@ -81,7 +81,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"exec", "--grant", "payments-vault", "--env", "T", "--on-renew", "signal:HUP", "--", "true"}, // ignored without --watch
 		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "1s", "--", "true"},    // ignored without --watch
 		{"revoke", "--workload", "w", "--reason", "r", "--block=maybe"},
-		{"revoke", "--workload", "w"}, // checked by revoke itself
+		{"revoke", "--workload", "w"},  // checked by revoke itself
+		{"unblock", "--workload", "w"}, // checked by unblock itself
+		{"unblock", "--workload", "w", "--reason", "r", "stray"},
 		{"trace", "a", "b"},
 		{"trace"},
 		{"policy", "check"},

@@ -49,9 +49,9 @@ func newRevokeCmd(e *env) *cobra.Command {
 (POST /v1/admin/revoke). Exactly one of --issuance, --session, --workload or
 --owner says what to end; --reason is required and goes to the audit log.
 --block also refuses new credentials to the workload concerned (every workload
-of the owner, with --owner) until the block is lifted with
-DELETE /v1/admin/blocks/{workload}?revocation_id=<this revocation's id> (the
-id names the block to lift, so a retry never lifts a newer one). A --workload
+of the owner, with --owner) until the block is lifted with keytrail unblock
+--workload W --revocation-id <this revocation's id> --reason R (the id names
+the block to lift, so a retry never lifts a newer one). A --workload
 or --owner that neither the policy in force nor any recorded issuance knows,
 nor (for a workload) a standing block (a typo, a wrong case) is refused and
 nothing is revoked or blocked; --force revokes and blocks the name anyway
@@ -96,7 +96,7 @@ Exit status:
 				return fmt.Errorf("revoke: %w", err)
 			}
 			var rc receipt
-			status, err := cl.do(cmd.Context(), http.MethodPost, "/v1/admin/revoke", sel, &rc)
+			status, err := cl.do(cmd.Context(), http.MethodPost, "/v1/admin/revoke", nil, sel, &rc)
 			if err != nil {
 				return fmt.Errorf("revoke: %w", err)
 			}
@@ -313,9 +313,10 @@ type oauthError struct {
 	RequestID   string `json:"request_id"`
 }
 
-// do sends body (nil: none) as JSON and decodes a 2xx answer into out. Any
-// other answer becomes an error with the server's OAuth error text.
-func (c *adminClient) do(ctx context.Context, method, path string, body, out any) (int, error) {
+// do sends body (nil: none) as JSON, with query (nil: none), and decodes a
+// 2xx answer into out. Any other answer becomes an error with the server's
+// OAuth error text.
+func (c *adminClient) do(ctx context.Context, method, path string, query url.Values, body, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		raw, err := json.Marshal(body)
@@ -324,7 +325,9 @@ func (c *adminClient) do(ctx context.Context, method, path string, body, out any
 		}
 		rd = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base.JoinPath(path).String(), rd)
+	u := c.base.JoinPath(path)
+	u.RawQuery = query.Encode()
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
 		return 0, err
 	}

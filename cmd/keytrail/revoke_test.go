@@ -173,6 +173,7 @@ func TestAdminAddressErrorHidesSecrets(t *testing.T) {
 	} {
 		for _, args := range [][]string{
 			{"revoke", "--workload", "w", "--reason", "r", "--addr", addr},
+			{"unblock", "--workload", "w", "--reason", "r", "--addr", addr},
 			{"trace", "--addr", addr, "iss_01JTEST"},
 			{"report", "--addr", addr},
 		} {
@@ -241,7 +242,7 @@ func TestAdminTokenFilePermissionsWarn(t *testing.T) {
 // still accept their older --insecure-http (hidden), both setting one flag.
 func TestAdminAllowInsecureHTTPFlag(t *testing.T) {
 	e := &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
-	for _, c := range []*cobra.Command{newRevokeCmd(e), newTraceCmd(e), newReportCmd(e)} {
+	for _, c := range []*cobra.Command{newRevokeCmd(e), newUnblockCmd(e), newTraceCmd(e), newReportCmd(e)} {
 		for _, name := range []string{"allow-insecure-http", "insecure-http"} {
 			_ = c.Flags().Set("allow-insecure-http", "false")
 			if err := c.ParseFlags([]string{"--" + name}); err != nil {

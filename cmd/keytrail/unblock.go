@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+func newUnblockCmd(e *env) *cobra.Command {
+	var (
+		workload, revocationID, reason string
+		jsonOut                        bool
+		addr, tokenFile                string
+		insecureHTTP                   bool
+	)
+	c := &cobra.Command{
+		Use:   "unblock --workload W --reason R [--revocation-id ID] [--json]",
+		Short: "Lift the block a revocation put on a workload",
+		Long: `Lift the block on a workload (revoke --block put it), on every keytrail
+instance at once, through the admin API (DELETE /v1/admin/blocks/{workload}).
+--reason is required and goes to the audit log (the unblock event).
+--revocation-id names the block to lift: the revocation_id of the revocation
+that blocked the workload (its receipt, GET /v1/admin/blocks). With it the
+block is lifted only while it is that revocation's; a newer block (another
+revocation since) stays, and the command says which revocation holds it.
+Without it, whatever block stands is lifted. A retry is safe either way: if
+the first try went through, the retry answers that there is nothing to
+unblock (exit 1) and lifts nothing.
+
+Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
+Admin token: your identity token (an identity that policy lists under admins
+             with the revoke role), read from --token-file, else from the file
+             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN
+             (a file others can read gets a warning: chmod 600 it).
+
+Exit status:
+  0  the block is lifted
+  1  it was not, or not confirmed (the error says which: not blocked, or
+     nothing left to unblock after a retry; blocked by another revocation
+     than --revocation-id; the store unavailable, retry; stored but
+     confirmed by fewer replicas than store.min_replicas,
+     store_unreplicated; refused; or no answer)
+  2  usage: a flag or argument is wrong or missing; nothing was sent`,
+		Example: `  keytrail unblock --workload payments-api --revocation-id rev_01JD... --reason "INC-4711: key rotated"
+  keytrail unblock --workload batch --reason "blocked by mistake" --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case workload == "":
+				return exitError{code: exitUsage, msg: "unblock: --workload is required"}
+			case workload == "." || workload == "..":
+				return exitError{code: exitUsage, msg: fmt.Sprintf("unblock: --workload %q is not a workload name", workload)}
+			case strings.TrimSpace(reason) == "":
+				return exitError{code: exitUsage, msg: "unblock: --reason is required (it is recorded in the audit log)"}
+			case revocationID != "" && !strings.HasPrefix(revocationID, broker.PrefixRevocation):
+				return exitError{code: exitUsage, msg: fmt.Sprintf("unblock: --revocation-id must be a revocation id (%s...), as the revocation's receipt and GET /v1/admin/blocks show it", broker.PrefixRevocation)}
+			}
+			cl, err := newAdminClient(e, addr, tokenFile, insecureHTTP)
+			if err != nil {
+				return fmt.Errorf("unblock: %w", err)
+			}
+			q := url.Values{"reason": {reason}}
+			if revocationID != "" {
+				q.Set("revocation_id", revocationID)
+			}
+			var ans struct {
+				Workload  string `json:"workload"`
+				Unblocked bool   `json:"unblocked"`
+			}
+			if _, err := cl.do(cmd.Context(), http.MethodDelete, "/v1/admin/blocks/"+url.PathEscape(workload), q, nil, &ans); err != nil {
+				return fmt.Errorf("unblock: %w", err)
+			}
+			if !ans.Unblocked || ans.Workload != workload {
+				return fmt.Errorf("unblock: the server's answer does not confirm the unblock of %q", workload)
+			}
+			if jsonOut {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(ans)
+			}
+			if revocationID != "" {
+				fmt.Fprintf(e.stdout, "unblocked workload %s (the block of revocation %s): new credentials can be issued to it again\n", workload, revocationID)
+			} else {
+				fmt.Fprintf(e.stdout, "unblocked workload %s: new credentials can be issued to it again\n", workload)
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&workload, "workload", "", "the blocked workload (required)")
+	f.StringVar(&revocationID, "revocation-id", "", "lift the block only while it is this revocation's (rev_...)")
+	f.StringVar(&reason, "reason", "", "why (required; recorded in the audit log)")
+	f.BoolVar(&jsonOut, "json", false, "print the server's answer as JSON")
+	f.StringVar(&addr, "addr", "", "keytrail server URL (default $KEYTRAIL_ADDR or "+defaultKeytrailAddr+")")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
+	adminInsecureHTTPFlags(c, &insecureHTTP)
+	return c
+}
