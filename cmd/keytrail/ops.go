@@ -382,7 +382,7 @@ func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration
 			retries++
 			err = rt.reloadPolicy(ctx, "file_change_retry")
 		}
-		if err == nil {
+		if err == nil || errors.Is(err, errReloadShuttingDown) {
 			failedAt = nil
 			continue
 		}

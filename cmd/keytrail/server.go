@@ -55,7 +55,8 @@ a change that fails is retried 10 times, 4 s doubling to 1 min apart). A
 reload that fails, or whose policy_load audit event cannot be written, keeps
 the policy in force. SIGINT/SIGTERM shut down gracefully: /readyz answers
 503 for shutdown_drain while requests are still served, then in-flight
-requests get shutdown_timeout (a second signal exits at once).
+requests get shutdown_timeout (a second signal exits at once); from the
+first signal on, no reload starts (SIGHUP and file changes are logged).
 The exit status is 0 after a clean shutdown, 1 when start-up fails, when
 requests were still in flight after shutdown_timeout, or when closing failed
 (e.g. the audit log's final signed checkpoint could not be written),
@@ -122,6 +123,9 @@ type brokerRuntime struct {
 	deployment string
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
+	// shuttingDown is set when the shutdown begins (SIGTERM, the drain
+	// included): no policy reload starts after it.
+	shuttingDown atomic.Bool
 	// now is the clock of key retirement (policyState.retiring); nil means
 	// time.Now.
 	now func() time.Time
@@ -211,6 +215,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return nil
 	case <-ctx.Done():
 	}
+	rt.shuttingDown.Store(true)
 
 	// Graceful shutdown: drain (shutdown_drain: /readyz answers 503 while
 	// the listener keeps serving, so load balancers stop sending new
@@ -596,11 +601,16 @@ func loadServedPolicy(path string, log *slog.Logger) (*policies.Policy, error) {
 // error; either way a policy_load event records the outcome. A new policy
 // takes effect only once its policy_load event is durable: when the audit
 // log cannot take it, the policy in force stays (fail closed), so every
-// policy that ever served is in the log. It returns the reason a reload
-// was not applied.
+// policy that ever served is in the log. Once the shutdown has begun (the
+// drain included) no reload starts: it is logged and errReloadShuttingDown
+// returned. It returns the reason a reload was not applied.
 func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
+	if rt.shuttingDown.Load() {
+		rt.log.Info("policy reload not started: shutting down", slog.String("why", why))
+		return errReloadShuttingDown
+	}
 	pol, err := loadServedPolicy(rt.cfg.Policy, rt.log)
 	if err == nil && rt.login != nil {
 		// As at start-up: grants a batch token cannot serve are refused.
@@ -634,6 +644,10 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 	rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
 	return nil
 }
+
+// errReloadShuttingDown is reloadPolicy's answer once the shutdown has
+// begun.
+var errReloadShuttingDown = errors.New("policy reload not started: shutting down")
 
 func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error) error {
 	details := map[string]any{"path": rt.cfg.Policy, "trigger": why}

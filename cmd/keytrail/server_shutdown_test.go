@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -19,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -250,5 +253,94 @@ func TestSecondSignalEndsTheDrain(t *testing.T) {
 	var ee *exec.ExitError
 	if err := k.Stop(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Fatalf("exit after a second SIGTERM = %v, want exit status 1\n%s", err, k.Logs())
+	}
+}
+
+// TestNoPolicyReloadDuringShutdown: a SIGHUP received during
+// shutdown_drain reloaded the policy (and wrote its policy_load event)
+// while the broker was going away. Once the shutdown has begun no reload
+// starts, from SIGHUP or from a change of the policy files: each is logged
+// at INFO, and the audit log has no policy_load event after the start.
+func TestNoPolicyReloadDuringShutdown(t *testing.T) {
+	const drain = 8 * time.Second
+	vp := harness.StartVault(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	var logs brokertest.SyncBuffer
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: &logs, getenv: func(k string) string {
+		return map[string]string{"VAULT_TOKEN": vp.RootToken, envReconcile: "off"}[k]
+	}}
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
+		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: auditPath},
+		Log: LogConfig{Level: "info", Format: "text"}, ShutdownDrain: duration(drain)}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	readyc, done := make(chan string, 1), make(chan struct{})
+	var runErr error
+	go func() { defer close(done); runErr = runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(drain + 60*time.Second):
+		}
+	})
+	var base string
+	select {
+	case a := <-readyc:
+		base = "http://" + a
+	case <-done:
+		t.Fatalf("server: %v", runErr)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+
+	cancel() // SIGTERM
+	waitShuttingDown(t, base, time.Now().Add(drain), logs.String)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	handled := func(why string) func() bool {
+		return func() bool {
+			l := logs.String()
+			return strings.Contains(l, `msg="policy reloaded" why=`+why) ||
+				strings.Contains(l, `msg="policy reload not started: shutting down" why=`+why)
+		}
+	}
+	waitReload(t, "the SIGHUP received during the drain is handled", handled("sighup"), &logs)
+	// A change of the files, seen by the watcher's next poll (2 s).
+	writeAtomically(t, pol, serverTestPolicy+"\n# changed during the drain\n")
+	waitReload(t, "the policy change made during the drain is handled", handled("file_change"), &logs)
+	if l := logs.String(); strings.Contains(l, "policy reloaded") {
+		t.Errorf("a policy reload ran during shutdown_drain, want none\n%s", l)
+	}
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "policy reload not started") && !strings.Contains(l, "level=INFO") {
+			t.Errorf("log line %q, want it at INFO", l)
+		}
+	}
+
+	select {
+	case <-done:
+		if runErr != nil {
+			t.Fatalf("runServer() = %v, want a clean shutdown", runErr)
+		}
+	case <-time.After(drain + 60*time.Second):
+		t.Fatalf("runServer did not return after the drain\n%s", logs.String())
+	}
+	raw, err := os.ReadFile(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(raw, []byte(`"type":"policy_load"`)); n != 1 {
+		t.Errorf("audit log has %d policy_load events, want 1 (the start's): a reload ran during the shutdown", n)
 	}
 }
