@@ -308,6 +308,41 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		}
 	})
 
+	// The drain must outlast what the readiness probe needs to see the pod
+	// unready (failureThreshold failed probes, periodSeconds apart, the
+	// first up to a period after the drain began), and the drain plus
+	// shutdown_timeout must end before the kubelet's SIGKILL.
+	t.Run("ok/drain-outlasts-readiness-probe", func(t *testing.T) {
+		cfg := checkServerConfig(t, cfgText)
+		dur := func(field string) time.Duration {
+			d, err := time.ParseDuration(fmt.Sprint(cfg[field]))
+			if err != nil {
+				t.Fatalf("config %s = %v: %v", field, cfg[field], err)
+			}
+			return d
+		}
+		secs := func(v any, what string) time.Duration {
+			n, ok := v.(int)
+			if !ok {
+				t.Fatalf("%s = %v, want a number of seconds", what, v)
+			}
+			return time.Duration(n) * time.Second
+		}
+		drain, timeout := dur("shutdown_drain"), dur("shutdown_timeout")
+		period := secs(deployDig(c, "readinessProbe", "periodSeconds"), "readinessProbe.periodSeconds")
+		threshold, ok := deployDig(c, "readinessProbe", "failureThreshold").(int)
+		if !ok {
+			t.Fatalf("readinessProbe.failureThreshold = %v, want a number", deployDig(c, "readinessProbe", "failureThreshold"))
+		}
+		grace := secs(pod["terminationGracePeriodSeconds"], "terminationGracePeriodSeconds")
+		if unready := time.Duration(threshold) * period; drain <= unready {
+			t.Errorf("shutdown_drain %v <= readinessProbe failureThreshold x periodSeconds (%d x %v = %v): the pod still looks ready when the listener closes", drain, threshold, period, unready)
+		}
+		if drain+timeout >= grace {
+			t.Errorf("shutdown_drain + shutdown_timeout (%v + %v) >= terminationGracePeriodSeconds (%v): the kubelet kills the broker before its shutdown ends", drain, timeout, grace)
+		}
+	})
+
 	t.Run("ok/policies-pass-policy-check", func(t *testing.T) {
 		pcm := deployFind(t, ms, "ConfigMap", "keytrail-policies")
 		dir := t.TempDir()
