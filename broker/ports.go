@@ -326,6 +326,15 @@ type SecretSource interface {
 // Notice announces a change of revocation state to every broker instance.
 // It is a hint that speeds up what each instance would learn from the Store
 // anyway: receivers never trust a notice more than the Store.
+//
+// RevocationID names the revocation the notice is about: the one that
+// revoked Revoked and blocked Blocked, or, in a notice of Unblocked, the
+// one whose block was lifted. A receiver drops its block of an unblocked
+// workload only while that block is the named revocation's, so an unblock
+// notice that arrives after the notice of a re-block (another revocation
+// blocking the workload again) does not lift the new block. An unblock
+// notice without RevocationID (a block without revocation, or an instance
+// older than this field's use) lifts whatever block the receiver knows.
 type Notice struct {
 	RevocationID string   `json:"revocation_id,omitempty"`
 	Revoked      []string `json:"revoked,omitempty"`   // issuance ids now marked revoked

@@ -1015,7 +1015,7 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 		}
 		e := Unavailable(reason, time.Second, err)
 		if unconfirmed {
-			s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
+			s.announce(context.WithoutCancel(ctx), Notice{RevocationID: b.RevocationID, Unblocked: []string{workload}})
 			e.Safe = "the unblock is stored but not confirmed by the store's replicas; retry to be sure: " +
 				"404 not_found (not blocked) then means it holds"
 		} else {
@@ -1024,7 +1024,7 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 		}
 		return e
 	}
-	s.announce(context.WithoutCancel(ctx), Notice{Unblocked: []string{workload}})
+	s.announce(context.WithoutCancel(ctx), Notice{RevocationID: b.RevocationID, Unblocked: []string{workload}})
 	return nil
 }
 
@@ -1764,13 +1764,22 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		learned = c.learnLocked(id, now) || learned
 	}
 	for _, w := range n.Blocked {
-		if _, ok := c.blocked[w]; !ok {
-			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
+		// A block already known keeps its time but is now n's: a later
+		// notice of the unblock of the block it replaced must not lift it.
+		b, ok := c.blocked[w]
+		if !ok {
+			b = Block{Workload: w, CreatedAt: now}
 			learned = true
 		}
+		b.RevocationID = n.RevocationID
+		c.blocked[w] = b
 	}
 	for _, w := range n.Unblocked {
-		delete(c.blocked, w)
+		// Only the block the unblock lifted (see Notice): a re-block
+		// learned before this notice stands.
+		if b, ok := c.blocked[w]; ok && (n.RevocationID == "" || b.RevocationID == n.RevocationID) {
+			delete(c.blocked, w)
+		}
 	}
 	return learned
 }
@@ -2280,7 +2289,7 @@ func (s *cachedStore) GetBlock(ctx context.Context, workload string) (*Block, er
 func (s *cachedStore) DeleteBlock(ctx context.Context, workload, revocationID string) error {
 	err := s.Store.DeleteBlock(ctx, workload, revocationID)
 	if err == nil || errors.Is(err, ErrNotFound) {
-		s.c.Apply(Notice{Unblocked: []string{workload}})
+		s.c.Apply(Notice{RevocationID: revocationID, Unblocked: []string{workload}})
 	}
 	return err
 }
