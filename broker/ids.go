@@ -15,6 +15,9 @@ const (
 	PrefixRevocation = "rev_"
 	PrefixSession    = "ses_"
 	PrefixRequest    = "req_"
+	// PrefixDeployment starts a deployment id a Store creates
+	// (Store.DeploymentID).
+	PrefixDeployment = "dep_"
 )
 
 // NewID returns prefix + a new ULID (time-ordered, 80 bits of randomness,

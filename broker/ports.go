@@ -242,6 +242,15 @@ type Store interface {
 	GetBlock(ctx context.Context, workload string) (*Block, error) // ErrNotFound when not blocked
 	ListBlocks(ctx context.Context) ([]Block, error)
 
+	// DeploymentID is the id of the deployment the store's data belongs
+	// to (every broker instance sharing it): created at random by the
+	// first call, atomically (callers racing on a store without one all
+	// get the first one created), and then the same for every caller
+	// however it reaches the store, for as long as the store's data lasts.
+	// It is 1 to 64 letters, digits, '.', '_' or '-' (PrefixDeployment and
+	// a ULID). With replicas, its creation is acknowledged as a block's is.
+	DeploymentID(ctx context.Context) (string, error)
+
 	Ping(ctx context.Context) error
 }
 

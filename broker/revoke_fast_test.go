@@ -212,6 +212,9 @@ func (s *swapStore) GetBlock(ctx context.Context, w string) (*broker.Block, erro
 func (s *swapStore) ListBlocks(ctx context.Context) ([]broker.Block, error) {
 	return s.cur().ListBlocks(ctx)
 }
+func (s *swapStore) DeploymentID(ctx context.Context) (string, error) {
+	return s.cur().DeploymentID(ctx)
+}
 func (s *swapStore) Ping(ctx context.Context) error { return s.cur().Ping(ctx) }
 
 // TestRevocationCacheStoreDataLoss: after the Store's data goes back (its

@@ -38,6 +38,7 @@ type Store struct {
 	revocations map[string]*revEntry
 	revVersion  uint64            // revocation writes so far (RevocationVersion)
 	blocks      map[string][]byte // workload -> JSON
+	deployment  string            // DeploymentID, once created
 }
 
 // entry is a stored issuance: its JSON encoding, which every read decodes
@@ -568,6 +569,22 @@ func (s *Store) ListBlocks(ctx context.Context) ([]broker.Block, error) {
 	}
 	slices.SortFunc(out, func(a, b broker.Block) int { return cmp.Compare(a.Workload, b.Workload) })
 	return out, nil
+}
+
+// DeploymentID creates the store's deployment id on the first call and
+// returns it. It lasts as long as the store: one process. (keytrail server
+// therefore tags its Vault tokens with its audit chain id instead, which a
+// restart on the same audit file keeps: see docs/SPEC-ADDITIONS.md.)
+func (s *Store) DeploymentID(ctx context.Context) (string, error) {
+	if err := checkCtx(ctx); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deployment == "" {
+		s.deployment = broker.NewID(broker.PrefixDeployment)
+	}
+	return s.deployment, nil
 }
 
 // Ping always succeeds unless ctx is done: the store is in-process.

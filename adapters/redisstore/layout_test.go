@@ -23,7 +23,7 @@ var documentedKey = regexp.MustCompile(`^\{lay\}:(?:` +
 	`(?P<iss>iss:[^:]+)|` +
 	`(?P<ref>ref:(?:fingerprint|accessor|jti|lease_id|username|serial|request_id):.+)|` +
 	`(?P<idx>idx:all|idx:(?:workload|owner|session):.+)|` +
-	`(?P<durable>rev:[^:]+|revs|revs:time|revs:pending|revs:version|revs:changes|block:.+|blocks))$`)
+	`(?P<durable>rev:[^:]+|revs|revs:time|revs:pending|revs:version|revs:changes|block:.+|blocks|deployment))$`)
 
 // keyClass is the class documentedKey gives key, "" when it is not
 // documented.
@@ -114,6 +114,9 @@ func TestKeyLayoutAfterWorkloadAndRetention(t *testing.T) {
 	if err := s.DeleteBlock(ctx, "w3", done.ID); err != nil {
 		t.Fatalf("DeleteBlock(w3) = %v", err)
 	}
+	if _, err := s.DeploymentID(ctx); err != nil {
+		t.Fatalf("DeploymentID() = %v", err)
+	}
 
 	keys := scanKeys(t, c)
 	for key, ttl := range keys {
@@ -134,7 +137,7 @@ func TestKeyLayoutAfterWorkloadAndRetention(t *testing.T) {
 		"{lay}:iss:iss_a", "{lay}:ref:accessor:acc-moved", "{lay}:ref:request_id:req-iss_a", "{lay}:idx:all",
 		"{lay}:idx:workload:w2", "{lay}:idx:owner:team-other", "{lay}:idx:session:s3",
 		"{lay}:rev:rev_pending", "{lay}:revs", "{lay}:revs:time", "{lay}:revs:pending", "{lay}:revs:version",
-		"{lay}:revs:changes", "{lay}:block:w2", "{lay}:blocks",
+		"{lay}:revs:changes", "{lay}:block:w2", "{lay}:blocks", "{lay}:deployment",
 	} {
 		if _, ok := keys[want]; !ok {
 			t.Errorf("key %s missing after the workload", want)

@@ -12,15 +12,17 @@
 //     record, its indexes and its change number; UpdateRevocation runs that
 //     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
 //     DeleteBlock is one script that deletes the block only while it is
-//     the named revocation's;
+//     the named revocation's; DeploymentID is one script that creates the
+//     id only where there is none;
 //   - issuance records and their ref indexes live for Options.Retention after
 //     the issuance expires (trace needs expired issuances), then Redis drops
-//     them; revocations and blocks get no TTL at all;
+//     them; revocations, blocks and the deployment id get no TTL at all;
 //   - New refuses a server whose maxmemory-policy may evict keys (allkeys-*,
 //     volatile-*) unless Options.AllowEvictingPolicy is set;
 //   - with Options.MinReplicas set, a write of a revocation, a block, an
-//     unblock or an issuance's revoked mark is acknowledged only once that
-//     many replicas have it (WAIT on the write's connection, up to half of
+//     unblock, an issuance's revoked mark or the deployment id (its
+//     DeploymentID answer) is acknowledged only once that many replicas
+//     have it (WAIT on the write's connection, up to half of
 //     Options.Timeout); fewer is broker.ErrUnavailable (reason
 //     store_unreplicated): the write is on the primary but a failover may
 //     lose it, so the caller retries.
@@ -41,6 +43,7 @@
 //	revs:changes           sorted set of revocation ids scored by their last change
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
+//	deployment             the deployment id (DeploymentID), no TTL
 //	revocations            pub/sub channel of revocation notices (not a key)
 //
 // Index entries are written with the record but not removed when an
@@ -452,6 +455,7 @@ func (s *Store) revsVersionKey() string          { return s.prefix + "revs:versi
 func (s *Store) revsChangesKey() string          { return s.prefix + "revs:changes" } // id scored by change number
 func (s *Store) blockKey(workload string) string { return s.prefix + "block:" + workload }
 func (s *Store) blocksKey() string               { return s.prefix + "blocks" }
+func (s *Store) deploymentKey() string           { return s.prefix + "deployment" }
 
 // score is an issuance's position in the sorted-set indexes: its expiry in
 // unix milliseconds (exact in a float64).
@@ -1283,6 +1287,40 @@ func (s *Store) ListBlocks(ctx context.Context) ([]broker.Block, error) {
 	slices.SortFunc(out, func(a, b broker.Block) int { return cmp.Compare(a.Workload, b.Workload) })
 	return out, nil
 }
+
+// DeploymentID reads the deployment id under the prefix, creating it on
+// the first call (deploymentScript: one atomic step, so instances starting
+// together agree on the first one written). With MinReplicas set, the
+// answer waits for the replicas, as a block's write does: an id a failover
+// lost would be created again, different. Every instance configured with
+// this Redis and prefix gets the same id, whatever address it reaches
+// Redis by.
+func (s *Store) DeploymentID(ctx context.Context) (string, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	key := s.deploymentKey()
+	var id string
+	err := s.durably(ctx, key, func(c redis.Cmdable) error {
+		var err error
+		id, err = deploymentScript.Run(ctx, c, []string{key}, broker.NewID(broker.PrefixDeployment)).Text()
+		return err
+	})
+	if err != nil {
+		return "", s.fail("deployment id", err)
+	}
+	return id, nil
+}
+
+// deploymentScript: KEYS deployment; ARGV a new id. Returns the stored id,
+// storing ARGV[1] (no TTL) when there is none.
+var deploymentScript = redis.NewScript(`
+local id = redis.call('GET', KEYS[1])
+if id then
+  return id
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`)
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error {

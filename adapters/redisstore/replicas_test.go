@@ -112,6 +112,10 @@ func durableWrites(prefix string) (setup func(ctx context.Context, s *redisstore
 			is.RevokedAt, is.RevocationID = now, "rev_new"
 			return s.PutIssuance(ctx, is)
 		}, has("iss:iss_1", "rev_new")},
+		{"create-deployment-id", func(ctx context.Context, s *redisstore.Store) error {
+			_, err := s.DeploymentID(ctx)
+			return err
+		}, has("deployment", broker.PrefixDeployment)},
 	}
 	return setup, writes
 }

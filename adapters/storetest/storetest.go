@@ -131,6 +131,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("revocation-update", func(t *testing.T) { testRevocationUpdate(t, newStore) })
 	t.Run("revocation-many", func(t *testing.T) { testRevocationMany(t, newStore) })
 	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
+	t.Run("deployment", func(t *testing.T) { testDeployment(t, newStore) })
 	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
 	t.Run("context", func(t *testing.T) { testContext(t, newStore) })
 	t.Run("concurrency", func(t *testing.T) { testConcurrency(t, newStore) })
@@ -1126,6 +1127,69 @@ func testPing(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	})
 }
 
+// validDeploymentID reports whether id is a deployment id as
+// Store.DeploymentID promises: PrefixDeployment, then 1 to 64 letters,
+// digits, '.', '_' or '-' in all.
+func validDeploymentID(id string) bool {
+	if len(id) > 64 || len(id) <= len(broker.PrefixDeployment) || id[:len(broker.PrefixDeployment)] != broker.PrefixDeployment {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func testDeployment(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("ok/created-once-then-kept", func(t *testing.T) {
+		s := newStore(t)
+		first, err := s.DeploymentID(ctx(t))
+		if err != nil || !validDeploymentID(first) {
+			t.Fatalf("DeploymentID() = %q, %v; want a new %s… id of 1-64 [A-Za-z0-9._-]", first, err, broker.PrefixDeployment)
+		}
+		// Other data changes nothing.
+		mustPut(t, s, SampleIssuance("iss_dep", Epoch()))
+		if err := s.PutBlock(ctx(t), broker.Block{Workload: "w-dep"}); err != nil {
+			t.Fatalf("PutBlock(w-dep) = %v, want nil", err)
+		}
+		for range 3 {
+			if again, err := s.DeploymentID(ctx(t)); err != nil || again != first {
+				t.Fatalf("DeploymentID() again = %q, %v; want %q, the id created first", again, err, first)
+			}
+		}
+	})
+	t.Run("ok/racing-first-calls-agree", func(t *testing.T) {
+		s := newStore(t)
+		const n = 16
+		ids := make([]string, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() { <-start; ids[i], errs[i] = s.DeploymentID(ctx(t)) })
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil || ids[i] != ids[0] {
+				t.Fatalf("DeploymentID() of %d racing callers: %q, %v (caller %d) vs %q (caller 0); want one id for all", n, ids[i], errs[i], i, ids[0])
+			}
+		}
+	})
+	t.Run("ok/another-store-another-id", func(t *testing.T) {
+		a, err := newStore(t).DeploymentID(ctx(t))
+		if err != nil {
+			t.Fatalf("DeploymentID() = %v, want nil", err)
+		}
+		b, err := newStore(t).DeploymentID(ctx(t))
+		if err != nil || b == a {
+			t.Errorf("DeploymentID() of two stores = %q, %q (%v); want two ids", a, b, err)
+		}
+	})
+}
+
 func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	s := newStore(t)
 	mustPut(t, s, SampleIssuance("iss_ctx", Epoch()))
@@ -1168,6 +1232,7 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		{"fail/cancelled-delete-block", func() error { return s.DeleteBlock(cctx, "w-ctx", "") }},
 		{"fail/cancelled-get-block", func() error { _, err := s.GetBlock(cctx, "w-ctx"); return err }},
 		{"fail/cancelled-list-blocks", func() error { _, err := s.ListBlocks(cctx); return err }},
+		{"fail/cancelled-deployment-id", func() error { _, err := s.DeploymentID(cctx); return err }},
 		{"fail/cancelled-ping", func() error { return s.Ping(cctx) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,8 +2,7 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,15 +10,14 @@ import (
 	"net/url"
 	"os"
 	"reflect"
-	"slices"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
-	"github.com/keytrail/keytrail/adapters/redisstore"
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/policies"
 	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
@@ -55,7 +53,8 @@ type Config struct {
 	// Deployment names this keytrail deployment (the instances sharing one
 	// store) in the meta of the Vault tokens it mints: the Vault token
 	// reconciliation leaves another deployment's tokens alone. Default
-	// (empty): derived from the store, see deploymentID.
+	// (empty): the audit chain id or the id the Redis store holds, see
+	// deploymentID.
 	Deployment string `yaml:"deployment"`
 }
 
@@ -581,46 +580,22 @@ func validDeployment(d string) bool {
 // (Config.Deployment): the configured one, or by default
 //   - with the in-memory store (one instance, its own deployment), chain:
 //     the id of its audit chain, which a restart with the same audit file
-//     keeps;
-//   - with Redis, "redis-" and 16 hex digits of the SHA-256 of the store's
-//     location (the redis_url's host, port and database, without user
-//     info or query; or the sorted addrs and master_name) and key prefix:
-//     the same for every instance configured with that store and prefix,
-//     different for a deployment with another Redis or prefix.
-func deploymentID(c *Config, chain string) string {
+//     keeps (the in-memory store's own id would not: its data, and the id
+//     with it, is gone at every restart);
+//   - with Redis, the id the store holds (broker.Store.DeploymentID,
+//     created by the first instance that asks): the same for every
+//     instance of the deployment whatever name or address it reaches
+//     Redis by, different for another Redis or prefix.
+func deploymentID(ctx context.Context, c *Config, st broker.Store, chain string) (string, error) {
 	if c.Deployment != "" {
-		return c.Deployment
+		return c.Deployment, nil
 	}
 	if !c.Store.Shared() {
-		return chain
+		return chain, nil
 	}
-	prefix := c.Store.Prefix
-	if prefix == "" {
-		prefix = redisstore.DefaultPrefix
+	id, err := st.DeploymentID(ctx)
+	if err != nil {
+		return "", fmt.Errorf("store: deployment id: %w", err)
 	}
-	var loc string
-	if c.Store.RedisURL != "" {
-		loc = "url"
-		if u, err := url.Parse(c.Store.RedisURL); err == nil {
-			host := strings.ToLower(u.Hostname())
-			port := u.Port()
-			if port == "" {
-				port = "6379"
-			}
-			db := strings.Trim(u.Path, "/")
-			if db == "" {
-				db = "0"
-			}
-			loc += "\x00" + net.JoinHostPort(host, port) + "\x00" + db
-		}
-	} else {
-		addrs := make([]string, len(c.Store.Addrs))
-		for i, a := range c.Store.Addrs {
-			addrs[i] = strings.ToLower(a)
-		}
-		slices.Sort(addrs)
-		loc = "addrs\x00" + strings.Join(addrs, ",") + "\x00" + c.Store.MasterName
-	}
-	sum := sha256.Sum256([]byte(loc + "\x00" + prefix))
-	return "redis-" + hex.EncodeToString(sum[:8])
+	return id, nil
 }

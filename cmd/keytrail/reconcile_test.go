@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -248,54 +249,43 @@ func TestAuditIssueIndexRotationDuringSnapshot(t *testing.T) {
 }
 
 // TestDeploymentID: the deployment a broker tags its Vault tokens with is
-// the same for every instance of one deployment (the same store) and
-// differs between deployments (another store, Redis or prefix), so that
-// deployments sharing a Vault never reconcile each other's tokens.
+// the configured one; else, with the in-memory store, its audit chain's
+// (which a restart on the same audit file keeps, unlike the in-memory
+// store's own id); with Redis, the id the store holds (see
+// TestDeploymentSharedAcrossRedisAddresses for two instances).
 func TestDeploymentID(t *testing.T) {
 	const chain = "chn_01JCHAIN0000000000000000000"
-	id := func(c Config) string { return deploymentID(&c, chain) }
-	url := func(u string) Config { return Config{Store: StoreConfig{RedisURL: u}} }
-	addrs := func(master string, a ...string) Config {
-		return Config{Store: StoreConfig{Addrs: a, MasterName: master}}
+	ctx := t.Context()
+	st := memstore.New(time.Now)
+	held, err := st.DeploymentID(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-
-	if got := id(Config{Deployment: "prod-eu", Store: StoreConfig{RedisURL: "redis://r:6379"}}); got != "prod-eu" {
-		t.Errorf("configured deployment: deploymentID() = %q, want prod-eu", got)
-	}
-	if got := id(Config{}); got != chain {
-		t.Errorf("in-memory store: deploymentID() = %q, want the audit chain %q", got, chain)
-	}
-	same := [][]Config{
-		// One Redis, spelled the ways instances of a deployment may.
-		{url("redis://r:6379"), url("redis://r"), url("redis://user:secret@R:6379/0"), url("rediss://r:6379/?dial_timeout=1s"),
-			{Store: StoreConfig{RedisURL: "redis://r:6379", Prefix: "{keytrail}:"}}},
-		{addrs("m", "a:1", "b:2"), addrs("m", "b:2", "a:1")},
-	}
-	for _, group := range same {
-		for _, c := range group[1:] {
-			if a, b := id(group[0]), id(c); a != b {
-				t.Errorf("deploymentID(%+v) = %q, deploymentID(%+v) = %q; want the same deployment", group[0].Store, a, c.Store, b)
-			}
-		}
-	}
-	seen := map[string]StoreConfig{}
-	for _, c := range []Config{
-		url("redis://r:6379"), url("redis://other:6379"), url("redis://r:6380"), url("redis://r:6379/1"),
-		{Store: StoreConfig{RedisURL: "redis://r:6379", Prefix: "staging:"}},
-		addrs("m", "a:1", "b:2"), addrs("", "a:1", "b:2"), addrs("m", "a:1"),
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"ok/configured", Config{Deployment: "prod-eu", Store: StoreConfig{RedisURL: "redis://r:6379"}}, "prod-eu"},
+		{"ok/in-memory-store-chain", Config{}, chain},
+		{"ok/redis-store-held", Config{Store: StoreConfig{RedisURL: "redis://r:6379"}}, held},
+		{"ok/sentinel-store-held", Config{Store: StoreConfig{Addrs: []string{"a:1"}, MasterName: "m"}}, held},
 	} {
-		got := id(c)
-		if !strings.HasPrefix(got, "redis-") || !validDeployment(got) {
-			t.Errorf("deploymentID(%+v) = %q, want redis-<hex>, a valid deployment", c.Store, got)
-		}
-		if prev, ok := seen[got]; ok {
-			t.Errorf("deploymentID(%+v) = deploymentID(%+v) = %q, want different deployments", c.Store, prev, got)
-		}
-		seen[got] = c.Store
+		t.Run(c.name, func(t *testing.T) {
+			got, err := deploymentID(ctx, &c.cfg, st, chain)
+			if err != nil || got != c.want || !validDeployment(got) {
+				t.Errorf("deploymentID() = %q, %v; want %q, a valid deployment", got, err, c.want)
+			}
+		})
 	}
-	if got := id(url("redis://user:hunter2@r:6379")); strings.Contains(got, "hunter2") {
-		t.Errorf("deploymentID() = %q carries the Redis password", got)
-	}
+	t.Run("fail/store-unavailable", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err := deploymentID(cctx, &Config{Store: StoreConfig{RedisURL: "redis://r:6379"}}, st, chain)
+		if !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "deployment id") {
+			t.Errorf("deploymentID() with the store unreachable = %v, want ErrUnavailable naming the deployment id", err)
+		}
+	})
 }
 
 // TestReconcileGraceFloor: a reconciliation grace shorter than an exchange

@@ -449,12 +449,14 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	rt.sink = sink
-	rt.deployment = deploymentID(cfg, sink.ChainID())
-	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
 	// Closers run in reverse: every background loop started from here on
 	// (policy watcher, clock watch, revocation worker, reconciler) writes
 	// audit events and so must stop before the sink closes.
 	rt.closers = append(rt.closers, sink.Close)
+	if rt.deployment, err = deploymentID(ctx, cfg, rt.store, sink.ChainID()); err != nil {
+		return err
+	}
+	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
 	if err := m.registerSink(rt.reg, sink); err != nil {
 		return err
 	}

@@ -380,6 +380,12 @@ func serveTestPolicy(t *testing.T, mods ...func(*Config)) (vp *harness.Vault, ca
 // once it serves; runServer's result on errc.
 func goServer(t *testing.T, ctx context.Context, dir, policy, vaultAddr, token string, mods ...func(*Config)) (readyc chan string, errc chan error) {
 	t.Helper()
+	return goServerLog(t, ctx, io.Discard, dir, policy, vaultAddr, token, mods...)
+}
+
+// goServerLog is goServer with the server's log (stderr) on stderr.
+func goServerLog(t *testing.T, ctx context.Context, stderr io.Writer, dir, policy, vaultAddr, token string, mods ...func(*Config)) (readyc chan string, errc chan error) {
+	t.Helper()
 	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: policy,
 		Vault: VaultConfig{Address: vaultAddr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
 		Log: LogConfig{Level: "error", Format: "text"}}
@@ -390,7 +396,7 @@ func goServer(t *testing.T, ctx context.Context, dir, policy, vaultAddr, token s
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{ctx: ctx, stdout: io.Discard, stderr: io.Discard, getenv: func(k string) string {
+	e := &env{ctx: ctx, stdout: io.Discard, stderr: stderr, getenv: func(k string) string {
 		if k == "VAULT_TOKEN" {
 			return token
 		}
