@@ -205,6 +205,16 @@ type Store interface {
 	// is ErrInvalidRequest.
 	FindIssuances(ctx context.Context, kind RefKind, values []string) ([]*Issuance, error)
 	ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error)
+	// MarkRevoked stores is, which carries its revocation (RevokedAt and
+	// RevocationID set), as PutIssuance does, unless the stored record of
+	// is.ID is revoked already: then it writes nothing, so the first
+	// revocation to mark an issuance is the one it stays revoked by, however
+	// many revocations raced to mark it. One atomic step; it returns the
+	// record as stored afterwards (the first mark's). A record that is not
+	// stored at all is written (a mark restores a record the store lost).
+	// An is without RevokedAt or RevocationID is ErrInvalidRequest. With
+	// replicas, the write is acknowledged as a revoked PutIssuance's is.
+	MarkRevoked(ctx context.Context, is *Issuance) (*Issuance, error)
 
 	// PutRevocation stores r whole. The revocation flow uses it only to
 	// create a record; every later change goes through UpdateRevocation.

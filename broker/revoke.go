@@ -572,7 +572,10 @@ func (s *Service) markAll(ctx context.Context, list []*Issuance, revID string, n
 // mark stores is as revoked by revID unless it is already. is must be read
 // from s.records(): a record that only the revocation cache calls revoked
 // (a mark that failed, or a revocation write a failover lost) must still be
-// written.
+// written. The write is conditional (Store.MarkRevoked): when another
+// revocation marked the issuance since is was read (two revocations
+// selected it at the same time), its mark stands and is takes it, so an
+// issuance is attributed to the first revocation that marked it.
 func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time.Time) error {
 	if !is.RevokedAt.IsZero() {
 		return nil
@@ -581,10 +584,11 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 	c.RevokedAt, c.RevocationID = now, revID
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	defer cancel()
-	if err := s.d.Store.PutIssuance(sctx, &c); err != nil {
+	stored, err := s.d.Store.MarkRevoked(sctx, &c)
+	if err != nil {
 		return err
 	}
-	is.RevokedAt, is.RevocationID = c.RevokedAt, c.RevocationID
+	is.RevokedAt, is.RevocationID = stored.RevokedAt, stored.RevocationID
 	return nil
 }
 

@@ -173,6 +173,9 @@ func (s *swapStore) swap(st broker.Store) { s.mu.Lock(); s.st = st; s.mu.Unlock(
 func (s *swapStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	return s.cur().PutIssuance(ctx, is)
 }
+func (s *swapStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
+	return s.cur().MarkRevoked(ctx, is)
+}
 func (s *swapStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
 	return s.cur().GetIssuance(ctx, id)
 }

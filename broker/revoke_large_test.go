@@ -125,6 +125,19 @@ func (b *bulkStore) PutIssuance(ctx context.Context, is *broker.Issuance) error 
 	return b.Store.PutIssuance(ctx, is)
 }
 
+func (b *bulkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur, ok := b.m[is.ID]; ok {
+		if cur.RevokedAt.IsZero() {
+			b.m[is.ID] = *is
+			cur = *is
+		}
+		return &cur, nil
+	}
+	return b.Store.MarkRevoked(ctx, is)
+}
+
 func (b *bulkStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -1129,25 +1129,23 @@ func TestRevokeSweepLeavesLaterIssuances(t *testing.T) {
 	}
 }
 
-// failMarkStore fails the first PutIssuance that marks a record revoked (a
-// Redis blip during the revocation's step 3).
+// failMarkStore fails the first MarkRevoked (a Redis blip during the
+// revocation's step 3).
 type failMarkStore struct {
 	broker.Store
 	mu     sync.Mutex
 	failed bool
 }
 
-func (s *failMarkStore) PutIssuance(ctx context.Context, is *broker.Issuance) error {
+func (s *failMarkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
 	s.mu.Lock()
-	fail := !is.RevokedAt.IsZero() && !s.failed
-	if fail {
-		s.failed = true
-	}
+	fail := !s.failed
+	s.failed = true
 	s.mu.Unlock()
 	if fail {
-		return broker.Unavailable("store_unavailable", time.Second, errors.New("i/o timeout"))
+		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("i/o timeout"))
 	}
-	return s.Store.PutIssuance(ctx, is)
+	return s.Store.MarkRevoked(ctx, is)
 }
 
 // TestRevocationWorkerStoresFailedMarkThroughCache: with the server's

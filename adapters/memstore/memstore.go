@@ -108,23 +108,60 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	if is == nil || is.ID == "" {
 		return invalid("issuance without id")
 	}
+	e, err := newEntry(is)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putLocked(e)
+	return nil
+}
+
+// newEntry encodes is for storing.
+func newEntry(is *broker.Issuance) (*entry, error) {
 	raw, err := json.Marshal(utcIssuance(is))
 	if err != nil {
-		return invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
+		return nil, invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
 	}
 	e := &entry{raw: raw}
 	if err := json.Unmarshal(raw, &e.meta); err != nil {
-		return fmt.Errorf("memstore: issuance %s: decode: %w", is.ID, err)
+		return nil, fmt.Errorf("memstore: issuance %s: decode: %w", is.ID, err)
 	}
+	return e, nil
+}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if old, ok := s.issuances[is.ID]; ok {
+// putLocked stores e in place of any record with its id, moving every
+// index. s.mu is held.
+func (s *Store) putLocked(e *entry) {
+	if old, ok := s.issuances[e.meta.ID]; ok {
 		s.unindex(&old.meta)
 	}
-	s.issuances[is.ID] = e
+	s.issuances[e.meta.ID] = e
 	s.index(&e.meta)
-	return nil
+}
+
+// MarkRevoked stores is unless the stored record is revoked already, under
+// the store's lock, and returns the record as stored.
+func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	if is == nil || is.ID == "" || is.RevokedAt.IsZero() || is.RevocationID == "" {
+		return nil, invalid("revoked mark without issuance id, revocation time or revocation id")
+	}
+	e, err := newEntry(is)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.issuances[is.ID]; ok && !cur.meta.RevokedAt.IsZero() {
+		e = cur
+	} else {
+		s.putLocked(e)
+	}
+	return decodeIssuance(e)
 }
 
 func (s *Store) index(is *broker.Issuance) {

@@ -8,7 +8,8 @@
 //     Redis yields broker.ErrUnavailable, never a hang; redis.Nil becomes
 //     broker.ErrNotFound; the core never sees a go-redis error type;
 //   - PutIssuance is one Lua script (one round trip) writing the record and
-//     all its indexes atomically; PutRevocation is one script writing the
+//     all its indexes atomically; MarkRevoked is the same script behind a
+//     check that the stored record is not revoked yet; PutRevocation is one script writing the
 //     record, its indexes and its change number; UpdateRevocation runs that
 //     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
 //     DeleteBlock is one script that deletes the block only while it is
@@ -478,17 +479,66 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	if is == nil || is.ID == "" {
 		return invalid("issuance without id")
 	}
+	keys, args, revoked, err := s.issuanceScriptArgs(is)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	if !revoked {
+		err = putIssuanceScript.Run(ctx, s.client, keys, args...).Err()
+	} else {
+		// A revoked mark: with MinReplicas, acknowledged once replicated.
+		err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
+			return putIssuanceScript.Run(ctx, rc, keys, args...).Err()
+		})
+	}
+	if err != nil {
+		return s.fail("put issuance "+is.ID, err)
+	}
+	return nil
+}
+
+// MarkRevoked writes the revoked mark with markRevokedScript: the record
+// and its indexes as PutIssuance writes them, unless the stored record is
+// revoked already, in one atomic script; acknowledged, with MinReplicas,
+// once replicated. It returns the record the script leaves stored.
+func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
+	if is == nil || is.ID == "" || is.RevokedAt.IsZero() || is.RevocationID == "" {
+		return nil, invalid("revoked mark without issuance id, revocation time or revocation id")
+	}
+	keys, args, _, err := s.issuanceScriptArgs(is)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var raw string
+	err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
+		var err error
+		raw, err = markRevokedScript.Run(ctx, rc, keys, args...).Text()
+		return err
+	})
+	if err != nil {
+		return nil, s.fail("mark issuance "+is.ID+" revoked", err)
+	}
+	return decodeIssuance(raw)
+}
+
+// issuanceScriptArgs are putIssuanceScript's (and markRevokedScript's)
+// KEYS and ARGV for is, and whether is is revoked.
+func (s *Store) issuanceScriptArgs(is *broker.Issuance) (keys []string, args []any, revoked bool, err error) {
 	c := *is
 	c.IssuedAt, c.ExpiresAt, c.RevokedAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC(), c.RevokedAt.UTC()
 	c.Refs.ExpiresAt = c.Refs.ExpiresAt.UTC()
 	raw, err := json.Marshal(&c)
 	if err != nil {
-		return invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
+		return nil, nil, false, invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
 	}
 	ttl := s.ttl(c.ExpiresAt)
 	cutoff := "(" + strconv.FormatInt(s.now().Add(-s.retention).UnixMilli(), 10)
 
-	keys := make([]string, 1, 8)
+	keys = make([]string, 1, 8)
 	keys[0] = s.issKey(c.ID)
 	for _, kind := range broker.RefKinds() {
 		if v, _ := c.RefValue(kind); v != "" {
@@ -502,24 +552,11 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 			keys = append(keys, s.idxKey(ix.name, ix.v))
 		}
 	}
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	args := []any{raw, ttl.Milliseconds(), refs, c.ID, strconv.FormatInt(int64(score(c.ExpiresAt)), 10), cutoff}
-	if c.RevokedAt.IsZero() {
-		err = putIssuanceScript.Run(ctx, s.client, keys, args...).Err()
-	} else {
-		// A revoked mark: with MinReplicas, acknowledged once replicated.
-		err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
-			return putIssuanceScript.Run(ctx, rc, keys, args...).Err()
-		})
-	}
-	if err != nil {
-		return s.fail("put issuance "+c.ID, err)
-	}
-	return nil
+	args = []any{raw, ttl.Milliseconds(), refs, c.ID, strconv.FormatInt(int64(score(c.ExpiresAt)), 10), cutoff}
+	return keys, args, !c.RevokedAt.IsZero(), nil
 }
 
-// putIssuanceScript writes an issuance, its ref index entries and its
+// putIssuanceBody writes an issuance, its ref index entries and its
 // sorted-set index memberships in one round trip, atomically (a Lua script
 // runs alone, as MULTI/EXEC did; one command instead of about twenty halves
 // the client's CPU per exchange, issue #9). In a Redis Cluster every key
@@ -529,7 +566,7 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 // ARGV: JSON, TTL in ms, ref count, issuance id, score, prune cutoff.
 // Each sorted set drops members scored before the cutoff, gains the
 // issuance, and its expiry is raised to the TTL if lower or unset.
-var putIssuanceScript = redis.NewScript(`
+const putIssuanceBody = `
 local ttl = tonumber(ARGV[2])
 local refs = tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
@@ -544,8 +581,24 @@ for i = 2 + refs, #KEYS do
     redis.call('PEXPIRE', k, ttl)
   end
 end
-return 1
-`)
+`
+
+// putIssuanceScript is putIssuanceBody; it returns 1.
+var putIssuanceScript = redis.NewScript(putIssuanceBody + "return 1\n")
+
+// markRevokedScript is putIssuanceBody unless the stored issuance is
+// revoked already (its JSON has a revoked_at: the field is omitted while
+// zero); it returns the issuance JSON left stored, the one found or the
+// one written.
+var markRevokedScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local at = cjson.decode(cur)['revoked_at']
+  if type(at) == 'string' and at ~= '' then
+    return cur
+  end
+end
+` + putIssuanceBody + "return ARGV[1]\n")
 
 func decodeIssuance(raw string) (*broker.Issuance, error) {
 	var is broker.Issuance

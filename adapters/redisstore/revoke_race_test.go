@@ -59,17 +59,24 @@ func (g *gate) await(t *testing.T, what string) {
 	}
 }
 
-// stallingSink holds the append of the first event of type typ at its gate.
+// stallingSink holds the append of the first event of type typ at its
+// gate; later ones go through meanwhile.
 type stallingSink struct {
 	brokertest.Sink
 	typ  string
-	once sync.Once
+	held atomic.Bool
 	g    *gate
+}
+
+func (s *stallingSink) stall() {
+	if s.held.CompareAndSwap(false, true) {
+		s.g.hold()
+	}
 }
 
 func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 	if ev.Type == s.typ {
-		s.once.Do(s.g.hold)
+		s.stall()
 	}
 	return s.Sink.Append(ctx, ev)
 }
@@ -79,7 +86,7 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 func (s *stallingSink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
 	for _, ev := range evs {
 		if ev.Type == s.typ {
-			s.once.Do(s.g.hold)
+			s.stall()
 			break
 		}
 	}

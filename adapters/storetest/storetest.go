@@ -131,6 +131,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("revocation-update", func(t *testing.T) { testRevocationUpdate(t, newStore) })
 	t.Run("revocation-many", func(t *testing.T) { testRevocationMany(t, newStore) })
 	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
+	t.Run("mark-revoked", func(t *testing.T) { testMarkRevoked(t, newStore) })
 	t.Run("deployment", func(t *testing.T) { testDeployment(t, newStore) })
 	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
 	t.Run("context", func(t *testing.T) { testContext(t, newStore) })
@@ -145,6 +146,16 @@ func mustPut(t *testing.T, s broker.Store, is *broker.Issuance) {
 	if err := s.PutIssuance(ctx(t), is); err != nil {
 		t.Fatalf("PutIssuance(%s) = %v, want nil", is.ID, err)
 	}
+}
+
+// mustGet reads issuance id or fails the test.
+func mustGet(t *testing.T, s broker.Store, id string) *broker.Issuance {
+	t.Helper()
+	is, err := s.GetIssuance(ctx(t), id)
+	if err != nil {
+		t.Fatalf("GetIssuance(%s) = %v, want nil", id, err)
+	}
+	return is
 }
 
 func wantErr(t *testing.T, call string, err, want error) {
@@ -1127,6 +1138,98 @@ func testPing(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	})
 }
 
+// revokedBy is a copy of is marked revoked by revID at at.
+func revokedBy(is *broker.Issuance, revID string, at time.Time) *broker.Issuance {
+	c := *is
+	c.RevokedAt, c.RevocationID = at, revID
+	return &c
+}
+
+func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("ok/first-mark-wins", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_mark", Epoch())
+		mustPut(t, s, is)
+		first, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_first", Epoch().Add(time.Second)))
+		if err != nil || first.RevocationID != "rev_first" || !first.RevokedAt.Equal(Epoch().Add(time.Second)) {
+			t.Fatalf("MarkRevoked(rev_first) = %+v, %v; want the record revoked by rev_first", first, err)
+		}
+		// Read before the first mark, marked after it: nothing written.
+		got, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_second", Epoch().Add(2*time.Second)))
+		if err != nil || got.RevocationID != "rev_first" || !got.RevokedAt.Equal(first.RevokedAt) {
+			t.Errorf("MarkRevoked(rev_second) after rev_first's = %+v, %v; want rev_first's mark standing", got, err)
+		}
+		for _, kind := range AllRefKinds() {
+			found, err := s.FindIssuance(ctx(t), kind, refValue(is, kind))
+			if err != nil || found.RevocationID != "rev_first" {
+				t.Errorf("FindIssuance(%s) after both marks = %+v, %v; want rev_first's mark", kind, found, err)
+			}
+		}
+		if diff := cmp.Diff(first, mustGet(t, s, is.ID)); diff != "" {
+			t.Errorf("GetIssuance() after both marks (-MarkRevoked's answer +stored):\n%s", diff)
+		}
+		if active, err := s.ListIssuances(ctx(t), broker.IssuanceFilter{Workload: is.Workload, ActiveAt: Epoch()}); err != nil || len(active) != 0 {
+			t.Errorf("ListIssuances(active) after the mark = %d records, %v; want none", len(active), err)
+		}
+	})
+	t.Run("ok/racing-marks-one-wins", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_race", Epoch())
+		mustPut(t, s, is)
+		const n = 16
+		got := make([]*broker.Issuance, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				got[i], errs[i] = s.MarkRevoked(ctx(t), revokedBy(is, fmt.Sprintf("rev_%02d", i), Epoch().Add(time.Duration(i+1)*time.Second)))
+			})
+		}
+		close(start)
+		wg.Wait()
+		stored := mustGet(t, s, is.ID)
+		for i := range n {
+			if errs[i] != nil || got[i].RevocationID != stored.RevocationID || !got[i].RevokedAt.Equal(stored.RevokedAt) {
+				t.Errorf("MarkRevoked(rev_%02d) racing %d marks = %+v, %v; want the stored mark of %s", i, n, got[i], errs[i], stored.RevocationID)
+			}
+		}
+	})
+	t.Run("ok/missing-record-written", func(t *testing.T) {
+		s := newStore(t)
+		is := revokedBy(SampleIssuance("iss_lost", Epoch()), "rev_1", Epoch())
+		got, err := s.MarkRevoked(ctx(t), is)
+		if err != nil || got.RevocationID != "rev_1" {
+			t.Fatalf("MarkRevoked(not stored) = %+v, %v; want it written", got, err)
+		}
+		if found, err := s.FindIssuance(ctx(t), broker.RefAccessor, is.Refs.Accessor); err != nil || found.RevocationID != "rev_1" {
+			t.Errorf("FindIssuance(accessor) = %+v, %v; want the marked record", found, err)
+		}
+	})
+	t.Run("fail/not-a-mark", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_nomark", Epoch())
+		mustPut(t, s, is)
+		for _, c := range []struct {
+			name string
+			is   *broker.Issuance
+		}{
+			{"nil", nil},
+			{"no-revocation", is},
+			{"no-revocation-id", revokedBy(is, "", Epoch())},
+			{"no-time", revokedBy(is, "rev_1", time.Time{})},
+			{"no-id", revokedBy(SampleIssuance("", Epoch()), "rev_1", Epoch())},
+		} {
+			_, err := s.MarkRevoked(ctx(t), c.is)
+			wantErr(t, "MarkRevoked("+c.name+")", err, broker.ErrInvalidRequest)
+		}
+		if got := mustGet(t, s, is.ID); !got.RevokedAt.IsZero() {
+			t.Errorf("GetIssuance() after refused marks = %+v, want unrevoked", got)
+		}
+	})
+}
+
 // validDeploymentID reports whether id is a deployment id as
 // Store.DeploymentID promises: PrefixDeployment, then 1 to 64 letters,
 // digits, '.', '_' or '-' in all.
@@ -1232,6 +1335,10 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		{"fail/cancelled-delete-block", func() error { return s.DeleteBlock(cctx, "w-ctx", "") }},
 		{"fail/cancelled-get-block", func() error { _, err := s.GetBlock(cctx, "w-ctx"); return err }},
 		{"fail/cancelled-list-blocks", func() error { _, err := s.ListBlocks(cctx); return err }},
+		{"fail/cancelled-mark-revoked", func() error {
+			_, err := s.MarkRevoked(cctx, revokedBy(SampleIssuance("iss_ctx", Epoch()), "rev_ctx", Epoch()))
+			return err
+		}},
 		{"fail/cancelled-deployment-id", func() error { _, err := s.DeploymentID(cctx); return err }},
 		{"fail/cancelled-ping", func() error { return s.Ping(cctx) }},
 	} {
@@ -1244,6 +1351,9 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("ok/cancelled-writes-not-stored", func(t *testing.T) {
 		_, err := s.GetIssuance(ctx(t), "iss_ctx2")
 		wantErr(t, "GetIssuance(iss_ctx2)", err, broker.ErrNotFound)
+		if got := mustGet(t, s, "iss_ctx"); !got.RevokedAt.IsZero() {
+			t.Errorf("GetIssuance(iss_ctx) after a cancelled MarkRevoked = %+v, want unrevoked", got)
+		}
 		_, err = s.GetRevocation(ctx(t), "rev_ctx2")
 		wantErr(t, "GetRevocation(rev_ctx2)", err, broker.ErrNotFound)
 		_, err = s.GetBlock(ctx(t), "w-ctx2")

@@ -217,6 +217,12 @@ func (s countedStore) PutIssuance(ctx context.Context, is *broker.Issuance) erro
 	return s.m.countStoreErr(s.Store.PutIssuance(ctx, is))
 }
 
+// MarkRevoked is counted as PutIssuance was, which wrote the marks before.
+func (s countedStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
+	out, err := s.Store.MarkRevoked(ctx, is)
+	return out, s.m.countStoreErr(err)
+}
+
 func (s countedStore) FindIssuance(ctx context.Context, k broker.RefKind, v string) (*broker.Issuance, error) {
 	is, err := s.Store.FindIssuance(ctx, k, v)
 	return is, s.m.countStoreErr(err)
