@@ -6,10 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,6 +331,103 @@ func TestRealVault(t *testing.T) {
 		if _, err := s.Sign(ctx, audit.CheckpointSigningInput("kt-mindec", 1, strings.Repeat("cd", 32))); err != nil || s.KeyID() != want {
 			t.Errorf("checkpoint Sign() = %v, key id %s; want nil, %s", err, s.KeyID(), want)
 		}
+	})
+
+	// A flapping Vault that fails the JWKS's reads of the key (here a proxy
+	// in front of Vault) and not the minter's: after a rotation the JWKS
+	// keeps serving its last list, and JWTs keep its kid; once the JWKS
+	// serves the new version again, JWTs use it DefaultPublishDelay later.
+	// The clock is real time plus an offset, so Vault's creation_time of
+	// the new version counts.
+	t.Run("ok/jwt-kid-served-while-jwks-reads-fail", func(t *testing.T) {
+		key := harness.VaultEd25519Key
+		var down atomic.Bool
+		target, err := url.Parse(v.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp := httputil.NewSingleHostReverseProxy(target)
+		px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if down.Load() && r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/transit/keys/") {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, `{"errors":["flapping"]}`)
+				return
+			}
+			rp.ServeHTTP(w, r)
+		}))
+		defer px.Close()
+		jc, err := vault.NewClient(vault.ClientOptions{Address: px.URL, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			mu     sync.Mutex
+			offset time.Duration
+		)
+		clock := func() time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			return time.Now().Add(offset)
+		}
+		advance := func(d time.Duration) {
+			mu.Lock()
+			offset += d
+			mu.Unlock()
+		}
+		jwks, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: jc, Keys: []string{key}, Now: clock, Log: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := vault.NewJWTMinter(vault.JWTMinterOptions{Client: bc, PublicURL: "https://keytrail.test", Now: clock, Published: jwks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := broker.MintRequest{
+			IssuanceID: "iss_01JFLAP", Workload: "orders-client", Owner: "team-orders", SessionID: "ses_f",
+			Grant: policies.Grant{Name: "orders-jwt", Kind: broker.KindJWT, JWT: &policies.JWTGrant{Audience: "orders-api", TransitKey: key}},
+			TTL:   time.Minute,
+		}
+		mint := func(step, wantKID string) {
+			t.Helper()
+			cred, err := m.Mint(ctx, req)
+			if err != nil {
+				t.Fatalf("%s: Mint() = %v", step, err)
+			}
+			served, err := jwks.PublicKeys(ctx)
+			if err != nil {
+				t.Fatalf("%s: PublicKeys() = %v", step, err)
+			}
+			var kid string
+			_, err = jwt.Parse(cred.AccessToken, func(tok *jwt.Token) (any, error) {
+				kid, _ = tok.Header["kid"].(string)
+				for _, k := range served {
+					if k.KID == kid {
+						return k.Key, nil
+					}
+				}
+				return nil, jwt.ErrTokenUnverifiable
+			}, jwt.WithValidMethods([]string{"EdDSA"}), jwt.WithIssuer("https://keytrail.test"), jwt.WithAudience("orders-api"),
+				jwt.WithExpirationRequired(), jwt.WithTimeFunc(clock))
+			if err != nil {
+				t.Fatalf("%s: the JWT (kid %q) does not verify against the served JWKS: %v", step, kid, err)
+			}
+			if kid != wantKID {
+				t.Errorf("%s: kid = %q, want %q", step, kid, wantKID)
+			}
+		}
+		mint("before-rotation", key+":1")
+		if _, err := root.Logical().WriteWithContext(ctx, "transit/keys/"+key+"/rotate", nil); err != nil {
+			t.Fatal(err)
+		}
+		down.Store(true)
+		advance(vault.DefaultPublishDelay + vault.DefaultKeyRefresh)
+		mint("jwks-reads-fail", key+":1")
+		down.Store(false)
+		advance(vault.DefaultPublicKeysRetry)
+		mint("jwks-back-new-version-waits", key+":1")
+		advance(vault.DefaultPublishDelay)
+		mint("new-version-served-long-enough", key+":2")
 	})
 
 	// Last, as it wipes the server: the harness restarts an empty dev server

@@ -2,11 +2,14 @@ package vault
 
 import (
 	"context"
+	"crypto"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -35,7 +38,16 @@ type JWTMinterOptions struct {
 	// not signed with while an older one can be; default
 	// DefaultPublishDelay.
 	PublishDelay time.Duration
-	Now          func() time.Time // default time.Now; used when req.Now is zero
+	// Published is the key list the broker's JWKS serves (TransitKeys, or
+	// what serves it): when set, Mint signs only with a version it lists,
+	// with the same public key, and counts a version it lists later than
+	// at the first look as published from then on (PublishDelay applies
+	// from the later of that and creation_time). It is asked on every mint,
+	// so it must answer from a cache (as TransitKeys does, reading Vault
+	// at most every CacheTTL). Nil: versions are chosen from the minter's
+	// own read of the key only.
+	Published broker.PublicKeySource
+	Now       func() time.Time // default time.Now; used when req.Now is zero
 }
 
 // JWTMinter mints JWTs for grants of kind jwt, signed by a Vault transit key
@@ -46,7 +58,13 @@ type JWTMinterOptions struct {
 // (the latest one unless the key was just rotated, or min_encryption_version
 // leaves no older one): a rotated-in version is first published in the
 // JWKS, then used, so verifiers that cached the JWKS before the rotation
-// do not refuse fresh JWTs for an unknown kid.
+// do not refuse fresh JWTs for an unknown kid. With Published set, the
+// version is also one the JWKS serves at that moment: when Vault flaps and
+// the JWKS keeps serving its last list (TransitKeys' MaxStale) while the
+// minter's own read sees a newer version, JWTs keep the served kid; when
+// the JWKS serves no version transit would sign with, Mint fails
+// (ErrUnavailable, vault_unavailable) rather than sign with a kid
+// verifiers cannot find.
 //
 // Claims: iss (PublicURL), sub (workload), aud (the grant's audience, a
 // single string), owner, sid (session id), jti (issuance id), grant, iat,
@@ -60,6 +78,19 @@ type JWTMinter struct {
 	keys    *keyCache
 	publish time.Duration
 	now     func() time.Time
+
+	published broker.PublicKeySource
+	mu        sync.Mutex
+	// since is when Mint first found each version in Published's list;
+	// the zero time for versions listed when it first looked at their key
+	// (published, as far as the minter knows, since their creation).
+	since map[keyVersion]time.Time
+}
+
+// keyVersion names one version of a transit key.
+type keyVersion struct {
+	name    string
+	version int
 }
 
 var (
@@ -82,7 +113,8 @@ func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
 	}
 	// iss is the discovery issuer, which httpapi serves without a trailing
 	// slash; verifiers compare the two byte for byte.
-	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, publish: publish, now: keys.now}, nil
+	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, publish: publish, now: keys.now,
+		published: o.Published, since: map[keyVersion]time.Time{}}, nil
 }
 
 // Mint signs one JWT.
@@ -113,6 +145,11 @@ func (m *JWTMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	iat := now.Unix() // floors: exp = iat+secs <= now+TTL
 	exp := iat + secs
 	version := k.signingVersion(now, m.publish)
+	if m.published != nil {
+		if version, err = m.publishedVersion(ctx, k, now); err != nil {
+			return nil, err
+		}
+	}
 	method := k.method()
 	tok := jwt.NewWithClaims(method, jwt.MapClaims{
 		"iss":   m.iss,
@@ -145,6 +182,61 @@ func (m *JWTMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 		Fields:      map[string]any{"jti": req.IssuanceID, "kid": keyID},
 		Refs:        broker.CredentialRefs{JTI: req.IssuanceID, ExpiresAt: time.Unix(exp, 0).UTC()},
 	}, nil
+}
+
+// publishedVersion is the version of k to sign with at now among those
+// m.published lists (see JWTMinter).
+func (m *JWTMinter) publishedVersion(ctx context.Context, k *transitKey, now time.Time) (int, error) {
+	served, err := m.published.PublicKeys(ctx)
+	if err != nil {
+		return 0, translate("read the served JWKS", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, looked := m.since[keyVersion{name: k.Name}]; !looked {
+		// The first look at the key (version 0 marks it): what is served
+		// now counts as published since its creation.
+		m.since[keyVersion{name: k.Name}] = time.Time{}
+		for v := k.MinDecryption; v <= k.Latest; v++ {
+			if servesVersion(served, k.Name, v, k.Public[v]) {
+				m.since[keyVersion{k.Name, v}] = time.Time{}
+			}
+		}
+	}
+	v := k.signingVersionIn(now, m.publish, func(v int) (bool, time.Time) {
+		if !servesVersion(served, k.Name, v, k.Public[v]) {
+			return false, time.Time{}
+		}
+		kv := keyVersion{k.Name, v}
+		since, ok := m.since[kv]
+		if !ok {
+			since = now
+			m.since[kv] = since
+		}
+		return true, since
+	})
+	if v == 0 {
+		return 0, broker.Unavailable(ReasonUnavailable, retryOutage,
+			fmt.Errorf("vault jwt minter: the JWKS the broker serves lists no version of transit key %s/keys/%s that transit signs with", m.mount, k.Name))
+	}
+	return v, nil
+}
+
+// servesVersion reports whether keys lists version v of transit key name
+// with public key pub.
+func servesVersion(keys []broker.PublicKey, name string, v int, pub crypto.PublicKey) bool {
+	for _, pk := range keys {
+		n, vs, ok := strings.Cut(pk.KID, ":")
+		if !ok || n != name {
+			continue
+		}
+		if got, err := strconv.Atoi(vs); err != nil || got != v {
+			continue
+		}
+		eq, ok := pk.Key.(interface{ Equal(crypto.PublicKey) bool })
+		return ok && eq.Equal(pub)
+	}
+	return false
 }
 
 // sign asks transit to sign the JWS signing input with the given version of

@@ -51,13 +51,32 @@ type transitKey struct {
 // min_decryption_version (no public key is served) are never chosen. A
 // version without creation_time counts as old.
 func (k *transitKey) signingVersion(now time.Time, delay time.Duration) int {
+	return k.signingVersionIn(now, delay, nil)
+}
+
+// signingVersionIn is signingVersion among the versions published accepts
+// (all when nil), each counted as created at the later of its creation_time
+// and the since published returns for it; 0 when published accepts none.
+func (k *transitKey) signingVersionIn(now time.Time, delay time.Duration, published func(v int) (ok bool, since time.Time)) int {
 	lo := max(k.MinDecryption, k.MinEncryption, 1)
-	for v := k.Latest; v > lo; v-- {
-		if c := k.Created[v]; c.IsZero() || !now.Before(c.Add(delay)) {
+	oldest := 0
+	for v := k.Latest; v >= lo; v-- {
+		c := k.Created[v]
+		if published != nil {
+			ok, since := published(v)
+			if !ok {
+				continue
+			}
+			if since.After(c) {
+				c = since
+			}
+		}
+		if c.IsZero() || !now.Before(c.Add(delay)) {
 			return v
 		}
+		oldest = v
 	}
-	return min(lo, k.Latest)
+	return oldest
 }
 
 // method is the JWS signing method of the key.

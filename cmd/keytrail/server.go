@@ -473,7 +473,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := tokenMinter.CheckRole(ctx); err != nil {
 		return fmt.Errorf("vault.token_role: %w", err)
 	}
-	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL})
+	// JWTs are signed only with a key version /.well-known/jwks.json
+	// serves at that moment (policyKeys: the same cache).
+	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL, Published: policyKeys{rt}})
 	if err != nil {
 		return err
 	}
