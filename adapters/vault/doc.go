@@ -15,7 +15,8 @@
 //     transit key; the private key never leaves Vault);
 //   - TransitKeys: broker.PublicKeySource listing the transit public keys;
 //   - Health / HealthChecker: readiness through sys/health; TokenHealth:
-//     whether Vault accepts the broker's own token (lookup-self).
+//     whether Vault accepts the broker's own token (lookup-self), and
+//     TokenChecker, which keeps a success for a second for /readyz.
 //
 // Errors: every error returned is a *broker.Error of kind
 // broker.ErrUnavailable (the workload cannot fix a Vault problem; the broker

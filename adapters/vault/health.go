@@ -1,8 +1,11 @@
 package vault
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"sync"
+	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 
@@ -45,6 +48,109 @@ func TokenHealth(ctx context.Context, c *vaultapi.Client) error {
 		return translate("lookup-self of the broker token", err)
 	}
 	return nil
+}
+
+// DefaultTokenHealthTTL is how long TokenChecker keeps a successful
+// lookup-self when no TTL is configured.
+const DefaultTokenHealthTTL = time.Second
+
+// TokenCheckerOptions configure NewTokenChecker.
+type TokenCheckerOptions struct {
+	Client *vaultapi.Client // required
+	TTL    time.Duration    // how long a success is kept; default DefaultTokenHealthTTL
+	Now    func() time.Time // default time.Now
+}
+
+// TokenChecker is TokenHealth for frequent callers (/readyz, asked by
+// every load balancer and kubelet every few seconds): a successful
+// lookup-self is kept for TTL, never past the token's own expiry
+// (expire_time, else ttl) nor for another token (Login replaced it); a
+// failure is not kept, so the next call asks Vault again. Callers arriving
+// while a lookup is in flight share its answer, each within its own ctx.
+type TokenChecker struct {
+	c   *vaultapi.Client
+	ttl time.Duration
+	now func() time.Time
+
+	mu       sync.Mutex
+	okToken  string    // the token the last success was for
+	okUntil  time.Time // until when it answers
+	inflight *tokenLookup
+}
+
+type tokenLookup struct {
+	done chan struct{}
+	err  error
+}
+
+// NewTokenChecker validates o and returns a TokenChecker.
+func NewTokenChecker(o TokenCheckerOptions) (*TokenChecker, error) {
+	var errs []error
+	if o.Client == nil {
+		errs = append(errs, errors.New("vault token checker: client is required"))
+	}
+	if o.TTL < 0 {
+		errs = append(errs, errors.New("vault token checker: ttl must not be negative"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &TokenChecker{c: o.Client, ttl: cmp.Or(o.TTL, DefaultTokenHealthTTL), now: now}, nil
+}
+
+// Check answers as TokenHealth, from the kept success when there is one.
+func (tc *TokenChecker) Check(ctx context.Context) error {
+	token := tc.c.Token()
+	tc.mu.Lock()
+	if token == tc.okToken && tc.now().Before(tc.okUntil) {
+		tc.mu.Unlock()
+		return nil
+	}
+	l := tc.inflight
+	if l == nil {
+		l = &tokenLookup{done: make(chan struct{})}
+		tc.inflight = l
+		// The lookup outlives a caller that gives up (the client's own
+		// timeout bounds it), so the callers sharing it are not failed
+		// by another's cancellation.
+		go tc.lookup(context.WithoutCancel(ctx), token, l)
+	}
+	tc.mu.Unlock()
+	select {
+	case <-l.done:
+		return l.err
+	case <-ctx.Done():
+		return translate("lookup-self of the broker token", ctx.Err())
+	}
+}
+
+func (tc *TokenChecker) lookup(ctx context.Context, token string, l *tokenLookup) {
+	sec, err := tc.c.Auth().Token().LookupSelfWithContext(ctx)
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.inflight = nil
+	if err != nil {
+		l.err = translate("lookup-self of the broker token", err)
+		close(l.done)
+		return
+	}
+	now := tc.now()
+	until := now.Add(tc.ttl)
+	if sec != nil && sec.Data != nil {
+		// A token without expiry (root) has neither.
+		et, _ := sec.Data["expire_time"].(string)
+		if exp, err := time.Parse(time.RFC3339Nano, et); err == nil {
+			until = minTime(until, exp)
+		} else if ttl, err := sec.TokenTTL(); err == nil && ttl > 0 {
+			until = minTime(until, now.Add(ttl))
+		}
+	}
+	tc.okToken, tc.okUntil = token, until
+	close(l.done)
 }
 
 // HealthChecker is Health as a broker.Pinger for /readyz.

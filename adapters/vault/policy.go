@@ -36,7 +36,7 @@ type BrokerPolicyOptions struct {
 // the broker's own token needs to serve pol, and nothing more:
 //
 //   - its own token: read auth/token/lookup-self (the login check, and
-//     TokenHealth for /readyz) and update auth/token/renew-self
+//     TokenChecker for /readyz) and update auth/token/renew-self
 //     (Login.Run's renewals); the "default"
 //     policy has both, but a broker token may be created without it;
 //   - BrokerPolicy: mint orphan tokens (through o.TokenRole when set),

@@ -129,6 +129,10 @@ type brokerRuntime struct {
 	// now is the clock of key retirement (policyState.retiring); nil means
 	// time.Now.
 	now func() time.Time
+	// tokenHealth answers /readyz's check of the broker's Vault token,
+	// keeping a success for a second (one lookup-self per second, however
+	// many probes).
+	tokenHealth *vaultad.TokenChecker
 }
 
 func (rt *brokerRuntime) clock() time.Time {
@@ -332,6 +336,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("vault: %w (set VAULT_TOKEN, vault.token_file or vault.auth)", err)
 	}
 	rt.vault = vc
+	if rt.tokenHealth, err = vaultad.NewTokenChecker(vaultad.TokenCheckerOptions{Client: vc}); err != nil {
+		return err
+	}
 	// The first closer, so the last to run: everything that talks to Vault
 	// (the login, the audit sink's transit checkpoints) has stopped by then.
 	rt.closers = append(rt.closers, func() error { vaultad.CloseIdleConnections(vc); return nil })
@@ -558,12 +565,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 }
 
 // ready checks Vault (its health, and that it accepts the broker's own
-// token), the store and the audit sink.
+// token: a success is kept for a second), the store and the audit sink.
 func (rt *brokerRuntime) ready(ctx context.Context) error {
 	if err := vaultad.Health(ctx, rt.vault); err != nil {
 		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "vault"}, err)
 	}
-	if err := vaultad.TokenHealth(ctx, rt.vault); err != nil {
+	if err := rt.tokenHealth.Check(ctx); err != nil {
 		return fmt.Errorf("%w: %v", httpapi.ReadyError{Component: "vault"}, err)
 	}
 	if err := rt.store.Ping(ctx); err != nil {

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,7 +67,8 @@ func TestReadyzFailsWhenVaultRefusesTheBrokerToken(t *testing.T) {
 	if err := vp.Client.Auth().Token().RevokeTree(sec.Auth.ClientToken); err != nil {
 		t.Fatal(err)
 	}
-	if st, why := readyz(); st != 503 || why != "vault unavailable" {
+	// A success is kept for a second (vault.DefaultTokenHealthTTL).
+	if st, why := readyzUntil(t, readyz, 503, 10*time.Second); st != 503 || why != "vault unavailable" {
 		t.Errorf("/readyz with the broker's token revoked = %d %q, want 503 %q", st, why, "vault unavailable")
 	}
 	// A new token in the token file: ready again, without a restart.
@@ -84,6 +89,122 @@ func TestReadyzFailsWhenVaultRefusesTheBrokerToken(t *testing.T) {
 			t.Fatalf("/readyz = %d 30s after a new token was written, want 200", st)
 		}
 		<-time.After(100 * time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("runServer() = %v", err)
+	}
+}
+
+// readyzUntil probes until /readyz answers want, or d has passed; it
+// returns the last answer.
+func readyzUntil(t *testing.T, readyz func() (int, string), want int, d time.Duration) (int, string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st, why := readyz()
+		if st == want || time.Now().After(deadline) {
+			return st, why
+		}
+		<-time.After(50 * time.Millisecond)
+	}
+}
+
+// TestReadyzKeepsTokenLookup: every probe of /readyz used to cost Vault a
+// lookup-self of the broker's token. A success is now kept for a second
+// (vault.DefaultTokenHealthTTL): a burst of probes costs one lookup per
+// second at most, a later probe looks up again, and a refusal is not kept
+// (each probe asks, so /readyz turns ready as soon as Vault accepts).
+// Vault is behind a proxy that counts the lookups.
+func TestReadyzKeepsTokenLookup(t *testing.T) {
+	vp := harness.StartVault(t)
+	sec, err := vp.Client.Auth().Token().Create(&vaultapi.TokenCreateRequest{Policies: []string{"root"}, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := url.Parse(vp.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lookups atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/auth/token/lookup-self" {
+			lookups.Add(1)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer px.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readyc, errc := goServer(t, ctx, dir, pol, px.URL, sec.Auth.ClientToken)
+	var addr string
+	select {
+	case addr = <-readyc:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			t.Fatalf("GET /readyz: %v", err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Error
+	}
+
+	const probes = 20
+	before, start := lookups.Load(), time.Now()
+	for i := range probes {
+		if st, why := readyz(); st != 200 {
+			t.Fatalf("probe %d: /readyz = %d %q, want 200", i, st, why)
+		}
+	}
+	// One lookup per started second of the burst, plus one the broker's
+	// login may make meanwhile.
+	got, most := lookups.Load()-before, int64(time.Since(start)/time.Second)+2
+	if got > most {
+		t.Errorf("%d /readyz probes made %d lookup-self calls, want at most %d", probes, got, most)
+	}
+	// Past the second, a probe looks the token up again.
+	n := lookups.Load()
+	deadline := time.Now().Add(10 * time.Second)
+	for lookups.Load() == n {
+		if time.Now().After(deadline) {
+			t.Fatalf("no lookup-self within 10s of probes after the burst")
+		}
+		if st, _ := readyz(); st != 200 {
+			t.Fatalf("/readyz = %d, want 200", st)
+		}
+		<-time.After(100 * time.Millisecond)
+	}
+
+	// Refused: each probe asks Vault again.
+	if err := vp.Client.Auth().Token().RevokeTree(sec.Auth.ClientToken); err != nil {
+		t.Fatal(err)
+	}
+	if st, why := readyzUntil(t, readyz, 503, 10*time.Second); st != 503 || why != "vault unavailable" {
+		t.Fatalf("/readyz with the broker's token revoked = %d %q, want 503 %q", st, why, "vault unavailable")
+	}
+	n = lookups.Load()
+	for i := range 3 {
+		if st, _ := readyz(); st != 503 {
+			t.Fatalf("probe %d after the revocation: /readyz = %d, want 503", i, st)
+		}
+	}
+	if got := lookups.Load() - n; got < 3 {
+		t.Errorf("3 /readyz probes with a refused token made %d lookup-self calls, want 3 (a failure is not kept)", got)
 	}
 	cancel()
 	if err := <-errc; err != nil {
