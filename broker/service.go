@@ -41,7 +41,7 @@ type Deps struct {
 	AuditChain string
 	Now        func() time.Time
 	Logger     *slog.Logger
-	// MintTimeout bounds one backend mint (default 5s).
+	// MintTimeout bounds one backend mint (default DefaultMintTimeout).
 	MintTimeout time.Duration
 	// StoreTimeout bounds one store call made by the Service (default 2s).
 	StoreTimeout time.Duration
@@ -52,6 +52,9 @@ type Deps struct {
 	// event is still pending looks unaudited to a run after the grace.
 	AuditTimeout time.Duration
 }
+
+// DefaultMintTimeout is Deps.MintTimeout when it is not set.
+const DefaultMintTimeout = 5 * time.Second
 
 // Service implements the workload-facing operations of the broker.
 type Service struct {
@@ -100,7 +103,7 @@ func NewService(d Deps) (*Service, error) {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	if d.MintTimeout <= 0 {
-		d.MintTimeout = 5 * time.Second
+		d.MintTimeout = DefaultMintTimeout
 	}
 	if d.StoreTimeout <= 0 {
 		d.StoreTimeout = 2 * time.Second

@@ -523,6 +523,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Audit:      timedSink{AuditSink: sink, m: m},
 		AuditChain: sink.ChainID(),
 		Logger:     log,
+		// A mint may take as long as one Vault request may.
+		MintTimeout: mintTimeout(time.Duration(cfg.Vault.Timeout)),
 	})
 	if err != nil {
 		return err
@@ -562,6 +564,18 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	return rt.auditPolicyLoad(ctx, pol, "start", nil)
+}
+
+// maxMintTimeout caps the mint timeout vault.timeout sets: an exchange
+// (its mint, the 2 s store write, the 10 s wait for its audit event) must
+// end within the server's 90 s WriteTimeout.
+const maxMintTimeout = 60 * time.Second
+
+// mintTimeout is the bound of one mint: the longer of
+// broker.DefaultMintTimeout (a mint may make several Vault requests) and
+// vault.timeout (one request may take that long), at most maxMintTimeout.
+func mintTimeout(vaultTimeout time.Duration) time.Duration {
+	return min(max(broker.DefaultMintTimeout, vaultTimeout), maxMintTimeout)
 }
 
 // ready checks Vault (its health, and that it accepts the broker's own
