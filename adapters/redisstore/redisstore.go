@@ -22,7 +22,7 @@
 //     volatile-*) unless Options.AllowEvictingPolicy is set;
 //   - with Options.MinReplicas set, a write of a revocation, a block, an
 //     unblock, an issuance's revoked mark or the deployment id (its
-//     DeploymentID answer) is acknowledged only once that many replicas
+//     creation by DeploymentID) is acknowledged only once that many replicas
 //     have it (WAIT on the write's connection, up to half of
 //     Options.Timeout); fewer is broker.ErrUnavailable (reason
 //     store_unreplicated): the write is on the primary but a failover may
@@ -1347,13 +1347,21 @@ func (s *Store) ListBlocks(ctx context.Context) ([]broker.Block, error) {
 // answer waits for the replicas, as a block's write does: an id a failover
 // lost would be created again, different. Every instance configured with
 // this Redis and prefix gets the same id, whatever address it reaches
-// Redis by.
+// Redis by. An id already stored is read without waiting for replicas
+// (a read writes nothing WAIT could confirm), so an instance starts while
+// the replicas are down, as it serves token exchanges then.
 func (s *Store) DeploymentID(ctx context.Context) (string, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	key := s.deploymentKey()
-	var id string
-	err := s.durably(ctx, key, func(c redis.Cmdable) error {
+	id, err := s.client.Get(ctx, key).Result()
+	if err == nil {
+		return id, nil
+	}
+	if !errors.Is(err, redis.Nil) {
+		return "", s.fail("deployment id", err)
+	}
+	err = s.durably(ctx, key, func(c redis.Cmdable) error {
 		var err error
 		id, err = deploymentScript.Run(ctx, c, []string{key}, broker.NewID(broker.PrefixDeployment)).Text()
 		return err

@@ -266,3 +266,31 @@ func TestMinReplicasThroughSentinel(t *testing.T) {
 		t.Fatalf("PutRevocation with the replica down = %v, want reason %s", err, broker.ReasonStoreUnreplicated)
 	}
 }
+
+// TestMinReplicasDeploymentIDReadDoesNotWait: with MinReplicas 1, reading
+// a deployment id the store already holds is no write and does not wait
+// for replicas: a broker restarted while the replica is down (it still
+// serves token exchanges) gets the id, not store_unreplicated.
+func TestMinReplicasDeploymentIDReadDoesNotWait(t *testing.T) {
+	const timeout = 2 * time.Second
+	primary, replica := startReplicated(t)
+	const prefix = "{dep-read}:"
+	s := newStore(t, primary, redisstore.Options{Prefix: prefix, MinReplicas: 1, Timeout: timeout})
+	created, err := s.DeploymentID(t.Context())
+	if err != nil {
+		t.Fatalf("DeploymentID with the replica up = %v, want nil", err)
+	}
+	replica.Stop()
+	// A second instance (a restart) reads the id the first one created.
+	s2 := newStore(t, primary, redisstore.Options{Prefix: prefix, MinReplicas: 1, Timeout: timeout})
+	for name, st := range map[string]*redisstore.Store{"creator": s, "restarted": s2} {
+		start := time.Now()
+		got, err := st.DeploymentID(t.Context())
+		if err != nil || got != created {
+			t.Fatalf("%s: DeploymentID with the replica down = %q, %v, want %q, nil (the id exists)", name, got, err, created)
+		}
+		if elapsed := time.Since(start); elapsed >= timeout/2 {
+			t.Errorf("%s: DeploymentID took %s, want no wait for replicas", name, elapsed)
+		}
+	}
+}
