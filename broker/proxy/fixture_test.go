@@ -196,8 +196,8 @@ type upstream struct {
 }
 
 // hold is what the test controls of a request to /up/hold: it answers
-// with holdFirst (flushed; with ?headers=late, nothing, not even the
-// status), then waits until the test closes release (and sends
+// with holdFirst (or ?first's value; flushed; with ?headers=late, nothing,
+// not even the status), then waits until the test closes release (and sends
 // holdSecond) or the request ends (and closes gone).
 type hold struct {
 	arrived chan struct{} // closed when the request arrived
@@ -371,8 +371,12 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		close(h.arrived)
 		late := r.URL.Query().Get("headers") == "late"
 		if !late {
+			first := holdFirst
+			if v := r.URL.Query().Get("first"); v != "" {
+				first = v
+			}
 			w.Header().Set("Content-Type", "text/event-stream")
-			_, _ = io.WriteString(w, holdFirst)
+			_, _ = io.WriteString(w, first)
 			w.(http.Flusher).Flush()
 		}
 		select {

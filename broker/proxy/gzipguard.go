@@ -51,7 +51,9 @@ type gzipGuard struct {
 // and scans it. It returns why the body must not be relayed.
 func (g *gzipGuard) screen() error {
 	g.screened = true
-	for g.nhead < len(g.head) && g.err == nil {
+	// Read only while the bytes so far could start the magic: a streamed
+	// first chunk that cannot (a newline, "[") is relayed at once.
+	for g.nhead < len(g.head) && g.err == nil && bytes.Equal(g.head[:g.nhead], gzipMagic[:g.nhead]) {
 		n, err := g.src.Read(g.head[g.nhead:])
 		g.nhead += n
 		g.err = err
@@ -147,16 +149,20 @@ func (g *gzipGuard) Read(p []byte) (int, error) {
 		g.body = g.body[n:]
 		return n, nil
 	}
-	n := copy(p, g.head[g.offHead:g.nhead])
-	g.offHead += n
-	if n == len(p) {
+	if g.offHead < g.nhead {
+		// The first bytes alone, without waiting on src for more: they
+		// may be all of a streamed first chunk.
+		n := copy(p, g.head[g.offHead:g.nhead])
+		g.offHead += n
+		if g.offHead == g.nhead && g.err != nil {
+			return n, g.err
+		}
 		return n, nil
 	}
 	if g.err != nil {
-		return n, g.err
+		return 0, g.err
 	}
-	m, err := g.src.Read(p[n:])
-	return n + m, err
+	return g.src.Read(p)
 }
 
 func (g *gzipGuard) Close() error {

@@ -1,10 +1,13 @@
 package proxy_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -79,6 +82,47 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
 				t.Errorf("use_result outcome (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestProxyRelaysShortFirstChunkAtOnce: a streamed body whose first chunk
+// is no longer than the gzip magic and is not it (a keep-alive newline,
+// the "[" of a streamed JSON array, a ":\n\n" server-sent-event comment)
+// reaches the caller while the upstream holds the rest, as any chunk does:
+// the gzip check reads only the bytes that could still be gzip's, and
+// relays them without waiting for more. It used to hold such a chunk until
+// the upstream sent more (or ended).
+func TestProxyRelaysShortFirstChunkAtOnce(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	for _, first := range []string{"\n", "[\n", ":\n\n", "\x1fA"} {
+		t.Run(fmt.Sprintf("ok/%q", first), func(t *testing.T) {
+			f.up.holdRequest(t)
+			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/hold?first="+url.QueryEscape(first), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = bearer(tok)
+			res, err := f.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			got := make(chan string, 1)
+			go func() {
+				b := make([]byte, len(first))
+				n, _ := io.ReadFull(res.Body, b)
+				got <- string(b[:n])
+			}()
+			select {
+			case b := <-got:
+				if b != first {
+					t.Errorf("first chunk = %q, want %q", b, first)
+				}
+			case <-time.After(cutDeadline):
+				t.Fatalf("first chunk %q not relayed %v after the upstream flushed it", first, cutDeadline)
 			}
 		})
 	}
