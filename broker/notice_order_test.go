@@ -107,3 +107,52 @@ func TestUnblockNoticeNamesRevocation(t *testing.T) {
 		t.Fatal("no unblock notice")
 	}
 }
+
+// TestRevocationCacheReblockNoticeReplacesBlock: an instance knows a
+// workload's block (r1's: its reason, admin and time, read from the
+// Store), then another revocation r2 blocks the workload again (its block
+// record replaces r1's) and announces it. The block the instance answers
+// from memory (FastReads: what Unblock reads and audits as blocked_by,
+// block_reason, blocked_at) must be r2's, not r2's id with r1's reason,
+// admin and time: the notice does not carry those, so they are left empty
+// and the time is when the notice came, as for any block learned from a
+// notice. It used to keep r1's fields under r2's id.
+func TestRevocationCacheReblockNoticeReplacesBlock(t *testing.T) {
+	ctx := context.Background()
+	blockedAt := time.Date(2026, 11, 26, 11, 0, 0, 0, time.UTC)
+	now := blockedAt.Add(time.Hour)
+	clock := func() time.Time { return now }
+	st := memstore.New(clock)
+	if err := st.PutBlock(ctx, broker.Block{Workload: "w", Reason: "first incident", RevocationID: "rev_1", Admin: "alice", CreatedAt: blockedAt}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := broker.NewRevocationCache(st, broker.CacheOptions{Now: clock, FastReads: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Elsewhere: r2 blocks the workload again.
+	if err := st.PutBlock(ctx, broker.Block{Workload: "w", Reason: "second incident", RevocationID: "rev_2", Admin: "bob", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	c.Apply(broker.Notice{RevocationID: "rev_2", Blocked: []string{"w"}})
+	b, err := c.Store().GetBlock(ctx, "w")
+	if err != nil {
+		t.Fatalf("GetBlock() = %v", err)
+	}
+	want := broker.Block{Workload: "w", RevocationID: "rev_2", CreatedAt: now}
+	if diff := cmp.Diff(want, *b); diff != "" {
+		t.Errorf("block answered after r2's notice (-want +got):\n%s", diff)
+	}
+	// A notice of the block already known changes nothing.
+	c.Apply(broker.Notice{RevocationID: "rev_2", Blocked: []string{"w"}})
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Apply(broker.Notice{RevocationID: "rev_2", Blocked: []string{"w"}})
+	if b, err := c.Store().GetBlock(ctx, "w"); err != nil || b.Reason != "second incident" || b.Admin != "bob" {
+		t.Errorf("GetBlock() after a repeated notice of the stored block = %+v, %v; want r2's record", b, err)
+	}
+}

@@ -1768,15 +1768,17 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		learned = c.learnLocked(id, now) || learned
 	}
 	for _, w := range n.Blocked {
-		// A block already known keeps its time but is now n's: a later
-		// notice of the unblock of the block it replaced must not lift it.
+		// A block already known stays when it is n's; another
+		// revocation's is replaced by n's (its reason, admin and time
+		// were the other's), so that a later notice of the unblock of
+		// the block it replaced does not lift it.
 		b, ok := c.blocked[w]
 		if !ok {
-			b = Block{Workload: w, CreatedAt: now}
 			learned = true
 		}
-		b.RevocationID = n.RevocationID
-		c.blocked[w] = b
+		if !ok || b.RevocationID != n.RevocationID {
+			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
+		}
 	}
 	for _, w := range n.Unblocked {
 		// Only the block the unblock lifted (see Notice): a re-block
