@@ -275,9 +275,9 @@ func fileStamp(paths ...string) string {
 }
 
 func (c *certReloader) load() error {
-	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	cert, err := loadKeyPair(c.certFile, c.keyFile)
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return err
 	}
 	c.cert, c.stamp = &cert, fileStamp(c.certFile, c.keyFile)
 	return nil

@@ -414,7 +414,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		// configured key, use (and on first start create) one next to the
 		// audit file, and say that an external key is better.
 		var pubFile string
-		keyFile, pubFile = cfg.Audit.File+".checkpoint.key", cfg.Audit.File+".checkpoint.pub"
+		keyFile, pubFile = defaultCheckpointKey(cfg.Audit.File), cfg.Audit.File+".checkpoint.pub"
 		created, err := ensureEd25519Key(keyFile, pubFile)
 		if err != nil {
 			return fmt.Errorf("audit: default checkpoint key: %w", err)
@@ -423,14 +423,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 			slog.String("key_file", keyFile), slog.String("public_key", pubFile), slog.Bool("created", created))
 	}
 	if keyFile != "" {
-		pem, err := os.ReadFile(keyFile)
+		s, err := loadCheckpointKey(keyFile)
 		if err != nil {
 			return fmt.Errorf("audit.checkpoint_key_file: %w", err)
 		}
-		signer, err = audit.NewEd25519Signer(pem)
-		if err != nil {
-			return fmt.Errorf("audit.checkpoint_key_file: %w", err)
-		}
+		signer = s
 	}
 	if k := cfg.Audit.CheckpointTransitKey; k != "" {
 		ts, err := vaultad.NewTransitCheckpointSigner(vaultad.TransitCheckpointSignerOptions{Client: vc, Key: k})

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// The readers of the files the server configuration names. keytrail server
+// and keytrail config check call the same one for each file, so the check
+// accepts exactly what the server does. Every error names the file; the
+// caller adds the field.
+
+// loadCheckpointKey reads audit.checkpoint_key_file: an Ed25519 PKCS#8 PEM
+// private key.
+func loadCheckpointKey(path string) (*audit.Ed25519Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := audit.NewEd25519Signer(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "audit: checkpoint key: "))
+	}
+	return s, nil
+}
+
+// keyPairError is a problem with the TLS key pair, named by the field of
+// the file it is in.
+type keyPairError struct {
+	field, path, msg string
+}
+
+func (e *keyPairError) Error() string { return e.field + ": " + e.path + ": " + e.msg }
+
+// loadKeyPair reads tls.cert_file and tls.key_file, as tls.LoadX509KeyPair
+// does (the certificate chain, the private key, and that they match); an
+// error is a *keyPairError naming the field of the file at fault.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, unwrapPath(err)}
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, &keyPairError{"tls.key_file", keyFile, unwrapPath(err)}
+	}
+	// Find which file is at fault before tls.X509KeyPair, whose errors
+	// say "certificate input" or "key input" at best.
+	if !hasPEMBlock(certPEM, func(t string) bool { return t == "CERTIFICATE" }) {
+		return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, "no PEM certificate"}
+	}
+	for rest := certPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, err.Error()}
+		}
+	}
+	if !hasPEMBlock(keyPEM, func(t string) bool { return t == "PRIVATE KEY" || strings.HasSuffix(t, " PRIVATE KEY") }) {
+		return tls.Certificate{}, &keyPairError{"tls.key_file", keyFile, "no PEM private key"}
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		// The certificate parsed: the key does not, or does not match.
+		msg := strings.TrimPrefix(err.Error(), "tls: ")
+		if strings.Contains(msg, "does not match") {
+			msg = "private key does not match the certificate of tls.cert_file " + certFile
+		}
+		return tls.Certificate{}, &keyPairError{"tls.key_file", keyFile, msg}
+	}
+	return cert, nil
+}
+
+// hasPEMBlock reports whether data holds a PEM block whose type is one
+// want accepts.
+func hasPEMBlock(data []byte, want func(string) bool) bool {
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return false
+		}
+		if want(b.Type) {
+			return true
+		}
+	}
+}
+
+// unwrapPath is err without the "open PATH: " of an *os.PathError when
+// the caller names the path already.
+func unwrapPath(err error) string {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// defaultCheckpointKey is the checkpoint key the server uses (and on
+// first start creates) when none is configured.
+func defaultCheckpointKey(auditFile string) string { return auditFile + ".checkpoint.key" }
