@@ -2,12 +2,12 @@ package vault
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -71,14 +71,11 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	}
 	token := o.Token
 	if o.TokenFile != "" {
-		b, err := os.ReadFile(o.TokenFile)
+		t, err := ReadCredentialFile(o.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("vault.token_file: %w", err)
 		}
-		token = strings.TrimSpace(string(b))
-		if token == "" {
-			return nil, fmt.Errorf("vault.token_file: %s is empty", o.TokenFile)
-		}
+		token = t
 	}
 	timeout := o.Timeout
 	if timeout == 0 {
@@ -116,9 +113,11 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 		tr.MaxIdleConns = MaxIdleConnsPerHost
 	}
 	if o.CAFile != "" {
-		if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: o.CAFile}); err != nil {
+		pool, err := LoadCAFile(o.CAFile)
+		if err != nil {
 			return nil, fmt.Errorf("vault.ca_file: %w", err)
 		}
+		tr.TLSClientConfig.RootCAs = pool
 	}
 	c, err := vaultapi.NewClient(cfg)
 	if err != nil {
@@ -138,4 +137,19 @@ func CloseIdleConnections(c *vaultapi.Client) {
 	if hc := c.CloneConfig().HttpClient; hc != nil {
 		hc.CloseIdleConnections()
 	}
+}
+
+// LoadCAFile reads the PEM bundle that verifies Vault's certificate
+// (vault.ca_file): the one reader of that file, for NewClient and for
+// keytrail config check. Every error names the file.
+func LoadCAFile(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return pool, nil
 }

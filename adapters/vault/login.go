@@ -595,7 +595,7 @@ func (l *Login) tokenFileChanged() (bool, error) {
 	if same {
 		return false, nil
 	}
-	tok, err := readCredentialFile(l.file)
+	tok, err := ReadCredentialFile(l.file)
 	if err != nil {
 		return false, err
 	}
@@ -626,7 +626,7 @@ func (l *Login) loginOnce(ctx context.Context) error {
 		if fi, serr := os.Stat(l.file); serr == nil {
 			sig = fileSig{mod: fi.ModTime(), size: fi.Size()}
 		}
-		tok, err = readCredentialFile(l.file)
+		tok, err = ReadCredentialFile(l.file)
 		if err != nil {
 			return configError("token_file: %v", err)
 		}
@@ -698,11 +698,11 @@ func (l *Login) lookupToken(ctx context.Context, tok, what string) (*vaultapi.Se
 // github.com/hashicorp/vault/api/auth/approle does. Both files are read on
 // every login, so a rotated secret id is picked up at the next one.
 func (l *Login) loginAppRole(ctx context.Context) (*vaultapi.Secret, error) {
-	roleID, err := readCredentialFile(l.roleIDFile)
+	roleID, err := ReadCredentialFile(l.roleIDFile)
 	if err != nil {
 		return nil, configError("approle role_id_file: %v", err)
 	}
-	secretID, err := readCredentialFile(l.secretIDFile)
+	secretID, err := ReadCredentialFile(l.secretIDFile)
 	if err != nil {
 		return nil, configError("approle secret_id_file: %v", err)
 	}
@@ -714,7 +714,7 @@ func (l *Login) loginAppRole(ctx context.Context) (*vaultapi.Secret, error) {
 // does. The token file is read on every login: the kubelet rotates
 // projected tokens.
 func (l *Login) loginKubernetes(ctx context.Context) (*vaultapi.Secret, error) {
-	jwt, err := readCredentialFile(l.jwtFile)
+	jwt, err := ReadCredentialFile(l.jwtFile)
 	if err != nil {
 		return nil, configError("kubernetes jwt_file: %v", err)
 	}
@@ -737,7 +737,7 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 
 // readCredentialFile reads a small secret file and trims white space. The
 // content never appears in an error.
-func readCredentialFile(path string) (string, error) {
+func ReadCredentialFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err

@@ -561,7 +561,7 @@ func TestNewClient(t *testing.T) {
 		{"fail/token-and-login", ClientOptions{Address: f.srv.URL, Token: "x", NoToken: true}, "cannot be combined with a login method"},
 		{"fail/negative-timeout", ClientOptions{Address: f.srv.URL, Token: "x", Timeout: -1}, "vault.timeout"},
 		{"fail/missing-token-file", ClientOptions{Address: f.srv.URL, TokenFile: filepath.Join(dir, "nope")}, "vault.token_file"},
-		{"fail/empty-token-file", ClientOptions{Address: f.srv.URL, TokenFile: emptyFile}, "is empty"},
+		{"fail/empty-token-file", ClientOptions{Address: f.srv.URL, TokenFile: emptyFile}, ": empty"},
 		{"fail/missing-ca-file", ClientOptions{Address: f.srv.URL, Token: "x", CAFile: filepath.Join(dir, "nope.pem")}, "vault.ca_file"},
 	}
 	for _, tc := range fails {

@@ -196,14 +196,28 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 // named by file, field and line: first every value that does not fit its
 // field (yamlcheck), then, once the file decodes, every validation rule.
 func LoadConfig(path string, getenv func(string) string) (*Config, error) {
+	c, _, err := loadConfigDoc(path, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if a := c.Vault.AppRole; a != nil {
+		c.Vault.Auth = &VaultAuthConfig{Method: vaultad.LoginAppRole, RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile}
+		c.Vault.AppRole = nil
+	}
+	return c, nil
+}
+
+// loadConfigDoc is LoadConfig without the last step (vault.approle is left
+// as written), and the YAML document the configuration was read from.
+func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, nil, fmt.Errorf("config: %w", err)
 	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, yamlError(path, data, err)
+		return nil, nil, yamlError(path, data, err)
 	}
 	// One document: settings after a "---" would otherwise be ignored.
 	for {
@@ -213,10 +227,10 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 			break
 		}
 		if err != nil {
-			return nil, yamlError(path, data, err)
+			return nil, nil, yamlError(path, data, err)
 		}
 		if !emptyYAMLDocument(&extra) {
-			return nil, fmt.Errorf("%s: line %d: more than one YAML document; a config file holds one", path, extra.Line)
+			return nil, nil, fmt.Errorf("%s: line %d: more than one YAML document; a config file holds one", path, extra.Line)
 		}
 	}
 	// The decoder names Go types ("cannot unmarshal !!str into int64"),
@@ -231,7 +245,7 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 		for i, p := range ps {
 			errs[i] = fmt.Errorf("%s: %w", path, p)
 		}
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
 	var withExt struct {
 		Config     `yaml:",inline"`
@@ -240,24 +254,20 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	strict := yaml.NewDecoder(bytes.NewReader(data))
 	strict.KnownFields(true)
 	if err := strict.Decode(&withExt); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	for k := range withExt.Extensions {
 		if !isExtensionKey(k) {
-			return nil, fmt.Errorf("%s: %s: unknown field", path, k)
+			return nil, nil, fmt.Errorf("%s: %s: unknown field", path, k)
 		}
 	}
 	c = withExt.Config
 	fromEnv := c.applyEnv(getenv)
 	c.applyDefaults()
 	if err := c.validateFile(path, &doc, fromEnv); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if a := c.Vault.AppRole; a != nil {
-		c.Vault.Auth = &VaultAuthConfig{Method: vaultad.LoginAppRole, RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile}
-		c.Vault.AppRole = nil
-	}
-	return &c, nil
+	return &c, &doc, nil
 }
 
 // isExtensionKey reports whether a top-level config key is an extension

@@ -4,9 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"runtime"
+	"time"
 
 	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
 
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -35,10 +40,26 @@ or "(from VAULT_ADDR)" for a value the environment set; the policy's
 warnings as "warning: ...". On success it prints one "ok:" line for the
 configuration and one for the policy.
 
-Nothing is contacted or written: not Vault (its address, token and
-AppRole or Kubernetes login are checked only by the server), not Redis,
-not the audit file, which is neither created nor opened. Run it where the
-server runs, with its environment, as paths and variables are read there.
+Once the configuration validates, every file it names that the server
+reads is read and parsed with the server's own readers (most only after
+its Vault login): vault.ca_file, vault.token_file, the AppRole role and
+secret id files (or the Kubernetes jwt_file), store.ca_file,
+audit.checkpoint_key_file (or the default key next to audit.file, if it
+exists), tls.cert_file with tls.key_file (they must parse and match) and
+tls.client_ca_file, e.g. "keytrail.yaml: tls.key_file: /x/key.pem: no PEM
+private key (line 14)". A serving certificate (tls.cert_file) that has
+expired or is not yet valid is a problem. Warnings, which leave the exit
+status 0: a serving certificate that expires within 7 days (the server
+reloads a renewed one), and a token, secret id, checkpoint key or TLS key
+file with mode bits in 027 (others, or the group for writing, can read or
+change it).
+
+Nothing is contacted or written: not Vault (whether it accepts the token
+or the AppRole or Kubernetes login is checked only by the server), not
+Redis, not the audit file, which is neither created nor opened, nor the
+default checkpoint key, which the server creates on first start. Run it
+where the server runs, with its environment, as paths and variables are
+read there.
 
 Exit status: 0 the configuration and its policy are valid; 1 they are not
 (every problem on stderr) or cannot be read; 2 usage.`,
@@ -49,9 +70,16 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 			if cfgPath == "" {
 				return exitError{code: exitUsage, msg: "config check: --config is required"}
 			}
-			cfg, err := LoadConfig(cfgPath, e.getenv)
+			cfg, doc, err := loadConfigDoc(cfgPath, e.getenv)
 			if err != nil {
 				return configProblems(e, err)
+			}
+			problems, warnings := checkConfigFiles(cfgPath, cfg, doc, time.Now())
+			for _, w := range warnings {
+				fmt.Fprintln(e.stderr, "warning: "+w)
+			}
+			if len(problems) > 0 {
+				return configProblems(e, errors.Join(problems...))
 			}
 			store := "in-memory"
 			if cfg.Store.Shared() {
@@ -102,4 +130,129 @@ func checkServedPolicy(path string) (*policies.Policy, error) {
 		return nil, err
 	}
 	return pol, nil
+}
+
+// certExpiryWarning is how long before its certificate expires keytrail
+// config check warns about tls.cert_file.
+const certExpiryWarning = 7 * 24 * time.Hour
+
+// looseSecretPerm are the mode bits that let others than the owner (and a
+// group it shares the file with for reading) read or change a secret file:
+// config check warns about them, as keytrail revoke does for the admin
+// token.
+const looseSecretPerm = adminTokenLoosePerm
+
+// checkConfigFiles reads and parses every file of c that keytrail server
+// reads at start-up, with the server's own readers, and contacts nothing.
+// problems are errors, each named by file, field and line; warnings do not
+// stop the server: a key or token file others can read or change, a
+// serving certificate that expires within certExpiryWarning. c is as
+// decoded, before LoadConfig turns vault.approle into vault.auth, so a
+// problem names the field as written.
+func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (problems []error, warnings []string) {
+	at := func(field string) string {
+		if line := policies.NodeLine(doc, field); line > 0 {
+			return fmt.Sprintf(" (line %d)", line)
+		}
+		return ""
+	}
+	bad := func(field string, err error) {
+		problems = append(problems, fmt.Errorf("%s: %s: %v%s", file, field, err, at(field)))
+	}
+	warn := func(field, format string, args ...any) {
+		warnings = append(warnings, fmt.Sprintf("%s: %s: %s%s", file, field, fmt.Sprintf(format, args...), at(field)))
+	}
+	secret := func(field, path string) {
+		fi, err := os.Stat(path)
+		if err != nil || runtime.GOOS == "windows" || fi.Mode().Perm()&looseSecretPerm == 0 {
+			return
+		}
+		warn(field, "%s has mode %#o: others can read or change it; chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+
+	if p := c.Vault.CAFile; p != "" {
+		if _, err := vaultad.LoadCAFile(p); err != nil {
+			bad("vault.ca_file", err)
+		}
+	}
+	// credential reads a file the Vault login reads (a token, an AppRole
+	// id, a service-account token).
+	credential := func(field, path string, isSecret bool) {
+		if path == "" {
+			return
+		}
+		if _, err := vaultad.ReadCredentialFile(path); err != nil {
+			bad(field, err)
+		} else if isSecret {
+			secret(field, path)
+		}
+	}
+	credential("vault.token_file", c.Vault.TokenFile, true)
+	auth, prefix := c.Vault.Auth, "vault.auth."
+	if a := c.Vault.AppRole; a != nil {
+		auth, prefix = &VaultAuthConfig{Method: vaultad.LoginAppRole, RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile}, "vault.approle."
+	}
+	if auth != nil {
+		switch auth.Method {
+		case vaultad.LoginAppRole:
+			credential(prefix+"role_id_file", auth.RoleIDFile, false)
+			credential(prefix+"secret_id_file", auth.SecretIDFile, true)
+		case vaultad.LoginKubernetes:
+			jwt := auth.JWTFile
+			if jwt == "" {
+				jwt = vaultad.DefaultKubernetesJWTFile
+			}
+			credential(prefix+"jwt_file", jwt, false)
+		}
+	}
+	if p := c.Store.CAFile; p != "" {
+		if _, err := loadCAPool(p); err != nil {
+			bad("store.ca_file", err)
+		}
+	}
+	if p := c.Audit.CheckpointKeyFile; p != "" {
+		if _, err := loadCheckpointKey(p); err != nil {
+			bad("audit.checkpoint_key_file", err)
+		} else {
+			secret("audit.checkpoint_key_file", p)
+		}
+	} else if c.Audit.CheckpointTransitKey == "" && c.Audit.File != "" {
+		// The server uses, or creates on first start, a key next to
+		// the audit file: one already there must parse.
+		p := defaultCheckpointKey(c.Audit.File)
+		if _, err := os.Stat(p); err == nil {
+			if _, err := loadCheckpointKey(p); err != nil {
+				bad("audit.file", fmt.Errorf("default checkpoint key %w", err))
+			}
+		}
+	}
+	if t := c.TLS; t != nil && t.CertFile != "" && t.KeyFile != "" {
+		cert, err := loadKeyPair(t.CertFile, t.KeyFile)
+		var kp *keyPairError
+		switch {
+		case errors.As(err, &kp):
+			bad(kp.field, fmt.Errorf("%s: %s", kp.path, kp.msg))
+		case err != nil:
+			bad("tls", err)
+		default:
+			secret("tls.key_file", t.KeyFile)
+			leaf := cert.Leaf
+			switch {
+			case leaf == nil:
+			case now.After(leaf.NotAfter):
+				bad("tls.cert_file", fmt.Errorf("%s: certificate expired at %s", t.CertFile, leaf.NotAfter.UTC().Format(time.RFC3339)))
+			case now.Before(leaf.NotBefore):
+				bad("tls.cert_file", fmt.Errorf("%s: certificate not valid before %s", t.CertFile, leaf.NotBefore.UTC().Format(time.RFC3339)))
+			case leaf.NotAfter.Sub(now) < certExpiryWarning:
+				warn("tls.cert_file", "%s: certificate expires at %s, in less than %d days", t.CertFile,
+					leaf.NotAfter.UTC().Format(time.RFC3339), certExpiryWarning/(24*time.Hour))
+			}
+		}
+	}
+	if t := c.TLS; t != nil && t.ClientCAFile != "" {
+		if _, err := loadCAPool(t.ClientCAFile); err != nil {
+			bad("tls.client_ca_file", err)
+		}
+	}
+	return problems, warnings
 }
