@@ -34,6 +34,10 @@ type ClientOptions struct {
 	Timeout   time.Duration // per request; 0 = DefaultTimeout
 }
 
+// ErrTokenRequired is NewClient's error when neither or both of Token and
+// TokenFile are set without NoToken.
+var ErrTokenRequired = errors.New("vault: exactly one of token and token_file is required")
+
 // NewClient returns a Vault client for the broker.
 //
 // It starts from vaultapi.DefaultConfig (which reads VAULT_* variables) and
@@ -61,7 +65,7 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	case o.NoToken && (o.Token != "" || o.TokenFile != ""):
 		errs = append(errs, errors.New("vault: a token or token_file cannot be combined with a login method"))
 	case !o.NoToken && (o.Token == "") == (o.TokenFile == ""):
-		errs = append(errs, errors.New("vault: exactly one of token and token_file is required"))
+		errs = append(errs, ErrTokenRequired)
 	}
 	if o.Timeout < 0 {
 		errs = append(errs, errors.New("vault.timeout: must not be negative"))

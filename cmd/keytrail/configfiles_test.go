@@ -58,10 +58,10 @@ func writeEd25519Key(t *testing.T, dir, name string) string {
 	return writeFile(t, dir, name, pkcs8PEM(t, priv))
 }
 
-// TestServerStartupNamesTheFileAtFault: a TLS key pair or a checkpoint key
-// that does not parse stops keytrail server at start-up with an error
-// naming the configuration field and the file, as keytrail config check
-// names them.
+// TestServerStartupNamesTheFileAtFault: a TLS key pair, a Vault CA bundle
+// or a checkpoint key that does not parse stops keytrail server at
+// start-up with an error naming the configuration field and the file, as
+// keytrail config check names them, and with no hint about something else.
 func TestServerStartupNamesTheFileAtFault(t *testing.T) {
 	vp := harness.StartVault(t)
 	dir := t.TempDir()
@@ -70,9 +70,10 @@ func TestServerStartupNamesTheFileAtFault(t *testing.T) {
 	otherCert, _ := writeKeyPair(t, dir, "other", time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
 	garbage := writeFile(t, dir, "garbage.pem", "not a PEM file\n")
 	tests := []struct {
-		name string
-		mod  func(*Config)
-		want []string
+		name    string
+		mod     func(*Config)
+		want    []string
+		notWant string
 	}{
 		{name: "fail/tls-key-unparsable", mod: func(c *Config) { c.TLS = &TLSConfig{CertFile: certFile, KeyFile: garbage} },
 			want: []string{"tls.key_file: " + garbage + ": no PEM private key"}},
@@ -80,6 +81,8 @@ func TestServerStartupNamesTheFileAtFault(t *testing.T) {
 			want: []string{"tls.cert_file: " + garbage + ": no PEM certificate"}},
 		{name: "fail/tls-mismatched-pair", mod: func(c *Config) { c.TLS = &TLSConfig{CertFile: otherCert, KeyFile: keyFile} },
 			want: []string{"tls.key_file: " + keyFile + ": private key does not match the certificate of tls.cert_file " + otherCert}},
+		{name: "fail/vault-ca-unparsable", mod: func(c *Config) { c.Vault.CAFile = garbage },
+			want: []string{"vault.ca_file: " + garbage + ": no PEM certificate"}, notWant: "VAULT_TOKEN"},
 		{name: "fail/checkpoint-key-unparsable", mod: func(c *Config) { c.Audit.CheckpointKeyFile = garbage },
 			want: []string{"audit.checkpoint_key_file: " + garbage + ": no PEM block found"}},
 	}
@@ -102,6 +105,9 @@ func TestServerStartupNamesTheFileAtFault(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), w) {
 					t.Errorf("runServer() = %v, want an error containing %q", err, w)
 				}
+			}
+			if tt.notWant != "" && err != nil && strings.Contains(err.Error(), tt.notWant) {
+				t.Errorf("runServer() = %v, want no mention of %s", err, tt.notWant)
 			}
 		})
 	}

@@ -333,7 +333,10 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Timeout:   time.Duration(cfg.Vault.Timeout),
 	})
 	if err != nil {
-		return fmt.Errorf("vault: %w (set VAULT_TOKEN, vault.token_file or vault.auth)", err)
+		if errors.Is(err, vaultad.ErrTokenRequired) {
+			return fmt.Errorf("vault: %w (set VAULT_TOKEN, vault.token_file or vault.auth)", err)
+		}
+		return fmt.Errorf("vault: %w", err)
 	}
 	rt.vault = vc
 	if rt.tokenHealth, err = vaultad.NewTokenChecker(vaultad.TokenCheckerOptions{Client: vc}); err != nil {
