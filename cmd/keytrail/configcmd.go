@@ -104,19 +104,9 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 // configProblems prints LoadConfig's problems, one per line, and returns
 // exit status 1.
 func configProblems(e *env, err error) error {
-	var multi interface{ Unwrap() []error }
-	if errors.As(err, &multi) {
-		errs := multi.Unwrap()
-		for _, p := range errs {
-			fmt.Fprintln(e.stderr, p)
-		}
-		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) in the configuration", len(errs))}
-	}
-	fmt.Fprintln(e.stderr, err)
-	if errors.As(err, new(*fs.PathError)) {
-		return exitError{code: 1, msg: "configuration not read"}
-	}
-	return exitError{code: 1, msg: "invalid configuration"}
+	return printProblems(e, err, "configuration", func(err error) bool {
+		return errors.As(err, new(*fs.PathError))
+	})
 }
 
 // checkServedPolicy loads the policy at path as the server serves it:

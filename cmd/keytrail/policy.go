@@ -70,21 +70,31 @@ func printPolicyWarnings(e *env, pol *policies.Policy) {
 
 // policyProblems prints one problem per line and returns exit status 1.
 func policyProblems(e *env, err error) error {
+	return printProblems(e, err, "policy", func(err error) bool {
+		// Not a problem of the policy: its files could not be read.
+		var p *policies.Problem
+		return !errors.As(err, &p)
+	})
+}
+
+// printProblems prints err's problems, one per line, and returns exit
+// status 1 with a summary naming what was checked: how many problems, or
+// "<what> not read" when notRead says the lone error is a file that could
+// not be read, else "invalid <what>".
+func printProblems(e *env, err error, what string, notRead func(error) bool) error {
 	var multi interface{ Unwrap() []error }
 	if errors.As(err, &multi) {
 		errs := multi.Unwrap()
 		for _, p := range errs {
 			fmt.Fprintln(e.stderr, p)
 		}
-		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) in the policy", len(errs))}
+		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) in the %s", len(errs), what)}
 	}
 	fmt.Fprintln(e.stderr, err)
-	var p *policies.Problem
-	if !errors.As(err, &p) {
-		// Not a problem of the policy: its files could not be read.
-		return exitError{code: 1, msg: "policy not read"}
+	if notRead(err) {
+		return exitError{code: 1, msg: what + " not read"}
 	}
-	return exitError{code: 1, msg: "invalid policy"}
+	return exitError{code: 1, msg: "invalid " + what}
 }
 
 func newPolicyExplainCmd(e *env) *cobra.Command {
