@@ -518,6 +518,17 @@ func written(doc *yaml.Node, path string) bool {
 	return n != nil
 }
 
+// writtenNull reports whether the field path names is written in doc
+// without a value ("num_uses:", "rate: ~"), which the decoder reads as
+// the field left out.
+func writtenNull(doc *yaml.Node, path string) bool {
+	_, n := lookup(doc, path)
+	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n != nil && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
 // lookup finds the node path names in doc (see nodeLine): its line, and the
 // node itself, nil when the path leaves the document.
 func lookup(doc *yaml.Node, path string) (int, *yaml.Node) {

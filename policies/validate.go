@@ -161,7 +161,8 @@ func compile(files []parsedFile) (*Policy, error) {
 	}
 	for i := range p.grants {
 		l := grantLocs[i]
-		validateGrant(&v, l, &p.grants[i], func(path string) bool { return written(roots(l.file), path) })
+		validateGrant(&v, l, &p.grants[i], func(path string) bool { return written(roots(l.file), path) },
+			func(path string) bool { return writtenNull(roots(l.file), path) })
 	}
 	p.workloadMatch = make([]*matcher, len(p.workloads))
 	p.allowed = make([]map[string]bool, len(p.workloads))
@@ -194,6 +195,14 @@ func compile(files []parsedFile) (*Policy, error) {
 		}
 		if w.ProxyRate != nil {
 			validateRate(&v, l, "proxy_rate", w.ProxyRate, written(roots(l.file), l.path+".proxy_rate.burst"))
+		}
+		// A rate written without a value would read as no limit at all
+		// (a template that expanded to nothing, say): refused, as an
+		// empty burst is; a workload without a limit leaves it out.
+		for _, f := range []string{"rate", "proxy_rate"} {
+			if writtenNull(roots(l.file), l.path+"."+f) {
+				v.add(l.file, l.path+"."+f, "no value: write {per_second: N}, or remove the field for no limit")
+			}
 		}
 	}
 	checkDisjoint(&v, p.workloads, workloadLocs)
@@ -570,8 +579,9 @@ func sameMatch(a, b *Match) bool {
 
 // validateGrant validates g; isWritten says whether the field a path
 // names is written in the file (proxy.methods and proxy.inject.format left
-// out default; written empty, they are problems).
-func validateGrant(v *validator, l loc, g *Grant, isWritten func(path string) bool) {
+// out default; written empty, they are problems); isNull whether it is
+// written without a value (num_uses: read as 0, unlimited).
+func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path string) bool) {
 	if g.TTL <= 0 {
 		if g.TTL == 0 {
 			v.add(l.file, l.path+".ttl", "required, must be > 0")
@@ -630,8 +640,13 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten func(path string) bo
 				v.add(l.file, pp, "the root policy is never granted")
 			}
 		}
-		if vt.NumUses < 0 {
+		switch {
+		case vt.NumUses < 0:
 			v.add(l.file, bp+".num_uses", "must be >= 0 (0 = unlimited)")
+		case isNull(bp + ".num_uses"):
+			// Read as 0, unlimited uses: say so in the file, not by
+			// leaving the value out.
+			v.add(l.file, bp+".num_uses", "no value: write a number of uses (0 = unlimited), or remove the field")
 		}
 	}
 	if g.Kind == KindJWT && g.JWT != nil {
