@@ -24,12 +24,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "keytrail_exchanges_total",
 			Help: "Token exchanges by grant, kind and outcome (ok or the OAuth error code).",
 		}, []string{"grant", "kind", "outcome"}),
-		// The buckets go past 5s (the mint timeout): an exchange that timed
-		// out also waited for its store write and audit event.
+		// The buckets go past the mint timeout (5 s by default, up to 60 s
+		// with a longer vault.timeout): an exchange that timed out also
+		// waited for its store write and audit event, within the server's
+		// 90 s write timeout.
 		ExchangeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "keytrail_exchange_duration_seconds",
 			Help:    "Latency of POST /v1/token by outcome.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 90},
 		}, []string{"outcome"}),
 		Denies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_denies_total",

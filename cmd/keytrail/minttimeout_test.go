@@ -14,8 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
@@ -122,4 +125,34 @@ func TestMintTimeout(t *testing.T) {
 			t.Errorf("%s: mintTimeout(%v) = %v, want %v", tc.name, tc.vault, got, tc.want)
 		}
 	}
+}
+
+// TestExchangeHistogramCoversTheMintTimeout: keytrail_exchange_duration_seconds
+// must tell an exchange that waited the longest mint timeout vault.timeout
+// allows (maxMintTimeout, plus its store write and audit event) from one
+// that hung: its largest finite bucket reaches past maxMintTimeout (it
+// stopped at 30 s while mints could wait 60).
+func TestExchangeHistogramCoversTheMintTimeout(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := httpapi.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ExchangeSeconds.WithLabelValues("ok").Observe(1)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keytrail_exchange_duration_seconds" {
+			continue
+		}
+		b := mf.GetMetric()[0].GetHistogram().GetBucket()
+		top := b[len(b)-1].GetUpperBound()
+		if top <= maxMintTimeout.Seconds() {
+			t.Fatalf("largest bucket of keytrail_exchange_duration_seconds = %gs, want > maxMintTimeout (%s)", top, maxMintTimeout)
+		}
+		return
+	}
+	t.Fatal("keytrail_exchange_duration_seconds not registered")
 }
