@@ -61,6 +61,10 @@ default checkpoint key, which the server creates on first start. Run it
 where the server runs, with its environment, as paths and variables are
 read there.
 
+Vault's token: without vault.auth (or vault.approle) the server takes
+exactly one of VAULT_TOKEN and vault.token_file; both is a problem, neither
+a warning (the check may run where the server's secrets are not, as in CI).
+
 Exit status: 0 the configuration and its policy are valid; 1 they are not
 (every problem on stderr) or cannot be read; 2 usage.`,
 		Example: `  keytrail config check --config /etc/keytrail/config.yaml
@@ -75,6 +79,8 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 				return configProblems(e, err)
 			}
 			problems, warnings := checkConfigFiles(cfgPath, cfg, doc, time.Now())
+			p, w := checkVaultToken(cfgPath, cfg, doc, e.getenv("VAULT_TOKEN") != "")
+			problems, warnings = append(problems, p...), append(warnings, w...)
 			for _, w := range warnings {
 				fmt.Fprintln(e.stderr, "warning: "+w)
 			}
@@ -107,6 +113,28 @@ func configProblems(e *env, err error) error {
 	return printProblems(e, err, "configuration", func(err error) bool {
 		return errors.As(err, new(*fs.PathError))
 	})
+}
+
+// checkVaultToken says what the server's Vault client would: without a
+// login method (vault.auth, vault.approle) exactly one of VAULT_TOKEN and
+// vault.token_file is needed. Both is a problem (the server refuses to
+// start); neither is only a warning, as the check may run where the
+// server's secrets are not (CI), while the server would refuse to start.
+func checkVaultToken(file string, c *Config, doc *yaml.Node, envToken bool) (problems []error, warnings []string) {
+	if c.Vault.Auth != nil || c.Vault.AppRole != nil {
+		return nil, nil
+	}
+	switch {
+	case envToken && c.Vault.TokenFile != "":
+		line := ""
+		if n := policies.NodeLine(doc, "vault.token_file"); n > 0 {
+			line = fmt.Sprintf(" (line %d)", n)
+		}
+		problems = append(problems, fmt.Errorf("%s: vault.token_file: set, and so is VAULT_TOKEN: the server takes exactly one (unset VAULT_TOKEN, or remove vault.token_file)%s", file, line))
+	case !envToken && c.Vault.TokenFile == "":
+		warnings = append(warnings, fmt.Sprintf("%s: vault: no Vault token here: the server needs VAULT_TOKEN, vault.token_file or vault.auth (AppRole, Kubernetes) to start", file))
+	}
+	return problems, warnings
 }
 
 // checkServedPolicy loads the policy at path as the server serves it:

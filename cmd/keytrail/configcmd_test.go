@@ -41,6 +41,10 @@ func TestConfigCheck(t *testing.T) {
 	pol := writeFile(t, dir, "policy.yaml", serverTestPolicy)
 	badPol := writeFile(t, dir, "bad-policy.yaml", strings.Replace(serverTestPolicy, "ttl: 5m", "ttl: 0s", 1))
 	auditFile := filepath.Join(dir, "audit.jsonl")
+	tokenFile := writeFile(t, dir, "vault-token", "s.from-file\n")
+	if err := os.Chmod(tokenFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	config := func(policy, extra string) string {
 		return "public_url: http://127.0.0.1:7700\n" + // 1
 			"policy: " + policy + "\n" + // 2
@@ -72,6 +76,12 @@ func TestConfigCheck(t *testing.T) {
 			wantStderr: []string{"policy: stat " + filepath.Join(dir, "nope.yaml") + ": no such file or directory (line 2)"}},
 		{name: "fail/invalid-policy", yaml: config(badPol, ""), wantCode: 1, wantOut: []string{"ok: config {config}"},
 			wantStderr: []string{badPol + ": grants[0].ttl: "}},
+		{name: "ok/no-vault-token-warns", yaml: config(pol, ""),
+			wantOut:    []string{"ok: config {config}"},
+			wantStderr: []string{"vault: no Vault token here: the server needs VAULT_TOKEN, vault.token_file or vault.auth"}},
+		{name: "fail/vault-token-twice", yaml: strings.Replace(config(pol, ""), "vault: {address: "+vault.URL+"}", "vault: {address: "+vault.URL+", token_file: "+tokenFile+"}", 1),
+			env: map[string]string{"VAULT_TOKEN": "s.from-env"}, wantCode: 1,
+			wantStderr: []string{"vault.token_file: set, and so is VAULT_TOKEN: the server takes exactly one (unset VAULT_TOKEN, or remove vault.token_file) (line 3)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
