@@ -55,6 +55,9 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	if !hasPEMBlock(certPEM, func(t string) bool { return t == "CERTIFICATE" }) {
 		return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, "no PEM certificate"}
 	}
+	// Only the leaf (the first certificate) is parsed, as tls.X509KeyPair
+	// does: the rest of the chain is sent as is, and an intermediate Go
+	// cannot parse (e.g. a negative serial) is the relying party's to judge.
 	for rest := certPEM; ; {
 		var b *pem.Block
 		if b, rest = pem.Decode(rest); b == nil {
@@ -66,6 +69,7 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
 			return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, err.Error()}
 		}
+		break
 	}
 	if !hasPEMBlock(keyPEM, func(t string) bool { return t == "PRIVATE KEY" || strings.HasSuffix(t, " PRIVATE KEY") }) {
 		return tls.Certificate{}, &keyPairError{"tls.key_file", keyFile, "no PEM private key"}

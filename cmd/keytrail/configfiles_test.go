@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +113,55 @@ func TestServerStartupNamesTheFileAtFault(t *testing.T) {
 				t.Errorf("runServer() = %v, want no mention of %s", err, tt.notWant)
 			}
 		})
+	}
+}
+
+// TestLoadKeyPairAcceptsWhatX509KeyPairAccepts: loadKeyPair (keytrail
+// server's start-up and its TLS reload) accepts every pair
+// tls.X509KeyPair does. A chain whose intermediate Go's x509 cannot parse
+// (here: a negative serial number, which Go refuses since 1.23 and some
+// old CAs issued) is served as is by tls.X509KeyPair, which parses only
+// the leaf; the relying party, not the broker, judges the chain.
+func TestLoadKeyPairAcceptsWhatX509KeyPairAccepts(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := writeKeyPair(t, dir, "leaf", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(0x7f0102), Subject: pkix.Name{CommonName: "old intermediate"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(der, []byte{0x02, 0x03, 0x7f, 0x01, 0x02}) // the serial's INTEGER
+	if i < 0 {
+		t.Fatal("serial not found in the DER")
+	}
+	der[i+2] = 0xff // now negative
+	if _, err := x509.ParseCertificate(der); err == nil {
+		t.Fatal("x509.ParseCertificate accepts a negative serial: the test no longer tests anything")
+	}
+	leafPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := string(leafPEM) + string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	chainFile := writeFile(t, dir, "chain.crt", chain)
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := tls.X509KeyPair([]byte(chain), keyPEM)
+	if err != nil {
+		t.Fatalf("tls.X509KeyPair: %v", err)
+	}
+	got, err := loadKeyPair(chainFile, keyFile)
+	if err != nil {
+		t.Fatalf("loadKeyPair refuses a pair tls.X509KeyPair accepts: %v", err)
+	}
+	if len(got.Certificate) != len(want.Certificate) || !bytes.Equal(got.Certificate[1], der) {
+		t.Fatalf("loadKeyPair chain has %d certificates, want %d with the intermediate", len(got.Certificate), len(want.Certificate))
 	}
 }
