@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"net/http"
 	"sync"
 	"time"
 
@@ -79,8 +80,9 @@ type TokenChecker struct {
 }
 
 type tokenLookup struct {
-	done chan struct{}
-	err  error
+	token string // the token it looks up
+	done  chan struct{}
+	err   error
 }
 
 // NewTokenChecker validates o and returns a TokenChecker.
@@ -111,8 +113,11 @@ func (tc *TokenChecker) Check(ctx context.Context) error {
 		return nil
 	}
 	l := tc.inflight
-	if l == nil {
-		l = &tokenLookup{done: make(chan struct{})}
+	if l == nil || l.token != token {
+		// None in flight, or one for a token the client no longer uses
+		// (a new login, a token_file change): its answer is not this
+		// token's.
+		l = &tokenLookup{token: token, done: make(chan struct{})}
 		tc.inflight = l
 		// The lookup outlives a caller that gives up (the client's own
 		// timeout bounds it), so the callers sharing it are not failed
@@ -129,10 +134,12 @@ func (tc *TokenChecker) Check(ctx context.Context) error {
 }
 
 func (tc *TokenChecker) lookup(ctx context.Context, token string, l *tokenLookup) {
-	sec, err := tc.c.Auth().Token().LookupSelfWithContext(ctx)
+	sec, err := tc.lookupSelf(ctx, token)
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	tc.inflight = nil
+	if tc.inflight == l {
+		tc.inflight = nil
+	}
 	if err != nil {
 		l.err = translate("lookup-self of the broker token", err)
 		close(l.done)
@@ -149,8 +156,28 @@ func (tc *TokenChecker) lookup(ctx context.Context, token string, l *tokenLookup
 			until = minTime(until, now.Add(ttl))
 		}
 	}
-	tc.okToken, tc.okUntil = token, until
+	if token == tc.c.Token() {
+		// (A lookup of a replaced token does not push out the success of
+		// the token in use.)
+		tc.okToken, tc.okUntil = token, until
+	}
 	close(l.done)
+}
+
+// lookupSelf is lookup-self made with token itself, not with whatever
+// token the client holds when the request goes out.
+func (tc *TokenChecker) lookupSelf(ctx context.Context, token string) (*vaultapi.Secret, error) {
+	r := tc.c.NewRequest(http.MethodGet, "/v1/auth/token/lookup-self")
+	r.ClientToken = token
+	//nolint:staticcheck // RawRequestWithContext is the way to set a request's own token.
+	resp, err := tc.c.RawRequestWithContext(ctx, r)
+	if resp != nil {
+		defer resp.Body.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return vaultapi.ParseSecret(resp.Body)
 }
 
 // HealthChecker is Health as a broker.Pinger for /readyz.

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -119,5 +120,60 @@ func TestTokenCheckerCallerGivesUp(t *testing.T) {
 	}
 	if n := f.count("GET /v1/auth/token/lookup-self"); n != 1 {
 		t.Errorf("lookups = %d, want 1 (the cancelled caller's lookup, shared)", n)
+	}
+}
+
+// TestTokenCheckerAnswersForTheCurrentToken: a probe made after the
+// broker's token changed (a new login, a token_file change) is answered
+// for that token, not by a lookup of the previous one still in flight:
+// here the previous token is refused after a slow lookup and the current
+// one accepted at once, so the probe must pass without waiting for the old
+// lookup (before, it shared it and failed).
+func TestTokenCheckerAnswersForTheCurrentToken(t *testing.T) {
+	t.Parallel()
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/auth/token/lookup-self" {
+			http.NotFound(w, r)
+			return
+		}
+		switch r.Header.Get("X-Vault-Token") {
+		case "old-token":
+			once.Do(func() { close(started) })
+			<-release
+			replyRaw(403, `{"errors":["permission denied"]}`)(w, r)
+		case "new-token":
+			reply(w, 200, map[string]any{"data": map[string]any{"ttl": 3600}})
+		default:
+			replyRaw(403, `{"errors":["permission denied"]}`)(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs before srv.Close
+	c, err := NewClient(ClientOptions{Address: srv.URL, Token: "old-token", Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := NewTokenChecker(TokenCheckerOptions{Client: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldDone := make(chan error, 1)
+	go func() { oldDone <- tc.Check(context.Background()) }()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lookup of the old token never reached Vault")
+	}
+	c.SetToken("new-token")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := tc.Check(ctx); err != nil {
+		t.Errorf("Check() with the new token = %v, want nil (Vault accepts it)", err)
+	}
+	release <- struct{}{}
+	if got, want := shapeOf(<-oldDone), (errShape{unavailable, ReasonDenied}); got != want {
+		t.Errorf("Check() with the old token = %+v, want %+v", got, want)
 	}
 }
