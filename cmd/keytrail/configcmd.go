@@ -167,6 +167,10 @@ const looseSecretPerm = adminTokenLoosePerm
 // serving certificate that expires within certExpiryWarning. c is as
 // decoded, before LoadConfig turns vault.approle into vault.auth, so a
 // problem names the field as written.
+// kubernetesJWTFile is the service-account token a Kubernetes login reads
+// when vault.auth.jwt_file is not set (a variable for the tests).
+var kubernetesJWTFile = vaultad.DefaultKubernetesJWTFile
+
 func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (problems []error, warnings []string) {
 	at := func(field string) string {
 		if line := policies.NodeLine(doc, field); line > 0 {
@@ -218,7 +222,13 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 		case vaultad.LoginKubernetes:
 			jwt := auth.JWTFile
 			if jwt == "" {
-				jwt = vaultad.DefaultKubernetesJWTFile
+				jwt = kubernetesJWTFile
+				if _, err := os.Stat(jwt); errors.Is(err, fs.ErrNotExist) {
+					// Not in a pod (a CI job checking the file, say):
+					// where the server runs, Kubernetes mounts it.
+					warn(prefix+"jwt_file", "not set, and the pod's service-account token %s is not here: the server reads it there (run the check in the pod, or set jwt_file)", jwt)
+					break
+				}
 			}
 			credential(prefix+"jwt_file", jwt, false)
 		}

@@ -295,3 +295,34 @@ func mustReadKey(t *testing.T, path string) crypto.PrivateKey {
 	}
 	return k
 }
+
+// TestConfigCheckKubernetesDefaultJWTFile: a Kubernetes login without
+// vault.auth.jwt_file reads the pod's service-account token. Checked
+// outside a pod (a CI job), that file is not there: a warning, not a
+// problem (it said "open …: no such file or directory", exit 1). One that
+// is there must still be readable and not empty.
+func TestConfigCheckKubernetesDefaultJWTFile(t *testing.T) {
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "policy.yaml", serverTestPolicy)
+	cfg := writeFile(t, dir, "keytrail.yaml", "public_url: http://127.0.0.1:7700\n"+
+		"policy: "+pol+"\n"+
+		"vault: {address: 'http://127.0.0.1:1', auth: {method: kubernetes, role: broker}}\n"+
+		"audit: {file: "+filepath.Join(dir, "audit.jsonl")+"}\n")
+	saved := kubernetesJWTFile
+	t.Cleanup(func() { kubernetesJWTFile = saved })
+
+	kubernetesJWTFile = filepath.Join(dir, "not-in-a-pod", "token")
+	out, stderr, err := runCLI(t, nil, "config", "check", "--config", cfg)
+	if exitCode(err) != 0 || !strings.Contains(out, "ok: policy") {
+		t.Fatalf("config check outside a pod = %v (exit %d), want exit 0\nstdout: %s\nstderr: %s", err, exitCode(err), out, stderr)
+	}
+	if want := "warning: " + cfg + ": vault.auth.jwt_file: not set, and the pod's service-account token " + kubernetesJWTFile + " is not here"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
+	}
+
+	kubernetesJWTFile = writeFile(t, dir, "empty-token", "\n")
+	_, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
+	if want := cfg + ": vault.auth.jwt_file: " + kubernetesJWTFile + ": empty (line 3)"; exitCode(err) != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("config check with an empty service-account token = %v (exit %d), want exit 1 and %q\nstderr: %s", err, exitCode(err), want, stderr)
+	}
+}
