@@ -405,17 +405,10 @@ func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration
 	}
 }
 
-// loadCAPool reads a PEM bundle of CA certificates.
+// loadCAPool reads a PEM bundle of CA certificates (tls.client_ca_file,
+// store.ca_file) with the reader of vault.ca_file: one reader, one message.
 func loadCAPool(path string) (*x509.CertPool, error) {
-	pemBytes, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("no PEM certificates in %s", path)
-	}
-	return pool, nil
+	return vaultad.LoadCAFile(path)
 }
 
 // startClockWatch compares the broker's clock with Vault's every few
