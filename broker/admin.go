@@ -28,11 +28,16 @@ func (a *Admin) String() string { return a.Name + ":" + a.Identity.Sub }
 // AdminRequest describes one admin call for authorization and audit.
 type AdminRequest struct {
 	Token     string // the caller's identity token (Bearer)
-	Role      string // the role the call needs
+	Role      string // the role the call needs; "" means any admin
 	Action    string // e.g. "revoke", "list_blocks", "trace"
 	Target    map[string]any
 	Source    Source
 	RequestID string
+	// Refuse, when set, is the answer to an authorized admin: a call to a
+	// path or method under /v1/admin/ that no route serves. It is recorded
+	// (and returned) as the call's outcome once the caller is known to be
+	// an admin; anyone else gets the usual 401/403.
+	Refuse error
 }
 
 // AuthorizeAdmin authenticates the caller (a token that is a revoked broker
@@ -42,7 +47,10 @@ type AdminRequest struct {
 // authenticated; an allowed call whose event cannot be made durable is
 // refused (ErrUnavailable).
 func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin, error) {
-	details := map[string]any{"action": req.Action, "role": req.Role}
+	details := map[string]any{"action": req.Action}
+	if req.Role != "" {
+		details["role"] = req.Role
+	}
 	ev := &audit.Event{Type: audit.TypeAdmin, RequestID: req.RequestID, Source: auditSource(req.Source), Details: details}
 	deny := func(err error) (*Admin, error) {
 		err = bearerError(err)
@@ -76,8 +84,11 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	}
 	a := &Admin{Name: entry.Name, Identity: id.Ref(), Roles: entry.Roles}
 	ev.Admin = a.String()
-	if !entry.HasRole(req.Role) {
+	if req.Role != "" && !entry.HasRole(req.Role) {
 		return deny(Errorf(ErrDenied, "missing_role", "this admin lacks the "+req.Role+" role", nil))
+	}
+	if req.Refuse != nil {
+		return deny(req.Refuse)
 	}
 	ev.Outcome = &audit.Outcome{Status: 200}
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {

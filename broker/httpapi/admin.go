@@ -47,14 +47,29 @@ func RegisterAdmin(mux *http.ServeMux, s *Server) {
 // authorizeAdmin authorizes (and audits) one admin call; a refusal counts in
 // keytrail_denies_total by its reason.
 func (s *Server) authorizeAdmin(r *http.Request, role, action string, target map[string]any) (*broker.Admin, error) {
-	a, err := s.o.Service.AuthorizeAdmin(r.Context(), broker.AdminRequest{
-		Token: BearerToken(r, "Authorization"), Role: role, Action: action, Target: target,
-		Source: s.Source(r), RequestID: RequestID(r),
-	})
+	return s.authorize(r, broker.AdminRequest{Role: role, Action: action, Target: target})
+}
+
+// authorize fills req's token, source and request id from r and
+// authorizes (and audits) the call.
+func (s *Server) authorize(r *http.Request, req broker.AdminRequest) (*broker.Admin, error) {
+	req.Token, req.Source, req.RequestID = BearerToken(r, "Authorization"), s.Source(r), RequestID(r)
+	a, err := s.o.Service.AuthorizeAdmin(r.Context(), req)
 	if err != nil {
 		s.metrics.ObserveRefusal("admin", err)
 	}
 	return a, err
+}
+
+// adminMiss authenticates and audits a call to a path or method under
+// /v1/admin/ that no route serves, and returns the error to answer it with:
+// miss itself for an admin, the authentication or authorization refusal
+// for anyone else.
+func (s *Server) adminMiss(r *http.Request, miss error) error {
+	_, err := s.authorize(r, broker.AdminRequest{
+		Action: "unknown_route", Target: map[string]any{"method": r.Method, "path": r.URL.Path}, Refuse: miss,
+	})
+	return err
 }
 
 // RevokeRequest is the body of POST /v1/admin/revoke.

@@ -432,6 +432,10 @@ func TestWrongMethod(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if strings.HasPrefix(tt.path, "/v1/admin/") {
+				// Strangers get 401 there (TestAdminUnknownRouteIsAudited).
+				req.Header.Set("Authorization", "Bearer revoker")
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -554,4 +558,86 @@ func TestAdminUnblockNamedBlock(t *testing.T) {
 	if status, _, raw := f.do(t, "DELETE", "/v1/admin/blocks/deployer?revocation_id=bogus", "revoker", "", ""); status != 400 {
 		t.Errorf("DELETE with revocation_id=bogus = %d %s, want 400", status, raw)
 	}
+}
+
+// TestAdminUnknownRouteIsAudited: SPEC "every admin call is audited, denied
+// ones too" covers a path or method under /v1/admin/ that no route serves:
+// it is answered like the admin routes (401/403 unless the caller is an
+// admin of any role, then 404 or 405 with Allow) and recorded as an admin
+// event naming the caller and, once authenticated, the path.
+func TestAdminUnknownRouteIsAudited(t *testing.T) {
+	tests := []struct {
+		name, method, path, token string
+		status                    int
+		code, reason, admin       string
+	}{
+		{"no-token", "GET", "/v1/admin/secrets", "", 401, "invalid_token", "missing_admin_token", ""},
+		{"bad-token", "GET", "/v1/admin/secrets", "forged", 401, "invalid_token", "", ""},
+		{"not-an-admin", "GET", "/v1/admin/secrets", "nobody", 403, "access_denied", "not_admin", ""},
+		{"workload", "DELETE", "/v1/admin/blocks", "workload", 403, "access_denied", "not_admin", ""},
+		{"revoker-no-route", "GET", "/v1/admin/secrets", "revoker", 404, "not_found", "no_route", "secops"},
+		{"tracer-no-route", "POST", "/v1/admin", "tracer", 404, "not_found", "no_route", "auditors"},
+		{"revoker-wrong-method", "GET", "/v1/admin/revoke", "revoker", 405, "method_not_allowed", "method_not_allowed", "secops"},
+		{"tracer-wrong-method", "PUT", "/v1/admin/blocks/deployer", "tracer", 405, "method_not_allowed", "method_not_allowed", "auditors"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newAdminFixture(t)
+			req, err := http.NewRequest(tt.method, f.srv.URL+tt.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tt.token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var body map[string]any
+			if err := json.Unmarshal(raw, &body); err != nil {
+				t.Fatalf("body is not JSON: %q", raw)
+			}
+			if resp.StatusCode != tt.status || body["error"] != tt.code {
+				t.Errorf("%s %s as %q = %d %v, want %d %s", tt.method, tt.path, tt.token, resp.StatusCode, body, tt.status, tt.code)
+			}
+			if allow := resp.Header.Get("Allow"); (tt.status == 405) != (allow != "") {
+				t.Errorf("Allow = %q with status %d", allow, resp.StatusCode)
+			}
+			evs := f.sink.Events()
+			if len(evs) != 1 || evs[0].Type != "admin" {
+				t.Fatalf("audit events = %v, want one admin event", f.sink.Types())
+			}
+			ev := evs[0]
+			if ev.Outcome == nil || ev.Outcome.Status != tt.status || (tt.reason != "" && ev.Outcome.Reason != tt.reason) {
+				t.Errorf("admin event outcome = %+v, want %d %s", ev.Outcome, tt.status, tt.reason)
+			}
+			if ev.Admin != "" && !strings.HasPrefix(ev.Admin, tt.admin) || (ev.Admin == "") != (tt.admin == "") {
+				t.Errorf("admin event names admin %q, want %q", ev.Admin, tt.admin)
+			}
+			target, _ := ev.Details["target"].(map[string]any)
+			authenticated := tt.token != "" && tt.token != "forged"
+			if authenticated && (target["path"] != tt.path || target["method"] != tt.method) {
+				t.Errorf("admin event target = %v, want %s %s", ev.Details["target"], tt.method, tt.path)
+			}
+			if !authenticated && target != nil {
+				t.Errorf("a stranger's path was recorded: %v", target)
+			}
+			if ev.Details["action"] != "unknown_route" {
+				t.Errorf("admin event action = %v", ev.Details["action"])
+			}
+		})
+	}
+	t.Run("outside-admin-not-audited", func(t *testing.T) {
+		f := newAdminFixture(t)
+		status, body, _ := f.do(t, "GET", "/v1/administrator", "", "", "")
+		if status != 404 || body["error"] != "not_found" {
+			t.Errorf("GET /v1/administrator = %d %v, want 404 not_found", status, body)
+		}
+		if len(f.sink.Events()) != 0 {
+			t.Errorf("audit events = %v, want none outside /v1/admin/", f.sink.Types())
+		}
+	})
 }

@@ -102,12 +102,22 @@ func (s *Server) Routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// The catch-all matches every method, so the mux never answers 405
 		// itself: a path another method serves gets 405 with Allow here.
-		if allow := allowedMethods(mux, r); len(allow) > 0 {
-			w.Header().Set("Allow", strings.Join(allow, ", "))
-			s.WriteError(w, r, &broker.Error{Kind: broker.ErrMethodNotAllowed, Reason: "method_not_allowed", Safe: "method not allowed; see the Allow header"})
-			return
+		var miss error = &broker.Error{Kind: broker.ErrNotFound, Reason: "no_route", Safe: "no such endpoint"}
+		allow := allowedMethods(mux, r)
+		if len(allow) > 0 {
+			miss = &broker.Error{Kind: broker.ErrMethodNotAllowed, Reason: "method_not_allowed", Safe: "method not allowed; see the Allow header"}
 		}
-		s.WriteError(w, r, &broker.Error{Kind: broker.ErrNotFound, Reason: "no_route", Safe: "no such endpoint"})
+		if r.URL.Path == "/v1/admin" || strings.HasPrefix(r.URL.Path, "/v1/admin/") {
+			// SPEC: every admin call is audited, denied ones too. A path
+			// or method under /v1/admin/ that no route serves is answered
+			// like the admin routes: 401/403 unless the caller is an
+			// admin, then 404/405, each recorded as an admin event.
+			miss = s.adminMiss(r, miss)
+		}
+		if errors.Is(miss, broker.ErrMethodNotAllowed) {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+		}
+		s.WriteError(w, r, miss)
 	})
 	return s.middleware(mux)
 }
