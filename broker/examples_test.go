@@ -233,15 +233,21 @@ func TestDocsGitHubActionsExamplePolicy(t *testing.T) {
 `)
 	const iss = "https://token.actions.githubusercontent.com"
 	gh := func(sub, owner, jti, attempt string) exampleToken {
+		ownerID := "46576199"
+		if owner != "acme" {
+			// Another account that registered the name after acme freed it.
+			ownerID = "99999999"
+		}
 		return exampleToken{issuer: "github", iss: iss, sub: sub, jti: jti, claims: map[string]any{
-			"repository": "acme/deploy", "repository_owner": owner, "environment": "production",
+			"repository": "acme/deploy", "repository_owner": "acme", "environment": "production",
+			"repository_owner_id": ownerID, "repository_id": "1104004353",
 			"ref": "refs/heads/main", "run_id": "4242", "run_attempt": attempt,
 		}}
 	}
 	const sub = "repo:acme/deploy:environment:production"
 	runExampleExchanges(t, pol, []exampleExchange{
 		{name: "ok/production-job", token: gh(sub, "acme", "j1", "1"), grant: "deploy-vault", wantWorkload: "ci-deploy", wantOwner: "team-platform", wantTTL: 10 * time.Minute},
-		{name: "fail/other-owner", token: gh(sub, "evil", "j2", "1"), grant: "deploy-vault", wantReason: "no_workload"},
+		{name: "fail/same-names-other-owner-id", token: gh(sub, "re-registered", "j2", "1"), grant: "deploy-vault", wantReason: "no_workload"},
 		{name: "fail/branch-job-not-environment", token: gh("repo:acme/deploy:ref:refs/heads/main", "acme", "j3", "1"), grant: "deploy-vault", wantReason: "no_workload"},
 		{name: "fail/pull-request", token: gh("repo:acme/deploy:pull_request", "acme", "j4", "1"), grant: "deploy-vault", wantReason: "no_workload"},
 	})
