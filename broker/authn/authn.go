@@ -4,7 +4,8 @@
 // What it promises:
 //
 //   - only tokens in JWS compact form (three base64url parts), no larger than
-//     Options.MaxTokenBytes, are parsed; parsing and signature verification are
+//     Options.MaxTokenBytes, are parsed, and their header and payload must
+//     each be exactly one JSON object; parsing and signature verification are
 //     done by github.com/golang-jwt/jwt/v5 with an explicit algorithm
 //     allow-list per issuer (never "none", never HMAC);
 //   - the issuer is chosen by the exact iss claim; keys come only from that
@@ -47,11 +48,14 @@ package authn
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -294,7 +298,7 @@ func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identi
 	case err != nil:
 		return nil, signatureRejection(err)
 	}
-	return v.afterSignature(&r, claims, sum)
+	return v.afterSignature(raw, &r, claims, sum)
 }
 
 // routed is what route learned about a token: its issuer, key selection and
@@ -381,7 +385,7 @@ func (v *Verifier) authenticateTwoPass(ctx context.Context, raw string, sum [sha
 	if err != nil {
 		return nil, signatureRejection(err)
 	}
-	return v.afterSignature(&r, claims, sum)
+	return v.afterSignature(raw, &r, claims, sum)
 }
 
 // signatureRejection maps a jwt/v5 error from signature verification: say
@@ -399,7 +403,10 @@ func signatureRejection(err error) error {
 
 // afterSignature runs the claim checks on a token whose signature verified
 // and remembers it in the verified-token cache.
-func (v *Verifier) afterSignature(r *routed, claims jwt.MapClaims, sum [sha256.Size]byte) (*broker.Identity, error) {
+func (v *Verifier) afterSignature(raw string, r *routed, claims jwt.MapClaims, sum [sha256.Size]byte) (*broker.Identity, error) {
+	if err := checkPayloadIsOneValue(raw); err != nil {
+		return nil, reject(ReasonMalformed, err)
+	}
 	if reason, cause := checkClaimShapes(claims); reason != "" {
 		return nil, reject(reason, cause)
 	}
@@ -495,6 +502,38 @@ func checkCompact(raw string) error {
 	}
 	if parts[0] == "" || parts[1] == "" {
 		return errors.New("token has an empty header or payload")
+	}
+	return nil
+}
+
+// payloadBufs holds decode buffers for checkPayloadIsOneValue.
+var payloadBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// checkPayloadIsOneValue checks that the payload of raw (compact, already
+// decoded once by jwt/v5) is a single JSON value with nothing but whitespace
+// after it (RFC 7519 §7.2 step 10). jwt/v5 reads claims with a json.Decoder
+// when numbers are kept exact (WithJSONNumber), which stops after the first
+// value and never looks at what follows; the header it reads with
+// json.Unmarshal, which refuses trailing bytes. That the value is an object
+// is already settled: jwt/v5 decoded it into a map (a JSON null decodes to
+// no claims, refused for the missing iss before the signature is checked).
+func checkPayloadIsOneValue(raw string) error {
+	i := strings.IndexByte(raw, '.')
+	j := strings.LastIndexByte(raw, '.')
+	if i < 0 || j <= i {
+		return errors.New("token is not in JWS compact form")
+	}
+	seg := raw[i+1 : j]
+	bp := payloadBufs.Get().(*[]byte)
+	defer payloadBufs.Put(bp)
+	n := base64.RawURLEncoding.DecodedLen(len(seg))
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	b := (*bp)[:n]
+	n, err := base64.RawURLEncoding.Strict().Decode(b, []byte(seg))
+	if err != nil || !json.Valid(b[:n]) {
+		return errors.New("payload is not exactly one JSON object (bytes follow it)")
 	}
 	return nil
 }

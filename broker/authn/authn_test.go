@@ -169,6 +169,18 @@ func sign(tb testing.TB, k *authntest.Key, header map[string]any, c jwt.MapClaim
 	return s
 }
 
+// signPayload signs payload, taken as the exact claims bytes, with k (header
+// alg, kid and typ "JWT").
+func signPayload(tb testing.TB, k *authntest.Key, payload string) string {
+	tb.Helper()
+	in := seg(tb, map[string]any{"alg": k.Alg, "kid": k.KID, "typ": "JWT"}) + "." + base64.RawURLEncoding.EncodeToString([]byte(payload))
+	sig, err := jwt.GetSigningMethod(k.Alg).Sign(in, k.Signer)
+	if err != nil {
+		tb.Fatalf("Sign() = %v", err)
+	}
+	return in + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
 func seg(tb testing.TB, v any) string {
 	tb.Helper()
 	if s, ok := v.(string); ok {
@@ -271,6 +283,13 @@ func tokenCases() []tokenCase {
 		}, reason: "malformed"},
 		{name: "fail/payload-array", token: func(tb testing.TB, f *fixture) string {
 			return seg(tb, map[string]any{"alg": "ES256"}) + "." + seg(tb, []string{"a"}) + ".c2ln"
+		}, reason: "malformed"},
+		{name: "fail/payload-trailing-object", token: func(tb testing.TB, f *fixture) string {
+			b, err := json.Marshal(claims(f.es))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return signPayload(tb, f.es.Key(), string(b)+`{"sub":"someone-else"}`)
 		}, reason: "malformed"},
 		{name: "fail/oversized", token: esTok(set("pad", strings.Repeat("a", 17<<10))), reason: "oversized"},
 
@@ -1399,5 +1418,51 @@ func TestPreviousKeepsKeysOfUnchangedIssuers(t *testing.T) {
 	}
 	if _, err := v2.Authenticate(ctx, rsTok); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("issuer with a new jwks_url: Authenticate() = %v, want ErrUnavailable (its old keys are not kept)", err)
+	}
+}
+
+// TestClaimsNotOneJSONObject: the payload must be one JSON object (RFC 7519
+// §7.2 step 10), as the header must. jwt/v5 decodes claims with a
+// json.Decoder when numbers are kept exact, which stops after the first
+// value: a signed payload with bytes after the object would otherwise be
+// accepted, read one way here and refused (or read another way) by stricter
+// parsers.
+func TestClaimsNotOneJSONObject(t *testing.T) {
+	f := newFixture(t, nil)
+	c := claims(f.es)
+	body, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		payload string
+		reason  string // "" for ok
+	}{
+		{name: "ok/object", payload: string(body)},
+		{name: "ok/surrounding-whitespace", payload: " \n" + string(body) + "\r\n\t "},
+		{name: "fail/second-object", payload: string(body) + `{"sub":"someone-else"}`, reason: "malformed"},
+		{name: "fail/trailing-garbage", payload: string(body) + "garbage", reason: "malformed"},
+		{name: "fail/trailing-bracket", payload: string(body) + "]", reason: "malformed"},
+		{name: "fail/trailing-nul", payload: string(body) + "\x00", reason: "malformed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := signPayload(t, f.es.Key(), tc.payload)
+			id, err := f.v.Authenticate(context.Background(), tok)
+			if tc.reason == "" {
+				if err != nil {
+					t.Fatalf("Authenticate() = %v, want ok", err)
+				}
+				if id.Sub != testSub {
+					t.Errorf("Authenticate().Sub = %q, want %q", id.Sub, testSub)
+				}
+				return
+			}
+			if id != nil {
+				t.Errorf("Authenticate() = %+v, want nil", id)
+			}
+			checkRejection(t, err, tok, tc.reason)
+		})
 	}
 }
