@@ -697,6 +697,10 @@ type responseWriter struct {
 	status int
 	bytes  int64 // of the upstream's body
 	own    bool  // the broker answers itself (ReverseProxy's ErrorHandler): bytes does not count
+	// dropEarlyFlush drops the first flush (a seam for tests: ReverseProxy's
+	// early header flush of a streamed response, which runs on a timer,
+	// losing the race to a refusal at the body's first read).
+	dropEarlyFlush bool
 }
 
 func newResponseWriter(w http.ResponseWriter) *responseWriter {
@@ -742,6 +746,10 @@ func (rw *responseWriter) Write(b []byte) (int, error) {
 }
 
 func (rw *responseWriter) Flush() {
+	if rw.dropEarlyFlush {
+		rw.dropEarlyFlush = false
+		return
+	}
 	if rw.status == 0 {
 		rw.WriteHeader(http.StatusOK)
 	}

@@ -25,3 +25,8 @@ var (
 		return newRedactReader(src, forms, newRedactBufferPool())
 	}
 )
+
+// DropEarlyFlush makes p's responses drop their first flush, as when
+// ReverseProxy's early header flush of a streamed response (on a timer)
+// loses the race to a refusal at the body's first read.
+func DropEarlyFlush(p *Proxy) { p.dropEarlyFlush.Store(true) }

@@ -101,6 +101,8 @@ type Proxy struct {
 	forms      formsCache // the injected secrets' forms, for the response scan
 	decoders   decoderPools
 	inFlight   inFlight // requests gone upstream, cut when revoked (cutRevoked)
+	// dropEarlyFlush is a seam for tests (see responseWriter.dropEarlyFlush).
+	dropEarlyFlush atomic.Bool
 
 	mu         sync.Mutex
 	transports map[string]*grantTransport // by grant name
@@ -584,6 +586,7 @@ func (c *call) forward(w http.ResponseWriter) {
 		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
 	}
 	rw := newResponseWriter(w)
+	rw.dropEarlyFlush = p.dropEarlyFlush.Load()
 	var errCode, errReason string
 	upstreamStatus := 0
 	inject := g.Proxy.Inject
