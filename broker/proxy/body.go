@@ -684,17 +684,24 @@ func (c *capReader) Close() error { return c.src.Close() }
 // the bytes of the upstream's body relayed (not of the broker's own error
 // body: see own) for the use_result event.
 //
+// The status and headers go to the caller (send) with the body's first byte
+// or a flush, not at WriteHeader: until then reset can still replace the
+// response with an error answer (a body that fails at its first read, see
+// call.forward).
+//
 // It relays no trailers. After the body, ReverseProxy copies the upstream's
 // trailers (which the transport fills in when the body is closed, whatever
 // ModifyResponse did) into Header(), and net/http sends as trailers whatever
 // lands in the real header map after the status: so Header() never returns
-// the real map. WriteHeader moves the staged headers out and empties the
-// staged map, which keeps collecting what is set afterwards, unsent. The
-// staged headers lose any Trailer announcement and http.TrailerPrefix keys.
+// the real map. send moves the staged headers out and empties the staged
+// map, which keeps collecting what is set afterwards, unsent (ReverseProxy
+// flushes before it copies trailers after an empty body). The staged headers
+// lose any Trailer announcement and http.TrailerPrefix keys.
 type responseWriter struct {
 	w      http.ResponseWriter
 	staged http.Header
 	status int
+	sent   bool  // the status went to w: the response can no longer be replaced
 	bytes  int64 // of the upstream's body
 	own    bool  // the broker answers itself (ReverseProxy's ErrorHandler): bytes does not count
 	// dropEarlyFlush drops the first flush (a seam for tests: ReverseProxy's
@@ -707,13 +714,24 @@ func newResponseWriter(w http.ResponseWriter) *responseWriter {
 	return &responseWriter{w: w, staged: http.Header{}}
 }
 
-// Header returns the staged headers; once the status is written, a map that
-// is never sent (see responseWriter).
+// Header returns the staged headers; once the status is sent, a map that is
+// never sent (see responseWriter).
 func (rw *responseWriter) Header() http.Header { return rw.staged }
 
 func (rw *responseWriter) WriteHeader(code int) {
 	if rw.status != 0 || code < 200 {
 		return
+	}
+	rw.status = code
+}
+
+// send hands the status and the staged headers to the caller's writer.
+func (rw *responseWriter) send() {
+	if rw.sent {
+		return
+	}
+	if rw.status == 0 {
+		rw.status = http.StatusOK
 	}
 	h := rw.w.Header()
 	for k, v := range rw.staged {
@@ -723,8 +741,19 @@ func (rw *responseWriter) WriteHeader(code int) {
 		h[k] = v
 	}
 	clear(rw.staged)
-	rw.status = code
-	rw.w.WriteHeader(code)
+	rw.sent = true
+	rw.w.WriteHeader(rw.status)
+}
+
+// reset drops the status and headers written but not sent, and reports
+// whether it could (nothing was sent).
+func (rw *responseWriter) reset() bool {
+	if rw.sent {
+		return false
+	}
+	clear(rw.staged)
+	rw.status = 0
+	return true
 }
 
 // isTrailerKey reports whether a header map key would make net/http announce
@@ -735,9 +764,7 @@ func isTrailerKey(k string) bool {
 }
 
 func (rw *responseWriter) Write(b []byte) (int, error) {
-	if rw.status == 0 {
-		rw.WriteHeader(http.StatusOK)
-	}
+	rw.send()
 	n, err := rw.w.Write(b)
 	if !rw.own {
 		rw.bytes += int64(n)
@@ -750,9 +777,12 @@ func (rw *responseWriter) Flush() {
 		rw.dropEarlyFlush = false
 		return
 	}
-	if rw.status == 0 {
-		rw.WriteHeader(http.StatusOK)
-	}
+	rw.flush()
+}
+
+// flush sends the status and headers, and what was written, to the caller.
+func (rw *responseWriter) flush() {
+	rw.send()
 	_ = http.NewResponseController(rw.w).Flush()
 }
 

@@ -121,14 +121,20 @@
 // bytes the scan did not see plain. A body that is gzip data without
 // Content-Encoding is read whole, decoded to be scanned and relayed as it
 // came when clean, refused (502 response_contains_secret, or aborted when
-// streamed) when the secret is inside (see gzipGuard). Errors the broker
+// streamed and its headers went out already) when the secret is inside
+// (see gzipGuard). Errors the broker
 // writes (502 when the upstream cannot be reached or misbehaves, 504 when a
 // timeout runs out, over HTTP/1.1 or HTTP/2) never carry upstream error
 // text. Responses over MaxResponseBytes are refused (502) when their length
 // is declared (not for HEAD, whose response has no body), and cut off
 // (connection aborted) when streamed; a body cut off, at the cap or by an error, ends without the
 // bytes the scan was still holding back (the start of the secret when the
-// cut falls inside it).
+// cut falls inside it). A streamed body that fails at its first read,
+// before anything of the response was sent (ReverseProxy sends a streamed
+// response's headers from a timer, which can come later), gets the error
+// answer of a failure before the body instead: a connection cut with
+// nothing sent looks to an HTTP client like an idle keep-alive connection
+// the server closed, and it would send the request again.
 //
 // Shared use: a credential used from a source address other than the one it
 // was issued to (or, when that is unknown, its first use) is recorded once

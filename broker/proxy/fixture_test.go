@@ -203,7 +203,11 @@ type hold struct {
 	arrived chan struct{} // closed when the request arrived
 	release chan struct{}
 	gone    chan struct{}
+	let     sync.Once // closes release
 }
+
+// letGo releases the held request.
+func (h *hold) letGo() { h.let.Do(func() { close(h.release) }) }
 
 const (
 	holdFirst  = "data: first\n\n"
@@ -217,7 +221,7 @@ func (u *upstream) holdRequest(tb testing.TB) *hold {
 	u.mu.Lock()
 	u.hold = h
 	u.mu.Unlock()
-	tb.Cleanup(func() { close(h.release) })
+	tb.Cleanup(h.letGo)
 	return h
 }
 
@@ -325,7 +329,8 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// with clean set, cleanText), encoded as the query says (as, see
 		// encodeAs), labelled with each ce as one Content-Encoding line,
 		// each etag as one ETag line, with status (default 200) and with
-		// its length unless stream is set (then chunked), its first half
+		// its length unless stream is set (then chunked; with hold set,
+		// the body waits for the test, see holdRequest), its first half
 		// only if cut is set: an upstream that
 		// compresses whatever it was asked for, as httpbin's /gzip does.
 		q := r.URL.Query()
@@ -355,6 +360,19 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		if q.Get("stream") != "" {
 			w.(http.Flusher).Flush() // chunked, however short the body
+		}
+		if q.Get("hold") != "" {
+			// The body once the test lets it go (see holdRequest).
+			u.mu.Lock()
+			h := u.hold
+			u.mu.Unlock()
+			close(h.arrived)
+			select {
+			case <-h.release:
+			case <-r.Context().Done():
+				close(h.gone)
+				return
+			}
 		}
 		_, _ = w.Write(body)
 	case r.URL.Path == "/up/gzipped":

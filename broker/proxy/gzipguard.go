@@ -27,8 +27,9 @@ var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
 // the decoded data is not looked into.
 //
 // screen runs in ModifyResponse for a body of declared length, so that a
-// refusal is a 502; a streamed body is screened at its first Read (its
-// headers may be gone: a refusal aborts the response). The guard lives in
+// refusal is a 502; a streamed body is screened at its first Read (a
+// refusal is a 502 if its headers have not gone out yet, else it aborts
+// the response: see call.forward). The guard lives in
 // the call, so the per-request path allocates nothing for it.
 type gzipGuard struct {
 	src   io.ReadCloser

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -591,6 +592,78 @@ func (c *call) forward(w http.ResponseWriter) {
 	upstreamStatus := 0
 	inject := g.Proxy.Inject
 
+	// errorHandler answers a request whose upstream exchange failed before
+	// anything of the response was sent (ReverseProxy's ErrorHandler).
+	errorHandler := func(_ http.ResponseWriter, _ *http.Request, err error) {
+		rw.own = true // nothing of the upstream's body is relayed
+		if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
+			// Refused as the checks refuse it, deny event included:
+			// nothing went upstream.
+			e := broker.AsError(err)
+			errCode, errReason = broker.CodeOf(e), e.Reason
+			c.fail(rw, err)
+			return
+		}
+		if why := c.cut.Load(); why != 0 && r.Context().Err() == nil {
+			// Cut (cutRevoked) before the upstream answered (or before
+			// anything of its response was sent): the checks' 403,
+			// though the request went upstream (its use_result, not a
+			// deny, records it).
+			e := errRevokedBeforeSend
+			if why == cutBlock {
+				e = errBlockedBeforeSend
+			}
+			errCode, errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
+			c.h.api.WriteErrorStatus(rw, r, e, 0)
+			return
+		}
+		status, reason := http.StatusBadGateway, "upstream_error"
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			status, reason = http.StatusRequestEntityTooLarge, "body_too_large"
+		case errors.Is(err, errResponseTooLarge):
+			reason = "response_too_large"
+		case errors.Is(err, errEncodingUnsupported):
+			reason = "response_encoding_unsupported"
+		case errors.Is(err, errUndecodable):
+			reason = "response_undecodable"
+		case errors.Is(err, errSecretInBody):
+			reason = "response_contains_secret"
+		case errors.Is(err, errAddressRefused):
+			reason = "upstream_address_refused"
+		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+			status, reason = http.StatusGatewayTimeout, "upstream_timeout"
+		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+			// The caller went away before the upstream answered: not
+			// an upstream failure. Nobody reads the answer; its 499
+			// (nginx's "client closed request") is for the access log,
+			// the metrics and the use_result event.
+			errCode, errReason = "", "client_gone"
+			p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
+				slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
+			rw.WriteHeader(StatusClientClosedRequest)
+			return
+		}
+		// The transport's error text is sanitised before it is logged
+		// and never reaches the caller.
+		cause := errors.New(forms.redact(err.Error()))
+		var e error
+		if status == http.StatusRequestEntityTooLarge {
+			e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
+		} else {
+			safe := "the upstream could not be reached or did not answer properly"
+			switch reason {
+			case "response_encoding_unsupported", "response_undecodable":
+				safe = "the upstream's response is encoded in a way the broker cannot scan"
+			case "response_contains_secret":
+				safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
+			}
+			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: time.Second, Err: cause}
+		}
+		errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
+		c.h.api.WriteErrorStatus(rw, r, e, status)
+	}
 	c.rt = gt.rt
 	rp := &httputil.ReverseProxy{
 		Transport:  c, // gt.rt, after the revocation state is asked again
@@ -690,75 +763,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			res.Body = newRedactReader(&c.guard, forms, p.redactBufs)
 			return nil
 		},
-		ErrorHandler: func(_ http.ResponseWriter, req *http.Request, err error) {
-			rw.own = true // nothing of the upstream's body is relayed
-			if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
-				// Refused as the checks refuse it, deny event included:
-				// nothing went upstream.
-				e := broker.AsError(err)
-				errCode, errReason = broker.CodeOf(e), e.Reason
-				c.fail(rw, err)
-				return
-			}
-			if why := c.cut.Load(); why != 0 && r.Context().Err() == nil {
-				// Cut (cutRevoked) before the upstream answered: the
-				// checks' 403, though the request went upstream (its
-				// use_result, not a deny, records it).
-				e := errRevokedBeforeSend
-				if why == cutBlock {
-					e = errBlockedBeforeSend
-				}
-				errCode, errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
-				c.h.api.WriteErrorStatus(rw, r, e, 0)
-				return
-			}
-			status, reason := http.StatusBadGateway, "upstream_error"
-			var mbe *http.MaxBytesError
-			switch {
-			case errors.As(err, &mbe):
-				status, reason = http.StatusRequestEntityTooLarge, "body_too_large"
-			case errors.Is(err, errResponseTooLarge):
-				reason = "response_too_large"
-			case errors.Is(err, errEncodingUnsupported):
-				reason = "response_encoding_unsupported"
-			case errors.Is(err, errUndecodable):
-				reason = "response_undecodable"
-			case errors.Is(err, errSecretInBody):
-				reason = "response_contains_secret"
-			case errors.Is(err, errAddressRefused):
-				reason = "upstream_address_refused"
-			case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-				status, reason = http.StatusGatewayTimeout, "upstream_timeout"
-			case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-				// The caller went away before the upstream answered: not
-				// an upstream failure. Nobody reads the answer; its 499
-				// (nginx's "client closed request") is for the access log,
-				// the metrics and the use_result event.
-				errCode, errReason = "", "client_gone"
-				p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
-					slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
-				rw.WriteHeader(StatusClientClosedRequest)
-				return
-			}
-			// The transport's error text is sanitised before it is logged
-			// and never reaches the caller.
-			cause := errors.New(forms.redact(err.Error()))
-			var e error
-			if status == http.StatusRequestEntityTooLarge {
-				e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
-			} else {
-				safe := "the upstream could not be reached or did not answer properly"
-				switch reason {
-				case "response_encoding_unsupported", "response_undecodable":
-					safe = "the upstream's response is encoded in a way the broker cannot scan"
-				case "response_contains_secret":
-					safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
-				}
-				e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: time.Second, Err: cause}
-			}
-			errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
-			c.h.api.WriteErrorStatus(rw, r, e, status)
-		},
+		ErrorHandler: errorHandler,
 	}
 
 	defer func() {
@@ -772,6 +777,17 @@ func (c *call) forward(w http.ResponseWriter) {
 			// TLS close_notify the cut sends can make the upstream end its
 			// response cleanly. The caller must not take it as complete.
 			rec = http.ErrAbortHandler
+		}
+		if rec == http.ErrAbortHandler && rw.reset() {
+			// The body failed at its first read, before anything of the
+			// response was sent (ReverseProxy flushes a streamed
+			// response's headers from a timer, which can come later): the
+			// caller gets the error answer of a failure before the body.
+			// A connection cut with nothing sent is what an HTTP client
+			// on a reused keep-alive connection takes for one the server
+			// closed while idle: it would send a GET again, upstream too.
+			errorHandler(rw, out, c.bodyError())
+			rec = nil
 		}
 		status := rw.status
 		if rec != nil {
@@ -802,7 +818,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// durable: net/http would otherwise hold a small body in its
 			// buffer until the handler returns, and every proxied call
 			// would wait for a second fsync.
-			rw.Flush()
+			rw.flush()
 		}
 		c.result(use, rw, upstreamStatus, errCode, errReason)
 		if rec != nil {
@@ -810,6 +826,24 @@ func (c *call) forward(w http.ResponseWriter) {
 		}
 	}()
 	rp.ServeHTTP(rw, out)
+}
+
+// bodyError returns why the response body failed at its first read (which
+// goes through the gzip guard): the guard's refusal or the error it read;
+// context.Canceled for a body that ended cleanly although the request was
+// cut (cutRevoked).
+func (c *call) bodyError() error {
+	err := c.guard.fail
+	if err == nil {
+		err = c.guard.err
+	}
+	switch {
+	case err == nil || err == io.EOF:
+		return context.Canceled
+	case c.dec != nil && c.dec.bad && !errors.Is(err, errUndecodable):
+		return fmt.Errorf("%w: %v", errUndecodable, err)
+	}
+	return err
 }
 
 // RoundTrip sends the request through the grant's Transport unless this
