@@ -32,7 +32,7 @@ type Error struct {
 	Code       string        // optional OAuth error code overriding the category's default
 	Safe       string        // safe, coarse text for error_description
 	Reason     string        // stable machine reason for audit/metrics, e.g. "token_expired"
-	RetryAfter time.Duration // for ErrRateLimited and ErrUnavailable
+	RetryAfter time.Duration // for ErrRateLimited and ErrUnavailable; negative: none (retrying cannot help)
 	Err        error         // internal cause; never shown to callers
 	// NoToken marks a 401 of a protected resource to a request that carried
 	// no Bearer token at all: its WWW-Authenticate challenge names no error

@@ -234,7 +234,8 @@ func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
 // WriteErrorStatus is WriteError with an HTTP status the caller chose where
 // the error's category has none of its own (the proxy's 413, 502 and 504);
 // 0 is the category's. The body, the error code and Retry-After still
-// follow the category; the log names the status sent.
+// follow the category (no Retry-After when the error's RetryAfter is
+// negative); the log names the status sent.
 func (s *Server) WriteErrorStatus(w http.ResponseWriter, r *http.Request, err error, status int) {
 	e := broker.AsError(err)
 	catStatus := broker.StatusOf(e)
@@ -249,7 +250,7 @@ func (s *Server) WriteErrorStatus(w http.ResponseWriter, r *http.Request, err er
 	s.log.LogAttrs(r.Context(), level, "request failed",
 		slog.String("request_id", RequestID(r)), slog.Int("status", status),
 		slog.String("error", code), slog.String("reason", e.Reason), slog.String("detail", e.Error()))
-	if catStatus == http.StatusTooManyRequests || catStatus == http.StatusServiceUnavailable {
+	if (catStatus == http.StatusTooManyRequests || catStatus == http.StatusServiceUnavailable) && e.RetryAfter >= 0 {
 		ra := e.RetryAfter
 		if ra <= 0 {
 			ra = time.Second

@@ -659,7 +659,13 @@ func (c *call) forward(w http.ResponseWriter) {
 			case "response_contains_secret":
 				safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
 			}
-			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: time.Second, Err: cause}
+			retry := time.Second
+			if reason == "response_contains_secret" {
+				// The upstream would echo the secret again: no
+				// Retry-After, which invites a retry that sends it again.
+				retry = -1
+			}
+			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: retry, Err: cause}
 		}
 		errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
 		c.h.api.WriteErrorStatus(rw, r, e, status)
