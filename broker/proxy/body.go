@@ -63,6 +63,18 @@ func responseCoding(h http.Header) contentCoding {
 	return coding
 }
 
+// dropDigests deletes the integrity fields of an encoded body, which do not
+// describe the decoded body relayed: Content-Digest (RFC 9530, over the
+// content as sent), Repr-Digest (over the representation, its content
+// coding included), Digest (RFC 3230's instance digest, after the content
+// coding) and Content-MD5 (RFC 1864, of the encoded body).
+func dropDigests(h http.Header) {
+	delete(h, "Content-Digest")
+	delete(h, "Repr-Digest")
+	delete(h, "Digest")
+	delete(h, "Content-Md5")
+}
+
 // decoder decodes a gzip or deflate body read through wire (which caps the
 // bytes taken from the upstream: a stream of empty gzip members or deflate
 // blocks decodes to nothing however long it is). What it yields is capped

@@ -111,8 +111,9 @@
 // identity encoding so the scan sees plain bytes; a body the upstream
 // compresses anyway with gzip (x-gzip) or deflate (zlib, or raw deflate) is
 // decoded by the broker, scanned like any body and relayed decoded, without
-// Content-Encoding and Content-Length and with its strong ETags made weak
-// (HEAD, 204 and 304 responses likewise; see weakenETags). The response cap counts the decoded bytes (a decompression
+// Content-Encoding and Content-Length and with its strong ETags made weak,
+// its digests of the encoded bytes dropped (HEAD, 204 and 304 responses
+// likewise; see weakenETags, dropDigests). The response cap counts the decoded bytes (a decompression
 // bomb is cut at the cap) and, separately, the bytes read from the
 // upstream. Any other Content-Encoding (br, zstd, compress, an unknown
 // token, more than one coding) is refused with 502, reason

@@ -221,3 +221,46 @@ func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyDropsDigestsOfDecodedResponses: the integrity fields of a body
+// the upstream encoded (Content-Digest, over the content as sent;
+// Repr-Digest, over the representation, which its content coding is part
+// of; Digest, RFC 3230's instance digest; Content-MD5) do not describe the
+// decoded body the broker relays, and would fail a caller that checks them:
+// they are dropped. A body relayed as it came keeps them.
+func TestProxyDropsDigestsOfDecodedResponses(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	tests := []struct {
+		name   string
+		method string // default GET
+		query  string
+		kept   bool
+	}{
+		{name: "gzip/dropped", query: "as=gzip&ce=gzip&clean=1&digests=1"},
+		{name: "gzip-streamed/dropped", query: "as=gzip&ce=gzip&clean=1&stream=1&digests=1"},
+		{name: "deflate/dropped", query: "as=zlib&ce=deflate&clean=1&digests=1"},
+		{name: "head-of-gzip/dropped", method: "HEAD", query: "as=gzip&ce=gzip&clean=1&digests=1"},
+		{name: "304-of-gzip/dropped", query: "as=empty&ce=gzip&status=304&digests=1"},
+		{name: "plain/kept", query: "as=plain&clean=1&digests=1", kept: true},
+		{name: "identity-token/kept", query: "as=plain&ce=identity&clean=1&digests=1", kept: true},
+		{name: "gzip-without-content-encoding/kept", query: "as=gzip&clean=1&digests=1", kept: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, bearer(tok), nil)
+			if res.Status >= 300 && res.Status != 304 {
+				t.Fatalf("%s %s = %d: %s", method, tt.query, res.Status, res.Body)
+			}
+			for _, name := range digestHeaders {
+				if got := res.Header.Get(name) != ""; got != tt.kept {
+					t.Errorf("%s relayed: %v, want %v", name, got, tt.kept)
+				}
+			}
+		})
+	}
+}

@@ -328,7 +328,8 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The request headers (the injected Authorization among them; or,
 		// with clean set, cleanText), encoded as the query says (as, see
 		// encodeAs), labelled with each ce as one Content-Encoding line,
-		// each etag as one ETag line, with status (default 200) and with
+		// each etag as one ETag line, digestHeaders if digests is set,
+		// with status (default 200) and with
 		// its length unless stream is set (then chunked; with hold set,
 		// the body waits for the test, see holdRequest), its first half
 		// only if cut is set: an upstream that
@@ -349,6 +350,12 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, et := range q["etag"] {
 			w.Header().Add("ETag", et)
+		}
+		if q.Get("digests") != "" {
+			// Integrity fields of the body as sent (made-up values).
+			for _, name := range digestHeaders {
+				w.Header().Set(name, "sha-256=:AAAA:")
+			}
 		}
 		if q.Get("stream") == "" {
 			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -417,6 +424,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"object":"list","data":[]}`)
 	}
 }
+
+// digestHeaders are the integrity fields /up/encoded sends with digests set.
+var digestHeaders = []string{"Content-Digest", "Repr-Digest", "Digest", "Content-Md5"}
 
 // cleanText is what /up/encoded encodes when asked for a clean body.
 var cleanText = strings.Repeat("a log line without any secret in it\n", 20)

@@ -723,6 +723,7 @@ func (c *call) forward(w http.ResponseWriter) {
 					res.ContentLength = -1
 					res.Uncompressed = true
 					weakenETags(res.Header)
+					dropDigests(res.Header)
 				}
 			}
 			bodyless := r.Method == http.MethodHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
