@@ -73,8 +73,10 @@
 //     learns that its credential was revoked or its workload blocked
 //     (Proxy.cutRevoked, called by the revocation cache): its upstream
 //     context is cancelled, a response under way is aborted (connection
-//     cut, as at the response cap), one not answered yet gets step 3's
-//     403, and the use_result event has reason revoked_in_flight.
+//     cut, as at the response cap), one not answered yet (or whose
+//     response had not started to reach the caller: a body being
+//     screened) gets step 3's 403, and the use_result event has reason
+//     revoked_in_flight.
 //  11. A "use_result" audit event records the upstream's status and the
 //     bytes of its body relayed (0 included; neither when the upstream sent
 //     no response, and never the broker's own error body), the duration, and

@@ -265,3 +265,64 @@ func TestProxyRevokedBeforeUpstreamAnswersIsCut(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyRevokedBeforeResponseStartsIsCut: a request cut while its
+// response had not started to reach the caller (here a streamed body whose
+// first bytes had not come, ReverseProxy's early header flush dropped, as
+// when it loses its race) gets the checks' 403 as one the upstream had not
+// answered, not a connection cut with nothing sent, which the client would
+// take for an idle connection closed and send again (to be refused by the
+// checks, with a deny event).
+func TestProxyRevokedBeforeResponseStartsIsCut(t *testing.T) {
+	f := newFixture(t, fixtureOpts{cache: true})
+	proxy.DropEarlyFlush(f.proxy)
+	if err := f.cache.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cred := f.credential(t, "stripe")
+	h := f.up.holdRequest(t)
+	req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/encoded?as=gzip&stream=1&hold=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cred.AccessToken)
+	done := make(chan *response, 1)
+	go func() {
+		res, err := f.client.Do(req)
+		if err != nil {
+			done <- &response{Err: err}
+			return
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		done <- &response{Status: res.StatusCode, Body: string(b), Err: err}
+	}()
+	select {
+	case <-h.arrived:
+	case <-time.After(cutDeadline):
+		t.Fatal("the request did not reach the upstream")
+	}
+	revokeHere(t, f.svc, broker.RevokeSelector{IssuanceID: cred.Issuance.ID}, false)
+	var res *response
+	select {
+	case res = <-done:
+	case <-time.After(cutDeadline):
+		t.Fatalf("no answer %v after the revocation", cutDeadline)
+	}
+	if res.Err != nil || res.Status != 403 || oauthError(t, res.Body) != "access_denied" {
+		t.Fatalf("answer %d %q (%v), want 403 access_denied", res.Status, res.Body, res.Err)
+	}
+	f.waitEvent(t, audit.TypeUseResult)
+	results := f.eventsOf(audit.TypeUseResult)
+	r := results[0]
+	got := []any{len(results), *r.Outcome, f.up.Hits(), len(f.eventsOf(audit.TypeDeny))}
+	want := []any{1, audit.Outcome{Status: 403, Error: "access_denied", Reason: "revoked_in_flight"}, int64(1), 0}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("[use_results outcome upstream-hits denies] (-want +got):\n%s", diff)
+	}
+	// Cut after the upstream's headers came (then its status, with 0
+	// bytes relayed) or before (neither).
+	if s := r.Upstream.Status; s != 0 && (s != 200 || r.Upstream.Bytes == nil || *r.Upstream.Bytes != 0) {
+		t.Errorf("use_result upstream status %d bytes %v, want 200 and 0, or neither", s, r.Upstream.Bytes)
+	}
+}
