@@ -168,6 +168,10 @@ const (
 	// issue event was durable but the Store write failed, so the credential
 	// was revoked instead of handed out.
 	OrphanStoreFailed = "store_failed"
+	// OrphanClientGone is written by Exchange too: the caller went away
+	// while the credential was minted or recorded, so it was revoked
+	// instead of handed out.
+	OrphanClientGone = "client_gone"
 )
 
 // DefaultReconcileGrace is ReconcilerOptions.Grace when it is not set.

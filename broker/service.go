@@ -163,7 +163,8 @@ type ExchangeResult struct {
 // Exchange authenticates the subject token, finds the workload, checks the
 // grant, block and rate limit, mints the credential, then stores the
 // issuance and makes its audit event durable (both at once). Any failure
-// after the mint revokes the credential again and returns ErrUnavailable.
+// after the mint revokes the credential again and returns ErrUnavailable, as
+// does the caller going away once the mint has started (reason client_gone).
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
 	pol, authn := s.policyAndAuthn()
 	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Source: auditSource(req.Source)}
@@ -247,7 +248,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 
 	now := s.d.Now()
 	issID := NewID(PrefixIssuance)
-	mctx, cancel := context.WithTimeout(ctx, s.d.MintTimeout)
+	// From the mint on, the caller leaving cuts nothing short: a Vault call
+	// cancelled mid-way may have created the credential all the same, and
+	// it must then be recorded, audited and revoked, not lost (see the
+	// client_gone case below). MintTimeout still bounds the mint.
+	bg := context.WithoutCancel(ctx)
+	mctx, cancel := context.WithTimeout(bg, s.d.MintTimeout)
 	cred, err := minter.Mint(mctx, MintRequest{
 		IssuanceID: issID, Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID,
 		Grant: *grant, TTL: ttl, Identity: id, Now: now,
@@ -296,8 +302,8 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		Details: map[string]any{"claims": is.Claims},
 	}
 	audited := make(chan error, 1)
-	go func() { audited <- s.d.Audit.Append(context.WithoutCancel(ctx), ev) }()
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
+	go func() { audited <- s.d.Audit.Append(bg, ev) }()
+	sctx, cancel := context.WithTimeout(bg, s.d.StoreTimeout)
 	serr := s.d.Store.PutIssuance(sctx, is)
 	cancel()
 	aerr := s.awaitAudit(audited)
@@ -318,12 +324,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			}
 		})
 		if serr == nil {
-			is.RevokedAt = s.d.Now()
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.StoreTimeout)
-			if perr := s.d.Store.PutIssuance(sctx, is); perr != nil {
-				s.d.Logger.LogAttrs(ctx, slog.LevelError, "marking unaudited issuance revoked", slog.String("issuance_id", issID), slog.String("error", perr.Error()))
-			}
-			cancel()
+			s.markWithdrawn(bg, is, "audit_failed")
 		}
 		return nil, e
 	case serr != nil:
@@ -333,9 +334,26 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// fail, the reconciliation finds the unrecorded credential and
 		// revokes it.
 		uerr := s.undoMint(ctx, is, "store_failed")
-		s.recordUnrecorded(ctx, is, req.RequestID, uerr)
+		s.recordWithdrawn(ctx, is, req.RequestID, OrphanStoreFailed, uerr)
 		deny.IssuanceID = issID
 		return fail(Unavailable("store_unavailable", time.Second, serr))
+	case ctx.Err() != nil:
+		// The caller went away while the credential was minted or
+		// recorded: nobody will receive it. Recorded and audited like any
+		// other, it is revoked at once: the store marks it revoked, an
+		// orphan_revoked event (reason client_gone) follows its issue
+		// event, then the request's deny event, outcome 499 client_gone
+		// (nginx's "client closed request", as the proxy's use_result).
+		uerr := s.undoMint(bg, is, OrphanClientGone)
+		s.markWithdrawn(bg, is, OrphanClientGone)
+		s.recordWithdrawn(bg, is, req.RequestID, OrphanClientGone, uerr)
+		deny.IssuanceID = issID
+		deny.Outcome = &audit.Outcome{Status: StatusClientClosedRequest, Reason: OrphanClientGone}
+		if aerr := s.d.Audit.Append(bg, deny); aerr != nil {
+			s.d.Logger.LogAttrs(bg, slog.LevelError, "audit deny event failed",
+				slog.String("request_id", req.RequestID), slog.String("issuance_id", issID), slog.String("error", aerr.Error()))
+		}
+		return nil, Unavailable(OrphanClientGone, time.Second, fmt.Errorf("the caller went away before credential %s was handed out: %w", issID, ctx.Err()))
 	}
 	return &ExchangeResult{
 		AccessToken: cred.AccessToken,
@@ -393,16 +411,33 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 	return nil
 }
 
-// recordUnrecorded writes the orphan_revoked event (reason store_failed)
-// that follows an issue event whose credential was not handed out because
-// the store write failed; revokeErr is the outcome of revoking it.
-func (s *Service) recordUnrecorded(ctx context.Context, is *Issuance, requestID string, revokeErr error) {
+// StatusClientClosedRequest (nginx's 499, "client closed request") is the
+// outcome status of a request whose caller went away before its answer.
+const StatusClientClosedRequest = 499
+
+// markWithdrawn marks a stored issuance whose credential was not handed out
+// revoked; a failure is logged (the reconciliation revokes what the store
+// keeps unrevoked without an issue event).
+func (s *Service) markWithdrawn(bg context.Context, is *Issuance, why string) {
+	is.RevokedAt = s.d.Now()
+	sctx, cancel := context.WithTimeout(bg, s.d.StoreTimeout)
+	defer cancel()
+	if err := s.d.Store.PutIssuance(sctx, is); err != nil {
+		s.d.Logger.LogAttrs(bg, slog.LevelError, "marking a withdrawn issuance revoked",
+			slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("why", why), slog.String("error", err.Error()))
+	}
+}
+
+// recordWithdrawn writes the orphan_revoked event (reason why: store_failed,
+// client_gone) that follows an issue event whose credential was not handed
+// out; revokeErr is the outcome of revoking it.
+func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, why string, revokeErr error) {
 	out := &audit.Outcome{Status: 200}
 	if revokeErr != nil {
 		// Codes, as in every outcome: the reconciliation takes it from here.
 		out = &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "revoke_failed"}
 	}
-	ev := orphanRevokedEvent(is, OrphanStoreFailed, out)
+	ev := orphanRevokedEvent(is, why, out)
 	ev.RequestID = requestID
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "recording an unrecorded issuance failed",
