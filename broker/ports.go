@@ -213,7 +213,8 @@ type Store interface {
 	// record as stored afterwards (the first mark's). A record that is not
 	// stored at all is written (a mark restores a record the store lost).
 	// An is without RevokedAt or RevocationID is ErrInvalidRequest. With
-	// replicas, the write is acknowledged as a revoked PutIssuance's is.
+	// replicas, the write is acknowledged as a revoked PutIssuance's is; a
+	// mark found stored (nothing written) waits for no replica.
 	MarkRevoked(ctx context.Context, is *Issuance) (*Issuance, error)
 
 	// PutRevocation stores r whole. The revocation flow uses it only to

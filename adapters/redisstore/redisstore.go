@@ -21,7 +21,8 @@
 //   - New refuses a server whose maxmemory-policy may evict keys (allkeys-*,
 //     volatile-*) unless Options.AllowEvictingPolicy is set;
 //   - with Options.MinReplicas set, a write of a revocation, a block, an
-//     unblock, an issuance's revoked mark or the deployment id (its
+//     unblock, an issuance's revoked mark (unless MarkRevoked finds one
+//     stored, and writes nothing) or the deployment id (its
 //     creation by DeploymentID) is acknowledged only once that many replicas
 //     have it (WAIT on the write's connection, up to half of
 //     Options.Timeout); fewer is broker.ErrUnavailable (reason
@@ -386,8 +387,18 @@ func (u *unreplicated) Error() string {
 // connection, so with MinReplicas set write runs on one connection to the
 // primary of key's slot, held for both; without, on the pooled client.
 func (s *Store) durably(ctx context.Context, key string, write func(c redis.Cmdable) error) error {
+	return s.durablyIf(ctx, key, func(c redis.Cmdable) (bool, error) { return true, write(c) })
+}
+
+// durablyIf is durably for a write that may find nothing to write (wrote
+// false): then it does not wait for replicas. WAIT confirms the writes of
+// its own connection, so after none it would confirm nothing (not an
+// earlier write of another connection), and would only fail, after its
+// timeout, while the replicas are down.
+func (s *Store) durablyIf(ctx context.Context, key string, write func(c redis.Cmdable) (wrote bool, err error)) error {
 	if s.minReplicas == 0 {
-		return write(s.client)
+		_, err := write(s.client)
+		return err
 	}
 	var c *redis.Client
 	switch cl := s.client.(type) {
@@ -403,7 +414,8 @@ func (s *Store) durably(ctx context.Context, key string, write func(c redis.Cmda
 	}
 	conn := c.Conn()
 	defer conn.Close()
-	if err := write(conn); err != nil {
+	wrote, err := write(conn)
+	if err != nil || !wrote {
 		return err
 	}
 	return s.replicated(ctx, conn)
@@ -502,7 +514,9 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 // MarkRevoked writes the revoked mark with markRevokedScript: the record
 // and its indexes as PutIssuance writes them, unless the stored record is
 // revoked already, in one atomic script; acknowledged, with MinReplicas,
-// once replicated. It returns the record the script leaves stored.
+// once replicated. It returns the record the script leaves stored. A mark
+// found stored is returned without waiting for replicas: nothing was
+// written (as the revocation flow skips an issuance it reads revoked).
 func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
 	if is == nil || is.ID == "" || is.RevokedAt.IsZero() || is.RevocationID == "" {
 		return nil, invalid("revoked mark without issuance id, revocation time or revocation id")
@@ -514,10 +528,11 @@ func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.I
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var raw string
-	err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
+	err = s.durablyIf(ctx, keys[0], func(rc redis.Cmdable) (bool, error) {
 		var err error
 		raw, err = markRevokedScript.Run(ctx, rc, keys, args...).Text()
-		return err
+		// The script returns ARGV[1], the JSON sent, when it wrote it.
+		return err == nil && raw == string(args[0].([]byte)), err
 	})
 	if err != nil {
 		return nil, s.fail("mark issuance "+is.ID+" revoked", err)

@@ -294,3 +294,44 @@ func TestMinReplicasDeploymentIDReadDoesNotWait(t *testing.T) {
 		}
 	}
 }
+
+// TestMinReplicasMarkRevokedFoundDoesNotWait: with MinReplicas 1, a
+// MarkRevoked that finds the issuance revoked already writes nothing, so it
+// does not wait for replicas: with the replica down it returns the stored
+// mark at once, not store_unreplicated after half the timeout (WAIT on a
+// connection that wrote nothing confirms nothing about the earlier mark).
+// A mark that does write still waits and fails.
+func TestMinReplicasMarkRevokedFoundDoesNotWait(t *testing.T) {
+	const timeout = 2 * time.Second
+	primary, replica := startReplicated(t)
+	const prefix = "{mark-found}:"
+	s := newStore(t, primary, redisstore.Options{Prefix: prefix, MinReplicas: 1, Timeout: timeout})
+	now := storetest.Epoch()
+	first := storetest.SampleIssuance("iss_1", now)
+	first.RevokedAt, first.RevocationID = now, "rev_first"
+	if _, err := s.MarkRevoked(t.Context(), first); err != nil {
+		t.Fatalf("MarkRevoked with the replica up = %v, want nil", err)
+	}
+	if err := s.PutIssuance(t.Context(), storetest.SampleIssuance("iss_2", now)); err != nil {
+		t.Fatal(err)
+	}
+	replica.Stop()
+
+	second := storetest.SampleIssuance("iss_1", now)
+	second.RevokedAt, second.RevocationID = now.Add(time.Second), "rev_second"
+	start := time.Now()
+	got, err := s.MarkRevoked(t.Context(), second)
+	if err != nil || got.RevocationID != "rev_first" {
+		t.Fatalf("MarkRevoked(already revoked) with the replica down = %+v, %v; want the stored rev_first mark", got, err)
+	}
+	if elapsed := time.Since(start); elapsed >= timeout/2 {
+		t.Errorf("MarkRevoked(already revoked) took %s, want no wait for replicas", elapsed)
+	}
+
+	other := storetest.SampleIssuance("iss_2", now)
+	other.RevokedAt, other.RevocationID = now, "rev_second"
+	var be *broker.Error
+	if _, err := s.MarkRevoked(t.Context(), other); !errors.As(err, &be) || be.Reason != broker.ReasonStoreUnreplicated {
+		t.Errorf("MarkRevoked(unrevoked) with the replica down = %v, want reason %s", err, broker.ReasonStoreUnreplicated)
+	}
+}
