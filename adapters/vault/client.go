@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
+	"unicode"
 
 	vaultapi "github.com/hashicorp/vault/api"
 )
@@ -32,6 +34,10 @@ type ClientOptions struct {
 	NoToken   bool          // no token yet: a Login will set it
 	CAFile    string        // PEM bundle to verify Vault's certificate; empty = system roots
 	Timeout   time.Duration // per request; 0 = DefaultTimeout
+	// Namespace is the Vault Enterprise / HCP Vault namespace every
+	// request goes to (X-Vault-Namespace, e.g. "admin" or "admin/team");
+	// empty: the root namespace.
+	Namespace string
 }
 
 // ErrTokenRequired is NewClient's error when neither or both of Token and
@@ -44,8 +50,8 @@ var ErrTokenRequired = errors.New("vault: exactly one of token and token_file is
 // then overrides everything that matters, so the environment cannot change
 // where the broker talks to, with which token, or how TLS is checked:
 // address, agent address, TLS settings, namespace, extra headers, rate
-// limiter, SRV lookup and redirects are reset; the token comes only from the
-// options (vault/api itself never reads ~/.vault-token).
+// limiter, SRV lookup and redirects are reset; the token and the namespace
+// come only from the options (vault/api itself never reads ~/.vault-token).
 //
 // MaxRetries is 0: vault/api retries 5xx and connection errors twice by
 // default, and a retried create can leave a credential in Vault that nobody
@@ -69,6 +75,9 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	}
 	if o.Timeout < 0 {
 		errs = append(errs, errors.New("vault.timeout: must not be negative"))
+	}
+	if err := CheckNamespace(o.Namespace); err != nil {
+		errs = append(errs, fmt.Errorf("vault.namespace: %w", err))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -128,9 +137,34 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 		return nil, fmt.Errorf("vault: new client: %w", err)
 	}
 	c.SetToken(token)
-	c.ClearNamespace()
-	c.SetHeaders(http.Header{vaultapi.RequestHeaderName: []string{"true"}})
+	c.SetHeaders(http.Header{vaultapi.RequestHeaderName: []string{"true"}}) // drops VAULT_NAMESPACE's too
+	if o.Namespace != "" {
+		c.SetNamespace(o.Namespace) // after SetHeaders, which replaces every header
+	}
 	return c, nil
+}
+
+// CheckNamespace validates a Vault namespace path (vault.namespace): empty
+// (the root namespace), or names separated by single slashes, without
+// spaces or control characters, with at most one leading and one trailing
+// slash ("admin", "admin/team/").
+func CheckNamespace(ns string) error {
+	if ns == "" {
+		return nil
+	}
+	p := strings.TrimSuffix(strings.TrimPrefix(ns, "/"), "/")
+	if p == "" {
+		return fmt.Errorf("%q: the root namespace is the empty value", ns)
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "" {
+			return fmt.Errorf("%q: empty path segment", ns)
+		}
+		if strings.ContainsFunc(seg, func(r rune) bool { return r <= ' ' || r == 0x7f || unicode.IsSpace(r) }) {
+			return fmt.Errorf("%q: spaces and control characters are not allowed", ns)
+		}
+	}
+	return nil
 }
 
 // CloseIdleConnections closes c's idle keep-alive connections to Vault (and

@@ -8,7 +8,8 @@
 //     create can mint a credential nobody recorded), a per-request timeout,
 //     and nothing taken implicitly from the environment (no VAULT_TOKEN,
 //     VAULT_SKIP_VERIFY, VAULT_AGENT_ADDR, VAULT_NAMESPACE, VAULT_HEADERS...):
-//     the caller passes the address, token and CA it means;
+//     the caller passes the address, token, CA and namespace it means (the
+//     namespace also on the clone that logs in);
 //   - TokenMinter: broker.Minter and broker.Revoker for grants of kind
 //     vault_token (orphan service tokens tagged with the issuance);
 //   - JWTMinter: broker.Minter for grants of kind jwt (JWTs signed by a

@@ -222,14 +222,18 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	// Login requests go through a clone that never carries the broker's
 	// token: a login needs none, and an expired one must not get in the way.
 	// vaultapi's Clone runs NewClient, which reads VAULT_TOKEN,
-	// VAULT_NAMESPACE and VAULT_HEADERS again: reset all three.
+	// VAULT_NAMESPACE and VAULT_HEADERS again: reset all three. The login
+	// goes to the broker client's namespace (NewClient's Namespace), where
+	// its auth method is mounted.
 	lc, err := o.Client.Clone()
 	if err != nil {
 		return nil, fmt.Errorf("vault.auth: clone client: %w", err)
 	}
 	lc.ClearToken()
-	lc.ClearNamespace()
 	lc.SetHeaders(http.Header{vaultapi.RequestHeaderName: []string{"true"}})
+	if ns := o.Client.Namespace(); ns != "" {
+		lc.SetNamespace(ns)
+	}
 
 	l := &Login{
 		c: o.Client, lc: lc, method: o.Method,

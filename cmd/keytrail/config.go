@@ -73,6 +73,10 @@ type VaultConfig struct {
 	TokenFile string   `yaml:"token_file"` // or VAULT_TOKEN
 	CAFile    string   `yaml:"ca_file"`
 	Timeout   duration `yaml:"timeout"` // per request, default 5s
+	// Namespace is the Vault Enterprise / HCP Vault namespace of every
+	// Vault call (X-Vault-Namespace); VAULT_NAMESPACE overrides; empty:
+	// the root namespace.
+	Namespace string `yaml:"namespace"`
 	// TokenRole makes vault_token grants' tokens and the vault_dynamic
 	// reader tokens through auth/token/create/<role> instead of
 	// auth/token/create-orphan; the role must exist with orphan=true
@@ -325,6 +329,7 @@ func (c *Config) applyEnv(getenv func(string) string) map[string]string {
 	}{
 		{"listen", "KEYTRAIL_LISTEN", &c.Listen},
 		{"vault.address", "VAULT_ADDR", &c.Vault.Address},
+		{"vault.namespace", "VAULT_NAMESPACE", &c.Vault.Namespace},
 		{"store.redis_url", "KEYTRAIL_REDIS_URL", &c.Store.RedisURL},
 	} {
 		if v := getenv(o.env); v != "" {
@@ -427,6 +432,9 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	}
 	if c.Vault.Timeout < 0 {
 		bad("vault.timeout", "must not be negative (0: the default, 5s)")
+	}
+	if err := vaultad.CheckNamespace(c.Vault.Namespace); err != nil {
+		bad("vault.namespace", "%v", err)
 	}
 	if r := c.Vault.TokenRole; r != "" && !vaultad.PlainRoleName(r) {
 		bad("vault.token_role", "must be a token role name (letters, digits, '_', and '.' or '-' inside)")

@@ -31,7 +31,7 @@ func newConfigCheckCmd(e *env) *cobra.Command {
 		Short: "Validate a server configuration and the policy it names, as keytrail server does at start-up",
 		Long: `Validate a server configuration file and the policy it names the way
 'keytrail server --config FILE' does before it starts: the same strict
-decoder, the same environment overrides (KEYTRAIL_LISTEN, VAULT_ADDR,
+decoder, the same environment overrides (KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_NAMESPACE,
 KEYTRAIL_REDIS_URL), the same validation, and the policy loaded as the
 server loads it (its files, ca_file included, read). Every problem is
 printed on stderr, one per line, named by file, field and line, e.g.

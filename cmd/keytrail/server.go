@@ -43,7 +43,7 @@ func newServerCmd(e *env) *cobra.Command {
 		Use:   "server --config FILE",
 		Short: "Run the broker",
 		Long: `Run the keytrail broker with the given configuration file (YAML, decoded
-strictly). Environment overrides: KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_TOKEN,
+strictly). Environment overrides: KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_NAMESPACE, VAULT_TOKEN,
 KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m; raised, with
@@ -311,13 +311,6 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("policy issuers: %w", err)
 	}
 
-	if ns := e.getenv("VAULT_NAMESPACE"); ns != "" {
-		// NewClient clears any namespace: every request goes to the root
-		// namespace, which is not what a Vault Enterprise or HCP Vault
-		// operator setting it means.
-		log.Warn("VAULT_NAMESPACE is ignored: keytrail does not support Vault namespaces and talks to the root namespace",
-			slog.String("vault_namespace", ns))
-	}
 	auth := cfg.Vault.Auth
 	vaultToken := e.getenv("VAULT_TOKEN")
 	if auth != nil && vaultToken != "" {
@@ -331,6 +324,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		NoToken:   auth != nil,
 		CAFile:    cfg.Vault.CAFile,
 		Timeout:   time.Duration(cfg.Vault.Timeout),
+		Namespace: cfg.Vault.Namespace,
 	})
 	if err != nil {
 		if errors.Is(err, vaultad.ErrTokenRequired) {

@@ -1,63 +1,50 @@
 package main
 
 import (
-	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/keytrail/keytrail/broker/brokertest"
-	"github.com/keytrail/keytrail/e2e/harness"
 )
 
-// TestServerWarnsVaultNamespaceIgnored: keytrail talks to Vault's root
-// namespace only (adapters/vault.NewClient clears any namespace), but
-// VAULT_NAMESPACE is the standard way Vault Enterprise and HCP Vault users
-// select one, and the broker took no notice of it: its requests silently
-// went to another namespace than the operator meant. The server now says at
-// start-up that it ignores it. Real Vault.
-func TestServerWarnsVaultNamespaceIgnored(t *testing.T) {
-	vp := harness.StartVault(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
+// TestConfigVaultNamespace: vault.namespace selects the Vault Enterprise /
+// HCP Vault namespace of every Vault call, and VAULT_NAMESPACE, the
+// standard way to set it, overrides the file (as VAULT_ADDR does
+// vault.address). It was ignored, with a warning: every request went to
+// the root namespace. A malformed namespace is a problem naming the field
+// and, when it came from there, the variable.
+func TestConfigVaultNamespace(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
+	const base = "public_url: http://127.0.0.1:7700\naudit: {file: a.jsonl}\npolicy: "
+	tests := []struct {
+		name    string
+		vault   string
+		env     map[string]string
+		want    string
+		wantErr string
+	}{
+		{name: "ok/none", vault: "{address: http://127.0.0.1:8200}", want: ""},
+		{name: "ok/file", vault: "{address: http://127.0.0.1:8200, namespace: admin/team-a}", want: "admin/team-a"},
+		{name: "ok/env", vault: "{address: http://127.0.0.1:8200}", env: map[string]string{"VAULT_NAMESPACE": "admin"}, want: "admin"},
+		{name: "ok/env-over-file", vault: "{address: http://127.0.0.1:8200, namespace: admin/team-a}", env: map[string]string{"VAULT_NAMESPACE": "admin"}, want: "admin"},
+		{name: "fail/file", vault: "{address: http://127.0.0.1:8200, namespace: 'admin//x'}", wantErr: "vault.namespace: \"admin//x\": empty path segment"},
+		{name: "fail/env", vault: "{address: http://127.0.0.1:8200}", env: map[string]string{"VAULT_NAMESPACE": "ad min"},
+			wantErr: "vault.namespace: \"ad min\": spaces and control characters are not allowed (from VAULT_NAMESPACE)"},
 	}
-	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
-		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-		Log: LogConfig{Level: "warn", Format: "text"}}
-	cfg.applyDefaults()
-	if err := cfg.validate("test config"); err != nil {
-		t.Fatal(err)
-	}
-	var logs brokertest.SyncBuffer
-	e := &env{ctx: ctx, stdout: &logs, stderr: &logs, getenv: func(k string) string {
-		switch k {
-		case "VAULT_TOKEN":
-			return vp.RootToken
-		case "VAULT_NAMESPACE":
-			return "admin"
-		}
-		return ""
-	}}
-	readyc, errc := make(chan string, 1), make(chan error, 1)
-	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
-	select {
-	case <-readyc:
-	case err := <-errc:
-		t.Fatalf("runServer() = %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatalf("runServer() = %v", err)
-	}
-	if out := logs.String(); !strings.Contains(out, "VAULT_NAMESPACE is ignored") || !strings.Contains(out, "admin") {
-		t.Errorf("server log does not say that VAULT_NAMESPACE=admin is ignored:\n%s", out)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "config.yaml", base+pol+"\nvault: "+tt.vault+"\n")
+			cfg, err := LoadConfig(p, func(k string) string { return tt.env[k] })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("LoadConfig() = %v, want an error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadConfig() = %v, want ok", err)
+			}
+			if cfg.Vault.Namespace != tt.want {
+				t.Errorf("vault.namespace = %q, want %q", cfg.Vault.Namespace, tt.want)
+			}
+		})
 	}
 }
