@@ -359,13 +359,24 @@ func matchEntries(root *yaml.Node, f func(path, field string, k, v *yaml.Node)) 
 		for i, item := range seq.Content {
 			match := mappingValue(item, "match")
 			for _, field := range []string{"claims", "claim_patterns"} {
+				// The entry of each key the decoder keeps: the last
+				// passed (see mappingEntry).
+				var keys []string
+				last := map[string][2]*yaml.Node{}
 				mappingEntries(mappingValue(match, field), func(k, v *yaml.Node) bool {
+					if _, ok := last[k.Value]; !ok {
+						keys = append(keys, k.Value)
+					}
+					last[k.Value] = [2]*yaml.Node{k, v}
+					return true
+				})
+				for _, key := range keys {
+					k, v := last[key][0], last[key][1]
 					for v.Kind == yaml.AliasNode && v.Alias != nil {
 						v = v.Alias
 					}
 					f(fmt.Sprintf("%s[%d].match", section, i), field, k, v)
-					return true
-				})
+				}
 			}
 		}
 	}
@@ -389,8 +400,10 @@ const maxMergeVisits = 1 << 16
 func mappingEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 	mappingEntries(n, func(kn, vn *yaml.Node) bool {
 		if kn.Value == key {
+			// The last passed is the one the decoder keeps: a merged
+			// "1" is set after a "1" written as a number (see
+			// yamlcheck.Entries).
 			k, v = kn, vn
-			return false
 		}
 		return true
 	})

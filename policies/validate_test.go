@@ -922,3 +922,76 @@ grants:
 		t.Fatalf("Warnings() (-want +got):\n%s", diff)
 	}
 }
+
+// TestMergedTypedClaimKeysAsDecoded: a claims key written as a number next
+// to a "<<" ({1: a, <<: {1: b}}) and the same key merged are two keys to
+// the decoder's merge (the number 1, the string "1"): it sets "1" to a,
+// then to b. The checks saw a (a key written next to the merge overrides
+// the merged one): a merged value without one was not refused when the
+// written value was there, an unquoted 0x1F merged drew no warning, and a
+// written key without a value was refused though the decoder reads the
+// merged one. They now see what the decoder reads.
+func TestMergedTypedClaimKeysAsDecoded(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      claims: {1: a, <<: {1: 0x1F}}
+    grants: [g]
+  - name: x
+    owner: o
+    match:
+      issuer: i
+      subject: s2
+      claims: {1: , <<: {1: b}}
+    grants: [g]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p]}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	if err != nil {
+		t.Fatalf("Parse() = %v, want a valid policy", err)
+	}
+	// What the decoder reads.
+	for _, tc := range []struct{ workload, want string }{{"w", "0x1F"}, {"x", "b"}} {
+		w, ok := p.Workload(tc.workload)
+		if got := w.Match.Claims["1"]; !ok || got != tc.want {
+			t.Errorf("workload %s: claims[\"1\"] = %q, want %q (what the decoder reads)", tc.workload, got, tc.want)
+		}
+	}
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.Error())
+	}
+	want := []string{
+		`t.yaml: workloads[0].match.claims["1"]: unquoted 0x1F is compared as the text "0x1F", never as the number 31: quote it to match that text, or write 31 to match a number claim (line 14)`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Warnings() (-want +got):\n%s", diff)
+	}
+
+	// A merged claim without a value leaves the written one: nothing to
+	// refuse. The same merged over a string key was, and is, overridden.
+	for _, claims := range []string{`{1: a, <<: {1: }}`, `{"1": a, <<: {1: }}`} {
+		doc := strings.Replace(policy, `{1: a, <<: {1: 0x1F}}`, claims, 1)
+		p, err := Parse("t.yaml", []byte(doc))
+		if err != nil {
+			t.Fatalf("claims %s: Parse() = %v, want a valid policy", claims, err)
+		}
+		if w, _ := p.Workload("w"); w.Match.Claims["1"] != "a" {
+			t.Errorf("claims %s: claims[\"1\"] = %q, want \"a\"", claims, w.Match.Claims["1"])
+		}
+	}
+}

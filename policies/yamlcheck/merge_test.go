@@ -75,6 +75,34 @@ func TestEntries(t *testing.T) {
 		{"bad/list-in-list", "m: {<<: [[{a: 1}]]}\n",
 			[]string{"!bad@1"},
 			[]string{"!bad@1"}},
+		// The decoder compares a key written next to the "<<" as the
+		// value it is on its own (the number 1, the boolean true, a
+		// time), a merged key as the string it sets: the merged 1 is set
+		// after the written one, and wins.
+		{"typed/number-key", "m: {1: a, <<: {1: b}}\n",
+			[]string{"1=a", "<<@1", "1=b"},
+			[]string{"1=a", "<<@1", "1=b"}},
+		{"typed/number-key-after-merge", "m: {<<: {1: b}, 1: a}\n",
+			[]string{"<<@1", "1=b", "1=a"},
+			[]string{"1=a", "<<@1", "1=b"}},
+		{"typed/bool-and-time-keys", "m: {true: a, 2001-01-01: c, <<: {true: b, 2001-01-01: d}}\n",
+			[]string{"true=a", "2001-01-01=c", "<<@1", "true=b", "2001-01-01=d"},
+			[]string{"true=a", "2001-01-01=c", "<<@1", "true=b", "2001-01-01=d"}},
+		{"typed/quoted-key-overrides", "m: {\"1\": a, <<: {1: b}}\n",
+			[]string{"1=a", "<<@1"},
+			[]string{"1=a", "<<@1"}},
+		// Below the mapping the merge is written in, keys are strings:
+		// the first merged mapping to set "1" wins, as for any key.
+		{"typed/nested-merges-as-strings", "m: {1: a, <<: [{1: b}, {1: c, <<: {1: d}}]}\n",
+			[]string{"1=a", "<<@1", "1=b", "<<@1", "<<@1"},
+			[]string{"1=a", "<<@1", "1=b", "<<@1", "<<@1"}},
+		// A merged entry without a value leaves the key as it was.
+		{"typed/merged-null-kept", "m: {1: a, <<: {1: }}\n",
+			[]string{"1=a", "<<@1"},
+			[]string{"1=a", "<<@1"}},
+		{"typed/written-null-replaced", "m: {1: , <<: {1: b}}\n",
+			[]string{"1=", "<<@1", "1=b"},
+			[]string{"1=", "<<@1", "1=b"}},
 		{"none/not-a-mapping", "m: [a, b]\n", nil, nil},
 	}
 	for _, tt := range tests {
@@ -113,14 +141,21 @@ func TestEntries(t *testing.T) {
 			if err := yaml.Unmarshal([]byte(tt.yaml), &decoded); err != nil {
 				return
 			}
+			// In DecoderOrder, the value passed last for a key is the one
+			// the decoder keeps; a key is passed twice only when the
+			// decoder sets it twice (written as a number, boolean or time
+			// next to the "<<", then merged).
 			fromEntries := map[string]string{}
+			firstTag := map[string]string{}
 			budget := 100
-			Entries(m, DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+			Entries(m, DecoderOrder, &budget, func(k, v *yaml.Node) bool {
 				if k == nil {
 					return true
 				}
-				if _, dup := fromEntries[k.Value]; dup {
+				if tag, dup := firstTag[k.Value]; dup && tag == "!!str" {
 					t.Errorf("Entries passed %q twice", k.Value)
+				} else if !dup {
+					firstTag[k.Value] = k.ShortTag()
 				}
 				fromEntries[k.Value] = v.Value
 				return true
