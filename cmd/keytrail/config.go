@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -244,7 +245,9 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	// Compose files): a place for anchors (x-defaults: &d) that other
 	// settings merge or alias.
 	var c Config
-	if ps := yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c)); len(ps) > 0 {
+	ps := append(yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c)), duplicateExtensions(&doc)...)
+	slices.SortStableFunc(ps, func(a, b yamlcheck.Problem) int { return a.Line - b.Line })
+	if len(ps) > 0 {
 		errs := make([]error, len(ps))
 		for i, p := range ps {
 			errs[i] = fmt.Errorf("%s: %w", path, p)
@@ -299,6 +302,29 @@ func withoutExtensions(doc *yaml.Node) *yaml.Node {
 	d := *doc
 	d.Content = []*yaml.Node{&top}
 	return &d
+}
+
+// duplicateExtensions reports each top-level extension key (x-...) written
+// twice, as Check does any other key: withoutExtensions hides them from
+// it, and the decoder refuses them with its own words.
+func duplicateExtensions(doc *yaml.Node) []yamlcheck.Problem {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil
+	}
+	var out []yamlcheck.Problem
+	m := doc.Content[0].Content
+	for i := 0; i+1 < len(m); i += 2 {
+		a := m[i]
+		if a.Kind != yaml.ScalarNode || !isExtensionKey(a.Value) {
+			continue
+		}
+		for j := i + 2; j+1 < len(m); j += 2 {
+			if b := m[j]; b.Kind == a.Kind && b.Value == a.Value {
+				out = append(out, yamlcheck.Problem{Path: a.Value, Line: b.Line, Message: fmt.Sprintf("written twice (first at line %d)", a.Line)})
+			}
+		}
+	}
+	return out
 }
 
 // yamlError is err, an error of parsing the YAML of the config file at

@@ -129,7 +129,7 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 // "x-" are now ignored, as Compose files do: what they hold counts only
 // where it is merged or aliased, a problem there names the line it is
 // written on, and an x- key anywhere but the top level is still an
-// unknown field.
+// unknown field. An x- key written twice is named by key and both lines.
 func TestLoadConfigExtensionKeys(t *testing.T) {
 	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
 	head := "x-vault: &vault\n" + // 1
@@ -152,6 +152,10 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 			wantErr: "vault.x-note: unknown field (line 10)"},
 		{name: "fail/not-an-x-key", yaml: head + "vault: *vault\nxdefaults: 1\n",
 			wantErr: "xdefaults: unknown field (line 9)"},
+		// Named like any key written twice, not in the decoder's words
+		// ("mapping key \"x-notes\" already defined at line 4").
+		{name: "fail/x-key-written-twice", yaml: head + "vault: *vault\nx-notes: 2\n",
+			wantErr: "x-notes: written twice (first at line 4) (line 9)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
