@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,11 +50,14 @@ audit.checkpoint_key_file (or the default key next to audit.file, if it
 exists), tls.cert_file with tls.key_file (they must parse and match) and
 tls.client_ca_file, e.g. "keytrail.yaml: tls.key_file: /x/key.pem: no PEM
 private key (line 14)". A serving certificate (tls.cert_file) that has
-expired or is not yet valid is a problem. Warnings, which leave the exit
-status 0: a serving certificate that expires within 7 days (the server
-reloads a renewed one), and a token, secret id, checkpoint key or TLS key
-file with mode bits in 027 (others, or the group for writing, can read or
-change it).
+expired or is not yet valid is a problem, and so is a CA bundle
+(vault.ca_file, store.ca_file, tls.client_ca_file) none of whose
+certificates is valid now. Warnings, which leave the exit status 0: a
+serving certificate that expires within 7 days (the server reloads a
+renewed one), a CA bundle's certificate that expires within 30 days, or
+has expired (or is not yet valid) next to a valid one, and a token,
+secret id, checkpoint key or TLS key file with mode bits in 027 (others,
+or the group for writing, can read or change it).
 
 Nothing is contacted or written: not Vault (whether it accepts the token
 or the AppRole or Kubernetes login is checked only by the server), not
@@ -192,11 +197,25 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 		warn(field, "%s has mode %#o: others can read or change it; chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
 
-	if p := c.Vault.CAFile; p != "" {
-		if _, err := vaultad.LoadCAFile(p); err != nil {
-			bad("vault.ca_file", err)
+	// caBundle reads a CA bundle, as the server does, and judges the
+	// dates of its certificates.
+	caBundle := func(field, path string) {
+		if path == "" {
+			return
+		}
+		if _, err := vaultad.LoadCAFile(path); err != nil {
+			bad(field, err)
+			return
+		}
+		p, w := caBundleDates(path, now)
+		for _, err := range p {
+			bad(field, err)
+		}
+		for _, m := range w {
+			warn(field, "%s", m)
 		}
 	}
+	caBundle("vault.ca_file", c.Vault.CAFile)
 	// credential reads a file the Vault login reads (a token, an AppRole
 	// id, a service-account token).
 	credential := func(field, path string, isSecret bool) {
@@ -233,11 +252,7 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 			credential(prefix+"jwt_file", jwt, false)
 		}
 	}
-	if p := c.Store.CAFile; p != "" {
-		if _, err := loadCAPool(p); err != nil {
-			bad("store.ca_file", err)
-		}
-	}
+	caBundle("store.ca_file", c.Store.CAFile)
 	if p := c.Audit.CheckpointKeyFile; p != "" {
 		if _, err := loadCheckpointKey(p); err != nil {
 			bad("audit.checkpoint_key_file", err)
@@ -277,9 +292,65 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 			}
 		}
 	}
-	if t := c.TLS; t != nil && t.ClientCAFile != "" {
-		if _, err := loadCAPool(t.ClientCAFile); err != nil {
-			bad("tls.client_ca_file", err)
+	if t := c.TLS; t != nil {
+		caBundle("tls.client_ca_file", t.ClientCAFile)
+	}
+	return problems, warnings
+}
+
+// caExpiryWarning is how long before a certificate of a CA bundle
+// (vault.ca_file, store.ca_file, tls.client_ca_file) expires keytrail
+// config check warns about it: CA certificates live for years and are
+// replaced by hand, so a month's notice.
+const caExpiryWarning = 30 * 24 * time.Hour
+
+// caBundleDates judges the dates of the certificates of the CA bundle at
+// path (already read with vaultad.LoadCAFile) at now. One that has expired
+// or is not yet valid verifies nothing: a problem when no certificate of
+// the bundle is valid (every TLS connection it verifies would fail), else
+// a warning (another may be the one that signs); one that expires within
+// caExpiryWarning is a warning. Each names the file and the certificate.
+func caBundleDates(path string, now time.Time) (problems []error, warnings []string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil
+	}
+	var unusable []string
+	valid := 0
+	for rest := b; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			continue // the pool skips it too
+		}
+		name := cert.Subject.CommonName
+		if name == "" {
+			name = cert.Subject.String()
+		}
+		switch {
+		case now.After(cert.NotAfter):
+			unusable = append(unusable, fmt.Sprintf("%s: certificate %q expired at %s", path, name, cert.NotAfter.UTC().Format(time.RFC3339)))
+		case now.Before(cert.NotBefore):
+			unusable = append(unusable, fmt.Sprintf("%s: certificate %q not valid before %s", path, name, cert.NotBefore.UTC().Format(time.RFC3339)))
+		default:
+			valid++
+			if cert.NotAfter.Sub(now) < caExpiryWarning {
+				warnings = append(warnings, fmt.Sprintf("%s: certificate %q expires at %s, in less than %d days", path, name,
+					cert.NotAfter.UTC().Format(time.RFC3339), caExpiryWarning/(24*time.Hour)))
+			}
+		}
+	}
+	for _, u := range unusable {
+		if valid == 0 {
+			problems = append(problems, fmt.Errorf("%s: no certificate of the bundle is valid now", u))
+		} else {
+			warnings = append(warnings, u+": it verifies nothing (remove it)")
 		}
 	}
 	return problems, warnings

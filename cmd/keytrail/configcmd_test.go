@@ -140,7 +140,7 @@ func TestConfigCheckHelp(t *testing.T) {
 	}
 	for _, want := range []string{"--config", "KEYTRAIL_LISTEN", "VAULT_ADDR", "KEYTRAIL_REDIS_URL", "file, field and line",
 		"Nothing is contacted or written", "Exit status: 0", "2 usage",
-		"tls.key_file", "expires within 7 days", "mode bits in 027"} {
+		"tls.key_file", "expires within 7 days", "mode bits in 027", "CA bundle", "within 30 days"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("keytrail config check --help lacks %q", want)
 		}
@@ -151,16 +151,20 @@ func TestConfigCheckHelp(t *testing.T) {
 // every file the server reads only after its Vault login (TLS key pair,
 // client CA, Vault CA, Redis CA, checkpoint key, token and AppRole files),
 // with the server's readers, and names each problem by file, field and
-// line. Before, it only checked that they existed and said "ok".
+// line. Before, it only checked that they existed and said "ok"; the
+// dates of a CA bundle's certificates were not looked at (an expired
+// vault.ca_file passed).
 func TestConfigCheckReadsServerFiles(t *testing.T) {
 	dir := t.TempDir()
 	pol := writeFile(t, dir, "policy.yaml", serverTestPolicy)
 	now := time.Now()
-	cert, key := writeKeyPair(t, dir, "broker", now.Add(-time.Hour), now.Add(30*24*time.Hour))
+	cert, key := writeKeyPair(t, dir, "broker", now.Add(-time.Hour), now.Add(90*24*time.Hour))
 	otherCert, _ := writeKeyPair(t, dir, "other", now.Add(-time.Hour), now.Add(30*24*time.Hour))
 	expired, expiredKey := writeKeyPair(t, dir, "expired", now.Add(-48*time.Hour), now.Add(-time.Hour))
 	expiring, expiringKey := writeKeyPair(t, dir, "expiring", now.Add(-time.Hour), now.Add(3*24*time.Hour))
 	future, futureKey := writeKeyPair(t, dir, "future", now.Add(time.Hour), now.Add(48*time.Hour))
+	caExpiring, _ := writeKeyPair(t, dir, "ca-expiring", now.Add(-time.Hour), now.Add(20*24*time.Hour))
+	caBundle := writeFile(t, dir, "ca-bundle.pem", mustReadFile(t, cert)+mustReadFile(t, expired))
 	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -224,6 +228,17 @@ func TestConfigCheckReadsServerFiles(t *testing.T) {
 			wantStderr: []string{"tls.client_ca_file: " + garbage + ": no PEM certificate (line 8)"}},
 		{name: "fail/vault-ca-unparsable", yaml: config(", ca_file: "+garbage, auditFile, ""), wantCode: 1,
 			wantStderr: []string{"vault.ca_file: " + garbage + ": no PEM certificate (line 3)"}},
+		// A CA bundle's certificates are judged by date too: none valid
+		// is a problem; an unusable one next to a valid one, or one
+		// that expires within 30 days, a warning.
+		{name: "fail/vault-ca-expired", yaml: config(", ca_file: "+expired, auditFile, ""), wantCode: 1,
+			wantStderr: []string{`vault.ca_file: ` + expired + `: certificate "expired" expired at `, `: no certificate of the bundle is valid now (line 3)`}},
+		{name: "fail/client-ca-not-yet-valid", yaml: config("", auditFile, tlsBlock(cert, key, future)), wantCode: 1,
+			wantStderr: []string{`tls.client_ca_file: ` + future + `: certificate "future" not valid before `, `: no certificate of the bundle is valid now (line 8)`}},
+		{name: "warn/store-ca-expires-within-30-days", yaml: config("", auditFile, "store: {redis_url: 'rediss://127.0.0.1:1/0', ca_file: "+caExpiring+"}\n"),
+			wantWarning: []string{`store.ca_file: ` + caExpiring + `: certificate "ca-expiring" expires at `, `, in less than 30 days (line 5)`}},
+		{name: "warn/client-ca-bundle-holds-an-expired-cert", yaml: config("", auditFile, tlsBlock(cert, key, caBundle)),
+			wantWarning: []string{`tls.client_ca_file: ` + caBundle + `: certificate "expired" expired at `, `: it verifies nothing (remove it) (line 8)`}},
 		{name: "fail/vault-token-file-empty", yaml: config(", token_file: "+empty, auditFile, ""), wantCode: 1,
 			wantStderr: []string{"vault.token_file: " + empty + ": empty (line 3)"}},
 		{name: "fail/approle-secret-id-file-missing", yaml: config(", approle: {role_id_file: "+token+", secret_id_file: "+missing+"}", auditFile, ""), wantCode: 1,
@@ -249,13 +264,21 @@ func TestConfigCheckReadsServerFiles(t *testing.T) {
 			if got := exitCode(err); got != tt.wantCode {
 				t.Fatalf("config check = %v (exit %d), want exit %d\nstdout: %s\nstderr: %s", err, got, tt.wantCode, out, stderr)
 			}
+			// A want starting with ":" or "," is the end of the line
+			// before it (after a time, say).
 			for _, w := range tt.wantStderr {
-				if w = cfg + ": " + w; !strings.Contains(stderr, w) {
+				if !strings.HasPrefix(w, ":") {
+					w = cfg + ": " + w
+				}
+				if !strings.Contains(stderr, w) {
 					t.Errorf("stderr lacks %q:\n%s", w, stderr)
 				}
 			}
 			for _, w := range tt.wantWarning {
-				if w = "warning: " + cfg + ": " + w; !strings.Contains(stderr, w) {
+				if !strings.HasPrefix(w, ":") && !strings.HasPrefix(w, ",") {
+					w = "warning: " + cfg + ": " + w
+				}
+				if !strings.Contains(stderr, w) {
 					t.Errorf("stderr lacks %q:\n%s", w, stderr)
 				}
 			}
@@ -276,6 +299,16 @@ func TestConfigCheckReadsServerFiles(t *testing.T) {
 	if _, err := os.Stat(defaultCheckpointKey(auditFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("default checkpoint key after config check: %v, want it not created", err)
 	}
+}
+
+// mustReadFile is the content of the file at path.
+func mustReadFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // mustReadKey is the private key of the PEM file at path.
