@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -312,6 +313,7 @@ func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	warnServingKeyPair(log, c.CertFile, c.KeyFile, r.cert.Leaf, time.Now())
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: r.getCertificate}
 	if c.ClientCAFile != "" {
 		pool, err := loadCAPool(c.ClientCAFile)
@@ -321,6 +323,28 @@ func serverTLS(c *TLSConfig, log *slog.Logger) (*tls.Config, error) {
 		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
 	return tc, nil
+}
+
+// warnServingKeyPair logs, at start-up, what keytrail config check says of
+// the serving key pair that does not stop the server: a certificate
+// (leaf) that has expired or is not yet valid (clients refuse it until a
+// renewed one is written, which the server picks up), and a key file
+// whose mode lets others read or change it. One WARN each, naming the
+// field and the file; never the key.
+func warnServingKeyPair(log *slog.Logger, certFile, keyFile string, leaf *x509.Certificate, now time.Time) {
+	switch {
+	case leaf == nil:
+	case now.After(leaf.NotAfter):
+		log.Warn("tls certificate has expired: clients will refuse it until a renewed one is written",
+			slog.String("field", "tls.cert_file"), slog.String("file", certFile), slog.Time("not_after", leaf.NotAfter.UTC()))
+	case now.Before(leaf.NotBefore):
+		log.Warn("tls certificate is not valid yet: clients will refuse it until then",
+			slog.String("field", "tls.cert_file"), slog.String("file", certFile), slog.Time("not_before", leaf.NotBefore.UTC()))
+	}
+	if fi, err := os.Stat(keyFile); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&looseSecretPerm != 0 {
+		log.Warn("tls key file can be read or changed by others than its owner; chmod 600 it",
+			slog.String("field", "tls.key_file"), slog.String("file", keyFile), slog.String("mode", fmt.Sprintf("%#o", fi.Mode().Perm())))
+	}
 }
 
 // policyStamp summarises the policy files' names, sizes and mtimes, so a

@@ -106,6 +106,62 @@ func TestServerTLSClientCA(t *testing.T) {
 	}
 }
 
+// TestServerTLSWarnsAtStartUp: the server started with an expired (or not
+// yet valid) serving certificate, or a key file others can read, without
+// a word; keytrail config check alone said so. It now logs one WARN for
+// each, naming the field and the file, never the key; a good pair logs
+// nothing.
+func TestServerTLSWarnsAtStartUp(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	goodCert, goodKey := writeKeyPair(t, dir, "good", now.Add(-time.Hour), now.Add(90*24*time.Hour))
+	expCert, expKey := writeKeyPair(t, dir, "expired", now.Add(-48*time.Hour), now.Add(-time.Hour))
+	futCert, futKey := writeKeyPair(t, dir, "future", now.Add(time.Hour), now.Add(48*time.Hour))
+	looseKey := filepath.Join(dir, "loose.key")
+	if err := os.WriteFile(looseKey, []byte(mustReadFile(t, goodKey)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(looseKey, 0o644); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	type warning struct{ Level, Msg, Field, File, Mode string }
+	tests := []struct {
+		name      string
+		cert, key string
+		want      []warning
+	}{
+		{"ok/good-pair", goodCert, goodKey, nil},
+		{"warn/expired", expCert, expKey, []warning{{"WARN", "tls certificate has expired: clients will refuse it until a renewed one is written", "tls.cert_file", expCert, ""}}},
+		{"warn/not-yet-valid", futCert, futKey, []warning{{"WARN", "tls certificate is not valid yet: clients will refuse it until then", "tls.cert_file", futCert, ""}}},
+		{"warn/loose-key", goodCert, looseKey, []warning{{"WARN", "tls key file can be read or changed by others than its owner; chmod 600 it", "tls.key_file", looseKey, "0644"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			if _, err := serverTLS(&TLSConfig{CertFile: tt.cert, KeyFile: tt.key}, slog.New(slog.NewJSONHandler(&logs, nil))); err != nil {
+				t.Fatalf("serverTLS = %v, want the pair served", err)
+			}
+			var got []warning
+			for _, line := range bytes.Split(bytes.TrimSpace(logs.Bytes()), []byte("\n")) {
+				if len(line) == 0 {
+					continue
+				}
+				var w warning
+				if err := json.Unmarshal(line, &w); err != nil {
+					t.Fatalf("log line %q: %v", line, err)
+				}
+				got = append(got, w)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("serverTLS logged (-want +got):\n%s", diff)
+			}
+			if key := mustReadFile(t, tt.key); strings.Contains(logs.String(), strings.Split(key, "\n")[1]) {
+				t.Errorf("serverTLS logged the private key:\n%s", logs.String())
+			}
+		})
+	}
+}
+
 // TestServePprof: pprof_listen serves the profiling index and stops.
 func TestServePprof(t *testing.T) {
 	addr, stop, err := servePprof("127.0.0.1:0", slog.New(slog.DiscardHandler))
