@@ -49,6 +49,28 @@ const (
 // maxPerSecond bounds a workload rate so the derived burst stays an int.
 const maxPerSecond = 1e6
 
+// Upper bounds of durations and bursts (docs/SPEC-ADDITIONS.md). Above
+// maxDuration a ttl or max_token_lifetime is a problem: no short-lived
+// credential or platform identity token lives 10 years, and what is added
+// to them (a record's retention, a retiring key's leeway) must not
+// overflow a time.Duration (292 years). The others draw warnings.
+const (
+	maxDuration = 10 * 365 * 24 * time.Hour // 87600h
+	// vaultMaxLeaseTTL is Vault's default max lease TTL (32 days): a
+	// longer ttl is cut to the mount's max unless it was raised.
+	vaultMaxLeaseTTL = 768 * time.Hour
+	// longJWTTTL: a JWT cannot be revoked where it is verified (without
+	// introspection), and a transit key the policy stops naming stays in
+	// the JWKS for the longest ttl that signed with it, not across a
+	// restart.
+	longJWTTTL = 24 * time.Hour
+	// longTokenLifetime: platform identity tokens live minutes to hours.
+	longTokenLifetime = 7 * 24 * time.Hour
+	// longBurst: a burst above a minute of requests at the rate (and
+	// above this many) lets a client spend that minute at once.
+	longBurst = 100
+)
+
 var (
 	kinds         = []string{KindVaultToken, KindJWT, KindVaultDynamic, KindProxy, KindPKI}
 	roles         = []string{RoleRevoke, RoleTrace, RoleReport}
@@ -345,8 +367,13 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 			v.add(l.file, ap, "unsupported algorithm %q (want one of %s)", a, strings.Join(algorithms, ", "))
 		}
 	}
-	if is.MaxTokenLifetime < 0 {
+	switch d := time.Duration(is.MaxTokenLifetime); {
+	case d < 0:
 		v.add(l.file, l.path+".max_token_lifetime", "must be > 0")
+	case d > maxDuration:
+		v.add(l.file, l.path+".max_token_lifetime", "%v is over 10 years (%v): identity tokens are short-lived", d, maxDuration)
+	case d > longTokenLifetime:
+		v.warn(l.file, l.path+".max_token_lifetime", "%v is over 7 days: tokens valid that long are accepted, and a stolen one is good for as long (platform tokens live minutes to hours)", d)
 	}
 	if d := time.Duration(is.MaxTokenLifetime); d > 0 && d < time.Second {
 		// Valid (it fails closed), but a token's exp and iat are whole
@@ -464,6 +491,8 @@ func validateRate(v *validator, l loc, field string, r *Rate, burstWritten bool)
 		v.add(l.file, l.path+"."+field+".burst", "must be >= 1")
 	case r.Burst == 0 && burstWritten:
 		v.add(l.file, l.path+"."+field+".burst", "must be >= 1 (omit it for the default, ceil(per_second))")
+	case r.Burst > longBurst && float64(r.Burst) > 60*r.PerSecond:
+		v.warn(l.file, l.path+"."+field+".burst", "%d is more than a minute of requests at per_second %g: a client can spend them all at once", r.Burst, r.PerSecond)
 	}
 }
 
@@ -596,6 +625,17 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 		// and the grant's description print the fraction.
 		down := ttl.Truncate(time.Second)
 		v.add(l.file, l.path+".ttl", "%s is not whole seconds: credentials are issued for whole seconds (write %s or %s)", g.TTL, down, down+time.Second)
+	} else {
+		switch {
+		case ttl > maxDuration:
+			v.add(l.file, l.path+".ttl", "%s is over 10 years (%v): credentials are short-lived", g.TTL, maxDuration)
+		case g.Kind == KindJWT && ttl > longJWTTTL:
+			v.warn(l.file, l.path+".ttl", "%s is over 24h: a JWT cannot be revoked where it is verified (without introspection), and a transit key the policy stops naming stays in the JWKS only for this long, and not across a restart", g.TTL)
+		case ttl > vaultMaxLeaseTTL && (g.Kind == KindVaultToken || g.Kind == KindVaultDynamic || g.Kind == KindPKI):
+			v.warn(l.file, l.path+".ttl", "%s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short", g.TTL)
+		case ttl > vaultMaxLeaseTTL && g.Kind == KindProxy:
+			v.warn(l.file, l.path+".ttl", "%s is over 768h (32 days): a credential that long-lived ends early only if revoked", g.TTL)
+		}
 	}
 	blocks := []struct {
 		kind string

@@ -312,6 +312,11 @@ func TestParseValidation(t *testing.T) {
 				"t.yaml: workloads[1].rate.burst: must be a whole number, not 2.5 (line 3)"}},
 		{"fail/grant-vault-token-num-uses-no-value", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p], num_uses: }}]`},
 			[]string{"t.yaml: grants[0].vault_token.num_uses: no value: write a number of uses (0 = unlimited), or remove the field"}},
+		{"fail/grant-ttl-over-10-years", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 2562047h, vault_token: {policies: [p]}}]`},
+			[]string{"t.yaml: grants[0].ttl: 2562047h0m0s is over 10 years (87600h0m0s): credentials are short-lived"}},
+		{"fail/max-token-lifetime-over-10-years", map[string]string{"issuers": `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [k], algorithms: [RS256], max_token_lifetime: 87601h}]`},
+			[]string{"t.yaml: issuers[0].max_token_lifetime: 87601h0m0s is over 10 years (87600h0m0s): identity tokens are short-lived"}},
+		{"ok/grant-ttl-10-years", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 87600h, vault_token: {policies: [p]}}]`}, nil},
 		{"ok/grant-vault-token-num-uses-zero", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p], num_uses: 0}}]`}, nil},
 		{"ok/integral-float-for-integer", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p], num_uses: 2.0}}]`}, nil},
 		{"fail/grant-vault-token-no-policies", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {}}]`},
@@ -993,5 +998,55 @@ grants:
 		if w, _ := p.Workload("w"); w.Match.Claims["1"] != "a" {
 			t.Errorf("claims %s: claims[\"1\"] = %q, want \"a\"", claims, w.Match.Claims["1"])
 		}
+	}
+}
+
+// TestLongDurationsAndBurstsWarn: a ttl, max_token_lifetime or burst had
+// no upper bound and drew no word. Above a bound that still has uses they
+// are warnings (docs/SPEC-ADDITIONS.md): a jwt ttl over 24h, a Vault
+// credential's over Vault's default max lease TTL (768h), a proxy
+// credential's over 768h, a max_token_lifetime over 7 days, a burst over
+// 100 and over a minute of requests at the rate. At the bounds, none.
+func TestLongDurationsAndBurstsWarn(t *testing.T) {
+	const iss = `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [k], algorithms: [RS256], max_token_lifetime: %s}]`
+	const wl = `[{name: w, owner: team, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: %s, burst: %s}}]`
+	tests := []struct {
+		name string
+		over map[string]string
+		want []string
+	}{
+		{"ok/at-the-bounds", map[string]string{
+			"issuers":   fmt.Sprintf(iss, "168h"),
+			"workloads": fmt.Sprintf(wl, "1", "100"),
+			"grants":    `[{name: g, kind: jwt, ttl: 24h, jwt: {audience: a, transit_key: k}}, {name: h, kind: vault_token, ttl: 768h, vault_token: {policies: [p]}}, {name: d, kind: vault_dynamic, ttl: 768h, vault_dynamic: {path: database/creds/x}}, {name: c, kind: pki, ttl: 768h, pki: {path: pki/issue/r}}, {name: x, kind: proxy, ttl: 768h, proxy: {` + okProxy + `}}]`}, nil},
+		{"ok/burst-within-a-minute", map[string]string{"workloads": fmt.Sprintf(wl, "50", "3000")}, nil},
+		{"warn/over-the-bounds", map[string]string{
+			"issuers":   fmt.Sprintf(iss, "169h"),
+			"workloads": fmt.Sprintf(wl, "1", "101"),
+			"grants":    `[{name: g, kind: jwt, ttl: 25h, jwt: {audience: a, transit_key: k}}, {name: h, kind: vault_token, ttl: 769h, vault_token: {policies: [p]}}, {name: d, kind: vault_dynamic, ttl: 769h, vault_dynamic: {path: database/creds/x}}, {name: c, kind: pki, ttl: 769h, pki: {path: pki/issue/r}}, {name: x, kind: proxy, ttl: 769h, proxy: {` + okProxy + `}}]`},
+			[]string{
+				"t.yaml: issuers[0].max_token_lifetime: 169h0m0s is over 7 days: tokens valid that long are accepted, and a stolen one is good for as long (platform tokens live minutes to hours) (line 2)",
+				"t.yaml: grants[0].ttl: 25h0m0s is over 24h: a JWT cannot be revoked where it is verified (without introspection), and a transit key the policy stops naming stays in the JWKS only for this long, and not across a restart (line 4)",
+				"t.yaml: grants[1].ttl: 769h0m0s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short (line 4)",
+				"t.yaml: grants[2].ttl: 769h0m0s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short (line 4)",
+				"t.yaml: grants[3].ttl: 769h0m0s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short (line 4)",
+				"t.yaml: grants[4].ttl: 769h0m0s is over 768h (32 days): a credential that long-lived ends early only if revoked (line 4)",
+				"t.yaml: workloads[0].rate.burst: 101 is more than a minute of requests at per_second 1: a client can spend them all at once (line 3)",
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("t.yaml", []byte(doc(tt.over)))
+			if err != nil {
+				t.Fatalf("Parse() = %v, want a valid policy", err)
+			}
+			var got []string
+			for _, w := range p.Warnings() {
+				got = append(got, w.Error())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Warnings() (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
