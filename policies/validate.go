@@ -197,6 +197,7 @@ func compile(files []parsedFile) (*Policy, error) {
 			checkOwner(&v, l.file, l.path+".owner", w.Owner)
 		}
 		p.workloadMatch[i] = compileMatch(&v, l, &w.Match, p.issuerIdx, false)
+		nullMatchFields(&v, l, roots(l.file))
 		p.allowed[i] = map[string]bool{}
 		for j, g := range w.Grants {
 			gp := fmt.Sprintf("%s.grants[%d]", l.path, j)
@@ -234,6 +235,7 @@ func compile(files []parsedFile) (*Policy, error) {
 		a := &p.admins[i]
 		l := adminLocs[i]
 		p.adminMatch[i] = compileMatch(&v, l, &a.Match, p.issuerIdx, true)
+		nullMatchFields(&v, l, roots(l.file))
 		if len(a.Roles) == 0 {
 			v.add(l.file, l.path+".roles", "required: at least one of %s", strings.Join(roles, ", "))
 		}
@@ -540,6 +542,19 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 		c.patterns = append(c.patterns, claimCheck{path: k, want: m.ClaimPatterns[k], re: re})
 	}
 	return c
+}
+
+// nullMatchFields refuses a claims or claim_patterns of the match of the
+// entry at l written without a value ("claims:", a template that expanded
+// to nothing): read as left out, it would drop every claim the match
+// requires, and the match would take more tokens than meant, as an empty
+// rate would take more requests. Leaving the field out (or "{}") says so.
+func nullMatchFields(v *validator, l loc, root *yaml.Node) {
+	for _, f := range []string{"claims", "claim_patterns"} {
+		if p := l.path + ".match." + f; writtenNull(root, p) {
+			v.add(l.file, p, "no value: write the claims to require, or remove the field")
+		}
+	}
 }
 
 // anchored compiles a policy regexp so that it must match the whole value.
