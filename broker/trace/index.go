@@ -239,6 +239,13 @@ type Result struct {
 	// Vault lists entries of Vault's audit log made with this credential,
 	// when a Vault audit log was given.
 	Vault []VaultEntry `json:"vault,omitempty"`
+	// Conflicts lists, one sentence each, records of this issuance that
+	// disagree with the one shown about what was issued (workload, owner,
+	// session, grant, kind, identity, a credential reference): another
+	// issue event for the same issuance id, or the store's record. One
+	// issuance id names one issuance, so any entry means that a record
+	// does not say what was issued.
+	Conflicts []string `json:"conflicts,omitempty"`
 }
 
 // From values.
@@ -383,6 +390,19 @@ func (x *Index) issueTime(id string) time.Time {
 	return x.issuedAt(id)
 }
 
+// issueEvent returns the issue event of id that resultFor rebuilds the
+// issuance from (the first the index holds), or nil.
+func (x *Index) issueEvent(id string) *audit.Event {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for _, r := range x.live(x.keys[id]) {
+		if ev := x.ev(r); ev.Type == audit.TypeIssue && ev.IssuanceID == id {
+			return ev
+		}
+	}
+	return nil
+}
+
 func (x *Index) issuedAt(id string) time.Time {
 	for _, r := range x.live(x.keys[id]) {
 		if ev := x.ev(r); ev.Type == audit.TypeIssue && ev.IssuanceID == id {
@@ -405,8 +425,19 @@ func (x *Index) resultFor(id string) *Result {
 		ev := x.ev(r)
 		switch ev.Type {
 		case audit.TypeIssue:
-			if ev.IssuanceID == id && res.Issuance == nil {
+			switch {
+			case ev.IssuanceID != id:
+			case res.Issuance == nil:
 				res.Issuance = issuanceOf(ev)
+			default:
+				if ds := issuanceDiffs(res.Issuance, issuanceOf(ev)); len(ds) > 0 {
+					parts := make([]string, len(ds))
+					for i, d := range ds {
+						parts[i] = fmt.Sprintf("%s %q (shown: %q)", d.field, d.other, d.shown)
+					}
+					res.Conflicts = append(res.Conflicts, fmt.Sprintf("the audit log holds another issue event for %s (chain %s, seq %d) that disagrees: %s",
+						id, ev.Chain, ev.Seq, strings.Join(parts, ", ")))
+				}
 			}
 		case audit.TypeUse, audit.TypeUseResult, audit.TypeIntrospect, audit.TypeSharedUse, audit.TypeDeny:
 			if ev.IssuanceID == id {
@@ -599,6 +630,42 @@ func issuanceOf(ev *audit.Event) *broker.Issuance {
 		is.Claims = m
 	}
 	return is
+}
+
+// fieldDiff is one field on which two records of an issuance disagree.
+type fieldDiff struct{ field, shown, other string }
+
+// issuanceDiffs lists the fields on which other disagrees with shown about
+// what was issued: the workload, owner, session, grant, kind, identity and
+// credential references, set once at issuance. Times (each record has its
+// own clock and precision), claims, source and the revocation are left
+// out; a request id or audit chain only one of them has is no
+// disagreement (records written before the field existed).
+func issuanceDiffs(shown, other *broker.Issuance) []fieldDiff {
+	var out []fieldDiff
+	cmp := func(field, a, b string, both bool) {
+		if a != b && (!both || a != "" && b != "") {
+			out = append(out, fieldDiff{field, a, b})
+		}
+	}
+	cmp("workload", shown.Workload, other.Workload, false)
+	cmp("owner", shown.Owner, other.Owner, false)
+	cmp("session_id", shown.SessionID, other.SessionID, false)
+	cmp("grant", shown.Grant, other.Grant, false)
+	cmp("kind", shown.Kind, other.Kind, false)
+	cmp("identity.iss", shown.Identity.Iss, other.Identity.Iss, false)
+	cmp("identity.sub", shown.Identity.Sub, other.Identity.Sub, false)
+	cmp("identity.jti", shown.Identity.JTI, other.Identity.JTI, false)
+	a, b := shown.Refs, other.Refs
+	cmp("credential.fingerprint", a.Fingerprint, b.Fingerprint, false)
+	cmp("credential.accessor", a.Accessor, b.Accessor, false)
+	cmp("credential.lease_id", a.LeaseID, b.LeaseID, false)
+	cmp("credential.username", a.Username, b.Username, false)
+	cmp("credential.jti", a.JTI, b.JTI, false)
+	cmp("credential.serial", a.Serial, b.Serial, false)
+	cmp("request_id", shown.RequestID, other.RequestID, true)
+	cmp("audit_chain", shown.AuditChain, other.AuditChain, true)
+	return out
 }
 
 // parseTime reads an audit time; a bad one is the zero time.

@@ -283,7 +283,7 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	idx := l.idx.Load()
 	res, err := idx.Lookup(q)
 	if err == nil {
-		l.mergeStore(ctx, res)
+		l.mergeStore(ctx, idx, res)
 		if res.Query.Kind == KindSerial {
 			res = l.mergeStoreSerials(ctx, idx, q, res)
 		}
@@ -299,6 +299,11 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	res = idx.Issuance(is.ID)
 	if res == nil {
 		res = &Result{Uses: []*audit.Event{}, Revocations: []*audit.Event{}}
+	}
+	if ev := idx.issueEvent(is.ID); ev != nil {
+		// The log has the issue event, yet not the value the store found
+		// it by: the two disagree.
+		res.addStoreConflict(ev, is, true)
 	}
 	res.Issuance, res.From = is, FromStore
 	res.Query = Match{Kind: kind, Value: shown}
@@ -317,7 +322,7 @@ func nilSafe[T any](s []T) []T {
 // the audit log: the identity claims used, and a revocation made by another
 // instance (its revoke event is in that instance's log, the mark in the
 // shared store).
-func (l *Live) mergeStore(ctx context.Context, res *Result) {
+func (l *Live) mergeStore(ctx context.Context, idx *Index, res *Result) {
 	if l.o.Store == nil || res.Issuance == nil || res.Issuance.ID == "" {
 		return
 	}
@@ -335,12 +340,42 @@ func (l *Live) mergeStore(ctx context.Context, res *Result) {
 		return
 	}
 	res.From = FromBoth
+	if ev := idx.issueEvent(res.Issuance.ID); ev != nil {
+		res.addStoreConflict(ev, is, false)
+	}
 	if res.Issuance.Claims == nil {
 		res.Issuance.Claims = is.Claims
 	}
 	if res.Issuance.RevokedAt.IsZero() && !is.RevokedAt.IsZero() {
 		res.Issuance.RevokedAt, res.Issuance.RevocationID = is.RevokedAt, is.RevocationID
 	}
+}
+
+// addStoreConflict adds to r.Conflicts where stored, the store's record,
+// disagrees with the issuance's issue event ev; storeShown says which of
+// the two the result shows.
+func (r *Result) addStoreConflict(ev *audit.Event, stored *broker.Issuance, storeShown bool) {
+	logged := issuanceOf(ev)
+	shown, other := logged, stored
+	if storeShown {
+		shown, other = stored, logged
+	}
+	ds := issuanceDiffs(shown, other)
+	if len(ds) == 0 {
+		return
+	}
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		st, lg := d.other, d.shown
+		where := "%s %q in the store, %q in the log (shown)"
+		if storeShown {
+			st, lg = d.shown, d.other
+			where = "%s %q in the store (shown), %q in the log"
+		}
+		parts[i] = fmt.Sprintf(where, d.field, st, lg)
+	}
+	r.Conflicts = append(r.Conflicts, fmt.Sprintf("the store's record of %s disagrees with its issue event in the audit log (chain %s, seq %d): %s",
+		logged.ID, ev.Chain, ev.Seq, strings.Join(parts, ", ")))
 }
 
 // mergeStoreSerials adds to res, an answer of the index for a serial, the

@@ -90,6 +90,12 @@ func (r *Result) WriteText(w io.Writer) error {
 	row("request id", is.RequestID)
 	row("record from", r.From)
 	tw.Flush()
+	if len(r.Conflicts) > 0 {
+		ew.printf("\nWARNING: records disagree about this issuance (one issuance id names one issuance; a record does not say what was issued):\n")
+		for _, c := range r.Conflicts {
+			ew.printf("  - %s\n", c)
+		}
+	}
 
 	ew.printf("\ntimeline (UTC)\n")
 	type line struct {
