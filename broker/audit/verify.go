@@ -148,6 +148,14 @@ type ChainReport struct {
 	UncheckedCheckpoints int `json:"unchecked_checkpoints,omitempty"`
 	// LastCheckpointSeq is the seq of the last verified checkpoint line.
 	LastCheckpointSeq uint64 `json:"last_checkpoint_seq,omitempty"`
+	// SignedTime is the time of the line the last verified checkpoint
+	// signs (seq LastCheckpointSeq-1): the newest time a signature
+	// covers. A checkpoint line's own time is not signed, so when the
+	// chain ends with a checkpoint, LastTime is only what that line says:
+	// whoever can write the file can move it (forward, to make a chain cut
+	// at an older checkpoint look as recent as the one removed), and
+	// SignedTime is the time to rely on.
+	SignedTime string `json:"signed_time,omitempty"`
 	// UnsignedTail counts the lines after the last verified checkpoint (all
 	// lines when there is none). No signature covers them: whoever can
 	// write the file can add or change them (relinking prev) and remove
@@ -216,7 +224,8 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // request_id, checkpoint): the last line of a chain is normally a
 // checkpoint, and no later prev covers its bytes. Only its request_id and
 // its time (which the signature does not cover; it must still not precede
-// the line before it) could then be changed unseen, and the signature of
+// the line before it; ChainReport.SignedTime is the newest signed time)
+// could then be changed unseen, and the signature of
 // a malleable scheme (ECDSA: (r, n-s) for (r, s)) for its twin. Lines after the last
 // verified checkpoint are reported as ChainReport.UnsignedTail, and are a
 // problem when opts.RequireCheckpoint is set. A chain that ends before the
@@ -261,12 +270,13 @@ func Verify(inputs []Input, opts VerifyOptions) (*Report, error) {
 }
 
 type chainState struct {
-	idx      int // into Report.Chains
-	lastSeq  uint64
-	lastHash string
-	lastTime time.Time
-	lastFile string
-	lastLine int
+	idx         int // into Report.Chains
+	lastSeq     uint64
+	lastHash    string
+	lastTime    time.Time
+	lastFile    string
+	lastLine    int
+	lastTimeRaw string // "time" of the last line, as written
 	// first line of the unsigned tail
 	tailFile string
 	tailLine int
@@ -413,6 +423,8 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	if terr == nil && t.After(st.lastTime) {
 		st.lastTime = t
 	}
+	headTime := st.lastTimeRaw
+	st.lastTimeRaw = ev.Time
 	st.lastFile, st.lastLine = file, lineNo
 	cr.Lines++
 	cr.LastSeq, cr.LastHash, cr.LastTime = ev.Seq, st.lastHash, ev.Time
@@ -420,6 +432,7 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	case covered:
 		cr.Checkpoints++
 		cr.LastCheckpointSeq = ev.Seq
+		cr.SignedTime = headTime
 		cr.UnsignedTail = 0
 	default:
 		if unchecked {

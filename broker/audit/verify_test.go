@@ -466,6 +466,7 @@ func TestVerifyReport(t *testing.T) {
 			Chain: goldenChain, Lines: 10, FirstSeq: 1, LastSeq: 10, LastHash: audit.HashLine(golden[9]),
 			LastTime:    goldenStart.Add(9 * 1500 * time.Microsecond).Format(audit.TimeFormat),
 			Checkpoints: 2, LastCheckpointSeq: 8, UnsignedTail: 2,
+			SignedTime: goldenStart.Add(6 * 1500 * time.Microsecond).Format(audit.TimeFormat), // seq 7, the head of seq 8
 		}},
 	}
 	if d := cmp.Diff(want, rep); d != "" {
@@ -658,7 +659,7 @@ func TestVerifyTrimmedStart(t *testing.T) {
 			}
 			want := audit.ChainReport{Chain: goldenChain, Lines: 6, FirstSeq: 6, TrimmedStart: true, LastSeq: 11,
 				LastHash: audit.HashLine(golden[10]), LastTime: goldenStart.Add(10 * 1500 * time.Microsecond).Format(audit.TimeFormat),
-				Checkpoints: 2, LastCheckpointSeq: 11}
+				Checkpoints: 2, LastCheckpointSeq: 11, SignedTime: goldenStart.Add(9 * 1500 * time.Microsecond).Format(audit.TimeFormat)}
 			if d := cmp.Diff([]audit.ChainReport{want}, rep.Chains); d != "" {
 				t.Errorf("Verify() chains (-want +got):\n%s", d)
 			}

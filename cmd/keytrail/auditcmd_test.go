@@ -472,3 +472,73 @@ func devCheckpointSigner(t *testing.T, dir string) (*audit.Ed25519Signer, string
 	}
 	return signer, pubFile
 }
+
+// TestAuditVerifyCheckpointTimeIsNotSigned: a checkpoint signs the line
+// before it, not its own time. A log cut at an older checkpoint whose time
+// is then moved forward to the time of the removed end verifies (nothing
+// signed changed) and, printed as "last line at", looked as recent as the
+// uncut log. verify must print the newest signed time, the head's, next
+// to it.
+func TestAuditVerifyCheckpointTimeIsNotSigned(t *testing.T) {
+	dir := t.TempDir()
+	signer, pubFile := devCheckpointSigner(t, dir)
+	path, _ := writeSignedAudit(t, dir, signer)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	cut := -1 // the first checkpoint that is not the last line
+	for i, l := range all[:len(all)-1] {
+		if ev, err := audit.ParseLine(l); err == nil && ev.Type == audit.TypeCheckpoint {
+			cut = i
+			break
+		}
+	}
+	if cut < 1 {
+		t.Fatalf("no checkpoint after the first line and before the last in %s", data)
+	}
+	head, err := audit.ParseLine(all[cut-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := audit.ParseLine(all[cut])
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now().UTC().Add(time.Hour).Format(audit.TimeFormat)
+	cp.Time = moved
+	line, err := json.Marshal(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(append(bytes.Join(all[:cut], []byte("\n")), '\n'), append(line, '\n')...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--require-checkpoint", path)
+	if err != nil {
+		t.Fatalf("audit verify (cut, checkpoint time moved) = %v, want success (the checkpoint's time is not signed)\n%s", err, out)
+	}
+	if want := fmt.Sprintf("last line at %s", moved); !strings.Contains(out, want) {
+		t.Errorf("audit verify does not print the last line's time as written (%q):\n%s", want, out)
+	}
+	if want := fmt.Sprintf("signed up to seq %d at %s", head.Seq, head.Time); !strings.Contains(out, want) {
+		t.Errorf("audit verify does not print the newest signed time (%q):\n%s", want, out)
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--json", path)
+	if err != nil {
+		t.Fatalf("audit verify --json = %v\n%s", err, out)
+	}
+	var rep struct {
+		Chains []struct {
+			LastTime   string `json:"last_time"`
+			SignedTime string `json:"signed_time"`
+		} `json:"chains"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("audit verify --json: %v\n%s", err, out)
+	}
+	if len(rep.Chains) != 1 || rep.Chains[0].LastTime != moved || rep.Chains[0].SignedTime != head.Time {
+		t.Errorf("audit verify --json chains = %+v, want last_time %s, signed_time %s", rep.Chains, moved, head.Time)
+	}
+}
