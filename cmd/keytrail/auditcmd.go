@@ -41,7 +41,9 @@ first): seq continuity, the prev hash over the exact bytes of the previous
 line, and each checkpoint's head and signature: Ed25519 (--key, a PKIX public
 key PEM as 'openssl pkey -pubout' writes) or Vault transit (--jwks, the
 broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
-kid, "<transit key>:<version>"). It names the first bad line and why,
+kid, "<transit key>:<version>"; verify trusts it: take it from a saved copy or
+another instance, not from the host whose files are checked). It names the
+first bad line and why,
 and reports lines after the last verified checkpoint, which no signature
 covers: they may have been added or changed, and lines after them removed,
 unseen (--require-checkpoint makes that a failure, and an empty log too).
