@@ -419,8 +419,10 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 
 	// Resynchronise on this line whatever its problem, so one tampered
 	// line yields one problem rather than a cascade.
+	// The time too: a line moved back (or far forward) in time is one
+	// problem, not one for every later line.
 	st.lastSeq, st.lastHash = ev.Seq, HashLine(raw)
-	if terr == nil && t.After(st.lastTime) {
+	if terr == nil {
 		st.lastTime = t
 	}
 	headTime := st.lastTimeRaw

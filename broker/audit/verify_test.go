@@ -334,7 +334,9 @@ func TestVerify(t *testing.T) {
 			files: [][]byte{joinLines(golden[:6]), joinLines(golden[6:])},
 		},
 		{
-			name: "fail/rotated-files-swapped", opts: withKeys, wantCheckpoints: 2, wantTail: 6,
+			// Verify resynchronises on seq 1 of f1 (its one problem) and
+			// checks seq 2..6 from there: the checkpoint at seq 5 verifies.
+			name: "fail/rotated-files-swapped", opts: withKeys, wantCheckpoints: 3, wantTail: 1,
 			files: [][]byte{joinLines(golden[6:]), joinLines(golden[:6])},
 			want:  &audit.Problem{File: "f1", Line: 1, Chain: goldenChain, Seq: 7}, wantWhy: "chain starts at seq 7, not 1",
 		},
@@ -664,5 +666,28 @@ func TestVerifyTrimmedStart(t *testing.T) {
 				t.Errorf("Verify() chains (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// TestVerifyOneChangedTimeIsOneProblem: a line whose time was moved far
+// forward is one tampered line. Verify resynchronises on every line, so
+// that one change yields one problem (the next line's prev) and does not
+// flag every later line as going back in time, which buried a second,
+// independent change (a deleted line) under the MaxProblems cap.
+func TestVerifyOneChangedTimeIsOneProblem(t *testing.T) {
+	golden := sealGolden(t)
+	lines := mutateLine(t, golden, 2, func(ev *audit.Event) { ev.Time = "2099-01-01T00:00:00.000000000Z" })
+	lines = del(lines, 8) // seq 9
+	rep, err := audit.Verify([]audit.Input{{Name: "a", R: bytes.NewReader(joinLines(lines))}}, audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key"), MaxProblems: 2})
+	if !errors.Is(err, audit.ErrTampered) {
+		t.Fatalf("Verify(time moved, line deleted) = %v, want ErrTampered", err)
+	}
+	var got []string
+	for _, p := range rep.Problems {
+		got = append(got, fmt.Sprintf("line %d (seq %d): %.20s", p.Line, p.Seq, p.Why))
+	}
+	want := []string{"line 4 (seq 4): prev hash mismatch: ", "line 9 (seq 10): seq gap: expected 9,"}
+	if d := cmp.Diff(want, got); d != "" || rep.ProblemsOmitted != 0 {
+		t.Errorf("Verify(time moved, line deleted) problems (-want +got):\n%s%d omitted", d, rep.ProblemsOmitted)
 	}
 }
