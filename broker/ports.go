@@ -262,7 +262,30 @@ type Store interface {
 	// a ULID). With replicas, its creation is acknowledged as a block's is.
 	DeploymentID(ctx context.Context) (string, error)
 
+	// PutRetiringKey records that the transit key name, which a policy
+	// reload stopped naming, stays in the JWKS of every instance sharing
+	// the store until until (JWTs it signed may be live until then). One
+	// atomic step: a later until than the one stored replaces it, an
+	// earlier or equal one changes nothing, so repeating a put is
+	// harmless. Times are kept to the millisecond, rounded up. An empty
+	// name or a zero until is ErrInvalidRequest. With replicas, the write
+	// is acknowledged as a block's is.
+	PutRetiringKey(ctx context.Context, name string, until time.Time) error
+	// RetiringKeys returns the recorded retiring keys whose until is after
+	// now (UTC), and removes those whose until is not, in one atomic step.
+	RetiringKeys(ctx context.Context, now time.Time) (map[string]time.Time, error)
+
 	Ping(ctx context.Context) error
+}
+
+// RetireMillis is until as the stores keep it (PutRetiringKey): unix
+// milliseconds, rounded up.
+func RetireMillis(until time.Time) int64 {
+	ms := until.UnixMilli()
+	if time.UnixMilli(ms).Before(until) {
+		ms++
+	}
+	return ms
 }
 
 // RevocationFilter narrows ListRevocations; the zero value lists every

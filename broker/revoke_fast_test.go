@@ -218,6 +218,12 @@ func (s *swapStore) ListBlocks(ctx context.Context) ([]broker.Block, error) {
 func (s *swapStore) DeploymentID(ctx context.Context) (string, error) {
 	return s.cur().DeploymentID(ctx)
 }
+func (s *swapStore) PutRetiringKey(ctx context.Context, name string, until time.Time) error {
+	return s.cur().PutRetiringKey(ctx, name, until)
+}
+func (s *swapStore) RetiringKeys(ctx context.Context, now time.Time) (map[string]time.Time, error) {
+	return s.cur().RetiringKeys(ctx, now)
+}
 func (s *swapStore) Ping(ctx context.Context) error { return s.cur().Ping(ctx) }
 
 // TestRevocationCacheStoreDataLoss: after the Store's data goes back (its

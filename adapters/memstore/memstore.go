@@ -39,6 +39,7 @@ type Store struct {
 	revVersion  uint64            // revocation writes so far (RevocationVersion)
 	blocks      map[string][]byte // workload -> JSON
 	deployment  string            // DeploymentID, once created
+	retiring    map[string]int64  // PutRetiringKey: key name -> until (unix ms)
 }
 
 // entry is a stored issuance: its JSON encoding, which every read decodes
@@ -69,6 +70,7 @@ func New(now func() time.Time) *Store {
 		bySession:   map[string]map[string]struct{}{},
 		revocations: map[string]*revEntry{},
 		blocks:      map[string][]byte{},
+		retiring:    map[string]int64{},
 	}
 }
 
@@ -622,6 +624,46 @@ func (s *Store) DeploymentID(ctx context.Context) (string, error) {
 		s.deployment = broker.NewID(broker.PrefixDeployment)
 	}
 	return s.deployment, nil
+}
+
+// PutRetiringKey records name's until, keeping the later of it and the
+// one stored. Like every record here it lasts as long as the process: a
+// broker restarted with the in-memory store forgets its retiring keys, as
+// it forgets its issuances.
+func (s *Store) PutRetiringKey(ctx context.Context, name string, until time.Time) error {
+	if err := checkCtx(ctx); err != nil {
+		return err
+	}
+	if name == "" || until.IsZero() {
+		return invalid("retiring key without name or until")
+	}
+	ms := broker.RetireMillis(until)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.retiring[name]; !ok || ms > cur {
+		s.retiring[name] = ms
+	}
+	return nil
+}
+
+// RetiringKeys returns the retiring keys whose until is after now and
+// removes the others.
+func (s *Store) RetiringKeys(ctx context.Context, now time.Time) (map[string]time.Time, error) {
+	if err := checkCtx(ctx); err != nil {
+		return nil, err
+	}
+	out := map[string]time.Time{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, ms := range s.retiring {
+		until := time.UnixMilli(ms).UTC()
+		if !until.After(now) {
+			delete(s.retiring, name)
+			continue
+		}
+		out[name] = until
+	}
+	return out, nil
 }
 
 // Ping always succeeds unless ctx is done: the store is in-process.

@@ -23,7 +23,7 @@ var documentedKey = regexp.MustCompile(`^\{lay\}:(?:` +
 	`(?P<iss>iss:[^:]+)|` +
 	`(?P<ref>ref:(?:fingerprint|accessor|jti|lease_id|username|serial|request_id):.+)|` +
 	`(?P<idx>idx:all|idx:(?:workload|owner|session):.+)|` +
-	`(?P<durable>rev:[^:]+|revs|revs:time|revs:pending|revs:version|revs:changes|block:.+|blocks|deployment))$`)
+	`(?P<durable>rev:[^:]+|revs|revs:time|revs:pending|revs:version|revs:changes|block:.+|blocks|deployment|jwks:retiring))$`)
 
 // keyClass is the class documentedKey gives key, "" when it is not
 // documented.
@@ -117,6 +117,9 @@ func TestKeyLayoutAfterWorkloadAndRetention(t *testing.T) {
 	if _, err := s.DeploymentID(ctx); err != nil {
 		t.Fatalf("DeploymentID() = %v", err)
 	}
+	if err := s.PutRetiringKey(ctx, "key-old", now.Add(time.Hour)); err != nil {
+		t.Fatalf("PutRetiringKey() = %v", err)
+	}
 
 	keys := scanKeys(t, c)
 	for key, ttl := range keys {
@@ -137,7 +140,7 @@ func TestKeyLayoutAfterWorkloadAndRetention(t *testing.T) {
 		"{lay}:iss:iss_a", "{lay}:ref:accessor:acc-moved", "{lay}:ref:request_id:req-iss_a", "{lay}:idx:all",
 		"{lay}:idx:workload:w2", "{lay}:idx:owner:team-other", "{lay}:idx:session:s3",
 		"{lay}:rev:rev_pending", "{lay}:revs", "{lay}:revs:time", "{lay}:revs:pending", "{lay}:revs:version",
-		"{lay}:revs:changes", "{lay}:block:w2", "{lay}:blocks", "{lay}:deployment",
+		"{lay}:revs:changes", "{lay}:block:w2", "{lay}:blocks", "{lay}:deployment", "{lay}:jwks:retiring",
 	} {
 		if _, ok := keys[want]; !ok {
 			t.Errorf("key %s missing after the workload", want)
@@ -197,6 +200,14 @@ func TestKeyLayoutAfterWorkloadAndRetention(t *testing.T) {
 	}
 	if _, err := s.GetIssuance(ctx, a.ID); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("GetIssuance(%s) past retention = %v, want not found", a.ID, err)
+	}
+	// A retiring key past its until is removed by the next read; with the
+	// last one, the hash is gone.
+	if got, err := s.RetiringKeys(ctx, now.Add(2*time.Hour)); err != nil || len(got) != 0 {
+		t.Errorf("RetiringKeys() past every until = %v, %v; want none", got, err)
+	}
+	if n, err := c.Exists(ctx, "{lay}:jwks:retiring").Result(); err != nil || n != 0 {
+		t.Errorf("{lay}:jwks:retiring after its last key expired: exists %d, %v; want gone", n, err)
 	}
 }
 

@@ -14,7 +14,9 @@
 //     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
 //     DeleteBlock is one script that deletes the block only while it is
 //     the named revocation's; DeploymentID is one script that creates the
-//     id only where there is none;
+//     id only where there is none; PutRetiringKey is one script that keeps
+//     the later until, RetiringKeys one that lists the unexpired retiring
+//     keys and removes the others;
 //   - issuance records and their ref indexes live for Options.Retention after
 //     the issuance expires (trace needs expired issuances), then Redis drops
 //     them; revocations, blocks and the deployment id get no TTL at all;
@@ -22,7 +24,7 @@
 //     volatile-*) unless Options.AllowEvictingPolicy is set;
 //   - with Options.MinReplicas set, a write of a revocation, a block, an
 //     unblock, an issuance's revoked mark (unless MarkRevoked finds one
-//     stored, and writes nothing) or the deployment id (its
+//     stored, and writes nothing), a retiring key or the deployment id (its
 //     creation by DeploymentID) is acknowledged only once that many replicas
 //     have it (WAIT on the write's connection, up to half of
 //     Options.Timeout); fewer is broker.ErrUnavailable (reason
@@ -46,6 +48,8 @@
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
 //	deployment             the deployment id (DeploymentID), no TTL
+//	jwks:retiring          hash of retiring transit key name -> until (unix ms), no TTL;
+//	                       RetiringKeys removes the fields past their until
 //	revocations            pub/sub channel of revocation notices (not a key)
 //
 // Index entries are written with the record but not removed when an
@@ -469,6 +473,7 @@ func (s *Store) revsChangesKey() string          { return s.prefix + "revs:chang
 func (s *Store) blockKey(workload string) string { return s.prefix + "block:" + workload }
 func (s *Store) blocksKey() string               { return s.prefix + "blocks" }
 func (s *Store) deploymentKey() string           { return s.prefix + "deployment" }
+func (s *Store) retiringKey() string             { return s.prefix + "jwks:retiring" }
 
 // score is an issuance's position in the sorted-set indexes: its expiry in
 // unix milliseconds (exact in a float64).
@@ -1396,6 +1401,75 @@ if id then
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
+`)
+
+// PutRetiringKey records name's until in the retiring hash, keeping the
+// later of it and the one stored (retireScript, one atomic step).
+func (s *Store) PutRetiringKey(ctx context.Context, name string, until time.Time) error {
+	if name == "" || until.IsZero() {
+		return invalid("retiring key without name or until")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	key := s.retiringKey()
+	err := s.durably(ctx, key, func(c redis.Cmdable) error {
+		return retireScript.Run(ctx, c, []string{key}, name, broker.RetireMillis(until)).Err()
+	})
+	if err != nil {
+		return s.fail("put retiring key "+name, err)
+	}
+	return nil
+}
+
+// retireScript: KEYS jwks:retiring; ARGV name, until (unix ms). Sets the
+// field unless it holds a later or equal until; returns 1 when it did.
+var retireScript = redis.NewScript(`
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if cur and cur >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`)
+
+// RetiringKeys lists the retiring keys whose until is after now and removes
+// the others (retiringScript, one atomic step).
+func (s *Store) RetiringKeys(ctx context.Context, now time.Time) (map[string]time.Time, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	res, err := retiringScript.Run(ctx, s.client, []string{s.retiringKey()}, now.UnixMilli()).StringSlice()
+	if err != nil {
+		return nil, s.fail("list retiring keys", err)
+	}
+	out := make(map[string]time.Time, len(res)/2)
+	for i := 0; i+1 < len(res); i += 2 {
+		ms, err := strconv.ParseInt(res[i+1], 10, 64)
+		if err != nil {
+			return nil, corrupt("retiring key "+res[i], err)
+		}
+		out[res[i]] = time.UnixMilli(ms).UTC()
+	}
+	return out, nil
+}
+
+// retiringScript: KEYS jwks:retiring; ARGV now (unix ms). Returns name,
+// until pairs of the fields whose until is after now, and deletes the
+// fields whose until is not (a field that is not a number is returned,
+// for the caller to report).
+var retiringScript = redis.NewScript(`
+local all = redis.call('HGETALL', KEYS[1])
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 1, #all, 2 do
+  local u = tonumber(all[i + 1])
+  if u and u <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
 `)
 
 // Ping checks that Redis answers.

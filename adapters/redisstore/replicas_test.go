@@ -116,6 +116,12 @@ func durableWrites(prefix string) (setup func(ctx context.Context, s *redisstore
 			_, err := s.DeploymentID(ctx)
 			return err
 		}, has("deployment", broker.PrefixDeployment)},
+		{"put-retiring-key", func(ctx context.Context, s *redisstore.Store) error {
+			return s.PutRetiringKey(ctx, "key-old", now.Add(time.Hour))
+		}, func(ctx context.Context, c *redis.Client) bool {
+			v, err := c.HGet(ctx, prefix+"jwks:retiring", "key-old").Result()
+			return err == nil && v != ""
+		}},
 	}
 	return setup, writes
 }

@@ -133,6 +133,7 @@ func Run(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("block", func(t *testing.T) { testBlock(t, newStore) })
 	t.Run("mark-revoked", func(t *testing.T) { testMarkRevoked(t, newStore) })
 	t.Run("deployment", func(t *testing.T) { testDeployment(t, newStore) })
+	t.Run("retiring-keys", func(t *testing.T) { testRetiringKeys(t, newStore) })
 	t.Run("ping", func(t *testing.T) { testPing(t, newStore) })
 	t.Run("context", func(t *testing.T) { testContext(t, newStore) })
 	t.Run("concurrency", func(t *testing.T) { testConcurrency(t, newStore) })
@@ -1293,6 +1294,107 @@ func testDeployment(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	})
 }
 
+// retiring reads the retiring keys at now.
+func retiring(t *testing.T, s broker.Store, now time.Time) map[string]time.Time {
+	t.Helper()
+	got, err := s.RetiringKeys(ctx(t), now)
+	if err != nil {
+		t.Fatalf("RetiringKeys(%v) = %v, want nil", now, err)
+	}
+	return got
+}
+
+func mustRetire(t *testing.T, s broker.Store, name string, until time.Time) {
+	t.Helper()
+	if err := s.PutRetiringKey(ctx(t), name, until); err != nil {
+		t.Fatalf("PutRetiringKey(%s, %v) = %v, want nil", name, until, err)
+	}
+}
+
+func testRetiringKeys(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	// Epoch has sub-millisecond digits: kept to the millisecond, rounded up.
+	ms := func(d time.Duration) time.Time { return time.UnixMilli(broker.RetireMillis(Epoch().Add(d))).UTC() }
+	t.Run("ok/empty", func(t *testing.T) {
+		if got := retiring(t, newStore(t), Epoch()); len(got) != 0 {
+			t.Errorf("RetiringKeys() of an empty store = %v, want none", got)
+		}
+	})
+	t.Run("ok/put-then-list", func(t *testing.T) {
+		s := newStore(t)
+		mustRetire(t, s, "key-a", Epoch().Add(5*time.Minute))
+		mustRetire(t, s, "key-b", Epoch().Add(time.Minute).In(time.FixedZone("x", 3600)))
+		want := map[string]time.Time{"key-a": ms(5 * time.Minute), "key-b": ms(time.Minute)}
+		if diff := cmp.Diff(want, retiring(t, s, Epoch())); diff != "" {
+			t.Errorf("RetiringKeys() (-want +got):\n%s", diff)
+		}
+		if got := ms(time.Minute); got.Before(Epoch().Add(time.Minute)) || got.Location() != time.UTC {
+			t.Errorf("rounding: %v is before %v or not UTC", got, Epoch().Add(time.Minute))
+		}
+	})
+	t.Run("ok/later-until-wins", func(t *testing.T) {
+		s := newStore(t)
+		mustRetire(t, s, "key-a", Epoch().Add(5*time.Minute))
+		mustRetire(t, s, "key-a", Epoch().Add(2*time.Minute)) // earlier: nothing changes
+		mustRetire(t, s, "key-a", Epoch().Add(5*time.Minute)) // again: nothing changes
+		if diff := cmp.Diff(map[string]time.Time{"key-a": ms(5 * time.Minute)}, retiring(t, s, Epoch())); diff != "" {
+			t.Errorf("RetiringKeys() after an earlier put (-want +got):\n%s", diff)
+		}
+		mustRetire(t, s, "key-a", Epoch().Add(10*time.Minute))
+		if diff := cmp.Diff(map[string]time.Time{"key-a": ms(10 * time.Minute)}, retiring(t, s, Epoch())); diff != "" {
+			t.Errorf("RetiringKeys() after a later put (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("ok/expired-removed", func(t *testing.T) {
+		s := newStore(t)
+		mustRetire(t, s, "key-short", Epoch().Add(time.Minute))
+		mustRetire(t, s, "key-long", Epoch().Add(time.Hour))
+		// At until the key is past it.
+		if diff := cmp.Diff(map[string]time.Time{"key-long": ms(time.Hour)}, retiring(t, s, ms(time.Minute))); diff != "" {
+			t.Errorf("RetiringKeys() at key-short's until (-want +got):\n%s", diff)
+		}
+		// Removed, not just filtered: an earlier now does not bring it back.
+		if diff := cmp.Diff(map[string]time.Time{"key-long": ms(time.Hour)}, retiring(t, s, Epoch())); diff != "" {
+			t.Errorf("RetiringKeys() at Epoch after key-short expired (-want +got):\n%s", diff)
+		}
+		// A put after the removal records it again.
+		mustRetire(t, s, "key-short", Epoch().Add(2*time.Minute))
+		if got := retiring(t, s, Epoch()); !got["key-short"].Equal(ms(2 * time.Minute)) {
+			t.Errorf("RetiringKeys() after putting key-short again = %v, want it until %v", got, ms(2*time.Minute))
+		}
+	})
+	t.Run("ok/racing-puts-latest-wins", func(t *testing.T) {
+		s := newStore(t)
+		const n = 16
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				errs[i] = s.PutRetiringKey(ctx(t), "key-race", Epoch().Add(time.Duration(i+1)*time.Minute))
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("PutRetiringKey(%d) = %v, want nil", i, err)
+			}
+		}
+		if diff := cmp.Diff(map[string]time.Time{"key-race": ms(n * time.Minute)}, retiring(t, s, Epoch())); diff != "" {
+			t.Errorf("RetiringKeys() after %d racing puts (-want +got):\n%s", n, diff)
+		}
+	})
+	t.Run("fail/invalid", func(t *testing.T) {
+		s := newStore(t)
+		wantErr(t, "PutRetiringKey(no name)", s.PutRetiringKey(ctx(t), "", Epoch()), broker.ErrInvalidRequest)
+		wantErr(t, "PutRetiringKey(no until)", s.PutRetiringKey(ctx(t), "key-a", time.Time{}), broker.ErrInvalidRequest)
+		if got := retiring(t, s, Epoch().Add(-time.Hour)); len(got) != 0 {
+			t.Errorf("RetiringKeys() after refused puts = %v, want none", got)
+		}
+	})
+}
+
 func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	s := newStore(t)
 	mustPut(t, s, SampleIssuance("iss_ctx", Epoch()))
@@ -1340,6 +1442,8 @@ func testContext(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			return err
 		}},
 		{"fail/cancelled-deployment-id", func() error { _, err := s.DeploymentID(cctx); return err }},
+		{"fail/cancelled-put-retiring-key", func() error { return s.PutRetiringKey(cctx, "k-ctx", Epoch().Add(time.Hour)) }},
+		{"fail/cancelled-retiring-keys", func() error { _, err := s.RetiringKeys(cctx, Epoch()); return err }},
 		{"fail/cancelled-ping", func() error { return s.Ping(cctx) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
