@@ -30,3 +30,7 @@ func validName(s string) bool {
 	}
 	return true
 }
+
+// TransitKeyName reports whether s is a transit key name the JWT minter
+// and TransitKeys accept: one plain path segment.
+func TransitKeyName(s string) bool { return validName(s) && !strings.Contains(s, "/") }

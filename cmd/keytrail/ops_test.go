@@ -499,11 +499,11 @@ func TestPolicyStateKeyNames(t *testing.T) {
 		}
 		return pol
 	}
-	first, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil)
+	first, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	added, err := rt.newPolicyState(load("orders-jwt, billing-jwt", reloadJWKSEd25519Grant), nil, first)
+	added, err := rt.newPolicyState(load("orders-jwt, billing-jwt", reloadJWKSEd25519Grant), nil, first, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -514,7 +514,7 @@ func TestPolicyStateKeyNames(t *testing.T) {
 		t.Error("after adding a key: the old key source (without the new key) is still used")
 	}
 	// billing-jwt's key was named alone by a grant the next policy drops.
-	dropped, err := rt.newPolicyState(load("orders-jwt", ""), nil, added)
+	dropped, err := rt.newPolicyState(load("orders-jwt", ""), nil, added, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -525,7 +525,7 @@ func TestPolicyStateKeyNames(t *testing.T) {
 		t.Error("no new key, but the key source (and its cache) was replaced")
 	}
 	rt.cfg.Audit.CheckpointTransitKey = "checkpoints"
-	withCheckpoint, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil)
+	withCheckpoint, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -556,7 +556,7 @@ func TestReloadRetiresDroppedTransitKeys(t *testing.T) {
 	}
 	reload := func(pol *policies.Policy) {
 		t.Helper()
-		st, err := rt.newPolicyState(pol, nil, rt.state.Load())
+		st, err := rt.newPolicyState(pol, nil, rt.state.Load(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,7 +45,7 @@ func reloadRuntime(t *testing.T, dir, polFile string, logs *brokertest.SyncBuffe
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := rt.newPolicyState(pol, v, nil)
+	st, err := rt.newPolicyState(pol, v, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

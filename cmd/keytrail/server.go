@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -101,7 +102,10 @@ type policyState struct {
 	keyNames []string
 	// retiring are the keys among keyNames that the policy in force no
 	// longer names, each with the time it leaves the JWKS: JWTs signed
-	// before the reload that dropped it have expired by then.
+	// before the reload that dropped it have expired by then. They are
+	// those a reload of this instance dropped and those the store records
+	// (broker.Store.RetiringKeys: dropped by any instance sharing it, before
+	// this one started too), the later time winning.
 	retiring map[string]time.Time
 }
 
@@ -339,7 +343,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// The first closer, so the last to run: everything that talks to Vault
 	// (the login, the audit sink's transit checkpoints) has stopped by then.
 	rt.closers = append(rt.closers, func() error { vaultad.CloseIdleConnections(vc); return nil })
-	st, err := rt.newPolicyState(pol, v, nil)
+	st, err := rt.newPolicyState(pol, v, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -462,6 +466,22 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.store = m.wrapStore(rt.store)
+	// The keys an earlier run or another instance retired (a reload that
+	// dropped them) stay in the JWKS here too, read now and at every JWKS
+	// refresh.
+	rt.refreshRetiring(ctx)
+	rt.goBackground(ctx, func(ctx context.Context) error {
+		t := time.NewTicker(vaultad.DefaultPublicKeysTTL)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				rt.refreshRetiring(ctx)
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	})
 	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second, polStamp) })
 	if err := rt.startClockWatch(ctx); err != nil {
 		return err
@@ -557,7 +577,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := rt.startReconciler(ctx, e); err != nil {
 		return err
 	}
-	return rt.auditPolicyLoad(ctx, pol, "start", nil)
+	return rt.auditPolicyLoad(ctx, pol, "start", nil, rt.state.Load().retiring)
 }
 
 // maxMintTimeout caps the mint timeout vault.timeout sets: an exchange
@@ -635,29 +655,34 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 		// As at start-up: grants a batch token cannot serve are refused.
 		err = checkTokenType(rt.login.Status().TokenType, pol)
 	}
-	var st *policyState
+	var (
+		st     *policyState
+		stored map[string]time.Time
+	)
 	if err == nil {
 		var v *authn.Verifier
 		v, err = rt.newVerifier(ctx, pol)
 		if err == nil {
-			st, err = rt.newPolicyState(pol, v, rt.state.Load())
+			stored, _ = rt.storedRetiring(ctx)
+			st, err = rt.newPolicyState(pol, v, rt.state.Load(), stored)
 		}
 	}
 	if err != nil {
 		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload failed; keeping the policy in force", slog.String("why", why), slog.String("error", err.Error()))
-		if aerr := rt.auditPolicyLoad(ctx, pol, why, err); aerr != nil {
+		if aerr := rt.auditPolicyLoad(ctx, pol, why, err, nil); aerr != nil {
 			rt.log.Error("audit policy_load failed", slog.String("error", aerr.Error()))
 		}
 		return err
 	}
-	if aerr := rt.auditPolicyLoad(ctx, pol, why, nil); aerr != nil {
+	if aerr := rt.auditPolicyLoad(ctx, pol, why, nil, st.retiring); aerr != nil {
 		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload not applied: its policy_load audit event could not be written; keeping the policy in force",
 			slog.String("why", why), slog.String("policy_hash", pol.Hash()), slog.String("error", aerr.Error()))
 		return fmt.Errorf("audit policy_load: %w", aerr)
 	}
 	rt.state.Store(st)
+	rt.recordRetiring(ctx, st.retiring, stored)
 	rt.metrics.setPolicy(pol.Hash())
 	rt.metrics.policyReloads.WithLabelValues("ok").Inc()
 	rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
@@ -668,7 +693,11 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 // begun.
 var errReloadShuttingDown = errors.New("policy reload not started: shutting down")
 
-func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error) error {
+// auditPolicyLoad writes the policy_load event of pol (loadErr: why it was
+// not loaded). retiring are the transit keys the JWKS keeps serving although
+// pol names them no more (policyState.retiring): details.retiring_keys
+// gives each one's time of leaving, RFC 3339 UTC.
+func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error, retiring map[string]time.Time) error {
 	details := map[string]any{"path": rt.cfg.Policy, "trigger": why}
 	ev := &audit.Event{Type: audit.TypePolicyLoad, Details: details}
 	if pol != nil && loadErr == nil {
@@ -678,6 +707,13 @@ func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Poli
 			files[s.Path] = s.SHA256
 		}
 		details["files"] = files
+		if len(retiring) > 0 {
+			keys := make(map[string]string, len(retiring))
+			for name, until := range retiring {
+				keys[name] = until.UTC().Format(time.RFC3339Nano)
+			}
+			details["retiring_keys"] = keys
+		}
 		ev.Outcome = &audit.Outcome{Status: 200}
 	} else {
 		ev.Outcome = &audit.Outcome{Status: 400, Error: "invalid_policy", Reason: truncate(loadErr.Error(), 2000)}
@@ -703,30 +739,41 @@ const jwksRetireLeeway = time.Minute
 // keeps those of prev that pol no longer names while JWTs they signed may
 // be live: until the longest ttl of prev's grants that signed with the key,
 // plus jwksRetireLeeway, after the reload that dropped it (a later reload
-// does not extend that; a restart forgets them). When the names do not
-// change, prev's key source (and its cache) is kept.
-func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier, prev *policyState) (*policyState, error) {
+// does not extend that). stored are the retiring keys the store records
+// (storedRetiring): those pol does not name are kept until their time too,
+// the later one winning, so a restart or another instance does not forget
+// them. When the names do not change, prev's key source (and its cache) is
+// kept.
+func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier, prev *policyState, stored map[string]time.Time) (*policyState, error) {
 	names := transitKeyNames(pol)
 	if k := rt.cfg.Audit.CheckpointTransitKey; k != "" {
 		names = append(names, k)
 	}
 	st := &policyState{pol: pol, authn: v}
+	now := rt.clock()
+	retire := func(name string, until time.Time) {
+		if slices.Contains(names, name) || !now.Before(until) {
+			return
+		}
+		if st.retiring == nil {
+			st.retiring = map[string]time.Time{}
+		}
+		if until.After(st.retiring[name]) {
+			st.retiring[name] = until
+		}
+	}
 	if prev != nil {
-		now := rt.clock()
 		for _, name := range prev.keyNames {
-			if slices.Contains(names, name) {
-				continue
-			}
 			until, ok := prev.retiring[name]
 			if !ok {
 				until = now.Add(maxJWTTTL(prev.pol, name) + jwksRetireLeeway)
 			}
-			if now.Before(until) {
-				if st.retiring == nil {
-					st.retiring = map[string]time.Time{}
-				}
-				st.retiring[name] = until
-			}
+			retire(name, until)
+		}
+	}
+	for name, until := range stored {
+		if vaultad.TransitKeyName(name) {
+			retire(name, until)
 		}
 	}
 	for name := range st.retiring {
@@ -746,6 +793,88 @@ func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier,
 		st.keys = tk
 	}
 	return st, nil
+}
+
+// storedRetiring reads the retiring keys the store records, unexpired at
+// rt.clock(). A failure is logged and returned: callers keep what they know.
+func (rt *brokerRuntime) storedRetiring(ctx context.Context) (map[string]time.Time, error) {
+	if rt.store == nil {
+		return nil, nil
+	}
+	stored, err := rt.store.RetiringKeys(ctx, rt.clock())
+	if err != nil {
+		rt.log.Warn("cannot read the retiring transit keys from the store; the JWKS keeps the keys known here",
+			slog.String("error", err.Error()))
+		return nil, err
+	}
+	return stored, nil
+}
+
+// recordRetiring writes to the store each of retiring that stored (what it
+// held when last read) lacks or holds with an earlier time, so every
+// instance sharing it, and this one after a restart, keeps serving the key.
+// A failure is logged; the next refreshRetiring writes it again.
+func (rt *brokerRuntime) recordRetiring(ctx context.Context, retiring, stored map[string]time.Time) {
+	if rt.store == nil {
+		return
+	}
+	now := rt.clock()
+	for name, until := range retiring {
+		if !now.Before(until) || !stored[name].Before(until.Truncate(time.Millisecond)) {
+			continue
+		}
+		if err := rt.store.PutRetiringKey(ctx, name, until); err != nil {
+			rt.log.Warn("cannot record a retiring transit key in the store; other instances, and this one after a restart, may not serve it",
+				slog.String("transit_key", name), slog.Time("until", until), slog.String("error", err.Error()))
+		}
+	}
+}
+
+// refreshRetiring merges the retiring keys the store records into the
+// policy in force (another instance's reload, or one before this instance
+// started, dropped them), and writes to the store those it lacks. A store
+// that cannot be read, or a new key list whose keys cannot be read from
+// Vault yet, changes nothing: the JWKS keeps serving what it serves. Keys
+// past their time are left to policyKeys to hide (a key list is not
+// rebuilt to drop them). It does nothing while a reload runs, which reads
+// the store itself.
+func (rt *brokerRuntime) refreshRetiring(ctx context.Context) {
+	if rt.store == nil || !rt.reloadMu.TryLock() {
+		return
+	}
+	defer rt.reloadMu.Unlock()
+	stored, err := rt.storedRetiring(ctx)
+	if err != nil {
+		return
+	}
+	cur := rt.state.Load()
+	rt.recordRetiring(ctx, cur.retiring, stored)
+	st, err := rt.newPolicyState(cur.pol, cur.authn, cur, stored)
+	if err != nil {
+		rt.log.Warn("cannot serve the retiring transit keys the store records", slog.String("error", err.Error()))
+		return
+	}
+	changed := false
+	for name, until := range st.retiring {
+		if old, ok := cur.retiring[name]; !ok || until.After(old) {
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	if st.keys != cur.keys {
+		// A new key list starts with an empty cache: read it first, so
+		// that a Vault outage now does not take the JWKS down.
+		if _, err := st.keys.PublicKeys(ctx); err != nil {
+			rt.log.Warn("cannot read the retiring transit keys the store records from Vault; trying again at the next refresh",
+				slog.String("error", err.Error()))
+			return
+		}
+	}
+	rt.state.Store(st)
+	names := slices.Sorted(maps.Keys(st.retiring))
+	rt.log.Info("serving retiring transit keys recorded in the store", slog.Any("transit_keys", names))
 }
 
 // maxJWTTTL is the longest ttl of pol's jwt grants that sign with the

@@ -274,7 +274,7 @@ func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := rt.newPolicyState(pol, v, nil)
+	st, err := rt.newPolicyState(pol, v, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

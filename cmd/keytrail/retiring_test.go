@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/adapters/memstore"
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+// fakeTransit is a Vault that serves ed25519 transit keys (version 1) and
+// nothing else, or, while down, 503 to everything.
+type fakeTransit struct {
+	keys map[string]string // name -> base64 public key
+	down atomic.Bool
+}
+
+func newFakeTransit(t *testing.T, names ...string) (*fakeTransit, *vaultapi.Client) {
+	t.Helper()
+	f := &fakeTransit{keys: map[string]string{}}
+	for _, n := range names {
+		pub, _, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.keys[n] = base64.StdEncoding.EncodeToString(pub)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if f.down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"errors":["Vault is sealed"]}`))
+			return
+		}
+		name, ok := strings.CutPrefix(r.URL.Path, "/v1/transit/keys/")
+		pub, found := f.keys[name]
+		if !ok || !found || r.Method != http.MethodGet {
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"errors":[]}`))
+			return
+		}
+		_, _ = fmt.Fprintf(w, `{"data":{"type":"ed25519","latest_version":1,"min_decryption_version":1,`+
+			`"keys":{"1":{"public_key":%q,"creation_time":"2026-01-01T00:00:00Z"}}}}`, pub)
+	}))
+	t.Cleanup(srv.Close)
+	vc, err := vaultad.NewClient(vaultad.ClientOptions{Address: srv.URL, Token: "test-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, vc
+}
+
+// flakyStore is a Store whose retiring-key calls fail while down is set.
+type flakyStore struct {
+	broker.Store
+	down atomic.Bool
+}
+
+func (s *flakyStore) PutRetiringKey(ctx context.Context, name string, until time.Time) error {
+	if s.down.Load() {
+		return broker.Unavailable("store_unavailable", time.Second, errors.New("store down"))
+	}
+	return s.Store.PutRetiringKey(ctx, name, until)
+}
+
+func (s *flakyStore) RetiringKeys(ctx context.Context, now time.Time) (map[string]time.Time, error) {
+	if s.down.Load() {
+		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("store down"))
+	}
+	return s.Store.RetiringKeys(ctx, now)
+}
+
+// retiringInstance is one broker instance as far as the JWKS goes: its own
+// policy file and audit log in a directory of its own, Vault vc, the shared
+// store st, started as wire does (the policy, then the retiring keys the
+// store records).
+type retiringInstance struct {
+	rt      *brokerRuntime
+	polFile string
+	audit   string
+	logs    *brokertest.SyncBuffer
+}
+
+func startRetiringInstance(t *testing.T, vc *vaultapi.Client, st broker.Store, clock *testClock, key string) *retiringInstance {
+	t.Helper()
+	dir := t.TempDir()
+	in := &retiringInstance{polFile: filepath.Join(dir, "policy.yaml"), audit: filepath.Join(dir, "audit.jsonl"), logs: &brokertest.SyncBuffer{}}
+	in.setKey(t, key)
+	m, err := newOpsMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := auditfile.Open(auditfile.Options{Path: in.audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sink.Close() })
+	in.rt = &brokerRuntime{cfg: &Config{Policy: in.polFile}, log: slog.New(slog.NewTextHandler(in.logs, nil)), metrics: m, sink: sink,
+		store: st, vault: vc, now: clock.Now}
+	pol, err := loadServedPolicy(in.polFile, in.rt.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := in.rt.newVerifier(t.Context(), pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := in.rt.newPolicyState(pol, v, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.rt.state.Store(s)
+	in.rt.refreshRetiring(t.Context())
+	return in
+}
+
+// setKey makes the instance's orders-jwt grant sign with key.
+func (in *retiringInstance) setKey(t *testing.T, key string) {
+	t.Helper()
+	writeAtomically(t, in.polFile, retiringPolicy(key))
+}
+
+func (in *retiringInstance) reload(t *testing.T, key string) {
+	t.Helper()
+	in.setKey(t, key)
+	if err := in.rt.reloadPolicy(t.Context(), "sighup"); err != nil {
+		t.Fatalf("reload to %s: %v\n%s", key, err, in.logs.String())
+	}
+}
+
+func (in *retiringInstance) kids(t *testing.T) []string {
+	t.Helper()
+	return slices.Sorted(maps.Keys(servedKIDs(t, in.rt)))
+}
+
+// lastPolicyLoad is the details of the instance's last policy_load event.
+func (in *retiringInstance) lastPolicyLoad(t *testing.T) map[string]any {
+	t.Helper()
+	f, err := os.Open(in.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var last map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var ev audit.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		if ev.Type == audit.TypePolicyLoad {
+			last = ev.Details
+		}
+	}
+	if last == nil {
+		t.Fatal("no policy_load event")
+	}
+	return last
+}
+
+// TestRetiringKeysSharedBetweenInstances: a key one instance's reload
+// retires is served by every instance sharing its store, until its time:
+// by one that runs beside it (at its next JWKS refresh) and never named the
+// key, and by one started after the reload. The policy_load event of the
+// reload names it. Fake Vault; time moves by the injected clock.
+func TestRetiringKeysSharedBetweenInstances(t *testing.T) {
+	_, vc := newFakeTransit(t, "key-a", "key-b")
+	st := memstore.New(nil) // shared by the instances, as Redis would be
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	a1, b1 := "key-a:1", "key-b:1"
+
+	x := startRetiringInstance(t, vc, st, clock, "key-a")
+	y := startRetiringInstance(t, vc, st, clock, "key-b") // rolled out with the new policy already
+	if got := y.kids(t); !slices.Equal(got, []string{b1}) {
+		t.Fatalf("instance y before the reload: JWKS %v, want [%s]", got, b1)
+	}
+
+	x.reload(t, "key-b")
+	until := clock.Now().Add(5*time.Minute + jwksRetireLeeway) // orders-jwt's ttl, plus the leeway
+	if got := x.lastPolicyLoad(t)["retiring_keys"]; !maps.Equal(asStringMap(got), map[string]string{"key-a": until.Format(time.RFC3339Nano)}) {
+		t.Errorf("policy_load of the reload: retiring_keys = %v, want key-a until %v", got, until)
+	}
+	stored, err := st.RetiringKeys(t.Context(), clock.Now())
+	if err != nil || !stored["key-a"].Equal(until) {
+		t.Fatalf("store after the reload: %v, %v; want key-a until %v", stored, err, until)
+	}
+
+	clock.Set(clock.Now().Add(30 * time.Second))
+	y.rt.refreshRetiring(t.Context()) // its next JWKS refresh
+	z := startRetiringInstance(t, vc, st, clock, "key-b")
+	for name, in := range map[string]*retiringInstance{"x (reloaded)": x, "y (beside it)": y, "z (started after)": z} {
+		if got := in.kids(t); !slices.Equal(got, []string{a1, b1}) {
+			t.Errorf("instance %s while key-a's JWTs may live: JWKS %v, want [%s %s]", name, got, a1, b1)
+		}
+	}
+
+	clock.Set(until)
+	for name, in := range map[string]*retiringInstance{"x": x, "y": y, "z": z} {
+		in.rt.refreshRetiring(t.Context())
+		if got := in.kids(t); !slices.Equal(got, []string{b1}) {
+			t.Errorf("instance %s at %v: JWKS %v, want [%s]", name, until, got, b1)
+		}
+	}
+	if stored, err := st.RetiringKeys(t.Context(), clock.Now().Add(-time.Hour)); err != nil || len(stored) != 0 {
+		t.Errorf("store at %v: %v, %v; want key-a removed", until, stored, err)
+	}
+}
+
+func asStringMap(v any) map[string]string {
+	m, _ := v.(map[string]any)
+	out := map[string]string{}
+	for k, v := range m {
+		out[k], _ = v.(string)
+	}
+	return out
+}
+
+// TestRetiringKeysOutages: neither a store nor a Vault outage takes a key
+// out of the JWKS. A reload while the store is down keeps the key it
+// retires (in memory) and records it at the next refresh; an instance that
+// learned a key from the store keeps serving it while the store is down,
+// through reloads too; and a refresh that finds a new key while Vault is
+// down keeps the key list it serves (with its cache) until Vault answers.
+func TestRetiringKeysOutages(t *testing.T) {
+	vault, vc := newFakeTransit(t, "key-a", "key-b")
+	st := &flakyStore{Store: memstore.New(nil)}
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	a1, b1 := "key-a:1", "key-b:1"
+
+	x := startRetiringInstance(t, vc, st, clock, "key-a")
+	y := startRetiringInstance(t, vc, st, clock, "key-b")
+	if got := y.kids(t); !slices.Equal(got, []string{b1}) { // y's key list cached
+		t.Fatalf("instance y: JWKS %v, want [%s]", got, b1)
+	}
+
+	st.down.Store(true)
+	x.reload(t, "key-b")
+	if got := x.kids(t); !slices.Equal(got, []string{a1, b1}) {
+		t.Errorf("instance x after a reload while the store is down: JWKS %v, want [%s %s]", got, a1, b1)
+	}
+	if !strings.Contains(x.logs.String(), "cannot read the retiring transit keys from the store") {
+		t.Errorf("the store outage is not logged:\n%s", x.logs.String())
+	}
+	st.down.Store(false)
+	clock.Set(clock.Now().Add(30 * time.Second))
+	x.rt.refreshRetiring(t.Context()) // records what the reload could not
+	if stored, err := st.RetiringKeys(t.Context(), clock.Now()); err != nil || stored["key-a"].IsZero() {
+		t.Fatalf("store after x's refresh: %v, %v; want key-a recorded", stored, err)
+	}
+
+	vault.down.Store(true)
+	y.rt.refreshRetiring(t.Context())
+	if got := y.kids(t); !slices.Equal(got, []string{b1}) {
+		t.Errorf("instance y, refresh while Vault is down: JWKS %v, want [%s] (what it served, from its cache)", got, b1)
+	}
+	vault.down.Store(false)
+	y.rt.refreshRetiring(t.Context())
+	if got := y.kids(t); !slices.Equal(got, []string{a1, b1}) {
+		t.Errorf("instance y, refresh with Vault back: JWKS %v, want [%s %s]", got, a1, b1)
+	}
+
+	st.down.Store(true)
+	y.rt.refreshRetiring(t.Context())
+	y.reload(t, "key-b")
+	if got := y.kids(t); !slices.Equal(got, []string{a1, b1}) {
+		t.Errorf("instance y, store down (a refresh and a reload): JWKS %v, want [%s %s] still", got, a1, b1)
+	}
+}
