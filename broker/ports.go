@@ -262,9 +262,10 @@ type Store interface {
 	// a ULID). With replicas, its creation is acknowledged as a block's is.
 	DeploymentID(ctx context.Context) (string, error)
 
-	// PutRetiringKey records that the transit key name, which a policy
-	// reload stopped naming, stays in the JWKS of every instance sharing
-	// the store until until (JWTs it signed may be live until then). One
+	// PutRetiringKey records that the transit key name stays in the JWKS
+	// of every instance sharing the store until until, whether its policy
+	// names the key or not: JWTs it signed may be live until then (a key a
+	// policy reload stopped naming, or one an instance signs with). One
 	// atomic step: a later until than the one stored replaces it, an
 	// earlier or equal one changes nothing, so repeating a put is
 	// harmless. Times are kept to the millisecond, rounded up. An empty

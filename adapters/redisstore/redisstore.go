@@ -48,7 +48,7 @@
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
 //	deployment             the deployment id (DeploymentID), no TTL
-//	jwks:retiring          hash of retiring transit key name -> until (unix ms), no TTL;
+//	jwks:retiring          hash of transit key name -> until (unix ms) (PutRetiringKey), no TTL;
 //	                       RetiringKeys removes the fields past their until
 //	revocations            pub/sub channel of revocation notices (not a key)
 //

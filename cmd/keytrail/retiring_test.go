@@ -194,20 +194,25 @@ func TestRetiringKeysSharedBetweenInstances(t *testing.T) {
 	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	a1, b1 := "key-a:1", "key-b:1"
 
-	x := startRetiringInstance(t, vc, st, clock, "key-a")
-	y := startRetiringInstance(t, vc, st, clock, "key-b") // rolled out with the new policy already
+	y := startRetiringInstance(t, vc, st, clock, "key-b") // started before x: it never saw key-a
 	if got := y.kids(t); !slices.Equal(got, []string{b1}) {
 		t.Fatalf("instance y before the reload: JWKS %v, want [%s]", got, b1)
 	}
+	x := startRetiringInstance(t, vc, st, clock, "key-a")
 
 	x.reload(t, "key-b")
-	until := clock.Now().Add(5*time.Minute + jwksRetireLeeway) // orders-jwt's ttl, plus the leeway
+	// At least orders-jwt's ttl plus the leeway; x recorded key-a as in
+	// use at start-up, up to two refreshes later.
+	stored, err := st.RetiringKeys(t.Context(), clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := stored["key-a"]
+	if least := clock.Now().Add(5*time.Minute + jwksRetireLeeway); until.Before(least) || until.After(least.Add(2*jwksRefresh+time.Millisecond)) {
+		t.Fatalf("store after the reload: key-a until %v, want from %v to %v", until, least, least.Add(2*jwksRefresh))
+	}
 	if got := x.lastPolicyLoad(t)["retiring_keys"]; !maps.Equal(asStringMap(got), map[string]string{"key-a": until.Format(time.RFC3339Nano)}) {
 		t.Errorf("policy_load of the reload: retiring_keys = %v, want key-a until %v", got, until)
-	}
-	stored, err := st.RetiringKeys(t.Context(), clock.Now())
-	if err != nil || !stored["key-a"].Equal(until) {
-		t.Fatalf("store after the reload: %v, %v; want key-a until %v", stored, err, until)
 	}
 
 	clock.Set(clock.Now().Add(30 * time.Second))
@@ -226,7 +231,7 @@ func TestRetiringKeysSharedBetweenInstances(t *testing.T) {
 			t.Errorf("instance %s at %v: JWKS %v, want [%s]", name, until, got, b1)
 		}
 	}
-	if stored, err := st.RetiringKeys(t.Context(), clock.Now().Add(-time.Hour)); err != nil || len(stored) != 0 {
+	if stored, err := st.RetiringKeys(t.Context(), clock.Now().Add(-time.Hour)); err != nil || !stored["key-a"].IsZero() {
 		t.Errorf("store at %v: %v, %v; want key-a removed", until, stored, err)
 	}
 }
@@ -252,13 +257,13 @@ func TestRetiringKeysOutages(t *testing.T) {
 	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	a1, b1 := "key-a:1", "key-b:1"
 
-	x := startRetiringInstance(t, vc, st, clock, "key-a")
 	y := startRetiringInstance(t, vc, st, clock, "key-b")
 	if got := y.kids(t); !slices.Equal(got, []string{b1}) { // y's key list cached
 		t.Fatalf("instance y: JWKS %v, want [%s]", got, b1)
 	}
 
 	st.down.Store(true)
+	x := startRetiringInstance(t, vc, st, clock, "key-a") // records nothing
 	x.reload(t, "key-b")
 	if got := x.kids(t); !slices.Equal(got, []string{a1, b1}) {
 		t.Errorf("instance x after a reload while the store is down: JWKS %v, want [%s %s]", got, a1, b1)
@@ -289,5 +294,47 @@ func TestRetiringKeysOutages(t *testing.T) {
 	y.reload(t, "key-b")
 	if got := y.kids(t); !slices.Equal(got, []string{a1, b1}) {
 		t.Errorf("instance y, store down (a refresh and a reload): JWKS %v, want [%s %s] still", got, a1, b1)
+	}
+}
+
+// TestSigningKeyServedAfterRestartWithChangedPolicy: the policy changed
+// while the broker was stopped (moving orders-jwt from key-a to key-b), or
+// a rolling update starts instances with it while the old ones still sign
+// with key-a: no reload ever retires key-a, so the instances started with
+// the new policy served key-b alone and refused the live JWTs key-a signed
+// (unknown kid). Every instance now records the keys it signs with at each
+// JWKS refresh, for two refreshes past the longest life of their JWTs, so
+// an instance started with the new policy serves key-a until then. Fake
+// Vault; the shared store stands for Redis; time moves by the injected
+// clock.
+func TestSigningKeyServedAfterRestartWithChangedPolicy(t *testing.T) {
+	_, vc := newFakeTransit(t, "key-a", "key-b")
+	st := memstore.New(nil)
+	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := &testClock{now: start}
+	a1, b1 := "key-a:1", "key-b:1"
+
+	old := startRetiringInstance(t, vc, st, clock, "key-a")
+	clock.Set(start.Add(2 * time.Minute))
+	old.rt.refreshRetiring(t.Context()) // its last refresh: it stops after it
+	lastRefresh := clock.Now()
+	// JWTs it signs until its next refresh (which never comes) live until
+	// then plus orders-jwt's ttl; verifiers allow the leeway.
+	until := lastRefresh.Add(2*jwksRefresh + 5*time.Minute + jwksRetireLeeway)
+
+	clock.Set(lastRefresh.Add(10 * time.Second))
+	restarted := startRetiringInstance(t, vc, st, clock, "key-b")
+	if got := restarted.kids(t); !slices.Equal(got, []string{a1, b1}) {
+		t.Fatalf("instance started with the changed policy: JWKS %v, want [%s %s] (JWTs key-a signed may live until %v)", got, a1, b1, until)
+	}
+	clock.Set(until.Add(-time.Millisecond))
+	restarted.rt.refreshRetiring(t.Context())
+	if got := restarted.kids(t); !slices.Equal(got, []string{a1, b1}) {
+		t.Errorf("JWKS just before %v: %v, want [%s %s]", until, got, a1, b1)
+	}
+	clock.Set(until)
+	restarted.rt.refreshRetiring(t.Context())
+	if got := restarted.kids(t); !slices.Equal(got, []string{b1}) {
+		t.Errorf("JWKS at %v: %v, want [%s]", until, got, b1)
 	}
 }

@@ -104,8 +104,9 @@ type policyState struct {
 	// longer names, each with the time it leaves the JWKS: JWTs signed
 	// before the reload that dropped it have expired by then. They are
 	// those a reload of this instance dropped and those the store records
-	// (broker.Store.RetiringKeys: dropped by any instance sharing it, before
-	// this one started too), the later time winning.
+	// (broker.Store.RetiringKeys: keys any instance sharing it, before this
+	// one started too, signed with or dropped; recordRetiring), the later
+	// time winning.
 	retiring map[string]time.Time
 }
 
@@ -466,12 +467,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.store = m.wrapStore(rt.store)
-	// The keys an earlier run or another instance retired (a reload that
-	// dropped them) stay in the JWKS here too, read now and at every JWKS
-	// refresh.
+	// The keys an earlier run or another instance signed with or retired
+	// stay in the JWKS here too, read now and at every JWKS refresh; the
+	// keys this one signs with are recorded for the others.
 	rt.refreshRetiring(ctx)
 	rt.goBackground(ctx, func(ctx context.Context) error {
-		t := time.NewTicker(vaultad.DefaultPublicKeysTTL)
+		t := time.NewTicker(jwksRefresh)
 		defer t.Stop()
 		for {
 			select {
@@ -682,7 +683,7 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 		return fmt.Errorf("audit policy_load: %w", aerr)
 	}
 	rt.state.Store(st)
-	rt.recordRetiring(ctx, st.retiring, stored)
+	rt.recordRetiring(ctx, st, stored)
 	rt.metrics.setPolicy(pol.Hash())
 	rt.metrics.policyReloads.WithLabelValues("ok").Inc()
 	rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
@@ -810,55 +811,80 @@ func (rt *brokerRuntime) storedRetiring(ctx context.Context) (map[string]time.Ti
 	return stored, nil
 }
 
-// recordRetiring writes to the store each of retiring that stored (what it
-// held when last read) lacks or holds with an earlier time, so every
-// instance sharing it, and this one after a restart, keeps serving the key.
-// A failure is logged; the next refreshRetiring writes it again.
-func (rt *brokerRuntime) recordRetiring(ctx context.Context, retiring, stored map[string]time.Time) {
+// jwksRefresh is how often an instance reads the store's retiring keys
+// (refreshRetiring): the broker's JWKS cache time.
+const jwksRefresh = vaultad.DefaultPublicKeysTTL
+
+// recordRetiring writes to the store each of st's retiring keys that stored
+// (what it held when last read) lacks or holds with an earlier time, so
+// every instance sharing it, and this one after a restart, keeps serving
+// the key. It also records the keys st's jwt grants sign with, until two
+// refreshes past the longest life of their JWTs (ttl plus
+// jwksRetireLeeway), when the record would not cover the JWTs signed until
+// the next refresh: an instance stopped and started with a policy that no
+// longer names a key (changed while it was stopped), and the instances of a
+// rolling update that never named it, serve it as long as JWTs this
+// instance signed with it may live. A failure is logged; the next
+// refreshRetiring writes it again.
+func (rt *brokerRuntime) recordRetiring(ctx context.Context, st *policyState, stored map[string]time.Time) {
 	if rt.store == nil {
 		return
 	}
 	now := rt.clock()
-	for name, until := range retiring {
+	want := maps.Clone(st.retiring)
+	for _, name := range transitKeyNames(st.pol) {
+		life := maxJWTTTL(st.pol, name) + jwksRetireLeeway
+		if stored[name].Before(now.Add(jwksRefresh + life)) {
+			if want == nil {
+				want = map[string]time.Time{}
+			}
+			want[name] = now.Add(2*jwksRefresh + life)
+		}
+	}
+	for name, until := range want {
 		if !now.Before(until) || !stored[name].Before(until.Truncate(time.Millisecond)) {
 			continue
 		}
 		if err := rt.store.PutRetiringKey(ctx, name, until); err != nil {
-			rt.log.Warn("cannot record a retiring transit key in the store; other instances, and this one after a restart, may not serve it",
+			rt.log.Warn("cannot record a JWT signing transit key in the store; other instances, and this one after a restart, may not serve it once it is retired",
 				slog.String("transit_key", name), slog.Time("until", until), slog.String("error", err.Error()))
 		}
 	}
 }
 
-// refreshRetiring merges the retiring keys the store records into the
-// policy in force (another instance's reload, or one before this instance
-// started, dropped them), and writes to the store those it lacks. A store
-// that cannot be read, or a new key list whose keys cannot be read from
-// Vault yet, changes nothing: the JWKS keeps serving what it serves. Keys
-// past their time are left to policyKeys to hide (a key list is not
-// rebuilt to drop them). It does nothing while a reload runs, which reads
-// the store itself.
+// refreshRetiring writes to the store what recordRetiring finds missing,
+// and merges the retiring keys the store records into the policy in force
+// (keys the policy names no more: another instance's reload, or an
+// instance's run before this one started, signed with them). A store that
+// cannot be read, or a new key list whose keys cannot be read from Vault
+// yet, changes nothing: the JWKS keeps serving what it serves. Keys past
+// their time are left to policyKeys to hide (a key list is not rebuilt to
+// drop them). While a reload runs (which reads the store itself) it merges
+// nothing.
 func (rt *brokerRuntime) refreshRetiring(ctx context.Context) {
-	if rt.store == nil || !rt.reloadMu.TryLock() {
+	if rt.store == nil {
 		return
 	}
-	defer rt.reloadMu.Unlock()
 	stored, err := rt.storedRetiring(ctx)
 	if err != nil {
 		return
 	}
+	rt.recordRetiring(ctx, rt.state.Load(), stored)
+	if !rt.reloadMu.TryLock() {
+		return
+	}
+	defer rt.reloadMu.Unlock()
 	cur := rt.state.Load()
-	rt.recordRetiring(ctx, cur.retiring, stored)
 	st, err := rt.newPolicyState(cur.pol, cur.authn, cur, stored)
 	if err != nil {
 		rt.log.Warn("cannot serve the retiring transit keys the store records", slog.String("error", err.Error()))
 		return
 	}
-	changed := false
+	changed, added := false, false
 	for name, until := range st.retiring {
-		if old, ok := cur.retiring[name]; !ok || until.After(old) {
-			changed = true
-		}
+		old, ok := cur.retiring[name]
+		changed = changed || !ok || until.After(old)
+		added = added || !ok
 	}
 	if !changed {
 		return
@@ -873,8 +899,10 @@ func (rt *brokerRuntime) refreshRetiring(ctx context.Context) {
 		}
 	}
 	rt.state.Store(st)
-	names := slices.Sorted(maps.Keys(st.retiring))
-	rt.log.Info("serving retiring transit keys recorded in the store", slog.Any("transit_keys", names))
+	if added {
+		names := slices.Sorted(maps.Keys(st.retiring))
+		rt.log.Info("serving retiring transit keys recorded in the store", slog.Any("transit_keys", names))
+	}
 }
 
 // maxJWTTTL is the longest ttl of pol's jwt grants that sign with the
