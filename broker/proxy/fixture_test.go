@@ -196,8 +196,8 @@ type upstream struct {
 }
 
 // hold is what the test controls of a request to /up/hold: it answers
-// with holdFirst (or ?first's value; flushed; with ?headers=late, nothing,
-// not even the status), then waits until the test closes release (and sends
+// with holdFirst (or ?first's value; flushed; as a text/plain body of
+// length ?length when set; with ?headers=late, nothing, not even the status), then waits until the test closes release (and sends
 // holdSecond) or the request ends (and closes gone).
 type hold struct {
 	arrived chan struct{} // closed when the request arrived
@@ -401,6 +401,11 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				first = v
 			}
 			w.Header().Set("Content-Type", "text/event-stream")
+			if n := r.URL.Query().Get("length"); n != "" {
+				// A body of declared length (not an event stream).
+				w.Header().Set("Content-Type", "text/plain")
+				w.Header().Set("Content-Length", n)
+			}
 			_, _ = io.WriteString(w, first)
 			w.(http.Flusher).Flush()
 		}

@@ -41,7 +41,7 @@ type gzipGuard struct {
 	head     [len(gzipMagic)]byte // the first bytes, read to tell
 	nhead    int
 	offHead  int
-	err      error  // src's error, returned once head is replayed
+	err      error  // src's error, returned once head is replayed (or once relayed after it)
 	body     []byte // a screened gzip body, relayed from here
 	gz       bool   // the body was gzip data (body holds it)
 	fail     error  // why the body is refused: nothing more is relayed
@@ -163,7 +163,13 @@ func (g *gzipGuard) Read(p []byte) (int, error) {
 	if g.err != nil {
 		return 0, g.err
 	}
-	return g.src.Read(p)
+	n, err := g.src.Read(p)
+	if err != nil {
+		// Kept for call.bodyError: the scan above can hold back all
+		// that came before it, so that it is the first the copy sees.
+		g.err = err
+	}
+	return n, err
 }
 
 func (g *gzipGuard) Close() error {

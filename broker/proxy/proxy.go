@@ -836,7 +836,9 @@ func (c *call) forward(w http.ResponseWriter) {
 }
 
 // bodyError returns why the response body failed at its first read (which
-// goes through the gzip guard): the guard's refusal or the error it read;
+// goes through the gzip guard): the guard's refusal or the error it read
+// (in screening or after: the response scan may have held back every byte
+// before it);
 // context.Canceled for a body that ended cleanly although the request was
 // cut (cutRevoked).
 func (c *call) bodyError() error {
