@@ -660,9 +660,12 @@ func (c *call) forward(w http.ResponseWriter) {
 				safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
 			}
 			retry := time.Second
-			if reason == "response_contains_secret" {
-				// The upstream would echo the secret again: no
-				// Retry-After, which invites a retry that sends it again.
+			switch reason {
+			case "response_contains_secret", "response_too_large", "response_encoding_unsupported":
+				// A retry gets the same answer (the upstream echoes the
+				// secret again, sends as much, encodes as it did though
+				// asked for identity): no Retry-After, which invites a
+				// retry that goes upstream, and into the audit log, again.
 				retry = -1
 			}
 			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: retry, Err: cause}
