@@ -412,7 +412,10 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 }
 
 // StatusClientClosedRequest (nginx's 499, "client closed request") is the
-// outcome status of a request whose caller went away before its answer.
+// outcome status of a request whose caller went away before its answer: a
+// token exchange's deny event, and a proxied request's use_result event,
+// access-log line and keytrail_proxy_requests_total (nothing is sent:
+// nobody is there to read it).
 const StatusClientClosedRequest = 499
 
 // markWithdrawn marks a stored issuance whose credential was not handed out

@@ -24,12 +24,6 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-// StatusClientClosedRequest is the status (nginx's 499) the access log,
-// keytrail_proxy_requests_total and the use_result event record for a
-// proxied request whose caller went away before the upstream answered.
-// Nothing is sent: nobody is there to read it.
-const StatusClientClosedRequest = 499
-
 // Defaults of Options.
 const (
 	DefaultMaxRequestBytes     = 10 << 20
@@ -642,7 +636,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			errCode, errReason = "", "client_gone"
 			p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
 				slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
-			rw.WriteHeader(StatusClientClosedRequest)
+			rw.WriteHeader(broker.StatusClientClosedRequest)
 			return
 		}
 		// The transport's error text is sanitised before it is logged
