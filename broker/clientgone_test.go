@@ -154,3 +154,47 @@ func TestExchangeClientGoneDuringRecord(t *testing.T) {
 		t.Errorf("audit events (-want +got):\n%s", diff)
 	}
 }
+
+// cachedBlocks answers GetBlock without looking at the caller's context,
+// as the revocation cache (Service store in a server) answers from memory.
+type cachedBlocks struct{ broker.Store }
+
+func (c cachedBlocks) GetBlock(_ context.Context, workload string) (*broker.Block, error) {
+	return c.Store.GetBlock(context.Background(), workload)
+}
+
+// TestExchangeClientGoneBeforeMint: a caller already gone when the exchange
+// reaches the mint gets nothing minted at all: no backend call, no
+// issuance, only the request's deny (499 client_gone). (The mint ran
+// regardless of the caller, and the credential was created at its backend
+// only to be revoked again.)
+func TestExchangeClientGoneBeforeMint(t *testing.T) {
+	f := newFixture(t)
+	f.svc = f.serviceWith(t, cachedBlocks{f.store}, f.sink)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	res, err := f.svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_gone"})
+	if res != nil {
+		t.Fatal("a credential was returned")
+	}
+	if e := broker.AsError(err); !errors.Is(err, broker.ErrUnavailable) || e.Reason != "client_gone" {
+		t.Errorf("Exchange() = %v, want ErrUnavailable, reason client_gone", err)
+	}
+	if calls := f.minter.Calls(); len(calls) != 0 {
+		t.Errorf("the backend was asked for %d credential(s), want none", len(calls))
+	}
+	if revoked := f.minter.RevokedIDs(); len(revoked) != 0 {
+		t.Errorf("revoked at the backend: %v, want nothing", revoked)
+	}
+	if diff := cmp.Diff([]string{audit.TypeDeny}, f.sink.Types()); diff != "" {
+		t.Fatalf("audit events (-want +got):\n%s", diff)
+	}
+	ev := f.sink.Events()[0]
+	if diff := cmp.Diff(&audit.Outcome{Status: 499, Reason: "client_gone"}, ev.Outcome); diff != "" {
+		t.Errorf("deny outcome (-want +got):\n%s", diff)
+	}
+	if ev.IssuanceID != "" || ev.Workload != "payments-api" || ev.Grant != "payments-vault" || ev.RequestID != "req_gone" {
+		t.Errorf("deny event names issuance %q, workload %q, grant %q, request %q; want no issuance, payments-api, payments-vault, req_gone",
+			ev.IssuanceID, ev.Workload, ev.Grant, ev.RequestID)
+	}
+}

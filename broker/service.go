@@ -164,7 +164,8 @@ type ExchangeResult struct {
 // grant, block and rate limit, mints the credential, then stores the
 // issuance and makes its audit event durable (both at once). Any failure
 // after the mint revokes the credential again and returns ErrUnavailable, as
-// does the caller going away once the mint has started (reason client_gone).
+// does the caller going away once the mint has started (reason client_gone);
+// a caller gone before the mint gets the same error and nothing is minted.
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
 	pol, authn := s.policyAndAuthn()
 	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Source: auditSource(req.Source)}
@@ -246,6 +247,13 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(Unavailable("kind_not_configured", 30*time.Second, fmt.Errorf("no minter for grant kind %q", grant.Kind)))
 	}
 
+	if cerr := ctx.Err(); cerr != nil {
+		// The caller is gone before the mint (its block check may have
+		// been answered from the revocation cache, which does not look
+		// at ctx): nothing is minted, as a credential made now could only
+		// be revoked again. The deny's outcome is 499 client_gone.
+		return fail(Unavailable(OrphanClientGone, time.Second, fmt.Errorf("the caller went away before the mint: %w", cerr)))
+	}
 	now := s.d.Now()
 	issID := NewID(PrefixIssuance)
 	// From the mint on, the caller leaving cuts nothing short: a Vault call
@@ -694,6 +702,11 @@ func usedClaims(pol *policies.Policy, id *Identity, wl *policies.Workload) map[s
 func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
 	e := AsError(err)
 	ev.Outcome = &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}
+	if e.Reason == OrphanClientGone {
+		// Nobody was answered: nginx's 499, as Exchange's client_gone
+		// deny after a mint.
+		ev.Outcome = &audit.Outcome{Status: StatusClientClosedRequest, Reason: OrphanClientGone}
+	}
 	if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), ev); aerr != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit deny event failed",
 			slog.String("request_id", ev.RequestID), slog.String("error", aerr.Error()))
