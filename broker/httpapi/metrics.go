@@ -22,7 +22,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		Exchanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_exchanges_total",
-			Help: "Token exchanges by grant, kind and outcome (ok or the OAuth error code).",
+			Help: "Token exchanges by grant, kind and outcome (ok, the OAuth error code, or client_gone).",
 		}, []string{"grant", "kind", "outcome"}),
 		// The buckets go past the mint timeout (5 s by default, up to 60 s
 		// with a longer vault.timeout): an exchange that timed out also
@@ -68,6 +68,9 @@ func (m *Metrics) ObserveExchange(grant, kind string, err error, d time.Duration
 	if err != nil {
 		e := broker.AsError(err)
 		outcome = broker.CodeOf(e)
+		if e.Reason == broker.OrphanClientGone {
+			outcome = broker.OrphanClientGone // the caller left: no OAuth answer was sent
+		}
 		m.Denies.WithLabelValues(e.Reason).Inc()
 		if errors.Is(e, broker.ErrRateLimited) {
 			m.RateLimited.WithLabelValues("token").Inc()

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"errors"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/url"
@@ -79,6 +80,16 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 			grant = "" // caller-controlled: keep label cardinality bounded
 		}
 		s.metrics.ObserveExchange(grant, kind, err, time.Since(start))
+		if broker.AsError(err).Reason == broker.OrphanClientGone {
+			// The caller went away (Exchange checked r's context): not a
+			// backend failure. Nobody reads an answer; its 499 (nginx's
+			// "client closed request", as the deny event's and the
+			// proxy's) is for the access log.
+			s.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the credential was handed out",
+				slog.String("request_id", RequestID(r)))
+			w.WriteHeader(broker.StatusClientClosedRequest)
+			return
+		}
 		s.WriteError(w, r, err)
 		return
 	}
