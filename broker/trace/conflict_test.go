@@ -141,3 +141,73 @@ func TestLiveTraceLogContradictsStore(t *testing.T) {
 		})
 	}
 }
+
+// The report counts an issuance once, from the issue event the trace shows
+// (the first the log holds), and names another issue event for the same id
+// that disagrees with it, as the trace does: it counted every issue event
+// as an issuance (a second workload credited with one it never had) and
+// took the active credential's workload from the last, so the report said
+// batch-export held the credential the trace said payments-api held, with
+// no word of the disagreement; a line repeated as is was counted twice.
+func TestReportConflictingIssueEvents(t *testing.T) {
+	type counts struct{ Issued, Active int }
+	cases := []struct {
+		name   string
+		second *audit.Event
+		want   map[string]counts
+		notes  []string
+	}{
+		{"fail/second-differs", conflictIssue("batch-export", "acc_evil"), map[string]counts{"payments-api": {1, 1}}, []string{
+			`the audit log holds another issue event for ` + conflictID + ` (chain chn_conf, seq 2) that disagrees: workload "batch-export" (counted: "payments-api"), credential.accessor "acc_evil" (counted: "acc_good"); the report counts the first (chain chn_conf, seq 1)`}},
+		{"ok/same-record", conflictIssue("payments-api", "acc_good"), map[string]counts{"payments-api": {1, 1}}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeLines(t, t.TempDir(), "audit.jsonl", sealed(t, "chn_conf", 0, []*audit.Event{conflictIssue("payments-api", "acc_good"), tc.second}))
+			x, err := trace.NewIndex(trace.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := trace.LoadFiles(x, []string{path}); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: x.Events()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]counts{}
+			for _, w := range rep.Workloads {
+				got[w.Name] = counts{w.Issued, w.Active}
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("BuildReport: workloads = got, want want (-want +got):\n%s", diff)
+			}
+			for _, r := range rep.Timeline.Rows {
+				n := 0
+				for _, c := range r.Issues {
+					n += c
+				}
+				if n != got[r.Workload].Issued {
+					t.Errorf("BuildReport: timeline counts %d issuances of %s, the totals %d", n, r.Workload, got[r.Workload].Issued)
+				}
+			}
+			var notes []string
+			for _, n := range rep.Notes {
+				if strings.Contains(n, "issue event") {
+					notes = append(notes, n)
+				}
+			}
+			if diff := cmp.Diff(tc.notes, notes); diff != "" {
+				t.Errorf("BuildReport: notes about issue events = got, want want (-want +got):\n%s", diff)
+			}
+			// The trace shows the issuance the report counts.
+			res, err := x.Lookup(conflictID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := got[res.Issuance.Workload]; !ok {
+				t.Errorf("trace shows %s as issued to %q, which the report does not count", conflictID, res.Issuance.Workload)
+			}
+		})
+	}
+}

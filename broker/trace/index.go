@@ -431,12 +431,7 @@ func (x *Index) resultFor(id string) *Result {
 				res.Issuance = issuanceOf(ev)
 			default:
 				if ds := issuanceDiffs(res.Issuance, issuanceOf(ev)); len(ds) > 0 {
-					parts := make([]string, len(ds))
-					for i, d := range ds {
-						parts[i] = fmt.Sprintf("%s %q (shown: %q)", d.field, d.other, d.shown)
-					}
-					res.Conflicts = append(res.Conflicts, fmt.Sprintf("the audit log holds another issue event for %s (chain %s, seq %d) that disagrees: %s",
-						id, ev.Chain, ev.Seq, strings.Join(parts, ", ")))
+					res.Conflicts = append(res.Conflicts, otherIssueEvent(id, ev, ds, "shown"))
 				}
 			}
 		case audit.TypeUse, audit.TypeUseResult, audit.TypeIntrospect, audit.TypeSharedUse, audit.TypeDeny:
@@ -666,6 +661,17 @@ func issuanceDiffs(shown, other *broker.Issuance) []fieldDiff {
 	cmp("request_id", shown.RequestID, other.RequestID, true)
 	cmp("audit_chain", shown.AuditChain, other.AuditChain, true)
 	return out
+}
+
+// otherIssueEvent is the sentence that names issue event other of issuance
+// id, which disagrees (ds) with the one shownAs ("shown", "counted").
+func otherIssueEvent(id string, other *audit.Event, ds []fieldDiff, shownAs string) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = fmt.Sprintf("%s %q (%s: %q)", d.field, d.other, shownAs, d.shown)
+	}
+	return fmt.Sprintf("the audit log holds another issue event for %s (chain %s, seq %d) that disagrees: %s",
+		id, other.Chain, other.Seq, strings.Join(parts, ", "))
 }
 
 // parseTime reads an audit time; a bad one is the zero time.

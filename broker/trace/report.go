@@ -2,6 +2,7 @@ package trace
 
 import (
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -26,7 +27,9 @@ type ReportInput struct {
 	Now time.Time
 	// Policy in force; nil reports only what the events show.
 	Policy *policies.Policy
-	// Events are the audit events covered, any order.
+	// Events are the audit events covered, any order but for the issue
+	// events of one issuance id: the first is counted (Index.Events gives
+	// them as the log holds them, the order a trace reads).
 	Events []*audit.Event
 	// Active, when non-nil, are the issuances active now according to the
 	// shared Store (every instance's); it replaces the active set derived
@@ -196,12 +199,16 @@ func BuildReport(in ReportInput) (*Report, error) {
 		rep.Notes = append(rep.Notes, "no policy given: owners, grants and exceptions come from the audit events only")
 	}
 
+	// An issuance id names one issuance: it is counted once, from the
+	// issue event a trace shows (the first the log holds).
+	b.issue = firstIssueEvents(in.Events)
 	evs := append([]*audit.Event(nil), in.Events...)
 	sortEvents(evs)
 	b.notMade = notMadeRevocations(evs)
 	for _, ev := range evs {
 		b.event(ev)
 	}
+	rep.Notes = append(rep.Notes, b.conflicts...)
 	if len(evs) > 0 {
 		rep.Since = parseTime(evs[0].Time)
 	}
@@ -314,6 +321,31 @@ type reportBuilder struct {
 	// notMade are the revocations whose record could not be stored: their
 	// revoke events revoked nothing.
 	notMade map[string]bool
+	// issue is the issue event each issuance is counted from (see
+	// firstIssueEvents); conflicts names the others that disagree with it.
+	issue     map[string]*audit.Event
+	conflicts []string
+}
+
+// firstIssueEvents maps each issuance id to its first issue event in evs
+// (the order the log holds them): the one a trace shows.
+func firstIssueEvents(evs []*audit.Event) map[string]*audit.Event {
+	first := map[string]*audit.Event{}
+	for _, ev := range evs {
+		if ev.Type == audit.TypeIssue && ev.IssuanceID != "" && first[ev.IssuanceID] == nil {
+			first[ev.IssuanceID] = ev
+		}
+	}
+	return first
+}
+
+// counted reports whether issue event ev counts as an issuance: it is the
+// one its issuance is counted from, or names none. Another one for the
+// same id is no second issuance; one that disagrees with the counted one
+// is named in the report's notes, as a trace names it.
+func (b *reportBuilder) counted(ev *audit.Event) bool {
+	first := b.issue[ev.IssuanceID]
+	return ev.IssuanceID == "" || first == nil || first == ev
 }
 
 func (b *reportBuilder) workload(name, owner string) *WorkloadReport {
@@ -342,6 +374,14 @@ func (b *reportBuilder) event(ev *audit.Event) {
 	t := parseTime(ev.Time)
 	switch ev.Type {
 	case audit.TypeIssue:
+		if !b.counted(ev) {
+			first := b.issue[ev.IssuanceID]
+			if ds := issuanceDiffs(issuanceOf(first), issuanceOf(ev)); len(ds) > 0 {
+				b.conflicts = append(b.conflicts, fmt.Sprintf("%s; the report counts the first (chain %s, seq %d)",
+					otherIssueEvent(ev.IssuanceID, ev, ds, "counted"), first.Chain, first.Seq))
+			}
+			return
+		}
 		if ev.Workload == "" {
 			return
 		}
@@ -480,7 +520,7 @@ func (b *reportBuilder) timeline(evs []*audit.Event, since time.Time) Timeline {
 		}
 		switch ev.Type {
 		case audit.TypeIssue:
-			if ev.Workload != "" {
+			if ev.Workload != "" && b.counted(ev) {
 				row(ev.Workload).Issues[i]++
 			}
 		case audit.TypeUse, audit.TypeIntrospect:
