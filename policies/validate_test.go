@@ -1055,3 +1055,52 @@ func TestLongDurationsAndBurstsWarn(t *testing.T) {
 		})
 	}
 }
+
+// TestMergedNullClaimKeySetsNothing: a key without a value (~, null) in a
+// merged claims mapping decodes to no string, so the decoder sets nothing
+// for it, and a claim "~" written next to the merge keeps its value. The
+// checks read the merged value as the claim's: a valueless one was refused
+// ("no value") and an unquoted 0x1F drew a warning, for a claim the
+// workload requires as "a".
+func TestMergedNullClaimKeySetsNothing(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      claims: CLAIMS
+    grants: [g]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token: {policies: [p]}
+`
+	for _, tc := range []struct{ claims, key string }{
+		{`{"~": a, <<: {~: }}`, "~"},
+		{`{"~": a, <<: {~: 0x1F}}`, "~"},
+		{`{"null": a, <<: [{null: }]}`, "null"},
+	} {
+		claims := tc.claims
+		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", claims, 1)))
+		if err != nil {
+			t.Errorf("claims %s: Parse() = %v, want a valid policy", claims, err)
+			continue
+		}
+		w, _ := p.Workload("w")
+		if want := map[string]string{tc.key: "a"}; !cmp.Equal(w.Match.Claims, want) {
+			t.Errorf("claims %s: decoded %v, want %v", claims, w.Match.Claims, want)
+		}
+		if ws := p.Warnings(); len(ws) > 0 {
+			t.Errorf("claims %s: Warnings() = %v, want none", claims, ws)
+		}
+	}
+}

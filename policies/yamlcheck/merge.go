@@ -34,7 +34,8 @@ const (
 // "{1: a, <<: {1: b}}" the merged 1 is not overridden: the decoder sets
 // the key "1" to a, then to b, and both are passed (in DecoderOrder, the
 // one the decoder keeps last); a merged value without one ("<<: {1: }")
-// leaves a key already set as it was, and is not passed.
+// leaves a key already set as it was, and is not passed, nor is a merged
+// key without one ("<<: {~: b}"), for which the decoder sets nothing.
 //
 // Each value merged into a mapping is passed to f with a nil key, as
 // written (an alias not followed), where it is written: a mapping or an
@@ -82,6 +83,9 @@ func entries(n *yaml.Node, ord Order, budget *int, top bool, seen map[any]bool, 
 		k := n.Content[i]
 		switch s, ok := mergedKey(k); {
 		case isMergeKey(k):
+		case !top && isNull(k):
+			// Merged, a key without a value (~, null) is no string: the
+			// decoder sets nothing for it, nor skips a later key for it.
 		case top || !ok:
 			// top: every key written in n is set; !ok: a key no
 			// string holds, passed as before for Check to judge.

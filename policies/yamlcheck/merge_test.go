@@ -103,6 +103,14 @@ func TestEntries(t *testing.T) {
 		{"typed/written-null-replaced", "m: {1: , <<: {1: b}}\n",
 			[]string{"1=", "<<@1", "1=b"},
 			[]string{"1=", "<<@1", "1=b"}},
+		// A key without a value (~, null) merged sets nothing and keeps no
+		// later key from being set: the decoder decodes no string from it.
+		{"typed/merged-null-key-sets-nothing", "m: {\"~\": a, <<: {~: b}}\n",
+			[]string{"~=a", "<<@1"},
+			[]string{"~=a", "<<@1"}},
+		{"typed/merged-null-key-then-string", "m: {<<: [{null: b}, {\"null\": c}]}\n",
+			[]string{"<<@1", "<<@1", "null=c"},
+			[]string{"<<@1", "<<@1", "null=c"}},
 		{"none/not-a-mapping", "m: [a, b]\n", nil, nil},
 	}
 	for _, tt := range tests {
