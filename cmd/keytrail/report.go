@@ -41,6 +41,8 @@ Offline, with --audit-log FILE... (rotated siblings and directories as for
 'keytrail trace'): the report covers those files; --policy names the policy
 (file or directory) for owners, allowed grants and exceptions. Active
 credentials are then derived from the log (issued, unexpired, unrevoked).
+The files are read as they are, not verified: run 'keytrail audit verify'
+on them to know that no line was changed or removed.
 Online, without --audit-log: GET /v1/admin/report (an admin with the report
 role; server and token as for 'keytrail trace'), where active credentials of
 every instance come from the shared store. Audit files that take longer

@@ -51,7 +51,9 @@ Offline, with --audit-log FILE... (no broker needed; several files as
 --audit-log A --audit-log B or --audit-log A,B): the files are read with
 their rotated siblings (FILE.<timestamp>, oldest first); a directory stands
 for every *.jsonl file in it. Files that take longer than 5 s to read get a
-progress line on stderr every 5 s.
+progress line on stderr every 5 s. The files are read as they are, not
+verified: run 'keytrail audit verify' on them to know that no line was
+changed or removed.
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
