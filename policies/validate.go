@@ -61,8 +61,8 @@ const (
 	vaultMaxLeaseTTL = 768 * time.Hour
 	// longJWTTTL: a JWT cannot be revoked where it is verified (without
 	// introspection), and a transit key the policy stops naming stays in
-	// the JWKS for the longest ttl that signed with it, not across a
-	// restart.
+	// the JWKS for the longest ttl that signed with it (across restarts
+	// only with a shared store).
 	longJWTTTL = 24 * time.Hour
 	// longTokenLifetime: platform identity tokens live minutes to hours.
 	longTokenLifetime = 7 * 24 * time.Hour
@@ -645,7 +645,7 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 		case ttl > maxDuration:
 			v.add(l.file, l.path+".ttl", "%s is over 10 years (%v): credentials are short-lived", g.TTL, maxDuration)
 		case g.Kind == KindJWT && ttl > longJWTTTL:
-			v.warn(l.file, l.path+".ttl", "%s is over 24h: a JWT cannot be revoked where it is verified (without introspection), and a transit key the policy stops naming stays in the JWKS only for this long, and not across a restart", g.TTL)
+			v.warn(l.file, l.path+".ttl", "%s is over 24h: a JWT cannot be revoked where it is verified (without introspection), and a transit key the policy stops naming stays in the JWKS this long (with the in-memory store, not across a restart)", g.TTL)
 		case ttl > vaultMaxLeaseTTL && (g.Kind == KindVaultToken || g.Kind == KindVaultDynamic || g.Kind == KindPKI):
 			v.warn(l.file, l.path+".ttl", "%s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short", g.TTL)
 		case ttl > vaultMaxLeaseTTL && g.Kind == KindProxy:

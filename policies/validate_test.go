@@ -1031,7 +1031,7 @@ func TestLongDurationsAndBurstsWarn(t *testing.T) {
 			"grants":    `[{name: g, kind: jwt, ttl: 25h, jwt: {audience: a, transit_key: k}}, {name: h, kind: vault_token, ttl: 769h, vault_token: {policies: [p]}}, {name: d, kind: vault_dynamic, ttl: 769h, vault_dynamic: {path: database/creds/x}}, {name: c, kind: pki, ttl: 769h, pki: {path: pki/issue/r}}, {name: x, kind: proxy, ttl: 769h, proxy: {` + okProxy + `}}]`},
 			[]string{
 				"t.yaml: issuers[0].max_token_lifetime: 169h0m0s is over 7 days: tokens valid that long are accepted, and a stolen one is good for as long (platform tokens live minutes to hours) (line 2)",
-				"t.yaml: grants[0].ttl: 25h0m0s is over 24h: a JWT cannot be revoked where it is verified (without introspection), and a transit key the policy stops naming stays in the JWKS only for this long, and not across a restart (line 4)",
+				"t.yaml: grants[0].ttl: 25h0m0s is over 24h: a JWT cannot be revoked where it is verified (without introspection), and a transit key the policy stops naming stays in the JWKS this long (with the in-memory store, not across a restart) (line 4)",
 				"t.yaml: grants[1].ttl: 769h0m0s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short (line 4)",
 				"t.yaml: grants[2].ttl: 769h0m0s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short (line 4)",
 				"t.yaml: grants[3].ttl: 769h0m0s is over 768h, Vault's default max lease TTL (32 days): unless the mount's max is raised, Vault cuts the credential short (line 4)",
