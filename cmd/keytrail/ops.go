@@ -382,12 +382,13 @@ const policyReloadRetries = 10
 // 2, 4, 8 ... intervals, at most 30 intervals apart (1 min at 2 s),
 // policyReloadRetries times, each attempt logged and audited as a
 // file_change_retry. A change of the files starts over; a reload by SIGHUP
-// that succeeds in the meantime ends the retries.
+// that succeeds in the meantime ends the retries (a new policy in force: a
+// JWKS refresh that swaps the state for retiring keys is no reload).
 func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration, last string) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var (
-		failedAt *policyState // the policy in force when the last attempt failed; nil: none failed
+		failedAt *policies.Policy // the policy in force when the last attempt failed; nil: none failed
 		retries  int
 		delay    time.Duration
 		retryAt  time.Time
@@ -405,7 +406,7 @@ func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration
 			err = rt.reloadPolicy(ctx, "file_change")
 		case failedAt == nil || retries >= policyReloadRetries || time.Now().Before(retryAt):
 			continue
-		case rt.state.Load() != failedAt: // reloaded since (SIGHUP)
+		case rt.state.Load().pol != failedAt: // reloaded since (SIGHUP)
 			failedAt = nil
 			continue
 		default:
@@ -416,7 +417,7 @@ func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration
 			failedAt = nil
 			continue
 		}
-		failedAt = rt.state.Load()
+		failedAt = rt.state.Load().pol
 		delay = min(max(2*delay, 2*interval), 30*interval)
 		retryAt = time.Now().Add(delay)
 		if retries < policyReloadRetries {

@@ -338,3 +338,50 @@ func TestSigningKeyServedAfterRestartWithChangedPolicy(t *testing.T) {
 		t.Errorf("JWKS at %v: %v, want [%s]", until, got, b1)
 	}
 }
+
+// TestFailedFileReloadRetriedAcrossJWKSRefresh: the policy watcher retries
+// a failed file-triggered reload until a reload succeeds in the meantime,
+// which it told by the policy state in force changing. A JWKS refresh that
+// serves a retiring key the store records swaps that state too, without
+// loading any policy: the watcher took it for a reload and stopped
+// retrying, so the new policy files (here naming an issuer ca_file not
+// mounted yet) were never loaded once they could be. Now only a change of
+// the policy in force ends the retries.
+func TestFailedFileReloadRetriedAcrossJWKSRefresh(t *testing.T) {
+	_, vc := newFakeTransit(t, "key-a", "key-b")
+	st := memstore.New(nil)
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	in := startRetiringInstance(t, vc, st, clock, "key-b")
+	startWatch(t, in.rt, 20*time.Millisecond)
+
+	caDir := filepath.Join(t.TempDir(), "ca")
+	if err := os.Mkdir(caDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	withCA := strings.Replace(retiringPolicy("key-b"), "    algorithms: [ES256]\n",
+		"    algorithms: [ES256]\n    ca_file: "+filepath.Join(caDir, "cert.pem")+"\n", 1)
+	writeAtomically(t, in.polFile, withCA)
+	waitReload(t, "the reload of the policy naming a missing ca_file fails", func() bool {
+		return readCounter(t, in.rt.metrics.policyReloads.WithLabelValues("error")) >= 1
+	}, in.logs)
+
+	// Another instance's reload retired key-a: this one's next JWKS
+	// refresh serves it (a retry holding the reload lock makes it wait).
+	if err := st.PutRetiringKey(t.Context(), "key-a", clock.Now().Add(10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, "a JWKS refresh serves key-a", func() bool {
+		in.rt.refreshRetiring(t.Context())
+		_, ok := in.rt.state.Load().retiring["key-a"]
+		return ok
+	}, in.logs)
+
+	writeCert(t, caDir, "issuer.example") // the Secret is mounted; the YAML does not change
+	want, err := loadServedPolicy(in.polFile, in.rt.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, "the failed reload is retried and takes the new policy", func() bool {
+		return in.rt.state.Load().pol.Hash() == want.Hash()
+	}, in.logs)
+}
