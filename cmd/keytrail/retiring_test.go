@@ -385,3 +385,74 @@ func TestFailedFileReloadRetriedAcrossJWKSRefresh(t *testing.T) {
 		return in.rt.state.Load().pol.Hash() == want.Hash()
 	}, in.logs)
 }
+
+// TestExpiredRetiringKeyLeavesKeyList: a retiring key past its time was
+// only hidden from the JWKS; the key list kept it until the next reload,
+// so every instance that learned it from the store (after a rolling update
+// that moved a grant to another key, all of them) kept reading it from
+// Vault every 30 s, and, once the operator deleted the old key, logged
+// every 30 s that it was left out and that its grants fail. The JWKS
+// refresh now drops it from the list once its time has passed, keeping
+// the list while Vault cannot be read for the new one.
+func TestExpiredRetiringKeyLeavesKeyList(t *testing.T) {
+	vault, vc := newFakeTransit(t, "key-a", "key-b")
+	st := memstore.New(nil)
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	a1, b1 := "key-a:1", "key-b:1"
+	until := clock.Now().Add(10 * time.Minute)
+	if err := st.PutRetiringKey(t.Context(), "key-a", until); err != nil {
+		t.Fatal(err)
+	}
+	in := startRetiringInstance(t, vc, st, clock, "key-b")
+	if got := in.kids(t); !slices.Equal(got, []string{a1, b1}) {
+		t.Fatalf("JWKS before %v: %v, want [%s %s]", until, got, a1, b1)
+	}
+	read := func() []string { return in.rt.state.Load().keyNames }
+
+	clock.Set(until)
+	vault.down.Store(true)
+	in.rt.refreshRetiring(t.Context())
+	if got := in.kids(t); !slices.Equal(got, []string{b1}) {
+		t.Errorf("JWKS at %v, Vault down: %v, want [%s] (the list it serves, key-a hidden)", until, got, b1)
+	}
+	if got := read(); !slices.Equal(got, []string{"key-a", "key-b"}) {
+		t.Errorf("keys read from Vault after a refresh while Vault is down: %v, want the list served, [key-a key-b]", got)
+	}
+
+	vault.down.Store(false)
+	in.rt.refreshRetiring(t.Context())
+	if got := read(); !slices.Equal(got, []string{"key-b"}) {
+		t.Errorf("keys read from Vault after the refresh past key-a's time: %v, want [key-b]", got)
+	}
+	if got := in.kids(t); !slices.Equal(got, []string{b1}) {
+		t.Errorf("JWKS after key-a left the list: %v, want [%s]", got, b1)
+	}
+	if _, ok := in.rt.state.Load().retiring["key-a"]; ok {
+		t.Errorf("key-a still retiring after its time: %v", in.rt.state.Load().retiring)
+	}
+}
+
+// TestLastRetiringKeyLeavesKeyList: when the last jwt grant is gone and its
+// key's time has passed, the refresh leaves no key list at all (and an
+// empty JWKS) rather than reading one.
+func TestLastRetiringKeyLeavesKeyList(t *testing.T) {
+	_, vc := newFakeTransit(t, "key-a", "key-b")
+	st := memstore.New(nil)
+	clock := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	in := startRetiringInstance(t, vc, st, clock, "key-b")
+	writeAtomically(t, in.polFile, serverTestPolicy) // no jwt grant
+	if err := in.rt.reloadPolicy(t.Context(), "sighup"); err != nil {
+		t.Fatal(err)
+	}
+	if got := in.kids(t); !slices.Equal(got, []string{"key-b:1"}) {
+		t.Fatalf("JWKS after the reload that dropped the jwt grant: %v, want [key-b:1]", got)
+	}
+	clock.Set(clock.Now().Add(time.Hour))
+	in.rt.refreshRetiring(t.Context())
+	if got := in.kids(t); len(got) != 0 {
+		t.Errorf("JWKS an hour later: %v, want none", got)
+	}
+	if names := in.rt.state.Load().keyNames; len(names) != 0 {
+		t.Errorf("keys read from Vault an hour later: %v, want none", names)
+	}
+}

@@ -858,9 +858,9 @@ func (rt *brokerRuntime) recordRetiring(ctx context.Context, st *policyState, st
 // instance's run before this one started, signed with them). A store that
 // cannot be read, or a new key list whose keys cannot be read from Vault
 // yet, changes nothing: the JWKS keeps serving what it serves. Keys past
-// their time are left to policyKeys to hide (a key list is not rebuilt to
-// drop them). While a reload runs (which reads the store itself) it merges
-// nothing.
+// their time leave the key list here, so Vault is no longer asked for them
+// (policyKeys hides them until then). While a reload runs (which reads the
+// store itself) it merges nothing.
 func (rt *brokerRuntime) refreshRetiring(ctx context.Context) {
 	if rt.store == nil {
 		return
@@ -886,14 +886,14 @@ func (rt *brokerRuntime) refreshRetiring(ctx context.Context) {
 		changed = changed || !ok || until.After(old)
 		added = added || !ok
 	}
-	if !changed {
+	if !changed && slices.Equal(st.keyNames, cur.keyNames) {
 		return
 	}
-	if st.keys != cur.keys {
+	if st.keys != nil && st.keys != cur.keys {
 		// A new key list starts with an empty cache: read it first, so
 		// that a Vault outage now does not take the JWKS down.
 		if _, err := st.keys.PublicKeys(ctx); err != nil {
-			rt.log.Warn("cannot read the retiring transit keys the store records from Vault; trying again at the next refresh",
+			rt.log.Warn("cannot read the JWKS key list with the retiring transit keys changed from Vault; serving the current one, trying again at the next refresh",
 				slog.String("error", err.Error()))
 			return
 		}
