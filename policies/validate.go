@@ -750,17 +750,29 @@ func pkiIssuePath(path string) bool {
 // Parse and Load do not read them: a policy is often checked where they do
 // not exist (a policy repository's CI). The server runs it at start and on
 // every reload, `keytrail policy check --files` on request.
-func (p *Policy) CheckFiles() error {
+//
+// warnings judge the dates of each readable ca_file's certificates at now
+// (CABundleDates), named like problems: one that expires within
+// CAExpiryWarning, one expired or not yet valid, even when none of the
+// bundle is valid. Never a problem: a problem stops the server at start
+// and refuses a reload, and a ca_file with no valid certificate fails only
+// the TLS connections it verifies (that issuer's JWKS, that upstream).
+func (p *Policy) CheckFiles(now time.Time) (warnings []*Problem, err error) {
 	var v validator
 	for i := range p.issuers {
 		l := p.issuerLocs[i]
-		checkCAFile(&v, l.file, l.path+".ca_file", p.issuers[i].CAFile)
+		checkCAFile(&v, l.file, l.path+".ca_file", p.issuers[i].CAFile, now)
 	}
 	for i := range p.grants {
 		if g := &p.grants[i]; g.Kind == KindProxy && g.Proxy != nil {
 			l := p.grantLocs[i]
-			checkCAFile(&v, l.file, l.path+".proxy.ca_file", g.Proxy.CAFile)
+			checkCAFile(&v, l.file, l.path+".proxy.ca_file", g.Proxy.CAFile, now)
 		}
+	}
+	for _, e := range v.warnings {
+		w := e.(*Problem)
+		w.Line = p.caLines[w.File+": "+w.Path]
+		warnings = append(warnings, w)
 	}
 	if len(v.problems) > 0 {
 		for _, e := range v.problems {
@@ -768,9 +780,9 @@ func (p *Policy) CheckFiles() error {
 				pr.Line = p.caLines[pr.File+": "+pr.Path]
 			}
 		}
-		return &ValidationError{Problems: v.problems}
+		return warnings, &ValidationError{Problems: v.problems}
 	}
-	return nil
+	return warnings, nil
 }
 
 // fileRoots looks up the document of a parsed file by name.
@@ -786,8 +798,9 @@ func fileRoots(files []parsedFile) func(string) *yaml.Node {
 }
 
 // checkCAFile checks that a ca_file, when set, is readable and holds at
-// least one PEM certificate.
-func checkCAFile(v *validator, file, path, caFile string) {
+// least one PEM certificate, and warns of the dates of its certificates
+// at now (CABundleDates).
+func checkCAFile(v *validator, file, path, caFile string, now time.Time) {
 	if caFile == "" {
 		return
 	}
@@ -798,6 +811,11 @@ func checkCAFile(v *validator, file, path, caFile string) {
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 		v.add(file, path, "%s holds no PEM certificate", caFile)
+		return
+	}
+	unusable, warnings := CABundleDates(caFile, pem, now)
+	for _, m := range append(unusable, warnings...) {
+		v.warn(file, path, "%s", m)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -539,26 +540,43 @@ func TestValidationReportsEverything(t *testing.T) {
 // TestCheckFiles: a ca_file that a broker would refuse (unreadable, or
 // holding no PEM certificate) is a CheckFiles problem naming the policy file
 // and field; Parse does not read files (a policy repository's CI has none).
+// The dates of a ca_file's certificates are warnings, never problems (a
+// problem would stop the server at start and refuse a reload): one expired
+// or not yet valid, alone or next to a valid one, or one that expires
+// within 30 days. Before, the dates were not looked at.
 func TestCheckFiles(t *testing.T) {
 	dir := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	now := time.Now()
+	cert := func(name string, notBefore, notAfter time.Time) string {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+			NotBefore: notBefore, NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
-	good := filepath.Join(dir, "ca.pem")
-	garbage := filepath.Join(dir, "garbage.pem")
+	goodPEM := cert("good", now.Add(-time.Hour), now.Add(365*24*time.Hour))
+	expiredPEM := cert("old", now.Add(-48*time.Hour), now.Add(-time.Hour))
+	good := write("ca.pem", goodPEM)
+	garbage := write("garbage.pem", "not a certificate\n")
 	missing := filepath.Join(dir, "missing.pem")
-	if err := os.WriteFile(good, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(garbage, []byte("not a certificate\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	expired := write("expired.pem", expiredPEM)
+	future := write("future.pem", cert("future", now.Add(time.Hour), now.Add(365*24*time.Hour)))
+	expiring := write("expiring.pem", cert("soon", now.Add(-time.Hour), now.Add(20*24*time.Hour)))
+	mixed := write("mixed.pem", goodPEM+expiredPEM)
+	at := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	issuer := func(ca string) string {
 		return `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256], ca_file: "` + ca + `"}]`
 	}
@@ -566,16 +584,25 @@ func TestCheckFiles(t *testing.T) {
 		return proxyGrant(`upstream: "https://api.example.com", ca_file: "` + ca + `", secret: {vault_kv: secret/data/x, field: key}, inject: {header: X-Api-Key}, paths: ["/x"]`)
 	}
 	tests := []struct {
-		name string
-		over map[string]string
-		want string // "" = valid; the line is that of the ca_file
+		name     string
+		over     map[string]string
+		want     string // "" = valid; the line is that of the ca_file
+		wantWarn []string
 	}{
-		{"ok/issuer", map[string]string{"issuers": issuer(good)}, ""},
-		{"ok/proxy", map[string]string{"grants": proxy(good)}, ""},
-		{"fail/issuer-missing", map[string]string{"issuers": issuer(missing)}, "t.yaml: issuers[0].ca_file: cannot read " + missing + ": no such file or directory (line 2)"},
-		{"fail/issuer-garbage", map[string]string{"issuers": issuer(garbage)}, "t.yaml: issuers[0].ca_file: " + garbage + " holds no PEM certificate (line 2)"},
-		{"fail/proxy-missing", map[string]string{"grants": proxy(missing)}, "t.yaml: grants[0].proxy.ca_file: cannot read " + missing + ": no such file or directory (line 4)"},
-		{"fail/proxy-garbage", map[string]string{"grants": proxy(garbage)}, "t.yaml: grants[0].proxy.ca_file: " + garbage + " holds no PEM certificate (line 4)"},
+		{name: "ok/issuer", over: map[string]string{"issuers": issuer(good)}},
+		{name: "ok/proxy", over: map[string]string{"grants": proxy(good)}},
+		{name: "fail/issuer-missing", over: map[string]string{"issuers": issuer(missing)}, want: "t.yaml: issuers[0].ca_file: cannot read " + missing + ": no such file or directory (line 2)"},
+		{name: "fail/issuer-garbage", over: map[string]string{"issuers": issuer(garbage)}, want: "t.yaml: issuers[0].ca_file: " + garbage + " holds no PEM certificate (line 2)"},
+		{name: "fail/proxy-missing", over: map[string]string{"grants": proxy(missing)}, want: "t.yaml: grants[0].proxy.ca_file: cannot read " + missing + ": no such file or directory (line 4)"},
+		{name: "fail/proxy-garbage", over: map[string]string{"grants": proxy(garbage)}, want: "t.yaml: grants[0].proxy.ca_file: " + garbage + " holds no PEM certificate (line 4)"},
+		{name: "warn/issuer-ca-expired", over: map[string]string{"issuers": issuer(expired)}, wantWarn: []string{
+			"t.yaml: issuers[0].ca_file: " + expired + `: certificate "old" expired at ` + at(now.Add(-time.Hour)) + ": no certificate of the bundle is valid now (line 2)"}},
+		{name: "warn/issuer-ca-not-yet-valid", over: map[string]string{"issuers": issuer(future)}, wantWarn: []string{
+			"t.yaml: issuers[0].ca_file: " + future + `: certificate "future" not valid before ` + at(now.Add(time.Hour)) + ": no certificate of the bundle is valid now (line 2)"}},
+		{name: "warn/proxy-ca-expires-within-30-days", over: map[string]string{"grants": proxy(expiring)}, wantWarn: []string{
+			"t.yaml: grants[0].proxy.ca_file: " + expiring + `: certificate "soon" expires at ` + at(now.Add(20*24*time.Hour)) + ", in less than 30 days (line 4)"}},
+		{name: "warn/proxy-ca-holds-an-expired-cert", over: map[string]string{"grants": proxy(mixed)}, wantWarn: []string{
+			"t.yaml: grants[0].proxy.ca_file: " + mixed + `: certificate "old" expired at ` + at(now.Add(-time.Hour)) + ": it verifies nothing (remove it) (line 4)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -583,7 +610,7 @@ func TestCheckFiles(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse() = %v; it must not read the files a policy names", err)
 			}
-			err = p.CheckFiles()
+			warnings, err := p.CheckFiles(now)
 			var got []string
 			var ve *ValidationError
 			if errors.As(err, &ve) {
@@ -591,7 +618,7 @@ func TestCheckFiles(t *testing.T) {
 					got = append(got, p.Error())
 				}
 			} else if err != nil {
-				t.Fatalf("Parse() = %v, want a *ValidationError or nil", err)
+				t.Fatalf("CheckFiles() = %v, want a *ValidationError or nil", err)
 			}
 			var want []string
 			if tt.want != "" {
@@ -599,6 +626,13 @@ func TestCheckFiles(t *testing.T) {
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+			var gotWarn []string
+			for _, w := range warnings {
+				gotWarn = append(gotWarn, w.Error())
+			}
+			if diff := cmp.Diff(tt.wantWarn, gotWarn); diff != "" {
+				t.Errorf("warnings (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -57,7 +55,9 @@ serving certificate that expires within 7 days (the server reloads a
 renewed one), a CA bundle's certificate that expires within 30 days, or
 has expired (or is not yet valid) next to a valid one, and a token,
 secret id, checkpoint key or TLS key file with mode bits in 027 (others,
-or the group for writing, can read or change it).
+or the group for writing, can read or change it). The policy's own
+ca_files (issuers, proxy grants) have their dates judged the same way,
+but as warnings only, as 'keytrail policy check --files' does.
 
 Nothing is contacted or written: not Vault (whether it accepts the token
 or the AppRole or Kubernetes login is checked only by the server), not
@@ -98,11 +98,11 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 			}
 			fmt.Fprintf(e.stdout, "ok: config %s (listen %s, public_url %s, store %s, audit %s)\n",
 				cfgPath, cfg.Listen, cfg.PublicURL, store, cfg.Audit.File)
-			pol, err := checkServedPolicy(cfg.Policy)
+			pol, fileWarnings, err := checkServedPolicy(cfg.Policy, time.Now())
 			if err != nil {
 				return policyProblems(e, err)
 			}
-			printPolicyWarnings(e, pol)
+			printPolicyWarnings(e, pol, fileWarnings)
 			fmt.Fprintf(e.stdout, "ok: policy %s: %d issuers, %d workloads, %d grants, %d admins, %d exceptions (hash %s)\n",
 				cfg.Policy, len(pol.Issuers()), len(pol.Workloads()), len(pol.Grants()), len(pol.Admins()), len(pol.Exceptions()), pol.Hash()[:16])
 			return nil
@@ -143,16 +143,19 @@ func checkVaultToken(file string, c *Config, doc *yaml.Node, envToken bool) (pro
 }
 
 // checkServedPolicy loads the policy at path as the server serves it:
-// validated, and the files it names (ca_file) readable.
-func checkServedPolicy(path string) (*policies.Policy, error) {
-	pol, err := policies.Load(path)
+// validated, and the files it names (ca_file) readable. fileWarnings are
+// CheckFiles' (the dates of the ca_files' certificates at now); the
+// policy's own are pol.Warnings().
+func checkServedPolicy(path string, now time.Time) (pol *policies.Policy, fileWarnings []*policies.Problem, err error) {
+	pol, err = policies.Load(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := pol.CheckFiles(); err != nil {
-		return nil, err
+	fileWarnings, err = pol.CheckFiles(now)
+	if err != nil {
+		return nil, nil, err
 	}
-	return pol, nil
+	return pol, fileWarnings, nil
 }
 
 // certExpiryWarning is how long before its certificate expires keytrail
@@ -207,9 +210,14 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 			bad(field, err)
 			return
 		}
-		p, w := caBundleDates(path, now)
-		for _, err := range p {
+		data, err := os.ReadFile(path)
+		if err != nil {
 			bad(field, err)
+			return
+		}
+		u, w := policies.CABundleDates(path, data, now)
+		for _, m := range u {
+			bad(field, errors.New(m))
 		}
 		for _, m := range w {
 			warn(field, "%s", m)
@@ -294,64 +302,6 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 	}
 	if t := c.TLS; t != nil {
 		caBundle("tls.client_ca_file", t.ClientCAFile)
-	}
-	return problems, warnings
-}
-
-// caExpiryWarning is how long before a certificate of a CA bundle
-// (vault.ca_file, store.ca_file, tls.client_ca_file) expires keytrail
-// config check warns about it: CA certificates live for years and are
-// replaced by hand, so a month's notice.
-const caExpiryWarning = 30 * 24 * time.Hour
-
-// caBundleDates judges the dates of the certificates of the CA bundle at
-// path (already read with vaultad.LoadCAFile) at now. One that has expired
-// or is not yet valid verifies nothing: a problem when no certificate of
-// the bundle is valid (every TLS connection it verifies would fail), else
-// a warning (another may be the one that signs); one that expires within
-// caExpiryWarning is a warning. Each names the file and the certificate.
-func caBundleDates(path string, now time.Time) (problems []error, warnings []string) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil
-	}
-	var unusable []string
-	valid := 0
-	for rest := b; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			continue // the pool skips it too
-		}
-		name := cert.Subject.CommonName
-		if name == "" {
-			name = cert.Subject.String()
-		}
-		switch {
-		case now.After(cert.NotAfter):
-			unusable = append(unusable, fmt.Sprintf("%s: certificate %q expired at %s", path, name, cert.NotAfter.UTC().Format(time.RFC3339)))
-		case now.Before(cert.NotBefore):
-			unusable = append(unusable, fmt.Sprintf("%s: certificate %q not valid before %s", path, name, cert.NotBefore.UTC().Format(time.RFC3339)))
-		default:
-			valid++
-			if cert.NotAfter.Sub(now) < caExpiryWarning {
-				warnings = append(warnings, fmt.Sprintf("%s: certificate %q expires at %s, in less than %d days", path, name,
-					cert.NotAfter.UTC().Format(time.RFC3339), caExpiryWarning/(24*time.Hour)))
-			}
-		}
-	}
-	for _, u := range unusable {
-		if valid == 0 {
-			problems = append(problems, fmt.Errorf("%s: no certificate of the bundle is valid now", u))
-		} else {
-			warnings = append(warnings, u+": it verifies nothing (remove it)")
-		}
 	}
 	return problems, warnings
 }

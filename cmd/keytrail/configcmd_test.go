@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -357,5 +359,71 @@ func TestConfigCheckKubernetesDefaultJWTFile(t *testing.T) {
 	_, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
 	if want := cfg + ": vault.auth.jwt_file: " + kubernetesJWTFile + ": empty (line 3)"; exitCode(err) != 1 || !strings.Contains(stderr, want) {
 		t.Errorf("config check with an empty service-account token = %v (exit %d), want exit 1 and %q\nstderr: %s", err, exitCode(err), want, stderr)
+	}
+}
+
+// TestPolicyCAFileDatesAreWarnings: the dates of the certificates of the
+// policy's own ca_files (an issuer's, a proxy grant's) are judged as
+// config check judges the configuration's CA bundles, but as warnings
+// only: keytrail policy check --files, keytrail config check (which loads
+// the policy) and the server (which logs them at every load) still accept
+// the policy, as a problem there would stop the server at start or refuse a
+// reload. Each warning names the policy file, the field, the file and the
+// certificate. Before, they passed without a word.
+func TestPolicyCAFileDatesAreWarnings(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	expired, _ := writeKeyPair(t, dir, "issuer-ca", now.Add(-48*time.Hour), now.Add(-time.Hour))
+	expiring, _ := writeKeyPair(t, dir, "upstream-ca", now.Add(-time.Hour), now.Add(20*24*time.Hour))
+	pol := writeFile(t, dir, "policy.yaml", `version: 1
+issuers:
+  - name: i
+    issuer: https://issuer.example
+    jwks_url: https://issuer.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+    ca_file: `+expired+`
+grants:
+  - name: api
+    kind: proxy
+    ttl: 5m
+    proxy:
+      upstream: https://api.example.com
+      ca_file: `+expiring+`
+      secret: {vault_kv: secret/data/api, field: key}
+      inject: {header: X-Api-Key}
+      paths: ["/v1/*"]
+`)
+	want := []string{
+		"warning: " + pol + `: issuers[0].ca_file: ` + expired + `: certificate "issuer-ca" expired at `,
+		`: no certificate of the bundle is valid now (line 8)`,
+		"warning: " + pol + `: grants[0].proxy.ca_file: ` + expiring + `: certificate "upstream-ca" expires at `,
+		`, in less than 30 days (line 15)`,
+	}
+	cfg := writeFile(t, dir, "keytrail.yaml", "public_url: http://127.0.0.1:7700\npolicy: "+pol+
+		"\nvault: {address: 'http://127.0.0.1:1'}\naudit: {file: "+filepath.Join(dir, "audit.jsonl")+"}\n")
+	for _, args := range [][]string{{"policy", "check", "--files", pol}, {"config", "check", "--config", cfg}} {
+		out, stderr, err := runCLI(t, nil, args...)
+		if err != nil || !strings.Contains(out, "ok:") {
+			t.Errorf("%s = %q, %v; want ok (exit 0)\nstderr: %s", strings.Join(args[:2], " "), out, err, stderr)
+		}
+		for _, w := range want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%s: stderr lacks %q:\n%s", strings.Join(args[:2], " "), w, stderr)
+			}
+		}
+	}
+	// Without --files the files are not read: no warning about them.
+	if _, stderr, err := runCLI(t, nil, "policy", "check", pol); err != nil || stderr != "" {
+		t.Errorf("policy check (no --files) = %v, stderr %q; want ok and nothing on stderr", err, stderr)
+	}
+	var logs bytes.Buffer
+	if _, err := loadServedPolicy(pol, slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
+		t.Fatalf("loadServedPolicy = %v, want the policy served", err)
+	}
+	for _, w := range []string{"issuers[0].ca_file: " + expired, "grants[0].proxy.ca_file: " + expiring} {
+		if !strings.Contains(logs.String(), "level=WARN msg=\"policy warning\" problem=\""+pol+": "+w) {
+			t.Errorf("loadServedPolicy logged %q; want a policy warning naming %s", logs.String(), w)
+		}
 	}
 }

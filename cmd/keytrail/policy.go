@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
@@ -32,7 +33,11 @@ func newPolicyCheckCmd(e *env) *cobra.Command {
 file, field path and line, e.g. "a.yaml: grants[2].ttl: must be > 0 (line 31)".
 The files the policy names (ca_file) are not read unless --files is given:
 run it with --files where the broker runs, as the broker checks them at
-start and on every reload.
+start and on every reload. With --files, a ca_file certificate that
+expires within 30 days, has expired or is not yet valid is a warning,
+naming the file, field and certificate: even a bundle none of whose
+certificates is valid now, as the broker still loads the policy (only the
+TLS connections that bundle verifies fail).
 
 What is valid but likely not meant (an unquoted claims value such as 1.0,
 which no number claim equals; an owner mixing Latin letters with Cyrillic
@@ -45,13 +50,14 @@ per line) or cannot be read; 2 usage.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := policies.Load(args[0])
+			var fileWarnings []*policies.Problem
 			if err == nil && files {
-				err = pol.CheckFiles()
+				fileWarnings, err = pol.CheckFiles(time.Now())
 			}
 			if err != nil {
 				return policyProblems(e, err)
 			}
-			printPolicyWarnings(e, pol)
+			printPolicyWarnings(e, pol, fileWarnings)
 			fmt.Fprintf(e.stdout, "ok: %d issuers, %d workloads, %d grants, %d admins, %d exceptions (hash %s)\n",
 				len(pol.Issuers()), len(pol.Workloads()), len(pol.Grants()), len(pol.Admins()), len(pol.Exceptions()), pol.Hash()[:16])
 			return nil
@@ -61,9 +67,10 @@ per line) or cannot be read; 2 usage.`,
 	return c
 }
 
-// printPolicyWarnings prints the policy's warnings on stderr, one a line.
-func printPolicyWarnings(e *env, pol *policies.Policy) {
-	for _, w := range pol.Warnings() {
+// printPolicyWarnings prints the policy's warnings, then fileWarnings
+// (CheckFiles'), on stderr, one a line.
+func printPolicyWarnings(e *env, pol *policies.Policy, fileWarnings []*policies.Problem) {
+	for _, w := range append(pol.Warnings(), fileWarnings...) {
 		fmt.Fprintln(e.stderr, "warning: "+w.Error())
 	}
 }
@@ -129,7 +136,7 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 			if err != nil {
 				return policyProblems(e, err)
 			}
-			printPolicyWarnings(e, pol)
+			printPolicyWarnings(e, pol, nil)
 			raw, err := os.ReadFile(tokenFile)
 			if err != nil {
 				return fmt.Errorf("policy explain: --token: %w", err)

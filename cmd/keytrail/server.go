@@ -625,13 +625,14 @@ func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) 
 
 // loadServedPolicy loads a policy for the server: validated, and the files
 // it names (ca_file) readable, each problem named by policy file and field.
-// Its warnings go to log.
+// Its warnings, and those of the dates of its ca_files' certificates, go to
+// log.
 func loadServedPolicy(path string, log *slog.Logger) (*policies.Policy, error) {
-	pol, err := checkServedPolicy(path)
+	pol, fileWarnings, err := checkServedPolicy(path, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range pol.Warnings() {
+	for _, w := range append(pol.Warnings(), fileWarnings...) {
 		log.Warn("policy warning", slog.String("problem", w.Error()))
 	}
 	return pol, nil
