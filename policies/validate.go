@@ -350,8 +350,12 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 		v.add(l.file, l.path+".audiences", "required: at least one audience")
 	}
 	for i, a := range is.Audiences {
-		if a == "" {
-			v.add(l.file, fmt.Sprintf("%s.audiences[%d]", l.path, i), "must not be empty")
+		switch ap := fmt.Sprintf("%s.audiences[%d]", l.path, i); {
+		case a == "":
+			v.add(l.file, ap, "must not be empty")
+		case strings.TrimSpace(a) != a:
+			// As an owner: accepted, it would match no token, silently.
+			v.add(l.file, ap, "%q starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none", a)
 		}
 	}
 	if len(is.Algorithms) == 0 {
@@ -705,8 +709,11 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 		}
 	}
 	if g.Kind == KindJWT && g.JWT != nil {
-		if g.JWT.Audience == "" {
+		switch a := g.JWT.Audience; {
+		case a == "":
 			v.add(l.file, l.path+".jwt.audience", "required")
+		case strings.TrimSpace(a) != a:
+			v.add(l.file, l.path+".jwt.audience", "%q starts or ends with a space: it is the minted JWT's aud, which its verifiers compare exactly", a)
 		}
 		switch k := g.JWT.TransitKey; {
 		case k == "":

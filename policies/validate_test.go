@@ -145,6 +145,11 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: issuers[0].jwks_url: must be an absolute https URL"}},
 		{"fail/issuer-audiences-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [], algorithms: [RS256]}]`},
 			[]string{"t.yaml: issuers[0].audiences: required: at least one audience"}},
+		// Compared exactly with the token's aud: spaces around one make an
+		// audience that matches nothing, silently (as an owner's would).
+		{"fail/issuer-audience-spaces", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k, " keytrail", "keytrail\t"], algorithms: [RS256]}]`},
+			[]string{`t.yaml: issuers[0].audiences[1]: " keytrail" starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none`,
+				`t.yaml: issuers[0].audiences[2]: "keytrail\t" starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none`}},
 		{"fail/issuer-algorithms-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k]}]`},
 			[]string{"t.yaml: issuers[0].algorithms: required: at least one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA"}},
 		{"ok/issuer-alg-es512", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [ES512]}]`}, nil},
@@ -333,6 +338,8 @@ func TestParseValidation(t *testing.T) {
 			[]string{"t.yaml: grants[0].vault_token.num_uses: must be >= 0 (0 = unlimited)"}},
 		{"fail/grant-jwt-fields", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {}}]`},
 			[]string{"t.yaml: grants[0].jwt.audience: required", "t.yaml: grants[0].jwt.transit_key: required"}},
+		{"fail/grant-jwt-audience-spaces", map[string]string{"grants": `[{name: g, kind: jwt, ttl: 5m, jwt: {audience: "api ", transit_key: k}}]`},
+			[]string{`t.yaml: grants[0].jwt.audience: "api " starts or ends with a space: it is the minted JWT's aud, which its verifiers compare exactly`}},
 		{"fail/grant-vault-dynamic-path-missing", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {}}]`},
 			[]string{"t.yaml: grants[0].vault_dynamic.path: required"}},
 		{"fail/grant-vault-dynamic-leading-slash", map[string]string{"grants": `[{name: g, kind: vault_dynamic, ttl: 5m, vault_dynamic: {path: /database/creds/x}}]`},
