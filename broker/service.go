@@ -398,23 +398,32 @@ func (s *Service) awaitAudit(audited <-chan error) error {
 	}
 }
 
-// undoMint revokes a credential that will not be handed out. A failure is
-// logged with the issuance id and accessor so an operator (and the
-// reconciliation) can find it, and returned.
+// undoMint revokes a credential that will not be handed out (why:
+// audit_failed, store_failed, client_gone). A failure is logged with the
+// issuance id and accessor so an operator (and the reconciliation) can find
+// it, and returned.
 func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error {
 	rv, ok := s.d.Revokers[is.Kind]
 	if !ok {
 		return nil
 	}
+	// What happened, in the log line's message: a credential whose caller
+	// left was recorded (store and audit log) like any other; the others
+	// could not be.
+	revoked, failed := "revoked credential that could not be recorded", "revoking unrecorded credential failed"
+	if why == OrphanClientGone {
+		revoked, failed = "revoked recorded credential: its caller went away before it was handed out",
+			"revoking recorded credential whose caller went away failed"
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.MintTimeout)
 	defer cancel()
 	if err := rv.Revoke(rctx, is); err != nil {
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, "revoking unrecorded credential failed",
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, failed,
 			slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("accessor", is.Refs.Accessor),
 			slog.String("why", why), slog.String("error", err.Error()))
 		return err
 	}
-	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revoked credential that could not be recorded",
+	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, revoked,
 		slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("why", why))
 	return nil
 }
@@ -451,8 +460,12 @@ func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, 
 	ev := orphanRevokedEvent(is, why, out)
 	ev.RequestID = requestID
 	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, "recording an unrecorded issuance failed",
-			slog.String("request_id", requestID), slog.String("issuance_id", is.ID), slog.String("error", err.Error()))
+		msg := "recording an unrecorded issuance failed"
+		if why == OrphanClientGone {
+			msg = "recording the revocation of a credential whose caller went away failed"
+		}
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, msg,
+			slog.String("request_id", requestID), slog.String("issuance_id", is.ID), slog.String("why", why), slog.String("error", err.Error()))
 	}
 }
 
