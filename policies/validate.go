@@ -695,8 +695,11 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 			switch {
 			case pol == "":
 				v.add(l.file, pp, "must not be empty")
-			case strings.EqualFold(pol, "root"):
+			case strings.EqualFold(strings.TrimSpace(pol), "root"):
+				// Vault trims and lowercases policy names: " Root" is root.
 				v.add(l.file, pp, "the root policy is never granted")
+			case strings.TrimSpace(pol) != pol:
+				v.add(l.file, pp, "%q starts or ends with a space: Vault trims policy names, so write it without", pol)
 			}
 		}
 		switch {
