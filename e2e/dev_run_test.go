@@ -52,6 +52,12 @@ func startDevWith(t *testing.T, keytrail []string, dir, listen string) *devRun {
 		d.cmd = exec.Command(keytrail[0], args...)
 		d.cmd.Dir = root
 		d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+		if keytrail[0] == "go" {
+			// A go command ended by a signal leaves its work directory
+			// (the built keytrail, ~35 MB) behind: keep it under the
+			// test's temp dir, removed after the cleanup below.
+			d.cmd.Env = append(os.Environ(), "GOTMPDIR="+t.TempDir())
+		}
 		// Under go run, dev shares the output pipe: a dev that outlives
 		// the go command must not keep Wait (and done) from returning.
 		d.cmd.WaitDelay = 30 * time.Second
