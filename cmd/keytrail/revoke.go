@@ -57,11 +57,7 @@ nor (for a workload) a standing block (a typo, a wrong case) is refused and
 nothing is revoked or blocked; --force revokes and blocks the name anyway
 (e.g. a workload about to be deployed).
 
-Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
-Admin token: your identity token (an identity that policy lists under admins
-             with the revoke role), read from --token-file, else from the file
-             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN
-             (a file others can read gets a warning: chmod 600 it).
+` + revokeAccessHelp + `
 
 Exit status:
   0  every matched credential is revoked
@@ -438,3 +434,12 @@ func (rt *brokerRuntime) goBackground(ctx context.Context, fn func(context.Conte
 	go func() { defer close(done); _ = fn(bctx) }()
 	rt.closers = append(rt.closers, func() error { stop(); <-done; return nil })
 }
+
+// revokeAccessHelp is the --help paragraph of the commands that call the
+// admin API with the revoke role (revoke, unblock): which server, which
+// token.
+const revokeAccessHelp = `Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
+Admin token: your identity token (an identity that policy lists under admins
+             with the revoke role), read from --token-file, else from the file
+             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN
+             (a file others can read gets a warning: chmod 600 it).`

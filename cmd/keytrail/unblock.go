@@ -33,11 +33,7 @@ Without it, whatever block stands is lifted. A retry is safe either way: if
 the first try went through, the retry answers that there is nothing to
 unblock (exit 1) and lifts nothing.
 
-Server:      --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `
-Admin token: your identity token (an identity that policy lists under admins
-             with the revoke role), read from --token-file, else from the file
-             named by $KEYTRAIL_ADMIN_TOKEN_FILE, else from $KEYTRAIL_ADMIN_TOKEN
-             (a file others can read gets a warning: chmod 600 it).
+` + revokeAccessHelp + `
 
 Exit status:
   0  the block is lifted
