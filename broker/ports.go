@@ -205,16 +205,20 @@ type Store interface {
 	// is ErrInvalidRequest.
 	FindIssuances(ctx context.Context, kind RefKind, values []string) ([]*Issuance, error)
 	ListIssuances(ctx context.Context, f IssuanceFilter) ([]*Issuance, error)
-	// MarkRevoked stores is, which carries its revocation (RevokedAt and
-	// RevocationID set), as PutIssuance does, unless the stored record of
-	// is.ID is revoked already: then it writes nothing, so the first
-	// revocation to mark an issuance is the one it stays revoked by, however
-	// many revocations raced to mark it. One atomic step; it returns the
-	// record as stored afterwards (the first mark's). A record that is not
-	// stored at all is written (a mark restores a record the store lost).
-	// An is without RevokedAt or RevocationID is ErrInvalidRequest. With
-	// replicas, the write is acknowledged as a revoked PutIssuance's is; a
-	// mark found stored (nothing written) waits for no replica.
+	// MarkRevoked stores is, which carries its revoked mark, as PutIssuance
+	// does, unless the stored record of is.ID is revoked already: then it
+	// writes nothing, so the first mark is the one an issuance keeps,
+	// however many marks raced. A mark is a revocation's (RevokedAt and
+	// RevocationID set) or a withdrawal's (RevokedAt set, RevocationID
+	// empty: the exchange's own mark of a credential it never handed out,
+	// audit_failed or client_gone), and either kind stands against the
+	// other: a withdrawal never overwrites a revocation's id, nor a
+	// revocation a withdrawal. One atomic step; it returns the record as
+	// stored afterwards (the first mark's). A record that is not stored at
+	// all is written (a mark restores a record the store lost). An is
+	// without RevokedAt is ErrInvalidRequest. With replicas, the write is
+	// acknowledged as a revoked PutIssuance's is; a mark found stored
+	// (nothing written) waits for no replica.
 	MarkRevoked(ctx context.Context, is *Issuance) (*Issuance, error)
 
 	// PutRevocation stores r whole. The revocation flow uses it only to

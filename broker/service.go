@@ -436,16 +436,25 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 const StatusClientClosedRequest = 499
 
 // markWithdrawn marks a stored issuance whose credential was not handed out
-// revoked; a failure is logged (the reconciliation revokes what the store
-// keeps unrevoked without an issue event).
+// revoked, without a revocation id (a withdrawal); a failure is logged (the
+// reconciliation revokes what the store keeps unrevoked without an issue
+// event). The mark is Store.MarkRevoked's, first mark wins: the issuance is
+// stored by now, so an admin revocation may have marked it already (it
+// selected it, or named its id), and its mark, with its revocation id,
+// stands. is takes the mark the store keeps.
 func (s *Service) markWithdrawn(bg context.Context, is *Issuance, why string) {
-	is.RevokedAt = s.d.Now()
+	c := *is
+	c.RevokedAt, c.RevocationID = s.d.Now(), ""
 	sctx, cancel := context.WithTimeout(bg, s.d.StoreTimeout)
 	defer cancel()
-	if err := s.d.Store.PutIssuance(sctx, is); err != nil {
+	stored, err := s.d.Store.MarkRevoked(sctx, &c)
+	if err != nil {
+		is.RevokedAt = c.RevokedAt
 		s.d.Logger.LogAttrs(bg, slog.LevelError, "marking a withdrawn issuance revoked",
 			slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("why", why), slog.String("error", err.Error()))
+		return
 	}
+	is.RevokedAt, is.RevocationID = stored.RevokedAt, stored.RevocationID
 }
 
 // recordWithdrawn writes the orphan_revoked event (reason why: store_failed,

@@ -143,14 +143,15 @@ func (s *Store) putLocked(e *entry) {
 	s.index(&e.meta)
 }
 
-// MarkRevoked stores is unless the stored record is revoked already, under
-// the store's lock, and returns the record as stored.
+// MarkRevoked stores is, a revocation's mark or a withdrawal's (no
+// RevocationID), unless the stored record is revoked already, under the
+// store's lock, and returns the record as stored.
 func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
 	if err := checkCtx(ctx); err != nil {
 		return nil, err
 	}
-	if is == nil || is.ID == "" || is.RevokedAt.IsZero() || is.RevocationID == "" {
-		return nil, invalid("revoked mark without issuance id, revocation time or revocation id")
+	if is == nil || is.ID == "" || is.RevokedAt.IsZero() {
+		return nil, invalid("revoked mark without issuance id or revocation time")
 	}
 	e, err := newEntry(is)
 	if err != nil {

@@ -516,15 +516,16 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	return nil
 }
 
-// MarkRevoked writes the revoked mark with markRevokedScript: the record
+// MarkRevoked writes the revoked mark (a revocation's, or a withdrawal's
+// without RevocationID) with markRevokedScript: the record
 // and its indexes as PutIssuance writes them, unless the stored record is
 // revoked already, in one atomic script; acknowledged, with MinReplicas,
 // once replicated. It returns the record the script leaves stored. A mark
 // found stored is returned without waiting for replicas: nothing was
 // written (as the revocation flow skips an issuance it reads revoked).
 func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
-	if is == nil || is.ID == "" || is.RevokedAt.IsZero() || is.RevocationID == "" {
-		return nil, invalid("revoked mark without issuance id, revocation time or revocation id")
+	if is == nil || is.ID == "" || is.RevokedAt.IsZero() {
+		return nil, invalid("revoked mark without issuance id or revocation time")
 	}
 	keys, args, _, err := s.issuanceScriptArgs(is)
 	if err != nil {

@@ -1208,6 +1208,57 @@ func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			t.Errorf("FindIssuance(accessor) = %+v, %v; want the marked record", found, err)
 		}
 	})
+	// A withdrawal (RevokedAt without RevocationID: the exchange's mark of
+	// a credential it did not hand out) is a mark like a revocation's, and
+	// the first of either kind stands.
+	t.Run("ok/withdrawal-written", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_withdrawn", Epoch())
+		mustPut(t, s, is)
+		got, err := s.MarkRevoked(ctx(t), revokedBy(is, "", Epoch().Add(time.Second)))
+		if err != nil || got.RevocationID != "" || !got.RevokedAt.Equal(Epoch().Add(time.Second)) {
+			t.Fatalf("MarkRevoked(withdrawal) = %+v, %v; want the record withdrawn", got, err)
+		}
+		if diff := cmp.Diff(got, mustGet(t, s, is.ID)); diff != "" {
+			t.Errorf("GetIssuance() after the withdrawal (-MarkRevoked's answer +stored):\n%s", diff)
+		}
+	})
+	t.Run("ok/withdrawal-after-mark-keeps-mark", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_marked_first", Epoch())
+		mustPut(t, s, is)
+		first, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_admin", Epoch().Add(time.Second)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.MarkRevoked(ctx(t), revokedBy(is, "", Epoch().Add(2*time.Second)))
+		if err != nil || got.RevocationID != "rev_admin" || !got.RevokedAt.Equal(first.RevokedAt) {
+			t.Errorf("MarkRevoked(withdrawal) after rev_admin's mark = %+v, %v; want rev_admin's mark standing", got, err)
+		}
+		if stored := mustGet(t, s, is.ID); stored.RevocationID != "rev_admin" || !stored.RevokedAt.Equal(first.RevokedAt) {
+			t.Errorf("GetIssuance() after the withdrawal = revoked by %q at %v; want rev_admin at %v", stored.RevocationID, stored.RevokedAt, first.RevokedAt)
+		}
+		found, err := s.FindIssuance(ctx(t), broker.RefAccessor, is.Refs.Accessor)
+		if err != nil || found.RevocationID != "rev_admin" {
+			t.Errorf("FindIssuance(accessor) after the withdrawal = %+v, %v; want rev_admin's mark", found, err)
+		}
+	})
+	t.Run("ok/mark-after-withdrawal-keeps-withdrawal", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_withdrawn_first", Epoch())
+		mustPut(t, s, is)
+		first, err := s.MarkRevoked(ctx(t), revokedBy(is, "", Epoch().Add(time.Second)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_admin", Epoch().Add(2*time.Second)))
+		if err != nil || got.RevocationID != "" || !got.RevokedAt.Equal(first.RevokedAt) {
+			t.Errorf("MarkRevoked(rev_admin) after a withdrawal = %+v, %v; want the withdrawal standing", got, err)
+		}
+		if stored := mustGet(t, s, is.ID); stored.RevocationID != "" || !stored.RevokedAt.Equal(first.RevokedAt) {
+			t.Errorf("GetIssuance() after rev_admin's mark = revoked by %q at %v; want the withdrawal at %v", stored.RevocationID, stored.RevokedAt, first.RevokedAt)
+		}
+	})
 	t.Run("fail/not-a-mark", func(t *testing.T) {
 		s := newStore(t)
 		is := SampleIssuance("iss_nomark", Epoch())
@@ -1218,7 +1269,6 @@ func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		}{
 			{"nil", nil},
 			{"no-revocation", is},
-			{"no-revocation-id", revokedBy(is, "", Epoch())},
 			{"no-time", revokedBy(is, "rev_1", time.Time{})},
 			{"no-id", revokedBy(SampleIssuance("", Epoch()), "rev_1", Epoch())},
 		} {
