@@ -218,7 +218,12 @@ type Store interface {
 	// all is written (a mark restores a record the store lost). An is
 	// without RevokedAt is ErrInvalidRequest. With replicas, the write is
 	// acknowledged as a revoked PutIssuance's is; a mark found stored
-	// (nothing written) waits for no replica.
+	// (nothing written) waits for no replica, so it may be one its own
+	// writer could not confirm. A caller that must know it is replicated
+	// learns it from a later write of its own that is acknowledged: the
+	// store replicates in order, so a replica that acknowledged a write
+	// has every write the store applied before it (the revocation flow
+	// counts on this, see broker/revoke.go unconfirmedMarks).
 	MarkRevoked(ctx context.Context, is *Issuance) (*Issuance, error)
 
 	// PutRevocation stores r whole. The revocation flow uses it only to

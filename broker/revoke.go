@@ -294,6 +294,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		// redoes it (revokers are idempotent).
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
 			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+		revoked, failed = unconfirmedMarks(marked, rev.ID, revoked, failed)
 		settle(rev, revoked, failed, s.d.Now())
 	} else {
 		rev = cur // with whatever other writers stored meanwhile
@@ -590,6 +591,38 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 	}
 	is.RevokedAt, is.RevocationID = stored.RevokedAt, stored.RevocationID
 	return nil
+}
+
+// unconfirmedMarks moves out of revoked, into failed, each issuance of
+// marked whose mark revID did not write: one another revocation (or the
+// exchange's withdrawal) wrote, found stored by mark, which waits for no
+// replica then (Store.MarkRevoked). Such a mark may be one its writer
+// could not confirm on the store's replicas (store.min_replicas), and only
+// a later write of this revocation that the replicas confirm (its progress
+// write: a replica confirming a write has every earlier one) confirms it
+// too. Revoke calls it when that write failed: the answer then reports
+// those issuances pending, as the stored record still does, not revoked
+// on a mark that a failover may lose; the worker finishes them. Marks
+// revID wrote were confirmed by their own write.
+func unconfirmedMarks(marked []*Issuance, revID string, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure) {
+	found := map[string]bool{}
+	for _, is := range marked {
+		if is.RevocationID != revID {
+			found[is.ID] = true
+		}
+	}
+	if len(found) == 0 {
+		return revoked, failed
+	}
+	var keep []string
+	for _, id := range revoked {
+		if !found[id] {
+			keep = append(keep, id)
+			continue
+		}
+		failed = append(failed, RevokeFailure{IssuanceID: id, Error: "its revoked mark, found stored, is not confirmed by the store yet; retrying"})
+	}
+	return keep, failed
 }
 
 // revokeBackends calls each issuance's Revoker, a few at a time, each with

@@ -522,7 +522,11 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 // revoked already, in one atomic script; acknowledged, with MinReplicas,
 // once replicated. It returns the record the script leaves stored. A mark
 // found stored is returned without waiting for replicas: nothing was
-// written (as the revocation flow skips an issuance it reads revoked).
+// written (as the revocation flow skips an issuance it reads revoked), and
+// WAIT on this connection would not confirm the earlier write. A later
+// write the replicas confirm does (Redis replicates in order, and a
+// replica's acknowledged offset covers every earlier write): the
+// revocation flow's progress write.
 func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
 	if is == nil || is.ID == "" || is.RevokedAt.IsZero() {
 		return nil, invalid("revoked mark without issuance id or revocation time")
