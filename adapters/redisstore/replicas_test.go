@@ -341,3 +341,62 @@ func TestMinReplicasMarkRevokedFoundDoesNotWait(t *testing.T) {
 		t.Errorf("MarkRevoked(unrevoked) with the replica down = %v, want reason %s", err, broker.ReasonStoreUnreplicated)
 	}
 }
+
+// TestMinReplicasFoundMarkConfirmedByLaterWrite pins down what the
+// revocation flow counts on after a MarkRevoked that finds a mark stored
+// (and so waits for no replica, bf0a5c5): a mark whose own write the
+// replica did not acknowledge (the replica frozen) is on the replica once
+// a later write of the finder, on another key, is acknowledged. Redis
+// replicates in order, so the later write's WAIT covers the earlier mark
+// (broker.Store's MarkRevoked contract; broker/revoke.go unconfirmedMarks).
+func TestMinReplicasFoundMarkConfirmedByLaterWrite(t *testing.T) {
+	primary, replica := startReplicated(t)
+	const prefix = "{mark-later}:"
+	s := newStore(t, primary, redisstore.Options{Prefix: prefix, MinReplicas: 1, Timeout: 2 * time.Second})
+	now := storetest.Epoch()
+	if err := s.PutIssuance(t.Context(), storetest.SampleIssuance("iss_1", now)); err != nil {
+		t.Fatal(err)
+	}
+	finder := &broker.Revocation{ID: "rev_second", Reason: "x", CreatedAt: now, Revoked: []string{}, Pending: []string{"iss_1"}, Failed: []broker.RevokeFailure{}}
+	if err := s.PutRevocation(t.Context(), finder); err != nil {
+		t.Fatal(err)
+	}
+
+	replica.Pause()
+	paused := true
+	t.Cleanup(func() {
+		if paused {
+			replica.Resume()
+		}
+	})
+	first := storetest.SampleIssuance("iss_1", now)
+	first.RevokedAt, first.RevocationID = now, "rev_first"
+	var be *broker.Error
+	if _, err := s.MarkRevoked(t.Context(), first); !errors.As(err, &be) || be.Reason != broker.ReasonStoreUnreplicated {
+		t.Fatalf("MarkRevoked(rev_first) with the replica frozen = %v, want reason %s", err, broker.ReasonStoreUnreplicated)
+	}
+	second := storetest.SampleIssuance("iss_1", now)
+	second.RevokedAt, second.RevocationID = now.Add(time.Second), "rev_second"
+	got, err := s.MarkRevoked(t.Context(), second)
+	if err != nil || got.RevocationID != "rev_first" {
+		t.Fatalf("MarkRevoked(rev_second) = %+v, %v; want rev_first's mark, found stored", got, err)
+	}
+
+	replica.Resume()
+	paused = false
+	// The finder's progress write, acknowledged by the replica (retried
+	// while the replica catches up after its freeze).
+	var uerr error
+	waitFor(t, 10*time.Second, "the progress write acknowledged by the replica", func() bool {
+		_, uerr = s.UpdateRevocation(t.Context(), "rev_second", func(r *broker.Revocation) error {
+			r.Pending, r.Revoked, r.Failed = []string{}, []string{"iss_1"}, []broker.RevokeFailure{}
+			return nil
+		})
+		return uerr == nil
+	})
+	// Read once, at once: the acknowledged write covers the mark.
+	raw, err := rawClient(t, replica).Get(t.Context(), prefix+"iss:iss_1").Result()
+	if err != nil || !strings.Contains(raw, `"revocation_id":"rev_first"`) {
+		t.Errorf("the replica's iss_1 after the later acknowledged write = %s, %v; want rev_first's mark", raw, err)
+	}
+}
