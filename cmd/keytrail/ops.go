@@ -383,7 +383,7 @@ const policyReloadRetries = 10
 // policyReloadRetries times, each attempt logged and audited as a
 // file_change_retry. A change of the files starts over; a reload by SIGHUP
 // that succeeds in the meantime ends the retries (a new policy in force: a
-// JWKS refresh that swaps the state for retiring keys is no reload).
+// JWKS refresh that serves retiring keys changes no policy state).
 func (rt *brokerRuntime) watchPolicy(ctx context.Context, interval time.Duration, last string) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()

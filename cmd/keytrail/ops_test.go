@@ -33,6 +33,7 @@ import (
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/broker/jwks"
 	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -480,64 +481,42 @@ func TestReloadedJWTGrantKeyIsInJWKS(t *testing.T) {
 	}
 }
 
-// TestPolicyStateKeyNames: the JWKS of a reloaded policy has the keys it
-// names and keeps those the previous policy named (JWTs they signed are still
-// live); with no new key the key source, and its cache, is kept.
-func TestPolicyStateKeyNames(t *testing.T) {
+// TestInitPolicyKeyNames: the JWKS key list of the policy served names the
+// transit keys its jwt grants sign with, and the checkpoint transit key when
+// one is configured (how the list changes on a reload: broker/jwks).
+func TestInitPolicyKeyNames(t *testing.T) {
 	dir := t.TempDir()
 	vc, err := vaultapi.NewClient(vaultapi.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := &brokerRuntime{cfg: &Config{}, vault: vc}
-	load := func(grants, extra string) *policies.Policy {
-		t.Helper()
-		p := strings.NewReplacer("{ISS}", "https://issuer.example", "{GRANTS}", grants, "{EXTRA}", extra).Replace(reloadJWKSPolicy)
-		pol, err := policies.Load(writeFile(t, dir, "policy.yaml", p))
-		if err != nil {
-			t.Fatal(err)
+	p := strings.NewReplacer("{ISS}", "https://issuer.example", "{GRANTS}", "orders-jwt, billing-jwt", "{EXTRA}", reloadJWKSEd25519Grant).Replace(reloadJWKSPolicy)
+	pol, err := policies.Load(writeFile(t, dir, "policy.yaml", p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, checkpoint string
+		want             []string
+	}{
+		{"ok/jwt-grants", "", []string{"keytrail-ed25519", "keytrail-signing"}},
+		{"ok/with-checkpoint-transit-key", "checkpoints", []string{"checkpoints", "keytrail-ed25519", "keytrail-signing"}},
+	} {
+		rt := &brokerRuntime{cfg: &Config{}, vault: vc}
+		rt.cfg.Audit.CheckpointTransitKey = tc.checkpoint
+		if err := rt.initPolicy(pol, nil); err != nil {
+			t.Fatalf("%s: initPolicy: %v", tc.name, err)
 		}
-		return pol
-	}
-	first, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	added, err := rt.newPolicyState(load("orders-jwt, billing-jwt", reloadJWKSEd25519Grant), nil, first, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff([]string{"keytrail-ed25519", "keytrail-signing"}, added.keyNames); diff != "" {
-		t.Errorf("after adding billing-jwt: key names (-want +got):\n%s", diff)
-	}
-	if added.keys == first.keys {
-		t.Error("after adding a key: the old key source (without the new key) is still used")
-	}
-	// billing-jwt's key was named alone by a grant the next policy drops.
-	dropped, err := rt.newPolicyState(load("orders-jwt", ""), nil, added, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(added.keyNames, dropped.keyNames); diff != "" {
-		t.Errorf("after dropping billing-jwt: key names (-want +got):\n%s", diff)
-	}
-	if dropped.keys != added.keys {
-		t.Error("no new key, but the key source (and its cache) was replaced")
-	}
-	rt.cfg.Audit.CheckpointTransitKey = "checkpoints"
-	withCheckpoint, err := rt.newPolicyState(load("orders-jwt", ""), nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff([]string{"checkpoints", "keytrail-signing"}, withCheckpoint.keyNames); diff != "" {
-		t.Errorf("with checkpoint_transit_key: key names (-want +got):\n%s", diff)
+		if diff := cmp.Diff(tc.want, rt.keys.Names()); diff != "" {
+			t.Errorf("%s: key names (-want +got):\n%s", tc.name, diff)
+		}
 	}
 }
 
 // TestReloadRetiresDroppedTransitKeys: a reload that drops the last jwt
 // grant signing with a transit key keeps that key in /.well-known/jwks.json
 // while JWTs it signed may still be live (the longest ttl of the grants that
-// used it, plus jwksRetireLeeway for verifiers' clock skew), then drops it:
+// used it, plus jwks.RetireLeeway for verifiers' clock skew), then drops it:
 // a later reload does not extend that, and the one after it stops reading
 // the key. Real Vault (harness.StartVault).
 func TestReloadRetiresDroppedTransitKeys(t *testing.T) {
@@ -556,15 +535,19 @@ func TestReloadRetiresDroppedTransitKeys(t *testing.T) {
 	}
 	reload := func(pol *policies.Policy) {
 		t.Helper()
-		st, err := rt.newPolicyState(pol, nil, rt.state.Load(), nil)
-		if err != nil {
+		if rt.keys == nil {
+			if err := rt.initPolicy(pol, nil); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		if err := rt.keys.Update(jwks.SigningKeys(pol), nil, nil); err != nil {
 			t.Fatal(err)
 		}
-		rt.state.Store(st)
 	}
 	kids := func() []string {
 		t.Helper()
-		keys, err := policyKeys{rt}.PublicKeys(context.Background())
+		keys, err := rt.keys.PublicKeys(context.Background())
 		if err != nil {
 			t.Fatalf("PublicKeys() = %v", err)
 		}
@@ -588,9 +571,9 @@ func TestReloadRetiresDroppedTransitKeys(t *testing.T) {
 		wantKey []string // keyNames after the step
 	}{
 		{"ok/kept-while-its-jwts-live", billingTTL, false, both, nil},
-		{"ok/a-later-reload-does-not-extend", billingTTL + jwksRetireLeeway - time.Second, true, both, nil},
-		{"ok/dropped-once-its-jwts-expired", billingTTL + jwksRetireLeeway, false, orders, nil},
-		{"ok/no-longer-read-after-the-next-reload", billingTTL + jwksRetireLeeway + time.Minute, true, orders, []string{harness.VaultSigningKey}},
+		{"ok/a-later-reload-does-not-extend", billingTTL + jwks.RetireLeeway - time.Second, true, both, nil},
+		{"ok/dropped-once-its-jwts-expired", billingTTL + jwks.RetireLeeway, false, orders, nil},
+		{"ok/no-longer-read-after-the-next-reload", billingTTL + jwks.RetireLeeway + time.Minute, true, orders, []string{harness.VaultSigningKey}},
 	}
 	start := now
 	for _, s := range steps {
@@ -601,7 +584,7 @@ func TestReloadRetiresDroppedTransitKeys(t *testing.T) {
 		if diff := cmp.Diff(s.want, kids()); diff != "" {
 			t.Errorf("%s: JWKS kids %v after the drop (-want +got):\n%s", s.name, s.at, diff)
 		}
-		if got := rt.state.Load().keyNames; s.wantKey != nil && !slices.Equal(got, s.wantKey) {
+		if got := rt.keys.Names(); s.wantKey != nil && !slices.Equal(got, s.wantKey) {
 			t.Errorf("%s: key names %q, want %q", s.name, got, s.wantKey)
 		}
 	}

@@ -45,11 +45,9 @@ func reloadRuntime(t *testing.T, dir, polFile string, logs *brokertest.SyncBuffe
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := rt.newPolicyState(pol, v, nil, nil)
-	if err != nil {
+	if err := rt.initPolicy(pol, v); err != nil {
 		t.Fatal(err)
 	}
-	rt.state.Store(st)
 	return rt, sink
 }
 

@@ -16,6 +16,7 @@ import (
 
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/jwks"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
@@ -38,7 +39,7 @@ func (c *testClock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 // servedKIDs is what /.well-known/jwks.json of rt serves, by kid.
 func servedKIDs(t *testing.T, rt *brokerRuntime) map[string]broker.PublicKey {
 	t.Helper()
-	keys, err := policyKeys{rt}.PublicKeys(context.Background())
+	keys, err := rt.keys.PublicKeys(context.Background())
 	if err != nil {
 		t.Fatalf("JWKS: %v", err)
 	}
@@ -97,7 +98,7 @@ func TestRetiringKeyServedAfterRestart(t *testing.T) {
 
 	first := start()
 	minter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: first.vault, PublicURL: cfg.PublicURL,
-		Published: policyKeys{first}, Now: clock.Now})
+		Published: first.keys, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +128,8 @@ func TestRetiringKeyServedAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	until := stored[keyA]
-	if least := reloadedAt.Add(5*time.Minute + jwksRetireLeeway); until.Before(least) || until.After(least.Add(2*jwksRefresh+time.Millisecond)) {
-		t.Fatalf("store after the reload: %s until %v, want from %v to %v", keyA, until, least, least.Add(2*jwksRefresh))
+	if least := reloadedAt.Add(5*time.Minute + jwks.RetireLeeway); until.Before(least) || until.After(least.Add(2*jwks.RefreshEvery+time.Millisecond)) {
+		t.Fatalf("store after the reload: %s until %v, want from %v to %v", keyA, until, least, least.Add(2*jwks.RefreshEvery))
 	}
 	if kids := servedKIDs(t, first); kids[kidA].Key == nil || kids[kidB].Key == nil {
 		t.Fatalf("JWKS after the reload (same instance) = %v, want %s and %s", slices.Sorted(maps.Keys(kids)), kidA, kidB)
@@ -168,7 +169,7 @@ func TestRetiringKeyServedAfterRestart(t *testing.T) {
 	if stored, err := second.store.RetiringKeys(t.Context(), reloadedAt); err != nil || !stored[keyA].IsZero() {
 		t.Errorf("store's retiring keys after %v = %v, %v; want %s's expired entry removed", until, stored, err, keyA)
 	}
-	if names := second.state.Load().keyNames; !slices.Equal(names, []string{keyB}) {
+	if names := second.keys.Names(); !slices.Equal(names, []string{keyB}) {
 		t.Errorf("key names after the reload at %v = %q, want [%s]", until, names, keyB)
 	}
 }

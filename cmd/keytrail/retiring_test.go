@@ -30,6 +30,7 @@ import (
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/jwks"
 )
 
 // fakeTransit is a Vault that serves ed25519 transit keys (version 1) and
@@ -129,12 +130,10 @@ func startRetiringInstance(t *testing.T, vc *vaultapi.Client, st broker.Store, c
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := in.rt.newPolicyState(pol, v, nil, nil)
-	if err != nil {
+	if err := in.rt.initPolicy(pol, v); err != nil {
 		t.Fatal(err)
 	}
-	in.rt.state.Store(s)
-	in.rt.refreshRetiring(t.Context())
+	in.rt.keys.Refresh(t.Context())
 	return in
 }
 
@@ -208,15 +207,15 @@ func TestRetiringKeysSharedBetweenInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	until := stored["key-a"]
-	if least := clock.Now().Add(5*time.Minute + jwksRetireLeeway); until.Before(least) || until.After(least.Add(2*jwksRefresh+time.Millisecond)) {
-		t.Fatalf("store after the reload: key-a until %v, want from %v to %v", until, least, least.Add(2*jwksRefresh))
+	if least := clock.Now().Add(5*time.Minute + jwks.RetireLeeway); until.Before(least) || until.After(least.Add(2*jwks.RefreshEvery+time.Millisecond)) {
+		t.Fatalf("store after the reload: key-a until %v, want from %v to %v", until, least, least.Add(2*jwks.RefreshEvery))
 	}
 	if got := x.lastPolicyLoad(t)["retiring_keys"]; !maps.Equal(asStringMap(got), map[string]string{"key-a": until.Format(time.RFC3339Nano)}) {
 		t.Errorf("policy_load of the reload: retiring_keys = %v, want key-a until %v", got, until)
 	}
 
 	clock.Set(clock.Now().Add(30 * time.Second))
-	y.rt.refreshRetiring(t.Context()) // its next JWKS refresh
+	y.rt.keys.Refresh(t.Context()) // its next JWKS refresh
 	z := startRetiringInstance(t, vc, st, clock, "key-b")
 	for name, in := range map[string]*retiringInstance{"x (reloaded)": x, "y (beside it)": y, "z (started after)": z} {
 		if got := in.kids(t); !slices.Equal(got, []string{a1, b1}) {
@@ -226,7 +225,7 @@ func TestRetiringKeysSharedBetweenInstances(t *testing.T) {
 
 	clock.Set(until)
 	for name, in := range map[string]*retiringInstance{"x": x, "y": y, "z": z} {
-		in.rt.refreshRetiring(t.Context())
+		in.rt.keys.Refresh(t.Context())
 		if got := in.kids(t); !slices.Equal(got, []string{b1}) {
 			t.Errorf("instance %s at %v: JWKS %v, want [%s]", name, until, got, b1)
 		}
@@ -273,24 +272,24 @@ func TestRetiringKeysOutages(t *testing.T) {
 	}
 	st.down.Store(false)
 	clock.Set(clock.Now().Add(30 * time.Second))
-	x.rt.refreshRetiring(t.Context()) // records what the reload could not
+	x.rt.keys.Refresh(t.Context()) // records what the reload could not
 	if stored, err := st.RetiringKeys(t.Context(), clock.Now()); err != nil || stored["key-a"].IsZero() {
 		t.Fatalf("store after x's refresh: %v, %v; want key-a recorded", stored, err)
 	}
 
 	vault.down.Store(true)
-	y.rt.refreshRetiring(t.Context())
+	y.rt.keys.Refresh(t.Context())
 	if got := y.kids(t); !slices.Equal(got, []string{b1}) {
 		t.Errorf("instance y, refresh while Vault is down: JWKS %v, want [%s] (what it served, from its cache)", got, b1)
 	}
 	vault.down.Store(false)
-	y.rt.refreshRetiring(t.Context())
+	y.rt.keys.Refresh(t.Context())
 	if got := y.kids(t); !slices.Equal(got, []string{a1, b1}) {
 		t.Errorf("instance y, refresh with Vault back: JWKS %v, want [%s %s]", got, a1, b1)
 	}
 
 	st.down.Store(true)
-	y.rt.refreshRetiring(t.Context())
+	y.rt.keys.Refresh(t.Context())
 	y.reload(t, "key-b")
 	if got := y.kids(t); !slices.Equal(got, []string{a1, b1}) {
 		t.Errorf("instance y, store down (a refresh and a reload): JWKS %v, want [%s %s] still", got, a1, b1)
@@ -316,11 +315,11 @@ func TestSigningKeyServedAfterRestartWithChangedPolicy(t *testing.T) {
 
 	old := startRetiringInstance(t, vc, st, clock, "key-a")
 	clock.Set(start.Add(2 * time.Minute))
-	old.rt.refreshRetiring(t.Context()) // its last refresh: it stops after it
+	old.rt.keys.Refresh(t.Context()) // its last refresh: it stops after it
 	lastRefresh := clock.Now()
 	// JWTs it signs until its next refresh (which never comes) live until
 	// then plus orders-jwt's ttl; verifiers allow the leeway.
-	until := lastRefresh.Add(2*jwksRefresh + 5*time.Minute + jwksRetireLeeway)
+	until := lastRefresh.Add(2*jwks.RefreshEvery + 5*time.Minute + jwks.RetireLeeway)
 
 	clock.Set(lastRefresh.Add(10 * time.Second))
 	restarted := startRetiringInstance(t, vc, st, clock, "key-b")
@@ -328,12 +327,12 @@ func TestSigningKeyServedAfterRestartWithChangedPolicy(t *testing.T) {
 		t.Fatalf("instance started with the changed policy: JWKS %v, want [%s %s] (JWTs key-a signed may live until %v)", got, a1, b1, until)
 	}
 	clock.Set(until.Add(-time.Millisecond))
-	restarted.rt.refreshRetiring(t.Context())
+	restarted.rt.keys.Refresh(t.Context())
 	if got := restarted.kids(t); !slices.Equal(got, []string{a1, b1}) {
 		t.Errorf("JWKS just before %v: %v, want [%s %s]", until, got, a1, b1)
 	}
 	clock.Set(until)
-	restarted.rt.refreshRetiring(t.Context())
+	restarted.rt.keys.Refresh(t.Context())
 	if got := restarted.kids(t); !slices.Equal(got, []string{b1}) {
 		t.Errorf("JWKS at %v: %v, want [%s]", until, got, b1)
 	}
@@ -371,8 +370,8 @@ func TestFailedFileReloadRetriedAcrossJWKSRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReload(t, "a JWKS refresh serves key-a", func() bool {
-		in.rt.refreshRetiring(t.Context())
-		_, ok := in.rt.state.Load().retiring["key-a"]
+		in.rt.keys.Refresh(t.Context())
+		_, ok := in.rt.keys.Retiring()["key-a"]
 		return ok
 	}, in.logs)
 
@@ -407,11 +406,11 @@ func TestExpiredRetiringKeyLeavesKeyList(t *testing.T) {
 	if got := in.kids(t); !slices.Equal(got, []string{a1, b1}) {
 		t.Fatalf("JWKS before %v: %v, want [%s %s]", until, got, a1, b1)
 	}
-	read := func() []string { return in.rt.state.Load().keyNames }
+	read := func() []string { return in.rt.keys.Names() }
 
 	clock.Set(until)
 	vault.down.Store(true)
-	in.rt.refreshRetiring(t.Context())
+	in.rt.keys.Refresh(t.Context())
 	if got := in.kids(t); !slices.Equal(got, []string{b1}) {
 		t.Errorf("JWKS at %v, Vault down: %v, want [%s] (the list it serves, key-a hidden)", until, got, b1)
 	}
@@ -420,15 +419,15 @@ func TestExpiredRetiringKeyLeavesKeyList(t *testing.T) {
 	}
 
 	vault.down.Store(false)
-	in.rt.refreshRetiring(t.Context())
+	in.rt.keys.Refresh(t.Context())
 	if got := read(); !slices.Equal(got, []string{"key-b"}) {
 		t.Errorf("keys read from Vault after the refresh past key-a's time: %v, want [key-b]", got)
 	}
 	if got := in.kids(t); !slices.Equal(got, []string{b1}) {
 		t.Errorf("JWKS after key-a left the list: %v, want [%s]", got, b1)
 	}
-	if _, ok := in.rt.state.Load().retiring["key-a"]; ok {
-		t.Errorf("key-a still retiring after its time: %v", in.rt.state.Load().retiring)
+	if _, ok := in.rt.keys.Retiring()["key-a"]; ok {
+		t.Errorf("key-a still retiring after its time: %v", in.rt.keys.Retiring())
 	}
 }
 
@@ -448,11 +447,20 @@ func TestLastRetiringKeyLeavesKeyList(t *testing.T) {
 		t.Fatalf("JWKS after the reload that dropped the jwt grant: %v, want [key-b:1]", got)
 	}
 	clock.Set(clock.Now().Add(time.Hour))
-	in.rt.refreshRetiring(t.Context())
+	in.rt.keys.Refresh(t.Context())
 	if got := in.kids(t); len(got) != 0 {
 		t.Errorf("JWKS an hour later: %v, want none", got)
 	}
-	if names := in.rt.state.Load().keyNames; len(names) != 0 {
+	if names := in.rt.keys.Names(); len(names) != 0 {
 		t.Errorf("keys read from Vault an hour later: %v, want none", names)
+	}
+}
+
+// TestJWKSRefreshIsTheKeyCacheTime: broker/jwks, which names no adapter,
+// refreshes the key list every jwks.RefreshEvery; it must stay the transit
+// key cache time the refresh was derived from when server.go held it.
+func TestJWKSRefreshIsTheKeyCacheTime(t *testing.T) {
+	if jwks.RefreshEvery != vaultad.DefaultPublicKeysTTL {
+		t.Errorf("jwks.RefreshEvery = %v, want vault.DefaultPublicKeysTTL %v", jwks.RefreshEvery, vaultad.DefaultPublicKeysTTL)
 	}
 }

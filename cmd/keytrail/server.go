@@ -6,13 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +30,7 @@ import (
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/broker/jwks"
 	"github.com/keytrail/keytrail/broker/proxy"
 	"github.com/keytrail/keytrail/broker/trace"
 	"github.com/keytrail/keytrail/policies"
@@ -88,26 +86,14 @@ func newLogger(cfg LogConfig, w interface{ Write([]byte) (int, error) }) *slog.L
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// policyState is the policy in force, the authenticator built from its
-// issuers and the public keys of its jwt grants' transit keys; a reload swaps
-// them at once, so /.well-known/jwks.json serves every key the policy in
-// force signs with.
+// policyState is the policy in force and the authenticator built from its
+// issuers; a reload swaps them at once. The key list of
+// /.well-known/jwks.json is brokerRuntime.keys: a reload serves the new
+// policy's keys just before the policy itself, so it serves every key the
+// policy in force signs with.
 type policyState struct {
 	pol   *policies.Policy
 	authn *authn.Verifier
-	// keys lists the public keys of the transit keys keyNames (nil when
-	// there are none); a reload that names no new key keeps it, and so its
-	// cache.
-	keys     *vaultad.TransitKeys
-	keyNames []string
-	// retiring are the keys among keyNames that the policy in force no
-	// longer names, each with the time it leaves the JWKS: JWTs signed
-	// before the reload that dropped it have expired by then. They are
-	// those a reload of this instance dropped and those the store records
-	// (broker.Store.RetiringKeys: keys any instance sharing it, before this
-	// one started too, signed with or dropped; recordRetiring), the later
-	// time winning.
-	retiring map[string]time.Time
 }
 
 // broker is everything runServer wires together.
@@ -115,6 +101,7 @@ type brokerRuntime struct {
 	cfg     *Config
 	log     *slog.Logger
 	state   atomic.Pointer[policyState]
+	keys    *jwks.Keys // the JWKS key list: the keys the policy in force signs with, and the retiring ones (initPolicy)
 	svc     *broker.Service
 	api     *httpapi.Server
 	sink    *auditfile.Sink
@@ -131,20 +118,12 @@ type brokerRuntime struct {
 	// shuttingDown is set when the shutdown begins (SIGTERM, the drain
 	// included): no policy reload starts after it.
 	shuttingDown atomic.Bool
-	// now is the clock of key retirement (policyState.retiring); nil means
-	// time.Now.
+	// now is the clock of key retirement (keys); nil means time.Now.
 	now func() time.Time
 	// tokenHealth answers /readyz's check of the broker's Vault token,
 	// keeping a success for a second (one lookup-self per second, however
 	// many probes).
 	tokenHealth *vaultad.TokenChecker
-}
-
-func (rt *brokerRuntime) clock() time.Time {
-	if rt.now != nil {
-		return rt.now()
-	}
-	return time.Now()
 }
 
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
@@ -344,11 +323,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// The first closer, so the last to run: everything that talks to Vault
 	// (the login, the audit sink's transit checkpoints) has stopped by then.
 	rt.closers = append(rt.closers, func() error { vaultad.CloseIdleConnections(vc); return nil })
-	st, err := rt.newPolicyState(pol, v, nil, nil)
-	if err != nil {
+	if err := rt.initPolicy(pol, v); err != nil {
 		return err
 	}
-	rt.state.Store(st)
 	lo := vaultad.LoginOptions{Client: vc, Logger: log}
 	switch {
 	case auth != nil && auth.Method == vaultad.LoginAppRole:
@@ -470,18 +447,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// The keys an earlier run or another instance signed with or retired
 	// stay in the JWKS here too, read now and at every JWKS refresh; the
 	// keys this one signs with are recorded for the others.
-	rt.refreshRetiring(ctx)
+	rt.keys.SetStore(rt.store)
+	rt.keys.Refresh(ctx)
 	rt.goBackground(ctx, func(ctx context.Context) error {
-		t := time.NewTicker(jwksRefresh)
+		t := time.NewTicker(jwks.RefreshEvery)
 		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				rt.refreshRetiring(ctx)
-			case <-ctx.Done():
-				return nil
-			}
-		}
+		return rt.keys.Run(ctx, t.C)
 	})
 	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second, polStamp) })
 	if err := rt.startClockWatch(ctx); err != nil {
@@ -496,8 +467,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("vault.token_role: %w", err)
 	}
 	// JWTs are signed only with a key version /.well-known/jwks.json
-	// serves at that moment (policyKeys: the same cache).
-	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL, Published: policyKeys{rt}})
+	// serves at that moment (rt.keys: the same cache).
+	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL, Published: rt.keys})
 	if err != nil {
 		return err
 	}
@@ -559,7 +530,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	api, err := httpapi.New(httpapi.Options{
-		Service: svc, Keys: policyKeys{rt}, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
+		Service: svc, Keys: rt.keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
 		TrustProxyHeaders: cfg.TrustProxyHeaders,
 		Ready:             rt.ready,
 		Extra: func(mux *http.ServeMux, s *httpapi.Server) {
@@ -578,7 +549,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := rt.startReconciler(ctx, e); err != nil {
 		return err
 	}
-	return rt.auditPolicyLoad(ctx, pol, "start", nil, rt.state.Load().retiring)
+	return rt.auditPolicyLoad(ctx, pol, "start", nil, rt.keys.Retiring())
 }
 
 // maxMintTimeout caps the mint timeout vault.timeout sets: an exchange
@@ -658,18 +629,23 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 		err = checkTokenType(rt.login.Status().TokenType, pol)
 	}
 	var (
-		st     *policyState
+		v      *authn.Verifier
 		stored map[string]time.Time
+		aerr   error // the policy_load event of a policy that loaded could not be written
 	)
 	if err == nil {
-		var v *authn.Verifier
 		v, err = rt.newVerifier(ctx, pol)
 		if err == nil {
-			stored, _ = rt.storedRetiring(ctx)
-			st, err = rt.newPolicyState(pol, v, rt.state.Load(), stored)
+			// The new key list is served once the event naming its
+			// retiring keys is durable, just before the policy.
+			stored, _ = rt.keys.Stored(ctx)
+			err = rt.keys.Update(jwks.SigningKeys(pol), stored, func(retiring map[string]time.Time) error {
+				aerr = rt.auditPolicyLoad(ctx, pol, why, nil, retiring)
+				return aerr
+			})
 		}
 	}
-	if err != nil {
+	if err != nil && aerr == nil {
 		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload failed; keeping the policy in force", slog.String("why", why), slog.String("error", err.Error()))
 		if aerr := rt.auditPolicyLoad(ctx, pol, why, err, nil); aerr != nil {
@@ -677,14 +653,14 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 		}
 		return err
 	}
-	if aerr := rt.auditPolicyLoad(ctx, pol, why, nil, st.retiring); aerr != nil {
+	if aerr != nil {
 		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload not applied: its policy_load audit event could not be written; keeping the policy in force",
 			slog.String("why", why), slog.String("policy_hash", pol.Hash()), slog.String("error", aerr.Error()))
 		return fmt.Errorf("audit policy_load: %w", aerr)
 	}
-	rt.state.Store(st)
-	rt.recordRetiring(ctx, st, stored)
+	rt.state.Store(&policyState{pol: pol, authn: v})
+	rt.keys.Record(ctx, stored)
 	rt.metrics.setPolicy(pol.Hash())
 	rt.metrics.policyReloads.WithLabelValues("ok").Inc()
 	rt.log.Info("policy reloaded", slog.String("why", why), slog.String("policy_hash", pol.Hash()))
@@ -697,7 +673,7 @@ var errReloadShuttingDown = errors.New("policy reload not started: shutting down
 
 // auditPolicyLoad writes the policy_load event of pol (loadErr: why it was
 // not loaded). retiring are the transit keys the JWKS keeps serving although
-// pol names them no more (policyState.retiring): details.retiring_keys
+// pol names them no more (jwks.Keys.Retiring): details.retiring_keys
 // gives each one's time of leaving, RFC 3339 UTC.
 func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error, retiring map[string]time.Time) error {
 	details := map[string]any{"path": rt.cfg.Policy, "trigger": why}
@@ -730,232 +706,27 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// jwksRetireLeeway is how long past the last possible expiry of its JWTs a
-// transit key the policy no longer names stays in the JWKS: verifiers
-// commonly accept a JWT up to a minute past exp (clock skew).
-const jwksRetireLeeway = time.Minute
-
-// newPolicyState pairs pol and its verifier with the public keys of the
-// transit keys its jwt grants sign with (and the checkpoint transit key, so
-// verifiers of checkpoints find it in the JWKS). A reload adds keys, and
-// keeps those of prev that pol no longer names while JWTs they signed may
-// be live: until the longest ttl of prev's grants that signed with the key,
-// plus jwksRetireLeeway, after the reload that dropped it (a later reload
-// does not extend that). stored are the retiring keys the store records
-// (storedRetiring): those pol does not name are kept until their time too,
-// the later one winning, so a restart or another instance does not forget
-// them. When the names do not change, prev's key source (and its cache) is
-// kept.
-func (rt *brokerRuntime) newPolicyState(pol *policies.Policy, v *authn.Verifier, prev *policyState, stored map[string]time.Time) (*policyState, error) {
-	names := transitKeyNames(pol)
+// initPolicy serves pol first, with its verifier v, and builds the JWKS key
+// list of its jwt grants (and of the checkpoint transit key, so verifiers
+// of checkpoints find it in the JWKS), read from Vault transit and recorded
+// in rt.store (when set; wire sets it once the store is ready).
+func (rt *brokerRuntime) initPolicy(pol *policies.Policy, v *authn.Verifier) error {
+	var always []string
 	if k := rt.cfg.Audit.CheckpointTransitKey; k != "" {
-		names = append(names, k)
+		always = append(always, k)
 	}
-	st := &policyState{pol: pol, authn: v}
-	now := rt.clock()
-	retire := func(name string, until time.Time) {
-		if slices.Contains(names, name) || !now.Before(until) {
-			return
-		}
-		if st.retiring == nil {
-			st.retiring = map[string]time.Time{}
-		}
-		if until.After(st.retiring[name]) {
-			st.retiring[name] = until
-		}
-	}
-	if prev != nil {
-		for _, name := range prev.keyNames {
-			until, ok := prev.retiring[name]
-			if !ok {
-				until = now.Add(maxJWTTTL(prev.pol, name) + jwksRetireLeeway)
-			}
-			retire(name, until)
-		}
-	}
-	for name, until := range stored {
-		if vaultad.TransitKeyName(name) {
-			retire(name, until)
-		}
-	}
-	for name := range st.retiring {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	st.keyNames = slices.Compact(names)
-	switch {
-	case len(st.keyNames) == 0:
-	case prev != nil && slices.Equal(prev.keyNames, st.keyNames):
-		st.keys = prev.keys
-	default:
-		tk, err := vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: rt.vault, Keys: st.keyNames, Log: rt.log})
-		if err != nil {
-			return nil, fmt.Errorf("jwks: %w", err)
-		}
-		st.keys = tk
-	}
-	return st, nil
-}
-
-// storedRetiring reads the retiring keys the store records, unexpired at
-// rt.clock(). A failure is logged and returned: callers keep what they know.
-func (rt *brokerRuntime) storedRetiring(ctx context.Context) (map[string]time.Time, error) {
-	if rt.store == nil {
-		return nil, nil
-	}
-	stored, err := rt.store.RetiringKeys(ctx, rt.clock())
+	keys, err := jwks.New(jwks.Options{
+		Source: func(names []string) (broker.PublicKeySource, error) {
+			return vaultad.NewTransitKeys(vaultad.TransitKeysOptions{Client: rt.vault, Keys: names, Log: rt.log})
+		},
+		ValidName: vaultad.TransitKeyName, Always: always, Store: rt.store, Log: rt.log, Now: rt.now,
+	}, jwks.SigningKeys(pol))
 	if err != nil {
-		rt.log.Warn("cannot read the retiring transit keys from the store; the JWKS keeps the keys known here",
-			slog.String("error", err.Error()))
-		return nil, err
+		return err
 	}
-	return stored, nil
-}
-
-// jwksRefresh is how often an instance reads the store's retiring keys
-// (refreshRetiring): the broker's JWKS cache time.
-const jwksRefresh = vaultad.DefaultPublicKeysTTL
-
-// recordRetiring writes to the store each of st's retiring keys that stored
-// (what it held when last read) lacks or holds with an earlier time, so
-// every instance sharing it, and this one after a restart, keeps serving
-// the key. It also records the keys st's jwt grants sign with, until two
-// refreshes past the longest life of their JWTs (ttl plus
-// jwksRetireLeeway), when the record would not cover the JWTs signed until
-// the next refresh: an instance stopped and started with a policy that no
-// longer names a key (changed while it was stopped), and the instances of a
-// rolling update that never named it, serve it as long as JWTs this
-// instance signed with it may live. A failure is logged; the next
-// refreshRetiring writes it again.
-func (rt *brokerRuntime) recordRetiring(ctx context.Context, st *policyState, stored map[string]time.Time) {
-	if rt.store == nil {
-		return
-	}
-	now := rt.clock()
-	want := maps.Clone(st.retiring)
-	for _, name := range transitKeyNames(st.pol) {
-		life := maxJWTTTL(st.pol, name) + jwksRetireLeeway
-		if stored[name].Before(now.Add(jwksRefresh + life)) {
-			if want == nil {
-				want = map[string]time.Time{}
-			}
-			want[name] = now.Add(2*jwksRefresh + life)
-		}
-	}
-	for name, until := range want {
-		if !now.Before(until) || !stored[name].Before(until.Truncate(time.Millisecond)) {
-			continue
-		}
-		if err := rt.store.PutRetiringKey(ctx, name, until); err != nil {
-			rt.log.Warn("cannot record a JWT signing transit key in the store; other instances, and this one after a restart, may not serve it once it is retired",
-				slog.String("transit_key", name), slog.Time("until", until), slog.String("error", err.Error()))
-		}
-	}
-}
-
-// refreshRetiring writes to the store what recordRetiring finds missing,
-// and merges the retiring keys the store records into the policy in force
-// (keys the policy names no more: another instance's reload, or an
-// instance's run before this one started, signed with them). A store that
-// cannot be read, or a new key list whose keys cannot be read from Vault
-// yet, changes nothing: the JWKS keeps serving what it serves. Keys past
-// their time leave the key list here, so Vault is no longer asked for them
-// (policyKeys hides them until then). While a reload runs (which reads the
-// store itself) it merges nothing.
-func (rt *brokerRuntime) refreshRetiring(ctx context.Context) {
-	if rt.store == nil {
-		return
-	}
-	stored, err := rt.storedRetiring(ctx)
-	if err != nil {
-		return
-	}
-	rt.recordRetiring(ctx, rt.state.Load(), stored)
-	if !rt.reloadMu.TryLock() {
-		return
-	}
-	defer rt.reloadMu.Unlock()
-	cur := rt.state.Load()
-	st, err := rt.newPolicyState(cur.pol, cur.authn, cur, stored)
-	if err != nil {
-		rt.log.Warn("cannot serve the retiring transit keys the store records", slog.String("error", err.Error()))
-		return
-	}
-	changed, added := false, false
-	for name, until := range st.retiring {
-		old, ok := cur.retiring[name]
-		changed = changed || !ok || until.After(old)
-		added = added || !ok
-	}
-	if !changed && slices.Equal(st.keyNames, cur.keyNames) {
-		return
-	}
-	if st.keys != nil && st.keys != cur.keys {
-		// A new key list starts with an empty cache: read it first, so
-		// that a Vault outage now does not take the JWKS down.
-		if _, err := st.keys.PublicKeys(ctx); err != nil {
-			rt.log.Warn("cannot read the JWKS key list with the retiring transit keys changed from Vault; serving the current one, trying again at the next refresh",
-				slog.String("error", err.Error()))
-			return
-		}
-	}
-	rt.state.Store(st)
-	if added {
-		names := slices.Sorted(maps.Keys(st.retiring))
-		rt.log.Info("serving retiring transit keys recorded in the store", slog.Any("transit_keys", names))
-	}
-}
-
-// maxJWTTTL is the longest ttl of pol's jwt grants that sign with the
-// transit key name: no JWT it signed under pol outlives that.
-func maxJWTTTL(pol *policies.Policy, name string) time.Duration {
-	var ttl time.Duration
-	if pol == nil {
-		return ttl
-	}
-	for _, g := range pol.Grants() {
-		if g.JWT != nil && g.JWT.TransitKey == name {
-			ttl = max(ttl, g.TTLDuration())
-		}
-	}
-	return ttl
-}
-
-// policyKeys serves the public keys of the policy in force.
-type policyKeys struct{ rt *brokerRuntime }
-
-var _ broker.PublicKeySource = policyKeys{}
-
-func (k policyKeys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
-	st := k.rt.state.Load()
-	if st == nil || st.keys == nil {
-		return nil, nil
-	}
-	keys, err := st.keys.PublicKeys(ctx)
-	if err != nil || len(st.retiring) == 0 {
-		return keys, err
-	}
-	// A retiring key past its time leaves now, not at the next reload
-	// (which stops reading it). keys is the caller's own copy.
-	now := k.rt.clock()
-	return slices.DeleteFunc(keys, func(pk broker.PublicKey) bool {
-		i := strings.LastIndexByte(pk.KID, ':')
-		until, ok := st.retiring[pk.KID[:max(i, 0)]]
-		return ok && !now.Before(until)
-	}), nil
-}
-
-func transitKeyNames(pol *policies.Policy) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, g := range pol.Grants() {
-		if g.JWT != nil && !seen[g.JWT.TransitKey] {
-			seen[g.JWT.TransitKey] = true
-			out = append(out, g.JWT.TransitKey)
-		}
-	}
-	sort.Strings(out)
-	return out
+	rt.keys = keys
+	rt.state.Store(&policyState{pol: pol, authn: v})
+	return nil
 }
 
 // checkTokenType fails when the broker's Vault token is a batch token and

@@ -274,11 +274,9 @@ func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := rt.newPolicyState(pol, v, nil, nil)
-	if err != nil {
+	if err := rt.initPolicy(pol, v); err != nil {
 		t.Fatal(err)
 	}
-	rt.state.Store(st)
 
 	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 	if err != nil {
