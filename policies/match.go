@@ -374,3 +374,21 @@ func isDecimalInteger(s string) bool {
 	}
 	return true
 }
+
+// NoTokenType is the token_types entry that admits tokens without a typ
+// header (a JWT-SVID, a Kubernetes service-account token).
+const NoTokenType = ""
+
+// TokenTypeKey returns the form a typ header value and a token_types entry
+// are compared in: lower case (media types are case-insensitive), with
+// "application/" prepended when the value holds no "/" (RFC 7515 §4.1.9).
+// "JWT", "jwt" and "application/JWT" all give "application/jwt". A value
+// with nothing after its "/" ("application/", which "" would give) matches
+// no valid entry.
+func TokenTypeKey(typ string) string {
+	t := strings.ToLower(typ)
+	if !strings.Contains(t, "/") {
+		t = "application/" + t
+	}
+	return t
+}

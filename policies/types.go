@@ -32,6 +32,13 @@ type Issuer struct {
 	// instance: a dotted path, or several joined by "+" (GitHub Actions:
 	// run_id+run_attempt), all of which must be present.
 	SessionClaim string `yaml:"session_claim"`
+	// TokenTypes, when set, lists the typ header values its tokens may
+	// carry (RFC 8725 §3.11): media types compared without regard to case
+	// and with "application/" taken as written when absent (RFC 7515
+	// §4.1.9), so "JWT", "jwt" and "application/jwt" are one value; ""
+	// (NoTokenType) admits tokens without a typ header. Absent: any typ,
+	// or none, is accepted.
+	TokenTypes []string `yaml:"token_types"`
 	// Source is where the issuer was declared ("file: issuers[i]"), set by
 	// Load and Parse, for messages about it from other packages.
 	Source string `yaml:"-"`

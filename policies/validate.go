@@ -172,7 +172,7 @@ func compile(files []parsedFile) (*Policy, error) {
 	roots := fileRoots(files)
 	for i := range p.issuers {
 		l := issuerLocs[i]
-		validateIssuer(&v, l, &p.issuers[i], written(roots(l.file), l.path+".max_token_lifetime"))
+		validateIssuer(&v, l, &p.issuers[i], written(roots(l.file), l.path+".max_token_lifetime"), roots(l.file))
 		if iss := p.issuers[i].Issuer; iss != "" {
 			if j, dup := p.issByIss[iss]; dup {
 				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "issuer %q is already declared by %s; iss values must be unique", iss, issuerLocs[j])
@@ -312,8 +312,9 @@ func checkNames(v *validator, section string, locs []loc, name func(int) string,
 }
 
 // validateIssuer validates is; lifetimeWritten says whether its
-// max_token_lifetime is written in the file (an omitted one defaults).
-func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
+// max_token_lifetime is written in the file (an omitted one defaults); doc
+// is the file's document (nil when unknown).
+func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *yaml.Node) {
 	if is.MaxTokenLifetime == 0 {
 		if lifetimeWritten {
 			// 0 means "no limit" to some readers (Vault's
@@ -386,6 +387,7 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 		// seconds: only one that expires the second it is issued fits.
 		v.warn(l.file, l.path+".max_token_lifetime", "%v is under 1s: token lifetimes (exp - iat) are whole seconds, so nearly every token is refused (lifetime_too_long)", d)
 	}
+	validateTokenTypes(v, l, is, doc)
 	if is.SessionClaim != "" {
 		paths := is.SessionClaims()
 		if !strings.Contains(is.SessionClaim, "+") {
@@ -396,6 +398,80 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool) {
 		if slices.ContainsFunc(paths, func(p string) bool { return !validClaimPath(p) }) {
 			v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path (or several joined by +)", is.SessionClaim)
 		}
+	}
+}
+
+// tokenTypeRE is a typ value: a media type, type/subtype or a subtype alone
+// (taken as application/<subtype>), each a restricted-name of RFC 6838
+// §4.2; no parameters.
+var tokenTypeRE = regexp.MustCompile(`^(?:[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/)?[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`)
+
+// validateTokenTypes checks an issuer's token_types: absent is any typ; a
+// list written without a value or empty would refuse every token (or, read
+// as absent, accept any), so both are problems; an entry is "" (no typ
+// header) or a media type, each listed once (compared as TokenTypeKey
+// does). An entry written without a value ("- ", "~") is a problem, not
+// "": the decoder leaves it out of the list, so entries are named by their
+// place in the file, not in the decoded list.
+func validateTokenTypes(v *validator, l loc, is *Issuer, doc *yaml.Node) {
+	fp := l.path + ".token_types"
+	_, n := lookup(doc, fp)
+	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	isNull := func(n *yaml.Node) bool {
+		for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
+		return n != nil && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+	}
+	switch {
+	case isNull(n):
+		v.add(l.file, fp, `no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`)
+		return
+	case is.TokenTypes != nil && len(is.TokenTypes) == 0 && (n == nil || len(n.Content) == 0):
+		v.add(l.file, fp, `empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`)
+		return
+	}
+	// at[i] is the place in the file of decoded entry i.
+	at := make([]int, 0, len(is.TokenTypes))
+	if n != nil && n.Kind == yaml.SequenceNode {
+		for j, e := range n.Content {
+			if isNull(e) {
+				v.add(l.file, fmt.Sprintf("%s[%d]", fp, j), `no value: write "" to accept tokens without a typ header, or remove the entry`)
+				continue
+			}
+			at = append(at, j)
+		}
+	}
+	if len(at) != len(is.TokenTypes) { // no document: the decoded places
+		at = at[:0]
+		for i := range is.TokenTypes {
+			at = append(at, i)
+		}
+	}
+	seen := map[string]int{}
+	for i, t := range is.TokenTypes {
+		ep := fmt.Sprintf("%s[%d]", fp, at[i])
+		key := TokenTypeKey(t)
+		switch {
+		case t == NoTokenType:
+			key = ""
+		case strings.TrimSpace(t) != t:
+			v.add(l.file, ep, "%q starts or ends with a space: typ values are compared without spaces, so it would match none", t)
+			continue
+		case strings.Contains(t, ";"):
+			v.add(l.file, ep, "%q has media type parameters: write the type alone (e.g. at+jwt)", t)
+			continue
+		case !tokenTypeRE.MatchString(t):
+			v.add(l.file, ep, `%q is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`, t)
+			continue
+		}
+		if j, dup := seen[key]; dup {
+			v.add(l.file, ep, "%q is the same typ as token_types[%d] (compared without case, application/ implied)", t, j)
+			continue
+		}
+		seen[key] = at[i]
 	}
 }
 

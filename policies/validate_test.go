@@ -173,6 +173,25 @@ func TestParseValidation(t *testing.T) {
 		{"fail/issuer-session-claim", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "a..b"}]`},
 			[]string{`t.yaml: issuers[0].session_claim: "a..b" is not a dotted claim path (or several joined by +)`}},
 		{"ok/issuer-session-claims", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+run_attempt"}]`}, nil},
+
+		// token_types (RFC 8725 §3.11): media types, "" for no typ header.
+		{"ok/issuer-token-types", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [JWT, at+jwt, "application/secevent+jwt", JOSE, ""]}]`}, nil},
+		{"fail/issuer-token-types-empty", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: []}]`},
+			[]string{`t.yaml: issuers[0].token_types: empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}},
+		{"fail/issuer-token-types-no-value", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: }]`},
+			[]string{`t.yaml: issuers[0].token_types: no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}},
+		{"fail/issuer-token-types-entries", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [JWT, ~, " at+jwt", "application/jwt; charset=utf-8", "a b", "application/", "/jwt", application/JWT, jwt, at+jwt, "", ""]}]`},
+			[]string{
+				`t.yaml: issuers[0].token_types[1]: no value: write "" to accept tokens without a typ header, or remove the entry`,
+				`t.yaml: issuers[0].token_types[2]: " at+jwt" starts or ends with a space: typ values are compared without spaces, so it would match none`,
+				`t.yaml: issuers[0].token_types[3]: "application/jwt; charset=utf-8" has media type parameters: write the type alone (e.g. at+jwt)`,
+				`t.yaml: issuers[0].token_types[4]: "a b" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
+				`t.yaml: issuers[0].token_types[5]: "application/" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
+				`t.yaml: issuers[0].token_types[6]: "/jwt" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
+				`t.yaml: issuers[0].token_types[7]: "application/JWT" is the same typ as token_types[0] (compared without case, application/ implied)`,
+				`t.yaml: issuers[0].token_types[8]: "jwt" is the same typ as token_types[0] (compared without case, application/ implied)`,
+				`t.yaml: issuers[0].token_types[11]: "" is the same typ as token_types[10] (compared without case, application/ implied)`,
+			}},
 		{"fail/issuer-session-claims-empty-part", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+"}]`},
 			[]string{`t.yaml: issuers[0].session_claim: "run_id+" is not a dotted claim path (or several joined by +)`}},
 		// One session claim is looked up as written: " session" never names
@@ -1147,5 +1166,63 @@ grants:
 		if ws := p.Warnings(); len(ws) > 0 {
 			t.Errorf("claims %s: Warnings() = %v, want none", claims, ws)
 		}
+	}
+}
+
+// TestTokenTypesProblemsNameTheLine: a bad token_types entry is named by
+// its place in the file and its line, also after an entry without a value
+// (which the decoder leaves out of the list, shifting the rest).
+func TestTokenTypesProblemsNameTheLine(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms: [RS256]
+    token_types:
+      - JWT
+      -
+      - "at+jwt "
+      - application/jwt
+  - name: j
+    issuer: "https://y"
+    jwks_url: "https://y/j"
+    audiences: [k]
+    algorithms: [RS256]
+    token_types:
+workloads:
+  - name: w
+    owner: o
+    match: {issuer: i, subject: s}
+    grants: [g]
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	_, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		`t.yaml: issuers[0].token_types[1]: no value: write "" to accept tokens without a typ header, or remove the entry (line 10)`,
+		`t.yaml: issuers[0].token_types[2]: "at+jwt " starts or ends with a space: typ values are compared without spaces, so it would match none (line 11)`,
+		`t.yaml: issuers[0].token_types[3]: "application/jwt" is the same typ as token_types[0] (compared without case, application/ implied) (line 12)`,
+		`t.yaml: issuers[1].token_types: no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any (line 18)`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
+// TestTokenTypesDecoded: the field reaches the issuer as written, absent
+// stays nil (any typ).
+func TestTokenTypesDecoded(t *testing.T) {
+	p, err := Parse("t.yaml", []byte(doc(map[string]string{
+		"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [at+jwt, ""]},
+  {name: j, issuer: "https://y", jwks_url: "https://y/j", audiences: [k], algorithms: [RS256]}]`,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := [][]string{p.Issuers()[0].TokenTypes, p.Issuers()[1].TokenTypes}
+	if diff := cmp.Diff([][]string{{"at+jwt", ""}, nil}, got); diff != "" {
+		t.Errorf("TokenTypes (-want +got):\n%s", diff)
 	}
 }

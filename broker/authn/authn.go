@@ -15,6 +15,10 @@
 //   - a key is used only for the algorithm family it belongs to (RSA for
 //     RS*/PS*, the matching NIST curve for ES*, Ed25519 for EdDSA) and only if
 //     its own alg/use/key_ops agree;
+//   - an issuer with token_types accepts only tokens whose typ header is one
+//     of them (RFC 8725 §3.11), compared without case and with
+//     "application/" implied (RFC 7515 §4.1.9), "" standing for no typ
+//     header; this is checked before any key is looked up;
 //   - exp is required, nbf and iat may not lie in the future beyond the leeway
 //     (at most 60 s), the lifetime (exp-iat, or exp-now without iat) may not
 //     exceed the issuer's max_token_lifetime, aud must contain one of the
@@ -308,6 +312,8 @@ type routed struct {
 	kid     string
 	hasKid  bool
 	alg     string
+	typ     any // the typ header, when hasTyp
+	hasTyp  bool
 	key     any
 	err     error
 	reached bool
@@ -343,6 +349,12 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 	if !st.allowsAlg(alg) {
 		return reject(ReasonUnsupportedAlg, fmt.Errorf("issuer %s does not allow alg %s", st.cfg.Name, alg))
 	}
+	// Before any key is looked up or fetched: a token of a kind the issuer
+	// is not trusted for costs no JWKS fetch.
+	typ, hasTyp := tok.Header["typ"]
+	if err := st.checkType(hasTyp, typ); err != nil {
+		return err
+	}
 	kidRaw, hasKid := tok.Header["kid"]
 	kid, isString := kidRaw.(string)
 	if hasKid && !isString {
@@ -358,7 +370,7 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 	if kerr != nil {
 		return kerr
 	}
-	*r = routed{st: st, kid: kid, hasKid: hasKid, alg: alg, key: key}
+	*r = routed{st: st, kid: kid, hasKid: hasKid, alg: alg, typ: typ, hasTyp: hasTyp, key: key}
 	return nil
 }
 
@@ -416,8 +428,8 @@ func (v *Verifier) afterSignature(raw string, r *routed, claims jwt.MapClaims, s
 	id, err := v.identity(r.st, claims)
 	if err == nil && v.verified != nil {
 		if _, isSet := r.key.(jwt.VerificationKeySet); !isSet {
-			v.verified.put(sum, &verifiedEntry{st: r.st, kid: r.kid, hasKid: r.hasKid, alg: r.alg, key: r.key,
-				claims: claims, until: id.Expiry.Add(v.leeway)}, v.now())
+			v.verified.put(sum, &verifiedEntry{st: r.st, kid: r.kid, hasKid: r.hasKid, alg: r.alg, typ: r.typ, hasTyp: r.hasTyp,
+				key: r.key, claims: claims, until: id.Expiry.Add(v.leeway)}, v.now())
 		}
 	}
 	return id, err
@@ -431,6 +443,11 @@ var errCacheStale = errors.New("authn: cached verification is stale")
 // token changed): the caller then verifies the token in full. Every check
 // but the signature runs again, as in Authenticate.
 func (v *Verifier) fromCache(ctx context.Context, sum [sha256.Size]byte, e *verifiedEntry) (*broker.Identity, error) {
+	// The issuer's token_types: the same state routed the token, so this
+	// holds, unless an entry ever outlives its issuer's configuration.
+	if err := e.st.checkType(e.hasTyp, e.typ); err != nil {
+		return nil, err
+	}
 	key, kerr := v.resolveKey(ctx, e.st, e.kid, e.hasKid, e.alg)
 	if kerr != nil {
 		// A full verification would stop at the same point with the same error.

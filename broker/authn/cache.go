@@ -24,9 +24,11 @@ const DefaultVerifiedCacheSize = 10000
 // current JWKS selects for the token's kid and alg (resolveKey runs on every
 // hit, with its refetch and stale-key rules), and the time claims (exp, nbf,
 // iat), audience, issuer and lifetime are checked again on every hit exactly
-// as after a signature check. A key removed from the JWKS, an issuer removed
-// by a policy reload (which builds a new Verifier) or an expired token
-// therefore fail as they would without the cache. Only successes are
+// as after a signature check, and so is the typ header against the
+// issuer's token_types. A key removed from the JWKS, an issuer removed or
+// its token_types narrowed by a policy reload (which builds a new Verifier,
+// with a cache of its own) or an expired token therefore fail as they
+// would without the cache. Only successes are
 // remembered; the signature is the only thing not recomputed, and it is a
 // pure function of the token bytes and the key.
 type verifiedCache struct {
@@ -42,6 +44,8 @@ type verifiedEntry struct {
 	kid    string
 	hasKid bool
 	alg    string
+	typ    any // the typ header, when hasTyp
+	hasTyp bool
 	key    crypto.PublicKey
 	claims jwt.MapClaims
 	until  time.Time // exp plus the leeway: no use keeping it longer

@@ -43,6 +43,9 @@ type issuerState struct {
 	maxLifetime time.Duration
 	client      *http.Client
 	validator   *jwt.Validator // the issuer's claim checks
+	// tokenTypes are the accepted typ values as policies.TokenTypeKey gives
+	// them, "" for no typ header; nil accepts any.
+	tokenTypes map[string]bool
 
 	mu          sync.Mutex
 	set         *keySet    // last good key set; nil before the first success
@@ -130,6 +133,23 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES* or EdDSA)", a)
 		}
 	}
+	var tokenTypes map[string]bool
+	if is.TokenTypes != nil {
+		tokenTypes = make(map[string]bool, len(is.TokenTypes))
+		if len(is.TokenTypes) == 0 {
+			bad("token_types", "empty: every token would be refused (nil accepts any typ)")
+		}
+	}
+	for j, t := range is.TokenTypes {
+		switch key := policies.TokenTypeKey(t); {
+		case t == policies.NoTokenType:
+			tokenTypes[""] = true
+		case strings.TrimSpace(t) != t || strings.ContainsAny(t, "; \t") || strings.HasSuffix(key, "/") || strings.HasPrefix(t, "/"):
+			bad(fmt.Sprintf("token_types[%d]", j), "%q is not a media type", t)
+		default:
+			tokenTypes[key] = true
+		}
+	}
 	maxLife := time.Duration(is.MaxTokenLifetime)
 	if maxLife <= 0 {
 		bad("max_token_lifetime", "must be positive")
@@ -145,6 +165,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 		cfg:         is,
 		maxLifetime: maxLife,
 		client:      client,
+		tokenTypes:  tokenTypes,
 	}
 	// The issuer's claim checks, run by jwt/v5's Validator after the
 	// signature verified and again on every verified-token cache hit.
@@ -161,6 +182,32 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 
 func (st *issuerState) allowsAlg(alg string) bool {
 	return slices.Contains(st.cfg.Algorithms, alg)
+}
+
+// checkType enforces the issuer's token_types on a token's typ header
+// (hasTyp false: no typ header; typ: its value, any JSON type): RFC 8725
+// §3.11, so that a token of another kind the same issuer signs (an access
+// token, a logout token) is not taken for the identity token meant. The
+// value is compared as policies.TokenTypeKey gives it and never named in
+// the error.
+func (st *issuerState) checkType(hasTyp bool, typ any) error {
+	if st.tokenTypes == nil {
+		return nil
+	}
+	if !hasTyp {
+		if st.tokenTypes[""] {
+			return nil
+		}
+		return reject(ReasonBadTokenType, fmt.Errorf("issuer %s requires a typ header (token_types)", st.cfg.Name))
+	}
+	s, isString := typ.(string)
+	if !isString {
+		return reject(ReasonMalformed, errors.New("typ header is not a string"))
+	}
+	if s == "" || !st.tokenTypes[policies.TokenTypeKey(s)] {
+		return reject(ReasonBadTokenType, fmt.Errorf("typ header not in issuer %s's token_types", st.cfg.Name))
+	}
+	return nil
 }
 
 // checkFetchURL allows https, and plain http only for loopback hosts.

@@ -10,6 +10,7 @@ const (
 	ReasonUntrustedIssuer  = "untrusted_issuer"
 	ReasonMissingIssuer    = "missing_issuer"
 	ReasonUnsupportedAlg   = "unsupported_alg"
+	ReasonBadTokenType     = "bad_token_type" // typ not in the issuer's token_types
 	ReasonForbiddenHeader  = "forbidden_header"
 	ReasonUnsupportedCrit  = "unsupported_crit"
 	ReasonUnknownKey       = "unknown_key"
@@ -32,6 +33,7 @@ var safeText = map[string]string{
 	ReasonUntrustedIssuer: "identity token rejected: untrusted issuer",
 	ReasonMissingIssuer:   "identity token rejected: missing issuer (iss claim)",
 	ReasonUnsupportedAlg:  "identity token rejected: unsupported algorithm",
+	ReasonBadTokenType:    "identity token rejected: wrong token type (typ)",
 	ReasonForbiddenHeader: "identity token rejected: unsupported header",
 	ReasonUnsupportedCrit: "identity token rejected: unsupported header",
 	ReasonUnknownKey:      "identity token rejected: unknown signing key",
