@@ -74,7 +74,7 @@ const (
 var (
 	kinds         = []string{KindVaultToken, KindJWT, KindVaultDynamic, KindProxy, KindPKI}
 	roles         = []string{RoleRevoke, RoleTrace, RoleReport}
-	algorithms    = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+	algorithms    = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 	proxyMethods  = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)

@@ -52,7 +52,10 @@ type JWTMinterOptions struct {
 
 // JWTMinter mints JWTs for grants of kind jwt, signed by a Vault transit key
 // (ecdsa-p256 → ES256, ed25519 → EdDSA); the header kid is
-// "<transit key>:<version>", as TransitKeys lists it.
+// "<transit key>:<version>", as TransitKeys lists it. EdDSA, not RFC 9864's
+// fully specified "Ed25519" (the same signature), on purpose: relying
+// parties' libraries (golang-jwt v5, keyfunc v3) do not verify "Ed25519"
+// yet; broker/authn accepts both from identity-token issuers.
 //
 // It signs with the newest version Vault created at least PublishDelay ago
 // (the latest one unless the key was just rotated, or min_encryption_version

@@ -13,8 +13,10 @@
 //     token: tokens carrying jku, x5u, jwk or x5c headers are rejected, and so
 //     are tokens with a crit header;
 //   - a key is used only for the algorithm family it belongs to (RSA for
-//     RS*/PS*, the matching NIST curve for ES*, Ed25519 for EdDSA) and only if
-//     its own alg/use/key_ops agree;
+//     RS*/PS*, the matching NIST curve for ES*, Ed25519 for EdDSA and for
+//     RFC 9864's fully specified Ed25519) and only if its own alg/use/key_ops
+//     agree (a JWK's "EdDSA" and "Ed25519" agree with either, on an Ed25519
+//     key: the signature is the same);
 //   - an issuer with token_types accepts only tokens whose typ header is one
 //     of them (RFC 8725 §3.11), compared without case and with
 //     "application/" implied (RFC 7515 §4.1.9), "" standing for no typ
@@ -152,7 +154,7 @@ var supportedAlgs = map[string]bool{
 	"RS256": true, "RS384": true, "RS512": true,
 	"PS256": true, "PS384": true, "PS512": true,
 	"ES256": true, "ES384": true, "ES512": true,
-	"EdDSA": true,
+	"EdDSA": true, AlgEd25519: true,
 }
 
 // forbiddenHeaders name keys or key locations a token may not bring along.

@@ -130,7 +130,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	}
 	for j, a := range is.Algorithms {
 		if !supportedAlgs[a] {
-			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES* or EdDSA)", a)
+			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES*, EdDSA or Ed25519)", a)
 		}
 	}
 	var tokenTypes map[string]bool
@@ -354,7 +354,7 @@ func toVerificationKeys(keys []any) []jwt.VerificationKey {
 // usableFor reports whether the key may verify a signature of alg: right key
 // type and curve, and the JWK's own alg, use and key_ops agree.
 func (k verifyKey) usableFor(alg string) bool {
-	if k.alg != "" && k.alg != alg {
+	if k.alg != "" && k.alg != alg && !(isEd25519Alg(k.alg) && isEd25519Alg(alg)) {
 		return false
 	}
 	if k.use != "" && k.use != "sig" {
@@ -377,11 +377,20 @@ func (k verifyKey) usableFor(alg string) bool {
 		}
 		return false
 	case ed25519.PublicKey:
-		return alg == "EdDSA"
+		return isEd25519Alg(alg)
 	default:
 		return false
 	}
 }
+
+// isEd25519Alg reports whether alg is a signature an Ed25519 key makes:
+// "EdDSA" (RFC 8037; the curve is the key's) or RFC 9864's "Ed25519". A
+// JWK's alg of one agrees with a token's of the other: an issuer moving to
+// the fully specified name may not relabel its keys at the same time
+// (jwkset, for one, writes "EdDSA" for every Ed25519 key). Only Ed25519
+// keys are parsed (Go has no Ed448), so the two never mean different
+// operations here.
+func isEd25519Alg(alg string) bool { return alg == "EdDSA" || alg == AlgEd25519 }
 
 // resolveKey finds the verification key for a token, fetching the issuer's
 // JWKS when there is none yet, when the cached set is past CacheTTL, or when

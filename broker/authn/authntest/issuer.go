@@ -65,7 +65,8 @@ type Issuer struct {
 }
 
 // NewIssuer returns an issuer with one fresh key of alg: "ES256", "EdDSA" or
-// "RS256" (2048 bits; "ES384", "ES512", "PS256" also work).
+// "RS256" (2048 bits; "ES384", "ES512", "PS256" also work; "Ed25519" is an
+// Ed25519 key signing with RFC 9864's fully specified alg name).
 func NewIssuer(alg string) (*Issuer, error) {
 	k, err := NewKey(alg)
 	if err != nil {
@@ -87,7 +88,7 @@ func NewKey(alg string) (*Key, error) {
 		s, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	case "ES512":
 		s, err = ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
-	case "EdDSA":
+	case "EdDSA", algEd25519:
 		_, s, err = ed25519.GenerateKey(rand.Reader)
 	case "RS256", "RS384", "RS512", "PS256", "PS384", "PS512":
 		s, err = rsa.GenerateKey(rand.Reader, 2048)
@@ -169,18 +170,31 @@ func (i *Issuer) JWKS() []byte {
 	return b
 }
 
+// algEd25519 is RFC 9864's fully specified name for EdDSA over Ed25519.
+// jwt/v5 has no signing method of that name and jwkset refuses it as the
+// alg of an Ed25519 key, so Sign and MarshalJWKS write it themselves.
+const algEd25519 = "Ed25519"
+
 // MarshalJWKS returns the JWKS JSON of the public halves of keys, each with
 // its kid, alg and use "sig".
 func MarshalJWKS(keys ...*Key) ([]byte, error) {
 	set := jwkset.JWKSMarshal{Keys: []jwkset.JWKMarshal{}}
 	for _, k := range keys {
+		alg := jwkset.ALG(k.Alg)
+		if k.Alg == algEd25519 {
+			alg = jwkset.AlgEdDSA
+		}
 		j, err := jwkset.NewJWKFromKey(k.Public(), jwkset.JWKOptions{
-			Metadata: jwkset.JWKMetadataOptions{KID: k.KID, ALG: jwkset.ALG(k.Alg), USE: jwkset.UseSig},
+			Metadata: jwkset.JWKMetadataOptions{KID: k.KID, ALG: alg, USE: jwkset.UseSig},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("authntest: jwk %s: %w", k.KID, err)
 		}
-		set.Keys = append(set.Keys, j.Marshal())
+		m := j.Marshal()
+		if k.Alg == algEd25519 {
+			m.ALG = algEd25519
+		}
+		set.Keys = append(set.Keys, m)
 	}
 	return json.Marshal(set)
 }
@@ -216,10 +230,14 @@ func SignWith(k *Key, header map[string]any, claims jwt.MapClaims) (string, erro
 		return "", errors.New("authntest: no key")
 	}
 	m := jwt.GetSigningMethod(k.Alg)
+	if k.Alg == algEd25519 {
+		m = jwt.SigningMethodEdDSA // the same signature; the header says Ed25519
+	}
 	if m == nil {
 		return "", fmt.Errorf("authntest: unknown alg %q", k.Alg)
 	}
 	t := jwt.NewWithClaims(m, claims)
+	t.Header["alg"] = k.Alg
 	t.Header["kid"] = k.KID
 	for name, val := range header {
 		if val == nil {
