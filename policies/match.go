@@ -380,13 +380,20 @@ func isDecimalInteger(s string) bool {
 const NoTokenType = ""
 
 // TokenTypeKey returns the form a typ header value and a token_types entry
-// are compared in: lower case (media types are case-insensitive), with
-// "application/" prepended when the value holds no "/" (RFC 7515 §4.1.9).
-// "JWT", "jwt" and "application/JWT" all give "application/jwt". A value
-// with nothing after its "/" ("application/", which "" would give) matches
-// no valid entry.
+// are compared in: ASCII lower case (media types are case-insensitive, and
+// ASCII: a Kelvin sign does not fold to "k" here), with "application/"
+// prepended when the value holds no "/" (RFC 7515 §4.1.9). "JWT", "jwt"
+// and "application/JWT" all give "application/jwt". A value with nothing
+// after its "/" ("application/", which "" would give) matches no valid
+// entry.
 func TokenTypeKey(typ string) string {
-	t := strings.ToLower(typ)
+	b := []byte(typ)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	t := string(b)
 	if !strings.Contains(t, "/") {
 		t = "application/" + t
 	}

@@ -47,6 +47,8 @@ func TestTokenTypes(t *testing.T) {
 		{name: "fail/spaces", types: []string{"JWT"}, typ: " JWT", reason: "bad_token_type"},
 		{name: "fail/parameters", types: []string{"JWT"}, typ: "JWT; charset=utf-8", reason: "bad_token_type"},
 		{name: "fail/no-absent-keyword-match-for-empty-policy-string", types: []string{""}, typ: "JWT", reason: "bad_token_type"},
+		{name: "fail/unicode-case-folding", types: []string{"jwk-set+jwt"}, typ: "jw\u212a-set+jwt", reason: "bad_token_type"}, // Kelvin sign
+		{name: "ok/jwk-set", types: []string{"jwk-set+jwt"}, typ: "JWK-SET+JWT"},
 		{name: "fail/number", types: []string{"JWT"}, typ: 7, reason: "malformed"},
 		{name: "fail/null", types: []string{"JWT", ""}, typ: nil, reason: "malformed"},
 		{name: "fail/array", types: []string{"JWT"}, typ: []any{"JWT"}, reason: "malformed"},
