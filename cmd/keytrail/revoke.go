@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -221,15 +222,17 @@ type adminClient struct {
 	base     *url.URL
 	token    string
 	tokenSrc string // where the token came from, for error messages
+	addrSrc  string // where the server address came from, likewise
 	http     *http.Client
 }
 
 func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminClient, error) {
+	addrSrc := "--addr"
 	if addr == "" {
-		addr = e.getenv("KEYTRAIL_ADDR")
+		addr, addrSrc = e.getenv("KEYTRAIL_ADDR"), "KEYTRAIL_ADDR"
 	}
 	if addr == "" {
-		addr = defaultKeytrailAddr
+		addr, addrSrc = defaultKeytrailAddr, "the default: neither --addr nor KEYTRAIL_ADDR is set"
 	}
 	// The workload client's check (shape, no credentials, errors that quote
 	// no secret); plain HTTP gets the admin token's own message below.
@@ -244,7 +247,7 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 	if err != nil {
 		return nil, err
 	}
-	return &adminClient{base: u, token: token, tokenSrc: src, http: &http.Client{
+	return &adminClient{base: u, token: token, tokenSrc: src, addrSrc: addrSrc, http: &http.Client{
 		Timeout: adminClientTimeout,
 		// Never follow a redirect with the token attached.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -335,11 +338,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, query url.Val
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return 0, fmt.Errorf("%s %s: no answer within %s", method, path, adminClientTimeout)
-		}
-		return 0, fmt.Errorf("%s %s: %w", method, c.base.Host, unwrapURLError(err))
+		return 0, c.sendError(method, path, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminResponse+1))
@@ -379,6 +378,26 @@ func (c *adminClient) answerError(resp *http.Response, raw []byte) error {
 		msg += "; the admin token (from " + c.tokenSrc + ") was refused: check its issuer, audience and expiry"
 	}
 	return errors.New(msg)
+}
+
+// sendError is the error for a request that got no answer: a timeout, or
+// where it went and, when nothing listens there or the host name does not
+// resolve, where that address came from and what to do.
+func (c *adminClient) sendError(method, path string, err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%s %s: no answer within %s", method, path, adminClientTimeout)
+	}
+	// Scheme and host only: never user info, path or query.
+	where := (&url.URL{Scheme: c.base.Scheme, Host: c.base.Host}).String()
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("no keytrail server at %s (from %s): connection refused; start it there, or give the running server's URL with --addr or KEYTRAIL_ADDR", where, c.addrSrc)
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return fmt.Errorf("no keytrail server at %s (from %s): host %q not found; check --addr or KEYTRAIL_ADDR", where, c.addrSrc, c.base.Hostname())
+	}
+	return fmt.Errorf("%s %s: %w", method, c.base.Host, unwrapURLError(err))
 }
 
 func unwrapURLError(err error) error {

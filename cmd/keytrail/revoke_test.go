@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -260,6 +261,55 @@ func TestAdminAllowInsecureHTTPFlag(t *testing.T) {
 		}
 		if f := c.Flags().Lookup("insecure-http"); f == nil || !f.Hidden {
 			t.Errorf("%s: the older --insecure-http should be accepted but hidden", c.Name())
+		}
+	}
+}
+
+// TestAdminServerNotRunning: with no server at the address, the admin
+// commands said "POST 127.0.0.1:7798: dial tcp 127.0.0.1:7798: connect:
+// connection refused": Go's dialer text, without the scheme, where the
+// address came from or what to do. They now name the URL, its source
+// (--addr, KEYTRAIL_ADDR or the default) and the fix, exit 1, and never
+// quote the admin token.
+func TestAdminServerNotRunning(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	const token = "ADMIN-TOKEN-MARKER-7"
+	for _, viaFlag := range []bool{false, true} {
+		env := map[string]string{"KEYTRAIL_ADMIN_TOKEN": token}
+		var extra []string
+		src := "(from KEYTRAIL_ADDR)"
+		if viaFlag {
+			extra, src = []string{"--addr", addr}, "(from --addr)"
+		} else {
+			env["KEYTRAIL_ADDR"] = addr
+		}
+		for _, args := range [][]string{
+			{"revoke", "--workload", "w", "--reason", "r"},
+			{"unblock", "--workload", "w", "--reason", "r"},
+			{"trace", "iss_01JTEST"},
+			{"report"},
+		} {
+			args = append(args, extra...)
+			_, stderr, err := runCLI(t, env, args...)
+			if err == nil {
+				t.Fatalf("keytrail %s: nil error with no server at %s", strings.Join(args, " "), addr)
+			}
+			if c := exitCode(err); c != -1 && c != 1 {
+				t.Errorf("keytrail %s: exit %d, want 1", strings.Join(args, " "), c)
+			}
+			msg := err.Error()
+			want := "no keytrail server at " + addr + " " + src + ": connection refused; start it there, or give the running server's URL with --addr or KEYTRAIL_ADDR"
+			if !strings.Contains(msg, want) {
+				t.Errorf("keytrail %s = %q, want it to say %q", strings.Join(args, " "), msg, want)
+			}
+			if strings.Contains(msg, "dial tcp") || strings.Contains(msg+stderr, token) {
+				t.Errorf("keytrail %s = %q (stderr %q): Go's dialer text or the admin token", strings.Join(args, " "), msg, stderr)
+			}
 		}
 	}
 }

@@ -274,7 +274,7 @@ func adminGet(ctx context.Context, c *adminClient, path string, query url.Values
 	req.Header.Set("User-Agent", "keytrail-cli/"+version)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("GET %s: %w", c.base.Host, unwrapURLError(err))
+		return 0, c.sendError(http.MethodGet, path, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReportResponse+1))
