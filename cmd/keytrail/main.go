@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -153,11 +154,47 @@ func usageError(cmd *cobra.Command, err error) error {
 	if errors.As(err, &ee) {
 		return err
 	}
+	if cmd.Annotations[groupAnnotation] != "" && cmd.Flags().NArg() > 0 {
+		// "keytrail servr --config x": the typo left cobra on the command
+		// that groups the others, whose flags do not include the
+		// subcommand's; the typo is the mistake to name, not the flag.
+		err = unknownSubcommand(cmd, cmd.Flags().Args())
+	}
 	where := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
 	if cmd == cmd.Root() {
 		return exitError{code: exitUsage, msg: fmt.Sprintf("%v (see %s --help)", err, cmd.CommandPath())}
 	}
 	return exitError{code: exitUsage, msg: fmt.Sprintf("%s: %v (see %s --help)", where, err, cmd.CommandPath())}
+}
+
+// groupAnnotation marks a command that only groups others (keytrail,
+// policy, audit, config, completion).
+const groupAnnotation = "keytrail-group"
+
+// unknownSubcommand is the Args check of a command that only groups others:
+// a word that names none of them is an unknown command, with cobra's
+// suggestions ("keytrail revok": did you mean revoke?), which cobra gives
+// only when a command has no Args check of its own.
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's default, which only its own check sets
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		q := make([]string, len(s))
+		for i, name := range s {
+			q[i] = strconv.Quote(name)
+		}
+		alt := q[len(q)-1]
+		if len(q) > 1 {
+			alt = strings.Join(q[:len(q)-1], ", ") + " or " + alt
+		}
+		msg += "; did you mean " + alt + "?"
+	}
+	return errors.New(msg)
 }
 
 // usageExits2 makes the usage mistakes cobra catches exit 2 in c and every
@@ -174,8 +211,12 @@ func usageExits2(c *cobra.Command) {
 		c.SetFlagErrorFunc(usageError)
 	}
 	if c.HasSubCommands() && !c.Runnable() {
-		c.Args = cobra.NoArgs
+		c.Args = unknownSubcommand
 		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		if c.Annotations == nil {
+			c.Annotations = map[string]string{}
+		}
+		c.Annotations[groupAnnotation] = "true"
 	}
 	args := c.Args
 	if args == nil {

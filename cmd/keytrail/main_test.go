@@ -1022,3 +1022,37 @@ admins:
 		t.Errorf("loadServedPolicy logged %q; want a warning with %q", logs.String(), want)
 	}
 }
+
+// TestMistypedCommandSuggests: a mistyped command name gets cobra's
+// suggestion, exit 2. Every command that groups others has an Args check
+// (so "policy nope" is a usage error), and cobra suggests only when a
+// command has none: "keytrail revok" said just 'unknown command "revok"',
+// and "keytrail servr --config x" blamed the flag ("unknown flag: --config")
+// instead of the typo.
+func TestMistypedCommandSuggests(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"revok", "--workload", "w"}, `unknown command "revok" for "keytrail"; did you mean "revoke"? (see keytrail --help)`},
+		{[]string{"servr", "--config", "k.yaml"}, `unknown command "servr" for "keytrail"; did you mean "server"? (see keytrail --help)`},
+		{[]string{"polcy"}, `unknown command "polcy" for "keytrail"; did you mean "policy"? (see keytrail --help)`},
+		{[]string{"policy", "chek", "p.yaml"}, `policy: unknown command "chek" for "keytrail policy"; did you mean "check"? (see keytrail policy --help)`},
+		{[]string{"config", "chek", "--config", "k.yaml"}, `config: unknown command "chek" for "keytrail config"; did you mean "check"? (see keytrail config --help)`},
+		{[]string{"audit", "verfy", "--key", "k.pub", "a.jsonl"}, `audit: unknown command "verfy" for "keytrail audit"; did you mean "verify"? (see keytrail audit --help)`},
+		{[]string{"completion", "bsh"}, `completion: unknown command "bsh" for "keytrail completion"; did you mean "bash", "fish" or "zsh"? (see keytrail completion --help)`},
+		// Nothing close: no suggestion; a flag the group lacks, without a
+		// word before it, is still the flag's mistake.
+		{[]string{"nope"}, `unknown command "nope" for "keytrail" (see keytrail --help)`},
+		{[]string{"--bogus", "revoke"}, `unknown flag: --bogus (see keytrail --help)`},
+	} {
+		out, _, err := runCLI(t, nil, tt.args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || ee.msg != tt.want {
+			t.Errorf("keytrail %v = %v, want exit 2 with %q", tt.args, err, tt.want)
+		}
+		if out != "" {
+			t.Errorf("keytrail %v wrote to stdout: %q", tt.args, out)
+		}
+	}
+}
