@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/keytrail/keytrail/adapters/vault/devserver"
 )
@@ -154,6 +155,7 @@ func usageError(cmd *cobra.Command, err error) error {
 	if errors.As(err, &ee) {
 		return err
 	}
+	err = flagValueError(err)
 	if cmd.Annotations[groupAnnotation] != "" && cmd.Flags().NArg() > 0 {
 		// "keytrail servr --config x": the typo left cobra on the command
 		// that groups the others, whose flags do not include the
@@ -165,6 +167,34 @@ func usageError(cmd *cobra.Command, err error) error {
 		return exitError{code: exitUsage, msg: fmt.Sprintf("%v (see %s --help)", err, cmd.CommandPath())}
 	}
 	return exitError{code: exitUsage, msg: fmt.Sprintf("%s: %v (see %s --help)", where, err, cmd.CommandPath())}
+}
+
+// flagValueError says what a flag of a built-in type wants instead of
+// quoting the Go parser's error ("strconv.ParseInt: parsing \"x\": invalid
+// syntax", "time: missing unit in duration \"5\""). Other errors, and flags
+// of the commands' own types (which say it themselves), are left as they are.
+func flagValueError(err error) error {
+	var ive *pflag.InvalidValueError
+	if !errors.As(err, &ive) {
+		return err
+	}
+	name, val := "--"+ive.GetFlag().Name, ive.GetValue()
+	var ne *strconv.NumError
+	outOfRange := errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange)
+	switch ive.GetFlag().Value.Type() {
+	case "duration":
+		return fmt.Errorf("%s: %q is not a duration: a number with a unit, like 90s, 5m or 1h30m", name, val)
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64":
+		if outOfRange {
+			return fmt.Errorf("%s: %q is out of range", name, val)
+		}
+		return fmt.Errorf("%s: %q is not a whole number", name, val)
+	case "float32", "float64":
+		return fmt.Errorf("%s: %q is not a number", name, val)
+	case "bool":
+		return fmt.Errorf("%s=%s: want true or false (%s alone is true)", name, val, name)
+	}
+	return err
 }
 
 // groupAnnotation marks a command that only groups others (keytrail,

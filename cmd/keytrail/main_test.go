@@ -1056,3 +1056,35 @@ func TestMistypedCommandSuggests(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagValueErrorsSayWhatIsWanted: a flag value of the wrong type was
+// reported with the Go parser's own text ("strconv.ParseInt: parsing
+// \"abc\": invalid syntax", "time: missing unit in duration \"5\"",
+// "strconv.ParseBool: ..."). The message now names the flag, the value and
+// what the flag wants, exit 2.
+func TestFlagValueErrorsSayWhatIsWanted(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"fetch", "--grant", "g", "--out", "-", "--ttl", "5"},
+			`fetch: --ttl: "5" is not a duration: a number with a unit, like 90s, 5m or 1h30m (see keytrail fetch --help)`},
+		{[]string{"exec", "--grant", "g", "--env", "T", "--watch", "--restart-grace", "soon", "--", "true"},
+			`exec: --restart-grace: "soon" is not a duration: a number with a unit, like 90s, 5m or 1h30m (see keytrail exec --help)`},
+		{[]string{"report", "--audit-log", "a.jsonl", "--max-events", "abc"},
+			`report: --max-events: "abc" is not a whole number (see keytrail report --help)`},
+		{[]string{"trace", "x", "--audit-log", "a.jsonl", "--max-events", "99999999999999999999"},
+			`trace: --max-events: "99999999999999999999" is out of range (see keytrail trace --help)`},
+		{[]string{"revoke", "--workload", "w", "--reason", "r", "--block=maybe"},
+			`revoke: --block=maybe: want true or false (--block alone is true) (see keytrail revoke --help)`},
+	} {
+		_, _, err := runCLI(t, nil, tt.args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || ee.msg != tt.want {
+			t.Errorf("keytrail %v = %v, want exit 2 with %q", tt.args, err, tt.want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "strconv.") || strings.Contains(err.Error(), "time: ")) {
+			t.Errorf("keytrail %v = %v: the Go parser's error text", tt.args, err)
+		}
+	}
+}
