@@ -342,6 +342,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return fmt.Errorf("vault login: %w", err)
 	}
 	if err := login.Start(ctx); err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("vault login: %w; is Vault running at %s (vault.address, or VAULT_ADDR)?", err, cfg.Vault.Address)
+		}
 		return fmt.Errorf("vault login: %w", err)
 	}
 	if err := checkTokenType(login.Status().TokenType, pol); err != nil {

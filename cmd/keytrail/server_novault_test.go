@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestServerVaultNotRunning: a broker started while nothing listens at its
+// Vault address failed with the Vault client's error alone ('vault login:
+// ... dial tcp 127.0.0.1:8299: connect: connection refused'), which does not
+// say what to check. It now asks whether Vault runs at that address and
+// names where the address is set (vault.address, or VAULT_ADDR); it exits
+// 1 (a plain error), and never quotes the broker's Vault token.
+func TestServerVaultNotRunning(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vaultAddr := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	ln2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln2.Addr().String()
+	ln2.Close()
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
+		"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: "+vaultAddr+"}\n")
+	const token = "hvs.BROKER-TOKEN-MARKER-5"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errb strings.Builder
+	err = run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+		return map[string]string{"VAULT_TOKEN": token, "KEYTRAIL_RECONCILE": "off"}[k]
+	}, &out, &errb)
+	if err == nil {
+		t.Fatal("server started with no Vault at its address")
+	}
+	if c := exitCode(err); c != -1 && c != 1 {
+		t.Errorf("exit %d, want 1", c)
+	}
+	want := "is Vault running at " + vaultAddr + " (vault.address, or VAULT_ADDR)?"
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("server = %q, want it to ask %q", err, want)
+	}
+	if strings.Contains(err.Error()+out.String()+errb.String(), "BROKER-TOKEN-MARKER") {
+		t.Errorf("the Vault token is quoted: %q (stderr %q)", err, errb.String())
+	}
+}
