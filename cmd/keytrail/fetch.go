@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -213,6 +214,9 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 		why := "the broker stayed busy or unreachable"
 		if last := client.LastFailure(err); last != nil {
 			why = "last failure: " + retryReason(last)
+			if errors.Is(last, syscall.ECONNREFUSED) {
+				why += "; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
+			}
 		}
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s; %s", grant, timeout, why)}
 	case errors.Is(err, context.Canceled):

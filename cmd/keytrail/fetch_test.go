@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -604,5 +605,47 @@ func TestOutputCheckedBeforeExchange(t *testing.T) {
 				t.Errorf("broker was asked %d times, want none", n)
 			}
 		})
+	}
+}
+
+// TestFetchBrokerNotRunning: with nothing listening at the broker address,
+// fetch and exec retried until --timeout and then said only "last failure:
+// ... connect: connection refused". The final message now says what to
+// check: whether the broker runs at that address, and how to give it
+// (--addr, KEYTRAIL_ADDR). Exit 1, nothing written, CMD not run.
+func TestFetchBrokerNotRunning(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(dir, "ran")
+	for _, args := range [][]string{
+		{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--out", filepath.Join(dir, "cred"), "--timeout", "1s"},
+		{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--env", "T", "--timeout", "1s", "--", "touch", marker},
+	} {
+		_, stderr, err := runCmd(t, context.Background(), addr, args...)
+		if exitCode(err) != 1 {
+			t.Fatalf("keytrail %v = %v, want exit 1", args, err)
+		}
+		want := "no credential after 1s; last failure: keytrail broker unreachable: Post " + addr + "/v1/token"
+		hint := "connection refused; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
+		if msg := err.Error(); !strings.Contains(msg, want) || !strings.HasSuffix(msg, hint) {
+			t.Errorf("keytrail %v = %q, want %q ... %q", args, msg, want, hint)
+		}
+		if strings.Contains(err.Error()+stderr, "identity.jwt") {
+			t.Errorf("keytrail %v quotes the identity token: %q (stderr %q)", args, err, stderr)
+		}
+	}
+	for _, f := range []string{"cred", "ran"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
+		}
 	}
 }
