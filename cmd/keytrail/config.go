@@ -445,6 +445,10 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 		bad("vault.address", "is required (or set VAULT_ADDR)")
 	} else if u, err := url.Parse(c.Vault.Address); err != nil || !u.IsAbs() || u.Host == "" {
 		bad("vault.address", "must be an absolute URL")
+	} else if u.Scheme != "https" && u.Scheme != "http" {
+		// The Vault client would fail every call with "unsupported
+		// protocol scheme" once the server runs.
+		bad("vault.address", "must be an http or https URL, not %s://", u.Scheme)
 	}
 	if c.Vault.CAFile != "" {
 		if _, err := os.Stat(c.Vault.CAFile); err != nil {
