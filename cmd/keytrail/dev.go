@@ -98,10 +98,8 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
-		return err
-	}
-	// Usage mistakes first, then what another dev may hold.
+	// Usage mistakes first (nothing created yet), then what another dev
+	// may hold.
 	root, rootErr := devserver.RepoRoot()
 	if o.policy == "" {
 		if rootErr != nil {
@@ -115,6 +113,14 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	}
 	if bin == "" && rootErr != nil {
 		return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --vault-bin is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
+	}
+	// The broker reads the policy only once Vault is up: a missing one is
+	// said before anything starts.
+	if _, err := os.Stat(o.policy); err != nil {
+		return fmt.Errorf("dev: --policy %s: %w", o.policy, pathErrText(err))
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		return fmt.Errorf("dev: --dir %s: %w", o.dir, pathErrText(err))
 	}
 	// A second dev is refused before it starts anything: on the same --dir
 	// it would write over the first one's tokens and logs, and either way it
@@ -500,4 +506,15 @@ func ensureEd25519Key(keyPath, pubPath string) (created bool, err error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// pathErrText is err without the operation and path of an *os.PathError
+// ("mkdir /x/y: not a directory" is "not a directory"), for messages that
+// name the flag and path themselves.
+func pathErrText(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

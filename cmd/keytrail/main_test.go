@@ -1088,3 +1088,44 @@ func TestFlagValueErrorsSayWhatIsWanted(t *testing.T) {
 		}
 	}
 }
+
+// TestDevNamesItsFlagsBeforeStarting: dev created --dir (and dir/tokens)
+// before its usage checks, so "dev --dir x" outside the repository without
+// --policy left x behind with its exit 2; a --dir that cannot be made (a
+// file is in the way) was "mkdir x: not a directory", naming no flag; and a
+// --policy that does not exist was found only once the demo issuer and
+// Vault had started. Now the usage checks come first, then --policy and
+// --dir are checked by name, all before anything starts.
+func TestDevNamesItsFlagsBeforeStarting(t *testing.T) {
+	out := t.TempDir()
+	t.Chdir(out)
+	pol := writeFile(t, out, "p.yaml", "version: 1\n")
+	file := writeFile(t, out, "a-file", "x\n")
+	noVault := filepath.Join(out, "no-vault")
+	state := filepath.Join(out, "dev")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"dev", "--dir", state}, 2, "dev: --policy is required outside the keytrail repository"},
+		{[]string{"dev", "--dir", state, "--policy", filepath.Join(out, "nope.yaml"), "--vault-bin", noVault}, 1,
+			"dev: --policy " + filepath.Join(out, "nope.yaml") + ": no such file or directory"},
+		{[]string{"dev", "--dir", filepath.Join(file, "dev"), "--policy", pol, "--vault-bin", noVault}, 1,
+			"dev: --dir " + filepath.Join(file, "dev") + ": not a directory"},
+	} {
+		_, stderr, err := runCLI(t, nil, c.args...)
+		if exitCode(err) != c.code && !(c.code == 1 && exitCode(err) == -1) {
+			t.Errorf("keytrail %v = %v, want exit %d", c.args, err, c.code)
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("keytrail %v = %v, want %q", c.args, err, c.want)
+		}
+		if strings.Contains(stderr, "starting Vault") || strings.Contains(stderr, "stopped") {
+			t.Errorf("keytrail %v started something: %q", c.args, stderr)
+		}
+		if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("keytrail %v created %s (%v), want nothing written", c.args, state, err)
+		}
+	}
+}
