@@ -108,6 +108,8 @@ e2e/vaultserver/go.sum).
 
 Exit status: 0 every scenario ran; 1 something could not be started, a
 measurement failed or the run was interrupted; 2 usage.`,
+		Example: `  keytrail bench --json-out bench.json
+  keytrail bench --scenarios A,B --reps 3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error

@@ -66,6 +66,9 @@ issuer's port is in use, something failed to start, the demo exchange failed,
 the broker did not stop cleanly (requests still in flight 20 s after the
 stop, or its audit log's final checkpoint not written) or (with --once) the
 audit log did not verify; 2 usage.`,
+		Example: `  go run ./cmd/keytrail dev
+  keytrail dev --once
+  keytrail dev --dir /tmp/kt-dev --listen 127.0.0.1:7710`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := stopWithGoRun(cmd.Context(), os.Getppid(), parentIsGoCommand)

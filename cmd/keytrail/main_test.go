@@ -1129,3 +1129,39 @@ func TestDevNamesItsFlagsBeforeStarting(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpHasExamples: fetch, exec, revoke, unblock, trace, report and
+// config check showed examples in --help; server, dev, audit verify, policy
+// check, policy explain, policy vault and bench showed none, so a first-time
+// user of the server or the auditor's verify had to assemble a command line
+// from the flag list. Every command that does something now has one, and
+// each example names the command it is under.
+func TestHelpHasExamples(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		if !c.Runnable() || c.HasSubCommands() || c.Name() == "version" || c.Name() == "help" || c.Parent().Name() == "completion" {
+			return
+		}
+		out, _, err := runCLI(t, nil, append(strings.Fields(strings.TrimPrefix(c.CommandPath(), "keytrail")), "--help")...)
+		if err != nil {
+			t.Errorf("%s --help: %v", c.CommandPath(), err)
+			return
+		}
+		_, ex, ok := strings.Cut(out, "\nExamples:\n")
+		if !ok {
+			t.Errorf("%s --help has no Examples", c.CommandPath())
+			return
+		}
+		ex, _, _ = strings.Cut(ex, "\n\n")
+		ex = strings.ReplaceAll(ex, "\\\n", " ") // a continued line is one command
+		for _, line := range strings.Split(ex, "\n") {
+			if !strings.Contains(line, " "+c.Name()+" ") && !strings.HasSuffix(line, " "+c.Name()) {
+				t.Errorf("%s --help example %q does not run %s", c.CommandPath(), line, c.Name())
+			}
+		}
+	}
+	walk(newRootCmd(&env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}))
+}

@@ -47,6 +47,8 @@ exit status. The server logs the same warnings at every load.
 
 Exit status: 0 the policy is valid; 1 it is not (every problem on stderr, one
 per line) or cannot be read; 2 usage.`,
+		Example: `  keytrail policy check policies/examples
+  keytrail policy check --files /etc/keytrail/policies`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := policies.Load(args[0])
@@ -121,6 +123,8 @@ stderr.
 Exit status: 0 the token would get the grant; 1 it would not (token rejected,
 issuer not trusted, no or several workloads match, grant unknown or not the
 workload's), or the policy or token cannot be read; 2 usage.`,
+		Example: `  keytrail policy explain --policy policies/examples --token .dev/tokens/payments-api.jwt --grant payments-vault
+  KEYTRAIL_POLICY=/etc/keytrail/policies keytrail policy explain --unverified --token ci.jwt --grant deploy-vault`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if tokenFile == "" || grant == "" {
@@ -210,6 +214,8 @@ policies it has itself.
 
 Exit status: 0 printed; 1 the policy is not valid (every problem on stderr)
 or cannot be read; 2 usage.`,
+		Example: `  keytrail policy vault /etc/keytrail/policies > keytrail-broker.hcl
+  keytrail policy vault --token-role keytrail /etc/keytrail/policies`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pol, err := policies.Load(args[0])

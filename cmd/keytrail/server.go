@@ -60,6 +60,8 @@ The exit status is 0 after a clean shutdown, 1 when start-up fails, when
 requests were still in flight after shutdown_timeout, or when closing failed
 (e.g. the audit log's final signed checkpoint could not be written),
 2 on a usage mistake.`,
+		Example: `  keytrail config check --config /etc/keytrail/config.yaml && keytrail server --config /etc/keytrail/config.yaml
+  VAULT_TOKEN=... KEYTRAIL_REDIS_URL=redis://redis:6379/0 keytrail server --config keytrail.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cfgPath == "" {
