@@ -52,6 +52,11 @@ func graceFloor(vaultTimeout time.Duration, t broker.Timeouts) time.Duration {
 // grace, set or the default, shorter than floor (graceFloor) is raised to
 // floor, and warn says so, naming the variable.
 func reconcileTuning(getenv func(string) string, floor time.Duration) (interval, grace time.Duration, warn string, err error) {
+	// "off" turns it off (the caller checks that first); any other word
+	// (false, 0, no, a typo) would have left it on without a word.
+	if v := getenv(envReconcile); v != "" && !strings.EqualFold(v, "on") && !strings.EqualFold(v, "off") {
+		return 0, 0, "", fmt.Errorf("%s=%q: only \"off\" turns the reconciliation off (unset or \"on\": on)", envReconcile, v)
+	}
 	for _, p := range []struct {
 		name string
 		dst  *time.Duration

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -418,5 +419,31 @@ func TestReconcileMetrics(t *testing.T) {
 	want["keytrail_reconcile_last_success_timestamp_seconds"] = float64(ended.Unix())
 	if diff := cmp.Diff(want, gather()); diff != "" {
 		t.Errorf("metrics after a run that revoked 2 (-want +got):\n%s", diff)
+	}
+}
+
+// TestReconcileSwitchValues: KEYTRAIL_RECONCILE=off turns the Vault token
+// reconciliation off; any other value (false, 0, no, a typo such as of)
+// was taken as "on" without a word, so an operator who meant to turn it
+// off had it revoking tokens. Such a value now stops the start-up naming
+// the variable; unset and "on" (any case) keep it on.
+func TestReconcileSwitchValues(t *testing.T) {
+	for v, wantErr := range map[string]bool{"": false, "on": false, "ON": false, "false": true, "0": true, "no": true, "of": true, "disabled": true} {
+		_, _, _, err := reconcileTuning(func(k string) string {
+			if k == envReconcile {
+				return v
+			}
+			return ""
+		}, time.Second)
+		if !wantErr {
+			if err != nil {
+				t.Errorf("%s=%q: %v, want on", envReconcile, v, err)
+			}
+			continue
+		}
+		want := envReconcile + "=" + strconv.Quote(v) + `: only "off" turns the reconciliation off`
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s=%q: %v, want an error containing %q", envReconcile, v, err, want)
+		}
 	}
 }

@@ -47,7 +47,8 @@ KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m; raised, with
 a warning, to at least the longer of vault.timeout and 5s, plus 14s) and
-turned off with KEYTRAIL_RECONCILE=off (docs/RELIABILITY.md). SIGHUP
+turned off with KEYTRAIL_RECONCILE=off (another value than on or off is
+an error; docs/RELIABILITY.md). SIGHUP
 reloads the policy (one received during start-up reloads once serving), and
 so does a change to its *.yaml/*.yml files (polled every 2 s; a reload after
 a change that fails is retried 10 times, 4 s doubling to 1 min apart). A
