@@ -259,6 +259,15 @@ func usageExits2(c *cobra.Command) {
 				// "revoke --reason INC-4711: key leaked" it is the rest
 				// of an unquoted value.
 				err = fmt.Errorf("unexpected argument %q: takes no arguments; quote a flag value that has spaces", a[0])
+			} else if len(a) == 0 && strings.Contains(err.Error(), " arg(s), ") {
+				// cobra's "requires at least 1 arg(s), only received 0"
+				// names neither the argument nor where it goes.
+				err = fmt.Errorf("missing argument: %s", strings.TrimSuffix(cmd.UseLine(), " [flags]"))
+			} else if strings.HasPrefix(err.Error(), "accepts ") && strings.Contains(err.Error(), " arg(s), received ") {
+				// cobra's "accepts 1 arg(s), received 2", as trace says it.
+				if w := strings.Fields(cmd.Use); len(w) == 2 {
+					err = fmt.Errorf("takes one %s, got %d arguments; quote a %s that has spaces", w[1], len(a), w[1])
+				}
 			}
 			return usageError(cmd, err)
 		}

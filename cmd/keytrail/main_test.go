@@ -1165,3 +1165,28 @@ func TestHelpHasExamples(t *testing.T) {
 	}
 	walk(newRootCmd(&env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: io.Discard, stderr: io.Discard}))
 }
+
+// TestArgumentCountNamesTheArgument: a missing or extra positional
+// argument was reported in cobra's words, "requires at least 1 arg(s),
+// only received 0" or "accepts 1 arg(s), received 2", which name neither
+// the argument nor where it goes. Now a missing one shows the usage line
+// and an extra one is counted against the one argument the command takes,
+// exit 2.
+func TestArgumentCountNamesTheArgument(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"policy", "check"}, "policy check: missing argument: keytrail policy check PATH (see keytrail policy check --help)"},
+		{[]string{"policy", "vault", "--token-role", "r"}, "policy vault: missing argument: keytrail policy vault PATH (see keytrail policy vault --help)"},
+		{[]string{"audit", "verify", "--json"}, "audit verify: missing argument: keytrail audit verify FILE_OR_DIR... (see keytrail audit verify --help)"},
+		{[]string{"exec", "--grant", "g", "--env", "T"}, "exec: missing argument: keytrail exec --grant G [--identity-token-file F] --env NAME[=[GRANT:]FIELD] [...] [--watch [--on-renew restart|signal:HUP]] -- CMD [ARGS...] (see keytrail exec --help)"},
+		{[]string{"policy", "check", "my", "policies"}, "policy check: takes one PATH, got 2 arguments; quote a PATH that has spaces (see keytrail policy check --help)"},
+	} {
+		_, _, err := runCLI(t, nil, tt.args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || ee.msg != tt.want {
+			t.Errorf("keytrail %v = %v, want exit 2 with %q", tt.args, err, tt.want)
+		}
+	}
+}
