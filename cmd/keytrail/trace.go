@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -81,6 +82,12 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 					hint = "; quote a VALUE that has spaces"
 				}
 				return fmt.Errorf("takes one VALUE, got %d arguments%s", len(args), hint)
+			}
+			if len(args) == 1 && strings.TrimSpace(args[0]) == "" {
+				// Asked anyway, the server (or the offline index, after
+				// reading every file) answered "invalid request: empty
+				// query", exit 1.
+				return errors.New("VALUE is empty (a shell variable not set?)")
 			}
 			return nil
 		},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -400,5 +401,35 @@ func TestAuditLogSeveralFiles(t *testing.T) {
 		if exitCode(err) != exitUsage || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("keytrail %s = %v (exit %d), want exit 2 saying %q", strings.Join(tc.args, " "), err, exitCode(err), tc.want)
 		}
+	}
+}
+
+// TestTraceEmptyValue: an empty VALUE (a shell variable not set: trace
+// "$ACCESSOR") was sent to the server, or looked up offline once every
+// audit file had been read, and came back as "invalid request (bad_query):
+// invalid request: empty query", exit 1. It is a usage mistake: exit 2,
+// before any file is read or the server is asked.
+func TestTraceEmptyValue(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		http.Error(w, `{"error":"invalid_request","error_description":"invalid request: empty query"}`, http.StatusBadRequest)
+	}))
+	defer srv.Close()
+	addr := srv.URL
+	for _, args := range [][]string{
+		{"trace", ""},
+		{"trace", "  ", "--json"},
+		{"trace", "", "--audit-log", filepath.Join(t.TempDir(), "missing.jsonl")},
+	} {
+		_, _, err := runCLI(t, map[string]string{"KEYTRAIL_ADDR": addr, "KEYTRAIL_ADMIN_TOKEN": "admin-token"}, args...)
+		var ee exitError
+		want := "trace: VALUE is empty (a shell variable not set?) (see keytrail trace --help)"
+		if !errors.As(err, &ee) || ee.code != 2 || ee.msg != want {
+			t.Errorf("keytrail %q = %v, want exit 2 with %q", args, err, want)
+		}
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("the server was asked %d times, want none", n)
 	}
 }
