@@ -289,15 +289,33 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// 4. Backends.
 	revoked, bfailed := s.revokeBackends(dctx, marked)
 	failed = append(failed, bfailed...)
+	// Marks found stored (another revocation's, a withdrawal's) stay
+	// pending in the progress write: only its acknowledgement confirms
+	// them (see unconfirmedMarks), and a write applied but not confirmed
+	// (store_unreplicated) must leave them pending in the record, as the
+	// answer says, for the worker to finish.
+	revoked, failed, found := unconfirmedMarks(marked, rev.ID, revoked, failed)
 	if cur, err := s.storeProgress(dctx, rev.ID, revoked, failed); err != nil {
-		// The stored record still lists everything as pending; the worker
+		// The stored record lists as pending what this write did not
+		// settle (all of it, if the write was not applied); the worker
 		// redoes it (revokers are idempotent).
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
 			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
-		revoked, failed = unconfirmedMarks(marked, rev.ID, revoked, failed)
 		settle(rev, revoked, failed, s.d.Now())
 	} else {
 		rev = cur // with whatever other writers stored meanwhile
+		if len(found) > 0 {
+			// Acknowledged, so the found marks are confirmed too: they
+			// are revoked. Should this second write fail, the record
+			// keeps them pending and the worker settles them.
+			if cur, err := s.storeProgress(dctx, rev.ID, found, nil); err != nil {
+				s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
+					slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+				settle(rev, found, nil, s.d.Now())
+			} else {
+				rev = cur
+			}
+		}
 	}
 
 	// 5. Result, then announce.
@@ -594,35 +612,38 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 }
 
 // unconfirmedMarks moves out of revoked, into failed, each issuance of
-// marked whose mark revID did not write: one another revocation (or the
-// exchange's withdrawal) wrote, found stored by mark, which waits for no
-// replica then (Store.MarkRevoked). Such a mark may be one its writer
-// could not confirm on the store's replicas (store.min_replicas), and only
-// a later write of this revocation that the replicas confirm (its progress
-// write: a replica confirming a write has every earlier one) confirms it
-// too. Revoke calls it when that write failed: the answer then reports
-// those issuances pending, as the stored record still does, not revoked
-// on a mark that a failover may lose; the worker finishes them. Marks
-// revID wrote were confirmed by their own write.
-func unconfirmedMarks(marked []*Issuance, revID string, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure) {
-	found := map[string]bool{}
+// marked whose mark revID did not write, and returns those ids as found:
+// one another revocation (or the exchange's withdrawal) wrote, found
+// stored by mark, which waits for no replica then (Store.MarkRevoked).
+// Such a mark may be one its writer could not confirm on the store's
+// replicas (store.min_replicas), and only a later write of this
+// revocation that the replicas confirm (its progress write: a replica
+// confirming a write has every earlier one) confirms it too. Revoke
+// stores its progress with those issuances still pending, and settles
+// them as revoked only once that write is acknowledged; otherwise its
+// answer and the stored record list them pending, not revoked on a mark
+// that a failover may lose, and the worker finishes them. Marks revID
+// wrote were confirmed by their own write.
+func unconfirmedMarks(marked []*Issuance, revID string, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
+	isFound := map[string]bool{}
 	for _, is := range marked {
 		if is.RevocationID != revID {
-			found[is.ID] = true
+			isFound[is.ID] = true
 		}
 	}
-	if len(found) == 0 {
-		return revoked, failed
+	if len(isFound) == 0 {
+		return revoked, failed, nil
 	}
-	var keep []string
+	var keep, found []string
 	for _, id := range revoked {
-		if !found[id] {
+		if !isFound[id] {
 			keep = append(keep, id)
 			continue
 		}
+		found = append(found, id)
 		failed = append(failed, RevokeFailure{IssuanceID: id, Error: "its revoked mark, found stored, is not confirmed by the store yet; retrying"})
 	}
-	return keep, failed
+	return keep, failed, found
 }
 
 // revokeBackends calls each issuance's Revoker, a few at a time, each with

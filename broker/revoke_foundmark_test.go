@@ -135,3 +135,66 @@ func TestRevokeFoundMarkUnconfirmed(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokeFoundMarkUnconfirmedWorkerFinishes: when the progress write of
+// a revocation that found its issuance marked by another is applied but
+// not confirmed (store_unreplicated: the write is on the primary, the
+// replicas did not acknowledge it), the answer lists the issuance pending
+// and says the worker finishes it. The stored record must then list it
+// pending too, or no worker ever looks at it again: the revocation's last
+// revoke_result would say pending for good while the record says
+// complete. (The progress write settled it as revoked: the record was
+// complete, no worker revoke_result followed.) Once the store confirms
+// writes again, the worker's pass confirms the mark and its revoke_result
+// (by worker) lists the issuance revoked.
+func TestRevokeFoundMarkUnconfirmedWorkerFinishes(t *testing.T) {
+	ctx := context.Background()
+	var fs *foundMarkStore
+	f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
+		fs = &foundMarkStore{Store: st}
+		return fs
+	})
+	is := f.issue(t, "payments")
+	mark := func() {
+		c, err := f.mem.GetIssuance(ctx, is.ID)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		c.RevokedAt, c.RevocationID = f.clock(), "rev_other"
+		if _, err := f.mem.MarkRevoked(ctx, c); err != nil {
+			t.Error(err)
+		}
+	}
+	fs.markFirst.Store(&mark)
+	fs.progressUnreplicated.Store(true)
+
+	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-21", broker.RevokeOptions{}, "req_1")
+	if err != nil {
+		t.Fatalf("Revoke() = %v", err)
+	}
+	if !slices.Equal(rev.Pending, []string{is.ID}) {
+		t.Fatalf("Revoke() answer: revoked %v, pending %v; want %s pending", rev.Revoked, rev.Pending, is.ID)
+	}
+	stored, err := f.mem.GetRevocation(ctx, rev.ID)
+	if err != nil || !slices.Equal(stored.Pending, []string{is.ID}) || !stored.CompletedAt.IsZero() {
+		t.Errorf("stored revocation after the unconfirmed progress write: %+v, %v; want %s pending, as the answer says", stored, err, is.ID)
+	}
+
+	fs.progressUnreplicated.Store(false)
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Second)
+	if err := w.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := f.sink.Events()
+	last := evs[len(evs)-1]
+	revoked, _ := last.Details["revoked"].([]string)
+	if last.Type != "revoke_result" || last.RevocationID != rev.ID || last.Details["by"] != "worker" || !slices.Equal(revoked, []string{is.ID}) {
+		t.Errorf("last event after the worker's pass = %s %s by %v revoked %v; want the worker's revoke_result of %s, %s revoked",
+			last.Type, last.RevocationID, last.Details["by"], last.Details["revoked"], rev.ID, is.ID)
+	}
+}
