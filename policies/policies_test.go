@@ -742,6 +742,34 @@ func TestAccessorsReturnCopies(t *testing.T) {
 	}
 }
 
+// TestIssuerAccessorsCopyTokenTypes: an issuer's token_types cannot be
+// changed through what Issuers, Issuer and IssuerByIss return. cloneIssuer
+// copied Audiences and Algorithms but shared the TokenTypes array, so a
+// caller writing to it changed the typ values the policy (and every later
+// verifier built from it) accepts.
+func TestIssuerAccessorsCopyTokenTypes(t *testing.T) {
+	p := mustParse(t, `version: 1
+issuers:
+  - {name: i, issuer: "https://i", jwks_url: "https://i/jwks", audiences: [k], algorithms: [RS256], token_types: [JWT, ""]}
+`)
+	want := []string{"JWT", ""}
+	p.Issuers()[0].TokenTypes[0] = "at+jwt"
+	is, _ := p.Issuer("i")
+	is.TokenTypes[1] = "logout+jwt"
+	is, _ = p.IssuerByIss("https://i")
+	is.TokenTypes[0] = "JOSE"
+	for _, got := range [][]string{p.Issuers()[0].TokenTypes, func() []string { is, _ := p.Issuer("i"); return is.TokenTypes }()} {
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("token_types changed through accessor results (-want +got):\n%s", diff)
+		}
+	}
+	// Absent stays absent (nil: any typ), not an empty list (none).
+	p = mustParse(t, matchPolicy)
+	if tt := p.Issuers()[0].TokenTypes; tt != nil {
+		t.Errorf("Issuers()[0].TokenTypes = %#v, want nil (absent)", tt)
+	}
+}
+
 // FuzzParse checks that no input makes Parse (or evaluating what it
 // accepts) panic, and that failures are reported as problems.
 func FuzzParse(f *testing.F) {

@@ -206,6 +206,7 @@ func cloneIssuer(is *Issuer) Issuer {
 	c := *is
 	c.Audiences = slices.Clone(is.Audiences)
 	c.Algorithms = slices.Clone(is.Algorithms)
+	c.TokenTypes = slices.Clone(is.TokenTypes) // nil (absent: any typ) stays nil
 	return c
 }
 
