@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -398,4 +399,29 @@ func TokenTypeKey(typ string) string {
 		t = "application/" + t
 	}
 	return t
+}
+
+// AcceptsTokenType reports whether the issuer's token_types admit a token
+// whose typ header is typ (present false: the token has no typ header), as
+// broker/authn decides it: absent token_types admit any typ or none; ""
+// (NoTokenType) admits a token without typ; a typ of "" matches nothing;
+// other values are compared as TokenTypeKey gives them. A typ that is not
+// a JSON string is the caller's to refuse (authn: malformed).
+func (is *Issuer) AcceptsTokenType(present bool, typ string) bool {
+	if is.TokenTypes == nil {
+		return true
+	}
+	if !present {
+		return slices.Contains(is.TokenTypes, NoTokenType)
+	}
+	if typ == "" {
+		return false
+	}
+	key := TokenTypeKey(typ)
+	for _, t := range is.TokenTypes {
+		if t != NoTokenType && TokenTypeKey(t) == key {
+			return true
+		}
+	}
+	return false
 }

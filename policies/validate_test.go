@@ -1229,3 +1229,34 @@ func TestTokenTypesDecoded(t *testing.T) {
 		t.Errorf("TokenTypes (-want +got):\n%s", diff)
 	}
 }
+
+// TestAcceptsTokenType: the offline form of broker/authn's typ check
+// (policy explain --unverified uses it).
+func TestAcceptsTokenType(t *testing.T) {
+	for _, tt := range []struct {
+		types   []string
+		present bool
+		typ     string
+		want    bool
+	}{
+		{nil, false, "", true},
+		{nil, true, "anything", true},
+		{[]string{"JWT"}, true, "JWT", true},
+		{[]string{"JWT"}, true, "jwt", true},
+		{[]string{"JWT"}, true, "application/JWT", true},
+		{[]string{"application/jwt"}, true, "Jwt", true},
+		{[]string{"JWT"}, true, "at+jwt", false},
+		{[]string{"JWT"}, true, "text/jwt", false},
+		{[]string{"JWT"}, false, "", false},
+		{[]string{"JWT"}, true, "", false},
+		{[]string{"JWT", ""}, false, "", true},
+		{[]string{""}, true, "", false},
+		{[]string{""}, true, "application/", false},
+		{[]string{"jwk-set+jwt"}, true, "jw\u212a-set+jwt", false},
+	} {
+		is := &Issuer{TokenTypes: tt.types}
+		if got := is.AcceptsTokenType(tt.present, tt.typ); got != tt.want {
+			t.Errorf("token_types %q: AcceptsTokenType(%v, %q) = %v, want %v", tt.types, tt.present, tt.typ, got, tt.want)
+		}
+	}
+}

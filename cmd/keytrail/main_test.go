@@ -565,6 +565,60 @@ grants:
 	}
 }
 
+// TestPolicyExplainUnverifiedTokenTypes: --unverified skips the signature
+// and time checks, not the issuer's token_types, which need no key: the
+// server refuses a token whose typ is not listed (bad_token_type), and the
+// offline explanation said "grant g: ALLOWED" (exit 0) for it.
+func TestPolicyExplainUnverifiedTokenTypes(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	defer srv.Close()
+	iss.URL = srv.URL
+	pol := writeFile(t, t.TempDir(), "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256], token_types: [JWT]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	claims := jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name   string
+		header map[string]any // on top of alg, kid and typ "JWT"
+		ok     bool
+		want   string // in the output
+	}{
+		{name: "jwt", ok: true, want: "grant g: ALLOWED"},
+		{name: "application-jwt-case", header: map[string]any{"typ": "Application/JWT"}, ok: true, want: "grant g: ALLOWED"},
+		{name: "at+jwt", header: map[string]any{"typ": "at+jwt"}, want: "token_types"},
+		{name: "no-typ", header: map[string]any{"typ": nil}, want: "token_types"},
+		{name: "empty-typ", header: map[string]any{"typ": ""}, want: "token_types"},
+		{name: "typ-not-a-string", header: map[string]any{"typ": 1}, want: "typ header is not a string"},
+	} {
+		tok, err := authntest.SignWith(iss.Key(), tt.header, claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, tt.name, tok)
+		for _, mode := range [][]string{nil, {"--unverified"}} {
+			args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
+			out, _, err := runCLI(t, nil, args...)
+			if (err == nil) != tt.ok || !strings.Contains(out, tt.want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, tt.want, out)
+			}
+			if !tt.ok && strings.Contains(out, "ALLOWED") {
+				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
+			}
+		}
+	}
+}
+
 // TestLoadConfigOneDocument: a config file is one YAML document. What came
 // after a "---" was silently ignored (here: the audit file, the vault
 // timeout), so the broker ran with settings other than the file says.

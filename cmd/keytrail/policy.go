@@ -114,9 +114,9 @@ func newPolicyExplainCmd(e *env) *cobra.Command {
 		Short: "Say which workload a token matches (or why none does) and what the grant would mint",
 		Long: `Explain reads an identity token, verifies it against the policy's issuers
 (fetching their JWKS; --unverified skips the signature and time checks for
-offline use) and prints, for every workload of the token's issuer (with the
-file, path and line that declare it), why it matched or not, and what the
-grant would mint. The policy is --policy, else $KEYTRAIL_POLICY; one of them
+offline use, not the issuer's token_types) and prints, for every workload
+of the token's issuer (with the file, path and line that declare it), why
+it matched or not, and what the grant would mint. The policy is --policy, else $KEYTRAIL_POLICY; one of them
 is required. The policy's warnings (see 'keytrail policy check') go to
 stderr.
 
@@ -152,7 +152,8 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 				mc := jwt.MapClaims{}
 				// JSON numbers as the server's verifier reads them: exact,
 				// not rounded to a float64.
-				if _, _, err := jwt.NewParser(jwt.WithJSONNumber()).ParseUnverified(tok, mc); err != nil {
+				parsed, _, err := jwt.NewParser(jwt.WithJSONNumber()).ParseUnverified(tok, mc)
+				if err != nil {
 					return fmt.Errorf("policy explain: --token: not a JWT: %w", err)
 				}
 				iss, _ := mc["iss"].(string)
@@ -163,6 +164,18 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 				is, ok := pol.IssuerByIss(iss)
 				if !ok {
 					fmt.Fprintf(e.stdout, "token issuer %q is not trusted by any policy issuer: nothing would be granted\n", iss)
+					return exitError{code: 1}
+				}
+				// The issuer's token_types need no key: checked as the
+				// server checks them (bad_token_type; not a string: malformed).
+				typ, hasTyp := parsed.Header["typ"]
+				typStr, isString := typ.(string)
+				switch {
+				case hasTyp && !isString:
+					fmt.Fprintln(e.stdout, "token rejected: typ header is not a string (malformed): nothing would be granted")
+					return exitError{code: 1}
+				case !is.AcceptsTokenType(hasTyp, typStr):
+					fmt.Fprintf(e.stdout, "token rejected: its typ header is not one of issuer %s's token_types (bad_token_type): nothing would be granted\n", is.Name)
 					return exitError{code: 1}
 				}
 				issuerName, claims = is.Name, mc
