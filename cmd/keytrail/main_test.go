@@ -619,6 +619,66 @@ grants:
 	}
 }
 
+// TestPolicyExplainUnverifiedAlgorithms: --unverified checks the issuer's
+// algorithms, which need no key either. broker/authn registers RFC 9864's
+// "Ed25519" with jwt/v5 process-wide, so since then an Ed25519 token parses
+// here too, and one from an issuer that allows only EdDSA (which the server
+// refuses: unsupported_alg) was explained as "grant g: ALLOWED", exit 0; so
+// was any token whose alg the issuer does not list.
+func TestPolicyExplainUnverifiedAlgorithms(t *testing.T) {
+	iss, err := authntest.NewIssuer("Ed25519")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	defer srv.Close()
+	iss.URL = srv.URL
+	pol := writeFile(t, t.TempDir(), "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [EdDSA]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	claims := jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	asEdDSA := *iss.Key()
+	asEdDSA.Alg = "EdDSA"
+	es, err := authntest.NewKey("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	es.KID = iss.Key().KID
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name string
+		key  *authntest.Key
+		ok   bool
+	}{
+		{name: "eddsa", key: &asEdDSA, ok: true},
+		{name: "ed25519-not-listed", key: iss.Key()},
+		{name: "es256-not-listed", key: es},
+	} {
+		tok, err := authntest.SignWith(tt.key, nil, claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, tt.name, tok)
+		for _, mode := range [][]string{nil, {"--unverified"}} {
+			args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
+			out, _, err := runCLI(t, nil, args...)
+			want := "grant g: ALLOWED"
+			if !tt.ok {
+				want = "token rejected"
+			}
+			if (err == nil) != tt.ok || !strings.Contains(out, want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, want, out)
+			}
+		}
+	}
+}
+
 // TestLoadConfigOneDocument: a config file is one YAML document. What came
 // after a "---" was silently ignored (here: the audit file, the vault
 // timeout), so the broker ran with settings other than the file says.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -114,11 +115,11 @@ func newPolicyExplainCmd(e *env) *cobra.Command {
 		Short: "Say which workload a token matches (or why none does) and what the grant would mint",
 		Long: `Explain reads an identity token, verifies it against the policy's issuers
 (fetching their JWKS; --unverified skips the signature and time checks for
-offline use, not the issuer's token_types) and prints, for every workload
-of the token's issuer (with the file, path and line that declare it), why
-it matched or not, and what the grant would mint. The policy is --policy, else $KEYTRAIL_POLICY; one of them
-is required. The policy's warnings (see 'keytrail policy check') go to
-stderr.
+offline use, not the issuer's algorithms and token_types) and prints, for
+every workload of the token's issuer (with the file, path and line that
+declare it), why it matched or not, and what the grant would mint. The
+policy is --policy, else $KEYTRAIL_POLICY; one of them is required. The
+policy's warnings (see 'keytrail policy check') go to stderr.
 
 Exit status: 0 the token would get the grant; 1 it would not (token rejected,
 issuer not trusted, no or several workloads match, grant unknown or not the
@@ -166,11 +167,16 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 					fmt.Fprintf(e.stdout, "token issuer %q is not trusted by any policy issuer: nothing would be granted\n", iss)
 					return exitError{code: 1}
 				}
-				// The issuer's token_types need no key: checked as the
-				// server checks them (bad_token_type; not a string: malformed).
+				// The issuer's algorithms and token_types need no key:
+				// checked as the server checks them (unsupported_alg;
+				// bad_token_type; a typ not a string: malformed).
+				alg, _ := parsed.Header["alg"].(string)
 				typ, hasTyp := parsed.Header["typ"]
 				typStr, isString := typ.(string)
 				switch {
+				case !slices.Contains(is.Algorithms, alg):
+					fmt.Fprintf(e.stdout, "token rejected: its alg %q is not in issuer %s's algorithms (unsupported_alg): nothing would be granted\n", alg, is.Name)
+					return exitError{code: 1}
 				case hasTyp && !isString:
 					fmt.Fprintln(e.stdout, "token rejected: typ header is not a string (malformed): nothing would be granted")
 					return exitError{code: 1}
