@@ -175,8 +175,8 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 // TransitKeys lists them, or as read back from the broker's JWKS). The
 // algorithm comes from the key, never from the checkpoint: an Ed25519 key
 // verifies Ed25519 over msg, a P-256 key verifies ECDSA over SHA-256(msg)
-// with the 64-byte r||s signature. A key's Alg, when set, must agree (EdDSA,
-// ES256). The checkpoint's alg must be audit.AlgVaultTransit. A kid that is
+// with the 64-byte r||s signature. A key's Alg, when set, must agree (EdDSA
+// or RFC 9864's Ed25519, ES256). The checkpoint's alg must be audit.AlgVaultTransit. A kid that is
 // not among keys gives an error wrapping audit.ErrUnknownKey.
 //
 // Keys of other types, keys without a kid, and one kid naming two different
@@ -223,8 +223,10 @@ func checkpointKey(k broker.PublicKey) (any, error) {
 		if len(pub) != ed25519.PublicKeySize {
 			return nil, errors.New("Ed25519 key has the wrong size")
 		}
-		if k.Alg != "" && k.Alg != "EdDSA" {
-			return nil, fmt.Errorf("alg %q does not fit an Ed25519 key (want EdDSA)", k.Alg)
+		// RFC 9864's fully specified "Ed25519" names the same signature
+		// as "EdDSA" on an Ed25519 key (broker/authn agrees).
+		if k.Alg != "" && k.Alg != "EdDSA" && k.Alg != "Ed25519" {
+			return nil, fmt.Errorf("alg %q does not fit an Ed25519 key (want EdDSA or Ed25519)", k.Alg)
 		}
 		return pub, nil
 	case *ecdsa.PublicKey:

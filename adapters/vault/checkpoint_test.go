@@ -302,8 +302,9 @@ func TestCheckpointVerifyFunc(t *testing.T) {
 	keys := []broker.PublicKey{
 		{KID: "ed:1", Alg: "EdDSA", Key: edPub},
 		{KID: "ec:1", Alg: "ES256", Key: ecKey.public(1)},
-		{KID: "bare:1", Key: edPub},             // no alg: the key type decides
-		{KID: "ed:1", Alg: "EdDSA", Key: edPub}, // the same key twice is fine
+		{KID: "bare:1", Key: edPub},               // no alg: the key type decides
+		{KID: "fs:1", Alg: "Ed25519", Key: edPub}, // RFC 9864's name for EdDSA over Ed25519
+		{KID: "ed:1", Alg: "EdDSA", Key: edPub},   // the same key twice is fine
 	}
 	verify, err := CheckpointVerifyFunc(keys)
 	if err != nil {
@@ -325,6 +326,7 @@ func TestCheckpointVerifyFunc(t *testing.T) {
 		{"ok/ed25519", "ed:1", audit.AlgVaultTransit, cpMsg, edSig, outcome{OK: true}},
 		{"ok/es256-raw-r-s", "ec:1", audit.AlgVaultTransit, cpMsg, ecSig, outcome{OK: true}},
 		{"ok/key-without-alg", "bare:1", audit.AlgVaultTransit, cpMsg, edSig, outcome{OK: true}},
+		{"ok/key-alg-ed25519", "fs:1", audit.AlgVaultTransit, cpMsg, edSig, outcome{OK: true}},
 		{"fail/forged-ed25519", "ed:1", audit.AlgVaultTransit, cpMsg, flip(edSig), outcome{}},
 		{"fail/forged-es256", "ec:1", audit.AlgVaultTransit, cpMsg, flip(ecSig), outcome{}},
 		{"fail/other-head", "ed:1", audit.AlgVaultTransit, audit.CheckpointSigningInput("kt-test", 8, "00"), edSig, outcome{}},
@@ -358,6 +360,7 @@ func TestCheckpointVerifyFunc(t *testing.T) {
 		{"fail/rsa-key", []broker.PublicKey{{KID: "r:1", Alg: "RS256", Key: &rsaKey.PublicKey}}},
 		{"fail/p384-key", []broker.PublicKey{{KID: "p:1", Key: &p384.PublicKey}}},
 		{"fail/alg-mismatch", []broker.PublicKey{{KID: "ed:1", Alg: "ES256", Key: edPub}}},
+		{"fail/alg-ed25519-on-p256", []broker.PublicKey{{KID: "ec:1", Alg: "Ed25519", Key: ecKey.public(1)}}},
 		{"fail/short-ed25519", []broker.PublicKey{{KID: "ed:1", Key: edPub[:31]}}},
 		{"fail/kid-names-two-keys", []broker.PublicKey{{KID: "ed:1", Key: edPub}, {KID: "ed:1", Key: otherPub}}},
 	} {

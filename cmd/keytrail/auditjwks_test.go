@@ -130,6 +130,8 @@ func parseJWKSCases(t testing.TB) []struct {
 	edWithD, _ := json.Marshal(withD)
 	enc := json.RawMessage(fmt.Sprintf(`{"kty":"OKP","crv":"Ed25519","use":"enc","kid":"e:1","x":%q}`, base64.RawURLEncoding.EncodeToString(edPub)))
 	noKID := json.RawMessage(fmt.Sprintf(`{"kty":"OKP","crv":"Ed25519","x":%q}`, base64.RawURLEncoding.EncodeToString(edPub)))
+	// RFC 9864's fully specified alg name for EdDSA over Ed25519.
+	fullySpecified := json.RawMessage(fmt.Sprintf(`{"kty":"OKP","crv":"Ed25519","alg":"Ed25519","kid":"fs:1","x":%q}`, base64.RawURLEncoding.EncodeToString(edPub)))
 	return []struct {
 		name    string
 		in      []byte
@@ -137,6 +139,7 @@ func parseJWKSCases(t testing.TB) []struct {
 		wantErr string
 	}{
 		{name: "ok/ed25519-and-p256", in: jwksJSON(t, ed, es), want: []string{"keytrail-ed25519:1 EdDSA ed25519.PublicKey", "keytrail-signing:1 ES256 *ecdsa.PublicKey"}},
+		{name: "ok/alg-ed25519", in: jwksJSON(t, fullySpecified), want: []string{"fs:1 Ed25519 ed25519.PublicKey"}},
 		{name: "ok/private-member-ignored", in: jwksJSON(t, json.RawMessage(edWithD)), want: []string{"keytrail-ed25519:1 EdDSA ed25519.PublicKey"}},
 		{name: "ok/skips-rsa-p384-enc-and-no-kid", in: jwksJSON(t,
 			jwkJSON(t, "rsa:1", "RS256", &rsaKey.PublicKey), jwkJSON(t, "p384:1", "ES384", &p384.PublicKey), enc, noKID, ed),
