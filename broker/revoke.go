@@ -294,7 +294,8 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// them (see unconfirmedMarks), and a write applied but not confirmed
 	// (store_unreplicated) must leave them pending in the record, as the
 	// answer says, for the worker to finish.
-	revoked, failed, found := unconfirmedMarks(marked, rev.ID, revoked, failed)
+	// (rev.ID is new: no mark of it was stored before markAll.)
+	revoked, failed, found := unconfirmedMarks(marked, rev.ID, nil, revoked, failed)
 	if cur, err := s.storeProgress(dctx, rev.ID, revoked, failed); err != nil {
 		// The stored record lists as pending what this write did not
 		// settle (all of it, if the write was not applied); the worker
@@ -612,22 +613,25 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 }
 
 // unconfirmedMarks moves out of revoked, into failed, each issuance of
-// marked whose mark revID did not write, and returns those ids as found:
-// one another revocation (or the exchange's withdrawal) wrote, found
-// stored by mark, which waits for no replica then (Store.MarkRevoked).
-// Such a mark may be one its writer could not confirm on the store's
-// replicas (store.min_replicas), and only a later write of this
-// revocation that the replicas confirm (its progress write: a replica
-// confirming a write has every earlier one) confirms it too. Revoke
-// stores its progress with those issuances still pending, and settles
-// them as revoked only once that write is acknowledged; otherwise its
-// answer and the stored record list them pending, not revoked on a mark
-// that a failover may lose, and the worker finishes them. Marks revID
-// wrote were confirmed by their own write.
-func unconfirmedMarks(marked []*Issuance, revID string, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
+// marked whose mark this call did not write, and returns those ids as
+// found: one another revocation (or the exchange's withdrawal) wrote, or
+// revID's own that was stored already (already: the ids read marked
+// before markAll; a mark whose writer got an error, store_unreplicated,
+// is stored all the same), found stored by mark, which waits for no
+// replica then (Store.MarkRevoked). Such a mark may be one its writer
+// could not confirm on the store's replicas (store.min_replicas), and
+// only a later write of this revocation that the replicas confirm (its
+// progress write: a replica confirming a write has every earlier one)
+// confirms it too. Revoke and the worker store their progress with those
+// issuances still pending, and settle them as revoked only once that
+// write is acknowledged; otherwise the answer, the revoke_result and the
+// stored record list them pending, not revoked on a mark that a failover
+// may lose, and the worker (again) finishes them. Marks this call wrote
+// were confirmed by their own write.
+func unconfirmedMarks(marked []*Issuance, revID string, already map[string]bool, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
 	isFound := map[string]bool{}
 	for _, is := range marked {
-		if is.RevocationID != revID {
+		if is.RevocationID != revID || already[is.ID] {
 			isFound[is.ID] = true
 		}
 	}
@@ -1209,7 +1213,8 @@ type WorkerOptions struct {
 // runs the sweeps that are due, with exponential backoff per revocation.
 // When nothing is pending any more and the sweep has run it stores
 // CompletedAt; it writes a `revoke_result` event when it finished pending
-// issuances or the sweep found some. Any number of instances may run one: revokers are
+// issuances or the sweep found some, even when its progress write failed
+// (it may be applied all the same; see retryOne). Any number of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
 type RevocationWorker struct {
@@ -1395,14 +1400,57 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		}
 		toRevoke = append(toRevoke, is)
 	}
+	already := map[string]bool{} // marks stored before this pass (see unconfirmedMarks)
+	for _, is := range toRevoke {
+		if !is.RevokedAt.IsZero() {
+			already[is.ID] = true
+		}
+	}
 	marked, mfailed := s.markAll(ctx, toRevoke, r.ID, s.d.Now())
 	revoked, bfailed := s.revokeBackends(ctx, marked)
 	failed = append(append(failed, mfailed...), bfailed...)
-	cur, err := s.storeProgress(ctx, r.ID, append(gone, revoked...), failed)
+	// As in Revoke: marks found stored stay pending in the first progress
+	// write, and only once it is acknowledged, which confirms them too,
+	// does a second write settle them as revoked. A write that fails may
+	// be applied all the same (store_unreplicated: on the primary, not
+	// confirmed by the replicas) and complete the record, after which no
+	// pass lists it again: the revoke_result below is then written all
+	// the same, from what this pass knows, or the revocation's last one
+	// would say pending for good. It lists as revoked only marks an
+	// acknowledged write covers: the found ones stay pending unless the
+	// first write was acknowledged, and the record keeps them pending
+	// for the next pass.
+	revoked, failed, found := unconfirmedMarks(marked, r.ID, already, revoked, failed)
+	done := append(gone, revoked...)
+	cur, err := s.storeProgress(ctx, r.ID, done, failed)
+	if err == nil && len(found) > 0 {
+		*r = *cur
+		done, failed = found, nil
+		cur, err = s.storeProgress(ctx, r.ID, found, nil)
+	}
 	if err != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
+			slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
+		settle(r, done, failed, s.d.Now())
+		w.auditPass(ctx, r, hadPending, swept)
 		return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 	}
 	*r = *cur
+	w.auditPass(ctx, r, hadPending, swept)
+	if r.CompletedAt.IsZero() {
+		return false, nil // pending issuances, or the sweep not due yet
+	}
+	if hadPending || len(swept) > 0 {
+		s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
+	}
+	return true, nil
+}
+
+// auditPass writes the revoke_result of one worker pass over r, as r now
+// stands: by sweep when the sweep found issuances (swept), by worker when
+// the pass finished every issuance that was pending; none otherwise.
+func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPending bool, swept []string) {
+	s := w.s
 	status := 200
 	if len(r.Pending) > 0 {
 		status = 202
@@ -1414,13 +1462,6 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	case hadPending && len(r.Pending) == 0:
 		s.auditResult(ctx, r, "", status, "", "worker", nil)
 	}
-	if r.CompletedAt.IsZero() {
-		return false, nil // pending issuances, or the sweep not due yet
-	}
-	if hadPending || len(swept) > 0 {
-		s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
-	}
-	return true, nil
 }
 
 // addPending adds to r, as pending, the ids of found it does not list yet
