@@ -233,7 +233,12 @@ func build(files []namedData) (*Policy, error) {
 // its field, and every unknown field, is a problem named by field path and
 // line (yamlcheck): the decoder would name a Go type ("field period not
 // found in type policies.VaultTokenGrant"), give only a line, stop at the
-// first bad value and truncate "num_uses: 1.5" to 1 without a word.
+// first bad value and truncate "num_uses: 1.5" to 1 without a word. An
+// entry of a list written without a value ("grants: [a, ~]", a "- " line
+// with nothing after it) is a problem here too (yamlcheck.NullEntries):
+// the decoder would leave it out, so a forgotten value would go unnoticed
+// and every problem about a later entry of the list would name the wrong
+// index and line.
 func decode(name string, data []byte) (parsedFile, []error) {
 	pf := parsedFile{name: name, data: data}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -244,7 +249,7 @@ func decode(name string, data []byte) (parsedFile, []error) {
 		}
 		return pf, yamlProblems(name, ParseErrorLine(data, err))
 	}
-	if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file)); len(ps) > 0 {
+	if ps := yamlcheck.Check(&root, reflect.TypeOf(pf.file), yamlcheck.NullEntries); len(ps) > 0 {
 		errs := make([]error, len(ps))
 		for i, p := range ps {
 			errs[i] = &Problem{File: name, Path: p.Path, Message: fmt.Sprintf("%s (line %d)", p.Message, p.Line)}

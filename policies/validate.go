@@ -410,49 +410,22 @@ var tokenTypeRE = regexp.MustCompile(`^(?:[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}
 // list written without a value or empty would refuse every token (or, read
 // as absent, accept any), so both are problems; an entry is "" (no typ
 // header) or a media type, each listed once (compared as TokenTypeKey
-// does). An entry written without a value ("- ", "~") is a problem, not
-// "": the decoder leaves it out of the list, so entries are named by their
-// place in the file, not in the decoded list.
+// does). An entry written without a value ("- ", "~") is refused before
+// validation, as in every list (yamlcheck.NullEntries), so the decoded
+// entries are those of the file, in place.
 func validateTokenTypes(v *validator, l loc, is *Issuer, doc *yaml.Node) {
 	fp := l.path + ".token_types"
-	_, n := lookup(doc, fp)
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	isNull := func(n *yaml.Node) bool {
-		for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-			n = n.Alias
-		}
-		return n != nil && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
-	}
 	switch {
-	case isNull(n):
+	case writtenNull(doc, fp):
 		v.add(l.file, fp, `no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`)
 		return
-	case is.TokenTypes != nil && len(is.TokenTypes) == 0 && (n == nil || len(n.Content) == 0):
+	case is.TokenTypes != nil && len(is.TokenTypes) == 0:
 		v.add(l.file, fp, `empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`)
 		return
 	}
-	// at[i] is the place in the file of decoded entry i.
-	at := make([]int, 0, len(is.TokenTypes))
-	if n != nil && n.Kind == yaml.SequenceNode {
-		for j, e := range n.Content {
-			if isNull(e) {
-				v.add(l.file, fmt.Sprintf("%s[%d]", fp, j), `no value: write "" to accept tokens without a typ header, or remove the entry`)
-				continue
-			}
-			at = append(at, j)
-		}
-	}
-	if len(at) != len(is.TokenTypes) { // no document: the decoded places
-		at = at[:0]
-		for i := range is.TokenTypes {
-			at = append(at, i)
-		}
-	}
 	seen := map[string]int{}
 	for i, t := range is.TokenTypes {
-		ep := fmt.Sprintf("%s[%d]", fp, at[i])
+		ep := fmt.Sprintf("%s[%d]", fp, i)
 		key := TokenTypeKey(t)
 		switch {
 		case t == NoTokenType:
@@ -471,7 +444,7 @@ func validateTokenTypes(v *validator, l loc, is *Issuer, doc *yaml.Node) {
 			v.add(l.file, ep, "%q is the same typ as token_types[%d] (compared without case, application/ implied)", t, j)
 			continue
 		}
-		seen[key] = at[i]
+		seen[key] = i
 	}
 }
 

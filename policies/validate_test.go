@@ -183,17 +183,72 @@ func TestParseValidation(t *testing.T) {
 			[]string{`t.yaml: issuers[0].token_types: empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}},
 		{"fail/issuer-token-types-no-value", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: }]`},
 			[]string{`t.yaml: issuers[0].token_types: no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}},
-		{"fail/issuer-token-types-entries", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [JWT, ~, " at+jwt", "application/jwt; charset=utf-8", "a b", "application/", "/jwt", application/JWT, jwt, at+jwt, "", ""]}]`},
+		{"fail/issuer-token-types-entries", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [JWT, " at+jwt", "application/jwt; charset=utf-8", "a b", "application/", "/jwt", application/JWT, jwt, at+jwt, "", ""]}]`},
 			[]string{
-				`t.yaml: issuers[0].token_types[1]: no value: write "" to accept tokens without a typ header, or remove the entry`,
-				`t.yaml: issuers[0].token_types[2]: " at+jwt" starts or ends with a space: typ values are compared without spaces, so it would match none`,
-				`t.yaml: issuers[0].token_types[3]: "application/jwt; charset=utf-8" has media type parameters: write the type alone (e.g. at+jwt)`,
-				`t.yaml: issuers[0].token_types[4]: "a b" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
-				`t.yaml: issuers[0].token_types[5]: "application/" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
-				`t.yaml: issuers[0].token_types[6]: "/jwt" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
-				`t.yaml: issuers[0].token_types[7]: "application/JWT" is the same typ as token_types[0] (compared without case, application/ implied)`,
-				`t.yaml: issuers[0].token_types[8]: "jwt" is the same typ as token_types[0] (compared without case, application/ implied)`,
-				`t.yaml: issuers[0].token_types[11]: "" is the same typ as token_types[10] (compared without case, application/ implied)`,
+				`t.yaml: issuers[0].token_types[1]: " at+jwt" starts or ends with a space: typ values are compared without spaces, so it would match none`,
+				`t.yaml: issuers[0].token_types[2]: "application/jwt; charset=utf-8" has media type parameters: write the type alone (e.g. at+jwt)`,
+				`t.yaml: issuers[0].token_types[3]: "a b" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
+				`t.yaml: issuers[0].token_types[4]: "application/" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
+				`t.yaml: issuers[0].token_types[5]: "/jwt" is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`,
+				`t.yaml: issuers[0].token_types[6]: "application/JWT" is the same typ as token_types[0] (compared without case, application/ implied)`,
+				`t.yaml: issuers[0].token_types[7]: "jwt" is the same typ as token_types[0] (compared without case, application/ implied)`,
+				`t.yaml: issuers[0].token_types[10]: "" is the same typ as token_types[9] (compared without case, application/ implied)`,
+			}},
+		// An entry written without a value ("~", "- " with nothing after
+		// it) in any list is refused with its place in the file: the
+		// decoder would leave it out, so the value would be missing
+		// silently and later entries would be named one place too early.
+		{"fail/issuer-token-types-null-entry", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [JWT, ~, "a b"]}]`},
+			[]string{`t.yaml: issuers[0].token_types[1]: ` + nullStringEntry + ` (line 2)`}},
+		{"fail/null-entry-audiences", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [~], algorithms: [RS256]}]`},
+			[]string{`t.yaml: issuers[0].audiences[0]: ` + nullStringEntry + ` (line 2)`}},
+		{"fail/null-entry-audiences-kept-valid", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k, null], algorithms: [RS256]}]`},
+			[]string{`t.yaml: issuers[0].audiences[1]: ` + nullStringEntry + ` (line 2)`}},
+		{"fail/null-entry-algorithms", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [~, HS256]}]`},
+			[]string{`t.yaml: issuers[0].algorithms[0]: ` + nullStringEntry + ` (line 2)`}},
+		{"fail/null-entry-workload-grants", map[string]string{"workloads": `[{name: w, owner: team, match: {issuer: i, subject: s}, grants: [~, nope]}]`},
+			[]string{`t.yaml: workloads[0].grants[0]: ` + nullStringEntry + ` (line 3)`}},
+		{"fail/null-entry-admin-roles", map[string]string{"admins": `[{name: a, match: {issuer: i, subject: admin}, roles: [revoke, ~]}]`},
+			[]string{`t.yaml: admins[0].roles[1]: ` + nullStringEntry + ` (line 5)`}},
+		{"fail/null-entry-vault-policies", map[string]string{"grants": `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p, ~, root]}}]`},
+			[]string{`t.yaml: grants[0].vault_token.policies[1]: ` + nullStringEntry + ` (line 4)`}},
+		{"fail/null-entry-proxy-methods-paths", map[string]string{"grants": proxyGrant(okProxy + `, methods: [~, GET]`)},
+			[]string{`t.yaml: grants[0].proxy.methods[0]: ` + nullStringEntry + ` (line 4)`}},
+		{"fail/null-entry-proxy-paths", map[string]string{"grants": proxyGrant(`upstream: "https://api.example.com", secret: {vault_kv: secret/data/x, field: key}, inject: {header: Authorization}, paths: ["/v1/x", ~]`)},
+			[]string{`t.yaml: grants[0].proxy.paths[1]: ` + nullStringEntry + ` (line 4)`}},
+		{"fail/null-entry-sections", map[string]string{
+			"issuers":    `[~, {name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256]}]`,
+			"workloads":  `[{name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}, null]`,
+			"grants":     `[~, {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}]`,
+			"admins":     `[~]`,
+			"exceptions": `[~, {name: e, owner: team, reason: r, expires: 2030-01-01}]`,
+		}, []string{
+			`t.yaml: issuers[0]: ` + nullEntry + ` (line 2)`,
+			`t.yaml: workloads[1]: ` + nullEntry + ` (line 3)`,
+			`t.yaml: grants[0]: ` + nullEntry + ` (line 4)`,
+			`t.yaml: admins[0]: ` + nullEntry + ` (line 5)`,
+			`t.yaml: exceptions[0]: ` + nullEntry + ` (line 6)`,
+		}},
+		// An alias to a value-less node is no value either.
+		{"fail/null-entry-alias", map[string]string{"workloads": `[{name: w, owner: team, match: {issuer: i, subject: s, claims: {x: &n null}}, grants: [g, *n]}]`},
+			[]string{`t.yaml: workloads[0].grants[1]: ` + nullStringEntry + ` (line 3)`}},
+		{"ok/empty-string-entry-is-a-value", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [""]}]`}, nil},
+		{"fail/empty-string-entries", map[string]string{
+			"issuers":   `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail, ""], algorithms: [RS256, ""]}]`,
+			"workloads": `[{name: w, owner: team, match: {issuer: i, subject: s}, grants: [g, ""]}]`,
+			"grants":    `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p, ""]}}]`,
+			"admins":    `[{name: a, match: {issuer: i, subject: admin}, roles: [revoke, ""]}]`,
+		}, []string{
+			`t.yaml: issuers[0].audiences[1]: must not be empty`,
+			`t.yaml: issuers[0].algorithms[1]: unsupported algorithm "" (want one of ` + strings.Join(algorithms, ", ") + `)`,
+			`t.yaml: grants[0].vault_token.policies[1]: must not be empty`,
+			`t.yaml: workloads[0].grants[1]: must not be empty`,
+			`t.yaml: admins[0].roles[1]: unknown role "" (want one of ` + strings.Join(roles, ", ") + `)`,
+		}},
+		{"fail/empty-string-proxy-entries", map[string]string{"grants": proxyGrant(`upstream: "https://api.example.com", secret: {vault_kv: secret/data/x, field: key}, inject: {header: Authorization}, methods: [GET, ""], paths: ["/v1/x", ""]`)},
+			[]string{
+				`t.yaml: grants[0].proxy.methods[1]: "" is not an uppercase HTTP method (want one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)`,
+				`t.yaml: grants[0].proxy.paths[1]: "" must start with "/"`,
 			}},
 		{"fail/issuer-session-claims-empty-part", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], session_claim: "run_id+"}]`},
 			[]string{`t.yaml: issuers[0].session_claim: "run_id+" is not a dotted claim path (or several joined by +)`}},
@@ -520,6 +575,14 @@ func TestParseValidation(t *testing.T) {
 		})
 	}
 }
+
+// nullStringEntry and nullEntry are the messages of a list entry written
+// without a value (yamlcheck.NullEntries), in a list of strings and of
+// mappings.
+const (
+	nullStringEntry = `no value: it would be left out of the list (not read as ""), moving later entries up; write its value (quoted "" for an empty one), or remove the entry`
+	nullEntry       = `no value: it would be left out of the list, moving later entries up; write the entry, or remove it`
+)
 
 func multiErrors(err error) []error {
 	if u, ok := err.(interface{ Unwrap() []error }); ok {
@@ -1185,7 +1248,6 @@ issuers:
     algorithms: [RS256]
     token_types:
       - JWT
-      -
       - "at+jwt "
       - application/jwt
   - name: j
@@ -1204,10 +1266,57 @@ grants:
 `
 	_, err := Parse("t.yaml", []byte(policy))
 	want := []string{
-		`t.yaml: issuers[0].token_types[1]: no value: write "" to accept tokens without a typ header, or remove the entry (line 10)`,
-		`t.yaml: issuers[0].token_types[2]: "at+jwt " starts or ends with a space: typ values are compared without spaces, so it would match none (line 11)`,
-		`t.yaml: issuers[0].token_types[3]: "application/jwt" is the same typ as token_types[0] (compared without case, application/ implied) (line 12)`,
-		`t.yaml: issuers[1].token_types: no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any (line 18)`,
+		`t.yaml: issuers[0].token_types[1]: "at+jwt " starts or ends with a space: typ values are compared without spaces, so it would match none (line 10)`,
+		`t.yaml: issuers[0].token_types[2]: "application/jwt" is the same typ as token_types[0] (compared without case, application/ implied) (line 11)`,
+		`t.yaml: issuers[1].token_types: no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any (line 17)`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
+// TestNullListEntriesNameTheLine: an entry written without a value ("- "
+// with nothing after it, "~") in a block list is named by its place in the
+// file and its line, in every list of the format, and the problems of the
+// file are those alone (the decoded lists would be shorter than written,
+// so problems about later entries would name the wrong ones).
+func TestNullListEntriesNameTheLine(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences:
+      - k
+      -
+    algorithms:
+      - ~
+      - HS256
+  -
+workloads:
+  - name: w
+    owner: o
+    match: {issuer: i, subject: s}
+    grants:
+      -
+      - nope
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 5m
+    vault_token:
+      policies:
+        - p
+        -
+        - root
+`
+	_, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		`t.yaml: issuers[0].audiences[1]: ` + nullStringEntry + ` (line 8)`,
+		`t.yaml: issuers[0].algorithms[0]: ` + nullStringEntry + ` (line 10)`,
+		`t.yaml: issuers[1]: ` + nullEntry + ` (line 12)`,
+		`t.yaml: workloads[0].grants[0]: ` + nullStringEntry + ` (line 18)`,
+		`t.yaml: grants[0].vault_token.policies[1]: ` + nullStringEntry + ` (line 27)`,
 	}
 	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
 		t.Errorf("Parse() problems (-want +got):\n%s", diff)

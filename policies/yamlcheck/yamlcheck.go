@@ -8,7 +8,9 @@
 // Check accepts what go.yaml.in/yaml/v3 accepts, value by value (each scalar
 // is decoded by the library into a fresh value of its field's type), and in
 // addition refuses fractions for integers and the !!merge tag on a key other
-// than "<<" (which the decoder ignores). It follows aliases and merge keys
+// than "<<" (which the decoder ignores); with NullEntries, an entry of a
+// list written without a value, which the decoder leaves out of the list.
+// It follows aliases and merge keys
 // as the decoder does: Entries, which the policy loader uses too, is the
 // one walk of a mapping's entries, merged ones included.
 package yamlcheck
@@ -45,15 +47,35 @@ func (p Problem) Error() string {
 // holds.
 const maxVisits = 1 << 20
 
+// Option asks Check for more than the values the decoder refuses.
+type Option int
+
+const (
+	// NullEntries reports each entry of a list written without a value
+	// ("- " with nothing after it, "~", "null", "[a, ~]", an alias to
+	// one) that the decoder silently leaves out of the list: one of
+	// strings, numbers, booleans or mappings decoded into a struct (it
+	// keeps a nil one in a list of pointers, lists, maps or anything).
+	// Decoded, such a list is shorter than written: a value the author
+	// forgot is missing without a word, and every later entry has an index
+	// one less than in the file, so a message naming "grants[2]" would
+	// point at the wrong entry.
+	NullEntries Option = 1 << iota
+)
+
 // Check walks n (a document or any node) against t, the type it decodes
 // into, and returns every problem in document order. Unknown keys in a
-// mapping decoded into a struct and keys written twice are problems too.
-func Check(n *yaml.Node, t reflect.Type) []Problem {
-	return check(n, t, maxVisits)
+// mapping decoded into a struct and keys written twice are problems too;
+// opts add the problems they name.
+func Check(n *yaml.Node, t reflect.Type, opts ...Option) []Problem {
+	return check(n, t, maxVisits, opts...)
 }
 
-func check(n *yaml.Node, t reflect.Type, budget int) []Problem {
+func check(n *yaml.Node, t reflect.Type, budget int, opts ...Option) []Problem {
 	c := checker{budget: budget, max: budget}
+	for _, o := range opts {
+		c.opts |= o
+	}
 	c.walk("", n, t)
 	return c.out
 }
@@ -67,6 +89,7 @@ var (
 type checker struct {
 	out         []Problem
 	budget, max int
+	opts        Option
 }
 
 func (c *checker) add(path string, n *yaml.Node, format string, args ...any) {
@@ -124,7 +147,16 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			return
 		}
 		for i, e := range n.Content {
-			c.walk(fmt.Sprintf("%s[%d]", path, i), e, t.Elem())
+			ep := fmt.Sprintf("%s[%d]", path, i)
+			if c.opts&NullEntries != 0 && isNull(e) && droppedWhenNull(t.Elem()) {
+				if t.Elem().Kind() == reflect.String {
+					c.add(ep, e, `no value: it would be left out of the list (not read as ""), moving later entries up; write its value (quoted "" for an empty one), or remove the entry`)
+				} else {
+					c.add(ep, e, "no value: it would be left out of the list, moving later entries up; write the entry, or remove it")
+				}
+				continue
+			}
+			c.walk(ep, e, t.Elem())
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
@@ -168,6 +200,17 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 	default:
 		c.scalar(path, n, t)
 	}
+}
+
+// droppedWhenNull reports whether the decoder leaves a null entry of a
+// list of t out of the list: it keeps one (as nil) only for the kinds
+// that have a nil value.
+func droppedWhenNull(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Interface, reflect.Pointer, reflect.Map, reflect.Slice:
+		return false
+	}
+	return true
 }
 
 // mergeTagMessage is the problem of a key other than "<<" tagged !!merge:

@@ -30,6 +30,9 @@ type doc struct {
 	Counts   map[string]int `yaml:"counts"`
 	Sub      *sub           `yaml:"sub"`
 	Subs     []sub          `yaml:"subs"`
+	Names    []string       `yaml:"names"`
+	Ptrs     []*sub         `yaml:"ptrs"`
+	Lists    [][]string     `yaml:"lists"`
 	Any      any            `yaml:"any"`
 	When     time.Time      `yaml:"when"`
 	Untagged string
@@ -135,6 +138,60 @@ func TestCheck(t *testing.T) {
 				t.Errorf("Check(%q) = %v, want %v (-want +got):\n%s", tt.yaml, got, tt.want, diff)
 			}
 		})
+	}
+}
+
+// TestCheckNullEntries: with NullEntries, an entry of a list written
+// without a value is a problem naming its place in the file and its line
+// wherever the decoder leaves it out (so the decoded list is shorter than
+// the written one), and only there; without the option it is not one.
+func TestCheckNullEntries(t *testing.T) {
+	const src = `sub: {n: &s ~}
+names:
+  - a
+  -
+  - ~
+  - null
+  - ""
+  - *s
+list: [1, ~, 3]
+subs: [{n: 1}, ~]
+n: 1
+ptrs: [~, {n: 1}]
+lists: [[a, ~], ~]
+any: [~]
+counts: {a: ~}
+`
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+		t.Fatal(err)
+	}
+	const str = `no value: it would be left out of the list (not read as ""), moving later entries up; write its value (quoted "" for an empty one), or remove the entry`
+	const other = "no value: it would be left out of the list, moving later entries up; write the entry, or remove it"
+	want := []Problem{
+		{"names[1]", 4, str},
+		{"names[2]", 5, str},
+		{"names[3]", 6, str},
+		{"names[5]", 8, str},
+		{"list[1]", 9, other},
+		{"subs[1]", 10, other},
+		{"lists[0][1]", 13, str},
+	}
+	if diff := cmp.Diff(want, Check(&n, reflect.TypeOf(doc{}), NullEntries)); diff != "" {
+		t.Errorf("Check(NullEntries) (-want +got):\n%s", diff)
+	}
+	if got := Check(&n, reflect.TypeOf(doc{})); got != nil {
+		t.Errorf("Check() = %v, want nothing: null entries are problems only with NullEntries", got)
+	}
+	// What the option reports is what the decoder drops: the decoded lists
+	// are shorter by as many entries, the others as long as written.
+	var d doc
+	if err := n.Decode(&d); err != nil {
+		t.Fatal(err)
+	}
+	lens := []int{len(d.Names), len(d.List), len(d.Subs), len(d.Ptrs), len(d.Lists), len(d.Lists[0]), len(d.Any.([]any))}
+	if diff := cmp.Diff([]int{2, 2, 1, 2, 2, 1, 1}, lens); diff != "" {
+		t.Errorf("decoded lengths (names, list, subs, ptrs, lists, lists[0], any) (-want +got):\n%s", diff)
 	}
 }
 
