@@ -245,7 +245,9 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	// Compose files): a place for anchors (x-defaults: &d) that other
 	// settings merge or alias.
 	var c Config
-	ps := append(yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c)), duplicateExtensions(&doc)...)
+	// A list entry written without a value (store.addrs: [a, ~]) is
+	// named too: the decoder would drop it silently (as in policies).
+	ps := append(yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c), yamlcheck.NullEntries), duplicateExtensions(&doc)...)
 	slices.SortStableFunc(ps, func(a, b yamlcheck.Problem) int { return a.Line - b.Line })
 	if len(ps) > 0 {
 		errs := make([]error, len(ps))

@@ -175,6 +175,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "fail/bad-duration", yaml: "shutdown_timeout: soon\n", wantErr: []string{"not a duration"}},
 		{name: "fail/store-addrs-and-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', addrs: [a:1], ca_file: /nope}\n",
 			wantErr: []string{"store.addrs: cannot be combined", "store.ca_file"}},
+		// A null entry would be dropped by the decoder (one address fewer,
+		// silently): named by its place and line instead.
+		{name: "fail/store-addrs-null-entry", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {addrs: ['s1:26379', ~, 's3:26379'], master_name: m}\n",
+			wantErr: []string{"store.addrs[1]: no value", "(line 5)"}},
 		{name: "ok/store-min-replicas", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', min_replicas: 1}\n"},
 		{name: "fail/store-min-replicas-negative", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', min_replicas: -1}\n",
 			wantErr: []string{"store.min_replicas: must be 0 or more"}},
