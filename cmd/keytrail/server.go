@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -346,7 +347,13 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	if err := login.Start(ctx); err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("vault login: %w; is Vault running at %s (vault.address, or VAULT_ADDR)?", err, cfg.Vault.Address)
+			// The address's password (basic auth for a front proxy) masked,
+			// as the Vault adapter masks it in its own errors.
+			where := "its address"
+			if u, perr := url.Parse(cfg.Vault.Address); perr == nil {
+				where = u.Redacted()
+			}
+			return fmt.Errorf("vault login: %w; is Vault running at %s (vault.address, or VAULT_ADDR)?", err, where)
 		}
 		return fmt.Errorf("vault login: %w", err)
 	}

@@ -52,3 +52,42 @@ func TestServerVaultNotRunning(t *testing.T) {
 		t.Errorf("the Vault token is quoted: %q (stderr %q)", err, errb.String())
 	}
 }
+
+// TestServerVaultNotRunningHidesPassword: a vault.address with user info
+// (basic auth for a front proxy, which the Vault adapter masks in its own
+// errors) was quoted whole in the "is Vault running at ...?" hint, password
+// included. The hint names the address with the password masked.
+func TestServerVaultNotRunningHidesPassword(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostPort := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	ln2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln2.Addr().String()
+	ln2.Close()
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
+		"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: \"http://proxyuser:PROXY-PW-MARKER-7@"+hostPort+"\"}\n")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errb strings.Builder
+	err = run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+		return map[string]string{"VAULT_TOKEN": "hvs.x", "KEYTRAIL_RECONCILE": "off"}[k]
+	}, &out, &errb)
+	if err == nil {
+		t.Fatal("server started with no Vault at its address")
+	}
+	if strings.Contains(err.Error()+out.String()+errb.String(), "PROXY-PW-MARKER") {
+		t.Errorf("the Vault address's password is quoted: %q (stderr %q)", err, errb.String())
+	}
+	want := "is Vault running at http://proxyuser:xxxxx@" + hostPort + " (vault.address, or VAULT_ADDR)?"
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("server = %q, want it to ask %q", err, want)
+	}
+}
