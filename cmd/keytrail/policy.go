@@ -128,8 +128,13 @@ workload's), or the policy or token cannot be read; 2 usage.`,
   KEYTRAIL_POLICY=/etc/keytrail/policies keytrail policy explain --unverified --token ci.jwt --grant deploy-vault`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if tokenFile == "" || grant == "" {
+			switch {
+			case tokenFile == "" && grant == "":
 				return exitError{code: exitUsage, msg: "policy explain: --token and --grant are required"}
+			case tokenFile == "":
+				return exitError{code: exitUsage, msg: "policy explain: --token is required"}
+			case grant == "":
+				return exitError{code: exitUsage, msg: "policy explain: --grant is required"}
 			}
 			if policyPath == "" {
 				policyPath = e.getenv("KEYTRAIL_POLICY")
