@@ -82,7 +82,7 @@ again, and verify says so (exit status 1) instead of passing a file that is
 short of them.`,
 		Example: `  keytrail audit verify --key .dev/checkpoint.pub .dev/audit.jsonl
   keytrail audit verify --jwks saved-jwks.json --expect-seq 48213 /var/lib/keytrail/audit.jsonl
-  keytrail audit verify --json --require-checkpoint /var/lib/keytrail/`,
+  keytrail audit verify --key checkpoint.pub --json --require-checkpoint /var/lib/keytrail/`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			paths, files, err := openAuditFiles(e, args, exact)
