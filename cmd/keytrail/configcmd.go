@@ -32,7 +32,9 @@ func newConfigCheckCmd(e *env) *cobra.Command {
 		Long: `Validate a server configuration file and the policy it names the way
 'keytrail server --config FILE' does before it starts: the same strict
 decoder, the same environment overrides (KEYTRAIL_LISTEN, VAULT_ADDR, VAULT_NAMESPACE,
-KEYTRAIL_REDIS_URL), the same validation, and the policy loaded as the
+KEYTRAIL_REDIS_URL), the same validation (KEYTRAIL_RECONCILE,
+KEYTRAIL_RECONCILE_INTERVAL and KEYTRAIL_RECONCILE_GRACE included: a value
+the server refuses is a problem), and the policy loaded as the
 server loads it (its files, ca_file included, read). Every problem is
 printed on stderr, one per line, named by file, field and line, e.g.
 "keytrail.yaml: log.level: must be debug, info, warn or error (line 12)"
@@ -86,6 +88,9 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 			problems, warnings := checkConfigFiles(cfgPath, cfg, doc, time.Now())
 			p, w := checkVaultToken(cfgPath, cfg, doc, e.getenv("VAULT_TOKEN") != "")
 			problems, warnings = append(problems, p...), append(warnings, w...)
+			if err := checkReconcileEnv(e.getenv); err != nil {
+				problems = append(problems, err) // the server refuses to start with it
+			}
 			for _, w := range warnings {
 				fmt.Fprintln(e.stderr, "warning: "+w)
 			}

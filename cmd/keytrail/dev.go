@@ -122,6 +122,10 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	if _, err := os.Stat(o.policy); err != nil {
 		return fmt.Errorf("dev: --policy %s: %w", o.policy, pathErrText(err))
 	}
+	// The broker would refuse them only once Vault is up.
+	if err := checkReconcileEnv(e.getenv); err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
 		return fmt.Errorf("dev: --dir %s: %w", o.dir, pathErrText(err))
 	}

@@ -86,6 +86,20 @@ func reconcileTuning(getenv func(string) string, floor time.Duration) (interval,
 	return interval, grace, warn, nil
 }
 
+// checkReconcileEnv is reconcileTuning's refusal of KEYTRAIL_RECONCILE,
+// KEYTRAIL_RECONCILE_INTERVAL and KEYTRAIL_RECONCILE_GRACE, without the
+// grace floor (which needs the wired broker and only warns): the server and
+// dev call it before anything starts, rather than after the Vault login,
+// and config check reports it as a problem. With KEYTRAIL_RECONCILE=off the
+// other two are not read, as startReconciler does not read them.
+func checkReconcileEnv(getenv func(string) string) error {
+	if strings.EqualFold(getenv(envReconcile), "off") {
+		return nil
+	}
+	_, _, _, err := reconcileTuning(getenv, 0)
+	return err
+}
+
 // startReconciler runs the Vault token reconciliation (broker.Reconciler)
 // at start-up and periodically, in the background.
 func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {

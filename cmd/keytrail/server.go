@@ -48,8 +48,9 @@ KEYTRAIL_REDIS_URL; KEYTRAIL_REDIS_PASSWORD is the password of store.addrs
 (Sentinel, Cluster). The Vault token reconciliation is tuned with
 KEYTRAIL_RECONCILE_INTERVAL (5m), KEYTRAIL_RECONCILE_GRACE (1m; raised, with
 a warning, to at least the longer of vault.timeout and 5s, plus 14s) and
-turned off with KEYTRAIL_RECONCILE=off (another value than on or off is
-an error; docs/RELIABILITY.md). SIGHUP
+turned off with KEYTRAIL_RECONCILE=off (another value than on or off, or
+an interval or grace that is not a positive duration, stops the start-up
+before anything starts; docs/RELIABILITY.md). SIGHUP
 reloads the policy (one received during start-up reloads once serving), and
 so does a change to its *.yaml/*.yml files (polled every 2 s; a reload after
 a change that fails is retried 10 times, 4 s doubling to 1 min apart). A
@@ -133,6 +134,10 @@ type brokerRuntime struct {
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
 // non-nil, is called with the listener's address once serving.
 func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)) error {
+	// Refused before anything starts, not only after the Vault login.
+	if err := checkReconcileEnv(e.getenv); err != nil {
+		return err
+	}
 	log := newLogger(cfg.Log, e.stderr)
 	// SIGHUP is caught from the start to the end, start-up and the final
 	// close included: its default action ends the process at once, without
