@@ -210,6 +210,10 @@ func unknownSubcommand(cmd *cobra.Command, args []string) error {
 		return nil
 	}
 	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if strings.TrimSpace(args[0]) == "" {
+		// Every name has the empty prefix: cobra would suggest them all.
+		return errors.New(msg + ": the command is empty (a shell variable not set?)")
+	}
 	if cmd.SuggestionsMinimumDistance <= 0 {
 		cmd.SuggestionsMinimumDistance = 2 // cobra's default, which only its own check sets
 	}
