@@ -214,7 +214,9 @@ type Store interface {
 	// audit_failed or client_gone), and either kind stands against the
 	// other: a withdrawal never overwrites a revocation's id, nor a
 	// revocation a withdrawal. One atomic step; it returns the record as
-	// stored afterwards (the first mark's). A record that is not stored at
+	// stored afterwards (the first mark's; when it wrote is, is's mark as
+	// sent, RevokedAt to the nanosecond: the revocation flow tells by it
+	// its own write from a mark found stored, see broker/revoke.go mark). A record that is not stored at
 	// all is written (a mark restores a record the store lost). An is
 	// without RevokedAt is ErrInvalidRequest. With replicas, the write is
 	// acknowledged as a revoked PutIssuance's is; a mark found stored

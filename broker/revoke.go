@@ -284,7 +284,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		}
 		return nil, s.notMade(dctx, rev, requestID, blocked, err)
 	}
-	marked, failed := s.markAll(dctx, matched, rev.ID, now)
+	marked, failed, wrote := s.markAll(dctx, matched, rev.ID, now)
 
 	// 4. Backends.
 	revoked, bfailed := s.revokeBackends(dctx, marked)
@@ -294,8 +294,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// them (see unconfirmedMarks), and a write applied but not confirmed
 	// (store_unreplicated) must leave them pending in the record, as the
 	// answer says, for the worker to finish.
-	// (rev.ID is new: no mark of it was stored before markAll.)
-	revoked, failed, found := unconfirmedMarks(marked, rev.ID, nil, revoked, failed)
+	revoked, failed, found := unconfirmedMarks(marked, wrote, revoked, failed)
 	if cur, err := s.storeProgress(dctx, rev.ID, revoked, failed); err != nil {
 		// The stored record lists as pending what this write did not
 		// settle (all of it, if the write was not applied); the worker
@@ -572,21 +571,27 @@ func (s *Service) blockTargets(ctx context.Context, sel RevokeSelector, matched 
 }
 
 // markAll stores each issuance as revoked by revID (an issuance already
-// revoked keeps its first revocation). It returns the issuances now marked
-// and a failure for each that could not be stored.
-func (s *Service) markAll(ctx context.Context, list []*Issuance, revID string, now time.Time) ([]*Issuance, []RevokeFailure) {
+// revoked keeps its first revocation). It returns the issuances now marked,
+// a failure for each that could not be stored, and the ids whose mark this
+// call wrote (see mark).
+func (s *Service) markAll(ctx context.Context, list []*Issuance, revID string, now time.Time) ([]*Issuance, []RevokeFailure, map[string]bool) {
 	var marked []*Issuance
 	var failed []RevokeFailure
+	wrote := map[string]bool{}
 	for _, is := range list {
-		if err := s.mark(ctx, is, revID, now); err != nil {
+		w, err := s.mark(ctx, is, revID, now)
+		if err != nil {
 			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "marking issuance revoked failed",
 				slog.String("issuance_id", is.ID), slog.String("revocation_id", revID), slog.String("error", err.Error()))
 			failed = append(failed, RevokeFailure{IssuanceID: is.ID, Error: "the revocation could not be stored yet; retrying"})
 			continue
 		}
+		if w {
+			wrote[is.ID] = true
+		}
 		marked = append(marked, is)
 	}
-	return marked, failed
+	return marked, failed, wrote
 }
 
 // mark stores is as revoked by revID unless it is already. is must be read
@@ -596,9 +601,15 @@ func (s *Service) markAll(ctx context.Context, list []*Issuance, revID string, n
 // revocation marked the issuance since is was read (two revocations
 // selected it at the same time), its mark stands and is takes it, so an
 // issuance is attributed to the first revocation that marked it.
-func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time.Time) error {
+//
+// It reports whether this call wrote the mark: the stored mark is the one
+// it sent (revID and now). A mark found stored instead, even one carrying
+// revID (written by another writer of the same revocation meanwhile: the
+// worker of another instance, or the worker while Revoke still runs), is
+// one whose write MarkRevoked did not wait for (see unconfirmedMarks).
+func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time.Time) (bool, error) {
 	if !is.RevokedAt.IsZero() {
-		return nil
+		return false, nil
 	}
 	c := *is
 	c.RevokedAt, c.RevocationID = now, revID
@@ -606,32 +617,33 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 	defer cancel()
 	stored, err := s.d.Store.MarkRevoked(sctx, &c)
 	if err != nil {
-		return err
+		return false, err
 	}
 	is.RevokedAt, is.RevocationID = stored.RevokedAt, stored.RevocationID
-	return nil
+	return stored.RevocationID == revID && stored.RevokedAt.Equal(now), nil
 }
 
 // unconfirmedMarks moves out of revoked, into failed, each issuance of
-// marked whose mark this call did not write, and returns those ids as
-// found: one another revocation (or the exchange's withdrawal) wrote, or
-// revID's own that was stored already (already: the ids read marked
-// before markAll; a mark whose writer got an error, store_unreplicated,
-// is stored all the same), found stored by mark, which waits for no
-// replica then (Store.MarkRevoked). Such a mark may be one its writer
-// could not confirm on the store's replicas (store.min_replicas), and
-// only a later write of this revocation that the replicas confirm (its
-// progress write: a replica confirming a write has every earlier one)
-// confirms it too. Revoke and the worker store their progress with those
-// issuances still pending, and settle them as revoked only once that
-// write is acknowledged; otherwise the answer, the revoke_result and the
-// stored record list them pending, not revoked on a mark that a failover
-// may lose, and the worker (again) finishes them. Marks this call wrote
-// were confirmed by their own write.
-func unconfirmedMarks(marked []*Issuance, revID string, already map[string]bool, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
+// marked whose mark this call did not write (not in wrote, see markAll),
+// and returns those ids as found: a mark another revocation (or the
+// exchange's withdrawal) wrote, or one of this revocation's that was
+// stored already or that another of its writers stored meanwhile (a mark
+// whose writer got an error, store_unreplicated, is stored all the same),
+// found stored by mark, which waits for no replica then
+// (Store.MarkRevoked). Such a mark may be one its writer could not confirm
+// on the store's replicas (store.min_replicas), and only a later write of
+// this revocation that the replicas confirm (its progress write: a
+// replica confirming a write has every earlier one) confirms it too.
+// Revoke and the worker store their progress with those issuances still
+// pending, and settle them as revoked only once that write is
+// acknowledged; otherwise the answer, the revoke_result and the stored
+// record list them pending, not revoked on a mark that a failover may
+// lose, and the worker (again) finishes them. Marks this call wrote were
+// confirmed by their own write.
+func unconfirmedMarks(marked []*Issuance, wrote map[string]bool, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
 	isFound := map[string]bool{}
 	for _, is := range marked {
-		if is.RevocationID != revID || already[is.ID] {
+		if !wrote[is.ID] {
 			isFound[is.ID] = true
 		}
 	}
@@ -1400,13 +1412,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		}
 		toRevoke = append(toRevoke, is)
 	}
-	already := map[string]bool{} // marks stored before this pass (see unconfirmedMarks)
-	for _, is := range toRevoke {
-		if !is.RevokedAt.IsZero() {
-			already[is.ID] = true
-		}
-	}
-	marked, mfailed := s.markAll(ctx, toRevoke, r.ID, s.d.Now())
+	marked, mfailed, wrote := s.markAll(ctx, toRevoke, r.ID, s.d.Now())
 	revoked, bfailed := s.revokeBackends(ctx, marked)
 	failed = append(append(failed, mfailed...), bfailed...)
 	// As in Revoke: marks found stored stay pending in the first progress
@@ -1420,7 +1426,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	// acknowledged write covers: the found ones stay pending unless the
 	// first write was acknowledged, and the record keeps them pending
 	// for the next pass.
-	revoked, failed, found := unconfirmedMarks(marked, r.ID, already, revoked, failed)
+	revoked, failed, found := unconfirmedMarks(marked, wrote, revoked, failed)
 	done := append(gone, revoked...)
 	cur, err := s.storeProgress(ctx, r.ID, done, failed)
 	if err == nil && len(found) > 0 {

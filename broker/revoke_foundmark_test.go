@@ -16,6 +16,10 @@ type foundMarkStore struct {
 	broker.Store
 	// markFirst, when set, is run once before the next MarkRevoked.
 	markFirst atomic.Pointer[func()]
+	// sameIDFirst, when set, stores before the next MarkRevoked a mark of
+	// the same revocation a moment earlier: the worker's, marking while
+	// Revoke still runs, its write not confirmed.
+	sameIDFirst atomic.Bool
 	// progressUnreplicated: UpdateRevocation applies the write, then
 	// answers store_unreplicated, as redisstore does when fewer replicas
 	// than store.min_replicas acknowledged it.
@@ -25,6 +29,13 @@ type foundMarkStore struct {
 func (s *foundMarkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
 	if f := s.markFirst.Swap(nil); f != nil {
 		(*f)()
+	}
+	if s.sameIDFirst.Swap(false) {
+		other := *is
+		other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
+		if _, err := s.Store.MarkRevoked(ctx, &other); err != nil {
+			return nil, err
+		}
 	}
 	return s.Store.MarkRevoked(ctx, is)
 }
@@ -79,6 +90,12 @@ func TestRevokeFoundMarkUnconfirmed(t *testing.T) {
 			fs.markFirst.Store(&mark)
 		}, false, false},
 		{"own-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {}, true, false},
+		// A mark carrying the revocation's own id that another of its
+		// writers (the worker, while Revoke still runs) stored first is
+		// found too, not Revoke's own write.
+		{"found-same-revocation-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {
+			fs.sameIDFirst.Store(true)
+		}, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,6 +17,11 @@ const (
 	markOK           = iota
 	markFails        // not applied: store_unavailable
 	markUnreplicated // applied on the primary, then store_unreplicated
+	// markRaced: another writer of the same revocation (the worker of
+	// another instance) stores its mark first, applied on the primary but
+	// not confirmed, and this call finds it: a mark carrying the
+	// revocation's own id that this call did not write.
+	markRaced
 )
 
 // workerUnconfirmedStore makes MarkRevoked fail (applied or not) and
@@ -37,6 +42,12 @@ func (s *workerUnconfirmedStore) MarkRevoked(ctx context.Context, is *broker.Iss
 			return nil, err
 		}
 		return nil, errUnreplicated()
+	case markRaced:
+		other := *is
+		other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
+		if _, err := s.Store.MarkRevoked(ctx, &other); err != nil {
+			return nil, err
+		}
 	}
 	return s.Store.MarkRevoked(ctx, is)
 }
@@ -86,6 +97,9 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 		// progress write it stays pending. Otherwise the worker writes
 		// the mark itself, confirmed, and reports it revoked at once.
 		found bool
+		// workerMark is the MarkRevoked mode of the worker's pass
+		// (markOK when zero).
+		workerMark int32
 	}{
 		{"found-other-mark", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
 			is, err := f.mem.GetIssuance(context.Background(), id)
@@ -97,14 +111,20 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 				t.Fatal(err)
 			}
 			us.progressUnreplicated.Store(true) // Revoke's too: pending in the record
-		}, true},
+		}, true, markOK},
 		{"found-own-mark-unconfirmed", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
 			us.mark.Store(markUnreplicated)
 			us.progressUnreplicated.Store(true)
-		}, true},
+		}, true, markOK},
 		{"own-mark-written-by-worker", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
 			us.mark.Store(markFails)
-		}, false},
+		}, false, markOK},
+		// The worker finds, stored meanwhile, a mark carrying the
+		// revocation's own id that another instance's worker wrote
+		// without its write being confirmed: found, not its own write.
+		{"own-mark-raced-by-another-instance", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
+			us.mark.Store(markFails)
+		}, true, markRaced},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,7 +146,7 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 
 			// The worker's pass, the replica still down: its progress
 			// write is applied but not confirmed.
-			us.mark.Store(markOK)
+			us.mark.Store(tt.workerMark)
 			us.progressUnreplicated.Store(true)
 			w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
 			if err != nil {
