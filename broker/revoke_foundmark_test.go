@@ -10,20 +10,45 @@ import (
 	"github.com/keytrail/keytrail/broker"
 )
 
+// progressUnconfirmedStore applies UpdateRevocation's write and then, while
+// progressUnreplicated is set, answers store_unreplicated, as redisstore
+// does when fewer replicas than store.min_replicas acknowledged it: the
+// revocation's progress write applied on the primary, not confirmed. The
+// found-mark tests' store wrappers embed it.
+type progressUnconfirmedStore struct {
+	broker.Store
+	progressUnreplicated atomic.Bool
+}
+
+func (s *progressUnconfirmedStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	r, err := s.Store.UpdateRevocation(ctx, id, fn)
+	if err != nil || !s.progressUnreplicated.Load() {
+		return r, err
+	}
+	return nil, errUnreplicated()
+}
+
+// markSameRevocationFirst stores in st, just before is's own mark, a mark
+// of the same revocation a moment earlier: another writer of it (the worker
+// of another instance, or the worker while Revoke still marks), whose write
+// the caller's MarkRevoked then finds.
+func markSameRevocationFirst(ctx context.Context, st broker.Store, is *broker.Issuance) error {
+	other := *is
+	other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
+	_, err := st.MarkRevoked(ctx, &other)
+	return err
+}
+
 // foundMarkStore lets a test put another revocation's mark in first and
 // report the revocation's progress writes unreplicated.
 type foundMarkStore struct {
-	broker.Store
+	progressUnconfirmedStore
 	// markFirst, when set, is run once before the next MarkRevoked.
 	markFirst atomic.Pointer[func()]
 	// sameIDFirst, when set, stores before the next MarkRevoked a mark of
 	// the same revocation a moment earlier: the worker's, marking while
 	// Revoke still runs, its write not confirmed.
 	sameIDFirst atomic.Bool
-	// progressUnreplicated: UpdateRevocation applies the write, then
-	// answers store_unreplicated, as redisstore does when fewer replicas
-	// than store.min_replicas acknowledged it.
-	progressUnreplicated atomic.Bool
 }
 
 func (s *foundMarkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
@@ -31,21 +56,11 @@ func (s *foundMarkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (
 		(*f)()
 	}
 	if s.sameIDFirst.Swap(false) {
-		other := *is
-		other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
-		if _, err := s.Store.MarkRevoked(ctx, &other); err != nil {
+		if err := markSameRevocationFirst(ctx, s.Store, is); err != nil {
 			return nil, err
 		}
 	}
 	return s.Store.MarkRevoked(ctx, is)
-}
-
-func (s *foundMarkStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	r, err := s.Store.UpdateRevocation(ctx, id, fn)
-	if err != nil || !s.progressUnreplicated.Load() {
-		return r, err
-	}
-	return nil, errUnreplicated()
 }
 
 // TestRevokeFoundMarkUnconfirmed: a revocation that finds its issuance
@@ -102,7 +117,7 @@ func TestRevokeFoundMarkUnconfirmed(t *testing.T) {
 			ctx := context.Background()
 			var fs *foundMarkStore
 			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-				fs = &foundMarkStore{Store: st}
+				fs = &foundMarkStore{progressUnconfirmedStore: progressUnconfirmedStore{Store: st}}
 				return fs
 			})
 			is := f.issue(t, "payments")
@@ -168,7 +183,7 @@ func TestRevokeFoundMarkUnconfirmedWorkerFinishes(t *testing.T) {
 	ctx := context.Background()
 	var fs *foundMarkStore
 	f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-		fs = &foundMarkStore{Store: st}
+		fs = &foundMarkStore{progressUnconfirmedStore: progressUnconfirmedStore{Store: st}}
 		return fs
 	})
 	is := f.issue(t, "payments")

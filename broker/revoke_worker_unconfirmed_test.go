@@ -28,9 +28,8 @@ const (
 // UpdateRevocation apply its write and then answer store_unreplicated, as
 // redisstore does with store.min_replicas and a replica down.
 type workerUnconfirmedStore struct {
-	broker.Store
-	mark                 atomic.Int32
-	progressUnreplicated atomic.Bool
+	progressUnconfirmedStore
+	mark atomic.Int32
 }
 
 func (s *workerUnconfirmedStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
@@ -43,21 +42,11 @@ func (s *workerUnconfirmedStore) MarkRevoked(ctx context.Context, is *broker.Iss
 		}
 		return nil, errUnreplicated()
 	case markRaced:
-		other := *is
-		other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
-		if _, err := s.Store.MarkRevoked(ctx, &other); err != nil {
+		if err := markSameRevocationFirst(ctx, s.Store, is); err != nil {
 			return nil, err
 		}
 	}
 	return s.Store.MarkRevoked(ctx, is)
-}
-
-func (s *workerUnconfirmedStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	r, err := s.Store.UpdateRevocation(ctx, id, fn)
-	if err != nil || !s.progressUnreplicated.Load() {
-		return r, err
-	}
-	return nil, errUnreplicated()
 }
 
 // lastResult is the last revoke_result event of revocation id.
@@ -131,7 +120,7 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 			ctx := context.Background()
 			var us *workerUnconfirmedStore
 			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-				us = &workerUnconfirmedStore{Store: st}
+				us = &workerUnconfirmedStore{progressUnconfirmedStore: progressUnconfirmedStore{Store: st}}
 				return us
 			})
 			is := f.issue(t, "payments")
