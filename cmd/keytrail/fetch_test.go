@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -636,12 +635,7 @@ func TestOutputCheckedBeforeExchange(t *testing.T) {
 // check: whether the broker runs at that address, and how to give it
 // (--addr, KEYTRAIL_ADDR). Exit 1, nothing written, CMD not run.
 func TestFetchBrokerNotRunning(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := "http://" + ln.Addr().String()
-	ln.Close() // nothing listens there now
+	addr := "http://" + closedLoopbackAddrs(t, 1)[0]
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "identity")
 	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,18 +22,9 @@ import (
 // them as a problem (exit 1). KEYTRAIL_RECONCILE=off (any case) still turns
 // the reconciliation off without the other two being read.
 func TestReconcileEnvCheckedBeforeStart(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultAddr := "http://" + ln.Addr().String()
-	ln.Close() // nothing listens there: reaching the login fails
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln2.Addr().String()
-	ln2.Close()
+	addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
+	vaultAddr := "http://" + addrs[0]
+	listen := addrs[1]
 	dir := t.TempDir()
 	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
 	auditFile := filepath.Join(dir, "audit.jsonl")

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -272,12 +271,7 @@ func TestAdminAllowInsecureHTTPFlag(t *testing.T) {
 // (--addr, KEYTRAIL_ADDR or the default) and the fix, exit 1, and never
 // quote the admin token.
 func TestAdminServerNotRunning(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := "http://" + ln.Addr().String()
-	ln.Close() // nothing listens there now
+	addr := "http://" + closedLoopbackAddrs(t, 1)[0]
 	const token = "ADMIN-TOKEN-MARKER-7"
 	for _, viaFlag := range []bool{false, true} {
 		env := map[string]string{"KEYTRAIL_ADMIN_TOKEN": token}

@@ -15,18 +15,9 @@ import (
 // names where the address is set (vault.address, or VAULT_ADDR); it exits
 // 1 (a plain error), and never quotes the broker's Vault token.
 func TestServerVaultNotRunning(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultAddr := "http://" + ln.Addr().String()
-	ln.Close() // nothing listens there now
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln2.Addr().String()
-	ln2.Close()
+	addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
+	vaultAddr := "http://" + addrs[0]
+	listen := addrs[1]
 	dir := t.TempDir()
 	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
 	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
@@ -35,7 +26,7 @@ func TestServerVaultNotRunning(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var out, errb strings.Builder
-	err = run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+	err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
 		return map[string]string{"VAULT_TOKEN": token, "KEYTRAIL_RECONCILE": "off"}[k]
 	}, &out, &errb)
 	if err == nil {
@@ -58,18 +49,9 @@ func TestServerVaultNotRunning(t *testing.T) {
 // errors) was quoted whole in the "is Vault running at ...?" hint, password
 // included. The hint names the address with the password masked.
 func TestServerVaultNotRunningHidesPassword(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostPort := ln.Addr().String()
-	ln.Close() // nothing listens there now
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln2.Addr().String()
-	ln2.Close()
+	addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
+	hostPort := addrs[0]
+	listen := addrs[1]
 	dir := t.TempDir()
 	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
 	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
@@ -77,7 +59,7 @@ func TestServerVaultNotRunningHidesPassword(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var out, errb strings.Builder
-	err = run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+	err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
 		return map[string]string{"VAULT_TOKEN": "hvs.x", "KEYTRAIL_RECONCILE": "off"}[k]
 	}, &out, &errb)
 	if err == nil {
@@ -90,4 +72,22 @@ func TestServerVaultNotRunningHidesPassword(t *testing.T) {
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("server = %q, want it to ask %q", err, want)
 	}
+}
+
+// closedLoopbackAddrs returns n distinct loopback host:ports nothing
+// listens on: ports the kernel just gave n listeners, all bound at once (so
+// no two are the same), then closed (a connection to one is refused until
+// something else binds it).
+func closedLoopbackAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs
 }
