@@ -655,11 +655,16 @@ func (c *call) forward(w http.ResponseWriter) {
 			}
 			retry := time.Second
 			switch reason {
-			case "response_contains_secret", "response_too_large", "response_encoding_unsupported":
+			case "response_contains_secret", "response_too_large", "response_encoding_unsupported",
+				"response_undecodable", "upstream_address_refused":
 				// A retry gets the same answer (the upstream echoes the
 				// secret again, sends as much, encodes as it did though
-				// asked for identity): no Retry-After, which invites a
-				// retry that goes upstream, and into the audit log, again.
+				// asked for identity, sends bytes that arrived whole and
+				// do not decode; the grant's upstream is an address it
+				// does not allow until the policy or the upstream's DNS
+				// changes): no Retry-After, which invites a retry that
+				// goes upstream, and into the audit log, again. Only
+				// upstream_error and upstream_timeout (504) carry one.
 				retry = -1
 			}
 			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: retry, Err: cause}
