@@ -127,3 +127,28 @@ func TestDecoderPoolReuse(t *testing.T) {
 		})
 	}
 }
+
+// TestSniffCodingZlibHeaders: the screen of a body without Content-Encoding
+// takes for zlib exactly the two-byte headers Go's zlib reader opens
+// without a preset dictionary, and for gzip only 1f 8b 08.
+func TestSniffCodingZlibHeaders(t *testing.T) {
+	for a := range 256 {
+		for b := range 256 {
+			h := []byte{byte(a), byte(b)}
+			_, err := zlib.NewReader(bytes.NewReader(append(h, 0, 0, 0, 0)))
+			want := codingIdentity
+			if err == nil {
+				want = codingDeflate
+			}
+			if got, more := sniffCoding(h); got != want || more && (a != 0x1f || b != 0x8b) {
+				t.Errorf("sniffCoding(% x) = %v, more %v; want %v (zlib.NewReader: %v)", h, got, more, want, err)
+			}
+		}
+	}
+	if got, _ := sniffCoding(gzipMagic[:]); got != codingGzip {
+		t.Errorf("sniffCoding(gzip magic) = %v, want gzip", got)
+	}
+	if got, more := sniffCoding([]byte{0x1f, 0x8b, 0x09}); got != codingIdentity || more {
+		t.Errorf("sniffCoding(1f 8b 09) = %v, more %v; want identity, done", got, more)
+	}
+}

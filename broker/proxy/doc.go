@@ -121,11 +121,15 @@
 // token, more than one coding) is refused with 502, reason
 // response_encoding_unsupported, and a body that does not decode with 502
 // response_undecodable (or, once streaming, cut off): the caller never gets
-// bytes the scan did not see plain. A body that is gzip data without
-// Content-Encoding is read whole, decoded to be scanned and relayed as it
-// came when clean, refused (502 response_contains_secret, or aborted when
-// streamed and its headers went out already) when the secret is inside
-// (see gzipGuard). Errors the broker
+// bytes the scan did not see plain. A body that is gzip or zlib data
+// without Content-Encoding is read whole, decoded to be scanned and relayed
+// as it came when clean, refused (502 response_contains_secret, or aborted
+// when streamed and its headers went out already) when the secret is
+// inside, and refused when it does not decode (a zlib stream followed by
+// more data included) or decodes to gzip or zlib data again (502
+// response_encoding_unsupported: one layer is decoded, besides the
+// Content-Encoding's); zip and brotli are not recognised (see gzipGuard).
+// Errors the broker
 // writes (502 when the upstream cannot be reached or misbehaves, 504 when a
 // timeout runs out, over HTTP/1.1 or HTTP/2) never carry upstream error
 // text. Responses over MaxResponseBytes are refused (502) when their length

@@ -18,11 +18,21 @@ import (
 // gzip, zlib (HTTP's deflate), rawdeflate (the deflate some servers send),
 // plain, empty (no body), garbage (a gzip magic number and then not gzip),
 // bomb (1 MiB of zeros, gzipped to about 1 KiB: far over the response cap
-// once decoded) or members (400 empty gzip members: over the cap on the
-// wire, nothing once decoded).
+// once decoded), members (400 empty gzip members: over the cap on the
+// wire, nothing once decoded), zlib-then-plain (a zlib stream of clean
+// text, then plain as a second zlib stream) or xtext (text that starts
+// "x = ", a zlib header with a preset dictionary). Names joined with "."
+// are layers, the outer first: "gzip.zlib" is zlib data, gzipped.
 func encodeAs(as string, plain []byte) []byte {
+	if outer, inner, ok := strings.Cut(as, "."); ok {
+		return encodeAs(outer, encodeAs(inner, plain))
+	}
 	var b bytes.Buffer
 	switch as {
+	case "zlib-then-plain":
+		return append(encodeAs("zlib", []byte(cleanText)), encodeAs("zlib", plain)...)
+	case "xtext":
+		return []byte("x = 80 requests, no secret\n")
 	case "gzip", "bomb", "members":
 		if as == "bomb" {
 			plain = make([]byte, 1<<20)

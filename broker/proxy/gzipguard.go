@@ -8,23 +8,71 @@ import (
 )
 
 // errSecretInBody is returned for a response body the broker cannot relay
-// redacted: gzip data sent without Content-Encoding that decodes to text
-// carrying the injected secret.
-var errSecretInBody = errors.New("upstream response body is gzip data (without Content-Encoding) carrying the injected secret")
+// redacted: compressed data (gzip or zlib, without Content-Encoding) that
+// decodes to text carrying the injected secret.
+var errSecretInBody = errors.New("upstream response body is compressed data (without Content-Encoding) carrying the injected secret")
+
+// errNestedCoding is returned for compressed data whose decoded bytes are
+// compressed data again: the scan decodes one layer.
+var errNestedCoding = fmt.Errorf("%w: compressed data inside compressed data", errEncodingUnsupported)
+
+// errTrailingData is returned for a zlib body with bytes after the end of
+// its stream (which a decoder that reads on would open as a second one).
+var errTrailingData = fmt.Errorf("%w: data after the end of the zlib stream", errUndecodable)
 
 // gzipMagic starts every gzip member (RFC 1952: ID1, ID2, CM deflate).
 var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
 
-// gzipGuard screens a body that is gzip data although the response does
-// not say so (no Content-Encoding: a .gz download, or an endpoint echoing
-// compressed bytes as application/octet-stream), which the response scan
-// would see only compressed. Such a body is read whole (its bytes are
-// capped by src, a capReader at the response cap), decoded (at most limit
-// decoded bytes: a decompression bomb is refused, not decoded on) and
-// scanned for the secret's forms; clean, its original bytes are relayed
-// unchanged, else it is refused. Any other body passes through, its first
-// bytes (read to tell) replayed first. One layer is decoded: gzip inside
-// the decoded data is not looked into.
+// sniffCoding tells from the first bytes of a body whether it is
+// compressed data the scan must decode: gzip (a member's ID1 ID2 CM,
+// 1f 8b 08) or zlib (an RFC 1950 header: CM 8, CINFO at most 7, the FCHECK
+// bits right, FDICT clear: 78 9c, 78 da, 78 01, 78 5e and the headers of
+// smaller windows). more is true while b is too short to tell and could
+// still start one. A zlib header with a preset dictionary is not taken for
+// zlib: the dictionary is not known, so it could not be decoded, and text
+// starts with such headers ("x ", "80", "x?").
+func sniffCoding(b []byte) (coding contentCoding, more bool) {
+	switch {
+	case len(b) == 0:
+		return codingIdentity, true
+	case b[0] == gzipMagic[0]:
+		n := min(len(b), len(gzipMagic))
+		switch {
+		case !bytes.Equal(b[:n], gzipMagic[:n]):
+			return codingIdentity, false
+		case n < len(gzipMagic):
+			return codingIdentity, true
+		}
+		return codingGzip, false
+	case b[0]&0x0f == 8 && b[0]>>4 <= 7:
+		if len(b) < 2 {
+			return codingIdentity, true
+		}
+		if (uint16(b[0])<<8|uint16(b[1]))%31 == 0 && b[1]&0x20 == 0 {
+			return codingDeflate, false // zlib: newDecoder tells it by the same header
+		}
+	}
+	return codingIdentity, false
+}
+
+// gzipGuard screens a body that is compressed data although the response
+// does not say so (no Content-Encoding: a .gz download, an endpoint echoing
+// compressed bytes as application/octet-stream, a zlib.compress'd blob),
+// which the response scan would see only compressed. It knows gzip and
+// zlib by their headers (sniffCoding); zip, brotli (which has no magic
+// number), zstd and other formats are not recognised. Such a body is read
+// whole (its bytes are capped by src, a capReader at the response cap),
+// decoded (at most limit decoded bytes: a decompression bomb is refused,
+// not decoded on) and scanned for the secret's forms; clean, its original
+// bytes are relayed unchanged, else it is refused: carrying the secret,
+// not decoding (a zlib stream followed by more data included), or decoding
+// to compressed data again (one layer is decoded: a key inside a second
+// layer would pass unseen). Any other body passes through, its first bytes
+// (read to tell) replayed first.
+//
+// It also sits above the decoder of a body that has a Content-Encoding, so
+// such a body decoding to gzip or zlib data is screened the same way (and
+// one whose decoded data is compressed twice more is refused).
 //
 // screen runs in ModifyResponse for a body of declared length, so that a
 // refusal is a 502; a streamed body is screened at its first Read (a
@@ -37,33 +85,35 @@ type gzipGuard struct {
 	pools *decoderPools
 	limit int64 // of decoded bytes
 
-	screened bool
-	head     [len(gzipMagic)]byte // the first bytes, read to tell
-	nhead    int
-	offHead  int
-	err      error  // src's error, returned once head is replayed (or once relayed after it)
-	body     []byte // a screened gzip body, relayed from here
-	gz       bool   // the body was gzip data (body holds it)
-	fail     error  // why the body is refused: nothing more is relayed
-	refused  string // the use_result reason of a refusal
+	screened   bool
+	head       [len(gzipMagic)]byte // the first bytes, read to tell
+	nhead      int
+	offHead    int
+	err        error  // src's error, returned once head is replayed (or once relayed after it)
+	body       []byte // a screened compressed body, relayed from here
+	compressed bool   // the body was compressed data (body holds it)
+	fail       error  // why the body is refused: nothing more is relayed
+	refused    string // the use_result reason of a refusal
 }
 
-// screen tells whether the body is gzip data and, if it is, reads, decodes
-// and scans it. It returns why the body must not be relayed.
+// screen tells whether the body is compressed data and, if it is, reads,
+// decodes and scans it. It returns why the body must not be relayed.
 func (g *gzipGuard) screen() error {
 	g.screened = true
-	// Read only while the bytes so far could start the magic: a streamed
+	// Read only while the bytes so far could start a header: a streamed
 	// first chunk that cannot (a newline, "[") is relayed at once.
-	for g.nhead < len(g.head) && g.err == nil && bytes.Equal(g.head[:g.nhead], gzipMagic[:g.nhead]) {
+	coding, more := sniffCoding(nil)
+	for more && g.nhead < len(g.head) && g.err == nil {
 		n, err := g.src.Read(g.head[g.nhead:])
 		g.nhead += n
 		g.err = err
+		coding, more = sniffCoding(g.head[:g.nhead])
 	}
-	if g.nhead < len(g.head) || g.head != gzipMagic {
-		return nil // plain, or too short to be gzip: relayed as it is
+	if coding == codingIdentity {
+		return nil // plain, or too short to be compressed: relayed as it is
 	}
 	var buf bytes.Buffer
-	buf.Write(g.head[:])
+	buf.Write(g.head[:g.nhead])
 	if g.err == nil {
 		_, err := buf.ReadFrom(g.src)
 		g.err = err
@@ -72,8 +122,8 @@ func (g *gzipGuard) screen() error {
 		return g.refuse(g.err) // the cap, a timeout: the body cannot be screened whole
 	}
 	g.err = io.EOF
-	g.body, g.gz = buf.Bytes(), true
-	found, err := g.scan()
+	g.body, g.compressed = buf.Bytes(), true
+	found, err := g.scan(coding)
 	switch {
 	case err != nil:
 		return g.refuse(err)
@@ -83,16 +133,19 @@ func (g *gzipGuard) screen() error {
 	return nil
 }
 
-// scan decodes body and looks for the secret's forms in the decoded bytes.
-func (g *gzipGuard) scan() (bool, error) {
+// scan decodes body and looks for the secret's forms in the decoded bytes,
+// and for a compression header at their start (errNestedCoding).
+func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 	wire := &capReader{src: io.NopCloser(bytes.NewReader(g.body)), limit: int64(len(g.body))}
-	d, err := newDecoder(wire, codingGzip, g.pools)
+	d, err := newDecoder(wire, coding, g.pools)
 	if err != nil {
 		return false, err
 	}
 	defer d.Close()
 	dec := &capReader{src: d, limit: g.limit}
 	buf := make([]byte, max(32<<10, 2*g.forms.keep))
+	var first [len(gzipMagic)]byte // the first decoded bytes
+	nfirst := 0
 	held := 0 // buf[:held]: the end of the last read, which could start an occurrence
 	for {
 		n, err := dec.Read(buf[held:])
@@ -106,8 +159,20 @@ func (g *gzipGuard) scan() (bool, error) {
 				}
 			}
 		}
+		if nfirst < len(first) {
+			nfirst += copy(first[nfirst:], buf[held:held+n])
+			if c, _ := sniffCoding(first[:nfirst]); c != codingIdentity {
+				return false, errNestedCoding
+			}
+		}
 		switch {
 		case err == io.EOF:
+			if coding == codingDeflate && d.br != nil && wire.n-int64(d.br.Buffered()) < int64(len(g.body)) {
+				// Go's zlib reader stops at the end of the stream
+				// (gzip's reads every member, and refuses data that is
+				// not one): anything after it was not scanned.
+				return false, errTrailingData
+			}
 			return false, nil
 		case err != nil:
 			if d.bad {
@@ -130,6 +195,8 @@ func (g *gzipGuard) refuse(err error) error {
 		g.refused = "response_too_large"
 	case errors.Is(err, errUndecodable):
 		g.refused = "response_undecodable"
+	case errors.Is(err, errEncodingUnsupported):
+		g.refused = "response_encoding_unsupported"
 	}
 	g.body, g.fail = nil, err
 	return err
@@ -142,7 +209,7 @@ func (g *gzipGuard) Read(p []byte) (int, error) {
 	if g.fail != nil {
 		return 0, g.fail
 	}
-	if g.gz {
+	if g.compressed {
 		if len(g.body) == 0 {
 			return 0, g.err
 		}

@@ -221,3 +221,87 @@ func TestProxyStreamedGzipRefusalAfterHeadersAborts(t *testing.T) {
 		t.Errorf("[status upstream-hits use_result-outcome bytes] (-want +got):\n%s", diff)
 	}
 }
+
+// TestProxyScreensZlibAndNestedCompression: the screen of a body sent
+// without Content-Encoding knows zlib too (an RFC 1950 header: method 8, a
+// window of at most 32 KiB, the check bits right, no preset dictionary), as
+// Python's zlib.compress, Java's Deflater and PHP's gzcompress write it:
+// such a body is read whole, decoded and scanned like gzip, relayed as it
+// came when clean, refused when it carries the secret, when it does not
+// decode, or when data follows its end (a second stream, which decoders
+// that read on would open). Compressed data inside compressed data (a
+// gzip or zlib stream the decoded bytes start with) is not looked into and
+// is refused, with or without Content-Encoding: a key inside a second
+// layer used to reach the caller. Text whose first bytes read as a zlib
+// header with a preset dictionary ("x = ", "80") is relayed as any body.
+func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	proxy.DropEarlyFlush(f.proxy)
+	tok := f.credential(t, "stripe").AccessToken
+	refused := func(reason string) audit.Outcome {
+		return audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: reason}
+	}
+	ok := audit.Outcome{Status: 200}
+	tests := []struct {
+		name       string
+		query      string
+		wantStatus int
+		wantBody   string // for 200
+		wantUse    audit.Outcome
+	}{
+		{name: "ok/clean-zlib-relayed-unchanged", query: "as=zlib&clean=1", wantStatus: 200, wantBody: string(encodeAs("zlib", []byte(cleanText))), wantUse: ok},
+		{name: "ok/clean-zlib-streamed-relayed-unchanged", query: "as=zlib&clean=1&stream=1", wantStatus: 200, wantBody: string(encodeAs("zlib", []byte(cleanText))), wantUse: ok},
+		{name: "ok/text-like-a-zlib-header-with-a-dictionary", query: "as=xtext", wantStatus: 200, wantBody: string(encodeAs("xtext", nil)), wantUse: ok},
+		{name: "ok/clean-gzip-labelled-inside-gzip", query: "as=gzip.gzip&clean=1&ce=gzip", wantStatus: 200, wantBody: string(encodeAs("gzip", []byte(cleanText))), wantUse: ok},
+		{name: "fail/zlib-carrying-the-secret", query: "as=zlib", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/zlib-carrying-the-secret-streamed", query: "as=zlib&stream=1", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/truncated-zlib", query: "as=zlib&clean=1&cut=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/zlib-then-a-second-stream", query: "as=zlib-then-plain", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-inside-gzip", query: "as=gzip.gzip", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+		{name: "fail/gzip-inside-gzip-streamed", query: "as=gzip.gzip&stream=1", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+		{name: "fail/zlib-inside-gzip", query: "as=gzip.zlib", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+		{name: "fail/gzip-inside-zlib", query: "as=zlib.gzip", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+		{name: "fail/clean-gzip-inside-gzip-is-not-looked-into", query: "as=gzip.gzip&clean=1", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+		{name: "fail/three-layers-labelled", query: "as=gzip.gzip.gzip&ce=gzip", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+		{name: "fail/zlib-inside-gzip-labelled-deflate", query: "as=zlib.gzip.zlib&ce=deflate", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(f.eventsOf(audit.TypeUseResult))
+			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/encoded?"+tt.query, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = bearer(tok)
+			// Asked explicitly, so the test client relays the body as it
+			// came.
+			req.Header.Set("Accept-Encoding", "gzip, deflate")
+			status, body, retryAfter := 0, "", ""
+			if res, err := f.client.Do(req); err == nil {
+				b, rerr := io.ReadAll(res.Body)
+				res.Body.Close()
+				body, retryAfter = string(b), res.Header.Get("Retry-After")
+				if rerr == nil {
+					status = res.StatusCode
+				}
+			}
+			if status != tt.wantStatus {
+				t.Errorf("status = %d, want %d; body %.80q", status, tt.wantStatus, body)
+			}
+			if tt.wantStatus == 502 && (retryAfter != "" || leaks(body) || oauthError(t, body) != "temporarily_unavailable") {
+				t.Errorf("refusal: Retry-After %q, body %.120q; want no Retry-After and temporarily_unavailable", retryAfter, body)
+			}
+			if tt.wantStatus == 200 && body != tt.wantBody {
+				t.Errorf("body = %.80q, want the upstream's bytes %.80q", body, tt.wantBody)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			results := f.eventsOf(audit.TypeUseResult)
+			if len(results) != before+1 {
+				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
+			}
+			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
+				t.Errorf("use_result outcome (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
