@@ -63,11 +63,12 @@ func responseCoding(h http.Header) contentCoding {
 	return coding
 }
 
-// dropDigests deletes the integrity fields of an encoded body, which do not
-// describe the decoded body relayed: Content-Digest (RFC 9530, over the
-// content as sent), Repr-Digest (over the representation, its content
-// coding included), Digest (RFC 3230's instance digest, after the content
-// coding) and Content-MD5 (RFC 1864, of the encoded body).
+// dropDigests deletes the integrity fields of a body the broker does not
+// relay as it came (decoded, or with the secret masked), which do not
+// describe the body relayed: Content-Digest (RFC 9530, over the content as
+// sent), Repr-Digest (over the representation, its content coding
+// included), Digest (RFC 3230's instance digest, after the content coding)
+// and Content-MD5 (RFC 1864, of the body as sent).
 func dropDigests(h http.Header) {
 	delete(h, "Content-Digest")
 	delete(h, "Repr-Digest")
@@ -311,10 +312,11 @@ func (f *formSet) redact(s string) string {
 	return string(b)
 }
 
-// mask overwrites every occurrence in b starting at or after from with '*'.
-// It visits only the bytes an occurrence can start with, found with
-// bytes.IndexByte (next[k] is where f.first[k] is next, -1: nowhere).
-func (f *formSet) mask(b []byte, from int) {
+// mask overwrites every occurrence in b starting at or after from with '*'
+// and reports whether there was one. It visits only the bytes an
+// occurrence can start with, found with bytes.IndexByte (next[k] is where
+// f.first[k] is next, -1: nowhere).
+func (f *formSet) mask(b []byte, from int) (masked bool) {
 	var next [len(formSet{}.first)]int
 	for k := range f.nfirst {
 		next[k] = -2 // not looked for yet
@@ -333,7 +335,7 @@ func (f *formSet) mask(b []byte, from int) {
 			}
 		}
 		if at < 0 {
-			return
+			return masked
 		}
 		end, res := matchFrom(f, b, at, 0)
 		if res != fullMatch {
@@ -343,6 +345,7 @@ func (f *formSet) mask(b []byte, from int) {
 		for k := at; k < end; k++ {
 			b[k] = '*'
 		}
+		masked = true
 		i = end
 	}
 }
@@ -562,6 +565,15 @@ type redactReader struct {
 	forms *formSet
 	keep  int
 	pool  *sync.Pool // where buf came from and returns to on Close (may be nil)
+	// altered, when set, is set once an occurrence was masked: the body
+	// relayed is no longer the upstream's (see responseWriter.altered).
+	altered *atomic.Bool
+	// fill is how many bytes are gathered (and masked) before the first
+	// are released (at most redactChunk/2, so buf does not grow): the
+	// response's headers go out with them, and a secret masked in them
+	// still strips the headers of their validators (see altered). 0:
+	// release what comes as it comes (a streamed body).
+	fill int
 
 	buf   []byte // buf[off:ready] may be returned; buf[ready:] is held back
 	off   int
@@ -616,9 +628,13 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		n, err := r.src.Read(r.buf[old:cap(r.buf)])
 		r.buf = r.buf[:old+n]
 		r.err = err
-		if n > 0 {
-			r.forms.mask(r.buf, max(0, old-r.keep))
+		if n > 0 && r.forms.mask(r.buf, max(0, old-r.keep)) && r.altered != nil {
+			r.altered.Store(true)
 		}
+		if err == nil && len(r.buf) < r.fill {
+			continue // gathering the first bytes (see fill)
+		}
+		r.fill = 0
 		if err == io.EOF {
 			r.ready = len(r.buf) // nothing can complete a held-back prefix now
 		} else {
@@ -716,6 +732,11 @@ type responseWriter struct {
 	sent   bool  // the status went to w: the response can no longer be replaced
 	bytes  int64 // of the upstream's body
 	own    bool  // the broker answers itself (ReverseProxy's ErrorHandler): bytes does not count
+	// altered is set (by the redactReader, while the body is read, which
+	// a flush on ReverseProxy's timer can race) once the body relayed is
+	// not the upstream's bytes (the secret was masked): the headers, if
+	// not sent yet, lose their strong ETags and digests (see send).
+	altered atomic.Bool
 	// dropEarlyFlush drops the first flush (a seam for tests: ReverseProxy's
 	// early header flush of a streamed response, which runs on a timer,
 	// losing the race to a refusal at the body's first read).
@@ -744,6 +765,12 @@ func (rw *responseWriter) send() {
 	}
 	if rw.status == 0 {
 		rw.status = http.StatusOK
+	}
+	if rw.altered.Load() {
+		// The upstream's validators and digests name bytes the caller
+		// does not get.
+		weakenETags(rw.staged)
+		dropDigests(rw.staged)
 	}
 	h := rw.w.Header()
 	for k, v := range rw.staged {

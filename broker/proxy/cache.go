@@ -62,3 +62,64 @@ func weakenETags(h http.Header) {
 		}
 	}
 }
+
+// weakenRevalidatedETags makes weak each strong ETag of a 304 (whose
+// upstream sent no Content-Encoding) that the caller's If-None-Match names
+// weak and not strong, and reports whether it did. The broker relays a
+// strong tag weak when the body it relayed is not the upstream's bytes
+// (decoded, or with the secret masked; see weakenETags); a caller
+// revalidating what it stored then sends that weak tag, and a 304 bringing
+// back the strong one would make the stored body (decoded or masked)
+// strongly tagged as the upstream's representation again. The 304 itself
+// cannot tell: a 304 need not repeat Content-Encoding, and has no body.
+func weakenRevalidatedETags(h http.Header, inm []string) bool {
+	weakened := false
+	vs := h["Etag"]
+	for i, v := range vs {
+		t := strings.TrimSpace(v)
+		if t == "" || strings.HasPrefix(t, "W/") {
+			continue
+		}
+		if weak, strong := listsETag(inm, t); weak && !strong {
+			vs[i] = "W/" + t
+			weakened = true
+		}
+	}
+	return weakened
+}
+
+// listsETag reports whether an If-None-Match (its field lines) lists the
+// opaque tag (quotes included) weak (W/"x") and strong ("x"). Entity-tags
+// are read quote to quote (a comma may be part of one); anything else up
+// to the next comma ("*", junk) is skipped.
+func listsETag(inm []string, opaque string) (weak, strong bool) {
+	for _, v := range inm {
+		for i := 0; i < len(v); {
+			if c := v[i]; c == ' ' || c == '\t' || c == ',' {
+				i++
+				continue
+			}
+			w := strings.HasPrefix(v[i:], "W/")
+			if w {
+				i += 2
+			}
+			if i >= len(v) || v[i] != '"' {
+				j := strings.IndexByte(v[i:], ',')
+				if j < 0 {
+					break
+				}
+				i += j + 1
+				continue
+			}
+			j := strings.IndexByte(v[i+1:], '"')
+			if j < 0 {
+				break
+			}
+			if v[i:i+j+2] == opaque {
+				weak, strong = weak || w, strong || !w
+			}
+			i += j + 2
+		}
+	}
+	return weak, strong
+}

@@ -115,7 +115,12 @@
 // decoded by the broker, scanned like any body and relayed decoded, without
 // Content-Encoding and Content-Length and with its strong ETags made weak,
 // its digests of the encoded bytes dropped (HEAD, 204 and 304 responses
-// likewise; see weakenETags, dropDigests). The response cap counts the decoded bytes (a decompression
+// likewise; see weakenETags, dropDigests). A body whose secret is masked
+// loses them too when it is found before the headers go out (a body of
+// declared length is read and scanned up to 16 KiB first; a streamed one
+// sends its headers with its first bytes), and a 304 without
+// Content-Encoding relays a strong ETag weak, without digests, when the
+// caller's If-None-Match names it only weak (see weakenRevalidatedETags). The response cap counts the decoded bytes (a decompression
 // bomb is cut at the cap) and, separately, the bytes read from the
 // upstream. Any other Content-Encoding (br, zstd, compress, an unknown
 // token, more than one coding) is refused with 502, reason

@@ -191,12 +191,20 @@ func TestProxyCapsEncodedBytes(t *testing.T) {
 }
 
 // TestProxyWeakensETagOfDecodedResponses: a response the broker relays
-// decoded is not the representation a strong ETag of the upstream names
-// (RFC 9110 8.8.1), so its strong ETags are relayed weak: revalidation
-// (If-None-Match) still works, byte-range and If-Match use cannot mix the
-// encoded and decoded bytes. A response relayed as it came keeps its ETag;
-// HEAD and 304 answers of a compressed representation get the tag its GET
-// would.
+// decoded, or with the secret masked (found in the first 16 KiB of a body
+// of declared length, which are read before the headers go out; a
+// streamed body's headers go out with its first bytes), is not the
+// representation a strong ETag of the upstream names (RFC 9110 8.8.1), so
+// its strong ETags are relayed weak: revalidation (If-None-Match) still works, byte-range and
+// If-Match use cannot mix the upstream's bytes and the relayed ones. A
+// response relayed as it came keeps its ETag; HEAD and 304 answers of a
+// compressed representation get the tag its GET would. A 304 without
+// Content-Encoding cannot tell how the response the caller holds was
+// relayed, but the caller's If-None-Match does: a strong tag the caller
+// names only weak (the broker weakened it) is relayed weak, so the 304
+// does not make the caller's stored (decoded or masked) body strong again.
+// A masked body kept its strong ETag, and a 304 without Content-Encoding
+// always relayed the strong tag.
 func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	tok := f.credential(t, "stripe").AccessToken
@@ -204,6 +212,7 @@ func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
 		name   string
 		method string // default GET
 		query  string
+		inm    string // the caller's If-None-Match
 		want   []string
 	}{
 		{name: "gzip/strong-becomes-weak", query: "as=gzip&ce=gzip&etag=%22v1%22", want: []string{`W/"v1"`}},
@@ -212,8 +221,16 @@ func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
 		{name: "gzip/each-line", query: "as=gzip&ce=gzip&etag=W/%22a%22&etag=%22b%22", want: []string{`W/"a"`, `W/"b"`}},
 		{name: "head-of-gzip", method: "HEAD", query: "as=gzip&ce=gzip&etag=%22v1%22", want: []string{`W/"v1"`}},
 		{name: "304-of-gzip", query: "as=empty&ce=gzip&status=304&etag=%22v1%22", want: []string{`W/"v1"`}},
-		{name: "plain/strong-stays", query: "as=plain&etag=%22v1%22", want: []string{`"v1"`}},
-		{name: "identity-token/strong-stays", query: "as=plain&ce=identity&etag=%22v1%22", want: []string{`"v1"`}},
+		{name: "plain/strong-stays", query: "as=plain&clean=1&etag=%22v1%22", want: []string{`"v1"`}},
+		{name: "identity-token/strong-stays", query: "as=plain&clean=1&ce=identity&etag=%22v1%22", want: []string{`"v1"`}},
+		{name: "plain-masked/strong-becomes-weak", query: "as=plain&etag=%22v1%22", want: []string{`W/"v1"`}},
+		{name: "gzip-without-content-encoding/strong-stays", query: "as=gzip&clean=1&etag=%22v1%22", want: []string{`"v1"`}},
+		{name: "304/revalidating-a-weakened-tag", query: "as=empty&status=304&etag=%22v1%22", inm: `W/"v1"`, want: []string{`W/"v1"`}},
+		{name: "304/revalidating-among-others", query: "as=empty&status=304&etag=%22v1%22", inm: `"a,W/\"v1\"", W/"x", W/"v1"`, want: []string{`W/"v1"`}},
+		{name: "304/revalidating-the-strong-tag", query: "as=empty&status=304&etag=%22v1%22", inm: `"v1"`, want: []string{`"v1"`}},
+		{name: "304/revalidating-both-forms", query: "as=empty&status=304&etag=%22v1%22", inm: `W/"v1", "v1"`, want: []string{`"v1"`}},
+		{name: "304/weak-tag-inside-another", query: "as=empty&status=304&etag=%22v1%22", inm: `"W/\"v1\""`, want: []string{`"v1"`}},
+		{name: "304/no-if-none-match", query: "as=empty&status=304&etag=%22v1%22", want: []string{`"v1"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -221,9 +238,16 @@ func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
 			if method == "" {
 				method = "GET"
 			}
-			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, bearer(tok), nil)
+			hdr := bearer(tok)
+			if tt.inm != "" {
+				hdr.Set("If-None-Match", tt.inm)
+			}
+			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, hdr, nil)
 			if res.Status >= 300 && res.Status != 304 {
 				t.Fatalf("%s %s = %d: %s", method, tt.query, res.Status, res.Body)
+			}
+			if leaks(res.raw()) {
+				t.Fatalf("the secret reached the caller: %q", res.raw())
 			}
 			if diff := cmp.Diff(tt.want, res.Header.Values("ETag")); diff != "" {
 				t.Errorf("ETag relayed (-want +got):\n%s", diff)
@@ -237,7 +261,10 @@ func TestProxyWeakensETagOfDecodedResponses(t *testing.T) {
 // Repr-Digest, over the representation, which its content coding is part
 // of; Digest, RFC 3230's instance digest; Content-MD5) do not describe the
 // decoded body the broker relays, and would fail a caller that checks them:
-// they are dropped. A body relayed as it came keeps them.
+// they are dropped. So are those of a body relayed with the secret masked
+// (in the first 16 KiB of a body of declared length: they kept them), and those of a 304 revalidating a tag the broker
+// weakened (see TestProxyWeakensETagOfDecodedResponses). A body relayed as
+// it came keeps them.
 func TestProxyDropsDigestsOfDecodedResponses(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	tok := f.credential(t, "stripe").AccessToken
@@ -245,6 +272,7 @@ func TestProxyDropsDigestsOfDecodedResponses(t *testing.T) {
 		name   string
 		method string // default GET
 		query  string
+		inm    string // the caller's If-None-Match
 		kept   bool
 	}{
 		{name: "gzip/dropped", query: "as=gzip&ce=gzip&clean=1&digests=1"},
@@ -255,6 +283,9 @@ func TestProxyDropsDigestsOfDecodedResponses(t *testing.T) {
 		{name: "plain/kept", query: "as=plain&clean=1&digests=1", kept: true},
 		{name: "identity-token/kept", query: "as=plain&ce=identity&clean=1&digests=1", kept: true},
 		{name: "gzip-without-content-encoding/kept", query: "as=gzip&clean=1&digests=1", kept: true},
+		{name: "plain-masked/dropped", query: "as=plain&digests=1"},
+		{name: "304-revalidating-a-weakened-tag/dropped", query: "as=empty&status=304&etag=%22v1%22&digests=1", inm: `W/"v1"`},
+		{name: "304-revalidating-the-strong-tag/kept", query: "as=empty&status=304&etag=%22v1%22&digests=1", inm: `"v1"`, kept: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -262,7 +293,11 @@ func TestProxyDropsDigestsOfDecodedResponses(t *testing.T) {
 			if method == "" {
 				method = "GET"
 			}
-			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, bearer(tok), nil)
+			hdr := bearer(tok)
+			if tt.inm != "" {
+				hdr.Set("If-None-Match", tt.inm)
+			}
+			res := f.do(t, method, "/v1/proxy/stripe/up/encoded?"+tt.query, hdr, nil)
 			if res.Status >= 300 && res.Status != 304 {
 				t.Fatalf("%s %s = %d: %s", method, tt.query, res.Status, res.Body)
 			}
