@@ -20,8 +20,9 @@ import (
 // bomb (1 MiB of zeros, gzipped to about 1 KiB: far over the response cap
 // once decoded), members (400 empty gzip members: over the cap on the
 // wire, nothing once decoded), zlib-then-plain (a zlib stream of clean
-// text, then plain as a second zlib stream) or xtext (text that starts
-// "x = ", a zlib header with a preset dictionary). Names joined with "."
+// text, then plain as a second zlib stream), xtext (text that starts
+// "x = ", a zlib header with a preset dictionary) or hktext (text that
+// starts "HK", a zlib header without one). Names joined with "."
 // are layers, the outer first: "gzip.zlib" is zlib data, gzipped.
 func encodeAs(as string, plain []byte) []byte {
 	if outer, inner, ok := strings.Cut(as, "."); ok {
@@ -33,6 +34,8 @@ func encodeAs(as string, plain []byte) []byte {
 		return append(encodeAs("zlib", []byte(cleanText)), encodeAs("zlib", plain)...)
 	case "xtext":
 		return []byte("x = 80 requests, no secret\n")
+	case "hktext":
+		return []byte("HKD 7.80\n")
 	case "gzip", "bomb", "members":
 		if as == "bomb" {
 			plain = make([]byte, 1<<20)
