@@ -137,7 +137,10 @@
 // Errors the broker
 // writes (502 when the upstream cannot be reached or misbehaves, 504 when a
 // timeout runs out, over HTTP/1.1 or HTTP/2) never carry upstream error
-// text. Responses over MaxResponseBytes are refused (502) when their length
+// text; of them only upstream_error and upstream_timeout carry Retry-After,
+// not those a retry cannot change (response_contains_secret,
+// response_too_large, response_encoding_unsupported, response_undecodable,
+// upstream_address_refused). Responses over MaxResponseBytes are refused (502) when their length
 // is declared (not for HEAD, whose response has no body), and cut off
 // (connection aborted) when streamed; a body cut off, at the cap or by an error, ends without the
 // bytes the scan was still holding back (the start of the secret when the
