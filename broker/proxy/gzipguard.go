@@ -72,7 +72,9 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 //
 // It also sits above the decoder of a body that has a Content-Encoding, so
 // such a body decoding to gzip or zlib data is screened the same way (and
-// one whose decoded data is compressed twice more is refused).
+// a third layer is refused). Only the start of the decoded bytes is looked
+// at: compressed data further in (a second gzip member's content, a file
+// inside a tar) is not recognised.
 //
 // screen runs in ModifyResponse for a body of declared length, so that a
 // refusal is a 502; a streamed body is screened at its first Read (a
