@@ -21,8 +21,9 @@ import (
 // once decoded), members (400 empty gzip members: over the cap on the
 // wire, nothing once decoded), zlib-then-plain (a zlib stream of clean
 // text, then plain as a second zlib stream), xtext (text that starts
-// "x = ", a zlib header with a preset dictionary) or hktext (text that
-// starts "HK", a zlib header without one). Names joined with "."
+// "x = ", a zlib header with a preset dictionary), hktext (text that
+// starts "HK", a zlib header of a 16 KiB window) or xhattext (text that
+// starts "x^", a zlib header of a 32 KiB window). Names joined with "."
 // are layers, the outer first: "gzip.zlib" is zlib data, gzipped.
 func encodeAs(as string, plain []byte) []byte {
 	if outer, inner, ok := strings.Cut(as, "."); ok {
@@ -36,6 +37,8 @@ func encodeAs(as string, plain []byte) []byte {
 		return []byte("x = 80 requests, no secret\n")
 	case "hktext":
 		return []byte("HKD 7.80\n")
+	case "xhattext":
+		return []byte("x^2 + y^2\n")
 	case "gzip", "bomb", "members":
 		if as == "bomb" {
 			plain = make([]byte, 1<<20)

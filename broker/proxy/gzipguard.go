@@ -25,12 +25,16 @@ var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
 
 // sniffCoding tells from the first bytes of a body whether it is
 // compressed data the scan must decode: gzip (a member's ID1 ID2 CM,
-// 1f 8b 08) or zlib (an RFC 1950 header: CM 8, CINFO at most 7, the FCHECK
-// bits right, FDICT clear: 78 9c, 78 da, 78 01, 78 5e and the headers of
-// smaller windows). more is true while b is too short to tell and could
-// still start one. A zlib header with a preset dictionary is not taken for
-// zlib: the dictionary is not known, so it could not be decoded, and text
-// starts with such headers ("x ", "80", "x?").
+// 1f 8b 08) or zlib (an RFC 1950 header with CMF 78 — deflate, the 32 KiB
+// window — the FCHECK bits right and FDICT clear: 78 01, 78 5e, 78 9c,
+// 78 da, what zlib's default, Go's compress/zlib, Python's zlib.compress,
+// Java's Deflater and PHP's gzcompress write). more is true while b is too
+// short to tell and could still start one. Headers of smaller windows (CMF
+// 08 to 68) are not taken for zlib: no common producer writes them, and
+// text starts with them ("HK", "XG", "hC", "8O", "(S"), which would be
+// refused as not decoding. Nor is a header with a preset dictionary: the
+// dictionary is not known, so it could not be decoded, and text starts
+// with such headers ("x ", "x?").
 func sniffCoding(b []byte) (coding contentCoding, more bool) {
 	switch {
 	case len(b) == 0:
@@ -44,7 +48,7 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 			return codingIdentity, true
 		}
 		return codingGzip, false
-	case b[0]&0x0f == 8 && b[0]>>4 <= 7:
+	case b[0] == 0x78:
 		if len(b) < 2 {
 			return codingIdentity, true
 		}
