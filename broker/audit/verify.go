@@ -231,6 +231,13 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // problem when opts.RequireCheckpoint is set. A chain that ends before the
 // seq opts.ExpectSeq gives it is a problem too.
 //
+// Each cause is one problem: Verify resynchronises on every line it reads,
+// and a line it cannot read (malformed, torn, too long, a bad chain id) is
+// one problem, not also the next line of its chain, whose seq skips it and
+// whose prev links to bytes no longer in the files (a gap larger than the
+// unreadable lines between that line and the one before it in its chain is
+// still a problem).
+//
 // Verify returns the report and, when it found a problem, an error wrapping
 // ErrTampered that names the first problem. An error reading an input is
 // returned as is, with the report so far.
@@ -281,12 +288,21 @@ type chainState struct {
 	tailFile string
 	tailLine int
 	tailSeq  uint64
+	// unread is verifier.unread when the chain's last line was read: the
+	// lines no chain could be told from since are verifier.unread minus
+	// it.
+	unread int
 }
 
 type verifier struct {
 	opts   VerifyOptions
 	rep    *Report
 	chains map[string]*chainState
+	// unread counts the lines read so far that are a problem of their own
+	// and belong to no chain that could be told (malformed, too long,
+	// torn, a bad chain id). The seqs they held are missing from their
+	// chain; see line.
+	unread int
 }
 
 func (v *verifier) problem(p Problem) {
@@ -314,8 +330,10 @@ func (v *verifier) file(in Input) error {
 		v.rep.Lines++
 		switch {
 		case tooLong:
+			v.unread++
 			v.problem(Problem{File: in.Name, Line: lineNo, Why: fmt.Sprintf("line is longer than %d bytes", MaxLineBytes)})
 		case !terminated:
+			v.unread++
 			v.problem(Problem{File: in.Name, Line: lineNo, Why: "incomplete last line (no trailing newline): a torn or cut write"})
 		default:
 			v.line(in.Name, lineNo, raw)
@@ -357,18 +375,37 @@ func readLine(r *bufio.Reader) (line []byte, terminated, tooLong bool, err error
 func (v *verifier) line(file string, lineNo int, raw []byte) {
 	ev, err := ParseLine(raw)
 	if err != nil {
+		v.unread++
 		v.problem(Problem{File: file, Line: lineNo, Why: err.Error()})
 		return
 	}
 	if err := ValidChainID(ev.Chain); err != nil {
+		v.unread++
 		v.problem(Problem{File: file, Line: lineNo, Seq: ev.Seq, Why: "bad chain id: " + err.Error()})
 		return
 	}
 	st, seen := v.chains[ev.Chain]
+	// afterUnread: the seqs missing before this line are as many as, or
+	// fewer than, the unreadable lines (each already a problem) between
+	// the chain's previous line (or the start) and this one: they are
+	// those lines, whose bytes, and so whose hash, cannot be known. This
+	// line's prev cannot be checked, and is not a second problem of the
+	// same cause. A gap larger than the unreadable lines around it is a
+	// problem, as is any gap with none.
+	afterUnread := false
+	if seen {
+		afterUnread = ev.Seq > st.lastSeq+1 && ev.Seq-st.lastSeq-1 <= uint64(v.unread-st.unread)
+	} else {
+		afterUnread = ev.Seq > 1 && ev.Seq-1 <= uint64(v.unread)
+	}
 	if !seen {
 		st = &chainState{idx: len(v.rep.Chains)}
 		v.chains[ev.Chain] = st
-		v.rep.Chains = append(v.rep.Chains, ChainReport{Chain: ev.Chain, FirstSeq: ev.Seq, TrimmedStart: ev.Seq > 1})
+		first := ev.Seq
+		if afterUnread {
+			first = 1 // its first lines are in the files, unreadable
+		}
+		v.rep.Chains = append(v.rep.Chains, ChainReport{Chain: ev.Chain, FirstSeq: first, TrimmedStart: first > 1})
 	}
 	cr := &v.rep.Chains[st.idx]
 
@@ -377,17 +414,19 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	switch {
 	case ev.V != Version:
 		why = fmt.Sprintf("unsupported version v=%d", ev.V)
-	case !seen && ev.Seq != 1 && !v.opts.AllowTrimmedStart:
+	case afterUnread && !isHash(ev.Prev):
+		why = fmt.Sprintf("seq %d has a prev that is not a SHA-256 hash: a line after the first links to the line before it", ev.Seq)
+	case !seen && ev.Seq != 1 && !v.opts.AllowTrimmedStart && !afterUnread:
 		why = fmt.Sprintf("chain starts at seq %d, not 1: earlier lines or files are missing (if they were removed on purpose, by retention, allow a trimmed start to verify from here), or files are out of order", ev.Seq)
 	case !seen && ev.Seq != 1 && !isHash(ev.Prev):
 		why = fmt.Sprintf("chain starts at seq %d with a prev that is not a SHA-256 hash: a line after the first links to the line before it", ev.Seq)
 	case seen && ev.Seq <= st.lastSeq:
 		why = fmt.Sprintf("seq %d after seq %d (%s:%d): a line was duplicated, inserted or reordered", ev.Seq, st.lastSeq, st.lastFile, st.lastLine)
-	case seen && ev.Seq != st.lastSeq+1:
+	case seen && ev.Seq != st.lastSeq+1 && !afterUnread:
 		why = fmt.Sprintf("seq gap: expected %d, got %d: lines were deleted or reordered, or a file is missing", st.lastSeq+1, ev.Seq)
 	case !seen && ev.Seq == 1 && ev.Prev != "":
 		why = "first line of the chain has a non-empty prev"
-	case seen && ev.Prev != st.lastHash:
+	case seen && ev.Prev != st.lastHash && !afterUnread:
 		why = fmt.Sprintf("prev hash mismatch: the previous line of this chain (%s:%d) was changed, or a line was inserted, deleted or reordered", st.lastFile, st.lastLine)
 	case terr != nil:
 		why = "bad time: " + terr.Error()
@@ -421,7 +460,7 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	// line yields one problem rather than a cascade.
 	// The time too: a line moved back (or far forward) in time is one
 	// problem, not one for every later line.
-	st.lastSeq, st.lastHash = ev.Seq, HashLine(raw)
+	st.lastSeq, st.lastHash, st.unread = ev.Seq, HashLine(raw), v.unread
 	if terr == nil {
 		st.lastTime = t
 	}

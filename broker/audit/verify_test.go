@@ -691,3 +691,69 @@ func TestVerifyOneChangedTimeIsOneProblem(t *testing.T) {
 		t.Errorf("Verify(time moved, line deleted) problems (-want +got):\n%s%d omitted", d, rep.ProblemsOmitted)
 	}
 }
+
+// TestVerifyUnreadableLineIsOneProblem: a line that cannot be read as an
+// event (malformed, torn, a bad chain id) is one problem. The next line of
+// its chain, whose seq skips it and whose prev links to bytes no longer in
+// the file, is not a second one; but a gap larger than the unreadable lines
+// that could fill it, or one with none nearby, still is.
+func TestVerifyUnreadableLineIsOneProblem(t *testing.T) {
+	golden := sealGolden(t)
+	keys := audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key")}
+	garbage := []byte(`{"v":1,"seq":3,"chain":`) // a line cut short and continued
+	badChain := mutateLine(t, golden, 2, func(ev *audit.Event) { ev.Chain = "has space" })[2]
+	replace := func(lines [][]byte, i int, l []byte) [][]byte {
+		out := append([][]byte(nil), lines...)
+		out[i] = l
+		return out
+	}
+	inter := interleaved(t) // A1 B1 A2 B2 A3 B3 cpA cpB
+	for _, tc := range []struct {
+		name  string
+		files [][]byte
+		want  []string
+	}{
+		{"malformed-middle-line", [][]byte{joinLines(replace(golden, 2, garbage))},
+			[]string{"f1:3: malformed"}},
+		{"bad-chain-id", [][]byte{joinLines(replace(golden, 2, badChain))},
+			[]string{"f1:3: bad chain id"}},
+		{"two-malformed-lines-in-a-row", [][]byte{joinLines(replace(replace(golden, 2, garbage), 3, []byte("x")))},
+			[]string{"f1:3: malformed", "f1:4: malformed"}},
+		{"malformed-first-line", [][]byte{joinLines(replace(golden, 0, garbage))},
+			[]string{"f1:1: malformed"}},
+		{"torn-last-line-of-a-rotated-file", [][]byte{append(joinLines(golden[:5]), golden[5][:20]...), joinLines(golden[6:])},
+			[]string{"f1:6: incomplete last line"}},
+		{"malformed-line-of-the-other-chain", [][]byte{joinLines(replace(inter, 3, garbage))},
+			[]string{"f1:4: malformed"}},
+		// Independent causes stay apart.
+		{"malformed-line-and-the-next-deleted", [][]byte{joinLines(del(replace(golden, 2, garbage), 3))},
+			[]string{"f1:3: malformed", "f1:4: seq gap: expected 3, got 5"}},
+		{"malformed-line-and-a-later-deletion", [][]byte{joinLines(del(replace(golden, 2, garbage), 7))},
+			[]string{"f1:3: malformed", "f1:8: seq gap: expected 8, got 9"}},
+		{"malformed-line-and-a-deletion-in-the-other-chain", [][]byte{joinLines(del(replace(inter, 0, garbage), 3))},
+			[]string{"f1:1: malformed", "f1:5: seq gap: expected 2, got 3"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var in []audit.Input
+			for i, f := range tc.files {
+				in = append(in, audit.Input{Name: fmt.Sprint("f", i+1), R: bytes.NewReader(f)})
+			}
+			rep, err := audit.Verify(in, keys)
+			if !errors.Is(err, audit.ErrTampered) {
+				t.Fatalf("Verify() = %v, want ErrTampered", err)
+			}
+			var got []string
+			for _, p := range rep.Problems {
+				s := fmt.Sprintf("%s:%d: %s", p.File, p.Line, p.Why)
+				got = append(got, s)
+			}
+			ok := len(got) == len(tc.want)
+			for i := 0; ok && i < len(got); i++ {
+				ok = strings.HasPrefix(got[i], tc.want[i])
+			}
+			if !ok {
+				t.Errorf("Verify() problems =\n%s\nwant one a cause:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
