@@ -1042,11 +1042,10 @@ func (s *Sink) addCheckpoint(work *state, now time.Time) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
-	ev, err := work.chain.Checkpoint(ctx, s.o.Signer)
+	ev, err := work.chain.Checkpoint(ctx, s.o.Signer, broker.NewID(broker.PrefixRequest), now)
 	cancel()
 	var line []byte
 	if err == nil {
-		ev.RequestID = broker.NewID(broker.PrefixRequest)
 		line, err = work.chain.Seal(ev, now)
 	}
 	if err != nil {

@@ -782,7 +782,7 @@ func TestEventsSinceCheckpoint(t *testing.T) {
 		file = append(append(file, line...), '\n')
 	}
 	checkpoint := func() {
-		ev, err := c.Checkpoint(context.Background(), signer)
+		ev, err := c.Checkpoint(context.Background(), signer, "req_cp", now)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -162,8 +162,9 @@ func readEvents(t *testing.T, path string) []*audit.Event {
 // included, and a checkpoint transit key may sign JWTs too. With one transit
 // key signing both, neither signature may pass for the other: a workload's
 // JWT signature is not a checkpoint signature, and a checkpoint signature
-// does not make a JWT, because CheckpointSigningInput opens with
-// CheckpointDomain and a newline, which no JWS signing input can contain.
+// does not make a JWT, because a checkpoint's signing input
+// (CheckpointMessage) opens with CheckpointDomainV2 (CheckpointDomain for
+// version 1) and a newline, which no JWS signing input can contain.
 func testRealVaultDomainSeparation(ctx context.Context, t *testing.T, bc *vaultapi.Client) {
 	tk, err := vault.NewTransitKeys(vault.TransitKeysOptions{Client: bc, Keys: []string{harness.VaultEd25519Key, harness.VaultSigningKey}})
 	if err != nil {
@@ -223,7 +224,10 @@ func testRealVaultDomainSeparation(ctx context.Context, t *testing.T, bc *vaulta
 				t.Fatalf("last line = %+v, want a checkpoint by %s, the JWT's key", last, jwtKID)
 			}
 			cp := last.Checkpoint
-			cpMsg := audit.CheckpointSigningInput(last.Chain, cp.HeadSeq, cp.HeadHash)
+			cpMsg, err := audit.CheckpointMessage(last)
+			if err != nil {
+				t.Fatal(err)
+			}
 			cpSig, err := base64.StdEncoding.DecodeString(cp.Signature)
 			if err != nil {
 				t.Fatal(err)

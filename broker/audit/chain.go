@@ -129,12 +129,16 @@ func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
 	if (ev.Type == TypeCheckpoint) != (ev.Checkpoint != nil) {
 		return nil, errors.New("audit: seal: the checkpoint field is set on checkpoint events and only on them")
 	}
-	t := now.UTC()
-	if t.Before(c.lastTime) {
-		t = c.lastTime
+	t, err := c.sealTime(now)
+	if err != nil {
+		return nil, fmt.Errorf("audit: seal: %w", err)
 	}
-	if y := t.Year(); y < 1 || y > 9999 {
-		return nil, fmt.Errorf("audit: seal: year %d cannot be written", y)
+	if cp := ev.Checkpoint; cp != nil && cp.Version >= 2 {
+		// A version 2 checkpoint signed its own time and head: sealed at
+		// another time, or after another line, it would not verify.
+		if ev.Time != t.Format(TimeFormat) || cp.HeadSeq != c.seq || cp.HeadHash != c.head {
+			return nil, errors.New("audit: seal: a checkpoint must be sealed right after it is made, with the same time")
+		}
 	}
 	ev.V = Version
 	ev.Seq = c.seq + 1
@@ -156,6 +160,19 @@ func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
 	c.head = HashLine(out)
 	c.lastTime = t
 	return out, nil
+}
+
+// sealTime is the time Seal gives a line sealed at now: now in UTC, or the
+// time of the last line should the clock have stepped back.
+func (c *Chain) sealTime(now time.Time) (time.Time, error) {
+	t := now.UTC()
+	if t.Before(c.lastTime) {
+		t = c.lastTime
+	}
+	if y := t.Year(); y < 1 || y > 9999 {
+		return time.Time{}, fmt.Errorf("year %d cannot be written", y)
+	}
+	return t, nil
 }
 
 // encodeLine encodes ev as Seal writes it (compact JSON, fields in Event

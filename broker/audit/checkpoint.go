@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Checkpoint signature algorithms (Checkpoint.Alg).
@@ -19,16 +20,27 @@ const (
 	AlgVaultTransit = "vault-transit"
 )
 
-// CheckpointDomain opens every checkpoint signing input, so a checkpoint
-// signature cannot be confused with a signature over anything else.
+// CheckpointDomain opens the signing input of a version 1 checkpoint, so
+// that a checkpoint signature cannot be confused with a signature over
+// anything else.
 const CheckpointDomain = "keytrail-checkpoint-v1"
 
-// CheckpointSigningInput returns the bytes a checkpoint signs:
+// CheckpointDomainV2 opens the signing input of a version 2 checkpoint.
+const CheckpointDomainV2 = "keytrail-checkpoint-v2"
+
+// CheckpointVersion is the checkpoint version Chain.Checkpoint writes
+// (Checkpoint.Version).
+const CheckpointVersion = 2
+
+// CheckpointSigningInput returns the bytes a version 1 checkpoint signs:
 //
 //	keytrail-checkpoint-v1 LF <chain> LF <head seq, decimal> LF <head hash, hex>
 //
 // with no trailing newline. It is unambiguous because chain ids contain no
 // whitespace (ValidChainID), seq is a decimal number and the hash is hex.
+// It does not cover the checkpoint line's own time and request_id: version
+// 2 (CheckpointSigningInputV2) does. Brokers before version 2 wrote version
+// 1 checkpoints; Verify still checks them.
 func CheckpointSigningInput(chain string, headSeq uint64, headHash string) []byte {
 	b := make([]byte, 0, len(CheckpointDomain)+len(chain)+len(headHash)+24)
 	b = append(b, CheckpointDomain...)
@@ -39,6 +51,50 @@ func CheckpointSigningInput(chain string, headSeq uint64, headHash string) []byt
 	b = append(b, '\n')
 	b = append(b, headHash...)
 	return b
+}
+
+// CheckpointSigningInputV2 returns the bytes a version 2 checkpoint signs:
+// the head, as version 1 does, and the checkpoint line's own time and
+// request_id, the only other fields of the line that are not implied by
+// the head (seq is head seq + 1, prev the head hash, type "checkpoint"):
+//
+//	keytrail-checkpoint-v2 LF <chain> LF <head seq> LF <head hash> LF <time> LF <request_id>
+//
+// with no trailing newline. The time is in TimeFormat (no newline); the
+// request id comes last, so that whatever it holds cannot be taken for
+// another field.
+func CheckpointSigningInputV2(chain string, headSeq uint64, headHash, time, requestID string) []byte {
+	b := make([]byte, 0, len(CheckpointDomainV2)+len(chain)+len(headHash)+len(time)+len(requestID)+26)
+	b = append(b, CheckpointDomainV2...)
+	b = append(b, '\n')
+	b = append(b, chain...)
+	b = append(b, '\n')
+	b = strconv.AppendUint(b, headSeq, 10)
+	b = append(b, '\n')
+	b = append(b, headHash...)
+	b = append(b, '\n')
+	b = append(b, time...)
+	b = append(b, '\n')
+	b = append(b, requestID...)
+	return b
+}
+
+// CheckpointMessage returns what the checkpoint event ev signs, by its
+// version: CheckpointSigningInput for version 1 (Checkpoint.Version 0, as
+// brokers before version 2 wrote it), CheckpointSigningInputV2 for version
+// 2. Another version, or an event that is not a checkpoint, is an error.
+func CheckpointMessage(ev *Event) ([]byte, error) {
+	if ev == nil || ev.Checkpoint == nil {
+		return nil, errors.New("not a checkpoint event")
+	}
+	cp := ev.Checkpoint
+	switch cp.Version {
+	case 0:
+		return CheckpointSigningInput(ev.Chain, cp.HeadSeq, cp.HeadHash), nil
+	case 2:
+		return CheckpointSigningInputV2(ev.Chain, cp.HeadSeq, cp.HeadHash, ev.Time, ev.RequestID), nil
+	}
+	return nil, fmt.Errorf("checkpoint version %d is not one this verifier knows (2, or none for 1)", cp.Version)
 }
 
 // Signer signs checkpoints with a key the broker cannot rewrite history with
@@ -146,24 +202,34 @@ func LoadEd25519PublicKey(pemBytes []byte) (keyID string, pub ed25519.PublicKey,
 	return Ed25519KeyID(pub), pub, nil
 }
 
-// Checkpoint builds the checkpoint event for the current head of the chain:
-// it signs CheckpointSigningInput(chain, head seq, head hash) with s. The
-// caller seals the event next, so that it becomes the line right after the
-// head it signs.
-func (c *Chain) Checkpoint(ctx context.Context, s Signer) (*Event, error) {
+// Checkpoint builds the version 2 checkpoint event for the current head of
+// the chain, with request id requestID, to be sealed at now: it signs
+// CheckpointSigningInputV2 of the head, the time Seal(ev, now) gives the
+// line and requestID with s. The caller seals the event next, with the
+// same now and nothing sealed in between, so that it becomes the line right
+// after the head it signs; Seal refuses it otherwise.
+func (c *Chain) Checkpoint(ctx context.Context, s Signer, requestID string, now time.Time) (*Event, error) {
 	if s == nil {
 		return nil, errors.New("audit: checkpoint: no signer")
 	}
 	if err := ValidChainID(c.id); err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: %w", err)
 	}
-	sig, err := s.Sign(ctx, CheckpointSigningInput(c.id, c.seq, c.head))
+	t, err := c.sealTime(now)
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	ts := t.Format(TimeFormat)
+	sig, err := s.Sign(ctx, CheckpointSigningInputV2(c.id, c.seq, c.head, ts, requestID))
 	if err != nil {
 		return nil, fmt.Errorf("audit: checkpoint: sign with %s: %w", s.KeyID(), err)
 	}
 	return &Event{
-		Type: TypeCheckpoint,
+		Type:      TypeCheckpoint,
+		Time:      ts,
+		RequestID: requestID,
 		Checkpoint: &Checkpoint{
+			Version:   CheckpointVersion,
 			HeadSeq:   c.seq,
 			HeadHash:  c.head,
 			KeyID:     s.KeyID(),

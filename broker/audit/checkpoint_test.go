@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -105,24 +106,62 @@ func TestChainCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := c.Checkpoint(context.Background(), s)
+	// The clock stepped back: the checkpoint signs the time Seal gives it,
+	// the last line's.
+	at := goldenStart.Add(-time.Second)
+	ev, err := c.Checkpoint(context.Background(), s, "req_cp1", at)
 	if err != nil {
 		t.Fatalf("Checkpoint() = %v", err)
 	}
 	sig, _ := base64.StdEncoding.DecodeString(ev.Checkpoint.Signature)
-	want := audit.Checkpoint{HeadSeq: 1, HeadHash: audit.HashLine(line), KeyID: s.KeyID(), Alg: audit.AlgEd25519, Signature: ev.Checkpoint.Signature}
+	want := audit.Checkpoint{Version: 2, HeadSeq: 1, HeadHash: audit.HashLine(line), KeyID: s.KeyID(), Alg: audit.AlgEd25519, Signature: ev.Checkpoint.Signature}
 	if d := cmp.Diff(want, *ev.Checkpoint); d != "" {
 		t.Errorf("Checkpoint() (-want +got):\n%s", d)
 	}
-	if !ed25519.Verify(s.PublicKey(), audit.CheckpointSigningInput("chn_cp", 1, audit.HashLine(line)), sig) {
-		t.Errorf("Checkpoint() signature does not verify over CheckpointSigningInput")
+	ts := goldenStart.Format(audit.TimeFormat)
+	if ev.Time != ts || ev.RequestID != "req_cp1" {
+		t.Errorf("Checkpoint() time, request_id = %q, %q; want %q, req_cp1", ev.Time, ev.RequestID, ts)
+	}
+	if !ed25519.Verify(s.PublicKey(), audit.CheckpointSigningInputV2("chn_cp", 1, audit.HashLine(line), ts, "req_cp1"), sig) {
+		t.Errorf("Checkpoint() signature does not verify over CheckpointSigningInputV2")
+	}
+	// Sealed at another time than it signed, or after another line, it
+	// is refused.
+	if _, err := c.Clone().Seal(ev, goldenStart.Add(time.Second)); err == nil {
+		t.Errorf("Seal(checkpoint, another time) = nil error, want one")
+	}
+	moved := c.Clone()
+	if _, err := moved.Seal(&audit.Event{Type: audit.TypeUse}, goldenStart); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := moved.Seal(ev, at); err == nil {
+		t.Errorf("Seal(checkpoint after another line) = nil error, want one")
+	}
+	cpLine, err := c.Seal(ev, at)
+	if err != nil {
+		t.Fatalf("Seal(checkpoint) = %v", err)
+	}
+	sealed, err := audit.ParseLine(cpLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := audit.CheckpointMessage(sealed); err != nil || !ed25519.Verify(s.PublicKey(), msg, sig) {
+		t.Errorf("CheckpointMessage(sealed line) = %v; the signature does not verify over it", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := c.Checkpoint(ctx, s); err == nil {
+	if _, err := c.Checkpoint(ctx, s, "", goldenStart); err == nil {
 		t.Errorf("Checkpoint(cancelled ctx) = nil error, want one")
 	}
-	if _, err := c.Checkpoint(context.Background(), nil); err == nil {
+	if _, err := c.Checkpoint(context.Background(), nil, "", goldenStart); err == nil {
 		t.Errorf("Checkpoint(nil signer) = nil error, want one")
+	}
+}
+
+func TestCheckpointSigningInputV2(t *testing.T) {
+	got := string(audit.CheckpointSigningInputV2("chn_x", 42, "ab01", "2025-01-02T03:04:05.000000000Z", "req_1\nx"))
+	want := "keytrail-checkpoint-v2\nchn_x\n42\nab01\n2025-01-02T03:04:05.000000000Z\nreq_1\nx"
+	if got != want {
+		t.Fatalf("CheckpointSigningInputV2() = %q, want %q", got, want)
 	}
 }

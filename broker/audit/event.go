@@ -107,11 +107,17 @@ type Outcome struct {
 }
 
 // Checkpoint signs the chain head: the seq and hash of the line before the
-// checkpoint line.
+// checkpoint line, and, from version 2 on, the checkpoint line's own time
+// and request_id (CheckpointMessage).
 type Checkpoint struct {
+	// Version is 2 for a checkpoint whose signature covers its own line's
+	// time and request_id too (CheckpointSigningInputV2); 0 (absent) for a
+	// version 1 checkpoint, which signs the head only
+	// (CheckpointSigningInput), as brokers before version 2 wrote them.
+	Version   int    `json:"version,omitempty"`
 	HeadSeq   uint64 `json:"head_seq"`
 	HeadHash  string `json:"head_hash"`
 	KeyID     string `json:"key_id"`
 	Alg       string `json:"alg"`       // "Ed25519" or "vault-transit"
-	Signature string `json:"signature"` // base64 (std) of the signature over SigningInput
+	Signature string `json:"signature"` // base64 (std) of the signature over CheckpointMessage
 }

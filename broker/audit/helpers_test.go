@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -88,7 +89,7 @@ func sealGolden(t testing.TB) [][]byte {
 	for i, ev := range goldenEvents() {
 		if ev == nil {
 			var err error
-			if ev, err = c.Checkpoint(context.Background(), s); err != nil {
+			if ev, err = c.Checkpoint(context.Background(), s, fmt.Sprint("req_cp", i), now); err != nil {
 				t.Fatalf("Checkpoint #%d = %v", i, err)
 			}
 		}

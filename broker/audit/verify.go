@@ -148,13 +148,17 @@ type ChainReport struct {
 	UncheckedCheckpoints int `json:"unchecked_checkpoints,omitempty"`
 	// LastCheckpointSeq is the seq of the last verified checkpoint line.
 	LastCheckpointSeq uint64 `json:"last_checkpoint_seq,omitempty"`
-	// SignedTime is the time of the line the last verified checkpoint
-	// signs (seq LastCheckpointSeq-1): the newest time a signature
-	// covers. A checkpoint line's own time is not signed, so when the
-	// chain ends with a checkpoint, LastTime is only what that line says:
-	// whoever can write the file can move it (forward, to make a chain cut
-	// at an older checkpoint look as recent as the one removed), and
-	// SignedTime is the time to rely on.
+	// SignedSeq and SignedTime are the seq and time of the newest line
+	// whose time a verified signature covers: the last verified
+	// checkpoint line itself (LastCheckpointSeq) when it is of version 2,
+	// which signs its own time and request_id, and the line it signs
+	// (LastCheckpointSeq-1) when it is of version 1, as brokers before
+	// version 2 wrote them. A version 1 checkpoint line's own time and
+	// request_id are not signed: when the chain ends with one, LastTime
+	// is only what that line says, and whoever can write the file can
+	// move it (forward, to make a chain cut at an older checkpoint look as
+	// recent as the one removed); SignedTime is the time to rely on.
+	SignedSeq  uint64 `json:"signed_seq,omitempty"`
 	SignedTime string `json:"signed_time,omitempty"`
 	// UnsignedTail counts the lines after the last verified checkpoint (all
 	// lines when there is none). No signature covers them: whoever can
@@ -222,11 +226,13 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // head and carries a valid signature of a known key. A checkpoint line must
 // also be exactly what a sink writes for one (chain fields, type,
 // request_id, checkpoint): the last line of a chain is normally a
-// checkpoint, and no later prev covers its bytes. Only its request_id and
-// its time (which the signature does not cover; it must still not precede
-// the line before it; ChainReport.SignedTime is the newest signed time)
-// could then be changed unseen, and the signature of
-// a malleable scheme (ECDSA: (r, n-s) for (r, s)) for its twin. Lines after the last
+// checkpoint, and no later prev covers its bytes. A version 2 checkpoint
+// signs its own time and request_id too, so only its signature could then
+// be changed unseen, for its twin under a malleable scheme (ECDSA: (r, n-s)
+// for (r, s)); of a version 1 checkpoint (brokers before version 2), its
+// request_id and its time (it must still not precede the line before it;
+// ChainReport.SignedTime is the newest signed time) could be changed as
+// well. Lines after the last
 // verified checkpoint are reported as ChainReport.UnsignedTail, and are a
 // problem when opts.RequireCheckpoint is set. A chain that ends before the
 // seq opts.ExpectSeq gives it is a problem too.
@@ -473,7 +479,11 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	case covered:
 		cr.Checkpoints++
 		cr.LastCheckpointSeq = ev.Seq
-		cr.SignedTime = headTime
+		if ev.Checkpoint.Version >= 2 {
+			cr.SignedSeq, cr.SignedTime = ev.Seq, ev.Time
+		} else {
+			cr.SignedSeq, cr.SignedTime = ev.Seq-1, headTime
+		}
 		cr.UnsignedTail = 0
 	default:
 		if unchecked {
@@ -506,6 +516,9 @@ func (v *verifier) checkpoint(ev *Event) (why string, unchecked bool) {
 	if cp.HeadSeq != ev.Seq-1 || cp.HeadHash != ev.Prev {
 		return fmt.Sprintf("checkpoint head (seq %d, hash %.16s) is not the previous line (seq %d, hash %.16s)", cp.HeadSeq, cp.HeadHash, ev.Seq-1, ev.Prev), false
 	}
+	if cp.Version != 0 && cp.Version != CheckpointVersion {
+		return fmt.Sprintf("checkpoint version %d is not one this verifier knows (%d, or none for 1)", cp.Version, CheckpointVersion), false
+	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(cp.Signature)
 	if err != nil || len(sig) == 0 {
 		return "checkpoint signature is not base64", false
@@ -513,7 +526,10 @@ func (v *verifier) checkpoint(ev *Event) (why string, unchecked bool) {
 	if !v.rep.SignaturesChecked {
 		return "", true
 	}
-	msg := CheckpointSigningInput(ev.Chain, cp.HeadSeq, cp.HeadHash)
+	msg, err := CheckpointMessage(ev)
+	if err != nil {
+		return err.Error(), false
+	}
 	if pub, ok := v.opts.Keys[cp.KeyID]; ok {
 		if cp.Alg != AlgEd25519 {
 			return fmt.Sprintf("checkpoint alg %q does not match Ed25519 key %s", cp.Alg, cp.KeyID), false

@@ -58,7 +58,7 @@ func interleaved(t *testing.T) [][]byte {
 		seal(b, &audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("b", i)})
 	}
 	for _, c := range []*audit.Chain{a, b} {
-		cp, err := c.Checkpoint(context.Background(), s)
+		cp, err := c.Checkpoint(context.Background(), s, "req_cp", now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +87,11 @@ func TestVerify(t *testing.T) {
 	// Checkpoint 5 re-signed with the other key over the right head.
 	resign := func(s *audit.Ed25519Signer, keyID string) func(*audit.Event) {
 		return func(ev *audit.Event) {
-			sig, _ := s.Sign(context.Background(), audit.CheckpointSigningInput(ev.Chain, ev.Checkpoint.HeadSeq, ev.Checkpoint.HeadHash))
+			msg, err := audit.CheckpointMessage(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig, _ := s.Sign(context.Background(), msg)
 			ev.Checkpoint.Signature = base64.StdEncoding.EncodeToString(sig)
 			ev.Checkpoint.KeyID = keyID
 		}
@@ -100,11 +104,10 @@ func TestVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cp, err := c.Checkpoint(context.Background(), real)
+		cp, err := c.Checkpoint(context.Background(), real, "req_01JCHECKPOINT", goldenStart.Add(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		cp.RequestID = "req_01JCHECKPOINT"
 		line, err := c.Seal(cp, goldenStart.Add(time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -124,7 +127,7 @@ func TestVerify(t *testing.T) {
 		for _, ev := range goldenEvents() {
 			if ev == nil {
 				var err error
-				if ev, err = c.Checkpoint(context.Background(), real); err != nil {
+				if ev, err = c.Checkpoint(context.Background(), real, "", now); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -306,13 +309,40 @@ func TestVerify(t *testing.T) {
 		{
 			name: "fail/final-checkpoint-line-given-other-fields", opts: requireCP, wantCheckpoints: 3,
 			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) {
-				ev.RequestID = "req_forged"
 				ev.IssuanceID = "iss_FORGED"
 				ev.Workload = "evil"
 				ev.Credential = &audit.Credential{Accessor: "acc_forged"}
 				ev.Reason = "rewritten after the fact"
 			})),
 			want: &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint line carries fields a checkpoint is not written with",
+		},
+		{
+			// A version 2 checkpoint signs its own time and request_id.
+			name: "fail/final-checkpoint-time-moved", opts: withKeys, wantCheckpoints: 2, wantTail: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) { ev.Time = "2025-01-02T04:00:00.000000000Z" })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint signature does not verify with key " + real.KeyID(),
+		},
+		{
+			name: "fail/final-checkpoint-request-id-changed", opts: withKeys, wantCheckpoints: 2, wantTail: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) { ev.RequestID = "req_forged" })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint signature does not verify with key " + real.KeyID(),
+		},
+		{
+			name: "fail/final-checkpoint-request-id-removed", opts: withKeys, wantCheckpoints: 2, wantTail: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) { ev.RequestID = "" })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint signature does not verify with key " + real.KeyID(),
+		},
+		{
+			// Taken back to version 1, its signature is no version 1
+			// signature of the head.
+			name: "fail/final-checkpoint-version-removed", opts: withKeys, wantCheckpoints: 2, wantTail: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) { ev.Checkpoint.Version = 0 })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint signature does not verify with key " + real.KeyID(),
+		},
+		{
+			name: "fail/checkpoint-version-unknown", opts: withKeys, wantCheckpoints: 2, wantTail: 3,
+			files: file(mutateLine(t, golden, 10, func(ev *audit.Event) { ev.Checkpoint.Version = 3 })),
+			want:  &audit.Problem{File: "f1", Line: 11, Chain: goldenChain, Seq: 11}, wantWhy: "checkpoint version 3 is not one this verifier knows",
 		},
 		{
 			name: "fail/final-checkpoint-line-given-details", opts: withKeys, wantCheckpoints: 3,
@@ -468,7 +498,8 @@ func TestVerifyReport(t *testing.T) {
 			Chain: goldenChain, Lines: 10, FirstSeq: 1, LastSeq: 10, LastHash: audit.HashLine(golden[9]),
 			LastTime:    goldenStart.Add(9 * 1500 * time.Microsecond).Format(audit.TimeFormat),
 			Checkpoints: 2, LastCheckpointSeq: 8, UnsignedTail: 2,
-			SignedTime: goldenStart.Add(6 * 1500 * time.Microsecond).Format(audit.TimeFormat), // seq 7, the head of seq 8
+			// seq 8, a version 2 checkpoint: its own time is signed
+			SignedSeq: 8, SignedTime: goldenStart.Add(7 * 1500 * time.Microsecond).Format(audit.TimeFormat),
 		}},
 	}
 	if d := cmp.Diff(want, rep); d != "" {
@@ -661,7 +692,7 @@ func TestVerifyTrimmedStart(t *testing.T) {
 			}
 			want := audit.ChainReport{Chain: goldenChain, Lines: 6, FirstSeq: 6, TrimmedStart: true, LastSeq: 11,
 				LastHash: audit.HashLine(golden[10]), LastTime: goldenStart.Add(10 * 1500 * time.Microsecond).Format(audit.TimeFormat),
-				Checkpoints: 2, LastCheckpointSeq: 11, SignedTime: goldenStart.Add(9 * 1500 * time.Microsecond).Format(audit.TimeFormat)}
+				Checkpoints: 2, LastCheckpointSeq: 11, SignedSeq: 11, SignedTime: goldenStart.Add(10 * 1500 * time.Microsecond).Format(audit.TimeFormat)}
 			if d := cmp.Diff([]audit.ChainReport{want}, rep.Chains); d != "" {
 				t.Errorf("Verify() chains (-want +got):\n%s", d)
 			}
@@ -755,5 +786,79 @@ func TestVerifyUnreadableLineIsOneProblem(t *testing.T) {
 				t.Errorf("Verify() problems =\n%s\nwant one a cause:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
 			}
 		})
+	}
+}
+
+// TestVerifyVersion1Checkpoints: testdata/golden-v1.jsonl is the golden
+// log as brokers before checkpoint version 2 sealed it (never regenerated):
+// its checkpoints sign the head only, and it must keep verifying, alone and
+// continued by a broker that writes version 2 checkpoints. Its last
+// checkpoint line's time is not signed: moved, the log still verifies, and
+// the report's signed seq and time stay those of the head.
+func TestVerifyVersion1Checkpoints(t *testing.T) {
+	v1 := splitLines(readTestdata(t, "golden-v1.jsonl"))
+	if len(v1) != 11 || bytes.Contains(joinLines(v1), []byte(`"checkpoint":{"version"`)) {
+		t.Fatalf("testdata/golden-v1.jsonl is not the version 1 golden log (11 lines, no checkpoint version)")
+	}
+	opts := audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key"), RequireCheckpoint: true}
+	lineTime := func(i int) string {
+		return goldenStart.Add(time.Duration(i) * 1500 * time.Microsecond).Format(audit.TimeFormat)
+	}
+	verify := func(lines [][]byte) (*audit.Report, error) {
+		return audit.Verify([]audit.Input{{Name: "v1", R: bytes.NewReader(joinLines(lines))}}, opts)
+	}
+
+	rep, err := verify(v1)
+	if err != nil {
+		t.Fatalf("Verify(version 1 log) = %v, want nil", err)
+	}
+	want := audit.ChainReport{Chain: goldenChain, Lines: 11, FirstSeq: 1, LastSeq: 11, LastHash: audit.HashLine(v1[10]),
+		LastTime: lineTime(10), Checkpoints: 3, LastCheckpointSeq: 11, SignedSeq: 10, SignedTime: lineTime(9)}
+	if d := cmp.Diff([]audit.ChainReport{want}, rep.Chains); d != "" {
+		t.Errorf("Verify(version 1 log) chains (-want +got):\n%s", d)
+	}
+
+	moved := mutateLine(t, v1, 10, func(ev *audit.Event) { ev.Time = "2025-01-02T04:00:00.000000000Z" })
+	if rep, err = verify(moved); err != nil {
+		t.Fatalf("Verify(version 1 log, last checkpoint's time moved) = %v, want nil: a version 1 checkpoint does not sign it", err)
+	}
+	if c := rep.Chains[0]; c.LastTime != "2025-01-02T04:00:00.000000000Z" || c.SignedSeq != 10 || c.SignedTime != lineTime(9) {
+		t.Errorf("Verify(version 1 log, time moved) chain = %+v; want last time moved, signed seq 10 at %s", c, lineTime(9))
+	}
+
+	changed := mutateLine(t, v1, 6, func(ev *audit.Event) { ev.Workload = "evil" })
+	if _, err := verify(changed); !errors.Is(err, audit.ErrTampered) {
+		t.Errorf("Verify(version 1 log, a line changed) = %v, want ErrTampered", err)
+	}
+	forged := mutateLine(t, v1, 10, func(ev *audit.Event) { ev.Checkpoint.HeadSeq, ev.Checkpoint.HeadHash = 9, audit.HashLine(v1[8]) })
+	if _, err := verify(forged); !errors.Is(err, audit.ErrTampered) {
+		t.Errorf("Verify(version 1 log, checkpoint head changed) = %v, want ErrTampered", err)
+	}
+
+	// A broker upgraded in the middle of the chain continues it with
+	// version 2 checkpoints.
+	c, err := audit.ResumeChain(v1[10])
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := goldenStart.Add(time.Minute)
+	l1, err := c.Seal(&audit.Event{Type: audit.TypeStart}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := c.Checkpoint(context.Background(), testSigner(t, "checkpoint.key"), "req_cpv2", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := c.Seal(cp, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixed := append(append([][]byte(nil), v1...), l1, l2)
+	if rep, err = verify(mixed); err != nil {
+		t.Fatalf("Verify(version 1 log continued with version 2) = %v, want nil", err)
+	}
+	if c := rep.Chains[0]; c.Checkpoints != 4 || c.SignedSeq != 13 || c.SignedTime != now.Format(audit.TimeFormat) {
+		t.Errorf("Verify(mixed) chain = %+v; want 4 checkpoints, signed seq 13 at %s", c, now.Format(audit.TimeFormat))
 	}
 }

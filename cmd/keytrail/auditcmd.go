@@ -358,9 +358,12 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 	var trimmed []string
 	for _, c := range rep.Chains {
 		fmt.Fprintf(w, "chain %s: %d lines, seq %d..%d, last line at %s, %d verified checkpoint(s)", c.Chain, c.Lines, c.FirstSeq, c.LastSeq, c.LastTime, c.Checkpoints)
-		if c.SignedTime != "" {
-			// The last checkpoint line's own time is not signed.
-			fmt.Fprintf(w, ", signed up to seq %d at %s (a checkpoint line's own time is not signed)", c.LastCheckpointSeq-1, c.SignedTime)
+		switch {
+		case c.SignedTime != "" && c.SignedSeq < c.LastCheckpointSeq:
+			// A version 1 checkpoint line's own time is not signed.
+			fmt.Fprintf(w, ", signed up to seq %d at %s (the last checkpoint, of version 1, does not sign its own time and request_id)", c.SignedSeq, c.SignedTime)
+		case c.SignedTime != "":
+			fmt.Fprintf(w, ", signed up to seq %d at %s", c.SignedSeq, c.SignedTime)
 		}
 		if c.TrimmedStart && opts.AllowTrimmedStart {
 			fmt.Fprintf(w, ", verified from seq %d (seq 1..%d are not in the files: removed, by retention)", c.FirstSeq, c.FirstSeq-1)

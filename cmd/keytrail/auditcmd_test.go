@@ -473,13 +473,14 @@ func devCheckpointSigner(t *testing.T, dir string) (*audit.Ed25519Signer, string
 	return signer, pubFile
 }
 
-// TestAuditVerifyCheckpointTimeIsNotSigned: a checkpoint signs the line
-// before it, not its own time. A log cut at an older checkpoint whose time
-// is then moved forward to the time of the removed end verifies (nothing
-// signed changed) and, printed as "last line at", looked as recent as the
-// uncut log. verify must print the newest signed time, the head's, next
-// to it.
-func TestAuditVerifyCheckpointTimeIsNotSigned(t *testing.T) {
+// TestAuditVerifyCheckpointTime: a log cut at an older checkpoint whose
+// time is then moved forward to the time of the removed end must not look
+// as recent as the uncut log. A version 2 checkpoint, as the broker writes
+// it, signs its own time: moved, it does not verify. A version 1
+// checkpoint (brokers before) signs the line before it only: the log
+// verifies, and verify prints, next to the last line's time, the newest
+// signed one (the head's) and says the checkpoint's own is not signed.
+func TestAuditVerifyCheckpointTime(t *testing.T) {
 	dir := t.TempDir()
 	signer, pubFile := devCheckpointSigner(t, dir)
 	path, _ := writeSignedAudit(t, dir, signer)
@@ -506,39 +507,78 @@ func TestAuditVerifyCheckpointTimeIsNotSigned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cp.Checkpoint.Version != 2 {
+		t.Fatalf("the broker wrote a checkpoint of version %d, want 2: %s", cp.Checkpoint.Version, all[cut])
+	}
 	moved := time.Now().UTC().Add(time.Hour).Format(audit.TimeFormat)
-	cp.Time = moved
-	line, err := json.Marshal(cp)
-	if err != nil {
-		t.Fatal(err)
+	write := func(cp *audit.Event) {
+		t.Helper()
+		line, err := json.Marshal(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, append(append(bytes.Join(all[:cut], []byte("\n")), '\n'), append(line, '\n')...), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.WriteFile(path, append(append(bytes.Join(all[:cut], []byte("\n")), '\n'), append(line, '\n')...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--require-checkpoint", path)
-	if err != nil {
-		t.Fatalf("audit verify (cut, checkpoint time moved) = %v, want success (the checkpoint's time is not signed)\n%s", err, out)
-	}
-	if want := fmt.Sprintf("last line at %s", moved); !strings.Contains(out, want) {
-		t.Errorf("audit verify does not print the last line's time as written (%q):\n%s", want, out)
-	}
-	if want := fmt.Sprintf("signed up to seq %d at %s", head.Seq, head.Time); !strings.Contains(out, want) {
-		t.Errorf("audit verify does not print the newest signed time (%q):\n%s", want, out)
-	}
-	out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--json", path)
-	if err != nil {
-		t.Fatalf("audit verify --json = %v\n%s", err, out)
-	}
-	var rep struct {
-		Chains []struct {
-			LastTime   string `json:"last_time"`
-			SignedTime string `json:"signed_time"`
-		} `json:"chains"`
-	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
-		t.Fatalf("audit verify --json: %v\n%s", err, out)
-	}
-	if len(rep.Chains) != 1 || rep.Chains[0].LastTime != moved || rep.Chains[0].SignedTime != head.Time {
-		t.Errorf("audit verify --json chains = %+v, want last_time %s, signed_time %s", rep.Chains, moved, head.Time)
-	}
+
+	t.Run("version-2-time-moved", func(t *testing.T) {
+		write(cp)
+		out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", path)
+		if err != nil {
+			t.Fatalf("audit verify (cut at a checkpoint) = %v, want success\n%s", err, out)
+		}
+		if want := fmt.Sprintf("signed up to seq %d at %s\n", cp.Seq, cp.Time); !strings.Contains(out, want) {
+			t.Errorf("audit verify does not print the checkpoint's own, signed time (%q):\n%s", want, out)
+		}
+		m := *cp
+		m.Time = moved
+		write(&m)
+		out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", path)
+		if err == nil || !strings.Contains(out, fmt.Sprintf("FAIL %s:%d (seq %d): checkpoint signature does not verify", path, cut+1, cp.Seq)) {
+			t.Errorf("audit verify (version 2 checkpoint's time moved) = %v, want a FAIL at line %d\n%s", err, cut+1, out)
+		}
+	})
+
+	t.Run("version-1-time-moved", func(t *testing.T) {
+		// The checkpoint as a broker before version 2 wrote it.
+		v1 := *cp
+		c1 := *cp.Checkpoint
+		v1.Checkpoint = &c1
+		c1.Version = 0
+		sig, err := signer.Sign(context.Background(), audit.CheckpointSigningInput(v1.Chain, c1.HeadSeq, c1.HeadHash))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c1.Signature = base64.StdEncoding.EncodeToString(sig)
+		v1.Time = moved
+		write(&v1)
+		out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--require-checkpoint", path)
+		if err != nil {
+			t.Fatalf("audit verify (version 1, cut, checkpoint time moved) = %v, want success (a version 1 checkpoint does not sign its time)\n%s", err, out)
+		}
+		if want := fmt.Sprintf("last line at %s", moved); !strings.Contains(out, want) {
+			t.Errorf("audit verify does not print the last line's time as written (%q):\n%s", want, out)
+		}
+		if want := fmt.Sprintf("signed up to seq %d at %s (the last checkpoint, of version 1, does not sign its own time and request_id)", head.Seq, head.Time); !strings.Contains(out, want) {
+			t.Errorf("audit verify does not print the newest signed time (%q):\n%s", want, out)
+		}
+		out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--json", path)
+		if err != nil {
+			t.Fatalf("audit verify --json = %v\n%s", err, out)
+		}
+		var rep struct {
+			Chains []struct {
+				LastTime   string `json:"last_time"`
+				SignedSeq  uint64 `json:"signed_seq"`
+				SignedTime string `json:"signed_time"`
+			} `json:"chains"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("audit verify --json: %v\n%s", err, out)
+		}
+		if len(rep.Chains) != 1 || rep.Chains[0].LastTime != moved || rep.Chains[0].SignedSeq != head.Seq || rep.Chains[0].SignedTime != head.Time {
+			t.Errorf("audit verify --json chains = %+v, want last_time %s, signed_seq %d, signed_time %s", rep.Chains, moved, head.Seq, head.Time)
+		}
+	})
 }
