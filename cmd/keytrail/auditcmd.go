@@ -277,26 +277,99 @@ func verifyFiles(e *env, paths []string, files []*os.File, opts audit.VerifyOpti
 
 // loadAuditFiles is trace.LoadFiles with the progress lines of verifyFiles
 // (what is the command, for them): an offline trace or report over a large
-// log spends minutes reading it.
-func loadAuditFiles(e *env, what string, x *trace.Index, paths []string) error {
+// log spends minutes reading it. With check, the same bytes go through
+// audit.Verify too, in the same pass (a second reader of each file would
+// double the reading): the report it returns says whether the hash chain
+// holds (not the checkpoint signatures: no key is given). A file a running
+// broker holds is live, as for audit verify.
+func loadAuditFiles(e *env, what string, x *trace.Index, paths []string, check bool) (*audit.Report, error) {
 	pr := &progress{w: e.stderr, what: what, every: e.progressEvery, last: time.Now()}
 	for _, p := range paths {
 		if fi, err := os.Stat(p); err == nil {
 			pr.total += fi.Size()
 		}
 	}
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			return err
+	if !check {
+		for _, p := range paths {
+			if err := consumeAuditFile(x, pr, p, nil); err != nil {
+				return nil, err
+			}
 		}
-		_, err = x.Consume(progressReader{r: f, p: pr, name: p})
-		f.Close()
+		return nil, nil
+	}
+	readers := make([]*io.PipeReader, len(paths))
+	writers := make([]*io.PipeWriter, len(paths))
+	inputs := make([]audit.Input, len(paths))
+	for i, p := range paths {
+		readers[i], writers[i] = io.Pipe()
+		inputs[i] = audit.Input{Name: p, R: readers[i], Live: auditfile.Locked(p)}
+	}
+	type verified struct {
+		rep *audit.Report
+		err error
+	}
+	done := make(chan verified, 1)
+	go func() {
+		rep, err := audit.Verify(inputs, audit.VerifyOptions{})
+		for _, r := range readers {
+			_ = r.Close() // a write to a file Verify did not read fails, rather than blocks
+		}
+		done <- verified{rep, err}
+	}()
+	var err error
+	for i, p := range paths {
+		if err == nil {
+			err = consumeAuditFile(x, pr, p, writers[i])
+		}
 		if err != nil {
+			writers[i].CloseWithError(err)
+		} else {
+			_ = writers[i].Close()
+		}
+	}
+	v := <-done
+	if err != nil {
+		return nil, err
+	}
+	if v.err != nil && !errors.Is(v.err, audit.ErrTampered) {
+		return nil, v.err
+	}
+	return v.rep, nil
+}
+
+// consumeAuditFile adds the file p to x, copying what it reads to tee
+// when not nil.
+func consumeAuditFile(x *trace.Index, pr *progress, p string, tee io.Writer) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	if tee != nil {
+		r = io.TeeReader(f, tee)
+	}
+	if _, err := x.Consume(progressReader{r: r, p: pr, name: p}); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if tee != nil {
+		// Consume reads to the end; whatever it left is the verifier's too.
+		if _, err := io.Copy(tee, f); err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
 	return nil
+}
+
+// chainNote says, when the hash chain check of an offline trace or report
+// (loadAuditFiles with check) found problems, that the answer rests on
+// lines that may have been altered; "" when it found none.
+func chainNote(rep *audit.Report) string {
+	if rep == nil || rep.OK() {
+		return ""
+	}
+	n := len(rep.Problems) + rep.ProblemsOmitted
+	return fmt.Sprintf("the audit files do NOT verify: %d problem(s), the first at %s; lines may have been changed, inserted or removed, and what is shown rests on the lines as they are (keytrail audit verify names each problem, and checks the checkpoint signatures with --key or --jwks)", n, rep.Problems[0])
 }
 
 // skippedNote says that n audit lines could not be read and were left out

@@ -27,6 +27,7 @@ func newTraceCmd(e *env) *cobra.Command {
 		tokenFile    string
 		insecureHTTP bool
 		maxEvents    int
+		noVerify     bool
 	)
 	c := &cobra.Command{
 		Use:   "trace [VALUE] [--audit-log FILE...] [--vault-audit-log FILE] [--json]",
@@ -52,9 +53,13 @@ Offline, with --audit-log FILE... (no broker needed; several files as
 --audit-log A --audit-log B or --audit-log A,B): the files are read with
 their rotated siblings (FILE.<timestamp>, oldest first); a directory stands
 for every *.jsonl file in it. Files that take longer than 5 s to read get a
-progress line on stderr every 5 s. The files are read as they are, not
-verified: run 'keytrail audit verify' on them to know that no line was
-changed or removed.
+progress line on stderr every 5 s. Their hash chain is checked in the same
+pass (seq, prev links, form, as 'keytrail audit verify' checks it, but not
+the checkpoint signatures: no key is given): when it does not hold, a
+warning on stderr names the first problem, and the answer, still printed,
+rests on lines that may have been changed, inserted or removed. Run
+'keytrail audit verify --key/--jwks' for the signatures. --no-verify skips
+the check (less CPU on a large log).
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
@@ -104,8 +109,12 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
 					return err
 				}
-				if err := loadAuditFiles(e, "keytrail trace", x, files); err != nil {
+				vrep, err := loadAuditFiles(e, "keytrail trace", x, files, !noVerify)
+				if err != nil {
 					return fmt.Errorf("trace: --audit-log: %w", err)
+				}
+				if note := chainNote(vrep); note != "" {
+					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", note)
 				}
 				st := x.Stats()
 				if st.Dropped > 0 {
@@ -166,6 +175,7 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
 	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
+	f.BoolVar(&noVerify, "no-verify", false, "do not check the hash chain of the --audit-log files while reading them")
 	return c
 }
 
@@ -222,7 +232,7 @@ func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result
 // onlineFlagsOffline refuses, as a usage mistake, the flags of the online
 // mode (server and admin token) together with --audit-log, which answers
 // offline without them (an operator who names a server expects its answer,
-// not the files'), and --max-events without --audit-log.
+// not the files'), and --max-events or --no-verify without --audit-log.
 // auditLogsHint explains, after --audit-log, how to name several audit
 // files: "--audit-log FILE..." takes one file per flag, so the second file
 // of "--audit-log a.jsonl b.jsonl" (or of a shell glob) is an argument.
@@ -237,6 +247,9 @@ func onlineFlagsOffline(cmd *cobra.Command, auditLogs []string) error {
 	if len(auditLogs) == 0 {
 		if cmd.Flags().Changed("max-events") {
 			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --max-events bounds the offline index (with --audit-log); online, the server answers", cmd.Name())}
+		}
+		if cmd.Flags().Changed("no-verify") {
+			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --no-verify skips the hash chain check of the audit files (with --audit-log); online, the server answers", cmd.Name())}
 		}
 		return nil
 	}

@@ -433,3 +433,90 @@ func TestTraceEmptyValue(t *testing.T) {
 		t.Errorf("the server was asked %d times, want none", n)
 	}
 }
+
+// TestOfflineTraceAndReportCheckTheChain: offline trace and report check the
+// hash chain of the audit files in the same pass as they read them. Over
+// intact files they say nothing; over files with a changed line they still
+// answer, and warn (report: also a note in the report) naming the first
+// problem; --no-verify skips the check; and --no-verify without
+// --audit-log is a usage mistake.
+func TestOfflineTraceAndReportCheckTheChain(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	m, _ := filepath.Glob(filepath.Join(dir, "audit.jsonl.*"))
+	if len(m) != 1 {
+		t.Fatalf("fixture: rotated files %v, want one", m)
+	}
+	rotated := m[0]
+
+	for _, args := range [][]string{
+		{"trace", cliIssID, "--audit-log", live},
+		{"report", "--audit-log", live, "--format", "json"},
+	} {
+		out, stderr, err := runCLI(t, nil, args...)
+		if err != nil || strings.Contains(stderr, "do NOT verify") || strings.Contains(out, "do NOT verify") {
+			t.Errorf("%s over intact files = %v\nstdout:\n%s\nstderr:\n%s\nwant success, no chain warning", args[0], err, out, stderr)
+		}
+	}
+
+	// The deny on line 2 of the rotated file, changed: line 1 of the live
+	// file no longer links to it.
+	data, err := os.ReadFile(rotated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(data), `"sub":"stranger"`, `"sub":"someone"`, 1)
+	if changed == string(data) {
+		t.Fatalf("fixture: no deny of \"stranger\" in %s", data)
+	}
+	if err := os.WriteFile(rotated, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first := live + ":1 (seq 3): prev hash mismatch"
+
+	out, stderr, err := runCLI(t, nil, "trace", cliIssID, "--audit-log", live)
+	if err != nil || !strings.Contains(out, cliIssID) {
+		t.Fatalf("trace over a changed file = %v\n%s\nwant the answer still", err, out)
+	}
+	if !strings.Contains(stderr, "keytrail: warning: the audit files do NOT verify: 1 problem(s), the first at "+first) {
+		t.Errorf("trace over a changed file: stderr\n%s\nwant a warning naming %q", stderr, first)
+	}
+
+	out, stderr, err = runCLI(t, nil, "report", "--audit-log", live, "--format", "json")
+	if err != nil {
+		t.Fatalf("report over a changed file = %v\n%s", err, out)
+	}
+	var rep struct {
+		Notes []string `json:"notes"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("report --format json: %v\n%s", err, out)
+	}
+	found := false
+	for _, n := range rep.Notes {
+		found = found || strings.Contains(n, "do NOT verify") && strings.Contains(n, first)
+	}
+	if !found || !strings.Contains(stderr, "keytrail: warning: the audit files do NOT verify") {
+		t.Errorf("report over a changed file: notes %q, stderr\n%s\nwant a note and a warning naming %q", rep.Notes, stderr, first)
+	}
+
+	for _, args := range [][]string{
+		{"trace", cliIssID, "--audit-log", live, "--no-verify"},
+		{"report", "--audit-log", live, "--no-verify"},
+	} {
+		out, stderr, err := runCLI(t, nil, args...)
+		if err != nil || strings.Contains(stderr, "do NOT verify") || strings.Contains(out, "do NOT verify") {
+			t.Errorf("%s --no-verify = %v\nstdout:\n%s\nstderr:\n%s\nwant success, no chain check", args[0], err, out, stderr)
+		}
+	}
+	for _, args := range [][]string{
+		{"trace", cliIssID, "--no-verify", "--addr", "http://127.0.0.1:1"},
+		{"report", "--no-verify", "--addr", "http://127.0.0.1:1"},
+	} {
+		_, _, err := runCLI(t, nil, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != exitUsage || !strings.Contains(err.Error(), "--no-verify skips the hash chain check") {
+			t.Errorf("%s --no-verify without --audit-log = %v, want a usage error", args[0], err)
+		}
+	}
+}
