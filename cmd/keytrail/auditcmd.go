@@ -47,6 +47,13 @@ first bad line and why,
 and reports lines after the last verified checkpoint, which no signature
 covers: they may have been added or changed, and lines after them removed,
 unseen (--require-checkpoint makes that a failure, and an empty log too).
+A chain with no verified checkpoint at all, or files verified without a
+key, are a WARNING (on stderr with --json) and the OK line says NOT SIGNED:
+whoever can write the files can rewrite them whole, hash chain included,
+and they pass every other check. A broker signs a checkpoint at least every
+1,000 events or 60 s and when it stops, so use --require-checkpoint on files
+a broker has stopped writing. A checkpoint by a key none of those given has
+gets a hint: save the JWKS (or public key) while the broker serves it.
 Lines removed from the end up to a checkpoint, or the newest files removed
 whole, leave no trace in the files: compare each chain's last seq and time,
 printed for it, with a copy kept elsewhere, or give the seq the chain was
@@ -136,6 +143,9 @@ short of them.`,
 				enc := json.NewEncoder(e.stdout)
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(rep)
+				for _, w := range unsignedWarnings(rep) {
+					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", w)
+				}
 			} else {
 				printVerifyReport(e, rep, readErr, opts)
 			}
@@ -451,8 +461,12 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 	if len(trimmed) > 0 {
 		fmt.Fprintf(w, "hint: chain(s) %s start after seq 1 in the files: if their oldest files were removed on purpose (retention), verify again with --allow-trimmed-start\n", strings.Join(trimmed, ", "))
 	}
-	if !rep.SignaturesChecked {
-		fmt.Fprintln(w, "checkpoint signatures not checked (no --key or --jwks given)")
+	warnings := unsignedWarnings(rep)
+	for _, s := range warnings {
+		fmt.Fprintln(w, "WARNING:", s)
+	}
+	if hint := unknownKeyHint(rep, opts); hint != "" {
+		fmt.Fprintln(w, "hint:", hint)
 	}
 	for _, p := range rep.BeingWritten {
 		fmt.Fprintf(w, "%s:%d: being written by the running broker (incomplete last line, %d bytes so far): not verified yet, verify again to check it\n", p.File, p.Line, p.Bytes)
@@ -468,6 +482,8 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 		fmt.Fprintln(w, "NOT VERIFIED: a file could not be read to its end (see the error): it and the files after it were not verified")
 	case rep.OK() && rep.Lines == 0:
 		fmt.Fprintln(w, "NOTHING VERIFIED: no audit lines (a broker writes at least its policy_load event when it starts; --require-checkpoint makes this a failure)")
+	case rep.OK() && len(warnings) > 0:
+		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq above), but NOT SIGNED (see the WARNING above): a file rewritten whole passes this")
 	case rep.OK():
 		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq above)")
 		for _, chain := range slices.Sorted(maps.Keys(opts.ExpectSeq)) {
@@ -479,6 +495,50 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 		}
 		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup, or the highest keytrail_audit_last_seq monitoring saw, with --expect-seq)")
 	}
+}
+
+// unsignedWarnings says why a log that verifies may still have been
+// rewritten whole, its hash chain recomputed: no key was given, or a chain
+// has no verified checkpoint at all. A broker signs a checkpoint at least
+// every 1,000 events or 60 s, and when it stops, so such a chain is a
+// broker's first minute, one whose signing failed throughout, or not a
+// broker's (--require-checkpoint makes it a failure).
+func unsignedWarnings(rep *audit.Report) []string {
+	if rep.Lines == 0 {
+		return nil
+	}
+	if !rep.SignaturesChecked {
+		return []string{"checkpoint signatures not checked (no --key or --jwks given): whoever can write the files can rewrite them whole, recomputing the hash chain, and they verify just the same"}
+	}
+	var out []string
+	for _, c := range rep.Chains {
+		if c.Checkpoints == 0 && c.Lines > 0 {
+			out = append(out, fmt.Sprintf("chain %s has no verified checkpoint: no signature covers any of its %d line(s), so whoever can write the files could have written all of them, hash chain included. A broker signs a checkpoint at least every 1,000 events or 60 s and when it stops: a chain without one is a broker's first minute, one whose checkpoints all failed (the broker logs each), or not a broker's; --require-checkpoint makes this a failure", c.Chain, c.Lines))
+		}
+	}
+	return out
+}
+
+// unknownKeyHint says, when checkpoints name keys none of those given
+// has, where such a key is found; "" when none does.
+func unknownKeyHint(rep *audit.Report, opts audit.VerifyOptions) string {
+	const prefix = "checkpoint from unknown key "
+	var kids []string
+	for _, p := range rep.Problems {
+		if kid, ok := strings.CutPrefix(p.Why, prefix); ok {
+			if k, err := strconv.Unquote(kid); err == nil && !slices.Contains(kids, k) {
+				kids = append(kids, k)
+			}
+		}
+	}
+	if len(kids) == 0 {
+		return ""
+	}
+	where := "its public key with another --key (Ed25519 key ids are ed25519:<hex>), or a JWKS that has it with --jwks (transit key ids are <key>:<version>)"
+	if opts.VerifyFunc != nil {
+		where = "a JWKS saved while the broker served the key (--jwks is repeatable), or its public key with --key"
+	}
+	return fmt.Sprintf("no key given has checkpoint key(s) %s: a key the broker no longer serves (audit.checkpoint_transit_key or checkpoint_key_file changed, a transit version below min_decryption_version), or another instance's: give %s", strings.Join(kids, ", "), where)
 }
 
 // journalProblems reports, for each audit file, acknowledged batches that

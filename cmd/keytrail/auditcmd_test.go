@@ -582,3 +582,68 @@ func TestAuditVerifyCheckpointTime(t *testing.T) {
 		}
 	})
 }
+
+// TestAuditVerifyWarnsOfAnUnsignedChain: a chain planted whole (written,
+// hash chain and all, by whoever can write the file, with no checkpoint a
+// key verifies) passes the chain checks: verify must say, prominently,
+// that nothing in it is signed, and the OK line must not read as a clean
+// result; --require-checkpoint makes it a failure. The same when no key is
+// given at all. With --json the warning goes to stderr.
+func TestAuditVerifyWarnsOfAnUnsignedChain(t *testing.T) {
+	dir := t.TempDir()
+	_, pubFile := devCheckpointSigner(t, dir)
+	c := audit.NewChain("chn_planted")
+	var file []byte
+	for i := range 3 {
+		line, err := c.Seal(&audit.Event{Type: audit.TypeUse, RequestID: fmt.Sprint("req_", i)}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, line...), '\n')
+	}
+	path := filepath.Join(dir, "audit.jsonl")
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, _, err := runCLI(t, nil, "audit", "verify", "--exact", "--key", pubFile, path)
+	if err != nil {
+		t.Fatalf("audit verify (planted chain) = %v, want exit 0 (the chain holds)\n%s", err, out)
+	}
+	for _, want := range []string{
+		"WARNING: chain chn_planted has no verified checkpoint: no signature covers any of its 3 line(s)",
+		"--require-checkpoint makes this a failure",
+		"OK: the chain is intact up to its last line (seq above), but NOT SIGNED (see the WARNING above)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit verify (planted chain) does not print %q:\n%s", want, out)
+		}
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", "--key", pubFile, "--require-checkpoint", path)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "FAIL "+path+":1 (seq 1): 3 line(s) from here to the end of the chain are not covered by a verified checkpoint") {
+		t.Errorf("audit verify --require-checkpoint (planted chain) = %v, want exit 1 and a FAIL at line 1\n%s", err, out)
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", path)
+	if err != nil || !strings.Contains(out, "WARNING: checkpoint signatures not checked (no --key or --jwks given)") || !strings.Contains(out, "but NOT SIGNED") {
+		t.Errorf("audit verify without a key = %v, want exit 0 and the warning\n%s", err, out)
+	}
+	out, stderr, err := runCLI(t, nil, "audit", "verify", "--exact", "--json", "--key", pubFile, path)
+	if err != nil || !json.Valid([]byte(out)) || !strings.Contains(stderr, "keytrail: warning: chain chn_planted has no verified checkpoint") {
+		t.Errorf("audit verify --json (planted chain) = %v\nstdout:\n%s\nstderr:\n%s\nwant JSON on stdout, the warning on stderr", err, out, stderr)
+	}
+
+	// A signed log says nothing of the kind.
+	signer, pub2 := devCheckpointSigner(t, t.TempDir())
+	signed, _ := writeSignedAudit(t, t.TempDir(), signer)
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", "--key", pub2, signed)
+	if err != nil || strings.Contains(out, "WARNING") || strings.Contains(out, "NOT SIGNED") {
+		t.Errorf("audit verify (signed log) = %v, want no warning\n%s", err, out)
+	}
+
+	// A checkpoint by a key not given: where to find it.
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", "--key", pubFile, signed)
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "hint: no key given has checkpoint key(s) "+signer.KeyID()+": a key the broker no longer serves") {
+		t.Errorf("audit verify (another key) = %v, want exit 1 and a hint naming %s\n%s", err, signer.KeyID(), out)
+	}
+}
