@@ -5,6 +5,7 @@ package harness
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -39,12 +40,20 @@ func BuildVault(ctx context.Context, root string, progress io.Writer) (string, e
 
 const vaultDefaultStartup = 60 * time.Second
 
-// VaultBinary returns the path of <repo root>/bin/vault, building it first
-// when it is missing or older than e2e/vaultserver/go.sum (see BuildVault).
-// The first build takes 10-20 minutes: run such a test with -timeout 30m, or
-// build once beforehand. It fails the test when Vault cannot be had.
+// VaultBinary returns $KEYTRAIL_VAULT_BIN when it is set (as `keytrail dev`
+// and `keytrail bench` do: a binary built elsewhere, used as it is), else
+// the path of <repo root>/bin/vault, building it first when it is missing
+// or older than e2e/vaultserver/go.sum (see BuildVault). The first build
+// takes 10-20 minutes: run such a test with -timeout 30m, or build once
+// beforehand. It fails the test when Vault cannot be had, or when
+// $KEYTRAIL_VAULT_BIN names no executable file.
 func VaultBinary(t testing.TB) string {
 	t.Helper()
+	if bin, err := vaultBinaryFromEnv(os.Getenv); err != nil {
+		t.Fatalf("vault binary: %v", err)
+	} else if bin != "" {
+		return bin
+	}
 	root, err := devserver.RepoRoot()
 	if err != nil {
 		t.Fatalf("vault binary: %v", err)
@@ -56,6 +65,23 @@ func VaultBinary(t testing.TB) string {
 		t.Fatalf("vault binary: %v", err)
 	}
 	return bin
+}
+
+// vaultBinaryFromEnv returns $KEYTRAIL_VAULT_BIN, "" when it is not set,
+// or an error when it names no executable regular file.
+func vaultBinaryFromEnv(getenv func(string) string) (string, error) {
+	bin := getenv("KEYTRAIL_VAULT_BIN")
+	if bin == "" {
+		return "", nil
+	}
+	fi, err := os.Stat(bin)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("KEYTRAIL_VAULT_BIN=%s: %w", bin, err)
+	case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+		return "", fmt.Errorf("KEYTRAIL_VAULT_BIN=%s: not an executable file", bin)
+	}
+	return bin, nil
 }
 
 // Vault is a dev server started for one test (StartVault).
