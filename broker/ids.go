@@ -3,7 +3,6 @@ package broker
 import (
 	"crypto/sha256"
 	"encoding/base32"
-	"strings"
 
 	"github.com/oklog/ulid/v2"
 )
@@ -26,13 +25,24 @@ func NewID(prefix string) string {
 	return prefix + ulid.Make().String()
 }
 
-var sessionEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+// sessionEncoding is base32 (RFC 4648) without padding, in lower case: the
+// encoding session ids have always had (StdEncoding's text lower-cased),
+// written in one step.
+var sessionEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // SessionID derives a stable session id from an issuer name and the value
 // that identifies one running instance (a pod uid, a run id+attempt, a token
 // jti). The same inputs always give the same id; the raw value is not
 // recoverable from it but is recorded with the issuance's claims.
 func SessionID(issuerName, value string) string {
-	sum := sha256.Sum256([]byte(issuerName + "\x00" + value))
-	return PrefixSession + strings.ToLower(sessionEncoding.EncodeToString(sum[:16]))
+	h := sha256.New()
+	h.Write([]byte(issuerName))
+	h.Write([]byte{0})
+	h.Write([]byte(value))
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	var buf [len(PrefixSession) + 26]byte // 26 = base32 of 16 bytes, unpadded
+	copy(buf[:], PrefixSession)
+	sessionEncoding.Encode(buf[len(PrefixSession):], sum[:16])
+	return string(buf[:])
 }
