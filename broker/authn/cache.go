@@ -2,6 +2,8 @@ package authn
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"crypto/sha256"
 	"sync"
 	"time"
@@ -114,7 +116,24 @@ func (c *verifiedCache) len() int {
 // sameKey reports whether a and b are the same public key material. Keys of
 // crypto/rsa, crypto/ecdsa and crypto/ed25519 all have Equal; a set of keys
 // (several keys under one kid) is never cached.
+//
+// Every cache hit asks, and the key resolved is nearly always the very key
+// the entry was verified with (the issuer's cached key set has not
+// changed): the same pointer is answered at once. ecdsa.PublicKey.Equal
+// would compare the coordinates through big.Int.Bytes, 4 allocations per
+// call; rsa.PublicKey.Equal compares the moduli. Another pointer (the key
+// set was fetched again) is compared by Equal as before.
 func sameKey(a, b any) bool {
+	switch ka := a.(type) {
+	case *ecdsa.PublicKey:
+		if kb, ok := b.(*ecdsa.PublicKey); ok && ka == kb && ka != nil {
+			return true
+		}
+	case *rsa.PublicKey:
+		if kb, ok := b.(*rsa.PublicKey); ok && ka == kb && ka != nil {
+			return true
+		}
+	}
 	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && b != nil && ea.Equal(b)
 }
