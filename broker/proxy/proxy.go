@@ -227,6 +227,12 @@ type call struct {
 	cancel     context.CancelFunc
 	cut        atomic.Uint32
 
+	// res is what forward's hooks learn for the use_result event.
+	res struct {
+		errCode, errReason string
+		upstreamStatus     int // 0 when the upstream did not answer
+	}
+
 	// upstreamIDs are the upstream's own request ids, by the index of
 	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
 	upstreamIDs [len(upstreamRequestIDHeaders)]string
@@ -409,8 +415,8 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 	if c.is != nil {
 		e := broker.AsError(err)
 		ev := c.event(audit.TypeDeny)
-		ev.Outcome = &audit.Outcome{Status: status, Error: broker.CodeOf(e), Reason: e.Reason}
-		if aerr := c.h.p.o.Service.Audit(c.r.Context(), ev); aerr != nil {
+		ev.setOutcome(audit.Outcome{Status: status, Error: broker.CodeOf(e), Reason: e.Reason})
+		if aerr := c.h.p.o.Service.Audit(c.r.Context(), &ev.Event); aerr != nil {
 			c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit proxy deny event failed",
 				slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", aerr.Error()))
 		}
@@ -423,18 +429,43 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 	c.h.api.WriteErrorStatus(w, c.r, err, status)
 }
 
+// callEvent is an audit event about a call with the parts it may point to,
+// allocated together: two events per proxied request (use, use_result)
+// would otherwise take five allocations each.
+type callEvent struct {
+	audit.Event
+	cred audit.Credential
+	src  audit.Source
+	up   audit.Upstream
+	out  audit.Outcome
+}
+
+// setUpstream sets the event's Upstream to u.
+func (e *callEvent) setUpstream(u audit.Upstream) {
+	e.up = u
+	e.Upstream = &e.up
+}
+
+// setOutcome sets the event's Outcome to o.
+func (e *callEvent) setOutcome(o audit.Outcome) {
+	e.out = o
+	e.Outcome = &e.out
+}
+
 // event returns an audit event about this call's issuance.
-func (c *call) event(typ string) *audit.Event {
+func (c *call) event(typ string) *callEvent {
 	is := c.is
-	ev := &audit.Event{
+	e := &callEvent{cred: audit.Credential{Fingerprint: c.fp}}
+	e.Event = audit.Event{
 		Type: typ, RequestID: httpapi.RequestID(c.r),
 		IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner, SessionID: is.SessionID,
-		Grant: is.Grant, Kind: is.Kind, Credential: &audit.Credential{Fingerprint: c.fp},
+		Grant: is.Grant, Kind: is.Kind, Credential: &e.cred,
 	}
 	if c.src.IP != "" || c.src.UserAgent != "" {
-		ev.Source = &audit.Source{IP: c.src.IP, UserAgent: c.src.UserAgent}
+		e.src = audit.Source{IP: c.src.IP, UserAgent: c.src.UserAgent}
+		e.Source = &e.src
 	}
-	return ev
+	return e
 }
 
 // sharedUse records a shared_use_suspected event when the credential comes
@@ -448,7 +479,7 @@ func (c *call) sharedUse() {
 	ev := c.event(audit.TypeSharedUse)
 	ev.Reason = "new_source_address"
 	ev.Details = map[string]any{"first_address": first, "address": c.src.IP, "addresses_seen": n}
-	if err := p.o.Service.Audit(c.r.Context(), ev); err != nil {
+	if err := p.o.Service.Audit(c.r.Context(), &ev.Event); err != nil {
 		p.shared.forget(c.is.ID, c.src.IP)
 		p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit shared_use_suspected event failed",
 			slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
@@ -563,8 +594,8 @@ func (c *call) forward(w http.ResponseWriter) {
 	useID := broker.NewID(broker.PrefixUse)
 	use := c.event(audit.TypeUse)
 	use.UseID = useID
-	use.Upstream = &audit.Upstream{Method: r.Method, Host: gt.upstream.Host, Path: tgt.audit}
-	if err := p.o.Service.Audit(r.Context(), use); err != nil {
+	use.setUpstream(audit.Upstream{Method: r.Method, Host: gt.upstream.Host, Path: tgt.audit})
+	if err := p.o.Service.Audit(r.Context(), &use.Event); err != nil {
 		c.fail(w, broker.Unavailable("audit_unavailable", time.Second, err))
 		return
 	}
@@ -582,8 +613,9 @@ func (c *call) forward(w http.ResponseWriter) {
 	}
 	rw := newResponseWriter(w)
 	rw.dropEarlyFlush = p.dropEarlyFlush.Load()
-	var errCode, errReason string
-	upstreamStatus := 0
+	// What the hooks below learn, for the use_result event: in the call,
+	// not in variables the closures capture (each would be allocated).
+	st := &c.res
 	inject := g.Proxy.Inject
 
 	// errorHandler answers a request whose upstream exchange failed before
@@ -594,7 +626,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// Refused as the checks refuse it, deny event included:
 			// nothing went upstream.
 			e := broker.AsError(err)
-			errCode, errReason = broker.CodeOf(e), e.Reason
+			st.errCode, st.errReason = broker.CodeOf(e), e.Reason
 			c.fail(rw, err)
 			return
 		}
@@ -607,7 +639,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			if why == cutBlock {
 				e = errBlockedBeforeSend
 			}
-			errCode, errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
+			st.errCode, st.errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
 			c.h.api.WriteErrorStatus(rw, r, e, 0)
 			return
 		}
@@ -633,7 +665,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// an upstream failure. Nobody reads the answer; its 499
 			// (nginx's "client closed request") is for the access log,
 			// the metrics and the use_result event.
-			errCode, errReason = "", "client_gone"
+			st.errCode, st.errReason = "", "client_gone"
 			p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
 				slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
 			rw.WriteHeader(broker.StatusClientClosedRequest)
@@ -669,7 +701,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			}
 			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: retry, Err: cause}
 		}
-		errCode, errReason = broker.CodeOf(broker.AsError(e)), reason
+		st.errCode, st.errReason = broker.CodeOf(broker.AsError(e)), reason
 		c.h.api.WriteErrorStatus(rw, r, e, status)
 	}
 	c.rt = gt.rt
@@ -700,7 +732,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			o.Header.Set("Accept-Encoding", "identity") // so the response scan sees plain bytes
 		},
 		ModifyResponse: func(res *http.Response) error {
-			upstreamStatus = res.StatusCode
+			st.upstreamStatus = res.StatusCode
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				return errors.New("upstream switched protocols")
 			}
@@ -796,7 +828,7 @@ func (c *call) forward(w http.ResponseWriter) {
 		// streamed response over the cap: record the result, then let the
 		// server abort.
 		rec := recover()
-		if rec == nil && errReason == "" && c.cut.Load() != 0 {
+		if rec == nil && st.errReason == "" && c.cut.Load() != 0 {
 			// Cut (cutRevoked), yet the body ended without an error: the
 			// TLS close_notify the cut sends can make the upstream end its
 			// response cleanly. The caller must not take it as complete.
@@ -815,25 +847,25 @@ func (c *call) forward(w http.ResponseWriter) {
 		}
 		status := rw.status
 		if rec != nil {
-			errCode = "aborted"
+			st.errCode = "aborted"
 			switch {
 			case (c.rc != nil && c.rc.hit) || (c.wire != nil && c.wire.hit):
-				errReason = "response_too_large"
+				st.errReason = "response_too_large"
 			case c.guard.refused != "":
-				errReason = c.guard.refused
+				st.errReason = c.guard.refused
 			case c.dec != nil && c.dec.bad:
-				errReason = "response_undecodable"
+				st.errReason = "response_undecodable"
 			case c.cut.Load() != 0:
-				errReason = reasonRevokedInFlight
-			case errReason == "":
-				errReason = "copy_failed"
+				st.errReason = reasonRevokedInFlight
+			case st.errReason == "":
+				st.errReason = "copy_failed"
 			}
 		}
 		c.status = status
 		if status == 0 && rec != nil {
 			c.status = http.StatusBadGateway
 		}
-		if errReason == reasonRevokedInFlight {
+		if st.errReason == reasonRevokedInFlight {
 			p.log.LogAttrs(r.Context(), slog.LevelInfo, "proxied request cut: its credential was revoked or its workload blocked",
 				slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("issuance_id", c.is.ID))
 		}
@@ -844,7 +876,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// would wait for a second fsync.
 			rw.flush()
 		}
-		c.result(use, rw, upstreamStatus, errCode, errReason)
+		c.result(use, rw, st.upstreamStatus, st.errCode, st.errReason)
 		if rec != nil {
 			panic(rec)
 		}
@@ -968,20 +1000,20 @@ func sendableSecret(secret string) bool {
 }
 
 // result writes the use_result event (best effort: the response is gone).
-func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, errCode, errReason string) {
+func (c *call) result(use *callEvent, rw *responseWriter, upstreamStatus int, errCode, errReason string) {
 	ev := c.event(audit.TypeUseResult)
 	ev.UseID = use.UseID
-	ev.Upstream = &audit.Upstream{
+	ev.setUpstream(audit.Upstream{
 		Method: use.Upstream.Method, Host: use.Upstream.Host, Path: use.Upstream.Path,
 		Status:     upstreamStatus,
 		DurationMS: float64(time.Since(c.start).Microseconds()) / 1000,
-	}
+	})
 	if upstreamStatus != 0 {
 		// The upstream answered: the bytes of its body relayed, 0
 		// included. rw is done with: nothing writes to it any more.
 		ev.Upstream.Bytes = &rw.bytes
 	}
-	ev.Outcome = &audit.Outcome{Status: c.status, Error: errCode, Reason: errReason}
+	ev.setOutcome(audit.Outcome{Status: c.status, Error: errCode, Reason: errReason})
 	var ids map[string]string
 	for i, v := range c.upstreamIDs {
 		if v != "" {
@@ -1001,11 +1033,14 @@ func (c *call) result(use *audit.Event, rw *responseWriter, upstreamStatus int, 
 	// Nobody waits for it: the response is gone. It shares the fsync of a
 	// later event (the sink bounds the wait), and the handler returns at
 	// once, freeing the keep-alive connection for the caller's next request.
-	log, requestID, issuanceID, ctx := c.h.p.log, ev.RequestID, c.is.ID, context.WithoutCancel(c.r.Context())
-	c.h.p.o.Service.AuditDeferred(ctx, ev, func(err error) {
+	// AuditDeferred detaches the context from the request's cancellation
+	// itself where it uses it; the log line, on a failure only, does here.
+	log, requestID, useID, issuanceID, rctx := c.h.p.log, ev.RequestID, use.UseID, c.is.ID, c.r.Context()
+	c.h.p.o.Service.AuditDeferred(rctx, &ev.Event, func(err error) {
 		if err != nil {
+			ctx := context.WithoutCancel(rctx)
 			log.LogAttrs(ctx, slog.LevelError, "audit use_result event failed",
-				slog.String("request_id", requestID), slog.String("use_id", use.UseID), slog.String("issuance_id", issuanceID), slog.String("error", err.Error()))
+				slog.String("request_id", requestID), slog.String("use_id", useID), slog.String("issuance_id", issuanceID), slog.String("error", err.Error()))
 		}
 	})
 }
