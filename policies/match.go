@@ -50,47 +50,75 @@ type Check struct {
 func (m *matcher) eval(claims map[string]any, explain bool) (bool, []Check) {
 	ok := true
 	var checks []Check
-	note := func(pass bool, format string, args ...any) bool {
+	// note records one condition's result; with explain it describes it.
+	// Its description's arguments are made only with explain (the callers
+	// test it first): boxed into note's ...any they would be allocated on
+	// every exchange's match.
+	note := func(pass bool) bool {
 		if !pass {
 			ok = false
 		}
-		if explain {
-			checks = append(checks, Check{OK: pass, Text: fmt.Sprintf(format, args...)})
-		}
 		return pass || explain
+	}
+	describe := func(pass bool, format string, args ...any) {
+		checks = append(checks, Check{OK: pass, Text: fmt.Sprintf(format, args...)})
 	}
 	sub, hasSub := claims["sub"].(string)
 	switch {
 	case m.hasSubject && !hasSub:
-		if !note(false, "claim sub missing (want %q)", m.subject) {
+		if explain {
+			describe(false, "claim sub missing (want %q)", m.subject)
+		}
+		if !note(false) {
 			return false, nil
 		}
 	case m.hasSubject:
-		if sub == m.subject {
-			note(true, "subject %q == %q", sub, m.subject)
-		} else if !note(false, "subject %q != %q", sub, m.subject) {
+		pass := sub == m.subject
+		if explain {
+			if pass {
+				describe(true, "subject %q == %q", sub, m.subject)
+			} else {
+				describe(false, "subject %q != %q", sub, m.subject)
+			}
+		}
+		if !note(pass) {
 			return false, nil
 		}
 	case m.subjectRE != nil && !hasSub:
-		if !note(false, "claim sub missing (want pattern %q)", m.subjectPattern) {
+		if explain {
+			describe(false, "claim sub missing (want pattern %q)", m.subjectPattern)
+		}
+		if !note(false) {
 			return false, nil
 		}
 	case m.subjectRE != nil:
-		if m.subjectRE.MatchString(sub) {
-			note(true, "subject %q matches pattern %q", sub, m.subjectPattern)
-		} else if !note(false, "subject %q does not match pattern %q", sub, m.subjectPattern) {
+		pass := m.subjectRE.MatchString(sub)
+		if explain {
+			if pass {
+				describe(true, "subject %q matches pattern %q", sub, m.subjectPattern)
+			} else {
+				describe(false, "subject %q does not match pattern %q", sub, m.subjectPattern)
+			}
+		}
+		if !note(pass) {
 			return false, nil
 		}
 	}
 	for _, c := range m.claims {
 		pass, why := claimMatches(claims, c, explain)
-		if !note(pass, "%s", why) {
+		if explain {
+			describe(pass, "%s", why)
+		}
+		if !note(pass) {
 			return false, nil
 		}
 	}
 	for _, c := range m.patterns {
 		pass, why := claimMatches(claims, c, explain)
-		if !note(pass, "%s", why) {
+		if explain {
+			describe(pass, "%s", why)
+		}
+		if !note(pass) {
 			return false, nil
 		}
 	}
@@ -167,6 +195,9 @@ func claimMatches(claims map[string]any, c claimCheck, explain bool) (bool, stri
 		return false, fmt.Sprintf("claim %s is not a string, number, bool or array", c.path)
 	}
 	pass := test(s)
+	if !explain {
+		return pass, "" // no quoted copy of the value: every exchange's match comes here
+	}
 	return pass, what(strconv.Quote(s), pass)
 }
 
@@ -176,7 +207,7 @@ func claimMatches(claims map[string]any, c claimCheck, explain bool) (bool, stri
 // wrapping ErrAmbiguous; neither error carries claim values other than sub.
 func (p *Policy) Match(issuerName string, claims map[string]any) (*Workload, error) {
 	found := -1
-	var names []string
+	var more []int // the matches after the first: an error (built only then)
 	candidates := 0
 	for i, m := range p.workloadMatch {
 		if m.issuer != issuerName {
@@ -188,11 +219,16 @@ func (p *Policy) Match(issuerName string, claims map[string]any) (*Workload, err
 		}
 		if found < 0 {
 			found = i
+		} else {
+			more = append(more, i)
 		}
-		names = append(names, strconv.Quote(p.workloads[i].Name))
 	}
 	switch {
-	case len(names) > 1:
+	case len(more) > 0:
+		names := []string{strconv.Quote(p.workloads[found].Name)}
+		for _, i := range more {
+			names = append(names, strconv.Quote(p.workloads[i].Name))
+		}
 		return nil, fmt.Errorf("%w: issuer %q, %s: workloads %s; policy workload matches must be disjoint",
 			ErrAmbiguous, issuerName, subDesc(claims), strings.Join(names, ", "))
 	case found < 0:

@@ -113,6 +113,17 @@ func (p *Policy) Issuer(name string) (*Issuer, bool) {
 	return &is, true
 }
 
+// SessionClaim returns the session_claim of the issuer with that policy
+// name ("" when it has none or there is no such issuer), without copying
+// the issuer as Issuer does: every exchange asks.
+func (p *Policy) SessionClaim(issuerName string) string {
+	i, ok := p.issuerIdx[issuerName]
+	if !ok {
+		return ""
+	}
+	return p.issuers[i].SessionClaim
+}
+
 // IssuerByIss returns the issuer whose issuer URL is exactly iss.
 func (p *Policy) IssuerByIss(iss string) (*Issuer, bool) {
 	i, ok := p.issByIss[iss]
