@@ -168,14 +168,31 @@ type ExchangeResult struct {
 // a caller gone before the mint gets the same error and nothing is minted.
 func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeResult, error) {
 	pol, authn := s.policyAndAuthn()
-	deny := &audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID, Source: auditSource(req.Source)}
+	// The deny event is gathered here as the checks learn its fields and
+	// allocated (denyEvent) only when a refusal writes it: most exchanges
+	// write none. Its source and identity are added then.
+	deny := audit.Event{Type: audit.TypeDeny, RequestID: req.RequestID}
+	var denyIdentity *Identity
+	denyEvent := func() *audit.Event {
+		d := &denyParts{Event: deny}
+		if req.Source.IP != "" || req.Source.UserAgent != "" {
+			d.src = audit.Source{IP: req.Source.IP, UserAgent: req.Source.UserAgent}
+			d.Source = &d.src
+		}
+		if denyIdentity != nil {
+			r := denyIdentity.Ref()
+			d.ident = audit.Identity{Iss: r.Iss, Sub: r.Sub, JTI: r.JTI}
+			d.Identity = &d.ident
+		}
+		return &d.Event
+	}
 	if pol.HasGrant(req.Grant) {
 		// Only a grant policy knows: a caller, authenticated or not,
 		// cannot write arbitrary text into the audit log (as RecordDeny).
 		deny.Grant = req.Grant
 	}
 	fail := func(err error) (*ExchangeResult, error) {
-		s.recordDeny(ctx, deny, err)
+		s.recordDeny(ctx, denyEvent(), err)
 		return nil, err
 	}
 	if req.SubjectToken == "" {
@@ -192,7 +209,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	if err != nil {
 		return fail(err)
 	}
-	deny.Identity = auditIdentity(id.Ref())
+	denyIdentity = id
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return fail(errPolicyReloaded(id))
 	}
@@ -300,15 +317,25 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	// gets the new goroutine: it only queues the event and waits, while the
 	// store write encodes JSON and would grow a fresh goroutine's stack
 	// (copied each time) on every exchange.
-	ev := &audit.Event{
+	// One allocation for the event and the parts it points to.
+	ip := &issueParts{out: audit.Outcome{Status: 200}}
+	ir := id.Ref()
+	ip.ident = audit.Identity{Iss: ir.Iss, Sub: ir.Sub, JTI: ir.JTI}
+	ip.cred = auditCredentialValue(cred.Refs)
+	ip.Event = audit.Event{
 		Type: audit.TypeIssue, RequestID: req.RequestID, IssuanceID: issID,
 		Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID, Grant: grant.Name, Kind: grant.Kind,
-		Identity: auditIdentity(id.Ref()), Act: auditIdentities(act), Source: auditSource(req.Source),
-		Credential: auditCredential(cred.Refs), Outcome: &audit.Outcome{Status: 200},
+		Identity: &ip.ident, Act: auditIdentities(act),
+		Credential: &ip.cred, Outcome: &ip.out,
 		// The identity claims the match used, so an offline trace over the
 		// audit log alone can show them (never whole tokens).
 		Details: map[string]any{"claims": is.Claims},
 	}
+	if req.Source.IP != "" || req.Source.UserAgent != "" {
+		ip.src = audit.Source{IP: req.Source.IP, UserAgent: req.Source.UserAgent}
+		ip.Source = &ip.src
+	}
+	ev := &ip.Event
 	audited := make(chan error, 1)
 	go func() { audited <- s.d.Audit.Append(bg, ev) }()
 	sctx, cancel := context.WithTimeout(bg, s.d.StoreTimeout)
@@ -325,7 +352,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		deny.IssuanceID = issID
 		e := Unavailable("audit_unavailable", time.Second, aerr)
 		deny.Outcome = &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}
-		s.AuditDeferred(ctx, deny, func(err error) {
+		s.AuditDeferred(ctx, denyEvent(), func(err error) {
 			if err != nil {
 				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit deny event failed",
 					slog.String("request_id", req.RequestID), slog.String("issuance_id", issID), slog.String("error", err.Error()))
@@ -357,7 +384,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		s.recordWithdrawn(bg, is, req.RequestID, OrphanClientGone, uerr)
 		deny.IssuanceID = issID
 		deny.Outcome = &audit.Outcome{Status: StatusClientClosedRequest, Reason: OrphanClientGone}
-		if aerr := s.d.Audit.Append(bg, deny); aerr != nil {
+		if aerr := s.d.Audit.Append(bg, denyEvent()); aerr != nil {
 			s.d.Logger.LogAttrs(bg, slog.LevelError, "audit deny event failed",
 				slog.String("request_id", req.RequestID), slog.String("issuance_id", issID), slog.String("error", aerr.Error()))
 		}
@@ -626,8 +653,8 @@ func (s *Service) AllowProxy(wl *policies.Workload) error {
 // sessionID takes the issuer's session_claim when present, else the token's
 // jti, else a hash of iss+sub+iat (SPEC "Concepts"), else of iss+sub+exp.
 func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
-	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
-		if v, ok := sessionClaimValue(iss, id.Claims); ok {
+	if sc := pol.SessionClaim(id.IssuerName); sc != "" {
+		if v, ok := sessionClaimValue(&policies.Issuer{SessionClaim: sc}, id.Claims); ok {
 			return SessionID(id.IssuerName, "claim:"+v)
 		}
 	}
@@ -702,7 +729,8 @@ func usedClaims(pol *policies.Policy, id *Identity, wl *policies.Workload) map[s
 			out[k] = v
 		}
 	}
-	if iss, ok := pol.Issuer(id.IssuerName); ok && iss.SessionClaim != "" {
+	if sc := pol.SessionClaim(id.IssuerName); sc != "" {
+		iss := &policies.Issuer{SessionClaim: sc}
 		record := func(p string) {
 			if v, ok := policies.ClaimValue(id.Claims, p); ok {
 				out[p] = v
@@ -739,7 +767,7 @@ func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
 // Exchange (malformed form, unsupported grant type...). The grant name is
 // kept only when policy knows it, so callers cannot write arbitrary text.
 func (s *Service) RecordDeny(ctx context.Context, requestID string, src Source, grant string, err error) {
-	if _, ok := s.d.Policy().Grant(grant); !ok {
+	if !s.d.Policy().HasGrant(grant) {
 		grant = ""
 	}
 	s.recordDeny(ctx, &audit.Event{Type: audit.TypeDeny, RequestID: requestID, Grant: grant, Source: auditSource(src)}, err)
@@ -832,7 +860,12 @@ func auditSource(s Source) *audit.Source {
 }
 
 func auditCredential(r CredentialRefs) *audit.Credential {
-	c := &audit.Credential{
+	c := auditCredentialValue(r)
+	return &c
+}
+
+func auditCredentialValue(r CredentialRefs) audit.Credential {
+	c := audit.Credential{
 		Fingerprint: r.Fingerprint, Accessor: r.Accessor, LeaseID: r.LeaseID,
 		Username: r.Username, JTI: r.JTI, Serial: r.Serial,
 	}
@@ -840,4 +873,22 @@ func auditCredential(r CredentialRefs) *audit.Credential {
 		c.ExpiresAt = r.ExpiresAt.UTC().Format(time.RFC3339)
 	}
 	return c
+}
+
+// issueParts is an issue event with the parts it points to, allocated
+// together (one allocation instead of five on every exchange).
+type issueParts struct {
+	audit.Event
+	ident audit.Identity
+	src   audit.Source
+	cred  audit.Credential
+	out   audit.Outcome
+}
+
+// denyParts is a deny event with its source and identity, allocated
+// together.
+type denyParts struct {
+	audit.Event
+	src   audit.Source
+	ident audit.Identity
 }
