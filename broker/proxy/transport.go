@@ -149,22 +149,29 @@ func (d *upstreamDialer) DialContext(ctx context.Context, network, addr string) 
 
 // grantTransport is the cached upstream connection pool of one grant.
 type grantTransport struct {
-	key      string
+	key      transportKey
 	upstream *url.URL
 	rt       *http.Transport
 }
 
 // transportKey identifies what a grant's transport is built from. The policy
 // hash is part of it so that a reload (e.g. after a CA rotation) rebuilds it.
-func transportKey(polHash string, g *policies.Grant) string {
+// A struct, compared field by field: every proxied request asks, and a
+// string key was built (allocated) each time.
+type transportKey struct {
+	polHash, upstream, caFile string
+	allowPrivate              bool
+}
+
+func keyOf(polHash string, g *policies.Grant) transportKey {
 	px := g.Proxy
-	return polHash + "\x00" + px.Upstream + "\x00" + px.CAFile + "\x00" + strconv.FormatBool(px.AllowPrivate)
+	return transportKey{polHash: polHash, upstream: px.Upstream, caFile: px.CAFile, allowPrivate: px.AllowPrivate}
 }
 
 // transport returns the grant's cached transport, building it when the grant
 // or policy changed (the old one's idle connections are closed).
 func (p *Proxy) transport(polHash string, g *policies.Grant) (*grantTransport, error) {
-	key := transportKey(polHash, g)
+	key := keyOf(polHash, g)
 	p.mu.Lock()
 	gt := p.transports[g.Name]
 	p.mu.Unlock()
@@ -188,7 +195,7 @@ func (p *Proxy) transport(polHash string, g *policies.Grant) (*grantTransport, e
 	return nt, nil
 }
 
-func (p *Proxy) buildTransport(key string, g *policies.Grant) (*grantTransport, error) {
+func (p *Proxy) buildTransport(key transportKey, g *policies.Grant) (*grantTransport, error) {
 	px := g.Proxy
 	u, err := url.Parse(px.Upstream)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
