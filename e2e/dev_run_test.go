@@ -106,7 +106,8 @@ func startDevWith(t *testing.T, keytrail []string, dir, listen string) *devRun {
 // --dir was the same) and only then failed on the demo issuer's port, with
 // a bare "address already in use". It now fails before starting anything,
 // naming the conflict: the running dev's pid and --dir, the --listen
-// address, or the demo issuer's port.
+// address, or the demo issuer's port; a --dir it created for the attempt
+// is removed again (it was left behind).
 func TestDevRefusesASecondDev(t *testing.T) {
 	first := startDev(t, t.TempDir(), fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)))
 	bin := harness.KeytrailBinary(t)
@@ -152,8 +153,9 @@ func TestDevRefusesASecondDev(t *testing.T) {
 				t.Errorf("second dev started a Vault server before failing:\n%s", out)
 			}
 			if c.dir != first.dir {
-				if _, err := os.Stat(filepath.Join(c.dir, "vault")); !errors.Is(err, os.ErrNotExist) {
-					t.Errorf("second dev created %s (%v): it started Vault", filepath.Join(c.dir, "vault"), err)
+				// Not even the --dir it made: it is removed again.
+				if _, err := os.Stat(c.dir); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("second dev left %s behind (%v), which it created", c.dir, err)
 				}
 			}
 		})

@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,9 +58,10 @@ Linux to the go command of 'go run ./cmd/keytrail dev') stops the broker, the
 demo issuer and Vault and says so; --dir is kept. One dev runs at a time: a
 second one on the same --dir (locked by its dev.lock, which names the running
 dev's pid), --listen or demo issuer port fails before starting anything,
-naming the conflict. --once runs the demo, verifies the audit log and exits
-(used by the tests). The Vault binary comes from --vault-bin, else
-$KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
+naming the conflict. A dev that fails before Vault starts removes the --dir
+it created (never one that existed before). --once runs the demo, verifies
+the audit log and exits (used by the tests). The Vault binary comes from
+--vault-bin, else $KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
 
 Exit status: 0 stopped by Ctrl-C or SIGTERM (with --once: the demo ran and
 the audit log verified); 1 another dev runs on --dir, --listen or the demo
@@ -89,7 +92,7 @@ type devOptions struct {
 	once                          bool
 }
 
-func runDev(ctx context.Context, e *env, o devOptions) error {
+func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	out := e.stdout
 	progress := func(format string, args ...any) { fmt.Fprintf(e.stderr, "keytrail dev: "+format+"\n", args...) }
 	// Checked before anything starts, as a usage mistake: the broker
@@ -104,7 +107,8 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	// Usage mistakes first (nothing created yet), then what another dev
 	// may hold.
 	root, rootErr := devserver.RepoRoot()
-	if o.policy == "" {
+	defaultPolicy := o.policy == ""
+	if defaultPolicy {
 		if rootErr != nil {
 			return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --policy is required outside the keytrail repository (%v) (see keytrail dev --help)", rootErr)}
 		}
@@ -120,15 +124,32 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	// The broker reads the policy only once Vault is up: a missing one is
 	// said before anything starts.
 	if _, err := os.Stat(o.policy); err != nil {
+		if defaultPolicy {
+			// No --policy was given: name the default and how to choose.
+			return fmt.Errorf("dev: the default policy %s (policies/examples of the repository): %w; restore it, or give one with --policy", o.policy, pathErrText(err))
+		}
 		return fmt.Errorf("dev: --policy %s: %w", o.policy, pathErrText(err))
 	}
 	// The broker would refuse them only once Vault is up.
 	if err := checkReconcileEnv(e.getenv); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+	created, err := mkdirAllNew(filepath.Join(dir, "tokens"), 0o700)
+	if err != nil {
 		return fmt.Errorf("dev: --dir %s: %w", o.dir, pathErrText(err))
 	}
+	// Until Vault starts, --dir holds nothing worth keeping: when dev fails
+	// before (another dev holds --dir, --listen or the demo issuer's port is
+	// taken), the directories this run created are removed again, empty
+	// ones only. A directory that existed before is never removed; once
+	// Vault has started, --dir holds its logs and is kept.
+	beforeVault := true
+	dirIsNew := slices.Contains(created, dir)
+	defer func() {
+		if retErr != nil && beforeVault {
+			removeNewDirs(created)
+		}
+	}()
 	// A second dev is refused before it starts anything: on the same --dir
 	// it would write over the first one's tokens and logs, and either way it
 	// would find 127.0.0.1:7701 or --listen taken only after starting Vault.
@@ -136,14 +157,25 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer func() {
+		if retErr != nil && beforeVault && dirIsNew {
+			// This run's own lock file, removed while still held.
+			_ = os.Remove(filepath.Join(dir, "dev.lock"))
+		}
+		unlock()
+	}()
 	// What was started, said once it has all stopped (the deferred stops
 	// below run before this).
 	var started []string
 	defer func() {
-		if len(started) > 0 {
-			progress("stopped %s; state kept in %s (remove it to start afresh)", strings.Join(started, ", "), dir)
+		if len(started) == 0 {
+			return
 		}
+		if retErr != nil && beforeVault && dirIsNew {
+			progress("stopped %s; removed %s, which it had created", strings.Join(started, ", "), dir)
+			return
+		}
+		progress("stopped %s; state kept in %s (remove it to start afresh)", strings.Join(started, ", "), dir)
 	}()
 	probe, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -172,6 +204,7 @@ func runDev(ctx context.Context, e *env, o devOptions) error {
 		}
 	}
 
+	beforeVault = false
 	progress("starting Vault dev server...")
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	vp, err := devserver.Start(sctx, bin, devserver.Options{Dir: filepath.Join(dir, "vault")})
@@ -513,6 +546,37 @@ func ensureEd25519Key(keyPath, pubPath string) (created bool, err error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// mkdirAllNew is os.MkdirAll(path, perm) that also returns the directories
+// it created, outermost first (none when path existed).
+func mkdirAllNew(path string, perm os.FileMode) ([]string, error) {
+	var missing []string
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append([]string{p}, missing...)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(path, perm); err != nil {
+		removeNewDirs(missing)
+		return nil, err
+	}
+	return missing, nil
+}
+
+// removeNewDirs removes the directories mkdirAllNew created, innermost
+// first, each only while empty (os.Remove); it stops at the first one that
+// is not.
+func removeNewDirs(dirs []string) {
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if os.Remove(dirs[i]) != nil {
+			return
+		}
+	}
 }
 
 // pathErrText is err without the operation and path of an *os.PathError
