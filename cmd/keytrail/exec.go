@@ -167,7 +167,14 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 		Example: `  keytrail exec --grant payments-db --env PGUSER=username --env PGPASSWORD=password -- ./server
   keytrail exec --grant payments-vault --env VAULT_TOKEN --watch -- ./worker
   keytrail exec --grant payments-vault --out /run/keytrail/token --watch --on-renew signal:HUP -- nginx -g 'daemon off;'`,
-		Args: cobra.MinimumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				// Not the whole Use line: which command to run is what is
+				// missing.
+				return errors.New("no command to run: give it after --, as in keytrail exec --grant G --env NAME -- CMD [ARGS...]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := wf.validate(); err != nil {
 				return exitError{code: exitUsage, msg: "exec: " + err.Error()}

@@ -1288,8 +1288,8 @@ func TestHelpHasExamples(t *testing.T) {
 // argument was reported in cobra's words, "requires at least 1 arg(s),
 // only received 0" or "accepts 1 arg(s), received 2", which name neither
 // the argument nor where it goes. Now a missing one shows the usage line
-// and an extra one is counted against the one argument the command takes,
-// exit 2.
+// (exec, whose Use line is long: that the command to run is missing) and an
+// extra one is counted against the one argument the command takes, exit 2.
 func TestArgumentCountNamesTheArgument(t *testing.T) {
 	for _, tt := range []struct {
 		args []string
@@ -1298,7 +1298,10 @@ func TestArgumentCountNamesTheArgument(t *testing.T) {
 		{[]string{"policy", "check"}, "policy check: missing argument: keytrail policy check PATH (see keytrail policy check --help)"},
 		{[]string{"policy", "vault", "--token-role", "r"}, "policy vault: missing argument: keytrail policy vault PATH (see keytrail policy vault --help)"},
 		{[]string{"audit", "verify", "--json"}, "audit verify: missing argument: keytrail audit verify FILE_OR_DIR... (see keytrail audit verify --help)"},
-		{[]string{"exec", "--grant", "g", "--env", "T"}, "exec: missing argument: keytrail exec --grant G [--identity-token-file F] --env NAME[=[GRANT:]FIELD] [...] [--watch [--on-renew restart|signal:HUP]] -- CMD [ARGS...] (see keytrail exec --help)"},
+		// exec's whole Use line was quoted; the command to run is missing.
+		{[]string{"exec", "--grant", "g", "--env", "T"}, "exec: no command to run: give it after --, as in keytrail exec --grant G --env NAME -- CMD [ARGS...] (see keytrail exec --help)"},
+		{[]string{"exec", "--grant", "g", "--env", "T", "--"}, "exec: no command to run: give it after --, as in keytrail exec --grant G --env NAME -- CMD [ARGS...] (see keytrail exec --help)"},
+		{[]string{"exec"}, "exec: no command to run: give it after --, as in keytrail exec --grant G --env NAME -- CMD [ARGS...] (see keytrail exec --help)"},
 		{[]string{"policy", "check", "my", "policies"}, "policy check: takes one PATH, got 2 arguments; quote a PATH that has spaces (see keytrail policy check --help)"},
 	} {
 		_, _, err := runCLI(t, nil, tt.args...)
