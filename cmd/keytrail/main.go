@@ -81,7 +81,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	if err := unknownCommandWithHelp(root, args); err != nil {
+		return err
+	}
 	return root.ExecuteContext(ctx)
+}
+
+// unknownCommandWithHelp is the usage error of "keytrail servr --help" (or
+// -h, or "keytrail policy chek --help"): cobra answers --help before it
+// checks the arguments, so a word that names no subcommand of a command
+// that only groups others showed that command's help and exited 0, as if
+// the command existed. It is the same exit 2, with the suggestion, as
+// without --help. nil for anything else (left to cobra).
+func unknownCommandWithHelp(root *cobra.Command, args []string) error {
+	cmd, rest, err := root.Find(args)
+	if err != nil || cmd.Annotations[groupAnnotation] == "" {
+		return nil
+	}
+	fs := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.ParseErrorsAllowlist.UnknownFlags = true
+	help := fs.BoolP("help", "h", false, "")
+	if fs.Parse(rest) != nil || !*help || fs.NArg() == 0 {
+		return nil
+	}
+	return usageError(cmd, unknownSubcommand(cmd, fs.Args()))
 }
 
 func newRootCmd(e *env) *cobra.Command {

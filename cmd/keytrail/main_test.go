@@ -1146,7 +1146,8 @@ admins:
 // (so "policy nope" is a usage error), and cobra suggests only when a
 // command has none: "keytrail revok" said just 'unknown command "revok"',
 // and "keytrail servr --config x" blamed the flag ("unknown flag: --config")
-// instead of the typo.
+// instead of the typo. "keytrail servr --help" showed the main help and
+// exited 0 (cobra answers --help before it checks the arguments).
 func TestMistypedCommandSuggests(t *testing.T) {
 	for _, tt := range []struct {
 		args []string
@@ -1163,6 +1164,13 @@ func TestMistypedCommandSuggests(t *testing.T) {
 		// word before it, is still the flag's mistake.
 		{[]string{"nope"}, `unknown command "nope" for "keytrail" (see keytrail --help)`},
 		{[]string{"--bogus", "revoke"}, `unknown flag: --bogus (see keytrail --help)`},
+		// With --help (or -h) the same: cobra showed the group's help and
+		// exited 0, as if the command existed.
+		{[]string{"servr", "--help"}, `unknown command "servr" for "keytrail"; did you mean "server"? (see keytrail --help)`},
+		{[]string{"servr", "-h"}, `unknown command "servr" for "keytrail"; did you mean "server"? (see keytrail --help)`},
+		{[]string{"servr", "--config", "k.yaml", "--help"}, `unknown command "servr" for "keytrail"; did you mean "server"? (see keytrail --help)`},
+		{[]string{"policy", "chek", "--help"}, `policy: unknown command "chek" for "keytrail policy"; did you mean "check"? (see keytrail policy --help)`},
+		{[]string{"nope", "--help"}, `unknown command "nope" for "keytrail" (see keytrail --help)`},
 	} {
 		out, _, err := runCLI(t, nil, tt.args...)
 		var ee exitError
