@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -30,17 +31,19 @@ that blocked the workload (its receipt, GET /v1/admin/blocks). With it the
 block is lifted only while it is that revocation's; a newer block (another
 revocation since) stays, and the command says which revocation holds it.
 Without it, whatever block stands is lifted. A retry is safe either way: if
-the first try went through, the retry answers that there is nothing to
-unblock (exit 1) and lifts nothing.
+the first try went through, the retry lifts nothing and says the workload is
+not blocked, exit 0 as for the first try (the server answers 404, and the
+command then checks GET /v1/admin/blocks: the workload is not listed).
 
 ` + revokeAccessHelp + `
 
 Exit status:
-  0  the block is lifted
-  1  it was not, or not confirmed (the error says which: not blocked, or
-     nothing left to unblock after a retry; blocked by another revocation
-     than --revocation-id; the store unavailable, retry; stored but
-     confirmed by fewer replicas than store.min_replicas,
+  0  the block is lifted, or the workload is not blocked (nothing to
+     unblock: a retry after a success, or a workload that was not blocked;
+     --json: {"workload": W, "unblocked": false, "not_blocked": true})
+  1  it was not, or not confirmed (the error says which: blocked by another
+     revocation than --revocation-id; the store unavailable, retry; stored
+     but confirmed by fewer replicas than store.min_replicas,
      store_unreplicated; refused; or no answer)
   2  usage: a flag or argument is wrong or missing; nothing was sent`,
 		Example: `  keytrail unblock --workload payments-api --revocation-id rev_01JD... --reason "INC-4711: key rotated"
@@ -69,8 +72,20 @@ Exit status:
 				Workload  string `json:"workload"`
 				Unblocked bool   `json:"unblocked"`
 			}
-			if _, err := cl.do(cmd.Context(), http.MethodDelete, "/v1/admin/blocks/"+url.PathEscape(workload), q, nil, &ans); err != nil {
-				return fmt.Errorf("unblock: %w", err)
+			if status, err := cl.do(cmd.Context(), http.MethodDelete, "/v1/admin/blocks/"+url.PathEscape(workload), q, nil, &ans); err != nil {
+				if status != http.StatusNotFound || blockStands(cmd.Context(), cl, workload) {
+					return fmt.Errorf("unblock: %w", err)
+				}
+				// Not blocked (the 404 of a retry whose first try went
+				// through): what unblock is for holds, as a repeated
+				// revoke exits 0.
+				if jsonOut {
+					enc := json.NewEncoder(e.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(map[string]any{"workload": workload, "unblocked": false, "not_blocked": true})
+				}
+				fmt.Fprintf(e.stdout, "workload %s is not blocked: nothing to unblock (an earlier unblock went through, or it was not blocked)\n", workload)
+				return nil
 			}
 			if !ans.Unblocked || ans.Workload != workload {
 				return fmt.Errorf("unblock: the server's answer does not confirm the unblock of %q", workload)
@@ -97,4 +112,23 @@ Exit status:
 	f.StringVar(&tokenFile, "token-file", "", "file holding the admin's identity token (default $KEYTRAIL_ADMIN_TOKEN_FILE, then $KEYTRAIL_ADMIN_TOKEN)")
 	adminInsecureHTTPFlags(c, &insecureHTTP)
 	return c
+}
+
+// blockStands reports whether GET /v1/admin/blocks lists a block of
+// workload, or cannot say (an error): only a listing without it tells a
+// 404 of a workload that is not blocked from one of a block another
+// revocation holds (block_changed), which the OAuth error code does not.
+func blockStands(ctx context.Context, cl *adminClient, workload string) bool {
+	var list struct {
+		Blocks *[]broker.Block `json:"blocks"`
+	}
+	if _, err := cl.do(ctx, http.MethodGet, "/v1/admin/blocks", nil, nil, &list); err != nil || list.Blocks == nil {
+		return true
+	}
+	for _, b := range *list.Blocks {
+		if b.Workload == workload {
+			return true
+		}
+	}
+	return false
 }

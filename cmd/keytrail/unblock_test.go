@@ -55,7 +55,8 @@ func unblockBroker(t *testing.T) (*broker.Service, *brokertest.Sink, string) {
 // reason and revocation_id query parameters): the unblock event records
 // the reason; a --revocation-id that no longer names the block lifts
 // nothing and says which revocation holds it; a retry after success says
-// there is nothing to unblock (exit 1); usage mistakes exit 2, sending
+// the workload is not blocked, exit 0 (it was exit 1, where a repeated
+// revoke exits 0); usage mistakes exit 2, sending
 // nothing. Before, there was no command: revoke --help could only point at
 // the HTTP route.
 func TestUnblockCommand(t *testing.T) {
@@ -143,10 +144,27 @@ func TestUnblockCommand(t *testing.T) {
 			t.Errorf("unblock events = %+v, want one, status 200, with the reason and %s", evs, rev)
 		}
 	})
-	t.Run("fail/retry-nothing-to-unblock", func(t *testing.T) {
-		_, _, err := runCLI(t, env, "unblock", "--workload", "batch", "--revocation-id", rev, "--reason", "retry")
-		if exitCode(err) != -1 || !strings.Contains(err.Error(), "unblock: 404 not_found: the workload is not blocked: nothing to unblock") {
-			t.Fatalf("unblock of an unblocked workload = %v, want exit 1 saying there is nothing to unblock", err)
+	t.Run("ok/retry-not-blocked", func(t *testing.T) {
+		out, stderr, err := runCLI(t, env, "unblock", "--workload", "batch", "--revocation-id", rev, "--reason", "retry")
+		if err != nil {
+			t.Fatalf("unblock of an unblocked workload = %v (stderr %q), want exit 0 as a repeated revoke", err, stderr)
+		}
+		if want := "workload batch is not blocked: nothing to unblock (an earlier unblock went through, or it was not blocked)\n"; out != want {
+			t.Errorf("stdout = %q, want %q", out, want)
+		}
+		out, _, err = runCLI(t, env, "unblock", "--workload", "batch", "--reason", "retry", "--json")
+		if err != nil {
+			t.Fatalf("unblock --json of an unblocked workload = %v, want exit 0", err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("stdout %q: %v", out, err)
+		}
+		if diff := cmp.Diff(map[string]any{"workload": "batch", "unblocked": false, "not_blocked": true}, got); diff != "" {
+			t.Errorf("unblock --json (-want +got):\n%s", diff)
+		}
+		if n := len(unblockEvents()); n != 1 {
+			t.Errorf("%d unblock events with status 200 or not, want the first one only (a 404 writes none)", n)
 		}
 	})
 	t.Run("ok/any-block-json", func(t *testing.T) {
@@ -172,6 +190,46 @@ func TestUnblockCommand(t *testing.T) {
 			t.Fatalf("unblock with a refused token = %v, want exit 1 with the 401 and no token", err)
 		}
 	})
+}
+
+// TestUnblockNotFoundWithoutListingExits1: a 404 is taken for "not
+// blocked" (exit 0) only when GET /v1/admin/blocks answers without the
+// workload; when the listing fails, or lists it (blocked again), the 404 is
+// the error, exit 1.
+func TestUnblockNotFoundWithoutListingExits1(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		listStatus int
+		listBody   string
+	}{
+		{"list-fails", http.StatusServiceUnavailable, `{"error":"temporarily_unavailable"}`},
+		{"list-not-json", http.StatusOK, `nope`},
+		{"list-without-blocks", http.StatusOK, `{}`},
+		{"blocked-again", http.StatusOK, `{"blocks":[{"workload":"batch","revocation_id":"rev_2"}]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mux := http.NewServeMux()
+			mux.HandleFunc("DELETE /v1/admin/blocks/{workload}", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusNotFound)
+				_, _ = w.Write([]byte(`{"error":"not_found","error_description":"the workload is not blocked: nothing to unblock"}`))
+			})
+			mux.HandleFunc("GET /v1/admin/blocks", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.listStatus)
+				_, _ = w.Write([]byte(tc.listBody))
+			})
+			srv := httptest.NewServer(mux)
+			defer srv.Close()
+			out, _, err := runCLI(t, map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN": "t"}, "unblock", "--workload", "batch", "--reason", "r")
+			if exitCode(err) != -1 || !strings.Contains(err.Error(), "unblock: 404 not_found: the workload is not blocked") {
+				t.Fatalf("unblock = %v, want exit 1 with the 404", err)
+			}
+			if out != "" {
+				t.Errorf("stdout = %q, want nothing", out)
+			}
+		})
+	}
 }
 
 // TestUnblockSendsReasonAsQuery: the DELETE has no body; the reason and
@@ -207,7 +265,7 @@ func TestUnblockHelp(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"--workload", "--revocation-id", "--reason", "--json", "DELETE /v1/admin/blocks/{workload}",
-		"KEYTRAIL_ADDR", "KEYTRAIL_ADMIN_TOKEN_FILE", "Exit status", "0  the block is lifted"} {
+		"KEYTRAIL_ADDR", "KEYTRAIL_ADMIN_TOKEN_FILE", "Exit status", "0  the block is lifted, or the workload is not blocked"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("keytrail unblock --help lacks %q", want)
 		}
