@@ -213,7 +213,9 @@ func TestWorkloadsAgainstRealBroker(t *testing.T) {
 				t.Fatalf("stopping the broker: %v", err)
 			}
 			waitFor(t, 20*time.Second, "a failed renewal while the broker is down", func() bool {
-				return strings.Contains(p.stderr.String(), "keytrail: worker-vault: keytrail broker unreachable")
+				// Refused ("cannot reach"), or cut before the answer.
+				return strings.Contains(p.stderr.String(), "keytrail: worker-vault: cannot reach the broker at ") ||
+					strings.Contains(p.stderr.String(), "keytrail: worker-vault: the connection to the broker at ")
 			})
 			env.broker.Restart()
 			restarted := time.Now()

@@ -237,7 +237,7 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 			if err != nil {
 				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}
 			}
-			if err := fetchAll(e.ctx, srcs, id, wf.timeout); err != nil {
+			if err := fetchAll(e.ctx, srcs, id, wf.timeout, wf.brokerAddr(e)); err != nil {
 				if errors.Is(err, context.Canceled) {
 					return exitError{code: 130, msg: "exec: interrupted before CMD started"}
 				}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -108,10 +109,7 @@ func (w *workloadFlags) identity(e *env) (client.IdentitySource, error) {
 // new credential of a grant (to write it out); retries are reported on
 // stderr.
 func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Credential) error) ([]*client.Source, client.IdentitySource, error) {
-	addr := w.addr
-	if addr == "" {
-		addr = e.getenv("KEYTRAIL_ADDR")
-	}
+	addr := w.brokerAddr(e)
 	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version})
 	if err != nil {
 		return nil, nil, err
@@ -131,7 +129,7 @@ func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Cred
 				if c := src.Current(); c != nil && c.Valid(time.Now()) {
 					keep = fmt.Sprintf(" (keeping issuance %s, expires in %s)", c.IssuanceID, roundDur(time.Until(c.ExpiresAt)))
 				}
-				fmt.Fprintf(e.lineErr(), "keytrail: %s: %s; retrying in %s%s\n", g, retryReason(err), roundDur(wait), keep)
+				fmt.Fprintf(e.lineErr(), "keytrail: %s: %s; retrying in %s%s\n", g, retryReason(err, addr), roundDur(wait), keep)
 			},
 		})
 		if err != nil {
@@ -142,8 +140,23 @@ func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Cred
 	return out, id, nil
 }
 
-// retryReason names a transient failure in a few words, without secrets.
-func retryReason(err error) string {
+// brokerAddr is the broker address fetch and exec use: --addr, else
+// $KEYTRAIL_ADDR, else the client's default.
+func (w *workloadFlags) brokerAddr(e *env) string {
+	addr := w.addr
+	if addr == "" {
+		addr = e.getenv("KEYTRAIL_ADDR")
+	}
+	if strings.TrimSpace(addr) == "" {
+		return client.DefaultAddr
+	}
+	return addr
+}
+
+// retryReason names a transient failure in a few words, without secrets:
+// a connection to the broker at addr that failed says that address and the
+// cause, without the Go error's request, operation and resolved address.
+func retryReason(err error, addr string) string {
 	var be *client.Error
 	if errors.As(err, &be) {
 		if be.Code != "" {
@@ -151,7 +164,50 @@ func retryReason(err error) string {
 		}
 		return fmt.Sprintf("broker answered %d", be.Status)
 	}
+	if why := connectionFailure(err, strings.TrimRight(strings.TrimSpace(addr), "/")); why != "" {
+		return why
+	}
 	return err.Error()
+}
+
+// connectionFailure says in plain words how a connection to the broker at
+// addr failed ("cannot reach the broker at http://127.0.0.1:1: connection
+// refused" for "keytrail broker unreachable: Post
+// http://127.0.0.1:1/v1/token: dial tcp 127.0.0.1:1: connect: connection
+// refused"), or "" for an error that is not a connection's.
+func connectionFailure(err error, addr string) string {
+	var dnsErr *net.DNSError
+	var op *net.OpError
+	var ne net.Error
+	switch {
+	case errors.As(err, &dnsErr):
+		switch {
+		case dnsErr.IsNotFound:
+			return fmt.Sprintf("cannot reach the broker at %s: host %s not found", addr, dnsErr.Name)
+		case dnsErr.IsTimeout:
+			return fmt.Sprintf("cannot reach the broker at %s: looking up host %s timed out", addr, dnsErr.Name)
+		}
+		return fmt.Sprintf("cannot reach the broker at %s: looking up host %s failed: %s", addr, dnsErr.Name, dnsErr.Err)
+	case errors.As(err, &op):
+		cause := op.Err.Error()
+		var errno syscall.Errno
+		var sc *os.SyscallError
+		switch {
+		case op.Timeout():
+			cause = "timed out"
+		case errors.As(op.Err, &errno):
+			cause = errno.Error()
+		case errors.As(op.Err, &sc):
+			cause = sc.Err.Error()
+		}
+		if op.Op == "dial" {
+			return fmt.Sprintf("cannot reach the broker at %s: %s", addr, cause)
+		}
+		return fmt.Sprintf("the connection to the broker at %s failed: %s", addr, cause)
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Sprintf("no answer from the broker at %s within %s", addr, client.DefaultTimeout)
+	}
+	return ""
 }
 
 func roundDur(d time.Duration) time.Duration {
@@ -195,7 +251,7 @@ func permanentError(grant string, id client.IdentitySource, err error) error {
 // fix (a permanent refusal, no identity token, a credential that cannot be
 // written) stops the other fetches at once: the command fails either way,
 // and they may be retrying a busy broker until --timeout (or forever).
-func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySource, timeout time.Duration) error {
+func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySource, timeout time.Duration, addr string) error {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -213,7 +269,7 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 	case timeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		why := "the broker stayed busy or unreachable"
 		if last := client.LastFailure(err); last != nil {
-			why = "last failure: " + retryReason(last)
+			why = "last failure: " + retryReason(last, addr)
 			if errors.Is(last, syscall.ECONNREFUSED) {
 				why += "; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
 			}
@@ -600,7 +656,7 @@ was fetched; 2 usage.`,
 			if err != nil {
 				return exitError{code: exitPermanent, msg: "fetch: " + err.Error()}
 			}
-			return runFetch(e.ctx, srcs, id, wf)
+			return runFetch(e.ctx, srcs, id, wf, wf.brokerAddr(e))
 		},
 	}
 	wf.register(c)
@@ -608,8 +664,8 @@ was fetched; 2 usage.`,
 	return c
 }
 
-func runFetch(ctx context.Context, srcs []*client.Source, id client.IdentitySource, wf workloadFlags) error {
-	if err := fetchAll(ctx, srcs, id, wf.timeout); err != nil {
+func runFetch(ctx context.Context, srcs []*client.Source, id client.IdentitySource, wf workloadFlags, addr string) error {
+	if err := fetchAll(ctx, srcs, id, wf.timeout, addr); err != nil {
 		if errors.Is(err, context.Canceled) {
 			return exitError{code: exitPermanent, msg: "fetch: interrupted before every credential was fetched"}
 		}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -629,6 +631,38 @@ func TestOutputCheckedBeforeExchange(t *testing.T) {
 	}
 }
 
+// TestConnectionFailureInPlainWords: the causes a connection to the broker
+// fails with, said with the address and without Go's operation noise.
+func TestConnectionFailureInPlainWords(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("keytrail broker unreachable: Post %s/v1/token: %w", addr, refused),
+			"cannot reach the broker at " + addr + ": connection refused"},
+		{fmt.Errorf("keytrail broker unreachable: Post %s/v1/token: %w", addr, &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "no such host", Name: "keytrail.internal", IsNotFound: true}}),
+			"cannot reach the broker at " + addr + ": host keytrail.internal not found"},
+		{fmt.Errorf("x: %w", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "server misbehaving", Name: "keytrail.internal", IsTemporary: true}}),
+			"cannot reach the broker at " + addr + ": looking up host keytrail.internal failed: server misbehaving"},
+		{fmt.Errorf("x: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}),
+			"cannot reach the broker at " + addr + ": no route to host"},
+		{fmt.Errorf("keytrail broker: reading response: %w", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}),
+			"the connection to the broker at " + addr + " failed: connection reset by peer"},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), "no answer from the broker at " + addr + " within 30s"},
+	} {
+		if got := retryReason(tc.err, addr+"/"); got != tc.want {
+			t.Errorf("retryReason(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+	// Not a connection's: as it is.
+	if got := retryReason(errors.New("keytrail broker: response larger than 1 bytes"), addr); got != "keytrail broker: response larger than 1 bytes" {
+		t.Errorf("retryReason = %q", got)
+	}
+}
+
 // TestFetchBrokerNotRunning: with nothing listening at the broker address,
 // fetch and exec retried until --timeout and then said only "last failure:
 // ... connect: connection refused". The final message now says what to
@@ -650,10 +684,21 @@ func TestFetchBrokerNotRunning(t *testing.T) {
 		if exitCode(err) != 1 {
 			t.Fatalf("keytrail %v = %v, want exit 1", args, err)
 		}
-		want := "no credential after 1s; last failure: keytrail broker unreachable: Post " + addr + "/v1/token"
-		hint := "connection refused; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
-		if msg := err.Error(); !strings.Contains(msg, want) || !strings.HasSuffix(msg, hint) {
-			t.Errorf("keytrail %v = %q, want %q ... %q", args, msg, want, hint)
+		want := "g: no credential after 1s; last failure: cannot reach the broker at " + addr +
+			": connection refused; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
+		if msg := err.Error(); !strings.HasSuffix(msg, want) {
+			t.Errorf("keytrail %v = %q, want %q", args, msg, want)
+		}
+		// Each retry's line says the address and the cause, without the
+		// Go error's request, operation and resolved address.
+		line := "keytrail: g: cannot reach the broker at " + addr + ": connection refused; retrying in "
+		if !strings.HasPrefix(stderr, line) {
+			t.Errorf("keytrail %v: stderr %q, want lines starting %q", args, stderr, line)
+		}
+		for _, noise := range []string{"dial tcp", "connect:", "Post ", "/v1/token"} {
+			if strings.Contains(err.Error()+stderr, noise) {
+				t.Errorf("keytrail %v says %q: %q (stderr %q)", args, noise, err, stderr)
+			}
 		}
 		if strings.Contains(err.Error()+stderr, "identity.jwt") {
 			t.Errorf("keytrail %v quotes the identity token: %q (stderr %q)", args, err, stderr)
