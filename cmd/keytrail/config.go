@@ -57,6 +57,20 @@ type Config struct {
 	// (empty): the audit chain id or the id the Redis store holds, see
 	// deploymentID.
 	Deployment string `yaml:"deployment"`
+
+	// vaultAddressFrom says what set Vault.Address, for messages:
+	// "VAULT_ADDR", or "vault.address in FILE, line N" (LoadConfig); empty
+	// for a configuration built in code.
+	vaultAddressFrom string
+}
+
+// vaultAddressSource names what set the Vault address: the environment
+// variable or the config file's field and line.
+func (c *Config) vaultAddressSource() string {
+	if c.vaultAddressFrom != "" {
+		return c.vaultAddressFrom
+	}
+	return "vault.address"
 }
 
 // AuthnConfig tunes identity-token verification.
@@ -275,6 +289,14 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	c.applyDefaults()
 	if err := c.validateFile(path, &doc, fromEnv); err != nil {
 		return nil, nil, err
+	}
+	if v := fromEnv["vault.address"]; v != "" {
+		c.vaultAddressFrom = v
+	} else {
+		c.vaultAddressFrom = "vault.address in " + path
+		if line := policies.NodeLine(&doc, "vault.address"); line > 0 {
+			c.vaultAddressFrom += fmt.Sprintf(", line %d", line)
+		}
 	}
 	return &c, &doc, nil
 }

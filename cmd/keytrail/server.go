@@ -358,7 +358,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 			if u, perr := url.Parse(cfg.Vault.Address); perr == nil {
 				where = u.Redacted()
 			}
-			return fmt.Errorf("vault login: %w; is Vault running at %s (vault.address, or VAULT_ADDR)?", err, where)
+			return fmt.Errorf("vault login: %w; is Vault running at %s (from %s)?", err, where, cfg.vaultAddressSource())
 		}
 		return fmt.Errorf("vault login: %w", err)
 	}

@@ -12,35 +12,44 @@ import (
 // Vault address failed with the Vault client's error alone ('vault login:
 // ... dial tcp 127.0.0.1:8299: connect: connection refused'), which does not
 // say what to check. It now asks whether Vault runs at that address and
-// names where the address is set (vault.address, or VAULT_ADDR); it exits
-// 1 (a plain error), and never quotes the broker's Vault token.
+// names what set it: the config file's vault.address and its line, or
+// VAULT_ADDR (it said "vault.address, or VAULT_ADDR" whichever it was); it
+// exits 1 (a plain error), and never quotes the broker's Vault token.
 func TestServerVaultNotRunning(t *testing.T) {
-	addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
-	vaultAddr := "http://" + addrs[0]
+	addrs := closedLoopbackAddrs(t, 3) // distinct: all bound at once
+	vaultAddr, envAddr := "http://"+addrs[0], "http://"+addrs[2]
 	listen := addrs[1]
 	dir := t.TempDir()
 	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
 	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
 		"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: "+vaultAddr+"}\n")
 	const token = "hvs.BROKER-TOKEN-MARKER-5"
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out, errb strings.Builder
-	err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
-		return map[string]string{"VAULT_TOKEN": token, "KEYTRAIL_RECONCILE": "off"}[k]
-	}, &out, &errb)
-	if err == nil {
-		t.Fatal("server started with no Vault at its address")
-	}
-	if c := exitCode(err); c != -1 && c != 1 {
-		t.Errorf("exit %d, want 1", c)
-	}
-	want := "is Vault running at " + vaultAddr + " (vault.address, or VAULT_ADDR)?"
-	if !strings.Contains(err.Error(), want) {
-		t.Errorf("server = %q, want it to ask %q", err, want)
-	}
-	if strings.Contains(err.Error()+out.String()+errb.String(), "BROKER-TOKEN-MARKER") {
-		t.Errorf("the Vault token is quoted: %q (stderr %q)", err, errb.String())
+	for _, tc := range []struct {
+		name, vaultAddrEnv, want string
+	}{
+		{"from-file", "", "is Vault running at " + vaultAddr + " (from vault.address in " + cfg + ", line 5)?"},
+		{"from-env", envAddr, "is Vault running at " + envAddr + " (from VAULT_ADDR)?"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var out, errb strings.Builder
+			err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+				return map[string]string{"VAULT_TOKEN": token, "KEYTRAIL_RECONCILE": "off", "VAULT_ADDR": tc.vaultAddrEnv}[k]
+			}, &out, &errb)
+			if err == nil {
+				t.Fatal("server started with no Vault at its address")
+			}
+			if c := exitCode(err); c != -1 && c != 1 {
+				t.Errorf("exit %d, want 1", c)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("server = %q, want it to ask %q", err, tc.want)
+			}
+			if strings.Contains(err.Error()+out.String()+errb.String(), "BROKER-TOKEN-MARKER") {
+				t.Errorf("the Vault token is quoted: %q (stderr %q)", err, errb.String())
+			}
+		})
 	}
 }
 
@@ -68,7 +77,7 @@ func TestServerVaultNotRunningHidesPassword(t *testing.T) {
 	if strings.Contains(err.Error()+out.String()+errb.String(), "PROXY-PW-MARKER") {
 		t.Errorf("the Vault address's password is quoted: %q (stderr %q)", err, errb.String())
 	}
-	want := "is Vault running at http://proxyuser:xxxxx@" + hostPort + " (vault.address, or VAULT_ADDR)?"
+	want := "is Vault running at http://proxyuser:xxxxx@" + hostPort + " (from vault.address in " + cfg + ", line 5)?"
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("server = %q, want it to ask %q", err, want)
 	}
