@@ -290,6 +290,18 @@ type Store interface {
 	Ping(ctx context.Context) error
 }
 
+// ReplicaAcker is the optional part of a Store that says whether its
+// writes wait for replicas to acknowledge them (Redis with
+// store.min_replicas). AcksReplicas false means they never do: a write the
+// store applied is as confirmed as any of its writes will be, so a mark
+// found stored (MarkRevoked writing nothing) needs no later acknowledged
+// write to confirm it (broker/revoke.go unconfirmedMarks). A Store that
+// does not implement it, or that a wrapper hides, is taken to wait for
+// replicas: the flow then confirms found marks with a write of its own.
+type ReplicaAcker interface {
+	AcksReplicas() bool
+}
+
 // RetireMillis is until as the stores keep it (PutRetiringKey): unix
 // milliseconds, rounded up.
 func RetireMillis(until time.Time) int64 {

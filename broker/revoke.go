@@ -293,8 +293,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// pending in the progress write: only its acknowledgement confirms
 	// them (see unconfirmedMarks), and a write applied but not confirmed
 	// (store_unreplicated) must leave them pending in the record, as the
-	// answer says, for the worker to finish.
-	revoked, failed, found := unconfirmedMarks(marked, wrote, revoked, failed)
+	// answer says, for the worker to finish. (Not with a store that waits
+	// for no replica: there they are revoked at once.)
+	revoked, failed, found := s.unconfirmedMarks(marked, wrote, revoked, failed)
 	if cur, err := s.storeProgress(dctx, rev.ID, revoked, failed); err != nil {
 		// The stored record lists as pending what this write did not
 		// settle (all of it, if the write was not applied); the worker
@@ -640,7 +641,15 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 // record list them pending, not revoked on a mark that a failover may
 // lose, and the worker (again) finishes them. Marks this call wrote were
 // confirmed by their own write.
-func unconfirmedMarks(marked []*Issuance, wrote map[string]bool, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
+//
+// A Store whose writes never wait for replicas (ReplicaAcker: memstore,
+// redisstore without store.min_replicas) confirms nothing later than it
+// applies it: a mark found stored is as confirmed as one written, so
+// nothing moves and found is nil (one progress write, answered revoked).
+func (s *Service) unconfirmedMarks(marked []*Issuance, wrote map[string]bool, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
+	if a, ok := s.records().(ReplicaAcker); ok && !a.AcksReplicas() {
+		return revoked, failed, nil
+	}
 	isFound := map[string]bool{}
 	for _, is := range marked {
 		if !wrote[is.ID] {
@@ -1426,7 +1435,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	// acknowledged write covers: the found ones stay pending unless the
 	// first write was acknowledged, and the record keeps them pending
 	// for the next pass.
-	revoked, failed, found := unconfirmedMarks(marked, wrote, revoked, failed)
+	revoked, failed, found := s.unconfirmedMarks(marked, wrote, revoked, failed)
 	done := append(gone, revoked...)
 	cur, err := s.storeProgress(ctx, r.ID, done, failed)
 	if err == nil && len(found) > 0 {

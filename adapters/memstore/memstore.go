@@ -23,7 +23,10 @@ import (
 	"github.com/keytrail/keytrail/broker"
 )
 
-var _ broker.Store = (*Store)(nil)
+var (
+	_ broker.Store        = (*Store)(nil)
+	_ broker.ReplicaAcker = (*Store)(nil)
+)
 
 // Store is an in-memory broker.Store. The zero value is not usable; call New.
 type Store struct {
@@ -666,6 +669,10 @@ func (s *Store) RetiringKeys(ctx context.Context, now time.Time) (map[string]tim
 	}
 	return out, nil
 }
+
+// AcksReplicas is false: the store is in-process and has no replicas
+// (broker.ReplicaAcker).
+func (s *Store) AcksReplicas() bool { return false }
 
 // Ping always succeeds unless ctx is done: the store is in-process.
 func (s *Store) Ping(ctx context.Context) error {

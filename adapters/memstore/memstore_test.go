@@ -158,3 +158,17 @@ func TestFindIssuanceErrorHidesValue(t *testing.T) {
 		}
 	}
 }
+
+// TestAcksReplicas: the in-process store waits for no replica
+// (broker.ReplicaAcker): the revocation flow counts a mark it finds stored
+// as revoked at once.
+func TestAcksReplicas(t *testing.T) {
+	var st broker.Store = memstore.New(nil)
+	a, ok := st.(broker.ReplicaAcker)
+	if !ok {
+		t.Fatalf("memstore.Store is not a broker.ReplicaAcker")
+	}
+	if a.AcksReplicas() {
+		t.Errorf("AcksReplicas() = true, want false")
+	}
+}

@@ -88,7 +88,10 @@ import (
 	"github.com/keytrail/keytrail/broker"
 )
 
-var _ broker.Store = (*Store)(nil)
+var (
+	_ broker.Store        = (*Store)(nil)
+	_ broker.ReplicaAcker = (*Store)(nil)
+)
 
 // Defaults of Options.
 const (
@@ -1476,6 +1479,10 @@ for i = 1, #all, 2 do
 end
 return out
 `)
+
+// AcksReplicas reports whether writes wait for replicas to acknowledge
+// them: Options.MinReplicas above 0 (broker.ReplicaAcker).
+func (s *Store) AcksReplicas() bool { return s.minReplicas > 0 }
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error {

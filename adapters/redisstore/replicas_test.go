@@ -400,3 +400,25 @@ func TestMinReplicasFoundMarkConfirmedByLaterWrite(t *testing.T) {
 		t.Errorf("the replica's iss_1 after the later acknowledged write = %s, %v; want rev_first's mark", raw, err)
 	}
 }
+
+// TestAcksReplicas: the store says its writes wait for replicas
+// (broker.ReplicaAcker) exactly when MinReplicas is set; the revocation flow
+// then confirms a mark found stored with a later acknowledged write, and
+// otherwise counts it as revoked at once.
+func TestAcksReplicas(t *testing.T) {
+	r := harness.StartRedis(t)
+	for _, c := range []struct {
+		minReplicas int
+		want        bool
+	}{{0, false}, {1, true}, {2, true}} {
+		s := newStore(t, r, redisstore.Options{Prefix: fmt.Sprintf("{acks-%d}:", c.minReplicas), MinReplicas: c.minReplicas})
+		var st broker.Store = s
+		a, ok := st.(broker.ReplicaAcker)
+		if !ok {
+			t.Fatalf("redisstore.Store is not a broker.ReplicaAcker")
+		}
+		if got := a.AcksReplicas(); got != c.want {
+			t.Errorf("AcksReplicas() with MinReplicas %d = %v, want %v", c.minReplicas, got, c.want)
+		}
+	}
+}
