@@ -1390,15 +1390,31 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		// the next pass sweep again. Added to the record as stored now, so
 		// nothing another writer stored since r was read is lost.
 		found := ids(late)
+		var written *Revocation // the record as fn's last run left it
 		cur, err := s.updateRevocation(ctx, r.ID, func(c *Revocation) error {
 			swept = addPending(c, found)
 			c.SweepAt = time.Time{}
+			written = cloneRevocation(c)
 			return nil
 		})
-		if err != nil {
+		switch {
+		case err == nil:
+			*r = *cur
+		case unreplicated(err) && written != nil:
+			// Applied on the primary, not confirmed by the replicas: the
+			// record lists them and the sweep is done, so no later pass
+			// sweeps them again, and they would be finished (and audited)
+			// as plain pending ids, no longer named as the sweep's. Go on
+			// from the record as written: this pass ends them and its
+			// revoke_result names them under swept. The progress write
+			// below, once acknowledged, confirms this one too (the store
+			// replicates in order).
+			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation sweep not confirmed; going on",
+				slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
+			*r = *written
+		default:
 			return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 		}
-		*r = *cur
 		if len(swept) > 0 {
 			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation sweep found credentials minted while it ran",
 				slog.String("revocation_id", r.ID), slog.Any("issuance_ids", swept))
