@@ -109,6 +109,8 @@ package broker
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -828,6 +830,12 @@ func (s *Service) updateRevocation(ctx context.Context, id string, fn func(*Revo
 // A list of issuances too long for one event (over maxEventListBytes) is
 // split over several revoke_result events, as eventParts says.
 func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) {
+	s.appendResult(ctx, rev.ID, s.resultEvents(rev, requestID, status, reason, by, extra))
+}
+
+// resultEvents builds the revoke_result event (or its parts) auditResult
+// writes.
+func (s *Service) resultEvents(rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) []*audit.Event {
 	details := map[string]any{"matched": rev.Matched}
 	if by != "" {
 		details["by"] = by
@@ -854,10 +862,39 @@ func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID st
 		}
 		evs = append(evs, ev)
 	}
+	return evs
+}
+
+// appendResult writes the revoke_result events of revocation id and
+// reports whether they were written; a failure is logged, not returned.
+func (s *Service) appendResult(ctx context.Context, id string, evs []*audit.Event) bool {
 	if _, err := s.appendAll(context.WithoutCancel(ctx), evs); err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
-			slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+			slog.String("revocation_id", id), slog.String("error", err.Error()))
+		return false
 	}
+	return true
+}
+
+// resultDigest is a digest of what evs say (type, revocation, request,
+// admin, details, outcome; not the chain fields the sink adds), so that
+// two results saying the same compare equal. ok is false if they could
+// not be encoded (then they compare equal to nothing).
+func resultDigest(evs []*audit.Event) (sum [sha256.Size]byte, ok bool) {
+	h := sha256.New()
+	enc := json.NewEncoder(h)
+	for _, ev := range evs {
+		err := enc.Encode(struct {
+			Type, RevocationID, RequestID, Admin string
+			Details                              map[string]any
+			Outcome                              *audit.Outcome
+		}{ev.Type, ev.RevocationID, ev.RequestID, ev.Admin, ev.Details, ev.Outcome})
+		if err != nil {
+			return sum, false
+		}
+	}
+	h.Sum(sum[:0])
+	return sum, true
 }
 
 // appendAll makes evs durable, together when there are several and the
@@ -1235,7 +1272,8 @@ type WorkerOptions struct {
 // When nothing is pending any more and the sweep has run it stores
 // CompletedAt; it writes a `revoke_result` event when it finished pending
 // issuances or the sweep found some, even when its progress write failed
-// (it may be applied all the same; see retryOne). Any number of instances may run one: revokers are
+// (it may be applied all the same; see retryOne), but not one identical in
+// content to the last it wrote for the revocation (see auditPass). Any number of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
 type RevocationWorker struct {
@@ -1249,6 +1287,9 @@ type RevocationWorker struct {
 type retryState struct {
 	attempts int
 	next     time.Time
+	// result is the digest of the last revoke_result this worker wrote
+	// for the revocation (resultDigest; zero: none yet).
+	result [sha256.Size]byte
 }
 
 // NewRevocationWorker returns a worker over s's store, revokers and audit
@@ -1480,19 +1521,48 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 // auditPass writes the revoke_result of one worker pass over r, as r now
 // stands: by sweep when the sweep found issuances (swept), by worker when
 // the pass finished every issuance that was pending; none otherwise.
+//
+// Nor one identical in content to the last one this worker wrote for r:
+// a pass whose progress write the store refused (Redis out of memory, or
+// read-only, still serving reads) leaves the record as it was, and every
+// pass after it does the same work and would write the same result again,
+// once per backoff for as long as the store refuses. The log holds it
+// already; a result that differs (anything settled, failed or found in
+// between) is written. The digest is kept with r's retry state, which
+// lasts as long as r is incomplete.
 func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPending bool, swept []string) {
 	s := w.s
 	status := 200
 	if len(r.Pending) > 0 {
 		status = 202
 	}
+	var evs []*audit.Event
 	switch {
 	case len(swept) > 0:
 		// The ids the sweep added, named in the log whatever their state.
-		s.auditResult(ctx, r, "", status, "", "sweep", map[string]any{"swept": swept})
+		evs = s.resultEvents(r, "", status, "", "sweep", map[string]any{"swept": swept})
 	case hadPending && len(r.Pending) == 0:
-		s.auditResult(ctx, r, "", status, "", "worker", nil)
+		evs = s.resultEvents(r, "", status, "", "worker", nil)
+	default:
+		return
 	}
+	sum, ok := resultDigest(evs)
+	w.mu.Lock()
+	st := w.retry[r.ID]
+	repeat := ok && st != nil && st.result == sum
+	w.mu.Unlock()
+	if repeat || !s.appendResult(ctx, r.ID, evs) {
+		return
+	}
+	w.mu.Lock()
+	if st := w.retry[r.ID]; st != nil {
+		if ok {
+			st.result = sum
+		} else {
+			st.result = [sha256.Size]byte{}
+		}
+	}
+	w.mu.Unlock()
 }
 
 // addPending adds to r, as pending, the ids of found it does not list yet

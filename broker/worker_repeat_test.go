@@ -1,0 +1,129 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// readOnlyStore serves reads but refuses every UpdateRevocation unapplied
+// while refuse is set, as Redis does out of memory (noeviction) or as a
+// READONLY replica; GetIssuance answers ErrNotFound for gone (an issuance
+// past retention).
+type readOnlyStore struct {
+	broker.Store
+	refuse atomic.Bool
+	gone   atomic.Pointer[string]
+}
+
+func (s *readOnlyStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	if s.refuse.Load() {
+		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("OOM command not allowed when used memory > 'maxmemory'"))
+	}
+	return s.Store.UpdateRevocation(ctx, id, fn)
+}
+
+// AcksReplicas is the fronted store's (memstore: none, as redisstore
+// without store.min_replicas).
+func (s *readOnlyStore) AcksReplicas() bool {
+	a, ok := s.Store.(broker.ReplicaAcker)
+	return !ok || a.AcksReplicas()
+}
+
+func (s *readOnlyStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	if g := s.gone.Load(); g != nil && *g == id {
+		return nil, broker.ErrNotFound
+	}
+	return s.Store.GetIssuance(ctx, id)
+}
+
+// TestWorkerNoRepeatedResult: while the store refuses writes but serves
+// reads, every worker pass over a pending revocation does the same work,
+// its progress write is refused (not applied), and the record stays
+// pending. The worker writes its revoke_result on a failed progress write
+// all the same (the write may have been applied), so it wrote the same
+// revoke_result (by worker, 200) after every backoff: the audit log filled
+// with identical events. Now a revoke_result identical in content to the
+// last one the worker wrote for the revocation is not written again; one
+// that differs is, and once the store takes writes the record completes
+// with no further copy.
+func TestWorkerNoRepeatedResult(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gone bool // the pending issuance is past retention (not found)
+	}{
+		{"past-retention", true},
+		{"backend-retried", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			var ro *readOnlyStore
+			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
+				ro = &readOnlyStore{Store: st}
+				return ro
+			})
+			is := f.issue(t, "payments")
+			f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused")))
+			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-60", broker.RevokeOptions{}, "req_1")
+			if err != nil || !slices.Equal(rev.Pending, []string{is.ID}) {
+				t.Fatalf("Revoke() = %+v, %v; want %s pending", rev, err, is.ID)
+			}
+			f.rv.setErr(nil)
+			if tc.gone {
+				ro.gone.Store(&is.ID)
+			}
+			ro.refuse.Store(true)
+			w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second, MaxBackoff: 4 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			byWorker := func() []map[string]any {
+				var out []map[string]any
+				for _, ev := range f.sink.Events() {
+					if ev.Type == "revoke_result" && ev.RevocationID == rev.ID && ev.Details["by"] == "worker" {
+						out = append(out, ev.Details)
+					}
+				}
+				return out
+			}
+			const passes = 4
+			for range passes {
+				f.advance(4 * time.Second) // past any backoff: every pass is due
+				if err := w.Tick(ctx); !errors.Is(err, broker.ErrUnavailable) {
+					t.Fatalf("worker pass with writes refused = %v, want ErrUnavailable", err)
+				}
+			}
+			if stored, err := f.mem.GetRevocation(ctx, rev.ID); err != nil || !slices.Equal(stored.Pending, []string{is.ID}) {
+				t.Fatalf("stored revocation after the refused passes: %+v, %v; want %s still pending", stored, err, is.ID)
+			}
+			if got := byWorker(); len(got) != 1 {
+				t.Errorf("%d passes with the progress write refused wrote %d revoke_result events by worker, want 1 (the same content each time)", passes, len(got))
+			}
+
+			// The store takes writes again: the record completes, and the
+			// audit already says what the record now does.
+			ro.refuse.Store(false)
+			f.advance(4 * time.Second)
+			if err := w.Tick(ctx); err != nil {
+				t.Fatal(err)
+			}
+			stored, err := f.mem.GetRevocation(ctx, rev.ID)
+			if err != nil || !slices.Equal(stored.Revoked, []string{is.ID}) || len(stored.Pending) != 0 || stored.CompletedAt.IsZero() {
+				t.Fatalf("stored revocation at the end: %+v, %v; want complete, %s revoked", stored, err, is.ID)
+			}
+			got := byWorker()
+			if len(got) != 1 {
+				t.Errorf("revoke_result events by worker at the end: %d, want 1", len(got))
+			}
+			last := lastResult(t, f, rev.ID)
+			if revoked, _ := last.Details["revoked"].([]string); last.Details["by"] != "worker" || last.Outcome.Status != 200 || !slices.Equal(revoked, []string{is.ID}) {
+				t.Errorf("last revoke_result = by %v, %d, revoked %v; want the worker's, 200, %s revoked", last.Details["by"], last.Outcome.Status, last.Details["revoked"], is.ID)
+			}
+		})
+	}
+}
