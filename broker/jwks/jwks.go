@@ -88,11 +88,13 @@ type Options struct {
 	// transit key, so that verifiers of checkpoints find it).
 	Always []string
 	// Store records the retiring keys for every instance sharing it; nil:
-	// none (SetStore may give it later).
+	// none (SetStore may give it later, at any time).
 	Store Store
 	// Log gets the store and key source failures; default slog.Default().
 	Log *slog.Logger
-	// Now is the clock of retirement; default time.Now.
+	// Now is the clock of retirement; default time.Now. It is read once,
+	// by New: a clock the caller sets up later is not seen, so wire it
+	// before New (cmd/keytrail: brokerRuntime.now before initPolicy).
 	Now func() time.Time
 }
 
@@ -104,7 +106,7 @@ type Keys struct {
 	always []string
 	log    *slog.Logger
 	now    func() time.Time
-	store  Store
+	store  atomic.Pointer[storeRef] // nil or a nil s: no store
 
 	cur atomic.Pointer[set]
 	// mu is held while Update builds and applies a new set: a Refresh
@@ -136,7 +138,8 @@ func New(o Options, signing Signing) (*Keys, error) {
 	if o.Source == nil {
 		return nil, errors.New("jwks: a key source is required")
 	}
-	k := &Keys{source: o.Source, valid: o.ValidName, always: slices.Clone(o.Always), log: o.Log, now: o.Now, store: o.Store}
+	k := &Keys{source: o.Source, valid: o.ValidName, always: slices.Clone(o.Always), log: o.Log, now: o.Now}
+	k.SetStore(o.Store)
 	if k.log == nil {
 		k.log = slog.Default()
 	}
@@ -151,9 +154,22 @@ func New(o Options, signing Signing) (*Keys, error) {
 	return k, nil
 }
 
-// SetStore makes k record and read retiring keys in s. It is for wiring:
-// call it before k is used concurrently (before Refresh runs).
-func (k *Keys) SetStore(s Store) { k.store = s }
+// storeRef holds the Store of a Keys (an interface value, so that it can
+// be swapped atomically).
+type storeRef struct{ s Store }
+
+// SetStore makes k record and read retiring keys in s (nil: none). It may
+// be called while k is in use: a Refresh, Stored or Record running then
+// uses the store it found when it started.
+func (k *Keys) SetStore(s Store) { k.store.Store(&storeRef{s}) }
+
+// storeOf is the store k records in, nil when none.
+func (k *Keys) storeOf() Store {
+	if r := k.store.Load(); r != nil {
+		return r.s
+	}
+	return nil
+}
 
 // build is the set of a policy that signs with signing. It adds keys, and
 // keeps those of prev that signing no longer names while JWTs they signed
@@ -265,10 +281,14 @@ func (k *Keys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
 // Stored reads the retiring keys the store records, unexpired now. A
 // failure is logged and returned: callers keep what they know.
 func (k *Keys) Stored(ctx context.Context) (map[string]time.Time, error) {
-	if k.store == nil {
+	return k.storedIn(ctx, k.storeOf())
+}
+
+func (k *Keys) storedIn(ctx context.Context, s Store) (map[string]time.Time, error) {
+	if s == nil {
 		return nil, nil
 	}
-	stored, err := k.store.RetiringKeys(ctx, k.now())
+	stored, err := s.RetiringKeys(ctx, k.now())
 	if err != nil {
 		k.log.Warn("cannot read the retiring transit keys from the store; the JWKS keeps the keys known here",
 			slog.String("error", err.Error()))
@@ -288,7 +308,11 @@ func (k *Keys) Stored(ctx context.Context) (map[string]time.Time, error) {
 // that never named it, serve it as long as JWTs this instance signed with
 // it may live. A failure is logged; the next Refresh writes it again.
 func (k *Keys) Record(ctx context.Context, stored map[string]time.Time) {
-	if k.store == nil {
+	k.recordIn(ctx, k.storeOf(), stored)
+}
+
+func (k *Keys) recordIn(ctx context.Context, s Store, stored map[string]time.Time) {
+	if s == nil {
 		return
 	}
 	st := k.cur.Load()
@@ -307,7 +331,7 @@ func (k *Keys) Record(ctx context.Context, stored map[string]time.Time) {
 		if !now.Before(until) || !stored[name].Before(until.Truncate(time.Millisecond)) {
 			continue
 		}
-		if err := k.store.PutRetiringKey(ctx, name, until); err != nil {
+		if err := s.PutRetiringKey(ctx, name, until); err != nil {
 			k.log.Warn("cannot record a JWT signing transit key in the store; other instances, and this one after a restart, may not serve it once it is retired",
 				slog.String("transit_key", name), slog.Time("until", until), slog.String("error", err.Error()))
 		}
@@ -324,14 +348,15 @@ func (k *Keys) Record(ctx context.Context, stored map[string]time.Time) {
 // (PublicKeys hides them until then). While an Update runs (which reads
 // the store itself) it merges nothing.
 func (k *Keys) Refresh(ctx context.Context) {
-	if k.store == nil {
+	s := k.storeOf()
+	if s == nil {
 		return
 	}
-	stored, err := k.Stored(ctx)
+	stored, err := k.storedIn(ctx, s)
 	if err != nil {
 		return
 	}
-	k.Record(ctx, stored)
+	k.recordIn(ctx, s, stored)
 	if !k.mu.TryLock() {
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -503,5 +504,40 @@ func TestImportsNoAdapter(t *testing.T) {
 				t.Errorf("%s imports %s", name, p)
 			}
 		}
+	}
+}
+
+// TestSetStoreWhileRefreshing: SetStore may be called while Refresh runs
+// (the server's JWKS loop, a test's wiring): under -race this was a data
+// race on the store field, and a refresh that started without a store and
+// found one must record the keys the policy signs with once it is set.
+func TestSetStoreWhileRefreshing(t *testing.T) {
+	f := newFixture(t, jwks.Signing{"key-b": ttl}, jwks.Options{})
+	f.keys.SetStore(nil)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				f.keys.Refresh(t.Context())
+			}
+		}
+	}()
+	f.keys.SetStore(f.store)
+	// Poll, with a deadline, until the refreshing goroutine has seen the
+	// store (key-b recorded).
+	deadline := time.Now().Add(10 * time.Second)
+	for f.store.get("key-b").IsZero() && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	close(stop)
+	wg.Wait()
+	if f.store.get("key-b").IsZero() {
+		t.Errorf("key-b not recorded by the refreshes after SetStore")
 	}
 }
