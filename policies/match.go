@@ -437,12 +437,43 @@ func TokenTypeKey(typ string) string {
 	return t
 }
 
+// Outcomes of CheckTypHeader: a token of the issuer is refused with one of
+// them (broker/authn: malformed and bad_token_type).
+var (
+	// ErrTypNotString: the typ header is present and not a JSON string
+	// (a number, null, a list): RFC 7515 §4.1.9 makes it a string.
+	ErrTypNotString = errors.New("typ header is not a string")
+	// ErrTypNotAccepted: the typ header, or its absence, is not one the
+	// issuer's token_types admit.
+	ErrTypNotAccepted = errors.New("typ header is not in the issuer's token_types")
+)
+
+// CheckTypHeader is the issuer's token_types rule, the one broker/authn
+// enforces and policy explain --unverified applies (present false: the
+// token has no typ header; typ: its value, as JSON decodes it). Absent
+// token_types admit any typ header, of any JSON type, or none; otherwise a
+// typ that is not a string is ErrTypNotString, and one AcceptsTokenType
+// does not admit is ErrTypNotAccepted.
+func (is *Issuer) CheckTypHeader(present bool, typ any) error {
+	if is.TokenTypes == nil {
+		return nil
+	}
+	s, isString := typ.(string)
+	if present && !isString {
+		return ErrTypNotString
+	}
+	if !is.AcceptsTokenType(present, s) {
+		return ErrTypNotAccepted
+	}
+	return nil
+}
+
 // AcceptsTokenType reports whether the issuer's token_types admit a token
 // whose typ header is typ (present false: the token has no typ header), as
-// broker/authn decides it: absent token_types admit any typ or none; ""
-// (NoTokenType) admits a token without typ; a typ of "" matches nothing;
-// other values are compared as TokenTypeKey gives them. A typ that is not
-// a JSON string is the caller's to refuse (authn: malformed).
+// broker/authn decides it (through CheckTypHeader, which also refuses a
+// typ that is not a JSON string): absent token_types admit any typ or
+// none; "" (NoTokenType) admits a token without typ; a typ of "" matches
+// nothing; other values are compared as TokenTypeKey gives them.
 func (is *Issuer) AcceptsTokenType(present bool, typ string) bool {
 	if is.TokenTypes == nil {
 		return true

@@ -406,46 +406,70 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 // §4.2; no parameters.
 var tokenTypeRE = regexp.MustCompile(`^(?:[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/)?[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`)
 
-// validateTokenTypes checks an issuer's token_types: absent is any typ; a
-// list written without a value or empty would refuse every token (or, read
-// as absent, accept any), so both are problems; an entry is "" (no typ
-// header) or a media type, each listed once (compared as TokenTypeKey
-// does). An entry written without a value ("- ", "~") is refused before
-// validation, as in every list (yamlcheck.NullEntries), so the decoded
-// entries are those of the file, in place.
+// validateTokenTypes checks an issuer's token_types (CheckTokenTypes), and
+// refuses the field written without a value: read as absent it would
+// accept any typ. An entry written without a value ("- ", "~") is refused
+// before validation, as in every list (yamlcheck.NullEntries), so the
+// decoded entries are those of the file, in place.
 func validateTokenTypes(v *validator, l loc, is *Issuer, doc *yaml.Node) {
 	fp := l.path + ".token_types"
-	switch {
-	case writtenNull(doc, fp):
+	if writtenNull(doc, fp) {
 		v.add(l.file, fp, `no value: list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`)
 		return
-	case is.TokenTypes != nil && len(is.TokenTypes) == 0:
-		v.add(l.file, fp, `empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`)
-		return
+	}
+	for _, p := range CheckTokenTypes(is.TokenTypes) {
+		path := fp
+		if p.Index >= 0 {
+			path = fmt.Sprintf("%s[%d]", fp, p.Index)
+		}
+		v.add(l.file, path, "%s", p.Message)
+	}
+}
+
+// TokenTypeProblem is a problem of a token_types list (CheckTokenTypes):
+// Index is the entry's, -1 for the list's.
+type TokenTypeProblem struct {
+	Index   int
+	Message string
+}
+
+// CheckTokenTypes is the rule of a token_types list, which policy
+// validation and broker/authn.New (for direct Options users) both apply:
+// nil is any typ; an empty list would refuse every token; an entry is ""
+// (NoTokenType: no typ header) or a media type, type/subtype or a subtype
+// alone, without spaces around it or parameters, each listed once
+// (compared as TokenTypeKey does). No problems: nil.
+func CheckTokenTypes(types []string) []TokenTypeProblem {
+	if types != nil && len(types) == 0 {
+		return []TokenTypeProblem{{-1, `empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}}
+	}
+	var out []TokenTypeProblem
+	bad := func(i int, format string, args ...any) {
+		out = append(out, TokenTypeProblem{i, fmt.Sprintf(format, args...)})
 	}
 	seen := map[string]int{}
-	for i, t := range is.TokenTypes {
-		ep := fmt.Sprintf("%s[%d]", fp, i)
+	for i, t := range types {
 		key := TokenTypeKey(t)
 		switch {
 		case t == NoTokenType:
 			key = ""
 		case strings.TrimSpace(t) != t:
-			v.add(l.file, ep, "%q starts or ends with a space: typ values are compared without spaces, so it would match none", t)
+			bad(i, "%q starts or ends with a space: typ values are compared without spaces, so it would match none", t)
 			continue
 		case strings.Contains(t, ";"):
-			v.add(l.file, ep, "%q has media type parameters: write the type alone (e.g. at+jwt)", t)
+			bad(i, "%q has media type parameters: write the type alone (e.g. at+jwt)", t)
 			continue
 		case !tokenTypeRE.MatchString(t):
-			v.add(l.file, ep, `%q is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`, t)
+			bad(i, `%q is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`, t)
 			continue
 		}
 		if j, dup := seen[key]; dup {
-			v.add(l.file, ep, "%q is the same typ as token_types[%d] (compared without case, application/ implied)", t, j)
+			bad(i, "%q is the same typ as token_types[%d] (compared without case, application/ implied)", t, j)
 			continue
 		}
 		seen[key] = i
 	}
+	return out
 }
 
 // checkOwner refuses an owner with spaces around it, a control character,

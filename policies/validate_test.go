@@ -1369,3 +1369,32 @@ func TestAcceptsTokenType(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckTypHeader: the whole typ rule broker/authn enforces and policy
+// explain --unverified applies: absent token_types admit any typ of any
+// JSON type; otherwise a typ that is not a string (null included) is
+// ErrTypNotString, and one not admitted ErrTypNotAccepted.
+func TestCheckTypHeader(t *testing.T) {
+	for _, tt := range []struct {
+		types   []string
+		present bool
+		typ     any
+		want    error
+	}{
+		{nil, true, 7.0, nil},
+		{nil, true, nil, nil},
+		{nil, false, nil, nil},
+		{[]string{"JWT", ""}, true, nil, ErrTypNotString},
+		{[]string{"JWT"}, true, []any{"JWT"}, ErrTypNotString},
+		{[]string{"JWT"}, true, "jwt", nil},
+		{[]string{"JWT"}, true, "at+jwt", ErrTypNotAccepted},
+		{[]string{"JWT"}, false, nil, ErrTypNotAccepted},
+		{[]string{"JWT", ""}, false, nil, nil},
+		{[]string{"JWT", ""}, true, "", ErrTypNotAccepted},
+	} {
+		is := &Issuer{TokenTypes: tt.types}
+		if got := is.CheckTypHeader(tt.present, tt.typ); got != tt.want {
+			t.Errorf("token_types %q: CheckTypHeader(%v, %#v) = %v, want %v", tt.types, tt.present, tt.typ, got, tt.want)
+		}
+	}
+}

@@ -43,9 +43,6 @@ type issuerState struct {
 	maxLifetime time.Duration
 	client      *http.Client
 	validator   *jwt.Validator // the issuer's claim checks
-	// tokenTypes are the accepted typ values as policies.TokenTypeKey gives
-	// them, "" for no typ header; nil accepts any.
-	tokenTypes map[string]bool
 
 	mu          sync.Mutex
 	set         *keySet    // last good key set; nil before the first success
@@ -133,22 +130,14 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES*, EdDSA or Ed25519)", a)
 		}
 	}
-	var tokenTypes map[string]bool
-	if is.TokenTypes != nil {
-		tokenTypes = make(map[string]bool, len(is.TokenTypes))
-		if len(is.TokenTypes) == 0 {
-			bad("token_types", "empty: every token would be refused (nil accepts any typ)")
+	// The rule policy validation applies, so that an entry a policy file
+	// may not hold (a/b/c, "JWT; a=b") is refused here too.
+	for _, p := range policies.CheckTokenTypes(is.TokenTypes) {
+		field := "token_types"
+		if p.Index >= 0 {
+			field = fmt.Sprintf("token_types[%d]", p.Index)
 		}
-	}
-	for j, t := range is.TokenTypes {
-		switch key := policies.TokenTypeKey(t); {
-		case t == policies.NoTokenType:
-			tokenTypes[""] = true
-		case strings.TrimSpace(t) != t || strings.ContainsAny(t, "; \t") || strings.HasSuffix(key, "/") || strings.HasPrefix(t, "/"):
-			bad(fmt.Sprintf("token_types[%d]", j), "%q is not a media type", t)
-		default:
-			tokenTypes[key] = true
-		}
+		bad(field, "%s", p.Message)
 	}
 	maxLife := time.Duration(is.MaxTokenLifetime)
 	if maxLife <= 0 {
@@ -161,11 +150,13 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	if len(errs) > 0 {
 		return nil, errs
 	}
+	// The lists the checks read are the verifier's own: a caller changing
+	// its Options later changes nothing here.
+	is.Algorithms, is.TokenTypes = slices.Clone(is.Algorithms), slices.Clone(is.TokenTypes)
 	st := &issuerState{
 		cfg:         is,
 		maxLifetime: maxLife,
 		client:      client,
-		tokenTypes:  tokenTypes,
 	}
 	// The issuer's claim checks, run by jwt/v5's Validator after the
 	// signature verified and again on every verified-token cache hit.
@@ -188,26 +179,19 @@ func (st *issuerState) allowsAlg(alg string) bool {
 // (hasTyp false: no typ header; typ: its value, any JSON type): RFC 8725
 // §3.11, so that a token of another kind the same issuer signs (an access
 // token, a logout token) is not taken for the identity token meant. The
-// value is compared as policies.TokenTypeKey gives it and never named in
-// the error.
+// rule is policies.Issuer.CheckTypHeader (policy explain --unverified
+// applies the same); the value is never named in the error.
 func (st *issuerState) checkType(hasTyp bool, typ any) error {
-	if st.tokenTypes == nil {
+	switch err := st.cfg.CheckTypHeader(hasTyp, typ); {
+	case err == nil:
 		return nil
-	}
-	if !hasTyp {
-		if st.tokenTypes[""] {
-			return nil
-		}
+	case errors.Is(err, policies.ErrTypNotString):
+		return reject(ReasonMalformed, err)
+	case !hasTyp:
 		return reject(ReasonBadTokenType, fmt.Errorf("issuer %s requires a typ header (token_types)", st.cfg.Name))
-	}
-	s, isString := typ.(string)
-	if !isString {
-		return reject(ReasonMalformed, errors.New("typ header is not a string"))
-	}
-	if s == "" || !st.tokenTypes[policies.TokenTypeKey(s)] {
+	default:
 		return reject(ReasonBadTokenType, fmt.Errorf("typ header not in issuer %s's token_types", st.cfg.Name))
 	}
-	return nil
 }
 
 // checkFetchURL allows https, and plain http only for loopback hosts.

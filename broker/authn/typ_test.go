@@ -2,6 +2,8 @@ package authn_test
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,14 +149,69 @@ func signNullTyp(tb testing.TB, k *authntest.Key, c jwt.MapClaims) string {
 	return s
 }
 
+// TestTokenTypesValidatedByNew: New, for direct Options users, refuses the
+// token_types lists a policy file may not hold, by the same rule
+// (policies.CheckTokenTypes), and accepts those it may: each list below is
+// tried both ways. Before, New had a rule of its own and accepted a/b/c,
+// "jwt\x00", a non-ASCII entry and duplicates, which policy validation
+// refuses.
 func TestTokenTypesValidatedByNew(t *testing.T) {
-	for _, types := range [][]string{{}, {"JWT", " at+jwt"}, {"application/"}, {"JWT; a=b"}, {"/jwt"}} {
-		_, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{{
+	for _, tt := range []struct {
+		types []string
+		ok    bool
+		want  string // in New's error
+	}{
+		{types: []string{"JWT", "at+jwt", "application/jwk-set+jwt", ""}, ok: true},
+		{types: []string{""}, ok: true},
+		{types: []string{}, want: "token_types: empty"},
+		{types: []string{"JWT", " at+jwt"}, want: "token_types[1]:"},
+		{types: []string{"application/"}, want: "token_types[0]:"},
+		{types: []string{"JWT; a=b"}, want: "token_types[0]:"},
+		{types: []string{"/jwt"}, want: "token_types[0]:"},
+		{types: []string{"a/b/c"}, want: `token_types[0]: "a/b/c" is not a media type`},
+		{types: []string{"jwt\x00"}, want: "token_types[0]:"},
+		{types: []string{"jw\u212a"}, want: "token_types[0]:"},
+		{types: []string{"JWT", "application/jwt"}, want: "token_types[1]: \"application/jwt\" is the same typ as token_types[0]"},
+	} {
+		is := policies.Issuer{
 			Name: "i", Issuer: "https://i.example", JWKSURL: "https://i.example/jwks", Audiences: []string{"k"},
-			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour), TokenTypes: types,
-		}}})
-		if err == nil {
-			t.Errorf("New(token_types %q) = nil error, want one", types)
+			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour), TokenTypes: tt.types,
 		}
+		_, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{is}})
+		switch {
+		case tt.ok && err != nil:
+			t.Errorf("New(token_types %q) = %v, want ok", tt.types, err)
+		case !tt.ok && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("New(token_types %q) = %v, want an error with %q", tt.types, err, tt.want)
+		}
+		// The same list in a policy file: refused exactly when New
+		// refuses it.
+		y, err := json.Marshal(tt.types)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, perr := policies.Parse("t.yaml", []byte(`version: 1
+issuers:
+  - {name: i, issuer: "https://i.example", jwks_url: "https://i.example/jwks", audiences: [k], algorithms: [ES256], token_types: `+string(y)+`}
+`))
+		if (perr == nil) != tt.ok {
+			t.Errorf("policies.Parse(token_types %q) = %v, want ok %v as New", tt.types, perr, tt.ok)
+		}
+	}
+}
+
+// TestOptionsListsAreCopied: the algorithms and token_types a verifier
+// checks are its own; a caller changing its Options after New changes
+// nothing. Before, the verifier read the caller's Algorithms slice, so a
+// write to it after New refused (or admitted) tokens.
+func TestOptionsListsAreCopied(t *testing.T) {
+	f := newFixture(t, func(o *authn.Options) {
+		o.Issuers[0].TokenTypes = []string{"JWT"}
+	})
+	tok := sign(t, f.es.Key(), map[string]any{"typ": "JWT"}, claims(f.es))
+	f.opts.Issuers[0].Algorithms[0] = "PS512"
+	f.opts.Issuers[0].TokenTypes[0] = "at+jwt"
+	if _, err := f.v.Authenticate(context.Background(), tok); err != nil {
+		t.Errorf("Authenticate(ES256, typ JWT) after the Options changed = %v, want ok", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
@@ -618,6 +619,66 @@ grants:
 			}
 			if !tt.ok && strings.Contains(out, "ALLOWED") {
 				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
+			}
+		}
+	}
+}
+
+// TestPolicyExplainUnverifiedTypHeaderRule: --unverified applies the
+// server's typ rule whole (policies.Issuer.CheckTypHeader), not a copy of
+// it: an issuer without token_types accepts any typ header, of any JSON
+// type (the server does), and one with token_types refuses a typ that is
+// not a string, null included, as malformed. Before, --unverified refused a
+// number typ of an issuer without token_types (exit 1, "malformed") while
+// the server, and explain without --unverified, allowed it.
+func TestPolicyExplainUnverifiedTypHeaderRule(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	defer srv.Close()
+	iss.URL = srv.URL
+	dir := t.TempDir()
+	policy := func(name, tokenTypes string) string {
+		return writeFile(t, dir, name, `version: 1
+issuers:
+  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]`+tokenTypes+`}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	}
+	anyTyp := policy("any.yaml", "")
+	typed := policy("typed.yaml", `, token_types: [JWT, ""]`)
+	now := time.Now()
+	claims := jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	null := json.RawMessage("null")
+	for _, tt := range []struct {
+		name   string
+		pol    string
+		header map[string]any
+		ok     bool
+		want   string // in the output
+	}{
+		{name: "ok/any-number-typ", pol: anyTyp, header: map[string]any{"typ": 1}, ok: true, want: "grant g: ALLOWED"},
+		{name: "ok/any-null-typ", pol: anyTyp, header: map[string]any{"typ": null}, ok: true, want: "grant g: ALLOWED"},
+		{name: "ok/any-list-typ", pol: anyTyp, header: map[string]any{"typ": []string{"JWT"}}, ok: true, want: "grant g: ALLOWED"},
+		{name: "ok/typed-no-typ", pol: typed, header: map[string]any{"typ": nil}, ok: true, want: "grant g: ALLOWED"},
+		{name: "fail/typed-null-typ", pol: typed, header: map[string]any{"typ": null}, want: "malformed"},
+		{name: "fail/typed-number-typ", pol: typed, header: map[string]any{"typ": 1}, want: "malformed"},
+	} {
+		tok, err := authntest.SignWith(iss.Key(), tt.header, claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, strings.ReplaceAll(tt.name, "/", "-"), tok)
+		for _, mode := range [][]string{nil, {"--unverified"}} {
+			args := append([]string{"policy", "explain", "--policy", tt.pol, "--token", tf, "--grant", "g"}, mode...)
+			out, _, err := runCLI(t, nil, args...)
+			if (err == nil) != tt.ok || !strings.Contains(out, tt.want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, tt.want, out)
 			}
 		}
 	}

@@ -174,18 +174,19 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 				}
 				// The issuer's algorithms and token_types need no key:
 				// checked as the server checks them (unsupported_alg;
-				// bad_token_type; a typ not a string: malformed).
+				// policies.Issuer.CheckTypHeader: bad_token_type, or
+				// malformed for a typ not a string).
 				alg, _ := parsed.Header["alg"].(string)
 				typ, hasTyp := parsed.Header["typ"]
-				typStr, isString := typ.(string)
+				typErr := is.CheckTypHeader(hasTyp, typ)
 				switch {
 				case !slices.Contains(is.Algorithms, alg):
 					fmt.Fprintf(e.stdout, "token rejected: its alg %q is not in issuer %s's algorithms (unsupported_alg): nothing would be granted\n", alg, is.Name)
 					return exitError{code: 1}
-				case hasTyp && !isString:
+				case errors.Is(typErr, policies.ErrTypNotString):
 					fmt.Fprintln(e.stdout, "token rejected: typ header is not a string (malformed): nothing would be granted")
 					return exitError{code: 1}
-				case !is.AcceptsTokenType(hasTyp, typStr):
+				case typErr != nil:
 					fmt.Fprintf(e.stdout, "token rejected: its typ header is not one of issuer %s's token_types (bad_token_type): nothing would be granted\n", is.Name)
 					return exitError{code: 1}
 				}
