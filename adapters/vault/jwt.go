@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -229,11 +228,7 @@ func (m *JWTMinter) publishedVersion(ctx context.Context, k *transitKey, now tim
 // with public key pub.
 func servesVersion(keys []broker.PublicKey, name string, v int, pub crypto.PublicKey) bool {
 	for _, pk := range keys {
-		n, vs, ok := strings.Cut(pk.KID, ":")
-		if !ok || n != name {
-			continue
-		}
-		if got, err := strconv.Atoi(vs); err != nil || got != v {
+		if n, got, ok := broker.ParseKeyID(pk.KID); !ok || n != name || got != v {
 			continue
 		}
 		eq, ok := pk.Key.(interface{ Equal(crypto.PublicKey) bool })

@@ -765,3 +765,22 @@ func TestTransitKeysCallerWhoGivesUpDoesNotFailOthers(t *testing.T) {
 		t.Errorf("the next caller: PublicKeys() (-want +got):\n%s", diff)
 	}
 }
+
+// TestServesVersionSplitsKIDAsTheJWKS: the minter finds a key version in
+// the JWKS by the KID rule broker/jwks uses (broker.ParseKeyID: the last
+// ":"). It split at the first ":", so a key whose name held one (policy
+// validation refuses it today; the KID format does not) was never found
+// served, while the JWKS read the same KID at its last ":".
+func TestServesVersionSplitsKIDAsTheJWKS(t *testing.T) {
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := []broker.PublicKey{{KID: kid("team:orders", 2), Alg: "EdDSA", Key: pub}}
+	if !servesVersion(served, "team:orders", 2, pub) {
+		t.Errorf("servesVersion(%q, version 2) = false, want true", served[0].KID)
+	}
+	if servesVersion(served, "team", 2, pub) || servesVersion(served, "team:orders", 1, pub) {
+		t.Errorf("servesVersion matched another key or version of %q", served[0].KID)
+	}
+}

@@ -20,6 +20,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker"
 )
 
 // Transit key types this package signs with, and their JWS algorithms.
@@ -87,8 +89,9 @@ func (k *transitKey) method() jwt.SigningMethod {
 	return jwt.SigningMethodES256
 }
 
-// kid names one version of the key: "<name>:<version>".
-func kid(name string, version int) string { return name + ":" + strconv.Itoa(version) }
+// kid names one version of the key: broker.KeyID ("<name>:<version>"),
+// which broker.ParseKeyID reads back, here and in broker/jwks.
+func kid(name string, version int) string { return broker.KeyID(name, version) }
 
 // parseTransitKey reads the data of a transit/keys/<name> response.
 func parseTransitKey(name string, data map[string]any) (*transitKey, error) {

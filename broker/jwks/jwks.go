@@ -29,7 +29,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -272,8 +271,8 @@ func (k *Keys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
 	// (which stops reading it). keys is the caller's own copy.
 	now := k.now()
 	return slices.DeleteFunc(keys, func(pk broker.PublicKey) bool {
-		i := strings.LastIndexByte(pk.KID, ':')
-		until, ok := st.retiring[pk.KID[:max(i, 0)]]
+		name, _, _ := broker.ParseKeyID(pk.KID)
+		until, ok := st.retiring[name]
 		return ok && !now.Before(until)
 	}), nil
 }
