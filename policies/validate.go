@@ -362,9 +362,18 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 	if len(is.Algorithms) == 0 {
 		v.add(l.file, l.path+".algorithms", "required: at least one of %s", strings.Join(algorithms, ", "))
 	}
+	firstAlg := map[string]int{}
 	for i, a := range is.Algorithms {
 		ap := fmt.Sprintf("%s.algorithms[%d]", l.path, i)
+		j, dup := firstAlg[a]
+		if !dup {
+			firstAlg[a] = i
+		}
 		switch {
+		case dup:
+			// As a token_types entry listed twice: harmless to the
+			// check, but a sign that another value was meant.
+			v.add(l.file, ap, "%q is already listed at algorithms[%d]", a, j)
 		case slices.Contains(algorithms, a):
 		case strings.EqualFold(a, "none"):
 			v.add(l.file, ap, "%q is never allowed: it accepts unsigned tokens", a)

@@ -1235,6 +1235,34 @@ grants:
 	}
 }
 
+// TestDuplicateAlgorithmsNameTheLine: an algorithms entry listed twice is
+// a problem naming the file, the entry and its line, as a token_types
+// entry listed twice is; before, it passed unnoticed.
+func TestDuplicateAlgorithmsNameTheLine(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - name: i
+    issuer: "https://x"
+    jwks_url: "https://x/j"
+    audiences: [k]
+    algorithms:
+      - RS256
+      - ES256
+      - RS256
+  - {name: j, issuer: "https://y", jwks_url: "https://y/j", audiences: [k], algorithms: [EdDSA, Ed25519, EdDSA, HS256, HS256]}
+`
+	_, err := Parse("t.yaml", []byte(policy))
+	want := []string{
+		`t.yaml: issuers[0].algorithms[2]: "RS256" is already listed at algorithms[0] (line 10)`,
+		`t.yaml: issuers[1].algorithms[2]: "EdDSA" is already listed at algorithms[0] (line 11)`,
+		`t.yaml: issuers[1].algorithms[3]: "HS256" is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them (line 11)`,
+		`t.yaml: issuers[1].algorithms[4]: "HS256" is already listed at algorithms[3] (line 11)`,
+	}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
 // TestTokenTypesProblemsNameTheLine: a bad token_types entry is named by
 // its place in the file and its line, also after an entry without a value
 // (which the decoder leaves out of the list, shifting the rest).
