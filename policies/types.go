@@ -162,7 +162,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: invalid duration %q: want a Go duration like \"15m\" or \"24h\"", n.Line, n.Value)}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: invalid duration %s: want a Go duration like \"15m\" or \"24h\"", n.Line, quoted(n.Value))}}
 	}
 	*d = Duration(v)
 	return nil
@@ -181,7 +181,7 @@ func (d *Date) UnmarshalYAML(n *yaml.Node) error {
 	}
 	t, err := time.Parse(dateLayout, n.Value)
 	if err != nil {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: invalid date %q: want YYYY-MM-DD", n.Line, n.Value)}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: invalid date %s: want YYYY-MM-DD", n.Line, quoted(n.Value))}}
 	}
 	d.Time = t
 	return nil

@@ -21,6 +21,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/text/unicode/norm"
+
+	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
 // Defaults applied before validation.
@@ -175,7 +177,7 @@ func compile(files []parsedFile) (*Policy, error) {
 		validateIssuer(&v, l, &p.issuers[i], written(roots(l.file), l.path+".max_token_lifetime"), roots(l.file))
 		if iss := p.issuers[i].Issuer; iss != "" {
 			if j, dup := p.issByIss[iss]; dup {
-				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "issuer %q is already declared by %s; iss values must be unique", iss, issuerLocs[j])
+				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "issuer %s is already declared by %s; iss values must be unique", quoted(iss), issuerLocs[j])
 			} else {
 				p.issByIss[iss] = i
 			}
@@ -205,10 +207,10 @@ func compile(files []parsedFile) (*Policy, error) {
 			case g == "":
 				v.add(l.file, gp, "must not be empty")
 			case p.allowed[i][g]:
-				v.add(l.file, gp, "grant %q is listed twice", g)
+				v.add(l.file, gp, "grant %s is listed twice", quoted(g))
 			default:
 				if _, ok := p.grantIdx[g]; !ok {
-					v.add(l.file, gp, "unknown grant %q", g)
+					v.add(l.file, gp, "unknown grant %s", quoted(g))
 				}
 			}
 			p.allowed[i][g] = true
@@ -241,7 +243,7 @@ func compile(files []parsedFile) (*Policy, error) {
 		}
 		for j, r := range a.Roles {
 			if !slices.Contains(roles, r) {
-				v.add(l.file, fmt.Sprintf("%s.roles[%d]", l.path, j), "unknown role %q (want one of %s)", r, strings.Join(roles, ", "))
+				v.add(l.file, fmt.Sprintf("%s.roles[%d]", l.path, j), "unknown role %s (want one of %s)", quoted(r), strings.Join(roles, ", "))
 			}
 		}
 	}
@@ -301,10 +303,10 @@ func checkNames(v *validator, section string, locs []loc, name func(int) string,
 			continue
 		case !nameRE.MatchString(n):
 			// Still indexed below, so references to it do not cascade.
-			v.add(l.file, l.path+".name", "%q must match %s", n, nameRE)
+			v.add(l.file, l.path+".name", "%s must match %s", quoted(n), nameRE)
 		}
 		if j, dup := idx[n]; dup {
-			v.add(l.file, l.path+".name", "duplicate %s %q (first declared at %s)", section, n, locs[j])
+			v.add(l.file, l.path+".name", "duplicate %s %s (first declared at %s)", section, quoted(n), locs[j])
 			continue
 		}
 		idx[n] = i
@@ -356,7 +358,7 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 			v.add(l.file, ap, "must not be empty")
 		case strings.TrimSpace(a) != a:
 			// As an owner: accepted, it would match no token, silently.
-			v.add(l.file, ap, "%q starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none", a)
+			v.add(l.file, ap, "%s starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none", quoted(a))
 		}
 	}
 	if len(is.Algorithms) == 0 {
@@ -373,14 +375,14 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 		case dup:
 			// As a token_types entry listed twice: harmless to the
 			// check, but a sign that another value was meant.
-			v.add(l.file, ap, "%q is already listed at algorithms[%d]", a, j)
+			v.add(l.file, ap, "%s is already listed at algorithms[%d]", quoted(a), j)
 		case slices.Contains(algorithms, a):
 		case strings.EqualFold(a, "none"):
-			v.add(l.file, ap, "%q is never allowed: it accepts unsigned tokens", a)
+			v.add(l.file, ap, "%s is never allowed: it accepts unsigned tokens", quoted(a))
 		case strings.HasPrefix(strings.ToUpper(a), "HS"):
-			v.add(l.file, ap, "%q is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them", a)
+			v.add(l.file, ap, "%s is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them", quoted(a))
 		default:
-			v.add(l.file, ap, "unsupported algorithm %q (want one of %s)", a, strings.Join(algorithms, ", "))
+			v.add(l.file, ap, "unsupported algorithm %s (want one of %s)", quoted(a), strings.Join(algorithms, ", "))
 		}
 	}
 	switch d := time.Duration(is.MaxTokenLifetime); {
@@ -405,7 +407,7 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 			paths = []string{is.SessionClaim}
 		}
 		if slices.ContainsFunc(paths, func(p string) bool { return !validClaimPath(p) }) {
-			v.add(l.file, l.path+".session_claim", "%q is not a dotted claim path (or several joined by +)", is.SessionClaim)
+			v.add(l.file, l.path+".session_claim", "%s is not a dotted claim path (or several joined by +)", quoted(is.SessionClaim))
 		}
 	}
 }
@@ -463,23 +465,27 @@ func CheckTokenTypes(types []string) []TokenTypeProblem {
 		case t == NoTokenType:
 			key = ""
 		case strings.TrimSpace(t) != t:
-			bad(i, "%q starts or ends with a space: typ values are compared without spaces, so it would match none", t)
+			bad(i, "%s starts or ends with a space: typ values are compared without spaces, so it would match none", quoted(t))
 			continue
 		case strings.Contains(t, ";"):
-			bad(i, "%q has media type parameters: write the type alone (e.g. at+jwt)", t)
+			bad(i, "%s has media type parameters: write the type alone (e.g. at+jwt)", quoted(t))
 			continue
 		case !tokenTypeRE.MatchString(t):
-			bad(i, `%q is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`, t)
+			bad(i, `%s is not a media type (e.g. JWT, at+jwt, application/jwt; "" for tokens without typ)`, quoted(t))
 			continue
 		}
 		if j, dup := seen[key]; dup {
-			bad(i, "%q is the same typ as token_types[%d] (compared without case, application/ implied)", t, j)
+			bad(i, "%s is the same typ as token_types[%d] (compared without case, application/ implied)", quoted(t), j)
 			continue
 		}
 		seen[key] = i
 	}
 	return out
 }
+
+// quoted and quotedASCII name a value in a problem as %q and %+q do, a
+// long one cut (yamlcheck.Quote).
+var quoted, quotedASCII = yamlcheck.Quote, yamlcheck.QuoteASCII
 
 // checkOwner refuses an owner with spaces around it, a control character,
 // a character that cannot be seen or a decomposed spelling: owners are
@@ -493,17 +499,17 @@ func checkOwner(v *validator, file, path, owner string) {
 	invisible := strings.IndexFunc(owner, func(r rune) bool { return !unicode.IsPrint(r) })
 	switch {
 	case strings.TrimSpace(owner) != owner:
-		v.add(file, path, "%q starts or ends with a space: owners are compared exactly", owner)
+		v.add(file, path, "%s starts or ends with a space: owners are compared exactly", quoted(owner))
 	case strings.ContainsFunc(owner, unicode.IsControl):
-		v.add(file, path, "%q contains a control character", owner)
+		v.add(file, path, "%s contains a control character", quoted(owner))
 	case invisible >= 0:
 		r, _ := utf8.DecodeRuneInString(owner[invisible:])
-		v.add(file, path, "%q contains %U, an invisible or non-printing character: owners are compared exactly", owner, r)
+		v.add(file, path, "%s contains %U, an invisible or non-printing character: owners are compared exactly", quoted(owner), r)
 	case !norm.NFC.IsNormalString(owner):
-		v.add(file, path, "%+q is not in Unicode NFC form: owners are compared exactly; write %+q (composed characters)", owner, norm.NFC.String(owner))
+		v.add(file, path, "%s is not in Unicode NFC form: owners are compared exactly; write %s (composed characters)", quotedASCII(owner), quotedASCII(norm.NFC.String(owner)))
 	default:
 		if a, b, r := mixedScripts(owner); a != "" {
-			v.warn(file, path, "%+q mixes %s and %s letters (%U %c): it looks like an owner it is not, and revoke --owner would tell them apart", owner, a, b, r, r)
+			v.warn(file, path, "%s mixes %s and %s letters (%U %c): it looks like an owner it is not, and revoke --owner would tell them apart", quotedASCII(owner), a, b, r, r)
 		}
 	}
 }
@@ -592,7 +598,7 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 	if m.Issuer == "" {
 		v.add(l.file, mp+".issuer", "required")
 	} else if _, ok := issuers[m.Issuer]; !ok {
-		v.add(l.file, mp+".issuer", "unknown issuer %q", m.Issuer)
+		v.add(l.file, mp+".issuer", "unknown issuer %s", quoted(m.Issuer))
 	}
 	switch {
 	case m.Subject != "" && m.SubjectPattern != "":
@@ -612,14 +618,14 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 	for _, k := range sortedKeys(m.Claims) {
 		kp := fmt.Sprintf("%s.claims[%q]", mp, k)
 		if !validClaimPath(k) {
-			v.add(l.file, kp, "%q is not a dotted claim path", k)
+			v.add(l.file, kp, "%s is not a dotted claim path", quoted(k))
 		}
 		c.claims = append(c.claims, claimCheck{path: k, want: m.Claims[k]})
 	}
 	for _, k := range sortedKeys(m.ClaimPatterns) {
 		kp := fmt.Sprintf("%s.claim_patterns[%q]", mp, k)
 		if !validClaimPath(k) {
-			v.add(l.file, kp, "%q is not a dotted claim path", k)
+			v.add(l.file, kp, "%s is not a dotted claim path", quoted(k))
 		}
 		re, err := anchored(m.ClaimPatterns[k])
 		if err != nil {
@@ -693,7 +699,7 @@ func checkDisjoint(v *validator, ws []Workload, locs []loc) {
 	for i := range ws {
 		for j := 0; j < i; j++ {
 			if sameMatch(&ws[i].Match, &ws[j].Match) {
-				v.add(locs[i].file, locs[i].path+".match", "same match as workload %q (%s): a token would match both; make workload matches disjoint", ws[j].Name, locs[j])
+				v.add(locs[i].file, locs[i].path+".match", "same match as workload %s (%s): a token would match both; make workload matches disjoint", quoted(ws[j].Name), locs[j])
 				break
 			}
 		}
@@ -752,7 +758,7 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 		if g.Kind == "" {
 			v.add(l.file, l.path+".kind", "required (one of %s)", strings.Join(kinds, ", "))
 		} else {
-			v.add(l.file, l.path+".kind", "unknown kind %q (want one of %s)", g.Kind, strings.Join(kinds, ", "))
+			v.add(l.file, l.path+".kind", "unknown kind %s (want one of %s)", quoted(g.Kind), strings.Join(kinds, ", "))
 		}
 	} else {
 		for _, b := range blocks {
@@ -763,7 +769,7 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 	}
 	for _, b := range blocks {
 		if b.set && b.kind != g.Kind {
-			v.add(l.file, l.path+"."+b.kind, "must not be set for kind %q", g.Kind)
+			v.add(l.file, l.path+"."+b.kind, "must not be set for kind %s", quoted(g.Kind))
 		}
 	}
 	if g.Kind == KindVaultToken && g.VaultToken != nil {
@@ -781,7 +787,7 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 				// Vault trims and lowercases policy names: " Root" is root.
 				v.add(l.file, pp, "the root policy is never granted")
 			case strings.TrimSpace(pol) != pol:
-				v.add(l.file, pp, "%q starts or ends with a space: Vault trims policy names, so write it without", pol)
+				v.add(l.file, pp, "%s starts or ends with a space: Vault trims policy names, so write it without", quoted(pol))
 			}
 		}
 		switch {
@@ -798,13 +804,13 @@ func validateGrant(v *validator, l loc, g *Grant, isWritten, isNull func(path st
 		case a == "":
 			v.add(l.file, l.path+".jwt.audience", "required")
 		case strings.TrimSpace(a) != a:
-			v.add(l.file, l.path+".jwt.audience", "%q starts or ends with a space: it is the minted JWT's aud, which its verifiers compare exactly", a)
+			v.add(l.file, l.path+".jwt.audience", "%s starts or ends with a space: it is the minted JWT's aud, which its verifiers compare exactly", quoted(a))
 		}
 		switch k := g.JWT.TransitKey; {
 		case k == "":
 			v.add(l.file, l.path+".jwt.transit_key", "required")
 		case !validTransitKey(k):
-			v.add(l.file, l.path+".jwt.transit_key", `%q must be a transit key name (one path segment, no ":", "?", "#", "%%", "\" or spaces)`, k)
+			v.add(l.file, l.path+".jwt.transit_key", `%s must be a transit key name (one path segment, no ":", "?", "#", "%%", "\" or spaces)`, quoted(k))
 		}
 	}
 	if g.Kind == KindVaultDynamic && g.VaultDynamic != nil {
@@ -998,12 +1004,12 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant, isWritten func
 	case in.Header != "":
 		switch {
 		case !headerTokenRE.MatchString(in.Header):
-			v.add(file, bp+".inject.header", "%q is not a valid header name", in.Header)
+			v.add(file, bp+".inject.header", "%s is not a valid header name", quoted(in.Header))
 		case slices.ContainsFunc(forbiddenHeaders, func(h string) bool { return strings.EqualFold(h, in.Header) }):
-			v.add(file, bp+".inject.header", "%q cannot carry a secret", in.Header)
+			v.add(file, bp+".inject.header", "%s cannot carry a secret", quoted(in.Header))
 		}
 		if formatWritten {
-			v.add(file, bp+".inject.format", "must contain %s (omit it for the default, %q)", SecretPlaceholder, DefaultInjectFormat)
+			v.add(file, bp+".inject.format", "must contain %s (omit it for the default, %s)", SecretPlaceholder, quoted(DefaultInjectFormat))
 		} else if !strings.Contains(in.Format, SecretPlaceholder) {
 			v.add(file, bp+".inject.format", "must contain %s", SecretPlaceholder)
 		} else if strings.ContainsFunc(in.Format, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
@@ -1016,7 +1022,7 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant, isWritten func
 			v.add(file, bp+".inject.format", "applies to header injection only")
 		}
 		if strings.ContainsAny(in.Query, "&=#?% \t\r\n") {
-			v.add(file, bp+".inject.query", "%q is not a plain query parameter name", in.Query)
+			v.add(file, bp+".inject.query", "%s is not a plain query parameter name", quoted(in.Query))
 		}
 	}
 
@@ -1027,7 +1033,7 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant, isWritten func
 		case m == "TRACE" || m == "CONNECT":
 			v.add(file, mp, "%s is not allowed: it would expose the injected secret or tunnel past the proxy", m)
 		default:
-			v.add(file, mp, "%q is not an uppercase HTTP method (want one of %s)", m, strings.Join(proxyMethods, ", "))
+			v.add(file, mp, "%s is not an uppercase HTTP method (want one of %s)", quoted(m), strings.Join(proxyMethods, ", "))
 		}
 	}
 	if len(px.Paths) == 0 {
@@ -1035,7 +1041,7 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant, isWritten func
 	}
 	for i, p := range px.Paths {
 		if msg := checkPathPattern(p); msg != "" {
-			v.add(file, fmt.Sprintf("%s.paths[%d]", bp, i), "%q %s", p, msg)
+			v.add(file, fmt.Sprintf("%s.paths[%d]", bp, i), "%s %s", quoted(p), msg)
 		}
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
 // baseSections is a valid policy in flow style, one line per section, so
@@ -1423,6 +1425,32 @@ func TestCheckTypHeader(t *testing.T) {
 		is := &Issuer{TokenTypes: tt.types}
 		if got := is.CheckTypHeader(tt.present, tt.typ); got != tt.want {
 			t.Errorf("token_types %q: CheckTypHeader(%v, %#v) = %v, want %v", tt.types, tt.present, tt.typ, got, tt.want)
+		}
+	}
+}
+
+// TestLongValuesAreCutInProblems: a problem names the value it refuses,
+// but a long one (a key or a document pasted by mistake) is cut to its
+// first yamlcheck.MaxQuoted bytes and its length, not echoed whole: in a
+// token_types or algorithms entry, a name, a duration, a value of the
+// wrong type (yamlcheck).
+func TestLongValuesAreCutInProblems(t *testing.T) {
+	long := strings.Repeat("a", 5000)
+	for _, tc := range []struct{ name, policy string }{
+		{"token_types", doc(map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], token_types: [` + long + `]}]`})},
+		{"algorithms", doc(map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [` + long + `]}]`})},
+		{"name", doc(map[string]string{"issuers": `[{name: ` + long + `, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`})},
+		{"duration", doc(map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256], max_token_lifetime: ` + long + `}]`})},
+		{"not-a-list", doc(map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: ` + long + `, algorithms: [RS256]}]`})},
+	} {
+		_, err := Parse("t.yaml", []byte(tc.policy))
+		if err == nil {
+			t.Errorf("%s: Parse() = nil, want a problem", tc.name)
+			continue
+		}
+		msg := err.Error()
+		if strings.Contains(msg, strings.Repeat("a", yamlcheck.MaxQuoted+1)) || !strings.Contains(msg, `"... (5000 bytes)`) {
+			t.Errorf("%s: Parse() = %.300s..., want the value cut to %d bytes and its length", tc.name, msg, yamlcheck.MaxQuoted)
 		}
 	}
 }

@@ -337,7 +337,7 @@ func got(n *yaml.Node) string {
 	case "!!int", "!!float", "!!bool":
 		return n.Value
 	}
-	return strconv.Quote(n.Value)
+	return Quote(n.Value)
 }
 
 // decodeMessage is an error of the decoder or of an UnmarshalYAML method

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -257,4 +258,21 @@ func FuzzCheck(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestQuote: a value up to MaxQuoted bytes is quoted whole, as %q (or %+q)
+// does; a longer one is cut at a rune boundary, followed by its length.
+func TestQuote(t *testing.T) {
+	e := strings.Repeat("é", 40) // 80 bytes: cut after 32 runes
+	for _, tt := range []struct{ got, want string }{
+		{Quote("at+jwt\n"), `"at+jwt\n"`},
+		{Quote(strings.Repeat("a", MaxQuoted)), strconv.Quote(strings.Repeat("a", MaxQuoted))},
+		{Quote(strings.Repeat("a", 100)), strconv.Quote(strings.Repeat("a", MaxQuoted)) + "... (100 bytes)"},
+		{Quote("a" + e), strconv.Quote("a"+strings.Repeat("é", 31)) + "... (81 bytes)"},
+		{QuoteASCII(e), strconv.QuoteToASCII(strings.Repeat("é", 32)) + "... (80 bytes)"},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("got %s, want %s", tt.got, tt.want)
+		}
+	}
 }
