@@ -287,15 +287,37 @@ func decode(name string, data []byte) (parsedFile, []error) {
 // decoded, it would silently require the claim to be present and empty,
 // which is rarely what was meant (a forgotten value, a template variable
 // that expanded to nothing). An empty claim is required with "" spelled out.
+//
+// A key written without a value (~, null, or "? " with nothing after it)
+// is refused too, whatever its value: the decoder drops the entry (no
+// string key), and with it the check of the claim, so the match would
+// admit more than it says (a claim name from a template that expanded to
+// nothing). A claim named "~" or "null" is written quoted. (A merged
+// mapping's null key is left as the decoder leaves it: yamlcheck.Entries
+// does not pass it.)
 func nullClaimValues(file string, root *yaml.Node) []error {
 	var errs []error
 	matchEntries(root, func(path, field string, k, v *yaml.Node) {
+		if isNullKey(k) {
+			errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%s]", path, field, quoted(k.Value)),
+				Message: fmt.Sprintf(`key without a value (line %d): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, k.Line)})
+			return
+		}
 		if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
 			errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, k.Value),
 				Message: fmt.Sprintf(`no value (line %d): write "" to require an empty claim, or remove the entry`, v.Line)})
 		}
 	})
 	return errs
+}
+
+// isNullKey reports whether mapping key k is null (~, null, empty), or an
+// alias to one: the decoder decodes no string key from it.
+func isNullKey(k *yaml.Node) bool {
+	if k.Kind == yaml.AliasNode && k.Alias != nil {
+		k = k.Alias
+	}
+	return k.Kind == yaml.ScalarNode && k.ShortTag() == "!!null"
 }
 
 // claimScalarWarnings warns of a claims value of a workload or admin match

@@ -1454,3 +1454,62 @@ func TestLongValuesAreCutInProblems(t *testing.T) {
 		}
 	}
 }
+
+// TestNullClaimKeyIsAProblem: a claims or claim_patterns key written
+// without a value (~, null, "? " with nothing after it) decodes to no
+// string, so the decoder drops the entry and the match would not check the
+// claim at all. It is a problem naming the entry and its line, whatever its
+// value; before, "~: b" was dropped without a word (the workload admitted
+// tokens without that claim) and "~: " was refused as a claim value to
+// write as "". A quoted "~" is a claim of that name.
+func TestNullClaimKeyIsAProblem(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - {name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}
+workloads:
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      CLAIMS
+    grants: [g]
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	const msg = `key without a value (line 10): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`
+	for _, tc := range []struct {
+		claims string
+		want   []string // problems; nil: valid
+		claim  map[string]string
+	}{
+		{claims: `claims: {ns: a, ~: b}`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
+		{claims: `claims: {ns: a, ~: }`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
+		{claims: `claims: {null: b}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
+		{claims: `claim_patterns: {ns: a, ? : "b.*"}`, want: []string{`t.yaml: workloads[0].match.claim_patterns[""]: ` + msg}},
+		{claims: `claims: {"~": b, "null": c}`, claim: map[string]string{"~": "b", "null": "c"}},
+	} {
+		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
+		if tc.want == nil {
+			if err != nil {
+				t.Errorf("%s: Parse() = %v, want a valid policy", tc.claims, err)
+				continue
+			}
+			w, _ := p.Workload("w")
+			if diff := cmp.Diff(tc.claim, w.Match.Claims); diff != "" {
+				t.Errorf("%s: claims (-want +got):\n%s", tc.claims, diff)
+			}
+			continue
+		}
+		var got []string
+		if err != nil {
+			got = strings.Split(strings.TrimSpace(err.Error()), "\n")[1:]
+			for i := range got {
+				got[i] = strings.TrimSpace(got[i])
+			}
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s: Parse() problems (-want +got):\n%s", tc.claims, diff)
+		}
+	}
+}
