@@ -257,11 +257,13 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	// Check names every value that does not fit, by field and line.
 	// Top-level keys starting with "x-" are extensions, ignored (as in
 	// Compose files): a place for anchors (x-defaults: &d) that other
-	// settings merge or alias.
+	// settings merge or alias. One merged into the top level ("<<: *d"
+	// where d holds x- keys) is an extension too, as the decoder takes it
+	// (TopLevelExtensions).
 	var c Config
 	// A list entry written without a value (store.addrs: [a, ~]) is
 	// named too: the decoder would drop it silently (as in policies).
-	ps := append(yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c), yamlcheck.NullEntries), duplicateExtensions(&doc)...)
+	ps := append(yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c), yamlcheck.NullEntries, yamlcheck.TopLevelExtensions), duplicateExtensions(&doc)...)
 	slices.SortStableFunc(ps, func(a, b yamlcheck.Problem) int { return a.Line - b.Line })
 	if len(ps) > 0 {
 		errs := make([]error, len(ps))

@@ -146,6 +146,13 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 	}{
 		{name: "ok/merged", yaml: head + "vault:\n  <<: *vault\n"},
 		{name: "ok/aliased", yaml: head + "vault: *vault\n"},
+		// An x- key merged into the top level is an extension too (the
+		// decoder leaves it to the extensions): it was "x-b: unknown
+		// field" here.
+		{name: "ok/extension-merged-into-top-level", yaml: "x-a: &a {x-b: 1}\n<<: *a\n" + head + "vault: *vault\n"},
+		{name: "ok/extension-and-setting-merged-into-top-level", yaml: "x-a: &a {x-b: 1, vault: {address: http://v, timeout: 7s}}\n<<: *a\n" + head},
+		{name: "fail/unknown-key-merged-into-top-level", yaml: "x-a: &a {x-b: 1, vaults: 2}\n<<: *a\n" + head + "vault: *vault\n",
+			wantErr: "vaults: unknown field (line 1)"},
 		{name: "fail/problem-in-merged-extension-names-its-line", yaml: "x-d: &d {timeout: -1s}\n" + head + "vault:\n  <<: [*d, *vault]\n",
 			wantErr: "vault.timeout: must not be negative (0: the default, 5s) (line 1)"},
 		{name: "fail/x-below-the-top-level", yaml: head + "vault:\n  <<: *vault\n  x-note: 1\n",

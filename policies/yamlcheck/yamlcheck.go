@@ -61,6 +61,12 @@ const (
 	// one less than in the file, so a message naming "grants[2]" would
 	// point at the wrong entry.
 	NullEntries Option = 1 << iota
+	// TopLevelExtensions skips each key of the document's top-level
+	// mapping that starts with "x-" (an extension, as in Compose files;
+	// the config file's), written or merged into it with "<<": the
+	// decoder leaves such keys to an inline map. Anywhere else an x- key
+	// is a field like any other.
+	TopLevelExtensions
 )
 
 // Check walks n (a document or any node) against t, the type it decodes
@@ -185,6 +191,9 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		c.mapping(path, n, func(k, v *yaml.Node) {
 			if k.ShortTag() == "!!null" {
 				return // the decoder skips it
+			}
+			if path == "" && c.opts&TopLevelExtensions != 0 && k.ShortTag() == "!!str" && strings.HasPrefix(k.Value, "x-") {
+				return
 			}
 			if misplacedMergeTag(k) {
 				c.add(join(k.Value), k, "%s", mergeTagMessage)

@@ -276,3 +276,28 @@ func TestQuote(t *testing.T) {
 		}
 	}
 }
+
+// TestTopLevelExtensions: with TopLevelExtensions an x- key of the top
+// level is skipped, written or merged there, and its value not checked;
+// below the top level, and without the option, it is an unknown field.
+func TestTopLevelExtensions(t *testing.T) {
+	const src = "x-a: &a {x-b: 1, n: 2}\n<<: *a\nx-c: {n: nope}\nsub: {<<: *a}\n"
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &root); err != nil {
+		t.Fatal(err)
+	}
+	got := func(opts ...Option) []string {
+		var out []string
+		for _, p := range Check(&root, reflect.TypeOf(doc{}), opts...) {
+			out = append(out, p.Error())
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{"sub.x-b: unknown field (line 1)"}, got(TopLevelExtensions)); diff != "" {
+		t.Errorf("Check(TopLevelExtensions) (-want +got):\n%s", diff)
+	}
+	want := []string{"x-a: unknown field (line 1)", "x-b: unknown field (line 1)", "x-c: unknown field (line 3)", "sub.x-b: unknown field (line 1)"}
+	if diff := cmp.Diff(want, got()); diff != "" {
+		t.Errorf("Check() (-want +got):\n%s", diff)
+	}
+}
