@@ -484,11 +484,46 @@ func (is *Issuer) AcceptsTokenType(present bool, typ string) bool {
 	if typ == "" {
 		return false
 	}
-	key := TokenTypeKey(typ)
 	for _, t := range is.TokenTypes {
-		if t != NoTokenType && TokenTypeKey(t) == key {
+		if t != NoTokenType && sameTokenType(t, typ) {
 			return true
 		}
 	}
 	return false
+}
+
+// sameTokenType reports whether TokenTypeKey(a) == TokenTypeKey(b),
+// without building either (the check runs on every token, cache hits
+// included).
+func sameTokenType(a, b string) bool {
+	const app = "application/"
+	pa, pb := "", ""
+	if !strings.Contains(a, "/") {
+		pa = app
+	}
+	if !strings.Contains(b, "/") {
+		pb = app
+	}
+	n := len(pa) + len(a)
+	if n != len(pb)+len(b) {
+		return false
+	}
+	at := func(p, s string, i int) byte {
+		var c byte
+		if i < len(p) {
+			c = p[i]
+		} else {
+			c = s[i-len(p)]
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		return c
+	}
+	for i := range n {
+		if at(pa, a, i) != at(pb, b, i) {
+			return false
+		}
+	}
+	return true
 }

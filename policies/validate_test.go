@@ -1513,3 +1513,28 @@ grants:
 		}
 	}
 }
+
+// TestAcceptsTokenTypeAllocatesNothing: the typ check runs on every token,
+// verified-token cache hits included; it compares as TokenTypeKey does
+// without building the keys (it built one per entry per token).
+func TestAcceptsTokenTypeAllocatesNothing(t *testing.T) {
+	is := &Issuer{TokenTypes: []string{"at+jwt", "application/JOSE", "", "JWT"}}
+	for _, typ := range []string{"jwt", "Application/JWT", "jose", "logout+jwt"} {
+		if n := testing.AllocsPerRun(100, func() { is.AcceptsTokenType(true, typ) }); n != 0 {
+			t.Errorf("AcceptsTokenType(%q) allocates %v times per call, want 0", typ, n)
+		}
+	}
+	// And it decides as TokenTypeKey compares.
+	vals := []string{"", "jwt", "JWT", "application/jwt", "Application/JWT", "application/", "text/jwt", "at+jwt", "jw\u212a", "jwk", "application/application/jwt", "a/b/c", "/jwt"}
+	for _, a := range vals {
+		for _, b := range vals {
+			if a == NoTokenType || b == "" {
+				continue
+			}
+			is := &Issuer{TokenTypes: []string{a}}
+			if got, want := is.AcceptsTokenType(true, b), TokenTypeKey(a) == TokenTypeKey(b); got != want {
+				t.Errorf("token_types [%q]: AcceptsTokenType(%q) = %v, want %v (TokenTypeKey)", a, b, got, want)
+			}
+		}
+	}
+}
