@@ -569,7 +569,9 @@ type redactReader struct {
 	// relayed is no longer the upstream's (see responseWriter.altered).
 	altered *atomic.Bool
 	// fill is how many bytes are gathered (and masked) before the first
-	// are released (at most redactChunk/2, so buf does not grow): the
+	// are released (at most redactChunk/2, so buf does not grow), and
+	// then as many more as decide whether an occurrence starts in them
+	// (at most keep: while gathering, buf grows only when full): the
 	// response's headers go out with them, and a secret masked in them
 	// still strips the headers of their validators (see altered). 0:
 	// release what comes as it comes (a streamed body).
@@ -619,7 +621,7 @@ func (r *redactReader) Read(p []byte) (int, error) {
 			r.ready -= r.off
 			r.off = 0
 		}
-		if cap(r.buf)-len(r.buf) < redactChunk/2 {
+		if room := cap(r.buf) - len(r.buf); room == 0 || (room < redactChunk/2 && r.fill == 0) {
 			nb := make([]byte, len(r.buf), 2*cap(r.buf))
 			copy(nb, r.buf)
 			r.buf = nb
@@ -631,18 +633,20 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		if n > 0 && r.forms.mask(r.buf, max(0, old-r.keep)) && r.altered != nil {
 			r.altered.Store(true)
 		}
-		if err == nil && len(r.buf) < r.fill {
-			continue // gathering the first bytes (see fill)
+		held := 0
+		if err != io.EOF { // at EOF nothing can complete a held-back prefix
+			held = r.partial()
+		}
+		if err == nil && (len(r.buf) < r.fill || len(r.buf)-held < r.fill) {
+			// Gathering the first bytes, or the end of an occurrence
+			// that may start in them (see fill).
+			continue
 		}
 		r.fill = 0
-		if err == io.EOF {
-			r.ready = len(r.buf) // nothing can complete a held-back prefix now
-		} else {
-			// nil, or an error that cuts the stream (the response cap, a
-			// timeout, a broken upstream): the held-back bytes may start
-			// the secret and are never released.
-			r.ready = max(r.ready, len(r.buf)-r.partial())
-		}
+		// On an error that cuts the stream (the response cap, a timeout,
+		// a broken upstream) the held-back bytes may start the secret and
+		// are never released.
+		r.ready = max(r.ready, len(r.buf)-held)
 	}
 	n := copy(p, r.buf[r.off:r.ready])
 	r.off += n

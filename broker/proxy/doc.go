@@ -117,7 +117,8 @@
 // its digests of the encoded bytes dropped (HEAD, 204 and 304 responses
 // likewise; see weakenETags, dropDigests). A body whose secret is masked
 // loses them too when it is found before the headers go out (a body of
-// declared length is read and scanned up to 16 KiB first; a streamed one
+// declared length is read and scanned up to 16 KiB first, and on until a
+// secret starting in them ends; a streamed one
 // sends its headers with its first bytes), and a 304 without
 // Content-Encoding relays a strong ETag weak, without digests, when the
 // caller's If-None-Match names it only weak (see weakenRevalidatedETags). The response cap counts the decoded bytes (a decompression

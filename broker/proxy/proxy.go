@@ -812,7 +812,8 @@ func (c *call) forward(w http.ResponseWriter) {
 			rr.altered = &rw.altered // a masked body loses its validators, if its headers are not sent yet
 			if res.ContentLength > 0 && !bodyless {
 				// Declared length: the headers wait for the body's
-				// first 16 KiB (all of an ordinary API answer), so a
+				// first 16 KiB (all of an ordinary API answer), and
+				// for the end of a secret that starts in them, so a
 				// secret masked in them strips the headers' validators.
 				rr.fill = int(min(res.ContentLength, redactChunk/2))
 			}
