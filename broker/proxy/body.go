@@ -573,8 +573,9 @@ type redactReader struct {
 	// then as many more as decide whether an occurrence starts in them
 	// (at most keep: while gathering, buf grows only when full): the
 	// response's headers go out with them, and a secret masked in them
-	// still strips the headers of their validators (see altered). 0:
-	// release what comes as it comes (a streamed body).
+	// still strips the headers of their validators (see altered). A
+	// failure of src while gathering releases none of them. 0: release
+	// what comes as it comes (a streamed body).
 	fill int
 
 	buf   []byte // buf[off:ready] may be returned; buf[ready:] is held back
@@ -632,6 +633,13 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		r.err = err
 		if n > 0 && r.forms.mask(r.buf, max(0, old-r.keep)) && r.altered != nil {
 			r.altered.Store(true)
+		}
+		if err != nil && err != io.EOF && r.fill > 0 {
+			// Failed while gathering the first bytes: nothing was
+			// released, nor the headers; the error is the first the copy
+			// sees, and the caller gets the error answer, not a
+			// connection cut with nothing on the wire (see call.forward).
+			continue
 		}
 		held := 0
 		if err != io.EOF { // at EOF nothing can complete a held-back prefix
