@@ -292,15 +292,41 @@ func decode(name string, data []byte) (parsedFile, []error) {
 // is refused too, whatever its value: the decoder drops the entry (no
 // string key), and with it the check of the claim, so the match would
 // admit more than it says (a claim name from a template that expanded to
-// nothing). A claim named "~" or "null" is written quoted. (A merged
-// mapping's null key is left as the decoder leaves it: yamlcheck.Entries
-// does not pass it.)
+// nothing). A claim named "~" or "null" is written quoted. So is one in a
+// mapping merged into claims ("<<: *common"), which the decoder drops as
+// well (yamlcheck.Entries does not pass it: the decoder sets nothing for
+// it), whatever its value and whatever the mapping it is merged into sets.
 func nullClaimValues(file string, root *yaml.Node) []error {
 	var errs []error
+	nullKey := func(path, field string, k *yaml.Node) {
+		errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%s]", path, field, quoted(k.Value)),
+			Message: fmt.Sprintf(`key without a value (line %d): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, k.Line)})
+	}
+	matchFields(root, func(path, field string, m *yaml.Node) {
+		budget := maxMergeVisits
+		merged := map[*yaml.Node]bool{} // a mapping merged twice is named once
+		yamlcheck.Entries(m, yamlcheck.DocumentOrder, &budget, func(k, v *yaml.Node) bool {
+			if k != nil {
+				return true // written in m: matchEntries passes it
+			}
+			for v.Kind == yaml.AliasNode && v.Alias != nil {
+				v = v.Alias
+			}
+			if v.Kind != yaml.MappingNode || merged[v] {
+				return true // not a mapping: yamlcheck names it
+			}
+			merged[v] = true
+			for i := 0; i+1 < len(v.Content); i += 2 {
+				if k := v.Content[i]; isNullKey(k) {
+					nullKey(path, field, k)
+				}
+			}
+			return true
+		})
+	})
 	matchEntries(root, func(path, field string, k, v *yaml.Node) {
 		if isNullKey(k) {
-			errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%s]", path, field, quoted(k.Value)),
-				Message: fmt.Sprintf(`key without a value (line %d): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, k.Line)})
+			nullKey(path, field, k)
 			return
 		}
 		if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
@@ -372,6 +398,32 @@ func claimScalarWarnings(file string, root *yaml.Node) []*Problem {
 // (aliases and merge keys followed; the value's aliases resolved): path is
 // the match's ("workloads[2].match"), field "claims" or "claim_patterns".
 func matchEntries(root *yaml.Node, f func(path, field string, k, v *yaml.Node)) {
+	matchFields(root, func(path, field string, m *yaml.Node) {
+		// The entry of each key the decoder keeps: the last passed (see
+		// mappingEntry).
+		var keys []string
+		last := map[string][2]*yaml.Node{}
+		mappingEntries(m, func(k, v *yaml.Node) bool {
+			if _, ok := last[k.Value]; !ok {
+				keys = append(keys, k.Value)
+			}
+			last[k.Value] = [2]*yaml.Node{k, v}
+			return true
+		})
+		for _, key := range keys {
+			k, v := last[key][0], last[key][1]
+			for v.Kind == yaml.AliasNode && v.Alias != nil {
+				v = v.Alias
+			}
+			f(path, field, k, v)
+		}
+	})
+}
+
+// matchFields calls f with the claims and claim_patterns node (nil when
+// not written) of each workload and admin match in root, and the match's
+// path ("workloads[0].match").
+func matchFields(root *yaml.Node, f func(path, field string, m *yaml.Node)) {
 	if root == nil || root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
 		return
 	}
@@ -386,24 +438,7 @@ func matchEntries(root *yaml.Node, f func(path, field string, k, v *yaml.Node)) 
 		for i, item := range seq.Content {
 			match := mappingValue(item, "match")
 			for _, field := range []string{"claims", "claim_patterns"} {
-				// The entry of each key the decoder keeps: the last
-				// passed (see mappingEntry).
-				var keys []string
-				last := map[string][2]*yaml.Node{}
-				mappingEntries(mappingValue(match, field), func(k, v *yaml.Node) bool {
-					if _, ok := last[k.Value]; !ok {
-						keys = append(keys, k.Value)
-					}
-					last[k.Value] = [2]*yaml.Node{k, v}
-					return true
-				})
-				for _, key := range keys {
-					k, v := last[key][0], last[key][1]
-					for v.Kind == yaml.AliasNode && v.Alias != nil {
-						v = v.Alias
-					}
-					f(fmt.Sprintf("%s[%d].match", section, i), field, k, v)
-				}
+				f(fmt.Sprintf("%s[%d].match", section, i), field, mappingValue(match, field))
 			}
 		}
 	}

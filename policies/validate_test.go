@@ -1191,9 +1191,11 @@ func TestLongDurationsAndBurstsWarn(t *testing.T) {
 // TestMergedNullClaimKeySetsNothing: a key without a value (~, null) in a
 // merged claims mapping decodes to no string, so the decoder sets nothing
 // for it, and a claim "~" written next to the merge keeps its value. The
-// checks read the merged value as the claim's: a valueless one was refused
-// ("no value") and an unquoted 0x1F drew a warning, for a claim the
-// workload requires as "a".
+// checks once read the merged value as the claim's: a valueless one was
+// refused ("no value") and an unquoted 0x1F drew a warning, for a claim the
+// workload requires as "a". The merged key is a problem for what it is, a
+// key the decoder drops (TestMergedNullClaimKeyIsAProblem), and only that:
+// its value is not judged as the written claim's.
 func TestMergedNullClaimKeySetsNothing(t *testing.T) {
 	const policy = `version: 1
 issuers:
@@ -1222,17 +1224,11 @@ grants:
 		{`{"null": a, <<: [{null: }]}`, "null"},
 	} {
 		claims := tc.claims
-		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", claims, 1)))
-		if err != nil {
-			t.Errorf("claims %s: Parse() = %v, want a valid policy", claims, err)
-			continue
-		}
-		w, _ := p.Workload("w")
-		if want := map[string]string{tc.key: "a"}; !cmp.Equal(w.Match.Claims, want) {
-			t.Errorf("claims %s: decoded %v, want %v", claims, w.Match.Claims, want)
-		}
-		if ws := p.Warnings(); len(ws) > 0 {
-			t.Errorf("claims %s: Warnings() = %v, want none", claims, ws)
+		_, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", claims, 1)))
+		want := fmt.Sprintf(`policy invalid: 1 problem
+  t.yaml: workloads[0].match.claims[%q]: key without a value (line 14): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, tc.key)
+		if err == nil || strings.TrimSpace(err.Error()) != want {
+			t.Errorf("claims %s: Parse() = %v, want %s", claims, err, want)
 		}
 	}
 }
@@ -1488,6 +1484,71 @@ grants:
 		{claims: `claims: {null: b}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
 		{claims: `claim_patterns: {ns: a, ? : "b.*"}`, want: []string{`t.yaml: workloads[0].match.claim_patterns[""]: ` + msg}},
 		{claims: `claims: {"~": b, "null": c}`, claim: map[string]string{"~": "b", "null": "c"}},
+	} {
+		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
+		if tc.want == nil {
+			if err != nil {
+				t.Errorf("%s: Parse() = %v, want a valid policy", tc.claims, err)
+				continue
+			}
+			w, _ := p.Workload("w")
+			if diff := cmp.Diff(tc.claim, w.Match.Claims); diff != "" {
+				t.Errorf("%s: claims (-want +got):\n%s", tc.claims, diff)
+			}
+			continue
+		}
+		var got []string
+		if err != nil {
+			got = strings.Split(strings.TrimSpace(err.Error()), "\n")[1:]
+			for i := range got {
+				got[i] = strings.TrimSpace(got[i])
+			}
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s: Parse() problems (-want +got):\n%s", tc.claims, diff)
+		}
+	}
+}
+
+// TestMergedNullClaimKeyIsAProblem: a claims or claim_patterns key without a
+// value (~, null) in a mapping merged into the match's claims ("<<") is
+// dropped by the decoder like one written in place, so the match would not
+// check that claim: it is the same problem, at the merged key's line. On
+// the old load.go "{ns: a, <<: {~: b}}" loaded as a workload requiring only
+// ns.
+func TestMergedNullClaimKeyIsAProblem(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - {name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}
+workloads:
+  - name: w0
+    owner: o
+    match: {issuer: i, subject: s0, claims: &c {team: a, ns: b}}
+    grants: [g]
+  - name: w
+    owner: o
+    match:
+      issuer: i
+      subject: s
+      CLAIMS
+    grants: [g]
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	msg := func(line int) string {
+		return fmt.Sprintf(`key without a value (line %d): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, line)
+	}
+	for _, tc := range []struct {
+		claims string
+		want   []string // problems; nil: valid
+		claim  map[string]string
+	}{
+		{claims: `claims: {ns: a, <<: {~: b}}`, want: []string{`t.yaml: workloads[1].match.claims["~"]: ` + msg(14)}},
+		{claims: `claims: {ns: a, <<: [*c, {null: b}]}`, want: []string{`t.yaml: workloads[1].match.claims["null"]: ` + msg(14)}},
+		{claims: `claim_patterns: {<<: {x: "a.*", <<: {~: "b.*"}}}`, want: []string{`t.yaml: workloads[1].match.claim_patterns["~"]: ` + msg(14)}},
+		{claims: "claims:\n        <<: {~: }\n        \"~\": a", want: []string{`t.yaml: workloads[1].match.claims["~"]: ` + msg(15)}},
+		// A quoted key is a claim of that name, merged or not.
+		{claims: `claims: {<<: [*c, {"~": x}]}`, claim: map[string]string{"team": "a", "ns": "b", "~": "x"}},
 	} {
 		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
 		if tc.want == nil {
