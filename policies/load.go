@@ -400,18 +400,26 @@ func claimScalarWarnings(file string, root *yaml.Node) []*Problem {
 func matchEntries(root *yaml.Node, f func(path, field string, k, v *yaml.Node)) {
 	matchFields(root, func(path, field string, m *yaml.Node) {
 		// The entry of each key the decoder keeps: the last passed (see
-		// mappingEntry).
-		var keys []string
-		last := map[string][2]*yaml.Node{}
+		// mappingEntry). A key without a value is each passed: the
+		// decoder sets nothing for it, so a claim "~" set elsewhere in
+		// the mapping (quoted, or merged) does not hide it.
+		var entries [][2]*yaml.Node
+		last := map[string]int{}
 		mappingEntries(m, func(k, v *yaml.Node) bool {
-			if _, ok := last[k.Value]; !ok {
-				keys = append(keys, k.Value)
+			i, ok := last[k.Value]
+			switch {
+			case isNullKey(k):
+				entries = append(entries, [2]*yaml.Node{k, v})
+			case ok:
+				entries[i] = [2]*yaml.Node{k, v}
+			default:
+				last[k.Value] = len(entries)
+				entries = append(entries, [2]*yaml.Node{k, v})
 			}
-			last[k.Value] = [2]*yaml.Node{k, v}
 			return true
 		})
-		for _, key := range keys {
-			k, v := last[key][0], last[key][1]
+		for _, e := range entries {
+			k, v := e[0], e[1]
 			for v.Kind == yaml.AliasNode && v.Alias != nil {
 				v = v.Alias
 			}

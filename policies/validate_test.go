@@ -1484,6 +1484,10 @@ grants:
 		{claims: `claims: {null: b}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
 		{claims: `claim_patterns: {ns: a, ? : "b.*"}`, want: []string{`t.yaml: workloads[0].match.claim_patterns[""]: ` + msg}},
 		{claims: `claims: {"~": b, "null": c}`, claim: map[string]string{"~": "b", "null": "c"}},
+		// A claim "~" (or "null") merged in is another key: it does not
+		// hide the null key written beside it, which the decoder drops.
+		{claims: `claims: {ns: a, ~: b, <<: {"~": c}}`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
+		{claims: `claims: {ns: a, null: b, <<: [{"null": c}]}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
 	} {
 		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
 		if tc.want == nil {
