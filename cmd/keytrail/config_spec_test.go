@@ -153,6 +153,16 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 		{name: "ok/extension-and-setting-merged-into-top-level", yaml: "x-a: &a {x-b: 1, vault: {address: http://v, timeout: 7s}}\n<<: *a\n" + head},
 		{name: "fail/unknown-key-merged-into-top-level", yaml: "x-a: &a {x-b: 1, vaults: 2}\n<<: *a\n" + head + "vault: *vault\n",
 			wantErr: "vaults: unknown field (line 1)"},
+		// A key written as an alias is the key its anchor names: one
+		// naming a string that is no setting is an unknown field, with
+		// its line, even when the anchor's own name starts with x- (it
+		// was skipped as an extension, and only the decoder's check
+		// refused it: "vaults: unknown field", no line).
+		{name: "ok/alias-key-to-an-extension", yaml: head + "vault: *vault\nx-k: &k x-note\n*k : 1\n"},
+		{name: "fail/alias-key-to-an-unknown-field", yaml: head + "vault: *vault\nx-k: &x-k vaults\n*x-k : 1\n",
+			wantErr: "x-k: unknown field (line 10)"},
+		{name: "fail/alias-key-to-an-unknown-field-merged-into-top-level", yaml: "x-k: &x-k vaults\nx-a: &a {*x-k : 1}\n<<: *a\n" + head + "vault: *vault\n",
+			wantErr: "x-k: unknown field (line 2)"},
 		{name: "fail/problem-in-merged-extension-names-its-line", yaml: "x-d: &d {timeout: -1s}\n" + head + "vault:\n  <<: [*d, *vault]\n",
 			wantErr: "vault.timeout: must not be negative (0: the default, 5s) (line 1)"},
 		{name: "fail/x-below-the-top-level", yaml: head + "vault:\n  <<: *vault\n  x-note: 1\n",

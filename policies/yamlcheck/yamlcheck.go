@@ -192,7 +192,9 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			if k.ShortTag() == "!!null" {
 				return // the decoder skips it
 			}
-			if path == "" && c.opts&TopLevelExtensions != 0 && k.ShortTag() == "!!str" && strings.HasPrefix(k.Value, "x-") {
+			// A key written as an alias is the key it names (the
+			// decoder's), not the anchor's name.
+			if uk := unalias(k); path == "" && c.opts&TopLevelExtensions != 0 && uk.Kind == yaml.ScalarNode && uk.ShortTag() == "!!str" && strings.HasPrefix(uk.Value, "x-") {
 				return
 			}
 			if misplacedMergeTag(k) {

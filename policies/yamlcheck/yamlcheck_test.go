@@ -301,3 +301,23 @@ func TestTopLevelExtensions(t *testing.T) {
 		t.Errorf("Check() (-want +got):\n%s", diff)
 	}
 }
+
+// TestTopLevelExtensionsAliasKey: a key written as an alias is the key its
+// anchor names, as the decoder reads it: an alias to "x-b" is an
+// extension, and an alias to "nope" is not, whatever the anchor is named
+// (the anchor's name was taken for the key: "*x-n" was skipped, and
+// "*k" to an x- key named as unknown).
+func TestTopLevelExtensionsAliasKey(t *testing.T) {
+	const src = "x-a: [&k x-b, &x-n nope]\n*k : 1\n*x-n : 2\n"
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &root); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range Check(&root, reflect.TypeOf(doc{}), TopLevelExtensions) {
+		got = append(got, p.Error())
+	}
+	if diff := cmp.Diff([]string{"x-n: unknown field (line 3)"}, got); diff != "" {
+		t.Errorf("Check(TopLevelExtensions) (-want +got):\n%s", diff)
+	}
+}
