@@ -242,7 +242,8 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // one problem, not also the next line of its chain, whose seq skips it and
 // whose prev links to bytes no longer in the files (a gap larger than the
 // unreadable lines between that line and the one before it in its chain is
-// still a problem).
+// still a problem, and each unreadable line accounts for one skipped seq of
+// one chain only).
 //
 // Verify returns the report and, when it found a problem, an error wrapping
 // ErrTampered that names the first problem. An error reading an input is
@@ -309,6 +310,10 @@ type verifier struct {
 	// torn, a bad chain id). The seqs they held are missing from their
 	// chain; see line.
 	unread int
+	// unclaimed counts those of them that no chain has yet taken for a
+	// seq it skips: each unreadable line stands for one line of one
+	// chain, so it hides at most one missing seq, in one chain.
+	unclaimed int
 }
 
 func (v *verifier) problem(p Problem) {
@@ -337,9 +342,11 @@ func (v *verifier) file(in Input) error {
 		switch {
 		case tooLong:
 			v.unread++
+			v.unclaimed++
 			v.problem(Problem{File: in.Name, Line: lineNo, Why: fmt.Sprintf("line is longer than %d bytes", MaxLineBytes)})
 		case !terminated:
 			v.unread++
+			v.unclaimed++
 			v.problem(Problem{File: in.Name, Line: lineNo, Why: "incomplete last line (no trailing newline): a torn or cut write"})
 		default:
 			v.line(in.Name, lineNo, raw)
@@ -382,11 +389,13 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	ev, err := ParseLine(raw)
 	if err != nil {
 		v.unread++
+		v.unclaimed++
 		v.problem(Problem{File: file, Line: lineNo, Why: err.Error()})
 		return
 	}
 	if err := ValidChainID(ev.Chain); err != nil {
 		v.unread++
+		v.unclaimed++
 		v.problem(Problem{File: file, Line: lineNo, Seq: ev.Seq, Why: "bad chain id: " + err.Error()})
 		return
 	}
@@ -397,12 +406,20 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	// those lines, whose bytes, and so whose hash, cannot be known. This
 	// line's prev cannot be checked, and is not a second problem of the
 	// same cause. A gap larger than the unreadable lines around it is a
-	// problem, as is any gap with none.
-	afterUnread := false
+	// problem, as is any gap with none. The lines it takes are no longer
+	// there to explain another chain's gap (v.unclaimed): one unreadable
+	// line does not hide a deletion in every chain of the files.
+	var gap, window uint64
 	if seen {
-		afterUnread = ev.Seq > st.lastSeq+1 && ev.Seq-st.lastSeq-1 <= uint64(v.unread-st.unread)
-	} else {
-		afterUnread = ev.Seq > 1 && ev.Seq-1 <= uint64(v.unread)
+		if ev.Seq > st.lastSeq+1 {
+			gap, window = ev.Seq-st.lastSeq-1, uint64(v.unread-st.unread)
+		}
+	} else if ev.Seq > 1 {
+		gap, window = ev.Seq-1, uint64(v.unread)
+	}
+	afterUnread := gap > 0 && gap <= window && gap <= uint64(v.unclaimed)
+	if afterUnread {
+		v.unclaimed -= int(gap)
 	}
 	if !seen {
 		st = &chainState{idx: len(v.rep.Chains)}

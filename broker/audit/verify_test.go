@@ -763,6 +763,12 @@ func TestVerifyUnreadableLineIsOneProblem(t *testing.T) {
 			[]string{"f1:3: malformed", "f1:8: seq gap: expected 8, got 9"}},
 		{"malformed-line-and-a-deletion-in-the-other-chain", [][]byte{joinLines(del(replace(inter, 0, garbage), 3))},
 			[]string{"f1:1: malformed", "f1:5: seq gap: expected 2, got 3"}},
+		// One unreadable line stands for one line: it does not also hide
+		// a deletion in the other chain, whose gap spans it too.
+		{"malformed-line-and-a-deletion-across-it-in-the-other-chain", [][]byte{joinLines(del(replace(inter, 2, garbage), 3))},
+			[]string{"f1:3: malformed", "f1:5: seq gap: expected 2, got 3"}},
+		{"torn-line-and-a-deletion-across-it-in-the-other-chain", [][]byte{append(joinLines(inter[:2]), inter[2][:20]...), joinLines(del(inter, 3)[3:])},
+			[]string{"f1:3: incomplete last line", "f2:2: seq gap: expected 2, got 3"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var in []audit.Input
