@@ -287,21 +287,32 @@ func verifyFiles(e *env, paths []string, files []*os.File, opts audit.VerifyOpti
 
 // loadAuditFiles is trace.LoadFiles with the progress lines of verifyFiles
 // (what is the command, for them): an offline trace or report over a large
-// log spends minutes reading it. With check, the same bytes go through
-// audit.Verify too, in the same pass (a second reader of each file would
-// double the reading): the report it returns says whether the hash chain
-// holds (not the checkpoint signatures: no key is given). A file a running
-// broker holds is live, as for audit verify.
-func loadAuditFiles(e *env, what string, x *trace.Index, paths []string, check bool) (*audit.Report, error) {
+// log spends minutes reading it. The files args name (with their rotated
+// siblings, as for audit verify) are all opened before any is read, as
+// audit verify opens them: a running broker that rotates its file while
+// the older files are read renames the file it was writing, and the path,
+// opened only then, would name the new one, leaving out the renamed file's
+// lines (a seq gap the chain check would report as lines removed). With
+// check, the same bytes go through audit.Verify too, in the same pass (a
+// second reader of each file would double the reading): the report it
+// returns says whether the hash chain holds (not the checkpoint
+// signatures: no key is given). A file a running broker holds is live, as
+// for audit verify.
+func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bool) (*audit.Report, error) {
+	paths, files, err := openAuditFiles(e, args, false)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(files)
 	pr := &progress{w: e.stderr, what: what, every: e.progressEvery, last: time.Now()}
-	for _, p := range paths {
-		if fi, err := os.Stat(p); err == nil {
+	for _, f := range files {
+		if fi, err := f.Stat(); err == nil {
 			pr.total += fi.Size()
 		}
 	}
 	if !check {
-		for _, p := range paths {
-			if err := consumeAuditFile(x, pr, p, nil); err != nil {
+		for i, p := range paths {
+			if err := consumeAuditFile(x, pr, p, files[i], nil); err != nil {
 				return nil, err
 			}
 		}
@@ -326,10 +337,9 @@ func loadAuditFiles(e *env, what string, x *trace.Index, paths []string, check b
 		}
 		done <- verified{rep, err}
 	}()
-	var err error
 	for i, p := range paths {
 		if err == nil {
-			err = consumeAuditFile(x, pr, p, writers[i])
+			err = consumeAuditFile(x, pr, p, files[i], writers[i])
 		}
 		if err != nil {
 			writers[i].CloseWithError(err)
@@ -347,14 +357,9 @@ func loadAuditFiles(e *env, what string, x *trace.Index, paths []string, check b
 	return v.rep, nil
 }
 
-// consumeAuditFile adds the file p to x, copying what it reads to tee
-// when not nil.
-func consumeAuditFile(x *trace.Index, pr *progress, p string, tee io.Writer) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+// consumeAuditFile adds the file f (named p) to x, copying what it reads to
+// tee when not nil.
+func consumeAuditFile(x *trace.Index, pr *progress, p string, f *os.File, tee io.Writer) error {
 	var r io.Reader = f
 	if tee != nil {
 		r = io.TeeReader(f, tee)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
 )
@@ -199,5 +200,101 @@ func TestAuditVerifyRenamedAwayWhileOpening(t *testing.T) {
 	}, "audit", "verify", live)
 	if err != nil || !strings.Contains(out, "2 file(s), 3 line(s)") || !strings.Contains(out, "OK: the chain is intact") {
 		t.Errorf("audit verify with the live file renamed away while opening = %v, want its 2 files listed again and OK:\n%s", err, out)
+	}
+}
+
+// onFirstWrite is a stderr that runs hook once, at the first line written
+// to it (a progress line, with progressEvery at a nanosecond: the first
+// read of the first file).
+type onFirstWrite struct {
+	bytes.Buffer
+	hook func()
+}
+
+func (w *onFirstWrite) Write(b []byte) (int, error) {
+	if h := w.hook; h != nil {
+		w.hook = nil
+		h()
+	}
+	return w.Buffer.Write(b)
+}
+
+// TestOfflineTraceAndReportRotationWhileReading: offline trace and report
+// listed the audit files, then opened each only when its turn came. A
+// running broker that rotated its file while the older files were read
+// renamed the file it was writing away: the path then named the new file,
+// the renamed one's lines were left out of the answer, and the chain check
+// reported the seq gap as "the audit files do NOT verify". They now open
+// every file before reading any, as audit verify does.
+func TestOfflineTraceAndReportRotationWhileReading(t *testing.T) {
+	issID := func(n int) string { return fmt.Sprintf("iss_01JXROT00000000000000%03d", n) }
+	event := func(n int) *audit.Event {
+		return &audit.Event{Type: audit.TypeIssue, RequestID: fmt.Sprintf("req_%d", n), IssuanceID: issID(n),
+			Workload: "payments-api", Owner: "team-payments", Grant: "payments-vault", Kind: broker.KindVaultToken,
+			Identity: &audit.Identity{Iss: "https://issuer.test", Sub: "api"}, Outcome: &audit.Outcome{Status: 200}}
+	}
+	// sink opens a sink on dir/audit.jsonl that rotates its file at
+	// rotate bytes, and returns a function that appends event n and
+	// returns once the writer is done with it (rotation included).
+	sink := func(dir string, rotate int64) (string, func(n int)) {
+		path := filepath.Join(dir, "audit.jsonl")
+		s, err := auditfile.Open(auditfile.Options{Path: path, NoFsync: true, RotateBytes: rotate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return path, func(n int) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := s.Append(ctx, event(n)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Ping(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Two events fill a file: a bit less than the size of the first two.
+	p, add := sink(t.TempDir(), 0)
+	add(1)
+	add(2)
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotate := fi.Size() - 10
+
+	for _, args := range [][]string{
+		{"trace", issID(4)},
+		{"report", "--format", "json"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			path, add := sink(t.TempDir(), rotate)
+			// Events 1 and 2 are rotated away, 3 is in the live file.
+			for n := 1; n <= 3; n++ {
+				add(n)
+			}
+			if m, _ := filepath.Glob(path + ".*"); len(m) != 1 {
+				t.Fatalf("fixture: rotated files %v, want one", m)
+			}
+			var out bytes.Buffer
+			// While the rotated file is read, the broker writes event 4,
+			// which rotates the live file (events 3 and 4), and event 5
+			// into a new live file.
+			errb := &onFirstWrite{hook: func() { add(4); add(5) }}
+			e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: &out, stderr: errb,
+				progressEvery: time.Nanosecond}
+			root := newRootCmd(e)
+			root.SetArgs(append(args, "--audit-log", path))
+			root.SetOut(&out)
+			root.SetErr(errb)
+			err := root.ExecuteContext(context.Background())
+			if m, _ := filepath.Glob(path + ".*"); len(m) != 2 {
+				t.Fatalf("fixture: rotated files %v after the read began, want two", m)
+			}
+			if err != nil || strings.Contains(errb.String(), "do NOT verify") || strings.Contains(out.String(), "do NOT verify") {
+				t.Errorf("%s while the broker rotated its file = %v\nstdout:\n%s\nstderr:\n%s\nwant success and no chain warning", args[0], err, out.String(), errb.String())
+			}
+		})
 	}
 }

@@ -82,15 +82,11 @@ written; 2 usage.`,
 			}
 			var rep *trace.Report
 			if len(auditLogs) > 0 {
-				files, err := trace.LogFiles(auditLogs)
-				if err != nil {
-					return fmt.Errorf("report: --audit-log: %w", err)
-				}
 				x, err := trace.NewIndex(trace.Options{MaxEvents: maxEvents})
 				if err != nil {
 					return err
 				}
-				vrep, err := loadAuditFiles(e, "keytrail report", x, files, !noVerify)
+				vrep, err := loadAuditFiles(e, "keytrail report", x, auditLogs, !noVerify)
 				if err != nil {
 					return fmt.Errorf("report: --audit-log: %w", err)
 				}

@@ -102,14 +102,11 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 			}
 			var x *trace.Index
 			if len(auditLogs) > 0 {
-				files, err := trace.LogFiles(auditLogs)
-				if err != nil {
-					return fmt.Errorf("trace: --audit-log: %w", err)
-				}
+				var err error
 				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
 					return err
 				}
-				vrep, err := loadAuditFiles(e, "keytrail trace", x, files, !noVerify)
+				vrep, err := loadAuditFiles(e, "keytrail trace", x, auditLogs, !noVerify)
 				if err != nil {
 					return fmt.Errorf("trace: --audit-log: %w", err)
 				}
