@@ -487,10 +487,12 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 		fmt.Fprintln(w, "NOT VERIFIED: a file could not be read to its end (see the error): it and the files after it were not verified")
 	case rep.OK() && rep.Lines == 0:
 		fmt.Fprintln(w, "NOTHING VERIFIED: no audit lines (a broker writes at least its policy_load event when it starts; --require-checkpoint makes this a failure)")
-	case rep.OK() && len(warnings) > 0:
-		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq above), but NOT SIGNED (see the WARNING above): a file rewritten whole passes this")
 	case rep.OK():
-		fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq above)")
+		if len(warnings) > 0 {
+			fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq above), but NOT SIGNED (see the WARNING above): a file rewritten whole passes this")
+		} else {
+			fmt.Fprintln(w, "OK: the chain is intact up to its last line (seq above)")
+		}
 		for _, chain := range slices.Sorted(maps.Keys(opts.ExpectSeq)) {
 			name := chain
 			if name == "" {

@@ -628,6 +628,14 @@ func TestAuditVerifyWarnsOfAnUnsignedChain(t *testing.T) {
 	if err != nil || !strings.Contains(out, "WARNING: checkpoint signatures not checked (no --key or --jwks given)") || !strings.Contains(out, "but NOT SIGNED") {
 		t.Errorf("audit verify without a key = %v, want exit 0 and the warning\n%s", err, out)
 	}
+	// Unsigned, the OK line still comes with what --expect-seq confirmed
+	// and the note on lines removed from the end.
+	out, _, err = runCLI(t, nil, "audit", "verify", "--exact", "--expect-seq", "3", path)
+	for _, want := range []string{"but NOT SIGNED", "chain chn_planted reaches seq 3, as expected (--expect-seq)", "note: lines removed from the end"} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("audit verify --expect-seq 3 without a key = %v, want exit 0 and %q\n%s", err, want, out)
+		}
+	}
 	out, stderr, err := runCLI(t, nil, "audit", "verify", "--exact", "--json", "--key", pubFile, path)
 	if err != nil || !json.Valid([]byte(out)) || !strings.Contains(stderr, "keytrail: warning: chain chn_planted has no verified checkpoint") {
 		t.Errorf("audit verify --json (planted chain) = %v\nstdout:\n%s\nstderr:\n%s\nwant JSON on stdout, the warning on stderr", err, out, stderr)
