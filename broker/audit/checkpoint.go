@@ -42,15 +42,19 @@ const CheckpointVersion = 2
 // 2 (CheckpointSigningInputV2) does. Brokers before version 2 wrote version
 // 1 checkpoints; Verify still checks them.
 func CheckpointSigningInput(chain string, headSeq uint64, headHash string) []byte {
-	b := make([]byte, 0, len(CheckpointDomain)+len(chain)+len(headHash)+24)
-	b = append(b, CheckpointDomain...)
+	return appendCheckpointHead(make([]byte, 0, len(CheckpointDomain)+len(chain)+len(headHash)+24), CheckpointDomain, chain, headSeq, headHash)
+}
+
+// appendCheckpointHead appends the part both versions sign:
+// <domain> LF <chain> LF <head seq, decimal> LF <head hash>.
+func appendCheckpointHead(b []byte, domain, chain string, headSeq uint64, headHash string) []byte {
+	b = append(b, domain...)
 	b = append(b, '\n')
 	b = append(b, chain...)
 	b = append(b, '\n')
 	b = strconv.AppendUint(b, headSeq, 10)
 	b = append(b, '\n')
-	b = append(b, headHash...)
-	return b
+	return append(b, headHash...)
 }
 
 // CheckpointSigningInputV2 returns the bytes a version 2 checkpoint signs:
@@ -65,13 +69,7 @@ func CheckpointSigningInput(chain string, headSeq uint64, headHash string) []byt
 // another field.
 func CheckpointSigningInputV2(chain string, headSeq uint64, headHash, time, requestID string) []byte {
 	b := make([]byte, 0, len(CheckpointDomainV2)+len(chain)+len(headHash)+len(time)+len(requestID)+26)
-	b = append(b, CheckpointDomainV2...)
-	b = append(b, '\n')
-	b = append(b, chain...)
-	b = append(b, '\n')
-	b = strconv.AppendUint(b, headSeq, 10)
-	b = append(b, '\n')
-	b = append(b, headHash...)
+	b = appendCheckpointHead(b, CheckpointDomainV2, chain, headSeq, headHash)
 	b = append(b, '\n')
 	b = append(b, time...)
 	b = append(b, '\n')
