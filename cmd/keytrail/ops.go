@@ -234,6 +234,15 @@ func (s countedStore) FindIssuances(ctx context.Context, k broker.RefKind, vs []
 	return list, s.m.countStoreErr(err)
 }
 
+// AcksReplicas passes on the wrapped store's broker.ReplicaAcker answer, so
+// the revocation flow (which cannot see through this wrapper) settles a
+// found mark at once without store.min_replicas, as README says. A store
+// that does not say is taken to wait for replicas (the safe side).
+func (s countedStore) AcksReplicas() bool {
+	a, ok := s.Store.(broker.ReplicaAcker)
+	return !ok || a.AcksReplicas()
+}
+
 func (s countedStore) GetBlock(ctx context.Context, workload string) (*broker.Block, error) {
 	b, err := s.Store.GetBlock(ctx, workload)
 	return b, s.m.countStoreErr(err)
