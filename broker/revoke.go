@@ -1504,11 +1504,11 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
 			slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
 		settle(r, done, failed, s.d.Now())
-		w.auditPass(ctx, r, hadPending, swept)
+		w.auditPass(ctx, r, hadPending, swept, false)
 		return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 	}
 	*r = *cur
-	w.auditPass(ctx, r, hadPending, swept)
+	w.auditPass(ctx, r, hadPending, swept, true)
 	if r.CompletedAt.IsZero() {
 		return false, nil // pending issuances, or the sweep not due yet
 	}
@@ -1522,15 +1522,20 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 // stands: by sweep when the sweep found issuances (swept), by worker when
 // the pass finished every issuance that was pending; none otherwise.
 //
-// Nor one identical in content to the last one this worker wrote for r:
-// a pass whose progress write the store refused (Redis out of memory, or
-// read-only, still serving reads) leaves the record as it was, and every
-// pass after it does the same work and would write the same result again,
-// once per backoff for as long as the store refuses. The log holds it
-// already; a result that differs (anything settled, failed or found in
-// between) is written. The digest is kept with r's retry state, which
-// lasts as long as r is incomplete.
-func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPending bool, swept []string) {
+// After a failed progress write (stored false), not one identical in
+// content to the last one this worker wrote for r: a pass whose progress
+// write the store refused (Redis out of memory, or read-only, still
+// serving reads) leaves the record as it was, and every pass after it does
+// the same work and would write the same result again, once per backoff
+// for as long as the store refuses. The log holds it already; a result
+// that differs (anything settled, failed or found in between) is written.
+// A pass whose write was acknowledged (stored) writes its result in any
+// case: it says what the record now is, and another writer (Revoke's
+// request, another instance) may have written a different result for r
+// since this worker's last one, which must not stay the last word. The
+// digest is kept with r's retry state, which lasts as long as r is
+// incomplete.
+func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPending bool, swept []string, stored bool) {
 	s := w.s
 	status := 200
 	if len(r.Pending) > 0 {
@@ -1549,7 +1554,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	sum, ok := resultDigest(evs)
 	w.mu.Lock()
 	st := w.retry[r.ID]
-	repeat := ok && st != nil && st.result == sum
+	repeat := !stored && ok && st != nil && st.result == sum
 	w.mu.Unlock()
 	if repeat || !s.appendResult(ctx, r.ID, evs) {
 		return

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 // readOnlyStore serves reads but refuses every UpdateRevocation unapplied
@@ -49,9 +50,13 @@ func (s *readOnlyStore) GetIssuance(ctx context.Context, id string) (*broker.Iss
 // all the same (the write may have been applied), so it wrote the same
 // revoke_result (by worker, 200) after every backoff: the audit log filled
 // with identical events. Now a revoke_result identical in content to the
-// last one the worker wrote for the revocation is not written again; one
-// that differs is, and once the store takes writes the record completes
-// with no further copy.
+// last one the worker wrote for the revocation is not written again after a
+// refused write; one that differs is. Once the store takes writes the
+// record completes and the completing pass writes its result again (the
+// one copy), so that it is the revocation's last word even when another
+// writer (here: a 202 as Revoke's request would write it) wrote a
+// different result since: with the dedupe on acknowledged passes too, that
+// 202 stayed the last revoke_result of a completed revocation.
 func TestWorkerNoRepeatedResult(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -105,8 +110,18 @@ func TestWorkerNoRepeatedResult(t *testing.T) {
 				t.Errorf("%d passes with the progress write refused wrote %d revoke_result events by worker, want 1 (the same content each time)", passes, len(got))
 			}
 
+			// Another writer's result for the same revocation comes
+			// between (a 202 pending, as a concurrent Revoke whose own
+			// write was refused too would write it).
+			other := *lastResult(t, f, rev.ID)
+			other.Details = map[string]any{"matched": 1, "pending": []string{is.ID}}
+			other.Outcome = &audit.Outcome{Status: 202}
+			if err := f.sink.Append(ctx, &other); err != nil {
+				t.Fatal(err)
+			}
+
 			// The store takes writes again: the record completes, and the
-			// audit already says what the record now does.
+			// completing pass's result is the last word.
 			ro.refuse.Store(false)
 			f.advance(4 * time.Second)
 			if err := w.Tick(ctx); err != nil {
@@ -117,8 +132,8 @@ func TestWorkerNoRepeatedResult(t *testing.T) {
 				t.Fatalf("stored revocation at the end: %+v, %v; want complete, %s revoked", stored, err, is.ID)
 			}
 			got := byWorker()
-			if len(got) != 1 {
-				t.Errorf("revoke_result events by worker at the end: %d, want 1", len(got))
+			if len(got) != 2 {
+				t.Errorf("revoke_result events by worker at the end: %d, want 2 (the refused passes' one, the completing pass's)", len(got))
 			}
 			last := lastResult(t, f, rev.ID)
 			if revoked, _ := last.Details["revoked"].([]string); last.Details["by"] != "worker" || last.Outcome.Status != 200 || !slices.Equal(revoked, []string{is.ID}) {
