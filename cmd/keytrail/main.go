@@ -94,6 +94,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // the command existed. It is the same exit 2, with the suggestion, as
 // without --help. nil for anything else (left to cobra).
 func unknownCommandWithHelp(root *cobra.Command, args []string) error {
+	// cobra adds the help flag only when it runs a command; without it,
+	// Find takes "--help server" for a flag and its value and stops at the
+	// group ("keytrail --help server" was 'unknown command "server"').
+	initHelpFlags(root)
 	cmd, rest, err := root.Find(args)
 	if err != nil || cmd.Annotations[groupAnnotation] == "" {
 		return nil
@@ -106,6 +110,16 @@ func unknownCommandWithHelp(root *cobra.Command, args []string) error {
 		return nil
 	}
 	return usageError(cmd, unknownSubcommand(cmd, fs.Args()))
+}
+
+// initHelpFlags adds cobra's -h/--help flag to cmd and every command below
+// it now, as cobra does to the command it runs, so that Find knows it takes
+// no value.
+func initHelpFlags(cmd *cobra.Command) {
+	cmd.InitDefaultHelpFlag()
+	for _, c := range cmd.Commands() {
+		initHelpFlags(c)
+	}
 }
 
 func newRootCmd(e *env) *cobra.Command {

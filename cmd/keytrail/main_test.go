@@ -1380,3 +1380,40 @@ func TestArgumentCountNamesTheArgument(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpFlagBeforeAValidCommand: 'keytrail --help server', 'keytrail -h
+// revoke' and 'keytrail policy --help check' name commands that exist, but
+// the check for a mistyped command with --help (unknownCommandWithHelp)
+// found them with cobra's Find before cobra had added the help flag, which
+// then took the command's name for the flag's value: each was the usage
+// error 'unknown command "server" for "keytrail"; did you mean "server"?'
+// (exit 2). They show that command's help, exit 0.
+func TestHelpFlagBeforeAValidCommand(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string // the start of the help shown
+	}{
+		{[]string{"--help", "server"}, "Run the keytrail broker"},
+		{[]string{"-h", "revoke"}, "Revoke"},
+		{[]string{"--help", "policy", "check"}, "Validate a policy"},
+		{[]string{"policy", "--help", "check"}, "Validate a policy"},
+		{[]string{"policy", "-h", "check"}, "Validate a policy"},
+		{[]string{"--help=true", "audit", "verify"}, "verify checks every chain"},
+	} {
+		out, _, err := runCLI(t, nil, tt.args...)
+		if err != nil || !strings.HasPrefix(out, tt.want) {
+			t.Errorf("keytrail %v = %v, stdout starting %q; want exit 0 and help starting %q", tt.args, err, firstLine(out), tt.want)
+		}
+	}
+	// A mistyped command after the flag is still the usage error.
+	_, _, err := runCLI(t, nil, "--help", "servr")
+	var ee exitError
+	if want := `unknown command "servr" for "keytrail"; did you mean "server"? (see keytrail --help)`; !errors.As(err, &ee) || ee.code != 2 || ee.msg != want {
+		t.Errorf("keytrail --help servr = %v, want %q", err, want)
+	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
