@@ -176,6 +176,18 @@ func retryReason(err error, addr string) string {
 // http://127.0.0.1:1/v1/token: dial tcp 127.0.0.1:1: connect: connection
 // refused"), or "" for an error that is not a connection's.
 func connectionFailure(err error, addr string) string {
+	target := "the broker at " + addr
+	if px := proxyFailure(err); px != nil {
+		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
+		// broker: named as such, by its dialed address (never the proxy
+		// URL, which may carry a password).
+		target = "the proxy for the broker at " + addr
+		var dial *net.OpError
+		if errors.As(px.Err, &dial) && dial.Addr != nil {
+			target = fmt.Sprintf("the proxy at %s (HTTPS_PROXY or HTTP_PROXY) for the broker at %s", dial.Addr, addr)
+		}
+		err = px.Err
+	}
 	var dnsErr *net.DNSError
 	var op *net.OpError
 	var ne net.Error
@@ -183,11 +195,11 @@ func connectionFailure(err error, addr string) string {
 	case errors.As(err, &dnsErr):
 		switch {
 		case dnsErr.IsNotFound:
-			return fmt.Sprintf("cannot reach the broker at %s: host %s not found", addr, dnsErr.Name)
+			return fmt.Sprintf("cannot reach %s: host %s not found", target, dnsErr.Name)
 		case dnsErr.IsTimeout:
-			return fmt.Sprintf("cannot reach the broker at %s: looking up host %s timed out", addr, dnsErr.Name)
+			return fmt.Sprintf("cannot reach %s: looking up host %s timed out", target, dnsErr.Name)
 		}
-		return fmt.Sprintf("cannot reach the broker at %s: looking up host %s failed: %s", addr, dnsErr.Name, dnsErr.Err)
+		return fmt.Sprintf("cannot reach %s: looking up host %s failed: %s", target, dnsErr.Name, dnsErr.Err)
 	case errors.As(err, &op):
 		cause := op.Err.Error()
 		var errno syscall.Errno
@@ -201,13 +213,35 @@ func connectionFailure(err error, addr string) string {
 			cause = sc.Err.Error()
 		}
 		if op.Op == "dial" {
-			return fmt.Sprintf("cannot reach the broker at %s: %s", addr, cause)
+			return fmt.Sprintf("cannot reach %s: %s", target, cause)
 		}
-		return fmt.Sprintf("the connection to the broker at %s failed: %s", addr, cause)
+		return fmt.Sprintf("the connection to %s failed: %s", target, cause)
 	case errors.As(err, &ne) && ne.Timeout():
-		return fmt.Sprintf("no answer from the broker at %s within %s", addr, client.DefaultTimeout)
+		return fmt.Sprintf("no answer from %s within %s", target, client.DefaultTimeout)
 	}
 	return ""
+}
+
+// refusedHint is what to check after a refused connection: the broker's
+// address, or the proxy's when the proxy refused.
+func refusedHint(err error) string {
+	switch {
+	case !errors.Is(err, syscall.ECONNREFUSED):
+		return ""
+	case proxyFailure(err) != nil:
+		return "; is the proxy running at that address? NO_PROXY names the hosts reached without it"
+	}
+	return "; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
+}
+
+// proxyFailure is net/http's error for a connection to the proxy
+// (HTTPS_PROXY, HTTP_PROXY) that failed, or nil.
+func proxyFailure(err error) *net.OpError {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "proxyconnect" {
+		return op
+	}
+	return nil
 }
 
 func roundDur(d time.Duration) time.Duration {
@@ -269,10 +303,7 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 	case timeout > 0 && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		why := "the broker stayed busy or unreachable"
 		if last := client.LastFailure(err); last != nil {
-			why = "last failure: " + retryReason(last, addr)
-			if errors.Is(last, syscall.ECONNREFUSED) {
-				why += "; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
-			}
+			why = "last failure: " + retryReason(last, addr) + refusedHint(last)
 		}
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: no credential after %s; %s", grant, timeout, why)}
 	case errors.Is(err, context.Canceled):

@@ -710,3 +710,42 @@ func TestFetchBrokerNotRunning(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionFailureThroughAProxy: with HTTPS_PROXY (or HTTP_PROXY)
+// set, a proxy that cannot be reached was reported as the broker's own
+// failure, 'cannot reach the broker at https://keytrail.internal:7700:
+// connection refused; is the broker running at that address?', hiding the
+// proxy, which Go's error named ("proxyconnect tcp: dial tcp ..."). It now
+// names the proxy by its address, never its URL (which may hold a
+// password), and the final message asks about the proxy, not the broker.
+func TestConnectionFailureThroughAProxy(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	proxyAddr := closedLoopbackAddrs(t, 1)[0]
+	proxyURL, err := url.Parse("http://user:s3cret@" + proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Options{Addr: addr, HTTPClient: &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, xerr := cl.Exchange(context.Background(), "g", client.ExchangeOptions{Identity: client.FileIdentity{Path: tokenFile}})
+	if xerr == nil || !strings.Contains(xerr.Error(), "proxyconnect") {
+		t.Fatalf("Exchange through a closed proxy = %v, want a proxyconnect error", xerr)
+	}
+	want := "cannot reach the proxy at " + proxyAddr + " (HTTPS_PROXY or HTTP_PROXY) for the broker at " + addr + ": connection refused"
+	if got := retryReason(xerr, addr); got != want {
+		t.Errorf("retryReason = %q, want %q", got, want)
+	}
+	if got := retryReason(xerr, addr); strings.Contains(got, "s3cret") {
+		t.Errorf("retryReason = %q shows the proxy's password", got)
+	}
+	if got := refusedHint(xerr); !strings.Contains(got, "is the proxy running") {
+		t.Errorf("refusedHint = %q, want it to ask about the proxy", got)
+	}
+}
