@@ -134,15 +134,21 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	if err := checkReconcileEnv(e.getenv); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	created, err := mkdirAllNew(filepath.Join(dir, "tokens"), 0o700)
+	// Only --dir (and its missing parents) before the lock: --dir/tokens
+	// is made once Vault has started. A dev that fails removes what it
+	// made after it has released the lock, when another dev may hold it
+	// and use --dir; a tokens directory that this one made before its lock
+	// would be removed under that dev.
+	created, err := mkdirAllNew(dir, 0o700)
 	if err != nil {
 		return fmt.Errorf("dev: --dir %s: %w", o.dir, pathErrText(err))
 	}
 	// Until Vault starts, --dir holds nothing worth keeping: when dev fails
 	// before (another dev holds --dir, --listen or the demo issuer's port is
 	// taken), the directories this run created are removed again, empty
-	// ones only. A directory that existed before is never removed; once
-	// Vault has started, --dir holds its logs and is kept.
+	// ones only (not one where another dev took the lock meanwhile). A
+	// directory that existed before is never removed; once Vault has
+	// started, --dir holds its logs and is kept.
 	beforeVault := true
 	dirIsNew := slices.Contains(created, dir)
 	defer func() {
@@ -163,6 +169,9 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 			_ = os.Remove(filepath.Join(dir, "dev.lock"))
 		}
 		unlock()
+		if e.devUnlocked != nil && retErr != nil && beforeVault {
+			e.devUnlocked()
+		}
 	}()
 	// What was started, said once it has all stopped (the deferred stops
 	// below run before this).
@@ -224,6 +233,9 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	}
 	progress("Vault dev server at %s (pid %d, root token %q, audit log %s)", vp.Addr, vp.PID(), vp.RootToken, vp.AuditLogPath)
 
+	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		return err
+	}
 	tokens := map[string]string{}
 	for _, name := range []string{"payments-api", "ci-deploy", "secops"} {
 		tok, err := devToken(iss, name, "demo-"+name)
@@ -366,10 +378,43 @@ func stopWithGoRun(ctx context.Context, ppid int, isGo func(ppid int) bool) (con
 // the first one's pid. The lock ends with the process, however it ends.
 func lockDevDir(dir string) (unlock func(), err error) {
 	path := filepath.Join(dir, "dev.lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("dev: %w", err)
+	// A dev that fails before Vault removes the dev.lock it created while
+	// it still holds it: one opened before that and locked after holds a
+	// file no longer at path, which the next dev would create and lock
+	// again. Locked, the file must still be the one at path, else it is
+	// opened again.
+	for range 3 {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("dev: --dir %s was removed while this dev started (by another dev that failed?); run it again", dir)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dev: %w", err)
+		}
+		if devLockOpened != nil {
+			devLockOpened()
+		}
+		unlock, err := flockDevLock(f, path, dir)
+		if err != nil {
+			return nil, err
+		}
+		held, err1 := f.Stat()
+		at, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(held, at) {
+			return unlock, nil
+		}
+		unlock()
 	}
+	return nil, fmt.Errorf("dev: %s kept changing while this dev took it (other devs starting on --dir %s?); run it again", path, dir)
+}
+
+// devLockOpened, when set, is called by lockDevDir between opening
+// dev.lock and locking it (tests: a dev that fails in between).
+var devLockOpened func()
+
+// flockDevLock locks the open dev.lock f (without waiting) and writes this
+// process's pid in it.
+func flockDevLock(f *os.File, path, dir string) (unlock func(), err error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := io.ReadAll(io.LimitReader(f, 32))
 		f.Close()

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -112,5 +115,107 @@ func TestDevMissingDefaultPolicyNamesNoFlag(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("dev created %s (%v)", state, err)
+	}
+}
+
+// TestDevFailingLeavesAloneTheDevThatLockedItsDir: a dev that failed
+// before Vault on a --dir it created released the lock first and removed
+// --dir/tokens after, so a second dev started meanwhile on the same --dir
+// (whose mkdir had found tokens there, made before the first one's lock)
+// took the lock and then had its tokens directory removed under it; it
+// failed after starting Vault, writing the demo tokens. Nothing that was in
+// --dir when the lock was released is removed now (tokens is made once
+// Vault has started), and the second dev's dev.lock stays.
+func TestDevFailingLeavesAloneTheDevThatLockedItsDir(t *testing.T) {
+	out := t.TempDir()
+	pol := writeFile(t, out, "p.yaml", "version: 1\n")
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	dir := filepath.Join(out, "dev")
+	var inDir []string
+	var unlockSecond func()
+	e := &env{ctx: context.Background(), stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
+	e.devUnlocked = func() {
+		// The second dev, which had made --dir and what it needs before
+		// its lock, takes the lock the failing one released.
+		inDir = listDir(t, dir)
+		if unlockSecond, err = lockDevDir(dir); err != nil {
+			t.Errorf("the second dev could not lock --dir: %v", err)
+		}
+	}
+	err = runDev(context.Background(), e, devOptions{dir: dir, listen: held.Addr().String(), policy: pol, vaultBin: filepath.Join(out, "no-vault")})
+	if err == nil || !strings.Contains(err.Error(), "is in use") {
+		t.Fatalf("dev = %v, want --listen in use", err)
+	}
+	if unlockSecond == nil {
+		t.Fatal("dev failed without releasing the lock of --dir")
+	}
+	defer unlockSecond()
+	now := listDir(t, dir)
+	for _, p := range inDir {
+		if !slices.Contains(now, p) {
+			t.Errorf("the failing dev removed %s after the second dev locked --dir (left: %q)", p, now)
+		}
+	}
+	if !slices.Contains(now, "dev.lock") {
+		t.Errorf("the second dev's dev.lock is gone (left: %q)", now)
+	}
+}
+
+// listDir lists what is under dir, as paths relative to it.
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	var names []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir {
+			rel, _ := filepath.Rel(dir, p)
+			names = append(names, rel)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// TestDevLockIsTheFileAtItsPath: a dev that fails before Vault removes the
+// dev.lock it created while it holds it. A second dev that had opened that
+// file before, and locked it once released, held a lock on a file no
+// longer in --dir: a third dev created dev.lock again and locked it too,
+// two devs on one --dir. lockDevDir now checks, once locked, that the file
+// is still the one at its path, else opens it again.
+func TestDevLockIsTheFileAtItsPath(t *testing.T) {
+	dir := t.TempDir()
+	first, err := lockDevDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { devLockOpened = nil })
+	devLockOpened = func() {
+		devLockOpened = nil
+		// The first dev fails before Vault, between the second one's
+		// open and its lock.
+		if err := os.Remove(filepath.Join(dir, "dev.lock")); err != nil {
+			t.Error(err)
+		}
+		first()
+	}
+	second, err := lockDevDir(dir)
+	if err != nil {
+		t.Fatalf("the second dev could not lock --dir: %v", err)
+	}
+	defer second()
+	if third, err := lockDevDir(dir); err == nil {
+		third()
+		t.Fatal("a third dev locked --dir while the second one holds it")
+	} else if !strings.Contains(err.Error(), "another keytrail dev (pid") {
+		t.Errorf("third dev = %v, want the second one named", err)
 	}
 }

@@ -66,6 +66,10 @@ type env struct {
 	// each batch it wrote, before the batch's writers are told (tests: an
 	// audit disk that hangs).
 	auditWritten func()
+	// devUnlocked, when set, is called by dev when it fails before Vault,
+	// after it released --dir's lock and before it removes the directories
+	// it created (tests: another dev taking the lock then).
+	devUnlocked func()
 }
 
 // lineErr is stderr for lines that goroutines running at the same time
