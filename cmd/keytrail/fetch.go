@@ -216,7 +216,9 @@ func connectionFailure(err error, addr string) string {
 			return fmt.Sprintf("cannot reach %s: %s", target, cause)
 		}
 		return fmt.Sprintf("the connection to %s failed: %s", target, cause)
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.As(err, &ne) && ne.Timeout() && errors.Is(err, context.DeadlineExceeded):
+		// The client's own timeout (http.Client.Timeout). Another one,
+		// such as net/http's "TLS handshake timeout" (10 s), reads as it is.
 		return fmt.Sprintf("no answer from %s within %s", target, client.DefaultTimeout)
 	}
 	return ""

@@ -749,3 +749,49 @@ func TestConnectionFailureThroughAProxy(t *testing.T) {
 		t.Errorf("refusedHint = %q, want it to ask about the proxy", got)
 	}
 }
+
+// TestTLSHandshakeTimeoutIsNotTheClientTimeout: net/http's "TLS handshake
+// timeout" (10 s by default, a broker port that accepts but does not
+// answer the handshake) is a timeout too, and e365a8c reported it as 'no
+// answer from the broker at X within 30s': the wrong duration, and the
+// handshake that hung not named. Only the client's own timeout says that
+// now; the handshake's reads as Go's error does.
+func TestTLSHandshakeTimeoutIsNotTheClientTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		// Accept, never answer: the handshake hangs.
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	addr := "https://" + ln.Addr().String()
+	tokenFile := filepath.Join(t.TempDir(), "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Options{Addr: addr, HTTPClient: &http.Client{Transport: &http.Transport{TLSHandshakeTimeout: 50 * time.Millisecond}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, xerr := cl.Exchange(context.Background(), "g", client.ExchangeOptions{Identity: client.FileIdentity{Path: tokenFile}})
+	if xerr == nil || !strings.Contains(xerr.Error(), "TLS handshake timeout") {
+		t.Fatalf("Exchange = %v, want a TLS handshake timeout", xerr)
+	}
+	if got := retryReason(xerr, addr); !strings.Contains(got, "TLS handshake timeout") || strings.Contains(got, "within 30s") {
+		t.Errorf("retryReason = %q, want the TLS handshake timeout named, not the client's 30s", got)
+	}
+}
