@@ -101,6 +101,9 @@ func unknownCommandWithHelp(root *cobra.Command, args []string) error {
 	// cobra adds the help flag only when it runs a command; without it,
 	// Find takes "--help server" for a flag and its value and stops at the
 	// group ("keytrail --help server" was 'unknown command "server"').
+	// Nor has it added the help command yet: "keytrail help --help" would
+	// be an unknown command "help".
+	root.InitDefaultHelpCmd()
 	initHelpFlags(root)
 	cmd, rest, err := root.Find(args)
 	if err != nil || cmd.Annotations[groupAnnotation] == "" {

@@ -1417,3 +1417,17 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
 }
+
+// TestHelpCommandWithHelpFlag: 'keytrail help --help' (and 'help -h
+// server') exited 2 with 'unknown command "help" for "keytrail"': the check
+// for a mistyped command with --help (ba8e6ee) looked for the command
+// before cobra had added its help command to the tree. They show the help
+// command's help, exit 0, as before that check.
+func TestHelpCommandWithHelpFlag(t *testing.T) {
+	for _, args := range [][]string{{"help", "--help"}, {"help", "-h", "server"}} {
+		out, _, err := runCLI(t, nil, args...)
+		if err != nil || !strings.HasPrefix(out, "Help about any command") {
+			t.Errorf("keytrail %v = %v, stdout starting %q; want exit 0 and the help command's help", args, err, firstLine(out))
+		}
+	}
+}
