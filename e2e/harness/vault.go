@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -49,14 +50,14 @@ const vaultDefaultStartup = 60 * time.Second
 // $KEYTRAIL_VAULT_BIN names no executable file.
 func VaultBinary(t testing.TB) string {
 	t.Helper()
-	if bin, err := vaultBinaryFromEnv(os.Getenv); err != nil {
-		t.Fatalf("vault binary: %v", err)
-	} else if bin != "" {
-		return bin
-	}
 	root, err := devserver.RepoRoot()
 	if err != nil {
 		t.Fatalf("vault binary: %v", err)
+	}
+	if bin, err := vaultBinaryFromEnv(os.Getenv, root); err != nil {
+		t.Fatalf("vault binary: %v", err)
+	} else if bin != "" {
+		return bin
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
@@ -68,11 +69,16 @@ func VaultBinary(t testing.TB) string {
 }
 
 // vaultBinaryFromEnv returns $KEYTRAIL_VAULT_BIN, "" when it is not set,
-// or an error when it names no executable regular file.
-func vaultBinaryFromEnv(getenv func(string) string) (string, error) {
+// or an error when it names no executable regular file. A relative path is
+// taken from the repository root (a test runs in its package's directory,
+// but the variable is set where `go test ./...` is typed).
+func vaultBinaryFromEnv(getenv func(string) string, root string) (string, error) {
 	bin := getenv("KEYTRAIL_VAULT_BIN")
 	if bin == "" {
 		return "", nil
+	}
+	if !filepath.IsAbs(bin) {
+		bin = filepath.Join(root, bin)
 	}
 	fi, err := os.Stat(bin)
 	switch {

@@ -29,6 +29,10 @@ func TestVaultBinaryFromEnv(t *testing.T) {
 		{name: "missing", env: filepath.Join(dir, "nope"), wantErr: "no such file"},
 		{name: "not-executable", env: plain, wantErr: "not an executable file"},
 		{name: "directory", env: dir, wantErr: "not an executable file"},
+		// Relative: from the repository root (here dir), not the test's
+		// working directory (the package's).
+		{name: "relative", env: "vault", want: exe},
+		{name: "relative-missing", env: "nope", wantErr: "no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -37,7 +41,7 @@ func TestVaultBinaryFromEnv(t *testing.T) {
 					return tt.env
 				}
 				return ""
-			})
+			}, dir)
 			switch {
 			case tt.wantErr != "":
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "KEYTRAIL_VAULT_BIN=") {
