@@ -132,7 +132,9 @@
 // as it came when clean, refused (502 response_contains_secret, or aborted
 // when streamed and its headers went out already) when the secret is
 // inside, and refused when it does not decode (a zlib stream followed by
-// more data included) or decodes to gzip or zlib data again (502
+// a second gzip or zlib stream included; other data after a zlib stream,
+// where decoders stop, is relayed and scanned as plain bytes, the secret
+// masked there) or decodes to gzip or zlib data again (502
 // response_encoding_unsupported: one layer is decoded, besides the
 // Content-Encoding's); zip and brotli are not recognised (see gzipGuard).
 // Errors the broker

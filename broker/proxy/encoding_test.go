@@ -19,8 +19,9 @@ import (
 // plain, empty (no body), garbage (a gzip magic number and then not gzip),
 // bomb (1 MiB of zeros, gzipped to about 1 KiB: far over the response cap
 // once decoded), members (400 empty gzip members: over the cap on the
-// wire, nothing once decoded), zlib-then-plain (a zlib stream of clean
-// text, then plain as a second zlib stream), xtext (text that starts
+// wire, nothing once decoded), zlib-then-X (a zlib stream of clean text,
+// then data: X plain as a second zlib stream, gzip plain gzipped, text
+// plain as it is, newline a "\n", x a lone "x"), xtext (text that starts
 // "x = ", a zlib header with a preset dictionary), hktext (text that
 // starts "HK", a zlib header of a 16 KiB window) or xhattext (text that
 // starts "x^", a zlib header of a 32 KiB window). Names joined with "."
@@ -31,8 +32,21 @@ func encodeAs(as string, plain []byte) []byte {
 	}
 	var b bytes.Buffer
 	switch as {
-	case "zlib-then-plain":
-		return append(encodeAs("zlib", []byte(cleanText)), encodeAs("zlib", plain)...)
+	case "zlib-then-plain", "zlib-then-gzip", "zlib-then-text", "zlib-then-newline", "zlib-then-x":
+		var after []byte
+		switch as {
+		case "zlib-then-plain":
+			after = encodeAs("zlib", plain)
+		case "zlib-then-gzip":
+			after = encodeAs("gzip", plain)
+		case "zlib-then-text":
+			after = plain
+		case "zlib-then-newline":
+			after = []byte("\n")
+		case "zlib-then-x":
+			after = []byte("x")
+		}
+		return append(encodeAs("zlib", []byte(cleanText)), after...)
 	case "xtext":
 		return []byte("x = 80 requests, no secret\n")
 	case "hktext":

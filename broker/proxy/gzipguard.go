@@ -16,9 +16,11 @@ var errSecretInBody = errors.New("upstream response body is compressed data (wit
 // compressed data again: the scan decodes one layer.
 var errNestedCoding = fmt.Errorf("%w: compressed data inside compressed data", errEncodingUnsupported)
 
-// errTrailingData is returned for a zlib body with bytes after the end of
-// its stream (which a decoder that reads on would open as a second one).
-var errTrailingData = fmt.Errorf("%w: data after the end of the zlib stream", errUndecodable)
+// errTrailingData is returned for a zlib body whose stream is followed by
+// data starting with a gzip or zlib header (or with what could start one),
+// which a decoder that reads on would open as a second stream, unscanned.
+// Other data after the stream is relayed (and scanned as plain bytes).
+var errTrailingData = fmt.Errorf("%w: a compressed stream after the end of the zlib stream", errUndecodable)
 
 // gzipMagic starts every gzip member (RFC 1952: ID1, ID2, CM deflate).
 var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
@@ -69,9 +71,12 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 // decoded (at most limit decoded bytes: a decompression bomb is refused,
 // not decoded on) and scanned for the secret's forms; clean, its original
 // bytes are relayed unchanged, else it is refused: carrying the secret,
-// not decoding (a zlib stream followed by more data included), or decoding
-// to compressed data again (one layer is decoded: a key inside a second
-// layer would pass unseen). Any other body passes through, its first bytes
+// not decoding (a zlib stream followed by a second gzip or zlib stream
+// included), or decoding to compressed data again (one layer is decoded: a
+// key inside a second layer would pass unseen). Other data after the end
+// of a zlib stream (a stray newline after PHP's gzcompress output) is
+// relayed with the stream: decoders stop at its end, and it goes through
+// the response scan above the guard, which masks the secret in it. Any other body passes through, its first bytes
 // (read to tell) replayed first.
 //
 // It also sits above the decoder of a body that has a Content-Encoding, so
@@ -173,11 +178,19 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 		}
 		switch {
 		case err == io.EOF:
-			if coding == codingDeflate && d.br != nil && wire.n-int64(d.br.Buffered()) < int64(len(g.body)) {
-				// Go's zlib reader stops at the end of the stream
-				// (gzip's reads every member, and refuses data that is
-				// not one): anything after it was not scanned.
-				return false, errTrailingData
+			if coding == codingDeflate && d.br != nil {
+				// Go's zlib reader stops at the end of the stream (gzip's
+				// reads every member, and refuses data that is not one),
+				// as other decoders do: what follows is relayed through
+				// the response scan (the redactReader above the guard)
+				// like any body, and so masked, unless it starts what a
+				// decoder that reads on would open as a second stream
+				// (or, ending there, could: fail closed).
+				if end := wire.n - int64(d.br.Buffered()); end < int64(len(g.body)) {
+					if c, more := sniffCoding(g.body[end:]); c != codingIdentity || more {
+						return false, errTrailingData
+					}
+				}
 			}
 			return false, nil
 		case err != nil:

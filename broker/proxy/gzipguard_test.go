@@ -228,8 +228,10 @@ func TestProxyStreamedGzipRefusalAfterHeadersAborts(t *testing.T) {
 // Python's zlib.compress, Java's Deflater and PHP's gzcompress write it:
 // such a body is read whole, decoded and scanned like gzip, relayed as it
 // came when clean, refused when it carries the secret, when it does not
-// decode, or when data follows its end (a second stream, which decoders
-// that read on would open). Compressed data inside compressed data (a
+// decode, or when a second gzip or zlib stream (or what could start one)
+// follows its end, which decoders that read on would open; other data
+// after its end (a newline, text) is relayed with it (see
+// TestProxyMasksTextAfterZlibStream). Compressed data inside compressed data (a
 // gzip or zlib stream the decoded bytes start with) is not looked into and
 // is refused, with or without Content-Encoding: a key inside a second
 // layer used to reach the caller. Text whose first bytes read as a zlib
@@ -266,7 +268,15 @@ func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
 		{name: "fail/zlib-carrying-the-secret", query: "as=zlib", wantStatus: 502, wantUse: refused("response_contains_secret")},
 		{name: "fail/zlib-carrying-the-secret-streamed", query: "as=zlib&stream=1", wantStatus: 502, wantUse: refused("response_contains_secret")},
 		{name: "fail/truncated-zlib", query: "as=zlib&clean=1&cut=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "ok/zlib-then-a-newline", query: "as=zlib-then-newline", wantStatus: 200, wantBody: string(encodeAs("zlib-then-newline", nil)), wantUse: ok},
+		{name: "ok/zlib-then-a-newline-streamed", query: "as=zlib-then-newline&stream=1", wantStatus: 200, wantBody: string(encodeAs("zlib-then-newline", nil)), wantUse: ok},
+		{name: "ok/zlib-then-clean-text", query: "as=zlib-then-text&clean=1", wantStatus: 200, wantBody: string(encodeAs("zlib-then-text", []byte(cleanText))), wantUse: ok},
+		{name: "ok/zlib-then-a-newline-in-labelled-gzip", query: "as=gzip.zlib-then-newline&ce=gzip", wantStatus: 200, wantBody: string(encodeAs("zlib-then-newline", nil)), wantUse: ok},
 		{name: "fail/zlib-then-a-second-stream", query: "as=zlib-then-plain", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/zlib-then-a-clean-second-stream", query: "as=zlib-then-plain&clean=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/zlib-then-a-gzip-stream", query: "as=zlib-then-gzip&clean=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/zlib-then-a-gzip-stream-in-labelled-gzip", query: "as=gzip.zlib-then-gzip&ce=gzip", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/zlib-then-what-could-start-a-zlib-header", query: "as=zlib-then-x", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/gzip-inside-gzip", query: "as=gzip.gzip", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
 		{name: "fail/gzip-inside-gzip-streamed", query: "as=gzip.gzip&stream=1", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
 		{name: "fail/zlib-inside-gzip", query: "as=gzip.zlib", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
@@ -310,6 +320,48 @@ func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
 				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
 			}
 			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
+				t.Errorf("use_result outcome (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestProxyMasksTextAfterZlibStream: data after the end of a zlib stream
+// sent without Content-Encoding (PHP's gzcompress output and then a stray
+// newline or a log line) that does not start a gzip or zlib header is
+// relayed, not refused: decoders (Python's zlib.decompress, Java's
+// Inflater, zlib's inflate) stop at the end of the stream. It is relayed
+// as the rest of the body is, through the response scan, which masks the
+// secret in it: what comes after the stream carries the secret masked,
+// the stream itself is relayed unchanged. A secret inside the stream, or
+// a second stream after it, is refused (TestProxyScreensZlibAndNestedCompression).
+// It used to be refused 502 response_undecodable, the text clean or not.
+func TestProxyMasksTextAfterZlibStream(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	stream := string(encodeAs("zlib", []byte(cleanText)))
+	for _, query := range []string{"as=zlib-then-text", "as=zlib-then-text&stream=1", "as=gzip.zlib-then-text&ce=gzip"} {
+		t.Run("ok/"+query, func(t *testing.T) {
+			before := len(f.eventsOf(audit.TypeUseResult))
+			res := f.do(t, "GET", "/v1/proxy/stripe/up/encoded?"+query, bearer(tok), nil)
+			if res.Status != 200 {
+				t.Fatalf("status = %d, want 200; body %.120q", res.Status, res.Body)
+			}
+			text, ok := strings.CutPrefix(res.Body, stream)
+			if !ok {
+				t.Fatalf("body = %.80q, want the upstream's zlib stream %.80q first", res.Body, stream)
+			}
+			// The request headers the upstream echoes, the injected
+			// Authorization among them, its secret masked.
+			if leaks(text) || !strings.HasPrefix(text, `{"headers":`) || !strings.Contains(text, "Bearer "+strings.Repeat("*", len(upstreamKey))) {
+				t.Errorf("text after the stream = %.400q, want the echoed headers with the secret masked", text)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			results := f.eventsOf(audit.TypeUseResult)
+			if len(results) != before+1 {
+				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
+			}
+			if diff := cmp.Diff(audit.Outcome{Status: 200}, *results[before].Outcome); diff != "" {
 				t.Errorf("use_result outcome (-want +got):\n%s", diff)
 			}
 		})
