@@ -5,11 +5,13 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"compress/zlib"
+	"errors"
 	"fmt"
 	"html"
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/keytrail/keytrail/policies"
 )
@@ -150,5 +152,62 @@ func TestSniffCodingZlibHeaders(t *testing.T) {
 	}
 	if got, more := sniffCoding([]byte{0x1f, 0x8b, 0x09}); got != codingIdentity || more {
 		t.Errorf("sniffCoding(1f 8b 09) = %v, more %v; want identity, done", got, more)
+	}
+}
+
+// TestGzipGuardStreamedHeaderSplitAcrossReads: a streamed body arriving a
+// byte at a time is relayed a byte at a time while its first bytes could
+// still start a header (1f, then 8b: each is returned before the next is
+// read), and screened once they tell: a gzip or zlib stream is read whole,
+// decoded with those bytes and scanned, its rest relayed unchanged when
+// clean, refused when it carries the secret (nothing after the bytes
+// already relayed); text is relayed as it comes.
+func TestGzipGuardStreamedHeaderSplitAcrossReads(t *testing.T) {
+	const secret = "sk_live_guarded"
+	gz := func(s string) string {
+		var b bytes.Buffer
+		w := gzip.NewWriter(&b)
+		_, _ = io.WriteString(w, s)
+		_ = w.Close()
+		return b.String()
+	}
+	zl := func(s string) string {
+		var b bytes.Buffer
+		w := zlib.NewWriter(&b)
+		_, _ = io.WriteString(w, s)
+		_ = w.Close()
+		return b.String()
+	}
+	clean := strings.Repeat("nothing to see\n", 10)
+	tests := []struct {
+		name, body, want string
+		wantErr          error
+	}{
+		{name: "ok/clean-gzip", body: gz(clean), want: gz(clean)},
+		{name: "ok/clean-zlib", body: zl(clean), want: zl(clean)},
+		{name: "ok/text-starting-1f-8b", body: "\x1f\x8b\x07 text", want: "\x1f\x8b\x07 text"},
+		{name: "ok/text-starting-x", body: "xyz", want: "xyz"},
+		{name: "fail/gzip-carrying-the-secret", body: gz(secret), want: "\x1f\x8b", wantErr: errSecretInBody},
+		{name: "fail/zlib-carrying-the-secret", body: zl(secret), want: "x", wantErr: errSecretInBody},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := io.NopCloser(iotest.OneByteReader(strings.NewReader(tt.body)))
+			g := &gzipGuard{src: src, forms: newFormSet(secret), pools: &decoderPools{}, limit: 1 << 20}
+			var got []byte
+			var err error
+			p := make([]byte, 64)
+			for {
+				var n int
+				n, err = g.Read(p)
+				got = append(got, p[:n]...)
+				if err != nil {
+					break
+				}
+			}
+			if string(got) != tt.want || (tt.wantErr == nil && err != io.EOF) || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
+				t.Errorf("relayed %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
+			}
+		})
 	}
 }

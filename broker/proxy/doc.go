@@ -130,8 +130,9 @@
 // bytes the scan did not see plain. A body that is gzip or zlib data
 // without Content-Encoding is read whole, decoded to be scanned and relayed
 // as it came when clean, refused (502 response_contains_secret, or aborted
-// when streamed and its headers went out already) when the secret is
-// inside, and refused when it does not decode (a zlib stream followed by
+// when streamed and its headers went out already, as after a streamed
+// first chunk that could start a header, "x", which is relayed at once)
+// when the secret is inside, and refused when it does not decode (a zlib stream followed by
 // a second gzip or zlib stream included; other data after a zlib stream,
 // where decoders stop, is relayed and scanned as plain bytes, the secret
 // masked there) or decodes to gzip or zlib data again (502

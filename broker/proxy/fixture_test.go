@@ -198,7 +198,7 @@ type upstream struct {
 // hold is what the test controls of a request to /up/hold: it answers
 // with holdFirst (or ?first's value; flushed; as a text/plain body of
 // length ?length when set; with ?headers=late, nothing, not even the status), then waits until the test closes release (and sends
-// holdSecond) or the request ends (and closes gone).
+// holdSecond, or ?second's value) or the request ends (and closes gone).
 type hold struct {
 	arrived chan struct{} // closed when the request arrived
 	release chan struct{}
@@ -411,7 +411,11 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-h.release:
-			_, _ = io.WriteString(w, holdSecond)
+			second := holdSecond
+			if v, ok := r.URL.Query()["second"]; ok {
+				second = v[0]
+			}
+			_, _ = io.WriteString(w, second)
 		case <-r.Context().Done():
 			close(h.gone)
 			if late {

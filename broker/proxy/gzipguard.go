@@ -88,7 +88,15 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 // screen runs in ModifyResponse for a body of declared length, so that a
 // refusal is a 502; a streamed body is screened at its first Read (a
 // refusal is a 502 if its headers have not gone out yet, else it aborts
-// the response: see call.forward). The guard lives in
+// the response: see call.forward). A streamed first chunk that could
+// still start a header and is all the upstream sent ("x", 1f, 1f 8b) is
+// relayed at once, not held until more comes (an upstream may send it and
+// then wait for the caller: an event stream, a long poll), and the
+// screen goes on at the next Read with the bytes that follow: compressed
+// data after all, it is read whole, decoded and scanned with them, the
+// rest relayed when clean, and refused otherwise (the response aborted:
+// its headers went out with those first bytes, which carry nothing of
+// the data). The guard lives in
 // the call, so the per-request path allocates nothing for it.
 type gzipGuard struct {
 	src   io.ReadCloser
@@ -97,6 +105,7 @@ type gzipGuard struct {
 	limit int64 // of decoded bytes
 
 	screened   bool
+	undecided  bool                 // a streamed body's first bytes (head) could still start a header: relayed, the next Read screens on
 	head       [len(gzipMagic)]byte // the first bytes, read to tell
 	nhead      int
 	offHead    int
@@ -107,18 +116,28 @@ type gzipGuard struct {
 	refused    string // the use_result reason of a refusal
 }
 
-// screen tells whether the body is compressed data and, if it is, reads,
-// decodes and scans it. It returns why the body must not be relayed.
-func (g *gzipGuard) screen() error {
-	g.screened = true
+// screen tells whether a body of declared length is compressed data and,
+// if it is, reads, decodes and scans it. It returns why the body must not
+// be relayed.
+func (g *gzipGuard) screen() error { return g.sniff(false) }
+
+// sniff is screen; streamed, it returns after a read that leaves the
+// first bytes a possible start of a header (undecided: Read relays them,
+// and calls sniff again for the next ones).
+func (g *gzipGuard) sniff(streamed bool) error {
+	g.screened, g.undecided = true, false
 	// Read only while the bytes so far could start a header: a streamed
 	// first chunk that cannot (a newline, "[") is relayed at once.
-	coding, more := sniffCoding(nil)
+	coding, more := sniffCoding(g.head[:g.nhead])
 	for more && g.nhead < len(g.head) && g.err == nil {
 		n, err := g.src.Read(g.head[g.nhead:])
 		g.nhead += n
 		g.err = err
 		coding, more = sniffCoding(g.head[:g.nhead])
+		if streamed && more && n > 0 && err == nil {
+			g.undecided = true // relayed, not held until the upstream sends more
+			return nil
+		}
 	}
 	if coding == codingIdentity {
 		return nil // plain, or too short to be compressed: relayed as it is
@@ -141,6 +160,7 @@ func (g *gzipGuard) screen() error {
 	case found:
 		return g.refuse(errSecretInBody)
 	}
+	g.body = g.body[g.offHead:] // the first bytes relayed while undecided
 	return nil
 }
 
@@ -222,8 +242,8 @@ func (g *gzipGuard) refuse(err error) error {
 }
 
 func (g *gzipGuard) Read(p []byte) (int, error) {
-	if !g.screened {
-		_ = g.screen()
+	if !g.screened || (g.undecided && g.offHead == g.nhead) {
+		_ = g.sniff(true)
 	}
 	if g.fail != nil {
 		return 0, g.fail

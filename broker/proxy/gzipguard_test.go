@@ -97,18 +97,22 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 }
 
 // TestProxyRelaysShortFirstChunkAtOnce: a streamed body whose first chunk
-// is no longer than the gzip magic and is not it (a keep-alive newline,
-// the "[" of a streamed JSON array, a ":\n\n" server-sent-event comment)
-// reaches the caller while the upstream holds the rest, as any chunk does:
-// the gzip check reads only the bytes that could still be gzip's, and
-// relays them without waiting for more. It used to hold such a chunk until
-// the upstream sent more (or ended).
+// is no longer than the gzip magic (a keep-alive newline, the "[" of a
+// streamed JSON array, a ":\n\n" server-sent-event comment, a lone "x")
+// reaches the caller while the upstream holds the rest, as any chunk does,
+// and the rest follows it unchanged: the gzip and zlib check reads only the
+// bytes that could still be a header, and relays them without waiting for
+// more, also when they could still start one ("x", 1f, 1f 8b: see
+// TestProxyScreensStreamAfterRelayedHeaderPrefix). It used to hold such a
+// chunk until the upstream sent more (or ended): an upstream that sends
+// "x" and then waits for the caller (an event stream, a long poll) hung
+// until the timeout.
 func TestProxyRelaysShortFirstChunkAtOnce(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	tok := f.credential(t, "stripe").AccessToken
-	for _, first := range []string{"\n", "[\n", ":\n\n", "\x1fA"} {
+	for _, first := range []string{"\n", "[\n", ":\n\n", "\x1fA", "x", "\x1f", "\x1f\x8b"} {
 		t.Run(fmt.Sprintf("ok/%q", first), func(t *testing.T) {
-			f.up.holdRequest(t)
+			h := f.up.holdRequest(t)
 			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/hold?first="+url.QueryEscape(first), nil)
 			if err != nil {
 				t.Fatal(err)
@@ -132,6 +136,78 @@ func TestProxyRelaysShortFirstChunkAtOnce(t *testing.T) {
 				}
 			case <-time.After(cutDeadline):
 				t.Fatalf("first chunk %q not relayed %v after the upstream flushed it", first, cutDeadline)
+			}
+			h.letGo()
+			if rest, err := io.ReadAll(res.Body); err != nil || string(rest) != holdSecond {
+				t.Errorf("rest of the body = %q, %v; want %q", rest, err, holdSecond)
+			}
+		})
+	}
+}
+
+// TestProxyScreensStreamAfterRelayedHeaderPrefix: a streamed body whose
+// first chunk is a lone "x" or 1f (which could start a zlib or gzip
+// header) is relayed at once (TestProxyRelaysShortFirstChunkAtOnce), and
+// what follows is still screened with it: a zlib or gzip stream (that
+// byte, then the rest) is read whole, decoded and scanned, relayed
+// unchanged when clean, and when it carries the secret the response is
+// cut after that first byte (its headers went out with it): the caller
+// never gets the compressed secret. It used to hold the first byte until
+// more came, and an upstream waiting for the caller after it hung until
+// the timeout.
+func TestProxyScreensStreamAfterRelayedHeaderPrefix(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	clean := string(encodeAs("zlib", []byte(cleanText)))
+	secret := string(encodeAs("zlib", []byte("Authorization: Bearer "+upstreamKey+"\n")))
+	cleanGz := string(encodeAs("gzip", []byte(cleanText)))
+	secretGz := string(encodeAs("gzip", []byte("Authorization: Bearer "+upstreamKey+"\n")))
+	tests := []struct {
+		name     string
+		body     string // the upstream's: its first byte, then (once let go) the rest
+		wantBody string
+		wantErr  bool
+		wantUse  audit.Outcome
+	}{
+		{name: "ok/clean-zlib-relayed-unchanged", body: clean, wantBody: clean, wantUse: audit.Outcome{Status: 200}},
+		{name: "fail/zlib-carrying-the-secret-cut-after-the-x", body: secret, wantBody: "x", wantErr: true,
+			wantUse: audit.Outcome{Status: 200, Error: "aborted", Reason: "response_contains_secret"}},
+		{name: "ok/clean-gzip-relayed-unchanged", body: cleanGz, wantBody: cleanGz, wantUse: audit.Outcome{Status: 200}},
+		{name: "fail/gzip-carrying-the-secret-cut-after-the-1f", body: secretGz, wantBody: "\x1f", wantErr: true,
+			wantUse: audit.Outcome{Status: 200, Error: "aborted", Reason: "response_contains_secret"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(f.eventsOf(audit.TypeUseResult))
+			h := f.up.holdRequest(t)
+			q := url.Values{"first": {tt.body[:1]}, "second": {tt.body[1:]}}
+			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/hold?"+q.Encode(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = bearer(tok)
+			res, err := f.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			first := make([]byte, 1)
+			if _, err := io.ReadFull(res.Body, first); err != nil || string(first) != tt.body[:1] {
+				t.Fatalf("first byte = %q, %v; want %q", first, err, tt.body[:1])
+			}
+			h.letGo()
+			rest, err := io.ReadAll(res.Body)
+			body := string(first) + string(rest)
+			if (err != nil) != tt.wantErr || body != tt.wantBody {
+				t.Errorf("body = %.80q, error %v; want %.80q, error %v", body, err, tt.wantBody, tt.wantErr)
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			results := f.eventsOf(audit.TypeUseResult)
+			if len(results) != before+1 {
+				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
+			}
+			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
+				t.Errorf("use_result outcome (-want +got):\n%s", diff)
 			}
 		})
 	}
