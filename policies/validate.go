@@ -361,29 +361,12 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 			v.add(l.file, ap, "%s starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none", quoted(a))
 		}
 	}
-	if len(is.Algorithms) == 0 {
-		v.add(l.file, l.path+".algorithms", "required: at least one of %s", strings.Join(algorithms, ", "))
-	}
-	firstAlg := map[string]int{}
-	for i, a := range is.Algorithms {
-		ap := fmt.Sprintf("%s.algorithms[%d]", l.path, i)
-		j, dup := firstAlg[a]
-		if !dup {
-			firstAlg[a] = i
+	for _, p := range CheckAlgorithms(is.Algorithms) {
+		path := l.path + ".algorithms"
+		if p.Index >= 0 {
+			path = fmt.Sprintf("%s[%d]", path, p.Index)
 		}
-		switch {
-		case dup:
-			// As a token_types entry listed twice: harmless to the
-			// check, but a sign that another value was meant.
-			v.add(l.file, ap, "%s is already listed at algorithms[%d]", quoted(a), j)
-		case slices.Contains(algorithms, a):
-		case strings.EqualFold(a, "none"):
-			v.add(l.file, ap, "%s is never allowed: it accepts unsigned tokens", quoted(a))
-		case strings.HasPrefix(strings.ToUpper(a), "HS"):
-			v.add(l.file, ap, "%s is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them", quoted(a))
-		default:
-			v.add(l.file, ap, "unsupported algorithm %s (want one of %s)", quoted(a), strings.Join(algorithms, ", "))
-		}
+		v.add(l.file, path, "%s", p.Message)
 	}
 	switch d := time.Duration(is.MaxTokenLifetime); {
 	case d < 0:
@@ -410,6 +393,59 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 			v.add(l.file, l.path+".session_claim", "%s is not a dotted claim path (or several joined by +)", quoted(is.SessionClaim))
 		}
 	}
+}
+
+// SupportsAlgorithm reports whether alg is one of the JWS algorithms an
+// issuer may list (the SPEC's RS*, PS*, ES* and EdDSA, and RFC 9864's
+// Ed25519; never "none" nor HMAC). It is the one list: policy validation
+// and broker/authn (New, and the check of a token's alg header) read it.
+func SupportsAlgorithm(alg string) bool { return slices.Contains(algorithms, alg) }
+
+// SupportedAlgorithms returns the algorithms SupportsAlgorithm accepts, in
+// the order problems list them (a copy).
+func SupportedAlgorithms() []string { return slices.Clone(algorithms) }
+
+// AlgorithmProblem is a problem of an issuer's algorithms list
+// (CheckAlgorithms): Index is the entry's, -1 for the list's.
+type AlgorithmProblem struct {
+	Index   int
+	Message string
+}
+
+// CheckAlgorithms is the rule of an issuer's algorithms list, which policy
+// validation and broker/authn.New (for direct Options users) both apply:
+// at least one entry, each supported (SupportsAlgorithm) and listed once.
+// An entry listed again is named as the duplicate only, a refused one
+// listed twice as refused, then as the duplicate. No problems: nil.
+func CheckAlgorithms(algs []string) []AlgorithmProblem {
+	if len(algs) == 0 {
+		return []AlgorithmProblem{{-1, "required: at least one of " + strings.Join(algorithms, ", ")}}
+	}
+	var out []AlgorithmProblem
+	bad := func(i int, format string, args ...any) {
+		out = append(out, AlgorithmProblem{i, fmt.Sprintf(format, args...)})
+	}
+	first := map[string]int{}
+	for i, a := range algs {
+		j, dup := first[a]
+		if !dup {
+			first[a] = i
+		}
+		switch {
+		case dup:
+			// As a token_types entry listed twice: harmless to the
+			// check, but a sign that another value was meant.
+			bad(i, "%s is already listed at algorithms[%d]", quoted(a), j)
+		case SupportsAlgorithm(a):
+		case strings.EqualFold(a, "none"):
+			bad(i, "%s is never allowed: it accepts unsigned tokens", quoted(a))
+		case strings.HasPrefix(strings.ToUpper(a), "HS"):
+			bad(i, "%s is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them", quoted(a))
+		default:
+			bad(i, "unsupported algorithm %s (want one of %s)", quoted(a), strings.Join(algorithms, ", "))
+		}
+	}
+	return out
 }
 
 // tokenTypeRE is a typ value: a media type, type/subtype or a subtype alone

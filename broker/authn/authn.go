@@ -149,14 +149,6 @@ type Verifier struct {
 
 var _ broker.Authenticator = (*Verifier)(nil)
 
-// supportedAlgs are the only algorithms an issuer may allow.
-var supportedAlgs = map[string]bool{
-	"RS256": true, "RS384": true, "RS512": true,
-	"PS256": true, "PS384": true, "PS512": true,
-	"ES256": true, "ES384": true, "ES512": true,
-	"EdDSA": true, AlgEd25519: true,
-}
-
 // forbiddenHeaders name keys or key locations a token may not bring along.
 var forbiddenHeaders = []string{"jku", "x5u", "jwk", "x5c"}
 
@@ -248,7 +240,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		v.keepKeys(o.Previous)
 	}
 	v.router = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding())
-	// No WithValidMethods here: route enforces supportedAlgs and the
+	// No WithValidMethods here: route enforces policies.SupportsAlgorithm and the
 	// issuer's own allow-list before any key is handed over.
 	v.single = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding(), jwt.WithoutClaimsValidation())
 	size := o.VerifiedCacheSize
@@ -334,7 +326,7 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 		return reject(ReasonUnsupportedCrit, errors.New("crit header present"))
 	}
 	alg, _ := tok.Header["alg"].(string)
-	if !supportedAlgs[alg] {
+	if !policies.SupportsAlgorithm(alg) {
 		return reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
 	}
 	claims, _ := tok.Claims.(jwt.MapClaims)

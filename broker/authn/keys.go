@@ -126,7 +126,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 		bad("algorithms", "at least one algorithm is required")
 	}
 	for j, a := range is.Algorithms {
-		if !supportedAlgs[a] {
+		if !policies.SupportsAlgorithm(a) {
 			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES*, EdDSA or Ed25519)", a)
 		}
 	}
