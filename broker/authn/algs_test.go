@@ -2,6 +2,8 @@ package authn_test
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,6 +40,56 @@ func TestSupportedAlgorithmsVerifiable(t *testing.T) {
 	for _, a := range []string{"none", "HS256", "rs256", "ES256K", "Ed448", ""} {
 		if policies.SupportsAlgorithm(a) {
 			t.Errorf("policies.SupportsAlgorithm(%q) = true", a)
+		}
+	}
+}
+
+// TestAlgorithmsValidatedByNew: New, for direct Options users, refuses the
+// algorithms lists a policy file may not hold, by the same rule
+// (policies.CheckAlgorithms), and accepts those it may: each list below is
+// tried both ways. Before, New had a check of its own that accepted an
+// entry listed twice, which policy validation refuses.
+func TestAlgorithmsValidatedByNew(t *testing.T) {
+	for _, tt := range []struct {
+		algs []string
+		ok   bool
+		want string // in New's error
+	}{
+		{algs: []string{"RS256", "ES256", "EdDSA", "Ed25519"}, ok: true},
+		{algs: policies.SupportedAlgorithms(), ok: true},
+		{algs: nil, want: "algorithms: required"},
+		{algs: []string{}, want: "algorithms: required"},
+		{algs: []string{"RS256", "none"}, want: `algorithms[1]: "none" is never allowed`},
+		{algs: []string{"HS256"}, want: `algorithms[0]: "HS256" is not allowed`},
+		{algs: []string{"rs256"}, want: `algorithms[0]: unsupported algorithm "rs256"`},
+		{algs: []string{""}, want: "algorithms[0]: unsupported algorithm"},
+		{algs: []string{"RS256", "ES256", "RS256"}, want: `algorithms[2]: "RS256" is already listed at algorithms[0]`},
+		{algs: []string{"EdDSA", "Ed25519", "EdDSA"}, want: `algorithms[2]: "EdDSA" is already listed at algorithms[0]`},
+		{algs: []string{"HS256", "HS256"}, want: `algorithms[1]: "HS256" is already listed at algorithms[0]`},
+	} {
+		is := policies.Issuer{
+			Name: "i", Issuer: "https://i.example", JWKSURL: "https://i.example/jwks", Audiences: []string{"k"},
+			Algorithms: tt.algs, MaxTokenLifetime: policies.Duration(time.Hour),
+		}
+		_, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{is}})
+		switch {
+		case tt.ok && err != nil:
+			t.Errorf("New(algorithms %q) = %v, want ok", tt.algs, err)
+		case !tt.ok && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("New(algorithms %q) = %v, want an error with %q", tt.algs, err, tt.want)
+		}
+		// The same list in a policy file: refused exactly when New
+		// refuses it.
+		y, err := json.Marshal(tt.algs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, perr := policies.Parse("t.yaml", []byte(`version: 1
+issuers:
+  - {name: i, issuer: "https://i.example", jwks_url: "https://i.example/jwks", audiences: [k], algorithms: `+string(y)+`}
+`))
+		if (perr == nil) != tt.ok {
+			t.Errorf("policies.Parse(algorithms %q) = %v, want ok %v as New", tt.algs, perr, tt.ok)
 		}
 	}
 }

@@ -122,13 +122,14 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 			bad(fmt.Sprintf("audiences[%d]", j), "must not be empty")
 		}
 	}
-	if len(is.Algorithms) == 0 {
-		bad("algorithms", "at least one algorithm is required")
-	}
-	for j, a := range is.Algorithms {
-		if !policies.SupportsAlgorithm(a) {
-			bad(fmt.Sprintf("algorithms[%d]", j), "%q is not allowed (use RS*, PS*, ES*, EdDSA or Ed25519)", a)
+	// The rule policy validation applies, so that a list a policy file
+	// may not hold (HS256, an entry listed twice) is refused here too.
+	for _, p := range policies.CheckAlgorithms(is.Algorithms) {
+		field := "algorithms"
+		if p.Index >= 0 {
+			field = fmt.Sprintf("algorithms[%d]", p.Index)
 		}
+		bad(field, "%s", p.Message)
 	}
 	// The rule policy validation applies, so that an entry a policy file
 	// may not hold (a/b/c, "JWT; a=b") is refused here too.
