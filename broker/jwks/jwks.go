@@ -128,6 +128,9 @@ type set struct {
 	// sharing it, before this one started too, signed with or dropped;
 	// Record), the later time winning.
 	retiring map[string]time.Time
+	// badKID is set once PublicKeys left out a key whose KID is not
+	// "<name>:<version>" (logged once per set, not per request).
+	badKID atomic.Bool
 }
 
 var _ broker.PublicKeySource = (*Keys)(nil)
@@ -264,16 +267,32 @@ func (k *Keys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
 		return nil, nil
 	}
 	keys, err := st.src.PublicKeys(ctx)
-	if err != nil || len(st.retiring) == 0 {
+	if err != nil {
 		return keys, err
 	}
 	// A retiring key past its time leaves now, not at the next refresh
 	// (which stops reading it). keys is the caller's own copy.
+	//
+	// Every KID is one broker.KeyID made: adapters/vault's TransitKeys
+	// writes KeyID(name, version) for the names the set gives it (never
+	// empty) and versions from 1 (it reads min_decryption_version as at
+	// least 1). A KID ParseKeyID refuses cannot come from it; were a
+	// source to serve one, its key name would be unknown, so it could
+	// never be hidden when retiring (and the minter, which reads KIDs by
+	// the same rule, never signs with it): it is left out and logged,
+	// not served under the name "".
 	now := k.now()
 	return slices.DeleteFunc(keys, func(pk broker.PublicKey) bool {
-		name, _, _ := broker.ParseKeyID(pk.KID)
-		until, ok := st.retiring[name]
-		return ok && !now.Before(until)
+		name, _, ok := broker.ParseKeyID(pk.KID)
+		if !ok {
+			if st.badKID.CompareAndSwap(false, true) {
+				k.log.Warn("the key source served a key whose kid is not <name>:<version>; it is left out of the JWKS",
+					slog.String("kid", pk.KID))
+			}
+			return true
+		}
+		until, retiring := st.retiring[name]
+		return retiring && !now.Before(until)
 	}), nil
 }
 

@@ -424,6 +424,75 @@ func TestUpdateApply(t *testing.T) {
 	}
 }
 
+// staticSource serves the same keys on every call.
+type staticSource []broker.PublicKey
+
+func (s staticSource) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
+	return slices.Clone(s), nil
+}
+
+// TestMalformedKIDNotServed: a key whose KID broker.ParseKeyID refuses
+// (adapters/vault's TransitKeys never serves one: it writes
+// broker.KeyID(name, version), version >= 1) is left out of the JWKS and
+// logged once, whether or not the set has retiring keys; the others are
+// served, and a retiring one past its time is hidden as before. Before,
+// such a key was served under the key name "": never hidden.
+func TestMalformedKIDNotServed(t *testing.T) {
+	src := staticSource{
+		{KID: "key-a:1", Alg: "EdDSA", Key: "a1"},
+		{KID: "key-a:01", Alg: "EdDSA", Key: "a01"},
+		{KID: "key-a", Alg: "EdDSA", Key: "a"},
+		{KID: ":1", Alg: "EdDSA", Key: "1"},
+		{KID: "key-b:1", Alg: "EdDSA", Key: "b1"},
+		{KID: "key-b:0", Alg: "EdDSA", Key: "b0"},
+	}
+	clk := &clock{now: t0}
+	logs := &brokertest.SyncBuffer{}
+	k, err := jwks.New(jwks.Options{
+		Source: func([]string) (broker.PublicKeySource, error) { return src, nil },
+		Now:    clk.Now, Log: slog.New(slog.NewTextHandler(logs, nil)),
+	}, jwks.Signing{"key-a": ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kids := func() []string {
+		t.Helper()
+		keys, err := k.PublicKeys(t.Context())
+		if err != nil {
+			t.Fatalf("PublicKeys: %v", err)
+		}
+		var out []string
+		for _, pk := range keys {
+			out = append(out, pk.KID)
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{"key-a:1", "key-b:1"}, kids()); diff != "" {
+		t.Errorf("JWKS without retiring keys (-want +got):\n%s", diff)
+	}
+	until := t0.Add(10 * time.Minute)
+	if err := k.Update(jwks.Signing{"key-a": ttl}, map[string]time.Time{"key-b": until}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]time.Time{"key-b": until}, k.Retiring()); diff != "" {
+		t.Fatalf("Retiring() (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"key-a:1", "key-b:1"}, kids()); diff != "" {
+		t.Errorf("JWKS with key-b retiring (-want +got):\n%s", diff)
+	}
+	clk.Set(until)
+	if diff := cmp.Diff([]string{"key-a:1"}, kids()); diff != "" {
+		t.Errorf("JWKS at key-b's time (-want +got):\n%s", diff)
+	}
+	// Once per set: the first set and the one Update built.
+	if n := strings.Count(logs.String(), "is not <name>:<version>"); n != 2 {
+		t.Errorf("the malformed KIDs are logged %d times, want 2 (once per set):\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), `kid=key-a:01`) {
+		t.Errorf("the log does not name the first malformed kid:\n%s", logs)
+	}
+}
+
 // TestSourceErrors: a key source that cannot be built fails New, and an
 // update, which then changes nothing; New requires a source.
 func TestSourceErrors(t *testing.T) {
