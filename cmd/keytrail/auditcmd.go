@@ -387,6 +387,18 @@ func chainNote(rep *audit.Report) string {
 	return fmt.Sprintf("the audit files do NOT verify: %d problem(s), the first at %s; lines may have been changed, inserted or removed, and what is shown rests on the lines as they are (keytrail audit verify names each problem, and checks the checkpoint signatures with --key or --jwks)", n, rep.Problems[0])
 }
 
+// requireVerified is what an offline trace or report run with
+// --require-verified returns once its answer is written (err: the
+// writing's error, which comes first): exit 1 when the hash chain check
+// found problems (chainNote has warned of them on stderr already).
+func requireVerified(what string, rep *audit.Report, err error) error {
+	if err != nil || chainNote(rep) == "" {
+		return err
+	}
+	n := len(rep.Problems) + rep.ProblemsOmitted
+	return exitError{code: 1, msg: fmt.Sprintf("%s: --require-verified: the audit files do NOT verify: %d problem(s), the first at %s", what, n, rep.Problems[0])}
+}
+
 // skippedNote says that n audit lines could not be read and were left out
 // of an offline trace or report, and where to find them.
 func skippedNote(n int64) string {

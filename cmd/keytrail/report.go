@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -24,6 +25,7 @@ func newReportCmd(e *env) *cobra.Command {
 		tokenFile    string
 		insecureHTTP bool
 		noVerify     bool
+		mustVerify   bool
 		maxEvents    int
 	)
 	c := &cobra.Command{
@@ -45,7 +47,9 @@ credentials are then derived from the log (issued, unexpired, unrevoked).
 Their hash chain is checked in the same pass (as for 'keytrail trace'; not
 the checkpoint signatures: run 'keytrail audit verify --key/--jwks' for
 those): when it does not hold, the report still comes, with a note naming
-the first problem (and a warning on stderr). --no-verify skips the check.
+the first problem (and a warning on stderr). --no-verify skips the check;
+--require-verified makes a chain that does not hold exit 1, once the report
+is written.
 Online, without --audit-log: GET /v1/admin/report (an admin with the report
 role; server and token as for 'keytrail trace'), where active credentials of
 every instance come from the shared store. Audit files that take longer
@@ -53,7 +57,8 @@ than 5 s to read get a progress line on stderr every 5 s.
 
 Exit status: 0 the report was written; 1 an audit file, the policy or the
 server could not be read (the error says which), or --out could not be
-written; 2 usage.`,
+written, or (with --require-verified) the audit files do not verify; 2
+usage.`,
 		Example: `  keytrail report
   keytrail report --format html --out report.html
   keytrail report --audit-log /var/lib/keytrail/ --policy /etc/keytrail/policies --format json`,
@@ -81,13 +86,13 @@ written; 2 usage.`,
 				return err
 			}
 			var rep *trace.Report
+			var vrep *audit.Report
 			if len(auditLogs) > 0 {
 				x, err := trace.NewIndex(trace.Options{MaxEvents: maxEvents})
 				if err != nil {
 					return err
 				}
-				vrep, err := loadAuditFiles(e, "keytrail report", x, auditLogs, !noVerify)
-				if err != nil {
+				if vrep, err = loadAuditFiles(e, "keytrail report", x, auditLogs, !noVerify); err != nil {
 					return fmt.Errorf("report: --audit-log: %w", err)
 				}
 				in := trace.ReportInput{Now: time.Now(), Events: x.Events()}
@@ -120,7 +125,11 @@ written; 2 usage.`,
 					return fmt.Errorf("report: %w", err)
 				}
 			}
-			return writeReport(e.stdout, out, format, rep)
+			err := writeReport(e.stdout, out, format, rep)
+			if mustVerify {
+				err = requireVerified("report", vrep, err)
+			}
+			return err
 		},
 	}
 	f := c.Flags()
@@ -133,6 +142,7 @@ written; 2 usage.`,
 	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
 	f.BoolVar(&noVerify, "no-verify", false, "do not check the hash chain of the --audit-log files while reading them")
+	f.BoolVar(&mustVerify, "require-verified", false, "exit 1, once the report is written, when the hash chain of the --audit-log files does not verify")
 	return c
 }
 

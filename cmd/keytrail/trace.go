@@ -28,6 +28,7 @@ func newTraceCmd(e *env) *cobra.Command {
 		insecureHTTP bool
 		maxEvents    int
 		noVerify     bool
+		mustVerify   bool
 	)
 	c := &cobra.Command{
 		Use:   "trace [VALUE] [--audit-log FILE...] [--vault-audit-log FILE] [--json]",
@@ -59,7 +60,9 @@ the checkpoint signatures: no key is given): when it does not hold, a
 warning on stderr names the first problem, and the answer, still printed,
 rests on lines that may have been changed, inserted or removed. Run
 'keytrail audit verify --key/--jwks' for the signatures. --no-verify skips
-the check (less CPU on a large log).
+the check (less CPU on a large log). --require-verified makes a chain that
+does not hold exit 1, after the answer is printed (for scripts that must
+not take an answer from files that do not verify).
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
@@ -76,7 +79,8 @@ accessors in clear) and lists the attribution gaps: requests no keytrail
 issuance explains, grouped by token display name and accessor. Requests made
 with a root token and unauthenticated ones are counted, not gaps.
 
-Exit status: 0 found, 1 not found or an error, 2 usage.`,
+Exit status: 0 found, 1 not found or an error (or, with --require-verified,
+the audit files do not verify), 2 usage.`,
 		Example: `  keytrail trace hvs.CAESI... --audit-log /var/lib/keytrail/audit.jsonl
   keytrail trace sha256:9f86d081... --json
   keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
@@ -101,6 +105,9 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				return err
 			}
 			var x *trace.Index
+			// verified is what the command returns once the answer is
+			// written: with --require-verified, the chain check's failure.
+			verified := func(err error) error { return err }
 			if len(auditLogs) > 0 {
 				var err error
 				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
@@ -112,6 +119,9 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				}
 				if note := chainNote(vrep); note != "" {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", note)
+				}
+				if mustVerify {
+					verified = func(err error) error { return requireVerified("trace", vrep, err) }
 				}
 				st := x.Stats()
 				if st.Dropped > 0 {
@@ -128,7 +138,7 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				if x == nil {
 					return exitError{code: exitUsage, msg: "trace: resolving a whole Vault audit log needs keytrail's audit files (--audit-log)"}
 				}
-				return resolveVaultLog(e, vaultLog, x, asJSON)
+				return verified(resolveVaultLog(e, vaultLog, x, asJSON))
 			}
 			value := args[0]
 			lookup := func(v string) (*trace.Result, error) {
@@ -159,9 +169,9 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 				}
 			}
 			if asJSON {
-				return writeJSONOut(e.stdout, res)
+				return verified(writeJSONOut(e.stdout, res))
 			}
-			return res.WriteText(e.stdout)
+			return verified(res.WriteText(e.stdout))
 		},
 	}
 	f := c.Flags()
@@ -173,6 +183,7 @@ Exit status: 0 found, 1 not found or an error, 2 usage.`,
 	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
 	f.BoolVar(&noVerify, "no-verify", false, "do not check the hash chain of the --audit-log files while reading them")
+	f.BoolVar(&mustVerify, "require-verified", false, "exit 1, after the answer, when the hash chain of the --audit-log files does not verify")
 	return c
 }
 
@@ -229,7 +240,8 @@ func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result
 // onlineFlagsOffline refuses, as a usage mistake, the flags of the online
 // mode (server and admin token) together with --audit-log, which answers
 // offline without them (an operator who names a server expects its answer,
-// not the files'), and --max-events or --no-verify without --audit-log.
+// not the files'), --max-events, --no-verify or --require-verified without
+// --audit-log, and --require-verified with --no-verify.
 // auditLogsHint explains, after --audit-log, how to name several audit
 // files: "--audit-log FILE..." takes one file per flag, so the second file
 // of "--audit-log a.jsonl b.jsonl" (or of a shell glob) is an argument.
@@ -248,7 +260,15 @@ func onlineFlagsOffline(cmd *cobra.Command, auditLogs []string) error {
 		if cmd.Flags().Changed("no-verify") {
 			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --no-verify skips the hash chain check of the audit files (with --audit-log); online, the server answers", cmd.Name())}
 		}
+		if cmd.Flags().Changed("require-verified") {
+			return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --require-verified fails on audit files that do not verify (with --audit-log); online, the server answers", cmd.Name())}
+		}
 		return nil
+	}
+	rv, _ := cmd.Flags().GetBool("require-verified")
+	nv, _ := cmd.Flags().GetBool("no-verify")
+	if rv && nv {
+		return exitError{code: exitUsage, msg: fmt.Sprintf("%s: --require-verified needs the hash chain check that --no-verify skips", cmd.Name())}
 	}
 	for _, name := range []string{"addr", "token-file", "allow-insecure-http", "insecure-http"} {
 		if cmd.Flags().Changed(name) {

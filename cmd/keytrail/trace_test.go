@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -440,6 +441,105 @@ func TestTraceEmptyValue(t *testing.T) {
 // answer, and warn (report: also a note in the report) naming the first
 // problem; --no-verify skips the check; and --no-verify without
 // --audit-log is a usage mistake.
+// TestOfflineTraceAndReportRequireVerified: --require-verified makes an
+// offline trace or report over audit files that do not verify exit 1, after
+// the answer or report is written; over intact files it changes nothing.
+func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
+	dir := t.TempDir()
+	live := cliAuditLog(t, dir)
+	vaultLog := writeFile(t, dir, "vault-audit.log", `{"time":"2025-06-01T10:00:00Z","type":"request","auth":{"client_token":"hmac-sha256:1","accessor":"accCLI","display_name":"token-keytrail-payments-api","policies":["default"],"metadata":{"issuance_id":"`+cliIssID+`"}},"request":{"id":"a","operation":"read","path":"auth/token/lookup-self"}}`+"\n")
+	outFile := filepath.Join(t.TempDir(), "report.json")
+	cases := [][]string{
+		{"trace", cliIssID, "--audit-log", live, "--require-verified"},
+		{"trace", cliIssID, "--audit-log", live, "--require-verified", "--json"},
+		{"trace", "--vault-audit-log", vaultLog, "--audit-log", live, "--require-verified"},
+		{"report", "--audit-log", live, "--require-verified", "--format", "json"},
+		{"report", "--audit-log", live, "--require-verified", "--out", outFile},
+	}
+	// written is what the command wrote: stdout, or the --out file.
+	written := func(args []string, stdout string) string {
+		if slices.Contains(args, "--out") {
+			b, err := os.ReadFile(outFile)
+			if err != nil {
+				t.Fatalf("%v: --out not written: %v", args, err)
+			}
+			return string(b)
+		}
+		return stdout
+	}
+	want := func(args []string) string {
+		switch {
+		case args[0] == "report":
+			return "payments-api"
+		case slices.Contains(args, "--vault-audit-log"):
+			return "attributed to keytrail issuances"
+		}
+		return cliIssID
+	}
+	for _, args := range cases {
+		_ = os.Remove(outFile)
+		out, stderr, err := runCLI(t, nil, args...)
+		if err != nil || strings.Contains(stderr, "do NOT verify") || !strings.Contains(written(args, out), want(args)) {
+			t.Errorf("%v over intact files = %v\nstdout:\n%s\nstderr:\n%s\nwant success with the answer", args, err, out, stderr)
+		}
+	}
+
+	m, _ := filepath.Glob(filepath.Join(dir, "audit.jsonl.*"))
+	if len(m) != 1 {
+		t.Fatalf("fixture: rotated files %v, want one", m)
+	}
+	data, err := os.ReadFile(m[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(data), `"sub":"stranger"`, `"sub":"someone"`, 1)
+	if changed == string(data) {
+		t.Fatalf("fixture: no deny of \"stranger\" in %s", data)
+	}
+	if err := os.WriteFile(m[0], []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	first := live + ":1 (seq 3): prev hash mismatch"
+	for _, args := range cases {
+		_ = os.Remove(outFile)
+		out, stderr, err := runCLI(t, nil, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "--require-verified: the audit files do NOT verify: 1 problem(s), the first at "+first) {
+			t.Errorf("%v over a changed file = %v, want exit 1 naming %q", args, err, first)
+		}
+		if !strings.Contains(written(args, out), want(args)) || !strings.Contains(stderr, "keytrail: warning: the audit files do NOT verify") {
+			t.Errorf("%v over a changed file:\nstdout:\n%s\nstderr:\n%s\nwant the answer written first, and the warning", args, out, stderr)
+		}
+		// Without the flag, the exit status is unchanged.
+		noFlag := slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--require-verified" })
+		_ = os.Remove(outFile)
+		if _, _, err := runCLI(t, nil, noFlag...); err != nil {
+			t.Errorf("%v over a changed file = %v, want success (a warning only)", noFlag, err)
+		}
+	}
+
+	for _, args := range [][]string{
+		{"trace", cliIssID, "--audit-log", live, "--require-verified", "--no-verify"},
+		{"report", "--audit-log", live, "--require-verified", "--no-verify"},
+	} {
+		_, _, err := runCLI(t, nil, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != exitUsage || !strings.Contains(ee.msg, "--require-verified needs the hash chain check that --no-verify skips") {
+			t.Errorf("%v = %v, want a usage error", args, err)
+		}
+	}
+	for _, args := range [][]string{
+		{"trace", cliIssID, "--require-verified", "--addr", "http://127.0.0.1:1"},
+		{"report", "--require-verified", "--addr", "http://127.0.0.1:1"},
+	} {
+		_, _, err := runCLI(t, nil, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != exitUsage || !strings.Contains(ee.msg, "--require-verified fails on audit files that do not verify (with --audit-log)") {
+			t.Errorf("%v without --audit-log = %v, want a usage error", args, err)
+		}
+	}
+}
+
 func TestOfflineTraceAndReportCheckTheChain(t *testing.T) {
 	dir := t.TempDir()
 	live := cliAuditLog(t, dir)
