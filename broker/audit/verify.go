@@ -243,7 +243,11 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // whose prev links to bytes no longer in the files (a gap larger than the
 // unreadable lines between that line and the one before it in its chain is
 // still a problem, and each unreadable line accounts for one skipped seq of
-// one chain only).
+// one chain only). The line before the unreadable one in that chain is then
+// checked by no later prev (its successor's was the only check on it): the
+// unreadable line's problem says so, naming it, rather than a problem of its
+// own. Which chain an unreadable line belonged to cannot be read from it:
+// it is taken as the chain whose gap it fills first, in the order read.
 //
 // Verify returns the report and, when it found a problem, an error wrapping
 // ErrTampered that names the first problem. An error reading an input is
@@ -314,6 +318,51 @@ type verifier struct {
 	// seq it skips: each unreadable line stands for one line of one
 	// chain, so it hides at most one missing seq, in one chain.
 	unclaimed int
+	// unreadable holds the first unreadable lines (those whose problem
+	// is in Report.Problems: once MaxProblems is reached none is added),
+	// by their order among them: the problem to complete when a chain
+	// takes the line for a seq it skips (see line).
+	unreadable []unreadableLine
+}
+
+// unreadableLine is a line counted in verifier.unread whose problem is
+// Report.Problems[problem].
+type unreadableLine struct {
+	problem int
+	claimed bool
+}
+
+// unreadableProblem records the problem of a line no chain can be told
+// from (malformed, too long, torn, a bad chain id).
+func (v *verifier) unreadableProblem(p Problem) {
+	if len(v.rep.Problems) < v.opts.MaxProblems && len(v.unreadable) == v.unread {
+		v.unreadable = append(v.unreadable, unreadableLine{problem: len(v.rep.Problems)})
+	}
+	v.unread++
+	v.unclaimed++
+	v.problem(p)
+}
+
+// claimUnreadable marks the gap earliest unclaimed unreadable lines from
+// the from-th on as taken by a chain for the seqs it skips. When the chain
+// had a line before them (prevFile:prevLine, seq prevSeq), the first one's
+// problem says that this line is no longer checked by a later prev: its
+// successor in the chain, the unreadable line, was the only check on it,
+// and the line after that links to bytes no longer in the files.
+func (v *verifier) claimUnreadable(from int, gap uint64, chain, prevFile string, prevLine int, prevSeq uint64) {
+	first := true
+	for i := from; i < len(v.unreadable) && gap > 0; i++ {
+		u := &v.unreadable[i]
+		if u.claimed {
+			continue
+		}
+		u.claimed = true
+		gap--
+		if first && prevLine > 0 {
+			v.rep.Problems[u.problem].Why += fmt.Sprintf("; the line before it in chain %s (seq %d, %s:%d) is not checked by a later prev", chain, prevSeq, prevFile, prevLine)
+		}
+		first = false
+	}
 }
 
 func (v *verifier) problem(p Problem) {
@@ -341,13 +390,9 @@ func (v *verifier) file(in Input) error {
 		v.rep.Lines++
 		switch {
 		case tooLong:
-			v.unread++
-			v.unclaimed++
-			v.problem(Problem{File: in.Name, Line: lineNo, Why: fmt.Sprintf("line is longer than %d bytes", MaxLineBytes)})
+			v.unreadableProblem(Problem{File: in.Name, Line: lineNo, Why: fmt.Sprintf("line is longer than %d bytes", MaxLineBytes)})
 		case !terminated:
-			v.unread++
-			v.unclaimed++
-			v.problem(Problem{File: in.Name, Line: lineNo, Why: "incomplete last line (no trailing newline): a torn or cut write"})
+			v.unreadableProblem(Problem{File: in.Name, Line: lineNo, Why: "incomplete last line (no trailing newline): a torn or cut write"})
 		default:
 			v.line(in.Name, lineNo, raw)
 		}
@@ -388,15 +433,11 @@ func readLine(r *bufio.Reader) (line []byte, terminated, tooLong bool, err error
 func (v *verifier) line(file string, lineNo int, raw []byte) {
 	ev, err := ParseLine(raw)
 	if err != nil {
-		v.unread++
-		v.unclaimed++
-		v.problem(Problem{File: file, Line: lineNo, Why: err.Error()})
+		v.unreadableProblem(Problem{File: file, Line: lineNo, Why: err.Error()})
 		return
 	}
 	if err := ValidChainID(ev.Chain); err != nil {
-		v.unread++
-		v.unclaimed++
-		v.problem(Problem{File: file, Line: lineNo, Seq: ev.Seq, Why: "bad chain id: " + err.Error()})
+		v.unreadableProblem(Problem{File: file, Line: lineNo, Seq: ev.Seq, Why: "bad chain id: " + err.Error()})
 		return
 	}
 	st, seen := v.chains[ev.Chain]
@@ -409,6 +450,8 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	// problem, as is any gap with none. The lines it takes are no longer
 	// there to explain another chain's gap (v.unclaimed): one unreadable
 	// line does not hide a deletion in every chain of the files.
+	// The line before them in the chain is then checked by no later prev
+	// (its successor was one of them): their first problem says so.
 	var gap, window uint64
 	if seen {
 		if ev.Seq > st.lastSeq+1 {
@@ -420,6 +463,11 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	afterUnread := gap > 0 && gap <= window && gap <= uint64(v.unclaimed)
 	if afterUnread {
 		v.unclaimed -= int(gap)
+		if seen {
+			v.claimUnreadable(st.unread, gap, ev.Chain, st.lastFile, st.lastLine, st.lastSeq)
+		} else {
+			v.claimUnreadable(0, gap, ev.Chain, "", 0, 0)
+		}
 	}
 	if !seen {
 		st = &chainState{idx: len(v.rep.Chains)}

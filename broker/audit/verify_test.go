@@ -739,36 +739,45 @@ func TestVerifyUnreadableLineIsOneProblem(t *testing.T) {
 		return out
 	}
 	inter := interleaved(t) // A1 B1 A2 B2 A3 B3 cpA cpB
+	// unchecked is what an unreadable line's problem adds when the chain
+	// that skips it had a line before it: that line's successor was the
+	// unreadable one, so no later prev checks it.
+	unchecked := func(chain string, seq int, at string) string {
+		return fmt.Sprintf("; the line before it in chain %s (seq %d, %s) is not checked by a later prev", chain, seq, at)
+	}
 	for _, tc := range []struct {
 		name  string
 		files [][]byte
 		want  []string
+		// notes[i]: how want[i]'s problem ends ("": it names no
+		// unchecked line).
+		notes []string
 	}{
 		{"malformed-middle-line", [][]byte{joinLines(replace(golden, 2, garbage))},
-			[]string{"f1:3: malformed"}},
+			[]string{"f1:3: malformed"}, []string{unchecked(goldenChain, 2, "f1:2")}},
 		{"bad-chain-id", [][]byte{joinLines(replace(golden, 2, badChain))},
-			[]string{"f1:3: bad chain id"}},
+			[]string{"f1:3: bad chain id"}, []string{unchecked(goldenChain, 2, "f1:2")}},
 		{"two-malformed-lines-in-a-row", [][]byte{joinLines(replace(replace(golden, 2, garbage), 3, []byte("x")))},
-			[]string{"f1:3: malformed", "f1:4: malformed"}},
+			[]string{"f1:3: malformed", "f1:4: malformed"}, []string{unchecked(goldenChain, 2, "f1:2"), ""}},
 		{"malformed-first-line", [][]byte{joinLines(replace(golden, 0, garbage))},
-			[]string{"f1:1: malformed"}},
+			[]string{"f1:1: malformed"}, []string{""}},
 		{"torn-last-line-of-a-rotated-file", [][]byte{append(joinLines(golden[:5]), golden[5][:20]...), joinLines(golden[6:])},
-			[]string{"f1:6: incomplete last line"}},
+			[]string{"f1:6: incomplete last line"}, []string{unchecked(goldenChain, 5, "f1:5")}},
 		{"malformed-line-of-the-other-chain", [][]byte{joinLines(replace(inter, 3, garbage))},
-			[]string{"f1:4: malformed"}},
+			[]string{"f1:4: malformed"}, []string{unchecked("chn_B", 1, "f1:2")}},
 		// Independent causes stay apart.
 		{"malformed-line-and-the-next-deleted", [][]byte{joinLines(del(replace(golden, 2, garbage), 3))},
-			[]string{"f1:3: malformed", "f1:4: seq gap: expected 3, got 5"}},
+			[]string{"f1:3: malformed", "f1:4: seq gap: expected 3, got 5"}, []string{"", ""}},
 		{"malformed-line-and-a-later-deletion", [][]byte{joinLines(del(replace(golden, 2, garbage), 7))},
-			[]string{"f1:3: malformed", "f1:8: seq gap: expected 8, got 9"}},
+			[]string{"f1:3: malformed", "f1:8: seq gap: expected 8, got 9"}, []string{unchecked(goldenChain, 2, "f1:2"), ""}},
 		{"malformed-line-and-a-deletion-in-the-other-chain", [][]byte{joinLines(del(replace(inter, 0, garbage), 3))},
-			[]string{"f1:1: malformed", "f1:5: seq gap: expected 2, got 3"}},
+			[]string{"f1:1: malformed", "f1:5: seq gap: expected 2, got 3"}, []string{"", ""}},
 		// One unreadable line stands for one line: it does not also hide
 		// a deletion in the other chain, whose gap spans it too.
 		{"malformed-line-and-a-deletion-across-it-in-the-other-chain", [][]byte{joinLines(del(replace(inter, 2, garbage), 3))},
-			[]string{"f1:3: malformed", "f1:5: seq gap: expected 2, got 3"}},
+			[]string{"f1:3: malformed", "f1:5: seq gap: expected 2, got 3"}, []string{unchecked("chn_A", 1, "f1:1"), ""}},
 		{"torn-line-and-a-deletion-across-it-in-the-other-chain", [][]byte{append(joinLines(inter[:2]), inter[2][:20]...), joinLines(del(inter, 3)[3:])},
-			[]string{"f1:3: incomplete last line", "f2:2: seq gap: expected 2, got 3"}},
+			[]string{"f1:3: incomplete last line", "f2:2: seq gap: expected 2, got 3"}, []string{unchecked("chn_A", 1, "f1:1"), ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var in []audit.Input
@@ -787,6 +796,11 @@ func TestVerifyUnreadableLineIsOneProblem(t *testing.T) {
 			ok := len(got) == len(tc.want)
 			for i := 0; ok && i < len(got); i++ {
 				ok = strings.HasPrefix(got[i], tc.want[i])
+				if tc.notes[i] == "" {
+					ok = ok && !strings.Contains(got[i], "not checked by a later prev")
+				} else {
+					ok = ok && strings.HasSuffix(got[i], tc.notes[i])
+				}
 			}
 			if !ok {
 				t.Errorf("Verify() problems =\n%s\nwant one a cause:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
