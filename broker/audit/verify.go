@@ -243,7 +243,7 @@ func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 // whose prev links to bytes no longer in the files (a gap larger than the
 // unreadable lines between that line and the one before it in its chain is
 // still a problem, and each unreadable line accounts for one skipped seq of
-// one chain only). The line before the unreadable one in that chain is then
+// one chain only, one whose gap it lies in). The line before the unreadable one in that chain is then
 // checked by no later prev (its successor's was the only check on it): the
 // unreadable line's problem says so, naming it, rather than a problem of its
 // own. Which chain an unreadable line belonged to cannot be read from it:
@@ -314,33 +314,43 @@ type verifier struct {
 	// torn, a bad chain id). The seqs they held are missing from their
 	// chain; see line.
 	unread int
-	// unclaimed counts those of them that no chain has yet taken for a
-	// seq it skips: each unreadable line stands for one line of one
-	// chain, so it hides at most one missing seq, in one chain.
-	unclaimed int
-	// unreadable holds the first unreadable lines (those whose problem
-	// is in Report.Problems: once MaxProblems is reached none is added),
-	// by their order among them: the problem to complete when a chain
-	// takes the line for a seq it skips (see line).
-	unreadable []unreadableLine
-}
-
-// unreadableLine is a line counted in verifier.unread whose problem is
-// Report.Problems[problem].
-type unreadableLine struct {
-	problem int
-	claimed bool
+	// claimed has a bit per unreadable line (by its order among them),
+	// set once a chain has taken the line for a seq it skips: each
+	// unreadable line stands for one line of one chain, so it hides at
+	// most one missing seq, in one chain, and only in a chain whose
+	// window (the lines since its previous line) holds it.
+	claimed []uint64
+	// unreadableProblems holds, for the first unreadable lines (those
+	// whose problem is in Report.Problems: once MaxProblems is reached
+	// none is added), the index of their problem, to complete when a
+	// chain takes the line (see line).
+	unreadableProblems []int
 }
 
 // unreadableProblem records the problem of a line no chain can be told
 // from (malformed, too long, torn, a bad chain id).
 func (v *verifier) unreadableProblem(p Problem) {
-	if len(v.rep.Problems) < v.opts.MaxProblems && len(v.unreadable) == v.unread {
-		v.unreadable = append(v.unreadable, unreadableLine{problem: len(v.rep.Problems)})
+	if len(v.rep.Problems) < v.opts.MaxProblems && len(v.unreadableProblems) == v.unread {
+		v.unreadableProblems = append(v.unreadableProblems, len(v.rep.Problems))
+	}
+	if v.unread%64 == 0 {
+		v.claimed = append(v.claimed, 0)
 	}
 	v.unread++
-	v.unclaimed++
 	v.problem(p)
+}
+
+func (v *verifier) isClaimed(i int) bool { return v.claimed[i/64]&(1<<(i%64)) != 0 }
+
+// unclaimedFrom reports whether at least n of the unreadable lines from
+// the from-th on are not taken by any chain.
+func (v *verifier) unclaimedFrom(from int, n uint64) bool {
+	for i := from; i < v.unread && n > 0; i++ {
+		if !v.isClaimed(i) {
+			n--
+		}
+	}
+	return n == 0
 }
 
 // claimUnreadable marks the gap earliest unclaimed unreadable lines from
@@ -351,15 +361,14 @@ func (v *verifier) unreadableProblem(p Problem) {
 // and the line after that links to bytes no longer in the files.
 func (v *verifier) claimUnreadable(from int, gap uint64, chain, prevFile string, prevLine int, prevSeq uint64) {
 	first := true
-	for i := from; i < len(v.unreadable) && gap > 0; i++ {
-		u := &v.unreadable[i]
-		if u.claimed {
+	for i := from; i < v.unread && gap > 0; i++ {
+		if v.isClaimed(i) {
 			continue
 		}
-		u.claimed = true
+		v.claimed[i/64] |= 1 << (i % 64)
 		gap--
-		if first && prevLine > 0 {
-			v.rep.Problems[u.problem].Why += fmt.Sprintf("; the line before it in chain %s (seq %d, %s:%d) is not checked by a later prev", chain, prevSeq, prevFile, prevLine)
+		if first && prevLine > 0 && i < len(v.unreadableProblems) {
+			v.rep.Problems[v.unreadableProblems[i]].Why += fmt.Sprintf("; the line before it in chain %s (seq %d, %s:%d) is not checked by a later prev", chain, prevSeq, prevFile, prevLine)
 		}
 		first = false
 	}
@@ -448,25 +457,26 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	// line's prev cannot be checked, and is not a second problem of the
 	// same cause. A gap larger than the unreadable lines around it is a
 	// problem, as is any gap with none. The lines it takes are no longer
-	// there to explain another chain's gap (v.unclaimed): one unreadable
-	// line does not hide a deletion in every chain of the files.
+	// there to explain another chain's gap (v.claimed): one unreadable
+	// line does not hide a deletion in every chain of the files, nor does
+	// one read before the chain's previous line.
 	// The line before them in the chain is then checked by no later prev
 	// (its successor was one of them): their first problem says so.
-	var gap, window uint64
+	var gap uint64
+	from := 0 // the first unreadable line of the chain's window
 	if seen {
 		if ev.Seq > st.lastSeq+1 {
-			gap, window = ev.Seq-st.lastSeq-1, uint64(v.unread-st.unread)
+			gap, from = ev.Seq-st.lastSeq-1, st.unread
 		}
 	} else if ev.Seq > 1 {
-		gap, window = ev.Seq-1, uint64(v.unread)
+		gap = ev.Seq - 1
 	}
-	afterUnread := gap > 0 && gap <= window && gap <= uint64(v.unclaimed)
+	afterUnread := gap > 0 && gap <= uint64(v.unread-from) && v.unclaimedFrom(from, gap)
 	if afterUnread {
-		v.unclaimed -= int(gap)
 		if seen {
-			v.claimUnreadable(st.unread, gap, ev.Chain, st.lastFile, st.lastLine, st.lastSeq)
+			v.claimUnreadable(from, gap, ev.Chain, st.lastFile, st.lastLine, st.lastSeq)
 		} else {
-			v.claimUnreadable(0, gap, ev.Chain, "", 0, 0)
+			v.claimUnreadable(from, gap, ev.Chain, "", 0, 0)
 		}
 	}
 	if !seen {

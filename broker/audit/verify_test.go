@@ -778,6 +778,11 @@ func TestVerifyUnreadableLineIsOneProblem(t *testing.T) {
 			[]string{"f1:3: malformed", "f1:5: seq gap: expected 2, got 3"}, []string{unchecked("chn_A", 1, "f1:1"), ""}},
 		{"torn-line-and-a-deletion-across-it-in-the-other-chain", [][]byte{append(joinLines(inter[:2]), inter[2][:20]...), joinLines(del(inter, 3)[3:])},
 			[]string{"f1:3: incomplete last line", "f2:2: seq gap: expected 2, got 3"}, []string{unchecked("chn_A", 1, "f1:1"), ""}},
+		// An unreadable line no chain took (here an inserted one), read
+		// before the last line of chain B, does not excuse B's gap across
+		// another unreadable line, which A took.
+		{"unclaimed-line-before-the-window-and-a-deletion-across-a-claimed-one", [][]byte{joinLines(insert(replace(del(inter, 5), 4, garbage), 2, garbage))},
+			[]string{"f1:3: malformed", "f1:6: malformed", "f1:8: seq gap: expected 3, got 4"}, []string{"", unchecked("chn_A", 2, "f1:4"), ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var in []audit.Input
@@ -880,5 +885,24 @@ func TestVerifyVersion1Checkpoints(t *testing.T) {
 	}
 	if c := rep.Chains[0]; c.Checkpoints != 4 || c.SignedSeq != 13 || c.SignedTime != now.Format(audit.TimeFormat) {
 		t.Errorf("Verify(mixed) chain = %+v; want 4 checkpoints, signed seq 13 at %s", c, now.Format(audit.TimeFormat))
+	}
+}
+
+// TestVerifyUnreadableLinesBeyondMaxProblems: unreadable lines whose
+// problem is not in the report (beyond MaxProblems) still count for the
+// seqs their chain skips, and completing their problem's text is skipped.
+func TestVerifyUnreadableLinesBeyondMaxProblems(t *testing.T) {
+	golden := sealGolden(t)
+	garbage := []byte("x")
+	lines := append([][]byte(nil), golden...)
+	lines[2], lines[5] = garbage, garbage
+	rep, err := audit.Verify([]audit.Input{{Name: "f1", R: bytes.NewReader(joinLines(lines))}},
+		audit.VerifyOptions{Keys: testKeys(t, "checkpoint.key"), MaxProblems: 1})
+	if !errors.Is(err, audit.ErrTampered) {
+		t.Fatalf("Verify() = %v, want ErrTampered", err)
+	}
+	want := fmt.Sprintf("malformed audit line: not a single JSON object with nothing around it; the line before it in chain %s (seq 2, f1:2) is not checked by a later prev", goldenChain)
+	if len(rep.Problems) != 1 || rep.ProblemsOmitted != 1 || rep.Problems[0].Line != 3 || rep.Problems[0].Why != want {
+		t.Errorf("Verify() problems = %+v, omitted %d; want f1:3 %q and 1 omitted (the second unreadable line, no seq gap)", rep.Problems, rep.ProblemsOmitted, want)
 	}
 }
