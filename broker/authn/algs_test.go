@@ -67,29 +67,36 @@ func TestAlgorithmsValidatedByNew(t *testing.T) {
 		{algs: []string{"EdDSA", "Ed25519", "EdDSA"}, want: `algorithms[2]: "EdDSA" is already listed at algorithms[0]`},
 		{algs: []string{"HS256", "HS256"}, want: `algorithms[1]: "HS256" is already listed at algorithms[0]`},
 	} {
-		is := policies.Issuer{
-			Name: "i", Issuer: "https://i.example", JWKSURL: "https://i.example/jwks", Audiences: []string{"k"},
-			Algorithms: tt.algs, MaxTokenLifetime: policies.Duration(time.Hour),
-		}
-		_, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{is}})
-		switch {
-		case tt.ok && err != nil:
-			t.Errorf("New(algorithms %q) = %v, want ok", tt.algs, err)
-		case !tt.ok && (err == nil || !strings.Contains(err.Error(), tt.want)):
-			t.Errorf("New(algorithms %q) = %v, want an error with %q", tt.algs, err, tt.want)
-		}
-		// The same list in a policy file: refused exactly when New
-		// refuses it.
-		y, err := json.Marshal(tt.algs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, perr := policies.Parse("t.yaml", []byte(`version: 1
+		is := policies.Issuer{Algorithms: tt.algs}
+		newAgreesWithParse(t, "algorithms", tt.algs, is, "", tt.ok, tt.want)
+	}
+}
+
+// newAgreesWithParse checks that authn.New refuses a test issuer with
+// is's Algorithms and TokenTypes exactly when policies.Parse refuses the
+// same list written as field in a policy file (extra: more of the
+// issuer's flow mapping there), and that New's error names want.
+func newAgreesWithParse(t *testing.T, field string, list []string, is policies.Issuer, extra string, ok bool, want string) {
+	t.Helper()
+	is.Name, is.Issuer, is.JWKSURL, is.Audiences = "i", "https://i.example", "https://i.example/jwks", []string{"k"}
+	is.MaxTokenLifetime = policies.Duration(time.Hour)
+	_, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{is}})
+	switch {
+	case ok && err != nil:
+		t.Errorf("New(%s %q) = %v, want ok", field, list, err)
+	case !ok && (err == nil || !strings.Contains(err.Error(), want)):
+		t.Errorf("New(%s %q) = %v, want an error with %q", field, list, err, want)
+	}
+	// The same list in a policy file: refused exactly when New refuses it.
+	y, err := json.Marshal(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, perr := policies.Parse("t.yaml", []byte(`version: 1
 issuers:
-  - {name: i, issuer: "https://i.example", jwks_url: "https://i.example/jwks", audiences: [k], algorithms: `+string(y)+`}
+  - {name: i, issuer: "https://i.example", jwks_url: "https://i.example/jwks", audiences: [k], `+extra+field+`: `+string(y)+`}
 `))
-		if (perr == nil) != tt.ok {
-			t.Errorf("policies.Parse(algorithms %q) = %v, want ok %v as New", tt.algs, perr, tt.ok)
-		}
+	if (perr == nil) != ok {
+		t.Errorf("policies.Parse(%s %q) = %v, want ok %v as New", field, list, perr, ok)
 	}
 }

@@ -2,10 +2,7 @@ package authn_test
 
 import (
 	"context"
-	"encoding/json"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -173,30 +170,8 @@ func TestTokenTypesValidatedByNew(t *testing.T) {
 		{types: []string{"jw\u212a"}, want: "token_types[0]:"},
 		{types: []string{"JWT", "application/jwt"}, want: "token_types[1]: \"application/jwt\" is the same typ as token_types[0]"},
 	} {
-		is := policies.Issuer{
-			Name: "i", Issuer: "https://i.example", JWKSURL: "https://i.example/jwks", Audiences: []string{"k"},
-			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour), TokenTypes: tt.types,
-		}
-		_, err := authn.New(context.Background(), authn.Options{Issuers: []policies.Issuer{is}})
-		switch {
-		case tt.ok && err != nil:
-			t.Errorf("New(token_types %q) = %v, want ok", tt.types, err)
-		case !tt.ok && (err == nil || !strings.Contains(err.Error(), tt.want)):
-			t.Errorf("New(token_types %q) = %v, want an error with %q", tt.types, err, tt.want)
-		}
-		// The same list in a policy file: refused exactly when New
-		// refuses it.
-		y, err := json.Marshal(tt.types)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, perr := policies.Parse("t.yaml", []byte(`version: 1
-issuers:
-  - {name: i, issuer: "https://i.example", jwks_url: "https://i.example/jwks", audiences: [k], algorithms: [ES256], token_types: `+string(y)+`}
-`))
-		if (perr == nil) != tt.ok {
-			t.Errorf("policies.Parse(token_types %q) = %v, want ok %v as New", tt.types, perr, tt.ok)
-		}
+		is := policies.Issuer{Algorithms: []string{"ES256"}, TokenTypes: tt.types}
+		newAgreesWithParse(t, "token_types", tt.types, is, "algorithms: [ES256], ", tt.ok, tt.want)
 	}
 }
 
