@@ -362,11 +362,7 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 		}
 	}
 	for _, p := range CheckAlgorithms(is.Algorithms) {
-		path := l.path + ".algorithms"
-		if p.Index >= 0 {
-			path = fmt.Sprintf("%s[%d]", path, p.Index)
-		}
-		v.add(l.file, path, "%s", p.Message)
+		v.add(l.file, p.Path(l.path+".algorithms"), "%s", p.Message)
 	}
 	switch d := time.Duration(is.MaxTokenLifetime); {
 	case d < 0:
@@ -405,11 +401,20 @@ func SupportsAlgorithm(alg string) bool { return slices.Contains(algorithms, alg
 // the order problems list them (a copy).
 func SupportedAlgorithms() []string { return slices.Clone(algorithms) }
 
-// AlgorithmProblem is a problem of an issuer's algorithms list
-// (CheckAlgorithms): Index is the entry's, -1 for the list's.
-type AlgorithmProblem struct {
+// ListProblem is a problem of a list CheckAlgorithms or CheckTokenTypes
+// checks: Index is the entry's, -1 for the list's.
+type ListProblem struct {
 	Index   int
 	Message string
+}
+
+// Path is the field the problem names, for a list written at field:
+// field[Index], or field itself for the list's problem.
+func (p ListProblem) Path(field string) string {
+	if p.Index < 0 {
+		return field
+	}
+	return fmt.Sprintf("%s[%d]", field, p.Index)
 }
 
 // CheckAlgorithms is the rule of an issuer's algorithms list, which policy
@@ -417,13 +422,13 @@ type AlgorithmProblem struct {
 // at least one entry, each supported (SupportsAlgorithm) and listed once.
 // An entry listed again is named as the duplicate only, a refused one
 // listed twice as refused, then as the duplicate. No problems: nil.
-func CheckAlgorithms(algs []string) []AlgorithmProblem {
+func CheckAlgorithms(algs []string) []ListProblem {
 	if len(algs) == 0 {
-		return []AlgorithmProblem{{-1, "required: at least one of " + strings.Join(algorithms, ", ")}}
+		return []ListProblem{{-1, "required: at least one of " + strings.Join(algorithms, ", ")}}
 	}
-	var out []AlgorithmProblem
+	var out []ListProblem
 	bad := func(i int, format string, args ...any) {
-		out = append(out, AlgorithmProblem{i, fmt.Sprintf(format, args...)})
+		out = append(out, ListProblem{i, fmt.Sprintf(format, args...)})
 	}
 	first := map[string]int{}
 	for i, a := range algs {
@@ -465,19 +470,8 @@ func validateTokenTypes(v *validator, l loc, is *Issuer, doc *yaml.Node) {
 		return
 	}
 	for _, p := range CheckTokenTypes(is.TokenTypes) {
-		path := fp
-		if p.Index >= 0 {
-			path = fmt.Sprintf("%s[%d]", fp, p.Index)
-		}
-		v.add(l.file, path, "%s", p.Message)
+		v.add(l.file, p.Path(fp), "%s", p.Message)
 	}
-}
-
-// TokenTypeProblem is a problem of a token_types list (CheckTokenTypes):
-// Index is the entry's, -1 for the list's.
-type TokenTypeProblem struct {
-	Index   int
-	Message string
 }
 
 // CheckTokenTypes is the rule of a token_types list, which policy
@@ -486,13 +480,13 @@ type TokenTypeProblem struct {
 // (NoTokenType: no typ header) or a media type, type/subtype or a subtype
 // alone, without spaces around it or parameters, each listed once
 // (compared as TokenTypeKey does). No problems: nil.
-func CheckTokenTypes(types []string) []TokenTypeProblem {
+func CheckTokenTypes(types []string) []ListProblem {
 	if types != nil && len(types) == 0 {
-		return []TokenTypeProblem{{-1, `empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}}
+		return []ListProblem{{-1, `empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`}}
 	}
-	var out []TokenTypeProblem
+	var out []ListProblem
 	bad := func(i int, format string, args ...any) {
-		out = append(out, TokenTypeProblem{i, fmt.Sprintf(format, args...)})
+		out = append(out, ListProblem{i, fmt.Sprintf(format, args...)})
 	}
 	seen := map[string]int{}
 	for i, t := range types {

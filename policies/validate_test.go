@@ -1425,6 +1425,36 @@ func TestCheckTypHeader(t *testing.T) {
 	}
 }
 
+// TestListProblemPaths: CheckAlgorithms and CheckTokenTypes give one type
+// of problem, whose Path names the entry (field[i]) or, for the list's own
+// problem, the field: policy validation and broker/authn.New both name
+// fields by it.
+func TestListProblemPaths(t *testing.T) {
+	var got []string
+	for _, p := range CheckAlgorithms(nil) {
+		got = append(got, p.Path("algorithms")+": "+p.Message)
+	}
+	for _, p := range CheckAlgorithms([]string{"RS256", "HS256", "RS256"}) {
+		got = append(got, p.Path("algorithms")+": "+p.Message)
+	}
+	for _, p := range CheckTokenTypes([]string{}) {
+		got = append(got, p.Path("token_types")+": "+p.Message)
+	}
+	for _, p := range CheckTokenTypes([]string{"JWT", "jwt"}) {
+		got = append(got, p.Path("token_types")+": "+p.Message)
+	}
+	want := []string{
+		"algorithms: required: at least one of " + strings.Join(SupportedAlgorithms(), ", "),
+		`algorithms[1]: "HS256" is not allowed: HMAC needs a shared secret, so anyone who can verify tokens could forge them`,
+		`algorithms[2]: "RS256" is already listed at algorithms[0]`,
+		`token_types: empty: every token would be refused; list the typ values to accept (e.g. [JWT]; "" for tokens without typ), or remove the field to accept any`,
+		`token_types[1]: "jwt" is the same typ as token_types[0] (compared without case, application/ implied)`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+}
+
 // TestLongValuesAreCutInProblems: a problem names the value it refuses,
 // but a long one (a key or a document pasted by mistake) is cut to its
 // first yamlcheck.MaxQuoted bytes and its length, not echoed whole: in a

@@ -125,20 +125,12 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	// The rule policy validation applies, so that a list a policy file
 	// may not hold (HS256, an entry listed twice) is refused here too.
 	for _, p := range policies.CheckAlgorithms(is.Algorithms) {
-		field := "algorithms"
-		if p.Index >= 0 {
-			field = fmt.Sprintf("algorithms[%d]", p.Index)
-		}
-		bad(field, "%s", p.Message)
+		bad(p.Path("algorithms"), "%s", p.Message)
 	}
 	// The rule policy validation applies, so that an entry a policy file
 	// may not hold (a/b/c, "JWT; a=b") is refused here too.
 	for _, p := range policies.CheckTokenTypes(is.TokenTypes) {
-		field := "token_types"
-		if p.Index >= 0 {
-			field = fmt.Sprintf("token_types[%d]", p.Index)
-		}
-		bad(field, "%s", p.Message)
+		bad(p.Path("token_types"), "%s", p.Message)
 	}
 	maxLife := time.Duration(is.MaxTokenLifetime)
 	if maxLife <= 0 {
