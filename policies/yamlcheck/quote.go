@@ -11,8 +11,11 @@ import (
 const MaxQuoted = 64
 
 // Quote is s quoted as %q does when it is at most MaxQuoted bytes long;
-// a longer one is its first MaxQuoted bytes (cut at a rune boundary),
-// quoted, then "..." and its length: "aaaa"... (5000 bytes).
+// a longer one is its first MaxQuoted bytes or fewer, quoted, then "..."
+// and its length: "aaaa"... (5000 bytes). The cut never splits a rune: it
+// falls before a rune that would cross MaxQuoted; a byte that is not
+// UTF-8 (quoted as \x80) counts as one, so a value of such bytes shows
+// its first MaxQuoted of them.
 func Quote(s string) string { return quote(s, strconv.Quote) }
 
 // QuoteASCII is Quote with non-ASCII runes escaped, as %+q does.
@@ -22,9 +25,14 @@ func quote(s string, q func(string) string) string {
 	if len(s) <= MaxQuoted {
 		return q(s)
 	}
-	n := MaxQuoted
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
+	n := 0
+	for {
+		// An invalid byte decodes as one (RuneError, 1): quoted as \xNN.
+		_, size := utf8.DecodeRuneInString(s[n:])
+		if n+size > MaxQuoted {
+			break
+		}
+		n += size
 	}
 	return q(s[:n]) + "... (" + strconv.Itoa(len(s)) + " bytes)"
 }

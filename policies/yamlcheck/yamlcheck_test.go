@@ -270,6 +270,15 @@ func TestQuote(t *testing.T) {
 		{Quote(strings.Repeat("a", 100)), strconv.Quote(strings.Repeat("a", MaxQuoted)) + "... (100 bytes)"},
 		{Quote("a" + e), strconv.Quote("a"+strings.Repeat("é", 31)) + "... (81 bytes)"},
 		{QuoteASCII(e), strconv.QuoteToASCII(strings.Repeat("é", 32)) + "... (80 bytes)"},
+		// Bytes that are not UTF-8 are shown escaped, one byte each:
+		// before, a value of continuation bytes only was cut to
+		// nothing (""... (100 bytes)), and the bytes after a lead byte
+		// that starts no rune were left out up to it.
+		{Quote(strings.Repeat("\x80", 100)), `"` + strings.Repeat(`\x80`, MaxQuoted) + `"... (100 bytes)`},
+		{QuoteASCII(strings.Repeat("\xbf", 65)), `"` + strings.Repeat(`\xbf`, MaxQuoted) + `"... (65 bytes)`},
+		{Quote(strings.Repeat("a", 60) + "\xf0\x80\x80\x80\x80"), `"` + strings.Repeat("a", 60) + `\xf0\x80\x80\x80"... (65 bytes)`},
+		// A rune that would cross MaxQuoted is left out whole.
+		{Quote(strings.Repeat("a", 62) + "€€"), `"` + strings.Repeat("a", 62) + `"... (68 bytes)`},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("got %s, want %s", tt.got, tt.want)
