@@ -129,8 +129,9 @@ type set struct {
 	// Record), the later time winning.
 	retiring map[string]time.Time
 	// badKID is set once PublicKeys left out a key whose KID is not
-	// "<name>:<version>" (logged once per set, not per request).
-	badKID atomic.Bool
+	// "<name>:<version>", unknownKID once it left out one whose name is
+	// not among names (each logged once per set, not per request).
+	badKID, unknownKID atomic.Bool
 }
 
 var _ broker.PublicKeySource = (*Keys)(nil)
@@ -280,13 +281,23 @@ func (k *Keys) PublicKeys(ctx context.Context) ([]broker.PublicKey, error) {
 	// source to serve one, its key name would be unknown, so it could
 	// never be hidden when retiring (and the minter, which reads KIDs by
 	// the same rule, never signs with it): it is left out and logged,
-	// not served under the name "".
+	// not served under the name "". Likewise a KID naming a key the set
+	// does not (the source is built for names and serves nothing else):
+	// the package promises that only names the policy or the store give
+	// are served, and no retiring time would ever hide such a key.
 	now := k.now()
 	return slices.DeleteFunc(keys, func(pk broker.PublicKey) bool {
 		name, _, ok := broker.ParseKeyID(pk.KID)
 		if !ok {
 			if st.badKID.CompareAndSwap(false, true) {
 				k.log.Warn("the key source served a key whose kid is not <name>:<version>; it is left out of the JWKS",
+					slog.String("kid", pk.KID))
+			}
+			return true
+		}
+		if _, known := slices.BinarySearch(st.names, name); !known {
+			if st.unknownKID.CompareAndSwap(false, true) {
+				k.log.Warn("the key source served a key of a transit key the key list does not name; it is left out of the JWKS",
 					slog.String("kid", pk.KID))
 			}
 			return true

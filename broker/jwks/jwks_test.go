@@ -152,15 +152,22 @@ func newFixture(t *testing.T, signing jwks.Signing, o jwks.Options) *fixture {
 
 func (f *fixture) kids(t *testing.T) []string {
 	t.Helper()
-	keys, err := f.keys.PublicKeys(t.Context())
+	out := servedKIDs(t, f.keys)
+	slices.Sort(out)
+	return out
+}
+
+// servedKIDs are the KIDs k serves, in the order served.
+func servedKIDs(t *testing.T, k *jwks.Keys) []string {
+	t.Helper()
+	keys, err := k.PublicKeys(t.Context())
 	if err != nil {
 		t.Fatalf("PublicKeys: %v", err)
 	}
 	var out []string
-	for _, k := range keys {
-		out = append(out, k.KID)
+	for _, pk := range keys {
+		out = append(out, pk.KID)
 	}
-	slices.Sort(out)
 	return out
 }
 
@@ -431,6 +438,23 @@ func (s staticSource) PublicKeys(ctx context.Context) ([]broker.PublicKey, error
 	return slices.Clone(s), nil
 }
 
+// newStatic is the Keys of a policy that signs with signing, src serving
+// every key list, with a clock at t0 and its log.
+func newStatic(t *testing.T, src staticSource, always []string, signing jwks.Signing) (*jwks.Keys, *clock, *brokertest.SyncBuffer) {
+	t.Helper()
+	clk := &clock{now: t0}
+	logs := &brokertest.SyncBuffer{}
+	k, err := jwks.New(jwks.Options{
+		Source: func([]string) (broker.PublicKeySource, error) { return src, nil },
+		Always: always,
+		Now:    clk.Now, Log: slog.New(slog.NewTextHandler(logs, nil)),
+	}, signing)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return k, clk, logs
+}
+
 // TestMalformedKIDNotServed: a key whose KID broker.ParseKeyID refuses
 // (adapters/vault's TransitKeys never serves one: it writes
 // broker.KeyID(name, version), version >= 1) is left out of the JWKS and
@@ -446,28 +470,10 @@ func TestMalformedKIDNotServed(t *testing.T) {
 		{KID: "key-b:1", Alg: "EdDSA", Key: "b1"},
 		{KID: "key-b:0", Alg: "EdDSA", Key: "b0"},
 	}
-	clk := &clock{now: t0}
-	logs := &brokertest.SyncBuffer{}
-	k, err := jwks.New(jwks.Options{
-		Source: func([]string) (broker.PublicKeySource, error) { return src, nil },
-		Now:    clk.Now, Log: slog.New(slog.NewTextHandler(logs, nil)),
-	}, jwks.Signing{"key-a": ttl})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kids := func() []string {
-		t.Helper()
-		keys, err := k.PublicKeys(t.Context())
-		if err != nil {
-			t.Fatalf("PublicKeys: %v", err)
-		}
-		var out []string
-		for _, pk := range keys {
-			out = append(out, pk.KID)
-		}
-		return out
-	}
-	if diff := cmp.Diff([]string{"key-a:1", "key-b:1"}, kids()); diff != "" {
+	k, clk, logs := newStatic(t, src, nil, jwks.Signing{"key-a": ttl})
+	kids := func() []string { t.Helper(); return servedKIDs(t, k) }
+	// key-b is not named yet: its key is left out (TestUnknownKeyNameNotServed).
+	if diff := cmp.Diff([]string{"key-a:1"}, kids()); diff != "" {
 		t.Errorf("JWKS without retiring keys (-want +got):\n%s", diff)
 	}
 	until := t0.Add(10 * time.Minute)
@@ -490,6 +496,49 @@ func TestMalformedKIDNotServed(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `kid=key-a:01`) {
 		t.Errorf("the log does not name the first malformed kid:\n%s", logs)
+	}
+}
+
+// TestUnknownKeyNameNotServed: a key whose KID names a transit key the
+// key list does not (no key source makes one: adapters/vault reads only
+// the names it is built for) is left out of the JWKS and logged once per
+// set: only names the policy, Always or the store give are served, and
+// such a key could never be hidden at a retiring time. Before, it was
+// served as long as its KID parsed.
+func TestUnknownKeyNameNotServed(t *testing.T) {
+	src := staticSource{
+		{KID: "key-a:1", Alg: "EdDSA", Key: "a1"},
+		{KID: "key-z:1", Alg: "EdDSA", Key: "z1"},
+		{KID: "audit:2", Alg: "EdDSA", Key: "audit2"},
+		{KID: "key-b:3", Alg: "EdDSA", Key: "b3"},
+		{KID: "key-a:2", Alg: "EdDSA", Key: "a2"},
+	}
+	k, clk, logs := newStatic(t, src, []string{"audit"}, jwks.Signing{"key-a": ttl})
+	kids := func() []string { t.Helper(); return servedKIDs(t, k) }
+	for range 2 {
+		if diff := cmp.Diff([]string{"key-a:1", "audit:2", "key-a:2"}, kids()); diff != "" {
+			t.Errorf("JWKS of key-a and audit (-want +got):\n%s", diff)
+		}
+	}
+	// Named by the store, key-b is served until its time; key-z never.
+	until := t0.Add(10 * time.Minute)
+	if err := k.Update(jwks.Signing{"key-a": ttl}, map[string]time.Time{"key-b": until}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"key-a:1", "audit:2", "key-b:3", "key-a:2"}, kids()); diff != "" {
+		t.Errorf("JWKS with key-b retiring (-want +got):\n%s", diff)
+	}
+	clk.Set(until)
+	if diff := cmp.Diff([]string{"key-a:1", "audit:2", "key-a:2"}, kids()); diff != "" {
+		t.Errorf("JWKS at key-b's time (-want +got):\n%s", diff)
+	}
+	// Once per set: the first set (key-z, key-b) and the one Update built
+	// (key-z).
+	if n := strings.Count(logs.String(), "the key list does not name"); n != 2 {
+		t.Errorf("the unknown key names are logged %d times, want 2 (once per set):\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), `kid=key-z:1`) {
+		t.Errorf("the log does not name the first unknown kid:\n%s", logs)
 	}
 }
 
