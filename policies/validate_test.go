@@ -1609,6 +1609,46 @@ grants:
 	}
 }
 
+// TestNullFieldKeyIsAProblem: a key written without a value (~, null,
+// "? " with nothing after it) in a mapping of fixed fields (the top level,
+// an issuer, a workload, its match, a grant and its blocks), written or
+// merged, is a problem naming the file, the field and the line: the
+// decoder names no field from it and drops the entry, value and all, even
+// with unknown fields refused. Before, each of these policies loaded
+// without a word.
+func TestNullFieldKeyIsAProblem(t *testing.T) {
+	const msg = "key without a value: the YAML decoder drops the entry, so it sets no field; write the field's name, or remove the entry"
+	issuer := `[{name: i, issuer: "https://issuer.example", jwks_url: "https://issuer.example/jwks", audiences: [keytrail], algorithms: [RS256]%s}]`
+	workload := `[{name: w, owner: team, match: {issuer: i, subject: s%s}, grants: [g]%s}]`
+	grant := `[{name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]%s}%s}]`
+	for _, tc := range []struct {
+		name string
+		over map[string]string
+		top  string // appended to the document
+		want string
+	}{
+		{name: "top", top: "~: 1\n", want: "t.yaml: ~: " + msg + " (line 7)"},
+		{name: "top-null", top: "null:\n  grants: []\n", want: "t.yaml: null: " + msg + " (line 7)"},
+		{name: "top-empty", top: "? \n", want: "t.yaml: " + msg + " (line 7)"},
+		{name: "issuer", over: map[string]string{"issuers": fmt.Sprintf(issuer, ", ~: 1h")}, want: "t.yaml: issuers[0].~: " + msg + " (line 2)"},
+		{name: "workload", over: map[string]string{"workloads": fmt.Sprintf(workload, "", ", null: [g2]")}, want: "t.yaml: workloads[0].null: " + msg + " (line 3)"},
+		{name: "match", over: map[string]string{"workloads": fmt.Sprintf(workload, ", ~: s2", "")}, want: "t.yaml: workloads[0].match.~: " + msg + " (line 3)"},
+		{name: "grant", over: map[string]string{"grants": fmt.Sprintf(grant, "", ", ~: 1h")}, want: "t.yaml: grants[0].~: " + msg + " (line 4)"},
+		{name: "grant-block", over: map[string]string{"grants": fmt.Sprintf(grant, ", ~: 1", "")}, want: "t.yaml: grants[0].vault_token.~: " + msg + " (line 4)"},
+		{name: "merged", over: map[string]string{"grants": fmt.Sprintf(grant, "", ", <<: {~: 10m}")}, want: "t.yaml: grants[0].~: " + msg + " (line 4)"},
+	} {
+		p, err := Parse("t.yaml", []byte(doc(tc.over)+tc.top))
+		if diff := cmp.Diff([]string{tc.want}, locatedProblemStrings(err)); diff != "" || p != nil {
+			t.Errorf("%s: Parse() = %v, problems (-want +got):\n%s", tc.name, p, diff)
+		}
+	}
+	// Quoted, "~" is a key like any other: an unknown field.
+	_, err := Parse("t.yaml", []byte(doc(nil)+`"~": 1`+"\n"))
+	if diff := cmp.Diff([]string{`t.yaml: ~: unknown field (line 7)`}, locatedProblemStrings(err)); diff != "" {
+		t.Errorf(`"~": problems (-want +got):\n%s`, diff)
+	}
+}
+
 // TestAcceptsTokenTypeAllocatesNothing: the typ check runs on every token,
 // verified-token cache hits included; it compares as TokenTypeKey does
 // without building the keys (it built one per entry per token).

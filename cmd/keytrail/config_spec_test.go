@@ -131,6 +131,7 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 // written on, and an x- key anywhere but the top level is still an
 // unknown field. An x- key written twice is named by key and both lines.
 func TestLoadConfigExtensionKeys(t *testing.T) {
+	const nullKeyMessage = "key without a value: the YAML decoder drops the entry, so it sets no field; write the field's name, or remove the entry"
 	pol := writeFile(t, t.TempDir(), "p.yaml", "version: 1\n")
 	head := "x-vault: &vault\n" + // 1
 		"  address: http://v\n" + // 2
@@ -169,6 +170,16 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 			wantErr: "vault.x-note: unknown field (line 10)"},
 		{name: "fail/not-an-x-key", yaml: head + "vault: *vault\nxdefaults: 1\n",
 			wantErr: "xdefaults: unknown field (line 9)"},
+		// A key without a value names no setting: the decoder drops it,
+		// value and all, without an error (it loaded). Inside an
+		// extension it is the extension's business.
+		{name: "fail/null-key-top-level", yaml: head + "vault: *vault\n~: 1\n",
+			wantErr: "~: " + nullKeyMessage + " (line 9)"},
+		{name: "fail/null-key-in-a-section", yaml: head + "vault:\n  <<: *vault\n  null: 5s\n",
+			wantErr: "vault.null: " + nullKeyMessage + " (line 10)"},
+		{name: "fail/null-key-merged-into-top-level", yaml: "x-a: &a {x-b: 1, ~: 2}\n<<: *a\n" + head + "vault: *vault\n",
+			wantErr: "~: " + nullKeyMessage + " (line 1)"},
+		{name: "ok/null-key-inside-an-extension", yaml: head + "vault: *vault\nx-n: {~: 1}\n"},
 		// Named like any key written twice, not in the decoder's words
 		// ("mapping key \"x-notes\" already defined at line 4").
 		{name: "fail/x-key-written-twice", yaml: head + "vault: *vault\nx-notes: 2\n",

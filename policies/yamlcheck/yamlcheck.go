@@ -7,8 +7,10 @@
 //
 // Check accepts what go.yaml.in/yaml/v3 accepts, value by value (each scalar
 // is decoded by the library into a fresh value of its field's type), and in
-// addition refuses fractions for integers and the !!merge tag on a key other
-// than "<<" (which the decoder ignores); with NullEntries, an entry of a
+// addition refuses fractions for integers, the !!merge tag on a key other
+// than "<<" (which the decoder ignores) and a key without a value (~) in a
+// mapping decoded into a struct, written or merged (which the decoder
+// drops, value and all, even with KnownFields); with NullEntries, an entry of a
 // list written without a value, which the decoder leaves out of the list.
 // It follows aliases and merge keys
 // as the decoder does: Entries, which the policy loader uses too, is the
@@ -170,7 +172,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			return
 		}
 		c.duplicates(path, n)
-		c.mapping(path, n, func(k, v *yaml.Node) {
+		c.mapping(path, n, false, func(k, v *yaml.Node) {
 			kp := fmt.Sprintf("%s[%q]", path, k.Value)
 			if misplacedMergeTag(k) {
 				c.add(kp, k, "%s", mergeTagMessage)
@@ -188,9 +190,10 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			return
 		}
 		c.duplicates(path, n)
-		c.mapping(path, n, func(k, v *yaml.Node) {
-			if k.ShortTag() == "!!null" {
-				return // the decoder skips it
+		c.mapping(path, n, true, func(k, v *yaml.Node) {
+			if isNull(k) {
+				c.nullKey(path, k)
+				return
 			}
 			// A key written as an alias is the key it names (the
 			// decoder's), not the anchor's name.
@@ -229,16 +232,49 @@ func droppedWhenNull(t reflect.Type) bool {
 // that does not happen.
 const mergeTagMessage = `!!merge makes a merge key only of "<<": write "<<: ..." to merge a mapping, or remove the tag`
 
+// nullKeyMessage is the problem of a key written without a value in a
+// mapping of fixed fields.
+const nullKeyMessage = `key without a value: the YAML decoder drops the entry, so it sets no field; write the field's name, or remove the entry`
+
+// nullKey reports k, a key without a value (~, null, "? " with nothing
+// after it, an alias to one) in the mapping of fixed fields at path: the
+// decoder decodes no field name from it and drops the entry silently,
+// value and all, even where unknown fields are refused. It is named as an
+// unknown field is, by the key as written (the mapping's path for an
+// empty one).
+func (c *checker) nullKey(path string, k *yaml.Node) {
+	p := path
+	if name := unalias(k).Value; name != "" {
+		p = name
+		if path != "" {
+			p = path + "." + name
+		}
+	}
+	c.add(p, k, "%s", nullKeyMessage)
+}
+
 // mapping calls f for each key and value of n that the decoder uses, in
 // document order (see Entries), and reports each merged value that the
 // decoder refuses, at the line of the merge, and each key written twice in
-// a merged mapping.
-func (c *checker) mapping(path string, n *yaml.Node, f func(k, v *yaml.Node)) {
+// a merged mapping. With fields (n is decoded into a struct), each key
+// without a value in a merged mapping is reported too (nullKey): Entries
+// passes none, as the decoder sets nothing for it.
+func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *yaml.Node)) {
+	merged := map[*yaml.Node]bool{} // a mapping merged twice is named once
 	Entries(n, DocumentOrder, &c.budget, func(k, v *yaml.Node) bool {
 		switch {
 		case k != nil:
 		case unalias(v).Kind == yaml.MappingNode:
-			c.duplicates(path, unalias(v)) // the decoder refuses them there too
+			m := unalias(v)
+			c.duplicates(path, m) // the decoder refuses them there too
+			if fields && !merged[m] {
+				merged[m] = true
+				for i := 0; i+1 < len(m.Content); i += 2 {
+					if isNull(m.Content[i]) {
+						c.nullKey(path, m.Content[i])
+					}
+				}
+			}
 			return true
 		case v.Kind == yaml.AliasNode && unalias(v).Kind == yaml.SequenceNode:
 			c.add(path, v, `a merge (<<) takes an alias to a mapping, not to a list: write "<<: [*a, *b]", an alias per mapping`)

@@ -89,6 +89,18 @@ var tests = []struct {
 	{"fail/unknown-field", "sub:\n  m: 1\nhidden: x\n", []Problem{
 		{"sub.m", 2, "unknown field"},
 		{"hidden", 3, "unknown field"}}},
+	// A key without a value names no field: the decoder drops the entry,
+	// value and all, even where it refuses unknown fields. Written or
+	// merged, at the top level or below, as an alias too; a merged mapping
+	// merged twice is named once. A map's key is its loader's to judge.
+	{"fail/null-key", "~: 1\nnull: {n: x}\n? \nsub: {n: 1, ~: 2}\nsubs:\n  - {<<: [&m {~: 3, n: 1}, *m]}\n  - {\"~\": 4}\ncounts: {~: 1}\n", []Problem{
+		{"~", 1, nullKeyMessage},
+		{"null", 2, nullKeyMessage},
+		{"", 3, nullKeyMessage},
+		{"sub.~", 4, nullKeyMessage},
+		{"subs[0].~", 6, nullKeyMessage},
+		{"subs[1].~", 7, "unknown field"}}},
+	{"fail/null-key-alias", "n: &z ~\nsub: {*z : 1}\n", []Problem{{"sub.~", 2, nullKeyMessage}}},
 	{"fail/written-twice", "n: 1\nsub: {n: 1}\nn: 2\n", []Problem{{"n", 3, "written twice (first at line 1)"}}},
 	// The decoder refuses "<<" written twice, and a key written twice in
 	// a merged mapping, as any key written twice.
@@ -225,8 +237,9 @@ func TestCheckBoundsAliases(t *testing.T) {
 }
 
 // FuzzCheck: Check accepts what the strict decoder accepts, but for
-// fractions written for integers and the !!merge tag on a key other than
-// "<<", and finds a problem wherever the decoder fails.
+// fractions written for integers, the !!merge tag on a key other than
+// "<<" and a field key without a value, and finds a problem wherever the
+// decoder fails.
 func FuzzCheck(f *testing.F) {
 	for _, tt := range tests {
 		f.Add(tt.yaml)
@@ -252,7 +265,7 @@ func FuzzCheck(f *testing.F) {
 		}
 		if err == nil {
 			for _, p := range got {
-				if !strings.HasPrefix(p.Message, "must be a whole number, not ") && p.Message != mergeTagMessage {
+				if !strings.HasPrefix(p.Message, "must be a whole number, not ") && p.Message != mergeTagMessage && p.Message != nullKeyMessage {
 					t.Fatalf("decoding %q worked but Check found %v", src, p)
 				}
 			}
