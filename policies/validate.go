@@ -352,13 +352,24 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 	if len(is.Audiences) == 0 {
 		v.add(l.file, l.path+".audiences", "required: at least one audience")
 	}
+	firstAud := map[string]int{}
 	for i, a := range is.Audiences {
+		j, dup := firstAud[a]
+		if !dup {
+			firstAud[a] = i
+		}
 		switch ap := fmt.Sprintf("%s.audiences[%d]", l.path, i); {
 		case a == "":
 			v.add(l.file, ap, "must not be empty")
 		case strings.TrimSpace(a) != a:
 			// As an owner: accepted, it would match no token, silently.
 			v.add(l.file, ap, "%s starts or ends with a space: audiences are compared exactly with the token's aud, so it would match none", quoted(a))
+		case dup:
+			// Harmless to the check (any listed audience admits the
+			// token) and loaded by earlier versions, so a warning,
+			// not a problem: but another audience may have been
+			// meant, and tokens for it are refused.
+			v.warn(l.file, ap, "%s is already listed at audiences[%d]: it changes nothing; if another audience was meant, tokens for it are refused", quoted(a), j)
 		}
 	}
 	for _, p := range CheckAlgorithms(is.Algorithms) {

@@ -1065,6 +1065,50 @@ grants:
 	}
 }
 
+// TestDuplicateAudiencesWarn: an issuer's audiences entry listed twice is
+// harmless to the check (any listed audience admits a token), and policies
+// with one loaded before, so it is a warning naming file, entry and line,
+// not a problem: another audience may have been meant. Before, nothing
+// was said.
+func TestDuplicateAudiencesWarn(t *testing.T) {
+	const policy = `version: 1
+issuers:
+  - {name: a, issuer: "https://a", jwks_url: "https://a/j", audiences: [k, l, k], algorithms: [RS256]}
+  - name: b
+    issuer: "https://b"
+    jwks_url: "https://b/j"
+    audiences:
+      - k
+      - K
+      - k
+      - k
+    algorithms: [RS256]
+  - {name: c, issuer: "https://c", jwks_url: "https://c/j", audiences: [k], algorithms: [RS256]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`
+	p, err := Parse("t.yaml", []byte(policy))
+	if err != nil {
+		t.Fatalf("Parse() = %v, want a valid policy", err)
+	}
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.Error())
+	}
+	want := []string{
+		`t.yaml: issuers[0].audiences[2]: "k" is already listed at audiences[0]: it changes nothing; if another audience was meant, tokens for it are refused (line 3)`,
+		`t.yaml: issuers[1].audiences[2]: "k" is already listed at audiences[0]: it changes nothing; if another audience was meant, tokens for it are refused (line 10)`,
+		`t.yaml: issuers[1].audiences[3]: "k" is already listed at audiences[0]: it changes nothing; if another audience was meant, tokens for it are refused (line 11)`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("Warnings() (-want +got):\n%s", diff)
+	}
+	is, _ := p.Issuer("a")
+	if diff := cmp.Diff([]string{"k", "l", "k"}, is.Audiences); diff != "" {
+		t.Errorf("issuer a's audiences (-want +got):\n%s", diff)
+	}
+}
+
 // TestMergedTypedClaimKeysAsDecoded: a claims key written as a number next
 // to a "<<" ({1: a, <<: {1: b}}) and the same key merged are two keys to
 // the decoder's merge (the number 1, the string "1"): it sets "1" to a,
