@@ -96,6 +96,26 @@ func locatedProblemStrings(err error) []string {
 	return out
 }
 
+// warningStrings returns the warnings of p as printed, lines included.
+func warningStrings(p *Policy) []string {
+	var out []string
+	for _, w := range p.Warnings() {
+		out = append(out, w.Error())
+	}
+	return out
+}
+
+// parseValid parses policy, failing the test unless it is valid, and
+// returns it and its warnings (warningStrings).
+func parseValid(t *testing.T, policy string) (*Policy, []string) {
+	t.Helper()
+	p, err := Parse("t.yaml", []byte(policy))
+	if err != nil {
+		t.Fatalf("Parse() = %v, want a valid policy", err)
+	}
+	return p, warningStrings(p)
+}
+
 func TestParseValidation(t *testing.T) {
 	tests := []struct {
 		name string
@@ -950,14 +970,7 @@ grants:
     ttl: 5m
     vault_token: {policies: [p]}
 `
-	p, err := Parse("t.yaml", []byte(policy))
-	if err != nil {
-		t.Fatalf("Parse() = %v, want a valid policy", err)
-	}
-	var got []string
-	for _, w := range p.Warnings() {
-		got = append(got, w.Error())
-	}
+	p, got := parseValid(t, policy)
 	want := []string{
 		`t.yaml: workloads[0].match.claims["a"]: unquoted 1.0 is compared as the text "1.0", never as the number 1: quote it to match that text, or write 1 to match a number claim (line 15)`,
 		`t.yaml: workloads[0].match.claims["b"]: unquoted 1e3 is compared as the text "1e3", never as the number 1000: quote it to match that text, or write 1000 to match a number claim (line 16)`,
@@ -1010,14 +1023,7 @@ exceptions:
     reason: r
     expires: 2030-01-01
 `
-	p, err := Parse("t.yaml", []byte(policy))
-	if err != nil {
-		t.Fatalf("Parse() = %v, want a valid policy", err)
-	}
-	var got []string
-	for _, w := range p.Warnings() {
-		got = append(got, w.Error())
-	}
+	_, got := parseValid(t, policy)
 	want := []string{
 		`t.yaml: workloads[0].owner: "team-p\u0430yments" mixes Latin and Cyrillic letters (U+0430 а): it looks like an owner it is not, and revoke --owner would tell them apart (line 5)`,
 		`t.yaml: exceptions[0].owner: "\u03a4eam-data" mixes Latin and Greek letters (U+03A4 Τ): it looks like an owner it is not, and revoke --owner would tell them apart (line 13)`,
@@ -1048,14 +1054,7 @@ issuers:
 grants:
   - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
 `
-	p, err := Parse("t.yaml", []byte(policy))
-	if err != nil {
-		t.Fatalf("Parse() = %v, want a valid policy", err)
-	}
-	var got []string
-	for _, w := range p.Warnings() {
-		got = append(got, w.Error())
-	}
+	_, got := parseValid(t, policy)
 	want := []string{
 		`t.yaml: issuers[0].max_token_lifetime: 500ms is under 1s: token lifetimes (exp - iat) are whole seconds, so nearly every token is refused (lifetime_too_long) (line 3)`,
 		`t.yaml: issuers[1].max_token_lifetime: 999ms is under 1s: token lifetimes (exp - iat) are whole seconds, so nearly every token is refused (lifetime_too_long) (line 9)`,
@@ -1087,14 +1086,7 @@ issuers:
 grants:
   - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
 `
-	p, err := Parse("t.yaml", []byte(policy))
-	if err != nil {
-		t.Fatalf("Parse() = %v, want a valid policy", err)
-	}
-	var got []string
-	for _, w := range p.Warnings() {
-		got = append(got, w.Error())
-	}
+	p, got := parseValid(t, policy)
 	want := []string{
 		`t.yaml: issuers[0].audiences[2]: "k" is already listed at audiences[0]: it changes nothing; if another audience was meant, tokens for it are refused (line 3)`,
 		`t.yaml: issuers[1].audiences[2]: "k" is already listed at audiences[0]: it changes nothing; if another audience was meant, tokens for it are refused (line 10)`,
@@ -1157,10 +1149,7 @@ grants:
 			t.Errorf("workload %s: claims[\"1\"] = %q, want %q (what the decoder reads)", tc.workload, got, tc.want)
 		}
 	}
-	var got []string
-	for _, w := range p.Warnings() {
-		got = append(got, w.Error())
-	}
+	got := warningStrings(p)
 	want := []string{
 		`t.yaml: workloads[0].match.claims["1"]: unquoted 0x1F is compared as the text "0x1F", never as the number 31: quote it to match that text, or write 31 to match a number claim (line 14)`,
 	}
@@ -1217,14 +1206,7 @@ func TestLongDurationsAndBurstsWarn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := Parse("t.yaml", []byte(doc(tt.over)))
-			if err != nil {
-				t.Fatalf("Parse() = %v, want a valid policy", err)
-			}
-			var got []string
-			for _, w := range p.Warnings() {
-				got = append(got, w.Error())
-			}
+			_, got := parseValid(t, doc(tt.over))
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("Warnings() (-want +got):\n%s", diff)
 			}
@@ -1262,19 +1244,12 @@ grants:
     ttl: 5m
     vault_token: {policies: [p]}
 `
-	for _, tc := range []struct{ claims, key string }{
-		{`{"~": a, <<: {~: }}`, "~"},
-		{`{"~": a, <<: {~: 0x1F}}`, "~"},
-		{`{"null": a, <<: [{null: }]}`, "null"},
-	} {
-		claims := tc.claims
-		_, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", claims, 1)))
-		want := fmt.Sprintf(`policy invalid: 1 problem
-  t.yaml: workloads[0].match.claims[%q]: key without a value (line 14): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, tc.key)
-		if err == nil || strings.TrimSpace(err.Error()) != want {
-			t.Errorf("claims %s: Parse() = %v, want %s", claims, err, want)
-		}
-	}
+	const msg = `key without a value (line 14): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`
+	checkClaimsCases(t, policy, []claimsCase{
+		{claims: `{"~": a, <<: {~: }}`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
+		{claims: `{"~": a, <<: {~: 0x1F}}`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
+		{claims: `{"null": a, <<: [{null: }]}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
+	})
 }
 
 // TestDuplicateAlgorithmsNameTheLine: an algorithms entry listed twice is
@@ -1525,6 +1500,37 @@ func TestLongValuesAreCutInProblems(t *testing.T) {
 	}
 }
 
+// claimsCase is a policy with its CLAIMS line replaced by claims: the
+// problems Parse gives, each as printed (nil: the policy is valid), and
+// for a valid one, the claims workload w requires.
+type claimsCase struct {
+	claims string
+	want   []string
+	claim  map[string]string
+}
+
+// checkClaimsCases checks each case against policy (see claimsCase).
+func checkClaimsCases(t *testing.T, policy string, cases []claimsCase) {
+	t.Helper()
+	for _, tc := range cases {
+		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
+		if tc.want == nil {
+			if err != nil {
+				t.Errorf("%s: Parse() = %v, want a valid policy", tc.claims, err)
+				continue
+			}
+			w, _ := p.Workload("w")
+			if diff := cmp.Diff(tc.claim, w.Match.Claims); diff != "" {
+				t.Errorf("%s: claims (-want +got):\n%s", tc.claims, diff)
+			}
+			continue
+		}
+		if diff := cmp.Diff(tc.want, locatedProblemStrings(err)); diff != "" {
+			t.Errorf("%s: Parse() problems (-want +got):\n%s", tc.claims, diff)
+		}
+	}
+}
+
 // TestNullClaimKeyIsAProblem: a claims or claim_patterns key written
 // without a value (~, null, "? " with nothing after it) decodes to no
 // string, so the decoder drops the entry and the match would not check the
@@ -1548,11 +1554,7 @@ grants:
   - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
 `
 	const msg = `key without a value (line 10): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`
-	for _, tc := range []struct {
-		claims string
-		want   []string // problems; nil: valid
-		claim  map[string]string
-	}{
+	checkClaimsCases(t, policy, []claimsCase{
 		{claims: `claims: {ns: a, ~: b}`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
 		{claims: `claims: {ns: a, ~: }`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
 		{claims: `claims: {null: b}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
@@ -1562,30 +1564,7 @@ grants:
 		// hide the null key written beside it, which the decoder drops.
 		{claims: `claims: {ns: a, ~: b, <<: {"~": c}}`, want: []string{`t.yaml: workloads[0].match.claims["~"]: ` + msg}},
 		{claims: `claims: {ns: a, null: b, <<: [{"null": c}]}`, want: []string{`t.yaml: workloads[0].match.claims["null"]: ` + msg}},
-	} {
-		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
-		if tc.want == nil {
-			if err != nil {
-				t.Errorf("%s: Parse() = %v, want a valid policy", tc.claims, err)
-				continue
-			}
-			w, _ := p.Workload("w")
-			if diff := cmp.Diff(tc.claim, w.Match.Claims); diff != "" {
-				t.Errorf("%s: claims (-want +got):\n%s", tc.claims, diff)
-			}
-			continue
-		}
-		var got []string
-		if err != nil {
-			got = strings.Split(strings.TrimSpace(err.Error()), "\n")[1:]
-			for i := range got {
-				got[i] = strings.TrimSpace(got[i])
-			}
-		}
-		if diff := cmp.Diff(tc.want, got); diff != "" {
-			t.Errorf("%s: Parse() problems (-want +got):\n%s", tc.claims, diff)
-		}
-	}
+	})
 }
 
 // TestMergedNullClaimKeyIsAProblem: a claims or claim_patterns key without a
@@ -1616,41 +1595,14 @@ grants:
 	msg := func(line int) string {
 		return fmt.Sprintf(`key without a value (line %d): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`, line)
 	}
-	for _, tc := range []struct {
-		claims string
-		want   []string // problems; nil: valid
-		claim  map[string]string
-	}{
+	checkClaimsCases(t, policy, []claimsCase{
 		{claims: `claims: {ns: a, <<: {~: b}}`, want: []string{`t.yaml: workloads[1].match.claims["~"]: ` + msg(14)}},
 		{claims: `claims: {ns: a, <<: [*c, {null: b}]}`, want: []string{`t.yaml: workloads[1].match.claims["null"]: ` + msg(14)}},
 		{claims: `claim_patterns: {<<: {x: "a.*", <<: {~: "b.*"}}}`, want: []string{`t.yaml: workloads[1].match.claim_patterns["~"]: ` + msg(14)}},
 		{claims: "claims:\n        <<: {~: }\n        \"~\": a", want: []string{`t.yaml: workloads[1].match.claims["~"]: ` + msg(15)}},
 		// A quoted key is a claim of that name, merged or not.
 		{claims: `claims: {<<: [*c, {"~": x}]}`, claim: map[string]string{"team": "a", "ns": "b", "~": "x"}},
-	} {
-		p, err := Parse("t.yaml", []byte(strings.Replace(policy, "CLAIMS", tc.claims, 1)))
-		if tc.want == nil {
-			if err != nil {
-				t.Errorf("%s: Parse() = %v, want a valid policy", tc.claims, err)
-				continue
-			}
-			w, _ := p.Workload("w")
-			if diff := cmp.Diff(tc.claim, w.Match.Claims); diff != "" {
-				t.Errorf("%s: claims (-want +got):\n%s", tc.claims, diff)
-			}
-			continue
-		}
-		var got []string
-		if err != nil {
-			got = strings.Split(strings.TrimSpace(err.Error()), "\n")[1:]
-			for i := range got {
-				got[i] = strings.TrimSpace(got[i])
-			}
-		}
-		if diff := cmp.Diff(tc.want, got); diff != "" {
-			t.Errorf("%s: Parse() problems (-want +got):\n%s", tc.claims, diff)
-		}
-	}
+	})
 }
 
 // TestNullFieldKeyIsAProblem: a key written without a value (~, null,
