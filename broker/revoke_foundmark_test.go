@@ -3,65 +3,11 @@ package broker_test
 import (
 	"context"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
 )
-
-// progressUnconfirmedStore applies UpdateRevocation's write and then, while
-// progressUnreplicated is set, answers store_unreplicated, as redisstore
-// does when fewer replicas than store.min_replicas acknowledged it: the
-// revocation's progress write applied on the primary, not confirmed. The
-// found-mark tests' store wrappers embed it.
-type progressUnconfirmedStore struct {
-	broker.Store
-	progressUnreplicated atomic.Bool
-}
-
-func (s *progressUnconfirmedStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	r, err := s.Store.UpdateRevocation(ctx, id, fn)
-	if err != nil || !s.progressUnreplicated.Load() {
-		return r, err
-	}
-	return nil, errUnreplicated()
-}
-
-// markSameRevocationFirst stores in st, just before is's own mark, a mark
-// of the same revocation a moment earlier: another writer of it (the worker
-// of another instance, or the worker while Revoke still marks), whose write
-// the caller's MarkRevoked then finds.
-func markSameRevocationFirst(ctx context.Context, st broker.Store, is *broker.Issuance) error {
-	other := *is
-	other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
-	_, err := st.MarkRevoked(ctx, &other)
-	return err
-}
-
-// foundMarkStore lets a test put another revocation's mark in first and
-// report the revocation's progress writes unreplicated.
-type foundMarkStore struct {
-	progressUnconfirmedStore
-	// markFirst, when set, is run once before the next MarkRevoked.
-	markFirst atomic.Pointer[func()]
-	// sameIDFirst, when set, stores before the next MarkRevoked a mark of
-	// the same revocation a moment earlier: the worker's, marking while
-	// Revoke still runs, its write not confirmed.
-	sameIDFirst atomic.Bool
-}
-
-func (s *foundMarkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
-	if f := s.markFirst.Swap(nil); f != nil {
-		(*f)()
-	}
-	if s.sameIDFirst.Swap(false) {
-		if err := markSameRevocationFirst(ctx, s.Store, is); err != nil {
-			return nil, err
-		}
-	}
-	return s.Store.MarkRevoked(ctx, is)
-}
 
 // TestRevokeFoundMarkUnconfirmed: a revocation that finds its issuance
 // marked by another revocation (its MarkRevoked finds the mark, or it
@@ -76,53 +22,40 @@ func (s *foundMarkStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (
 // mark the revocation wrote itself, confirmed by its own write, stays
 // reported revoked.
 func TestRevokeFoundMarkUnconfirmed(t *testing.T) {
-	otherMark := func(f *revFixture, id string) {
-		t.Helper()
-		is, err := f.mem.GetIssuance(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		is.RevokedAt, is.RevocationID = f.clock(), "rev_other"
-		if _, err := f.mem.MarkRevoked(context.Background(), is); err != nil {
-			t.Fatal(err)
-		}
-	}
 	tests := []struct {
 		name        string
-		setup       func(t *testing.T, f *revFixture, fs *foundMarkStore, id string)
+		setup       func(t *testing.T, f *revFixture, fs *faultStore, id string)
 		unconfirmed bool // the progress write is not confirmed
 		wantPending bool
 	}{
-		{"found-by-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {
-			mark := func() { otherMark(f, id) }
+		{"found-by-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *faultStore, id string) {
+			mark := func() { markByOther(t, f, id) }
 			fs.markFirst.Store(&mark)
 		}, true, true},
-		{"read-marked/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {
-			otherMark(f, id)
+		{"read-marked/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *faultStore, id string) {
+			markByOther(t, f, id)
 		}, true, true},
-		{"found-by-mark/progress-confirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {
-			mark := func() { otherMark(f, id) }
+		{"found-by-mark/progress-confirmed", func(t *testing.T, f *revFixture, fs *faultStore, id string) {
+			mark := func() { markByOther(t, f, id) }
 			fs.markFirst.Store(&mark)
 		}, false, false},
-		{"own-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {}, true, false},
+		{"own-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *faultStore, id string) {}, true, false},
 		// A mark carrying the revocation's own id that another of its
 		// writers (the worker, while Revoke still runs) stored first is
 		// found too, not Revoke's own write.
-		{"found-same-revocation-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *foundMarkStore, id string) {
-			fs.sameIDFirst.Store(true)
+		{"found-same-revocation-mark/progress-unconfirmed", func(t *testing.T, f *revFixture, fs *faultStore, id string) {
+			fs.mark.Store(markRaced)
 		}, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			var fs *foundMarkStore
-			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-				fs = &foundMarkStore{progressUnconfirmedStore: progressUnconfirmedStore{Store: st}}
-				return fs
-			})
+			f, fs := newFaultFixture(t, true)
 			is := f.issue(t, "payments")
 			tt.setup(t, f, fs, is.ID)
-			fs.progressUnreplicated.Store(tt.unconfirmed)
+			if tt.unconfirmed {
+				fs.failUpdates(updateUnreplicated, -1)
+			}
 
 			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-20", broker.RevokeOptions{}, "req_1")
 			if err != nil {
@@ -151,7 +84,8 @@ func TestRevokeFoundMarkUnconfirmed(t *testing.T) {
 			}
 
 			// What the answer says is what happens: the worker finishes it.
-			fs.progressUnreplicated.Store(false)
+			fs.failUpdates(updateOK, 0)
+			fs.mark.Store(markOK)
 			w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
 			if err != nil {
 				t.Fatal(err)
@@ -181,25 +115,11 @@ func TestRevokeFoundMarkUnconfirmed(t *testing.T) {
 // (by worker) lists the issuance revoked.
 func TestRevokeFoundMarkUnconfirmedWorkerFinishes(t *testing.T) {
 	ctx := context.Background()
-	var fs *foundMarkStore
-	f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-		fs = &foundMarkStore{progressUnconfirmedStore: progressUnconfirmedStore{Store: st}}
-		return fs
-	})
+	f, fs := newFaultFixture(t, true)
 	is := f.issue(t, "payments")
-	mark := func() {
-		c, err := f.mem.GetIssuance(ctx, is.ID)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		c.RevokedAt, c.RevocationID = f.clock(), "rev_other"
-		if _, err := f.mem.MarkRevoked(ctx, c); err != nil {
-			t.Error(err)
-		}
-	}
+	mark := func() { markByOther(t, f, is.ID) }
 	fs.markFirst.Store(&mark)
-	fs.progressUnreplicated.Store(true)
+	fs.failUpdates(updateUnreplicated, -1)
 
 	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-21", broker.RevokeOptions{}, "req_1")
 	if err != nil {
@@ -213,7 +133,7 @@ func TestRevokeFoundMarkUnconfirmedWorkerFinishes(t *testing.T) {
 		t.Errorf("stored revocation after the unconfirmed progress write: %+v, %v; want %s pending, as the answer says", stored, err, is.ID)
 	}
 
-	fs.progressUnreplicated.Store(false)
+	fs.failUpdates(updateOK, 0)
 	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
 	if err != nil {
 		t.Fatal(err)

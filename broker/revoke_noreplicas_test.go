@@ -4,39 +4,11 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
 )
-
-// ackStore says whether its writes wait for replicas (broker.ReplicaAcker)
-// as the store it fronts does, or, with acks set, that they do (redisstore
-// with store.min_replicas); it counts UpdateRevocation calls and, while
-// refuse is set, refuses them unapplied (store_unavailable).
-type ackStore struct {
-	broker.Store
-	acks    bool
-	updates atomic.Int32
-	refuse  atomic.Bool
-}
-
-func (s *ackStore) AcksReplicas() bool {
-	if s.acks {
-		return true
-	}
-	a, ok := s.Store.(broker.ReplicaAcker)
-	return !ok || a.AcksReplicas()
-}
-
-func (s *ackStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	s.updates.Add(1)
-	if s.refuse.Load() {
-		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("READONLY You can't write against a read only replica"))
-	}
-	return s.Store.UpdateRevocation(ctx, id, fn)
-}
 
 // TestFoundMarkNoReplicaAcks: a mark found stored (another revocation's, or
 // the revocation's own written by Revoke and found by the worker) is held
@@ -49,31 +21,12 @@ func (s *ackStore) UpdateRevocation(ctx context.Context, id string, fn func(*bro
 // cost of a second UpdateRevocation per pass that found a mark.) With
 // replica acknowledgement the behaviour is unchanged.
 func TestFoundMarkNoReplicaAcks(t *testing.T) {
-	otherMark := func(t *testing.T, f *revFixture, id string) {
-		t.Helper()
-		is, err := f.mem.GetIssuance(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		is.RevokedAt, is.RevocationID = f.clock(), "rev_other"
-		if _, err := f.mem.MarkRevoked(context.Background(), is); err != nil {
-			t.Fatal(err)
-		}
-	}
 	for _, acks := range []bool{false, true} {
 		name := "no-replica-acks"
 		if acks {
 			name = "min-replicas"
 		}
 		t.Run(name, func(t *testing.T) {
-			newFixture := func(t *testing.T) (*revFixture, *ackStore) {
-				var as *ackStore
-				f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-					as = &ackStore{Store: st, acks: acks}
-					return as
-				})
-				return f, as
-			}
 			wantWrites := int32(1)
 			if acks {
 				wantWrites = 2 // the second settles the found mark, once the first is acknowledged
@@ -81,9 +34,9 @@ func TestFoundMarkNoReplicaAcks(t *testing.T) {
 
 			t.Run("revoke-found-mark", func(t *testing.T) {
 				ctx := context.Background()
-				f, as := newFixture(t)
+				f, fs := newFaultFixture(t, acks)
 				is := f.issue(t, "payments")
-				otherMark(t, f, is.ID)
+				markByOther(t, f, is.ID)
 				rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-40", broker.RevokeOptions{}, "req_1")
 				if err != nil {
 					t.Fatalf("Revoke() = %v", err)
@@ -91,17 +44,17 @@ func TestFoundMarkNoReplicaAcks(t *testing.T) {
 				if !slices.Equal(rev.Revoked, []string{is.ID}) || len(rev.Pending) != 0 {
 					t.Errorf("Revoke() answer: revoked %v, pending %v; want %s revoked", rev.Revoked, rev.Pending, is.ID)
 				}
-				if n := as.updates.Load(); n != wantWrites {
+				if n := fs.updates.Load(); n != wantWrites {
 					t.Errorf("Revoke() made %d UpdateRevocation calls, want %d", n, wantWrites)
 				}
 			})
 
 			t.Run("revoke-found-mark-progress-refused", func(t *testing.T) {
 				ctx := context.Background()
-				f, as := newFixture(t)
+				f, fs := newFaultFixture(t, acks)
 				is := f.issue(t, "payments")
-				otherMark(t, f, is.ID)
-				as.refuse.Store(true)
+				markByOther(t, f, is.ID)
+				fs.failUpdates(updateRefused, -1)
 				rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-41", broker.RevokeOptions{}, "req_1")
 				if err != nil {
 					t.Fatalf("Revoke() = %v", err)
@@ -124,7 +77,7 @@ func TestFoundMarkNoReplicaAcks(t *testing.T) {
 
 			t.Run("worker-finds-revoke-mark", func(t *testing.T) {
 				ctx := context.Background()
-				f, as := newFixture(t)
+				f, fs := newFaultFixture(t, acks)
 				is := f.issue(t, "payments")
 				f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused")))
 				rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-42", broker.RevokeOptions{}, "req_1")
@@ -137,11 +90,11 @@ func TestFoundMarkNoReplicaAcks(t *testing.T) {
 					t.Fatal(err)
 				}
 				f.advance(time.Second)
-				before := as.updates.Load()
+				before := fs.updates.Load()
 				if err := w.Tick(ctx); err != nil {
 					t.Fatal(err)
 				}
-				if n := as.updates.Load() - before; n != wantWrites {
+				if n := fs.updates.Load() - before; n != wantWrites {
 					t.Errorf("the worker's pass made %d UpdateRevocation calls, want %d", n, wantWrites)
 				}
 				stored, err := f.mem.GetRevocation(ctx, rev.ID)

@@ -26,10 +26,6 @@ func (s *unreplicatedStore) DeleteBlock(ctx context.Context, workload, revocatio
 	return errUnreplicated()
 }
 
-func errUnreplicated() error {
-	return broker.Unavailable(broker.ReasonStoreUnreplicated, time.Second, errors.New("0 of 1 replicas acknowledged"))
-}
-
 func (s *unreplicatedStore) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	if err := s.Store.PutRevocation(ctx, r); err != nil || !s.revocations {
 		return err

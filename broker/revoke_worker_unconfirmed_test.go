@@ -4,50 +4,12 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
-
-// Modes of workerUnconfirmedStore.MarkRevoked.
-const (
-	markOK           = iota
-	markFails        // not applied: store_unavailable
-	markUnreplicated // applied on the primary, then store_unreplicated
-	// markRaced: another writer of the same revocation (the worker of
-	// another instance) stores its mark first, applied on the primary but
-	// not confirmed, and this call finds it: a mark carrying the
-	// revocation's own id that this call did not write.
-	markRaced
-)
-
-// workerUnconfirmedStore makes MarkRevoked fail (applied or not) and
-// UpdateRevocation apply its write and then answer store_unreplicated, as
-// redisstore does with store.min_replicas and a replica down.
-type workerUnconfirmedStore struct {
-	progressUnconfirmedStore
-	mark atomic.Int32
-}
-
-func (s *workerUnconfirmedStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
-	switch s.mark.Load() {
-	case markFails:
-		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("connection refused"))
-	case markUnreplicated:
-		if _, err := s.Store.MarkRevoked(ctx, is); err != nil {
-			return nil, err
-		}
-		return nil, errUnreplicated()
-	case markRaced:
-		if err := markSameRevocationFirst(ctx, s.Store, is); err != nil {
-			return nil, err
-		}
-	}
-	return s.Store.MarkRevoked(ctx, is)
-}
 
 // lastResult is the last revoke_result event of revocation id.
 func lastResult(t *testing.T, f *revFixture, id string) *audit.Event {
@@ -81,7 +43,7 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 		name string
 		// setup runs before Revoke; the issuance is then pending in
 		// the record, for the worker.
-		setup func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string)
+		setup func(t *testing.T, f *revFixture, us *faultStore, id string)
 		// found: the worker finds the mark stored; until an acknowledged
 		// progress write it stays pending. Otherwise the worker writes
 		// the mark itself, confirmed, and reports it revoked at once.
@@ -90,39 +52,28 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 		// (markOK when zero).
 		workerMark int32
 	}{
-		{"found-other-mark", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
-			is, err := f.mem.GetIssuance(context.Background(), id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			is.RevokedAt, is.RevocationID = f.clock(), "rev_other"
-			if _, err := f.mem.MarkRevoked(context.Background(), is); err != nil {
-				t.Fatal(err)
-			}
-			us.progressUnreplicated.Store(true) // Revoke's too: pending in the record
+		{"found-other-mark", func(t *testing.T, f *revFixture, us *faultStore, id string) {
+			markByOther(t, f, id)
+			us.failUpdates(updateUnreplicated, -1) // Revoke's too: pending in the record
 		}, true, markOK},
-		{"found-own-mark-unconfirmed", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
+		{"found-own-mark-unconfirmed", func(t *testing.T, f *revFixture, us *faultStore, id string) {
 			us.mark.Store(markUnreplicated)
-			us.progressUnreplicated.Store(true)
+			us.failUpdates(updateUnreplicated, -1)
 		}, true, markOK},
-		{"own-mark-written-by-worker", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
+		{"own-mark-written-by-worker", func(t *testing.T, f *revFixture, us *faultStore, id string) {
 			us.mark.Store(markFails)
 		}, false, markOK},
 		// The worker finds, stored meanwhile, a mark carrying the
 		// revocation's own id that another instance's worker wrote
 		// without its write being confirmed: found, not its own write.
-		{"own-mark-raced-by-another-instance", func(t *testing.T, f *revFixture, us *workerUnconfirmedStore, id string) {
+		{"own-mark-raced-by-another-instance", func(t *testing.T, f *revFixture, us *faultStore, id string) {
 			us.mark.Store(markFails)
 		}, true, markRaced},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			var us *workerUnconfirmedStore
-			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-				us = &workerUnconfirmedStore{progressUnconfirmedStore: progressUnconfirmedStore{Store: st}}
-				return us
-			})
+			f, us := newFaultFixture(t, true)
 			is := f.issue(t, "payments")
 			tt.setup(t, f, us, is.ID)
 			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-30", broker.RevokeOptions{}, "req_1")
@@ -136,7 +87,7 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 			// The worker's pass, the replica still down: its progress
 			// write is applied but not confirmed.
 			us.mark.Store(tt.workerMark)
-			us.progressUnreplicated.Store(true)
+			us.failUpdates(updateUnreplicated, -1)
 			w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
 			if err != nil {
 				t.Fatal(err)
@@ -178,7 +129,7 @@ func TestWorkerProgressUnconfirmed(t *testing.T) {
 
 			// The replica is back: the next pass (after the backoff)
 			// confirms what is left.
-			us.progressUnreplicated.Store(false)
+			us.failUpdates(updateOK, 0)
 			f.advance(time.Second)
 			if err := w.Tick(ctx); err != nil {
 				t.Fatal(err)

@@ -4,35 +4,11 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
 )
-
-// nextUnconfirmedStore applies UpdateRevocation's write and then answers
-// store_unreplicated for the next unconfirmed writes (all of them while it
-// is negative), as redisstore does with store.min_replicas and a replica
-// down.
-type nextUnconfirmedStore struct {
-	broker.Store
-	unconfirmed atomic.Int32
-}
-
-func (s *nextUnconfirmedStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	r, err := s.Store.UpdateRevocation(ctx, id, fn)
-	if err != nil {
-		return r, err
-	}
-	switch n := s.unconfirmed.Load(); {
-	case n == 0:
-		return r, nil
-	case n > 0:
-		s.unconfirmed.Add(-1)
-	}
-	return nil, errUnreplicated()
-}
 
 // TestSweepWriteUnconfirmedKeepsSwept: the sweep's own write (adding what
 // it found as pending, clearing SweepAt) may be applied on the primary and
@@ -45,19 +21,15 @@ func (s *nextUnconfirmedStore) UpdateRevocation(ctx context.Context, id string, 
 func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
-		unconfirmed int32 // UpdateRevocation writes answered store_unreplicated in the sweep's pass
-		wantErr     bool  // the pass reports its progress write failed
+		unconfirmed int  // UpdateRevocation writes answered store_unreplicated in the sweep's pass
+		wantErr     bool // the pass reports its progress write failed
 	}{
 		{"sweep-write-only", 1, false},
 		{"replica-down", -1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			var us *nextUnconfirmedStore
-			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-				us = &nextUnconfirmedStore{Store: st}
-				return us
-			})
+			f, us := newFaultFixture(t, true)
 			a := f.issue(t, "payments")
 			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-50", broker.RevokeOptions{}, "req_1")
 			if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
@@ -73,13 +45,13 @@ func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 			f.mu.Lock()
 			f.now = rev.SweepAt
 			f.mu.Unlock()
-			us.unconfirmed.Store(tc.unconfirmed)
+			us.failUpdates(updateUnreplicated, tc.unconfirmed)
 			events := len(f.sink.Events())
 			err = w.Tick(ctx)
 			if tc.wantErr != (err != nil) || (err != nil && !errors.Is(err, broker.ErrUnavailable)) {
 				t.Fatalf("the sweep's pass = %v, want an error: %v", err, tc.wantErr)
 			}
-			us.unconfirmed.Store(0)
+			us.failUpdates(updateOK, 0)
 
 			var swept []string
 			for _, ev := range f.sink.Events()[events:] {

@@ -4,44 +4,12 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
-
-// readOnlyStore serves reads but refuses every UpdateRevocation unapplied
-// while refuse is set, as Redis does out of memory (noeviction) or as a
-// READONLY replica; GetIssuance answers ErrNotFound for gone (an issuance
-// past retention).
-type readOnlyStore struct {
-	broker.Store
-	refuse atomic.Bool
-	gone   atomic.Pointer[string]
-}
-
-func (s *readOnlyStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	if s.refuse.Load() {
-		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("OOM command not allowed when used memory > 'maxmemory'"))
-	}
-	return s.Store.UpdateRevocation(ctx, id, fn)
-}
-
-// AcksReplicas is the fronted store's (memstore: none, as redisstore
-// without store.min_replicas).
-func (s *readOnlyStore) AcksReplicas() bool {
-	a, ok := s.Store.(broker.ReplicaAcker)
-	return !ok || a.AcksReplicas()
-}
-
-func (s *readOnlyStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
-	if g := s.gone.Load(); g != nil && *g == id {
-		return nil, broker.ErrNotFound
-	}
-	return s.Store.GetIssuance(ctx, id)
-}
 
 // TestWorkerNoRepeatedResult: while the store refuses writes but serves
 // reads, every worker pass over a pending revocation does the same work,
@@ -67,11 +35,7 @@ func TestWorkerNoRepeatedResult(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			var ro *readOnlyStore
-			f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-				ro = &readOnlyStore{Store: st}
-				return ro
-			})
+			f, ro := newFaultFixture(t, false)
 			is := f.issue(t, "payments")
 			f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused")))
 			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "INC-60", broker.RevokeOptions{}, "req_1")
@@ -82,7 +46,7 @@ func TestWorkerNoRepeatedResult(t *testing.T) {
 			if tc.gone {
 				ro.gone.Store(&is.ID)
 			}
-			ro.refuse.Store(true)
+			ro.failUpdates(updateRefused, -1)
 			w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second, MaxBackoff: 4 * time.Second})
 			if err != nil {
 				t.Fatal(err)
@@ -122,7 +86,7 @@ func TestWorkerNoRepeatedResult(t *testing.T) {
 
 			// The store takes writes again: the record completes, and the
 			// completing pass's result is the last word.
-			ro.refuse.Store(false)
+			ro.failUpdates(updateOK, 0)
 			f.advance(4 * time.Second)
 			if err := w.Tick(ctx); err != nil {
 				t.Fatal(err)

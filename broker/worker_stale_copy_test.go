@@ -14,28 +14,6 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-// duringProgressStore runs during, once, inside the next UpdateRevocation
-// and then refuses that write unapplied: another instance's pass runs while
-// this one's progress write is under way, and this one's write fails.
-type duringProgressStore struct {
-	broker.Store
-	during atomic.Pointer[func()]
-}
-
-func (s *duringProgressStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
-	if f := s.during.Swap(nil); f != nil {
-		(*f)()
-		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("connection reset"))
-	}
-	return s.Store.UpdateRevocation(ctx, id, fn)
-}
-
-// AcksReplicas is the fronted store's (memstore: none).
-func (s *duringProgressStore) AcksReplicas() bool {
-	a, ok := s.Store.(broker.ReplicaAcker)
-	return !ok || a.AcksReplicas()
-}
-
 // idRevoker fails for the ids in fail, succeeds for every other.
 type idRevoker struct{ fail atomic.Pointer[string] }
 
@@ -58,11 +36,7 @@ func (r *idRevoker) Revoke(ctx context.Context, is *broker.Issuance) error {
 // revoked from any revoke_result listing it, see it.
 func TestWorkerStaleCopyResultOnlyLate(t *testing.T) {
 	ctx := context.Background()
-	var ds *duringProgressStore
-	f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
-		ds = &duringProgressStore{Store: st}
-		return ds
-	})
+	f, ds := newFaultFixture(t, false)
 	// Instance B: the same store, its own revoker and audit log.
 	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
 	if err != nil {
@@ -113,6 +87,7 @@ func TestWorkerStaleCopyResultOnlyLate(t *testing.T) {
 		}
 	}
 	ds.during.Store(&during)
+	ds.failUpdates(updateRefused, 1) // and then A's write fails
 	if err := wA.Tick(ctx); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("A's pass = %v, want its progress write to fail", err)
 	}

@@ -1,0 +1,183 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// What faultStore.UpdateRevocation does with the writes failUpdates names.
+const (
+	updateOK = iota
+	// updateRefused: not applied, store_unavailable (Redis READONLY, or
+	// out of memory with noeviction, still serving reads).
+	updateRefused
+	// updateUnreplicated: applied, then store_unreplicated (redisstore
+	// with store.min_replicas and a replica down).
+	updateUnreplicated
+	// updateTimedOut: applied, then context.DeadlineExceeded (the answer
+	// lost to the store timeout).
+	updateTimedOut
+)
+
+// What faultStore.MarkRevoked does (its mark field).
+const (
+	markOK           = iota
+	markFails        // not applied: store_unavailable
+	markUnreplicated // applied on the primary, then store_unreplicated
+	// markRaced: another writer of the same revocation (the worker of
+	// another instance, or the worker while Revoke still marks) stores its
+	// mark a moment earlier, applied but not confirmed, and this call finds
+	// it: a mark carrying the revocation's own id that this call did not
+	// write.
+	markRaced
+)
+
+// faultStore fronts the fixture's memstore for the revocation tests and
+// fails or interposes on the calls they name: UpdateRevocation (counted)
+// fails as failUpdates last said, with a hook run inside the next one;
+// MarkRevoked as mark says, with a hook run before the next one;
+// GetIssuance answers ErrNotFound for gone (an issuance past retention).
+// AcksReplicas says true with acks set (redisstore with
+// store.min_replicas), the fronted store's answer otherwise (memstore:
+// false).
+type faultStore struct {
+	broker.Store
+	acks bool
+
+	updates atomic.Int32 // UpdateRevocation calls
+	mu      sync.Mutex
+	update  int // what the next UpdateRevocation calls do (updateOK: nothing)
+	left    int // how many calls update is for; negative: every one
+	// during, when set, runs once inside the next UpdateRevocation, before
+	// its write (another instance's pass while this one's write is under
+	// way).
+	during atomic.Pointer[func()]
+
+	mark atomic.Int32 // markOK, markFails, markUnreplicated or markRaced
+	// markFirst, when set, runs once before the next MarkRevoked.
+	markFirst atomic.Pointer[func()]
+
+	gone atomic.Pointer[string]
+}
+
+// newFaultFixture is newRevFixture over a faultStore; acks as in it.
+func newFaultFixture(t *testing.T, acks bool) (*revFixture, *faultStore) {
+	t.Helper()
+	var fs *faultStore
+	f := newRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
+		fs = &faultStore{Store: st, acks: acks}
+		return fs
+	})
+	return f, fs
+}
+
+// failUpdates makes the next n UpdateRevocation calls (every one from now
+// on when n is negative) do what mode says; failUpdates(updateOK, 0) stops
+// it.
+func (s *faultStore) failUpdates(mode, n int) {
+	s.mu.Lock()
+	s.update, s.left = mode, n
+	s.mu.Unlock()
+}
+
+// nextUpdate is what this UpdateRevocation call does.
+func (s *faultStore) nextUpdate() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.left == 0:
+		return updateOK
+	case s.left > 0:
+		s.left--
+	}
+	return s.update
+}
+
+func errUnreplicated() error {
+	return broker.Unavailable(broker.ReasonStoreUnreplicated, time.Second, errors.New("0 of 1 replicas acknowledged"))
+}
+
+func errRefused() error {
+	return broker.Unavailable("store_unavailable", time.Second, errors.New("READONLY You can't write against a read only replica"))
+}
+
+func (s *faultStore) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
+	s.updates.Add(1)
+	if f := s.during.Swap(nil); f != nil {
+		(*f)()
+	}
+	mode := s.nextUpdate()
+	if mode == updateRefused {
+		return nil, errRefused()
+	}
+	r, err := s.Store.UpdateRevocation(ctx, id, fn)
+	switch {
+	case err != nil:
+		return r, err
+	case mode == updateUnreplicated:
+		return nil, errUnreplicated()
+	case mode == updateTimedOut:
+		return nil, context.DeadlineExceeded
+	}
+	return r, nil
+}
+
+func (s *faultStore) AcksReplicas() bool {
+	if s.acks {
+		return true
+	}
+	a, ok := s.Store.(broker.ReplicaAcker)
+	return !ok || a.AcksReplicas()
+}
+
+func (s *faultStore) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.Issuance, error) {
+	if f := s.markFirst.Swap(nil); f != nil {
+		(*f)()
+	}
+	switch s.mark.Load() {
+	case markFails:
+		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("connection refused"))
+	case markUnreplicated:
+		if _, err := s.Store.MarkRevoked(ctx, is); err != nil {
+			return nil, err
+		}
+		return nil, errUnreplicated()
+	case markRaced:
+		other := *is
+		other.RevokedAt = is.RevokedAt.Add(-time.Millisecond)
+		if _, err := s.Store.MarkRevoked(ctx, &other); err != nil {
+			return nil, err
+		}
+	}
+	return s.Store.MarkRevoked(ctx, is)
+}
+
+func (s *faultStore) GetIssuance(ctx context.Context, id string) (*broker.Issuance, error) {
+	if g := s.gone.Load(); g != nil && *g == id {
+		return nil, broker.ErrNotFound
+	}
+	return s.Store.GetIssuance(ctx, id)
+}
+
+// markByOther stores issuance id as revoked by another revocation
+// (rev_other), straight in the fixture's memstore. It reports with
+// t.Error, not t.Fatal: it may run inside a store call on another
+// goroutine.
+func markByOther(t *testing.T, f *revFixture, id string) {
+	t.Helper()
+	is, err := f.mem.GetIssuance(context.Background(), id)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	is.RevokedAt, is.RevocationID = f.clock(), "rev_other"
+	if _, err := f.mem.MarkRevoked(context.Background(), is); err != nil {
+		t.Error(err)
+	}
+}
