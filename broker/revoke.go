@@ -1453,6 +1453,20 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation sweep not confirmed; going on",
 				slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
 			*r = *written
+		case written != nil:
+			// Failed after fn ran: a write that timed out (the store
+			// timeout, a deadline) or lost its answer may be applied all
+			// the same, and then it is lost as the sweep's just as above.
+			// One read tells: go on from the record as read when it shows
+			// the sweep done and what it found listed; otherwise return
+			// with the sweep left due, as for a write refused.
+			if got, ok := s.sweepApplied(ctx, r.ID, swept); ok {
+				s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation sweep failed but it is applied; going on",
+					slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
+				*r = *got
+				break
+			}
+			return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 		default:
 			return false, fmt.Errorf("store revocation %s: %w", r.ID, err)
 		}
@@ -1516,6 +1530,36 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "pending revocation completed", slog.String("revocation_id", r.ID))
 	}
 	return true, nil
+}
+
+// readRevocation reads revocation id as stored, within the store timeout.
+func (s *Service) readRevocation(ctx context.Context, id string) (*Revocation, error) {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	return s.d.Store.GetRevocation(sctx, id)
+}
+
+// sweepApplied reads revocation id after its sweep write failed and
+// reports whether the record shows that write applied: the sweep done
+// (SweepAt clear) and every id it added (swept) listed, pending or
+// revoked. It returns the record as read; a failed read is not applied.
+func (s *Service) sweepApplied(ctx context.Context, id string, swept []string) (*Revocation, bool) {
+	got, err := s.readRevocation(ctx, id)
+	if err != nil || !got.SweepAt.IsZero() {
+		return nil, false
+	}
+	listed := make(map[string]bool, len(got.Pending)+len(got.Revoked))
+	for _, l := range [][]string{got.Pending, got.Revoked} {
+		for _, x := range l {
+			listed[x] = true
+		}
+	}
+	for _, x := range swept {
+		if !listed[x] {
+			return nil, false
+		}
+	}
+	return got, true
 }
 
 // auditPass writes the revoke_result of one worker pass over r, as r now

@@ -18,14 +18,22 @@ import (
 // no revoke_result ever named it under swept. Now the pass goes on from
 // the record as written and its revoke_result (by sweep) names it, whether
 // its progress write is confirmed (the replica back) or not.
+//
+// The same for a sweep write applied whose answer is lost to a timeout
+// (context.DeadlineExceeded, the store timeout): only store_unreplicated
+// counted as applied, so the pass stopped as for a write refused and the
+// find lost its swept label. Now one read after the failed write shows
+// the sweep done and the find listed, and the pass goes on from it.
 func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 	for _, tc := range []struct {
-		name        string
-		unconfirmed int  // UpdateRevocation writes answered store_unreplicated in the sweep's pass
-		wantErr     bool // the pass reports its progress write failed
+		name    string
+		mode    int  // what the failing UpdateRevocation writes of the sweep's pass do
+		n       int  // how many fail (negative: all)
+		wantErr bool // the pass reports its progress write failed
 	}{
-		{"sweep-write-only", 1, false},
-		{"replica-down", -1, true},
+		{"sweep-write-only", updateUnreplicated, 1, false},
+		{"replica-down", updateUnreplicated, -1, true},
+		{"sweep-write-timed-out", updateTimedOut, 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -45,7 +53,7 @@ func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 			f.mu.Lock()
 			f.now = rev.SweepAt
 			f.mu.Unlock()
-			us.failUpdates(updateUnreplicated, tc.unconfirmed)
+			us.failUpdates(tc.mode, tc.n)
 			events := len(f.sink.Events())
 			err = w.Tick(ctx)
 			if tc.wantErr != (err != nil) || (err != nil && !errors.Is(err, broker.ErrUnavailable)) {
@@ -74,5 +82,56 @@ func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 				t.Errorf("stored revocation: %+v, %v; want %s revoked, complete", stored, err, b.ID)
 			}
 		})
+	}
+}
+
+// TestSweepWriteRefusedSweepsAgain: a sweep write refused unapplied (the
+// store read-only) while reads work is not taken for applied by the read
+// that follows a failed sweep write: the pass stops, the record keeps the
+// sweep due and lists nothing new, and the next pass sweeps again and
+// names the find under swept. (A guard for the read that
+// TestSweepWriteUnconfirmedKeepsSwept/sweep-write-timed-out relies on.)
+func TestSweepWriteRefusedSweepsAgain(t *testing.T) {
+	ctx := context.Background()
+	f, fs := newFaultFixture(t, true)
+	a := f.issue(t, "payments")
+	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-51", broker.RevokeOptions{}, "req_1")
+	if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
+		t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
+	}
+	b := f.issue(t, "payments") // the sweep's to find
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.now = rev.SweepAt
+	f.mu.Unlock()
+	fs.failUpdates(updateRefused, 1)
+	if err := w.Tick(ctx); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("the pass whose sweep write is refused = %v, want ErrUnavailable", err)
+	}
+	stored, err := f.mem.GetRevocation(ctx, rev.ID)
+	if err != nil || stored.SweepAt.IsZero() || slices.Contains(stored.Pending, b.ID) || slices.Contains(f.rv.Calls(), b.ID) {
+		t.Fatalf("after the refused sweep write: %+v, %v, backend calls %v; want the sweep still due, %s untouched", stored, err, f.rv.Calls(), b.ID)
+	}
+
+	f.advance(time.Minute)
+	events := len(f.sink.Events())
+	if err := w.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var swept []string
+	for _, ev := range f.sink.Events()[events:] {
+		if ev.Type == "revoke_result" && ev.RevocationID == rev.ID && ev.Details["by"] == "sweep" {
+			swept = append(swept, ev.Details["swept"].([]string)...)
+		}
+	}
+	if !slices.Equal(swept, []string{b.ID}) {
+		t.Errorf("revoke_result by sweep of the pass after the refused one names %v under swept, want [%s]", swept, b.ID)
+	}
+	stored, err = f.mem.GetRevocation(ctx, rev.ID)
+	if err != nil || !slices.Contains(stored.Revoked, b.ID) || stored.CompletedAt.IsZero() {
+		t.Errorf("stored revocation at the end: %+v, %v; want %s revoked, complete", stored, err, b.ID)
 	}
 }
