@@ -42,7 +42,8 @@ const (
 // fails or interposes on the calls they name: UpdateRevocation (counted)
 // fails as failUpdates last said, with a hook run inside the next one;
 // MarkRevoked as mark says, with a hook run before the next one;
-// GetIssuance answers ErrNotFound for gone (an issuance past retention).
+// GetIssuance answers ErrNotFound for gone (an issuance past retention);
+// GetRevocation fails while getFails is set.
 // AcksReplicas says true with acks set (redisstore with
 // store.min_replicas), the fronted store's answer otherwise (memstore:
 // false).
@@ -64,6 +65,8 @@ type faultStore struct {
 	markFirst atomic.Pointer[func()]
 
 	gone atomic.Pointer[string]
+	// getFails makes GetRevocation fail (store_unavailable).
+	getFails atomic.Bool
 }
 
 // newFaultFixture is newRevFixture over a faultStore; acks as in it.
@@ -180,4 +183,11 @@ func markByOther(t *testing.T, f *revFixture, id string) {
 	if _, err := f.mem.MarkRevoked(context.Background(), is); err != nil {
 		t.Error(err)
 	}
+}
+
+func (s *faultStore) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	if s.getFails.Load() {
+		return nil, broker.Unavailable("store_unavailable", time.Second, errors.New("i/o timeout"))
+	}
+	return s.Store.GetRevocation(ctx, id)
 }

@@ -1517,6 +1517,16 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	if err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
 			slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
+		// The result is built from the record read afresh where the
+		// read works, not from the pass's copy: another writer (another
+		// instance's sweep) may have added ids since the copy was read,
+		// and a result from the copy said 200, nothing pending, while
+		// they were. Settling this pass's outcome on it again is what a
+		// write applied already did (settle is idempotent), and what an
+		// unapplied one would have done. A failed read keeps the copy.
+		if cur, rerr := s.readRevocation(ctx, r.ID); rerr == nil {
+			*r = *cur
+		}
 		settle(r, done, failed, s.d.Now())
 		w.auditPass(ctx, r, hadPending, swept, false)
 		return false, fmt.Errorf("store revocation %s: %w", r.ID, err)

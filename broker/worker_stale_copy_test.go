@@ -24,17 +24,35 @@ func (r *idRevoker) Revoke(ctx context.Context, is *broker.Issuance) error {
 	return nil
 }
 
-// TestWorkerStaleCopyResultOnlyLate: when its progress write fails, a
-// worker pass writes its revoke_result from the copy of the record it read
-// at the start, so an issuance another instance's sweep added meanwhile is
-// missing from that event (it may even say 200, nothing pending, while the
-// find is still pending). Checked here that this only makes the report
-// late, never loses the issuance: the sweep's own revoke_result names it
-// (swept, pending), the record keeps it pending (no writer settles an id
-// it did not handle), and the pass that ends it writes a revoke_result
+// TestWorkerFailedWriteResultReadAfresh: when its progress write fails, a
+// worker pass still writes its revoke_result (the write may be applied).
+// It built it from the copy of the record it read at the start, so an
+// issuance another instance's sweep added meanwhile was missing from it:
+// it said 200, nothing pending, while the find was pending (pinned before
+// as late, not wrong). Now, after a failed write, the pass reads the record
+// once more and settles its outcome on that: its result lists the find
+// pending, or (as here, nothing of its own left to report) it writes none,
+// and the revocation's last word is not a 200 while something is pending.
+// When that read fails too, the pass keeps the copy, as before.
+//
+// Either way the find is never lost: the sweep's own revoke_result names
+// it (swept, pending), the record keeps it pending (no writer settles an
+// id it did not handle), and the pass that ends it writes a revoke_result
 // listing it revoked, so trace and report, which take an issuance as
 // revoked from any revoke_result listing it, see it.
-func TestWorkerStaleCopyResultOnlyLate(t *testing.T) {
+func TestWorkerFailedWriteResultReadAfresh(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		readFail bool // the read after A's failed write fails too
+	}{
+		{"read-afresh", false},
+		{"read-fails-copy-kept", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testWorkerFailedWriteResult(t, tc.readFail) })
+	}
+}
+
+func testWorkerFailedWriteResult(t *testing.T, readFail bool) {
 	ctx := context.Background()
 	f, ds := newFaultFixture(t, false)
 	// Instance B: the same store, its own revoker and audit log.
@@ -88,9 +106,12 @@ func TestWorkerStaleCopyResultOnlyLate(t *testing.T) {
 	}
 	ds.during.Store(&during)
 	ds.failUpdates(updateRefused, 1) // and then A's write fails
+	ds.getFails.Store(readFail)
+	aEvents := len(f.sink.Events())
 	if err := wA.Tick(ctx); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("A's pass = %v, want its progress write to fail", err)
 	}
+	ds.getFails.Store(false)
 
 	results := func() []*audit.Event {
 		var out []*audit.Event
@@ -101,10 +122,25 @@ func TestWorkerStaleCopyResultOnlyLate(t *testing.T) {
 		}
 		return out
 	}
-	// A's event, from its copy, does not know b; B's sweep names it.
-	last := lastResult(t, f, rev.ID)
-	if revoked, _ := last.Details["revoked"].([]string); last.Details["by"] != "worker" || !slices.Equal(revoked, []string{a.ID}) {
-		t.Fatalf("A's revoke_result: by %v, revoked %v; want the worker's from its copy, %s revoked (setup)", last.Details["by"], last.Details["revoked"], a.ID)
+	var byA []*audit.Event
+	for _, ev := range f.sink.Events()[aEvents:] {
+		if ev.Type == "revoke_result" && ev.RevocationID == rev.ID {
+			byA = append(byA, ev)
+		}
+	}
+	if readFail {
+		// The copy, as before: it does not know b.
+		if len(byA) != 1 || byA[0].Details["by"] != "worker" || !slices.Equal(byA[0].Details["revoked"].([]string), []string{a.ID}) {
+			t.Errorf("A's revoke_results with the read failing: %d; want one, the worker's from its copy, %s revoked", len(byA), a.ID)
+		}
+	} else {
+		// From the record read afresh: b is pending there.
+		for _, ev := range byA {
+			if pending, _ := ev.Details["pending"].([]string); ev.Outcome.Status != 202 || !slices.Contains(pending, b.ID) {
+				t.Errorf("A's revoke_result after its failed write: by %v, %d, revoked %v, pending %v; want %s pending (202), as the record has it",
+					ev.Details["by"], ev.Outcome.Status, ev.Details["revoked"], ev.Details["pending"], b.ID)
+			}
+		}
 	}
 	named := false
 	for _, ev := range results() {
