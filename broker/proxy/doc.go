@@ -133,9 +133,11 @@
 // when streamed and its headers went out already, as after a streamed
 // first chunk that could start a header, "x", which is relayed at once)
 // when the secret is inside, and refused when it does not decode (a zlib stream followed by
-// a second gzip or zlib stream included; other data after a zlib stream,
-// where decoders stop, is relayed and scanned as plain bytes, the secret
-// masked there) or decodes to gzip or zlib data again (502
+// a second gzip or zlib stream, or a gzip member by a zlib stream,
+// included; the members of a gzip body of several are all decoded and
+// scanned; other data after a zlib stream or the last gzip member, where
+// decoders stop, is relayed and scanned as plain bytes, the secret masked
+// there) or decodes to gzip or zlib data again (502
 // response_encoding_unsupported: one layer is decoded, besides the
 // Content-Encoding's); zip and brotli are not recognised (see gzipGuard).
 // Errors the broker

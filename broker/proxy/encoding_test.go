@@ -19,9 +19,13 @@ import (
 // plain, empty (no body), garbage (a gzip magic number and then not gzip),
 // bomb (1 MiB of zeros, gzipped to about 1 KiB: far over the response cap
 // once decoded), members (400 empty gzip members: over the cap on the
-// wire, nothing once decoded), zlib-then-X (a zlib stream of clean text,
-// then data: X plain as a second zlib stream, gzip plain gzipped, text
-// plain as it is, newline a "\n", x a lone "x"), xtext (text that starts
+// wire, nothing once decoded), gzip-split (plain as two gzip members, the
+// secret cut between them), C-then-X with C zlib, gzip or rawdeflate (a C
+// stream of clean text, then data: X plain as a second C stream, gzip
+// plain gzipped, zlib plain zlib'd, text plain as it is, newline a "\n",
+// x a lone "x", 1f and 1f8b the first bytes of a gzip header, zeros four
+// zero bytes, zeros-then-gzip those and plain gzipped, a-bad-member a gzip
+// header and then not gzip), xtext (text that starts
 // "x = ", a zlib header with a preset dictionary), hktext (text that
 // starts "HK", a zlib header of a 16 KiB window) or xhattext (text that
 // starts "x^", a zlib header of a 32 KiB window). Names joined with "."
@@ -30,29 +34,47 @@ func encodeAs(as string, plain []byte) []byte {
 	if outer, inner, ok := strings.Cut(as, "."); ok {
 		return encodeAs(outer, encodeAs(inner, plain))
 	}
+	if first, then, ok := strings.Cut(as, "-then-"); ok {
+		var after []byte
+		switch then {
+		case "plain":
+			after = encodeAs(first, plain)
+		case "gzip", "zlib":
+			after = encodeAs(then, plain)
+		case "text":
+			after = plain
+		case "newline":
+			after = []byte("\n")
+		case "x":
+			after = []byte("x")
+		case "1f", "1f8b":
+			after = []byte("\x1f\x8b")[:len(then)/2]
+		case "zeros":
+			after = make([]byte, 4)
+		case "zeros-then-gzip":
+			after = append(make([]byte, 4), encodeAs("gzip", plain)...)
+		case "a-bad-member":
+			after = []byte("\x1f\x8b\x08 not really gzip")
+		default:
+			panic("encodeAs: unknown " + as)
+		}
+		return append(encodeAs(first, []byte(cleanText)), after...)
+	}
 	var b bytes.Buffer
 	switch as {
-	case "zlib-then-plain", "zlib-then-gzip", "zlib-then-text", "zlib-then-newline", "zlib-then-x":
-		var after []byte
-		switch as {
-		case "zlib-then-plain":
-			after = encodeAs("zlib", plain)
-		case "zlib-then-gzip":
-			after = encodeAs("gzip", plain)
-		case "zlib-then-text":
-			after = plain
-		case "zlib-then-newline":
-			after = []byte("\n")
-		case "zlib-then-x":
-			after = []byte("x")
-		}
-		return append(encodeAs("zlib", []byte(cleanText)), after...)
 	case "xtext":
 		return []byte("x = 80 requests, no secret\n")
 	case "hktext":
 		return []byte("HKD 7.80\n")
 	case "xhattext":
 		return []byte("x^2 + y^2\n")
+	case "gzip-split":
+		// Two gzip members, the secret cut between them.
+		i := len(plain) / 2
+		if k := bytes.Index(plain, []byte(upstreamKey)); k >= 0 {
+			i = k + len(upstreamKey)/2
+		}
+		return append(encodeAs("gzip", plain[:i]), encodeAs("gzip", plain[i:])...)
 	case "gzip", "bomb", "members":
 		if as == "bomb" {
 			plain = make([]byte, 1<<20)

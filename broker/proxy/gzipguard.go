@@ -18,9 +18,11 @@ var errNestedCoding = fmt.Errorf("%w: compressed data inside compressed data", e
 
 // errTrailingData is returned for a zlib body whose stream is followed by
 // data starting with a gzip or zlib header (or with what could start one),
-// which a decoder that reads on would open as a second stream, unscanned.
-// Other data after the stream is relayed (and scanned as plain bytes).
-var errTrailingData = fmt.Errorf("%w: a compressed stream after the end of the zlib stream", errUndecodable)
+// and for a gzip body whose last member is followed by a zlib header (or
+// what could start a header), which a decoder that reads on would open as
+// a second stream, unscanned. Other data after the stream is relayed (and
+// scanned as plain bytes); a gzip member after a gzip member is decoded.
+var errTrailingData = fmt.Errorf("%w: a compressed stream after the end of the compressed stream", errUndecodable)
 
 // gzipMagic starts every gzip member (RFC 1952: ID1, ID2, CM deflate).
 var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
@@ -71,13 +73,19 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 // decoded (at most limit decoded bytes: a decompression bomb is refused,
 // not decoded on) and scanned for the secret's forms; clean, its original
 // bytes are relayed unchanged, else it is refused: carrying the secret,
-// not decoding (a zlib stream followed by a second gzip or zlib stream
-// included), or decoding to compressed data again (one layer is decoded: a
-// key inside a second layer would pass unseen). Other data after the end
-// of a zlib stream (a stray newline after PHP's gzcompress output) is
-// relayed with the stream: decoders stop at its end, and it goes through
-// the response scan above the guard, which masks the secret in it. Any other body passes through, its first bytes
-// (read to tell) replayed first.
+// not decoding (a zlib stream followed by a second gzip or zlib stream, a
+// gzip member followed by a zlib stream, or either followed by what could
+// start a header, included), or decoding to compressed data again (one
+// layer is decoded: a key inside a second layer would pass unseen). A
+// gzip body of several members (cat a.gz b.gz, bgzip's blocks; after zero
+// padding too, which Python's gzip skips) is decoded and scanned member
+// after member as one stream, as gzip -d and Go's reader decode it. Other
+// data after the end of a zlib stream or of the last gzip member (a stray
+// newline after PHP's gzcompress output) is relayed with the stream:
+// decoders stop there (gzip -d: "trailing garbage ignored"), and it goes
+// through the response scan above the guard, which masks the secret in
+// it. Any other body passes through, its first bytes (read to tell)
+// replayed first.
 //
 // It also sits above the decoder of a body that has a Content-Encoding, so
 // such a body decoding to gzip or zlib data is screened the same way (and
@@ -173,6 +181,10 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 		return false, err
 	}
 	defer d.Close()
+	if d.gz != nil {
+		// One member at a time: what follows each is looked at below.
+		d.gz.Multistream(false)
+	}
 	dec := &capReader{src: d, limit: g.limit}
 	buf := make([]byte, max(32<<10, 2*g.forms.keep))
 	var first [len(gzipMagic)]byte // the first decoded bytes
@@ -198,21 +210,40 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 		}
 		switch {
 		case err == io.EOF:
-			if coding == codingDeflate && d.br != nil {
-				// Go's zlib reader stops at the end of the stream (gzip's
-				// reads every member, and refuses data that is not one),
-				// as other decoders do: what follows is relayed through
-				// the response scan (the redactReader above the guard)
-				// like any body, and so masked, unless it starts what a
-				// decoder that reads on would open as a second stream
-				// (or, ending there, could: fail closed).
-				if end := wire.n - int64(d.br.Buffered()); end < int64(len(g.body)) {
-					if c, more := sniffCoding(g.body[end:]); c != codingIdentity || more {
-						return false, errTrailingData
-					}
-				}
+			if d.br == nil {
+				return false, nil // an empty body
 			}
-			return false, nil
+			// Go's zlib reader stops at the end of the stream, as other
+			// decoders do; the gzip reader is told to stop at the end of
+			// each member (Multistream(false)). What follows is relayed
+			// through the response scan (the redactReader above the
+			// guard) like any body, and so masked, unless it starts what
+			// a decoder that reads on would open as a second stream (or,
+			// ending there, could: fail closed). After a gzip member,
+			// another member (past zero padding, which Python's gzip
+			// skips) is decoded and scanned on with it: a gzip file of
+			// several members (cat a.gz b.gz, bgzip) is one file, which
+			// gzip -d and Go's reader decode whole.
+			end := wire.n - int64(d.br.Buffered())
+			rest := g.body[end:]
+			pad := 0
+			if coding == codingGzip {
+				pad = len(rest) - len(bytes.TrimLeft(rest, "\x00"))
+			}
+			c, more := sniffCoding(rest[pad:])
+			switch {
+			case len(rest) == pad || (c == codingIdentity && !more):
+				return false, nil
+			case coding != codingGzip || c != codingGzip:
+				return false, errTrailingData
+			}
+			if _, err := d.br.Discard(pad); err != nil {
+				return false, err
+			}
+			if err := d.gz.Reset(d.br); err != nil {
+				return false, fmt.Errorf("%w: %v", errUndecodable, err)
+			}
+			d.gz.Multistream(false)
 		case err != nil:
 			if d.bad {
 				return false, fmt.Errorf("%w: %v", errUndecodable, err)

@@ -34,6 +34,7 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 	refused := func(reason string) audit.Outcome {
 		return audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: reason}
 	}
+	ok := audit.Outcome{Status: 200}
 	tests := []struct {
 		name       string
 		query      string
@@ -48,6 +49,28 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 		{name: "fail/gzip-carrying-the-secret-streamed", query: "as=gzip&stream=1", wantStatus: 502, wantUse: refused("response_contains_secret")},
 		{name: "fail/decompression-bomb", query: "as=bomb", wantStatus: 502, wantUse: refused("response_too_large")},
 		{name: "fail/truncated-gzip", query: "as=gzip&clean=1&cut=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		// What follows a gzip member: text is relayed with it (see
+		// TestProxyMasksTextAfterCompressedStream), another member is
+		// decoded and scanned on, a zlib stream or what could start a
+		// header is refused.
+		{name: "ok/gzip-then-a-newline", query: "as=gzip-then-newline", wantStatus: 200, wantBody: string(encodeAs("gzip-then-newline", nil)), wantUse: ok},
+		{name: "ok/gzip-then-a-newline-streamed", query: "as=gzip-then-newline&stream=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-newline", nil)), wantUse: ok},
+		{name: "ok/gzip-then-clean-text", query: "as=gzip-then-text&clean=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-text", []byte(cleanText))), wantUse: ok},
+		{name: "ok/gzip-then-zero-padding", query: "as=gzip-then-zeros", wantStatus: 200, wantBody: string(encodeAs("gzip-then-zeros", nil)), wantUse: ok},
+		{name: "ok/gzip-then-a-newline-in-labelled-gzip", query: "as=gzip.gzip-then-newline&ce=gzip", wantStatus: 200, wantBody: string(encodeAs("gzip-then-newline", nil)), wantUse: ok},
+		{name: "ok/two-clean-members", query: "as=gzip-then-plain&clean=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-plain", []byte(cleanText))), wantUse: ok},
+		{name: "ok/two-clean-members-streamed", query: "as=gzip-then-plain&clean=1&stream=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-plain", []byte(cleanText))), wantUse: ok},
+		{name: "ok/clean-member-after-zero-padding", query: "as=gzip-then-zeros-then-gzip&clean=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-zeros-then-gzip", []byte(cleanText))), wantUse: ok},
+		{name: "fail/second-member-carrying-the-secret", query: "as=gzip-then-plain", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/second-member-carrying-the-secret-streamed", query: "as=gzip-then-plain&stream=1", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/member-after-zero-padding-carrying-the-secret", query: "as=gzip-then-zeros-then-gzip", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/secret-cut-between-two-members", query: "as=gzip-split", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/gzip-then-a-zlib-stream", query: "as=gzip-then-zlib&clean=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-a-zlib-stream-in-labelled-gzip", query: "as=gzip.gzip-then-zlib&clean=1&ce=gzip", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-what-could-start-a-member-1f", query: "as=gzip-then-1f", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-what-could-start-a-member-1f8b", query: "as=gzip-then-1f8b", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-what-could-start-a-zlib-header", query: "as=gzip-then-x", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-a-member-that-does-not-decode", query: "as=gzip-then-a-bad-member", wantStatus: 502, wantUse: refused("response_undecodable")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -307,7 +330,7 @@ func TestProxyStreamedGzipRefusalAfterHeadersAborts(t *testing.T) {
 // decode, or when a second gzip or zlib stream (or what could start one)
 // follows its end, which decoders that read on would open; other data
 // after its end (a newline, text) is relayed with it (see
-// TestProxyMasksTextAfterZlibStream). Compressed data inside compressed data (a
+// TestProxyMasksTextAfterCompressedStream). Compressed data inside compressed data (a
 // gzip or zlib stream the decoded bytes start with) is not looked into and
 // is refused, with or without Content-Encoding: a key inside a second
 // layer used to reach the caller. Text whose first bytes read as a zlib
@@ -402,22 +425,32 @@ func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
 	}
 }
 
-// TestProxyMasksTextAfterZlibStream: data after the end of a zlib stream
-// sent without Content-Encoding (PHP's gzcompress output and then a stray
-// newline or a log line) that does not start a gzip or zlib header is
-// relayed, not refused: decoders (Python's zlib.decompress, Java's
-// Inflater, zlib's inflate) stop at the end of the stream. It is relayed
-// as the rest of the body is, through the response scan, which masks the
-// secret in it: what comes after the stream carries the secret masked,
-// the stream itself is relayed unchanged. A secret inside the stream, or
-// a second stream after it, is refused (TestProxyScreensZlibAndNestedCompression).
+// TestProxyMasksTextAfterCompressedStream: data after the end of a zlib
+// stream or of a gzip member sent without Content-Encoding (PHP's
+// gzcompress output and then a stray newline or a log line) that does not
+// start a gzip or zlib header is relayed, not refused: decoders (Python's
+// zlib.decompress, Java's Inflater, zlib's inflate) stop at the end of a
+// zlib stream, and gzip -d at what is not a member ("trailing garbage
+// ignored"). It is relayed as the rest of the body is, through the
+// response scan, which masks the secret in it: what comes after the
+// stream carries the secret masked, the stream itself is relayed
+// unchanged. A secret inside the stream, or a second zlib stream after it,
+// is refused (TestProxyScreensZlibAndNestedCompression); a second gzip
+// member is decoded and scanned (TestProxyScreensGzipWithoutContentEncoding).
 // It used to be refused 502 response_undecodable, the text clean or not.
-func TestProxyMasksTextAfterZlibStream(t *testing.T) {
+func TestProxyMasksTextAfterCompressedStream(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	tok := f.credential(t, "stripe").AccessToken
-	stream := string(encodeAs("zlib", []byte(cleanText)))
-	for _, query := range []string{"as=zlib-then-text", "as=zlib-then-text&stream=1", "as=gzip.zlib-then-text&ce=gzip"} {
+	for _, query := range []string{
+		"as=zlib-then-text", "as=zlib-then-text&stream=1", "as=gzip.zlib-then-text&ce=gzip",
+		"as=gzip-then-text", "as=gzip-then-text&stream=1", "as=gzip.gzip-then-text&ce=gzip",
+	} {
 		t.Run("ok/"+query, func(t *testing.T) {
+			coding := "zlib"
+			if strings.Contains(query, "gzip-then") {
+				coding = "gzip"
+			}
+			stream := string(encodeAs(coding, []byte(cleanText)))
 			before := len(f.eventsOf(audit.TypeUseResult))
 			res := f.do(t, "GET", "/v1/proxy/stripe/up/encoded?"+query, bearer(tok), nil)
 			if res.Status != 200 {
@@ -425,7 +458,7 @@ func TestProxyMasksTextAfterZlibStream(t *testing.T) {
 			}
 			text, ok := strings.CutPrefix(res.Body, stream)
 			if !ok {
-				t.Fatalf("body = %.80q, want the upstream's zlib stream %.80q first", res.Body, stream)
+				t.Fatalf("body = %.80q, want the upstream's %s stream %.80q first", res.Body, coding, stream)
 			}
 			// The request headers the upstream echoes, the injected
 			// Authorization among them, its secret masked.
