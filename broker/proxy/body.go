@@ -24,6 +24,10 @@ var errResponseTooLarge = errors.New("upstream response exceeds the size limit")
 var (
 	errEncodingUnsupported = errors.New("upstream response has a content encoding the broker does not decode")
 	errUndecodable         = errors.New("upstream response body does not decode as its content encoding says")
+	// errDataAfterStream: a Content-Encoding: deflate body goes on after
+	// the end of its stream (gzip's reader refuses data after a member
+	// itself).
+	errDataAfterStream = fmt.Errorf("%w: data after the end of the deflate stream", errUndecodable)
 )
 
 // contentCoding is how an upstream response body is encoded.
@@ -89,6 +93,10 @@ type decoder struct {
 	dec     io.Reader // nil: the body was empty
 	wireErr error     // the last error wire returned
 	bad     bool
+	// trailingOK lets a deflate stream end before wire does (the gzip
+	// guard looks at what follows itself); otherwise data after its end
+	// is errDataAfterStream.
+	trailingOK bool
 
 	// The decompressor in use (at most one), and where it returns on
 	// Close.
@@ -211,6 +219,18 @@ func (d *decoder) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := d.dec.Read(p)
+	if err == io.EOF && d.gz == nil && !d.trailingOK {
+		// The end of a zlib or raw deflate stream: the body must end
+		// there too. Data after it would be dropped unseen, which hides
+		// what the upstream sent; it does not decode as the body's
+		// coding says, as data after a gzip member does not.
+		if _, perr := d.br.Peek(1); perr == nil {
+			d.bad = true
+			return n, errDataAfterStream
+		} else if perr != io.EOF {
+			return n, perr // the upstream's read error or the cap (wireErr)
+		}
+	}
 	if err != nil && err != io.EOF && (d.wireErr == nil || d.wireErr == io.EOF) {
 		// Not the upstream's read error nor the cap: the data (or its
 		// end, a truncated stream) does not decode.

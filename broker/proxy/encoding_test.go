@@ -128,6 +128,13 @@ func TestProxyDecodesCompressedResponses(t *testing.T) {
 		}
 	}
 	unsupported := audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_encoding_unsupported"}
+	cutUndecodable := audit.Outcome{Status: 200, Error: "aborted", Reason: "response_undecodable"}
+	cut := func(t *testing.T, res *response) {
+		t.Helper()
+		if res.Err == nil || res.Body != cleanText {
+			t.Errorf("body = %.80q (read error %v), want the first stream's decoded text %.80q and an error (cut)", res.Body, res.Err, cleanText)
+		}
+	}
 	tests := []struct {
 		name       string
 		method     string // default GET
@@ -162,6 +169,20 @@ func TestProxyDecodesCompressedResponses(t *testing.T) {
 		{name: "fail/head-of-br", method: "HEAD", query: "as=plain&ce=br", wantStatus: 502, wantUse: unsupported},
 		{name: "fail/not-really-gzip", query: "as=garbage&ce=gzip", wantStatus: 502,
 			wantUse: audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_undecodable"}},
+		// Data after the end of the coded stream does not decode as the
+		// Content-Encoding says: refused, for deflate as for gzip (whose
+		// reader reads it as a bad member), not dropped unseen. A body
+		// relayed decoded is relayed as it decodes (its length is not
+		// known: no Content-Length), so the refusal comes after the
+		// decoded bytes, clean or masked, and cuts the response, as a
+		// truncated one is.
+		{name: "fail/deflate-zlib-then-a-newline", query: "as=zlib-then-newline&ce=deflate", wantStatus: 200, wantUse: cutUndecodable, check: cut},
+		{name: "fail/deflate-zlib-then-text", query: "as=zlib-then-text&ce=deflate", wantStatus: 200, wantUse: cutUndecodable, check: cut},
+		{name: "fail/deflate-zlib-then-a-second-stream", query: "as=zlib-then-plain&clean=1&ce=deflate", wantStatus: 200, wantUse: cutUndecodable, check: cut},
+		{name: "fail/deflate-raw-then-text", query: "as=rawdeflate-then-text&ce=deflate", wantStatus: 200, wantUse: cutUndecodable, check: cut},
+		{name: "fail/deflate-zlib-then-text-streamed", query: "as=zlib-then-text&ce=deflate&stream=1", wantStatus: 200, wantUse: cutUndecodable, check: cut},
+		{name: "fail/gzip-then-text", query: "as=gzip-then-text&ce=gzip", wantStatus: 200, wantUse: cutUndecodable, check: cut},
+		{name: "fail/gzip-then-zero-padding", query: "as=gzip-then-zeros&ce=gzip", wantStatus: 200, wantUse: cutUndecodable, check: cut},
 		{name: "fail/decompression-bomb-is-cut-at-the-cap", query: "as=bomb&ce=gzip", wantStatus: 200,
 			wantUse: audit.Outcome{Status: 200, Error: "aborted", Reason: "response_too_large"},
 			check: func(t *testing.T, res *response) {

@@ -181,6 +181,7 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 		return false, err
 	}
 	defer d.Close()
+	d.trailingOK = true // looked at below
 	if d.gz != nil {
 		// One member at a time: what follows each is looked at below.
 		d.gz.Multistream(false)
