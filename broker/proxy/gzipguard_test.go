@@ -35,13 +35,7 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 		return audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: reason}
 	}
 	ok := audit.Outcome{Status: 200}
-	tests := []struct {
-		name       string
-		query      string
-		wantStatus int
-		wantBody   string
-		wantUse    audit.Outcome
-	}{
+	f.checkEncoded(t, tok, false, []encodedCase{
 		{name: "ok/clean-gzip-relayed-unchanged", query: "as=gzip&clean=1", wantStatus: 200, wantBody: cleanGz, wantUse: audit.Outcome{Status: 200}},
 		{name: "ok/clean-gzip-streamed-relayed-unchanged", query: "as=gzip&clean=1&stream=1", wantStatus: 200, wantBody: cleanGz, wantUse: audit.Outcome{Status: 200}},
 		{name: "ok/not-gzip-magic-relayed", query: "as=garbage", wantStatus: 200, wantBody: "\x1f\x8b not really gzip", wantUse: audit.Outcome{Status: 200}},
@@ -71,52 +65,7 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 		{name: "fail/gzip-then-what-could-start-a-member-1f8b", query: "as=gzip-then-1f8b", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/gzip-then-what-could-start-a-zlib-header", query: "as=gzip-then-x", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/gzip-then-a-member-that-does-not-decode", query: "as=gzip-then-a-bad-member", wantStatus: 502, wantUse: refused("response_undecodable")},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before := len(f.eventsOf(audit.TypeUseResult))
-			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/encoded?"+tt.query, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header = bearer(tok)
-			status, body, retryAfter := 0, "", ""
-			if res, err := f.client.Do(req); err == nil {
-				b, rerr := io.ReadAll(res.Body)
-				res.Body.Close()
-				body, retryAfter = string(b), res.Header.Get("Retry-After")
-				if rerr == nil {
-					status = res.StatusCode
-				}
-				if ce := res.Header.Get("Content-Encoding"); ce != "" {
-					t.Errorf("Content-Encoding %q relayed", ce)
-				}
-			}
-			if status != tt.wantStatus {
-				t.Errorf("status = %d, want %d; body %.80q", status, tt.wantStatus, body)
-			}
-			if strings.Contains(body, "\x1f\x8b") && tt.wantStatus != 200 || leaks(body) {
-				t.Errorf("the refused body reached the caller: %.80q", body)
-			}
-			// Retrying cannot help a body carrying the secret (the upstream
-			// would echo it again), one over the cap or one that does not
-			// decode: no 502 here carries Retry-After.
-			if tt.wantStatus == 502 && retryAfter != "" {
-				t.Errorf("Retry-After %q, want none", retryAfter)
-			}
-			if tt.wantStatus == 200 && body != tt.wantBody {
-				t.Errorf("body = %.80q, want the upstream's bytes %.80q", body, tt.wantBody)
-			}
-			f.waitEvent(t, audit.TypeUseResult)
-			results := f.eventsOf(audit.TypeUseResult)
-			if len(results) != before+1 {
-				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
-			}
-			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
-				t.Errorf("use_result outcome (-want +got):\n%s", diff)
-			}
-		})
-	}
+	})
 }
 
 // TestProxyRelaysShortFirstChunkAtOnce: a streamed body whose first chunk
@@ -224,14 +173,7 @@ func TestProxyScreensStreamAfterRelayedHeaderPrefix(t *testing.T) {
 			if (err != nil) != tt.wantErr || body != tt.wantBody {
 				t.Errorf("body = %.80q, error %v; want %.80q, error %v", body, err, tt.wantBody, tt.wantErr)
 			}
-			f.waitEvent(t, audit.TypeUseResult)
-			results := f.eventsOf(audit.TypeUseResult)
-			if len(results) != before+1 {
-				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
-			}
-			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
-				t.Errorf("use_result outcome (-want +got):\n%s", diff)
-			}
+			f.wantUseResult(t, before, tt.wantUse)
 		})
 	}
 }
@@ -347,13 +289,7 @@ func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
 		return audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: reason}
 	}
 	ok := audit.Outcome{Status: 200}
-	tests := []struct {
-		name       string
-		query      string
-		wantStatus int
-		wantBody   string // for 200
-		wantUse    audit.Outcome
-	}{
+	f.checkEncoded(t, tok, false, []encodedCase{
 		{name: "ok/clean-zlib-relayed-unchanged", query: "as=zlib&clean=1", wantStatus: 200, wantBody: string(encodeAs("zlib", []byte(cleanText))), wantUse: ok},
 		{name: "ok/clean-zlib-streamed-relayed-unchanged", query: "as=zlib&clean=1&stream=1", wantStatus: 200, wantBody: string(encodeAs("zlib", []byte(cleanText))), wantUse: ok},
 		{name: "ok/text-like-a-zlib-header-with-a-dictionary", query: "as=xtext", wantStatus: 200, wantBody: string(encodeAs("xtext", nil)), wantUse: ok},
@@ -383,46 +319,7 @@ func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
 		{name: "fail/clean-gzip-inside-gzip-is-not-looked-into", query: "as=gzip.gzip&clean=1", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
 		{name: "fail/three-layers-labelled", query: "as=gzip.gzip.gzip&ce=gzip", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
 		{name: "fail/zlib-inside-gzip-labelled-deflate", query: "as=zlib.gzip.zlib&ce=deflate", wantStatus: 502, wantUse: refused("response_encoding_unsupported")},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before := len(f.eventsOf(audit.TypeUseResult))
-			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/encoded?"+tt.query, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header = bearer(tok)
-			// Asked explicitly, so the test client relays the body as it
-			// came.
-			req.Header.Set("Accept-Encoding", "gzip, deflate")
-			status, body, retryAfter := 0, "", ""
-			if res, err := f.client.Do(req); err == nil {
-				b, rerr := io.ReadAll(res.Body)
-				res.Body.Close()
-				body, retryAfter = string(b), res.Header.Get("Retry-After")
-				if rerr == nil {
-					status = res.StatusCode
-				}
-			}
-			if status != tt.wantStatus {
-				t.Errorf("status = %d, want %d; body %.80q", status, tt.wantStatus, body)
-			}
-			if tt.wantStatus == 502 && (retryAfter != "" || leaks(body) || oauthError(t, body) != "temporarily_unavailable") {
-				t.Errorf("refusal: Retry-After %q, body %.120q; want no Retry-After and temporarily_unavailable", retryAfter, body)
-			}
-			if tt.wantStatus == 200 && body != tt.wantBody {
-				t.Errorf("body = %.80q, want the upstream's bytes %.80q", body, tt.wantBody)
-			}
-			f.waitEvent(t, audit.TypeUseResult)
-			results := f.eventsOf(audit.TypeUseResult)
-			if len(results) != before+1 {
-				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
-			}
-			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
-				t.Errorf("use_result outcome (-want +got):\n%s", diff)
-			}
-		})
-	}
+	})
 }
 
 // TestProxyMasksTextAfterCompressedStream: data after the end of a zlib
@@ -465,14 +362,7 @@ func TestProxyMasksTextAfterCompressedStream(t *testing.T) {
 			if leaks(text) || !strings.HasPrefix(text, `{"headers":`) || !strings.Contains(text, "Bearer "+strings.Repeat("*", len(upstreamKey))) {
 				t.Errorf("text after the stream = %.400q, want the echoed headers with the secret masked", text)
 			}
-			f.waitEvent(t, audit.TypeUseResult)
-			results := f.eventsOf(audit.TypeUseResult)
-			if len(results) != before+1 {
-				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
-			}
-			if diff := cmp.Diff(audit.Outcome{Status: 200}, *results[before].Outcome); diff != "" {
-				t.Errorf("use_result outcome (-want +got):\n%s", diff)
-			}
+			f.wantUseResult(t, before, audit.Outcome{Status: 200})
 		})
 	}
 }

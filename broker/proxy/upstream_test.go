@@ -135,14 +135,7 @@ func TestProxyUpstreamBehaviour(t *testing.T) {
 			if tt.check != nil {
 				tt.check(t, res)
 			}
-			f.waitEvent(t, audit.TypeUseResult)
-			results := f.eventsOf(audit.TypeUseResult)
-			if len(results) != before+1 {
-				t.Fatalf("use_result events = %d, want %d", len(results), before+1)
-			}
-			if diff := cmp.Diff(tt.wantUse, *results[before].Outcome); diff != "" {
-				t.Errorf("use_result outcome (-want +got):\n%s", diff)
-			}
+			f.wantUseResult(t, before, tt.wantUse)
 			if h := f.evil.Hits(); h != 0 {
 				t.Errorf("the other host was reached %d times", h)
 			}
