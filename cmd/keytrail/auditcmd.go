@@ -387,16 +387,35 @@ func chainNote(rep *audit.Report) string {
 	return fmt.Sprintf("the audit files do NOT verify: %d problem(s), the first at %s; lines may have been changed, inserted or removed, and what is shown rests on the lines as they are (keytrail audit verify names each problem, and checks the checkpoint signatures with --key or --jwks)", n, rep.Problems[0])
 }
 
+// exitNotVerified is the exit status of an offline trace or report run
+// with --require-verified whose audit files do not verify: the answer (or
+// "no issuance matches"), or the report, was written, but it rests on
+// lines that may have been changed, inserted or removed. It is not 1, which
+// a trace also returns when nothing matches and both return on an error, so
+// that a script can tell a tampered log from an answer.
+const exitNotVerified = 3
+
 // requireVerified is what an offline trace or report run with
-// --require-verified returns once its answer is written (err: the
-// writing's error, which comes first): exit 1 when the hash chain check
-// found problems (chainNote has warned of them on stderr already).
-func requireVerified(what string, rep *audit.Report, err error) error {
-	if err != nil || chainNote(rep) == "" {
+// --require-verified returns once its answer is written (err: what the
+// command returns otherwise): exitNotVerified when the hash chain check
+// found problems (chainNote has warned of them on stderr already), also
+// when err is trace's "no issuance matches" (notFound: an issuance whose
+// lines were removed is not found either, so over files that do not verify
+// that answer is as unsure as any other; the not-found line is printed
+// first). Any other err (the answer could not be written, a file or the
+// server could not be read) comes first: nothing was answered.
+func requireVerified(e *env, what string, rep *audit.Report, err error, notFound bool) error {
+	if chainNote(rep) == "" || err != nil && !notFound {
 		return err
 	}
+	if notFound {
+		var ee exitError
+		if errors.As(err, &ee) {
+			fmt.Fprintln(e.stderr, "keytrail:", ee.msg)
+		}
+	}
 	n := len(rep.Problems) + rep.ProblemsOmitted
-	return exitError{code: 1, msg: fmt.Sprintf("%s: --require-verified: the audit files do NOT verify: %d problem(s), the first at %s", what, n, rep.Problems[0])}
+	return exitError{code: exitNotVerified, msg: fmt.Sprintf("%s: --require-verified: the audit files do NOT verify: %d problem(s), the first at %s", what, n, rep.Problems[0])}
 }
 
 // skippedNote says that n audit lines could not be read and were left out

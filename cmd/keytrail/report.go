@@ -48,7 +48,7 @@ Their hash chain is checked in the same pass (as for 'keytrail trace'; not
 the checkpoint signatures: run 'keytrail audit verify --key/--jwks' for
 those): when it does not hold, the report still comes, with a note naming
 the first problem (and a warning on stderr). --no-verify skips the check;
---require-verified makes a chain that does not hold exit 1, once the report
+--require-verified makes a chain that does not hold exit 3, once the report
 is written.
 Online, without --audit-log: GET /v1/admin/report (an admin with the report
 role; server and token as for 'keytrail trace'), where active credentials of
@@ -57,8 +57,8 @@ than 5 s to read get a progress line on stderr every 5 s.
 
 Exit status: 0 the report was written; 1 an audit file, the policy or the
 server could not be read (the error says which), or --out could not be
-written, or (with --require-verified) the audit files do not verify; 2
-usage.`,
+written; 2 usage; 3 (with --require-verified) the report was written, but
+the audit files do not verify.`,
 		Example: `  keytrail report
   keytrail report --format html --out report.html
   keytrail report --audit-log /var/lib/keytrail/ --policy /etc/keytrail/policies --format json`,
@@ -127,7 +127,7 @@ usage.`,
 			}
 			err := writeReport(e.stdout, out, format, rep)
 			if mustVerify {
-				err = requireVerified("report", vrep, err)
+				err = requireVerified(e, "report", vrep, err, false)
 			}
 			return err
 		},
@@ -142,7 +142,7 @@ usage.`,
 	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
 	f.BoolVar(&noVerify, "no-verify", false, "do not check the hash chain of the --audit-log files while reading them")
-	f.BoolVar(&mustVerify, "require-verified", false, "exit 1, once the report is written, when the hash chain of the --audit-log files does not verify")
+	f.BoolVar(&mustVerify, "require-verified", false, "exit 3, once the report is written, when the hash chain of the --audit-log files does not verify")
 	return c
 }
 

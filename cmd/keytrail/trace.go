@@ -61,8 +61,9 @@ warning on stderr names the first problem, and the answer, still printed,
 rests on lines that may have been changed, inserted or removed. Run
 'keytrail audit verify --key/--jwks' for the signatures. --no-verify skips
 the check (less CPU on a large log). --require-verified makes a chain that
-does not hold exit 1, after the answer is printed (for scripts that must
-not take an answer from files that do not verify).
+does not hold exit 3, after the answer is printed (for scripts that must
+not take an answer from files that do not verify); also when nothing
+matches: an issuance whose lines were removed is not found either.
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
@@ -79,8 +80,9 @@ accessors in clear) and lists the attribution gaps: requests no keytrail
 issuance explains, grouped by token display name and accessor. Requests made
 with a root token and unauthenticated ones are counted, not gaps.
 
-Exit status: 0 found, 1 not found or an error (or, with --require-verified,
-the audit files do not verify), 2 usage.`,
+Exit status: 0 found, 1 not found or an error, 2 usage, 3 (with
+--require-verified) the audit files do not verify: the answer, or "no
+issuance matches", was still printed (an error that left no answer is 1).`,
 		Example: `  keytrail trace hvs.CAESI... --audit-log /var/lib/keytrail/audit.jsonl
   keytrail trace sha256:9f86d081... --json
   keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
@@ -105,9 +107,10 @@ the audit files do not verify), 2 usage.`,
 				return err
 			}
 			var x *trace.Index
-			// verified is what the command returns once the answer is
-			// written: with --require-verified, the chain check's failure.
-			verified := func(err error) error { return err }
+			// verified is what the command returns once the answer (or
+			// "no issuance matches": notFound) is written: with
+			// --require-verified, the chain check's failure.
+			verified := func(err error, notFound bool) error { return err }
 			if len(auditLogs) > 0 {
 				var err error
 				if x, err = trace.NewIndex(trace.Options{MaxEvents: maxEvents}); err != nil {
@@ -121,7 +124,7 @@ the audit files do not verify), 2 usage.`,
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", note)
 				}
 				if mustVerify {
-					verified = func(err error) error { return requireVerified("trace", vrep, err) }
+					verified = func(err error, notFound bool) error { return requireVerified(e, "trace", vrep, err, notFound) }
 				}
 				st := x.Stats()
 				if st.Dropped > 0 {
@@ -138,7 +141,7 @@ the audit files do not verify), 2 usage.`,
 				if x == nil {
 					return exitError{code: exitUsage, msg: "trace: resolving a whole Vault audit log needs keytrail's audit files (--audit-log)"}
 				}
-				return verified(resolveVaultLog(e, vaultLog, x, asJSON))
+				return verified(resolveVaultLog(e, vaultLog, x, asJSON), false)
 			}
 			value := args[0]
 			lookup := func(v string) (*trace.Result, error) {
@@ -153,7 +156,7 @@ the audit files do not verify), 2 usage.`,
 			}
 			if err != nil {
 				if errors.Is(err, broker.ErrNotFound) {
-					return exitError{code: 1, msg: "no issuance matches " + describeQuery(value)}
+					return verified(exitError{code: 1, msg: "no issuance matches " + describeQuery(value)}, true)
 				}
 				return fmt.Errorf("trace: %w", err)
 			}
@@ -169,9 +172,9 @@ the audit files do not verify), 2 usage.`,
 				}
 			}
 			if asJSON {
-				return verified(writeJSONOut(e.stdout, res))
+				return verified(writeJSONOut(e.stdout, res), false)
 			}
-			return verified(res.WriteText(e.stdout))
+			return verified(res.WriteText(e.stdout), false)
 		},
 	}
 	f := c.Flags()
@@ -183,7 +186,7 @@ the audit files do not verify), 2 usage.`,
 	adminInsecureHTTPFlags(c, &insecureHTTP)
 	f.IntVar(&maxEvents, "max-events", 0, fmt.Sprintf("bound of the offline index (default %d events)", trace.DefaultMaxEvents))
 	f.BoolVar(&noVerify, "no-verify", false, "do not check the hash chain of the --audit-log files while reading them")
-	f.BoolVar(&mustVerify, "require-verified", false, "exit 1, after the answer, when the hash chain of the --audit-log files does not verify")
+	f.BoolVar(&mustVerify, "require-verified", false, "exit 3, after the answer (found or not), when the hash chain of the --audit-log files does not verify")
 	return c
 }
 

@@ -435,15 +435,14 @@ func TestTraceEmptyValue(t *testing.T) {
 	}
 }
 
-// TestOfflineTraceAndReportCheckTheChain: offline trace and report check the
-// hash chain of the audit files in the same pass as they read them. Over
-// intact files they say nothing; over files with a changed line they still
-// answer, and warn (report: also a note in the report) naming the first
-// problem; --no-verify skips the check; and --no-verify without
-// --audit-log is a usage mistake.
 // TestOfflineTraceAndReportRequireVerified: --require-verified makes an
-// offline trace or report over audit files that do not verify exit 1, after
-// the answer or report is written; over intact files it changes nothing.
+// offline trace or report over audit files that do not verify exit 3
+// (exitNotVerified), after the answer or report is written; over intact
+// files it changes nothing. It exited 1, as a trace that finds nothing
+// does: a script could not tell "not found" from "not verified". Not found
+// over intact files stays 1; not found over files that do not verify is 3
+// (the not-found line still printed), as the missing issuance may be the
+// lines removed.
 func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
 	dir := t.TempDir()
 	live := cliAuditLog(t, dir)
@@ -455,6 +454,11 @@ func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
 		{"trace", "--vault-audit-log", vaultLog, "--audit-log", live, "--require-verified"},
 		{"report", "--audit-log", live, "--require-verified", "--format", "json"},
 		{"report", "--audit-log", live, "--require-verified", "--out", outFile},
+	}
+	const unknown = "iss_01JXNOSUCHISSUANCE000000000"
+	notFound := [][]string{
+		{"trace", unknown, "--audit-log", live, "--require-verified"},
+		{"trace", unknown, "--audit-log", live, "--require-verified", "--json"},
 	}
 	// written is what the command wrote: stdout, or the --out file.
 	written := func(args []string, stdout string) string {
@@ -483,6 +487,13 @@ func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
 			t.Errorf("%v over intact files = %v\nstdout:\n%s\nstderr:\n%s\nwant success with the answer", args, err, out, stderr)
 		}
 	}
+	for _, args := range notFound {
+		_, stderr, err := runCLI(t, nil, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "no issuance matches") || strings.Contains(stderr, "do NOT verify") {
+			t.Errorf("%v (nothing matches) over intact files = %v\nstderr:\n%s\nwant exit 1, no issuance matches", args, err, stderr)
+		}
+	}
 
 	m, _ := filepath.Glob(filepath.Join(dir, "audit.jsonl.*"))
 	if len(m) != 1 {
@@ -504,8 +515,8 @@ func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
 		_ = os.Remove(outFile)
 		out, stderr, err := runCLI(t, nil, args...)
 		var ee exitError
-		if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "--require-verified: the audit files do NOT verify: 1 problem(s), the first at "+first) {
-			t.Errorf("%v over a changed file = %v, want exit 1 naming %q", args, err, first)
+		if !errors.As(err, &ee) || ee.code != 3 || !strings.Contains(ee.msg, "--require-verified: the audit files do NOT verify: 1 problem(s), the first at "+first) {
+			t.Errorf("%v over a changed file = %v, want exit 3 naming %q", args, err, first)
 		}
 		if !strings.Contains(written(args, out), want(args)) || !strings.Contains(stderr, "keytrail: warning: the audit files do NOT verify") {
 			t.Errorf("%v over a changed file:\nstdout:\n%s\nstderr:\n%s\nwant the answer written first, and the warning", args, out, stderr)
@@ -515,6 +526,21 @@ func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
 		_ = os.Remove(outFile)
 		if _, _, err := runCLI(t, nil, noFlag...); err != nil {
 			t.Errorf("%v over a changed file = %v, want success (a warning only)", noFlag, err)
+		}
+	}
+	for _, args := range notFound {
+		out, stderr, err := runCLI(t, nil, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 3 || !strings.Contains(ee.msg, "trace: --require-verified: the audit files do NOT verify: 1 problem(s), the first at "+first) {
+			t.Errorf("%v (nothing matches) over a changed file = %v, want exit 3 naming %q", args, err, first)
+		}
+		if out != "" || !strings.Contains(stderr, "keytrail: no issuance matches \""+unknown+"\"") || !strings.Contains(stderr, "keytrail: warning: the audit files do NOT verify") {
+			t.Errorf("%v (nothing matches) over a changed file:\nstdout:\n%s\nstderr:\n%s\nwant nothing on stdout, the not-found line and the warning on stderr", args, out, stderr)
+		}
+		// Without the flag: not found, exit 1, as before.
+		noFlag := slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--require-verified" })
+		if _, _, err := runCLI(t, nil, noFlag...); !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(ee.msg, "no issuance matches") {
+			t.Errorf("%v (nothing matches) over a changed file = %v, want exit 1, no issuance matches", noFlag, err)
 		}
 	}
 
@@ -540,6 +566,12 @@ func TestOfflineTraceAndReportRequireVerified(t *testing.T) {
 	}
 }
 
+// TestOfflineTraceAndReportCheckTheChain: offline trace and report check the
+// hash chain of the audit files in the same pass as they read them. Over
+// intact files they say nothing; over files with a changed line they still
+// answer, and warn (report: also a note in the report) naming the first
+// problem; --no-verify skips the check; and --no-verify without
+// --audit-log is a usage mistake.
 func TestOfflineTraceAndReportCheckTheChain(t *testing.T) {
 	dir := t.TempDir()
 	live := cliAuditLog(t, dir)
