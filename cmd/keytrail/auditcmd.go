@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -79,8 +80,12 @@ named twice, however spelled, once).
 A file a running broker holds (it has the file's lock) may end in a batch
 it is writing: that incomplete last line is reported as being written (not
 verified, not a problem; verify again to check it). Once the files are
-open, verify lists them again and, if the broker rotated its file in
-between, starts over once, rather than reporting the renamed file as a gap.
+identified (each opened for a moment), verify lists them again and, if the
+broker rotated its file in between, starts over once, rather than reporting
+the renamed file as a gap. It holds one file open at a time, and reads each
+as the file identified: renamed by a rotation meanwhile, it is found among
+its rotated siblings; removed or truncated meanwhile, verify fails (exit 1)
+naming it.
 
 A live audit file's journal (.<name>.wal, next to it) is compared with the
 file too, unless a running broker holds the file: after an unclean stop it
@@ -92,12 +97,11 @@ short of them.`,
   keytrail audit verify --key checkpoint.pub --json --require-checkpoint /var/lib/keytrail/`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			paths, files, err := openAuditFiles(e, args, exact)
+			files, err := identifyAuditFiles(e, args, exact)
 			if err != nil {
 				return fmt.Errorf("audit verify: %w", err)
 			}
-			defer closeAll(files)
-			args = paths
+			args = files.paths
 			opts := audit.VerifyOptions{RequireCheckpoint: requireCheckpoint, AllowTrimmedStart: allowTrimmed}
 			if len(expectSeqs) > 0 {
 				if opts.ExpectSeq, err = parseExpectSeq(expectSeqs); err != nil {
@@ -125,7 +129,7 @@ short of them.`,
 				}
 				opts.VerifyFunc = f
 			}
-			rep, err := verifyFiles(e, args, files, opts)
+			rep, err := verifyFiles(e, files, opts)
 			if rep == nil {
 				return err
 			}
@@ -193,16 +197,29 @@ func parseExpectSeq(vals []string) (map[string]uint64, error) {
 	return out, nil
 }
 
-// openAuditFiles lists the audit files args name (as named, with exact)
-// and opens them. A running broker can rotate its file between the listing
-// and the opening: the path then names a new file (or, for a moment, none)
-// and the renamed one is not in the list, which verify would report as a
-// seq gap. So once the files are open they are listed again, and when the
-// listing changed or a path no longer names the file opened under it,
-// verify starts over, once: a second race is reported as what it looks
-// like (a broker does not rotate twice in a few milliseconds). The files
-// named with exact are taken as they are.
-func openAuditFiles(e *env, args []string, exact bool) ([]string, []*os.File, error) {
+// auditFiles are the audit files a command reads, in order, identified
+// before any is read (listed, then each opened, fstat'ed and closed) and
+// opened again one at a time when its turn comes (open): holding them all
+// open from the start, as trace, report and audit verify did, took one
+// descriptor per file, and a long retention (thousands of rotated files)
+// ran into RLIMIT_NOFILE (1,024 by default) and failed the whole command
+// with "too many open files".
+type auditFiles struct {
+	paths []string
+	infos []os.FileInfo // each file as identified
+}
+
+// identifyAuditFiles lists the audit files args name (as named, with exact)
+// and identifies each (os.SameFile). A running broker can rotate its file
+// between the listing and the identifying: the path then names a new file
+// (or, for a moment, none) and the renamed one is not in the list, which
+// verify would report as a seq gap. So once the files are identified they
+// are listed again, and when the listing changed or a path no longer names
+// the file identified under it, it starts over, once: a second race is
+// reported as what it looks like (a broker does not rotate twice in a few
+// milliseconds). The files named with exact are taken as they are. A file
+// that cannot be opened fails here, before any is read.
+func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) {
 	list := func() ([]string, error) {
 		if exact {
 			return trace.UniqueFiles(args), nil
@@ -212,75 +229,165 @@ func openAuditFiles(e *env, args []string, exact bool) ([]string, []*os.File, er
 	for retry := !exact; ; retry = false {
 		paths, err := list()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if e.afterAuditList != nil {
 			e.afterAuditList()
 		}
-		files, err := openAll(paths)
+		infos, err := identifyAll(paths)
 		switch {
 		case err != nil && retry && errors.Is(err, fs.ErrNotExist):
 			continue // renamed away meanwhile
 		case err != nil:
-			return nil, nil, err
-		case !retry || sameListing(list, paths, files):
-			return paths, files, nil
+			return nil, err
+		case !retry || sameListing(list, paths, infos):
+			return &auditFiles{paths: paths, infos: infos}, nil
 		}
-		closeAll(files)
 	}
 }
 
-func openAll(paths []string) ([]*os.File, error) {
-	files := make([]*os.File, 0, len(paths))
+// identifyAll opens each of paths in turn (so that one that cannot be read
+// fails now, not after minutes of reading the others) and returns what
+// fstat says of it; one descriptor at a time.
+func identifyAll(paths []string) ([]os.FileInfo, error) {
+	infos := make([]os.FileInfo, 0, len(paths))
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
-			closeAll(files)
 			return nil, err
 		}
-		files = append(files, f)
-	}
-	return files, nil
-}
-
-func closeAll(files []*os.File) {
-	for _, f := range files {
+		fi, err := f.Stat()
 		_ = f.Close()
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, fi)
 	}
+	return infos, nil
 }
 
 // sameListing reports whether list still returns paths, each naming the
-// file opened under it.
-func sameListing(list func() ([]string, error), paths []string, files []*os.File) bool {
+// file identified under it.
+func sameListing(list func() ([]string, error), paths []string, infos []os.FileInfo) bool {
 	again, err := list()
 	if err != nil || !slices.Equal(again, paths) {
 		return false
 	}
 	for i, p := range paths {
-		now, err1 := os.Stat(p)
-		opened, err2 := files[i].Stat()
-		if err1 != nil || err2 != nil || !os.SameFile(now, opened) {
+		now, err := os.Stat(p)
+		if err != nil || !os.SameFile(now, infos[i]) {
 			return false
 		}
 	}
 	return true
 }
 
-// verifyFiles is audit.Verify over the open files, with a progress line on
-// stderr every e.progressEvery while they are read: a log of a few GiB
-// takes minutes. A file a running sink holds (auditfile.Locked) is live:
-// its incomplete last line is a batch being written, not a problem.
-func verifyFiles(e *env, paths []string, files []*os.File, opts audit.VerifyOptions) (*audit.Report, error) {
-	var total int64
-	for _, f := range files {
-		if fi, err := f.Stat(); err == nil {
-			total += fi.Size()
+// size is the total size of the files as identified.
+func (s *auditFiles) size() int64 {
+	var n int64
+	for _, fi := range s.infos {
+		n += fi.Size()
+	}
+	return n
+}
+
+// open opens the i-th file: the one identified under its path, which a
+// running broker may have renamed since (a rotation while the older files
+// were read): its path then names the new live file, whose lines follow
+// the ones this read covers, and the file identified is found among the
+// path's rotated siblings. The file must be the one identified (same device
+// and inode) and no shorter (audit files only grow: a shorter one is a file
+// truncated, or a new file that reuses a removed one's inode). A file
+// removed meanwhile (retention) is an error rather than a seq gap the chain
+// check would report as lines removed. The caller closes the file.
+func (s *auditFiles) open(i int) (*os.File, error) {
+	p, want := s.paths[i], s.infos[i]
+	try := func(name string) (*os.File, error) {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := f.Stat(); err == nil && os.SameFile(fi, want) && fi.Size() >= want.Size() {
+			return f, nil
+		}
+		_ = f.Close()
+		return nil, nil
+	}
+	f, err := try(p)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err // not a rotation: unreadable now
+	}
+	if f == nil {
+		if _, rotated := trace.IsRotated(filepath.Base(p)); !rotated {
+			sib, _ := trace.RotatedSiblings(p)
+			for j := len(sib) - 1; j >= 0 && f == nil; j-- { // newest first: a rename of late
+				if fi, err := os.Stat(sib[j]); err == nil && os.SameFile(fi, want) {
+					f, _ = try(sib[j])
+				}
+			}
 		}
 	}
-	pr := &progress{w: e.stderr, what: "keytrail audit verify", total: total, every: e.progressEvery, last: time.Now()}
-	inputs := make([]audit.Input, 0, len(files))
-	for i, f := range files {
-		inputs = append(inputs, audit.Input{Name: paths[i], R: progressReader{r: f, p: pr, name: paths[i]}, Live: auditfile.Locked(paths[i])})
+	if f == nil {
+		return nil, errors.New("no longer the file that was there when the reading began (removed, replaced or truncated meanwhile, and not among its rotated files): run the command again")
+	}
+	return f, nil
+}
+
+// input is the i-th file as an audit.Input whose reader opens the file at
+// its first read and closes it at the end (EOF or an error); release
+// closes it if the reading stopped before.
+func (s *auditFiles) input(i int) (audit.Input, func()) {
+	r := &lazyFile{s: s, i: i}
+	return audit.Input{Name: s.paths[i], R: r, Live: auditfile.Locked(s.paths[i])}, r.release
+}
+
+type lazyFile struct {
+	s    *auditFiles
+	i    int
+	f    *os.File
+	done bool
+}
+
+func (l *lazyFile) Read(b []byte) (int, error) {
+	if l.done {
+		return 0, io.EOF
+	}
+	if l.f == nil {
+		f, err := l.s.open(l.i)
+		if err != nil {
+			l.done = true
+			return 0, err
+		}
+		l.f = f
+	}
+	n, err := l.f.Read(b)
+	if err != nil {
+		l.release()
+	}
+	return n, err
+}
+
+func (l *lazyFile) release() {
+	l.done = true
+	if l.f != nil {
+		_ = l.f.Close()
+		l.f = nil
+	}
+}
+
+// verifyFiles is audit.Verify over the files, each opened in its turn
+// (auditFiles.open), with a progress line on stderr every e.progressEvery
+// while they are read: a log of a few GiB takes minutes. A file a running
+// sink holds (auditfile.Locked) is live: its incomplete last line is a
+// batch being written, not a problem.
+func verifyFiles(e *env, files *auditFiles, opts audit.VerifyOptions) (*audit.Report, error) {
+	pr := &progress{w: e.stderr, what: "keytrail audit verify", total: files.size(), every: e.progressEvery, last: time.Now()}
+	inputs := make([]audit.Input, 0, len(files.paths))
+	for i, p := range files.paths {
+		in, release := files.input(i)
+		defer release()
+		in.R = progressReader{r: in.R, p: pr, name: p}
+		inputs = append(inputs, in)
 	}
 	return audit.Verify(inputs, opts)
 }
@@ -288,32 +395,28 @@ func verifyFiles(e *env, paths []string, files []*os.File, opts audit.VerifyOpti
 // loadAuditFiles is trace.LoadFiles with the progress lines of verifyFiles
 // (what is the command, for them): an offline trace or report over a large
 // log spends minutes reading it. The files args name (with their rotated
-// siblings, as for audit verify) are all opened before any is read, as
-// audit verify opens them: a running broker that rotates its file while
-// the older files are read renames the file it was writing, and the path,
-// opened only then, would name the new one, leaving out the renamed file's
-// lines (a seq gap the chain check would report as lines removed). With
-// check, the same bytes go through audit.Verify too, in the same pass (a
-// second reader of each file would double the reading): the report it
-// returns says whether the hash chain holds (not the checkpoint
-// signatures: no key is given). A file a running broker holds is live, as
-// for audit verify.
+// siblings, as for audit verify) are all identified before any is read, as
+// audit verify identifies them, and each is opened in its turn as the one
+// identified (auditFiles.open): a running broker that rotates its file
+// while the older files are read renames the file it was writing, and the
+// path, opened only then, would name the new one, leaving out the renamed
+// file's lines (a seq gap the chain check would report as lines removed).
+// One file is open at a time, however many there are. With check, the
+// same bytes go through audit.Verify too, in the same pass (a second
+// reader of each file would double the reading): the report it returns
+// says whether the hash chain holds (not the checkpoint signatures: no key
+// is given). A file a running broker holds is live, as for audit verify.
 func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bool) (*audit.Report, error) {
-	paths, files, err := openAuditFiles(e, args, false)
+	files, err := identifyAuditFiles(e, args, false)
 	if err != nil {
 		return nil, err
 	}
-	defer closeAll(files)
-	pr := &progress{w: e.stderr, what: what, every: e.progressEvery, last: time.Now()}
-	for _, f := range files {
-		if fi, err := f.Stat(); err == nil {
-			pr.total += fi.Size()
-		}
-	}
+	paths := files.paths
+	pr := &progress{w: e.stderr, what: what, total: files.size(), every: e.progressEvery, last: time.Now()}
 	if !check {
 		for i, p := range paths {
-			if err := consumeAuditFile(x, pr, p, files[i], nil); err != nil {
-				return nil, err
+			if err := consumeAuditFile(x, pr, files, i, nil); err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
 			}
 		}
 		return nil, nil
@@ -339,7 +442,9 @@ func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bo
 	}()
 	for i, p := range paths {
 		if err == nil {
-			err = consumeAuditFile(x, pr, p, files[i], writers[i])
+			if err = consumeAuditFile(x, pr, files, i, writers[i]); err != nil {
+				err = fmt.Errorf("%s: %w", p, err)
+			}
 		}
 		if err != nil {
 			writers[i].CloseWithError(err)
@@ -357,20 +462,25 @@ func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bo
 	return v.rep, nil
 }
 
-// consumeAuditFile adds the file f (named p) to x, copying what it reads to
-// tee when not nil.
-func consumeAuditFile(x *trace.Index, pr *progress, p string, f *os.File, tee io.Writer) error {
+// consumeAuditFile opens the i-th of files, adds it to x, copying what it
+// reads to tee when not nil, and closes it.
+func consumeAuditFile(x *trace.Index, pr *progress, files *auditFiles, i int, tee io.Writer) error {
+	f, err := files.open(i)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
 	var r io.Reader = f
 	if tee != nil {
 		r = io.TeeReader(f, tee)
 	}
-	if _, err := x.Consume(progressReader{r: r, p: pr, name: p}); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
+	if _, err := x.Consume(progressReader{r: r, p: pr, name: files.paths[i]}); err != nil {
+		return err
 	}
 	if tee != nil {
 		// Consume reads to the end; whatever it left is the verifier's too.
 		if _, err := io.Copy(tee, f); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
+			return err
 		}
 	}
 	return nil

@@ -298,3 +298,52 @@ func TestOfflineTraceAndReportRotationWhileReading(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditFilesRemovedWhileReading: trace, report and audit verify hold
+// one audit file open at a time (TestAuditFilesBeyondTheOpenFileLimit), so
+// a file removed after it was identified and before its turn came can no
+// longer be read. That must fail the command naming the file (exit 1: run
+// it again), not pass for a seq gap ("the audit files do NOT verify",
+// which would say lines were removed from the chain) nor leave the file's
+// lines out silently.
+func TestAuditFilesRemovedWhileReading(t *testing.T) {
+	for _, args := range [][]string{
+		{"trace", cliIssID},
+		{"report", "--format", "json"},
+		{"audit", "verify"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			dir := t.TempDir()
+			live := cliAuditLog(t, dir)
+			// While the rotated file is read (the first progress line), the
+			// live file is removed.
+			errb := &onFirstWrite{hook: func() {
+				if err := os.Remove(live); err != nil {
+					t.Error(err)
+				}
+			}}
+			var out bytes.Buffer
+			e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: &out, stderr: errb,
+				progressEvery: time.Nanosecond}
+			root := newRootCmd(e)
+			if args[0] == "audit" {
+				root.SetArgs(append(args, live))
+			} else {
+				root.SetArgs(append(args, "--audit-log", live))
+			}
+			root.SetOut(&out)
+			root.SetErr(errb)
+			err := root.ExecuteContext(context.Background())
+			if _, serr := os.Stat(live); !errors.Is(serr, os.ErrNotExist) {
+				t.Fatalf("fixture: %s not removed during the read (%v)", live, serr)
+			}
+			var ee exitError
+			if err == nil || errors.As(err, &ee) && ee.code != 1 || !strings.Contains(err.Error(), live+": no longer the file that was there when the reading began") {
+				t.Errorf("%s with %s removed while reading = %v\nstdout:\n%s\nstderr:\n%s\nwant exit 1 naming it", args[0], live, err, out.String(), errb.String())
+			}
+			if strings.Contains(errb.String(), "do NOT verify") || strings.Contains(out.String(), "seq gap") {
+				t.Errorf("%s with %s removed while reading:\nstdout:\n%s\nstderr:\n%s\nwant no chain problem for it", args[0], live, out.String(), errb.String())
+			}
+		})
+	}
+}

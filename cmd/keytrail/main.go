@@ -59,8 +59,9 @@ type env struct {
 	// progressEvery is how often long file reads (audit verify) print a
 	// progress line on stderr.
 	progressEvery time.Duration
-	// afterAuditList, when set, is called by audit verify between listing
-	// the audit files and opening them (tests: a rotation in between).
+	// afterAuditList, when set, is called by audit verify, trace and
+	// report between listing the audit files and identifying them (tests:
+	// a rotation in between).
 	afterAuditList func()
 	// auditWritten, when set, is called by the server's audit sink after
 	// each batch it wrote, before the batch's writers are told (tests: an
