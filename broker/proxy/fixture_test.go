@@ -153,6 +153,41 @@ func (s *secrets) Secret(ctx context.Context, ref policies.ProxySecret) (string,
 	return "", broker.Errorf(broker.ErrNotFound, "secret_not_found", "not found", nil)
 }
 
+// memSecrets answers from memory what src answered once, as KVSecrets
+// does within its TTL (benchmarks).
+type memSecrets struct {
+	src    broker.SecretSource
+	mu     sync.Mutex
+	values map[policies.ProxySecret]string
+	calls  atomic.Int64 // Secret calls (CachedSecret answers are not counted)
+}
+
+func (m *memSecrets) Secret(ctx context.Context, ref policies.ProxySecret) (string, error) {
+	m.calls.Add(1)
+	if v, ok := m.CachedSecret(ref); ok {
+		return v, nil
+	}
+	v, err := m.src.Secret(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	if m.values == nil {
+		m.values = map[policies.ProxySecret]string{}
+	}
+	m.values[ref] = v
+	m.mu.Unlock()
+	return v, nil
+}
+
+// CachedSecret returns a value read before, without waiting.
+func (m *memSecrets) CachedSecret(ref policies.ProxySecret) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.values[ref]
+	return v, ok
+}
+
 // notifySink is a brokertest.Sink that announces every appended event type.
 type notifySink struct {
 	*brokertest.Sink
@@ -475,6 +510,12 @@ type fixtureOpts struct {
 	logs          *brokertest.SyncBuffer // receives the broker's log lines (default: discarded)
 	http2         bool                   // the upstream speaks HTTP/2 (as most HTTPS APIs do) besides HTTP/1.1
 	cache         bool                   // the Service's store is a RevocationCache's, as keytrail server wires it
+	// fastReads is cache with FastReads, refreshed once, and the secret
+	// source answering from memory (memSecrets): the lookups of a proxied
+	// request answered as keytrail server answers them (its Redis store
+	// behind a RevocationCache with FastReads, Vault KV behind KVSecrets'
+	// cache).
+	fastReads bool
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
@@ -518,10 +559,16 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		sink = fo.audit
 	}
 	var svcStore broker.Store = f.store
-	if fo.cache {
-		f.cache, err = broker.NewRevocationCache(f.store, broker.CacheOptions{Now: f.clk.Now})
+	if fo.cache || fo.fastReads {
+		f.cache, err = broker.NewRevocationCache(f.store, broker.CacheOptions{Now: f.clk.Now, FastReads: fo.fastReads})
 		if err != nil {
 			tb.Fatal(err)
+		}
+		if fo.fastReads {
+			// The clock stands still: the view stays fresh.
+			if err := f.cache.Refresh(context.Background()); err != nil {
+				tb.Fatal(err)
+			}
 		}
 		svcStore = f.cache.Store()
 	}
@@ -547,9 +594,13 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 
 	f.broker = httptest.NewUnstartedServer(nil)
 	f.addr = f.broker.Listener.Addr().String()
+	var secretSrc broker.SecretSource = f.secrets
+	if fo.fastReads {
+		secretSrc = &memSecrets{src: f.secrets}
+	}
 	f.proxy, err = proxy.New(proxy.Options{
 		Service:          f.svc,
-		Secrets:          f.secrets,
+		Secrets:          secretSrc,
 		Hosts:            []string{f.addr},
 		MaxRequestBytes:  maxReqBytes,
 		MaxResponseBytes: maxRespBytes,
