@@ -390,6 +390,16 @@ type SecretSource interface {
 	Secret(ctx context.Context, ref policies.ProxySecret) (string, error)
 }
 
+// CachedSecretSource is a SecretSource that keeps values in memory.
+// CachedSecret returns at once, without waiting for anything, what Secret
+// would return from memory, or ok false when Secret would have to read the
+// backend or wait for a read in flight. The proxy asks it first and makes
+// the SecretTimeout deadline only for a Secret call.
+type CachedSecretSource interface {
+	SecretSource
+	CachedSecret(ref policies.ProxySecret) (value string, ok bool)
+}
+
 // Notice announces a change of revocation state to every broker instance.
 // It is a hint that speeds up what each instance would learn from the Store
 // anyway: receivers never trust a notice more than the Store.

@@ -62,7 +62,7 @@ type KVSecrets struct {
 	entries map[kvKey]*kvEntry
 }
 
-var _ broker.SecretSource = (*KVSecrets)(nil)
+var _ broker.CachedSecretSource = (*KVSecrets)(nil)
 
 type kvKey struct{ path, field string }
 
@@ -136,6 +136,27 @@ func (k *KVSecrets) Secret(ctx context.Context, ref policies.ProxySecret) (strin
 	case <-ctx.Done():
 		return "", broker.Unavailable(ReasonUnavailable, retryOutage, fmt.Errorf("vault kv read %s: %w", key.path, ctx.Err()))
 	}
+}
+
+// CachedSecret implements broker.CachedSecretSource: the value of a read
+// that succeeded within TTL, as Secret returns it, or ok false (no entry, a
+// read in flight, failed or expired) when Secret must be called.
+func (k *KVSecrets) CachedSecret(ref policies.ProxySecret) (string, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e := k.entries[kvKey{ref.VaultKV, ref.Field}]
+	if e == nil {
+		return "", false
+	}
+	select {
+	case <-e.done:
+	default:
+		return "", false // in flight
+	}
+	if e.err != nil || !k.now().Before(e.expires) {
+		return "", false
+	}
+	return e.value, true
 }
 
 // fill reads one entry on its own deadline (detached from the first caller's

@@ -330,3 +330,50 @@ func TestNewKVSecretsValidates(t *testing.T) {
 		}
 	}
 }
+
+// CachedSecret answers what Secret holds in memory, and nothing else: no
+// entry, an expired one and a failed read are for Secret (and Vault).
+func TestKVCachedSecret(t *testing.T) {
+	fail := atomic.Bool{}
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		kvRoute: func(w http.ResponseWriter, r *http.Request) {
+			if fail.Load() {
+				reply(w, 503, map[string]any{"errors": []string{"sealed"}})
+				return
+			}
+			reply(w, 200, kvBody(map[string]any{kvFieldName: kvValue}))
+		},
+	})
+	clk := &kvClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	kv := newKV(t, f, clk)
+	ctx := context.Background()
+
+	if _, ok := kv.CachedSecret(kvRef); ok {
+		t.Fatal("CachedSecret before any read = ok")
+	}
+	if _, err := kv.Secret(ctx, kvRef); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := kv.CachedSecret(kvRef); !ok || v != kvValue {
+		t.Errorf("CachedSecret after a read = (len %d, %v), want the value", len(v), ok)
+	}
+	other := kvRef
+	other.Field = "other"
+	if _, ok := kv.CachedSecret(other); ok {
+		t.Error("CachedSecret(other field) = ok")
+	}
+	clk.advance(DefaultKVTTL)
+	if _, ok := kv.CachedSecret(kvRef); ok {
+		t.Error("CachedSecret of an expired entry = ok")
+	}
+	fail.Store(true)
+	if _, err := kv.Secret(ctx, kvRef); err == nil {
+		t.Fatal("Secret with Vault failing = nil error")
+	}
+	if _, ok := kv.CachedSecret(kvRef); ok {
+		t.Error("CachedSecret after a failed read = ok")
+	}
+	if n := f.count(kvRoute); n != 2 {
+		t.Errorf("Vault reads = %d, want 2 (CachedSecret reads none)", n)
+	}
+}

@@ -497,6 +497,7 @@ type fixture struct {
 	up       *upstream
 	evil     *upstream
 	secrets  *secrets
+	mem      *memSecrets // the proxy's secret source when fixtureOpts.fastReads is set
 	registry *prometheus.Registry
 	notify   bool // events reach f.sink (false when fixtureOpts.audit is set)
 }
@@ -596,7 +597,8 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	f.addr = f.broker.Listener.Addr().String()
 	var secretSrc broker.SecretSource = f.secrets
 	if fo.fastReads {
-		secretSrc = &memSecrets{src: f.secrets}
+		f.mem = &memSecrets{src: f.secrets}
+		secretSrc = f.mem
 	}
 	f.proxy, err = proxy.New(proxy.Options{
 		Service:          f.svc,

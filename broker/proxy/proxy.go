@@ -76,7 +76,9 @@ type Options struct {
 	// Resolver resolves upstream names (default net.DefaultResolver).
 	Resolver *net.Resolver
 	// StoreTimeout bounds one store call (default 2s); SecretTimeout one
-	// secret read (default 5s).
+	// secret read (default 5s). A lookup answered from memory (the
+	// RevocationCache with FastReads, a broker.CachedSecretSource) makes
+	// no call and needs neither.
 	StoreTimeout  time.Duration
 	SecretTimeout time.Duration
 }
@@ -94,8 +96,10 @@ type Proxy struct {
 	errLog     *log.Logger // ReverseProxy's own messages (no secrets: they name no request data)
 	redactBufs *sync.Pool
 	forms      formsCache // the injected secrets' forms, for the response scan
-	decoders   decoderPools
-	inFlight   inFlight // requests gone upstream, cut when revoked (cutRevoked)
+	// cachedSecrets is o.Secrets when it answers from memory too.
+	cachedSecrets broker.CachedSecretSource
+	decoders      decoderPools
+	inFlight      inFlight // requests gone upstream, cut when revoked (cutRevoked)
 	// dropEarlyFlush is a seam for tests (see responseWriter.dropEarlyFlush).
 	dropEarlyFlush atomic.Bool
 
@@ -169,6 +173,7 @@ func New(o Options) (*Proxy, error) {
 		errLog:     slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 		transports: map[string]*grantTransport{},
 	}
+	p.cachedSecrets, _ = o.Secrets.(broker.CachedSecretSource)
 	o.Service.OnKnownRevoked(p.cutRevoked)
 	return p, nil
 }
@@ -292,9 +297,10 @@ func (c *call) check() error {
 	}
 	c.fp = broker.Fingerprint(tok)
 	svc := p.o.Service
-	sctx, cancel := context.WithTimeout(r.Context(), p.o.StoreTimeout)
-	is, err := svc.Store().FindIssuance(sctx, broker.RefFingerprint, c.fp)
-	cancel()
+	// The lookup and the block check below are answered from memory by
+	// the revocation cache (FastReads) on the hot path; only a Store call
+	// gets the StoreTimeout deadline (Service.FindIssuanceWithin).
+	is, err := svc.FindIssuanceWithin(r.Context(), broker.RefFingerprint, c.fp, p.o.StoreTimeout)
 	switch {
 	case errors.Is(err, broker.ErrNotFound):
 		return invalidToken("unknown_credential", "the proxy credential is not valid")
@@ -312,9 +318,7 @@ func (c *call) check() error {
 	if !is.RevokedAt.IsZero() {
 		return denied("credential_revoked", "the credential has been revoked")
 	}
-	sctx, cancel = context.WithTimeout(r.Context(), p.o.StoreTimeout)
-	_, err = svc.Store().GetBlock(sctx, is.Workload)
-	cancel()
+	_, err = svc.GetBlockWithin(r.Context(), is.Workload, p.o.StoreTimeout)
 	switch {
 	case err == nil:
 		return denied("workload_blocked", "the workload is blocked")
@@ -571,9 +575,7 @@ func (c *call) forward(w http.ResponseWriter) {
 		c.fail(w, broker.Unavailable("upstream_config", 30*time.Second, err))
 		return
 	}
-	sctx, cancel := context.WithTimeout(r.Context(), p.o.SecretTimeout)
-	secret, err := p.o.Secrets.Secret(sctx, g.Proxy.Secret)
-	cancel()
+	secret, err := p.secret(r.Context(), g.Proxy.Secret)
 	if err != nil {
 		c.fail(w, broker.Unavailable("secret_unavailable", 5*time.Second, err))
 		return
@@ -883,6 +885,20 @@ func (c *call) forward(w http.ResponseWriter) {
 		}
 	}()
 	rp.ServeHTTP(rw, out)
+}
+
+// secret reads a grant's secret: from the source's memory when it keeps
+// one (broker.CachedSecretSource), else by a Secret call bounded by
+// SecretTimeout, the only case that needs a deadline.
+func (p *Proxy) secret(ctx context.Context, ref policies.ProxySecret) (string, error) {
+	if p.cachedSecrets != nil {
+		if v, ok := p.cachedSecrets.CachedSecret(ref); ok {
+			return v, nil
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, p.o.SecretTimeout)
+	defer cancel()
+	return p.o.Secrets.Secret(sctx, ref)
 }
 
 // bodyError returns why the response body failed at its first read (which
