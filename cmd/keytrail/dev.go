@@ -59,9 +59,12 @@ demo issuer and Vault and says so; --dir is kept. One dev runs at a time: a
 second one on the same --dir (locked by its dev.lock, which names the running
 dev's pid), --listen or demo issuer port fails before starting anything,
 naming the conflict. A dev that fails before Vault starts removes the --dir
-it created (never one that existed before). --once runs the demo, verifies
-the audit log and exits (used by the tests). The Vault binary comes from
---vault-bin, else $KEYTRAIL_VAULT_BIN, else bin/vault in the repository.
+it created (never one that existed before), once the rest has stopped, and
+then says whether it did: a --dir something else was put in meanwhile (such
+as another dev's dev.lock) is kept, and named with the reason. --once runs
+the demo, verifies the audit log and exits (used by the tests). The Vault
+binary comes from --vault-bin, else $KEYTRAIL_VAULT_BIN, else bin/vault in
+the repository.
 
 Exit status: 0 stopped by Ctrl-C or SIGTERM (with --once: the demo ran and
 the audit log verified); 1 another dev runs on --dir, --listen or the demo
@@ -151,9 +154,23 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	// started, --dir holds its logs and is kept.
 	beforeVault := true
 	dirIsNew := slices.Contains(created, dir)
+	// What was started, said once it has all stopped, and what became of
+	// --dir, said once it was removed or kept: this runs last, after the
+	// deferred stops and the lock's release below.
+	var started []string
 	defer func() {
-		if retErr != nil && beforeVault {
-			removeNewDirs(created)
+		var said []string
+		if len(started) > 0 {
+			said = append(said, "stopped "+strings.Join(started, ", "))
+		}
+		switch {
+		case retErr != nil && beforeVault && dirIsNew:
+			said = append(said, removeNewDirsSaid(created)...)
+		case len(started) > 0:
+			said = append(said, fmt.Sprintf("state kept in %s (remove it to start afresh)", dir))
+		}
+		if len(said) > 0 {
+			progress("%s", strings.Join(said, "; "))
 		}
 	}()
 	// A second dev is refused before it starts anything: on the same --dir
@@ -172,19 +189,6 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 		if e.devUnlocked != nil && retErr != nil && beforeVault {
 			e.devUnlocked()
 		}
-	}()
-	// What was started, said once it has all stopped (the deferred stops
-	// below run before this).
-	var started []string
-	defer func() {
-		if len(started) == 0 {
-			return
-		}
-		if retErr != nil && beforeVault && dirIsNew {
-			progress("stopped %s; removed %s, which it had created", strings.Join(started, ", "), dir)
-			return
-		}
-		progress("stopped %s; state kept in %s (remove it to start afresh)", strings.Join(started, ", "), dir)
 	}()
 	probe, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -614,14 +618,34 @@ func mkdirAllNew(path string, perm os.FileMode) ([]string, error) {
 }
 
 // removeNewDirs removes the directories mkdirAllNew created, innermost
-// first, each only while empty (os.Remove); it stops at the first one that
-// is not.
-func removeNewDirs(dirs []string) {
+// first, each only while empty (os.Remove); it stops at the first one it
+// cannot remove (not empty: another dev took --dir meanwhile, or something
+// else was put there), which it returns with the error. removed is the
+// outermost directory it removed ("" for none).
+func removeNewDirs(dirs []string) (removed, kept string, err error) {
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if os.Remove(dirs[i]) != nil {
-			return
+		if err := os.Remove(dirs[i]); err != nil {
+			return removed, dirs[i], err
 		}
+		removed = dirs[i]
 	}
+	return removed, "", nil
+}
+
+// removeNewDirsSaid removes the directories mkdirAllNew created (see
+// removeNewDirs) and says what it did, once done: "removed DIR, which it
+// had created", and for one it could not remove, "kept DIR, which it had
+// created: why".
+func removeNewDirsSaid(dirs []string) []string {
+	removed, kept, err := removeNewDirs(dirs)
+	var said []string
+	if removed != "" {
+		said = append(said, fmt.Sprintf("removed %s, which it had created", removed))
+	}
+	if kept != "" {
+		said = append(said, fmt.Sprintf("kept %s, which it had created: %v", kept, pathErrText(err)))
+	}
+	return said
 }
 
 // pathErrText is err without the operation and path of an *os.PathError

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -22,7 +23,7 @@ import (
 // existed before is kept, with what it holds, whatever fails.
 func TestDevRemovesTheDirItCreatedWhenItFails(t *testing.T) {
 	if out, _, err := runCLI(t, nil, "dev", "--help"); err != nil || !strings.Contains(strings.Join(strings.Fields(out), " "),
-		"A dev that fails before Vault starts removes the --dir it created (never one that existed before).") {
+		"A dev that fails before Vault starts removes the --dir it created (never one that existed before), once the rest has stopped, and then says whether it did") {
 		t.Errorf("dev --help (%v) does not say a --dir it created is removed on failure:\n%s", err, out)
 	}
 	out := t.TempDir()
@@ -70,6 +71,10 @@ func TestDevRemovesTheDirItCreatedWhenItFails(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(out, "new")); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("dev left %s behind (stat: %v), which it created", filepath.Join(out, "new"), err)
+			}
+			// The outermost directory it created, said once removed.
+			if want := "keytrail dev: removed " + filepath.Join(out, "new") + ", which it had created\n"; !strings.Contains(stderr, want) {
+				t.Errorf("stderr %q does not say %q", stderr, want)
 			}
 		})
 	}
@@ -218,4 +223,98 @@ func TestDevLockIsTheFileAtItsPath(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "another keytrail dev (pid") {
 		t.Errorf("third dev = %v, want the second one named", err)
 	}
+}
+
+// TestDevSaysWhatBecameOfItsDirOnceDone: a dev that failed before Vault
+// after starting the demo issuer (here: getting the Vault binary fails)
+// said "stopped the demo issuer; removed DIR, which it had created" before
+// it removed DIR (the line's defer ran before the removal's), and said so
+// too when the removal then failed because DIR was no longer empty. The
+// line now comes after the removal and says what happened: the outermost
+// directory removed, or the one kept and why.
+func TestDevSaysWhatBecameOfItsDirOnceDone(t *testing.T) {
+	// A repository without e2e/vaultserver/go.sum: with no --vault-bin
+	// and no $KEYTRAIL_VAULT_BIN, getting bin/vault fails at once, after
+	// the demo issuer has started.
+	repo := t.TempDir()
+	writeFile(t, repo, "go.mod", "module github.com/keytrail/keytrail\n\ngo 1.22\n")
+	t.Chdir(repo)
+	pol := writeFile(t, repo, "p.yaml", "version: 1\n")
+	listen := closedLoopbackAddrs(t, 1)[0]
+	if l, err := net.Listen("tcp", devIssuerAddr); err != nil {
+		t.Fatalf("this test needs the demo issuer's port %s free (another keytrail dev running?): %v", devIssuerAddr, err)
+	} else {
+		l.Close()
+	}
+
+	for _, c := range []struct {
+		name     string
+		dir      string
+		putInDir bool // something is put in --dir once the lock is released
+		want     string
+		gone     string // what must not exist afterwards ("" for nothing)
+	}{
+		{"removed", filepath.Join(repo, "new", "dev"), false,
+			"keytrail dev: stopped the demo issuer; removed " + filepath.Join(repo, "new") + ", which it had created\n",
+			filepath.Join(repo, "new")},
+		{"kept", filepath.Join(repo, "taken", "dev"), true,
+			"keytrail dev: stopped the demo issuer; kept " + filepath.Join(repo, "taken", "dev") + ", which it had created: directory not empty\n",
+			""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// Whether c.dir existed when the stop line was written.
+			var dirAtLine []bool
+			stderr := &writeSpy{onWrite: func(p []byte) {
+				if strings.Contains(string(p), "keytrail dev: stopped") {
+					_, err := os.Stat(c.dir)
+					dirAtLine = append(dirAtLine, err == nil)
+				}
+			}}
+			e := &env{ctx: context.Background(), stdout: io.Discard, stderr: stderr, getenv: func(string) string { return "" }}
+			if c.putInDir {
+				e.devUnlocked = func() {
+					// Another dev took --dir meanwhile: its dev.lock.
+					writeFile(t, c.dir, "dev.lock", "4242\n")
+				}
+			}
+			err := runDev(context.Background(), e, devOptions{dir: c.dir, listen: listen, policy: pol})
+			if err == nil || !strings.Contains(err.Error(), "building Vault") {
+				t.Fatalf("dev = %v, want getting the Vault binary to fail", err)
+			}
+			got := stderr.String()
+			if !strings.Contains(got, c.want) {
+				t.Errorf("stderr:\n%s\nwant the line %q", got, c.want)
+			}
+			if len(dirAtLine) != 1 {
+				t.Fatalf("%d stop lines in stderr:\n%s", len(dirAtLine), got)
+			}
+			if c.gone != "" {
+				if dirAtLine[0] {
+					t.Errorf("the stop line says %s was removed while it still existed", c.dir)
+				}
+				if _, err := os.Stat(c.gone); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("%s is still there (%v)", c.gone, err)
+				}
+				return
+			}
+			if strings.Contains(got, "removed") {
+				t.Errorf("stderr says something was removed:\n%s", got)
+			}
+			if !slices.Contains(listDir(t, c.dir), "dev.lock") {
+				t.Errorf("the other dev's dev.lock is gone from %s", c.dir)
+			}
+		})
+	}
+}
+
+// writeSpy is a bytes.Buffer that calls onWrite with each write before it
+// keeps it.
+type writeSpy struct {
+	bytes.Buffer
+	onWrite func(p []byte)
+}
+
+func (w *writeSpy) Write(p []byte) (int, error) {
+	w.onWrite(p)
+	return w.Buffer.Write(p)
 }
