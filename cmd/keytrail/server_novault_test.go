@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -53,33 +55,57 @@ func TestServerVaultNotRunning(t *testing.T) {
 	}
 }
 
-// TestServerVaultNotRunningHidesPassword: a vault.address with user info
+// TestServerVaultNotRunningHidesUserinfo: a vault.address with user info
 // (basic auth for a front proxy, which the Vault adapter masks in its own
 // errors) was quoted whole in the "is Vault running at ...?" hint, password
-// included. The hint names the address with the password masked.
-func TestServerVaultNotRunningHidesPassword(t *testing.T) {
-	addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
-	hostPort := addrs[0]
-	listen := addrs[1]
-	dir := t.TempDir()
-	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
-	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
-		"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: \"http://proxyuser:PROXY-PW-MARKER-7@"+hostPort+"\"}\n")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out, errb strings.Builder
-	err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
-		return map[string]string{"VAULT_TOKEN": "hvs.x", "KEYTRAIL_RECONCILE": "off"}[k]
-	}, &out, &errb)
-	if err == nil {
-		t.Fatal("server started with no Vault at its address")
-	}
-	if strings.Contains(err.Error()+out.String()+errb.String(), "PROXY-PW-MARKER") {
-		t.Errorf("the Vault address's password is quoted: %q (stderr %q)", err, errb.String())
-	}
-	want := "is Vault running at http://proxyuser:xxxxx@" + hostPort + " (from vault.address in " + cfg + ", line 5)?"
-	if !strings.Contains(err.Error(), want) {
-		t.Errorf("server = %q, want it to ask %q", err, want)
+// included; then with the password masked but the username shown, in the
+// hint and in the client's error before it (net/http's 'Get
+// "http://user:***@host/..."'), though a username can be a token too. The
+// message now names the address without any user info, with or without a
+// password.
+func TestServerVaultNotRunningHidesUserinfo(t *testing.T) {
+	for _, c := range []struct{ name, userinfo string }{
+		{"user-and-password", "USER-MARKER-6:PROXY-PW-MARKER-7"},
+		{"user", "USER-MARKER-6"},
+		{"user-and-empty-password", "USER-MARKER-6:"},
+		{"escaped-user", "USER-MARKER-6%2Fci:PROXY-PW-MARKER-7"},
+	} {
+		userinfo := c.userinfo
+		t.Run(c.name, func(t *testing.T) {
+			addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
+			hostPort := addrs[0]
+			listen := addrs[1]
+			dir := t.TempDir()
+			pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+			cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
+				"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: \"http://"+userinfo+"@"+hostPort+"\"}\n")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var out, errb strings.Builder
+			err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+				return map[string]string{"VAULT_TOKEN": "hvs.x", "KEYTRAIL_RECONCILE": "off"}[k]
+			}, &out, &errb)
+			if err == nil {
+				t.Fatal("server started with no Vault at its address")
+			}
+			if c := exitCode(err); c != -1 && c != 1 {
+				t.Errorf("exit %d, want 1", c)
+			}
+			all := err.Error() + out.String() + errb.String()
+			for _, secret := range []string{"PROXY-PW-MARKER", "USER-MARKER"} {
+				if strings.Contains(all, secret) {
+					t.Errorf("the Vault address's user info (%s) is quoted: %q (stderr %q)", secret, err, errb.String())
+				}
+			}
+			want := "is Vault running at http://" + hostPort + " (from vault.address in " + cfg + ", line 5)?"
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("server = %q, want it to ask %q", err, want)
+			}
+			// The client's error is still there, without the user info.
+			if !strings.Contains(err.Error(), "//"+hostPort+"/v1/") || !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("server = %q, want the client's refused request to %s", err, hostPort)
+			}
+		})
 	}
 }
 
