@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -110,7 +112,8 @@ func (w *workloadFlags) identity(e *env) (client.IdentitySource, error) {
 // stderr.
 func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Credential) error) ([]*client.Source, client.IdentitySource, error) {
 	addr := w.brokerAddr(e)
-	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version})
+	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version,
+		HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: workloadTransport()}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -170,6 +173,57 @@ func retryReason(err error, addr string) string {
 	return err.Error()
 }
 
+// workloadTransport is the transport fetch and exec reach the broker
+// with: net/http's default one (HTTPS_PROXY, HTTP_PROXY and NO_PROXY
+// honoured), whose failures at the proxy say which proxy. A dial that
+// failed before it had an address (the proxy's host not found) names the
+// host:port it dialed, and a proxy that answers CONNECT with anything but
+// 200 is a *proxyRefusedError, not net/http's bare status text ("Proxy
+// Authentication Required").
+func workloadTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := dial(ctx, network, address)
+		var op *net.OpError
+		if err != nil && errors.As(err, &op) && op.Addr == nil {
+			named := *op
+			named.Addr = dialedAddr{network: network, address: address}
+			return nil, &named
+		}
+		return c, err
+	}
+	t.OnProxyConnectResponse = func(_ context.Context, proxy *url.URL, _ *http.Request, res *http.Response) error {
+		if res.StatusCode == http.StatusOK {
+			return nil
+		}
+		status := res.Status
+		if status == "" {
+			status = fmt.Sprint(res.StatusCode)
+		}
+		// proxy.Host: host:port, never the user info.
+		return &proxyRefusedError{proxy: proxy.Host, status: status}
+	}
+	return t
+}
+
+// dialedAddr is the address a dial was for, as a net.Addr.
+type dialedAddr struct{ network, address string }
+
+func (a dialedAddr) Network() string { return a.network }
+func (a dialedAddr) String() string  { return a.address }
+
+// proxyRefusedError is a proxy's answer to CONNECT other than 200: it
+// refused the tunnel to the broker.
+type proxyRefusedError struct {
+	proxy  string // host:port, without user info
+	status string // "407 Proxy Authentication Required"
+}
+
+func (e *proxyRefusedError) Error() string {
+	return fmt.Sprintf("the proxy at %s refused the tunnel: %s", e.proxy, e.status)
+}
+
 // connectionFailure says in plain words how a connection to the broker at
 // addr failed ("cannot reach the broker at http://127.0.0.1:1: connection
 // refused" for "keytrail broker unreachable: Post
@@ -177,6 +231,10 @@ func retryReason(err error, addr string) string {
 // refused"), or "" for an error that is not a connection's.
 func connectionFailure(err error, addr string) string {
 	target := "the broker at " + addr
+	var refused *proxyRefusedError
+	if errors.As(err, &refused) {
+		return fmt.Sprintf("the proxy at %s (HTTPS_PROXY or HTTP_PROXY) refused the tunnel to the broker at %s: it answered %s", refused.proxy, addr, refused.status)
+	}
 	if px := proxyFailure(err); px != nil {
 		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
 		// broker: named as such, by its dialed address (never the proxy

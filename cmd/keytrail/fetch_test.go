@@ -730,11 +730,7 @@ func TestConnectionFailureThroughAProxy(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cl, err := client.New(client.Options{Addr: addr, HTTPClient: &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, xerr := cl.Exchange(context.Background(), "g", client.ExchangeOptions{Identity: client.FileIdentity{Path: tokenFile}})
+	xerr := exchangeThroughProxy(t, addr, proxyURL, tokenFile)
 	if xerr == nil || !strings.Contains(xerr.Error(), "proxyconnect") {
 		t.Fatalf("Exchange through a closed proxy = %v, want a proxyconnect error", xerr)
 	}
@@ -794,4 +790,88 @@ func TestTLSHandshakeTimeoutIsNotTheClientTimeout(t *testing.T) {
 	if got := retryReason(xerr, addr); !strings.Contains(got, "TLS handshake timeout") || strings.Contains(got, "within 30s") {
 		t.Errorf("retryReason = %q, want the TLS handshake timeout named, not the client's 30s", got)
 	}
+}
+
+// exchangeThroughProxy makes one exchange with the broker at addr through
+// the proxy at proxyURL, with fetch's and exec's transport, and returns its
+// error.
+func exchangeThroughProxy(t *testing.T, addr string, proxyURL *url.URL, tokenFile string) error {
+	t.Helper()
+	tr := workloadTransport()
+	tr.Proxy = http.ProxyURL(proxyURL)
+	cl, err := client.New(client.Options{Addr: addr, HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: tr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, xerr := cl.Exchange(context.Background(), "g", client.ExchangeOptions{Identity: client.FileIdentity{Path: tokenFile}})
+	return xerr
+}
+
+// TestProxyFailuresNameTheProxy: through HTTPS_PROXY, a proxy whose host
+// cannot be resolved read 'cannot reach the proxy for the broker at X:
+// host ... not found' without the proxy's address (the failed dial had
+// none), and a proxy that refused CONNECT (407, 403) gave net/http's bare
+// status text ('Proxy Authentication Required'), naming neither the proxy
+// nor that it refused. Both now name the proxy's host:port (never its user
+// info) and, for a refusal, its status.
+func TestProxyFailuresNameTheProxy(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	tokenFile := filepath.Join(t.TempDir(), "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		status int
+		want   string
+	}{
+		{"407", http.StatusProxyAuthRequired, "refused the tunnel to the broker at " + addr + ": it answered 407 Proxy Authentication Required"},
+		{"403", http.StatusForbidden, "refused the tunnel to the broker at " + addr + ": it answered 403 Forbidden"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var connects atomic.Int32
+			proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodConnect {
+					connects.Add(1)
+				}
+				w.Header().Set("Proxy-Authenticate", `Basic realm="proxy"`)
+				w.WriteHeader(c.status)
+			}))
+			defer proxy.Close()
+			proxyURL, err := url.Parse(proxy.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxyURL.User = url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER")
+			xerr := exchangeThroughProxy(t, addr, proxyURL, tokenFile)
+			if xerr == nil || connects.Load() == 0 {
+				t.Fatalf("Exchange through a refusing proxy = %v (%d CONNECTs), want it refused", xerr, connects.Load())
+			}
+			want := "the proxy at " + proxyURL.Host + " (HTTPS_PROXY or HTTP_PROXY) " + c.want
+			got := retryReason(xerr, addr)
+			if got != want {
+				t.Errorf("retryReason = %q, want %q", got, want)
+			}
+			if strings.Contains(got, "MARKER") {
+				t.Errorf("retryReason = %q shows the proxy's user info", got)
+			}
+		})
+	}
+	t.Run("host-not-resolved", func(t *testing.T) {
+		proxyURL := &url.URL{Scheme: "http", User: url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER"), Host: "keytrail-test-proxy.invalid:3128"}
+		xerr := exchangeThroughProxy(t, addr, proxyURL, tokenFile)
+		if xerr == nil {
+			t.Fatal("Exchange through an unresolvable proxy succeeded")
+		}
+		got := retryReason(xerr, addr)
+		// "host ... not found", or the look-up's failure where no resolver
+		// answers: either way after the proxy's host:port.
+		want := "cannot reach the proxy at keytrail-test-proxy.invalid:3128 (HTTPS_PROXY or HTTP_PROXY) for the broker at " + addr + ": "
+		if !strings.HasPrefix(got, want) || !strings.Contains(got[len(want):], "keytrail-test-proxy.invalid") {
+			t.Errorf("retryReason = %q, want %q and the look-up's failure", got, want)
+		}
+		if strings.Contains(got, "MARKER") {
+			t.Errorf("retryReason = %q shows the proxy's user info", got)
+		}
+	})
 }
