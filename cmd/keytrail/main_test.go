@@ -530,44 +530,70 @@ func TestReadmeListsEveryConfigKey(t *testing.T) {
 	}
 }
 
+// explainIssuer is an issuer signing with alg whose JWKS an httptest
+// server serves for the test; iss.URL is that server's.
+func explainIssuer(t *testing.T, alg string) *authntest.Issuer {
+	t.Helper()
+	iss, err := authntest.NewIssuer(alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	t.Cleanup(srv.Close)
+	iss.URL = srv.URL
+	return iss
+}
+
+// explainPolicy writes dir/name: issuer i (iss, audience keytrail, then
+// issuerRest such as "algorithms: [ES256]"), workload w matching subject s
+// (then matchRest, such as ", claims: {...}") with grant g.
+func explainPolicy(t *testing.T, dir, name string, iss *authntest.Issuer, issuerRest, matchRest string) string {
+	t.Helper()
+	return writeFile(t, dir, name, `version: 1
+issuers:
+  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], `+issuerRest+`}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject: s`+matchRest+`}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+}
+
+// explainBothWays runs 'policy explain --policy pol --token tf --grant g'
+// verified, then --unverified, and hands each one's output and error to
+// check: the offline explanation must decide as the server does.
+func explainBothWays(t *testing.T, pol, tf string, check func(mode []string, out string, err error)) {
+	t.Helper()
+	for _, mode := range [][]string{nil, {"--unverified"}} {
+		args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
+		out, _, err := runCLI(t, nil, args...)
+		check(mode, out, err)
+	}
+}
+
 // TestPolicyExplainUnverifiedNumbersAsServer: --unverified decodes the token
 // as the server does. A numeric claim above 2^53 (an account or repository
 // id) is exact for the server (JSON numbers), so a workload matching it must
 // match in the offline explanation too; it was rounded to a float64 there
 // and explained as "no match".
 func TestPolicyExplainUnverifiedNumbersAsServer(t *testing.T) {
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(iss.Handler())
-	defer srv.Close()
-	iss.URL = srv.URL
-	pol := writeFile(t, t.TempDir(), "p.yaml", `version: 1
-issuers:
-  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject: s, claims: {account_id: "9007199254740993"}}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
+	iss := explainIssuer(t, "ES256")
+	pol := explainPolicy(t, t.TempDir(), "p.yaml", iss, "algorithms: [ES256]", `, claims: {account_id: "9007199254740993"}`)
 	now := time.Now()
-	tok, err := iss.Sign(jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "account_id": int64(9007199254740993),
+	tok, err := iss.Sign(jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": "s", "account_id": int64(9007199254740993),
 		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tf := writeFile(t, t.TempDir(), "tok", tok)
-	for _, mode := range [][]string{nil, {"--unverified"}} {
-		args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
-		out, _, err := runCLI(t, nil, args...)
+	explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
 		if err != nil {
 			t.Fatalf("explain %v: %v\n%s", mode, err, out)
 		}
 		if !strings.Contains(out, "result: workload w") || !strings.Contains(out, "grant g: ALLOWED") {
 			t.Errorf("explain %v does not say what the server decides (workload w, grant allowed):\n%s", mode, out)
 		}
-	}
+	})
 }
 
 // TestPolicyExplainUnverifiedTokenTypes: --unverified skips the signature
@@ -575,23 +601,10 @@ grants:
 // server refuses a token whose typ is not listed (bad_token_type), and the
 // offline explanation said "grant g: ALLOWED" (exit 0) for it.
 func TestPolicyExplainUnverifiedTokenTypes(t *testing.T) {
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(iss.Handler())
-	defer srv.Close()
-	iss.URL = srv.URL
-	pol := writeFile(t, t.TempDir(), "p.yaml", `version: 1
-issuers:
-  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256], token_types: [JWT]}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
+	iss := explainIssuer(t, "ES256")
+	pol := explainPolicy(t, t.TempDir(), "p.yaml", iss, "algorithms: [ES256], token_types: [JWT]", "")
 	now := time.Now()
-	claims := jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	claims := jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	dir := t.TempDir()
 	for _, tt := range []struct {
 		name   string
@@ -611,16 +624,14 @@ grants:
 			t.Fatal(err)
 		}
 		tf := writeFile(t, dir, tt.name, tok)
-		for _, mode := range [][]string{nil, {"--unverified"}} {
-			args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
-			out, _, err := runCLI(t, nil, args...)
+		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
 			if (err == nil) != tt.ok || !strings.Contains(out, tt.want) {
 				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, tt.want, out)
 			}
 			if !tt.ok && strings.Contains(out, "ALLOWED") {
 				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
 			}
-		}
+		})
 	}
 }
 
@@ -632,28 +643,12 @@ grants:
 // number typ of an issuer without token_types (exit 1, "malformed") while
 // the server, and explain without --unverified, allowed it.
 func TestPolicyExplainUnverifiedTypHeaderRule(t *testing.T) {
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(iss.Handler())
-	defer srv.Close()
-	iss.URL = srv.URL
+	iss := explainIssuer(t, "ES256")
 	dir := t.TempDir()
-	policy := func(name, tokenTypes string) string {
-		return writeFile(t, dir, name, `version: 1
-issuers:
-  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]`+tokenTypes+`}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
-	}
-	anyTyp := policy("any.yaml", "")
-	typed := policy("typed.yaml", `, token_types: [JWT, ""]`)
+	anyTyp := explainPolicy(t, dir, "any.yaml", iss, "algorithms: [ES256]", "")
+	typed := explainPolicy(t, dir, "typed.yaml", iss, `algorithms: [ES256], token_types: [JWT, ""]`, "")
 	now := time.Now()
-	claims := jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	claims := jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	null := json.RawMessage("null")
 	for _, tt := range []struct {
 		name   string
@@ -674,13 +669,11 @@ grants:
 			t.Fatal(err)
 		}
 		tf := writeFile(t, dir, strings.ReplaceAll(tt.name, "/", "-"), tok)
-		for _, mode := range [][]string{nil, {"--unverified"}} {
-			args := append([]string{"policy", "explain", "--policy", tt.pol, "--token", tf, "--grant", "g"}, mode...)
-			out, _, err := runCLI(t, nil, args...)
+		explainBothWays(t, tt.pol, tf, func(mode []string, out string, err error) {
 			if (err == nil) != tt.ok || !strings.Contains(out, tt.want) {
 				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, tt.want, out)
 			}
-		}
+		})
 	}
 }
 
@@ -691,23 +684,10 @@ grants:
 // refuses: unsupported_alg) was explained as "grant g: ALLOWED", exit 0; so
 // was any token whose alg the issuer does not list.
 func TestPolicyExplainUnverifiedAlgorithms(t *testing.T) {
-	iss, err := authntest.NewIssuer("Ed25519")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(iss.Handler())
-	defer srv.Close()
-	iss.URL = srv.URL
-	pol := writeFile(t, t.TempDir(), "p.yaml", `version: 1
-issuers:
-  - {name: i, issuer: "`+srv.URL+`", jwks_url: "`+srv.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [EdDSA]}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject: s}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
+	iss := explainIssuer(t, "Ed25519")
+	pol := explainPolicy(t, t.TempDir(), "p.yaml", iss, "algorithms: [EdDSA]", "")
 	now := time.Now()
-	claims := jwt.MapClaims{"iss": srv.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	claims := jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": "s", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	asEdDSA := *iss.Key()
 	asEdDSA.Alg = "EdDSA"
 	es, err := authntest.NewKey("ES256")
@@ -730,17 +710,15 @@ grants:
 			t.Fatal(err)
 		}
 		tf := writeFile(t, dir, tt.name, tok)
-		for _, mode := range [][]string{nil, {"--unverified"}} {
-			args := append([]string{"policy", "explain", "--policy", pol, "--token", tf, "--grant", "g"}, mode...)
-			out, _, err := runCLI(t, nil, args...)
-			want := "grant g: ALLOWED"
-			if !tt.ok {
-				want = "token rejected"
-			}
+		want := "grant g: ALLOWED"
+		if !tt.ok {
+			want = "token rejected"
+		}
+		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
 			if (err == nil) != tt.ok || !strings.Contains(out, want) {
 				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, want, out)
 			}
-		}
+		})
 	}
 }
 
@@ -1007,47 +985,40 @@ func TestDevUsageErrorsBeforeItsPorts(t *testing.T) {
 	}
 }
 
-// TestDevHelpSaysHowItStops: dev --help said Ctrl-C or SIGTERM stops it,
-// not that it also stops when the go command of `go run ./cmd/keytrail dev`
-// (the README's command) ends, nor that a second dev exits 1 naming the
-// conflict, as README says. It also said bin/vault is built "on first use"
-// and --vault-bin "if missing", while it is rebuilt whenever it is older
-// than e2e/vaultserver/go.sum (devserver.BuildVault; 85bdb15's progress
-// line says so). Its exit status did not say that dev exits 1 when its
-// broker does not stop cleanly (runServer's error: requests past
-// shutdown_timeout since 9f48e2c, or a failed final checkpoint).
-func TestDevHelpSaysHowItStops(t *testing.T) {
-	out, _, err := runCLI(t, nil, "dev", "--help")
-	if err != nil {
-		t.Fatal(err)
-	}
-	flat := strings.Join(strings.Fields(out), " ")
-	for _, want := range []string{
-		"on Linux to the go command of 'go run ./cmd/keytrail dev'",
-		"dev.lock, which names the running dev's pid",
-		"1 another dev runs on --dir, --listen or the demo issuer's port is in use",
-		"built from the Go module proxy only when missing or older than e2e/vaultserver/go.sum",
-		"else bin/vault, built if missing or older than e2e/vaultserver/go.sum)",
-		"the broker did not stop cleanly (requests still in flight 20 s after the stop, or its audit log's final checkpoint not written)",
-	} {
-		if !strings.Contains(flat, want) {
-			t.Errorf("keytrail dev --help lacks %q:\n%s", want, out)
-		}
-	}
-}
-
-// TestPolicyHelpNamesLinesAndPolicySource: since problems and explain name
-// the line of their field or workload (089221f, 143cb2b), policy check's
-// --help gave no example of the line, and policy explain's --help said
-// neither that it names where each workload is declared nor that --policy
-// or $KEYTRAIL_POLICY is required. Since look-alike owners draw a warning
-// (5409d39) and explain prints the warnings too (e8e0691), check's --help
-// named only the unquoted claims value and explain's none.
-func TestPolicyHelpNamesLinesAndPolicySource(t *testing.T) {
+// TestHelpSaysWhatItDoes: each --help states what its command does that
+// a user tunes or relies on; one row per command, with what it once left
+// out or said wrong.
+func TestHelpSaysWhatItDoes(t *testing.T) {
 	for _, c := range []struct {
 		args []string
-		want []string
+		want []string // in the help, spaces and line breaks folded
 	}{
+		// dev --help said Ctrl-C or SIGTERM stops it, not that it also
+		// stops when the go command of `go run ./cmd/keytrail dev` (the
+		// README's command) ends, nor that a second dev exits 1 naming the
+		// conflict, as README says. It also said bin/vault is built "on
+		// first use" and --vault-bin "if missing", while it is rebuilt
+		// whenever it is older than e2e/vaultserver/go.sum
+		// (devserver.BuildVault; 85bdb15's progress line says so). Its exit
+		// status did not say that dev exits 1 when its broker does not stop
+		// cleanly (runServer's error: requests past shutdown_timeout since
+		// 9f48e2c, or a failed final checkpoint).
+		{[]string{"dev", "--help"}, []string{
+			"on Linux to the go command of 'go run ./cmd/keytrail dev'",
+			"dev.lock, which names the running dev's pid",
+			"1 another dev runs on --dir, --listen or the demo issuer's port is in use",
+			"built from the Go module proxy only when missing or older than e2e/vaultserver/go.sum",
+			"else bin/vault, built if missing or older than e2e/vaultserver/go.sum)",
+			"the broker did not stop cleanly (requests still in flight 20 s after the stop, or its audit log's final checkpoint not written)",
+		}},
+		// Since problems and explain name the line of their field or
+		// workload (089221f, 143cb2b), policy check's --help gave no
+		// example of the line, and policy explain's --help said neither
+		// that it names where each workload is declared nor that --policy
+		// or $KEYTRAIL_POLICY is required. Since look-alike owners draw a
+		// warning (5409d39) and explain prints the warnings too (e8e0691),
+		// check's --help named only the unquoted claims value and
+		// explain's none.
 		{[]string{"policy", "check", "--help"}, []string{
 			`"a.yaml: grants[2].ttl: must be > 0 (line 31)"`,
 			"an owner mixing Latin letters with Cyrillic or Greek ones",
@@ -1057,42 +1028,31 @@ func TestPolicyHelpNamesLinesAndPolicySource(t *testing.T) {
 			"The policy is --policy, else $KEYTRAIL_POLICY; one of them is required.",
 			"The policy's warnings (see 'keytrail policy check') go to stderr.",
 		}},
+		// The reconciliation grace's floor (ea917e9) read "at least
+		// vault.timeout or 5s + 14s", which parses as vault.timeout alone
+		// when it is set; the floor is the longer of the two plus 14s
+		// (graceFloor; TestReconcileGraceFloor checks the values). It said
+		// nothing of the retries of a failed file-triggered reload
+		// (4e74d25) nor that a reload whose policy_load event cannot be
+		// written is not applied (f450427).
+		{[]string{"server", "--help"}, []string{
+			"KEYTRAIL_RECONCILE_GRACE (1m; raised, with a warning, to at least the longer of vault.timeout and 5s, plus 14s)",
+			"a reload after a change that fails is retried 10 times, 4 s doubling to 1 min apart",
+			"A reload that fails, or whose policy_load audit event cannot be written, keeps the policy in force.",
+		}},
 	} {
-		out, _, err := runCLI(t, nil, c.args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		flat := strings.Join(strings.Fields(out), " ")
-		for _, want := range c.want {
-			if !strings.Contains(flat, want) {
-				t.Errorf("keytrail %v lacks %q:\n%s", c.args, want, out)
+		t.Run(strings.Join(c.args[:len(c.args)-1], "-"), func(t *testing.T) {
+			out, _, err := runCLI(t, nil, c.args...)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	}
-}
-
-// TestServerHelpMatchesBehaviour: server --help states what the server
-// does that an operator tunes or relies on. The reconciliation grace's
-// floor (ea917e9) read "at least vault.timeout or 5s + 14s", which parses
-// as vault.timeout alone when it is set; the floor is the longer of the two
-// plus 14s (graceFloor; TestReconcileGraceFloor checks the values). It
-// said nothing of the retries of a failed file-triggered reload (4e74d25)
-// nor that a reload whose policy_load event cannot be written is not
-// applied (f450427).
-func TestServerHelpMatchesBehaviour(t *testing.T) {
-	out, _, err := runCLI(t, nil, "server", "--help")
-	if err != nil {
-		t.Fatal(err)
-	}
-	flat := strings.Join(strings.Fields(out), " ")
-	for _, want := range []string{
-		"KEYTRAIL_RECONCILE_GRACE (1m; raised, with a warning, to at least the longer of vault.timeout and 5s, plus 14s)",
-		"a reload after a change that fails is retried 10 times, 4 s doubling to 1 min apart",
-		"A reload that fails, or whose policy_load audit event cannot be written, keeps the policy in force.",
-	} {
-		if !strings.Contains(flat, want) {
-			t.Errorf("keytrail server --help lacks %q:\n%s", want, out)
-		}
+			flat := strings.Join(strings.Fields(out), " ")
+			for _, want := range c.want {
+				if !strings.Contains(flat, want) {
+					t.Errorf("keytrail %s lacks %q:\n%s", strings.Join(c.args, " "), want, out)
+				}
+			}
+		})
 	}
 }
 
