@@ -23,6 +23,11 @@ const (
 	// updateTimedOut: applied, then context.DeadlineExceeded (the answer
 	// lost to the store timeout).
 	updateTimedOut
+	// updateLost: fn runs on the record as stored, then between runs
+	// (another writer's write lands), and the write is not applied:
+	// context.DeadlineExceeded (redisstore: the compare-and-set lost to
+	// that write, and the store timeout ran out before its retry).
+	updateLost
 )
 
 // What faultStore.MarkRevoked does (its mark field).
@@ -59,6 +64,9 @@ type faultStore struct {
 	// its write (another instance's pass while this one's write is under
 	// way).
 	during atomic.Pointer[func()]
+	// between, when set, runs once inside the next updateLost write,
+	// after fn ran, before the answer.
+	between atomic.Pointer[func()]
 
 	mark atomic.Int32 // markOK, markFails, markUnreplicated or markRaced
 	// markFirst, when set, runs once before the next MarkRevoked.
@@ -116,8 +124,21 @@ func (s *faultStore) UpdateRevocation(ctx context.Context, id string, fn func(*b
 		(*f)()
 	}
 	mode := s.nextUpdate()
-	if mode == updateRefused {
+	switch mode {
+	case updateRefused:
 		return nil, errRefused()
+	case updateLost:
+		r, err := s.Store.GetRevocation(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(r); err != nil {
+			return nil, err
+		}
+		if f := s.between.Swap(nil); f != nil {
+			(*f)()
+		}
+		return nil, context.DeadlineExceeded
 	}
 	r, err := s.Store.UpdateRevocation(ctx, id, fn)
 	switch {

@@ -179,6 +179,12 @@ type Revocation struct {
 	// the sweep has run, and for the revocation of one issuance without a
 	// block, which needs none. CompletedAt stays zero until it has run.
 	SweepAt time.Time `json:"sweep_at,omitzero"`
+	// SweptBy is the id of the worker pass whose write ran the sweep (a
+	// new id per sweep write), so that a pass whose sweep write failed
+	// can tell, reading the record, whether the write applied is its own
+	// or another instance's that found the same issuances. Empty before
+	// the sweep (and in records stored before it was added).
+	SweptBy string `json:"swept_by,omitempty"`
 	// Unblocked holds when each of Blocks was unblocked before the sweep
 	// ran (UTC): the sweep takes none of that workload's credentials
 	// issued after it.

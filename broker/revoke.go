@@ -1432,8 +1432,16 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		// nothing another writer stored since r was read is lost.
 		found := ids(late)
 		var written *Revocation // the record as fn's last run left it
+		// This write's own id: the read after a failed write
+		// (sweepApplied) takes the record for this write only when it
+		// carries it, not when another instance's sweep, which found the
+		// same issuances, wrote the same lists.
+		by := NewID("sweep_")
 		cur, err := s.updateRevocation(ctx, r.ID, func(c *Revocation) error {
 			swept = addPending(c, found)
+			if !c.SweepAt.IsZero() || len(swept) > 0 {
+				c.SweptBy = by
+			}
 			c.SweepAt = time.Time{}
 			written = cloneRevocation(c)
 			return nil
@@ -1460,7 +1468,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 			// One read tells: go on from the record as read when it shows
 			// the sweep done and what it found listed; otherwise return
 			// with the sweep left due, as for a write refused.
-			if got, ok := s.sweepApplied(ctx, r.ID, swept); ok {
+			if got, ok := s.sweepApplied(ctx, r.ID, by, swept); ok {
 				s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation sweep failed but it is applied; going on",
 					slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
 				*r = *got
@@ -1551,11 +1559,14 @@ func (s *Service) readRevocation(ctx context.Context, id string) (*Revocation, e
 
 // sweepApplied reads revocation id after its sweep write failed and
 // reports whether the record shows that write applied: the sweep done
-// (SweepAt clear) and every id it added (swept) listed, pending or
-// revoked. It returns the record as read; a failed read is not applied.
-func (s *Service) sweepApplied(ctx context.Context, id string, swept []string) (*Revocation, bool) {
+// (SweepAt clear) by this write (SweptBy is by: a record another
+// instance's sweep wrote may list the same finds, and taking it for this
+// write named them under swept twice) and every id it added (swept)
+// listed, pending or revoked. It returns the record as read; a failed read
+// is not applied.
+func (s *Service) sweepApplied(ctx context.Context, id, by string, swept []string) (*Revocation, bool) {
 	got, err := s.readRevocation(ctx, id)
-	if err != nil || !got.SweepAt.IsZero() {
+	if err != nil || !got.SweepAt.IsZero() || got.SweptBy != by {
 		return nil, false
 	}
 	listed := make(map[string]bool, len(got.Pending)+len(got.Revoked))

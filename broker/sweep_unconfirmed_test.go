@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // TestSweepWriteUnconfirmedKeepsSwept: the sweep's own write (adding what
@@ -133,5 +135,123 @@ func TestSweepWriteRefusedSweepsAgain(t *testing.T) {
 	stored, err = f.mem.GetRevocation(ctx, rev.ID)
 	if err != nil || !slices.Contains(stored.Revoked, b.ID) || stored.CompletedAt.IsZero() {
 		t.Errorf("stored revocation at the end: %+v, %v; want %s revoked, complete", stored, err, b.ID)
+	}
+}
+
+// TestSweepWriteLostNotTakenForAnothers: a sweep write that fails after
+// its function ran (the compare-and-set lost to another instance's write,
+// then the store timeout) may be unapplied while the record read after it
+// shows the sweep done and the find listed: another instance's sweep,
+// which found the same issuance, wrote that. The read took it for this
+// pass's own write, so this pass went on and its revoke_result (by sweep)
+// named the find under swept a second time, next to the other instance's
+// (and both passes ended it). Now the read tells the two apart: the sweep
+// write carries an id of its own (Revocation.SweptBy), and only a record
+// carrying this pass's id is taken for its write; otherwise the pass stops
+// as for a refused write, and the other instance's sweep is the one that
+// names the find.
+//
+// other-pass-done: the other instance's whole pass (sweep, end, result)
+// lands between this write's read and its failed write. other-pass-in-
+// flight: the other instance's sweep write lands and its pass is still
+// under way (before its mark) when this pass reads: the record read then
+// equals the one this pass would have written.
+func TestSweepWriteLostNotTakenForAnothers(t *testing.T) {
+	for _, inFlight := range []bool{false, true} {
+		name := "other-pass-done"
+		if inFlight {
+			name = "other-pass-in-flight"
+		}
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			f, fs := newFaultFixture(t, true)
+			pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Instance B: the same store, its own revoker and audit log;
+			// its MarkRevoked can be held (markFirst).
+			bStore := &faultStore{Store: f.mem, acks: true}
+			bSink := &brokertest.Sink{}
+			svcB, err := broker.NewService(broker.Deps{
+				Policy:   func() *policies.Policy { return pol },
+				Authn:    func() broker.Authenticator { return brokertest.Authn{} },
+				Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+				Revokers: map[string]broker.Revoker{broker.KindVaultToken: &idRevoker{}},
+				Store:    bStore,
+				Audit:    bSink,
+				Now:      f.clock,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wA, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wB, err := broker.NewRevocationWorker(svcB, broker.WorkerOptions{Interval: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			a := f.issue(t, "payments")
+			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-52", broker.RevokeOptions{}, "req_1")
+			if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
+				t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
+			}
+			b := f.issue(t, "payments") // both sweeps find it
+			f.mu.Lock()
+			f.now = rev.SweepAt
+			f.mu.Unlock()
+
+			bErr := make(chan error, 1)
+			bSwept := make(chan struct{})
+			release := make(chan struct{})
+			if inFlight {
+				hold := func() {
+					close(bSwept)
+					<-release
+				}
+				bStore.markFirst.Store(&hold)
+			} else {
+				close(release)
+			}
+			between := func() {
+				go func() { bErr <- wB.Tick(ctx) }()
+				if inFlight {
+					<-bSwept
+				} else if err := <-bErr; err != nil {
+					t.Errorf("B's pass = %v", err)
+				}
+			}
+			fs.between.Store(&between)
+			fs.failUpdates(updateLost, 1)
+			errA := wA.Tick(ctx)
+			if inFlight {
+				close(release)
+				if err := <-bErr; err != nil {
+					t.Errorf("B's pass = %v", err)
+				}
+			}
+			if errA == nil {
+				t.Errorf("A's pass, its sweep write lost, = nil; want its error (the sweep written is B's)")
+			}
+
+			named := 0
+			for _, ev := range append(f.sink.Events(), bSink.Events()...) {
+				if ev.Type == "revoke_result" && ev.RevocationID == rev.ID && ev.Details["by"] == "sweep" {
+					if swept, _ := ev.Details["swept"].([]string); slices.Contains(swept, b.ID) {
+						named++
+					}
+				}
+			}
+			if named != 1 {
+				t.Errorf("%d revoke_results by sweep name %s under swept, want 1 (B's: B's sweep write is the one applied)", named, b.ID)
+			}
+			stored, err := f.mem.GetRevocation(ctx, rev.ID)
+			if err != nil || !slices.Contains(stored.Revoked, b.ID) || len(stored.Pending) != 0 || stored.CompletedAt.IsZero() {
+				t.Errorf("stored revocation: %+v, %v; want %s revoked, complete", stored, err, b.ID)
+			}
+		})
 	}
 }
