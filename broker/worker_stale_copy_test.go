@@ -134,7 +134,12 @@ func testWorkerFailedWriteResult(t *testing.T, readFail bool) {
 			t.Errorf("A's revoke_results with the read failing: %d; want one, the worker's from its copy, %s revoked", len(byA), a.ID)
 		}
 	} else {
-		// From the record read afresh: b is pending there.
+		// From the record read afresh: b is pending there, and what A's
+		// pass did is what B's result already says, so A writes none
+		// (86d2453); any it did write must keep b pending.
+		if len(byA) != 0 {
+			t.Errorf("A wrote %d revoke_result(s) after its failed write; want none (B's sweep result is the last word)", len(byA))
+		}
 		for _, ev := range byA {
 			if pending, _ := ev.Details["pending"].([]string); ev.Outcome.Status != 202 || !slices.Contains(pending, b.ID) {
 				t.Errorf("A's revoke_result after its failed write: by %v, %d, revoked %v, pending %v; want %s pending (202), as the record has it",
