@@ -330,11 +330,21 @@ func nullClaimValues(file string, root *yaml.Node) []error {
 			return
 		}
 		if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null" {
-			errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, k.Value),
+			errs = append(errs, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, keyName(k)),
 				Message: fmt.Sprintf(`no value (line %d): write "" to require an empty claim, or remove the entry`, v.Line)})
 		}
 	})
 	return errs
+}
+
+// keyName is the name mapping key k gives, as the decoder reads it: a key
+// written as an alias ("*c : ...") is the key its anchor names, not the
+// anchor's name.
+func keyName(k *yaml.Node) string {
+	for k.Kind == yaml.AliasNode && k.Alias != nil {
+		k = k.Alias
+	}
+	return k.Value
 }
 
 // isNullKey reports whether mapping key k is null (~, null, empty), or an
@@ -388,7 +398,7 @@ func claimScalarWarnings(file string, root *yaml.Node) []*Problem {
 		default:
 			return
 		}
-		out = append(out, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, k.Value), Message: msg, Line: v.Line})
+		out = append(out, &Problem{File: file, Path: fmt.Sprintf("%s.%s[%q]", path, field, keyName(k)), Message: msg, Line: v.Line})
 	})
 	return out
 }
@@ -406,14 +416,14 @@ func matchEntries(root *yaml.Node, f func(path, field string, k, v *yaml.Node)) 
 		var entries [][2]*yaml.Node
 		last := map[string]int{}
 		mappingEntries(m, func(k, v *yaml.Node) bool {
-			i, ok := last[k.Value]
+			i, ok := last[keyName(k)]
 			switch {
 			case isNullKey(k):
 				entries = append(entries, [2]*yaml.Node{k, v})
 			case ok:
 				entries[i] = [2]*yaml.Node{k, v}
 			default:
-				last[k.Value] = len(entries)
+				last[keyName(k)] = len(entries)
 				entries = append(entries, [2]*yaml.Node{k, v})
 			}
 			return true
@@ -469,7 +479,7 @@ const maxMergeVisits = 1 << 16
 // has no such key.
 func mappingEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 	mappingEntries(n, func(kn, vn *yaml.Node) bool {
-		if kn.Value == key {
+		if keyName(kn) == key {
 			// The last passed is the one the decoder keeps: a merged
 			// "1" is set after a "1" written as a number (see
 			// yamlcheck.Entries).

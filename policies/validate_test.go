@@ -1669,3 +1669,22 @@ func TestAcceptsTokenTypeAllocatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestAliasFieldKeys: a field name written as an alias ("*k : 5m", k
+// anchoring "ttl") is the field its anchor names, as the decoder reads it:
+// the policy loads (yamlcheck named it "grants[1].k: unknown field"), and
+// a match's claims written so are checked as claims written plainly: a
+// claim key without a value there is refused, not dropped with the claim.
+func TestAliasFieldKeys(t *testing.T) {
+	grants := `[{name: g, kind: vault_token, &k ttl: 5m, vault_token: {policies: [p]}}, {name: g2, kind: vault_token, *k : 7m, vault_token: {policies: [p]}}]`
+	p, _ := parseValid(t, doc(map[string]string{"grants": grants}))
+	if g, ok := p.Grant("g2"); !ok || g.TTLDuration() != 7*time.Minute {
+		t.Errorf("grant g2 = %+v, %v; want ttl 7m", g, ok)
+	}
+	workloads := `[{name: w, owner: &c claims, match: {issuer: i, subject: s, *c : {~: x, ns: a}}, grants: [g]}]`
+	_, err := Parse("t.yaml", []byte(doc(map[string]string{"workloads": workloads})))
+	want := []string{`t.yaml: workloads[0].match.claims["~"]: key without a value (line 3): the YAML decoder drops the entry, and the claim would not be checked; quote the key ("~", "null") for a claim of that name, or remove the entry`}
+	if diff := cmp.Diff(want, locatedProblemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}

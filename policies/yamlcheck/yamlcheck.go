@@ -173,7 +173,8 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		}
 		c.duplicates(path, n)
 		c.mapping(path, n, false, func(k, v *yaml.Node) {
-			kp := fmt.Sprintf("%s[%q]", path, k.Value)
+			// A key written as an alias is named by the key it names.
+			kp := fmt.Sprintf("%s[%q]", path, unalias(k).Value)
 			if misplacedMergeTag(k) {
 				c.add(kp, k, "%s", mergeTagMessage)
 				return
@@ -196,20 +197,23 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 				return
 			}
 			// A key written as an alias is the key it names (the
-			// decoder's), not the anchor's name.
-			if uk := unalias(k); path == "" && c.opts&TopLevelExtensions != 0 && uk.Kind == yaml.ScalarNode && uk.ShortTag() == "!!str" && strings.HasPrefix(uk.Value, "x-") {
+			// decoder's), not the anchor's name: the field it sets, and
+			// the path of its value. (An unknown one is named as
+			// written, *k by k, as before.)
+			uk := unalias(k)
+			if path == "" && c.opts&TopLevelExtensions != 0 && uk.Kind == yaml.ScalarNode && uk.ShortTag() == "!!str" && strings.HasPrefix(uk.Value, "x-") {
 				return
 			}
 			if misplacedMergeTag(k) {
 				c.add(join(k.Value), k, "%s", mergeTagMessage)
 				return
 			}
-			ft, ok := field(t, k.Value)
+			ft, ok := field(t, uk.Value)
 			if !ok {
 				c.add(join(k.Value), k, "unknown field")
 				return
 			}
-			c.walk(join(k.Value), v, ft)
+			c.walk(join(uk.Value), v, ft)
 		})
 	default:
 		c.scalar(path, n, t)

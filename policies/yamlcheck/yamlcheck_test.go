@@ -101,6 +101,17 @@ var tests = []struct {
 		{"subs[0].~", 6, nullKeyMessage},
 		{"subs[1].~", 7, "unknown field"}}},
 	{"fail/null-key-alias", "n: &z ~\nsub: {*z : 1}\n", []Problem{{"sub.~", 2, nullKeyMessage}}},
+	// A key written as an alias is the key it names, as the decoder reads
+	// it (sub.n is set to 1 here), not the anchor's name: before, the
+	// anchor's name was looked up as the field ("sub.k: unknown field"),
+	// and a value's path named the anchor. An unknown one is named as
+	// written (*a by a; see TestTopLevelExtensionsAliasKey).
+	{"ok/alias-key", "name: &k n\nsub: {*k : 1}\n", nil},
+	{"fail/alias-key", "name: &k n\nsub: {*k : 1.5}\ncounts: {*k : x}\nsubs: [{&a m: 1}, {*a : 2}]\n", []Problem{
+		{"sub.n", 2, "must be a whole number, not 1.5"},
+		{`counts["n"]`, 3, `must be a whole number, not "x"`},
+		{"subs[0].m", 4, "unknown field"},
+		{"subs[1].a", 4, "unknown field"}}},
 	{"fail/written-twice", "n: 1\nsub: {n: 1}\nn: 2\n", []Problem{{"n", 3, "written twice (first at line 1)"}}},
 	// The decoder refuses "<<" written twice, and a key written twice in
 	// a merged mapping, as any key written twice.
