@@ -135,8 +135,8 @@
 // when streamed and its headers went out already, as after a streamed
 // first chunk that could start a header, "x", which is relayed at once)
 // when the secret is inside, and refused when it does not decode (a zlib stream followed by
-// a second gzip or zlib stream, or a gzip member by a zlib stream,
-// included; the members of a gzip body of several are all decoded and
+// a second gzip or zlib stream, or a gzip member by a zlib stream or by
+// anything starting 1f, which gzip -d reads on into, included; the members of a gzip body of several are all decoded and
 // scanned; other data after a zlib stream or the last gzip member, where
 // decoders stop, is relayed and scanned as plain bytes, the secret masked
 // there) or decodes to gzip or zlib data again (502

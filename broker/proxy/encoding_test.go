@@ -53,6 +53,13 @@ func encodeAs(as string, plain []byte) []byte {
 			after = make([]byte, 4)
 		case "zeros-then-gzip":
 			after = append(make([]byte, 4), encodeAs("gzip", plain)...)
+		case "oldgzip":
+			// A gzip member under gzip's old magic (1f 9e), which GNU
+			// gzip -d decodes after a member (Go's reader does not).
+			after = encodeAs("gzip", plain)
+			after[1] = 0x9e
+		case "lzw":
+			after = []byte("\x1f\x9d\x90 compress(1) data")
 		case "a-bad-member":
 			after = []byte("\x1f\x8b\x08 not really gzip")
 		default:

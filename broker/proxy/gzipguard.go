@@ -18,9 +18,11 @@ var errNestedCoding = fmt.Errorf("%w: compressed data inside compressed data", e
 
 // errTrailingData is returned for a zlib body whose stream is followed by
 // data starting with a gzip or zlib header (or with what could start one),
-// and for a gzip body whose last member is followed by a zlib header (or
-// what could start a header), which a decoder that reads on would open as
-// a second stream, unscanned. Other data after the stream is relayed (and
+// and for a gzip body whose last member is followed by a zlib header, by
+// what could start a header, or by anything starting 1f (GNU gzip -d reads
+// on into gzip's old magic 1f 9e, compress's 1f 9d, pack's 1f 1e, LZH's
+// 1f a0), which a decoder that reads on would open as a second stream,
+// unscanned. Other data after the stream is relayed (and
 // scanned as plain bytes); a gzip member after a gzip member is decoded.
 var errTrailingData = fmt.Errorf("%w: a compressed stream after the end of the compressed stream", errUndecodable)
 
@@ -74,8 +76,9 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 // not decoded on) and scanned for the secret's forms; clean, its original
 // bytes are relayed unchanged, else it is refused: carrying the secret,
 // not decoding (a zlib stream followed by a second gzip or zlib stream, a
-// gzip member followed by a zlib stream, or either followed by what could
-// start a header, included), or decoding to compressed data again (one
+// gzip member followed by a zlib stream or by anything starting 1f, which
+// gzip -d reads on into, or either followed by what could start a header,
+// included), or decoding to compressed data again (one
 // layer is decoded: a key inside a second layer would pass unseen). A
 // gzip body of several members (cat a.gz b.gz, bgzip's blocks; after zero
 // padding too, which Python's gzip skips) is decoded and scanned member
@@ -232,8 +235,12 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 				pad = len(rest) - len(bytes.TrimLeft(rest, "\x00"))
 			}
 			c, more := sniffCoding(rest[pad:])
+			// GNU gzip -d reads on after a member into what starts
+			// with 1f whatever follows: gzip's old magic 1f 9e,
+			// compress (1f 9d), pack (1f 1e), LZH (1f a0).
+			gzipReadsOn := coding == codingGzip && len(rest) > pad && rest[pad] == gzipMagic[0]
 			switch {
-			case len(rest) == pad || (c == codingIdentity && !more):
+			case len(rest) == pad || (c == codingIdentity && !more && !gzipReadsOn):
 				return false, nil
 			case coding != codingGzip || c != codingGzip:
 				return false, errTrailingData

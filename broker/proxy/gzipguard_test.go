@@ -64,6 +64,13 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 		{name: "fail/gzip-then-what-could-start-a-member-1f", query: "as=gzip-then-1f", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/gzip-then-what-could-start-a-member-1f8b", query: "as=gzip-then-1f8b", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/gzip-then-what-could-start-a-zlib-header", query: "as=gzip-then-x", wantStatus: 502, wantUse: refused("response_undecodable")},
+		// GNU gzip -d decodes what starts with 1f after a member: a
+		// member under gzip's old magic 1f 9e (here carrying the
+		// secret), compress data (1f 9d). It used to be relayed as text,
+		// unscanned.
+		{name: "fail/gzip-then-an-old-magic-member-gzip-d-decodes", query: "as=gzip-then-oldgzip", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-an-old-magic-member-gzip-d-decodes-streamed", query: "as=gzip-then-oldgzip&stream=1", wantStatus: 502, wantUse: refused("response_undecodable")},
+		{name: "fail/gzip-then-compress-data-gzip-d-decodes", query: "as=gzip-then-lzw", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/gzip-then-a-member-that-does-not-decode", query: "as=gzip-then-a-bad-member", wantStatus: 502, wantUse: refused("response_undecodable")},
 	})
 }
