@@ -139,7 +139,8 @@
 // anything starting 1f, which gzip -d reads on into, included; the members of a gzip body of several are all decoded and
 // scanned; other data after a zlib stream or the last gzip member, where
 // decoders stop, is relayed and scanned as plain bytes, the secret masked
-// there) or decodes to gzip or zlib data again (502
+// there, and refused when the secret is cut between the decoded bytes and
+// it, as zcat -f writes them) or decodes to gzip or zlib data again (502
 // response_encoding_unsupported: one layer is decoded, besides the
 // Content-Encoding's); zip and brotli are not recognised (see gzipGuard).
 // Errors the broker

@@ -30,6 +30,18 @@ import (
 // starts "HK", a zlib header of a 16 KiB window) or xhattext (text that
 // starts "x^", a zlib header of a 32 KiB window). Names joined with "."
 // are layers, the outer first: "gzip.zlib" is zlib data, gzipped.
+// secretMiddle returns where in plain the middle of the upstream secret
+// is, raw or as encoding/json writes it ("&" as \u0026): the secret cut
+// there is in neither half; with no secret, the middle of plain.
+func secretMiddle(plain []byte) int {
+	for _, form := range []string{upstreamKey, strings.ReplaceAll(upstreamKey, "&", `\u0026`)} {
+		if k := bytes.Index(plain, []byte(form)); k >= 0 {
+			return k + len(form)/2
+		}
+	}
+	return len(plain) / 2
+}
+
 func encodeAs(as string, plain []byte) []byte {
 	if outer, inner, ok := strings.Cut(as, "."); ok {
 		return encodeAs(outer, encodeAs(inner, plain))
@@ -75,12 +87,15 @@ func encodeAs(as string, plain []byte) []byte {
 		return []byte("HKD 7.80\n")
 	case "xhattext":
 		return []byte("x^2 + y^2\n")
+	case "gzip-split-into-text", "zlib-split-into-text":
+		// The secret cut between the end of a stream and the text
+		// after it.
+		i := secretMiddle(plain)
+		coding, _, _ := strings.Cut(as, "-")
+		return append(encodeAs(coding, plain[:i]), plain[i:]...)
 	case "gzip-split":
 		// Two gzip members, the secret cut between them.
-		i := len(plain) / 2
-		if k := bytes.Index(plain, []byte(upstreamKey)); k >= 0 {
-			i = k + len(upstreamKey)/2
-		}
+		i := secretMiddle(plain)
 		return append(encodeAs("gzip", plain[:i]), encodeAs("gzip", plain[i:])...)
 	case "gzip", "bomb", "members":
 		if as == "bomb" {

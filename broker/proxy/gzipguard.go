@@ -87,7 +87,9 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 // newline after PHP's gzcompress output) is relayed with the stream:
 // decoders stop there (gzip -d: "trailing garbage ignored"), and it goes
 // through the response scan above the guard, which masks the secret in
-// it. Any other body passes through, its first bytes (read to tell)
+// it; a secret cut between the end of the decoded bytes and that data
+// (zcat -f writes it right after them) is found, and the body refused. Any
+// other body passes through, its first bytes (read to tell)
 // replayed first.
 //
 // It also sits above the decoder of a body that has a Content-Encoding, so
@@ -241,7 +243,7 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 			gzipReadsOn := coding == codingGzip && len(rest) > pad && rest[pad] == gzipMagic[0]
 			switch {
 			case len(rest) == pad || (c == codingIdentity && !more && !gzipReadsOn):
-				return false, nil
+				return g.spans(buf, b, rest), nil
 			case coding != codingGzip || c != codingGzip:
 				return false, errTrailingData
 			}
@@ -261,6 +263,30 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 		held = min(len(b), g.forms.keep)
 		copy(buf, b[len(b)-held:])
 	}
+}
+
+// spans reports whether an occurrence of the secret starts in the last
+// decoded bytes (the end of b, which lies in buf, itself at least 2*keep
+// long) and ends in rest, the data relayed after the stream: zcat -f
+// (gzip -dcf) writes that data as it is right after the decoded bytes, so
+// a secret cut there is whole to the caller, while the response scan sees
+// only its second part. An occurrence within either was looked for already
+// (b by scan, rest by the response scan).
+func (g *gzipGuard) spans(buf, b, rest []byte) bool {
+	if g.forms.secret == "" || len(rest) == 0 {
+		return false
+	}
+	tail := min(len(b), g.forms.keep)
+	copy(buf, b[len(b)-tail:])
+	k := copy(buf[tail:], rest[:min(len(rest), g.forms.keep)])
+	for i := range tail {
+		if g.forms.start[buf[i]] {
+			if _, res := matchFrom(g.forms, buf[:tail+k], i, 0); res == fullMatch {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // refuse records why the body is refused (for the use_result event) and
