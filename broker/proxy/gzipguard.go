@@ -127,6 +127,7 @@ type gzipGuard struct {
 	compressed bool   // the body was compressed data (body holds it)
 	fail       error  // why the body is refused: nothing more is relayed
 	refused    string // the use_result reason of a refusal
+	looked     int64  // decoded bytes the scan looked at, those held back again included (for tests)
 }
 
 // screen tells whether a body of declared length is compressed data and,
@@ -195,18 +196,35 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 	buf := make([]byte, max(32<<10, 2*g.forms.keep))
 	var first [len(gzipMagic)]byte // the first decoded bytes
 	nfirst := 0
-	held := 0 // buf[:held]: the end of the last read, which could start an occurrence
+	held := 0 // buf[:held]: the end of the bytes so far, where an occurrence may start that they end inside
 	for {
 		n, err := dec.Read(buf[held:])
 		b := buf[:held+n]
-		if g.forms.secret != "" {
+		// b[cut:] is held for the next read: from the first position
+		// where an occurrence may start that b ends inside (at most keep
+		// bytes; where no occurrence can start, more bytes cannot make
+		// one). Only that is looked at again, and only with new bytes: a
+		// body of many gzip members (each a read), empty or of a byte or
+		// two, would otherwise have the last keep bytes looked at again
+		// per member.
+		cut := len(b)
+		switch {
+		case g.forms.secret == "":
+		case n == 0:
+			cut = 0 // nothing new (an empty member): b was looked at
+		default:
+			g.looked += int64(len(b))
 			for i := range b {
 				if g.forms.start[b[i]] {
-					if _, res := matchFrom(g.forms, b, i, 0); res == fullMatch {
+					switch _, res := matchFrom(g.forms, b, i, 0); {
+					case res == fullMatch:
 						return true, nil
+					case res == partialMatch && i < cut:
+						cut = i
 					}
 				}
 			}
+			cut = max(cut, len(b)-g.forms.keep)
 		}
 		if nfirst < len(first) {
 			nfirst += copy(first[nfirst:], buf[held:held+n])
@@ -260,8 +278,7 @@ func (g *gzipGuard) scan(coding contentCoding) (bool, error) {
 			}
 			return false, err
 		}
-		held = min(len(b), g.forms.keep)
-		copy(buf, b[len(b)-held:])
+		held = copy(buf, b[cut:])
 	}
 }
 
