@@ -3,7 +3,6 @@ package vault
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
@@ -39,7 +38,7 @@ func translate(op string, err error) error {
 	if errors.As(err, &be) {
 		return err
 	}
-	cause := fmt.Errorf("vault %s: %w", op, hideAddressPassword(err))
+	cause := fmt.Errorf("vault %s: %w", op, HideUserinfo(err))
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) {
 		switch {
@@ -54,24 +53,6 @@ func translate(op string, err error) error {
 	// Connection refused or reset, TLS failures, DNS, the per-request
 	// timeout and the caller's deadline all land here.
 	return broker.Unavailable(ReasonUnavailable, retryOutage, cause)
-}
-
-// hideAddressPassword masks the password of a Vault address with user info
-// (basic auth for a front proxy) in err's text: vault/api's ResponseError
-// repeats the request URL whole. The rest of the text stays for the log.
-func hideAddressPassword(err error) error {
-	var re *vaultapi.ResponseError
-	if !errors.As(err, &re) {
-		return err // *url.Error of net/http already strips the password
-	}
-	u, perr := url.Parse(re.URL)
-	if perr != nil || u.User == nil {
-		return err
-	}
-	if _, ok := u.User.Password(); !ok {
-		return err
-	}
-	return &maskedError{msg: strings.ReplaceAll(err.Error(), re.URL, u.Redacted()), err: err}
 }
 
 // maskedError is err with a text that hides a secret it carries.

@@ -1,0 +1,114 @@
+package vault
+
+import (
+	"errors"
+	"net/url"
+	"regexp"
+	"strings"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// DisplayAddress is a Vault address (or any URL) as messages, logs and
+// /readyz show it: scheme://host:port/path, without user info (basic auth
+// for a front proxy: the name may be a token as much as the password), query
+// or fragment. An address that does not parse is shown as "(unparsable
+// address)", since its text may hold either.
+func DisplayAddress(addr string) string {
+	u, err := url.Parse(addr)
+	if err != nil {
+		return "(unparsable address)"
+	}
+	bare := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	return bare.String()
+}
+
+// userinfoInURL matches the user info of a URL in a text: what comes
+// between "scheme://" and the first "@" before the host, as url.URL.String
+// escapes it (no "/", "?", "#", "@", quote or space inside).
+var userinfoInURL = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@\s"'` + "`" + `]*@`)
+
+// maskedUserinfoInURL matches the user info net/http's errors quote: the
+// name unescaped (it may hold "/" or "@"), then ":***@".
+var maskedUserinfoInURL = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.\-]*://)[^\s"'` + "`" + `]*?:\*\*\*@`)
+
+// HideUserinfo returns err with a text that names no user info of a URL, as
+// DisplayAddress leaves it out: the user info of the URLs err's chain carries
+// (*url.Error of net/http, which masks only the password, "user:***@", and
+// *vaultapi.ResponseError, which quotes the request URL whole) and of addrs
+// (the configured Vault address) is removed wherever it appears in the text
+// (whole, as it was written, with the password masked as url.URL.Redacted
+// and net/http mask it, or the name alone), and so is any other
+// "scheme://...@". The result still unwraps to err (errors.Is and errors.As
+// see what they saw), so retry decisions are unchanged; err itself is
+// returned when its text has nothing to hide.
+func HideUserinfo(err error, addrs ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	hidden := hideUserinfoText(msg, userinfoURLs(err, addrs)...)
+	if hidden == msg {
+		return err
+	}
+	return &maskedError{msg: hidden, err: err}
+}
+
+// userinfoURLs is addrs with the URLs err's chain names.
+func userinfoURLs(err error, addrs []string) []string {
+	urls := append([]string(nil), addrs...)
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		urls = append(urls, ue.URL)
+	}
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) {
+		urls = append(urls, re.URL)
+	}
+	return urls
+}
+
+// hideUserinfoText removes from msg the user info of urls, in every form a
+// URL quotes it, then whatever other user info a URL in msg carries.
+func hideUserinfoText(msg string, urls ...string) string {
+	for _, raw := range urls {
+		for _, ui := range userinfoForms(raw) {
+			msg = strings.ReplaceAll(msg, "//"+ui+"@", "//")
+		}
+	}
+	msg = maskedUserinfoInURL.ReplaceAllString(msg, "$1")
+	return userinfoInURL.ReplaceAllString(msg, "$1")
+}
+
+// userinfoForms lists the texts under which raw's user info may appear in
+// a message, longest first: as written in raw, as url.URL.String escapes
+// it, with the password masked ("xxxxx" of Redacted, "***" after the
+// unescaped name of net/http), and the name alone.
+func userinfoForms(raw string) []string {
+	var forms []string
+	if i := strings.Index(raw, "://"); i >= 0 {
+		rest := raw[i+3:]
+		if j := strings.Index(rest, ":***@"); j >= 0 {
+			forms = append(forms, rest[:j+4]) // net/http's, name unescaped
+		}
+		if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+			rest = rest[:j]
+		}
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			forms = append(forms, rest[:at])
+		}
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return forms
+	}
+	name := u.User.Username()
+	forms = append(forms,
+		u.User.String(),
+		url.UserPassword(name, "xxxxx").String(),
+		name+":***",
+		url.User(name).String(),
+		name,
+	)
+	return forms
+}
