@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -354,18 +353,10 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			// The address's user info (basic auth for a front proxy: the
 			// username may be a token too) is left out, here and in the
-			// client's error, which names the request URL with only its
-			// password masked.
-			where := "its address"
-			u, perr := url.Parse(cfg.Vault.Address)
-			if perr == nil {
-				where = withoutUserinfo(u)
-			}
-			hint := fmt.Errorf("vault login: %w; is Vault running at %s (from %s)?", err, where, cfg.vaultAddressSource())
-			if perr == nil && u.User != nil {
-				return &rewordedError{msg: hideUserinfo(hint.Error(), u.User), err: hint}
-			}
-			return hint
+			// client's error (vaultad.HideUserinfo; the adapter's errors
+			// already leave it out): the error still unwraps to the client's.
+			hint := fmt.Errorf("vault login: %w; is Vault running at %s (from %s)?", err, vaultad.DisplayAddress(cfg.Vault.Address), cfg.vaultAddressSource())
+			return vaultad.HideUserinfo(hint, cfg.Vault.Address)
 		}
 		return fmt.Errorf("vault login: %w", err)
 	}
@@ -775,37 +766,3 @@ func checkTokenType(tokenType string, pol *policies.Policy) error {
 	return fmt.Errorf("vault login: the broker's Vault token is a batch token, which cannot create tokens, so grants %s (vault_token, vault_dynamic) cannot be served: give the broker a service token (token_type=service on its AppRole or Kubernetes role, or a service token in vault.token_file / VAULT_TOKEN)",
 		strings.Join(names, ", "))
 }
-
-// withoutUserinfo is u's text without its user info (name and password).
-func withoutUserinfo(u *url.URL) string {
-	bare := *u
-	bare.User = nil
-	return bare.String()
-}
-
-// hideUserinfo removes from msg the user info of an address, as URLs
-// quote it: whole, with the password masked as url.URL.Redacted ("xxxxx")
-// and net/http's errors (the name unescaped, then ":***") mask it, or the
-// name alone.
-func hideUserinfo(msg string, user *url.Userinfo) string {
-	name := user.Username()
-	for _, ui := range []string{
-		user.String(),
-		url.UserPassword(name, "xxxxx").String(),
-		name + ":***",
-		url.User(name).String(),
-	} {
-		msg = strings.ReplaceAll(msg, "//"+ui+"@", "//")
-	}
-	return msg
-}
-
-// rewordedError is err with the text msg (err's text with a secret left
-// out), still unwrapping to err.
-type rewordedError struct {
-	msg string
-	err error
-}
-
-func (e *rewordedError) Error() string { return e.msg }
-func (e *rewordedError) Unwrap() error { return e.err }

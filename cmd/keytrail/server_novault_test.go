@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,6 +106,54 @@ func TestServerVaultNotRunningHidesUserinfo(t *testing.T) {
 			// The client's error is still there, without the user info.
 			if !strings.Contains(err.Error(), "//"+hostPort+"/v1/") || !errors.Is(err, syscall.ECONNREFUSED) {
 				t.Errorf("server = %q, want the client's refused request to %s", err, hostPort)
+			}
+		})
+	}
+}
+
+// TestServerVaultRefusesLoginHidesUserinfo: when Vault (or its front
+// proxy) answers the broker's login with an error, the message quoted
+// vault/api's request URL with the address's password masked and its
+// username shown ("URL: GET http://user:xxxxx@host/v1/auth/token/lookup-self"),
+// or the whole user info when it had no password. No part of it is quoted
+// now; the request is still named.
+func TestServerVaultRefusesLoginHidesUserinfo(t *testing.T) {
+	vault := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"errors":["permission denied"]}`))
+	}))
+	defer vault.Close()
+	hostPort := strings.TrimPrefix(vault.URL, "http://")
+	for _, c := range []struct{ name, userinfo string }{
+		{"user-and-password", "USER-MARKER-6:PROXY-PW-MARKER-7"},
+		{"user", "USER-MARKER-6"},
+		{"escaped-user", "USER-MARKER-6%2Fci:PROXY-PW-MARKER-7"},
+	} {
+		userinfo := c.userinfo
+		t.Run(c.name, func(t *testing.T) {
+			listen := closedLoopbackAddrs(t, 1)[0]
+			dir := t.TempDir()
+			pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+			cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
+				"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: \"http://"+userinfo+"@"+hostPort+"\"}\n")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var out, errb strings.Builder
+			err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+				return map[string]string{"VAULT_TOKEN": "hvs.x", "KEYTRAIL_RECONCILE": "off"}[k]
+			}, &out, &errb)
+			if err == nil {
+				t.Fatal("server started though Vault refused its token")
+			}
+			all := err.Error() + out.String() + errb.String()
+			for _, secret := range []string{"PROXY-PW-MARKER", "USER-MARKER"} {
+				if strings.Contains(all, secret) {
+					t.Errorf("the Vault address's user info (%s) is quoted: %q (stderr %q)", secret, err, errb.String())
+				}
+			}
+			if !strings.Contains(err.Error(), "http://"+hostPort+"/v1/auth/token/lookup-self") {
+				t.Errorf("server = %q, want Vault's refused request named", err)
 			}
 		})
 	}
