@@ -44,7 +44,10 @@ func FuzzHasHashTag(f *testing.F) {
 	})
 }
 
-const secretMarker = "zq9xSECRET"
+const (
+	secretMarker = "zq9xSECRET"
+	userMarker   = "zq9xUSER"
+)
 
 var urlCases = []struct {
 	name    string
@@ -61,6 +64,13 @@ var urlCases = []struct {
 	{"fail/unix", "unix://user:" + secretMarker + "@/tmp/redis.sock", true},
 	{"fail/http", "http://user:" + secretMarker + "@127.0.0.1", true},
 	{"fail/control-char", "redis://:" + secretMarker + "\x7f@127.0.0.1", true},
+	// An unescaped '/', '?' or '#' in the user info ends the authority
+	// early: what follows, user info included, was quoted as the path,
+	// the database number or an option, or dialed as the host.
+	{"fail/slash-in-user", "redis://" + userMarker + "/ci:" + secretMarker + "@127.0.0.1:6379/0", true},
+	{"fail/slash-in-user-no-password", "redis://ci/" + userMarker + "@127.0.0.1:6379", true},
+	{"fail/query-in-user", "redis://" + userMarker + "?ci:" + secretMarker + "@127.0.0.1:6379/0", true},
+	{"fail/fragment-in-user", "redis://" + userMarker + "#ci:" + secretMarker + "@127.0.0.1:6379/0", true},
 }
 
 func TestNewClientURL(t *testing.T) {
@@ -75,6 +85,9 @@ func TestNewClientURL(t *testing.T) {
 			}
 			if err != nil && strings.Contains(err.Error(), secretMarker) {
 				t.Errorf("newClient(%q) = %q, leaks the password", c.url, err)
+			}
+			if err != nil && strings.Contains(err.Error(), userMarker) {
+				t.Errorf("newClient(%q) = %q, leaks the user name", c.url, err)
 			}
 		})
 	}

@@ -241,6 +241,13 @@ func newClient(o Options) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, errors.New("redisstore: url: cannot be parsed (" + want + "; escape special characters in the password)")
 	}
+	if u.User == nil && strings.Contains(o.URL, "@") {
+		// An unescaped '/', '?' or '#' in the user name or password ended
+		// the authority early: the user info is now in the path, query or
+		// fragment, which go-redis's errors quote (or the host, which its
+		// dial errors name). Say nothing of it.
+		return nil, errors.New("redisstore: url: '@' after the host (" + want + "; escape '/', '?', '#' and '@' in the user name and password)")
+	}
 	ro, err := redis.ParseURL(o.URL)
 	if err != nil {
 		msg := err.Error()
