@@ -84,8 +84,9 @@ identified (each opened for a moment), verify lists them again and, if the
 broker rotated its file in between, starts over once, rather than reporting
 the renamed file as a gap. It holds one file open at a time, and reads each
 as the file identified: renamed by a rotation meanwhile, it is found among
-its rotated siblings; removed or truncated meanwhile, verify fails (exit 1)
-naming it.
+its rotated siblings; removed meanwhile, or truncated while no running
+broker holds it, verify fails (exit 1) naming it (a running broker cuts a
+failed write's bytes off its file: that file is read as it is).
 
 A live audit file's journal (.<name>.wal, next to it) is compared with the
 file too, unless a running broker holds the file: after an unclean stop it
@@ -207,6 +208,7 @@ func parseExpectSeq(vals []string) (map[string]uint64, error) {
 type auditFiles struct {
 	paths []string
 	infos []os.FileInfo // each file as identified
+	live  []bool        // a running sink held the path when it was identified
 }
 
 // identifyAuditFiles lists the audit files args name (as named, with exact)
@@ -234,36 +236,39 @@ func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) 
 		if e.afterAuditList != nil {
 			e.afterAuditList()
 		}
-		infos, err := identifyAll(paths)
+		infos, live, err := identifyAll(paths)
 		switch {
 		case err != nil && retry && errors.Is(err, fs.ErrNotExist):
 			continue // renamed away meanwhile
 		case err != nil:
 			return nil, err
 		case !retry || sameListing(list, paths, infos):
-			return &auditFiles{paths: paths, infos: infos}, nil
+			return &auditFiles{paths: paths, infos: infos, live: live}, nil
 		}
 	}
 }
 
 // identifyAll opens each of paths in turn (so that one that cannot be read
 // fails now, not after minutes of reading the others) and returns what
-// fstat says of it; one descriptor at a time.
-func identifyAll(paths []string) ([]os.FileInfo, error) {
+// fstat says of it, and whether a running sink holds it (auditfile.Locked);
+// one descriptor at a time.
+func identifyAll(paths []string) ([]os.FileInfo, []bool, error) {
 	infos := make([]os.FileInfo, 0, len(paths))
+	live := make([]bool, 0, len(paths))
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		fi, err := f.Stat()
 		_ = f.Close()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		infos = append(infos, fi)
+		live = append(live, auditfile.Locked(p))
 	}
-	return infos, nil
+	return infos, live, nil
 }
 
 // sameListing reports whether list still returns paths, each naming the
@@ -296,18 +301,26 @@ func (s *auditFiles) size() int64 {
 // were read): its path then names the new live file, whose lines follow
 // the ones this read covers, and the file identified is found among the
 // path's rotated siblings. The file must be the one identified (same device
-// and inode) and no shorter (audit files only grow: a shorter one is a file
-// truncated, or a new file that reuses a removed one's inode). A file
+// and inode) and, unless a running sink holds its path, no shorter: the
+// durable lines of an audit file only grow, so a shorter file no sink holds
+// was truncated, or is a new file that reuses a removed one's inode. A
+// running sink does cut its live file short, of the bytes after its last
+// durable line (a failed or torn write: rollback, reopen, a crash's torn
+// line at start-up), which the file may have ended in when identified: held
+// by a sink then or now (one that started meanwhile drops a crash's torn
+// line), the file is read as it is, also when a rotation renamed it after
+// the cut; the read is then what a run started now would read. A file
 // removed meanwhile (retention) is an error rather than a seq gap the chain
 // check would report as lines removed. The caller closes the file.
 func (s *auditFiles) open(i int) (*os.File, error) {
 	p, want := s.paths[i], s.infos[i]
+	shorter := s.live[i] || auditfile.Locked(p)
 	try := func(name string) (*os.File, error) {
 		f, err := os.Open(name)
 		if err != nil {
 			return nil, err
 		}
-		if fi, err := f.Stat(); err == nil && os.SameFile(fi, want) && fi.Size() >= want.Size() {
+		if fi, err := f.Stat(); err == nil && os.SameFile(fi, want) && (shorter || fi.Size() >= want.Size()) {
 			return f, nil
 		}
 		_ = f.Close()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -219,6 +220,49 @@ func (w *onFirstWrite) Write(b []byte) (int, error) {
 	return w.Buffer.Write(b)
 }
 
+// issueSink opens a sink on dir/audit.jsonl that rotates its file at
+// rotate bytes (0: never), and returns it with a function that appends an
+// issue event n (issuance issID(n)) and returns once it is written. A
+// rotation after it is done once the next event is written too (Ping
+// answers at once while the sink is healthy).
+func issueSink(t *testing.T, dir string, rotate int64, issID func(int) string) (*auditfile.Sink, string, func(n int)) {
+	t.Helper()
+	path := filepath.Join(dir, "audit.jsonl")
+	s, err := auditfile.Open(auditfile.Options{Path: path, NoFsync: true, RotateBytes: rotate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s, path, func(n int) {
+		t.Helper()
+		ev := &audit.Event{Type: audit.TypeIssue, RequestID: fmt.Sprintf("req_%d", n), IssuanceID: issID(n),
+			Workload: "payments-api", Owner: "team-payments", Grant: "payments-vault", Kind: broker.KindVaultToken,
+			Identity: &audit.Identity{Iss: "https://issuer.test", Sub: "api"}, Outcome: &audit.Outcome{Status: 200}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// rotateAfterTwo is a rotation size at which the files of an issueSink hold
+// two events: a bit less than the size of the first two.
+func rotateAfterTwo(t *testing.T, issID func(int) string) int64 {
+	t.Helper()
+	_, p, add := issueSink(t, t.TempDir(), 0, issID)
+	add(1)
+	add(2)
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size() - 10
+}
+
 // TestOfflineTraceAndReportRotationWhileReading: offline trace and report
 // listed the audit files, then opened each only when its turn came. A
 // running broker that rotated its file while the older files were read
@@ -228,48 +272,14 @@ func (w *onFirstWrite) Write(b []byte) (int, error) {
 // every file before reading any, as audit verify does.
 func TestOfflineTraceAndReportRotationWhileReading(t *testing.T) {
 	issID := func(n int) string { return fmt.Sprintf("iss_01JXROT00000000000000%03d", n) }
-	event := func(n int) *audit.Event {
-		return &audit.Event{Type: audit.TypeIssue, RequestID: fmt.Sprintf("req_%d", n), IssuanceID: issID(n),
-			Workload: "payments-api", Owner: "team-payments", Grant: "payments-vault", Kind: broker.KindVaultToken,
-			Identity: &audit.Identity{Iss: "https://issuer.test", Sub: "api"}, Outcome: &audit.Outcome{Status: 200}}
-	}
-	// sink opens a sink on dir/audit.jsonl that rotates its file at
-	// rotate bytes, and returns a function that appends event n and
-	// returns once the writer is done with it (rotation included).
-	sink := func(dir string, rotate int64) (string, func(n int)) {
-		path := filepath.Join(dir, "audit.jsonl")
-		s, err := auditfile.Open(auditfile.Options{Path: path, NoFsync: true, RotateBytes: rotate})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return path, func(n int) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := s.Append(ctx, event(n)); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Ping(ctx); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	// Two events fill a file: a bit less than the size of the first two.
-	p, add := sink(t.TempDir(), 0)
-	add(1)
-	add(2)
-	fi, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rotate := fi.Size() - 10
+	rotate := rotateAfterTwo(t, issID)
 
 	for _, args := range [][]string{
 		{"trace", issID(4)},
 		{"report", "--format", "json"},
 	} {
 		t.Run(args[0], func(t *testing.T) {
-			path, add := sink(t.TempDir(), rotate)
+			_, path, add := issueSink(t, t.TempDir(), rotate, issID)
 			// Events 1 and 2 are rotated away, 3 is in the live file.
 			for n := 1; n <= 3; n++ {
 				add(n)
@@ -299,6 +309,22 @@ func TestOfflineTraceAndReportRotationWhileReading(t *testing.T) {
 	}
 }
 
+// runOnAuditLog runs the CLI command args (trace, report or audit verify)
+// over the audit log at path, with a progress line on stderr at each read.
+func runOnAuditLog(stdout *bytes.Buffer, stderr *onFirstWrite, args []string, path string) error {
+	e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: stdout, stderr: stderr,
+		progressEvery: time.Nanosecond}
+	root := newRootCmd(e)
+	if args[0] == "audit" {
+		root.SetArgs(append(slices.Clone(args), path))
+	} else {
+		root.SetArgs(append(slices.Clone(args), "--audit-log", path))
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(context.Background())
+}
+
 // TestAuditFilesRemovedWhileReading: trace, report and audit verify hold
 // one audit file open at a time (TestAuditFilesBeyondTheOpenFileLimit), so
 // a file removed after it was identified and before its turn came can no
@@ -323,17 +349,7 @@ func TestAuditFilesRemovedWhileReading(t *testing.T) {
 				}
 			}}
 			var out bytes.Buffer
-			e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: &out, stderr: errb,
-				progressEvery: time.Nanosecond}
-			root := newRootCmd(e)
-			if args[0] == "audit" {
-				root.SetArgs(append(args, live))
-			} else {
-				root.SetArgs(append(args, "--audit-log", live))
-			}
-			root.SetOut(&out)
-			root.SetErr(errb)
-			err := root.ExecuteContext(context.Background())
+			err := runOnAuditLog(&out, errb, args, live)
 			if _, serr := os.Stat(live); !errors.Is(serr, os.ErrNotExist) {
 				t.Fatalf("fixture: %s not removed during the read (%v)", live, serr)
 			}
@@ -345,5 +361,120 @@ func TestAuditFilesRemovedWhileReading(t *testing.T) {
 				t.Errorf("%s with %s removed while reading:\nstdout:\n%s\nstderr:\n%s\nwant no chain problem for it", args[0], live, out.String(), errb.String())
 			}
 		})
+	}
+}
+
+// TestAuditFilesLiveTornTailDroppedWhileReading: a running broker's sink
+// truncates its live file back to its last durable line when a write fails
+// (rollback, or a reopen dropping a failed write's bytes; at start-up, a
+// crash's torn line). trace, report and audit verify identify every file
+// before reading any and required each, when its turn came, to be no
+// shorter than identified: a live file identified while a torn write sat
+// at its end, and cut back before it was read, failed the command with
+// "no longer the file that was there when the reading began", although
+// nothing durable had changed. A file a running broker held when it was
+// identified, or holds when it is read, may now be shorter than identified
+// (it is read as it is), also once a rotation renamed it after the cut; a
+// shorter file no broker held either time still fails the command.
+func TestAuditFilesLiveTornTailDroppedWhileReading(t *testing.T) {
+	issID := func(n int) string { return fmt.Sprintf("iss_01JXTRN00000000000000%03d", n) }
+	rotate := rotateAfterTwo(t, issID)
+	// A torn batch write, longer than an event (so that the file is still
+	// shorter than identified once an event is added after the cut).
+	torn := append([]byte(`{"v":1,"seq":4,"time":"2026-`), bytes.Repeat([]byte("x"), int(rotate))...)
+
+	for _, cmd := range [][]string{
+		{"trace", issID(1)},
+		{"report", "--format", "json"},
+		{"audit", "verify"},
+	} {
+		for _, c := range []struct {
+			name   string
+			live   bool // a sink holds the file when the command starts
+			after  string
+			refuse bool
+		}{
+			{"live", true, "", false},
+			{"live-then-rotated", true, "rotate", false}, // the sink rotates the file after the cut
+			{"live-then-stopped", true, "stop", false},   // the sink stops after the cut
+			{"started", false, "", false},                // a sink starts: it drops a crash's torn line
+			{"stopped", false, "", true},                 // no sink: the file is truncated, refused
+		} {
+			t.Run(cmd[0]+"/"+c.name, func(t *testing.T) {
+				s, path, add := issueSink(t, t.TempDir(), rotate, issID)
+				// Events 1 and 2 are rotated away, 3 is in the live file,
+				// followed by a torn write.
+				for n := 1; n <= 3; n++ {
+					add(n)
+				}
+				if m, _ := filepath.Glob(path + ".*"); len(m) != 1 {
+					t.Fatalf("fixture: rotated files %v, want one", m)
+				}
+				durable, err := os.Stat(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !c.live {
+					if err := s.Close(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				appendBytes(t, path, torn)
+				// While the rotated file is read (the first progress
+				// line), the torn write is cut off the live file, as the
+				// sink's rollback does (or a sink started on the file, at
+				// start-up, unless the file is to be refused); then the
+				// sink may write event 4, which rotates the file (still
+				// shorter than identified), and event 5 into a new live
+				// file, or stop.
+				errb := &onFirstWrite{hook: func() {
+					if c.live || c.refuse {
+						if err := os.Truncate(path, durable.Size()); err != nil {
+							t.Error(err)
+						}
+					} else {
+						s2, err := auditfile.Open(auditfile.Options{Path: path, NoFsync: true})
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						t.Cleanup(func() { _ = s2.Close() })
+						if fi, err := os.Stat(path); err != nil || fi.Size() != durable.Size() {
+							t.Errorf("fixture: the sink started did not drop the torn line (%v, %v)", fi.Size(), err)
+						}
+					}
+					switch c.after {
+					case "rotate":
+						add(4)
+						add(5) // written after event 4's rotation: it is done
+						if m, _ := filepath.Glob(path + ".*"); len(m) != 2 {
+							t.Errorf("fixture: rotated files %v after event 4, want two", m)
+						}
+					case "stop":
+						if err := s.Close(); err != nil {
+							t.Error(err)
+						}
+					}
+				}}
+				var out bytes.Buffer
+				err = runOnAuditLog(&out, errb, cmd, path)
+				if errb.hook != nil {
+					t.Fatal("fixture: the hook did not run (no progress line)")
+				}
+				if c.refuse {
+					var ee exitError
+					if err == nil || errors.As(err, &ee) && ee.code != 1 || !strings.Contains(err.Error(), path+": no longer the file that was there when the reading began") {
+						t.Errorf("%s with %s (no broker holds it) cut short while reading = %v\nstdout:\n%s\nstderr:\n%s\nwant exit 1 naming it", cmd[0], path, err, out.String(), errb.String())
+					}
+					return
+				}
+				if err != nil || strings.Contains(errb.String(), "do NOT verify") || strings.Contains(out.String(), "FAIL") {
+					t.Errorf("%s with the torn write cut off the live file while reading = %v\nstdout:\n%s\nstderr:\n%s\nwant success and no chain problem", cmd[0], err, out.String(), errb.String())
+				}
+				if cmd[0] == "audit" && !strings.Contains(out.String(), "OK: the chain is intact") {
+					t.Errorf("audit verify with the torn write cut off the live file while reading:\n%s\nwant OK", out.String())
+				}
+			})
+		}
 	}
 }
