@@ -356,3 +356,24 @@ func TestRetryAfterDateIsReadOnTheBrokersClock(t *testing.T) {
 		}
 	}
 }
+
+// TestScrubURLErrorShowsNoUserinfo: scrubURLError quoted a *url.Error's
+// URL as url.URL.Redacted does, which masks only the password: the user
+// name (which may be a token as much as the password) was shown. No user
+// info of the URL is shown now, nor its query or fragment.
+func TestScrubURLErrorShowsNoUserinfo(t *testing.T) {
+	for _, raw := range []string{
+		"https://USER-MARKER:PW-MARKER@keytrail.internal:7700/v1/token",
+		"https://USER-MARKER@keytrail.internal:7700/v1/token",
+		"https://keytrail.internal:7700/v1/token?t=PW-MARKER#PW-MARKER",
+	} {
+		err := scrubURLError(&url.Error{Op: "Post", URL: raw, Err: errors.New("connection refused")})
+		want := "Post https://keytrail.internal:7700/v1/token: connection refused"
+		if got := err.Error(); got != want {
+			t.Errorf("scrubURLError(%q) = %q, want %q", raw, got, want)
+		}
+	}
+	if got := scrubURLError(&url.Error{Op: "Post", URL: "https://USER-MARKER@[::1", Err: errors.New("x")}).Error(); strings.Contains(got, "MARKER") {
+		t.Errorf("scrubURLError of an unparsable URL = %q, shows its user info", got)
+	}
+}
