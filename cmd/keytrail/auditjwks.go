@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -44,32 +45,54 @@ func jwksVerifyFunc(ctx context.Context, srcs ...string) (audit.VerifyFunc, erro
 		}
 		ks, err := parseJWKS(data)
 		if err != nil {
-			return nil, fmt.Errorf("jwks %s: %w", src, err)
+			return nil, fmt.Errorf("jwks %s: %w", jwksShown(src), err)
 		}
 		keys = append(keys, ks...)
 	}
 	f, err := vaultad.CheckpointVerifyFunc(keys)
 	if err != nil {
-		return nil, fmt.Errorf("jwks %s: %w", strings.Join(srcs, ", "), err)
+		shown := make([]string, len(srcs))
+		for i, src := range srcs {
+			shown[i] = jwksShown(src)
+		}
+		return nil, fmt.Errorf("jwks %s: %w", strings.Join(shown, ", "), err)
 	}
 	return f, nil
+}
+
+// jwksIsURL reports whether a --jwks source is a URL (else a file).
+func jwksIsURL(src string) bool {
+	return strings.HasPrefix(src, "https://") || strings.HasPrefix(src, "http://")
+}
+
+// jwksShown is a --jwks source as errors show it: a file as given, a URL
+// without its user info (basic auth for a front proxy: the name may be a
+// token as much as the password), query or fragment, as the Vault address
+// is shown (vaultad.DisplayAddress).
+func jwksShown(src string) string {
+	if !jwksIsURL(src) {
+		return src
+	}
+	return vaultad.DisplayAddress(src)
 }
 
 // readJWKS reads at most maxJWKSBytes from a URL (https, or http to a
 // loopback address; it must answer 200) or a file.
 func readJWKS(ctx context.Context, src string) ([]byte, error) {
 	var r io.Reader
-	if strings.HasPrefix(src, "https://") || strings.HasPrefix(src, "http://") {
+	shown := jwksShown(src)
+	if jwksIsURL(src) {
 		ctx, cancel := context.WithTimeout(ctx, jwksTimeout)
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
 		if err != nil {
-			return nil, err // url's errors quote the URL
+			// url.Parse's error quotes the URL whole, user info too.
+			return nil, fmt.Errorf("jwks %s: not a URL", shown)
 		}
 		// Whoever can change the keys in transit can make a rewritten
 		// log verify: plain HTTP only to this host.
 		if req.URL.Scheme != "https" && !isLoopbackHost(req.URL.Hostname()) {
-			return nil, fmt.Errorf("jwks %s: must be https (plain http only for loopback addresses)", src)
+			return nil, fmt.Errorf("jwks %s: must be https (plain http only for loopback addresses)", shown)
 		}
 		req.Header.Set("Accept", "application/json")
 		client := &http.Client{Timeout: jwksTimeout, CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -77,11 +100,17 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 		}}
 		resp, err := client.Do(req)
 		if err != nil {
-			return nil, err // a *url.Error names the URL
+			// A *url.Error names the URL with the user name (only the
+			// password masked): shown is named instead.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return nil, fmt.Errorf("jwks %s: %w", shown, vaultad.HideUserinfo(err, src))
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("jwks %s: HTTP %d", src, resp.StatusCode)
+			return nil, fmt.Errorf("jwks %s: HTTP %d", shown, resp.StatusCode)
 		}
 		r = resp.Body
 	} else {
@@ -94,10 +123,10 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 	}
 	data, err := io.ReadAll(io.LimitReader(r, maxJWKSBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("jwks %s: %w", src, err)
+		return nil, fmt.Errorf("jwks %s: %w", shown, err)
 	}
 	if len(data) > maxJWKSBytes {
-		return nil, fmt.Errorf("jwks %s: larger than %d bytes", src, maxJWKSBytes)
+		return nil, fmt.Errorf("jwks %s: larger than %d bytes", shown, maxJWKSBytes)
 	}
 	return data, nil
 }

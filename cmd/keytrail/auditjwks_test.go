@@ -369,3 +369,39 @@ func TestConfigCheckpointTransitKey(t *testing.T) {
 		})
 	}
 }
+
+// TestJWKSErrorsShowNoUserinfo: a --jwks URL's user info (basic auth for a
+// front proxy) was quoted raw by the errors of a JWKS that could not be had
+// or read ('jwks http://user:password@host/...: HTTP 404', the plain-http
+// refusal, a set that does not parse) and with the name shown by net/http's
+// error for a failed request. No user info is shown now (nor a query or a
+// fragment); the URL's scheme, host and path still are.
+func TestJWKSErrorsShowNoUserinfo(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/garbled" {
+			_, _ = w.Write([]byte("not json"))
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	closed := closedLoopbackAddrs(t, 1)[0]
+	const ui = "USER-MARKER:PW-MARKER@"
+	for _, c := range []struct{ src, want string }{
+		{"http://" + ui + host + "/nope?t=Q-MARKER", "jwks http://" + host + "/nope: HTTP 404"},
+		{"http://USER-MARKER@" + host + "/nope", "jwks http://" + host + "/nope: HTTP 404"},
+		{"http://" + ui + host + "/garbled", "jwks http://" + host + "/garbled: not a JSON Web Key Set"},
+		{"http://" + ui + "keytrail.example/.well-known/jwks.json", "jwks http://keytrail.example/.well-known/jwks.json: must be https"},
+		{"http://" + ui + closed + "/jwks.json", "http://" + closed + "/jwks.json"},
+		{"https://" + ui + "[::1/jwks.json", "not a URL"},
+	} {
+		_, err := jwksVerifyFunc(context.Background(), c.src)
+		if err == nil {
+			t.Fatalf("jwksVerifyFunc(%q) succeeded", c.src)
+		}
+		if got := err.Error(); strings.Contains(got, "MARKER") || !strings.Contains(got, c.want) {
+			t.Errorf("jwksVerifyFunc(%q) = %q, want it to say %q and no user info or query", c.src, got, c.want)
+		}
+	}
+}
