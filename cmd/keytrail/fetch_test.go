@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -874,4 +875,156 @@ func TestProxyFailuresNameTheProxy(t *testing.T) {
 			t.Errorf("retryReason = %q shows the proxy's user info", got)
 		}
 	})
+}
+
+// runKeytrailProcess runs this test binary as the keytrail binary (TestMain,
+// benchChildEnv) with args, in an environment without proxy or CA settings
+// of its own plus env; it returns stdout, stderr and the exit status. The
+// real process is what reads HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE
+// (net/http and crypto/x509 read them once per process).
+func runKeytrailProcess(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, args...)
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(name) {
+		case "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY", "REQUEST_METHOD", "SSL_CERT_FILE", "SSL_CERT_DIR", "KEYTRAIL_ADDR":
+			continue
+		}
+		cmd.Env = append(cmd.Env, kv)
+	}
+	cmd.Env = append(append(cmd.Env, benchChildEnv+"=1"), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("running keytrail %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// testProxy is an HTTP proxy: it answers every request with status when
+// status is not 0, else tunnels every CONNECT to target whatever host it
+// names. It records each request's method and host.
+type testProxy struct {
+	*httptest.Server
+	mu       sync.Mutex
+	requests []string
+	conns    []net.Conn
+}
+
+func newTestProxy(t *testing.T, target string, status int) *testProxy {
+	t.Helper()
+	p := &testProxy{}
+	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.requests = append(p.requests, r.Method+" "+r.Host)
+		p.mu.Unlock()
+		if status != 0 || r.Method != http.MethodConnect {
+			if status == 0 {
+				status = http.StatusBadGateway
+			}
+			w.Header().Set("Proxy-Authenticate", `Basic realm="proxy"`)
+			w.WriteHeader(status)
+			return
+		}
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		down, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			up.Close()
+			return
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, up, down)
+		p.mu.Unlock()
+		_, _ = down.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n"))
+		go func() { _, _ = io.Copy(up, buf); up.Close() }()
+		go func() { _, _ = io.Copy(down, up); down.Close() }()
+	}))
+	t.Cleanup(func() {
+		p.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	return p
+}
+
+func (p *testProxy) seen() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.requests)
+}
+
+// withUserinfo is p's URL with user info that must never be shown.
+func (p *testProxy) withUserinfo() string {
+	return strings.Replace(p.URL, "http://", "http://PROXY-USER-MARKER:PROXY-PW-MARKER@", 1)
+}
+
+// TestFetchThroughAProxyVerifiesWithSSLCertFile: workloadTransport (fetch's
+// and exec's transport since 95d1984) must keep what the client's default
+// transport did: HTTPS_PROXY from the environment, and the broker's
+// certificate verified against the system roots, SSL_CERT_FILE included
+// (the way to trust a private CA). An https broker with a private CA is
+// reached through a CONNECT proxy and verified with that CA, and without
+// the CA it is not trusted; without a proxy it is reached directly.
+func TestFetchThroughAProxyVerifiesWithSSLCertFile(t *testing.T) {
+	fake := &fakeTokenBroker{byGrant: map[string]tokenReply{"payments-vault": {200, vaultBody}}}
+	broker := httptest.NewTLSServer(fake)
+	defer broker.Close()
+	dir := t.TempDir()
+	caFile, tokenFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "identity")
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: broker.Certificate().Raw})
+	if err := os.WriteFile(caFile, ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proxy := newTestProxy(t, broker.Listener.Addr().String(), 0)
+	fetch := func(addr string, env ...string) (string, string, int) {
+		return runKeytrailProcess(t, env, "fetch", "--grant", "payments-vault", "--identity-token-file", tokenFile,
+			"--addr", addr, "--out", "-", "--timeout", "1s")
+	}
+	// httptest's certificate is for example.com (and loopback): the proxy
+	// tunnels the CONNECT to example.com:443 to the broker.
+	stdout, stderr, code := fetch("https://example.com", "HTTPS_PROXY="+proxy.URL, "SSL_CERT_FILE="+caFile)
+	if code != 0 || stdout != "hvs.it's-$secret" {
+		t.Errorf("fetch through the proxy with SSL_CERT_FILE: exit %d, stdout %q, stderr %q; want the token", code, stdout, stderr)
+	}
+	if got, want := proxy.seen(), []string{"CONNECT example.com:443"}; !slices.Equal(got, want) {
+		t.Errorf("the proxy saw %q, want %q", got, want)
+	}
+
+	_, stderr, code = fetch("https://example.com", "HTTPS_PROXY="+proxy.URL)
+	if code != 1 || !strings.Contains(stderr, "certificate signed by unknown authority") {
+		t.Errorf("fetch through the proxy without the CA: exit %d, stderr %q; want the certificate refused", code, stderr)
+	}
+
+	stdout, stderr, code = fetch(broker.URL, "SSL_CERT_FILE="+caFile)
+	if code != 0 || stdout != "hvs.it's-$secret" {
+		t.Errorf("fetch without a proxy: exit %d, stdout %q, stderr %q; want the token", code, stdout, stderr)
+	}
+	// A loopback broker is never reached through the proxy (net/http's
+	// rule, as NO_PROXY): HTTPS_PROXY set changes nothing.
+	before := len(proxy.seen())
+	stdout, stderr, code = fetch(broker.URL, "SSL_CERT_FILE="+caFile, "HTTPS_PROXY="+proxy.URL)
+	if code != 0 || stdout != "hvs.it's-$secret" || len(proxy.seen()) != before {
+		t.Errorf("fetch from a loopback broker with HTTPS_PROXY: exit %d, stdout %q, stderr %q, proxy saw %q; want the token, directly", code, stdout, stderr, proxy.seen())
+	}
 }
