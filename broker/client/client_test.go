@@ -377,3 +377,23 @@ func TestScrubURLErrorShowsNoUserinfo(t *testing.T) {
 		t.Errorf("scrubURLError of an unparsable URL = %q, shows its user info", got)
 	}
 }
+
+// permanentTransportError is an error of a caller's own transport that says
+// whether retrying can help.
+type permanentTransportError struct{ permanent bool }
+
+func (e permanentTransportError) Error() string   { return "refused by the proxy" }
+func (e permanentTransportError) Permanent() bool { return e.permanent }
+
+// TestIsPermanentAsksTheError: a transport failure was always transient,
+// so a caller's transport could not say that one of its failures (a proxy
+// refusing the tunnel with 407) will not pass. An error in the chain with a
+// Permanent method decides now, wrapped as Exchange wraps it.
+func TestIsPermanentAsksTheError(t *testing.T) {
+	for _, permanent := range []bool{true, false} {
+		err := fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(&url.Error{Op: "Post", URL: "https://keytrail.internal/v1/token", Err: permanentTransportError{permanent}}))
+		if IsPermanent(err) != permanent || IsTransient(err) == permanent {
+			t.Errorf("Permanent() = %v: IsPermanent = %v, IsTransient = %v", permanent, IsPermanent(err), IsTransient(err))
+		}
+	}
+}

@@ -139,13 +139,20 @@ var ErrBadResponse = errors.New("not a keytrail token response")
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
 // not a token response (ErrBadResponse), or an identity token that cannot
-// be had. Context cancellation is neither permanent nor transient.
+// be had. An error in err's chain with a Permanent() bool method (one of
+// the caller's own HTTP transport, such as a proxy refusing the tunnel)
+// decides for itself. Context cancellation is neither permanent nor
+// transient.
 func IsPermanent(err error) bool {
 	if err == nil {
 		return false
 	}
 	if errors.Is(err, ErrBadResponse) {
 		return true
+	}
+	var pe interface{ Permanent() bool }
+	if errors.As(err, &pe) {
+		return pe.Permanent()
 	}
 	var be *Error
 	if errors.As(err, &be) {

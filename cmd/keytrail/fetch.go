@@ -113,7 +113,7 @@ func (w *workloadFlags) identity(e *env) (client.IdentitySource, error) {
 func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Credential) error) ([]*client.Source, client.IdentitySource, error) {
 	addr := w.brokerAddr(e)
 	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version,
-		HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: workloadTransport()}})
+		HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: workloadTransport(addr)}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -173,14 +173,15 @@ func retryReason(err error, addr string) string {
 	return err.Error()
 }
 
-// workloadTransport is the transport fetch and exec reach the broker
-// with: net/http's default one (HTTPS_PROXY, HTTP_PROXY and NO_PROXY
+// workloadTransport is the transport fetch and exec reach the broker at
+// addr with: net/http's default one (HTTPS_PROXY, HTTP_PROXY and NO_PROXY
 // honoured), whose failures at the proxy say which proxy. A dial that
 // failed before it had an address (the proxy's host not found) names the
 // host:port it dialed, and a proxy that answers CONNECT with anything but
 // 200 is a *proxyRefusedError, not net/http's bare status text ("Proxy
 // Authentication Required").
-func workloadTransport() *http.Transport {
+func workloadTransport(addr string) *http.Transport {
+	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -202,7 +203,7 @@ func workloadTransport() *http.Transport {
 			status = fmt.Sprint(res.StatusCode)
 		}
 		// proxy.Host: host:port, never the user info.
-		return &proxyRefusedError{proxy: proxy.Host, status: status}
+		return &proxyRefusedError{proxy: proxy.Host, broker: broker, code: res.StatusCode, status: status}
 	}
 	return t
 }
@@ -217,11 +218,30 @@ func (a dialedAddr) String() string  { return a.address }
 // refused the tunnel to the broker.
 type proxyRefusedError struct {
 	proxy  string // host:port, without user info
+	broker string // the broker's address (--addr), without a trailing /
+	code   int    // 407
 	status string // "407 Proxy Authentication Required"
 }
 
 func (e *proxyRefusedError) Error() string {
-	return fmt.Sprintf("the proxy at %s refused the tunnel: %s", e.proxy, e.status)
+	return fmt.Sprintf("the proxy at %s (HTTPS_PROXY or HTTP_PROXY) refused the tunnel to the broker at %s: it answered %s", e.proxy, e.broker, e.status)
+}
+
+// Permanent reports whether retrying cannot help (client.IsPermanent asks):
+// a 4xx answer other than 408 and 429, as for the broker's own answers. A
+// 407 (the proxy's credentials in the proxy URL missing or wrong) or a 403
+// (the proxy's rules) stays until the configuration changes; a 5xx (the
+// proxy could not reach the broker), 408 or 429 may pass.
+func (e *proxyRefusedError) Permanent() bool {
+	return e.code >= 400 && e.code < 500 && e.code != http.StatusRequestTimeout && e.code != http.StatusTooManyRequests
+}
+
+// hint says what to check after a permanent refusal.
+func (e *proxyRefusedError) hint() string {
+	if e.code == http.StatusProxyAuthRequired {
+		return "check the proxy's user name and password in the proxy URL (http://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy"
+	}
+	return "check that the proxy allows tunnels to the broker's host and port, or list the broker's host in NO_PROXY to reach it without the proxy"
 }
 
 // connectionFailure says in plain words how a connection to the broker at
@@ -233,7 +253,7 @@ func connectionFailure(err error, addr string) string {
 	target := "the broker at " + addr
 	var refused *proxyRefusedError
 	if errors.As(err, &refused) {
-		return fmt.Sprintf("the proxy at %s (HTTPS_PROXY or HTTP_PROXY) refused the tunnel to the broker at %s: it answered %s", refused.proxy, addr, refused.status)
+		return refused.Error()
 	}
 	if px := proxyFailure(err); px != nil {
 		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
@@ -316,7 +336,10 @@ func roundDur(d time.Duration) time.Duration {
 func permanentError(grant string, id client.IdentitySource, err error) error {
 	var be *client.Error
 	var ie *client.IdentityError
+	var refused *proxyRefusedError
 	switch {
+	case errors.As(err, &refused):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, refused, refused.hint())}
 	case errors.As(err, &be) && be.Code == client.CodeInvalidGrant:
 		fix := "check the token " + id.Describe() + ", its audience (" + client.DefaultAudience + ") and expiry"
 		if _, gh := id.(*client.GitHubActionsIdentity); gh {

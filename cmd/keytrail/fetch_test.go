@@ -798,7 +798,7 @@ func TestTLSHandshakeTimeoutIsNotTheClientTimeout(t *testing.T) {
 // error.
 func exchangeThroughProxy(t *testing.T, addr string, proxyURL *url.URL, tokenFile string) error {
 	t.Helper()
-	tr := workloadTransport()
+	tr := workloadTransport(addr)
 	tr.Proxy = http.ProxyURL(proxyURL)
 	cl, err := client.New(client.Options{Addr: addr, HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: tr}})
 	if err != nil {
@@ -1026,5 +1026,47 @@ func TestFetchThroughAProxyVerifiesWithSSLCertFile(t *testing.T) {
 	stdout, stderr, code = fetch(broker.URL, "SSL_CERT_FILE="+caFile, "HTTPS_PROXY="+proxy.URL)
 	if code != 0 || stdout != "hvs.it's-$secret" || len(proxy.seen()) != before {
 		t.Errorf("fetch from a loopback broker with HTTPS_PROXY: exit %d, stdout %q, stderr %q, proxy saw %q; want the token, directly", code, stdout, stderr, proxy.seen())
+	}
+}
+
+// TestProxyRefusalIsNotRetried: a proxy that refuses the tunnel to the
+// broker (407: its credentials in HTTPS_PROXY are missing or wrong; 403:
+// its policy) was retried with backoff until --timeout, as if the broker
+// were down, though nothing changes between tries. fetch and exec now fail
+// at once, saying that the proxy refused and what to check, without the
+// proxy's user info.
+func TestProxyRefusalIsNotRetried(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const addr = "https://keytrail.example"
+	for _, c := range []struct {
+		status int
+		text   string
+	}{{http.StatusProxyAuthRequired, "407 Proxy Authentication Required"}, {http.StatusForbidden, "403 Forbidden"}} {
+		for _, cmd := range [][]string{
+			{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "3s"},
+			{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--env", "T", "--timeout", "3s", "--", "touch", filepath.Join(dir, "ran")},
+		} {
+			proxy := newTestProxy(t, "", c.status)
+			_, stderr, code := runKeytrailProcess(t, []string{"HTTPS_PROXY=" + proxy.withUserinfo()}, cmd...)
+			want := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (HTTPS_PROXY or HTTP_PROXY) refused the tunnel to the broker at " + addr + ": it answered " + c.text
+			if code != 1 || !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, "NO_PROXY") || strings.Contains(stderr, "retrying") {
+				t.Errorf("keytrail %s through a proxy answering %d: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], c.status, code, stderr, want)
+			}
+			if got := proxy.seen(); !slices.Equal(got, []string{"CONNECT keytrail.example:443"}) {
+				t.Errorf("keytrail %s: the proxy saw %q, want one CONNECT", cmd[0], got)
+			}
+			if strings.Contains(stderr, "MARKER") {
+				t.Errorf("keytrail %s shows the proxy's user info: %q", cmd[0], stderr)
+			}
+		}
+	}
+	for _, f := range []string{"cred", "ran"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
+		}
 	}
 }
