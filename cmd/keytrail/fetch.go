@@ -179,8 +179,9 @@ func retryReason(err error, addr string) string {
 // failed before it had an address (the proxy's host not found) names the
 // host:port it dialed, and a proxy that answers CONNECT with anything but
 // 200 is a *proxyRefusedError, not net/http's bare status text ("Proxy
-// Authentication Required").
-func workloadTransport(addr string) *http.Transport {
+// Authentication Required"), as is a 407 a proxy answers a plain-http
+// request it was to forward (no CONNECT: its answer is the response).
+func workloadTransport(addr string) *workloadRoundTripper {
 	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
@@ -205,7 +206,46 @@ func workloadTransport(addr string) *http.Transport {
 		// proxy.Host: host:port, never the user info.
 		return &proxyRefusedError{proxy: proxy.Host, broker: broker, code: res.StatusCode, status: status}
 	}
-	return t
+	return &workloadRoundTripper{Transport: t, broker: broker}
+}
+
+// workloadRoundTripper is workloadTransport's transport: a 407 answer to a
+// request forwarded by an HTTP proxy (plain http to the broker) is the
+// proxy's *proxyRefusedError. Only a proxy answers 407; any other status
+// may be the broker's own.
+type workloadRoundTripper struct {
+	*http.Transport
+	broker string // the broker's address, without a trailing /
+}
+
+func (t *workloadRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	res, err := t.Transport.RoundTrip(req)
+	if err != nil || res.StatusCode != http.StatusProxyAuthRequired || req.URL.Scheme != "http" || t.Proxy == nil {
+		return res, err
+	}
+	// Through a SOCKS proxy the answer is the server's: only an HTTP
+	// proxy forwards a plain-http request itself.
+	proxy, perr := t.Proxy(req)
+	if perr != nil || proxy == nil || (proxy.Scheme != "http" && proxy.Scheme != "https") {
+		return res, nil
+	}
+	res.Body.Close()
+	status := res.Status
+	if status == "" {
+		status = fmt.Sprint(res.StatusCode)
+	}
+	// proxy.Host: host:port, never the user info.
+	return nil, &proxyRefusedError{proxy: proxy.Host, broker: t.broker, code: res.StatusCode, status: status, forwarding: true}
+}
+
+// proxyVariable is the environment variable net/http takes the proxy for
+// the broker at addr from: HTTP_PROXY for plain http, else HTTPS_PROXY
+// (ALL_PROXY is not read, nor HTTP_PROXY for https).
+func proxyVariable(addr string) string {
+	if u, err := url.Parse(addr); err == nil && strings.EqualFold(u.Scheme, "http") {
+		return "HTTP_PROXY"
+	}
+	return "HTTPS_PROXY"
 }
 
 // dialedAddr is the address a dial was for, as a net.Addr.
@@ -217,14 +257,19 @@ func (a dialedAddr) String() string  { return a.address }
 // proxyRefusedError is a proxy's answer to CONNECT other than 200: it
 // refused the tunnel to the broker.
 type proxyRefusedError struct {
-	proxy  string // host:port, without user info
-	broker string // the broker's address (--addr), without a trailing /
-	code   int    // 407
-	status string // "407 Proxy Authentication Required"
+	proxy      string // host:port, without user info
+	broker     string // the broker's address (--addr), without a trailing /
+	code       int    // 407
+	status     string // "407 Proxy Authentication Required"
+	forwarding bool   // a plain-http request the proxy was to forward, not a CONNECT
 }
 
 func (e *proxyRefusedError) Error() string {
-	return fmt.Sprintf("the proxy at %s (HTTPS_PROXY or HTTP_PROXY) refused the tunnel to the broker at %s: it answered %s", e.proxy, e.broker, e.status)
+	refused := "refused the tunnel to"
+	if e.forwarding {
+		refused = "refused to forward the request to"
+	}
+	return fmt.Sprintf("the proxy at %s (%s) %s the broker at %s: it answered %s", e.proxy, proxyVariable(e.broker), refused, e.broker, e.status)
 }
 
 // Permanent reports whether retrying cannot help (client.IsPermanent asks):
@@ -259,10 +304,10 @@ func connectionFailure(err error, addr string) string {
 		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
 		// broker: named as such, by its dialed address (never the proxy
 		// URL, which may carry a password).
-		target = "the proxy for the broker at " + addr
+		target = "the proxy (" + proxyVariable(addr) + ") for the broker at " + addr
 		var dial *net.OpError
 		if errors.As(px.Err, &dial) && dial.Addr != nil {
-			target = fmt.Sprintf("the proxy at %s (HTTPS_PROXY or HTTP_PROXY) for the broker at %s", dial.Addr, addr)
+			target = fmt.Sprintf("the proxy at %s (%s) for the broker at %s", dial.Addr, proxyVariable(addr), addr)
 		}
 		err = px.Err
 	}

@@ -735,7 +735,7 @@ func TestConnectionFailureThroughAProxy(t *testing.T) {
 	if xerr == nil || !strings.Contains(xerr.Error(), "proxyconnect") {
 		t.Fatalf("Exchange through a closed proxy = %v, want a proxyconnect error", xerr)
 	}
-	want := "cannot reach the proxy at " + proxyAddr + " (HTTPS_PROXY or HTTP_PROXY) for the broker at " + addr + ": connection refused"
+	want := "cannot reach the proxy at " + proxyAddr + " (HTTPS_PROXY) for the broker at " + addr + ": connection refused"
 	if got := retryReason(xerr, addr); got != want {
 		t.Errorf("retryReason = %q, want %q", got, want)
 	}
@@ -848,7 +848,7 @@ func TestProxyFailuresNameTheProxy(t *testing.T) {
 			if xerr == nil || connects.Load() == 0 {
 				t.Fatalf("Exchange through a refusing proxy = %v (%d CONNECTs), want it refused", xerr, connects.Load())
 			}
-			want := "the proxy at " + proxyURL.Host + " (HTTPS_PROXY or HTTP_PROXY) " + c.want
+			want := "the proxy at " + proxyURL.Host + " (HTTPS_PROXY) " + c.want
 			got := retryReason(xerr, addr)
 			if got != want {
 				t.Errorf("retryReason = %q, want %q", got, want)
@@ -867,7 +867,7 @@ func TestProxyFailuresNameTheProxy(t *testing.T) {
 		got := retryReason(xerr, addr)
 		// "host ... not found", or the look-up's failure where no resolver
 		// answers: either way after the proxy's host:port.
-		want := "cannot reach the proxy at keytrail-test-proxy.invalid:3128 (HTTPS_PROXY or HTTP_PROXY) for the broker at " + addr + ": "
+		want := "cannot reach the proxy at keytrail-test-proxy.invalid:3128 (HTTPS_PROXY) for the broker at " + addr + ": "
 		if !strings.HasPrefix(got, want) || !strings.Contains(got[len(want):], "keytrail-test-proxy.invalid") {
 			t.Errorf("retryReason = %q, want %q and the look-up's failure", got, want)
 		}
@@ -1052,7 +1052,7 @@ func TestProxyRefusalIsNotRetried(t *testing.T) {
 		} {
 			proxy := newTestProxy(t, "", c.status)
 			_, stderr, code := runKeytrailProcess(t, []string{"HTTPS_PROXY=" + proxy.withUserinfo()}, cmd...)
-			want := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (HTTPS_PROXY or HTTP_PROXY) refused the tunnel to the broker at " + addr + ": it answered " + c.text
+			want := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (HTTPS_PROXY) refused the tunnel to the broker at " + addr + ": it answered " + c.text
 			if code != 1 || !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, "NO_PROXY") || strings.Contains(stderr, "retrying") {
 				t.Errorf("keytrail %s through a proxy answering %d: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], c.status, code, stderr, want)
 			}
@@ -1068,5 +1068,31 @@ func TestProxyRefusalIsNotRetried(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
 			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
 		}
+	}
+}
+
+// TestPlainHTTPBrokerThroughAProxyAnswering407: to a plain-http broker a
+// proxy (HTTP_PROXY) forwards the request itself, no CONNECT, so its 407
+// came back as the broker's answer: 'keytrail broker: 407: Proxy
+// Authentication Required: the broker refused the request', blaming the
+// broker and naming no proxy. Only a proxy answers 407: it now reads as the
+// proxy's refusal, by the proxy's host:port (never its user info) and the
+// variable it came from, and fails at once.
+func TestPlainHTTPBrokerThroughAProxyAnswering407(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const addr = "http://keytrail.example:7700"
+	proxy := newTestProxy(t, "", http.StatusProxyAuthRequired)
+	_, stderr, code := runKeytrailProcess(t, []string{"HTTP_PROXY=" + proxy.withUserinfo()},
+		"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--allow-insecure-http", "--out", filepath.Join(dir, "cred"), "--timeout", "3s")
+	want := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (HTTP_PROXY) refused to forward the request to the broker at " + addr + ": it answered 407 Proxy Authentication Required: check the proxy's user name and password"
+	if code != 1 || !strings.HasPrefix(stderr, want) || strings.Contains(stderr, "retrying") || strings.Contains(stderr, "MARKER") {
+		t.Errorf("fetch through a proxy answering 407: exit %d, stderr %q; want exit 1 at once with %q", code, stderr, want)
+	}
+	if got := proxy.seen(); !slices.Equal(got, []string{"POST keytrail.example:7700"}) {
+		t.Errorf("the proxy saw %q, want the one POST", got)
 	}
 }
