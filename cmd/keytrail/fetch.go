@@ -300,6 +300,9 @@ func connectionFailure(err error, addr string) string {
 	if errors.As(err, &refused) {
 		return refused.Error()
 	}
+	if why := socksFailure(err, addr); why != "" {
+		return why
+	}
 	if px := proxyFailure(err); px != nil {
 		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
 		// broker: named as such, by its dialed address (never the proxy
@@ -345,6 +348,29 @@ func connectionFailure(err error, addr string) string {
 		return fmt.Sprintf("no answer from %s within %s", target, client.DefaultTimeout)
 	}
 	return ""
+}
+
+// socksFailure says how a SOCKS proxy (HTTPS_PROXY=socks5://...) failed
+// after it was reached: it refused the handshake (its user name and
+// password, in the proxy URL) or could not connect to the broker. net/http's
+// error says "socks connect" with the proxy's address as Source (host:port,
+// never the URL's user info) and the broker's as Addr, and would read as
+// the broker's failure. "" for another error.
+func socksFailure(err error, addr string) string {
+	var op *net.OpError
+	if !errors.As(err, &op) || !strings.HasPrefix(op.Op, "socks ") || op.Err == nil {
+		return ""
+	}
+	proxy := "the SOCKS proxy"
+	if op.Source != nil {
+		proxy += " at " + op.Source.String()
+	}
+	// "unknown error connection refused": the proxy's reply to CONNECT.
+	cause := strings.TrimPrefix(op.Err.Error(), "unknown error ")
+	if op.Timeout() {
+		cause = "timed out"
+	}
+	return fmt.Sprintf("%s (%s) for the broker at %s failed: %s", proxy, proxyVariable(addr), addr, cause)
 }
 
 // refusedHint is what to check after a refused connection: the broker's

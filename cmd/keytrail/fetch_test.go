@@ -1096,3 +1096,67 @@ func TestPlainHTTPBrokerThroughAProxyAnswering407(t *testing.T) {
 		t.Errorf("the proxy saw %q, want the one POST", got)
 	}
 }
+
+// TestSOCKSProxyFailureNamesTheProxy: with HTTPS_PROXY=socks5://..., a
+// SOCKS proxy that refused the handshake or could not connect to the
+// broker read 'the connection to the broker at X failed: username/password
+// authentication failed' (or 'unknown error connection refused'), as if the
+// broker had answered. It now names the SOCKS proxy by its host:port (never
+// its user info) and says what it answered.
+func TestSOCKSProxyFailureNamesTheProxy(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	tokenFile := filepath.Join(t.TempDir(), "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		reply func(net.Conn) // after the client's greeting
+		cause string
+	}{
+		{"no-acceptable-auth", func(c net.Conn) { _, _ = c.Write([]byte{5, 0xff}) }, "no acceptable authentication methods"},
+		{"bad-password", func(c net.Conn) {
+			_, _ = c.Write([]byte{5, 2})
+			_, _ = c.Read(make([]byte, 600))
+			_, _ = c.Write([]byte{1, 1})
+		}, "username/password authentication failed"},
+		{"broker-refused", func(c net.Conn) {
+			_, _ = c.Write([]byte{5, 2})
+			_, _ = c.Read(make([]byte, 600))
+			_, _ = c.Write([]byte{1, 0})
+			_, _ = c.Read(make([]byte, 600))
+			_, _ = c.Write([]byte{5, 5, 0, 1, 0, 0, 0, 0, 0, 0})
+		}, "connection refused"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					_, _ = conn.Read(make([]byte, 300)) // the greeting
+					c.reply(conn)
+					conn.Close()
+				}
+			}()
+			proxyURL := &url.URL{Scheme: "socks5", User: url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER"), Host: ln.Addr().String()}
+			xerr := exchangeThroughProxy(t, addr, proxyURL, tokenFile)
+			if xerr == nil {
+				t.Fatal("Exchange through a refusing SOCKS proxy succeeded")
+			}
+			want := "the SOCKS proxy at " + ln.Addr().String() + " (HTTPS_PROXY) for the broker at " + addr + " failed: " + c.cause
+			if got := retryReason(xerr, addr); got != want {
+				t.Errorf("retryReason = %q, want %q", got, want)
+			}
+			if strings.Contains(retryReason(xerr, addr), "MARKER") {
+				t.Errorf("retryReason shows the proxy's user info")
+			}
+		})
+	}
+}
