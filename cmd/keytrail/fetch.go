@@ -254,8 +254,9 @@ type dialedAddr struct{ network, address string }
 func (a dialedAddr) Network() string { return a.network }
 func (a dialedAddr) String() string  { return a.address }
 
-// proxyRefusedError is a proxy's answer to CONNECT other than 200: it
-// refused the tunnel to the broker.
+// proxyRefusedError is a proxy's answer to CONNECT other than 200 (it
+// refused the tunnel to the broker), or its 407 to a plain-http request it
+// was to forward (forwarding).
 type proxyRefusedError struct {
 	proxy      string // host:port, without user info
 	broker     string // the broker's address (--addr), without a trailing /
