@@ -270,9 +270,12 @@ func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *y
 		case k != nil:
 		case unalias(v).Kind == yaml.MappingNode:
 			m := unalias(v)
+			if merged[m] {
+				return true
+			}
+			merged[m] = true
 			c.duplicates(path, m) // the decoder refuses them there too
-			if fields && !merged[m] {
-				merged[m] = true
+			if fields {
 				for i := 0; i+1 < len(m.Content); i += 2 {
 					if isNull(m.Content[i]) {
 						c.nullKey(path, m.Content[i])
@@ -293,19 +296,26 @@ func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *y
 }
 
 // duplicates reports a key written twice in one mapping ("<<" included),
-// as the decoder does.
+// as the decoder does: each key written again, once, by the line of its
+// first.
 func (c *checker) duplicates(path string, n *yaml.Node) {
+	type key struct {
+		kind  yaml.Kind
+		value string
+	}
+	first := make(map[key]*yaml.Node, len(n.Content)/2)
 	for i := 0; i < len(n.Content); i += 2 {
-		for j := i + 2; j < len(n.Content); j += 2 {
-			a, b := n.Content[i], n.Content[j]
-			if a.Kind == b.Kind && a.Value == b.Value { // "<<" too, as the decoder
-				p := a.Value
-				if path != "" {
-					p = path + "." + a.Value
-				}
-				c.add(p, b, "written twice (first at line %d)", a.Line)
-			}
+		b := n.Content[i]
+		a, ok := first[key{b.Kind, b.Value}] // "<<" too, as the decoder
+		if !ok {
+			first[key{b.Kind, b.Value}] = b
+			continue
 		}
+		p := a.Value
+		if path != "" {
+			p = path + "." + a.Value
+		}
+		c.add(p, b, "written twice (first at line %d)", a.Line)
 	}
 }
 

@@ -354,3 +354,46 @@ func TestTopLevelExtensionsAliasKey(t *testing.T) {
 		t.Errorf("Check(TopLevelExtensions) (-want +got):\n%s", diff)
 	}
 }
+
+// checkGuarded is Check of src against doc with the given budget, failing
+// the test if it has not returned within a minute (a guard against
+// hanging, not a measure of speed).
+func checkGuarded(t *testing.T, src string, budget int) []Problem {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []Problem, 1)
+	go func() { done <- check(&n, reflect.TypeOf(doc{}), budget) }()
+	select {
+	case got := <-done:
+		return got
+	case <-time.After(time.Minute):
+		t.Fatalf("Check(%.80q...) did not return within a minute", src)
+		return nil
+	}
+}
+
+// TestCheckDuplicatesOnce: a key written more than twice is named once
+// for each repetition, by the line of its first: before, each pair was
+// named ("first at line 2" for the third of three), so k copies of a key
+// gave k(k-1)/2 problems, half a million for a line of a thousand "a: 1".
+// A mapping with a key written twice that is merged several times into
+// one mapping is named once there.
+func TestCheckDuplicatesOnce(t *testing.T) {
+	got := checkGuarded(t, "n: 1\nn: 2\nn: 3\n", maxVisits)
+	want := []Problem{{"n", 2, "written twice (first at line 1)"}, {"n", 3, "written twice (first at line 1)"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Check(n written three times) (-want +got):\n%s", diff)
+	}
+	got = checkGuarded(t, "counts: {"+strings.Repeat("a: 1, ", 1000)+"}\n", maxVisits)
+	if len(got) != 999 {
+		t.Errorf("Check(a written 1000 times) = %d problems, want 999", len(got))
+	}
+	got = checkGuarded(t, "any: &d {n: 1, n: 2}\nsub: {<<: [*d, *d, *d]}\n", maxVisits)
+	want = []Problem{{"sub.n", 1, "written twice (first at line 1)"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Check(a mapping with n twice merged three times) (-want +got):\n%s", diff)
+	}
+}
