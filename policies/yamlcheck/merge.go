@@ -43,7 +43,8 @@ const (
 // (any other, an alias to a list too: "<<: *list").
 //
 // budget bounds the work on documents of nested aliases: it is decremented
-// for each mapping merged, and the walk stops when it reaches 0. Entries
+// for each mapping merged, by the number of its entries (1 for an empty
+// one), each time it is merged, and the walk stops when it reaches 0. Entries
 // reports whether it passed every entry: false when f returned false or
 // the budget ran out. Nothing is passed when n is not a mapping.
 func Entries(n *yaml.Node, ord Order, budget *int, f func(k, v *yaml.Node) bool) bool {
@@ -126,7 +127,11 @@ func entries(n *yaml.Node, ord Order, budget *int, top bool, seen map[any]bool, 
 				merged = v.Content
 			}
 			for _, m := range merged {
-				if *budget--; *budget <= 0 {
+				cost := 1
+				if um := unalias(m); um.Kind == yaml.MappingNode && len(um.Content) > 2 {
+					cost = len(um.Content) / 2 // its entries are each looked at
+				}
+				if *budget -= cost; *budget <= 0 {
 					return false
 				}
 				if !f(nil, m) {

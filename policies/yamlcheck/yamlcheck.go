@@ -43,10 +43,13 @@ func (p Problem) Error() string {
 	return fmt.Sprintf("%s: %s (line %d)", p.Path, p.Message, p.Line)
 }
 
-// maxVisits bounds the nodes Check visits, aliases counted each time they
-// are followed, so a document of nested aliases cannot make it run for
-// ever. Files with this many values are far beyond what a config or policy
-// holds.
+// maxVisits bounds the work of one Check, shared by every walk it makes:
+// each node visited, each key of a mapping and entry of a list, each
+// entry of a mapping merged with "<<" (see Entries), aliases and merges
+// counted each time they are followed, so a document of nested aliases or
+// merges cannot make it run for ever (nor name the same problem billions
+// of times). When it runs out, Check stops with one problem. Files with
+// this many values are far beyond what a config or policy holds.
 const maxVisits = 1 << 20
 
 // Option asks Check for more than the values the decoder refuses.
@@ -97,7 +100,22 @@ var (
 type checker struct {
 	out         []Problem
 	budget, max int
+	over        bool // the budget ran out, and the problem says so
 	opts        Option
+}
+
+// spend takes cost from the budget and reports whether some is left. The
+// first time none is, the check's last problem says so, at n.
+func (c *checker) spend(path string, n *yaml.Node, cost int) bool {
+	c.budget -= cost
+	if c.budget > 0 {
+		return true
+	}
+	if !c.over {
+		c.over = true
+		c.add(path, n, "too many values to check (more than %d, aliases and merges (<<) counted each time they are used)", c.max)
+	}
+	return false
 }
 
 func (c *checker) add(path string, n *yaml.Node, format string, args ...any) {
@@ -105,10 +123,7 @@ func (c *checker) add(path string, n *yaml.Node, format string, args ...any) {
 }
 
 func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
-	if c.budget--; c.budget == 0 {
-		c.add(path, n, "too many values to check (more than %d, aliases counted each time they are used)", c.max)
-	}
-	if c.budget <= 0 {
+	if !c.spend(path, n, 1) {
 		return
 	}
 	if n.Kind == 0 {
@@ -154,7 +169,15 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			c.add(path, n, "must be a list, not %s", got(n))
 			return
 		}
+		// Each entry, walked or named (a null one), is counted: a list
+		// aliased many times is checked each time.
+		if !c.spend(path, n, len(n.Content)) {
+			return
+		}
 		for i, e := range n.Content {
+			if c.over {
+				return
+			}
 			ep := fmt.Sprintf("%s[%d]", path, i)
 			if c.opts&NullEntries != 0 && isNull(e) && droppedWhenNull(t.Elem()) {
 				if t.Elem().Kind() == reflect.String {
@@ -171,7 +194,9 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			c.add(path, n, "must be a mapping, not %s", got(n))
 			return
 		}
-		c.duplicates(path, n)
+		if !c.duplicates(path, n) {
+			return
+		}
 		c.mapping(path, n, false, func(k, v *yaml.Node) {
 			// A key written as an alias is named by the key it names.
 			kp := fmt.Sprintf("%s[%q]", path, unalias(k).Value)
@@ -190,7 +215,9 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			c.add(path, n, "must be a mapping, not %s", got(n))
 			return
 		}
-		c.duplicates(path, n)
+		if !c.duplicates(path, n) {
+			return
+		}
 		c.mapping(path, n, true, func(k, v *yaml.Node) {
 			if isNull(k) {
 				c.nullKey(path, k)
@@ -262,19 +289,22 @@ func (c *checker) nullKey(path string, k *yaml.Node) {
 // decoder refuses, at the line of the merge, and each key written twice in
 // a merged mapping. With fields (n is decoded into a struct), each key
 // without a value in a merged mapping is reported too (nullKey): Entries
-// passes none, as the decoder sets nothing for it.
+// passes none, as the decoder sets nothing for it. The merges spend the
+// check's budget (see Entries); mapping stops when it runs out.
 func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *yaml.Node)) {
 	merged := map[*yaml.Node]bool{} // a mapping merged twice is named once
-	Entries(n, DocumentOrder, &c.budget, func(k, v *yaml.Node) bool {
+	done := Entries(n, DocumentOrder, &c.budget, func(k, v *yaml.Node) bool {
 		switch {
 		case k != nil:
 		case unalias(v).Kind == yaml.MappingNode:
 			m := unalias(v)
 			if merged[m] {
-				return true
+				return !c.over
 			}
 			merged[m] = true
-			c.duplicates(path, m) // the decoder refuses them there too
+			if !c.duplicates(path, m) { // the decoder refuses them there too
+				return false
+			}
 			if fields {
 				for i := 0; i+1 < len(m.Content); i += 2 {
 					if isNull(m.Content[i]) {
@@ -291,14 +321,21 @@ func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *y
 			return true
 		}
 		f(k, v)
-		return true
+		return !c.over
 	})
+	if !done {
+		c.spend(path, n, 0) // the budget ran out: named once
+	}
 }
 
 // duplicates reports a key written twice in one mapping ("<<" included),
 // as the decoder does: each key written again, once, by the line of its
-// first.
-func (c *checker) duplicates(path string, n *yaml.Node) {
+// first. Its keys are counted in the budget (they are walked or named
+// next); it reports whether some is left.
+func (c *checker) duplicates(path string, n *yaml.Node) bool {
+	if !c.spend(path, n, len(n.Content)/2) {
+		return false
+	}
 	type key struct {
 		kind  yaml.Kind
 		value string
@@ -317,6 +354,7 @@ func (c *checker) duplicates(path string, n *yaml.Node) {
 		}
 		c.add(p, b, "written twice (first at line %d)", a.Line)
 	}
+	return true
 }
 
 // field finds the type of the struct field that key names, as the decoder

@@ -355,6 +355,19 @@ func TestTopLevelExtensionsAliasKey(t *testing.T) {
 	}
 }
 
+// mergeLaughs is a document whose mapping at key (a struct or a map of
+// ints in doc) merges, level by level, ten aliases of the mapping of the
+// level before: ten levels expand to 10^10 merged mappings, from a few
+// hundred bytes.
+func mergeLaughs(key string) string {
+	src := "any:\n- &m0 {n: 1}\n"
+	for i := 1; i <= 10; i++ {
+		p := fmt.Sprintf("*m%d", i-1)
+		src += fmt.Sprintf("- &m%d {<<: [%s, %s, %s, %s, %s, %s, %s, %s, %s, %s]}\n", i, p, p, p, p, p, p, p, p, p, p)
+	}
+	return src + key + ": *m10\n"
+}
+
 // checkGuarded is Check of src against doc with the given budget, failing
 // the test if it has not returned within a minute (a guard against
 // hanging, not a measure of speed).
@@ -372,6 +385,69 @@ func checkGuarded(t *testing.T, src string, budget int) []Problem {
 	case <-time.After(time.Minute):
 		t.Fatalf("Check(%.80q...) did not return within a minute", src)
 		return nil
+	}
+}
+
+// TestCheckBoundsMerges: merge keys that expand to billions of mappings
+// stop the check with one problem, at the line where the budget ran out,
+// as nested aliases do. Before, the merges spent the budget (one unit a
+// merged mapping) without a word: Check returned no problem at all, for a
+// document it had not checked.
+func TestCheckBoundsMerges(t *testing.T) {
+	for _, key := range []string{"counts", "sub"} {
+		src := mergeLaughs(key)
+		for _, budget := range []int{10_000, maxVisits} {
+			got := checkGuarded(t, src, budget)
+			if len(got) != 1 || !strings.HasPrefix(got[0].Message, "too many values") || got[0].Path != key || got[0].Line == 0 {
+				t.Errorf("Check(merge laughs at %s) with a budget of %d = %v, want one \"too many values\" problem at %s", key, budget, got, key)
+			}
+		}
+	}
+}
+
+// TestCheckBudgetCountsEntries: the budget counts every entry of each
+// mapping merged, every key of a mapping and every entry of a list, so a
+// large mapping or list aliased or merged many times spends it too.
+// Before, a merged mapping counted one whatever its size, and a key or
+// list entry that is named without being walked (an unknown field, a null
+// entry) counted nothing: a mapping of 1000 keys merged 100 times was
+// checked in full (100,000 entries) within a budget of 5,000, and one of
+// 100 unknown fields (or a list of 100 null entries) aliased 100 times
+// gave 10,000 problems.
+func TestCheckBudgetCountsEntries(t *testing.T) {
+	keys := func(prefix string, n int) string {
+		var b strings.Builder
+		for i := range n {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s%d: 1", prefix, i)
+		}
+		return b.String()
+	}
+	aliases := func(name string, n int) string {
+		return strings.TrimSuffix(strings.Repeat("*"+name+", ", n), ", ")
+	}
+	for _, tt := range []struct{ name, src string }{
+		{"merged", "any: &a {" + keys("k", 1000) + "}\ncounts: {<<: [" + aliases("a", 100) + "]}\n"},
+		{"unknown-fields", "any: &u {" + keys("x", 100) + "}\nsubs: [" + aliases("u", 100) + "]\n"},
+		{"null-entries", "any: &e [" + strings.TrimSuffix(strings.Repeat("~, ", 100), ", ") + "]\nlists: [" + aliases("e", 100) + "]\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const budget = 5_000
+			var n yaml.Node
+			if err := yaml.Unmarshal([]byte(tt.src), &n); err != nil {
+				t.Fatal(err)
+			}
+			got := check(&n, reflect.TypeOf(doc{}), budget, NullEntries)
+			if len(got) == 0 || len(got) > budget || !strings.HasPrefix(got[len(got)-1].Message, "too many values") {
+				last := "none"
+				if len(got) > 0 {
+					last = got[len(got)-1].Error()
+				}
+				t.Errorf("Check with a budget of %d: %d problems, the last %s; want at most %d, the last \"too many values\"", budget, len(got), last, budget)
+			}
+		})
 	}
 }
 
