@@ -387,7 +387,26 @@ func field(t reflect.Type, key string) (reflect.Type, bool) {
 // scalar checks a value for a field of a scalar kind: the decoder decides
 // whether it fits, and a fraction never fits an integer.
 func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
-	err := n.Decode(reflect.New(t).Interface())
+	var err error
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Bool, reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			// The decoder never reads a list or mapping into these
+			// (asking it would cost a comparison of every two keys).
+			err = errNotScalar
+			break
+		}
+		err = n.Decode(reflect.New(t).Interface())
+	default:
+		// The decoder compares the keys of a mapping two by two
+		// before anything else: that is counted.
+		if k := len(n.Content) / 2; n.Kind == yaml.MappingNode && !c.spend(path, n, k*(k-1)/2) {
+			return
+		}
+		err = n.Decode(reflect.New(t).Interface())
+	}
 	switch t.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
@@ -423,6 +442,10 @@ func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
 		}
 	}
 }
+
+// errNotScalar stands for the decoder's error for a list or mapping given
+// to a field of a scalar kind.
+var errNotScalar = errors.New("not a single value")
 
 // got describes what n holds, for "must be X, not <got>".
 func got(n *yaml.Node) string {

@@ -473,3 +473,34 @@ func TestCheckDuplicatesOnce(t *testing.T) {
 		t.Errorf("Check(a mapping with n twice merged three times) (-want +got):\n%s", diff)
 	}
 }
+
+// TestCheckBoundsScalarDecode: a mapping given to a field of a type the
+// decoder reads from one value (time.Time) is decoded by the library,
+// which compares its keys two by two: that work is counted too. Before, a
+// mapping of 3000 keys (4.5 million comparisons, and as many again for
+// each alias to it) was not counted at all. A list or mapping given to a
+// number, boolean or string is named without asking the decoder (which
+// never accepts one), as before.
+func TestCheckBoundsScalarDecode(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range 3000 {
+		fmt.Fprintf(&b, "k%d: 1, ", i)
+	}
+	b.WriteString("}")
+	big := b.String()
+	got := checkGuarded(t, "when: "+big+"\n", maxVisits)
+	if len(got) != 1 || !strings.HasPrefix(got[0].Message, "too many values") {
+		t.Errorf("Check(when: a mapping of 3000 keys) = %v, want one \"too many values\" problem", got)
+	}
+	got = checkGuarded(t, "n: "+big+"\nrate: [1]\non: "+big+"\nname: {a: 1, a: 2}\n", maxVisits)
+	want := []Problem{
+		{"n", 1, "must be a whole number, not a mapping"},
+		{"rate", 2, "must be a number, not a list"},
+		{"on", 3, "must be true or false, not a mapping"},
+		{"name", 4, "must be a single value, not a mapping"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Check(mappings and a list for scalars) (-want +got):\n%s", diff)
+	}
+}
