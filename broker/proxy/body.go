@@ -601,7 +601,15 @@ type redactReader struct {
 	buf   []byte // buf[off:ready] may be returned; buf[ready:] is held back
 	off   int
 	ready int
-	err   error // sticky error of src
+	// from is where in buf an occurrence may start that more bytes could
+	// complete (the start of what partial found held back; no byte before
+	// it starts one): mask and partial look again from there only, so
+	// that reads of a byte or two (a Content-Encoding: gzip body of tiny
+	// members decodes one per read) do not each look at the last keep
+	// bytes again while the first fill bytes are gathered.
+	from   int
+	err    error // sticky error of src
+	looked int64 // bytes mask and partial looked at (for tests)
 }
 
 const (
@@ -640,6 +648,7 @@ func (r *redactReader) Read(p []byte) (int, error) {
 			n := copy(r.buf[:cap(r.buf)], r.buf[r.off:])
 			r.buf = r.buf[:n]
 			r.ready -= r.off
+			r.from -= r.off
 			r.off = 0
 		}
 		if room := cap(r.buf) - len(r.buf); room == 0 || (room < redactChunk/2 && r.fill == 0) {
@@ -651,7 +660,10 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		n, err := r.src.Read(r.buf[old:cap(r.buf)])
 		r.buf = r.buf[:old+n]
 		r.err = err
-		if n > 0 && r.forms.mask(r.buf, max(0, old-r.keep)) && r.altered != nil {
+		if n > 0 {
+			r.looked += int64(len(r.buf) - r.from)
+		}
+		if n > 0 && r.forms.mask(r.buf, r.from) && r.altered != nil {
 			r.altered.Store(true)
 		}
 		if err != nil && err != io.EOF && r.fill > 0 {
@@ -665,6 +677,7 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		if err != io.EOF { // at EOF nothing can complete a held-back prefix
 			held = r.partial()
 		}
+		r.from = len(r.buf) - held
 		if err == nil && (len(r.buf) < r.fill || len(r.buf)-held < r.fill) {
 			// Gathering the first bytes, or the end of an occurrence
 			// that may start in them (see fill).
@@ -684,9 +697,12 @@ func (r *redactReader) Read(p []byte) (int, error) {
 // partial returns the length of the longest end of buf that could start an
 // occurrence (at most keep bytes): what must be held back until more data
 // shows whether it is one. A stream whose end starts none (a server-sent
-// event, a line of a watch) is released at once.
+// event, a line of a watch) is released at once. It looks from r.from
+// on: no byte before it starts an occurrence.
 func (r *redactReader) partial() int {
-	for i := max(0, len(r.buf)-r.keep); i < len(r.buf); i++ {
+	i := max(r.from, len(r.buf)-r.keep)
+	r.looked += int64(len(r.buf) - i)
+	for ; i < len(r.buf); i++ {
 		if r.forms.start[r.buf[i]] {
 			if _, res := matchFrom(r.forms, r.buf, i, 0); res == partialMatch {
 				return len(r.buf) - i
@@ -705,7 +721,7 @@ func (r *redactReader) Close() error {
 		r.pool.Put(&b)
 	}
 	r.buf, r.pool = nil, nil
-	r.off, r.ready = 0, 0
+	r.off, r.ready, r.from = 0, 0, 0
 	if r.err == nil {
 		r.err = io.ErrClosedPipe
 	}
