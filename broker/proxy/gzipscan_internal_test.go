@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -83,6 +84,73 @@ func TestGzipScanFindsSecretAcrossTinyMembers(t *testing.T) {
 		}
 		if _, err := screenBody(secret, gzipMembers(parts...)); !errors.Is(err, errSecretInBody) {
 			t.Errorf("%q cut into members of a byte: %v, want errSecretInBody", form, err)
+		}
+	}
+}
+
+// bgzf returns parts as BGZF blocks (bgzip's format: gzip members with a
+// "BC" extra field holding the block's size), ended by BGZF's empty EOF
+// block.
+func bgzf(parts ...string) []byte {
+	var out []byte
+	for _, p := range parts {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		zw.Extra = []byte{'B', 'C', 2, 0, 0, 0} // BSIZE-1 set below
+		_, _ = zw.Write([]byte(p))
+		_ = zw.Close()
+		blk := b.Bytes()
+		size := len(blk) - 1
+		blk[16], blk[17] = byte(size), byte(size>>8) // 10-byte header, XLEN, "BC", SLEN
+		out = append(out, blk...)
+	}
+	return append(out, "\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x06\x00BC\x02\x00\x1b\x00\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00"...)
+}
+
+// TestGzipScanBGZF: a bgzip file (every .vcf.gz, .bam: members with an
+// extra field, ended by an empty member) decodes whole: clean, it is
+// relayed; the secret cut between two blocks is found.
+func TestGzipScanBGZF(t *testing.T) {
+	const secret = "sk_live_51HxUpstreamSharedSecret/+=&key"
+	clean := bgzf("#fileformat=VCFv4.2\n", strings.Repeat("chr1\t100\t.\tA\tG\n", 50))
+	if got, err := io.ReadAll(gzipReader(t, clean)); err != nil || !strings.HasPrefix(string(got), "#fileformat") {
+		t.Fatalf("the BGZF fixture does not decode: %v", err)
+	}
+	if _, err := screenBody(secret, clean); err != nil {
+		t.Errorf("clean BGZF: %v, want it relayed", err)
+	}
+	if _, err := screenBody(secret, bgzf("token="+secret[:10], secret[10:]+"\n")); !errors.Is(err, errSecretInBody) {
+		t.Errorf("BGZF with the secret cut between blocks: %v, want errSecretInBody", err)
+	}
+}
+
+func gzipReader(t *testing.T, b []byte) io.Reader {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return zr
+}
+
+// TestGzipScanFindsSecretCutAcrossPaddingAndEmptyMembers: the secret cut
+// between two members with empty members and zero padding (which Python's
+// gzip skips) between them is found; cut between a member and the text
+// after empty members, which zcat -f writes right after the decoded
+// bytes, too.
+func TestGzipScanFindsSecretCutAcrossPaddingAndEmptyMembers(t *testing.T) {
+	const secret = "sk_live_51HxUpstreamSharedSecret/+=&key"
+	zeros := []byte{0, 0, 0, 0}
+	for _, tt := range []struct {
+		name string
+		body []byte
+	}{
+		{"empty-zeros-empty", slices.Concat(gzipMembers("a "+secret[:7]), gzipMembers(""), zeros, gzipMembers("", secret[7:]))},
+		{"empty-members-then-text", slices.Concat(gzipMembers("a "+secret[:20], "", ""), []byte(secret[20:]+"\n"))},
+		{"escape-cut-then-empty-then-text", slices.Concat(gzipMembers(`a `+secret[:35]+`\u00`), gzipMembers(""), []byte(`26key`))},
+	} {
+		if _, err := screenBody(secret, tt.body); !errors.Is(err, errSecretInBody) {
+			t.Errorf("%s: %v, want errSecretInBody", tt.name, err)
 		}
 	}
 }
