@@ -29,6 +29,15 @@ var errTrailingData = fmt.Errorf("%w: a compressed stream after the end of the c
 // gzipMagic starts every gzip member (RFC 1952: ID1, ID2, CM deflate).
 var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
 
+// gzipDecodesToo are the second bytes, after 1f, of the other magic
+// numbers GNU gzip -d decodes: gzip's old magic 1f 9e (a gzip member),
+// compress (1f 9d), pack (1f 1e), LZH (1f a0).
+var gzipDecodesToo = [256]bool{0x9e: true, 0x9d: true, 0x1e: true, 0xa0: true}
+
+// errGzipDecodesToo is returned for a body that starts with one of them:
+// the scan does not decode it, and gzip -d at the caller would.
+var errGzipDecodesToo = fmt.Errorf("%w: gzip's old magic, compress, pack or LZH data (gzip -d decodes them)", errEncodingUnsupported)
+
 // sniffCoding tells from the first bytes of a body whether it is
 // compressed data the scan must decode: gzip (a member's ID1 ID2 CM,
 // 1f 8b 08) or zlib (an RFC 1950 header with CMF 78 — deflate, the 32 KiB
@@ -40,12 +49,17 @@ var gzipMagic = [3]byte{0x1f, 0x8b, 0x08}
 // text starts with them ("HK", "XG", "hC", "8O", "(S"), which would be
 // refused as not decoding. Nor is a header with a preset dictionary: the
 // dictionary is not known, so it could not be decoded, and text starts
-// with such headers ("x ", "x?").
+// with such headers ("x ", "x?"). The other magic numbers GNU gzip -d
+// decodes (gzipDecodesToo: 1f 9e, 1f 9d, 1f 1e, 1f a0) are
+// codingUnsupported: not decoded, refused (text does not start with 1f).
 func sniffCoding(b []byte) (coding contentCoding, more bool) {
 	switch {
 	case len(b) == 0:
 		return codingIdentity, true
 	case b[0] == gzipMagic[0]:
+		if len(b) >= 2 && gzipDecodesToo[b[1]] {
+			return codingUnsupported, false
+		}
 		n := min(len(b), len(gzipMagic))
 		switch {
 		case !bytes.Equal(b[:n], gzipMagic[:n]):
@@ -69,8 +83,10 @@ func sniffCoding(b []byte) (coding contentCoding, more bool) {
 // does not say so (no Content-Encoding: a .gz download, an endpoint echoing
 // compressed bytes as application/octet-stream, a zlib.compress'd blob),
 // which the response scan would see only compressed. It knows gzip and
-// zlib by their headers (sniffCoding); zip, brotli (which has no magic
-// number), zstd and other formats are not recognised. Such a body is read
+// zlib by their headers (sniffCoding); a body starting with another magic
+// number GNU gzip -d decodes (gzip's old 1f 9e, compress, pack, LZH) is
+// refused, not decoded; zip, brotli (which has no magic number), zstd and
+// other formats are not recognised. Such a body is read
 // whole (its bytes are capped by src, a capReader at the response cap),
 // decoded (at most limit decoded bytes: a decompression bomb is refused,
 // not decoded on) and scanned for the secret's forms; clean, its original
@@ -153,8 +169,11 @@ func (g *gzipGuard) sniff(streamed bool) error {
 			return nil
 		}
 	}
-	if coding == codingIdentity {
+	switch coding {
+	case codingIdentity:
 		return nil // plain, or too short to be compressed: relayed as it is
+	case codingUnsupported:
+		return g.refuse(errGzipDecodesToo)
 	}
 	var buf bytes.Buffer
 	buf.Write(g.head[:g.nhead])

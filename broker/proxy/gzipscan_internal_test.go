@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // gzipMembers returns one gzip member per part, concatenated.
@@ -151,6 +152,41 @@ func TestGzipScanFindsSecretCutAcrossPaddingAndEmptyMembers(t *testing.T) {
 	} {
 		if _, err := screenBody(secret, tt.body); !errors.Is(err, errSecretInBody) {
 			t.Errorf("%s: %v, want errSecretInBody", tt.name, err)
+		}
+	}
+}
+
+// TestGzipGuardRefusesWhatGzipDecodesUnderOtherMagics: a body starting
+// with a magic number GNU gzip -d decodes other than 1f 8b (gzip's old
+// magic 1f 9e, a gzip member under it; compress 1f 9d, pack 1f 1e, LZH
+// 1f a0) was relayed unscanned, and `gzip -dc` at the caller printed the
+// secret of an old-magic member (gzip 1.12). It is refused, declared or
+// streamed; text does not start with 1f, and 1f 8b that is not gzip is
+// still relayed.
+func TestGzipGuardRefusesWhatGzipDecodesUnderOtherMagics(t *testing.T) {
+	const secret = "sk_live_51HxUpstreamSharedSecret/+=&key"
+	old := gzipMembers("token=" + secret + "\n")
+	old[1] = 0x9e
+	for _, tt := range []struct {
+		name string
+		body string
+		ok   bool
+	}{
+		{name: "old-magic-gzip-member", body: string(old)},
+		{name: "compress", body: "\x1f\x9d\x90 compress(1) data"},
+		{name: "pack", body: "\x1f\x1e packed"},
+		{name: "lzh", body: "\x1f\xa0 lzh"},
+		{name: "1f-8b-not-gzip", body: "\x1f\x8b not really gzip", ok: true},
+		{name: "a-lone-1f", body: "\x1f", ok: true},
+	} {
+		_, err := screenBody(secret, []byte(tt.body))
+		g := &gzipGuard{src: io.NopCloser(iotest.OneByteReader(strings.NewReader(tt.body))), forms: newFormSet(secret), pools: &decoderPools{}, limit: 1 << 20}
+		got, serr := io.ReadAll(g)
+		switch {
+		case tt.ok && (err != nil || serr != nil || string(got) != tt.body):
+			t.Errorf("%s: declared %v, streamed %q, %v; want it relayed", tt.name, err, got, serr)
+		case !tt.ok && (!errors.Is(err, errEncodingUnsupported) || !errors.Is(serr, errEncodingUnsupported) || g.refused != "response_encoding_unsupported" || len(got) > 1):
+			t.Errorf("%s: declared %v, streamed %q, %v (%s); want refused, response_encoding_unsupported", tt.name, err, got, serr, g.refused)
 		}
 	}
 }
