@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"sync"
 
 	"github.com/oklog/ulid/v2"
 )
@@ -21,9 +22,44 @@ const (
 
 // NewID returns prefix + a new ULID (time-ordered, 80 bits of randomness,
 // monotonic within one process).
+//
+// Every proxied request takes two and every exchange one or two, so the
+// text is built in one buffer and the string is the only allocation. The
+// ULID is what ulid.Make returns (the same time and the same monotonic
+// entropy source); ulid.Make passes its result's entropy bytes to the
+// source through an interface, which moves them to the heap each time:
+// here the source writes into idEntropy instead.
 func NewID(prefix string) string {
-	return prefix + ulid.Make().String()
+	const maxPrefix = 8
+	if len(prefix) > maxPrefix {
+		return prefix + ulid.Make().String()
+	}
+	var id ulid.ULID
+	ms := ulid.Now()
+	if err := id.SetTime(ms); err != nil {
+		panic(err) // as ulid.Make: not before year 10889
+	}
+	idEntropy.mu.Lock()
+	err := idEntropy.src.MonotonicRead(ms, idEntropy.buf[:])
+	copy(id[6:], idEntropy.buf[:])
+	idEntropy.mu.Unlock()
+	if err != nil {
+		panic(err) // as ulid.Make (ulid.ErrMonotonicOverflow)
+	}
+	var buf [maxPrefix + ulid.EncodedSize]byte
+	n := copy(buf[:], prefix)
+	_ = id.MarshalTextTo(buf[n : n+ulid.EncodedSize])
+	return string(buf[:n+ulid.EncodedSize])
 }
+
+// idEntropy is where NewID has the entropy of its ULIDs written: ulid's
+// default source (the one of ulid.Make, so ids stay monotonic with those
+// it makes), and a buffer that is not on any goroutine's stack.
+var idEntropy = struct {
+	mu  sync.Mutex
+	src ulid.MonotonicReader
+	buf [10]byte
+}{src: ulid.DefaultEntropy().(ulid.MonotonicReader)}
 
 // sessionEncoding is base32 (RFC 4648) without padding, in lower case: the
 // encoding session ids have always had (StdEncoding's text lower-cased),

@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
 
 	"github.com/keytrail/keytrail/broker"
 )
@@ -41,5 +44,40 @@ func TestFingerprintAndSessionIDAllocs(t *testing.T) {
 		_ = broker.SessionID("github-actions", "claim:3f2a9c1e-8b7d-4e5f-a6c3-123456789abc")
 	}); n > 2 {
 		t.Errorf("SessionID: %v allocations, want at most 2", n)
+	}
+}
+
+// Every proxied request takes two ids (its request id and its use id) and
+// every exchange one or two: each is its string and nothing else.
+func TestNewIDAllocs(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { _ = broker.NewID(broker.PrefixUse) }); n > 1 {
+		t.Errorf("NewID: %v allocations, want at most 1", n)
+	}
+}
+
+// NewID's text is the prefix and a ULID in Crockford base32, and ids made in
+// a row sort in the order they were made (monotonic within the process, also
+// within one millisecond).
+func TestNewIDText(t *testing.T) {
+	prev := ""
+	for i := 0; i < 2000; i++ {
+		for _, prefix := range []string{broker.PrefixUse, broker.PrefixRequest, "", "a_long_prefix_"} {
+			id := broker.NewID(prefix)
+			rest, ok := strings.CutPrefix(id, prefix)
+			if !ok || len(rest) != ulid.EncodedSize {
+				t.Fatalf("NewID(%q) = %q: not the prefix and %d characters", prefix, id, ulid.EncodedSize)
+			}
+			u, err := ulid.ParseStrict(rest)
+			if err != nil || u.String() != rest {
+				t.Fatalf("NewID(%q) = %q: not a ULID in canonical form (%v)", prefix, id, err)
+			}
+			if d := time.Since(ulid.Time(u.Time())); d < -time.Second || d > time.Minute {
+				t.Fatalf("NewID(%q) = %q: time %s is not now", prefix, id, ulid.Time(u.Time()))
+			}
+			if rest <= prev {
+				t.Fatalf("NewID(%q) = %q after ...%s: not increasing", prefix, id, prev)
+			}
+			prev = rest
+		}
 	}
 }
