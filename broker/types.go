@@ -89,11 +89,19 @@ func (is *Issuance) Active(now time.Time) bool {
 
 // Fingerprint is the SHA-256 of a secret as stored and logged: "sha256:<hex>".
 // Every exchange and proxied request takes one: the text is built in one
-// buffer, so that the string is its only allocation besides the secret's
-// bytes (on the stack for a secret of up to 32 bytes).
+// buffer, and a secret of up to 128 bytes (keytrail's credentials, Vault
+// tokens) is hashed from a copy on the stack, so that the string is its only
+// allocation.
 func Fingerprint(secret string) string {
 	const prefix = "sha256:"
-	sum := sha256.Sum256([]byte(secret))
+	var sum [sha256.Size]byte
+	if len(secret) <= 128 {
+		// []byte(secret) would be allocated for a secret over 32 bytes.
+		var b [128]byte
+		sum = sha256.Sum256(b[:copy(b[:], secret)])
+	} else {
+		sum = sha256.Sum256([]byte(secret))
+	}
 	var buf [len(prefix) + 2*sha256.Size]byte
 	copy(buf[:], prefix)
 	hex.Encode(buf[len(prefix):], sum[:])
