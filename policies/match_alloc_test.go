@@ -1,6 +1,9 @@
 package policies
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 const allocPolicy = `version: 1
 issuers:
@@ -71,5 +74,37 @@ func TestSessionClaim(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { _ = p.SessionClaim("k8s") }); n != 0 {
 		t.Errorf("SessionClaim: %v allocations, want 0", n)
+	}
+}
+
+// AllowsPath runs on every proxied request: it allocates nothing, and its
+// clean-path check says what the strings.Split form it replaced said.
+func TestAllowsPathAllocs(t *testing.T) {
+	px := &ProxyGrant{Paths: []string{"/v1/customers/*", "/v1/charges"}}
+	for path, want := range map[string]bool{
+		"/v1/charges": true, "/v1/customers/cus_1": true, "/v1/customers/": false, "/v1/customers/a/": true,
+		"/v1//charges": false, "/v1/customers/./x": false, "/v1/customers/..": false, "/v1/charges/": false, "": false,
+	} {
+		if got := px.AllowsPath(path); got != want {
+			t.Errorf("AllowsPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = px.AllowsPath("/v1/customers/cus_1/sources") }); n != 0 {
+		t.Errorf("AllowsPath: %v allocations, want 0", n)
+	}
+	splitClean := func(p string) bool {
+		segs := strings.Split(p[1:], "/")
+		for i, s := range segs {
+			if s == "." || s == ".." || (s == "" && i != len(segs)-1) {
+				return false
+			}
+		}
+		return true
+	}
+	for _, p := range []string{"/", "//", "/a", "/a/", "/a//", "/a//b", "/.", "/..", "/./", "/a/.", "/a/..", "/a/../", "/.a", "/a..",
+		"/a/b/c", "/a/b/c/", "/a/./b", "///", "/a/b//"} {
+		if got, want := cleanPath(p), splitClean(p); got != want {
+			t.Errorf("cleanPath(%q) = %v, want %v", p, got, want)
+		}
 	}
 }

@@ -1111,9 +1111,12 @@ func checkPathPattern(p string) string {
 // cleanPath reports whether p (starting with "/") has no empty (except a
 // trailing one), "." or ".." segments.
 func cleanPath(p string) bool {
-	segs := strings.Split(p[1:], "/")
-	for i, s := range segs {
-		if s == "." || s == ".." || (s == "" && i != len(segs)-1) {
+	// Segment by segment without strings.Split: AllowsPath asks on every
+	// proxied request.
+	for rest, more := p[1:], true; more; {
+		var s string
+		s, rest, more = strings.Cut(rest, "/")
+		if s == "." || s == ".." || (s == "" && more) {
 			return false
 		}
 	}
