@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -58,15 +59,23 @@ func normalizePath(escaped string) (decoded string, reason string) {
 	if len(escaped) > maxPathBytes {
 		return "", "path_too_long"
 	}
+	// Without an escape every segment decodes to itself: the decoded path
+	// is escaped, checked segment by segment, and nothing is allocated.
+	plain := strings.IndexByte(escaped, '%') < 0
 	var b strings.Builder
-	b.Grow(len(escaped))
-	segs := strings.Split(escaped[1:], "/")
-	for i, seg := range segs {
+	if !plain {
+		b.Grow(len(escaped))
+	}
+	for rest, more := escaped[1:], true; more; {
+		var seg string
+		seg, rest, more = strings.Cut(rest, "/")
 		if seg == "" {
-			if i != len(segs)-1 {
+			if more {
 				return "", "empty_segment"
 			}
-			b.WriteByte('/')
+			if !plain {
+				b.WriteByte('/') // a trailing slash
+			}
 			continue
 		}
 		d, why := decodeSegment(seg)
@@ -79,8 +88,13 @@ func normalizePath(escaped string) (decoded string, reason string) {
 		if why := foldedProblem(d); why != "" {
 			return "", why
 		}
-		b.WriteByte('/')
-		b.WriteString(d)
+		if !plain {
+			b.WriteByte('/')
+			b.WriteString(d)
+		}
+	}
+	if plain {
+		return escaped, ""
 	}
 	return b.String(), ""
 }
@@ -213,18 +227,54 @@ func auditPath(path, rawQuery, injectParam string) string {
 	if rawQuery == "" {
 		return path
 	}
-	var keys []string
-	seen := map[string]bool{}
-	for _, kv := range strings.Split(rawQuery, "&") {
+	// The names kept, in order, each once: looked up among the first few
+	// in place, in a map beyond them (a query may have thousands).
+	var small [8]string
+	keys := small[:0]
+	var seen map[string]bool
+	size := 0
+	for more := true; more; {
+		var kv string
+		kv, rawQuery, more = strings.Cut(rawQuery, "&")
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "" || seen[k] || (injectParam != "" && queryKeyIs(k, injectParam)) {
+		if k == "" || (injectParam != "" && queryKeyIs(k, injectParam)) {
 			continue
 		}
-		seen[k] = true
+		switch {
+		case seen != nil:
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+		case slices.Contains(keys, k):
+			continue
+		case len(keys) == len(small):
+			seen = make(map[string]bool, 4*len(small))
+			for _, x := range keys {
+				seen[x] = true
+			}
+			seen[k] = true
+		}
 		keys = append(keys, k)
+		size += len(k) + 1
 	}
 	if len(keys) == 0 {
 		return path
+	}
+	if size-1 <= maxAuditQueryBytes {
+		// The usual case: path, "?" and the names written in one piece.
+		var b strings.Builder
+		b.Grow(len(path) + size)
+		b.WriteString(path)
+		for i, k := range keys {
+			if i == 0 {
+				b.WriteByte('?')
+			} else {
+				b.WriteByte('&')
+			}
+			b.WriteString(k)
+		}
+		return b.String()
 	}
 	names := strings.Join(keys, "&")
 	if len(names) > maxAuditQueryBytes {

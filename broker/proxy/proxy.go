@@ -397,7 +397,9 @@ func (p *Proxy) hostAllowed(host string) bool {
 // headerHasToken reports whether a comma-separated header lists token.
 func headerHasToken(h http.Header, name, token string) bool {
 	for _, v := range h.Values(name) {
-		for _, t := range strings.Split(v, ",") {
+		for more := true; more; {
+			var t string
+			t, v, more = strings.Cut(v, ",")
 			if strings.EqualFold(strings.TrimSpace(t), token) {
 				return true
 			}
