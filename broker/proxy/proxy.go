@@ -100,6 +100,7 @@ type Proxy struct {
 	cachedSecrets broker.CachedSecretSource
 	decoders      decoderPools
 	inFlight      inFlight // requests gone upstream, cut when revoked (cutRevoked)
+	views         policyViews
 	// dropEarlyFlush is a seam for tests (see responseWriter.dropEarlyFlush).
 	dropEarlyFlush atomic.Bool
 
@@ -202,9 +203,9 @@ type call struct {
 	src    broker.Source
 	fp     string
 	is     *broker.Issuance
-	grant  *policies.Grant
-	label  string // metrics grant label
-	status int    // returned to the caller
+	grant  *policies.Grant // shared with other requests (policyView): read only
+	label  string          // metrics grant label
+	status int             // returned to the caller
 
 	tail     string // escaped path after /v1/proxy/{grant}, as sent
 	path     string // tail decoded (what the grant's patterns match)
@@ -326,12 +327,13 @@ func (c *call) check() error {
 		return broker.Unavailable("store_unavailable", time.Second, err)
 	}
 	pol := svc.Policy()
-	g, ok := pol.Grant(is.Grant)
+	view := p.views.of(pol) // the policy's grants and workloads, not copied per request
+	g, ok := view.grant(is.Grant)
 	if !ok || g.Kind != broker.KindProxy || g.Proxy == nil {
 		return denied("grant_removed", "the grant no longer exists")
 	}
 	c.grant, c.label = g, g.Name
-	wl, ok := pol.Workload(is.Workload)
+	wl, ok := view.workload(is.Workload)
 	if !ok || !pol.Allowed(wl, g.Name) {
 		return denied("grant_not_allowed", "the workload is no longer allowed this grant")
 	}
@@ -343,7 +345,9 @@ func (c *call) check() error {
 	if !p.hostAllowed(r.Host) {
 		return badRequest("bad_host")
 	}
-	if r.Header.Get("Upgrade") != "" || r.Header.Get("HTTP2-Settings") != "" || headerHasToken(r.Header, "Connection", "upgrade") {
+	// HTTP2-Settings, written as Header.Get looks it up: it would otherwise
+	// make the name canonical (an allocation) on every request.
+	if r.Header.Get("Upgrade") != "" || r.Header.Get("Http2-Settings") != "" || headerHasToken(r.Header, "Connection", "upgrade") {
 		return badRequest("upgrade_refused")
 	}
 	grantSeg, tail, rawQuery, why := splitTarget(r.RequestURI)
