@@ -623,8 +623,16 @@ func newRedactBufferPool() *sync.Pool {
 }
 
 func newRedactReader(src io.ReadCloser, forms *formSet, pool *sync.Pool) *redactReader {
+	r := new(redactReader)
+	r.init(src, forms, pool)
+	return r
+}
+
+// init sets up a zero redactReader as newRedactReader does (for one held in
+// a call rather than allocated on its own).
+func (r *redactReader) init(src io.ReadCloser, forms *formSet, pool *sync.Pool) {
 	keep := forms.keep
-	r := &redactReader{src: src, forms: forms, keep: keep}
+	r.src, r.forms, r.keep = src, forms, keep
 	if pool != nil {
 		// A buffer holding back more than half a chunk grows in Read
 		// (a secret of over ~1.6 KB) and is then not handed back.
@@ -633,7 +641,6 @@ func newRedactReader(src io.ReadCloser, forms *formSet, pool *sync.Pool) *redact
 	} else {
 		r.buf = make([]byte, 0, redactChunk+keep)
 	}
-	return r
 }
 
 func (r *redactReader) Read(p []byte) (int, error) {
@@ -791,8 +798,9 @@ type responseWriter struct {
 	dropEarlyFlush bool
 }
 
-func newResponseWriter(w http.ResponseWriter) *responseWriter {
-	return &responseWriter{w: w, staged: http.Header{}}
+// init sets up a zero responseWriter (the one a call holds).
+func (rw *responseWriter) init(w http.ResponseWriter) {
+	rw.w, rw.staged = w, http.Header{}
 }
 
 // Header returns the staged headers; once the status is sent, a map that is

@@ -242,7 +242,37 @@ type call struct {
 	// upstreamIDs are the upstream's own request ids, by the index of
 	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
 	upstreamIDs [len(upstreamRequestIDHeaders)]string
+
+	// What forward would otherwise allocate one by one: the response
+	// writer, the body's readers (rc, the redacting reader) and the
+	// values of the headers the broker sets (see headerValue).
+	rwv      responseWriter
+	rcv      capReader
+	redact   redactReader
+	hdrSlots [hdrSlotCount]string
 }
+
+// The headers the broker sets on a forwarded request and its response, by
+// their value's slot in call.hdrSlots.
+const (
+	hdrInject = iota
+	hdrRequestID
+	hdrIssuance
+	hdrUse
+	hdrSlotCount
+)
+
+// headerValue returns a one-value header slice holding v, in the call's
+// slot i rather than a new allocation (what Header.Set makes). Its
+// capacity is its length: an append to it copies it out first.
+func (c *call) headerValue(i int, v string) []string {
+	c.hdrSlots[i] = v
+	return c.hdrSlots[i : i+1 : i+1]
+}
+
+// identity is the Accept-Encoding the broker sends: never modified (see
+// headerValue for why an append is safe).
+var identity = []string{"identity"}
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := &call{h: h, r: r, start: time.Now(), src: h.api.Source(r)}
@@ -619,7 +649,8 @@ func (c *call) forward(w http.ResponseWriter) {
 	if r.Body != nil && r.Body != http.NoBody {
 		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
 	}
-	rw := newResponseWriter(w)
+	rw := &c.rwv
+	rw.init(w)
 	rw.dropEarlyFlush = p.dropEarlyFlush.Load()
 	// What the hooks below learn, for the use_result event: in the call,
 	// not in variables the closures capture (each would be allocated).
@@ -719,7 +750,8 @@ func (c *call) forward(w http.ResponseWriter) {
 		ErrorLog:   p.errLog,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			o := pr.Out
-			o.URL = &url.URL{Scheme: tgt.u.Scheme, Host: tgt.u.Host, Path: tgt.path, RawPath: tgt.rawPath, RawQuery: tgt.rawQuery}
+			// Out's URL is ReverseProxy's clone of the caller's: set in place.
+			*o.URL = url.URL{Scheme: tgt.u.Scheme, Host: tgt.u.Host, Path: tgt.path, RawPath: tgt.rawPath, RawQuery: tgt.rawQuery}
 			o.Host = tgt.u.Host
 			// The caller's announced trailer names would be announced
 			// upstream (their values never are): send none.
@@ -732,12 +764,13 @@ func (c *call) forward(w http.ResponseWriter) {
 					delete(o.Header, name)
 				}
 			}
+			// As Header.Set, the values held in the call (headerValue).
 			if inject.Header != "" {
-				o.Header.Set(inject.Header, strings.ReplaceAll(inject.Format, policies.SecretPlaceholder, secret))
+				o.Header[http.CanonicalHeaderKey(inject.Header)] = c.headerValue(hdrInject, strings.ReplaceAll(inject.Format, policies.SecretPlaceholder, secret))
 			}
-			o.Header.Set("X-Request-Id", useID)
-			o.Header.Set("X-Keytrail-Issuance", c.is.ID)
-			o.Header.Set("Accept-Encoding", "identity") // so the response scan sees plain bytes
+			o.Header["X-Request-Id"] = c.headerValue(hdrRequestID, useID)
+			o.Header["X-Keytrail-Issuance"] = c.headerValue(hdrIssuance, c.is.ID)
+			o.Header["Accept-Encoding"] = identity // so the response scan sees plain bytes
 		},
 		ModifyResponse: func(res *http.Response) error {
 			st.upstreamStatus = res.StatusCode
@@ -795,7 +828,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// drops those it copies after the body (see responseWriter).
 			res.Trailer = nil
 			keepOutOfSharedCaches(res.Header)
-			res.Header.Set("X-Keytrail-Use", useID)
+			res.Header["X-Keytrail-Use"] = c.headerValue(hdrUse, useID) // as Header.Set
 			body := res.Body
 			if coding != codingIdentity && !bodyless {
 				// Both caps: the bytes read from the upstream and,
@@ -807,7 +840,8 @@ func (c *call) forward(w http.ResponseWriter) {
 				}
 				c.dec, body = d, d
 			}
-			c.rc = &capReader{src: body, limit: p.o.MaxResponseBytes}
+			c.rcv = capReader{src: body, limit: p.o.MaxResponseBytes}
+			c.rc = &c.rcv
 			c.guard = gzipGuard{src: c.rc, forms: forms, pools: &p.decoders, limit: p.o.MaxResponseBytes, screened: bodyless}
 			if res.ContentLength > 0 && !bodyless {
 				// Declared length: screened before the status goes out,
@@ -816,7 +850,8 @@ func (c *call) forward(w http.ResponseWriter) {
 					return err
 				}
 			}
-			rr := newRedactReader(&c.guard, forms, p.redactBufs)
+			rr := &c.redact
+			rr.init(&c.guard, forms, p.redactBufs)
 			rr.altered = &rw.altered // a masked body loses its validators, if its headers are not sent yet
 			if res.ContentLength > 0 && !bodyless {
 				// Declared length: the headers wait for the body's
