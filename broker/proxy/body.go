@@ -271,6 +271,23 @@ type formSet struct {
 	first  [5]byte   // the same bytes, f.first[:f.nfirst]
 	nfirst int
 	keep   int // the longest occurrence - 1: what a stream scan holds back at most
+	// inject is the value of an injected header made from this secret
+	// with the format it was last asked with (see injected).
+	inject atomic.Pointer[injectedValue]
+}
+
+type injectedValue struct{ format, value string }
+
+// injected returns format with policies.SecretPlaceholder replaced by the
+// secret: the value of a grant's injected header, kept for the format last
+// asked (a grant's is the same on every request).
+func (f *formSet) injected(format string) string {
+	if v := f.inject.Load(); v != nil && v.format == format {
+		return v.value
+	}
+	v := &injectedValue{format: format, value: strings.ReplaceAll(format, policies.SecretPlaceholder, f.secret)}
+	f.inject.Store(v)
+	return v.value
 }
 
 // maxRefDigits bounds the digits of a numeric character reference.

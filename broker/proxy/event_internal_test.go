@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
 )
 
 var eventSink any
@@ -36,5 +38,20 @@ func TestCallEventOneAllocation(t *testing.T) {
 	c.src = broker.Source{IP: "10.0.0.7"}
 	if n := testing.AllocsPerRun(100, func() { eventSink = c.event(audit.TypeUseResult) }); n != 1 {
 		t.Errorf("event: %v allocations, want 1", n)
+	}
+}
+
+// The value of an injected header is made once per secret value and format,
+// not on every request, and is what strings.ReplaceAll makes.
+func TestInjectedValueKept(t *testing.T) {
+	f := newFormSet("sk_live_1")
+	for _, format := range []string{"Bearer {secret}", "{secret}", "token={secret}; again={secret}", "no placeholder", "Bearer {secret}"} {
+		if got, want := f.injected(format), strings.ReplaceAll(format, policies.SecretPlaceholder, "sk_live_1"); got != want {
+			t.Errorf("injected(%q) = %q, want %q", format, got, want)
+		}
+	}
+	var v string
+	if n := testing.AllocsPerRun(100, func() { v = f.injected("Bearer {secret}") }); n != 0 || v != "Bearer sk_live_1" {
+		t.Errorf("injected, same format again: %v allocations, want 0", n)
 	}
 }

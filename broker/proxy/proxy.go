@@ -250,6 +250,8 @@ type call struct {
 	rcv      capReader
 	redact   redactReader
 	hdrSlots [hdrSlotCount]string
+	// The use and use_result events (not reused: a sink may keep them).
+	useEv, resultEv callEvent
 }
 
 // The headers the broker sets on a forwarded request and its response, by
@@ -494,8 +496,16 @@ func (e *callEvent) setOutcome(o audit.Outcome) {
 
 // event returns an audit event about this call's issuance.
 func (c *call) event(typ string) *callEvent {
+	e := new(callEvent)
+	c.setEvent(e, typ)
+	return e
+}
+
+// setEvent makes *e, zero, an audit event about this call's issuance (for
+// the events held in the call: use and use_result).
+func (c *call) setEvent(e *callEvent, typ string) {
 	is := c.is
-	e := &callEvent{cred: audit.Credential{Fingerprint: c.fp}}
+	e.cred = audit.Credential{Fingerprint: c.fp}
 	e.Event = audit.Event{
 		Type: typ, RequestID: httpapi.RequestID(c.r),
 		IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner, SessionID: is.SessionID,
@@ -505,7 +515,6 @@ func (c *call) event(typ string) *callEvent {
 		e.src = audit.Source{IP: c.src.IP, UserAgent: c.src.UserAgent}
 		e.Source = &e.src
 	}
-	return e
 }
 
 // sharedUse records a shared_use_suspected event when the credential comes
@@ -630,7 +639,8 @@ func (c *call) forward(w http.ResponseWriter) {
 	c.sharedUse()
 
 	useID := broker.NewID(broker.PrefixUse)
-	use := c.event(audit.TypeUse)
+	use := &c.useEv
+	c.setEvent(use, audit.TypeUse)
 	use.UseID = useID
 	use.setUpstream(audit.Upstream{Method: r.Method, Host: gt.upstream.Host, Path: tgt.audit})
 	if err := p.o.Service.Audit(r.Context(), &use.Event); err != nil {
@@ -766,7 +776,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			}
 			// As Header.Set, the values held in the call (headerValue).
 			if inject.Header != "" {
-				o.Header[http.CanonicalHeaderKey(inject.Header)] = c.headerValue(hdrInject, strings.ReplaceAll(inject.Format, policies.SecretPlaceholder, secret))
+				o.Header[http.CanonicalHeaderKey(inject.Header)] = c.headerValue(hdrInject, forms.injected(inject.Format))
 			}
 			o.Header["X-Request-Id"] = c.headerValue(hdrRequestID, useID)
 			o.Header["X-Keytrail-Issuance"] = c.headerValue(hdrIssuance, c.is.ID)
@@ -1059,7 +1069,8 @@ func sendableSecret(secret string) bool {
 
 // result writes the use_result event (best effort: the response is gone).
 func (c *call) result(use *callEvent, rw *responseWriter, upstreamStatus int, errCode, errReason string) {
-	ev := c.event(audit.TypeUseResult)
+	ev := &c.resultEv
+	c.setEvent(ev, audit.TypeUseResult)
 	ev.UseID = use.UseID
 	ev.setUpstream(audit.Upstream{
 		Method: use.Upstream.Method, Host: use.Upstream.Host, Path: use.Upstream.Path,
