@@ -144,8 +144,10 @@ type ctxKey struct{}
 
 // RequestID returns the request id the middleware assigned.
 func RequestID(r *http.Request) string {
-	id, _ := r.Context().Value(ctxKey{}).(string)
-	return id
+	if sw, _ := r.Context().Value(ctxKey{}).(*statusWriter); sw != nil {
+		return sw.id[0]
+	}
+	return ""
 }
 
 // statusWriter records the status for logs and metrics.
@@ -153,6 +155,11 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	// id holds the request id: the value of the response's X-Request-Id
+	// header (id[:1:1]) and, the statusWriter being the request context's
+	// ctxKey value, RequestID's answer. Held here, neither is an
+	// allocation of its own (a string stored in a context is one).
+	id [1]string
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -185,9 +192,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := broker.NewID(broker.PrefixRequest)
-		w.Header().Set("X-Request-Id", id)
-		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, id))
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &statusWriter{ResponseWriter: w, id: [1]string{id}}
+		w.Header()["X-Request-Id"] = sw.id[:1:1] // as Header.Set; an append copies it out
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, sw))
 		defer func() {
 			p := recover()
 			// http.ErrAbortHandler (the proxy cutting off a response after
