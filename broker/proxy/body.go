@@ -25,10 +25,19 @@ var (
 	errEncodingUnsupported = errors.New("upstream response has a content encoding the broker does not decode")
 	errUndecodable         = errors.New("upstream response body does not decode as its content encoding says")
 	// errDataAfterStream: a Content-Encoding: deflate body goes on after
-	// the end of its stream (gzip's reader refuses data after a member
-	// itself).
+	// the end of its stream.
 	errDataAfterStream = fmt.Errorf("%w: data after the end of the deflate stream", errUndecodable)
+	// errDataAfterMember: a Content-Encoding: gzip body goes on after
+	// its last member with something other than gzipPad bytes.
+	errDataAfterMember = fmt.Errorf("%w: data other than whitespace or NUL bytes after the last gzip member", errUndecodable)
 )
+
+// gzipPad are the bytes a Content-Encoding: gzip body may end with after
+// its last member: whitespace (a trailing newline, CRLF) and NUL (zero
+// padding to a block), which browsers, curl and gzip -d ("trailing
+// garbage ignored", "trailing zeros ignored") skip. They carry nothing:
+// the body decodes to its members' content.
+var gzipPad = [256]bool{' ': true, '\t': true, '\r': true, '\n': true, 0: true}
 
 // contentCoding is how an upstream response body is encoded.
 type contentCoding uint8
@@ -93,10 +102,15 @@ type decoder struct {
 	dec     io.Reader // nil: the body was empty
 	wireErr error     // the last error wire returned
 	bad     bool
-	// trailingOK lets a deflate stream end before wire does (the gzip
-	// guard looks at what follows itself); otherwise data after its end
-	// is errDataAfterStream.
+	// trailingOK lets a deflate stream or a gzip member end before wire
+	// does (the gzip guard looks at what follows itself); otherwise data
+	// after the end of a deflate stream is errDataAfterStream, and after
+	// a gzip member either another member or gzipPad bytes to the end of
+	// the body (see nextMember).
 	trailingOK bool
+	// endErr is what ended a gzip body after a member (nextMember's
+	// error): every Read after returns it.
+	endErr error
 
 	// The decompressor in use (at most one), and where it returns on
 	// Close.
@@ -162,6 +176,10 @@ func newDecoder(wire *capReader, coding contentCoding, pools *decoderPools) (*de
 		if err := d.gz.Reset(d.br); err != nil {
 			return fail(err)
 		}
+		// One member at a time: Read looks at what follows each
+		// (nextMember), which Go's multi-member reader would take for
+		// a bad header when it is a trailing newline or zero padding.
+		d.gz.Multistream(false)
 		d.dec = d.gz
 	case codingDeflate:
 		// RFC 9110 deflate is zlib; some servers (old IIS) send raw
@@ -218,7 +236,25 @@ func (d *decoder) Read(p []byte) (int, error) {
 		}
 		return 0, io.EOF
 	}
+	if d.endErr != nil {
+		return 0, d.endErr
+	}
 	n, err := d.dec.Read(p)
+	for err == io.EOF && d.gz != nil && !d.trailingOK {
+		// The end of a gzip member: another one follows (decoded on,
+		// as Go's multi-member reader does), or only gzipPad bytes
+		// to the end of the body (io.EOF), or the body does not
+		// decode.
+		var more bool
+		if more, err = d.nextMember(); !more {
+			d.endErr = err
+			break
+		}
+		if n > 0 {
+			break
+		}
+		n, err = d.dec.Read(p)
+	}
 	if err == io.EOF && d.gz == nil && !d.trailingOK {
 		// The end of a zlib or raw deflate stream: the body must end
 		// there too. Data after it would be dropped unseen, which hides
@@ -237,6 +273,42 @@ func (d *decoder) Read(p []byte) (int, error) {
 		d.bad = true
 	}
 	return n, err
+}
+
+// nextMember looks at what follows the end of a gzip member. A member
+// (what does not start with a gzipPad byte: Go's reader reads its header,
+// and refuses one that is not a member's) is more to decode. gzipPad bytes
+// to the end of the body are the end of it, io.EOF: they are read and
+// dropped, through wire, so the response cap bounds them, a few bytes at
+// a time and nothing kept; anything after them, a member too (which gzip
+// -d would skip, Python's gzip refuse), is errDataAfterMember. An error
+// reading wire (the cap, a timeout) is returned as it is.
+func (d *decoder) nextMember() (more bool, err error) {
+	b, err := d.br.Peek(1)
+	if err != nil {
+		return false, err // io.EOF: the body ends with the member
+	}
+	if !gzipPad[b[0]] {
+		if err := d.gz.Reset(d.br); err != nil {
+			return false, err
+		}
+		d.gz.Multistream(false)
+		return true, nil
+	}
+	for {
+		if d.br.Buffered() == 0 {
+			if _, err := d.br.Peek(1); err != nil {
+				return false, err // io.EOF: only padding after the last member
+			}
+		}
+		b, _ := d.br.Peek(d.br.Buffered())
+		for _, c := range b {
+			if !gzipPad[c] {
+				return false, errDataAfterMember
+			}
+		}
+		_, _ = d.br.Discard(len(b))
+	}
 }
 
 func (d *decoder) Close() error {

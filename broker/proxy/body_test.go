@@ -130,6 +130,122 @@ func TestDecoderPoolReuse(t *testing.T) {
 	}
 }
 
+// TestDecoderGzipTrailingWhitespace: a Content-Encoding: gzip body whose
+// last member is followed by whitespace (space, tab, CR, LF) and NUL bytes
+// only decodes to its members' content and ends (io.EOF), read whole or a
+// byte at a time; anything else after a member (after such bytes too) is
+// errUndecodable and marks the body bad, except another member right
+// after it, which is decoded on. The trailing bytes are read through wire:
+// past its cap they are errResponseTooLarge, not a bad body. It used to be
+// errUndecodable for any byte after the last member (Go's multi-member
+// reader took it for a bad header).
+func TestDecoderGzipTrailingWhitespace(t *testing.T) {
+	gz := func(s string) string {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	const text = "decoded content\n"
+	tests := []struct {
+		name, body, want string
+		limit            int64 // of wire (default 1 MiB)
+		wantErr          error
+	}{
+		{name: "ok/newline", body: gz(text) + "\n", want: text},
+		{name: "ok/crlf", body: gz(text) + "\r\n", want: text},
+		{name: "ok/spaces-and-tabs", body: gz(text) + " \t \t", want: text},
+		{name: "ok/nuls", body: gz(text) + strings.Repeat("\x00", 512), want: text},
+		{name: "ok/nuls-and-whitespace", body: gz(text) + "\x00\n\x00 \r\n\x00\x00", want: text},
+		{name: "ok/padding-a-long-way", body: gz(text) + strings.Repeat(" ", 100<<10), want: text},
+		{name: "ok/two-members-then-a-newline", body: gz(text) + gz("second\n") + "\n", want: text + "second\n"},
+		{name: "ok/empty-member-then-a-newline", body: gz("") + "\n", want: ""},
+		{name: "fail/a-byte-after", body: gz(text) + "x", want: text, wantErr: errUndecodable},
+		{name: "fail/a-byte-after-whitespace", body: gz(text) + "\r\n}", want: text, wantErr: errUndecodable},
+		{name: "fail/a-form-feed-after", body: gz(text) + "\n\f", want: text, wantErr: errUndecodable},
+		{name: "fail/a-byte-after-a-long-padding", body: gz(text) + strings.Repeat("\x00", 100<<10) + "x", want: text, wantErr: errUndecodable},
+		{name: "fail/a-partial-header-after", body: gz(text) + "\x1f\x8b", want: text, wantErr: errUndecodable},
+		{name: "fail/a-partial-header-after-a-newline", body: gz(text) + "\n\x1f\x8b\x08", want: text, wantErr: errUndecodable},
+		{name: "fail/a-member-after-a-newline", body: gz(text) + "\n" + gz("second\n"), want: text, wantErr: errUndecodable},
+		{name: "fail/a-member-after-zero-padding", body: gz(text) + "\x00\x00\x00\x00" + gz("second\n"), want: text, wantErr: errUndecodable},
+		{name: "fail/padding-over-the-cap", body: gz(text) + strings.Repeat("\n", 4096), limit: 4096, want: text, wantErr: errResponseTooLarge},
+	}
+	var pools decoderPools
+	for _, tt := range tests {
+		for _, oneByte := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/one-byte-reads=%v", tt.name, oneByte), func(t *testing.T) {
+				var src io.Reader = strings.NewReader(tt.body)
+				if oneByte {
+					src = iotest.OneByteReader(src)
+				}
+				limit := tt.limit
+				if limit == 0 {
+					limit = 1 << 20
+				}
+				wire := &capReader{src: io.NopCloser(src), limit: limit}
+				d, err := newDecoder(wire, codingGzip, &pools)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer d.Close()
+				got, err := io.ReadAll(d)
+				// The decoder's own errors are the decompressor's; bad
+				// makes them errUndecodable (see call.bodyError).
+				bad := errors.Is(tt.wantErr, errUndecodable)
+				if string(got) != tt.want || (err == nil) != (tt.wantErr == nil) || (!bad && !errors.Is(err, tt.wantErr)) {
+					t.Errorf("decoded %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
+				}
+				if d.bad != bad {
+					t.Errorf("bad = %v, want %v (error %v)", d.bad, bad, err)
+				}
+				if n, err := d.Read(make([]byte, 8)); n != 0 || (err == nil) {
+					t.Errorf("Read after the end = %d, %v; want 0 and an error", n, err)
+				}
+			})
+		}
+	}
+}
+
+// TestDecoderGzipTrailingWhitespaceHoldsNothing: the padding after the
+// last member is read and dropped through the decoder's small buffer: a
+// body padded with 1 MiB of spaces decodes with the allocations of one
+// without padding (the memory does not grow with it; its bytes count
+// towards the cap, see TestDecoderGzipTrailingWhitespace).
+func TestDecoderGzipTrailingWhitespaceHoldsNothing(t *testing.T) {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	_, _ = zw.Write([]byte("decoded content\n"))
+	_ = zw.Close()
+	member := b.String()
+	p := make([]byte, 4096)
+	decode := func(body *strings.Reader) {
+		// Pools of its own each time: the race detector drops some of
+		// what goes back to a sync.Pool, which would make the counts
+		// differ.
+		var pools decoderPools
+		wire := &capReader{src: io.NopCloser(body), limit: 2 << 20}
+		d, err := newDecoder(wire, codingGzip, &pools)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for err == nil {
+			_, err = d.Read(p)
+		}
+		if err != io.EOF {
+			t.Fatalf("decode: %v", err)
+		}
+		_ = d.Close()
+	}
+	allocs := func(body string) float64 {
+		r := strings.NewReader(body)
+		return testing.AllocsPerRun(20, func() { r.Reset(body); decode(r) })
+	}
+	if bare, padded := allocs(member), allocs(member+strings.Repeat(" ", 1<<20)); padded != bare {
+		t.Errorf("allocations decoding a member with 1 MiB of padding = %v, without = %v; want the same", padded, bare)
+	}
+}
+
 // TestSniffCodingZlibHeaders: the screen of a body without Content-Encoding
 // takes for zlib exactly the two-byte headers Go's zlib reader opens
 // without a preset dictionary, and for gzip only 1f 8b 08; the other

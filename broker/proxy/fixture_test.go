@@ -367,8 +367,10 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// with status (default 200) and with
 		// its length unless stream is set (then chunked; with hold set,
 		// the body waits for the test, see holdRequest), its first half
-		// only if cut is set: an upstream that
-		// compresses whatever it was asked for, as httpbin's /gzip does.
+		// only if cut is set, followed by pad as it is (trailing bytes
+		// after the encoded body: a newline, zero padding): an upstream
+		// that compresses whatever it was asked for, as httpbin's /gzip
+		// does.
 		q := r.URL.Query()
 		var plain bytes.Buffer
 		_ = json.NewEncoder(&plain).Encode(map[string]any{"headers": r.Header})
@@ -380,6 +382,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if q.Get("cut") != "" {
 			body = body[:len(body)/2]
 		}
+		body = append(body, q.Get("pad")...)
 		for _, ce := range q["ce"] {
 			w.Header().Add("Content-Encoding", ce)
 		}

@@ -51,6 +51,18 @@ func TestProxyScreensGzipWithoutContentEncoding(t *testing.T) {
 		{name: "ok/gzip-then-a-newline-streamed", query: "as=gzip-then-newline&stream=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-newline", nil)), wantUse: ok},
 		{name: "ok/gzip-then-clean-text", query: "as=gzip-then-text&clean=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-text", []byte(cleanText))), wantUse: ok},
 		{name: "ok/gzip-then-zero-padding", query: "as=gzip-then-zeros", wantStatus: 200, wantBody: string(encodeAs("gzip-then-zeros", nil)), wantUse: ok},
+		// Whitespace and zero padding after the last member (what a
+		// Content-Encoding: gzip body may end with too: see
+		// TestProxyDecodesGzipWithTrailingWhitespace) are relayed with
+		// it, declared or streamed; the decoded content is still
+		// screened.
+		{name: "ok/gzip-then-crlf", query: "as=gzip&clean=1&pad=%0D%0A", wantStatus: 200, wantBody: cleanGz + "\r\n", wantUse: ok},
+		{name: "ok/gzip-then-crlf-streamed", query: "as=gzip&clean=1&pad=%0D%0A&stream=1", wantStatus: 200, wantBody: cleanGz + "\r\n", wantUse: ok},
+		{name: "ok/gzip-then-zero-padding-streamed", query: "as=gzip-then-zeros&stream=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-zeros", nil)), wantUse: ok},
+		{name: "ok/gzip-then-mixed-whitespace-and-nuls", query: "as=gzip&clean=1&pad=%00%00%20%09%0D%0A%00", wantStatus: 200, wantBody: cleanGz + "\x00\x00 \t\r\n\x00", wantUse: ok},
+		{name: "fail/gzip-carrying-the-secret-then-a-newline", query: "as=gzip&pad=%0A", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/gzip-carrying-the-secret-then-a-newline-streamed", query: "as=gzip&pad=%0A&stream=1", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/gzip-carrying-the-secret-then-nuls", query: "as=gzip&pad=%00%00%00%00%00%00%00%00", wantStatus: 502, wantUse: refused("response_contains_secret")},
 		{name: "ok/gzip-then-a-newline-in-labelled-gzip", query: "as=gzip.gzip-then-newline&ce=gzip", wantStatus: 200, wantBody: string(encodeAs("gzip-then-newline", nil)), wantUse: ok},
 		{name: "ok/two-clean-members", query: "as=gzip-then-plain&clean=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-plain", []byte(cleanText))), wantUse: ok},
 		{name: "ok/two-clean-members-streamed", query: "as=gzip-then-plain&clean=1&stream=1", wantStatus: 200, wantBody: string(encodeAs("gzip-then-plain", []byte(cleanText))), wantUse: ok},
