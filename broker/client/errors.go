@@ -2,8 +2,11 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -138,16 +141,17 @@ var ErrBadResponse = errors.New("not a keytrail token response")
 
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
-// not a token response (ErrBadResponse), or an identity token that cannot
-// be had. An error in err's chain with a Permanent() bool method (one of
-// the caller's own HTTP transport, such as a proxy refusing the tunnel)
-// decides for itself. Context cancellation is neither permanent nor
-// transient.
+// not a token response (ErrBadResponse), a certificate that does not
+// verify (IsCertificateError), a SOCKS5 proxy refusing the authentication
+// or the connection by its rules, or an identity token that cannot be had.
+// An error in err's chain with a Permanent() bool method (one of the
+// caller's own HTTP transport, such as a proxy refusing the tunnel) decides
+// for itself. Context cancellation is neither permanent nor transient.
 func IsPermanent(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrBadResponse) {
+	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || socksRefused(err) {
 		return true
 	}
 	var pe interface{ Permanent() bool }
@@ -164,6 +168,50 @@ func IsPermanent(err error) bool {
 	}
 	var ce *configError
 	return errors.As(err, &ce)
+}
+
+// IsCertificateError reports whether err is a failure to verify the TLS
+// certificate of the broker (or of an https proxy): signed by an authority
+// the workload does not trust (SSL_CERT_FILE and SSL_CERT_DIR name the
+// roots Go trusts on Linux), for another host name than the address's,
+// expired or not yet valid, or otherwise invalid. Retrying cannot help
+// until the trust, the address or the certificate changes. A TLS alert the
+// server sent (such as a client certificate it refused) is not one.
+func IsCertificateError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var sr x509.SystemRootsError
+	var ia x509.InsecureAlgorithmError
+	var uc x509.UnhandledCriticalExtension
+	var cv2 x509.ConstraintViolationError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci) ||
+		errors.As(err, &sr) || errors.As(err, &ia) || errors.As(err, &uc) || errors.As(err, &cv2)
+}
+
+// socksRefused reports whether err is a SOCKS5 proxy's refusal that stays
+// until the proxy URL or the proxy's rules change: it accepts none of the
+// authentication methods offered, the user name and password of the proxy
+// URL failed, or its rules do not allow the connection. net/http's SOCKS
+// errors are plain texts (its vendored socks dialer has no error types),
+// in a *net.OpError whose Op is "socks connect"; its failures to reach the
+// broker ("connection refused", "host unreachable") or a timeout stay
+// transient.
+func socksRefused(err error) bool {
+	var op *net.OpError
+	if !errors.As(err, &op) || !strings.HasPrefix(op.Op, "socks ") || op.Err == nil || op.Timeout() {
+		return false
+	}
+	switch msg := op.Err.Error(); {
+	case msg == "no acceptable authentication methods",
+		msg == "username/password authentication failed",
+		msg == "invalid username/password",
+		strings.HasPrefix(msg, "unsupported authentication method "),
+		msg == "unknown error connection not allowed by ruleset":
+		return true
+	}
+	return false
 }
 
 // IsTransient reports whether retrying err later can help: a 429, 408 or

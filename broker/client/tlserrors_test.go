@@ -1,0 +1,201 @@
+package client
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// exchangeErr makes one exchange with the broker at addr through hc and
+// returns its error.
+func exchangeErr(t *testing.T, addr string, hc *http.Client) error {
+	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Options{Addr: addr, HTTPClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, xerr := c.Exchange(context.Background(), "g", ExchangeOptions{Identity: FileIdentity{Path: tokenFile}})
+	if xerr == nil {
+		t.Fatal("Exchange succeeded, want it to fail")
+	}
+	return xerr
+}
+
+// trusting is a client that trusts the certificate cert (and nothing else).
+func trusting(cert *x509.Certificate) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// expiredServer is an https server whose self-signed certificate (for
+// 127.0.0.1) expired an hour ago; it returns the server and its
+// certificate.
+func expiredServer(t *testing.T) (*httptest.Server, *x509.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "expired broker"},
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv, cert
+}
+
+// TestCertificateErrorIsPermanent: a broker certificate that does not
+// verify (signed by a CA the workload does not trust, for another host
+// name, expired) was a transport failure like any other, retried with
+// backoff until the caller gave up, though nothing changes between tries
+// until someone fixes the trust (SSL_CERT_FILE), the address or the
+// certificate. It is permanent now (IsCertificateError, IsPermanent).
+func TestCertificateErrorIsPermanent(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshakes refused
+	srv.StartTLS()
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	expired, expiredCert := expiredServer(t)
+	for _, c := range []struct {
+		name, addr string
+		hc         *http.Client
+		want       string
+	}{
+		{"unknown-authority", srv.URL, &http.Client{Transport: &http.Transport{}}, "x509: certificate signed by unknown authority"},
+		// httptest's certificate is for example.com and the loopback IPs.
+		{"hostname", "https://localhost:" + port, trusting(srv.Certificate()), "x509: certificate is valid for example.com"},
+		{"expired", expired.URL, trusting(expiredCert), "x509: certificate has expired or is not yet valid"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := exchangeErr(t, c.addr, c.hc)
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Exchange = %v, want %q", err, c.want)
+			}
+			if !IsCertificateError(err) || !IsPermanent(err) || IsTransient(err) {
+				t.Errorf("IsCertificateError, IsPermanent, IsTransient = %v, %v, %v for %q; want true, true, false",
+					IsCertificateError(err), IsPermanent(err), IsTransient(err), err)
+			}
+		})
+	}
+	// Other TLS and transport failures stay transient.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close() // no handshake at all
+		}
+	}()
+	defer ln.Close()
+	err = exchangeErr(t, "https://"+ln.Addr().String(), &http.Client{Transport: &http.Transport{}})
+	if IsCertificateError(err) || !IsTransient(err) {
+		t.Errorf("a connection closed during the handshake (%v): IsCertificateError %v, IsTransient %v; want false, true", err, IsCertificateError(err), IsTransient(err))
+	}
+}
+
+// socksServer is a SOCKS5 proxy on loopback that answers every client's
+// greeting with reply.
+func socksServer(t *testing.T, reply func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = conn.Read(make([]byte, 300)) // the greeting
+			reply(conn)
+			conn.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestSOCKSRefusalIsPermanent: a SOCKS5 proxy (HTTPS_PROXY=socks5://...)
+// that refuses the authentication (wrong user name or password in the
+// proxy URL, or none of the methods offered), or whose rules do not allow
+// the connection, was retried like a broker that is down. It stays so
+// until the proxy URL or the proxy's rules change: permanent now. A proxy
+// that could not reach the broker (connection refused, host unreachable)
+// is still transient.
+func TestSOCKSRefusalIsPermanent(t *testing.T) {
+	authThen := func(auth byte, connect ...byte) func(net.Conn) {
+		return func(c net.Conn) {
+			_, _ = c.Write([]byte{5, 2}) // username/password
+			_, _ = c.Read(make([]byte, 600))
+			_, _ = c.Write([]byte{1, auth})
+			if auth == 0 {
+				_, _ = c.Read(make([]byte, 600))
+				_, _ = c.Write(append([]byte{5}, connect...))
+			}
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		reply     func(net.Conn)
+		permanent bool
+	}{
+		{"no-acceptable-auth", func(c net.Conn) { _, _ = c.Write([]byte{5, 0xff}) }, true},
+		{"bad-password", authThen(1), true},
+		{"ruleset", authThen(0, 2, 0, 1, 0, 0, 0, 0, 0, 0), true},
+		{"broker-refused", authThen(0, 5, 0, 1, 0, 0, 0, 0, 0, 0), false},
+		{"host-unreachable", authThen(0, 4, 0, 1, 0, 0, 0, 0, 0, 0), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			proxy := &url.URL{Scheme: "socks5", User: url.UserPassword("u", "p"), Host: socksServer(t, c.reply)}
+			err := exchangeErr(t, "https://keytrail.internal:7700", &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}})
+			if !strings.Contains(err.Error(), "socks connect") {
+				t.Fatalf("Exchange = %v, want a SOCKS failure", err)
+			}
+			if IsPermanent(err) != c.permanent || IsTransient(err) == c.permanent {
+				t.Errorf("IsPermanent, IsTransient = %v, %v for %q; want %v, %v", IsPermanent(err), IsTransient(err), err, c.permanent, !c.permanent)
+			}
+		})
+	}
+}
