@@ -161,7 +161,8 @@ refuses for good is reported on stderr and CMD keeps running.
 
 Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
 the exit status before CMD starts: 1 the broker refused for good or its
-answer was not a token response, the identity token cannot be read,
+answer was not a token response, its certificate did not verify, a proxy
+refused, the identity token cannot be read,
 --out/--out-dir cannot be written (checked before the broker is asked), or
 no credential came within --timeout; 2 usage; 130 interrupted.`,
 		Example: `  keytrail exec --grant payments-db --env PGUSER=username --env PGPASSWORD=password -- ./server
@@ -212,7 +213,7 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 					return exitError{code: exitUsage, msg: "exec: --" + name + " applies only with --watch (without it nothing is renewed)"}
 				}
 			}
-			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
+			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, addr: wf.brokerAddr(e), creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
 			if err := of.prepare(wf.grants); err != nil {
 				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}
 			}
@@ -264,6 +265,7 @@ type execRun struct {
 	action renewAction
 	grace  time.Duration
 	argv   []string
+	addr   string // the broker's address, for the messages
 
 	mu       sync.Mutex
 	creds    map[string]*client.Credential
@@ -426,7 +428,7 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 				msg := r.err.Error()
 				if client.IsPermanent(r.err) {
 					var ee exitError
-					if errors.As(permanentError(srcs[r.i].Grant(), id, r.err), &ee) {
+					if errors.As(permanentError(srcs[r.i].Grant(), id, r.err, x.addr), &ee) {
 						msg = ee.msg
 					}
 				}

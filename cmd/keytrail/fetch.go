@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -374,6 +376,51 @@ func socksFailure(err error, addr string) string {
 	return fmt.Sprintf("%s (%s) for the broker at %s failed: %s", proxy, proxyVariable(addr), addr, cause)
 }
 
+// socksHint says what to check after a SOCKS proxy's refusal that
+// client.IsPermanent counts: its rules, or the user name and password of
+// the proxy URL (the other refusals are of the login).
+func socksHint(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil && strings.HasSuffix(op.Err.Error(), "not allowed by ruleset") {
+		return "check that the proxy's rules allow connections to the broker's host and port, or list the broker's host in NO_PROXY to reach it without the proxy"
+	}
+	return "check the proxy's user name and password in the proxy URL (socks5://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy"
+}
+
+// certificateFailure says which certificate did not verify (the broker's,
+// or an https proxy's), the x509 cause, and what to check: the CA
+// (SSL_CERT_FILE, SSL_CERT_DIR: fetch and exec have no CA flag, Go reads
+// these on Linux instead of the system roots) and the host name of --addr;
+// for an expired certificate its renewal and the clock.
+func certificateFailure(err error, addr string) string {
+	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
+	cause := err.Error()
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &cv) && cv.Err != nil {
+		cause = cv.Err.Error()
+	}
+	if proxyFailure(err) != nil {
+		// The proxy's own TLS (HTTPS_PROXY=https://...); net/http's error
+		// does not say its address.
+		v := proxyVariable(broker)
+		return fmt.Sprintf("cannot verify the certificate of the proxy (%s) for the broker at %s: %s: check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the proxy's certificate, and the proxy's host name in %s", v, broker, cause, v)
+	}
+	host := broker
+	if u, perr := url.Parse(broker); perr == nil && u.Hostname() != "" {
+		host = u.Hostname()
+	}
+	hint := "check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the broker's certificate (Go on Linux reads them instead of the system roots), and that the host in --addr (or KEYTRAIL_ADDR), " + host + ", is the broker's"
+	var hn x509.HostnameError
+	var ci x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &hn):
+		hint = "check the host in --addr (or KEYTRAIL_ADDR), " + host + ": use a name the broker's certificate is for"
+	case errors.As(err, &ci) && ci.Reason == x509.Expired:
+		hint = "the broker's certificate (or a CA's) must be renewed, or this machine's clock is wrong: check both"
+	}
+	return fmt.Sprintf("cannot verify the certificate of the broker at %s: %s: %s", broker, cause, hint)
+}
+
 // refusedHint is what to check after a refused connection: the broker's
 // address, or the proxy's when the proxy refused.
 func refusedHint(err error) string {
@@ -405,13 +452,17 @@ func roundDur(d time.Duration) time.Duration {
 
 // permanentError turns a failure that retrying cannot fix into an exit
 // status with a message that says what to fix.
-func permanentError(grant string, id client.IdentitySource, err error) error {
+func permanentError(grant string, id client.IdentitySource, err error, addr string) error {
 	var be *client.Error
 	var ie *client.IdentityError
 	var refused *proxyRefusedError
 	switch {
 	case errors.As(err, &refused):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, refused, refused.hint())}
+	case client.IsCertificateError(err):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, addr))}
+	case socksFailure(err, addr) != "":
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, socksFailure(err, addr), socksHint(err))}
 	case errors.As(err, &be) && be.Code == client.CodeInvalidGrant:
 		fix := "check the token " + id.Describe() + ", its audience (" + client.DefaultAudience + ") and expiry"
 		if _, gh := id.(*client.GitHubActionsIdentity); gh {
@@ -464,7 +515,7 @@ func fetchAll(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 	case errors.Is(err, context.Canceled):
 		return err
 	case client.IsPermanent(err):
-		return permanentError(grant, id, err)
+		return permanentError(grant, id, err, addr)
 	default:
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, err)}
 	}
@@ -806,8 +857,9 @@ Formats: raw   the access token alone
 
 Exit status: 0 done (with --watch: stopped by SIGINT/SIGTERM); 1 the broker
 refused for good (400/401/403: the message says what to fix), its 200 answer
-was not a token response (not retried), the identity token cannot be read,
---out/--out-dir cannot be written (checked before the broker is asked), no
+was not a token response (not retried), its certificate did not verify
+(check SSL_CERT_FILE and the host in --addr), a proxy refused, the identity
+token cannot be read, --out/--out-dir cannot be written (checked before the broker is asked), no
 credential came within --timeout, or a signal came before every credential
 was fetched; 2 usage.`,
 		Example: `  keytrail fetch --grant payments-db --out /run/secrets/db.json --format json
@@ -865,7 +917,7 @@ func runFetch(ctx context.Context, srcs []*client.Source, id client.IdentitySour
 		return nil
 	}
 	if client.IsPermanent(err) {
-		return permanentError(srcs[i].Grant(), id, err)
+		return permanentError(srcs[i].Grant(), id, err, addr)
 	}
 	return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", srcs[i].Grant(), err)}
 }

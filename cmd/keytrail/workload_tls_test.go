@@ -1,0 +1,198 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeTokenFile writes an identity token file in dir and returns its path.
+func writeTokenFile(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "identity")
+	if err := os.WriteFile(p, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// writeCAFile writes cert as a PEM file in dir and returns its path.
+func writeCAFile(t *testing.T, dir, name string, cert *x509.Certificate) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// newTLSBroker is the fake token broker on https, with a log that keeps
+// the refused handshakes quiet.
+func newTLSBroker(t *testing.T, tlsConf *tls.Config) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(&fakeTokenBroker{byGrant: map[string]tokenReply{"g": {200, vaultBody}}})
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if tlsConf != nil {
+		srv.TLS = tlsConf
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// expiredCert is a self-signed CA certificate for 127.0.0.1 that expired
+// an hour ago, with its key.
+func expiredCert(t *testing.T) (tls.Certificate, *x509.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "expired broker"},
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, cert
+}
+
+// TestCertificateFailureIsNotRetried: a broker certificate that does not
+// verify was retried with backoff until --timeout ('x509: certificate
+// signed by unknown authority; retrying in ...', then 'no credential after
+// 3s; last failure: keytrail broker unreachable: Post ...: tls: failed to
+// verify certificate: ...'), though nothing changes between tries, and
+// nothing said what to check. fetch and exec now fail at once, naming the
+// broker and the x509 cause, and say what to check: the CA (SSL_CERT_FILE,
+// SSL_CERT_DIR: the client has no CA flag) and the host name of --addr, or
+// for an expired certificate its dates and the clock.
+func TestCertificateFailureIsNotRetried(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	broker := newTLSBroker(t, nil)
+	caFile := writeCAFile(t, dir, "ca.pem", broker.Certificate())
+	_, port, _ := net.SplitHostPort(broker.Listener.Addr().String())
+	expiredPair, expired := expiredCert(t)
+	old := newTLSBroker(t, &tls.Config{Certificates: []tls.Certificate{expiredPair}})
+	oldCAFile := writeCAFile(t, dir, "expired.pem", expired)
+
+	caHint := "check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the broker's certificate (Go on Linux reads them instead of the system roots), and that the host in --addr (or KEYTRAIL_ADDR), 127.0.0.1, is the broker's"
+	for _, c := range []struct {
+		name, addr string
+		env        []string
+		want       string
+	}{
+		{"unknown-authority", broker.URL, nil,
+			"cannot verify the certificate of the broker at " + broker.URL + ": x509: certificate signed by unknown authority: " + caHint},
+		// httptest's certificate is for example.com and the loopback IPs.
+		{"hostname", "https://localhost:" + port, []string{"SSL_CERT_FILE=" + caFile},
+			"cannot verify the certificate of the broker at https://localhost:" + port + ": x509: certificate is valid for example.com, *.example.com, not localhost: " +
+				"check the host in --addr (or KEYTRAIL_ADDR), localhost: use a name the broker's certificate is for"},
+		{"expired", old.URL, []string{"SSL_CERT_FILE=" + oldCAFile},
+			"cannot verify the certificate of the broker at " + old.URL + ": x509: certificate has expired or is not yet valid: current time "},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, cmd := range [][]string{
+				{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", c.addr, "--out", filepath.Join(dir, "cred"), "--timeout", "3s"},
+				{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--addr", c.addr, "--env", "T", "--timeout", "3s", "--", "touch", filepath.Join(dir, "ran")},
+			} {
+				_, stderr, code := runKeytrailProcess(t, c.env, cmd...)
+				want := "keytrail: g: " + c.want
+				if code != 1 || !strings.HasPrefix(stderr, want) || strings.Contains(stderr, "retrying") || strings.Count(stderr, "\n") != 1 {
+					t.Errorf("keytrail %s: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], code, stderr, want)
+				}
+				if c.name == "expired" && !strings.HasSuffix(stderr, ": the broker's certificate (or a CA's) must be renewed, or this machine's clock is wrong: check both\n") {
+					t.Errorf("keytrail %s: stderr %q, want it to ask for the certificate's dates and the clock", cmd[0], stderr)
+				}
+			}
+		})
+	}
+	for _, f := range []string{"cred", "ran"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
+		}
+	}
+}
+
+// TestProxyCertificateFailureNamesTheProxy: through an https proxy
+// (HTTPS_PROXY=https://...) whose own certificate does not verify, the
+// failure is the proxy's, permanent too, and says so.
+func TestProxyCertificateFailureNamesTheProxy(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	proxy := newTLSBroker(t, nil) // never gets past the handshake
+	proxyURL, err := url.Parse(proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxyURL.User = url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER")
+	xerr := exchangeThroughProxy(t, addr, proxyURL, writeTokenFile(t, t.TempDir()))
+	ee, ok := permanentError("g", nil, xerr, addr).(exitError)
+	want := "g: cannot verify the certificate of the proxy (HTTPS_PROXY) for the broker at " + addr + ": x509: certificate signed by unknown authority: " +
+		"check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the proxy's certificate, and the proxy's host name in HTTPS_PROXY"
+	if !ok || ee.code != exitPermanent || ee.msg != want {
+		t.Errorf("permanentError(%v) = %#v, want exit 1 with %q", xerr, ee, want)
+	}
+	if strings.Contains(ee.msg, "MARKER") {
+		t.Errorf("the message shows the proxy's user info: %q", ee.msg)
+	}
+}
+
+// TestSOCKSRefusalIsNotRetried: a SOCKS5 proxy (HTTPS_PROXY=socks5://...)
+// refusing the proxy URL's user name and password was retried until
+// --timeout ('the SOCKS proxy at P (HTTPS_PROXY) for the broker at X
+// failed: username/password authentication failed; retrying in ...'). It
+// now fails at once, naming the proxy and what to check.
+func TestSOCKSRefusalIsNotRetried(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = conn.Read(make([]byte, 300)) // the greeting
+			_, _ = conn.Write([]byte{5, 2})     // username/password
+			_, _ = conn.Read(make([]byte, 600))
+			_, _ = conn.Write([]byte{1, 1}) // refused
+			conn.Close()
+		}
+	}()
+	const addr = "https://keytrail.example"
+	proxy := "socks5://PROXY-USER-MARKER:PROXY-PW-MARKER@" + ln.Addr().String()
+	_, stderr, code := runKeytrailProcess(t, []string{"HTTPS_PROXY=" + proxy},
+		"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "3s")
+	want := "keytrail: g: the SOCKS proxy at " + ln.Addr().String() + " (HTTPS_PROXY) for the broker at " + addr +
+		" failed: username/password authentication failed: check the proxy's user name and password in the proxy URL (socks5://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy\n"
+	if code != 1 || stderr != want {
+		t.Errorf("fetch through a SOCKS proxy refusing the login: exit %d, stderr %q; want exit 1 at once with %q", code, stderr, want)
+	}
+}
