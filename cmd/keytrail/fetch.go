@@ -181,8 +181,9 @@ func retryReason(err error, addr string) string {
 // failed before it had an address (the proxy's host not found) names the
 // host:port it dialed, and a proxy that answers CONNECT with anything but
 // 200 is a *proxyRefusedError, not net/http's bare status text ("Proxy
-// Authentication Required"), as is a 407 a proxy answers a plain-http
-// request it was to forward (no CONNECT: its answer is the response).
+// Authentication Required"), as is an error a proxy answers of its own to a
+// plain-http request it was to forward (no CONNECT: its answer is the
+// response).
 func workloadTransport(addr string) *workloadRoundTripper {
 	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
 	t := http.DefaultTransport.(*http.Transport).Clone()
@@ -211,10 +212,13 @@ func workloadTransport(addr string) *workloadRoundTripper {
 	return &workloadRoundTripper{Transport: t, broker: broker}
 }
 
-// workloadRoundTripper is workloadTransport's transport: a 407 answer to a
-// request forwarded by an HTTP proxy (plain http to the broker) is the
-// proxy's *proxyRefusedError. Only a proxy answers 407; any other status
-// may be the broker's own.
+// workloadRoundTripper is workloadTransport's transport: an error answer to
+// a request forwarded by an HTTP proxy (plain http to the broker) is the
+// proxy's *proxyRefusedError when it is a 407 (only a proxy answers that)
+// or has no X-Request-Id, which every answer of the broker carries (SPEC
+// "HTTP API"): a 5xx, 408 or 429 of the proxy is retried, another 4xx is
+// not, as for a refused CONNECT. An answer with X-Request-Id is the
+// broker's, forwarded.
 type workloadRoundTripper struct {
 	*http.Transport
 	broker string // the broker's address, without a trailing /
@@ -222,8 +226,11 @@ type workloadRoundTripper struct {
 
 func (t *workloadRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	res, err := t.Transport.RoundTrip(req)
-	if err != nil || res.StatusCode != http.StatusProxyAuthRequired || req.URL.Scheme != "http" || t.Proxy == nil {
+	if err != nil || res.StatusCode < 400 || req.URL.Scheme != "http" || t.Proxy == nil {
 		return res, err
+	}
+	if res.StatusCode != http.StatusProxyAuthRequired && res.Header.Get("X-Request-Id") != "" {
+		return res, nil
 	}
 	// Through a SOCKS proxy the answer is the server's: only an HTTP
 	// proxy forwards a plain-http request itself.
@@ -257,8 +264,8 @@ func (a dialedAddr) Network() string { return a.network }
 func (a dialedAddr) String() string  { return a.address }
 
 // proxyRefusedError is a proxy's answer to CONNECT other than 200 (it
-// refused the tunnel to the broker), or its 407 to a plain-http request it
-// was to forward (forwarding).
+// refused the tunnel to the broker), or its own error answer to a
+// plain-http request it was to forward (forwarding).
 type proxyRefusedError struct {
 	proxy      string // host:port, without user info
 	broker     string // the broker's address (--addr), without a trailing /
@@ -289,7 +296,11 @@ func (e *proxyRefusedError) hint() string {
 	if e.code == http.StatusProxyAuthRequired {
 		return "check the proxy's user name and password in the proxy URL (http://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy"
 	}
-	return "check that the proxy allows tunnels to the broker's host and port, or list the broker's host in NO_PROXY to reach it without the proxy"
+	what := "tunnels"
+	if e.forwarding {
+		what = "requests"
+	}
+	return "check that the proxy allows " + what + " to the broker's host and port, or list the broker's host in NO_PROXY to reach it without the proxy"
 }
 
 // connectionFailure says in plain words how a connection to the broker at

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestPlainHTTPBrokerThroughAProxyAnsweringItsOwnError: to a plain-http
+// broker an HTTP proxy (HTTP_PROXY) forwards the request itself, and an
+// error it answers of its own (no X-Request-Id, which every answer of the
+// broker carries) came back as the broker's: a 403 of the proxy's rules
+// read 'keytrail broker: 403: Forbidden: the broker refused the request',
+// a 502 'broker answered 502; retrying'. 4aefd45 did this for 407 only.
+// Now the proxy is named as it is for 407: a 4xx other than 408 and 429
+// fails at once, a 5xx, 408 or 429 is retried. The broker's own answers
+// through the proxy stay the broker's.
+func TestPlainHTTPBrokerThroughAProxyAnsweringItsOwnError(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	const addr = "http://keytrail.example:7700"
+	fetch := func(proxy, grant string) (string, int) {
+		_, stderr, code := runKeytrailProcess(t, []string{"HTTP_PROXY=" + proxy},
+			"fetch", "--grant", grant, "--identity-token-file", tokenFile, "--addr", addr, "--allow-insecure-http", "--out", filepath.Join(dir, "cred"), "--timeout", "1s")
+		return stderr, code
+	}
+	for _, c := range []struct {
+		status int
+		text   string
+	}{{http.StatusForbidden, "403 Forbidden"}, {http.StatusBadRequest, "400 Bad Request"}} {
+		proxy := newTestProxy(t, "", c.status)
+		stderr, code := fetch(proxy.withUserinfo(), "g")
+		want := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (HTTP_PROXY) refused to forward the request to the broker at " + addr +
+			": it answered " + c.text + ": check that the proxy allows requests to the broker's host and port, or list the broker's host in NO_PROXY to reach it without the proxy\n"
+		if code != 1 || stderr != want {
+			t.Errorf("fetch through a proxy answering %d: exit %d, stderr %q; want exit 1 at once with %q", c.status, code, stderr, want)
+		}
+		if got := proxy.seen(); !slices.Equal(got, []string{"POST keytrail.example:7700"}) {
+			t.Errorf("the proxy answering %d saw %q, want the one POST", c.status, got)
+		}
+	}
+	for _, c := range []struct {
+		status int
+		text   string
+	}{{http.StatusBadGateway, "502 Bad Gateway"}, {http.StatusTooManyRequests, "429 Too Many Requests"}} {
+		proxy := newTestProxy(t, "", c.status)
+		stderr, code := fetch(proxy.withUserinfo(), "g")
+		why := "the proxy at " + proxy.Listener.Addr().String() + " (HTTP_PROXY) refused to forward the request to the broker at " + addr + ": it answered " + c.text
+		if code != 1 || !strings.HasPrefix(stderr, "keytrail: g: "+why+"; retrying in ") || !strings.HasSuffix(stderr, "keytrail: g: no credential after 1s; last failure: "+why+"\n") {
+			t.Errorf("fetch through a proxy answering %d: exit %d, stderr %q; want it retried, then %q", c.status, code, stderr, why)
+		}
+		if len(proxy.seen()) < 2 {
+			t.Errorf("the proxy answering %d saw %q, want the POST retried", c.status, proxy.seen())
+		}
+		if strings.Contains(stderr, "MARKER") {
+			t.Errorf("stderr shows the proxy's user info: %q", stderr)
+		}
+	}
+
+	// The broker's own refusal, forwarded by the proxy with its
+	// X-Request-Id, is the broker's.
+	fake, _ := newFakeTokenBroker(t)
+	broker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", "req_403")
+		fake.ServeHTTP(w, r)
+	}))
+	defer broker.Close()
+	target, err := url.Parse(broker.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forwarding := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) }})
+	defer forwarding.Close()
+	stderr, code := fetch(forwarding.URL, "denied")
+	if want := "keytrail: denied: keytrail broker: 403 access_denied: "; code != 1 || !strings.HasPrefix(stderr, want) {
+		t.Errorf("fetch of a grant the broker refuses, through a forwarding proxy: exit %d, stderr %q; want %q...", code, stderr, want)
+	}
+}
