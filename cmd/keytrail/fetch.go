@@ -119,6 +119,9 @@ func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Cred
 	if err != nil {
 		return nil, nil, err
 	}
+	if warn := allProxyWarning(e.getenv, addr); warn != "" {
+		fmt.Fprintln(e.lineErr(), "keytrail: warning: "+warn)
+	}
 	id, err := w.identity(e)
 	if err != nil {
 		return nil, nil, err
@@ -255,6 +258,35 @@ func proxyVariable(addr string) string {
 		return "HTTP_PROXY"
 	}
 	return "HTTPS_PROXY"
+}
+
+// allProxyWarning says that ALL_PROXY (or all_proxy) is set but not used
+// for the broker at addr: net/http never reads it (curl and many other
+// tools do), so the broker is reached directly. "" when neither is set,
+// when the broker is on loopback (net/http never proxies it), or when the
+// variable net/http reads for it is set (ALL_PROXY would not apply then
+// either). The proxy URL is not shown: it may hold a password.
+func allProxyWarning(getenv func(string) string, addr string) string {
+	name := "ALL_PROXY"
+	if getenv(name) == "" {
+		name = "all_proxy"
+		if getenv(name) == "" {
+			return ""
+		}
+	}
+	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
+	u, err := url.Parse(broker)
+	if err != nil {
+		return ""
+	}
+	if h := u.Hostname(); h == "localhost" || (net.ParseIP(h) != nil && net.ParseIP(h).IsLoopback()) {
+		return ""
+	}
+	v := proxyVariable(broker)
+	if getenv(v) != "" || getenv(strings.ToLower(v)) != "" {
+		return ""
+	}
+	return fmt.Sprintf("%s is set but not used: Go reads HTTPS_PROXY for an https broker and HTTP_PROXY for a plain-http one, so the broker at %s is reached directly; set %s to use that proxy", name, broker, v)
 }
 
 // dialedAddr is the address a dial was for, as a net.Addr.
