@@ -25,19 +25,20 @@ var (
 	errEncodingUnsupported = errors.New("upstream response has a content encoding the broker does not decode")
 	errUndecodable         = errors.New("upstream response body does not decode as its content encoding says")
 	// errDataAfterStream: a Content-Encoding: deflate body goes on after
-	// the end of its stream.
-	errDataAfterStream = fmt.Errorf("%w: data after the end of the deflate stream", errUndecodable)
+	// the end of its stream with something other than trailingPad bytes.
+	errDataAfterStream = fmt.Errorf("%w: data other than whitespace or NUL bytes after the end of the deflate stream", errUndecodable)
 	// errDataAfterMember: a Content-Encoding: gzip body goes on after
-	// its last member with something other than gzipPad bytes.
+	// its last member with something other than trailingPad bytes.
 	errDataAfterMember = fmt.Errorf("%w: data other than whitespace or NUL bytes after the last gzip member", errUndecodable)
 )
 
-// gzipPad are the bytes a Content-Encoding: gzip body may end with after
-// its last member: whitespace (a trailing newline, CRLF) and NUL (zero
-// padding to a block), which browsers, curl and gzip -d ("trailing
-// garbage ignored", "trailing zeros ignored") skip. They carry nothing:
-// the body decodes to its members' content.
-var gzipPad = [256]bool{' ': true, '\t': true, '\r': true, '\n': true, 0: true}
+// trailingPad are the bytes a Content-Encoding: gzip body may end with
+// after its last member, and a deflate body (zlib or raw) after its
+// stream: whitespace (a trailing newline, CRLF) and NUL (zero padding to a
+// block), which browsers, curl and gzip -d ("trailing garbage ignored",
+// "trailing zeros ignored") skip. They carry nothing: the body decodes to
+// its members' or its stream's content.
+var trailingPad = [256]bool{' ': true, '\t': true, '\r': true, '\n': true, 0: true}
 
 // contentCoding is how an upstream response body is encoded.
 type contentCoding uint8
@@ -103,13 +104,13 @@ type decoder struct {
 	wireErr error     // the last error wire returned
 	bad     bool
 	// trailingOK lets a deflate stream or a gzip member end before wire
-	// does (the gzip guard looks at what follows itself); otherwise data
-	// after the end of a deflate stream is errDataAfterStream, and after
-	// a gzip member either another member or gzipPad bytes to the end of
-	// the body (see nextMember).
+	// does, Read returning io.EOF there (the gzip guard looks at what
+	// follows itself); otherwise what follows is looked at (see
+	// afterEnd): another gzip member, decoded on, or trailingPad bytes to
+	// the end of the body, else errDataAfterMember or errDataAfterStream.
 	trailingOK bool
-	// endErr is what ended a gzip body after a member (nextMember's
-	// error): every Read after returns it.
+	// endErr is what ended the body after a member or the stream
+	// (afterEnd's error, io.EOF included): every Read after returns it.
 	endErr error
 
 	// The decompressor in use (at most one), and where it returns on
@@ -177,7 +178,7 @@ func newDecoder(wire *capReader, coding contentCoding, pools *decoderPools) (*de
 			return fail(err)
 		}
 		// One member at a time: Read looks at what follows each
-		// (nextMember), which Go's multi-member reader would take for
+		// (afterEnd), which Go's multi-member reader would take for
 		// a bad header when it is a trailing newline or zero padding.
 		d.gz.Multistream(false)
 		d.dec = d.gz
@@ -240,13 +241,13 @@ func (d *decoder) Read(p []byte) (int, error) {
 		return 0, d.endErr
 	}
 	n, err := d.dec.Read(p)
-	for err == io.EOF && d.gz != nil && !d.trailingOK {
-		// The end of a gzip member: another one follows (decoded on,
-		// as Go's multi-member reader does), or only gzipPad bytes
-		// to the end of the body (io.EOF), or the body does not
-		// decode.
+	for err == io.EOF && !d.trailingOK {
+		// The end of a gzip member or of the deflate stream: another
+		// member follows (decoded on, as Go's multi-member reader
+		// does), or only trailingPad bytes to the end of the body
+		// (io.EOF), or the body does not decode.
 		var more bool
-		if more, err = d.nextMember(); !more {
+		if more, err = d.afterEnd(); !more {
 			d.endErr = err
 			break
 		}
@@ -255,40 +256,39 @@ func (d *decoder) Read(p []byte) (int, error) {
 		}
 		n, err = d.dec.Read(p)
 	}
-	if err == io.EOF && d.gz == nil && !d.trailingOK {
-		// The end of a zlib or raw deflate stream: the body must end
-		// there too. Data after it would be dropped unseen, which hides
-		// what the upstream sent; it does not decode as the body's
-		// coding says, as data after a gzip member does not.
-		if _, perr := d.br.Peek(1); perr == nil {
-			d.bad = true
-			return n, errDataAfterStream
-		} else if perr != io.EOF {
-			return n, perr // the upstream's read error or the cap (wireErr)
-		}
-	}
 	if err != nil && err != io.EOF && (d.wireErr == nil || d.wireErr == io.EOF) {
 		// Not the upstream's read error nor the cap: the data (or its
-		// end, a truncated stream) does not decode.
+		// end, a truncated stream, or what follows it) does not decode.
 		d.bad = true
 	}
 	return n, err
 }
 
-// nextMember looks at what follows the end of a gzip member. A member
-// (what does not start with a gzipPad byte: Go's reader reads its header,
-// and refuses one that is not a member's) is more to decode. gzipPad bytes
-// to the end of the body are the end of it, io.EOF: they are read and
-// dropped, through wire, so the response cap bounds them, a few bytes at
-// a time and nothing kept; anything after them, a member too (which gzip
-// -d would skip, Python's gzip refuse), is errDataAfterMember. An error
-// reading wire (the cap, a timeout) is returned as it is.
-func (d *decoder) nextMember() (more bool, err error) {
+// afterEnd looks at what follows the end of a gzip member or of the
+// deflate stream. After a gzip member, a member (what does not start with
+// a trailingPad byte: Go's reader reads its header, and refuses one that
+// is not a member's) is more to decode; after a zlib or raw deflate
+// stream, the body must end (Go's readers, as others, stop at its end: data
+// after it would be dropped unseen, which hides what the upstream sent),
+// so such data is errDataAfterStream. trailingPad bytes to the end of the
+// body are the end of it, io.EOF: they are read and dropped, through wire,
+// so the response cap bounds them, a few bytes at a time and nothing kept;
+// anything after them, a member or a stream too (which gzip -d would skip,
+// Python's gzip refuse), is errDataAfterMember or errDataAfterStream. An
+// error reading wire (the cap, a timeout) is returned as it is.
+func (d *decoder) afterEnd() (more bool, err error) {
+	dataAfter := errDataAfterStream
+	if d.gz != nil {
+		dataAfter = errDataAfterMember
+	}
 	b, err := d.br.Peek(1)
 	if err != nil {
-		return false, err // io.EOF: the body ends with the member
+		return false, err // io.EOF: the body ends with the member or stream
 	}
-	if !gzipPad[b[0]] {
+	if !trailingPad[b[0]] {
+		if d.gz == nil {
+			return false, dataAfter
+		}
 		if err := d.gz.Reset(d.br); err != nil {
 			return false, err
 		}
@@ -298,13 +298,13 @@ func (d *decoder) nextMember() (more bool, err error) {
 	for {
 		if d.br.Buffered() == 0 {
 			if _, err := d.br.Peek(1); err != nil {
-				return false, err // io.EOF: only padding after the last member
+				return false, err // io.EOF: only padding after the end
 			}
 		}
 		b, _ := d.br.Peek(d.br.Buffered())
 		for _, c := range b {
-			if !gzipPad[c] {
-				return false, errDataAfterMember
+			if !trailingPad[c] {
+				return false, dataAfter
 			}
 		}
 		_, _ = d.br.Discard(len(b))

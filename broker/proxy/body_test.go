@@ -246,6 +246,96 @@ func TestDecoderGzipTrailingWhitespaceHoldsNothing(t *testing.T) {
 	}
 }
 
+// TestDecoderDeflateTrailingWhitespace: a Content-Encoding: deflate body,
+// zlib-wrapped or raw, whose stream is followed by whitespace (space, tab,
+// CR, LF) and NUL bytes only decodes to the stream's content and ends
+// (io.EOF), read whole or a byte at a time, as a gzip body after its last
+// member does (TestDecoderGzipTrailingWhitespace); anything else after the
+// stream (after such bytes too), a second stream included, is
+// errUndecodable and marks the body bad. The trailing bytes are read
+// through wire: past its cap they are errResponseTooLarge, not a bad body.
+// It used to be errUndecodable for any byte after the stream.
+func TestDecoderDeflateTrailingWhitespace(t *testing.T) {
+	zl := func(s string) string {
+		var b bytes.Buffer
+		zw := zlib.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	raw := func(s string) string {
+		var b bytes.Buffer
+		zw, _ := flate.NewWriter(&b, flate.DefaultCompression)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	const text = "decoded content\n"
+	var pools decoderPools
+	for _, enc := range []struct {
+		name   string
+		encode func(string) string
+	}{{"zlib", zl}, {"raw", raw}} {
+		e := enc.encode
+		tests := []struct {
+			name, body, want string
+			limit            int64 // of wire (default 1 MiB)
+			wantErr          error
+		}{
+			{name: "ok/nothing-after", body: e(text), want: text},
+			{name: "ok/newline", body: e(text) + "\n", want: text},
+			{name: "ok/crlf", body: e(text) + "\r\n", want: text},
+			{name: "ok/spaces-and-tabs", body: e(text) + " \t \t", want: text},
+			{name: "ok/nuls", body: e(text) + strings.Repeat("\x00", 512), want: text},
+			{name: "ok/nuls-and-whitespace", body: e(text) + "\x00\n\x00 \r\n\x00\x00", want: text},
+			{name: "ok/padding-a-long-way", body: e(text) + strings.Repeat(" ", 100<<10), want: text},
+			{name: "ok/empty-stream-then-a-newline", body: e("") + "\n", want: ""},
+			{name: "fail/a-byte-after", body: e(text) + "x", want: text, wantErr: errUndecodable},
+			{name: "fail/a-byte-after-whitespace", body: e(text) + "\r\n}", want: text, wantErr: errUndecodable},
+			{name: "fail/a-form-feed-after", body: e(text) + "\n\f", want: text, wantErr: errUndecodable},
+			{name: "fail/a-byte-after-a-long-padding", body: e(text) + strings.Repeat("\x00", 100<<10) + "x", want: text, wantErr: errUndecodable},
+			{name: "fail/a-second-stream-after", body: e(text) + e("second\n"), want: text, wantErr: errUndecodable},
+			{name: "fail/a-second-stream-after-a-newline", body: e(text) + "\n" + e("second\n"), want: text, wantErr: errUndecodable},
+			{name: "fail/a-gzip-member-after-zero-padding", body: e(text) + "\x00\x00\x1f\x8b\x08", want: text, wantErr: errUndecodable},
+			{name: "fail/padding-over-the-cap", body: e(text) + strings.Repeat("\n", 4096), limit: 4096, want: text, wantErr: errResponseTooLarge},
+		}
+		for _, tt := range tests {
+			for _, oneByte := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s/%s/one-byte-reads=%v", enc.name, tt.name, oneByte), func(t *testing.T) {
+					var src io.Reader = strings.NewReader(tt.body)
+					if oneByte {
+						src = iotest.OneByteReader(src)
+					}
+					limit := tt.limit
+					if limit == 0 {
+						limit = 1 << 20
+					}
+					wire := &capReader{src: io.NopCloser(src), limit: limit}
+					d, err := newDecoder(wire, codingDeflate, &pools)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer d.Close()
+					if (d.zl != nil) != (enc.name == "zlib") {
+						t.Fatalf("decoding %s as zlib: %v", enc.name, d.zl != nil)
+					}
+					got, err := io.ReadAll(d)
+					bad := errors.Is(tt.wantErr, errUndecodable)
+					if string(got) != tt.want || (err == nil) != (tt.wantErr == nil) || !errors.Is(err, tt.wantErr) {
+						t.Errorf("decoded %q, %v; want %q, %v", got, err, tt.want, tt.wantErr)
+					}
+					if d.bad != bad {
+						t.Errorf("bad = %v, want %v (error %v)", d.bad, bad, err)
+					}
+					if n, err := d.Read(make([]byte, 8)); n != 0 || (err == nil) {
+						t.Errorf("Read after the end = %d, %v; want 0 and an error", n, err)
+					}
+				})
+			}
+		}
+	}
+}
+
 // TestSniffCodingZlibHeaders: the screen of a body without Content-Encoding
 // takes for zlib exactly the two-byte headers Go's zlib reader opens
 // without a preset dictionary, and for gzip only 1f 8b 08; the other

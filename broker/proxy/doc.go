@@ -130,9 +130,10 @@
 // bytes the scan did not see plain. Data after the end of a deflate stream,
 // as after the last gzip member, does not decode (errDataAfterStream,
 // errDataAfterMember): it is not dropped unseen; only whitespace (space,
-// tab, CR, LF) and NUL bytes after the last gzip member, to the end of the
-// body (a trailing newline, zero padding), are read and dropped, as
-// browsers, curl and gzip -d drop them (see gzipPad). A body that is gzip or zlib data
+// tab, CR, LF) and NUL bytes after the last gzip member or the deflate
+// stream, to the end of the body (a trailing newline, zero padding), are
+// read and dropped, as browsers, curl and gzip -d drop them (see
+// trailingPad). A body that is gzip or zlib data
 // without Content-Encoding is read whole, decoded to be scanned and relayed
 // as it came when clean, refused (502 response_contains_secret, or aborted
 // when streamed and its headers went out already, as after a streamed

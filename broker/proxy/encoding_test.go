@@ -270,14 +270,14 @@ func TestProxyDecodesCompressedResponses(t *testing.T) {
 			wantUse: audit.Outcome{Status: 502, Error: "temporarily_unavailable", Reason: "response_undecodable"}},
 		// Data after the end of the coded stream does not decode as the
 		// Content-Encoding says: refused, for deflate as for gzip (but
-		// whitespace and NUL bytes after the last gzip member: see
-		// TestProxyDecodesGzipWithTrailingWhitespace), not dropped
+		// whitespace and NUL bytes after the last gzip member or the
+		// deflate stream: see TestProxyDecodesGzipWithTrailingWhitespace
+		// and TestProxyDecodesDeflateWithTrailingWhitespace), not dropped
 		// unseen. A body
 		// relayed decoded is relayed as it decodes (its length is not
 		// known: no Content-Length), so the refusal comes after the
 		// decoded bytes, clean or masked, and cuts the response, as a
 		// truncated one is.
-		{name: "fail/deflate-zlib-then-a-newline", query: "as=zlib-then-newline&ce=deflate", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: cut},
 		{name: "fail/deflate-zlib-then-text", query: "as=zlib-then-text&ce=deflate", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: cut},
 		{name: "fail/deflate-zlib-then-a-second-stream", query: "as=zlib-then-plain&clean=1&ce=deflate", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: cut},
 		{name: "fail/deflate-raw-then-text", query: "as=rawdeflate-then-text&ce=deflate", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: cut},
@@ -353,6 +353,69 @@ func TestProxyDecodesGzipWithTrailingWhitespace(t *testing.T) {
 	// declared length over it is refused at its length, unread).
 	cases = append(cases, encodedCase{name: "streamed/fail/whitespace-over-the-cap", query: "as=gzip&clean=1&ce=gzip&stream=1&pad=" + strings.Repeat("+", maxRespBytes),
 		wantStatus: 200, cut: true, wantUse: cutTooLarge, check: firstMember})
+	f.checkEncoded(t, tok, true, cases)
+}
+
+// TestProxyDecodesDeflateWithTrailingWhitespace: a Content-Encoding:
+// deflate body, zlib-wrapped or raw, whose stream is followed only by
+// whitespace (space, tab, CR, LF) and NUL bytes, which curl and browsers
+// accept, is relayed decoded, the trailing bytes dropped, the decoded
+// content scanned (the secret masked) as ever, declared or streamed, as a
+// gzip body after its last member is (see
+// TestProxyDecodesGzipWithTrailingWhitespace). It used to be cut, use_result
+// response_undecodable. Any other byte after the stream (after whitespace
+// too), a second stream, a second stream after a newline, stay refused, and
+// the whitespace counts towards the response cap.
+func TestProxyDecodesDeflateWithTrailingWhitespace(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	masked := "Bearer " + strings.Repeat("*", len(upstreamKey))
+	ok := audit.Outcome{Status: 200}
+	cutUndecodable := audit.Outcome{Status: 200, Error: "aborted", Reason: "response_undecodable"}
+	cutTooLarge := audit.Outcome{Status: 200, Error: "aborted", Reason: "response_too_large"}
+	decodedEcho := func(t *testing.T, res *response) {
+		t.Helper()
+		if !strings.Contains(res.Body, masked) || res.Err != nil {
+			t.Errorf("body = %q (read error %v), want the decoded echo with the secret masked", res.Body, res.Err)
+		}
+	}
+	firstStream := func(t *testing.T, res *response) {
+		t.Helper()
+		if res.Body != cleanText {
+			t.Errorf("body = %.80q, want the stream's decoded text %.80q", res.Body, cleanText)
+		}
+	}
+	nuls := strings.Repeat("%00", 64)
+	var cases []encodedCase
+	for _, as := range []string{"zlib", "rawdeflate"} {
+		for _, framing := range []struct{ name, query string }{{"declared", ""}, {"streamed", "&stream=1"}} {
+			for _, c := range []encodedCase{
+				{name: "ok/newline", query: "as=" + as + "&clean=1&ce=deflate&pad=%0A", wantStatus: 200, wantBody: cleanText, wantUse: ok},
+				{name: "ok/crlf", query: "as=" + as + "&clean=1&ce=deflate&pad=%0D%0A", wantStatus: 200, wantBody: cleanText, wantUse: ok},
+				{name: "ok/nuls", query: "as=" + as + "&clean=1&ce=deflate&pad=" + nuls, wantStatus: 200, wantBody: cleanText, wantUse: ok},
+				{name: "ok/four-nuls", query: "as=" + as + "-then-zeros&ce=deflate", wantStatus: 200, wantBody: cleanText, wantUse: ok},
+				{name: "ok/then-a-newline", query: "as=" + as + "-then-newline&ce=deflate", wantStatus: 200, wantBody: cleanText, wantUse: ok},
+				{name: "ok/mixed-whitespace-and-nuls", query: "as=" + as + "&clean=1&ce=deflate&pad=%20%09%0D%0A%00%0A%00%00", wantStatus: 200, wantBody: cleanText, wantUse: ok},
+				{name: "ok/secret-masked-with-a-newline-after", query: "as=" + as + "&ce=deflate&pad=%0A", wantStatus: 200, wantUse: ok, check: decodedEcho},
+				{name: "ok/secret-masked-with-nuls-after", query: "as=" + as + "&ce=deflate&pad=" + nuls, wantStatus: 200, wantUse: ok, check: decodedEcho},
+				{name: "fail/a-byte-after", query: "as=" + as + "&clean=1&ce=deflate&pad=x", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: firstStream},
+				{name: "fail/a-byte-after-a-newline", query: "as=" + as + "&clean=1&ce=deflate&pad=%0Ax", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: firstStream},
+				{name: "fail/a-byte-after-nuls", query: "as=" + as + "&clean=1&ce=deflate&pad=" + nuls + "%0C", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: firstStream},
+				{name: "fail/a-second-stream", query: "as=" + as + "-then-plain&clean=1&ce=deflate", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: firstStream},
+				{name: "fail/a-second-stream-after-a-newline", query: "as=" + as + "-then-newline&ce=deflate&pad=" + url.QueryEscape(string(encodeAs(as, []byte(cleanText)))),
+					wantStatus: 200, cut: true, wantUse: cutUndecodable, check: firstStream},
+				{name: "fail/a-gzip-member-after-zero-padding", query: "as=" + as + "-then-zeros-then-gzip&clean=1&ce=deflate", wantStatus: 200, cut: true, wantUse: cutUndecodable, check: firstStream},
+			} {
+				c.name = as + "/" + framing.name + "/" + c.name
+				c.query += framing.query
+				cases = append(cases, c)
+			}
+		}
+		// Whitespace past the cap of bytes read from the upstream (a body
+		// of declared length over it is refused at its length, unread).
+		cases = append(cases, encodedCase{name: as + "/streamed/fail/whitespace-over-the-cap", query: "as=" + as + "&clean=1&ce=deflate&stream=1&pad=" + strings.Repeat("+", maxRespBytes),
+			wantStatus: 200, cut: true, wantUse: cutTooLarge, check: firstStream})
+	}
 	f.checkEncoded(t, tok, true, cases)
 }
 
