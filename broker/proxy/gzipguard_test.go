@@ -332,6 +332,18 @@ func TestProxyScreensZlibAndNestedCompression(t *testing.T) {
 		{name: "ok/zlib-then-a-newline-streamed", query: "as=zlib-then-newline&stream=1", wantStatus: 200, wantBody: string(encodeAs("zlib-then-newline", nil)), wantUse: ok},
 		{name: "ok/zlib-then-clean-text", query: "as=zlib-then-text&clean=1", wantStatus: 200, wantBody: string(encodeAs("zlib-then-text", []byte(cleanText))), wantUse: ok},
 		{name: "ok/zlib-then-a-newline-in-labelled-gzip", query: "as=gzip.zlib-then-newline&ce=gzip", wantStatus: 200, wantBody: string(encodeAs("zlib-then-newline", nil)), wantUse: ok},
+		// A zlib stream followed by whitespace or NUL bytes is relayed
+		// as it came when clean (the zlib-then-a-newline cases above),
+		// declared or streamed, and refused when the stream carries the
+		// secret, the padding after it or not; text after the newline
+		// goes through the response scan (the secret masked in it).
+		{name: "ok/zlib-then-crlf-and-nuls", query: "as=zlib&clean=1&pad=%0D%0A%00%00", wantStatus: 200, wantBody: string(encodeAs("zlib", []byte(cleanText))) + "\r\n\x00\x00", wantUse: ok},
+		{name: "ok/zlib-then-crlf-and-nuls-streamed", query: "as=zlib&clean=1&pad=%0D%0A%00%00&stream=1", wantStatus: 200, wantBody: string(encodeAs("zlib", []byte(cleanText))) + "\r\n\x00\x00", wantUse: ok},
+		{name: "ok/zlib-then-a-newline-then-the-secret-masked", query: "as=zlib-then-newline&pad=" + url.QueryEscape(upstreamKey), wantStatus: 200,
+			wantBody: string(encodeAs("zlib-then-newline", nil)) + strings.Repeat("*", len(upstreamKey)), wantUse: ok},
+		{name: "fail/zlib-carrying-the-secret-then-a-newline", query: "as=zlib&pad=%0A", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/zlib-carrying-the-secret-then-a-newline-streamed", query: "as=zlib&pad=%0A&stream=1", wantStatus: 502, wantUse: refused("response_contains_secret")},
+		{name: "fail/zlib-carrying-the-secret-then-nuls", query: "as=zlib&pad=%00%00%00%00", wantStatus: 502, wantUse: refused("response_contains_secret")},
 		{name: "fail/secret-cut-between-the-zlib-stream-and-the-text-after-it", query: "as=zlib-split-into-text", wantStatus: 502, wantUse: refused("response_contains_secret")},
 		{name: "fail/zlib-then-a-second-stream", query: "as=zlib-then-plain", wantStatus: 502, wantUse: refused("response_undecodable")},
 		{name: "fail/zlib-then-a-clean-second-stream", query: "as=zlib-then-plain&clean=1", wantStatus: 502, wantUse: refused("response_undecodable")},

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"compress/gzip"
+	"compress/zlib"
 	"errors"
 	"io"
 	"slices"
@@ -187,6 +188,45 @@ func TestGzipGuardRefusesWhatGzipDecodesUnderOtherMagics(t *testing.T) {
 			t.Errorf("%s: declared %v, streamed %q, %v; want it relayed", tt.name, err, got, serr)
 		case !tt.ok && (!errors.Is(err, errEncodingUnsupported) || !errors.Is(serr, errEncodingUnsupported) || g.refused != "response_encoding_unsupported" || len(got) > 1):
 			t.Errorf("%s: declared %v, streamed %q, %v (%s); want refused, response_encoding_unsupported", tt.name, err, got, serr, g.refused)
+		}
+	}
+}
+
+// TestGzipGuardZlibThenWhitespace: a body without Content-Encoding that is
+// a zlib stream followed by whitespace or NUL bytes (PHP's gzcompress
+// output and a trailing newline) is relayed as it came when the stream is
+// clean, declared or streamed (a byte per read too), and refused when the
+// stream carries the secret: the guard relays such a body, it does not
+// refuse it (and Content-Encoding: deflate decodes it, see
+// TestDecoderDeflateTrailingWhitespace).
+func TestGzipGuardZlibThenWhitespace(t *testing.T) {
+	const secret = "sk_live_51HxUpstreamSharedSecret/+=&key"
+	zl := func(s string) string {
+		var b bytes.Buffer
+		zw := zlib.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	for _, tt := range []struct {
+		name string
+		body string
+		ok   bool
+	}{
+		{name: "clean-then-a-newline", body: zl("a clean line\n") + "\n", ok: true},
+		{name: "clean-then-crlf", body: zl("a clean line\n") + "\r\n", ok: true},
+		{name: "clean-then-nuls-and-spaces", body: zl("a clean line\n") + "\x00\x00 \t\x00", ok: true},
+		{name: "secret-then-a-newline", body: zl("token="+secret+"\n") + "\n"},
+		{name: "secret-then-nuls", body: zl("token="+secret) + "\x00\x00\x00\x00"},
+	} {
+		_, err := screenBody(secret, []byte(tt.body))
+		g := &gzipGuard{src: io.NopCloser(iotest.OneByteReader(strings.NewReader(tt.body))), forms: newFormSet(secret), pools: &decoderPools{}, limit: 1 << 20}
+		got, serr := io.ReadAll(g)
+		switch {
+		case tt.ok && (err != nil || serr != nil || string(got) != tt.body):
+			t.Errorf("%s: declared %v, streamed %q, %v; want it relayed as it came", tt.name, err, got, serr)
+		case !tt.ok && (!errors.Is(err, errSecretInBody) || !errors.Is(serr, errSecretInBody) || g.refused != "response_contains_secret" || len(got) > 1):
+			t.Errorf("%s: declared %v, streamed %q, %v (%s); want refused, response_contains_secret", tt.name, err, got, serr, g.refused)
 		}
 	}
 }
