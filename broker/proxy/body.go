@@ -109,6 +109,9 @@ type decoder struct {
 	// afterEnd): another gzip member, decoded on, or trailingPad bytes to
 	// the end of the body, else errDataAfterMember or errDataAfterStream.
 	trailingOK bool
+	// ended: the last Read decoded the end of a gzip member or of the
+	// deflate stream; the next one looks at what follows (afterEnd).
+	ended bool
 	// endErr is what ended the body after a member or the stream
 	// (afterEnd's error, io.EOF included): every Read after returns it.
 	endErr error
@@ -240,28 +243,38 @@ func (d *decoder) Read(p []byte) (int, error) {
 	if d.endErr != nil {
 		return 0, d.endErr
 	}
-	n, err := d.dec.Read(p)
-	for err == io.EOF && !d.trailingOK {
-		// The end of a gzip member or of the deflate stream: another
-		// member follows (decoded on, as Go's multi-member reader
-		// does), or only trailingPad bytes to the end of the body
-		// (io.EOF), or the body does not decode.
-		var more bool
-		if more, err = d.afterEnd(); !more {
-			d.endErr = err
-			break
+	for {
+		if d.ended {
+			d.ended = false
+			if more, err := d.afterEnd(); !more {
+				if err != io.EOF && (d.wireErr == nil || d.wireErr == io.EOF) {
+					// Not the upstream's read error nor the cap: what
+					// follows does not decode.
+					d.bad = true
+				}
+				d.endErr = err
+				return 0, err
+			}
 		}
-		if n > 0 {
-			break
+		n, err := d.dec.Read(p)
+		if err == io.EOF && !d.trailingOK {
+			// The end of a gzip member or of the deflate stream: what
+			// follows is looked at by the next Read (afterEnd), which
+			// may wait on the upstream: the last decoded bytes go out
+			// first.
+			d.ended = true
+			if n == 0 {
+				continue
+			}
+			return n, nil
 		}
-		n, err = d.dec.Read(p)
+		if err != nil && err != io.EOF && (d.wireErr == nil || d.wireErr == io.EOF) {
+			// Not the upstream's read error nor the cap: the data (or
+			// its end, a truncated stream) does not decode.
+			d.bad = true
+		}
+		return n, err
 	}
-	if err != nil && err != io.EOF && (d.wireErr == nil || d.wireErr == io.EOF) {
-		// Not the upstream's read error nor the cap: the data (or its
-		// end, a truncated stream, or what follows it) does not decode.
-		d.bad = true
-	}
-	return n, err
 }
 
 // afterEnd looks at what follows the end of a gzip member or of the

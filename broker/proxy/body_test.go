@@ -336,6 +336,119 @@ func TestDecoderDeflateTrailingWhitespace(t *testing.T) {
 	}
 }
 
+// gateReader serves head, then (once a Read asks past it) tail, recording
+// that it was asked: an upstream that sent head and would wait before
+// sending more.
+type gateReader struct {
+	head, tail string
+	past       bool
+}
+
+func (g *gateReader) Read(p []byte) (int, error) {
+	if g.head != "" {
+		n := copy(p, g.head)
+		g.head = g.head[n:]
+		return n, nil
+	}
+	g.past = true
+	if g.tail == "" {
+		return 0, io.EOF
+	}
+	n := copy(p, g.tail)
+	g.tail = g.tail[n:]
+	return n, nil
+}
+
+// TestDecoderHandsOutEndAtOnce: the decoder hands out the last decoded
+// bytes of a gzip member or of a zlib or raw deflate stream without
+// reading past its end first: what follows (another member, padding, the
+// end of the body), which a slow upstream may send only later, is read
+// by the next Read. It used to be read (waited for) before the member's
+// last bytes were handed out.
+func TestDecoderHandsOutEndAtOnce(t *testing.T) {
+	gz := func(s string) string {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	zl := func(s string) string {
+		var b bytes.Buffer
+		zw := zlib.NewWriter(&b)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	raw := func(s string) string {
+		var b bytes.Buffer
+		zw, _ := flate.NewWriter(&b, flate.DefaultCompression)
+		_, _ = zw.Write([]byte(s))
+		_ = zw.Close()
+		return b.String()
+	}
+	const first, second = "data: first\n\n", "data: second\n\n"
+	tests := []struct {
+		name       string
+		coding     contentCoding
+		head, tail string // head: the member or stream, sent first
+		wantRest   string
+		wantErr    error // after the rest: io.EOF, or errUndecodable (d.bad)
+	}{
+		{name: "gzip/then-a-member", coding: codingGzip, head: gz(first), tail: gz(second), wantRest: second, wantErr: io.EOF},
+		{name: "gzip/then-a-newline", coding: codingGzip, head: gz(first), tail: "\n", wantErr: io.EOF},
+		{name: "gzip/then-the-end", coding: codingGzip, head: gz(first), wantErr: io.EOF},
+		{name: "gzip/then-text", coding: codingGzip, head: gz(first), tail: "text", wantErr: errUndecodable},
+		{name: "gzip/second-member-then-the-end", coding: codingGzip, head: gz(first) + gz(second), wantRest: "", wantErr: io.EOF},
+		{name: "zlib/then-a-newline", coding: codingDeflate, head: zl(first), tail: "\n", wantErr: io.EOF},
+		{name: "zlib/then-the-end", coding: codingDeflate, head: zl(first), wantErr: io.EOF},
+		{name: "zlib/then-text", coding: codingDeflate, head: zl(first), tail: "text", wantErr: errUndecodable},
+		{name: "raw/then-nuls", coding: codingDeflate, head: raw(first), tail: "\x00\x00", wantErr: io.EOF},
+	}
+	var pools decoderPools
+	for _, tt := range tests {
+		for _, oneByte := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/one-byte-reads=%v", tt.name, oneByte), func(t *testing.T) {
+				want := first
+				if strings.HasPrefix(tt.name, "gzip/second-member") {
+					want = first + second
+				}
+				src := &gateReader{head: tt.head, tail: tt.tail}
+				var r io.Reader = src
+				if oneByte {
+					r = iotest.OneByteReader(r)
+				}
+				wire := &capReader{src: io.NopCloser(r), limit: 1 << 20}
+				d, err := newDecoder(wire, tt.coding, &pools)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer d.Close()
+				got := make([]byte, len(want))
+				if _, err := io.ReadFull(d, got); err != nil || string(got) != want {
+					t.Fatalf("decoded %q, %v; want %q", got, err, want)
+				}
+				if src.past {
+					t.Errorf("the decoder read past the end of the member or stream before handing out its last decoded bytes")
+				}
+				rest, err := io.ReadAll(d)
+				if err == nil {
+					err = io.EOF // ReadAll's nil
+				}
+				// The decoder's own errors are the decompressor's; bad
+				// makes them errUndecodable (see call.bodyError).
+				bad := errors.Is(tt.wantErr, errUndecodable)
+				if string(rest) != tt.wantRest || (err == io.EOF) != (tt.wantErr == io.EOF) {
+					t.Errorf("rest %q, %v; want %q, %v", rest, err, tt.wantRest, tt.wantErr)
+				}
+				if d.bad != bad {
+					t.Errorf("bad = %v, want %v", d.bad, bad)
+				}
+			})
+		}
+	}
+}
+
 // TestSniffCodingZlibHeaders: the screen of a body without Content-Encoding
 // takes for zlib exactly the two-byte headers Go's zlib reader opens
 // without a preset dictionary, and for gzip only 1f 8b 08; the other

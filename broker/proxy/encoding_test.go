@@ -5,9 +5,12 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"compress/zlib"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -417,6 +420,69 @@ func TestProxyDecodesDeflateWithTrailingWhitespace(t *testing.T) {
 			wantStatus: 200, cut: true, wantUse: cutTooLarge, check: firstStream})
 	}
 	f.checkEncoded(t, tok, true, cases)
+}
+
+// TestProxyRelaysDecodedMemberAtOnce: a Content-Encoding: gzip or deflate
+// body whose upstream sends a whole gzip member (or zlib or raw deflate
+// stream) and then pauses (a slow upstream, a stream of members sent as
+// they come) reaches the caller decoded, all of it, while the upstream
+// holds the rest; what follows (another member, padding, the end) is
+// looked at after. It used to hold the member's last decoded bytes until
+// the upstream sent more or ended: the decoder looked at what follows the
+// member before handing them out.
+func TestProxyRelaysDecodedMemberAtOnce(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tok := f.credential(t, "stripe").AccessToken
+	tests := []struct {
+		name, ce, as string
+		second       string // what the upstream sends once let go
+		wantRest     string // decoded
+	}{
+		{name: "gzip/then-a-second-member", ce: "gzip", as: "gzip", second: string(encodeAs("gzip", []byte(holdSecond))), wantRest: holdSecond},
+		{name: "gzip/then-a-newline", ce: "gzip", as: "gzip", second: "\n"},
+		{name: "gzip/then-the-end", ce: "gzip", as: "gzip"},
+		{name: "deflate-zlib/then-a-newline", ce: "deflate", as: "zlib", second: "\n"},
+		{name: "deflate-zlib/then-the-end", ce: "deflate", as: "zlib"},
+		{name: "deflate-raw/then-nuls", ce: "deflate", as: "rawdeflate", second: "\x00\x00"},
+	}
+	for _, tt := range tests {
+		t.Run("ok/"+tt.name, func(t *testing.T) {
+			before := len(f.eventsOf(audit.TypeUseResult))
+			h := f.up.holdRequest(t)
+			q := url.Values{"first": {string(encodeAs(tt.as, []byte(holdFirst)))}, "second": {tt.second}, "ce": {tt.ce}}
+			req, err := http.NewRequest("GET", "http://"+f.addr+"/v1/proxy/stripe/up/hold?"+q.Encode(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = bearer(tok)
+			res, err := f.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			got := make(chan string, 1)
+			go func() {
+				b := make([]byte, len(holdFirst))
+				n, _ := io.ReadFull(res.Body, b)
+				got <- string(b[:n])
+			}()
+			select {
+			case b := <-got:
+				if b != holdFirst {
+					t.Errorf("first member decoded = %q, want %q", b, holdFirst)
+				}
+			case <-time.After(cutDeadline):
+				// Not a timing the test depends on: the bytes come at
+				// once, or (the old code) only once the upstream is let go.
+				t.Fatalf("first member's decoded bytes not all relayed %v after the upstream flushed it", cutDeadline)
+			}
+			h.letGo()
+			if rest, err := io.ReadAll(res.Body); err != nil || string(rest) != tt.wantRest {
+				t.Errorf("rest of the body = %q, %v; want %q", rest, err, tt.wantRest)
+			}
+			f.wantUseResult(t, before, audit.Outcome{Status: 200})
+		})
+	}
 }
 
 // TestProxyCapsEncodedBytes: the response cap also bounds the bytes read

@@ -232,7 +232,7 @@ type upstream struct {
 
 // hold is what the test controls of a request to /up/hold: it answers
 // with holdFirst (or ?first's value; flushed; as a text/plain body of
-// length ?length when set; with ?headers=late, nothing, not even the status), then waits until the test closes release (and sends
+// length ?length when set; with each ?ce as a Content-Encoding line; with ?headers=late, nothing, not even the status), then waits until the test closes release (and sends
 // holdSecond, or ?second's value) or the request ends (and closes gone).
 type hold struct {
 	arrived chan struct{} // closed when the request arrived
@@ -439,6 +439,10 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				first = v
 			}
 			w.Header().Set("Content-Type", "text/event-stream")
+			for _, ce := range r.URL.Query()["ce"] {
+				// Labelled as ?first and ?second are encoded.
+				w.Header().Add("Content-Encoding", ce)
+			}
 			if n := r.URL.Query().Get("length"); n != "" {
 				// A body of declared length (not an event stream).
 				w.Header().Set("Content-Type", "text/plain")
