@@ -101,6 +101,7 @@ type Proxy struct {
 	decoders      decoderPools
 	inFlight      inFlight // requests gone upstream, cut when revoked (cutRevoked)
 	views         policyViews
+	rp            *httputil.ReverseProxy // shared by every request (see callOf)
 	// dropEarlyFlush is a seam for tests (see responseWriter.dropEarlyFlush).
 	dropEarlyFlush atomic.Bool
 
@@ -175,6 +176,7 @@ func New(o Options) (*Proxy, error) {
 		transports: map[string]*grantTransport{},
 	}
 	p.cachedSecrets, _ = o.Secrets.(broker.CachedSecretSource)
+	p.rp = p.newReverseProxy()
 	o.Service.OnKnownRevoked(p.cutRevoked)
 	return p, nil
 }
@@ -238,6 +240,12 @@ type call struct {
 		errCode, errReason string
 		upstreamStatus     int // 0 when the upstream did not answer
 	}
+
+	// What forward hands the shared ReverseProxy's hooks (see callOf):
+	// the secret's forms, the upstream target and the use id.
+	forms *formSet
+	tgt   upstreamTarget
+	useID string
 
 	// upstreamIDs are the upstream's own request ids, by the index of
 	// their header in upstreamRequestIDHeaders (see upstreamRequestIDs).
@@ -651,230 +659,24 @@ func (c *call) forward(w http.ResponseWriter) {
 	ctx, cancelAll := context.WithTimeout(r.Context(), p.o.Timeouts.Overall)
 	defer cancelAll()
 	// Listed before RoundTrip asks the revocation state: a revocation
-	// learned after that question cuts the request (cutRevoked).
+	// learned after that question cuts the request (cutRevoked), through
+	// ctx, which every context of the upstream exchange derives from.
 	c.cancel = cancelAll
 	p.inFlight.add(c)
 	defer p.inFlight.remove(c)
-	out := r.WithContext(ctx)
+	// The shared ReverseProxy's hooks find the call through the request's
+	// context (callOf).
+	out := r.WithContext(context.WithValue(ctx, callKey{}, c))
 	if r.Body != nil && r.Body != http.NoBody {
 		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
 	}
 	rw := &c.rwv
 	rw.init(w)
 	rw.dropEarlyFlush = p.dropEarlyFlush.Load()
-	// What the hooks below learn, for the use_result event: in the call,
-	// not in variables the closures capture (each would be allocated).
+	// What the hooks learn, for the use_result event.
 	st := &c.res
-	inject := g.Proxy.Inject
-
-	// errorHandler answers a request whose upstream exchange failed before
-	// anything of the response was sent (ReverseProxy's ErrorHandler).
-	errorHandler := func(_ http.ResponseWriter, _ *http.Request, err error) {
-		rw.own = true // nothing of the upstream's body is relayed
-		if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
-			// Refused as the checks refuse it, deny event included:
-			// nothing went upstream.
-			e := broker.AsError(err)
-			st.errCode, st.errReason = broker.CodeOf(e), e.Reason
-			c.fail(rw, err)
-			return
-		}
-		if why := c.cut.Load(); why != 0 && r.Context().Err() == nil {
-			// Cut (cutRevoked) before the upstream answered (or before
-			// anything of its response was sent): the checks' 403,
-			// though the request went upstream (its use_result, not a
-			// deny, records it).
-			e := errRevokedBeforeSend
-			if why == cutBlock {
-				e = errBlockedBeforeSend
-			}
-			st.errCode, st.errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
-			c.h.api.WriteErrorStatus(rw, r, e, 0)
-			return
-		}
-		status, reason := http.StatusBadGateway, "upstream_error"
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe):
-			status, reason = http.StatusRequestEntityTooLarge, "body_too_large"
-		case errors.Is(err, errResponseTooLarge):
-			reason = "response_too_large"
-		case errors.Is(err, errEncodingUnsupported):
-			reason = "response_encoding_unsupported"
-		case errors.Is(err, errUndecodable):
-			reason = "response_undecodable"
-		case errors.Is(err, errSecretInBody):
-			reason = "response_contains_secret"
-		case errors.Is(err, errAddressRefused):
-			reason = "upstream_address_refused"
-		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-			status, reason = http.StatusGatewayTimeout, "upstream_timeout"
-		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-			// The caller went away before the upstream answered: not
-			// an upstream failure. Nobody reads the answer; its 499
-			// (nginx's "client closed request") is for the access log,
-			// the metrics and the use_result event.
-			st.errCode, st.errReason = "", "client_gone"
-			p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
-				slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
-			rw.WriteHeader(broker.StatusClientClosedRequest)
-			return
-		}
-		// The transport's error text is sanitised before it is logged
-		// and never reaches the caller.
-		cause := errors.New(forms.redact(err.Error()))
-		var e error
-		if status == http.StatusRequestEntityTooLarge {
-			e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
-		} else {
-			safe := "the upstream could not be reached or did not answer properly"
-			switch reason {
-			case "response_encoding_unsupported", "response_undecodable":
-				safe = "the upstream's response is encoded in a way the broker cannot scan"
-			case "response_contains_secret":
-				safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
-			}
-			retry := time.Second
-			switch reason {
-			case "response_contains_secret", "response_too_large", "response_encoding_unsupported",
-				"response_undecodable", "upstream_address_refused":
-				// A retry gets the same answer (the upstream echoes the
-				// secret again, sends as much, encodes as it did though
-				// asked for identity, sends bytes that arrived whole and
-				// do not decode; the grant's upstream is an address it
-				// does not allow until the policy or the upstream's DNS
-				// changes): no Retry-After, which invites a retry that
-				// goes upstream, and into the audit log, again. Only
-				// upstream_error and upstream_timeout (504) carry one.
-				retry = -1
-			}
-			e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: retry, Err: cause}
-		}
-		st.errCode, st.errReason = broker.CodeOf(broker.AsError(e)), reason
-		c.h.api.WriteErrorStatus(rw, r, e, status)
-	}
 	c.rt = gt.rt
-	rp := &httputil.ReverseProxy{
-		Transport:  c, // gt.rt, after the revocation state is asked again
-		BufferPool: p.bufs,
-		ErrorLog:   p.errLog,
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			o := pr.Out
-			// Out's URL is ReverseProxy's clone of the caller's: set in place.
-			*o.URL = url.URL{Scheme: tgt.u.Scheme, Host: tgt.u.Host, Path: tgt.path, RawPath: tgt.rawPath, RawQuery: tgt.rawQuery}
-			o.Host = tgt.u.Host
-			// The caller's announced trailer names would be announced
-			// upstream (their values never are): send none.
-			o.Trailer = nil
-			for _, name := range strippedRequestHeaders {
-				o.Header.Del(name)
-			}
-			for name := range o.Header {
-				if dropRequestHeader(name) {
-					delete(o.Header, name)
-				}
-			}
-			// As Header.Set, the values held in the call (headerValue).
-			if inject.Header != "" {
-				o.Header[http.CanonicalHeaderKey(inject.Header)] = c.headerValue(hdrInject, forms.injected(inject.Format))
-			}
-			o.Header["X-Request-Id"] = c.headerValue(hdrRequestID, useID)
-			o.Header["X-Keytrail-Issuance"] = c.headerValue(hdrIssuance, c.is.ID)
-			o.Header["Accept-Encoding"] = identity // so the response scan sees plain bytes
-		},
-		ModifyResponse: func(res *http.Response) error {
-			st.upstreamStatus = res.StatusCode
-			if res.StatusCode == http.StatusSwitchingProtocols {
-				return errors.New("upstream switched protocols")
-			}
-			c.upstreamRequestIDs(res.Header, forms, useID)
-			// A HEAD response declares the length of a body it does not have.
-			if res.ContentLength > p.o.MaxResponseBytes && r.Method != http.MethodHead {
-				return errResponseTooLarge
-			}
-			// The scan must see plain bytes: a gzip or deflate body is
-			// decoded here and relayed decoded (no Content-Encoding, no
-			// Content-Length: the decoded length is not known before the
-			// end), any other coding is refused. HEAD, 204 and 304 have no
-			// body: their headers are what a GET's decoded response has.
-			coding := responseCoding(res.Header)
-			if coding == codingUnsupported {
-				return fmt.Errorf("%w: Content-Encoding %q", errEncodingUnsupported, res.Header.Values("Content-Encoding"))
-			}
-			if _, ok := res.Header["Content-Encoding"]; ok {
-				delete(res.Header, "Content-Encoding")
-				if coding != codingIdentity {
-					delete(res.Header, "Content-Length")
-					res.ContentLength = -1
-					res.Uncompressed = true
-					weakenETags(res.Header)
-					dropDigests(res.Header)
-				}
-			}
-			if res.StatusCode == http.StatusNotModified && coding == codingIdentity {
-				// The caller's If-None-Match says whether the body it
-				// stored was relayed altered (its tag made weak).
-				if inm := r.Header["If-None-Match"]; len(inm) > 0 && weakenRevalidatedETags(res.Header, inm) {
-					dropDigests(res.Header)
-				}
-			}
-			bodyless := r.Method == http.MethodHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
-			for name, vs := range res.Header {
-				if strings.HasPrefix(name, "X-Keytrail-") || name == "X-Request-Id" {
-					delete(res.Header, name)
-					continue
-				}
-				for _, v := range vs {
-					if forms.containsAny(v) {
-						delete(res.Header, name)
-						p.log.LogAttrs(r.Context(), slog.LevelWarn, "dropped upstream response header carrying the injected secret",
-							slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("header", name))
-						break
-					}
-				}
-			}
-			// Trailers arrive after the body and are never relayed: with no
-			// names here ReverseProxy announces none, and the responseWriter
-			// drops those it copies after the body (see responseWriter).
-			res.Trailer = nil
-			keepOutOfSharedCaches(res.Header)
-			res.Header["X-Keytrail-Use"] = c.headerValue(hdrUse, useID) // as Header.Set
-			body := res.Body
-			if coding != codingIdentity && !bodyless {
-				// Both caps: the bytes read from the upstream and,
-				// above the decoder, the decoded bytes relayed.
-				c.wire = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
-				d, err := newDecoder(c.wire, coding, &p.decoders)
-				if err != nil {
-					return err
-				}
-				c.dec, body = d, d
-			}
-			c.rcv = capReader{src: body, limit: p.o.MaxResponseBytes}
-			c.rc = &c.rcv
-			c.guard = gzipGuard{src: c.rc, forms: forms, pools: &p.decoders, limit: p.o.MaxResponseBytes, screened: bodyless}
-			if res.ContentLength > 0 && !bodyless {
-				// Declared length: screened before the status goes out,
-				// so that a refusal is a 502.
-				if err := c.guard.screen(); err != nil {
-					return err
-				}
-			}
-			rr := &c.redact
-			rr.init(&c.guard, forms, p.redactBufs)
-			rr.altered = &rw.altered // a masked body loses its validators, if its headers are not sent yet
-			if res.ContentLength > 0 && !bodyless {
-				// Declared length: the headers wait for the body's
-				// first 16 KiB (all of an ordinary API answer), and
-				// for the end of a secret that starts in them, so a
-				// secret masked in them strips the headers' validators.
-				rr.fill = int(min(res.ContentLength, redactChunk/2))
-			}
-			res.Body = rr
-			return nil
-		},
-		ErrorHandler: errorHandler,
-	}
+	c.forms, c.tgt, c.useID = forms, tgt, useID
 
 	defer func() {
 		// ReverseProxy aborts the connection (panic http.ErrAbortHandler)
@@ -896,7 +698,7 @@ func (c *call) forward(w http.ResponseWriter) {
 			// A connection cut with nothing sent is what an HTTP client
 			// on a reused keep-alive connection takes for one the server
 			// closed while idle: it would send a GET again, upstream too.
-			errorHandler(rw, out, c.bodyError())
+			c.errorHandler(c.bodyError())
 			rec = nil
 		}
 		status := rw.status
@@ -935,7 +737,254 @@ func (c *call) forward(w http.ResponseWriter) {
 			panic(rec)
 		}
 	}()
-	rp.ServeHTTP(rw, out)
+	p.rp.ServeHTTP(rw, out)
+}
+
+// callKey is the context key under which forward puts the call of a
+// request it hands to the shared ReverseProxy.
+type callKey struct{}
+
+// callOf returns the call of a request forward handed to the shared
+// ReverseProxy (its inbound or outbound request, or their context).
+func callOf(ctx context.Context) *call {
+	return ctx.Value(callKey{}).(*call)
+}
+
+// newReverseProxy returns the one ReverseProxy every proxied request goes
+// through: its hooks and Transport find the request's call through its
+// context (callOf), so no ReverseProxy or hook closure is made per
+// request.
+func (p *Proxy) newReverseProxy() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Transport:  callTransport{}, // the call's grant Transport, after the revocation state is asked again
+		BufferPool: p.bufs,
+		ErrorLog:   p.errLog,
+		Rewrite:    func(pr *httputil.ProxyRequest) { callOf(pr.In.Context()).rewrite(pr) },
+		ModifyResponse: func(res *http.Response) error {
+			return callOf(res.Request.Context()).modifyResponse(res)
+		},
+		ErrorHandler: func(_ http.ResponseWriter, r *http.Request, err error) {
+			callOf(r.Context()).errorHandler(err)
+		},
+	}
+}
+
+// callTransport is the shared ReverseProxy's Transport: the call's
+// RoundTrip.
+type callTransport struct{}
+
+func (callTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return callOf(req.Context()).RoundTrip(req)
+}
+
+// errorHandler answers a request whose upstream exchange failed before
+// anything of the response was sent (ReverseProxy's ErrorHandler).
+func (c *call) errorHandler(err error) {
+	p, r, rw, st, forms, useID := c.h.p, c.r, &c.rwv, &c.res, c.forms, c.useID
+	rw.own = true // nothing of the upstream's body is relayed
+	if errors.Is(err, errRevokedBeforeSend) || errors.Is(err, errBlockedBeforeSend) {
+		// Refused as the checks refuse it, deny event included:
+		// nothing went upstream.
+		e := broker.AsError(err)
+		st.errCode, st.errReason = broker.CodeOf(e), e.Reason
+		c.fail(rw, err)
+		return
+	}
+	if why := c.cut.Load(); why != 0 && r.Context().Err() == nil {
+		// Cut (cutRevoked) before the upstream answered (or before
+		// anything of its response was sent): the checks' 403,
+		// though the request went upstream (its use_result, not a
+		// deny, records it).
+		e := errRevokedBeforeSend
+		if why == cutBlock {
+			e = errBlockedBeforeSend
+		}
+		st.errCode, st.errReason = broker.CodeOf(broker.AsError(e)), reasonRevokedInFlight
+		c.h.api.WriteErrorStatus(rw, r, e, 0)
+		return
+	}
+	status, reason := http.StatusBadGateway, "upstream_error"
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		status, reason = http.StatusRequestEntityTooLarge, "body_too_large"
+	case errors.Is(err, errResponseTooLarge):
+		reason = "response_too_large"
+	case errors.Is(err, errEncodingUnsupported):
+		reason = "response_encoding_unsupported"
+	case errors.Is(err, errUndecodable):
+		reason = "response_undecodable"
+	case errors.Is(err, errSecretInBody):
+		reason = "response_contains_secret"
+	case errors.Is(err, errAddressRefused):
+		reason = "upstream_address_refused"
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		status, reason = http.StatusGatewayTimeout, "upstream_timeout"
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The caller went away before the upstream answered: not
+		// an upstream failure. Nobody reads the answer; its 499
+		// (nginx's "client closed request") is for the access log,
+		// the metrics and the use_result event.
+		st.errCode, st.errReason = "", "client_gone"
+		p.log.LogAttrs(r.Context(), slog.LevelInfo, "client went away before the upstream answered",
+			slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID))
+		rw.WriteHeader(broker.StatusClientClosedRequest)
+		return
+	}
+	// The transport's error text is sanitised before it is logged
+	// and never reaches the caller.
+	cause := errors.New(forms.redact(err.Error()))
+	var e error
+	if status == http.StatusRequestEntityTooLarge {
+		e = broker.Errorf(broker.ErrInvalidRequest, reason, "request body too large", cause)
+	} else {
+		safe := "the upstream could not be reached or did not answer properly"
+		switch reason {
+		case "response_encoding_unsupported", "response_undecodable":
+			safe = "the upstream's response is encoded in a way the broker cannot scan"
+		case "response_contains_secret":
+			safe = "the upstream's response carries the injected secret in a form the broker cannot redact"
+		}
+		retry := time.Second
+		switch reason {
+		case "response_contains_secret", "response_too_large", "response_encoding_unsupported",
+			"response_undecodable", "upstream_address_refused":
+			// A retry gets the same answer (the upstream echoes the
+			// secret again, sends as much, encodes as it did though
+			// asked for identity, sends bytes that arrived whole and
+			// do not decode; the grant's upstream is an address it
+			// does not allow until the policy or the upstream's DNS
+			// changes): no Retry-After, which invites a retry that
+			// goes upstream, and into the audit log, again. Only
+			// upstream_error and upstream_timeout (504) carry one.
+			retry = -1
+		}
+		e = &broker.Error{Kind: broker.ErrUnavailable, Reason: reason, Safe: safe, RetryAfter: retry, Err: cause}
+	}
+	st.errCode, st.errReason = broker.CodeOf(broker.AsError(e)), reason
+	c.h.api.WriteErrorStatus(rw, r, e, status)
+}
+
+// rewrite makes the upstream request (ReverseProxy's Rewrite).
+func (c *call) rewrite(pr *httputil.ProxyRequest) {
+	tgt, inject, forms, useID := &c.tgt, c.grant.Proxy.Inject, c.forms, c.useID
+	o := pr.Out
+	// Out's URL is ReverseProxy's clone of the caller's: set in place.
+	*o.URL = url.URL{Scheme: tgt.u.Scheme, Host: tgt.u.Host, Path: tgt.path, RawPath: tgt.rawPath, RawQuery: tgt.rawQuery}
+	o.Host = tgt.u.Host
+	// The caller's announced trailer names would be announced
+	// upstream (their values never are): send none.
+	o.Trailer = nil
+	for _, name := range strippedRequestHeaders {
+		o.Header.Del(name)
+	}
+	for name := range o.Header {
+		if dropRequestHeader(name) {
+			delete(o.Header, name)
+		}
+	}
+	// As Header.Set, the values held in the call (headerValue).
+	if inject.Header != "" {
+		o.Header[http.CanonicalHeaderKey(inject.Header)] = c.headerValue(hdrInject, forms.injected(inject.Format))
+	}
+	o.Header["X-Request-Id"] = c.headerValue(hdrRequestID, useID)
+	o.Header["X-Keytrail-Issuance"] = c.headerValue(hdrIssuance, c.is.ID)
+	o.Header["Accept-Encoding"] = identity // so the response scan sees plain bytes
+}
+
+// modifyResponse checks and prepares the upstream's response before its
+// status goes to the caller (ReverseProxy's ModifyResponse).
+func (c *call) modifyResponse(res *http.Response) error {
+	p, r, rw, st, forms, useID := c.h.p, c.r, &c.rwv, &c.res, c.forms, c.useID
+	st.upstreamStatus = res.StatusCode
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		return errors.New("upstream switched protocols")
+	}
+	c.upstreamRequestIDs(res.Header, forms, useID)
+	// A HEAD response declares the length of a body it does not have.
+	if res.ContentLength > p.o.MaxResponseBytes && r.Method != http.MethodHead {
+		return errResponseTooLarge
+	}
+	// The scan must see plain bytes: a gzip or deflate body is
+	// decoded here and relayed decoded (no Content-Encoding, no
+	// Content-Length: the decoded length is not known before the
+	// end), any other coding is refused. HEAD, 204 and 304 have no
+	// body: their headers are what a GET's decoded response has.
+	coding := responseCoding(res.Header)
+	if coding == codingUnsupported {
+		return fmt.Errorf("%w: Content-Encoding %q", errEncodingUnsupported, res.Header.Values("Content-Encoding"))
+	}
+	if _, ok := res.Header["Content-Encoding"]; ok {
+		delete(res.Header, "Content-Encoding")
+		if coding != codingIdentity {
+			delete(res.Header, "Content-Length")
+			res.ContentLength = -1
+			res.Uncompressed = true
+			weakenETags(res.Header)
+			dropDigests(res.Header)
+		}
+	}
+	if res.StatusCode == http.StatusNotModified && coding == codingIdentity {
+		// The caller's If-None-Match says whether the body it
+		// stored was relayed altered (its tag made weak).
+		if inm := r.Header["If-None-Match"]; len(inm) > 0 && weakenRevalidatedETags(res.Header, inm) {
+			dropDigests(res.Header)
+		}
+	}
+	bodyless := r.Method == http.MethodHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
+	for name, vs := range res.Header {
+		if strings.HasPrefix(name, "X-Keytrail-") || name == "X-Request-Id" {
+			delete(res.Header, name)
+			continue
+		}
+		for _, v := range vs {
+			if forms.containsAny(v) {
+				delete(res.Header, name)
+				p.log.LogAttrs(r.Context(), slog.LevelWarn, "dropped upstream response header carrying the injected secret",
+					slog.String("request_id", httpapi.RequestID(r)), slog.String("use_id", useID), slog.String("header", name))
+				break
+			}
+		}
+	}
+	// Trailers arrive after the body and are never relayed: with no
+	// names here ReverseProxy announces none, and the responseWriter
+	// drops those it copies after the body (see responseWriter).
+	res.Trailer = nil
+	keepOutOfSharedCaches(res.Header)
+	res.Header["X-Keytrail-Use"] = c.headerValue(hdrUse, useID) // as Header.Set
+	body := res.Body
+	if coding != codingIdentity && !bodyless {
+		// Both caps: the bytes read from the upstream and,
+		// above the decoder, the decoded bytes relayed.
+		c.wire = &capReader{src: res.Body, limit: p.o.MaxResponseBytes}
+		d, err := newDecoder(c.wire, coding, &p.decoders)
+		if err != nil {
+			return err
+		}
+		c.dec, body = d, d
+	}
+	c.rcv = capReader{src: body, limit: p.o.MaxResponseBytes}
+	c.rc = &c.rcv
+	c.guard = gzipGuard{src: c.rc, forms: forms, pools: &p.decoders, limit: p.o.MaxResponseBytes, screened: bodyless}
+	if res.ContentLength > 0 && !bodyless {
+		// Declared length: screened before the status goes out,
+		// so that a refusal is a 502.
+		if err := c.guard.screen(); err != nil {
+			return err
+		}
+	}
+	rr := &c.redact
+	rr.init(&c.guard, forms, p.redactBufs)
+	rr.altered = &rw.altered // a masked body loses its validators, if its headers are not sent yet
+	if res.ContentLength > 0 && !bodyless {
+		// Declared length: the headers wait for the body's
+		// first 16 KiB (all of an ordinary API answer), and
+		// for the end of a secret that starts in them, so a
+		// secret masked in them strips the headers' validators.
+		rr.fill = int(min(res.ContentLength, redactChunk/2))
+	}
+	res.Body = rr
+	return nil
 }
 
 // secret reads a grant's secret: from the source's memory when it keeps
