@@ -604,6 +604,9 @@ func queryKeyIs(k, param string) bool {
 // (still honoured by Apache httpd) would let a caller fetch an echoed secret
 // in pieces (over several requests, or in the parts of one
 // multipart/byteranges response) that the response scan cannot recognise.
+// Written in canonical form (http.CanonicalHeaderKey), as net/http keys a
+// request's headers: they are deleted from the map by these names
+// (TestStrippedRequestHeadersAreCanonical).
 var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip",
 	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url",
 	"Range", "If-Range", "Request-Range"}
@@ -876,7 +879,7 @@ func (c *call) rewrite(pr *httputil.ProxyRequest) {
 	// upstream (their values never are): send none.
 	o.Trailer = nil
 	for _, name := range strippedRequestHeaders {
-		o.Header.Del(name)
+		delete(o.Header, name) // canonical names: Header.Del would check each again
 	}
 	for name := range o.Header {
 		if dropRequestHeader(name) {
