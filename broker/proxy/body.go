@@ -687,6 +687,12 @@ type redactReader struct {
 	forms *formSet
 	keep  int
 	pool  *sync.Pool // where buf came from and returns to on Close (may be nil)
+	// bufp is the pointer buf came in from pool: it goes back in it, so
+	// that handing buf back allocates nothing.
+	bufp *[]byte
+	// dirty is how far into buf's array bytes may have been written (see
+	// Close, which clears that much before handing buf back).
+	dirty int
 	// altered, when set, is set once an occurrence was masked: the body
 	// relayed is no longer the upstream's (see responseWriter.altered).
 	altered *atomic.Bool
@@ -739,7 +745,8 @@ func (r *redactReader) init(src io.ReadCloser, forms *formSet, pool *sync.Pool) 
 		// A buffer holding back more than half a chunk grows in Read
 		// (a secret of over ~1.6 KB) and is then not handed back.
 		r.pool = pool
-		r.buf = (*pool.Get().(*[]byte))[:0]
+		r.bufp = pool.Get().(*[]byte)
+		r.buf = (*r.bufp)[:0]
 	} else {
 		r.buf = make([]byte, 0, redactChunk+keep)
 	}
@@ -769,6 +776,12 @@ func (r *redactReader) Read(p []byte) (int, error) {
 		n, err := r.src.Read(r.buf[old:cap(r.buf)])
 		r.buf = r.buf[:old+n]
 		r.err = err
+		if err != nil && err != io.EOF {
+			// A failed read may have written more than it returned
+			// (capReader at the cap does).
+			r.dirty = cap(r.buf)
+		}
+		r.dirty = max(r.dirty, len(r.buf))
 		if n > 0 {
 			r.looked += int64(len(r.buf) - r.from)
 		}
@@ -821,16 +834,26 @@ func (r *redactReader) partial() int {
 	return 0
 }
 
-// Close closes the source and hands the buffer back; the reader must not be
-// used afterwards.
+// Close closes the source and hands the buffer back, cleared, through the
+// pointer it came in (no allocation); the reader must not be used
+// afterwards. Only what was written is cleared (dirty): a read that succeeds
+// writes what it returns (the sources here, gzipGuard, capReader, decoder
+// and the response body, copy exactly that; io.Reader allows a read to use
+// all of p as scratch, which none of them does), a read that fails may have
+// written anything (capReader at the cap returns less than its source
+// wrote), so it marks the whole buffer. A buffer grown in Read is not
+// handed back (nor is the smaller one it replaced: neither is pooled).
+// TestRedactBufferHandedBackCleared checks that no byte of the secret
+// survives in a buffer handed back.
 func (r *redactReader) Close() error {
 	if r.pool != nil && cap(r.buf) == redactChunk+redactSlack {
-		b := r.buf[:0]
-		clear(b[:cap(b)])
-		r.pool.Put(&b)
+		b := r.buf[:min(r.dirty, cap(r.buf))]
+		clear(b)
+		*r.bufp = b[:0]
+		r.pool.Put(r.bufp)
 	}
-	r.buf, r.pool = nil, nil
-	r.off, r.ready, r.from = 0, 0, 0
+	r.buf, r.pool, r.bufp = nil, nil, nil
+	r.off, r.ready, r.from, r.dirty = 0, 0, 0, 0
 	if r.err == nil {
 		r.err = io.ErrClosedPipe
 	}
