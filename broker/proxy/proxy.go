@@ -242,7 +242,9 @@ type call struct {
 	}
 
 	// What forward hands the shared ReverseProxy's hooks (see callOf):
-	// the secret's forms, the upstream target and the use id.
+	// the request's context, the secret's forms, the upstream target and
+	// the use id.
+	ctx   callCtx
 	forms *formSet
 	tgt   upstreamTarget
 	useID string
@@ -669,7 +671,8 @@ func (c *call) forward(w http.ResponseWriter) {
 	defer p.inFlight.remove(c)
 	// The shared ReverseProxy's hooks find the call through the request's
 	// context (callOf).
-	out := r.WithContext(context.WithValue(ctx, callKey{}, c))
+	c.ctx = callCtx{Context: ctx, c: c}
+	out := r.WithContext(&c.ctx)
 	if r.Body != nil && r.Body != http.NoBody {
 		out.Body = http.MaxBytesReader(w, r.Body, p.o.MaxRequestBytes)
 	}
@@ -743,9 +746,28 @@ func (c *call) forward(w http.ResponseWriter) {
 	p.rp.ServeHTTP(rw, out)
 }
 
-// callKey is the context key under which forward puts the call of a
-// request it hands to the shared ReverseProxy.
+// callKey is the context key under which a request forward hands to the
+// shared ReverseProxy holds its call.
 type callKey struct{}
+
+// callCtx is the context of a request forward hands to the shared
+// ReverseProxy: the forward's context (which cutRevoked cancels) that also
+// holds the call under callKey, as context.WithValue would make it. It is
+// held in the call, which saves WithValue's allocation; every other
+// question goes to the forward's context (Done, Err, Deadline and the
+// context package's own look-up of its parent's cancellation, so contexts
+// derived from it are cancelled with it, as from a WithValue context).
+type callCtx struct {
+	context.Context
+	c *call
+}
+
+func (x *callCtx) Value(key any) any {
+	if key == (callKey{}) {
+		return x.c
+	}
+	return x.Context.Value(key)
+}
 
 // callOf returns the call of a request forward handed to the shared
 // ReverseProxy (its inbound or outbound request, or their context).
