@@ -57,8 +57,11 @@ func proxiedAllocs(t *testing.T) (proxied, direct float64) {
 //	135  the use and use_result events held in the call, the injected
 //	     header's value kept with the secret's forms
 //	133  httpapi's request id held in its status writer
+//	129  one shared ReverseProxy (no hook closures per request), its
+//	     context held in the call, the scan buffer handed back through
+//	     its own pointer
 func TestProxyRequestAllocs(t *testing.T) {
-	const maxAdded = 133 + raceAllocs
+	const maxAdded = 129 + raceAllocs
 	proxied, direct := proxiedAllocs(t)
 	t.Logf("proxied %v, direct %v allocations, difference %v", proxied, direct, proxied-direct)
 	if proxied-direct > maxAdded {
