@@ -903,6 +903,39 @@ workloads:
 	}
 }
 
+// TestDecodeMappingOrListForScalar: a mapping or list where a date, a
+// duration, a number, a string or a boolean belongs is named by file, field
+// and line, saying what was found. Before, a date or duration said only
+// "date must be YYYY-MM-DD" or "duration must be a string like "15m"",
+// not that a mapping or list was written there (an indentation slip, say).
+func TestDecodeMappingOrListForScalar(t *testing.T) {
+	const doc = `version: 1
+grants:
+  - name: {g: 1}
+    kind: vault_token
+    ttl: {m: 5}
+issuers:
+  - max_token_lifetime: [24h]
+exceptions:
+  - name: e
+    owner: [o]
+    reason: r
+    expires:
+      year: 2027
+`
+	_, err := Parse("p.yaml", []byte(doc))
+	want := []string{
+		"p.yaml: grants[0].name: must be a single value, not a mapping (line 3)",
+		`p.yaml: grants[0].ttl: duration must be a string like "15m", not a mapping (line 5)`,
+		`p.yaml: issuers[0].max_token_lifetime: duration must be a string like "15m", not a list (line 7)`,
+		"p.yaml: exceptions[0].owner: must be a single value, not a list (line 10)",
+		"p.yaml: exceptions[0].expires: date must be YYYY-MM-DD, not a mapping (line 13)",
+	}
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
 // TestExplainStringQuotesUnprintableSubject: the sub of a token (anyone's,
 // with policy explain --unverified) is printed so that a newline or a
 // terminal escape in it cannot forge lines of the explanation, such as a

@@ -200,7 +200,11 @@ type duration time.Duration
 
 func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: a list or mapping is not a duration like 30s or 5m", n.Line)
+		what := "a mapping"
+		if n.Kind == yaml.SequenceNode {
+			what = "a list"
+		}
+		return fmt.Errorf("line %d: %s is not a duration like 30s or 5m", n.Line, what)
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {

@@ -220,9 +220,11 @@ func TestLoadConfig(t *testing.T) {
 				"config.yaml: audit.journal_bytes: must be a whole number, not 65536.5 (line 4)",
 				"config.yaml: authn.verified_cache_size: must be a whole number, not 2.5 (line 5)"}},
 		// Decode errors named Go types ("cannot unmarshal !!str `abc` into
-		// int", "main.Config") and stopped at the first bad duration.
+		// int", "main.Config") and stopped at the first bad duration. A
+		// list for a duration is named as a list (it was "a list or
+		// mapping").
 		{name: "fail/every-decode-problem-at-once", yaml: "public_url: http://127.0.0.1:7700\nvault: {timeout: [1s]}\naudit: {max_batch: abc, fsync: maybe}\nshutdown_timeout: soon\nrotate: 1\nlog: info\nlisten: a\nlisten: b\n",
-			wantErr: []string{`config.yaml: vault.timeout: a list or mapping is not a duration like 30s or 5m (line 2)`,
+			wantErr: []string{`config.yaml: vault.timeout: a list is not a duration like 30s or 5m (line 2)`,
 				`config.yaml: audit.max_batch: must be a whole number, not "abc" (line 3)`,
 				`config.yaml: audit.fsync: must be true or false, not "maybe" (line 3)`,
 				`config.yaml: shutdown_timeout: "soon" is not a duration like 30s or 5m (line 4)`,

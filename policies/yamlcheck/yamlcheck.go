@@ -25,6 +25,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -152,7 +153,16 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		return
 	}
 	if reflect.PointerTo(t).Implements(textUnmarshalerType) {
-		c.scalar(path, n, t) // time.Time and the like: one string
+		// time.Time and the like: one string. The decoder reads a
+		// mapping into such a struct without a word (its fields are
+		// unexported: "when: {}" is the zero time, "when: {a: 1}" an
+		// unknown field of time.Time) and names a list by Go type: a
+		// list or mapping is named here, in the file's words.
+		if n.Kind == yaml.MappingNode || n.Kind == yaml.SequenceNode {
+			c.add(path, n, "must be %s, not %s", textKind(t), got(n))
+			return
+		}
+		c.scalar(path, n, t)
 		return
 	}
 	join := func(key string) string {
@@ -441,6 +451,17 @@ func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
 			c.add(path, n, "%s", decodeMessage(err))
 		}
 	}
+}
+
+var timeType = reflect.TypeOf(time.Time{})
+
+// textKind names what a field of t, a type read from one string
+// (encoding.TextUnmarshaler), holds: "must be <textKind>, not a mapping".
+func textKind(t reflect.Type) string {
+	if t == timeType {
+		return "a time like 2026-01-02T15:04:05Z"
+	}
+	return "a single value"
 }
 
 // errNotScalar stands for the decoder's error for a list or mapping given
