@@ -263,11 +263,14 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	// Compose files): a place for anchors (x-defaults: &d) that other
 	// settings merge or alias. One merged into the top level ("<<: *d"
 	// where d holds x- keys) is an extension too, as the decoder takes it
-	// (TopLevelExtensions).
+	// (TopLevelExtensions). x- keys are keys of the top level all the
+	// same: one written twice is named as any other (once per repetition,
+	// by the line of its first), and they count towards the top level's
+	// yamlcheck.MaxKeys.
 	var c Config
 	// A list entry written without a value (store.addrs: [a, ~]) is
 	// named too: the decoder would drop it silently (as in policies).
-	ps := append(yamlcheck.Check(withoutExtensions(&doc), reflect.TypeOf(c), yamlcheck.NullEntries, yamlcheck.TopLevelExtensions), duplicateExtensions(&doc)...)
+	ps := yamlcheck.Check(&doc, reflect.TypeOf(c), yamlcheck.NullEntries, yamlcheck.TopLevelExtensions)
 	slices.SortStableFunc(ps, func(a, b yamlcheck.Problem) int { return a.Line - b.Line })
 	if len(ps) > 0 {
 		errs := make([]error, len(ps))
@@ -310,52 +313,6 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 // isExtensionKey reports whether a top-level config key is an extension
 // (x-...), which LoadConfig ignores.
 func isExtensionKey(k string) bool { return strings.HasPrefix(k, "x-") }
-
-// withoutExtensions is doc without the keys of its top-level mapping that
-// are extensions (x-...); the nodes are shared, so aliases of anchors
-// defined in an extension still resolve. Only the top level: an x- key
-// anywhere else is an unknown field.
-func withoutExtensions(doc *yaml.Node) *yaml.Node {
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
-		return doc
-	}
-	m := doc.Content[0]
-	kept := make([]*yaml.Node, 0, len(m.Content))
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if k := m.Content[i]; k.Kind == yaml.ScalarNode && k.ShortTag() == "!!str" && isExtensionKey(k.Value) {
-			continue
-		}
-		kept = append(kept, m.Content[i], m.Content[i+1])
-	}
-	top := *m
-	top.Content = kept
-	d := *doc
-	d.Content = []*yaml.Node{&top}
-	return &d
-}
-
-// duplicateExtensions reports each top-level extension key (x-...) written
-// twice, as Check does any other key: withoutExtensions hides them from
-// it, and the decoder refuses them with its own words.
-func duplicateExtensions(doc *yaml.Node) []yamlcheck.Problem {
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
-		return nil
-	}
-	var out []yamlcheck.Problem
-	m := doc.Content[0].Content
-	for i := 0; i+1 < len(m); i += 2 {
-		a := m[i]
-		if a.Kind != yaml.ScalarNode || !isExtensionKey(a.Value) {
-			continue
-		}
-		for j := i + 2; j+1 < len(m); j += 2 {
-			if b := m[j]; b.Kind == a.Kind && b.Value == a.Value {
-				out = append(out, yamlcheck.Problem{Path: a.Value, Line: b.Line, Message: fmt.Sprintf("written twice (first at line %d)", a.Line)})
-			}
-		}
-	}
-	return out
-}
 
 // yamlError is err, an error of parsing the YAML of the config file at
 // path, named by file and line as policy files' are: the parser leaves the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -184,13 +185,25 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 		// ("mapping key \"x-notes\" already defined at line 4").
 		{name: "fail/x-key-written-twice", yaml: head + "vault: *vault\nx-notes: 2\n",
 			wantErr: "x-notes: written twice (first at line 4) (line 9)"},
+		// Each repetition once, by the line of the first: the third
+		// x-notes was named twice (against lines 4 and 9), so n copies
+		// of a key gave n(n-1)/2 problems.
+		{name: "fail/x-key-written-three-times", yaml: head + "vault: *vault\nx-notes: 2\nx-notes: 3\n",
+			wantErr: "x-notes: written twice (first at line 4) (line 9)\n" + "<file>: x-notes: written twice (first at line 4) (line 10)"},
+		// x- keys count towards the top level's 1,024 keys: 1,100 of
+		// them were no problem (and each was compared with every other,
+		// by LoadConfig and by the decoder).
+		{name: "fail/too-many-top-level-keys", yaml: head + "vault: *vault\n" + manyKeys("x-k", "", 1100),
+			wantErr: "a mapping of 1106 keys: at most 1024 are allowed in one mapping (line 1)"},
+		{name: "fail/too-many-nested-keys", yaml: head + "vault: *vault\nlisten: x\nlog:\n" + manyKeys("k", "  ", 1025),
+			wantErr: "log: a mapping of 1025 keys: at most 1024 are allowed in one mapping (line 11)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := writeFile(t, t.TempDir(), "config.yaml", tt.yaml)
 			cfg, err := LoadConfig(p, func(string) string { return "" })
 			if tt.wantErr != "" {
-				if want := p + ": " + tt.wantErr; err == nil || err.Error() != want {
+				if want := p + ": " + strings.ReplaceAll(tt.wantErr, "<file>", p); err == nil || err.Error() != want {
 					t.Fatalf("LoadConfig() = %v, want %q", err, want)
 				}
 				return
@@ -203,4 +216,13 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyKeys is n lines "<indent><prefix><i>: 1".
+func manyKeys(prefix, indent string, n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "%s%s%d: 1\n", indent, prefix, i)
+	}
+	return b.String()
 }

@@ -53,6 +53,15 @@ func (p Problem) Error() string {
 // this many values are far beyond what a config or policy holds.
 const maxVisits = 1 << 20
 
+// MaxKeys is the most keys one mapping may hold: a mapping with more is a
+// problem (naming it by path and line), and none of its keys is checked.
+// The YAML decoder compares the keys of each mapping it decodes two by two
+// (10,000 keys: 50 million comparisons); no mapping of a config or policy
+// file comes near this many keys. Each mapping Check walks is counted:
+// the document's top level, every one nested below it, every one merged
+// with "<<", the top level's x- keys included (TopLevelExtensions).
+const MaxKeys = 1024
+
 // Option asks Check for more than the values the decoder refuses.
 type Option int
 
@@ -341,8 +350,14 @@ func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *y
 // duplicates reports a key written twice in one mapping ("<<" included),
 // as the decoder does: each key written again, once, by the line of its
 // first. Its keys are counted in the budget (they are walked or named
-// next); it reports whether some is left.
+// next); it reports whether some is left. A mapping of more than MaxKeys
+// keys is a problem, and duplicates reports false for it (none of its
+// keys is looked at).
 func (c *checker) duplicates(path string, n *yaml.Node) bool {
+	if k := len(n.Content) / 2; k > MaxKeys {
+		c.add(path, n, "%s", tooManyKeys(k))
+		return false
+	}
 	if !c.spend(path, n, len(n.Content)/2) {
 		return false
 	}
@@ -365,6 +380,11 @@ func (c *checker) duplicates(path string, n *yaml.Node) bool {
 		c.add(p, b, "written twice (first at line %d)", a.Line)
 	}
 	return true
+}
+
+// tooManyKeys is the problem of a mapping of k keys, more than MaxKeys.
+func tooManyKeys(k int) string {
+	return fmt.Sprintf("a mapping of %d keys: at most %d are allowed in one mapping", k, MaxKeys)
 }
 
 // field finds the type of the struct field that key names, as the decoder

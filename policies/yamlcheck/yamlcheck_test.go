@@ -516,3 +516,52 @@ func TestCheckBoundsScalarDecode(t *testing.T) {
 		t.Errorf("Check(mappings and a list for scalars) (-want +got):\n%s", diff)
 	}
 }
+
+// flowKeys is a flow mapping of n keys "<prefix><i>: 1".
+func flowKeys(prefix string, n int) string {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s%d: 1", prefix, i)
+	}
+	return b.String() + "}"
+}
+
+// TestCheckMaxKeys: a mapping of more than 1,024 keys (MaxKeys) is one
+// problem, naming it by path and line, at the top level, nested, merged,
+// with the top level's x- keys counted; none of its keys is checked.
+// Before, any number of keys passed (and the decoder then compared them
+// two by two), and a top level of 1,100 unknown keys gave 1,100 problems.
+func TestCheckMaxKeys(t *testing.T) {
+	const msg = "a mapping of 1025 keys: at most 1024 are allowed in one mapping"
+	for _, tt := range []struct {
+		name string
+		src  string
+		opts []Option
+		want []Problem
+	}{
+		{"ok/1024-keys", "counts: " + flowKeys("k", 1024) + "\n", nil, nil},
+		{"fail/map", "n: 1\ncounts: " + flowKeys("k", 1025) + "\n", nil, []Problem{{"counts", 2, msg}}},
+		{"fail/nested-struct", "subs:\n  - {n: 1}\n  - " + flowKeys("n", 1025) + "\n", nil, []Problem{{"subs[1]", 3, msg}}},
+		{"fail/top-level", "{" + strings.TrimPrefix(flowKeys("x", 1025), "{"), nil, []Problem{{"", 1, msg}}},
+		{"fail/top-level-extensions", "{" + strings.TrimPrefix(flowKeys("x-", 1025), "{"), []Option{TopLevelExtensions}, []Problem{{"", 1, msg}}},
+		{"fail/merged", "any: &a " + flowKeys("k", 1025) + "\ncounts: {<<: *a}\n", nil, []Problem{{"counts", 1, msg}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var n yaml.Node
+			if err := yaml.Unmarshal([]byte(tt.src), &n); err != nil {
+				t.Fatal(err)
+			}
+			got := Check(&n, reflect.TypeOf(doc{}), tt.opts...)
+			if len(got) > 5 {
+				got = got[:5]
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Check (first 5 problems) (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
