@@ -262,6 +262,9 @@ func decode(name string, data []byte) (parsedFile, []error) {
 		if errors.Is(err, io.EOF) {
 			return pf, []error{&Problem{File: name, Message: "empty policy file (want at least \"version: 1\")"}}
 		}
+		if p, ok := yamlcheck.ExcessiveAliasing(&root, err); ok {
+			return pf, []error{&Problem{File: name, Path: p.Path, Message: fmt.Sprintf("%s (line %d)", p.Message, p.Line)}}
+		}
 		return pf, yamlProblems(name, err)
 	}
 	if errs := nullClaimValues(name, &root); len(errs) > 0 {

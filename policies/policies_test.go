@@ -953,6 +953,20 @@ func TestDecodeMaxKeys(t *testing.T) {
 	}
 }
 
+// TestDecodeExcessiveAliasing: a policy the YAML decoder refuses for
+// excessive aliasing (500 workloads each aliasing one list of 500
+// audiences: 9 KB, within Check's budget) is named by the field and line
+// of the alias where the decoder gives up. Before: "p.yaml: document
+// contains excessive aliasing", no field, no line.
+func TestDecodeExcessiveAliasing(t *testing.T) {
+	src := "version: 1\nissuers:\n  - audiences: &a [" + strings.TrimSuffix(strings.Repeat("x, ", 500), ", ") + "]\nworkloads:\n" + strings.Repeat("  - grants: *a\n", 500)
+	_, err := Parse("p.yaml", []byte(src))
+	want := []string{"p.yaml: workloads[247].grants: excessive aliasing: when the YAML decoder reaches *a here (the anchor at line 3), 124246 of the 125501 values it has read are copies made by aliases, more than it accepts: write the values out, or alias less (line 252)"}
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
 // TestExplainStringQuotesUnprintableSubject: the sub of a token (anyone's,
 // with policy explain --unverified) is printed so that a newline or a
 // terminal escape in it cannot forge lines of the explanation, such as a

@@ -286,6 +286,9 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	strict := yaml.NewDecoder(bytes.NewReader(data))
 	strict.KnownFields(true)
 	if err := strict.Decode(&withExt); err != nil && !errors.Is(err, io.EOF) {
+		if p, ok := yamlcheck.ExcessiveAliasing(&doc, err); ok {
+			return nil, nil, fmt.Errorf("%s: %w", path, p)
+		}
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	for k := range withExt.Extensions {

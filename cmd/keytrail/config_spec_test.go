@@ -195,6 +195,11 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 		// by LoadConfig and by the decoder).
 		{name: "fail/too-many-top-level-keys", yaml: head + "vault: *vault\n" + manyKeys("x-k", "", 1100),
 			wantErr: "a mapping of 1106 keys: at most 1024 are allowed in one mapping (line 1)"},
+		// Merges of merges the decoder refuses for excessive aliasing
+		// (Check's budget allows them): named by field and line, not
+		// only "yaml: document contains excessive aliasing".
+		{name: "fail/excessive-aliasing", yaml: head + "vault: *vault\nx-s: &s {prefix: p}\nx-m: &m {<<: [" + strings.TrimSuffix(strings.Repeat("*s, ", 100), ", ") + "]}\nstore:\n  <<: [" + strings.TrimSuffix(strings.Repeat("*m, ", 300), ", ") + "]\n",
+			wantErr: "store: excessive aliasing: when the YAML decoder reaches *m here (the anchor at line 10), 17524 of the 17701 values it has read are copies made by aliases, more than it accepts: write the values out, or alias less (line 12)"},
 		{name: "fail/too-many-nested-keys", yaml: head + "vault: *vault\nlisten: x\nlog:\n" + manyKeys("k", "  ", 1025),
 			wantErr: "log: a mapping of 1025 keys: at most 1024 are allowed in one mapping (line 11)"},
 	}

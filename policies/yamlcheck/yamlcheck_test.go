@@ -278,6 +278,9 @@ func FuzzCheck(f *testing.F) {
 			err = nil
 		}
 		if err != nil && strings.Contains(err.Error(), "excessive aliasing") {
+			if p, ok := ExcessiveAliasing(&n, err); !ok || p.Line == 0 {
+				t.Fatalf("decoding %q: %v, but ExcessiveAliasing = %v, %v", src, err, p, ok)
+			}
 			return
 		}
 		got := Check(&n, reflect.TypeOf(doc{}))
@@ -563,5 +566,57 @@ func TestCheckMaxKeys(t *testing.T) {
 				t.Errorf("Check (first 5 problems) (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestExcessiveAliasing: a document the decoder refuses for "excessive
+// aliasing" (and Check walks within its budget) is named by the path and
+// line of the alias being followed where the decoder gives up, as the
+// decoder counts; a mapping merged many times too. Before, the loaders
+// could only pass on the decoder's "document contains excessive
+// aliasing", naming neither.
+func TestExcessiveAliasing(t *testing.T) {
+	list := func(v string, n int) string { return "[" + strings.TrimSuffix(strings.Repeat(v+", ", n), ", ") + "]" }
+	for _, tt := range []struct {
+		name, src   string
+		path, start string // want: the problem's path, and how its message starts
+		line        int
+	}{
+		// 500 aliases to a list of 500: the ratio passes 99% at the
+		// 125th (505 values before them, 502 for each, 501 of them
+		// copies); the decoder accepts 124 (below).
+		{"lists", "names: &a " + list("x", 500) + "\nlists:\n" + strings.Repeat("  - *a\n", 500), "lists[124]", "excessive aliasing: when the YAML decoder reaches *a here (the anchor at line 1), ", 127},
+		{"merges", "any: &m {n: 1, wait: 1s}\nsubs:\n  - &m2 {<<: " + list("*m", 100) + "}\n" + strings.Repeat("  - *m2\n", 300), "subs[", "excessive aliasing: when the YAML decoder reaches *m2 here (the anchor at line 3), ", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var n yaml.Node
+			if err := yaml.Unmarshal([]byte(tt.src), &n); err != nil {
+				t.Fatal(err)
+			}
+			if ps := Check(&n, reflect.TypeOf(doc{})); len(ps) > 0 {
+				t.Fatalf("Check = %v, want nothing (the decoder's limit, not Check's budget)", ps)
+			}
+			var d doc
+			err := n.Decode(&d)
+			if err == nil || !strings.Contains(err.Error(), "excessive aliasing") {
+				t.Fatalf("Decode = %v, want excessive aliasing", err)
+			}
+			p, ok := ExcessiveAliasing(&n, err)
+			if !ok || !strings.HasPrefix(p.Path, tt.path) || !strings.HasPrefix(p.Message, tt.start) || p.Line == 0 || (tt.line != 0 && p.Line != tt.line) {
+				t.Errorf("ExcessiveAliasing = %v, %v; want a problem at %s (line %d) starting %q", p, ok, tt.path, tt.line, tt.start)
+			}
+		})
+	}
+	// It counts as the decoder does: the decoder accepts the document cut
+	// before the alias named, and refuses it cut after.
+	for k, wantErr := range map[int]bool{124: false, 125: true} {
+		var d doc
+		err := yaml.Unmarshal([]byte("names: &a "+list("x", 500)+"\nlists:\n"+strings.Repeat("  - *a\n", k)), &d)
+		if got := err != nil && strings.Contains(err.Error(), "excessive aliasing"); got != wantErr {
+			t.Errorf("decoding %d aliases to a list of 500: %v, want excessive aliasing: %v", k, err, wantErr)
+		}
+	}
+	if _, ok := ExcessiveAliasing(&yaml.Node{}, errors.New("yaml: line 1: did not find expected key")); ok {
+		t.Error("ExcessiveAliasing(another error) = ok, want not")
 	}
 }
