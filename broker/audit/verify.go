@@ -197,24 +197,23 @@ type Pending struct {
 func (r *Report) OK() bool { return len(r.Problems) == 0 && r.ProblemsOmitted == 0 }
 
 // VerifyFiles runs Verify over the named files, in the order given (rotated
-// files oldest first).
+// files oldest first), each read through a LineReader.
 func VerifyFiles(paths []string, opts VerifyOptions) (*Report, error) {
 	inputs := make([]Input, 0, len(paths))
+	files := make([]*os.File, 0, len(paths))
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}()
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
-			for _, in := range inputs {
-				_ = in.R.(*os.File).Close()
-			}
 			return nil, fmt.Errorf("audit: verify: %w", err)
 		}
-		inputs = append(inputs, Input{Name: p, R: f})
+		files = append(files, f)
+		inputs = append(inputs, Input{Name: p, R: NewLineReader(f, 0)})
 	}
-	defer func() {
-		for _, in := range inputs {
-			_ = in.R.(*os.File).Close()
-		}
-	}()
 	return Verify(inputs, opts)
 }
 

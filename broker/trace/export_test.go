@@ -1,6 +1,17 @@
 package trace
 
+import (
+	"os"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
 // SetAfterListHook makes l call f in each refresh after it listed the
 // rotated files and before it looks at the audit file itself: a rotation
 // made by f is one that raced the refresh.
 func SetAfterListHook(l *Live, f func()) { l.afterList = f }
+
+// SetReadWrapper makes l read each audit file it indexes through
+// wrap(f): a wrapper that changes the file between two reads is a sink
+// writing (or cutting back) while the refresh reads.
+func SetReadWrapper(l *Live, wrap func(*os.File) audit.File) { l.wrapRead = wrap }

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 // RotatedLayout is the UTC timestamp suffix of rotated audit files
@@ -173,14 +175,17 @@ func (s *fileSet) add(p string) {
 	s.out = append(s.out, p)
 }
 
-// LoadFiles indexes the audit files (already in order; see LogFiles).
+// LoadFiles indexes the audit files (already in order; see LogFiles),
+// each read through an audit.LineReader (a file a running broker writes
+// and cuts back meanwhile is read as it holds its lines, or fails with
+// audit.ErrCutBelowRead).
 func LoadFiles(x *Index, paths []string) error {
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
 			return err
 		}
-		_, err = x.Consume(f)
+		_, err = x.Consume(audit.NewLineReader(f, 0))
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)

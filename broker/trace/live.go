@@ -66,6 +66,9 @@ type Live struct {
 	// afterList, when set (tests only), is called by each refresh after it
 	// listed the rotated files and before it opens the audit file.
 	afterList func()
+	// wrapRead, when set (tests only), wraps each audit file readFrom
+	// reads.
+	wrapRead func(*os.File) audit.File
 }
 
 // NewLive validates o and returns a Live source. It reads nothing until
@@ -238,12 +241,20 @@ func (l *Live) checkTail(f io.ReaderAt, size int64) error {
 
 // readFrom indexes the complete lines of f from off and returns the
 // number of bytes read and, when that is not 0, the hash of the bytes
-// before the end of what was read back to the newline before them.
+// before the end of what was read back to the newline before them. It
+// reads through an audit.LineReader: part of a line (a write in progress,
+// or a torn one) is never joined to what the sink writes at its offset
+// after cutting the file back, and a file cut back below lines already
+// indexed meanwhile is errRolledBack.
 func (l *Live) readFrom(f *os.File, off int64) (int64, string, error) {
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return 0, "", fmt.Errorf("trace: %w", err)
+	var src audit.File = f
+	if l.wrapRead != nil {
+		src = l.wrapRead(f)
 	}
-	n, err := l.idx.Load().Consume(f)
+	n, err := l.idx.Load().Consume(audit.NewLineReader(src, off))
+	if errors.Is(err, audit.ErrCutBelowRead) {
+		return n, "", errRolledBack
+	}
 	if n == 0 || err != nil {
 		return n, "", err
 	}

@@ -86,7 +86,9 @@ the renamed file as a gap. It holds one file open at a time, and reads each
 as the file identified: renamed by a rotation meanwhile, it is found among
 its rotated siblings; removed meanwhile, or truncated while no running
 broker holds it, verify fails (exit 1) naming it (a running broker cuts a
-failed write's bytes off its file: that file is read as it is).
+failed write's bytes off its file: that file is read as it is; should the
+cut remove lines verify has read already, it fails naming the file: run
+it again).
 
 A live audit file's journal (.<name>.wal, next to it) is compared with the
 file too, unless a running broker holds the file: after an unclean stop it
@@ -207,8 +209,9 @@ func parseExpectSeq(vals []string) (map[string]uint64, error) {
 // with "too many open files".
 type auditFiles struct {
 	paths []string
-	infos []os.FileInfo // each file as identified
-	live  []bool        // a running sink held the path when it was identified
+	infos []os.FileInfo                            // each file as identified
+	live  []bool                                   // a running sink held the path when it was identified
+	wrap  func(path string, f *os.File) audit.File // env.wrapAuditRead
 }
 
 // identifyAuditFiles lists the audit files args name (as named, with exact)
@@ -243,7 +246,7 @@ func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) 
 		case err != nil:
 			return nil, err
 		case !retry || sameListing(list, paths, infos):
-			return &auditFiles{paths: paths, infos: infos, live: live}, nil
+			return &auditFiles{paths: paths, infos: infos, live: live, wrap: e.wrapAuditRead}, nil
 		}
 	}
 }
@@ -346,9 +349,25 @@ func (s *auditFiles) open(i int) (*os.File, error) {
 	return f, nil
 }
 
+// lines returns the lines of f, the i-th file, as an audit.LineReader
+// hands them out: a running broker's file is read while it writes, and a
+// plain reader that has read part of a line (a write in progress, or a
+// torn one the sink then cuts back) joins it to whatever the sink writes
+// at its offset next, one line the broker never wrote (for audit verify a
+// chain problem: "do NOT verify"). A file cut back below lines already
+// read fails the reading (audit.ErrCutBelowRead: run the command again).
+func (s *auditFiles) lines(i int, f *os.File) *audit.LineReader {
+	var src audit.File = f
+	if s.wrap != nil {
+		src = s.wrap(s.paths[i], f)
+	}
+	return audit.NewLineReader(src, 0)
+}
+
 // input is the i-th file as an audit.Input whose reader opens the file at
 // its first read and closes it at the end (EOF or an error); release
-// closes it if the reading stopped before.
+// closes it if the reading stopped before. It reads the file's lines
+// through lines.
 func (s *auditFiles) input(i int) (audit.Input, func()) {
 	r := &lazyFile{s: s, i: i}
 	return audit.Input{Name: s.paths[i], R: r, Live: auditfile.Locked(s.paths[i])}, r.release
@@ -358,6 +377,7 @@ type lazyFile struct {
 	s    *auditFiles
 	i    int
 	f    *os.File
+	r    *audit.LineReader // of f
 	done bool
 }
 
@@ -371,9 +391,9 @@ func (l *lazyFile) Read(b []byte) (int, error) {
 			l.done = true
 			return 0, err
 		}
-		l.f = f
+		l.f, l.r = f, l.s.lines(l.i, f)
 	}
-	n, err := l.f.Read(b)
+	n, err := l.r.Read(b)
 	if err != nil {
 		l.release()
 	}
@@ -384,7 +404,7 @@ func (l *lazyFile) release() {
 	l.done = true
 	if l.f != nil {
 		_ = l.f.Close()
-		l.f = nil
+		l.f, l.r = nil, nil
 	}
 }
 
@@ -475,24 +495,25 @@ func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bo
 	return v.rep, nil
 }
 
-// consumeAuditFile opens the i-th of files, adds it to x, copying what it
-// reads to tee when not nil, and closes it.
+// consumeAuditFile opens the i-th of files, adds its lines (auditFiles.lines)
+// to x, copying what it reads to tee when not nil, and closes it.
 func consumeAuditFile(x *trace.Index, pr *progress, files *auditFiles, i int, tee io.Writer) error {
 	f, err := files.open(i)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	var r io.Reader = f
+	lr := files.lines(i, f)
+	var r io.Reader = lr
 	if tee != nil {
-		r = io.TeeReader(f, tee)
+		r = io.TeeReader(lr, tee)
 	}
 	if _, err := x.Consume(progressReader{r: r, p: pr, name: files.paths[i]}); err != nil {
 		return err
 	}
 	if tee != nil {
 		// Consume reads to the end; whatever it left is the verifier's too.
-		if _, err := io.Copy(tee, f); err != nil {
+		if _, err := io.Copy(tee, lr); err != nil {
 			return err
 		}
 	}

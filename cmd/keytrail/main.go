@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/keytrail/keytrail/adapters/vault/devserver"
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 func main() {
@@ -63,6 +64,10 @@ type env struct {
 	// report between listing the audit files and identifying them (tests:
 	// a rotation in between).
 	afterAuditList func()
+	// wrapAuditRead, when set, wraps each audit file audit verify, trace
+	// and report read (tests: a sink that writes or cuts the file between
+	// two reads).
+	wrapAuditRead func(path string, f *os.File) audit.File
 	// auditWritten, when set, is called by the server's audit sink after
 	// each batch it wrote, before the batch's writers are told (tests: an
 	// audit disk that hangs).

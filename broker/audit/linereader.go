@@ -1,0 +1,188 @@
+package audit
+
+import (
+	"bytes"
+	"errors"
+	"io"
+)
+
+// ErrCutBelowRead is returned by a LineReader whose file no longer holds
+// the lines it has handed out: a running broker's sink cut the file back
+// to its last durable line (a failed or torn write rolled back) after the
+// lines past that point were read. What was read of them is no longer in
+// the file; reading again from the start sees the file as it is now.
+var ErrCutBelowRead = errors.New("the file was cut back below the lines already read (a running broker dropped a write that failed after it was read): run the command again")
+
+// lineChunk is how much a LineReader reads at a time.
+const lineChunk = 64 << 10
+
+// LineReader reads an audit file that a running broker may be writing, as
+// an io.Reader that hands out a line only once its newline is read, and
+// only while the file still holds what was read before it.
+//
+// A sink appends lines and, when a write fails or is torn, cuts the file
+// back to its last durable line and writes on from there (adapters/
+// auditfile). A plain reader that has read part of a line (a write in
+// progress, or the torn bytes) and reads on after such a cut gets the new
+// bytes at its offset: the middle of a new line, which it joins to its
+// part into one line the broker never wrote (a false chain problem for
+// audit verify, an unreadable line for trace). So after each read past
+// what it has (and at the end of the file) a LineReader reads again the
+// bytes it holds back, the incomplete line and the last complete line
+// before it, and compares them with what it read there:
+//
+//   - all the same: the new bytes follow them; lines they complete are
+//     handed out;
+//   - the complete line the same, the incomplete one not (the torn bytes
+//     were cut, the line written again, or not yet): the incomplete line
+//     is dropped and read again from its start, which the file still
+//     holds;
+//   - the complete line changed or cut: the file was cut back below
+//     lines already handed out, and Read fails with ErrCutBelowRead.
+//
+// At the end of the file, the incomplete last line (a write in progress)
+// is handed out last, as the file holds it then, without a newline:
+// readers that treat such a line as being written (Verify with
+// Input.Live) or skip it (trace) see it as before. A line longer than
+// MaxLineBytes is handed out as it comes, unchecked: its readers skip it
+// however it ends. The bytes a LineReader holds back are those of one line
+// and the one before it (at most 2×MaxLineBytes, plus a read).
+type LineReader struct {
+	f File
+	// buf holds the file's bytes [base, end): from the start of the last
+	// complete line handed out (or where reading began) to where the next
+	// read starts.
+	buf  []byte
+	base int64
+	end  int64
+	out  int64 // handed out up to here
+	nl   int64 // the complete lines end here (base ≤ nl ≤ end)
+	long bool  // [nl, end) is part of a line longer than MaxLineBytes
+	eof  bool  // the end of the file was read: [nl, end) is the last line
+	err  error
+	old  []byte // scratch for the re-read
+}
+
+// File is what a LineReader reads: an audit file (an *os.File).
+type File interface {
+	io.ReaderAt
+}
+
+// NewLineReader returns a LineReader of f from offset off, which must be
+// the start of a line (0, or just after a newline).
+func NewLineReader(f File, off int64) *LineReader {
+	return &LineReader{f: f, base: off, end: off, out: off, nl: off}
+}
+
+// Read hands out complete lines (and, at the end of the file, the
+// incomplete last line) as described on LineReader. It returns
+// ErrCutBelowRead, or an error reading the file, once every byte that
+// may be handed out has been.
+func (r *LineReader) Read(p []byte) (int, error) {
+	for {
+		ready := r.nl
+		if r.eof || r.long {
+			ready = r.end
+		}
+		if r.out < ready {
+			n := copy(p, r.buf[r.out-r.base:ready-r.base])
+			r.out += int64(n)
+			return n, nil
+		}
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.eof {
+			return 0, io.EOF
+		}
+		r.err = r.fill()
+	}
+}
+
+// fill reads what follows end and checks, as described on LineReader,
+// that the file still holds the bytes before it. It sets eof when there
+// was nothing more.
+func (r *LineReader) fill() error {
+	r.compact()
+	for {
+		start := len(r.buf)
+		r.buf = append(r.buf, make([]byte, lineChunk)...)
+		n, err := r.f.ReadAt(r.buf[start:], r.end)
+		r.buf = r.buf[:start+n]
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if start > 0 {
+			res, err := r.recheck(start)
+			if err != nil {
+				return err
+			}
+			switch res {
+			case tailChanged:
+				// Read the incomplete line again from its start.
+				r.buf, r.end, r.long = r.buf[:r.nl-r.base], r.nl, false
+				continue
+			case cut:
+				r.buf = r.buf[:start]
+				return ErrCutBelowRead
+			}
+		}
+		if n == 0 {
+			r.eof = true
+			return nil
+		}
+		r.end += int64(n)
+		if i := bytes.LastIndexByte(r.buf[start:], '\n'); i >= 0 {
+			r.nl, r.long = r.end-int64(n)+int64(i)+1, false
+		}
+		if !r.long && r.end-r.nl > MaxLineBytes {
+			r.long = true // handed out as it comes
+		}
+		return nil
+	}
+}
+
+// compact drops what is handed out, except the last complete line (kept
+// for recheck), and a long line's bytes.
+func (r *LineReader) compact() {
+	keep := r.nl
+	if r.long {
+		keep = r.end
+	} else if r.nl > r.base {
+		keep = r.base + int64(bytes.LastIndexByte(r.buf[:r.nl-r.base-1], '\n')+1)
+	}
+	if keep > r.base {
+		r.buf = r.buf[:copy(r.buf, r.buf[keep-r.base:])]
+		r.base = keep
+	}
+}
+
+type recheckResult int
+
+const (
+	same recheckResult = iota
+	tailChanged
+	cut
+)
+
+// recheck reads the file's bytes [base, end) again (the first held bytes
+// of buf) and compares them with buf.
+func (r *LineReader) recheck(held int) (recheckResult, error) {
+	if cap(r.old) < held {
+		r.old = make([]byte, held)
+	}
+	old := r.old[:held]
+	n, err := r.f.ReadAt(old, r.base)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return same, err
+	}
+	old = old[:n]
+	complete := int(r.nl - r.base)
+	switch {
+	case n < complete || !bytes.Equal(old[:complete], r.buf[:complete]):
+		return cut, nil
+	case !bytes.Equal(old, r.buf[:held]):
+		return tailChanged, nil
+	}
+	return same, nil
+}
