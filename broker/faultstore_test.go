@@ -65,7 +65,8 @@ type faultStore struct {
 	// way).
 	during atomic.Pointer[func()]
 	// between, when set, runs once inside the next updateLost write,
-	// after fn ran, before the answer.
+	// after fn ran, before the answer, or the next updateTimedOut write,
+	// after it was applied, before the answer.
 	between atomic.Pointer[func()]
 
 	mark atomic.Int32 // markOK, markFails, markUnreplicated or markRaced
@@ -147,6 +148,9 @@ func (s *faultStore) UpdateRevocation(ctx context.Context, id string, fn func(*b
 	case mode == updateUnreplicated:
 		return nil, errUnreplicated()
 	case mode == updateTimedOut:
+		if f := s.between.Swap(nil); f != nil {
+			(*f)()
+		}
 		return nil, context.DeadlineExceeded
 	}
 	return r, nil

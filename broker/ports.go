@@ -185,6 +185,14 @@ type Revocation struct {
 	// or another instance's that found the same issuances. Empty before
 	// the sweep (and in records stored before it was added).
 	SweptBy string `json:"swept_by,omitempty"`
+	// SweptEarlier are the ids of the sweep writes whose SweptBy a later
+	// sweep write replaced (oldest first, the last maxSweptEarlier): another
+	// instance's sweep that read the record while the sweep was still due
+	// and found more lands after this one. The pass whose write that was
+	// reads the record back after a failed answer and finds its id here,
+	// its write applied; taken for unapplied, its find was never named
+	// under swept. Stored record only, like SweptBy.
+	SweptEarlier []string `json:"swept_earlier,omitempty"`
 	// Unblocked holds when each of Blocks was unblocked before the sweep
 	// ran (UTC): the sweep takes none of that workload's credentials
 	// issued after it.

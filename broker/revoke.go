@@ -1440,6 +1440,14 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		cur, err := s.updateRevocation(ctx, r.ID, func(c *Revocation) error {
 			swept = addPending(c, found)
 			if !c.SweepAt.IsZero() || len(swept) > 0 {
+				if c.SweptBy != "" {
+					// Another sweep write is applied already (its pass
+					// may not know yet): keep its id, see sweepApplied.
+					c.SweptEarlier = append(c.SweptEarlier, c.SweptBy)
+					if n := len(c.SweptEarlier) - maxSweptEarlier; n > 0 {
+						c.SweptEarlier = slices.Delete(c.SweptEarlier, 0, n)
+					}
+				}
 				c.SweptBy = by
 			}
 			c.SweepAt = time.Time{}
@@ -1561,12 +1569,15 @@ func (s *Service) readRevocation(ctx context.Context, id string) (*Revocation, e
 // reports whether the record shows that write applied: the sweep done
 // (SweepAt clear) by this write (SweptBy is by: a record another
 // instance's sweep wrote may list the same finds, and taking it for this
-// write named them under swept twice) and every id it added (swept)
-// listed, pending or revoked. It returns the record as read; a failed read
-// is not applied.
+// write named them under swept twice; or by is among SweptEarlier: a
+// later sweep write, which found more, replaced it, and taking this write
+// for unapplied left its finds named under swept by no revoke_result,
+// the later sweep's naming only what it added) and every id it added
+// (swept) listed, pending or revoked. It returns the record as read; a
+// failed read is not applied.
 func (s *Service) sweepApplied(ctx context.Context, id, by string, swept []string) (*Revocation, bool) {
 	got, err := s.readRevocation(ctx, id)
-	if err != nil || !got.SweepAt.IsZero() || got.SweptBy != by {
+	if err != nil || !got.SweepAt.IsZero() || (got.SweptBy != by && !slices.Contains(got.SweptEarlier, by)) {
 		return nil, false
 	}
 	listed := make(map[string]bool, len(got.Pending)+len(got.Revoked))
@@ -1662,6 +1673,11 @@ func addPending(r *Revocation, found []string) []string {
 	}
 	return added
 }
+
+// maxSweptEarlier bounds Revocation.SweptEarlier: a pass reads the record
+// back at once after its failed sweep write, and each later sweep write
+// that replaces an id must have found issuances the earlier ones had not.
+const maxSweptEarlier = 8
 
 // Bounds behind SweepDelay.
 const (
