@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 )
 
 // ErrCutBelowRead is returned by a LineReader whose file no longer holds
@@ -46,7 +47,9 @@ const lineChunk = 64 << 10
 // Input.Live) or skip it (trace) see it as before. A line longer than
 // MaxLineBytes is handed out as it comes, unchecked: its readers skip it
 // however it ends. The bytes a LineReader holds back are those of one line
-// and the one before it (at most 2×MaxLineBytes, plus a read).
+// and the one before it (at most 2×MaxLineBytes, plus a read); it reads
+// at least as many as it holds at a time, so a long line is rechecked a
+// few times, not once per 64 KiB.
 type LineReader struct {
 	f File
 	// buf holds the file's bytes [base, end): from the start of the last
@@ -60,7 +63,7 @@ type LineReader struct {
 	long bool  // [nl, end) is part of a line longer than MaxLineBytes
 	eof  bool  // the end of the file was read: [nl, end) is the last line
 	err  error
-	old  []byte // scratch for the re-read
+	old  []byte // scratch for the re-read (lineChunk)
 }
 
 // File is what a LineReader reads: an audit file (an *os.File).
@@ -106,7 +109,10 @@ func (r *LineReader) fill() error {
 	r.compact()
 	for {
 		start := len(r.buf)
-		r.buf = append(r.buf, make([]byte, lineChunk)...)
+		// At least as much as is held: a long line then takes a few
+		// reads, each rechecking what is held, not one per lineChunk.
+		want := max(lineChunk, start)
+		r.buf = slices.Grow(r.buf, want)[:start+want]
 		n, err := r.f.ReadAt(r.buf[start:], r.end)
 		r.buf = r.buf[:start+n]
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -166,23 +172,42 @@ const (
 )
 
 // recheck reads the file's bytes [base, end) again (the first held bytes
-// of buf) and compares them with buf.
+// of buf), lineChunk at a time, and compares them with buf.
 func (r *LineReader) recheck(held int) (recheckResult, error) {
-	if cap(r.old) < held {
-		r.old = make([]byte, held)
+	if r.old == nil {
+		r.old = make([]byte, lineChunk)
 	}
-	old := r.old[:held]
-	n, err := r.f.ReadAt(old, r.base)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return same, err
-	}
-	old = old[:n]
 	complete := int(r.nl - r.base)
-	switch {
-	case n < complete || !bytes.Equal(old[:complete], r.buf[:complete]):
-		return cut, nil
-	case !bytes.Equal(old, r.buf[:held]):
-		return tailChanged, nil
+	for pos := 0; pos < held; {
+		old := r.old[:min(lineChunk, held-pos)]
+		n, err := r.f.ReadAt(old, r.base+int64(pos))
+		if err != nil && !errors.Is(err, io.EOF) {
+			return same, err
+		}
+		if i := mismatch(old[:n], r.buf[pos:pos+n]); i >= 0 || n < len(old) {
+			if i < 0 {
+				i = n // the file ends there
+			}
+			if pos+i < complete {
+				return cut, nil
+			}
+			return tailChanged, nil
+		}
+		pos += n
 	}
 	return same, nil
+}
+
+// mismatch returns the index of the first byte where a and b (of the same
+// length) differ, -1 when they do not.
+func mismatch(a, b []byte) int {
+	if bytes.Equal(a, b) {
+		return -1
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
 }

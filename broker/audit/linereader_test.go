@@ -167,3 +167,36 @@ func TestLineReaderReadsAFileAsItIs(t *testing.T) {
 		}
 	}
 }
+
+// A line longer than one read (but under MaxLineBytes) being written when
+// the file is cut back: it is checked across several reads, and dropped
+// (the complete line before it unchanged) or the read fails (changed).
+func TestLineReaderLongLineCut(t *testing.T) {
+	long := strings.Repeat("z", 300<<10)
+	for _, tc := range []struct {
+		name, rewrite, want string
+		cut                 bool
+	}{
+		{"torn-long-line", "line-1\nnew-line\n", "line-1\nnew-line\n", false},
+		{"below-lines-read", "LINE-X\nnew-line\n", "line-1\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &sinkFile{data: []byte("line-1\n" + long[:100<<10])}
+			f.after = func(n int) {
+				switch n {
+				case 1:
+					f.data = append(f.data, long[100<<10:]...) // still no newline
+				case 3:
+					f.cutAndWrite(0, tc.rewrite)
+				}
+			}
+			got, err := readAll(t, audit.NewLineReader(f, 0))
+			if tc.cut != errors.Is(err, audit.ErrCutBelowRead) || !tc.cut && err != nil {
+				t.Fatalf("err = %v, want ErrCutBelowRead: %v", err, tc.cut)
+			}
+			if got != tc.want {
+				t.Errorf("read %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -197,6 +197,8 @@ type auditIssueIndex struct {
 	// listed, when set, is called after each listing of the directory
 	// (tests: a rotation between the listing and the reads).
 	listed func()
+	// wrapRead, when set (tests), wraps each file readFrom reads.
+	wrapRead func(*os.File) audit.File
 
 	mu      sync.Mutex
 	offsets map[string]fileOffset // by file name
@@ -224,10 +226,14 @@ func issuedKey(id string) (ulid.ULID, bool) {
 }
 
 // fileOffset is how far one file has been read; fi tells a new file under
-// the same name (after a rotation) from the one read so far.
+// the same name (after a rotation) from the one read so far, and tail, the
+// hash of the last line read (tailLen bytes with its newline, ending at
+// off), a file the running broker cut back below off since (see readFrom).
 type fileOffset struct {
-	fi  os.FileInfo
-	off int64
+	fi      os.FileInfo
+	off     int64
+	tail    string
+	tailLen int
 }
 
 // Snapshot implements broker.IssuedIndex.
@@ -324,6 +330,20 @@ func auditFileNames(dir, base string) ([]string, error) {
 // last one (a soak found whole-section reads of ~300 MB every 5 minutes).
 const indexReadBuffer = 256 << 10
 
+// readFrom reads the complete lines appended to path since the last run.
+// The broker's sink cuts its live file back to its last durable line when
+// a write fails, and writes on from there: lines read past that point are
+// then gone, and the file may have grown back past where the last run
+// stopped, so that reading on from there would start in the middle of a
+// line and leave out the lines before it (issuances that would look
+// unaudited). So the last line read is checked first (its hash), and the
+// file is read again from its start when it no longer holds it; and the
+// lines are read through an audit.LineReader, which never joins part of a
+// line (a torn write) to what the sink writes at its offset after such a
+// cut, and fails with audit.ErrCutBelowRead when lines already read are
+// cut meanwhile, after which the file is read again from its start, once.
+// Read again, a file's issuances are indexed again (the same entries);
+// those of lines cut are kept until they expire.
 func (x *auditIssueIndex) readFrom(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -338,20 +358,68 @@ func (x *auditIssueIndex) readFrom(path string) error {
 		return fmt.Errorf("audit index: %w", err)
 	}
 	prev := x.offsets[path]
-	off := prev.off
-	if prev.fi != nil && !os.SameFile(prev.fi, fi) || fi.Size() < off { // a new file under the same name
-		off = 0
+	if prev.fi != nil && !os.SameFile(prev.fi, fi) || fi.Size() < prev.off || !holdsTail(f, prev) { // a new file under the same name, or cut back
+		prev = fileOffset{}
 	}
-	if fi.Size() == off {
-		x.offsets[path] = fileOffset{fi, off}
+	if fi.Size() == prev.off {
+		prev.fi = fi
+		x.offsets[path] = prev
 		return nil
 	}
+	var src audit.File = f
+	if x.wrapRead != nil {
+		src = x.wrapRead(f)
+	}
+	for again := true; ; again = false {
+		cur, err := x.readLines(src, prev.off)
+		cur.fi = fi
+		switch {
+		case errors.Is(err, audit.ErrCutBelowRead) && again:
+			prev = fileOffset{}
+			continue
+		case err != nil:
+			x.offsets[path] = fileOffset{}
+			return fmt.Errorf("audit index: %s: %w", path, err)
+		}
+		if cur.off == prev.off {
+			cur = prev
+			cur.fi = fi
+		}
+		x.offsets[path] = cur
+		return nil
+	}
+}
+
+// holdsTail reports whether f still holds, just before o.off, the last
+// line read there (always when nothing was read).
+func holdsTail(f io.ReaderAt, o fileOffset) bool {
+	if o.off == 0 || o.tailLen == 0 {
+		return true
+	}
+	b := make([]byte, o.tailLen)
+	if _, err := f.ReadAt(b, o.off-int64(o.tailLen)); err != nil {
+		return false
+	}
+	return audit.HashLine(b) == o.tail
+}
+
+// readLines indexes the complete lines of f from off and returns how far
+// it read, with the last line's hash.
+func (x *auditIssueIndex) readLines(f audit.File, off int64) (fileOffset, error) {
 	first := off == 0
-	r := bufio.NewReaderSize(io.NewSectionReader(f, off, fi.Size()-off), indexReadBuffer)
-	var long []byte
+	r := bufio.NewReaderSize(audit.NewLineReader(f, off), indexReadBuffer)
+	var long, last []byte // last: the last line read, unless it was long (hashed then)
+	out := fileOffset{off: off}
+	done := func() fileOffset {
+		if len(last) > 0 {
+			out.tail, out.tailLen = audit.HashLine(last), len(last)
+		}
+		return out
+	}
 	for {
 		line, err := r.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
+		isLong := errors.Is(err, bufio.ErrBufferFull)
+		if isLong {
 			long = append(long[:0], line...)
 			for errors.Is(err, bufio.ErrBufferFull) {
 				line, err = r.ReadSlice('\n')
@@ -360,20 +428,26 @@ func (x *auditIssueIndex) readFrom(path string) error {
 			line = long
 		}
 		if errors.Is(err, io.EOF) {
-			break // nothing more, or a last line still being written: read it next time
+			return done(), nil // nothing more, or a last line still being written: read it next time
 		}
 		if err != nil {
-			return fmt.Errorf("audit index: %w", err)
+			return done(), err
 		}
-		off += int64(len(line))
+		out.off += int64(len(line))
+		if !isLong {
+			last = append(last[:0], line...) // hashed once, at the end
+		} else {
+			// A long line (read into long): hashed now rather than
+			// copied once more.
+			last = last[:0]
+			out.tail, out.tailLen = audit.HashLine(line), len(line)
+		}
 		if first {
 			x.noteFirst(line)
 			first = false
 		}
 		x.indexLine(line[:len(line)-1])
 	}
-	x.offsets[path] = fileOffset{fi, off}
-	return nil
 }
 
 // noteFirst lowers Since to the time of a file's first line. A line
