@@ -214,6 +214,29 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// maxConfigFileSize caps the config file as a policy file is capped
+// (policies' maxFileSize, 4 MiB): a config is small, and the cap keeps a
+// mistaken path (a log file, a binary, /dev/zero) from being read whole.
+const maxConfigFileSize = 4 << 20
+
+// readConfigFile reads the config file, at most maxConfigFileSize+1 bytes
+// of it: a larger file is an error naming it.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(data) > maxConfigFileSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxConfigFileSize)
+	}
+	return data, nil
+}
+
 // LoadConfig reads, strictly decodes, applies environment overrides and
 // defaults, and validates a config file. Every problem is reported, each
 // named by file, field and line: first every value that does not fit its
@@ -233,9 +256,9 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 // loadConfigDoc is LoadConfig without the last step (vault.approle is left
 // as written), and the YAML document the configuration was read from.
 func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("config: %w", err)
+		return nil, nil, err
 	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
