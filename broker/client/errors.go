@@ -142,7 +142,8 @@ var ErrBadResponse = errors.New("not a keytrail token response")
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
 // not a token response (ErrBadResponse), a certificate that does not
-// verify (IsCertificateError), a SOCKS5 proxy refusing the authentication
+// verify (IsCertificateError), a plain-HTTP answer to the TLS handshake
+// (IsPlainHTTPAnswer), a SOCKS5 proxy refusing the authentication
 // or the connection by its rules, or an identity token that cannot be had.
 // An error in err's chain with a Permanent() bool method (one of the
 // caller's own HTTP transport, such as a proxy refusing the tunnel) decides
@@ -151,7 +152,7 @@ func IsPermanent(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || socksRefused(err) {
+	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || IsPlainHTTPAnswer(err) || socksRefused(err) {
 		return true
 	}
 	var pe interface{ Permanent() bool }
@@ -188,6 +189,17 @@ func IsCertificateError(err error) bool {
 	var cv2 x509.ConstraintViolationError
 	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci) ||
 		errors.As(err, &sr) || errors.As(err, &ia) || errors.As(err, &uc) || errors.As(err, &cv2)
+}
+
+// IsPlainHTTPAnswer reports whether err is a plain-HTTP answer to the TLS
+// handshake: an https address naming a port that serves plain http
+// (net/http's ErrSchemeMismatch, "server gave HTTP response to HTTPS
+// client"), or an https proxy (HTTPS_PROXY=https://...) that does (its
+// tls.RecordHeaderError starting "HTTP/", wrapped as "proxyconnect").
+// Retrying cannot help until the address or the server's TLS changes.
+func IsPlainHTTPAnswer(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.Is(err, http.ErrSchemeMismatch) || (errors.As(err, &rh) && string(rh.RecordHeader[:]) == "HTTP/")
 }
 
 // socksRefused reports whether err is a SOCKS5 proxy's refusal that stays

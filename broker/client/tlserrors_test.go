@@ -199,3 +199,31 @@ func TestSOCKSRefusalIsPermanent(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainHTTPAnswerIsPermanent: an https address naming a plain-http
+// port (the broker without TLS) fails the handshake with net/http's
+// "server gave HTTP response to HTTPS client", and was a transport failure
+// retried with backoff until the caller gave up, though every try gets the
+// same answer. It is permanent now (IsPlainHTTPAnswer, IsPermanent), as is
+// the same answer of an https proxy (HTTPS_PROXY=https://...) speaking
+// plain http, which net/http wraps as "proxyconnect".
+func TestPlainHTTPAnswerIsPermanent(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	plain := srv.Listener.Addr().String()
+	for _, c := range []struct {
+		name, addr string
+		hc         *http.Client
+	}{
+		{"broker", "https://" + plain, &http.Client{Transport: &http.Transport{}}},
+		{"proxy", "https://keytrail.internal:7700", &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "https", Host: plain})}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := exchangeErr(t, c.addr, c.hc)
+			if !IsPlainHTTPAnswer(err) || !IsPermanent(err) || IsTransient(err) || IsCertificateError(err) {
+				t.Errorf("IsPlainHTTPAnswer, IsPermanent, IsTransient, IsCertificateError = %v, %v, %v, %v for %q; want true, true, false, false",
+					IsPlainHTTPAnswer(err), IsPermanent(err), IsTransient(err), IsCertificateError(err), err)
+			}
+		})
+	}
+}
