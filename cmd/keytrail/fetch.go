@@ -464,6 +464,31 @@ func certificateFailure(err error, addr string) string {
 	return fmt.Sprintf("cannot verify the certificate of the broker at %s: %s: %s", broker, cause, hint)
 }
 
+// plainHTTPFailure says that the broker at addr (an https URL), or the
+// https proxy for it, answered the TLS handshake in plain HTTP, and which
+// address to use instead. The addresses shown have no user info, query or
+// fragment. Plain http to a host not on loopback needs
+// --allow-insecure-http (client.New refuses it otherwise).
+func plainHTTPFailure(err error, addr string) string {
+	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
+	u, perr := url.Parse(broker)
+	if perr != nil {
+		u = &url.URL{}
+	}
+	shown := &url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	broker = shown.String()
+	if proxyFailure(err) != nil {
+		v := proxyVariable(broker)
+		return fmt.Sprintf("the proxy (%s) for the broker at %s answered in plain HTTP: use http:// for the proxy in %s, or enable TLS on the proxy", v, broker, v)
+	}
+	shown.Scheme = "http"
+	use := shown.String()
+	if h := u.Hostname(); h == "localhost" || (net.ParseIP(h) != nil && net.ParseIP(h).IsLoopback()) {
+		return fmt.Sprintf("the broker at %s answered in plain HTTP: use %s in --addr (or KEYTRAIL_ADDR), or enable TLS on the broker", broker, use)
+	}
+	return fmt.Sprintf("the broker at %s answered in plain HTTP: enable TLS on the broker, or use %s in --addr (or KEYTRAIL_ADDR) with --allow-insecure-http (the identity token then crosses the network in clear)", broker, use)
+}
+
 // refusedHint is what to check after a refused connection: the broker's
 // address, or the proxy's when the proxy refused.
 func refusedHint(err error) string {
@@ -504,6 +529,8 @@ func permanentError(grant string, id client.IdentitySource, err error, addr stri
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, refused, refused.hint())}
 	case client.IsCertificateError(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, addr))}
+	case client.IsPlainHTTPAnswer(err):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, plainHTTPFailure(err, addr))}
 	case socksFailure(err, addr) != "":
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, socksFailure(err, addr), socksHint(err))}
 	case errors.As(err, &be) && be.Code == client.CodeInvalidGrant:

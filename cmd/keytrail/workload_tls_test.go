@@ -8,10 +8,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -19,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/broker/client"
 )
 
 // writeTokenFile writes an identity token file in dir and returns its path.
@@ -194,5 +198,72 @@ func TestSOCKSRefusalIsNotRetried(t *testing.T) {
 		" failed: username/password authentication failed: check the proxy's user name and password in the proxy URL (socks5://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy\n"
 	if code != 1 || stderr != want {
 		t.Errorf("fetch through a SOCKS proxy refusing the login: exit %d, stderr %q; want exit 1 at once with %q", code, stderr, want)
+	}
+}
+
+// TestPlainHTTPBrokerIsNotRetried: --addr https://H:P naming a broker that
+// serves plain http was retried with backoff until --timeout ('keytrail
+// broker unreachable: Post https://H:P/v1/token: http: server gave HTTP
+// response to HTTPS client; retrying in ...'), though every try gets the
+// same answer, and nothing said what to change. fetch and exec now fail at
+// once, naming the broker and the http:// address to use instead.
+func TestPlainHTTPBrokerIsNotRetried(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	plain := httptest.NewServer(&fakeTokenBroker{byGrant: map[string]tokenReply{"g": {200, vaultBody}}})
+	defer plain.Close()
+	host := plain.Listener.Addr().String()
+	addr := "https://" + host
+	want := "keytrail: g: the broker at " + addr + " answered in plain HTTP: use http://" + host + " in --addr (or KEYTRAIL_ADDR), or enable TLS on the broker\n"
+	for _, cmd := range [][]string{
+		{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "3s"},
+		{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr + "/", "--env", "T", "--timeout", "3s", "--", "touch", filepath.Join(dir, "ran")},
+	} {
+		_, stderr, code := runKeytrailProcess(t, nil, cmd...)
+		if code != 1 || stderr != want {
+			t.Errorf("keytrail %s: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], code, stderr, want)
+		}
+	}
+	for _, f := range []string{"cred", "ran"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
+		}
+	}
+}
+
+// TestPlainHTTPMessages: the message for a plain-http answer names the
+// address without user info, keeps a path prefix, asks for
+// --allow-insecure-http when the host is not on loopback (plain http is
+// refused there otherwise), and names the proxy when it was an https
+// proxy (HTTPS_PROXY=https://...) that answered in plain http.
+func TestPlainHTTPMessages(t *testing.T) {
+	plain := httptest.NewServer(&fakeTokenBroker{byGrant: map[string]tokenReply{"g": {200, vaultBody}}})
+	defer plain.Close()
+	host := plain.Listener.Addr().String()
+	tokenFile := writeTokenFile(t, t.TempDir())
+	proxyErr := exchangeThroughProxy(t, "https://keytrail.internal:7700", &url.URL{Scheme: "https", User: url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER"), Host: host}, tokenFile)
+	brokerErr := fmt.Errorf("keytrail broker unreachable: Post %q: %w", "https://"+host+"/v1/token", http.ErrSchemeMismatch)
+	for _, c := range []struct {
+		addr string
+		err  error
+		want string
+	}{
+		{"https://USER-MARKER:PW-MARKER@127.0.0.1:7700/kt/", brokerErr,
+			"g: the broker at https://127.0.0.1:7700/kt answered in plain HTTP: use http://127.0.0.1:7700/kt in --addr (or KEYTRAIL_ADDR), or enable TLS on the broker"},
+		{"https://keytrail.internal:7700", brokerErr,
+			"g: the broker at https://keytrail.internal:7700 answered in plain HTTP: enable TLS on the broker, or use http://keytrail.internal:7700 in --addr (or KEYTRAIL_ADDR) with --allow-insecure-http (the identity token then crosses the network in clear)"},
+		{"https://keytrail.internal:7700", proxyErr,
+			"g: the proxy (HTTPS_PROXY) for the broker at https://keytrail.internal:7700 answered in plain HTTP: use http:// for the proxy in HTTPS_PROXY, or enable TLS on the proxy"},
+	} {
+		if !client.IsPermanent(c.err) {
+			t.Errorf("client.IsPermanent(%v) = false", c.err)
+		}
+		ee, ok := permanentError("g", nil, c.err, c.addr).(exitError)
+		if !ok || ee.code != exitPermanent || ee.msg != c.want {
+			t.Errorf("permanentError(%v, %q) = %#v, want exit 1 with %q", c.err, c.addr, ee, c.want)
+		}
+		if strings.Contains(ee.msg, "MARKER") {
+			t.Errorf("the message shows user info: %q", ee.msg)
+		}
 	}
 }
