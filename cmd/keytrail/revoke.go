@@ -299,7 +299,15 @@ func readAdminTokenFile(e *env, path string) ([]byte, error) {
 	if fi, err := f.Stat(); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&adminTokenLoosePerm != 0 {
 		fmt.Fprintf(e.stderr, "keytrail: warning: admin token file %s has mode %#o: others can read or change it; chmod 600 %s\n", path, fi.Mode().Perm(), path)
 	}
-	return io.ReadAll(io.LimitReader(f, maxAdminTokenFile))
+	b, err := io.ReadAll(io.LimitReader(f, maxAdminTokenFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxAdminTokenFile {
+		// Refused, not cut: a cut token is one the operator never had.
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxAdminTokenFile)
+	}
+	return b, nil
 }
 
 // maxAdminTokenFile bounds what is read from the admin token file.
