@@ -9,8 +9,11 @@
 //     request id, the HTTP status and Retry-After; it wraps the matching
 //     category sentinel of package broker (errors.Is(err,
 //     broker.ErrRateLimited)). IsTransient and IsPermanent say whether
-//     retrying can help. Identity tokens and credentials never appear in an
-//     error or a log line.
+//     retrying can help: besides the broker's own refusals, a broker
+//     certificate that does not verify (IsCertificateError), a plain-HTTP
+//     answer to an https address (IsPlainHTTPAnswer) and a SOCKS5 proxy's
+//     refused login or rules are permanent. Identity tokens and credentials
+//     never appear in an error or a log line.
 //   - IdentitySource implementations obtain the workload's identity token: a
 //     file (FileIdentity, re-read on every exchange since platforms rotate
 //     it; the default is the Kubernetes projected token path), an environment
