@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
 // File is the YAML shape of one policy file (SPEC "Policy files"). Fields are
@@ -158,7 +160,7 @@ type Date struct{ time.Time }
 // without a unit is rejected (except 0), so "15" cannot silently mean 15ns.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: duration must be a string like \"15m\", not %s", n.Line, listOrMapping(n))}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: duration must be a string like \"15m\", not %s", n.Line, yamlcheck.Got(n))}}
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
@@ -177,7 +179,7 @@ const dateLayout = "2006-01-02"
 // UnmarshalYAML decodes a YYYY-MM-DD calendar day (UTC midnight).
 func (d *Date) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: date must be YYYY-MM-DD, not %s", n.Line, listOrMapping(n))}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: date must be YYYY-MM-DD, not %s", n.Line, yamlcheck.Got(n))}}
 	}
 	t, err := time.Parse(dateLayout, n.Value)
 	if err != nil {
@@ -185,18 +187,6 @@ func (d *Date) UnmarshalYAML(n *yaml.Node) error {
 	}
 	d.Time = t
 	return nil
-}
-
-// listOrMapping names n, a value that is not a scalar, for "must be X,
-// not <it>" (an alias is followed).
-func listOrMapping(n *yaml.Node) string {
-	for n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	if n.Kind == yaml.SequenceNode {
-		return "a list"
-	}
-	return "a mapping"
 }
 
 // String formats the date as YYYY-MM-DD ("" when unset).

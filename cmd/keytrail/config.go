@@ -200,11 +200,7 @@ type duration time.Duration
 
 func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		what := "a mapping"
-		if n.Kind == yaml.SequenceNode {
-			what = "a list"
-		}
-		return fmt.Errorf("line %d: %s is not a duration like 30s or 5m", n.Line, what)
+		return fmt.Errorf("line %d: %s is not a duration like 30s or 5m", n.Line, yamlcheck.Got(n))
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {

@@ -168,7 +168,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		// unknown field of time.Time) and names a list by Go type: a
 		// list or mapping is named here, in the file's words.
 		if n.Kind == yaml.MappingNode || n.Kind == yaml.SequenceNode {
-			c.add(path, n, "must be %s, not %s", textKind(t), got(n))
+			c.add(path, n, "must be %s, not %s", textKind(t), Got(n))
 			return
 		}
 		c.scalar(path, n, t)
@@ -185,7 +185,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		return // takes anything
 	case reflect.Slice, reflect.Array:
 		if n.Kind != yaml.SequenceNode {
-			c.add(path, n, "must be a list, not %s", got(n))
+			c.add(path, n, "must be a list, not %s", Got(n))
 			return
 		}
 		// Each entry, walked or named (a null one), is counted: a list
@@ -210,7 +210,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			c.add(path, n, "must be a mapping, not %s", got(n))
+			c.add(path, n, "must be a mapping, not %s", Got(n))
 			return
 		}
 		if !c.duplicates(path, n) {
@@ -231,7 +231,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			return // takes anything
 		}
 		if n.Kind != yaml.MappingNode {
-			c.add(path, n, "must be a mapping, not %s", got(n))
+			c.add(path, n, "must be a mapping, not %s", Got(n))
 			return
 		}
 		if !c.duplicates(path, n) {
@@ -452,19 +452,19 @@ func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
 		case !fraction && (tag == "!!int" || tag == "!!float"):
 			c.add(path, n, "must be a whole number from %s to %s, not %s", minOf(t), maxOf(t), n.Value)
 		default:
-			c.add(path, n, "must be a whole number, not %s", got(n))
+			c.add(path, n, "must be a whole number, not %s", Got(n))
 		}
 	case reflect.Float32, reflect.Float64:
 		if err != nil {
-			c.add(path, n, "must be a number, not %s", got(n))
+			c.add(path, n, "must be a number, not %s", Got(n))
 		}
 	case reflect.Bool:
 		if err != nil {
-			c.add(path, n, "must be true or false, not %s", got(n))
+			c.add(path, n, "must be true or false, not %s", Got(n))
 		}
 	case reflect.String:
 		if err != nil {
-			c.add(path, n, "must be a single value, not %s", got(n))
+			c.add(path, n, "must be a single value, not %s", Got(n))
 		}
 	default:
 		if err != nil {
@@ -488,8 +488,14 @@ func textKind(t reflect.Type) string {
 // to a field of a scalar kind.
 var errNotScalar = errors.New("not a single value")
 
-// got describes what n holds, for "must be X, not <got>".
-func got(n *yaml.Node) string {
+// Got describes what n holds, for "must be X, not <got>": "a list", "a
+// mapping" (an alias is followed), or the value itself, quoted unless a
+// number or a boolean. Decoders' own UnmarshalYAML methods use it too, so
+// every such message names what it found the same way.
+func Got(n *yaml.Node) string {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
 	switch n.Kind {
 	case yaml.SequenceNode:
 		return "a list"
