@@ -279,7 +279,7 @@ func allProxyWarning(getenv func(string) string, addr string) string {
 	if err != nil {
 		return ""
 	}
-	if h := u.Hostname(); h == "localhost" || (net.ParseIP(h) != nil && net.ParseIP(h).IsLoopback()) {
+	if isLoopbackHost(u.Hostname()) {
 		return ""
 	}
 	v := proxyVariable(broker)
@@ -483,7 +483,7 @@ func plainHTTPFailure(err error, addr string) string {
 	}
 	shown.Scheme = "http"
 	use := shown.String()
-	if h := u.Hostname(); h == "localhost" || (net.ParseIP(h) != nil && net.ParseIP(h).IsLoopback()) {
+	if isLoopbackHost(u.Hostname()) {
 		return fmt.Sprintf("the broker at %s answered in plain HTTP: use %s in --addr (or KEYTRAIL_ADDR), or enable TLS on the broker", broker, use)
 	}
 	return fmt.Sprintf("the broker at %s answered in plain HTTP: enable TLS on the broker, or use %s in --addr (or KEYTRAIL_ADDR) with --allow-insecure-http (the identity token then crosses the network in clear)", broker, use)
