@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // What faultStore.UpdateRevocation does with the writes failUpdates names.
@@ -87,6 +89,40 @@ func newFaultFixture(t *testing.T, acks bool) (*revFixture, *faultStore) {
 		return fs
 	})
 	return f, fs
+}
+
+// secondInstance is instance B beside the fixture's service (A): a
+// Service over store (the fixture's memstore, or a store fronting it) with
+// the same policy and clock, and rv as its vault_token revoker. It returns
+// B's audit log and a revocation worker for each instance.
+func secondInstance(t *testing.T, f *revFixture, store broker.Store, rv broker.Revoker) (bSink *brokertest.Sink, wA, wB *broker.RevocationWorker) {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bSink = &brokertest.Sink{}
+	svcB, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return brokertest.Authn{} },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: rv},
+		Store:    store,
+		Audit:    bSink,
+		Now:      f.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wA, err = broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wB, err = broker.NewRevocationWorker(svcB, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bSink, wA, wB
 }
 
 // failUpdates makes the next n UpdateRevocation calls (every one from now

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/broker/brokertest"
-	"github.com/keytrail/keytrail/policies"
 )
 
 // TestSweepWriteUnconfirmedKeepsSwept: the sweep's own write (adding what
@@ -165,34 +163,10 @@ func TestSweepWriteLostNotTakenForAnothers(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			f, fs := newFaultFixture(t, true)
-			pol, err := policies.Parse("test.yaml", []byte(testPolicy))
-			if err != nil {
-				t.Fatal(err)
-			}
 			// Instance B: the same store, its own revoker and audit log;
 			// its MarkRevoked can be held (markFirst).
 			bStore := &faultStore{Store: f.mem, acks: true}
-			bSink := &brokertest.Sink{}
-			svcB, err := broker.NewService(broker.Deps{
-				Policy:   func() *policies.Policy { return pol },
-				Authn:    func() broker.Authenticator { return brokertest.Authn{} },
-				Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
-				Revokers: map[string]broker.Revoker{broker.KindVaultToken: &idRevoker{}},
-				Store:    bStore,
-				Audit:    bSink,
-				Now:      f.clock,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			wA, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			wB, err := broker.NewRevocationWorker(svcB, broker.WorkerOptions{Interval: time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
+			bSink, wA, wB := secondInstance(t, f, bStore, &idRevoker{})
 
 			a := f.issue(t, "payments")
 			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-52", broker.RevokeOptions{}, "req_1")

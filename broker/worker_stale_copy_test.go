@@ -10,8 +10,6 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
-	"github.com/keytrail/keytrail/broker/brokertest"
-	"github.com/keytrail/keytrail/policies"
 )
 
 // idRevoker fails for the ids in fail, succeeds for every other.
@@ -56,32 +54,8 @@ func testWorkerFailedWriteResult(t *testing.T, readFail bool) {
 	ctx := context.Background()
 	f, ds := newFaultFixture(t, false)
 	// Instance B: the same store, its own revoker and audit log.
-	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
 	bRevoker := &idRevoker{}
-	bSink := &brokertest.Sink{}
-	svcB, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return brokertest.Authn{} },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: bRevoker},
-		Store:    f.mem,
-		Audit:    bSink,
-		Now:      f.clock,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wA, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wB, err := broker.NewRevocationWorker(svcB, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bSink, wA, wB := secondInstance(t, f, f.mem, bRevoker)
 
 	a := f.issue(t, "payments")
 	f.rv.setErr(broker.Unavailable("vault_unavailable", time.Second, errors.New("connection refused")))
