@@ -76,6 +76,21 @@ func appendIDs(t *testing.T, s *Sink, ids ...string) {
 	writerIdle(t, s)
 }
 
+// crashReopen is a machine crash and a restart: the audit file keeps its
+// first size bytes (what an fsync made durable), a sink opens on it, and
+// the file then holds the events want (by request id); what says what
+// happened before, in the failure message.
+func crashReopen(t *testing.T, o Options, size int64, want []string, what string) {
+	t.Helper()
+	if err := os.Truncate(o.Path, size); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, o, seams{})
+	if d := cmp.Diff(want, requestIDs(t, o.Path)); d != "" {
+		t.Errorf("%s (-want +got):\n%s", what, d)
+	}
+}
+
 // writerIdle returns once the writer goroutine has finished what it was
 // doing: Append returns when its batch is durable, and the writer may then
 // still rotate the file. A test that abandons the sink (a crash) and opens
@@ -229,13 +244,8 @@ func TestJournalFailedWriteNotReplayed(t *testing.T) {
 	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse, RequestID: "req_failed"}); err == nil {
 		t.Fatal("Append(failing write) = nil, want an error")
 	}
-	if err := os.Truncate(path, journalOf(t, path).base); err != nil { // the crash loses what was not synced
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff([]string{"req_1"}, requestIDs(t, path)); d != "" {
-		t.Errorf("events after a failed write and a crash (-want +got):\n%s", d)
-	}
+	// The crash loses what was not synced.
+	crashReopen(t, o, journalOf(t, path).base, []string{"req_1"}, "events after a failed write and a crash")
 }
 
 // TestJournalFailedFsyncKeepsFrames: when the fsync of a full journal's
@@ -258,13 +268,7 @@ func TestJournalFailedFsyncKeepsFrames(t *testing.T) {
 	fl.set(func(f *faults) { f.sync = false })
 	appendIDs(t, s, "req_4", "req_5")
 	// The machine crashes: the file keeps what an fsync made durable.
-	if err := os.Truncate(path, fl.durableSize()); err != nil {
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff([]string{"req_1", "req_2", "req_3", "req_4", "req_5"}, requestIDs(t, path)); d != "" {
-		t.Errorf("acknowledged events after a failed fsync and a crash (-want +got):\n%s", d)
-	}
+	crashReopen(t, o, fl.durableSize(), []string{"req_1", "req_2", "req_3", "req_4", "req_5"}, "acknowledged events after a failed fsync and a crash")
 }
 
 // TestJournalFailedWriteNotReplayedWhenSyncFails: a batch whose file write
@@ -281,13 +285,8 @@ func TestJournalFailedWriteNotReplayedWhenSyncFails(t *testing.T) {
 	if !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("Append(failing write and fsync) = %v, want ErrUnavailable", err)
 	}
-	if err := os.Truncate(path, journalOf(t, path).base); err != nil { // the crash loses what was not synced
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff([]string{"req_1"}, requestIDs(t, path)); d != "" {
-		t.Errorf("events after a failed write, a failed fsync and a crash (-want +got):\n%s", d)
-	}
+	// The crash loses what was not synced.
+	crashReopen(t, o, journalOf(t, path).base, []string{"req_1"}, "events after a failed write, a failed fsync and a crash")
 }
 
 // TestJournalReplayAfterFailedFsync: a broker whose fsync of the audit file
@@ -319,13 +318,7 @@ func TestJournalReplayAfterFailedFsync(t *testing.T) {
 	s2 := openCrashable(t, o, sm)
 	appendIDs(t, s2, "req_4")
 	// Then the machine crashes: the file keeps what an fsync made durable.
-	if err := os.Truncate(path, fl.durableSize()); err != nil {
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff([]string{"req_1", "req_2", "req_3", "req_4"}, requestIDs(t, path)); d != "" {
-		t.Errorf("acknowledged events after a failed fsync, a restart and a crash (-want +got):\n%s", d)
-	}
+	crashReopen(t, o, fl.durableSize(), []string{"req_1", "req_2", "req_3", "req_4"}, "acknowledged events after a failed fsync, a restart and a crash")
 }
 
 // TestJournalFailedFsyncFileReplaced: the rewrite after a failed fsync
@@ -385,13 +378,7 @@ func TestJournalWraps(t *testing.T) {
 	if len(js.frames) != 1 {
 		t.Errorf("journal after 10 batches holds %d frames, want 1", len(js.frames))
 	}
-	if err := os.Truncate(path, js.base); err != nil {
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff(ids, requestIDs(t, path)); d != "" {
-		t.Errorf("events after replay (-want +got):\n%s", d)
-	}
+	crashReopen(t, o, js.base, ids, "events after replay")
 }
 
 // TestJournalEpochs: frames left by an earlier run's epoch, beyond the
@@ -410,13 +397,7 @@ func TestJournalEpochs(t *testing.T) {
 	}
 	s = openCrashable(t, o, seams{})
 	appendIDs(t, s, "req_5")
-	if err := os.Truncate(path, fi.Size()); err != nil {
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff([]string{"req_1", "req_2", "req_3", "req_4", "req_5"}, requestIDs(t, path)); d != "" {
-		t.Errorf("events after replay (-want +got):\n%s", d)
-	}
+	crashReopen(t, o, fi.Size(), []string{"req_1", "req_2", "req_3", "req_4", "req_5"}, "events after replay")
 }
 
 // TestJournalForeignFile: a journal next to a file it does not continue is
@@ -556,13 +537,7 @@ func TestJournalLargeBatch(t *testing.T) {
 	if len(js.frames) != 1 || js.base == 0 {
 		t.Fatalf("journal after a large batch: base %d, %d frames; want the large batch synced (base > 0) and 1 frame", js.base, len(js.frames))
 	}
-	if err := os.Truncate(path, js.base); err != nil {
-		t.Fatal(err)
-	}
-	openT(t, o, seams{})
-	if d := cmp.Diff([]string{"req_big", "req_after"}, requestIDs(t, path)); d != "" {
-		t.Errorf("events after replay (-want +got):\n%s", d)
-	}
+	crashReopen(t, o, js.base, []string{"req_big", "req_after"}, "events after replay")
 }
 
 // TestJournalPathHidden: a glob of the audit files (what a log shipper or
