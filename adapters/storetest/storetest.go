@@ -1223,42 +1223,38 @@ func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			t.Errorf("GetIssuance() after the withdrawal (-MarkRevoked's answer +stored):\n%s", diff)
 		}
 	})
-	t.Run("ok/withdrawal-after-mark-keeps-mark", func(t *testing.T) {
-		s := newStore(t)
-		is := SampleIssuance("iss_marked_first", Epoch())
-		mustPut(t, s, is)
-		first, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_admin", Epoch().Add(time.Second)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.MarkRevoked(ctx(t), revokedBy(is, "", Epoch().Add(2*time.Second)))
-		if err != nil || got.RevocationID != "rev_admin" || !got.RevokedAt.Equal(first.RevokedAt) {
-			t.Errorf("MarkRevoked(withdrawal) after rev_admin's mark = %+v, %v; want rev_admin's mark standing", got, err)
-		}
-		if stored := mustGet(t, s, is.ID); stored.RevocationID != "rev_admin" || !stored.RevokedAt.Equal(first.RevokedAt) {
-			t.Errorf("GetIssuance() after the withdrawal = revoked by %q at %v; want rev_admin at %v", stored.RevocationID, stored.RevokedAt, first.RevokedAt)
-		}
-		found, err := s.FindIssuance(ctx(t), broker.RefAccessor, is.Refs.Accessor)
-		if err != nil || found.RevocationID != "rev_admin" {
-			t.Errorf("FindIssuance(accessor) after the withdrawal = %+v, %v; want rev_admin's mark", found, err)
-		}
-	})
-	t.Run("ok/mark-after-withdrawal-keeps-withdrawal", func(t *testing.T) {
-		s := newStore(t)
-		is := SampleIssuance("iss_withdrawn_first", Epoch())
-		mustPut(t, s, is)
-		first, err := s.MarkRevoked(ctx(t), revokedBy(is, "", Epoch().Add(time.Second)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_admin", Epoch().Add(2*time.Second)))
-		if err != nil || got.RevocationID != "" || !got.RevokedAt.Equal(first.RevokedAt) {
-			t.Errorf("MarkRevoked(rev_admin) after a withdrawal = %+v, %v; want the withdrawal standing", got, err)
-		}
-		if stored := mustGet(t, s, is.ID); stored.RevocationID != "" || !stored.RevokedAt.Equal(first.RevokedAt) {
-			t.Errorf("GetIssuance() after rev_admin's mark = revoked by %q at %v; want the withdrawal at %v", stored.RevocationID, stored.RevokedAt, first.RevokedAt)
-		}
-	})
+	// Whichever of a revocation's mark and a withdrawal comes first stands:
+	// the later one changes neither the record nor what finds it.
+	for _, c := range []struct {
+		name, id      string
+		first, second string // the marks' revocation ids ("": a withdrawal)
+		firstIs       string // the first mark, as the messages name it
+		secondIs      string // the second, as MarkRevoked's message names it
+	}{
+		{"ok/withdrawal-after-mark-keeps-mark", "iss_marked_first", "rev_admin", "", "rev_admin's mark", "withdrawal"},
+		{"ok/mark-after-withdrawal-keeps-withdrawal", "iss_withdrawn_first", "", "rev_admin", "the withdrawal", "rev_admin"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newStore(t)
+			is := SampleIssuance(c.id, Epoch())
+			mustPut(t, s, is)
+			first, err := s.MarkRevoked(ctx(t), revokedBy(is, c.first, Epoch().Add(time.Second)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.MarkRevoked(ctx(t), revokedBy(is, c.second, Epoch().Add(2*time.Second)))
+			if err != nil || got.RevocationID != c.first || !got.RevokedAt.Equal(first.RevokedAt) {
+				t.Errorf("MarkRevoked(%s) after %s = %+v, %v; want %s standing", c.secondIs, c.firstIs, got, err, c.firstIs)
+			}
+			if stored := mustGet(t, s, is.ID); stored.RevocationID != c.first || !stored.RevokedAt.Equal(first.RevokedAt) {
+				t.Errorf("GetIssuance() after the second mark = revoked by %q at %v; want %s at %v", stored.RevocationID, stored.RevokedAt, c.firstIs, first.RevokedAt)
+			}
+			found, err := s.FindIssuance(ctx(t), broker.RefAccessor, is.Refs.Accessor)
+			if err != nil || found.RevocationID != c.first {
+				t.Errorf("FindIssuance(accessor) after the second mark = %+v, %v; want %s", found, err, c.firstIs)
+			}
+		})
+	}
 	t.Run("fail/not-a-mark", func(t *testing.T) {
 		s := newStore(t)
 		is := SampleIssuance("iss_nomark", Epoch())
