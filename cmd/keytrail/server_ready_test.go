@@ -35,32 +35,8 @@ func TestReadyzFailsWhenVaultRefusesTheBrokerToken(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, "", func(c *Config) { c.Vault.TokenFile = tokenFile })
-	var addr string
-	select {
-	case addr = <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
-	readyz := func() (int, string) {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			t.Fatalf("GET /readyz: %v", err)
-		}
-		defer resp.Body.Close()
-		var body struct {
-			Error string `json:"error"`
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&body)
-		return resp.StatusCode, body.Error
-	}
+	addr, errc := startTestServer(t, ctx, vp.Addr, "", func(c *Config) { c.Vault.TokenFile = tokenFile })
+	readyz := readyzProbe(t, addr)
 	if st, _ := readyz(); st != 200 {
 		t.Fatalf("/readyz = %d before the revocation, want 200", st)
 	}
@@ -93,6 +69,45 @@ func TestReadyzFailsWhenVaultRefusesTheBrokerToken(t *testing.T) {
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatalf("runServer() = %v", err)
+	}
+}
+
+// startTestServer writes serverTestPolicy to a new directory and runs a
+// server of it there, in process (goServer: Vault at vaultAddr with token,
+// mods applied), until ctx ends. It returns once the server serves: its
+// address, and the channel runServer's result arrives on.
+func startTestServer(t *testing.T, ctx context.Context, vaultAddr, token string, mods ...func(*Config)) (addr string, errc chan error) {
+	t.Helper()
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readyc, errc := goServer(t, ctx, dir, pol, vaultAddr, token, mods...)
+	select {
+	case addr = <-readyc:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	return addr, errc
+}
+
+// readyzProbe returns a probe of the server at addr: a GET /readyz, its
+// status and error code.
+func readyzProbe(t *testing.T, addr string) func() (int, string) {
+	return func() (int, string) {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			t.Fatalf("GET /readyz: %v", err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Error
 	}
 }
 
@@ -137,32 +152,8 @@ func TestReadyzKeepsTokenLookup(t *testing.T) {
 	defer px.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, px.URL, sec.Auth.ClientToken)
-	var addr string
-	select {
-	case addr = <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
-	readyz := func() (int, string) {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			t.Fatalf("GET /readyz: %v", err)
-		}
-		defer resp.Body.Close()
-		var body struct {
-			Error string `json:"error"`
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&body)
-		return resp.StatusCode, body.Error
-	}
+	addr, errc := startTestServer(t, ctx, px.URL, sec.Auth.ClientToken)
+	readyz := readyzProbe(t, addr)
 
 	const probes = 20
 	before, start := lookups.Load(), time.Now()

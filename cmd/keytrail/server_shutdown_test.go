@@ -83,22 +83,9 @@ func TestServerExitsNonZeroWhenShutdownTimesOut(t *testing.T) {
 	gate := startGatedVault(t, vp)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, gate.URL, vp.RootToken, func(c *Config) {
+	addr, errc := startTestServer(t, ctx, gate.URL, vp.RootToken, func(c *Config) {
 		c.ShutdownTimeout = duration(200 * time.Millisecond)
 	})
-	var addr string
-	select {
-	case addr = <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
 
 	gate.hold.Store(true)
 	client := &http.Client{Transport: &http.Transport{}}
@@ -176,23 +163,10 @@ func TestServerDrainsBeforeShutdown(t *testing.T) {
 	vp := harness.StartVault(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, func(c *Config) {
+	addr, errc := startTestServer(t, ctx, vp.Addr, vp.RootToken, func(c *Config) {
 		c.ShutdownDrain = duration(drain)
 	})
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + addr
 	if st, code, _, err := readyzAnswer(base); err != nil || st != http.StatusOK {
 		t.Fatalf("/readyz before the shutdown = %d %q %v, want 200", st, code, err)
 	}
