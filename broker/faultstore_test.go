@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -123,6 +124,18 @@ func secondInstance(t *testing.T, f *revFixture, store broker.Store, rv broker.R
 		t.Fatal(err)
 	}
 	return bSink, wA, wB
+}
+
+// revokeSweepDue issues once to payments-api and revokes the workload for
+// incident: the revocation ends that issuance and leaves a sweep due.
+func revokeSweepDue(t *testing.T, f *revFixture, incident string) *broker.Revocation {
+	t.Helper()
+	a := f.issue(t, "payments")
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{Workload: "payments-api"}, incident, broker.RevokeOptions{}, "req_1")
+	if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
+		t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
+	}
+	return rev
 }
 
 // failUpdates makes the next n UpdateRevocation calls (every one from now

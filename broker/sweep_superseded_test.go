@@ -27,11 +27,7 @@ func TestSweepWriteSupersededKeepsSwept(t *testing.T) {
 	bStore := &faultStore{Store: f.mem, acks: true}
 	bSink, wA, wB := secondInstance(t, f, bStore, &idRevoker{})
 
-	a := f.issue(t, "payments")
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-53", broker.RevokeOptions{}, "req_1")
-	if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
-		t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
-	}
+	rev := revokeSweepDue(t, f, "INC-53")
 	issuedAt := f.clock()
 	b := f.issue(t, "payments") // A's sweep finds it
 	f.mu.Lock()

@@ -38,11 +38,7 @@ func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			f, us := newFaultFixture(t, true)
-			a := f.issue(t, "payments")
-			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-50", broker.RevokeOptions{}, "req_1")
-			if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
-				t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
-			}
+			rev := revokeSweepDue(t, f, "INC-50")
 			// Issued as the revocation selected: the sweep's to find.
 			b := f.issue(t, "payments")
 
@@ -94,11 +90,7 @@ func TestSweepWriteUnconfirmedKeepsSwept(t *testing.T) {
 func TestSweepWriteRefusedSweepsAgain(t *testing.T) {
 	ctx := context.Background()
 	f, fs := newFaultFixture(t, true)
-	a := f.issue(t, "payments")
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-51", broker.RevokeOptions{}, "req_1")
-	if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
-		t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
-	}
+	rev := revokeSweepDue(t, f, "INC-51")
 	b := f.issue(t, "payments") // the sweep's to find
 	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
 	if err != nil {
@@ -168,11 +160,7 @@ func TestSweepWriteLostNotTakenForAnothers(t *testing.T) {
 			bStore := &faultStore{Store: f.mem, acks: true}
 			bSink, wA, wB := secondInstance(t, f, bStore, &idRevoker{})
 
-			a := f.issue(t, "payments")
-			rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "INC-52", broker.RevokeOptions{}, "req_1")
-			if err != nil || !slices.Equal(rev.Revoked, []string{a.ID}) || rev.SweepAt.IsZero() {
-				t.Fatalf("Revoke() = %+v, %v; want %s revoked, a sweep due", rev, err, a.ID)
-			}
+			rev := revokeSweepDue(t, f, "INC-52")
 			b := f.issue(t, "payments") // both sweeps find it
 			f.mu.Lock()
 			f.now = rev.SweepAt
