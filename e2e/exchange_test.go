@@ -40,15 +40,7 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 			t.Fatalf("response = %+v", res)
 		}
 		// The minted token's own lookup-self shows the tags.
-		vc, err := env.vault.Client.Clone()
-		if err != nil {
-			t.Fatal(err)
-		}
-		vc.SetToken(res.AccessToken)
-		self, err := vc.Auth().Token().LookupSelfWithContext(context.Background())
-		if err != nil {
-			t.Fatalf("lookup-self with minted token: %v", err)
-		}
+		_, self := env.vaultAs(t, res.AccessToken, "the minted token")
 		meta, _ := self.Data["meta"].(map[string]any)
 		want := map[string]any{"workload": "payments-api", "owner": "team-payments", "session_id": res.SessionID, "issuance_id": res.IssuanceID, "grant": "payments-vault"}
 		for k, v := range want {
@@ -195,15 +187,7 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 			}
 			var res tokenResponse
 			mustJSON(t, body, &res)
-			vc, err := env.vault.Client.Clone()
-			if err != nil {
-				t.Fatal(err)
-			}
-			vc.SetToken(res.AccessToken)
-			self, err := vc.Auth().Token().LookupSelfWithContext(context.Background())
-			if err != nil {
-				t.Fatalf("ttl=%s: lookup-self: %v", tc.ttl, err)
-			}
+			vc, self := env.vaultAs(t, res.AccessToken, "the token minted with ttl="+tc.ttl)
 			maxTTL, _ := self.Data["explicit_max_ttl"].(json.Number).Int64()
 			ttl, _ := self.Data["ttl"].(json.Number).Int64()
 			if maxTTL != tc.maxVault || ttl <= 0 || ttl > tc.maxVault || self.Data["renewable"] != false || res.ExpiresIn <= 0 || res.ExpiresIn > tc.maxVault {

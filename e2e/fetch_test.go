@@ -528,15 +528,7 @@ func readCredentialFile(t *testing.T, path string) tokenResponse {
 
 func vaultLookupSelf(t *testing.T, env *stack, token, issuanceID string) map[string]any {
 	t.Helper()
-	vc, err := env.vault.Client.Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vc.SetToken(token)
-	self, err := vc.Auth().Token().LookupSelfWithContext(context.Background())
-	if err != nil {
-		t.Fatalf("lookup-self with the fetched token: %v", err)
-	}
+	_, self := env.vaultAs(t, token, "the fetched token")
 	if meta, _ := self.Data["meta"].(map[string]any); meta["issuance_id"] != issuanceID {
 		t.Errorf("token meta = %v, want issuance_id %s", self.Data["meta"], issuanceID)
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/e2e/harness"
@@ -208,6 +209,23 @@ func (s *stack) exchange(t *testing.T, subjectToken, grant string, extra url.Val
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, body, resp.Header
+}
+
+// vaultAs returns a client of the stack's Vault that uses token (one the
+// broker handed out, which what names in a failure) and Vault's lookup-self
+// of it.
+func (s *stack) vaultAs(t *testing.T, token, what string) (*vaultapi.Client, *vaultapi.Secret) {
+	t.Helper()
+	vc, err := s.vault.Client.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc.SetToken(token)
+	self, err := vc.Auth().Token().LookupSelfWithContext(context.Background())
+	if err != nil {
+		t.Fatalf("lookup-self with %s: %v", what, err)
+	}
+	return vc, self
 }
 
 // writeEd25519Key writes a PKCS#8 private key and a PKIX public key, as

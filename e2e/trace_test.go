@@ -39,15 +39,7 @@ func TestTraceAgainstRealVault(t *testing.T) {
 	}
 	var res tokenResponse
 	mustJSON(t, body, &res)
-	vc, err := env.vault.Client.Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vc.SetToken(res.AccessToken)
-	self, err := vc.Auth().Token().LookupSelfWithContext(context.Background())
-	if err != nil {
-		t.Fatalf("lookup-self with the minted token: %v", err)
-	}
+	_, self := env.vaultAs(t, res.AccessToken, "the minted token")
 	accessor, _ := self.Data["accessor"].(string)
 	form := url.Values{"token": {res.AccessToken}}
 	req, _ := http.NewRequest("POST", env.brokerURL+"/v1/introspect", strings.NewReader(form.Encode()))
