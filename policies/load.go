@@ -14,15 +14,17 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
-// maxFileSize caps one policy file; policies are small, and a cap keeps a
-// mistaken path (a log file, a binary) from being read whole.
-const maxFileSize = 4 << 20
+// MaxFileSize caps one policy file, and the server's config file
+// (ReadFile reads both): they are small, and a cap keeps a mistaken path
+// (a log file, a binary) from being read whole.
+const MaxFileSize = 4 << 20
 
 // Problem is one thing wrong with a policy: a YAML error or a failed
 // validation rule. Its text is "<file>: <path>: <message>".
@@ -72,9 +74,9 @@ func Load(p string) (*Policy, error) {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	if !st.IsDir() {
-		data, err := readCapped(os.Open, p)
+		data, err := ReadFile(p)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("policies: %w", err)
 		}
 		return build([]namedData{{name: p, data: data}})
 	}
@@ -92,9 +94,9 @@ func Load(p string) (*Policy, error) {
 			continue
 		}
 		name := filepath.Join(p, e.Name())
-		data, err := readCapped(os.Open, name)
+		data, err := ReadFile(name)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("policies: %w", err)
 		}
 		files = append(files, namedData{name: name, data: data})
 	}
@@ -111,15 +113,14 @@ func Load(p string) (*Policy, error) {
 // *.yaml and *.yml files are merged, or a single file. Problems name files as
 // dir/file.
 func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
-	open := func(name string) (io.ReadCloser, error) { return fsys.Open(name) }
 	st, err := fs.Stat(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	if !st.IsDir() {
-		data, err := readCapped(open, dir)
+		data, err := readFS(fsys, dir)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("policies: %w", err)
 		}
 		return build([]namedData{{name: dir, data: data}})
 	}
@@ -137,9 +138,9 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 			continue
 		}
 		name := path.Join(dir, e.Name())
-		data, err := readCapped(open, name)
+		data, err := readFS(fsys, name)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("policies: %w", err)
 		}
 		files = append(files, namedData{name: name, data: data})
 	}
@@ -189,20 +190,87 @@ func miscasedPolicyFile(e fs.DirEntry) bool {
 	return strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml")
 }
 
-func readCapped[R io.ReadCloser](open func(string) (R, error), name string) ([]byte, error) {
-	f, err := open(name)
+// ReadFile reads a policy file or the server's config file: a regular
+// file (a symlink to one is followed: a Kubernetes ConfigMap mounts each
+// file as a chain of them) of at most MaxFileSize bytes. Anything else is
+// refused before a byte is read, naming the path and what it is ("x: is a
+// named pipe, not a regular file"): a FIFO would block until something
+// writes to it, and a device (/dev/zero) would be read up to the cap. The
+// file is opened without blocking (O_NONBLOCK: opening a FIFO for reading
+// otherwise waits for a writer), then looked at. An error opening or
+// reading the file is the *fs.PathError of the os package, which names the
+// path too.
+func ReadFile(name string) ([]byte, error) {
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("policies: %w", err)
+		// A socket cannot be opened at all ("no such device or
+		// address"): say what it is.
+		if st, serr := os.Stat(name); serr == nil && !st.Mode().IsRegular() {
+			return nil, notRegular(name, st.Mode())
+		}
+		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	return readRegular(f, name)
+}
+
+// readFS is ReadFile over a file system: a path that is not a regular file
+// is refused before it is opened (an os.DirFS would block opening a FIFO),
+// and again once open.
+func readFS(fsys fs.FS, name string) ([]byte, error) {
+	st, err := fs.Stat(fsys, name)
 	if err != nil {
-		return nil, fmt.Errorf("policies: %s: %w", name, err)
+		return nil, err
 	}
-	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("policies: %s: larger than %d bytes", name, maxFileSize)
+	if !st.Mode().IsRegular() {
+		return nil, notRegular(name, st.Mode())
+	}
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readRegular(f, name)
+}
+
+// readRegular reads f, named name, if it is a regular file of at most
+// MaxFileSize bytes (MaxFileSize+1 bytes of it at the most).
+func readRegular(f fs.File, name string) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, notRegular(name, st.Mode())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes", name, MaxFileSize)
 	}
 	return data, nil
+}
+
+// notRegular is the error of a path that names m, not a regular file.
+func notRegular(name string, m fs.FileMode) error {
+	var what string
+	switch {
+	case m.IsDir():
+		what = "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		what = "a named pipe"
+	case m&fs.ModeSocket != 0:
+		what = "a socket"
+	case m&fs.ModeCharDevice != 0:
+		what = "a character device"
+	case m&fs.ModeDevice != 0:
+		what = "a block device"
+	default:
+		return fmt.Errorf("%s: not a regular file", name)
+	}
+	return fmt.Errorf("%s: is %s, not a regular file", name, what)
 }
 
 // parsedFile is a decoded policy file.

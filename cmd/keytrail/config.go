@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -210,27 +211,18 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// maxConfigFileSize caps the config file as a policy file is capped
-// (policies' maxFileSize, 4 MiB): a config is small, and the cap keeps a
-// mistaken path (a log file, a binary, /dev/zero) from being read whole.
-const maxConfigFileSize = 4 << 20
-
-// readConfigFile reads the config file, at most maxConfigFileSize+1 bytes
-// of it: a larger file is an error naming it.
+// readConfigFile reads the config file as a policy file is read
+// (policies.ReadFile): a regular file, symlinks followed, of at most
+// policies.MaxFileSize bytes, so a mistaken path (a log, a binary,
+// /dev/zero, a FIFO) is neither read whole nor waited on. A path that is
+// not a regular file, or a file too large, is an error naming it; one the
+// system cannot open or read, "config: " and the system's error.
 func readConfigFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
+	data, err := policies.ReadFile(path)
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if len(data) > maxConfigFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxConfigFileSize)
-	}
-	return data, nil
+	return data, err
 }
 
 // LoadConfig reads, strictly decodes, applies environment overrides and

@@ -5,14 +5,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keytrail/keytrail/policies"
 )
 
 // TestLoadConfigSizeCap: the config file is capped as a policy file is
-// (4 MiB), so a mistaken path (a log, a binary, /dev/zero) is not read
+// (policies.MaxFileSize, 4 MiB), so a mistaken path (a log, a binary, /dev/zero) is not read
 // whole. A file of exactly the cap gets past the size check (here to fail
 // validation instead); one byte more is refused, naming the file.
 func TestLoadConfigSizeCap(t *testing.T) {
-	const limit = 4 << 20 // the policy file cap
+	const limit = policies.MaxFileSize
 	dir := t.TempDir()
 	// A YAML comment of n bytes in all: a document with no settings.
 	write := func(name string, n int) string {

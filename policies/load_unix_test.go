@@ -1,0 +1,104 @@
+//go:build unix
+
+package policies
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// loadGuarded is Load(p), failing the test if it has not returned within a
+// minute (a guard against hanging, not a measure of speed).
+func loadGuarded(t *testing.T, p string) (*Policy, error) {
+	t.Helper()
+	type result struct {
+		p   *Policy
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		p, err := Load(p)
+		done <- result{p, err}
+	}()
+	select {
+	case r := <-done:
+		return r.p, r.err
+	case <-time.After(time.Minute):
+		t.Fatalf("Load(%s) did not return within a minute", p)
+		return nil, nil
+	}
+}
+
+// TestLoadRefusesNonRegularFiles: a policy path that names a named pipe, a
+// device or a directory where a file is read (a *.yaml link to one in a
+// policy directory) is refused before anything is read, naming the path and
+// what it is. Before, Load of a FIFO blocked in open until something wrote
+// to it, and /dev/zero was read up to the size cap.
+func TestLoadRefusesNonRegularFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	linked := filepath.Join(dir, "linked")
+	if err := os.Mkdir(linked, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(fifo, filepath.Join(linked, "a.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	dirLink := filepath.Join(dir, "dirlink")
+	if err := os.Mkdir(dirLink, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, filepath.Join(dirLink, "b.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ path, want string }{
+		{fifo, "policies: " + fifo + ": is a named pipe, not a regular file"},
+		{linked, "policies: " + filepath.Join(linked, "a.yaml") + ": is a named pipe, not a regular file"},
+		{dirLink, "policies: " + filepath.Join(dirLink, "b.yaml") + ": is a directory, not a regular file"},
+	}
+	if _, err := os.Stat("/dev/zero"); err == nil {
+		tests = append(tests, struct{ path, want string }{"/dev/zero", "policies: /dev/zero: is a character device, not a regular file"})
+	}
+	for _, tt := range tests {
+		p, err := loadGuarded(t, tt.path)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("Load(%s) = %v, %v; want %q", tt.path, p, err, tt.want)
+		}
+	}
+}
+
+// TestLoadConfigMapSymlinks: a policy mounted from a Kubernetes ConfigMap is
+// a chain of symlinks (p.yaml -> ..data/p.yaml, ..data -> ..<timestamp>);
+// it loads, as a directory and as a file, the hidden entries left out.
+func TestLoadConfigMapSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	stamp := filepath.Join(dir, "..2026_11_29_06_30_00.123")
+	if err := os.Mkdir(stamp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stamp, "p.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Base(stamp), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join("..data", "p.yaml"), filepath.Join(dir, "p.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{dir, filepath.Join(dir, "p.yaml")} {
+		p, err := loadGuarded(t, path)
+		if err != nil {
+			t.Fatalf("Load(%s) = %v", path, err)
+		}
+		if got := p.Sources(); len(got) != 1 || !strings.HasSuffix(got[0].Path, "p.yaml") {
+			t.Errorf("Load(%s).Sources() = %v, want the one p.yaml", path, got)
+		}
+	}
+}
