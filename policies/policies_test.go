@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata")
@@ -1216,8 +1220,63 @@ func TestParseBoundsMergedAliases(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("Parse did not return within a minute")
 	}
+	// The pairs of keys of the merged mappings (yamlcheck.MaxKeyPairs:
+	// each merge of 100 keys is 4,950 pairs) run out before the values.
 	got := locatedProblemStrings(err)
-	if len(got) != 1 || !strings.HasPrefix(got[0], "t.yaml: workloads[") || !strings.Contains(got[0], ".match.claims: too many values to check") || !strings.Contains(got[0], "(line ") {
-		t.Errorf("Parse(merged aliases) problems = %q, want one naming t.yaml, workloads[i].match.claims, \"too many values to check\" and a line", got)
+	if len(got) != 1 || !strings.HasPrefix(got[0], "t.yaml: workloads[") || !strings.Contains(got[0], ".match.claims: too many keys to compare") || !strings.Contains(got[0], "(line ") {
+		t.Errorf("Parse(merged aliases) problems = %q, want one naming t.yaml, workloads[i].match.claims, \"too many keys to compare\" and a line", got)
+	}
+}
+
+// TestDecodeMaxKeyPairs: a policy whose mappings have, between them, more
+// pairs of keys than the YAML decoder may compare (yamlcheck.MaxKeyPairs:
+// nine claims mappings of 1,024 keys) is refused before the decoder runs,
+// with one problem naming the file, the mapping where the count passes the
+// bound and its line. Before, each mapping within yamlcheck.MaxKeys passed,
+// and 300 of them (2.4 MB) cost the decoder some 1.7 s of comparisons
+// before the policy was refused for its other problems.
+func TestDecodeMaxKeyPairs(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("version: 1\nworkloads:\n")
+	for range 9 {
+		b.WriteString("- match: {claims: {")
+		for k := range 1024 {
+			fmt.Fprintf(&b, "k%d: v, ", k)
+		}
+		b.WriteString("}}\n")
+	}
+	_, err := Parse("p.yaml", []byte(b.String()))
+	want := []string{"p.yaml: workloads[8].match.claims: too many keys to compare: the YAML decoder compares the keys of each mapping two by two (n keys: n(n-1)/2 pairs), and with the 1024 keys of this one the document's mappings have more than 4194304 pairs (aliases and merges (<<) counted each time they are used) (line 11)"}
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" {
+		t.Errorf("Parse() problems (-want +got):\n%s", diff)
+	}
+}
+
+// TestDecodeLargePolicyWithinBounds: a policy file of nearly
+// MaxFileSize bytes of workloads written as real ones are (a name, an
+// owner, an issuer, a subject pattern, three claims and a grant each) is
+// within every bound yamlcheck sets on a document (values, keys of one
+// mapping, pairs of keys across mappings): some 15,800 workloads of 12
+// pairs of keys each are 190,000 pairs, far within yamlcheck.MaxKeyPairs.
+func TestDecodeLargePolicyWithinBounds(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("version: 1\nworkloads:\n")
+	const workload = `  - name: w%d
+    owner: team-%d
+    match:
+      issuer: k8s
+      subject_pattern: "system:serviceaccount:ns%d:[a-z]+"
+      claims: {kubernetes.io.namespace: ns%d, kubernetes.io.serviceaccount.name: sa%d, repository_owner: team-%d}
+    grants: [g]
+`
+	for i := 0; b.Len() < MaxFileSize-1000; i++ {
+		fmt.Fprintf(&b, workload, i, i, i, i, i, i)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(b.String()), &root); err != nil {
+		t.Fatal(err)
+	}
+	if ps := yamlcheck.Check(&root, reflect.TypeOf(File{}), yamlcheck.NullEntries); len(ps) > 0 {
+		t.Errorf("Check(%d bytes of workloads) = %v, want no problem", b.Len(), ps[0])
 	}
 }

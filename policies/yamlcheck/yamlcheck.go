@@ -62,6 +62,18 @@ const maxVisits = 1 << 20
 // with "<<", the top level's x- keys included (TopLevelExtensions).
 const MaxKeys = 1024
 
+// MaxKeyPairs is the most pairs of keys the YAML decoder may compare in one
+// document: it compares the keys of each mapping two by two (n keys: n(n-1)/2
+// pairs), each time it decodes the mapping, an alias to it or a merge (<<)
+// of it. MaxKeys bounds one mapping, not their number: a 2.4 MB policy of
+// 300 mappings of 1,024 keys cost the decoder 157 million comparisons
+// (some 1.7 s). Check counts the pairs of every mapping it walks, as the
+// decoder would compare them, and stops with one problem at the mapping
+// where the count passes MaxKeyPairs: 4,194,304 pairs are 8 mappings of
+// MaxKeys keys, or 64 of 256, while a policy of 10,000 workloads of a few
+// fields each (2.3 MB) makes some 100,000.
+const MaxKeyPairs = 1 << 22
+
 // Option asks Check for more than the values the decoder refuses.
 type Option int
 
@@ -93,7 +105,7 @@ func Check(n *yaml.Node, t reflect.Type, opts ...Option) []Problem {
 }
 
 func check(n *yaml.Node, t reflect.Type, budget int, opts ...Option) []Problem {
-	c := checker{budget: budget, max: budget}
+	c := checker{budget: budget, max: budget, pairs: MaxKeyPairs}
 	for _, o := range opts {
 		c.opts |= o
 	}
@@ -110,7 +122,8 @@ var (
 type checker struct {
 	out         []Problem
 	budget, max int
-	over        bool // the budget ran out, and the problem says so
+	pairs       int  // of keys the decoder may still compare (MaxKeyPairs)
+	over        bool // the budget (or pairs) ran out, and the problem says so
 	opts        Option
 }
 
@@ -124,6 +137,25 @@ func (c *checker) spend(path string, n *yaml.Node, cost int) bool {
 	if !c.over {
 		c.over = true
 		c.add(path, n, "too many values to check (more than %d, aliases and merges (<<) counted each time they are used)", c.max)
+	}
+	return false
+}
+
+// comparePairs takes the pairs of keys of mapping n, which the decoder
+// compares two by two, from what the document may compare (MaxKeyPairs),
+// and reports whether that is within it. The first time it is not, the
+// check stops, as when its budget of values runs out, with one problem at
+// n, naming its keys.
+func (c *checker) comparePairs(path string, n *yaml.Node) bool {
+	k := len(n.Content) / 2
+	c.pairs -= k * (k - 1) / 2
+	if c.pairs >= 0 {
+		return true
+	}
+	if !c.over {
+		c.over = true
+		c.budget = 0 // nothing more is walked
+		c.add(path, n, "too many keys to compare: the YAML decoder compares the keys of each mapping two by two (n keys: n(n-1)/2 pairs), and with the %d keys of this one the document's mappings have more than %d pairs (aliases and merges (<<) counted each time they are used)", k, MaxKeyPairs)
 	}
 	return false
 }
@@ -318,7 +350,9 @@ func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *y
 		case unalias(v).Kind == yaml.MappingNode:
 			m := unalias(v)
 			if merged[m] {
-				return !c.over
+				// Named once, but the decoder compares its keys
+				// each time it merges it.
+				return c.comparePairs(path, m)
 			}
 			merged[m] = true
 			if !c.duplicates(path, m) { // the decoder refuses them there too
@@ -350,7 +384,8 @@ func (c *checker) mapping(path string, n *yaml.Node, fields bool, f func(k, v *y
 // duplicates reports a key written twice in one mapping ("<<" included),
 // as the decoder does: each key written again, once, by the line of its
 // first. Its keys are counted in the budget (they are walked or named
-// next); it reports whether some is left. A mapping of more than MaxKeys
+// next), and its pairs of keys in the document's (comparePairs); it
+// reports whether some of both is left. A mapping of more than MaxKeys
 // keys is a problem, and duplicates reports false for it (none of its
 // keys is looked at).
 func (c *checker) duplicates(path string, n *yaml.Node) bool {
@@ -358,7 +393,7 @@ func (c *checker) duplicates(path string, n *yaml.Node) bool {
 		c.add(path, n, "%s", tooManyKeys(k))
 		return false
 	}
-	if !c.spend(path, n, len(n.Content)/2) {
+	if !c.spend(path, n, len(n.Content)/2) || !c.comparePairs(path, n) {
 		return false
 	}
 	type key struct {
