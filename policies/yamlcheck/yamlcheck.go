@@ -229,7 +229,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			if c.over {
 				return
 			}
-			ep := fmt.Sprintf("%s[%d]", path, i)
+			ep := path + "[" + strconv.Itoa(i) + "]"
 			if c.opts&NullEntries != 0 && isNull(e) && droppedWhenNull(t.Elem()) {
 				if t.Elem().Kind() == reflect.String {
 					c.add(ep, e, `no value: it would be left out of the list (not read as ""), moving later entries up; write its value (quoted "" for an empty one), or remove the entry`)
@@ -250,7 +250,7 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 		}
 		c.mapping(path, n, false, func(k, v *yaml.Node) {
 			// A key written as an alias is named by the key it names.
-			kp := fmt.Sprintf("%s[%q]", path, unalias(k).Value)
+			kp := path + "[" + strconv.Quote(unalias(k).Value) + "]"
 			if misplacedMergeTag(k) {
 				c.add(kp, k, "%s", mergeTagMessage)
 				return
@@ -463,6 +463,9 @@ func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
 			err = errNotScalar
 			break
 		}
+		if t.Kind() == reflect.String && plainString(n) {
+			break // the decoder takes it as written
+		}
 		err = n.Decode(reflect.New(t).Interface())
 	default:
 		// The decoder compares the keys of a mapping two by two
@@ -506,6 +509,23 @@ func (c *checker) scalar(path string, n *yaml.Node, t reflect.Type) {
 			c.add(path, n, "%s", decodeMessage(err))
 		}
 	}
+}
+
+// plainString reports whether scalar n is one the decoder sets a string to
+// as written, without a decoder to ask (the most common value of a file,
+// asked of a new decoder each: a third of Check's time): one written
+// without a tag, whose tag is the one the parser resolved from its text,
+// which the decoder resolves it to again. A tagged one ("!!int x",
+// "!!binary ...") may be refused, and is asked.
+func plainString(n *yaml.Node) bool {
+	if n.Style&yaml.TaggedStyle != 0 {
+		return false
+	}
+	switch n.ShortTag() {
+	case "!!str", "!!int", "!!float", "!!bool", "!!timestamp", "!!merge":
+		return true
+	}
+	return false
 }
 
 var timeType = reflect.TypeOf(time.Time{})

@@ -674,3 +674,26 @@ func TestCheckBoundsKeyPairs(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckStringAsDecoder: for a string field, Check refuses exactly the
+// scalars the decoder refuses, those it does not ask the decoder about
+// (plainString: written without a tag) included.
+func TestCheckStringAsDecoder(t *testing.T) {
+	for _, v := range []string{
+		"a", "12", "1.5", ".inf", ".nan", "0x1F", "0o17", "1e3", "true", "yes", "2001-12-14", "2001-12-14T21:59:43.10-05:00",
+		"<<", "'quoted'", `"12"`, "!!str 12", "!!int 12", "!!int x", "!!float x", "!!bool x", "!!timestamp x",
+		"!!binary aGk=", "!!binary '@@'", "!!merge <<", "!custom v", "! 12", "!!str", "|\n  block\n",
+	} {
+		src := "name: " + v + "\n"
+		var n yaml.Node
+		if err := yaml.Unmarshal([]byte(src), &n); err != nil {
+			t.Fatal(err)
+		}
+		var d doc
+		derr := n.Decode(&d)
+		got := Check(&n, reflect.TypeOf(doc{}))
+		if (derr != nil) != (len(got) > 0) {
+			t.Errorf("name: %s: decoder %v, Check %v; want both to refuse or neither", v, derr, got)
+		}
+	}
+}
