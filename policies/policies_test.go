@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/keytrail/keytrail/policies/internal/yamltest"
 	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
 
@@ -1199,15 +1200,16 @@ grants:
 // 6 s (56 s while it still compared the keys of each merged mapping two by
 // two) the problem was the decoder's, without a field or a line.
 func TestParseBoundsMergedAliases(t *testing.T) {
-	var b strings.Builder
-	b.WriteString("version: 1\nworkloads:\n- {name: w0, owner: o, grants: [g], match: {issuer: i, claims: &m0 {")
+	var claims strings.Builder
+	claims.WriteString("{")
 	for k := range 100 {
-		fmt.Fprintf(&b, "k%d: v, ", k)
+		fmt.Fprintf(&claims, "k%d: v, ", k)
 	}
-	b.WriteString("}}}\n")
-	for i := 1; i <= 10; i++ {
-		p := fmt.Sprintf("*m%d", i-1)
-		fmt.Fprintf(&b, "- {name: w%d, owner: o, grants: [g], match: {issuer: i, claims: &m%d {<<: [%s]}}}\n", i, i, strings.TrimSuffix(strings.Repeat(p+", ", 10), ", "))
+	claims.WriteString("}")
+	var b strings.Builder
+	b.WriteString("version: 1\nworkloads:\n")
+	for i, m := range yamltest.MergeLaughs(claims.String(), 10, 10) {
+		fmt.Fprintf(&b, "- {name: w%d, owner: o, grants: [g], match: {issuer: i, claims: %s}}\n", i, m)
 	}
 	done := make(chan error, 1)
 	go func() {

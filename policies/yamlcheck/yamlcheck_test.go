@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/keytrail/keytrail/policies/internal/yamltest"
 )
 
 type sub struct {
@@ -374,10 +376,9 @@ func TestTopLevelExtensionsAliasKey(t *testing.T) {
 // level before: ten levels expand to 10^10 merged mappings, from a few
 // hundred bytes.
 func mergeLaughs(key string) string {
-	src := "any:\n- &m0 {n: 1}\n"
-	for i := 1; i <= 10; i++ {
-		p := fmt.Sprintf("*m%d", i-1)
-		src += fmt.Sprintf("- &m%d {<<: [%s, %s, %s, %s, %s, %s, %s, %s, %s, %s]}\n", i, p, p, p, p, p, p, p, p, p, p)
+	src := "any:\n"
+	for _, m := range yamltest.MergeLaughs("{n: 1}", 10, 10) {
+		src += "- " + m + "\n"
 	}
 	return src + key + ": *m10\n"
 }
