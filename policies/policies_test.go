@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -1280,5 +1281,26 @@ func TestDecodeLargePolicyWithinBounds(t *testing.T) {
 	}
 	if ps := yamlcheck.Check(&root, reflect.TypeOf(File{}), yamlcheck.NullEntries); len(ps) > 0 {
 		t.Errorf("Check(%d bytes of workloads) = %v, want no problem", b.Len(), ps[0])
+	}
+}
+
+// TestLoadFSRefusesNonRegularFiles: LoadFS of a path that is not a regular
+// file in its file system (a named pipe, a device) is refused before it is
+// opened, naming the path and what it is, as Load refuses one on disk
+// (an os.DirFS would block opening a FIFO). Before, it was read: here an
+// "empty policy file" problem.
+func TestLoadFSRefusesNonRegularFiles(t *testing.T) {
+	fsys := fstest.MapFS{
+		"d/fifo.yaml": {Mode: fs.ModeNamedPipe},
+		"d/dev.yaml":  {Mode: fs.ModeDevice | fs.ModeCharDevice, Data: []byte("version: 1\n")},
+	}
+	for _, tt := range []struct{ path, want string }{
+		{"d/fifo.yaml", "policies: d/fifo.yaml: is a named pipe, not a regular file"},
+		{"d/dev.yaml", "policies: d/dev.yaml: is a character device, not a regular file"},
+	} {
+		p, err := LoadFS(fsys, tt.path)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("LoadFS(%s) = %v, %v; want %q", tt.path, p, err, tt.want)
+		}
 	}
 }
