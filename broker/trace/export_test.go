@@ -15,3 +15,8 @@ func SetAfterListHook(l *Live, f func()) { l.afterList = f }
 // wrap(f): a wrapper that changes the file between two reads is a sink
 // writing (or cutting back) while the refresh reads.
 func SetReadWrapper(l *Live, wrap func(*os.File) audit.File) { l.wrapRead = wrap }
+
+// SetAfterReadHook makes l call f each time it has indexed what it read
+// of an audit file, before it goes on: a cut and regrow made by f is one
+// that came just after the read.
+func SetAfterReadHook(l *Live, f func()) { l.afterRead = f }

@@ -2,8 +2,10 @@ package trace
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"slices"
 	"sort"
@@ -152,6 +154,49 @@ func (x *Index) AddLine(line []byte) error {
 // consumed: a last line without its newline (a write in progress) is left
 // for the next read. Malformed lines are skipped and counted.
 func (x *Index) Consume(r io.Reader) (int64, error) {
+	return x.consume(r, nil)
+}
+
+// lastRead is the last line consume read (the bytes before what it
+// consumed back to the newline before them), kept as it was read: the
+// file may no longer hold it by the time the caller looks.
+type lastRead struct {
+	line []byte    // a copy of it, with its newline, unless long
+	long hash.Hash // its hash so far, when longer than audit.MaxLineBytes
+	n    int64     // its length (0: nothing was consumed)
+}
+
+// sum returns the SHA-256 of the last line read and its length.
+func (t *lastRead) sum() ([sha256.Size]byte, int64) {
+	if t.long != nil {
+		var s [sha256.Size]byte
+		t.long.Sum(s[:0])
+		return s, t.n
+	}
+	return sha256.Sum256(t.line), t.n
+}
+
+func (t *lastRead) short(line []byte) {
+	t.line, t.long, t.n = append(t.line[:0], line...), nil, int64(len(line))
+}
+
+// more adds frag to a long line; first: its first bytes are in buf.
+func (t *lastRead) more(buf, frag []byte, first bool) {
+	if first {
+		if t.long == nil {
+			t.long = sha256.New()
+		}
+		t.long.Reset()
+		t.long.Write(buf)
+		t.n = int64(len(buf))
+	}
+	t.long.Write(frag)
+	t.n += int64(len(frag))
+}
+
+// consume is Consume, keeping in last, when not nil, the last line it
+// consumed.
+func (x *Index) consume(r io.Reader, last *lastRead) (int64, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var consumed int64
 	var long bool
@@ -166,8 +211,14 @@ func (x *Index) Consume(r io.Reader) (int64, error) {
 				if len(buf) > 0 {
 					line = append(buf, frag...)
 				}
+				if last != nil {
+					last.short(line)
+				}
 				_ = x.AddLine(line[:len(line)-1])
 			} else {
+				if last != nil {
+					last.more(nil, frag, false)
+				}
 				x.mu.Lock()
 				x.skipped++
 				x.mu.Unlock()
@@ -175,9 +226,17 @@ func (x *Index) Consume(r io.Reader) (int64, error) {
 			buf, long = buf[:0], false
 		case errors.Is(err, bufio.ErrBufferFull):
 			consumed += int64(len(frag))
-			if len(buf)+len(frag) > audit.MaxLineBytes {
+			switch {
+			case long:
+				if last != nil {
+					last.more(nil, frag, false)
+				}
+			case len(buf)+len(frag) > audit.MaxLineBytes:
+				if last != nil {
+					last.more(buf, frag, true)
+				}
 				long, buf = true, buf[:0]
-			} else if !long {
+			default:
 				buf = append(buf, frag...)
 			}
 		case errors.Is(err, io.EOF):

@@ -1,8 +1,8 @@
 package trace
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -57,10 +57,10 @@ type Live struct {
 	mu     sync.Mutex // serialises refreshes
 	cur    os.FileInfo
 	curOff int64
-	// curTail is the hash of the bytes of cur just before curOff, back to
-	// the newline before them (the last line read): a rollback the file
-	// grew back over since shows there.
-	curTail string
+	// curTail is the last line read of cur, the bytes just before curOff
+	// (its hash and length, as read): a rollback the file grew back over
+	// since shows there.
+	curTail tailSum
 	done    map[string]bool // rotated files fully read
 
 	// afterList, when set (tests only), is called by each refresh after it
@@ -69,6 +69,10 @@ type Live struct {
 	// wrapRead, when set (tests only), wraps each audit file readFrom
 	// reads.
 	wrapRead func(*os.File) audit.File
+	// afterRead, when set (tests only), is called by readFrom once it has
+	// indexed the lines it read, before it returns: a sink that cuts the
+	// file back and grows it again there does so after the read.
+	afterRead func()
 }
 
 // NewLive validates o and returns a Live source. It reads nothing until
@@ -112,7 +116,7 @@ func (l *Live) Refresh() error {
 			return err
 		}
 		l.idx.Store(idx)
-		l.cur, l.curOff, l.curTail, l.done = nil, 0, "", map[string]bool{}
+		l.cur, l.curOff, l.curTail, l.done = nil, 0, tailSum{}, map[string]bool{}
 		return l.refresh()
 	}
 	return err
@@ -156,7 +160,7 @@ func (l *Live) refresh() error {
 			return err
 		}
 	} else {
-		l.cur, l.curOff, l.curTail = fi, 0, ""
+		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
 	}
 	n, tail, err := l.readFrom(f, l.curOff)
 	if n > 0 {
@@ -205,7 +209,7 @@ func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
 		if err := l.checkTail(f, fi.Size()); err != nil {
 			return err
 		}
-		off, l.cur, l.curOff, l.curTail = l.curOff, nil, 0, ""
+		off, l.cur, l.curOff, l.curTail = l.curOff, nil, 0, tailSum{}
 	}
 	if _, _, err := l.readFrom(f, off); err != nil {
 		return err
@@ -214,8 +218,14 @@ func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
 	return nil
 }
 
+// tailSum is the SHA-256 and length of the last line a refresh read.
+type tailSum struct {
+	sum [sha256.Size]byte
+	n   int64
+}
+
 // checkTail returns errRolledBack unless f (cur, or cur under its rotated
-// name), size bytes long, still holds, just before curOff, the bytes read
+// name), size bytes long, still holds, just before curOff, the line read
 // there. The sink truncates a batch that failed back to the last durable
 // line; the file is shorter then, unless later batches have grown it past
 // curOff again by the next call.
@@ -226,64 +236,44 @@ func (l *Live) checkTail(f io.ReaderAt, size int64) error {
 	if l.curOff == 0 {
 		return nil
 	}
-	tail, err := tailBefore(f, l.curOff)
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return errRolledBack // shrank since the Stat
+	if l.curTail.n == 0 || l.curTail.n > l.curOff {
+		return errRolledBack // not known: read it again
 	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, io.NewSectionReader(f, l.curOff-l.curTail.n, l.curTail.n), make([]byte, min(l.curTail.n, 32<<10)))
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
 	}
-	if audit.HashLine(tail) != l.curTail {
-		return errRolledBack
+	var sum [sha256.Size]byte
+	if n < l.curTail.n || [sha256.Size]byte(h.Sum(sum[:0])) != l.curTail.sum {
+		return errRolledBack // changed, or shrank since the Stat
 	}
 	return nil
 }
 
 // readFrom indexes the complete lines of f from off and returns the
-// number of bytes read and, when that is not 0, the hash of the bytes
-// before the end of what was read back to the newline before them. It
-// reads through an audit.LineReader: part of a line (a write in progress,
-// or a torn one) is never joined to what the sink writes at its offset
-// after cutting the file back, and a file cut back below lines already
-// indexed meanwhile is errRolledBack.
-func (l *Live) readFrom(f *os.File, off int64) (int64, string, error) {
+// number of bytes read and the last line read, as read (not read back
+// from the file afterwards: a cut and regrow since would be taken for
+// it). It reads through an audit.LineReader: part of a line (a write in
+// progress, or a torn one) is never joined to what the sink writes at its
+// offset after cutting the file back, and a file cut back below lines
+// already indexed meanwhile is errRolledBack.
+func (l *Live) readFrom(f *os.File, off int64) (int64, tailSum, error) {
 	var src audit.File = f
 	if l.wrapRead != nil {
 		src = l.wrapRead(f)
 	}
-	n, err := l.idx.Load().Consume(audit.NewLineReader(src, off))
+	var last lastRead
+	n, err := l.idx.Load().consume(audit.NewLineReader(src, off), &last)
+	if l.afterRead != nil {
+		l.afterRead()
+	}
 	if errors.Is(err, audit.ErrCutBelowRead) {
-		return n, "", errRolledBack
+		return n, tailSum{}, errRolledBack
 	}
-	if n == 0 || err != nil {
-		return n, "", err
-	}
-	tail, err := tailBefore(f, off+n)
-	if err != nil {
-		return n, "", fmt.Errorf("trace: %w", err)
-	}
-	return n, audit.HashLine(tail), nil
-}
-
-// tailBefore returns the bytes of r before off back to the newline before
-// them (the last line read, with its newline), reading no further back
-// than a line can be long (audit.MaxLineBytes) and a read more.
-func tailBefore(r io.ReaderAt, off int64) ([]byte, error) {
-	const chunk = 4 << 10
-	var buf []byte // r[pos:off]
-	for pos := off; pos > 0 && len(buf) <= audit.MaxLineBytes; {
-		k := min(chunk, pos)
-		pos -= k
-		b := make([]byte, k, int(k)+len(buf))
-		if _, err := r.ReadAt(b, pos); err != nil {
-			return nil, err
-		}
-		buf = append(b, buf...)
-		if i := bytes.LastIndexByte(buf[:len(buf)-1], '\n'); i >= 0 {
-			return buf[i+1:], nil
-		}
-	}
-	return buf, nil
+	var t tailSum
+	t.sum, t.n = last.sum()
+	return n, t, err
 }
 
 // Trace resolves q over this instance's audit log, then the store.

@@ -1,6 +1,7 @@
 package trace_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"slices"
@@ -113,4 +114,105 @@ func seqs(evs []*audit.Event) []string {
 		out[i] = fmt.Sprintf("%s/%d/%s", ev.Chain, ev.Seq, ev.Type)
 	}
 	return out
+}
+
+// The sink cuts the file back below the lines a refresh has just read and
+// grows it again past them, right after the read. The next refresh must
+// see that the file no longer holds the last line read (and rebuild the
+// index): Live used to hash that line by reading it back from the file
+// after the read, which then hashed the new bytes, so the next refresh
+// took the file for unchanged, kept the lines that were cut and read on
+// from the middle of a new line.
+func TestLiveCutAndRegrownJustAfterRead(t *testing.T) {
+	lines := sealed(t, "chn_read", 0, fixtureEvents())
+	other := sealed(t, "chn_other", 0, fixtureEvents())
+	dir := t.TempDir()
+	path := writeLines(t, dir, "audit.jsonl", lines[:5])
+	read, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := false
+	trace.SetAfterReadHook(live, func() {
+		if cut {
+			return
+		}
+		cut = true
+		// The sink's rollback to its third line, then a batch that grows
+		// the file past what was read.
+		writeLines(t, dir, "audit.jsonl", lines[:3])
+		appendLines(t, path, other[2:])
+	})
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if !cut {
+		t.Fatal("fixture: the hook was not called")
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() <= read.Size() {
+		t.Fatalf("fixture: the file did not grow back past what was read (%v)", err)
+	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want || got.Skipped != 0 {
+		t.Errorf("Stats() = %+v, want %+v: every kept event of the file as it is, once, and no unreadable line", got, want)
+	}
+	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
+		t.Errorf("events (chain/seq/type) = %v, want %v", got, want)
+	}
+}
+
+// The last line read is longer than audit.MaxLineBytes (skipped as
+// unreadable); the file is then rewritten with, in its place, an event
+// line followed by the rest of it (the same bytes from its last MiB on),
+// and written on: the next refresh must see the change (the whole line
+// is compared, not its last MiB) and rebuild the index, which then holds
+// the event.
+func TestLiveLongLastLineReplaced(t *testing.T) {
+	lines := sealed(t, "chn_long", 0, fixtureEvents())
+	long := bytes.Repeat([]byte("a"), audit.MaxLineBytes+200<<10)
+	dir := t.TempDir()
+	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(lines[:3]), long))
+	live, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if st := live.Index().Stats(); st.Skipped != 1 {
+		t.Fatalf("fixture: Stats() = %+v, want the long line skipped", st)
+	}
+	other := sealed(t, "chn_other", 0, fixtureEvents())[1] // an issue event
+	copy(long, append(slices.Clone(other), '\n'))
+	writeLines(t, dir, "audit.jsonl", append(slices.Clone(lines[:3]), long))
+	appendLines(t, path, lines[3:])
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want {
+		t.Errorf("Stats() = %+v, want %+v", got, want)
+	}
+	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
+		t.Errorf("events (chain/seq/type) = %v, want %v", got, want)
+	}
 }
