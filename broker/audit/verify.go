@@ -100,6 +100,13 @@ type VerifyOptions struct {
 	// stands for the only chain in the files (a problem when they hold
 	// none or several).
 	ExpectSeq map[string]uint64
+	// Parsed, when set, is called with what each complete line read (one
+	// with its newline) decodes to, in order: the event ParseLine returns,
+	// or its error (ErrMalformed: not a well-formed event, or longer than
+	// MaxLineBytes). A reader that wants the events as well as the check
+	// (an offline trace) then decodes each line once. The event is the
+	// one Verify checks: neither may change it.
+	Parsed func(ev *Event, err error)
 }
 
 // Problem is one line that failed verification, or a file that did (Line
@@ -398,6 +405,9 @@ func (v *verifier) file(in Input) error {
 		v.rep.Lines++
 		switch {
 		case tooLong:
+			if v.opts.Parsed != nil {
+				v.opts.Parsed(nil, fmt.Errorf("%w: line is longer than %d bytes", ErrMalformed, MaxLineBytes))
+			}
 			v.unreadableProblem(Problem{File: in.Name, Line: lineNo, Why: fmt.Sprintf("line is longer than %d bytes", MaxLineBytes)})
 		case !terminated:
 			v.unreadableProblem(Problem{File: in.Name, Line: lineNo, Why: "incomplete last line (no trailing newline): a torn or cut write"})
@@ -409,9 +419,14 @@ func (v *verifier) file(in Input) error {
 
 // readLine returns the next line without its newline. terminated is false
 // for a last line without newline; err is io.EOF only when nothing was left.
+// The line is valid until the next read of r: one that fits in r's buffer
+// is not copied.
 func readLine(r *bufio.Reader) (line []byte, terminated, tooLong bool, err error) {
+	frag, err := r.ReadSlice('\n')
+	if err == nil {
+		return frag[:len(frag)-1], true, false, nil
+	}
 	for {
-		frag, err := r.ReadSlice('\n')
 		if !tooLong {
 			if len(line)+len(frag) > MaxLineBytes+1 {
 				tooLong, line = true, nil
@@ -426,7 +441,7 @@ func readLine(r *bufio.Reader) (line []byte, terminated, tooLong bool, err error
 			}
 			return line, true, tooLong, nil
 		case errors.Is(err, bufio.ErrBufferFull):
-			continue
+			frag, err = r.ReadSlice('\n')
 		case errors.Is(err, io.EOF):
 			if len(line) == 0 && !tooLong {
 				return nil, false, false, io.EOF
@@ -440,6 +455,9 @@ func readLine(r *bufio.Reader) (line []byte, terminated, tooLong bool, err error
 
 func (v *verifier) line(file string, lineNo int, raw []byte) {
 	ev, err := ParseLine(raw)
+	if v.opts.Parsed != nil {
+		v.opts.Parsed(ev, err)
+	}
 	if err != nil {
 		v.unreadableProblem(Problem{File: file, Line: lineNo, Why: err.Error()})
 		return

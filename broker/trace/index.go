@@ -140,14 +140,21 @@ func (x *Index) compact() {
 // audit.ErrMalformed; the caller decides whether to go on.
 func (x *Index) AddLine(line []byte) error {
 	ev, err := audit.ParseLine(line)
+	x.AddParsed(ev, err)
+	return err
+}
+
+// AddParsed indexes what audit.ParseLine made of a line, as AddLine does:
+// ev, or when err is not nil a malformed line, counted (Stats.Skipped).
+// For lines decoded already (audit.VerifyOptions.Parsed).
+func (x *Index) AddParsed(ev *audit.Event, err error) {
 	if err != nil {
 		x.mu.Lock()
 		x.skipped++
 		x.mu.Unlock()
-		return err
+		return
 	}
 	x.Add(ev)
-	return nil
 }
 
 // Consume indexes every complete line of r and returns the number of bytes

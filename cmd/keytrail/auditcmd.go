@@ -379,6 +379,9 @@ type lazyFile struct {
 	f    *os.File
 	r    *audit.LineReader // of f
 	done bool
+	// openErr or readErr is the error that stopped the reading, if any
+	// (not io.EOF).
+	openErr, readErr error
 }
 
 func (l *lazyFile) Read(b []byte) (int, error) {
@@ -388,13 +391,16 @@ func (l *lazyFile) Read(b []byte) (int, error) {
 	if l.f == nil {
 		f, err := l.s.open(l.i)
 		if err != nil {
-			l.done = true
+			l.done, l.openErr = true, err
 			return 0, err
 		}
 		l.f, l.r = f, l.s.lines(l.i, f)
 	}
 	n, err := l.r.Read(b)
 	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			l.readErr = err
+		}
 		l.release()
 	}
 	return n, err
@@ -435,10 +441,11 @@ func verifyFiles(e *env, files *auditFiles, opts audit.VerifyOptions) (*audit.Re
 // path, opened only then, would name the new one, leaving out the renamed
 // file's lines (a seq gap the chain check would report as lines removed).
 // One file is open at a time, however many there are. With check, the
-// same bytes go through audit.Verify too, in the same pass (a second
-// reader of each file would double the reading): the report it returns
-// says whether the hash chain holds (not the checkpoint signatures: no key
-// is given). A file a running broker holds is live, as for audit verify.
+// files are read by audit.Verify, which hands each line it decodes to x
+// too (VerifyOptions.Parsed): one reading and one decoding of each line
+// for both. The report it returns says whether the hash chain holds (not
+// the checkpoint signatures: no key is given). A file a running broker
+// holds is live, as for audit verify.
 func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bool) (*audit.Report, error) {
 	files, err := identifyAuditFiles(e, args, false)
 	if err != nil {
@@ -448,76 +455,46 @@ func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bo
 	pr := &progress{w: e.stderr, what: what, total: files.size(), every: e.progressEvery, last: time.Now()}
 	if !check {
 		for i, p := range paths {
-			if err := consumeAuditFile(x, pr, files, i, nil); err != nil {
+			if err := consumeAuditFile(x, pr, files, i); err != nil {
 				return nil, fmt.Errorf("%s: %w", p, err)
 			}
 		}
 		return nil, nil
 	}
-	readers := make([]*io.PipeReader, len(paths))
-	writers := make([]*io.PipeWriter, len(paths))
+	lazy := make([]*lazyFile, len(paths))
 	inputs := make([]audit.Input, len(paths))
 	for i, p := range paths {
-		readers[i], writers[i] = io.Pipe()
-		inputs[i] = audit.Input{Name: p, R: readers[i], Live: auditfile.Locked(p)}
+		lazy[i] = &lazyFile{s: files, i: i}
+		defer lazy[i].release()
+		inputs[i] = audit.Input{Name: p, R: progressReader{r: lazy[i], p: pr, name: p}, Live: auditfile.Locked(p)}
 	}
-	type verified struct {
-		rep *audit.Report
-		err error
-	}
-	done := make(chan verified, 1)
-	go func() {
-		rep, err := audit.Verify(inputs, audit.VerifyOptions{})
-		for _, r := range readers {
-			_ = r.Close() // a write to a file Verify did not read fails, rather than blocks
-		}
-		done <- verified{rep, err}
-	}()
-	for i, p := range paths {
-		if err == nil {
-			if err = consumeAuditFile(x, pr, files, i, writers[i]); err != nil {
-				err = fmt.Errorf("%s: %w", p, err)
-			}
-		}
-		if err != nil {
-			writers[i].CloseWithError(err)
-		} else {
-			_ = writers[i].Close()
+	rep, err := audit.Verify(inputs, audit.VerifyOptions{Parsed: x.AddParsed})
+	for i, l := range lazy {
+		// The errors as trace.Index.Consume, which read them before,
+		// returned them.
+		switch {
+		case l.openErr != nil:
+			return nil, fmt.Errorf("%s: %w", paths[i], l.openErr)
+		case l.readErr != nil:
+			return nil, fmt.Errorf("%s: trace: read audit log: %w", paths[i], l.readErr)
 		}
 	}
-	v := <-done
-	if err != nil {
+	if err != nil && !errors.Is(err, audit.ErrTampered) {
 		return nil, err
 	}
-	if v.err != nil && !errors.Is(v.err, audit.ErrTampered) {
-		return nil, v.err
-	}
-	return v.rep, nil
+	return rep, nil
 }
 
 // consumeAuditFile opens the i-th of files, adds its lines (auditFiles.lines)
-// to x, copying what it reads to tee when not nil, and closes it.
-func consumeAuditFile(x *trace.Index, pr *progress, files *auditFiles, i int, tee io.Writer) error {
+// to x and closes it.
+func consumeAuditFile(x *trace.Index, pr *progress, files *auditFiles, i int) error {
 	f, err := files.open(i)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	lr := files.lines(i, f)
-	var r io.Reader = lr
-	if tee != nil {
-		r = io.TeeReader(lr, tee)
-	}
-	if _, err := x.Consume(progressReader{r: r, p: pr, name: files.paths[i]}); err != nil {
-		return err
-	}
-	if tee != nil {
-		// Consume reads to the end; whatever it left is the verifier's too.
-		if _, err := io.Copy(tee, lr); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err = x.Consume(progressReader{r: files.lines(i, f), p: pr, name: files.paths[i]})
+	return err
 }
 
 // chainNote says, when the hash chain check of an offline trace or report
