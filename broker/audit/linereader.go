@@ -50,6 +50,34 @@ const lineChunk = 64 << 10
 // and the one before it (at most 2×MaxLineBytes, plus a read); it reads
 // at least as many as it holds at a time, so a long line is rechecked a
 // few times, not once per 64 KiB.
+//
+// What this guarantees, for a file that is only appended to and cut back
+// to the end of a line (what a sink does), each cut made between two reads
+// of the LineReader (ReadAt calls), not during one:
+//
+//   - no line handed out joins bytes read before a cut to bytes read
+//     after it: the held bytes of a line that spans two reads are read
+//     again after the second and compared;
+//   - a cut below a line handed out, made before the last of these
+//     re-reads (the one at the end of the file), makes Read fail with
+//     ErrCutBelowRead once the lines read before it are handed out: it
+//     also cuts the last complete line handed out, which is held and read
+//     again at every read (unless the sink wrote the very same bytes
+//     there again).
+//
+// And what it does not:
+//
+//   - one read is not atomic against a cut: a cut and the writes after it
+//     made while a read is under way can give that read bytes from before
+//     and after them, and a line wholly inside it, before its last
+//     complete line, is handed out without being read again (only the held
+//     bytes are);
+//   - a line longer than MaxLineBytes is not checked at all (above);
+//   - nothing before the offset the LineReader starts at is checked: a
+//     reader that goes on from where an earlier one stopped (trace.Live,
+//     the reconcile index) checks the line before it itself;
+//   - once Read has returned io.EOF nothing more is checked: the file may
+//     be cut below what was handed out at any time after.
 type LineReader struct {
 	f File
 	// buf holds the file's bytes [base, end): from the start of the last
