@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -229,11 +230,43 @@ func issuedKey(id string) (ulid.ULID, bool) {
 // the same name (after a rotation) from the one read so far, and tail, the
 // hash of the last line read (tailLen bytes with its newline, ending at
 // off), a file the running broker cut back below off since (see readFrom).
+// recent, of the live file only, is a copy of the last lines read (whole
+// lines, ending at off, about indexRecentBytes): after a cut, reading
+// goes on from the last of them the file still holds (see rewind).
 type fileOffset struct {
 	fi      os.FileInfo
 	off     int64
 	tail    string
 	tailLen int
+	recent  []byte
+}
+
+// indexRecentBytes is about how much of the last lines read the audit
+// index keeps of the live file (fileOffset.recent): the sink cuts back at
+// most the batch that failed.
+const indexRecentBytes = 64 << 10
+
+// rewind returns where to read o's file f (size bytes) again from after
+// it was cut back below o.off: just after the last of the lines in
+// o.recent that f still holds where they were read, or its start when it
+// holds none of them.
+func rewind(f io.ReaderAt, o fileOffset, size int64) fileOffset {
+	start := o.off - int64(len(o.recent))
+	if len(o.recent) == 0 || start >= size {
+		return fileOffset{}
+	}
+	now := make([]byte, min(int64(len(o.recent)), size-start))
+	n, _ := f.ReadAt(now, start)
+	same := 0
+	for same < n && now[same] == o.recent[same] {
+		same++
+	}
+	end := bytes.LastIndexByte(o.recent[:same], '\n') + 1 // the end of the last line still held
+	if end == 0 {
+		return fileOffset{}
+	}
+	last := bytes.LastIndexByte(o.recent[:end-1], '\n') + 1
+	return fileOffset{off: start + int64(end), tail: audit.HashLine(o.recent[last:end]), tailLen: end - last, recent: o.recent[:end]}
 }
 
 // Snapshot implements broker.IssuedIndex.
@@ -336,14 +369,17 @@ const indexReadBuffer = 256 << 10
 // then gone, and the file may have grown back past where the last run
 // stopped, so that reading on from there would start in the middle of a
 // line and leave out the lines before it (issuances that would look
-// unaudited). So the last line read is checked first (its hash), and the
-// file is read again from its start when it no longer holds it; and the
-// lines are read through an audit.LineReader, which never joins part of a
-// line (a torn write) to what the sink writes at its offset after such a
-// cut, and fails with audit.ErrCutBelowRead when lines already read are
-// cut meanwhile, after which the file is read again from its start, once.
-// Read again, a file's issuances are indexed again (the same entries);
-// those of lines cut are kept until they expire.
+// unaudited). So the last line read is checked first (its hash), and when
+// the file no longer holds it, it is read again from just after the last
+// line of the live file's recent ones (fileOffset.recent) it still holds
+// (rewind; from its start when none: a whole file of several GB for one
+// failed batch otherwise); and the lines are read through an
+// audit.LineReader, which never joins part of a line (a torn write) to
+// what the sink writes at its offset after such a cut, and fails with
+// audit.ErrCutBelowRead when lines already read are cut meanwhile, after
+// which the file is read again the same way, once. Lines read again have
+// their issuances indexed again (the same entries); those of lines cut are
+// kept until they expire.
 func (x *auditIssueIndex) readFrom(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -358,8 +394,11 @@ func (x *auditIssueIndex) readFrom(path string) error {
 		return fmt.Errorf("audit index: %w", err)
 	}
 	prev := x.offsets[path]
-	if prev.fi != nil && !os.SameFile(prev.fi, fi) || fi.Size() < prev.off || !holdsTail(f, prev) { // a new file under the same name, or cut back
+	switch {
+	case prev.fi != nil && !os.SameFile(prev.fi, fi): // a new file under the same name
 		prev = fileOffset{}
+	case fi.Size() < prev.off || !holdsTail(f, prev): // cut back
+		prev = rewind(f, prev, fi.Size())
 	}
 	if fi.Size() == prev.off {
 		prev.fi = fi
@@ -370,12 +409,13 @@ func (x *auditIssueIndex) readFrom(path string) error {
 	if x.wrapRead != nil {
 		src = x.wrapRead(f)
 	}
+	keep := filepath.Base(path) == filepath.Base(x.path) // the live file: only it is cut back
 	for again := true; ; again = false {
-		cur, err := x.readLines(src, prev.off)
+		cur, err := x.readLines(src, prev, keep)
 		cur.fi = fi
 		switch {
 		case errors.Is(err, audit.ErrCutBelowRead) && again:
-			prev = fileOffset{}
+			prev = rewind(src, cur, math.MaxInt64)
 			continue
 		case err != nil:
 			x.offsets[path] = fileOffset{}
@@ -403,17 +443,24 @@ func holdsTail(f io.ReaderAt, o fileOffset) bool {
 	return audit.HashLine(b) == o.tail
 }
 
-// readLines indexes the complete lines of f from off and returns how far
-// it read, with the last line's hash.
-func (x *auditIssueIndex) readLines(f audit.File, off int64) (fileOffset, error) {
+// readLines indexes the complete lines of f from prev.off and returns how
+// far it read, with the last line's hash, and with keep the last lines
+// read (recent).
+func (x *auditIssueIndex) readLines(f audit.File, prev fileOffset, keep bool) (fileOffset, error) {
+	off := prev.off
 	first := off == 0
 	r := bufio.NewReaderSize(audit.NewLineReader(f, off), indexReadBuffer)
 	var long, last []byte // last: the last line read, unless it was long (hashed then)
-	out := fileOffset{off: off}
+	out := fileOffset{off: off, tail: prev.tail, tailLen: prev.tailLen}
+	var recent []byte // the last lines read, whole, with keep (nil after a long line)
+	if keep {
+		recent = prev.recent
+	}
 	done := func() fileOffset {
 		if len(last) > 0 {
 			out.tail, out.tailLen = audit.HashLine(last), len(last)
 		}
+		out.recent = recent
 		return out
 	}
 	for {
@@ -436,11 +483,15 @@ func (x *auditIssueIndex) readLines(f audit.File, off int64) (fileOffset, error)
 		out.off += int64(len(line))
 		if !isLong {
 			last = append(last[:0], line...) // hashed once, at the end
+			if keep {
+				recent = keepRecent(recent, line)
+			}
 		} else {
 			// A long line (read into long): hashed now rather than
 			// copied once more.
 			last = last[:0]
 			out.tail, out.tailLen = audit.HashLine(line), len(line)
+			recent = nil // from the start, if cut
 		}
 		if first {
 			x.noteFirst(line)
@@ -448,6 +499,22 @@ func (x *auditIssueIndex) readLines(f audit.File, off int64) (fileOffset, error)
 		}
 		x.indexLine(line[:len(line)-1])
 	}
+}
+
+// keepRecent appends line to recent and drops whole lines from its start
+// beyond indexRecentBytes (the last line is always kept).
+func keepRecent(recent, line []byte) []byte {
+	recent = append(recent, line...)
+	if len(recent) <= 2*indexRecentBytes {
+		return recent
+	}
+	from := len(recent) - indexRecentBytes
+	if i := bytes.IndexByte(recent[from-1:], '\n'); i >= 0 && from+i < len(recent) {
+		from += i // the first line that starts past from
+	} else {
+		from = len(recent) - len(line)
+	}
+	return recent[:copy(recent, recent[from:])]
 }
 
 // noteFirst lowers Since to the time of a file's first line. A line

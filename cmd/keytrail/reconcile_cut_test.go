@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -122,5 +126,72 @@ func TestAuditIssueIndexTornTailCutWhileReading(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// readsFrom records the lowest offset f is read at (ReadAt).
+type readsFrom struct {
+	f   *os.File
+	min int64
+}
+
+func (r *readsFrom) ReadAt(b []byte, off int64) (int, error) {
+	r.min = min(r.min, off)
+	return r.f.ReadAt(b, off)
+}
+
+// TestAuditIssueIndexCutRereadsFromLastHeldLine: after the sink cut the
+// live file back (a failed batch) and wrote on, the index read the whole
+// file again from its start, however large (rotation is off by default:
+// the live file can grow for weeks). It now reads on from the last line
+// it read that the file still holds, and indexes what follows as before.
+func TestAuditIssueIndexCutRereadsFromLastHeldLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	var durable []byte
+	var ids []string
+	for i := range 3000 { // ~250 KB, well past what the index keeps of it
+		id := fmt.Sprintf("iss_%04d", i)
+		ids = append(ids, id)
+		durable = append(durable, issueLine(id, 10+i%7)...)
+	}
+	failed := issueLine("iss_failed1", 10) + issueLine("iss_failed2", 10)
+	if err := os.WriteFile(path, append(slices.Clone(durable), failed...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	x := newAuditIssueIndex(path)
+	if got := issuedSet(t, x, ids...); len(got) != len(ids) {
+		t.Fatalf("first run: %d issuances indexed, want %d", len(got), len(ids))
+	}
+	// The batch of iss_failed1 and 2 failed: cut back, then the next one.
+	next := issueLine("iss_next1", 40) + issueLine("iss_next2", 40)
+	if err := os.WriteFile(path, append(slices.Clone(durable), next...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var r *readsFrom
+	x.wrapRead = func(f *os.File) audit.File {
+		r = &readsFrom{f: f, min: math.MaxInt64}
+		return r
+	}
+	got := issuedSet(t, x, "iss_0000", "iss_2999", "iss_next1", "iss_next2")
+	if diff := cmp.Diff(map[string]bool{"iss_0000": true, "iss_2999": true, "iss_next1": true, "iss_next2": true}, got); diff != "" {
+		t.Errorf("the run after the cut (-want +got):\n%s", diff)
+	}
+	if r == nil || r.min != int64(len(durable)) {
+		from := int64(-1)
+		if r != nil {
+			from = r.min
+		}
+		t.Errorf("the run after the cut read the file from offset %d, want %d (the end of the last line still there; not the whole %d bytes again)", from, len(durable), len(durable)+len(next))
+	}
+	// A cut below all the lines it keeps (a file replaced by hand, say):
+	// read again from the start.
+	head := durable[:bytes.Index(durable, []byte(`"iss_0100"`))]
+	head = head[:bytes.LastIndexByte(head, '\n')+1]
+	if err := os.WriteFile(path, append(slices.Clone(head), issueLine("iss_far", 300000)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = nil
+	if got := issuedSet(t, x, "iss_far"); !got["iss_far"] || r == nil || r.min != 0 {
+		t.Errorf("after a cut below what the index keeps: iss_far indexed %v, read from offset %v, want true from 0", got["iss_far"], r)
 	}
 }
