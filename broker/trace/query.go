@@ -178,6 +178,11 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 	return s, false
 }
 
+// serialSeparators removes the separators canonicalSerial allows (made
+// once: a Replacer builds its tables at its first use, and Index.add reads
+// the serial of every event with a credential).
+var serialSeparators = strings.NewReplacer(":", "", "-", "")
+
 // canonicalSerial reads v as a certificate serial written in hex, with or
 // without ':' or '-' separators, in any case, with or without leading
 // zeros: "7A:3B:...", "7a3b..." and "07a3b..." are the same serial, and
@@ -185,7 +190,7 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 // in hex). It returns lowercase hex without separators or leading zeros
 // ("0" for zero).
 func canonicalSerial(v string) (string, bool) {
-	s := strings.ToLower(strings.NewReplacer(":", "", "-", "").Replace(strings.TrimSpace(v)))
+	s := strings.ToLower(serialSeparators.Replace(strings.TrimSpace(v)))
 	if len(s) < 2 || len(s) > 128 {
 		return "", false
 	}
