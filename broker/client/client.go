@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/keytrail/keytrail/broker"
 )
@@ -48,6 +49,8 @@ type Client struct {
 	hc       *http.Client
 	now      func() time.Time
 	ua       string
+	// proxy is the Proxy function of the transport (nil when unknown).
+	proxy func(*http.Request) (*url.URL, error)
 }
 
 // New validates o and returns a Client.
@@ -61,7 +64,10 @@ func New(o Options) (*Client, error) {
 	}
 	// Never follow a redirect: a 307/308 would re-send the form, identity
 	// token included, to whatever the Location names (plain http to any
-	// host too, past checkURL). A caller's client is copied, not changed.
+	// host too, past checkURL). A caller's client is copied, not changed;
+	// so is its *http.Transport, to name a proxy that refuses CONNECT (see
+	// ProxyError; without one, a copy of net/http's default transport
+	// shared by all clients).
 	hc := &http.Client{Timeout: DefaultTimeout}
 	if o.HTTPClient != nil {
 		c := *o.HTTPClient
@@ -72,11 +78,13 @@ func New(o Options) (*Client, error) {
 	if now == nil {
 		now = time.Now
 	}
+	var proxy func(*http.Request) (*url.URL, error)
+	hc.Transport, proxy = proxyAware(hc.Transport)
 	ua := o.UserAgent
 	if ua == "" {
 		ua = "keytrail-client"
 	}
-	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua}, nil
+	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua, proxy: proxy}, nil
 }
 
 // CheckAddr checks a keytrail server address as New does (https, or http
@@ -243,7 +251,9 @@ func (c *Credential) LogValue() slog.Value {
 
 // Exchange performs one RFC 8693 token exchange for grant. It does not
 // retry: see Source for that. Broker errors are *Error; a failure to get
-// the identity token is *IdentityError; anything else is a transport
+// the identity token is *IdentityError; an HTTP proxy's own answer (a
+// refused CONNECT, or an answer without X-Request-Id to a plain-http
+// request it forwarded) is *ProxyError; anything else is a transport
 // failure (transient).
 func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) (*Credential, error) {
 	if grant == "" {
@@ -286,11 +296,23 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	sent := c.now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		var pe *ProxyError
+		if errors.As(err, &pe) {
+			pe.setRetryAfter(sent)
+			return nil, pe
+		}
 		// *url.Error names the URL, never the body; still, say only what
 		// happened at the transport.
 		return nil, fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(err))
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 300 && (resp.StatusCode == http.StatusProxyAuthRequired || resp.Header.Get("X-Request-Id") == "") {
+		if p := c.forwardingProxy(req); p != nil {
+			pe := newProxyError(p, resp, true)
+			pe.setRetryAfter(sent)
+			return nil, pe
+		}
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
 	if err != nil {
 		return nil, fmt.Errorf("keytrail broker: reading response: %w", err)
@@ -343,14 +365,7 @@ func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Cre
 		}
 		e.RequestID = clip(e.RequestID, 100)
 		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-			// An HTTP-date is a time on the broker's clock: measure it from
-			// the response's Date, so that a workload clock off by minutes
-			// neither skips the wait nor stretches it.
-			ref := sent
-			if d, err := http.ParseTime(h.Get("Date")); err == nil {
-				ref = d
-			}
-			e.RetryAfter = ParseRetryAfter(h.Get("Retry-After"), ref)
+			e.RetryAfter = retryAfter(h, sent)
 		}
 		return nil, e
 	}
@@ -425,9 +440,11 @@ func printable(s string) bool {
 	return true
 }
 
+// clip replaces control characters (C0, DEL, C1) and invalid UTF-8 in s,
+// which may come from whatever answered, and cuts it to n runes.
 func clip(s string, n int) string {
 	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if unicode.IsControl(r) {
 			return ' '
 		}
 		return r

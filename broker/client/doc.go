@@ -10,10 +10,12 @@
 //     category sentinel of package broker (errors.Is(err,
 //     broker.ErrRateLimited)). IsTransient and IsPermanent say whether
 //     retrying can help: besides the broker's own refusals, a broker
-//     certificate that does not verify (IsCertificateError), a plain-HTTP
-//     answer to an https address (IsPlainHTTPAnswer) and a SOCKS5 proxy's
-//     refused login or rules are permanent. Identity tokens and credentials
-//     never appear in an error or a log line.
+//     certificate that does not verify (IsCertificateError), a
+//     plain-HTTP answer to an https address (IsPlainHTTPAnswer) and a
+//     SOCKS5 proxy's refused login or rules are permanent. An HTTP proxy's
+//     own answer (a refused CONNECT; to a plain-http broker, an answer
+//     without X-Request-Id) is *ProxyError. Identity tokens and
+//     credentials never appear in an error or a log line.
 //   - IdentitySource implementations obtain the workload's identity token: a
 //     file (FileIdentity, re-read on every exchange since platforms rotate
 //     it; the default is the Kubernetes projected token path), an environment

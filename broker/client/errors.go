@@ -143,8 +143,10 @@ var ErrBadResponse = errors.New("not a keytrail token response")
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
 // not a token response (ErrBadResponse), a certificate that does not
 // verify (IsCertificateError), a plain-HTTP answer to the TLS handshake
-// (IsPlainHTTPAnswer), a SOCKS5 proxy refusing the authentication
-// or the connection by its rules, or an identity token that cannot be had.
+// (IsPlainHTTPAnswer), an HTTP proxy's own
+// answer other than 408, 429 and 5xx (*ProxyError), a SOCKS5 proxy
+// refusing the authentication or the connection by its rules, or an
+// identity token that cannot be had.
 // An error in err's chain with a Permanent() bool method (one of the
 // caller's own HTTP transport, such as a proxy refusing the tunnel) decides
 // for itself. Context cancellation is neither permanent nor transient.
@@ -154,6 +156,10 @@ func IsPermanent(err error) bool {
 	}
 	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || IsPlainHTTPAnswer(err) || socksRefused(err) {
 		return true
+	}
+	var px *ProxyError
+	if errors.As(err, &px) {
+		return !px.Temporary()
 	}
 	var pe interface{ Permanent() bool }
 	if errors.As(err, &pe) {
@@ -236,11 +242,16 @@ func IsTransient(err error) bool {
 	return true
 }
 
-// RetryAfterOf returns the Retry-After the broker sent with err, or 0.
+// RetryAfterOf returns the Retry-After the broker (or a proxy, *ProxyError)
+// sent with err, or 0.
 func RetryAfterOf(err error) time.Duration {
 	var be *Error
 	if errors.As(err, &be) {
 		return be.RetryAfter
+	}
+	var pe *ProxyError
+	if errors.As(err, &pe) {
+		return pe.RetryAfter
 	}
 	return 0
 }

@@ -115,7 +115,7 @@ func (w *workloadFlags) identity(e *env) (client.IdentitySource, error) {
 func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Credential) error) ([]*client.Source, client.IdentitySource, error) {
 	addr := w.brokerAddr(e)
 	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version,
-		HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: workloadTransport(addr)}})
+		HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: workloadTransport()}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -178,17 +178,14 @@ func retryReason(err error, addr string) string {
 	return err.Error()
 }
 
-// workloadTransport is the transport fetch and exec reach the broker at
-// addr with: net/http's default one (HTTPS_PROXY, HTTP_PROXY and NO_PROXY
-// honoured), whose failures at the proxy say which proxy. A dial that
-// failed before it had an address (the proxy's host not found) names the
-// host:port it dialed, and a proxy that answers CONNECT with anything but
-// 200 is a *proxyRefusedError, not net/http's bare status text ("Proxy
-// Authentication Required"), as is an error a proxy answers of its own to a
-// plain-http request it was to forward (no CONNECT: its answer is the
-// response).
-func workloadTransport(addr string) *workloadRoundTripper {
-	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
+// workloadTransport is the transport fetch and exec reach the broker with:
+// net/http's default one (HTTPS_PROXY, HTTP_PROXY and NO_PROXY honoured),
+// whose failed dials say what they dialed: a dial that failed before it
+// had an address (the proxy's host not found) names the host:port.
+// client.New names a proxy's own answers (*client.ProxyError: a
+// refused CONNECT, or an answer without X-Request-Id to a plain-http
+// request it was to forward).
+func workloadTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -201,53 +198,7 @@ func workloadTransport(addr string) *workloadRoundTripper {
 		}
 		return c, err
 	}
-	t.OnProxyConnectResponse = func(_ context.Context, proxy *url.URL, _ *http.Request, res *http.Response) error {
-		if res.StatusCode == http.StatusOK {
-			return nil
-		}
-		status := res.Status
-		if status == "" {
-			status = fmt.Sprint(res.StatusCode)
-		}
-		// proxy.Host: host:port, never the user info.
-		return &proxyRefusedError{proxy: proxy.Host, broker: broker, code: res.StatusCode, status: status}
-	}
-	return &workloadRoundTripper{Transport: t, broker: broker}
-}
-
-// workloadRoundTripper is workloadTransport's transport: an error answer to
-// a request forwarded by an HTTP proxy (plain http to the broker) is the
-// proxy's *proxyRefusedError when it is a 407 (only a proxy answers that)
-// or has no X-Request-Id, which every answer of the broker carries (SPEC
-// "HTTP API"): a 5xx, 408 or 429 of the proxy is retried, another 4xx is
-// not, as for a refused CONNECT. An answer with X-Request-Id is the
-// broker's, forwarded.
-type workloadRoundTripper struct {
-	*http.Transport
-	broker string // the broker's address, without a trailing /
-}
-
-func (t *workloadRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	res, err := t.Transport.RoundTrip(req)
-	if err != nil || res.StatusCode < 400 || req.URL.Scheme != "http" || t.Proxy == nil {
-		return res, err
-	}
-	if res.StatusCode != http.StatusProxyAuthRequired && res.Header.Get("X-Request-Id") != "" {
-		return res, nil
-	}
-	// Through a SOCKS proxy the answer is the server's: only an HTTP
-	// proxy forwards a plain-http request itself.
-	proxy, perr := t.Proxy(req)
-	if perr != nil || proxy == nil || (proxy.Scheme != "http" && proxy.Scheme != "https") {
-		return res, nil
-	}
-	res.Body.Close()
-	status := res.Status
-	if status == "" {
-		status = fmt.Sprint(res.StatusCode)
-	}
-	// proxy.Host: host:port, never the user info.
-	return nil, &proxyRefusedError{proxy: proxy.Host, broker: t.broker, code: res.StatusCode, status: status, forwarding: true}
+	return t
 }
 
 // proxyVariable is the environment variable net/http takes the proxy for
@@ -295,41 +246,25 @@ type dialedAddr struct{ network, address string }
 func (a dialedAddr) Network() string { return a.network }
 func (a dialedAddr) String() string  { return a.address }
 
-// proxyRefusedError is a proxy's answer to CONNECT other than 200 (it
-// refused the tunnel to the broker), or its own error answer to a
-// plain-http request it was to forward (forwarding).
-type proxyRefusedError struct {
-	proxy      string // host:port, without user info
-	broker     string // the broker's address (--addr), without a trailing /
-	code       int    // 407
-	status     string // "407 Proxy Authentication Required"
-	forwarding bool   // a plain-http request the proxy was to forward, not a CONNECT
-}
-
-func (e *proxyRefusedError) Error() string {
+// proxyRefusal says that a proxy refused the tunnel to the broker at addr
+// (its answer to CONNECT was not 200), or answered of its own to a
+// plain-http request it was to forward, and what it answered.
+func proxyRefusal(e *client.ProxyError, addr string) string {
+	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
 	refused := "refused the tunnel to"
-	if e.forwarding {
+	if e.Forwarding {
 		refused = "refused to forward the request to"
 	}
-	return fmt.Sprintf("the proxy at %s (%s) %s the broker at %s: it answered %s", e.proxy, proxyVariable(e.broker), refused, e.broker, e.status)
+	return fmt.Sprintf("the proxy at %s (%s) %s the broker at %s: it answered %s", e.Proxy, proxyVariable(broker), refused, broker, e.StatusLine)
 }
 
-// Permanent reports whether retrying cannot help (client.IsPermanent asks):
-// a 4xx answer other than 408 and 429, as for the broker's own answers. A
-// 407 (the proxy's credentials in the proxy URL missing or wrong) or a 403
-// (the proxy's rules) stays until the configuration changes; a 5xx (the
-// proxy could not reach the broker), 408 or 429 may pass.
-func (e *proxyRefusedError) Permanent() bool {
-	return e.code >= 400 && e.code < 500 && e.code != http.StatusRequestTimeout && e.code != http.StatusTooManyRequests
-}
-
-// hint says what to check after a permanent refusal.
-func (e *proxyRefusedError) hint() string {
-	if e.code == http.StatusProxyAuthRequired {
+// proxyRefusalHint says what to check after a proxy's permanent refusal.
+func proxyRefusalHint(e *client.ProxyError) string {
+	if e.Status == http.StatusProxyAuthRequired {
 		return "check the proxy's user name and password in the proxy URL (http://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy"
 	}
 	what := "tunnels"
-	if e.forwarding {
+	if e.Forwarding {
 		what = "requests"
 	}
 	return "check that the proxy allows " + what + " to the broker's host and port, or list the broker's host in NO_PROXY to reach it without the proxy"
@@ -342,9 +277,9 @@ func (e *proxyRefusedError) hint() string {
 // refused"), or "" for an error that is not a connection's.
 func connectionFailure(err error, addr string) string {
 	target := "the broker at " + addr
-	var refused *proxyRefusedError
+	var refused *client.ProxyError
 	if errors.As(err, &refused) {
-		return refused.Error()
+		return proxyRefusal(refused, addr)
 	}
 	if why := socksFailure(err, addr); why != "" {
 		return why
@@ -523,10 +458,10 @@ func roundDur(d time.Duration) time.Duration {
 func permanentError(grant string, id client.IdentitySource, err error, addr string) error {
 	var be *client.Error
 	var ie *client.IdentityError
-	var refused *proxyRefusedError
+	var refused *client.ProxyError
 	switch {
 	case errors.As(err, &refused):
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, refused, refused.hint())}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, proxyRefusal(refused, addr), proxyRefusalHint(refused))}
 	case client.IsCertificateError(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, addr))}
 	case client.IsPlainHTTPAnswer(err):

@@ -798,7 +798,7 @@ func TestTLSHandshakeTimeoutIsNotTheClientTimeout(t *testing.T) {
 // error.
 func exchangeThroughProxy(t *testing.T, addr string, proxyURL *url.URL, tokenFile string) error {
 	t.Helper()
-	tr := workloadTransport(addr)
+	tr := workloadTransport()
 	tr.Proxy = http.ProxyURL(proxyURL)
 	cl, err := client.New(client.Options{Addr: addr, HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: tr}})
 	if err != nil {

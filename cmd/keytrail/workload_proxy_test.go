@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestPlainHTTPBrokerThroughAProxyAnsweringItsOwnError: to a plain-http
@@ -32,7 +34,7 @@ func TestPlainHTTPBrokerThroughAProxyAnsweringItsOwnError(t *testing.T) {
 	for _, c := range []struct {
 		status int
 		text   string
-	}{{http.StatusForbidden, "403 Forbidden"}, {http.StatusBadRequest, "400 Bad Request"}} {
+	}{{http.StatusForbidden, "403 Forbidden"}, {http.StatusBadRequest, "400 Bad Request"}, {http.StatusFound, "302 Found"}} {
 		proxy := newTestProxy(t, "", c.status)
 		stderr, code := fetch(proxy.withUserinfo(), "g")
 		want := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (HTTP_PROXY) refused to forward the request to the broker at " + addr +
@@ -79,5 +81,42 @@ func TestPlainHTTPBrokerThroughAProxyAnsweringItsOwnError(t *testing.T) {
 	stderr, code := fetch(forwarding.URL, "denied")
 	if want := "keytrail: denied: keytrail broker: 403 access_denied: "; code != 1 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("fetch of a grant the broker refuses, through a forwarding proxy: exit %d, stderr %q; want %q...", code, stderr, want)
+	}
+}
+
+// TestProxyRetryAfterIsHonoured: a proxy's 503 or 429 with Retry-After (to
+// a plain-http broker, forwarding; to an https one, refusing CONNECT) was
+// retried on fetch's own backoff from 0.5 s, its Retry-After ignored,
+// though the broker's own is honoured. It is honoured the same way now:
+// the first retry waits at least Retry-After (30 s here), so within
+// --timeout 1s the proxy is asked once.
+func TestProxyRetryAfterIsHonoured(t *testing.T) {
+	tokenFile := writeTokenFile(t, t.TempDir())
+	for _, c := range []struct {
+		name, addr, variable, refused string
+		status                        int
+		text                          string
+	}{
+		{"forwarding-503", "http://keytrail.example:7700", "HTTP_PROXY", "refused to forward the request to", http.StatusServiceUnavailable, "503 Service Unavailable"},
+		{"connect-429", "https://keytrail.example:7700", "HTTPS_PROXY", "refused the tunnel to", http.StatusTooManyRequests, "429 Too Many Requests"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var asked atomic.Int32
+			proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				asked.Add(1)
+				w.Header().Set("Retry-After", "30")
+				w.WriteHeader(c.status)
+			}))
+			defer proxy.Close()
+			_, stderr, code := runKeytrailProcess(t, []string{c.variable + "=" + proxy.URL},
+				"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", c.addr, "--allow-insecure-http", "--out", filepath.Join(t.TempDir(), "cred"), "--timeout", "1s")
+			line := "keytrail: g: the proxy at " + proxy.Listener.Addr().String() + " (" + c.variable + ") " + c.refused + " the broker at " + c.addr + ": it answered " + c.text + "; retrying in "
+			wait, _, _ := strings.Cut(strings.TrimPrefix(stderr, line), "\n")
+			d, err := time.ParseDuration(wait)
+			if code != 1 || !strings.HasPrefix(stderr, line) || err != nil || d < 30*time.Second || asked.Load() != 1 {
+				t.Errorf("fetch through a proxy answering %d with Retry-After 30: exit %d, asked %d times, stderr %q; want %q and a wait of at least 30s, asked once",
+					c.status, code, asked.Load(), stderr, line)
+			}
+		})
 	}
 }

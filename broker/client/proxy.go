@@ -1,0 +1,153 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// maxStatusText bounds how much of an answer's status line (untrusted text
+// of whatever answered) an error repeats.
+const maxStatusText = 200
+
+// ProxyError is an answer of an HTTP proxy (HTTPS_PROXY, HTTP_PROXY) in
+// place of the broker's: its answer to CONNECT other than 200 (it refused
+// the tunnel to an https broker), or, to a plain-http broker, whose request
+// the proxy forwards itself, an answer of its own: a 407 (only a proxy
+// answers that), or a 3xx, 4xx or 5xx without the X-Request-Id every answer
+// of the broker carries (SPEC "HTTP API"). An answer with X-Request-Id is
+// the broker's, forwarded, and is an *Error.
+type ProxyError struct {
+	Proxy      string        // the proxy's host:port, never its URL's user info
+	Status     int           // HTTP status of the proxy's answer
+	StatusLine string        // its status line ("407 Proxy Authentication Required"), control characters replaced, clipped
+	Forwarding bool          // a plain-http request the proxy was to forward, not a CONNECT
+	RetryAfter time.Duration // its Retry-After (429, 503), bounded as the broker's; 0 when absent
+
+	// The refused CONNECT's Retry-After and Date, for Exchange to measure
+	// (net/http calls OnProxyConnectResponse without the client's clock).
+	retryAfter, date string
+}
+
+func (e *ProxyError) Error() string {
+	refused := "refused the tunnel to"
+	if e.Forwarding {
+		refused = "refused to forward the request to"
+	}
+	return fmt.Sprintf("the proxy at %s %s the keytrail broker: it answered %s", e.Proxy, refused, e.StatusLine)
+}
+
+// Temporary reports whether retrying later can help, as for the broker's
+// own answers: a 5xx (the proxy could not reach the broker), 408 or 429.
+// A 407 (the proxy's credentials, in the proxy URL, missing or wrong), a
+// 403 (its rules), another 4xx or a 3xx (a redirect, say to a captive
+// portal) stays until the configuration changes.
+func (e *ProxyError) Temporary() bool {
+	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout || e.Status >= 500
+}
+
+// newProxyError builds the ProxyError of the proxy at proxy for its answer
+// res; Exchange sets RetryAfter (setRetryAfter).
+func newProxyError(proxy *url.URL, res *http.Response, forwarding bool) *ProxyError {
+	status := res.Status
+	if status == "" {
+		status = fmt.Sprint(res.StatusCode)
+	}
+	// proxy.Host: host:port, never the user info.
+	e := &ProxyError{Proxy: clip(proxy.Host, 100), Status: res.StatusCode, StatusLine: clip(status, maxStatusText), Forwarding: forwarding}
+	if res.StatusCode == http.StatusTooManyRequests || res.StatusCode == http.StatusServiceUnavailable {
+		e.retryAfter, e.date = res.Header.Get("Retry-After"), res.Header.Get("Date")
+	}
+	return e
+}
+
+// setRetryAfter measures the proxy's Retry-After as the broker's is, for a
+// request sent at sent.
+func (e *ProxyError) setRetryAfter(sent time.Time) {
+	e.RetryAfter = retryAfter(http.Header{"Retry-After": {e.retryAfter}, "Date": {e.date}}, sent)
+}
+
+// retryAfter is the Retry-After of an answer with headers h: an HTTP-date
+// is a time on the answering server's clock, measured from its Date (so
+// that a workload clock off by minutes neither skips the wait nor
+// stretches it), else from sent.
+func retryAfter(h http.Header, sent time.Time) time.Duration {
+	ref := sent
+	if d, err := http.ParseTime(h.Get("Date")); err == nil {
+		ref = d
+	}
+	return ParseRetryAfter(h.Get("Retry-After"), ref)
+}
+
+// proxyAware is what New makes of the caller's transport: for an
+// *http.Transport (net/http's default one when none is given), a copy whose
+// refused CONNECT is a *ProxyError (net/http's own error is the bare status
+// text, "Proxy Authentication Required", which reads as the broker's), and
+// its Proxy function, to tell a forwarding proxy's own answer from the
+// broker's. The copy of net/http's default transport is made once and
+// shared, as the default transport is. A transport with its own
+// OnProxyConnectResponse, or another RoundTripper, is used as it is (the
+// latter with no proxy known).
+func proxyAware(rt http.RoundTripper) (http.RoundTripper, func(*http.Request) (*url.URL, error)) {
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	t, ok := rt.(*http.Transport)
+	if !ok {
+		return rt, nil
+	}
+	if t.OnProxyConnectResponse == nil {
+		if t == http.DefaultTransport {
+			t = sharedDefault(t)
+		} else {
+			t = withConnectRefusal(t)
+		}
+	}
+	return t, t.Proxy
+}
+
+// defaultCopy is the copy of net/http's DefaultTransport (from) that
+// clients without a transport of their own share.
+var defaultCopy struct {
+	sync.Mutex
+	from, to *http.Transport
+}
+
+func sharedDefault(t *http.Transport) *http.Transport {
+	defaultCopy.Lock()
+	defer defaultCopy.Unlock()
+	if defaultCopy.from != t {
+		defaultCopy.from, defaultCopy.to = t, withConnectRefusal(t)
+	}
+	return defaultCopy.to
+}
+
+// withConnectRefusal is a copy of t whose refused CONNECT is a *ProxyError.
+func withConnectRefusal(t *http.Transport) *http.Transport {
+	t = t.Clone()
+	t.OnProxyConnectResponse = func(_ context.Context, proxy *url.URL, _ *http.Request, res *http.Response) error {
+		if res.StatusCode == http.StatusOK {
+			return nil
+		}
+		return newProxyError(proxy, res, false)
+	}
+	return t
+}
+
+// forwardingProxy is the HTTP proxy that forwarded req itself (a plain-http
+// request through HTTP_PROXY), or nil: no proxy, a SOCKS proxy (the answer
+// through it is the server's), or an https request (tunnelled by CONNECT,
+// the answer is the broker's).
+func (c *Client) forwardingProxy(req *http.Request) *url.URL {
+	if c.proxy == nil || req.URL.Scheme != "http" {
+		return nil
+	}
+	p, err := c.proxy(req)
+	if err != nil || p == nil || (p.Scheme != "http" && p.Scheme != "https") {
+		return nil
+	}
+	return p
+}
