@@ -364,6 +364,9 @@ func parseResponse(status int, h http.Header, body []byte, sent time.Time) (*Cre
 			e.Description = http.StatusText(status)
 		}
 		e.RequestID = clip(e.RequestID, 100)
+		// Every answer of the broker carries X-Request-Id (SPEC "HTTP
+		// API"): a 5xx without it is of something in front of the broker.
+		e.NotBroker = status >= 500 && h.Get("X-Request-Id") == ""
 		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 			e.RetryAfter = retryAfter(h, sent)
 		}

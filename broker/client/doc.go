@@ -14,8 +14,9 @@
 //     plain-HTTP answer to an https address (IsPlainHTTPAnswer) and a
 //     SOCKS5 proxy's refused login or rules are permanent. An HTTP proxy's
 //     own answer (a refused CONNECT; to a plain-http broker, an answer
-//     without X-Request-Id) is *ProxyError. Identity tokens and
-//     credentials never appear in an error or a log line.
+//     without X-Request-Id) is *ProxyError, and a 5xx without X-Request-Id
+//     otherwise an *Error with NotBroker (an ingress's, say). Identity
+//     tokens and credentials never appear in an error or a log line.
 //   - IdentitySource implementations obtain the workload's identity token: a
 //     file (FileIdentity, re-read on every exchange since platforms rotate
 //     it; the default is the Kubernetes projected token path), an environment

@@ -38,6 +38,11 @@ type Error struct {
 	Description string        // error_description
 	RequestID   string        // request_id (or the X-Request-Id header)
 	RetryAfter  time.Duration // parsed Retry-After; 0 when absent
+	// NotBroker: a 5xx without the X-Request-Id every answer of the broker
+	// carries (SPEC "HTTP API"), so of something in front of the broker
+	// (an ingress, a load balancer) that could not reach it. Retried as
+	// the broker's own.
+	NotBroker bool
 }
 
 func (e *Error) Error() string {
@@ -51,6 +56,9 @@ func (e *Error) Error() string {
 	}
 	if e.RequestID != "" {
 		b.WriteString(" (request_id " + e.RequestID + ")")
+	}
+	if e.NotBroker {
+		b.WriteString(" (from something in front of the broker, not the broker: no X-Request-Id)")
 	}
 	return b.String()
 }
@@ -111,6 +119,9 @@ func (e *Error) Hint() string {
 		return "the broker is rate limiting this workload: retry after Retry-After"
 	case CodeTemporarilyUnavailable:
 		return "the broker or one of its backends is temporarily unavailable: retry after Retry-After"
+	}
+	if e.NotBroker {
+		return "something in front of the broker (an ingress, a load balancer) answered for it: it could not reach the broker, or the broker is down; retry later"
 	}
 	if e.Temporary() {
 		return "the broker is unavailable: retry later"

@@ -167,6 +167,9 @@ func (w *workloadFlags) brokerAddr(e *env) string {
 func retryReason(err error, addr string) string {
 	var be *client.Error
 	if errors.As(err, &be) {
+		if be.NotBroker {
+			return fmt.Sprintf("something in front of the broker at %s (not the broker: its answer has no X-Request-Id) answered %d %s", strings.TrimRight(strings.TrimSpace(addr), "/"), be.Status, http.StatusText(be.Status))
+		}
 		if be.Code != "" {
 			return fmt.Sprintf("broker answered %d %s", be.Status, be.Code)
 		}

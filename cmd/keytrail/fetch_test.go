@@ -55,6 +55,8 @@ func (f *fakeTokenBroker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		rep = tokenReply{400, `{"error":"invalid_target","error_description":"unknown grant","request_id":"req_t"}`}
 	}
+	// As the broker's every answer (SPEC "HTTP API").
+	w.Header().Set("X-Request-Id", "req_fake")
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(rep.status)
 	io.WriteString(w, rep.body)
