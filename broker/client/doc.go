@@ -10,7 +10,8 @@
 //     category sentinel of package broker (errors.Is(err,
 //     broker.ErrRateLimited)). IsTransient and IsPermanent say whether
 //     retrying can help: besides the broker's own refusals, a broker
-//     certificate that does not verify (IsCertificateError), a
+//     certificate that does not verify (IsCertificateError), a TLS alert
+//     refusing the client's certificate (IsClientCertificateRefused), a
 //     plain-HTTP answer to an https address (IsPlainHTTPAnswer) and a
 //     SOCKS5 proxy's refused login or rules are permanent. An HTTP proxy's
 //     own answer (a refused CONNECT; to a plain-http broker, an answer

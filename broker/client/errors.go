@@ -153,8 +153,9 @@ var ErrBadResponse = errors.New("not a keytrail token response")
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
 // not a token response (ErrBadResponse), a certificate that does not
-// verify (IsCertificateError), a plain-HTTP answer to the TLS handshake
-// (IsPlainHTTPAnswer), an HTTP proxy's own
+// verify (IsCertificateError), a TLS alert refusing the client's
+// certificate or its absence (IsClientCertificateRefused), a plain-HTTP
+// answer to the TLS handshake (IsPlainHTTPAnswer), an HTTP proxy's own
 // answer other than 408, 429 and 5xx (*ProxyError), a SOCKS5 proxy
 // refusing the authentication or the connection by its rules, or an
 // identity token that cannot be had.
@@ -165,7 +166,7 @@ func IsPermanent(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || IsPlainHTTPAnswer(err) || socksRefused(err) {
+	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || IsClientCertificateRefused(err) || IsPlainHTTPAnswer(err) || socksRefused(err) {
 		return true
 	}
 	var px *ProxyError
@@ -194,7 +195,8 @@ func IsPermanent(err error) bool {
 // roots Go trusts on Linux), for another host name than the address's,
 // expired or not yet valid, or otherwise invalid. Retrying cannot help
 // until the trust, the address or the certificate changes. A TLS alert the
-// server sent (such as a client certificate it refused) is not one.
+// server sent about the client's certificate is not one: see
+// IsClientCertificateRefused.
 func IsCertificateError(err error) bool {
 	var cv *tls.CertificateVerificationError
 	var ua x509.UnknownAuthorityError
@@ -206,6 +208,44 @@ func IsCertificateError(err error) bool {
 	var cv2 x509.ConstraintViolationError
 	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci) ||
 		errors.As(err, &sr) || errors.As(err, &ia) || errors.As(err, &uc) || errors.As(err, &cv2)
+}
+
+// IsClientCertificateRefused reports whether err is a TLS alert of the
+// server (the broker, or an https proxy) about the client's certificate:
+// it requires one and got none ("tls: certificate required"), or refuses
+// the one presented (bad, unsupported, revoked, expired or unknown
+// certificate, unknown certificate authority). Before TLS 1.3 a server
+// missing the certificate may answer "tls: handshake failure" instead (Go
+// does), which says no more than that the handshake failed: not one.
+// It asks for mutual TLS: the client certificate is set in the
+// *http.Transport's TLSClientConfig (Options.HTTPClient). Retrying cannot
+// help until the client's certificate or the server's trust changes.
+func IsClientCertificateRefused(err error) bool {
+	var ae tls.AlertError
+	if errors.As(err, &ae) {
+		return clientCertificateAlerts[ae.Error()]
+	}
+	// A received alert is a *net.OpError "remote error" whose Err is of
+	// crypto/tls's unexported alert type: known by its text.
+	var op *net.OpError
+	for e := err; errors.As(e, &op); e = op.Err {
+		if op.Op == "remote error" && op.Err != nil {
+			return clientCertificateAlerts[op.Err.Error()]
+		}
+	}
+	return false
+}
+
+// clientCertificateAlerts are the texts of the TLS alerts a server sends
+// about the client's certificate (RFC 8446 §6.2).
+var clientCertificateAlerts = map[string]bool{
+	"tls: bad certificate":               true, // 42
+	"tls: unsupported certificate":       true, // 43
+	"tls: revoked certificate":           true, // 44
+	"tls: expired certificate":           true, // 45
+	"tls: unknown certificate":           true, // 46
+	"tls: unknown certificate authority": true, // 48
+	"tls: certificate required":          true, // 116
 }
 
 // IsPlainHTTPAnswer reports whether err is a plain-HTTP answer to the TLS

@@ -402,6 +402,29 @@ func certificateFailure(err error, addr string) string {
 	return fmt.Sprintf("cannot verify the certificate of the broker at %s: %s: %s", broker, cause, hint)
 }
 
+// clientCertificateFailure says that the broker at addr (or the https proxy
+// for it) refused the TLS connection with an alert about the client's
+// certificate (client.IsClientCertificateRefused): it requires mutual TLS
+// (the broker's tls.client_ca_file), and fetch and exec have no client
+// certificate setting (no flag, no environment variable) to present one.
+func clientCertificateFailure(err error, addr string) string {
+	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
+	cause := err.Error()
+	var op *net.OpError
+	for e := err; errors.As(e, &op); e = op.Err {
+		if op.Op == "remote error" {
+			cause = op.Error()
+			break
+		}
+	}
+	const cannot = "it requires a client certificate it trusts (mutual TLS), which fetch and exec cannot present: they have no client certificate setting"
+	if proxyFailure(err) != nil {
+		v := proxyVariable(broker)
+		return fmt.Sprintf("the proxy (%s) for the broker at %s refused the TLS connection: %s: %s; use a proxy that does not require one in %s, or list the broker's host in NO_PROXY to reach it without the proxy", v, broker, cause, cannot, v)
+	}
+	return fmt.Sprintf("the broker at %s refused the TLS connection: %s: %s; reach it at an address that does not require one (the broker's tls.client_ca_file unset), or fetch with the Go client (broker/client), whose Options.HTTPClient can present one", broker, cause, cannot)
+}
+
 // plainHTTPFailure says that the broker at addr (an https URL), or the
 // https proxy for it, answered the TLS handshake in plain HTTP, and which
 // address to use instead. The addresses shown have no user info, query or
@@ -467,6 +490,8 @@ func permanentError(grant string, id client.IdentitySource, err error, addr stri
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, proxyRefusal(refused, addr), proxyRefusalHint(refused))}
 	case client.IsCertificateError(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, addr))}
+	case client.IsClientCertificateRefused(err):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, clientCertificateFailure(err, addr))}
 	case client.IsPlainHTTPAnswer(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, plainHTTPFailure(err, addr))}
 	case socksFailure(err, addr) != "":
@@ -866,7 +891,8 @@ Formats: raw   the access token alone
 Exit status: 0 done (with --watch: stopped by SIGINT/SIGTERM); 1 the broker
 refused for good (400/401/403: the message says what to fix), its 200 answer
 was not a token response (not retried), its certificate did not verify
-(check SSL_CERT_FILE and the host in --addr), a proxy refused, the identity
+(check SSL_CERT_FILE and the host in --addr), it asked for a client
+certificate (mutual TLS: fetch has none to present), a proxy refused, the identity
 token cannot be read, --out/--out-dir cannot be written (checked before the broker is asked), no
 credential came within --timeout, or a signal came before every credential
 was fetched; 2 usage.`,

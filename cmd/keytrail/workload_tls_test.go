@@ -248,3 +248,35 @@ func TestPlainHTTPMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestClientCertificateRequiredIsNotRetried: a broker requiring mutual TLS
+// (its tls.client_ca_file) refuses fetch and exec, which have no client
+// certificate setting, with a TLS alert ('remote error: tls: certificate
+// required'), and they retried it until --timeout as if the broker were
+// down, then said only 'last failure: keytrail broker unreachable: Post
+// ...: remote error: tls: certificate required'. They now fail at once,
+// naming the broker and the alert, and say that it asks for a client
+// certificate they cannot present.
+func TestClientCertificateRequiredIsNotRetried(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	broker := newTLSBroker(t, &tls.Config{ClientCAs: x509.NewCertPool(), ClientAuth: tls.RequireAndVerifyClientCert})
+	caFile := writeCAFile(t, dir, "ca.pem", broker.Certificate())
+	want := "keytrail: g: the broker at " + broker.URL + " refused the TLS connection: remote error: tls: certificate required: " +
+		"it requires a client certificate it trusts (mutual TLS), which fetch and exec cannot present: they have no client certificate setting; " +
+		"reach it at an address that does not require one (the broker's tls.client_ca_file unset), or fetch with the Go client (broker/client), whose Options.HTTPClient can present one\n"
+	for _, cmd := range [][]string{
+		{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", broker.URL, "--out", filepath.Join(dir, "cred"), "--timeout", "3s"},
+		{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--addr", broker.URL, "--env", "T", "--timeout", "3s", "--", "touch", filepath.Join(dir, "ran")},
+	} {
+		_, stderr, code := runKeytrailProcess(t, []string{"SSL_CERT_FILE=" + caFile}, cmd...)
+		if code != 1 || stderr != want {
+			t.Errorf("keytrail %s: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], code, stderr, want)
+		}
+	}
+	for _, f := range []string{"cred", "ran"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
+		}
+	}
+}
