@@ -16,6 +16,7 @@ require (
 	github.com/spf13/cobra v1.10.2
 	github.com/spf13/pflag v1.0.9
 	go.yaml.in/yaml/v3 v3.0.6
+	golang.org/x/net v0.47.0
 	golang.org/x/sys v0.48.0
 	golang.org/x/text v0.31.0
 	golang.org/x/time v0.16.0
@@ -45,6 +46,5 @@ require (
 	go.uber.org/atomic v1.12.0 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
 	golang.org/x/crypto v0.45.0 // indirect
-	golang.org/x/net v0.47.0 // indirect
 	google.golang.org/protobuf v1.36.8 // indirect
 )

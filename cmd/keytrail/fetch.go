@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/keytrail/keytrail/broker/client"
 )
@@ -217,9 +218,12 @@ func proxyVariable(addr string) string {
 // allProxyWarning says that ALL_PROXY (or all_proxy) is set but not used
 // for the broker at addr: net/http never reads it (curl and many other
 // tools do), so the broker is reached directly. "" when neither is set,
-// when the broker is on loopback (net/http never proxies it), or when the
+// when the broker is on loopback (net/http never proxies it), when the
 // variable net/http reads for it is set (ALL_PROXY would not apply then
-// either). The proxy URL is not shown: it may hold a password.
+// either), or when NO_PROXY (or no_proxy) excludes the broker's host, as
+// net/http reads it (golang.org/x/net/http/httpproxy, which net/http
+// vendors): no proxy would be used for it anyway. The proxy URL is not
+// shown: it may hold a password.
 func allProxyWarning(getenv func(string) string, addr string) string {
 	name := "ALL_PROXY"
 	if getenv(name) == "" {
@@ -238,6 +242,17 @@ func allProxyWarning(getenv func(string) string, addr string) string {
 	}
 	v := proxyVariable(broker)
 	if getenv(v) != "" || getenv(strings.ToLower(v)) != "" {
+		return ""
+	}
+	noProxy := getenv("NO_PROXY")
+	if noProxy == "" {
+		noProxy = getenv("no_proxy")
+	}
+	// Would a proxy set for the broker's scheme be used for it? The
+	// placeholder is never dialed.
+	const placeholder = "http://proxy.invalid"
+	cfg := httpproxy.Config{HTTPProxy: placeholder, HTTPSProxy: placeholder, NoProxy: noProxy}
+	if p, err := cfg.ProxyFunc()(u); err != nil || p == nil {
 		return ""
 	}
 	return fmt.Sprintf("%s is set but not used: Go reads HTTPS_PROXY for an https broker and HTTP_PROXY for a plain-http one, so the broker at %s is reached directly; set %s to use that proxy", name, broker, v)

@@ -13,8 +13,10 @@ import (
 // which curl and many other tools honour: with only ALL_PROXY set, fetch
 // and exec went to the broker directly without a word, and a failure then
 // read as the broker's. They now print one warning saying so and which
-// variable to set, unless the broker is on loopback (never proxied) or
-// that variable is set already (then ALL_PROXY would not apply either).
+// variable to set, unless the broker is on loopback (never proxied), that
+// variable is set already (then ALL_PROXY would not apply either), or
+// NO_PROXY (no_proxy) excludes the broker's host (no proxy would be used
+// for it; that warning was wrong before).
 func TestAllProxyIsIgnoredWithAWarning(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "no-such-token") // fails at once, before any request
@@ -33,6 +35,16 @@ func TestAllProxyIsIgnoredWithAWarning(t *testing.T) {
 		{"loopback-v6", "http://[::1]:7700", map[string]string{"all_proxy": proxy}, ""},
 		{"https-proxy-set", "https://keytrail.example", map[string]string{"ALL_PROXY": proxy, "https_proxy": "http://proxy.example:3128"}, ""},
 		{"unset", "https://keytrail.example", nil, ""},
+		// NO_PROXY excluding the broker's host, as net/http reads it: no
+		// proxy would be used for it anyway.
+		{"no-proxy-domain", "https://keytrail.example", map[string]string{"ALL_PROXY": proxy, "NO_PROXY": "other.example, .example"}, ""},
+		{"no-proxy-lower-case-host-port", "http://keytrail.example:7700", map[string]string{"all_proxy": proxy, "no_proxy": "keytrail.example:7700"}, ""},
+		{"no-proxy-star", "https://10.0.0.7:7700", map[string]string{"ALL_PROXY": proxy, "NO_PROXY": "*"}, ""},
+		{"no-proxy-cidr", "https://10.0.0.7:7700", map[string]string{"ALL_PROXY": proxy, "NO_PROXY": "10.0.0.0/8"}, ""},
+		{"no-proxy-upper-case-wins", "https://keytrail.example", map[string]string{"ALL_PROXY": proxy, "NO_PROXY": "other.example", "no_proxy": "keytrail.example"},
+			"keytrail: warning: ALL_PROXY is set but not used: Go reads HTTPS_PROXY for an https broker and HTTP_PROXY for a plain-http one, so the broker at https://keytrail.example is reached directly; set HTTPS_PROXY to use that proxy\n"},
+		{"no-proxy-other-port", "https://keytrail.example", map[string]string{"ALL_PROXY": proxy, "NO_PROXY": "keytrail.example:7700"},
+			"keytrail: warning: ALL_PROXY is set but not used: Go reads HTTPS_PROXY for an https broker and HTTP_PROXY for a plain-http one, so the broker at https://keytrail.example is reached directly; set HTTPS_PROXY to use that proxy\n"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			for _, cmd := range [][]string{
