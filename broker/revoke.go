@@ -1991,9 +1991,13 @@ func (s *Service) KnownRevoked(id, workload string) (revoked, blocked bool) {
 // between the Service's Store and its RevocationCache (this package's,
 // the only ones revocationCacheOf looks through) add no answers of their
 // own to FindIssuance or GetBlock, so the answer is the Store's.
+//
+// A record answered from memory is the cache's own, shared with every
+// other lookup of the credential (a copy only when the cache knows it
+// revoked, to show RevokedAt): the caller must not modify it.
 func (s *Service) FindIssuanceWithin(ctx context.Context, kind RefKind, value string, timeout time.Duration) (*Issuance, error) {
 	if s.cache != nil && kind == RefFingerprint {
-		if is, _, ok := s.cache.findInMemory(value); ok {
+		if is, _, ok := s.cache.findInMemory(value, true); ok {
 			return is, nil
 		}
 	}
@@ -2515,6 +2519,23 @@ func (c *RevocationCache) deny(is *Issuance) *Issuance {
 	return is
 }
 
+// denyShared is deny for a record others share: unchanged when the cache
+// knows no revocation of it, otherwise a copy with RevokedAt set.
+func (c *RevocationCache) denyShared(is *Issuance) *Issuance {
+	if !is.RevokedAt.IsZero() {
+		return is
+	}
+	c.mu.RLock()
+	t, ok := c.revoked[is.ID]
+	c.mu.RUnlock()
+	if !ok {
+		return is
+	}
+	cp := *is
+	cp.RevokedAt = t
+	return &cp
+}
+
 func (s *cachedStore) GetIssuance(ctx context.Context, id string) (*Issuance, error) {
 	is, err := s.Store.GetIssuance(ctx, id)
 	return s.deny(is), err
@@ -2531,8 +2552,11 @@ func (c *RevocationCache) fresh(now time.Time) bool {
 // FastReads lets it: a record fetched within IssuanceTTL while the view is
 // fresh, with the cache's denials. ok is false when the Store must be
 // asked; gen is then the issuance generation read, which the caller
-// caching the Store's answer compares.
-func (c *RevocationCache) findInMemory(fp string) (is *Issuance, gen uint64, ok bool) {
+// caching the Store's answer compares. With shared, is is the cached
+// record itself unless the cache's denials change it (a copy then), for a
+// caller that only reads it (FindIssuanceWithin: no allocation per
+// proxied request); otherwise always a copy, the caller's to keep.
+func (c *RevocationCache) findInMemory(fp string, shared bool) (is *Issuance, gen uint64, ok bool) {
 	if !c.o.FastReads {
 		return nil, 0, false
 	}
@@ -2542,6 +2566,9 @@ func (c *RevocationCache) findInMemory(fp string) (is *Issuance, gen uint64, ok 
 	gen = c.issGen
 	c.issMu.Unlock()
 	if hit && now.Sub(e.at) < c.o.IssuanceTTL && c.fresh(now) {
+		if shared {
+			return c.denyShared(e.is), gen, true
+		}
 		cp := *e.is
 		return c.deny(&cp), gen, true
 	}
@@ -2552,7 +2579,7 @@ func (s *cachedStore) FindIssuance(ctx context.Context, kind RefKind, value stri
 	fast := kind == RefFingerprint && s.c.o.FastReads
 	var gen uint64
 	if fast {
-		is, g, ok := s.c.findInMemory(value)
+		is, g, ok := s.c.findInMemory(value, false)
 		if ok {
 			return is, nil
 		}

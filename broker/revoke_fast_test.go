@@ -314,3 +314,61 @@ func TestRevocationCacheStoreDataLoss(t *testing.T) {
 		})
 	}
 }
+
+// TestFindIssuanceWithinFromMemoryShared: the proxy's credential lookup
+// (Service.FindIssuanceWithin) answered from the cache's memory hands back
+// the cached record itself, read only, rather than a copy per request
+// (the record is some 500 bytes): no allocation. A revocation the cache
+// knows still shows in what it returns, on a copy: the cached record,
+// which other lookups share, is not changed.
+func TestFindIssuanceWithinFromMemoryShared(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	now := f.now
+	clock := func() time.Time { return now }
+	inner := memstore.New(clock)
+	is := &broker.Issuance{ID: "iss_1", Workload: "w", Owner: "o", Kind: broker.KindProxy, IssuedAt: now,
+		ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Fingerprint: "sha256:aa", ExpiresAt: now.Add(time.Hour)}}
+	if err := inner.PutIssuance(ctx, is); err != nil {
+		t.Fatal(err)
+	}
+	c, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock, IssuanceTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy: f.svc.Policy, Authn: func() broker.Authenticator { return f.authn },
+		Store: c.Store(), Audit: f.sink, Now: clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	find := func() *broker.Issuance {
+		t.Helper()
+		got, err := svc.FindIssuanceWithin(ctx, broker.RefFingerprint, "sha256:aa", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	first := find() // fetched from the Store into the cache
+	cached := find()
+	if n := testing.AllocsPerRun(100, func() { _ = find() }); n != 0 {
+		t.Errorf("FindIssuanceWithin from memory: %v allocations, want 0", n)
+	}
+	if cached.ID != "iss_1" || !cached.RevokedAt.IsZero() || first.ID != "iss_1" {
+		t.Fatalf("record from memory = %+v", cached)
+	}
+
+	c.Apply(broker.Notice{Revoked: []string{"iss_1"}})
+	revoked := find()
+	if revoked.RevokedAt.IsZero() || revoked.ID != "iss_1" {
+		t.Errorf("after a revocation notice: RevokedAt %v, ID %q; want the revocation shown", revoked.RevokedAt, revoked.ID)
+	}
+	if !cached.RevokedAt.IsZero() {
+		t.Errorf("the record handed out before the notice changed: RevokedAt %v", cached.RevokedAt)
+	}
+}
