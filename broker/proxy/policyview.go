@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"sync/atomic"
 
 	"github.com/keytrail/keytrail/policies"
@@ -14,15 +15,28 @@ import (
 // out must not be modified either.
 type policyView struct {
 	pol       *policies.Policy
-	grants    map[string]*policies.Grant
+	grants    map[string]*viewGrant
 	workloads map[string]*policies.Workload
+}
+
+// viewGrant is a grant of a policyView with what the proxy derives from it
+// once per policy rather than on every request.
+type viewGrant struct {
+	policies.Grant
+	// injectHeader is Proxy.Inject.Header as net/http keys it
+	// (http.CanonicalHeaderKey), "" when the secret goes elsewhere.
+	injectHeader string
 }
 
 func newPolicyView(pol *policies.Policy) *policyView {
 	gs, ws := pol.Grants(), pol.Workloads()
-	v := &policyView{pol: pol, grants: make(map[string]*policies.Grant, len(gs)), workloads: make(map[string]*policies.Workload, len(ws))}
+	v := &policyView{pol: pol, grants: make(map[string]*viewGrant, len(gs)), workloads: make(map[string]*policies.Workload, len(ws))}
 	for i := range gs {
-		v.grants[gs[i].Name] = &gs[i]
+		g := &viewGrant{Grant: gs[i]}
+		if g.Proxy != nil && g.Proxy.Inject.Header != "" {
+			g.injectHeader = http.CanonicalHeaderKey(g.Proxy.Inject.Header)
+		}
+		v.grants[g.Name] = g
 	}
 	for i := range ws {
 		v.workloads[ws[i].Name] = &ws[i]
@@ -45,7 +59,7 @@ func (vs *policyViews) of(pol *policies.Policy) *policyView {
 }
 
 // grant is Policy.Grant without the copy.
-func (v *policyView) grant(name string) (*policies.Grant, bool) {
+func (v *policyView) grant(name string) (*viewGrant, bool) {
 	g, ok := v.grants[name]
 	return g, ok
 }

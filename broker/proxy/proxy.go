@@ -199,15 +199,18 @@ type handler struct {
 
 // call is one proxied request as it is checked and forwarded.
 type call struct {
-	h      *handler
-	r      *http.Request
-	start  time.Time
-	src    broker.Source
-	fp     string
-	is     *broker.Issuance
-	grant  *policies.Grant // shared with other requests (policyView): read only
-	label  string          // metrics grant label
-	status int             // returned to the caller
+	h     *handler
+	r     *http.Request
+	start time.Time
+	src   broker.Source
+	fp    string
+	is    *broker.Issuance
+	grant *policies.Grant // shared with other requests (policyView): read only
+	// injectHeader is the grant's Inject.Header in canonical form (made
+	// once per policy: viewGrant).
+	injectHeader string
+	label        string // metrics grant label
+	status       int    // returned to the caller
 
 	tail     string // escaped path after /v1/proxy/{grant}, as sent
 	path     string // tail decoded (what the grant's patterns match)
@@ -370,11 +373,12 @@ func (c *call) check() error {
 	}
 	pol := svc.Policy()
 	view := p.views.of(pol) // the policy's grants and workloads, not copied per request
-	g, ok := view.grant(is.Grant)
-	if !ok || g.Kind != broker.KindProxy || g.Proxy == nil {
+	vg, ok := view.grant(is.Grant)
+	if !ok || vg.Kind != broker.KindProxy || vg.Proxy == nil {
 		return denied("grant_removed", "the grant no longer exists")
 	}
-	c.grant, c.label = g, g.Name
+	g := &vg.Grant
+	c.grant, c.injectHeader, c.label = g, vg.injectHeader, g.Name
 	wl, ok := view.workload(is.Workload)
 	if !ok || !pol.Allowed(wl, g.Name) {
 		return denied("grant_not_allowed", "the workload is no longer allowed this grant")
@@ -909,8 +913,8 @@ func (c *call) rewrite(pr *httputil.ProxyRequest) {
 		}
 	}
 	// As Header.Set, the values held in the call (headerValue).
-	if inject.Header != "" {
-		o.Header[http.CanonicalHeaderKey(inject.Header)] = c.headerValue(hdrInject, forms.injected(inject.Format))
+	if c.injectHeader != "" {
+		o.Header[c.injectHeader] = c.headerValue(hdrInject, forms.injected(inject.Format))
 	}
 	o.Header["X-Request-Id"] = c.headerValue(hdrRequestID, useID)
 	o.Header["X-Keytrail-Issuance"] = c.headerValue(hdrIssuance, c.is.ID)

@@ -60,8 +60,10 @@ func proxiedAllocs(t *testing.T) (proxied, direct float64) {
 //	129  one shared ReverseProxy (no hook closures per request), its
 //	     context held in the call, the scan buffer handed back through
 //	     its own pointer
+//	127  the cached issuance record read without a copy, the copy buffer
+//	     handed back without boxing a new pointer
 func TestProxyRequestAllocs(t *testing.T) {
-	const maxAdded = 129 + raceAllocs
+	const maxAdded = 127 + raceAllocs
 	proxied, direct := proxiedAllocs(t)
 	t.Logf("proxied %v, direct %v allocations, difference %v", proxied, direct, proxied-direct)
 	if proxied-direct > maxAdded {
