@@ -129,6 +129,14 @@ var attacks = []attack{
 		wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/websocket-upgrade", target: "/v1/proxy/stripe/v1/charges",
 		extra: []string{"Upgrade: websocket", "Connection: Upgrade"}, wantStatus: 400, wantCode: "invalid_request"},
+	// Each sign of an upgrade alone (the check looks each name up as
+	// net/http keys it: a name written otherwise would never match).
+	{name: "fail/upgrade-header-alone", target: "/v1/proxy/stripe/v1/charges",
+		extra: []string{"upgrade: websocket"}, wantStatus: 400, wantCode: "invalid_request"},
+	{name: "fail/http2-settings-alone", target: "/v1/proxy/stripe/v1/charges",
+		extra: []string{"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"}, wantStatus: 400, wantCode: "invalid_request"},
+	{name: "fail/connection-upgrade-alone", target: "/v1/proxy/stripe/v1/charges",
+		extra: []string{"connection: keep-alive, UPGRADE"}, wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/connect-origin-form", method: "CONNECT", target: "/v1/proxy/stripe/v1/charges", wantStatus: 400, wantCode: "invalid_request"},
 	{name: "fail/connect-authority-form", method: "CONNECT", target: "evil.example:443", host: "evil.example:443", wantStatus: 404},
 	{name: "fail/method-not-allowed", method: "DELETE", target: "/v1/proxy/stripe/v1/charges/ch_1", wantStatus: 403, wantCode: "access_denied"},

@@ -391,9 +391,10 @@ func (c *call) check() error {
 	if !p.hostAllowed(r.Host) {
 		return badRequest("bad_host")
 	}
-	// HTTP2-Settings, written as Header.Get looks it up: it would otherwise
-	// make the name canonical (an allocation) on every request.
-	if r.Header.Get("Upgrade") != "" || r.Header.Get("Http2-Settings") != "" || headerHasToken(r.Header, "Connection", "upgrade") {
+	// The names as net/http keys them (HTTP2-Settings as Http2-Settings),
+	// looked up as they are: Header.Get would make each canonical again on
+	// every request.
+	if headerGet(r.Header, "Upgrade") != "" || headerGet(r.Header, "Http2-Settings") != "" || headerHasToken(r.Header, "Connection", "upgrade") {
 		return badRequest("upgrade_refused")
 	}
 	grantSeg, tail, rawQuery, why := splitTarget(r.RequestURI)
@@ -444,9 +445,19 @@ func (p *Proxy) hostAllowed(host string) bool {
 	return false
 }
 
-// headerHasToken reports whether a comma-separated header lists token.
+// headerGet is h.Get(name) for a name in canonical form
+// (http.CanonicalHeaderKey), which it does not make canonical again.
+func headerGet(h http.Header, name string) string {
+	if vs := h[name]; len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
+}
+
+// headerHasToken reports whether a comma-separated header lists token;
+// name is in canonical form (as for headerGet).
 func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
+	for _, v := range h[name] {
 		for more := true; more; {
 			var t string
 			t, v, more = strings.Cut(v, ",")
@@ -611,11 +622,21 @@ func queryKeyIs(k, param string) bool {
 // in pieces (over several requests, or in the parts of one
 // multipart/byteranges response) that the response scan cannot recognise.
 // Written in canonical form (http.CanonicalHeaderKey), as net/http keys a
-// request's headers: they are deleted from the map by these names
-// (TestStrippedRequestHeadersAreCanonical).
+// request's headers: a header is stripped when its key is one of these
+// names as it is (TestStrippedRequestHeadersAreCanonical).
 var strippedRequestHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "X-Request-Id", "Forwarded", "X-Real-Ip",
 	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url",
 	"Range", "If-Range", "Request-Range"}
+
+// strippedRequestHeader is strippedRequestHeaders as a set, for rewrite's
+// pass over the headers sent.
+var strippedRequestHeader = func() map[string]bool {
+	m := make(map[string]bool, len(strippedRequestHeaders))
+	for _, name := range strippedRequestHeaders {
+		m[name] = true
+	}
+	return m
+}()
 
 // dropRequestHeader reports whether a caller header never goes upstream
 // because of its name: X-Keytrail-* and X-Forwarded-*, and any name with an
@@ -904,11 +925,10 @@ func (c *call) rewrite(pr *httputil.ProxyRequest) {
 	// The caller's announced trailer names would be announced
 	// upstream (their values never are): send none.
 	o.Trailer = nil
-	for _, name := range strippedRequestHeaders {
-		delete(o.Header, name) // canonical names: Header.Del would check each again
-	}
+	// One pass over the headers the caller sent (a handful), rather than
+	// a delete for each of the 14 stripped names whether sent or not.
 	for name := range o.Header {
-		if dropRequestHeader(name) {
+		if strippedRequestHeader[name] || dropRequestHeader(name) {
 			delete(o.Header, name)
 		}
 	}
