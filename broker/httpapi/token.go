@@ -29,11 +29,29 @@ type tokenResponse struct {
 }
 
 // tokenParams are the parameters /v1/token accepts; anything else is ignored
-// as RFC 6749 §3.2 asks, but none may repeat.
-var tokenParams = []string{
-	"grant_type", "subject_token", "subject_token_type", "audience",
-	"actor_token", "actor_token_type", "ttl", "scope", "resource", "requested_token_type",
+// as RFC 6749 §3.2 asks, but none may repeat. Their values are read into an
+// array indexed by the constants below (a map per request cost three
+// allocations and ten hashed insertions and look-ups).
+var tokenParams = [...]string{
+	pGrantType: "grant_type", pSubjectToken: "subject_token", pSubjectTokenType: "subject_token_type",
+	pAudience: "audience", pActorToken: "actor_token", pActorTokenType: "actor_token_type",
+	pTTL: "ttl", pScope: "scope", pResource: "resource", pRequestedTokenType: "requested_token_type",
 }
+
+// Indexes of tokenParams.
+const (
+	pGrantType = iota
+	pSubjectToken
+	pSubjectTokenType
+	pAudience
+	pActorToken
+	pActorTokenType
+	pTTL
+	pScope
+	pResource
+	pRequestedTokenType
+	nTokenParams
+)
 
 // maxTTLSeconds bounds the ttl parameter before the grant caps it.
 const maxTTLSeconds = 366 * 24 * 3600
@@ -120,41 +138,41 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request) (*broker.Excha
 	if err != nil {
 		return reject(err)
 	}
-	p := map[string]string{}
-	for _, name := range tokenParams {
+	var p [nTokenParams]string
+	for i, name := range tokenParams {
 		v, err := single(form, name)
 		if err != nil {
 			return reject(err)
 		}
-		p[name] = v
+		p[i] = v
 	}
-	grant = p["audience"]
-	switch p["grant_type"] {
+	grant = p[pAudience]
+	switch p[pGrantType] {
 	case broker.GrantTypeTokenExchange:
 	case "":
 		return reject(broker.Errorf(broker.ErrInvalidRequest, "missing_grant_type", "grant_type is required", nil))
 	default:
 		return reject(&broker.Error{Kind: broker.ErrInvalidRequest, Code: "unsupported_grant_type", Reason: "unsupported_grant_type", Safe: "only token exchange is supported"})
 	}
-	if !validTokenType(p["subject_token_type"]) {
+	if !validTokenType(p[pSubjectTokenType]) {
 		return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_subject_token_type", "subject_token_type must be "+broker.TokenTypeJWT+" or "+broker.TokenTypeIDToken, nil))
 	}
-	if p["actor_token"] != "" && !validTokenType(p["actor_token_type"]) {
+	if p[pActorToken] != "" && !validTokenType(p[pActorTokenType]) {
 		return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_actor_token_type", "actor_token_type must be a JWT token type", nil))
 	}
-	if p["actor_token"] == "" && p["actor_token_type"] != "" {
+	if p[pActorToken] == "" && p[pActorTokenType] != "" {
 		return reject(broker.Errorf(broker.ErrInvalidRequest, "actor_token_type_without_token", "actor_token_type given without actor_token", nil))
 	}
-	if rt := p["requested_token_type"]; rt != "" && rt != broker.TokenTypeAccessToken && rt != broker.TokenTypeJWT {
+	if rt := p[pRequestedTokenType]; rt != "" && rt != broker.TokenTypeAccessToken && rt != broker.TokenTypeJWT {
 		return reject(broker.Errorf(broker.ErrInvalidRequest, "bad_requested_token_type", "requested_token_type is not supported", nil))
 	}
-	if res := p["resource"]; res != "" {
+	if res := p[pResource]; res != "" {
 		if u, err := url.Parse(res); err != nil || !u.IsAbs() || u.Fragment != "" {
 			return reject(&broker.Error{Kind: broker.ErrInvalidTarget, Reason: "bad_resource", Safe: "resource must be an absolute URI"})
 		}
 	}
 	var ttl time.Duration
-	if t := strings.TrimSpace(p["ttl"]); t != "" {
+	if t := strings.TrimSpace(p[pTTL]); t != "" {
 		n, err := strconv.ParseInt(t, 10, 64)
 		if errors.Is(err, strconv.ErrRange) && n > 0 {
 			err = nil // beyond int64: capped like any other ttl above the grant's
@@ -167,8 +185,8 @@ func (s *Server) exchange(w http.ResponseWriter, r *http.Request) (*broker.Excha
 		ttl = time.Duration(min(n, maxTTLSeconds)) * time.Second
 	}
 	res, err := s.o.Service.Exchange(r.Context(), broker.ExchangeRequest{
-		SubjectToken: p["subject_token"],
-		ActorToken:   p["actor_token"],
+		SubjectToken: p[pSubjectToken],
+		ActorToken:   p[pActorToken],
 		Grant:        grant,
 		TTL:          ttl,
 		Source:       s.Source(r),
