@@ -571,10 +571,12 @@ func (s *Service) credentialActive(ctx context.Context, is *Issuance) (bool, err
 	return true, nil
 }
 
+// checkBlocked denies a blocked workload. A revocation cache answering from
+// memory (FastReads, its view fresh) makes no deadline context (4
+// allocations and a timer per exchange); a Store call still has
+// StoreTimeout (GetBlockWithin).
 func (s *Service) checkBlocked(ctx context.Context, workload string) error {
-	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
-	defer cancel()
-	b, err := s.d.Store.GetBlock(sctx, workload)
+	b, err := s.GetBlockWithin(ctx, workload, s.d.StoreTimeout)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil

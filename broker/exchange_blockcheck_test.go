@@ -1,0 +1,106 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// blockDeadlines records the time each GetBlock call had left (-1: none).
+type blockDeadlines struct {
+	broker.Store
+	mu   sync.Mutex
+	left []time.Duration
+}
+
+func (d *blockDeadlines) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
+	left := time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	d.mu.Lock()
+	d.left = append(d.left, left)
+	d.mu.Unlock()
+	return d.Store.GetBlock(ctx, w)
+}
+
+func (d *blockDeadlines) calls() []time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]time.Duration(nil), d.left...)
+}
+
+// The exchange's block check (and introspection's, through
+// credentialActive) answered by a fresh revocation cache (FastReads) makes
+// no deadline context: it allocated 4 times and started a timer per
+// exchange for a Store call that is not made. A check that goes to the
+// Store still has StoreTimeout, and a block the cache knows still denies.
+func TestCheckBlockedFromMemory(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	inner := &blockDeadlines{Store: memstore.New(clock)}
+	cache, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policies.Parse("p.yaml", []byte(brokertest.PaymentsPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:       func() *policies.Policy { return pol },
+		Authn:        func() broker.Authenticator { return brokertest.Authn{} },
+		Store:        cache.Store(),
+		Audit:        brokertest.DiscardSink{},
+		Now:          clock,
+		StoreTimeout: 3 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("ok/view-not-fresh-store-call-has-store-timeout", func(t *testing.T) {
+		if err := broker.CheckBlocked(svc, ctx, "payments"); err != nil {
+			t.Fatal(err)
+		}
+		calls := inner.calls()
+		if len(calls) != 1 || calls[0] <= 2*time.Second || calls[0] > 3*time.Second {
+			t.Fatalf("GetBlock calls (time left) = %v, want one with StoreTimeout (3s)", calls)
+		}
+	})
+	if err := cache.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("ok/fresh-view-no-store-call-no-allocation", func(t *testing.T) {
+		before := len(inner.calls())
+		n := testing.AllocsPerRun(100, func() {
+			if err := broker.CheckBlocked(svc, ctx, "payments"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if got := len(inner.calls()) - before; got != 0 {
+			t.Errorf("block check from a fresh view made %d Store calls, want 0", got)
+		}
+		if n != 0 {
+			t.Errorf("block check from a fresh view: %v allocations, want 0 (no deadline context)", n)
+		}
+	})
+	t.Run("fail/blocked-workload-from-memory", func(t *testing.T) {
+		if err := inner.Store.PutBlock(ctx, broker.Block{Workload: "payments", RevocationID: "rev_1", CreatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
+		cache.Apply(broker.Notice{Blocked: []string{"payments"}})
+		err := broker.CheckBlocked(svc, ctx, "payments")
+		if !errors.Is(err, broker.ErrDenied) || broker.AsError(err).Reason != "workload_blocked" {
+			t.Fatalf("CheckBlocked(blocked) = %v, want ErrDenied workload_blocked", err)
+		}
+	})
+}
