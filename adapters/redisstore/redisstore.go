@@ -384,7 +384,16 @@ func corrupt(what string, err error) error {
 	return broker.Unavailable("store_corrupt", time.Second, fmt.Errorf("redisstore: decode %s: %w", what, err))
 }
 
+// ctx bounds one store call by the store's timeout. A ctx whose deadline is
+// already at least as near is the bound as it is (the Service makes its
+// StoreTimeout, 2 s by default as this timeout, just before each of its
+// store calls): context.WithTimeout would return a cancelable copy with
+// the same deadline, 2 allocations and a registration with the parent per
+// Redis call for nothing.
 func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= s.timeout {
+		return ctx, func() {}
+	}
 	return context.WithTimeout(ctx, s.timeout)
 }
 
