@@ -65,7 +65,9 @@ type namedData struct {
 }
 
 // Load reads a policy from path: one YAML file, or a directory whose *.yaml
-// and *.yml files (non-recursive, sorted by name) are merged into one policy.
+// and *.yml files (non-recursive, sorted by name) are merged into one policy;
+// an entry so named that is not a regular file nor a symlink to one (a named
+// pipe, a socket, a directory) is an error naming it, hidden ones left out.
 // Every file must say "version: 1". On a validation failure the returned
 // error's Unwrap() []error lists every problem as a *Problem.
 func Load(p string) (*Policy, error) {
@@ -159,10 +161,14 @@ func Parse(name string, data []byte) (*Policy, error) {
 	return build([]namedData{{name: name, data: data}})
 }
 
+// isPolicyFile reports whether Load of a directory reads the entry e: one
+// not hidden whose name ends in .yaml or .yml, whatever it is. One that is
+// not a regular file (a named pipe, a socket, a directory named x.yaml) is
+// then refused by ReadFile, naming it and what it is, as a symlink to one
+// is: left out silently, its workloads would be missing from a policy that
+// validates. Hidden entries, such as a Kubernetes ConfigMap's ..data
+// directory and ..<timestamp> link, are left out.
 func isPolicyFile(e fs.DirEntry) bool {
-	if !e.Type().IsRegular() && e.Type()&fs.ModeSymlink == 0 {
-		return false
-	}
 	n := e.Name()
 	if strings.HasPrefix(n, ".") {
 		return false
@@ -174,7 +180,7 @@ func isPolicyFile(e fs.DirEntry) bool {
 // reports it as a problem: a change to any other entry (hidden files, an
 // editor's swap and probe files, other extensions, subdirectories) cannot
 // change what Load returns.
-func Considers(e fs.DirEntry) bool { return miscasedPolicyFile(e) }
+func Considers(e fs.DirEntry) bool { return isPolicyFile(e) || miscasedPolicyFile(e) }
 
 // misnamedMessage is the problem of a file miscasedPolicyFile reports.
 const misnamedMessage = `not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`

@@ -3,6 +3,7 @@
 package policies
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,5 +101,66 @@ func TestLoadConfigMapSymlinks(t *testing.T) {
 		if got := p.Sources(); len(got) != 1 || !strings.HasSuffix(got[0].Path, "p.yaml") {
 			t.Errorf("Load(%s).Sources() = %v, want the one p.yaml", path, got)
 		}
+	}
+}
+
+// TestLoadDirectoryRefusesNonRegularEntries: in a policy directory, an
+// entry named *.yaml or *.yml that is not a regular file (a named pipe, a
+// socket, a directory) is an error naming it and what it is, as a symlink
+// to one is, and policy reloads notice it (Considers). Before, Load left it
+// out without a word, so its workloads were silently missing from a policy
+// that validated. Hidden entries (a ConfigMap's ..data) stay ignored.
+func TestLoadDirectoryRefusesNonRegularEntries(t *testing.T) {
+	for _, tt := range []struct {
+		name, what string
+		make       func(string) error
+	}{
+		{"b.yaml", "a named pipe", func(p string) error { return syscall.Mkfifo(p, 0o600) }},
+		{"b.yml", "a directory", func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"b.yaml", "a socket", func(p string) error {
+			l, err := net.Listen("unix", p)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { l.Close() })
+			return nil
+		}},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, tt.name)
+		if err := tt.make(p); err != nil {
+			t.Fatal(err)
+		}
+		want := "policies: " + p + ": is " + tt.what + ", not a regular file"
+		if pol, err := loadGuarded(t, dir); err == nil || err.Error() != want {
+			t.Errorf("Load(dir with %s) = %v, %v; want %q", tt.what, pol, err, want)
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.Name() == tt.name && !Considers(e) {
+				t.Errorf("Considers(%s, %s) = false, want true: a reload must notice it", tt.name, tt.what)
+			}
+		}
+	}
+
+	// Hidden entries of any kind stay ignored.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, ".b.yaml"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "..c.yaml"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if pol, err := loadGuarded(t, dir); err != nil || len(pol.Sources()) != 1 {
+		t.Errorf("Load(dir with hidden pipe and directory) = %v, %v; want the one a.yaml", pol, err)
 	}
 }

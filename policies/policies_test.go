@@ -1304,3 +1304,29 @@ func TestLoadFSRefusesNonRegularFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadFSDirectoryRefusesNonRegularEntries: in a directory given to
+// LoadFS, an entry named *.yaml or *.yml that is not a regular file (a
+// named pipe, a directory) is an error naming it and what it is, as a
+// symlink to one is. Before, it was left out without a word, so its
+// workloads were silently missing. Hidden entries stay ignored.
+func TestLoadFSDirectoryRefusesNonRegularEntries(t *testing.T) {
+	valid := []byte("version: 1\n")
+	for _, tt := range []struct {
+		fsys fstest.MapFS
+		want string
+	}{
+		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/b.yaml": {Mode: fs.ModeNamedPipe}}, "policies: d/b.yaml: is a named pipe, not a regular file"},
+		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/b.yml/x.yaml": {Data: valid}}, "policies: d/b.yml: is a directory, not a regular file"},
+		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/c.yaml": {Mode: fs.ModeDevice | fs.ModeCharDevice}}, "policies: d/c.yaml: is a character device, not a regular file"},
+	} {
+		p, err := LoadFS(tt.fsys, "d")
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("LoadFS(%v) = %v, %v; want %q", tt.fsys, p, err, tt.want)
+		}
+	}
+	fsys := fstest.MapFS{"d/a.yaml": {Data: valid}, "d/.b.yaml": {Mode: fs.ModeNamedPipe}, "d/..data/a.yaml": {Data: valid}, "d/sub/x.yaml": {Data: valid}}
+	if p, err := LoadFS(fsys, "d"); err != nil || len(p.Sources()) != 1 {
+		t.Errorf("LoadFS(hidden pipe, ..data, sub) = %v, %v; want the one a.yaml", p, err)
+	}
+}

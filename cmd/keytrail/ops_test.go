@@ -611,15 +611,24 @@ func TestPolicyStampIgnoresFilesTheLoaderDoesNotRead(t *testing.T) {
 			t.Errorf("writing %s changed the stamp: the watcher would reload for a file the loader never reads", name)
 		}
 	}
-	if err := os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o700); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if got := policyStamp(dir); got != before {
 		t.Errorf("a directory changed the stamp")
 	}
+	// A directory named *.yaml is refused by the loader ("is a
+	// directory, not a regular file"): the watcher must reload.
+	if err := os.Mkdir(filepath.Join(dir, "sub.yaml"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	refused := policyStamp(dir)
+	if refused == before {
+		t.Errorf("a directory named sub.yaml left the stamp unchanged: the loader reports it, the watcher must reload")
+	}
 	write("B.YAML", "x")
 	miscased := policyStamp(dir)
-	if miscased == before {
+	if miscased == refused {
 		t.Errorf("a miscased policy file left the stamp unchanged: the loader reports it, the watcher must reload")
 	}
 	write("a.yaml", "version: 1\n# changed\n")
