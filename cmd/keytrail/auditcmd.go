@@ -20,6 +20,7 @@ import (
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
+	"github.com/keytrail/keytrail/policies"
 )
 
 func newAuditCmd(e *env) *cobra.Command {
@@ -114,7 +115,7 @@ short of them.`,
 			if len(keyFiles) > 0 {
 				opts.Keys = map[string]ed25519.PublicKey{}
 				for _, kf := range keyFiles {
-					pemBytes, err := os.ReadFile(kf)
+					pemBytes, err := policies.ReadFile(kf) // not blocked on a FIFO, nor /dev/zero read whole
 					if err != nil {
 						return fmt.Errorf("audit verify: --key: %w", err)
 					}

@@ -9,17 +9,23 @@ import (
 	"strings"
 
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // The readers of the files the server configuration names. keytrail server
 // and keytrail config check call the same one for each file, so the check
 // accepts exactly what the server does. Every error names the file; the
-// caller adds the field.
+// caller adds the field. Each file is read as the config file is
+// (policies.ReadFile): a regular file, symlinks followed, of at most
+// policies.MaxFileSize bytes, so a mistaken path (a FIFO, /dev/zero, a
+// directory) is refused, naming it and what it is, instead of blocking the
+// start, a certificate reload or config check forever, or being read until
+// memory runs out.
 
 // loadCheckpointKey reads audit.checkpoint_key_file: an Ed25519 PKCS#8 PEM
 // private key.
 func loadCheckpointKey(path string) (*audit.Ed25519Signer, error) {
-	b, err := os.ReadFile(path)
+	b, err := policies.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -42,13 +48,13 @@ func (e *keyPairError) Error() string { return e.field + ": " + e.path + ": " + 
 // does (the certificate chain, the private key, and that they match); an
 // error is a *keyPairError naming the field of the file at fault.
 func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
-	certPEM, err := os.ReadFile(certFile)
+	certPEM, err := policies.ReadFile(certFile)
 	if err != nil {
-		return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, unwrapPath(err)}
+		return tls.Certificate{}, &keyPairError{"tls.cert_file", certFile, unwrapPath(certFile, err)}
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := policies.ReadFile(keyFile)
 	if err != nil {
-		return tls.Certificate{}, &keyPairError{"tls.key_file", keyFile, unwrapPath(err)}
+		return tls.Certificate{}, &keyPairError{"tls.key_file", keyFile, unwrapPath(keyFile, err)}
 	}
 	// Find which file is at fault before tls.X509KeyPair, whose errors
 	// say "certificate input" or "key input" at best.
@@ -100,13 +106,14 @@ func hasPEMBlock(data []byte, want func(string) bool) bool {
 	}
 }
 
-// unwrapPath is err without the "open PATH: " of an *os.PathError when
-// the caller names the path already.
-func unwrapPath(err error) string {
+// unwrapPath is err, an error reading path, without the "open PATH: " of
+// an *os.PathError or the "PATH: " of policies.ReadFile ("PATH: is a named
+// pipe, not a regular file") when the caller names the path already.
+func unwrapPath(path string, err error) string {
 	if pe, ok := err.(*os.PathError); ok {
 		return pe.Err.Error()
 	}
-	return err.Error()
+	return strings.TrimPrefix(err.Error(), path+": ")
 }
 
 // defaultCheckpointKey is the checkpoint key the server uses (and on

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -147,7 +146,7 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 				return policyProblems(e, err)
 			}
 			printPolicyWarnings(e, pol, nil)
-			raw, err := os.ReadFile(tokenFile)
+			raw, err := policies.ReadFile(tokenFile) // not blocked on a FIFO, nor /dev/zero read whole
 			if err != nil {
 				return fmt.Errorf("policy explain: --token: %w", err)
 			}

@@ -1,0 +1,124 @@
+//go:build unix
+
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// returnsWithin runs f in a goroutine and returns its error, failing the
+// test if it has not returned within a minute (a guard against blocking
+// forever on a named pipe, not a measure of speed).
+func returnsWithin(t *testing.T, what string, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(time.Minute):
+		t.Fatalf("%s did not return within a minute: blocked reading a named pipe", what)
+		return nil
+	}
+}
+
+// mkfifo makes a named pipe dir/name and returns its path.
+func mkfifo(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConfigFilesRefuseNonRegular: the files the server config names
+// (tls.cert_file, tls.key_file, audit.checkpoint_key_file), read at start,
+// at a certificate reload and by keytrail config check, are refused when
+// they are a named pipe or a device, naming the field and the path and what
+// it is, as the config and policy files are. Before, a FIFO blocked the
+// read forever (the server never started, config check never answered) and
+// /dev/zero was read until memory ran out.
+func TestConfigFilesRefuseNonRegular(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certFile, keyFile := writeKeyPair(t, dir, "serving", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	fifo := mkfifo(t, dir, "pipe.pem")
+	pipe := fifo + ": is a named pipe, not a regular file"
+
+	for _, tt := range []struct{ cert, key, want string }{
+		{fifo, keyFile, "tls.cert_file: " + pipe},
+		{certFile, fifo, "tls.key_file: " + pipe},
+		{"/dev/zero", keyFile, "tls.cert_file: /dev/zero: is a character device, not a regular file"},
+		{certFile, dir, "tls.key_file: " + dir + ": is a directory, not a regular file"},
+		// Unchanged: the system's error without its "open PATH: ".
+		{filepath.Join(dir, "missing.crt"), keyFile, "tls.cert_file: " + filepath.Join(dir, "missing.crt") + ": no such file or directory"},
+	} {
+		if strings.HasPrefix(tt.cert, "/dev/") {
+			if _, err := os.Stat(tt.cert); err != nil {
+				continue
+			}
+		}
+		err := returnsWithin(t, "loadKeyPair("+tt.cert+", "+tt.key+")", func() error { _, err := loadKeyPair(tt.cert, tt.key); return err })
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("loadKeyPair(%s, %s) = %v, want %q", tt.cert, tt.key, err, tt.want)
+		}
+	}
+
+	err := returnsWithin(t, "loadCheckpointKey(fifo)", func() error { _, err := loadCheckpointKey(fifo); return err })
+	if err == nil || err.Error() != pipe {
+		t.Errorf("loadCheckpointKey(%s) = %v, want %q", fifo, err, pipe)
+	}
+
+	// keytrail config check reads them with the same readers.
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	cfg := writeFile(t, dir, "config.yaml", "public_url: https://keytrail.internal\npolicy: "+pol+
+		"\nvault: {address: https://vault.internal:8200}\naudit: {file: "+filepath.Join(dir, "audit.jsonl")+", checkpoint_key_file: "+fifo+
+		"}\ntls: {cert_file: "+certFile+", key_file: "+fifo+"}\n")
+	var out, stderr string
+	err = returnsWithin(t, "keytrail config check", func() error {
+		var err error
+		out, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
+		return err
+	})
+	for _, want := range []string{"audit.checkpoint_key_file: " + pipe, "tls.key_file: " + pipe} {
+		if err == nil || !strings.Contains(out+stderr, want) {
+			t.Errorf("config check = %v\n%s%s\nwant a problem %q", err, out, stderr, want)
+		}
+	}
+}
+
+// TestFlagFilesRefuseNonRegular: a key file given to keytrail audit verify
+// (--key) and a token file given to keytrail policy explain (--token) are
+// refused when they are a named pipe, naming the flag and the path. Before,
+// the command blocked forever.
+func TestFlagFilesRefuseNonRegular(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := mkfifo(t, dir, "pipe")
+	pipe := fifo + ": is a named pipe, not a regular file"
+	auditFile := writeFile(t, dir, "audit.jsonl", "")
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"audit", "verify", "--key", fifo, auditFile}, "audit verify: --key: " + pipe},
+		{[]string{"policy", "explain", "--unverified", "--policy", "../../policies/examples", "--token", fifo, "--grant", "payments-vault"}, "policy explain: --token: " + pipe},
+	} {
+		var out string
+		err := returnsWithin(t, strings.Join(tt.args, " "), func() error {
+			var err error
+			out, _, err = runCLI(t, nil, tt.args...)
+			return err
+		})
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("keytrail %s = %v\n%s\nwant %q", strings.Join(tt.args, " "), err, out, tt.want)
+		}
+	}
+}
