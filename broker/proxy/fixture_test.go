@@ -205,10 +205,24 @@ func (s *notifySink) Append(ctx context.Context, ev *audit.Event) error {
 	return err
 }
 
-// discardSink accepts every event and keeps none (benchmarks).
+// discardSink accepts every event and keeps none (benchmarks). Like the
+// audit file keytrail server writes to (auditfile.Sink), it is a
+// broker.DeferredAuditSink: a proxied call's use_result event takes the
+// same path through Service.AuditDeferred as in the server, not the
+// goroutine AuditDeferred starts for a sink without AppendDeferred.
 type discardSink struct{}
 
 func (discardSink) Append(ctx context.Context, ev *audit.Event) error { return nil }
+
+// AppendDeferred reports success at once (auditfile.Sink reports it from
+// its writer goroutine once the event is durable).
+func (discardSink) AppendDeferred(ev *audit.Event, done func(error)) {
+	if done != nil {
+		done(nil)
+	}
+}
+
+var _ broker.DeferredAuditSink = discardSink{}
 
 // seenRequest is what the upstream recorded of one request.
 type seenRequest struct {

@@ -62,8 +62,12 @@ func proxiedAllocs(t *testing.T) (proxied, direct float64) {
 //	     its own pointer
 //	127  the cached issuance record read without a copy, the copy buffer
 //	     handed back without boxing a new pointer
+//	125  not a saving: the sink is a DeferredAuditSink, as the server's
+//	     audit file is, so use_result no longer takes the goroutine (and
+//	     its closure and detached context) of Service.AuditDeferred for a
+//	     sink without AppendDeferred, which the server never takes
 func TestProxyRequestAllocs(t *testing.T) {
-	const maxAdded = 127 + raceAllocs
+	const maxAdded = 125 + raceAllocs
 	proxied, direct := proxiedAllocs(t)
 	t.Logf("proxied %v, direct %v allocations, difference %v", proxied, direct, proxied-direct)
 	if proxied-direct > maxAdded {
