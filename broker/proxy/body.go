@@ -923,14 +923,68 @@ type responseWriter struct {
 	dropEarlyFlush bool
 }
 
-// init sets up a zero responseWriter (the one a call holds).
+// init sets up a zero responseWriter (the one a call holds). The staged
+// map is made when it is first asked for (Header): a proxied response's
+// are the upstream's own map (adopt).
 func (rw *responseWriter) init(w http.ResponseWriter) {
-	rw.w, rw.staged = w, http.Header{}
+	rw.w = w
 }
 
 // Header returns the staged headers; once the status is sent, a map that is
 // never sent (see responseWriter).
-func (rw *responseWriter) Header() http.Header { return rw.staged }
+func (rw *responseWriter) Header() http.Header {
+	if rw.staged == nil {
+		rw.staged = http.Header{}
+	}
+	return rw.staged
+}
+
+// adopt stages the headers of the upstream's response res, as
+// ModifyResponse leaves them (checked, hop-by-hop headers removed), by
+// taking res.Header's map itself, and leaves res.Header empty for
+// ReverseProxy's copy of it into Header() (copyHeader: Header.Add for
+// every value, each a canonicalisation and a new slice) that follows
+// ModifyResponse. The staged map and its values are the same as the copy
+// would make them; the one other use ReverseProxy makes of res.Header after
+// ModifyResponse is flushInterval, which flushes a response of known length
+// at once when its Content-Type is text/event-stream: a Content-Type that
+// may name it is left in res.Header for both, so that it is read and
+// staged as before (TestAdoptLeavesWhatReverseProxyReads). It must be the
+// last step of a ModifyResponse that succeeds: a refused response's
+// headers must not be staged.
+func (rw *responseWriter) adopt(res *http.Response) {
+	if len(rw.staged) != 0 {
+		// Nothing is staged before ModifyResponse (a 1xx's copy is
+		// cleared): should something be, ReverseProxy copies as it does.
+		return
+	}
+	h := res.Header
+	res.Header = rw.staged // nil or empty
+	if ct := h["Content-Type"]; len(ct) > 0 && res.ContentLength != -1 && mayNameEventStream(ct[0]) {
+		if res.Header == nil {
+			res.Header = http.Header{}
+		}
+		res.Header["Content-Type"] = ct
+		delete(h, "Content-Type")
+	}
+	rw.staged = h
+}
+
+// mayNameEventStream reports whether a Content-Type value may have the
+// media type text/event-stream for mime.ParseMediaType (which lower-cases
+// the part before ';'): whether it holds "event-stream" in any case. No
+// letter of it is the lower case of a non-ASCII character, so a value
+// without it cannot have that media type; it may report true for a value
+// that has another (which is then read as before).
+func mayNameEventStream(v string) bool {
+	const name = "event-stream"
+	for i := 0; i+len(name) <= len(v); i++ {
+		if strings.EqualFold(v[i:i+len(name)], name) {
+			return true
+		}
+	}
+	return false
+}
 
 func (rw *responseWriter) WriteHeader(code int) {
 	if rw.status != 0 || code < 200 {

@@ -982,7 +982,10 @@ func (c *call) modifyResponse(res *http.Response) error {
 	}
 	bodyless := r.Method == http.MethodHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
 	for name, vs := range res.Header {
-		if strings.HasPrefix(name, "X-Keytrail-") || name == "X-Request-Id" {
+		// A name without a value (which no transport parses) is
+		// dropped, as ReverseProxy's copy of the headers drops it
+		// (responseWriter.adopt hands them on without that copy).
+		if len(vs) == 0 || strings.HasPrefix(name, "X-Keytrail-") || name == "X-Request-Id" {
 			delete(res.Header, name)
 			continue
 		}
@@ -1033,6 +1036,7 @@ func (c *call) modifyResponse(res *http.Response) error {
 		rr.fill = int(min(res.ContentLength, redactChunk/2))
 	}
 	res.Body = rr
+	rw.adopt(res) // last: a refused response's headers are never staged
 	return nil
 }
 

@@ -66,8 +66,11 @@ func proxiedAllocs(t *testing.T) (proxied, direct float64) {
 //	     audit file is, so use_result no longer takes the goroutine (and
 //	     its closure and detached context) of Service.AuditDeferred for a
 //	     sink without AppendDeferred, which the server never takes
+//	117  the upstream response's header map staged as it is (adopt), not
+//	     copied value by value by ReverseProxy, and no staged map made
+//	     for it
 func TestProxyRequestAllocs(t *testing.T) {
-	const maxAdded = 125 + raceAllocs
+	const maxAdded = 117 + raceAllocs
 	proxied, direct := proxiedAllocs(t)
 	t.Logf("proxied %v, direct %v allocations, difference %v", proxied, direct, proxied-direct)
 	if proxied-direct > maxAdded {
