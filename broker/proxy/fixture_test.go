@@ -318,6 +318,14 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Fine", "kept")
 		w.Header().Set("X-Request-Id", "upstream-own-id")
 		_, _ = io.WriteString(w, "ok")
+	case r.URL.Path == "/up/early-hints":
+		// A 103 Early Hints interim response with a header of its own,
+		// then the final response without it.
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		w.Header().Set("X-Fine", "kept")
+		_, _ = io.WriteString(w, "ok")
 	case r.URL.Path == "/up/trailer-announced", r.URL.Path == "/up/trailer-unannounced":
 		// Trailers after a flushed body: one echoing the injected
 		// Authorization, one harmless. Announced ones are declared in a

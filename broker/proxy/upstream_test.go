@@ -90,6 +90,20 @@ func TestProxyUpstreamBehaviour(t *testing.T) {
 			},
 		},
 		{
+			// ReverseProxy copies an interim response's headers into the
+			// staging writer and clears them; the final response's are
+			// staged on their own (responseWriter.adopt).
+			name: "ok/interim-response-is-not-relayed", path: "/up/early-hints", wantStatus: 200,
+			wantUse: audit.Outcome{Status: 200},
+			check: func(t *testing.T, res *response) {
+				got := []any{res.Header.Values("Link"), res.Header.Get("X-Fine"), res.Body}
+				want := []any{[]string(nil), "kept", "ok"}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("response [link fine body] (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
 			name: "ok/announced-trailers-are-dropped", path: "/up/trailer-announced", wantStatus: 200,
 			wantUse: audit.Outcome{Status: 200},
 			check:   wantNoTrailers,
