@@ -35,7 +35,16 @@ type Options struct {
 	// in clear.
 	Addr              string
 	AllowInsecureHTTP bool
-	// HTTPClient sends the requests; default: a client with DefaultTimeout.
+	// HTTPClient sends the requests; default: a client with DefaultTimeout
+	// over net/http's DefaultTransport. New copies it (and never follows a
+	// redirect). An *http.Transport with a Proxy function (as net/http's
+	// default one has) is copied too, to name a proxy that refuses the
+	// tunnel (ProxyError): Clients over the same transport share one copy
+	// and its connection pool, made at the first New; the transport's
+	// fields are read then, and later changes to them are not seen. The
+	// transport's own CloseIdleConnections does not reach that copy: call
+	// the Client's. A transport without a Proxy function, one with its own
+	// OnProxyConnectResponse, or another RoundTripper is used as it is.
 	HTTPClient *http.Client
 	// Now is the clock used to compute expiry times; default time.Now.
 	Now func() time.Time
@@ -53,7 +62,9 @@ type Client struct {
 	proxy func(*http.Request) (*url.URL, error)
 }
 
-// New validates o and returns a Client.
+// New validates o and returns a Client. Clients made over the same
+// transport (Options.HTTPClient) share its connections; make one Client
+// per broker and reuse it, as an http.Client.
 func New(o Options) (*Client, error) {
 	addr := strings.TrimSpace(o.Addr)
 	if addr == "" {
@@ -65,9 +76,8 @@ func New(o Options) (*Client, error) {
 	// Never follow a redirect: a 307/308 would re-send the form, identity
 	// token included, to whatever the Location names (plain http to any
 	// host too, past checkURL). A caller's client is copied, not changed;
-	// so is its *http.Transport, to name a proxy that refuses CONNECT (see
-	// ProxyError; without one, a copy of net/http's default transport
-	// shared by all clients).
+	// so is its *http.Transport with a Proxy function, to name a proxy that
+	// refuses CONNECT (see ProxyError, proxyAware).
 	hc := &http.Client{Timeout: DefaultTimeout}
 	if o.HTTPClient != nil {
 		c := *o.HTTPClient
@@ -86,6 +96,11 @@ func New(o Options) (*Client, error) {
 	}
 	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua, proxy: proxy}, nil
 }
+
+// CloseIdleConnections closes the idle connections of the transport the
+// Client sends with: the caller's, or the copy of it that the Clients over
+// it share (see Options.HTTPClient), for all of them.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
 
 // CheckAddr checks a keytrail server address as New does (https, or http
 // to a loopback host unless allowInsecureHTTP; no user info, query or

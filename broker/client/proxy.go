@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"runtime"
 	"sync"
 	"time"
+	"weak"
 )
 
 // maxStatusText bounds how much of an answer's status line (untrusted text
@@ -83,14 +85,16 @@ func retryAfter(h http.Header, sent time.Time) time.Duration {
 }
 
 // proxyAware is what New makes of the caller's transport: for an
-// *http.Transport (net/http's default one when none is given), a copy whose
-// refused CONNECT is a *ProxyError (net/http's own error is the bare status
-// text, "Proxy Authentication Required", which reads as the broker's), and
-// its Proxy function, to tell a forwarding proxy's own answer from the
-// broker's. The copy of net/http's default transport is made once and
-// shared, as the default transport is. A transport with its own
-// OnProxyConnectResponse, or another RoundTripper, is used as it is (the
-// latter with no proxy known).
+// *http.Transport (net/http's default one when none is given) with a Proxy
+// function, a copy whose refused CONNECT is a *ProxyError (net/http's own
+// error is the bare status text, "Proxy Authentication Required", which
+// reads as the broker's), and its Proxy function, to tell a forwarding
+// proxy's own answer from the broker's. Clients over the same transport
+// share one copy (sharedCopy), and with it its idle connections, as they
+// would share the transport. A transport without a Proxy function never
+// meets a proxy and is used as it is, as is one with its own
+// OnProxyConnectResponse, or another RoundTripper (the latter with no
+// proxy known).
 func proxyAware(rt http.RoundTripper) (http.RoundTripper, func(*http.Request) (*url.URL, error)) {
 	if rt == nil {
 		rt = http.DefaultTransport
@@ -99,30 +103,48 @@ func proxyAware(rt http.RoundTripper) (http.RoundTripper, func(*http.Request) (*
 	if !ok {
 		return rt, nil
 	}
-	if t.OnProxyConnectResponse == nil {
-		if t == http.DefaultTransport {
-			t = sharedDefault(t)
-		} else {
-			t = withConnectRefusal(t)
-		}
+	if t.Proxy != nil && t.OnProxyConnectResponse == nil {
+		t = sharedCopy(t)
 	}
 	return t, t.Proxy
 }
 
-// defaultCopy is the copy of net/http's DefaultTransport (from) that
-// clients without a transport of their own share.
-var defaultCopy struct {
+// copies maps a caller's transport to the copy (withConnectRefusal) that
+// Clients over it share. Both are held weakly: a Client holds its copy,
+// and the copy's idle connections hold it too (their goroutines refer to
+// it), so that a copy is shared for as long as it is in use, and the map
+// keeps neither alive, even when the caller's Proxy function refers to its
+// transport. An entry goes when the caller's transport is collected.
+var copies struct {
 	sync.Mutex
-	from, to *http.Transport
+	m map[weak.Pointer[http.Transport]]weak.Pointer[http.Transport]
 }
 
-func sharedDefault(t *http.Transport) *http.Transport {
-	defaultCopy.Lock()
-	defer defaultCopy.Unlock()
-	if defaultCopy.from != t {
-		defaultCopy.from, defaultCopy.to = t, withConnectRefusal(t)
+// sharedCopy is the copy of t that Clients over t share, made when none is
+// in use.
+func sharedCopy(t *http.Transport) *http.Transport {
+	key := weak.Make(t)
+	copies.Lock()
+	defer copies.Unlock()
+	cp, known := copies.m[key]
+	if c := cp.Value(); c != nil {
+		return c
 	}
-	return defaultCopy.to
+	if !known {
+		if copies.m == nil {
+			copies.m = make(map[weak.Pointer[http.Transport]]weak.Pointer[http.Transport])
+		}
+		runtime.AddCleanup(t, forgetCopy, key)
+	}
+	c := withConnectRefusal(t)
+	copies.m[key] = weak.Make(c)
+	return c
+}
+
+func forgetCopy(key weak.Pointer[http.Transport]) {
+	copies.Lock()
+	defer copies.Unlock()
+	delete(copies.m, key)
 }
 
 // withConnectRefusal is a copy of t whose refused CONNECT is a *ProxyError.

@@ -176,7 +176,9 @@ func TestProxyStatusLineIsClippedAndPrintable(t *testing.T) {
 // TestClientsWithoutTransportShareOne: New copies net/http's default
 // transport to name a proxy refusing CONNECT; clients without a transport
 // of their own share that copy (and its idle connections), as they shared
-// the default transport, while a caller's transport is copied, not changed.
+// the default transport. A caller's transport with a Proxy function is
+// copied, not changed, and clients over it share the copy; one without a
+// Proxy function (it never meets a proxy) is used as it is.
 func TestClientsWithoutTransportShareOne(t *testing.T) {
 	a, err := New(Options{})
 	if err != nil {
@@ -189,12 +191,24 @@ func TestClientsWithoutTransportShareOne(t *testing.T) {
 	if a.hc.Transport != b.hc.Transport || a.hc.Transport == http.DefaultTransport {
 		t.Errorf("transports %p, %p (default %p): want one shared copy of the default", a.hc.Transport, b.hc.Transport, http.DefaultTransport)
 	}
-	own := &http.Transport{}
+	own := &http.Transport{Proxy: http.ProxyFromEnvironment}
 	c, err := New(Options{HTTPClient: &http.Client{Transport: own}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.hc.Transport == own || own.OnProxyConnectResponse != nil {
-		t.Error("the caller's transport was used or changed, want a copy")
+	d, err := New(Options{HTTPClient: &http.Client{Transport: own}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.hc.Transport == own || own.OnProxyConnectResponse != nil || c.hc.Transport != d.hc.Transport {
+		t.Error("the caller's transport was used or changed, or its copy not shared; want one shared copy")
+	}
+	direct := &http.Transport{}
+	e, err := New(Options{HTTPClient: &http.Client{Transport: direct}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.hc.Transport != direct {
+		t.Error("a transport without a Proxy function was copied, want it used as it is")
 	}
 }
