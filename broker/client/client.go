@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -308,6 +309,11 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
+	via := c.proxyFor(req)
+	var tlsStarts *atomic.Int32
+	if via != nil && via.Scheme == "https" {
+		req, tlsStarts = countTLSHandshakes(req)
+	}
 	sent := c.now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -316,13 +322,18 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 			pe.setRetryAfter(sent)
 			return nil, pe
 		}
+		if tlsStarts != nil && tlsStarts.Load() == 1 {
+			// Only the https proxy's handshake began: a TLS alert is
+			// its, not the broker's.
+			err = proxyAlert(via, err)
+		}
 		// *url.Error names the URL, never the body; still, say only what
 		// happened at the transport.
 		return nil, fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 && (resp.StatusCode == http.StatusProxyAuthRequired || resp.Header.Get("X-Request-Id") == "") {
-		if p := c.forwardingProxy(req); p != nil {
+		if p := forwarding(req, via); p != nil {
 			pe := newProxyError(p, resp, true)
 			pe.setRetryAfter(sent)
 			return nil, pe

@@ -218,8 +218,17 @@ func IsCertificateError(err error) bool {
 // missing the certificate may answer "tls: handshake failure" instead (Go
 // does), which says no more than that the handshake failed: not one.
 // It asks for mutual TLS: the client certificate is set in the
-// *http.Transport's TLSClientConfig (Options.HTTPClient). Retrying cannot
-// help until the client's certificate or the server's trust changes.
+// *http.Transport's TLSClientConfig (Options.HTTPClient), which net/http
+// presents to an https proxy too. Retrying cannot help until the client's
+// certificate or the server's trust changes.
+// An https proxy's alert is named as the proxy's: err then holds a
+// *net.OpError with Op "proxyconnect" and Addr the proxy's host:port, as
+// net/http's failures at the proxy ("proxyconnect tcp 10.0.0.5:3128: the
+// https proxy refused the TLS connection: remote error: tls: certificate
+// required"). net/http itself names it so only for an alert during the
+// handshake (TLS 1.2); Exchange does for a TLS 1.3 proxy's, which comes
+// after the client's side of it (with an *http.Transport, whose Proxy
+// function tells the proxy).
 func IsClientCertificateRefused(err error) bool {
 	var ae tls.AlertError
 	if errors.As(err, &ae) {

@@ -2,11 +2,15 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"weak"
 )
@@ -159,17 +163,89 @@ func withConnectRefusal(t *http.Transport) *http.Transport {
 	return t
 }
 
-// forwardingProxy is the HTTP proxy that forwarded req itself (a plain-http
-// request through HTTP_PROXY), or nil: no proxy, a SOCKS proxy (the answer
-// through it is the server's), or an https request (tunnelled by CONNECT,
-// the answer is the broker's).
-func (c *Client) forwardingProxy(req *http.Request) *url.URL {
-	if c.proxy == nil || req.URL.Scheme != "http" {
+// proxyFor is the proxy the transport sends req through (its Proxy
+// function's answer), or nil: none, or unknown (not an *http.Transport).
+func (c *Client) proxyFor(req *http.Request) *url.URL {
+	if c.proxy == nil {
 		return nil
 	}
 	p, err := c.proxy(req)
-	if err != nil || p == nil || (p.Scheme != "http" && p.Scheme != "https") {
+	if err != nil {
 		return nil
 	}
 	return p
 }
+
+// forwarding is the HTTP proxy via that forwarded req itself (a plain-http
+// request through HTTP_PROXY), or nil: no proxy, a SOCKS proxy (the answer
+// through it is the server's), or an https request (tunnelled by CONNECT,
+// the answer is the broker's).
+func forwarding(req *http.Request, via *url.URL) *url.URL {
+	if via == nil || req.URL.Scheme != "http" || (via.Scheme != "http" && via.Scheme != "https") {
+		return nil
+	}
+	return via
+}
+
+// countTLSHandshakes is req with a trace (added to any of the caller's)
+// counting the TLS handshakes begun for it: through an https proxy, the
+// proxy's, then, for an https broker, the broker's in the tunnel. With
+// none, the connection was one already open.
+func countTLSHandshakes(req *http.Request) (*http.Request, *atomic.Int32) {
+	n := new(atomic.Int32)
+	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{TLSHandshakeStart: func() { n.Add(1) }})
+	return req.WithContext(ctx), n
+}
+
+// proxyAlert is err, net/http's failure of a request through the https
+// proxy via before the broker's TLS handshake began, named as the proxy's
+// when it is a TLS alert received: a failure at the proxy as net/http
+// names those (a *net.OpError "proxyconnect"), with the proxy's host:port
+// (never its URL's user info). net/http does so itself, without the
+// address, only for an alert during the handshake (TLS 1.2); a TLS 1.3
+// server refusing the client's certificate sends it after the client's
+// side of the handshake, read as the answer to CONNECT (or to the
+// forwarded request).
+func proxyAlert(via *url.URL, err error) error {
+	var alert *net.OpError
+	for e := err; errors.As(e, &alert); e = alert.Err {
+		if alert.Op == "remote error" {
+			break
+		}
+	}
+	var ue *url.Error
+	if alert == nil || alert.Op != "remote error" || !errors.As(err, &ue) {
+		return err
+	}
+	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &net.OpError{Op: "proxyconnect", Net: "tcp", Addr: proxyAddr(via), Err: &proxyTLSError{alert}}}
+}
+
+// proxyAddr is the host:port of the proxy at u (net/http's default port
+// for its scheme when it has none).
+func proxyAddr(u *url.URL) net.Addr {
+	port := u.Port()
+	if port == "" {
+		port = "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+	}
+	return hostPort(net.JoinHostPort(u.Hostname(), port))
+}
+
+type hostPort string
+
+func (hostPort) Network() string  { return "tcp" }
+func (a hostPort) String() string { return string(a) }
+
+// proxyTLSError is a TLS alert of an https proxy, in the *net.OpError
+// "proxyconnect" naming it: "proxyconnect tcp 10.0.0.5:3128: the https
+// proxy refused the TLS connection: remote error: tls: certificate
+// required".
+type proxyTLSError struct{ alert error }
+
+func (e *proxyTLSError) Error() string {
+	return "the https proxy refused the TLS connection: " + e.alert.Error()
+}
+
+func (e *proxyTLSError) Unwrap() error { return e.alert }

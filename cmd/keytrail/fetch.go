@@ -433,9 +433,15 @@ func clientCertificateFailure(err error, addr string) string {
 		}
 	}
 	const cannot = "it requires a client certificate it trusts (mutual TLS), which fetch and exec cannot present: they have no client certificate setting"
-	if proxyFailure(err) != nil {
+	if px := proxyFailure(err); px != nil {
+		// client.Exchange names the https proxy's alert so, with its
+		// host:port (never the URL's user info).
 		v := proxyVariable(broker)
-		return fmt.Sprintf("the proxy (%s) for the broker at %s refused the TLS connection: %s: %s; use a proxy that does not require one in %s, or list the broker's host in NO_PROXY to reach it without the proxy", v, broker, cause, cannot, v)
+		proxy := "the proxy (" + v + ")"
+		if px.Addr != nil {
+			proxy = fmt.Sprintf("the proxy at %s (%s)", px.Addr, v)
+		}
+		return fmt.Sprintf("%s for the broker at %s refused the TLS connection: %s: %s; use a proxy that does not require one in %s, or list the broker's host in NO_PROXY to reach it without the proxy", proxy, broker, cause, cannot, v)
 	}
 	return fmt.Sprintf("the broker at %s refused the TLS connection: %s: %s; reach it at an address that does not require one (the broker's tls.client_ca_file unset), or fetch with the Go client (broker/client), whose Options.HTTPClient can present one", broker, cause, cannot)
 }

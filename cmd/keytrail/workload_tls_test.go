@@ -280,3 +280,39 @@ func TestClientCertificateRequiredIsNotRetried(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyRequiringClientCertificateIsNamed: an https proxy
+// (HTTPS_PROXY=https://...) requiring a client certificate refuses fetch
+// and exec with a TLS 1.3 alert that arrives after their side of the
+// handshake, which net/http does not name as the proxy's: they said 'the
+// broker at X refused the TLS connection: ...; reach it at an address that
+// does not require one (the broker's tls.client_ca_file unset)', sending
+// the operator to a broker that was never reached. They now name the
+// proxy, by its host:port (never its user info), and say to use another
+// proxy or NO_PROXY.
+func TestProxyRequiringClientCertificateIsNamed(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	proxy := newTLSBroker(t, &tls.Config{ClientCAs: x509.NewCertPool(), ClientAuth: tls.RequireAndVerifyClientCert})
+	caFile := writeCAFile(t, dir, "proxy-ca.pem", proxy.Certificate())
+	host := proxy.Listener.Addr().String()
+	env := []string{"SSL_CERT_FILE=" + caFile, "HTTPS_PROXY=https://PROXY-USER-MARKER:PROXY-PW-MARKER@" + host}
+	want := "keytrail: g: the proxy at " + host + " (HTTPS_PROXY) for the broker at " + addr + " refused the TLS connection: remote error: tls: certificate required: " +
+		"it requires a client certificate it trusts (mutual TLS), which fetch and exec cannot present: they have no client certificate setting; " +
+		"use a proxy that does not require one in HTTPS_PROXY, or list the broker's host in NO_PROXY to reach it without the proxy\n"
+	for _, cmd := range [][]string{
+		{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "3s"},
+		{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--env", "T", "--timeout", "3s", "--", "touch", filepath.Join(dir, "ran")},
+	} {
+		_, stderr, code := runKeytrailProcess(t, env, cmd...)
+		if code != 1 || stderr != want {
+			t.Errorf("keytrail %s: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], code, stderr, want)
+		}
+	}
+	for _, f := range []string{"cred", "ran"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s exists (stat: %v): nothing should be written or run", f, err)
+		}
+	}
+}
