@@ -346,6 +346,10 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	if len(body) > maxResponseBody {
 		return nil, fmt.Errorf("keytrail broker: response larger than %d bytes", maxResponseBody)
 	}
+	if resp.StatusCode == http.StatusBadRequest && req.URL.Scheme == "http" && resp.Header.Get("X-Request-Id") == "" &&
+		bytes.HasPrefix(body, []byte(httpsPortAnswer)) {
+		return nil, &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
+	}
 	return parseResponse(resp.StatusCode, resp.Header, body, sent)
 }
 

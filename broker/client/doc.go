@@ -12,7 +12,8 @@
 //     retrying can help: besides the broker's own refusals, a broker
 //     certificate that does not verify (IsCertificateError), a TLS alert
 //     refusing the client's certificate (IsClientCertificateRefused), a
-//     plain-HTTP answer to an https address (IsPlainHTTPAnswer) and a
+//     plain-HTTP answer to an https address (IsPlainHTTPAnswer), an https
+//     server's answer to an http one (ErrHTTPSPort) and a
 //     SOCKS5 proxy's refused login or rules are permanent. An HTTP proxy's
 //     own answer (a refused CONNECT; to a plain-http broker, an answer
 //     without X-Request-Id) is *ProxyError, and a 5xx without X-Request-Id

@@ -150,9 +150,33 @@ func (e *IdentityError) Unwrap() error { return e.Err }
 // credential nobody receives.
 var ErrBadResponse = errors.New("not a keytrail token response")
 
+// ErrHTTPSPort is wrapped by the error for an http:// address whose server
+// speaks https: it answered the plain-HTTP request as net/http does on a
+// TLS port, outside any handler (so without the X-Request-Id of the
+// broker's answers), "400 Bad Request" with "Client sent an HTTP request
+// to an HTTPS server.". The default address (DefaultAddr, http) names a
+// local broker serving TLS so, say. Use https:// in the address. It is
+// permanent.
+var ErrHTTPSPort = errors.New("plain http to a server that speaks https")
+
+// httpsPortAnswer is the start of net/http's answer to plain HTTP on a TLS
+// port.
+const httpsPortAnswer = "Client sent an HTTP request to an HTTPS server."
+
+// httpsPortError is the error for ErrHTTPSPort, naming the address (addr,
+// an http URL without user info, query or fragment, checkURL).
+type httpsPortError struct{ addr string }
+
+func (e *httpsPortError) Error() string {
+	return "keytrail broker: the server at " + e.addr + " answered that it speaks https (400 " + httpsPortAnswer + "): use https://" + strings.TrimPrefix(e.addr, "http://")
+}
+
+func (e *httpsPortError) Is(target error) bool { return target == ErrHTTPSPort }
+
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
-// not a token response (ErrBadResponse), a certificate that does not
+// not a token response (ErrBadResponse), plain http to a server that
+// speaks https (ErrHTTPSPort), a certificate that does not
 // verify (IsCertificateError), a TLS alert refusing the client's
 // certificate or its absence (IsClientCertificateRefused), a plain-HTTP
 // answer to the TLS handshake (IsPlainHTTPAnswer), an HTTP proxy's own
@@ -166,7 +190,7 @@ func IsPermanent(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrBadResponse) || IsCertificateError(err) || IsClientCertificateRefused(err) || IsPlainHTTPAnswer(err) || socksRefused(err) {
+	if errors.Is(err, ErrBadResponse) || errors.Is(err, ErrHTTPSPort) || IsCertificateError(err) || IsClientCertificateRefused(err) || IsPlainHTTPAnswer(err) || socksRefused(err) {
 		return true
 	}
 	var px *ProxyError

@@ -471,6 +471,20 @@ func plainHTTPFailure(err error, addr string) string {
 	return fmt.Sprintf("the broker at %s answered in plain HTTP: enable TLS on the broker, or use %s in --addr (or KEYTRAIL_ADDR) with --allow-insecure-http (the identity token then crosses the network in clear)", broker, use)
 }
 
+// httpsPortFailure says that the broker at addr, an http URL, answered
+// that it speaks https (client.ErrHTTPSPort: net/http's answer to plain
+// HTTP on its TLS port), and which address to use instead.
+func httpsPortFailure(addr string) string {
+	u, err := url.Parse(strings.TrimRight(strings.TrimSpace(addr), "/"))
+	if err != nil {
+		u = &url.URL{}
+	}
+	shown := &url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	broker := shown.String()
+	shown.Scheme = "https"
+	return fmt.Sprintf("the broker at %s answered that it speaks https (400 Client sent an HTTP request to an HTTPS server.): use %s in --addr (or KEYTRAIL_ADDR)", broker, shown)
+}
+
 // refusedHint is what to check after a refused connection: the broker's
 // address, or the proxy's when the proxy refused.
 func refusedHint(err error) string {
@@ -515,6 +529,8 @@ func permanentError(grant string, id client.IdentitySource, err error, addr stri
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, clientCertificateFailure(err, addr))}
 	case client.IsPlainHTTPAnswer(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, plainHTTPFailure(err, addr))}
+	case errors.Is(err, client.ErrHTTPSPort):
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, httpsPortFailure(addr))}
 	case socksFailure(err, addr) != "":
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, socksFailure(err, addr), socksHint(err))}
 	case errors.As(err, &be) && be.Code == client.CodeInvalidGrant:

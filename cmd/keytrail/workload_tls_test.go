@@ -316,3 +316,26 @@ func TestProxyRequiringClientCertificateIsNamed(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainHTTPToTLSBrokerIsNamed: an http:// --addr (or KEYTRAIL_ADDR, or
+// the default http://127.0.0.1:7700) naming a broker that serves TLS got
+// net/http's answer to plain HTTP on a TLS port, '400 Bad Request', read
+// as the broker's refusal: 'keytrail: g: keytrail broker: 400: Bad
+// Request: the broker refused the request'. fetch and exec now say that
+// the broker speaks https and which address to use.
+func TestPlainHTTPToTLSBrokerIsNamed(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	broker := newTLSBroker(t, nil)
+	hostPort := broker.Listener.Addr().String()
+	want := "keytrail: g: the broker at http://" + hostPort + " answered that it speaks https (400 Client sent an HTTP request to an HTTPS server.): use https://" + hostPort + " in --addr (or KEYTRAIL_ADDR)\n"
+	for _, cmd := range [][]string{
+		{"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", "http://" + hostPort, "--out", filepath.Join(dir, "cred"), "--timeout", "3s"},
+		{"exec", "--grant", "g", "--identity-token-file", tokenFile, "--env", "T", "--timeout", "3s", "--", "touch", filepath.Join(dir, "ran")},
+	} {
+		_, stderr, code := runKeytrailProcess(t, []string{"KEYTRAIL_ADDR=http://" + hostPort + "/"}, cmd...)
+		if code != 1 || stderr != want {
+			t.Errorf("keytrail %s: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], code, stderr, want)
+		}
+	}
+}
