@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 	"unicode"
+
+	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
 // answering is an HTTP server that answers every request (CONNECT
@@ -136,28 +138,14 @@ func exchangeErrInsecure(t *testing.T, addr string, hc *http.Client) error {
 // forwarding proxy's answer alike.
 func TestProxyStatusLineIsClippedAndPrintable(t *testing.T) {
 	reason := "Bad\x1b[2J\x9b31m Gateway " + strings.Repeat("A", 500)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
-					return
-				}
-				_, _ = io.WriteString(conn, "HTTP/1.1 502 "+reason+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-			}()
+	proxy := brokertest.ServeConns(t, func(conn net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
+			return
 		}
-	}()
+		_, _ = io.WriteString(conn, "HTTP/1.1 502 "+reason+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	})
 	for _, addr := range []string{"https://keytrail.example:7700", "http://keytrail.example:7700"} {
-		err := exchangeErrInsecure(t, addr, through(ln.Addr().String()))
+		err := exchangeErrInsecure(t, addr, through(proxy))
 		var pe *ProxyError
 		if !errors.As(err, &pe) || pe.Status != 502 {
 			t.Fatalf("Exchange of %s through the proxy = %v, want its 502 as a *ProxyError", addr, err)

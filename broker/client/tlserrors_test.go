@@ -96,47 +96,11 @@ func TestCertificateErrorIsPermanent(t *testing.T) {
 		})
 	}
 	// Other TLS and transport failures stay transient.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close() // no handshake at all
-		}
-	}()
-	defer ln.Close()
-	err = exchangeErr(t, "https://"+ln.Addr().String(), &http.Client{Transport: &http.Transport{}})
+	closing := brokertest.ServeConns(t, func(net.Conn) {}) // closes each connection, no handshake at all
+	err := exchangeErr(t, "https://"+closing, &http.Client{Transport: &http.Transport{}})
 	if IsCertificateError(err) || !IsTransient(err) {
 		t.Errorf("a connection closed during the handshake (%v): IsCertificateError %v, IsTransient %v; want false, true", err, IsCertificateError(err), IsTransient(err))
 	}
-}
-
-// socksServer is a SOCKS5 proxy on loopback that answers every client's
-// greeting with reply.
-func socksServer(t *testing.T, reply func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = conn.Read(make([]byte, 300)) // the greeting
-			reply(conn)
-			conn.Close()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // TestSOCKSRefusalIsPermanent: a SOCKS5 proxy (HTTPS_PROXY=socks5://...)
@@ -170,7 +134,7 @@ func TestSOCKSRefusalIsPermanent(t *testing.T) {
 		{"host-unreachable", authThen(0, 4, 0, 1, 0, 0, 0, 0, 0, 0), false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			proxy := &url.URL{Scheme: "socks5", User: url.UserPassword("u", "p"), Host: socksServer(t, c.reply)}
+			proxy := &url.URL{Scheme: "socks5", User: url.UserPassword("u", "p"), Host: brokertest.SOCKSProxy(t, c.reply)}
 			err := exchangeErr(t, "https://keytrail.internal:7700", &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}})
 			if !strings.Contains(err.Error(), "socks connect") {
 				t.Fatalf("Exchange = %v, want a SOCKS failure", err)

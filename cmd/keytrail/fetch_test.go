@@ -25,6 +25,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/client"
 )
 
@@ -1131,28 +1132,13 @@ func TestSOCKSProxyFailureNamesTheProxy(t *testing.T) {
 		}, "connection refused"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				for {
-					conn, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					_, _ = conn.Read(make([]byte, 300)) // the greeting
-					c.reply(conn)
-					conn.Close()
-				}
-			}()
-			proxyURL := &url.URL{Scheme: "socks5", User: url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER"), Host: ln.Addr().String()}
+			socks := brokertest.SOCKSProxy(t, c.reply)
+			proxyURL := &url.URL{Scheme: "socks5", User: url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER"), Host: socks}
 			xerr := exchangeThroughProxy(t, addr, proxyURL, tokenFile)
 			if xerr == nil {
 				t.Fatal("Exchange through a refusing SOCKS proxy succeeded")
 			}
-			want := "the SOCKS proxy at " + ln.Addr().String() + " (HTTPS_PROXY) for the broker at " + addr + " failed: " + c.cause
+			want := "the SOCKS proxy at " + socks + " (HTTPS_PROXY) for the broker at " + addr + " failed: " + c.cause
 			if got := retryReason(xerr, addr); got != want {
 				t.Errorf("retryReason = %q, want %q", got, want)
 			}

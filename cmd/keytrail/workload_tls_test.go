@@ -153,29 +153,16 @@ func TestProxyCertificateFailureNamesTheProxy(t *testing.T) {
 func TestSOCKSRefusalIsNotRetried(t *testing.T) {
 	dir := t.TempDir()
 	tokenFile := writeTokenFile(t, dir)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = conn.Read(make([]byte, 300)) // the greeting
-			_, _ = conn.Write([]byte{5, 2})     // username/password
-			_, _ = conn.Read(make([]byte, 600))
-			_, _ = conn.Write([]byte{1, 1}) // refused
-			conn.Close()
-		}
-	}()
+	socks := brokertest.SOCKSProxy(t, func(conn net.Conn) {
+		_, _ = conn.Write([]byte{5, 2}) // username/password
+		_, _ = conn.Read(make([]byte, 600))
+		_, _ = conn.Write([]byte{1, 1}) // refused
+	})
 	const addr = "https://keytrail.example"
-	proxy := "socks5://PROXY-USER-MARKER:PROXY-PW-MARKER@" + ln.Addr().String()
+	proxy := "socks5://PROXY-USER-MARKER:PROXY-PW-MARKER@" + socks
 	_, stderr, code := runKeytrailProcess(t, []string{"HTTPS_PROXY=" + proxy},
 		"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "3s")
-	want := "keytrail: g: the SOCKS proxy at " + ln.Addr().String() + " (HTTPS_PROXY) for the broker at " + addr +
+	want := "keytrail: g: the SOCKS proxy at " + socks + " (HTTPS_PROXY) for the broker at " + addr +
 		" failed: username/password authentication failed: check the proxy's user name and password in the proxy URL (socks5://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy\n"
 	if code != 1 || stderr != want {
 		t.Errorf("fetch through a SOCKS proxy refusing the login: exit %d, stderr %q; want exit 1 at once with %q", code, stderr, want)
