@@ -801,11 +801,7 @@ func testMinimumVaultPolicy(t *testing.T, tokenRole string) {
 
 	var vaultIss tokenResponse
 	t.Run("ok/vault-token", func(t *testing.T) {
-		status, body, _ := s.exchange(t, workload("pod-1"), "payments-vault", nil)
-		if status != 200 {
-			t.Fatalf("exchange payments-vault = %d %s\n--- broker log ---\n%s", status, body, s.broker.Logs())
-		}
-		mustJSON(t, body, &vaultIss)
+		vaultIss = s.issue(t, workload("pod-1"), "payments-vault", nil)
 		if err := minted(vaultIss.AccessToken); err != nil {
 			t.Errorf("lookup-self with the minted token = %v", err)
 		}
@@ -824,12 +820,7 @@ func testMinimumVaultPolicy(t *testing.T, tokenRole string) {
 	})
 
 	t.Run("ok/jwt", func(t *testing.T) {
-		status, body, _ := s.exchange(t, workload("pod-2"), "orders-jwt", nil)
-		if status != 200 {
-			t.Fatalf("exchange orders-jwt = %d %s\n--- broker log ---\n%s", status, body, s.broker.Logs())
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
+		res := s.issue(t, workload("pod-2"), "orders-jwt", nil)
 		kf, err := keyfunc.NewDefaultCtx(ctx, []string{s.brokerURL + "/.well-known/jwks.json"})
 		if err != nil {
 			t.Fatal(err)

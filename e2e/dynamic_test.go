@@ -93,12 +93,7 @@ func TestDynamicCredentialsAgainstRealVaultAndPostgres(t *testing.T) {
 
 		// Exchange.
 		start := time.Now()
-		status, body, _ := env.exchange(t, workloadToken(t, "pod-db-1"), "payments-db", nil)
-		if status != 200 {
-			t.Fatalf("exchange = %d %s, want 200\nbroker log:\n%s", status, body, env.broker.Logs())
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
+		res := env.issue(t, workloadToken(t, "pod-db-1"), "payments-db", nil)
 		username, _ := res.Credential["username"].(string)
 		password, _ := res.Credential["password"].(string)
 		leaseID, _ := res.Credential["lease_id"].(string)
@@ -211,12 +206,7 @@ func TestDynamicCredentialsAgainstRealVaultAndPostgres(t *testing.T) {
 		})
 
 		before := time.Now().Truncate(time.Second)
-		status, body, _ := env.exchange(t, workloadToken(t, "pod-cert-1"), "payments-cert", nil)
-		if status != 200 {
-			t.Fatalf("exchange = %d %s, want 200\nbroker log:\n%s", status, body, env.broker.Logs())
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
+		res := env.issue(t, workloadToken(t, "pod-cert-1"), "payments-cert", nil)
 		certPEM, _ := res.Credential["certificate"].(string)
 		keyPEM, _ := res.Credential["private_key"].(string)
 		issuing, _ := res.Credential["issuing_ca"].(string)
@@ -280,12 +270,7 @@ func TestDynamicCredentialsAgainstRealVaultAndPostgres(t *testing.T) {
 	// not keep the certificate from being revoked: its issuance records the
 	// mount that issued it.
 	t.Run("ok/pki-revoked-after-its-grant-is-removed", func(t *testing.T) {
-		status, body, _ := env.exchange(t, workloadToken(t, "pod-cert-2"), "payments-cert", nil)
-		if status != 200 {
-			t.Fatalf("exchange = %d %s, want 200\nbroker log:\n%s", status, body, env.broker.Logs())
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
+		res := env.issue(t, workloadToken(t, "pod-cert-2"), "payments-cert", nil)
 		serial, _ := res.Credential["serial_number"].(string)
 
 		extra := filepath.Join(env.policyDir, "extra.yaml")
@@ -461,12 +446,7 @@ func testLeastPrivilege(t *testing.T, env *stack, pg *harness.Postgres) {
 	rb := harness.StartKeytrail(t, rURL, rcfgPath, "VAULT_TOKEN="+rt.Auth.ClientToken, "KEYTRAIL_RECONCILE=off")
 	renv := *env
 	renv.brokerURL, renv.broker = rURL, rb
-	status, body, _ := renv.exchange(t, env.issuer.token(t, "system:serviceaccount:payments:ledger", map[string]any{"session": "pod-role"}), "payments-db", nil)
-	if status != 200 {
-		t.Fatalf("exchange through a broker with vault.token_role = %d %s\nbroker log:\n%s", status, body, rb.Logs())
-	}
-	var res tokenResponse
-	mustJSON(t, body, &res)
+	res := renv.issue(t, env.issuer.token(t, "system:serviceaccount:payments:ledger", map[string]any{"session": "pod-role"}), "payments-db", nil)
 	username, _ := res.Credential["username"].(string)
 	if out, err := pg.Query(username, res.AccessToken, "SELECT current_user"); err != nil || out != username {
 		t.Fatalf("query as %s = %q, %v", username, out, err)

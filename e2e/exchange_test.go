@@ -28,12 +28,7 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 
 	t.Run("ok/vault-token-tagged-in-vault", func(t *testing.T) {
 		tok := env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments", "session": "pod-1"})
-		status, body, _ := env.exchange(t, tok, "payments-vault", nil)
-		if status != 200 {
-			t.Fatalf("exchange = %d %s, want 200", status, body)
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
+		res := env.issue(t, tok, "payments-vault", nil)
 		if res.Workload != "payments-api" || res.Owner != "team-payments" || res.Kind != "vault_token" ||
 			!strings.HasPrefix(res.IssuanceID, "iss_") || !strings.HasPrefix(res.SessionID, "ses_") ||
 			res.ExpiresIn <= 0 || res.ExpiresIn > 900 || res.TokenType != "Bearer" {
@@ -66,12 +61,7 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 
 	t.Run("ok/jwt-verifies-against-jwks", func(t *testing.T) {
 		tok := env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments", "session": "pod-2"})
-		status, body, _ := env.exchange(t, tok, "orders-jwt", nil)
-		if status != 200 {
-			t.Fatalf("exchange = %d %s", status, body)
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
+		res := env.issue(t, tok, "orders-jwt", nil)
 		kf, err := keyfunc.NewDefaultCtx(t.Context(), []string{env.brokerURL + "/.well-known/jwks.json"})
 		if err != nil {
 			t.Fatal(err)
@@ -181,12 +171,7 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 			{"86400", 900, 300},
 			{"60", 60, 60},
 		} {
-			status, body, _ := env.exchange(t, tok, "payments-vault", url.Values{"ttl": {tc.ttl}})
-			if status != 200 {
-				t.Fatalf("ttl=%s: exchange = %d %s, want 200", tc.ttl, status, body)
-			}
-			var res tokenResponse
-			mustJSON(t, body, &res)
+			res := env.issue(t, tok, "payments-vault", url.Values{"ttl": {tc.ttl}})
 			vc, self := env.vaultAs(t, res.AccessToken, "the token minted with ttl="+tc.ttl)
 			maxTTL, _ := self.Data["explicit_max_ttl"].(json.Number).Int64()
 			ttl, _ := self.Data["ttl"].(json.Number).Int64()
@@ -198,11 +183,7 @@ func TestExchangeAgainstRealVault(t *testing.T) {
 				t.Errorf("ttl=%s: renew-self of the minted token succeeded, want refused", tc.ttl)
 			}
 
-			status, body, _ = env.exchange(t, tok, "orders-jwt", url.Values{"ttl": {tc.ttl}})
-			if status != 200 {
-				t.Fatalf("ttl=%s: jwt exchange = %d %s, want 200", tc.ttl, status, body)
-			}
-			mustJSON(t, body, &res)
+			res = env.issue(t, tok, "orders-jwt", url.Values{"ttl": {tc.ttl}})
 			claims := jwt.MapClaims{}
 			if _, _, err := jwt.NewParser().ParseUnverified(res.AccessToken, claims); err != nil {
 				t.Fatalf("ttl=%s: jwt: %v", tc.ttl, err)

@@ -82,21 +82,11 @@ grants:
 	forged := payTok[:strings.LastIndexByte(payTok, '.')+1] + strings.Repeat("A", 86)
 	jwtSecret("forged token", forged)
 
-	exchange := func(subject, grant string, extra url.Values) tokenResponse {
-		t.Helper()
-		status, body, _ := env.exchange(t, subject, grant, extra)
-		if status != 200 {
-			t.Fatalf("exchange %s = %d %s", grant, status, body)
-		}
-		var res tokenResponse
-		mustJSON(t, body, &res)
-		return res
-	}
-	vaultCred := exchange(payTok, "payments-vault", url.Values{"actor_token": {actorTok}, "actor_token_type": {"urn:ietf:params:oauth:token-type:jwt"}})
+	vaultCred := env.issue(t, payTok, "payments-vault", url.Values{"actor_token": {actorTok}, "actor_token_type": {"urn:ietf:params:oauth:token-type:jwt"}})
 	secrets["vault token"] = vaultCred.AccessToken
-	jwtCred := exchange(payTok, "orders-jwt", nil)
+	jwtCred := env.issue(t, payTok, "orders-jwt", nil)
 	jwtSecret("broker JWT", jwtCred.AccessToken)
-	proxyCred := exchange(agentTok, "example-api", nil)
+	proxyCred := env.issue(t, agentTok, "example-api", nil)
 	secrets["proxy credential"] = proxyCred.AccessToken
 
 	// Refused exchanges.

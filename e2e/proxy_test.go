@@ -79,12 +79,7 @@ grants:
 	}
 
 	idTok := env.issuer.token(t, "agent:billing", map[string]any{"session": "conv-42"})
-	status, body, _ := env.exchange(t, idTok, "example-api", nil)
-	if status != 200 {
-		t.Fatalf("exchange = %d %s", status, body)
-	}
-	var res tokenResponse
-	mustJSON(t, body, &res)
+	res := env.issue(t, idTok, "example-api", nil)
 	if res.Kind != "proxy" || !strings.HasPrefix(res.AccessToken, "ktp_") || len(res.AccessToken) < 4+43 {
 		t.Fatalf("proxy credential = %+v", res)
 	}
@@ -133,9 +128,7 @@ grants:
 
 	t.Run("fail/refused-before-upstream", func(t *testing.T) {
 		vaultTok := env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments"})
-		_, vb, _ := env.exchange(t, vaultTok, "payments-vault", nil)
-		var other tokenResponse
-		mustJSON(t, vb, &other)
+		other := env.issue(t, vaultTok, "payments-vault", nil)
 		cases := []struct {
 			name, method, path, cred string
 			status                   int

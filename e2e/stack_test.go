@@ -211,6 +211,24 @@ func (s *stack) exchange(t *testing.T, subjectToken, grant string, extra url.Val
 	return resp.StatusCode, body, resp.Header
 }
 
+// issue makes the exchange of subjectToken for grant (with extra form
+// fields) that must succeed: anything but a 200 fails the test, with the
+// answer and the broker's log. It returns the decoded token response.
+func (s *stack) issue(t *testing.T, subjectToken, grant string, extra url.Values) tokenResponse {
+	t.Helper()
+	status, body, _ := s.exchange(t, subjectToken, grant, extra)
+	if status != 200 {
+		what := grant
+		if len(extra) > 0 {
+			what += " (" + extra.Encode() + ")"
+		}
+		t.Fatalf("exchange %s = %d %s, want 200\n--- broker log ---\n%s", what, status, body, s.broker.Logs())
+	}
+	var res tokenResponse
+	mustJSON(t, body, &res)
+	return res
+}
+
 // vaultAs returns a client of the stack's Vault that uses token (one the
 // broker handed out, which what names in a failure) and Vault's lookup-self
 // of it.

@@ -33,12 +33,7 @@ func TestTraceAgainstRealVault(t *testing.T) {
 
 	// Mint, use against Vault, and introspect once (a use keytrail sees).
 	wl := env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments", "session": "pod-trace"})
-	status, body, _ := env.exchange(t, wl, "payments-vault", nil)
-	if status != 200 {
-		t.Fatalf("exchange = %d %s", status, body)
-	}
-	var res tokenResponse
-	mustJSON(t, body, &res)
+	res := env.issue(t, wl, "payments-vault", nil)
 	_, self := env.vaultAs(t, res.AccessToken, "the minted token")
 	accessor, _ := self.Data["accessor"].(string)
 	form := url.Values{"token": {res.AccessToken}}
