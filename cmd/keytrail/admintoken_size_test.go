@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,23 +29,18 @@ func TestAdminTokenFileOverCapIsRefused(t *testing.T) {
 			if err := os.WriteFile(file, body, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			fa := &fakeAdmin{status: 200, body: receiptDone}
-			srv := httptest.NewServer(fa)
-			defer srv.Close()
-			env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN_FILE": file}
-			var stdout, stderr bytes.Buffer
-			err := run(context.Background(), []string{"revoke", "--workload", "w", "--reason", "r"}, func(k string) string { return env[k] }, &stdout, &stderr)
+			auth, _, err := revokeWithTokenFile(t, file)
 			if !c.refused {
-				if err != nil || fa.auth != "Bearer file-token" {
-					t.Fatalf("revoke with a %d-byte token file = %v, Authorization %q; want it to run with the file's token", c.size, err, fa.auth)
+				if err != nil || auth != "Bearer file-token" {
+					t.Fatalf("revoke with a %d-byte token file = %v, Authorization %q; want it to run with the file's token", c.size, err, auth)
 				}
 				return
 			}
 			if err == nil {
-				t.Fatalf("revoke with a %d-byte token file ran (Authorization %q), want a refusal", c.size, fa.auth)
+				t.Fatalf("revoke with a %d-byte token file ran (Authorization %q), want a refusal", c.size, auth)
 			}
-			if fa.auth != "" {
-				t.Errorf("the broker was asked (Authorization %q), want nothing sent", fa.auth)
+			if auth != "" {
+				t.Errorf("the broker was asked (Authorization %q), want nothing sent", auth)
 			}
 			if msg := err.Error(); !strings.Contains(msg, file) || !strings.Contains(msg, "larger than 1048576 bytes") {
 				t.Errorf("error = %q, want it to name the file and the cap", msg)

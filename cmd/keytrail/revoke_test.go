@@ -39,6 +39,21 @@ func (f *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, f.body)
 }
 
+// revokeWithTokenFile runs `keytrail revoke --workload w --reason r` with
+// the admin token file file (KEYTRAIL_ADMIN_TOKEN_FILE) against a broker
+// that revokes, and returns the Authorization the broker got ("" when
+// nothing was sent), what was written to stderr, and run's error.
+func revokeWithTokenFile(t *testing.T, file string) (auth, stderr string, err error) {
+	t.Helper()
+	fa := &fakeAdmin{status: 200, body: receiptDone}
+	srv := httptest.NewServer(fa)
+	env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN_FILE": file}
+	var stdout, errOut bytes.Buffer
+	err = run(context.Background(), []string{"revoke", "--workload", "w", "--reason", "r"}, func(k string) string { return env[k] }, &stdout, &errOut)
+	srv.Close() // waits for the request, if one was made
+	return fa.auth, errOut.String(), err
+}
+
 const (
 	receiptDone    = `{"revocation_id":"rev_1","status":"revoked","matched":2,"revoked":["iss_a","iss_b"],"pending":[],"failed":[],"selector":{"workload":"payments-api"},"reason":"r","block":true}`
 	receiptPending = `{"revocation_id":"rev_2","status":"pending","matched":1,"revoked":[],"pending":["iss_c"],"failed":[{"issuance_id":"iss_c","error":"backend revocation failed (vault_unavailable); retrying"}],"selector":{"issuance_id":"iss_c"},"reason":"r"}`
@@ -218,20 +233,15 @@ func TestAdminTokenFilePermissionsWarn(t *testing.T) {
 			if err := os.Chmod(file, tc.mode); err != nil {
 				t.Fatal(err)
 			}
-			fa := &fakeAdmin{status: 200, body: receiptDone}
-			srv := httptest.NewServer(fa)
-			defer srv.Close()
-			env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN_FILE": file}
-			var stdout, stderr bytes.Buffer
-			err := run(context.Background(), []string{"revoke", "--workload", "w", "--reason", "r"}, func(k string) string { return env[k] }, &stdout, &stderr)
+			auth, stderr, err := revokeWithTokenFile(t, file)
 			if err != nil {
 				t.Fatalf("revoke with a mode %#o token file = %v, want it to run", tc.mode, err)
 			}
-			if fa.auth != "Bearer file-token" {
-				t.Errorf("Authorization = %q, want the file's token", fa.auth)
+			if auth != "Bearer file-token" {
+				t.Errorf("Authorization = %q, want the file's token", auth)
 			}
-			if want := strings.ReplaceAll(tc.warn, "{file}", file); stderr.String() != want {
-				t.Errorf("stderr = %q, want %q", stderr.String(), want)
+			if want := strings.ReplaceAll(tc.warn, "{file}", file); stderr != want {
+				t.Errorf("stderr = %q, want %q", stderr, want)
 			}
 		})
 	}
