@@ -29,20 +29,30 @@ func (c *countingStore) GetBlock(ctx context.Context, w string) (*broker.Block, 
 	return c.Store.GetBlock(ctx, w)
 }
 
-func TestRevocationCacheFastReads(t *testing.T) {
-	ctx := context.Background()
-	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
-	inner := &countingStore{Store: memstore.New(clock)}
+// fastReadsCache puts in inner a proxy issuance, iss_1 of workload w
+// (fingerprint sha256:aa, an hour to live), and returns a RevocationCache
+// with FastReads (IssuanceTTL a minute) in front of inner, and the issuance.
+func fastReadsCache(t *testing.T, inner broker.Store, clock func() time.Time) (*broker.RevocationCache, *broker.Issuance) {
+	t.Helper()
+	now := clock()
 	is := &broker.Issuance{ID: "iss_1", Workload: "w", Owner: "o", Kind: broker.KindProxy, IssuedAt: now,
 		ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Fingerprint: "sha256:aa", ExpiresAt: now.Add(time.Hour)}}
-	if err := inner.PutIssuance(ctx, is); err != nil {
+	if err := inner.PutIssuance(context.Background(), is); err != nil {
 		t.Fatal(err)
 	}
 	c, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock, IssuanceTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, is
+}
+
+func TestRevocationCacheFastReads(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	inner := &countingStore{Store: memstore.New(clock)}
+	c, is := fastReadsCache(t, inner, clock)
 	st := c.Store()
 
 	// Before the first refresh the view is not fresh: Store reads.
@@ -326,16 +336,7 @@ func TestFindIssuanceWithinFromMemoryShared(t *testing.T) {
 	ctx := context.Background()
 	now := f.now
 	clock := func() time.Time { return now }
-	inner := memstore.New(clock)
-	is := &broker.Issuance{ID: "iss_1", Workload: "w", Owner: "o", Kind: broker.KindProxy, IssuedAt: now,
-		ExpiresAt: now.Add(time.Hour), Refs: broker.CredentialRefs{Fingerprint: "sha256:aa", ExpiresAt: now.Add(time.Hour)}}
-	if err := inner.PutIssuance(ctx, is); err != nil {
-		t.Fatal(err)
-	}
-	c, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock, IssuanceTTL: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _ := fastReadsCache(t, memstore.New(clock), clock)
 	svc, err := broker.NewService(broker.Deps{
 		Policy: f.svc.Policy, Authn: func() broker.Authenticator { return f.authn },
 		Store: c.Store(), Audit: f.sink, Now: clock,
