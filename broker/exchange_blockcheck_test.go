@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,30 +11,6 @@ import (
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
-
-// blockDeadlines records the time each GetBlock call had left (-1: none).
-type blockDeadlines struct {
-	broker.Store
-	mu   sync.Mutex
-	left []time.Duration
-}
-
-func (d *blockDeadlines) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
-	left := time.Duration(-1)
-	if dl, ok := ctx.Deadline(); ok {
-		left = time.Until(dl)
-	}
-	d.mu.Lock()
-	d.left = append(d.left, left)
-	d.mu.Unlock()
-	return d.Store.GetBlock(ctx, w)
-}
-
-func (d *blockDeadlines) calls() []time.Duration {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]time.Duration(nil), d.left...)
-}
 
 // The exchange's block check (and introspection's, through
 // credentialActive) answered by a fresh revocation cache (FastReads) makes
@@ -46,7 +21,7 @@ func TestCheckBlockedFromMemory(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	inner := &blockDeadlines{Store: memstore.New(clock)}
+	inner := &brokertest.DeadlineStore{Store: memstore.New(clock)}
 	cache, err := broker.NewRevocationCache(inner, broker.CacheOptions{FastReads: true, Now: clock})
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +46,7 @@ func TestCheckBlockedFromMemory(t *testing.T) {
 		if err := broker.CheckBlocked(svc, ctx, "payments"); err != nil {
 			t.Fatal(err)
 		}
-		calls := inner.calls()
+		calls := inner.Calls()
 		if len(calls) != 1 || calls[0] <= 2*time.Second || calls[0] > 3*time.Second {
 			t.Fatalf("GetBlock calls (time left) = %v, want one with StoreTimeout (3s)", calls)
 		}
@@ -80,13 +55,13 @@ func TestCheckBlockedFromMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Run("ok/fresh-view-no-store-call-no-allocation", func(t *testing.T) {
-		before := len(inner.calls())
+		before := len(inner.Calls())
 		n := testing.AllocsPerRun(100, func() {
 			if err := broker.CheckBlocked(svc, ctx, "payments"); err != nil {
 				t.Fatal(err)
 			}
 		})
-		if got := len(inner.calls()) - before; got != 0 {
+		if got := len(inner.Calls()) - before; got != 0 {
 			t.Errorf("block check from a fresh view made %d Store calls, want 0", got)
 		}
 		if n != 0 {

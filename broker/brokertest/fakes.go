@@ -186,3 +186,41 @@ func (s *SyncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// DeadlineStore is a Store that records, for each GetBlock and
+// FindIssuance it is asked, how long the caller's context had left (-1:
+// no deadline).
+type DeadlineStore struct {
+	broker.Store
+	mu   sync.Mutex
+	left []time.Duration
+}
+
+func (d *DeadlineStore) note(ctx context.Context) {
+	left := time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	d.mu.Lock()
+	d.left = append(d.left, left)
+	d.mu.Unlock()
+}
+
+// Calls returns the time each call so far had left, in order.
+func (d *DeadlineStore) Calls() []time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]time.Duration(nil), d.left...)
+}
+
+// FindIssuance implements broker.Store.
+func (d *DeadlineStore) FindIssuance(ctx context.Context, kind broker.RefKind, v string) (*broker.Issuance, error) {
+	d.note(ctx)
+	return d.Store.FindIssuance(ctx, kind, v)
+}
+
+// GetBlock implements broker.Store.
+func (d *DeadlineStore) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
+	d.note(ctx)
+	return d.Store.GetBlock(ctx, w)
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,43 +37,9 @@ grants:
       paths: ["/v1/charges"]
 `
 
-// deadlineStore records, for each FindIssuance and GetBlock it is asked,
-// how long the caller's context had left.
-type deadlineStore struct {
-	broker.Store
-	mu   sync.Mutex
-	left []time.Duration // -1: no deadline
-}
-
-func (d *deadlineStore) note(ctx context.Context) {
-	left := time.Duration(-1)
-	if dl, ok := ctx.Deadline(); ok {
-		left = time.Until(dl)
-	}
-	d.mu.Lock()
-	d.left = append(d.left, left)
-	d.mu.Unlock()
-}
-
-func (d *deadlineStore) calls() []time.Duration {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]time.Duration(nil), d.left...)
-}
-
-func (d *deadlineStore) FindIssuance(ctx context.Context, kind broker.RefKind, v string) (*broker.Issuance, error) {
-	d.note(ctx)
-	return d.Store.FindIssuance(ctx, kind, v)
-}
-
-func (d *deadlineStore) GetBlock(ctx context.Context, w string) (*broker.Block, error) {
-	d.note(ctx)
-	return d.Store.GetBlock(ctx, w)
-}
-
 // lookupCall returns a proxy over a RevocationCache (FastReads) in front of
-// a deadlineStore holding one proxy credential, and a request with it.
-func lookupCall(t *testing.T) (*Proxy, *broker.RevocationCache, *deadlineStore, *call) {
+// a brokertest.DeadlineStore holding one proxy credential, and a request with it.
+func lookupCall(t *testing.T) (*Proxy, *broker.RevocationCache, *brokertest.DeadlineStore, *call) {
 	t.Helper()
 	pol, err := policies.Parse("p.yaml", []byte(lookupPolicy))
 	if err != nil {
@@ -84,7 +49,7 @@ func lookupCall(t *testing.T) (*Proxy, *broker.RevocationCache, *deadlineStore, 
 }
 
 // lookupCallPolicy is lookupCall with the Service's policy read from pol.
-func lookupCallPolicy(t *testing.T, pol func() *policies.Policy) (*Proxy, *broker.RevocationCache, *deadlineStore, *call) {
+func lookupCallPolicy(t *testing.T, pol func() *policies.Policy) (*Proxy, *broker.RevocationCache, *brokertest.DeadlineStore, *call) {
 	t.Helper()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
@@ -96,7 +61,7 @@ func lookupCallPolicy(t *testing.T, pol func() *policies.Policy) (*Proxy, *broke
 	if err := ms.PutIssuance(context.Background(), is); err != nil {
 		t.Fatal(err)
 	}
-	ds := &deadlineStore{Store: ms}
+	ds := &brokertest.DeadlineStore{Store: ms}
 	cache, err := broker.NewRevocationCache(ds, broker.CacheOptions{FastReads: true, Now: clock})
 	if err != nil {
 		t.Fatal(err)
@@ -129,9 +94,9 @@ func (nopSecrets) Secret(context.Context, policies.ProxySecret) (string, error) 
 // has StoreTimeout to run (the view not fresh yet: both go to the Store;
 // the record not fetched yet: the credential lookup does).
 func TestCheckStoreCallsHaveStoreTimeout(t *testing.T) {
-	check := func(t *testing.T, ds *deadlineStore, want int) {
+	check := func(t *testing.T, ds *brokertest.DeadlineStore, want int) {
 		t.Helper()
-		calls := ds.calls()
+		calls := ds.Calls()
 		if len(calls) != want {
 			t.Fatalf("Store calls = %d, want %d", len(calls), want)
 		}
@@ -173,13 +138,13 @@ func TestCheckFromMemoryAllocs(t *testing.T) {
 	if err := c.check(); err != nil { // fetches the record into the cache
 		t.Fatal(err)
 	}
-	before := len(ds.calls())
+	before := len(ds.Calls())
 	n := testing.AllocsPerRun(200, func() {
 		if err := c.check(); err != nil {
 			t.Fatal(err)
 		}
 	})
-	if got := len(ds.calls()) - before; got != 0 {
+	if got := len(ds.Calls()) - before; got != 0 {
 		t.Errorf("checks answered from memory made %d Store calls, want 0", got)
 	}
 	if n > 13 {
