@@ -184,7 +184,8 @@ func registerReconcileMetrics(reg prometheus.Registerer, rec *broker.Reconciler)
 // auditIssueIndex is the set of issuance ids with an `issue` event and no
 // later `orphan_revoked` event in the local audit log (the live file and its rotated siblings), read
 // incrementally: each Snapshot reads only the complete lines appended since
-// the last one. Ids of credentials expired for more than an hour are
+// the last one (of a live file rotated since, what follows where it stopped,
+// under its rotated name). Ids of credentials expired for more than an hour are
 // dropped. Its Since is the time of the oldest event it has read: the first
 // line of the oldest file present when it first looked.
 //
@@ -201,11 +202,20 @@ type auditIssueIndex struct {
 	// wrapRead, when set (tests), wraps each file readFrom reads.
 	wrapRead func(*os.File) audit.File
 
-	mu      sync.Mutex
-	offsets map[string]fileOffset // by file name
-	issued  map[ulid.ULID]int64   // expiry, Unix seconds (0: none)
-	other   map[string]int64
-	since   time.Time // of the oldest event read (zero: none yet)
+	mu sync.Mutex
+	// offsets is how far each file present was read, by the name it was
+	// read under. A file renamed away from it (the live file rotated) is
+	// found again by its identity under its new name (claim), and read on
+	// from there; the offsets of files no longer there are dropped at the
+	// end of each Snapshot.
+	offsets map[string]fileOffset
+	// moved are offsets whose name no longer held their file when read
+	// (the live file rotated: a new file under its name, or none yet), to
+	// be claimed by the file's new name in the same Snapshot.
+	moved  []fileOffset
+	issued map[ulid.ULID]int64 // expiry, Unix seconds (0: none)
+	other  map[string]int64
+	since  time.Time // of the oldest event read (zero: none yet)
 }
 
 func newAuditIssueIndex(path string) *auditIssueIndex {
@@ -309,6 +319,15 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, 
 			read[n] = true
 		}
 	}
+	// Every file there was read: the offsets of the others are of files
+	// deleted since (rotated files removed by retention), and offsets moved
+	// and not claimed, of files gone too.
+	for p := range x.offsets {
+		if !read[filepath.Base(p)] {
+			delete(x.offsets, p)
+		}
+	}
+	x.moved = nil
 	cut := time.Now().Add(-time.Hour).Unix()
 	for id, exp := range x.issued {
 		if exp != 0 && exp < cut {
@@ -363,7 +382,8 @@ func auditFileNames(dir, base string) ([]string, error) {
 // last one (a soak found whole-section reads of ~300 MB every 5 minutes).
 const indexReadBuffer = 256 << 10
 
-// readFrom reads the complete lines appended to path since the last run.
+// readFrom reads the complete lines appended to path since the last run
+// (path may be the live file read so far under its rotated name: claim).
 // The broker's sink cuts its live file back to its last durable line when
 // a write fails, and writes on from there: lines read past that point are
 // then gone, and the file may have grown back past where the last run
@@ -384,6 +404,12 @@ func (x *auditIssueIndex) readFrom(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		if os.IsNotExist(err) {
+			// Renamed since the listing (the live file rotated): its
+			// new name claims its offset.
+			if prev, ok := x.offsets[path]; ok {
+				delete(x.offsets, path)
+				x.moved = append(x.moved, prev)
+			}
 			return nil
 		}
 		return fmt.Errorf("audit index: %w", err)
@@ -393,12 +419,21 @@ func (x *auditIssueIndex) readFrom(path string) error {
 	if err != nil {
 		return fmt.Errorf("audit index: %w", err)
 	}
-	prev := x.offsets[path]
-	switch {
-	case prev.fi != nil && !os.SameFile(prev.fi, fi): // a new file under the same name
-		prev = fileOffset{}
-	case fi.Size() < prev.off || !holdsTail(f, prev): // cut back
+	prev, ok := x.offsets[path]
+	if !ok || (prev.fi != nil && !os.SameFile(prev.fi, fi)) {
+		if ok {
+			// Another file under this name (the live file rotated):
+			// the one read so far is under its rotated name now.
+			x.moved = append(x.moved, prev)
+		}
+		prev = x.claim(path, fi)
+	}
+	if fi.Size() < prev.off || !holdsTail(f, prev) { // cut back
 		prev = rewind(f, prev, fi.Size())
+	}
+	keep := filepath.Base(path) == filepath.Base(x.path) // the live file: only it is cut back
+	if !keep {
+		prev.recent = nil // of the live file, rotated: no longer written
 	}
 	if fi.Size() == prev.off {
 		prev.fi = fi
@@ -409,7 +444,6 @@ func (x *auditIssueIndex) readFrom(path string) error {
 	if x.wrapRead != nil {
 		src = x.wrapRead(f)
 	}
-	keep := filepath.Base(path) == filepath.Base(x.path) // the live file: only it is cut back
 	for again := true; ; again = false {
 		cur, err := x.readLines(src, prev, keep)
 		cur.fi = fi
@@ -428,6 +462,27 @@ func (x *auditIssueIndex) readFrom(path string) error {
 		x.offsets[path] = cur
 		return nil
 	}
+}
+
+// claim returns the offset of fi, a file not read under the name path yet:
+// read so far under the live file's name when it is the live file rotated
+// away (the sink renames only the live file, to a new rotated name), taken
+// from there; else none (a new file, read from its start). The file's
+// identity (os.SameFile) tells it, and the checks of readFrom that the
+// file still holds the last line read apply as under the old name.
+func (x *auditIssueIndex) claim(path string, fi os.FileInfo) fileOffset {
+	for i, o := range x.moved {
+		if o.fi != nil && os.SameFile(o.fi, fi) {
+			x.moved = slices.Delete(x.moved, i, i+1)
+			return o
+		}
+	}
+	live := filepath.Join(filepath.Dir(path), filepath.Base(x.path))
+	if o, ok := x.offsets[live]; ok && live != path && o.fi != nil && os.SameFile(o.fi, fi) {
+		delete(x.offsets, live)
+		return o
+	}
+	return fileOffset{}
 }
 
 // holdsTail reports whether f still holds, just before o.off, the last
