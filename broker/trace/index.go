@@ -83,9 +83,20 @@ func (x *Index) Add(ev *audit.Event) {
 func (x *Index) add(ev *audit.Event) {
 	n := x.base + int64(len(x.evs))
 	x.evs = append(x.evs, ev)
+	eventKeys(ev, func(key, kind string) {
+		x.keys[key] = append(x.keys[key], ref{n: n, kind: kind})
+	})
+	if len(x.evs) > x.max {
+		x.compact()
+	}
+}
+
+// eventKeys calls put with each key ev is indexed under (not empty), and
+// what the key is on ev.
+func eventKeys(ev *audit.Event, put0 func(key, kind string)) {
 	put := func(key, kind string) {
 		if key != "" {
-			x.keys[key] = append(x.keys[key], ref{n: n, kind: kind})
+			put0(key, kind)
 		}
 	}
 	put(ev.IssuanceID, KindIssuanceID)
@@ -113,9 +124,59 @@ func (x *Index) add(ev *audit.Event) {
 	for _, id := range upstreamRequestIDs(ev) {
 		put(id[1], KindUpstreamRequestID)
 	}
-	if len(x.evs) > x.max {
-		x.compact()
+}
+
+// addLine indexes one line as AddLine does, and returns the index's
+// counters after it: the number its next kept event gets, and the count
+// of skipped lines (a lineMark's).
+func (x *Index) addLine(line []byte) (next, skipped int64) {
+	ev, err := audit.ParseLine(line)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	switch {
+	case err != nil:
+		x.skipped++
+	case ev != nil && Keeps(ev):
+		x.add(ev)
 	}
+	return x.base + int64(len(x.evs)), x.skipped
+}
+
+// dropAfter removes the events numbered from next on, those of lines a
+// sink cut from the file being read (with their keys), and sets the count
+// of skipped lines back to skipped: the index is then as it was after the
+// last line the file still holds (whose lineMark gives next and skipped).
+// It does nothing and returns false unless the index's counters are still
+// now (nothing was added since the last line read) and it still holds the
+// events from next on (none dropped by the bound). The removal is atomic
+// for readers: they see the index before or after it, either one a prefix
+// of what the file held.
+func (x *Index) dropAfter(next, skipped int64, now lineMark) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	end := x.base + int64(len(x.evs))
+	if end != now.next || x.skipped != now.skipped || next < x.base || next > end || skipped > x.skipped {
+		return false
+	}
+	i := int(next - x.base)
+	for _, ev := range x.evs[i:] {
+		eventKeys(ev, func(key, _ string) {
+			rs := x.keys[key]
+			j := len(rs)
+			for j > 0 && rs[j-1].n >= next { // refs are in event order
+				j--
+			}
+			if j == 0 {
+				delete(x.keys, key)
+			} else {
+				x.keys[key] = rs[:j]
+			}
+		})
+	}
+	clear(x.evs[i:])
+	x.evs = x.evs[:i]
+	x.skipped = skipped
+	return true
 }
 
 // compact drops the oldest quarter of the bound and rebuilds the key map.
@@ -161,7 +222,7 @@ func (x *Index) AddParsed(ev *audit.Event, err error) {
 // consumed: a last line without its newline (a write in progress) is left
 // for the next read. Malformed lines are skipped and counted.
 func (x *Index) Consume(r io.Reader) (int64, error) {
-	return x.consume(r, nil)
+	return x.consume(r, nil, nil)
 }
 
 // lastRead is the last line consume read (the bytes before what it
@@ -202,8 +263,8 @@ func (t *lastRead) more(buf, frag []byte, first bool) {
 }
 
 // consume is Consume, keeping in last, when not nil, the last line it
-// consumed.
-func (x *Index) consume(r io.Reader, last *lastRead) (int64, error) {
+// consumed, and in recent, when not nil, the last lines.
+func (x *Index) consume(r io.Reader, last *lastRead, recent *recentLines) (int64, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var consumed int64
 	var long bool
@@ -221,7 +282,10 @@ func (x *Index) consume(r io.Reader, last *lastRead) (int64, error) {
 				if last != nil {
 					last.short(line)
 				}
-				_ = x.AddLine(line[:len(line)-1])
+				next, skipped := x.addLine(line[:len(line)-1])
+				if recent != nil {
+					recent.add(line, next, skipped)
+				}
 			} else {
 				if last != nil {
 					last.more(nil, frag, false)
@@ -241,6 +305,11 @@ func (x *Index) consume(r io.Reader, last *lastRead) (int64, error) {
 			case len(buf)+len(frag) > audit.MaxLineBytes:
 				if last != nil {
 					last.more(buf, frag, true)
+				}
+				if recent != nil {
+					// Its bytes are consumed and not kept: recent
+					// starts again after it.
+					recent.reset()
 				}
 				long, buf = true, buf[:0]
 			default:

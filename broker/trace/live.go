@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -48,8 +49,10 @@ type LiveOptions struct {
 // from its new name), so answers are current without a background
 // goroutine. When the file no longer holds the last line read (the sink
 // rolled back a failed batch, even if it has written past that point since),
-// the index is rebuilt from the files. Memory is bounded by MaxEvents. Safe
-// for concurrent use.
+// the events of the lines that are gone are dropped from the index and the
+// file is read on from the last line read that it still holds (of the last
+// ~64 KiB read; below those, the index is rebuilt from the files). Memory
+// is bounded by MaxEvents. Safe for concurrent use.
 type Live struct {
 	o   LiveOptions
 	idx atomic.Pointer[Index]
@@ -61,7 +64,10 @@ type Live struct {
 	// (its hash and length, as read): a rollback the file grew back over
 	// since shows there.
 	curTail tailSum
-	done    map[string]bool // rotated files fully read
+	// recent are the last lines read of cur, ending at curOff, with the
+	// index's counters after each (see resume).
+	recent recentLines
+	done   map[string]bool // rotated files fully read
 
 	// afterList, when set (tests only), is called by each refresh after it
 	// listed the rotated files and before it opens the audit file.
@@ -109,14 +115,15 @@ func (l *Live) Refresh() error {
 	err := l.refresh()
 	if errors.Is(err, errRolledBack) {
 		// The sink truncated lines that never became durable (a failed
-		// write or fsync): start over so the index holds only what the
-		// files hold.
+		// write or fsync), below the recent lines readCur could resume
+		// from: start over so the index holds only what the files hold.
 		idx, err := NewIndex(Options{MaxEvents: l.o.MaxEvents})
 		if err != nil {
 			return err
 		}
 		l.idx.Store(idx)
 		l.cur, l.curOff, l.curTail, l.done = nil, 0, tailSum{}, map[string]bool{}
+		l.recent.reset()
 		return l.refresh()
 	}
 	return err
@@ -155,19 +162,120 @@ func (l *Live) refresh() error {
 			return err
 		}
 	}
-	if l.cur != nil && os.SameFile(fi, l.cur) {
-		if err := l.checkTail(f, fi.Size()); err != nil {
+	if l.cur == nil || !os.SameFile(fi, l.cur) {
+		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
+		l.recent.reset()
+	}
+	return l.readCur(f, fi.Size())
+}
+
+// readCur reads on f, the file being tailed (cur, under its name or its
+// rotated one), size bytes long when looked at, from curOff. When f no
+// longer holds the last line read there, or is cut below the lines read
+// while they are read, the events of the lines gone are dropped and it is
+// read on from the last line it still holds (resume); errRolledBack when
+// it holds none of the recent lines (the index is then rebuilt).
+func (l *Live) readCur(f *os.File, size int64) error {
+	if err := l.checkTail(f, size); err != nil {
+		if !errors.Is(err, errRolledBack) || !l.resume(f, size) {
 			return err
 		}
-	} else {
-		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
 	}
-	n, tail, err := l.readFrom(f, l.curOff)
-	if n > 0 {
-		l.curOff += n
-		l.curTail = tail
+	for again := true; ; again = false {
+		n, tail, err := l.readFrom(f, l.curOff, &l.recent)
+		if n > 0 {
+			l.curOff += n
+			l.curTail = tail
+		}
+		if errors.Is(err, errRolledBack) && again && l.resume(f, math.MaxInt64) {
+			continue // once: a sink that keeps cutting meanwhile gets a rebuild
+		}
+		return err
 	}
-	return err
+}
+
+// resume drops from the index the events of the lines of cur after the
+// last of its recent lines f (size bytes) still holds where they were
+// read, and sets curOff after that line. False when f holds none of them,
+// or the index can no longer drop those events (see Index.dropAfter).
+func (l *Live) resume(f io.ReaderAt, size int64) bool {
+	r := &l.recent
+	start := l.curOff - int64(len(r.buf))
+	if len(r.marks) == 0 || start < 0 || start >= size {
+		return false
+	}
+	now := make([]byte, min(int64(len(r.buf)), size-start))
+	n, err := f.ReadAt(now, start)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false
+	}
+	same := 0
+	for same < n && now[same] == r.buf[same] {
+		same++
+	}
+	i := len(r.marks) - 1
+	for i >= 0 && r.marks[i].end > same {
+		i--
+	}
+	if i < 0 || !l.idx.Load().dropAfter(r.marks[i].next, r.marks[i].skipped, r.marks[len(r.marks)-1]) {
+		return false
+	}
+	from := 0
+	if i > 0 {
+		from = r.marks[i-1].end
+	}
+	line := r.buf[from:r.marks[i].end]
+	l.curOff = start + int64(r.marks[i].end)
+	l.curTail = tailSum{sum: sha256.Sum256(line), n: int64(len(line))}
+	r.buf, r.marks = r.buf[:r.marks[i].end], r.marks[:i+1]
+	return true
+}
+
+// liveRecentBytes is about how much of the last lines read of the file
+// being tailed Live keeps (recentLines): a sink cuts back at most the
+// batch that failed.
+const liveRecentBytes = 64 << 10
+
+// recentLines are the last lines read of a file, whole, up to where
+// reading stopped (about liveRecentBytes, at least the last line; none
+// after a line longer than audit.MaxLineBytes), each with the index's
+// counters after it.
+type recentLines struct {
+	buf   []byte
+	marks []lineMark
+}
+
+// lineMark is where a line of recentLines ends in buf, and the index's
+// counters after it was indexed: the number of the next event it keeps,
+// and how many lines it skipped.
+type lineMark struct {
+	end           int
+	next, skipped int64
+}
+
+func (r *recentLines) reset() {
+	r.buf, r.marks = r.buf[:0], r.marks[:0]
+}
+
+// add appends line (with its newline) and the counters after it, and
+// drops whole lines from the start beyond liveRecentBytes once it holds
+// twice that.
+func (r *recentLines) add(line []byte, next, skipped int64) {
+	r.buf = append(r.buf, line...)
+	r.marks = append(r.marks, lineMark{end: len(r.buf), next: next, skipped: skipped})
+	if len(r.buf) <= 2*liveRecentBytes || len(r.marks) < 2 {
+		return
+	}
+	i := 0 // the lines up to marks[i] are dropped
+	for i < len(r.marks)-2 && len(r.buf)-r.marks[i].end > liveRecentBytes {
+		i++
+	}
+	cut := r.marks[i].end
+	r.buf = r.buf[:copy(r.buf, r.buf[cut:])]
+	r.marks = r.marks[:copy(r.marks, r.marks[i+1:])]
+	for j := range r.marks {
+		r.marks[j].end -= cut
+	}
 }
 
 // readRotated reads the rotated siblings not read yet: the file being
@@ -203,15 +311,14 @@ func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
 	if next != nil && os.SameFile(fi, next) {
 		return nil
 	}
-	off := int64(0)
 	if l.cur != nil && os.SameFile(fi, l.cur) {
 		// The file we were tailing was rotated away: read its rest.
-		if err := l.checkTail(f, fi.Size()); err != nil {
+		if err := l.readCur(f, fi.Size()); err != nil {
 			return err
 		}
-		off, l.cur, l.curOff, l.curTail = l.curOff, nil, 0, tailSum{}
-	}
-	if _, _, err := l.readFrom(f, off); err != nil {
+		l.cur, l.curOff, l.curTail = nil, 0, tailSum{}
+		l.recent.reset()
+	} else if _, _, err := l.readFrom(f, 0, nil); err != nil {
 		return err
 	}
 	l.done[filepath.Base(p)] = true
@@ -254,17 +361,18 @@ func (l *Live) checkTail(f io.ReaderAt, size int64) error {
 // readFrom indexes the complete lines of f from off and returns the
 // number of bytes read and the last line read, as read (not read back
 // from the file afterwards: a cut and regrow since would be taken for
-// it). It reads through an audit.LineReader: part of a line (a write in
-// progress, or a torn one) is never joined to what the sink writes at its
-// offset after cutting the file back, and a file cut back below lines
-// already indexed meanwhile is errRolledBack.
-func (l *Live) readFrom(f *os.File, off int64) (int64, tailSum, error) {
+// it); with recent, it adds the lines read to it. It reads through an
+// audit.LineReader: part of a line (a write in progress, or a torn one) is
+// never joined to what the sink writes at its offset after cutting the
+// file back, and a file cut back below lines already indexed meanwhile is
+// errRolledBack.
+func (l *Live) readFrom(f *os.File, off int64, recent *recentLines) (int64, tailSum, error) {
 	var src audit.File = f
 	if l.wrapRead != nil {
 		src = l.wrapRead(f)
 	}
 	var last lastRead
-	n, err := l.idx.Load().consume(audit.NewLineReader(src, off), &last)
+	n, err := l.idx.Load().consume(audit.NewLineReader(src, off), &last, recent)
 	if l.afterRead != nil {
 		l.afterRead()
 	}
