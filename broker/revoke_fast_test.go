@@ -83,8 +83,16 @@ func TestRevocationCacheFastReads(t *testing.T) {
 			_ = inner.PutIssuance(ctx, &r)
 			c.Apply(broker.Notice{Revoked: []string{"iss_1"}})
 		}, wantFinds: 1, wantBlocks: 1, revoked: true},
-		{name: "ok/after-issuance-ttl-store-read-again", do: func() { now = now.Add(61 * time.Second); _ = c.Refresh(ctx) }, wantFinds: 2, wantBlocks: 1, revoked: true},
-		{name: "ok/stale-view-falls-back-to-store", do: func() { now = now.Add(3 * time.Second) }, wantFinds: 3, wantBlocks: 2, revoked: true},
+		// The record is 59.5 s old at the refresh (its sweep keeps it)
+		// and 60.5 s old at the find, with the view fresh: past
+		// IssuanceTTL it is read again all the same.
+		{name: "ok/past-issuance-ttl-before-its-sweep-store-read-again", do: func() {
+			now = now.Add(59500 * time.Millisecond)
+			_ = c.Refresh(ctx)
+			now = now.Add(time.Second)
+		}, wantFinds: 2, wantBlocks: 1, revoked: true},
+		{name: "ok/after-issuance-ttl-store-read-again", do: func() { now = now.Add(61 * time.Second); _ = c.Refresh(ctx) }, wantFinds: 3, wantBlocks: 1, revoked: true},
+		{name: "ok/stale-view-falls-back-to-store", do: func() { now = now.Add(3 * time.Second) }, wantFinds: 4, wantBlocks: 2, revoked: true},
 	}
 	for _, s := range steps {
 		if s.do != nil {
