@@ -269,8 +269,8 @@ func (c *Credential) LogValue() slog.Value {
 // retry: see Source for that. Broker errors are *Error; a failure to get
 // the identity token is *IdentityError; an HTTP proxy's own answer (a
 // refused CONNECT, or an answer without X-Request-Id to a plain-http
-// request it forwarded) is *ProxyError; anything else is a transport
-// failure (transient).
+// request it forwarded, other than an https port's answer: ErrHTTPSPort)
+// is *ProxyError; anything else is a transport failure (transient).
 func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) (*Credential, error) {
 	if grant == "" {
 		return nil, &configError{"client: grant is required"}
@@ -334,6 +334,12 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 && (resp.StatusCode == http.StatusProxyAuthRequired || resp.Header.Get("X-Request-Id") == "") {
 		if p := forwarding(req, via); p != nil {
+			// net/http's answer on the broker's TLS port, forwarded: the
+			// proxy's framing gives it headers, where the same answer of
+			// the proxy's own TLS port has none (the proxy's, then).
+			if len(resp.Header) > 0 && httpsPortAnswered(req, resp, readPrefix(resp.Body, len(httpsPortAnswer))) {
+				return nil, &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
+			}
 			pe := newProxyError(p, resp, true)
 			pe.setRetryAfter(sent)
 			return nil, pe
@@ -346,8 +352,7 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	if len(body) > maxResponseBody {
 		return nil, fmt.Errorf("keytrail broker: response larger than %d bytes", maxResponseBody)
 	}
-	if resp.StatusCode == http.StatusBadRequest && req.URL.Scheme == "http" && resp.Header.Get("X-Request-Id") == "" &&
-		bytes.HasPrefix(body, []byte(httpsPortAnswer)) {
+	if httpsPortAnswered(req, resp, body) {
 		return nil, &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
 	}
 	return parseResponse(resp.StatusCode, resp.Header, body, sent)

@@ -1,11 +1,13 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -154,7 +156,8 @@ var ErrBadResponse = errors.New("not a keytrail token response")
 // speaks https: it answered the plain-HTTP request as net/http does on a
 // TLS port, outside any handler (so without the X-Request-Id of the
 // broker's answers), "400 Bad Request" with "Client sent an HTTP request
-// to an HTTPS server.". The default address (DefaultAddr, http) names a
+// to an HTTPS server.", directly or forwarded by an HTTP proxy (that
+// answer, forwarded, is not the proxy's *ProxyError). The default address (DefaultAddr, http) names a
 // local broker serving TLS so, say. Use https:// in the address. It is
 // permanent.
 var ErrHTTPSPort = errors.New("plain http to a server that speaks https")
@@ -162,6 +165,22 @@ var ErrHTTPSPort = errors.New("plain http to a server that speaks https")
 // httpsPortAnswer is the start of net/http's answer to plain HTTP on a TLS
 // port.
 const httpsPortAnswer = "Client sent an HTTP request to an HTTPS server."
+
+// httpsPortAnswered reports whether resp, whose body starts with body, is
+// net/http's answer on a TLS port to req, a plain-http request, directly
+// or forwarded by a proxy.
+func httpsPortAnswered(req *http.Request, resp *http.Response, body []byte) bool {
+	return resp.StatusCode == http.StatusBadRequest && req.URL.Scheme == "http" && resp.Header.Get("X-Request-Id") == "" &&
+		bytes.HasPrefix(body, []byte(httpsPortAnswer))
+}
+
+// readPrefix is up to the first n bytes of r (fewer when it ends or fails
+// first).
+func readPrefix(r io.Reader, n int) []byte {
+	b := make([]byte, n)
+	k, _ := io.ReadFull(r, b)
+	return b[:k]
+}
 
 // httpsPortError is the error for ErrHTTPSPort, naming the address (addr,
 // an http URL without user info, query or fragment, checkURL).

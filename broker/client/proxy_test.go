@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strings"
 	"testing"
@@ -94,27 +96,26 @@ func TestProxyAnswersAreTheProxys(t *testing.T) {
 	// The broker's own answer, forwarded with its X-Request-Id, is the
 	// broker's.
 	broker := newFakeBroker(t, errReply(503, CodeTemporarilyUnavailable, "3"))
-	target, _ := url.Parse(broker.srv.URL)
-	forwarding := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.URL.Scheme, r.URL.Host, r.RequestURI = target.Scheme, target.Host, ""
-		res, err := http.DefaultTransport.RoundTrip(r)
-		if err != nil {
-			w.WriteHeader(http.StatusBadGateway)
-			return
-		}
-		defer res.Body.Close()
-		for k, v := range res.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(res.StatusCode)
-		_, _ = io.Copy(w, res.Body)
-	}))
-	defer forwarding.Close()
-	err := exchangeErrInsecure(t, "http://keytrail.example:7700", through(forwarding.Listener.Addr().String()))
+	err := exchangeErrInsecure(t, "http://keytrail.example:7700", through(forwardingProxy(t, broker.srv.Listener.Addr().String())))
 	var be *Error
 	if !errors.As(err, &be) || be.Code != CodeTemporarilyUnavailable || RetryAfterOf(err) != 3*time.Second {
 		t.Errorf("the broker's 503 through a forwarding proxy = %#v, want the broker's *Error with Retry-After 3s", err)
 	}
+}
+
+// forwardingProxy is a forwarding HTTP proxy (httputil.ReverseProxy)
+// that sends every request, whatever host it names, to the server at
+// target (host:port) over plain HTTP, and its answer back as it came. It
+// returns the proxy's host:port.
+func forwardingProxy(t *testing.T, target string) string {
+	t.Helper()
+	srv := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite:   func(r *httputil.ProxyRequest) { r.Out.URL.Scheme, r.Out.URL.Host = "http", target },
+		Transport: &http.Transport{},
+		ErrorLog:  log.New(io.Discard, "", 0),
+	})
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
 }
 
 // exchangeErrInsecure is exchangeErr for a plain-http broker on any host.
