@@ -305,11 +305,16 @@ func connectionFailure(err error, addr string) string {
 	if px := proxyFailure(err); px != nil {
 		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
 		// broker: named as such, by its dialed address (never the proxy
-		// URL, which may carry a password).
+		// URL, which may carry a password): client.Exchange's for an
+		// https proxy's TLS alert, else the failed dial's.
 		target = "the proxy (" + proxyVariable(addr) + ") for the broker at " + addr
+		at := px.Addr
 		var dial *net.OpError
-		if errors.As(px.Err, &dial) && dial.Addr != nil {
-			target = fmt.Sprintf("the proxy at %s (%s) for the broker at %s", dial.Addr, proxyVariable(addr), addr)
+		if at == nil && errors.As(px.Err, &dial) {
+			at = dial.Addr
+		}
+		if at != nil {
+			target = fmt.Sprintf("the proxy at %s (%s) for the broker at %s", at, proxyVariable(addr), addr)
 		}
 		err = px.Err
 	}

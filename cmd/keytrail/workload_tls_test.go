@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -324,5 +325,27 @@ func TestPlainHTTPToTLSBrokerIsNamed(t *testing.T) {
 		if code != 1 || stderr != want {
 			t.Errorf("keytrail %s: exit %d, stderr %q; want exit 1 at once with %q", cmd[0], code, stderr, want)
 		}
+	}
+}
+
+// TestProxyTLSAlertRetryNamesProxy: an https proxy (HTTPS_PROXY) failing
+// the TLS handshake with an alert that is not about the client's
+// certificate (here internal_error) is retried, and the retry line said
+// 'the connection to the proxy (HTTPS_PROXY) for the broker at X failed'
+// without the proxy's host:port, which the permanent messages give. It
+// names the proxy by host:port now (never its user info).
+func TestProxyTLSAlertRetryNamesProxy(t *testing.T) {
+	const addr = "https://keytrail.internal:7700"
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	proxy := newTLSBroker(t, &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return nil, errors.New("refused") // an internal_error alert
+	}})
+	host := proxy.Listener.Addr().String()
+	_, stderr, code := runKeytrailProcess(t, []string{"HTTPS_PROXY=https://PROXY-USER-MARKER:PROXY-PW-MARKER@" + host},
+		"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "1s")
+	why := "the connection to the proxy at " + host + " (HTTPS_PROXY) for the broker at " + addr + " failed: tls: internal error"
+	if code != 1 || !strings.HasPrefix(stderr, "keytrail: g: "+why+"; retrying in ") || !strings.HasSuffix(stderr, "keytrail: g: no credential after 1s; last failure: "+why+"\n") || strings.Contains(stderr, "MARKER") {
+		t.Errorf("fetch through an https proxy sending a TLS alert: exit %d, stderr %q; want it retried, naming %q", code, stderr, why)
 	}
 }
