@@ -315,14 +315,25 @@ func runOnAuditLog(stdout *bytes.Buffer, stderr *onFirstWrite, args []string, pa
 	e := &env{ctx: context.Background(), getenv: func(string) string { return "" }, stdout: stdout, stderr: stderr,
 		progressEvery: time.Nanosecond}
 	root := newRootCmd(e)
-	if args[0] == "audit" {
-		root.SetArgs(append(slices.Clone(args), path))
-	} else {
-		root.SetArgs(append(slices.Clone(args), "--audit-log", path))
-	}
+	root.SetArgs(withAuditLog(args, path))
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	return root.ExecuteContext(context.Background())
+}
+
+// withAuditLog is the command line of args (trace, report or audit
+// verify) reading the audit log at path.
+func withAuditLog(args []string, path string) []string {
+	if args[0] == "audit" {
+		return append(slices.Clone(args), path)
+	}
+	return append(slices.Clone(args), "--audit-log", path)
+}
+
+// auditFileReaders are the commands that read audit files offline: trace
+// of q, report and audit verify.
+func auditFileReaders(q string) [][]string {
+	return [][]string{{"trace", q}, {"report", "--format", "json"}, {"audit", "verify"}}
 }
 
 // TestAuditFilesRemovedWhileReading: trace, report and audit verify hold
@@ -333,11 +344,7 @@ func runOnAuditLog(stdout *bytes.Buffer, stderr *onFirstWrite, args []string, pa
 // which would say lines were removed from the chain) nor leave the file's
 // lines out silently.
 func TestAuditFilesRemovedWhileReading(t *testing.T) {
-	for _, args := range [][]string{
-		{"trace", cliIssID},
-		{"report", "--format", "json"},
-		{"audit", "verify"},
-	} {
+	for _, args := range auditFileReaders(cliIssID) {
 		t.Run(args[0], func(t *testing.T) {
 			dir := t.TempDir()
 			live := cliAuditLog(t, dir)
@@ -383,11 +390,7 @@ func TestAuditFilesLiveTornTailDroppedWhileReading(t *testing.T) {
 	// shorter than identified once an event is added after the cut).
 	torn := append([]byte(`{"v":1,"seq":4,"time":"2026-`), bytes.Repeat([]byte("x"), int(rotate))...)
 
-	for _, cmd := range [][]string{
-		{"trace", issID(1)},
-		{"report", "--format", "json"},
-		{"audit", "verify"},
-	} {
+	for _, cmd := range auditFileReaders(issID(1)) {
 		for _, c := range []struct {
 			name   string
 			live   bool // a sink holds the file when the command starts

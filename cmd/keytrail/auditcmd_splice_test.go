@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,11 +50,7 @@ func (h *hookedRead) ReadAt(b []byte, off int64) (int, error) {
 func TestAuditFilesTornTailCutWhileReading(t *testing.T) {
 	issID := func(n int) string { return fmt.Sprintf("iss_01JXSPL00000000000000%03d", n) }
 	torn := []byte(`{"v":1,"chain":"chn_torn","seq":4,"time":"2026-`)
-	for _, cmd := range [][]string{
-		{"trace", issID(1)},
-		{"report", "--format", "json"},
-		{"audit", "verify"},
-	} {
+	for _, cmd := range auditFileReaders(issID(1)) {
 		for _, c := range []struct {
 			name string
 			cut  bool // the cut goes below lines read: the torn write and event 3
@@ -97,11 +92,7 @@ func TestAuditFilesTornTailCutWhileReading(t *testing.T) {
 						}}
 					}}
 				root := newRootCmd(e)
-				if cmd[0] == "audit" {
-					root.SetArgs(append(slices.Clone(cmd), path))
-				} else {
-					root.SetArgs(append(slices.Clone(cmd), "--audit-log", path))
-				}
+				root.SetArgs(withAuditLog(cmd, path))
 				root.SetOut(&out)
 				root.SetErr(&errb)
 				err = root.ExecuteContext(context.Background())

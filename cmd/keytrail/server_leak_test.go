@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
@@ -50,24 +49,11 @@ func TestServerShutdownLeavesNothingRunning(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, func(c *Config) {
+	addr, errc := startTestServer(t, ctx, vp.Addr, vp.RootToken, func(c *Config) {
 		c.Store.RedisURL = rd.URL()
 		c.Audit.CheckpointTransitKey = devserver.Ed25519Key
 		c.PprofListen = "127.0.0.1:0"
 	})
-	var addr string
-	select {
-	case addr = <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
 	client := &http.Client{Transport: &http.Transport{}}
 	for _, p := range []string{"/readyz", "/metrics", "/.well-known/jwks.json"} {
 		resp, err := client.Get("http://" + addr + p)
