@@ -40,6 +40,11 @@ type Index struct {
 	keys    map[string][]ref
 	dropped int64 // events dropped by the bound since the index started
 	skipped int64 // lines that were not audit events (malformed)
+
+	// compactedAfter is the number of the event after the one whose add
+	// last compacted the index (0: none did): dropAfter cannot undo a
+	// compaction.
+	compactedAfter int64
 }
 
 // ref is one event number under a key, and what the key was on that event.
@@ -147,15 +152,15 @@ func (x *Index) addLine(line []byte) (next, skipped int64) {
 // of skipped lines back to skipped: the index is then as it was after the
 // last line the file still holds (whose lineMark gives next and skipped).
 // It does nothing and returns false unless the index's counters are still
-// now (nothing was added since the last line read) and it still holds the
-// events from next on (none dropped by the bound). The removal is atomic
-// for readers: they see the index before or after it, either one a prefix
-// of what the file held.
+// now (nothing was added since the last line read) and none of the events
+// from next on made it compact (the bound dropped older events then, which
+// the file still holds). The removal is atomic for readers: they see the
+// index before or after it, either one a prefix of what the file held.
 func (x *Index) dropAfter(next, skipped int64, now lineMark) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	end := x.base + int64(len(x.evs))
-	if end != now.next || x.skipped != now.skipped || next < x.base || next > end || skipped > x.skipped {
+	if end != now.next || x.skipped != now.skipped || next < x.base || next < x.compactedAfter || next > end || skipped > x.skipped {
 		return false
 	}
 	i := int(next - x.base)
@@ -181,6 +186,7 @@ func (x *Index) dropAfter(next, skipped int64, now lineMark) bool {
 
 // compact drops the oldest quarter of the bound and rebuilds the key map.
 func (x *Index) compact() {
+	x.compactedAfter = x.base + int64(len(x.evs))
 	drop := len(x.evs) - x.max + x.max/4
 	if drop > len(x.evs) {
 		drop = len(x.evs)

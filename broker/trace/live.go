@@ -51,8 +51,9 @@ type LiveOptions struct {
 // rolled back a failed batch, even if it has written past that point since),
 // the events of the lines that are gone are dropped from the index and the
 // file is read on from the last line read that it still holds (of the last
-// ~64 KiB read; below those, the index is rebuilt from the files). Memory
-// is bounded by MaxEvents. Safe for concurrent use.
+// ~64 KiB read; below those, or when an event of the lines gone made the
+// bounded index drop older ones, the index is rebuilt from the files).
+// Memory is bounded by MaxEvents. Safe for concurrent use.
 type Live struct {
 	o   LiveOptions
 	idx atomic.Pointer[Index]

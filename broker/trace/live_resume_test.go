@@ -406,3 +406,51 @@ func TestLiveCutAfterLongLine(t *testing.T) {
 		t.Errorf("Lookup(iss_failed) = %v, want not found", err)
 	}
 }
+
+// TestLiveCutAcrossCompaction: when a line that was cut made the bounded
+// index compact (MaxEvents), the index can no longer be put back as it was
+// after the last line the file still holds: the compaction dropped older
+// events the file holds, which a read from scratch keeps. Live used to
+// drop the cut events all the same and read on, and its index then lacked
+// those events (a quarter of the bound) until the sink had written as
+// many events again; it now reads the files again, as for a cut below its
+// recent lines.
+func TestLiveCutAcrossCompaction(t *testing.T) {
+	const max = 400
+	durable, failed, _ := bigLog(t, max) // the first failed line is the event past the bound
+	dir := t.TempDir()
+	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
+	live, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: max})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if st := live.Index().Stats(); st.Dropped == 0 {
+		t.Fatalf("fixture: the failed batch did not make the index compact: %+v", st)
+	}
+	writeLines(t, dir, "audit.jsonl", durable)
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: max})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want {
+		t.Errorf("Stats() = %+v, want %+v (a read from scratch)", got, want)
+	}
+	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
+		t.Errorf("events: %d, want the %d of a read from scratch", len(got), len(want))
+	}
+	if _, err := live.Index().Lookup("iss_big_0000"); err != nil {
+		t.Errorf("Lookup(iss_big_0000) = %v, want found: the file holds it and the index has room", err)
+	}
+	if _, err := live.Index().Lookup("iss_failed"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Lookup(iss_failed) of a line cut = %v, want not found", err)
+	}
+}
