@@ -216,6 +216,12 @@ type auditIssueIndex struct {
 	issued map[ulid.ULID]int64 // expiry, Unix seconds (0: none)
 	other  map[string]int64
 	since  time.Time // of the oldest event read (zero: none yet)
+
+	// withdrawn are the issuances of the orphan_revoked events read since
+	// the last Snapshot that read every file: an issue event read after
+	// one (the rest of the live file, rotated, is read after the new live
+	// file, whose name sorts first) must not put its issuance back.
+	withdrawn map[string]bool
 }
 
 func newAuditIssueIndex(path string) *auditIssueIndex {
@@ -327,7 +333,7 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, 
 			delete(x.offsets, p)
 		}
 	}
-	x.moved = nil
+	x.moved, x.withdrawn = nil, nil
 	cut := time.Now().Add(-time.Hour).Unix()
 	for id, exp := range x.issued {
 		if exp != 0 && exp < cut {
@@ -606,6 +612,10 @@ func (x *auditIssueIndex) indexLine(line []byte) {
 		return
 	}
 	if ev.Type == audit.TypeOrphanRevoked {
+		if x.withdrawn == nil {
+			x.withdrawn = map[string]bool{}
+		}
+		x.withdrawn[ev.IssuanceID] = true
 		if u, ok := issuedKey(ev.IssuanceID); ok {
 			delete(x.issued, u)
 		} else {
@@ -613,7 +623,7 @@ func (x *auditIssueIndex) indexLine(line []byte) {
 		}
 		return
 	}
-	if ev.Type != audit.TypeIssue {
+	if ev.Type != audit.TypeIssue || x.withdrawn[ev.IssuanceID] {
 		return
 	}
 	var exp int64

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
 
@@ -314,4 +315,68 @@ func concat(s ...[]string) []string {
 		out = append(out, x...)
 	}
 	return out
+}
+
+// TestAuditIssueIndexWithdrawnAcrossRotation: an issuance withdrawn (its
+// orphan_revoked event) just after a rotation has its issue event in the
+// rotated file and its orphan_revoked event in the new live file. The
+// index reads the live file first (its name sorts before its rotated
+// siblings'; and a rotation during a run lists the rotated name only in
+// the next listing), so the issue event, read after, put the issuance
+// back: it looked audited, and the reconciliation left its token
+// (revoke_failed: still live, handed to nobody) until it expired. The
+// issuances withdrawn are now remembered until a Snapshot has read every
+// file, and an issue event read after their orphan_revoked event is
+// ignored: whether the index read the rotated file from its start or the
+// rest of it from where it stopped.
+func TestAuditIssueIndexWithdrawnAcrossRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// firstRun: the index read the live file before the rotation;
+		// during: the rotation comes after the run's first listing.
+		firstRun, during bool
+	}{
+		{name: "first-run"},
+		{name: "between-runs", firstRun: true},
+		{name: "during-run", firstRun: true, during: true},
+		{name: "during-first-run", during: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "audit.jsonl")
+			withdrawn, kept := broker.NewID(broker.PrefixIssuance), broker.NewID(broker.PrefixIssuance)
+			lines, ids := issueLines("old", 50)
+			appendTo(t, path, lines)
+			x := newAuditIssueIndex(path)
+			if tc.firstRun {
+				if got := issuedSet(t, x, ids...); len(got) != len(ids) {
+					t.Fatalf("first run: %d issuances indexed, want %d", len(got), len(ids))
+				}
+			}
+			appendTo(t, path, issueLine(withdrawn, 10)+issueLine(kept, 10))
+			rotate := func() {
+				rename(t, dir, "audit.jsonl", "audit.jsonl.20260301T100000.000000000Z")
+				appendTo(t, path, `{"v":1,"time":"2026-11-26T10:00:01Z","type":"orphan_revoked","issuance_id":"`+withdrawn+
+					`","reason":"store_failed","credential":{"accessor":"acc-w"},"outcome":{"status":503,"error":"temporarily_unavailable","reason":"revoke_failed"}}`+"\n")
+			}
+			if tc.during {
+				done := false
+				x.listed = func() {
+					if !done {
+						done = true
+						rotate()
+					}
+				}
+			} else {
+				rotate()
+			}
+			got := issuedSet(t, x, withdrawn, kept, ids[0])
+			if got[withdrawn] {
+				t.Errorf("Issued(%s) = true after its orphan_revoked event (in the live file, its issue event in the rotated one), want false", withdrawn)
+			}
+			if !got[kept] || !got[ids[0]] {
+				t.Errorf("indexed %v, want %s and %s", got, kept, ids[0])
+			}
+		})
+	}
 }
