@@ -24,6 +24,7 @@ import (
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
 )
 
 // Reconciliation tuning, from the environment (defaults in parentheses):
@@ -365,8 +366,11 @@ func (x *auditIssueIndex) Snapshot(ctx context.Context) (broker.IssuedSnapshot, 
 // first follows a rotation during the previous reads.
 const maxIndexPasses = 8
 
-// auditFileNames lists the audit file base and its siblings (base.*) in
-// dir, sorted.
+// auditFileNames lists the audit file base and its rotated siblings in
+// dir (base.<time>, trace.IsRotated: the names the sink gives them, which
+// trace and audit verify read too), sorted; regular files only. Other
+// files named base.* (a compressed copy, base.<time>.gz, a backup) hold no
+// audit lines to read.
 func auditFileNames(dir, base string) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -374,12 +378,18 @@ func auditFileNames(dir, base string) ([]string, error) {
 	}
 	var names []string
 	for _, e := range ents {
-		if n := e.Name(); (n == base || strings.HasPrefix(n, base+".")) && e.Type().IsRegular() {
+		if n := e.Name(); e.Type().IsRegular() && (n == base || rotatedOf(n, base)) {
 			names = append(names, n)
 		}
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+// rotatedOf reports whether name is a rotated file of the audit file base.
+func rotatedOf(name, base string) bool {
+	b, ok := trace.IsRotated(name)
+	return ok && b == base
 }
 
 // indexReadBuffer is the read buffer of the audit index: the log is
