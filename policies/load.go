@@ -202,11 +202,27 @@ func miscasedPolicyFile(e fs.DirEntry) bool {
 // refused before a byte is read, naming the path and what it is ("x: is a
 // named pipe, not a regular file"): a FIFO would block until something
 // writes to it, and a device (/dev/zero) would be read up to the cap. The
-// file is opened without blocking (O_NONBLOCK: opening a FIFO for reading
-// otherwise waits for a writer), then looked at. An error opening or
-// reading the file is the *fs.PathError of the os package, which names the
-// path too.
+// file is opened as OpenRegular opens it. An error opening or reading the
+// file is the *fs.PathError of the os package, which names the path too.
 func ReadFile(name string) ([]byte, error) {
+	f, err := OpenRegular(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readRegular(f, name)
+}
+
+// OpenRegular opens name for reading if it is a regular file (a symlink to
+// one is followed) and refuses anything else, naming the path and what it
+// is ("x: is a named pipe, not a regular file"). It is what ReadFile opens
+// with, for a reader that caps the size or looks at the file itself (the
+// secret files the Vault login re-reads, the admin token file). The file
+// is opened without blocking (O_NONBLOCK: opening a FIFO for reading
+// otherwise waits for a writer), then looked at; reading a regular file is
+// not affected by it. An error opening the file is the *fs.PathError of
+// the os package.
+func OpenRegular(name string) (*os.File, error) {
 	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		// A socket cannot be opened at all ("no such device or
@@ -216,8 +232,16 @@ func ReadFile(name string) ([]byte, error) {
 		}
 		return nil, err
 	}
-	defer f.Close()
-	return readRegular(f, name)
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, notRegular(name, st.Mode())
+	}
+	return f, nil
 }
 
 // readFS is ReadFile over a file system: a path that is not a regular file

@@ -3,6 +3,7 @@
 package policies
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -162,5 +163,56 @@ func TestLoadDirectoryRefusesNonRegularEntries(t *testing.T) {
 	}
 	if pol, err := loadGuarded(t, dir); err != nil || len(pol.Sources()) != 1 {
 		t.Errorf("Load(dir with hidden pipe and directory) = %v, %v; want the one a.yaml", pol, err)
+	}
+}
+
+// TestOpenRegular: OpenRegular (what ReadFile opens with, and the readers
+// of the Vault secret files, the admin token and a JWKS file) opens a
+// regular file or a symlink to one, and refuses a named pipe, a device or a
+// directory without blocking, naming the path and what it is; a missing
+// file is the os package's *fs.PathError.
+func TestOpenRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	regular := filepath.Join(dir, "regular")
+	if err := os.WriteFile(regular, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink("regular", link); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+	tests := []struct{ path, want string }{
+		{fifo, fifo + ": is a named pipe, not a regular file"},
+		{dir, dir + ": is a directory, not a regular file"},
+		{missing, "open " + missing + ": no such file or directory"},
+		{regular, ""},
+		{link, ""},
+	}
+	if _, err := os.Stat("/dev/zero"); err == nil {
+		tests = append(tests, struct{ path, want string }{"/dev/zero", "/dev/zero: is a character device, not a regular file"})
+	}
+	for _, tt := range tests {
+		done := make(chan error, 1)
+		go func() {
+			f, err := OpenRegular(tt.path)
+			if err == nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(time.Minute):
+			t.Fatalf("OpenRegular(%s) did not return within a minute", tt.path)
+		}
+		if got := fmt.Sprint(err); (tt.want == "" && err != nil) || (tt.want != "" && got != tt.want) {
+			t.Errorf("OpenRegular(%s) = %v, want %q", tt.path, err, tt.want)
+		}
 	}
 }

@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 	"unicode"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/policies"
 )
 
 // DefaultTimeout is the per-request timeout when ClientOptions.Timeout is 0.
@@ -178,16 +179,29 @@ func CloseIdleConnections(c *vaultapi.Client) {
 }
 
 // LoadCAFile reads the PEM bundle that verifies Vault's certificate
-// (vault.ca_file): the one reader of that file, for NewClient and for
-// keytrail config check. Every error names the file.
+// (vault.ca_file; store.ca_file and tls.client_ca_file too): the one reader
+// of that file, for NewClient, the server and keytrail config check. Every
+// error names the file. The file is read as the config file is
+// (policies.ReadFile): a regular file, symlinks followed, of at most
+// policies.MaxFileSize bytes; a named pipe, a device or a directory is
+// refused, naming it and what it is, instead of blocking forever or being
+// read until memory runs out.
 func LoadCAFile(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
+	pool, _, err := ReadCAFile(path)
+	return pool, err
+}
+
+// ReadCAFile is LoadCAFile that also returns the bundle's bytes, for a
+// caller that looks at the certificates further (keytrail config check
+// judges their dates) without reading the file a second time.
+func ReadCAFile(path string) (*x509.CertPool, []byte, error) {
+	b, err := policies.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s: no PEM certificate", path)
+		return nil, nil, fmt.Errorf("%s: no PEM certificate", path)
 	}
-	return pool, nil
+	return pool, b, nil
 }

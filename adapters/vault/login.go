@@ -33,6 +33,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/policies"
 )
 
 // Login methods (LoginOptions.Method).
@@ -739,10 +741,16 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 	return sec, nil
 }
 
-// readCredentialFile reads a small secret file and trims white space. The
-// content never appears in an error.
+// ReadCredentialFile reads a small secret file (vault.token_file, the
+// AppRole role and secret id files, the Kubernetes jwt_file) and trims
+// white space. The content never appears in an error. Only a regular file
+// is read (a symlink to one is followed: Kubernetes mounts a secret as a
+// chain of them, swapped when it rotates): a named pipe, a socket, a
+// device or a directory is refused, naming the path and what it is, as
+// the config file is (policies.OpenRegular), instead of blocking the start
+// or every later login forever.
 func ReadCredentialFile(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := policies.OpenRegular(path)
 	if err != nil {
 		return "", err
 	}

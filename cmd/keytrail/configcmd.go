@@ -211,11 +211,7 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 		if path == "" {
 			return
 		}
-		if _, err := vaultad.LoadCAFile(path); err != nil {
-			bad(field, err)
-			return
-		}
-		data, err := os.ReadFile(path)
+		_, data, err := vaultad.ReadCAFile(path) // one read: the dates judged are of the bundle checked
 		if err != nil {
 			bad(field, err)
 			return

@@ -122,3 +122,60 @@ func TestFlagFilesRefuseNonRegular(t *testing.T) {
 		}
 	}
 }
+
+// TestCABundlesAndVaultFilesRefuseNonRegular: the CA bundles the server
+// config names (vault.ca_file, store.ca_file, tls.client_ca_file) and the
+// files the Vault login reads (vault.token_file, the AppRole id files, the
+// Kubernetes jwt_file) are refused by the server's readers, and so by
+// keytrail config check, when they are a named pipe, naming the field and
+// the path. Before, a FIFO blocked the server's start and config check
+// forever (config check also read each CA bundle a second time, with
+// os.ReadFile), and a CA bundle on /dev/zero was read until memory ran out.
+func TestCABundlesAndVaultFilesRefuseNonRegular(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := mkfifo(t, dir, "pipe")
+	pipe := fifo + ": is a named pipe, not a regular file"
+
+	// The server's reader of tls.client_ca_file and store.ca_file.
+	t.Run("loadCAPool", func(t *testing.T) {
+		err := returnsWithin(t, "loadCAPool(fifo)", func() error { _, err := loadCAPool(fifo); return err })
+		if err == nil || err.Error() != pipe {
+			t.Errorf("loadCAPool(%s) = %v, want %q", fifo, err, pipe)
+		}
+	})
+
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	config := func(vault, extra string) string {
+		return "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: 'http://127.0.0.1:1'" + vault + "}\n" +
+			"audit: {file: " + filepath.Join(dir, "audit.jsonl") + "}\n" + extra
+	}
+	certFile, keyFile := writeKeyPair(t, dir, "serving", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	for _, tt := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"ca-bundles-and-token-file", config(", ca_file: "+fifo+", token_file: "+fifo,
+			"store: {redis_url: 'rediss://127.0.0.1:1/0', ca_file: "+fifo+"}\ntls: {cert_file: "+certFile+", key_file: "+keyFile+", client_ca_file: "+fifo+"}\n"),
+			[]string{"vault.ca_file: " + pipe, "vault.token_file: " + pipe, "store.ca_file: " + pipe, "tls.client_ca_file: " + pipe}},
+		{"approle", config(", approle: {role_id_file: "+fifo+", secret_id_file: "+fifo+"}", ""),
+			[]string{"vault.approle.role_id_file: " + pipe, "vault.approle.secret_id_file: " + pipe}},
+		{"kubernetes", config(", auth: {method: kubernetes, role: broker, jwt_file: "+fifo+"}", ""),
+			[]string{"vault.auth.jwt_file: " + pipe}},
+	} {
+		t.Run("config check/"+tt.name, func(t *testing.T) {
+			cfg := writeFile(t, t.TempDir(), "keytrail.yaml", tt.yaml)
+			var out, stderr string
+			err := returnsWithin(t, "keytrail config check ("+tt.name+")", func() error {
+				var err error
+				out, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
+				return err
+			})
+			for _, want := range tt.want {
+				if err == nil || !strings.Contains(stderr, cfg+": "+want) {
+					t.Errorf("config check = %v\n%s%s\nwant a problem %q", err, out, stderr, want)
+				}
+			}
+		})
+	}
+}
