@@ -14,7 +14,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
 )
 
 const (
@@ -114,9 +114,9 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 		}
 		r = resp.Body
 	} else {
-		f, err := os.Open(src)
+		f, err := policies.OpenRegular(src) // not blocked on a FIFO, nor /dev/zero read
 		if err != nil {
-			return nil, err // a *fs.PathError names the file
+			return nil, err // names the file
 		}
 		defer f.Close()
 		r = f

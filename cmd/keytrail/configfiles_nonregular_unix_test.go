@@ -3,6 +3,7 @@
 package main
 
 import (
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,9 +95,10 @@ func TestConfigFilesRefuseNonRegular(t *testing.T) {
 }
 
 // TestFlagFilesRefuseNonRegular: a key file given to keytrail audit verify
-// (--key) and a token file given to keytrail policy explain (--token) are
-// refused when they are a named pipe, naming the flag and the path. Before,
-// the command blocked forever.
+// (--key), a JWKS file given to it (--jwks), a token file given to keytrail
+// policy explain (--token) and the admin token file (revoke --token-file)
+// are refused when they are a named pipe, naming the flag and the path.
+// Before, the command blocked forever.
 func TestFlagFilesRefuseNonRegular(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -105,21 +107,27 @@ func TestFlagFilesRefuseNonRegular(t *testing.T) {
 	auditFile := writeFile(t, dir, "audit.jsonl", "")
 
 	for _, tt := range []struct {
+		name string
 		args []string
 		want string
 	}{
-		{[]string{"audit", "verify", "--key", fifo, auditFile}, "audit verify: --key: " + pipe},
-		{[]string{"policy", "explain", "--unverified", "--policy", "../../policies/examples", "--token", fifo, "--grant", "payments-vault"}, "policy explain: --token: " + pipe},
+		{"audit verify --key", []string{"audit", "verify", "--key", fifo, auditFile}, "audit verify: --key: " + pipe},
+		{"policy explain --token", []string{"policy", "explain", "--unverified", "--policy", "../../policies/examples", "--token", fifo, "--grant", "payments-vault"}, "policy explain: --token: " + pipe},
+		{"audit verify --jwks", []string{"audit", "verify", "--jwks", fifo, auditFile}, "audit verify: --jwks: " + pipe},
+		{"revoke --token-file", []string{"revoke", "--workload", "w", "--reason", "r", "--token-file", fifo}, "revoke: admin token (--token-file): " + pipe},
 	} {
-		var out string
-		err := returnsWithin(t, strings.Join(tt.args, " "), func() error {
-			var err error
-			out, _, err = runCLI(t, nil, tt.args...)
-			return err
+		// A subtest each: on the old code each blocks, and fails, apart.
+		t.Run(tt.name, func(t *testing.T) {
+			var out string
+			err := returnsWithin(t, strings.Join(tt.args, " "), func() error {
+				var err error
+				out, _, err = runCLI(t, nil, tt.args...)
+				return err
+			})
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("keytrail %s = %v\n%s\nwant %q", strings.Join(tt.args, " "), err, out, tt.want)
+			}
 		})
-		if err == nil || err.Error() != tt.want {
-			t.Errorf("keytrail %s = %v\n%s\nwant %q", strings.Join(tt.args, " "), err, out, tt.want)
-		}
 	}
 }
 
@@ -177,5 +185,38 @@ func TestCABundlesAndVaultFilesRefuseNonRegular(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAdminTokenFileSymlink: the admin token file read through a symlink
+// (a secret mounted by Kubernetes, a token tool's link to its cache) is
+// read as before, and the mode warning is about the file it points to; a
+// missing file's message is unchanged.
+func TestAdminTokenFileSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := writeFile(t, dir, "admin-token", "file-token\n")
+	if err := os.Chmod(target, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink("admin-token", link); err != nil {
+		t.Fatal(err)
+	}
+	fa := &fakeAdmin{status: 200, body: receiptDone}
+	srv := httptest.NewServer(fa)
+	defer srv.Close()
+	env := map[string]string{"KEYTRAIL_ADDR": srv.URL}
+	_, stderr, err := runCLI(t, env, "revoke", "--workload", "w", "--reason", "r", "--token-file", link)
+	if err != nil || fa.auth != "Bearer file-token" {
+		t.Errorf("revoke --token-file (a symlink) = %v, Authorization %q; want it run with the file's token", err, fa.auth)
+	}
+	if want := "admin token file " + link + " has mode 0644"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr = %q, want the warning %q", stderr, want)
+	}
+
+	missing := filepath.Join(dir, "missing")
+	_, _, err = runCLI(t, env, "revoke", "--workload", "w", "--reason", "r", "--token-file", missing)
+	if want := "revoke: admin token (--token-file): open " + missing + ": no such file or directory"; err == nil || err.Error() != want {
+		t.Errorf("revoke --token-file (missing) = %v, want %q", err, want)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"runtime"
 	"strings"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/client"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // Admin client defaults.
@@ -289,9 +289,12 @@ const adminTokenLoosePerm = 0o027
 // readAdminTokenFile reads the admin token file and warns on stderr when
 // others can read or change it. A warning, not a refusal (as ssh does for
 // private keys): the token is usually a short-lived SSO token kept where
-// its tool puts it, and refusing would stop an incident response.
+// its tool puts it, and refusing would stop an incident response. Only a
+// regular file (or a symlink to one) is read, as the config file is: a
+// named pipe or a device is refused, naming it, instead of blocking the
+// command forever.
 func readAdminTokenFile(e *env, path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := policies.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
