@@ -61,6 +61,9 @@ type Client struct {
 	ua       string
 	// proxy is the Proxy function of the transport (nil when unknown).
 	proxy func(*http.Request) (*url.URL, error)
+	// proxyTLSTraced: the transport reports its TLS handshake with an
+	// https proxy to the request's trace (see proxyTLSTraced).
+	proxyTLSTraced bool
 }
 
 // New validates o and returns a Client. Clients made over the same
@@ -95,7 +98,7 @@ func New(o Options) (*Client, error) {
 	if ua == "" {
 		ua = "keytrail-client"
 	}
-	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua, proxy: proxy}, nil
+	return &Client{tokenURL: strings.TrimRight(addr, "/") + "/v1/token", hc: hc, now: now, ua: ua, proxy: proxy, proxyTLSTraced: proxyTLSTraced(hc.Transport)}, nil
 }
 
 // CloseIdleConnections closes the idle connections of the transport the
@@ -311,7 +314,7 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	req.Header.Set("User-Agent", c.ua)
 	via := c.proxyFor(req)
 	var tlsStarts *atomic.Int32
-	if via != nil && via.Scheme == "https" {
+	if via != nil && via.Scheme == "https" && c.proxyTLSTraced {
 		req, tlsStarts = countTLSHandshakes(req)
 	}
 	sent := c.now()

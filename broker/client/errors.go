@@ -271,7 +271,8 @@ func IsCertificateError(err error) bool {
 // required"). net/http itself names it so only for an alert during the
 // handshake (TLS 1.2); Exchange does for a TLS 1.3 proxy's, which comes
 // after the client's side of it (with an *http.Transport, whose Proxy
-// function tells the proxy).
+// function tells the proxy, and without a TLS dialer of its own, whose
+// handshake with the proxy net/http may not trace).
 func IsClientCertificateRefused(err error) bool {
 	var ae tls.AlertError
 	if errors.As(err, &ae) {

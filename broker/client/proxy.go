@@ -197,6 +197,18 @@ func countTLSHandshakes(req *http.Request) (*http.Request, *atomic.Int32) {
 	return req.WithContext(ctx), n
 }
 
+// proxyTLSTraced reports whether the transport rt reports its TLS
+// handshake with an https proxy to the request's trace, so that
+// countTLSHandshakes counts it: an *http.Transport without a TLS dialer of
+// its own (DialTLSContext, DialTLS). net/http dials an https proxy with
+// that dialer and traces a handshake only when it returns a *tls.Conn; a
+// connection it wraps has its handshake untraced, and the broker's in the
+// tunnel would be counted as the only one, the proxy's.
+func proxyTLSTraced(rt http.RoundTripper) bool {
+	t, ok := rt.(*http.Transport)
+	return ok && t.DialTLSContext == nil && t.DialTLS == nil //nolint:staticcheck // DialTLS is a TLS dialer too
+}
+
 // proxyAlert is err, net/http's failure of a request through the https
 // proxy via before the broker's TLS handshake began, named as the proxy's
 // when it is a TLS alert received: a failure at the proxy as net/http

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -148,6 +149,59 @@ func TestProxyRefusingClientCertificateIsNamed(t *testing.T) {
 		var op *net.OpError
 		if !IsClientCertificateRefused(err) || (errors.As(err, &op) && op.Op == "proxyconnect") || strings.Contains(err.Error(), "proxy") {
 			t.Errorf("TLS %x: the broker's alert through a working https proxy = %v; want the broker's, not the proxy's", v, err)
+		}
+	}
+}
+
+// wrappedConn is a connection a caller's DialTLSContext returns wrapped
+// (to count bytes, say): not a *tls.Conn, so net/http neither handshakes
+// it again nor reports its handshake to the request's trace.
+type wrappedConn struct{ net.Conn }
+
+// TestBrokerAlertThroughCustomTLSDialerIsTheBrokers: a caller's transport
+// with its own DialTLSContext dials the https proxy itself, and its TLS
+// handshake with the proxy is not one net/http traces when the connection
+// it returns is not a *tls.Conn. The broker's handshake in the tunnel was
+// then the only one counted, and the broker's own alert (a client
+// certificate it refuses) was named as the proxy's: 'proxyconnect tcp
+// 127.0.0.1:N: the https proxy refused the TLS connection: remote error:
+// tls: unknown certificate authority'. With a custom TLS dialer the count
+// cannot tell the proxy's handshake from the broker's: the alert is left
+// as net/http reports it.
+func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
+	ca := newCert(t, nil)
+	untrusted := newCert(t, nil)
+	serverCert := newCert(t, nil)
+	clientCAs := x509.NewCertPool()
+	clientCAs.AddCert(ca.Leaf)
+	roots := x509.NewCertPool()
+	roots.AddCert(serverCert.Leaf)
+	for _, v := range []uint16{0, tls.VersionTLS12} {
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Request-Id", "req_mtls")
+			w.WriteHeader(http.StatusForbidden)
+		}))
+		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MaxVersion: v, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		proxy := httpsProxy(t, serverCert, nil, v, srv.Listener.Addr().String())
+		hc := &http.Client{Transport: &http.Transport{
+			Proxy:           http.ProxyURL(proxy),
+			TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{untrusted}},
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				d := &tls.Dialer{Config: &tls.Config{RootCAs: roots}}
+				c, err := d.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return wrappedConn{c}, nil
+			},
+		}}
+		err := exchangeErrInsecure(t, srv.URL, hc)
+		var op *net.OpError
+		if !IsClientCertificateRefused(err) || (errors.As(err, &op) && op.Op == "proxyconnect") || strings.Contains(err.Error(), "proxy") {
+			t.Errorf("TLS %x: the broker's alert through a working https proxy dialed by the caller's DialTLSContext = %v; want the broker's, not the proxy's", v, err)
 		}
 	}
 }
