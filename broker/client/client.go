@@ -14,7 +14,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -313,9 +312,9 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
 	via := c.proxyFor(req)
-	var tlsStarts *atomic.Int32
+	var tlsConns *handshakes
 	if via != nil && via.Scheme == "https" && c.proxyTLSTraced {
-		req, tlsStarts = countTLSHandshakes(req)
+		req, tlsConns = countTLSHandshakes(req)
 	}
 	sent := c.now()
 	resp, err := c.hc.Do(req)
@@ -325,9 +324,9 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 			pe.setRetryAfter(sent)
 			return nil, pe
 		}
-		if tlsStarts != nil && tlsStarts.Load() == 1 {
-			// Only the https proxy's handshake began: a TLS alert is
-			// its, not the broker's.
+		if tlsConns != nil && tlsConns.proxyOnly(req) {
+			// Only the https proxy's TLS can have failed: a TLS
+			// alert is its, not the broker's.
 			err = proxyAlert(via, err)
 		}
 		// *url.Error names the URL, never the body; still, say only what

@@ -191,10 +191,33 @@ func forwarding(req *http.Request, via *url.URL) *url.URL {
 // counting the TLS handshakes begun for it: through an https proxy, the
 // proxy's, then, for an https broker, the broker's in the tunnel. With
 // none, the connection was one already open.
-func countTLSHandshakes(req *http.Request) (*http.Request, *atomic.Int32) {
-	n := new(atomic.Int32)
-	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{TLSHandshakeStart: func() { n.Add(1) }})
-	return req.WithContext(ctx), n
+func countTLSHandshakes(req *http.Request) (*http.Request, *handshakes) {
+	h := new(handshakes)
+	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		TLSHandshakeStart: func() { h.started.Add(1) },
+		GotConn:           func(httptrace.GotConnInfo) { h.gotConn.Store(true) },
+	})
+	return req.WithContext(ctx), h
+}
+
+// handshakes is what countTLSHandshakes learns of a request's connections.
+type handshakes struct {
+	// started counts the TLS handshakes begun by the dials made for the
+	// request. net/http goes on with a dial when the request takes
+	// another connection (one a dial for another request made), and
+	// the dial's handshakes count for the request all the same.
+	started atomic.Int32
+	// gotConn: the request got a connection (the broker's TLS, for an
+	// https broker, is then in place, whatever dial made it).
+	gotConn atomic.Bool
+}
+
+// proxyOnly reports whether, through an https proxy, only the proxy's TLS
+// handshake can have been the one that failed or sent an alert for req:
+// one handshake begun and, for an https broker, no connection got (the
+// broker's handshake ends the dial that makes one).
+func (h *handshakes) proxyOnly(req *http.Request) bool {
+	return h.started.Load() == 1 && (req.URL.Scheme == "http" || !h.gotConn.Load())
 }
 
 // proxyTLSTraced reports whether the transport rt reports its TLS

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 // httpsProxy is an https proxy (HTTPS_PROXY=https://...) with cert that
@@ -204,4 +205,161 @@ func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
 			t.Errorf("TLS %x: the broker's alert through a working https proxy dialed by the caller's DialTLSContext = %v; want the broker's, not the proxy's", v, err)
 		}
 	}
+}
+
+// TestBrokerAlertOnAConnectionDialedForAnotherRequestIsTheBrokers: net/http
+// dials for a request under the request's trace and goes on dialing when
+// the request takes another connection (one a dial for another request
+// made, that request gone); the broker's TLS handshake on that other
+// connection was not counted for it, and its own dial, stopped after the
+// proxy's handshake, counted one. The broker's alert (a client
+// certificate it refuses, after a TLS 1.3 handshake) was then named as
+// the proxy's: 'proxyconnect tcp 127.0.0.1:N: the https proxy refused the
+// TLS connection: remote error: tls: unknown certificate authority'. For
+// an https broker, the proxy's handshake can only be the one that failed
+// when the request got no connection (httptrace GotConn).
+func TestBrokerAlertOnAConnectionDialedForAnotherRequestIsTheBrokers(t *testing.T) {
+	ca := newCert(t, nil)
+	untrusted := newCert(t, nil)
+	serverCert := newCert(t, nil)
+	clientCAs := x509.NewCertPool()
+	clientCAs.AddCert(ca.Leaf)
+	roots := x509.NewCertPool()
+	roots.AddCert(serverCert.Leaf)
+	brokerSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", "req_mtls")
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	brokerSrv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	brokerSrv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert}
+	brokerSrv.StartTLS()
+	t.Cleanup(brokerSrv.Close)
+	target := brokerSrv.Listener.Addr().String()
+
+	// The proxy holds each CONNECT until its release channel is closed.
+	// In the tunnel, it holds the client's side of the handshake after
+	// its ClientHello until the request follows it (see
+	// relayAfterRequest), so that the broker's alert always comes after
+	// the request was written, as it does on a fast enough machine: one
+	// that comes first closes the connection before the request is
+	// written on it, and net/http sends the request again on a new one.
+	arrived := make(chan chan struct{}, 2)
+	done := make(chan struct{})
+	proxySrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		release := make(chan struct{})
+		arrived <- release
+		select {
+		case <-release:
+		case <-done:
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		back, err := net.Dial("tcp", target)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		defer back.Close()
+		w.WriteHeader(http.StatusOK)
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		go relayAfterRequest(back, brw)
+		_, _ = io.Copy(conn, back)
+	}))
+	proxySrv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}}
+	proxySrv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	proxySrv.StartTLS()
+	t.Cleanup(proxySrv.Close)
+	t.Cleanup(func() { close(done) }) // before the proxy closes
+	proxy, err := url.Parse(proxySrv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{Proxy: http.ProxyURL(proxy), TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{untrusted}}}
+	newClient := func() *Client {
+		c, err := New(Options{Addr: brokerSrv.URL, HTTPClient: &http.Client{Transport: tr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first, second := newClient(), newClient()
+
+	// The first request's dial reaches the proxy; the request goes away
+	// and the dial goes on.
+	ctx, cancel := context.WithCancel(t.Context())
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := first.Exchange(ctx, "g", ExchangeOptions{Identity: staticIdentity("identity.jwt")})
+		firstDone <- err
+	}()
+	releaseFirst := recvWithin(t, arrived, "the first request's CONNECT")
+	cancel()
+	if err := recvWithin(t, firstDone, "the first Exchange"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first Exchange = %v, want it cancelled", err)
+	}
+	// The second request's own dial gets through the proxy's handshake
+	// and is held at CONNECT; the first dial then ends and its
+	// connection goes to the second request.
+	secondDone := make(chan error, 1)
+	go func() {
+		_, err := second.Exchange(t.Context(), "g", ExchangeOptions{Identity: staticIdentity("identity.jwt")})
+		secondDone <- err
+	}()
+	recvWithin(t, arrived, "the second request's CONNECT")
+	close(releaseFirst)
+	err = recvWithin(t, secondDone, "the second Exchange")
+	var op *net.OpError
+	if !IsClientCertificateRefused(err) || (errors.As(err, &op) && op.Op == "proxyconnect") || strings.Contains(err.Error(), "proxy") {
+		t.Errorf("the broker's alert on a connection dialed for another request = %v; want the broker's, not the proxy's", err)
+	}
+}
+
+// recvWithin receives from c (the bound fails the test, it times
+// nothing).
+func recvWithin[T any](t *testing.T, c <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: nothing after 20s", what)
+		panic("unreachable")
+	}
+}
+
+// relayAfterRequest copies a TLS 1.3 client's records from src to dst,
+// holding those after its ClientHello until the fourth encrypted record
+// (after the client's Certificate, CertificateVerify and Finished: the
+// request written after the handshake) has arrived.
+func relayAfterRequest(dst io.Writer, src io.Reader) {
+	var held []byte
+	for records, encrypted := 0, 0; encrypted < 4; records++ {
+		hdr := make([]byte, 5)
+		if _, err := io.ReadFull(src, hdr); err != nil {
+			return
+		}
+		rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+		copy(rec, hdr)
+		if _, err := io.ReadFull(src, rec[5:]); err != nil {
+			return
+		}
+		if records == 0 {
+			if _, err := dst.Write(rec); err != nil {
+				return
+			}
+			continue
+		}
+		if hdr[0] == 23 { // application_data: encrypted
+			encrypted++
+		}
+		held = append(held, rec...)
+	}
+	if _, err := dst.Write(held); err != nil {
+		return
+	}
+	_, _ = io.Copy(dst, src)
 }
