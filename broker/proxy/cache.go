@@ -6,8 +6,11 @@ import (
 )
 
 // cacheControlPrivate is the Cache-Control of a proxied response whose
-// upstream sent none. Shared by every such response: header values are
-// copied, never appended to in place, on their way to the caller.
+// upstream sent none. Shared by every such response: it goes into the
+// header map net/http writes to the caller as it is (responseWriter.adopt
+// hands the upstream's map on without a copy), and nothing on the way
+// writes a header value in place (an Add to this slice of capacity 1
+// copies it; a Set replaces it). Never assign to its element.
 var cacheControlPrivate = []string{"private"}
 
 // keepOutOfSharedCaches makes a proxied response private: a shared cache in
