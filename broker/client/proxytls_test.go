@@ -168,7 +168,11 @@ type wrappedConn struct{ net.Conn }
 // 127.0.0.1:N: the https proxy refused the TLS connection: remote error:
 // tls: unknown certificate authority'. With a custom TLS dialer the count
 // cannot tell the proxy's handshake from the broker's: the alert is left
-// as net/http reports it.
+// as net/http reports it. TLS 1.2 only: that check does not depend on the
+// version, and a TLS 1.3 server's alert about the client's certificate
+// comes after the client's side of the handshake, racing the request's
+// write (a "use of closed network connection" instead of the alert, 1 run
+// in 15 under load; the next test holds the handshake back for that).
 func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
 	ca := newCert(t, nil)
 	untrusted := newCert(t, nil)
@@ -177,7 +181,7 @@ func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
 	clientCAs.AddCert(ca.Leaf)
 	roots := x509.NewCertPool()
 	roots.AddCert(serverCert.Leaf)
-	for _, v := range []uint16{0, tls.VersionTLS12} {
+	for _, v := range []uint16{tls.VersionTLS12} {
 		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("X-Request-Id", "req_mtls")
 			w.WriteHeader(http.StatusForbidden)
