@@ -4,10 +4,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"net"
 	"net/url"
-	"os"
 	"reflect"
 	"regexp"
 	"regexp/syntax"
@@ -921,7 +921,9 @@ func pkiIssuePath(path string) bool {
 // holding a PEM certificate), each problem named by policy file and field.
 // Parse and Load do not read them: a policy is often checked where they do
 // not exist (a policy repository's CI). The server runs it at start and on
-// every reload, `keytrail policy check --files` on request.
+// every reload, `keytrail policy check --files` on request. A ca_file is
+// read as a policy file is (ReadFile): a named pipe, a device or a
+// directory is a problem naming it, not waited on or read without end.
 //
 // warnings judge the dates of each readable ca_file's certificates at now
 // (CABundleDates), named like problems: one that expires within
@@ -976,9 +978,17 @@ func checkCAFile(v *validator, file, path, caFile string, now time.Time) {
 	if caFile == "" {
 		return
 	}
-	pem, err := os.ReadFile(caFile)
+	pem, err := ReadFile(caFile)
 	if err != nil {
-		v.add(file, path, "cannot read %s: %v", caFile, errors.Unwrap(err))
+		// An open error names the path ("cannot read PATH: no such file
+		// or directory"); the refusal of a named pipe, a device or a
+		// directory, and the cap, already do.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			v.add(file, path, "cannot read %s: %v", caFile, pe.Err)
+		} else {
+			v.add(file, path, "cannot read %v", err)
+		}
 		return
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(pem) {

@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -252,7 +251,10 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, e
 			t.TLSClientConfig.MinVersion = tls.VersionTLS12
 		}
 		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
+			// Read as a policy file is: a named pipe, a device or a
+			// directory is refused, naming it, not waited on at every
+			// New (each policy reload) or read without end.
+			pem, err := policies.ReadFile(caFile)
 			if err != nil {
 				return nil, fmt.Errorf("read: %w", err)
 			}

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -203,7 +202,10 @@ func (p *Proxy) buildTransport(key transportKey, g *policies.Grant) (*grantTrans
 	}
 	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
 	if px.CAFile != "" {
-		pem, err := os.ReadFile(px.CAFile)
+		// Read as a policy file is: a named pipe, a device or a
+		// directory is refused, naming it, not waited on by the request
+		// that builds the transport or read without end.
+		pem, err := policies.ReadFile(px.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("grant %s: ca_file: %w", g.Name, err)
 		}
