@@ -263,7 +263,7 @@ func (v *Verifier) Authenticate(ctx context.Context, raw string) (*broker.Identi
 	}
 	var sum [sha256.Size]byte
 	if v.verified != nil {
-		sum = sha256.Sum256([]byte(raw))
+		sum = tokenSum(raw)
 		if e := v.verified.get(sum); e != nil {
 			if id, err := v.fromCache(ctx, sum, e); err != errCacheStale {
 				return id, err
@@ -507,14 +507,31 @@ func checkCompact(raw string) error {
 			return errors.New("token contains characters outside base64url")
 		}
 	}
-	parts := strings.Split(raw, ".")
-	if len(parts) != 3 {
-		return fmt.Errorf("token has %d parts, want 3 (JWS compact)", len(parts))
+	// The parts are counted and looked at in place (strings.Split made a
+	// slice of them for every token).
+	if n := strings.Count(raw, ".") + 1; n != 3 {
+		return fmt.Errorf("token has %d parts, want 3 (JWS compact)", n)
 	}
-	if parts[0] == "" || parts[1] == "" {
+	i := strings.IndexByte(raw, '.')
+	if j := strings.LastIndexByte(raw, '.'); i == 0 || j == i+1 {
 		return errors.New("token has an empty header or payload")
 	}
 	return nil
+}
+
+// tokenBufs holds copies of tokens being hashed for the verified-token
+// cache: sha256.Sum256 takes a []byte, and converting the token made a
+// heap copy of all of it (about 1 KB) on every exchange.
+var tokenBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// tokenSum is the SHA-256 of raw, the verified-token cache's key.
+func tokenSum(raw string) [sha256.Size]byte {
+	bp := tokenBufs.Get().(*[]byte)
+	b := append((*bp)[:0], raw...)
+	sum := sha256.Sum256(b)
+	*bp = b[:0]
+	tokenBufs.Put(bp)
+	return sum
 }
 
 // payloadBufs holds decode buffers for checkPayloadIsOneValue.
