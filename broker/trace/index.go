@@ -19,7 +19,8 @@ import (
 
 // DefaultMaxEvents bounds an Index when Options.MaxEvents is 0: about
 // 200,000 kept events, in the order of 200-400 MB at the largest event
-// sizes keytrail writes, usually far less.
+// sizes keytrail writes, usually far less (twice that while Live rebuilds
+// its index: the old one is kept until the new one is complete).
 const DefaultMaxEvents = 200_000
 
 // Options configure an Index.

@@ -1,0 +1,179 @@
+package trace_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+// rebuildFixture is a bounded Live (MaxEvents 400) over a rotated file of
+// 300 issue events and a live file of 300 more and a failed batch, read
+// once: its index compacted while it read the live file, so a cut of the
+// live file below its recent lines makes it rebuild (no resume can put the
+// index back as it was). cut makes that cut: the live file then holds its
+// first 200 lines (the compaction at its line 201 is cut) and the next batch.
+type rebuildFixture struct {
+	dir, path, rotated string
+	live               *trace.Live
+	cut                func()
+}
+
+const rebuildMax = 400
+
+func newRebuildFixture(t *testing.T) *rebuildFixture {
+	t.Helper()
+	durable, failed, next := bigLog(t, 600)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	rotated := path + "." + at(time.Hour).Format(trace.RotatedLayout)
+	writeLines(t, dir, filepath.Base(rotated), durable[:300])
+	writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable[300:]), failed...))
+	live, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: rebuildMax})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if st := live.Index().Stats(); st.Dropped == 0 {
+		t.Fatalf("fixture: the index did not compact: %+v", st)
+	}
+	return &rebuildFixture{dir: dir, path: path, rotated: rotated, live: live, cut: func() {
+		writeLines(t, dir, "audit.jsonl", durable[300:500])
+		appendLines(t, path, next)
+	}}
+}
+
+// heldBeforeCut checks that idx answers as an index of the files up to the
+// cut point does: at least the events the bound keeps of them (300 of the
+// 500 issue events), and the issuances of the last 100 lines before it.
+func heldBeforeCut(idx *trace.Index) error {
+	if st := idx.Stats(); st.Events < rebuildMax-rebuildMax/4 {
+		return fmt.Errorf("the index holds %d events, want at least %d (the files held 500 before the cut point)", st.Events, rebuildMax-rebuildMax/4)
+	}
+	for i := 400; i < 500; i++ {
+		if _, err := idx.Lookup(fmt.Sprintf("iss_big_%04d", i)); err != nil {
+			return fmt.Errorf("Lookup(iss_big_%04d), issued before the cut point: %v", i, err)
+		}
+	}
+	return nil
+}
+
+// TestLiveRebuildPublishesCompleteIndex: when Live rebuilds its index (here
+// a cut of the live file across a compaction), it used to publish an empty
+// index and fill it: a trace or report served meanwhile (one that loaded
+// the index after its own refresh, while another call rebuilt) answered
+// from a partial index, an issuance made long before "not found". The new
+// index is now built to the side and published once complete: a reader
+// looking at every read of the rebuild sees the old index or the new one,
+// each holding what the files held before the cut point.
+func TestLiveRebuildPublishesCompleteIndex(t *testing.T) {
+	f := newRebuildFixture(t)
+	if err := heldBeforeCut(f.live.Index()); err != nil {
+		t.Fatalf("fixture: %v", err)
+	}
+	f.cut()
+	reads := &readsOf{from: map[string]int64{}}
+	var seen int
+	var bad error
+	trace.SetReadWrapper(f.live, func(file *os.File) audit.File {
+		w := reads.wrap(file).(*lowestRead)
+		w.after = func(int) {
+			seen++
+			if err := heldBeforeCut(f.live.Index()); err != nil && bad == nil {
+				bad = fmt.Errorf("read %d of the refresh (%s): %w", seen, filepath.Base(file.Name()), err)
+			}
+		}
+		return w
+	})
+	trace.SetAfterReadHook(f.live, func() {
+		if err := heldBeforeCut(f.live.Index()); err != nil && bad == nil {
+			bad = fmt.Errorf("after a file read in the refresh: %w", err)
+		}
+	})
+	if err := f.live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if reads.lowest(filepath.Base(f.rotated)) != 0 {
+		t.Fatal("fixture: the refresh did not rebuild (the rotated file was not read again)")
+	}
+	if bad != nil {
+		t.Errorf("a reader during the rebuild saw a partial index: %v", bad)
+	}
+	likeFresh(t, f.live, f.path)
+}
+
+// TestLiveRebuildFailureKeepsIndex: a rebuild that fails (here a read error
+// of the rotated file) used to leave the partial new index published; it
+// now returns the error and keeps the old index, and Live's state with it:
+// the next call rebuilds again, and its index is one read from scratch.
+func TestLiveRebuildFailureKeepsIndex(t *testing.T) {
+	f := newRebuildFixture(t)
+	before := f.live.Index()
+	st := before.Stats()
+	f.cut()
+	errDisk := errors.New("disk on fire")
+	failing := true
+	trace.SetReadWrapper(f.live, func(file *os.File) audit.File {
+		if failing && filepath.Base(file.Name()) == filepath.Base(f.rotated) {
+			return failingFile{errDisk}
+		}
+		return file
+	})
+	if err := f.live.Refresh(); !errors.Is(err, errDisk) {
+		t.Fatalf("Refresh() = %v, want the read error", err)
+	}
+	if got := f.live.Index(); got != before || got.Stats() != st {
+		t.Errorf("after a failed rebuild, Index() = %p with %+v, want the old index %p with %+v", got, got.Stats(), before, st)
+	}
+	if _, err := f.live.Index().Lookup("iss_big_0000"); !errors.Is(err, broker.ErrNotFound) {
+		// The old index compacted it away: still so.
+		t.Errorf("Lookup(iss_big_0000) = %v, want not found, as in the old index", err)
+	}
+	failing = false
+	if err := f.live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	likeFresh(t, f.live, f.path)
+}
+
+type failingFile struct{ err error }
+
+func (f failingFile) ReadAt([]byte, int64) (int, error) { return 0, f.err }
+
+// likeFresh checks that live's index is one read from scratch of the files
+// as they are: without the lines cut, with the next batch.
+func likeFresh(t *testing.T, live *trace.Live, path string) {
+	t.Helper()
+	fresh, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: live.Index().Stats().Max})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want {
+		t.Errorf("Stats() = %+v, want %+v (a read from scratch)", got, want)
+	}
+	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
+		t.Errorf("events: %d, want the %d of a read from scratch", len(got), len(want))
+	}
+	for _, q := range []string{"iss_failed", "use_failed", "iss_big_0500"} {
+		if _, err := live.Index().Lookup(q); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("Lookup(%s) of a line cut = %v, want not found", q, err)
+		}
+	}
+	for _, q := range []string{"iss_next1", "iss_next2", "iss_big_0499"} {
+		if _, err := live.Index().Lookup(q); err != nil {
+			t.Errorf("Lookup(%s) = %v, want found", q, err)
+		}
+	}
+}
