@@ -185,6 +185,14 @@ func (x *Index) dropAfter(next, skipped int64, now lineMark) bool {
 	return true
 }
 
+// counters returns the number the next kept event gets and the count of
+// skipped lines (a lineMark's counters, now).
+func (x *Index) counters() lineMark {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return lineMark{next: x.base + int64(len(x.evs)), skipped: x.skipped}
+}
+
 // compact drops the oldest quarter of the bound and rebuilds the key map.
 func (x *Index) compact() {
 	x.compactedAfter = x.base + int64(len(x.evs))

@@ -51,9 +51,12 @@ type LiveOptions struct {
 // rolled back a failed batch, even if it has written past that point since),
 // the events of the lines that are gone are dropped from the index and the
 // file is read on from the last line read that it still holds (of the last
-// ~64 KiB read; below those, or when an event of the lines gone made the
-// bounded index drop older ones, the index is rebuilt from the files, to
-// the side: readers see the old index until the new one is complete).
+// ~64 KiB read; when those start at the file's start and it holds none of
+// them, as when the first batch after a rotation failed, all of that
+// file's events are dropped and it is read again; below those, or when an
+// event of the lines gone made the bounded index drop older ones, the
+// index is rebuilt from the files, to the side: readers see the old index
+// until the new one is complete).
 // Memory is bounded by MaxEvents (twice during a rebuild). Safe for
 // concurrent use.
 type Live struct {
@@ -74,7 +77,12 @@ type Live struct {
 	// recent are the last lines read of cur, ending at curOff, with the
 	// index's counters after each (see resume).
 	recent recentLines
-	done   map[string]bool // rotated files fully read
+	// curStart is the index's counters before the first line of cur, when
+	// every event the index got since is of cur (curStartOK): a cut of
+	// every line of cur drops those and reads cur again, not every file.
+	curStart   lineMark
+	curStartOK bool
+	done       map[string]bool // rotated files fully read
 
 	// afterList, when set (tests only), is called by each refresh after it
 	// listed the rotated files and before it opens the audit file.
@@ -132,20 +140,24 @@ func (l *Live) Refresh() error {
 // readState is what a refresh reads on from: the index it reads into and
 // where it stopped in the files.
 type readState struct {
-	w       *Index
-	cur     os.FileInfo
-	curOff  int64
-	curTail tailSum
-	recent  recentLines
-	done    map[string]bool
+	w          *Index
+	cur        os.FileInfo
+	curOff     int64
+	curTail    tailSum
+	recent     recentLines
+	curStart   lineMark
+	curStartOK bool
+	done       map[string]bool
 }
 
 func (l *Live) state() readState {
-	return readState{w: l.w, cur: l.cur, curOff: l.curOff, curTail: l.curTail, recent: l.recent, done: l.done}
+	return readState{w: l.w, cur: l.cur, curOff: l.curOff, curTail: l.curTail, recent: l.recent,
+		curStart: l.curStart, curStartOK: l.curStartOK, done: l.done}
 }
 
 func (l *Live) setState(s readState) {
-	l.w, l.cur, l.curOff, l.curTail, l.recent, l.done = s.w, s.cur, s.curOff, s.curTail, s.recent, s.done
+	l.w, l.cur, l.curOff, l.curTail, l.recent = s.w, s.cur, s.curOff, s.curTail, s.recent
+	l.curStart, l.curStartOK, l.done = s.curStart, s.curStartOK, s.done
 }
 
 // rebuild reads the files again from their start into a new index, built
@@ -213,6 +225,7 @@ func (l *Live) refresh() error {
 	if l.cur == nil || !os.SameFile(fi, l.cur) {
 		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
 		l.recent.reset()
+		l.curStart, l.curStartOK = l.w.counters(), true
 	}
 	return l.readCur(f, fi.Size())
 }
@@ -244,9 +257,37 @@ func (l *Live) readCur(f *os.File, size int64) error {
 
 // resume drops from the index the events of the lines of cur after the
 // last of its recent lines f (size bytes) still holds where they were
-// read, and sets curOff after that line. False when f holds none of them,
-// or the index can no longer drop those events (see Index.dropAfter).
+// read, and sets curOff after that line; when f holds none of them and
+// they start at its start, every event of cur, and sets curOff to 0
+// (resumeStart). False when f holds none of them and they start further
+// on, or the index can no longer drop those events (see Index.dropAfter).
 func (l *Live) resume(f io.ReaderAt, size int64) bool {
+	return l.resumeRecent(f, size) || l.resumeStart()
+}
+
+// resumeStart, when the recent lines are every line read of cur and f
+// holds none of them (resumeRecent failed: the first batch written after a
+// rotation failed, say), drops from the index every event of cur and sets
+// curOff to 0: cur is read again from its start, and only cur (Live used
+// to read every rotated file again). The index then holds what the files
+// hold before the cut, as readers need (see rebuild); after a cut below
+// the recent lines it would not until cur is read again, and the index is
+// rebuilt instead. False also when the index got events of another file
+// since cur's first line, or cannot drop those of cur (it compacted since:
+// see Index.dropAfter).
+func (l *Live) resumeStart() bool {
+	if l.curOff != int64(len(l.recent.buf)) || !l.curStartOK ||
+		!l.w.dropAfter(l.curStart.next, l.curStart.skipped, l.w.counters()) {
+		return false
+	}
+	l.curOff, l.curTail = 0, tailSum{}
+	l.recent.reset()
+	return true
+}
+
+// resumeRecent is resume from the last of the recent lines f still holds;
+// false when it holds none of them.
+func (l *Live) resumeRecent(f io.ReaderAt, size int64) bool {
 	r := &l.recent
 	start := l.curOff - int64(len(r.buf))
 	if len(r.marks) == 0 || start < 0 || start >= size {
@@ -366,8 +407,14 @@ func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
 		}
 		l.cur, l.curOff, l.curTail = nil, 0, tailSum{}
 		l.recent.reset()
-	} else if _, _, err := l.readFrom(f, 0, nil); err != nil {
-		return err
+		l.curStartOK = false
+	} else {
+		if l.cur != nil {
+			l.curStartOK = false // not only cur's events since its start
+		}
+		if _, _, err := l.readFrom(f, 0, nil); err != nil {
+			return err
+		}
 	}
 	l.done[filepath.Base(p)] = true
 	return nil

@@ -3,6 +3,7 @@ package trace_test
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -108,7 +109,7 @@ func TestLiveRebuildPublishesCompleteIndex(t *testing.T) {
 	if bad != nil {
 		t.Errorf("a reader during the rebuild saw a partial index: %v", bad)
 	}
-	likeFresh(t, f.live, f.path)
+	likeFresh(t, f.live, f.path, []string{"iss_failed", "use_failed", "iss_big_0500"}, []string{"iss_next1", "iss_next2", "iss_big_0499"})
 }
 
 // TestLiveRebuildFailureKeepsIndex: a rebuild that fails (here a read error
@@ -142,7 +143,7 @@ func TestLiveRebuildFailureKeepsIndex(t *testing.T) {
 	if err := f.live.Refresh(); err != nil {
 		t.Fatal(err)
 	}
-	likeFresh(t, f.live, f.path)
+	likeFresh(t, f.live, f.path, []string{"iss_failed", "use_failed", "iss_big_0500"}, []string{"iss_next1", "iss_next2", "iss_big_0499"})
 }
 
 type failingFile struct{ err error }
@@ -150,8 +151,9 @@ type failingFile struct{ err error }
 func (f failingFile) ReadAt([]byte, int64) (int, error) { return 0, f.err }
 
 // likeFresh checks that live's index is one read from scratch of the files
-// as they are: without the lines cut, with the next batch.
-func likeFresh(t *testing.T, live *trace.Live, path string) {
+// as they are, and finds none of gone (values of the lines cut) and every
+// one of found.
+func likeFresh(t *testing.T, live *trace.Live, path string, gone, found []string) {
 	t.Helper()
 	fresh, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: live.Index().Stats().Max})
 	if err != nil {
@@ -166,14 +168,131 @@ func likeFresh(t *testing.T, live *trace.Live, path string) {
 	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
 		t.Errorf("events: %d, want the %d of a read from scratch", len(got), len(want))
 	}
-	for _, q := range []string{"iss_failed", "use_failed", "iss_big_0500"} {
+	for _, q := range gone {
 		if _, err := live.Index().Lookup(q); !errors.Is(err, broker.ErrNotFound) {
 			t.Errorf("Lookup(%s) of a line cut = %v, want not found", q, err)
 		}
 	}
-	for _, q := range []string{"iss_next1", "iss_next2", "iss_big_0499"} {
+	for _, q := range found {
 		if _, err := live.Index().Lookup(q); err != nil {
 			t.Errorf("Lookup(%s) = %v, want found", q, err)
 		}
 	}
+}
+
+// TestLiveCutOfFirstLinesRereadsLiveFileOnly: a cut of the live file
+// below the first line Live read of it, all its recent lines (the first
+// batch after a rotation failed: the file is cut back to nothing), made
+// Live rebuild its index from every file, re-reading the rotated ones,
+// which had not changed. It now drops the events of the live file only
+// (from where it began in the index) and reads that file again from its
+// start; the index is one read from scratch, and a reader during the
+// refresh sees every event the files held before the cut point. A cut
+// below recent lines that do not start at the file's start still
+// rebuilds: dropping the live file's events would leave readers without
+// those of its lines before the cut point until it is read again.
+func TestLiveCutOfFirstLinesRereadsLiveFileOnly(t *testing.T) {
+	durable, failed, next := bigLog(t, 1000)
+	for _, tc := range []struct {
+		name             string
+		rotated, current [][]byte // the files before the cut
+		held             [][]byte // what the live file holds after it (then next)
+		before           int      // the events of the files before the cut point
+		gone             []string // values of the lines cut
+		rebuilds         bool     // the rotated file is read again
+	}{
+		{name: "first-batch-after-rotation", rotated: durable, current: failed, before: 1000,
+			gone: []string{"iss_failed", "acc_failed", "use_failed"}},
+		{name: "first-lines-rewritten", rotated: durable[:900], current: append(slices.Clone(durable[900:]), failed...),
+			held: failed[1:], before: 900, gone: []string{"iss_failed", "iss_big_0900", "acc_0999"}},
+		{name: "below-recent-lines", rotated: durable[:500], current: append(slices.Clone(durable[500:]), failed...), held: durable[500:600], before: 600,
+			gone: []string{"iss_failed", "use_failed", "iss_big_0600", "acc_0999"}, rebuilds: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "audit.jsonl")
+			rotated := filepath.Base(path + "." + at(time.Hour).Format(trace.RotatedLayout))
+			writeLines(t, dir, rotated, tc.rotated)
+			writeLines(t, dir, "audit.jsonl", tc.current)
+			live, err := trace.NewLive(trace.LiveOptions{Path: path})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := live.Index().Lookup("iss_failed"); err != nil {
+				t.Fatalf("fixture: the failed batch was not read: %v", err)
+			}
+			writeLines(t, dir, "audit.jsonl", tc.held)
+			appendLines(t, path, next)
+			held := tc.before
+			last := fmt.Sprintf("iss_big_%04d", held-1)
+			reads := &readsOf{from: map[string]int64{}}
+			var bad error
+			trace.SetReadWrapper(live, func(f *os.File) audit.File {
+				w := reads.wrap(f).(*lowestRead)
+				w.after = func(int) {
+					idx := live.Index()
+					if st := idx.Stats(); st.Events < held && bad == nil {
+						bad = fmt.Errorf("the index holds %d events, want at least the %d before the cut point", st.Events, held)
+					}
+					for _, q := range []string{"iss_big_0000", last} {
+						if _, err := idx.Lookup(q); err != nil && bad == nil {
+							bad = fmt.Errorf("Lookup(%s), before the cut point: %v", q, err)
+						}
+					}
+				}
+				return w
+			})
+			if err := live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			if bad != nil {
+				t.Errorf("a reader during the refresh: %v", bad)
+			}
+			if got := reads.lowest(rotated); !tc.rebuilds && got != math.MaxInt64 {
+				t.Errorf("the rotated file, unchanged, was read again (from offset %d)", got)
+			} else if tc.rebuilds && got != 0 {
+				t.Errorf("the rotated file was read from offset %d, want 0 (a rebuild)", got)
+			}
+			if got := reads.lowest("audit.jsonl"); got != 0 {
+				t.Errorf("the live file was read from offset %d after the cut, want 0", got)
+			}
+			likeFresh(t, live, path, tc.gone, []string{"iss_big_0000", last, "iss_next1", "acc_next1", "iss_next2"})
+		})
+	}
+}
+
+// TestLiveCutOfFirstLinesAfterAnotherFile: when the index got events of
+// another file after the live file's first line (a rotated file that
+// appeared late, older than the others), dropping the live file's events
+// from where it began would drop that file's too: a cut of the live file's
+// first lines then rebuilds the index, as a read from scratch.
+func TestLiveCutOfFirstLinesAfterAnotherFile(t *testing.T) {
+	durable, failed, next := bigLog(t, 1000)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	writeLines(t, dir, filepath.Base(path+"."+at(2*time.Hour).Format(trace.RotatedLayout)), durable)
+	writeLines(t, dir, "audit.jsonl", failed)
+	live, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	writeLines(t, dir, filepath.Base(path+"."+at(time.Hour).Format(trace.RotatedLayout)), sealed(t, "chn_late", 0, fixtureEvents()[1:4]))
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Index().Lookup(idA); err != nil {
+		t.Fatalf("fixture: the late rotated file was not read: %v", err)
+	}
+	writeLines(t, dir, "audit.jsonl", nil)
+	appendLines(t, path, next)
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	likeFresh(t, live, path, []string{"iss_failed", "use_failed"}, []string{idA, idC, "iss_big_0000", "iss_big_0999", "iss_next1"})
 }
