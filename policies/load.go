@@ -67,7 +67,8 @@ type namedData struct {
 // Load reads a policy from path: one YAML file, or a directory whose *.yaml
 // and *.yml files (non-recursive, sorted by name) are merged into one policy;
 // an entry so named that is not a regular file nor a symlink to one (a named
-// pipe, a socket, a directory) is an error naming it, hidden ones left out.
+// pipe, a socket, a directory) is an error naming it, hidden ones left out,
+// and one whose extension is miscased (b.YAML) is a problem, whatever it is.
 // Every file must say "version: 1". On a validation failure the returned
 // error's Unwrap() []error lists every problem as a *Problem.
 func Load(p string) (*Policy, error) {
@@ -91,7 +92,9 @@ func Load(p string) (*Policy, error) {
 	for _, e := range entries {
 		if !isPolicyFile(e) {
 			if miscasedPolicyFile(e) {
-				misnamed = append(misnamed, &Problem{File: filepath.Join(p, e.Name()), Message: misnamedMessage})
+				name := filepath.Join(p, e.Name())
+				st, err := os.Stat(name)
+				misnamed = append(misnamed, misnamedProblem(name, st, err))
 			}
 			continue
 		}
@@ -135,7 +138,9 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 	for _, e := range entries {
 		if !isPolicyFile(e) {
 			if miscasedPolicyFile(e) {
-				misnamed = append(misnamed, &Problem{File: path.Join(dir, e.Name()), Message: misnamedMessage})
+				name := path.Join(dir, e.Name())
+				st, err := fs.Stat(fsys, name)
+				misnamed = append(misnamed, misnamedProblem(name, st, err))
 			}
 			continue
 		}
@@ -185,11 +190,31 @@ func Considers(e fs.DirEntry) bool { return isPolicyFile(e) || miscasedPolicyFil
 // misnamedMessage is the problem of a file miscasedPolicyFile reports.
 const misnamedMessage = `not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`
 
+// misnamedProblem is the problem of the entry name that miscasedPolicyFile
+// reports, st and err what stat (following symlinks) said of it. One that
+// is not a regular file (a named pipe, a socket, a directory, or a symlink
+// to one) is not told to rename it: renamed, it would be refused as not a
+// regular file. Its problem says both what it is and what a policy file
+// is, so one reading is enough to fix it.
+func misnamedProblem(name string, st fs.FileInfo, err error) *Problem {
+	if err == nil && !st.Mode().IsRegular() {
+		what := modeKind(st.Mode())
+		if what == "" {
+			what = "not a regular file"
+		} else {
+			what = "is " + what + ", not a regular file"
+		}
+		return &Problem{File: name, Message: "not read: " + what + `; policy files are regular files named *.yaml or *.yml (lowercase)`}
+	}
+	return &Problem{File: name, Message: misnamedMessage}
+}
+
 // miscasedPolicyFile reports whether e would be a policy file but for the
-// case of its extension (b.YAML): left out silently, its entries would be
-// missing from a policy that validates.
+// case of its extension (b.YAML), whatever it is (a named pipe, a socket or
+// a directory so named too, as isPolicyFile): left out silently, its
+// entries would be missing from a policy that validates.
 func miscasedPolicyFile(e fs.DirEntry) bool {
-	if !e.Type().IsRegular() && e.Type()&fs.ModeSymlink == 0 || strings.HasPrefix(e.Name(), ".") {
+	if strings.HasPrefix(e.Name(), ".") {
 		return false
 	}
 	n := strings.ToLower(e.Name())
@@ -285,22 +310,29 @@ func readRegular(f fs.File, name string) ([]byte, error) {
 
 // notRegular is the error of a path that names m, not a regular file.
 func notRegular(name string, m fs.FileMode) error {
-	var what string
-	switch {
-	case m.IsDir():
-		what = "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		what = "a named pipe"
-	case m&fs.ModeSocket != 0:
-		what = "a socket"
-	case m&fs.ModeCharDevice != 0:
-		what = "a character device"
-	case m&fs.ModeDevice != 0:
-		what = "a block device"
-	default:
+	what := modeKind(m)
+	if what == "" {
 		return fmt.Errorf("%s: not a regular file", name)
 	}
 	return fmt.Errorf("%s: is %s, not a regular file", name, what)
+}
+
+// modeKind names what m is when it is not a regular file ("a named pipe"),
+// or is "" for a kind it has no name for.
+func modeKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	}
+	return ""
 }
 
 // parsedFile is a decoded policy file.

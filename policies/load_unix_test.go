@@ -216,3 +216,56 @@ func TestOpenRegular(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadDirectoryReportsMiscasedNonRegularEntries: in a policy directory,
+// an entry whose extension is miscased (X.YAML, y.Yml) and that is not a
+// regular file (a named pipe, a socket, a directory, a symlink to a pipe)
+// is a problem naming it and what it is, listed with the other miscased
+// entries, and policy reloads notice it (Considers). Before, it was left
+// out without a word while a regular B.YAML beside it was reported. It is
+// not told to rename itself: renamed, it would be refused as not a regular
+// file, so the problem says what a policy file is instead.
+func TestLoadDirectoryReportsMiscasedNonRegularEntries(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "B.YAML"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "P.YAML"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "d.Yml"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "s.yAml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if err := os.Symlink(filepath.Join(dir, "P.YAML"), filepath.Join(dir, "l.YML")); err != nil {
+		t.Fatal(err)
+	}
+	const policyFiles = `policy files are regular files named *.yaml or *.yml (lowercase)`
+	want := []string{
+		filepath.Join(dir, "B.YAML") + `: not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`,
+		filepath.Join(dir, "P.YAML") + `: not read: is a named pipe, not a regular file; ` + policyFiles,
+		filepath.Join(dir, "d.Yml") + `: not read: is a directory, not a regular file; ` + policyFiles,
+		filepath.Join(dir, "l.YML") + `: not read: is a named pipe, not a regular file; ` + policyFiles,
+		filepath.Join(dir, "s.yAml") + `: not read: is a socket, not a regular file; ` + policyFiles,
+	}
+	p, err := loadGuarded(t, dir)
+	if got := problemStrings(err); strings.Join(got, "\n") != strings.Join(want, "\n") || p != nil {
+		t.Errorf("Load = %v, %v\ngot problems:\n%s\nwant:\n%s", p, err, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != "a.yaml" && !Considers(e) {
+			t.Errorf("Considers(%s, %v) = false, want true: a reload must notice it", e.Name(), e.Type())
+		}
+	}
+}

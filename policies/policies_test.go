@@ -1330,3 +1330,28 @@ func TestLoadFSDirectoryRefusesNonRegularEntries(t *testing.T) {
 		t.Errorf("LoadFS(hidden pipe, ..data, sub) = %v, %v; want the one a.yaml", p, err)
 	}
 }
+
+// TestLoadFSDirectoryReportsMiscasedNonRegularEntries: LoadFS reports a
+// miscased entry that is not a regular file (a named pipe, a directory) as
+// a problem naming it and what it is, as Load does. Before, it was left
+// out without a word.
+func TestLoadFSDirectoryReportsMiscasedNonRegularEntries(t *testing.T) {
+	valid := []byte("version: 1\n")
+	fsys := fstest.MapFS{
+		"d/a.yaml":       {Data: valid},
+		"d/B.YAML":       {Data: valid},
+		"d/P.YAML":       {Mode: fs.ModeNamedPipe},
+		"d/s.Yml/x.yaml": {Data: valid},
+		"d/.h.YAML":      {Mode: fs.ModeNamedPipe},
+	}
+	const policyFiles = `policy files are regular files named *.yaml or *.yml (lowercase)`
+	want := []string{
+		`d/B.YAML: not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`,
+		`d/P.YAML: not read: is a named pipe, not a regular file; ` + policyFiles,
+		`d/s.Yml: not read: is a directory, not a regular file; ` + policyFiles,
+	}
+	p, err := LoadFS(fsys, "d")
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" || p != nil {
+		t.Errorf("LoadFS = %v, %v; want problems (-want +got):\n%s", p, err, diff)
+	}
+}
