@@ -271,7 +271,8 @@ func (c *Credential) LogValue() slog.Value {
 // retry: see Source for that. Broker errors are *Error; a failure to get
 // the identity token is *IdentityError; an HTTP proxy's own answer (a
 // refused CONNECT, or an answer without X-Request-Id to a plain-http
-// request it forwarded, other than an https port's answer: ErrHTTPSPort)
+// request it forwarded, other than an https port's answer: ErrHTTPSPort;
+// the proxy's own port speaking TLS is its *ProxyError with HTTPSPort)
 // is *ProxyError; anything else is a transport failure (transient).
 func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) (*Credential, error) {
 	if grant == "" {
@@ -338,11 +339,17 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 		if p := forwarding(req, via); p != nil {
 			// net/http's answer on the broker's TLS port, forwarded: the
 			// proxy's framing gives it headers, where the same answer of
-			// the proxy's own TLS port has none (the proxy's, then).
-			if len(resp.Header) > 0 && httpsPortAnswered(req, resp, readPrefix(resp.Body, len(httpsPortAnswer))) {
+			// the proxy's own TLS port has none (the proxy URL's http://
+			// names an https proxy: the proxy's, HTTPSPort).
+			var prefix []byte
+			if resp.StatusCode == http.StatusBadRequest {
+				prefix = readPrefix(resp.Body, len(httpsPortAnswer))
+			}
+			if len(resp.Header) > 0 && httpsPortAnswered(req, resp, prefix) {
 				return nil, &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
 			}
 			pe := newProxyError(p, resp, true)
+			pe.HTTPSPort = proxyTLSPortAnswered(resp, prefix)
 			pe.setRetryAfter(sent)
 			return nil, pe
 		}

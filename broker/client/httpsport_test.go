@@ -1,13 +1,17 @@
 package client
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
 // tlsPort is the host:port of an https server that no request may reach
@@ -76,5 +80,41 @@ func TestPlainHTTPToHTTPSPortThroughProxyIsNamed(t *testing.T) {
 	err = exchangeErrInsecure(t, "http://keytrail.example:7700", through(host))
 	if !errors.As(err, &pe) || pe.Proxy != host || errors.Is(err, ErrHTTPSPort) {
 		t.Errorf("Exchange through a proxy URL naming a TLS port = %v, want the proxy's *ProxyError, not ErrHTTPSPort", err)
+	}
+}
+
+// TestProxyURLNamingTLSPortIsNamed: a proxy URL written with http:// that
+// names a port speaking TLS (an https proxy, HTTP_PROXY=http://H:P) gets,
+// to the plain-http request it was to forward, net/http's raw answer to
+// plain HTTP on a TLS port, with no header at all. It read as the proxy's
+// refusal ('the proxy at H:P refused to forward the request to the
+// keytrail broker: it answered 400 Bad Request'), pointing at the proxy's
+// rules. It is still the proxy's *ProxyError, permanent, now with
+// HTTPSPort set and saying that the proxy URL's scheme should be
+// https://, naming the proxy by host:port (never the URL's user info).
+// The broker's address is not blamed (ErrHTTPSPort).
+func TestProxyURLNamingTLSPortIsNamed(t *testing.T) {
+	host := tlsPort(t)
+	want := "the proxy at " + host + " answered that it speaks https (400 Client sent an HTTP request to an HTTPS server.): write the proxy URL with https:// (https://" + host + ")"
+	err := exchangeErrInsecure(t, "http://keytrail.example:7700", through(host))
+	var pe *ProxyError
+	if !errors.As(err, &pe) || pe.Proxy != host || !pe.HTTPSPort || !pe.Forwarding || pe.Status != 400 ||
+		!IsPermanent(err) || errors.Is(err, ErrHTTPSPort) || err.Error() != want {
+		t.Errorf("Exchange through http:// naming a TLS port = %q (%#v, permanent %v); want the proxy's *ProxyError, HTTPSPort, %q", err, pe, IsPermanent(err), want)
+	}
+	if strings.Contains(err.Error(), "u:p") || strings.Contains(err.Error(), "p@") {
+		t.Errorf("the error shows the proxy URL's user info: %q", err)
+	}
+
+	// A proxy's own headerless 400 with other text stays its refusal.
+	proxy := brokertest.ServeConns(t, func(conn net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
+			return
+		}
+		io.WriteString(conn, "HTTP/1.0 400 Bad Request\r\n\r\nno.\n")
+	})
+	err = exchangeErrInsecure(t, "http://keytrail.example:7700", through(proxy))
+	if !errors.As(err, &pe) || pe.HTTPSPort || strings.Contains(err.Error(), "speaks https") {
+		t.Errorf("a proxy's own bare 400 = %q, want its refusal, not HTTPSPort", err)
 	}
 }

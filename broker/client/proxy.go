@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,12 +34,23 @@ type ProxyError struct {
 	Forwarding bool          // a plain-http request the proxy was to forward, not a CONNECT
 	RetryAfter time.Duration // its Retry-After (429, 503), bounded as the broker's; 0 when absent
 
+	// HTTPSPort: the proxy URL says http:// but the proxy's port speaks
+	// TLS (an https proxy): it answered the plain-http request it was to
+	// forward as net/http does plain HTTP on a TLS port, a bare "HTTP/1.0
+	// 400 Bad Request" without any header and "Client sent an HTTP
+	// request to an HTTPS server.". The proxy URL's scheme should be
+	// https://. Forwarding is then true.
+	HTTPSPort bool
+
 	// The refused CONNECT's Retry-After and Date, for Exchange to measure
 	// (net/http calls OnProxyConnectResponse without the client's clock).
 	retryAfter, date string
 }
 
 func (e *ProxyError) Error() string {
+	if e.HTTPSPort {
+		return fmt.Sprintf("the proxy at %s answered that it speaks https (400 %s): write the proxy URL with https:// (https://%s)", e.Proxy, httpsPortAnswer, e.Proxy)
+	}
 	refused := "refused the tunnel to"
 	if e.Forwarding {
 		refused = "refused to forward the request to"
@@ -161,6 +173,16 @@ func withConnectRefusal(t *http.Transport) *http.Transport {
 		return newProxyError(proxy, res, false)
 	}
 	return t
+}
+
+// proxyTLSPortAnswered reports whether res, to a plain-http request the
+// proxy was to forward, whose body starts with body, is net/http's answer
+// on a TLS port written by the proxy's own port (the proxy URL's http://
+// naming an https proxy): a 400 with no header at all. A proxy's own
+// answers, and those it forwards, have headers (its framing adds them).
+// (net/http's TLS port answers no CONNECT so: it closes the connection.)
+func proxyTLSPortAnswered(res *http.Response, body []byte) bool {
+	return res.StatusCode == http.StatusBadRequest && len(res.Header) == 0 && bytes.HasPrefix(body, []byte(httpsPortAnswer))
 }
 
 // proxyFor is the proxy the transport sends req through (its Proxy

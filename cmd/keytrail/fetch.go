@@ -269,6 +269,10 @@ func (a dialedAddr) String() string  { return a.address }
 // plain-http request it was to forward, and what it answered.
 func proxyRefusal(e *client.ProxyError, addr string) string {
 	broker := strings.TrimRight(strings.TrimSpace(addr), "/")
+	if e.HTTPSPort {
+		// The proxy URL's http:// names a port that speaks TLS.
+		return fmt.Sprintf("the proxy at %s (%s) for the broker at %s answered that it speaks https (400 Client sent an HTTP request to an HTTPS server.)", e.Proxy, proxyVariable(broker), broker)
+	}
 	refused := "refused the tunnel to"
 	if e.Forwarding {
 		refused = "refused to forward the request to"
@@ -276,8 +280,13 @@ func proxyRefusal(e *client.ProxyError, addr string) string {
 	return fmt.Sprintf("the proxy at %s (%s) %s the broker at %s: it answered %s", e.Proxy, proxyVariable(broker), refused, broker, e.StatusLine)
 }
 
-// proxyRefusalHint says what to check after a proxy's permanent refusal.
-func proxyRefusalHint(e *client.ProxyError) string {
+// proxyRefusalHint says what to check after a proxy's permanent refusal
+// of the request to the broker at addr.
+func proxyRefusalHint(e *client.ProxyError, addr string) string {
+	if e.HTTPSPort {
+		v := proxyVariable(strings.TrimRight(strings.TrimSpace(addr), "/"))
+		return fmt.Sprintf("write the proxy URL in %s with https:// (https://%s), as the proxy speaks TLS, or list the broker's host in NO_PROXY to reach it without the proxy", v, e.Proxy)
+	}
 	if e.Status == http.StatusProxyAuthRequired {
 		return "check the proxy's user name and password in the proxy URL (http://USER:PASSWORD@HOST:PORT), or list the broker's host in NO_PROXY to reach it without the proxy"
 	}
@@ -527,7 +536,7 @@ func permanentError(grant string, id client.IdentitySource, err error, addr stri
 	var refused *client.ProxyError
 	switch {
 	case errors.As(err, &refused):
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, proxyRefusal(refused, addr), proxyRefusalHint(refused))}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, proxyRefusal(refused, addr), proxyRefusalHint(refused, addr))}
 	case client.IsCertificateError(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, addr))}
 	case client.IsClientCertificateRefused(err):

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -118,5 +120,43 @@ func TestProxyRetryAfterIsHonoured(t *testing.T) {
 					c.status, code, asked.Load(), stderr, line)
 			}
 		})
+	}
+}
+
+// TestProxyURLNamingTLSPortIsNamed: HTTP_PROXY=http://H:P naming a port
+// that speaks TLS (an https proxy written with http://) gets net/http's
+// bare answer to plain HTTP on a TLS port. fetch and exec said 'the proxy
+// at H:P (HTTP_PROXY) refused to forward the request to the broker at B:
+// it answered 400 Bad Request: check that the proxy allows requests to the
+// broker's host and port', which sends the user to the proxy's rules. They
+// now say that the proxy speaks https and to write its URL in HTTP_PROXY
+// with https://, naming it by host:port (never the URL's user info), at
+// once (permanent).
+func TestProxyURLNamingTLSPortIsNamed(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	tlsProxy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the TLS proxy's handler was reached over plain http")
+	}))
+	tlsProxy.Config.ErrorLog = log.New(io.Discard, "", 0)
+	tlsProxy.StartTLS()
+	defer tlsProxy.Close()
+	host := tlsProxy.Listener.Addr().String()
+	const addr = "http://keytrail.example:7700"
+	want := "keytrail: g: the proxy at " + host + " (HTTP_PROXY) for the broker at " + addr +
+		" answered that it speaks https (400 Client sent an HTTP request to an HTTPS server.): write the proxy URL in HTTP_PROXY with https:// (https://" + host +
+		"), as the proxy speaks TLS, or list the broker's host in NO_PROXY to reach it without the proxy\n"
+	common := []string{"--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--allow-insecure-http", "--timeout", "5s"}
+	for _, args := range [][]string{
+		append(append([]string{"fetch"}, common...), "--out", filepath.Join(dir, "cred")),
+		append(append([]string{"exec"}, common...), "--env", "T", "--", "true"),
+	} {
+		_, stderr, code := runKeytrailProcess(t, []string{"HTTP_PROXY=http://u:MARKER@" + host}, args...)
+		if code != 1 || stderr != want {
+			t.Errorf("%s through HTTP_PROXY=http:// naming a TLS port: exit %d, stderr %q; want exit 1 at once with %q", args[0], code, stderr, want)
+		}
+		if strings.Contains(stderr, "MARKER") {
+			t.Errorf("%s: stderr shows the proxy's user info: %q", args[0], stderr)
+		}
 	}
 }
