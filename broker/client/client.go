@@ -330,6 +330,9 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 			// alert is its, not the broker's.
 			err = proxyAlert(via, err)
 		}
+		if via != nil {
+			err = proxyNamed(via, err)
+		}
 		// *url.Error names the URL, never the body; still, say only what
 		// happened at the transport.
 		return nil, fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(err))

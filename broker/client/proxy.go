@@ -277,6 +277,31 @@ func proxyAlert(via *url.URL, err error) error {
 	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &net.OpError{Op: "proxyconnect", Net: "tcp", Addr: proxyAddr(via), Err: &proxyTLSError{alert}}}
 }
 
+// proxyNamed is err, net/http's failure of a request through the proxy
+// via, with the proxy's host:port (never its URL's user info) in the
+// *net.OpError "proxyconnect" net/http wraps a failure at the proxy in
+// without it: "proxyconnect tcp 10.0.0.5:3128: tls: failed to verify
+// certificate: ..." for "proxyconnect tcp: tls: ...", the https proxy's
+// certificate or its plain-HTTP answer to the TLS handshake. A failed
+// dial, which names the address itself, is left as it is.
+func proxyNamed(via *url.URL, err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	op, ok := ue.Err.(*net.OpError)
+	if !ok || op.Op != "proxyconnect" || op.Addr != nil {
+		return err
+	}
+	var inner *net.OpError
+	if errors.As(op.Err, &inner) && inner.Addr != nil {
+		return err
+	}
+	named := *op
+	named.Addr = proxyAddr(via)
+	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &named}
+}
+
 // proxyAddr is the host:port of the proxy at u (net/http's default port
 // for its scheme when it has none).
 func proxyAddr(u *url.URL) net.Addr {

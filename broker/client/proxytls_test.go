@@ -367,3 +367,50 @@ func relayAfterRequest(dst io.Writer, src io.Reader) {
 	}
 	_, _ = io.Copy(dst, src)
 }
+
+// TestProxyTLSFailuresNameTheProxy: through an https proxy
+// (HTTPS_PROXY=https://...) whose certificate does not verify, or that
+// answers the TLS handshake in plain HTTP, net/http's error is a
+// *net.OpError "proxyconnect" without an address ('proxyconnect tcp: tls:
+// failed to verify certificate: ...'), so neither a Go caller nor fetch
+// and exec could say which proxy failed. Exchange now puts the proxy's
+// host:port in it (never the URL's user info), as it does for the proxy's
+// TLS alert; the errors stay IsCertificateError and IsPlainHTTPAnswer. A
+// failed dial, which names the address itself, is left as it is.
+func TestProxyTLSFailuresNameTheProxy(t *testing.T) {
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the plain-http proxy's handler was reached")
+	}))
+	defer plain.Close()
+	for _, c := range []struct {
+		name  string
+		host  string
+		check func(error) bool
+	}{
+		{"certificate", tlsPort(t), IsCertificateError},
+		{"plain-http", plain.Listener.Addr().String(), IsPlainHTTPAnswer},
+	} {
+		proxy := &url.URL{Scheme: "https", User: url.UserPassword("u", "PW-MARKER"), Host: c.host}
+		err := exchangeErr(t, "https://keytrail.example:7700", &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}})
+		var op *net.OpError
+		if !c.check(err) || !errors.As(err, &op) || op.Op != "proxyconnect" || op.Addr == nil || op.Addr.String() != c.host ||
+			!strings.Contains(err.Error(), "proxyconnect tcp "+c.host+": ") {
+			t.Errorf("%s: Exchange through the https proxy at %s = %v (%#v); want a proxyconnect error naming %s", c.name, c.host, err, op, c.host)
+		}
+		if strings.Contains(err.Error(), "MARKER") {
+			t.Errorf("%s: the error shows the proxy URL's user info: %q", c.name, err)
+		}
+	}
+
+	// A dial that failed names the address itself, once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := ln.Addr().String()
+	ln.Close()
+	err = exchangeErr(t, "https://keytrail.example:7700", &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "https", Host: refused})}})
+	if strings.Count(err.Error(), refused) != 1 {
+		t.Errorf("Exchange through a proxy refusing connections = %q, want %s named once", err, refused)
+	}
+}

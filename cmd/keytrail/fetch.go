@@ -409,11 +409,11 @@ func certificateFailure(err error, addr string) string {
 	if errors.As(err, &cv) && cv.Err != nil {
 		cause = cv.Err.Error()
 	}
-	if proxyFailure(err) != nil {
-		// The proxy's own TLS (HTTPS_PROXY=https://...); net/http's error
-		// does not say its address.
+	if px := proxyFailure(err); px != nil {
+		// The proxy's own TLS (HTTPS_PROXY=https://...), named by the
+		// host:port client.Exchange adds to net/http's error.
 		v := proxyVariable(broker)
-		return fmt.Sprintf("cannot verify the certificate of the proxy (%s) for the broker at %s: %s: check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the proxy's certificate, and the proxy's host name in %s", v, broker, cause, v)
+		return fmt.Sprintf("cannot verify the certificate of %s for the broker at %s: %s: check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the proxy's certificate, and the proxy's host name in %s", proxyNamed(px, v), broker, cause, v)
 	}
 	host := broker
 	if u, perr := url.Parse(broker); perr == nil && u.Hostname() != "" {
@@ -451,11 +451,7 @@ func clientCertificateFailure(err error, addr string) string {
 		// client.Exchange names the https proxy's alert so, with its
 		// host:port (never the URL's user info).
 		v := proxyVariable(broker)
-		proxy := "the proxy (" + v + ")"
-		if px.Addr != nil {
-			proxy = fmt.Sprintf("the proxy at %s (%s)", px.Addr, v)
-		}
-		return fmt.Sprintf("%s for the broker at %s refused the TLS connection: %s: %s; use a proxy that does not require one in %s, or list the broker's host in NO_PROXY to reach it without the proxy", proxy, broker, cause, cannot, v)
+		return fmt.Sprintf("%s for the broker at %s refused the TLS connection: %s: %s; use a proxy that does not require one in %s, or list the broker's host in NO_PROXY to reach it without the proxy", proxyNamed(px, v), broker, cause, cannot, v)
 	}
 	return fmt.Sprintf("the broker at %s refused the TLS connection: %s: %s; reach it at an address that does not require one (the broker's tls.client_ca_file unset), or fetch with the Go client (broker/client), whose Options.HTTPClient can present one", broker, cause, cannot)
 }
@@ -473,9 +469,13 @@ func plainHTTPFailure(err error, addr string) string {
 	}
 	shown := &url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
 	broker = shown.String()
-	if proxyFailure(err) != nil {
+	if px := proxyFailure(err); px != nil {
 		v := proxyVariable(broker)
-		return fmt.Sprintf("the proxy (%s) for the broker at %s answered in plain HTTP: use http:// for the proxy in %s, or enable TLS on the proxy", v, broker, v)
+		use := "http://"
+		if px.Addr != nil {
+			use += " (http://" + px.Addr.String() + ")"
+		}
+		return fmt.Sprintf("%s for the broker at %s answered in plain HTTP: use %s for the proxy in %s, or enable TLS on the proxy", proxyNamed(px, v), broker, use, v)
 	}
 	shown.Scheme = "http"
 	use := shown.String()
@@ -509,6 +509,17 @@ func refusedHint(err error) string {
 		return "; is the proxy running at that address? NO_PROXY names the hosts reached without it"
 	}
 	return "; is the broker running at that address? Give its URL with --addr or KEYTRAIL_ADDR"
+}
+
+// proxyNamed is the proxy of px, a proxyFailure, as messages name it: by
+// its host:port when the error has it ("the proxy at 10.0.0.5:3128
+// (HTTPS_PROXY)"), never by its URL, which may carry a password; v is the
+// variable it is set in.
+func proxyNamed(px *net.OpError, v string) string {
+	if px.Addr == nil {
+		return "the proxy (" + v + ")"
+	}
+	return fmt.Sprintf("the proxy at %s (%s)", px.Addr, v)
 }
 
 // proxyFailure is net/http's error for a connection to the proxy

@@ -125,7 +125,9 @@ func TestCertificateFailureIsNotRetried(t *testing.T) {
 
 // TestProxyCertificateFailureNamesTheProxy: through an https proxy
 // (HTTPS_PROXY=https://...) whose own certificate does not verify, the
-// failure is the proxy's, permanent too, and says so.
+// failure is the proxy's, permanent too, and says so, naming the proxy by
+// host:port (it said 'the proxy (HTTPS_PROXY)': net/http's error has no
+// address), never by its URL's user info.
 func TestProxyCertificateFailureNamesTheProxy(t *testing.T) {
 	const addr = "https://keytrail.internal:7700"
 	proxy := newTLSBroker(t, nil) // never gets past the handshake
@@ -136,7 +138,7 @@ func TestProxyCertificateFailureNamesTheProxy(t *testing.T) {
 	proxyURL.User = url.UserPassword("PROXY-USER-MARKER", "PROXY-PW-MARKER")
 	xerr := exchangeThroughProxy(t, addr, proxyURL, writeTokenFile(t, t.TempDir()))
 	ee, ok := permanentError("g", nil, xerr, addr).(exitError)
-	want := "g: cannot verify the certificate of the proxy (HTTPS_PROXY) for the broker at " + addr + ": x509: certificate signed by unknown authority: " +
+	want := "g: cannot verify the certificate of the proxy at " + proxyURL.Host + " (HTTPS_PROXY) for the broker at " + addr + ": x509: certificate signed by unknown authority: " +
 		"check that SSL_CERT_FILE (or SSL_CERT_DIR) holds the CA that issued the proxy's certificate, and the proxy's host name in HTTPS_PROXY"
 	if !ok || ee.code != exitPermanent || ee.msg != want {
 		t.Errorf("permanentError(%v) = %#v, want exit 1 with %q", xerr, ee, want)
@@ -203,8 +205,9 @@ func TestPlainHTTPBrokerIsNotRetried(t *testing.T) {
 // TestPlainHTTPMessages: the message for a plain-http answer names the
 // address without user info, keeps a path prefix, asks for
 // --allow-insecure-http when the host is not on loopback (plain http is
-// refused there otherwise), and names the proxy when it was an https
-// proxy (HTTPS_PROXY=https://...) that answered in plain http.
+// refused there otherwise), and names the proxy, by host:port (it said
+// 'the proxy (HTTPS_PROXY)'), when it was an https proxy
+// (HTTPS_PROXY=https://...) that answered in plain http.
 func TestPlainHTTPMessages(t *testing.T) {
 	plain := httptest.NewServer(&fakeTokenBroker{byGrant: map[string]tokenReply{"g": {200, vaultBody}}})
 	defer plain.Close()
@@ -222,7 +225,7 @@ func TestPlainHTTPMessages(t *testing.T) {
 		{"https://keytrail.internal:7700", brokerErr,
 			"g: the broker at https://keytrail.internal:7700 answered in plain HTTP: enable TLS on the broker, or use http://keytrail.internal:7700 in --addr (or KEYTRAIL_ADDR) with --allow-insecure-http (the identity token then crosses the network in clear)"},
 		{"https://keytrail.internal:7700", proxyErr,
-			"g: the proxy (HTTPS_PROXY) for the broker at https://keytrail.internal:7700 answered in plain HTTP: use http:// for the proxy in HTTPS_PROXY, or enable TLS on the proxy"},
+			"g: the proxy at " + host + " (HTTPS_PROXY) for the broker at https://keytrail.internal:7700 answered in plain HTTP: use http:// (http://" + host + ") for the proxy in HTTPS_PROXY, or enable TLS on the proxy"},
 	} {
 		if !client.IsPermanent(c.err) {
 			t.Errorf("client.IsPermanent(%v) = false", c.err)
