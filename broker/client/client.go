@@ -314,7 +314,14 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	req.Header.Set("User-Agent", c.ua)
 	via := c.proxyFor(req)
 	var tlsConns *handshakes
-	if via != nil && via.Scheme == "https" && c.proxyTLSTraced {
+	switch {
+	case via != nil && via.Scheme == "https" && c.proxyTLSTraced:
+		req, tlsConns = countTLSHandshakes(req)
+	case via != nil && via.Scheme == "http" && req.URL.Scheme == "https":
+		// Through an http proxy, the broker's TLS handshake begins
+		// once the proxy has answered CONNECT (net/http uses no TLS
+		// dialer of the transport's there): traced whatever the
+		// transport.
 		req, tlsConns = countTLSHandshakes(req)
 	}
 	sent := c.now()
@@ -325,10 +332,15 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 			pe.setRetryAfter(sent)
 			return nil, pe
 		}
-		if tlsConns != nil && tlsConns.proxyOnly(req) {
+		switch {
+		case tlsConns != nil && via.Scheme == "https" && tlsConns.proxyOnly(req):
 			// Only the https proxy's TLS can have failed: a TLS
 			// alert is its, not the broker's.
 			err = proxyAlert(via, err)
+		case tlsConns != nil && via.Scheme == "http" && tlsConns.beforeTunnel():
+			// No connection got and no TLS handshake begun: the
+			// failure was at the proxy, before the tunnel.
+			err = connectUnanswered(via, err)
 		}
 		if via != nil {
 			err = proxyNamed(via, err)

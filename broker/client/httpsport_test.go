@@ -118,3 +118,55 @@ func TestProxyURLNamingTLSPortIsNamed(t *testing.T) {
 		t.Errorf("a proxy's own bare 400 = %q, want its refusal, not HTTPSPort", err)
 	}
 }
+
+// TestConnectToTLSPortIsNamed: HTTPS_PROXY=http://H:P naming a port that
+// speaks TLS, for an https broker: net/http's TLS server does not answer a
+// CONNECT in plain text (it answers only what looks like GET, HEAD, POST,
+// PUT or OPTIONS), it closes the connection, and the client read
+// 'keytrail broker unreachable: Post https://...: unexpected EOF', the
+// broker's failure as far as anyone could tell. It is now named as the
+// proxy's (a *net.OpError "proxyconnect" with its host:port, never the
+// URL's user info), saying that it closed the connection without
+// answering CONNECT and that an https proxy needs https:// in its URL,
+// still transient (a proxy that stopped does the same). The broker
+// closing the connection in a working tunnel stays the broker's.
+func TestConnectToTLSPortIsNamed(t *testing.T) {
+	host := tlsPort(t)
+	err := exchangeErrInsecure(t, "https://keytrail.example:7700", through(host))
+	var op *net.OpError
+	want := "proxyconnect tcp " + host + ": the proxy closed the connection without answering CONNECT (unexpected EOF); a proxy that speaks https needs https:// in its URL"
+	if !errors.As(err, &op) || op.Op != "proxyconnect" || op.Addr == nil || op.Addr.String() != host || !errors.Is(err, ErrConnectUnanswered) || !strings.HasSuffix(err.Error(), want) || !IsTransient(err) {
+		t.Errorf("Exchange through http:// naming a TLS port, CONNECT = %q (%#v, transient %v); want it to end %q, transient", err, op, IsTransient(err), want)
+	}
+	if strings.Contains(err.Error(), "u:p") || strings.Contains(err.Error(), "p@") {
+		t.Errorf("the error shows the proxy URL's user info: %q", err)
+	}
+
+	// A working tunnel to a broker port that reads the ClientHello and
+	// closes: the broker's EOF (its TLS handshake had begun), not the
+	// proxy's.
+	closing := brokertest.ServeConns(t, func(conn net.Conn) {
+		var hdr [5]byte
+		if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+			return
+		}
+		_, _ = io.CopyN(io.Discard, conn, int64(hdr[3])<<8|int64(hdr[4]))
+	})
+	tunnel := brokertest.ServeConns(t, func(conn net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
+			return
+		}
+		back, err := net.Dial("tcp", closing)
+		if err != nil {
+			return
+		}
+		defer back.Close()
+		io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n")
+		go func() { _, _ = io.Copy(back, conn) }()
+		_, _ = io.Copy(conn, back)
+	})
+	err = exchangeErrInsecure(t, "https://keytrail.example:7700", through(tunnel))
+	if !strings.HasSuffix(err.Error(), "EOF") || errors.Is(err, ErrConnectUnanswered) || errors.As(err, &op) && op.Op == "proxyconnect" || strings.Contains(err.Error(), "CONNECT") {
+		t.Errorf("Exchange through a working tunnel to a closing broker port = %q, want the broker's failure, not the proxy's", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -241,6 +242,52 @@ type handshakes struct {
 func (h *handshakes) proxyOnly(req *http.Request) bool {
 	return h.started.Load() == 1 && (req.URL.Scheme == "http" || !h.gotConn.Load())
 }
+
+// beforeTunnel reports whether, through an http proxy to an https
+// broker, the request failed before any tunnel was in place: no TLS
+// handshake begun (the broker's begins in the tunnel) and no connection
+// got (not one already open, either).
+func (h *handshakes) beforeTunnel() bool {
+	return h.started.Load() == 0 && !h.gotConn.Load()
+}
+
+// connectUnanswered is err, net/http's failure of a request through the
+// http proxy via before the tunnel (beforeTunnel), named as the proxy's
+// when the proxy closed the connection without answering CONNECT (EOF):
+// net/http returns the bare io.ErrUnexpectedEOF, which read as the
+// broker's ('keytrail broker unreachable: Post https://...: unexpected
+// EOF'). An https proxy named with http:// in its URL does this (a Go TLS
+// server answers a CONNECT in plain text by closing the connection), as
+// does a proxy that stopped: it stays transient.
+func connectUnanswered(via *url.URL, err error) error {
+	var ue *url.Error
+	var op *net.OpError
+	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) || !errors.As(err, &ue) || errors.As(err, &op) {
+		return err
+	}
+	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &net.OpError{Op: "proxyconnect", Net: "tcp", Addr: proxyAddr(via), Err: &noConnectAnswer{ue.Err}}}
+}
+
+// ErrConnectUnanswered is wrapped by the error of an http proxy
+// (HTTPS_PROXY=http://...) that closed the connection without answering
+// CONNECT, for an https broker, in a *net.OpError "proxyconnect" with
+// the proxy's host:port. An https proxy whose URL says http:// does that
+// (net/http's TLS server answers no CONNECT in plain text), as does a
+// proxy stopping: it is transient.
+var ErrConnectUnanswered = errors.New("the proxy closed the connection without answering CONNECT")
+
+// noConnectAnswer is the EOF of an http proxy that closed the connection
+// without answering CONNECT (ErrConnectUnanswered), in the *net.OpError
+// "proxyconnect" naming the proxy.
+type noConnectAnswer struct{ err error }
+
+func (e *noConnectAnswer) Is(target error) bool { return target == ErrConnectUnanswered }
+
+func (e *noConnectAnswer) Error() string {
+	return ErrConnectUnanswered.Error() + " (" + e.err.Error() + "); a proxy that speaks https needs https:// in its URL"
+}
+
+func (e *noConnectAnswer) Unwrap() error { return e.err }
 
 // proxyTLSTraced reports whether the transport rt reports its TLS
 // handshake with an https proxy to the request's trace, so that

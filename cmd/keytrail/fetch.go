@@ -312,6 +312,13 @@ func connectionFailure(err error, addr string) string {
 		return why
 	}
 	if px := proxyFailure(err); px != nil {
+		if px.Addr != nil && errors.Is(px.Err, client.ErrConnectUnanswered) {
+			// client.Exchange's for an http proxy that closed the
+			// connection without answering CONNECT: an https proxy
+			// named with http://, say.
+			v := proxyVariable(addr)
+			return fmt.Sprintf("%s for the broker at %s closed the connection without answering CONNECT: if it speaks https, write https:// in %s (https://%s)", proxyNamed(px, v), addr, v, px.Addr)
+		}
 		// The proxy of HTTPS_PROXY or HTTP_PROXY failed, not (yet) the
 		// broker: named as such, by its dialed address (never the proxy
 		// URL, which may carry a password): client.Exchange's for an

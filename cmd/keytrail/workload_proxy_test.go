@@ -160,3 +160,34 @@ func TestProxyURLNamingTLSPortIsNamed(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectToTLSPortIsNamed: HTTPS_PROXY=http://H:P naming a port that
+// speaks TLS, for an https broker: the TLS server closes the connection
+// on the plain-text CONNECT, and fetch said 'keytrail broker unreachable:
+// Post https://...: unexpected EOF', retried until --timeout, never
+// naming the proxy. It now says that the proxy at H:P (HTTPS_PROXY)
+// closed the connection without answering CONNECT and to write https://
+// in HTTPS_PROXY if it speaks https (host:port only, never the URL's user
+// info), still retried: a proxy stopping does the same.
+func TestConnectToTLSPortIsNamed(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeTokenFile(t, dir)
+	tlsProxy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the TLS proxy's handler was reached over plain http")
+	}))
+	tlsProxy.Config.ErrorLog = log.New(io.Discard, "", 0)
+	tlsProxy.StartTLS()
+	defer tlsProxy.Close()
+	host := tlsProxy.Listener.Addr().String()
+	const addr = "https://keytrail.example:7700"
+	why := "the proxy at " + host + " (HTTPS_PROXY) for the broker at " + addr +
+		" closed the connection without answering CONNECT: if it speaks https, write https:// in HTTPS_PROXY (https://" + host + ")"
+	_, stderr, code := runKeytrailProcess(t, []string{"HTTPS_PROXY=http://u:MARKER@" + host},
+		"fetch", "--grant", "g", "--identity-token-file", tokenFile, "--addr", addr, "--out", filepath.Join(dir, "cred"), "--timeout", "1s")
+	if code != 1 || !strings.HasPrefix(stderr, "keytrail: g: "+why+"; retrying in ") || !strings.HasSuffix(stderr, "keytrail: g: no credential after 1s; last failure: "+why+"\n") {
+		t.Errorf("fetch through HTTPS_PROXY=http:// naming a TLS port: exit %d, stderr %q; want it retried, then %q", code, stderr, why)
+	}
+	if strings.Contains(stderr, "MARKER") {
+		t.Errorf("stderr shows the proxy's user info: %q", stderr)
+	}
+}
