@@ -203,7 +203,10 @@ func (l *Live) refresh() error {
 	// the rotated name, from where this read stops).
 	f, err := os.Open(l.o.Path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		// Rotated since the listing, perhaps, and not created again yet:
+		// list again, so the old file's lines are read now (the rest of
+		// cur; all of it when no file is tailed, as in a rebuild).
+		return l.readRotated(nil)
 	}
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
@@ -213,16 +216,17 @@ func (l *Live) refresh() error {
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
 	}
-	if l.cur != nil && !os.SameFile(fi, l.cur) {
-		// The file being tailed was rotated after the listing above (a
-		// rotation renames it before it creates the new file, so its new
-		// name is listed now): read its rest from where the tail stopped
-		// before the new file, rather than all of it at the next call.
+	if l.cur == nil || !os.SameFile(fi, l.cur) {
+		// The file being tailed, or when none is (the first call, a
+		// rebuild) the one that was, may have been rotated after the
+		// listing above (a rotation renames it before it creates the new
+		// file, so its new name is listed now): read its rest from where
+		// the tail stopped, or all of it, before the new file, rather than
+		// at the next call (after the new file's lines; a rebuild would
+		// publish an index without them).
 		if err := l.readRotated(fi); err != nil {
 			return err
 		}
-	}
-	if l.cur == nil || !os.SameFile(fi, l.cur) {
 		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
 		l.recent.reset()
 		l.curStart, l.curStartOK = l.w.counters(), true

@@ -296,3 +296,55 @@ func TestLiveCutOfFirstLinesAfterAnotherFile(t *testing.T) {
 	}
 	likeFresh(t, live, path, []string{"iss_failed", "use_failed"}, []string{idA, idC, "iss_big_0000", "iss_big_0999", "iss_next1"})
 }
+
+// TestLiveRotationDuringRebuild: the live file is rotated while Live
+// rebuilds its index, after the rebuild listed the rotated files and before
+// it opened the audit file. The rebuild's read state has no file being
+// tailed, so the old live file, now under its rotated name, was neither
+// listed nor recognised as the one tailed: the rebuild published an index
+// without any of its events (every line held before the cut point in the
+// live file "not found"), and the next call appended them after those of
+// the new live file. With the new file created or not yet.
+func TestLiveRotationDuringRebuild(t *testing.T) {
+	for _, created := range []bool{true, false} {
+		t.Run(fmt.Sprintf("new-file-created=%v", created), func(t *testing.T) {
+			f := newRebuildFixture(t)
+			f.cut()
+			newLines := sealed(t, "chn_new", 3*time.Hour, fixtureEvents())
+			lists := 0
+			trace.SetAfterListHook(f.live, func() {
+				if lists++; lists != 2 { // the second: the rebuild's
+					return
+				}
+				if err := os.Rename(f.path, f.path+"."+at(2*time.Hour).Format(trace.RotatedLayout)); err != nil {
+					t.Fatal(err)
+				}
+				if created {
+					writeLines(t, f.dir, "audit.jsonl", newLines)
+				}
+			})
+			reads := &readsOf{from: map[string]int64{}}
+			trace.SetReadWrapper(f.live, reads.wrap)
+			if err := f.live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			if lists < 2 || reads.lowest(filepath.Base(f.rotated)) != 0 {
+				t.Fatalf("fixture: the refresh did not rebuild (%d listings)", lists)
+			}
+			if err := heldBeforeCut(f.live.Index()); err != nil {
+				t.Errorf("the index the rebuild published: %v", err)
+			}
+			if _, err := f.live.Index().Lookup("iss_next1"); err != nil {
+				t.Errorf("Lookup(iss_next1), written before the rotation: %v", err)
+			}
+			trace.SetAfterListHook(f.live, nil)
+			if !created {
+				writeLines(t, f.dir, "audit.jsonl", newLines)
+			}
+			if err := f.live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			likeFresh(t, f.live, f.path, []string{"iss_failed", "use_failed", "iss_big_0500"}, []string{"iss_next1", "iss_big_0499", idA})
+		})
+	}
+}

@@ -72,3 +72,37 @@ func TestLiveRotationRacingRefresh(t *testing.T) {
 		t.Errorf("Trace(use_U1).Uses = got, want want, each once (-want +got):\n%s", diff)
 	}
 }
+
+// The first refresh, with no file tailed yet, raced by a rotation after
+// it listed the rotated files: the old file, now under its rotated name,
+// was read only at the next call, after the new file's lines.
+func TestLiveRotationRacingFirstRefresh(t *testing.T) {
+	dir := t.TempDir()
+	lines := sealed(t, "chn_race", 0, fixtureEvents())
+	path := writeLines(t, dir, "audit.jsonl", lines[:8])
+	live, err := trace.NewLive(trace.LiveOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raced := false
+	trace.SetAfterListHook(live, func() {
+		if raced {
+			return
+		}
+		raced = true
+		if err := os.Rename(path, path+"."+at(time.Hour).Format(trace.RotatedLayout)); err != nil {
+			t.Fatal(err)
+		}
+		writeLines(t, dir, "audit.jsonl", lines[8:])
+	})
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Index().Lookup("use_U1"); err != nil {
+		t.Errorf("Lookup(use_U1), in the file rotated during the refresh: %v", err)
+	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	sameAsFreshRead(t, live, path, 0)
+}
