@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"io"
 	"os"
 
 	"github.com/keytrail/keytrail/broker/audit"
@@ -20,3 +21,8 @@ func SetReadWrapper(l *Live, wrap func(*os.File) audit.File) { l.wrapRead = wrap
 // of an audit file, before it goes on: a cut and regrow made by f is one
 // that came just after the read.
 func SetAfterReadHook(l *Live, f func()) { l.afterRead = f }
+
+// SetResumeReadWrapper makes l read the audit file through wrap(f) when it
+// reads it back after a cut to find the last line it still holds (resume):
+// a wrapper that fails is an I/O error there.
+func SetResumeReadWrapper(l *Live, wrap func(io.ReaderAt) io.ReaderAt) { l.wrapResume = wrap }

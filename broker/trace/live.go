@@ -90,6 +90,10 @@ type Live struct {
 	// wrapRead, when set (tests only), wraps each audit file readFrom
 	// reads.
 	wrapRead func(*os.File) audit.File
+	// wrapResume, when set (tests only), wraps the file resume reads back
+	// to find the last recent line it still holds (readFrom's reads go
+	// through wrapRead).
+	wrapResume func(io.ReaderAt) io.ReaderAt
 	// afterRead, when set (tests only), is called by readFrom once it has
 	// indexed the lines it read, before it returns: a sink that cuts the
 	// file back and grows it again there does so after the read.
@@ -242,7 +246,14 @@ func (l *Live) refresh() error {
 // it holds none of the recent lines (the index is then rebuilt).
 func (l *Live) readCur(f *os.File, size int64) error {
 	if err := l.checkTail(f, size); err != nil {
-		if !errors.Is(err, errRolledBack) || !l.resume(f, size) {
+		if !errors.Is(err, errRolledBack) {
+			return err
+		}
+		ok, rerr := l.resume(f, size)
+		if rerr != nil {
+			return rerr
+		}
+		if !ok {
 			return err
 		}
 	}
@@ -252,8 +263,14 @@ func (l *Live) readCur(f *os.File, size int64) error {
 			l.curOff += n
 			l.curTail = tail
 		}
-		if errors.Is(err, errRolledBack) && again && l.resume(f, math.MaxInt64) {
-			continue // once: a sink that keeps cutting meanwhile gets a rebuild
+		if errors.Is(err, errRolledBack) && again {
+			ok, rerr := l.resume(f, math.MaxInt64)
+			if rerr != nil {
+				return rerr
+			}
+			if ok {
+				continue // once: a sink that keeps cutting meanwhile gets a rebuild
+			}
 		}
 		return err
 	}
@@ -265,8 +282,19 @@ func (l *Live) readCur(f *os.File, size int64) error {
 // they start at its start, every event of cur, and sets curOff to 0
 // (resumeStart). False when f holds none of them and they start further
 // on, or the index can no longer drop those events (see Index.dropAfter).
-func (l *Live) resume(f io.ReaderAt, size int64) bool {
-	return l.resumeRecent(f, size) || l.resumeStart()
+// An error reading f back drops nothing and is returned: that f holds
+// none of the lines is not known then (falling back to resumeStart would
+// drop from the published index events the file still holds, and a
+// rebuild would read every file again for one failed read).
+func (l *Live) resume(f io.ReaderAt, size int64) (bool, error) {
+	if l.wrapResume != nil {
+		f = l.wrapResume(f)
+	}
+	ok, err := l.resumeRecent(f, size)
+	if err != nil || ok {
+		return ok, err
+	}
+	return l.resumeStart(), nil
 }
 
 // resumeStart, when the recent lines are every line read of cur and f
@@ -290,17 +318,18 @@ func (l *Live) resumeStart() bool {
 }
 
 // resumeRecent is resume from the last of the recent lines f still holds;
-// false when it holds none of them.
-func (l *Live) resumeRecent(f io.ReaderAt, size int64) bool {
+// false when it holds none of them, an error (nothing dropped) when f
+// could not be read.
+func (l *Live) resumeRecent(f io.ReaderAt, size int64) (bool, error) {
 	r := &l.recent
 	start := l.curOff - int64(len(r.buf))
 	if len(r.marks) == 0 || start < 0 || start >= size {
-		return false
+		return false, nil
 	}
 	now := make([]byte, min(int64(len(r.buf)), size-start))
 	n, err := f.ReadAt(now, start)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return false
+		return false, fmt.Errorf("trace: read back after a cut: %w", err)
 	}
 	same := 0
 	for same < n && now[same] == r.buf[same] {
@@ -311,7 +340,7 @@ func (l *Live) resumeRecent(f io.ReaderAt, size int64) bool {
 		i--
 	}
 	if i < 0 || !l.w.dropAfter(r.marks[i].next, r.marks[i].skipped, r.marks[len(r.marks)-1]) {
-		return false
+		return false, nil
 	}
 	from := 0
 	if i > 0 {
@@ -321,7 +350,7 @@ func (l *Live) resumeRecent(f io.ReaderAt, size int64) bool {
 	l.curOff = start + int64(r.marks[i].end)
 	l.curTail = tailSum{sum: sha256.Sum256(line), n: int64(len(line))}
 	r.buf, r.marks = r.buf[:r.marks[i].end], r.marks[:i+1]
-	return true
+	return true, nil
 }
 
 // liveRecentBytes is about how much of the last lines read of the file
