@@ -26,3 +26,8 @@ func SetAfterReadHook(l *Live, f func()) { l.afterRead = f }
 // reads it back after a cut to find the last line it still holds (resume):
 // a wrapper that fails is an I/O error there.
 func SetResumeReadWrapper(l *Live, wrap func(io.ReaderAt) io.ReaderAt) { l.wrapResume = wrap }
+
+// SetAfterListRotatedHook makes l call f with the rotated files each
+// refresh listed, before it opens them: a file f removes is one retention
+// deleted after the listing.
+func SetAfterListRotatedHook(l *Live, f func(listed []string)) { l.afterListRotated = f }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -87,6 +88,10 @@ type Live struct {
 	// afterList, when set (tests only), is called by each refresh after it
 	// listed the rotated files and before it opens the audit file.
 	afterList func()
+	// afterListRotated, when set (tests only), is called by readRotated
+	// with the rotated files it listed, before it opens any: a file
+	// removed by it is one retention deleted after the listing.
+	afterListRotated func([]string)
 	// wrapRead, when set (tests only), wraps each audit file readFrom
 	// reads.
 	wrapRead func(*os.File) audit.File
@@ -403,11 +408,15 @@ func (r *recentLines) add(line []byte, next, skipped int64) {
 // readRotated reads the rotated siblings not read yet: the file being
 // tailed (cur), found under its rotated name, from curOff; any other from
 // its start. A sibling that is next (the file about to be tailed, rotated
-// since it was opened) is left for a later call, which finds it as cur.
+// since it was opened) is left for a later call, which finds it as cur;
+// one deleted since the listing (retention) is skipped.
 func (l *Live) readRotated(next os.FileInfo) error {
 	rotated, err := RotatedSiblings(l.o.Path)
 	if err != nil {
 		return err
+	}
+	if l.afterListRotated != nil {
+		l.afterListRotated(rotated)
 	}
 	for _, p := range rotated {
 		if l.done[filepath.Base(p)] {
@@ -422,6 +431,14 @@ func (l *Live) readRotated(next os.FileInfo) error {
 
 func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
 	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Listed, and deleted since by retention (a rotated file is
+		// not renamed again; the live file renamed by a rotation during
+		// the refresh is found by refresh's second listing): its events
+		// are gone from the log. Failing would fail this call, a
+		// rebuild too, while the next one, listing again, succeeds.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
 	}
