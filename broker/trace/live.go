@@ -66,24 +66,9 @@ type Live struct {
 	idx atomic.Pointer[Index]
 
 	mu sync.Mutex // serialises refreshes
-	// The state below describes w, the index refreshes read into: idx,
-	// except while a rebuild builds its new index to the side.
-	w      *Index
-	cur    os.FileInfo
-	curOff int64
-	// curTail is the last line read of cur, the bytes just before curOff
-	// (its hash and length, as read): a rollback the file grew back over
-	// since shows there.
-	curTail tailSum
-	// recent are the last lines read of cur, ending at curOff, with the
-	// index's counters after each (see resume).
-	recent recentLines
-	// curStart is the index's counters before the first line of cur, when
-	// every event the index got since is of cur (curStartOK): a cut of
-	// every line of cur drops those and reads cur again, not every file.
-	curStart   lineMark
-	curStartOK bool
-	done       map[string]bool // rotated files fully read
+	// readState describes w, the index refreshes read into: idx, except
+	// while a rebuild builds its new index to the side.
+	readState
 
 	// afterList, when set (tests only), is called by each refresh after it
 	// listed the rotated files and before it opens the audit file.
@@ -124,7 +109,7 @@ func NewLive(o LiveOptions) (*Live, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Live{o: o, w: idx, done: map[string]bool{}}
+	l := &Live{o: o, readState: readState{w: idx, done: map[string]bool{}}}
 	l.idx.Store(idx)
 	return l, nil
 }
@@ -149,24 +134,22 @@ func (l *Live) Refresh() error {
 // readState is what a refresh reads on from: the index it reads into and
 // where it stopped in the files.
 type readState struct {
-	w          *Index
-	cur        os.FileInfo
-	curOff     int64
-	curTail    tailSum
-	recent     recentLines
+	w      *Index
+	cur    os.FileInfo
+	curOff int64
+	// curTail is the last line read of cur, the bytes just before curOff
+	// (its hash and length, as read): a rollback the file grew back over
+	// since shows there.
+	curTail tailSum
+	// recent are the last lines read of cur, ending at curOff, with the
+	// index's counters after each (see resume).
+	recent recentLines
+	// curStart is the index's counters before the first line of cur, when
+	// every event the index got since is of cur (curStartOK): a cut of
+	// every line of cur drops those and reads cur again, not every file.
 	curStart   lineMark
 	curStartOK bool
-	done       map[string]bool
-}
-
-func (l *Live) state() readState {
-	return readState{w: l.w, cur: l.cur, curOff: l.curOff, curTail: l.curTail, recent: l.recent,
-		curStart: l.curStart, curStartOK: l.curStartOK, done: l.done}
-}
-
-func (l *Live) setState(s readState) {
-	l.w, l.cur, l.curOff, l.curTail, l.recent = s.w, s.cur, s.curOff, s.curTail, s.recent
-	l.curStart, l.curStartOK, l.done = s.curStart, s.curStartOK, s.done
+	done       map[string]bool // rotated files fully read
 }
 
 // rebuild reads the files again from their start into a new index, built
@@ -187,11 +170,11 @@ func (l *Live) rebuild() error {
 	if err != nil {
 		return err
 	}
-	old := l.state()
+	old := l.readState
 	// A new recentLines: the old one's buffers are the published state's.
-	l.setState(readState{w: idx, done: map[string]bool{}})
+	l.readState = readState{w: idx, done: map[string]bool{}}
 	if err := l.refresh(); err != nil {
-		l.setState(old)
+		l.readState = old
 		return err
 	}
 	l.idx.Store(idx)
