@@ -18,22 +18,10 @@ import (
 	"time"
 )
 
-// checkFilesGuarded is p.CheckFiles(now)'s problems, failing the test if it
-// has not returned within a minute (a guard against blocking forever on a
-// named pipe, not a measure of speed).
+// checkFilesGuarded is p.CheckFiles(now)'s problems, run by returnsWithin.
 func checkFilesGuarded(t *testing.T, p *Policy, now time.Time) []string {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		_, err := p.CheckFiles(now)
-		done <- err
-	}()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(time.Minute):
-		t.Fatalf("CheckFiles did not return within a minute: blocked reading a named pipe")
-	}
+	err := returnsWithin(t, "CheckFiles", func() error { _, err := p.CheckFiles(now); return err })
 	var got []string
 	var ve *ValidationError
 	if errors.As(err, &ve) {

@@ -13,26 +13,34 @@ import (
 	"time"
 )
 
-// loadGuarded is Load(p), failing the test if it has not returned within a
-// minute (a guard against hanging, not a measure of speed).
+// returnsWithin runs f, a call that may block forever (opening a named
+// pipe), in a goroutine and returns its error, failing the test if it has
+// not returned within a minute: a guard against hanging, not a measure of
+// speed. (broker/brokertest.ReturnsWithin, which this package's tests
+// cannot import: brokertest imports policies.)
+func returnsWithin(t *testing.T, what string, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(time.Minute):
+		t.Fatalf("%s did not return within a minute: blocked reading a named pipe", what)
+		return nil
+	}
+}
+
+// loadGuarded is Load(p) run by returnsWithin.
 func loadGuarded(t *testing.T, p string) (*Policy, error) {
 	t.Helper()
-	type result struct {
-		p   *Policy
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		p, err := Load(p)
-		done <- result{p, err}
-	}()
-	select {
-	case r := <-done:
-		return r.p, r.err
-	case <-time.After(time.Minute):
-		t.Fatalf("Load(%s) did not return within a minute", p)
-		return nil, nil
-	}
+	var pol *Policy
+	err := returnsWithin(t, "Load("+p+")", func() error {
+		var err error
+		pol, err = Load(p)
+		return err
+	})
+	return pol, err
 }
 
 // TestLoadRefusesNonRegularFiles: a policy path that names a named pipe, a
@@ -197,20 +205,13 @@ func TestOpenRegular(t *testing.T) {
 		tests = append(tests, struct{ path, want string }{"/dev/zero", "/dev/zero: is a character device, not a regular file"})
 	}
 	for _, tt := range tests {
-		done := make(chan error, 1)
-		go func() {
+		err := returnsWithin(t, "OpenRegular("+tt.path+")", func() error {
 			f, err := OpenRegular(tt.path)
 			if err == nil {
 				f.Close()
 			}
-			done <- err
-		}()
-		var err error
-		select {
-		case err = <-done:
-		case <-time.After(time.Minute):
-			t.Fatalf("OpenRegular(%s) did not return within a minute", tt.path)
-		}
+			return err
+		})
 		if got := fmt.Sprint(err); (tt.want == "" && err != nil) || (tt.want != "" && got != tt.want) {
 			t.Errorf("OpenRegular(%s) = %v, want %q", tt.path, err, tt.want)
 		}

@@ -19,23 +19,8 @@ import (
 	"time"
 
 	vault "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker/brokertest"
 )
-
-// fileReturnsWithin runs f in a goroutine and returns its error, failing
-// the test if it has not returned within a minute (a guard against
-// blocking forever on a named pipe, not a measure of speed).
-func fileReturnsWithin(t *testing.T, what string, f func() error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(time.Minute):
-		t.Fatalf("%s did not return within a minute: blocked reading a named pipe", what)
-		return nil
-	}
-}
 
 // makeFIFO makes a named pipe dir/name and returns its path.
 func makeFIFO(t *testing.T, dir, name string) string {
@@ -97,7 +82,7 @@ func TestCredentialFilesRefuseNonRegular(t *testing.T) {
 			if tt.path == "/dev/zero" && !hasDevZero {
 				continue
 			}
-			err := fileReturnsWithin(t, "ReadCredentialFile("+tt.path+")", func() error { _, err := vault.ReadCredentialFile(tt.path); return err })
+			err := brokertest.ReturnsWithin(t, "ReadCredentialFile("+tt.path+")", func() error { _, err := vault.ReadCredentialFile(tt.path); return err })
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("ReadCredentialFile(%s) = %v, want %q", tt.path, err, tt.want)
 			}
@@ -115,7 +100,7 @@ func TestCredentialFilesRefuseNonRegular(t *testing.T) {
 			if tt.path == "/dev/zero" && !hasDevZero {
 				continue
 			}
-			err := fileReturnsWithin(t, "LoadCAFile("+tt.path+")", func() error { _, err := vault.LoadCAFile(tt.path); return err })
+			err := brokertest.ReturnsWithin(t, "LoadCAFile("+tt.path+")", func() error { _, err := vault.LoadCAFile(tt.path); return err })
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("LoadCAFile(%s) = %v, want %q", tt.path, err, tt.want)
 			}
@@ -133,7 +118,7 @@ func TestCredentialFilesRefuseNonRegular(t *testing.T) {
 			{"ca_file", vault.ClientOptions{Address: "http://127.0.0.1:8200", Token: "x", CAFile: fifo}, "vault.ca_file: " + pipe},
 			{"missing-token_file", vault.ClientOptions{Address: "http://127.0.0.1:8200", TokenFile: missing}, "vault.token_file: open " + missing + ": no such file or directory"},
 		} {
-			err := fileReturnsWithin(t, "NewClient with "+tt.name, func() error { _, err := vault.NewClient(tt.o); return err })
+			err := brokertest.ReturnsWithin(t, "NewClient with "+tt.name, func() error { _, err := vault.NewClient(tt.o); return err })
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("NewClient with %s = %v, want %q", tt.name, err, tt.want)
 			}
@@ -164,7 +149,7 @@ func TestCredentialFilesRefuseNonRegular(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = fileReturnsWithin(t, "Start with a FIFO as "+tt.name, func() error { return l.Start(context.Background()) })
+			err = brokertest.ReturnsWithin(t, "Start with a FIFO as "+tt.name, func() error { return l.Start(context.Background()) })
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Start with a FIFO as %s = %v, want an error containing %q", tt.name, err, tt.want)
 			}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -51,14 +52,7 @@ func TestCAFileRefusesNonRegular(t *testing.T) {
 		if tt.path == "/dev/zero" && devErr != nil {
 			continue
 		}
-		done := make(chan error, 1)
-		go func() { _, err := newWith(tt.path); done <- err }()
-		var err error
-		select {
-		case err = <-done:
-		case <-time.After(time.Minute): // a guard against blocking forever, not a measure of speed
-			t.Fatalf("New with ca_file %s did not return within a minute: blocked reading a named pipe", tt.path)
-		}
+		err := brokertest.ReturnsWithin(t, "New with ca_file "+tt.path, func() error { _, err := newWith(tt.path); return err })
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("New with ca_file %s = %v, want %q", tt.path, err, tt.want)
 		}

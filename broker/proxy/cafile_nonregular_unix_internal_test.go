@@ -13,8 +13,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -50,14 +50,10 @@ func TestTransportCAFileRefusesNonRegular(t *testing.T) {
 		if tt.path == "/dev/zero" && devErr != nil {
 			continue
 		}
-		done := make(chan error, 1)
-		go func() { _, err := p.transport("h"+string(rune('0'+i)), grant(tt.path)); done <- err }()
-		var err error
-		select {
-		case err = <-done:
-		case <-time.After(time.Minute): // a guard against blocking forever, not a measure of speed
-			t.Fatalf("transport with ca_file %s did not return within a minute: blocked reading a named pipe", tt.path)
-		}
+		err := brokertest.ReturnsWithin(t, "transport with ca_file "+tt.path, func() error {
+			_, err := p.transport("h"+string(rune('0'+i)), grant(tt.path))
+			return err
+		})
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("transport with ca_file %s = %v, want %q", tt.path, err, tt.want)
 		}

@@ -10,23 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// returnsWithin runs f in a goroutine and returns its error, failing the
-// test if it has not returned within a minute (a guard against blocking
-// forever on a named pipe, not a measure of speed).
-func returnsWithin(t *testing.T, what string, f func() error) error {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- f() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(time.Minute):
-		t.Fatalf("%s did not return within a minute: blocked reading a named pipe", what)
-		return nil
-	}
-}
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
 
 // mkfifo makes a named pipe dir/name and returns its path.
 func mkfifo(t *testing.T, dir, name string) string {
@@ -65,13 +51,13 @@ func TestConfigFilesRefuseNonRegular(t *testing.T) {
 				continue
 			}
 		}
-		err := returnsWithin(t, "loadKeyPair("+tt.cert+", "+tt.key+")", func() error { _, err := loadKeyPair(tt.cert, tt.key); return err })
+		err := brokertest.ReturnsWithin(t, "loadKeyPair("+tt.cert+", "+tt.key+")", func() error { _, err := loadKeyPair(tt.cert, tt.key); return err })
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("loadKeyPair(%s, %s) = %v, want %q", tt.cert, tt.key, err, tt.want)
 		}
 	}
 
-	err := returnsWithin(t, "loadCheckpointKey(fifo)", func() error { _, err := loadCheckpointKey(fifo); return err })
+	err := brokertest.ReturnsWithin(t, "loadCheckpointKey(fifo)", func() error { _, err := loadCheckpointKey(fifo); return err })
 	if err == nil || err.Error() != pipe {
 		t.Errorf("loadCheckpointKey(%s) = %v, want %q", fifo, err, pipe)
 	}
@@ -82,7 +68,7 @@ func TestConfigFilesRefuseNonRegular(t *testing.T) {
 		"\nvault: {address: https://vault.internal:8200}\naudit: {file: "+filepath.Join(dir, "audit.jsonl")+", checkpoint_key_file: "+fifo+
 		"}\ntls: {cert_file: "+certFile+", key_file: "+fifo+"}\n")
 	var out, stderr string
-	err = returnsWithin(t, "keytrail config check", func() error {
+	err = brokertest.ReturnsWithin(t, "keytrail config check", func() error {
 		var err error
 		out, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
 		return err
@@ -119,7 +105,7 @@ func TestFlagFilesRefuseNonRegular(t *testing.T) {
 		// A subtest each: on the old code each blocks, and fails, apart.
 		t.Run(tt.name, func(t *testing.T) {
 			var out string
-			err := returnsWithin(t, strings.Join(tt.args, " "), func() error {
+			err := brokertest.ReturnsWithin(t, strings.Join(tt.args, " "), func() error {
 				var err error
 				out, _, err = runCLI(t, nil, tt.args...)
 				return err
@@ -147,7 +133,7 @@ func TestCABundlesAndVaultFilesRefuseNonRegular(t *testing.T) {
 
 	// The server's reader of tls.client_ca_file and store.ca_file.
 	t.Run("loadCAPool", func(t *testing.T) {
-		err := returnsWithin(t, "loadCAPool(fifo)", func() error { _, err := loadCAPool(fifo); return err })
+		err := brokertest.ReturnsWithin(t, "loadCAPool(fifo)", func() error { _, err := loadCAPool(fifo); return err })
 		if err == nil || err.Error() != pipe {
 			t.Errorf("loadCAPool(%s) = %v, want %q", fifo, err, pipe)
 		}
@@ -174,7 +160,7 @@ func TestCABundlesAndVaultFilesRefuseNonRegular(t *testing.T) {
 		t.Run("config check/"+tt.name, func(t *testing.T) {
 			cfg := writeFile(t, t.TempDir(), "keytrail.yaml", tt.yaml)
 			var out, stderr string
-			err := returnsWithin(t, "keytrail config check ("+tt.name+")", func() error {
+			err := brokertest.ReturnsWithin(t, "keytrail config check ("+tt.name+")", func() error {
 				var err error
 				out, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
 				return err
