@@ -24,20 +24,7 @@ func httpsProxy(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, ma
 	t.Helper()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodConnect {
-			back, err := net.Dial("tcp", target)
-			if err != nil {
-				w.WriteHeader(http.StatusBadGateway)
-				return
-			}
-			defer back.Close()
-			w.WriteHeader(http.StatusOK)
-			conn, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				return
-			}
-			defer conn.Close()
-			go func() { _, _ = io.Copy(back, brw) }()
-			_, _ = io.Copy(conn, back)
+			tunnel(w, target, nil)
 			return
 		}
 		r.URL.Scheme, r.URL.Host, r.RequestURI = "http", target, ""
@@ -65,6 +52,29 @@ func httpsProxy(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, ma
 		t.Fatal(err)
 	}
 	return u
+}
+
+// tunnel answers a CONNECT to target: it dials target, answers 200 and
+// relays the client's bytes to it through relay (nil: as they come) and
+// target's back, until either side closes.
+func tunnel(w http.ResponseWriter, target string, relay func(dst io.Writer, src io.Reader)) {
+	if relay == nil {
+		relay = func(dst io.Writer, src io.Reader) { _, _ = io.Copy(dst, src) }
+	}
+	back, err := net.Dial("tcp", target)
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	defer back.Close()
+	w.WriteHeader(http.StatusOK)
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	go relay(back, brw)
+	_, _ = io.Copy(conn, back)
 }
 
 // TestProxyRefusingClientCertificateIsNamed: an https proxy
@@ -258,20 +268,7 @@ func TestBrokerAlertOnAConnectionDialedForAnotherRequestIsTheBrokers(t *testing.
 			w.WriteHeader(http.StatusBadGateway)
 			return
 		}
-		back, err := net.Dial("tcp", target)
-		if err != nil {
-			w.WriteHeader(http.StatusBadGateway)
-			return
-		}
-		defer back.Close()
-		w.WriteHeader(http.StatusOK)
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		go relayAfterRequest(back, brw)
-		_, _ = io.Copy(conn, back)
+		tunnel(w, target, relayAfterRequest)
 	}))
 	proxySrv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}}
 	proxySrv.Config.ErrorLog = log.New(io.Discard, "", 0)
