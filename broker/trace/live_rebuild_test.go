@@ -37,13 +37,7 @@ func newRebuildFixture(t *testing.T) *rebuildFixture {
 	rotated := path + "." + at(time.Hour).Format(trace.RotatedLayout)
 	writeLines(t, dir, filepath.Base(rotated), durable[:300])
 	writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable[300:]), failed...))
-	live, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: rebuildMax})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path, MaxEvents: rebuildMax})
 	if st := live.Index().Stats(); st.Dropped == 0 {
 		t.Fatalf("fixture: the index did not compact: %+v", st)
 	}
@@ -155,13 +149,7 @@ func (f failingFile) ReadAt([]byte, int64) (int, error) { return 0, f.err }
 // one of found.
 func likeFresh(t *testing.T, live *trace.Live, path string, gone, found []string) {
 	t.Helper()
-	fresh, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: live.Index().Stats().Max})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fresh.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	fresh := refreshedLive(t, trace.LiveOptions{Path: path, MaxEvents: live.Index().Stats().Max})
 	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want {
 		t.Errorf("Stats() = %+v, want %+v (a read from scratch)", got, want)
 	}
@@ -214,13 +202,7 @@ func TestLiveCutOfFirstLinesRereadsLiveFileOnly(t *testing.T) {
 			rotated := filepath.Base(path + "." + at(time.Hour).Format(trace.RotatedLayout))
 			writeLines(t, dir, rotated, tc.rotated)
 			writeLines(t, dir, "audit.jsonl", tc.current)
-			live, err := trace.NewLive(trace.LiveOptions{Path: path})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := live.Refresh(); err != nil {
-				t.Fatal(err)
-			}
+			live := refreshedLive(t, trace.LiveOptions{Path: path})
 			if _, err := live.Index().Lookup("iss_failed"); err != nil {
 				t.Fatalf("fixture: the failed batch was not read: %v", err)
 			}
@@ -275,13 +257,7 @@ func TestLiveCutOfFirstLinesAfterAnotherFile(t *testing.T) {
 	path := filepath.Join(dir, "audit.jsonl")
 	writeLines(t, dir, filepath.Base(path+"."+at(2*time.Hour).Format(trace.RotatedLayout)), durable)
 	writeLines(t, dir, "audit.jsonl", failed)
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	writeLines(t, dir, filepath.Base(path+"."+at(time.Hour).Format(trace.RotatedLayout)), sealed(t, "chn_late", 0, fixtureEvents()[1:4]))
 	if err := live.Refresh(); err != nil {
 		t.Fatal(err)

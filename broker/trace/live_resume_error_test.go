@@ -8,7 +8,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/trace"
 )
@@ -52,24 +51,14 @@ func TestLiveResumeReadErrorFailsRefresh(t *testing.T) {
 			durable, failed, next := bigLog(t, tc.n)
 			dir := t.TempDir()
 			path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
-			live, err := trace.NewLive(trace.LiveOptions{Path: path})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := live.Refresh(); err != nil {
-				t.Fatal(err)
-			}
+			live := refreshedLive(t, trace.LiveOptions{Path: path})
 			before := seqs(live.Index().Events())
 			// The sink cuts the failed batch and writes the next one.
 			writeLines(t, dir, "audit.jsonl", durable)
 			appendLines(t, path, next)
 
 			broken := true
-			resumeReads := 0
-			trace.SetResumeReadWrapper(live, func(r io.ReaderAt) io.ReaderAt {
-				resumeReads++
-				return failingReader{r: r, broken: &broken}
-			})
+			resumeReads := breakResumeReads(live, &broken)
 			reads := &readsOf{from: map[string]int64{}}
 			trace.SetReadWrapper(live, func(f *os.File) audit.File {
 				w := reads.wrap(f)
@@ -78,8 +67,8 @@ func TestLiveResumeReadErrorFailsRefresh(t *testing.T) {
 				}
 				return w
 			})
-			err = live.Refresh()
-			if resumeReads == 0 {
+			err := live.Refresh()
+			if *resumeReads == 0 {
 				t.Fatal("fixture: the refresh did not read the file back after the cut")
 			}
 			if !errors.Is(err, errDisk) {
@@ -96,23 +85,7 @@ func TestLiveResumeReadErrorFailsRefresh(t *testing.T) {
 			}
 
 			broken = false
-			reads = &readsOf{from: map[string]int64{}}
-			trace.SetReadWrapper(live, reads.wrap)
-			if err := live.Refresh(); err != nil {
-				t.Fatalf("Refresh() once the file reads again = %v", err)
-			}
-			if got, want := reads.lowest("audit.jsonl"), size(durable); got != want {
-				t.Errorf("read from offset %d after the cut, want %d (the end of the last line still there)", got, want)
-			}
-			sameAsFreshRead(t, live, path, 0)
-			for _, q := range []string{"iss_failed", "use_failed"} {
-				if _, err := live.Index().Lookup(q); !errors.Is(err, broker.ErrNotFound) {
-					t.Errorf("Lookup(%s) of a line cut = %v, want not found", q, err)
-				}
-			}
-			if _, err := live.Index().Lookup("iss_next1"); err != nil {
-				t.Errorf("Lookup(iss_next1) = %v, want found", err)
-			}
+			resumesFromDurable(t, live, path, durable, []string{"iss_failed", "use_failed"}, []string{"iss_next1"})
 		})
 	}
 }
@@ -125,20 +98,10 @@ func TestLiveResumeReadErrorWhileReading(t *testing.T) {
 	durable, failed, next := bigLog(t, 1000)
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	appendLines(t, path, next[:1])
 	broken := true
-	resumeReads := 0
-	trace.SetResumeReadWrapper(live, func(r io.ReaderAt) io.ReaderAt {
-		resumeReads++
-		return failingReader{r: r, broken: &broken}
-	})
+	resumeReads := breakResumeReads(live, &broken)
 	reads := &readsOf{from: map[string]int64{}}
 	cut := false
 	trace.SetReadWrapper(live, func(f *os.File) audit.File {
@@ -152,9 +115,9 @@ func TestLiveResumeReadErrorWhileReading(t *testing.T) {
 		}
 		return w
 	})
-	err = live.Refresh()
-	if !cut || resumeReads == 0 {
-		t.Fatalf("fixture: cut %v, %d reads back", cut, resumeReads)
+	err := live.Refresh()
+	if !cut || *resumeReads == 0 {
+		t.Fatalf("fixture: cut %v, %d reads back", cut, *resumeReads)
 	}
 	if !errors.Is(err, errDisk) {
 		t.Errorf("Refresh() with the read back after the cut failing = %v, want the I/O error", err)
@@ -167,7 +130,26 @@ func TestLiveResumeReadErrorWhileReading(t *testing.T) {
 	}
 
 	broken = false
-	reads = &readsOf{from: map[string]int64{}}
+	resumesFromDurable(t, live, path, durable, []string{"iss_failed"}, nil)
+}
+
+// breakResumeReads makes each read back after a cut (resume's) fail while
+// *broken, and returns the number of them made.
+func breakResumeReads(live *trace.Live, broken *bool) *int {
+	n := new(int)
+	trace.SetResumeReadWrapper(live, func(r io.ReaderAt) io.ReaderAt {
+		*n++
+		return failingReader{r: r, broken: broken}
+	})
+	return n
+}
+
+// resumesFromDurable checks that the next refresh, the file reading again,
+// reads it on from the end of durable (the last line it still holds) and
+// leaves the index one read from scratch, without gone, with found.
+func resumesFromDurable(t *testing.T, live *trace.Live, path string, durable [][]byte, gone, found []string) {
+	t.Helper()
+	reads := &readsOf{from: map[string]int64{}}
 	trace.SetReadWrapper(live, reads.wrap)
 	if err := live.Refresh(); err != nil {
 		t.Fatalf("Refresh() once the file reads again = %v", err)
@@ -175,8 +157,5 @@ func TestLiveResumeReadErrorWhileReading(t *testing.T) {
 	if got, want := reads.lowest("audit.jsonl"), size(durable); got != want {
 		t.Errorf("read from offset %d after the cut, want %d (the end of the last line still there)", got, want)
 	}
-	sameAsFreshRead(t, live, path, 0)
-	if _, err := live.Index().Lookup("iss_failed"); !errors.Is(err, broker.ErrNotFound) {
-		t.Errorf("Lookup(iss_failed) of a line cut = %v, want not found", err)
-	}
+	likeFresh(t, live, path, gone, found)
 }

@@ -97,32 +97,27 @@ func size(lines [][]byte) int64 {
 // (every key of theirs), and the next batch in it.
 func sameAsFresh(t *testing.T, live *trace.Live, path string) {
 	t.Helper()
-	fresh, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: live.Index().Stats().Max})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fresh.Refresh(); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want || got.Skipped != 0 {
-		t.Errorf("Stats() = %+v, want %+v: every kept event of the files as they are, once", got, want)
-	}
-	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
-		t.Errorf("events (chain/seq/type): %d, want %d; differ: %v", len(got), len(want), !slices.Equal(got, want))
-	}
-	for _, q := range []string{"iss_failed", "acc_failed", "req_failed", "use_failed", "req_failed_use"} {
-		if res, err := live.Index().Lookup(q); !errors.Is(err, broker.ErrNotFound) {
-			t.Errorf("Lookup(%s) of a line cut = %+v, %v, want not found", q, res, err)
-		}
+	likeFresh(t, live, path, []string{"iss_failed", "acc_failed", "req_failed", "use_failed", "req_failed_use"},
+		[]string{"iss_next1", "acc_next1", "req_next2", "iss_big_0999", "acc_0999"})
+	if st := live.Index().Stats(); st.Skipped != 0 {
+		t.Errorf("Stats() = %+v, want no line skipped", st)
 	}
 	if res := live.Index().Issuance("iss_big_0999"); res == nil || len(res.Uses) != 0 {
 		t.Errorf("Issuance(iss_big_0999) = %+v, want it without the use that was cut", res)
 	}
-	for _, q := range []string{"iss_next1", "acc_next1", "req_next2", "iss_big_0999", "acc_0999"} {
-		if _, err := live.Index().Lookup(q); err != nil {
-			t.Errorf("Lookup(%s) = %v, want found", q, err)
-		}
+}
+
+// refreshedLive is a Live with options o that has read the files once.
+func refreshedLive(t *testing.T, o trace.LiveOptions) *trace.Live {
+	t.Helper()
+	live, err := trace.NewLive(o)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := live.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	return live
 }
 
 // TestLiveCutResumesFromLastHeldLine: when the sink cut the live file back
@@ -185,13 +180,7 @@ func TestLiveCutResumesFromLastHeldLine(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
-			live, err := trace.NewLive(trace.LiveOptions{Path: path})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := live.Refresh(); err != nil {
-				t.Fatal(err)
-			}
+			live := refreshedLive(t, trace.LiveOptions{Path: path})
 			if _, err := live.Index().Lookup("iss_failed"); err != nil {
 				t.Fatalf("fixture: the failed batch was not read: %v", err)
 			}
@@ -231,13 +220,7 @@ func TestLiveCutBelowRecentRebuilds(t *testing.T) {
 	durable, failed, next := bigLog(t, 1000)
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	writeLines(t, dir, "audit.jsonl", durable[:100])
 	appendLines(t, path, next)
 	reads := &readsOf{from: map[string]int64{}}
@@ -263,13 +246,7 @@ func TestLiveCutWithBoundedIndex(t *testing.T) {
 	durable, failed, next := bigLog(t, 1000)
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
-	live, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: 400})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path, MaxEvents: 400})
 	writeLines(t, dir, "audit.jsonl", durable)
 	appendLines(t, path, next)
 	reads := &readsOf{from: map[string]int64{}}
@@ -291,13 +268,7 @@ func TestLiveCutWithConcurrentReaders(t *testing.T) {
 	durable, failed, next := bigLog(t, 1000)
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", durable)
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 2 {
@@ -365,13 +336,7 @@ func TestLiveCutAfterLongLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	appendLines(t, path, [][]byte{{'a'}})
 	appendLines(t, path, after)
 	appendLines(t, path, failed)
@@ -389,22 +354,7 @@ func TestLiveCutAfterLongLine(t *testing.T) {
 	if got, want := reads.lowest("audit.jsonl"), size(held); got != want {
 		t.Errorf("read from offset %d after the cut, want %d (the end of the last line still there)", got, want)
 	}
-	fresh, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fresh.Refresh(); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want {
-		t.Errorf("Stats() = %+v, want %+v", got, want)
-	}
-	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
-		t.Errorf("events differ from a fresh read: %d, want %d", len(got), len(want))
-	}
-	if _, err := live.Index().Lookup("iss_failed"); !errors.Is(err, broker.ErrNotFound) {
-		t.Errorf("Lookup(iss_failed) = %v, want not found", err)
-	}
+	likeFresh(t, live, path, []string{"iss_failed"}, nil)
 }
 
 // TestLiveCutAcrossCompaction: when a line that was cut made the bounded
@@ -420,13 +370,7 @@ func TestLiveCutAcrossCompaction(t *testing.T) {
 	durable, failed, _ := bigLog(t, max) // the first failed line is the event past the bound
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable), failed...))
-	live, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: max})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path, MaxEvents: max})
 	if st := live.Index().Stats(); st.Dropped == 0 {
 		t.Fatalf("fixture: the failed batch did not make the index compact: %+v", st)
 	}
@@ -434,23 +378,6 @@ func TestLiveCutAcrossCompaction(t *testing.T) {
 	if err := live.Refresh(); err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := trace.NewLive(trace.LiveOptions{Path: path, MaxEvents: max})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fresh.Refresh(); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := live.Index().Stats(), fresh.Index().Stats(); got != want {
-		t.Errorf("Stats() = %+v, want %+v (a read from scratch)", got, want)
-	}
-	if got, want := seqs(live.Index().Events()), seqs(fresh.Index().Events()); !slices.Equal(got, want) {
-		t.Errorf("events: %d, want the %d of a read from scratch", len(got), len(want))
-	}
-	if _, err := live.Index().Lookup("iss_big_0000"); err != nil {
-		t.Errorf("Lookup(iss_big_0000) = %v, want found: the file holds it and the index has room", err)
-	}
-	if _, err := live.Index().Lookup("iss_failed"); !errors.Is(err, broker.ErrNotFound) {
-		t.Errorf("Lookup(iss_failed) of a line cut = %v, want not found", err)
-	}
+	// iss_big_0000: the file holds it and the index has room.
+	likeFresh(t, live, path, []string{"iss_failed"}, []string{"iss_big_0000"})
 }
