@@ -123,6 +123,17 @@ func TestProxyRetryAfterIsHonoured(t *testing.T) {
 	}
 }
 
+// tlsPort is the host:port of a TLS server whose handler must not be reached.
+func tlsPort(t *testing.T) string {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the TLS proxy's handler was reached over plain http")
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
 // TestProxyURLNamingTLSPortIsNamed: HTTP_PROXY=http://H:P naming a port
 // that speaks TLS (an https proxy written with http://) gets net/http's
 // bare answer to plain HTTP on a TLS port. fetch and exec said 'the proxy
@@ -135,13 +146,7 @@ func TestProxyRetryAfterIsHonoured(t *testing.T) {
 func TestProxyURLNamingTLSPortIsNamed(t *testing.T) {
 	dir := t.TempDir()
 	tokenFile := writeTokenFile(t, dir)
-	tlsProxy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t.Error("the TLS proxy's handler was reached over plain http")
-	}))
-	tlsProxy.Config.ErrorLog = log.New(io.Discard, "", 0)
-	tlsProxy.StartTLS()
-	defer tlsProxy.Close()
-	host := tlsProxy.Listener.Addr().String()
+	host := tlsPort(t)
 	const addr = "http://keytrail.example:7700"
 	want := "keytrail: g: the proxy at " + host + " (HTTP_PROXY) for the broker at " + addr +
 		" answered that it speaks https (400 Client sent an HTTP request to an HTTPS server.): write the proxy URL in HTTP_PROXY with https:// (https://" + host +
@@ -172,13 +177,7 @@ func TestProxyURLNamingTLSPortIsNamed(t *testing.T) {
 func TestConnectToTLSPortIsNamed(t *testing.T) {
 	dir := t.TempDir()
 	tokenFile := writeTokenFile(t, dir)
-	tlsProxy := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		t.Error("the TLS proxy's handler was reached over plain http")
-	}))
-	tlsProxy.Config.ErrorLog = log.New(io.Discard, "", 0)
-	tlsProxy.StartTLS()
-	defer tlsProxy.Close()
-	host := tlsProxy.Listener.Addr().String()
+	host := tlsPort(t)
 	const addr = "https://keytrail.example:7700"
 	why := "the proxy at " + host + " (HTTPS_PROXY) for the broker at " + addr +
 		" closed the connection without answering CONNECT: if it speaks https, write https:// in HTTPS_PROXY (https://" + host + ")"
