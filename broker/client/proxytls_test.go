@@ -77,6 +77,40 @@ func tunnel(w http.ResponseWriter, target string, relay func(dst io.Writer, src 
 	_, _ = io.Copy(conn, back)
 }
 
+// mtlsCerts are a broker's serving certificate and roots trusting it, the
+// pool of the CA it takes client certificates from, and a client
+// certificate that CA did not issue.
+func mtlsCerts(t *testing.T) (serverCert, untrusted tls.Certificate, clientCAs, roots *x509.CertPool) {
+	ca := newCert(t, nil)
+	serverCert, untrusted = newCert(t, nil), newCert(t, nil)
+	clientCAs, roots = x509.NewCertPool(), x509.NewCertPool()
+	clientCAs.AddCert(ca.Leaf)
+	roots.AddCert(serverCert.Leaf)
+	return serverCert, untrusted, clientCAs, roots
+}
+
+// refusingBroker is a broker answering 403 (X-Request-Id req_mtls): over
+// plain http when cert is nil, else over TLS with cert up to maxVersion
+// (0: TLS 1.3), requiring a client certificate of clientCAs when set.
+func refusingBroker(t *testing.T, cert *tls.Certificate, clientCAs *x509.CertPool, maxVersion uint16) *httptest.Server {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", "req_mtls")
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if cert == nil {
+		srv.Start()
+	} else {
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MaxVersion: maxVersion}
+		if clientCAs != nil {
+			srv.TLS.ClientCAs, srv.TLS.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
+		}
+		srv.StartTLS()
+	}
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 // TestProxyRefusingClientCertificateIsNamed: an https proxy
 // (HTTPS_PROXY=https://...) requiring a client certificate refuses one
 // without (or with one it does not trust) by a TLS alert. With TLS 1.3 the
@@ -91,35 +125,11 @@ func tunnel(w http.ResponseWriter, target string, relay func(dst io.Writer, src 
 // "proxyconnect", with the proxy's address), for TLS 1.2 too; the broker's
 // own alert through a working proxy stays the broker's.
 func TestProxyRefusingClientCertificateIsNamed(t *testing.T) {
-	ca := newCert(t, nil)
-	untrusted := newCert(t, nil)
-	serverCert := newCert(t, nil)
-	clientCAs := x509.NewCertPool()
-	clientCAs.AddCert(ca.Leaf)
-	roots := x509.NewCertPool()
-	roots.AddCert(serverCert.Leaf)
-	broker := func(mtls bool, maxVersion uint16, tlsOn bool) *httptest.Server {
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("X-Request-Id", "req_mtls")
-			w.WriteHeader(http.StatusForbidden)
-		}))
-		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-		if !tlsOn {
-			srv.Start()
-		} else {
-			srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MaxVersion: maxVersion}
-			if mtls {
-				srv.TLS.ClientCAs, srv.TLS.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
-			}
-			srv.StartTLS()
-		}
-		t.Cleanup(srv.Close)
-		return srv
-	}
+	serverCert, untrusted, clientCAs, roots := mtlsCerts(t)
 	through := func(proxy *url.URL, certs ...tls.Certificate) *http.Client {
 		return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy), TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}}}
 	}
-	plain := broker(false, 0, false)
+	plain := refusingBroker(t, nil, nil, 0)
 	for _, c := range []struct {
 		name       string
 		maxVersion uint16
@@ -133,7 +143,7 @@ func TestProxyRefusingClientCertificateIsNamed(t *testing.T) {
 		{"tls1.2/https-broker/untrusted", tls.VersionTLS12, false, []tls.Certificate{untrusted}, "remote error: tls: unknown certificate authority"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			target := broker(false, c.maxVersion, true)
+			target := refusingBroker(t, &serverCert, nil, c.maxVersion)
 			if c.plainHTTP {
 				target = plain
 			}
@@ -154,7 +164,7 @@ func TestProxyRefusingClientCertificateIsNamed(t *testing.T) {
 	// The broker's own alert through a working https proxy is the
 	// broker's.
 	for _, v := range []uint16{0, tls.VersionTLS12} {
-		target := broker(true, v, true)
+		target := refusingBroker(t, &serverCert, clientCAs, v)
 		proxy := httpsProxy(t, serverCert, nil, v, target.Listener.Addr().String())
 		err := exchangeErrInsecure(t, target.URL, through(proxy, untrusted))
 		var op *net.OpError
@@ -184,22 +194,9 @@ type wrappedConn struct{ net.Conn }
 // write (a "use of closed network connection" instead of the alert, 1 run
 // in 15 under load; the next test holds the handshake back for that).
 func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
-	ca := newCert(t, nil)
-	untrusted := newCert(t, nil)
-	serverCert := newCert(t, nil)
-	clientCAs := x509.NewCertPool()
-	clientCAs.AddCert(ca.Leaf)
-	roots := x509.NewCertPool()
-	roots.AddCert(serverCert.Leaf)
+	serverCert, untrusted, clientCAs, roots := mtlsCerts(t)
 	for _, v := range []uint16{tls.VersionTLS12} {
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("X-Request-Id", "req_mtls")
-			w.WriteHeader(http.StatusForbidden)
-		}))
-		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-		srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, MaxVersion: v, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert}
-		srv.StartTLS()
-		t.Cleanup(srv.Close)
+		srv := refusingBroker(t, &serverCert, clientCAs, v)
 		proxy := httpsProxy(t, serverCert, nil, v, srv.Listener.Addr().String())
 		hc := &http.Client{Transport: &http.Transport{
 			Proxy:           http.ProxyURL(proxy),
@@ -233,21 +230,8 @@ func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
 // an https broker, the proxy's handshake can only be the one that failed
 // when the request got no connection (httptrace GotConn).
 func TestBrokerAlertOnAConnectionDialedForAnotherRequestIsTheBrokers(t *testing.T) {
-	ca := newCert(t, nil)
-	untrusted := newCert(t, nil)
-	serverCert := newCert(t, nil)
-	clientCAs := x509.NewCertPool()
-	clientCAs.AddCert(ca.Leaf)
-	roots := x509.NewCertPool()
-	roots.AddCert(serverCert.Leaf)
-	brokerSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Request-Id", "req_mtls")
-		w.WriteHeader(http.StatusForbidden)
-	}))
-	brokerSrv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	brokerSrv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert}
-	brokerSrv.StartTLS()
-	t.Cleanup(brokerSrv.Close)
+	serverCert, untrusted, clientCAs, roots := mtlsCerts(t)
+	brokerSrv := refusingBroker(t, &serverCert, clientCAs, 0)
 	target := brokerSrv.Listener.Addr().String()
 
 	// The proxy holds each CONNECT until its release channel is closed.
