@@ -20,11 +20,25 @@ import (
 // tunnels every CONNECT to target and forwards plain-http requests to it;
 // with clientCAs it requires a client certificate they issued (mutual
 // TLS), as a TLS server of version at most maxVersion (0: TLS 1.3).
-func httpsProxy(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, maxVersion uint16, target string) *url.URL {
+//
+// hold > 0 is for a TLS 1.3 server refusing the client's certificate
+// (the proxy's own, with clientCAs, else the broker's in the tunnel): its
+// alert comes after the client's side of the handshake, and when it came
+// before the request was written, net/http's write failed on the
+// connection its read of the alert had closed ('use of closed network
+// connection', the alert lost: 1 run in ~1,800 under load). The client's
+// records after its ClientHello are held until the hold-th encrypted one
+// (the request written after its handshake flight) has arrived, so that
+// the alert always follows the request, as on a fast enough machine.
+func httpsProxy(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, maxVersion uint16, hold int, target string) *url.URL {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodConnect {
-			tunnel(w, target, nil)
+			var relay func(dst io.Writer, src io.Reader)
+			if hold > 0 && clientCAs == nil {
+				relay = func(dst io.Writer, src io.Reader) { relayAfterRequest(dst, src, hold) }
+			}
+			tunnel(w, target, relay)
 			return
 		}
 		r.URL.Scheme, r.URL.Host, r.RequestURI = "http", target, ""
@@ -45,6 +59,9 @@ func httpsProxy(t *testing.T, cert tls.Certificate, clientCAs *x509.CertPool, ma
 		srv.TLS.ClientCAs, srv.TLS.ClientAuth = clientCAs, tls.RequireAndVerifyClientCert
 	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshakes refused
+	if hold > 0 && clientCAs != nil {
+		srv.Listener = heldListener{Listener: srv.Listener, records: hold}
+	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	u, err := url.Parse(srv.URL)
@@ -136,18 +153,21 @@ func TestProxyRefusingClientCertificateIsNamed(t *testing.T) {
 		plainHTTP  bool // the broker: plain http, the request forwarded by the proxy
 		cert       []tls.Certificate
 		alert      string
+		// the client's encrypted records up to its request (TLS 1.3:
+		// Certificate, CertificateVerify with one, Finished, the request)
+		hold int
 	}{
-		{"tls1.3/https-broker/none", 0, false, nil, "remote error: tls: certificate required"},
-		{"tls1.3/https-broker/untrusted", 0, false, []tls.Certificate{untrusted}, "remote error: tls: unknown certificate authority"},
-		{"tls1.3/http-broker/none", 0, true, nil, "remote error: tls: certificate required"},
-		{"tls1.2/https-broker/untrusted", tls.VersionTLS12, false, []tls.Certificate{untrusted}, "remote error: tls: unknown certificate authority"},
+		{"tls1.3/https-broker/none", 0, false, nil, "remote error: tls: certificate required", 3},
+		{"tls1.3/https-broker/untrusted", 0, false, []tls.Certificate{untrusted}, "remote error: tls: unknown certificate authority", 4},
+		{"tls1.3/http-broker/none", 0, true, nil, "remote error: tls: certificate required", 3},
+		{"tls1.2/https-broker/untrusted", tls.VersionTLS12, false, []tls.Certificate{untrusted}, "remote error: tls: unknown certificate authority", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			target := refusingBroker(t, &serverCert, nil, c.maxVersion)
 			if c.plainHTTP {
 				target = plain
 			}
-			proxy := httpsProxy(t, serverCert, clientCAs, c.maxVersion, target.Listener.Addr().String())
+			proxy := httpsProxy(t, serverCert, clientCAs, c.maxVersion, c.hold, target.Listener.Addr().String())
 			err := exchangeErrInsecure(t, target.URL, through(proxy, c.cert...))
 			if !IsClientCertificateRefused(err) || !IsPermanent(err) || !strings.Contains(err.Error(), c.alert) {
 				t.Fatalf("Exchange = %v; want %q, a client certificate refused (permanent)", err, c.alert)
@@ -165,7 +185,11 @@ func TestProxyRefusingClientCertificateIsNamed(t *testing.T) {
 	// broker's.
 	for _, v := range []uint16{0, tls.VersionTLS12} {
 		target := refusingBroker(t, &serverCert, clientCAs, v)
-		proxy := httpsProxy(t, serverCert, nil, v, target.Listener.Addr().String())
+		hold := 0
+		if v == 0 {
+			hold = 4
+		}
+		proxy := httpsProxy(t, serverCert, nil, v, hold, target.Listener.Addr().String())
 		err := exchangeErrInsecure(t, target.URL, through(proxy, untrusted))
 		var op *net.OpError
 		if !IsClientCertificateRefused(err) || (errors.As(err, &op) && op.Op == "proxyconnect") || strings.Contains(err.Error(), "proxy") {
@@ -197,7 +221,7 @@ func TestBrokerAlertThroughCustomTLSDialerIsTheBrokers(t *testing.T) {
 	serverCert, untrusted, clientCAs, roots := mtlsCerts(t)
 	for _, v := range []uint16{tls.VersionTLS12} {
 		srv := refusingBroker(t, &serverCert, clientCAs, v)
-		proxy := httpsProxy(t, serverCert, nil, v, srv.Listener.Addr().String())
+		proxy := httpsProxy(t, serverCert, nil, v, 0, srv.Listener.Addr().String())
 		hc := &http.Client{Transport: &http.Transport{
 			Proxy:           http.ProxyURL(proxy),
 			TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{untrusted}},
@@ -252,7 +276,7 @@ func TestBrokerAlertOnAConnectionDialedForAnotherRequestIsTheBrokers(t *testing.
 			w.WriteHeader(http.StatusBadGateway)
 			return
 		}
-		tunnel(w, target, relayAfterRequest)
+		tunnel(w, target, func(dst io.Writer, src io.Reader) { relayAfterRequest(dst, src, 4) })
 	}))
 	proxySrv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}}
 	proxySrv.Config.ErrorLog = log.New(io.Discard, "", 0)
@@ -317,12 +341,12 @@ func recvWithin[T any](t *testing.T, c <-chan T, what string) T {
 }
 
 // relayAfterRequest copies a TLS 1.3 client's records from src to dst,
-// holding those after its ClientHello until the fourth encrypted record
-// (after the client's Certificate, CertificateVerify and Finished: the
+// holding those after its ClientHello until the n-th encrypted record
+// (4: after the client's Certificate, CertificateVerify and Finished, the
 // request written after the handshake) has arrived.
-func relayAfterRequest(dst io.Writer, src io.Reader) {
+func relayAfterRequest(dst io.Writer, src io.Reader, n int) {
 	var held []byte
-	for records, encrypted := 0, 0; encrypted < 4; records++ {
+	for records, encrypted := 0, 0; encrypted < n; records++ {
 		hdr := make([]byte, 5)
 		if _, err := io.ReadFull(src, hdr); err != nil {
 			return
@@ -394,4 +418,37 @@ func TestProxyTLSFailuresNameTheProxy(t *testing.T) {
 	if strings.Count(err.Error(), refused) != 1 {
 		t.Errorf("Exchange through a proxy refusing connections = %q, want %s named once", err, refused)
 	}
+}
+
+// heldListener hands a TLS server each connection it accepts with what
+// the client sends relayed by relayAfterRequest(records).
+type heldListener struct {
+	net.Listener
+	records int
+}
+
+func (l heldListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		relayAfterRequest(pw, c, l.records)
+		pw.Close()
+	}()
+	return heldConn{Conn: c, r: pr}, nil
+}
+
+// heldConn reads the client through the relay; Close ends the relay too.
+type heldConn struct {
+	net.Conn
+	r *io.PipeReader
+}
+
+func (c heldConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+func (c heldConn) Close() error {
+	c.r.Close()
+	return c.Conn.Close()
 }
