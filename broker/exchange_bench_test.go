@@ -2,17 +2,12 @@ package broker_test
 
 import (
 	"context"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/authn"
-	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -28,29 +23,10 @@ func BenchmarkExchange(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := httptest.NewServer(iss.Handler())
-	b.Cleanup(srv.Close)
-	iss.URL = srv.URL
-	now := time.Now()
-	tok, err := iss.Sign(jwt.MapClaims{
-		"iss": iss.URL, "sub": "system:serviceaccount:payments:api", "aud": "keytrail",
-		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(), "jti": "bench-1",
-		"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
 	// The ES256 cases' policy trusts the test issuer (the service checks
 	// that the policy in force names the identity's iss).
-	polES, err := policies.Parse("bench.yaml", []byte(strings.NewReplacer(
-		"issuer: https://k8s.example", "issuer: "+iss.URL,
-		"jwks_url: https://k8s.example/jwks", "jwks_url: "+iss.URL+authntest.JWKSPath,
-		"audiences: [keytrail]", "audiences: [keytrail]\n    max_token_lifetime: 2h",
-	).Replace(brokertest.PaymentsPolicy)))
+	_, tok, text := brokertest.PaymentsES256(b)
+	polES, err := policies.Parse("bench.yaml", []byte(text))
 	if err != nil {
 		b.Fatal(err)
 	}
