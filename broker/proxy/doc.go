@@ -18,7 +18,10 @@
 //
 //  1. CONNECT is refused (400).
 //  2. The credential is taken from "Authorization: Bearer" or
-//     "Proxy-Authorization: Bearer"; missing or unknown: 401 invalid_token.
+//     "Proxy-Authorization: Bearer" (Authorization's when it is a broker
+//     credential, ktp_..., or the only Bearer token: a client may send a
+//     placeholder Authorization of its own beside the credential in
+//     Proxy-Authorization); missing or unknown: 401 invalid_token.
 //  3. The issuance found by its fingerprint must be of kind proxy and for the
 //     {grant} of the URL (403), unexpired (401), unrevoked (403), its workload
 //     unblocked (403), and the grant must still exist in the policy in force

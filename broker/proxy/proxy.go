@@ -329,9 +329,16 @@ func (c *call) check() error {
 	if r.Method == http.MethodConnect {
 		return badRequest("connect_refused")
 	}
+	// SPEC: the credential comes as Authorization or Proxy-Authorization.
+	// A client whose SDK sets an Authorization of its own (a placeholder
+	// API key; the header is dropped and the secret injected anyway) sends
+	// the credential as Proxy-Authorization: Authorization's Bearer token
+	// is taken only when it is a broker credential or there is no other.
 	tok := httpapi.BearerToken(r, "Authorization")
-	if tok == "" {
-		tok = httpapi.BearerToken(r, "Proxy-Authorization")
+	if !strings.HasPrefix(tok, TokenPrefix) {
+		if pa := httpapi.BearerToken(r, "Proxy-Authorization"); pa != "" {
+			tok = pa
+		}
 	}
 	if tok == "" {
 		// No credential at all: the challenge names no error (RFC 6750 §3.1).

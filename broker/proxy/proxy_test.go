@@ -149,6 +149,70 @@ func TestProxyForwardsWithInjectedSecret(t *testing.T) {
 	}
 }
 
+// TestProxyCredentialInProxyAuthorizationBesideAnotherBearer: SPEC lets the
+// caller send its proxy credential as Proxy-Authorization. A client whose SDK
+// insists on an Authorization header of its own (a placeholder API key) sends
+// both; the credential is the broker's one, and the Authorization header is
+// dropped like any caller credential. Where both headers carry a broker
+// credential, Authorization's is the one checked (as before).
+func TestProxyCredentialInProxyAuthorizationBesideAnotherBearer(t *testing.T) {
+	tests := []struct {
+		name       string
+		auth       func(cred string) string // the Authorization header
+		proxyAuth  func(cred string) string // the Proxy-Authorization header
+		wantStatus int
+		wantDeny   string
+	}{
+		{name: "ok/placeholder-bearer-in-authorization",
+			auth:      func(string) string { return "Bearer sk_test_placeholder" },
+			proxyAuth: func(c string) string { return "Bearer " + c }, wantStatus: 200},
+		{name: "ok/same-credential-in-both",
+			auth:      func(c string) string { return "Bearer " + c },
+			proxyAuth: func(c string) string { return "Bearer " + c }, wantStatus: 200},
+		{name: "ok/placeholder-bearer-in-proxy-authorization",
+			auth:      func(c string) string { return "Bearer " + c },
+			proxyAuth: func(string) string { return "Bearer sk_test_placeholder" }, wantStatus: 200},
+		{name: "fail/unknown-broker-credential-in-authorization",
+			auth:      func(string) string { return "Bearer ktp_" + strings.Repeat("A", 43) },
+			proxyAuth: func(c string) string { return "Bearer " + c }, wantStatus: 401, wantDeny: "unknown_credential"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, fixtureOpts{})
+			cred := f.credential(t, "stripe")
+			hdr := http.Header{
+				"Authorization":       {tt.auth(cred.AccessToken)},
+				"Proxy-Authorization": {tt.proxyAuth(cred.AccessToken)},
+			}
+			res := f.do(t, "GET", "/v1/proxy/stripe/v1/charges", hdr, nil)
+			if res.Status != tt.wantStatus {
+				t.Fatalf("GET with Authorization %q = %d %s, want %d", hdr.Get("Authorization")[:12], res.Status, res.Body, tt.wantStatus)
+			}
+			if tt.wantStatus != 200 {
+				if got := f.up.Hits(); got != 0 {
+					t.Errorf("upstream hits = %d, want 0", got)
+				}
+				denies := f.eventsOf(audit.TypeDeny)
+				if len(denies) != 1 || denies[0].Outcome == nil || denies[0].Outcome.Reason != tt.wantDeny {
+					t.Errorf("deny events = %+v, want one with reason %s", denies, tt.wantDeny)
+				}
+				return
+			}
+			f.waitEvent(t, audit.TypeUseResult)
+			seen := f.up.Last()
+			got := map[string][]string{"authorization": seen.Header.Values("Authorization"), "proxy-auth": seen.Header.Values("Proxy-Authorization")}
+			want := map[string][]string{"authorization": {"Bearer " + upstreamKey}, "proxy-auth": nil}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("upstream request headers (-want +got):\n%s", diff)
+			}
+			uses := f.eventsOf(audit.TypeUse)
+			if len(uses) != 1 || uses[0].IssuanceID != cred.Issuance.ID {
+				t.Errorf("use events = %+v, want one of issuance %s", uses, cred.Issuance.ID)
+			}
+		})
+	}
+}
+
 func TestProxyRefusesBadCredentials(t *testing.T) {
 	tests := []struct {
 		name       string
