@@ -153,6 +153,9 @@ func TestTokenEndpointErrors(t *testing.T) {
 		{"fail/bad-resource", formCT, form("resource", "not a uri").Encode(), 400, "invalid_target"},
 		{"fail/unknown-grant", formCT, form("audience", "nope").Encode(), 400, "invalid_target"},
 		{"fail/bad-token", formCT, form("subject_token", "forged.token.here").Encode(), 401, "invalid_grant"},
+		// The identity token is checked before the grant name: a caller
+		// without a valid one learns nothing of the grants (README).
+		{"fail/bad-token-unknown-grant", formCT, form("subject_token", "forged.token.here", "audience", "nope").Encode(), 401, "invalid_grant"},
 		{"fail/oversized", formCT, form("subject_token", strings.Repeat("a", 70<<10)).Encode(), 400, "invalid_request"},
 	}
 	for _, tt := range tests {
