@@ -178,10 +178,15 @@ func (s *fileSet) add(p string) {
 // LoadFiles indexes the audit files (already in order; see LogFiles),
 // each read through an audit.LineReader (a file a running broker writes
 // and cuts back meanwhile is read as it holds its lines, or fails with
-// audit.ErrCutBelowRead).
+// audit.ErrCutBelowRead). A rotated file that no longer exists was deleted
+// by retention since it was listed (a rotated file is not renamed again):
+// its events are gone from the log, and it is skipped, as Live skips it.
 func LoadFiles(x *Index, paths []string) error {
 	for _, p := range paths {
 		f, err := os.Open(p)
+		if _, rotated := IsRotated(filepath.Base(p)); rotated && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
