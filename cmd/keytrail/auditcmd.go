@@ -223,7 +223,12 @@ type auditFiles struct {
 // are listed again, and when the listing changed or a path no longer names
 // the file identified under it, it starts over, once: a second race is
 // reported as what it looks like (a broker does not rotate twice in a few
-// milliseconds). The files named with exact are taken as they are. A file
+// milliseconds). A listed rotated file, not named as such in args, that no
+// longer exists when it is identified was deleted by retention (a rotated
+// file is not renamed again): it is left out, as a listing made after the
+// deletion leaves it out, without starting over (retention deleting the
+// oldest files one by one did that at every listing, and failed the command
+// at the second). The files named with exact are taken as they are. A file
 // that cannot be opened fails here, before any is read.
 func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) {
 	list := func() ([]string, error) {
@@ -231,6 +236,17 @@ func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) 
 			return trace.UniqueFiles(args), nil
 		}
 		return trace.LogFiles(args)
+	}
+	var deleted func(p string) bool // a listed file that may be left out when gone
+	if !exact {
+		named := map[string]bool{}
+		for _, a := range args {
+			named[filepath.Clean(a)] = true
+		}
+		deleted = func(p string) bool {
+			_, rotated := trace.IsRotated(filepath.Base(p))
+			return rotated && !named[filepath.Clean(p)]
+		}
 	}
 	for retry := !exact; ; retry = false {
 		paths, err := list()
@@ -240,7 +256,10 @@ func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) 
 		if e.afterAuditList != nil {
 			e.afterAuditList()
 		}
-		infos, live, err := identifyAll(paths)
+		paths, infos, live, err := identifyAll(paths, deleted)
+		if err == nil && len(paths) == 0 {
+			err = fmt.Errorf("no audit files left in %s: the rotated files listed were deleted meanwhile", strings.Join(args, ", "))
+		}
 		switch {
 		case err != nil && retry && errors.Is(err, fs.ErrNotExist):
 			continue // renamed away meanwhile
@@ -253,26 +272,33 @@ func identifyAuditFiles(e *env, args []string, exact bool) (*auditFiles, error) 
 }
 
 // identifyAll opens each of paths in turn (so that one that cannot be read
-// fails now, not after minutes of reading the others) and returns what
-// fstat says of it, and whether a running sink holds it (auditfile.Locked);
-// one descriptor at a time.
-func identifyAll(paths []string) ([]os.FileInfo, []bool, error) {
+// fails now, not after minutes of reading the others) and returns the
+// paths kept, what fstat says of each, and whether a running sink holds it
+// (auditfile.Locked); one descriptor at a time. A path that no longer
+// exists and that deleted (when not nil) says may have been deleted is
+// left out.
+func identifyAll(paths []string, deleted func(string) bool) ([]string, []os.FileInfo, []bool, error) {
+	kept := make([]string, 0, len(paths))
 	infos := make([]os.FileInfo, 0, len(paths))
 	live := make([]bool, 0, len(paths))
 	for _, p := range paths {
 		f, err := os.Open(p)
+		if errors.Is(err, fs.ErrNotExist) && deleted != nil && deleted(p) {
+			continue
+		}
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		fi, err := f.Stat()
 		_ = f.Close()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
+		kept = append(kept, p)
 		infos = append(infos, fi)
 		live = append(live, auditfile.Locked(p))
 	}
-	return infos, live, nil
+	return kept, infos, live, nil
 }
 
 // sameListing reports whether list still returns paths, each naming the
