@@ -31,3 +31,10 @@ func SetResumeReadWrapper(l *Live, wrap func(io.ReaderAt) io.ReaderAt) { l.wrapR
 // refresh listed, before it opens them: a file f removes is one retention
 // deleted after the listing.
 func SetAfterListRotatedHook(l *Live, f func(listed []string)) { l.afterListRotated = f }
+
+// DoneFiles is how many rotated files l remembers as read.
+func DoneFiles(l *Live) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.done)
+}

@@ -149,7 +149,7 @@ type readState struct {
 	// every line of cur drops those and reads cur again, not every file.
 	curStart   lineMark
 	curStartOK bool
-	done       map[string]bool // rotated files fully read
+	done       map[string]bool // rotated files fully read (and still listed)
 }
 
 // rebuild reads the files again from their start into a new index, built
@@ -401,6 +401,7 @@ func (l *Live) readRotated(next os.FileInfo) error {
 	if l.afterListRotated != nil {
 		l.afterListRotated(rotated)
 	}
+	l.forgetDeleted(rotated)
 	for _, p := range rotated {
 		if l.done[filepath.Base(p)] {
 			continue
@@ -410,6 +411,33 @@ func (l *Live) readRotated(next os.FileInfo) error {
 		}
 	}
 	return nil
+}
+
+// forgetDeleted drops from done the rotated files rotated, a listing of
+// them, no longer names: retention deleted them. done used to keep one
+// name per rotation for the life of the process. A file still there is
+// listed (a listing returns every entry not added or removed meanwhile,
+// and a rotated file is not renamed again), so its name is kept and it is
+// never read again; a name not listed is not listed later unless a new
+// file takes it (rotated names grow with the chain), which is then read.
+// The map is replaced, not deleted from: a Go map does not shrink.
+func (l *Live) forgetDeleted(rotated []string) {
+	listed := 0
+	for _, p := range rotated {
+		if l.done[filepath.Base(p)] {
+			listed++
+		}
+	}
+	if listed == len(l.done) {
+		return
+	}
+	done := make(map[string]bool, listed)
+	for _, p := range rotated {
+		if b := filepath.Base(p); l.done[b] {
+			done[b] = true
+		}
+	}
+	l.done = done
 }
 
 func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
