@@ -57,7 +57,9 @@ type LiveOptions struct {
 // file's events are dropped and it is read again; below those, or when an
 // event of the lines gone made the bounded index drop older ones, the
 // index is rebuilt from the files, to the side: readers see the old index
-// until the new one is complete).
+// until the new one is complete). So is it when the file tailed is gone
+// without a rotation (no rotated file appeared): the live file was
+// replaced under its name.
 // Memory is bounded by MaxEvents (twice during a rebuild). Safe for
 // concurrent use.
 type Live struct {
@@ -184,7 +186,8 @@ func (l *Live) rebuild() error {
 var errRolledBack = errors.New("trace: the audit file no longer holds what was read")
 
 func (l *Live) refresh() error {
-	if err := l.readRotated(nil); err != nil {
+	appeared, err := l.readRotated(nil)
+	if err != nil {
 		return err
 	}
 	if l.afterList != nil {
@@ -198,7 +201,8 @@ func (l *Live) refresh() error {
 		// Rotated since the listing, perhaps, and not created again yet:
 		// list again, so the old file's lines are read now (the rest of
 		// cur; all of it when no file is tailed, as in a rebuild).
-		return l.readRotated(nil)
+		_, err := l.readRotated(nil)
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("trace: %w", err)
@@ -216,8 +220,21 @@ func (l *Live) refresh() error {
 		// the tail stopped, or all of it, before the new file, rather than
 		// at the next call (after the new file's lines; a rebuild would
 		// publish an index without them).
-		if err := l.readRotated(fi); err != nil {
+		n, err := l.readRotated(fi)
+		if err != nil {
 			return err
+		}
+		if l.cur != nil && l.curOff > 0 && appeared+n == 0 {
+			// The file tailed, of which the index holds lines, is
+			// neither the live file nor a rotated one, and no rotated
+			// file appeared: replaced under its name without a rotation
+			// (restored from a backup, replaced by hand), not rotated.
+			// Read as the next file, its lines would follow the old
+			// one's (a backup's twice) in an index that holds a file no
+			// longer there: rebuild it from the files. A rotation whose
+			// rotated file was deleted before this call, with none
+			// other since, looks the same; so does the index then.
+			return errRolledBack
 		}
 		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
 		l.recent.reset()
@@ -392,25 +409,29 @@ func (r *recentLines) add(line []byte, next, skipped int64) {
 // tailed (cur), found under its rotated name, from curOff; any other from
 // its start. A sibling that is next (the file about to be tailed, rotated
 // since it was opened) is left for a later call, which finds it as cur;
-// one deleted since the listing (retention) is skipped.
-func (l *Live) readRotated(next os.FileInfo) error {
+// one deleted since the listing (retention) is skipped. It returns how
+// many rotated files it listed that were not read before (read now, left
+// or skipped): a rotation since the last listing, when not 0.
+func (l *Live) readRotated(next os.FileInfo) (int, error) {
 	rotated, err := RotatedSiblings(l.o.Path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if l.afterListRotated != nil {
 		l.afterListRotated(rotated)
 	}
 	l.forgetDeleted(rotated)
+	n := 0
 	for _, p := range rotated {
 		if l.done[filepath.Base(p)] {
 			continue
 		}
+		n++
 		if err := l.readRotatedFile(p, next); err != nil {
-			return err
+			return n, err
 		}
 	}
-	return nil
+	return n, nil
 }
 
 // forgetDeleted drops from done the rotated files rotated, a listing of
