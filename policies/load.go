@@ -69,6 +69,8 @@ type namedData struct {
 // an entry so named that is not a regular file nor a symlink to one (a named
 // pipe, a socket, a directory) is an error naming it, hidden ones left out,
 // and one whose extension is miscased (b.YAML) is a problem, whatever it is.
+// A symlink so named, whatever the case, whose target does not exist is a
+// problem naming it as dangling and its target.
 // Every file must say "version: 1". On a validation failure the returned
 // error's Unwrap() []error lists every problem as a *Problem.
 func Load(p string) (*Policy, error) {
@@ -94,12 +96,20 @@ func Load(p string) (*Policy, error) {
 			if miscasedPolicyFile(e) {
 				name := filepath.Join(p, e.Name())
 				st, err := os.Stat(name)
+				if target, ok := danglingLink(name, err, os.Lstat, os.Readlink); ok {
+					misnamed = append(misnamed, danglingProblem(name, target, true))
+					continue
+				}
 				misnamed = append(misnamed, misnamedProblem(name, st, err))
 			}
 			continue
 		}
 		name := filepath.Join(p, e.Name())
 		data, err := ReadFile(name)
+		if target, ok := danglingLink(name, err, os.Lstat, os.Readlink); ok {
+			misnamed = append(misnamed, danglingProblem(name, target, false))
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("policies: %w", err)
 		}
@@ -135,17 +145,27 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 	}
 	var files []namedData
 	var misnamed []error
+	lstat := func(name string) (fs.FileInfo, error) { return fs.Lstat(fsys, name) }
+	readlink := func(name string) (string, error) { return fs.ReadLink(fsys, name) }
 	for _, e := range entries {
 		if !isPolicyFile(e) {
 			if miscasedPolicyFile(e) {
 				name := path.Join(dir, e.Name())
 				st, err := fs.Stat(fsys, name)
+				if target, ok := danglingLink(name, err, lstat, readlink); ok {
+					misnamed = append(misnamed, danglingProblem(name, target, true))
+					continue
+				}
 				misnamed = append(misnamed, misnamedProblem(name, st, err))
 			}
 			continue
 		}
 		name := path.Join(dir, e.Name())
 		data, err := readFS(fsys, name)
+		if target, ok := danglingLink(name, err, lstat, readlink); ok {
+			misnamed = append(misnamed, danglingProblem(name, target, false))
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("policies: %w", err)
 		}
@@ -207,6 +227,37 @@ func misnamedProblem(name string, st fs.FileInfo, err error) *Problem {
 		return &Problem{File: name, Message: "not read: " + what + `; policy files are regular files named *.yaml or *.yml (lowercase)`}
 	}
 	return &Problem{File: name, Message: misnamedMessage}
+}
+
+// danglingLink reports whether name, which could not be stat'ed or
+// opened with err (following symlinks), is a symlink whose target does not
+// exist, and that target (as the link holds it). lstat and readlink are
+// the file system's (os, or an fs.FS's).
+func danglingLink(name string, err error, lstat func(string) (fs.FileInfo, error), readlink func(string) (string, error)) (string, bool) {
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", false
+	}
+	if st, lerr := lstat(name); lerr != nil || st.Mode()&fs.ModeSymlink == 0 {
+		return "", false
+	}
+	target, rerr := readlink(name)
+	if rerr != nil {
+		return "", false
+	}
+	return target, true
+}
+
+// danglingProblem is the problem of an entry of a policy directory that is
+// a symlink to target, which does not exist: neither renaming it nor
+// reading it again helps, its target is what to fix. One whose extension
+// is miscased (miscased) is also told what a policy file is named, so one
+// reading is enough to fix it.
+func danglingProblem(name, target string, miscased bool) *Problem {
+	msg := "not read: is a dangling symlink to " + target
+	if miscased {
+		msg += `; policy files are regular files named *.yaml or *.yml (lowercase)`
+	}
+	return &Problem{File: name, Message: msg}
 }
 
 // miscasedPolicyFile reports whether e would be a policy file but for the

@@ -270,3 +270,36 @@ func TestLoadDirectoryReportsMiscasedNonRegularEntries(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadDirectoryReportsDanglingSymlinks: in a policy directory, a
+// symlink named *.yaml or *.YAML whose target does not exist is a problem
+// naming it, as a dangling symlink, and its target. Before, the miscased
+// one was told to rename itself (renamed, it would still lead nowhere) and
+// the lowercase one stopped the load with "open DIR/x.yaml: no such file or
+// directory", which says neither that it is a symlink nor where it points.
+func TestLoadDirectoryReportsDanglingSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "B.YAML"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gone := filepath.Join(dir, "gone", "p.yaml")
+	if err := os.Symlink(gone, filepath.Join(dir, "L.YAML")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../nowhere.yaml", filepath.Join(dir, "l.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	const policyFiles = `policy files are regular files named *.yaml or *.yml (lowercase)`
+	want := []string{
+		filepath.Join(dir, "B.YAML") + `: not read: policy file names end in ".yaml" or ".yml" (lowercase); rename it`,
+		filepath.Join(dir, "L.YAML") + `: not read: is a dangling symlink to ` + gone + `; ` + policyFiles,
+		filepath.Join(dir, "l.yaml") + `: not read: is a dangling symlink to ../nowhere.yaml`,
+	}
+	p, err := loadGuarded(t, dir)
+	if got := problemStrings(err); strings.Join(got, "\n") != strings.Join(want, "\n") || p != nil {
+		t.Errorf("Load = %v, %v\ngot problems:\n%s\nwant:\n%s", p, err, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -1355,3 +1355,23 @@ func TestLoadFSDirectoryReportsMiscasedNonRegularEntries(t *testing.T) {
 		t.Errorf("LoadFS = %v, %v; want problems (-want +got):\n%s", p, err, diff)
 	}
 }
+
+// TestLoadFSDirectoryReportsDanglingSymlinks: LoadFS reports a symlink
+// named *.yaml or *.YAML whose target does not exist as Load does: a
+// dangling symlink, named with its target, not a file to rename nor an
+// "open: file does not exist".
+func TestLoadFSDirectoryReportsDanglingSymlinks(t *testing.T) {
+	fsys := fstest.MapFS{
+		"d/a.yaml": {Data: []byte("version: 1\n")},
+		"d/L.YAML": {Mode: fs.ModeSymlink, Data: []byte("gone/p.yaml")},
+		"d/l.yml":  {Mode: fs.ModeSymlink, Data: []byte("../nowhere.yaml")},
+	}
+	want := []string{
+		`d/L.YAML: not read: is a dangling symlink to gone/p.yaml; policy files are regular files named *.yaml or *.yml (lowercase)`,
+		`d/l.yml: not read: is a dangling symlink to ../nowhere.yaml`,
+	}
+	p, err := LoadFS(fsys, "d")
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" || p != nil {
+		t.Errorf("LoadFS = %v, %v; want problems (-want +got):\n%s", p, err, diff)
+	}
+}
