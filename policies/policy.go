@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"sync"
 )
 
 // Policy is a validated, compiled policy. It is immutable: every accessor
@@ -36,6 +37,12 @@ type Policy struct {
 
 	issuerLocs, grantLocs []loc          // where each was declared (CheckFiles)
 	caLines               map[string]int // "file: path" of each ca_file -> its line (CheckFiles)
+
+	// caMu guards caReads: what was read of each ca_file the policy names,
+	// by path (CheckFiles, CAFile), so that the bytes a reload checked are
+	// the bytes its verifier and proxy use, each file read once.
+	caMu    sync.Mutex
+	caReads map[string]caRead
 
 	warnings []*Problem // see Warnings
 }
@@ -269,4 +276,58 @@ func cloneGrant(g *Grant) Grant {
 		c.Proxy = &px
 	}
 	return c
+}
+
+// caRead is what one read of a ca_file gave.
+type caRead struct {
+	data []byte
+	err  error
+}
+
+// CAFile returns the bytes of caFile, a ca_file the policy names (an
+// issuer's or a proxy grant's), as this policy read them: those CheckFiles
+// read and checked, or, for a file it did not read (CheckFiles not run),
+// those read now with ReadFile. Either way the outcome, bytes or error, is
+// kept for the policy's life, so each ca_file is read at most once per
+// policy (per reload) and its users (the identity-token verifier, the
+// proxy's upstream transports) all use the bytes CheckFiles accepted, even
+// if the file changed since; a reload reads it again. The bytes are a
+// copy. A path the policy does not name is read and not kept.
+func (p *Policy) CAFile(caFile string) ([]byte, error) {
+	if !p.namesCAFile(caFile) {
+		return ReadFile(caFile)
+	}
+	p.caMu.Lock()
+	defer p.caMu.Unlock()
+	r, ok := p.caReads[caFile]
+	if !ok {
+		r.data, r.err = ReadFile(caFile)
+		if p.caReads == nil {
+			p.caReads = map[string]caRead{}
+		}
+		p.caReads[caFile] = r
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return slices.Clone(r.data), nil
+}
+
+// namesCAFile reports whether caFile is the ca_file of an issuer or a
+// proxy grant of p.
+func (p *Policy) namesCAFile(caFile string) bool {
+	if caFile == "" {
+		return false
+	}
+	for i := range p.issuers {
+		if p.issuers[i].CAFile == caFile {
+			return true
+		}
+	}
+	for i := range p.grants {
+		if g := &p.grants[i]; g.Proxy != nil && g.Proxy.CAFile == caFile {
+			return true
+		}
+	}
+	return false
 }

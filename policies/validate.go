@@ -924,6 +924,8 @@ func pkiIssuePath(path string) bool {
 // every reload, `keytrail policy check --files` on request. A ca_file is
 // read as a policy file is (ReadFile): a named pipe, a device or a
 // directory is a problem naming it, not waited on or read without end.
+// Each is read once, and the policy keeps what was read: CAFile hands those
+// bytes to its users, so what a reload checked is what it uses.
 //
 // warnings judge the dates of each readable ca_file's certificates at now
 // (CABundleDates), named like problems: one that expires within
@@ -933,16 +935,30 @@ func pkiIssuePath(path string) bool {
 // the TLS connections it verifies (that issuer's JWKS, that upstream).
 func (p *Policy) CheckFiles(now time.Time) (warnings []*Problem, err error) {
 	var v validator
+	// Each file is read once, however many entries name it, and what was
+	// read is what the policy's users get (CAFile).
+	reads := map[string]caRead{}
+	read := func(caFile string) ([]byte, error) {
+		r, ok := reads[caFile]
+		if !ok {
+			r.data, r.err = ReadFile(caFile)
+			reads[caFile] = r
+		}
+		return r.data, r.err
+	}
 	for i := range p.issuers {
 		l := p.issuerLocs[i]
-		checkCAFile(&v, l.file, l.path+".ca_file", p.issuers[i].CAFile, now)
+		checkCAFile(&v, l.file, l.path+".ca_file", p.issuers[i].CAFile, now, read)
 	}
 	for i := range p.grants {
 		if g := &p.grants[i]; g.Kind == KindProxy && g.Proxy != nil {
 			l := p.grantLocs[i]
-			checkCAFile(&v, l.file, l.path+".proxy.ca_file", g.Proxy.CAFile, now)
+			checkCAFile(&v, l.file, l.path+".proxy.ca_file", g.Proxy.CAFile, now, read)
 		}
 	}
+	p.caMu.Lock()
+	p.caReads = reads
+	p.caMu.Unlock()
 	for _, e := range v.warnings {
 		w := e.(*Problem)
 		w.Line = p.caLines[w.File+": "+w.Path]
@@ -973,12 +989,12 @@ func fileRoots(files []parsedFile) func(string) *yaml.Node {
 
 // checkCAFile checks that a ca_file, when set, is readable and holds at
 // least one PEM certificate, and warns of the dates of its certificates
-// at now (CABundleDates).
-func checkCAFile(v *validator, file, path, caFile string, now time.Time) {
+// at now (CABundleDates). read reads it (ReadFile, once per file).
+func checkCAFile(v *validator, file, path, caFile string, now time.Time, read func(string) ([]byte, error)) {
 	if caFile == "" {
 		return
 	}
-	pem, err := ReadFile(caFile)
+	pem, err := read(caFile)
 	if err != nil {
 		// An open error names the path ("cannot read PATH: no such file
 		// or directory"); the refusal of a named pipe, a device or a

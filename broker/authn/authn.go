@@ -91,6 +91,11 @@ type Options struct {
 	// an issuer with ca_file needs its Transport to be nil or *http.Transport.
 	// Redirects are limited and must obey the same scheme rules as the URL.
 	HTTPClient *http.Client
+	// ReadCAFile reads an issuer's ca_file; policies.ReadFile when nil. The
+	// server passes the policy's Policy.CAFile, so that the bundle the
+	// verifier trusts is the one the reload's CheckFiles read and checked,
+	// not a second read of a file that may have changed since.
+	ReadCAFile func(path string) ([]byte, error)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// Logger receives fetch failures; discarded when nil.
@@ -141,6 +146,7 @@ type Verifier struct {
 	staleFor        time.Duration
 	maxJWKSBytes    int64
 	fetchTimeout    time.Duration
+	readCAFile      func(path string) ([]byte, error)
 	router          *jwt.Parser // unverified parse, routing only (two-pass path)
 	single          *jwt.Parser // decode + signature; claims checked by the issuer's validator
 	verified        *verifiedCache
@@ -170,6 +176,10 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		staleFor:        o.StaleFor,
 		maxJWKSBytes:    o.MaxJWKSBytes,
 		fetchTimeout:    o.FetchTimeout,
+		readCAFile:      o.ReadCAFile,
+	}
+	if v.readCAFile == nil {
+		v.readCAFile = policies.ReadFile
 	}
 	if v.now == nil {
 		v.now = time.Now

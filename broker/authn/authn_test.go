@@ -1159,6 +1159,36 @@ func TestCAFile(t *testing.T) {
 	}
 }
 
+// TestReadCAFileIsTheBundleTrusted: an issuer's ca_file is read through
+// Options.ReadCAFile, once, and the bundle it returns is the one the JWKS
+// fetch trusts, whatever the file holds now: the server passes the bytes
+// the reload's CheckFiles read and checked (policies.Policy.CAFile).
+func TestReadCAFileIsTheBundleTrusted(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(iss.Handler())
+	t.Cleanup(srv.Close)
+	iss.URL = srv.URL
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, []byte("changed since it was checked\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checked := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	var reads []string
+	v := verifierFor(t, iss.URL, srv.URL+authntest.JWKSPath, func(o *authn.Options) {
+		o.Issuers[0].CAFile = caFile
+		o.ReadCAFile = func(path string) ([]byte, error) { reads = append(reads, path); return checked, nil }
+	})
+	if _, err := v.Authenticate(context.Background(), sign(t, iss.Key(), nil, claims(iss))); err != nil {
+		t.Errorf("Authenticate() = %v, want the JWKS fetched over TLS verified by the bundle ReadCAFile returned", err)
+	}
+	if diff := cmp.Diff([]string{caFile}, reads); diff != "" {
+		t.Errorf("ReadCAFile calls (-want +got):\n%s", diff)
+	}
+}
+
 func TestNewValidation(t *testing.T) {
 	good := func() policies.Issuer {
 		return policies.Issuer{

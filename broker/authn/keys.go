@@ -251,10 +251,11 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, e
 			t.TLSClientConfig.MinVersion = tls.VersionTLS12
 		}
 		if caFile != "" {
-			// Read as a policy file is: a named pipe, a device or a
-			// directory is refused, naming it, not waited on at every
-			// New (each policy reload) or read without end.
-			pem, err := policies.ReadFile(caFile)
+			// Read as a policy file is (Options.ReadCAFile): a named
+			// pipe, a device or a directory is refused, naming it, not
+			// waited on at every New (each policy reload) or read
+			// without end.
+			pem, err := v.readCAFile(caFile)
 			if err != nil {
 				return nil, fmt.Errorf("read: %w", err)
 			}

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"os"
@@ -291,4 +293,61 @@ func TestSIGTERMDuringHungReloadShutsDown(t *testing.T) {
 	if !strings.Contains(logs.String(), "policy reloaded") || !strings.Contains(logs.String(), "why=sighup") {
 		t.Errorf("the SIGHUP reload, its event durable, did not complete before the server ended\n%s", logs.String())
 	}
+}
+
+// swapOnWarning is a log handler that, at the first "policy warning" it is
+// given once armed, runs swap: loadServedPolicy logs the policy's warnings
+// after CheckFiles read the ca_files and before the verifier is built, so
+// swap changes a file between the two.
+type swapOnWarning struct {
+	slog.Handler
+	armed *atomic.Bool
+	swap  func()
+}
+
+func (h swapOnWarning) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "policy warning" && h.armed.CompareAndSwap(true, false) {
+		h.swap()
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// TestReloadUsesTheCAFileItChecked: a reload read an issuer's ca_file
+// twice, once in CheckFiles and again in authn.New. Changed in between, the
+// reload checked one bundle and trusted another: here replaced by one that
+// holds no certificate, the reload CheckFiles accepted failed in authn.New
+// ("holds no PEM certificate"). The verifier now trusts the bytes
+// CheckFiles read (Policy.CAFile): the reload succeeds.
+func TestReloadUsesTheCAFileItChecked(t *testing.T) {
+	dir := t.TempDir()
+	polFile := filepath.Join(dir, "policy.yaml")
+	writeAtomically(t, polFile, serverTestPolicy)
+	var logs brokertest.SyncBuffer
+	rt, _ := reloadRuntime(t, dir, polFile, &logs)
+
+	caDir := filepath.Join(dir, "ca")
+	if err := os.Mkdir(caDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca, _, _ := writeCert(t, caDir, "issuer.example") // valid for an hour: CheckFiles warns of it
+	var armed atomic.Bool
+	armed.Store(true)
+	rt.log = slog.New(swapOnWarning{Handler: rt.log.Handler(), armed: &armed, swap: func() {
+		writeAtomically(t, ca, "not a certificate\n")
+	}})
+	writeAtomically(t, polFile, caFilePolicy(ca))
+	if err := rt.reloadPolicy(context.Background(), "sighup"); err != nil {
+		t.Fatalf("reloadPolicy = %v, want nil: the bundle CheckFiles accepted is the one used\n%s", err, logs.String())
+	}
+	if armed.Load() {
+		t.Fatal("the ca_file was not swapped: no policy warning was logged between CheckFiles and authn.New")
+	}
+	if got, want := rt.state.Load().pol.Sources()[0].SHA256, sha256Hex(caFilePolicy(ca)); got != want {
+		t.Errorf("policy in force has file sha256 %s, want the reloaded %s", got, want)
+	}
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

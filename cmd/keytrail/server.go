@@ -606,7 +606,9 @@ func (rt *brokerRuntime) newVerifier(ctx context.Context, pol *policies.Policy) 
 	if st := rt.state.Load(); st != nil {
 		prev = st.authn
 	}
-	return authn.New(ctx, authn.Options{Issuers: pol.Issuers(), Logger: rt.log, OnFetch: rt.metrics.onJWKSFetch,
+	// The ca_files as loadServedPolicy's CheckFiles read and checked them,
+	// not read again (the file may have changed in between).
+	return authn.New(ctx, authn.Options{Issuers: pol.Issuers(), ReadCAFile: pol.CAFile, Logger: rt.log, OnFetch: rt.metrics.onJWKSFetch,
 		VerifiedCacheSize: rt.cfg.Authn.VerifiedCacheSize, Previous: prev})
 }
 
