@@ -41,7 +41,7 @@ func TestTransportCAFileRefusesNonRegular(t *testing.T) {
 	}
 	// The FIFO first: on the old code the build blocks there and the test
 	// fails before /dev/zero would be read without end.
-	for i, tt := range []struct{ path, want string }{
+	for _, tt := range []struct{ path, want string }{
 		{fifo, "grant stripe: ca_file: " + fifo + ": is a named pipe, not a regular file"},
 		{"/dev/zero", "grant stripe: ca_file: /dev/zero: is a character device, not a regular file"},
 		{dir, "grant stripe: ca_file: " + dir + ": is a directory, not a regular file"},
@@ -51,7 +51,7 @@ func TestTransportCAFileRefusesNonRegular(t *testing.T) {
 			continue
 		}
 		err := brokertest.ReturnsWithin(t, "transport with ca_file "+tt.path, func() error {
-			_, err := p.transport("h"+string(rune('0'+i)), grant(tt.path))
+			_, err := p.transport(new(policies.Policy), grant(tt.path)) // a policy of its own: resolved anew
 			return err
 		})
 		if err == nil || err.Error() != tt.want {
@@ -73,7 +73,7 @@ func TestTransportCAFileRefusesNonRegular(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &policies.Grant{Name: "local", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: srv.URL, CAFile: link, AllowPrivate: true}}
-	gt, err := p.transport("hl", g)
+	gt, err := p.transport(new(policies.Policy), g)
 	if err != nil {
 		t.Fatalf("transport with ca_file a symlink to the bundle = %v, want ok", err)
 	}

@@ -91,7 +91,9 @@
 //     client_gone (and logged at INFO): not an upstream error.
 //
 // The upstream connection: a Transport per grant (built from the grant's
-// ca_file, cached per grant and policy hash), never a proxy from the
+// ca_file, resolved once per grant and policy: a failure to build it is
+// answered 503 upstream_config to every request of that policy without
+// reading the file again, until a reload), never a proxy from the
 // environment, never following redirects (a 3xx goes back to the caller
 // unfollowed), with dial, TLS handshake, response header and overall
 // timeouts. Its dialer only ever dials the grant's upstream host and port,

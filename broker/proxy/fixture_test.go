@@ -529,6 +529,12 @@ type fixture struct {
 	mem      *memSecrets // the proxy's secret source when fixtureOpts.fastReads is set
 	registry *prometheus.Registry
 	notify   bool // events reach f.sink (false when fixtureOpts.audit is set)
+	// The policy in force (the Service's and the proxy's), the text it was
+	// parsed from and the upstream's CA bundle its grants name: reload
+	// parses the text again, as keytrail server's reload does.
+	pol     atomic.Pointer[policies.Policy]
+	polText string
+	caFile  string
 }
 
 type fixtureOpts struct {
@@ -573,10 +579,9 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	pol, err := policies.Parse("p.yaml", []byte(fmt.Sprintf(policyTemplate, fo.ratePerSecond, fo.burst, f.up.srv.URL, caFile, "    "+fo.proxyRate)))
-	if err != nil {
-		tb.Fatalf("policy: %v", err)
-	}
+	f.caFile = caFile
+	f.polText = fmt.Sprintf(policyTemplate, fo.ratePerSecond, fo.burst, f.up.srv.URL, caFile, "    "+fo.proxyRate)
+	f.reload(tb, false)
 
 	f.store = memstore.New(f.clk.Now)
 	minter, err := proxy.NewMinter(proxy.MinterOptions{PublicURL: "https://keytrail.example"})
@@ -605,7 +610,7 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	authn := brokertest.Authn{identityToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/payments",
 		JTI: "jti-1", Claims: map[string]any{"sub": "repo:acme/payments"}}}
 	f.svc, err = broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
+		Policy:   f.pol.Load,
 		Authn:    func() broker.Authenticator { return authn },
 		Minters:  map[string]broker.Minter{broker.KindProxy: minter},
 		Revokers: map[string]broker.Revoker{broker.KindProxy: minter},
@@ -659,6 +664,24 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	}
 	tb.Cleanup(f.client.CloseIdleConnections)
 	return f
+}
+
+// reload puts in force a new policy parsed from the fixture's policy text,
+// whose CheckFiles has run when check is set (keytrail server runs it at
+// every load), and returns it.
+func (f *fixture) reload(tb testing.TB, check bool) *policies.Policy {
+	tb.Helper()
+	pol, err := policies.Parse("p.yaml", []byte(f.polText))
+	if err != nil {
+		tb.Fatalf("policy: %v", err)
+	}
+	if check {
+		if _, err := pol.CheckFiles(f.clk.Now()); err != nil {
+			tb.Fatalf("policy CheckFiles: %v", err)
+		}
+	}
+	f.pol.Store(pol)
+	return pol
 }
 
 // credential exchanges the identity token for a proxy credential of grant.

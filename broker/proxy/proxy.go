@@ -205,7 +205,8 @@ type call struct {
 	src   broker.Source
 	fp    string
 	is    *broker.Issuance
-	grant *policies.Grant // shared with other requests (policyView): read only
+	grant *policies.Grant  // shared with other requests (policyView): read only
+	pol   *policies.Policy // the policy grant is of
 	// injectHeader is the grant's Inject.Header in canonical form (made
 	// once per policy: viewGrant).
 	injectHeader string
@@ -385,7 +386,7 @@ func (c *call) check() error {
 		return denied("grant_removed", "the grant no longer exists")
 	}
 	g := &vg.Grant
-	c.grant, c.injectHeader, c.label = g, vg.injectHeader, g.Name
+	c.grant, c.pol, c.injectHeader, c.label = g, pol, vg.injectHeader, g.Name
 	wl, ok := view.workload(is.Workload)
 	if !ok || !pol.Allowed(wl, g.Name) {
 		return denied("grant_not_allowed", "the workload is no longer allowed this grant")
@@ -660,7 +661,7 @@ func dropRequestHeader(name string) bool {
 // (steps 8 to 11 of the package documentation).
 func (c *call) forward(w http.ResponseWriter) {
 	p, r, g := c.h.p, c.r, c.grant
-	gt, err := p.transport(p.o.Service.Policy().Hash(), g)
+	gt, err := p.transport(c.pol, g) // the grant's policy's, not one a reload since put in force
 	if err != nil {
 		c.fail(w, broker.Unavailable("upstream_config", 30*time.Second, err))
 		return

@@ -146,75 +146,101 @@ func (d *upstreamDialer) DialContext(ctx context.Context, network, addr string) 
 	return nil, firstErr
 }
 
-// grantTransport is the cached upstream connection pool of one grant.
+// grantTransport is the upstream connection pool of one grant as one
+// policy (gen) resolved it, or why it could not be built (err): kept, as
+// the connection pool is, for every request of that policy, so that a grant
+// whose transport cannot be built (its ca_file unreadable) costs each
+// proxied request no file I/O and answers the same error until a reload
+// (a new policy) tries again.
 type grantTransport struct {
-	key      transportKey
+	gen      *policies.Policy // the policy it was resolved for
+	key      transportKey     // what rt is built from; zero when err is set
 	upstream *url.URL
 	rt       *http.Transport
+	err      error // why the transport could not be built; rt is nil then
 }
 
-// transportKey identifies what a grant's transport is built from. The policy
-// hash is part of it so that a reload (e.g. after a CA rotation) rebuilds it.
-// A struct, compared field by field: every proxied request asks, and a
-// string key was built (allocated) each time.
+// transportKey is what a grant's transport is built from, the CA bundle's
+// bytes included: a reload that changes none of it (an unrelated grant
+// edited, a SIGHUP) keeps the connection pool, one that changes the bundle
+// (a CA rotation, whether or not the policy files changed) builds a new
+// one. A struct, compared field by field once per grant and policy.
 type transportKey struct {
-	polHash, upstream, caFile string
-	allowPrivate              bool
+	upstream, caFile, caPEM string
+	allowPrivate            bool
 }
 
-func keyOf(polHash string, g *policies.Grant) transportKey {
-	px := g.Proxy
-	return transportKey{polHash: polHash, upstream: px.Upstream, caFile: px.CAFile, allowPrivate: px.AllowPrivate}
-}
-
-// transport returns the grant's cached transport, building it when the grant
-// or policy changed (the old one's idle connections are closed).
-func (p *Proxy) transport(polHash string, g *policies.Grant) (*grantTransport, error) {
-	key := keyOf(polHash, g)
+// transport returns the grant's transport for pol, the policy g is of:
+// resolved once per grant and policy, the outcome (an error included)
+// kept until a request of another policy asks. A transport built from the
+// same upstream, CA bundle and allow_private as the previous policy's is
+// that transport (its idle connections kept); otherwise the old one's idle
+// connections are closed.
+func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransport, error) {
 	p.mu.Lock()
 	gt := p.transports[g.Name]
 	p.mu.Unlock()
-	if gt != nil && gt.key == key {
-		return gt, nil
+	if gt != nil && gt.gen == pol {
+		return gt, gt.err
 	}
-	nt, err := p.buildTransport(key, g)
+	nt := &grantTransport{gen: pol}
+	key, u, pool, err := resolveTransport(g)
 	if err != nil {
-		return nil, err
+		nt.err = err
+	} else {
+		nt.key, nt.upstream = key, u
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if cur := p.transports[g.Name]; cur != nil {
-		if cur.key == key { // built concurrently: keep the first
-			nt.rt.CloseIdleConnections()
-			return cur, nil
-		}
+	cur := p.transports[g.Name]
+	switch {
+	case cur != nil && cur.gen == pol: // resolved concurrently: keep the first
+		return cur, cur.err
+	case nt.err != nil:
+	case cur != nil && cur.rt != nil && cur.key == key:
+		nt.rt = cur.rt // unchanged: the same pool
+	default:
+		nt.rt = p.buildTransport(u, pool, g)
+	}
+	if cur != nil && cur.rt != nil && cur.rt != nt.rt {
 		cur.rt.CloseIdleConnections()
 	}
 	p.transports[g.Name] = nt
-	return nt, nil
+	return nt, nt.err
 }
 
-func (p *Proxy) buildTransport(key transportKey, g *policies.Grant) (*grantTransport, error) {
+// resolveTransport checks the grant's upstream and reads its CA bundle:
+// what its transport is built from, and the bundle's pool (nil without
+// ca_file).
+func resolveTransport(g *policies.Grant) (key transportKey, u *url.URL, pool *x509.CertPool, err error) {
 	px := g.Proxy
-	u, err := url.Parse(px.Upstream)
+	u, err = url.Parse(px.Upstream)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, fmt.Errorf("grant %s: upstream is not an http(s) URL", g.Name)
+		return transportKey{}, nil, nil, fmt.Errorf("grant %s: upstream is not an http(s) URL", g.Name)
 	}
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
+	key = transportKey{upstream: px.Upstream, caFile: px.CAFile, allowPrivate: px.AllowPrivate}
 	if px.CAFile != "" {
 		// Read as a policy file is: a named pipe, a device or a
 		// directory is refused, naming it, not waited on by the request
 		// that builds the transport or read without end.
 		pem, err := policies.ReadFile(px.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("grant %s: ca_file: %w", g.Name, err)
+			return transportKey{}, nil, nil, fmt.Errorf("grant %s: ca_file: %w", g.Name, err)
 		}
-		pool := x509.NewCertPool()
+		pool = x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("grant %s: ca_file %s holds no PEM certificate", g.Name, px.CAFile)
+			return transportKey{}, nil, nil, fmt.Errorf("grant %s: ca_file %s holds no PEM certificate", g.Name, px.CAFile)
 		}
-		tlsConf.RootCAs = pool
+		key.caPEM = string(pem)
 	}
+	return key, u, pool, nil
+}
+
+// buildTransport builds the transport of grant g to upstream u, trusting
+// pool when it is not nil (the system roots otherwise).
+func (p *Proxy) buildTransport(u *url.URL, pool *x509.CertPool, g *policies.Grant) *http.Transport {
+	px := g.Proxy
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
 	t := p.o.Timeouts
 	d := newUpstreamDialer(u, px.AllowPrivate, p.o.Resolver, t.Dial)
 	rt := &http.Transport{
@@ -231,7 +257,7 @@ func (p *Proxy) buildTransport(key transportKey, g *policies.Grant) (*grantTrans
 		DisableCompression:     true, // the body scan needs plain bytes
 		ForceAttemptHTTP2:      true,
 	}
-	return &grantTransport{key: key, upstream: u, rt: rt}, nil
+	return rt
 }
 
 // CloseIdleConnections closes the idle upstream connections of every grant
@@ -240,6 +266,8 @@ func (p *Proxy) CloseIdleConnections() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, gt := range p.transports {
-		gt.rt.CloseIdleConnections()
+		if gt.rt != nil {
+			gt.rt.CloseIdleConnections()
+		}
 	}
 }

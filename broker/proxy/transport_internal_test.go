@@ -1,45 +1,85 @@
 package proxy
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/keytrail/keytrail/policies"
 )
 
-// A grant's transport is built once per grant and policy and found again
-// without allocating (every proxied request asks); a change of what it is
-// built from (policy hash, upstream, allow_private here) builds a new one.
+// A grant's transport is resolved once per grant and policy and found
+// again without allocating (every proxied request asks). A new policy
+// (a reload) resolves it again: built from the same upstream, CA bundle and
+// allow_private it is the same connection pool; a change of any of them,
+// the bundle's bytes under the same path included, builds a new one.
 func TestTransportCachedPerGrantAndPolicy(t *testing.T) {
 	p := &Proxy{o: Options{MaxIdleConnsPerHost: 2, Resolver: net.DefaultResolver}, transports: map[string]*grantTransport{}}
 	p.o.Timeouts.defaults()
 	g := &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api.stripe.example"}}
-	gt, err := p.transport("h1", g)
+	gen1 := new(policies.Policy) // a policy's identity is all transport looks at here
+	gt, err := p.transport(gen1, g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, err := p.transport("h1", g); err != nil || again != gt {
+	if again, err := p.transport(gen1, g); err != nil || again != gt {
 		t.Fatalf("second call: %p, %v; want the first transport %p", again, err, gt)
 	}
-	if n := testing.AllocsPerRun(100, func() { _, _ = p.transport("h1", g) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { _, _ = p.transport(gen1, g) }); n != 0 {
 		t.Errorf("cached transport: %v allocations, want 0", n)
 	}
+	gen2 := new(policies.Policy)
+	if same, err := p.transport(gen2, g); err != nil || same.rt != gt.rt {
+		t.Errorf("a reload that changes nothing of the grant: %v, %v; want the same connection pool", same, err)
+	}
+
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	writeCA := func(name string) {
+		t.Helper()
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withCA := &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api2.stripe.example", AllowPrivate: true, CAFile: ca}}
 	for _, c := range []struct {
-		name string
-		hash string
-		g    *policies.Grant
+		name   string
+		g      *policies.Grant
+		before func()
 	}{
-		{"policy hash", "h2", g},
-		{"upstream", "h2", &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api2.stripe.example"}}},
-		{"allow_private", "h2", &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api2.stripe.example", AllowPrivate: true}}},
+		{"upstream", &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api2.stripe.example"}}, nil},
+		{"allow_private", &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api2.stripe.example", AllowPrivate: true}}, nil},
+		{"ca_file", withCA, func() { writeCA("ca-1") }},
+		{"ca_file's bytes", withCA, func() { writeCA("ca-2") }},
 	} {
+		if c.before != nil {
+			c.before()
+		}
 		prev := p.transports["stripe"]
-		nt, err := p.transport(c.hash, c.g)
+		nt, err := p.transport(new(policies.Policy), c.g)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if nt == prev {
-			t.Errorf("%s changed: the old transport was kept", c.name)
+		if nt.rt == prev.rt {
+			t.Errorf("%s changed: the old connection pool was kept", c.name)
 		}
 	}
 }
