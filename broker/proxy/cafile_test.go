@@ -60,3 +60,21 @@ func TestProxyBrokenCAFileIsResolvedOncePerPolicy(t *testing.T) {
 		t.Errorf("after a reload: status %d %q, want 200", res.Status, res.Body)
 	}
 }
+
+// TestProxyUsesTheCAFileTheReloadChecked: a grant's ca_file was read again
+// by the first proxied request after a reload, although the reload's
+// CheckFiles had read and checked it: changed in between, the proxy
+// trusted a bundle nobody checked (here none: every request failed 503).
+// The transport is now built from the bytes CheckFiles read
+// (policies.Policy.CAFile).
+func TestProxyUsesTheCAFileTheReloadChecked(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	cred := f.credential(t, "stripe")
+	f.reload(t, true)
+	if err := os.WriteFile(f.caFile, []byte("changed since the reload checked it\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := f.do(t, "GET", "/v1/proxy/stripe/v1/charges", bearer(cred.AccessToken), nil); res.Status != 200 {
+		t.Errorf("status %d %q, want 200: the upstream verified by the bundle the reload checked", res.Status, res.Body)
+	}
+}

@@ -184,7 +184,7 @@ func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransp
 		return gt, gt.err
 	}
 	nt := &grantTransport{gen: pol}
-	key, u, pool, err := resolveTransport(g)
+	key, u, pool, err := resolveTransport(pol, g)
 	if err != nil {
 		nt.err = err
 	} else {
@@ -209,10 +209,10 @@ func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransp
 	return nt, nt.err
 }
 
-// resolveTransport checks the grant's upstream and reads its CA bundle:
-// what its transport is built from, and the bundle's pool (nil without
-// ca_file).
-func resolveTransport(g *policies.Grant) (key transportKey, u *url.URL, pool *x509.CertPool, err error) {
+// resolveTransport checks the upstream of g, a grant of pol, and reads its
+// CA bundle: what its transport is built from, and the bundle's pool (nil
+// without ca_file).
+func resolveTransport(pol *policies.Policy, g *policies.Grant) (key transportKey, u *url.URL, pool *x509.CertPool, err error) {
 	px := g.Proxy
 	u, err = url.Parse(px.Upstream)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
@@ -220,10 +220,13 @@ func resolveTransport(g *policies.Grant) (key transportKey, u *url.URL, pool *x5
 	}
 	key = transportKey{upstream: px.Upstream, caFile: px.CAFile, allowPrivate: px.AllowPrivate}
 	if px.CAFile != "" {
-		// Read as a policy file is: a named pipe, a device or a
-		// directory is refused, naming it, not waited on by the request
-		// that builds the transport or read without end.
-		pem, err := policies.ReadFile(px.CAFile)
+		// The bytes the policy's CheckFiles read and checked (the
+		// reload accepted those, the file may have changed since), or
+		// read now, once for the policy (Policy.CAFile): as a policy
+		// file is, a named pipe, a device or a directory refused,
+		// naming it, not waited on by the request that builds the
+		// transport or read without end.
+		pem, err := pol.CAFile(px.CAFile)
 		if err != nil {
 			return transportKey{}, nil, nil, fmt.Errorf("grant %s: ca_file: %w", g.Name, err)
 		}
