@@ -313,61 +313,15 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
 	via := c.proxyFor(req)
-	var tlsConns *handshakes
-	switch {
-	case via != nil && via.Scheme == "https" && c.proxyTLSTraced:
-		req, tlsConns = countTLSHandshakes(req)
-	case via != nil && via.Scheme == "http" && req.URL.Scheme == "https":
-		// Through an http proxy, the broker's TLS handshake begins
-		// once the proxy has answered CONNECT (net/http uses no TLS
-		// dialer of the transport's there): traced whatever the
-		// transport.
-		req, tlsConns = countTLSHandshakes(req)
-	}
+	req, h := c.traceHandshakes(req, via)
 	sent := c.now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		var pe *ProxyError
-		if errors.As(err, &pe) {
-			pe.setRetryAfter(sent)
-			return nil, pe
-		}
-		switch {
-		case tlsConns != nil && via.Scheme == "https" && tlsConns.proxyOnly(req):
-			// Only the https proxy's TLS can have failed: a TLS
-			// alert is its, not the broker's.
-			err = proxyAlert(via, err)
-		case tlsConns != nil && via.Scheme == "http" && tlsConns.beforeTunnel():
-			// No connection got and no TLS handshake begun: the
-			// failure was at the proxy, before the tunnel.
-			err = connectUnanswered(via, err)
-		}
-		if via != nil {
-			err = proxyNamed(via, err)
-		}
-		// *url.Error names the URL, never the body; still, say only what
-		// happened at the transport.
-		return nil, fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(err))
+		return nil, transportError(req, via, h, err, sent)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 && (resp.StatusCode == http.StatusProxyAuthRequired || resp.Header.Get("X-Request-Id") == "") {
-		if p := forwarding(req, via); p != nil {
-			// net/http's answer on the broker's TLS port, forwarded: the
-			// proxy's framing gives it headers, where the same answer of
-			// the proxy's own TLS port has none (the proxy URL's http://
-			// names an https proxy: the proxy's, HTTPSPort).
-			var prefix []byte
-			if resp.StatusCode == http.StatusBadRequest {
-				prefix = readPrefix(resp.Body, len(httpsPortAnswer))
-			}
-			if len(resp.Header) > 0 && httpsPortAnswered(req, resp, prefix) {
-				return nil, &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
-			}
-			pe := newProxyError(p, resp, true)
-			pe.HTTPSPort = proxyTLSPortAnswered(resp, prefix)
-			pe.setRetryAfter(sent)
-			return nil, pe
-		}
+	if err := c.proxyAnswer(req, via, resp, sent); err != nil {
+		return nil, err
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
 	if err != nil {
@@ -377,7 +331,7 @@ func (c *Client) Exchange(ctx context.Context, grant string, o ExchangeOptions) 
 		return nil, fmt.Errorf("keytrail broker: response larger than %d bytes", maxResponseBody)
 	}
 	if httpsPortAnswered(req, resp, body) {
-		return nil, &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
+		return nil, c.httpsPortError()
 	}
 	return parseResponse(resp.StatusCode, resp.Header, body, sent)
 }

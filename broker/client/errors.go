@@ -192,6 +192,11 @@ func (e *httpsPortError) Error() string {
 
 func (e *httpsPortError) Is(target error) bool { return target == ErrHTTPSPort }
 
+// httpsPortError is the ErrHTTPSPort of the broker's address.
+func (c *Client) httpsPortError() error {
+	return &httpsPortError{addr: redactURL(strings.TrimSuffix(c.tokenURL, "/v1/token"))}
+}
+
 // IsPermanent reports whether err is a failure that retrying cannot fix: a
 // 4xx answer of the broker other than 408 and 429, a 200 answer that is
 // not a token response (ErrBadResponse), plain http to a server that
@@ -278,15 +283,24 @@ func IsClientCertificateRefused(err error) bool {
 	if errors.As(err, &ae) {
 		return clientCertificateAlerts[ae.Error()]
 	}
-	// A received alert is a *net.OpError "remote error" whose Err is of
-	// crypto/tls's unexported alert type: known by its text.
-	var op *net.OpError
-	for e := err; errors.As(e, &op); e = op.Err {
-		if op.Op == "remote error" && op.Err != nil {
-			return clientCertificateAlerts[op.Err.Error()]
-		}
+	// A received alert is of crypto/tls's unexported alert type: known by
+	// its text.
+	if op := remoteAlert(err); op != nil && op.Err != nil {
+		return clientCertificateAlerts[op.Err.Error()]
 	}
 	return false
+}
+
+// remoteAlert is the TLS alert received in err's chain (the first
+// *net.OpError "remote error", as crypto/tls reports one), or nil.
+func remoteAlert(err error) *net.OpError {
+	var op *net.OpError
+	for e := err; errors.As(e, &op); e = op.Err {
+		if op.Op == "remote error" {
+			return op
+		}
+	}
+	return nil
 }
 
 // clientCertificateAlerts are the texts of the TLS alerts a server sends

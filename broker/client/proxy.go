@@ -176,16 +176,6 @@ func withConnectRefusal(t *http.Transport) *http.Transport {
 	return t
 }
 
-// proxyTLSPortAnswered reports whether res, to a plain-http request the
-// proxy was to forward, whose body starts with body, is net/http's answer
-// on a TLS port written by the proxy's own port (the proxy URL's http://
-// naming an https proxy): a 400 with no header at all. A proxy's own
-// answers, and those it forwards, have headers (its framing adds them).
-// (net/http's TLS port answers no CONNECT so: it closes the connection.)
-func proxyTLSPortAnswered(res *http.Response, body []byte) bool {
-	return res.StatusCode == http.StatusBadRequest && len(res.Header) == 0 && bytes.HasPrefix(body, []byte(httpsPortAnswer))
-}
-
 // proxyFor is the proxy the transport sends req through (its Proxy
 // function's answer), or nil: none, or unknown (not an *http.Transport).
 func (c *Client) proxyFor(req *http.Request) *url.URL {
@@ -199,22 +189,54 @@ func (c *Client) proxyFor(req *http.Request) *url.URL {
 	return p
 }
 
-// forwarding is the HTTP proxy via that forwarded req itself (a plain-http
-// request through HTTP_PROXY), or nil: no proxy, a SOCKS proxy (the answer
-// through it is the server's), or an https request (tunnelled by CONNECT,
-// the answer is the broker's).
-func forwarding(req *http.Request, via *url.URL) *url.URL {
-	if via == nil || req.URL.Scheme != "http" || (via.Scheme != "http" && via.Scheme != "https") {
+// proxyAnswer is the error for resp, the answer to req sent through the
+// proxy via (nil: none, or unknown), when it is not the broker's, else
+// nil. Only a plain-http request through an HTTP proxy (http:// or
+// https://) can get the proxy's own answer, the proxy forwarding the
+// request itself (through a SOCKS proxy, or tunnelled by CONNECT, the
+// answer is the broker's; a refused CONNECT is Do's error). Of those
+// answers:
+//
+//	answer                                                 is
+//	2xx; or with X-Request-Id, other than 407              the broker's (nil)
+//	400 "Client sent an HTTP request to an HTTPS server.",
+//	  with headers                                         the broker's port speaking TLS, forwarded: ErrHTTPSPort
+//	  without any header                                   the proxy's own port speaking TLS: *ProxyError, HTTPSPort
+//	any other 3xx, 4xx or 5xx                              the proxy's: *ProxyError
+//
+// net/http writes its answer to plain HTTP on a TLS port with no header at
+// all; a proxy's framing adds headers to what it forwards, and to its own
+// answers. (net/http's TLS port answers no CONNECT so: it closes the
+// connection, see transportError.)
+func (c *Client) proxyAnswer(req *http.Request, via *url.URL, resp *http.Response, sent time.Time) error {
+	forwarded := via != nil && req.URL.Scheme == "http" && (via.Scheme == "http" || via.Scheme == "https")
+	if !forwarded || resp.StatusCode < 300 || (resp.StatusCode != http.StatusProxyAuthRequired && resp.Header.Get("X-Request-Id") != "") {
 		return nil
 	}
-	return via
+	tlsPort := resp.StatusCode == http.StatusBadRequest && bytes.HasPrefix(readPrefix(resp.Body, len(httpsPortAnswer)), []byte(httpsPortAnswer))
+	if tlsPort && len(resp.Header) > 0 {
+		return c.httpsPortError()
+	}
+	pe := newProxyError(via, resp, true)
+	pe.HTTPSPort = tlsPort
+	pe.setRetryAfter(sent)
+	return pe
 }
 
-// countTLSHandshakes is req with a trace (added to any of the caller's)
-// counting the TLS handshakes begun for it: through an https proxy, the
-// proxy's, then, for an https broker, the broker's in the tunnel. With
-// none, the connection was one already open.
-func countTLSHandshakes(req *http.Request) (*http.Request, *handshakes) {
+// traceHandshakes is req with a trace (added to any of the caller's)
+// counting its TLS handshakes, for transportError to tell a failure at the
+// proxy via from the broker's, and h to read the count from; or req as it
+// is and a nil h, when the count would not tell: without a proxy, through
+// a SOCKS proxy, through an http proxy to a plain-http broker (no TLS at
+// all), or through an https proxy whose handshake net/http does not trace
+// (proxyTLSTraced).
+// Through an http proxy to an https broker, the broker's handshake begins
+// once the proxy has answered CONNECT (net/http uses no TLS dialer of the
+// transport's there): traced whatever the transport.
+func (c *Client) traceHandshakes(req *http.Request, via *url.URL) (*http.Request, *handshakes) {
+	if via == nil || !(via.Scheme == "https" && c.proxyTLSTraced || via.Scheme == "http" && req.URL.Scheme == "https") {
+		return req, nil
+	}
 	h := new(handshakes)
 	ctx := httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
 		TLSHandshakeStart: func() { h.started.Add(1) },
@@ -223,7 +245,10 @@ func countTLSHandshakes(req *http.Request) (*http.Request, *handshakes) {
 	return req.WithContext(ctx), h
 }
 
-// handshakes is what countTLSHandshakes learns of a request's connections.
+// handshakes is what traceHandshakes learns of a request's connections:
+// through an https proxy, the proxy's TLS handshake, then, for an https
+// broker, the broker's in the tunnel. With none, the connection was one
+// already open.
 type handshakes struct {
 	// started counts the TLS handshakes begun by the dials made for the
 	// request. net/http goes on with a dial when the request takes
@@ -235,37 +260,79 @@ type handshakes struct {
 	gotConn atomic.Bool
 }
 
-// proxyOnly reports whether, through an https proxy, only the proxy's TLS
-// handshake can have been the one that failed or sent an alert for req:
-// one handshake begun and, for an https broker, no connection got (the
-// broker's handshake ends the dial that makes one).
-func (h *handshakes) proxyOnly(req *http.Request) bool {
-	return h.started.Load() == 1 && (req.URL.Scheme == "http" || !h.gotConn.Load())
+// transportError is Exchange's error for err, net/http's failure of req
+// (sent at sent) through the proxy via (nil: none, or unknown), whose TLS
+// handshakes h counted (nil: not counted, traceHandshakes). net/http wraps
+// a failure at the proxy in a *net.OpError "proxyconnect" without the
+// proxy's address, and some in nothing that says they were the proxy's.
+// Those are made a "proxyconnect" naming the proxy by host:port, P (never
+// its URL's user info):
+//
+//	proxy  broker  h                       err                               is
+//	any    any     -                       a refused CONNECT: *ProxyError    that *ProxyError, its Retry-After measured
+//	https  http    1 begun                 a TLS alert received              proxyconnect tcp P: the https proxy refused the TLS connection: <alert>
+//	https  https   1 begun, no connection  a TLS alert received              the same
+//	http   https   none, no connection     EOF, and no *net.OpError          proxyconnect tcp P: ErrConnectUnanswered (<EOF>); ...
+//	any    any     -                       proxyconnect without an address   proxyconnect tcp P: <its cause>
+//	anything else (the broker's failures; a failed dial names its address)   as it is
+//
+// all after "keytrail broker unreachable: ", as *url.Error shows it.
+//
+// A TLS alert the https proxy sent during the handshake (TLS 1.2) net/http
+// wraps as "proxyconnect" itself; a TLS 1.3 server refusing the client's
+// certificate sends its alert after the client's side of the handshake,
+// read as the answer to CONNECT (or to the forwarded request). With one
+// handshake begun, only the proxy's can have sent it: for an https broker,
+// the broker's handshake ends the dial that gets the request a connection.
+//
+// An http proxy that closed the connection without answering CONNECT left
+// net/http's bare io.ErrUnexpectedEOF, which read as the broker's: with no
+// connection got and no handshake begun (the broker's begins in the
+// tunnel), the failure was at the proxy. An https proxy named with http://
+// in its URL does this (a Go TLS server answers a CONNECT in plain text by
+// closing the connection), as does a proxy that stopped: it stays
+// transient.
+func transportError(req *http.Request, via *url.URL, h *handshakes, err error, sent time.Time) error {
+	var pe *ProxyError
+	if errors.As(err, &pe) {
+		pe.setRetryAfter(sent)
+		return pe
+	}
+	// *url.Error names the URL, never the body; still, say only what
+	// happened at the transport.
+	return fmt.Errorf("keytrail broker unreachable: %w", scrubURLError(atProxy(req, via, h, err)))
 }
 
-// beforeTunnel reports whether, through an http proxy to an https
-// broker, the request failed before any tunnel was in place: no TLS
-// handshake begun (the broker's begins in the tunnel) and no connection
-// got (not one already open, either).
-func (h *handshakes) beforeTunnel() bool {
-	return h.started.Load() == 0 && !h.gotConn.Load()
-}
-
-// connectUnanswered is err, net/http's failure of a request through the
-// http proxy via before the tunnel (beforeTunnel), named as the proxy's
-// when the proxy closed the connection without answering CONNECT (EOF):
-// net/http returns the bare io.ErrUnexpectedEOF, which read as the
-// broker's ('keytrail broker unreachable: Post https://...: unexpected
-// EOF'). An https proxy named with http:// in its URL does this (a Go TLS
-// server answers a CONNECT in plain text by closing the connection), as
-// does a proxy that stopped: it stays transient.
-func connectUnanswered(via *url.URL, err error) error {
+// atProxy is err named as a failure at the proxy via where it was one (see
+// transportError).
+func atProxy(req *http.Request, via *url.URL, h *handshakes, err error) error {
 	var ue *url.Error
-	var op *net.OpError
-	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) || !errors.As(err, &ue) || errors.As(err, &op) {
+	if via == nil || !errors.As(err, &ue) {
 		return err
 	}
-	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &net.OpError{Op: "proxyconnect", Net: "tcp", Addr: proxyAddr(via), Err: &noConnectAnswer{ue.Err}}}
+	var cause error
+	switch {
+	case h == nil:
+	case via.Scheme == "https" && h.started.Load() == 1 && (req.URL.Scheme == "http" || !h.gotConn.Load()):
+		if alert := remoteAlert(err); alert != nil {
+			cause = &proxyTLSError{alert}
+		}
+	case via.Scheme == "http" && h.started.Load() == 0 && !h.gotConn.Load():
+		var op *net.OpError
+		if (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)) && !errors.As(err, &op) {
+			cause = &noConnectAnswer{ue.Err}
+		}
+	}
+	if cause == nil {
+		op, ok := ue.Err.(*net.OpError)
+		var dial *net.OpError
+		if !ok || op.Op != "proxyconnect" || op.Addr != nil || errors.As(op.Err, &dial) && dial.Addr != nil {
+			return err
+		}
+		cause = op.Err
+	}
+	// As net/http makes it, with the address.
+	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &net.OpError{Op: "proxyconnect", Net: "tcp", Addr: proxyAddr(via), Err: cause}}
 }
 
 // ErrConnectUnanswered is wrapped by the error of an http proxy
@@ -289,9 +356,21 @@ func (e *noConnectAnswer) Error() string {
 
 func (e *noConnectAnswer) Unwrap() error { return e.err }
 
+// proxyTLSError is a TLS alert of an https proxy, in the *net.OpError
+// "proxyconnect" naming it: "proxyconnect tcp 10.0.0.5:3128: the https
+// proxy refused the TLS connection: remote error: tls: certificate
+// required".
+type proxyTLSError struct{ alert error }
+
+func (e *proxyTLSError) Error() string {
+	return "the https proxy refused the TLS connection: " + e.alert.Error()
+}
+
+func (e *proxyTLSError) Unwrap() error { return e.alert }
+
 // proxyTLSTraced reports whether the transport rt reports its TLS
 // handshake with an https proxy to the request's trace, so that
-// countTLSHandshakes counts it: an *http.Transport without a TLS dialer of
+// traceHandshakes counts it: an *http.Transport without a TLS dialer of
 // its own (DialTLSContext, DialTLS). net/http dials an https proxy with
 // that dialer and traces a handshake only when it returns a *tls.Conn; a
 // connection it wraps has its handshake untraced, and the broker's in the
@@ -299,54 +378,6 @@ func (e *noConnectAnswer) Unwrap() error { return e.err }
 func proxyTLSTraced(rt http.RoundTripper) bool {
 	t, ok := rt.(*http.Transport)
 	return ok && t.DialTLSContext == nil && t.DialTLS == nil //nolint:staticcheck // DialTLS is a TLS dialer too
-}
-
-// proxyAlert is err, net/http's failure of a request through the https
-// proxy via before the broker's TLS handshake began, named as the proxy's
-// when it is a TLS alert received: a failure at the proxy as net/http
-// names those (a *net.OpError "proxyconnect"), with the proxy's host:port
-// (never its URL's user info). net/http does so itself, without the
-// address, only for an alert during the handshake (TLS 1.2); a TLS 1.3
-// server refusing the client's certificate sends it after the client's
-// side of the handshake, read as the answer to CONNECT (or to the
-// forwarded request).
-func proxyAlert(via *url.URL, err error) error {
-	var alert *net.OpError
-	for e := err; errors.As(e, &alert); e = alert.Err {
-		if alert.Op == "remote error" {
-			break
-		}
-	}
-	var ue *url.Error
-	if alert == nil || alert.Op != "remote error" || !errors.As(err, &ue) {
-		return err
-	}
-	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &net.OpError{Op: "proxyconnect", Net: "tcp", Addr: proxyAddr(via), Err: &proxyTLSError{alert}}}
-}
-
-// proxyNamed is err, net/http's failure of a request through the proxy
-// via, with the proxy's host:port (never its URL's user info) in the
-// *net.OpError "proxyconnect" net/http wraps a failure at the proxy in
-// without it: "proxyconnect tcp 10.0.0.5:3128: tls: failed to verify
-// certificate: ..." for "proxyconnect tcp: tls: ...", the https proxy's
-// certificate or its plain-HTTP answer to the TLS handshake. A failed
-// dial, which names the address itself, is left as it is.
-func proxyNamed(via *url.URL, err error) error {
-	var ue *url.Error
-	if !errors.As(err, &ue) {
-		return err
-	}
-	op, ok := ue.Err.(*net.OpError)
-	if !ok || op.Op != "proxyconnect" || op.Addr != nil {
-		return err
-	}
-	var inner *net.OpError
-	if errors.As(op.Err, &inner) && inner.Addr != nil {
-		return err
-	}
-	named := *op
-	named.Addr = proxyAddr(via)
-	return &url.Error{Op: ue.Op, URL: ue.URL, Err: &named}
 }
 
 // proxyAddr is the host:port of the proxy at u (net/http's default port
@@ -366,15 +397,3 @@ type hostPort string
 
 func (hostPort) Network() string  { return "tcp" }
 func (a hostPort) String() string { return string(a) }
-
-// proxyTLSError is a TLS alert of an https proxy, in the *net.OpError
-// "proxyconnect" naming it: "proxyconnect tcp 10.0.0.5:3128: the https
-// proxy refused the TLS connection: remote error: tls: certificate
-// required".
-type proxyTLSError struct{ alert error }
-
-func (e *proxyTLSError) Error() string {
-	return "the https proxy refused the TLS connection: " + e.alert.Error()
-}
-
-func (e *proxyTLSError) Unwrap() error { return e.alert }
