@@ -10,6 +10,11 @@
 // the next line links to the last durable one; the sink recovers by itself on
 // the next Append (or Ping) once the disk works again.
 //
+// The sink acknowledges a batch only while its path still names the file it
+// writes (checked after every batch, on a ticker, and before a rotation):
+// when the file was replaced or moved away underneath, it copies its lines
+// to <path>.displaced-<time> and fails until the path holds them again.
+//
 // With a Signer, the sink appends a signed checkpoint every CheckpointEvery
 // events, at least every CheckpointInterval when there were events since the
 // last one, before rotating a file, and on Close.
@@ -22,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -48,6 +54,14 @@ const (
 	// width, sortable as text, no colons.
 	rotatedLayout = "20060102T150405.000000000Z"
 	signTimeout   = 5 * time.Second
+	// pathCheckEvery bounds the ticker's period: an idle sink finds out
+	// within it that its path no longer names its file (checkPath). It is
+	// the default checkpoint tick (DefaultCheckpointInterval/4).
+	pathCheckEvery = 15 * time.Second
+	// displacedInfix names the copy the sink keeps of its file when the
+	// path no longer names it: <Path>.displaced-<UTC timestamp>. Not a
+	// rotated name: readers take it only when named.
+	displacedInfix = ".displaced-"
 )
 
 // Options configure a Sink.
@@ -110,8 +124,8 @@ type Options struct {
 	// in chain order even after the clock stepped back. 0 never rotates.
 	RotateBytes int64
 	// RotateEvery rotates the file once it has been written to for this
-	// long (checked on writes and, with a Signer or RotateEvery set, on a
-	// ticker). 0 never rotates by age. Either limit rotates.
+	// long (checked on writes and on the sink's ticker, at least every
+	// quarter of it). 0 never rotates by age. Either limit rotates.
 	RotateEvery time.Duration
 }
 
@@ -150,7 +164,8 @@ type seams struct {
 	openFile    func(path string) (file, error)
 	openJournal func(path string) (journalFile, error)
 	openReplay  func(path string) (replayFile, error)
-	tick        <-chan time.Time // nil: a real ticker
+	createCopy  func(path string) (*os.File, error) // keepDisplaced's new file
+	tick        <-chan time.Time                    // nil: a real ticker
 	// noLock skips the lock: a test's abandoned sink stands for a process
 	// that died, whose lock the kernel released.
 	noLock bool
@@ -199,6 +214,7 @@ type Sink struct {
 	openFile func(string) (file, error)
 	openJrnl func(string) (journalFile, error)
 	openRply func(string) (replayFile, error)
+	mkCopy   func(string) (*os.File, error)
 	lock     *os.File // holds the flock on LockPath; nil without one
 
 	reqs      chan *request
@@ -236,6 +252,17 @@ type Sink struct {
 	cpBackoff  time.Time // no checkpoint signing before this, after a failure
 	lastRotate time.Time
 	fileStart  time.Time // when the current file was started (for RotateEvery)
+
+	fid os.FileInfo // f's identity: whether the path still names f (checkPath)
+	// stranded: the path no longer names f, whose lines could not be
+	// copied yet (keepDisplaced); f stays open, as the only holder of
+	// them, and no write goes to it. lostFound is what the path named.
+	stranded  bool
+	lostFound string
+	// displaced: the sink let go of a file the path no longer named;
+	// until a reopen passes checkReopened's full check, nothing else at
+	// the path is taken for it.
+	displaced bool
 }
 
 var (
@@ -319,12 +346,16 @@ func open(o Options, sm seams) (*Sink, error) {
 	if sm.openReplay == nil {
 		sm.openReplay = openReplayFile
 	}
+	if sm.createCopy == nil {
+		sm.createCopy = createNew
+	}
 	s := &Sink{
 		o:        o,
 		log:      o.Logger.With("path", o.Path),
 		openFile: sm.openFile,
 		openJrnl: sm.openJournal,
 		openRply: sm.openReplay,
+		mkCopy:   sm.createCopy,
 		reqs:     make(chan *request, o.MaxBatch),
 		probes:   make(chan chan error),
 		quit:     make(chan struct{}),
@@ -351,17 +382,17 @@ func open(o Options, sm seams) (*Sink, error) {
 	s.stats.CheckpointSeq = s.st.cpSeq
 	s.stats.Healthy = true
 	s.fileStart = o.Now()
-	s.tickEvery = time.Minute
+	// The ticker checks the path (onTick), checkpoints and rotates by age.
+	s.tickEvery = pathCheckEvery
 	if o.Signer != nil {
-		s.tickEvery = max(o.CheckpointInterval/4, 10*time.Millisecond)
+		s.tickEvery = min(s.tickEvery, max(o.CheckpointInterval/4, 10*time.Millisecond))
 	}
 	if o.RotateEvery > 0 {
 		s.tickEvery = min(s.tickEvery, max(o.RotateEvery/4, 10*time.Millisecond))
 	}
-	switch {
-	case sm.tick != nil:
+	if sm.tick != nil {
 		s.tick = sm.tick
-	case o.Signer != nil || o.RotateEvery > 0:
+	} else {
 		t := time.NewTicker(s.tickEvery)
 		s.tick, s.stopTick = t.C, t.Stop
 	}
@@ -391,6 +422,7 @@ func (s *Sink) load() error {
 	if err != nil {
 		return fmt.Errorf("auditfile: stat: %w", err)
 	}
+	s.fid = fi
 	last, end, err := lastLine(f, fi.Size())
 	if err != nil {
 		return fmt.Errorf("auditfile: read last line: %w", err)
@@ -1087,6 +1119,20 @@ func (s *Sink) write(work state, events int) error {
 	} else if err != nil {
 		err = fmt.Errorf("write: %w", err)
 	}
+	// The batch is durable in f; it is acknowledged only if f is still
+	// the file readers find at the path (one stat per batch).
+	var found string
+	if err == nil {
+		found, err = s.checkPath()
+	}
+	if found != "" {
+		if journaled {
+			if derr := s.j.drop(len(b)); derr != nil {
+				s.log.Error("audit: cannot withdraw the batch from the journal", "err", derr)
+			}
+		}
+		return s.fail(s.displace(found))
+	}
 	if err != nil {
 		s.dirty = int64(len(b))
 		if journaled {
@@ -1175,29 +1221,47 @@ func (s *Sink) fail(err error) error {
 // ensureOpen (re)opens the file after a failure or a rotation, checking that
 // it still ends with the last durable line.
 func (s *Sink) ensureOpen() error {
+	if s.stranded {
+		if err := s.displace(s.lostFound); err != nil {
+			return err
+		}
+	}
 	if s.f != nil {
 		return nil
+	}
+	if s.good > 0 {
+		// A file with lines is reopened, never created: an empty file
+		// at the path would pass for the audit log.
+		if _, err := os.Stat(s.o.Path); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("reopen: %s is missing: moved or removed underneath", s.o.Path)
+		}
 	}
 	f, err := s.openFile(s.o.Path)
 	if err != nil {
 		return fmt.Errorf("reopen: %w", err)
 	}
-	if err := s.checkReopened(f); err != nil {
+	fi, err := s.checkReopened(f)
+	if err != nil {
 		_ = f.Close()
 		return err
 	}
-	s.f = f
+	s.f, s.fid, s.displaced = f, fi, false
 	return nil
 }
 
-func (s *Sink) checkReopened(f file) error {
+// checkReopened checks that a reopened f ends with the last durable line
+// (after dropping the bytes of a failed write) and returns its identity.
+func (s *Sink) checkReopened(f file) (os.FileInfo, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("reopen: stat: %w", err)
+		return nil, fmt.Errorf("reopen: stat: %w", err)
 	}
-	size := fi.Size()
+	return fi, s.checkReopenedSize(f, fi.Size())
+}
+
+func (s *Sink) checkReopenedSize(f file, size int64) error {
 	switch {
-	case s.resync && size >= s.j.base && size <= s.good+s.dirty:
+	case s.resync && !s.displaced && size >= s.j.base && size <= s.good+s.dirty:
 		// A rewrite of the journal's frames was cut short, or is still
 		// to be made: syncAndReset makes it before the next write.
 		s.dirty = 0
@@ -1229,6 +1293,103 @@ func (s *Sink) checkReopened(f file) error {
 	return nil
 }
 
+// checkPath reports what the path names when it is no longer the sink's
+// open file: "missing" or "another file" (restored from a backup, replaced
+// by a log shipper's copy, or by someone else); "" when it still is, or when
+// stat fails otherwise (err). Lines written to f after that are in a file
+// no reader of the path sees (trace.Live, the offline CLI, reconcile).
+func (s *Sink) checkPath() (found string, err error) {
+	fi, err := os.Stat(s.o.Path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return "missing", nil
+	case err != nil:
+		return "", fmt.Errorf("stat: %w", err)
+	case !os.SameFile(fi, s.fid):
+		return "another file", nil
+	}
+	return "", nil
+}
+
+// displace lets go of f, which the path no longer names (found says what it
+// names), failing the sink: its durable lines are copied to a new sibling
+// (keepDisplaced) and f is closed. Nothing at the path is renamed, truncated
+// or removed; a reopen takes a file there only if it ends with the chain's
+// head (checkReopened), as the copy put back does. When the copy cannot be
+// made f stays open (stranded) and the copy is retried on the next tick,
+// write or probe. The error is for fail.
+func (s *Sink) displace(found string) error {
+	s.statsMu.Lock()
+	s.stats.Healthy = false
+	s.statsMu.Unlock()
+	seq, _ := s.st.chain.Head()
+	name, err := s.keepDisplaced()
+	if err != nil {
+		if !s.stranded {
+			s.log.Error("audit: the path no longer names the sink's audit file, and its lines could not be copied next to it: they are only in the sink's open descriptor; retrying, appends fail meanwhile",
+				"found", found, "bytes", s.good, "seq", seq, "err", err)
+		}
+		s.stranded, s.lostFound = true, found
+		return fmt.Errorf("audit file displaced: the path has %s now; copying the sink's lines: %w", found, err)
+	}
+	if s.stranded {
+		s.log.Error("audit: copied the lines of the audit file the path no longer names", "found", found, "kept_in", name, "bytes", s.good, "seq", seq)
+	} else {
+		s.log.Error("audit: the path no longer names the sink's audit file; its lines are kept in a copy, and appends fail until the path holds them again (docs/RELIABILITY.md)",
+			"found", found, "kept_in", name, "bytes", s.good, "seq", seq)
+	}
+	if err := s.f.Close(); err != nil {
+		s.log.Warn("audit: close the displaced file", "err", err)
+	}
+	s.f, s.fid = nil, nil
+	s.stranded, s.lostFound = false, ""
+	s.displaced = true
+	s.dirty = 0
+	if s.j != nil {
+		// Its epoch continued f; the next write starts a new one.
+		s.j.broken = true
+	}
+	return fmt.Errorf("audit file displaced: the path has %s now; the sink's lines are kept in %s", found, name)
+}
+
+// keepDisplaced copies f's durable lines (up to good) to a new file
+// <Path>.displaced-<UTC time>, fsynced, and returns its name.
+func (s *Sink) keepDisplaced() (string, error) {
+	ts := s.o.Now().UTC()
+	for range 1000 {
+		name := s.o.Path + displacedInfix + ts.Format(rotatedLayout)
+		out, err := s.mkCopy(name)
+		if errors.Is(err, fs.ErrExist) {
+			ts = ts.Add(time.Nanosecond)
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		n, err := io.Copy(out, io.NewSectionReader(s.f, 0, s.good))
+		if err == nil && n != s.good {
+			err = fmt.Errorf("copied %d of %d bytes", n, s.good)
+		}
+		if err == nil {
+			err = out.Sync()
+		}
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			_ = os.Remove(name) // the sink's own partial copy
+			return "", err
+		}
+		syncDir(name, s.log)
+		return name, nil
+	}
+	return "", errors.New("no free name for the copy")
+}
+
+func createNew(name string) (*os.File, error) {
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
 // probe is Ping's recovery attempt after a failure.
 func (s *Sink) probe() error {
 	s.statsMu.Lock()
@@ -1256,6 +1417,20 @@ func (s *Sink) probe() error {
 // waiting for the tick after the interval is over would leave up to
 // CheckpointInterval plus a tick between checkpoints.
 func (s *Sink) onTick() {
+	if s.stranded {
+		_ = s.displace(s.lostFound) // retry the copy
+		return
+	}
+	if s.f != nil {
+		found, err := s.checkPath()
+		if err != nil {
+			s.log.Warn("audit: cannot tell whether the path still names the audit file; the next batch fails unless it can", "err", err)
+		}
+		if found != "" {
+			_ = s.displace(found)
+			return
+		}
+	}
 	now := s.o.Now()
 	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Add(s.tickEvery).Sub(s.st.cpAt) < s.o.CheckpointInterval {
 		s.maybeRotate(now) // by age, even when idle
@@ -1295,10 +1470,6 @@ func (s *Sink) maybeRotate(now time.Time) {
 		s.log.Warn("audit: rotation postponed", "err", err)
 		return
 	}
-	if err := s.f.Close(); err != nil {
-		s.log.Warn("audit: close before rotation", "err", err)
-	}
-	s.f = nil
 	ts := s.rotationTime(now)
 	var name string
 	for {
@@ -1308,6 +1479,20 @@ func (s *Sink) maybeRotate(now time.Time) {
 		}
 		ts = ts.Add(time.Nanosecond)
 	}
+	// Rename only the sink's own file, checked as late as can be (what is
+	// left is the close and the rename themselves).
+	switch found, err := s.checkPath(); {
+	case found != "":
+		_ = s.displace(found)
+		return
+	case err != nil:
+		s.log.Warn("audit: rotation postponed", "err", err)
+		return
+	}
+	if err := s.f.Close(); err != nil {
+		s.log.Warn("audit: close before rotation", "err", err)
+	}
+	s.f, s.fid = nil, nil
 	if err := os.Rename(s.o.Path, name); err != nil {
 		s.log.Error("audit: rotate", "err", err)
 		return // the next write reopens the same file
@@ -1338,6 +1523,14 @@ func (s *Sink) maybeRotate(now time.Time) {
 // finish is Close's work in the writer: final checkpoint, sync, close.
 func (s *Sink) finish() error {
 	var errs []error
+	if s.stranded {
+		if err := s.displace(s.lostFound); err != nil {
+			s.log.Error("audit: closing a file the path no longer names, without a copy of its lines", "err", err)
+			errs = append(errs, err)
+			_ = s.f.Close()
+			s.f, s.stranded = nil, false
+		}
+	}
 	if s.o.Signer != nil && s.st.sinceCP > 0 {
 		if err := s.commitCheckpoint(s.o.Now()); err != nil {
 			errs = append(errs, fmt.Errorf("final checkpoint: %w", err))

@@ -138,6 +138,7 @@ type faults struct {
 	truncate        bool // fail truncate
 	closeUnderneath bool // close the descriptor before writing
 	syncGate        chan struct{}
+	onSync          func() // called (once) at the start of the next fsync
 	writes, syncs   int
 	// A model of what is on the disk, as Linux treats a failed fsync:
 	// durable is the size an fsync made durable; lost is set by a failed
@@ -187,9 +188,12 @@ func (f *faultFile) Write(p []byte) (int, error) {
 func (f *faultFile) Sync() error {
 	f.fl.mu.Lock()
 	f.fl.syncs++
-	fail, gate := f.fl.sync, f.fl.syncGate
-	f.fl.syncGate = nil
+	fail, gate, hook := f.fl.sync, f.fl.syncGate, f.fl.onSync
+	f.fl.syncGate, f.fl.onSync = nil, nil
 	f.fl.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	if gate != nil {
 		<-gate
 	}

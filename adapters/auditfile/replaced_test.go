@@ -1,0 +1,344 @@
+package auditfile
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+// replaceAt puts b at path as a new file (a new inode), the way a restore
+// from a backup or a log shipper's copy-and-rename does.
+func replaceAt(t *testing.T, path string, b []byte) {
+	t.Helper()
+	tmp := path + ".restore-tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// displacedFiles lists the copies the sink made of a file that was no longer
+// at its path.
+func displacedFiles(t *testing.T, path string) []string {
+	t.Helper()
+	m, err := filepath.Glob(path + ".displaced-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestReplacedFileFailsTheBatch: the audit file is replaced underneath the
+// sink (restored from a backup) between two appends. The sink must not
+// report an event durable that no reader at the path can see: the append
+// fails as any sink failure does, the replacement is left as it is, and the
+// events the sink had written to its own file are kept, byte for byte, in a
+// sibling file the log names.
+func TestReplacedFileFailsTheBatch(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "journal"}[journal], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			var logs brokertest.SyncBuffer
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: make(chan time.Time)})
+			appendN(t, s, 2)
+			backup := readFile(t, path)
+			appendN(t, s, 1)
+			own := readFile(t, path)
+			replaceAt(t, path, backup)
+
+			err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse})
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("Append() after the file was replaced = %v, want ErrUnavailable (the event would be in a file no reader sees); the path holds %d lines", err, len(readLines(t, path)))
+			}
+			if got := readFile(t, path); !bytes.Equal(got, backup) {
+				t.Errorf("the replacement at the path was changed: %q, want %q", got, backup)
+			}
+			d := displacedFiles(t, path)
+			if len(d) != 1 {
+				t.Fatalf("displaced copies = %v, want 1", d)
+			}
+			if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+				t.Errorf("displaced copy = %q, want the sink's own file %q", got, own)
+			}
+			if s.Stats().Healthy {
+				t.Error("Stats().Healthy = true after the file was replaced")
+			}
+			if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("Ping() = %v, want ErrUnavailable", err)
+			}
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("second Append() = %v, want ErrUnavailable", err)
+			}
+			if got := readFile(t, path); !bytes.Equal(got, backup) {
+				t.Errorf("the replacement at the path was changed by a later append: %q", got)
+			}
+			if n := strings.Count(logs.String(), "no longer names"); n != 1 {
+				t.Errorf("logged the replacement %d times, want once:\n%s", n, logs.String())
+			}
+			if l := logs.String(); !strings.Contains(l, "found=\"another file\"") || !strings.Contains(l, d[0]) {
+				t.Errorf("log does not say what was found and where the events are:\n%s", l)
+			}
+		})
+	}
+}
+
+// TestReplacedFileDetectedOnTick: an idle sink notices on its ticker that
+// the path names another file, keeps its own file's content and fails.
+func TestReplacedFileDetectedOnTick(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: newClock().Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: tick})
+	appendN(t, s, 2)
+	backup := readFile(t, path)
+	appendN(t, s, 2)
+	own := readFile(t, path)
+	replaceAt(t, path, backup)
+
+	tick <- time.Time{}
+	tick <- time.Time{} // the writer has handled the first tick
+	if s.Stats().Healthy {
+		t.Error("Stats().Healthy = true after a tick with the file replaced")
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies after the tick = %v, want 1", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want the sink's own file %q", got, own)
+	}
+	if n := strings.Count(logs.String(), "no longer names"); n != 1 {
+		t.Errorf("logged the replacement %d times over two ticks, want once:\n%s", n, logs.String())
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Append() after the tick = %v, want ErrUnavailable", err)
+	}
+	if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Ping() = %v, want ErrUnavailable", err)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, backup) {
+		t.Errorf("the replacement at the path was changed: %q, want %q", got, backup)
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("Close() = %v", err)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, backup) {
+		t.Errorf("Close changed the replacement at the path: %q, want %q", got, backup)
+	}
+}
+
+// TestMissingFileDetectedOnTick: the file was moved away (a log shipper);
+// the sink keeps a copy next to the path, fails, and does not put an empty
+// file of its own at the path.
+func TestMissingFileDetectedOnTick(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: newClock().Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: tick})
+	appendN(t, s, 3)
+	own := readFile(t, path)
+	if err := os.Rename(path, path+".shipped"); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{}
+	tick <- time.Time{}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies after the tick = %v, want 1", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want %q", got, own)
+	}
+	if l := logs.String(); !strings.Contains(l, "found=missing") {
+		t.Errorf("log does not say the file is missing:\n%s", l)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Append() = %v, want ErrUnavailable", err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Lstat(path) = %v after a failed append, want it still missing", err)
+	}
+	if got := readFile(t, path+".shipped"); !bytes.Equal(got, own) {
+		t.Errorf("the moved file was changed: %q", got)
+	}
+}
+
+// TestReplacedFileNotRotated: the file is replaced while a rotation is
+// under way (after the last write, before the rename): the sink must not
+// rename the replacement as its own rotated file, nor lose its own lines.
+func TestReplacedFileNotRotated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	tick := make(chan time.Time)
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = tick
+	s := openT(t, Options{Path: path, Now: clk.Now, RotateEvery: time.Hour}, sm)
+	appendN(t, s, 1)
+	backup := readFile(t, path)
+	appendN(t, s, 2)
+	own := readFile(t, path)
+	// The tick's own check passes; the file is replaced during the fsync
+	// that precedes the rename.
+	fl.set(func(fl *faults) { fl.onSync = func() { replaceAt(t, path, backup) } })
+	clk.Advance(2 * time.Hour)
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if m, _ := filepath.Glob(path + ".2*"); len(m) != 0 {
+		t.Errorf("rotated files = %v, want none: the file at the path was not the sink's", m)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, backup) {
+		t.Errorf("the replacement at the path = %q, want it untouched %q", got, backup)
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies = %v, want 1", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want %q", got, own)
+	}
+	if st := s.Stats(); st.Rotations != 0 || st.Healthy {
+		t.Errorf("Stats() = %+v, want no rotation and unhealthy", st)
+	}
+}
+
+// TestReplacedFileRecovery is the operator's way back (docs/RELIABILITY.md):
+// move the stranger aside and the displaced copy back to the path; the sink
+// recovers on its next probe and the chain goes on without a gap.
+func TestReplacedFileRecovery(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	s := openT(t, Options{Path: path, Now: newClock().Now}, seams{tick: tick})
+	appendN(t, s, 2)
+	backup := readFile(t, path)
+	appendN(t, s, 2)
+	replaceAt(t, path, backup)
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if err := s.Ping(context.Background()); err == nil {
+		t.Fatal("Ping() = nil with a stranger at the path")
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies = %v, want 1", d)
+	}
+	if err := os.Rename(path, path+".stranger"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(d[0], path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping() after the copy was put back = %v, want recovered", err)
+	}
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 5 {
+		t.Fatalf("Append() = %v, seq %d; want nil, 5", err, ev.Seq)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 5 {
+		t.Errorf("Verify() = %v, %+v; want one chain up to seq 5", err, rep)
+	}
+}
+
+// TestDisplacedCopyRetried: when the copy cannot be made (disk full), the
+// sink keeps its file open, writes nothing more to it, fails, and makes the
+// copy on a later tick.
+func TestDisplacedCopyRetried(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	var full atomic.Bool
+	full.Store(true)
+	sm := seams{tick: tick, createCopy: func(name string) (*os.File, error) {
+		if full.Load() {
+			return nil, syscall.ENOSPC
+		}
+		return createNew(name)
+	}}
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: newClock().Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, sm)
+	appendN(t, s, 1)
+	backup := readFile(t, path)
+	appendN(t, s, 2)
+	own := readFile(t, path)
+	replaceAt(t, path, backup)
+
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if d := displacedFiles(t, path); len(d) != 0 {
+		t.Fatalf("displaced copies = %v with no room for one", d)
+	}
+	for range 2 {
+		if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+			t.Errorf("Append() with the copy not made = %v, want ErrUnavailable", err)
+		}
+	}
+	if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Ping() = %v, want ErrUnavailable", err)
+	}
+	full.Store(false)
+	tick <- time.Time{}
+	tick <- time.Time{}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies after a tick with room = %v, want 1", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want the sink's file as it was acknowledged %q", got, own)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, backup) {
+		t.Errorf("the replacement at the path was changed: %q", got)
+	}
+	if n := strings.Count(logs.String(), "no longer names"); n != 2 {
+		t.Errorf("logged %d times, want the detection and the copy once each:\n%s", n, logs.String())
+	}
+}
+
+// TestTickerWithoutSignerOrRotation: the path is checked on a ticker even
+// when no checkpoint or rotation needs one.
+func TestTickerWithoutSignerOrRotation(t *testing.T) {
+	s := openT(t, Options{Path: filepath.Join(t.TempDir(), "audit.jsonl")}, seams{})
+	if s.tick == nil || s.tickEvery > pathCheckEvery {
+		t.Errorf("tick = %v every %v, want a ticker at most every %v", s.tick, s.tickEvery, pathCheckEvery)
+	}
+}
+
+// BenchmarkCheckPath measures the check made before a batch is
+// acknowledged: one stat of the path (docs/RELIABILITY.md).
+func BenchmarkCheckPath(b *testing.B) {
+	s, err := Open(Options{Path: filepath.Join(b.TempDir(), "audit.jsonl")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for b.Loop() {
+		if found, err := s.checkPath(); found != "" || err != nil {
+			b.Fatal(found, err)
+		}
+	}
+}
