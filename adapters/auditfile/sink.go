@@ -816,8 +816,11 @@ func (s *Sink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
 // use_result, written after the response): it returns at once, and the
 // event is sealed and made durable with the next Append's batch, or on its
 // own after Options.DeferFor at the latest (or at Close). It saves an fsync
-// per such event without delaying anyone. done, when not nil, is called
-// once with the outcome, from the writer goroutine: it must not block.
+// per such event without delaying anyone. It never waits for room in the
+// queue either: with the queue full (the writer stuck on a disk whose
+// writes hang) the event is queued from a goroutine of its own once there
+// is room. done, when not nil, is called once with the outcome, from the
+// writer goroutine (or that one): it must not block.
 func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
 	if ev == nil {
 		if done != nil {
@@ -826,8 +829,43 @@ func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
 		return
 	}
 	r := &request{ev: ev, deferred: done}
-	if err := s.enqueue(context.Background(), r); err != nil && done != nil {
+	queued, err := s.tryEnqueue(r)
+	if queued {
+		return
+	}
+	if err == nil {
+		// The queue is full (the writer is stuck on a disk whose writes
+		// hang, with MaxBatch requests behind it): the caller must not
+		// wait for room, as nobody waits for the event. It is queued
+		// once there is room, after the requests queued before it.
+		go func() {
+			if err := s.enqueue(context.Background(), r); err != nil && done != nil {
+				done(err)
+			}
+		}()
+		return
+	}
+	if done != nil {
 		done(err)
+	}
+}
+
+// tryEnqueue hands r to the writer goroutine if the queue has room:
+// queued false and err nil when it has none.
+func (s *Sink) tryEnqueue(r *request) (queued bool, err error) {
+	if r.ev != nil && r.ev.RequestID == "" {
+		r.ev.RequestID = broker.NewID(broker.PrefixRequest)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return false, unavailable(errClosed)
+	}
+	select {
+	case s.reqs <- r:
+		return true, nil
+	default:
+		return false, nil
 	}
 }
 

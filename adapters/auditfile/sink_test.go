@@ -1159,6 +1159,70 @@ func TestDeferredBoundedByMaxBatch(t *testing.T) {
 	}
 }
 
+// TestDeferredReturnsAtOnceWhenQueueIsFull: AppendDeferred does not wait
+// for room in the queue: with the writer stuck in an fsync (a disk whose
+// writes hang) and MaxBatch requests queued behind it, it still returns at
+// once, and its event is written, after the others, once the disk answers.
+// (Exchange relies on it: after an issue event not durable within
+// AuditTimeout, its deny event is deferred and the 503 goes out.)
+func TestDeferredReturnsAtOnceWhenQueueIsFull(t *testing.T) {
+	gate := make(chan struct{})
+	fl := &faults{syncGate: gate}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 2, DeferFor: time.Hour}, faultSeams(fl))
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(gate)
+		}
+	}
+	t.Cleanup(release) // before openT's Close, which waits for the writer
+	errs := make(chan error, 3)
+	go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "first"}) }()
+	for { // the first batch is stuck in its fsync
+		fl.mu.Lock()
+		stuck := fl.syncs == 1
+		fl.mu.Unlock()
+		if stuck {
+			break
+		}
+		runtime.Gosched()
+	}
+	for range 2 {
+		go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "queued"}) }()
+	}
+	for len(s.reqs) < cap(s.reqs) { // the queue is full
+		runtime.Gosched()
+	}
+	deferred := make(chan error, 1)
+	returned := make(chan struct{})
+	go func() {
+		s.AppendDeferred(&audit.Event{Type: "deferred"}, func(err error) { deferred <- err })
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("AppendDeferred still waiting for room in the queue after 10s")
+	}
+	release()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	if err := s.Close(); err != nil { // writes the deferred event (DeferFor is an hour)
+		t.Fatal(err)
+	}
+	if err := <-deferred; err != nil {
+		t.Fatalf("deferred outcome = %v", err)
+	}
+	if got := types(t, path); len(got) != 4 || got[3] != "4:deferred" {
+		t.Errorf("file = %v, want first, queued, queued, deferred", got)
+	}
+}
+
 // TestLock: a second sink on the same audit file is refused while the first
 // is open (it would interleave its own chain and reset the same journal),
 // and opens once the first is closed.
