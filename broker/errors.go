@@ -89,6 +89,14 @@ func Errorf(kind error, reason, safe string, cause error) *Error {
 	return &Error{Kind: kind, Reason: reason, Safe: safe, Err: cause}
 }
 
+// ErrAuditPending marks an audit event that was not durable within the
+// time its caller waits for it (Service.Audit, BoundedAuditSink): the
+// append goes on and the event may land later, a write that hung having
+// completed. What it records must not happen all the same: the request is
+// refused, and its deny event need not be waited for (it is queued behind
+// the pending one).
+var ErrAuditPending = errors.New("audit event not durable in time")
+
 // ReasonStoreUnreplicated is the reason of a Store write that the store
 // applied but could not confirm as replicated as configured (redisstore's
 // min_replicas): it is in force unless a failover loses it.

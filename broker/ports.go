@@ -378,6 +378,18 @@ type DeferredAuditSink interface {
 	AppendDeferred(ev *audit.Event, done func(error))
 }
 
+// BoundedAuditSink is an AuditSink that can stop waiting for an event
+// without a goroutine of its own per event: AppendWithin is Append (as for
+// a caller passing context.WithoutCancel) that gives up once d has passed
+// with the event not durable (a disk whose writes hang), returning an
+// ErrUnavailable error that wraps ErrAuditPending. The event stays queued
+// and may still become durable. Service.Audit uses it; for a sink without
+// it, Service.Audit waits on a goroutine of its own.
+type BoundedAuditSink interface {
+	AuditSink
+	AppendWithin(ev *audit.Event, d time.Duration) error
+}
+
 // PublicKey is one public verification key for broker-issued JWTs.
 type PublicKey struct {
 	KID string

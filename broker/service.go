@@ -398,9 +398,9 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	}, nil
 }
 
-// awaitAudit waits for the issue event's append, at most AuditTimeout: an
-// event not durable by then is a failure (the append goes on; Exchange
-// revokes the credential).
+// awaitAudit waits for an event's append, at most AuditTimeout: an event
+// not durable by then is a failure wrapping ErrAuditPending (the append goes
+// on; Exchange revokes the credential of an issue event).
 func (s *Service) awaitAudit(audited <-chan error) error {
 	select {
 	case err := <-audited: // already there: no timer
@@ -421,7 +421,7 @@ func (s *Service) awaitAudit(audited <-chan error) error {
 	case err := <-audited:
 		return err
 	case <-t.C:
-		return fmt.Errorf("the issue event was not durable within %s", s.d.AuditTimeout)
+		return fmt.Errorf("the event was not durable within %s: %w", s.d.AuditTimeout, ErrAuditPending)
 	}
 }
 
@@ -775,10 +775,26 @@ func (s *Service) RecordDeny(ctx context.Context, requestID string, src Source, 
 	s.recordDeny(ctx, &audit.Event{Type: audit.TypeDeny, RequestID: requestID, Grant: grant, Source: auditSource(src)}, err)
 }
 
-// Audit appends an event through the Service's sink (used by other
-// components that record events: admin calls, policy loads).
+// Audit appends an event through the Service's sink for another component
+// (the proxy's events of a proxied call) and waits for it at most
+// AuditTimeout, as an exchange waits for its issue event: an event not
+// durable by then (a disk whose writes hang) is an ErrUnavailable error
+// (audit_unavailable) wrapping ErrAuditPending, and may still land. The
+// caller going away does not cut the wait short. A BoundedAuditSink bounds
+// the wait itself; for another sink the append runs on a goroutine of its
+// own.
 func (s *Service) Audit(ctx context.Context, ev *audit.Event) error {
-	return s.d.Audit.Append(context.WithoutCancel(ctx), ev)
+	if b, ok := s.d.Audit.(BoundedAuditSink); ok {
+		return b.AppendWithin(ev, s.d.AuditTimeout)
+	}
+	bg := context.WithoutCancel(ctx)
+	audited := make(chan error, 1)
+	go func() { audited <- s.d.Audit.Append(bg, ev) }()
+	err := s.awaitAudit(audited)
+	if errors.Is(err, ErrAuditPending) {
+		return Unavailable("audit_unavailable", time.Second, err)
+	}
+	return err
 }
 
 // AuditDeferred writes an event nobody waits for: with a

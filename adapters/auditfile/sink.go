@@ -231,6 +231,9 @@ type Sink struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// timers holds stopped timers for AppendWithin's bounded wait.
+	timers sync.Pool
+
 	statsMu sync.Mutex
 	stats   Stats
 
@@ -269,6 +272,7 @@ var (
 	_ broker.AuditSink         = (*Sink)(nil)
 	_ broker.BatchAuditSink    = (*Sink)(nil)
 	_ broker.DeferredAuditSink = (*Sink)(nil)
+	_ broker.BoundedAuditSink  = (*Sink)(nil)
 	_ broker.Pinger            = (*Sink)(nil)
 )
 
@@ -869,8 +873,48 @@ func (s *Sink) tryEnqueue(r *request) (queued bool, err error) {
 	}
 }
 
+// AppendWithin is Append waiting at most d (broker.BoundedAuditSink): an
+// event not durable by then, or not even queued (the writer stuck on a
+// disk whose writes hang, the queue full behind it), is reported as
+// ErrUnavailable wrapping broker.ErrAuditPending. A queued event stays
+// queued and may still become durable; one that was not queued is not
+// written. No context: as for an Append whose ctx never ends, only d
+// bounds the wait.
+func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
+	if ev == nil {
+		return errors.New("auditfile: nil event")
+	}
+	// A timer from the pool: the wait allocates nothing Append does not.
+	t, _ := s.timers.Get().(*time.Timer)
+	if t == nil {
+		t = time.NewTimer(d)
+	} else {
+		t.Reset(d)
+	}
+	defer func() {
+		t.Stop() // a stopped timer's channel is empty (Go 1.23 timers)
+		s.timers.Put(t)
+	}()
+	r := &request{ev: ev, done: make(chan error, 1)}
+	if err := s.enqueueUntil(context.Background(), r, t.C); err != nil {
+		return err
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-t.C:
+		return unavailable(fmt.Errorf("auditfile: event not durable within %s: %w", d, broker.ErrAuditPending))
+	}
+}
+
 // enqueue hands r to the writer goroutine.
 func (s *Sink) enqueue(ctx context.Context, r *request) error {
+	return s.enqueueUntil(ctx, r, nil)
+}
+
+// enqueueUntil is enqueue that also gives up when timeout fires (nil:
+// never), with an error wrapping broker.ErrAuditPending.
+func (s *Sink) enqueueUntil(ctx context.Context, r *request, timeout <-chan time.Time) error {
 	// Every event carries a request_id (SPEC "Audit log"); actions not
 	// caused by a request (policy loads, the revocation worker,
 	// reconciliation) get one of their own.
@@ -892,6 +936,8 @@ func (s *Sink) enqueue(ctx context.Context, r *request) error {
 		return nil
 	case <-ctx.Done():
 		return unavailable(fmt.Errorf("auditfile: event not enqueued: %w", ctx.Err()))
+	case <-timeout:
+		return unavailable(fmt.Errorf("auditfile: event not enqueued in time (the writer is stuck): %w", broker.ErrAuditPending))
 	}
 }
 

@@ -1223,6 +1223,62 @@ func TestDeferredReturnsAtOnceWhenQueueIsFull(t *testing.T) {
 	}
 }
 
+// TestAppendWithin: AppendWithin is Append when the disk answers, and
+// stops waiting after its bound when it does not (the write hangs), with
+// ErrUnavailable wrapping broker.ErrAuditPending: for an event queued
+// behind the stuck write, which is written once the disk answers, and for
+// one that finds the queue full, which is not.
+func TestAppendWithin(t *testing.T) {
+	gate := make(chan struct{})
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 1}, faultSeams(fl))
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(gate)
+		}
+	}
+	t.Cleanup(release) // before openT's Close, which waits for the writer
+	if err := s.AppendWithin(&audit.Event{Type: "answered"}, time.Minute); err != nil {
+		t.Fatalf("AppendWithin() = %v", err)
+	}
+
+	var synced int
+	fl.set(func(f *faults) { f.syncGate, synced = gate, f.syncs })
+	errs := make(chan error, 1)
+	go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "stuck"}) }()
+	for { // its batch is stuck in its fsync
+		fl.mu.Lock()
+		stuck := fl.syncs == synced+1
+		fl.mu.Unlock()
+		if stuck {
+			break
+		}
+		runtime.Gosched()
+	}
+	pending := func(typ string) {
+		t.Helper()
+		err := s.AppendWithin(&audit.Event{Type: typ}, 20*time.Millisecond)
+		if !errors.Is(err, broker.ErrUnavailable) || !errors.Is(err, broker.ErrAuditPending) {
+			t.Fatalf("AppendWithin(%s) on a stuck disk = %v, want ErrUnavailable wrapping ErrAuditPending", typ, err)
+		}
+	}
+	pending("queued")  // takes the queue's one place
+	pending("refused") // finds the queue full
+	release()
+	if err := <-errs; err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"1:answered", "2:stuck", "3:queued"}, types(t, path)); diff != "" {
+		t.Errorf("file (-want +got):\n%s", diff)
+	}
+}
+
 // TestLock: a second sink on the same audit file is refused while the first
 // is open (it would interleave its own chain and reset the same journal),
 // and opens once the first is closed.

@@ -49,8 +49,9 @@
 //     naming the grant in the log, when it holds a control character other
 //     than a tab: no HTTP header can carry one, so the request could never
 //     be sent).
-//  9. A "use" audit event is made durable; if it cannot be, the caller gets
-//     503 and nothing is sent upstream.
+//  9. A "use" audit event is made durable; if it cannot be, or is not
+//     within the Service's AuditTimeout (a write that hangs), the caller
+//     gets 503 and nothing is sent upstream.
 //  10. The request goes upstream through httputil.ReverseProxy with Rewrite
 //     only (never Director): the caller's Authorization,
 //     Proxy-Authorization, Cookie, X-Keytrail-*, X-Request-Id, Forwarded,

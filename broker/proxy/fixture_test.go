@@ -209,10 +209,16 @@ func (s *notifySink) Append(ctx context.Context, ev *audit.Event) error {
 // audit file keytrail server writes to (auditfile.Sink), it is a
 // broker.DeferredAuditSink: a proxied call's use_result event takes the
 // same path through Service.AuditDeferred as in the server, not the
-// goroutine AuditDeferred starts for a sink without AppendDeferred.
+// goroutine AuditDeferred starts for a sink without AppendDeferred. And it
+// is a broker.BoundedAuditSink: the use event's bounded wait takes the
+// server's path through Service.Audit, not the goroutine Service.Audit
+// starts for a sink without AppendWithin.
 type discardSink struct{}
 
 func (discardSink) Append(ctx context.Context, ev *audit.Event) error { return nil }
+
+// AppendWithin reports success at once.
+func (discardSink) AppendWithin(ev *audit.Event, d time.Duration) error { return nil }
 
 // AppendDeferred reports success at once (auditfile.Sink reports it from
 // its writer goroutine once the event is durable).
@@ -222,7 +228,10 @@ func (discardSink) AppendDeferred(ev *audit.Event, done func(error)) {
 	}
 }
 
-var _ broker.DeferredAuditSink = discardSink{}
+var (
+	_ broker.DeferredAuditSink = discardSink{}
+	_ broker.BoundedAuditSink  = discardSink{}
+)
 
 // seenRequest is what the upstream recorded of one request.
 type seenRequest struct {
@@ -552,6 +561,8 @@ type fixtureOpts struct {
 	// behind a RevocationCache with FastReads, Vault KV behind KVSecrets'
 	// cache).
 	fastReads bool
+	// auditTimeout is the Service's AuditTimeout (default: the Service's).
+	auditTimeout time.Duration
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
@@ -617,6 +628,8 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		Store:    svcStore,
 		Audit:    sink,
 		Now:      f.clk.Now,
+
+		AuditTimeout: fo.auditTimeout,
 	})
 	if err != nil {
 		tb.Fatal(err)

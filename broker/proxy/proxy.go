@@ -491,7 +491,18 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 		e := broker.AsError(err)
 		ev := c.event(audit.TypeDeny)
 		ev.setOutcome(audit.Outcome{Status: status, Error: broker.CodeOf(e), Reason: e.Reason})
-		if aerr := c.h.p.o.Service.Audit(c.r.Context(), &ev.Event); aerr != nil {
+		if errors.Is(err, broker.ErrAuditPending) {
+			// Refused because an event is still pending (a write that
+			// hangs): the deny is queued behind it, nobody waits for it,
+			// as Exchange's after a pending issue event.
+			log, ctx, requestID, issuanceID := c.h.p.log, context.WithoutCancel(c.r.Context()), ev.RequestID, c.is.ID
+			c.h.p.o.Service.AuditDeferred(ctx, &ev.Event, func(aerr error) {
+				if aerr != nil {
+					log.LogAttrs(ctx, slog.LevelError, "audit proxy deny event failed",
+						slog.String("request_id", requestID), slog.String("issuance_id", issuanceID), slog.String("error", aerr.Error()))
+				}
+			})
+		} else if aerr := c.h.p.o.Service.Audit(c.r.Context(), &ev.Event); aerr != nil {
 			c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit proxy deny event failed",
 				slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", aerr.Error()))
 		}

@@ -164,6 +164,34 @@ func (s timedSink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
 	return err
 }
 
+// AppendWithin forwards to the sink's bounded append (auditfile has one),
+// so that a proxied call's events are waited for at most AuditTimeout
+// behind the wrapper too (without it Service.Audit would call Append,
+// which waits for as long as a write hangs); a sink without one is waited
+// for on a goroutine of its own, at most d.
+func (s timedSink) AppendWithin(ev *audit.Event, d time.Duration) error {
+	start := time.Now()
+	var err error
+	if b, ok := s.AuditSink.(broker.BoundedAuditSink); ok {
+		err = b.AppendWithin(ev, d)
+	} else {
+		done := make(chan error, 1)
+		go func() { done <- s.AuditSink.Append(context.Background(), ev) }()
+		t := time.NewTimer(d)
+		select {
+		case err = <-done:
+		case <-t.C:
+			err = broker.Unavailable("audit_unavailable", time.Second, fmt.Errorf("the event was not durable within %s: %w", d, broker.ErrAuditPending))
+		}
+		t.Stop()
+	}
+	s.m.auditSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.m.auditFailures.Inc()
+	}
+	return err
+}
+
 // AppendDeferred forwards to the sink's deferred append when it has one
 // (auditfile does), measuring from the call to the outcome.
 func (s timedSink) AppendDeferred(ev *audit.Event, done func(error)) {

@@ -271,6 +271,46 @@ func TestTimedSinkBatch(t *testing.T) {
 	}
 }
 
+// TestTimedSinkBounded: the metrics wrapper keeps the file sink's bounded
+// append, so that Service.Audit (a proxied call's use event) waits at most
+// AuditTimeout behind it, and measures it.
+func TestTimedSinkBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newOpsMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := auditfile.Open(auditfile.Options{Path: filepath.Join(t.TempDir(), "audit.jsonl")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	var s broker.AuditSink = timedSink{AuditSink: fs, m: m}
+	b, ok := s.(broker.BoundedAuditSink)
+	if !ok {
+		t.Fatal("timedSink does not offer bounded appends")
+	}
+	if err := b.AppendWithin(&audit.Event{Type: audit.TypeUse}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if st := fs.Stats(); st.Events != 1 {
+		t.Errorf("file sink stats = %+v, want the event written", st)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
+			n = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	if n != 1 {
+		t.Errorf("audit write observations = %d, want 1", n)
+	}
+}
+
 // TestSinkSeqGauges: the broker exports the audit chain's high-water mark
 // (the seq of its last durable line and of its last checkpoint, and the
 // chain id), so that monitoring keeps it outside the broker's disk: a log

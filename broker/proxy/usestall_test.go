@@ -1,0 +1,87 @@
+package proxy_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+// stallingSink holds every use event until release is closed (a disk whose
+// writes hang: a real sink ignores ctx once the event is queued), then
+// records it; added gets the type of every event recorded.
+type stallingSink struct {
+	*brokertest.Sink
+	release chan struct{}
+	added   chan string
+}
+
+func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
+	if ev.Type == audit.TypeUse {
+		<-s.release
+	}
+	err := s.Sink.Append(ctx, ev)
+	s.added <- ev.Type
+	return err
+}
+
+// TestProxyUseAuditStallFailsClosed: a use event that does not become
+// durable within the Service's AuditTimeout fails the call as a failed one
+// does (503 temporarily_unavailable, audit_unavailable, with Retry-After)
+// instead of holding it for as long as the audit write hangs, and nothing
+// goes upstream, then or once the event lands. The deny event naming the
+// issuance follows the stalled use event once the sink recovers.
+func TestProxyUseAuditStallFailsClosed(t *testing.T) {
+	sink := &stallingSink{Sink: &brokertest.Sink{}, release: make(chan struct{}), added: make(chan string, 16)}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(sink.release)
+		}
+	}
+	f := newFixture(t, fixtureOpts{audit: sink, auditTimeout: 50 * time.Millisecond})
+	t.Cleanup(release) // before the fixture's: its server waits for the stalled request
+	cred := f.credential(t, "stripe")
+	if typ := <-sink.added; typ != audit.TypeIssue {
+		t.Fatalf("first event %s, want issue", typ)
+	}
+
+	done := make(chan *response, 1)
+	go func() { done <- f.do(t, "GET", "/v1/proxy/stripe/v1/charges", bearer(cred.AccessToken), nil) }()
+	var res *response
+	select {
+	case res = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("proxied request still waiting for its stalled use event after 10s (AuditTimeout 50ms)")
+	}
+	if res.Status != 503 || !strings.Contains(res.Body, "temporarily_unavailable") || res.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d %q (Retry-After %q), want 503 temporarily_unavailable with Retry-After", res.Status, res.Body, res.Header.Get("Retry-After"))
+	}
+
+	release()
+	seen := map[string]bool{}
+	for !seen[audit.TypeUse] || !seen[audit.TypeDeny] {
+		select {
+		case typ := <-sink.added:
+			seen[typ] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("audit events %v: want the use and a deny event once the sink recovers", sink.Types())
+		}
+	}
+	if n := f.up.Hits(); n != 0 {
+		t.Errorf("upstream hit %d times, want 0", n)
+	}
+	var deny *audit.Event
+	for _, ev := range sink.Events() {
+		if ev.Type == audit.TypeDeny {
+			deny = ev
+		}
+	}
+	if deny.IssuanceID != cred.Issuance.ID || deny.Outcome == nil || deny.Outcome.Status != 503 || deny.Outcome.Reason != "audit_unavailable" {
+		t.Errorf("deny event = %+v (outcome %+v), want one for %s with 503 audit_unavailable", deny, deny.Outcome, cred.Issuance.ID)
+	}
+}
