@@ -495,7 +495,7 @@ func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, 
 	}
 	ev := orphanRevokedEvent(is, why, out)
 	ev.RequestID = requestID
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+	if err := s.Audit(ctx, ev); err != nil { // at most AuditTimeout, as recordDeny's
 		msg := "recording an unrecorded issuance failed"
 		if why == OrphanClientGone {
 			msg = "recording the revocation of a credential whose caller went away failed"
@@ -759,7 +759,9 @@ func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
 		// deny after a mint.
 		ev.Outcome = &audit.Outcome{Status: StatusClientClosedRequest, Reason: OrphanClientGone}
 	}
-	if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), ev); aerr != nil {
+	// Waited for at most AuditTimeout (Audit): on a disk whose writes hang
+	// the refusal still goes out, and the event may land later.
+	if aerr := s.Audit(ctx, ev); aerr != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit deny event failed",
 			slog.String("request_id", ev.RequestID), slog.String("error", aerr.Error()))
 	}
@@ -775,8 +777,9 @@ func (s *Service) RecordDeny(ctx context.Context, requestID string, src Source, 
 	s.recordDeny(ctx, &audit.Event{Type: audit.TypeDeny, RequestID: requestID, Grant: grant, Source: auditSource(src)}, err)
 }
 
-// Audit appends an event through the Service's sink for another component
-// (the proxy's events of a proxied call) and waits for it at most
+// Audit appends an event through the Service's sink (the deny events of
+// refused exchanges, the proxy's events of a proxied call) and waits for it
+// at most
 // AuditTimeout, as an exchange waits for its issue event: an event not
 // durable by then (a disk whose writes hang) is an ErrUnavailable error
 // (audit_unavailable) wrapping ErrAuditPending, and may still land. The

@@ -14,17 +14,18 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
-// stallingSink holds every issue event until release is closed, ignoring
-// ctx as a real sink does once the event is queued (a disk whose writes
-// hang), then records it.
+// stallingSink holds every issue event (every event of type hold, when
+// set) until release is closed, ignoring ctx as a real sink does once the
+// event is queued (a disk whose writes hang), then records it.
 type stallingSink struct {
 	*brokertest.Sink
 	release chan struct{}
 	added   chan string // the type of each event recorded
+	hold    string
 }
 
 func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
-	if ev.Type == audit.TypeIssue {
+	if hold := s.hold; ev.Type == hold || (hold == "" && ev.Type == audit.TypeIssue) {
 		<-s.release
 	}
 	err := s.Sink.Append(ctx, ev)
@@ -116,5 +117,57 @@ func TestExchangeAuditStallFailsClosed(t *testing.T) {
 	want := &audit.Outcome{Status: 503, Error: "temporarily_unavailable", Reason: "audit_unavailable"}
 	if deny.IssuanceID != id || deny.RequestID != "req_stall" || !cmp.Equal(want, deny.Outcome) {
 		t.Errorf("deny event = %+v (outcome %+v); want issuance %s, request req_stall, outcome %+v", deny, deny.Outcome, id, want)
+	}
+}
+
+// TestExchangeDenyAuditStallIsBounded: a refused exchange waits for its
+// deny event at most AuditTimeout, then gets its refusal (here 401
+// invalid_grant), instead of waiting for as long as the audit write hangs.
+// The deny event lands once the sink recovers.
+func TestExchangeDenyAuditStallIsBounded(t *testing.T) {
+	f := newFixture(t)
+	sink := &stallingSink{Sink: f.sink, release: make(chan struct{}), added: make(chan string, 16), hold: audit.TypeDeny}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(sink.release)
+		}
+	}
+	t.Cleanup(release)
+	svc, err := broker.NewService(broker.Deps{
+		Policy:       func() *policies.Policy { return f.pol },
+		Authn:        func() broker.Authenticator { return f.authn },
+		Minters:      map[string]broker.Minter{broker.KindVaultToken: f.minter},
+		Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:        f.store,
+		Audit:        sink,
+		Now:          func() time.Time { return f.now },
+		AuditTimeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "not-a-known-token", Grant: "payments-vault", RequestID: "req_deny_stall"})
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Exchange() still waiting for its stalled deny event after 10s (AuditTimeout 50ms)")
+	}
+	if !errors.Is(err, broker.ErrUnauthenticated) {
+		t.Fatalf("Exchange() = %v, want the refusal (ErrUnauthenticated)", err)
+	}
+	release()
+	select {
+	case typ := <-sink.added:
+		if typ != audit.TypeDeny {
+			t.Errorf("event %s recorded, want the deny", typ)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no deny event 10s after the sink recovered")
 	}
 }
