@@ -91,7 +91,7 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return deny(req.Refuse)
 	}
 	ev.Outcome = &audit.Outcome{Status: 200}
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+	if err := s.Audit(ctx, ev); err != nil { // at most AuditTimeout
 		return nil, Unavailable("audit_unavailable", time.Second, err)
 	}
 	return a, nil

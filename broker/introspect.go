@@ -81,7 +81,7 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	ev.UseID = NewID(PrefixUse)
 	ev.Outcome = &audit.Outcome{Status: 200}
 	ev.Details["active"] = res.Active
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
+	if err := s.Audit(ctx, ev); err != nil { // at most AuditTimeout
 		return nil, Unavailable("audit_unavailable", time.Second, err)
 	}
 	return res, nil

@@ -171,3 +171,62 @@ func TestExchangeDenyAuditStallIsBounded(t *testing.T) {
 		t.Fatal("no deny event 10s after the sink recovered")
 	}
 }
+
+// TestAnswerAuditStallIsBounded: an introspection's and an admin call's own
+// event, which must be durable before the answer, is waited for at most
+// AuditTimeout: then 503 audit_unavailable, no answer, instead of waiting
+// for as long as the audit write hangs.
+func TestAnswerAuditStallIsBounded(t *testing.T) {
+	f := newFixture(t)
+	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
+admins:
+  - name: secops
+    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
+    roles: [revoke]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		hold string
+		call func(*broker.Service) (any, error)
+	}{
+		{audit.TypeIntrospect, func(svc *broker.Service) (any, error) {
+			return svc.Introspect(context.Background(), broker.IntrospectRequest{CallerToken: "payments", Token: "whatever"})
+		}},
+		{audit.TypeAdmin, func(svc *broker.Service) (any, error) {
+			return svc.AuthorizeAdmin(context.Background(), broker.AdminRequest{Token: "payments", Role: broker.RoleRevoke, Action: "test"})
+		}},
+	} {
+		t.Run(tc.hold, func(t *testing.T) {
+			sink := &stallingSink{Sink: &brokertest.Sink{}, release: make(chan struct{}), added: make(chan string, 16), hold: tc.hold}
+			defer close(sink.release)
+			svc, err := broker.NewService(broker.Deps{
+				Policy:       func() *policies.Policy { return pol },
+				Authn:        func() broker.Authenticator { return f.authn },
+				Store:        f.store,
+				Audit:        sink,
+				Now:          func() time.Time { return f.now },
+				AuditTimeout: 50 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				v   any
+				err error
+			}
+			done := make(chan result, 1)
+			go func() { v, err := tc.call(svc); done <- result{v, err} }()
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("still waiting for the stalled %s event after 10s (AuditTimeout 50ms)", tc.hold)
+			}
+			if e := broker.AsError(r.err); !errors.Is(r.err, broker.ErrUnavailable) || e.Reason != "audit_unavailable" || e.RetryAfter <= 0 {
+				t.Fatalf("answer %v, %v; want ErrUnavailable (audit_unavailable) with Retry-After", r.v, r.err)
+			}
+		})
+	}
+}
