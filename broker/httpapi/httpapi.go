@@ -205,6 +205,13 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				s.log.LogAttrs(r.Context(), slog.LevelError, "handler panic", slog.String("request_id", id), slog.Any("panic", p))
 				if sw.status == 0 {
 					s.WriteError(sw, r, &broker.Error{Kind: broker.ErrUnavailable, Reason: "internal", Safe: "internal error", RetryAfter: time.Second})
+				} else {
+					// The status went out: the response cannot be
+					// replaced. Cut it off as the server does for
+					// http.ErrAbortHandler (no stack in its log),
+					// rather than end it cleanly: a chunked body cut
+					// short would read as complete.
+					p, aborted = http.ErrAbortHandler, true
 				}
 			}
 			if aborted {
