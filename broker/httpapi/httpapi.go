@@ -160,6 +160,9 @@ type statusWriter struct {
 	// ctxKey value, RequestID's answer. Held here, neither is an
 	// allocation of its own (a string stored in a context is one).
 	id [1]string
+	// remote is clientIP's answer for the request, found once for its
+	// log line and every Source (the handler's own, audit records).
+	remote string
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -192,7 +195,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := broker.NewID(broker.PrefixRequest)
-		sw := &statusWriter{ResponseWriter: w, id: [1]string{id}}
+		sw := &statusWriter{ResponseWriter: w, id: [1]string{id}, remote: clientIP(r, s.o.TrustProxyHeaders)}
 		w.Header()["X-Request-Id"] = sw.id[:1:1] // as Header.Set; an append copies it out
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, sw))
 		defer func() {
@@ -219,14 +222,14 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 					slog.String("request_id", id), slog.String("method", r.Method),
 					slog.String("path", r.URL.Path), slog.Int("status", sw.status),
 					slog.Int64("bytes", sw.bytes), slog.Duration("duration", time.Since(start)),
-					slog.String("remote", clientIP(r, s.o.TrustProxyHeaders)), slog.Bool("aborted", true))
+					slog.String("remote", sw.remote), slog.Bool("aborted", true))
 				panic(p)
 			}
 			s.log.LogAttrs(r.Context(), slog.LevelInfo, "http",
 				slog.String("request_id", id), slog.String("method", r.Method),
 				slog.String("path", r.URL.Path), slog.Int("status", sw.status),
 				slog.Int64("bytes", sw.bytes), slog.Duration("duration", time.Since(start)),
-				slog.String("remote", clientIP(r, s.o.TrustProxyHeaders)))
+				slog.String("remote", sw.remote))
 		}()
 		next.ServeHTTP(sw, r)
 	})
@@ -314,7 +317,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, 
 // (a caller could otherwise name any address, and hide shared use).
 func clientIP(r *http.Request, trustXFF bool) string {
 	if trustXFF {
-		if vals := r.Header.Values("X-Forwarded-For"); len(vals) > 0 {
+		// Indexed by its canonical name, as Header.Values would after
+		// making the name canonical again.
+		if vals := r.Header["X-Forwarded-For"]; len(vals) > 0 {
 			xff := vals[len(vals)-1]
 			if i := strings.LastIndexByte(xff, ','); i >= 0 {
 				xff = xff[i+1:]
@@ -333,11 +338,26 @@ func clientIP(r *http.Request, trustXFF bool) string {
 
 // Source returns the request's source for audit records.
 func (s *Server) Source(r *http.Request) broker.Source {
-	ua := r.UserAgent()
+	ua := headerGet(r.Header, "User-Agent") // r.UserAgent()
 	if len(ua) > 256 {
 		ua = ua[:256]
 	}
-	return broker.Source{IP: clientIP(r, s.o.TrustProxyHeaders), UserAgent: ua}
+	var ip string
+	if sw, _ := r.Context().Value(ctxKey{}).(*statusWriter); sw != nil {
+		ip = sw.remote // the middleware's clientIP(r)
+	} else {
+		ip = clientIP(r, s.o.TrustProxyHeaders)
+	}
+	return broker.Source{IP: ip, UserAgent: ua}
+}
+
+// headerGet is h.Get(name) for a name in canonical form
+// (http.CanonicalHeaderKey), which Get would make canonical again.
+func headerGet(h http.Header, name string) string {
+	if vs := h[name]; len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
 }
 
 func trimSpace(s string) string {

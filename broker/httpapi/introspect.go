@@ -9,7 +9,16 @@ import (
 
 // BearerToken returns the token of an "Authorization: Bearer" header.
 func BearerToken(r *http.Request, header string) string {
-	v := r.Header.Get(header)
+	// The names the broker asks for are canonical: looked up as they are
+	// first, since Header.Get would make them canonical again.
+	vs, ok := r.Header[header]
+	if !ok {
+		vs = r.Header.Values(header)
+	}
+	var v string
+	if len(vs) > 0 {
+		v = vs[0]
+	}
 	if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
 		return strings.TrimSpace(v[7:])
 	}
