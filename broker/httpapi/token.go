@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -56,13 +57,20 @@ const (
 // maxTTLSeconds bounds the ttl parameter before the grant caps it.
 const maxTTLSeconds = 366 * 24 * 3600
 
+// formType is the only body /v1/token and /v1/introspect accept.
+const formType = "application/x-www-form-urlencoded"
+
 func (s *Server) readForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
-	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || ct != "application/x-www-form-urlencoded" {
-		return nil, broker.Errorf(broker.ErrInvalidRequest, "bad_content_type", "body must be application/x-www-form-urlencoded", err)
+	// The usual header, exactly formType, is what mime.ParseMediaType
+	// would make of it (it allocates a parameter map per call).
+	if ct := r.Header.Get("Content-Type"); ct != formType {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != formType {
+			return nil, broker.Errorf(broker.ErrInvalidRequest, "bad_content_type", "body must be application/x-www-form-urlencoded", err)
+		}
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes)
-	if err := r.ParseForm(); err != nil {
+	if err := parseForm(r); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, broker.Errorf(broker.ErrInvalidRequest, "body_too_large", "request body too large", err)
@@ -73,6 +81,26 @@ func (s *Server) readForm(w http.ResponseWriter, r *http.Request) (url.Values, e
 		return nil, broker.Errorf(broker.ErrInvalidRequest, "query_params", "parameters must be sent in the body, not the URL", nil)
 	}
 	return r.PostForm, nil
+}
+
+// parseForm is r.ParseForm for a request whose Content-Type readForm
+// checked and whose body it bounded. A POST without a query, the usual
+// request, gets r.PostForm as ParseForm makes it (the body read whole, as
+// ParseForm reads a MaxBytesReader's, then url.ParseQuery), without
+// ParseForm's second look at the Content-Type and its merged copy of every
+// value into r.Form (left nil; FormValue would make it). Anything else goes
+// through ParseForm.
+func parseForm(r *http.Request) error {
+	if r.Method != http.MethodPost || r.URL.RawQuery != "" || r.PostForm != nil || r.Form != nil {
+		return r.ParseForm()
+	}
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		r.PostForm = make(url.Values)
+		return err
+	}
+	r.PostForm, err = url.ParseQuery(string(b))
+	return err
 }
 
 func single(form url.Values, name string) (string, error) {
