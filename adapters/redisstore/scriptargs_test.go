@@ -1,0 +1,110 @@
+package redisstore
+
+import (
+	"encoding/json"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// oneByOneScriptArgs is how issuanceScriptArgs built KEYS and ARGV before
+// they shared one allocation: each key from its function, each value boxed.
+func oneByOneScriptArgs(s *Store, is *broker.Issuance) (keys []string, args []any) {
+	c := *is
+	c.IssuedAt, c.ExpiresAt, c.RevokedAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC(), c.RevokedAt.UTC()
+	c.Refs.ExpiresAt = c.Refs.ExpiresAt.UTC()
+	raw, err := json.Marshal(&c)
+	if err != nil {
+		panic(err)
+	}
+	ttl := s.ttl(c.ExpiresAt)
+	cutoff := "(" + strconv.FormatInt(s.now().Add(-s.retention).UnixMilli(), 10)
+	keys = []string{s.issKey(c.ID)}
+	for _, kind := range broker.RefKinds() {
+		if v, _ := c.RefValue(kind); v != "" {
+			keys = append(keys, s.refKey(kind, v))
+		}
+	}
+	refs := len(keys) - 1
+	keys = append(keys, s.allKey())
+	for _, ix := range []struct{ name, v string }{{"workload", c.Workload}, {"owner", c.Owner}, {"session", c.SessionID}} {
+		if ix.v != "" {
+			keys = append(keys, s.idxKey(ix.name, ix.v))
+		}
+	}
+	return keys, []any{raw, ttl.Milliseconds(), refs, c.ID, strconv.FormatInt(int64(score(c.ExpiresAt)), 10), cutoff}
+}
+
+// asWritten is an ARGV value as go-redis writes it: a *string as its
+// string, an *int64 as its int64 (proto.Writer.WriteArg), and an int64 in
+// decimal, as a string holding those digits is written.
+func asWritten(v any) any {
+	switch v := v.(type) {
+	case *string:
+		return *v
+	case *int64:
+		return strconv.FormatInt(*v, 10)
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case int:
+		return strconv.Itoa(v)
+	}
+	return v
+}
+
+// issuanceScriptArgs gives the KEYS and, as go-redis writes them, the ARGV
+// that each key's function and each value boxed on its own gave, for
+// issuances with every ref, none, long values, no owner or session, revoked.
+func TestIssuanceScriptArgs(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.FixedZone("X", 3600))
+	s := &Store{prefix: "kt{a}:", retention: 24 * time.Hour, now: func() time.Time { return now }}
+	long := string(make([]byte, 700))
+	full := &broker.Issuance{ID: "iss_1", Workload: "w", Owner: "o", SessionID: "ses_1", Grant: "g", Kind: "vault_token",
+		IssuedAt: now, ExpiresAt: now.Add(15 * time.Minute),
+		Refs:      broker.CredentialRefs{Fingerprint: "sha256:ab", Accessor: "acc", JTI: "j", LeaseID: "l", Username: "u", Serial: "s", ExpiresAt: now.Add(time.Minute)},
+		RequestID: "req_1"}
+	if n := len(broker.RefKinds()); n != len(scriptArgs{}.keys)-5 {
+		t.Fatalf("%d ref kinds: scriptArgs.keys holds %d", n, len(scriptArgs{}.keys)-5)
+	}
+	bare := &broker.Issuance{ID: "iss_2", Workload: "w2"}
+	longs := *full
+	longs.Workload, longs.Refs.Accessor = long, long
+	revoked := *full
+	revoked.RevokedAt, revoked.RevocationID = now, "rev_1"
+	for name, is := range map[string]*broker.Issuance{"full": full, "bare": bare, "long": &longs, "revoked": &revoked} {
+		wantKeys, wantArgs := oneByOneScriptArgs(s, is)
+		keys, args, rev, err := s.issuanceScriptArgs(is)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(keys, wantKeys) {
+			t.Errorf("%s: KEYS %q, want %q", name, keys, wantKeys)
+		}
+		if len(args) != len(wantArgs) {
+			t.Fatalf("%s: %d ARGV, want %d", name, len(args), len(wantArgs))
+		}
+		for i := range args {
+			if got, want := asWritten(args[i]), asWritten(wantArgs[i]); !reflect.DeepEqual(got, want) {
+				t.Errorf("%s: ARGV[%d] written as %q, want %q", name, i+1, got, want)
+			}
+		}
+		if rev != !is.RevokedAt.IsZero() {
+			t.Errorf("%s: revoked %v", name, rev)
+		}
+	}
+	n := testing.AllocsPerRun(100, func() { _, _, _, _ = s.issuanceScriptArgs(full) })
+	// The scriptArgs, the keys' string, ARGV[1]'s box and json.Marshal's own.
+	if n > 3+float64(marshalAllocs(full)) {
+		t.Errorf("issuanceScriptArgs: %v allocations, json.Marshal %d of them: want at most 3 more", n, marshalAllocs(full))
+	} else {
+		t.Logf("issuanceScriptArgs: %v allocations, json.Marshal %d of them", n, marshalAllocs(full))
+	}
+}
+
+func marshalAllocs(is *broker.Issuance) int {
+	c := *is
+	return int(testing.AllocsPerRun(100, func() { _, _ = json.Marshal(&c) }))
+}
