@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -70,6 +71,43 @@ type Service struct {
 	proxyLimiters sync.Map
 	// limitersMu serialises making a limiter (a first use, a rate change).
 	limitersMu sync.Mutex
+	// grants are the grants of the policy last asked about (Exchange).
+	grants grantViews
+}
+
+// grantView holds copies of one policy's grants by name: Policy.Grant
+// copies the grant it returns (3 allocations for a vault_token grant),
+// which an exchange only reads (and a minter, given a copy of the struct,
+// only reads). A view is built once per policy (a reload makes a new
+// Policy value, hence a new view) and never modified after; the grants it
+// hands out must not be modified either.
+type grantView struct {
+	pol    *policies.Policy
+	grants map[string]*policies.Grant
+}
+
+// grantViews keeps the view of the policy last asked about.
+type grantViews struct{ cur atomic.Pointer[grantView] }
+
+// of returns the view of pol, building it when pol is not the policy of
+// the view kept (after a reload), which it then replaces.
+func (vs *grantViews) of(pol *policies.Policy) *grantView {
+	if v := vs.cur.Load(); v != nil && v.pol == pol {
+		return v
+	}
+	gs := pol.Grants()
+	v := &grantView{pol: pol, grants: make(map[string]*policies.Grant, len(gs))}
+	for i := range gs {
+		v.grants[gs[i].Name] = &gs[i]
+	}
+	vs.cur.Store(v)
+	return v
+}
+
+// grant is Policy.Grant without the copy.
+func (v *grantView) grant(name string) (*policies.Grant, bool) {
+	g, ok := v.grants[name]
+	return g, ok
 }
 
 type limiterEntry struct {
@@ -237,7 +275,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	}
 	deny.Workload, deny.Owner = wl.Name, wl.Owner
 
-	grant, ok := pol.Grant(req.Grant)
+	grant, ok := s.grants.of(pol).grant(req.Grant)
 	if !ok {
 		return fail(&Error{Kind: ErrInvalidTarget, Reason: "unknown_grant", Safe: "unknown grant"})
 	}
@@ -335,13 +373,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		ip.src = audit.Source{IP: req.Source.IP, UserAgent: req.Source.UserAgent}
 		ip.Source = &ip.src
 	}
-	ev := &ip.Event
-	audited := make(chan error, 1)
-	go func() { audited <- s.d.Audit.Append(bg, ev) }()
+	ev, aw := &ip.Event, &ip.audited
+	aw.done = make(chan struct{})
+	go func() {
+		aw.err = s.d.Audit.Append(bg, ev)
+		close(aw.done)
+	}()
 	sctx, cancel := context.WithTimeout(bg, s.d.StoreTimeout)
 	serr := s.d.Store.PutIssuance(sctx, is)
 	cancel()
-	aerr := s.awaitAudit(audited)
+	aerr := s.awaitAudit(aw)
 	switch {
 	case aerr != nil:
 		// The issue event failed or is still pending (a stalled disk):
@@ -401,10 +442,10 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 // awaitAudit waits for an event's append, at most AuditTimeout: an event
 // not durable by then is a failure wrapping ErrAuditPending (the append goes
 // on; Exchange revokes the credential of an issue event).
-func (s *Service) awaitAudit(audited <-chan error) error {
+func (s *Service) awaitAudit(audited *auditWait) error {
 	select {
-	case err := <-audited: // already there: no timer
-		return err
+	case <-audited.done: // already there: no timer
+		return audited.err
 	default:
 	}
 	t, _ := s.timers.Get().(*time.Timer)
@@ -418,8 +459,8 @@ func (s *Service) awaitAudit(audited <-chan error) error {
 		s.timers.Put(t)
 	}()
 	select {
-	case err := <-audited:
-		return err
+	case <-audited.done:
+		return audited.err
 	case <-t.C:
 		return fmt.Errorf("the event was not durable within %s: %w", s.d.AuditTimeout, ErrAuditPending)
 	}
@@ -791,8 +832,11 @@ func (s *Service) Audit(ctx context.Context, ev *audit.Event) error {
 		return b.AppendWithin(ev, s.d.AuditTimeout)
 	}
 	bg := context.WithoutCancel(ctx)
-	audited := make(chan error, 1)
-	go func() { audited <- s.d.Audit.Append(bg, ev) }()
+	audited := &auditWait{done: make(chan struct{})}
+	go func() {
+		audited.err = s.d.Audit.Append(bg, ev)
+		close(audited.done)
+	}()
 	err := s.awaitAudit(audited)
 	if errors.Is(err, ErrAuditPending) {
 		return Unavailable("audit_unavailable", time.Second, err)
@@ -904,6 +948,16 @@ type issueParts struct {
 	src   audit.Source
 	cred  audit.Credential
 	out   audit.Outcome
+	// audited is the event's append, which runs alongside the store write.
+	audited auditWait
+}
+
+// auditWait is an append in progress: err is its result once done is
+// closed. A channel of error would take two allocations (its buffer holds
+// pointers); a closed chan struct{} takes one.
+type auditWait struct {
+	done chan struct{}
+	err  error
 }
 
 // denyParts is a deny event with its source and identity, allocated

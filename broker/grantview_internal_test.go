@@ -1,0 +1,62 @@
+package broker
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/keytrail/keytrail/policies"
+)
+
+// The exchange reads its grant from a view made once per policy: the same
+// grant as Policy.Grant copies out, without the copy (3 allocations for a
+// vault_token grant), and a new view once the policy is replaced.
+func TestGrantView(t *testing.T) {
+	text := `version: 1
+issuers:
+  - name: k8s
+    issuer: https://k8s.example
+    jwks_url: https://k8s.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: 15m
+    vault_token: {policies: [p, q], num_uses: 2}
+  - name: j
+    kind: jwt
+    ttl: 5m
+    jwt: {audience: svc, transit_key: k}
+workloads:
+  - name: api
+    owner: team-a
+    match: {issuer: k8s, subject: "system:serviceaccount:ns1:api"}
+    grants: [g, j]
+`
+	pol, err := policies.Parse("p.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs grantViews
+	v := vs.of(pol)
+	for _, name := range []string{"g", "j", "nope"} {
+		got, ok := v.grant(name)
+		want, wok := pol.Grant(name)
+		if ok != wok || ok && !reflect.DeepEqual(got, want) {
+			t.Errorf("grant(%q) = %+v, %v; Policy.Grant %+v, %v", name, got, ok, want, wok)
+		}
+	}
+	if vs.of(pol) != v {
+		t.Error("a second look at the same policy built a new view")
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = vs.of(pol).grant("g") }); n != 0 {
+		t.Errorf("a grant from the view: %v allocations, want 0", n)
+	}
+	pol2, err := policies.Parse("p.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2 := vs.of(pol2); v2 == v || v2.pol != pol2 {
+		t.Error("a reloaded policy kept the old view")
+	}
+}
