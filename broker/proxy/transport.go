@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"weak"
 
 	"github.com/keytrail/keytrail/policies"
 )
@@ -151,10 +152,12 @@ func (d *upstreamDialer) DialContext(ctx context.Context, network, addr string) 
 // the connection pool is, for every request of that policy, so that a grant
 // whose transport cannot be built (its ca_file unreadable) costs each
 // proxied request no file I/O and answers the same error until a reload
-// (a new policy) tries again.
+// (a new policy) tries again. The policy is held weakly: an entry of a
+// grant with no request since a reload (or removed by it) must not keep
+// the old policy, its grants and its ca_file bytes in memory.
 type grantTransport struct {
-	gen      *policies.Policy // the policy it was resolved for
-	key      transportKey     // what rt is built from; zero when err is set
+	gen      weak.Pointer[policies.Policy] // the policy it was resolved for
+	key      transportKey                  // what rt is built from; zero when err is set
 	upstream *url.URL
 	rt       *http.Transport
 	err      error // why the transport could not be built; rt is nil then
@@ -180,10 +183,10 @@ func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransp
 	p.mu.Lock()
 	gt := p.transports[g.Name]
 	p.mu.Unlock()
-	if gt != nil && gt.gen == pol {
+	if gt != nil && gt.gen.Value() == pol {
 		return gt, gt.err
 	}
-	nt := &grantTransport{gen: pol}
+	nt := &grantTransport{gen: weak.Make(pol)}
 	key, u, pool, err := resolveTransport(pol, g)
 	if err != nil {
 		nt.err = err
@@ -194,7 +197,7 @@ func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransp
 	defer p.mu.Unlock()
 	cur := p.transports[g.Name]
 	switch {
-	case cur != nil && cur.gen == pol: // resolved concurrently: keep the first
+	case cur != nil && cur.gen.Value() == pol: // resolved concurrently: keep the first
 		return cur, cur.err
 	case nt.err != nil:
 	case cur != nil && cur.rt != nil && cur.key == key:

@@ -11,8 +11,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/keytrail/keytrail/policies"
 )
@@ -82,4 +84,50 @@ func TestTransportCachedPerGrantAndPolicy(t *testing.T) {
 			t.Errorf("%s changed: the old connection pool was kept", c.name)
 		}
 	}
+}
+
+// TestTransportKeepsNoOldPolicy: a grant's transport remembered the
+// policy it was resolved for by pointer, so a reload's old policy (its
+// grants, workloads and ca_file bytes) stayed in memory for as long as
+// one of its grants had no request under a newer policy: for a grant
+// removed by the reload, for good, and with N grants up to N old policies
+// at once. The policy is now remembered weakly: released once nothing else
+// holds it, and a request of the new policy still finds the transport kept.
+func TestTransportKeepsNoOldPolicy(t *testing.T) {
+	p := &Proxy{o: Options{MaxIdleConnsPerHost: 2, Resolver: net.DefaultResolver}, transports: map[string]*grantTransport{}}
+	p.o.Timeouts.defaults()
+	stripe := &policies.Grant{Name: "stripe", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api.stripe.example"}}
+	github := &policies.Grant{Name: "github", Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api.github.example"}}
+	old := resolvedUnderOldPolicy(t, p, stripe, github)
+
+	cur := new(policies.Policy) // the reload's: only stripe is asked for under it
+	gt, err := p.transport(cur, stripe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	runtime.GC()
+	if old.Value() != nil {
+		t.Error("the old policy is still in memory after a reload: the transport cache holds it")
+	}
+	if again, err := p.transport(cur, stripe); err != nil || again != gt {
+		t.Errorf("the current policy's transport: %p, %v; want the one resolved for it, %p", again, err, gt)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = p.transport(cur, stripe) }); n != 0 {
+		t.Errorf("cached transport: %v allocations, want 0", n)
+	}
+	runtime.KeepAlive(cur)
+}
+
+// resolvedUnderOldPolicy resolves the transport of each grant under a
+// policy nothing else holds, and returns that policy, weakly.
+func resolvedUnderOldPolicy(t *testing.T, p *Proxy, grants ...*policies.Grant) weak.Pointer[policies.Policy] {
+	t.Helper()
+	old := new(policies.Policy)
+	for _, g := range grants {
+		if _, err := p.transport(old, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return weak.Make(old)
 }
