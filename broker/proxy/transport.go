@@ -158,19 +158,22 @@ func (d *upstreamDialer) DialContext(ctx context.Context, network, addr string) 
 type grantTransport struct {
 	gen      weak.Pointer[policies.Policy] // the policy it was resolved for
 	key      transportKey                  // what rt is built from; zero when err is set
+	pool     *x509.CertPool                // the ca_file's certificates rt trusts; nil without one
 	upstream *url.URL
 	rt       *http.Transport
 	err      error // why the transport could not be built; rt is nil then
 }
 
-// transportKey is what a grant's transport is built from, the CA bundle's
-// bytes included: a reload that changes none of it (an unrelated grant
-// edited, a SIGHUP) keeps the connection pool, one that changes the bundle
-// (a CA rotation, whether or not the policy files changed) builds a new
-// one. A struct, compared field by field once per grant and policy.
+// transportKey is what a grant's transport is built from, with the
+// certificates of its CA bundle (grantTransport.pool, compared with
+// x509.CertPool.Equal, not kept as the bundle's bytes: a copy per grant): a
+// reload that changes none of it (an unrelated grant edited, a SIGHUP)
+// keeps the connection pool, one that changes the bundle's certificates (a
+// CA rotation, whether or not the policy files changed) builds a new one.
+// A struct, compared field by field once per grant and policy.
 type transportKey struct {
-	upstream, caFile, caPEM string
-	allowPrivate            bool
+	upstream, caFile string
+	allowPrivate     bool
 }
 
 // transport returns the grant's transport for pol, the policy g is of:
@@ -191,7 +194,7 @@ func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransp
 	if err != nil {
 		nt.err = err
 	} else {
-		nt.key, nt.upstream = key, u
+		nt.key, nt.pool, nt.upstream = key, pool, u
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -200,8 +203,8 @@ func (p *Proxy) transport(pol *policies.Policy, g *policies.Grant) (*grantTransp
 	case cur != nil && cur.gen.Value() == pol: // resolved concurrently: keep the first
 		return cur, cur.err
 	case nt.err != nil:
-	case cur != nil && cur.rt != nil && cur.key == key:
-		nt.rt = cur.rt // unchanged: the same pool
+	case cur != nil && cur.rt != nil && cur.key == key && cur.pool.Equal(pool):
+		nt.rt, nt.pool = cur.rt, cur.pool // unchanged: the same connection pool
 	default:
 		nt.rt = p.buildTransport(u, pool, g)
 	}
@@ -237,7 +240,6 @@ func resolveTransport(pol *policies.Policy, g *policies.Grant) (key transportKey
 		if !pool.AppendCertsFromPEM(pem) {
 			return transportKey{}, nil, nil, fmt.Errorf("grant %s: ca_file %s holds no PEM certificate", g.Name, px.CAFile)
 		}
-		key.caPEM = string(pem)
 	}
 	return key, u, pool, nil
 }

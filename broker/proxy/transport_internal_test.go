@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -130,4 +132,51 @@ func resolvedUnderOldPolicy(t *testing.T, p *Proxy, grants ...*policies.Grant) w
 		}
 	}
 	return weak.Make(old)
+}
+
+// TestTransportKeepsNoCopyOfTheCABundle: to tell a changed bundle under
+// the same path from an unchanged one, each grant's cache entry kept the
+// bundle's bytes as a string: a copy per grant naming the ca_file (a
+// system bundle with a private CA appended is some 200 KB), none of it
+// needed once the pool is built. Whether the bundle changed is now asked
+// of the pools (x509.CertPool.Equal): the entries keep no more than their
+// transports do.
+func TestTransportKeepsNoCopyOfTheCABundle(t *testing.T) {
+	p := &Proxy{o: Options{MaxIdleConnsPerHost: 2, Resolver: net.DefaultResolver}, transports: map[string]*grantTransport{}}
+	p.o.Timeouts.defaults()
+	ca := filepath.Join(t.TempDir(), "bundle.pem")
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "private CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One certificate and 256 KiB of the text bundles carry between them.
+	bundle := append(bytes.Repeat([]byte("# Issuer: CN=Some Root CA O=Example\n"), 256<<10/37), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	if err := os.WriteFile(ca, bundle, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const grants = 40
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	pol := new(policies.Policy)
+	for i := range grants {
+		g := &policies.Grant{Name: fmt.Sprint("g", i), Kind: "proxy", Proxy: &policies.ProxyGrant{Upstream: "https://api.example", CAFile: ca}}
+		if _, err := p.transport(pol, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if kept := int64(ms.HeapAlloc) - int64(before); kept > int64(grants*len(bundle)/4) {
+		t.Errorf("%d grants naming a %d-byte ca_file keep %d bytes in memory, want less than a quarter of a bundle each", grants, len(bundle), kept)
+	}
+	runtime.KeepAlive(pol)
+	runtime.KeepAlive(p)
 }
