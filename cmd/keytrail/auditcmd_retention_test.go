@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,5 +84,53 @@ func TestAuditFilesNamedRotatedFileDeletedWhileListing(t *testing.T) {
 	out, err := runVerifyEnv(t, func() { _ = os.Remove(rotated[0]) }, "trace", cliIssID, "--audit-log", rotated[0])
 	if err == nil || !strings.Contains(err.Error(), rotated[0]) {
 		t.Errorf("trace --audit-log %s, deleted after the listing = %v, want an error naming it:\n%s", rotated[0], err, out)
+	}
+}
+
+// TestAuditFilesMiddleRotatedDeletedWhileListing: a rotated file left out
+// because it was gone when it was identified is left out as a listing made
+// after its deletion leaves it out, not hidden: one in the middle of the
+// chain (not the oldest, which is what retention deletes) is a seq gap
+// that audit verify reports (exit 1), and trace and report run with
+// --require-verified too (exit 3), as when it was deleted before the
+// listing.
+func TestAuditFilesMiddleRotatedDeletedWhileListing(t *testing.T) {
+	issID := func(n int) string { return fmt.Sprintf("iss_01JXMID00000000000000%03d", n) }
+	rotate := rotateAfterTwo(t, issID)
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"trace", issID(5), "--require-verified"}, exitNotVerified},
+		{[]string{"report", "--format", "json", "--require-verified"}, exitNotVerified},
+		{[]string{"audit", "verify", "--allow-trimmed-start"}, 1},
+	} {
+		t.Run(c.args[0], func(t *testing.T) {
+			_, path, add := issueSink(t, t.TempDir(), rotate, issID)
+			// Events 1 to 6 in three rotated files, 7 in the live file.
+			for n := 1; n <= 7; n++ {
+				add(n)
+			}
+			rotated, _ := filepath.Glob(path + ".*")
+			if len(rotated) != 3 {
+				t.Fatalf("fixture: rotated files %v, want three", rotated)
+			}
+			deleted := false
+			out, err := runVerifyEnv(t, func() {
+				if !deleted {
+					deleted = true
+					if err := os.Remove(rotated[1]); err != nil { // events 3 and 4
+						t.Error(err)
+					}
+				}
+			}, withAuditLog(c.args, path)...)
+			if !deleted {
+				t.Fatal("fixture: the command did not call the hook")
+			}
+			var ee exitError
+			if !errors.As(err, &ee) || ee.code != c.code || !strings.Contains(err.Error()+out, "seq gap: expected 3, got 5") {
+				t.Errorf("%s with %s deleted after the listing = %v, want exit %d naming the seq gap:\n%s", c.args[0], rotated[1], err, c.code, out)
+			}
+		})
 	}
 }
