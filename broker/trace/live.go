@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -57,9 +58,11 @@ type LiveOptions struct {
 // file's events are dropped and it is read again; below those, or when an
 // event of the lines gone made the bounded index drop older ones, the
 // index is rebuilt from the files, to the side: readers see the old index
-// until the new one is complete). So is it when the file tailed is gone
-// without a rotation (no rotated file appeared): the live file was
-// replaced under its name.
+// until the new one is complete). So is it when the live file was
+// replaced under its name: the file tailed is gone, no rotated file
+// appeared, and the new file does not continue the chain of the last line
+// read (one that does is the next file of a rotation whose rotated file
+// was deleted, read on).
 // Memory is bounded by MaxEvents (twice during a rebuild). Safe for
 // concurrent use.
 type Live struct {
@@ -227,20 +230,73 @@ func (l *Live) refresh() error {
 		if l.cur != nil && l.curOff > 0 && appeared+n == 0 {
 			// The file tailed, of which the index holds lines, is
 			// neither the live file nor a rotated one, and no rotated
-			// file appeared: replaced under its name without a rotation
-			// (restored from a backup, replaced by hand), not rotated.
-			// Read as the next file, its lines would follow the old
-			// one's (a backup's twice) in an index that holds a file no
-			// longer there: rebuild it from the files. A rotation whose
-			// rotated file was deleted before this call, with none
-			// other since, looks the same; so does the index then.
-			return errRolledBack
+			// file appeared: rotated, and its rotated file deleted
+			// since (retention keeping none, a shipper moving each
+			// away), or replaced under its name without a rotation
+			// (restored from a backup, replaced by hand). The new
+			// file of a rotation continues the chain of the last line
+			// read; read on then, keeping the events read of the file
+			// gone, as for any rotated file deleted after it was read
+			// (a rebuild would drop them, and every earlier file's
+			// too, or not, as the deletion came before this call or
+			// after). Another file, read as the next one, would put
+			// its lines after the old one's (a backup's twice) in an
+			// index that holds a file no longer there: rebuild it from
+			// the files. A new file without a whole line yet is looked
+			// at again by the next call.
+			next, known, err := l.continuesCur(f, fi.Size())
+			switch {
+			case err != nil:
+				return err
+			case !known:
+				return nil
+			case !next:
+				return errRolledBack
+			}
 		}
 		l.cur, l.curOff, l.curTail = fi, 0, tailSum{}
 		l.recent.reset()
 		l.curStart, l.curStartOK = l.w.counters(), true
 	}
 	return l.readCur(f, fi.Size())
+}
+
+// continuesCur reports whether f, a file found under the audit file's
+// name in place of cur (size bytes long), is the next file of a rotation
+// of cur: its first line is of the chain of the last line read of cur,
+// with a later seq (a restored backup of cur starts at or before that
+// line, another log in another chain). Known is false while f holds no
+// whole line (a rotation's new file before its first batch). The last
+// line read is the last of the recent lines; when they do not hold it
+// (it was longer than audit.MaxLineBytes) or it is not an event, f is
+// not taken for the next file.
+func (l *Live) continuesCur(f io.ReaderAt, size int64) (next, known bool, err error) {
+	line, err := bufio.NewReader(io.NewSectionReader(f, 0, min(size, audit.MaxLineBytes+1))).ReadBytes('\n')
+	switch {
+	case errors.Is(err, io.EOF) && size <= audit.MaxLineBytes:
+		return false, false, nil // no whole line yet
+	case errors.Is(err, io.EOF):
+		return false, true, nil // longer than an audit line
+	case err != nil:
+		return false, false, fmt.Errorf("trace: %w", err)
+	}
+	first, err := audit.ParseLine(line[:len(line)-1])
+	if err != nil {
+		return false, true, nil
+	}
+	r := &l.recent
+	if len(r.marks) == 0 {
+		return false, true, nil
+	}
+	from := 0
+	if len(r.marks) > 1 {
+		from = r.marks[len(r.marks)-2].end
+	}
+	last, err := audit.ParseLine(r.buf[from : r.marks[len(r.marks)-1].end-1])
+	if err != nil {
+		return false, true, nil
+	}
+	return first.Chain == last.Chain && first.Seq > last.Seq, true, nil
 }
 
 // readCur reads on f, the file being tailed (cur, under its name or its

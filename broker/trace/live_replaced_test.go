@@ -1,6 +1,8 @@
 package trace_test
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -74,38 +76,131 @@ func TestLiveFileReplacedWithoutRotation(t *testing.T) {
 	}
 }
 
-// TestLiveRotatedFileGoneBeforeRefresh: a rotation whose rotated file
-// retention deleted before Live looked (no rotated files kept) leaves the
-// same trace as a replacement: the file tailed is gone and no rotated file
-// appeared. The index is rebuilt, and holds what the files hold (the old
-// file's events are gone from the log); when another rotated file
-// appeared meanwhile (TestLiveRefreshSkipsRotatedFileDeleted) there was a
-// rotation, and the events read of the old file are kept, as for any
-// rotated file deleted after it was read.
+// TestLiveRotatedFileGoneBeforeRefresh: rotations whose rotated files
+// were deleted before Live looked (retention keeping no rotated file, or a
+// shipper moving each one away as soon as it appears): the file tailed is
+// gone and no rotated file appeared, as when the live file is replaced.
+// Live took each for a replacement and rebuilt its index from the files:
+// it dropped every event it had read, of the deleted file and of every
+// earlier one, where a refresh made before the deletion keeps them, as it
+// keeps those of any rotated file deleted after it was read
+// (TestLiveRefreshSkipsRotatedFileDeleted): what the index held depended
+// on which came first, the refresh or the deletion, and after a few
+// rotations it held the live file only. The new file continues the chain
+// of the last line read (its first line is of the same chain, with a
+// later seq): it is the next file of a rotation, read on, whether it had
+// its first batch or was still empty when Live looked.
 func TestLiveRotatedFileGoneBeforeRefresh(t *testing.T) {
-	lines := sealed(t, "chn_gone", 0, fixtureEvents())
-	dir := t.TempDir()
-	path := writeLines(t, dir, "audit.jsonl", lines[:5])
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
+	const rounds, per = 3, 4
+	lines := denyLines(t, "chn_gone", rounds*per+per)
+	for _, state := range []string{"first-batch", "empty"} {
+		for _, deletedFirst := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/deleted-before-refresh=%v", state, deletedFirst), func(t *testing.T) {
+				dir := t.TempDir()
+				path := writeLines(t, dir, "audit.jsonl", lines[:per])
+				live := refreshedLive(t, trace.LiveOptions{Path: path})
+				for i := 1; i <= rounds; i++ {
+					r := path + "." + at(time.Duration(i)*time.Hour).Format(trace.RotatedLayout)
+					if err := os.Rename(path, r); err != nil {
+						t.Fatal(err)
+					}
+					next := lines[i*per : (i+1)*per]
+					switch state {
+					case "first-batch":
+						writeLines(t, dir, "audit.jsonl", next)
+					case "empty":
+						writeLines(t, dir, "audit.jsonl", nil)
+					}
+					if !deletedFirst {
+						if err := live.Refresh(); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if err := os.Remove(r); err != nil {
+						t.Fatal(err)
+					}
+					if err := live.Refresh(); err != nil {
+						t.Fatal(err)
+					}
+					if state == "empty" {
+						appendLines(t, path, next)
+					}
+					if err := live.Refresh(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				sameAsFreshRead(t, live, writeLines(t, t.TempDir(), "audit.jsonl", lines[:(rounds+1)*per]), 0)
+			})
+		}
 	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
+}
+
+// TestLiveFileReplacedNotContinuingChain: a new file under the audit
+// file's name is read on as the next file of a rotation only when its
+// first line continues the chain of the last line read (same chain, a
+// later seq). A first line at or before that seq (a backup restored from
+// the last line read on), or not an event, is a replacement: the index is
+// rebuilt. While the new file holds no whole line (empty, or its first
+// line being written) nothing tells which it is: the index is left as it
+// is, and the next call decides.
+func TestLiveFileReplacedNotContinuingChain(t *testing.T) {
+	lines := denyLines(t, "chn_notcont", 12)
+	for _, c := range []struct {
+		name    string
+		with    []byte // the new file at first
+		then    []byte // appended before the next call
+		skipped int64
+	}{
+		{name: "backup-from-last-line-read", with: joinLines(lines[4:7]), then: joinLines(lines[7:9])},
+		{name: "not-an-event", with: []byte("not an audit line\n"), then: joinLines(lines[:2]), skipped: 1},
+		{name: "empty", with: nil, then: joinLines(lines[:3])},
+		{name: "first-line-being-written", with: lines[0][:20], then: append(append([]byte(nil), lines[0][20:]...), '\n')},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := writeLines(t, dir, "audit.jsonl", lines[:5])
+			live := refreshedLive(t, trace.LiveOptions{Path: path})
+			before := seqs(live.Index().Events())
+			tmp := filepath.Join(dir, "replacement.tmp")
+			if err := os.WriteFile(tmp, c.with, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+			if err := live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			if bytes.IndexByte(c.with, '\n') < 0 {
+				if got := seqs(live.Index().Events()); !slices.Equal(got, before) {
+					t.Errorf("with no whole line in the new file yet, events %v, want them as they were, %v", got, before)
+				}
+			} else {
+				sameAsFreshRead(t, live, path, c.skipped)
+			}
+			f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(c.then); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			sameAsFreshRead(t, live, path, c.skipped)
+		})
 	}
-	r := path + "." + at(time.Hour).Format(trace.RotatedLayout)
-	if err := os.Rename(path, r); err != nil {
-		t.Fatal(err)
+}
+
+// joinLines is lines, each with its newline, as one byte slice.
+func joinLines(lines [][]byte) []byte {
+	var b []byte
+	for _, l := range lines {
+		b = append(append(b, l...), '\n')
 	}
-	writeLines(t, dir, "audit.jsonl", lines[5:9])
-	if err := os.Remove(r); err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
-	sameAsFreshRead(t, live, path, 0)
-	if got := seqs(live.Index().Events()); slices.Contains(got, "chn_gone/2/issue") {
-		t.Errorf("events %v: the deleted file's are still indexed", got)
-	}
+	return b
 }
