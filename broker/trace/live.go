@@ -261,12 +261,14 @@ func (l *Live) refresh() error {
 	return l.readCur(f, fi.Size())
 }
 
-// continuesCur reports whether f, a file found under the audit file's
-// name in place of cur (size bytes long), is the next file of a rotation
-// of cur: its first line is of the chain of the last line read of cur,
-// with a later seq (a restored backup of cur starts at or before that
-// line, another log in another chain). Known is false while f holds no
-// whole line (a rotation's new file before its first batch). The last
+// continuesCur reports whether f, a file found where cur was looked for
+// (under the audit file's name on another inode, or on cur's inode no
+// longer holding the last line read), size bytes long, is the next file of
+// a rotation of cur: its first line is of the chain of the last line read
+// of cur, with a later seq (a restored backup of cur, or cur cut back by
+// the sink, starts at or before that line; another log is another chain).
+// Known is false while f holds no whole line (a rotation's new file before
+// its first batch). The last
 // line read is the last of the recent lines; when they do not hold it
 // (it was longer than audit.MaxLineBytes) or it is not an event, f is
 // not taken for the next file.
@@ -304,18 +306,38 @@ func (l *Live) continuesCur(f io.ReaderAt, size int64) (next, known bool, err er
 // longer holds the last line read there, or is cut below the lines read
 // while they are read, the events of the lines gone are dropped and it is
 // read on from the last line it still holds (resume); errRolledBack when
-// it holds none of the recent lines (the index is then rebuilt).
+// it holds none of the recent lines (the index is then rebuilt). An f
+// that no longer holds the last line read and whose first line continues
+// the chain of that line (continuesCur) is another file on cur's inode,
+// reused: it is read from its start, as the next file.
 func (l *Live) readCur(f *os.File, size int64) error {
 	if err := l.checkTail(f, size); err != nil {
 		if !errors.Is(err, errRolledBack) {
 			return err
 		}
-		ok, rerr := l.resume(f, size)
-		if rerr != nil {
-			return rerr
+		next, known, cerr := l.continuesCur(f, size)
+		if cerr != nil {
+			return cerr
 		}
-		if !ok {
-			return err
+		if known && next {
+			// Not cur cut back (a cut keeps its first line, or
+			// writes it again with the same seq) but the next file
+			// of a rotation, on the inode cur had: its rotated file
+			// was deleted before the new file was created, and the
+			// file system gave the new one the inode (ext4 does at
+			// once). Read it as the next file, as refresh does one
+			// on another inode.
+			l.curOff, l.curTail = 0, tailSum{}
+			l.recent.reset()
+			l.curStart, l.curStartOK = l.w.counters(), true
+		} else {
+			ok, rerr := l.resume(f, size)
+			if rerr != nil {
+				return rerr
+			}
+			if !ok {
+				return err
+			}
 		}
 	}
 	for again := true; ; again = false {

@@ -204,3 +204,72 @@ func joinLines(lines [][]byte) []byte {
 	}
 	return b
 }
+
+// TestLiveRotationNewFileReusesInode: a rotation whose rotated file was
+// deleted before the new file was created (or before a later rotation's):
+// the file system may give the new file the inode the deleted one had
+// (ext4 does, at once), and Live, which tells files apart by device and
+// inode, took it for the file it tails cut back by the sink (the bytes
+// before where it stopped no longer the line it read there): it dropped
+// the events it had read of the file (or rebuilt its index, when another
+// file had been read since), where a new inode keeps them
+// (TestLiveRotatedFileGoneBeforeRefresh). A file whose first line
+// continues the chain of the last line read is not the tailed file cut
+// back (a cut keeps the file's first line, or writes it again with the
+// same seq): it is read as the next file. The same inode is made for sure
+// by writing the new file's lines over the old file's (O_TRUNC); the
+// rename, remove and create of a real rotation gets it where the file
+// system reuses inodes.
+func TestLiveRotationNewFileReusesInode(t *testing.T) {
+	lines := denyLines(t, "chn_reuse", 12)
+	for _, c := range []struct {
+		name    string
+		rotated bool // an older rotated file, read after the tailed file's first line
+		rotate  func(t *testing.T, path string, next [][]byte)
+	}{
+		{name: "same-inode", rotate: func(t *testing.T, path string, next [][]byte) {
+			writeLines(t, filepath.Dir(path), filepath.Base(path), next)
+		}},
+		{name: "same-inode-after-rotated-file", rotated: true, rotate: func(t *testing.T, path string, next [][]byte) {
+			writeLines(t, filepath.Dir(path), filepath.Base(path), next)
+		}},
+		{name: "rename-remove-create", rotate: func(t *testing.T, path string, next [][]byte) {
+			r := path + "." + at(2*time.Hour).Format(trace.RotatedLayout)
+			if err := os.Rename(path, r); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(r); err != nil {
+				t.Fatal(err)
+			}
+			writeLines(t, filepath.Dir(path), filepath.Base(path), next)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := writeLines(t, dir, "audit.jsonl", lines[2:5])
+			live := refreshedLive(t, trace.LiveOptions{Path: path})
+			if c.rotated {
+				// A rotated file older than the live file, listed late.
+				writeLines(t, dir, "audit.jsonl."+at(time.Hour).Format(trace.RotatedLayout), lines[:2])
+				if err := live.Refresh(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.rotate(t, path, lines[5:8])
+			if err := live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			want := lines[2:8]
+			if c.rotated {
+				want = append(slices.Clone(lines[2:5]), lines[:2]...)
+				want = append(want, lines[5:8]...)
+			}
+			sameAsFreshRead(t, live, writeLines(t, t.TempDir(), "audit.jsonl", want), 0)
+			appendLines(t, path, lines[8:10])
+			if err := live.Refresh(); err != nil {
+				t.Fatal(err)
+			}
+			sameAsFreshRead(t, live, writeLines(t, t.TempDir(), "audit.jsonl", append(want, lines[8:10]...)), 0)
+		})
+	}
+}
