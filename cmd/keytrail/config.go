@@ -63,6 +63,37 @@ type Config struct {
 	// "VAULT_ADDR", or "vault.address in FILE, line N" (LoadConfig); empty
 	// for a configuration built in code.
 	vaultAddressFrom string
+	// file is the config file read (LoadConfig) and tokenFileLine the line
+	// of its vault.token_file (0: not written), for vaultTokenProblem.
+	file          string
+	tokenFileLine int
+}
+
+// vaultTokenProblem says what the server's Vault client would of the
+// broker's token, in the words both the server and config check use:
+// without a login method (vault.auth, vault.approle) exactly one of
+// VAULT_TOKEN (envToken: set in the environment) and vault.token_file is
+// needed. both reports whether both are set; msg is "" when the token is
+// as it should be.
+func (c *Config) vaultTokenProblem(envToken bool) (msg string, both bool) {
+	if c.Vault.Auth != nil || c.Vault.AppRole != nil {
+		return "", false
+	}
+	file := c.file
+	if file == "" {
+		file = "config"
+	}
+	switch {
+	case envToken && c.Vault.TokenFile != "":
+		line := ""
+		if c.tokenFileLine > 0 {
+			line = fmt.Sprintf(" (line %d)", c.tokenFileLine)
+		}
+		return fmt.Sprintf("%s: vault.token_file: set, and so is VAULT_TOKEN: the server takes exactly one (unset VAULT_TOKEN, or remove vault.token_file)%s", file, line), true
+	case !envToken && c.Vault.TokenFile == "":
+		return fmt.Sprintf("%s: vault: no Vault token here: the server needs VAULT_TOKEN, vault.token_file or vault.auth (AppRole, Kubernetes) to start", file), false
+	}
+	return "", false
 }
 
 // vaultAddressSource names what set the Vault address: the environment
@@ -313,6 +344,7 @@ func loadConfigDoc(path string, getenv func(string) string) (*Config, *yaml.Node
 	if err := c.validateFile(path, &doc, fromEnv); err != nil {
 		return nil, nil, err
 	}
+	c.file, c.tokenFileLine = path, policies.NodeLine(&doc, "vault.token_file")
 	if v := fromEnv["vault.address"]; v != "" {
 		c.vaultAddressFrom = v
 	} else {

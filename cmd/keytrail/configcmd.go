@@ -86,7 +86,7 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 				return configProblems(e, err)
 			}
 			problems, warnings := checkConfigFiles(cfgPath, cfg, doc, time.Now())
-			p, w := checkVaultToken(cfgPath, cfg, doc, e.getenv("VAULT_TOKEN") != "")
+			p, w := checkVaultToken(cfg, e.getenv("VAULT_TOKEN") != "")
 			problems, warnings = append(problems, p...), append(warnings, w...)
 			if err := checkReconcileEnv(e.getenv); err != nil {
 				problems = append(problems, err) // the server refuses to start with it
@@ -125,24 +125,18 @@ func configProblems(e *env, err error) error {
 	})
 }
 
-// checkVaultToken says what the server's Vault client would: without a
-// login method (vault.auth, vault.approle) exactly one of VAULT_TOKEN and
-// vault.token_file is needed. Both is a problem (the server refuses to
-// start); neither is only a warning, as the check may run where the
-// server's secrets are not (CI), while the server would refuse to start.
-func checkVaultToken(file string, c *Config, doc *yaml.Node, envToken bool) (problems []error, warnings []string) {
-	if c.Vault.Auth != nil || c.Vault.AppRole != nil {
-		return nil, nil
-	}
+// checkVaultToken says what the server would of its Vault token
+// (Config.vaultTokenProblem): both VAULT_TOKEN and vault.token_file is a
+// problem (the server refuses to start); neither is only a warning, as the
+// check may run where the server's secrets are not (CI), while the server
+// would refuse to start.
+func checkVaultToken(c *Config, envToken bool) (problems []error, warnings []string) {
+	msg, both := c.vaultTokenProblem(envToken)
 	switch {
-	case envToken && c.Vault.TokenFile != "":
-		line := ""
-		if n := policies.NodeLine(doc, "vault.token_file"); n > 0 {
-			line = fmt.Sprintf(" (line %d)", n)
-		}
-		problems = append(problems, fmt.Errorf("%s: vault.token_file: set, and so is VAULT_TOKEN: the server takes exactly one (unset VAULT_TOKEN, or remove vault.token_file)%s", file, line))
-	case !envToken && c.Vault.TokenFile == "":
-		warnings = append(warnings, fmt.Sprintf("%s: vault: no Vault token here: the server needs VAULT_TOKEN, vault.token_file or vault.auth (AppRole, Kubernetes) to start", file))
+	case both:
+		problems = append(problems, errors.New(msg))
+	case msg != "":
+		warnings = append(warnings, msg)
 	}
 	return problems, warnings
 }

@@ -137,6 +137,11 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	if err := checkReconcileEnv(e.getenv); err != nil {
 		return err
 	}
+	// The words of config check: both VAULT_TOKEN and vault.token_file
+	// is named as both, not as "exactly one ... is required".
+	if msg, _ := cfg.vaultTokenProblem(e.getenv("VAULT_TOKEN") != ""); msg != "" {
+		return errors.New(msg)
+	}
 	log := newLogger(cfg.Log, e.stderr)
 	// SIGHUP is caught from the start to the end, start-up and the final
 	// close included: its default action ends the process at once, without

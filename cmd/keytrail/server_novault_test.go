@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -175,4 +178,57 @@ func closedLoopbackAddrs(t *testing.T, n int) []string {
 		addrs[i] = ln.Addr().String()
 	}
 	return addrs
+}
+
+// TestServerVaultTokenTwice: with both VAULT_TOKEN and vault.token_file set,
+// the server failed with "vault: vault: exactly one of token and token_file
+// is required (set VAULT_TOKEN, vault.token_file or vault.auth)", which
+// reads as if neither were set, while config check said what was wrong.
+// Both now say the same (one function): the token file is set, where (the
+// config file and its line), and so is VAULT_TOKEN; the server says it
+// before anything starts (the audit file is not created) and never quotes
+// a token. With neither, both say that no token is there.
+func TestServerVaultTokenTwice(t *testing.T) {
+	addrs := closedLoopbackAddrs(t, 2)
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	tokenFile := writeFile(t, dir, "vault-token", "hvs.FILE-TOKEN-MARKER-8\n")
+	if err := os.Chmod(tokenFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	audit := filepath.Join(dir, "audit.jsonl")
+	head := "listen: " + addrs[1] + "\npublic_url: http://" + addrs[1] + "\npolicy: " + pol +
+		"\naudit: {file: " + audit + "}\n"
+	both := writeFile(t, dir, "both.yaml", head+"vault:\n  address: http://"+addrs[0]+"\n  token_file: "+tokenFile+"\n")
+	neither := writeFile(t, dir, "neither.yaml", head+"vault: {address: http://"+addrs[0]+"}\n")
+	for _, tc := range []struct {
+		name, cfg, envToken, want string
+	}{
+		{"both", both, "hvs.ENV-TOKEN-MARKER-9", both + ": vault.token_file: set, and so is VAULT_TOKEN: the server takes exactly one (unset VAULT_TOKEN, or remove vault.token_file) (line 7)"},
+		{"neither", neither, "", neither + ": vault: no Vault token here: the server needs VAULT_TOKEN, vault.token_file or vault.auth (AppRole, Kubernetes) to start"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{"VAULT_TOKEN": tc.envToken, "KEYTRAIL_RECONCILE": "off"}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var out, errb strings.Builder
+			err := run(ctx, []string{"server", "--config", tc.cfg}, func(k string) string { return env[k] }, &out, &errb)
+			if err == nil {
+				t.Fatal("server started")
+			}
+			if err.Error() != tc.want {
+				t.Errorf("server = %q\nwant      %q", err, tc.want)
+			}
+			if _, statErr := os.Stat(audit); !errors.Is(statErr, fs.ErrNotExist) {
+				t.Errorf("audit file: %v, want it not created (refused before anything starts)", statErr)
+			}
+			if strings.Contains(err.Error()+out.String()+errb.String(), "TOKEN-MARKER") {
+				t.Errorf("a Vault token is quoted: %q (stderr %q)", err, errb.String())
+			}
+			cout, cerr, _ := runCLI(t, env, "config", "check", "--config", tc.cfg)
+			if !strings.Contains(cerr, tc.want) {
+				t.Errorf("config check does not say what the server does:\nstdout: %s\nstderr: %s\nwant %q", cout, cerr, tc.want)
+			}
+		})
+	}
 }
