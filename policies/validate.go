@@ -587,11 +587,14 @@ func mixedScripts(s string) (first, second string, r rune) {
 
 // secureOrLoopback reports whether u is https, or http to a loopback host.
 func secureOrLoopback(u *url.URL) bool {
-	return u.Scheme == "https" || (u.Scheme == "http" && isLoopback(u.Hostname()))
+	return u.Scheme == "https" || (u.Scheme == "http" && IsLoopbackHost(u.Hostname()))
 }
 
-// isLoopback reports whether host is localhost, 127.0.0.0/8 or ::1.
-func isLoopback(host string) bool {
+// IsLoopbackHost reports whether host is localhost (in any case: host
+// names are case-insensitive), in 127.0.0.0/8 or ::1. It is the one
+// loopback test of the policy, the identity-token verifier and the
+// keytrail command (listen, pprof_listen, plain-http URLs), so they agree.
+func IsLoopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
@@ -1079,8 +1082,8 @@ func validateProxy(v *validator, file, bp string, px *ProxyGrant, isWritten func
 		case u.Fragment != "" || strings.Contains(px.Upstream, "#"):
 			v.add(file, bp+".upstream", "must not have a fragment")
 		case u.Scheme == "https":
-		case u.Scheme == "http" && px.AllowPrivate && isLoopback(u.Hostname()):
-		case u.Scheme == "http" && isLoopback(u.Hostname()):
+		case u.Scheme == "http" && px.AllowPrivate && IsLoopbackHost(u.Hostname()):
+		case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
 			v.add(file, bp+".upstream", "must be https (http to a loopback host needs allow_private: true)")
 		default:
 			v.add(file, bp+".upstream", "must be https")

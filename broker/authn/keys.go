@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -202,21 +201,13 @@ func checkFetchURL(raw string) error {
 	case "https":
 		return nil
 	case "http":
-		if isLoopback(u.Hostname()) {
+		if policies.IsLoopbackHost(u.Hostname()) {
 			return nil
 		}
 		return errors.New("plain http is allowed only for loopback hosts; use https")
 	default:
 		return fmt.Errorf("scheme %q is not allowed; use https", u.Scheme)
 	}
-}
-
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // httpClient derives the fetch client of one issuer from base, with the

@@ -91,7 +91,7 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 		}
 		// Whoever can change the keys in transit can make a rewritten
 		// log verify: plain HTTP only to this host.
-		if req.URL.Scheme != "https" && !isLoopbackHost(req.URL.Hostname()) {
+		if req.URL.Scheme != "https" && !policies.IsLoopbackHost(req.URL.Hostname()) {
 			return nil, fmt.Errorf("jwks %s: must be https (plain http only for loopback addresses)", shown)
 		}
 		req.Header.Set("Accept", "application/json")

@@ -452,13 +452,13 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	host, _, err := net.SplitHostPort(c.Listen)
 	if err != nil {
 		bad("listen", "must be host:port (%v)", err)
-	} else if c.TLS == nil && !c.AllowPlainHTTP && !isLoopbackHost(host) {
+	} else if c.TLS == nil && !c.AllowPlainHTTP && !policies.IsLoopbackHost(host) {
 		bad("listen", "plain HTTP is allowed only on loopback addresses; configure tls or set allow_plain_http: true")
 	}
 	if c.PprofListen != "" {
 		if h, _, err := net.SplitHostPort(c.PprofListen); err != nil {
 			bad("pprof_listen", "must be host:port (%v)", err)
-		} else if !isLoopbackHost(h) {
+		} else if !policies.IsLoopbackHost(h) {
 			bad("pprof_listen", "must be a loopback address (profiles are served without authentication)")
 		}
 	}
@@ -633,14 +633,6 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 		bad("log.format", "must be json or text")
 	}
 	return errors.Join(errs...)
-}
-
-func isLoopbackHost(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // validDeployment reports whether d is a deployment name: 1 to 64

@@ -28,6 +28,7 @@ import (
 	"github.com/keytrail/keytrail/adapters/vault/devserver"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // The example policies (policies/examples) trust this demo issuer.
@@ -100,7 +101,7 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	progress := func(format string, args ...any) { fmt.Fprintf(e.stderr, "keytrail dev: "+format+"\n", args...) }
 	// Checked before anything starts, as a usage mistake: the broker
 	// validates the same address only once Vault is up.
-	if host, _, err := net.SplitHostPort(o.listen); err != nil || !isLoopbackHost(host) {
+	if host, _, err := net.SplitHostPort(o.listen); err != nil || !policies.IsLoopbackHost(host) {
 		return exitError{code: exitUsage, msg: fmt.Sprintf("dev: --listen %q: want a loopback host:port such as 127.0.0.1:7700 (dev serves plain HTTP) (see keytrail dev --help)", o.listen)}
 	}
 	dir, err := filepath.Abs(o.dir)

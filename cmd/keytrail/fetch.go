@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http/httpproxy"
 
 	"github.com/keytrail/keytrail/broker/client"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // Exit status of fetch and exec when the broker refuses for good (400, 401,
@@ -237,7 +238,7 @@ func allProxyWarning(getenv func(string) string, addr string) string {
 	if err != nil {
 		return ""
 	}
-	if isLoopbackHost(u.Hostname()) {
+	if policies.IsLoopbackHost(u.Hostname()) {
 		return ""
 	}
 	v := proxyVariable(broker)
@@ -486,7 +487,7 @@ func plainHTTPFailure(err error, addr string) string {
 	}
 	shown.Scheme = "http"
 	use := shown.String()
-	if isLoopbackHost(u.Hostname()) {
+	if policies.IsLoopbackHost(u.Hostname()) {
 		return fmt.Sprintf("the broker at %s answered in plain HTTP: use %s in --addr (or KEYTRAIL_ADDR), or enable TLS on the broker", broker, use)
 	}
 	return fmt.Sprintf("the broker at %s answered in plain HTTP: enable TLS on the broker, or use %s in --addr (or KEYTRAIL_ADDR) with --allow-insecure-http (the identity token then crosses the network in clear)", broker, use)

@@ -240,7 +240,7 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 	if err != nil {
 		return nil, fmt.Errorf("server address: %w", err)
 	}
-	if u.Scheme == "http" && !insecureHTTP && !isLoopbackHost(u.Hostname()) {
+	if u.Scheme == "http" && !insecureHTTP && !policies.IsLoopbackHost(u.Hostname()) {
 		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --allow-insecure-http)", u.Host)
 	}
 	token, src, err := adminToken(e, tokenFile)
