@@ -471,8 +471,12 @@ func verifyFiles(e *env, files *auditFiles, opts audit.VerifyOptions) (*audit.Re
 // files are read by audit.Verify, which hands each line it decodes to x
 // too (VerifyOptions.Parsed): one reading and one decoding of each line
 // for both. The report it returns says whether the hash chain holds (not
-// the checkpoint signatures: no key is given). A file a running broker
-// holds is live, as for audit verify.
+// the checkpoint signatures: no key is given). A chain that starts after
+// seq 1 in the files (retention removed its oldest files) is checked from
+// its first line, as audit verify --allow-trimmed-start does: trimmedNotes
+// says so, and it is not a problem (a gap after that line, or a line whose
+// prev does not match, still is). A file a running broker holds is live,
+// as for audit verify.
 func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bool) (*audit.Report, error) {
 	files, err := identifyAuditFiles(e, args, false)
 	if err != nil {
@@ -495,7 +499,7 @@ func loadAuditFiles(e *env, what string, x *trace.Index, args []string, check bo
 		defer lazy[i].release()
 		inputs[i] = audit.Input{Name: p, R: progressReader{r: lazy[i], p: pr, name: p}, Live: auditfile.Locked(p)}
 	}
-	rep, err := audit.Verify(inputs, audit.VerifyOptions{Parsed: x.AddParsed})
+	rep, err := audit.Verify(inputs, audit.VerifyOptions{Parsed: x.AddParsed, AllowTrimmedStart: true})
 	for i, l := range lazy {
 		// The errors as trace.Index.Consume, which read them before,
 		// returned them.
@@ -533,6 +537,31 @@ func chainNote(rep *audit.Report) string {
 	}
 	n := len(rep.Problems) + rep.ProblemsOmitted
 	return fmt.Sprintf("the audit files do NOT verify: %d problem(s), the first at %s; lines may have been changed, inserted or removed, and what is shown rests on the lines as they are (keytrail audit verify names each problem, and checks the checkpoint signatures with --key or --jwks)", n, rep.Problems[0])
+}
+
+// trimmedNotes say, for each chain that starts after seq 1 in the files an
+// offline trace or report checked (loadAuditFiles), that the lines before
+// it are not in them: retention removes the oldest files, and the files
+// cannot tell that from lines removed otherwise, so what those lines
+// recorded is not covered. This is a note, not a verification failure: the
+// chain is checked from its first line present, whose prev (the hash of
+// the line before it) a later checkpoint signs with the rest.
+func trimmedNotes(rep *audit.Report) []string {
+	if rep == nil {
+		return nil
+	}
+	var notes []string
+	for _, c := range rep.Chains {
+		if !c.TrimmedStart {
+			continue
+		}
+		before := "seq 1"
+		if c.FirstSeq > 2 {
+			before = fmt.Sprintf("seq 1..%d", c.FirstSeq-1)
+		}
+		notes = append(notes, fmt.Sprintf("chain %s starts at seq %d in the audit files: %s are not in them (retention removes a log's oldest files; the files cannot tell whether it removed these), so nothing they recorded is covered; the chain is checked from seq %d (keytrail audit verify --allow-trimmed-start checks the checkpoint signatures too, with --key or --jwks)", c.Chain, c.FirstSeq, before, c.FirstSeq))
+	}
+	return notes
 }
 
 // exitNotVerified is the exit status of an offline trace or report run

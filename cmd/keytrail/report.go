@@ -47,7 +47,9 @@ credentials are then derived from the log (issued, unexpired, unrevoked).
 Their hash chain is checked in the same pass (as for 'keytrail trace'; not
 the checkpoint signatures: run 'keytrail audit verify --key/--jwks' for
 those): when it does not hold, the report still comes, with a note naming
-the first problem (and a warning on stderr). --no-verify skips the check;
+the first problem (and a warning on stderr). A chain that starts after
+seq 1 in the files (retention) is checked from there, with a note saying
+so, not a failure (as for 'keytrail trace'). --no-verify skips the check;
 --require-verified makes a chain that does not hold exit 3, once the report
 is written.
 Online, without --audit-log: GET /v1/admin/report (an admin with the report
@@ -96,6 +98,10 @@ the audit files do not verify.`,
 					return fmt.Errorf("report: --audit-log: %w", err)
 				}
 				in := trace.ReportInput{Now: time.Now(), Events: x.Events()}
+				for _, note := range trimmedNotes(vrep) {
+					fmt.Fprintf(e.stderr, "keytrail: note: %s\n", note)
+					in.Notes = append(in.Notes, note)
+				}
 				if note := chainNote(vrep); note != "" {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", note)
 					in.Notes = append(in.Notes, note)

@@ -63,7 +63,11 @@ rests on lines that may have been changed, inserted or removed. Run
 the check (less CPU on a large log). --require-verified makes a chain that
 does not hold exit 3, after the answer is printed (for scripts that must
 not take an answer from files that do not verify); also when nothing
-matches: an issuance whose lines were removed is not found either.
+matches: an issuance whose lines were removed is not found either. A chain
+that starts after seq 1 in the files (retention removed its oldest files)
+is checked from its first line, as 'keytrail audit verify
+--allow-trimmed-start' does: a note on stderr says from which seq, and that
+nothing the lines before it recorded is in the answer; it is not a failure.
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
@@ -119,6 +123,9 @@ issuance matches", was still printed (an error that left no answer is 1).`,
 				vrep, err := loadAuditFiles(e, "keytrail trace", x, auditLogs, !noVerify)
 				if err != nil {
 					return fmt.Errorf("trace: --audit-log: %w", err)
+				}
+				for _, note := range trimmedNotes(vrep) {
+					fmt.Fprintf(e.stderr, "keytrail: note: %s\n", note)
 				}
 				if note := chainNote(vrep); note != "" {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", note)
