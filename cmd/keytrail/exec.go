@@ -152,6 +152,11 @@ from the terminal: keytrail does not send it again.
                          (issuance_id, session_id, expires_in)
 --env NAME=GRANT:FIELD   the same, naming the grant when several are fetched
 
+--out FILE or --out-dir DIR also writes the credentials to files, as keytrail
+fetch does (rewritten at each renewal with --watch), in --format (raw, json,
+env or pem); --format applies only with them, and --out - (stdout) is
+refused: it would mix the credential into CMD's output.
+
 With --watch keytrail renews the credentials at about 2/3 of their TTL and
 then, as --on-renew says, restarts CMD with the new environment (SIGTERM,
 then SIGKILL after --restart-grace) or sends it a signal (signal:HUP): the
@@ -179,6 +184,11 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := wf.validate(); err != nil {
 				return exitError{code: exitUsage, msg: "exec: " + err.Error()}
+			}
+			if cmd.Flags().Changed("format") && !of.any() {
+				// As --on-renew without --watch: a flag that would do
+				// nothing is a mistake, not silently ignored.
+				return exitError{code: exitUsage, msg: "exec: --format applies only with --out or --out-dir (the format of the files written); --env NAME=FIELD gives CMD a field itself"}
 			}
 			if of.any() {
 				if err := of.validate(wf.grants, false); err != nil {
@@ -251,6 +261,9 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 	wf.register(c)
 	of.register(c)
 	f := c.Flags()
+	f.Lookup("out").Usage = "also write the credential to this file (one grant), e.g. for a CMD that re-reads it on --on-renew signal:HUP"
+	f.Lookup("out-dir").Usage = "also write one file per grant to this directory, named after the grant"
+	f.Lookup("format").Usage = "with --out or --out-dir: " + f.Lookup("format").Usage
 	f.StringArrayVar(&envs, "env", nil, "environment variable for CMD: NAME, NAME=FIELD or NAME=GRANT:FIELD (repeatable)")
 	f.StringVar(&onRenew, "on-renew", "restart", "with --watch: restart, or signal:NAME (e.g. signal:HUP) to signal CMD")
 	f.DurationVar(&grace, "restart-grace", 10*time.Second, "on restart, time between SIGTERM and SIGKILL")

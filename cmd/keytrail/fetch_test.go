@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -1146,5 +1147,61 @@ func TestSOCKSProxyFailureNamesTheProxy(t *testing.T) {
 				t.Errorf("retryReason shows the proxy's user info")
 			}
 		})
+	}
+}
+
+// TestExecOutputFlags: exec offers fetch's --out, --out-dir and --format,
+// and uses them (the files are written, and rewritten at each renewal, for
+// a CMD that re-reads them), but --format without --out/--out-dir did
+// nothing, silently, even when it was not a format at all; and --out's
+// help said "- for stdout", which exec refuses. --format alone is now a
+// usage error naming what it is for, before the broker is asked, and
+// exec's help says what the three do for it.
+func TestExecOutputFlags(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, addr := newFakeTokenBroker(t)
+	for _, format := range []string{"json", "bogus", "raw"} {
+		args := []string{"exec", "--identity-token-file", tokenFile, "--grant", "payments-vault", "--env", "T", "--format", format, "--", "true"}
+		_, stderr, err := runCmd(t, context.Background(), addr, args...)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != exitUsage || !strings.Contains(ee.msg, "exec: --format applies only with --out or --out-dir") {
+			t.Errorf("%q = %v, want a usage error (exit %d) saying --format applies only with --out or --out-dir\nstderr: %s", args, err, exitUsage, stderr)
+		}
+	}
+	f.mu.Lock()
+	n := len(f.subjects)
+	f.mu.Unlock()
+	if n != 0 {
+		t.Errorf("usage errors sent %d token exchange(s) to the broker", n)
+	}
+
+	// With --out, --format is the file's format.
+	out := filepath.Join(dir, "cred.json")
+	if _, stderr, err := runCmd(t, context.Background(), addr, "exec", "--quiet", "--identity-token-file", tokenFile, "--grant", "payments-vault",
+		"--out", out, "--format", "json", "--", "true"); err != nil {
+		t.Fatalf("exec --out --format json = %v\nstderr: %s", err, stderr)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil || !json.Valid(data) || !strings.Contains(string(data), `"access_token"`) {
+		t.Errorf("exec --out %s --format json wrote %q (%v), want the JSON response", out, data, err)
+	}
+
+	help, _, err := runCmd(t, context.Background(), addr, "exec", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--out FILE or --out-dir DIR", "--format applies only with them"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("exec --help lacks %q:\n%s", want, help)
+		}
+	}
+	for _, line := range strings.Split(help, "\n") {
+		if strings.Contains(line, "--out string") && strings.Contains(line, "stdout") {
+			t.Errorf("exec --help offers --out - (stdout), which exec refuses: %s", line)
+		}
 	}
 }
