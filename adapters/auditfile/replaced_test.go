@@ -342,3 +342,47 @@ func BenchmarkCheckPath(b *testing.B) {
 		}
 	}
 }
+
+// TestMovedFileKeepsNoFailedBatch: the file is moved away (a log shipper's
+// rename) and the next batch, written to it before the sink finds out,
+// fails. Its lines must not stay in the moved file, as a failed write's do
+// not (rollback): they are events the callers were told were not recorded,
+// and they would keep the sink from taking its own file back when it is
+// moved back to the path.
+func TestMovedFileKeepsNoFailedBatch(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "journal"}[journal], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal}, seams{tick: make(chan time.Time)})
+			appendN(t, s, 3)
+			own := readFile(t, path)
+			moved := path + ".shipped"
+			if err := os.Rename(path, moved); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable", err)
+			}
+			if got := readFile(t, moved); !bytes.Equal(got, own) {
+				t.Errorf("the moved file holds %d lines after the failed batch, want the %d acknowledged ones:\n%s", bytes.Count(got, []byte("\n")), bytes.Count(own, []byte("\n")), got)
+			}
+			// Moving it back is a way back too: it ends with the chain's head.
+			if err := os.Rename(moved, path); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Ping(context.Background()); err != nil {
+				t.Fatalf("Ping() after the file was moved back = %v, want recovered", err)
+			}
+			ev := &audit.Event{Type: audit.TypeUse}
+			if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+				t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
+				t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
+			}
+		})
+	}
+}

@@ -1215,6 +1215,17 @@ func (s *Sink) write(work state, events int) error {
 				s.log.Error("audit: cannot withdraw the batch from the journal", "err", derr)
 			}
 		}
+		// f may still be somewhere (moved away, not replaced): the failed
+		// batch leaves nothing in it, as a failed write leaves nothing
+		// (rollback), so f ends with the chain's head again and can be
+		// moved back to the path.
+		terr := s.f.Truncate(s.good)
+		if terr == nil {
+			terr = s.f.Sync()
+		}
+		if terr != nil {
+			s.log.Error("audit: cannot drop the failed batch from the file the path no longer names", "bytes", len(b), "err", terr)
+		}
 		return s.fail(s.displace(found))
 	}
 	if err != nil {
