@@ -386,3 +386,43 @@ func TestMovedFileKeepsNoFailedBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestDisplacedCopyKeepsMode: the copy is what the operator moves back to
+// the path (docs/RELIABILITY.md), so it has the audit file's permissions
+// and group (a log shipper's read access), not the sink's 0600 for a new
+// file.
+func TestDisplacedCopyKeepsMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	s := openT(t, Options{Path: path, Now: newClock().Now}, seams{tick: tick})
+	appendN(t, s, 2)
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	// Another group where the test may give one (as root); else its own.
+	_ = os.Chown(path, -1, 4242)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantGid := fi.Sys().(*syscall.Stat_t).Gid
+	if err := os.Rename(path, path+".shipped"); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{}
+	tick <- time.Time{}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies = %v, want 1", d)
+	}
+	ci, err := os.Stat(d[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.Mode().Perm() != 0o640 {
+		t.Errorf("the copy's mode = %v, want the audit file's -rw-r-----", ci.Mode().Perm())
+	}
+	if gid := ci.Sys().(*syscall.Stat_t).Gid; gid != wantGid {
+		t.Errorf("the copy's group = %d, want the audit file's %d", gid, wantGid)
+	}
+}

@@ -1448,7 +1448,8 @@ func (s *Sink) displace(found string) error {
 }
 
 // keepDisplaced copies f's durable lines (up to good) to a new file
-// <Path>.displaced-<UTC time>, fsynced, and returns its name.
+// <Path>.displaced-<UTC time>, fsynced, with f's mode, owner and group
+// (keepOwner), and returns its name.
 func (s *Sink) keepDisplaced() (string, error) {
 	ts := s.o.Now().UTC()
 	for range 1000 {
@@ -1461,6 +1462,7 @@ func (s *Sink) keepDisplaced() (string, error) {
 		if err != nil {
 			return "", err
 		}
+		s.keepOwner(out)
 		n, err := io.Copy(out, io.NewSectionReader(s.f, 0, s.good))
 		if err == nil && n != s.good {
 			err = fmt.Errorf("copied %d of %d bytes", n, s.good)
@@ -1479,6 +1481,29 @@ func (s *Sink) keepDisplaced() (string, error) {
 		return name, nil
 	}
 	return "", errors.New("no free name for the copy")
+}
+
+// keepOwner gives the copy f's permissions, owner and group, as far as the
+// sink may: it is what an operator moves back to the path, and a log
+// shipper's access to the audit file must survive that.
+func (s *Sink) keepOwner(out *os.File) {
+	fi, err := s.f.Stat()
+	if err != nil {
+		s.log.Warn("audit: the copy of the displaced file keeps mode 0600", "err", err)
+		return
+	}
+	if err := out.Chmod(fi.Mode().Perm()); err != nil {
+		s.log.Warn("audit: cannot give the copy of the displaced file its mode", "mode", fi.Mode().Perm(), "err", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
+	}
+	if err := out.Chown(int(st.Uid), int(st.Gid)); err != nil {
+		if err := out.Chown(-1, int(st.Gid)); err != nil {
+			s.log.Warn("audit: cannot give the copy of the displaced file its group", "gid", st.Gid, "err", err)
+		}
+	}
 }
 
 func createNew(name string) (*os.File, error) {
