@@ -426,3 +426,42 @@ func TestDisplacedCopyKeepsMode(t *testing.T) {
 		t.Errorf("the copy's group = %d, want the audit file's %d", gid, wantGid)
 	}
 }
+
+// TestDisplacedCopyNamedWhenComplete: the copy is written under a name that
+// says it is incomplete and takes its own name only once complete and
+// synced, so that a crash during the copy (of a large file) leaves nothing
+// an operator would take for the sink's lines and move back to the path.
+func TestDisplacedCopyNamedWhenComplete(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	var atCreate []string // complete-looking copies when the copy's file was created
+	sm := seams{tick: tick, createCopy: func(name string) (*os.File, error) {
+		f, err := createNew(name)
+		if err == nil {
+			for _, d := range displacedFiles(t, path) {
+				if !strings.HasSuffix(d, ".partial") {
+					atCreate = append(atCreate, d)
+				}
+			}
+		}
+		return f, err
+	}}
+	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
+	appendN(t, s, 3)
+	own := readFile(t, path)
+	if err := os.Rename(path, path+".shipped"); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if len(atCreate) != 0 {
+		t.Errorf("before a byte was copied, %v already had a complete copy's name: a crash then leaves an empty file an operator would move back", atCreate)
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 || strings.HasSuffix(d[0], ".partial") {
+		t.Fatalf("displaced copies = %v, want 1 complete", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want %q", got, own)
+	}
+}

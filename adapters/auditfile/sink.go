@@ -62,6 +62,8 @@ const (
 	// path no longer names it: <Path>.displaced-<UTC timestamp>. Not a
 	// rotated name: readers take it only when named.
 	displacedInfix = ".displaced-"
+	// partialSuffix names a displaced copy being written.
+	partialSuffix = ".partial"
 )
 
 // Options configure a Sink.
@@ -1449,12 +1451,22 @@ func (s *Sink) displace(found string) error {
 
 // keepDisplaced copies f's durable lines (up to good) to a new file
 // <Path>.displaced-<UTC time>, fsynced, with f's mode, owner and group
-// (keepOwner), and returns its name.
+// (keepOwner), and returns its name. The copy is written as
+// <name>.partial and renamed once complete: a crash during the copy leaves
+// no file under a name the log would give a complete copy.
 func (s *Sink) keepDisplaced() (string, error) {
 	ts := s.o.Now().UTC()
 	for range 1000 {
 		name := s.o.Path + displacedInfix + ts.Format(rotatedLayout)
-		out, err := s.mkCopy(name)
+		switch _, err := os.Lstat(name); {
+		case err == nil:
+			ts = ts.Add(time.Nanosecond)
+			continue
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", err
+		}
+		tmp := name + partialSuffix
+		out, err := s.mkCopy(tmp)
 		if errors.Is(err, fs.ErrExist) {
 			ts = ts.Add(time.Nanosecond)
 			continue
@@ -1473,8 +1485,12 @@ func (s *Sink) keepDisplaced() (string, error) {
 		if cerr := out.Close(); err == nil {
 			err = cerr
 		}
+		if err == nil {
+			// Only this sink (it holds the lock) makes these names.
+			err = os.Rename(tmp, name)
+		}
 		if err != nil {
-			_ = os.Remove(name) // the sink's own partial copy
+			_ = os.Remove(tmp) // the sink's own partial copy
 			return "", err
 		}
 		syncDir(name, s.log)
