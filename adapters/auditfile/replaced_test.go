@@ -465,3 +465,53 @@ func TestDisplacedCopyNamedWhenComplete(t *testing.T) {
 		t.Errorf("displaced copy = %q, want %q", got, own)
 	}
 }
+
+// TestDisplacedBatchAfterCrash: the batch that found the path replaced is
+// failed whole (a deferred event in it is told too), is not counted, and
+// its journal frame is withdrawn: after a crash, with the copy put back, Open
+// replays only the acknowledged batches and the chain goes on from the last
+// acknowledged line.
+func TestDisplacedBatchAfterCrash(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openCrashable(t, Options{Path: path, Now: newClock().Now, Journal: true, DeferFor: time.Hour}, seams{})
+	appendN(t, s, 1)
+	backup := readFile(t, path)
+	appendN(t, s, 1)
+	replaceAt(t, path, backup)
+	deferred := make(chan error, 1)
+	s.AppendDeferred(&audit.Event{Type: audit.TypeUseResult}, func(err error) { deferred <- err })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() = %v, want ErrUnavailable", err)
+	}
+	if err := <-deferred; !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("the deferred event of the failed batch was told %v, want ErrUnavailable", err)
+	}
+	if st := s.Stats(); st.Events != 2 || st.Seq != 2 {
+		t.Errorf("Stats() = %+v, want 2 events up to seq 2", st)
+	}
+	if js := journalOf(t, path); len(js.frames) != 2 {
+		t.Errorf("journal frames = %d, want the 2 acknowledged batches", len(js.frames))
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies = %v, want 1", d)
+	}
+	// The broker dies; the operator puts the copy back before the restart.
+	if err := os.Rename(d[0], path); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openT(t, Options{Path: path, Journal: true}, seams{tick: make(chan time.Time)})
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s2.Append(context.Background(), ev); err != nil || ev.Seq != 3 {
+		t.Fatalf("Append() after the restart = %v, seq %d; want nil, 3", err, ev.Seq)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 3 {
+		t.Errorf("Verify() = %v, %+v; want one chain up to seq 3", err, rep)
+	}
+	if n := len(readLines(t, path)); n != 3 {
+		t.Errorf("the file has %d lines, want 3", n)
+	}
+}
