@@ -515,3 +515,46 @@ func TestDisplacedBatchAfterCrash(t *testing.T) {
 		t.Errorf("the file has %d lines, want 3", n)
 	}
 }
+
+// TestStrandedFileMovedBack: the copy cannot be made (no room for a second
+// copy of the file, the likely reason), so the sink holds its file open,
+// stranded; the operator moves the file back to the path. The path names
+// the sink's file again: no copy is needed, and the sink must take writes
+// again instead of failing until there is room for one.
+func TestStrandedFileMovedBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	sm := seams{tick: tick, createCopy: func(string) (*os.File, error) { return nil, syscall.ENOSPC }}
+	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
+	appendN(t, s, 3)
+	moved := path + ".shipped"
+	if err := os.Rename(path, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable", err)
+	}
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if err := os.Rename(moved, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping() with the sink's own file back at the path = %v, want recovered", err)
+	}
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+		t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
+	}
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
+		t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
+	}
+	if d := displacedFiles(t, path); len(d) != 0 {
+		t.Errorf("displaced copies = %v, want none", d)
+	}
+}

@@ -261,7 +261,8 @@ type Sink struct {
 	fid os.FileInfo // f's identity: whether the path still names f (checkPath)
 	// stranded: the path no longer names f, whose lines could not be
 	// copied yet (keepDisplaced); f stays open, as the only holder of
-	// them, and no write goes to it. lostFound is what the path named.
+	// them, and no write goes to it until the path names it again
+	// (settleStranded). lostFound is what the path named.
 	stranded  bool
 	lostFound string
 	// displaced: the sink let go of a file the path no longer named;
@@ -1319,7 +1320,7 @@ func (s *Sink) fail(err error) error {
 // it still ends with the last durable line.
 func (s *Sink) ensureOpen() error {
 	if s.stranded {
-		if err := s.displace(s.lostFound); err != nil {
+		if err := s.settleStranded(); err != nil {
 			return err
 		}
 	}
@@ -1414,7 +1415,8 @@ func (s *Sink) checkPath() (found string, err error) {
 // or removed; a reopen takes a file there only if it ends with the chain's
 // head (checkReopened), as the copy put back does. When the copy cannot be
 // made f stays open (stranded) and the copy is retried on the next tick,
-// write or probe. The error is for fail.
+// write or probe, unless the path names f again (settleStranded). The error
+// is for fail.
 func (s *Sink) displace(found string) error {
 	s.statsMu.Lock()
 	s.stats.Healthy = false
@@ -1447,6 +1449,31 @@ func (s *Sink) displace(found string) error {
 		s.j.broken = true
 	}
 	return fmt.Errorf("audit file displaced: the path has %s now; the sink's lines are kept in %s", found, name)
+}
+
+// settleStranded retries displace for a stranded f, unless the path names
+// f again (moved back by the operator): its lines are then where readers
+// find them, no copy is needed, and f takes writes again. The copy failing
+// for want of room, the likely reason, must not keep the sink failing once
+// the file is back.
+func (s *Sink) settleStranded() error {
+	found, err := s.checkPath()
+	if err == nil && found == "" && s.endsAtGood() {
+		s.log.Warn("audit: the path names the sink's audit file again; its lines need no copy", "was", s.lostFound)
+		s.stranded, s.lostFound = false, ""
+		return nil
+	}
+	if found == "" {
+		found = s.lostFound // cannot tell: as before
+	}
+	return s.displace(found)
+}
+
+// endsAtGood reports whether f ends with the last acknowledged line (a
+// failed write's bytes were dropped).
+func (s *Sink) endsAtGood() bool {
+	fi, err := s.f.Stat()
+	return err == nil && fi.Size() == s.good
 }
 
 // keepDisplaced copies f's durable lines (up to good) to a new file
@@ -1554,7 +1581,7 @@ func (s *Sink) probe() error {
 // CheckpointInterval plus a tick between checkpoints.
 func (s *Sink) onTick() {
 	if s.stranded {
-		_ = s.displace(s.lostFound) // retry the copy
+		_ = s.settleStranded() // retry the copy
 		return
 	}
 	if s.f != nil {
@@ -1660,7 +1687,7 @@ func (s *Sink) maybeRotate(now time.Time) {
 func (s *Sink) finish() error {
 	var errs []error
 	if s.stranded {
-		if err := s.displace(s.lostFound); err != nil {
+		if err := s.settleStranded(); err != nil {
 			s.log.Error("audit: closing a file the path no longer names, without a copy of its lines", "err", err)
 			errs = append(errs, err)
 			_ = s.f.Close()
