@@ -388,9 +388,17 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// The issue event failed or is still pending (a stalled disk):
 		// the credential never goes out. A pending event may land later;
 		// the deny event (queued behind it, nobody waits for it) says the
-		// issuance was refused, and the store marks it revoked.
-		s.undoMint(ctx, is, "audit_failed")
+		// issuance was refused, and the store marks it revoked. The issue
+		// event may never land: the deny names the credential (its
+		// references, never the secret) and, when its revocation failed
+		// (undoMint logs why), says it is unrevoked, as for a mint that
+		// left one behind, so that trace finds it.
+		uerr := s.undoMint(ctx, is, "audit_failed")
 		deny.IssuanceID = issID
+		deny.Credential = auditCredential(cred.Refs)
+		if uerr != nil {
+			deny.Details = map[string]any{"unrevoked": true}
+		}
 		e := Unavailable("audit_unavailable", time.Second, aerr)
 		deny.Outcome = &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}
 		s.AuditDeferred(ctx, denyEvent(), func(err error) {
