@@ -478,7 +478,8 @@ func headerHasToken(h http.Header, name, token string) bool {
 }
 
 // fail renders a refused request and, when the credential was identified,
-// records a deny event naming its issuance.
+// records a deny event naming its issuance (and its use, once forward has
+// given it a use id).
 func (c *call) fail(w http.ResponseWriter, err error) {
 	var tl tooLarge
 	status := broker.StatusOf(broker.AsError(err))
@@ -490,6 +491,10 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 	if c.is != nil {
 		e := broker.AsError(err)
 		ev := c.event(audit.TypeDeny)
+		// A refusal after the use event (pending, or the request revoked
+		// before it was sent) names the use it answers: nothing was
+		// forwarded for it, whenever a late use event lands.
+		ev.UseID = c.useID
 		ev.setOutcome(audit.Outcome{Status: status, Error: broker.CodeOf(e), Reason: e.Reason})
 		if errors.Is(err, broker.ErrAuditPending) {
 			// Refused because an event is still pending (a write that
@@ -696,6 +701,7 @@ func (c *call) forward(w http.ResponseWriter) {
 	c.sharedUse()
 
 	useID := broker.NewID(broker.PrefixUse)
+	c.useID = useID // from here a refusal's deny names the use (fail)
 	use := &c.useEv
 	c.setEvent(use, audit.TypeUse)
 	use.UseID = useID

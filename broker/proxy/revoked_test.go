@@ -72,10 +72,10 @@ func TestProxyRevokedDuringForwardIsNotSent(t *testing.T) {
 			if diff := cmp.Diff([]string{audit.TypeUse, audit.TypeDeny, audit.TypeUseResult}, order); diff != "" {
 				t.Fatalf("events of the refused request (-want +got):\n%s", diff)
 			}
-			gotDeny := []any{*deny.Outcome, deny.IssuanceID, deny.RequestID}
-			wantDeny := []any{audit.Outcome{Status: 403, Error: "access_denied", Reason: tt.reason}, cred.Issuance.ID, r.RequestID}
+			gotDeny := []any{*deny.Outcome, deny.IssuanceID, deny.RequestID, deny.UseID}
+			wantDeny := []any{audit.Outcome{Status: 403, Error: "access_denied", Reason: tt.reason}, cred.Issuance.ID, r.RequestID, r.UseID}
 			if diff := cmp.Diff(wantDeny, gotDeny); diff != "" {
-				t.Errorf("deny [outcome issuance request] (-want +got):\n%s", diff)
+				t.Errorf("deny [outcome issuance request use] (-want +got):\n%s", diff)
 			}
 
 			// The next request is refused by the checks themselves.

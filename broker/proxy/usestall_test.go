@@ -33,7 +33,8 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 // does (503 temporarily_unavailable, audit_unavailable, with Retry-After)
 // instead of holding it for as long as the audit write hangs, and nothing
 // goes upstream, then or once the event lands. The deny event naming the
-// issuance follows the stalled use event once the sink recovers.
+// issuance, with the use event's use_id, follows the stalled use event once
+// the sink recovers.
 func TestProxyUseAuditStallFailsClosed(t *testing.T) {
 	sink := &stallingSink{Sink: &brokertest.Sink{}, release: make(chan struct{}), added: make(chan string, 16)}
 	released := false
@@ -75,13 +76,21 @@ func TestProxyUseAuditStallFailsClosed(t *testing.T) {
 	if n := f.up.Hits(); n != 0 {
 		t.Errorf("upstream hit %d times, want 0", n)
 	}
-	var deny *audit.Event
+	var use, deny *audit.Event
 	for _, ev := range sink.Events() {
-		if ev.Type == audit.TypeDeny {
+		switch ev.Type {
+		case audit.TypeDeny:
 			deny = ev
+		case audit.TypeUse:
+			use = ev
 		}
 	}
 	if deny.IssuanceID != cred.Issuance.ID || deny.Outcome == nil || deny.Outcome.Status != 503 || deny.Outcome.Reason != "audit_unavailable" {
 		t.Errorf("deny event = %+v (outcome %+v), want one for %s with 503 audit_unavailable", deny, deny.Outcome, cred.Issuance.ID)
+	}
+	// The late use event is answered by the deny: same use id (it had
+	// none, and the use that landed later stood alone in the log).
+	if use.UseID == "" || deny.UseID != use.UseID {
+		t.Errorf("deny event use_id %q, want the stalled use event's %q", deny.UseID, use.UseID)
 	}
 }

@@ -173,6 +173,11 @@ func eventText(ev *audit.Event) string {
 	}
 	b.WriteString("\t")
 	var parts []string
+	if ev.Type == audit.TypeDeny && ev.UseID != "" {
+		// The proxy's refusal of a use it had written (or was writing):
+		// the request was not sent upstream, whenever the use event landed.
+		parts = append(parts, "not forwarded")
+	}
 	if u := ev.Upstream; u != nil {
 		s := strings.TrimSpace(u.Method + " " + u.Host + u.Path)
 		if u.Status != 0 {
