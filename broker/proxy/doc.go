@@ -173,8 +173,10 @@
 // Shared use: a credential used from a source address other than the one it
 // was issued to (or, when that is unknown, its first use) is recorded once
 // per issuance and new address as a shared_use_suspected audit event and
-// counted in keytrail_shared_use_suspected_total{grant}. The record is per
-// broker instance (held in memory). A proxy request carries no identity
+// counted in keytrail_shared_use_suspected_total{grant}. Nobody waits for
+// that event: it is queued ahead of the use event and made durable with it
+// (so a disk whose writes hang holds the request one AuditTimeout, the use
+// event's, in all). The record is per broker instance (held in memory). A proxy request carries no identity
 // token, so the session of the caller cannot be observed here; the address
 // is the signal.
 package proxy

@@ -568,6 +568,11 @@ func (c *call) setEvent(e *callEvent, typ string) {
 
 // sharedUse records a shared_use_suspected event when the credential comes
 // from a new source address. Best effort: the request goes on either way.
+// Nobody waits for it: the use event written next is the one the request
+// waits for (at most AuditTimeout), so a disk whose writes hang holds the
+// request one AuditTimeout, not one per event. The audit file seals a
+// deferred event with the next append's batch: it is durable by the time
+// the use event is, in the same fsync.
 func (c *call) sharedUse() {
 	p := c.h.p
 	first, n, suspect := p.shared.observe(c.is, c.src.IP, p.now())
@@ -577,16 +582,20 @@ func (c *call) sharedUse() {
 	ev := c.event(audit.TypeSharedUse)
 	ev.Reason = "new_source_address"
 	ev.Details = map[string]any{"first_address": first, "address": c.src.IP, "addresses_seen": n}
-	if err := p.o.Service.Audit(c.r.Context(), &ev.Event); err != nil {
-		p.shared.forget(c.is.ID, c.src.IP)
-		p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit shared_use_suspected event failed",
-			slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", err.Error()))
-		return
-	}
-	p.metrics.SharedUse.WithLabelValues(c.label).Inc()
-	p.log.LogAttrs(c.r.Context(), slog.LevelWarn, "proxy credential used from a new address",
-		slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("workload", c.is.Workload),
-		slog.String("first_address", first), slog.String("address", c.src.IP))
+	ctx := context.WithoutCancel(c.r.Context())
+	is, ip, label, requestID := c.is, c.src.IP, c.label, ev.RequestID
+	p.o.Service.AuditDeferred(ctx, &ev.Event, func(err error) {
+		if err != nil {
+			p.shared.forget(is.ID, ip)
+			p.log.LogAttrs(ctx, slog.LevelError, "audit shared_use_suspected event failed",
+				slog.String("request_id", requestID), slog.String("issuance_id", is.ID), slog.String("error", err.Error()))
+			return
+		}
+		p.metrics.SharedUse.WithLabelValues(label).Inc()
+		p.log.LogAttrs(ctx, slog.LevelWarn, "proxy credential used from a new address",
+			slog.String("request_id", requestID), slog.String("issuance_id", is.ID), slog.String("workload", is.Workload),
+			slog.String("first_address", first), slog.String("address", ip))
+	})
 }
 
 // upstreamTarget is where one request goes.

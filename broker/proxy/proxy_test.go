@@ -401,6 +401,9 @@ func TestProxySharedUseSignal(t *testing.T) {
 			t.Fatalf("%s: status %d %s", s.name, res.Status, res.Body)
 		}
 		f.waitEvent(t, audit.TypeUseResult)
+		// Written deferred: nobody waits for it (the fixture's sink takes
+		// it on a goroutine of its own, the audit file with the use event).
+		waitFor(t, "the shared_use_suspected events", func() bool { return len(f.eventsOf(audit.TypeSharedUse)) >= s.want })
 		evs := f.eventsOf(audit.TypeSharedUse)
 		if len(evs) != s.want {
 			t.Fatalf("%s: shared_use_suspected events = %d, want %d", s.name, len(evs), s.want)
@@ -412,6 +415,9 @@ func TestProxySharedUseSignal(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("shared-use events [issuance ip first second-ip] (-want +got):\n%s", diff)
 	}
+	waitFor(t, "keytrail_shared_use_suspected_total", func() bool {
+		return counterValue(t, f, "keytrail_shared_use_suspected_total", map[string]string{"grant": "stripe"}) >= 2
+	})
 	if v := counterValue(t, f, "keytrail_shared_use_suspected_total", map[string]string{"grant": "stripe"}); v != 2 {
 		t.Errorf("keytrail_shared_use_suspected_total{stripe} = %v, want 2", v)
 	}
