@@ -178,6 +178,11 @@ func eventText(ev *audit.Event) string {
 		// the request was not sent upstream, whenever the use event landed.
 		parts = append(parts, "not forwarded")
 	}
+	if ev.Type == audit.TypeUseResult && notSent(ev) {
+		// The proxy's result of a use refused right before sending (the
+		// credential revoked or the workload blocked meanwhile).
+		parts = append(parts, "not sent")
+	}
 	if u := ev.Upstream; u != nil {
 		s := strings.TrimSpace(u.Method + " " + u.Host + u.Path)
 		if u.Status != 0 {

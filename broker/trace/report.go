@@ -205,6 +205,7 @@ func BuildReport(in ReportInput) (*Report, error) {
 	evs := append([]*audit.Event(nil), in.Events...)
 	sortEvents(evs)
 	b.notMade = notMadeRevocations(evs)
+	b.notForwarded = notForwardedUses(evs)
 	for _, ev := range evs {
 		b.event(ev)
 	}
@@ -321,10 +322,41 @@ type reportBuilder struct {
 	// notMade are the revocations whose record could not be stored: their
 	// revoke events revoked nothing.
 	notMade map[string]bool
+	// notForwarded are the use ids of proxied requests refused after
+	// their use event: not uses (see notForwardedUses).
+	notForwarded map[string]bool
 	// issue is the issue event each issuance is counted from (see
 	// firstIssueEvents); conflicts names the others that disagree with it.
 	issue     map[string]*audit.Event
 	conflicts []string
+}
+
+// notForwardedUses returns the use ids of the proxied requests that wrote a
+// use event and were not forwarded: a deny names the use (the use event was
+// not durable in time, or the credential was revoked or the workload blocked
+// right before sending), or a use_result says details.not_sent (the latter,
+// also in logs written before denies named the use).
+func notForwardedUses(evs []*audit.Event) map[string]bool {
+	ids := map[string]bool{}
+	for _, ev := range evs {
+		if ev.UseID != "" && (ev.Type == audit.TypeDeny || (ev.Type == audit.TypeUseResult && notSent(ev))) {
+			ids[ev.UseID] = true
+		}
+	}
+	return ids
+}
+
+// notSent reports whether use_result event ev says its request was not
+// sent upstream (details.not_sent, as written or as decoded from JSON).
+func notSent(ev *audit.Event) bool {
+	v, _ := ev.Details["not_sent"].(bool)
+	return v
+}
+
+// forwarded reports whether use or introspect event ev counts as a use:
+// not a proxied request refused after its use event.
+func (b *reportBuilder) forwarded(ev *audit.Event) bool {
+	return ev.Type != audit.TypeUse || ev.UseID == "" || !b.notForwarded[ev.UseID]
 }
 
 // firstIssueEvents maps each issuance id to its first issue event in evs
@@ -406,7 +438,7 @@ func (b *reportBuilder) event(ev *audit.Event) {
 		}
 		b.iss[ev.IssuanceID] = &issued{workload: ev.Workload, grant: ev.Grant, expires: exp}
 	case audit.TypeUse, audit.TypeIntrospect:
-		if ev.IssuanceID == "" || ev.Workload == "" {
+		if ev.IssuanceID == "" || ev.Workload == "" || !b.forwarded(ev) {
 			return
 		}
 		wr := b.workload(ev.Workload, ev.Owner)
@@ -524,7 +556,7 @@ func (b *reportBuilder) timeline(evs []*audit.Event, since time.Time) Timeline {
 				row(ev.Workload).Issues[i]++
 			}
 		case audit.TypeUse, audit.TypeIntrospect:
-			if ev.IssuanceID != "" && ev.Workload != "" {
+			if ev.IssuanceID != "" && ev.Workload != "" && b.forwarded(ev) {
 				row(ev.Workload).Uses[i]++
 			}
 		}
