@@ -30,7 +30,18 @@ func SetResumeReadWrapper(l *Live, wrap func(io.ReaderAt) io.ReaderAt) { l.wrapR
 // SetAfterListRotatedHook makes l call f with the rotated files each
 // refresh listed, before it opens them: a file f removes is one retention
 // deleted after the listing.
-func SetAfterListRotatedHook(l *Live, f func(listed []string)) { l.afterListRotated = f }
+func SetAfterListRotatedHook(l *Live, f func(listed []string)) {
+	if f == nil {
+		l.afterListRotated = nil
+		return
+	}
+	l.afterListRotated = func(listed []string) []string { f(listed); return listed }
+}
+
+// SetRotatedListingHook makes each refresh of l go on with f(listed)
+// instead of the rotated files it listed: a name f leaves out is one a
+// listing missed (NFS, some FUSE file systems).
+func SetRotatedListingHook(l *Live, f func(listed []string) []string) { l.afterListRotated = f }
 
 // DoneFiles is how many rotated files l remembers as read.
 func DoneFiles(l *Live) int {

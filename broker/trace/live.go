@@ -79,9 +79,11 @@ type Live struct {
 	// listed the rotated files and before it opens the audit file.
 	afterList func()
 	// afterListRotated, when set (tests only), is called by readRotated
-	// with the rotated files it listed, before it opens any: a file
-	// removed by it is one retention deleted after the listing.
-	afterListRotated func([]string)
+	// with the rotated files it listed, before it opens any, and returns
+	// the listing readRotated goes on with: a file removed by it is one
+	// retention deleted after the listing; a name it leaves out is one a
+	// listing missed.
+	afterListRotated func([]string) []string
 	// wrapRead, when set (tests only), wraps each audit file readFrom
 	// reads.
 	wrapRead func(*os.File) audit.File
@@ -496,7 +498,7 @@ func (l *Live) readRotated(next os.FileInfo) (int, error) {
 		return 0, err
 	}
 	if l.afterListRotated != nil {
-		l.afterListRotated(rotated)
+		rotated = l.afterListRotated(rotated)
 	}
 	l.forgetDeleted(rotated)
 	n := 0
@@ -519,7 +521,12 @@ func (l *Live) readRotated(next os.FileInfo) (int, error) {
 // and a rotated file is not renamed again), so its name is kept and it is
 // never read again; a name not listed is not listed later unless a new
 // file takes it (rotated names grow with the chain), which is then read.
-// The map is replaced, not deleted from: a Go map does not shrink.
+// Some file systems (NFS, some FUSE ones) can leave a present entry out of
+// a listing, though: a name is dropped only once Lstat says it is gone, so
+// a file missed by one listing is not read again when the next lists it.
+// Only the names about to be dropped are looked at: none when every name
+// is listed. The map is replaced, not deleted from: a Go map does not
+// shrink.
 func (l *Live) forgetDeleted(rotated []string) {
 	listed := 0
 	for _, p := range rotated {
@@ -533,6 +540,18 @@ func (l *Live) forgetDeleted(rotated []string) {
 	done := make(map[string]bool, listed)
 	for _, p := range rotated {
 		if b := filepath.Base(p); l.done[b] {
+			done[b] = true
+		}
+	}
+	dir := filepath.Dir(l.o.Path)
+	for b := range l.done {
+		if done[b] {
+			continue
+		}
+		// Not listed. Kept unless it is gone: an error other than "does
+		// not exist" cannot tell, and reading a file again would
+		// duplicate its events.
+		if _, err := os.Lstat(filepath.Join(dir, b)); !errors.Is(err, fs.ErrNotExist) {
 			done[b] = true
 		}
 	}
