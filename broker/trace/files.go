@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -181,20 +182,32 @@ func (s *fileSet) add(p string) {
 // audit.ErrCutBelowRead). A rotated file that no longer exists was deleted
 // by retention since it was listed (a rotated file is not renamed again):
 // its events are gone from the log, and it is skipped, as Live skips it.
+// When every file was skipped, so, the error says no audit files are left,
+// naming the live path(s) of the rotated files, as keytrail trace does:
+// not an empty index, which reads as a log that holds nothing.
 func LoadFiles(x *Index, paths []string) error {
+	var gone []string // the live paths of the rotated files skipped
+	read := 0
 	for _, p := range paths {
 		f, err := os.Open(p)
-		if _, rotated := IsRotated(filepath.Base(p)); rotated && errors.Is(err, fs.ErrNotExist) {
+		if base, rotated := IsRotated(filepath.Base(p)); rotated && errors.Is(err, fs.ErrNotExist) {
+			if live := filepath.Join(filepath.Dir(p), base); !slices.Contains(gone, live) {
+				gone = append(gone, live)
+			}
 			continue
 		}
 		if err != nil {
 			return err
 		}
+		read++
 		_, err = x.Consume(audit.NewLineReader(f, 0))
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
+	}
+	if read == 0 && len(gone) > 0 {
+		return fmt.Errorf("no audit files left in %s: the rotated files listed were deleted meanwhile", strings.Join(gone, ", "))
 	}
 	return nil
 }

@@ -62,6 +62,36 @@ func TestLoadFilesSkipsRotatedFileDeleted(t *testing.T) {
 		}
 	})
 
+	// Every file listed is gone: the live file was not named (LogFiles
+	// lists the rotated siblings of a path that names no file), and
+	// retention deleted the rotated ones. LoadFiles returned nil and an
+	// empty index, where keytrail trace says "no audit files left"; it now
+	// says so too, naming the live path.
+	t.Run("all-deleted", func(t *testing.T) {
+		files := setup(t)
+		live := files[2]
+		if err := os.Remove(live); err != nil {
+			t.Fatal(err)
+		}
+		rotated, err := trace.LogFiles([]string{live})
+		if err != nil || len(rotated) != 2 {
+			t.Fatalf("fixture: LogFiles without the live file = %v, %v", rotated, err)
+		}
+		for _, p := range rotated {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		x, _ := trace.NewIndex(trace.Options{})
+		err = trace.LoadFiles(x, rotated)
+		if err == nil || !strings.Contains(err.Error(), "no audit files left") || !strings.Contains(err.Error(), live) {
+			t.Errorf("LoadFiles with every file listed deleted = %v, want \"no audit files left\" naming %s", err, live)
+		}
+		if n := x.Stats().Events; n != 0 {
+			t.Errorf("LoadFiles with every file listed deleted indexed %d events", n)
+		}
+	})
+
 	t.Run("rotated-unreadable", func(t *testing.T) {
 		files := setup(t)
 		// A directory where the rotated file was: opened, not read.
