@@ -236,6 +236,19 @@ type Sink struct {
 	// timers holds stopped timers for AppendWithin's bounded wait.
 	timers sync.Pool
 
+	// overflow holds, in order, the deferred requests that found the
+	// queue full (AppendDeferred); one feeder goroutine at a time (feeding)
+	// queues them once there is room. At most maxOverflow are held: past
+	// it a deferred event is refused (its done gets the error). feeders
+	// lets Close wait for the feeder's end.
+	overflowMu  sync.Mutex
+	overflow    []*request
+	held        int // overflow's requests and the one the feeder is queueing
+	feeding     bool
+	closing     bool // Close has begun: nothing more is held
+	maxOverflow int
+	feeders     sync.WaitGroup
+
 	statsMu sync.Mutex
 	stats   Stats
 
@@ -364,9 +377,12 @@ func open(o Options, sm seams) (*Sink, error) {
 		openRply: sm.openReplay,
 		mkCopy:   sm.createCopy,
 		reqs:     make(chan *request, o.MaxBatch),
-		probes:   make(chan chan error),
-		quit:     make(chan struct{}),
-		done:     make(chan struct{}),
+		// A few minutes of refusals on a disk whose writes hang; each
+		// held event is about 1 KB.
+		maxOverflow: max(64*o.MaxBatch, 16384),
+		probes:      make(chan chan error),
+		quit:        make(chan struct{}),
+		done:        make(chan struct{}),
 	}
 	if !sm.noLock {
 		lock, err := lockFile(o.Path, s.log)
@@ -825,9 +841,12 @@ func (s *Sink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
 // own after Options.DeferFor at the latest (or at Close). It saves an fsync
 // per such event without delaying anyone. It never waits for room in the
 // queue either: with the queue full (the writer stuck on a disk whose
-// writes hang) the event is queued from a goroutine of its own once there
-// is room. done, when not nil, is called once with the outcome, from the
-// writer goroutine (or that one): it must not block.
+// writes hang) the event is held, after the deferred events held before
+// it, and one goroutine queues them in order once there is room. At most
+// maxOverflow (16384, or 64 MaxBatch) are held: past that the event is
+// refused (ErrUnavailable). Close writes the held ones too. done, when not
+// nil, is called once with the outcome, from the writer goroutine (or that
+// one, or the caller's): it must not block.
 func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
 	if ev == nil {
 		if done != nil {
@@ -835,44 +854,76 @@ func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
 		}
 		return
 	}
+	if ev.RequestID == "" {
+		ev.RequestID = broker.NewID(broker.PrefixRequest)
+	}
 	r := &request{ev: ev, deferred: done}
-	queued, err := s.tryEnqueue(r)
-	if queued {
-		return
-	}
-	if err == nil {
-		// The queue is full (the writer is stuck on a disk whose writes
-		// hang, with MaxBatch requests behind it): the caller must not
-		// wait for room, as nobody waits for the event. It is queued
-		// once there is room, after the requests queued before it.
-		go func() {
-			if err := s.enqueue(context.Background(), r); err != nil && done != nil {
-				done(err)
-			}
-		}()
-		return
-	}
-	if done != nil {
+	if err := s.enqueueOrHold(r); err != nil && done != nil {
 		done(err)
 	}
 }
 
-// tryEnqueue hands r to the writer goroutine if the queue has room:
-// queued false and err nil when it has none.
-func (s *Sink) tryEnqueue(r *request) (queued bool, err error) {
-	if r.ev != nil && r.ev.RequestID == "" {
-		r.ev.RequestID = broker.NewID(broker.PrefixRequest)
-	}
+var errOverflow = errors.New("auditfile: deferred event dropped: the queue and the deferred events waiting for room are full (the writer is stuck)")
+
+// enqueueOrHold hands the deferred request r to the writer goroutine if the
+// queue has room and no deferred request waits for it (which r must not
+// overtake); otherwise it holds r in the overflow, starting its feeder.
+func (s *Sink) enqueueOrHold(r *request) error {
+	s.overflowMu.Lock()
+	defer s.overflowMu.Unlock()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return false, unavailable(errClosed)
+		return unavailable(errClosed)
 	}
-	select {
-	case s.reqs <- r:
-		return true, nil
-	default:
-		return false, nil
+	if !s.feeding {
+		select {
+		case s.reqs <- r:
+			return nil
+		default:
+		}
+	}
+	if s.closing { // Close waits for what is held: nothing more
+		return unavailable(errClosed)
+	}
+	if s.held >= s.maxOverflow {
+		return unavailable(errOverflow)
+	}
+	s.overflow = append(s.overflow, r)
+	s.held++
+	if !s.feeding {
+		// Under overflowMu, as Close sets closing before it waits
+		// for feeders: it sees the Add.
+		s.feeding = true
+		s.feeders.Add(1)
+		go s.feed()
+	}
+	return nil
+}
+
+// feed queues the overflow's requests in order, each once there is room,
+// and ends when it is empty.
+func (s *Sink) feed() {
+	defer s.feeders.Done()
+	queued := false
+	for {
+		s.overflowMu.Lock()
+		if queued {
+			s.held--
+		}
+		if len(s.overflow) == 0 {
+			s.overflow, s.feeding = nil, false
+			s.overflowMu.Unlock()
+			return
+		}
+		r := s.overflow[0]
+		s.overflow[0] = nil
+		s.overflow = s.overflow[1:]
+		s.overflowMu.Unlock()
+		if err := s.enqueue(context.Background(), r); err != nil {
+			r.finish(err)
+		}
+		queued = true
 	}
 }
 
@@ -991,11 +1042,18 @@ func (s *Sink) Stats() Stats {
 	return s.stats
 }
 
-// Close writes what is queued, a final checkpoint (with a Signer, when there
+// Close writes what is queued (deferred events held for room in the queue
+// included), a final checkpoint (with a Signer, when there
 // were events since the last one), syncs and closes the file. Appends after
 // Close fail with ErrUnavailable. Close is idempotent.
 func (s *Sink) Close() error {
 	s.closeOnce.Do(func() {
+		// The deferred events held for room in the queue are queued
+		// first (nothing more is held from now on).
+		s.overflowMu.Lock()
+		s.closing = true
+		s.overflowMu.Unlock()
+		s.feeders.Wait()
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()

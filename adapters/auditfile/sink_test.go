@@ -1415,3 +1415,170 @@ func TestStatsCheckpointSeq(t *testing.T) {
 		t.Errorf("Stats() resumed from a rotated file = seq %d, checkpoint seq %d; want 6 and 6", st.Seq, st.CheckpointSeq)
 	}
 }
+
+// stuckWithFullQueue opens a sink (MaxBatch 2, DeferFor an hour) whose
+// first batch is stuck in its fsync with the queue full behind it (a disk
+// whose writes hang): release lets the disk answer; errs gets the three
+// Appends' outcomes.
+func stuckWithFullQueue(t *testing.T) (s *Sink, path string, release func(), errs chan error) {
+	t.Helper()
+	gate := make(chan struct{})
+	fl := &faults{syncGate: gate}
+	path = filepath.Join(t.TempDir(), "audit.jsonl")
+	s = openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 2, DeferFor: time.Hour}, faultSeams(fl))
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release) // before openT's Close, which waits for the writer
+	errs = make(chan error, 3)
+	go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "first"}) }()
+	for { // the first batch is stuck in its fsync
+		fl.mu.Lock()
+		stuck := fl.syncs == 1
+		fl.mu.Unlock()
+		if stuck {
+			break
+		}
+		runtime.Gosched()
+	}
+	for range 2 {
+		go func() { errs <- s.Append(context.Background(), &audit.Event{Type: "queued"}) }()
+	}
+	for len(s.reqs) < cap(s.reqs) { // the queue is full
+		runtime.Gosched()
+	}
+	return s, path, release, errs
+}
+
+// TestDeferredOverflowIsOneGoroutineInOrder: deferred events that find the
+// queue full (the writer stuck on a disk whose writes hang) are held in
+// order and queued by one goroutine, not one goroutine each (which grew
+// without bound for as long as the stall lasted, and queued them in
+// whatever order the goroutines ran); once the disk answers they are
+// written in the order AppendDeferred was called, after what was queued
+// before them.
+func TestDeferredOverflowIsOneGoroutineInOrder(t *testing.T) {
+	s, path, release, errs := stuckWithFullQueue(t)
+	const n = 200
+	before := runtime.NumGoroutine()
+	outcomes := make(chan error, n)
+	for i := range n {
+		s.AppendDeferred(&audit.Event{Type: fmt.Sprintf("d%03d", i)}, func(err error) { outcomes <- err })
+	}
+	if grew := runtime.NumGoroutine() - before; grew > 1 {
+		t.Errorf("%d deferred events waiting for room in the queue: %d more goroutines, want at most 1", n, grew)
+	}
+	release()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if err := <-outcomes; err != nil {
+			t.Fatalf("deferred outcome = %v", err)
+		}
+	}
+	want := []string{"1:first", "2:queued", "3:queued"}
+	for i := range n {
+		want = append(want, fmt.Sprintf("%d:d%03d", i+4, i))
+	}
+	if diff := cmp.Diff(want, types(t, path)); diff != "" {
+		t.Errorf("file (-want +got):\n%s", diff)
+	}
+}
+
+// TestDeferredOverflowBound: past maxOverflow held events a deferred event
+// is refused at once (ErrUnavailable, its done called by AppendDeferred),
+// rather than held for as long as the disk hangs.
+func TestDeferredOverflowBound(t *testing.T) {
+	s, path, release, errs := stuckWithFullQueue(t)
+	s.maxOverflow = 3
+	var refused, written []string
+	var mu sync.Mutex
+	for i := range 5 {
+		typ := fmt.Sprintf("d%d", i)
+		s.AppendDeferred(&audit.Event{Type: typ}, func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if !errors.Is(err, broker.ErrUnavailable) {
+					t.Errorf("%s refused with %v, want ErrUnavailable", typ, err)
+				}
+				refused = append(refused, typ)
+				return
+			}
+			written = append(written, typ)
+		})
+	}
+	mu.Lock()
+	if diff := cmp.Diff([]string{"d3", "d4"}, refused); diff != "" {
+		t.Errorf("refused while the queue and the overflow are full (-want +got):\n%s", diff)
+	}
+	mu.Unlock()
+	release()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"1:first", "2:queued", "3:queued", "4:d0", "5:d1", "6:d2"}, types(t, path)); diff != "" {
+		t.Errorf("file (-want +got):\n%s", diff)
+	}
+}
+
+// TestDeferredOverflowAtClose: Close with deferred events still waiting
+// for room in the queue neither panics nor leaves them behind: it writes
+// them, in order, and each done is called exactly once, before Close
+// returns; AppendDeferred after Close refuses at once.
+func TestDeferredOverflowAtClose(t *testing.T) {
+	s, path, release, errs := stuckWithFullQueue(t)
+	const n = 50
+	var mu sync.Mutex
+	calls := make([]int, n)
+	for i := range n {
+		s.AppendDeferred(&audit.Event{Type: fmt.Sprintf("d%02d", i)}, func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls[i]++
+			if err != nil {
+				t.Errorf("d%02d: %v", i, err)
+			}
+		})
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	release()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	mu.Lock()
+	for i, c := range calls {
+		if c != 1 {
+			t.Errorf("d%02d: done called %d times by the end of Close, want 1", i, c)
+		}
+	}
+	mu.Unlock()
+	want := []string{"1:first", "2:queued", "3:queued"}
+	for i := range n {
+		want = append(want, fmt.Sprintf("%d:d%02d", i+4, i))
+	}
+	if diff := cmp.Diff(want, types(t, path)); diff != "" {
+		t.Errorf("file (-want +got):\n%s", diff)
+	}
+	late := make(chan error, 1)
+	s.AppendDeferred(&audit.Event{Type: "late"}, func(err error) { late <- err })
+	if err := <-late; !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("AppendDeferred after Close: %v, want ErrUnavailable", err)
+	}
+}
