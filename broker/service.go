@@ -418,9 +418,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// fail, the reconciliation finds the unrecorded credential and
 		// revokes it.
 		uerr := s.undoMint(ctx, is, "store_failed")
-		s.recordWithdrawn(ctx, is, req.RequestID, OrphanStoreFailed, uerr)
+		werr := s.recordWithdrawn(ctx, is, req.RequestID, OrphanStoreFailed, uerr)
 		deny.IssuanceID = issID
-		return fail(Unavailable("store_unavailable", time.Second, serr))
+		e := Unavailable("store_unavailable", time.Second, serr)
+		if errors.Is(werr, ErrAuditPending) {
+			// The orphan_revoked event is pending (a write that hangs):
+			// the deny queues behind it, nobody waits for it.
+			s.deferDeny(ctx, denyEvent(), e)
+			return nil, e
+		}
+		return fail(e)
 	case ctx.Err() != nil:
 		// The caller went away while the credential was minted or
 		// recorded: nobody will receive it. Recorded and audited like any
@@ -430,14 +437,18 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// (nginx's "client closed request", as the proxy's use_result).
 		uerr := s.undoMint(bg, is, OrphanClientGone)
 		s.markWithdrawn(bg, is, OrphanClientGone)
-		s.recordWithdrawn(bg, is, req.RequestID, OrphanClientGone, uerr)
+		werr := s.recordWithdrawn(bg, is, req.RequestID, OrphanClientGone, uerr)
 		deny.IssuanceID = issID
-		deny.Outcome = &audit.Outcome{Status: StatusClientClosedRequest, Reason: OrphanClientGone}
-		if aerr := s.d.Audit.Append(bg, denyEvent()); aerr != nil {
-			s.d.Logger.LogAttrs(bg, slog.LevelError, "audit deny event failed",
-				slog.String("request_id", req.RequestID), slog.String("issuance_id", issID), slog.String("error", aerr.Error()))
+		e := Unavailable(OrphanClientGone, time.Second, fmt.Errorf("the caller went away before credential %s was handed out: %w", issID, ctx.Err()))
+		// The deny's outcome is 499 client_gone (recordDeny); waited for
+		// at most AuditTimeout, or not at all behind a pending
+		// orphan_revoked event.
+		if errors.Is(werr, ErrAuditPending) {
+			s.deferDeny(bg, denyEvent(), e)
+		} else {
+			s.recordDeny(bg, denyEvent(), e)
 		}
-		return nil, Unavailable(OrphanClientGone, time.Second, fmt.Errorf("the caller went away before credential %s was handed out: %w", issID, ctx.Err()))
+		return nil, e
 	}
 	return &ExchangeResult{
 		AccessToken: cred.AccessToken,
@@ -535,8 +546,10 @@ func (s *Service) markWithdrawn(bg context.Context, is *Issuance, why string) {
 
 // recordWithdrawn writes the orphan_revoked event (reason why: store_failed,
 // client_gone) that follows an issue event whose credential was not handed
-// out; revokeErr is the outcome of revoking it.
-func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, why string, revokeErr error) {
+// out; revokeErr is the outcome of revoking it. A failure is logged and
+// returned (one wrapping ErrAuditPending: the request's deny need not be
+// waited for).
+func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, why string, revokeErr error) error {
 	out := &audit.Outcome{Status: 200}
 	if revokeErr != nil {
 		// Codes, as in every outcome: the reconciliation takes it from here.
@@ -551,7 +564,9 @@ func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, 
 		}
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, msg,
 			slog.String("request_id", requestID), slog.String("issuance_id", is.ID), slog.String("why", why), slog.String("error", err.Error()))
+		return err
 	}
+	return nil
 }
 
 // checkBrokerToken refuses an identity token that is a credential this
@@ -801,6 +816,17 @@ func usedClaims(pol *policies.Policy, id *Identity, wl *policies.Workload) map[s
 // recordDeny writes a deny event. A deny that cannot be recorded is logged;
 // the request fails either way.
 func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
+	setDenyOutcome(ev, err)
+	// Waited for at most AuditTimeout (Audit): on a disk whose writes hang
+	// the refusal still goes out, and the event may land later.
+	if aerr := s.Audit(ctx, ev); aerr != nil {
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit deny event failed",
+			slog.String("request_id", ev.RequestID), slog.String("error", aerr.Error()))
+	}
+}
+
+// setDenyOutcome sets a deny event's outcome from the refusal err.
+func setDenyOutcome(ev *audit.Event, err error) {
 	e := AsError(err)
 	ev.Outcome = &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}
 	if e.Reason == OrphanClientGone {
@@ -808,12 +834,20 @@ func (s *Service) recordDeny(ctx context.Context, ev *audit.Event, err error) {
 		// deny after a mint.
 		ev.Outcome = &audit.Outcome{Status: StatusClientClosedRequest, Reason: OrphanClientGone}
 	}
-	// Waited for at most AuditTimeout (Audit): on a disk whose writes hang
-	// the refusal still goes out, and the event may land later.
-	if aerr := s.Audit(ctx, ev); aerr != nil {
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit deny event failed",
-			slog.String("request_id", ev.RequestID), slog.String("error", aerr.Error()))
-	}
+}
+
+// deferDeny is recordDeny for a deny event that queues behind an event of
+// the same request still pending (ErrAuditPending): nobody waits for it
+// (AuditDeferred); a failure is logged.
+func (s *Service) deferDeny(ctx context.Context, ev *audit.Event, err error) {
+	setDenyOutcome(ev, err)
+	log, requestID, issuanceID := s.d.Logger, ev.RequestID, ev.IssuanceID
+	s.AuditDeferred(ctx, ev, func(aerr error) {
+		if aerr != nil {
+			log.LogAttrs(context.Background(), slog.LevelError, "audit deny event failed",
+				slog.String("request_id", requestID), slog.String("issuance_id", issuanceID), slog.String("error", aerr.Error()))
+		}
+	})
 }
 
 // RecordDeny records a deny event for a request refused before it reached
