@@ -23,8 +23,21 @@ import (
 // (reason internal in the log), no stack trace in the body or the logs;
 // after the status and part of the body went out, the response is cut off
 // (the connection aborted, as http.ErrAbortHandler does), so that the
-// client does not take a body cut short for a complete one.
+// client does not take a body cut short for a complete one. Each panic is
+// logged once. Over HTTP/1.1 and HTTP/2 (a reset stream).
 func TestHandlerPanic(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		name := "http1"
+		if h2 {
+			name = "http2"
+		}
+		t.Run(name, func(t *testing.T) { testHandlerPanic(t, h2) })
+	}
+}
+
+// testHandlerPanic is TestHandlerPanic over HTTP/1.1 or, h2, HTTP/2 (which
+// the server speaks over TLS): there a cut response is a reset stream.
+func testHandlerPanic(t *testing.T, h2 bool) {
 	pol := testPolicy(t, "", "")
 	svc, err := broker.NewService(broker.Deps{
 		Policy: func() *policies.Policy { return pol },
@@ -55,12 +68,21 @@ func TestHandlerPanic(t *testing.T) {
 	}
 	srv := httptest.NewUnstartedServer(api.Routes())
 	srv.Config.ErrorLog = log.New(&serverLogs, "", 0)
-	srv.Start()
+	srv.EnableHTTP2 = h2
+	if h2 {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	defer srv.Close()
+	client := srv.Client()
 
-	res, err := http.Get(srv.URL + "/before")
+	res, err := client.Get(srv.URL + "/before")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if want := map[bool]int{false: 1, true: 2}[h2]; res.ProtoMajor != want {
+		t.Fatalf("served over %s, want HTTP/%d", res.Proto, want)
 	}
 	body, err := io.ReadAll(res.Body)
 	res.Body.Close()
@@ -81,7 +103,7 @@ func TestHandlerPanic(t *testing.T) {
 		t.Errorf("panic before the response: body %q shows the panic", body)
 	}
 
-	res, err = http.Get(srv.URL + "/after")
+	res, err = client.Get(srv.URL + "/after")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +113,13 @@ func TestHandlerPanic(t *testing.T) {
 		t.Errorf("panic after the status: body %q read to a clean end, want it cut off (an error)", body)
 	}
 
+	// Logged once each: one ERROR per panic and one access line per
+	// request (the cut one marked aborted); nothing from the server.
+	if n, m := strings.Count(logs.String(), `msg="handler panic"`), strings.Count(logs.String(), "msg=http "); n != 2 || m != 2 ||
+		strings.Count(logs.String(), "aborted=true") != 1 || serverLogs.String() != "" {
+		t.Errorf("two panics: %d handler panic lines, %d access lines, want 2 and 2, one aborted, and no server log; broker log:\n%s\nserver log:\n%s",
+			n, m, logs.String(), serverLogs.String())
+	}
 	for name, l := range map[string]string{"broker log": logs.String(), "server log": serverLogs.String()} {
 		if strings.Contains(l, "goroutine ") || strings.Contains(l, ".go:") {
 			t.Errorf("%s holds a stack trace:\n%s", name, l)
