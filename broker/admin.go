@@ -92,7 +92,9 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	}
 	ev.Outcome = &audit.Outcome{Status: 200}
 	if err := s.Audit(ctx, ev); err != nil { // at most AuditTimeout
-		return nil, Unavailable("audit_unavailable", time.Second, err)
+		e := Unavailable("audit_unavailable", time.Second, err)
+		s.denyBehindPending(ctx, ev, e)
+		return nil, e
 	}
 	return a, nil
 }

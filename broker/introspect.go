@@ -82,7 +82,9 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	ev.Outcome = &audit.Outcome{Status: 200}
 	ev.Details["active"] = res.Active
 	if err := s.Audit(ctx, ev); err != nil { // at most AuditTimeout
-		return nil, Unavailable("audit_unavailable", time.Second, err)
+		e := Unavailable("audit_unavailable", time.Second, err)
+		s.denyBehindPending(ctx, ev, e)
+		return nil, e
 	}
 	return res, nil
 }

@@ -850,6 +850,23 @@ func (s *Service) deferDeny(ctx context.Context, ev *audit.Event, err error) {
 	})
 }
 
+// denyBehindPending follows an introspect or admin event ev whose append
+// failed, the call refused with e (wrapping the failure): when ev is only pending
+// (ErrAuditPending, a write that hangs) it may still land, saying status
+// 200, so a deny event of the same request (e's outcome, 503
+// audit_unavailable; its source, caller and issuance, no workload) is
+// queued behind it, nobody waiting for it, as after a pending issue or use
+// event. An event that failed outright is not in the log: nothing follows.
+func (s *Service) denyBehindPending(ctx context.Context, ev *audit.Event, e error) {
+	if !errors.Is(e, ErrAuditPending) {
+		return
+	}
+	s.deferDeny(ctx, &audit.Event{
+		Type: audit.TypeDeny, RequestID: ev.RequestID, IssuanceID: ev.IssuanceID,
+		Source: ev.Source, Identity: ev.Identity, Admin: ev.Admin, Credential: ev.Credential,
+	}, e)
+}
+
 // RecordDeny records a deny event for a request refused before it reached
 // Exchange (malformed form, unsupported grant type...). The grant name is
 // kept only when policy knows it, so callers cannot write arbitrary text.

@@ -15,13 +15,16 @@ import (
 )
 
 // fifoStallSink writes events one at a time, in order, as the audit file
-// does, and holds the orphan_revoked event (a disk whose writes hang) until
+// does, and holds the event of type hold (a disk whose writes hang) until
 // release is closed: every event after it waits behind it. It is a
 // DeferredAuditSink, as the file is. tried lists each append as it starts
-// ("deferred:<type>" for AppendDeferred).
+// ("deferred:<type>" for AppendDeferred); added, when not nil, gets the
+// type of each event written.
 type fifoStallSink struct {
 	*brokertest.Sink
+	hold    string
 	release chan struct{}
+	added   chan string
 	mu      sync.Mutex // held by the event being written
 	triedMu sync.Mutex
 	tried   []string
@@ -36,10 +39,14 @@ func (s *fifoStallSink) try(what string) {
 func (s *fifoStallSink) write(ctx context.Context, ev *audit.Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ev.Type == audit.TypeOrphanRevoked {
+	if ev.Type == s.hold {
 		<-s.release
 	}
-	return s.Sink.Append(ctx, ev)
+	err := s.Sink.Append(ctx, ev)
+	if s.added != nil {
+		s.added <- ev.Type
+	}
+	return err
 }
 
 func (s *fifoStallSink) Append(ctx context.Context, ev *audit.Event) error {
@@ -76,7 +83,7 @@ func TestExchangeWithdrawnStallDefersDeny(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
-			sink := &fifoStallSink{Sink: f.sink, release: make(chan struct{})}
+			sink := &fifoStallSink{Sink: f.sink, hold: audit.TypeOrphanRevoked, release: make(chan struct{})}
 			var once sync.Once
 			t.Cleanup(func() { once.Do(func() { close(sink.release) }) })
 			var store broker.Store = f.store
@@ -132,6 +139,76 @@ func TestExchangeWithdrawnStallDefersDeny(t *testing.T) {
 				t.Errorf("appends = %v, want %v (the deny deferred behind the pending orphan_revoked)", got, want)
 			}
 			once.Do(func() { close(sink.release) })
+		})
+	}
+}
+
+// TestAnswerAuditStallDenyFollows: an introspection or admin call refused
+// because its event is still pending after AuditTimeout (503
+// audit_unavailable) has a deny event queued behind that event, nobody
+// waiting for it: should the pending event land, saying status 200, the
+// log goes on to say the call was refused, as for a pending issue or use
+// event.
+func TestAnswerAuditStallDenyFollows(t *testing.T) {
+	f := newFixture(t)
+	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
+admins:
+  - name: secops
+    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
+    roles: [revoke]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		hold string
+		call func(*broker.Service) error
+	}{
+		{audit.TypeIntrospect, func(svc *broker.Service) error {
+			_, err := svc.Introspect(context.Background(), broker.IntrospectRequest{CallerToken: "payments", Token: "whatever", RequestID: "req_answer"})
+			return err
+		}},
+		{audit.TypeAdmin, func(svc *broker.Service) error {
+			_, err := svc.AuthorizeAdmin(context.Background(), broker.AdminRequest{Token: "payments", Role: broker.RoleRevoke, Action: "test", RequestID: "req_answer"})
+			return err
+		}},
+	} {
+		t.Run(tc.hold, func(t *testing.T) {
+			sink := &fifoStallSink{Sink: &brokertest.Sink{}, hold: tc.hold, release: make(chan struct{}), added: make(chan string, 16)}
+			var once sync.Once
+			release := func() { once.Do(func() { close(sink.release) }) }
+			t.Cleanup(release)
+			svc, err := broker.NewService(broker.Deps{
+				Policy:       func() *policies.Policy { return pol },
+				Authn:        func() broker.Authenticator { return f.authn },
+				Store:        f.store,
+				Audit:        sink,
+				Now:          func() time.Time { return f.now },
+				AuditTimeout: 50 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.call(svc); broker.AsError(err).Reason != "audit_unavailable" {
+				t.Fatalf("answer %v, want audit_unavailable", err)
+			}
+			release()
+			for seen := 0; seen < 2; seen++ {
+				select {
+				case <-sink.added:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("events %v: want the %s event and a deny once the sink recovers", sink.Types(), tc.hold)
+				}
+			}
+			evs := sink.Events()
+			if len(evs) != 2 || evs[0].Type != tc.hold || evs[1].Type != audit.TypeDeny {
+				t.Fatalf("events %v, want %s then deny", sink.Types(), tc.hold)
+			}
+			d := evs[1]
+			if d.RequestID != "req_answer" || d.Outcome == nil || d.Outcome.Status != 503 || d.Outcome.Reason != "audit_unavailable" ||
+				d.Identity == nil || d.Workload != "" {
+				t.Errorf("deny event = %+v (outcome %+v), want request req_answer, 503 audit_unavailable, the caller, no workload", d, d.Outcome)
+			}
 		})
 	}
 }
