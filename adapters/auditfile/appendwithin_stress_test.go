@@ -121,3 +121,17 @@ func appendWithinStress(t *testing.T) {
 		t.Errorf("durable %d, pending %d: the stress did not exercise both", ok, pend)
 	}
 }
+
+// TestAppendWithinStressAsyncTimers is TestAppendWithinStress, ten times,
+// with the timers of Go before 1.23 (GODEBUG=asynctimerchan=1, which an
+// operator may still set): a timer that fires as the wait ends otherwise
+// keeps its value in its channel after Stop, and the pool must not hand
+// that on to the next caller, whose wait it would end at once.
+func TestAppendWithinStressAsyncTimers(t *testing.T) {
+	t.Setenv("GODEBUG", "asynctimerchan=1")
+	for range 10 {
+		if appendWithinStress(t); t.Failed() {
+			return
+		}
+	}
+}

@@ -946,8 +946,16 @@ func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 		t.Reset(d)
 	}
 	defer func() {
-		t.Stop() // a stopped timer's channel is empty (Go 1.23 timers)
-		s.timers.Put(t)
+		// Back to the pool only when Stop stopped it before it fired:
+		// its channel is then empty with any timer implementation. Under
+		// GODEBUG=asynctimerchan=1 (the timers of Go before 1.23, an
+		// operator's setting) one that fired as the wait ended keeps its
+		// value, which would end the next caller's wait at once, and no
+		// drain after Stop is right for both implementations. One that
+		// fired (a timeout: rare) is left to the collector.
+		if t.Stop() {
+			s.timers.Put(t)
+		}
 	}()
 	r := &request{ev: ev, done: make(chan error, 1)}
 	if err := s.enqueueUntil(context.Background(), r, t.C); err != nil {
