@@ -474,8 +474,14 @@ func (s *Service) awaitAudit(audited *auditWait) error {
 		t.Reset(s.d.AuditTimeout)
 	}
 	defer func() {
-		t.Stop() // a stopped timer's channel is empty (Go 1.23 timers)
-		s.timers.Put(t)
+		// Back to the pool only when Stop stopped it before it fired:
+		// its channel is then empty with any timer implementation (under
+		// GODEBUG=asynctimerchan=1, the timers of Go before 1.23, one
+		// that fired as the wait ended keeps its value, which would end
+		// the next wait at once). One that fired is left to the collector.
+		if t.Stop() {
+			s.timers.Put(t)
+		}
 	}()
 	select {
 	case <-audited.done:
