@@ -370,6 +370,9 @@ func replayJournal(jpath, path string, open func(string) (replayFile, error)) (e
 	if err := js.continues(f, fi.Size(), jpath, path); err != nil {
 		return 0, 0, 0, fmt.Errorf("replay: %w", err)
 	}
+	if err := js.writtenFor(f, fi.Size(), jpath, path); err != nil {
+		return 0, 0, 0, fmt.Errorf("replay: %w", err)
+	}
 	for _, fr := range js.frames {
 		repaired += fr.missing(f)
 		if _, err := f.WriteAt(fr.batch, fr.at); err != nil {
@@ -404,6 +407,43 @@ func (js journalState) continues(f io.ReaderAt, size int64, jpath, path string) 
 		}
 		if end != js.base || audit.HashLine(last) != js.head {
 			return fmt.Errorf("journal %s does not continue %s (its line ending at byte %d is not the one the journal follows): the file was replaced; move the journal away to start without it", jpath, path, js.base)
+		}
+	}
+	return nil
+}
+
+// writtenFor checks that the audit file f of size bytes is the one the
+// epoch's frames were written for, where continues cannot tell (an epoch
+// starting at byte 0 has no line before it to check): each byte the file
+// holds where a frame goes is the frame's, or a zero. A crash leaves the
+// sink's own file there with what the sink wrote (every byte at an offset
+// in the epoch is the frame's, written before the same bytes went to the
+// file), cut short, or with zeros where blocks never reached the disk; the
+// bytes past the last frame are a failed batch's, dropped by the replay as
+// before. An audit file holds JSON Lines, never a NUL, so a byte that is
+// neither is another file's: restored or replaced underneath while the
+// sink's lines went to a displaced copy, or edited. Writing the frames over
+// it would destroy it. A copy of the sink's own file cut short (a backup of
+// it) passes, and the replay completes it into the sink's file, losing
+// none of its bytes. The check reads what the replay reads anyway.
+func (js journalState) writtenFor(f io.ReaderAt, size int64, jpath, path string) error {
+	for _, fr := range js.frames {
+		if fr.at >= size {
+			return nil
+		}
+		have := make([]byte, min(int64(len(fr.batch)), size-fr.at))
+		n, err := f.ReadAt(have, fr.at)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		for i, c := range have[:n] {
+			if c != 0 && c != fr.batch[i] {
+				back := "put the sink's own file back at the path (the newest " + filepath.Base(path) + displacedInfix + "* copy the sink logged as kept_in, or the file that was moved away) and start again: the journal's lines are replayed into it"
+				if js.base == 0 {
+					back += "; with no file at the path they are written to a new one"
+				}
+				return fmt.Errorf("journal %s was not written for the file now at %s (its byte %d differs from the journal's line there): the file was replaced, restored or edited underneath, and nothing was written to it; move it aside (keep it: it may be evidence), then %s; or, if the sink's lines are kept elsewhere, move the journal away to start without it", jpath, path, fr.at+int64(i), back)
+			}
 		}
 	}
 	return nil
@@ -475,6 +515,9 @@ func CheckJournal(path string) (Unreplayed, error) {
 		return u, err
 	}
 	if err := js.continues(f, fi.Size(), jpath, path); err != nil {
+		return u, err
+	}
+	if err := js.writtenFor(f, fi.Size(), jpath, path); err != nil {
 		return u, err
 	}
 	first := int64(-1)

@@ -558,3 +558,98 @@ func TestStrandedFileMovedBack(t *testing.T) {
 		t.Errorf("displaced copies = %v, want none", d)
 	}
 }
+
+// TestReplayRefusesAnotherFile: the sink found its path replaced, kept its
+// lines in a copy, and then the broker died. Its journal still holds the
+// batches of its own file, and the next start must not write them into
+// whatever file is at the path now (a stranger, or an edited copy whose
+// edit is the evidence), whatever offset the journal's epoch starts at:
+// Open refuses, naming the path and the journal and saying what to do, and
+// leaves the file as it is. The sink's own copy put back is replayed into
+// as after any crash.
+func TestReplayRefusesAnotherFile(t *testing.T) {
+	tests := []struct {
+		name string
+		// firstRun: a clean run before the crashed one, so that the
+		// journal's epoch starts after its lines (base > 0).
+		firstRun bool
+		// stranger is what is put at the path, given the sink's file.
+		stranger func(own []byte) []byte
+	}{
+		{name: "stranger-base-0", stranger: func([]byte) []byte {
+			return bytes.Repeat([]byte(`{"v":1,"type":"unrelated","note":"another program's log line"}`+"\n"), 15)
+		}},
+		{name: "edited-after-base", firstRun: true, stranger: func(own []byte) []byte {
+			b := bytes.Clone(own)
+			i := bytes.LastIndex(b, []byte(`"req_2"`))
+			b[i+5] = '9' // req_2 -> req_9, in the crashed run's lines
+			return b
+		}},
+		{name: "edited-base-0", stranger: func(own []byte) []byte {
+			b := bytes.Clone(own)
+			i := bytes.Index(b, []byte(`"req_1"`))
+			b[i+5] = '9'
+			return b
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			o := Options{Path: path, Now: newClock().Now, Journal: true}
+			if tt.firstRun {
+				s := openT(t, o, seams{tick: make(chan time.Time)})
+				appendIDs(t, s, "req_a", "req_b")
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := openCrashable(t, o, seams{})
+			appendIDs(t, s, "req_1", "req_2")
+			own := readFile(t, path)
+			stranger := tt.stranger(own)
+			replaceAt(t, path, stranger)
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Append() with the file replaced = %v, want ErrUnavailable", err)
+			}
+			d := displacedFiles(t, path)
+			if len(d) != 1 {
+				t.Fatalf("displaced copies = %v, want 1", d)
+			}
+			if js := journalOf(t, path); len(js.frames) == 0 || (js.base == 0) == tt.firstRun {
+				t.Fatalf("journal before the crash: base %d, %d frames; want frames and base 0 = %v", js.base, len(js.frames), !tt.firstRun)
+			}
+			// The broker dies here and starts again.
+			if _, err := CheckJournal(path); err == nil || !strings.Contains(err.Error(), JournalPath(path)) {
+				t.Errorf("CheckJournal() with another file at the path = %v, want an error naming the journal", err)
+			}
+			s2, err := Open(o)
+			if err == nil {
+				_ = s2.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), JournalPath(path)) || !strings.Contains(err.Error(), "displaced") {
+				t.Errorf("Open() with another file at the path = %v, want an error naming the file, the journal and the way back", err)
+			}
+			if got := readFile(t, path); !bytes.Equal(got, stranger) {
+				t.Errorf("the file at the path was changed by the start: %d bytes, want the %d it had:\n%s", len(got), len(stranger), got)
+			}
+			// The way back: the stranger aside, the copy at the path.
+			if err := os.Rename(path, path+".stranger"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(d[0], path); err != nil {
+				t.Fatal(err)
+			}
+			s3 := openT(t, o, seams{tick: make(chan time.Time)})
+			ev := &audit.Event{Type: audit.TypeUse, RequestID: "req_3"}
+			if err := s3.Append(context.Background(), ev); err != nil {
+				t.Fatalf("Append() after the copy was put back = %v", err)
+			}
+			if err := s3.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != ev.Seq {
+				t.Errorf("Verify() = %v, %+v; want one chain up to seq %d", err, rep, ev.Seq)
+			}
+		})
+	}
+}
