@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -337,7 +338,7 @@ func BenchmarkCheckPath(b *testing.B) {
 	}
 	defer s.Close()
 	for b.Loop() {
-		if found, err := s.checkPath(); found != "" || err != nil {
+		if found, err := s.checkPath(0); found != "" || err != nil {
 			b.Fatal(found, err)
 		}
 	}
@@ -651,5 +652,133 @@ func TestReplayRefusesAnotherFile(t *testing.T) {
 				t.Errorf("Verify() = %v, %+v; want one chain up to seq %d", err, rep, ev.Seq)
 			}
 		})
+	}
+}
+
+// copyTruncate does what logrotate's copytruncate does: copies the file to
+// <path>.1, then truncates the file in place (the same inode, so the path
+// still names the sink's file).
+func copyTruncate(t *testing.T, path string, size int64) []byte {
+	t.Helper()
+	b := readFile(t, path)
+	if err := os.WriteFile(path+".1", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestTruncatedFileFailsTheBatch: the audit file is truncated underneath
+// the sink (logrotate's copytruncate). The lines it had acknowledged are
+// gone from the file readers find at the path, and a batch appended now
+// would land at its start, after nothing it links to: the batch fails as
+// for a displaced file, one ERROR says the file was truncated and the
+// truncated lines are not kept by the sink, and the truncated file is left
+// as it was (the failed batch's lines removed, nothing written over it).
+// Putting logrotate's copy back is a way back.
+func TestTruncatedFileFailsTheBatch(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "journal"}[journal], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			var logs brokertest.SyncBuffer
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: make(chan time.Time)})
+			appendN(t, s, 3)
+			copyTruncate(t, path, 0)
+
+			err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse})
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("Append() after the file was truncated = %v, want ErrUnavailable; the path holds %d lines", err, len(readLines(t, path)))
+			}
+			if got := readFile(t, path); len(got) != 0 {
+				t.Errorf("the truncated file holds %q after the failed batch, want it empty as it was left", got)
+			}
+			if s.Stats().Healthy {
+				t.Error("Stats().Healthy = true after the file was truncated")
+			}
+			if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("Ping() = %v, want ErrUnavailable", err)
+			}
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("second Append() = %v, want ErrUnavailable", err)
+			}
+			if got := readFile(t, path); len(got) != 0 {
+				t.Errorf("the truncated file holds %q after a later append, want it empty", got)
+			}
+			l := logs.String()
+			if n := strings.Count(l, "found=truncated"); n != 1 || !strings.Contains(l, "level=ERROR msg=\"audit: the audit file was truncated underneath") || !strings.Contains(l, "cannot copy them") {
+				t.Errorf("want one ERROR saying the file was truncated (found=truncated) and its lines not kept, logged %d:\n%s", n, l)
+			}
+			if d := displacedFiles(t, path); len(d) != 0 {
+				t.Errorf("displaced copies = %v, want none (the truncated lines are not the sink's to copy any more)", d)
+			}
+			// The way back: logrotate's copy, which ends with the chain's
+			// last line, back at the path.
+			if err := os.Rename(path+".1", path); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Ping(context.Background()); err != nil {
+				t.Fatalf("Ping() with the copy back at the path = %v, want recovered", err)
+			}
+			ev := &audit.Event{Type: audit.TypeUse}
+			if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+				t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
+				t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
+			}
+		})
+	}
+}
+
+// TestTruncatedFileDetectedOnTick: an idle sink notices on its ticker that
+// its file is shorter than what it acknowledged (cut to any size, not only
+// emptied), fails, and writes nothing to it, not even on Close.
+func TestTruncatedFileDetectedOnTick(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: newClock().Now, Journal: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: tick})
+	appendN(t, s, 4)
+	own := copyTruncate(t, path, 100)
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if s.Stats().Healthy {
+		t.Error("Stats().Healthy = true after a tick with the file truncated")
+	}
+	if n := strings.Count(logs.String(), "found=truncated"); n != 1 {
+		t.Errorf("logged the truncation %d times over two ticks, want once:\n%s", n, logs.String())
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Append() after the tick = %v, want ErrUnavailable", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("Close() = %v", err)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, own[:100]) {
+		t.Errorf("the truncated file = %q, want it as it was left %q", got, own[:100])
+	}
+}
+
+// TestTruncatedMidLine: a file cut to a size other than 0 (mid-line) is
+// detected by the next batch too; the failed batch, appended after the cut,
+// is left there (cutting it off again could write zeros into a file cut
+// further meanwhile), and the ERROR says so and gives the size the cut left.
+func TestTruncatedMidLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: newClock().Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: make(chan time.Time)})
+	appendN(t, s, 3)
+	copyTruncate(t, path, 100)
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() after a cut to 100 bytes = %v, want ErrUnavailable", err)
+	}
+	left := len(readFile(t, path)) - 100
+	if l := logs.String(); !strings.Contains(l, "found=truncated size=100 ") || !strings.Contains(l, fmt.Sprintf("failed_batch_left_at_end=%d", left)) || left <= 0 {
+		t.Errorf("want the ERROR to give the cut's size (100) and the failed batch's %d bytes left at the end:\n%s", left, l)
 	}
 }

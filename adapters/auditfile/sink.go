@@ -13,7 +13,9 @@
 // The sink acknowledges a batch only while its path still names the file it
 // writes (checked after every batch, on a ticker, and before a rotation):
 // when the file was replaced or moved away underneath, it copies its lines
-// to <path>.displaced-<time> and fails until the path holds them again.
+// to <path>.displaced-<time> and fails until the path holds them again;
+// when it was truncated in place (logrotate's copytruncate), it fails the
+// same way, writing nothing more to it.
 //
 // With a Signer, the sink appends a signed checkpoint every CheckpointEvery
 // events, at least every CheckpointInterval when there were events since the
@@ -1276,13 +1278,16 @@ func (s *Sink) write(work state, events int) error {
 	// the file readers find at the path (one stat per batch).
 	var found string
 	if err == nil {
-		found, err = s.checkPath()
+		found, err = s.checkPath(s.good + int64(n))
 	}
 	if found != "" {
 		if journaled {
 			if derr := s.j.drop(len(b)); derr != nil {
 				s.log.Error("audit: cannot withdraw the batch from the journal", "err", derr)
 			}
+		}
+		if found == foundTruncated {
+			return s.fail(s.truncatedUnderneath(s.dropFailedBatch(b)))
 		}
 		// f may still be somewhere (moved away, not replaced): the failed
 		// batch leaves nothing in it, as a failed write leaves nothing
@@ -1457,22 +1462,118 @@ func (s *Sink) checkReopenedSize(f file, size int64) error {
 	return nil
 }
 
+// What checkPath finds at the path instead of the sink's file (the log's
+// found=).
+const (
+	foundMissing   = "missing"
+	foundOther     = "another file"
+	foundTruncated = "truncated"
+)
+
 // checkPath reports what the path names when it is no longer the sink's
-// open file: "missing" or "another file" (restored from a backup, replaced
-// by a log shipper's copy, or by someone else); "" when it still is, or when
-// stat fails otherwise (err). Lines written to f after that are in a file
-// no reader of the path sees (trace.Live, the offline CLI, reconcile).
-func (s *Sink) checkPath() (found string, err error) {
+// open file: foundMissing or foundOther (restored from a backup, replaced
+// by a log shipper's copy, or by someone else); foundTruncated when it is,
+// but shorter than want, the bytes the sink has written to it (truncated in
+// place: logrotate's copytruncate); "" when it still is, or when stat fails
+// otherwise (err). Lines written to f after that are in a file no reader of
+// the path sees (trace.Live, the offline CLI, reconcile), or after nothing
+// they link to. The size comes with the same stat.
+func (s *Sink) checkPath(want int64) (found string, err error) {
 	fi, err := os.Stat(s.o.Path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return "missing", nil
+		return foundMissing, nil
 	case err != nil:
 		return "", fmt.Errorf("stat: %w", err)
 	case !os.SameFile(fi, s.fid):
-		return "another file", nil
+		return foundOther, nil
+	case fi.Size() < want:
+		return foundTruncated, nil
 	}
 	return "", nil
+}
+
+// written is the size f has at least, unless truncated underneath: the last
+// acknowledged line's end, or, while a rewrite of the journal's frames is
+// pending after a failed fsync (resync), the epoch's base, where the
+// rewrite cuts it.
+func (s *Sink) written() int64 {
+	if s.resync && s.j != nil {
+		return s.j.base
+	}
+	return s.good
+}
+
+// lose lets go of f, which the path no longer names or which was truncated
+// underneath (found, from checkPath), failing the sink. The error is for
+// fail.
+func (s *Sink) lose(found string) error {
+	if found == foundTruncated {
+		return s.truncatedUnderneath(0)
+	}
+	return s.displace(found)
+}
+
+// truncatedUnderneath lets go of f, which the path still names but which is
+// shorter than the lines the sink acknowledged in it: truncated in place
+// (logrotate's copytruncate, a shell's "> file"). The truncated lines are
+// gone from f, so the sink has nothing to copy them from (whoever truncated
+// it may have copied them first); what is left of f stays at the path, and
+// nothing is written to it. The sink fails until the path holds a file
+// that ends with the chain's last line (checkReopened), such as that copy
+// when it holds every acknowledged line. left is the bytes of a failed
+// batch still at f's end (dropFailedBatch), not counted in the size logged.
+// The error is for fail.
+func (s *Sink) truncatedUnderneath(left int64) error {
+	s.statsMu.Lock()
+	s.stats.Healthy = false
+	s.statsMu.Unlock()
+	seq, _ := s.st.chain.Head()
+	size := int64(-1)
+	if fi, err := s.f.Stat(); err == nil {
+		size = fi.Size() - left
+	}
+	attrs := []any{"found", foundTruncated, "size", size, "acknowledged_bytes", s.good, "seq", seq}
+	if left > 0 {
+		attrs = append(attrs, "failed_batch_left_at_end", left)
+	}
+	s.log.Error("audit: the audit file was truncated underneath the sink (logrotate's copytruncate?): the lines it had acknowledged past the file's size are gone from it and the sink cannot copy them (only a copy made before the truncation holds them); nothing more is written to the file, and appends fail until the path holds a file ending with the chain's last line (docs/RELIABILITY.md)", attrs...)
+	if err := s.f.Close(); err != nil {
+		s.log.Warn("audit: close the truncated file", "err", err)
+	}
+	s.f, s.fid = nil, nil
+	s.stranded, s.lostFound = false, ""
+	s.displaced = true
+	s.dirty = 0
+	if s.j != nil {
+		// Its epoch continued f as it was; the next write starts a new one.
+		s.j.broken = true
+	}
+	return fmt.Errorf("audit file truncated underneath: %d bytes at the path, %d acknowledged; the truncated lines are not in it any more", size, s.good)
+}
+
+// dropFailedBatch removes the failed batch b from f, truncated underneath
+// before b was appended (at its end), when f holds nothing else (emptied,
+// as copytruncate does): the file is then as it was left. It never cuts f
+// to a size other than 0, which would write zeros into a file cut shorter
+// meanwhile. It returns the bytes of b left at f's end (0: none).
+func (s *Sink) dropFailedBatch(b []byte) (left int64) {
+	fi, err := s.f.Stat()
+	n := int64(len(b))
+	if err != nil || fi.Size() < n {
+		return 0
+	}
+	have := make([]byte, n)
+	if _, err := s.f.ReadAt(have, fi.Size()-n); err != nil || !bytes.Equal(have, b) {
+		return 0 // b was cut off with the rest
+	}
+	if fi.Size() == n {
+		if err := s.f.Truncate(0); err == nil {
+			_ = s.f.Sync()
+			return 0
+		}
+	}
+	return n
 }
 
 // displace lets go of f, which the path no longer names (found says what it
@@ -1523,7 +1624,7 @@ func (s *Sink) displace(found string) error {
 // for want of room, the likely reason, must not keep the sink failing once
 // the file is back.
 func (s *Sink) settleStranded() error {
-	found, err := s.checkPath()
+	found, err := s.checkPath(s.good)
 	if err == nil && found == "" && s.endsAtGood() {
 		s.log.Warn("audit: the path names the sink's audit file again; its lines need no copy", "was", s.lostFound)
 		s.stranded, s.lostFound = false, ""
@@ -1532,7 +1633,7 @@ func (s *Sink) settleStranded() error {
 	if found == "" {
 		found = s.lostFound // cannot tell: as before
 	}
-	return s.displace(found)
+	return s.lose(found)
 }
 
 // endsAtGood reports whether f ends with the last acknowledged line (a
@@ -1651,12 +1752,12 @@ func (s *Sink) onTick() {
 		return
 	}
 	if s.f != nil {
-		found, err := s.checkPath()
+		found, err := s.checkPath(s.written())
 		if err != nil {
 			s.log.Warn("audit: cannot tell whether the path still names the audit file; the next batch fails unless it can", "err", err)
 		}
 		if found != "" {
-			_ = s.displace(found)
+			_ = s.lose(found)
 			return
 		}
 	}
@@ -1710,9 +1811,9 @@ func (s *Sink) maybeRotate(now time.Time) {
 	}
 	// Rename only the sink's own file, checked as late as can be (what is
 	// left is the close and the rename themselves).
-	switch found, err := s.checkPath(); {
+	switch found, err := s.checkPath(s.good); {
 	case found != "":
-		_ = s.displace(found)
+		_ = s.lose(found)
 		return
 	case err != nil:
 		s.log.Warn("audit: rotation postponed", "err", err)
