@@ -764,6 +764,51 @@ func TestTruncatedFileDetectedOnTick(t *testing.T) {
 	}
 }
 
+// TestTruncatedCopyShortRestart: a batch acknowledged between logrotate's
+// copy and its truncation is in neither file. The sink refuses the copy
+// (its last line is not the chain's last); a restart with the copy at the
+// path puts the batch back from the journal (docs/RELIABILITY.md).
+func TestTruncatedCopyShortRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true}
+	s := openT(t, o, seams{tick: make(chan time.Time)})
+	appendN(t, s, 3)
+	short := readFile(t, path)
+	appendN(t, s, 1) // after logrotate's copy
+	if err := os.WriteFile(path+".1", short, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() after the truncation = %v, want ErrUnavailable", err)
+	}
+	if err := os.Rename(path, path+".truncated"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".1", path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Ping() with a copy short of the last acknowledged line = %v, want ErrUnavailable", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("Close() = %v", err)
+	}
+	s2 := openT(t, o, seams{tick: make(chan time.Time)})
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s2.Append(context.Background(), ev); err != nil || ev.Seq != 5 {
+		t.Fatalf("Append() after the restart = %v, seq %d; want nil, 5 (seq 4 put back from the journal)", err, ev.Seq)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 5 {
+		t.Errorf("Verify() = %v, %+v; want one chain up to seq 5", err, rep)
+	}
+}
+
 // TestTruncatedMidLine: a file cut to a size other than 0 (mid-line) is
 // detected by the next batch too; the failed batch, appended after the cut,
 // is left there (cutting it off again could write zeros into a file cut
