@@ -144,8 +144,13 @@ func checkURL(raw string, insecure, query bool) error {
 	}
 }
 
+// isLoopback reports whether host is localhost (in any case: host names
+// are case-insensitive), in 127.0.0.0/8 or ::1. It is a copy of
+// policies.IsLoopbackHost (this package imports no project package), and
+// must agree with it: the keytrail command accepts plain http to
+// "http://LOCALHOST:7700" by that one.
 func isLoopback(host string) bool {
-	if host == "localhost" {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)
