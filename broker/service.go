@@ -511,14 +511,36 @@ func (s *Service) undoMint(ctx context.Context, is *Issuance, why string) error 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.d.MintTimeout)
 	defer cancel()
 	if err := rv.Revoke(rctx, is); err != nil {
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, failed,
-			slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("accessor", is.Refs.Accessor),
-			slog.String("why", why), slog.String("error", err.Error()))
+		// The line names the credential by every reference the issue event
+		// carries (and the mount that revokes it), never the secret: with
+		// the issue and deny events lost too (a full disk), it is the one
+		// place left that names, say, a certificate's serial.
+		attrs := append(make([]slog.Attr, 0, 12), slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID))
+		attrs = appendRefAttrs(attrs, is.Refs)
+		attrs = append(attrs, slog.String("why", why), slog.String("error", err.Error()))
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, failed, attrs...)
 		return err
 	}
 	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, revoked,
 		slog.String("request_id", is.RequestID), slog.String("issuance_id", is.ID), slog.String("why", why))
 	return nil
+}
+
+// appendRefAttrs appends the credential references r holds (none is a
+// secret), each under its audit event name, to attrs.
+func appendRefAttrs(attrs []slog.Attr, r CredentialRefs) []slog.Attr {
+	for _, a := range [...]struct{ k, v string }{
+		{"fingerprint", r.Fingerprint}, {"accessor", r.Accessor}, {"lease_id", r.LeaseID},
+		{"username", r.Username}, {"jti", r.JTI}, {"serial", r.Serial}, {"mount", r.Mount},
+	} {
+		if a.v != "" {
+			attrs = append(attrs, slog.String(a.k, a.v))
+		}
+	}
+	if !r.ExpiresAt.IsZero() {
+		attrs = append(attrs, slog.String("expires_at", r.ExpiresAt.UTC().Format(time.RFC3339)))
+	}
+	return attrs
 }
 
 // StatusClientClosedRequest (nginx's 499, "client closed request") is the
