@@ -278,6 +278,9 @@ func cloneGrant(g *Grant) Grant {
 	return c
 }
 
+// readCAFile reads a ca_file for CAFile: ReadFile, a seam for tests.
+var readCAFile = ReadFile
+
 // caRead is what one read of a ca_file gave.
 type caRead struct {
 	data []byte
@@ -288,24 +291,35 @@ type caRead struct {
 // issuer's or a proxy grant's), as this policy read them: those CheckFiles
 // read and checked, or, for a file it did not read (CheckFiles not run),
 // those read now with ReadFile. Either way the outcome, bytes or error, is
-// kept for the policy's life, so each ca_file is read at most once per
-// policy (per reload) and its users (the identity-token verifier, the
-// proxy's upstream transports) all use the bytes CheckFiles accepted, even
-// if the file changed since; a reload reads it again. The bytes are a
+// kept for the policy's life, so each ca_file's bytes are those of one
+// read per policy (per reload; first uses at once each read it, outside
+// the policy's lock, and the outcome stored first is kept) and its users
+// (the identity-token verifier, the proxy's upstream transports) all use
+// the bytes CheckFiles accepted, even if the file changed since; a reload
+// reads it again. The bytes are a
 // copy. A path the policy does not name is read and not kept.
 func (p *Policy) CAFile(caFile string) ([]byte, error) {
 	if !p.namesCAFile(caFile) {
 		return ReadFile(caFile)
 	}
 	p.caMu.Lock()
-	defer p.caMu.Unlock()
 	r, ok := p.caReads[caFile]
+	p.caMu.Unlock()
 	if !ok {
-		r.data, r.err = ReadFile(caFile)
-		if p.caReads == nil {
-			p.caReads = map[string]caRead{}
+		// Read outside the lock: a read that hangs (a stalled network
+		// file system) holds up the users of this file only. Of reads
+		// that ran at once, the outcome stored first is kept.
+		var read caRead
+		read.data, read.err = readCAFile(caFile)
+		p.caMu.Lock()
+		if r, ok = p.caReads[caFile]; !ok {
+			if p.caReads == nil {
+				p.caReads = map[string]caRead{}
+			}
+			r = read
+			p.caReads[caFile] = r
 		}
-		p.caReads[caFile] = r
+		p.caMu.Unlock()
 	}
 	if r.err != nil {
 		return nil, r.err
