@@ -70,7 +70,8 @@ type namedData struct {
 // pipe, a socket, a directory) is an error naming it, hidden ones left out,
 // and one whose extension is miscased (b.YAML) is a problem, whatever it is.
 // A symlink so named, whatever the case, whose target does not exist is a
-// problem naming it as dangling and its target.
+// problem naming it as dangling and its target (for a chain of links, the
+// last link and its target; quoted when not printable).
 // Every file must say "version: 1". On a validation failure the returned
 // error's Unwrap() []error lists every problem as a *Problem.
 func Load(p string) (*Policy, error) {
@@ -96,8 +97,8 @@ func Load(p string) (*Policy, error) {
 			if miscasedPolicyFile(e) {
 				name := filepath.Join(p, e.Name())
 				st, err := os.Stat(name)
-				if target, ok := danglingLink(name, err, os.Lstat, os.Readlink); ok {
-					misnamed = append(misnamed, danglingProblem(name, target, true))
+				if d, ok := danglingLink(name, err, os.Lstat, os.Readlink, osResolve); ok {
+					misnamed = append(misnamed, danglingProblem(name, d, true))
 					continue
 				}
 				misnamed = append(misnamed, misnamedProblem(name, st, err))
@@ -106,8 +107,8 @@ func Load(p string) (*Policy, error) {
 		}
 		name := filepath.Join(p, e.Name())
 		data, err := ReadFile(name)
-		if target, ok := danglingLink(name, err, os.Lstat, os.Readlink); ok {
-			misnamed = append(misnamed, danglingProblem(name, target, false))
+		if d, ok := danglingLink(name, err, os.Lstat, os.Readlink, osResolve); ok {
+			misnamed = append(misnamed, danglingProblem(name, d, false))
 			continue
 		}
 		if err != nil {
@@ -152,8 +153,8 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 			if miscasedPolicyFile(e) {
 				name := path.Join(dir, e.Name())
 				st, err := fs.Stat(fsys, name)
-				if target, ok := danglingLink(name, err, lstat, readlink); ok {
-					misnamed = append(misnamed, danglingProblem(name, target, true))
+				if d, ok := danglingLink(name, err, lstat, readlink, fsResolve); ok {
+					misnamed = append(misnamed, danglingProblem(name, d, true))
 					continue
 				}
 				misnamed = append(misnamed, misnamedProblem(name, st, err))
@@ -162,8 +163,8 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 		}
 		name := path.Join(dir, e.Name())
 		data, err := readFS(fsys, name)
-		if target, ok := danglingLink(name, err, lstat, readlink); ok {
-			misnamed = append(misnamed, danglingProblem(name, target, false))
+		if d, ok := danglingLink(name, err, lstat, readlink, fsResolve); ok {
+			misnamed = append(misnamed, danglingProblem(name, d, false))
 			continue
 		}
 		if err != nil {
@@ -231,29 +232,87 @@ func misnamedProblem(name string, st fs.FileInfo, err error) *Problem {
 
 // danglingLink reports whether name, which could not be stat'ed or
 // opened with err (following symlinks), is a symlink whose target does not
-// exist, and that target (as the link holds it). lstat and readlink are
-// the file system's (os, or an fs.FS's).
-func danglingLink(name string, err error, lstat func(string) (fs.FileInfo, error), readlink func(string) (string, error)) (string, bool) {
+// exist, and what dangles: the last link of the chain name starts (name
+// itself, or a link it leads to through others) and its target (as that
+// link holds it). lstat and readlink are the file system's (os, or an
+// fs.FS's); resolve joins a link's target to the link's directory, false
+// when it cannot be followed there (an fs.FS's target out of it).
+func danglingLink(name string, err error, lstat func(string) (fs.FileInfo, error), readlink func(string) (string, error),
+	resolve func(link, target string) (string, bool)) (link dangling, ok bool) {
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", false
+		return dangling{}, false
 	}
 	if st, lerr := lstat(name); lerr != nil || st.Mode()&fs.ModeSymlink == 0 {
-		return "", false
+		return dangling{}, false
 	}
 	target, rerr := readlink(name)
 	if rerr != nil {
-		return "", false
+		return dangling{}, false
 	}
-	return target, true
+	d := dangling{first: target, last: name, target: target}
+	// Follow the chain to its last link (at most as many as the kernel
+	// follows: a loop is ELOOP, not ErrNotExist, but a link may change).
+	for range maxLinkHops {
+		next, ok := resolve(d.last, d.target)
+		if !ok {
+			break
+		}
+		if st, lerr := lstat(next); lerr != nil || st.Mode()&fs.ModeSymlink == 0 {
+			break
+		}
+		t, rerr := readlink(next)
+		if rerr != nil {
+			break
+		}
+		d.last, d.target = next, t
+	}
+	return d, true
 }
 
-// danglingProblem is the problem of an entry of a policy directory that is
-// a symlink to target, which does not exist: neither renaming it nor
-// reading it again helps, its target is what to fix. One whose extension
-// is miscased (miscased) is also told what a policy file is named, so one
-// reading is enough to fix it.
-func danglingProblem(name, target string, miscased bool) *Problem {
-	msg := "not read: is a dangling symlink to " + target
+// maxLinkHops is how many links of a chain danglingLink follows (Linux's
+// limit of symlinks in one path resolution).
+const maxLinkHops = 40
+
+// dangling is what danglingLink found: a symlink entry whose target is
+// first, leading (maybe through more links) to the link last, whose
+// target does not exist.
+type dangling struct {
+	first, last, target string
+}
+
+// osResolve is danglingLink's resolve over the os file system.
+func osResolve(link, target string) (string, bool) {
+	if filepath.IsAbs(target) {
+		return target, true
+	}
+	return filepath.Join(filepath.Dir(link), target), true
+}
+
+// fsResolve is danglingLink's resolve over an fs.FS: a target is followed
+// within it only.
+func fsResolve(link, target string) (string, bool) {
+	if path.IsAbs(target) {
+		return "", false
+	}
+	p := path.Join(path.Dir(link), target)
+	return p, fs.ValidPath(p)
+}
+
+// danglingProblem is the problem of an entry of a policy directory, name,
+// that is a dangling symlink d: neither renaming it nor reading it again
+// helps, its target is what to fix. One that leads through other links
+// names the last one, whose target does not exist, and the target it
+// holds: "dangling symlink to m.yaml" would name a file that exists (as a
+// link). A target or link with a character that is not printable (a
+// newline) is quoted, as explain quotes a subject: one problem is one
+// line. One whose extension is miscased (miscased) is also told what a
+// policy file is named, so one reading is enough to fix it.
+func danglingProblem(name string, d dangling, miscased bool) *Problem {
+	msg := "not read: is a dangling symlink to " + printable(d.target)
+	if d.last != name {
+		msg = "not read: is a chain of symlinks (to " + printable(d.first) + ") ending at " + printable(d.last) +
+			", a dangling symlink to " + printable(d.target)
+	}
 	if miscased {
 		msg += `; policy files are regular files named *.yaml or *.yml (lowercase)`
 	}

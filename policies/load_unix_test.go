@@ -303,3 +303,53 @@ func TestLoadDirectoryReportsDanglingSymlinks(t *testing.T) {
 		t.Errorf("Load = %v, %v\ngot problems:\n%s\nwant:\n%s", p, err, strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestLoadDirectoryDanglingSymlinkTargets: a dangling symlink's problem
+// stays one line when its target holds a newline (the target is quoted
+// then, as explain quotes a subject), and one that leads to another link
+// that dangles names the last link of the chain and its target: before,
+// l.yaml -> m.yaml -> nowhere said "dangling symlink to m.yaml", a file
+// that exists (as a link), and a newline in a target split its problem
+// in two lines.
+func TestLoadDirectoryDanglingSymlinkTargets(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, ".links"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range map[string]string{
+		"l.yaml":    "m.yaml",
+		"m.yaml":    "../nowhere.yaml",
+		"k.yaml":    ".links/k",
+		".links/k":  "j",
+		".links/j":  "../gone.yaml",
+		"n.yaml":    "gone\nx.yaml: not read: is a dangling symlink to y",
+		"abs.yaml":  filepath.Join(dir, ".links", "k"),
+		"self.yaml": "gone.yaml",
+	} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	links := filepath.Join(dir, ".links")
+	want := []string{
+		filepath.Join(dir, "abs.yaml") + `: not read: is a chain of symlinks (to ` + filepath.Join(links, "k") + `) ending at ` + filepath.Join(links, "j") + `, a dangling symlink to ../gone.yaml`,
+		filepath.Join(dir, "k.yaml") + `: not read: is a chain of symlinks (to .links/k) ending at ` + filepath.Join(links, "j") + `, a dangling symlink to ../gone.yaml`,
+		filepath.Join(dir, "l.yaml") + `: not read: is a chain of symlinks (to m.yaml) ending at ` + filepath.Join(dir, "m.yaml") + `, a dangling symlink to ../nowhere.yaml`,
+		filepath.Join(dir, "m.yaml") + `: not read: is a dangling symlink to ../nowhere.yaml`,
+		filepath.Join(dir, "n.yaml") + `: not read: is a dangling symlink to "gone\nx.yaml: not read: is a dangling symlink to y"`,
+		filepath.Join(dir, "self.yaml") + `: not read: is a dangling symlink to gone.yaml`,
+	}
+	p, err := loadGuarded(t, dir)
+	if got := problemStrings(err); strings.Join(got, "\n") != strings.Join(want, "\n") || p != nil {
+		t.Errorf("Load = %v, %v\ngot problems:\n%s\nwant:\n%s", p, err, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if err != nil {
+		// A header line, then one line a problem.
+		if n := strings.Count(err.Error(), "\n"); n != len(want) {
+			t.Errorf("error has %d lines after its header for %d problems:\n%s", n, len(want), err)
+		}
+	}
+}

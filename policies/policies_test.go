@@ -1356,6 +1356,30 @@ func TestLoadFSDirectoryReportsMiscasedNonRegularEntries(t *testing.T) {
 	}
 }
 
+// TestLoadFSDanglingSymlinkTargets: LoadFS quotes a dangling symlink's
+// target holding a newline, and names the last link of a chain of them,
+// as Load does.
+func TestLoadFSDanglingSymlinkTargets(t *testing.T) {
+	fsys := fstest.MapFS{
+		"d/a.yaml":   {Data: []byte("version: 1\n")},
+		"d/l.yaml":   {Mode: fs.ModeSymlink, Data: []byte("m.yaml")},
+		"d/m.yaml":   {Mode: fs.ModeSymlink, Data: []byte("../nowhere.yaml")},
+		"d/k.yaml":   {Mode: fs.ModeSymlink, Data: []byte(".links/k")},
+		"d/.links/k": {Mode: fs.ModeSymlink, Data: []byte("../../gone.yaml")},
+		"d/n.yaml":   {Mode: fs.ModeSymlink, Data: []byte("gone\nx.yaml")},
+	}
+	want := []string{
+		`d/k.yaml: not read: is a chain of symlinks (to .links/k) ending at d/.links/k, a dangling symlink to ../../gone.yaml`,
+		`d/l.yaml: not read: is a chain of symlinks (to m.yaml) ending at d/m.yaml, a dangling symlink to ../nowhere.yaml`,
+		`d/m.yaml: not read: is a dangling symlink to ../nowhere.yaml`,
+		`d/n.yaml: not read: is a dangling symlink to "gone\nx.yaml"`,
+	}
+	p, err := LoadFS(fsys, "d")
+	if diff := cmp.Diff(want, problemStrings(err)); diff != "" || p != nil {
+		t.Errorf("LoadFS = %v, %v; want problems (-want +got):\n%s", p, err, diff)
+	}
+}
+
 // TestLoadFSDirectoryReportsDanglingSymlinks: LoadFS reports a symlink
 // named *.yaml or *.YAML whose target does not exist as Load does: a
 // dangling symlink, named with its target, not a file to rename nor an
