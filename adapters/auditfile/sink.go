@@ -935,7 +935,8 @@ func (s *Sink) feed() {
 // ErrUnavailable wrapping broker.ErrAuditPending. A queued event stays
 // queued and may still become durable; one that was not queued is not
 // written. No context: as for an Append whose ctx never ends, only d
-// bounds the wait.
+// bounds the wait. An event never overtakes the deferred events held
+// before it was called (holdBehindDeferred).
 func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 	if ev == nil {
 		return errors.New("auditfile: nil event")
@@ -960,8 +961,12 @@ func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 		}
 	}()
 	r := &request{ev: ev, done: make(chan error, 1)}
-	if err := s.enqueueUntil(context.Background(), r, t.C); err != nil {
+	if held, err := s.holdBehindDeferred(r); err != nil {
 		return err
+	} else if !held {
+		if err := s.enqueueUntil(context.Background(), r, t.C); err != nil {
+			return err
+		}
 	}
 	select {
 	case err := <-r.done:
@@ -969,6 +974,35 @@ func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 	case <-t.C:
 		return unavailable(fmt.Errorf("auditfile: event not durable within %s: %w", d, broker.ErrAuditPending))
 	}
+}
+
+// holdBehindDeferred holds r in the overflow, behind the deferred events
+// held there, when there are any (the queue full, the writer stuck): r must
+// not overtake an event deferred before it (the proxy defers a request's
+// shared_use_suspected event, then waits for its use event). It reports
+// whether r was held; when the overflow is full r is refused (not written)
+// with an error wrapping broker.ErrAuditPending, as an event that found the
+// queue full until its bound.
+func (s *Sink) holdBehindDeferred(r *request) (bool, error) {
+	s.overflowMu.Lock()
+	defer s.overflowMu.Unlock()
+	if !s.feeding {
+		return false, nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.closing {
+		return true, unavailable(errClosed)
+	}
+	if s.held >= s.maxOverflow {
+		return true, unavailable(fmt.Errorf("auditfile: event not enqueued (the writer is stuck and the deferred events before it fill the overflow): %w", broker.ErrAuditPending))
+	}
+	if r.ev.RequestID == "" { // as enqueueUntil does, the caller's event (not the feeder's)
+		r.ev.RequestID = broker.NewID(broker.PrefixRequest)
+	}
+	s.overflow = append(s.overflow, r)
+	s.held++
+	return true, nil
 }
 
 // enqueue hands r to the writer goroutine.
