@@ -60,3 +60,58 @@ workloads:
 		t.Error("a reloaded policy kept the old view")
 	}
 }
+
+// An exchange under the old policy and one under the new, at once (a
+// reload between them): each gets the grant of its own policy, whichever
+// view the other left kept, never the other policy's.
+func TestGrantViewReloadRace(t *testing.T) {
+	text := func(ttl string) []byte {
+		return []byte(`version: 1
+issuers:
+  - name: k8s
+    issuer: https://k8s.example
+    jwks_url: https://k8s.example/jwks
+    audiences: [keytrail]
+    algorithms: [ES256]
+grants:
+  - name: g
+    kind: vault_token
+    ttl: ` + ttl + `
+    vault_token: {policies: [p]}
+workloads:
+  - name: api
+    owner: team-a
+    match: {issuer: k8s, subject: "system:serviceaccount:ns1:api"}
+    grants: [g]
+`)
+	}
+	var pols [2]*policies.Policy
+	for i, ttl := range []string{"15m", "5m"} {
+		p, err := policies.Parse("p.yaml", text(ttl))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pols[i] = p
+	}
+	var vs grantViews
+	done := make(chan string, 2)
+	for i := range pols {
+		go func() {
+			want, _ := pols[i].Grant("g")
+			for range 2000 {
+				v := vs.of(pols[i])
+				g, ok := v.grant("g")
+				if v.pol != pols[i] || !ok || g.TTLDuration() != want.TTLDuration() {
+					done <- "policy with ttl " + want.TTLDuration().String() + ": a view of the other policy, or its grant"
+					return
+				}
+			}
+			done <- ""
+		}()
+	}
+	for range pols {
+		if msg := <-done; msg != "" {
+			t.Error(msg)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,6 +65,18 @@ func TestReadFormIsParseForm(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+	// Content-Type repeated: the first is the one both read.
+	for _, cts := range [][]string{{formType, "application/json"}, {"application/json", formType}} {
+		r := newFormRequest(http.MethodPost, "/v1/token", "", "a=1")
+		r.Header["Content-Type"] = cts
+		want := newFormRequest(http.MethodPost, "/v1/token", "", "a=1")
+		want.Header["Content-Type"] = cts
+		werr := want.ParseForm()
+		_, gerr := s.readForm(httptest.NewRecorder(), r)
+		if (gerr == nil) != (cts[0] == formType) || !reflect.DeepEqual(r.PostForm, want.PostForm) && gerr == nil {
+			t.Errorf("Content-Type %q: readForm error %v, PostForm %v; ParseForm error %v, PostForm %v", cts, gerr, r.PostForm, werr, want.PostForm)
 		}
 	}
 	for _, ct := range []string{"", "text/plain", "application/x-www-form-urlencoded; x", "application/json"} {
@@ -133,6 +146,18 @@ func TestWriteJSONHeaders(t *testing.T) {
 	w2.Header().Add("Content-Type", "y")
 	if !reflect.DeepEqual(w.Header(), want) {
 		t.Errorf("another response's Add changed these headers: %v", w.Header())
+	}
+	// Nor does an Add to one of them on the same response touch the
+	// others (each slice's capacity is its length: the append copies).
+	w3 := httptest.NewRecorder()
+	writeJSON(w3, http.StatusOK, 1)
+	for _, k := range []string{"Content-Type", "Cache-Control", "Pragma", "X-Content-Type-Options"} {
+		w3.Header().Add(k, "added")
+	}
+	for k, v := range want {
+		if got := w3.Header()[k]; !reflect.DeepEqual(got, append(slices.Clone(v), "added")) {
+			t.Errorf("after an Add to each header: %s = %q, want %q and \"added\"", k, got, v)
+		}
 	}
 	h := http.Header{}
 	rw := headerOnly{h}
