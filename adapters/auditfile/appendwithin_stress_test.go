@@ -101,12 +101,10 @@ func appendWithinStress(t *testing.T) {
 				t.Errorf("%s (bound a minute): %v, want nil", r.typ, r.err)
 			}
 			if strings.Contains(r.err.Error(), "not enqueued") {
-				notQueued++
-				if inFile[r.typ] != 0 {
-					t.Errorf("%s: refused before it was queued (%v), but written", r.typ, r.err)
-				}
-			} else if inFile[r.typ] > 1 {
-				t.Errorf("%s: pending, in the file %d times", r.typ, inFile[r.typ])
+				notQueued++ // held for the feeder: written all the same
+			}
+			if inFile[r.typ] != 1 {
+				t.Errorf("%s: pending (%v), in the file %d times, want once (it may still land, and the sink was closed after the stalls)", r.typ, r.err, inFile[r.typ])
 			}
 		default:
 			t.Errorf("%s: AppendWithin() = %v, want nil or a pending error", r.typ, r.err)

@@ -932,10 +932,12 @@ func (s *Sink) feed() {
 // AppendWithin is Append waiting at most d (broker.BoundedAuditSink): an
 // event not durable by then, or not even queued (the writer stuck on a
 // disk whose writes hang, the queue full behind it), is reported as
-// ErrUnavailable wrapping broker.ErrAuditPending. A queued event stays
-// queued and may still become durable; one that was not queued is not
-// written. No context: as for an Append whose ctx never ends, only d
-// bounds the wait. An event never overtakes the deferred events held
+// ErrUnavailable wrapping broker.ErrAuditPending. Such an event stays
+// queued (one not queued in time is held for the feeder, as a deferred
+// event is) and may still become durable; one that cannot be held (the
+// overflow full, the sink closing) is not written, and its error does not
+// wrap ErrAuditPending. No context: as for an Append whose ctx never ends,
+// only d bounds the wait. An event never overtakes the deferred events held
 // before it was called (holdBehindDeferred).
 func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 	if ev == nil {
@@ -965,6 +967,17 @@ func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 		return err
 	} else if !held {
 		if err := s.enqueueUntil(context.Background(), r, t.C); err != nil {
+			if !errors.Is(err, broker.ErrAuditPending) {
+				return err
+			}
+			// Not queued within d: pending, as the port promises ("may
+			// still land"), so it must land. It is held for the feeder
+			// as a deferred event is (r.done is buffered: nobody need
+			// read it); when it cannot be held it is not written, which
+			// is not pending.
+			if herr := s.enqueueOrHold(r); herr != nil {
+				return herr
+			}
 			return err
 		}
 	}
@@ -980,9 +993,8 @@ func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 // held there, when there are any (the queue full, the writer stuck): r must
 // not overtake an event deferred before it (the proxy defers a request's
 // shared_use_suspected event, then waits for its use event). It reports
-// whether r was held; when the overflow is full r is refused (not written)
-// with an error wrapping broker.ErrAuditPending, as an event that found the
-// queue full until its bound.
+// whether r was held; when the overflow is full r is refused: not written,
+// an ErrUnavailable error that does not wrap broker.ErrAuditPending.
 func (s *Sink) holdBehindDeferred(r *request) (bool, error) {
 	s.overflowMu.Lock()
 	defer s.overflowMu.Unlock()
@@ -995,7 +1007,8 @@ func (s *Sink) holdBehindDeferred(r *request) (bool, error) {
 		return true, unavailable(errClosed)
 	}
 	if s.held >= s.maxOverflow {
-		return true, unavailable(fmt.Errorf("auditfile: event not enqueued (the writer is stuck and the deferred events before it fill the overflow): %w", broker.ErrAuditPending))
+		// Not written: a failure, not a pending event.
+		return true, unavailable(fmt.Errorf("auditfile: event not enqueued (the writer is stuck and the deferred events before it fill the overflow)"))
 	}
 	if r.ev.RequestID == "" { // as enqueueUntil does, the caller's event (not the feeder's)
 		r.ev.RequestID = broker.NewID(broker.PrefixRequest)

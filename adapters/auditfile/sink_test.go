@@ -1249,8 +1249,9 @@ func TestDeferredReturnsAtOnceWhenQueueIsFull(t *testing.T) {
 // TestAppendWithin: AppendWithin is Append when the disk answers, and
 // stops waiting after its bound when it does not (the write hangs), with
 // ErrUnavailable wrapping broker.ErrAuditPending: for an event queued
-// behind the stuck write, which is written once the disk answers, and for
-// one that finds the queue full, which is not.
+// behind the stuck write and for one that finds the queue full (held for
+// the feeder): both are written once the disk answers, as "pending"
+// promises.
 func TestAppendWithin(t *testing.T) {
 	gate := make(chan struct{})
 	fl := &faults{}
@@ -1288,8 +1289,8 @@ func TestAppendWithin(t *testing.T) {
 			t.Fatalf("AppendWithin(%s) on a stuck disk = %v, want ErrUnavailable wrapping ErrAuditPending", typ, err)
 		}
 	}
-	pending("queued")  // takes the queue's one place
-	pending("refused") // finds the queue full
+	pending("queued") // takes the queue's one place
+	pending("held")   // finds the queue full
 	release()
 	if err := <-errs; err != nil {
 		t.Fatalf("Append() = %v", err)
@@ -1297,7 +1298,7 @@ func TestAppendWithin(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"1:answered", "2:stuck", "3:queued"}, types(t, path)); diff != "" {
+	if diff := cmp.Diff([]string{"1:answered", "2:stuck", "3:queued", "4:held"}, types(t, path)); diff != "" {
 		t.Errorf("file (-want +got):\n%s", diff)
 	}
 }

@@ -2,6 +2,7 @@ package auditfile
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"runtime"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
 
@@ -69,6 +71,33 @@ func TestAppendWithinBehindHeldDeferred(t *testing.T) {
 		want = append(want, fmt.Sprintf("%d:d%d", i+4, i))
 	}
 	want = append(want, fmt.Sprintf("%d:shared_use_suspected", n+4), fmt.Sprintf("%d:use", n+5))
+	if diff := cmp.Diff(want, types(t, path)); diff != "" {
+		t.Errorf("file (-want +got):\n%s", diff)
+	}
+}
+
+// TestAppendWithinNotQueuedStillLands: an event AppendWithin gave up on
+// before it could even be queued (the writer stuck, the queue full until
+// the bound) is reported pending (broker.ErrAuditPending: "may still
+// land", broker.BoundedAuditSink) and must then land once the disk
+// answers. It was dropped: the exchange, told its orphan_revoked event was
+// pending, queued the request's deny behind an event never written.
+func TestAppendWithinNotQueuedStillLands(t *testing.T) {
+	s, path, release, errs := stuckWithFullQueue(t)
+	err := s.AppendWithin(&audit.Event{Type: "orphan_revoked"}, time.Millisecond)
+	if !errors.Is(err, broker.ErrAuditPending) {
+		t.Fatalf("AppendWithin with the queue full = %v, want ErrAuditPending", err)
+	}
+	release()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"1:first", "2:queued", "3:queued", "4:orphan_revoked"}
 	if diff := cmp.Diff(want, types(t, path)); diff != "" {
 		t.Errorf("file (-want +got):\n%s", diff)
 	}
