@@ -827,3 +827,47 @@ func TestTruncatedMidLine(t *testing.T) {
 		t.Errorf("want the ERROR to give the cut's size (100) and the failed batch's %d bytes left at the end:\n%s", left, l)
 	}
 }
+
+// TestStrandedCopiedAtClose: the copy of a displaced file could not be made
+// (stranded); by Close there is room for it. Close's retry makes the copy
+// and lets go of the file: Close must report the displacement, not crash
+// the writer on the file it just closed, and leave the copy whole.
+func TestStrandedCopiedAtClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	var full atomic.Bool
+	full.Store(true)
+	sm := seams{tick: tick, createCopy: func(name string) (*os.File, error) {
+		if full.Load() {
+			return nil, syscall.ENOSPC
+		}
+		return createNew(name)
+	}}
+	s, err := open(Options{Path: path, Now: newClock().Now}, sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 2)
+	own := readFile(t, path)
+	replaceAt(t, path, []byte("{}\n"))
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with the path replaced = %v, want ErrUnavailable", err)
+	}
+	if d := displacedFiles(t, path); len(d) != 0 {
+		t.Fatalf("displaced copies = %v with no room for one", d)
+	}
+	full.Store(false)
+	if err := s.Close(); err == nil {
+		t.Error("Close() = nil with the path naming another file, want the displacement reported")
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies after Close = %v, want 1", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want %q", got, own)
+	}
+	if got := readFile(t, path); string(got) != "{}\n" {
+		t.Errorf("the file at the path was changed: %q", got)
+	}
+}

@@ -1901,11 +1901,17 @@ func (s *Sink) maybeRotate(now time.Time) {
 func (s *Sink) finish() error {
 	var errs []error
 	if s.stranded {
+		// The retry may make the copy (displace lets go of f then) or
+		// find the path naming f again; only a file still stranded is
+		// closed here, without a copy.
 		if err := s.settleStranded(); err != nil {
-			s.log.Error("audit: closing a file the path no longer names, without a copy of its lines", "err", err)
 			errs = append(errs, err)
-			_ = s.f.Close()
-			s.f, s.stranded = nil, false
+			if s.stranded {
+				s.log.Error("audit: closing a file the path no longer names, without a copy of its lines", "err", err)
+				_ = s.f.Close()
+				s.f, s.fid, s.stranded = nil, nil, false
+				s.displaced = true
+			}
 		}
 	}
 	if s.o.Signer != nil && s.st.sinceCP > 0 {
