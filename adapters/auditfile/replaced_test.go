@@ -871,3 +871,49 @@ func TestStrandedCopiedAtClose(t *testing.T) {
 		t.Errorf("the file at the path was changed: %q", got)
 	}
 }
+
+// TestResyncCutRewriteNotTruncated: a rotation's fsync fails with the
+// journal holding frames (resync), and the rewrite of those frames is cut
+// short by a failed write, so the sink's file is shorter than its last
+// acknowledged line until the rewrite is made again. That is the sink's
+// own state, not a truncation underneath: the tick's size check must not
+// take it for one (found=truncated would let go of the file), and the
+// sink goes on, rewriting and rotating, once the disk works again.
+func TestResyncCutRewriteNotTruncated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = tick
+	clk := newClock()
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: clk.Now, Journal: true, RotateEvery: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, sm)
+	appendN(t, s, 3)
+	good := int64(len(readFile(t, path)))
+	clk.Advance(2 * time.Hour)
+	fl.set(func(fl *faults) { fl.sync = true })
+	tick <- time.Time{} // rotation: its fsync fails (resync)
+	fl.set(func(fl *faults) { fl.writeHalf = true })
+	tick <- time.Time{} // rotation again: the rewrite is cut short
+	writerIdle(t, s)
+	if fi, err := os.Stat(path); err != nil || fi.Size() >= good {
+		t.Fatalf("file after the cut rewrite: %v, %v; want shorter than %d", fi, err, good)
+	}
+	fl.set(func(fl *faults) { fl.writeHalf = false })
+	tick <- time.Time{} // the size check with the rewrite pending
+	writerIdle(t, s)
+	if strings.Contains(logs.String(), "found="+foundTruncated) {
+		t.Fatalf("the sink's own cut rewrite taken for a truncation underneath:\n%s", logs.String())
+	}
+	fl.set(func(fl *faults) { fl.sync = false })
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+		t.Fatalf("Append() once the disk works = %v, seq %d; want nil, 4\n%s", err, ev.Seq, logs.String())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, nil, false, append(rotatedFiles(t, path), path)...); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}
