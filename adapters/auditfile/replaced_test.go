@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -915,5 +916,36 @@ func TestResyncCutRewriteNotTruncated(t *testing.T) {
 	}
 	if _, err := verify(t, nil, false, append(rotatedFiles(t, path), path)...); err != nil {
 		t.Errorf("Verify() = %v", err)
+	}
+}
+
+// TestReopenCreatesNoFile: the sink, failing because its path names
+// another file, reopens the path on the next append; that file is moved
+// away between the sink's check that the path exists and its open. A file
+// with lines is reopened, never created: no empty file may appear at the
+// path, where it would pass for an emptied audit log.
+func TestReopenCreatesNoFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	var removeFirst atomic.Bool
+	sm := seams{tick: make(chan time.Time), openFile: func(p string, create bool) (file, error) {
+		if removeFirst.Load() {
+			if err := os.Rename(p, p+".aside"); err != nil {
+				return nil, err
+			}
+		}
+		return openOSFile(p, create)
+	}}
+	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
+	appendN(t, s, 2)
+	replaceAt(t, path, []byte("{}\n"))
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with the path replaced = %v, want ErrUnavailable", err)
+	}
+	removeFirst.Store(true)
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with the path emptied during the reopen = %v, want ErrUnavailable", err)
+	}
+	if fi, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the reopen left a file at the path (%v, %v), want none", fi, err)
 	}
 }

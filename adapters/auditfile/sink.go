@@ -159,13 +159,18 @@ type file interface {
 	Close() error
 }
 
-func openOSFile(path string) (file, error) {
-	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+// openOSFile opens the audit file for appending; create: or creates it.
+func openOSFile(path string, create bool) (file, error) {
+	flag := os.O_RDWR | os.O_APPEND
+	if create {
+		flag |= os.O_CREATE
+	}
+	return os.OpenFile(path, flag, 0o600)
 }
 
 // seams lets tests replace the file and the checkpoint ticker.
 type seams struct {
-	openFile    func(path string) (file, error)
+	openFile    func(path string, create bool) (file, error)
 	openJournal func(path string) (journalFile, error)
 	openReplay  func(path string) (replayFile, error)
 	createCopy  func(path string) (*os.File, error) // keepDisplaced's new file
@@ -215,7 +220,7 @@ func (st state) clone() state {
 type Sink struct {
 	o        Options
 	log      *slog.Logger
-	openFile func(string) (file, error)
+	openFile func(string, bool) (file, error)
 	openJrnl func(string) (journalFile, error)
 	openRply func(string) (replayFile, error)
 	mkCopy   func(string) (*os.File, error)
@@ -438,7 +443,7 @@ func (s *Sink) load() error {
 	case frames > 0:
 		s.log.Warn("audit: replayed the journal after an unclean stop", "journal", jpath, "batches", frames, "bytes_restored", repaired)
 	}
-	f, err := s.openFile(s.o.Path)
+	f, err := s.openFile(s.o.Path, true)
 	if err != nil {
 		return fmt.Errorf("auditfile: open: %w", err)
 	}
@@ -1445,14 +1450,13 @@ func (s *Sink) ensureOpen() error {
 	if s.f != nil {
 		return nil
 	}
-	if s.good > 0 {
-		// A file with lines is reopened, never created: an empty file
-		// at the path would pass for the audit log.
-		if _, err := os.Stat(s.o.Path); errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("reopen: %s is missing: moved or removed underneath", s.o.Path)
-		}
+	// A file with lines is reopened, never created (not even when it
+	// disappears between a check and the open): an empty file at the
+	// path would pass for the audit log.
+	f, err := s.openFile(s.o.Path, s.good == 0)
+	if s.good > 0 && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reopen: %s is missing: moved or removed underneath", s.o.Path)
 	}
-	f, err := s.openFile(s.o.Path)
 	if err != nil {
 		return fmt.Errorf("reopen: %w", err)
 	}

@@ -283,8 +283,8 @@ func (f *faultReplay) Sync() error {
 }
 
 func faultSeams(fl *faults) seams {
-	return seams{openFile: func(path string) (file, error) {
-		f, err := openOSFile(path)
+	return seams{openFile: func(path string, create bool) (file, error) {
+		f, err := openOSFile(path, create)
 		if err != nil {
 			return nil, err
 		}
