@@ -1606,3 +1606,81 @@ func TestDeferredOverflowAtClose(t *testing.T) {
 		t.Errorf("AppendDeferred after Close: %v, want ErrUnavailable", err)
 	}
 }
+
+// TestDeferredRacingClose: deferred events arrive while Close runs, some
+// held for room in the queue (the writer stuck), some after Close began.
+// Each done is called exactly once, by the time its AppendDeferred has
+// returned or Close has; each event reported written is in the file, and
+// none reported refused is; no feeder outlives Close.
+func TestDeferredRacingClose(t *testing.T) {
+	s, path, release, errs := stuckWithFullQueue(t)
+	const callers, each = 8, 40
+	var mu sync.Mutex
+	outcome := map[string][]error{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for i := range each {
+				typ := fmt.Sprintf("c%d-%02d", c, i)
+				s.AppendDeferred(&audit.Event{Type: typ}, func(err error) {
+					mu.Lock()
+					outcome[typ] = append(outcome[typ], err)
+					mu.Unlock()
+				})
+			}
+		}()
+	}
+	closed := make(chan error, 1)
+	close(start)
+	go func() { closed <- s.Close() }()
+	release()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	s.overflowMu.Lock()
+	if s.feeding || len(s.overflow) != 0 || s.held != 0 {
+		t.Errorf("after Close: feeding %v, %d held in the overflow, held count %d; want none", s.feeding, len(s.overflow), s.held)
+	}
+	s.overflowMu.Unlock()
+	inFile := map[string]bool{}
+	last := map[string]string{} // a caller's last event in the file
+	for _, ev := range readEvents(t, path) {
+		inFile[ev.Type] = true
+		if c, _, ok := strings.Cut(ev.Type, "-"); ok && strings.HasPrefix(c, "c") {
+			if ev.Type < last[c] {
+				t.Errorf("%s written after %s: a caller's deferred events out of order", ev.Type, last[c])
+			}
+			last[c] = ev.Type
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for c := range callers {
+		for i := range each {
+			typ := fmt.Sprintf("c%d-%02d", c, i)
+			got := outcome[typ]
+			if len(got) != 1 {
+				t.Errorf("%s: done called %d times, want once", typ, len(got))
+				continue
+			}
+			switch err := got[0]; {
+			case err == nil && !inFile[typ]:
+				t.Errorf("%s reported written, not in the file", typ)
+			case err != nil && !errors.Is(err, broker.ErrUnavailable):
+				t.Errorf("%s: %v, want nil or ErrUnavailable", typ, err)
+			case err != nil && inFile[typ]:
+				t.Errorf("%s reported refused (%v), but in the file", typ, err)
+			}
+		}
+	}
+}
