@@ -949,3 +949,40 @@ func TestReopenCreatesNoFile(t *testing.T) {
 		t.Errorf("the reopen left a file at the path (%v, %v), want none", fi, err)
 	}
 }
+
+// TestResyncReopenTakesOnlyItsFile: an fsync failed with the journal
+// holding frames (resync), and the sink then had to close its file (its
+// truncate failed too). While the rewrite of the frames is pending, a
+// reopen accepts a file cut anywhere after the epoch's base; that must be
+// the sink's own file. Another file put at the path meanwhile (the epoch
+// starting at byte 0, so that no line before it tells them apart) is not
+// taken: the rewrite would cut it and write the frames over it.
+func TestResyncReopenTakesOnlyItsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = tick
+	clk := newClock()
+	s := openT(t, Options{Path: path, Now: clk.Now, Journal: true, RotateEvery: time.Hour}, sm)
+	appendN(t, s, 2)
+	clk.Advance(2 * time.Hour)
+	fl.set(func(fl *faults) { fl.sync = true })
+	tick <- time.Time{} // rotation: its fsync fails (resync)
+	fl.set(func(fl *faults) { fl.truncate = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with fsync and truncate failing = %v, want ErrUnavailable", err)
+	}
+	if s.f != nil || !s.resync {
+		t.Fatalf("after the failures: file open %v, resync %v; want closed, pending", s.f != nil, s.resync)
+	}
+	stranger := []byte("{\"not\":\"ours\"}\n")
+	replaceAt(t, path, stranger)
+	fl.set(func(fl *faults) { fl.sync, fl.truncate = false, false })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Append() with another file at the path = %v, want ErrUnavailable", err)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, stranger) {
+		t.Errorf("the file at the path was changed: %q, want %q", got, stranger)
+	}
+}

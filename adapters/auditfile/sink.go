@@ -1476,12 +1476,18 @@ func (s *Sink) checkReopened(f file) (os.FileInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reopen: stat: %w", err)
 	}
-	return fi, s.checkReopenedSize(f, fi.Size())
+	// Only the file the sink wrote may be cut short by a pending rewrite
+	// of the journal's frames: another one at the path (replaced while f
+	// was closed) gets the full check, as a rewrite would cut it and
+	// write the frames over it (nothing before an epoch starting at byte
+	// 0 tells them apart).
+	own := s.fid != nil && os.SameFile(fi, s.fid)
+	return fi, s.checkReopenedSize(f, fi.Size(), own)
 }
 
-func (s *Sink) checkReopenedSize(f file, size int64) error {
+func (s *Sink) checkReopenedSize(f file, size int64, own bool) error {
 	switch {
-	case s.resync && !s.displaced && size >= s.j.base && size <= s.good+s.dirty:
+	case s.resync && own && !s.displaced && size >= s.j.base && size <= s.good+s.dirty:
 		// A rewrite of the journal's frames was cut short, or is still
 		// to be made: syncAndReset makes it before the next write.
 		s.dirty = 0
