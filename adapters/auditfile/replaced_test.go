@@ -986,3 +986,64 @@ func TestResyncReopenTakesOnlyItsFile(t *testing.T) {
 		t.Errorf("the file at the path was changed: %q, want %q", got, stranger)
 	}
 }
+
+// TestStrandedWithRewritePending: the sink's file is cut short by a
+// rewrite of the journal's frames that failed (resync pending) when it is
+// moved away; its copy cannot be made (stranded). Moved back, it is the
+// sink's own file in the sink's own state, not one truncated underneath:
+// the sink takes writes again, rewriting the frames first.
+func TestStrandedWithRewritePending(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = tick
+	sm.createCopy = func(string) (*os.File, error) { return nil, syscall.ENOSPC }
+	clk := newClock()
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: clk.Now, Journal: true, RotateEvery: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, sm)
+	appendN(t, s, 3)
+	good := int64(len(readFile(t, path)))
+	clk.Advance(2 * time.Hour)
+	fl.set(func(fl *faults) { fl.sync = true })
+	tick <- time.Time{} // rotation: its fsync fails (resync)
+	fl.set(func(fl *faults) { fl.writeHalf = true })
+	tick <- time.Time{} // rotation again: the rewrite is cut short
+	writerIdle(t, s)
+	if fi, err := os.Stat(path); err != nil || fi.Size() >= good {
+		t.Fatalf("file after the cut rewrite: %v, %v; want shorter than %d", fi, err, good)
+	}
+	fl.set(func(fl *faults) { fl.writeHalf = false })
+	moved := path + ".shipped"
+	if err := os.Rename(path, moved); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{} // found missing; no copy: stranded
+	reply := make(chan error, 1)
+	s.probes <- reply // after the tick's work: the writer is idle
+	if err := <-reply; !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("probe with the file moved away = %v, want ErrUnavailable", err)
+	}
+	if !strings.Contains(logs.String(), "could not be copied") {
+		t.Fatalf("not stranded after the file moved away with no room for a copy:\n%s", logs.String())
+	}
+	if err := os.Rename(moved, path); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{} // the path names the sink's file again
+	tick <- time.Time{}
+	if strings.Contains(logs.String(), "found="+foundTruncated) {
+		t.Errorf("the sink's own cut rewrite taken for a truncation underneath:\n%s", logs.String())
+	}
+	fl.set(func(fl *faults) { fl.sync = false })
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+		t.Fatalf("Append() with the sink's file back = %v, seq %d; want nil, 4\n%s", err, ev.Seq, logs.String())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, nil, false, append(rotatedFiles(t, path), path)...); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}

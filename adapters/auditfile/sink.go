@@ -1681,7 +1681,7 @@ func (s *Sink) displace(found string) error {
 // for want of room, the likely reason, must not keep the sink failing once
 // the file is back.
 func (s *Sink) settleStranded() error {
-	found, err := s.checkPath(s.good)
+	found, err := s.checkPath(s.written())
 	if err == nil && found == "" && s.endsAtGood() {
 		s.log.Warn("audit: the path names the sink's audit file again; its lines need no copy", "was", s.lostFound)
 		s.stranded, s.lostFound = false, ""
@@ -1694,10 +1694,12 @@ func (s *Sink) settleStranded() error {
 }
 
 // endsAtGood reports whether f ends with the last acknowledged line (a
-// failed write's bytes were dropped).
+// failed write's bytes were dropped), or, while a rewrite of the journal's
+// frames is pending (resync), is cut no shorter than written(): the
+// rewrite completes it before the next write.
 func (s *Sink) endsAtGood() bool {
 	fi, err := s.f.Stat()
-	return err == nil && fi.Size() == s.good
+	return err == nil && fi.Size() <= s.good && fi.Size() >= s.written()
 }
 
 // keepDisplaced copies f's durable lines (up to good) to a new file
