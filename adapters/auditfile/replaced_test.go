@@ -1047,3 +1047,56 @@ func TestStrandedWithRewritePending(t *testing.T) {
 		t.Errorf("Verify() = %v", err)
 	}
 }
+
+// TestDisplacedWithRewritePending: the sink's file is cut short by a
+// rewrite of the journal's frames that failed (resync pending) when it is
+// moved away. The copy the sink keeps must hold every acknowledged line:
+// those past the cut are in the journal's frames, not in the file. Put
+// back at the path, the copy is taken and the chain goes on.
+func TestDisplacedWithRewritePending(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	tick := make(chan time.Time)
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = tick
+	clk := newClock()
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: clk.Now, Journal: true, RotateEvery: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, sm)
+	appendN(t, s, 3)
+	own := readFile(t, path)
+	clk.Advance(2 * time.Hour)
+	fl.set(func(fl *faults) { fl.sync = true })
+	tick <- time.Time{} // rotation: its fsync fails (resync)
+	fl.set(func(fl *faults) { fl.writeHalf = true })
+	tick <- time.Time{} // rotation again: the rewrite is cut short
+	writerIdle(t, s)
+	if fi, err := os.Stat(path); err != nil || fi.Size() >= int64(len(own)) {
+		t.Fatalf("file after the cut rewrite: %v, %v; want shorter than %d", fi, err, len(own))
+	}
+	fl.set(func(fl *faults) { fl.writeHalf, fl.sync = false, false })
+	if err := os.Rename(path, filepath.Join(filepath.Dir(path), "shipped")); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{} // found missing: the copy
+	tick <- time.Time{}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies = %v, want 1\n%s", d, logs.String())
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Fatalf("displaced copy = %q, want every acknowledged line %q", got, own)
+	}
+	if err := os.Rename(d[0], path); err != nil {
+		t.Fatal(err)
+	}
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+		t.Fatalf("Append() with the copy back = %v, seq %d; want nil, 4\n%s", err, ev.Seq, logs.String())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, nil, false, append(rotatedFiles(t, path), path)...); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}

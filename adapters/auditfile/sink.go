@@ -583,36 +583,11 @@ func (s *Sink) syncFile() error {
 // Only frames up to the last acknowledged line (good) are taken: a frame
 // after it belongs to a write that failed.
 func (s *Sink) rewriteEpoch() error {
-	jpath := JournalPath(s.o.Path)
-	jb, err := os.ReadFile(jpath)
+	base, b, err := s.epochLines()
 	if err != nil {
-		return fmt.Errorf("rewrite from the journal: %w", err)
+		return err
 	}
-	js, err := readJournal(jb)
-	if err != nil {
-		return fmt.Errorf("rewrite from the journal %s: %w", jpath, err)
-	}
-	if js.epoch != s.j.epoch || js.base != s.j.base {
-		return fmt.Errorf("rewrite from the journal %s: it holds epoch %d from byte %d, the sink wrote epoch %d from byte %d", jpath, js.epoch, js.base, s.j.epoch, s.j.base)
-	}
-	fi, err := s.f.Stat()
-	if err != nil {
-		return fmt.Errorf("rewrite from the journal: stat: %w", err)
-	}
-	if err := js.continues(s.f, fi.Size(), jpath, s.o.Path); err != nil {
-		return fmt.Errorf("rewrite from the journal: %w", err)
-	}
-	var b []byte
-	for _, fr := range js.frames {
-		if fr.at+int64(len(fr.batch)) > s.good {
-			break
-		}
-		b = append(b, fr.batch...)
-	}
-	if end := js.base + int64(len(b)); end != s.good {
-		return fmt.Errorf("rewrite from the journal %s: its frames end at byte %d, the last acknowledged line at %d", jpath, end, s.good)
-	}
-	if err := s.f.Truncate(js.base); err != nil {
+	if err := s.f.Truncate(base); err != nil {
 		return fmt.Errorf("rewrite from the journal: truncate: %w", err)
 	}
 	n, err := s.f.Write(b)
@@ -624,6 +599,43 @@ func (s *Sink) rewriteEpoch() error {
 	}
 	s.log.Warn("audit: rewrote the journal's batches into the file after a failed fsync", "bytes", len(b))
 	return nil
+}
+
+// epochLines returns the journal epoch's base and the acknowledged lines
+// after it (up to good), read back from the journal's frames, once it has
+// checked that the epoch is the one the sink wrote and continues f. Only
+// frames up to the last acknowledged line (good) are taken: a frame after
+// it belongs to a write that failed.
+func (s *Sink) epochLines() (base int64, b []byte, err error) {
+	jpath := JournalPath(s.o.Path)
+	jb, err := os.ReadFile(jpath)
+	if err != nil {
+		return 0, nil, fmt.Errorf("rewrite from the journal: %w", err)
+	}
+	js, err := readJournal(jb)
+	if err != nil {
+		return 0, nil, fmt.Errorf("rewrite from the journal %s: %w", jpath, err)
+	}
+	if js.epoch != s.j.epoch || js.base != s.j.base {
+		return 0, nil, fmt.Errorf("rewrite from the journal %s: it holds epoch %d from byte %d, the sink wrote epoch %d from byte %d", jpath, js.epoch, js.base, s.j.epoch, s.j.base)
+	}
+	fi, err := s.f.Stat()
+	if err != nil {
+		return 0, nil, fmt.Errorf("rewrite from the journal: stat: %w", err)
+	}
+	if err := js.continues(s.f, fi.Size(), jpath, s.o.Path); err != nil {
+		return 0, nil, fmt.Errorf("rewrite from the journal: %w", err)
+	}
+	for _, fr := range js.frames {
+		if fr.at+int64(len(fr.batch)) > s.good {
+			break
+		}
+		b = append(b, fr.batch...)
+	}
+	if end := js.base + int64(len(b)); end != s.good {
+		return 0, nil, fmt.Errorf("rewrite from the journal %s: its frames end at byte %d, the last acknowledged line at %d", jpath, end, s.good)
+	}
+	return js.base, b, nil
 }
 
 // rotatedNames returns the names of the rotated siblings of the file
@@ -1702,7 +1714,7 @@ func (s *Sink) endsAtGood() bool {
 	return err == nil && fi.Size() <= s.good && fi.Size() >= s.written()
 }
 
-// keepDisplaced copies f's durable lines (up to good) to a new file
+// keepDisplaced copies the acknowledged lines (copyLines) to a new file
 // <Path>.displaced-<UTC time>, fsynced, with f's mode, owner and group
 // (keepOwner), and returns its name. The copy is written as
 // <name>.partial and renamed once complete: a crash during the copy leaves
@@ -1728,10 +1740,7 @@ func (s *Sink) keepDisplaced() (string, error) {
 			return "", err
 		}
 		s.keepOwner(out)
-		n, err := io.Copy(out, io.NewSectionReader(s.f, 0, s.good))
-		if err == nil && n != s.good {
-			err = fmt.Errorf("copied %d of %d bytes", n, s.good)
-		}
+		err = s.copyLines(out)
 		if err == nil {
 			err = out.Sync()
 		}
@@ -1750,6 +1759,31 @@ func (s *Sink) keepDisplaced() (string, error) {
 		return name, nil
 	}
 	return "", errors.New("no free name for the copy")
+}
+
+// copyLines writes the acknowledged lines (up to good) to out: f's bytes,
+// or, while a rewrite of the journal's frames is pending (resync), f's
+// bytes up to the epoch's base and the frames' after it, as the rewrite
+// would make f (f may be cut anywhere after the base). When the journal
+// cannot give them, f's bytes do if f is whole.
+func (s *Sink) copyLines(out io.Writer) error {
+	end, tail := s.good, []byte(nil)
+	if s.resync && s.j != nil {
+		base, b, err := s.epochLines()
+		if err == nil {
+			end, tail = base, b
+		} else if fi, serr := s.f.Stat(); serr != nil || fi.Size() < s.good {
+			return err
+		}
+	}
+	n, err := io.Copy(out, io.NewSectionReader(s.f, 0, end))
+	if err == nil && n != end {
+		err = fmt.Errorf("copied %d of %d bytes", n, end)
+	}
+	if err == nil {
+		_, err = out.Write(tail)
+	}
+	return err
 }
 
 // keepOwner gives the copy f's permissions, owner and group, as far as the
