@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,24 +34,21 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 	return err
 }
 
-// TestExchangeAuditStallFailsClosed: an issue event that does not become
-// durable within AuditTimeout fails the exchange (503 audit_unavailable)
-// instead of holding it indefinitely: the credential is revoked at its
-// backend and marked revoked in the store (its record has landed), so a
-// reconciliation after the grace never finds a recorded, unaudited
-// credential that the caller is about to receive. Once the stalled event
-// lands, a deny event for the issuance follows it.
-func TestExchangeAuditStallFailsClosed(t *testing.T) {
-	f := newFixture(t)
-	sink := &stallingSink{Sink: f.sink, release: make(chan struct{}), added: make(chan string, 16)}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(sink.release)
-		}
-	}
+// newStallingSink is a stallingSink over rec holding events of type hold
+// (issue events when ""); release, which the test's cleanup calls too, lets
+// them through.
+func newStallingSink(t *testing.T, rec *brokertest.Sink, hold string) (sink *stallingSink, release func()) {
+	sink = &stallingSink{Sink: rec, release: make(chan struct{}), added: make(chan string, 16), hold: hold}
+	var once sync.Once
+	release = func() { once.Do(func() { close(sink.release) }) }
 	t.Cleanup(release)
+	return sink, release
+}
+
+// stallService is the fixture's Service over sink, waiting for an event at
+// most 50ms (AuditTimeout).
+func (f *fixture) stallService(t *testing.T, sink broker.AuditSink) *broker.Service {
+	t.Helper()
 	svc, err := broker.NewService(broker.Deps{
 		Policy:       func() *policies.Policy { return f.pol },
 		Authn:        func() broker.Authenticator { return f.authn },
@@ -64,6 +62,20 @@ func TestExchangeAuditStallFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return svc
+}
+
+// TestExchangeAuditStallFailsClosed: an issue event that does not become
+// durable within AuditTimeout fails the exchange (503 audit_unavailable)
+// instead of holding it indefinitely: the credential is revoked at its
+// backend and marked revoked in the store (its record has landed), so a
+// reconciliation after the grace never finds a recorded, unaudited
+// credential that the caller is about to receive. Once the stalled event
+// lands, a deny event for the issuance follows it.
+func TestExchangeAuditStallFailsClosed(t *testing.T) {
+	f := newFixture(t)
+	sink, release := newStallingSink(t, f.sink, "")
+	svc := f.stallService(t, sink)
 	type result struct {
 		res *broker.ExchangeResult
 		err error
@@ -126,33 +138,14 @@ func TestExchangeAuditStallFailsClosed(t *testing.T) {
 // The deny event lands once the sink recovers.
 func TestExchangeDenyAuditStallIsBounded(t *testing.T) {
 	f := newFixture(t)
-	sink := &stallingSink{Sink: f.sink, release: make(chan struct{}), added: make(chan string, 16), hold: audit.TypeDeny}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(sink.release)
-		}
-	}
-	t.Cleanup(release)
-	svc, err := broker.NewService(broker.Deps{
-		Policy:       func() *policies.Policy { return f.pol },
-		Authn:        func() broker.Authenticator { return f.authn },
-		Minters:      map[string]broker.Minter{broker.KindVaultToken: f.minter},
-		Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
-		Store:        f.store,
-		Audit:        sink,
-		Now:          func() time.Time { return f.now },
-		AuditTimeout: 50 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink, release := newStallingSink(t, f.sink, audit.TypeDeny)
+	svc := f.stallService(t, sink)
 	done := make(chan error, 1)
 	go func() {
 		_, err := svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "not-a-known-token", Grant: "payments-vault", RequestID: "req_deny_stall"})
 		done <- err
 	}()
+	var err error
 	select {
 	case err = <-done:
 	case <-time.After(10 * time.Second):
@@ -178,15 +171,7 @@ func TestExchangeDenyAuditStallIsBounded(t *testing.T) {
 // for as long as the audit write hangs.
 func TestAnswerAuditStallIsBounded(t *testing.T) {
 	f := newFixture(t)
-	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
-admins:
-  - name: secops
-    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
-    roles: [revoke]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.pol = adminPolicy(t)
 	for _, tc := range []struct {
 		hold string
 		call func(*broker.Service) (any, error)
@@ -199,19 +184,8 @@ admins:
 		}},
 	} {
 		t.Run(tc.hold, func(t *testing.T) {
-			sink := &stallingSink{Sink: &brokertest.Sink{}, release: make(chan struct{}), added: make(chan string, 16), hold: tc.hold}
-			defer close(sink.release)
-			svc, err := broker.NewService(broker.Deps{
-				Policy:       func() *policies.Policy { return pol },
-				Authn:        func() broker.Authenticator { return f.authn },
-				Store:        f.store,
-				Audit:        sink,
-				Now:          func() time.Time { return f.now },
-				AuditTimeout: 50 * time.Millisecond,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			sink, _ := newStallingSink(t, &brokertest.Sink{}, tc.hold)
+			svc := f.stallService(t, sink)
 			type result struct {
 				v   any
 				err error

@@ -93,6 +93,22 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// adminPolicy is testPolicy with the payments workload's account (token
+// "payments") an admin with the revoke role.
+func adminPolicy(t *testing.T) *policies.Policy {
+	t.Helper()
+	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
+admins:
+  - name: secops
+    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
+    roles: [revoke]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
+}
+
 // serviceWith is the fixture's Service over another store or sink.
 func (f *fixture) serviceWith(t *testing.T, st broker.Store, sink broker.AuditSink) *broker.Service {
 	t.Helper()
@@ -341,15 +357,7 @@ grants:
 // of a reloaded policy that swapped two issuers' names must not be matched
 // against the other policy's workloads or admins under the swapped name.
 func TestPolicyReloadedBetweenReads(t *testing.T) {
-	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
-admins:
-  - name: secops
-    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
-    roles: [revoke]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := adminPolicy(t)
 	// Verified by an authenticator that calls https://other.example "k8s".
 	swapped := identity("system:serviceaccount:payments:api", map[string]any{"kubernetes.io": map[string]any{"namespace": "payments"}})
 	swapped.Iss = "https://other.example"

@@ -151,15 +151,7 @@ func TestExchangeWithdrawnStallDefersDeny(t *testing.T) {
 // event.
 func TestAnswerAuditStallDenyFollows(t *testing.T) {
 	f := newFixture(t)
-	pol, err := policies.Parse("a.yaml", []byte(testPolicy+`
-admins:
-  - name: secops
-    match: {issuer: k8s, subject: system:serviceaccount:payments:api}
-    roles: [revoke]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.pol = adminPolicy(t)
 	for _, tc := range []struct {
 		hold string
 		call func(*broker.Service) error
@@ -178,17 +170,7 @@ admins:
 			var once sync.Once
 			release := func() { once.Do(func() { close(sink.release) }) }
 			t.Cleanup(release)
-			svc, err := broker.NewService(broker.Deps{
-				Policy:       func() *policies.Policy { return pol },
-				Authn:        func() broker.Authenticator { return f.authn },
-				Store:        f.store,
-				Audit:        sink,
-				Now:          func() time.Time { return f.now },
-				AuditTimeout: 50 * time.Millisecond,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			svc := f.stallService(t, sink)
 			if err := tc.call(svc); broker.AsError(err).Reason != "audit_unavailable" {
 				t.Fatalf("answer %v, want audit_unavailable", err)
 			}
