@@ -103,15 +103,8 @@ func (s *hungSink) Waited() []string {
 // still lands once the disk recovers.
 func TestProxySharedUseOnHungDiskWaitsOnce(t *testing.T) {
 	sink := &hungSink{Sink: &brokertest.Sink{}, hang: make(chan struct{}), release: make(chan struct{}), added: make(chan string, 64)}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(sink.release)
-		}
-	}
 	f := newFixture(t, fixtureOpts{audit: sink, auditTimeout: 50 * time.Millisecond})
-	t.Cleanup(release) // before the fixture's: its server waits for the held events
+	release := releaser(t, sink.release) // after newFixture: its server waits for the held events
 	cred := f.credential(t, "stripe")
 	close(sink.hang)
 

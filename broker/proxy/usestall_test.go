@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,16 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 	return err
 }
 
+// releaser returns a func closing ch once, which t's cleanup calls too.
+// Called after newFixture, that cleanup runs before the fixture's, whose
+// server waits for the requests a stalled sink holds.
+func releaser(t *testing.T, ch chan struct{}) func() {
+	var once sync.Once
+	release := func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	return release
+}
+
 // TestProxyUseAuditStallFailsClosed: a use event that does not become
 // durable within the Service's AuditTimeout fails the call as a failed one
 // does (503 temporarily_unavailable, audit_unavailable, with Retry-After)
@@ -37,15 +48,8 @@ func (s *stallingSink) Append(ctx context.Context, ev *audit.Event) error {
 // the sink recovers.
 func TestProxyUseAuditStallFailsClosed(t *testing.T) {
 	sink := &stallingSink{Sink: &brokertest.Sink{}, release: make(chan struct{}), added: make(chan string, 16)}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(sink.release)
-		}
-	}
 	f := newFixture(t, fixtureOpts{audit: sink, auditTimeout: 50 * time.Millisecond})
-	t.Cleanup(release) // before the fixture's: its server waits for the stalled request
+	release := releaser(t, sink.release) // after newFixture: its server waits for the stalled request
 	cred := f.credential(t, "stripe")
 	if typ := <-sink.added; typ != audit.TypeIssue {
 		t.Fatalf("first event %s, want issue", typ)
