@@ -20,13 +20,7 @@ func TestLiveKeepsRotatedFileMissedByListing(t *testing.T) {
 	dir := t.TempDir()
 	lines := sealed(t, "chn_miss", 0, fixtureEvents())
 	path := writeLines(t, dir, "audit.jsonl", lines[:5])
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	r1 := path + "." + at(time.Hour).Format(trace.RotatedLayout)
 	appendLines(t, path, lines[5:8])
 	if err := os.Rename(path, r1); err != nil {

@@ -55,13 +55,7 @@ func TestLiveFileReplacedWithoutRotation(t *testing.T) {
 			} else {
 				writeLines(t, dir, "audit.jsonl", lines[:5])
 			}
-			live, err := trace.NewLive(trace.LiveOptions{Path: path})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := live.Refresh(); err != nil {
-				t.Fatal(err)
-			}
+			live := refreshedLive(t, trace.LiveOptions{Path: path})
 			replaceFile(t, path, c.with)
 			if err := live.Refresh(); err != nil {
 				t.Fatal(err)

@@ -21,13 +21,7 @@ func TestLiveRotationRacingRefresh(t *testing.T) {
 	dir := t.TempDir()
 	lines := sealed(t, "chn_race", 0, fixtureEvents())
 	path := writeLines(t, dir, "audit.jsonl", lines[:5])
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	if st := live.Index().Stats(); st.Events != 4 {
 		t.Fatalf("Stats() after the first 5 lines = %+v, want 4 kept events", st)
 	}

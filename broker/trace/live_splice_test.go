@@ -180,13 +180,7 @@ func TestLiveLongLastLineReplaced(t *testing.T) {
 	long := bytes.Repeat([]byte("a"), audit.MaxLineBytes+200<<10)
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", append(slices.Clone(lines[:3]), long))
-	live, err := trace.NewLive(trace.LiveOptions{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := live.Refresh(); err != nil {
-		t.Fatal(err)
-	}
+	live := refreshedLive(t, trace.LiveOptions{Path: path})
 	if st := live.Index().Stats(); st.Skipped != 1 {
 		t.Fatalf("fixture: Stats() = %+v, want the long line skipped", st)
 	}
