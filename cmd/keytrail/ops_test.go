@@ -185,21 +185,43 @@ func TestServePprof(t *testing.T) {
 	}
 }
 
-// TestTimedSinkDeferred: the metrics wrapper keeps the file sink's deferred
-// appends (one fsync shared with the next event) and still measures them.
-func TestTimedSinkDeferred(t *testing.T) {
+// timedFileSink is a timedSink over an audit file in t's temp dir opened
+// with o, the file sink, and the registry the timedSink's metrics are in.
+func timedFileSink(t *testing.T, o auditfile.Options) (broker.AuditSink, *auditfile.Sink, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	m, err := newOpsMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	fs, err := auditfile.Open(auditfile.Options{Path: path, DeferFor: time.Hour})
+	o.Path = filepath.Join(t.TempDir(), "audit.jsonl")
+	fs, err := auditfile.Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer fs.Close()
-	var s broker.AuditSink = timedSink{AuditSink: fs, m: m}
+	t.Cleanup(func() { fs.Close() })
+	return timedSink{AuditSink: fs, m: m}, fs, reg
+}
+
+// writesObserved is how many audit writes the histogram in reg observed.
+func writesObserved(t *testing.T, reg *prometheus.Registry) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}
+
+// TestTimedSinkDeferred: the metrics wrapper keeps the file sink's deferred
+// appends (one fsync shared with the next event) and still measures them.
+func TestTimedSinkDeferred(t *testing.T) {
+	s, fs, reg := timedFileSink(t, auditfile.Options{DeferFor: time.Hour})
 	d, ok := s.(broker.DeferredAuditSink)
 	if !ok {
 		t.Fatal("timedSink does not offer deferred appends")
@@ -215,17 +237,7 @@ func TestTimedSinkDeferred(t *testing.T) {
 	if st := fs.Stats(); st.Batches != 1 || st.Events != 2 {
 		t.Errorf("file sink stats = %+v, want both events in one batch", st)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, mf := range mfs {
-		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
-			n = mf.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	if n != 2 {
+	if n := writesObserved(t, reg); n != 2 {
 		t.Errorf("audit write observations = %d, want 2 (the deferred one included)", n)
 	}
 }
@@ -234,17 +246,7 @@ func TestTimedSinkDeferred(t *testing.T) {
 // append, so that the parts of a revocation stay all or nothing behind it
 // (without it the Service wrote them one by one), and measures each event.
 func TestTimedSinkBatch(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := newOpsMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := auditfile.Open(auditfile.Options{Path: filepath.Join(t.TempDir(), "audit.jsonl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fs.Close()
-	var s broker.AuditSink = timedSink{AuditSink: fs, m: m}
+	s, fs, reg := timedFileSink(t, auditfile.Options{})
 	b, ok := s.(broker.BatchAuditSink)
 	if !ok {
 		t.Fatal("timedSink does not offer batch appends")
@@ -256,17 +258,7 @@ func TestTimedSinkBatch(t *testing.T) {
 	if st := fs.Stats(); st.Batches != 1 || st.Events != 3 {
 		t.Errorf("file sink stats = %+v, want the 3 events in one batch", st)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, mf := range mfs {
-		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
-			n = mf.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	if n != 3 {
+	if n := writesObserved(t, reg); n != 3 {
 		t.Errorf("audit write observations = %d, want 3 (one per event)", n)
 	}
 }
@@ -275,17 +267,7 @@ func TestTimedSinkBatch(t *testing.T) {
 // append, so that Service.Audit (a proxied call's use event) waits at most
 // AuditTimeout behind it, and measures it.
 func TestTimedSinkBounded(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := newOpsMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := auditfile.Open(auditfile.Options{Path: filepath.Join(t.TempDir(), "audit.jsonl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fs.Close()
-	var s broker.AuditSink = timedSink{AuditSink: fs, m: m}
+	s, fs, reg := timedFileSink(t, auditfile.Options{})
 	b, ok := s.(broker.BoundedAuditSink)
 	if !ok {
 		t.Fatal("timedSink does not offer bounded appends")
@@ -296,17 +278,7 @@ func TestTimedSinkBounded(t *testing.T) {
 	if st := fs.Stats(); st.Events != 1 {
 		t.Errorf("file sink stats = %+v, want the event written", st)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for _, mf := range mfs {
-		if mf.GetName() == "keytrail_audit_write_duration_seconds" {
-			n = mf.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	if n != 1 {
+	if n := writesObserved(t, reg); n != 1 {
 		t.Errorf("audit write observations = %d, want 1", n)
 	}
 }
