@@ -154,6 +154,11 @@ func TestExchangeDenyAuditStallIsBounded(t *testing.T) {
 	if !errors.Is(err, broker.ErrUnauthenticated) {
 		t.Fatalf("Exchange() = %v, want the refusal (ErrUnauthenticated)", err)
 	}
+	select { // the deny is still held: Exchange returned without it
+	case typ := <-sink.added:
+		t.Fatalf("event %s recorded before the sink recovered: the deny was not held, so this test cannot tell a bounded wait", typ)
+	default:
+	}
 	release()
 	select {
 	case typ := <-sink.added:
