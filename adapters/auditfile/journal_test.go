@@ -540,6 +540,37 @@ func TestJournalLargeBatch(t *testing.T) {
 	crashReopen(t, o, js.base, []string{"req_big", "req_after"}, "events after replay")
 }
 
+// TestJournalLargeBatchThenResetSyncFails: a batch too large for the
+// journal is acknowledged once an fsync of the file made it durable; when
+// the fsync that then starts a new journal epoch fails, nothing is at risk
+// (no byte was written since the fsync that succeeded), and the epoch's
+// frames end before that batch, so they cannot rewrite the file up to it.
+// The sink must take writes again once the disk works, not wait for frames
+// the journal never had.
+func TestJournalLargeBatchThenResetSyncFails(t *testing.T) {
+	fl := &faults{}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	o := Options{Path: path, Now: newClock().Now, Journal: true, JournalBytes: MinJournalBytes}
+	s := openCrashable(t, o, faultSeams(fl))
+	appendIDs(t, s, "req_1")
+	// The large batch's fsyncs: the journal's (it does not fit), the
+	// batch's own, then the one before the new epoch, which fails.
+	fl.set(func(f *faults) {
+		f.onSync = func() {
+			fl.set(func(f *faults) {
+				f.onSync = func() { fl.set(func(f *faults) { f.sync = true }) }
+			})
+		}
+	})
+	big := &audit.Event{Type: audit.TypeUse, RequestID: "req_big", Reason: strings.Repeat("r", 3*journalBlock)}
+	if err := s.Append(context.Background(), big); err != nil {
+		t.Fatalf("Append(large batch, fsync ok) = %v", err)
+	}
+	fl.set(func(f *faults) { f.sync = false })
+	appendIDs(t, s, "req_2")
+	crashReopen(t, o, fl.durableSize(), []string{"req_1", "req_big", "req_2"}, "events after a large batch whose journal reset failed")
+}
+
 // TestJournalPathHidden: a glob of the audit files (what a log shipper or
 // `keytrail audit verify audit.jsonl*` is given) does not take the journal.
 func TestJournalPathHidden(t *testing.T) {

@@ -565,11 +565,19 @@ func (s *Sink) syncAndReset() error {
 
 // syncFile fsyncs the file. With a journal, a failure keeps the journal's
 // frames until they are written again (resync) and breaks the journal, so
-// the next write goes through syncAndReset first.
+// the next write goes through syncAndReset first. Only frames that reach
+// the last acknowledged line need that: when they end before it, a batch
+// too large for the journal came after them and an fsync that succeeded
+// made it durable, with every frame before it, and nothing was written
+// since (a write goes through syncAndReset first); the frames could not
+// rewrite the file up to good either (epochLines).
 func (s *Sink) syncFile() error {
 	if err := s.f.Sync(); err != nil {
 		if s.j != nil {
-			s.resync, s.j.broken = true, true
+			s.j.broken = true
+			if s.j.base <= s.good && s.good <= s.j.at {
+				s.resync = true
+			}
 		}
 		return fmt.Errorf("fsync: %w", err)
 	}
