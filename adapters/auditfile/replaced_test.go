@@ -736,6 +736,45 @@ func TestTruncatedFileFailsTheBatch(t *testing.T) {
 	}
 }
 
+// TestTruncatedThenWriteFails: the audit file is truncated underneath
+// (copytruncate) and the next batch's write fails. The rollback must not cut
+// the file "back" to the last acknowledged line's end, which lies past the
+// truncated file's end: that fills it with zeros up to where the lines were,
+// and hides the truncation from the size check, so that the next batch
+// would be acknowledged in a file that holds none of the lines it links to.
+func TestTruncatedThenWriteFails(t *testing.T) {
+	for _, c := range []struct{ journal, big bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		journal, big := c.journal, c.big
+		t.Run(fmt.Sprintf("journal=%v/big=%v", journal, big), func(t *testing.T) {
+			fl := &faults{}
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			sm := faultSeams(fl)
+			sm.tick = make(chan time.Time)
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal}, sm)
+			appendN(t, s, 3)
+			copyTruncate(t, path, 0)
+			fl.set(func(f *faults) { f.writeHalf = true })
+			failed := &audit.Event{Type: audit.TypeUse}
+			if big {
+				// Half of it is longer than the three lines were: the
+				// size alone cannot tell.
+				failed.Reason = strings.Repeat("r", 8192)
+			}
+			if err := s.Append(context.Background(), failed); !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Append(write fails) = %v, want ErrUnavailable", err)
+			}
+			fl.set(func(f *faults) { f.writeHalf = false })
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				got := readFile(t, path)
+				t.Errorf("Append() after the file was truncated = %v, want ErrUnavailable; the path holds %d bytes, %d of them zeros", err, len(got), bytes.Count(got, []byte{0}))
+			}
+			if got := readFile(t, path); len(got) != 0 {
+				t.Errorf("the truncated file holds %d bytes (%d zeros), want it empty as it was left", len(got), bytes.Count(got, []byte{0}))
+			}
+		})
+	}
+}
+
 // TestTruncatedFileDetectedOnTick: an idle sink notices on its ticker that
 // its file is shorter than what it acknowledged (cut to any size, not only
 // emptied), fails, and writes nothing to it, not even on Close.

@@ -769,6 +769,8 @@ func (s *Sink) rotationTime(now time.Time) time.Time {
 	return ts
 }
 
+var errLastLineTooLong = fmt.Errorf("last line is longer than %d bytes", audit.MaxLineBytes)
+
 // lastLine returns the last newline-terminated line of the first size bytes
 // of r (without its newline) and end, the offset just after it. Bytes after
 // end are a torn line. last is nil when there is no complete line.
@@ -789,7 +791,7 @@ func lastLine(r io.ReaderAt, size int64) (last []byte, end int64, err error) {
 			return nil, 0, nil
 		}
 		if size-pos > 2*audit.MaxLineBytes+2 {
-			return nil, 0, fmt.Errorf("last line is longer than %d bytes", audit.MaxLineBytes)
+			return nil, 0, errLastLineTooLong
 		}
 		n := min(int64(chunk), pos)
 		pos -= n
@@ -1334,7 +1336,7 @@ func (s *Sink) write(work state, events int) error {
 	if err != nil {
 		// Nothing reached the file; the frame, if written, is dropped by
 		// the reset in rollback.
-		s.rollback()
+		s.rollback(nil)
 		return s.fail(err)
 	}
 	n, err := s.f.Write(b)
@@ -1383,7 +1385,7 @@ func (s *Sink) write(work state, events int) error {
 				s.log.Error("audit: cannot withdraw the failed batch from the journal; a crash before the next reset replays it", "err", derr)
 			}
 		}
-		s.rollback()
+		s.rollback(b)
 		return s.fail(err)
 	}
 	if s.o.OnWrite != nil {
@@ -1432,8 +1434,15 @@ func (s *Sink) journal(b []byte) (journaled bool, err error) {
 // rollback drops whatever a failed write left after the last durable line,
 // and the journal's frames with it (a new epoch starts at the last durable
 // line). If that fails too the file is closed, and ensureOpen retries on
-// reopen; the journal is reset before the next write.
-func (s *Sink) rollback() {
+// reopen; the journal is reset before the next write. b is the failed
+// batch (nil: none). A file truncated underneath is let go of instead
+// (truncatedUnderneath): cutting it "back" to good would extend it with
+// zeros up to where the lines were, and hide the truncation from checkPath.
+func (s *Sink) rollback(b []byte) {
+	if left, cut := s.cutUnderneath(b); cut {
+		_ = s.truncatedUnderneath(left)
+		return
+	}
 	err := s.f.Truncate(s.good)
 	if err == nil {
 		err = s.syncAndReset()
@@ -1627,6 +1636,45 @@ func (s *Sink) truncatedUnderneath(left int64) error {
 		s.j.broken = true
 	}
 	return fmt.Errorf("audit file truncated underneath: %d bytes at the path, %d acknowledged; the truncated lines are not in it any more", size, s.good)
+}
+
+// cutUnderneath reports whether f, after a failed write of (a prefix of) b,
+// no longer holds the acknowledged lines: shorter than written(), or, when
+// at least as long, without the last acknowledged line ending at good (cut
+// and then written to by the failed write). While a rewrite of the
+// journal's frames is pending (resync) only the size tells. A failed
+// write's bytes that are all f holds (emptied, as copytruncate does) are
+// dropped, as dropFailedBatch does; left is what stays of them at f's end
+// when known (0 otherwise).
+func (s *Sink) cutUnderneath(b []byte) (left int64, cut bool) {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return 0, false // cannot tell: the truncate and the next checkPath will
+	}
+	size := fi.Size()
+	switch {
+	case size < s.written():
+	case s.resync || s.good == 0:
+		return 0, false
+	default:
+		last, end, err := lastLine(s.f, s.good)
+		_, head := s.st.chain.Head()
+		whole := err == nil && end == s.good && audit.HashLine(last) == head
+		if whole || err != nil && !errors.Is(err, errLastLineTooLong) { // a read error: cannot tell
+			return 0, false
+		}
+	}
+	if size > 0 && size <= int64(len(b)) {
+		have := make([]byte, size)
+		if _, err := s.f.ReadAt(have, 0); err == nil && bytes.Equal(have, b[:size]) {
+			if err := s.f.Truncate(0); err == nil {
+				_ = s.f.Sync()
+				return 0, true
+			}
+			return size, true
+		}
+	}
+	return 0, true
 }
 
 // dropFailedBatch removes the failed batch b from f, truncated underneath
@@ -1833,7 +1881,7 @@ func (s *Sink) probe() error {
 		return s.fail(err)
 	}
 	if err := s.syncAndReset(); err != nil {
-		s.rollback()
+		s.rollback(nil)
 		return s.fail(err)
 	}
 	s.statsMu.Lock()
