@@ -152,6 +152,38 @@ func TestReplacedFileDetectedOnTick(t *testing.T) {
 	}
 }
 
+// TestReplacedFileKeptAtClose: the audit file is replaced underneath an
+// idle sink, which then closes before its ticker noticed (a restore from a
+// backup, then a restart). The sink's lines are only in its descriptor:
+// Close must keep them in a copy, as the ticker would, not close the
+// descriptor of an unlinked file and lose them.
+func TestReplacedFileKeptAtClose(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "journal"}[journal], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal}, seams{tick: make(chan time.Time)})
+			appendN(t, s, 2)
+			backup := readFile(t, path)
+			appendN(t, s, 2)
+			own := readFile(t, path)
+			replaceAt(t, path, backup)
+			if err := s.Close(); err == nil {
+				t.Errorf("Close() with the file replaced = nil, want an error")
+			}
+			d := displacedFiles(t, path)
+			if len(d) != 1 {
+				t.Fatalf("displaced copies after Close = %v, want 1", d)
+			}
+			if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+				t.Errorf("displaced copy = %q, want the sink's own file %q", got, own)
+			}
+			if got := readFile(t, path); !bytes.Equal(got, backup) {
+				t.Errorf("Close changed the replacement at the path: %q, want %q", got, backup)
+			}
+		})
+	}
+}
+
 // TestMissingFileDetectedOnTick: the file was moved away (a log shipper);
 // the sink keeps a copy next to the path, fails, and does not put an empty
 // file of its own at the path.

@@ -1128,8 +1128,10 @@ func (s *Sink) Stats() Stats {
 
 // Close writes what is queued (deferred events held for room in the queue
 // included), a final checkpoint (with a Signer, when there
-// were events since the last one), syncs and closes the file. Appends after
-// Close fail with ErrUnavailable. Close is idempotent.
+// were events since the last one), syncs and closes the file. A file the
+// path no longer names is let go of as the ticker would (its lines copied,
+// displace), and Close reports it. Appends after Close fail with
+// ErrUnavailable. Close is idempotent.
 func (s *Sink) Close() error {
 	s.closeOnce.Do(func() {
 		// The deferred events held for room in the queue are queued
@@ -2002,6 +2004,15 @@ func (s *Sink) maybeRotate(now time.Time) {
 // finish is Close's work in the writer: final checkpoint, sync, close.
 func (s *Sink) finish() error {
 	var errs []error
+	if s.f != nil && !s.stranded {
+		// The path is checked after every batch and on every tick: an
+		// idle sink closing between two ticks must not close the only
+		// descriptor of a file the path no longer names (replaced,
+		// removed) without a copy of its lines, nor sync a truncated one.
+		if found, _ := s.checkPath(s.written()); found != "" {
+			errs = append(errs, s.lose(found))
+		}
+	}
 	if s.stranded {
 		// The retry may make the copy (displace lets go of f then) or
 		// find the path naming f again; only a file still stranded is
