@@ -1171,3 +1171,42 @@ func TestDisplacedWithRewritePending(t *testing.T) {
 		t.Errorf("Verify() = %v", err)
 	}
 }
+
+// TestProbeChecksThePath: a failed write leaves the sink unhealthy with its
+// file still open; the file is then replaced underneath. Ping's recovery
+// must not report healthy without the path check the tick and each batch
+// make: readiness would say OK for a file no reader sees.
+func TestProbeChecksThePath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = make(chan time.Time)
+	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
+	appendN(t, s, 2)
+	backup := readFile(t, path)
+	appendN(t, s, 1)
+	own := readFile(t, path)
+	fl.set(func(f *faults) { f.writeHalf = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with the write failing = %v, want ErrUnavailable", err)
+	}
+	fl.set(func(f *faults) { f.writeHalf = false })
+	replaceAt(t, path, backup)
+
+	if err := s.Ping(context.Background()); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Ping() with the file replaced = %v, want ErrUnavailable", err)
+	}
+	if s.Stats().Healthy {
+		t.Error("Stats().Healthy = true with the file replaced")
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies after Ping = %v, want 1", d)
+	}
+	if got := readFile(t, d[0]); !bytes.Equal(got, own) {
+		t.Errorf("displaced copy = %q, want the sink's own file %q", got, own)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, backup) {
+		t.Errorf("the replacement at the path was changed: %q, want %q", got, backup)
+	}
+}

@@ -1882,6 +1882,15 @@ func (s *Sink) probe() error {
 	if err := s.ensureOpen(); err != nil {
 		return s.fail(err)
 	}
+	// f may have stayed open since the failure (a failed write rolled
+	// back): the path may no longer name it, as the tick checks.
+	found, err := s.checkPath(s.written())
+	if err == nil && found != "" {
+		err = s.lose(found)
+	}
+	if err != nil {
+		return s.fail(err)
+	}
 	if err := s.syncAndReset(); err != nil {
 		s.rollback(nil)
 		return s.fail(err)
