@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
@@ -1208,5 +1210,51 @@ func TestProbeChecksThePath(t *testing.T) {
 	}
 	if got := readFile(t, path); !bytes.Equal(got, backup) {
 		t.Errorf("the replacement at the path was changed: %q, want %q", got, backup)
+	}
+}
+
+// TestDisplacedNoCheckpointPerTick: while the sink has no file (displaced),
+// a checkpoint cannot be written until the operator acts; the ticks must
+// not try one each, counting a failure and logging an ERROR every tick.
+// Once the file is back, the next tick writes the checkpoint.
+func TestDisplacedNoCheckpointPerTick(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	tick := make(chan time.Time)
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointInterval: time.Minute,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{tick: tick})
+	appendN(t, s, 2)
+	moved := path + ".shipped"
+	if err := os.Rename(path, moved); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{} // finds the file missing: displaced
+	clk.Advance(2 * time.Minute)
+	before := s.Stats().Failures
+	for range 4 {
+		tick <- time.Time{} // a checkpoint is due
+	}
+	tick <- time.Time{} // the ticks before were handled
+	if got := s.Stats().Failures; got != before {
+		t.Errorf("Failures went from %d to %d over ticks while displaced, want unchanged", before, got)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("logged %d ERRORs, want one (the displacement):\n%s", n, logs.String())
+	}
+	if err := os.Rename(moved, path); err != nil {
+		t.Fatal(err)
+	}
+	tick <- time.Time{} // reopens it and writes the checkpoint due
+	tick <- time.Time{}
+	if d := cmp.Diff([]string{"1:use", "2:use", "3:checkpoint"}, types(t, path)); d != "" {
+		t.Errorf("after recovery (-want +got):\n%s", d)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Errorf("Verify() = %v", err)
 	}
 }

@@ -1921,6 +1921,14 @@ func (s *Sink) onTick() {
 			return
 		}
 	}
+	if s.f == nil && s.displaced && s.ensureOpen() != nil {
+		// Let go of (displaced, truncated underneath) and not back yet:
+		// no checkpoint can be written until the operator puts the lines
+		// back at the path, and trying one per tick would count and log
+		// a failure each time (the one ERROR was logged when it was let
+		// go of). The quiet reopen above takes the file once it is back.
+		return
+	}
 	now := s.o.Now()
 	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Add(s.tickEvery).Sub(s.st.cpAt) < s.o.CheckpointInterval {
 		s.maybeRotate(now) // by age, even when idle
