@@ -1258,3 +1258,50 @@ func TestDisplacedNoCheckpointPerTick(t *testing.T) {
 		t.Errorf("Verify() = %v", err)
 	}
 }
+
+// TestMovedBackAfterFailedDrop: the file is moved away, the batch written
+// to it fails (the path no longer names it) and dropping the batch from it
+// fails too: the file ends with the failed batch's bytes. Moving it back
+// must be a way back, as when the drop succeeds: the reopen drops those
+// bytes, not refuse the file for good as "another writer?".
+func TestMovedBackAfterFailedDrop(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "journal"}[journal], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			fl := &faults{}
+			sm := faultSeams(fl)
+			sm.tick = make(chan time.Time)
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal}, sm)
+			appendN(t, s, 3)
+			own := readFile(t, path)
+			moved := path + ".shipped"
+			if err := os.Rename(path, moved); err != nil {
+				t.Fatal(err)
+			}
+			fl.set(func(f *faults) { f.truncate = true })
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable", err)
+			}
+			fl.set(func(f *faults) { f.truncate = false })
+			if got := readFile(t, moved); len(got) <= len(own) {
+				t.Fatalf("the moved file holds %d bytes, want the failed batch after the %d acknowledged (the drop failed)", len(got), len(own))
+			}
+			if err := os.Rename(moved, path); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Ping(context.Background()); err != nil {
+				t.Fatalf("Ping() after the file was moved back = %v, want recovered", err)
+			}
+			ev := &audit.Event{Type: audit.TypeUse}
+			if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
+				t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
+				t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
+			}
+		})
+	}
+}

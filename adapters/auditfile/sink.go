@@ -1376,6 +1376,12 @@ func (s *Sink) write(work state, events int) error {
 		if terr != nil {
 			s.log.Error("audit: cannot drop the failed batch from the file the path no longer names", "bytes", len(b), "err", terr)
 		}
+		if terr != nil {
+			// f still ends with the failed batch: a reopen of f moved
+			// back drops it (checkReopened) rather than refuse f as
+			// longer than was written. displace keeps dirty.
+			s.dirty = int64(len(b))
+		}
 		return s.fail(s.displace(found))
 	}
 	if err != nil {
@@ -1737,7 +1743,8 @@ func (s *Sink) displace(found string) error {
 	s.f, s.fid = nil, nil
 	s.stranded, s.lostFound = false, ""
 	s.displaced = true
-	s.dirty = 0
+	// dirty stays: the bytes of a failed batch f may still end with
+	// (write), which a reopen of f moved back drops.
 	if s.j != nil {
 		// Its epoch continued f; the next write starts a new one.
 		s.j.broken = true
