@@ -875,7 +875,13 @@ func (s *Sink) AppendBatch(ctx context.Context, evs []*audit.Event) error {
 // maxOverflow (16384, or 64 MaxBatch) are held: past that the event is
 // refused (ErrUnavailable). Close writes the held ones too. done, when not
 // nil, is called once with the outcome, from the writer goroutine (or that
-// one, or the caller's): it must not block.
+// one, or the caller's): it must not block. Only AppendWithin queues behind
+// the deferred events held (holdBehindDeferred); Append and AppendBatch may
+// overtake them, so an event that must follow a deferred one of the same
+// request goes through AppendWithin (Service.Audit: the proxy's use event
+// after its shared_use_suspected). Every other deferred event is the last
+// of its request, and revocation and reconciliation, which call Append and
+// AppendBatch, defer none.
 func (s *Sink) AppendDeferred(ev *audit.Event, done func(error)) {
 	if ev == nil {
 		if done != nil {
