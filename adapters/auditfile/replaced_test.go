@@ -290,16 +290,7 @@ func TestReplacedFileRecovery(t *testing.T) {
 	if err := s.Ping(context.Background()); err != nil {
 		t.Fatalf("Ping() after the copy was put back = %v, want recovered", err)
 	}
-	ev := &audit.Event{Type: audit.TypeUse}
-	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 5 {
-		t.Fatalf("Append() = %v, seq %d; want nil, 5", err, ev.Seq)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 5 {
-		t.Errorf("Verify() = %v, %+v; want one chain up to seq 5", err, rep)
-	}
+	appendThenVerify(t, s, path, 5)
 }
 
 // TestDisplacedCopyRetried: when the copy cannot be made (disk full), the
@@ -409,16 +400,7 @@ func TestMovedFileKeepsNoFailedBatch(t *testing.T) {
 			if err := s.Ping(context.Background()); err != nil {
 				t.Fatalf("Ping() after the file was moved back = %v, want recovered", err)
 			}
-			ev := &audit.Event{Type: audit.TypeUse}
-			if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
-				t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
-			}
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
-				t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
-			}
+			appendThenVerify(t, s, path, 4)
 		})
 	}
 }
@@ -756,16 +738,7 @@ func TestTruncatedFileFailsTheBatch(t *testing.T) {
 			if err := s.Ping(context.Background()); err != nil {
 				t.Fatalf("Ping() with the copy back at the path = %v, want recovered", err)
 			}
-			ev := &audit.Event{Type: audit.TypeUse}
-			if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
-				t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
-			}
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
-				t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
-			}
+			appendThenVerify(t, s, path, 4)
 		})
 	}
 }
@@ -1292,16 +1265,24 @@ func TestMovedBackAfterFailedDrop(t *testing.T) {
 			if err := s.Ping(context.Background()); err != nil {
 				t.Fatalf("Ping() after the file was moved back = %v, want recovered", err)
 			}
-			ev := &audit.Event{Type: audit.TypeUse}
-			if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 4 {
-				t.Fatalf("Append() = %v, seq %d; want nil, 4", err, ev.Seq)
-			}
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != 4 {
-				t.Errorf("Verify() = %v, %+v; want one chain up to seq 4", err, rep)
-			}
+			appendThenVerify(t, s, path, 4)
 		})
+	}
+}
+
+// appendThenVerify appends a use event to s, which must take it as seq
+// (the chain goes on where it was), closes s, and verifies that path's
+// chain runs up to seq.
+func appendThenVerify(t *testing.T, s *Sink, path string, seq uint64) {
+	t.Helper()
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != seq {
+		t.Fatalf("Append() = %v, seq %d; want nil, %d", err, ev.Seq, seq)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := verify(t, nil, false, path); err != nil || rep.Chains[0].LastSeq != seq {
+		t.Errorf("Verify() = %v, %+v; want one chain up to seq %d", err, rep, seq)
 	}
 }
