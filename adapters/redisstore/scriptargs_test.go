@@ -96,11 +96,13 @@ func TestIssuanceScriptArgs(t *testing.T) {
 		}
 	}
 	n := testing.AllocsPerRun(100, func() { _, _, _, _ = s.issuanceScriptArgs(full) })
-	// The scriptArgs, the keys' string, ARGV[1]'s box and json.Marshal's own.
-	if n > 3+float64(marshalAllocs(full)) {
-		t.Errorf("issuanceScriptArgs: %v allocations, json.Marshal %d of them: want at most 3 more", n, marshalAllocs(full))
+	// The scriptArgs, the keys' string, ARGV[1]'s box and json.Marshal's own
+	// (measured once: under -race two measurements may differ, raceSlack).
+	m := marshalAllocs(full)
+	if n > float64(3+m+raceSlack) {
+		t.Errorf("issuanceScriptArgs: %v allocations, json.Marshal %d of them: want at most 3 more", n, m)
 	} else {
-		t.Logf("issuanceScriptArgs: %v allocations, json.Marshal %d of them", n, marshalAllocs(full))
+		t.Logf("issuanceScriptArgs: %v allocations, json.Marshal %d of them", n, m)
 	}
 }
 
