@@ -210,6 +210,11 @@ func (m *DynamicMinter) Mint(ctx context.Context, req broker.MintRequest) (*brok
 	if a.LeaseDuration <= 0 || a.LeaseDuration > int(secs) || a.Renewable {
 		return nil, m.abort(ctx, a.Accessor, badResponse(opToken, fmt.Sprintf("reader token lease %ds (renewable=%v) does not fit ttl %ds", a.LeaseDuration, a.Renewable, secs)))
 	}
+	if !a.Orphan {
+		// A token role edited to orphan=false: a child of the broker's own
+		// token, revoked with it, and its lease (the credential) with it.
+		return nil, m.abort(ctx, a.Accessor, configError("%s made a reader token that is not an orphan: it and its lease would be revoked with the broker's own token (does the token role still set orphan=true?)", m.path))
+	}
 
 	const opRead = "read dynamic secret"
 	rc, err := m.c.CloneWithHeaders()

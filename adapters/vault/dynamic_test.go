@@ -134,6 +134,7 @@ func readerAuth(lease int, renewable bool) http.HandlerFunc {
 		reply(w, 200, map[string]any{"auth": map[string]any{
 			"client_token": readerToken, "accessor": "acc-reader",
 			"policies": []string{"keytrail-dynamic"}, "lease_duration": lease, "renewable": renewable,
+			"orphan": true,
 		}})
 	}
 }
@@ -295,6 +296,20 @@ func TestDynamicMinterMint(t *testing.T) {
 			cleanup:   tokenOnly,
 			wantCalls: []string{createOrphan, revokeAcc},
 			wantErr:   errShape{unavailable, ReasonBadResponse},
+		},
+		{
+			name: "fail/reader-token-not-an-orphan",
+			req:  dynReq(nil),
+			token: func(w http.ResponseWriter, r *http.Request) {
+				reply(w, 200, map[string]any{"auth": map[string]any{
+					"client_token": readerToken, "accessor": "acc-reader",
+					"policies": []string{"keytrail-dynamic"}, "lease_duration": 900, "renewable": false,
+					"orphan": false, // a token role edited to orphan=false
+				}})
+			},
+			cleanup:   tokenOnly,
+			wantCalls: []string{createOrphan, revokeAcc},
+			wantErr:   errShape{unavailable, ReasonConfig},
 		},
 		{
 			name:      "fail/create-token-sealed",

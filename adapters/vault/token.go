@@ -39,7 +39,9 @@ type TokenMinterOptions struct {
 // {workload, owner, session_id, issuance_id, grant} (and deployment when
 // TokenMinterOptions.Deployment is set), which Vault writes in
 // clear into the auth block of every audit entry of every request made with
-// the token.
+// the token. A token Vault answers with a longer or renewable lease, or not
+// as an orphan (a token role edited since CheckRole), is revoked at once
+// and the mint fails.
 type TokenMinter struct {
 	c          *vaultapi.Client
 	path       string
@@ -154,15 +156,15 @@ func (m *TokenMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker
 	if a.LeaseDuration <= 0 || a.LeaseDuration > int(secs) || a.Renewable {
 		// Never hand out a token that outlives the grant: take it back,
 		// even when the caller has gone away meanwhile.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-		defer cancel()
-		cause := fmt.Errorf("vault %s: token lease %ds (renewable=%v) does not fit ttl %ds", op, a.LeaseDuration, a.Renewable, secs)
-		if rerr := m.revokeAccessor(rctx, a.Accessor); rerr != nil {
-			cause = fmt.Errorf("%w; taking it back failed, it stays valid: %w", cause, rerr)
-		} else {
-			cause = fmt.Errorf("%w; the token was revoked", cause)
-		}
-		return nil, broker.Unavailable(ReasonBadResponse, retryOutage, cause)
+		return nil, m.takeBack(ctx, a.Accessor, ReasonBadResponse, retryOutage,
+			fmt.Errorf("vault %s: token lease %ds (renewable=%v) does not fit ttl %ds", op, a.LeaseDuration, a.Renewable, secs))
+	}
+	if !a.Orphan {
+		// A token role edited after CheckRole (orphan=false) makes
+		// children of the broker's own token, which Vault revokes with
+		// it (at its expiry, at the next login) long before their TTL.
+		return nil, m.takeBack(ctx, a.Accessor, ReasonConfig, retryMisconfig,
+			fmt.Errorf("vault %s: %s made a token that is not an orphan: it would be revoked with the broker's own token (does the token role still set orphan=true?)", op, m.path))
 	}
 	expires := m.now().Add(lease)
 	if !req.Now.IsZero() && expires.After(req.Now.Add(req.TTL)) {
@@ -182,6 +184,20 @@ func (m *TokenMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker
 		},
 		Refs: broker.CredentialRefs{Accessor: a.Accessor, ExpiresAt: expires},
 	}, nil
+}
+
+// takeBack revokes a token Mint will not hand out, even when the caller
+// has gone away meanwhile, and returns cause as an ErrUnavailable of the
+// given reason, saying whether the token was revoked.
+func (m *TokenMinter) takeBack(ctx context.Context, accessor, reason string, retry time.Duration, cause error) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if rerr := m.revokeAccessor(rctx, accessor); rerr != nil {
+		cause = fmt.Errorf("%w; taking it back failed, it stays valid: %w", cause, rerr)
+	} else {
+		cause = fmt.Errorf("%w; the token was revoked", cause)
+	}
+	return broker.Unavailable(reason, retry, cause)
 }
 
 // Revoke revokes the issuance's token by its accessor, with its child

@@ -75,8 +75,17 @@ func authReply(lease int, renewable bool, policies ...string) map[string]any {
 			"token_policies": append([]string{"default"}, policies...),
 			"lease_duration": lease,
 			"renewable":      renewable,
+			"orphan":         true, // create-orphan, or a role with orphan=true
 		},
 	}
+}
+
+// childAuthReply is authReply for a token that is not an orphan: what a
+// token role edited to orphan=false makes.
+func childAuthReply(lease int, policies ...string) map[string]any {
+	r := authReply(lease, false, policies...)
+	r["auth"].(map[string]any)["orphan"] = false
+	return r
 }
 
 func TestTokenMinterMint(t *testing.T) {
@@ -139,6 +148,16 @@ func TestTokenMinterMint(t *testing.T) {
 			replyWith: func(w http.ResponseWriter, r *http.Request) { reply(w, 200, authReply(900, true, "payments-read")) },
 			revoke:    true,
 			wantErr:   errShape{unavailable, ReasonBadResponse},
+		},
+		{
+			name:      "fail/role-made-a-child-is-revoked",
+			role:      "keytrail",
+			req:       tokenReq(nil),
+			path:      "PUT /v1/auth/token/create/keytrail",
+			wantBody:  wantCreateBody([]string{"payments-read"}, "900s", 0),
+			replyWith: func(w http.ResponseWriter, r *http.Request) { reply(w, 200, childAuthReply(900, "payments-read")) },
+			revoke:    true,
+			wantErr:   errShape{unavailable, ReasonConfig},
 		},
 		{
 			name:      "fail/no-auth-block",
