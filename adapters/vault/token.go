@@ -75,12 +75,14 @@ func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
 }
 
 // CheckRole reads the token role the minter creates tokens through (none
-// set: nothing to check) and fails unless it exists, has orphan=true and
-// can make service tokens: a token created through a role without orphan
+// set: nothing to check) and fails unless it exists, has orphan=true, can
+// make service tokens and sets no token_num_uses: a token created through a role without orphan
 // is a child of the broker's own token, and Vault revokes it when that
 // token is revoked or expires (at the broker's next login), long before its
 // TTL; a role with token_type=batch makes batch tokens whatever the request
-// asks, which have no accessor, so every mint through it would fail. Reading the role needs
+// asks, which have no accessor, so every mint through it would fail; a role
+// with token_num_uses caps every token's uses whatever the grant says (and
+// a one-use reader token cannot hand out a lease). Reading the role needs
 // read on auth/token/roles/<role> (MinimumBrokerPolicy with TokenRole has
 // it).
 func (m *TokenMinter) CheckRole(ctx context.Context) error {
@@ -97,6 +99,9 @@ func (m *TokenMinter) CheckRole(ctx context.Context) error {
 	}
 	if orphan, _ := sec.Data["orphan"].(bool); !orphan {
 		return fmt.Errorf("vault token role %q must set orphan=true: tokens created through it would be children of the broker's own token and be revoked with it", m.role)
+	}
+	if n, _ := asInt(sec.Data["token_num_uses"]); n > 0 {
+		return fmt.Errorf("vault token role %q sets token_num_uses=%d: Vault caps every token made through it at %d uses whatever the grant's num_uses says (0 becomes %[2]d), and refuses every vault_dynamic read through a one-use reader token (\"token had one use left, so leased credentials were immediately revoked\"); set uses in the grants (vault_token.num_uses) and token_num_uses=0 on the role", m.role, n, n)
 	}
 	if tt, _ := sec.Data["token_type"].(string); tt == "batch" {
 		return fmt.Errorf("vault token role %q has token_type=batch: Vault makes batch tokens through it whatever keytrail asks, and a batch token has no accessor to record or revoke it by; use service or default-batch", m.role)

@@ -492,6 +492,9 @@ func TestTokenMinterCheckRole(t *testing.T) {
 		"GET /v1/auth/token/roles/default-batch": func(w http.ResponseWriter, r *http.Request) {
 			reply(w, 200, map[string]any{"data": map[string]any{"orphan": true, "token_type": "default-batch"}})
 		},
+		"GET /v1/auth/token/roles/num-uses": func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"data": map[string]any{"orphan": true, "token_num_uses": 1}})
+		},
 		"GET /v1/auth/token/roles/hidden":  replyRaw(403, `{"errors":["permission denied"]}`),
 		"GET /v1/auth/token/roles/missing": replyRaw(404, `{"errors":[]}`), // what Vault answers
 	})
@@ -504,6 +507,7 @@ func TestTokenMinterCheckRole(t *testing.T) {
 		{"children", "must set orphan=true"},
 		{"batch", "token_type"},
 		{"default-batch", ""}, // the request's type=service wins
+		{"num-uses", "token_num_uses=1"},
 		{"missing", "does not exist"},
 		{"hidden", "permission denied"},
 	} {

@@ -3,6 +3,7 @@ package vault_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ func TestTokenRoleRealVault(t *testing.T) {
 		"kt-service":       {"orphan": true, "allowed_policies": "payments-read", "renewable": false},
 		"kt-batch":         {"orphan": true, "allowed_policies": "payments-read", "renewable": false, "token_type": "batch"},
 		"kt-default-batch": {"orphan": true, "allowed_policies": "payments-read", "renewable": false, "token_type": "default-batch"},
+		"kt-num-uses":      {"orphan": true, "allowed_policies": "payments-read", "renewable": false, "token_num_uses": 1},
 	} {
 		if _, err := root.Logical().WriteWithContext(ctx, "auth/token/roles/"+role, body); err != nil {
 			t.Fatalf("write role %s: %v", role, err)
@@ -54,6 +56,7 @@ func TestTokenRoleRealVault(t *testing.T) {
 		{"kt-service", "", true},
 		{"kt-default-batch", "", true},
 		{"kt-batch", "token_type", false},
+		{"kt-num-uses", "token_num_uses", true}, // Vault caps the token at one use
 	} {
 		t.Run(tc.role, func(t *testing.T) {
 			m, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: bc, Role: tc.role})
@@ -74,6 +77,15 @@ func TestTokenRoleRealVault(t *testing.T) {
 			if err == nil {
 				if cred.Refs.Accessor == "" {
 					t.Errorf("minted token has no accessor")
+				}
+				// A role CheckRole accepts keeps the grant's num_uses (0:
+				// unlimited) on the token Vault makes.
+				look, err := root.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": cred.Refs.Accessor})
+				if err != nil || look == nil {
+					t.Fatalf("lookup-accessor: %v", err)
+				}
+				if uses := look.Data["num_uses"]; fmt.Sprint(uses) != "0" && m.CheckRole(ctx) == nil {
+					t.Errorf("token minted through role %s for a grant with num_uses 0 has num_uses %v, and CheckRole accepted the role", tc.role, uses)
 				}
 				if err := m.Revoke(ctx, &broker.Issuance{ID: "iss_x", Refs: cred.Refs}); err != nil {
 					t.Errorf("Revoke() = %v", err)
