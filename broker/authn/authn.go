@@ -127,7 +127,7 @@ type Options struct {
 	VerifiedCacheSize int
 	// Previous, when set, is the verifier this one replaces (a policy
 	// reload): an issuer whose key source (issuer, jwks_url, discovery,
-	// ca_file) is unchanged starts from Previous's last good keys and fetch
+	// ca_file path and content) is unchanged starts from Previous's last good keys and fetch
 	// times instead of none, so a reload during the issuer's outage does
 	// not drop keys StaleFor would still serve.
 	Previous *Verifier

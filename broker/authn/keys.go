@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -40,7 +41,8 @@ type issuerState struct {
 	cfg         policies.Issuer
 	maxLifetime time.Duration
 	client      *http.Client
-	validator   *jwt.Validator // the issuer's claim checks
+	caSum       [sha256.Size]byte // SHA-256 of the ca_file bundle client trusts; zero without ca_file
+	validator   *jwt.Validator    // the issuer's claim checks
 
 	mu          sync.Mutex
 	set         *keySet    // last good key set; nil before the first success
@@ -53,11 +55,16 @@ type issuerState struct {
 // keepKeys starts each issuer of v whose key source is unchanged in prev
 // from prev's last good key set (immutable, so shared), discovered jwks_uri
 // and last finished fetch attempt (so a reload does not bypass
-// RefreshInterval).
+// RefreshInterval). The key source is the jwks_url or discovery, and the
+// ca_file by its content, not only its path: keys fetched over TLS that the
+// previous bundle verified are not kept once the bundle at the same path
+// changed (a CA rotation, or a CA withdrawn), so the new bundle is the one
+// the issuer's keys are fetched under, at once.
 func (v *Verifier) keepKeys(prev *Verifier) {
 	for iss, st := range v.issuers {
 		p, ok := prev.issuers[iss]
-		if !ok || p.cfg.JWKSURL != st.cfg.JWKSURL || p.cfg.Discovery != st.cfg.Discovery || p.cfg.CAFile != st.cfg.CAFile {
+		if !ok || p.cfg.JWKSURL != st.cfg.JWKSURL || p.cfg.Discovery != st.cfg.Discovery ||
+			p.cfg.CAFile != st.cfg.CAFile || p.caSum != st.caSum {
 			continue
 		}
 		p.mu.Lock()
@@ -134,7 +141,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	if maxLife <= 0 {
 		bad("max_token_lifetime", "must be positive")
 	}
-	client, err := v.httpClient(base, is.CAFile)
+	client, caSum, err := v.httpClient(base, is.CAFile)
 	if err != nil {
 		bad("ca_file", "%v", err)
 	}
@@ -148,6 +155,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 		cfg:         is,
 		maxLifetime: maxLife,
 		client:      client,
+		caSum:       caSum,
 	}
 	// The issuer's claim checks, run by jwt/v5's Validator after the
 	// signature verified and again on every verified-token cache hit.
@@ -211,9 +219,10 @@ func checkFetchURL(raw string) error {
 }
 
 // httpClient derives the fetch client of one issuer from base, with the
-// issuer's CA bundle as its only roots when caFile is set.
-func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, error) {
-	c := &http.Client{Timeout: v.fetchTimeout}
+// issuer's CA bundle as its only roots when caFile is set; caSum is the
+// SHA-256 of the bundle's bytes (zero without caFile).
+func (v *Verifier) httpClient(base *http.Client, caFile string) (c *http.Client, caSum [sha256.Size]byte, err error) {
+	c = &http.Client{Timeout: v.fetchTimeout}
 	if base != nil {
 		cp := *base
 		c = &cp
@@ -233,7 +242,7 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, e
 		case *http.Transport:
 			t = bt.Clone()
 		default:
-			return nil, fmt.Errorf("cannot apply ca_file to an HTTP client transport of type %T", bt)
+			return nil, caSum, fmt.Errorf("cannot apply ca_file to an HTTP client transport of type %T", bt)
 		}
 		if t.TLSClientConfig == nil {
 			t.TLSClientConfig = &tls.Config{}
@@ -248,12 +257,13 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, e
 			// without end.
 			pem, err := v.readCAFile(caFile)
 			if err != nil {
-				return nil, fmt.Errorf("read: %w", err)
+				return nil, caSum, fmt.Errorf("read: %w", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+				return nil, caSum, fmt.Errorf("%s holds no PEM certificate", caFile)
 			}
+			caSum = sha256.Sum256(pem)
 			t.TLSClientConfig.RootCAs = pool
 		}
 		c.Transport = t
@@ -273,7 +283,7 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (*http.Client, e
 		}
 		return nil
 	}
-	return c, nil
+	return c, caSum, nil
 }
 
 // keyLookup is the outcome of looking a token's key up in a key set.
