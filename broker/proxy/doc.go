@@ -94,8 +94,9 @@
 // The upstream connection: a Transport per grant (built from the grant's
 // ca_file, resolved once per grant and policy: a failure to build it is
 // answered 503 upstream_config to every request of that policy without
-// reading the file again, until a reload), never a proxy from the
-// environment, never following redirects (a 3xx goes back to the caller
+// reading the file again, until a reload; the first request of a reloaded
+// policy drops the transports of the grants it removed), never a proxy from
+// the environment, never following redirects (a 3xx goes back to the caller
 // unfollowed), with dial, TLS handshake, response header and overall
 // timeouts. Its dialer only ever dials the grant's upstream host and port,
 // resolves the name itself and refuses loopback, private, link-local,

@@ -48,14 +48,14 @@ func newPolicyView(pol *policies.Policy) *policyView {
 type policyViews struct{ cur atomic.Pointer[policyView] }
 
 // of returns the view of pol, building it when pol is not the policy of the
-// view kept (after a reload), which it then replaces.
-func (vs *policyViews) of(pol *policies.Policy) *policyView {
+// view kept (after a reload), which it then replaces; built says it did.
+func (vs *policyViews) of(pol *policies.Policy) (v *policyView, built bool) {
 	if v := vs.cur.Load(); v != nil && v.pol == pol {
-		return v
+		return v, false
 	}
-	v := newPolicyView(pol)
+	v = newPolicyView(pol)
 	vs.cur.Store(v)
-	return v
+	return v, true
 }
 
 // grant is Policy.Grant without the copy.

@@ -380,7 +380,7 @@ func (c *call) check() error {
 		return broker.Unavailable("store_unavailable", time.Second, err)
 	}
 	pol := svc.Policy()
-	view := p.views.of(pol) // the policy's grants and workloads, not copied per request
+	view := p.viewOf(pol) // the policy's grants and workloads, not copied per request
 	vg, ok := view.grant(is.Grant)
 	if !ok || vg.Kind != broker.KindProxy || vg.Proxy == nil {
 		return denied("grant_removed", "the grant no longer exists")

@@ -268,6 +268,43 @@ func (p *Proxy) buildTransport(u *url.URL, pool *x509.CertPool, g *policies.Gran
 	return rt
 }
 
+// viewOf returns the view of pol (policyViews.of). The first request of a
+// new policy (a reload) also drops the transports of the grants it no
+// longer has as proxy grants (dropRemovedTransports).
+func (p *Proxy) viewOf(pol *policies.Policy) *policyView {
+	v, built := p.views.of(pol)
+	if built {
+		p.dropRemovedTransports(v)
+	}
+	return v
+}
+
+// dropRemovedTransports deletes the cache entries of the grants that are
+// not proxy grants of v's policy and closes their idle connections: the
+// cache is keyed by grant name, so an entry of a grant a reload removed
+// (or renamed, or made another kind) was otherwise kept, with its
+// transport and CA pool, for the process's life, one more per such reload.
+// Only when v is of the policy in force: a request still running under an
+// older policy (its view built after the reload's) must not drop the
+// transports of the grants the reload added. An entry such a request adds
+// for a removed grant goes at the next reload.
+func (p *Proxy) dropRemovedTransports(v *policyView) {
+	if p.o.Service != nil && p.o.Service.Policy() != v.pol {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, gt := range p.transports {
+		if g, ok := v.grants[name]; ok && g.Proxy != nil {
+			continue
+		}
+		if gt.rt != nil {
+			gt.rt.CloseIdleConnections()
+		}
+		delete(p.transports, name)
+	}
+}
+
 // CloseIdleConnections closes the idle upstream connections of every grant
 // (call it on shutdown).
 func (p *Proxy) CloseIdleConnections() {
