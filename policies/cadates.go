@@ -19,9 +19,10 @@ const CAExpiryWarning = 30 * 24 * time.Hour
 // certificate of the bundle is valid (every TLS connection the bundle
 // verifies would fail), else in warnings (another may be the one that
 // signs); one that expires within CAExpiryWarning is in warnings. Each
-// names the file and the certificate; the caller decides what is a
-// problem.
+// names the file (quoted when not printable) and the certificate; the
+// caller decides what is a problem.
 func CABundleDates(path string, data []byte, now time.Time) (unusable, warnings []string) {
+	path = printable(path) // one message, one line
 	var bad []string
 	valid := 0
 	for rest := data; ; {

@@ -38,13 +38,17 @@ type Problem struct {
 	Line int
 }
 
+// Error is the problem on one line: File as it is when printable, else
+// quoted (printable), so that a file name with a newline (a policy file in a
+// directory, as Load names it) neither splits a problem in two lines nor
+// forges one.
 func (p *Problem) Error() string {
 	var s string
 	switch {
 	case p.Path == "":
-		s = p.File + ": " + p.Message
+		s = printable(p.File) + ": " + p.Message
 	default:
-		s = p.File + ": " + p.Path + ": " + p.Message
+		s = printable(p.File) + ": " + p.Path + ": " + p.Message
 	}
 	if p.Line > 0 {
 		s += " (line " + strconv.Itoa(p.Line) + ")"
@@ -413,18 +417,20 @@ func readRegular(f fs.File, name string) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", name, MaxFileSize)
+		return nil, fmt.Errorf("%s: larger than %d bytes", printable(name), MaxFileSize)
 	}
 	return data, nil
 }
 
-// notRegular is the error of a path that names m, not a regular file.
+// notRegular is the error of a path that names m, not a regular file; the
+// path quoted when not printable (a ca_file's, a policy file's: problems
+// are one per line).
 func notRegular(name string, m fs.FileMode) error {
 	what := modeKind(m)
 	if what == "" {
-		return fmt.Errorf("%s: not a regular file", name)
+		return fmt.Errorf("%s: not a regular file", printable(name))
 	}
-	return fmt.Errorf("%s: is %s, not a regular file", name, what)
+	return fmt.Errorf("%s: is %s, not a regular file", printable(name), what)
 }
 
 // modeKind names what m is when it is not a regular file ("a named pipe"),

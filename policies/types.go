@@ -41,8 +41,9 @@ type Issuer struct {
 	// (NoTokenType) admits tokens without a typ header. Absent: any typ,
 	// or none, is accepted.
 	TokenTypes []string `yaml:"token_types"`
-	// Source is where the issuer was declared ("file: issuers[i]"), set by
-	// Load and Parse, for messages about it from other packages.
+	// Source is where the issuer was declared ("file: issuers[i]", the
+	// file quoted when not printable, as in a Problem), set by Load and
+	// Parse, for messages about it from other packages.
 	Source string `yaml:"-"`
 }
 

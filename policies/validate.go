@@ -114,7 +114,13 @@ type loc struct {
 	path string // e.g. "grants[2]"
 }
 
+// String is "file: path", the file as it is: a key (caLines), compared
+// with a Problem's File and Path.
 func (l loc) String() string { return l.file + ": " + l.path }
+
+// display is String for a message: the file quoted when not printable, as
+// Problem.Error shows it.
+func (l loc) display() string { return printable(l.file) + ": " + l.path }
 
 // compile defaults, validates and compiles decoded files.
 func compile(files []parsedFile) (*Policy, error) {
@@ -161,7 +167,7 @@ func compile(files []parsedFile) (*Policy, error) {
 
 	p.issuerLocs, p.grantLocs = issuerLocs, grantLocs
 	for i := range p.issuers {
-		p.issuers[i].Source = issuerLocs[i].String()
+		p.issuers[i].Source = issuerLocs[i].display()
 	}
 
 	// Names first, so cross references can be checked against them.
@@ -273,7 +279,7 @@ func compile(files []parsedFile) (*Policy, error) {
 	root := fileRoots(files)
 	p.workloadSrc = make([]string, len(workloadLocs))
 	for i, l := range workloadLocs {
-		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l, NodeLine(root(l.file), l.path))
+		p.workloadSrc[i] = fmt.Sprintf("%s, line %d", l.display(), NodeLine(root(l.file), l.path))
 	}
 	locate(v.warnings, root)
 	for _, w := range v.warnings {
@@ -992,7 +998,8 @@ func fileRoots(files []parsedFile) func(string) *yaml.Node {
 
 // checkCAFile checks that a ca_file, when set, is readable and holds at
 // least one PEM certificate, and warns of the dates of its certificates
-// at now (CABundleDates). read reads it (ReadFile, once per file).
+// at now (CABundleDates). read reads it (ReadFile, once per file). The
+// path is named as it is when printable, else quoted (printable).
 func checkCAFile(v *validator, file, path, caFile string, now time.Time, read func(string) ([]byte, error)) {
 	if caFile == "" {
 		return
@@ -1004,14 +1011,14 @@ func checkCAFile(v *validator, file, path, caFile string, now time.Time, read fu
 		// directory, and the cap, already do.
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
-			v.add(file, path, "cannot read %s: %v", caFile, pe.Err)
+			v.add(file, path, "cannot read %s: %v", printable(caFile), pe.Err)
 		} else {
 			v.add(file, path, "cannot read %v", err)
 		}
 		return
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-		v.add(file, path, "%s holds no PEM certificate", caFile)
+		v.add(file, path, "%s holds no PEM certificate", printable(caFile))
 		return
 	}
 	unusable, warnings := CABundleDates(caFile, pem, now)
