@@ -12,7 +12,14 @@ package broker
 //  2. audit: a `revoke` event (and one `block` event per blocked workload)
 //     naming the admin, the reason and every selected issuance id. If the
 //     audit log cannot take it the call fails with ErrUnavailable and
-//     nothing is revoked: an unaudited admin action is not allowed;
+//     nothing is revoked: an unaudited admin action is not allowed. It is
+//     waited for at most AuditTimeout: past that (a disk whose writes hang)
+//     the event is queued and may still land, and the revocation goes on
+//     (it takes access away; holding it back until the disk recovers would
+//     leave the credentials valid) but is not reported done: the call
+//     answers 503 audit_unavailable naming the revocation, and its
+//     revoke_result events are written after the revoke events, nobody
+//     waiting for them;
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
 //     record is stored a failure answers ErrUnavailable and the revocation
@@ -243,11 +250,20 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			Outcome: &audit.Outcome{Status: 200},
 		})
 	}
-	if written, err := s.appendAll(context.WithoutCancel(ctx), decision); err != nil {
-		if written > 0 {
-			s.auditNotMade(context.WithoutCancel(ctx), rev, requestID, "audit_unavailable", nil)
+	// Waited for at most AuditTimeout. Past it (pending) the events stay
+	// queued and the revocation goes on, answered 503: every later event
+	// of this revocation is written after them (after), nobody waiting.
+	dw := s.startAppend(ctx, rev.ID, "audit revoke event failed", decision, nil)
+	var after *auditWrite
+	pending := s.awaitAudit(&dw.auditWait)
+	switch {
+	case errors.Is(pending, ErrAuditPending):
+		after = dw
+	case pending != nil:
+		if dw.written > 0 {
+			s.auditNotMade(context.WithoutCancel(ctx), nil, rev, requestID, "audit_unavailable", nil)
 		}
-		return nil, Unavailable("audit_unavailable", time.Second, err)
+		return nil, Unavailable("audit_unavailable", time.Second, pending)
 	}
 
 	// 3. Durable first: the blocks, the record (everything pending), the
@@ -268,7 +284,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			if unreplicated(err) { // stored all the same, in force
 				blocked = append(blocked, w)
 			}
-			return nil, s.notMade(dctx, rev, requestID, blocked, fmt.Errorf("block %s: %w", w, err))
+			return nil, s.notMade(dctx, after, rev, requestID, blocked, fmt.Errorf("block %s: %w", w, err))
 		}
 		blocked = append(blocked, w)
 	}
@@ -282,9 +298,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	}
 	if err := s.putRevocation(dctx, rev); err != nil {
 		if unreplicated(err) {
-			return nil, s.unconfirmed(dctx, rev, requestID, err)
+			return nil, s.unconfirmed(dctx, after, rev, requestID, err)
 		}
-		return nil, s.notMade(dctx, rev, requestID, blocked, err)
+		return nil, s.notMade(dctx, after, rev, requestID, blocked, err)
 	}
 	marked, failed, wrote := s.markAll(dctx, matched, rev.ID, now)
 
@@ -326,16 +342,23 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	if len(rev.Pending) > 0 {
 		status = 202
 	}
-	s.auditResult(dctx, rev, requestID, status, "", "request", nil)
+	s.auditResult(dctx, after, rev, requestID, status, "", "request", nil)
 	s.announce(dctx, Notice{RevocationID: rev.ID, Revoked: ids(marked), Blocked: blocks})
+	if after != nil {
+		// Made, but not reported done: its revoke event is not durable.
+		e := Unavailable("audit_unavailable", time.Second, pending)
+		e.Safe = "the revocation " + rev.ID + " was made, but its revoke event was not durable in time (the audit log is not taking writes): " +
+			"it is written, then the result, once the log takes writes again; GET /v1/admin/revocations/" + rev.ID + " shows the revocation"
+		return nil, e
+	}
 	return cloneRevocation(rev), nil
 }
 
 // notMade audits and returns the failure of a revocation whose record could
 // not be stored: nothing is revoked and no worker will; blocked are the
 // blocks it stored before (in force, and left: the retry puts them again).
-func (s *Service) notMade(ctx context.Context, rev *Revocation, requestID string, blocked []string, cause error) error {
-	s.auditNotMade(ctx, rev, requestID, "store_unavailable", blocked)
+func (s *Service) notMade(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, blocked []string, cause error) error {
+	s.auditNotMade(ctx, after, rev, requestID, "store_unavailable", blocked)
 	safe := "the revocation was not made (the store is unavailable): nothing was revoked; retry"
 	if len(blocked) > 0 {
 		safe = "the revocation was not made (the store is unavailable): nothing was revoked, but the block of " +
@@ -349,10 +372,10 @@ func (s *Service) notMade(ctx context.Context, rev *Revocation, requestID string
 // auditNotMade writes the revoke_result of a revocation that was not made
 // (details.not_made; reason says why): nothing was revoked and no worker
 // will; blocked are the blocks in force all the same.
-func (s *Service) auditNotMade(ctx context.Context, rev *Revocation, requestID, reason string, blocked []string) {
+func (s *Service) auditNotMade(ctx context.Context, after *auditWrite, rev *Revocation, requestID, reason string, blocked []string) {
 	none := cloneRevocation(rev)
 	none.Pending, none.Failed = []string{}, []RevokeFailure{} // nothing left to do: not made
-	s.auditResult(ctx, none, requestID, 503, reason, "", map[string]any{
+	s.auditResult(ctx, after, none, requestID, 503, reason, "", map[string]any{
 		"not_made": true, "blocks_in_force": append([]string{}, blocked...),
 	})
 }
@@ -362,8 +385,8 @@ func (s *Service) auditNotMade(ctx context.Context, rev *Revocation, requestID, 
 // it is made, everything pending, and the worker finishes it unless a
 // failover loses the record; the caller retries to be sure (a retry makes
 // a second revocation, which finds what the first did not).
-func (s *Service) unconfirmed(ctx context.Context, rev *Revocation, requestID string, cause error) error {
-	s.auditResult(ctx, rev, requestID, 503, ReasonStoreUnreplicated, "", map[string]any{"unconfirmed": true})
+func (s *Service) unconfirmed(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, cause error) error {
+	s.auditResult(ctx, after, rev, requestID, 503, ReasonStoreUnreplicated, "", map[string]any{"unconfirmed": true})
 	e := Unavailable(ReasonStoreUnreplicated, time.Second, cause)
 	e.Safe = "the revocation " + rev.ID + " is stored, but fewer store replicas than store.min_replicas confirmed it: " +
 		"it is finished in the background unless a store failover loses it; retry"
@@ -824,13 +847,53 @@ func (s *Service) updateRevocation(ctx context.Context, id string, fn func(*Revo
 	return s.d.Store.UpdateRevocation(sctx, id, fn)
 }
 
-// auditResult writes a revoke_result event, with extra added to its
-// details. It is logged, not returned, on failure: the decision itself is
-// already audited.
+// auditResult writes the revoke_result event of Revoke's request, with
+// extra added to its details. It is logged, not returned, on failure: the
+// decision itself is already audited. It is waited for at most
+// AuditTimeout (then it stays queued and may still land), and not at all
+// when after, the request's revoke events, is not nil: those were not
+// durable in time, and the result is written once their write has ended.
 // A list of issuances too long for one event (over maxEventListBytes) is
 // split over several revoke_result events, as eventParts says.
-func (s *Service) auditResult(ctx context.Context, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) {
-	s.appendResult(ctx, rev.ID, s.resultEvents(rev, requestID, status, reason, by, extra))
+func (s *Service) auditResult(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) {
+	w := s.startAppend(ctx, rev.ID, "audit revoke_result failed", s.resultEvents(rev, requestID, status, reason, by, extra), after)
+	if after == nil {
+		if err := s.awaitAudit(&w.auditWait); errors.Is(err, ErrAuditPending) {
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result not durable in time; it may still land",
+				slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
+		}
+	}
+}
+
+// auditWrite is an append of revocation events on a goroutine of its own
+// (startAppend): done is closed when it has ended, err (and written, the
+// events made durable) then set.
+type auditWrite struct {
+	auditWait
+	written int
+}
+
+// startAppend appends evs (appendAll, the caller's cancellation detached)
+// on a goroutine of its own, once the write after (when not nil) has ended,
+// whatever its outcome, so that they never overtake an event still pending
+// whatever the sink; a failure is logged (msg, revocation id). The caller
+// waits for it at most AuditTimeout (awaitAudit) or not at all: a disk whose
+// writes hang holds the goroutine, not the admin's request.
+func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*audit.Event, after *auditWrite) *auditWrite {
+	w := &auditWrite{auditWait: auditWait{done: make(chan struct{})}}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer close(w.done)
+		if after != nil {
+			<-after.done
+		}
+		w.written, w.err = s.appendAll(ctx, evs)
+		if w.err != nil {
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, msg,
+				slog.String("revocation_id", revID), slog.String("error", w.err.Error()))
+		}
+	}()
+	return w
 }
 
 // resultEvents builds the revoke_result event (or its parts) auditResult
@@ -1106,8 +1169,26 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 		Details: map[string]any{"blocked_at": b.CreatedAt, "blocked_by": b.Admin, "block_reason": b.Reason},
 		Outcome: &audit.Outcome{Status: 200},
 	}
-	if err := s.d.Audit.Append(context.WithoutCancel(ctx), ev); err != nil {
-		return Unavailable("audit_unavailable", time.Second, err)
+	// Lifting a block gives access back: not without its event, waited
+	// for at most AuditTimeout (Audit). An event still pending may land
+	// later, saying status 200: a second unblock event (503
+	// audit_unavailable) queued behind it, nobody waiting for it, says the
+	// block was not lifted, as after a failed delete.
+	if err := s.Audit(ctx, ev); err != nil {
+		e := Unavailable("audit_unavailable", time.Second, err)
+		if errors.Is(err, ErrAuditPending) {
+			log := s.d.Logger
+			s.AuditDeferred(ctx, &audit.Event{Type: audit.TypeUnblock, RequestID: requestID, Workload: workload,
+				RevocationID: b.RevocationID, Admin: admin.String(),
+				Outcome: &audit.Outcome{Status: StatusOf(e), Error: CodeOf(e), Reason: e.Reason}}, func(aerr error) {
+				if aerr != nil {
+					log.LogAttrs(context.Background(), slog.LevelError, "audit unblock failure failed",
+						slog.String("request_id", requestID), slog.String("error", aerr.Error()))
+				}
+			})
+		}
+		e.Safe = "the audit log is not taking writes: the workload was not unblocked; retry"
+		return e
 	}
 	// Deleted only while it is still the block read above: a revocation
 	// that blocked the workload again meanwhile keeps its block.
@@ -1130,7 +1211,7 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 		if unconfirmed {
 			fail.Details = map[string]any{"unconfirmed": true}
 		}
-		if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), fail); aerr != nil {
+		if aerr := s.Audit(ctx, fail); aerr != nil { // at most AuditTimeout
 			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit unblock failure failed", slog.String("error", aerr.Error()))
 		}
 		e := Unavailable(reason, time.Second, err)
@@ -1162,7 +1243,7 @@ func (s *Service) unblockOvertaken(ctx context.Context, admin *Admin, workload, 
 		fail.Details = map[string]any{"standing_revocation_id": cur.RevocationID}
 	}
 	cancel()
-	if aerr := s.d.Audit.Append(context.WithoutCancel(ctx), fail); aerr != nil {
+	if aerr := s.Audit(ctx, fail); aerr != nil { // at most AuditTimeout
 		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit unblock failure failed", slog.String("error", aerr.Error()))
 	}
 	return Errorf(ErrNotFound, "block_changed", "the workload was blocked again by "+standing+

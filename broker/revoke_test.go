@@ -85,6 +85,13 @@ func newRevFixture(t *testing.T, wrap func(*revFixture, broker.Store) broker.Sto
 // to auditWrap(f.sink) when auditWrap is set.
 func newRevFixtureAudit(t *testing.T, wrap func(*revFixture, broker.Store) broker.Store, auditWrap func(*brokertest.Sink) broker.AuditSink) *revFixture {
 	t.Helper()
+	return newRevFixtureDeps(t, wrap, auditWrap, nil)
+}
+
+// newRevFixtureDeps is newRevFixtureAudit whose Service's Deps deps (when
+// set) changes first.
+func newRevFixtureDeps(t *testing.T, wrap func(*revFixture, broker.Store) broker.Store, auditWrap func(*brokertest.Sink) broker.AuditSink, deps func(*broker.Deps)) *revFixture {
+	t.Helper()
 	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +112,7 @@ func newRevFixtureAudit(t *testing.T, wrap func(*revFixture, broker.Store) broke
 	if auditWrap != nil {
 		sink = auditWrap(f.sink)
 	}
-	svc, err := broker.NewService(broker.Deps{
+	d := broker.Deps{
 		Policy:   func() *policies.Policy { return pol },
 		Authn:    func() broker.Authenticator { return authn },
 		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
@@ -113,7 +120,11 @@ func newRevFixtureAudit(t *testing.T, wrap func(*revFixture, broker.Store) broke
 		Store:    f.store,
 		Audit:    sink,
 		Now:      f.clock,
-	})
+	}
+	if deps != nil {
+		deps(&d)
+	}
+	svc, err := broker.NewService(d)
 	if err != nil {
 		t.Fatal(err)
 	}
