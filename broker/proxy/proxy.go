@@ -477,6 +477,11 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
+// reasonAuditUnavailable is the reason of a request refused because its use
+// event failed or was not durable in time (the only refusal for an audit
+// write: a deny's own failure is logged).
+const reasonAuditUnavailable = "audit_unavailable"
+
 // fail renders a refused request and, when the credential was identified,
 // records a deny event naming its issuance (and its use, once forward has
 // given it a use id).
@@ -493,13 +498,17 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 		ev := c.event(audit.TypeDeny)
 		// A refusal after the use event (pending, or the request revoked
 		// before it was sent) names the use it answers: nothing was
-		// forwarded for it, whenever a late use event lands.
+		// forwarded for it, whenever a late use event lands. A use event
+		// that failed outright is in no log: forward clears c.useID, and
+		// the deny names no use.
 		ev.UseID = c.useID
 		ev.setOutcome(audit.Outcome{Status: status, Error: broker.CodeOf(e), Reason: e.Reason})
-		if errors.Is(err, broker.ErrAuditPending) {
-			// Refused because an event is still pending (a write that
-			// hangs): the deny is queued behind it, nobody waits for it,
-			// as Exchange's after a pending issue event.
+		if errors.Is(err, broker.ErrAuditPending) || e.Reason == reasonAuditUnavailable {
+			// Refused because the use event is still pending (a write
+			// that hangs) or failed: the deny is queued behind it, nobody
+			// waits for it, as Exchange's after a pending or failed issue
+			// event. The request waited for its use event already, at
+			// most AuditTimeout: not a second time for its deny.
 			log, ctx, requestID, issuanceID := c.h.p.log, context.WithoutCancel(c.r.Context()), ev.RequestID, c.is.ID
 			c.h.p.o.Service.AuditDeferred(ctx, &ev.Event, func(aerr error) {
 				if aerr != nil {
@@ -716,7 +725,12 @@ func (c *call) forward(w http.ResponseWriter) {
 	use.UseID = useID
 	use.setUpstream(audit.Upstream{Method: r.Method, Host: gt.upstream.Host, Path: tgt.audit})
 	if err := p.o.Service.Audit(r.Context(), &use.Event); err != nil {
-		c.fail(w, broker.Unavailable("audit_unavailable", time.Second, err))
+		if !errors.Is(err, broker.ErrAuditPending) {
+			// Failed outright: not written, and never will be. Its deny
+			// names no use (fail).
+			c.useID = ""
+		}
+		c.fail(w, broker.Unavailable(reasonAuditUnavailable, time.Second, err))
 		return
 	}
 
