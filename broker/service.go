@@ -421,9 +421,11 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		werr := s.recordWithdrawn(ctx, is, req.RequestID, OrphanStoreFailed, uerr)
 		deny.IssuanceID = issID
 		e := Unavailable("store_unavailable", time.Second, serr)
-		if errors.Is(werr, ErrAuditPending) {
+		if werr != nil {
 			// The orphan_revoked event is pending (a write that hangs):
-			// the deny queues behind it, nobody waits for it.
+			// the deny queues behind it, nobody waits for it. Or it
+			// failed, after the request waited for it: not a second
+			// wait for the deny either.
 			s.deferDeny(ctx, denyEvent(), e)
 			return nil, e
 		}
@@ -441,9 +443,9 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		deny.IssuanceID = issID
 		e := Unavailable(OrphanClientGone, time.Second, fmt.Errorf("the caller went away before credential %s was handed out: %w", issID, ctx.Err()))
 		// The deny's outcome is 499 client_gone (recordDeny); waited for
-		// at most AuditTimeout, or not at all behind a pending
-		// orphan_revoked event.
-		if errors.Is(werr, ErrAuditPending) {
+		// at most AuditTimeout, or not at all behind a pending or failed
+		// orphan_revoked event (waited for already).
+		if werr != nil {
 			s.deferDeny(bg, denyEvent(), e)
 		} else {
 			s.recordDeny(bg, denyEvent(), e)

@@ -194,3 +194,88 @@ func TestAnswerAuditStallDenyFollows(t *testing.T) {
 		})
 	}
 }
+
+// TestExchangeWithdrawnFailureDefersDeny: when the orphan_revoked event that
+// follows a durable issue event (store failed, or the caller went away)
+// failed outright, after the request waited for it, the request's deny
+// event is deferred too, not waited for a second time: here the disk hangs
+// from the deny on, and with an AuditTimeout of a minute the old wait
+// showed as an Exchange still running after 10s.
+func TestExchangeWithdrawnFailureDefersDeny(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		storeFails bool // else the caller goes away during the mint
+	}{
+		{name: "store_failed", storeFails: true},
+		{name: "client_gone"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.sink.Fail = func(ev *audit.Event) bool { return ev.Type == audit.TypeOrphanRevoked }
+			sink := &fifoStallSink{Sink: f.sink, hold: audit.TypeDeny, release: make(chan struct{}), added: make(chan string, 16)}
+			var once sync.Once
+			release := func() { once.Do(func() { close(sink.release) }) }
+			t.Cleanup(release)
+			var store broker.Store = f.store
+			var minter broker.Minter = f.minter
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var m *slowBackendMinter
+			if tc.storeFails {
+				bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{}),
+					err: broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))}
+				close(bs.release)
+				store = bs
+			} else {
+				m = &slowBackendMinter{Minter: f.minter, entered: make(chan struct{}), release: make(chan struct{})}
+				minter = m
+			}
+			svc, err := broker.NewService(broker.Deps{
+				Policy:       func() *policies.Policy { return f.pol },
+				Authn:        func() broker.Authenticator { return f.authn },
+				Minters:      map[string]broker.Minter{broker.KindVaultToken: minter},
+				Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+				Store:        store,
+				Audit:        sink,
+				Now:          func() time.Time { return f.now },
+				AuditTimeout: time.Minute,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_withdrawn"})
+				if res != nil {
+					err = errors.New("a credential was returned")
+				}
+				done <- err
+			}()
+			if m != nil {
+				<-m.entered
+				cancel() // the caller goes away while the backend works
+				close(m.release)
+			}
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("Exchange() still waiting for its deny after 10s (its orphan_revoked failed at once); appends: %v", sink.triedTypes())
+			}
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Exchange() = %v, want ErrUnavailable", err)
+			}
+			want := []string{audit.TypeIssue, audit.TypeOrphanRevoked, "deferred:" + audit.TypeDeny}
+			if got := sink.triedTypes(); !slices.Equal(got, want) {
+				t.Errorf("appends = %v, want %v (the deny deferred after the failed orphan_revoked)", got, want)
+			}
+			release()
+			for typ := ""; typ != audit.TypeDeny; {
+				select {
+				case typ = <-sink.added:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("no deny event within 10s of the sink's recovery; events %v", sink.Types())
+				}
+			}
+		})
+	}
+}
