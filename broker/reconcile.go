@@ -433,12 +433,32 @@ func (r *Reconciler) revoke(ctx context.Context, c TaggedCredential, why string)
 	}
 	ev := orphanRevokedEvent(&Issuance{ID: c.IssuanceID, Workload: c.Workload, Owner: c.Owner, SessionID: c.SessionID,
 		Grant: c.Grant, Kind: c.Kind, Refs: CredentialRefs{Accessor: c.Ref, ExpiresAt: c.ExpiresAt}}, why, &audit.Outcome{Status: 200})
-	actx, cancel := context.WithTimeout(ctx, r.o.CallTimeout)
-	defer cancel()
-	if err := r.o.Audit.Append(actx, ev); err != nil {
+	if err := appendWithin(r.o.Audit, ev, r.o.CallTimeout); err != nil {
 		return fmt.Errorf("orphan revoked but its event failed: %w", err)
 	}
 	return nil
+}
+
+// appendWithin appends ev to sink and waits for it at most d: a sink's
+// Append may ignore its context once the event is queued (the audit file
+// does), so a context deadline alone does not bound a write that hangs.
+// Past d the error wraps ErrAuditPending (the append goes on, on a
+// goroutine of its own for a sink that is not a BoundedAuditSink, and the
+// event may still land).
+func appendWithin(sink AuditSink, ev *audit.Event, d time.Duration) error {
+	if b, ok := sink.(BoundedAuditSink); ok {
+		return b.AppendWithin(ev, d)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sink.Append(context.Background(), ev) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("the event was not durable within %s: %w", d, ErrAuditPending)
+	}
 }
 
 // orphanRevokedEvent is the orphan_revoked event for a credential revoked

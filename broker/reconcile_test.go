@@ -620,3 +620,45 @@ func TestReconcilerStats(t *testing.T) {
 		t.Errorf("Stats() after a run cut short = runs %d, failed %d; want %d, %d", got.Runs, got.FailedRuns, want.Runs, want.FailedRuns)
 	}
 }
+
+// TestReconcilerEventStallIsBounded: an orphan_revoked event whose write
+// hangs (a real sink ignores ctx once the event is queued) holds the run at
+// most CallTimeout, as every call of it: then it is counted as a failure,
+// and the event lands once the sink recovers.
+func TestReconcilerEventStallIsBounded(t *testing.T) {
+	now := time.Now()
+	src := &fakeTagged{creds: []broker.TaggedCredential{{Kind: broker.KindVaultToken, Ref: "acc", IssuanceID: "iss_x", CreatedAt: now.Add(-time.Hour)}}}
+	rec := &brokertest.Sink{}
+	sink, release := newStallingSink(t, rec, audit.TypeOrphanRevoked)
+	r, err := broker.NewReconciler(broker.ReconcilerOptions{Source: src, Store: memstore.New(time.Now), Audit: sink, CallTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		rep broker.ReconcileReport
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := r.RunOnce(context.Background())
+		done <- result{rep, err}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunOnce() still waiting for its stalled orphan_revoked event after 10s (CallTimeout 50ms)")
+	}
+	if want := (broker.ReconcileReport{Listed: 1, Failures: 1}); res.err != nil || res.rep != want {
+		t.Errorf("RunOnce() = %+v, %v; want %+v", res.rep, res.err, want)
+	}
+	release()
+	select {
+	case typ := <-sink.added:
+		if typ != audit.TypeOrphanRevoked {
+			t.Errorf("event %s, want orphan_revoked", typ)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no orphan_revoked event within 10s of the sink's recovery")
+	}
+}
