@@ -118,7 +118,12 @@ func (r *Result) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "  %s\t%s\n", ts(l.t), l.what)
 	}
 	tw.Flush()
-	ew.printf("  %d use event(s), %d revocation event(s)\n", len(r.Uses), len(r.Revocations))
+	uses, refused := countUses(r.Uses)
+	ew.printf("  %d use(s)", uses)
+	if refused > 0 {
+		ew.printf(" (and %d proxied request(s) refused after their use event)", refused)
+	}
+	ew.printf(", %d revocation event(s)\n", len(r.Revocations))
 	if len(r.Vault) > 0 {
 		ew.printf("\nvault audit log: %d request(s) made with this credential\n", len(r.Vault))
 		tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
@@ -136,6 +141,24 @@ func (r *Result) WriteText(w io.Writer) error {
 		ew.printf("\n")
 	}
 	return ew.err
+}
+
+// countUses counts, of evs (a result's Uses), the uses as the report counts
+// them: use and introspect events, but not a proxied request refused after
+// its use event (notForwardedUses), which are counted apart (refused). The
+// list holds their use_result, deny and shared_use_suspected events too:
+// not uses.
+func countUses(evs []*audit.Event) (uses, refused int) {
+	notForwarded := notForwardedUses(evs)
+	for _, ev := range evs {
+		switch {
+		case ev.Type == audit.TypeUse && ev.UseID != "" && notForwarded[ev.UseID]:
+			refused++
+		case ev.Type == audit.TypeUse || ev.Type == audit.TypeIntrospect:
+			uses++
+		}
+	}
+	return uses, refused
 }
 
 // textMaxAlsoMatched bounds the other issuances the text names: a
