@@ -83,6 +83,9 @@ type VerifyOptions struct {
 	RequireCheckpoint bool
 	// AllowTrimmedStart accepts a chain whose first line in the files has
 	// a seq above 1: its oldest files were removed on purpose (retention).
+	// That line must be a file's first: retention removes whole files, and
+	// a chain that starts further on in a file lost lines from it (a
+	// problem all the same).
 	// The chain is verified from that line (ChainReport.FirstSeq,
 	// TrimmedStart): its prev cannot be checked, but its bytes are covered,
 	// through the prev of each line after it, by the first verified
@@ -516,6 +519,10 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 		why = fmt.Sprintf("seq %d has a prev that is not a SHA-256 hash: a line after the first links to the line before it", ev.Seq)
 	case !seen && ev.Seq != 1 && !v.opts.AllowTrimmedStart && !afterUnread:
 		why = fmt.Sprintf("chain starts at seq %d, not 1: earlier lines or files are missing (if they were removed on purpose, by retention, allow a trimmed start to verify from here), or files are out of order", ev.Seq)
+	case !seen && ev.Seq != 1 && lineNo != 1 && !afterUnread:
+		// Retention removes whole files: a trimmed start is a file's
+		// first line. One further on lost lines from its file.
+		why = fmt.Sprintf("chain starts at seq %d on line %d of its file, not on a file's first line: lines were removed from the file (retention removes whole files only)", ev.Seq, lineNo)
 	case !seen && ev.Seq != 1 && !isHash(ev.Prev):
 		why = fmt.Sprintf("chain starts at seq %d with a prev that is not a SHA-256 hash: a line after the first links to the line before it", ev.Seq)
 	case seen && ev.Seq <= st.lastSeq:

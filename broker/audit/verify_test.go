@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -658,6 +659,25 @@ func TestVerifyTrimmedStart(t *testing.T) {
 		relinked = append(relinked, line)
 		prev = audit.HashLine(line)
 	}
+	// Another chain's lines, checkpointed, with which a file can start:
+	// the golden chain's first line after them is in the middle of the
+	// file.
+	other := audit.NewChain("chn_01JOTHER00000000000000000")
+	var others [][]byte
+	for i, ev := range []*audit.Event{{Type: audit.TypeStart}, nil} {
+		now := goldenStart.Add(time.Duration(i) * time.Microsecond)
+		if ev == nil {
+			var err error
+			if ev, err = other.Checkpoint(context.Background(), testSigner(t, "checkpoint.key"), "req_ocp", now); err != nil {
+				t.Fatal(err)
+			}
+		}
+		line, err := other.Seal(ev, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		others = append(others, line)
+	}
 	tests := []struct {
 		name  string
 		files [][][]byte
@@ -665,6 +685,10 @@ func TestVerifyTrimmedStart(t *testing.T) {
 		want  string // the first problem, "" for none
 	}{
 		{name: "fail/trimmed-not-allowed", files: [][][]byte{b, c}, want: "chain starts at seq 6, not 1"},
+		// Retention removes whole files: a chain that starts after seq 1
+		// in the middle of a file lost lines from that file.
+		{name: "fail/trimmed-mid-file", files: [][][]byte{append(slices.Clone(others), b...), c}, allow: true,
+			want: "chain starts at seq 6 on line 3 of its file, not on a file's first line"},
 		{name: "ok/trimmed-allowed", files: [][][]byte{b, c}, allow: true},
 		{name: "fail/first-line-changed", allow: true, want: "prev hash mismatch",
 			files: [][][]byte{mutateLine(t, b, 0, func(ev *audit.Event) { ev.Workload = "someone-else" }), c}},

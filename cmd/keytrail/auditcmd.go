@@ -65,7 +65,9 @@ recorded: --expect-seq SEQ (the files hold one chain) or CHAIN=SEQ
 
 A chain must start at seq 1 in the files. Once retention removed its oldest
 files, --allow-trimmed-start verifies it from its first line present (and
-says from which seq): the first verified checkpoint after that line still
+says from which seq), which must be a file's first line (retention removes
+whole files: a chain that starts further on in a file lost lines from that
+file, a problem all the same): the first verified checkpoint after that line still
 covers it, through the prev of each line in between; what the removed lines
 said can no longer be checked.
 A log that takes longer than 5 s gets a progress line on stderr every 5 s.
