@@ -45,7 +45,7 @@ func SetRotatedListingHook(l *Live, f func(listed []string) []string) { l.afterL
 
 // DoneFiles is how many rotated files l remembers as read.
 func DoneFiles(l *Live) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.lock()
+	defer l.unlock()
 	return len(l.done)
 }

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +40,12 @@ type LiveOptions struct {
 	MaxEvents int
 	// StoreTimeout bounds one store call (default 2s).
 	StoreTimeout time.Duration
+	// RefreshWait bounds how long a trace or report waits for a refresh
+	// another call is running (a rebuild reads every file again: about
+	// 12 s at 200,000 events) before it answers unavailable (503, with
+	// Retry-After) rather than holding the auditor's request that long
+	// (default DefaultRefreshWait).
+	RefreshWait time.Duration
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -70,7 +75,10 @@ type Live struct {
 	// idx is the published index, the one readers use.
 	idx atomic.Pointer[Index]
 
-	mu sync.Mutex // serialises refreshes
+	// mu serialises refreshes: a refresh holds its one slot. A channel,
+	// not a sync.Mutex, so that a trace or report waits for it at most
+	// RefreshWait (lockWithin).
+	mu chan struct{}
 	// readState describes w, the index refreshes read into: idx, except
 	// while a rebuild builds its new index to the side.
 	readState
@@ -109,6 +117,9 @@ func NewLive(o LiveOptions) (*Live, error) {
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 2 * time.Second
 	}
+	if o.RefreshWait <= 0 {
+		o.RefreshWait = DefaultRefreshWait
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -116,7 +127,7 @@ func NewLive(o LiveOptions) (*Live, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Live{o: o, readState: readState{w: idx, done: map[string]bool{}}}
+	l := &Live{o: o, mu: make(chan struct{}, 1), readState: readState{w: idx, done: map[string]bool{}}}
 	l.idx.Store(idx)
 	return l, nil
 }
@@ -124,10 +135,67 @@ func NewLive(o LiveOptions) (*Live, error) {
 // Index returns the live index (refreshed by each call).
 func (l *Live) Index() *Index { return l.idx.Load() }
 
+// DefaultRefreshWait is LiveOptions.RefreshWait's default.
+const DefaultRefreshWait = 2 * time.Second
+
+// busyRetryAfter is the Retry-After of a trace or report that found another
+// call's refresh still running after RefreshWait: most likely a rebuild,
+// which takes seconds.
+const busyRetryAfter = 5 * time.Second
+
+var errBusy = errors.New("trace: another call is reading the audit files (a rebuild of the index, or its first load)")
+
+func (l *Live) lock() { l.mu <- struct{}{} }
+
+func (l *Live) unlock() { <-l.mu }
+
+// lockWithin takes the refresh lock, waiting at most RefreshWait or until
+// ctx ends; an unavailable error (reason audit_index_busy) when it could
+// not.
+func (l *Live) lockWithin(ctx context.Context) error {
+	select {
+	case l.mu <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(l.o.RefreshWait)
+	defer t.Stop()
+	cause := errBusy
+	select {
+	case l.mu <- struct{}{}:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+		cause = fmt.Errorf("%w: %w", errBusy, ctx.Err())
+	}
+	e := broker.Unavailable("audit_index_busy", busyRetryAfter, cause)
+	e.Safe = "the audit log is being read (the trace index is rebuilt or loaded); retry later"
+	return e
+}
+
 // Refresh reads what was appended to the audit files since the last call.
 func (l *Live) Refresh() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.lock()
+	defer l.unlock()
+	return l.refreshLocked()
+}
+
+// refreshWithin is Refresh for a trace or report: it waits for another
+// call's refresh at most RefreshWait (lockWithin), and its errors are
+// what the caller answers.
+func (l *Live) refreshWithin(ctx context.Context) error {
+	if err := l.lockWithin(ctx); err != nil {
+		return err
+	}
+	defer l.unlock()
+	if err := l.refreshLocked(); err != nil {
+		return broker.Unavailable("audit_unreadable", time.Second, err)
+	}
+	return nil
+}
+
+// refreshLocked is Refresh; the caller holds the lock.
+func (l *Live) refreshLocked() error {
 	err := l.refresh()
 	if errors.Is(err, errRolledBack) {
 		// The sink truncated lines that never became durable (a failed
@@ -660,8 +728,8 @@ func (l *Live) readFrom(f *os.File, off int64, recent *recentLines) (int64, tail
 
 // Trace resolves q over this instance's audit log, then the store.
 func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
-	if err := l.Refresh(); err != nil {
-		return nil, broker.Unavailable("audit_unreadable", time.Second, err)
+	if err := l.refreshWithin(ctx); err != nil {
+		return nil, err
 	}
 	idx := l.idx.Load()
 	res, err := idx.Lookup(q)
@@ -912,8 +980,8 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 // Report builds the report over this instance's log, with the active
 // credentials of every instance from the store.
 func (l *Live) Report(ctx context.Context) (*Report, error) {
-	if err := l.Refresh(); err != nil {
-		return nil, broker.Unavailable("audit_unreadable", time.Second, err)
+	if err := l.refreshWithin(ctx); err != nil {
+		return nil, err
 	}
 	now := l.o.Now()
 	idx := l.idx.Load()
