@@ -67,7 +67,10 @@ type LiveOptions struct {
 // replaced under its name: the file tailed is gone, no rotated file
 // appeared, and the new file does not continue the chain of the last line
 // read (one that does is the next file of a rotation whose rotated file
-// was deleted, read on).
+// was deleted, read on); and when a rotated file not read before appears
+// while the file tailed has not rotated, and does not continue that chain
+// (the replacement rotated away, or a rotated file read before, moved out
+// and back).
 // Memory is bounded by MaxEvents (twice during a rebuild). Safe for
 // concurrent use.
 type Live struct {
@@ -592,6 +595,13 @@ func (l *Live) readRotated(next os.FileInfo) (int, error) {
 // Some file systems (NFS, some FUSE ones) can leave a present entry out of
 // a listing, though: a name is dropped only once Lstat says it is gone, so
 // a file missed by one listing is not read again when the next lists it.
+// A file moved out and back under its name after its name was dropped is
+// listed as a new one: readRotatedFile finds it does not continue the
+// chain of the last line read, and the index is rebuilt.
+// Any other Lstat error keeps the name (it is looked at again by each
+// call that does not list it, and dropped once Lstat says it is gone):
+// the file may still be there, and reading it again would duplicate its
+// events.
 // Only the names about to be dropped are looked at: none when every name
 // is listed. The map is replaced, not deleted from: a Go map does not
 // shrink.
@@ -656,6 +666,25 @@ func (l *Live) readRotatedFile(p string, next os.FileInfo) error {
 		l.recent.reset()
 		l.curStartOK = false
 	} else {
+		if l.cur != nil && l.curOff > 0 {
+			// A rotated file not read before, while the file tailed,
+			// of which the index holds lines, has not rotated: the next
+			// file of a rotation whose rotated file (cur) was deleted
+			// since, whose first line continues the chain of the last
+			// line read (continuesCur). Any other (cur replaced under
+			// its name and that rotated away; a rotated file read
+			// before, moved out, forgotten by forgetDeleted and moved
+			// back; one a listing missed) read now would put its lines
+			// after the ones read since: rebuild the index from the
+			// files instead.
+			next, known, err := l.continuesCur(f, fi.Size())
+			switch {
+			case err != nil:
+				return err
+			case known && !next:
+				return errRolledBack
+			}
+		}
 		if l.cur != nil {
 			l.curStartOK = false // not only cur's events since its start
 		}

@@ -255,8 +255,11 @@ func TestLiveRotationNewFileReusesInode(t *testing.T) {
 			}
 			want := lines[2:8]
 			if c.rotated {
-				want = append(slices.Clone(lines[2:5]), lines[:2]...)
-				want = append(want, lines[5:8]...)
+				// The rotated file listed late does not continue the
+				// chain of the last line read: the index was rebuilt
+				// from the files then, in their order
+				// (TestLiveRotatedFileMovedBack).
+				want = lines[:8]
 			}
 			sameAsFreshRead(t, live, writeLines(t, t.TempDir(), "audit.jsonl", want), 0)
 			appendLines(t, path, lines[8:10])
