@@ -16,7 +16,9 @@
 //     RS*/PS*, the matching NIST curve for ES*, Ed25519 for EdDSA and for
 //     RFC 9864's fully specified Ed25519) and only if its own alg/use/key_ops
 //     agree (a JWK's "EdDSA" and "Ed25519" agree with either, on an Ed25519
-//     key: the signature is the same);
+//     key: the signature is the same; use is "sig", none, or a SPIFFE
+//     bundle's "jwt-svid": a bundle's "x509-svid" keys, X.509 CA keys, never
+//     verify a token);
 //   - an issuer with token_types accepts only tokens whose typ header is one
 //     of them (RFC 8725 §3.11), compared without case and with
 //     "application/" implied (RFC 7515 §4.1.9), "" standing for no typ
@@ -38,7 +40,8 @@
 // check.
 //
 // JWKS are fetched lazily, on first use, when the cached set is older than
-// Options.CacheTTL, and when a token names an unknown kid; fetches of one
+// Options.CacheTTL (or a SPIFFE bundle's spiffe_refresh_hint, when shorter,
+// but at least 30 s), and when a token names an unknown kid; fetches of one
 // issuer are coalesced and happen at most once per Options.RefreshInterval.
 // When an issuer's JWKS endpoint is down, its last good keys stay in use for
 // Options.StaleFor past their CacheTTL. There are no background goroutines

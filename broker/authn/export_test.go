@@ -5,3 +5,16 @@ func (v *Verifier) SignatureChecks() int64 { return v.sigChecks.Load() }
 
 // VerifiedCacheLen is how many verified tokens v remembers.
 func (v *Verifier) VerifiedCacheLen() int { return v.verified.len() }
+
+// WaitFetches waits for the JWKS fetch each issuer of v has running, if
+// any: a request that served stale keys started it in the background.
+func (v *Verifier) WaitFetches() {
+	for _, st := range v.issuers {
+		st.mu.Lock()
+		call := st.inflight
+		st.mu.Unlock()
+		if call != nil {
+			<-call.done
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -35,6 +36,18 @@ const (
 
 // maxRedirects bounds redirects followed by a JWKS or discovery fetch.
 const maxRedirects = 3
+
+// minRefreshHint is the shortest refresh interval a SPIFFE bundle's
+// spiffe_refresh_hint may set: a hint of 1 s must not turn every request
+// into a refetch (RefreshInterval bounds fetches anyway).
+const minRefreshHint = 30 * time.Second
+
+// Public key uses (JWK "use") of a SPIFFE bundle (the SPIFFE Trust Domain
+// and Bundle spec, §4.2.2; the values are case sensitive).
+const (
+	useJWTSVID  = "jwt-svid"  // verifies JWT-SVIDs: a signature key
+	useX509SVID = "x509-svid" // an X.509 CA key: never verifies a JWT
+)
 
 // issuerState is one trusted issuer with its key cache.
 type issuerState struct {
@@ -80,13 +93,28 @@ func (v *Verifier) keepKeys(prev *Verifier) {
 type keySet struct {
 	keys      []verifyKey
 	fetchedAt time.Time
+	// refreshHint is a SPIFFE bundle's spiffe_refresh_hint, 0 when the set
+	// has none (or a malformed one); see freshFor.
+	refreshHint time.Duration
+}
+
+// freshFor is how long after its fetch s is used without a refetch:
+// CacheTTL, or the set's SPIFFE refresh hint when that is shorter (but
+// never under minRefreshHint). Only the refetch comes earlier: the last
+// good keys still serve until StaleFor past CacheTTL while refetches fail.
+func (v *Verifier) freshFor(s *keySet) time.Duration {
+	ttl := v.cacheTTL
+	if s.refreshHint > 0 {
+		ttl = min(ttl, max(s.refreshHint, minRefreshHint))
+	}
+	return ttl
 }
 
 // verifyKey is one public key with the JWK metadata that restricts its use.
 type verifyKey struct {
 	kid    string
 	alg    string   // JWK "alg", may be empty
-	use    string   // JWK "use", may be empty
+	use    string   // JWK "use": empty, "sig" or "jwt-svid"
 	keyOps []string // JWK "key_ops", may be empty
 	pub    any      // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
 }
@@ -333,12 +361,14 @@ func toVerificationKeys(keys []any) []jwt.VerificationKey {
 }
 
 // usableFor reports whether the key may verify a signature of alg: right key
-// type and curve, and the JWK's own alg, use and key_ops agree.
+// type and curve, and the JWK's own alg, use and key_ops agree. A SPIFFE
+// bundle's "jwt-svid" key is a signature key; its "x509-svid" keys (and
+// any other use) never are (parseJWKS already drops them).
 func (k verifyKey) usableFor(alg string) bool {
 	if k.alg != "" && k.alg != alg && !(isEd25519Alg(k.alg) && isEd25519Alg(alg)) {
 		return false
 	}
-	if k.use != "" && k.use != "sig" {
+	if k.use != "" && k.use != "sig" && k.use != useJWTSVID {
 		return false
 	}
 	if len(k.keyOps) > 0 && !slices.Contains(k.keyOps, "verify") {
@@ -383,7 +413,7 @@ func (v *Verifier) resolveKey(ctx context.Context, st *issuerState, kid string, 
 		now := v.now()
 		set := st.set
 		usable := set != nil && now.Before(set.fetchedAt.Add(v.cacheTTL+v.staleFor))
-		fresh := set != nil && now.Before(set.fetchedAt.Add(v.cacheTTL))
+		fresh := set != nil && now.Before(set.fetchedAt.Add(v.freshFor(set)))
 		var (
 			key    any
 			result = keyMissing
@@ -456,17 +486,18 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.fetchTimeout)
 	go func() {
 		defer cancel()
-		keys, uri, err := v.fetch(fctx, st, jwksURI)
+		set, uri, err := v.fetch(fctx, st, jwksURI)
 		st.mu.Lock()
 		if err != nil {
 			st.lastErr = err
 			st.jwksURI = "" // rediscover next time
 			v.log.WarnContext(fctx, "authn: jwks fetch failed", "issuer", st.cfg.Name, "err", err)
 		} else {
-			st.set = &keySet{keys: keys, fetchedAt: v.now()}
+			set.fetchedAt = v.now()
+			st.set = set
 			st.lastErr = nil
 			st.jwksURI = uri
-			v.log.DebugContext(fctx, "authn: jwks fetched", "issuer", st.cfg.Name, "keys", len(keys))
+			v.log.DebugContext(fctx, "authn: jwks fetched", "issuer", st.cfg.Name, "keys", len(set.keys))
 		}
 		st.inflight = nil
 		st.mu.Unlock()
@@ -479,8 +510,8 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 }
 
 // fetch gets the issuer's JWKS (discovering its URI first if needed) and
-// returns its usable keys and the URI it came from.
-func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) ([]verifyKey, string, error) {
+// returns its usable keys (fetchedAt not set) and the URI it came from.
+func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) (*keySet, string, error) {
 	if jwksURI == "" {
 		jwksURI = st.cfg.JWKSURL
 	}
@@ -495,11 +526,11 @@ func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) (
 	if err != nil {
 		return nil, "", fmt.Errorf("jwks: %w", err)
 	}
-	keys, err := parseJWKS(body)
+	set, err := parseJWKS(body)
 	if err != nil {
 		return nil, "", fmt.Errorf("jwks: %w", err)
 	}
-	return keys, jwksURI, nil
+	return set, jwksURI, nil
 }
 
 // discover reads <issuer>/.well-known/openid-configuration and returns its
@@ -572,9 +603,18 @@ func (v *Verifier) get(ctx context.Context, c *http.Client, u string) ([]byte, e
 // replaces a good cached set: the last good keys serve for StaleFor, then
 // the issuer's tokens get ErrUnavailable, as when its endpoint is down. An
 // issuer is distrusted by removing it from policy, not by emptying its JWKS.
-func parseJWKS(body []byte) ([]verifyKey, error) {
+//
+// A SPIFFE bundle (the SPIFFE Trust Domain and Bundle spec, §4) is a JWKS
+// too: its "jwt-svid" keys are signature keys, its "x509-svid" keys (X.509
+// CA keys) are skipped before they are parsed, as are keys of any other
+// use (§4.2.2: unknown uses are ignored), and its spiffe_refresh_hint, an
+// integer number of seconds, is kept (see freshFor); a hint that is not a
+// positive integer is ignored, not a reason to refuse the keys.
+// spiffe_sequence is not read.
+func parseJWKS(body []byte) (*keySet, error) {
 	var doc struct {
-		Keys *[]json.RawMessage `json:"keys"`
+		Keys        *[]json.RawMessage `json:"keys"`
+		RefreshHint json.RawMessage    `json:"spiffe_refresh_hint"`
 	}
 	if err := json.Unmarshal(body, &doc); err != nil {
 		return nil, errors.New("not a JSON JWK set")
@@ -582,9 +622,28 @@ func parseJWKS(body []byte) ([]verifyKey, error) {
 	if doc.Keys == nil {
 		return nil, errors.New(`no "keys" member`)
 	}
+	set := &keySet{refreshHint: refreshHint(doc.RefreshHint)}
 	keys := make([]verifyKey, 0, len(*doc.Keys))
+	x509Keys := 0
 	for _, raw := range *doc.Keys {
-		j, err := jwkset.NewJWKFromRawJSON(raw, jwkset.JWKMarshalOptions{Private: false}, jwkset.JWKValidateOptions{})
+		var meta struct {
+			Use string `json:"use"`
+		}
+		if json.Unmarshal(raw, &meta) != nil {
+			continue
+		}
+		// jwkset accepts only the registered uses ("sig", "enc"), so a
+		// jwt-svid key is parsed without its use check; the use is kept
+		// and checked by usableFor.
+		var vopts jwkset.JWKValidateOptions
+		switch meta.Use {
+		case useX509SVID:
+			x509Keys++
+			continue
+		case useJWTSVID:
+			vopts.SkipUse = true
+		}
+		j, err := jwkset.NewJWKFromRawJSON(raw, jwkset.JWKMarshalOptions{Private: false}, vopts)
 		if err != nil {
 			continue
 		}
@@ -611,8 +670,21 @@ func parseJWKS(body []byte) ([]verifyKey, error) {
 	switch {
 	case len(*doc.Keys) == 0:
 		return nil, errors.New("the key set is empty")
+	case len(keys) == 0 && x509Keys > 0:
+		return nil, fmt.Errorf("none of %d keys is a usable public signature key (%d are SPIFFE x509-svid keys, never used for JWTs)", len(*doc.Keys), x509Keys)
 	case len(keys) == 0:
 		return nil, fmt.Errorf("none of %d keys is a usable public signature key", len(*doc.Keys))
 	}
-	return keys, nil
+	set.keys = keys
+	return set, nil
+}
+
+// refreshHint reads a SPIFFE bundle's spiffe_refresh_hint: a positive
+// integer number of seconds, else 0 (none).
+func refreshHint(raw json.RawMessage) time.Duration {
+	var secs int64
+	if len(raw) == 0 || json.Unmarshal(raw, &secs) != nil || secs <= 0 || secs > math.MaxInt64/int64(time.Second) {
+		return 0
+	}
+	return time.Duration(secs) * time.Second
 }
