@@ -43,7 +43,10 @@
 // Options.CacheTTL (or a SPIFFE bundle's spiffe_refresh_hint, when shorter,
 // but at least 30 s), and when a token names an unknown kid; fetches of one
 // issuer are coalesced and happen at most once per Options.RefreshInterval.
-// When an issuer's JWKS endpoint is down, its last good keys stay in use for
+// A request whose key is in a set past its CacheTTL is answered with it at
+// once and leaves the refetch running (stale while revalidate); only a
+// request whose key the cached set lacks waits for a fetch. When an
+// issuer's JWKS endpoint is down, its last good keys stay in use for
 // Options.StaleFor past their CacheTTL. There are no background goroutines
 // beyond the fetch a request starts (bounded by Options.FetchTimeout).
 //
@@ -111,7 +114,9 @@ type Options struct {
 	// issuer, whatever triggered them (default 30 s).
 	RefreshInterval time.Duration
 	// CacheTTL is how long fetched keys are used before a refetch is tried
-	// (default 5 min).
+	// (default 5 min; a SPIFFE bundle's spiffe_refresh_hint, when shorter,
+	// but at least 30 s). Past it, a cached key still answers at once while
+	// the refetch runs in the background.
 	CacheTTL time.Duration
 	// StaleFor is how long past CacheTTL the last good keys are still served
 	// while refetches fail (default 10 min). After that, tokens of the

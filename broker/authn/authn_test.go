@@ -795,6 +795,12 @@ func TestCacheTTLRefetchDropsRevokedKey(t *testing.T) {
 		t.Errorf("Authenticate(before CacheTTL) = %v, want ok from cache", err)
 	}
 	f.clock.Advance(time.Second)
+	// Past CacheTTL the stale keys serve while the refetch runs in the
+	// background; once it is done, the revoked key is gone.
+	if _, err := f.v.Authenticate(ctx, old); err != nil {
+		t.Errorf("Authenticate(at CacheTTL) = %v, want ok from the stale keys", err)
+	}
+	f.v.WaitFetches()
 	_, err := f.v.Authenticate(ctx, old)
 	checkRejection(t, err, old, "unknown_key")
 	if got := f.es.JWKSFetches(); got != 2 {
@@ -827,6 +833,7 @@ func TestStaleKeysWhileIssuerDown(t *testing.T) {
 	for _, s := range steps {
 		f.clock.Advance(t0.Add(s.at).Sub(f.clock.Now()))
 		_, err := f.v.Authenticate(ctx, tok)
+		f.v.WaitFetches() // a refetch the stale keys answered runs in the background
 		switch {
 		case s.unavail:
 			var be *broker.Error
@@ -879,6 +886,10 @@ func TestEmptyJWKSKeepsLastGoodKeys(t *testing.T) {
 	clock.Advance(authn.DefaultCacheTTL)
 	if _, err := v.Authenticate(ctx, tok); err != nil {
 		t.Errorf("Authenticate(refetch answered an empty set) = %v, want ok from the last good keys", err)
+	}
+	v.WaitFetches()
+	if _, err := v.Authenticate(ctx, tok); err != nil {
+		t.Errorf("Authenticate(after the refetch answered an empty set) = %v, want ok from the last good keys", err)
 	}
 	if got := fetches.Load(); got != 2 {
 		t.Errorf("fetches = %d, want 2", got)

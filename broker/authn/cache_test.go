@@ -109,7 +109,13 @@ func TestVerifiedCacheKeyChanges(t *testing.T) {
 		k2 := newKey(t, "ES256")
 		k2.KID = old.KID
 		f.es.ReplaceKeys(k2, f.esRSA)
-		f.clock.Advance(authn.DefaultCacheTTL) // the next use refetches
+		f.clock.Advance(authn.DefaultCacheTTL)
+		// The next use is served from the stale keys and refetches in the
+		// background; the use after that sees the new key.
+		if _, err := f.v.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("Authenticate(stale keys, refetch started) = %v, want ok", err)
+		}
+		f.v.WaitFetches()
 		before := f.v.SignatureChecks()
 		_, err := f.v.Authenticate(ctx, tok)
 		checkRejection(t, err, tok, "bad_signature")
@@ -128,6 +134,10 @@ func TestVerifiedCacheKeyChanges(t *testing.T) {
 		}
 		f.es.ReplaceKeys(newKey(t, "ES256"))
 		f.clock.Advance(authn.DefaultCacheTTL)
+		if _, err := f.v.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("Authenticate(stale keys, refetch started) = %v, want ok", err)
+		}
+		f.v.WaitFetches()
 		_, err := f.v.Authenticate(ctx, tok)
 		checkRejection(t, err, tok, "unknown_key")
 	})

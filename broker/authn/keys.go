@@ -406,6 +406,13 @@ func isEd25519Alg(alg string) bool { return alg == "EdDSA" || alg == AlgEd25519 
 // resolveKey finds the verification key for a token, fetching the issuer's
 // JWKS when there is none yet, when the cached set is past CacheTTL, or when
 // the kid is unknown; at most one fetch per RefreshInterval per issuer.
+//
+// A set past CacheTTL but within StaleFor that has the token's key answers
+// at once: the refetch it is due runs in the background (stale while
+// revalidate), so no request waits on a slow issuer while usable keys
+// exist. A request whose key the set lacks (or holds only in a form
+// unusable for its alg) waits for the fetch, bounded by FetchTimeout and
+// its own context.
 func (v *Verifier) resolveKey(ctx context.Context, st *issuerState, kid string, hasKid bool, alg string) (any, *broker.Error) {
 	fetched := false
 	for {
@@ -424,9 +431,13 @@ func (v *Verifier) resolveKey(ctx context.Context, st *issuerState, kid string, 
 		mayFetch := !fetched && (st.inflight != nil || !now.Before(st.lastAttempt.Add(v.refreshInterval)))
 
 		switch {
-		case usable && result == keyFound && (fresh || !mayFetch || st.inflight != nil):
-			// Fresh, or stale within StaleFor while a refetch is not allowed
-			// or already running elsewhere: use what we have.
+		case usable && result == keyFound:
+			// Fresh, or stale within StaleFor: use what we have. A stale
+			// set is refetched in the background when a refetch is allowed
+			// and none is running; this request does not wait for it.
+			if !fresh && mayFetch && st.inflight == nil {
+				v.startFetch(ctx, st, now)
+			}
 			st.mu.Unlock()
 			return key, nil
 		case usable && result == keyUnusable && (fresh || !mayFetch):
@@ -477,7 +488,8 @@ func unavailable(st *issuerState, retry time.Duration, cause error) *broker.Erro
 // startFetch starts a fetch of st's JWKS; st.mu must be held. The fetch runs
 // on its own goroutine under FetchTimeout, detached from the cancellation of
 // the request that started it, so that waiters are not failed by someone
-// else's client going away.
+// else's client going away, and a background refetch (see resolveKey)
+// outlives the request that served stale keys.
 func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Time) *fetchCall {
 	call := &fetchCall{done: make(chan struct{})}
 	st.inflight = call
