@@ -20,7 +20,9 @@ package vault
 // Vault call fails. Its renewals also take no ctx.
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -147,6 +149,10 @@ type Login struct {
 	after        func(time.Duration) <-chan time.Time
 
 	loginMu sync.Mutex // one login at a time (lc's token is set during lookups)
+	// loginNumUses is auth.num_uses of the last answer lc got (vault/api's
+	// SecretAuth does not decode it), set by lc's response callback in the
+	// goroutine that holds loginMu.
+	loginNumUses int
 
 	mu      sync.Mutex
 	secret  *vaultapi.Secret // auth of the current token, for keepAlive
@@ -238,12 +244,14 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	}
 
 	l := &Login{
-		c: o.Client, lc: lc, method: o.Method,
+		c: o.Client, method: o.Method,
 		token: o.Token, file: o.TokenFile, roleIDFile: o.RoleIDFile, secretIDFile: o.SecretIDFile,
 		role: o.Role, jwtFile: o.JWTFile, mount: mount,
 		poll: o.PollInterval, retryMin: o.RetryMin, retryMax: o.RetryMax, maxRenew: o.MaxRenewInterval,
 		log: o.Logger, now: o.Now, after: o.After,
 	}
+	// lc is new: nothing else uses it yet while the callback is set.
+	l.lc = lc.WithResponseCallbacks(l.noteNumUses)
 	if l.method == LoginKubernetes && l.jwtFile == "" {
 		l.jwtFile = DefaultKubernetesJWTFile
 	}
@@ -280,7 +288,10 @@ func NewLogin(o LoginOptions) (*Login, error) {
 // broker that cannot log in at start-up should fail to start, loudly.
 // Errors are *broker.Error of kind ErrUnavailable (see the package
 // documentation for the reasons); they name the method, the mount and the
-// files, never a credential.
+// files, never a credential. A token with a use limit (num_uses in the
+// login answer or lookup-self) is refused as vault_config, in Start and in
+// Run's logins alike: Vault lets it create no token and revokes it after
+// its last use.
 func (l *Login) Start(ctx context.Context) error {
 	if err := l.loginOnce(ctx); err != nil {
 		return err
@@ -691,6 +702,9 @@ func (l *Login) lookupToken(ctx context.Context, tok, what string) (*vaultapi.Se
 	if err != nil {
 		return nil, badResponse(op, "bad renewable flag")
 	}
+	if n, _ := asInt(s.Data["num_uses"]); n != 0 {
+		return nil, restrictedUse(op, n, "create the broker's token without a use limit (num_uses=0, vault token create -use-limit=0)")
+	}
 	accessor, _ := s.Data["accessor"].(string)
 	return &vaultapi.Secret{Auth: &vaultapi.SecretAuth{
 		ClientToken:   tok,
@@ -731,6 +745,7 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 	path := "auth/" + l.mount + "/login"
 	op := method + " login at " + path
 	// lc never holds a token here (loginMu is held; lookupToken clears it).
+	l.loginNumUses = 0
 	sec, err := l.lc.Logical().WriteWithContext(ctx, path, body)
 	if err != nil {
 		return nil, translate(op, err)
@@ -738,7 +753,51 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return nil, badResponse(op, "no auth block with a client token")
 	}
+	if l.loginNumUses != 0 {
+		return nil, restrictedUse(op, l.loginNumUses, "set token_num_uses=0 on the "+method+" role the broker logs in as")
+	}
 	return sec, nil
+}
+
+// restrictedUse is the error of a login that gave the broker a token with a
+// use limit: Vault refuses such a token every token creation ("restricted
+// use token cannot generate child tokens"), so no vault_token or
+// vault_dynamic grant could be served, and it dies after n requests.
+func restrictedUse(op string, n int, fix string) error {
+	uses := fmt.Sprintf("has a use limit (num_uses=%d)", n)
+	if n < 0 {
+		uses = "has a use limit, and this lookup was its last use"
+	}
+	return configError("%s: the broker's token %s: Vault refuses a restricted-use token every token creation (\"restricted use token cannot generate child tokens\") and revokes it after its last use; %s", op, uses, fix)
+}
+
+// maxLoginAnswerBytes bounds what noteNumUses reads of an answer.
+const maxLoginAnswerBytes = 1 << 20
+
+// noteNumUses is lc's response callback: it records auth.num_uses of a
+// successful answer in loginNumUses and leaves the body for vault/api to
+// parse as before.
+func (l *Login) noteNumUses(r *vaultapi.Response) {
+	if r == nil || r.Response == nil || r.StatusCode != http.StatusOK || r.Body == nil {
+		return
+	}
+	body := r.Body
+	b, err := io.ReadAll(io.LimitReader(body, maxLoginAnswerBytes))
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), body), body}
+	if err != nil {
+		return
+	}
+	var a struct {
+		Auth *struct {
+			NumUses int `json:"num_uses"`
+		} `json:"auth"`
+	}
+	if json.Unmarshal(b, &a) == nil && a.Auth != nil {
+		l.loginNumUses = a.Auth.NumUses
+	}
 }
 
 // ReadCredentialFile reads a small secret file (vault.token_file, the
