@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"regexp"
 	"slices"
@@ -87,7 +88,10 @@ type DynamicMinterOptions struct {
 	// Deployment, when set, is added to the reader token's meta, as
 	// TokenMinterOptions.Deployment.
 	Deployment string
-	Now        func() time.Time // default time.Now
+	// Log gets Vault's warnings on the reader token's creation and on the
+	// read, as TokenMinterOptions.Log; default slog.Default().
+	Log *slog.Logger
+	Now func() time.Time // default time.Now
 }
 
 // DynamicMinter mints credentials of grants of kind vault_dynamic: it reads
@@ -123,6 +127,7 @@ type DynamicMinter struct {
 	untagged   bool
 	deployment string
 	now        func() time.Time
+	warn       *warnLog
 }
 
 var (
@@ -159,7 +164,7 @@ func NewDynamicMinter(o DynamicMinterOptions) (*DynamicMinter, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &DynamicMinter{c: o.Client, path: path, policies: pols, untagged: o.AllowUntaggedUsernames, deployment: o.Deployment, now: now}, nil
+	return &DynamicMinter{c: o.Client, path: path, policies: pols, untagged: o.AllowUntaggedUsernames, deployment: o.Deployment, now: now, warn: newWarnLog(o.Log, now)}, nil
 }
 
 // readerTokenBody is the body of the reader token's create call.
@@ -202,6 +207,9 @@ func (m *DynamicMinter) Mint(ctx context.Context, req broker.MintRequest) (*brok
 	if err != nil {
 		return nil, translate(opToken, err)
 	}
+	if tsec != nil {
+		m.warn.note(opToken, req.Grant.Name, req.IssuanceID, tsec.Warnings)
+	}
 	if tsec == nil || tsec.Auth == nil || tsec.Auth.ClientToken == "" || tsec.Auth.Accessor == "" {
 		return nil, badResponse(opToken, "no auth block with client token and accessor")
 	}
@@ -225,6 +233,9 @@ func (m *DynamicMinter) Mint(ctx context.Context, req broker.MintRequest) (*brok
 	sec, err := rc.Logical().ReadWithContext(ctx, g.Path)
 	if err != nil {
 		return nil, m.abort(ctx, a.Accessor, translate(opRead, err))
+	}
+	if sec != nil {
+		m.warn.note(opRead, req.Grant.Name, req.IssuanceID, sec.Warnings)
 	}
 	if sec == nil {
 		// vault/api answers a 404 with (nil, nil): no such path or role.

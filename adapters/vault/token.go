@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strconv"
@@ -27,7 +28,12 @@ type TokenMinterOptions struct {
 	// reconciliation of another deployment sharing this Vault leaves the
 	// token alone (see TokenInventoryOptions.Deployment).
 	Deployment string
-	Now        func() time.Time // default time.Now
+	// Log gets Vault's warnings on token creation (`Policy "x" does not
+	// exist`: a grant's policy misspelled or not written, whose tokens get
+	// 403 everywhere), each once per grant and warning every 10 minutes;
+	// default slog.Default().
+	Log *slog.Logger
+	Now func() time.Time // default time.Now
 }
 
 // TokenMinter mints and revokes Vault tokens for grants of kind vault_token.
@@ -48,6 +54,7 @@ type TokenMinter struct {
 	role       string
 	deployment string
 	now        func() time.Time
+	warn       *warnLog
 }
 
 var (
@@ -71,7 +78,7 @@ func NewTokenMinter(o TokenMinterOptions) (*TokenMinter, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &TokenMinter{c: o.Client, path: path, role: o.Role, deployment: o.Deployment, now: now}, nil
+	return &TokenMinter{c: o.Client, path: path, role: o.Role, deployment: o.Deployment, now: now, warn: newWarnLog(o.Log, now)}, nil
 }
 
 // CheckRole reads the token role the minter creates tokens through (none
@@ -152,6 +159,9 @@ func (m *TokenMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker
 	sec, err := m.c.Logical().WriteWithContext(ctx, m.path, tokenCreateBody(req, secs, m.deployment))
 	if err != nil {
 		return nil, translate(op, err)
+	}
+	if sec != nil {
+		m.warn.note(op, req.Grant.Name, req.IssuanceID, sec.Warnings)
 	}
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" || sec.Auth.Accessor == "" {
 		return nil, badResponse(op, "no auth block with client token and accessor")

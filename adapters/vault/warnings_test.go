@@ -1,0 +1,155 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// warnLine is what the tests compare of a logged Vault warning.
+type warnLine struct{ Op, Grant, IssuanceID, Warning string }
+
+// warnLines returns the Vault warnings logged in buf (JSON lines), failing
+// the test if the log holds any of the secrets.
+func warnLines(t *testing.T, buf *bytes.Buffer, secrets ...string) []warnLine {
+	t.Helper()
+	for _, s := range secrets {
+		if strings.Contains(buf.String(), s) {
+			t.Errorf("log contains the secret %q:\n%s", s, buf)
+		}
+	}
+	var got []warnLine
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		if m["level"] != "WARN" {
+			t.Errorf("log line %q: level %v, want WARN", l, m["level"])
+		}
+		str := func(k string) string { s, _ := m[k].(string); return s }
+		got = append(got, warnLine{str("op"), str("grant"), str("issuance_id"), str("vault_warning")})
+	}
+	return got
+}
+
+func TestTokenMinterLogsVaultWarnings(t *testing.T) {
+	t.Parallel()
+	const missing = `Policy "payments-raed" does not exist`
+	f := newFakeVault(t, map[string]http.HandlerFunc{
+		"PUT /v1/auth/token/create-orphan": func(w http.ResponseWriter, r *http.Request) {
+			body := decodeBody(t, r)
+			a := authReply(900, false, "payments-raed")
+			if body["display_name"] == "keytrail-quiet" {
+				reply(w, 200, a)
+				return
+			}
+			a["warnings"] = []string{missing}
+			reply(w, 200, a)
+		},
+	})
+	var buf bytes.Buffer
+	now := t0
+	m, err := NewTokenMinter(TokenMinterOptions{
+		Client: f.client(t), Log: slog.New(slog.NewJSONHandler(&buf, nil)),
+		Now: func() time.Time { return now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mint := func(grant, issuance, workload string) {
+		t.Helper()
+		req := tokenReq(func(r *broker.MintRequest) {
+			r.Grant.Name, r.IssuanceID, r.Workload, r.Now = grant, issuance, workload, now
+			r.Grant.VaultToken = &policies.VaultTokenGrant{Policies: []string{"payments-raed"}}
+		})
+		if _, err := m.Mint(context.Background(), req); err != nil {
+			t.Fatalf("Mint(%s) = %v", issuance, err)
+		}
+	}
+	mint("payments-vault", "iss_1", "payments-api")
+	mint("payments-vault", "iss_2", "payments-api") // same grant and warning: not again
+	mint("payments-vault", "iss_3", "payments-api")
+	mint("billing-vault", "iss_4", "billing-api") // another grant: logged
+	mint("quiet-vault", "iss_5", "quiet")         // no warning: nothing
+	now = t0.Add(warnEvery - time.Second)
+	mint("payments-vault", "iss_6", "payments-api") // within the interval: not again
+	now = t0.Add(warnEvery)
+	mint("payments-vault", "iss_7", "payments-api") // the interval is over: again
+
+	want := []warnLine{
+		{"create token", "payments-vault", "iss_1", missing},
+		{"create token", "billing-vault", "iss_4", missing},
+		{"create token", "payments-vault", "iss_7", missing},
+	}
+	if diff := cmp.Diff(want, warnLines(t, &buf, "hvs.minted-secret", brokerToken)); diff != "" {
+		t.Errorf("logged warnings (-want +got):\n%s", diff)
+	}
+}
+
+func TestDynamicMinterLogsVaultWarnings(t *testing.T) {
+	t.Parallel()
+	const missing = `Policy "keytrail-dynamic" does not exist`
+	const readWarn = `the role's default_ttl exceeds the mount's max`
+	f := newTokenFake(t, map[string]tokenRoute{
+		createOrphan: {brokerToken, func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"warnings": []string{missing}, "auth": map[string]any{
+				"client_token": readerToken, "accessor": "acc-reader",
+				"policies": []string{"keytrail-dynamic"}, "lease_duration": 900, "orphan": true,
+			}})
+		}},
+		readCreds: {readerToken, func(w http.ResponseWriter, r *http.Request) {
+			reply(w, 200, map[string]any{"lease_id": dynLease, "lease_duration": 600, "warnings": []string{readWarn},
+				"data": map[string]any{"username": dynUsername, "password": dynPassword}})
+		}},
+	})
+	var buf bytes.Buffer
+	m, err := NewDynamicMinter(DynamicMinterOptions{Client: f.client(t), Log: slog.New(slog.NewJSONHandler(&buf, nil)), Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := m.Mint(context.Background(), dynReq(nil)); err != nil {
+			t.Fatalf("Mint() = %v", err)
+		}
+	}
+	want := []warnLine{
+		{"create reader token", "payments-db", dynIssuance, missing},
+		{"read dynamic secret", "payments-db", dynIssuance, readWarn},
+	}
+	if diff := cmp.Diff(want, warnLines(t, &buf, readerToken, dynPassword, brokerToken)); diff != "" {
+		t.Errorf("logged warnings (-want +got):\n%s", diff)
+	}
+}
+
+// TestWarnLogBounded: past maxWarnKeys distinct warnings the oldest are
+// forgotten, so the memory stays bounded.
+func TestWarnLogBounded(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	now := t0
+	w := newWarnLog(slog.New(slog.NewJSONHandler(&buf, nil)), func() time.Time { return now })
+	for i := range 3 * maxWarnKeys {
+		now = t0.Add(time.Duration(i) * time.Millisecond)
+		w.note("create token", "g", "iss", []string{strings.Repeat("x", i%50) + string(rune('a'+i%26)) + time.Duration(i).String()})
+	}
+	if n := len(w.last); n > maxWarnKeys {
+		t.Errorf("remembered %d warnings, want at most %d", n, maxWarnKeys)
+	}
+	if n := strings.Count(buf.String(), "\n"); n != 3*maxWarnKeys {
+		t.Errorf("logged %d distinct warnings, want %d", n, 3*maxWarnKeys)
+	}
+}
