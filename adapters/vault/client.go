@@ -137,6 +137,9 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vault: new client: %w", err)
 	}
+	// Vault's Retry-After on a 429 reaches translate (a clone does not keep
+	// callbacks: NewLogin and DynamicMinter set it on theirs).
+	c = c.WithResponseCallbacks(noteRetryAfter)
 	c.SetToken(token)
 	c.SetHeaders(http.Header{vaultapi.RequestHeaderName: []string{"true"}}) // drops VAULT_NAMESPACE's too
 	if o.Namespace != "" {

@@ -229,6 +229,7 @@ func (m *DynamicMinter) Mint(ctx context.Context, req broker.MintRequest) (*brok
 	if err != nil {
 		return nil, m.abort(ctx, a.Accessor, configError("clone client: %v", err))
 	}
+	rc = rc.WithResponseCallbacks(noteRetryAfter) // rc is this mint's own
 	rc.SetToken(a.ClientToken)
 	sec, err := rc.Logical().ReadWithContext(ctx, g.Path)
 	if err != nil {

@@ -1,8 +1,13 @@
 package vault
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +30,10 @@ const (
 const (
 	retryOutage    = 2 * time.Second  // Vault down, sealed, slow or busy
 	retryMisconfig = 30 * time.Second // needs an operator
+	// Vault's own Retry-After on a 429 (a rate limit quota, with
+	// enable_rate_limit_response_headers) is passed on within these bounds.
+	minVaultRetryAfter = time.Second
+	maxVaultRetryAfter = time.Minute
 )
 
 // translate turns an error of vault/api into a *broker.Error. op names the
@@ -44,7 +53,13 @@ func translate(op string, err error) error {
 		switch {
 		case re.StatusCode == 401 || re.StatusCode == 403:
 			return broker.Unavailable(ReasonDenied, retryMisconfig, cause)
-		case re.StatusCode == 429 || re.StatusCode >= 500:
+		case re.StatusCode == 429:
+			retry := retryOutage
+			if d, ok := vaultRetryAfter(re); ok {
+				retry = min(max(d, minVaultRetryAfter), maxVaultRetryAfter)
+			}
+			return broker.Unavailable(ReasonUnavailable, retry, cause)
+		case re.StatusCode >= 500:
 			return broker.Unavailable(ReasonUnavailable, retryOutage, cause)
 		default:
 			return broker.Unavailable(ReasonRejected, retryMisconfig, cause)
@@ -53,6 +68,61 @@ func translate(op string, err error) error {
 	// Connection refused or reset, TLS failures, DNS, the per-request
 	// timeout and the caller's deadline all land here.
 	return broker.Unavailable(ReasonUnavailable, retryOutage, cause)
+}
+
+// retryAfterNote prefixes the entry noteRetryAfter adds to the errors of a
+// 429 answer that carried a Retry-After header.
+const retryAfterNote = "Retry-After (from Vault): "
+
+// maxErrorBody bounds what noteRetryAfter reads of an error answer.
+const maxErrorBody = 64 << 10
+
+// noteRetryAfter is the response callback of the clients of this package
+// (NewClient, the login and reader-token clones): vault/api's
+// ResponseError keeps the status and the errors of an answer but not its
+// headers, so the Retry-After of a 429 (Vault's rate limit quotas send
+// one, in seconds, when enable_rate_limit_response_headers is set) is
+// added to the answer's errors, for translate to read. 429 from sys/health
+// (a standby node, not an error) is left alone.
+func noteRetryAfter(r *vaultapi.Response) {
+	if r == nil || r.Response == nil || r.StatusCode != http.StatusTooManyRequests || r.Body == nil {
+		return
+	}
+	if r.Request != nil && r.Request.URL != nil && strings.HasSuffix(r.Request.URL.Path, "/sys/health") {
+		return
+	}
+	secs, err := strconv.Atoi(strings.TrimSpace(r.Header.Get("Retry-After")))
+	if err != nil || secs < 0 {
+		return
+	}
+	body := r.Body
+	b, rerr := io.ReadAll(io.LimitReader(body, maxErrorBody))
+	var e struct {
+		Errors []string `json:"errors"`
+	}
+	if rerr != nil || len(b) == maxErrorBody || json.Unmarshal(b, &e) != nil {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), body), body}
+		return
+	}
+	_ = body.Close()
+	e.Errors = append(e.Errors, retryAfterNote+strconv.Itoa(secs))
+	nb, _ := json.Marshal(e)
+	r.Body = io.NopCloser(bytes.NewReader(nb))
+}
+
+// vaultRetryAfter returns the wait noteRetryAfter noted in re, if any.
+func vaultRetryAfter(re *vaultapi.ResponseError) (time.Duration, bool) {
+	for _, msg := range re.Errors {
+		if s, ok := strings.CutPrefix(msg, retryAfterNote); ok {
+			if n, err := strconv.Atoi(s); err == nil && n >= 0 {
+				return time.Duration(min(n, 24*3600)) * time.Second, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // maskedError is err with a text that hides a secret it carries.

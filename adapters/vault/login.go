@@ -251,7 +251,7 @@ func NewLogin(o LoginOptions) (*Login, error) {
 		log: o.Logger, now: o.Now, after: o.After,
 	}
 	// lc is new: nothing else uses it yet while the callback is set.
-	l.lc = lc.WithResponseCallbacks(l.noteNumUses)
+	l.lc = lc.WithResponseCallbacks(noteRetryAfter, l.noteNumUses)
 	if l.method == LoginKubernetes && l.jwtFile == "" {
 		l.jwtFile = DefaultKubernetesJWTFile
 	}
