@@ -480,7 +480,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 
-	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc, Role: cfg.Vault.TokenRole, Deployment: rt.deployment})
+	tokenMinter, err := vaultad.NewTokenMinter(vaultad.TokenMinterOptions{Client: vc, Role: cfg.Vault.TokenRole, Deployment: rt.deployment, Log: rt.log})
 	if err != nil {
 		return fmt.Errorf("vault.token_role: %w", err)
 	}
@@ -501,7 +501,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc, Role: cfg.Vault.TokenRole, Deployment: rt.deployment})
+	dynamicMinter, err := vaultad.NewDynamicMinter(vaultad.DynamicMinterOptions{Client: vc, Role: cfg.Vault.TokenRole, Deployment: rt.deployment, Log: rt.log})
 	if err != nil {
 		return err
 	}
