@@ -19,7 +19,9 @@ package broker
 //     leave the credentials valid) but is not reported done: the call
 //     answers 503 audit_unavailable naming the revocation, and its
 //     revoke_result events are written after the revoke events, nobody
-//     waiting for them;
+//     waiting for them (should the late write fail, the revoke events are
+//     written again first; if that fails too, the result is not written
+//     either, and an ERROR names the revocation);
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
 //     record is stored a failure answers ErrUnavailable and the revocation
@@ -865,27 +867,49 @@ func (s *Service) auditResult(ctx context.Context, after *auditWrite, rev *Revoc
 	}
 }
 
-// auditWrite is an append of revocation events on a goroutine of its own
-// (startAppend): done is closed when it has ended, err (and written, the
+// auditWrite is an append of revocation events (evs) on a goroutine of its
+// own (startAppend): done is closed when it has ended, err (and written, the
 // events made durable) then set.
 type auditWrite struct {
 	auditWait
+	evs     []*audit.Event
 	written int
 }
 
 // startAppend appends evs (appendAll, the caller's cancellation detached)
 // on a goroutine of its own, once the write after (when not nil) has ended,
-// whatever its outcome, so that they never overtake an event still pending
-// whatever the sink; a failure is logged (msg, revocation id). The caller
-// waits for it at most AuditTimeout (awaitAudit) or not at all: a disk whose
-// writes hang holds the goroutine, not the admin's request.
+// so that they never overtake an event still pending whatever the sink; a
+// failure is logged (msg, revocation id). When after failed (a revoke event
+// the request stopped waiting for, whose write then failed: the revocation
+// went ahead all the same) its events not written are appended again
+// first, and evs only once they are durable: a revoke_result never lands
+// without its revoke event before it. The caller waits for it at most
+// AuditTimeout (awaitAudit) or not at all: a disk whose writes hang holds
+// the goroutine, not the admin's request.
 func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*audit.Event, after *auditWrite) *auditWrite {
-	w := &auditWrite{auditWait: auditWait{done: make(chan struct{})}}
+	w := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(w.done)
 		if after != nil {
 			<-after.done
+			if after.err != nil {
+				// Fresh copies: the sink filled in the chain fields of
+				// the ones it refused (sealed, then truncated away).
+				var again []*audit.Event
+				for _, ev := range after.evs[after.written:] {
+					c := *ev
+					c.V, c.Seq, c.Time, c.Chain, c.Prev = 0, 0, "", "", ""
+					again = append(again, &c)
+				}
+				if _, err := s.appendAll(ctx, again); err != nil {
+					w.err = err
+					s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke event failed again: the revocation is in force, "+
+						"but neither its revoke event nor its revoke_result is in the audit log (GET /v1/admin/revocations/{id} shows it)",
+						slog.String("revocation_id", revID), slog.String("error", err.Error()))
+					return
+				}
+			}
 		}
 		w.written, w.err = s.appendAll(ctx, evs)
 		if w.err != nil {
