@@ -350,7 +350,8 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		// Made, but not reported done: its revoke event is not durable.
 		e := Unavailable("audit_unavailable", time.Second, pending)
 		e.Safe = "the revocation " + rev.ID + " was made, but its revoke event was not durable in time (the audit log is not taking writes): " +
-			"it is written, then the result, once the log takes writes again; GET /v1/admin/revocations/" + rev.ID + " shows the revocation"
+			"it is written, then the result, once the log takes writes again; GET /v1/admin/revocations/" + rev.ID +
+			" shows the revocation once the audit log takes writes again (that call is audited too)"
 		return nil, e
 	}
 	return cloneRevocation(rev), nil
