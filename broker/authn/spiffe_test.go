@@ -168,3 +168,33 @@ func TestSPIFFERefreshHint(t *testing.T) {
 		})
 	}
 }
+
+// TestSPIFFEUseIsCaseSensitive: a bundle key's use is compared exactly
+// (§4.2.2: "The values are case sensitive"; an unknown use makes the
+// whole JWK ignored): "JWT-SVID" is not "jwt-svid", so such a key never
+// verifies, named by its kid or not, and "X509-SVID" is no signature key
+// either.
+func TestSPIFFEUseIsCaseSensitive(t *testing.T) {
+	iss := newIssuer(t, "ES256")
+	jwtKey, upper, upperCA := iss.Key(), newKey(t, "ES256"), newKey(t, "ES256")
+	body := spiffeBundle(t, nil,
+		spiffeJWK(t, jwtKey, "jwt-svid", jwtKey.KID),
+		spiffeJWK(t, upper, "JWT-SVID", upper.KID),
+		spiffeJWK(t, upperCA, "X509-SVID", upperCA.KID),
+	)
+	v := verifierFor(t, iss.URL, staticServer(t, body).URL, nil)
+	ctx := context.Background()
+	svid := claims(iss, set("sub", "spiffe://example.org/payments/api"))
+	if _, err := v.Authenticate(ctx, sign(t, jwtKey, nil, svid)); err != nil {
+		t.Fatalf("Authenticate(signed by the jwt-svid key) = %v, want ok", err)
+	}
+	for _, k := range []*authntest.Key{upper, upperCA} {
+		named := sign(t, k, nil, svid)
+		_, err := v.Authenticate(ctx, named)
+		checkRejection(t, err, named, "unknown_key")
+		// Without kid the only candidate is the jwt-svid key.
+		unnamed := sign(t, k, map[string]any{"kid": nil}, svid)
+		_, err = v.Authenticate(ctx, unnamed)
+		checkRejection(t, err, unnamed, "bad_signature")
+	}
+}
