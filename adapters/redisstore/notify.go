@@ -37,13 +37,19 @@ func (s *Store) Publish(ctx context.Context, n broker.Notice) error {
 }
 
 // Subscribe SUBSCRIBEs to NoticeChannel and returns once Redis has
-// confirmed the subscription. go-redis reconnects and resubscribes a broken
-// connection by itself (notices sent meanwhile are lost); the channel is
-// closed when ctx ends. Undecodable messages are dropped and logged.
+// confirmed the subscription, within one Options.Timeout as every store
+// call. go-redis reconnects and resubscribes a broken connection by itself
+// (notices sent meanwhile are lost); the channel is closed when ctx ends.
+// Undecodable messages are dropped and logged.
 func (s *Store) Subscribe(ctx context.Context) (<-chan broker.Notice, error) {
-	ps := s.client.Subscribe(ctx, s.NoticeChannel())
-	rctx, cancel := s.ctx(ctx)
-	_, err := ps.Receive(rctx) // the subscription confirmation
+	// The connection, SUBSCRIBE and its confirmation share one deadline:
+	// go-redis uses ctx only for the calls it is given to (its channel
+	// reads later with a context of its own), and under ctx alone, which
+	// has no deadline in RevocationCache.Run, setting up the connection
+	// to a hung Redis took about 5 s whatever the timeout.
+	sctx, cancel := s.ctx(ctx)
+	ps := s.client.Subscribe(sctx, s.NoticeChannel())
+	_, err := ps.Receive(sctx) // the subscription confirmation
 	cancel()
 	if err != nil {
 		_ = ps.Close()

@@ -203,6 +203,10 @@ func calls(s *redisstore.Store) map[string]func(ctx context.Context) error {
 			_, err := s.ListRevocations(ctx, broker.RevocationFilter{})
 			return err
 		},
+		"publish": func(ctx context.Context) error { return s.Publish(ctx, broker.Notice{RevocationID: "rev_down"}) },
+		// RevocationCache.Run subscribes again at every refresh while
+		// Redis is down, under a context without a deadline.
+		"subscribe": func(ctx context.Context) error { _, err := s.Subscribe(ctx); return err },
 	}
 }
 
