@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/adapters/storetest"
 	"github.com/keytrail/keytrail/broker"
 )
 
@@ -45,4 +46,8 @@ func TestNotifier(t *testing.T) {
 	if got := len(b); got != 64 {
 		t.Errorf("buffered notices = %d, want 64 (the rest dropped)", got)
 	}
+}
+
+func TestNotifierContract(t *testing.T) {
+	storetest.RunNotifier(t, func(t *testing.T) broker.Notifier { return memstore.NewNotifier() })
 }

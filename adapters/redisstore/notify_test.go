@@ -3,12 +3,14 @@ package redisstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keytrail/keytrail/adapters/redisstore"
+	"github.com/keytrail/keytrail/adapters/storetest"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -127,4 +129,13 @@ func TestNoticesSurviveRedisRestart(t *testing.T) {
 	if _, err := s.Subscribe(t.Context()); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("Subscribe() with Redis down = %v, want ErrUnavailable", err)
 	}
+}
+
+func TestNotifierContract(t *testing.T) {
+	r := harness.StartRedis(t)
+	n := 0
+	storetest.RunNotifier(t, func(t *testing.T) broker.Notifier {
+		n++ // every subtest on its own channel
+		return newStore(t, r, redisstore.Options{Prefix: fmt.Sprintf("{notifier-%d}:", n)})
+	})
 }

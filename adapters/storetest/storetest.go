@@ -18,6 +18,9 @@
 //     than the one named ErrBlockChanged (and the block stays);
 //   - a cancelled context is ErrUnavailable wrapping the context's error.
 //
+// RunNotifier is the same for broker.Notifier: memstore's in-process
+// Notifier and the Redis store's pub/sub.
+//
 // Stores under test must use Epoch as their clock: stores that expire records
 // (Redis) compute retention from it.
 package storetest
