@@ -667,15 +667,37 @@ end
 var putIssuanceScript = redis.NewScript(putIssuanceBody + "return 1\n")
 
 // markRevokedScript is putIssuanceBody unless the stored issuance is
-// revoked already (its JSON has a revoked_at: the field is omitted while
-// zero); it returns the issuance JSON left stored, the one found or the
-// one written.
+// revoked already (its JSON has a top-level revoked_at: the field is
+// omitted while zero); it returns the issuance JSON left stored, the one
+// found or the one written.
+//
+// The record is not decoded with cjson: its claims come from an identity
+// token and may nest deeper than cjson's 1,000 levels (Go reads 10,000),
+// and then every mark of the issuance failed. Instead, keeping every
+// position, escapes become "__", string contents '_' and nested objects
+// and arrays '_' (%b, which does not recurse), so the top level's
+// "key":"value" pairs are the only quoted pairs left, read back from the
+// record at the same positions.
 var markRevokedScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local at = cjson.decode(cur)['revoked_at']
-  if type(at) == 'string' and at ~= '' then
-    return cur
+  local function blank(m) return string.rep('_', #m) end
+  local s = string.gsub(cur, '\\.', '__')
+  s = string.gsub(s, '"[^"]*"', function(m) return '"' .. string.rep('_', #m - 2) .. '"' end)
+  s = '{' .. string.gsub(string.gsub(string.sub(s, 2, -2), '%b{}', blank), '%b[]', blank) .. '}'
+  local init = 1
+  while true do
+    local _, e, k1, k2, v1, v2 = string.find(s, '[{,]%s*()"_*"()%s*:%s*()"_*"()', init)
+    if not e then
+      break
+    end
+    if string.sub(cur, k1, k2 - 1) == '"revoked_at"' then
+      if v2 - v1 > 2 then
+        return cur
+      end
+      break
+    end
+    init = e
   end
 end
 ` + putIssuanceBody + "return ARGV[1]\n")

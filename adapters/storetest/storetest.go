@@ -29,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -39,6 +40,15 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 )
+
+// nested is depth arrays nested in one another around a string.
+func nested(depth int) any {
+	var v any = "x"
+	for range depth {
+		v = []any{v}
+	}
+	return v
+}
 
 // Epoch is the fixed "now" of the suite; stores under test use it as their
 // clock.
@@ -1200,6 +1210,41 @@ func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			}
 		}
 	})
+	// The claims a workload's match used come from its identity token:
+	// any JSON at all. Whether the stored record is marked depends on
+	// its own revoked_at only, however deep its claims nest (Go decodes
+	// 10,000 levels; Redis's Lua cjson refused past 1,000) and whatever
+	// their keys are called.
+	for _, c := range []struct {
+		name   string
+		claims map[string]any
+	}{
+		{"ok/deeply-nested-claims", map[string]any{"groups": []any{"secops", nested(1200)}}},
+		{"ok/claims-named-like-the-mark", map[string]any{
+			"revoked_at": "2020-01-01T00:00:00Z", "revocation_id": "rev_claim",
+			"nested":               map[string]any{"revoked_at": "2020-01-01T00:00:00Z"},
+			`quote"revoked_at":"x`: `{"revoked_at":"y",\`,
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newStore(t)
+			is := SampleIssuance("iss_claims", Epoch())
+			is.Claims = c.claims
+			mustPut(t, s, is)
+			first, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_first", Epoch().Add(time.Second)))
+			if err != nil || first.RevocationID != "rev_first" || !first.RevokedAt.Equal(Epoch().Add(time.Second)) {
+				t.Fatalf("MarkRevoked(rev_first) = %+v, %v; want the record revoked by rev_first", first, err)
+			}
+			got, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_second", Epoch().Add(2*time.Second)))
+			if err != nil || got.RevocationID != "rev_first" || !got.RevokedAt.Equal(first.RevokedAt) {
+				t.Errorf("MarkRevoked(rev_second) after rev_first's = %+v, %v; want rev_first's mark standing", got, err)
+			}
+			// reflect, not cmp: cmp takes minutes over 1,200 levels.
+			if got := mustGet(t, s, is.ID).Claims; !reflect.DeepEqual(c.claims, got) {
+				t.Errorf("claims after the marks = %.200v..., want those put", got)
+			}
+		})
+	}
 	t.Run("ok/missing-record-written", func(t *testing.T) {
 		s := newStore(t)
 		is := revokedBy(SampleIssuance("iss_lost", Epoch()), "rev_1", Epoch())
