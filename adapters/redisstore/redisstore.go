@@ -77,6 +77,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"slices"
 	"strconv"
@@ -499,14 +500,19 @@ func (s *Store) retiringKey() string             { return s.prefix + "jwks:retir
 func score(exp time.Time) float64 { return float64(exp.UnixMilli()) }
 
 // ttl is how long an issuance expiring at exp is kept: until exp+retention,
-// in whole seconds, at least one.
+// in whole seconds rounded up, at least one. Sub saturates at the largest
+// Duration (an expiry about 292 years away: a grant ttl near the largest
+// a policy can write), which rounding up used to overflow into a 1 s TTL.
 func (s *Store) ttl(exp time.Time) time.Duration {
 	d := s.retention
 	if !exp.IsZero() {
 		d = exp.Add(s.retention).Sub(s.now())
 	}
-	d = (d + time.Second - 1).Truncate(time.Second)
-	return max(d, time.Second)
+	whole := d.Truncate(time.Second)
+	if whole < d && whole <= math.MaxInt64-time.Second {
+		whole += time.Second
+	}
+	return max(whole, time.Second)
 }
 
 // PutIssuance writes the record and all its indexes in one round trip

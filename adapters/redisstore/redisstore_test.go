@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -352,6 +353,37 @@ func TestPrefixIsolation(t *testing.T) {
 		if !strings.HasPrefix(k, "{a}:") {
 			t.Errorf("key %q does not start with prefix {a}:", k)
 		}
+	}
+}
+
+// An issuance expiring as far away as a Duration reaches (a grant ttl near
+// the largest a policy can write) is kept that long, not for the 1 s an
+// overflow of the rounding made of it, gone before its credential expires.
+func TestTTLFarFutureExpiry(t *testing.T) {
+	r := harness.StartRedis(t)
+	s := newStore(t, r, redisstore.Options{Prefix: "{far}:"})
+	for _, c := range []struct {
+		name string
+		in   time.Duration // from the store's clock to the expiry
+		want time.Duration // at least
+	}{
+		{"ok/retention-past-the-largest-duration", time.Duration(math.MaxInt64) - 24*time.Hour, 290 * 365 * 24 * time.Hour},
+		{"ok/largest-duration", time.Duration(math.MaxInt64), 290 * 365 * 24 * time.Hour},
+		{"ok/sub-second-rounded-up", 1500 * time.Millisecond, redisstore.DefaultRetention + time.Second},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			is := storetest.SampleIssuance("iss_far", storetest.Epoch())
+			is.ExpiresAt = storetest.Epoch().Add(c.in)
+			is.Refs.ExpiresAt = is.ExpiresAt
+			if err := s.PutIssuance(t.Context(), is); err != nil {
+				t.Fatalf("PutIssuance(expiring in %s) = %v, want nil", c.in, err)
+			}
+			for _, key := range []string{"{far}:iss:iss_far", "{far}:ref:accessor:acc-iss_far", "{far}:idx:all"} {
+				if got, err := s.Client().PTTL(t.Context(), key).Result(); err != nil || got < c.want {
+					t.Errorf("PTTL %s of an issuance expiring in %s = %v, %v; want at least %v", key, c.in, got, err, c.want)
+				}
+			}
+		})
 	}
 }
 
