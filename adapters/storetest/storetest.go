@@ -41,6 +41,16 @@ import (
 	"github.com/keytrail/keytrail/broker"
 )
 
+// namedLikeTheMark are claims whose keys and values spell an issuance's
+// revoked mark: nested, escaped and quoted.
+func namedLikeTheMark() map[string]any {
+	return map[string]any{
+		"revoked_at": "2020-01-01T00:00:00Z", "revocation_id": "rev_claim",
+		"nested":               map[string]any{"revoked_at": "2020-01-01T00:00:00Z"},
+		`quote"revoked_at":"x`: `{"revoked_at":"y",\`,
+	}
+}
+
 // nested is depth arrays nested in one another around a string.
 func nested(depth int) any {
 	var v any = "x"
@@ -1220,11 +1230,12 @@ func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
 		claims map[string]any
 	}{
 		{"ok/deeply-nested-claims", map[string]any{"groups": []any{"secops", nested(1200)}}},
-		{"ok/claims-named-like-the-mark", map[string]any{
-			"revoked_at": "2020-01-01T00:00:00Z", "revocation_id": "rev_claim",
-			"nested":               map[string]any{"revoked_at": "2020-01-01T00:00:00Z"},
-			`quote"revoked_at":"x`: `{"revoked_at":"y",\`,
-		}},
+		{"ok/claims-named-like-the-mark", namedLikeTheMark()},
+		{"ok/deep-claims-named-like-the-mark", func() map[string]any {
+			m := namedLikeTheMark()
+			m["deep"] = nested(1200)
+			return m
+		}()},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := newStore(t)
