@@ -70,7 +70,7 @@ const MaxKeys = 1024
 // comparisons (1.7 to 2.1 s). Check counts the pairs of every mapping it
 // walks, as the decoder would compare them, and stops with one problem at
 // the mapping where the count passes MaxKeyPairs: 4,194,304 pairs are 8
-// mappings of MaxKeys keys, or 64 of 256, while a policy of 4 MiB (15,800
+// mappings of MaxKeys keys, or 128 of 256, while a policy of 4 MiB (15,800
 // workloads of a few fields and claims each) has some 190,000.
 const MaxKeyPairs = 1 << 22
 
