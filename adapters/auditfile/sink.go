@@ -244,14 +244,13 @@ type Sink struct {
 	timers sync.Pool
 
 	// overflow holds, in order, the deferred requests that found the
-	// queue full (AppendDeferred); one feeder goroutine at a time (feeding)
-	// queues them once there is room. At most maxOverflow are held: past
-	// it a deferred event is refused (its done gets the error). feeders
-	// lets Close wait for the feeder's end.
+	// queue full (AppendDeferred); one feeder goroutine at a time queues
+	// them once there is room, running while any is held (feeding). At
+	// most maxOverflow are held: past it a deferred event is refused (its
+	// done gets the error). feeders lets Close wait for the feeder's end.
 	overflowMu  sync.Mutex
 	overflow    []*request
-	held        int // overflow's requests and the one the feeder is queueing
-	feeding     bool
+	held        int  // overflow's requests and the one the feeder is queueing
 	closing     bool // Close has begun: nothing more is held
 	maxOverflow int
 	feeders     sync.WaitGroup
@@ -911,7 +910,7 @@ func (s *Sink) enqueueOrHold(r *request) error {
 	if s.closed {
 		return unavailable(errClosed)
 	}
-	if !s.feeding {
+	if !s.feeding() {
 		select {
 		case s.reqs <- r:
 			return nil
@@ -924,20 +923,23 @@ func (s *Sink) enqueueOrHold(r *request) error {
 	if s.held >= s.maxOverflow {
 		return unavailable(errOverflow)
 	}
-	s.overflow = append(s.overflow, r)
-	s.held++
-	if !s.feeding {
+	if !s.feeding() {
 		// Under overflowMu, as Close sets closing before it waits
 		// for feeders: it sees the Add.
-		s.feeding = true
 		s.feeders.Add(1)
 		go s.feed()
 	}
+	s.overflow = append(s.overflow, r)
+	s.held++
 	return nil
 }
 
+// feeding reports whether the feeder runs: it does while a request is held
+// (in the overflow, or being queued by it). Under overflowMu.
+func (s *Sink) feeding() bool { return s.held > 0 }
+
 // feed queues the overflow's requests in order, each once there is room,
-// and ends when it is empty.
+// and ends when it is empty (and the last one queued: held is 0).
 func (s *Sink) feed() {
 	defer s.feeders.Done()
 	queued := false
@@ -947,7 +949,7 @@ func (s *Sink) feed() {
 			s.held--
 		}
 		if len(s.overflow) == 0 {
-			s.overflow, s.feeding = nil, false
+			s.overflow = nil
 			s.overflowMu.Unlock()
 			return
 		}
@@ -1031,7 +1033,7 @@ func (s *Sink) AppendWithin(ev *audit.Event, d time.Duration) error {
 func (s *Sink) holdBehindDeferred(r *request) (bool, error) {
 	s.overflowMu.Lock()
 	defer s.overflowMu.Unlock()
-	if !s.feeding {
+	if !s.feeding() {
 		return false, nil
 	}
 	s.mu.RLock()

@@ -1648,8 +1648,8 @@ func TestDeferredRacingClose(t *testing.T) {
 		}
 	}
 	s.overflowMu.Lock()
-	if s.feeding || len(s.overflow) != 0 || s.held != 0 {
-		t.Errorf("after Close: feeding %v, %d held in the overflow, held count %d; want none", s.feeding, len(s.overflow), s.held)
+	if s.feeding() || len(s.overflow) != 0 || s.held != 0 {
+		t.Errorf("after Close: feeding %v, %d held in the overflow, held count %d; want none", s.feeding(), len(s.overflow), s.held)
 	}
 	s.overflowMu.Unlock()
 	inFile := map[string]bool{}
