@@ -917,11 +917,17 @@ func (s *Sink) enqueueOrHold(r *request) error {
 		default:
 		}
 	}
-	if s.closing { // Close waits for what is held: nothing more
+	return s.hold(r, errOverflow)
+}
+
+// hold appends r to the overflow, starting the feeder when none runs; full
+// is the error when the overflow is full. Under overflowMu and mu (read).
+func (s *Sink) hold(r *request, full error) error {
+	if s.closed || s.closing { // Close waits for what is held: nothing more
 		return unavailable(errClosed)
 	}
 	if s.held >= s.maxOverflow {
-		return unavailable(errOverflow)
+		return unavailable(full)
 	}
 	if !s.feeding() {
 		// Under overflowMu, as Close sets closing before it waits
@@ -1038,20 +1044,17 @@ func (s *Sink) holdBehindDeferred(r *request) (bool, error) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.closed || s.closing {
-		return true, unavailable(errClosed)
-	}
-	if s.held >= s.maxOverflow {
-		// Not written: a failure, not a pending event.
-		return true, unavailable(fmt.Errorf("auditfile: event not enqueued (the writer is stuck and the deferred events before it fill the overflow)"))
-	}
-	if r.ev.RequestID == "" { // as enqueueUntil does, the caller's event (not the feeder's)
+	// Not written when full: a failure, not a pending event.
+	err := s.hold(r, errHeldFull)
+	if err == nil && r.ev.RequestID == "" {
+		// As enqueueUntil does, the caller's event (not the feeder's,
+		// which cannot take r before overflowMu is released).
 		r.ev.RequestID = broker.NewID(broker.PrefixRequest)
 	}
-	s.overflow = append(s.overflow, r)
-	s.held++
-	return true, nil
+	return true, err
 }
+
+var errHeldFull = errors.New("auditfile: event not enqueued (the writer is stuck and the deferred events before it fill the overflow)")
 
 // enqueue hands r to the writer goroutine.
 func (s *Sink) enqueue(ctx context.Context, r *request) error {

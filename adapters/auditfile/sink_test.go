@@ -1684,3 +1684,54 @@ func TestDeferredRacingClose(t *testing.T) {
 		}
 	}
 }
+
+// TestDeferredRefusedOnceClosing: once Close has begun (it waits for the
+// held deferred events to be queued), an event that would have to be held
+// is refused at once, not held: AppendDeferred's done gets ErrUnavailable
+// before it returns, and AppendWithin, which would queue behind the held
+// ones, fails without ErrAuditPending. What was held before is written.
+func TestDeferredRefusedOnceClosing(t *testing.T) {
+	s, path, release, errs := stuckWithFullQueue(t)
+	s.AppendDeferred(&audit.Event{Type: "held"}, func(err error) {
+		if err != nil {
+			t.Errorf("held: %v", err)
+		}
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	for { // Close has begun: it waits for the feeder
+		s.overflowMu.Lock()
+		closing := s.closing
+		s.overflowMu.Unlock()
+		if closing {
+			break
+		}
+		runtime.Gosched()
+	}
+	late := make(chan error, 1)
+	s.AppendDeferred(&audit.Event{Type: "late"}, func(err error) { late <- err })
+	select {
+	case err := <-late:
+		if !errors.Is(err, broker.ErrUnavailable) {
+			t.Errorf("AppendDeferred while closing: done got %v; want ErrUnavailable", err)
+		}
+	default:
+		t.Error("AppendDeferred while closing: held (done not called before it returned); want it refused")
+	}
+	// The bound only ends the wait of an event wrongly held.
+	if err := s.AppendWithin(&audit.Event{Type: "within"}, time.Second); !errors.Is(err, broker.ErrUnavailable) || errors.Is(err, broker.ErrAuditPending) {
+		t.Errorf("AppendWithin while closing = %v; want ErrUnavailable, not pending", err)
+	}
+	release()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+	}
+	if diff := cmp.Diff([]string{"1:first", "2:queued", "3:queued", "4:held"}, types(t, path)); diff != "" {
+		t.Errorf("file (-want +got):\n%s", diff)
+	}
+}
