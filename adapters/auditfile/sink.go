@@ -278,11 +278,11 @@ type Sink struct {
 	fileStart  time.Time // when the current file was started (for RotateEvery)
 
 	fid os.FileInfo // f's identity: whether the path still names f (checkPath)
-	// stranded: the path no longer names f, whose lines could not be
-	// copied yet (keepDisplaced); f stays open, as the only holder of
+	// lostFound, when not "", is what the path named (checkPath's found)
+	// when it no longer named f and f's lines could not be copied yet
+	// (keepDisplaced): f is stranded. It stays open, as the only holder of
 	// them, and no write goes to it until the path names it again
-	// (settleStranded). lostFound is what the path named.
-	stranded  bool
+	// (settleStranded).
 	lostFound string
 	// displaced: the sink let go of a file the path no longer named;
 	// until a reopen passes checkReopened's full check, nothing else at
@@ -1490,7 +1490,7 @@ func (s *Sink) fail(err error) error {
 // ensureOpen (re)opens the file after a failure or a rotation, checking that
 // it still ends with the last durable line.
 func (s *Sink) ensureOpen() error {
-	if s.stranded {
+	if s.stranded() {
 		if err := s.settleStranded(); err != nil {
 			return err
 		}
@@ -1647,7 +1647,7 @@ func (s *Sink) truncatedUnderneath(left int64) error {
 		s.log.Warn("audit: close the truncated file", "err", err)
 	}
 	s.f, s.fid = nil, nil
-	s.stranded, s.lostFound = false, ""
+	s.lostFound = ""
 	s.displaced = true
 	s.dirty = 0
 	if s.j != nil {
@@ -1735,14 +1735,14 @@ func (s *Sink) displace(found string) error {
 	seq, _ := s.st.chain.Head()
 	name, err := s.keepDisplaced()
 	if err != nil {
-		if !s.stranded {
+		if !s.stranded() {
 			s.log.Error("audit: the path no longer names the sink's audit file, and its lines could not be copied next to it: they are only in the sink's open descriptor; retrying, appends fail meanwhile",
 				"found", found, "bytes", s.good, "seq", seq, "err", err)
 		}
-		s.stranded, s.lostFound = true, found
+		s.lostFound = found
 		return fmt.Errorf("audit file displaced: the path has %s now; copying the sink's lines: %w", found, err)
 	}
-	if s.stranded {
+	if s.stranded() {
 		s.log.Error("audit: copied the lines of the audit file the path no longer names", "found", found, "kept_in", name, "bytes", s.good, "seq", seq)
 	} else {
 		s.log.Error("audit: the path no longer names the sink's audit file; its lines are kept in a copy, and appends fail until the path holds them again (docs/RELIABILITY.md)",
@@ -1752,7 +1752,7 @@ func (s *Sink) displace(found string) error {
 		s.log.Warn("audit: close the displaced file", "err", err)
 	}
 	s.f, s.fid = nil, nil
-	s.stranded, s.lostFound = false, ""
+	s.lostFound = ""
 	s.displaced = true
 	// dirty stays: the bytes of a failed batch f may still end with
 	// (write), which a reopen of f moved back drops.
@@ -1763,6 +1763,10 @@ func (s *Sink) displace(found string) error {
 	return fmt.Errorf("audit file displaced: the path has %s now; the sink's lines are kept in %s", found, name)
 }
 
+// stranded reports whether f is stranded: the path no longer names it, and
+// its lines are not copied yet (lostFound).
+func (s *Sink) stranded() bool { return s.lostFound != "" }
+
 // settleStranded retries displace for a stranded f, unless the path names
 // f again (moved back by the operator): its lines are then where readers
 // find them, no copy is needed, and f takes writes again. The copy failing
@@ -1772,7 +1776,7 @@ func (s *Sink) settleStranded() error {
 	found, err := s.checkPath(s.written())
 	if err == nil && found == "" && s.endsAtGood() {
 		s.log.Warn("audit: the path names the sink's audit file again; its lines need no copy", "was", s.lostFound)
-		s.stranded, s.lostFound = false, ""
+		s.lostFound = ""
 		return nil
 	}
 	if found == "" {
@@ -1925,7 +1929,7 @@ func (s *Sink) probe() error {
 // waiting for the tick after the interval is over would leave up to
 // CheckpointInterval plus a tick between checkpoints.
 func (s *Sink) onTick() {
-	if s.stranded {
+	if s.stranded() {
 		_ = s.settleStranded() // retry the copy
 		return
 	}
@@ -2039,7 +2043,7 @@ func (s *Sink) maybeRotate(now time.Time) {
 // finish is Close's work in the writer: final checkpoint, sync, close.
 func (s *Sink) finish() error {
 	var errs []error
-	if s.f != nil && !s.stranded {
+	if s.f != nil && !s.stranded() {
 		// The path is checked after every batch and on every tick: an
 		// idle sink closing between two ticks must not close the only
 		// descriptor of a file the path no longer names (replaced,
@@ -2048,16 +2052,16 @@ func (s *Sink) finish() error {
 			errs = append(errs, s.lose(found))
 		}
 	}
-	if s.stranded {
+	if s.stranded() {
 		// The retry may make the copy (displace lets go of f then) or
 		// find the path naming f again; only a file still stranded is
 		// closed here, without a copy.
 		if err := s.settleStranded(); err != nil {
 			errs = append(errs, err)
-			if s.stranded {
+			if s.stranded() {
 				s.log.Error("audit: closing a file the path no longer names, without a copy of its lines", "err", err)
 				_ = s.f.Close()
-				s.f, s.fid, s.stranded = nil, nil, false
+				s.f, s.fid, s.lostFound = nil, nil, ""
 				s.displaced = true
 			}
 		}
