@@ -1286,3 +1286,34 @@ func appendThenVerify(t *testing.T, s *Sink, path string, seq uint64) {
 		t.Errorf("Verify() = %v, %+v; want one chain up to seq %d", err, rep, seq)
 	}
 }
+
+// TestDisplacedCopyPutBackStartsAnEpoch: the journal's epoch continued the
+// file the sink let go of; once the copy is put back at the path and taken
+// (checkReopened), the next batch starts a new epoch at the copy's end
+// instead of adding a frame to the old epoch, which described another file.
+func TestDisplacedCopyPutBackStartsAnEpoch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, Journal: true}, seams{tick: make(chan time.Time)})
+	appendN(t, s, 1)
+	backup := readFile(t, path)
+	appendN(t, s, 1)
+	replaceAt(t, path, backup)
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() = %v, want ErrUnavailable", err)
+	}
+	d := displacedFiles(t, path)
+	if len(d) != 1 {
+		t.Fatalf("displaced copies = %v, want 1", d)
+	}
+	kept := int64(len(readFile(t, d[0])))
+	if err := os.Rename(d[0], path); err != nil {
+		t.Fatal(err)
+	}
+	ev := &audit.Event{Type: audit.TypeUse}
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 3 {
+		t.Fatalf("Append() after the copy was put back = %v, seq %d; want nil, 3", err, ev.Seq)
+	}
+	if js := journalOf(t, path); js.base != kept || len(js.frames) != 1 {
+		t.Errorf("journal: epoch from byte %d with %d frames; want a new epoch from the copy's end (%d) with the one batch since", js.base, len(js.frames), kept)
+	}
+}

@@ -1643,18 +1643,25 @@ func (s *Sink) truncatedUnderneath(left int64) error {
 		attrs = append(attrs, "failed_batch_left_at_end", left)
 	}
 	s.log.Error("audit: the audit file was truncated underneath the sink (logrotate's copytruncate?): the lines it had acknowledged past the file's size are gone from it and the sink cannot copy them (only a copy made before the truncation holds them); nothing more is written to the file, and appends fail until the path holds a file ending with the chain's last line (docs/RELIABILITY.md)", attrs...)
+	s.letGo("truncated")
+	s.dirty = 0
+	return fmt.Errorf("audit file truncated underneath: %d bytes at the path, %d acknowledged; the truncated lines are not in it any more", size, s.good)
+}
+
+// letGo closes f, which the path no longer names or which was truncated
+// underneath (what: "displaced", "truncated"). Until a reopen passes
+// checkReopened's full check (displaced), nothing at the path is taken for
+// it. The journal's epoch continued f: the next write starts a new one.
+func (s *Sink) letGo(what string) {
 	if err := s.f.Close(); err != nil {
-		s.log.Warn("audit: close the truncated file", "err", err)
+		s.log.Warn("audit: close the "+what+" file", "err", err)
 	}
 	s.f, s.fid = nil, nil
 	s.lostFound = ""
 	s.displaced = true
-	s.dirty = 0
 	if s.j != nil {
-		// Its epoch continued f as it was; the next write starts a new one.
 		s.j.broken = true
 	}
-	return fmt.Errorf("audit file truncated underneath: %d bytes at the path, %d acknowledged; the truncated lines are not in it any more", size, s.good)
 }
 
 // cutUnderneath reports whether f, after a failed write of (a prefix of) b,
@@ -1748,18 +1755,9 @@ func (s *Sink) displace(found string) error {
 		s.log.Error("audit: the path no longer names the sink's audit file; its lines are kept in a copy, and appends fail until the path holds them again (docs/RELIABILITY.md)",
 			"found", found, "kept_in", name, "bytes", s.good, "seq", seq)
 	}
-	if err := s.f.Close(); err != nil {
-		s.log.Warn("audit: close the displaced file", "err", err)
-	}
-	s.f, s.fid = nil, nil
-	s.lostFound = ""
-	s.displaced = true
 	// dirty stays: the bytes of a failed batch f may still end with
 	// (write), which a reopen of f moved back drops.
-	if s.j != nil {
-		// Its epoch continued f; the next write starts a new one.
-		s.j.broken = true
-	}
+	s.letGo("displaced")
 	return fmt.Errorf("audit file displaced: the path has %s now; the sink's lines are kept in %s", found, name)
 }
 
