@@ -1670,8 +1670,8 @@ func (s *Sink) letGo(what string) {
 // and then written to by the failed write). While a rewrite of the
 // journal's frames is pending (resync) only the size tells. A failed
 // write's bytes that are all f holds (emptied, as copytruncate does) are
-// dropped, as dropFailedBatch does; left is what stays of them at f's end
-// when known (0 otherwise).
+// dropped (dropIfAlone); left is what stays of them at f's end when known
+// (0 otherwise).
 func (s *Sink) cutUnderneath(b []byte) (left int64, cut bool) {
 	fi, err := s.f.Stat()
 	if err != nil {
@@ -1690,39 +1690,46 @@ func (s *Sink) cutUnderneath(b []byte) (left int64, cut bool) {
 			return 0, false
 		}
 	}
-	if size > 0 && size <= int64(len(b)) {
-		have := make([]byte, size)
-		if _, err := s.f.ReadAt(have, 0); err == nil && bytes.Equal(have, b[:size]) {
-			if err := s.f.Truncate(0); err == nil {
-				_ = s.f.Sync()
-				return 0, true
-			}
-			return size, true
-		}
+	_, left = s.dropIfAlone(b, size)
+	return left, true
+}
+
+// dropIfAlone empties f when its size bytes are all bytes of the failed
+// batch b (its start): f was emptied underneath (as copytruncate does)
+// before b was written to it, and is then as it was left. It never cuts f
+// to a size other than 0, which would write zeros into a file cut shorter
+// meanwhile. alone reports whether f held only b's bytes; left is what
+// stays of them (0: f was emptied).
+func (s *Sink) dropIfAlone(b []byte, size int64) (alone bool, left int64) {
+	if size == 0 || size > int64(len(b)) {
+		return false, 0
 	}
-	return 0, true
+	have := make([]byte, size)
+	if _, err := s.f.ReadAt(have, 0); err != nil || !bytes.Equal(have, b[:size]) {
+		return false, 0
+	}
+	if err := s.f.Truncate(0); err != nil {
+		return true, size
+	}
+	_ = s.f.Sync()
+	return true, 0
 }
 
 // dropFailedBatch removes the failed batch b from f, truncated underneath
-// before b was appended (at its end), when f holds nothing else (emptied,
-// as copytruncate does): the file is then as it was left. It never cuts f
-// to a size other than 0, which would write zeros into a file cut shorter
-// meanwhile. It returns the bytes of b left at f's end (0: none).
+// before b was appended (at its end), when f holds nothing else
+// (dropIfAlone). It returns the bytes of b left at f's end (0: none).
 func (s *Sink) dropFailedBatch(b []byte) (left int64) {
 	fi, err := s.f.Stat()
 	n := int64(len(b))
 	if err != nil || fi.Size() < n {
 		return 0
 	}
+	if alone, left := s.dropIfAlone(b, fi.Size()); alone {
+		return left
+	}
 	have := make([]byte, n)
 	if _, err := s.f.ReadAt(have, fi.Size()-n); err != nil || !bytes.Equal(have, b) {
 		return 0 // b was cut off with the rest
-	}
-	if fi.Size() == n {
-		if err := s.f.Truncate(0); err == nil {
-			_ = s.f.Sync()
-			return 0
-		}
 	}
 	return n
 }
