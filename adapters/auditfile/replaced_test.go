@@ -1317,3 +1317,44 @@ func TestDisplacedCopyPutBackStartsAnEpoch(t *testing.T) {
 		t.Errorf("journal: epoch from byte %d with %d frames; want a new epoch from the copy's end (%d) with the one batch since", js.base, len(js.frames), kept)
 	}
 }
+
+// TestStrandedMovedBackAfterFailedDrop: as TestMovedBackAfterFailedDrop,
+// with no room for the copy (stranded) while the file is away: it ends
+// with the failed batch's bytes when it is moved back, so it is not taken
+// back as it is (settleStranded): the next line would follow the failed
+// batch's. The chain goes on where it was once the sink has it again.
+func TestStrandedMovedBackAfterFailedDrop(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	fl := &faults{}
+	sm := faultSeams(fl)
+	sm.tick = make(chan time.Time)
+	var noRoom atomic.Bool
+	noRoom.Store(true)
+	sm.createCopy = func(name string) (*os.File, error) {
+		if noRoom.Load() {
+			return nil, syscall.ENOSPC
+		}
+		return createNew(name)
+	}
+	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
+	appendN(t, s, 3)
+	own := readFile(t, path)
+	moved := path + ".shipped"
+	if err := os.Rename(path, moved); err != nil {
+		t.Fatal(err)
+	}
+	fl.set(func(f *faults) { f.truncate = true })
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable", err)
+	}
+	fl.set(func(f *faults) { f.truncate = false })
+	if got := readFile(t, moved); len(got) <= len(own) {
+		t.Fatalf("the moved file holds %d bytes, want the failed batch after the %d acknowledged (the drop failed)", len(got), len(own))
+	}
+	if err := os.Rename(moved, path); err != nil {
+		t.Fatal(err)
+	}
+	noRoom.Store(false)
+	_ = s.Ping(context.Background()) // may fail: the sink lets go of its file and reopens the path
+	appendThenVerify(t, s, path, 4)
+}

@@ -1535,7 +1535,7 @@ func (s *Sink) checkReopened(f file) (os.FileInfo, error) {
 
 func (s *Sink) checkReopenedSize(f file, size int64, own bool) error {
 	switch {
-	case s.resync && own && !s.displaced && size >= s.j.base && size <= s.good+s.dirty:
+	case s.resync && own && !s.displaced && s.mayHave(size, s.dirty):
 		// A rewrite of the journal's frames was cut short, or is still
 		// to be made: syncAndReset makes it before the next write.
 		s.dirty = 0
@@ -1607,6 +1607,14 @@ func (s *Sink) written() int64 {
 		return s.j.base
 	}
 	return s.good
+}
+
+// mayHave reports whether f may be size bytes long and still hold every
+// acknowledged line: at least written() (the bytes after it, up to good,
+// then come from the pending rewrite of the journal's frames), at most
+// good and extra bytes of a failed write that may linger.
+func (s *Sink) mayHave(size, extra int64) bool {
+	return size >= s.written() && size <= s.good+extra
 }
 
 // lose lets go of f, which the path no longer names or which was truncated
@@ -1796,7 +1804,7 @@ func (s *Sink) settleStranded() error {
 // rewrite completes it before the next write.
 func (s *Sink) endsAtGood() bool {
 	fi, err := s.f.Stat()
-	return err == nil && fi.Size() <= s.good && fi.Size() >= s.written()
+	return err == nil && s.mayHave(fi.Size(), 0)
 }
 
 // keepDisplaced copies the acknowledged lines (copyLines) to a new file
