@@ -284,9 +284,10 @@ type Sink struct {
 	// them, and no write goes to it until the path names it again
 	// (settleStranded).
 	lostFound string
-	// displaced: the sink let go of a file the path no longer named;
-	// until a reopen passes checkReopened's full check, nothing else at
-	// the path is taken for it.
+	// displaced: the sink let go of a file the path no longer named, or
+	// named truncated (letGo; fid is nil then); until a reopen passes
+	// checkReopened's full check, nothing else at the path is taken for
+	// it, and the ticker only tries that reopen (onTick).
 	displaced bool
 }
 
@@ -1528,14 +1529,15 @@ func (s *Sink) checkReopened(f file) (os.FileInfo, error) {
 	// of the journal's frames: another one at the path (replaced while f
 	// was closed) gets the full check, as a rewrite would cut it and
 	// write the frames over it (nothing before an epoch starting at byte
-	// 0 tells them apart).
+	// 0 tells them apart). A file let go of (displaced) is not own: letGo
+	// forgot its identity.
 	own := s.fid != nil && os.SameFile(fi, s.fid)
 	return fi, s.checkReopenedSize(f, fi.Size(), own)
 }
 
 func (s *Sink) checkReopenedSize(f file, size int64, own bool) error {
 	switch {
-	case s.resync && own && !s.displaced && s.mayHave(size, s.dirty):
+	case s.resync && own && s.mayHave(size, s.dirty):
 		// A rewrite of the journal's frames was cut short, or is still
 		// to be made: syncAndReset makes it before the next write.
 		s.dirty = 0
