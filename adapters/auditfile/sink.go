@@ -270,6 +270,8 @@ type Sink struct {
 	// them clean), so a later fsync that succeeds proves nothing about
 	// them: the journal's frames are their only durable copy until
 	// syncAndReset has written them to the file again and synced it.
+	// Only ever set with a journal, and j.broken with it (cleared only by
+	// a reset, after resync is): the next write goes through syncAndReset.
 	resync     bool
 	st         state
 	buf        bytes.Buffer
@@ -1605,7 +1607,7 @@ func (s *Sink) checkPath(want int64) (found string, err error) {
 // pending after a failed fsync (resync), the epoch's base, where the
 // rewrite cuts it.
 func (s *Sink) written() int64 {
-	if s.resync && s.j != nil {
+	if s.resync {
 		return s.j.base
 	}
 	return s.good
@@ -1863,7 +1865,7 @@ func (s *Sink) keepDisplaced() (string, error) {
 // cannot give them, f's bytes do if f is whole.
 func (s *Sink) copyLines(out io.Writer) error {
 	end, tail := s.good, []byte(nil)
-	if s.resync && s.j != nil {
+	if s.resync {
 		base, b, err := s.epochLines()
 		if err == nil {
 			end, tail = base, b
