@@ -1613,6 +1613,18 @@ func (s *Sink) written() int64 {
 	return s.good
 }
 
+// checkLost checks that the path still names f, with every acknowledged
+// line in it (checkPath), and lets go of f when not (lose): lost reports
+// that, and err is then lose's error for fail; otherwise err is checkPath's
+// (the path could not be checked).
+func (s *Sink) checkLost() (lost bool, err error) {
+	found, err := s.checkPath(s.written())
+	if found == "" {
+		return false, err
+	}
+	return true, s.lose(found)
+}
+
 // mayHave reports whether f may be size bytes long and still hold every
 // acknowledged line: at least written() (the bytes after it, up to good,
 // then come from the pending rewrite of the journal's frames), at most
@@ -1923,11 +1935,7 @@ func (s *Sink) probe() error {
 	}
 	// f may have stayed open since the failure (a failed write rolled
 	// back): the path may no longer name it, as the tick checks.
-	found, err := s.checkPath(s.written())
-	if err == nil && found != "" {
-		err = s.lose(found)
-	}
-	if err != nil {
+	if _, err := s.checkLost(); err != nil {
 		return s.fail(err)
 	}
 	if err := s.syncAndReset(); err != nil {
@@ -1951,13 +1959,12 @@ func (s *Sink) onTick() {
 		return
 	}
 	if s.f != nil {
-		found, err := s.checkPath(s.written())
+		lost, err := s.checkLost()
+		if lost {
+			return
+		}
 		if err != nil {
 			s.log.Warn("audit: cannot tell whether the path still names the audit file; the next batch fails unless it can", "err", err)
-		}
-		if found != "" {
-			_ = s.lose(found)
-			return
 		}
 	}
 	if s.f == nil && s.displaced && s.ensureOpen() != nil {
@@ -2065,8 +2072,8 @@ func (s *Sink) finish() error {
 		// idle sink closing between two ticks must not close the only
 		// descriptor of a file the path no longer names (replaced,
 		// removed) without a copy of its lines, nor sync a truncated one.
-		if found, _ := s.checkPath(s.written()); found != "" {
-			errs = append(errs, s.lose(found))
+		if lost, err := s.checkLost(); lost {
+			errs = append(errs, err)
 		}
 	}
 	if s.stranded() {
