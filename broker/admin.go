@@ -57,13 +57,18 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}
+	// Refusals before the caller authenticated count against the
+	// source's RefusalLimits.
+	refuse := func(err error) (*Admin, error) {
+		return nil, s.refuseAnonymous(ctx, ev, req.Source, bearerError(err))
+	}
 	if req.Token == "" {
-		return deny(missingBearer("missing_admin_token", "admin calls need an identity token as a Bearer token"))
+		return refuse(missingBearer("missing_admin_token", "admin calls need an identity token as a Bearer token"))
 	}
 	pol, authn := s.policyAndAuthn()
 	id, err := authn.Authenticate(ctx, req.Token)
 	if err != nil {
-		return deny(err)
+		return refuse(err)
 	}
 	ev.Identity = auditIdentity(id.Ref())
 	// The target is the caller's own text (a path segment, query values, a

@@ -31,15 +31,14 @@ type IntrospectResult struct {
 func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*IntrospectResult, error) {
 	ev := &audit.Event{Type: audit.TypeIntrospect, RequestID: req.RequestID, Source: auditSource(req.Source)}
 	if req.CallerToken == "" {
+		// Refusals before the caller authenticated count against the
+		// source's RefusalLimits.
 		err := missingBearer("missing_caller_token", "introspection requires the caller's identity token as a Bearer token")
-		s.recordDeny(ctx, ev, err)
-		return nil, err
+		return nil, s.refuseAnonymous(ctx, ev, req.Source, err)
 	}
 	caller, err := s.d.Authn().Authenticate(ctx, req.CallerToken)
 	if err != nil {
-		err = bearerError(err)
-		s.recordDeny(ctx, ev, err)
-		return nil, err
+		return nil, s.refuseAnonymous(ctx, ev, req.Source, bearerError(err))
 	}
 	// The identity token the introspection was made with (SPEC "Audit
 	// log": identity {iss, sub, jti}), as an admin event names its caller's.

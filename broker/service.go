@@ -52,6 +52,10 @@ type Deps struct {
 	// reconciliation's grace: a credential whose record landed but whose
 	// event is still pending looks unaudited to a run after the grace.
 	AuditTimeout time.Duration
+	// RefusalLimits bound the audit events of requests refused before
+	// their caller authenticated, per source address; nil (or a negative
+	// PerSecond) = no limit.
+	RefusalLimits *RefusalLimits
 }
 
 // DefaultMintTimeout is Deps.MintTimeout when it is not set.
@@ -73,6 +77,8 @@ type Service struct {
 	limitersMu sync.Mutex
 	// grants are the grants of the policy last asked about (Exchange).
 	grants grantViews
+	// refusals limits unauthenticated refusals per source (nil: off).
+	refusals *refusalGuard
 }
 
 // grantView holds copies of one policy's grants by name: Policy.Grant
@@ -155,7 +161,11 @@ func NewService(d Deps) (*Service, error) {
 	if d.Revokers == nil {
 		d.Revokers = map[string]Revoker{}
 	}
-	return &Service{d: d, cache: revocationCacheOf(d.Store)}, nil
+	svc := &Service{d: d, cache: revocationCacheOf(d.Store)}
+	if l := d.RefusalLimits; l != nil && l.PerSecond >= 0 {
+		svc.refusals = newRefusalGuard(*l)
+	}
+	return svc, nil
 }
 
 // Policy returns the policy in force.
@@ -233,19 +243,24 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		s.recordDeny(ctx, denyEvent(), err)
 		return nil, err
 	}
+	// Refusals before the subject authenticated count against the
+	// source's RefusalLimits.
+	refuse := func(err error) (*ExchangeResult, error) {
+		return nil, s.refuseAnonymous(ctx, denyEvent(), req.Source, err)
+	}
 	if req.SubjectToken == "" {
-		return fail(Errorf(ErrInvalidRequest, "missing_subject_token", "subject_token is required", nil))
+		return refuse(Errorf(ErrInvalidRequest, "missing_subject_token", "subject_token is required", nil))
 	}
 	if req.Grant == "" {
-		return fail(Errorf(ErrInvalidRequest, "missing_audience", "audience (the grant name) is required", nil))
+		return refuse(Errorf(ErrInvalidRequest, "missing_audience", "audience (the grant name) is required", nil))
 	}
 	if req.TTL < 0 {
-		return fail(Errorf(ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil))
+		return refuse(Errorf(ErrInvalidRequest, "bad_ttl", "ttl must be a positive number of seconds", nil))
 	}
 
 	id, err := authn.Authenticate(ctx, req.SubjectToken)
 	if err != nil {
-		return fail(err)
+		return refuse(err)
 	}
 	denyIdentity = id
 	if !pol.Trusts(id.IssuerName, id.Iss) {

@@ -157,10 +157,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) exchange(w http.ResponseWriter, r *http.Request) (*broker.ExchangeResult, string, error) {
 	grant := ""
-	// Requests refused before they reach the Service are denials too.
+	// Requests refused before they reach the Service are denials too,
+	// of a caller not authenticated (RefusalLimits).
 	reject := func(err error) (*broker.ExchangeResult, string, error) {
-		s.o.Service.RecordDeny(r.Context(), RequestID(r), s.Source(r), grant, err)
-		return nil, grant, err
+		return nil, grant, s.o.Service.RefuseUnauthenticated(r.Context(), RequestID(r), s.Source(r), grant, err)
 	}
 	form, err := s.readForm(w, r)
 	if err != nil {

@@ -1,0 +1,246 @@
+package httpapi_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/httpapi"
+	"github.com/keytrail/keytrail/policies"
+)
+
+type refusalFixture struct {
+	svc  *broker.Service
+	h    http.Handler
+	sink *brokertest.Sink
+	reg  *prometheus.Registry
+	mu   sync.Mutex
+	now  time.Time
+}
+
+func (f *refusalFixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *refusalFixture) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+func newRefusalFixture(t *testing.T, limits *broker.RefusalLimits) *refusalFixture {
+	t.Helper()
+	pol := testPolicy(t, "", "") // the workload has no rate of its own
+	f := &refusalFixture{sink: &brokertest.Sink{}, reg: prometheus.NewRegistry(),
+		now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
+		Claims: map[string]any{"sub": "repo:acme/deploy"}}}
+	minter := &brokertest.Minter{}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:        func() *policies.Policy { return pol },
+		Authn:         func() broker.Authenticator { return authn },
+		Minters:       map[string]broker.Minter{broker.KindVaultToken: minter},
+		Revokers:      map[string]broker.Revoker{broker.KindVaultToken: minter},
+		Store:         memstore.New(f.clock),
+		Audit:         f.sink,
+		Now:           f.clock,
+		RefusalLimits: limits,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
+		TrustProxyHeaders: true, Registry: f.reg, Extra: httpapi.RegisterAdmin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc, f.h = svc, api.Routes()
+	return f
+}
+
+// do sends one request through the front proxy 10.0.0.1, which appended
+// xff (the caller's address, perhaps after the caller's own entries).
+func (f *refusalFixture) do(method, path, xff, bearer, body string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.RemoteAddr = "10.0.0.1:5555"
+	r.Header.Set("X-Forwarded-For", xff)
+	if body != "" {
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if bearer != "" {
+		r.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	w := httptest.NewRecorder()
+	f.h.ServeHTTP(w, r)
+	return w
+}
+
+func (f *refusalFixture) badToken(xff string) *httptest.ResponseRecorder {
+	return f.do(http.MethodPost, "/v1/token", xff, "", form("subject_token", "garbage").Encode())
+}
+
+// events returns the recorded events as "type reason ip" lines.
+func (f *refusalFixture) events() []string {
+	var out []string
+	for _, ev := range f.sink.Events() {
+		line := ev.Type
+		if ev.Outcome != nil && ev.Outcome.Reason != "" {
+			line += " " + ev.Outcome.Reason
+		}
+		if ev.Source != nil {
+			line += " " + ev.Source.IP
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// TestUnauthenticatedRefusalFlood: a source refused before it
+// authenticated is audited per request for its burst, then answered 429
+// slow_down with Retry-After and no event, on /v1/token, /v1/introspect and
+// the admin routes alike, until one summary event counts what was
+// suppressed. Entries the caller put left of its proxy's in
+// X-Forwarded-For do not move it to another budget; another source and an
+// authenticated workload from the same address are not limited.
+func TestUnauthenticatedRefusalFlood(t *testing.T) {
+	f := newRefusalFixture(t, &broker.RefusalLimits{PerSecond: 1, Burst: 3, SummaryEvery: time.Minute})
+	const a, b = "203.0.113.7", "198.51.100.9"
+
+	for i := range 3 {
+		if w := f.badToken(a); w.Code != http.StatusUnauthorized {
+			t.Fatalf("bad token %d within the burst = %d, want 401", i+1, w.Code)
+		}
+	}
+	flood := []func() *httptest.ResponseRecorder{
+		func() *httptest.ResponseRecorder { return f.badToken(a) },
+		func() *httptest.ResponseRecorder { return f.badToken(b + ", " + a) }, // b is the caller's own text
+		func() *httptest.ResponseRecorder {
+			return f.do(http.MethodPost, "/v1/token", a, "", "grant_type=nope") // malformed, before the Service
+		},
+		func() *httptest.ResponseRecorder {
+			return f.do(http.MethodPost, "/v1/introspect", a, "garbage", "token=x")
+		},
+		func() *httptest.ResponseRecorder { return f.do(http.MethodGet, "/v1/admin/blocks", a, "garbage", "") },
+		func() *httptest.ResponseRecorder { return f.do(http.MethodGet, "/v1/admin/blocks", a, "", "") },
+		func() *httptest.ResponseRecorder { return f.do(http.MethodGet, "/v1/admin/nowhere", a, "garbage", "") },
+	}
+	for i, req := range flood {
+		w := req()
+		if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "1" || !strings.Contains(w.Body.String(), `"slow_down"`) {
+			t.Fatalf("flood request %d = %d Retry-After %q %s, want 429 slow_down Retry-After 1", i, w.Code, w.Header().Get("Retry-After"), w.Body)
+		}
+	}
+	want := []string{"deny bad_signature " + a, "deny bad_signature " + a, "deny bad_signature " + a}
+	if got := f.events(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("events after the flood = %q, want the burst's %q only", got, want)
+	}
+
+	// Another source has its own budget; a workload that authenticates
+	// from the flooding address is not limited.
+	if w := f.badToken(b); w.Code != http.StatusUnauthorized {
+		t.Errorf("bad token from another source = %d, want 401", w.Code)
+	}
+	if w := f.do(http.MethodPost, "/v1/token", a, "", form().Encode()); w.Code != http.StatusOK {
+		t.Errorf("valid exchange from the flooding source = %d %s, want 200", w.Code, w.Body)
+	}
+	want = append(want, "deny bad_signature "+b, "issue "+a)
+	if got := f.events(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+
+	// The summary waits for its span to end, then counts the flood.
+	f.svc.FlushRefusalSummaries(context.Background(), false)
+	if got := len(f.sink.Events()); got != len(want) {
+		t.Fatalf("a summary was written before its span ended: %q", f.events())
+	}
+	f.advance(time.Minute)
+	f.svc.FlushRefusalSummaries(context.Background(), false)
+	f.svc.FlushRefusalSummaries(context.Background(), false) // once only
+	evs := f.sink.Events()
+	if len(evs) != len(want)+1 {
+		t.Fatalf("events after the span = %q, want one summary more than %q", f.events(), want)
+	}
+	sum := evs[len(evs)-1]
+	start := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC).Format(audit.TimeFormat)
+	wantSum := fmt.Sprint(audit.TypeDeny, " 429 slow_down ", broker.ReasonRefusalsSuppressed, " ", a, " ", len(flood), " ", start, " ", start)
+	gotSum := fmt.Sprint(sum.Type, " ", sum.Outcome.Status, " ", sum.Outcome.Error, " ", sum.Outcome.Reason, " ", sum.Source.IP, " ",
+		sum.Details["suppressed"], " ", sum.Details["first"], " ", sum.Details["last"])
+	if gotSum != wantSum {
+		t.Errorf("summary = %s, want %s", gotSum, wantSum)
+	}
+
+	if got := deniesOf(t, f.reg, broker.ReasonSourceRateLimited); got != float64(len(flood)) {
+		t.Errorf("keytrail_denies_total{reason=%q} = %v, want %d", broker.ReasonSourceRateLimited, got, len(flood))
+	}
+}
+
+func deniesOf(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keytrail_denies_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestRefusalSourcesBounded: the sources tracked never exceed MaxSources
+// however many addresses refusals come from; an IPv6 /64 is one source;
+// a source whose bucket is full again and has nothing pending is dropped
+// by the sweep.
+func TestRefusalSourcesBounded(t *testing.T) {
+	f := newRefusalFixture(t, &broker.RefusalLimits{PerSecond: 1, Burst: 2, MaxSources: 8, SummaryEvery: time.Minute})
+	for i := range 500 {
+		f.badToken(fmt.Sprintf("192.0.2.%d", i%250))
+		if n := f.svc.RefusalSources(); n > 8 {
+			t.Fatalf("after %d sources: %d tracked, want at most 8", i+1, n)
+		}
+	}
+	for i, want := range []int{http.StatusUnauthorized, http.StatusUnauthorized, http.StatusTooManyRequests} {
+		if w := f.badToken(fmt.Sprintf("2001:db8:1:2::%x", i+1)); w.Code != want {
+			t.Errorf("IPv6 refusal %d of one /64 = %d, want %d", i+1, w.Code, want)
+		}
+	}
+	f.advance(time.Hour)
+	f.svc.FlushRefusalSummaries(context.Background(), false)
+	if n := f.svc.RefusalSources(); n != 0 {
+		t.Errorf("after an idle hour: %d sources tracked, want 0", n)
+	}
+}
+
+// TestRefusalLimitsOff: without RefusalLimits every refusal is audited.
+func TestRefusalLimitsOff(t *testing.T) {
+	f := newRefusalFixture(t, nil)
+	for i := range 50 {
+		if w := f.badToken("203.0.113.7"); w.Code != http.StatusUnauthorized {
+			t.Fatalf("bad token %d = %d, want 401", i+1, w.Code)
+		}
+	}
+	if n := len(f.sink.Events()); n != 50 {
+		t.Errorf("%d events, want 50", n)
+	}
+}

@@ -1,0 +1,290 @@
+package broker
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// RefusalLimits bound what requests refused before their caller
+// authenticated (a malformed form, a garbage, expired or untrusted identity
+// token, a missing Bearer token) cost the audit log, per source address.
+// Each such refusal takes a token from its source's bucket and is audited
+// as before; once the bucket is empty the source's further refusals of
+// that kind are answered 429 slow_down (reason source_rate_limited) with
+// Retry-After and no event of their own: one summary deny event per source
+// per SummaryEvery counts them (details suppressed, first, last).
+// Authenticated callers never take from these buckets, and neither do
+// refusals that are the broker's own failures (5xx).
+type RefusalLimits struct {
+	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
+	PerSecond float64
+	// Burst is a source's bucket size (0 = the default).
+	Burst int
+	// MaxSources bounds the sources tracked (0 = the default): past it the
+	// least recently seen is dropped, its pending summary written first.
+	MaxSources int
+	// SummaryEvery is the span one summary event covers (0 = the default).
+	SummaryEvery time.Duration
+}
+
+// DefaultRefusalLimits are the limits where a field is 0.
+var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10000, SummaryEvery: time.Minute}
+
+// ReasonSourceRateLimited is the reason of a refusal answered 429 because
+// its source refused too many unauthenticated requests.
+const ReasonSourceRateLimited = "source_rate_limited"
+
+// ReasonRefusalsSuppressed is the outcome reason of a summary event.
+const ReasonRefusalsSuppressed = "refusals_suppressed"
+
+// refusalGuard holds the buckets of the sources, most recently seen first.
+type refusalGuard struct {
+	limit rate.Limit
+	burst int
+	max   int
+	every time.Duration
+
+	mu    sync.Mutex
+	order list.List // of *refusalSource
+	m     map[string]*list.Element
+}
+
+type refusalSource struct {
+	key    string
+	ip     string // the last address seen under key
+	bucket *rate.Limiter
+	// suppressed refusals since first (0: none pending).
+	suppressed  int
+	first, last time.Time
+}
+
+// refusalSummary is one source's suppressed refusals, to be audited.
+type refusalSummary struct {
+	ip          string
+	n           int
+	first, last time.Time
+}
+
+func newRefusalGuard(l RefusalLimits) *refusalGuard {
+	d := DefaultRefusalLimits
+	if l.PerSecond == 0 {
+		l.PerSecond = d.PerSecond
+	}
+	if l.Burst <= 0 {
+		l.Burst = d.Burst
+	}
+	if l.MaxSources <= 0 {
+		l.MaxSources = d.MaxSources
+	}
+	if l.SummaryEvery <= 0 {
+		l.SummaryEvery = d.SummaryEvery
+	}
+	return &refusalGuard{limit: rate.Limit(l.PerSecond), burst: l.Burst, max: l.MaxSources, every: l.SummaryEvery,
+		m: make(map[string]*list.Element)}
+}
+
+// sourceKey is the bucket of an address: an IPv6 address's /64 (one host
+// commonly holds a whole /64), any other address as it is.
+func sourceKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is6() || a.Is4In6() {
+		return ip
+	}
+	p, _ := a.Prefix(64)
+	return p.String()
+}
+
+// take charges one refusal to ip's bucket at now. ok: audit it as usual;
+// otherwise it is suppressed and retry says when a token is back. out are
+// summaries to write now (a source dropped to make room, or a source whose
+// summary span ended).
+func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Duration, out []refusalSummary) {
+	key := sourceKey(ip)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var src *refusalSource
+	if el, found := g.m[key]; found {
+		g.order.MoveToFront(el)
+		src = el.Value.(*refusalSource)
+	} else {
+		src = &refusalSource{key: key, bucket: rate.NewLimiter(g.limit, g.burst)}
+		g.m[key] = g.order.PushFront(src)
+		for len(g.m) > g.max {
+			old := g.order.Remove(g.order.Back()).(*refusalSource)
+			delete(g.m, old.key)
+			if s, pending := old.summary(); pending {
+				out = append(out, s)
+			}
+		}
+	}
+	src.ip = ip
+	if src.bucket.AllowN(now, 1) {
+		return true, 0, out
+	}
+	if src.suppressed > 0 && now.Sub(src.first) >= g.every {
+		s, _ := src.summary()
+		out = append(out, s)
+	}
+	if src.suppressed == 0 {
+		src.first = now
+	}
+	src.suppressed++
+	src.last = now
+	retry = time.Second
+	if lack := 1 - src.bucket.TokensAt(now); lack > 0 && g.limit > 0 {
+		retry = time.Duration(math.Ceil(lack / float64(g.limit) * float64(time.Second)))
+	}
+	return false, retry, out
+}
+
+// summary takes src's pending summary.
+func (src *refusalSource) summary() (refusalSummary, bool) {
+	if src.suppressed == 0 {
+		return refusalSummary{}, false
+	}
+	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last}
+	src.suppressed, src.first, src.last = 0, time.Time{}, time.Time{}
+	return s, true
+}
+
+// sweep takes the summaries whose span ended by now (all of them with all)
+// and drops the sources with nothing pending whose bucket is full again.
+func (g *refusalGuard) sweep(now time.Time, all bool) []refusalSummary {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []refusalSummary
+	for el := g.order.Front(); el != nil; {
+		next := el.Next()
+		src := el.Value.(*refusalSource)
+		if src.suppressed > 0 && (all || now.Sub(src.first) >= g.every) {
+			s, _ := src.summary()
+			out = append(out, s)
+		}
+		if src.suppressed == 0 && src.bucket.TokensAt(now) >= float64(g.burst) {
+			g.order.Remove(el)
+			delete(g.m, src.key)
+		}
+		el = next
+	}
+	return out
+}
+
+// len is the number of sources tracked.
+func (g *refusalGuard) len() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.m)
+}
+
+func (s refusalSummary) event() *audit.Event {
+	return &audit.Event{
+		Type:    audit.TypeDeny,
+		Source:  &audit.Source{IP: s.ip},
+		Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: ReasonRefusalsSuppressed},
+		Details: map[string]any{
+			"suppressed": s.n,
+			"first":      s.first.UTC().Format(audit.TimeFormat),
+			"last":       s.last.UTC().Format(audit.TimeFormat),
+		},
+	}
+}
+
+// refuseAnonymous records the refusal err of a request whose caller has not
+// authenticated (ev, its deny or admin event) and returns the error to
+// answer with: err, or a 429 without an event of its own once src has
+// refused too many (RefusalLimits).
+func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Source, err error) error {
+	if s.refusals == nil || StatusOf(AsError(err)) >= 500 {
+		s.recordDeny(ctx, ev, err)
+		return err
+	}
+	ok, retry, out := s.refusals.take(src.IP, s.d.Now())
+	s.writeSummaries(ctx, out, false)
+	if ok {
+		s.recordDeny(ctx, ev, err)
+		return err
+	}
+	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: "too many refused requests from this address; slow down", RetryAfter: retry,
+		// The refusal it stands for, for the log only; not wrapped, so
+		// errors.Is finds the 429's category alone.
+		Err: fmt.Errorf("refusal not audited: %s", err.Error())}
+}
+
+// writeSummaries audits summaries: deferred (nobody waits) or waited for.
+func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, wait bool) {
+	for _, sum := range out {
+		ev := sum.event()
+		fail := func(aerr error) {
+			if aerr != nil {
+				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
+					slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.String("error", aerr.Error()))
+			}
+		}
+		if wait {
+			fail(s.Audit(ctx, ev))
+		} else {
+			s.AuditDeferred(ctx, ev, fail)
+		}
+	}
+}
+
+// RefuseUnauthenticated is RecordDeny for a request refused before its
+// caller authenticated: it returns the error to answer with, err or, past
+// the source's RefusalLimits, a 429 not audited on its own.
+func (s *Service) RefuseUnauthenticated(ctx context.Context, requestID string, src Source, grant string, err error) error {
+	if !s.d.Policy().HasGrant(grant) {
+		grant = ""
+	}
+	return s.refuseAnonymous(ctx, &audit.Event{Type: audit.TypeDeny, RequestID: requestID, Grant: grant, Source: auditSource(src)}, src, err)
+}
+
+// FlushRefusalSummaries writes the summary events of suppressed refusals
+// whose span (RefusalLimits.SummaryEvery) has ended, every pending one with
+// all, and waits for them (each at most AuditTimeout).
+func (s *Service) FlushRefusalSummaries(ctx context.Context, all bool) {
+	if s.refusals == nil {
+		return
+	}
+	s.writeSummaries(ctx, s.refusals.sweep(s.d.Now(), all), true)
+}
+
+// RunRefusalSummaries flushes the summaries at each tick and every pending
+// one when ctx ends (before the audit sink closes).
+func (s *Service) RunRefusalSummaries(ctx context.Context, tick <-chan time.Time) error {
+	for {
+		select {
+		case <-ctx.Done():
+			s.FlushRefusalSummaries(context.WithoutCancel(ctx), true)
+			return nil
+		case <-tick:
+			s.FlushRefusalSummaries(ctx, false)
+		}
+	}
+}
+
+// RefusalSummaryEvery is the span of a summary event (0 when refusals are
+// not limited): how often RunRefusalSummaries should tick.
+func (s *Service) RefusalSummaryEvery() time.Duration {
+	if s.refusals == nil {
+		return 0
+	}
+	return s.refusals.every
+}
+
+// RefusalSources is the number of sources whose refusals are tracked.
+func (s *Service) RefusalSources() int {
+	if s.refusals == nil {
+		return 0
+	}
+	return s.refusals.len()
+}
