@@ -52,6 +52,9 @@ type Config struct {
 	PprofListen string `yaml:"pprof_listen"`
 	// Authn tunes identity-token verification.
 	Authn AuthnConfig `yaml:"authn"`
+	// RefusalLimit bounds, per source address, the audit events of requests
+	// refused before their caller authenticated (broker.RefusalLimits).
+	RefusalLimit RefusalLimitConfig `yaml:"refusal_limit"`
 	// Deployment names this keytrail deployment (the instances sharing one
 	// store) in the meta of the Vault tokens it mints: the Vault token
 	// reconciliation leaves another deployment's tokens alone. Default
@@ -112,6 +115,23 @@ type AuthnConfig struct {
 	// signature check; every other check runs again. 0 = the default
 	// (10,000), -1 = no cache.
 	VerifiedCacheSize int `yaml:"verified_cache_size"`
+}
+
+// RefusalLimitConfig is broker.RefusalLimits; 0 is the default of each
+// field, per_second -1 turns the limit off.
+type RefusalLimitConfig struct {
+	PerSecond    float64  `yaml:"per_second"`
+	Burst        int      `yaml:"burst"`
+	MaxSources   int      `yaml:"max_sources"`
+	SummaryEvery duration `yaml:"summary_every"`
+}
+
+// limits returns the broker's limits, nil when turned off.
+func (c RefusalLimitConfig) limits() *broker.RefusalLimits {
+	if c.PerSecond < 0 {
+		return nil
+	}
+	return &broker.RefusalLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxSources: c.MaxSources, SummaryEvery: time.Duration(c.SummaryEvery)}
 }
 
 // VaultConfig says how to reach and log in to Vault.
@@ -604,6 +624,18 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	}
 	if c.Authn.VerifiedCacheSize < -1 {
 		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")
+	}
+	if rl := c.RefusalLimit; rl.PerSecond < 0 && rl.PerSecond != -1 {
+		bad("refusal_limit.per_second", "must be -1 (off), 0 (the default, 1) or more")
+	}
+	if c.RefusalLimit.Burst < 0 {
+		bad("refusal_limit.burst", "must not be negative (0: the default, 20)")
+	}
+	if c.RefusalLimit.MaxSources < 0 {
+		bad("refusal_limit.max_sources", "must not be negative (0: the default, 10000)")
+	}
+	if c.RefusalLimit.SummaryEvery < 0 {
+		bad("refusal_limit.summary_every", "must not be negative (0: the default, 1m)")
 	}
 	if c.TLS != nil {
 		// Checked here, with every other problem: the server reads them

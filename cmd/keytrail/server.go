@@ -531,12 +531,22 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		AuditChain: sink.ChainID(),
 		Logger:     log,
 		// A mint may take as long as one Vault request may.
-		MintTimeout: mintTimeout(time.Duration(cfg.Vault.Timeout)),
+		MintTimeout:   mintTimeout(time.Duration(cfg.Vault.Timeout)),
+		RefusalLimits: cfg.RefusalLimit.limits(),
 	})
 	if err != nil {
 		return err
 	}
 	rt.svc = svc
+	if every := svc.RefusalSummaryEvery(); every > 0 {
+		// Summaries of suppressed refusals; the last ones are written when
+		// it stops, before the audit sink closes.
+		rt.goBackground(ctx, func(ctx context.Context) error {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			return svc.RunRefusalSummaries(ctx, t.C)
+		})
+	}
 
 	reg := rt.reg
 	px, err := proxy.New(proxy.Options{Service: svc, Secrets: kv, Logger: log, PublicURL: cfg.PublicURL,
