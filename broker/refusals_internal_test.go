@@ -1,0 +1,44 @@
+package broker
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestRefusalGuardSummaries: a source's summary is handed out when a
+// suppressed refusal comes after its span ended (the new one opens the
+// next span), and when the source is dropped to make room for another;
+// Retry-After is the time until a token is back.
+func TestRefusalGuardSummaries(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	g := newRefusalGuard(RefusalLimits{PerSecond: 0.5, Burst: 1, MaxSources: 2, SummaryEvery: time.Minute})
+	show := func(out []refusalSummary) string {
+		s := ""
+		for _, o := range out {
+			s += fmt.Sprintf("[%s %d %s %s]", o.ip, o.n, o.first.Sub(t0), o.last.Sub(t0))
+		}
+		return s
+	}
+	step := func(name, ip string, at time.Duration, wantOK bool, wantRetry time.Duration, wantOut string) {
+		t.Helper()
+		ok, retry, out := g.take(ip, t0.Add(at))
+		if ok != wantOK || retry != wantRetry || show(out) != wantOut {
+			t.Errorf("%s: take(%s, +%s) = %v, %s, %q; want %v, %s, %q", name, ip, at, ok, retry, show(out), wantOK, wantRetry, wantOut)
+		}
+	}
+	step("ok/burst", "192.0.2.1", 0, true, 0, "")
+	step("suppressed/first", "192.0.2.1", time.Second, false, time.Second, "")
+	step("suppressed/second", "192.0.2.1", 1500*time.Millisecond, false, 500*time.Millisecond, "")
+	// At +70s the bucket is full again: audited, the span stays pending.
+	step("ok/refilled", "192.0.2.1", 70*time.Second, true, 0, "")
+	step("suppressed/after-span", "192.0.2.1", 71*time.Second, false, time.Second, "[192.0.2.1 2 1s 1.5s]")
+	step("ok/other", "192.0.2.2", 72*time.Second, true, 0, "")
+	step("ok/third-evicts-oldest", "192.0.2.3", 73*time.Second, true, 0, "[192.0.2.1 1 1m11s 1m11s]")
+	if n := g.len(); n != 2 {
+		t.Errorf("%d sources tracked, want 2", n)
+	}
+	if out := g.sweep(t0.Add(73*time.Second), true); len(out) != 0 {
+		t.Errorf("sweep after the summaries were handed out = %q, want none", show(out))
+	}
+}
