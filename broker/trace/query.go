@@ -124,18 +124,31 @@ func candidates(q string) ([]candidate, error) {
 
 // Unwrap strips what other logs and tools put around a value: surrounding
 // space, one pair of matching double or single quotes (PostgreSQL's
-// `role "kt-iss-..." does not exist`, JSON, shells) and an
-// "Authorization:" and "Bearer " prefix (HTTP logs, curl commands), in any
-// case and order.
+// `role "kt-iss-..." does not exist`, JSON, shells), an "Authorization:"
+// and "Bearer " prefix (HTTP logs, curl commands), the header names of the
+// ids the proxy sends upstream ("X-Request-Id: use_...",
+// "X-Keytrail-Issuance: iss_...", as an upstream's log prints them), in
+// any case and order, and PostgreSQL's user=<name> (log_line_prefix
+// "user=%u,db=%d", "connection authorized: user=... database=...") or
+// user="<name>": the name alone, up to the first space or comma (after
+// the closing quote when quoted), what follows it being the line's other
+// fields. A prefix with nothing after it is kept.
 func Unwrap(v string) string {
 	v = strings.TrimSpace(v)
 	for {
 		w := v
-		if rest, ok := cutPrefixFold(w, "authorization:"); ok {
-			w = strings.TrimSpace(rest)
+		for _, p := range []string{"authorization:", "x-request-id:", "x-keytrail-issuance:"} {
+			if rest, ok := cutPrefixFold(w, p); ok && strings.TrimSpace(rest) != "" {
+				w = strings.TrimSpace(rest)
+			}
 		}
 		if rest, ok := cutPrefixFold(w, "bearer "); ok {
 			w = strings.TrimSpace(rest)
+		}
+		if rest, ok := cutPrefixFold(w, "user="); ok {
+			if name := logUser(rest); name != "" {
+				w = name
+			}
 		}
 		if len(w) >= 2 && (w[0] == '"' || w[0] == '\'') && w[len(w)-1] == w[0] {
 			w = strings.TrimSpace(w[1 : len(w)-1])
@@ -145,6 +158,22 @@ func Unwrap(v string) string {
 		}
 		v = w
 	}
+}
+
+// logUser is the user name of a log's user=<rest>: in quotes when rest
+// starts with one (to the closing quote), else up to the first space or
+// comma; "" when there is none.
+func logUser(rest string) string {
+	if len(rest) > 0 && (rest[0] == '"' || rest[0] == '\'') {
+		if end := strings.IndexByte(rest[1:], rest[0]); end >= 0 {
+			return strings.TrimSpace(rest[1 : 1+end])
+		}
+		return ""
+	}
+	if end := strings.IndexAny(rest, " \t,"); end >= 0 {
+		rest = rest[:end]
+	}
+	return rest
 }
 
 // NormalizeFingerprint reads v as a SHA-256 fingerprint: "sha256:<hex>",

@@ -47,8 +47,11 @@ certificate serial: in hex in any case, with or without ':' separators and
 leading zeros (Vault's 0f:3b:..., openssl's 0F3B..., f3b...),
 or in decimal (PostgreSQL's ssl_client_serial()). An all-digit serial reads as
 hex and as decimal: when both name an issuance, the other is listed as also
-matched. A value may be copied with its quotes (PostgreSQL's role "kt-iss-...")
-or an "Authorization: Bearer " prefix: it is read without them.
+matched. A value may be copied with its quotes (PostgreSQL's role "kt-iss-..."),
+an "Authorization: Bearer " prefix, the header name of the ids the proxy sends
+upstream (X-Request-Id: use_..., X-Keytrail-Issuance: iss_...) or as
+PostgreSQL's log shows a role (user=NAME or user="NAME", up to the first space
+or comma): it is read without them.
 
 Offline, with --audit-log FILE... (no broker needed; several files as
 --audit-log A --audit-log B or --audit-log A,B): the files are read with
