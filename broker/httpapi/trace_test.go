@@ -310,3 +310,23 @@ func TestUnknownQueryParamsNamed(t *testing.T) {
 		})
 	}
 }
+
+// A use id of another instance is only in that instance's audit log: the
+// 404 keeps its code and says which log was searched, and where such ids
+// are found.
+func TestTraceNotFoundNamesTheLogSearched(t *testing.T) {
+	f := newTraceFixture(t)
+	status, body := f.get(t, "/v1/admin/trace?q=use_01OTHERINSTANCE", "auditor")
+	var got struct {
+		Error       string `json:"error"`
+		Description string `json:"error_description"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil || status != 404 || got.Error != "not_found" {
+		t.Fatalf("GET trace of another instance's use id = %d %s, want 404 not_found", status, body)
+	}
+	for _, want := range []string{f.auditPath, "other instance", "--audit-log"} {
+		if !strings.Contains(got.Description, want) {
+			t.Errorf("not-found description %q does not say %q", got.Description, want)
+		}
+	}
+}

@@ -755,7 +755,8 @@ func (l *Live) readFrom(f *os.File, off int64, recent *recentLines) (int64, tail
 	return n, t, err
 }
 
-// Trace resolves q over this instance's audit log, then the store.
+// Trace resolves q over this instance's audit log, then the store. Its
+// not-found error says what was searched (notFoundHere).
 func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	if err := l.refreshWithin(ctx); err != nil {
 		return nil, err
@@ -769,10 +770,16 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 		}
 		return res, nil
 	}
-	if !errors.Is(err, broker.ErrNotFound) || l.o.Store == nil {
+	if !errors.Is(err, broker.ErrNotFound) {
 		return nil, err
 	}
+	if l.o.Store == nil {
+		return nil, l.notFoundHere(idx)
+	}
 	is, kind, shown, also, err := l.fromStore(ctx, q)
+	if errors.Is(err, ErrNoMatch) {
+		return nil, l.notFoundHere(idx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -789,6 +796,27 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 	res.Query = Match{Kind: kind, Value: shown}
 	res.AlsoMatched = also
 	return res, nil
+}
+
+// notFoundHere is Trace's "no issuance matches" (reason no_match): it says
+// what was searched, this instance's audit log (and the store's
+// issuances), and that the ids of uses, revocations and requests made
+// through another instance are only in that instance's log, where the
+// offline trace over the collected logs finds them (the store holds
+// issuances, not those ids). It names the audit file, never the query.
+func (l *Live) notFoundHere(idx *Index) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "no issuance matches this value in the audit log of the broker instance that answered (%s and its rotated files", l.o.Path)
+	if st := idx.Stats(); st.Dropped > 0 {
+		fmt.Fprintf(&b, "; the in-memory index keeps its last %d events, %d older ones were not searched", st.Max, st.Dropped)
+	}
+	b.WriteString(")")
+	if l.o.Store != nil {
+		b.WriteString(" or the issuances of the shared store")
+	}
+	b.WriteString("; ids of uses, revocations and requests made through another instance are only in that other instance's audit log:" +
+		" trace the value offline over the audit logs collected from every instance (keytrail trace VALUE --audit-log FILE...)")
+	return &broker.Error{Kind: broker.ErrNotFound, Reason: "no_match", Safe: b.String(), Err: ErrNoMatch}
 }
 
 func nilSafe[T any](s []T) []T {

@@ -74,7 +74,10 @@ nothing the lines before it recorded is in the answer; it is not a failure.
 Online, without --audit-log: GET /v1/admin/trace on the server named by
 --addr, else $KEYTRAIL_ADDR, else ` + defaultKeytrailAddr + `, with your
 identity token (an admin with the trace role) from --token-file, else the
-file named by $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN.
+file named by $KEYTRAIL_ADMIN_TOKEN_FILE, else $KEYTRAIL_ADMIN_TOKEN. The
+server searches its own audit log and the store's issuances: the id of a
+use, revocation or request made through another instance is only in that
+instance's log (trace it offline, with --audit-log over every instance's logs).
 
 --vault-audit-log FILE reads Vault's file audit device log: with VALUE, it
 lists the Vault requests made with that credential, and a VALUE keytrail does
@@ -162,11 +165,14 @@ issuance matches", was still printed (an error that left no answer is 1).`,
 			}
 			res, err := lookup(value)
 			if errors.Is(err, broker.ErrNotFound) && vaultLog != "" {
-				res, err = traceThroughVaultLog(vaultLog, value, lookup)
+				r, verr := traceThroughVaultLog(vaultLog, value, lookup)
+				if !errors.Is(verr, broker.ErrNotFound) {
+					res, err = r, verr
+				} // else the first answer's, which says what the server searched
 			}
 			if err != nil {
 				if errors.Is(err, broker.ErrNotFound) {
-					return verified(exitError{code: 1, msg: "no issuance matches " + describeQuery(value)}, true)
+					return verified(exitError{code: 1, msg: "no issuance matches " + describeQuery(value) + notFoundDetail(err)}, true)
 				}
 				return fmt.Errorf("trace: %w", err)
 			}
@@ -209,6 +215,28 @@ func describeQuery(v string) string {
 		return "the value with fingerprint " + broker.Fingerprint(v)
 	}
 	return fmt.Sprintf("%q", v)
+}
+
+// notFoundAnswer is the server's 404 to a trace: its error_description
+// (which says what it searched: its own audit log, and the store).
+type notFoundAnswer struct{ desc string }
+
+func (e *notFoundAnswer) Error() string { return e.desc }
+func (e *notFoundAnswer) Unwrap() error { return broker.ErrNotFound }
+
+// notFoundDetail is what the server's not-found answer err says beyond
+// "no issuance matches this value" (which the CLI says with the value),
+// "" when nothing.
+func notFoundDetail(err error) string {
+	var nf *notFoundAnswer
+	if !errors.As(err, &nf) {
+		return ""
+	}
+	const plain = "no issuance matches this value"
+	if rest, ok := strings.CutPrefix(nf.desc, plain); ok {
+		return rest
+	}
+	return " (the server: " + nf.desc + ")"
 }
 
 // traceThroughVaultLog finds value in Vault's audit log (an HMAC'd
@@ -301,6 +329,10 @@ func traceOnline(e *env, cmd *cobra.Command, addr, tokenFile string, insecureHTT
 	var res trace.Result
 	status, err := adminGet(cmd.Context(), cl, "/v1/admin/trace", url.Values{"q": {trace.SafeQuery(value)}}, &res)
 	if status == http.StatusNotFound {
+		var ae *adminAnswerError
+		if errors.As(err, &ae) && ae.desc != "" {
+			return nil, &notFoundAnswer{desc: ae.desc}
+		}
 		return nil, broker.ErrNotFound
 	}
 	if err != nil {
@@ -335,12 +367,21 @@ func adminGet(ctx context.Context, c *adminClient, path string, query url.Values
 		return resp.StatusCode, fmt.Errorf("the server's answer is larger than %d MiB, more than this command reads (status %s): run it offline instead, with --audit-log over the audit files", maxReportResponse>>20, resp.Status)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, c.answerError(resp, raw)
+		var oe oauthError
+		_ = json.Unmarshal(raw, &oe) // answerError says when it is not JSON
+		return resp.StatusCode, &adminAnswerError{error: c.answerError(resp, raw), desc: oe.Description}
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
 		return resp.StatusCode, fmt.Errorf("the server's answer is not valid JSON: %w", err)
 	}
 	return resp.StatusCode, nil
+}
+
+// adminAnswerError is adminGet's error for a non-200 answer: answerError's
+// text, and the server's error_description ("" when none).
+type adminAnswerError struct {
+	error
+	desc string
 }
 
 // maxReportResponse caps trace and report answers (a report of a large

@@ -652,3 +652,34 @@ func TestOfflineTraceAndReportCheckTheChain(t *testing.T) {
 		}
 	}
 }
+
+// The server's not-found answer says which audit log it searched and where
+// ids of other instances are found: the CLI's text says it too, not just
+// "no issuance matches"; a server that says nothing more gets the plain
+// message.
+func TestTraceOnlineNotFoundSaysWhatWasSearched(t *testing.T) {
+	const detail = " in the audit log of the broker instance that answered (/var/lib/keytrail/audit.jsonl and its rotated files)" +
+		"; ids of uses, revocations and requests made through another instance are only in that other instance's audit log"
+	desc := "no issuance matches this value" + detail
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(404)
+		d := desc
+		if r.URL.Query().Get("q") == "use_plain" {
+			d = "no issuance matches this value"
+		}
+		fmt.Fprintf(w, `{"error":"not_found","error_description":%q,"request_id":"req_x"}`, d)
+	}))
+	defer srv.Close()
+	env := map[string]string{"KEYTRAIL_ADDR": srv.URL, "KEYTRAIL_ADMIN_TOKEN": "admin-jwt"}
+	for q, want := range map[string]string{
+		"use_01OTHER": `no issuance matches "use_01OTHER"` + detail,
+		"use_plain":   `no issuance matches "use_plain"`,
+	} {
+		_, _, err := runCLI(t, env, "trace", q)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 1 || ee.msg != want {
+			t.Errorf("trace %s online = %#v, want exit 1 %q", q, err, want)
+		}
+	}
+}
