@@ -40,10 +40,12 @@ type LiveOptions struct {
 	MaxEvents int
 	// StoreTimeout bounds one store call (default 2s).
 	StoreTimeout time.Duration
-	// RefreshWait bounds how long a trace or report waits for a refresh
-	// another call is running (a rebuild reads every file again: about
-	// 12 s at 200,000 events) before it answers unavailable (503, with
-	// Retry-After) rather than holding the auditor's request that long
+	// RefreshWait bounds how long a trace or report waits for the
+	// refresh of the audit files, another call's or the one it started
+	// itself (a rebuild reads every file again: about 12 s at 200,000
+	// events; so does the first load), before it answers unavailable
+	// (503, with Retry-After) rather than holding the auditor's request
+	// that long; a refresh it started goes on in the background
 	// (default DefaultRefreshWait).
 	RefreshWait time.Duration
 	// Logger; default discards.
@@ -53,8 +55,10 @@ type LiveOptions struct {
 // Live is the broker's online trace and report source. Every call first
 // reads what was appended to the audit file since the previous call
 // (following rotations: the rest of a file that was rotated away is read
-// from its new name), so answers are current without a background
-// goroutine. When the file no longer holds the last line read (the sink
+// from its new name), so answers are current without a goroutine tailing
+// the file (a call's refresh runs in one of its own, so that a long one,
+// the first load or a rebuild, goes on after the call answered
+// unavailable: see refreshWithin). When the file no longer holds the last line read (the sink
 // rolled back a failed batch, even if it has written past that point since),
 // the events of the lines that are gone are dropped from the index and the
 // file is read on from the last line read that it still holds (of the last
@@ -152,25 +156,30 @@ func (l *Live) lock() { l.mu <- struct{}{} }
 
 func (l *Live) unlock() { <-l.mu }
 
-// lockWithin takes the refresh lock, waiting at most RefreshWait or until
-// ctx ends; an unavailable error (reason audit_index_busy) when it could
-// not.
-func (l *Live) lockWithin(ctx context.Context) error {
+// lockWithin takes the refresh lock, waiting until timeout fires or ctx
+// ends at most; an unavailable error (reason audit_index_busy) when it
+// could not.
+func (l *Live) lockWithin(ctx context.Context, timeout <-chan time.Time) error {
 	select {
 	case l.mu <- struct{}{}:
 		return nil
 	default:
 	}
-	t := time.NewTimer(l.o.RefreshWait)
-	defer t.Stop()
 	cause := errBusy
 	select {
 	case l.mu <- struct{}{}:
 		return nil
-	case <-t.C:
+	case <-timeout:
 	case <-ctx.Done():
 		cause = fmt.Errorf("%w: %w", errBusy, ctx.Err())
 	}
+	return busyError(cause)
+}
+
+// busyError is the unavailable error (503, reason audit_index_busy) of a
+// trace or report that found the audit files still being read after
+// RefreshWait.
+func busyError(cause error) error {
 	e := broker.Unavailable("audit_index_busy", busyRetryAfter, cause)
 	e.Safe = "the audit log is being read (the trace index is rebuilt or loaded); retry later"
 	return e
@@ -183,18 +192,50 @@ func (l *Live) Refresh() error {
 	return l.refreshLocked()
 }
 
-// refreshWithin is Refresh for a trace or report: it waits for another
-// call's refresh at most RefreshWait (lockWithin), and its errors are
-// what the caller answers.
+// refreshWithin is Refresh for a trace or report, bounded: it waits for
+// another call's refresh and for its own at most RefreshWait in all, or
+// until ctx ends, and answers unavailable (audit_index_busy) then. Its own
+// refresh runs in a goroutine that holds the lock until it is done: a long
+// one (the first load after start, a rebuild) goes on after this call
+// answered, and the calls after it wait for it, each at most RefreshWait,
+// as for any other call's. The error of a refresh no call waited for is
+// dropped: it changed nothing (see rebuild), and the next call's refresh
+// reads the same files again and answers with it. Other errors are what
+// the caller answers.
 func (l *Live) refreshWithin(ctx context.Context) error {
-	if err := l.lockWithin(ctx); err != nil {
+	t := time.NewTimer(l.o.RefreshWait)
+	defer t.Stop()
+	if err := l.lockWithin(ctx, t.C); err != nil {
 		return err
 	}
-	defer l.unlock()
-	if err := l.refreshLocked(); err != nil {
-		return broker.Unavailable("audit_unreadable", time.Second, err)
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		defer func() {
+			// Out of the HTTP handler, whose recovery a panic no
+			// longer reaches: the process goes on, the call answers
+			// an error.
+			if p := recover(); p != nil {
+				l.o.Logger.LogAttrs(context.Background(), slog.LevelError, "trace: panic reading the audit files", slog.Any("panic", p))
+				err = errors.New("trace: internal error reading the audit files")
+			}
+			l.unlock()
+			done <- err
+		}()
+		err = l.refreshLocked()
+	}()
+	cause := errBusy
+	select {
+	case err := <-done:
+		if err != nil {
+			return broker.Unavailable("audit_unreadable", time.Second, err)
+		}
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+		cause = fmt.Errorf("%w: %w", errBusy, ctx.Err())
 	}
-	return nil
+	return busyError(cause)
 }
 
 // refreshLocked is Refresh; the caller holds the lock.

@@ -31,13 +31,20 @@ const rebuildMax = 400
 
 func newRebuildFixture(t *testing.T) *rebuildFixture {
 	t.Helper()
+	return newRebuildFixtureWait(t, 0)
+}
+
+// newRebuildFixtureWait is newRebuildFixture with LiveOptions.RefreshWait
+// wait (0: the default).
+func newRebuildFixtureWait(t *testing.T, wait time.Duration) *rebuildFixture {
+	t.Helper()
 	durable, failed, next := bigLog(t, 600)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.jsonl")
 	rotated := path + "." + at(time.Hour).Format(trace.RotatedLayout)
 	writeLines(t, dir, filepath.Base(rotated), durable[:300])
 	writeLines(t, dir, "audit.jsonl", append(slices.Clone(durable[300:]), failed...))
-	live := refreshedLive(t, trace.LiveOptions{Path: path, MaxEvents: rebuildMax})
+	live := refreshedLive(t, trace.LiveOptions{Path: path, MaxEvents: rebuildMax, RefreshWait: wait})
 	if st := live.Index().Stats(); st.Dropped == 0 {
 		t.Fatalf("fixture: the index did not compact: %+v", st)
 	}
