@@ -1320,41 +1320,44 @@ func TestDisplacedCopyPutBackStartsAnEpoch(t *testing.T) {
 
 // TestStrandedMovedBackAfterFailedDrop: as TestMovedBackAfterFailedDrop,
 // with no room for the copy (stranded) while the file is away: it ends
-// with the failed batch's bytes when it is moved back, so it is not taken
-// back as it is (settleStranded): the next line would follow the failed
-// batch's. The chain goes on where it was once the sink has it again.
+// with the failed batch's bytes when it is moved back. Moving it back must
+// be a way back here too, with still no room for a copy: the sink drops
+// those bytes, as a reopen does, and takes the file back (settleStranded),
+// instead of retrying the copy until there is room for one. The chain goes
+// on where it was.
 func TestStrandedMovedBackAfterFailedDrop(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	fl := &faults{}
-	sm := faultSeams(fl)
-	sm.tick = make(chan time.Time)
-	var noRoom atomic.Bool
-	noRoom.Store(true)
-	sm.createCopy = func(name string) (*os.File, error) {
-		if noRoom.Load() {
-			return nil, syscall.ENOSPC
-		}
-		return createNew(name)
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "journal"}[journal], func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			fl := &faults{}
+			sm := faultSeams(fl)
+			sm.tick = make(chan time.Time)
+			sm.createCopy = func(string) (*os.File, error) { return nil, syscall.ENOSPC }
+			s := openT(t, Options{Path: path, Now: newClock().Now, Journal: journal}, sm)
+			appendN(t, s, 3)
+			own := readFile(t, path)
+			moved := path + ".shipped"
+			if err := os.Rename(path, moved); err != nil {
+				t.Fatal(err)
+			}
+			fl.set(func(f *faults) { f.truncate = true })
+			if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
+				t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable", err)
+			}
+			fl.set(func(f *faults) { f.truncate = false })
+			if got := readFile(t, moved); len(got) <= len(own) {
+				t.Fatalf("the moved file holds %d bytes, want the failed batch after the %d acknowledged (the drop failed)", len(got), len(own))
+			}
+			if err := os.Rename(moved, path); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Ping(context.Background()); err != nil {
+				t.Fatalf("Ping() after the file was moved back = %v, want recovered (no copy needed)", err)
+			}
+			if d := displacedFiles(t, path); len(d) != 0 {
+				t.Errorf("displaced copies = %v, want none", d)
+			}
+			appendThenVerify(t, s, path, 4)
+		})
 	}
-	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
-	appendN(t, s, 3)
-	own := readFile(t, path)
-	moved := path + ".shipped"
-	if err := os.Rename(path, moved); err != nil {
-		t.Fatal(err)
-	}
-	fl.set(func(f *faults) { f.truncate = true })
-	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); !errors.Is(err, broker.ErrUnavailable) {
-		t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable", err)
-	}
-	fl.set(func(f *faults) { f.truncate = false })
-	if got := readFile(t, moved); len(got) <= len(own) {
-		t.Fatalf("the moved file holds %d bytes, want the failed batch after the %d acknowledged (the drop failed)", len(got), len(own))
-	}
-	if err := os.Rename(moved, path); err != nil {
-		t.Fatal(err)
-	}
-	noRoom.Store(false)
-	_ = s.Ping(context.Background()) // may fail: the sink lets go of its file and reopens the path
-	appendThenVerify(t, s, path, 4)
 }

@@ -1800,10 +1800,10 @@ func (s *Sink) stranded() bool { return s.lostFound != "" }
 // f again (moved back by the operator): its lines are then where readers
 // find them, no copy is needed, and f takes writes again. The copy failing
 // for want of room, the likely reason, must not keep the sink failing once
-// the file is back.
+// the file is back, even when f still ends with a failed batch (movedBack).
 func (s *Sink) settleStranded() error {
 	found, err := s.checkPath(s.written())
-	if err == nil && found == "" && s.endsAtGood() {
+	if err == nil && found == "" && s.movedBack() {
 		s.log.Warn("audit: the path names the sink's audit file again; its lines need no copy", "was", s.lostFound)
 		s.lostFound = ""
 		return nil
@@ -1812,6 +1812,19 @@ func (s *Sink) settleStranded() error {
 		found = s.lostFound // cannot tell: as before
 	}
 	return s.lose(found)
+}
+
+// movedBack reports whether f, which the path names again, can take writes:
+// it ends with the last acknowledged line (endsAtGood), or after it with the
+// bytes of a failed batch that could not be dropped (dirty, write), which
+// are dropped as a reopen of f drops them (checkReopenedSize: f is the
+// sink's own file, and must end with the chain's head at good).
+func (s *Sink) movedBack() bool {
+	if s.endsAtGood() {
+		return true
+	}
+	fi, err := s.f.Stat()
+	return err == nil && s.checkReopenedSize(s.f, fi.Size(), true) == nil
 }
 
 // endsAtGood reports whether f ends with the last acknowledged line (a
