@@ -105,7 +105,9 @@ func utcIssuance(is *broker.Issuance) *broker.Issuance {
 }
 
 // PutIssuance stores is, replacing any record with the same id and moving
-// every index to its new values.
+// every index to its new values, unless the stored record is revoked: then
+// it writes nothing, as redisstore's (whose client may send a put again
+// after a revocation marked the record).
 func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	if err := checkCtx(ctx); err != nil {
 		return err
@@ -119,7 +121,9 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.putLocked(e)
+	if cur, ok := s.issuances[is.ID]; !ok || cur.meta.RevokedAt.IsZero() {
+		s.putLocked(e)
+	}
 	return nil
 }
 

@@ -8,8 +8,10 @@
 //     Redis yields broker.ErrUnavailable, never a hang; redis.Nil becomes
 //     broker.ErrNotFound; the core never sees a go-redis error type;
 //   - PutIssuance is one Lua script (one round trip) writing the record and
-//     all its indexes atomically; MarkRevoked is the same script behind a
-//     check that the stored record is not revoked yet; PutRevocation is one script writing the
+//     all its indexes atomically, unless the stored record is revoked (it
+//     keeps the mark: go-redis may send a put again, see
+//     putIssuanceScript); MarkRevoked is the same script returning the
+//     record it leaves stored; PutRevocation is one script writing the
 //     record, its indexes and its change number; UpdateRevocation runs that
 //     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
 //     DeleteBlock is one script that deletes the block only while it is
@@ -516,7 +518,10 @@ func (s *Store) ttl(exp time.Time) time.Duration {
 }
 
 // PutIssuance writes the record and all its indexes in one round trip
-// (putIssuanceScript).
+// (putIssuanceScript), unless the stored record is revoked already: then it
+// writes nothing (a put sent again by go-redis after a revocation marked
+// the record keeps the mark). A revoked is's write waits for replicas as
+// MarkRevoked's does; a mark found stored waits for none.
 func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 	if is == nil || is.ID == "" {
 		return invalid("issuance without id")
@@ -531,8 +536,9 @@ func (s *Store) PutIssuance(ctx context.Context, is *broker.Issuance) error {
 		err = putIssuanceScript.Run(ctx, s.client, keys, args...).Err()
 	} else {
 		// A revoked mark: with MinReplicas, acknowledged once replicated.
-		err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
-			return putIssuanceScript.Run(ctx, rc, keys, args...).Err()
+		err = s.durablyIf(ctx, keys[0], func(rc redis.Cmdable) (bool, error) {
+			wrote, err := putIssuanceScript.Run(ctx, rc, keys, args...).Int64()
+			return err == nil && wrote == 1, err
 		})
 	}
 	if err != nil {
@@ -669,13 +675,23 @@ for i = 2 + refs, #KEYS do
 end
 `
 
-// putIssuanceScript is putIssuanceBody; it returns 1.
-var putIssuanceScript = redis.NewScript(putIssuanceBody + "return 1\n")
+// putIssuanceScript is putIssuanceBody unless the stored issuance is
+// revoked already: then it writes nothing and returns 0, else 1. PutIssuance
+// writes an issuance's first record, but go-redis sends a command again
+// after a network error (MaxRetries): a put that ran, its reply lost, sent
+// again after a revocation marked the record (MarkRevoked) would otherwise
+// overwrite the mark with the unrevoked record and undo the revocation.
+var putIssuanceScript = redis.NewScript(keepRevoked("0") + putIssuanceBody + "return 1\n")
 
 // markRevokedScript is putIssuanceBody unless the stored issuance is
-// revoked already (its JSON has a top-level revoked_at: the field is
-// omitted while zero); it returns the issuance JSON left stored, the one
+// revoked already; it returns the issuance JSON left stored, the one
 // found or the one written.
+var markRevokedScript = redis.NewScript(keepRevoked("cur") + putIssuanceBody + "return ARGV[1]\n")
+
+// keepRevoked is the start of a script whose KEYS[1] is an issuance: when
+// the stored issuance is revoked (its JSON has a top-level revoked_at: the
+// field is omitted while zero), the script returns found; cur is the
+// stored JSON. Where there is no record (a new issuance) it costs one GET.
 //
 // The record's claims come from an identity token and may nest deeper
 // than cjson decodes (1,000 levels; Go reads 10,000): then every mark of
@@ -686,7 +702,8 @@ var putIssuanceScript = redis.NewScript(putIssuanceBody + "return 1\n")
 // quoted pairs left, read back from the record at the same positions.
 // cjson stays the first try: it costs a third of the scan (about 23 µs
 // against 78 µs per mark found, measured with INFO commandstats).
-var markRevokedScript = redis.NewScript(`
+func keepRevoked(found string) string {
+	return `
 local function revokedAt(raw)
   local ok, rec = pcall(cjson.decode, raw)
   if ok then
@@ -712,10 +729,11 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   local at = revokedAt(cur)
   if type(at) == 'string' and at ~= '' then
-    return cur
+    return ` + found + `
   end
 end
-` + putIssuanceBody + "return ARGV[1]\n")
+`
+}
 
 func decodeIssuance(raw string) (*broker.Issuance, error) {
 	var is broker.Issuance

@@ -1256,6 +1256,43 @@ func testMarkRevoked(t *testing.T, newStore func(t *testing.T) broker.Store) {
 			}
 		})
 	}
+	// A put of a record already marked revoked keeps the mark: the put sent
+	// again (a Redis client resends a command whose reply a network error
+	// lost, after it ran) must not undo a revocation that marked the record
+	// in between; nor does a revoked put replace the first mark.
+	t.Run("ok/put-after-mark-keeps-mark", func(t *testing.T) {
+		s := newStore(t)
+		is := SampleIssuance("iss_put_again", Epoch())
+		mustPut(t, s, is)
+		first, err := s.MarkRevoked(ctx(t), revokedBy(is, "rev_first", Epoch().Add(time.Second)))
+		if err != nil || first.RevocationID != "rev_first" {
+			t.Fatalf("MarkRevoked(rev_first) = %+v, %v; want the record revoked by rev_first", first, err)
+		}
+		for _, again := range []struct {
+			name string
+			is   *broker.Issuance
+		}{
+			{"the same put again", is},
+			{"a put revoked by rev_second", revokedBy(is, "rev_second", Epoch().Add(2*time.Second))},
+			{"a withdrawn put", revokedBy(is, "", Epoch().Add(3*time.Second))},
+		} {
+			if err := s.PutIssuance(ctx(t), again.is); err != nil {
+				t.Fatalf("PutIssuance(%s) after rev_first's mark = %v, want nil", again.name, err)
+			}
+			if diff := cmp.Diff(first, mustGet(t, s, is.ID)); diff != "" {
+				t.Errorf("GetIssuance() after %s (-rev_first's mark +stored):\n%s", again.name, diff)
+			}
+			for _, kind := range AllRefKinds() {
+				found, err := s.FindIssuance(ctx(t), kind, refValue(is, kind))
+				if err != nil || found.RevocationID != "rev_first" {
+					t.Errorf("FindIssuance(%s) after %s = %+v, %v; want rev_first's mark", kind, again.name, found, err)
+				}
+			}
+			if active, err := s.ListIssuances(ctx(t), broker.IssuanceFilter{Workload: is.Workload, ActiveAt: Epoch()}); err != nil || len(active) != 0 {
+				t.Errorf("ListIssuances(active) after %s = %d records, %v; want none", again.name, len(active), err)
+			}
+		}
+	})
 	t.Run("ok/missing-record-written", func(t *testing.T) {
 		s := newStore(t)
 		is := revokedBy(SampleIssuance("iss_lost", Epoch()), "rev_1", Epoch())
