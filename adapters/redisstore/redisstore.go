@@ -73,7 +73,6 @@ package redisstore
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -138,7 +137,9 @@ type Options struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// RootCAs verify the server's certificate for rediss:// URLs (and for
-	// Universal clients with TLS); nil uses the system roots.
+	// Universal clients with a TLSConfig); nil uses the system roots. A CA
+	// without TLS (a redis:// URL, a Universal without TLSConfig) is an
+	// error: it does not turn TLS on.
 	RootCAs *x509.CertPool
 }
 
@@ -228,11 +229,12 @@ func newClient(o Options) (redis.UniversalClient, error) {
 		u := *o.Universal
 		u.ContextTimeoutEnabled = true
 		if o.RootCAs != nil {
+			// A CA does not turn TLS on (it did, silently, where the URL
+			// form refuses a CA with redis://): TLS is the caller's choice.
 			if u.TLSConfig == nil {
-				u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-			} else {
-				u.TLSConfig = u.TLSConfig.Clone()
+				return nil, errors.New("redisstore: a CA was given but the universal options have no TLS config (TLS is off)")
 			}
+			u.TLSConfig = u.TLSConfig.Clone()
 			u.TLSConfig.RootCAs = o.RootCAs
 		}
 		return redis.NewUniversalClient(&u), nil

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -138,6 +139,10 @@ func TestNewOptions(t *testing.T) {
 		{"fail/negative-retention", redisstore.Options{URL: "redis://127.0.0.1:1", Retention: -time.Hour}, "retention: must be positive"},
 		{"fail/cluster-without-hash-tag", redisstore.Options{Universal: &redis.UniversalOptions{Addrs: []string{"127.0.0.1:1"}, IsClusterMode: true}, Prefix: "keytrail:"}, "needs a hash tag"},
 		{"fail/cluster-empty-hash-tag", redisstore.Options{Universal: &redis.UniversalOptions{Addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}}, Prefix: "{}keytrail:"}, "needs a hash tag"},
+		// A CA does not turn TLS on, in either form (the Universal one
+		// used to, silently).
+		{"fail/ca-without-tls-universal", redisstore.Options{Universal: &redis.UniversalOptions{Addrs: []string{"127.0.0.1:1"}}, RootCAs: x509.NewCertPool()}, "a CA was given but the universal options have no TLS config"},
+		{"fail/ca-without-tls-url", redisstore.Options{URL: "redis://127.0.0.1:1", RootCAs: x509.NewCertPool()}, "a CA was given but the URL is not rediss://"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s, err := redisstore.New(t.Context(), c.o)

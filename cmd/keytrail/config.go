@@ -186,7 +186,9 @@ type StoreConfig struct {
 	// block, an unblock or a revoked mark before it succeeds (Redis WAIT);
 	// 0 = do not wait.
 	MinReplicas int `yaml:"min_replicas"`
-	// CAFile verifies the server certificate of a rediss:// store.
+	// CAFile verifies the server certificate of a rediss:// store, or of
+	// the Addrs nodes with TLS; without TLS it is refused (it does not
+	// turn TLS on).
 	CAFile string `yaml:"ca_file"`
 	// Addrs selects a Sentinel (with MasterName) or Cluster (several addrs,
 	// no MasterName) deployment instead of redis_url; the password comes
@@ -558,11 +560,14 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 			bad("vault.auth.method", "must be approle or kubernetes")
 		}
 	}
+	storeScheme := ""
 	if c.Store.RedisURL != "" {
 		// The store refuses unix:// (redisstore.New): say so here, with
 		// every other problem, rather than at start-up.
 		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
 			bad("store.redis_url", "must be a redis:// or rediss:// URL")
+		} else {
+			storeScheme = u.Scheme
 		}
 	}
 	if c.Store.RedisURL != "" && len(c.Store.Addrs) > 0 {
@@ -580,6 +585,14 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	if c.Store.CAFile != "" {
 		if _, err := os.Stat(c.Store.CAFile); err != nil {
 			bad("store.ca_file", "%v", err)
+		}
+		// A CA does not turn TLS on: the store refuses it on a plain
+		// connection rather than guess (redisstore.New).
+		switch {
+		case len(c.Store.Addrs) > 0 && !c.Store.TLS:
+			bad("store.ca_file", "needs store.tls: true (store.addrs are reached without TLS unless it is set)")
+		case storeScheme == "redis":
+			bad("store.ca_file", "needs a rediss:// store.redis_url (a redis:// store is reached without TLS)")
 		}
 	}
 	if c.Audit.File == "" {

@@ -180,6 +180,14 @@ func TestLoadConfig(t *testing.T) {
 		// silently): named by its place and line instead.
 		{name: "fail/store-addrs-null-entry", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {addrs: ['s1:26379', ~, 's3:26379'], master_name: m}\n",
 			wantErr: []string{"store.addrs[1]: no value", "(line 5)"}},
+		// A CA does not turn TLS on: refused with a plain store, in
+		// either form (store.addrs used to switch TLS on silently).
+		{name: "fail/store-ca-addrs-without-tls", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {addrs: ['s1:26379'], master_name: m, ca_file: " + pol + "}\n",
+			wantErr: []string{"store.ca_file: needs store.tls: true"}},
+		{name: "fail/store-ca-redis-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', ca_file: " + pol + "}\n",
+			wantErr: []string{"store.ca_file: needs a rediss:// store.redis_url"}},
+		{name: "ok/store-ca-addrs-with-tls", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {addrs: ['s1:26379'], master_name: m, tls: true, ca_file: " + pol + "}\n"},
+		{name: "ok/store-ca-rediss-url", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'rediss://r:6379', ca_file: " + pol + "}\n"},
 		{name: "ok/store-min-replicas", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', min_replicas: 1}\n"},
 		{name: "fail/store-min-replicas-negative", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nstore: {redis_url: 'redis://r:6379', min_replicas: -1}\n",
 			wantErr: []string{"store.min_replicas: must be 0 or more"}},
