@@ -49,6 +49,8 @@
 //	revs:changes           sorted set of revocation ids scored by their last change
 //	block:<workload>       block JSON, no TTL
 //	blocks                 set of blocked workloads
+//	unblock:<workload>     id of the DeleteBlock call that deleted its block, TTL 2×Timeout
+//	                       (at least 1 s): the call sent again answers deleted
 //	deployment             the deployment id (DeploymentID), no TTL
 //	jwks:retiring          hash of transit key name -> until (unix ms) (PutRetiringKey), no TTL;
 //	                       RetiringKeys removes the fields past their until
@@ -73,6 +75,7 @@ package redisstore
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -1391,16 +1394,25 @@ func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
 // one script compares the stored block's revocation id and deletes it in the
 // same atomic step, so a block another revocation put since the caller read
 // it stays (ErrBlockChanged). ErrNotFound when the workload is not blocked.
+//
+// go-redis sends a command again after a network error lost its reply
+// (MaxRetries): the script ran, the block is gone, and the resent one would
+// answer ErrNotFound, or ErrBlockChanged when a revocation blocked the
+// workload again in between, though this call deleted the block. So each
+// call has an id of its own, which the deleting script leaves in
+// unblock:<workload> for unblockTTL: the same command sent again finds it
+// and answers deleted; another call (another id) is told what it finds.
 func (s *Store) DeleteBlock(ctx context.Context, workload, revocationID string) error {
 	if workload == "" {
 		return invalid("empty workload")
 	}
+	keys, args := s.deleteBlockArgs(workload, revocationID, rand.Text())
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var res int64
-	err := s.durably(ctx, s.blockKey(workload), func(c redis.Cmdable) error {
+	err := s.durably(ctx, keys[0], func(c redis.Cmdable) error {
 		var err error
-		res, err = deleteBlockScript.Run(ctx, c, []string{s.blockKey(workload), s.blocksKey()}, workload, revocationID).Int64()
+		res, err = deleteBlockScript.Run(ctx, c, keys, args...).Int64()
 		return err
 	})
 	switch {
@@ -1414,11 +1426,31 @@ func (s *Store) DeleteBlock(ctx context.Context, workload, revocationID string) 
 	return nil
 }
 
-// deleteBlockScript: KEYS block:<workload>, blocks; ARGV workload, the
-// revocation id the block must have ("" for none). Returns 1 when deleted,
-// 0 when there is no block, -1 when the block is another revocation's (it
-// stays). A stored block that does not decode fails the script.
+// unblockTTL is how long unblock:<workload> keeps the id of the DeleteBlock
+// call that deleted the block: longer than any resend of the call, which
+// go-redis makes only within the call's deadline (at most the timeout).
+func (s *Store) unblockTTL() time.Duration { return max(2*s.timeout, time.Second) }
+
+// deleteBlockArgs are deleteBlockScript's KEYS and ARGV for one DeleteBlock
+// call, call its id.
+func (s *Store) deleteBlockArgs(workload, revocationID, call string) ([]string, []any) {
+	return []string{s.blockKey(workload), s.blocksKey(), s.prefix + "unblock:" + workload},
+		[]any{workload, revocationID, call, s.unblockTTL().Milliseconds()}
+}
+
+// deleteBlockScript: KEYS block:<workload>, blocks, unblock:<workload>;
+// ARGV workload, the revocation id the block must have ("" for none), the
+// call's id, unblockTTL in ms. Returns 1 when deleted, by this run or by
+// an earlier run of the same call (unblock:<workload> holds its id: the
+// run is go-redis sending the command again, and it rewrites the id, a
+// write its connection's WAIT confirms with the delete before it), 0 when
+// there is no block, -1 when the block is another revocation's (it stays).
+// A stored block that does not decode fails the script.
 var deleteBlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[3]) == ARGV[3] then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
 local raw = redis.call('GET', KEYS[1])
 if not raw then
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -1433,6 +1465,7 @@ if rid ~= ARGV[2] then
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
 return 1
 `)
 
