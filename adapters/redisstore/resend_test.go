@@ -1,0 +1,213 @@
+package redisstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/redisstore"
+	"github.com/keytrail/keytrail/adapters/storetest"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// dropProxy forwards TCP connections to a Redis. Armed, it forwards the next
+// script call (EVAL or EVALSHA) whose reply is not an error, reads the
+// reply, runs hook, and closes the client's connection without passing the
+// reply on: the command ran, its reply is lost, and go-redis sends it again
+// on a new connection.
+type dropProxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	hook  func() // armed when set; run once
+	evals int    // script calls seen
+}
+
+func startDropProxy(t *testing.T, target string) *dropProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, target: target}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) serve(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	// go-redis waits for each reply here (no pipelining): the reply read
+	// while a script call is pending is that call's. The command name
+	// comes first, so the read that starts a call names it.
+	var pending atomic.Bool
+	go func() {
+		defer server.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := client.Read(buf)
+			if err != nil {
+				return
+			}
+			if bytes.Contains(bytes.ToUpper(buf[:n]), []byte("EVAL")) {
+				p.mu.Lock()
+				p.evals++
+				p.mu.Unlock()
+				pending.Store(true)
+			}
+			if _, err := server.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := server.Read(buf)
+		if err != nil {
+			return
+		}
+		if pending.Swap(false) && buf[0] != '-' {
+			p.mu.Lock()
+			hook := p.hook
+			p.hook = nil
+			p.mu.Unlock()
+			if hook != nil {
+				hook()
+				return // the reply is lost
+			}
+		}
+		if _, err := client.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func (p *dropProxy) arm(hook func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hook = hook
+}
+
+func (p *dropProxy) scriptCalls() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.evals
+}
+
+// ran is what the proxy's hook sent on done. The hook ran before the proxy
+// closed the connection, so before the resend: a store call that returned
+// after a resend finds it there.
+func ran(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	default:
+		t.Fatal("the proxy dropped no reply")
+		return nil
+	}
+}
+
+// TestPutIssuanceResentAfterMark: a PutIssuance whose script ran and whose
+// reply was lost is sent again by go-redis; a revocation that marked the
+// record in between keeps its mark (the resent put used to overwrite it
+// with the unrevoked record).
+func TestPutIssuanceResentAfterMark(t *testing.T) {
+	r := harness.StartRedis(t)
+	direct := newStore(t, r, redisstore.Options{Prefix: "{resend}:"})
+	p := startDropProxy(t, r.Addr())
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend}:"})
+
+	is := storetest.SampleIssuance("iss_resent", storetest.Epoch())
+	marked := make(chan error, 1)
+	p.arm(func() {
+		m := *is
+		m.RevokedAt, m.RevocationID = storetest.Epoch().Add(time.Second), "rev_between"
+		_, err := direct.MarkRevoked(context.Background(), &m)
+		marked <- err
+	})
+	before := p.scriptCalls()
+	if err := proxied.PutIssuance(t.Context(), is); err != nil {
+		t.Fatalf("PutIssuance() through the dropping proxy = %v, want nil (sent again)", err)
+	}
+	if err := ran(t, marked); err != nil {
+		t.Fatalf("MarkRevoked() between = %v", err)
+	}
+	if n := p.scriptCalls() - before; n < 2 {
+		t.Fatalf("PutIssuance() made %d script calls, want the one whose reply was lost and its resend", n)
+	}
+	got, err := direct.GetIssuance(t.Context(), is.ID)
+	if err != nil || got.RevocationID != "rev_between" || got.RevokedAt.IsZero() {
+		t.Errorf("GetIssuance() after the resent put = %+v, %v; want rev_between's mark standing", got, err)
+	}
+}
+
+// TestDeleteBlockResent: a DeleteBlock whose script ran and whose reply was
+// lost is sent again by go-redis and answers deleted, with nothing in
+// between or with the workload blocked again by another revocation (which
+// stays); it used to answer ErrNotFound, or ErrBlockChanged.
+func TestDeleteBlockResent(t *testing.T) {
+	r := harness.StartRedis(t)
+	direct := newStore(t, r, redisstore.Options{Prefix: "{resend}:"})
+	p := startDropProxy(t, r.Addr())
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend}:"})
+	for _, c := range []struct {
+		name    string
+		between string // the revocation that blocks the workload again, "" for none
+	}{
+		{"ok/nothing-between", ""},
+		{"ok/blocked-again-between", "rev_2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := "w-" + c.name[3:]
+			if err := direct.PutBlock(t.Context(), broker.Block{Workload: w, RevocationID: "rev_1", CreatedAt: storetest.Epoch()}); err != nil {
+				t.Fatal(err)
+			}
+			blocked := make(chan error, 1)
+			p.arm(func() {
+				var err error
+				if c.between != "" {
+					err = direct.PutBlock(context.Background(), broker.Block{Workload: w, RevocationID: c.between, CreatedAt: storetest.Epoch()})
+				}
+				blocked <- err
+			})
+			before := p.scriptCalls()
+			if err := proxied.DeleteBlock(t.Context(), w, "rev_1"); err != nil {
+				t.Errorf("DeleteBlock() through the dropping proxy = %v, want nil (deleted, then sent again)", err)
+			}
+			if err := ran(t, blocked); err != nil {
+				t.Fatalf("PutBlock(%s) between = %v", c.between, err)
+			}
+			if n := p.scriptCalls() - before; n < 2 {
+				t.Fatalf("DeleteBlock() made %d script calls, want the one whose reply was lost and its resend", n)
+			}
+			b, err := direct.GetBlock(t.Context(), w)
+			switch {
+			case c.between == "" && !errors.Is(err, broker.ErrNotFound):
+				t.Errorf("GetBlock() = %+v, %v; want ErrNotFound", b, err)
+			case c.between != "" && (err != nil || b.RevocationID != c.between):
+				t.Errorf("GetBlock() = %+v, %v; want %s's block standing", b, err, c.between)
+			}
+		})
+	}
+}
