@@ -206,7 +206,10 @@ type Revocation struct {
 // Every method MUST honour ctx and apply its own deadline, MUST translate
 // backend errors: a missing record is ErrNotFound, an unreachable backend is
 // ErrUnavailable. PutIssuance overwrites an existing record with the same id
-// and keeps every index (RefKind values, workload, owner, session) in step.
+// and keeps every index (RefKind values, workload, owner, session) in step,
+// unless the stored record is revoked (RevokedAt set): then it writes
+// nothing, so that a put sent again (go-redis resends a command whose reply
+// was lost) cannot undo a revocation's mark made in between.
 // Blocks and revocations are durable and never expire.
 type Store interface {
 	PutIssuance(ctx context.Context, is *Issuance) error
