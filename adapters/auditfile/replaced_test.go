@@ -1361,3 +1361,43 @@ func TestStrandedMovedBackAfterFailedDrop(t *testing.T) {
 		})
 	}
 }
+
+// TestStrandedMovedBackChangedSaysSo: the sink's file, stranded (moved
+// away, no room for a copy), comes back to the path with a line appended
+// by someone else, so it cannot be taken back as it is (settleStranded).
+// The error must say what the path holds now (the sink's file, changed),
+// not what it held when the file was stranded ("missing").
+func TestStrandedMovedBackChangedSaysSo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	sm := seams{tick: make(chan time.Time), createCopy: func(string) (*os.File, error) { return nil, syscall.ENOSPC }}
+	s := openT(t, Options{Path: path, Now: newClock().Now}, sm)
+	appendN(t, s, 3)
+	moved := path + ".shipped"
+	if err := os.Rename(path, moved); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Append(context.Background(), &audit.Event{Type: audit.TypeUse})
+	if !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "the path has missing now") {
+		t.Fatalf("Append() with the file moved away = %v, want ErrUnavailable saying the path has missing", err)
+	}
+	f, err := os.OpenFile(moved, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"v":1,"type":"unrelated"}` + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(moved, path); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Ping(context.Background())
+	if err == nil {
+		t.Fatal("Ping() with the sink's file back, changed, = nil; want a failure")
+	}
+	if msg := err.Error(); strings.Contains(msg, "missing") || !strings.Contains(msg, "the path has the sink's file again") {
+		t.Errorf("Ping() = %q; want it to say the path has the sink's file again, not missing", msg)
+	}
+}

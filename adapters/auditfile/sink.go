@@ -1577,6 +1577,9 @@ const (
 	foundMissing   = "missing"
 	foundOther     = "another file"
 	foundTruncated = "truncated"
+	// foundChanged: the path names a stranded f again, but f cannot be
+	// taken back as it is (settleStranded, movedBack).
+	foundChanged = "the sink's file again, not ending with its last acknowledged line"
 )
 
 // checkPath reports what the path names when it is no longer the sink's
@@ -1808,7 +1811,10 @@ func (s *Sink) settleStranded() error {
 		s.lostFound = ""
 		return nil
 	}
-	if found == "" {
+	switch {
+	case err == nil && found == "":
+		found = foundChanged
+	case found == "":
 		found = s.lostFound // cannot tell: as before
 	}
 	return s.lose(found)
