@@ -1053,6 +1053,15 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 				err = find("", c.key, KindIssuanceID)
 				break
 			}
+			if strings.HasPrefix(c.key, broker.PrefixRevocation) {
+				is, also, err := l.namedByRevocation(ctx, c.key)
+				if err != nil {
+					return nil, "", "", nil, err
+				}
+				if is != nil {
+					return is, KindRevocationID, c.shown, also, nil
+				}
+			}
 			for _, k := range []broker.RefKind{broker.RefAccessor, broker.RefJTI, broker.RefLeaseID, broker.RefUsername, broker.RefSerial, broker.RefRequestID} {
 				if err = find(k, c.key, string(k)); err != nil {
 					break
@@ -1073,6 +1082,53 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 		return hits[0].is, hits[0].kind, c.shown, also, nil
 	}
 	return nil, "", "", nil, notFound()
+}
+
+// maxRevocationProbes bounds the issuance lookups namedByRevocation makes
+// for one revocation id.
+const maxRevocationProbes = 8
+
+// namedByRevocation finds in the store the issuances the revocation id
+// names, as the index finds them in the revocation's events (its selected
+// issuance, and those it revoked, has pending or failed): a revocation
+// made through another instance has its events in that instance's log
+// only, its record in the store. One GetRevocation, then GetIssuance of the
+// named ids in id order until one is stored (at most maxRevocationProbes):
+// issuance ids are ULIDs made when issued, so that is the oldest stored. It
+// returns that issuance and the other named ids, in id order, those found
+// not stored last (as Index.Lookup puts the ids it has no issue event of);
+// nil when the store has no such revocation or none of the ids probed.
+func (l *Live) namedByRevocation(ctx context.Context, id string) (*broker.Issuance, []string, error) {
+	sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
+	r, err := l.o.Store.GetRevocation(sctx, id)
+	cancel()
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		return nil, nil, nil
+	case err != nil:
+		return nil, nil, broker.Unavailable("store_unavailable", time.Second, err)
+	}
+	ids := append([]string{r.Selector.IssuanceID}, r.Revoked...)
+	ids = append(ids, r.Pending...)
+	for _, f := range r.Failed {
+		ids = append(ids, f.IssuanceID)
+	}
+	ids = slices.DeleteFunc(ids, func(s string) bool { return s == "" })
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	for i, iid := range ids[:min(len(ids), maxRevocationProbes)] {
+		sctx, cancel := context.WithTimeout(ctx, l.o.StoreTimeout)
+		is, err := l.o.Store.GetIssuance(sctx, iid)
+		cancel()
+		switch {
+		case errors.Is(err, broker.ErrNotFound):
+			continue
+		case err != nil:
+			return nil, nil, broker.Unavailable("store_unavailable", time.Second, err)
+		}
+		return is, append(slices.Clone(ids[i+1:]), ids[:i]...), nil
+	}
+	return nil, nil, nil
 }
 
 // Report builds the report over this instance's log, with the active

@@ -51,6 +51,14 @@ func (f *fakeStore) FindIssuance(ctx context.Context, kind broker.RefKind, v str
 	return nil, broker.ErrNotFound
 }
 
+// GetRevocation: the fake store holds no revocations.
+func (f *fakeStore) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return nil, broker.ErrNotFound
+}
+
 func (f *fakeStore) ListIssuances(ctx context.Context, flt broker.IssuanceFilter) ([]*broker.Issuance, error) {
 	return f.active, f.err
 }
