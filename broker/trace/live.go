@@ -841,10 +841,10 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 
 // notFoundHere is Trace's "no issuance matches" (reason no_match): it says
 // what was searched, this instance's audit log (and the store's
-// issuances), and that the ids of uses, revocations and requests made
+// issuances and revocations), and that the ids of uses and requests made
 // through another instance are only in that instance's log, where the
 // offline trace over the collected logs finds them (the store holds
-// issuances, not those ids). It names the audit file, never the query.
+// issuances and revocations, not those ids). It names the audit file, never the query.
 func (l *Live) notFoundHere(idx *Index) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "no issuance matches this value in the audit log of the broker instance that answered (%s and its rotated files", l.o.Path)
@@ -853,9 +853,9 @@ func (l *Live) notFoundHere(idx *Index) error {
 	}
 	b.WriteString(")")
 	if l.o.Store != nil {
-		b.WriteString(" or the issuances of the shared store")
+		b.WriteString(" or the issuances and revocations of the shared store")
 	}
-	b.WriteString("; ids of uses, revocations and requests made through another instance are only in that other instance's audit log:" +
+	b.WriteString("; ids of uses and requests made through another instance (and of revocations the store does not hold) are only in that other instance's audit log:" +
 		" trace the value offline over the audit logs collected from every instance (keytrail trace VALUE --audit-log FILE...)")
 	return &broker.Error{Kind: broker.ErrNotFound, Reason: "no_match", Safe: b.String(), Err: ErrNoMatch}
 }
