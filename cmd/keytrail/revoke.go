@@ -269,6 +269,11 @@ func adminToken(e *env, tokenFile string) (string, string, error) {
 			return "", "", fmt.Errorf("admin token (%s): %w", src, err)
 		}
 		tok = strings.TrimSpace(string(b))
+		if tok == "" {
+			// The operator set a file: say that it is empty, not that
+			// no token was given.
+			return "", "", fmt.Errorf("admin token (%s): %s is empty", src, tokenFile)
+		}
 	} else {
 		tok, src = strings.TrimSpace(e.getenv("KEYTRAIL_ADMIN_TOKEN")), "KEYTRAIL_ADMIN_TOKEN"
 	}
