@@ -90,9 +90,11 @@ accessors in clear) and lists the attribution gaps: requests no keytrail
 issuance explains, grouped by token display name and accessor. Requests made
 with a root token and unauthenticated ones are counted, not gaps.
 
-Exit status: 0 found, 1 not found or an error, 2 usage, 3 (with
---require-verified) the audit files do not verify: the answer, or "no
-issuance matches", was still printed (an error that left no answer is 1).`,
+Exit status: 0 found, 1 not found or an error (also a whole
+--vault-audit-log with no Vault request entry in it: the wrong file), 2
+usage, 3 (with --require-verified) the audit files do not verify: the
+answer, or "no issuance matches", was still printed (an error that left no
+answer is 1).`,
 		Example: `  keytrail trace hvs.CAESI... --audit-log /var/lib/keytrail/audit.jsonl
   keytrail trace sha256:9f86d081... --json
   keytrail trace --vault-audit-log /var/log/vault/audit.log --audit-log /var/lib/keytrail/`,
@@ -397,6 +399,11 @@ func resolveVaultLog(e *env, path string, x *trace.Index, asJSON bool) error {
 	rep, err := trace.ResolveVaultLog(f, x)
 	if err != nil {
 		return err
+	}
+	if rep.Lines > 0 && rep.Requests == 0 {
+		// The wrong file (keytrail's own audit log, another format): "no
+		// attribution gaps" would be an all-clear with nothing checked.
+		return fmt.Errorf("trace: --vault-audit-log %s: none of its %d line(s) is a Vault audit request entry (%d malformed): nothing was attributed; is it the log of Vault's file audit device?", path, rep.Lines, rep.Malformed)
 	}
 	if asJSON {
 		return writeJSONOut(e.stdout, rep)
