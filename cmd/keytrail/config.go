@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
@@ -562,11 +563,11 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	}
 	storeScheme := ""
 	if c.Store.RedisURL != "" {
-		// The store refuses unix:// (redisstore.New): say so here, with
-		// every other problem, rather than at start-up.
-		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
-			bad("store.redis_url", "must be a redis:// or rediss:// URL")
-		} else {
+		// What the store refuses at start-up (redisstore.New: unix://, a
+		// URL go-redis cannot read), said here with every other problem.
+		if msg := redisURLProblem(c.Store.RedisURL); msg != "" {
+			bad("store.redis_url", "%s", msg)
+		} else if u, err := url.Parse(c.Store.RedisURL); err == nil {
 			storeScheme = u.Scheme
 		}
 	}
@@ -716,4 +717,30 @@ func deploymentID(ctx context.Context, c *Config, st broker.Store, chain string)
 		return "", fmt.Errorf("store: deployment id: %w", err)
 	}
 	return id, nil
+}
+
+// redisURLProblem is what redisstore.New says of a store.redis_url it
+// refuses, or "". Like it, it quotes no part of the user info: url.Parse
+// errors repeat the URL, and an unescaped '/', '?' or '#' in the password
+// moves it into the path, which go-redis's errors quote.
+func redisURLProblem(s string) string {
+	const want = "want redis://[user:password@]host:port/db or rediss://..."
+	u, err := url.Parse(s)
+	if err != nil {
+		return "cannot be parsed (" + want + "; escape special characters in the user name and password)"
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return "must be a redis:// or rediss:// URL"
+	}
+	if u.User == nil && strings.Contains(s, "@") {
+		return "'@' after the host: escape '/', '?', '#' and '@' in the user name and password"
+	}
+	if _, err := redis.ParseURL(s); err != nil {
+		msg := err.Error()
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "REDACTED")
+		}
+		return msg + " (" + want + ")"
+	}
+	return ""
 }
