@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -330,13 +332,49 @@ func usageExits2(c *cobra.Command) {
 			return usageError(cmd, err)
 		}
 		if err := cmd.ValidateFlagGroups(); err != nil {
-			return usageError(cmd, err)
+			return usageError(cmd, exclusiveFlagsError(err))
 		}
 		return nil
 	}
 	for _, sub := range c.Commands() {
 		usageExits2(sub)
 	}
+}
+
+// cobraExclusive is cobra's error for flags marked mutually exclusive that
+// were given together: the group, then the ones set (sorted), both without
+// dashes.
+var cobraExclusive = regexp.MustCompile(`^if any flags in the group \[([^\]]*)\] are set none of the others can be; \[([^\]]*)\] were all set$`)
+
+// exclusiveFlagsError says cobra's "if any flags in the group [out out-dir]
+// are set none of the others can be; [out out-dir] were all set" as the
+// other usage errors do: "--out and --out-dir cannot be used together:
+// give one of --out or --out-dir". Other errors are left as they are.
+func exclusiveFlagsError(err error) error {
+	m := cobraExclusive.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	group, set := strings.Fields(m[1]), strings.Fields(m[2])
+	var given []string
+	for i, name := range group {
+		group[i] = "--" + name
+		if slices.Contains(set, name) {
+			given = append(given, group[i])
+		}
+	}
+	if len(given) < 2 || len(group) < 2 {
+		return err
+	}
+	return fmt.Errorf("%s cannot be used together: give one of %s", orList(given, "and"), orList(group, "or"))
+}
+
+// orList joins words as "a, b or c" (with "and": "a, b and c").
+func orList(words []string, conj string) string {
+	if len(words) == 1 {
+		return words[0]
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " " + conj + " " + words[len(words)-1]
 }
 
 // version is set at build time with -ldflags "-X main.version=...".
