@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -88,7 +89,8 @@ entries carrying it names; without VALUE (and with
 issuance (token metadata issuance_id, or the accessor where Vault logs
 accessors in clear) and lists the attribution gaps: requests no keytrail
 issuance explains, grouped by token display name and accessor. Requests made
-with a root token and unauthenticated ones are counted, not gaps.
+with a root token and unauthenticated ones are counted, not gaps. Its reads
+get the same progress lines on stderr.
 
 Exit status: 0 found, 1 not found or an error (also a whole
 --vault-audit-log with no Vault request entry in it: the wrong file), 2
@@ -167,7 +169,7 @@ answer is 1).`,
 			}
 			res, err := lookup(value)
 			if errors.Is(err, broker.ErrNotFound) && vaultLog != "" {
-				r, verr := traceThroughVaultLog(vaultLog, value, lookup)
+				r, verr := traceThroughVaultLog(e, vaultLog, value, lookup)
 				if !errors.Is(verr, broker.ErrNotFound) {
 					res, err = r, verr
 				} // else the first answer's, which says what the server searched
@@ -179,12 +181,12 @@ answer is 1).`,
 				return fmt.Errorf("trace: %w", err)
 			}
 			if vaultLog != "" {
-				f, err := os.Open(vaultLog)
+				f, closeLog, err := openVaultLog(e, vaultLog)
 				if err != nil {
 					return fmt.Errorf("trace: --vault-audit-log: %w", err)
 				}
 				res.Vault, err = trace.VaultEntriesFor(f, res.Issuance)
-				f.Close()
+				closeLog()
 				if err != nil {
 					return err
 				}
@@ -244,13 +246,13 @@ func notFoundDetail(err error) string {
 // traceThroughVaultLog finds value in Vault's audit log (an HMAC'd
 // accessor or token, a Vault request id) and traces the issuance the
 // entries carrying it name; others they name are listed as also matched.
-func traceThroughVaultLog(path, value string, lookup func(string) (*trace.Result, error)) (*trace.Result, error) {
-	f, err := os.Open(path)
+func traceThroughVaultLog(e *env, path, value string, lookup func(string) (*trace.Result, error)) (*trace.Result, error) {
+	f, closeLog, err := openVaultLog(e, path)
 	if err != nil {
 		return nil, fmt.Errorf("--vault-audit-log: %w", err)
 	}
 	refs, err := trace.VaultRefs(f, value)
-	f.Close()
+	closeLog()
 	if err != nil {
 		return nil, err
 	}
@@ -390,12 +392,28 @@ type adminAnswerError struct {
 // fleet is bigger than a revocation receipt).
 const maxReportResponse = 64 << 20
 
-func resolveVaultLog(e *env, path string, x *trace.Index, asJSON bool) error {
+// openVaultLog opens Vault's audit log for one read; a regular file's
+// reader prints audit verify's progress lines on stderr every
+// e.progressEvery (a Vault audit log of many GiB takes minutes).
+func openVaultLog(e *env, path string) (io.Reader, func(), error) {
 	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return f, func() { f.Close() }, nil
+	}
+	pr := &progress{w: e.stderr, what: "keytrail trace", total: fi.Size(), every: e.progressEvery, last: time.Now()}
+	return progressReader{r: f, p: pr, name: path}, func() { f.Close() }, nil
+}
+
+func resolveVaultLog(e *env, path string, x *trace.Index, asJSON bool) error {
+	f, closeLog, err := openVaultLog(e, path)
 	if err != nil {
 		return fmt.Errorf("trace: --vault-audit-log: %w", err)
 	}
-	defer f.Close()
+	defer closeLog()
 	rep, err := trace.ResolveVaultLog(f, x)
 	if err != nil {
 		return err
