@@ -27,6 +27,8 @@ func newAuditCmd(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "audit",
 		Short: "Work with keytrail audit logs",
+		Example: `  keytrail audit verify --key checkpoint.pub /var/lib/keytrail/audit.jsonl
+  keytrail audit verify --require-checkpoint --jwks https://keytrail.internal:7700/.well-known/jwks.json /var/lib/keytrail/`,
 	}
 	c.AddCommand(newAuditVerifyCmd(e))
 	return c

@@ -17,8 +17,9 @@ import (
 
 func newConfigCmd(e *env) *cobra.Command {
 	c := &cobra.Command{
-		Use:   "config",
-		Short: "Validate the server configuration",
+		Use:     "config",
+		Short:   "Validate the server configuration",
+		Example: `  keytrail config check --config /etc/keytrail/config.yaml`,
 	}
 	c.AddCommand(newConfigCheckCmd(e))
 	return c

@@ -145,7 +145,16 @@ func newRootCmd(e *env) *cobra.Command {
 platform gives them (Kubernetes, GitHub Actions OIDC, SPIFFE JWT-SVID, any OIDC
 issuer) for short-lived credentials minted through HashiCorp Vault. Every
 credential is tagged with workload, owner and session, and every issuance, use
-and revocation goes to a tamper-evident audit log.`,
+and revocation goes to a tamper-evident audit log.
+
+Exit status: 0 success, 2 usage (a flag or argument is wrong or missing), in
+every command; what 1 and 3 mean is in each command's --help.`,
+		Example: `  keytrail dev                                        # a first try: Vault dev server, broker, demo workload
+  keytrail config check --config /etc/keytrail/config.yaml
+  keytrail server --config /etc/keytrail/config.yaml
+  keytrail fetch --grant payments-db --out /run/secrets/db.json
+  keytrail revoke --workload payments-api --block --reason "INC-4711: key leaked"
+  keytrail audit verify --key checkpoint.pub /var/lib/keytrail/audit.jsonl`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

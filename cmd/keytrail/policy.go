@@ -19,6 +19,9 @@ func newPolicyCmd(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "policy",
 		Short: "Validate policies and explain what a token would get",
+		Example: `  keytrail policy check /etc/keytrail/policies
+  keytrail policy explain --policy /etc/keytrail/policies --token token.jwt --grant payments-vault
+  keytrail policy vault /etc/keytrail/policies > keytrail-broker.hcl`,
 	}
 	c.AddCommand(newPolicyCheckCmd(e), newPolicyExplainCmd(e), newPolicyVaultCmd(e))
 	return c
