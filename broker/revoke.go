@@ -953,17 +953,6 @@ func (s *Service) resultEvents(rev *Revocation, requestID string, status int, re
 	return evs
 }
 
-// appendResult writes the revoke_result events of revocation id and
-// reports whether they were written; a failure is logged, not returned.
-func (s *Service) appendResult(ctx context.Context, id string, evs []*audit.Event) bool {
-	if _, err := s.appendAll(context.WithoutCancel(ctx), evs); err != nil {
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result failed",
-			slog.String("revocation_id", id), slog.String("error", err.Error()))
-		return false
-	}
-	return true
-}
-
 // resultDigest is a digest of what evs say (type, revocation, request,
 // admin, details, outcome; not the chain fields the sink adds), so that
 // two results saying the same compare equal. ok is false if they could
@@ -1379,7 +1368,8 @@ type WorkerOptions struct {
 // CompletedAt; it writes a `revoke_result` event when it finished pending
 // issuances or the sweep found some, even when its progress write failed
 // (it may be applied all the same; see retryOne), but not one identical in
-// content to the last it wrote for the revocation (see auditPass). Any number of instances may run one: revokers are
+// content to the last it wrote for the revocation, nor waiting on the
+// audit log for more than AuditTimeout (see auditPass). Any number of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
 type RevocationWorker struct {
@@ -1394,8 +1384,12 @@ type retryState struct {
 	attempts int
 	next     time.Time
 	// result is the digest of the last revoke_result this worker wrote
-	// for the revocation (resultDigest; zero: none yet).
+	// for the revocation, or started to write and not seen fail
+	// (resultDigest; zero: none yet).
 	result [sha256.Size]byte
+	// last is the write of that result (nil: none yet); the next one is
+	// appended after it has ended.
+	last *auditWrite
 }
 
 // NewRevocationWorker returns a worker over s's store, revokers and audit
@@ -1717,6 +1711,14 @@ func (s *Service) sweepApplied(ctx context.Context, id, by string, swept []strin
 // since this worker's last one, which must not stay the last word. The
 // digest is kept with r's retry state, which lasts as long as r is
 // incomplete.
+//
+// The pass waits for its result at most AuditTimeout, and not past ctx's
+// end: a disk whose writes hang must not stop the worker's passes (every
+// revocation's backend retries) nor hold Run's shutdown. A result still on
+// its way then counts as written (it may land, and the next pass making
+// the same one writes no duplicate) until its write fails: then the next
+// pass writes it. The results of one revocation land in the order the
+// passes made them (see startResult).
 func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPending bool, swept []string, stored bool) {
 	s := w.s
 	status := 200
@@ -1734,22 +1736,66 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		return
 	}
 	sum, ok := resultDigest(evs)
+	if !ok {
+		sum = [sha256.Size]byte{} // equal to nothing written
+	}
 	w.mu.Lock()
 	st := w.retry[r.ID]
-	repeat := !stored && ok && st != nil && st.result == sum
-	w.mu.Unlock()
-	if repeat || !s.appendResult(ctx, r.ID, evs) {
+	if !stored && ok && st != nil && st.result == sum {
+		w.mu.Unlock()
 		return
 	}
-	w.mu.Lock()
-	if st := w.retry[r.ID]; st != nil {
-		if ok {
-			st.result = sum
-		} else {
-			st.result = [sha256.Size]byte{}
-		}
+	var prev *auditWrite
+	if st != nil {
+		prev = st.last
+	}
+	rw := w.startResult(ctx, r.ID, evs, prev)
+	if st != nil {
+		st.result, st.last = sum, rw
 	}
 	w.mu.Unlock()
+
+	// At most AuditTimeout, and not past shutdown: a disk whose writes
+	// hang holds the write's goroutine, not the worker's passes.
+	t := time.NewTimer(s.d.AuditTimeout)
+	defer t.Stop()
+	select {
+	case <-rw.done:
+	case <-ctx.Done():
+	case <-t.C:
+		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result not durable in time; it may still land",
+			slog.String("revocation_id", r.ID), slog.String("by", "worker"))
+	}
+}
+
+// startResult appends evs, a worker pass's revoke_result of revocation id,
+// on a goroutine of its own, once prev (the worker's previous result write
+// for id, when not nil) has ended, so that results land in the order they
+// were made.
+// When it fails (or is not written) its digest is forgotten, if it is
+// still the last result the worker started for id, so that the next pass
+// writes it again; then it is logged, and done closed.
+func (w *RevocationWorker) startResult(ctx context.Context, id string, evs []*audit.Event, prev *auditWrite) *auditWrite {
+	s := w.s
+	rw := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer close(rw.done)
+		if prev != nil {
+			<-prev.done
+		}
+		msg := "audit revoke_result failed"
+		if rw.written, rw.err = s.appendAll(ctx, evs); rw.err != nil {
+			w.mu.Lock()
+			if st := w.retry[id]; st != nil && st.last == rw {
+				st.result = [sha256.Size]byte{}
+			}
+			w.mu.Unlock()
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, msg,
+				slog.String("revocation_id", id), slog.String("error", rw.err.Error()))
+		}
+	}()
+	return rw
 }
 
 // addPending adds to r, as pending, the ids of found it does not list yet

@@ -1,0 +1,208 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+// workerResults are the revoke_result events by the worker in f's log.
+func workerResults(f *revFixture) []*audit.Event {
+	var out []*audit.Event
+	for _, ev := range f.sink.Events() {
+		if ev.Type == audit.TypeRevokeResult && ev.Details["by"] == "worker" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestWorkerResultAuditStallIsBounded: the worker's revoke_result used to
+// be waited for without a bound, so a disk whose writes hang stopped the
+// worker's whole pass loop (no backend retries for any revocation, Run's
+// shutdown held). Now a pass waits for it at most AuditTimeout and goes on;
+// the result may still land, and a later pass that would write the same
+// result again (its progress write refused, as this one's was) does not
+// write a duplicate of the one still on its way.
+func TestWorkerResultAuditStallIsBounded(t *testing.T) {
+	var fs *faultStore
+	f, sink, release := newHoldRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
+		fs = &faultStore{Store: st}
+		return fs
+	}, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevokeResult && ev.Details["by"] == "worker" })
+	ctx := context.Background()
+	is := f.issue(t, "payments")
+	awaitTypes(t, sink, audit.TypeIssue)
+	f.rv.setErr(errors.New("vault: connection refused"))
+	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_1")
+	if err != nil || len(rev.Pending) != 1 {
+		t.Fatalf("Revoke() = %+v, %v; want %s pending", rev, err, is.ID)
+	}
+	awaitTypes(t, sink, audit.TypeRevoke, audit.TypeRevokeResult)
+
+	// The backend is back, the store refuses the progress writes: each
+	// pass ends the credential and writes the same result (held).
+	f.rv.setErr(nil)
+	fs.failUpdates(updateRefused, -1)
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pass := 1; pass <= 2; pass++ {
+		f.advance(2 * time.Second) // past the backoff
+		within(t, "worker pass", func() error { _ = w.Tick(ctx); return nil })
+	}
+	if calls := f.rv.Calls(); len(calls) != 3 {
+		t.Errorf("backend revocations %v, want 3 (Revoke's, then one per worker pass)", calls)
+	}
+
+	// The disk recovers, then the store: the next pass stores the
+	// progress and writes its result (in any case: see auditPass).
+	release()
+	fs.failUpdates(updateOK, 0)
+	f.advance(4 * time.Second)
+	within(t, "worker pass", func() error { return w.Tick(ctx) })
+	awaitTypes(t, sink, audit.TypeRevokeResult, audit.TypeRevokeResult)
+	if got, err := f.mem.GetRevocation(ctx, rev.ID); err != nil || got.CompletedAt.IsZero() {
+		t.Fatalf("stored revocation %+v, %v; want it complete", got, err)
+	}
+	// The last pass's result is written after the held one; one held
+	// result, not one per refused pass.
+	if got := workerResults(f); len(got) != 2 {
+		t.Errorf("worker revoke_results %d, want 2 (the refused passes' one, then the stored pass's)", len(got))
+	}
+}
+
+// failHeldSink holds the first event fail picks until release is closed,
+// then refuses it (a disk whose write hangs, then fails); every other event
+// is recorded in the fixture's sink, and its type sent on added.
+type failHeldSink struct {
+	rec     *brokertest.Sink
+	fail    func(ev *audit.Event) bool
+	release chan struct{}
+	added   chan string
+	once    sync.Once
+}
+
+func (s *failHeldSink) Append(ctx context.Context, ev *audit.Event) error {
+	first := false
+	if s.fail(ev) {
+		s.once.Do(func() { first = true })
+	}
+	if first {
+		<-s.release
+		return errors.New("write /var/log/keytrail/audit.jsonl: input/output error")
+	}
+	err := s.rec.Append(ctx, ev)
+	s.added <- ev.Type
+	return err
+}
+
+// TestWorkerResultHeldThenFailedIsWrittenAgain: a worker revoke_result
+// the pass stopped waiting for counts as written (the next pass, making
+// the same one, does not write it again) only until its write fails: then
+// the next pass writes it.
+func TestWorkerResultHeldThenFailedIsWrittenAgain(t *testing.T) {
+	sink := &failHeldSink{release: make(chan struct{}), added: make(chan string, 64),
+		fail: func(ev *audit.Event) bool { return ev.Type == audit.TypeRevokeResult && ev.Details["by"] == "worker" }}
+	var once sync.Once
+	release := func() { once.Do(func() { close(sink.release) }) }
+	t.Cleanup(release)
+	logs := msgHandler{want: "audit revoke_result failed", got: make(chan string, 4)}
+	var fs *faultStore
+	f := newRevFixtureDeps(t, func(_ *revFixture, st broker.Store) broker.Store {
+		fs = &faultStore{Store: st}
+		return fs
+	}, func(rec *brokertest.Sink) broker.AuditSink {
+		sink.rec = rec
+		return sink
+	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+	ctx := context.Background()
+	is := f.issue(t, "payments")
+	f.rv.setErr(errors.New("vault: connection refused"))
+	if _, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_1"); err != nil {
+		t.Fatal(err)
+	}
+	f.rv.setErr(nil)
+	fs.failUpdates(updateRefused, -1) // every pass makes the same result
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(2 * time.Second)
+	within(t, "worker pass", func() error { _ = w.Tick(ctx); return nil })
+	release() // the held result's write fails
+	select {
+	case <-logs.got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ERROR saying the held revoke_result failed after 10s")
+	}
+	f.advance(2 * time.Second)
+	within(t, "worker pass", func() error { _ = w.Tick(ctx); return nil })
+	for n := 0; n < 1; {
+		select {
+		case typ := <-sink.added:
+			if typ == audit.TypeRevokeResult && len(workerResults(f)) > 0 {
+				n++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the failed worker revoke_result not written again after 10s; events %v", f.types(1))
+		}
+	}
+	if got := workerResults(f); len(got) != 1 {
+		t.Errorf("worker revoke_results %d, want 1", len(got))
+	}
+}
+
+// TestWorkerRunStopsDuringResultAuditStall: Run returns once its context
+// ends even while a pass waits for a revoke_result that hangs (AuditTimeout
+// long here, so only the shutdown can end the wait).
+func TestWorkerRunStopsDuringResultAuditStall(t *testing.T) {
+	held := make(chan struct{}, 8)
+	sink := &holdSink{release: make(chan struct{}), added: make(chan string, 64), hold: func(ev *audit.Event) bool {
+		if ev.Type == audit.TypeRevokeResult && ev.Details["by"] == "worker" {
+			held <- struct{}{}
+			return true
+		}
+		return false
+	}}
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(sink.release) }) })
+	f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
+		sink.rec = rec
+		return sink
+	}, func(d *broker.Deps) { d.AuditTimeout = time.Hour })
+	is := f.issue(t, "payments")
+	f.rv.setErr(errors.New("vault: connection refused"))
+	if _, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_1"); err != nil {
+		t.Fatal(err)
+	}
+	f.rv.setErr(nil)
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(2 * time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the worker's first pass wrote no revoke_result after 10s; events %v", f.types(1))
+	}
+	cancel()
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10s after its context ended, waiting for its stalled revoke_result")
+	}
+}
