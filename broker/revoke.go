@@ -21,7 +21,10 @@ package broker
 //     revoke_result events are written after the revoke events, nobody
 //     waiting for them (should the late write fail, the revoke events are
 //     written again first; if that fails too, the result is not written
-//     either, and an ERROR names the revocation);
+//     either, and an ERROR names the revocation). The RevocationWorker of
+//     the same instance writes its results for the revocation only after
+//     these writes, and only once the revoke events are durable (writing
+//     them again first; see lateDecision);
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
 //     record is stored a failure answers ErrUnavailable and the revocation
@@ -261,6 +264,8 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	switch {
 	case errors.Is(pending, ErrAuditPending):
 		after = dw
+		// The worker's results for it wait until they are durable.
+		dw.late = s.noteLateDecision(rev.ID)
 	case pending != nil:
 		if dw.written > 0 {
 			s.auditNotMade(context.WithoutCancel(ctx), nil, rev, requestID, "audit_unavailable", nil)
@@ -362,6 +367,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 // blocks it stored before (in force, and left: the retry puts them again).
 func (s *Service) notMade(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, blocked []string, cause error) error {
 	s.auditNotMade(ctx, after, rev, requestID, "store_unavailable", blocked)
+	if after != nil {
+		s.lateDecisions.Delete(rev.ID) // no record: no worker writes for it
+	}
 	safe := "the revocation was not made (the store is unavailable): nothing was revoked; retry"
 	if len(blocked) > 0 {
 		safe = "the revocation was not made (the store is unavailable): nothing was revoked, but the block of " +
@@ -875,6 +883,84 @@ type auditWrite struct {
 	auditWait
 	evs     []*audit.Event
 	written int
+	// late, on the write of revoke events Revoke stopped waiting for, is
+	// resolved once the write after it (the request's revoke_result) has
+	// ended.
+	late *lateDecision
+}
+
+// lateDecision is a revocation's revoke events (and block events) that
+// Revoke stopped waiting for (AuditTimeout), kept in
+// Service.lateDecisions until they are durable. done is closed once the
+// request's own writes for the revocation have ended (its revoke_result
+// written, or not: see startAppend); left then holds the events still not
+// durable (their write and its retry failed), fresh copies. A
+// RevocationWorker's revoke_result for the revocation is written only after
+// done, and only once left is written (decisionDurable): never before the
+// revoke event, nor without it, nor before the request's result. Kept in
+// memory only: a restart forgets it (and the events a hung write held).
+type lateDecision struct {
+	done chan struct{}
+	mu   sync.Mutex
+	left []*audit.Event
+}
+
+// noteLateDecision records that revocation id's revoke events are not
+// durable yet.
+func (s *Service) noteLateDecision(id string) *lateDecision {
+	ld := &lateDecision{done: make(chan struct{})}
+	s.lateDecisions.Store(id, ld)
+	return ld
+}
+
+// resolve ends the request's part: left are the events it could not make
+// durable (none: forgotten, nothing waits any more).
+func (ld *lateDecision) resolve(s *Service, id string, left []*audit.Event) {
+	ld.mu.Lock()
+	ld.left = left
+	ld.mu.Unlock()
+	if len(left) == 0 {
+		s.lateDecisions.CompareAndDelete(id, ld)
+	}
+	close(ld.done)
+}
+
+// decisionDurable returns once revocation id's revoke events are durable:
+// at once unless Revoke stopped waiting for them; otherwise once the
+// request's writes have ended, the events it left not durable appended
+// again first. An error (the append failed again) means they are not in
+// the log: nothing about the revocation may be written after them yet.
+func (s *Service) decisionDurable(ctx context.Context, id string) error {
+	v, ok := s.lateDecisions.Load(id)
+	if !ok {
+		return nil
+	}
+	ld := v.(*lateDecision)
+	<-ld.done
+	ld.mu.Lock()
+	defer ld.mu.Unlock()
+	if len(ld.left) > 0 {
+		n, err := s.appendAll(ctx, ld.left)
+		if err != nil {
+			ld.left = unsealed(ld.left[n:])
+			return err
+		}
+		ld.left = nil
+	}
+	s.lateDecisions.CompareAndDelete(id, ld)
+	return nil
+}
+
+// unsealed returns fresh copies of evs without the chain fields: a sink
+// fills them in on the events it refused too (sealed, then truncated away).
+func unsealed(evs []*audit.Event) []*audit.Event {
+	out := make([]*audit.Event, 0, len(evs))
+	for _, ev := range evs {
+		c := *ev
+		c.V, c.Seq, c.Time, c.Chain, c.Prev = 0, 0, "", "", ""
+		out = append(out, &c)
+	}
+	return out
 }
 
 // startAppend appends evs (appendAll, the caller's cancellation detached)
@@ -894,16 +980,16 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 		defer close(w.done)
 		if after != nil {
 			<-after.done
+			// Whatever is left not durable, once this write has ended
+			// (deferred: before done is closed).
+			var left []*audit.Event
+			if after.late != nil {
+				defer func() { after.late.resolve(s, revID, left) }()
+			}
 			if after.err != nil {
-				// Fresh copies: the sink filled in the chain fields of
-				// the ones it refused (sealed, then truncated away).
-				var again []*audit.Event
-				for _, ev := range after.evs[after.written:] {
-					c := *ev
-					c.V, c.Seq, c.Time, c.Chain, c.Prev = 0, 0, "", "", ""
-					again = append(again, &c)
-				}
-				if _, err := s.appendAll(ctx, again); err != nil {
+				again := unsealed(after.evs[after.written:])
+				if n, err := s.appendAll(ctx, again); err != nil {
+					left = unsealed(again[n:])
 					w.err = err
 					s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke event failed again: the revocation is in force, "+
 						"but neither its revoke event nor its revoke_result is in the audit log (GET /v1/admin/revocations/{id} shows it)",
@@ -1368,8 +1454,9 @@ type WorkerOptions struct {
 // CompletedAt; it writes a `revoke_result` event when it finished pending
 // issuances or the sweep found some, even when its progress write failed
 // (it may be applied all the same; see retryOne), but not one identical in
-// content to the last it wrote for the revocation, nor waiting on the
-// audit log for more than AuditTimeout (see auditPass). Any number of instances may run one: revokers are
+// content to the last it wrote for the revocation, and never before the
+// revocation's revoke event nor waiting on the audit log for more than
+// AuditTimeout (see auditPass). Any number of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
 type RevocationWorker struct {
@@ -1718,7 +1805,8 @@ func (s *Service) sweepApplied(ctx context.Context, id, by string, swept []strin
 // its way then counts as written (it may land, and the next pass making
 // the same one writes no duplicate) until its write fails: then the next
 // pass writes it. The results of one revocation land in the order the
-// passes made them (see startResult).
+// passes made them, each after the revocation's revoke events (see
+// startResult, lateDecision).
 func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPending bool, swept []string, stored bool) {
 	s := w.s
 	status := 200
@@ -1771,7 +1859,8 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 // startResult appends evs, a worker pass's revoke_result of revocation id,
 // on a goroutine of its own, once prev (the worker's previous result write
 // for id, when not nil) has ended, so that results land in the order they
-// were made.
+// were made, and once the revocation's revoke events are durable
+// (decisionDurable): a result is never written before or without them.
 // When it fails (or is not written) its digest is forgotten, if it is
 // still the last result the worker started for id, so that the next pass
 // writes it again; then it is logged, and done closed.
@@ -1785,7 +1874,14 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs []*au
 			<-prev.done
 		}
 		msg := "audit revoke_result failed"
-		if rw.written, rw.err = s.appendAll(ctx, evs); rw.err != nil {
+		if err := s.decisionDurable(ctx, id); err != nil {
+			rw.err = err
+			msg = "audit revoke_result not written: the revocation's revoke event is not in the audit log " +
+				"(written again first, which failed again); the next pass that writes a result for it tries both again"
+		} else {
+			rw.written, rw.err = s.appendAll(ctx, evs)
+		}
+		if rw.err != nil {
 			w.mu.Lock()
 			if st := w.retry[id]; st != nil && st.last == rw {
 				st.result = [sha256.Size]byte{}

@@ -80,6 +80,80 @@ func TestWorkerResultAuditStallIsBounded(t *testing.T) {
 	}
 }
 
+// TestWorkerResultWaitsForLateDecision: a revocation whose revoke event was
+// not durable in time (the request answered 503 and went on) used to get
+// its worker revoke_result written at once, before the revoke event (still
+// held), or without any when the late write and its retry failed. Now the
+// worker's result waits until the request's writes for the revocation have
+// ended, and is written only once the revoke event is durable (the worker
+// writes it again first when it is not).
+func TestWorkerResultWaitsForLateDecision(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		lost bool // every write of the revoke event fails
+	}{{"decision-retried", false}, {"decision-lost", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			sink := &failLateSink{release: make(chan struct{}), added: make(chan string, 64), always: tt.lost}
+			var once sync.Once
+			release := func() { once.Do(func() { close(sink.release) }) }
+			t.Cleanup(release)
+			logs := msgHandler{want: "revoke_result not written", got: make(chan string, 4)}
+			f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
+				sink.rec = rec
+				return sink
+			}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+			ctx := context.Background()
+			is := f.issue(t, "payments")
+			<-sink.added
+			f.rv.setErr(errors.New("vault: connection refused"))
+			err := within(t, "Revoke()", func() error {
+				_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_late")
+				return err
+			})
+			if e := broker.AsError(err); !errors.Is(err, broker.ErrUnavailable) || e.Reason != "audit_unavailable" {
+				t.Fatalf("Revoke() = %v, want 503 audit_unavailable", err)
+			}
+
+			// The worker finishes it while the revoke event is still held.
+			f.rv.setErr(nil)
+			w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.advance(time.Second)
+			if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+				t.Fatalf("worker pass = %v", err)
+			}
+			if types := f.types(1); len(types) != 0 {
+				t.Fatalf("events after the issue while the revoke event is held: %v, want none", types)
+			}
+			release()
+
+			if tt.lost {
+				select {
+				case <-logs.got:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("no ERROR saying the worker's revoke_result was not written after 10s; events %v", f.types(1))
+				}
+				if types := f.types(1); len(types) != 0 {
+					t.Errorf("events after the issue %v, want none (no revoke_result without its revoke event)", types)
+				}
+				return
+			}
+			awaitTypes(t, &holdSink{rec: f.sink, added: sink.added}, audit.TypeRevoke, audit.TypeRevokeResult, audit.TypeRevokeResult)
+			var got []string
+			for _, ev := range f.sink.Events()[1:] {
+				by, _ := ev.Details["by"].(string)
+				got = append(got, ev.Type+"/"+by)
+			}
+			want := []string{audit.TypeRevoke + "/", audit.TypeRevokeResult + "/request", audit.TypeRevokeResult + "/worker"}
+			if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+				t.Errorf("events after the issue %v, want %v (the revoke event, the request's result, then the worker's)", got, want)
+			}
+		})
+	}
+}
+
 // failHeldSink holds the first event fail picks until release is closed,
 // then refuses it (a disk whose write hangs, then fails); every other event
 // is recorded in the fixture's sink, and its type sent on added.

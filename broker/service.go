@@ -79,6 +79,10 @@ type Service struct {
 	grants grantViews
 	// refusals limits unauthenticated refusals per source (nil: off).
 	refusals *refusalGuard
+	// lateDecisions are the revocations whose revoke events Revoke stopped
+	// waiting for (AuditTimeout) and that are not durable yet: revocation
+	// id -> *lateDecision (see broker/revoke.go).
+	lateDecisions sync.Map
 }
 
 // grantView holds copies of one policy's grants by name: Policy.Grant
