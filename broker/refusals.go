@@ -3,6 +3,7 @@ package broker
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -57,6 +58,10 @@ type refusalGuard struct {
 	mu    sync.Mutex
 	order list.List // of *refusalSource
 	m     map[string]*list.Element
+	// aside holds the summaries whose write failed while their source was
+	// no longer tracked and the guard was full (restore): one summary,
+	// naming its source only while they all came from one.
+	aside refusalSummary
 }
 
 type refusalSource struct {
@@ -73,6 +78,27 @@ type refusalSummary struct {
 	ip          string
 	n           int
 	first, last time.Time
+	// mixed: ip is "" because the summary counts several sources' (the
+	// guard's aside).
+	mixed bool
+}
+
+// merge adds o's refusals to s.
+func (s *refusalSummary) merge(o refusalSummary) {
+	if s.n == 0 {
+		*s = o
+		return
+	}
+	if o.ip != s.ip || o.mixed {
+		s.ip, s.mixed = "", true
+	}
+	s.n += o.n
+	if o.first.Before(s.first) {
+		s.first = o.first
+	}
+	if o.last.After(s.last) {
+		s.last = o.last
+	}
 }
 
 func newRefusalGuard(l RefusalLimits) *refusalGuard {
@@ -157,6 +183,45 @@ func (src *refusalSource) summary() (refusalSummary, bool) {
 	return s, true
 }
 
+// restore puts back a summary whose write failed (it will not land): into
+// its source's pending summary, into a new source's when its source is no
+// longer tracked and there is room, else into the guard's aside, so that
+// a later sweep writes it again. No source is dropped for it: a write
+// that keeps failing cannot make the guard hand out ever more summaries.
+func (g *refusalGuard) restore(sum refusalSummary) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !sum.mixed {
+		key := sourceKey(sum.ip)
+		if el, found := g.m[key]; found {
+			el.Value.(*refusalSource).restore(sum)
+			return
+		}
+		if len(g.m) < g.max {
+			src := &refusalSource{key: key, bucket: rate.NewLimiter(g.limit, g.burst)}
+			src.restore(sum)
+			g.m[key] = g.order.PushBack(src)
+			return
+		}
+	}
+	g.aside.merge(sum)
+}
+
+// restore adds the refusals of sum, a summary of src's key whose write
+// failed, to src's pending summary.
+func (src *refusalSource) restore(sum refusalSummary) {
+	if src.ip == "" {
+		src.ip = sum.ip
+	}
+	if src.suppressed == 0 || sum.first.Before(src.first) {
+		src.first = sum.first
+	}
+	if src.suppressed == 0 || sum.last.After(src.last) {
+		src.last = sum.last
+	}
+	src.suppressed += sum.n
+}
+
 // sweep takes the summaries whose span ended by now (all of them with all)
 // and drops the sources with nothing pending whose bucket is full again.
 func (g *refusalGuard) sweep(now time.Time, all bool) []refusalSummary {
@@ -176,6 +241,10 @@ func (g *refusalGuard) sweep(now time.Time, all bool) []refusalSummary {
 		}
 		el = next
 	}
+	if g.aside.n > 0 && (all || now.Sub(g.aside.first) >= g.every) {
+		out = append(out, g.aside)
+		g.aside = refusalSummary{}
+	}
 	return out
 }
 
@@ -187,9 +256,13 @@ func (g *refusalGuard) len() int {
 }
 
 func (s refusalSummary) event() *audit.Event {
+	var src *audit.Source
+	if s.ip != "" {
+		src = &audit.Source{IP: s.ip}
+	}
 	return &audit.Event{
 		Type:    audit.TypeDeny,
-		Source:  &audit.Source{IP: s.ip},
+		Source:  src,
 		Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: ReasonRefusalsSuppressed},
 		Details: map[string]any{
 			"suppressed": s.n,
@@ -221,14 +294,21 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 }
 
 // writeSummaries audits summaries: deferred (nobody waits) or waited for.
+// A summary whose write failed, and so will not land (not ErrAuditPending:
+// that one may still), is put back to be written by a later sweep.
 func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, wait bool) {
 	for _, sum := range out {
 		ev := sum.event()
 		fail := func(aerr error) {
-			if aerr != nil {
-				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
-					slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.String("error", aerr.Error()))
+			if aerr == nil {
+				return
 			}
+			pending := errors.Is(aerr, ErrAuditPending)
+			if !pending {
+				s.refusals.restore(sum)
+			}
+			s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
+				slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.Bool("kept", !pending), slog.String("error", aerr.Error()))
 		}
 		if wait {
 			fail(s.Audit(ctx, ev))

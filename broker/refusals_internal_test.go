@@ -42,3 +42,47 @@ func TestRefusalGuardSummaries(t *testing.T) {
 		t.Errorf("sweep after the summaries were handed out = %q, want none", show(out))
 	}
 }
+
+// TestRefusalGuardRestore: a summary put back after its write failed goes
+// into its source's pending one, into a new source's while there is room,
+// else aside (naming its source only while it has one); the next sweep
+// hands all of them out again and the guard never grows past MaxSources.
+func TestRefusalGuardRestore(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, MaxSources: 2, SummaryEvery: time.Minute})
+	g.take("192.0.2.1", at(0))
+	g.take("192.0.2.1", at(time.Second/2)) // suppressed: pending 1
+	g.restore(refusalSummary{ip: "192.0.2.1", n: 3, first: at(-time.Second), last: at(-time.Second / 2)})
+	g.restore(refusalSummary{ip: "192.0.2.2", n: 2, first: at(0), last: at(time.Second)}) // room: a new source
+	g.restore(refusalSummary{ip: "192.0.2.3", n: 4, first: at(2 * time.Second), last: at(3 * time.Second)})
+	g.restore(refusalSummary{ip: "192.0.2.3", n: 1, first: at(time.Second), last: at(time.Second)})
+	if n := g.len(); n != 2 {
+		t.Fatalf("%d sources tracked, want 2", n)
+	}
+	show := func(out []refusalSummary) string {
+		s := ""
+		for _, o := range out {
+			s += fmt.Sprintf("[%s %d %s %s]", o.ip, o.n, o.first.Sub(t0), o.last.Sub(t0))
+		}
+		return s
+	}
+	want := "[192.0.2.1 4 -1s 500ms][192.0.2.2 2 0s 1s][192.0.2.3 5 1s 3s]"
+	if got := show(g.sweep(at(2*time.Minute), false)); got != want {
+		t.Errorf("sweep = %s, want %s", got, want)
+	}
+	if n := g.len(); n != 0 {
+		t.Fatalf("%d sources tracked after the sweep, want 0", n)
+	}
+	g.restore(refusalSummary{ip: "192.0.2.4", n: 1, first: at(0), last: at(0)})
+	g.take("192.0.2.5", at(2*time.Minute))
+	g.restore(refusalSummary{ip: "192.0.2.7", n: 1, first: at(0), last: at(0)})
+	g.restore(refusalSummary{ip: "192.0.2.8", n: 2, first: at(0), last: at(time.Second)})
+	out := g.sweep(at(2*time.Minute), true)
+	if got, want := show(out), "[192.0.2.4 1 0s 0s][ 3 0s 1s]"; got != want {
+		t.Errorf("sweep = %s, want %s", got, want)
+	}
+	if ev := out[len(out)-1].event(); ev.Source != nil {
+		t.Errorf("the summary of several sources names source %+v, want none", ev.Source)
+	}
+}

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -242,5 +244,71 @@ func TestRefusalLimitsOff(t *testing.T) {
 	}
 	if n := len(f.sink.Events()); n != 50 {
 		t.Errorf("%d events, want 50", n)
+	}
+}
+
+// syncDeferredSink is a brokertest.Sink that is a broker.DeferredAuditSink
+// answering at once, so a deferred summary's outcome is known when the
+// request that wrote it returns.
+type syncDeferredSink struct{ *brokertest.Sink }
+
+func (s syncDeferredSink) AppendDeferred(ev *audit.Event, done func(error)) {
+	done(s.Append(context.Background(), ev))
+}
+
+// TestRefusalSummaryWriteFails: a summary whose own audit write fails
+// (not pending: it will not land) is not lost: its count is pending again
+// and written by a later flush, whether it was handed out deferred (its
+// source dropped to make room, then kept aside, the guard being full) or
+// waited for (its span ended).
+func TestRefusalSummaryWriteFails(t *testing.T) {
+	f := newRefusalFixture(t, nil)
+	sink := syncDeferredSink{f.sink}
+	var failing atomic.Bool
+	f.sink.Fail = func(ev *audit.Event) bool {
+		return failing.Load() && ev.Outcome != nil && ev.Outcome.Reason == broker.ReasonRefusalsSuppressed
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:        func() *policies.Policy { return testPolicy(t, "", "") },
+		Authn:         func() broker.Authenticator { return brokertest.Authn{} },
+		Store:         memstore.New(f.clock),
+		Audit:         sink,
+		Now:           f.clock,
+		RefusalLimits: &broker.RefusalLimits{PerSecond: 1, Burst: 1, MaxSources: 1, SummaryEvery: time.Minute},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example", TrustProxyHeaders: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc, f.h = svc, api.Routes()
+	const a, b = "203.0.113.7", "198.51.100.9"
+	for i, want := range []int{http.StatusUnauthorized, http.StatusTooManyRequests, http.StatusTooManyRequests} {
+		if w := f.badToken(a); w.Code != want {
+			t.Fatalf("bad token %d from a = %d, want %d", i+1, w.Code, want)
+		}
+	}
+	failing.Store(true)
+	// b takes a's place: a's summary (2) is handed out and its write fails.
+	for i, want := range []int{http.StatusUnauthorized, http.StatusTooManyRequests} {
+		if w := f.badToken(b); w.Code != want {
+			t.Fatalf("bad token %d from b = %d, want %d", i+1, w.Code, want)
+		}
+	}
+	f.advance(time.Minute)
+	f.svc.FlushRefusalSummaries(context.Background(), false) // fails again
+	failing.Store(false)
+	f.svc.FlushRefusalSummaries(context.Background(), false)
+	var got []string
+	for _, ev := range f.sink.Events() {
+		if ev.Outcome != nil && ev.Outcome.Reason == broker.ReasonRefusalsSuppressed {
+			got = append(got, fmt.Sprint(ev.Source.IP, " ", ev.Details["suppressed"]))
+		}
+	}
+	sort.Strings(got)
+	if want := []string{b + " 1", a + " 2"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("summaries once the audit log works again = %q, want %q", got, want)
 	}
 }
