@@ -2,8 +2,12 @@ package broker
 
 import (
 	"fmt"
+	"math"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/keytrail/keytrail/policies"
 )
 
 // TestRefusalGuardSummaries: a source's summary is handed out when a
@@ -86,3 +90,21 @@ func TestRefusalGuardRestore(t *testing.T) {
 		t.Errorf("the summary of several sources names source %+v, want none", ev.Source)
 	}
 }
+
+// TestRefusalLimitsNotFinite: a PerSecond of NaN or ±Inf, which would let
+// every refusal through unsaid, is a Deps error, not the limit off.
+func TestRefusalLimitsNotFinite(t *testing.T) {
+	for _, ps := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+		_, err := NewService(Deps{Policy: func() *policies.Policy { return nil }, Authn: func() Authenticator { return nil },
+			Store: nopStore{}, Audit: nopSink{}, RefusalLimits: &RefusalLimits{PerSecond: ps}})
+		if err == nil || !strings.Contains(err.Error(), "RefusalLimits.PerSecond") {
+			t.Errorf("NewService(PerSecond %v) = %v, want an error naming RefusalLimits.PerSecond", ps, err)
+		}
+	}
+}
+
+// nopStore and nopSink satisfy the ports for a NewService that must fail.
+type (
+	nopStore struct{ Store }
+	nopSink  struct{ AuditSink }
+)

@@ -141,6 +141,11 @@ func NewService(d Deps) (*Service, error) {
 	if d.Audit == nil {
 		errs = append(errs, errors.New("broker: Deps.Audit is required"))
 	}
+	if l := d.RefusalLimits; l != nil && (math.IsNaN(l.PerSecond) || math.IsInf(l.PerSecond, 0)) {
+		// Either would turn the limit off unsaid (rate.Limiter allows
+		// every refusal); off is a negative PerSecond or nil.
+		errs = append(errs, errors.New("broker: Deps.RefusalLimits.PerSecond must be a finite number"))
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

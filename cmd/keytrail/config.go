@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -639,8 +640,9 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	if c.Authn.VerifiedCacheSize < -1 {
 		bad("authn.verified_cache_size", "must be -1 (no cache), 0 (the default) or more")
 	}
-	if rl := c.RefusalLimit; rl.PerSecond < 0 && rl.PerSecond != -1 {
-		bad("refusal_limit.per_second", "must be -1 (off), 0 (the default, 1) or more")
+	if rl := c.RefusalLimit; math.IsNaN(rl.PerSecond) || math.IsInf(rl.PerSecond, 0) || rl.PerSecond < 0 && rl.PerSecond != -1 {
+		// .nan and .inf decode, and would turn the limit off unsaid.
+		bad("refusal_limit.per_second", "must be -1 (off), 0 (the default, 1) or a finite positive number")
 	}
 	if c.RefusalLimit.Burst < 0 {
 		bad("refusal_limit.burst", "must not be negative (0: the default, 20)")
