@@ -282,7 +282,7 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		return err
 	}
 	ok, retry, out := s.refusals.take(src.IP, s.d.Now())
-	s.writeSummaries(ctx, out, false)
+	s.writeSummaries(ctx, out, nil)
 	if ok {
 		s.recordDeny(ctx, ev, err)
 		return err
@@ -293,28 +293,25 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		Err: fmt.Errorf("refusal not audited: %s", err.Error())}
 }
 
-// writeSummaries audits summaries: deferred (nobody waits) or waited for.
+// writeSummaries audits summaries, deferred: nobody waits for them here.
 // A summary whose write failed, and so will not land (not ErrAuditPending:
-// that one may still), is put back to be written by a later sweep.
-func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, wait bool) {
+// that one may still), is put back to be written by a later sweep. after
+// (not nil) is called once per summary with its outcome known.
+func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, after func()) {
 	for _, sum := range out {
-		ev := sum.event()
-		fail := func(aerr error) {
-			if aerr == nil {
-				return
+		s.AuditDeferred(ctx, sum.event(), func(aerr error) {
+			if aerr != nil {
+				pending := errors.Is(aerr, ErrAuditPending)
+				if !pending {
+					s.refusals.restore(sum)
+				}
+				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
+					slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.Bool("kept", !pending), slog.String("error", aerr.Error()))
 			}
-			pending := errors.Is(aerr, ErrAuditPending)
-			if !pending {
-				s.refusals.restore(sum)
+			if after != nil {
+				after()
 			}
-			s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
-				slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.Bool("kept", !pending), slog.String("error", aerr.Error()))
-		}
-		if wait {
-			fail(s.Audit(ctx, ev))
-		} else {
-			s.AuditDeferred(ctx, ev, fail)
-		}
+		})
 	}
 }
 
@@ -330,12 +327,31 @@ func (s *Service) RefuseUnauthenticated(ctx context.Context, requestID string, s
 
 // FlushRefusalSummaries writes the summary events of suppressed refusals
 // whose span (RefusalLimits.SummaryEvery) has ended, every pending one with
-// all, and waits for them (each at most AuditTimeout).
+// all, and waits for them, at most AuditTimeout in all: they are queued
+// together, so that on a disk whose writes hang (each one pending) the
+// flush, and the shutdown behind it, does not take AuditTimeout per
+// source. One not durable by then stays queued (the sink's Close writes
+// it).
 func (s *Service) FlushRefusalSummaries(ctx context.Context, all bool) {
 	if s.refusals == nil {
 		return
 	}
-	s.writeSummaries(ctx, s.refusals.sweep(s.d.Now(), all), true)
+	out := s.refusals.sweep(s.d.Now(), all)
+	if len(out) == 0 {
+		return
+	}
+	// Buffered: an outcome that comes after the wait ended never blocks.
+	written := make(chan struct{}, len(out))
+	s.writeSummaries(ctx, out, func() { written <- struct{}{} })
+	t := time.NewTimer(s.d.AuditTimeout)
+	defer t.Stop()
+	for range out {
+		select {
+		case <-written:
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // RunRefusalSummaries flushes the summaries at each tick and every pending

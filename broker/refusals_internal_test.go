@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -108,3 +111,72 @@ type (
 	nopStore struct{ Store }
 	nopSink  struct{ AuditSink }
 )
+
+// stuckSink is an audit sink whose writer hangs: deferred events are taken
+// and never answered; AppendWithin (a waited write) reports that it was
+// entered and waits for release.
+type stuckSink struct {
+	nopSink
+	mu       sync.Mutex
+	events   []*audit.Event
+	entered  chan int // the number of events taken when AppendWithin was entered
+	released chan struct{}
+}
+
+func (f *stuckSink) AppendDeferred(ev *audit.Event, done func(error)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, ev)
+}
+
+func (f *stuckSink) AppendWithin(ev *audit.Event, d time.Duration) error {
+	f.mu.Lock()
+	f.events = append(f.events, ev)
+	n := len(f.events)
+	f.mu.Unlock()
+	f.entered <- n
+	<-f.released
+	return fmt.Errorf("not durable within %s: %w", d, ErrAuditPending)
+}
+
+func (f *stuckSink) taken() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.events)
+}
+
+// TestRefusalFlushNotSerial: a flush of several summaries on a hung audit
+// disk queues them all at once and waits once (AuditTimeout in all), not
+// one after another each for up to AuditTimeout: at shutdown that was
+// MaxSources times AuditTimeout before the audit sink could close.
+func TestRefusalFlushNotSerial(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	sink := &stuckSink{entered: make(chan int, 16), released: make(chan struct{})}
+	svc, err := NewService(Deps{Policy: func() *policies.Policy { return nil }, Authn: func() Authenticator { return nil },
+		Store: nopStore{}, Audit: sink, Now: func() time.Time { return t0 }, AuditTimeout: time.Millisecond,
+		RefusalLimits: &RefusalLimits{PerSecond: 1, Burst: 1, SummaryEvery: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sources = 3
+	for i := range sources {
+		ip := fmt.Sprintf("192.0.2.%d", i+1)
+		svc.refusals.take(ip, t0)
+		svc.refusals.take(ip, t0) // suppressed
+	}
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		svc.FlushRefusalSummaries(context.Background(), true)
+	}()
+	select {
+	case n := <-sink.entered:
+		close(sink.released)
+		<-flushed
+		t.Fatalf("the flush waited for summary %d of %d alone, the others not queued yet", n, sources)
+	case <-flushed:
+	}
+	if n := sink.taken(); n != sources {
+		t.Errorf("%d summaries queued by the flush, want %d", n, sources)
+	}
+}
