@@ -563,6 +563,8 @@ type fixtureOpts struct {
 	fastReads bool
 	// auditTimeout is the Service's AuditTimeout (default: the Service's).
 	auditTimeout time.Duration
+	// refusalLimits are the Service's RefusalLimits (default: none).
+	refusalLimits *broker.RefusalLimits
 }
 
 func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
@@ -629,7 +631,8 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		Audit:    sink,
 		Now:      f.clk.Now,
 
-		AuditTimeout: fo.auditTimeout,
+		AuditTimeout:  fo.auditTimeout,
+		RefusalLimits: fo.refusalLimits,
 	})
 	if err != nil {
 		tb.Fatal(err)

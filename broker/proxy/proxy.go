@@ -486,6 +486,15 @@ const reasonAuditUnavailable = "audit_unavailable"
 // records a deny event naming its issuance (and its use, once forward has
 // given it a use id).
 func (c *call) fail(w http.ResponseWriter, err error) {
+	if c.is == nil {
+		// Missing or unknown credentials are refusals too: a deny event
+		// (source and grant, never the presented value) lets the security
+		// team see credential spraying against the proxy. They come before
+		// the caller authenticated: past its source's RefusalLimits one
+		// is answered 429 without an event of its own, counted by the
+		// source's summary event.
+		err = c.h.p.o.Service.RefuseUnauthenticated(c.r.Context(), httpapi.RequestID(c.r), c.src, c.r.PathValue("grant"), err)
+	}
 	var tl tooLarge
 	status := broker.StatusOf(broker.AsError(err))
 	if errors.As(err, &tl) {
@@ -520,11 +529,6 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 			c.h.p.log.LogAttrs(c.r.Context(), slog.LevelError, "audit proxy deny event failed",
 				slog.String("request_id", ev.RequestID), slog.String("issuance_id", c.is.ID), slog.String("error", aerr.Error()))
 		}
-	} else {
-		// Missing or unknown credentials are refusals too: a deny event
-		// (source and grant, never the presented value) lets the security
-		// team see credential spraying against the proxy.
-		c.h.p.o.Service.RecordDeny(c.r.Context(), httpapi.RequestID(c.r), c.src, c.r.PathValue("grant"), err)
 	}
 	c.h.api.WriteErrorStatus(w, c.r, err, status)
 }
