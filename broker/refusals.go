@@ -315,9 +315,12 @@ func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, afte
 	}
 }
 
-// RefuseUnauthenticated is RecordDeny for a request refused before its
-// caller authenticated: it returns the error to answer with, err or, past
-// the source's RefusalLimits, a 429 not audited on its own.
+// RefuseUnauthenticated records a deny event for a request refused before
+// its caller authenticated (malformed form, unsupported grant type, a bad
+// identity token...), the grant name kept only when policy knows it, so
+// callers cannot write arbitrary text; it returns the error to answer
+// with, err or, past the source's RefusalLimits, a 429 not audited on its
+// own.
 func (s *Service) RefuseUnauthenticated(ctx context.Context, requestID string, src Source, grant string, err error) error {
 	if !s.d.Policy().HasGrant(grant) {
 		grant = ""

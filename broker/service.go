@@ -245,7 +245,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	}
 	if pol.HasGrant(req.Grant) {
 		// Only a grant policy knows: a caller, authenticated or not,
-		// cannot write arbitrary text into the audit log (as RecordDeny).
+		// cannot write arbitrary text into the audit log (as RefuseUnauthenticated).
 		deny.Grant = req.Grant
 	}
 	fail := func(err error) (*ExchangeResult, error) {
@@ -919,16 +919,6 @@ func (s *Service) denyBehindPending(ctx context.Context, ev *audit.Event, e erro
 		Type: audit.TypeDeny, RequestID: ev.RequestID, IssuanceID: ev.IssuanceID,
 		Source: ev.Source, Identity: ev.Identity, Admin: ev.Admin, Credential: ev.Credential,
 	}, e)
-}
-
-// RecordDeny records a deny event for a request refused before it reached
-// Exchange (malformed form, unsupported grant type...). The grant name is
-// kept only when policy knows it, so callers cannot write arbitrary text.
-func (s *Service) RecordDeny(ctx context.Context, requestID string, src Source, grant string, err error) {
-	if !s.d.Policy().HasGrant(grant) {
-		grant = ""
-	}
-	s.recordDeny(ctx, &audit.Event{Type: audit.TypeDeny, RequestID: requestID, Grant: grant, Source: auditSource(src)}, err)
 }
 
 // Audit appends an event through the Service's sink (the deny events of

@@ -650,8 +650,10 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	if c.RefusalLimit.MaxSources < 0 {
 		bad("refusal_limit.max_sources", "must not be negative (0: the default, 10000)")
 	}
-	if c.RefusalLimit.SummaryEvery < 0 {
-		bad("refusal_limit.summary_every", "must not be negative (0: the default, 1m)")
+	if d := time.Duration(c.RefusalLimit.SummaryEvery); d < 0 || (d > 0 && d < time.Second) {
+		// The sweep runs every summary_every under the guard's lock over
+		// every tracked source: 1ns would keep it sweeping.
+		bad("refusal_limit.summary_every", "must be 1s or more (0: the default, 1m)")
 	}
 	if c.TLS != nil {
 		// Checked here, with every other problem: the server reads them

@@ -207,6 +207,8 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{"refusal_limit.per_second", "refusal_limit.burst", "refusal_limit.max_sources", "refusal_limit.summary_every"}},
 		{name: "fail/refusal-limit-nan", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nrefusal_limit: {per_second: .nan}\n",
 			wantErr: []string{"refusal_limit.per_second"}},
+		{name: "fail/refusal-limit-summary-too-often", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nrefusal_limit: {summary_every: 1ns}\n",
+			wantErr: []string{"refusal_limit.summary_every"}},
 		{name: "fail/refusal-limit-inf", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\nrefusal_limit: {per_second: .inf}\n",
 			wantErr: []string{"refusal_limit.per_second"}},
 		{name: "fail/journal-too-large", yaml: "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a, journal_bytes: 2147483648}\n",
