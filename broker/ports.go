@@ -247,6 +247,9 @@ type Store interface {
 
 	// PutRevocation stores r whole. The revocation flow uses it only to
 	// create a record; every later change goes through UpdateRevocation.
+	// A put sent again by the store's client (go-redis resends a command
+	// whose reply was lost) writes nothing more: an UpdateRevocation made
+	// in between stays (another call stores r whole again).
 	PutRevocation(ctx context.Context, r *Revocation) error
 	// UpdateRevocation reads the stored revocation id, applies fn to it and
 	// writes the result only if nobody wrote the record in between (a

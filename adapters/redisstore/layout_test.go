@@ -23,7 +23,7 @@ var documentedKey = regexp.MustCompile(`^\{lay\}:(?:` +
 	`(?P<iss>iss:[^:]+)|` +
 	`(?P<ref>ref:(?:fingerprint|accessor|jti|lease_id|username|serial|request_id):.+)|` +
 	`(?P<idx>idx:all|idx:(?:workload|owner|session):.+)|` +
-	`(?P<unblock>unblock:.+)|` +
+	`(?P<call>unblock:.+|putrev:[^:]+)|` +
 	`(?P<durable>rev:[^:]+|revs|revs:time|revs:pending|revs:version|revs:changes|block:.+|blocks|deployment|jwks:retiring))$`)
 
 // keyClass is the class documentedKey gives key, "" when it is not

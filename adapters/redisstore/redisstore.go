@@ -12,8 +12,10 @@
 //     keeps the mark: go-redis may send a put again, see
 //     putIssuanceScript); MarkRevoked is the same script returning the
 //     record it leaves stored; PutRevocation is one script writing the
-//     record, its indexes and its change number; UpdateRevocation runs that
-//     script in a WATCH/MULTI/EXEC compare-and-set retried on conflict;
+//     record, its indexes and its change number, once per call (sent again
+//     by go-redis it writes nothing more, see createRevocationScript);
+//     UpdateRevocation runs that script in a WATCH/MULTI/EXEC
+//     compare-and-set retried on conflict;
 //     DeleteBlock is one script that deletes the block only while it is
 //     the named revocation's; DeploymentID is one script that creates the
 //     id only where there is none; PutRetiringKey is one script that keeps
@@ -51,6 +53,8 @@
 //	blocks                 set of blocked workloads
 //	unblock:<workload>     id of the DeleteBlock call that deleted its block, TTL 2×Timeout
 //	                       (at least 1 s): the call sent again answers deleted
+//	putrev:<id>            id of the PutRevocation call that wrote rev:<id>, TTL 2×Timeout
+//	                       (at least 1 s): the call sent again writes nothing more
 //	deployment             the deployment id (DeploymentID), no TTL
 //	jwks:retiring          hash of transit key name -> until (unix ms) (PutRetiringKey), no TTL;
 //	                       RetiringKeys removes the fields past their until
@@ -937,6 +941,13 @@ func matches(is *broker.Issuance, f broker.IssuanceFilter) bool {
 }
 
 // PutRevocation writes the revocation (no TTL) and adds it to the set.
+//
+// go-redis sends a command again after a network error lost its reply
+// (MaxRetries): the script ran, and the resent one would write the record
+// again, over an UpdateRevocation made in between (an unblock's time, which
+// the sweep needs, or the worker's progress). So each call has an id of its
+// own, which the script leaves in putrev:<id> for unblockTTL: the same
+// command sent again finds it and writes nothing more.
 func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	if r == nil || r.ID == "" {
 		return invalid("revocation without id")
@@ -945,10 +956,11 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	if err != nil {
 		return err
 	}
+	keys, args := s.putRevocationArgs(c, raw, rand.Text())
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	err = s.durably(ctx, s.revKey(c.ID), func(rc redis.Cmdable) error {
-		return s.indexRevocation(ctx, rc, c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero()).Err()
+	err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
+		return createRevocationScript.Run(ctx, rc, keys, args...).Err()
 	})
 	if err != nil {
 		return s.fail("put revocation "+c.ID, err)
@@ -1061,7 +1073,14 @@ func (s *Store) revocationScriptArgs(id string, raw []byte, created time.Time, p
 	return keys, []any{raw, id, strconv.FormatInt(created.UnixMilli(), 10), p}
 }
 
-// putRevocationScript: KEYS as in indexRevocation; ARGV: JSON (empty: keep
+// putRevocationArgs are createRevocationScript's KEYS and ARGV for one
+// PutRevocation call of c (encoded as raw), call its id.
+func (s *Store) putRevocationArgs(c *broker.Revocation, raw []byte, call string) ([]string, []any) {
+	keys, args := s.revocationScriptArgs(c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero())
+	return append(keys, s.prefix+"putrev:"+c.ID), append(args, call, s.unblockTTL().Milliseconds())
+}
+
+// putRevocationScript (putRevocationBody): KEYS as in indexRevocation; ARGV: JSON (empty: keep
 // the record), id, creation ms, "1" when pending. Returns the change number:
 // the counter plus one, but at least the server's time in µs. A replica
 // promoted after missing the last writes has a lower counter; a plain
@@ -1069,7 +1088,7 @@ func (s *Store) revocationScriptArgs(id string, raw []byte, created time.Time, p
 // ChangedAfter what they saw and would skip the new revocations); the clock
 // keeps new numbers above every earlier one (up to clock differences
 // between primaries). Numbers stay below 2^53, exact as sorted-set scores.
-var putRevocationScript = redis.NewScript(`
+const putRevocationBody = `
 if ARGV[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1])
 end
@@ -1089,7 +1108,24 @@ if us > n then
 end
 redis.call('ZADD', KEYS[6], n, ARGV[2])
 return n
-`)
+`
+
+var putRevocationScript = redis.NewScript(putRevocationBody)
+
+// createRevocationScript is PutRevocation's: putRevocationScript's KEYS
+// and ARGV, then KEYS[7] putrev:<id>, ARGV[5] the call's id, ARGV[6]
+// unblockTTL in ms. When putrev:<id> holds the call's id the run is
+// go-redis sending the command again after the first run: it writes
+// nothing but the id again (a write its connection's WAIT confirms with
+// the record before it) and returns 0; otherwise it leaves the id there
+// and runs putRevocationScript.
+var createRevocationScript = redis.NewScript(`
+if redis.call('GET', KEYS[7]) == ARGV[5] then
+  redis.call('SET', KEYS[7], ARGV[5], 'PX', ARGV[6])
+  return 0
+end
+redis.call('SET', KEYS[7], ARGV[5], 'PX', ARGV[6])
+` + putRevocationBody)
 
 // RevocationVersion reads the change counter PutRevocation increments.
 func (s *Store) RevocationVersion(ctx context.Context) (uint64, error) {
@@ -1427,7 +1463,8 @@ func (s *Store) DeleteBlock(ctx context.Context, workload, revocationID string) 
 }
 
 // unblockTTL is how long unblock:<workload> keeps the id of the DeleteBlock
-// call that deleted the block: longer than any resend of the call, which
+// call that deleted the block, and putrev:<id> that of the PutRevocation
+// call that wrote the record: longer than any resend of the call, which
 // go-redis makes only within the call's deadline (at most the timeout).
 func (s *Store) unblockTTL() time.Duration { return max(2*s.timeout, time.Second) }
 

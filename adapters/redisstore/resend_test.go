@@ -211,3 +211,50 @@ func TestDeleteBlockResent(t *testing.T) {
 		})
 	}
 }
+
+// TestPutRevocationResentAfterUpdate: a PutRevocation whose script ran and
+// whose reply was lost is sent again by go-redis; an UpdateRevocation made
+// in between (an unblock's time, as Service.Unblock's noteUnblock writes
+// it, which the sweep needs) stays (the resent put used to overwrite the
+// record with the creation copy).
+func TestPutRevocationResentAfterUpdate(t *testing.T) {
+	r := harness.StartRedis(t)
+	direct := newStore(t, r, redisstore.Options{Prefix: "{resend}:"})
+	p := startDropProxy(t, r.Addr())
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend}:"})
+
+	at := storetest.Epoch().Add(time.Minute).UTC()
+	rev := &broker.Revocation{
+		ID: "rev_resent", Selector: broker.RevokeSelector{Workload: "w1"}, Block: true,
+		CreatedAt: storetest.Epoch(), SweepAt: storetest.Epoch().Add(time.Hour), Blocks: []string{"w1"},
+	}
+	updated := make(chan error, 1)
+	p.arm(func() {
+		_, err := direct.UpdateRevocation(context.Background(), rev.ID, func(r *broker.Revocation) error {
+			r.Unblocked = map[string]time.Time{"w1": at}
+			return nil
+		})
+		updated <- err
+	})
+	before := p.scriptCalls()
+	if err := proxied.PutRevocation(t.Context(), rev); err != nil {
+		t.Fatalf("PutRevocation() through the dropping proxy = %v, want nil (sent again)", err)
+	}
+	if err := ran(t, updated); err != nil {
+		t.Fatalf("UpdateRevocation() between = %v", err)
+	}
+	if n := p.scriptCalls() - before; n < 2 {
+		t.Fatalf("PutRevocation() made %d script calls, want the one whose reply was lost and its resend", n)
+	}
+	got, err := direct.GetRevocation(t.Context(), rev.ID)
+	if err != nil || !got.Unblocked["w1"].Equal(at) {
+		t.Errorf("GetRevocation() after the resent put = %+v, %v; want the unblock time %v written in between", got, err, at)
+	}
+	// Another call is a put of its own: it stores r whole, as before.
+	if err := direct.PutRevocation(t.Context(), rev); err != nil {
+		t.Fatalf("PutRevocation() again = %v", err)
+	}
+	if got, err := direct.GetRevocation(t.Context(), rev.ID); err != nil || len(got.Unblocked) != 0 {
+		t.Errorf("GetRevocation() after another put = %+v, %v; want r as put", got, err)
+	}
+}
