@@ -1401,6 +1401,12 @@ func (s *Store) scorePage(ctx context.Context, key, start string) (ids []string,
 }
 
 // PutBlock writes the block (no TTL) and adds it to the set.
+//
+// It is a MULTI/EXEC transaction, which go-redis does not send again once
+// written (a lost reply is an error, ErrUnavailable): a resend could block
+// the workload again after an unblock, or put this block over another
+// revocation's made in between. A script would be resent; making it one
+// needs a per-call id as DeleteBlock's (TestPutBlockLostReplyNotSentAgain).
 func (s *Store) PutBlock(ctx context.Context, b broker.Block) error {
 	if b.Workload == "" {
 		return invalid("block without workload")

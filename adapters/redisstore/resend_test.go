@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -17,13 +18,15 @@ import (
 )
 
 // dropProxy forwards TCP connections to a Redis. Armed, it forwards the next
-// script call (EVAL or EVALSHA) whose reply is not an error, reads the
-// reply, runs hook, and closes the client's connection without passing the
-// reply on: the command ran, its reply is lost, and go-redis sends it again
-// on a new connection.
+// script call (EVAL or EVALSHA; or the command it matches, see
+// startDropProxyFor) whose reply is not an error, reads the reply, runs
+// hook, and closes the client's connection without passing the reply on:
+// the command ran, its reply is lost, and go-redis sends it again on a new
+// connection (if it does).
 type dropProxy struct {
 	ln     net.Listener
 	target string
+	match  []byte // the command name it watches, upper case
 
 	mu    sync.Mutex
 	hook  func() // armed when set; run once
@@ -32,11 +35,18 @@ type dropProxy struct {
 
 func startDropProxy(t *testing.T, target string) *dropProxy {
 	t.Helper()
+	return startDropProxyFor(t, target, "EVAL")
+}
+
+// startDropProxyFor is a dropProxy that watches the calls whose write
+// contains cmd (upper case) instead of script calls.
+func startDropProxyFor(t *testing.T, target, cmd string) *dropProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &dropProxy{ln: ln, target: target}
+	p := &dropProxy{ln: ln, target: target, match: []byte(cmd)}
 	t.Cleanup(func() { _ = ln.Close() })
 	go func() {
 		for {
@@ -69,7 +79,7 @@ func (p *dropProxy) serve(client net.Conn) {
 			if err != nil {
 				return
 			}
-			if bytes.Contains(bytes.ToUpper(buf[:n]), []byte("EVAL")) {
+			if bytes.Contains(bytes.ToUpper(buf[:n]), p.match) {
 				p.mu.Lock()
 				p.evals++
 				p.mu.Unlock()
@@ -256,5 +266,63 @@ func TestPutRevocationResentAfterUpdate(t *testing.T) {
 	}
 	if got, err := direct.GetRevocation(t.Context(), rev.ID); err != nil || len(got.Unblocked) != 0 {
 		t.Errorf("GetRevocation() after another put = %+v, %v; want r as put", got, err)
+	}
+}
+
+// TestPutBlockLostReplyNotSentAgain: PutBlock is a MULTI/EXEC transaction,
+// which go-redis (v9.23.0) does not send again once it is written: a lost
+// EXEC reply is an error, not a resend (txPipelineProcessCmds answers
+// canRetry false after the write; the Cluster client's tx path makes a read
+// error fatal). So an unblock, or another revocation's block, landing
+// between the EXEC and a resend cannot be undone by one. This pins it: a
+// go-redis that resent the transaction would block the workload again
+// after its unblock (or put rev_1's block over rev_2's).
+func TestPutBlockLostReplyNotSentAgain(t *testing.T) {
+	r := harness.StartRedis(t)
+	direct := newStore(t, r, redisstore.Options{Prefix: "{resend}:"})
+	p := startDropProxyFor(t, r.Addr(), "EXEC")
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend}:"})
+	for _, c := range []struct {
+		name    string
+		between string // "" unblocks rev_1's block; else that revocation blocks the workload
+	}{
+		{"unblocked-between", ""},
+		{"blocked-again-between", "rev_2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := "w-" + c.name
+			done := make(chan error, 1)
+			p.arm(func() {
+				ctx := context.Background()
+				b, err := direct.GetBlock(ctx, w)
+				switch {
+				case err != nil || b.RevocationID != "rev_1":
+					err = fmt.Errorf("block when the EXEC reply came = %+v, %v; want rev_1's", b, err)
+				case c.between == "":
+					err = direct.DeleteBlock(ctx, w, "rev_1")
+				default:
+					err = direct.PutBlock(ctx, broker.Block{Workload: w, RevocationID: c.between, CreatedAt: storetest.Epoch()})
+				}
+				done <- err
+			})
+			before := p.scriptCalls()
+			err := proxied.PutBlock(t.Context(), broker.Block{Workload: w, RevocationID: "rev_1", CreatedAt: storetest.Epoch()})
+			if !errors.Is(err, broker.ErrUnavailable) {
+				t.Errorf("PutBlock() whose EXEC reply was lost = %v, want ErrUnavailable (not sent again)", err)
+			}
+			if err := ran(t, done); err != nil {
+				t.Fatalf("between: %v", err)
+			}
+			if n := p.scriptCalls() - before; n != 1 {
+				t.Errorf("PutBlock() sent EXEC %d times, want once", n)
+			}
+			b, err := direct.GetBlock(t.Context(), w)
+			switch {
+			case c.between == "" && !errors.Is(err, broker.ErrNotFound):
+				t.Errorf("GetBlock() = %+v, %v; want ErrNotFound (the unblock stands)", b, err)
+			case c.between != "" && (err != nil || b.RevocationID != c.between):
+				t.Errorf("GetBlock() = %+v, %v; want %s's block standing", b, err, c.between)
+			}
+		})
 	}
 }
