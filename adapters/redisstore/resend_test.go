@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/keytrail/keytrail/adapters/redisstore"
 	"github.com/keytrail/keytrail/adapters/storetest"
 	"github.com/keytrail/keytrail/broker"
@@ -324,5 +326,57 @@ func TestPutBlockLostReplyNotSentAgain(t *testing.T) {
 				t.Errorf("GetBlock() = %+v, %v; want %s's block standing", b, err, c.between)
 			}
 		})
+	}
+}
+
+// TestPublishResentDeliveredOnce: a PUBLISH whose reply was lost is sent
+// again by go-redis and reaches the subscribers again, after what was
+// published in between: here the block notice of rev_1 after the notice of
+// its unblock, which made a RevocationCache block the unblocked workload
+// again until its next refresh. A subscriber passes each Publish call's
+// notice on once.
+func TestPublishResentDeliveredOnce(t *testing.T) {
+	r := harness.StartRedis(t)
+	direct := newStore(t, r, redisstore.Options{Prefix: "{resend}:"})
+	p := startDropProxyFor(t, r.Addr(), "PUBLISH")
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend}:"})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	sub, err := direct.Subscribe(ctx)
+	if err != nil {
+		t.Fatalf("Subscribe() = %v", err)
+	}
+
+	block := broker.Notice{RevocationID: "rev_1", Revoked: []string{"iss_1"}, Blocked: []string{"w1"}}
+	unblock := broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}}
+	last := broker.Notice{RevocationID: "rev_last"}
+	published := make(chan error, 1)
+	p.arm(func() { published <- direct.Publish(context.Background(), unblock) })
+	before := p.scriptCalls()
+	if err := proxied.Publish(t.Context(), block); err != nil {
+		t.Fatalf("Publish() through the dropping proxy = %v, want nil (sent again)", err)
+	}
+	if err := ran(t, published); err != nil {
+		t.Fatalf("Publish(unblock) between = %v", err)
+	}
+	if n := p.scriptCalls() - before; n < 2 {
+		t.Fatalf("Publish() sent PUBLISH %d times, want the one whose reply was lost and its resend", n)
+	}
+	if err := direct.Publish(t.Context(), last); err != nil {
+		t.Fatalf("Publish(last) = %v", err)
+	}
+	var got []broker.Notice
+	for {
+		n, ok := receive(t, sub, 10*time.Second)
+		if !ok {
+			t.Fatal("subscription closed")
+		}
+		got = append(got, n)
+		if n.RevocationID == last.RevocationID {
+			break
+		}
+	}
+	if want := []broker.Notice{block, unblock, last}; !cmp.Equal(got, want) {
+		t.Errorf("notices received = %+v, want %+v (each once)", got, want)
 	}
 }
