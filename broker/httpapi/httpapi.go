@@ -9,9 +9,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,8 +37,12 @@ type Options struct {
 	Registry *prometheus.Registry
 	// MaxBodyBytes caps request bodies of broker endpoints (default 64 KiB).
 	MaxBodyBytes int64
-	// TrustProxyHeaders: take the source address from X-Forwarded-For.
-	TrustProxyHeaders bool
+	// TrustedProxies are the addresses of the front proxies whose
+	// X-Forwarded-For is believed (ParseTrustedProxy reads the config's
+	// form). X-Forwarded-For is read only when the request's direct peer is
+	// one of them; the source address is then the rightmost entry that is
+	// not (see clientIP). Empty: never read, the source is the peer.
+	TrustedProxies []netip.Prefix
 	// Extra lets other packages (proxy, admin) add routes.
 	Extra func(mux *http.ServeMux, s *Server)
 }
@@ -195,7 +201,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		id := broker.NewID(broker.PrefixRequest)
-		sw := &statusWriter{ResponseWriter: w, id: [1]string{id}, remote: clientIP(r, s.o.TrustProxyHeaders)}
+		sw := &statusWriter{ResponseWriter: w, id: [1]string{id}, remote: clientIP(r, s.o.TrustedProxies)}
 		w.Header()["X-Request-Id"] = sw.id[:1:1] // as Header.Set; an append copies it out
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, sw))
 		defer func() {
@@ -315,30 +321,105 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // WriteJSON writes v as a JSON response with no-store caching.
 func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
 
-// clientIP returns the caller's address. With trustXFF the broker runs
-// behind one trusted front proxy, which appends the address it saw to
-// X-Forwarded-For: the rightmost entry of the last such header is that
-// address. Entries to its left were sent by the caller and are not trusted
-// (a caller could otherwise name any address, and hide shared use).
-func clientIP(r *http.Request, trustXFF bool) string {
-	if trustXFF {
-		// Indexed by its canonical name, as Header.Values would after
-		// making the name canonical again.
-		if vals := r.Header["X-Forwarded-For"]; len(vals) > 0 {
-			xff := vals[len(vals)-1]
-			if i := strings.LastIndexByte(xff, ','); i >= 0 {
-				xff = xff[i+1:]
+// clientIP returns the caller's address: the direct peer's, unless the
+// peer is one of the trusted proxies. Then X-Forwarded-For is read right to
+// left, its header lines last first (as one comma-joined list): each
+// trusted proxy appended the address it saw, so the source is the rightmost
+// entry that is not a trusted proxy itself (nginx's real_ip_recursive,
+// Vault's x_forwarded_for_authorized_addrs). Entries left of it were
+// chosen by the caller and are not read. Were every entry a trusted proxy,
+// the leftmost is the source; at an entry that is not an address the walk
+// stops and the source is the last trusted hop (the peer, or the entry
+// right of it). A peer that is not a trusted proxy is the source whatever
+// X-Forwarded-For it sent: a caller that reaches the broker directly
+// cannot name another address for its audit events or its refusal budget.
+func clientIP(r *http.Request, trusted []netip.Prefix) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if len(trusted) == 0 {
+		return host
+	}
+	// Indexed by its canonical name, as Header.Values would after making
+	// the name canonical again.
+	vals := r.Header["X-Forwarded-For"]
+	if len(vals) == 0 {
+		return host
+	}
+	peer, err := netip.ParseAddr(host)
+	if err != nil || !trustedAddr(trusted, peer) {
+		return host
+	}
+	var hop netip.Addr // the last trusted entry; invalid: the peer
+	for i := len(vals) - 1; i >= 0; i-- {
+		v := vals[i]
+		for {
+			entry := v
+			j := strings.LastIndexByte(v, ',')
+			if j >= 0 {
+				entry, v = v[j+1:], v[:j]
 			}
-			if ip := net.ParseIP(trimSpace(xff)); ip != nil {
+			ip, err := netip.ParseAddr(trimSpace(entry))
+			if err != nil {
+				return hopString(hop, host)
+			}
+			ip = ip.WithZone("").Unmap()
+			if !trustedAddr(trusted, ip) {
 				return ip.String()
+			}
+			hop = ip
+			if j < 0 {
+				break
 			}
 		}
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+	return hopString(hop, host)
+}
+
+func hopString(hop netip.Addr, peer string) string {
+	if hop.IsValid() {
+		return hop.String()
 	}
-	return host
+	return peer
+}
+
+// trustedAddr reports whether a is in one of the trusted prefixes.
+func trustedAddr(trusted []netip.Prefix, a netip.Addr) bool {
+	a = a.WithZone("").Unmap()
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseTrustedProxy reads one entry of a trusted proxy list: an IP address
+// (10.0.0.7, ::1) or a CIDR (10.0.0.0/8, fd00::/8). Bits set past a CIDR's
+// prefix length are cleared (10.1.2.3/8 is 10.0.0.0/8); an IPv4-mapped
+// IPv6 form is its IPv4 address or network, as peers are compared.
+func ParseTrustedProxy(s string) (netip.Prefix, error) {
+	bad := fmt.Errorf("%q is not an IP address or CIDR (e.g. 10.0.0.0/8, 127.0.0.1)", s)
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, bad
+		}
+		if a := p.Addr(); a.Is4In6() {
+			if p.Bits() < 96 {
+				return netip.Prefix{}, fmt.Errorf("%q: an IPv4-mapped CIDR must be /96 or longer", s)
+			}
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, bad
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // Source returns the request's source for audit records.
@@ -351,7 +432,7 @@ func (s *Server) Source(r *http.Request) broker.Source {
 	if sw, _ := r.Context().Value(ctxKey{}).(*statusWriter); sw != nil {
 		ip = sw.remote // the middleware's clientIP(r)
 	} else {
-		ip = clientIP(r, s.o.TrustProxyHeaders)
+		ip = clientIP(r, s.o.TrustedProxies)
 	}
 	return broker.Source{IP: ip, UserAgent: ua}
 }

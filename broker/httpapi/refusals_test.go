@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -65,7 +66,7 @@ func newRefusalFixture(t *testing.T, limits *broker.RefusalLimits) *refusalFixtu
 		t.Fatal(err)
 	}
 	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
-		TrustProxyHeaders: true, Registry: f.reg, Extra: httpapi.RegisterAdmin})
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}, Registry: f.reg, Extra: httpapi.RegisterAdmin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +280,7 @@ func TestRefusalSummaryWriteFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example", TrustProxyHeaders: true})
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example", TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -34,10 +35,14 @@ func TestSourceMatchesAccessLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, trust := range []bool{false, true} {
+		var proxies []netip.Prefix
+		if trust {
+			proxies = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+		}
 		logs := &brokertest.SyncBuffer{}
 		var got broker.Source
 		var api *httpapi.Server
-		api, err = httpapi.New(httpapi.Options{Service: svc, TrustProxyHeaders: trust,
+		api, err = httpapi.New(httpapi.Options{Service: svc, TrustedProxies: proxies,
 			Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 			Extra: func(mux *http.ServeMux, s *httpapi.Server) {
 				mux.HandleFunc("GET /x", func(w http.ResponseWriter, r *http.Request) { got = s.Source(r) })

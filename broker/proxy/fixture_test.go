@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -665,7 +666,9 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 	}
 	api, err := httpapi.New(httpapi.Options{
 		Service: f.svc, PublicURL: "https://keytrail.example", Registry: f.registry,
-		TrustProxyHeaders: true, Extra: f.proxy.Register, Logger: logger,
+		// The tests' requests come from loopback, as from a front proxy.
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		Extra:          f.proxy.Register, Logger: logger,
 	})
 	if err != nil {
 		tb.Fatal(err)

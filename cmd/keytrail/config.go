@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -22,6 +23,7 @@ import (
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/policies"
 	"github.com/keytrail/keytrail/policies/yamlcheck"
 )
@@ -40,9 +42,14 @@ type Config struct {
 	// AllowPlainHTTP permits a plain-HTTP listener on a non-loopback address
 	// (behind a TLS-terminating proxy). Off by default.
 	AllowPlainHTTP bool `yaml:"allow_plain_http"`
-	// TrustProxyHeaders takes the client address from X-Forwarded-For: the
-	// rightmost entry, the one the (single, trusted) front proxy appended.
+	// TrustProxyHeaders takes the client address from X-Forwarded-For when
+	// the request comes from one of TrustedProxies (required with it): the
+	// rightmost entry that is not a trusted proxy (httpapi's clientIP).
 	TrustProxyHeaders bool `yaml:"trust_proxy_headers"`
+	// TrustedProxies are the front proxies' addresses or CIDRs
+	// (httpapi.ParseTrustedProxy), as Vault's
+	// x_forwarded_for_authorized_addrs.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// ShutdownTimeout bounds graceful shutdown (default 20s).
 	ShutdownTimeout duration `yaml:"shutdown_timeout"`
 	// ShutdownDrain is how long, after SIGTERM, /readyz answers 503 while
@@ -655,6 +662,21 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 		// every tracked source: 1ns would keep it sweeping.
 		bad("refusal_limit.summary_every", "must be 1s or more (0: the default, 1m)")
 	}
+	for i, p := range c.TrustedProxies {
+		if _, err := httpapi.ParseTrustedProxy(p); err != nil {
+			bad(fmt.Sprintf("trusted_proxies[%d]", i), "%v", err)
+		}
+	}
+	switch {
+	case c.TrustProxyHeaders && len(c.TrustedProxies) == 0:
+		// As Vault, which reads X-Forwarded-For only from
+		// x_forwarded_for_authorized_addrs: believed from any peer, a
+		// caller reaching the broker directly would choose the source
+		// address its audit events name and its refusal budget.
+		bad("trust_proxy_headers", "needs trusted_proxies, the front proxies' addresses or CIDRs (e.g. [10.0.0.0/8]): X-Forwarded-For is read only from them")
+	case !c.TrustProxyHeaders && len(c.TrustedProxies) > 0:
+		bad("trusted_proxies", "has no effect without trust_proxy_headers: true")
+	}
 	if c.TLS != nil {
 		// Checked here, with every other problem: the server reads them
 		// only once it is wired (Vault login, audit log opened) and about
@@ -683,6 +705,22 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 		bad("log.format", "must be json or text")
 	}
 	return errors.Join(errs...)
+}
+
+// trustedProxies returns the proxies whose X-Forwarded-For the server
+// reads (httpapi.Options.TrustedProxies): none unless trust_proxy_headers
+// is set. The entries were validated.
+func (c *Config) trustedProxies() []netip.Prefix {
+	if !c.TrustProxyHeaders {
+		return nil
+	}
+	out := make([]netip.Prefix, 0, len(c.TrustedProxies))
+	for _, s := range c.TrustedProxies {
+		if p, err := httpapi.ParseTrustedProxy(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // validDeployment reports whether d is a deployment name: 1 to 64

@@ -562,8 +562,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	api, err := httpapi.New(httpapi.Options{
 		Service: svc, Keys: rt.keys, PublicURL: cfg.PublicURL, Logger: log, Registry: reg,
-		TrustProxyHeaders: cfg.TrustProxyHeaders,
-		Ready:             rt.ready,
+		TrustedProxies: cfg.trustedProxies(),
+		Ready:          rt.ready,
 		Extra: func(mux *http.ServeMux, s *httpapi.Server) {
 			httpapi.RegisterAdmin(mux, s)
 			httpapi.RegisterTrace(mux, s, traceSrc)
