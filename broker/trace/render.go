@@ -125,7 +125,11 @@ func (r *Result) WriteText(w io.Writer) error {
 	}
 	ew.printf(", %d revocation event(s)\n", len(r.Revocations))
 	if len(r.Vault) > 0 {
-		ew.printf("\nvault audit log: %d request(s) made with this credential\n", len(r.Vault))
+		ew.printf("\nvault audit log: %d request(s) made with this credential", max(r.VaultTotal, len(r.Vault)))
+		if r.VaultDropped > 0 {
+			ew.printf(" (the first %d listed)", len(r.Vault))
+		}
+		ew.printf("\n")
 		tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
 		for _, e := range r.Vault {
 			fmt.Fprintf(tw, "  %s\t%s %s\tfrom %s\tline %d\n", ts(e.Time), e.Operation, e.Path, orDash(e.RemoteAddress), e.Line)

@@ -27,7 +27,7 @@ const MaxVaultLineBytes = 16 << 20
 // maxPaths is how many distinct request paths a group keeps as examples.
 const maxPaths = 5
 
-// MaxVaultEntries caps Result.Vault.
+// MaxVaultEntries caps Result.Vault (Result.VaultTotal counts them all).
 const MaxVaultEntries = 1000
 
 // VaultEntry is the part of a Vault audit entry trace uses. Nothing in it
@@ -321,20 +321,23 @@ func resolveEntry(e *VaultEntry, res Resolver) (is *broker.Issuance, by, reason 
 }
 
 // VaultEntriesFor lists the request entries of Vault's audit log made with
-// the credential of is (by metadata issuance_id or clear accessor), at most
-// MaxVaultEntries.
-func VaultEntriesFor(r io.Reader, is *broker.Issuance) ([]VaultEntry, error) {
-	var out []VaultEntry
+// the credential of is (by metadata issuance_id or clear accessor), the
+// first MaxVaultEntries of them, and counts them all (total): a caller
+// says so when total is more than it lists.
+func VaultEntriesFor(r io.Reader, is *broker.Issuance) (entries []VaultEntry, total int, err error) {
 	rep := &VaultReport{}
-	err := eachVaultEntry(r, rep, func(e *VaultEntry, _ []string) {
-		if e.Type != "request" || len(out) >= MaxVaultEntries {
+	err = eachVaultEntry(r, rep, func(e *VaultEntry, _ []string) {
+		if e.Type != "request" {
 			return
 		}
 		if e.IssuanceID == is.ID || (e.Accessor != "" && e.Accessor == is.Refs.Accessor) {
-			out = append(out, *e)
+			total++
+			if len(entries) < MaxVaultEntries {
+				entries = append(entries, *e)
+			}
 		}
 	})
-	return out, err
+	return entries, total, err
 }
 
 // VaultRefs reads Vault's audit log for the entries that carry value (a

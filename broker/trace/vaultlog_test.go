@@ -99,7 +99,7 @@ func TestResolveVaultLog(t *testing.T) {
 		}
 	}
 
-	entries, err := trace.VaultEntriesFor(strings.NewReader(strings.Join(lines, "\n")), x.ByIssuanceID(idA))
+	entries, _, err := trace.VaultEntriesFor(strings.NewReader(strings.Join(lines, "\n")), x.ByIssuanceID(idA))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestResolveVaultLogSkipsOversizedLine(t *testing.T) {
 		t.Errorf("ResolveVaultLog allocated %d MiB reading a %d MiB line, want at most %d MiB", alloc>>20, 8*trace.MaxVaultLineBytes>>20, 4*trace.MaxVaultLineBytes>>20)
 	}
 
-	entries, err := trace.VaultEntriesFor(log(), x.ByIssuanceID(idA))
+	entries, _, err := trace.VaultEntriesFor(log(), x.ByIssuanceID(idA))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -185,7 +185,8 @@ answer is 1).`,
 				if err != nil {
 					return fmt.Errorf("trace: --vault-audit-log: %w", err)
 				}
-				res.Vault, err = trace.VaultEntriesFor(f, res.Issuance)
+				res.Vault, res.VaultTotal, err = trace.VaultEntriesFor(f, res.Issuance)
+				res.VaultDropped = res.VaultTotal - len(res.Vault)
 				closeLog()
 				if err != nil {
 					return err
