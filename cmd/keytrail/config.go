@@ -577,6 +577,12 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 			bad("store.redis_url", "%s", msg)
 		} else if u, err := url.Parse(c.Store.RedisURL); err == nil {
 			storeScheme = u.Scheme
+			// SPEC: secrets are referenced by file or environment, never
+			// inline. A file's URL names no password; the environment's
+			// (KEYTRAIL_REDIS_URL, a Secret in Kubernetes) may.
+			if pw, ok := u.User.Password(); ok && pw != "" && doc != nil && fromEnv["store.redis_url"] == "" {
+				bad("store.redis_url", "holds a password inline; secrets are never written in the configuration: give the URL in KEYTRAIL_REDIS_URL instead (or store.addrs with KEYTRAIL_REDIS_PASSWORD)")
+			}
 		}
 	}
 	if c.Store.RedisURL != "" && len(c.Store.Addrs) > 0 {

@@ -22,9 +22,11 @@ func TestConfigRedisURLTheStoreRefuses(t *testing.T) {
 		env     map[string]string
 		wantErr string // "" ok
 	}{
-		{name: "ok/db", url: "redis://:pw-S3CR3T@redis:6379/0"},
-		{name: "ok/no-db", url: "rediss://user:pw-S3CR3T@redis:6379"},
-		{name: "ok/escaped", url: "redis://:pw%2FS3CR3T@redis:6379/2"},
+		// A password goes in the environment, never in the file
+		// (TestConfigRedisURLPasswordNotInline).
+		{name: "ok/db", url: "redis://redis:6379/0", env: map[string]string{"KEYTRAIL_REDIS_URL": "redis://:pw-S3CR3T@redis:6379/0"}},
+		{name: "ok/no-db", url: "redis://redis:6379/0", env: map[string]string{"KEYTRAIL_REDIS_URL": "rediss://user:pw-S3CR3T@redis:6379"}},
+		{name: "ok/escaped", url: "redis://redis:6379/0", env: map[string]string{"KEYTRAIL_REDIS_URL": "redis://:pw%2FS3CR3T@redis:6379/2"}},
 		{name: "fail/db-not-a-number", url: "redis://:pw-S3CR3T@redis:6379/0x",
 			wantErr: `store.redis_url: redis: invalid database number: "0x" (want redis://[user:password@]host:port/db or rediss://...) (line 5)`},
 		{name: "fail/unescaped-slash", url: "redis://ops/S3CR3T@redis:6379/0",
