@@ -97,6 +97,22 @@ func Errorf(kind error, reason, safe string, cause error) *Error {
 // the pending one).
 var ErrAuditPending = errors.New("audit event not durable in time")
 
+// RevocationMadeError is the cause of the 503 audit_unavailable of a
+// revocation that was made (stored, in force, finished by the worker) but
+// whose revoke event was not durable in time: the API names ID in a field
+// of its own, so that a caller tells it from a revocation not made
+// without reading prose.
+type RevocationMadeError struct {
+	ID  string
+	Err error
+}
+
+func (e *RevocationMadeError) Error() string {
+	return "revocation " + e.ID + " made: " + e.Err.Error()
+}
+
+func (e *RevocationMadeError) Unwrap() error { return e.Err }
+
 // ReasonStoreUnreplicated is the reason of a Store write that the store
 // applied but could not confirm as replicated as configured (redisstore's
 // min_replicas): it is in force unless a failover loses it.

@@ -353,7 +353,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	s.announce(dctx, Notice{RevocationID: rev.ID, Revoked: ids(marked), Blocked: blocks})
 	if after != nil {
 		// Made, but not reported done: its revoke event is not durable.
-		e := Unavailable("audit_unavailable", time.Second, pending)
+		e := Unavailable("audit_unavailable", time.Second, &RevocationMadeError{ID: rev.ID, Err: pending})
 		e.Safe = "the revocation " + rev.ID + " was made, but its revoke event was not durable in time (the audit log is not taking writes): " +
 			"it is written, then the result, once the log takes writes again; GET /v1/admin/revocations/" + rev.ID +
 			" shows the revocation once the audit log takes writes again (that call is audited too)"

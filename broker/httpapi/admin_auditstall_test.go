@@ -89,6 +89,11 @@ func TestAdminRevokeAuditStallGetAfterRecovery(t *testing.T) {
 		t.Fatalf("revoke = %d %s; want 503 naming the revocation", status, raw)
 	}
 	revID := strings.TrimRight(strings.Fields(desc[i:])[0], ",;:.)")
+	// The made revocation is named in a field of its own, which the CLI
+	// reads (exit 4, not the 1 of a revocation not made), not in prose.
+	if got, _ := body["revocation_id"].(string); got != revID {
+		t.Errorf("revoke answer %s: revocation_id = %q, want %q", raw, got, revID)
+	}
 	if !strings.Contains(desc, "once the audit log takes writes again") {
 		t.Errorf("revoke answer %q: want it to say GET shows the revocation once the audit log takes writes again", desc)
 	}

@@ -246,6 +246,9 @@ type errorBody struct {
 	Error            string `json:"error"`
 	ErrorDescription string `json:"error_description,omitempty"`
 	RequestID        string `json:"request_id"`
+	// RevocationID names a revocation that was made although the request
+	// failed (503 audit_unavailable: its revoke event was late).
+	RevocationID string `json:"revocation_id,omitempty"`
 }
 
 // WriteError is the one place that decides what an error looks like on the
@@ -287,7 +290,11 @@ func (s *Server) WriteErrorStatus(w http.ResponseWriter, r *http.Request, err er
 	if desc == "" {
 		desc = e.Kind.Error()
 	}
-	writeJSON(w, status, errorBody{Error: code, ErrorDescription: desc, RequestID: RequestID(r)})
+	body := errorBody{Error: code, ErrorDescription: desc, RequestID: RequestID(r)}
+	if made := (*broker.RevocationMadeError)(nil); errors.As(e, &made) {
+		body.RevocationID = made.ID
+	}
+	writeJSON(w, status, body)
 }
 
 // challenge is the WWW-Authenticate header of a 401 (RFC 6750 §3). It names

@@ -33,6 +33,10 @@ const (
 	// failed), about 130 bytes each, so 64 MiB holds some 500,000.
 	maxAdminResponse = 64 << 20
 	exitPending      = 3
+	// exitRevokeAuditLate: the revocation was made, but the broker
+	// answered 503 audit_unavailable naming it (its revoke event was not
+	// durable in time).
+	exitRevokeAuditLate = 4
 )
 
 func newRevokeCmd(e *env) *cobra.Command {
@@ -69,6 +73,10 @@ Exit status:
      stored but confirmed by fewer replicas than store.min_replicas,
      store_unreplicated, finished by the server unless a failover loses it;
      or no answer): retry when it says so
+  4  the revocation was made, but not confirmed in the audit log: the
+     server answered 503 audit_unavailable naming it (its revoke event was
+     late); it is in force and finished by the server; do not retry, check
+     GET /v1/admin/revocations/<id> once the audit log takes writes again
   2  usage: a flag or argument is wrong or missing; nothing was sent`,
 		Example: `  keytrail revoke --workload payments-api --block --reason "INC-4711: key leaked"
   keytrail revoke --issuance iss_01JD... --reason "seen in a public gist" --json
@@ -94,6 +102,14 @@ Exit status:
 			}
 			var rc receipt
 			status, err := cl.do(cmd.Context(), http.MethodPost, "/v1/admin/revoke", nil, sel, &rc)
+			var ae *answerErr
+			if errors.As(err, &ae) && ae.status == http.StatusServiceUnavailable && ae.revocationID != "" {
+				// Made, its revoke event late: told by the answer's
+				// revocation_id field, which only a revocation made has.
+				return exitError{code: exitRevokeAuditLate, msg: "revoke: the revocation " + ae.revocationID +
+					" was made, but not confirmed in the audit log (its revoke event was not durable in time); do not retry: check GET /v1/admin/revocations/" +
+					ae.revocationID + " once the audit log takes writes again (" + err.Error() + ")"}
+			}
 			if err != nil {
 				return fmt.Errorf("revoke: %w", err)
 			}
@@ -326,7 +342,19 @@ type oauthError struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description"`
 	RequestID   string `json:"request_id"`
+	// RevocationID names a revocation made although the request failed
+	// (503 audit_unavailable of POST /v1/admin/revoke).
+	RevocationID string `json:"revocation_id"`
 }
+
+// answerErr is an admin API answer that is not a success.
+type answerErr struct {
+	status       int
+	revocationID string // the answer's revocation_id, if any
+	msg          string
+}
+
+func (e *answerErr) Error() string { return e.msg }
 
 // do sends body (nil: none) as JSON, with query (nil: none), and decodes a
 // 2xx answer into out. Any other answer becomes an error with the server's
@@ -393,7 +421,7 @@ func (c *adminClient) answerError(resp *http.Response, raw []byte) error {
 	if resp.StatusCode == http.StatusUnauthorized {
 		msg += "; the admin token (from " + c.tokenSrc + ") was refused: check its issuer, audience and expiry"
 	}
-	return errors.New(msg)
+	return &answerErr{status: resp.StatusCode, revocationID: oe.RevocationID, msg: msg}
 }
 
 // sendError is the error for a request that got no answer: a timeout, or
