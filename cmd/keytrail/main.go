@@ -148,7 +148,7 @@ credential is tagged with workload, owner and session, and every issuance, use
 and revocation goes to a tamper-evident audit log.
 
 Exit status: 0 success, 2 usage (a flag or argument is wrong or missing), in
-every command; what 1 and 3 mean is in each command's --help.`,
+every command; what 1, 3 and 4 mean is in each command's --help.`,
 		Example: `  keytrail dev                                        # a first try: Vault dev server, broker, demo workload
   keytrail config check --config /etc/keytrail/config.yaml
   keytrail server --config /etc/keytrail/config.yaml
