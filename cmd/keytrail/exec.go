@@ -282,6 +282,7 @@ type execRun struct {
 
 	mu       sync.Mutex
 	creds    map[string]*client.Credential
+	gen      uint64 // counts the updates of creds (under mu)
 	watching atomic.Bool
 	renewed  chan struct{} // coalesced renewal notifications
 
@@ -291,6 +292,7 @@ type execRun struct {
 func (x *execRun) update(grant string, c *client.Credential) {
 	x.mu.Lock()
 	x.creds[grant] = c
+	x.gen++
 	x.mu.Unlock()
 	if x.watching.Load() {
 		select {
@@ -305,11 +307,22 @@ type child struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+	gen  uint64 // the execRun's gen of the credentials in CMD's environment
+}
+
+// hasLatest reports whether c was started with every credential renewed so
+// far: a renewal that came while the previous CMD was being stopped is in
+// c's environment already, and its notification calls for no restart.
+func (x *execRun) hasLatest(c *child) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return c.gen == x.gen
 }
 
 func (x *execRun) start() (*child, error) {
 	x.mu.Lock()
 	environ, err := credentialEnv(os.Environ(), x.specs, x.creds)
+	gen := x.gen
 	x.mu.Unlock()
 	if err != nil {
 		return nil, exitError{code: exitPermanent, msg: "exec: " + err.Error()}
@@ -326,7 +339,7 @@ func (x *execRun) start() (*child, error) {
 		}
 		return nil, exitError{code: code, msg: "exec: " + err.Error()}
 	}
-	ch := &child{cmd: cmd, done: make(chan struct{})}
+	ch := &child{cmd: cmd, done: make(chan struct{}), gen: gen}
 	go func() {
 		ch.err = cmd.Wait()
 		close(ch.done)
@@ -453,6 +466,11 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 			}
 			if !x.action.restart {
 				x.forward(c, x.action.sig)
+				continue
+			}
+			if x.hasLatest(c) {
+				// Renewed while CMD was being restarted: the CMD
+				// started then has it.
 				continue
 			}
 			select {
