@@ -141,10 +141,11 @@ func newExecCmd(e *env) *cobra.Command {
 		Use:   "exec --grant G [--identity-token-file F] --env NAME[=[GRANT:]FIELD] [...] [--watch [--on-renew restart|signal:HUP]] -- CMD [ARGS...]",
 		Short: "Run a command with credentials in its environment",
 		Long: `Fetch credentials, then run CMD with them in its environment. keytrail stays
-the parent: it forwards SIGINT, SIGTERM and SIGHUP to CMD and exits with CMD's
-exit status (128+N when CMD was killed by signal N; 127 when CMD is not
-found, 126 when it cannot be run). A Ctrl-C in a terminal reaches CMD once,
-from the terminal: keytrail does not send it again.
+the parent: it forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
+to CMD and exits with CMD's exit status (128+N when CMD was killed by signal
+N; 127 when CMD is not found, 126 when it cannot be run). A Ctrl-C (or
+Ctrl-\) in a terminal reaches CMD once, from the terminal: keytrail does not
+send it again.
 
 --env NAME               sets NAME to the access token of the (only) grant
 --env NAME=FIELD         sets NAME to a credential field (username, password,
@@ -404,7 +405,11 @@ func (x *execRun) stop(c *child, sigs <-chan os.Signal) {
 
 func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch bool) error {
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	// What a supervisor sends keytrail is for CMD: SIGQUIT is a stop
+	// signal too (nginx's image's), SIGUSR1 and SIGUSR2 ask many programs
+	// to reopen logs or reload. Not caught, Go would ignore the latter and
+	// die of SIGQUIT with a goroutine dump, leaving CMD without a parent.
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 
 	c, err := x.start()

@@ -10,15 +10,15 @@ import (
 )
 
 // terminalSent reports whether CMD has had sig from the terminal already: sig
-// is SIGINT, which a terminal sends to every process of its foreground
-// process group on Ctrl-C, and that group is keytrail's own, which CMD
-// shares. Forwarding it too would deliver one Ctrl-C twice, and many
+// is SIGINT (or SIGQUIT), which a terminal sends to every process of its
+// foreground process group on Ctrl-C (Ctrl-\), and that group is keytrail's
+// own, which CMD shares. Forwarding it too would deliver one Ctrl-C twice, and many
 // programs take a second SIGINT for "stop now, skip the clean-up". (The
 // price, as with `go run`: a SIGINT sent to keytrail alone with kill(1)
 // while it runs in the foreground of a terminal does not reach CMD; SIGTERM
 // and SIGHUP are always forwarded.)
 func terminalSent(sig os.Signal) bool {
-	if sig != syscall.SIGINT {
+	if sig != syscall.SIGINT && sig != syscall.SIGQUIT {
 		return false
 	}
 	tty, err := os.OpenFile("/dev/tty", os.O_RDONLY|syscall.O_NOCTTY, 0)
