@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+const jwtTokenType = "urn:ietf:params:oauth:token-type:jwt"
+
+// TestAgentActingForAUser: an AI agent (the workload, its identity token as
+// subject_token) acts for a user whose SSO token it hands on as
+// actor_token (SPEC "POST /v1/token": "recorded as the act chain"). The
+// credentials are minted for the agent's workload; the issue events carry
+// the user as `act`; the auditor who starts from the Vault token's
+// issuance_id (what every Vault audit entry names) finds the user through
+// GET /v1/admin/trace and through `keytrail trace`, online and offline. An
+// actor token that does not verify (forged, expired, of an issuer policy
+// does not trust) is refused with 401 invalid_grant, is written to the
+// audit log as a deny without an act (its claims are not known to be
+// true), and mints nothing in Vault; a wrong actor_token_type is 400
+// invalid_request.
+func TestAgentActingForAUser(t *testing.T) {
+	sso := platformIssuer(t, "RS256", "https://sso.corp.example")
+	stranger := platformIssuer(t, "RS256", "https://sso.other.example")
+	extra := fmt.Sprintf(`version: 1
+issuers:
+  - {name: corp-sso, issuer: %q, jwks_url: %q, audiences: [keytrail], algorithms: [RS256], max_token_lifetime: 2h}
+workloads:
+  - name: support-agent
+    owner: team-support
+    match: {issuer: test, subject: "agent:support"}
+    grants: [payments-vault, orders-jwt]
+`, sso.iss, sso.jwks)
+	env := startStack(t, stackOptions{extraPolicy: extra})
+	bin := harness.KeytrailBinary(t)
+	admin := env.issuer.token(t, "alice", map[string]any{"groups": "secops"})
+	agent := env.issuer.token(t, "agent:support", map[string]any{"session": "conv-42"})
+	user := sso.sign(t, jwt.MapClaims{"sub": "user:carol", "jti": "sso-carol-1", "email": "carol@corp.example"})
+	onBehalf := url.Values{"actor_token": {user}, "actor_token_type": {jwtTokenType}}
+	wantAct := []audit.Identity{{Iss: sso.iss, Sub: "user:carol", JTI: "sso-carol-1"}}
+
+	vt := env.issue(t, agent, "payments-vault", onBehalf)
+	jw := env.issue(t, agent, "orders-jwt", onBehalf)
+	alone := env.issue(t, agent, "payments-vault", nil) // the agent on its own
+	for _, r := range []tokenResponse{vt, jw, alone} {
+		if r.Workload != "support-agent" || r.Owner != "team-support" {
+			t.Fatalf("%s issued to %s of %s, want the agent's workload support-agent of team-support", r.IssuanceID, r.Workload, r.Owner)
+		}
+	}
+	if vt.SessionID != jw.SessionID || vt.SessionID != alone.SessionID {
+		t.Errorf("sessions %s, %s, %s: the actor token changed the agent's session (conv-42)", vt.SessionID, jw.SessionID, alone.SessionID)
+	}
+
+	// issueEvents maps issuance id to its issue event.
+	issueEvents := func() map[string]*audit.Event {
+		m := map[string]*audit.Event{}
+		for _, ev := range readAudit(t, env.auditPath) {
+			if ev.Type == audit.TypeIssue {
+				m[ev.IssuanceID] = ev
+			}
+		}
+		return m
+	}
+
+	t.Run("ok/issue-events-carry-the-act-chain", func(t *testing.T) {
+		evs := issueEvents()
+		for _, r := range []tokenResponse{vt, jw} {
+			ev := evs[r.IssuanceID]
+			if ev == nil {
+				t.Fatalf("no issue event for %s", r.IssuanceID)
+			}
+			if !slices.Equal(ev.Act, wantAct) || ev.Identity == nil || ev.Identity.Sub != "agent:support" || ev.Workload != "support-agent" {
+				t.Errorf("issue event of %s (%s): identity %+v act %+v, want identity agent:support and act %+v", r.IssuanceID, r.Kind, ev.Identity, ev.Act, wantAct)
+			}
+		}
+		if ev := evs[alone.IssuanceID]; ev == nil || ev.Act != nil {
+			t.Errorf("issue event of the exchange without an actor token = %+v, want no act", ev)
+		}
+		raw, err := os.ReadFile(env.auditPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(raw), user) || strings.Contains(string(raw), "carol@corp.example") {
+			t.Errorf("the audit log holds the actor token or a claim the policy did not use")
+		}
+	})
+
+	t.Run("ok/vault-token-leads-to-the-user", func(t *testing.T) {
+		// Vault's audit entries name the token's meta issuance_id (SPEC
+		// "Audit log"); from it the auditor gets who the agent acted for.
+		_, self := env.vaultAs(t, vt.AccessToken, "the agent's Vault token")
+		meta, _ := self.Data["meta"].(map[string]any)
+		id, _ := meta["issuance_id"].(string)
+		if id != vt.IssuanceID || meta["workload"] != "support-agent" {
+			t.Fatalf("Vault token meta = %v, want issuance_id %s of support-agent", meta, vt.IssuanceID)
+		}
+		status, raw := traceGet(t, env.brokerURL+"/v1/admin/trace?q="+url.QueryEscape(id), admin)
+		if status != 200 {
+			t.Fatalf("GET /v1/admin/trace = %d %s", status, raw)
+		}
+		var got trace.Result
+		mustJSON(t, raw, &got)
+		want := []broker.IdentityRef{{Iss: sso.iss, Sub: "user:carol", JTI: "sso-carol-1"}}
+		if got.Issuance == nil || got.Issuance.ID != vt.IssuanceID || !slices.Equal(got.Issuance.Act, want) || got.Issuance.Identity.Sub != "agent:support" {
+			t.Errorf("trace %s = %s, want the issuance with identity agent:support and act %+v", id, raw, want)
+		}
+		// The JWT's jti is its issuance id: found the same way.
+		status, raw = traceGet(t, env.brokerURL+"/v1/admin/trace?q="+url.QueryEscape(jw.AccessToken), admin)
+		mustJSON(t, raw, &got)
+		if status != 200 || got.Issuance == nil || got.Issuance.ID != jw.IssuanceID || !slices.Equal(got.Issuance.Act, want) {
+			t.Errorf("trace of the JWT = %d %s, want issuance %s with act %+v", status, raw, jw.IssuanceID, want)
+		}
+	})
+
+	t.Run("ok/keytrail-trace-online-and-offline", func(t *testing.T) {
+		copyPath := filepath.Join(t.TempDir(), "audit-copy.jsonl")
+		data, err := os.ReadFile(env.auditPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(copyPath, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		online := []string{"KEYTRAIL_ADDR=" + env.brokerURL, "KEYTRAIL_ADMIN_TOKEN=" + admin}
+		for _, c := range []struct {
+			name string
+			env  []string
+			args []string
+		}{
+			{"online", online, []string{"trace", vt.IssuanceID}},
+			{"offline", nil, []string{"trace", vt.AccessToken, "--audit-log", copyPath}},
+		} {
+			var res trace.Result
+			mustJSON(t, runKeytrail(t, bin, c.env, append(c.args, "--json")...), &res)
+			if res.Issuance == nil || res.Issuance.ID != vt.IssuanceID || len(res.Issuance.Act) != 1 || res.Issuance.Act[0].Sub != "user:carol" || res.Issuance.Act[0].Iss != sso.iss {
+				t.Errorf("keytrail trace (%s) --json: issuance %+v, want %s with act user:carol of %s", c.name, res.Issuance, vt.IssuanceID, sso.iss)
+			}
+			txt := string(runKeytrail(t, bin, c.env, c.args...))
+			if want := "iss=" + sso.iss + " sub=user:carol"; !strings.Contains(txt, want) || !strings.Contains(txt, "sub=agent:support") {
+				t.Errorf("keytrail trace (%s) does not show the agent and the user it acted for (%q):\n%s", c.name, want, txt)
+			}
+		}
+	})
+
+	t.Run("fail/bad-actor-token-mints-nothing", func(t *testing.T) {
+		now := time.Now()
+		forged := user[:strings.LastIndexByte(user, '.')+1] + strings.Repeat("A", 342)
+		expired := sso.sign(t, jwt.MapClaims{"sub": "user:carol", "iat": now.Add(-2 * time.Hour).Unix(), "exp": now.Add(-time.Hour).Unix()})
+		untrusted := stranger.sign(t, jwt.MapClaims{"sub": "user:carol"})
+		accessors := func() int {
+			s, err := env.vault.Client.Logical().ListWithContext(context.Background(), "auth/token/accessors")
+			if err != nil || s == nil {
+				t.Fatalf("list Vault token accessors: %v", err)
+			}
+			keys, _ := s.Data["keys"].([]any)
+			return len(keys)
+		}
+		before, issuedBefore := accessors(), len(issueEvents())
+		for _, c := range []struct {
+			name, actor, typ string
+			status           int
+			code             string
+		}{
+			{"forged-signature", forged, jwtTokenType, 401, "invalid_grant"},
+			{"expired", expired, jwtTokenType, 401, "invalid_grant"},
+			{"untrusted-issuer", untrusted, jwtTokenType, 401, "invalid_grant"},
+			{"garbage", "not-a-jwt", jwtTokenType, 401, "invalid_grant"},
+			{"wrong-token-type", user, "urn:ietf:params:oauth:token-type:access_token", 400, "invalid_request"},
+		} {
+			for _, grant := range []string{"payments-vault", "orders-jwt"} {
+				status, body, hdr := env.exchange(t, agent, grant, url.Values{"actor_token": {c.actor}, "actor_token_type": {c.typ}})
+				var eb map[string]any
+				_ = json.Unmarshal(body, &eb)
+				if _, minted := eb["access_token"]; minted {
+					t.Errorf("%s, %s: %d with issuance %v, want %d %s and no credential", c.name, grant, status, eb["issuance_id"], c.status, c.code)
+					continue
+				}
+				if status != c.status || eb["error"] != c.code {
+					t.Errorf("%s, %s: %d %s, want %d %s", c.name, grant, status, body, c.status, c.code)
+				}
+				if c.status != 401 {
+					continue
+				}
+				// The refusal is audited as a deny of the agent, naming why,
+				// without the unverified actor as act.
+				var deny *audit.Event
+				for _, ev := range readAudit(t, env.auditPath) {
+					if ev.RequestID == hdr.Get("X-Request-Id") {
+						if ev.Type != audit.TypeDeny || deny != nil {
+							t.Errorf("%s, %s: audit event %s for the refused request, want one deny", c.name, grant, ev.Type)
+						}
+						deny = ev
+					}
+				}
+				if deny == nil || deny.Outcome == nil || deny.Outcome.Status != 401 || !strings.HasPrefix(deny.Outcome.Reason, "actor_") ||
+					deny.Identity == nil || deny.Identity.Sub != "agent:support" || deny.Act != nil || deny.IssuanceID != "" {
+					t.Errorf("%s, %s: deny event %+v (outcome %+v), want 401 with reason actor_*, identity agent:support, no act, no issuance", c.name, grant, deny, outcomeOf(deny))
+				}
+			}
+		}
+		if after := accessors(); after != before {
+			t.Errorf("Vault holds %d token accessors after the refused exchanges, %d before: something was minted", after, before)
+		}
+		if n := len(issueEvents()); n != issuedBefore {
+			t.Errorf("%d issue events after the refused exchanges, %d before", n, issuedBefore)
+		}
+		// The agent still works with a good actor token.
+		if r := env.issue(t, agent, "payments-vault", onBehalf); r.Workload != "support-agent" {
+			t.Errorf("exchange after the refusals = %+v", r)
+		}
+	})
+}
+
+func outcomeOf(ev *audit.Event) any {
+	if ev == nil || ev.Outcome == nil {
+		return nil
+	}
+	b, _ := json.Marshal(ev.Outcome)
+	return string(b)
+}
