@@ -33,7 +33,9 @@ const jwtTokenType = "urn:ietf:params:oauth:token-type:jwt"
 // does not trust) is refused with 401 invalid_grant, is written to the
 // audit log as a deny without an act (its claims are not known to be
 // true), and mints nothing in Vault; a wrong actor_token_type is 400
-// invalid_request.
+// invalid_request. An orchestrator's broker JWT as actor token (policy
+// trusting the broker as an issuer) links the agent's issuance to the
+// orchestrator's, and is refused (403) once revoked.
 func TestAgentActingForAUser(t *testing.T) {
 	sso := platformIssuer(t, "RS256", "https://sso.corp.example")
 	stranger := platformIssuer(t, "RS256", "https://sso.other.example")
@@ -75,6 +77,31 @@ workloads:
 			}
 		}
 		return m
+	}
+
+	// accessors counts the tokens Vault holds.
+	accessors := func(t *testing.T) int {
+		s, err := env.vault.Client.Logical().ListWithContext(context.Background(), "auth/token/accessors")
+		if err != nil || s == nil {
+			t.Fatalf("list Vault token accessors: %v", err)
+		}
+		keys, _ := s.Data["keys"].([]any)
+		return len(keys)
+	}
+	// onlyDeny returns the one audit event of the request, which must be
+	// a deny.
+	onlyDeny := func(t *testing.T, requestID string) *audit.Event {
+		t.Helper()
+		var deny *audit.Event
+		for _, ev := range readAudit(t, env.auditPath) {
+			if ev.RequestID == requestID {
+				if ev.Type != audit.TypeDeny || deny != nil {
+					t.Errorf("audit event %s for the refused request %s, want one deny", ev.Type, requestID)
+				}
+				deny = ev
+			}
+		}
+		return deny
 	}
 
 	t.Run("ok/issue-events-carry-the-act-chain", func(t *testing.T) {
@@ -162,15 +189,7 @@ workloads:
 		forged := user[:strings.LastIndexByte(user, '.')+1] + strings.Repeat("A", 342)
 		expired := sso.sign(t, jwt.MapClaims{"sub": "user:carol", "iat": now.Add(-2 * time.Hour).Unix(), "exp": now.Add(-time.Hour).Unix()})
 		untrusted := stranger.sign(t, jwt.MapClaims{"sub": "user:carol"})
-		accessors := func() int {
-			s, err := env.vault.Client.Logical().ListWithContext(context.Background(), "auth/token/accessors")
-			if err != nil || s == nil {
-				t.Fatalf("list Vault token accessors: %v", err)
-			}
-			keys, _ := s.Data["keys"].([]any)
-			return len(keys)
-		}
-		before, issuedBefore := accessors(), len(issueEvents())
+		before, issuedBefore := accessors(t), len(issueEvents())
 		for _, c := range []struct {
 			name, actor, typ string
 			status           int
@@ -198,22 +217,14 @@ workloads:
 				}
 				// The refusal is audited as a deny of the agent, naming why,
 				// without the unverified actor as act.
-				var deny *audit.Event
-				for _, ev := range readAudit(t, env.auditPath) {
-					if ev.RequestID == hdr.Get("X-Request-Id") {
-						if ev.Type != audit.TypeDeny || deny != nil {
-							t.Errorf("%s, %s: audit event %s for the refused request, want one deny", c.name, grant, ev.Type)
-						}
-						deny = ev
-					}
-				}
+				deny := onlyDeny(t, hdr.Get("X-Request-Id"))
 				if deny == nil || deny.Outcome == nil || deny.Outcome.Status != 401 || !strings.HasPrefix(deny.Outcome.Reason, "actor_") ||
 					deny.Identity == nil || deny.Identity.Sub != "agent:support" || deny.Act != nil || deny.IssuanceID != "" {
 					t.Errorf("%s, %s: deny event %+v (outcome %+v), want 401 with reason actor_*, identity agent:support, no act, no issuance", c.name, grant, deny, outcomeOf(deny))
 				}
 			}
 		}
-		if after := accessors(); after != before {
+		if after := accessors(t); after != before {
 			t.Errorf("Vault holds %d token accessors after the refused exchanges, %d before: something was minted", after, before)
 		}
 		if n := len(issueEvents()); n != issuedBefore {
@@ -222,6 +233,59 @@ workloads:
 		// The agent still works with a good actor token.
 		if r := env.issue(t, agent, "payments-vault", onBehalf); r.Workload != "support-agent" {
 			t.Errorf("exchange after the refusals = %+v", r)
+		}
+	})
+
+	// An orchestrator hands the agent a broker JWT of its own (policy
+	// trusts the broker as an issuer): the agent's issuance names the
+	// orchestrator's in its act (jti = issuance id), so the trace goes
+	// from one to the other. Once the orchestrator's JWT is revoked, it
+	// is refused as actor token (README "Revocation": 403 access_denied,
+	// reason credential_revoked) and nothing is minted.
+	t.Run("ok/orchestrator-jwt-as-actor-then-revoked", func(t *testing.T) {
+		reloadPolicy(t, env, filepath.Join(env.policyDir, "orchestrator.yaml"), fmt.Sprintf(`version: 1
+issuers:
+  - {name: keytrail-self, issuer: %[1]q, jwks_url: %[2]q, audiences: [keytrail-agents], algorithms: [ES256], max_token_lifetime: 1h}
+workloads:
+  - name: support-orchestrator
+    owner: team-support
+    match: {issuer: test, subject: "orchestrator:support"}
+    grants: [delegate-jwt]
+grants:
+  - {name: delegate-jwt, kind: jwt, ttl: 10m, jwt: {audience: keytrail-agents, transit_key: keytrail-signing}}
+`, env.brokerURL, env.brokerURL+"/.well-known/jwks.json"))
+		orch := env.issue(t, env.issuer.token(t, "orchestrator:support", map[string]any{"session": "run-9"}), "delegate-jwt", nil)
+		handed := url.Values{"actor_token": {orch.AccessToken}, "actor_token_type": {jwtTokenType}}
+		got := env.issue(t, agent, "payments-vault", handed)
+		wantOrch := []audit.Identity{{Iss: env.brokerURL, Sub: "support-orchestrator", JTI: orch.IssuanceID}}
+		if ev := issueEvents()[got.IssuanceID]; ev == nil || !slices.Equal(ev.Act, wantOrch) {
+			t.Fatalf("issue event of the agent's credential = %+v, want act %+v", ev, wantOrch)
+		}
+		status, raw := traceGet(t, env.brokerURL+"/v1/admin/trace?q="+url.QueryEscape(orch.IssuanceID), admin)
+		var tr trace.Result
+		mustJSON(t, raw, &tr)
+		if status != 200 || tr.Issuance == nil || tr.Issuance.Workload != "support-orchestrator" || tr.Issuance.SessionID != orch.SessionID {
+			t.Errorf("trace of the act's jti %s = %d %s, want the orchestrator's issuance", orch.IssuanceID, status, raw)
+		}
+
+		if st, rc := revokeOn(t, env.brokerURL, admin, fmt.Sprintf(`{"issuance_id":%q,"reason":"e2e: orchestrator run ended"}`, orch.IssuanceID)); st != 200 || !slices.Contains(rc.Revoked, orch.IssuanceID) {
+			t.Fatalf("revoke %s = %d %+v", orch.IssuanceID, st, rc)
+		}
+		before, issuedBefore := accessors(t), len(issueEvents())
+		st, body, hdr := env.exchange(t, agent, "payments-vault", handed)
+		var eb map[string]any
+		_ = json.Unmarshal(body, &eb)
+		if _, minted := eb["access_token"]; minted || st != 403 || eb["error"] != "access_denied" {
+			t.Errorf("exchange with the revoked orchestrator JWT as actor = %d (error %v, issuance %v), want 403 access_denied and no credential", st, eb["error"], eb["issuance_id"])
+		}
+		if deny := onlyDeny(t, hdr.Get("X-Request-Id")); deny == nil || deny.Outcome == nil || deny.Outcome.Reason != "actor_credential_revoked" {
+			t.Errorf("deny event %+v (outcome %v), want reason actor_credential_revoked", deny, outcomeOf(deny))
+		}
+		if after := accessors(t); after != before {
+			t.Errorf("Vault holds %d token accessors after the refusal, %d before", after, before)
+		}
+		if n := len(issueEvents()); n != issuedBefore {
+			t.Errorf("%d issue events after the refusal, %d before", n, issuedBefore)
 		}
 	})
 }
