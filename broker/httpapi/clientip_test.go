@@ -40,6 +40,21 @@ func TestClientIP(t *testing.T) {
 		{name: "ok/chain-ipv4-mapped-proxy", xff: []string{"198.51.100.4, ::ffff:10.0.0.7"}, trusted: proxies, want: "198.51.100.4"},
 		{name: "ok/ipv4-mapped-peer", peer: "[::ffff:192.0.2.1]:4711", xff: []string{"198.51.100.4"}, trusted: proxies, want: "198.51.100.4"},
 		{name: "ok/all-trusted-leftmost", xff: []string{"10.0.0.9, 10.0.0.7"}, trusted: proxies, want: "10.0.0.9"},
+		// An entry with the port the proxy saw (Azure's Application
+		// Gateway appends one), or an IPv6 address in brackets, is that
+		// address, as nginx's real_ip module reads it.
+		{name: "ok/entry-with-port", xff: []string{"127.0.0.1, 198.51.100.4:5678"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/ipv6-entry-with-port", xff: []string{"127.0.0.1, [2001:db8::1]:80"}, trusted: proxies, want: "2001:db8::1"},
+		{name: "ok/ipv6-entry-in-brackets", xff: []string{"[2001:db8::1]"}, trusted: proxies, want: "2001:db8::1"},
+		{name: "ok/ipv6-zone-entry-with-port", xff: []string{"[fe80::1%eth0]:80"}, trusted: proxies, want: "fe80::1"},
+		{name: "ok/mapped-entry-with-port", xff: []string{"[::ffff:198.51.100.4]:80"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/proxy-entry-with-port", xff: []string{"127.0.0.1, 198.51.100.4, 10.0.0.7:443"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/ipv6-proxy-entry-with-port", xff: []string{"198.51.100.4, [2001:db8:f::2]:443"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/direct-peer-entry-with-port-ignored", peer: "203.0.113.66:4711", xff: []string{"198.51.100.4:5678"}, trusted: proxies, want: "203.0.113.66"},
+		{name: "fail/empty-port", xff: []string{"127.0.0.1, 198.51.100.4:"}, trusted: proxies, want: "192.0.2.1"},
+		{name: "fail/port-out-of-range", xff: []string{"127.0.0.1, 198.51.100.4:65536"}, trusted: proxies, want: "192.0.2.1"},
+		{name: "fail/ipv4-in-brackets", xff: []string{"127.0.0.1, [198.51.100.4]:80"}, trusted: proxies, want: "192.0.2.1"},
+		{name: "fail/unclosed-bracket", xff: []string{"127.0.0.1, [2001:db8::1"}, trusted: proxies, want: "192.0.2.1"},
 		{name: "fail/not-an-address", xff: []string{"127.0.0.1, bogus"}, trusted: proxies, want: "192.0.2.1"},
 		{name: "fail/empty-last-entry", xff: []string{"198.51.100.4, "}, trusted: proxies, want: "192.0.2.1"},
 		{name: "fail/not-an-address-past-a-proxy", xff: []string{"bogus, 10.0.0.7"}, trusted: proxies, want: "10.0.0.7"},
@@ -95,7 +110,7 @@ func TestParseTrustedProxy(t *testing.T) {
 // the peer's host, or an address that is not a trusted proxy, or the last
 // trusted hop; from a peer that is not a trusted proxy, always the peer.
 func FuzzClientIP(f *testing.F) {
-	for _, s := range []string{"198.51.100.4", "127.0.0.1, 198.51.100.4, 10.0.0.7", "bogus, 10.0.0.7", "198.51.100.4, ", "::ffff:10.0.0.7", "fe80::1%eth0, 10.0.0.1", ",,,"} {
+	for _, s := range []string{"198.51.100.4", "127.0.0.1, 198.51.100.4, 10.0.0.7", "bogus, 10.0.0.7", "198.51.100.4, ", "::ffff:10.0.0.7", "fe80::1%eth0, 10.0.0.1", ",,,", "198.51.100.4:5678, [2001:db8::1]:80, 10.0.0.7:443", "[::1]"} {
 		f.Add("192.0.2.1:4711", s)
 		f.Add("203.0.113.66:1", s)
 	}
@@ -111,7 +126,13 @@ func FuzzClientIP(f *testing.F) {
 			t.Fatalf("clientIP(%q, %q) = %q from a peer that is not a trusted proxy", peer, xff, got)
 		}
 		for _, e := range strings.Split(xff, ",") {
-			if a, err := netip.ParseAddr(strings.Trim(e, " \t")); err == nil && a.WithZone("").Unmap().String() == got {
+			e = strings.Trim(e, " \t")
+			a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(e, "["), "]"))
+			if err != nil {
+				ap, perr := netip.ParseAddrPort(e) // an entry with a port
+				a, err = ap.Addr(), perr
+			}
+			if err == nil && a.WithZone("").Unmap().String() == got {
 				return
 			}
 		}

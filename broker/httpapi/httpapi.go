@@ -337,7 +337,7 @@ func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, 
 // chosen by the caller and are not read. Were every entry a trusted proxy,
 // the leftmost is the source; at an entry that is not an address the walk
 // stops and the source is the last trusted hop (the peer, or the entry
-// right of it). A peer that is not a trusted proxy is the source whatever
+// right of it); an entry may carry a port (forwardedAddr). A peer that is not a trusted proxy is the source whatever
 // X-Forwarded-For it sent: a caller that reaches the broker directly
 // cannot name another address for its audit events or its refusal budget.
 func clientIP(r *http.Request, trusted []netip.Prefix) string {
@@ -367,8 +367,8 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 			if j >= 0 {
 				entry, v = v[j+1:], v[:j]
 			}
-			ip, err := netip.ParseAddr(trimSpace(entry))
-			if err != nil {
+			ip, ok := forwardedAddr(trimSpace(entry))
+			if !ok {
 				return hopString(hop, host)
 			}
 			ip = ip.WithZone("").Unmap()
@@ -382,6 +382,26 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 		}
 	}
 	return hopString(hop, host)
+}
+
+// forwardedAddr reads one X-Forwarded-For entry as nginx's real_ip module
+// does: an address, the same with the port the proxy saw
+// (198.51.100.4:5678, [2001:db8::1]:443; Azure's Application Gateway
+// appends one), or an IPv6 address in brackets. Read as "not an address",
+// such an entry stopped the walk at the last trusted hop: behind a proxy
+// that appends ports, every caller was that proxy.
+func forwardedAddr(s string) (netip.Addr, bool) {
+	switch {
+	case len(s) > 1 && s[0] == '[' && s[len(s)-1] == ']':
+		a, err := netip.ParseAddr(s[1 : len(s)-1])
+		return a, err == nil && a.Is6()
+	case strings.HasPrefix(s, "[") || strings.Count(s, ":") == 1:
+		// [v6]:port, or v4:port (an IPv6 address has two colons or more).
+		ap, err := netip.ParseAddrPort(s)
+		return ap.Addr(), err == nil
+	}
+	a, err := netip.ParseAddr(s)
+	return a, err == nil
 }
 
 func hopString(hop netip.Addr, peer string) string {
