@@ -68,6 +68,31 @@ func RunNotifier(t *testing.T, newNotifier func(t *testing.T) broker.Notifier) {
 			}
 		}
 	})
+	// A notice published again by another Publish call is another notice:
+	// a block, its unblock and the same block again (a revocation that
+	// blocked the workload again) all reach every subscriber, in order
+	// (the Redis store drops only a PUBLISH its client sent again).
+	t.Run("ok/same-notice-published-again-delivered-again", func(t *testing.T) {
+		n := newNotifier(t)
+		ch := subscribe(t, n, ctx(t))
+		block := broker.Notice{RevocationID: "rev_1", Blocked: []string{"payments-api"}}
+		want := []broker.Notice{block, {RevocationID: "rev_1", Unblocked: []string{"payments-api"}}, block, block}
+		for _, w := range want {
+			if err := n.Publish(ctx(t), w); err != nil {
+				t.Fatalf("Publish(%+v) = %v, want nil", w, err)
+			}
+		}
+		for i, w := range want {
+			got, ok := next(t, ch)
+			if !ok {
+				t.Fatalf("subscription closed before notice %d", i)
+			}
+			if d := cmp.Diff(w, got, opts); d != "" {
+				t.Errorf("notice %d (-want +got):\n%s", i, d)
+			}
+		}
+	})
+
 	t.Run("ok/notice-is-a-copy", func(t *testing.T) {
 		n := newNotifier(t)
 		ch := subscribe(t, n, ctx(t))
