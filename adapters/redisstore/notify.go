@@ -62,9 +62,9 @@ func (s *Store) Publish(ctx context.Context, n broker.Notice) error {
 // confirmed the subscription, within one Options.Timeout as every store
 // call. go-redis reconnects and resubscribes a broken connection by itself
 // (notices sent meanwhile are lost); the channel is closed when ctx ends.
-// Undecodable messages are dropped and logged, and so is a notice whose
-// Publish call id came in the last recentCalls notices (go-redis sent the
-// PUBLISH again).
+// Undecodable messages are dropped and logged; a notice whose Publish call
+// id came in the last recentCalls notices (go-redis sent the PUBLISH
+// again) is dropped without a log line.
 func (s *Store) Subscribe(ctx context.Context) (<-chan broker.Notice, error) {
 	// The connection, SUBSCRIBE and its confirmation share one deadline:
 	// go-redis uses ctx only for the calls it is given to (its channel
