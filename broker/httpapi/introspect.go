@@ -26,14 +26,16 @@ func BearerToken(r *http.Request, header string) string {
 }
 
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	// Refused before the Service, as /v1/token's malformed requests: a
+	// deny event each, within the source's RefusalLimits.
 	form, err := s.readForm(w, r)
 	if err != nil {
-		s.refuse(w, r, "introspect", err)
+		s.refuse(w, r, "introspect", s.o.Service.RefuseUnauthenticated(r.Context(), RequestID(r), s.Source(r), "", err))
 		return
 	}
 	tok, err := single(form, "token")
 	if err != nil {
-		s.refuse(w, r, "introspect", err)
+		s.refuse(w, r, "introspect", s.o.Service.RefuseUnauthenticated(r.Context(), RequestID(r), s.Source(r), "", err))
 		return
 	}
 	res, err := s.o.Service.Introspect(r.Context(), broker.IntrospectRequest{
