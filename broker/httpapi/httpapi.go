@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,28 @@ type Server struct {
 	reg     *prometheus.Registry
 	// draining is set by Drain: the process is shutting down.
 	draining atomic.Bool
+	// readyMu guards readyLast, /readyz's check in flight or its answer.
+	readyMu   sync.Mutex
+	readyLast *readyCheck
+	// readyNow is the clock of readyCacheFor (tests set it; nil: time.Now).
+	readyNow func() time.Time
+}
+
+// readyCacheFor is how long /readyz answers from the last check of the
+// backends (Options.Ready): /readyz is unauthenticated, and without it a
+// flood of probes would be as many Vault, store and audit checks.
+const readyCacheFor = time.Second
+
+// readyCheck is one run of Options.Ready, shared by every /readyz that
+// comes while it runs and for readyCacheFor after it ended.
+type readyCheck struct {
+	done chan struct{} // closed when err and ended are set
+	err  error
+	// ended is when the check finished (zero while it runs).
+	ended time.Time
+	// cut: the context of the caller that ran it ended first; its answer
+	// is that caller's only.
+	cut bool
 }
 
 // Drain makes /readyz answer 503 (error "shutting down") from now on,
@@ -494,9 +517,7 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.o.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		defer cancel()
-		if err := s.o.Ready(ctx); err != nil {
+		if err := s.ready(r.Context()); err != nil {
 			s.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready",
 				slog.String("request_id", RequestID(r)), slog.String("error", err.Error()))
 			w.Header().Set("Retry-After", "1")
@@ -506,6 +527,57 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
+
+// ready answers whether the backends are ready: the answer of a check
+// that ended less than readyCacheFor ago, else that of the check in flight,
+// else of a check it runs itself (at most 3 s, bounded by its request),
+// which callers arriving meanwhile share. A check cut short because its
+// caller went away (or the server closed the connection) answers that
+// caller only: those waiting for it run another.
+func (s *Server) ready(ctx context.Context) error {
+	for {
+		s.readyMu.Lock()
+		c := s.readyLast
+		if c == nil || c.cut || (!c.ended.IsZero() && s.readyClock().Sub(c.ended) >= readyCacheFor) {
+			break // with readyMu held: this caller checks
+		}
+		s.readyMu.Unlock()
+		select {
+		case <-c.done:
+			if !c.cut {
+				return c.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c := &readyCheck{done: make(chan struct{}), err: errReadyCheckFailed}
+	s.readyLast = c
+	s.readyMu.Unlock()
+	defer func() {
+		// Also when Ready panics (the panic goes on to the recovering
+		// middleware): those waiting get errReadyCheckFailed.
+		s.readyMu.Lock()
+		c.ended, c.cut = s.readyClock(), ctx.Err() != nil
+		s.readyMu.Unlock()
+		close(c.done)
+	}()
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c.err = s.o.Ready(cctx)
+	return c.err
+}
+
+func (s *Server) readyClock() time.Time {
+	if s.readyNow != nil {
+		return s.readyNow()
+	}
+	return time.Now()
+}
+
+// errReadyCheckFailed is the answer of a readiness check that did not
+// return (it panicked).
+var errReadyCheckFailed = errors.New("readiness check failed")
 
 // ReadyShuttingDown is /readyz's error while the server drains (Drain).
 const ReadyShuttingDown = "shutting down"

@@ -66,6 +66,7 @@ type fixture struct {
 	sink   *brokertest.Sink
 	minter *brokertest.Minter
 	ready  error
+	api    *httpapi.Server
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -94,6 +95,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.api = api
 	f.srv = httptest.NewServer(api.Routes())
 	t.Cleanup(f.srv.Close)
 	return f
@@ -254,6 +256,8 @@ func TestRetryAfter(t *testing.T) {
 
 func TestReadyz(t *testing.T) {
 	f := newFixture(t)
+	var clock atomic.Int64 // /readyz's answer is kept for ReadyCacheFor
+	f.api.SetReadyClock(func() time.Time { return time.Unix(0, clock.Load()) })
 	get := func() int {
 		resp, err := http.Get(f.srv.URL + "/readyz")
 		if err != nil {
@@ -266,6 +270,7 @@ func TestReadyz(t *testing.T) {
 		t.Errorf("readyz = %d, want 200", got)
 	}
 	f.ready = errors.Join(httpapi.ReadyError{Component: "vault"}, errors.New("connection refused"))
+	clock.Add(int64(httpapi.ReadyCacheFor))
 	if got := get(); got != 503 {
 		t.Errorf("readyz with vault down = %d, want 503", got)
 	}
