@@ -162,8 +162,9 @@ With --watch keytrail renews the credentials at about 2/3 of their TTL and
 then, as --on-renew says, restarts CMD with the new environment (SIGTERM,
 then SIGKILL after --restart-grace) or sends it a signal (signal:HUP): the
 latter suits a program that re-reads a file written with --out/--out-dir,
-since a running process's environment cannot change. A renewal the broker
-refuses for good is reported on stderr and CMD keeps running.
+since a running process's environment cannot change, and is refused
+(usage) without them. A renewal the broker refuses for good is reported on
+stderr and CMD keeps running.
 
 Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
 the exit status before CMD starts: 1 the broker refused for good or its
@@ -224,6 +225,12 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 					return exitError{code: exitUsage, msg: "exec: --" + name + " applies only with --watch (without it nothing is renewed)"}
 				}
 			}
+			if !action.restart && !of.any() {
+				// As --format without --out: each renewal would be an
+				// issuance CMD never sees, its environment being fixed.
+				return exitError{code: exitUsage, msg: "exec: --on-renew " + onRenew +
+					" needs --out or --out-dir (the file CMD re-reads when signalled): CMD's environment cannot change; use --on-renew restart to give it the new one"}
+			}
 			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, addr: wf.brokerAddr(e), creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
 			if err := of.prepare(wf.grants); err != nil {
 				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}
@@ -266,7 +273,7 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 	f.Lookup("out-dir").Usage = "also write one file per grant to this directory, named after the grant"
 	f.Lookup("format").Usage = "with --out or --out-dir: " + f.Lookup("format").Usage
 	f.StringArrayVar(&envs, "env", nil, "environment variable for CMD: NAME, NAME=FIELD or NAME=GRANT:FIELD (repeatable)")
-	f.StringVar(&onRenew, "on-renew", "restart", "with --watch: restart, or signal:NAME (e.g. signal:HUP) to signal CMD")
+	f.StringVar(&onRenew, "on-renew", "restart", "with --watch: restart, or signal:NAME (e.g. signal:HUP) to signal CMD (needs --out or --out-dir)")
 	f.DurationVar(&grace, "restart-grace", 10*time.Second, "on restart, time between SIGTERM and SIGKILL")
 	f.BoolVar(&noStatus, "quiet", false, "no status lines on stderr")
 	return c

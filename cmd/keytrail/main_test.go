@@ -81,6 +81,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "soon", "--", "true"},
 		{"exec", "--grant", "payments-vault", "--env", "T", "--on-renew", "signal:HUP", "--", "true"}, // ignored without --watch
 		{"exec", "--grant", "payments-vault", "--env", "T", "--restart-grace", "1s", "--", "true"},    // ignored without --watch
+		// A signal tells CMD to re-read a file; without --out/--out-dir
+		// there is none, and its environment cannot change.
+		{"exec", "--grant", "payments-vault", "--env", "T", "--watch", "--on-renew", "signal:HUP", "--", "true"},
 		{"revoke", "--workload", "w", "--reason", "r", "--block=maybe"},
 		{"revoke", "--workload", "w"},  // checked by revoke itself
 		{"unblock", "--workload", "w"}, // checked by unblock itself
