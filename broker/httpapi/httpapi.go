@@ -517,9 +517,11 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.o.Ready != nil {
-		if err := s.ready(r.Context()); err != nil {
-			s.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready",
-				slog.String("request_id", RequestID(r)), slog.String("error", err.Error()))
+		if checked, err := s.ready(r.Context()); err != nil {
+			if checked { // an answer kept or shared was logged by its check
+				s.log.LogAttrs(r.Context(), slog.LevelWarn, "not ready",
+					slog.String("request_id", RequestID(r)), slog.String("error", err.Error()))
+			}
 			w.Header().Set("Retry-After", "1")
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": safeReadyError(err)})
 			return
@@ -533,8 +535,9 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 // else of a check it runs itself (at most 3 s, bounded by its request),
 // which callers arriving meanwhile share. A check cut short because its
 // caller went away (or the server closed the connection) answers that
-// caller only: those waiting for it run another.
-func (s *Server) ready(ctx context.Context) error {
+// caller only: those waiting for it run another. checked says this caller
+// ran the check (its failure is logged once, not per probe it answers).
+func (s *Server) ready(ctx context.Context) (checked bool, err error) {
 	for {
 		s.readyMu.Lock()
 		c := s.readyLast
@@ -545,10 +548,10 @@ func (s *Server) ready(ctx context.Context) error {
 		select {
 		case <-c.done:
 			if !c.cut {
-				return c.err
+				return false, c.err
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 	c := &readyCheck{done: make(chan struct{}), err: errReadyCheckFailed}
@@ -565,7 +568,7 @@ func (s *Server) ready(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	c.err = s.o.Ready(cctx)
-	return c.err
+	return true, c.err
 }
 
 func (s *Server) readyClock() time.Time {

@@ -1,9 +1,12 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -201,3 +204,53 @@ func TestReadyzCallerGoneDoesNotAnswerOthers(t *testing.T) {
 		t.Errorf("%d backend checks, want 2", got)
 	}
 }
+
+// TestReadyzNotReadyLoggedPerCheck: a failing answer kept for
+// readyCacheFor answers many probes; the "not ready" warning is logged by
+// the check that found it, not once per probe (a probe flood during an
+// outage must not flood the log).
+func TestReadyzNotReadyLoggedPerCheck(t *testing.T) {
+	pol := testPolicy(t, "", "")
+	svc, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol },
+		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
+		Store:  memstore.New(time.Now),
+		Audit:  &brokertest.Sink{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logged bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logged.Write(p)
+	}), nil))
+	api, err := httpapi.New(httpapi.Options{Service: svc, Logger: log, Ready: func(ctx context.Context) error {
+		return httpapi.ReadyError{Component: "store"}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Int64
+	api.SetReadyClock(func() time.Time { return time.Unix(0, clock.Load()) })
+	h := api.Routes()
+	for i := range 20 {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		if w.Code != http.StatusServiceUnavailable {
+			t.Fatalf("probe %d: /readyz = %d, want 503", i, w.Code)
+		}
+	}
+	mu.Lock()
+	n := strings.Count(logged.String(), "not ready")
+	mu.Unlock()
+	if n != 1 {
+		t.Errorf("20 probes answered by one failed check logged %d \"not ready\" lines, want 1:\n%s", n, logged.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
