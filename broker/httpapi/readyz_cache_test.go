@@ -1,7 +1,6 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
@@ -24,16 +23,7 @@ import (
 // come while a check runs wait for it and get its answer, and so do those
 // right after it.
 func TestReadyzConcurrentProbesShareOneCheck(t *testing.T) {
-	pol := testPolicy(t, "", "")
-	svc, err := broker.NewService(broker.Deps{
-		Policy: func() *policies.Policy { return pol },
-		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
-		Store:  memstore.New(time.Now),
-		Audit:  &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := readyzService(t)
 	var checks atomic.Int32
 	started := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -92,16 +82,7 @@ func TestReadyzConcurrentProbesShareOneCheck(t *testing.T) {
 // TestReadyzAnswerKept: /readyz's answer, a failure as a success, is kept
 // for ReadyCacheFor after its check ended, then checked again.
 func TestReadyzAnswerKept(t *testing.T) {
-	pol := testPolicy(t, "", "")
-	svc, err := broker.NewService(broker.Deps{
-		Policy: func() *policies.Policy { return pol },
-		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
-		Store:  memstore.New(time.Now),
-		Audit:  &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := readyzService(t)
 	var checks atomic.Int32
 	var down atomic.Bool
 	api, err := httpapi.New(httpapi.Options{Service: svc, Ready: func(ctx context.Context) error {
@@ -146,16 +127,7 @@ func TestReadyzAnswerKept(t *testing.T) {
 // waiting for that check runs its own instead of answering with the
 // cancellation.
 func TestReadyzCallerGoneDoesNotAnswerOthers(t *testing.T) {
-	pol := testPolicy(t, "", "")
-	svc, err := broker.NewService(broker.Deps{
-		Policy: func() *policies.Policy { return pol },
-		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
-		Store:  memstore.New(time.Now),
-		Audit:  &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := readyzService(t)
 	var checks atomic.Int32
 	first := make(chan struct{})
 	api, err := httpapi.New(httpapi.Options{Service: svc, Ready: func(ctx context.Context) error {
@@ -210,23 +182,9 @@ func TestReadyzCallerGoneDoesNotAnswerOthers(t *testing.T) {
 // the check that found it, not once per probe (a probe flood during an
 // outage must not flood the log).
 func TestReadyzNotReadyLoggedPerCheck(t *testing.T) {
-	pol := testPolicy(t, "", "")
-	svc, err := broker.NewService(broker.Deps{
-		Policy: func() *policies.Policy { return pol },
-		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
-		Store:  memstore.New(time.Now),
-		Audit:  &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logged bytes.Buffer
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return logged.Write(p)
-	}), nil))
+	svc := readyzService(t)
+	logged := &brokertest.SyncBuffer{}
+	log := slog.New(slog.NewTextHandler(logged, nil))
 	api, err := httpapi.New(httpapi.Options{Service: svc, Logger: log, Ready: func(ctx context.Context) error {
 		return httpapi.ReadyError{Component: "store"}
 	}})
@@ -243,14 +201,25 @@ func TestReadyzNotReadyLoggedPerCheck(t *testing.T) {
 			t.Fatalf("probe %d: /readyz = %d, want 503", i, w.Code)
 		}
 	}
-	mu.Lock()
 	n := strings.Count(logged.String(), "not ready")
-	mu.Unlock()
 	if n != 1 {
 		t.Errorf("20 probes answered by one failed check logged %d \"not ready\" lines, want 1:\n%s", n, logged.String())
 	}
 }
 
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+// readyzService is a Service the /readyz tests' servers need (they only
+// probe readiness).
+func readyzService(t *testing.T) *broker.Service {
+	t.Helper()
+	pol := testPolicy(t, "", "")
+	svc, err := broker.NewService(broker.Deps{
+		Policy: func() *policies.Policy { return pol },
+		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
+		Store:  memstore.New(time.Now),
+		Audit:  &brokertest.Sink{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}

@@ -9,13 +9,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/keytrail/keytrail/adapters/memstore"
-	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/httpapi"
-	"github.com/keytrail/keytrail/policies"
 )
 
 // TestReadyzNotReadyLogNamesTheRequest: the "not ready" line a failing
@@ -23,16 +19,7 @@ import (
 // "http" access-log line carry, so an operator can join the probe's 503
 // with the reason the broker logged.
 func TestReadyzNotReadyLogNamesTheRequest(t *testing.T) {
-	pol := testPolicy(t, "", "")
-	svc, err := broker.NewService(broker.Deps{
-		Policy: func() *policies.Policy { return pol },
-		Authn:  func() broker.Authenticator { return brokertest.Authn{} },
-		Store:  memstore.New(time.Now),
-		Audit:  &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := readyzService(t)
 	logs := &brokertest.SyncBuffer{}
 	api, err := httpapi.New(httpapi.Options{Service: svc, Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 		Ready: func(ctx context.Context) error {
