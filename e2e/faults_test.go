@@ -270,6 +270,25 @@ func readyStatus(t testing.TB, base string) int {
 	return resp.StatusCode
 }
 
+// readyBecomes probes /readyz until it answers want, for at most 5 s, and
+// returns the last answer: the broker keeps a readiness answer for 1 s
+// (concurrent probes share one check), so a fault shows there up to 1 s
+// after a probe that found the backends well (the stack's own start-up
+// waits on /readyz).
+func readyBecomes(t testing.TB, base string, want int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := readyStatus(t, base)
+		if got == want || time.Now().After(deadline) {
+			return got
+		}
+		<-tick.C
+	}
+}
+
 // liveKeytrailTokens counts the live Vault tokens that carry keytrail meta,
 // asked of Vault with its root token.
 func liveKeytrailTokens(t testing.TB, v *harness.Vault) map[string]string {
@@ -329,7 +348,7 @@ func TestFaults(t *testing.T) {
 		if !denyRecorded(t, s.auditPath, r.requestID, 503) {
 			t.Errorf("vault killed: no deny event with status 503 for request %s", r.requestID)
 		}
-		if got := readyStatus(t, s.url); got != 503 {
+		if got := readyBecomes(t, s.url, 503); got != 503 {
 			t.Errorf("vault killed: /readyz = %d, want 503", got)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -413,7 +432,7 @@ func TestFaults(t *testing.T) {
 		if !denyRecorded(t, s.auditPath, r.requestID, 503) {
 			t.Errorf("vault sealed: no deny event with status 503 for request %s", r.requestID)
 		}
-		if got := readyStatus(t, s.url); got != 503 {
+		if got := readyBecomes(t, s.url, 503); got != 503 {
 			t.Errorf("vault sealed: /readyz = %d, want 503", got)
 		}
 		key := unsealKey(t, v)
@@ -474,7 +493,7 @@ func TestFaults(t *testing.T) {
 		if !denyRecorded(t, s.auditPath, r.requestID, 503) {
 			t.Errorf("redis killed: no deny event with status 503 for request %s", r.requestID)
 		}
-		if got := readyStatus(t, s.url); got != 503 {
+		if got := readyBecomes(t, s.url, 503); got != 503 {
 			t.Errorf("redis killed: /readyz = %d, want 503", got)
 		}
 		rd.Restart()
@@ -519,7 +538,7 @@ func TestFaults(t *testing.T) {
 		if got := len(s.liveTokens(t, v)); got != before+ok {
 			t.Errorf("audit disk full: live keytrail tokens %d -> %d after %d successes, want the unaudited tokens revoked", before, got, ok)
 		}
-		if got := readyStatus(t, s.url); got != 503 {
+		if got := readyBecomes(t, s.url, 503); got != 503 {
 			t.Errorf("audit disk full: /readyz = %d, want 503 (free space below auditfile.MinFreeBytes)", got)
 		}
 		if err := os.Remove(filler); err != nil {
