@@ -669,8 +669,13 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 		bad("refusal_limit.summary_every", "must be 1s or more (0: the default, 1m)")
 	}
 	for i, p := range c.TrustedProxies {
-		if _, err := httpapi.ParseTrustedProxy(p); err != nil {
+		switch pr, err := httpapi.ParseTrustedProxy(p); {
+		case err != nil:
 			bad(fmt.Sprintf("trusted_proxies[%d]", i), "%v", err)
+		case pr.Bits() == 0:
+			// Every address a proxy: X-Forwarded-For believed from any
+			// peer, what trusted_proxies is there to prevent.
+			bad(fmt.Sprintf("trusted_proxies[%d]", i), "%q trusts every peer (any caller could choose its source address): list the front proxies' addresses or ranges", p)
 		}
 	}
 	switch {

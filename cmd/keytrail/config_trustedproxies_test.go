@@ -33,6 +33,8 @@ func TestConfigTrustedProxies(t *testing.T) {
 		{name: "fail/bad-cidr", yaml: "trust_proxy_headers: true\ntrusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.0/33\n  - proxy.internal\n",
 			wantErr: []string{`config.yaml: trusted_proxies[1]: "10.0.0.0/33" is not an IP address or CIDR (e.g. 10.0.0.0/8, 127.0.0.1) (line 8)`,
 				`config.yaml: trusted_proxies[2]: "proxy.internal" is not an IP address or CIDR`}},
+		{name: "fail/every-address", yaml: "trust_proxy_headers: true\ntrusted_proxies: [10.0.0.0/8, 0.0.0.0/0, '::/0']\n",
+			wantErr: []string{`config.yaml: trusted_proxies[1]: "0.0.0.0/0" trusts every peer`, `config.yaml: trusted_proxies[2]: "::/0" trusts every peer`}},
 		{name: "fail/list-without-switch", yaml: "trusted_proxies: [10.0.0.1]\n",
 			wantErr: []string{"config.yaml: trusted_proxies: has no effect without trust_proxy_headers: true (line 5)"}},
 		{name: "fail/word-for-list", yaml: "trust_proxy_headers: true\ntrusted_proxies: 10.0.0.0/8\n",
