@@ -498,6 +498,10 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case r.URL.Path == "/up/hang":
 		<-r.Context().Done() // until the proxy gives up
+		// Still no answer: returning would have the server write an empty
+		// 200, which a proxy whose cancellation is slow under load could
+		// read as the upstream's answer.
+		panic(http.ErrAbortHandler)
 	case r.URL.Path == "/up/switch":
 		w.Header().Set("Upgrade", "h2c")
 		w.Header().Set("Connection", "Upgrade")
