@@ -86,58 +86,7 @@ func TestExchangeWithdrawnStallDefersDeny(t *testing.T) {
 			sink := &fifoStallSink{Sink: f.sink, hold: audit.TypeOrphanRevoked, release: make(chan struct{})}
 			var once sync.Once
 			t.Cleanup(func() { once.Do(func() { close(sink.release) }) })
-			var store broker.Store = f.store
-			var minter broker.Minter = f.minter
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var m *slowBackendMinter
-			if tc.storeFails {
-				bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{}),
-					err: broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))}
-				close(bs.release)
-				store = bs
-			} else {
-				m = &slowBackendMinter{Minter: f.minter, entered: make(chan struct{}), release: make(chan struct{})}
-				minter = m
-			}
-			svc, err := broker.NewService(broker.Deps{
-				Policy:       func() *policies.Policy { return f.pol },
-				Authn:        func() broker.Authenticator { return f.authn },
-				Minters:      map[string]broker.Minter{broker.KindVaultToken: minter},
-				Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
-				Store:        store,
-				Audit:        sink,
-				Now:          func() time.Time { return f.now },
-				AuditTimeout: 50 * time.Millisecond,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() {
-				res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_withdrawn"})
-				if res != nil {
-					err = errors.New("a credential was returned")
-				}
-				done <- err
-			}()
-			if m != nil {
-				<-m.entered
-				cancel() // the caller goes away while the backend works
-				close(m.release)
-			}
-			select {
-			case err = <-done:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("Exchange() still waiting after 10s (AuditTimeout 50ms); appends: %v", sink.triedTypes())
-			}
-			if !errors.Is(err, broker.ErrUnavailable) {
-				t.Fatalf("Exchange() = %v, want ErrUnavailable", err)
-			}
-			want := []string{audit.TypeIssue, audit.TypeOrphanRevoked, "deferred:" + audit.TypeDeny}
-			if got := sink.triedTypes(); !slices.Equal(got, want) {
-				t.Errorf("appends = %v, want %v (the deny deferred behind the pending orphan_revoked)", got, want)
-			}
+			withdrawnExchange(t, f, sink, tc.storeFails, 50*time.Millisecond, "AuditTimeout 50ms", "the deny deferred behind the pending orphan_revoked")
 			once.Do(func() { close(sink.release) })
 		})
 	}
@@ -216,58 +165,7 @@ func TestExchangeWithdrawnFailureDefersDeny(t *testing.T) {
 			var once sync.Once
 			release := func() { once.Do(func() { close(sink.release) }) }
 			t.Cleanup(release)
-			var store broker.Store = f.store
-			var minter broker.Minter = f.minter
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var m *slowBackendMinter
-			if tc.storeFails {
-				bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{}),
-					err: broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))}
-				close(bs.release)
-				store = bs
-			} else {
-				m = &slowBackendMinter{Minter: f.minter, entered: make(chan struct{}), release: make(chan struct{})}
-				minter = m
-			}
-			svc, err := broker.NewService(broker.Deps{
-				Policy:       func() *policies.Policy { return f.pol },
-				Authn:        func() broker.Authenticator { return f.authn },
-				Minters:      map[string]broker.Minter{broker.KindVaultToken: minter},
-				Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
-				Store:        store,
-				Audit:        sink,
-				Now:          func() time.Time { return f.now },
-				AuditTimeout: time.Minute,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() {
-				res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_withdrawn"})
-				if res != nil {
-					err = errors.New("a credential was returned")
-				}
-				done <- err
-			}()
-			if m != nil {
-				<-m.entered
-				cancel() // the caller goes away while the backend works
-				close(m.release)
-			}
-			select {
-			case err = <-done:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("Exchange() still waiting for its deny after 10s (its orphan_revoked failed at once); appends: %v", sink.triedTypes())
-			}
-			if !errors.Is(err, broker.ErrUnavailable) {
-				t.Fatalf("Exchange() = %v, want ErrUnavailable", err)
-			}
-			want := []string{audit.TypeIssue, audit.TypeOrphanRevoked, "deferred:" + audit.TypeDeny}
-			if got := sink.triedTypes(); !slices.Equal(got, want) {
-				t.Errorf("appends = %v, want %v (the deny deferred after the failed orphan_revoked)", got, want)
-			}
+			withdrawnExchange(t, f, sink, tc.storeFails, time.Minute, "its orphan_revoked failed at once", "the deny deferred after the failed orphan_revoked")
 			release()
 			for typ := ""; typ != audit.TypeDeny; {
 				select {
@@ -277,5 +175,66 @@ func TestExchangeWithdrawnFailureDefersDeny(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// withdrawnExchange runs an exchange whose credential is withdrawn after a
+// durable issue event (the store write fails, or, storeFails false, the
+// caller goes away during the mint) against sink, and checks it answers
+// ErrUnavailable within 10 s and tried issue, orphan_revoked, then a
+// deferred deny (why says what the test waits out, order why the deny comes last).
+func withdrawnExchange(t *testing.T, f *fixture, sink *fifoStallSink, storeFails bool, auditTimeout time.Duration, why, order string) {
+	t.Helper()
+	var store broker.Store = f.store
+	var minter broker.Minter = f.minter
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var m *slowBackendMinter
+	if storeFails {
+		bs := &blockingStore{Store: f.store, entered: make(chan struct{}, 1), release: make(chan struct{}),
+			err: broker.Unavailable("store_unavailable", time.Second, errors.New("redis down"))}
+		close(bs.release)
+		store = bs
+	} else {
+		m = &slowBackendMinter{Minter: f.minter, entered: make(chan struct{}), release: make(chan struct{})}
+		minter = m
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:       func() *policies.Policy { return f.pol },
+		Authn:        func() broker.Authenticator { return f.authn },
+		Minters:      map[string]broker.Minter{broker.KindVaultToken: minter},
+		Revokers:     map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:        store,
+		Audit:        sink,
+		Now:          func() time.Time { return f.now },
+		AuditTimeout: auditTimeout,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		res, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req_withdrawn"})
+		if res != nil {
+			err = errors.New("a credential was returned")
+		}
+		done <- err
+	}()
+	if m != nil {
+		<-m.entered
+		cancel() // the caller goes away while the backend works
+		close(m.release)
+	}
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Exchange() still waiting after 10s (%s); appends: %v", why, sink.triedTypes())
+	}
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Exchange() = %v, want ErrUnavailable", err)
+	}
+	want := []string{audit.TypeIssue, audit.TypeOrphanRevoked, "deferred:" + audit.TypeDeny}
+	if got := sink.triedTypes(); !slices.Equal(got, want) {
+		t.Errorf("appends = %v, want %v (%s)", got, want, order)
 	}
 }
