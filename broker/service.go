@@ -282,6 +282,13 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	if req.ActorToken != "" {
 		actor, err := authn.Authenticate(ctx, req.ActorToken)
 		if err == nil {
+			// Verified: named as act on the deny events from here on,
+			// also when the check below refuses it (a revoked broker
+			// JWT: the auditor reads who still acted with it). A token
+			// that does not verify is not named: its claims are not
+			// known to be true.
+			act = []IdentityRef{actor.Ref()}
+			deny.Act = auditIdentities(act)
 			err = s.checkBrokerToken(ctx, req.ActorToken, actor)
 		}
 		if err != nil {
@@ -289,8 +296,6 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			e.Reason = "actor_" + e.Reason
 			return fail(e)
 		}
-		act = []IdentityRef{actor.Ref()}
-		deny.Act = auditIdentities(act)
 	}
 
 	wl, err := pol.Match(id.IssuerName, id.Claims)
