@@ -196,8 +196,18 @@ type Revocation struct {
 	// Unblocked holds when each of Blocks was unblocked before the sweep
 	// ran (UTC): the sweep takes none of that workload's credentials
 	// issued after it.
-	Unblocked   map[string]time.Time `json:"unblocked,omitempty"`
-	CompletedAt time.Time            `json:"completed_at,omitzero"`
+	Unblocked map[string]time.Time `json:"unblocked,omitempty"`
+	// Decision holds the revocation's decision events (revoke, block;
+	// without chain fields) while they are not known durable: set on the
+	// record as created when Revoke stopped waiting for them
+	// (AuditTimeout), cleared (UpdateRevocation) once they are in an audit
+	// log. While it is set the record is not complete, and no
+	// revoke_result for the revocation is written before these events:
+	// the RevocationWorker of any instance, after a restart too, appends
+	// them again first when the instance that made them does not (see
+	// broker/revoke.go lateDecision). Stored record only.
+	Decision    []*audit.Event `json:"decision,omitempty"`
+	CompletedAt time.Time      `json:"completed_at,omitzero"`
 }
 
 // Store keeps issuances, revocations and blocks, shared by every broker

@@ -21,10 +21,13 @@ package broker
 //     revoke_result events are written after the revoke events, nobody
 //     waiting for them (should the late write fail, the revoke events are
 //     written again first; if that fails too, the result is not written
-//     either, and an ERROR names the revocation). The RevocationWorker of
-//     the same instance writes its results for the revocation only after
-//     these writes, and only once the revoke events are durable (writing
-//     them again first; see lateDecision);
+//     either, and an ERROR names the revocation). The record keeps the
+//     revoke events (Revocation.Decision) until they are durable, and is
+//     not complete meanwhile: the RevocationWorker of any instance, after a
+//     restart too, writes its results for the revocation only once the
+//     revoke events are durable, writing them again first, from the
+//     record when the instance that made them is not the one writing them
+//     (see lateDecision);
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
 //     record is stored a failure answers ErrUnavailable and the revocation
@@ -258,14 +261,21 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// Waited for at most AuditTimeout. Past it (pending) the events stay
 	// queued and the revocation goes on, answered 503: every later event
 	// of this revocation is written after them (after), nobody waiting.
+	// Copies taken before the sink fills in their chain fields: the
+	// record keeps them should the write not be durable in time.
+	unwritten := unsealed(decision)
 	dw := s.startAppend(ctx, rev.ID, "audit revoke event failed", decision, nil)
 	var after *auditWrite
 	pending := s.awaitAudit(&dw.auditWait)
 	switch {
 	case errors.Is(pending, ErrAuditPending):
 		after = dw
-		// The worker's results for it wait until they are durable.
+		// The worker's results for it wait until they are durable: this
+		// instance's through lateDecisions, any instance's (after a
+		// restart too) through the record, which keeps the events until
+		// they are (see lateDecision).
 		dw.late = s.noteLateDecision(rev.ID)
+		rev.Decision = unwritten
 	case pending != nil:
 		if dw.written > 0 {
 			s.auditNotMade(context.WithoutCancel(ctx), nil, rev, requestID, "audit_unavailable", nil)
@@ -766,7 +776,8 @@ func safeRevokeError(e *Error) string {
 // state: rev is the freshly stored record (see storeProgress), and what
 // other writers added to it since this writer read it (ids the sweep
 // found, an unblock time) is not this writer's to drop. When nothing is
-// pending any more and the sweep has run, rev is complete at now.
+// pending any more, the sweep has run and the decision events are durable
+// (Decision empty), rev is complete at now.
 func settle(rev *Revocation, done []string, failed []RevokeFailure, now time.Time) {
 	// Sets, not slices.Contains: a revocation of tens of thousands of
 	// issuances would take seconds of CPU per update (n²).
@@ -804,7 +815,7 @@ func settle(rev *Revocation, done []string, failed []RevokeFailure, now time.Tim
 		}
 	}
 	rev.Pending, rev.Failed = pending, fails
-	if len(pending) == 0 && rev.SweepAt.IsZero() && rev.CompletedAt.IsZero() {
+	if len(pending) == 0 && rev.SweepAt.IsZero() && len(rev.Decision) == 0 && rev.CompletedAt.IsZero() {
 		rev.CompletedAt = now
 	}
 }
@@ -891,14 +902,26 @@ type auditWrite struct {
 
 // lateDecision is a revocation's revoke events (and block events) that
 // Revoke stopped waiting for (AuditTimeout), kept in
-// Service.lateDecisions until they are durable. done is closed once the
-// request's own writes for the revocation have ended (its revoke_result
-// written, or not: see startAppend); left then holds the events still not
-// durable (their write and its retry failed), fresh copies. A
-// RevocationWorker's revoke_result for the revocation is written only after
-// done, and only once left is written (decisionDurable): never before the
-// revoke event, nor without it, nor before the request's result. Kept in
-// memory only: a restart forgets it (and the events a hung write held).
+// Service.lateDecisions until they are durable and the record says so.
+// done is closed once the request's own writes for the revocation have
+// ended (its revoke_result written, or not: see startAppend); left then
+// holds the events still not durable (their write and its retry failed),
+// fresh copies. A RevocationWorker's revoke_result for the revocation is
+// written only after done, and only once left is written
+// (decisionDurable): never before the revoke event, nor without it, nor
+// before the request's result.
+//
+// The record carries the same events (Revocation.Decision) from its
+// creation until they are durable (clearDecision), and is not complete
+// meanwhile, so the worker of any instance lists it. An instance with no
+// entry for it (another instance, or this one after a restart: the entry
+// and any write a hung disk held are gone) takes the instance that made
+// them for gone: before any revoke_result for the revocation it appends
+// the record's events to its own log, then clears them (a pass with
+// nothing else to write writes a result too, the request's being lost
+// with it). Should the instance that made them still be running, its late
+// write may land as well: the decision is then in both logs, under the
+// same revocation id. A duplicate, never a result without its decision.
 type lateDecision struct {
 	done chan struct{}
 	mu   sync.Mutex
@@ -914,41 +937,137 @@ func (s *Service) noteLateDecision(id string) *lateDecision {
 }
 
 // resolve ends the request's part: left are the events it could not make
-// durable (none: forgotten, nothing waits any more).
-func (ld *lateDecision) resolve(s *Service, id string, left []*audit.Event) {
+// durable (none: the record is told, and the entry dropped once it is).
+func (ld *lateDecision) resolve(ctx context.Context, s *Service, id string, left []*audit.Event) {
 	ld.mu.Lock()
 	ld.left = left
 	ld.mu.Unlock()
-	if len(left) == 0 {
-		s.lateDecisions.CompareAndDelete(id, ld)
-	}
 	close(ld.done)
+	if len(left) == 0 {
+		s.clearDecision(ctx, id, ld)
+	}
+}
+
+// lateDecisionOf is this instance's entry for revocation id, if any.
+func (s *Service) lateDecisionOf(id string) *lateDecision {
+	if v, ok := s.lateDecisions.Load(id); ok {
+		return v.(*lateDecision)
+	}
+	return nil
 }
 
 // decisionDurable returns once revocation id's revoke events are durable:
-// at once unless Revoke stopped waiting for them; otherwise once the
-// request's writes have ended, the events it left not durable appended
-// again first. An error (the append failed again) means they are not in
-// the log: nothing about the revocation may be written after them yet.
-func (s *Service) decisionDurable(ctx context.Context, id string) error {
-	v, ok := s.lateDecisions.Load(id)
-	if !ok {
+// at once unless Revoke stopped waiting for them (stored, the record's
+// Decision as the caller read it, empty, and no entry here); with this
+// instance's entry, once the request's writes have ended, the events it
+// left not durable appended again first; without one, once the record's
+// events, read afresh, are appended (see lateDecision). Then the record is
+// told (clearDecision). An error (the append failed, or the record could
+// not be read) means they are not known to be in the log: nothing about
+// the revocation may be written after them yet.
+func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audit.Event) error {
+	if ld := s.lateDecisionOf(id); ld != nil {
+		<-ld.done
+		ld.mu.Lock()
+		if len(ld.left) > 0 {
+			n, err := s.appendAll(ctx, ld.left)
+			if err != nil {
+				ld.left = unsealed(ld.left[n:])
+				ld.mu.Unlock()
+				return err
+			}
+			ld.left = nil
+		}
+		ld.mu.Unlock()
+		s.clearDecision(ctx, id, ld)
 		return nil
 	}
-	ld := v.(*lateDecision)
-	<-ld.done
-	ld.mu.Lock()
-	defer ld.mu.Unlock()
-	if len(ld.left) > 0 {
-		n, err := s.appendAll(ctx, ld.left)
-		if err != nil {
-			ld.left = unsealed(ld.left[n:])
-			return err
-		}
-		ld.left = nil
+	if len(stored) == 0 {
+		return nil
 	}
-	s.lateDecisions.CompareAndDelete(id, ld)
+	// Read afresh: another instance may have written them since.
+	cur, err := s.readRevocation(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read revocation %s for its revoke events: %w", id, err)
+	case len(cur.Decision) == 0:
+		return nil
+	}
+	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation's revoke event not known durable: writing it again from the record",
+		slog.String("revocation_id", id))
+	if _, err := s.appendAll(ctx, unsealed(cur.Decision)); err != nil {
+		return err
+	}
+	s.clearDecision(ctx, id, nil)
 	return nil
+}
+
+// errDecisionClear is clearDecision's answer from its update function
+// when the record holds no decision events: nothing to write.
+var errDecisionClear = errors.New("no decision events to clear")
+
+// clearDecision stores that revocation id's decision events are durable:
+// Decision cleared, and the record complete if nothing else is left. Once
+// it is stored (or there is no record) ld, this instance's entry, is
+// dropped; a failure is logged and leaves both: the record's events keep
+// the revocation incomplete, and the next worker pass clears it (ld, done
+// and with nothing left, tells that no append is needed).
+func (s *Service) clearDecision(ctx context.Context, id string, ld *lateDecision) {
+	now := s.d.Now()
+	_, err := s.updateRevocation(ctx, id, func(r *Revocation) error {
+		if len(r.Decision) == 0 {
+			return errDecisionClear
+		}
+		r.Decision = nil
+		if len(r.Pending) == 0 && r.SweepAt.IsZero() && r.CompletedAt.IsZero() {
+			r.CompletedAt = now
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errDecisionClear) && !errors.Is(err, ErrNotFound) {
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing that a revocation's revoke event is durable failed; the worker retries",
+			slog.String("revocation_id", id), slog.String("error", err.Error()))
+		return
+	}
+	if ld != nil {
+		s.lateDecisions.CompareAndDelete(id, ld)
+	}
+}
+
+// decisionOrphaned reports whether revocation id's decision events, which
+// its record lists as not known durable, are left to the worker: this
+// instance has no entry for them (another instance made them, or this one
+// before a restart), or its request's writes have ended with the events
+// not durable. With them durable and only the record not told, it tells
+// the record (clearDecision) and reports false, as while the request is
+// still writing them.
+func (s *Service) decisionOrphaned(ctx context.Context, id string) bool {
+	ld := s.lateDecisionOf(id)
+	if ld == nil {
+		return true
+	}
+	if !closed(ld.done) || !ld.mu.TryLock() { // the request's, or a worker's, append in progress
+		return false
+	}
+	left := len(ld.left)
+	ld.mu.Unlock()
+	if left > 0 {
+		return true
+	}
+	s.clearDecision(ctx, id, ld)
+	return false
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // unsealed returns fresh copies of evs without the chain fields: a sink
@@ -984,7 +1103,7 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 			// (deferred: before done is closed).
 			var left []*audit.Event
 			if after.late != nil {
-				defer func() { after.late.resolve(s, revID, left) }()
+				defer func() { after.late.resolve(ctx, s, revID, left) }()
 			}
 			if after.err != nil {
 				again := unsealed(after.evs[after.written:])
@@ -1180,6 +1299,7 @@ func cloneRevocation(r *Revocation) *Revocation {
 	c.Failed = append([]RevokeFailure{}, r.Failed...)
 	c.Blocks = slices.Clone(r.Blocks)
 	c.Unblocked = maps.Clone(r.Unblocked)
+	c.Decision = slices.Clone(r.Decision)
 	return &c
 }
 
@@ -1820,6 +1940,12 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		evs = s.resultEvents(r, "", status, "", "sweep", map[string]any{"swept": swept})
 	case hadPending && len(r.Pending) == 0:
 		evs = s.resultEvents(r, "", status, "", "worker", nil)
+	case len(r.Decision) > 0 && s.decisionOrphaned(ctx, r.ID):
+		// Its decision events are not known durable and no request of
+		// this instance is writing them: the result written after them
+		// may be lost with them (see lateDecision). This one is written
+		// after them.
+		evs = s.resultEvents(r, "", status, "", "worker", nil)
 	default:
 		return
 	}
@@ -1833,11 +1959,18 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		w.mu.Unlock()
 		return
 	}
+	if len(evs) > 0 && !hadPending && len(swept) == 0 && st != nil && st.last != nil && !closed(st.last.done) {
+		// Only the decision is left, and the last result (with the
+		// decision before it) is still on its way: one at a time while
+		// the log hangs.
+		w.mu.Unlock()
+		return
+	}
 	var prev *auditWrite
 	if st != nil {
 		prev = st.last
 	}
-	rw := w.startResult(ctx, r.ID, evs, prev)
+	rw := w.startResult(ctx, r.ID, evs, slices.Clone(r.Decision), prev)
 	if st != nil {
 		st.result, st.last = sum, rw
 	}
@@ -1860,11 +1993,12 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 // on a goroutine of its own, once prev (the worker's previous result write
 // for id, when not nil) has ended, so that results land in the order they
 // were made, and once the revocation's revoke events are durable
-// (decisionDurable): a result is never written before or without them.
+// (decisionDurable; decision is the record's Decision as the pass read
+// it): a result is never written before or without them.
 // When it fails (or is not written) its digest is forgotten, if it is
 // still the last result the worker started for id, so that the next pass
 // writes it again; then it is logged, and done closed.
-func (w *RevocationWorker) startResult(ctx context.Context, id string, evs []*audit.Event, prev *auditWrite) *auditWrite {
+func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, decision []*audit.Event, prev *auditWrite) *auditWrite {
 	s := w.s
 	rw := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
 	ctx = context.WithoutCancel(ctx)
@@ -1874,7 +2008,7 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs []*au
 			<-prev.done
 		}
 		msg := "audit revoke_result failed"
-		if err := s.decisionDurable(ctx, id); err != nil {
+		if err := s.decisionDurable(ctx, id, decision); err != nil {
 			rw.err = err
 			msg = "audit revoke_result not written: the revocation's revoke event is not in the audit log " +
 				"(written again first, which failed again); the next pass that writes a result for it tries both again"

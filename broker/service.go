@@ -80,8 +80,9 @@ type Service struct {
 	// refusals limits unauthenticated refusals per source (nil: off).
 	refusals *refusalGuard
 	// lateDecisions are the revocations whose revoke events Revoke stopped
-	// waiting for (AuditTimeout) and that are not durable yet: revocation
-	// id -> *lateDecision (see broker/revoke.go).
+	// waiting for (AuditTimeout) and that are not durable yet, or whose
+	// record is not told yet (Revocation.Decision): revocation id ->
+	// *lateDecision (see broker/revoke.go).
 	lateDecisions sync.Map
 }
 

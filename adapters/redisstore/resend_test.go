@@ -16,6 +16,7 @@ import (
 	"github.com/keytrail/keytrail/adapters/redisstore"
 	"github.com/keytrail/keytrail/adapters/storetest"
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
@@ -268,6 +269,52 @@ func TestPutRevocationResentAfterUpdate(t *testing.T) {
 	}
 	if got, err := direct.GetRevocation(t.Context(), rev.ID); err != nil || len(got.Unblocked) != 0 {
 		t.Errorf("GetRevocation() after another put = %+v, %v; want r as put", got, err)
+	}
+}
+
+// TestPutRevocationResentAfterDecisionCleared: a revocation created with
+// its decision events not known durable (Revocation.Decision) whose put
+// is sent again by go-redis after the events were made durable and the
+// record cleared (UpdateRevocation, by the request or a worker) stays
+// cleared: a resent put that brought them back would have a worker write
+// the decision into its log a second time, and keep the record
+// incomplete.
+func TestPutRevocationResentAfterDecisionCleared(t *testing.T) {
+	r := harness.StartRedis(t)
+	direct := newStore(t, r, redisstore.Options{Prefix: "{resend-decision}:"})
+	p := startDropProxy(t, r.Addr())
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend-decision}:"})
+
+	done := storetest.Epoch().Add(time.Minute).UTC()
+	rev := &broker.Revocation{
+		ID: "rev_resent", Selector: broker.RevokeSelector{IssuanceID: "iss_1"}, CreatedAt: storetest.Epoch(),
+		Revoked: []string{"iss_1"}, Pending: []string{}, Failed: []broker.RevokeFailure{},
+		Decision: []*audit.Event{{Type: audit.TypeRevoke, RevocationID: "rev_resent", Reason: "leaked", Details: map[string]any{"issuance_ids": []any{"iss_1"}}}},
+	}
+	updated := make(chan error, 1)
+	p.arm(func() {
+		_, err := direct.UpdateRevocation(context.Background(), rev.ID, func(r *broker.Revocation) error {
+			r.Decision, r.CompletedAt = nil, done
+			return nil
+		})
+		updated <- err
+	})
+	before := p.scriptCalls()
+	if err := proxied.PutRevocation(t.Context(), rev); err != nil {
+		t.Fatalf("PutRevocation() through the dropping proxy = %v, want nil (sent again)", err)
+	}
+	if err := ran(t, updated); err != nil {
+		t.Fatalf("UpdateRevocation() between = %v", err)
+	}
+	if n := p.scriptCalls() - before; n < 2 {
+		t.Fatalf("PutRevocation() made %d script calls, want the one whose reply was lost and its resend", n)
+	}
+	got, err := direct.GetRevocation(t.Context(), rev.ID)
+	if err != nil || got.Decision != nil || !got.CompletedAt.Equal(done) {
+		t.Errorf("GetRevocation() after the resent put = %+v, %v; want the decision cleared, complete at %v", got, err, done)
+	}
+	if pending, err := direct.ListRevocations(t.Context(), broker.RevocationFilter{Pending: true}); err != nil || len(pending) != 0 {
+		t.Errorf("ListRevocations(pending) = %v, %v; want none", pending, err)
 	}
 }
 

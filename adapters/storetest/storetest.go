@@ -39,6 +39,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
 )
 
 // namedLikeTheMark are claims whose keys and values spell an issuance's
@@ -950,6 +951,65 @@ func testRevocationUpdate(t *testing.T, newStore func(t *testing.T) broker.Store
 		}
 		if d := cmp.Diff([]string{}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
 			t.Errorf("pending after completing it (-want +got):\n%s", d)
+		}
+	})
+	t.Run("ok/decision-kept-until-cleared", func(t *testing.T) {
+		// A revocation whose decision events are not known durable keeps
+		// them in the record (JSON values, as decoded), whatever else is
+		// written to it, until an update clears them; it is pending until
+		// complete, with or without them.
+		s := newStore(t)
+		r := sampleRevocation("rev_d", Epoch())
+		r.Decision = []*audit.Event{
+			{Type: audit.TypeRevoke, RequestID: "req_1", RevocationID: "rev_d", Workload: "payments-api",
+				Admin: "secops:alice", Identity: &audit.Identity{Iss: "https://idp", Sub: "alice"}, Reason: "key leaked",
+				Details: map[string]any{
+					"selector": map[string]any{"workload": "payments-api"}, "matched": float64(3), "block": true,
+					"issuance_ids": []any{"iss_1", "iss_2", "iss_3"}, "sweep_at": "2026-01-01T00:00:12Z",
+				},
+				Outcome: &audit.Outcome{Status: 200}},
+			{Type: audit.TypeBlock, RequestID: "req_1", RevocationID: "rev_d", Workload: "payments-api",
+				Admin: "secops:alice", Reason: "key leaked", Outcome: &audit.Outcome{Status: 200}},
+		}
+		if err := s.PutRevocation(ctx(t), r); err != nil {
+			t.Fatalf("PutRevocation(rev_d) = %v, want nil", err)
+		}
+		got, err := s.GetRevocation(ctx(t), "rev_d")
+		if err != nil {
+			t.Fatalf("GetRevocation(rev_d) = %v, want nil", err)
+		}
+		if d := cmp.Diff(r, got); d != "" {
+			t.Errorf("GetRevocation(rev_d) mismatch (-want +got):\n%s", d)
+		}
+		// Progress written by another writer keeps them.
+		got, err = s.UpdateRevocation(ctx(t), "rev_d", func(c *broker.Revocation) error {
+			c.Revoked, c.Pending, c.Failed = append(c.Revoked, c.Pending...), []string{}, []broker.RevokeFailure{}
+			c.SweepAt = time.Time{}
+			return nil
+		})
+		if err != nil || len(got.Decision) != 2 || got.Decision[0].Details["issuance_ids"] == nil {
+			t.Fatalf("UpdateRevocation(progress) = %+v, %v; want the decision events kept", got, err)
+		}
+		if d := cmp.Diff([]string{"rev_d"}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending with its decision kept (-want +got):\n%s", d)
+		}
+		listed, err := s.ListRevocations(ctx(t), broker.RevocationFilter{Pending: true})
+		if err != nil || len(listed) != 1 || cmp.Diff(r.Decision, listed[0].Decision) != "" {
+			t.Errorf("ListRevocations(pending) = %+v, %v; want rev_d with its decision events", listed, err)
+		}
+		// Cleared, and complete.
+		if _, err := s.UpdateRevocation(ctx(t), "rev_d", func(c *broker.Revocation) error {
+			c.Decision, c.CompletedAt = nil, Epoch().Add(time.Hour)
+			return nil
+		}); err != nil {
+			t.Fatalf("UpdateRevocation(clear) = %v, want nil", err)
+		}
+		got, err = s.GetRevocation(ctx(t), "rev_d")
+		if err != nil || got.Decision != nil || got.CompletedAt.IsZero() {
+			t.Fatalf("GetRevocation(rev_d) after the clear = %+v, %v; want no decision events, complete", got, err)
+		}
+		if d := cmp.Diff([]string{}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending after the clear (-want +got):\n%s", d)
 		}
 	})
 	t.Run("fail/fn-error-writes-nothing", func(t *testing.T) {

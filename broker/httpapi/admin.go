@@ -91,7 +91,8 @@ type RevokeRequest struct {
 // being retried (their reasons are in Failed). SweepAt, until the
 // revocation's sweep has run, is when the credentials minted while it ran
 // are looked for and revoked under it; CompletedAt is set once nothing is
-// pending and the sweep has run. Blocks, for a revocation that blocks, names
+// pending, the sweep has run and the revocation's revoke event is durable
+// (see broker/revoke.go lateDecision). Blocks, for a revocation that blocks, names
 // the workloads it blocked (an empty list when it found none to block).
 type Receipt struct {
 	RevocationID string                 `json:"revocation_id"`

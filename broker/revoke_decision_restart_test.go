@@ -1,0 +1,318 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// restarted is a second Service over f's store, revokers and clock, with an
+// audit log of its own (sink): the broker after a restart, or another
+// instance sharing the store.
+func restarted(t *testing.T, f *revFixture, sink broker.AuditSink) *broker.Service {
+	t.Helper()
+	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return brokertest.Authn{} },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: f.rv},
+		Store:    f.store,
+		Audit:    sink,
+		Now:      f.clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// revokeWithDecisionHeld revokes one issuance of f while its revoke event
+// hangs (the sink holds it past the test's end: the instance dies with it
+// queued), and returns the revocation id the 503 names.
+func revokeWithDecisionHeld(t *testing.T, backendFails bool) (*revFixture, string) {
+	t.Helper()
+	f, sink, _ := newHoldRevFixture(t, nil, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
+	is := f.issue(t, "payments")
+	awaitTypes(t, sink, audit.TypeIssue)
+	if backendFails {
+		f.rv.setErr(errors.New("vault: connection refused"))
+	}
+	err := within(t, "Revoke()", func() error {
+		_, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_late")
+		return err
+	})
+	var made *broker.RevocationMadeError
+	if e := broker.AsError(err); !errors.Is(err, broker.ErrUnavailable) || e.Reason != "audit_unavailable" || !errors.As(err, &made) {
+		t.Fatalf("Revoke() = %v, want 503 audit_unavailable naming the revocation made", err)
+	}
+	f.rv.setErr(nil)
+	return f, made.ID
+}
+
+// TestRestartWritesNoResultWithoutDecision: a revocation whose revoke
+// event was not durable in time is made all the same; its instance then
+// stops (restart, crash) with the event still queued. The worker of the
+// next instance over the same store (the restarted one, or another) knew
+// nothing of it (the late decision was held in memory only): it wrote
+// revoke_result events for the revocation whose revoke event is in no log
+// (pending), or, the request having completed the record, nothing at all,
+// the decision lost for good (completed). Now the record keeps the
+// decision events until they are durable and stays incomplete meanwhile:
+// that worker writes them to its log first, then its result.
+func TestRestartWritesNoResultWithoutDecision(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		backendFails bool // the request leaves the issuance pending
+	}{{"pending", true}, {"completed", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, id := revokeWithDecisionHeld(t, tt.backendFails)
+			if got, err := f.store.GetRevocation(context.Background(), id); err != nil || len(got.Decision) == 0 || !got.CompletedAt.IsZero() {
+				t.Errorf("stored revocation before the restart: %+v, %v; want its decision events kept, not complete", got, err)
+			}
+
+			// The restart: a new Service and worker over the same store,
+			// its own (healthy) audit log.
+			log := &brokertest.Sink{}
+			svc := restarted(t, f, log)
+			w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			f.advance(2 * time.Second)
+			if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+				t.Fatalf("worker pass = %v", err)
+			}
+			evs := log.Events()
+			var got []string
+			for _, ev := range evs {
+				by, _ := ev.Details["by"].(string)
+				got = append(got, ev.Type+"/"+by)
+			}
+			if len(evs) != 2 || evs[0].Type != audit.TypeRevoke || evs[1].Type != audit.TypeRevokeResult {
+				t.Fatalf("restarted instance's events %v, want [revoke/ revoke_result/worker] (no result without its revoke event before it)", got)
+			}
+			for _, ev := range evs {
+				if ev.RevocationID != id {
+					t.Errorf("%s event names revocation %q, want %q", ev.Type, ev.RevocationID, id)
+				}
+			}
+			if evs[0].Reason != "leaked" || evs[0].Admin == "" || evs[0].RequestID != "req_late" {
+				t.Errorf("revoke event written again: reason %q admin %q request %q; want the decision as made", evs[0].Reason, evs[0].Admin, evs[0].RequestID)
+			}
+			if s, _ := evs[1].Details["revoked"].([]string); len(s) != 1 {
+				t.Errorf("revoke_result details %v, want the issuance revoked", evs[1].Details)
+			}
+			r, err := f.store.GetRevocation(ctx, id)
+			if err != nil || len(r.Decision) != 0 || r.CompletedAt.IsZero() {
+				t.Fatalf("stored revocation after the pass: %+v, %v; want its decision cleared, complete", r, err)
+			}
+
+			// Nothing more: the next pass finds nothing to do.
+			f.advance(time.Minute)
+			if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+				t.Fatalf("worker pass = %v", err)
+			}
+			if n := len(log.Events()); n != 2 {
+				t.Errorf("restarted instance's events %v after another pass, want the 2 only", log.Types())
+			}
+		})
+	}
+}
+
+// TestRestartDecisionFailingWritesNoResult: the restarted instance's log
+// refuses the decision too: no revoke_result is written, the record keeps
+// the events (and stays incomplete), and a later pass, once the log takes
+// writes, writes both, in order.
+func TestRestartDecisionFailingWritesNoResult(t *testing.T) {
+	f, id := revokeWithDecisionHeld(t, true)
+	var down atomic.Bool
+	down.Store(true)
+	log := &brokertest.Sink{}
+	svc := restarted(t, f, &refusingSink{rec: log, down: &down})
+	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	f.advance(2 * time.Second)
+	_ = within(t, "worker pass", func() error { return w.Tick(ctx) })
+	if types := log.Types(); len(types) != 0 {
+		t.Fatalf("events while the log refuses the revoke event: %v, want none", types)
+	}
+	if r, err := f.store.GetRevocation(ctx, id); err != nil || len(r.Decision) == 0 || !r.CompletedAt.IsZero() {
+		t.Fatalf("stored revocation: %+v, %v; want its decision events kept, not complete", r, err)
+	}
+	down.Store(false)
+	f.advance(time.Minute)
+	if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+		t.Fatalf("worker pass = %v", err)
+	}
+	if types := log.Types(); len(types) != 2 || types[0] != audit.TypeRevoke || types[1] != audit.TypeRevokeResult {
+		t.Fatalf("events once the log takes writes: %v, want [revoke revoke_result]", types)
+	}
+	if r, err := f.store.GetRevocation(ctx, id); err != nil || len(r.Decision) != 0 || r.CompletedAt.IsZero() {
+		t.Fatalf("stored revocation: %+v, %v; want its decision cleared, complete", r, err)
+	}
+}
+
+// refusingSink refuses every revoke event while down is set (a disk that
+// fails them) and records the rest in rec.
+type refusingSink struct {
+	rec  *brokertest.Sink
+	down *atomic.Bool
+}
+
+func (s *refusingSink) Append(ctx context.Context, ev *audit.Event) error {
+	if ev.Type == audit.TypeRevoke && s.down.Load() {
+		return errors.New("write /var/log/keytrail/audit.jsonl: input/output error")
+	}
+	return s.rec.Append(ctx, ev)
+}
+
+// TestLateDecisionDurableClearsRecord: on the instance that made it, once
+// the late revoke event and the request's result are written, the record
+// no longer holds the decision and is complete (its request settled
+// everything): no other instance writes the decision again.
+func TestLateDecisionDurableClearsRecord(t *testing.T) {
+	f, sink, release := newHoldRevFixture(t, nil, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
+	is := f.issue(t, "payments")
+	awaitTypes(t, sink, audit.TypeIssue)
+	_ = within(t, "Revoke()", func() error {
+		_, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_late")
+		return err
+	})
+	revs, err := f.store.ListRevocations(context.Background(), broker.RevocationFilter{})
+	if err != nil || len(revs) != 1 {
+		t.Fatalf("revocations %v, %v; want 1", revs, err)
+	}
+	id := revs[0].ID
+	release()
+	awaitTypes(t, sink, audit.TypeRevoke, audit.TypeRevokeResult)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := f.store.GetRevocation(context.Background(), id)
+		if err == nil && len(r.Decision) == 0 && !r.CompletedAt.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored revocation 10s after its revoke event landed: %+v, %v; want its decision cleared, complete", r, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Another instance's worker has nothing to write.
+	log := &brokertest.Sink{}
+	w, err := broker.NewRevocationWorker(restarted(t, f, log), broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Minute)
+	if err := within(t, "worker pass", func() error { return w.Tick(context.Background()) }); err != nil {
+		t.Fatalf("worker pass = %v", err)
+	}
+	if types := log.Types(); len(types) != 0 {
+		t.Errorf("other instance's events %v, want none", types)
+	}
+}
+
+// TestDecisionFailedTwiceIsWrittenByWorker: the request's late revoke
+// event and its retry both failed, the request having settled everything.
+// The in-memory entry used to stay for the process's life and the
+// revocation, complete, was never audited at all. Now the record stays
+// incomplete and this instance's worker writes the decision, then a
+// result, once the log takes writes, and forgets it.
+func TestDecisionFailedTwiceIsWrittenByWorker(t *testing.T) {
+	sink := &failLateSink{release: make(chan struct{}), added: make(chan string, 64), always: true}
+	var once sync.Once
+	release := func() { once.Do(func() { close(sink.release) }) }
+	t.Cleanup(release)
+	var down atomic.Bool
+	down.Store(true)
+	logs := msgHandler{want: "revoke event failed again", got: make(chan string, 16)}
+	f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
+		sink.rec = rec
+		return &switchSink{down: &down, failing: sink, healthy: rec}
+	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+	ctx := context.Background()
+	is := f.issue(t, "payments")
+	_ = within(t, "Revoke()", func() error {
+		_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_late")
+		return err
+	})
+	release()
+	select {
+	case <-logs.got: // the request's writes end with nothing written
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no ERROR saying the revoke event failed again after 10s; events %v", f.types(1))
+	}
+	revs, err := f.store.ListRevocations(ctx, broker.RevocationFilter{})
+	if err != nil || len(revs) != 1 {
+		t.Fatalf("revocations %v, %v; want 1", revs, err)
+	}
+	id := revs[0].ID
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// While the log refuses revoke events: nothing written, the record
+	// keeps the decision and stays incomplete.
+	f.advance(time.Minute)
+	_ = within(t, "worker pass", func() error { return w.Tick(ctx) })
+	if types := f.types(1); len(types) != 0 {
+		t.Fatalf("events while the log refuses revoke events: %v, want none", types)
+	}
+	if r, err := f.store.GetRevocation(ctx, id); err != nil || len(r.Decision) == 0 || !r.CompletedAt.IsZero() {
+		t.Fatalf("stored revocation: %+v, %v; want its decision events kept, not complete", r, err)
+	}
+	down.Store(false)
+	// Passes until the worker has written them (the request's writes end
+	// just after their ERROR).
+	deadline := time.Now().Add(10 * time.Second)
+	for len(f.types(1)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("events 10s after the log takes writes again: %v, want [revoke revoke_result]", f.types(1))
+		}
+		f.advance(time.Minute)
+		if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+			t.Fatalf("worker pass = %v", err)
+		}
+	}
+	if types := f.types(1); len(types) != 2 || types[0] != audit.TypeRevoke || types[1] != audit.TypeRevokeResult {
+		t.Fatalf("events once the log takes writes: %v, want [revoke revoke_result]", types)
+	}
+	if r, err := f.store.GetRevocation(ctx, id); err != nil || len(r.Decision) != 0 || r.CompletedAt.IsZero() {
+		t.Fatalf("stored revocation: %+v, %v; want its decision cleared, complete", r, err)
+	}
+	f.advance(time.Minute)
+	_ = within(t, "worker pass", func() error { return w.Tick(ctx) })
+	if types := f.types(1); len(types) != 2 {
+		t.Errorf("events after another pass %v, want the 2 only", types)
+	}
+}
+
+// switchSink sends every event to failing while down is set, to healthy
+// after.
+type switchSink struct {
+	down             *atomic.Bool
+	failing, healthy broker.AuditSink
+}
+
+func (s *switchSink) Append(ctx context.Context, ev *audit.Event) error {
+	if s.down.Load() {
+		return s.failing.Append(ctx, ev)
+	}
+	return s.healthy.Append(ctx, ev)
+}
