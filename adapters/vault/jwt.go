@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -46,7 +47,12 @@ type JWTMinterOptions struct {
 	// at most every CacheTTL). Nil: versions are chosen from the minter's
 	// own read of the key only.
 	Published broker.PublicKeySource
-	Now       func() time.Time // default time.Now; used when req.Now is zero
+	// Log gets Vault's warnings on transit sign (a 200 that signed, with
+	// something about the key or the request Vault would have the
+	// operator know), each once per grant and warning every 10 minutes;
+	// default slog.Default().
+	Log *slog.Logger
+	Now func() time.Time // default time.Now; used when req.Now is zero
 }
 
 // JWTMinter mints JWTs for grants of kind jwt, signed by a Vault transit key
@@ -80,6 +86,7 @@ type JWTMinter struct {
 	keys    *keyCache
 	publish time.Duration
 	now     func() time.Time
+	warn    *warnLog
 
 	published broker.PublicKeySource
 	mu        sync.Mutex
@@ -116,7 +123,7 @@ func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
 	// iss is the discovery issuer, which httpapi serves without a trailing
 	// slash; verifiers compare the two byte for byte.
 	return &JWTMinter{c: o.Client, iss: strings.TrimRight(o.PublicURL, "/"), mount: keys.mount, keys: keys, publish: publish, now: keys.now,
-		published: o.Published, since: map[keyVersion]time.Time{}}, nil
+		warn: newWarnLog(o.Log, keys.now), published: o.Published, since: map[keyVersion]time.Time{}}, nil
 }
 
 // Mint signs one JWT.
@@ -171,7 +178,7 @@ func (m *JWTMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	if err != nil {
 		return nil, configError("encode jwt: %v", err)
 	}
-	sig, err := m.sign(ctx, k, version, signing)
+	sig, err := m.sign(ctx, k, version, signing, req)
 	if err != nil {
 		return nil, err
 	}
@@ -238,8 +245,9 @@ func servesVersion(keys []broker.PublicKey, name string, v int, pub crypto.Publi
 }
 
 // sign asks transit to sign the JWS signing input with the given version of
-// the key and returns the raw signature.
-func (m *JWTMinter) sign(ctx context.Context, k *transitKey, version int, signing string) ([]byte, error) {
+// the key and returns the raw signature. Vault's warnings on the answer are
+// logged with req's grant and issuance.
+func (m *JWTMinter) sign(ctx context.Context, k *transitKey, version int, signing string, req broker.MintRequest) ([]byte, error) {
 	const op = "sign"
 	body := map[string]any{
 		"input":       base64.StdEncoding.EncodeToString([]byte(signing)),
@@ -257,6 +265,9 @@ func (m *JWTMinter) sign(ctx context.Context, k *transitKey, version int, signin
 			m.keys.forget(k.Name)
 		}
 		return nil, translate(op, err)
+	}
+	if sec != nil {
+		m.warn.note(op, req.Grant.Name, req.IssuanceID, sec.Warnings)
 	}
 	if sec == nil || sec.Data == nil {
 		return nil, badResponse(op, "no data")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -151,5 +152,59 @@ func TestWarnLogBounded(t *testing.T) {
 	}
 	if n := strings.Count(buf.String(), "\n"); n != 3*maxWarnKeys {
 		t.Errorf("logged %d distinct warnings, want %d", n, 3*maxWarnKeys)
+	}
+}
+
+// TestJWTMinterLogsVaultWarnings: transit sign's warnings are logged as
+// token creates' are, with the grant and issuance of the mint, once per
+// grant and warning every warnEvery.
+func TestJWTMinterLogsVaultWarnings(t *testing.T) {
+	t.Parallel()
+	const warning = `Endpoint ignored these unrecognized parameters: [marshaling_algorithm]`
+	key := newFakeKey(t, KeyTypeECDSAP256, 1)
+	routes := fakeTransit(t, "sig", key, nil)
+	sign := routes["PUT /v1/transit/sign/sig"]
+	routes["PUT /v1/transit/sign/sig"] = func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		sign(rec, r)
+		var out map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+			t.Errorf("fake sign answer: %v", err)
+		}
+		out["warnings"] = []string{warning}
+		reply(w, rec.Code, out)
+	}
+	f := newFakeVault(t, routes)
+	var buf bytes.Buffer
+	now := t0
+	m, err := NewJWTMinter(JWTMinterOptions{Client: f.client(t), PublicURL: "https://keytrail.test",
+		Log: slog.New(slog.NewJSONHandler(&buf, nil)), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokens []string
+	mint := func(grant, issuance string) {
+		t.Helper()
+		req := jwtReq("sig")
+		req.Grant.Name, req.IssuanceID, req.Now = grant, issuance, now
+		cred, err := m.Mint(context.Background(), req)
+		if err != nil {
+			t.Fatalf("Mint(%s) = %v", issuance, err)
+		}
+		tokens = append(tokens, cred.AccessToken)
+	}
+	mint("orders-jwt", "iss_1")
+	mint("orders-jwt", "iss_2") // same grant and warning: not again
+	mint("billing-jwt", "iss_3")
+	now = t0.Add(warnEvery)
+	mint("orders-jwt", "iss_4") // the interval is over: again
+
+	want := []warnLine{
+		{"sign", "orders-jwt", "iss_1", warning},
+		{"sign", "billing-jwt", "iss_3", warning},
+		{"sign", "orders-jwt", "iss_4", warning},
+	}
+	if diff := cmp.Diff(want, warnLines(t, &buf, tokens...)); diff != "" {
+		t.Errorf("logged warnings (-want +got):\n%s", diff)
 	}
 }

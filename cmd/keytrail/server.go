@@ -489,7 +489,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	// JWTs are signed only with a key version /.well-known/jwks.json
 	// serves at that moment (rt.keys: the same cache).
-	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL, Published: rt.keys})
+	jwtMinter, err := vaultad.NewJWTMinter(vaultad.JWTMinterOptions{Client: vc, PublicURL: cfg.PublicURL, Published: rt.keys, Log: rt.log})
 	if err != nil {
 		return err
 	}
