@@ -55,8 +55,8 @@ func translate(op string, err error) error {
 			return broker.Unavailable(ReasonDenied, retryMisconfig, cause)
 		case re.StatusCode == 429:
 			retry := retryOutage
-			if d, ok := vaultRetryAfter(re); ok {
-				retry = min(max(d, minVaultRetryAfter), maxVaultRetryAfter)
+			if d, ok := vaultWait(err); ok {
+				retry = d
 			}
 			return broker.Unavailable(ReasonUnavailable, retry, cause)
 		case re.StatusCode >= 500:
@@ -123,6 +123,21 @@ func vaultRetryAfter(re *vaultapi.ResponseError) (time.Duration, bool) {
 		}
 	}
 	return 0, false
+}
+
+// vaultWait returns the wait Vault asked for with the Retry-After of a 429
+// (noteRetryAfter), bounded to [minVaultRetryAfter, maxVaultRetryAfter],
+// if err is such an answer.
+func vaultWait(err error) (time.Duration, bool) {
+	var re *vaultapi.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusTooManyRequests {
+		return 0, false
+	}
+	d, ok := vaultRetryAfter(re)
+	if !ok {
+		return 0, false
+	}
+	return min(max(d, minVaultRetryAfter), maxVaultRetryAfter), true
 }
 
 // maskedError is err with a text that hides a secret it carries.

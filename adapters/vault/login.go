@@ -338,7 +338,8 @@ var errTokenRefused = errors.New("vault refused the broker's token")
 // revoked token: approle and kubernetes log in anew, token_file re-reads
 // its file, token looks the same token up again (a static token cannot be
 // replaced: Run logs an error and keeps retrying). Failed logins are
-// retried with exponential backoff between RetryMin and RetryMax; the old
+// retried with exponential backoff between RetryMin and RetryMax, waiting
+// at least as long as a 429's Retry-After asks (bounded to 1-60 s); the old
 // token stays set meanwhile, and is still renewed. With token_file, the
 // file's mtime and size are polled every PollInterval and a new token in
 // it replaces the current one at once.
@@ -413,8 +414,14 @@ func (l *Login) Run(ctx context.Context) error {
 			l.status.Failures++
 			l.status.LastError = err.Error()
 			l.mu.Unlock()
-			l.log.Error("vault login failed; retrying", slog.String("error", err.Error()), slog.Duration("retry_in", delay))
-			if !l.wait(ctx, delay) {
+			// Vault's rate limit quota says when to come back (a 429's
+			// Retry-After, 1-60 s as for mints): not before then.
+			wait := delay
+			if d, ok := vaultWait(err); ok && d > wait {
+				wait = d
+			}
+			l.log.Error("vault login failed; retrying", slog.String("error", err.Error()), slog.Duration("retry_in", wait))
+			if !l.wait(ctx, wait) {
 				stop()
 				return nil
 			}
