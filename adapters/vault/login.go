@@ -291,7 +291,8 @@ func NewLogin(o LoginOptions) (*Login, error) {
 // files, never a credential. A token with a use limit (num_uses in the
 // login answer or lookup-self) is refused as vault_config, in Start and in
 // Run's logins alike: Vault lets it create no token and revokes it after
-// its last use.
+// its last use. Such a token an AppRole or Kubernetes login got is revoked
+// (revoke-self, bounded; a failure is only logged) before the error.
 func (l *Login) Start(ctx context.Context) error {
 	if err := l.loginOnce(ctx); err != nil {
 		return err
@@ -760,10 +761,27 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return nil, badResponse(op, "no auth block with a client token")
 	}
-	if l.loginNumUses != 0 {
-		return nil, restrictedUse(op, l.loginNumUses, "set token_num_uses=0 on the "+method+" role the broker logs in as")
+	if n := l.loginNumUses; n != 0 {
+		l.revokeRefused(ctx, sec.Auth.ClientToken, op)
+		return nil, restrictedUse(op, n, "set token_num_uses=0 on the "+method+" role the broker logs in as")
 	}
 	return sec, nil
+}
+
+// revokeRefused revokes a token a login got and the broker will not use
+// (auth/token/revoke-self with the token itself, which any token may do,
+// even on its last use), so that it does not stay valid until its TTL; at
+// most cleanupTimeout, even when ctx has ended. A failure is logged, never
+// returned: the login fails anyway. l.loginMu is held.
+func (l *Login) revokeRefused(ctx context.Context, tok, op string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	l.lc.SetToken(tok)
+	defer l.lc.ClearToken()
+	if err := l.lc.Auth().Token().RevokeSelfWithContext(rctx, ""); err != nil {
+		l.log.Warn("could not revoke the token a login got and the broker refused; it stays valid until its ttl or last use",
+			slog.String("op", op), slog.String("error", translate("revoke-self of a refused login token", err).Error()))
+	}
 }
 
 // restrictedUse is the error of a login that gave the broker a token with a

@@ -28,6 +28,8 @@ type loginAnswer struct {
 type scriptedLoginVault struct {
 	srv     *httptest.Server
 	answers []loginAnswer
+	// otherStatus answers every other request (default 204).
+	otherStatus int
 
 	mu     sync.Mutex
 	logins int
@@ -43,7 +45,16 @@ func newScriptedLoginVault(t *testing.T, answers ...loginAnswer) *scriptedLoginV
 			f.mu.Lock()
 			f.others = append(f.others, r.Method+" "+r.URL.Path+" "+r.Header.Get("X-Vault-Token"))
 			f.mu.Unlock()
-			w.WriteHeader(http.StatusNoContent)
+			f.mu.Lock()
+			st := f.otherStatus
+			f.mu.Unlock()
+			if st == 0 {
+				st = http.StatusNoContent
+			}
+			w.WriteHeader(st)
+			if st != http.StatusNoContent {
+				_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{"permission denied"}})
+			}
 			return
 		}
 		f.mu.Lock()
@@ -129,5 +140,59 @@ func TestLoginRunHonoursRetryAfter(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"retry_in":7000000000`) {
 		t.Errorf("logs do not say retry_in 7s:\n%s", logs.String())
+	}
+}
+
+// TestLoginRevokesUseLimitedToken: a login whose token has a use limit
+// (the role's token_num_uses) is refused as vault_config, and the token it
+// got is revoked with revoke-self (with that token) rather than left valid
+// until its TTL; a revocation Vault refuses is logged and the login error
+// stays the use limit's.
+func TestLoginRevokesUseLimitedToken(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		otherStatus int
+		wantLog     string
+	}{
+		{name: "revoked", otherStatus: 0},
+		{name: "revoke-refused", otherStatus: http.StatusForbidden, wantLog: "could not revoke the token a login got"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			limited := authReply("hvs.limited", 60, true).(map[string]any)
+			limited["auth"].(map[string]any)["num_uses"] = 5
+			f := newScriptedLoginVault(t, loginAnswer{status: 200, body: limited})
+			f.otherStatus = tc.otherStatus
+			c, err := vault.NewClient(vault.ClientOptions{Address: f.srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs loginLogBuffer
+			l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: vault.LoginKubernetes, Role: "keytrail",
+				JWTFile: writeLoginFile(t, t.TempDir(), "jwt", "jwt-one"), Logger: newLoginLogger(&logs)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			err = l.Start(ctx)
+			if got, want := loginErrOf(err), (loginErr{Kind: unavailableKind, Reason: vault.ReasonConfig}); got != want {
+				t.Fatalf("Start() = %v (%+v), want %+v", err, got, want)
+			}
+			if !strings.Contains(err.Error(), "use limit (num_uses=5)") {
+				t.Errorf("Start() = %q, want it to name the use limit", err)
+			}
+			if diff := cmp.Diff([]string{"PUT /v1/auth/token/revoke-self hvs.limited"}, f.otherRequests()); diff != "" {
+				t.Errorf("requests besides the login (-want +got):\n%s", diff)
+			}
+			if c.Token() == "hvs.limited" {
+				t.Errorf("the client holds the refused token")
+			}
+			if tc.wantLog != "" && !strings.Contains(logs.String(), tc.wantLog) {
+				t.Errorf("logs do not say %q:\n%s", tc.wantLog, logs.String())
+			}
+			if strings.Contains(logs.String(), "hvs.limited") || strings.Contains(err.Error(), "hvs.limited") {
+				t.Errorf("the token is in the logs or the error:\n%s\n%v", logs.String(), err)
+			}
+		})
 	}
 }

@@ -71,6 +71,8 @@ func TestLoginRestrictedUseTokenRealVault(t *testing.T) {
 		opts     func(t *testing.T) vault.LoginOptions
 		wantErr  loginErr
 		wantText []string
+		// after, when set, checks Vault after Start.
+		after func(t *testing.T)
 	}{
 		{
 			name: "ok/approle-unlimited",
@@ -87,6 +89,12 @@ func TestLoginRestrictedUseTokenRealVault(t *testing.T) {
 			},
 			wantErr:  loginErr{Kind: unavailableKind, Reason: vault.ReasonConfig},
 			wantText: []string{"approle login at auth/approle/login", "use limit (num_uses=5)", "token_num_uses=0 on the approle role"},
+			// The refused token was revoked, not left valid for its TTL.
+			after: func(t *testing.T) {
+				if n := approleTokens(t, ctx, root, "limited"); n != 0 {
+					t.Errorf("%d tokens of the approle role limited are still valid after the refused login, want 0", n)
+				}
+			},
 		},
 		{
 			name: "ok/token-unlimited",
@@ -114,6 +122,9 @@ func TestLoginRestrictedUseTokenRealVault(t *testing.T) {
 			if got := loginErrOf(err); got != tc.wantErr {
 				t.Fatalf("Start() = %v (%+v), want %+v", err, got, tc.wantErr)
 			}
+			if tc.after != nil {
+				tc.after(t)
+			}
 			if err == nil {
 				return
 			}
@@ -125,4 +136,27 @@ func TestLoginRestrictedUseTokenRealVault(t *testing.T) {
 			}
 		})
 	}
+}
+
+// approleTokens counts the valid tokens Vault holds that an AppRole login
+// as role made (meta role_name), looking every accessor up as root.
+func approleTokens(t *testing.T, ctx context.Context, root *vaultapi.Client, role string) int {
+	t.Helper()
+	sec, err := root.Logical().ListWithContext(ctx, "auth/token/accessors")
+	if err != nil || sec == nil {
+		t.Fatalf("list accessors: %v", err)
+	}
+	keys, _ := sec.Data["keys"].([]any)
+	n := 0
+	for _, k := range keys {
+		acc, _ := k.(string)
+		s, err := root.Auth().Token().LookupAccessorWithContext(ctx, acc)
+		if err != nil {
+			continue // revoked meanwhile
+		}
+		if meta, _ := s.Data["meta"].(map[string]any); meta != nil && meta["role_name"] == role {
+			n++
+		}
+	}
+	return n
 }
