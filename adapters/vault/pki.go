@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net/url"
 	"slices"
@@ -41,6 +42,8 @@ type PKIMinterOptions struct {
 	TrustDomain string
 	ClockSkew   time.Duration    // default DefaultPKIClockSkew
 	Now         func() time.Time // default time.Now
+	// Log gets what CheckRoles could not check; default slog.Default().
+	Log *slog.Logger
 }
 
 // PKIMinter mints X.509 certificates for grants of kind pki from a Vault PKI
@@ -69,6 +72,7 @@ type PKIMinter struct {
 	td    string
 	skew  time.Duration
 	now   func() time.Time
+	log   *slog.Logger
 }
 
 var (
@@ -106,7 +110,62 @@ func NewPKIMinter(o PKIMinterOptions) (*PKIMinter, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &PKIMinter{c: o.Client, grant: o.Grant, td: td, skew: skew, now: now}, nil
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return &PKIMinter{c: o.Client, grant: o.Grant, td: td, skew: skew, now: now, log: log}, nil
+}
+
+// CheckRoles reads the PKI role of each pki grant of pol
+// (<mount>/roles/<role> of its issue path; PKIBrokerPolicy grants read on
+// it) and fails, with a vault_config error naming the grant, when a role
+// sets no_store=true: Vault keeps no record of the certificates such a
+// role issues, so revoking one by serial fails ("not found") until it
+// expires, and a keytrail revocation of an issuance of that grant would
+// fail, retried, until then. A role it cannot read (the broker's token
+// lacks read on it, no such role or mount yet, Vault unreachable) is
+// logged at WARN and skipped: issuing through it fails or works as before.
+func (m *PKIMinter) CheckRoles(ctx context.Context, pol *policies.Policy) error {
+	return CheckPKIRoles(ctx, m.c, pol, m.log)
+}
+
+// CheckPKIRoles is PKIMinter.CheckRoles with the client c, logging to log
+// (nil: slog.Default()), for a policy reload.
+func CheckPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	if pol == nil {
+		return nil
+	}
+	const op = "read pki role"
+	var errs []error
+	for _, g := range pol.Grants() {
+		if g.PKI == nil {
+			continue
+		}
+		mount, ok := PKIMount(g.PKI.Path)
+		if !ok {
+			continue // policies validation refuses it; Mint says so
+		}
+		role := g.PKI.Path[strings.LastIndex(g.PKI.Path, "/")+1:]
+		path := mount + "/roles/" + role
+		sec, err := c.Logical().ReadWithContext(ctx, path)
+		if err != nil || sec == nil || sec.Data == nil {
+			why := "no such role"
+			if err != nil {
+				why = translate(op, err).Error()
+			}
+			log.Warn("could not check the pki role of a grant (no_store must be false, or its certificates cannot be revoked); the broker's token needs read on it",
+				slog.String("grant", g.Name), slog.String("path", path), slog.String("error", why))
+			continue
+		}
+		if noStore, _ := sec.Data["no_store"].(bool); noStore {
+			errs = append(errs, configError("grant %q: pki role %s sets no_store=true: Vault does not store the certificates it issues, so none can be revoked by serial (keytrail's revocation of an issuance of the grant would fail until the certificate expires); set no_store=false on the role", g.Name, path))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // validTrustDomain accepts what SPIFFE allows in a trust domain name.
@@ -358,11 +417,13 @@ func parseSerial(s string) (*big.Int, error) {
 }
 
 // PKIBrokerPolicy returns the HCL the broker's own token needs for a pki
-// grant with the given issue path: update on the path and on <mount>/revoke.
+// grant with the given issue path: update on the path and on
+// <mount>/revoke, and read on <mount>/roles/<role> (CheckRoles).
 func PKIBrokerPolicy(issuePath string) (string, error) {
 	mount, ok := PKIMount(issuePath)
 	if !ok {
 		return "", fmt.Errorf("pki path %q is not <mount>/issue/<role>", issuePath)
 	}
-	return fmt.Sprintf("path %q {\n  capabilities = [\"update\"]\n}\npath %q {\n  capabilities = [\"update\"]\n}\n", issuePath, mount+"/revoke"), nil
+	role := mount + "/roles/" + issuePath[strings.LastIndex(issuePath, "/")+1:]
+	return fmt.Sprintf("path %q {\n  capabilities = [\"update\"]\n}\npath %q {\n  capabilities = [\"update\"]\n}\npath %q {\n  capabilities = [\"read\"]\n}\n", issuePath, mount+"/revoke", role), nil
 }

@@ -505,9 +505,14 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	pkiMinter, err := vaultad.NewPKIMinter(vaultad.PKIMinterOptions{Client: vc,
+	pkiMinter, err := vaultad.NewPKIMinter(vaultad.PKIMinterOptions{Client: vc, Log: rt.log,
 		Grant: func(name string) (*policies.Grant, bool) { return rt.state.Load().pol.Grant(name) }})
 	if err != nil {
+		return err
+	}
+	// A pki role with no_store=true issues certificates nobody can revoke
+	// by serial: refused here, and by policy reloads.
+	if err := pkiMinter.CheckRoles(ctx, rt.state.Load().pol); err != nil {
 		return err
 	}
 	svcStore, err := rt.wireRevocationCache(ctx)
@@ -660,6 +665,10 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 	if err == nil && rt.login != nil {
 		// As at start-up: grants a batch token cannot serve are refused.
 		err = checkTokenType(rt.login.Status().TokenType, pol)
+	}
+	if err == nil && rt.vault != nil {
+		// As at start-up: pki grants whose role sets no_store=true.
+		err = vaultad.CheckPKIRoles(ctx, rt.vault, pol, rt.log)
 	}
 	var (
 		v      *authn.Verifier

@@ -1,0 +1,187 @@
+package vault_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	vault "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/e2e/harness"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// pkiRoleGrants are two pki grants on two roles of two mounts (one
+// through an issuer).
+const pkiRoleGrants = `  - name: g-web
+    kind: pki
+    ttl: 5m
+    pki: {path: pki/issue/web}
+  - name: g-int
+    kind: pki
+    ttl: 5m
+    pki: {path: pki_int/issuer/default/issue/svc}
+`
+
+// TestPKIMinterCheckRoles: a pki grant whose role sets no_store=true is
+// refused at start-up (vault_config, naming the grant and the setting);
+// roles that store their certificates pass; a role the broker cannot read
+// (403, none) is logged and skipped.
+func TestPKIMinterCheckRoles(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		web, svc func(w http.ResponseWriter) // answers of pki/roles/web and pki_int/roles/svc
+		wantErr  []string                    // "" none
+		wantLog  []string
+	}{
+		{
+			name: "ok/stored",
+			web:  roleAnswer(200, map[string]any{"no_store": false, "max_ttl": 3600}),
+			svc:  roleAnswer(200, map[string]any{"no_store": false}),
+		},
+		{
+			name:    "fail/no-store",
+			web:     roleAnswer(200, map[string]any{"no_store": false}),
+			svc:     roleAnswer(200, map[string]any{"no_store": true}),
+			wantErr: []string{"vault_config", `grant "g-int"`, "pki_int/roles/svc", "no_store=true", "set no_store=false"},
+		},
+		{
+			name:    "ok/unreadable-logged",
+			web:     roleAnswer(403, nil),
+			svc:     roleAnswer(404, nil),
+			wantLog: []string{"g-web", "pki/roles/web", "permission denied", "g-int", "pki_int/roles/svc"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				switch r.Method + " " + r.URL.Path {
+				case "GET /v1/pki/roles/web":
+					tc.web(w)
+				case "GET /v1/pki_int/roles/svc":
+					tc.svc(w)
+				default:
+					t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
+					w.WriteHeader(500)
+				}
+			}))
+			defer srv.Close()
+			c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs loginLogBuffer
+			m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
+			err = m.CheckRoles(context.Background(), pol)
+			checkContains(t, "CheckRoles()", err, tc.wantErr)
+			for _, s := range tc.wantLog {
+				if !strings.Contains(logs.String(), s) {
+					t.Errorf("logs do not say %q:\n%s", s, logs.String())
+				}
+			}
+			if len(tc.wantLog) == 0 && logs.String() != "" {
+				t.Errorf("logs = %s, want none", logs.String())
+			}
+		})
+	}
+}
+
+func roleAnswer(status int, data map[string]any) func(w http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		w.WriteHeader(status)
+		switch {
+		case status == 403:
+			_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{"permission denied"}})
+		case data == nil:
+			_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{}})
+		default:
+			_ = json.NewEncoder(w).Encode(map[string]any{"data": data})
+		}
+	}
+}
+
+func noGrant(string) (*policies.Grant, bool) { return nil, false }
+
+// checkContains fails unless err says each of want (nil error when want is
+// empty); the error's kind and reason count as said.
+func checkContains(t *testing.T, what string, err error, want []string) {
+	t.Helper()
+	if len(want) == 0 {
+		if err != nil {
+			t.Errorf("%s = %v, want nil", what, err)
+		}
+		return
+	}
+	if err == nil {
+		t.Fatalf("%s = nil, want an error saying %q", what, want)
+	}
+	text := err.Error() + " " + loginErrOf(err).Reason
+	for _, s := range want {
+		if !strings.Contains(text, s) {
+			t.Errorf("%s = %q, want it to say %q", what, err, s)
+		}
+	}
+}
+
+// TestPKIMinterCheckRolesRealVault: against a real Vault and a broker
+// token holding only PKIBrokerPolicy, CheckRoles passes a role that stores
+// its certificates and refuses one with no_store=true.
+func TestPKIMinterCheckRolesRealVault(t *testing.T) {
+	v := harness.StartVault(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := v.Client
+	for _, mount := range []string{"pki", "pki_int"} {
+		if err := root.Sys().MountWithContext(ctx, mount, &vaultapi.MountInput{Type: "pki"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(path string, data map[string]any) {
+		t.Helper()
+		if _, err := root.Logical().WriteWithContext(ctx, path, data); err != nil {
+			t.Fatalf("write %s: %v", path, err)
+		}
+	}
+	write("pki/roles/web", map[string]any{"allow_any_name": true})
+	write("pki_int/roles/svc", map[string]any{"allow_any_name": true})
+	var hcl strings.Builder
+	for _, p := range []string{"pki/issue/web", "pki_int/issuer/default/issue/svc"} {
+		h, err := vault.PKIBrokerPolicy(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hcl.WriteString(h)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, "keytrail-pki", hcl.String()); err != nil {
+		t.Fatal(err)
+	}
+	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-pki"}, NoDefaultPolicy: true, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs loginLogBuffer
+	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
+	checkContains(t, "CheckRoles(stored)", m.CheckRoles(ctx, pol), nil)
+	if logs.String() != "" {
+		t.Errorf("logs = %s, want none (PKIBrokerPolicy reads the roles)", logs.String())
+	}
+	write("pki_int/roles/svc", map[string]any{"allow_any_name": true, "no_store": true})
+	checkContains(t, "CheckRoles(no_store)", m.CheckRoles(ctx, pol), []string{"vault_config", `grant "g-int"`, "pki_int/roles/svc", "no_store=true"})
+}
