@@ -52,8 +52,12 @@ func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
 			set.Keys = append(set.Keys, jwk.Marshal())
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "public, max-age=60")
+	// writeJSON's headers but a public cache time: verifiers may cache
+	// the keys.
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "public, max-age=60")
+	h.Set("X-Content-Type-Options", "nosniff")
 	writeJSONRaw(w, set)
 }
 
