@@ -123,7 +123,8 @@ func candidates(q string) ([]candidate, error) {
 }
 
 // Unwrap strips what other logs and tools put around a value: surrounding
-// space, one pair of matching double or single quotes (PostgreSQL's
+// space, one pair of matching double or single quotes around the whole
+// value, with no other such quote inside (PostgreSQL's
 // `role "kt-iss-..." does not exist`, JSON, shells), an "Authorization:"
 // and "Bearer " prefix (HTTP logs, curl commands), the header names of the
 // ids the proxy sends upstream ("X-Request-Id: use_...",
@@ -150,7 +151,9 @@ func Unwrap(v string) string {
 				w = name
 			}
 		}
-		if len(w) >= 2 && (w[0] == '"' || w[0] == '\'') && w[len(w)-1] == w[0] {
+		if len(w) >= 2 && (w[0] == '"' || w[0] == '\'') && w[len(w)-1] == w[0] &&
+			strings.IndexByte(w[1:len(w)-1], w[0]) < 0 {
+			// One quoted string: `"x" foo "y"` is two, kept as it is.
 			w = strings.TrimSpace(w[1 : len(w)-1])
 		}
 		if w == v {

@@ -47,3 +47,34 @@ func TestLookupQuotedAndBearerValues(t *testing.T) {
 		t.Errorf("SafeQuery(quoted Vault token) = %q, want the token's fingerprint %q", got, want)
 	}
 }
+
+// Only a value that is one quoted string loses its quotes: `"x" foo "y"`
+// (two quoted words and what is between them, as a log line pasted whole)
+// lost its first and last quote and was looked up as `x" foo "y`, a value
+// no log wrote. It is now read as it is.
+func TestUnwrapStripsOnlyOneWholeQuotedString(t *testing.T) {
+	for q, want := range map[string]string{
+		`"x" foo "y"`:              `"x" foo "y"`,
+		`'x' foo 'y'`:              `'x' foo 'y'`,
+		`"use_U1" "use_U2"`:        `"use_U1" "use_U2"`,
+		`"a"b"`:                    `"a"b"`,
+		`"x"`:                      "x",
+		`'x'`:                      "x",
+		` "x" `:                    "x",
+		`"'x'"`:                    "x",
+		`"it's"`:                   "it's",
+		`'say "hi"'`:               `say "hi"`,
+		`"v-kt-iss_01JXC-reports"`: "v-kt-iss_01JXC-reports",
+		`Bearer "use_U1"`:          "use_U1",
+		`X-Request-Id: "use_U1"`:   "use_U1",
+		`""`:                       "",
+	} {
+		if got := trace.Unwrap(q); got != want {
+			t.Errorf("Unwrap(%q) = %q, want %q", q, got, want)
+		}
+	}
+	x := fixtureIndex(t)
+	if res, err := x.Lookup(`"use_U1" "use_U2"`); err == nil {
+		t.Errorf("Lookup of two quoted ids = %s matched %s %q, want no match", res.Issuance.ID, res.Query.Kind, res.Query.Value)
+	}
+}
