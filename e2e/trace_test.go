@@ -126,7 +126,7 @@ func TestTraceAgainstRealVault(t *testing.T) {
 				t.Errorf("trace %s output lacks %q:\n%s", "ACCESSOR", s, byAccessor)
 			}
 		}
-		offline.Vault, offline.VaultTotal, offline.VaultDropped = nil, 0, 0 // what only --vault-audit-log gives
+		offline.Vault, offline.VaultTotal, offline.VaultDropped = nil, nil, 0 // what only --vault-audit-log gives
 	})
 
 	t.Run("ok/online-equals-offline", func(t *testing.T) {

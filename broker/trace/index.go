@@ -390,10 +390,12 @@ type Result struct {
 	// when a Vault audit log was given.
 	Vault []VaultEntry `json:"vault,omitempty"`
 	// VaultTotal counts the requests of Vault's audit log made with this
-	// credential, VaultDropped those of them Vault does not list (past
+	// credential: set (0 when none) whenever a Vault audit log was
+	// searched, nil (absent from the JSON) when none was given.
+	// VaultDropped counts those of them Vault does not list (past
 	// MaxVaultEntries).
-	VaultTotal   int `json:"vault_total,omitempty"`
-	VaultDropped int `json:"vault_dropped,omitempty"`
+	VaultTotal   *int `json:"vault_total,omitempty"`
+	VaultDropped int  `json:"vault_dropped,omitempty"`
 	// Conflicts lists, one sentence each, records of this issuance that
 	// disagree with the one shown about what was issued (workload, owner,
 	// session, grant, kind, identity, a credential reference): another

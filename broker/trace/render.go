@@ -124,8 +124,12 @@ func (r *Result) WriteText(w io.Writer) error {
 		ew.printf(" (and %d proxied request(s) refused after their use event)", refused)
 	}
 	ew.printf(", %d revocation event(s)\n", len(r.Revocations))
-	if len(r.Vault) > 0 {
-		ew.printf("\nvault audit log: %d request(s) made with this credential", max(r.VaultTotal, len(r.Vault)))
+	if r.VaultTotal != nil || len(r.Vault) > 0 {
+		total := len(r.Vault)
+		if r.VaultTotal != nil {
+			total = max(*r.VaultTotal, total)
+		}
+		ew.printf("\nvault audit log: %d request(s) made with this credential", total)
 		if r.VaultDropped > 0 {
 			ew.printf(" (the first %d listed)", len(r.Vault))
 		}

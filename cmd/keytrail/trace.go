@@ -185,8 +185,9 @@ answer is 1).`,
 				if err != nil {
 					return fmt.Errorf("trace: --vault-audit-log: %w", err)
 				}
-				res.Vault, res.VaultTotal, err = trace.VaultEntriesFor(f, res.Issuance)
-				res.VaultDropped = res.VaultTotal - len(res.Vault)
+				var total int
+				res.Vault, total, err = trace.VaultEntriesFor(f, res.Issuance)
+				res.VaultTotal, res.VaultDropped = &total, total-len(res.Vault)
 				closeLog()
 				if err != nil {
 					return err
