@@ -313,7 +313,9 @@ func TestUnknownQueryParamsNamed(t *testing.T) {
 
 // A use id of another instance is only in that instance's audit log: the
 // 404 keeps its code and says which log was searched, and where such ids
-// are found.
+// are found. It names the log as the broker's audit log, not by its path
+// on the server (a caller of the API is not shown the server's files, as
+// Vault's API shows none), which the server's own log keeps.
 func TestTraceNotFoundNamesTheLogSearched(t *testing.T) {
 	f := newTraceFixture(t)
 	status, body := f.get(t, "/v1/admin/trace?q=use_01OTHERINSTANCE", "auditor")
@@ -324,9 +326,15 @@ func TestTraceNotFoundNamesTheLogSearched(t *testing.T) {
 	if err := json.Unmarshal(body, &got); err != nil || status != 404 || got.Error != "not_found" {
 		t.Fatalf("GET trace of another instance's use id = %d %s, want 404 not_found", status, body)
 	}
-	for _, want := range []string{f.auditPath, "other instance", "--audit-log"} {
+	for _, want := range []string{"the broker's audit log", "other instance", "--audit-log"} {
 		if !strings.Contains(got.Description, want) {
 			t.Errorf("not-found description %q does not say %q", got.Description, want)
 		}
+	}
+	if dir := filepath.Dir(f.auditPath); strings.Contains(string(body), dir) {
+		t.Errorf("not-found answer %s shows the server's audit directory %s", body, dir)
+	}
+	if logs := f.logs.String(); !strings.Contains(logs, f.auditPath) {
+		t.Errorf("the server log does not name the audit file searched (%s):\n%s", f.auditPath, logs)
 	}
 }

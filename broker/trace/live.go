@@ -844,10 +844,13 @@ func (l *Live) Trace(ctx context.Context, q string) (*Result, error) {
 // issuances and revocations), and that the ids of uses and requests made
 // through another instance are only in that instance's log, where the
 // offline trace over the collected logs finds them (the store holds
-// issuances and revocations, not those ids). It names the audit file, never the query.
+// issuances and revocations, not those ids). It never names the query.
+// What callers are shown names the log as the broker's audit log, not by
+// its path: an API caller is not shown the server's files (nor is one of
+// Vault's API); the error's text, which the server logs, has the path.
 func (l *Live) notFoundHere(idx *Index) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "no issuance matches this value in the audit log of the broker instance that answered (%s and its rotated files", l.o.Path)
+	b.WriteString("no issuance matches this value in the broker's audit log on the instance that answered (its audit.file and rotated files")
 	if st := idx.Stats(); st.Dropped > 0 {
 		fmt.Fprintf(&b, "; the in-memory index keeps its last %d events, %d older ones were not searched", st.Max, st.Dropped)
 	}
@@ -857,7 +860,8 @@ func (l *Live) notFoundHere(idx *Index) error {
 	}
 	b.WriteString("; ids of uses and requests made through another instance (and of revocations the store does not hold) are only in that other instance's audit log:" +
 		" trace the value offline over the audit logs collected from every instance (keytrail trace VALUE --audit-log FILE...)")
-	return &broker.Error{Kind: broker.ErrNotFound, Reason: "no_match", Safe: b.String(), Err: ErrNoMatch}
+	return &broker.Error{Kind: broker.ErrNotFound, Reason: "no_match", Safe: b.String(),
+		Err: fmt.Errorf("%w in %s and its rotated files", ErrNoMatch, l.o.Path)}
 }
 
 func nilSafe[T any](s []T) []T {

@@ -14,7 +14,9 @@ import (
 // request made through another instance is only in that instance's audit
 // log (the store holds issuances): the online trace's "not found" says
 // which log it searched, and where such ids are found, keeping its stable
-// error code.
+// error code. What callers are shown names it as the broker's audit log,
+// not by its path on the server; the error's text (the server's log) has
+// the path.
 func TestLiveNotFoundSaysWhichLogWasSearched(t *testing.T) {
 	dir := t.TempDir()
 	path := writeLines(t, dir, "audit.jsonl", sealed(t, "chn_nf", 0, fixtureEvents()))
@@ -41,10 +43,16 @@ func TestLiveNotFoundSaysWhichLogWasSearched(t *testing.T) {
 				if code := broker.CodeOf(e); code != "not_found" || e.Reason != "no_match" {
 					t.Errorf("Trace(%s): code %q reason %q, want not_found, no_match", q, code, e.Reason)
 				}
-				for _, want := range append([]string{"no issuance matches this value", path, "other instance", "keytrail trace", "--audit-log"}, tc.want...) {
+				for _, want := range append([]string{"no issuance matches this value", "the broker's audit log", "other instance", "keytrail trace", "--audit-log"}, tc.want...) {
 					if !strings.Contains(e.Safe, want) {
 						t.Errorf("Trace(%s) message %q does not say %q", q, e.Safe, want)
 					}
+				}
+				if strings.Contains(e.Safe, dir) {
+					t.Errorf("Trace(%s) message %q shows the server's audit directory", q, e.Safe)
+				}
+				if !strings.Contains(err.Error(), path) {
+					t.Errorf("Trace(%s) error %q does not name the audit file searched, for the server's log", q, err)
 				}
 				if strings.Contains(e.Safe, q) {
 					t.Errorf("Trace(%s) message %q repeats the query", q, e.Safe)

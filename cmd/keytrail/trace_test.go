@@ -658,7 +658,7 @@ func TestOfflineTraceAndReportCheckTheChain(t *testing.T) {
 // "no issuance matches"; a server that says nothing more gets the plain
 // message.
 func TestTraceOnlineNotFoundSaysWhatWasSearched(t *testing.T) {
-	const detail = " in the audit log of the broker instance that answered (/var/lib/keytrail/audit.jsonl and its rotated files)" +
+	const detail = " in the broker's audit log on the instance that answered (its audit.file and rotated files)" +
 		"; ids of uses, revocations and requests made through another instance are only in that other instance's audit log"
 	desc := "no issuance matches this value" + detail
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
