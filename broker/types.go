@@ -12,7 +12,7 @@ import (
 // verified-token cache does).
 type Identity struct {
 	IssuerName string         // policy issuer name (e.g. "k8s-prod")
-	Iss        string         // the token's iss claim
+	Iss        string         // the token's iss claim (a SPIFFE JWT-SVID without iss: its issuer's trust domain id)
 	Sub        string         // the token's sub claim
 	JTI        string         // the token's jti claim, if any
 	Audience   []string       // the token's aud claim

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	vault "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/broker/trace"
@@ -106,12 +108,16 @@ func TestIdentityTokensOfEachPlatform(t *testing.T) {
 	gha := platformIssuer(t, "RS256", "https://token.actions.githubusercontent.com")
 	spiffe := platformIssuer(t, "ES256", "https://spire.example.org")
 	oidc := platformIssuer(t, "ES256", "")
+	// A SPIRE server without jwt_issuer: its JWT-SVIDs carry no iss and
+	// are routed by the trust domain of their sub.
+	spire := platformIssuer(t, "ES256", "spiffe://td.example.org")
 	extra := fmt.Sprintf(`version: 1
 issuers:
   - {name: k8s, issuer: %q, jwks_url: %q, audiences: [keytrail], algorithms: [RS256], max_token_lifetime: 2h, session_claim: kubernetes.io.pod.uid}
   - {name: gha, issuer: %q, jwks_url: %q, audiences: [keytrail], algorithms: [RS256], max_token_lifetime: 2h, session_claim: run_id+run_attempt}
   - {name: spiffe, issuer: %q, jwks_url: %q, audiences: [keytrail], algorithms: [ES256], max_token_lifetime: 2h}
   - {name: oidc, issuer: %q, discovery: true, audiences: [keytrail], algorithms: [ES256], max_token_lifetime: 2h}
+  - {name: spire-td, issuer: %q, jwks_url: %q, audiences: [keytrail], algorithms: [ES256], max_token_lifetime: 2h}
 workloads:
   - name: ledger
     owner: team-ledger
@@ -125,6 +131,10 @@ workloads:
     owner: team-mesh
     match: {issuer: spiffe, subject: "spiffe://example.org/ns/prod/sa/gateway"}
     grants: [j-jwt]
+  - name: mesh-td-gateway
+    owner: team-mesh
+    match: {issuer: spire-td, subject: "spiffe://td.example.org/ns/prod/sa/gateway"}
+    grants: [j-jwt]
   - name: support-agent
     owner: team-support
     match: {issuer: oidc, subject: "agent-7"}
@@ -132,7 +142,7 @@ workloads:
 grants:
   - {name: j-vault, kind: vault_token, ttl: 10m, vault_token: {policies: [payments-read]}}
   - {name: j-jwt, kind: jwt, ttl: 5m, jwt: {audience: orders-api, transit_key: keytrail-signing}}
-`, k8s.iss, k8s.jwks, gha.iss, gha.jwks, spiffe.iss, spiffe.jwks, oidc.iss)
+`, k8s.iss, k8s.jwks, gha.iss, gha.jwks, spiffe.iss, spiffe.jwks, oidc.iss, spire.iss, spire.jwks)
 	env := startStack(t, stackOptions{extraPolicy: extra})
 	admin := env.issuer.token(t, "alice", map[string]any{"groups": "secops"})
 
@@ -221,6 +231,37 @@ grants:
 		}
 		if st, body, _ := env.exchange(t, spiffe.sign(t, jwt.MapClaims{"sub": "spiffe://example.org/ns/prod/sa/other"}), "j-jwt", nil); st != 403 {
 			t.Errorf("SVID of another SPIFFE id = %d %s, want 403", st, body)
+		}
+	})
+
+	t.Run("ok/spiffe-jwt-svid-without-iss", func(t *testing.T) {
+		// A JWT-SVID of a SPIRE server without jwt_issuer: no iss, no
+		// jti. The issuer is the one of its sub's trust domain, and the
+		// session hashes the trust domain id in the place of iss.
+		const sub = "spiffe://td.example.org/ns/prod/sa/gateway"
+		now := time.Now().Unix()
+		svid := func(sub string, iat int64) string {
+			tok, err := spire.Sign(jwt.MapClaims{"sub": sub, "aud": []any{"keytrail"}, "iat": iat, "exp": iat + 300})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}
+		tok := svid(sub, now-60)
+		a := env.issue(t, tok, "j-jwt", nil)
+		again := env.issue(t, tok, "j-jwt", nil)
+		next := env.issue(t, svid(sub, now), "j-jwt", nil)
+		want := broker.SessionID("spire-td", "token:spiffe://td.example.org\x00"+sub+"\x00"+strconv.FormatInt(now-60, 10))
+		if a.Workload != "mesh-td-gateway" || a.SessionID != want || again.SessionID != want || next.SessionID == want {
+			t.Fatalf("workload %s, sessions: one SVID %s / %s, the next SVID %s; want mesh-td-gateway, the first two %s, the third different",
+				a.Workload, a.SessionID, again.SessionID, next.SessionID, want)
+		}
+		// Without iss, a sub of a trust domain no issuer claims, or not a
+		// SPIFFE ID, is refused.
+		for _, other := range []string{"spiffe://example.org/ns/prod/sa/gateway", "gateway"} {
+			if st, body, _ := env.exchange(t, svid(other, now), "j-jwt", nil); st != 401 {
+				t.Errorf("SVID without iss, sub %q = %d %s, want 401", other, st, body)
+			}
 		}
 	})
 

@@ -182,7 +182,11 @@ func compile(files []parsedFile) (*Policy, error) {
 		l := issuerLocs[i]
 		validateIssuer(&v, l, &p.issuers[i], written(roots(l.file), l.path+".max_token_lifetime"), roots(l.file))
 		if iss := p.issuers[i].Issuer; iss != "" {
-			if j, dup := p.issByIss[iss]; dup {
+			if j, dup := p.issByIss[iss]; dup && p.issuers[i].TrustDomain() != "" {
+				// Tokens without iss are routed by their sub's trust
+				// domain: it may name one issuer only.
+				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "trust domain %s is already claimed by %s; one issuer per trust domain", quoted(iss), issuerLocs[j])
+			} else if dup {
 				v.add(issuerLocs[i].file, issuerLocs[i].path+".issuer", "issuer %s is already declared by %s; iss values must be unique", quoted(iss), issuerLocs[j])
 			} else {
 				p.issByIss[iss] = i
@@ -334,6 +338,15 @@ func validateIssuer(v *validator, l loc, is *Issuer, lifetimeWritten bool, doc *
 	}
 	if is.Issuer == "" {
 		v.add(l.file, l.path+".issuer", "required: the exact iss value of its tokens")
+	} else if IsSPIFFEIssuer(is.Issuer) {
+		// A SPIFFE trust domain: it also takes tokens without iss whose
+		// sub is a SPIFFE ID in it (SPIRE's JWT-SVIDs), keys from its
+		// bundle endpoint (jwks_url); there is no discovery.
+		if _, err := CheckSPIFFEIssuer(is.Issuer); err != nil {
+			v.add(l.file, l.path+".issuer", "%s: %v", quoted(is.Issuer), err)
+		} else if is.Discovery {
+			v.add(l.file, l.path+".discovery", "a SPIFFE trust domain has no discovery document: set jwks_url to its bundle endpoint")
+		}
 	} else if u, err := url.Parse(is.Issuer); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		v.add(l.file, l.path+".issuer", "must be an absolute http(s) URL")
 	} else if is.Discovery && !secureOrLoopback(u) {

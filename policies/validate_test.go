@@ -286,6 +286,25 @@ func TestParseValidation(t *testing.T) {
 		{"fail/issuer-iss-duplicate", map[string]string{"issuers": `[{name: i, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}, {name: j, issuer: "https://x", jwks_url: "https://x/j", audiences: [k], algorithms: [RS256]}]`},
 			[]string{`t.yaml: issuers[1].issuer: issuer "https://x" is already declared by t.yaml: issuers[0]; iss values must be unique`}},
 
+		// A SPIFFE trust domain as issuer: spiffe://<td>, no path, keys
+		// from its bundle endpoint; tokens without iss are routed to it by
+		// their sub's trust domain, so a trust domain has one issuer.
+		{"ok/issuer-spiffe-trust-domain", map[string]string{"issuers": `[{name: i, issuer: "spiffe://prod.example.org", jwks_url: "https://spire.example.org/bundle", audiences: [k], algorithms: [ES256]}]`}, nil},
+		{"fail/issuer-spiffe-duplicate-trust-domain", map[string]string{"issuers": `[{name: i, issuer: "spiffe://example.org", jwks_url: "https://a.example/bundle", audiences: [k], algorithms: [ES256]}, {name: j, issuer: "spiffe://example.org", jwks_url: "https://b.example/bundle", audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[1].issuer: trust domain "spiffe://example.org" is already claimed by t.yaml: issuers[0]; one issuer per trust domain`}},
+		{"fail/issuer-spiffe-with-path", map[string]string{"issuers": `[{name: i, issuer: "spiffe://example.org/ns/prod", jwks_url: "https://x/j", audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[0].issuer: "spiffe://example.org/ns/prod": a SPIFFE issuer is a trust domain id, spiffe://<trust domain>, without a path`}},
+		{"fail/issuer-spiffe-trailing-slash", map[string]string{"issuers": `[{name: i, issuer: "spiffe://example.org/", jwks_url: "https://x/j", audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[0].issuer: "spiffe://example.org/": not a SPIFFE ID: empty path segment (or a trailing slash)`}},
+		{"fail/issuer-spiffe-upper-case", map[string]string{"issuers": `[{name: i, issuer: "spiffe://Example.org", jwks_url: "https://x/j", audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[0].issuer: "spiffe://Example.org": not a SPIFFE ID: the trust domain must be 1 to 255 characters [a-z0-9._-]`}},
+		{"fail/issuer-spiffe-scheme-case", map[string]string{"issuers": `[{name: i, issuer: "SPIFFE://example.org", jwks_url: "https://x/j", audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[0].issuer: "SPIFFE://example.org": not a SPIFFE ID: must start with "spiffe://"`}},
+		{"fail/issuer-spiffe-port", map[string]string{"issuers": `[{name: i, issuer: "spiffe://example.org:8443", jwks_url: "https://x/j", audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[0].issuer: "spiffe://example.org:8443": not a SPIFFE ID: the trust domain must be 1 to 255 characters [a-z0-9._-]`}},
+		{"fail/issuer-spiffe-discovery", map[string]string{"issuers": `[{name: i, issuer: "spiffe://example.org", discovery: true, audiences: [k], algorithms: [ES256]}]`},
+			[]string{`t.yaml: issuers[0].discovery: a SPIFFE trust domain has no discovery document: set jwks_url to its bundle endpoint`}},
+
 		// workloads
 		{"ok/workload-subject-pattern-and-claims", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject_pattern: "repo:acme/.*", claims: {kubernetes.io.namespace: ns}, claim_patterns: {ref: "refs/tags/v.*"}}, grants: [g]}]`}, nil},
 		{"ok/workload-rate", map[string]string{"workloads": `[{name: w, owner: o, match: {issuer: i, subject: s}, grants: [g], rate: {per_second: 0.5, burst: 1}}]`}, nil},

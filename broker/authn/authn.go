@@ -8,7 +8,11 @@
 //     each be exactly one JSON object; parsing and signature verification are
 //     done by github.com/golang-jwt/jwt/v5 with an explicit algorithm
 //     allow-list per issuer (never "none", never HMAC);
-//   - the issuer is chosen by the exact iss claim; keys come only from that
+//   - the issuer is chosen by the exact iss claim, or, for a token without
+//     iss (a SPIFFE JWT-SVID of a SPIRE server without jwt_issuer), by the
+//     trust domain of its sub, a SPIFFE ID, among the issuers whose issuer
+//     is a trust-domain id spiffe://<td> (such an issuer takes only subs of
+//     its trust domain, with or without iss); keys come only from that
 //     issuer's configured JWKS (jwks_url, or OIDC discovery), never from the
 //     token: tokens carrying jku, x5u, jwk or x5c headers are rejected, and so
 //     are tokens with a crit header;
@@ -144,6 +148,7 @@ type Options struct {
 // Verifier verifies identity tokens. It is safe for concurrent use.
 type Verifier struct {
 	issuers         map[string]*issuerState // by exact iss
+	byTrustDomain   map[string]*issuerState // SPIFFE trust domain issuers, by trust domain name
 	now             func() time.Time
 	log             *slog.Logger
 	onFetch         func(issuer string, err error)
@@ -174,6 +179,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	}
 	v := &Verifier{
 		issuers:         make(map[string]*issuerState, len(o.Issuers)),
+		byTrustDomain:   map[string]*issuerState{},
 		now:             o.Now,
 		log:             o.Logger,
 		onFetch:         o.OnFetch,
@@ -248,6 +254,11 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		if len(ierrs) == 0 && st != nil {
 			if _, dup := v.issuers[is.Issuer]; !dup {
 				v.issuers[is.Issuer] = st
+				if st.trustDomain != "" {
+					// One issuer per trust domain: its issuer is
+					// spiffe://<td>, and issuers are unique.
+					v.byTrustDomain[st.trustDomain] = st
+				}
 			}
 		}
 	}
@@ -348,15 +359,9 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 		return reject(ReasonUnsupportedAlg, errors.New("alg missing or not supported"))
 	}
 	claims, _ := tok.Claims.(jwt.MapClaims)
-	iss, isString := claims["iss"].(string)
-	if isString && iss == "" || claims["iss"] == nil {
-		// Legal in a SPIFFE JWT-SVID (SPIRE sets iss only when its server
-		// has jwt_issuer), but an issuer is chosen by its exact iss alone.
-		return reject(ReasonMissingIssuer, errors.New("iss claim missing or empty (a SPIRE server sets it only with jwt_issuer configured)"))
-	}
-	st := v.issuers[iss]
-	if st == nil {
-		return reject(ReasonUntrustedIssuer, errors.New("iss is not a trusted issuer"))
+	st, err := v.issuerFor(claims)
+	if err != nil {
+		return err
 	}
 	if !st.allowsAlg(alg) {
 		return reject(ReasonUnsupportedAlg, fmt.Errorf("issuer %s does not allow alg %s", st.cfg.Name, alg))
@@ -384,6 +389,43 @@ func (v *Verifier) route(ctx context.Context, tok *jwt.Token, r *routed) error {
 	}
 	*r = routed{st: st, kid: kid, hasKid: hasKid, alg: alg, typ: typ, hasTyp: hasTyp, key: key}
 	return nil
+}
+
+// issuerFor chooses the token's issuer (its claims not yet trusted): the
+// one whose issuer is exactly its iss; for a token without an iss member,
+// legal in a SPIFFE JWT-SVID (a SPIRE server sets iss only with jwt_issuer
+// configured), the SPIFFE trust domain issuer (issuer: spiffe://<td>) of
+// its sub's trust domain, the sub parsed strictly as a SPIFFE ID. A trust
+// domain's issuer takes only subs of its trust domain, with iss or without.
+func (v *Verifier) issuerFor(claims jwt.MapClaims) (*issuerState, error) {
+	rawIss, hasIss := claims["iss"]
+	if !hasIss {
+		sub, _ := claims["sub"].(string)
+		td, ok := policies.SPIFFEWorkloadTrustDomain(sub)
+		if !ok {
+			return nil, reject(ReasonMissingIssuer, errors.New("iss claim missing and sub is not a SPIFFE ID (a SPIRE server sets iss only with jwt_issuer configured)"))
+		}
+		st := v.byTrustDomain[td]
+		if st == nil {
+			return nil, reject(ReasonUntrustedIssuer, errors.New("iss claim missing and the sub's SPIFFE trust domain is not a trusted issuer"))
+		}
+		return st, nil
+	}
+	iss, isString := rawIss.(string)
+	if isString && iss == "" || rawIss == nil {
+		return nil, reject(ReasonMissingIssuer, errors.New("iss claim null or empty"))
+	}
+	st := v.issuers[iss]
+	if st == nil {
+		return nil, reject(ReasonUntrustedIssuer, errors.New("iss is not a trusted issuer"))
+	}
+	if st.trustDomain != "" {
+		sub, _ := claims["sub"].(string)
+		if td, ok := policies.SPIFFEWorkloadTrustDomain(sub); !ok || td != st.trustDomain {
+			return nil, reject(ReasonUntrustedIssuer, fmt.Errorf("issuer %s is a SPIFFE trust domain and sub is not a SPIFFE ID in it", st.cfg.Name))
+		}
+	}
+	return st, nil
 }
 
 // authenticateTwoPass is the path for tokens jwt/v5 refused before the key
@@ -434,7 +476,7 @@ func (v *Verifier) afterSignature(raw string, r *routed, claims jwt.MapClaims, s
 	if reason, cause := checkClaimShapes(claims); reason != "" {
 		return nil, reject(reason, cause)
 	}
-	if err := r.st.validator.Validate(claims); err != nil {
+	if err := r.st.validatorFor(claims).Validate(claims); err != nil {
 		return nil, reject(claimsReason(err), claimsCause(err))
 	}
 	id, err := v.identity(r.st, claims)
@@ -469,7 +511,7 @@ func (v *Verifier) fromCache(ctx context.Context, sum [sha256.Size]byte, e *veri
 		v.verified.forget(sum)
 		return nil, errCacheStale
 	}
-	if err := e.st.validator.Validate(e.claims); err != nil {
+	if err := e.st.validatorFor(e.claims).Validate(e.claims); err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {
 			v.verified.forget(sum)
 		}

@@ -56,6 +56,11 @@ type issuerState struct {
 	client      *http.Client
 	caSum       [sha256.Size]byte // SHA-256 of the ca_file bundle client trusts; zero without ca_file
 	validator   *jwt.Validator    // the issuer's claim checks
+	// trustDomain is the trust domain name of a SPIFFE issuer (issuer
+	// spiffe://<td>), else "". Such an issuer also takes tokens without
+	// iss; noIss is their validator: validator's checks but iss.
+	trustDomain string
+	noIss       *jwt.Validator
 
 	mu          sync.Mutex
 	set         *keySet    // last good key set; nil before the first success
@@ -130,8 +135,16 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	if is.Name == "" {
 		bad("name", "required")
 	}
-	if is.Issuer == "" {
+	var td string
+	switch {
+	case is.Issuer == "":
 		bad("issuer", "required")
+	case policies.IsSPIFFEIssuer(is.Issuer):
+		// The rule policy validation applies: a trust-domain id.
+		var err error
+		if td, err = policies.CheckSPIFFEIssuer(is.Issuer); err != nil {
+			bad("issuer", "%v", err)
+		}
 	}
 	switch {
 	case is.JWKSURL != "" && is.Discovery:
@@ -187,15 +200,29 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	}
 	// The issuer's claim checks, run by jwt/v5's Validator after the
 	// signature verified and again on every verified-token cache hit.
-	st.validator = jwt.NewValidator(
+	checks := []jwt.ParserOption{
 		jwt.WithExpirationRequired(),
-		jwt.WithIssuer(is.Issuer),
 		jwt.WithAudience(slices.Clone(is.Audiences)...),
 		jwt.WithLeeway(v.leeway),
 		jwt.WithIssuedAt(),
 		jwt.WithTimeFunc(v.now),
-	)
+	}
+	st.validator = jwt.NewValidator(append(checks, jwt.WithIssuer(is.Issuer))...)
+	if td != "" {
+		st.trustDomain = td
+		st.noIss = jwt.NewValidator(checks...)
+	}
 	return st, nil
+}
+
+// validatorFor is the validator of claims, routed to st (issuerFor): the
+// one without the iss check only for a SPIFFE issuer's token without iss,
+// so a token that has an iss always has it checked to be st's exactly.
+func (st *issuerState) validatorFor(claims jwt.MapClaims) *jwt.Validator {
+	if _, hasIss := claims["iss"]; !hasIss && st.noIss != nil {
+		return st.noIss
+	}
+	return st.validator
 }
 
 func (st *issuerState) allowsAlg(alg string) bool {

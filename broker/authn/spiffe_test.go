@@ -10,14 +10,21 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/keytrail/keytrail/broker"
 
 	"github.com/keytrail/keytrail/broker/authn"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // spiffeJWK is k's public JWK as a SPIFFE bundle holds it (the SPIFFE
@@ -196,5 +203,155 @@ func TestSPIFFEUseIsCaseSensitive(t *testing.T) {
 		unnamed := sign(t, k, map[string]any{"kid": nil}, svid)
 		_, err = v.Authenticate(ctx, unnamed)
 		checkRejection(t, err, unnamed, "bad_signature")
+	}
+}
+
+// svidClaims are the claims of a SPIRE JWT-SVID from a server without
+// jwt_issuer: sub, aud, exp, iat, and no iss.
+func svidClaims(mods ...claimMod) jwt.MapClaims {
+	c := jwt.MapClaims{
+		"sub": "spiffe://example.org/ns/payments/sa/api",
+		"aud": []any{"keytrail"},
+		"iat": t0.Add(-10 * time.Second).Unix(),
+		"exp": t0.Add(5 * time.Minute).Unix(),
+	}
+	for _, m := range mods {
+		m(c)
+	}
+	return c
+}
+
+// spiffeVerifier trusts the trust domain example.org (issuer
+// spiffe://example.org, keys from a SPIFFE bundle of one jwt-svid key and
+// one x509-svid key) and, beside it, an ordinary issuer "other" with the
+// same key under another kid. It returns the verifier and the jwt-svid and
+// x509-svid keys.
+func spiffeVerifier(t *testing.T) (*authn.Verifier, *authntest.Key, *authntest.Key) {
+	t.Helper()
+	jwtKey, caKey := newKey(t, "ES256"), newKey(t, "ES256")
+	bundle := staticServer(t, spiffeBundle(t, 300,
+		spiffeJWK(t, caKey, "x509-svid", caKey.KID),
+		spiffeJWK(t, jwtKey, "jwt-svid", jwtKey.KID),
+	))
+	other := newIssuer(t, "ES256")
+	v := verifierFor(t, "spiffe://example.org", bundle.URL, func(o *authn.Options) {
+		o.Issuers[0].Name = "spire-prod"
+		o.Issuers = append(o.Issuers, policies.Issuer{
+			Name: "other", Issuer: other.URL, JWKSURL: other.URL + "/jwks", Audiences: []string{"keytrail"},
+			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour),
+		})
+	})
+	return v, jwtKey, caKey
+}
+
+// TestSPIFFEWithoutIss: a JWT-SVID without iss (the SPIFFE JWT-SVID spec
+// makes it optional; SPIRE sets it only with jwt_issuer) is routed to the
+// issuer spiffe://<td> of its sub's trust domain and checked as any other
+// token: audience, lifetime, keys of the trust domain's bundle.
+func TestSPIFFEWithoutIss(t *testing.T) {
+	v, jwtKey, caKey := spiffeVerifier(t)
+	ctx := context.Background()
+
+	tok := sign(t, jwtKey, nil, svidClaims())
+	id, err := v.Authenticate(ctx, tok)
+	if err != nil {
+		t.Fatalf("Authenticate(JWT-SVID without iss) = %v, want ok", err)
+	}
+	// Iss is the trust domain id: what the session id of a token without
+	// jti hashes with sub and iat, and what Policy.Trusts compares.
+	want := &broker.Identity{IssuerName: "spire-prod", Iss: "spiffe://example.org", Sub: "spiffe://example.org/ns/payments/sa/api",
+		Audience: []string{"keytrail"}, IssuedAt: t0.Add(-10 * time.Second), Expiry: t0.Add(5 * time.Minute)}
+	if diff := cmp.Diff(want, id, cmpopts.IgnoreFields(broker.Identity{}, "Claims")); diff != "" {
+		t.Errorf("Authenticate() identity (-want +got):\n%s", diff)
+	}
+	// Again, from the verified-token cache: the same answer, no signature
+	// check.
+	checks := v.SignatureChecks()
+	id2, err := v.Authenticate(ctx, tok)
+	if err != nil || id2.Iss != "spiffe://example.org" || id2.IssuerName != "spire-prod" {
+		t.Errorf("Authenticate(again) = %+v, %v", id2, err)
+	}
+	if got := v.SignatureChecks(); got != checks {
+		t.Errorf("signature checks = %d after a cache hit, want %d", got, checks)
+	}
+	// With iss set to the trust domain id it is the same issuer.
+	if id, err := v.Authenticate(ctx, sign(t, jwtKey, nil, svidClaims(set("iss", "spiffe://example.org")))); err != nil || id.IssuerName != "spire-prod" {
+		t.Errorf("Authenticate(iss = trust domain id) = %v, %v; want spire-prod", id, err)
+	}
+
+	tests := []struct {
+		name   string
+		key    *authntest.Key
+		claims jwt.MapClaims
+		reason string
+	}{
+		{"sub-other-trust-domain", jwtKey, svidClaims(set("sub", "spiffe://example.com/ns/payments/sa/api")), "untrusted_issuer"},
+		{"sub-trust-domain-suffix", jwtKey, svidClaims(set("sub", "spiffe://prod.example.org/api")), "untrusted_issuer"},
+		{"sub-not-spiffe", jwtKey, svidClaims(set("sub", testSub)), "missing_issuer"},
+		{"sub-missing", jwtKey, svidClaims(del("sub")), "missing_issuer"},
+		{"sub-trust-domain-id", jwtKey, svidClaims(set("sub", "spiffe://example.org")), "missing_issuer"},
+		{"sub-upper-case-trust-domain", jwtKey, svidClaims(set("sub", "spiffe://Example.org/api")), "missing_issuer"},
+		{"sub-port", jwtKey, svidClaims(set("sub", "spiffe://example.org:443/api")), "missing_issuer"},
+		{"sub-userinfo", jwtKey, svidClaims(set("sub", "spiffe://u@example.org/api")), "missing_issuer"},
+		{"sub-query", jwtKey, svidClaims(set("sub", "spiffe://example.org/api?x=1")), "missing_issuer"},
+		{"sub-fragment", jwtKey, svidClaims(set("sub", "spiffe://example.org/api#x")), "missing_issuer"},
+		{"sub-dot-segment", jwtKey, svidClaims(set("sub", "spiffe://example.org/ns/../api")), "missing_issuer"},
+		{"sub-empty-segment", jwtKey, svidClaims(set("sub", "spiffe://example.org//api")), "missing_issuer"},
+		{"sub-trailing-slash", jwtKey, svidClaims(set("sub", "spiffe://example.org/api/")), "missing_issuer"},
+		{"sub-not-string", jwtKey, svidClaims(set("sub", []any{"spiffe://example.org/api"})), "missing_issuer"},
+		{"iss-null", jwtKey, svidClaims(set("iss", nil)), "missing_issuer"},
+		{"iss-empty", jwtKey, svidClaims(set("iss", "")), "missing_issuer"},
+		// With iss the trust domain id, sub must be in that trust domain too.
+		{"iss-trust-domain-sub-other", jwtKey, svidClaims(set("iss", "spiffe://example.org"), set("sub", "spiffe://example.com/api")), "untrusted_issuer"},
+		{"iss-trust-domain-sub-not-spiffe", jwtKey, svidClaims(set("iss", "spiffe://example.org"), set("sub", testSub)), "untrusted_issuer"},
+		// iss present is always compared exactly.
+		{"iss-trust-domain-with-slash", jwtKey, svidClaims(set("iss", "spiffe://example.org/")), "untrusted_issuer"},
+		// Every other check as for any token.
+		{"aud-other", jwtKey, svidClaims(set("aud", "spire-server")), "bad_audience"},
+		{"aud-missing", jwtKey, svidClaims(del("aud")), "bad_audience"},
+		{"expired", jwtKey, svidClaims(set("exp", t0.Add(-time.Minute).Unix())), "token_expired"},
+		{"exp-missing", jwtKey, svidClaims(del("exp")), "missing_exp"},
+		{"lifetime-too-long", jwtKey, svidClaims(set("exp", t0.Add(2*time.Hour).Unix())), "lifetime_too_long"},
+		{"signed-by-x509-svid-key", caKey, svidClaims(), "unknown_key"},
+		{"signed-by-unknown-key", newKey(t, "ES256"), svidClaims(), "unknown_key"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := sign(t, tc.key, nil, tc.claims)
+			_, err := v.Authenticate(ctx, tok)
+			checkRejection(t, err, tok, tc.reason)
+		})
+	}
+	t.Run("alg-not-allowed", func(t *testing.T) {
+		tok := sign(t, newKey(t, "ES384"), nil, svidClaims())
+		_, err := v.Authenticate(ctx, tok)
+		checkRejection(t, err, tok, "unsupported_alg")
+	})
+}
+
+// TestSPIFFEIssuerValidatedByNew: New, for direct Options users, takes an
+// issuer of scheme spiffe only as a trust domain id, and one issuer per
+// trust domain.
+func TestSPIFFEIssuerValidatedByNew(t *testing.T) {
+	is := func(name, iss string) policies.Issuer {
+		return policies.Issuer{Name: name, Issuer: iss, JWKSURL: "https://spire.example.org/bundle", Audiences: []string{"keytrail"},
+			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour)}
+	}
+	for _, tc := range []struct {
+		name    string
+		issuers []policies.Issuer
+		want    string
+	}{
+		{"with-path", []policies.Issuer{is("a", "spiffe://example.org/api")}, "issuers[0].issuer: a SPIFFE issuer is a trust domain id"},
+		{"upper-case", []policies.Issuer{is("a", "spiffe://EXAMPLE.org")}, "issuers[0].issuer: not a SPIFFE ID"},
+		{"scheme-case", []policies.Issuer{is("a", "Spiffe://example.org")}, "issuers[0].issuer: not a SPIFFE ID"},
+		{"same-trust-domain", []policies.Issuer{is("a", "spiffe://example.org"), is("b", "spiffe://example.org")}, `issuers[1].issuer: duplicate "spiffe://example.org"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := authn.New(context.Background(), authn.Options{Issuers: tc.issuers})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("New() = %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }
