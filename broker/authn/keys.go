@@ -101,6 +101,20 @@ type keySet struct {
 	// refreshHint is a SPIFFE bundle's spiffe_refresh_hint, 0 when the set
 	// has none (or a malformed one); see freshFor.
 	refreshHint time.Duration
+	// sequence is a SPIFFE bundle's spiffe_sequence, when hasSequence
+	// (see olderThan).
+	sequence    uint64
+	hasSequence bool
+}
+
+// olderThan reports whether s is a SPIFFE bundle older than held: both
+// carry a spiffe_sequence and s's is lower. The SPIFFE Trust Domain and
+// Bundle spec (§4.1.1) makes it increase with every change of the bundle,
+// so a lower one is a stale copy (a lagging replica or cache in front of
+// the endpoint, a rollback): its keys may be ones the trust domain has
+// since withdrawn, and it must not replace the held keys.
+func (s *keySet) olderThan(held *keySet) bool {
+	return held != nil && s.hasSequence && held.hasSequence && s.sequence < held.sequence
 }
 
 // freshFor is how long after its fetch s is used without a refetch:
@@ -527,6 +541,12 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 		defer cancel()
 		set, uri, err := v.fetch(fctx, st, jwksURI)
 		st.mu.Lock()
+		if err == nil && set.olderThan(st.set) {
+			// As a failed fetch: the held keys serve on, for StaleFor
+			// past their CacheTTL at most, unless a later fetch brings a
+			// bundle at least as new.
+			err = fmt.Errorf("jwks: SPIFFE bundle spiffe_sequence %d is lower than the held bundle's %d: not taken", set.sequence, st.set.sequence)
+		}
 		if err != nil {
 			st.lastErr = err
 			st.jwksURI = "" // rediscover next time
@@ -648,12 +668,14 @@ func (v *Verifier) get(ctx context.Context, c *http.Client, u string) ([]byte, e
 // CA keys) are skipped before they are parsed, as are keys of any other
 // use (§4.2.2: unknown uses are ignored), and its spiffe_refresh_hint, an
 // integer number of seconds, is kept (see freshFor); a hint that is not a
-// positive integer is ignored, not a reason to refuse the keys.
-// spiffe_sequence is not read.
+// positive integer is ignored, not a reason to refuse the keys. Its
+// spiffe_sequence, a non-negative integer, is kept (see olderThan); one
+// that is not is ignored likewise.
 func parseJWKS(body []byte) (*keySet, error) {
 	var doc struct {
 		Keys        *[]json.RawMessage `json:"keys"`
 		RefreshHint json.RawMessage    `json:"spiffe_refresh_hint"`
+		Sequence    json.RawMessage    `json:"spiffe_sequence"`
 	}
 	if err := json.Unmarshal(body, &doc); err != nil {
 		return nil, errors.New("not a JSON JWK set")
@@ -662,6 +684,9 @@ func parseJWKS(body []byte) (*keySet, error) {
 		return nil, errors.New(`no "keys" member`)
 	}
 	set := &keySet{refreshHint: refreshHint(doc.RefreshHint)}
+	if len(doc.Sequence) > 0 && json.Unmarshal(doc.Sequence, &set.sequence) == nil {
+		set.hasSequence = true
+	}
 	keys := make([]verifyKey, 0, len(*doc.Keys))
 	x509Keys := 0
 	for _, raw := range *doc.Keys {

@@ -355,3 +355,88 @@ func TestSPIFFEIssuerValidatedByNew(t *testing.T) {
 		})
 	}
 }
+
+// TestSPIFFESequence: a bundle whose spiffe_sequence is lower than the
+// held bundle's is a stale copy (the SPIFFE Trust Domain and Bundle spec,
+// §4.1.1: the sequence increases with every change): it is not taken, and
+// the held keys serve on as when a fetch fails. An equal or higher
+// sequence, or a bundle without one, is taken.
+func TestSPIFFESequence(t *testing.T) {
+	a, b := newKey(t, "ES256"), newKey(t, "ES256")
+	bundle := func(seq any, k *authntest.Key) []byte {
+		doc := map[string]any{"keys": []jwkset.JWKMarshal{spiffeJWK(t, k, "jwt-svid", k.KID)}}
+		if seq != nil {
+			doc["spiffe_sequence"] = seq
+		}
+		body, err := json.Marshal(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}
+	var body atomic.Pointer[[]byte]
+	serve := func(b []byte) { body.Store(&b) }
+	var fetches atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fetches.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(*body.Load())
+	}))
+	t.Cleanup(srv.Close)
+	clock := &fakeClock{now: t0}
+	var fetchErrs []error
+	v := verifierFor(t, "spiffe://example.org", srv.URL, func(o *authn.Options) {
+		o.Now = clock.Now
+		o.OnFetch = func(_ string, err error) { fetchErrs = append(fetchErrs, err) }
+	})
+	ctx := context.Background()
+	tokA := sign(t, a, nil, svidClaims(set("exp", t0.Add(50*time.Minute).Unix())))
+	tokB := sign(t, b, nil, svidClaims(set("exp", t0.Add(50*time.Minute).Unix())))
+
+	serve(bundle(7, a))
+	if _, err := v.Authenticate(ctx, tokA); err != nil {
+		t.Fatalf("Authenticate(key of bundle 7) = %v, want ok", err)
+	}
+	// Past CacheTTL the endpoint answers an older bundle, of other keys.
+	serve(bundle(6, b))
+	clock.Advance(authn.DefaultCacheTTL + time.Second)
+	if _, err := v.Authenticate(ctx, tokA); err != nil {
+		t.Fatalf("Authenticate(key of bundle 7, stale, refetch started) = %v, want ok", err)
+	}
+	v.WaitFetches()
+	if n := fetches.Load(); n != 2 || len(fetchErrs) != 2 || fetchErrs[1] == nil {
+		t.Errorf("fetches = %d, errors %v; want the second fetch (bundle 6) to count as failed", n, fetchErrs)
+	}
+	if _, err := v.Authenticate(ctx, tokA); err != nil {
+		t.Errorf("Authenticate(key of bundle 7 after bundle 6 was served) = %v, want ok: the held keys stay", err)
+	}
+	if _, err := v.Authenticate(ctx, tokB); err == nil {
+		t.Errorf("Authenticate(key of bundle 6) = ok, want refused: bundle 6 was not taken")
+	}
+
+	// A newer bundle is taken.
+	serve(bundle(8, b))
+	clock.Advance(authn.DefaultRefreshInterval)
+	if _, err := v.Authenticate(ctx, tokB); err != nil {
+		t.Fatalf("Authenticate(key of bundle 8) = %v, want ok", err)
+	}
+	_, err := v.Authenticate(ctx, tokA)
+	checkRejection(t, err, tokA, "unknown_key")
+
+	// So is an equal one, and one without spiffe_sequence (nothing to
+	// compare).
+	for _, tc := range []struct {
+		seq any
+		key *authntest.Key
+		tok string
+	}{{8, a, tokA}, {nil, b, tokB}} {
+		serve(bundle(tc.seq, tc.key))
+		clock.Advance(authn.DefaultRefreshInterval)
+		if _, err := v.Authenticate(ctx, tc.tok); err != nil {
+			t.Fatalf("Authenticate(key of a bundle of sequence %v) = %v, want ok", tc.seq, err)
+		}
+	}
+	if n := fetches.Load(); n != 5 {
+		t.Errorf("fetches = %d, want 5", n)
+	}
+}
