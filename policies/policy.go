@@ -141,6 +141,13 @@ func (p *Policy) IssuerByIss(iss string) (*Issuer, bool) {
 	return &is, true
 }
 
+// IssuerByTrustDomain returns the issuer whose issuer is the SPIFFE
+// trust-domain id spiffe://<td> (td a trust domain name), which a token
+// without iss whose sub is a SPIFFE ID in td is routed to.
+func (p *Policy) IssuerByTrustDomain(td string) (*Issuer, bool) {
+	return p.IssuerByIss(spiffeScheme + td)
+}
+
 // Workloads lists the declared workloads in declaration order.
 func (p *Policy) Workloads() []Workload {
 	out := make([]Workload, len(p.workloads))

@@ -408,7 +408,7 @@ func (v *Verifier) issuerFor(claims jwt.MapClaims) (*issuerState, error) {
 		}
 		st := v.byTrustDomain[td]
 		if st == nil {
-			return nil, reject(ReasonUntrustedIssuer, errors.New("iss claim missing and the sub's SPIFFE trust domain is not a trusted issuer"))
+			return nil, reject(ReasonUntrustedIssuer, errors.New("iss claim missing and no issuer is the sub's SPIFFE trust domain, spiffe://<trust domain> (a SPIRE server sets iss only with jwt_issuer configured)"))
 		}
 		return st, nil
 	}

@@ -1414,3 +1414,48 @@ func TestHelpCommandWithHelpFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyExplainSPIFFEWithoutIss: a JWT-SVID without iss is explained
+// as the server routes it, to the issuer spiffe://<td> of its sub's trust
+// domain, verified or not; --unverified said "token has no iss claim ...
+// nothing would be granted" for every such token.
+func TestPolicyExplainSPIFFEWithoutIss(t *testing.T) {
+	iss := explainIssuer(t, "ES256")
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", `version: 1
+issuers:
+  - {name: spire, issuer: "spiffe://example.org", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: w, owner: team, match: {issuer: spire, subject: "spiffe://example.org/ns/prod/sa/api"}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	for _, tt := range []struct {
+		name   string
+		claims jwt.MapClaims // on top of aud, iat and exp
+		ok     bool
+		want   string // in the output
+	}{
+		{name: "ok-without-iss", claims: jwt.MapClaims{"sub": "spiffe://example.org/ns/prod/sa/api"}, ok: true, want: "grant g: ALLOWED"},
+		{name: "ok-iss-trust-domain", claims: jwt.MapClaims{"iss": "spiffe://example.org", "sub": "spiffe://example.org/ns/prod/sa/api"}, ok: true, want: "grant g: ALLOWED"},
+		{name: "other-trust-domain", claims: jwt.MapClaims{"sub": "spiffe://example.com/ns/prod/sa/api"}, want: "untrusted"},
+		{name: "iss-trust-domain-sub-other", claims: jwt.MapClaims{"iss": "spiffe://example.org", "sub": "spiffe://example.com/api"}, want: "untrusted"},
+		{name: "sub-not-spiffe", claims: jwt.MapClaims{"sub": "api"}, want: "iss"},
+	} {
+		c := jwt.MapClaims{"aud": "keytrail", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		for k, v := range tt.claims {
+			c[k] = v
+		}
+		tok, err := iss.Sign(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, tt.name, tok)
+		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
+			if (err == nil) != tt.ok || !strings.Contains(out, tt.want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, tt.want, out)
+			}
+		})
+	}
+}

@@ -164,14 +164,36 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 				if err != nil {
 					return fmt.Errorf("policy explain: --token: not a JWT: %w", err)
 				}
-				iss, _ := mc["iss"].(string)
-				if iss == "" {
-					fmt.Fprintln(e.stdout, "token has no iss claim: an issuer is chosen by its exact iss, so nothing would be granted (SPIRE sets iss in JWT-SVIDs only when the server has jwt_issuer)")
+				// The issuer as the server's verifier chooses it
+				// (authn's issuerFor): by the exact iss, or, for a
+				// token with no iss member, by its sub's SPIFFE trust
+				// domain.
+				rawIss, hasIss := mc["iss"]
+				iss, _ := rawIss.(string)
+				sub, _ := mc["sub"].(string)
+				subTD, subIsSPIFFE := policies.SPIFFEWorkloadTrustDomain(sub)
+				var is *policies.Issuer
+				var ok bool
+				switch {
+				case !hasIss && !subIsSPIFFE:
+					fmt.Fprintln(e.stdout, "token has no iss claim and its sub is not a SPIFFE ID (missing_issuer): nothing would be granted (an issuer is chosen by its exact iss; SPIRE sets iss in JWT-SVIDs only when the server has jwt_issuer, else they go to the issuer spiffe://<trust domain>)")
 					return exitError{code: 1}
+				case !hasIss:
+					if is, ok = pol.IssuerByTrustDomain(subTD); !ok {
+						fmt.Fprintf(e.stdout, "token has no iss claim and no policy issuer is its sub's SPIFFE trust domain %q (untrusted_issuer): nothing would be granted (SPIRE sets iss in JWT-SVIDs only when the server has jwt_issuer)\n", "spiffe://"+subTD)
+						return exitError{code: 1}
+					}
+				case rawIss == nil || rawIss == "":
+					fmt.Fprintln(e.stdout, "token's iss claim is null or empty (missing_issuer): nothing would be granted")
+					return exitError{code: 1}
+				default:
+					if is, ok = pol.IssuerByIss(iss); !ok {
+						fmt.Fprintf(e.stdout, "token issuer %q is not trusted by any policy issuer: nothing would be granted\n", iss)
+						return exitError{code: 1}
+					}
 				}
-				is, ok := pol.IssuerByIss(iss)
-				if !ok {
-					fmt.Fprintf(e.stdout, "token issuer %q is not trusted by any policy issuer: nothing would be granted\n", iss)
+				if td := is.TrustDomain(); td != "" && (!subIsSPIFFE || subTD != td) {
+					fmt.Fprintf(e.stdout, "token rejected: issuer %s is the SPIFFE trust domain %s and the token's sub is not a SPIFFE ID in it (untrusted_issuer): nothing would be granted\n", is.Name, is.Issuer)
 					return exitError{code: 1}
 				}
 				// The issuer's algorithms and token_types need no key:
