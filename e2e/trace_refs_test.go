@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +172,96 @@ func TestTraceByJTILeaseAndFingerprint(t *testing.T) {
 // otherwise takes a second more.
 func noRaceExitSleep() []string {
 	return []string{"GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0")}
+}
+
+// TestTraceThroughHMACedVaultAuditLog: Vault's file audit device HMACs
+// tokens and accessors by default (the stack's own device logs accessors
+// in clear; a second one here keeps Vault's default). keytrail's
+// --vault-audit-log still attributes the requests made with a token it
+// minted, through the token metadata's issuance_id, which Vault logs in
+// clear: the whole-log attribution, the Vault requests listed with a trace
+// of the credential, and a trace of the HMAC'd accessor an auditor copies
+// from that log (or gets from sys/audit-hash) all name the issuance.
+func TestTraceThroughHMACedVaultAuditLog(t *testing.T) {
+	env := startStack(t, stackOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := env.vault.Client
+	hmacLog := filepath.Join(t.TempDir(), "vault-audit-hmac.log")
+	mustVault(t, root.Sys().EnableAuditWithOptionsWithContext(ctx, "hmac", &vaultapi.EnableAuditOptions{
+		Type: "file", Options: map[string]string{"file_path": hmacLog}, // hmac_accessor: Vault's default, true
+	}))
+
+	wl := env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments", "session": "pod-hmac"})
+	res := env.issue(t, wl, "payments-vault", nil)
+	_, self := env.vaultAs(t, res.AccessToken, "the minted token")
+	accessor, _ := self.Data["accessor"].(string)
+	// A token keytrail did not mint, used once: a gap, in the HMAC'd log too.
+	legacy, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{DisplayName: "legacy-batch", Policies: []string{"default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.vaultAs(t, legacy.Auth.ClientToken, "the legacy token")
+	waitFor(t, 10*time.Second, "the HMAC'd Vault audit log's entry with the issuance id", func() bool {
+		return vaultAuditHasIssuance(t, hmacLog, res.IssuanceID)
+	})
+	hmacAccessor, err := root.Sys().AuditHashWithContext(ctx, "hmac", accessor)
+	if err != nil {
+		t.Fatalf("sys/audit-hash: %v", err)
+	}
+	logged, err := os.ReadFile(hmacLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(logged), accessor) || !strings.Contains(string(logged), hmacAccessor) {
+		t.Fatalf("the second audit device logs the accessor in clear, or not its HMAC %s: not the case this test is about", hmacAccessor)
+	}
+	copyPath := filepath.Join(t.TempDir(), "audit-copy.jsonl")
+	data, err := os.ReadFile(env.auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(copyPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := harness.KeytrailBinary(t)
+
+	t.Run("ok/whole-log-attributed-by-metadata", func(t *testing.T) {
+		var rep trace.VaultReport
+		mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", "--vault-audit-log", hmacLog, "--audit-log", copyPath, "--json"), &rep)
+		var got []string
+		for _, a := range rep.Attributions {
+			got = append(got, fmt.Sprintf("%s %s %s by %s: %d %s", a.IssuanceID, a.Workload, a.SessionID, a.By, a.Requests, strings.Join(a.Paths, ";")))
+		}
+		want := []string{fmt.Sprintf("%s payments-api %s by metadata: 1 read auth/token/lookup-self", res.IssuanceID, res.SessionID)}
+		if !slices.Equal(got, want) {
+			t.Errorf("attributions of the HMAC'd log = %q, want %q", got, want)
+		}
+		var gaps []string
+		for _, g := range rep.Gaps {
+			gaps = append(gaps, fmt.Sprintf("%s %q %s %d", g.DisplayName, g.Accessor, g.Reason, g.Requests))
+		}
+		if wantGaps := []string{`token-legacy-batch "" not_keytrail 1`}; !slices.Equal(gaps, wantGaps) {
+			t.Errorf("gaps of the HMAC'd log = %q, want %q (no accessor: it is HMAC'd)", gaps, wantGaps)
+		}
+	})
+
+	t.Run("ok/credential-trace-lists-its-vault-requests", func(t *testing.T) {
+		var got trace.Result
+		mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", res.AccessToken, "--audit-log", copyPath, "--vault-audit-log", hmacLog, "--json"), &got)
+		if got.Issuance == nil || got.Issuance.ID != res.IssuanceID || got.VaultTotal != 1 || len(got.Vault) != 1 ||
+			got.Vault[0].Path != "auth/token/lookup-self" || got.Vault[0].IssuanceID != res.IssuanceID || got.Vault[0].Accessor != "" {
+			t.Errorf("trace of the credential with the HMAC'd log = issuance %+v, vault %+v (total %d); want %s and its one lookup-self, accessor not shown",
+				got.Issuance, got.Vault, got.VaultTotal, res.IssuanceID)
+		}
+	})
+
+	t.Run("ok/hmaced-accessor-traced", func(t *testing.T) {
+		var got trace.Result
+		mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", hmacAccessor, "--audit-log", copyPath, "--vault-audit-log", hmacLog, "--json"), &got)
+		if got.Issuance == nil || got.Issuance.ID != res.IssuanceID || len(got.AlsoMatched) != 0 || got.Query.Kind != trace.KindVaultAuditLog {
+			t.Errorf("trace of the HMAC'd accessor = issuance %+v matched as %q, also %v; want %s alone, through the Vault audit log",
+				got.Issuance, got.Query.Kind, got.AlsoMatched, res.IssuanceID)
+		}
+	})
 }
