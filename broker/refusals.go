@@ -24,6 +24,12 @@ import (
 // that kind are answered 429 slow_down (reason source_rate_limited) with
 // Retry-After and no event of their own: one summary deny event per source
 // per SummaryEvery counts them (details suppressed, first, last).
+// One more bucket over all sources (GlobalPerSecond, GlobalBurst) bounds
+// them however many addresses they come from: a refusal is audited only
+// when its source's bucket and the global one both have a token (it takes
+// one of each); with the global bucket empty it is answered the same 429
+// and counted by one global summary per SummaryEvery (source "*"), its
+// source's bucket untouched.
 // Authenticated callers never take from these buckets, and neither do
 // refusals that are the broker's own failures (5xx).
 type RefusalLimits struct {
@@ -36,10 +42,20 @@ type RefusalLimits struct {
 	MaxSources int
 	// SummaryEvery is the span one summary event covers (0 = the default).
 	SummaryEvery time.Duration
+	// GlobalPerSecond refills the bucket of all sources together (0 = the
+	// default, negative: no global bucket).
+	GlobalPerSecond float64
+	// GlobalBurst is the global bucket's size (0 = the default).
+	GlobalBurst int
 }
 
 // DefaultRefusalLimits are the limits where a field is 0.
-var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10000, SummaryEvery: time.Minute}
+var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10000, SummaryEvery: time.Minute,
+	GlobalPerSecond: 200, GlobalBurst: 1000}
+
+// GlobalRefusalSource is the source.ip of the global bucket's summary
+// event: the refusals it counts came from any source.
+const GlobalRefusalSource = "*"
 
 // ReasonSourceRateLimited is the reason of a refusal answered 429 because
 // its source refused too many unauthenticated requests.
@@ -62,6 +78,9 @@ type refusalGuard struct {
 	// no longer tracked and the guard was full (restore): one summary,
 	// naming its source only while they all came from one.
 	aside refusalSummary
+	// global is the bucket of all sources and its pending summary (nil:
+	// no global bucket); it is in neither order nor m.
+	global *refusalSource
 }
 
 type refusalSource struct {
@@ -115,8 +134,19 @@ func newRefusalGuard(l RefusalLimits) *refusalGuard {
 	if l.SummaryEvery <= 0 {
 		l.SummaryEvery = d.SummaryEvery
 	}
-	return &refusalGuard{limit: rate.Limit(l.PerSecond), burst: l.Burst, max: l.MaxSources, every: l.SummaryEvery,
+	g := &refusalGuard{limit: rate.Limit(l.PerSecond), burst: l.Burst, max: l.MaxSources, every: l.SummaryEvery,
 		m: make(map[string]*list.Element)}
+	if l.GlobalPerSecond >= 0 {
+		if l.GlobalPerSecond == 0 {
+			l.GlobalPerSecond = d.GlobalPerSecond
+		}
+		if l.GlobalBurst <= 0 {
+			l.GlobalBurst = d.GlobalBurst
+		}
+		g.global = &refusalSource{key: GlobalRefusalSource, ip: GlobalRefusalSource,
+			bucket: rate.NewLimiter(rate.Limit(l.GlobalPerSecond), l.GlobalBurst)}
+	}
+	return g
 }
 
 // sourceKey is the bucket of an address: an IPv6 address's /64 (one host
@@ -130,10 +160,11 @@ func sourceKey(ip string) string {
 	return p.String()
 }
 
-// take charges one refusal to ip's bucket at now. ok: audit it as usual;
-// otherwise it is suppressed and retry says when a token is back. out are
-// summaries to write now (a source dropped to make room, or a source whose
-// summary span ended).
+// take charges one refusal to ip's bucket and the global one at now. ok:
+// audit it as usual; otherwise it is suppressed, counted by its source's
+// summary (its bucket empty) or the global one (the global bucket empty),
+// and retry says when a token is back. out are summaries to write now (a
+// source dropped to make room, or a source whose summary span ended).
 func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Duration, out []refusalSummary) {
 	key := sourceKey(ip)
 	g.mu.Lock()
@@ -154,8 +185,14 @@ func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Durat
 		}
 	}
 	src.ip = ip
-	if src.bucket.AllowN(now, 1) {
-		return true, 0, out
+	// A token of each, or none taken: a refusal the global bucket
+	// suppresses leaves its source's burst for later.
+	if src.bucket.TokensAt(now) >= 1 {
+		if g.global == nil || g.global.bucket.AllowN(now, 1) {
+			src.bucket.AllowN(now, 1)
+			return true, 0, out
+		}
+		src = g.global
 	}
 	if src.suppressed > 0 && now.Sub(src.first) >= g.every {
 		s, _ := src.summary()
@@ -167,8 +204,8 @@ func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Durat
 	src.suppressed++
 	src.last = now
 	retry = time.Second
-	if lack := 1 - src.bucket.TokensAt(now); lack > 0 && g.limit > 0 {
-		retry = time.Duration(math.Ceil(lack / float64(g.limit) * float64(time.Second)))
+	if lack, lim := 1-src.bucket.TokensAt(now), float64(src.bucket.Limit()); lack > 0 && lim > 0 {
+		retry = time.Duration(math.Ceil(lack / lim * float64(time.Second)))
 	}
 	return false, retry, out
 }
@@ -191,6 +228,10 @@ func (src *refusalSource) summary() (refusalSummary, bool) {
 func (g *refusalGuard) restore(sum refusalSummary) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if sum.ip == GlobalRefusalSource && g.global != nil {
+		g.global.restore(sum)
+		return
+	}
 	if !sum.mixed {
 		key := sourceKey(sum.ip)
 		if el, found := g.m[key]; found {
@@ -228,6 +269,10 @@ func (g *refusalGuard) sweep(now time.Time, all bool) []refusalSummary {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []refusalSummary
+	if src := g.global; src != nil && src.suppressed > 0 && (all || now.Sub(src.first) >= g.every) {
+		s, _ := src.summary()
+		out = append(out, s)
+	}
 	for el := g.order.Front(); el != nil; {
 		next := el.Next()
 		src := el.Value.(*refusalSource)
@@ -274,8 +319,8 @@ func (s refusalSummary) event() *audit.Event {
 
 // refuseAnonymous records the refusal err of a request whose caller has not
 // authenticated (ev, its deny or admin event) and returns the error to
-// answer with: err, or a 429 without an event of its own once src has
-// refused too many (RefusalLimits).
+// answer with: err, or a 429 without an event of its own once src, or all
+// sources together, refused too many (RefusalLimits).
 func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Source, err error) error {
 	if s.refusals == nil || StatusOf(AsError(err)) >= 500 {
 		s.recordDeny(ctx, ev, err)
@@ -287,7 +332,7 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		s.recordDeny(ctx, ev, err)
 		return err
 	}
-	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: "too many refused requests from this address; slow down", RetryAfter: retry,
+	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: "too many refused requests; slow down", RetryAfter: retry,
 		// The refusal it stands for, for the log only; not wrapped, so
 		// errors.Is finds the 429's category alone.
 		Err: fmt.Errorf("refusal not audited: %s", err.Error())}

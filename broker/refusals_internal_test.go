@@ -180,3 +180,68 @@ func TestRefusalFlushNotSerial(t *testing.T) {
 		t.Errorf("%d summaries queued by the flush, want %d", n, sources)
 	}
 }
+
+// TestRefusalGuardGlobal: past the global bucket, a refusal from any
+// source, however many there are, is suppressed and counted by the one
+// global summary (source "*"), its own source's bucket untouched; a source
+// whose own bucket is empty is counted by its own summary, the global
+// bucket untouched; Retry-After is the time until the bucket that refused
+// has a token; a global summary whose write failed is pending again, not a
+// tracked source.
+func TestRefusalGuardGlobal(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 2, MaxSources: 100, SummaryEvery: time.Minute,
+		GlobalPerSecond: 0.25, GlobalBurst: 3})
+	show := func(out []refusalSummary) string {
+		s := ""
+		for _, o := range out {
+			s += fmt.Sprintf("[%s %d %s %s]", o.ip, o.n, o.first.Sub(t0), o.last.Sub(t0))
+		}
+		return s
+	}
+	step := func(name, ip string, d time.Duration, wantOK bool, wantRetry time.Duration) {
+		t.Helper()
+		ok, retry, out := g.take(ip, at(d))
+		if ok != wantOK || retry != wantRetry || len(out) != 0 {
+			t.Errorf("%s: take(%s, +%s) = %v, %s, %q; want %v, %s, none", name, ip, d, ok, retry, show(out), wantOK, wantRetry)
+		}
+	}
+	step("a/1", "192.0.2.1", 0, true, 0)
+	step("a/2", "192.0.2.1", 0, true, 0)
+	step("a/own-bucket-empty", "192.0.2.1", 0, false, time.Second) // a's summary; the global bucket keeps its token
+	step("b/last-global-token", "192.0.2.2", 0, true, 0)
+	for i := range 50 {
+		step("flood", fmt.Sprintf("2001:db8:%x::1", i), time.Second, false, 3*time.Second)
+	}
+	step("b/global-empty", "192.0.2.2", 2*time.Second, false, 2*time.Second)
+	// +4s: one global token back; b's bucket was left its token.
+	step("b/global-refilled", "192.0.2.2", 4*time.Second, true, 0)
+	if got, want := show(g.sweep(at(61*time.Second), false)), "[* 51 1s 2s][192.0.2.1 1 0s 0s]"; got != want {
+		t.Errorf("sweep = %s, want %s", got, want)
+	}
+	ev := refusalSummary{ip: GlobalRefusalSource, n: 51, first: at(time.Second), last: at(2 * time.Second)}.event()
+	if ev.Source == nil || ev.Source.IP != GlobalRefusalSource || ev.Details["suppressed"] != 51 {
+		t.Errorf("global summary event = %+v %v, want source %q, 51 suppressed", ev.Source, ev.Details, GlobalRefusalSource)
+	}
+	n := g.len()
+	g.restore(refusalSummary{ip: GlobalRefusalSource, n: 7, first: at(time.Second), last: at(2 * time.Second)})
+	if got := g.len(); got != n {
+		t.Errorf("a restored global summary made %d sources tracked of %d", got, n)
+	}
+	if got, want := show(g.sweep(at(2*time.Minute), true)), "[* 7 1s 2s]"; got != want {
+		t.Errorf("sweep after a failed global summary = %s, want %s", got, want)
+	}
+}
+
+// TestRefusalGuardGlobalOff: a negative GlobalPerSecond leaves only the
+// sources' buckets.
+func TestRefusalGuardGlobalOff(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, GlobalPerSecond: -1, GlobalBurst: 1})
+	for i := range 100 {
+		if ok, _, _ := g.take(fmt.Sprintf("192.0.2.%d", i), t0); !ok {
+			t.Fatalf("refusal %d of a new source suppressed with the global bucket off", i+1)
+		}
+	}
+}

@@ -147,6 +147,9 @@ func NewService(d Deps) (*Service, error) {
 		// every refusal); off is a negative PerSecond or nil.
 		errs = append(errs, errors.New("broker: Deps.RefusalLimits.PerSecond must be a finite number"))
 	}
+	if l := d.RefusalLimits; l != nil && (math.IsNaN(l.GlobalPerSecond) || math.IsInf(l.GlobalPerSecond, 0)) {
+		errs = append(errs, errors.New("broker: Deps.RefusalLimits.GlobalPerSecond must be a finite number"))
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

@@ -313,3 +313,43 @@ func TestRefusalSummaryWriteFails(t *testing.T) {
 		t.Errorf("summaries once the audit log works again = %q, want %q", got, want)
 	}
 }
+
+// TestRefusalGlobalCeiling: refusals from many sources, each within its
+// own burst (an IPv6 /48 holds 65,536 /64s), are audited only up to the
+// global bucket; past it they are answered 429 slow_down with no event of
+// their own and counted by one summary event of source "*"; a workload
+// that authenticates from one of those sources is not limited.
+func TestRefusalGlobalCeiling(t *testing.T) {
+	f := newRefusalFixture(t, &broker.RefusalLimits{PerSecond: 1, Burst: 3, SummaryEvery: time.Minute,
+		GlobalPerSecond: 1, GlobalBurst: 5})
+	const sources = 40
+	for i := range sources {
+		w := f.badToken(fmt.Sprintf("2001:db8:%x::1", i))
+		switch {
+		case i < 5 && w.Code != http.StatusUnauthorized:
+			t.Fatalf("refusal %d within the global burst = %d, want 401", i+1, w.Code)
+		case i >= 5 && (w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != "1" || !strings.Contains(w.Body.String(), `"slow_down"`)):
+			t.Fatalf("refusal %d past the global burst = %d Retry-After %q %s, want 429 slow_down Retry-After 1", i+1, w.Code, w.Header().Get("Retry-After"), w.Body)
+		}
+	}
+	if n := len(f.sink.Events()); n != 5 {
+		t.Fatalf("%d events after refusals from %d sources, want the global burst's 5: %q", n, sources, f.events())
+	}
+	if w := f.do(http.MethodPost, "/v1/token", "2001:db8:7::1", "", form().Encode()); w.Code != http.StatusOK {
+		t.Errorf("valid exchange from a source past the global bucket = %d %s, want 200", w.Code, w.Body)
+	}
+	f.advance(time.Minute)
+	f.svc.FlushRefusalSummaries(context.Background(), false)
+	var sums []string
+	for _, ev := range f.sink.Events() {
+		if ev.Outcome != nil && ev.Outcome.Reason == broker.ReasonRefusalsSuppressed {
+			sums = append(sums, fmt.Sprint(ev.Source.IP, " ", ev.Details["suppressed"]))
+		}
+	}
+	if want := []string{broker.GlobalRefusalSource + " 35"}; fmt.Sprint(sums) != fmt.Sprint(want) {
+		t.Errorf("summaries = %q, want %q", sums, want)
+	}
+	if got := deniesOf(t, f.reg, broker.ReasonSourceRateLimited); got != sources-5 {
+		t.Errorf("keytrail_denies_total{reason=%q} = %v, want %d", broker.ReasonSourceRateLimited, got, sources-5)
+	}
+}

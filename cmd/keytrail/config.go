@@ -127,12 +127,15 @@ type AuthnConfig struct {
 }
 
 // RefusalLimitConfig is broker.RefusalLimits; 0 is the default of each
-// field, per_second -1 turns the limit off.
+// field, per_second -1 turns the limit off, global_per_second -1 only the
+// bucket of all sources.
 type RefusalLimitConfig struct {
-	PerSecond    float64  `yaml:"per_second"`
-	Burst        int      `yaml:"burst"`
-	MaxSources   int      `yaml:"max_sources"`
-	SummaryEvery duration `yaml:"summary_every"`
+	PerSecond       float64  `yaml:"per_second"`
+	Burst           int      `yaml:"burst"`
+	MaxSources      int      `yaml:"max_sources"`
+	SummaryEvery    duration `yaml:"summary_every"`
+	GlobalPerSecond float64  `yaml:"global_per_second"`
+	GlobalBurst     int      `yaml:"global_burst"`
 }
 
 // limits returns the broker's limits, nil when turned off.
@@ -140,7 +143,8 @@ func (c RefusalLimitConfig) limits() *broker.RefusalLimits {
 	if c.PerSecond < 0 {
 		return nil
 	}
-	return &broker.RefusalLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxSources: c.MaxSources, SummaryEvery: time.Duration(c.SummaryEvery)}
+	return &broker.RefusalLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxSources: c.MaxSources, SummaryEvery: time.Duration(c.SummaryEvery),
+		GlobalPerSecond: c.GlobalPerSecond, GlobalBurst: c.GlobalBurst}
 }
 
 // VaultConfig says how to reach and log in to Vault.
@@ -659,6 +663,12 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	}
 	if c.RefusalLimit.Burst < 0 {
 		bad("refusal_limit.burst", "must not be negative (0: the default, 20)")
+	}
+	if g := c.RefusalLimit.GlobalPerSecond; math.IsNaN(g) || math.IsInf(g, 0) || g < 0 && g != -1 {
+		bad("refusal_limit.global_per_second", "must be -1 (no global bucket), 0 (the default, 200) or a finite positive number")
+	}
+	if c.RefusalLimit.GlobalBurst < 0 {
+		bad("refusal_limit.global_burst", "must not be negative (0: the default, 1000)")
 	}
 	if c.RefusalLimit.MaxSources < 0 {
 		bad("refusal_limit.max_sources", "must not be negative (0: the default, 10000)")
