@@ -81,6 +81,9 @@ type refusalGuard struct {
 	// global is the bucket of all sources and its pending summary (nil:
 	// no global bucket); it is in neither order nor m.
 	global *refusalSource
+	// closed: the last summaries were taken (sweep with final); any later
+	// refusal is audited on its own, as nothing would write its summary.
+	closed bool
 }
 
 type refusalSource struct {
@@ -169,6 +172,9 @@ func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Durat
 	key := sourceKey(ip)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.closed {
+		return true, 0, nil
+	}
 	var src *refusalSource
 	if el, found := g.m[key]; found {
 		g.order.MoveToFront(el)
@@ -265,9 +271,12 @@ func (src *refusalSource) restore(sum refusalSummary) {
 
 // sweep takes the summaries whose span ended by now (all of them with all)
 // and drops the sources with nothing pending whose bucket is full again.
-func (g *refusalGuard) sweep(now time.Time, all bool) []refusalSummary {
+// final (with all): they are the last ones; later refusals are audited
+// on their own (take).
+func (g *refusalGuard) sweep(now time.Time, all, final bool) []refusalSummary {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.closed = g.closed || final
 	var out []refusalSummary
 	if src := g.global; src != nil && src.suppressed > 0 && (all || now.Sub(src.first) >= g.every) {
 		s, _ := src.summary()
@@ -381,10 +390,16 @@ func (s *Service) RefuseUnauthenticated(ctx context.Context, requestID string, s
 // source. One not durable by then stays queued (the sink's Close writes
 // it).
 func (s *Service) FlushRefusalSummaries(ctx context.Context, all bool) {
+	s.flushRefusalSummaries(ctx, all, false)
+}
+
+// flushRefusalSummaries is FlushRefusalSummaries; final: the last flush,
+// after which every refusal is audited on its own.
+func (s *Service) flushRefusalSummaries(ctx context.Context, all, final bool) {
 	if s.refusals == nil {
 		return
 	}
-	out := s.refusals.sweep(s.d.Now(), all)
+	out := s.refusals.sweep(s.d.Now(), all, final)
 	if len(out) == 0 {
 		return
 	}
@@ -403,12 +418,15 @@ func (s *Service) FlushRefusalSummaries(ctx context.Context, all bool) {
 }
 
 // RunRefusalSummaries flushes the summaries at each tick and every pending
-// one when ctx ends (before the audit sink closes).
+// one when ctx ends (before the audit sink closes). Nothing would write a
+// summary after that last flush: a refusal that comes later (a request
+// still running after shutdown_timeout) is audited on its own, or its
+// failed write logged, rather than counted by a summary never written.
 func (s *Service) RunRefusalSummaries(ctx context.Context, tick <-chan time.Time) error {
 	for {
 		select {
 		case <-ctx.Done():
-			s.FlushRefusalSummaries(context.WithoutCancel(ctx), true)
+			s.flushRefusalSummaries(context.WithoutCancel(ctx), true, true)
 			return nil
 		case <-tick:
 			s.FlushRefusalSummaries(ctx, false)

@@ -45,7 +45,7 @@ func TestRefusalGuardSummaries(t *testing.T) {
 	if n := g.len(); n != 2 {
 		t.Errorf("%d sources tracked, want 2", n)
 	}
-	if out := g.sweep(t0.Add(73*time.Second), true); len(out) != 0 {
+	if out := g.sweep(t0.Add(73*time.Second), true, false); len(out) != 0 {
 		t.Errorf("sweep after the summaries were handed out = %q, want none", show(out))
 	}
 }
@@ -75,7 +75,7 @@ func TestRefusalGuardRestore(t *testing.T) {
 		return s
 	}
 	want := "[192.0.2.1 4 -1s 500ms][192.0.2.2 2 0s 1s][192.0.2.3 5 1s 3s]"
-	if got := show(g.sweep(at(2*time.Minute), false)); got != want {
+	if got := show(g.sweep(at(2*time.Minute), false, false)); got != want {
 		t.Errorf("sweep = %s, want %s", got, want)
 	}
 	if n := g.len(); n != 0 {
@@ -85,7 +85,7 @@ func TestRefusalGuardRestore(t *testing.T) {
 	g.take("192.0.2.5", at(2*time.Minute))
 	g.restore(refusalSummary{ip: "192.0.2.7", n: 1, first: at(0), last: at(0)})
 	g.restore(refusalSummary{ip: "192.0.2.8", n: 2, first: at(0), last: at(time.Second)})
-	out := g.sweep(at(2*time.Minute), true)
+	out := g.sweep(at(2*time.Minute), true, false)
 	if got, want := show(out), "[192.0.2.4 1 0s 0s][ 3 0s 1s]"; got != want {
 		t.Errorf("sweep = %s, want %s", got, want)
 	}
@@ -217,7 +217,7 @@ func TestRefusalGuardGlobal(t *testing.T) {
 	step("b/global-empty", "192.0.2.2", 2*time.Second, false, 2*time.Second)
 	// +4s: one global token back; b's bucket was left its token.
 	step("b/global-refilled", "192.0.2.2", 4*time.Second, true, 0)
-	if got, want := show(g.sweep(at(61*time.Second), false)), "[* 51 1s 2s][192.0.2.1 1 0s 0s]"; got != want {
+	if got, want := show(g.sweep(at(61*time.Second), false, false)), "[* 51 1s 2s][192.0.2.1 1 0s 0s]"; got != want {
 		t.Errorf("sweep = %s, want %s", got, want)
 	}
 	ev := refusalSummary{ip: GlobalRefusalSource, n: 51, first: at(time.Second), last: at(2 * time.Second)}.event()
@@ -229,7 +229,7 @@ func TestRefusalGuardGlobal(t *testing.T) {
 	if got := g.len(); got != n {
 		t.Errorf("a restored global summary made %d sources tracked of %d", got, n)
 	}
-	if got, want := show(g.sweep(at(2*time.Minute), true)), "[* 7 1s 2s]"; got != want {
+	if got, want := show(g.sweep(at(2*time.Minute), true, false)), "[* 7 1s 2s]"; got != want {
 		t.Errorf("sweep after a failed global summary = %s, want %s", got, want)
 	}
 }
@@ -243,5 +243,26 @@ func TestRefusalGuardGlobalOff(t *testing.T) {
 		if ok, _, _ := g.take(fmt.Sprintf("192.0.2.%d", i), t0); !ok {
 			t.Fatalf("refusal %d of a new source suppressed with the global bucket off", i+1)
 		}
+	}
+}
+
+// TestRefusalGuardClosed: after the final sweep nothing writes a summary
+// any more: a refusal past its source's bucket is audited on its own
+// rather than counted and never written.
+func TestRefusalGuardClosed(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, SummaryEvery: time.Minute})
+	g.take("192.0.2.1", t0)
+	if ok, _, _ := g.take("192.0.2.1", t0); ok {
+		t.Fatal("second refusal within the span audited; want suppressed")
+	}
+	if out := g.sweep(t0, true, true); len(out) != 1 || out[0].n != 1 {
+		t.Fatalf("final sweep = %+v, want the one summary", out)
+	}
+	if ok, _, out := g.take("192.0.2.1", t0); !ok || len(out) != 0 {
+		t.Errorf("refusal after the final sweep: ok %v, %d summaries; want audited on its own", ok, len(out))
+	}
+	if out := g.sweep(t0.Add(time.Hour), true, true); len(out) != 0 {
+		t.Errorf("a sweep after the final one = %+v, want none", out)
 	}
 }

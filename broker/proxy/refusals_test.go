@@ -68,3 +68,28 @@ func TestProxyUnauthenticatedRefusalsLimited(t *testing.T) {
 		t.Errorf("summary = %s, want %s", got, want)
 	}
 }
+
+// TestProxyRefusalAfterLastSummary: once the summaries' last flush ran
+// (RunRefusalSummaries stopped at shutdown), nothing would write another:
+// an unknown credential refused later (a request still running after
+// shutdown_timeout) is audited on its own, not counted and lost.
+func TestProxyRefusalAfterLastSummary(t *testing.T) {
+	f := newFixture(t, fixtureOpts{refusalLimits: &broker.RefusalLimits{PerSecond: 1, Burst: 1, SummaryEvery: time.Minute}})
+	unknown := func() *response {
+		return f.do(t, "GET", "/v1/proxy/stripe/v1/charges", http.Header{"Authorization": {"Bearer ktp_" + strings.Repeat("A", 43)}, "X-Forwarded-For": {"203.0.113.7"}}, nil)
+	}
+	if res := unknown(); res.Status != http.StatusUnauthorized {
+		t.Fatalf("refusal within the burst = %d, want 401", res.Status)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := f.svc.RunRefusalSummaries(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res := unknown(); res.Status != http.StatusUnauthorized {
+		t.Errorf("refusal past the burst after the last summaries = %d, want 401 (audited)", res.Status)
+	}
+	if got := len(f.eventsOf(audit.TypeDeny)); got != 2 {
+		t.Errorf("%d deny events, want 2 (each refusal's own)", got)
+	}
+}
