@@ -1934,6 +1934,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		status = 202
 	}
 	var evs []*audit.Event
+	decisionOnly := false // written only because of the held decision
 	switch {
 	case len(swept) > 0:
 		// The ids the sweep added, named in the log whatever their state.
@@ -1945,7 +1946,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		// this instance is writing them: the result written after them
 		// may be lost with them (see lateDecision). This one is written
 		// after them.
-		evs = s.resultEvents(r, "", status, "", "worker", nil)
+		evs, decisionOnly = s.resultEvents(r, "", status, "", "worker", nil), true
 	default:
 		return
 	}
@@ -1959,10 +1960,10 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		w.mu.Unlock()
 		return
 	}
-	if len(evs) > 0 && !hadPending && len(swept) == 0 && st != nil && st.last != nil && !closed(st.last.done) {
-		// Only the decision is left, and the last result (with the
+	if decisionOnly && st != nil && st.last != nil && !closed(st.last.done) {
+		// Written for the decision alone, and the last result (with the
 		// decision before it) is still on its way: one at a time while
-		// the log hangs.
+		// the log hangs, pending issuances or not.
 		w.mu.Unlock()
 		return
 	}

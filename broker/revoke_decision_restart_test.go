@@ -18,13 +18,13 @@ import (
 // restarted is a second Service over f's store, revokers and clock, with an
 // audit log of its own (sink): the broker after a restart, or another
 // instance sharing the store.
-func restarted(t *testing.T, f *revFixture, sink broker.AuditSink) *broker.Service {
+func restarted(t *testing.T, f *revFixture, sink broker.AuditSink, opts ...func(*broker.Deps)) *broker.Service {
 	t.Helper()
 	pol, err := policies.Parse("test.yaml", []byte(testPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := broker.NewService(broker.Deps{
+	d := broker.Deps{
 		Policy:   func() *policies.Policy { return pol },
 		Authn:    func() broker.Authenticator { return brokertest.Authn{} },
 		Minters:  map[string]broker.Minter{broker.KindVaultToken: &brokertest.Minter{}},
@@ -32,7 +32,11 @@ func restarted(t *testing.T, f *revFixture, sink broker.AuditSink) *broker.Servi
 		Store:    f.store,
 		Audit:    sink,
 		Now:      f.clock,
-	})
+	}
+	for _, o := range opts {
+		o(&d)
+	}
+	svc, err := broker.NewService(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,4 +319,57 @@ func (s *switchSink) Append(ctx context.Context, ev *audit.Event) error {
 		return s.failing.Append(ctx, ev)
 	}
 	return s.healthy.Append(ctx, ev)
+}
+
+// TestOrphanDecisionOneResultInFlightWhileLogHangs: another instance's
+// worker takes over a decision whose maker is gone while its own log
+// hangs, and the revocation's backend keeps failing (its issuance stays
+// pending). Each pass used to start one more result write chained behind
+// the hung one (the "one at a time" guard skipped passes that had pending
+// issuances): once the log took writes again, every one of them landed, a
+// duplicate revoke_result per pass the hang lasted. Now a pass that would
+// write only because of the held decision starts none while the last one
+// is on its way.
+func TestOrphanDecisionOneResultInFlightWhileLogHangs(t *testing.T) {
+	f, id := revokeWithDecisionHeld(t, true)
+	f.rv.setErr(errors.New("vault: connection refused")) // stays pending
+	other := &holdSink{rec: &brokertest.Sink{}, hold: func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke },
+		release: make(chan struct{}), added: make(chan string, 64)}
+	var once sync.Once
+	release := func() { once.Do(func() { close(other.release) }) }
+	t.Cleanup(release)
+	svc := restarted(t, f, other, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond })
+	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 4 { // passes while the log hangs
+		f.advance(time.Minute)
+		_ = within(t, "worker pass", func() error { return w.Tick(ctx) })
+	}
+	release()
+	awaitTypes(t, other, audit.TypeRevoke, audit.TypeRevokeResult)
+	// The backend recovers: the next pass finishes the issuance and its
+	// result is appended after every result started before it.
+	f.rv.setErr(nil)
+	f.advance(time.Minute)
+	if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+		t.Fatalf("worker pass = %v", err)
+	}
+	awaitTypes(t, other, audit.TypeRevokeResult)
+	var revokes, results int
+	for _, ev := range other.rec.Events() {
+		switch {
+		case ev.RevocationID != id:
+		case ev.Type == audit.TypeRevoke:
+			revokes++
+		case ev.Type == audit.TypeRevokeResult:
+			results++
+		}
+	}
+	if revokes != 1 || results != 2 {
+		t.Errorf("other instance's log: %v (%d revoke, %d revoke_result); want the decision once, "+
+			"one result for the passes while the log hung and the final one", other.rec.Types(), revokes, results)
+	}
 }
