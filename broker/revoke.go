@@ -1619,7 +1619,8 @@ func NewRevocationWorker(s *Service, o WorkerOptions) (*RevocationWorker, error)
 
 // PendingCount is the number of revocations with pending backend work, or
 // a sweep past its time, seen by the last pass (the
-// keytrail_revocations_pending gauge).
+// keytrail_revocations_pending gauge); not one whose only work left is
+// writing its decision events (Revocation.Decision).
 func (w *RevocationWorker) PendingCount() int { return int(w.pending.Load()) }
 
 // Run makes a pass every Interval until ctx ends.
@@ -1665,7 +1666,11 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		if !work {
 			continue
 		}
-		counted[r.ID] = true
+		// Only its decision events left (Decision, see lateDecision):
+		// due, but waiting on the audit log, not on a backend.
+		if len(r.Pending) > 0 || !r.SweepAt.IsZero() || len(r.Decision) == 0 {
+			counted[r.ID] = true
+		}
 		st := w.retry[r.ID]
 		if st == nil {
 			// Leave a fresh revocation to the request that is still
@@ -1697,7 +1702,9 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		w.mu.Lock()
 		if done {
 			delete(w.retry, r.ID)
-			w.pending.Add(-1)
+			if counted[r.ID] {
+				w.pending.Add(-1)
+			}
 		} else if st := w.retry[r.ID]; st != nil {
 			if err == nil && len(r.Pending) == 0 && !r.SweepAt.IsZero() {
 				// Only the sweep is left: due at its time, not after

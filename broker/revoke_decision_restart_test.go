@@ -373,3 +373,25 @@ func TestOrphanDecisionOneResultInFlightWhileLogHangs(t *testing.T) {
 			"one result for the passes while the log hung and the final one", other.rec.Types(), revokes, results)
 	}
 }
+
+// TestDecisionOnlyNotCountedPending: a revocation whose backend part is
+// done and whose only work left is its held decision (the audit log hangs)
+// is not counted by keytrail_revocations_pending (PendingCount: backend
+// work being retried, or a sweep past its time): that gauge used to read 1
+// for as long as the audit log hung, an alert pointing at Vault.
+func TestDecisionOnlyNotCountedPending(t *testing.T) {
+	f, id := revokeWithDecisionHeld(t, false)
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Minute)
+	_ = within(t, "worker pass", func() error { return w.Tick(context.Background()) })
+	r, err := f.store.GetRevocation(context.Background(), id)
+	if err != nil || len(r.Pending) != 0 || len(r.Decision) == 0 || !r.CompletedAt.IsZero() {
+		t.Fatalf("stored revocation %+v, %v; want nothing pending, its decision held, not complete", r, err)
+	}
+	if n := w.PendingCount(); n != 0 {
+		t.Errorf("PendingCount() = %d with only the decision held, want 0 (no backend work, no sweep)", n)
+	}
+}
