@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -393,5 +394,75 @@ func TestDecisionOnlyNotCountedPending(t *testing.T) {
 	}
 	if n := w.PendingCount(); n != 0 {
 		t.Errorf("PendingCount() = %d with only the decision held, want 0 (no backend work, no sweep)", n)
+	}
+}
+
+// chainSink seals every event into its own chain (audit.Chain), as the
+// file sink does, and keeps the lines.
+type chainSink struct {
+	mu    sync.Mutex
+	chain *audit.Chain
+	lines [][]byte
+	evs   []audit.Event
+}
+
+func (s *chainSink) Append(ctx context.Context, ev *audit.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	line, err := s.chain.Seal(ev, time.Now())
+	if err != nil {
+		return err
+	}
+	s.lines, s.evs = append(s.lines, line), append(s.evs, *ev)
+	return nil
+}
+
+// TestOrphanDecisionSealedIntoWritersChain guards how the held decision
+// is written by another instance: the record keeps the events without
+// chain fields, and the writer's log seals them into its own chain
+// (its chain id, the next seq, prev its last line's hash), which audit
+// verify accepts.
+func TestOrphanDecisionSealedIntoWritersChain(t *testing.T) {
+	f, id := revokeWithDecisionHeld(t, false)
+	r, err := f.store.GetRevocation(context.Background(), id)
+	if err != nil || len(r.Decision) == 0 {
+		t.Fatalf("stored revocation %+v, %v; want its decision held", r, err)
+	}
+	for _, ev := range r.Decision {
+		if ev.V != 0 || ev.Seq != 0 || ev.Time != "" || ev.Chain != "" || ev.Prev != "" {
+			t.Errorf("stored decision event has chain fields: v %d seq %d time %q chain %q prev %q", ev.V, ev.Seq, ev.Time, ev.Chain, ev.Prev)
+		}
+	}
+	log := &chainSink{chain: audit.NewChain("instance-b")}
+	for range 3 { // the other instance's log has lines already
+		if err := log.Append(context.Background(), &audit.Event{Type: audit.TypeStart}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := broker.NewRevocationWorker(restarted(t, f, log), broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Minute)
+	if err := within(t, "worker pass", func() error { return w.Tick(context.Background()) }); err != nil {
+		t.Fatalf("worker pass = %v", err)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	if len(log.evs) != 5 || log.evs[3].Type != audit.TypeRevoke || log.evs[4].Type != audit.TypeRevokeResult {
+		t.Fatalf("other instance's log holds %d events, want start x3, revoke, revoke_result", len(log.evs))
+	}
+	rv := log.evs[3]
+	if rv.Chain != "instance-b" || rv.Seq != 4 || rv.Prev != audit.HashLine(log.lines[2]) || rv.RevocationID != id {
+		t.Errorf("revoke event written again: chain %q seq %d prev %q revocation %q; want instance-b, 4, the hash of line 3, %s",
+			rv.Chain, rv.Seq, rv.Prev, rv.RevocationID, id)
+	}
+	var all []byte
+	for _, l := range log.lines {
+		all = append(append(all, l...), '\n')
+	}
+	rep, err := audit.Verify([]audit.Input{{Name: "b.jsonl", R: bytes.NewReader(all)}}, audit.VerifyOptions{})
+	if err != nil || len(rep.Problems) != 0 || rep.Lines != 5 {
+		t.Errorf("audit verify of the other instance's log: %+v, %v; want 5 lines, no problem", rep, err)
 	}
 }
