@@ -128,6 +128,20 @@ func credentialEnv(base []string, specs []envSpec, creds map[string]*client.Cred
 	return out, nil
 }
 
+// withoutEnv is environ without the variable name ("" drops nothing).
+func withoutEnv(environ []string, name string) []string {
+	if name == "" {
+		return environ
+	}
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); k != name {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 func newExecCmd(e *env) *cobra.Command {
 	var (
 		wf       workloadFlags
@@ -152,6 +166,9 @@ send it again.
                          lease_id, accessor...) or a response field
                          (issuance_id, session_id, expires_in)
 --env NAME=GRANT:FIELD   the same, naming the grant when several are fetched
+A NAME given twice is a usage error. CMD inherits keytrail's environment
+but for the --identity-token-env variable: CMD gets the credential, not the
+identity token it was exchanged for.
 
 --out FILE or --out-dir DIR also writes the credentials to files, as keytrail
 fetch does (rewritten at each renewal with --watch), in --format (raw, json,
@@ -201,11 +218,17 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 				}
 			}
 			var specs []envSpec
+			given := map[string]string{}
 			for _, s := range envs {
 				sp, err := parseEnvSpec(s, wf.grants)
 				if err != nil {
 					return exitError{code: exitUsage, msg: "exec: " + err.Error()}
 				}
+				if first, twice := given[sp.Name]; twice {
+					// The last one would win without a word.
+					return exitError{code: exitUsage, msg: fmt.Sprintf("exec: --env %s given twice (%s and %s): one value per variable", sp.Name, first, s)}
+				}
+				given[sp.Name] = s
 				specs = append(specs, sp)
 			}
 			if len(specs) == 0 && !of.any() {
@@ -231,7 +254,7 @@ no credential came within --timeout; 2 usage; 130 interrupted.`,
 				return exitError{code: exitUsage, msg: "exec: --on-renew " + onRenew +
 					" needs --out or --out-dir (the file CMD re-reads when signalled): CMD's environment cannot change; use --on-renew restart to give it the new one"}
 			}
-			x := &execRun{e: e, specs: specs, action: action, grace: grace, argv: args, addr: wf.brokerAddr(e), creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
+			x := &execRun{e: e, specs: specs, dropEnv: wf.tokenEnv, action: action, grace: grace, argv: args, addr: wf.brokerAddr(e), creds: map[string]*client.Credential{}, renewed: make(chan struct{}, 1)}
 			if err := of.prepare(wf.grants); err != nil {
 				return exitError{code: exitPermanent, msg: "exec: " + err.Error()}
 			}
@@ -287,6 +310,10 @@ type execRun struct {
 	grace  time.Duration
 	argv   []string
 	addr   string // the broker's address, for the messages
+	// dropEnv is the variable the identity token came from
+	// (--identity-token-env), left out of CMD's environment: CMD gets the
+	// short-lived credential, not the identity it was exchanged for.
+	dropEnv string
 
 	mu       sync.Mutex
 	creds    map[string]*client.Credential
@@ -329,7 +356,7 @@ func (x *execRun) hasLatest(c *child) bool {
 
 func (x *execRun) start() (*child, error) {
 	x.mu.Lock()
-	environ, err := credentialEnv(os.Environ(), x.specs, x.creds)
+	environ, err := credentialEnv(withoutEnv(os.Environ(), x.dropEnv), x.specs, x.creds)
 	gen := x.gen
 	x.mu.Unlock()
 	if err != nil {
