@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +25,10 @@ const DefaultAudience = "keytrail"
 
 const maxIdentityToken = 64 << 10
 
+// pipeReadTimeout bounds the wait for a named pipe's writer to write the
+// identity token (the exchange's own bound).
+var pipeReadTimeout = DefaultTimeout
+
 // IdentitySource supplies the workload's identity token. Implementations
 // MUST honour ctx and MUST NOT put the token in an error.
 type IdentitySource interface {
@@ -34,7 +40,10 @@ type IdentitySource interface {
 // FileIdentity reads the token from a file on every call, since platforms
 // (kubelet, SPIRE helpers) rotate it in place. An empty file is a
 // transient IdentityError (a writer between truncate and write); a missing
-// one is permanent. The zero value reads DefaultTokenFile.
+// one is permanent. A pipe (a named one, or /dev/fd/N) is read to its end,
+// its writer waited for until ctx ends, at most DefaultTimeout: then a
+// transient IdentityError.
+// The zero value reads DefaultTokenFile.
 type FileIdentity struct {
 	Path string
 }
@@ -54,12 +63,29 @@ func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	fh, err := os.Open(f.path())
+	// O_NONBLOCK: opening a named pipe for reading otherwise waits for a
+	// writer, forever if none comes (its helper not running), ctx
+	// unheeded; readPipe waits for one, within bounds. Reading a regular
+	// file is not affected by it.
+	fh, err := os.OpenFile(f.path(), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", &IdentityError{Source: f.Describe(), Err: stripPathError(err)}
 	}
 	defer fh.Close()
-	b, err := io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+	var b []byte
+	if st, serr := fh.Stat(); serr == nil && st.Mode()&fs.ModeNamedPipe != 0 {
+		b, err = readPipe(ctx, fh)
+		if cerr := ctx.Err(); err != nil && cerr != nil {
+			// Said as what failed (Source.Fetch's last failure); not
+			// wrapping cerr, as a timeout to the broker would.
+			return "", &IdentityError{Source: f.Describe(), Err: errors.New("a named pipe nothing was written to"), Transient: true}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", &IdentityError{Source: f.Describe(), Err: fmt.Errorf("a named pipe nothing was written to within %s", pipeReadTimeout), Transient: true}
+		}
+	} else {
+		b, err = io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+	}
 	if err != nil {
 		return "", &IdentityError{Source: f.Describe(), Err: stripPathError(err)}
 	}

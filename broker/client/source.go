@@ -197,6 +197,12 @@ func (s *Source) Fetch(ctx context.Context) (*Credential, error) {
 			return c, nil
 		}
 		if ctx.Err() != nil {
+			var ie *IdentityError
+			if errors.As(err, &ie) {
+				// The identity token's read was cut short (a pipe
+				// nobody wrote to): that is what failed last.
+				last = err
+			}
 			return nil, gaveUp(ctx.Err(), last)
 		}
 		if !IsTransient(err) {

@@ -1,0 +1,67 @@
+//go:build unix
+
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"time"
+)
+
+// readPipe reads the pipe fh, opened with O_NONBLOCK, to its end (at most
+// maxIdentityToken+1 bytes), waiting for a writer to come and write until
+// ctx ends or, at the latest, pipeReadTimeout has passed
+// (os.ErrDeadlineExceeded). Opened without waiting, a pipe with no writer
+// yet reads as its end: that first empty read is taken for "no writer
+// yet", and waited past; once the pipe has been ready (a writer wrote or
+// hung up), an empty read is its end. Where a pipe cannot be waited for
+// (darwin), it is read blocking, as before.
+func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
+	rc, err := fh.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	if err := fh.SetReadDeadline(time.Now().Add(pipeReadTimeout)); err != nil {
+		// Not pollable (darwin's pipes): read as before, blocking until a
+		// writer present writes or hangs up; without one, a pipe reads as
+		// its end at once.
+		_ = fh.Fd() // puts fh in blocking mode
+		return io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+	}
+	stop := context.AfterFunc(ctx, func() { _ = fh.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var (
+		b     []byte
+		buf   = make([]byte, 4096)
+		calls int
+		rerr  error
+	)
+	err = rc.Read(func(fd uintptr) bool {
+		calls++
+		for {
+			n, err := syscall.Read(int(fd), buf)
+			switch {
+			case n > 0:
+				b = append(b, buf[:n]...)
+				if len(b) > maxIdentityToken {
+					return true
+				}
+			case errors.Is(err, syscall.EINTR):
+			case errors.Is(err, syscall.EAGAIN):
+				return false // a writer, nothing (more) written yet
+			case err != nil:
+				rerr = err
+				return true
+			default: // the end, or no writer yet
+				return len(b) > 0 || calls > 1
+			}
+		}
+	})
+	if err == nil {
+		err = rerr
+	}
+	return b, err
+}
