@@ -159,7 +159,8 @@ the parent: it forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
 to CMD and exits with CMD's exit status (128+N when CMD was killed by signal
 N; 127 when CMD is not found, 126 when it cannot be run). A Ctrl-C (or
 Ctrl-\) in a terminal reaches CMD once, from the terminal: keytrail does not
-send it again.
+send it again. As PID 1 (a container's entrypoint) or a child subreaper, it
+also reaps the orphaned processes given to it, as an init does.
 
 --env NAME               sets NAME to the access token of the (only) grant
 --env NAME=FIELD         sets NAME to a credential field (username, password,
@@ -314,6 +315,7 @@ type execRun struct {
 	// (--identity-token-env), left out of CMD's environment: CMD gets the
 	// short-lived credential, not the identity it was exchanged for.
 	dropEnv string
+	reaper  *orphanReaper // when keytrail is PID 1 or a subreaper (run sets it)
 
 	mu       sync.Mutex
 	creds    map[string]*client.Credential
@@ -367,7 +369,7 @@ func (x *execRun) start() (*child, error) {
 	cmd.Stdin = os.Stdin
 	cmd.Stdout = x.e.stdout
 	cmd.Stderr = x.e.stderr
-	if err := cmd.Start(); err != nil {
+	if err := x.reaper.start(cmd); err != nil {
 		code := 126
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			code = 127
@@ -377,6 +379,7 @@ func (x *execRun) start() (*child, error) {
 	ch := &child{cmd: cmd, done: make(chan struct{}), gen: gen}
 	go func() {
 		ch.err = cmd.Wait()
+		x.reaper.waited(cmd.Process.Pid)
 		close(ch.done)
 	}()
 	return ch, nil
@@ -445,6 +448,10 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 	// die of SIGQUIT with a goroutine dump, leaving CMD without a parent.
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
+	// PID 1 (a container's entrypoint) is given the container's orphans:
+	// reap them, or their zombies pile up.
+	x.reaper = newOrphanReaper()
+	defer x.reaper.close()
 
 	c, err := x.start()
 	if err != nil {
