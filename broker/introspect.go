@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // IntrospectRequest asks whether a broker credential is active (RFC 7662).
@@ -25,7 +26,10 @@ type IntrospectResult struct {
 
 // Introspect authenticates the caller (a caller token that is a revoked
 // broker credential is refused, as checkBrokerToken says), looks the
-// credential up by its fingerprint and answers whether it is active. Every
+// credential up by its fingerprint and answers whether it is active:
+// unexpired, unrevoked, its workload not blocked and, for a proxy
+// credential, its grant still one the proxy serves it (proxyGrantInForce).
+// Every
 // call is recorded as an introspect event naming the caller; the answer is
 // not given unless that event is durable.
 func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*IntrospectResult, error) {
@@ -36,7 +40,8 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		err := missingBearer("missing_caller_token", "introspection requires the caller's identity token as a Bearer token")
 		return nil, s.refuseAnonymous(ctx, ev, req.Source, err)
 	}
-	caller, err := s.d.Authn().Authenticate(ctx, req.CallerToken)
+	pol, authn := s.policyAndAuthn()
+	caller, err := authn.Authenticate(ctx, req.CallerToken)
 	if err != nil {
 		return nil, s.refuseAnonymous(ctx, ev, req.Source, bearerError(err))
 	}
@@ -72,6 +77,7 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 			s.recordDeny(ctx, ev, berr)
 			return nil, berr
 		}
+		active = active && s.proxyGrantInForce(pol, is)
 		ev.IssuanceID, ev.Workload, ev.Owner, ev.SessionID, ev.Grant, ev.Kind = is.ID, is.Workload, is.Owner, is.SessionID, is.Grant, is.Kind
 		if active {
 			res = &IntrospectResult{Active: true, Issuance: is}
@@ -86,4 +92,21 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		return nil, e
 	}
 	return res, nil
+}
+
+// proxyGrantInForce reports whether the policy in force still lets a proxy
+// credential be used: its grant exists, is a proxy grant and is allowed to
+// its workload. The proxy refuses it otherwise (grant_removed,
+// grant_not_allowed), so introspection answers it inactive. Other kinds are
+// not the broker's to refuse once minted: true.
+func (s *Service) proxyGrantInForce(pol *policies.Policy, is *Issuance) bool {
+	if is.Kind != KindProxy {
+		return true
+	}
+	g, ok := s.grants.of(pol).grant(is.Grant)
+	if !ok || g.Kind != KindProxy || g.Proxy == nil {
+		return false
+	}
+	wl, ok := pol.Workload(is.Workload)
+	return ok && pol.Allowed(wl, g.Name)
 }
