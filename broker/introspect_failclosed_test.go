@@ -73,7 +73,7 @@ func TestIntrospectFailsClosed(t *testing.T) {
 				Authn: func() broker.Authenticator {
 					return brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", map[string]any{
 						"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
-					})}
+					}), "batch": identity("system:serviceaccount:data:batch", nil)}
 				},
 				Minters:  map[string]broker.Minter{broker.KindVaultToken: minter},
 				Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter},
@@ -103,7 +103,10 @@ func TestIntrospectFailsClosed(t *testing.T) {
 				return res
 			}
 			introspect := func(tok string) (*broker.IntrospectResult, error) {
-				return svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: "payments", Token: tok})
+				// As workload batch, which has no rate limit: payments-api's
+				// (1/s) would refuse the introspections made here at one
+				// clock reading.
+				return svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: "batch", Token: tok})
 			}
 			wantActive := func(t *testing.T, tok string, want bool) {
 				t.Helper()

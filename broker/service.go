@@ -73,6 +73,12 @@ type Service struct {
 	// proxyLimiters are the buckets of workloads whose policy sets
 	// proxy_rate: workload name -> *limiterEntry.
 	proxyLimiters sync.Map
+	// introspectLimiters are the buckets of the introspections of callers
+	// that match a workload, its rate sizing them: workload name ->
+	// *limiterEntry (allowIntrospect).
+	introspectLimiters sync.Map
+	// introspectCallers are those of callers that match none.
+	introspectCallers callerLimiters
 	// limitersMu serialises making a limiter (a first use, a rate change).
 	limitersMu sync.Mutex
 	// grants are the grants of the policy last asked about (Exchange).
@@ -756,13 +762,7 @@ func (s *Service) allowFrom(limiters *sync.Map, workload string, rt *policies.Ra
 	if e.lim.AllowN(now, 1) {
 		return nil
 	}
-	// Retry-After: until one token is back (rounded up to whole seconds
-	// when rendered).
-	d := time.Second
-	if lack := 1 - e.lim.TokensAt(now); lack > 0 {
-		d = time.Duration(math.Ceil(lack / rt.PerSecond * float64(time.Second)))
-	}
-	return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: d}
+	return rateLimited(e.lim, now, rt.PerSecond)
 }
 
 // Allow applies the workload's rate limit, the bucket of its token
