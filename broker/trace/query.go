@@ -286,9 +286,22 @@ func vaultSerial(canon string) string {
 // token (hvs., hvb., hvr., or the legacy s./b./r. forms) or a JWT, also
 // when quoted or after "Bearer " (see Unwrap). Callers send or show
 // SafeQuery(v) instead. Other values may still be secrets; they are never
-// kept, only looked up.
+// kept, only looked up. A value that starts with a quote but is not one
+// quoted string (`"hvs..." "x"`, an unbalanced `"hvs...`), which Unwrap
+// keeps as it is, is read after that quote too.
 func LooksSecret(v string) bool {
 	v = Unwrap(v)
+	if looksSecret(v) {
+		return true
+	}
+	if len(v) > 1 && (v[0] == '"' || v[0] == '\'') {
+		return looksSecret(Unwrap(v[1:]))
+	}
+	return false
+}
+
+// looksSecret is LooksSecret of a value already unwrapped.
+func looksSecret(v string) bool {
 	for _, p := range []string{"ktp_", "hvs.", "hvb.", "hvr."} {
 		if strings.HasPrefix(v, p) {
 			return true

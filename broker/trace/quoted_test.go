@@ -1,6 +1,7 @@
 package trace_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/keytrail/keytrail/broker"
@@ -76,5 +77,43 @@ func TestUnwrapStripsOnlyOneWholeQuotedString(t *testing.T) {
 	x := fixtureIndex(t)
 	if res, err := x.Lookup(`"use_U1" "use_U2"`); err == nil {
 		t.Errorf("Lookup of two quoted ids = %s matched %s %q, want no match", res.Issuance.ID, res.Query.Kind, res.Query.Value)
+	}
+}
+
+// A value that starts with a quoted credential but is not one quoted
+// string (`"hvs..." "x"`, as a shell command line or a JSON list pasted
+// whole; an unbalanced `"hvs...`) still carries the credential: it is
+// never sent or shown as it is. Before quotes were stripped only from one
+// whole quoted string, the first and last quote went and LooksSecret saw
+// the credential; since then such a value was sent to the server in clear.
+func TestLooksSecretWithQuotedCredentialAmongOtherWords(t *testing.T) {
+	jwt := "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+	for _, q := range []string{
+		`"` + secretA + `" "x"`,
+		`'` + secretA + `' 'x'`,
+		`"` + secretB + `" foo "y"`,
+		`"` + secretA + `"x"`,
+		`"Bearer ` + secretB + `" "y"`,
+		`"` + jwt + `" "y"`,
+		`"` + secretA,
+	} {
+		if !trace.LooksSecret(q) {
+			t.Errorf("LooksSecret(%q) = false, want true", q)
+		}
+		if got := trace.SafeQuery(q); got != broker.Fingerprint(q) && got != broker.Fingerprint(trace.Unwrap(q)) {
+			t.Errorf("SafeQuery(%q) = %q, want a fingerprint", q, got)
+		}
+	}
+	x := fixtureIndex(t)
+	q := `"` + secretA + `" "x"`
+	if res, err := x.Lookup(q); err == nil {
+		t.Errorf("Lookup(%q) = %s, want no match", q, res.Issuance.ID)
+	} else if strings.Contains(err.Error(), secretA) {
+		t.Errorf("Lookup(%q) error shows the credential: %v", q, err)
+	}
+	for _, q := range []string{`"x" foo "y"`, `"use_U1" "use_U2"`, `"`, `""`, `"'"`} {
+		if trace.LooksSecret(q) {
+			t.Errorf("LooksSecret(%q) = true, want false", q)
+		}
 	}
 }
