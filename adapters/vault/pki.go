@@ -141,7 +141,8 @@ func CheckPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy
 	}
 	const op = "read pki role"
 	var errs []error
-	for _, g := range pol.Grants() {
+	grants := pol.Grants()
+	for i, g := range grants {
 		if g.PKI == nil {
 			continue
 		}
@@ -159,6 +160,22 @@ func CheckPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy
 			}
 			log.Warn("could not check the pki role of a grant (no_store must be false, or its certificates cannot be revoked); the broker's token needs read on it",
 				slog.String("grant", g.Name), slog.String("path", path), slog.String("error", why))
+			var re *vaultapi.ResponseError
+			if err != nil && !errors.As(err, &re) {
+				// Vault did not answer (down, unreachable, timed out,
+				// ctx ended): each further read would wait as long for
+				// nothing, and a policy reload with it.
+				var rest []string
+				for _, g := range grants[i+1:] {
+					if g.PKI != nil {
+						rest = append(rest, g.Name)
+					}
+				}
+				if len(rest) > 0 {
+					log.Warn("vault did not answer: the pki roles of the other grants are not checked", slog.Any("grants", rest))
+				}
+				break
+			}
 			continue
 		}
 		if noStore, _ := sec.Data["no_store"].(bool); noStore {

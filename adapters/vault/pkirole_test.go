@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,4 +185,43 @@ func TestPKIMinterCheckRolesRealVault(t *testing.T) {
 	}
 	write("pki_int/roles/svc", map[string]any{"allow_any_name": true, "no_store": true})
 	checkContains(t, "CheckRoles(no_store)", m.CheckRoles(ctx, pol), []string{"vault_config", `grant "g-int"`, "pki_int/roles/svc", "no_store=true"})
+}
+
+// TestPKIRoleCheckStopsWhenVaultDoesNotAnswer: the role check of a reload
+// (or a start-up) while Vault does not answer (down, black-holed: each
+// read then takes vault.timeout) reads no further role after the first
+// that got no answer: the policy reload waited vault.timeout per pki grant
+// for nothing. The roles it did not read are logged, and nothing fails.
+func TestPKIRoleCheckStopsWhenVaultDoesNotAnswer(t *testing.T) {
+	var mu sync.Mutex
+	var reqs []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reqs = append(reqs, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		conn, _, err := w.(http.Hijacker).Hijack() // no answer at all
+		if err == nil {
+			_ = conn.Close()
+		}
+	}))
+	defer srv.Close()
+	c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs loginLogBuffer
+	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
+	if err := vault.CheckPKIRoles(context.Background(), c, pol, newLoginLogger(&logs)); err != nil {
+		t.Errorf("CheckPKIRoles with Vault not answering = %v, want nil (logged)", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reqs) != 1 {
+		t.Errorf("role reads with Vault not answering = %q, want only the first", reqs)
+	}
+	for _, s := range []string{"pki/roles/web", "g-int"} {
+		if !strings.Contains(logs.String(), s) {
+			t.Errorf("logs do not say %q:\n%s", s, logs.String())
+		}
+	}
 }
