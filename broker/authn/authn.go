@@ -50,9 +50,9 @@
 // A request whose key is in a set past its CacheTTL is answered with it at
 // once and leaves the refetch running (stale while revalidate); only a
 // request whose key the cached set lacks waits for a fetch. When an
-// issuer's JWKS endpoint is down (or serves a SPIFFE bundle whose
-// spiffe_sequence is lower than the held one's), its last good keys stay in use for
-// Options.StaleFor past their CacheTTL. There are no background goroutines
+// issuer's JWKS endpoint is down (or serves an older copy of the held
+// SPIFFE bundle: a lower spiffe_sequence, a key in common), its last good
+// keys stay in use for Options.StaleFor past their CacheTTL. There are no background goroutines
 // beyond the fetch a request starts (bounded by Options.FetchTimeout).
 //
 // keyfunc/v3 and jwkset's HTTP storage are not used for fetching because they

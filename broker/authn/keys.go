@@ -110,11 +110,35 @@ type keySet struct {
 // olderThan reports whether s is a SPIFFE bundle older than held: both
 // carry a spiffe_sequence and s's is lower. The SPIFFE Trust Domain and
 // Bundle spec (§4.1.1) makes it increase with every change of the bundle,
-// so a lower one is a stale copy (a lagging replica or cache in front of
-// the endpoint, a rollback): its keys may be ones the trust domain has
-// since withdrawn, and it must not replace the held keys.
+// so a lower one may be a stale copy (a lagging replica or cache in front
+// of the endpoint, a rollback): its keys may be ones the trust domain has
+// since withdrawn, and it must not replace the held keys (see
+// staleCopyOf for when it still does).
 func (s *keySet) olderThan(held *keySet) bool {
 	return held != nil && s.hasSequence && held.hasSequence && s.sequence < held.sequence
+}
+
+// staleCopyOf reports whether s, a bundle olderThan held, is refused: only
+// while held still serves (before heldUntil) and s shares a key with it.
+// A bundle sharing no key with the held one is not an older copy of it but
+// a new bundle whose sequence restarted (a SPIRE server reinstalled, its
+// datastore new): refused, every token of the trust domain would be,
+// until the broker restarted, as a policy reload keeps the held set. Once
+// the held keys are past their stale window they serve no token, and a
+// refusal would only turn a possible rollback (a datastore restored from a
+// backup) into an outage without end.
+func (s *keySet) staleCopyOf(held *keySet, now, heldUntil time.Time) bool {
+	if !now.Before(heldUntil) {
+		return false
+	}
+	for _, k := range s.keys {
+		for _, h := range held.keys {
+			if sameKey(k.pub, h.pub) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // freshFor is how long after its fetch s is used without a refetch:
@@ -542,10 +566,16 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 		set, uri, err := v.fetch(fctx, st, jwksURI)
 		st.mu.Lock()
 		if err == nil && set.olderThan(st.set) {
-			// As a failed fetch: the held keys serve on, for StaleFor
-			// past their CacheTTL at most, unless a later fetch brings a
-			// bundle at least as new.
-			err = fmt.Errorf("jwks: SPIFFE bundle spiffe_sequence %d is lower than the held bundle's %d: not taken", set.sequence, st.set.sequence)
+			held := st.set
+			if set.staleCopyOf(held, v.now(), held.fetchedAt.Add(v.cacheTTL+v.staleFor)) {
+				// As a failed fetch: the held keys serve on, for StaleFor
+				// past their CacheTTL at most, unless a later fetch brings a
+				// bundle at least as new.
+				err = fmt.Errorf("jwks: SPIFFE bundle spiffe_sequence %d is lower than the held bundle's %d and shares keys with it: not taken", set.sequence, held.sequence)
+			} else {
+				v.log.WarnContext(fctx, "authn: SPIFFE bundle spiffe_sequence went back; taken, as it shares no key with the held bundle (a new bundle, e.g. a reinstalled SPIRE server) or the held keys are past their stale window",
+					"issuer", st.cfg.Name, "sequence", set.sequence, "held_sequence", held.sequence)
+			}
 		}
 		if err != nil {
 			st.lastErr = err

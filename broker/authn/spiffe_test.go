@@ -363,8 +363,12 @@ func TestSPIFFEIssuerValidatedByNew(t *testing.T) {
 // sequence, or a bundle without one, is taken.
 func TestSPIFFESequence(t *testing.T) {
 	a, b := newKey(t, "ES256"), newKey(t, "ES256")
-	bundle := func(seq any, k *authntest.Key) []byte {
-		doc := map[string]any{"keys": []jwkset.JWKMarshal{spiffeJWK(t, k, "jwt-svid", k.KID)}}
+	bundle := func(seq any, ks ...*authntest.Key) []byte {
+		keys := make([]jwkset.JWKMarshal, len(ks))
+		for i, k := range ks {
+			keys[i] = spiffeJWK(t, k, "jwt-svid", k.KID)
+		}
+		doc := map[string]any{"keys": keys}
 		if seq != nil {
 			doc["spiffe_sequence"] = seq
 		}
@@ -397,8 +401,10 @@ func TestSPIFFESequence(t *testing.T) {
 	if _, err := v.Authenticate(ctx, tokA); err != nil {
 		t.Fatalf("Authenticate(key of bundle 7) = %v, want ok", err)
 	}
-	// Past CacheTTL the endpoint answers an older bundle, of other keys.
-	serve(bundle(6, b))
+	// Past CacheTTL the endpoint answers an older copy of the bundle: it
+	// shares key a with bundle 7 and still holds b, withdrawn since. (One
+	// that shares no key is a new bundle: TestSPIFFESequenceWentBack.)
+	serve(bundle(6, a, b))
 	clock.Advance(authn.DefaultCacheTTL + time.Second)
 	if _, err := v.Authenticate(ctx, tokA); err != nil {
 		t.Fatalf("Authenticate(key of bundle 7, stale, refetch started) = %v, want ok", err)
@@ -439,4 +445,71 @@ func TestSPIFFESequence(t *testing.T) {
 	if n := fetches.Load(); n != 5 {
 		t.Errorf("fetches = %d, want 5", n)
 	}
+}
+
+// TestSPIFFESequenceWentBack: a bundle whose spiffe_sequence is lower than
+// the held one's is not always a stale copy. A SPIRE server reinstalled
+// (its datastore new) serves a bundle of new keys whose sequence restarted;
+// a datastore restored from a backup, an older sequence. Refused for ever,
+// every token of the trust domain would be refused until the broker
+// restarted (a policy reload keeps the held set). Such a bundle is taken
+// when it shares no key with the held one (not an older copy of it: a new
+// bundle), or once the held keys are past their stale window (they serve
+// no token any more).
+func TestSPIFFESequenceWentBack(t *testing.T) {
+	a, b := newKey(t, "ES256"), newKey(t, "ES256")
+	bundle := func(seq int, keys ...*authntest.Key) []byte {
+		jwks := make([]jwkset.JWKMarshal, len(keys))
+		for i, k := range keys {
+			jwks[i] = spiffeJWK(t, k, "jwt-svid", k.KID)
+		}
+		body, err := json.Marshal(map[string]any{"spiffe_sequence": seq, "keys": jwks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}
+	setup := func(t *testing.T) (*authn.Verifier, *fakeClock, func([]byte)) {
+		var body atomic.Pointer[[]byte]
+		serve := func(b []byte) { body.Store(&b) }
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(*body.Load())
+		}))
+		t.Cleanup(srv.Close)
+		clock := &fakeClock{now: t0}
+		v := verifierFor(t, "spiffe://example.org", srv.URL, func(o *authn.Options) { o.Now = clock.Now })
+		serve(bundle(57, a))
+		if _, err := v.Authenticate(context.Background(), sign(t, a, nil, svidClaims(set("exp", t0.Add(50*time.Minute).Unix())))); err != nil {
+			t.Fatalf("Authenticate(key of bundle 57) = %v, want ok", err)
+		}
+		return v, clock, serve
+	}
+	ctx := context.Background()
+	tokB := sign(t, b, nil, svidClaims(set("exp", t0.Add(50*time.Minute).Unix())))
+
+	t.Run("reinstalled-server-new-keys", func(t *testing.T) {
+		v, clock, serve := setup(t)
+		serve(bundle(1, b))
+		clock.Advance(authn.DefaultRefreshInterval)
+		if _, err := v.Authenticate(ctx, tokB); err != nil {
+			t.Errorf("Authenticate(key of the reinstalled server's bundle 1, no key shared with bundle 57) = %v, want ok", err)
+		}
+		clock.Advance(authn.DefaultCacheTTL + authn.DefaultStaleFor + time.Second)
+		if _, err := v.Authenticate(ctx, tokB); err != nil {
+			t.Errorf("Authenticate(key of bundle 1, past the stale window of bundle 57) = %v, want ok", err)
+		}
+	})
+	t.Run("older-copy-past-stale-window", func(t *testing.T) {
+		v, clock, serve := setup(t)
+		serve(bundle(3, a, b)) // shares a with the held bundle: an older copy
+		clock.Advance(authn.DefaultRefreshInterval)
+		if _, err := v.Authenticate(ctx, tokB); err == nil {
+			t.Errorf("Authenticate(key of bundle 3 while bundle 57 serves) = ok, want refused")
+		}
+		clock.Advance(authn.DefaultCacheTTL + authn.DefaultStaleFor + time.Second)
+		if _, err := v.Authenticate(ctx, tokB); err != nil {
+			t.Errorf("Authenticate(key of bundle 3, bundle 57 past its stale window) = %v, want ok", err)
+		}
+	})
 }
