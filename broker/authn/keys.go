@@ -714,7 +714,9 @@ func parseJWKS(body []byte) (*keySet, error) {
 		return nil, errors.New(`no "keys" member`)
 	}
 	set := &keySet{refreshHint: refreshHint(doc.RefreshHint)}
-	if len(doc.Sequence) > 0 && json.Unmarshal(doc.Sequence, &set.sequence) == nil {
+	// JSON null unmarshals into a uint64 without an error, leaving 0: it
+	// is no sequence, not sequence 0.
+	if len(doc.Sequence) > 0 && string(doc.Sequence) != "null" && json.Unmarshal(doc.Sequence, &set.sequence) == nil {
 		set.hasSequence = true
 	}
 	keys := make([]verifyKey, 0, len(*doc.Keys))

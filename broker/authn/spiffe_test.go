@@ -513,3 +513,45 @@ func TestSPIFFESequenceWentBack(t *testing.T) {
 		}
 	})
 }
+
+// TestSPIFFESequenceNotAnInteger: a spiffe_sequence that is not a
+// non-negative integer is ignored, as documented: the bundle is taken as
+// one without a sequence, whatever the held bundle's. JSON null was read as
+// sequence 0, so a bundle sharing a key with the held one was refused.
+func TestSPIFFESequenceNotAnInteger(t *testing.T) {
+	a, b := newKey(t, "ES256"), newKey(t, "ES256")
+	for _, seq := range []string{"null", "-1", "8.5", `"9"`, "18446744073709551616"} {
+		t.Run(seq, func(t *testing.T) {
+			var body atomic.Pointer[[]byte]
+			serve := func(seq string, keys ...*authntest.Key) {
+				jwks := make([]jwkset.JWKMarshal, len(keys))
+				for i, k := range keys {
+					jwks[i] = spiffeJWK(t, k, "jwt-svid", k.KID)
+				}
+				kb, err := json.Marshal(jwks)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := []byte(`{"spiffe_sequence":` + seq + `,"keys":` + string(kb) + `}`)
+				body.Store(&b)
+			}
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write(*body.Load())
+			}))
+			t.Cleanup(srv.Close)
+			clock := &fakeClock{now: t0}
+			v := verifierFor(t, "spiffe://example.org", srv.URL, func(o *authn.Options) { o.Now = clock.Now })
+			ctx := context.Background()
+			serve("7", a)
+			if _, err := v.Authenticate(ctx, sign(t, a, nil, svidClaims())); err != nil {
+				t.Fatalf("Authenticate(key of bundle 7) = %v, want ok", err)
+			}
+			serve(seq, a, b)
+			clock.Advance(authn.DefaultRefreshInterval)
+			if _, err := v.Authenticate(ctx, sign(t, b, nil, svidClaims())); err != nil {
+				t.Errorf("Authenticate(key of a bundle of spiffe_sequence %s) = %v, want ok: the sequence is ignored", seq, err)
+			}
+		})
+	}
+}
