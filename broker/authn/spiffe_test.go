@@ -299,6 +299,24 @@ func TestSPIFFEWithoutIss(t *testing.T) {
 		{"sub-empty-segment", jwtKey, svidClaims(set("sub", "spiffe://example.org//api")), "missing_issuer"},
 		{"sub-trailing-slash", jwtKey, svidClaims(set("sub", "spiffe://example.org/api/")), "missing_issuer"},
 		{"sub-not-string", jwtKey, svidClaims(set("sub", []any{"spiffe://example.org/api"})), "missing_issuer"},
+		// Odd encodings of sub route nowhere: the SPIFFE ID is parsed
+		// strictly, never decoded or folded.
+		{"sub-percent-escape-path", jwtKey, svidClaims(set("sub", "spiffe://example.org/%61pi")), "missing_issuer"},
+		{"sub-percent-escape-trust-domain", jwtKey, svidClaims(set("sub", "spiffe://example%2Eorg/api")), "missing_issuer"},
+		{"sub-upper-case-scheme", jwtKey, svidClaims(set("sub", "SPIFFE://example.org/api")), "missing_issuer"},
+		{"sub-empty-trust-domain", jwtKey, svidClaims(set("sub", "spiffe:///api")), "missing_issuer"},
+		{"sub-homoglyph-trust-domain", jwtKey, svidClaims(set("sub", "spiffe://ex\u0430mple.org/api")), "missing_issuer"},
+		{"sub-nul", jwtKey, svidClaims(set("sub", "spiffe://example.org\x00/api")), "missing_issuer"},
+		{"sub-nul-in-path", jwtKey, svidClaims(set("sub", "spiffe://example.org/api\x00")), "missing_issuer"},
+		// A trailing dot makes another trust domain name, one nobody claims.
+		{"sub-trailing-dot-trust-domain", jwtKey, svidClaims(set("sub", "spiffe://example.org./api")), "untrusted_issuer"},
+		{"iss-trust-domain-sub-trailing-dot", jwtKey, svidClaims(set("iss", "spiffe://example.org"), set("sub", "spiffe://example.org./api")), "untrusted_issuer"},
+		// An iss that is not a string is present: never "without iss",
+		// never routed by sub.
+		{"iss-array-of-trust-domain", jwtKey, svidClaims(set("iss", []any{"spiffe://example.org"})), "untrusted_issuer"},
+		{"iss-object", jwtKey, svidClaims(set("iss", map[string]any{"spiffe://example.org": true})), "untrusted_issuer"},
+		{"iss-number", jwtKey, svidClaims(set("iss", 1)), "untrusted_issuer"},
+		{"iss-false", jwtKey, svidClaims(set("iss", false)), "untrusted_issuer"},
 		{"iss-null", jwtKey, svidClaims(set("iss", nil)), "missing_issuer"},
 		{"iss-empty", jwtKey, svidClaims(set("iss", "")), "missing_issuer"},
 		// With iss the trust domain id, sub must be in that trust domain too.
@@ -551,6 +569,59 @@ func TestSPIFFESequenceNotAnInteger(t *testing.T) {
 			clock.Advance(authn.DefaultRefreshInterval)
 			if _, err := v.Authenticate(ctx, sign(t, b, nil, svidClaims())); err != nil {
 				t.Errorf("Authenticate(key of a bundle of spiffe_sequence %s) = %v, want ok: the sequence is ignored", seq, err)
+			}
+		})
+	}
+}
+
+// TestSPIFFEIssuerConfusion: routing by the sub's trust domain never hands
+// a token to the keys of another issuer. A token without iss goes to the
+// trust domain's issuer and only its bundle verifies it; a token with iss
+// goes to that iss's issuer whatever its sub, even when both issuers
+// publish the same key (a SPIRE OIDC discovery provider beside the bundle
+// endpoint), and the identity names the issuer routed to.
+func TestSPIFFEIssuerConfusion(t *testing.T) {
+	svidKey := newKey(t, "ES256")
+	bundle := staticServer(t, spiffeBundle(t, nil, spiffeJWK(t, svidKey, "jwt-svid", svidKey.KID)))
+	other := newIssuer(t, "ES256")
+	clock := &fakeClock{now: t0}
+	v := verifierFor(t, "spiffe://example.org", bundle.URL, func(o *authn.Options) {
+		o.Now = clock.Now
+		o.Issuers[0].Name = "spire-prod"
+		o.Issuers = append(o.Issuers, policies.Issuer{
+			Name: "other", Issuer: other.URL, JWKSURL: other.URL + authntest.JWKSPath, Audiences: []string{"keytrail"},
+			Algorithms: []string{"ES256"}, MaxTokenLifetime: policies.Duration(time.Hour),
+		})
+	})
+	ctx := context.Background()
+
+	// other's key, no iss, sub in example.org: example.org's bundle lacks it.
+	tok := sign(t, other.Key(), nil, svidClaims())
+	_, err := v.Authenticate(ctx, tok)
+	checkRejection(t, err, tok, "unknown_key")
+	// The trust domain's key, iss other's: other's JWKS lacks it.
+	tok = sign(t, svidKey, nil, svidClaims(set("iss", other.URL)))
+	_, err = v.Authenticate(ctx, tok)
+	checkRejection(t, err, tok, "unknown_key")
+
+	// Both publish the key: each token is its own iss's (or trust domain's).
+	other.AddKey(svidKey)
+	clock.Advance(authn.DefaultRefreshInterval)
+	for _, tc := range []struct {
+		name, wantIssuer, wantIss string
+		claims                    jwt.MapClaims
+	}{
+		{"without-iss", "spire-prod", "spiffe://example.org", svidClaims()},
+		{"iss-other", "other", other.URL, svidClaims(set("iss", other.URL))},
+		{"iss-trust-domain", "spire-prod", "spiffe://example.org", svidClaims(set("iss", "spiffe://example.org"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := sign(t, svidKey, nil, tc.claims)
+			for range 2 { // verified, then from the verified-token cache
+				id, err := v.Authenticate(ctx, tok)
+				if err != nil || id.IssuerName != tc.wantIssuer || id.Iss != tc.wantIss {
+					t.Fatalf("Authenticate() = %+v, %v; want issuer %s, iss %s", id, err, tc.wantIssuer, tc.wantIss)
+				}
 			}
 		})
 	}
