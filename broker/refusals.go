@@ -231,27 +231,33 @@ func (src *refusalSource) summary() (refusalSummary, bool) {
 // longer tracked and there is room, else into the guard's aside, so that
 // a later sweep writes it again. No source is dropped for it: a write
 // that keeps failing cannot make the guard hand out ever more summaries.
-func (g *refusalGuard) restore(sum refusalSummary) {
+// kept is false once the guard is closed (the last flush is done): no
+// sweep would write it, and the caller's log line is its only record.
+func (g *refusalGuard) restore(sum refusalSummary) (kept bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
 	if sum.ip == GlobalRefusalSource && g.global != nil {
 		g.global.restore(sum)
-		return
+		return true
 	}
 	if !sum.mixed {
 		key := sourceKey(sum.ip)
 		if el, found := g.m[key]; found {
 			el.Value.(*refusalSource).restore(sum)
-			return
+			return true
 		}
 		if len(g.m) < g.max {
 			src := &refusalSource{key: key, bucket: rate.NewLimiter(g.limit, g.burst)}
 			src.restore(sum)
 			g.m[key] = g.order.PushBack(src)
-			return
+			return true
 		}
 	}
 	g.aside.merge(sum)
+	return true
 }
 
 // restore adds the refusals of sum, a summary of src's key whose write
@@ -349,18 +355,17 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 
 // writeSummaries audits summaries, deferred: nobody waits for them here.
 // A summary whose write failed, and so will not land (not ErrAuditPending:
-// that one may still), is put back to be written by a later sweep. after
-// (not nil) is called once per summary with its outcome known.
+// that one may still), is put back to be written by a later sweep, unless
+// the last flush is done (kept false: the log line is all that is left
+// of it). after (not nil) is called once per summary with its outcome
+// known.
 func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, after func()) {
 	for _, sum := range out {
 		s.AuditDeferred(ctx, sum.event(), func(aerr error) {
 			if aerr != nil {
-				pending := errors.Is(aerr, ErrAuditPending)
-				if !pending {
-					s.refusals.restore(sum)
-				}
+				kept := !errors.Is(aerr, ErrAuditPending) && s.refusals.restore(sum)
 				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
-					slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.Bool("kept", !pending), slog.String("error", aerr.Error()))
+					slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.Bool("kept", kept), slog.String("error", aerr.Error()))
 			}
 			if after != nil {
 				after()

@@ -1,8 +1,12 @@
 package broker
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 	"sync"
@@ -264,5 +268,73 @@ func TestRefusalGuardClosed(t *testing.T) {
 	}
 	if out := g.sweep(t0.Add(time.Hour), true, true); len(out) != 0 {
 		t.Errorf("a sweep after the final one = %+v, want none", out)
+	}
+}
+
+// failingSink refuses every deferred event outright (a full disk): the
+// write failed and will not land.
+type failingSink struct{ nopSink }
+
+func (failingSink) AppendDeferred(ev *audit.Event, done func(error)) {
+	done(errors.New("audit: write: no space left on device"))
+}
+
+// lockedBuffer is a log destination safe for the sink's callbacks.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRefusalSummaryFailedAfterLastFlushNotKept: a summary whose write
+// fails at or after the last flush (shutdown) is not written by anyone
+// any more: the log line, its only record, says kept=false, and the
+// closed guard holds nothing. (It said kept=true, and the summary was put
+// back into a guard that no sweep would read again.)
+func TestRefusalSummaryFailedAfterLastFlushNotKept(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	var logs lockedBuffer
+	svc, err := NewService(Deps{Policy: func() *policies.Policy { return nil }, Authn: func() Authenticator { return nil },
+		Store: nopStore{}, Audit: failingSink{}, Now: func() time.Time { return t0 }, AuditTimeout: time.Minute,
+		Logger:        slog.New(slog.NewJSONHandler(&logs, nil)),
+		RefusalLimits: &RefusalLimits{PerSecond: 1, Burst: 1, SummaryEvery: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.refusals.take("192.0.2.1", t0)
+	if ok, _, _ := svc.refusals.take("192.0.2.1", t0); ok {
+		t.Fatal("second refusal within the burst of 1 audited; want suppressed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := svc.RunRefusalSummaries(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	var line map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "audit refusal summary failed" {
+			line = m
+		}
+	}
+	if line == nil {
+		t.Fatalf("no \"audit refusal summary failed\" log line; log:\n%s", logs.String())
+	}
+	if line["kept"] != false || line["suppressed"] != float64(1) || line["source"] != "192.0.2.1" {
+		t.Errorf("log line of the summary failed at the last flush = %v; want kept false, suppressed 1, source 192.0.2.1", line)
+	}
+	if out := svc.refusals.sweep(t0.Add(time.Hour), true, true); len(out) != 0 {
+		t.Errorf("the closed guard still holds %+v", out)
 	}
 }
