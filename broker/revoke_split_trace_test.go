@@ -198,7 +198,7 @@ func TestTraceSplitRevocation(t *testing.T) {
 	}
 	sf.write(t)
 	x := sf.index(t)
-	live, err := trace.NewLive(trace.LiveOptions{Path: sf.path, Store: sf.store, Now: sf.clock})
+	live, err := trace.NewLive(trace.LiveOptions{Path: sf.path, Store: sf.store, Now: sf.clock, RefreshWait: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,7 +498,7 @@ func TestReportSplitRevocation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			live, err := trace.NewLive(trace.LiveOptions{Path: sf.path, Store: sf.store, Now: sf.clock})
+			live, err := trace.NewLive(trace.LiveOptions{Path: sf.path, Store: sf.store, Now: sf.clock, RefreshWait: time.Minute}) // the first load of splitBulk events can take over the default 2 s on a loaded machine (busy: 503)
 			if err != nil {
 				t.Fatal(err)
 			}
