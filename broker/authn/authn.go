@@ -165,6 +165,10 @@ type Verifier struct {
 	single          *jwt.Parser // decode + signature; claims checked by the issuer's validator
 	verified        *verifiedCache
 	sigChecks       atomic.Int64 // signature verifications attempted (tests)
+	// fetches counts this verifier's background JWKS fetches until each has
+	// also run onFetch (st.inflight is cleared before it: tests waiting on
+	// it alone read onFetch's effects too early).
+	fetches sync.WaitGroup
 }
 
 var _ broker.Authenticator = (*Verifier)(nil)

@@ -7,8 +7,10 @@ func (v *Verifier) SignatureChecks() int64 { return v.sigChecks.Load() }
 func (v *Verifier) VerifiedCacheLen() int { return v.verified.len() }
 
 // WaitFetches waits for the JWKS fetch each issuer of v has running, if
-// any: a request that served stale keys started it in the background.
+// any: a request that served stale keys started it in the background. It
+// returns once v's own fetches have also run OnFetch.
 func (v *Verifier) WaitFetches() {
+	defer v.fetches.Wait()
 	for _, st := range v.issuers {
 		st.mu.Lock()
 		call := st.inflight

@@ -561,7 +561,9 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 	st.lastAttempt = now
 	jwksURI := st.jwksURI
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.fetchTimeout)
+	v.fetches.Add(1)
 	go func() {
+		defer v.fetches.Done()
 		defer cancel()
 		set, uri, err := v.fetch(fctx, st, jwksURI)
 		st.mu.Lock()
