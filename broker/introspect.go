@@ -120,43 +120,80 @@ func (s *Service) proxyGrantInForce(pol *policies.Policy, is *Issuance) bool {
 	return ok && pol.Allowed(wl, g.Name)
 }
 
-// DefaultIntrospectRate limits the introspections of a caller that matches
-// no workload nor admin of the policy in force (a service introspecting the
-// credentials it is sent), per identity (iss and sub). A caller
-// that needs more is declared as a workload (grants may be empty) with the
-// rate it needs.
-var DefaultIntrospectRate = policies.Rate{PerSecond: 1, Burst: 20}
+// IntrospectLimits bound the introspections of authenticated callers, per
+// broker instance. A resource server introspects every request it is sent
+// (RFC 7662), so the floor is sized for that, not for credential
+// exchanges: a caller that matches no workload nor admin of the policy in
+// force takes from a bucket of its identity (iss, sub) that PerSecond and
+// Burst size; a caller that matches a workload from its workload's own
+// introspection bucket, sized by the larger of these and the workload's
+// rate (a rate only raises it; a workload with no rate is not limited, as
+// on /v1/token); an admin is not limited.
+type IntrospectLimits struct {
+	// PerSecond refills a caller's bucket (0 = DefaultIntrospectLimits';
+	// negative: introspections are not limited).
+	PerSecond float64
+	// Burst is a caller's bucket size (0 = the default).
+	Burst int
+	// MaxCallers bounds the identities matching no workload whose buckets
+	// are kept (0 = the default): a trusted issuer may sign tokens for any
+	// number of subjects. Past it the least recently seen is dropped (it
+	// starts again with a full burst, as a new identity would).
+	MaxCallers int
+}
 
-// maxIntrospectCallers bounds the identities whose introspection buckets
-// are kept: a trusted issuer may sign tokens for any number of subjects.
-// Past it the least recently seen is dropped (it starts again with a full
-// burst, as a new identity would).
-const maxIntrospectCallers = 10000
+// DefaultIntrospectLimits are the limits where a field is 0: a resource
+// server introspecting each request it receives, at up to 100 a second
+// after a burst of 1000, per broker instance.
+var DefaultIntrospectLimits = IntrospectLimits{PerSecond: 100, Burst: 1000, MaxCallers: 10000}
+
+// withDefaults fills l's zero fields from DefaultIntrospectLimits.
+func (l IntrospectLimits) withDefaults() IntrospectLimits {
+	d := DefaultIntrospectLimits
+	if l.PerSecond != 0 {
+		d.PerSecond = l.PerSecond
+	}
+	if l.Burst > 0 {
+		d.Burst = l.Burst
+	}
+	if l.MaxCallers > 0 {
+		d.MaxCallers = l.MaxCallers
+	}
+	return d
+}
 
 // allowIntrospect applies the caller's rate limit to an introspection
-// (SPEC-ADDITIONS "Unauthenticated refusals": once the caller
-// authenticated, a workload's own rate applies). An admin of pol (any
-// role) is not limited, as its admin calls are not. A caller that matches a
-// workload of pol takes from a bucket its workload's rate sizes (its own:
-// introspecting does not use up the workload's exchanges; no rate, no
-// limit); one that matches neither, from its identity's bucket,
-// DefaultIntrospectRate.
+// (IntrospectLimits): an admin of pol (any role) is not limited, as its
+// admin calls are not; a caller that matches a workload of pol takes from
+// its workload's introspection bucket (its own: introspecting does not use
+// up the workload's exchanges), sized by the larger of the workload's rate
+// and the floor (no rate, no limit); one that matches neither, from its
+// identity's bucket, the floor.
 func (s *Service) allowIntrospect(pol *policies.Policy, caller *Identity) error {
+	floor := s.introspectLim
+	if floor.PerSecond < 0 {
+		return nil
+	}
 	if pol.Trusts(caller.IssuerName, caller.Iss) {
 		if _, ok := pol.MatchAdmin(caller.IssuerName, caller.Claims, ""); ok {
 			return nil
 		}
 		if wl, err := pol.Match(caller.IssuerName, caller.Claims); err == nil {
-			return s.allowFrom(&s.introspectLimiters, wl.Name, wl.Rate)
+			if wl.Rate == nil || wl.Rate.PerSecond <= 0 {
+				return nil
+			}
+			rt := policies.Rate{PerSecond: max(wl.Rate.PerSecond, floor.PerSecond), Burst: max(wl.Rate.Burst, int(math.Ceil(wl.Rate.PerSecond)), floor.Burst)}
+			return s.allowFrom(&s.introspectLimiters, wl.Name, &rt)
 		}
 	}
-	return s.introspectCallers.allow(caller.Iss+"\x00"+caller.Sub, DefaultIntrospectRate, s.d.Now())
+	return s.introspectCallers.allow(caller.Iss+"\x00"+caller.Sub, policies.Rate{PerSecond: floor.PerSecond, Burst: floor.Burst}, s.d.Now())
 }
 
 // callerLimiters are the introspection buckets of callers that match no
-// workload, by identity, most recently seen first, at most
-// maxIntrospectCallers.
+// workload, by identity, most recently seen first, at most max
+// (IntrospectLimits.MaxCallers).
 type callerLimiters struct {
+	max   int
 	mu    sync.Mutex
 	order list.List // of *callerLimiter
 	m     map[string]*list.Element
@@ -179,7 +216,11 @@ func (c *callerLimiters) allow(key string, rt policies.Rate, now time.Time) erro
 		c.order.MoveToFront(el)
 		lim = el.Value.(*callerLimiter).lim
 	} else {
-		if c.order.Len() >= maxIntrospectCallers {
+		n := c.max
+		if n <= 0 {
+			n = DefaultIntrospectLimits.MaxCallers
+		}
+		if c.order.Len() >= n {
 			old := c.order.Back()
 			c.order.Remove(old)
 			delete(c.m, old.Value.(*callerLimiter).key)

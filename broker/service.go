@@ -56,6 +56,10 @@ type Deps struct {
 	// their caller authenticated, per source address; nil (or a negative
 	// PerSecond) = no limit.
 	RefusalLimits *RefusalLimits
+	// IntrospectLimits bound the introspections of authenticated callers
+	// (allowIntrospect); a zero field is DefaultIntrospectLimits', a
+	// negative PerSecond turns the limit off.
+	IntrospectLimits IntrospectLimits
 }
 
 // DefaultMintTimeout is Deps.MintTimeout when it is not set.
@@ -79,6 +83,8 @@ type Service struct {
 	introspectLimiters sync.Map
 	// introspectCallers are those of callers that match none.
 	introspectCallers callerLimiters
+	// introspectLim is Deps.IntrospectLimits, defaults applied.
+	introspectLim IntrospectLimits
 	// limitersMu serialises making a limiter (a first use, a rate change).
 	limitersMu sync.Mutex
 	// grants are the grants of the policy last asked about (Exchange).
@@ -156,6 +162,9 @@ func NewService(d Deps) (*Service, error) {
 	if l := d.RefusalLimits; l != nil && (math.IsNaN(l.GlobalPerSecond) || math.IsInf(l.GlobalPerSecond, 0)) {
 		errs = append(errs, errors.New("broker: Deps.RefusalLimits.GlobalPerSecond must be a finite number"))
 	}
+	if l := d.IntrospectLimits; math.IsNaN(l.PerSecond) || math.IsInf(l.PerSecond, 0) || l.Burst < 0 || l.MaxCallers < 0 {
+		errs = append(errs, errors.New("broker: Deps.IntrospectLimits: PerSecond must be a finite number, Burst and MaxCallers not negative"))
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -181,6 +190,8 @@ func NewService(d Deps) (*Service, error) {
 		d.Revokers = map[string]Revoker{}
 	}
 	svc := &Service{d: d, cache: revocationCacheOf(d.Store)}
+	svc.introspectLim = d.IntrospectLimits.withDefaults()
+	svc.introspectCallers.max = svc.introspectLim.MaxCallers
 	if l := d.RefusalLimits; l != nil && l.PerSecond >= 0 {
 		svc.refusals = newRefusalGuard(*l)
 	}

@@ -22,8 +22,9 @@ import (
 // without bound. A caller that matches a workload takes from a bucket its
 // workload's rate sizes (its own, not the one its exchanges take from); a
 // caller that matches none (a service introspecting what it was sent) from
-// a bucket of its identity that DefaultIntrospectRate sizes. An admin is not
-// limited, as its admin calls are not.
+// a bucket of its identity that IntrospectLimits size (here set low, under
+// the workload's rate, which then sizes the workload's bucket). An admin is
+// not limited, as its admin calls are not.
 // Past the burst the call is answered 429 slow_down with Retry-After and
 // audited as the other refused introspections are (an introspect event,
 // outcome 429 slow_down, reason rate_limited).
@@ -52,6 +53,9 @@ admins:
 		Store:    memstore.New(func() time.Time { return now }),
 		Audit:    sink,
 		Now:      func() time.Time { return now },
+		// A floor under the workload's rate: the workload's rate sizes its
+		// bucket.
+		IntrospectLimits: broker.IntrospectLimits{PerSecond: 0.25, Burst: 1},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -108,20 +112,17 @@ admins:
 		}
 	})
 	t.Run("no-workload", func(t *testing.T) {
-		r := broker.DefaultIntrospectRate
-		for i := 0; i < r.Burst; i++ {
-			if w := introspect(callerToken); w.Code != http.StatusOK {
-				t.Fatalf("introspection %d within the burst = %d %s, want 200", i+1, w.Code, w.Body)
-			}
+		if w := introspect(callerToken); w.Code != http.StatusOK {
+			t.Fatalf("introspection within the burst = %d %s, want 200", w.Code, w.Body)
 		}
-		limited(t, introspect(callerToken), "1")
-		now = now.Add(time.Second)
+		limited(t, introspect(callerToken), "4") // one token at 0.25/s
+		now = now.Add(4 * time.Second)
 		if w := introspect(callerToken); w.Code != http.StatusOK {
 			t.Fatalf("introspection once a token is back = %d %s, want 200", w.Code, w.Body)
 		}
 	})
 	t.Run("admin", func(t *testing.T) {
-		for i := 0; i < 2*broker.DefaultIntrospectRate.Burst; i++ {
+		for i := 0; i < 20; i++ {
 			if w := introspect(adminToken); w.Code != http.StatusOK {
 				t.Fatalf("admin introspection %d = %d %s, want 200", i+1, w.Code, w.Body)
 			}

@@ -64,6 +64,9 @@ type Config struct {
 	// RefusalLimit bounds, per source address, the audit events of requests
 	// refused before their caller authenticated (broker.RefusalLimits).
 	RefusalLimit RefusalLimitConfig `yaml:"refusal_limit"`
+	// IntrospectLimit bounds the introspections of authenticated callers
+	// (broker.IntrospectLimits).
+	IntrospectLimit IntrospectLimitConfig `yaml:"introspect_limit"`
 	// Deployment names this keytrail deployment (the instances sharing one
 	// store) in the meta of the Vault tokens it mints: the Vault token
 	// reconciliation leaves another deployment's tokens alone. Default
@@ -145,6 +148,19 @@ func (c RefusalLimitConfig) limits() *broker.RefusalLimits {
 	}
 	return &broker.RefusalLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxSources: c.MaxSources, SummaryEvery: time.Duration(c.SummaryEvery),
 		GlobalPerSecond: c.GlobalPerSecond, GlobalBurst: c.GlobalBurst}
+}
+
+// IntrospectLimitConfig is broker.IntrospectLimits: 0 is the default of
+// each field, per_second -1 turns the limit off.
+type IntrospectLimitConfig struct {
+	PerSecond  float64 `yaml:"per_second"`
+	Burst      int     `yaml:"burst"`
+	MaxCallers int     `yaml:"max_callers"`
+}
+
+// limits returns the broker's limits.
+func (c IntrospectLimitConfig) limits() broker.IntrospectLimits {
+	return broker.IntrospectLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxCallers: c.MaxCallers}
 }
 
 // VaultConfig says how to reach and log in to Vault.
@@ -677,6 +693,15 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 		// The sweep runs every summary_every under the guard's lock over
 		// every tracked source: 1ns would keep it sweeping.
 		bad("refusal_limit.summary_every", "must be 1s or more (0: the default, 1m)")
+	}
+	if il := c.IntrospectLimit; math.IsNaN(il.PerSecond) || math.IsInf(il.PerSecond, 0) || il.PerSecond < 0 && il.PerSecond != -1 {
+		bad("introspect_limit.per_second", "must be -1 (off), 0 (the default, 100) or a finite positive number")
+	}
+	if c.IntrospectLimit.Burst < 0 {
+		bad("introspect_limit.burst", "must not be negative (0: the default, 1000)")
+	}
+	if c.IntrospectLimit.MaxCallers < 0 {
+		bad("introspect_limit.max_callers", "must not be negative (0: the default, 10000)")
 	}
 	for i, p := range c.TrustedProxies {
 		switch pr, err := httpapi.ParseTrustedProxy(p); {

@@ -536,8 +536,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		AuditChain: sink.ChainID(),
 		Logger:     log,
 		// A mint may take as long as one Vault request may.
-		MintTimeout:   mintTimeout(time.Duration(cfg.Vault.Timeout)),
-		RefusalLimits: cfg.RefusalLimit.limits(),
+		MintTimeout:      mintTimeout(time.Duration(cfg.Vault.Timeout)),
+		RefusalLimits:    cfg.RefusalLimit.limits(),
+		IntrospectLimits: cfg.IntrospectLimit.limits(),
 	})
 	if err != nil {
 		return err
