@@ -27,7 +27,8 @@ package broker
 //     restart too, writes its results for the revocation only once the
 //     revoke events are durable, writing them again first, from the
 //     record when the instance that made them is not the one writing them
-//     (see lateDecision);
+//     (see lateDecision); events written again carry the decision's time
+//     (details.decided_at, see writtenAgain);
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
 //     record is stored a failure answers ErrUnavailable and the revocation
@@ -274,7 +275,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		// instance's through lateDecisions, any instance's (after a
 		// restart too) through the record, which keeps the events until
 		// they are (see lateDecision).
-		dw.late = s.noteLateDecision(rev.ID)
+		dw.late = s.noteLateDecision(rev.ID, now)
 		rev.Decision = unwritten
 	case pending != nil:
 		if dw.written > 0 {
@@ -923,15 +924,16 @@ type auditWrite struct {
 // write may land as well: the decision is then in both logs, under the
 // same revocation id. A duplicate, never a result without its decision.
 type lateDecision struct {
-	done chan struct{}
-	mu   sync.Mutex
-	left []*audit.Event
+	done      chan struct{}
+	decidedAt time.Time // the revocation's creation (writtenAgain)
+	mu        sync.Mutex
+	left      []*audit.Event
 }
 
-// noteLateDecision records that revocation id's revoke events are not
-// durable yet.
-func (s *Service) noteLateDecision(id string) *lateDecision {
-	ld := &lateDecision{done: make(chan struct{})}
+// noteLateDecision records that revocation id's revoke events, decided at
+// decidedAt, are not durable yet.
+func (s *Service) noteLateDecision(id string, decidedAt time.Time) *lateDecision {
+	ld := &lateDecision{done: make(chan struct{}), decidedAt: decidedAt}
 	s.lateDecisions.Store(id, ld)
 	return ld
 }
@@ -997,7 +999,7 @@ func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audi
 	}
 	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation's revoke event not known durable: writing it again from the record",
 		slog.String("revocation_id", id))
-	if _, err := s.appendAll(ctx, unsealed(cur.Decision)); err != nil {
+	if _, err := s.appendAll(ctx, writtenAgain(cur.Decision, cur.CreatedAt)); err != nil {
 		return err
 	}
 	s.clearDecision(ctx, id, nil)
@@ -1082,6 +1084,36 @@ func unsealed(evs []*audit.Event) []*audit.Event {
 	return out
 }
 
+// writtenAgain returns fresh copies of decision events (unsealed) to be
+// written again, after the write that should have made them durable: the
+// sink stamps them with the time they are written now, so each revoke and
+// block event carries the time the decision was made, the revocation's
+// creation, in details.decided_at (RFC 3339, UTC; trace and report take a
+// revoke event's revoked_at from it). Copies that carry it already (a
+// second attempt) keep theirs.
+func writtenAgain(evs []*audit.Event, decidedAt time.Time) []*audit.Event {
+	out := unsealed(evs)
+	if decidedAt.IsZero() {
+		return out
+	}
+	at := decidedAt.UTC().Format(audit.TimeFormat)
+	for _, ev := range out {
+		if ev.Type != audit.TypeRevoke && ev.Type != audit.TypeBlock {
+			continue
+		}
+		if _, ok := ev.Details["decided_at"]; ok {
+			continue
+		}
+		d := maps.Clone(ev.Details)
+		if d == nil {
+			d = map[string]any{}
+		}
+		d["decided_at"] = at
+		ev.Details = d
+	}
+	return out
+}
+
 // startAppend appends evs (appendAll, the caller's cancellation detached)
 // on a goroutine of its own, once the write after (when not nil) has ended,
 // so that they never overtake an event still pending whatever the sink; a
@@ -1107,6 +1139,9 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 			}
 			if after.err != nil {
 				again := unsealed(after.evs[after.written:])
+				if after.late != nil {
+					again = writtenAgain(again, after.late.decidedAt)
+				}
 				if n, err := s.appendAll(ctx, again); err != nil {
 					left = unsealed(again[n:])
 					w.err = err

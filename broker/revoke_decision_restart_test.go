@@ -298,6 +298,13 @@ func TestDecisionFailedTwiceIsWrittenByWorker(t *testing.T) {
 	if types := f.types(1); len(types) != 2 || types[0] != audit.TypeRevoke || types[1] != audit.TypeRevokeResult {
 		t.Fatalf("events once the log takes writes: %v, want [revoke revoke_result]", types)
 	}
+	// Written again a minute or more after the decision: it says when
+	// that was.
+	for _, ev := range f.sink.Events() {
+		if want := revs[0].CreatedAt.UTC().Format(audit.TimeFormat); ev.Type == audit.TypeRevoke && ev.Details["decided_at"] != want {
+			t.Errorf("revoke event written again at %s: details.decided_at %v, want %s", ev.Time, ev.Details["decided_at"], want)
+		}
+	}
 	if r, err := f.store.GetRevocation(ctx, id); err != nil || len(r.Decision) != 0 || r.CompletedAt.IsZero() {
 		t.Fatalf("stored revocation: %+v, %v; want its decision cleared, complete", r, err)
 	}

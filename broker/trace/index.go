@@ -627,11 +627,33 @@ func (x *Index) resultFor(id string) *Result {
 	unmade := notMadeRevocations(res.Revocations)
 	for _, ev := range res.Revocations {
 		if revokes(ev, id) && !unmade[ev.RevocationID] {
-			res.Issuance.RevokedAt, res.Issuance.RevocationID = parseTime(ev.Time), ev.RevocationID
-			break
+			// The earliest: a revoke event written again comes later
+			// than its decision (revokedTime).
+			if t := revokedTime(ev); res.Issuance.RevocationID == "" || t.Before(res.Issuance.RevokedAt) {
+				res.Issuance.RevokedAt, res.Issuance.RevocationID = t, ev.RevocationID
+			}
 		}
 	}
 	return res
+}
+
+// revokedTime is when ev, an event that revokes, took effect: its time,
+// or for a revoke event written again after its first write (by another
+// instance's revocation worker, after a restart, or after the late write
+// failed) the decision's own time, which it carries in
+// details.decided_at (the sink stamped it with the time it was written
+// again).
+func revokedTime(ev *audit.Event) time.Time {
+	t := parseTime(ev.Time)
+	if ev.Type != audit.TypeRevoke {
+		return t
+	}
+	if s, ok := ev.Details["decided_at"].(string); ok {
+		if d := parseTime(s); !d.IsZero() && (t.IsZero() || d.Before(t)) {
+			return d
+		}
+	}
+	return t
 }
 
 // revokes reports whether ev (a revocation event gathered for issuance id)

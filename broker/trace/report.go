@@ -475,9 +475,12 @@ func (b *reportBuilder) event(ev *audit.Event) {
 			// Only the ones it says are revoked.
 			ids = stringsOf(ev.Details["revoked"])
 		}
+		// When first revoked: a revoke event written again comes later
+		// than its decision (revokedTime).
+		at := revokedTime(ev)
 		for _, id := range ids {
-			if _, ok := b.revoked[id]; !ok {
-				b.revoked[id], b.revokedWL[id] = t, ev.Workload
+			if first, ok := b.revoked[id]; !ok || at.Before(first) {
+				b.revoked[id], b.revokedWL[id] = at, ev.Workload
 			}
 		}
 	case audit.TypeDeny:

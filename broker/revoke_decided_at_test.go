@@ -1,0 +1,109 @@
+package broker_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+// clockSink seals events into one chain at the fixture's clock, keeping
+// the lines.
+type clockSink struct {
+	mu    sync.Mutex
+	chain *audit.Chain
+	now   func() time.Time
+	lines [][]byte
+}
+
+func (s *clockSink) Append(ctx context.Context, ev *audit.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	line, err := s.chain.Seal(ev, s.now())
+	if err != nil {
+		return err
+	}
+	s.lines = append(s.lines, line)
+	return nil
+}
+
+// TestRewrittenDecisionTracedAtDecision: a held decision written again by
+// another instance's worker (the maker died with its write queued) is
+// stamped with the time it is written again. Nothing said when the admin
+// decided: a trace of a log holding only that copy gave the re-write's
+// time as revoked_at. The copy's revoke event now carries
+// details.decided_at, the revocation's creation, and trace takes
+// revoked_at from it.
+func TestRewrittenDecisionTracedAtDecision(t *testing.T) {
+	f, id := revokeWithDecisionHeld(t, false)
+	ctx := context.Background()
+	r, err := f.store.GetRevocation(ctx, id)
+	if err != nil || len(r.Decision) == 0 || r.Selector.IssuanceID == "" {
+		t.Fatalf("stored revocation %+v, %v; want its decision held", r, err)
+	}
+	issuance := r.Selector.IssuanceID
+	// The issue event, in the maker's log (the revoke event never landed).
+	var lines [][]byte
+	maker := audit.NewChain("instance-a")
+	for _, ev := range f.sink.Events() {
+		if ev.Type == audit.TypeIssue {
+			cp := *ev
+			cp.V, cp.Seq, cp.Time, cp.Chain, cp.Prev = 0, 0, "", "", ""
+			line, err := maker.Seal(&cp, r.CreatedAt.Add(-time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("maker's events %v, want its issue event", f.sink.Types())
+	}
+
+	log := &clockSink{chain: audit.NewChain("instance-b"), now: f.clock}
+	w, err := broker.NewRevocationWorker(restarted(t, f, log), broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(10 * time.Minute)
+	if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+		t.Fatalf("worker pass = %v", err)
+	}
+	log.mu.Lock()
+	lines = append(lines, log.lines...)
+	log.mu.Unlock()
+	if len(lines) != 3 {
+		t.Fatalf("other instance's log holds %d lines, want revoke, revoke_result", len(lines)-1)
+	}
+	rv, err := audit.ParseLine(lines[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := r.CreatedAt.UTC().Format(audit.TimeFormat)
+	if rv.Type != audit.TypeRevoke || rv.Details["decided_at"] != want || rv.Time == want {
+		t.Errorf("revoke event written again: type %s time %s details.decided_at %v; want decided_at %s (the revocation's creation)",
+			rv.Type, rv.Time, rv.Details["decided_at"], want)
+	}
+
+	x, err := trace.NewIndex(trace.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lines {
+		if err := x.AddLine(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := x.Lookup(issuance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Issuance.RevocationID != id || !res.Issuance.RevokedAt.Equal(r.CreatedAt) {
+		t.Errorf("trace: revoked_at %v by %q, want %v (the decision) by %s; the re-write was at %s",
+			res.Issuance.RevokedAt, res.Issuance.RevocationID, r.CreatedAt, id, rv.Time)
+	}
+}
