@@ -1013,9 +1013,14 @@ var errDecisionClear = errors.New("no decision events to clear")
 // clearDecision stores that revocation id's decision events are durable:
 // Decision cleared, and the record complete if nothing else is left. Once
 // it is stored (or there is no record) ld, this instance's entry, is
-// dropped; a failure is logged and leaves both: the record's events keep
-// the revocation incomplete, and the next worker pass clears it (ld, done
-// and with nothing left, tells that no append is needed).
+// dropped, also when the store applied the write without confirming its
+// replicas (store_unreplicated): a completed record is never visited
+// again, so the entry would stay for the process's life (should a
+// failover lose the write, the record's events bring the revocation back
+// to any worker, which writes them again: a duplicate, never a result
+// without them). Another failure is logged and leaves both: the record's
+// events keep the revocation incomplete, and the next worker pass clears
+// it (ld, done and with nothing left, tells that no append is needed).
 func (s *Service) clearDecision(ctx context.Context, id string, ld *lateDecision) {
 	now := s.d.Now()
 	_, err := s.updateRevocation(ctx, id, func(r *Revocation) error {
@@ -1028,7 +1033,7 @@ func (s *Service) clearDecision(ctx context.Context, id string, ld *lateDecision
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errDecisionClear) && !errors.Is(err, ErrNotFound) {
+	if err != nil && !errors.Is(err, errDecisionClear) && !errors.Is(err, ErrNotFound) && !unreplicated(err) {
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing that a revocation's revoke event is durable failed; the worker retries",
 			slog.String("revocation_id", id), slog.String("error", err.Error()))
 		return

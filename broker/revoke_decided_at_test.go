@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -105,5 +106,51 @@ func TestRewrittenDecisionTracedAtDecision(t *testing.T) {
 	if res.Issuance.RevocationID != id || !res.Issuance.RevokedAt.Equal(r.CreatedAt) {
 		t.Errorf("trace: revoked_at %v by %q, want %v (the decision) by %s; the re-write was at %s",
 			res.Issuance.RevokedAt, res.Issuance.RevocationID, r.CreatedAt, id, rv.Time)
+	}
+}
+
+// TestLateDecisionClearUnreplicatedDropsEntry: the request's late revoke
+// event lands and clearDecision stores that it is durable, the store
+// applying the write but not confirming its replicas
+// (store_unreplicated). The record is then complete, so no worker visits
+// it again, and the instance's in-memory entry for the late decision used
+// to be kept for the process's life. It is dropped now: the write was
+// applied.
+func TestLateDecisionClearUnreplicatedDropsEntry(t *testing.T) {
+	var fs *faultStore
+	f, sink, release := newHoldRevFixture(t, func(_ *revFixture, st broker.Store) broker.Store {
+		fs = &faultStore{Store: st, acks: true}
+		return fs
+	}, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
+	is := f.issue(t, "payments")
+	awaitTypes(t, sink, audit.TypeIssue)
+	ctx := context.Background()
+	err := within(t, "Revoke()", func() error {
+		_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_late")
+		return err
+	})
+	var made *broker.RevocationMadeError
+	if !errors.As(err, &made) {
+		t.Fatalf("Revoke() = %v, want 503 audit_unavailable naming the revocation made", err)
+	}
+	id := made.ID
+	if !broker.LateDecisionHeld(f.svc, id) {
+		t.Fatalf("no late-decision entry for %s while its revoke event is held", id)
+	}
+	fs.failUpdates(updateUnreplicated, -1)
+	release()
+	awaitTypes(t, sink, audit.TypeRevoke, audit.TypeRevokeResult)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := f.store.GetRevocation(ctx, id)
+		cleared := err == nil && len(r.Decision) == 0 && !r.CompletedAt.IsZero()
+		if cleared && !broker.LateDecisionHeld(f.svc, id) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10s after the late revoke event landed: record %+v, %v (cleared: %v); in-memory entry still held: %v; want it dropped once the clear is applied (store_unreplicated)",
+				r, err, cleared, broker.LateDecisionHeld(f.svc, id))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
