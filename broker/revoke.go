@@ -27,7 +27,7 @@ package broker
 //     restart too, writes its results for the revocation only once the
 //     revoke events are durable, writing them again first, from the
 //     record when the instance that made them is not the one writing them
-//     (see lateDecision); events written again carry the decision's time
+//     and decisionGrace has passed (see lateDecision); events written again carry the decision's time
 //     (details.decided_at, see writtenAgain);
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
@@ -916,8 +916,9 @@ type auditWrite struct {
 // creation until they are durable (clearDecision), and is not complete
 // meanwhile, so the worker of any instance lists it. An instance with no
 // entry for it (another instance, or this one after a restart: the entry
-// and any write a hung disk held are gone) takes the instance that made
-// them for gone: before any revoke_result for the revocation it appends
+// and any write a hung disk held are gone) leaves them to the instance
+// that made them for decisionGrace, writing no result for the revocation
+// meanwhile, then takes that instance for gone: before any revoke_result for the revocation it appends
 // the record's events to its own log, then clears them (a pass with
 // nothing else to write writes a result too, the request's being lost
 // with it). Should the instance that made them still be running, its late
@@ -996,6 +997,8 @@ func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audi
 		return fmt.Errorf("read revocation %s for its revoke events: %w", id, err)
 	case len(cur.Decision) == 0:
 		return nil
+	case !s.decisionAbandoned(cur.CreatedAt):
+		return errDecisionHeld
 	}
 	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation's revoke event not known durable: writing it again from the record",
 		slog.String("revocation_id", id))
@@ -1004,6 +1007,27 @@ func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audi
 	}
 	s.clearDecision(ctx, id, nil)
 	return nil
+}
+
+// errDecisionHeld is decisionDurable's answer for a decision another
+// instance (or this one before a restart) made, still within
+// decisionGrace: its result waits for a later pass.
+var errDecisionHeld = errors.New("its revoke event is left to the instance that made it for now")
+
+// decisionGrace is how long after a revocation's creation a worker with no
+// entry for its held decision events (lateDecision) leaves them to the
+// instance that made them, whose late write may only be slow: a few
+// AuditTimeouts. Past it, the worker takes that instance for gone and
+// writes them itself (a duplicate should the late write land after all).
+// Until then it writes no result for the revocation either, so a result
+// never precedes its decision; the next pass past the grace writes both.
+func (s *Service) decisionGrace() time.Duration { return 3 * s.d.AuditTimeout }
+
+// decisionAbandoned reports whether a held decision of a revocation
+// created at createdAt, which this instance has no entry for, is past
+// decisionGrace.
+func (s *Service) decisionAbandoned(createdAt time.Time) bool {
+	return !s.d.Now().Before(createdAt.Add(s.decisionGrace()))
 }
 
 // errDecisionClear is clearDecision's answer from its update function
@@ -1043,17 +1067,18 @@ func (s *Service) clearDecision(ctx context.Context, id string, ld *lateDecision
 	}
 }
 
-// decisionOrphaned reports whether revocation id's decision events, which
+// decisionOrphaned reports whether revocation r's decision events, which
 // its record lists as not known durable, are left to the worker: this
 // instance has no entry for them (another instance made them, or this one
-// before a restart), or its request's writes have ended with the events
-// not durable. With them durable and only the record not told, it tells
+// before a restart) and decisionGrace has passed, or its request's writes
+// have ended with the events not durable. With them durable and only the record not told, it tells
 // the record (clearDecision) and reports false, as while the request is
 // still writing them.
-func (s *Service) decisionOrphaned(ctx context.Context, id string) bool {
+func (s *Service) decisionOrphaned(ctx context.Context, r *Revocation) bool {
+	id := r.ID
 	ld := s.lateDecisionOf(id)
 	if ld == nil {
-		return true
+		return s.decisionAbandoned(r.CreatedAt)
 	}
 	if !closed(ld.done) || !ld.mu.TryLock() { // the request's, or a worker's, append in progress
 		return false
@@ -1988,7 +2013,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 		evs = s.resultEvents(r, "", status, "", "sweep", map[string]any{"swept": swept})
 	case hadPending && len(r.Pending) == 0:
 		evs = s.resultEvents(r, "", status, "", "worker", nil)
-	case len(r.Decision) > 0 && s.decisionOrphaned(ctx, r.ID):
+	case len(r.Decision) > 0 && s.decisionOrphaned(ctx, r):
 		// Its decision events are not known durable and no request of
 		// this instance is writing them: the result written after them
 		// may be lost with them (see lateDecision). This one is written
@@ -2055,8 +2080,11 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 		if prev != nil {
 			<-prev.done
 		}
-		msg := "audit revoke_result failed"
-		if err := s.decisionDurable(ctx, id, decision); err != nil {
+		msg, level := "audit revoke_result failed", slog.LevelError
+		if err := s.decisionDurable(ctx, id, decision); errors.Is(err, errDecisionHeld) {
+			rw.err = err
+			msg, level = "audit revoke_result held until the revocation's revoke event is written; a later pass writes both", slog.LevelInfo
+		} else if err != nil {
 			rw.err = err
 			msg = "audit revoke_result not written: the revocation's revoke event is not in the audit log " +
 				"(written again first, which failed again); the next pass that writes a result for it tries both again"
@@ -2069,7 +2097,7 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 				st.result = [sha256.Size]byte{}
 			}
 			w.mu.Unlock()
-			s.d.Logger.LogAttrs(ctx, slog.LevelError, msg,
+			s.d.Logger.LogAttrs(ctx, level, msg,
 				slog.String("revocation_id", id), slog.String("error", rw.err.Error()))
 		}
 	}()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/trace"
 )
 
@@ -152,5 +153,79 @@ func TestLateDecisionClearUnreplicatedDropsEntry(t *testing.T) {
 				r, err, cleared, broker.LateDecisionHeld(f.svc, id))
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestHeldDecisionLeftToSlowMakerWithinGrace: another instance's worker
+// used to write a held decision (and a result) as soon as it listed the
+// record, although the instance that made it may only be slow: its late
+// write then landed too, the decision twice. Now that worker leaves it to
+// the maker for decisionGrace (3 AuditTimeouts from the revocation's
+// creation): the maker's late write lands within it and clears the
+// record, and the other instance writes nothing, then or after.
+func TestHeldDecisionLeftToSlowMakerWithinGrace(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		backendFails bool // the request leaves the issuance pending
+	}{{"pending", true}, {"completed", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, sink, release := newHoldRevFixture(t, nil, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
+			is := f.issue(t, "payments")
+			awaitTypes(t, sink, audit.TypeIssue)
+			if tt.backendFails {
+				f.rv.setErr(errors.New("vault: connection refused"))
+			}
+			ctx := context.Background()
+			err := within(t, "Revoke()", func() error {
+				_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "leaked", broker.RevokeOptions{}, "req_late")
+				return err
+			})
+			var made *broker.RevocationMadeError
+			if !errors.As(err, &made) {
+				t.Fatalf("Revoke() = %v, want 503 audit_unavailable naming the revocation made", err)
+			}
+			f.rv.setErr(nil)
+			// Instance B: AuditTimeout 10 s (the default), grace 30 s.
+			log := &brokertest.Sink{}
+			w, err := broker.NewRevocationWorker(restarted(t, f, log), broker.WorkerOptions{Interval: time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []time.Duration{2 * time.Second, 10 * time.Second} {
+				f.advance(d)
+				if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+					t.Fatalf("B's worker pass = %v", err)
+				}
+				if types := log.Types(); len(types) != 0 {
+					t.Fatalf("B's events %v after its pass within the grace, want none (the maker may only be slow)", types)
+				}
+			}
+			// The maker's late write lands, and it tells the record.
+			release()
+			awaitTypes(t, sink, audit.TypeRevoke, audit.TypeRevokeResult)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				r, err := f.store.GetRevocation(ctx, made.ID)
+				if err == nil && len(r.Decision) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("stored revocation 10s after the late revoke event landed: %+v, %v; want its decision cleared", r, err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			for range 3 {
+				f.advance(time.Minute)
+				if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+					t.Fatalf("B's worker pass = %v", err)
+				}
+			}
+			for _, ev := range log.Events() {
+				if ev.Type == audit.TypeRevoke {
+					t.Errorf("B's events %v: the decision written again though the maker's landed", log.Types())
+					break
+				}
+			}
+		})
 	}
 }

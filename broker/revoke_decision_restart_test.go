@@ -97,7 +97,17 @@ func TestRestartWritesNoResultWithoutDecision(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
+			// Within the grace (3 AuditTimeouts, 30 s) the decision is
+			// left to the instance that made it: nothing written, no
+			// result either.
 			f.advance(2 * time.Second)
+			if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+				t.Fatalf("worker pass = %v", err)
+			}
+			if types := log.Types(); len(types) != 0 {
+				t.Fatalf("restarted instance's events within the grace: %v, want none", types)
+			}
+			f.advance(time.Minute)
 			if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
 				t.Fatalf("worker pass = %v", err)
 			}
