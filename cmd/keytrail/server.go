@@ -475,7 +475,6 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		defer t.Stop()
 		return rt.keys.Run(ctx, t.C)
 	})
-	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second, polStamp) })
 	if err := rt.startClockWatch(ctx); err != nil {
 		return err
 	}
@@ -586,7 +585,16 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := rt.startReconciler(ctx, e); err != nil {
 		return err
 	}
-	return rt.auditPolicyLoad(ctx, pol, "start", nil, rt.keys.Retiring())
+	if err := rt.auditPolicyLoad(ctx, pol, "start", nil, rt.keys.Retiring()); err != nil {
+		return err
+	}
+	// The policy file watcher starts once the start's policy_load event is
+	// durable: a change seen during the start-up (compared with polStamp,
+	// the files as the policy in force was read from) is loaded after it,
+	// so the audit log's policy_load events are in the order the policies
+	// took effect, the last one naming the policy in force.
+	rt.goBackground(ctx, func(ctx context.Context) error { return rt.watchPolicy(ctx, 2*time.Second, polStamp) })
+	return nil
 }
 
 // maxMintTimeout caps the mint timeout vault.timeout sets: an exchange
