@@ -78,6 +78,9 @@ type env struct {
 	// after it released --dir's lock and before it removes the directories
 	// it created (tests: another dev taking the lock then).
 	devUnlocked func()
+	// exit, when set, stands for os.Exit where the server exits at once
+	// on a second SIGINT/SIGTERM (tests).
+	exit func(code int)
 }
 
 // lineErr is stderr for lines that goroutines running at the same time

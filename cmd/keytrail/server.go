@@ -150,6 +150,14 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// A second SIGINT/SIGTERM exits at once (1), from the first one (ctx
+	// ends) to runServer's return: during the start-up too (one that waits
+	// for a hung audit disk does not notice ctx), the drain, the shutdown
+	// and the close of the runtime, of a failed start-up included (the
+	// deferred rt.close below runs while this watches).
+	returned, watcherDone := make(chan struct{}), make(chan struct{})
+	defer func() { close(returned); <-watcherDone }()
+	go exitOnSecondSignal(ctx, e, log, returned, watcherDone)
 	rt := &brokerRuntime{cfg: cfg, log: log}
 	defer rt.close()
 	if err := rt.wire(ctx, e); err != nil {
@@ -225,21 +233,6 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// (rt.close). A second signal exits at once.
 	drain := time.Duration(cfg.ShutdownDrain)
 	log.Info("shutting down", slog.Duration("drain", drain), slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
-	second := make(chan os.Signal, 1)
-	signal.Notify(second, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(second)
-	returned := make(chan struct{})
-	watcherDone := make(chan struct{})
-	defer func() { close(returned); <-watcherDone }() // gone when runServer returns
-	go func() {
-		defer close(watcherDone)
-		select {
-		case <-second:
-			log.Warn("second signal: exiting now")
-			os.Exit(1)
-		case <-returned:
-		}
-	}()
 	if drain > 0 {
 		rt.api.Drain()
 		// Each connection closes after its current response: keep-alive
@@ -265,11 +258,36 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		_ = srv.Close()
 		incomplete = fmt.Errorf("shutdown incomplete: requests were still in flight after shutdown_timeout (%s)", time.Duration(cfg.ShutdownTimeout))
 	}
-	// The final flush and checkpoint of the audit log run here, while a
-	// second signal still exits at once (the deferred close is then a
-	// no-op). A failure is the exit status: every acknowledged event was
+	// The final flush and checkpoint of the audit log run here (the
+	// deferred close is then a no-op); a second signal still exits at
+	// once. A failure is the exit status: every acknowledged event was
 	// durable already, but the last lines lack their signed checkpoint.
 	return errors.Join(incomplete, rt.close())
+}
+
+// exitOnSecondSignal waits for ctx to end (the first SIGINT/SIGTERM: main's
+// signal.NotifyContext), then exits at once (status 1) on the next one,
+// until returned is closed; it closes done when it ends.
+func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	select {
+	case <-ctx.Done():
+	case <-returned:
+		return
+	}
+	second := make(chan os.Signal, 1)
+	signal.Notify(second, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(second)
+	select {
+	case <-second:
+		log.Warn("second signal: exiting now")
+		exit := os.Exit
+		if e.exit != nil {
+			exit = e.exit
+		}
+		exit(1)
+	case <-returned:
+	}
 }
 
 // close runs the closers newest first, logs each failure and returns them
