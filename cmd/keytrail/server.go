@@ -124,6 +124,10 @@ type brokerRuntime struct {
 	shuttingDown atomic.Bool
 	// now is the clock of key retirement (keys); nil means time.Now.
 	now func() time.Time
+	// served is set when the listener starts serving (runServer's
+	// goroutine, as the closers): a start-up that failed before revokes
+	// the Vault token it logged in for.
+	served bool
 	// tokenHealth answers /readyz's check of the broker's Vault token,
 	// keeping a success for a second (one lookup-self per second, however
 	// many probes).
@@ -195,6 +199,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		defer stop()
 	}
 	errc := make(chan error, 1)
+	rt.served = true
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
 		slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.Shared()))
@@ -290,6 +295,23 @@ func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned 
 	}
 }
 
+// loginRevokeTimeout bounds the revoke-self of a failed start-up's login
+// token.
+const loginRevokeTimeout = 5 * time.Second
+
+// revokeLoginToken revokes the Vault token the broker logged in for
+// (revoke-self), bounded by loginRevokeTimeout; a failure is only logged.
+func (rt *brokerRuntime) revokeLoginToken() {
+	ctx, cancel := context.WithTimeout(context.Background(), loginRevokeTimeout)
+	defer cancel()
+	if err := rt.vault.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+		rt.log.Warn("start-up failed: could not revoke the Vault token the broker logged in for; it stays valid until its ttl",
+			slog.String("error", vaultad.HideUserinfo(err, rt.cfg.Vault.Address).Error()))
+		return
+	}
+	rt.log.Info("start-up failed: revoked the Vault token the broker logged in for")
+}
+
 // close runs the closers newest first, logs each failure and returns them
 // joined.
 func (rt *brokerRuntime) close() error {
@@ -382,6 +404,21 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 			return vaultad.HideUserinfo(hint, cfg.Vault.Address)
 		}
 		return fmt.Errorf("vault login: %w", err)
+	}
+	if auth != nil {
+		// The token of this login (AppRole, Kubernetes) is the broker's
+		// own: when the start-up fails before anything was served, no
+		// credential was made with it and nobody else holds it, so it is
+		// revoked rather than left valid for its TTL at every failed start
+		// (a crash loop would pile them up in Vault). Once serving, it
+		// stays: credentials minted without an orphan token_role are its
+		// children. Runs after the login's renewals stopped (Run below).
+		rt.closers = append(rt.closers, func() error {
+			if !rt.served {
+				rt.revokeLoginToken()
+			}
+			return nil
+		})
 	}
 	if err := checkTokenType(login.Status().TokenType, pol); err != nil {
 		return err

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// TestFailedStartupRevokesItsLoginToken: a start-up that logged in to
+// Vault with AppRole and then failed (here: its listen address is taken)
+// left the token of that login valid for its TTL (an AppRole's default is
+// Vault's, 32 days): a broker in a crash loop piled up a token per start.
+// Nothing was served with it and nobody else holds it, so it is revoked
+// (revoke-self) before runServer returns. One that served keeps it.
+func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
+	vp := harness.StartVault(t)
+	c := vp.Client
+	if err := c.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sys().PutPolicy("kt-startfail", `path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo"] }`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Logical().Write("auth/approle/role/kt", map[string]any{"token_policies": "kt-startfail"}); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := c.Logical().Read("auth/approle/role/kt/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := c.Logical().Write("auth/approle/role/kt/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	roleFile, secretFile := filepath.Join(dir, "role_id"), filepath.Join(dir, "secret_id")
+	if err := os.WriteFile(roleFile, []byte(rid.Data["role_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+
+	tokens := func() int {
+		t.Helper()
+		sec, err := c.Logical().List("auth/token/accessors")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, _ := sec.Data["keys"].([]any)
+		return len(keys)
+	}
+	before := tokens()
+	var logs brokertest.SyncBuffer
+	e := &env{ctx: context.Background(), stdout: &logs, stderr: &logs, getenv: func(k string) string {
+		return map[string]string{envReconcile: "off"}[k]
+	}}
+	cfg := &Config{Listen: taken.Addr().String(), PublicURL: "http://127.0.0.1:7700", Policy: pol,
+		Vault: VaultConfig{Address: vp.Addr, Auth: &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}},
+		Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")}, Log: LogConfig{Level: "info", Format: "text"}}
+	cfg.applyDefaults()
+	if err := cfg.validate("test config"); err != nil {
+		t.Fatal(err)
+	}
+	err = runServer(context.Background(), e, cfg, nil)
+	if err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("runServer() = %v, want the listen failure\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), `msg="vault login"`) {
+		t.Fatalf("the start-up did not log in before it failed\n%s", logs.String())
+	}
+	if after := tokens(); after != before {
+		t.Errorf("Vault tokens: %d before a start-up that failed, %d after: its AppRole login's token was left valid\n%s", before, after, logs.String())
+	}
+
+	// A broker that served keeps its token at shutdown: credentials
+	// minted without an orphan token_role are its children.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg.Listen = "127.0.0.1:0"
+	errc := make(chan error, 1)
+	go func() { errc <- runServer(ctx, e, cfg, func(string) { cancel() }) }()
+	if err := <-errc; err != nil {
+		t.Fatalf("runServer() = %v\n%s", err, logs.String())
+	}
+	if after := tokens(); after != before+1 {
+		t.Errorf("Vault tokens: %d before a broker served and shut down, %d after, want its login's token kept\n%s", before, after, logs.String())
+	}
+}
