@@ -1,8 +1,10 @@
 package trace
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"time"
 
@@ -493,7 +495,7 @@ func (b *reportBuilder) event(ev *audit.Event) {
 				reason = o.Error
 			}
 		}
-		b.denies[reason]++
+		b.denies[reason] += denyCount(ev, reason)
 		if ev.Workload != "" {
 			b.workload(ev.Workload, ev.Owner).Denied++
 		}
@@ -511,6 +513,32 @@ func (b *reportBuilder) event(ev *audit.Event) {
 			}
 		}
 	}
+}
+
+// denyCount is the number of refusals a deny event records: one, or
+// details.suppressed for a refusal summary (broker.ReasonRefusalsSuppressed:
+// it stands for that many 429s not audited on their own); a summary
+// without a usable count is one.
+func denyCount(ev *audit.Event, reason string) int {
+	if reason != broker.ReasonRefusalsSuppressed {
+		return 1
+	}
+	n := 0
+	switch v := ev.Details["suppressed"].(type) {
+	case int:
+		n = v
+	case int64:
+		n = int(v)
+	case float64:
+		if v >= 1 && v <= math.MaxInt32 {
+			n = int(v)
+		}
+	case json.Number:
+		if i, err := v.Int64(); err == nil && i <= math.MaxInt32 {
+			n = int(i)
+		}
+	}
+	return max(n, 1)
 }
 
 // timeline buckets issuances, uses and revocations per workload from

@@ -1,0 +1,45 @@
+package trace_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
+)
+
+// TestReportCountsSuppressedRefusals: a refusal summary event (reason
+// refusals_suppressed) stands for details.suppressed refusals, not one:
+// the report's deny counts, by reason and in all, add them up, as read
+// back from the log (a JSON number) or as written (an int). A summary
+// without a usable count still counts as one.
+func TestReportCountsSuppressedRefusals(t *testing.T) {
+	line := func(seq int, js string) *audit.Event {
+		var ev audit.Event
+		if err := json.Unmarshal([]byte(js), &ev); err != nil {
+			t.Fatal(err)
+		}
+		ev.Seq, ev.Chain, ev.Time = uint64(seq), "chn_a", at(time.Duration(seq)*time.Second).Format(time.RFC3339Nano)
+		return &ev
+	}
+	evs := []*audit.Event{
+		line(1, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":401,"error":"invalid_grant","reason":"bad_signature"}}`),
+		line(2, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":35}}`),
+		line(3, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":1200}}`),
+		line(4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"suppressed":"junk"}}`),
+		{Type: audit.TypeDeny, Seq: 5, Chain: "chn_a", Time: at(5 * time.Second).Format(time.RFC3339Nano),
+			Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: broker.ReasonRefusalsSuppressed}, Details: map[string]any{"suppressed": 4}},
+	}
+	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []trace.ReasonCount{{Reason: broker.ReasonRefusalsSuppressed, Count: 35 + 1200 + 1 + 4}, {Reason: "bad_signature", Count: 1}}
+	if diff := cmp.Diff(want, rep.Denies); diff != "" {
+		t.Errorf("report denies (-want +got):\n%s", diff)
+	}
+}
