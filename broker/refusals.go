@@ -4,7 +4,6 @@ import (
 	"container/list"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -23,13 +22,14 @@ import (
 // as before; once the bucket is empty the source's further refusals of
 // that kind are answered 429 slow_down (reason source_rate_limited) with
 // Retry-After and no event of their own: one summary deny event per source
-// per SummaryEvery counts them (details suppressed, first, last).
+// per SummaryEvery counts them (details scope "source", suppressed, first,
+// last).
 // One more bucket over all sources (GlobalPerSecond, GlobalBurst) bounds
 // them however many addresses they come from: a refusal is audited only
 // when its source's bucket and the global one both have a token (it takes
 // one of each); with the global bucket empty it is answered the same 429
-// and counted by one global summary per SummaryEvery (source "*"), its
-// source's bucket untouched.
+// and counted by one global summary per SummaryEvery (no source, details
+// scope "global"), its source's bucket untouched.
 // Authenticated callers never take from these buckets, and neither do
 // refusals that are the broker's own failures (5xx).
 type RefusalLimits struct {
@@ -53,9 +53,37 @@ type RefusalLimits struct {
 var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10000, SummaryEvery: time.Minute,
 	GlobalPerSecond: 200, GlobalBurst: 1000}
 
-// GlobalRefusalSource is the source.ip of the global bucket's summary
-// event: the refusals it counts came from any source.
-const GlobalRefusalSource = "*"
+// The scopes of a suppressed refusal (the bucket that suppressed it): the
+// details.scope of a summary event and the scope label of
+// keytrail_refusals_suppressed_total. A global summary names no source:
+// the refusals it counts came from any.
+const (
+	RefusalScopeSource = "source"
+	RefusalScopeGlobal = "global"
+)
+
+// SuppressedRefusalError is the cause of a 429 source_rate_limited: the
+// refusal not audited on its own (its text, for the log only) and the
+// bucket that suppressed it. It does not wrap the refusal, so errors.Is
+// finds the 429's category alone.
+type SuppressedRefusalError struct {
+	Scope   string // RefusalScopeSource or RefusalScopeGlobal
+	Refusal string
+}
+
+func (e *SuppressedRefusalError) Error() string {
+	return "refusal not audited (" + e.Scope + " bucket empty): " + e.Refusal
+}
+
+// SuppressedScope is the scope of err's suppressed refusal, "" when err is
+// not one.
+func SuppressedScope(err error) string {
+	var e *SuppressedRefusalError
+	if errors.As(err, &e) {
+		return e.Scope
+	}
+	return ""
+}
 
 // ReasonSourceRateLimited is the reason of a refusal answered 429 because
 // its source refused too many unauthenticated requests.
@@ -93,9 +121,12 @@ type refusalSource struct {
 	// suppressed refusals since first (0: none pending).
 	suppressed  int
 	first, last time.Time
+	// global: the guard's global bucket (ip "").
+	global bool
 }
 
-// refusalSummary is one source's suppressed refusals, to be audited.
+// refusalSummary is one source's suppressed refusals, or the global
+// bucket's, to be audited.
 type refusalSummary struct {
 	ip          string
 	n           int
@@ -103,6 +134,16 @@ type refusalSummary struct {
 	// mixed: ip is "" because the summary counts several sources' (the
 	// guard's aside).
 	mixed bool
+	// global: the global bucket's (ip "").
+	global bool
+}
+
+// scope is the details.scope of s's event.
+func (s refusalSummary) scope() string {
+	if s.global {
+		return RefusalScopeGlobal
+	}
+	return RefusalScopeSource
 }
 
 // merge adds o's refusals to s.
@@ -146,8 +187,7 @@ func newRefusalGuard(l RefusalLimits) *refusalGuard {
 		if l.GlobalBurst <= 0 {
 			l.GlobalBurst = d.GlobalBurst
 		}
-		g.global = &refusalSource{key: GlobalRefusalSource, ip: GlobalRefusalSource,
-			bucket: rate.NewLimiter(rate.Limit(l.GlobalPerSecond), l.GlobalBurst)}
+		g.global = &refusalSource{global: true, bucket: rate.NewLimiter(rate.Limit(l.GlobalPerSecond), l.GlobalBurst)}
 	}
 	return g
 }
@@ -163,17 +203,18 @@ func sourceKey(ip string) string {
 	return p.String()
 }
 
-// take charges one refusal to ip's bucket and the global one at now. ok:
-// audit it as usual; otherwise it is suppressed, counted by its source's
-// summary (its bucket empty) or the global one (the global bucket empty),
-// and retry says when a token is back. out are summaries to write now (a
-// source dropped to make room, or a source whose summary span ended).
-func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Duration, out []refusalSummary) {
+// take charges one refusal to ip's bucket and the global one at now. by
+// "": audit it as usual; otherwise it is suppressed, counted by its
+// source's summary (by RefusalScopeSource: its bucket empty) or the global
+// one (RefusalScopeGlobal: the global bucket empty), and retry says when a
+// token is back. out are summaries to write now (a source dropped to make
+// room, or a source whose summary span ended).
+func (g *refusalGuard) take(ip string, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
 	key := sourceKey(ip)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
-		return true, 0, nil
+		return "", 0, nil
 	}
 	var src *refusalSource
 	if el, found := g.m[key]; found {
@@ -196,9 +237,13 @@ func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Durat
 	if src.bucket.TokensAt(now) >= 1 {
 		if g.global == nil || g.global.bucket.AllowN(now, 1) {
 			src.bucket.AllowN(now, 1)
-			return true, 0, out
+			return "", 0, out
 		}
 		src = g.global
+	}
+	by = RefusalScopeSource
+	if src.global {
+		by = RefusalScopeGlobal
 	}
 	if src.suppressed > 0 && now.Sub(src.first) >= g.every {
 		s, _ := src.summary()
@@ -213,7 +258,7 @@ func (g *refusalGuard) take(ip string, now time.Time) (ok bool, retry time.Durat
 	if lack, lim := 1-src.bucket.TokensAt(now), float64(src.bucket.Limit()); lack > 0 && lim > 0 {
 		retry = time.Duration(math.Ceil(lack / lim * float64(time.Second)))
 	}
-	return false, retry, out
+	return by, retry, out
 }
 
 // summary takes src's pending summary.
@@ -221,7 +266,7 @@ func (src *refusalSource) summary() (refusalSummary, bool) {
 	if src.suppressed == 0 {
 		return refusalSummary{}, false
 	}
-	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last}
+	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last, global: src.global}
 	src.suppressed, src.first, src.last = 0, time.Time{}, time.Time{}
 	return s, true
 }
@@ -239,7 +284,10 @@ func (g *refusalGuard) restore(sum refusalSummary) (kept bool) {
 	if g.closed {
 		return false
 	}
-	if sum.ip == GlobalRefusalSource && g.global != nil {
+	if sum.global {
+		if g.global == nil {
+			return false // no global bucket made it
+		}
 		g.global.restore(sum)
 		return true
 	}
@@ -325,6 +373,7 @@ func (s refusalSummary) event() *audit.Event {
 		Source:  src,
 		Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: ReasonRefusalsSuppressed},
 		Details: map[string]any{
+			"scope":      s.scope(),
 			"suppressed": s.n,
 			"first":      s.first.UTC().Format(audit.TimeFormat),
 			"last":       s.last.UTC().Format(audit.TimeFormat),
@@ -341,16 +390,14 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		s.recordDeny(ctx, ev, err)
 		return err
 	}
-	ok, retry, out := s.refusals.take(src.IP, s.d.Now())
+	by, retry, out := s.refusals.take(src.IP, s.d.Now())
 	s.writeSummaries(ctx, out, nil)
-	if ok {
+	if by == "" {
 		s.recordDeny(ctx, ev, err)
 		return err
 	}
 	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: "too many refused requests; slow down", RetryAfter: retry,
-		// The refusal it stands for, for the log only; not wrapped, so
-		// errors.Is finds the 429's category alone.
-		Err: fmt.Errorf("refusal not audited: %s", err.Error())}
+		Err: &SuppressedRefusalError{Scope: by, Refusal: err.Error()}}
 }
 
 // writeSummaries audits summaries, deferred: nobody waits for them here.
@@ -365,7 +412,7 @@ func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, afte
 			if aerr != nil {
 				kept := !errors.Is(aerr, ErrAuditPending) && s.refusals.restore(sum)
 				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
-					slog.String("source", sum.ip), slog.Int("suppressed", sum.n), slog.Bool("kept", kept), slog.String("error", aerr.Error()))
+					slog.String("source", sum.ip), slog.String("scope", sum.scope()), slog.Int("suppressed", sum.n), slog.Bool("kept", kept), slog.String("error", aerr.Error()))
 			}
 			if after != nil {
 				after()

@@ -33,8 +33,8 @@ func TestRefusalGuardSummaries(t *testing.T) {
 	}
 	step := func(name, ip string, at time.Duration, wantOK bool, wantRetry time.Duration, wantOut string) {
 		t.Helper()
-		ok, retry, out := g.take(ip, t0.Add(at))
-		if ok != wantOK || retry != wantRetry || show(out) != wantOut {
+		by, retry, out := g.take(ip, t0.Add(at))
+		if ok := by == ""; ok != wantOK || retry != wantRetry || show(out) != wantOut {
 			t.Errorf("%s: take(%s, +%s) = %v, %s, %q; want %v, %s, %q", name, ip, at, ok, retry, show(out), wantOK, wantRetry, wantOut)
 		}
 	}
@@ -187,11 +187,11 @@ func TestRefusalFlushNotSerial(t *testing.T) {
 
 // TestRefusalGuardGlobal: past the global bucket, a refusal from any
 // source, however many there are, is suppressed and counted by the one
-// global summary (source "*"), its own source's bucket untouched; a source
-// whose own bucket is empty is counted by its own summary, the global
-// bucket untouched; Retry-After is the time until the bucket that refused
-// has a token; a global summary whose write failed is pending again, not a
-// tracked source.
+// global summary (no source, details.scope "global"), its own source's
+// bucket untouched; a source whose own bucket is empty is counted by its
+// own summary (scope "source"), the global bucket untouched; Retry-After is
+// the time until the bucket that refused has a token; a global summary
+// whose write failed is pending again, not a tracked source.
 func TestRefusalGuardGlobal(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
@@ -200,40 +200,46 @@ func TestRefusalGuardGlobal(t *testing.T) {
 	show := func(out []refusalSummary) string {
 		s := ""
 		for _, o := range out {
-			s += fmt.Sprintf("[%s %d %s %s]", o.ip, o.n, o.first.Sub(t0), o.last.Sub(t0))
+			s += fmt.Sprintf("[%s %q %d %s %s]", o.scope(), o.ip, o.n, o.first.Sub(t0), o.last.Sub(t0))
 		}
 		return s
 	}
-	step := func(name, ip string, d time.Duration, wantOK bool, wantRetry time.Duration) {
+	step := func(name, ip string, d time.Duration, wantBy string, wantRetry time.Duration) {
 		t.Helper()
-		ok, retry, out := g.take(ip, at(d))
-		if ok != wantOK || retry != wantRetry || len(out) != 0 {
-			t.Errorf("%s: take(%s, +%s) = %v, %s, %q; want %v, %s, none", name, ip, d, ok, retry, show(out), wantOK, wantRetry)
+		by, retry, out := g.take(ip, at(d))
+		if by != wantBy || retry != wantRetry || len(out) != 0 {
+			t.Errorf("%s: take(%s, +%s) = %q, %s, %q; want %q, %s, none", name, ip, d, by, retry, show(out), wantBy, wantRetry)
 		}
 	}
-	step("a/1", "192.0.2.1", 0, true, 0)
-	step("a/2", "192.0.2.1", 0, true, 0)
-	step("a/own-bucket-empty", "192.0.2.1", 0, false, time.Second) // a's summary; the global bucket keeps its token
-	step("b/last-global-token", "192.0.2.2", 0, true, 0)
+	step("a/1", "192.0.2.1", 0, "", 0)
+	step("a/2", "192.0.2.1", 0, "", 0)
+	step("a/own-bucket-empty", "192.0.2.1", 0, RefusalScopeSource, time.Second) // a's summary; the global bucket keeps its token
+	step("b/last-global-token", "192.0.2.2", 0, "", 0)
 	for i := range 50 {
-		step("flood", fmt.Sprintf("2001:db8:%x::1", i), time.Second, false, 3*time.Second)
+		step("flood", fmt.Sprintf("2001:db8:%x::1", i), time.Second, RefusalScopeGlobal, 3*time.Second)
 	}
-	step("b/global-empty", "192.0.2.2", 2*time.Second, false, 2*time.Second)
+	step("b/global-empty", "192.0.2.2", 2*time.Second, RefusalScopeGlobal, 2*time.Second)
 	// +4s: one global token back; b's bucket was left its token.
-	step("b/global-refilled", "192.0.2.2", 4*time.Second, true, 0)
-	if got, want := show(g.sweep(at(61*time.Second), false, false)), "[* 51 1s 2s][192.0.2.1 1 0s 0s]"; got != want {
-		t.Errorf("sweep = %s, want %s", got, want)
+	step("b/global-refilled", "192.0.2.2", 4*time.Second, "", 0)
+	sums := g.sweep(at(61*time.Second), false, false)
+	if got, want := show(sums), `[global "" 51 1s 2s][source "192.0.2.1" 1 0s 0s]`; got != want {
+		t.Fatalf("sweep = %s, want %s", got, want)
 	}
-	ev := refusalSummary{ip: GlobalRefusalSource, n: 51, first: at(time.Second), last: at(2 * time.Second)}.event()
-	if ev.Source == nil || ev.Source.IP != GlobalRefusalSource || ev.Details["suppressed"] != 51 {
-		t.Errorf("global summary event = %+v %v, want source %q, 51 suppressed", ev.Source, ev.Details, GlobalRefusalSource)
+	for i, want := range []string{
+		`<nil> map[first:2026-11-29T12:00:01.000000000Z last:2026-11-29T12:00:02.000000000Z scope:global suppressed:51]`,
+		`&{IP:192.0.2.1 UserAgent:} map[first:2026-11-29T12:00:00.000000000Z last:2026-11-29T12:00:00.000000000Z scope:source suppressed:1]`,
+	} {
+		ev := sums[i].event()
+		if got := fmt.Sprintf("%+v %v", ev.Source, ev.Details); got != want {
+			t.Errorf("summary event %d = %s, want %s", i, got, want)
+		}
 	}
 	n := g.len()
-	g.restore(refusalSummary{ip: GlobalRefusalSource, n: 7, first: at(time.Second), last: at(2 * time.Second)})
+	g.restore(refusalSummary{global: true, n: 7, first: at(time.Second), last: at(2 * time.Second)})
 	if got := g.len(); got != n {
 		t.Errorf("a restored global summary made %d sources tracked of %d", got, n)
 	}
-	if got, want := show(g.sweep(at(2*time.Minute), true, false)), "[* 7 1s 2s]"; got != want {
+	if got, want := show(g.sweep(at(2*time.Minute), true, false)), `[global "" 7 1s 2s]`; got != want {
 		t.Errorf("sweep after a failed global summary = %s, want %s", got, want)
 	}
 }
@@ -244,7 +250,7 @@ func TestRefusalGuardGlobalOff(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, GlobalPerSecond: -1, GlobalBurst: 1})
 	for i := range 100 {
-		if ok, _, _ := g.take(fmt.Sprintf("192.0.2.%d", i), t0); !ok {
+		if by, _, _ := g.take(fmt.Sprintf("192.0.2.%d", i), t0); by != "" {
 			t.Fatalf("refusal %d of a new source suppressed with the global bucket off", i+1)
 		}
 	}
@@ -257,14 +263,14 @@ func TestRefusalGuardClosed(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, SummaryEvery: time.Minute})
 	g.take("192.0.2.1", t0)
-	if ok, _, _ := g.take("192.0.2.1", t0); ok {
+	if by, _, _ := g.take("192.0.2.1", t0); by == "" {
 		t.Fatal("second refusal within the span audited; want suppressed")
 	}
 	if out := g.sweep(t0, true, true); len(out) != 1 || out[0].n != 1 {
 		t.Fatalf("final sweep = %+v, want the one summary", out)
 	}
-	if ok, _, out := g.take("192.0.2.1", t0); !ok || len(out) != 0 {
-		t.Errorf("refusal after the final sweep: ok %v, %d summaries; want audited on its own", ok, len(out))
+	if by, _, out := g.take("192.0.2.1", t0); by != "" || len(out) != 0 {
+		t.Errorf("refusal after the final sweep: suppressed by %q, %d summaries; want audited on its own", by, len(out))
 	}
 	if out := g.sweep(t0.Add(time.Hour), true, true); len(out) != 0 {
 		t.Errorf("a sweep after the final one = %+v, want none", out)
@@ -313,7 +319,7 @@ func TestRefusalSummaryFailedAfterLastFlushNotKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc.refusals.take("192.0.2.1", t0)
-	if ok, _, _ := svc.refusals.take("192.0.2.1", t0); ok {
+	if by, _, _ := svc.refusals.take("192.0.2.1", t0); by == "" {
 		t.Fatal("second refusal within the burst of 1 audited; want suppressed")
 	}
 	ctx, cancel := context.WithCancel(context.Background())

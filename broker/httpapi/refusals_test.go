@@ -178,9 +178,9 @@ func TestUnauthenticatedRefusalFlood(t *testing.T) {
 	}
 	sum := evs[len(evs)-1]
 	start := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC).Format(audit.TimeFormat)
-	wantSum := fmt.Sprint(audit.TypeDeny, " 429 slow_down ", broker.ReasonRefusalsSuppressed, " ", a, " ", len(flood), " ", start, " ", start)
+	wantSum := fmt.Sprint(audit.TypeDeny, " 429 slow_down ", broker.ReasonRefusalsSuppressed, " ", a, " source ", len(flood), " ", start, " ", start)
 	gotSum := fmt.Sprint(sum.Type, " ", sum.Outcome.Status, " ", sum.Outcome.Error, " ", sum.Outcome.Reason, " ", sum.Source.IP, " ",
-		sum.Details["suppressed"], " ", sum.Details["first"], " ", sum.Details["last"])
+		sum.Details["scope"], " ", sum.Details["suppressed"], " ", sum.Details["first"], " ", sum.Details["last"])
 	if gotSum != wantSum {
 		t.Errorf("summary = %s, want %s", gotSum, wantSum)
 	}
@@ -317,7 +317,9 @@ func TestRefusalSummaryWriteFails(t *testing.T) {
 // TestRefusalGlobalCeiling: refusals from many sources, each within its
 // own burst (an IPv6 /48 holds 65,536 /64s), are audited only up to the
 // global bucket; past it they are answered 429 slow_down with no event of
-// their own and counted by one summary event of source "*"; a workload
+// their own and counted by one summary event that names no source (not an
+// address: a SIEM typing source.ip as one would reject "*") and says its
+// scope, details.scope "global"; a workload
 // that authenticates from one of those sources is not limited.
 func TestRefusalGlobalCeiling(t *testing.T) {
 	f := newRefusalFixture(t, &broker.RefusalLimits{PerSecond: 1, Burst: 3, SummaryEvery: time.Minute,
@@ -343,10 +345,10 @@ func TestRefusalGlobalCeiling(t *testing.T) {
 	var sums []string
 	for _, ev := range f.sink.Events() {
 		if ev.Outcome != nil && ev.Outcome.Reason == broker.ReasonRefusalsSuppressed {
-			sums = append(sums, fmt.Sprint(ev.Source.IP, " ", ev.Details["suppressed"]))
+			sums = append(sums, fmt.Sprintf("%+v %v %v", ev.Source, ev.Details["scope"], ev.Details["suppressed"]))
 		}
 	}
-	if want := []string{broker.GlobalRefusalSource + " 35"}; fmt.Sprint(sums) != fmt.Sprint(want) {
+	if want := []string{"<nil> global 35"}; fmt.Sprint(sums) != fmt.Sprint(want) {
 		t.Errorf("summaries = %q, want %q", sums, want)
 	}
 	if got := deniesOf(t, f.reg, broker.ReasonSourceRateLimited); got != sources-5 {
