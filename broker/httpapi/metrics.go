@@ -15,6 +15,9 @@ type Metrics struct {
 	ExchangeSeconds *prometheus.HistogramVec
 	Denies          *prometheus.CounterVec
 	RateLimited     *prometheus.CounterVec
+	// RefusalsSuppressed counts the 429s source_rate_limited by the bucket
+	// that suppressed them (broker.RefusalScopeSource, RefusalScopeGlobal).
+	RefusalsSuppressed *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics with reg.
@@ -41,8 +44,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "keytrail_rate_limited_total",
 			Help: "Requests refused with 429 slow_down, by endpoint.",
 		}, []string{"endpoint"}),
+		RefusalsSuppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_refusals_suppressed_total",
+			Help: "Unauthenticated refusals answered 429 source_rate_limited without an audit event of their own, by the bucket that suppressed them (source, global).",
+		}, []string{"scope"}),
 	}
-	for _, c := range []prometheus.Collector{m.Exchanges, m.ExchangeSeconds, m.Denies, m.RateLimited} {
+	// Both series exist from the start, so that a rate over them is 0
+	// rather than absent before the first flood.
+	for _, scope := range []string{broker.RefusalScopeSource, broker.RefusalScopeGlobal} {
+		m.RefusalsSuppressed.WithLabelValues(scope)
+	}
+	for _, c := range []prometheus.Collector{m.Exchanges, m.ExchangeSeconds, m.Denies, m.RateLimited, m.RefusalsSuppressed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -53,12 +65,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // ObserveRefusal records a request to another endpoint than POST /v1/token
 // (endpoint: "proxy", "introspect", "admin") refused with err:
 // keytrail_denies_total by its reason, and keytrail_rate_limited_total when
-// it was a 429 slow_down.
+// it was a 429 slow_down (and keytrail_refusals_suppressed_total by scope
+// when that 429 suppressed an unauthenticated refusal).
 func (m *Metrics) ObserveRefusal(endpoint string, err error) {
-	e := broker.AsError(err)
+	m.observeDeny(endpoint, broker.AsError(err))
+}
+
+// observeDeny records e, a refusal of endpoint, in keytrail_denies_total,
+// keytrail_rate_limited_total and keytrail_refusals_suppressed_total.
+func (m *Metrics) observeDeny(endpoint string, e *broker.Error) {
 	m.Denies.WithLabelValues(e.Reason).Inc()
 	if errors.Is(e, broker.ErrRateLimited) {
 		m.RateLimited.WithLabelValues(endpoint).Inc()
+	}
+	if scope := broker.SuppressedScope(e); scope != "" {
+		m.RefusalsSuppressed.WithLabelValues(scope).Inc()
 	}
 }
 
@@ -71,10 +92,7 @@ func (m *Metrics) ObserveExchange(grant, kind string, err error, d time.Duration
 		if e.Reason == broker.OrphanClientGone {
 			outcome = broker.OrphanClientGone // the caller left: no OAuth answer was sent
 		}
-		m.Denies.WithLabelValues(e.Reason).Inc()
-		if errors.Is(e, broker.ErrRateLimited) {
-			m.RateLimited.WithLabelValues("token").Inc()
-		}
+		m.observeDeny("token", e)
 	}
 	m.Exchanges.WithLabelValues(grant, kind, outcome).Inc()
 	m.ExchangeSeconds.WithLabelValues(outcome).Observe(d.Seconds())

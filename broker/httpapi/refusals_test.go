@@ -150,6 +150,11 @@ func TestUnauthenticatedRefusalFlood(t *testing.T) {
 	if got := f.events(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("events after the flood = %q, want the burst's %q only", got, want)
 	}
+	// Every endpoint's suppressed refusal is counted by the bucket that
+	// suppressed it: the source's.
+	if got := fmt.Sprint(suppressedOf(t, f.reg, "source"), " ", suppressedOf(t, f.reg, "global")); got != fmt.Sprint(len(flood), " 0") {
+		t.Errorf("keytrail_refusals_suppressed_total{scope=source, global} = %s, want %d 0", got, len(flood))
+	}
 
 	// Another source has its own budget; a workload that authenticates
 	// from the flooding address is not limited.
@@ -192,17 +197,29 @@ func TestUnauthenticatedRefusalFlood(t *testing.T) {
 
 func deniesOf(t *testing.T, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
+	return counterOf(t, reg, "keytrail_denies_total", "reason", reason)
+}
+
+// suppressedOf is keytrail_refusals_suppressed_total{scope}.
+func suppressedOf(t *testing.T, reg *prometheus.Registry, scope string) float64 {
+	t.Helper()
+	return counterOf(t, reg, "keytrail_refusals_suppressed_total", "scope", scope)
+}
+
+// counterOf is the counter name{label=value} (0 when it is not there).
+func counterOf(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "keytrail_denies_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
+				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
 				}
 			}
@@ -353,5 +370,9 @@ func TestRefusalGlobalCeiling(t *testing.T) {
 	}
 	if got := deniesOf(t, f.reg, broker.ReasonSourceRateLimited); got != sources-5 {
 		t.Errorf("keytrail_denies_total{reason=%q} = %v, want %d", broker.ReasonSourceRateLimited, got, sources-5)
+	}
+	// The same reason, told apart by the bucket that suppressed them.
+	if got := fmt.Sprint(suppressedOf(t, f.reg, "global"), " ", suppressedOf(t, f.reg, "source")); got != fmt.Sprint(sources-5, " 0") {
+		t.Errorf("keytrail_refusals_suppressed_total{scope=global, source} = %s, want %d 0", got, sources-5)
 	}
 }

@@ -64,8 +64,11 @@ func TestProxyUnauthenticatedRefusalsLimited(t *testing.T) {
 		t.Fatalf("deny events after the span = %q, want one summary more", reasons())
 	}
 	sum := denies[2]
-	if got, want := fmt.Sprint(sum.Outcome.Reason, " ", sum.Source.IP, " ", sum.Details["suppressed"]), fmt.Sprint(broker.ReasonRefusalsSuppressed, " ", src, " 3"); got != want {
+	if got, want := fmt.Sprint(sum.Outcome.Reason, " ", sum.Source.IP, " ", sum.Details["scope"], " ", sum.Details["suppressed"]), fmt.Sprint(broker.ReasonRefusalsSuppressed, " ", src, " source 3"); got != want {
 		t.Errorf("summary = %s, want %s", got, want)
+	}
+	if got := counterValue(t, f, "keytrail_refusals_suppressed_total", map[string]string{"scope": broker.RefusalScopeSource}); got != 3 {
+		t.Errorf("keytrail_refusals_suppressed_total{scope=source} = %v, want 3", got)
 	}
 }
 
