@@ -1066,7 +1066,14 @@ func (l *Live) fromStore(ctx context.Context, q string) (*broker.Issuance, strin
 					return is, KindRevocationID, c.shown, also, nil
 				}
 			}
-			for _, k := range []broker.RefKind{broker.RefAccessor, broker.RefJTI, broker.RefLeaseID, broker.RefUsername, broker.RefSerial, broker.RefRequestID} {
+			kinds := []broker.RefKind{broker.RefAccessor, broker.RefJTI, broker.RefLeaseID, broker.RefUsername, broker.RefSerial, broker.RefRequestID}
+			if fp, ok := NormalizeFingerprint(c.key); ok && fp == c.key {
+				// A canonical "sha256:<hex>" (what SafeQuery sends for a
+				// pasted credential) is this reading's key and its
+				// fingerprint reading's: candidates keeps one of the two.
+				kinds = append(kinds, broker.RefFingerprint)
+			}
+			for _, k := range kinds {
 				if err = find(k, c.key, string(k)); err != nil {
 					break
 				}

@@ -167,6 +167,14 @@ func TestLiveStore(t *testing.T) {
 		{"ok/other-instance-by-accessor", "accOtherInstance", other.ID, trace.FromStore, trace.KindAccessor, nil},
 		{"ok/other-instance-by-id", other.ID, other.ID, trace.FromStore, trace.KindIssuanceID, nil},
 		{"ok/other-instance-raw-token", "hvs.other-instance-token-0123", other.ID, trace.FromStore, trace.KindCredential, nil},
+		// The canonical "sha256:<hex>" is also the value as given: both
+		// readings have one key, and the store must still be asked for it
+		// as a fingerprint.
+		{"ok/other-instance-by-sha256-fingerprint", broker.Fingerprint("hvs.other-instance-token-0123"), other.ID, trace.FromStore, trace.KindFingerprint, nil},
+		{"ok/other-instance-by-bare-hex-fingerprint", strings.TrimPrefix(broker.Fingerprint("hvs.other-instance-token-0123"), "sha256:"), other.ID, trace.FromStore, trace.KindFingerprint, nil},
+		// What `keytrail trace` sends online for a pasted raw credential:
+		// its fingerprint (SafeQuery), never the credential.
+		{"ok/other-instance-pasted-credential-sent-as-fingerprint", trace.SafeQuery("Authorization: Bearer hvs.other-instance-token-0123"), other.ID, trace.FromStore, trace.KindFingerprint, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
