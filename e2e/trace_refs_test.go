@@ -161,18 +161,10 @@ func TestTraceByJTILeaseAndFingerprint(t *testing.T) {
 	t.Run("ok/offline", func(t *testing.T) {
 		for _, q := range queries {
 			var got trace.Result
-			mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", q.q, "--audit-log", copyPath, "--json"), &got)
+			mustJSON(t, runKeytrail(t, bin, nil, "trace", q.q, "--audit-log", copyPath, "--json"), &got)
 			check(t, "offline", q, got)
 		}
 	})
-}
-
-// noRaceExitSleep is the environment of a keytrail run that does not wait
-// the race detector's default 1 s before exiting (GORACE atexit_sleep_ms),
-// other GORACE options kept: under -race every run that exits normally
-// otherwise takes a second more.
-func noRaceExitSleep() []string {
-	return []string{"GORACE=" + strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0")}
 }
 
 // TestTraceThroughHMACedVaultAuditLog: Vault's file audit device HMACs
@@ -229,7 +221,7 @@ func TestTraceThroughHMACedVaultAuditLog(t *testing.T) {
 
 	t.Run("ok/whole-log-attributed-by-metadata", func(t *testing.T) {
 		var rep trace.VaultReport
-		mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", "--vault-audit-log", hmacLog, "--audit-log", copyPath, "--json"), &rep)
+		mustJSON(t, runKeytrail(t, bin, nil, "trace", "--vault-audit-log", hmacLog, "--audit-log", copyPath, "--json"), &rep)
 		var got []string
 		for _, a := range rep.Attributions {
 			got = append(got, fmt.Sprintf("%s %s %s by %s: %d %s", a.IssuanceID, a.Workload, a.SessionID, a.By, a.Requests, strings.Join(a.Paths, ";")))
@@ -249,7 +241,7 @@ func TestTraceThroughHMACedVaultAuditLog(t *testing.T) {
 
 	t.Run("ok/credential-trace-lists-its-vault-requests", func(t *testing.T) {
 		var got trace.Result
-		mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", res.AccessToken, "--audit-log", copyPath, "--vault-audit-log", hmacLog, "--json"), &got)
+		mustJSON(t, runKeytrail(t, bin, nil, "trace", res.AccessToken, "--audit-log", copyPath, "--vault-audit-log", hmacLog, "--json"), &got)
 		if got.Issuance == nil || got.Issuance.ID != res.IssuanceID || got.VaultTotal == nil || *got.VaultTotal != 1 || len(got.Vault) != 1 ||
 			got.Vault[0].Path != "auth/token/lookup-self" || got.Vault[0].IssuanceID != res.IssuanceID || got.Vault[0].Accessor != "" {
 			t.Errorf("trace of the credential with the HMAC'd log = issuance %+v, vault %+v (total %s); want %s and its one lookup-self, accessor not shown",
@@ -259,7 +251,7 @@ func TestTraceThroughHMACedVaultAuditLog(t *testing.T) {
 
 	t.Run("ok/hmaced-accessor-traced", func(t *testing.T) {
 		var got trace.Result
-		mustJSON(t, runKeytrail(t, bin, noRaceExitSleep(), "trace", hmacAccessor, "--audit-log", copyPath, "--vault-audit-log", hmacLog, "--json"), &got)
+		mustJSON(t, runKeytrail(t, bin, nil, "trace", hmacAccessor, "--audit-log", copyPath, "--vault-audit-log", hmacLog, "--json"), &got)
 		if got.Issuance == nil || got.Issuance.ID != res.IssuanceID || len(got.AlsoMatched) != 0 || got.Query.Kind != trace.KindVaultAuditLog {
 			t.Errorf("trace of the HMAC'd accessor = issuance %+v matched as %q, also %v; want %s alone, through the Vault audit log",
 				got.Issuance, got.Query.Kind, got.AlsoMatched, res.IssuanceID)

@@ -58,6 +58,32 @@ func KeytrailBinary(t testing.TB) string {
 	return buildPath
 }
 
+// NoRaceExitSleep returns gorace, a GORACE value, with atexit_sleep_ms=0
+// added: a binary built with -race then does not wait the race detector's
+// default 1 s before a normal exit (status 0; every CLI run that succeeds
+// and every server stopped with SIGTERM). Its other options (halt_on_error,
+// log_path, ...) are kept, and so is an atexit_sleep_ms it already sets.
+func NoRaceExitSleep(gorace string) string {
+	for _, f := range strings.Fields(gorace) {
+		if strings.HasPrefix(f, "atexit_sleep_ms=") {
+			return gorace
+		}
+	}
+	return strings.TrimSpace(gorace + " atexit_sleep_ms=0")
+}
+
+// SkipRaceExitSleep sets GORACE (NoRaceExitSleep) in this process's
+// environment when the tests run with -race, so that every keytrail
+// binary a test runs with it exits without the sleep. Call it from
+// TestMain before m.Run; the test process itself keeps its own GORACE
+// (read when it started).
+func SkipRaceExitSleep() error {
+	if !raceEnabled {
+		return nil
+	}
+	return os.Setenv("GORACE", NoRaceExitSleep(os.Getenv("GORACE")))
+}
+
 // RemoveBinary removes what KeytrailBinary built (its temporary
 // directory, ~45 MB with -race): call it from TestMain after m.Run, since
 // no test's cleanup outlives the binary's other users. Harmless when

@@ -25,3 +25,18 @@ func TestRemoveBinaryRemovesItsDirectory(t *testing.T) {
 	buildPath = ""
 	RemoveBinary() // nothing built: nothing to do, no panic
 }
+
+func TestNoRaceExitSleep(t *testing.T) {
+	cases := []struct{ name, in, want string }{
+		{"ok/unset", "", "atexit_sleep_ms=0"},
+		{"ok/other-options-kept", "halt_on_error=1 log_path=/tmp/race", "halt_on_error=1 log_path=/tmp/race atexit_sleep_ms=0"},
+		{"ok/own-sleep-kept", "halt_on_error=1 atexit_sleep_ms=500", "halt_on_error=1 atexit_sleep_ms=500"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := NoRaceExitSleep(tc.in); got != tc.want {
+				t.Errorf("NoRaceExitSleep(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
