@@ -26,7 +26,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	vaultapi "github.com/hashicorp/vault/api"
 
-	vault "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
@@ -344,20 +343,7 @@ func TestSessionRevokedAtEveryBackend(t *testing.T) {
 	if _, err := pg.Query(pg.Superuser, pg.SuperPassword, "CREATE TABLE ledger (id int, amount int); INSERT INTO ledger VALUES (1, 42)"); err != nil {
 		t.Fatal(err)
 	}
-	mustVault(t, root.Sys().MountWithContext(ctx, "database", &vaultapi.MountInput{Type: "database"}))
-	vaultWrite(t, root, "database/config/pg", map[string]any{
-		"plugin_name": "postgresql-database-plugin", "connection_url": pg.ConnectionURL(), "allowed_roles": "ledger-rw",
-		"username": pg.Superuser, "password": pg.SuperPassword, "verify_connection": true, "username_template": vault.UsernameTemplate,
-	})
-	vaultWrite(t, root, "database/roles/ledger-rw", map[string]any{
-		"db_name": "pg",
-		"creation_statements": []string{
-			`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
-			`GRANT SELECT ON ledger TO "{{name}}";`,
-		},
-		"default_ttl": "1h", "max_ttl": "24h",
-	})
-	mustVault(t, root.Sys().PutPolicyWithContext(ctx, vault.DefaultReaderPolicy, vault.ReaderPolicy("database/creds/*")))
+	setupDatabaseEngine(ctx, t, root, pg, "ledger-rw", `GRANT SELECT ON ledger TO "{{name}}";`)
 	if _, err := root.KVv2("secret").Put(ctx, "upstreams/ledger", map[string]any{"api_key": upstreamKey}); err != nil {
 		t.Fatalf("vault kv put: %v", err)
 	}

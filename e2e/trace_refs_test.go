@@ -23,7 +23,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	vaultapi "github.com/hashicorp/vault/api"
 
-	vault "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker/trace"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -51,17 +50,7 @@ func TestTraceByJTILeaseAndFingerprint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	root := env.vault.Client
-	mustVault(t, root.Sys().MountWithContext(ctx, "database", &vaultapi.MountInput{Type: "database"}))
-	vaultWrite(t, root, "database/config/pg", map[string]any{
-		"plugin_name": "postgresql-database-plugin", "connection_url": pg.ConnectionURL(), "allowed_roles": "ledger-ro",
-		"username": pg.Superuser, "password": pg.SuperPassword, "verify_connection": true, "username_template": vault.UsernameTemplate,
-	})
-	vaultWrite(t, root, "database/roles/ledger-ro", map[string]any{
-		"db_name":             "pg",
-		"creation_statements": []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`},
-		"default_ttl":         "1h", "max_ttl": "24h",
-	})
-	mustVault(t, root.Sys().PutPolicyWithContext(ctx, vault.DefaultReaderPolicy, vault.ReaderPolicy("database/creds/*")))
+	setupDatabaseEngine(ctx, t, root, pg, "ledger-ro")
 
 	payments := func(session string) string {
 		return env.issuer.token(t, "system:serviceaccount:payments:api", map[string]any{"namespace": "payments", "session": session})
