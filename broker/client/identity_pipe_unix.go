@@ -25,11 +25,8 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 		return nil, err
 	}
 	if err := fh.SetReadDeadline(time.Now().Add(pipeReadTimeout)); err != nil {
-		// Not pollable (darwin's pipes): read as before, blocking until a
-		// writer present writes or hangs up; without one, a pipe reads as
-		// its end at once.
-		_ = fh.Fd() // puts fh in blocking mode
-		return io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+		// Not pollable (darwin's pipes): read blocking.
+		return readPipeBlocking(fh)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = fh.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -64,4 +61,17 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 		err = rerr
 	}
 	return b, err
+}
+
+// readPipeBlocking reads the pipe fh, opened with O_NONBLOCK, in blocking
+// mode, as before: until a writer present writes and hangs up; without
+// one, a pipe reads as its end at once. fh.Fd() does not clear an
+// O_NONBLOCK the caller asked for (only one os set itself), so it is
+// cleared here: left set, a writer that has not written yet read as
+// EAGAIN, a permanent error.
+func readPipeBlocking(fh *os.File) ([]byte, error) {
+	if err := syscall.SetNonblock(int(fh.Fd()), false); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
 }
