@@ -98,3 +98,32 @@ exit 7`
 		}
 	}
 }
+
+// TestSiginfoPidIsTheExitedChild: siginfoPid reads si_pid at a fixed offset
+// of x/sys's opaque unix.Siginfo (16 on 64-bit systems, after si_signo,
+// si_errno, si_code and the union's alignment; 12 on 32-bit ones: the
+// kernel's asm-generic/siginfo.h). A wrong offset would make the reaper
+// reap the wrong pid or none: checked against a real exited child, on
+// whichever architecture the tests run.
+func TestSiginfoPidIsTheExitedChild(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Wait() }()
+	var si unix.Siginfo
+	for {
+		// WNOWAIT: os/exec's Wait still reaps it.
+		err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &si, unix.WEXITED|unix.WNOWAIT, nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EINTR) {
+			t.Fatal(err)
+		}
+	}
+	if si.Signo != int32(unix.SIGCHLD) || siginfoPid(&si) != cmd.Process.Pid {
+		t.Fatalf("waitid for pid %d: si_signo %d, siginfoPid %d; want SIGCHLD (%d) and the child's pid",
+			cmd.Process.Pid, si.Signo, siginfoPid(&si), unix.SIGCHLD)
+	}
+}
