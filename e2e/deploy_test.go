@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -343,6 +344,49 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		}
 	})
 
+	// GOMEMLIMIT is a soft limit on the Go runtime's own memory; the
+	// container's limits.memory is the kernel's hard one, which also
+	// counts what the runtime does not (the memory-backed emptyDirs, kernel
+	// buffers). With GOGC=400 the heap grows towards GOMEMLIMIT before the
+	// GC works hard: set to limits.memory itself, the pod is OOM-killed
+	// before the GC holds it back. The Go GC guide advises 5-10 % headroom.
+	t.Run("ok/gomemlimit-below-memory-limit", func(t *testing.T) {
+		limit, err := deployK8sBytes(fmt.Sprint(deployDig(c, "resources", "limits", "memory")))
+		if err != nil {
+			t.Fatalf("resources.limits.memory: %v", err)
+		}
+		var tmpfs int64 // memory-backed emptyDirs count against limits.memory
+		for name, v := range volumes {
+			if deployDig(v, "emptyDir", "medium") == "Memory" {
+				n, err := deployK8sBytes(fmt.Sprint(deployDig(v, "emptyDir", "sizeLimit")))
+				if err != nil {
+					t.Fatalf("volume %s: memory-backed emptyDir without a sizeLimit: %v", name, err)
+				}
+				tmpfs += n
+			}
+		}
+		var gomem map[string]any
+		for _, e := range deployList(c["env"]) {
+			if deployObj(e)["name"] == "GOMEMLIMIT" {
+				gomem = deployObj(e)
+			}
+		}
+		if gomem == nil {
+			t.Fatal("container keytrail sets no GOMEMLIMIT")
+		}
+		val, ok := gomem["value"].(string)
+		if !ok {
+			t.Fatalf("GOMEMLIMIT = %v, want a value below limits.memory (%d bytes): the limit itself (resourceFieldRef limits.memory) leaves the GC no headroom before the OOM killer", gomem, limit)
+		}
+		n, err := deployGoMemLimit(val)
+		if err != nil {
+			t.Fatalf("GOMEMLIMIT %q: %v", val, err)
+		}
+		if room := limit*95/100 - tmpfs; n > room || n < limit/2 {
+			t.Errorf("GOMEMLIMIT %q = %d bytes, want between half of limits.memory (%d) and 95 %% of it less the memory-backed emptyDirs (%d)", val, n, limit/2, room)
+		}
+	})
+
 	t.Run("ok/policies-pass-policy-check", func(t *testing.T) {
 		pcm := deployFind(t, ms, "ConfigMap", "keytrail-policies")
 		dir := t.TempDir()
@@ -361,6 +405,42 @@ func TestDeployKubernetesManifests(t *testing.T) {
 			t.Errorf("keytrail policy check = %v\n%s", err, out)
 		}
 	})
+}
+
+// deployK8sBytes parses a Kubernetes memory quantity: an integer with an
+// optional binary (Ki, Mi, Gi, Ti) or decimal (k, M, G, T) suffix.
+func deployK8sBytes(q string) (int64, error) {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}, {"", 1}} {
+		if num, ok := strings.CutSuffix(q, u.suffix); ok {
+			n, err := strconv.ParseInt(num, 10, 64)
+			if err != nil || n <= 0 {
+				return 0, fmt.Errorf("%q is not a memory quantity", q)
+			}
+			return n * u.mult, nil
+		}
+	}
+	return 0, fmt.Errorf("%q is not a memory quantity", q)
+}
+
+// deployGoMemLimit parses GOMEMLIMIT as the Go runtime does: an integer
+// with an optional B, KiB, MiB, GiB or TiB suffix.
+func deployGoMemLimit(v string) (int64, error) {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"B", 1}, {"", 1}} {
+		if num, ok := strings.CutSuffix(v, u.suffix); ok {
+			n, err := strconv.ParseInt(num, 10, 64)
+			if err != nil || n <= 0 {
+				return 0, fmt.Errorf("not a GOMEMLIMIT value (an integer with an optional B, KiB, MiB, GiB or TiB suffix)")
+			}
+			return n * u.mult, nil
+		}
+	}
+	return 0, fmt.Errorf("not a GOMEMLIMIT value")
 }
 
 // deployMountOf returns the volume whose mount path contains p, and p relative to
