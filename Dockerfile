@@ -2,6 +2,8 @@
 # Multi-stage build: a static keytrail binary (CGO off) on distroless/static,
 # which carries CA certificates and runs as the non-root user 65532.
 # Run with a read-only root filesystem; the audit log goes to a mounted volume.
+# No configuration or policy is baked in: mount config.yaml and the policy
+# (the example policies trust `keytrail dev`'s demo issuer and must not ship).
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -18,7 +20,6 @@ RUN install -d -m 0750 /out/state
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/keytrail /usr/local/bin/keytrail
-COPY policies/examples /etc/keytrail/policies
 COPY --from=build --chown=65532:65532 /out/state /var/lib/keytrail
 USER 65532:65532
 EXPOSE 7700

@@ -126,3 +126,32 @@ func TestDockerfileVolumeOwnedByUser(t *testing.T) {
 		}
 	}
 }
+
+// TestDockerfileNoDemoPolicy: the image carries no policy. The example
+// policies trust `keytrail dev`'s demo issuer (plain HTTP on
+// 127.0.0.1:7701) and give its secops tokens admin roles; a policy
+// directory merges every *.yaml in it, so a deployment that mounts its own
+// policy files into the image's /etc/keytrail/policies (one file each, as
+// `docker run -v` or a subPath mount does) would also trust whatever listens
+// on the container's loopback (any sidecar of the pod) to mint identities.
+func TestDockerfileNoDemoPolicy(t *testing.T) {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(df)
+	froms := regexp.MustCompile(`(?m)^FROM `).FindAllStringIndex(text, -1)
+	if len(froms) < 2 {
+		t.Fatalf("Dockerfile has %d stages, want a build stage and a final one", len(froms))
+	}
+	final := text[froms[len(froms)-1][0]:]
+	for _, c := range regexp.MustCompile(`(?m)^(?:COPY|ADD) (.*)$`).FindAllStringSubmatch(final, -1) {
+		if strings.Contains(c[1], "policies") {
+			t.Errorf("the final stage copies a policy into the image (%q): a demo or example policy must not ship in it", strings.TrimSpace(c[0]))
+		}
+	}
+}
