@@ -53,7 +53,10 @@
 // issuer's JWKS endpoint is down (or serves an older copy of the held
 // SPIFFE bundle: a lower spiffe_sequence, a key in common), its last good
 // keys stay in use for Options.StaleFor past their CacheTTL. There are no background goroutines
-// beyond the fetch a request starts (bounded by Options.FetchTimeout).
+// beyond the fetch a request starts (bounded by Options.FetchTimeout, and
+// cut off by Close). A verifier that replaces another (Options.Previous)
+// fetches an unchanged issuer's keys with the same HTTP client; Close the
+// replaced one, so the connections only it used are closed.
 //
 // keyfunc/v3 and jwkset's HTTP storage are not used for fetching because they
 // refresh on a wall-clock ticker goroutine, fetch eagerly in the constructor,
@@ -142,7 +145,9 @@ type Options struct {
 	// reload): an issuer whose key source (issuer, jwks_url, discovery,
 	// ca_file path and content) is unchanged starts from Previous's last good keys and fetch
 	// times instead of none, so a reload during the issuer's outage does
-	// not drop keys StaleFor would still serve.
+	// not drop keys StaleFor would still serve; with the same HTTPClient
+	// and FetchTimeout it also fetches over Previous's HTTP client (its
+	// keep-alive connection). Close Previous once this one replaces it.
 	Previous *Verifier
 }
 
@@ -169,6 +174,40 @@ type Verifier struct {
 	// also run onFetch (st.inflight is cleared before it: tests waiting on
 	// it alone read onFetch's effects too early).
 	fetches sync.WaitGroup
+	// base is Options.HTTPClient (keepKeys shares an issuer's client only
+	// between verifiers of the same base).
+	base *http.Client
+	// closing is canceled by Close, cutting off the running fetches;
+	// closed (under closeMu) keeps new ones from starting.
+	closing   context.Context
+	stopFetch context.CancelFunc
+	closeMu   sync.Mutex
+	closed    bool
+}
+
+// errClosed is the fetch error of a closed verifier.
+var errClosed = errors.New("verifier closed (policy replaced or server stopping)")
+
+// Close retires v: it cuts off v's running JWKS fetches (they are neither
+// logged nor reported to OnFetch) and waits for them to end, starts no
+// more (a token that needs a fetch gets ErrUnavailable "jwks_unavailable";
+// one whose key v holds still verifies), and closes the idle connections
+// of the fetch clients that no verifier in use shares any more. A
+// verifier that replaces v (Options.Previous) keeps its keys and shared
+// clients; close v after it is built. Close is idempotent.
+func (v *Verifier) Close() {
+	v.closeMu.Lock()
+	if v.closed {
+		v.closeMu.Unlock()
+		return
+	}
+	v.closed = true
+	v.closeMu.Unlock()
+	v.stopFetch()
+	v.fetches.Wait()
+	for _, st := range v.issuers {
+		st.client.release()
+	}
 }
 
 var _ broker.Authenticator = (*Verifier)(nil)
@@ -196,6 +235,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		maxJWKSBytes:    o.MaxJWKSBytes,
 		fetchTimeout:    o.FetchTimeout,
 		readCAFile:      o.ReadCAFile,
+		base:            o.HTTPClient,
 	}
 	if v.readCAFile == nil {
 		v.readCAFile = policies.ReadFile
@@ -273,6 +313,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	if o.Previous != nil {
 		v.keepKeys(o.Previous)
 	}
+	v.closing, v.stopFetch = context.WithCancel(context.Background())
 	v.router = jwt.NewParser(jwt.WithJSONNumber(), jwt.WithStrictDecoding())
 	// No WithValidMethods here: route enforces policies.SupportsAlgorithm and the
 	// issuer's own allow-list before any key is handed over.

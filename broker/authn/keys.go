@@ -53,7 +53,7 @@ const (
 type issuerState struct {
 	cfg         policies.Issuer
 	maxLifetime time.Duration
-	client      *http.Client
+	client      *sharedClient
 	caSum       [sha256.Size]byte // SHA-256 of the ca_file bundle client trusts; zero without ca_file
 	validator   *jwt.Validator    // the issuer's claim checks
 	// trustDomain is the trust domain name of a SPIFFE issuer (issuer
@@ -73,8 +73,10 @@ type issuerState struct {
 // keepKeys starts each issuer of v whose key source is unchanged in prev
 // from prev's last good key set (immutable, so shared), discovered jwks_uri
 // and last finished fetch attempt (so a reload does not bypass
-// RefreshInterval). The key source is the jwks_url or discovery, and the
-// ca_file by its content, not only its path: keys fetched over TLS that the
+// RefreshInterval), and fetches with prev's HTTP client (and so its idle
+// keep-alive connection) when the client would be the same: the same base
+// Options.HTTPClient and FetchTimeout. The key source is the jwks_url or
+// discovery, and the ca_file by its content, not only its path: keys fetched over TLS that the
 // previous bundle verified are not kept once the bundle at the same path
 // changed (a CA rotation, or a CA withdrawn), so the new bundle is the one
 // the issuer's keys are fetched under, at once.
@@ -85,12 +87,53 @@ func (v *Verifier) keepKeys(prev *Verifier) {
 			p.cfg.CAFile != st.cfg.CAFile || p.caSum != st.caSum {
 			continue
 		}
+		if prev.base == v.base && prev.fetchTimeout == v.fetchTimeout {
+			// st's own client, just built, has no connection yet: dropped.
+			st.client = p.client.share()
+		}
 		p.mu.Lock()
 		st.set, st.jwksURI = p.set, p.jwksURI
-		if p.inflight == nil { // else v fetches for itself at once
+		// A fetch running in prev (Close cuts it off), or cut off by
+		// prev's Close: v fetches for itself at once.
+		if p.inflight == nil && !errors.Is(p.lastErr, errClosed) {
 			st.lastAttempt, st.lastErr = p.lastAttempt, p.lastErr
 		}
 		p.mu.Unlock()
+	}
+}
+
+// sharedClient is an issuer's fetch client, shared by the verifiers of
+// successive policies whose fetch settings for the issuer are the same
+// (keepKeys). refs counts the verifiers using it that are not closed; when
+// the last one closes, the idle connections of the transport it owns (one
+// New cloned, not the caller's Options.HTTPClient transport) are closed, so
+// a replaced verifier leaves no keep-alive connection (and its two
+// goroutines) behind for the transport's IdleConnTimeout.
+type sharedClient struct {
+	*http.Client
+	owned bool // Transport is New's own clone
+
+	mu   sync.Mutex
+	refs int
+}
+
+// share counts one more verifier using c.
+func (c *sharedClient) share() *sharedClient {
+	c.mu.Lock()
+	c.refs++
+	c.mu.Unlock()
+	return c
+}
+
+// release counts one verifier less using c, closing its idle connections
+// when none is left.
+func (c *sharedClient) release() {
+	c.mu.Lock()
+	c.refs--
+	last := c.refs == 0
+	c.mu.Unlock()
+	if last && c.owned {
+		c.CloseIdleConnections()
 	}
 }
 
@@ -220,7 +263,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	if maxLife <= 0 {
 		bad("max_token_lifetime", "must be positive")
 	}
-	client, caSum, err := v.httpClient(base, is.CAFile)
+	client, owned, caSum, err := v.httpClient(base, is.CAFile)
 	if err != nil {
 		bad("ca_file", "%v", err)
 	}
@@ -233,7 +276,7 @@ func (v *Verifier) newIssuerState(is policies.Issuer, base *http.Client) (*issue
 	st := &issuerState{
 		cfg:         is,
 		maxLifetime: maxLife,
-		client:      client,
+		client:      &sharedClient{Client: client, owned: owned, refs: 1},
 		caSum:       caSum,
 	}
 	// The issuer's claim checks, run by jwt/v5's Validator after the
@@ -313,8 +356,9 @@ func checkFetchURL(raw string) error {
 
 // httpClient derives the fetch client of one issuer from base, with the
 // issuer's CA bundle as its only roots when caFile is set; caSum is the
-// SHA-256 of the bundle's bytes (zero without caFile).
-func (v *Verifier) httpClient(base *http.Client, caFile string) (c *http.Client, caSum [sha256.Size]byte, err error) {
+// SHA-256 of the bundle's bytes (zero without caFile); owned is whether
+// c's Transport is a clone made here (not base's own).
+func (v *Verifier) httpClient(base *http.Client, caFile string) (c *http.Client, owned bool, caSum [sha256.Size]byte, err error) {
 	c = &http.Client{Timeout: v.fetchTimeout}
 	if base != nil {
 		cp := *base
@@ -335,7 +379,7 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (c *http.Client,
 		case *http.Transport:
 			t = bt.Clone()
 		default:
-			return nil, caSum, fmt.Errorf("cannot apply ca_file to an HTTP client transport of type %T", bt)
+			return nil, false, caSum, fmt.Errorf("cannot apply ca_file to an HTTP client transport of type %T", bt)
 		}
 		if t.TLSClientConfig == nil {
 			t.TLSClientConfig = &tls.Config{}
@@ -350,16 +394,16 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (c *http.Client,
 			// without end.
 			pem, err := v.readCAFile(caFile)
 			if err != nil {
-				return nil, caSum, fmt.Errorf("read: %w", err)
+				return nil, false, caSum, fmt.Errorf("read: %w", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, caSum, fmt.Errorf("%s holds no PEM certificate", caFile)
+				return nil, false, caSum, fmt.Errorf("%s holds no PEM certificate", caFile)
 			}
 			caSum = sha256.Sum256(pem)
 			t.TLSClientConfig.RootCAs = pool
 		}
-		c.Transport = t
+		c.Transport, owned = t, true
 	}
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		if len(via) >= maxRedirects {
@@ -376,7 +420,7 @@ func (v *Verifier) httpClient(base *http.Client, caFile string) (c *http.Client,
 		}
 		return nil
 	}
-	return c, caSum, nil
+	return c, owned, caSum, nil
 }
 
 // keyLookup is the outcome of looking a token's key up in a key set.
@@ -555,17 +599,31 @@ func unavailable(st *issuerState, retry time.Duration, cause error) *broker.Erro
 // the request that started it, so that waiters are not failed by someone
 // else's client going away, and a background refetch (see resolveKey)
 // outlives the request that served stale keys.
+//
+// Close cancels the fetch; a closed verifier starts none (the attempt fails
+// at once with errClosed).
 func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Time) *fetchCall {
 	call := &fetchCall{done: make(chan struct{})}
-	st.inflight = call
 	st.lastAttempt = now
+	v.closeMu.Lock()
+	if v.closed {
+		v.closeMu.Unlock()
+		st.lastErr = errClosed
+		close(call.done)
+		return call
+	}
+	v.fetches.Add(1) // before Close's Wait: under closeMu, v not closed
+	v.closeMu.Unlock()
+	st.inflight = call
 	jwksURI := st.jwksURI
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.fetchTimeout)
-	v.fetches.Add(1)
+	stop := context.AfterFunc(v.closing, cancel)
 	go func() {
 		defer v.fetches.Done()
 		defer cancel()
+		defer stop()
 		set, uri, err := v.fetch(fctx, st, jwksURI)
+		closed := v.closing.Err() != nil
 		st.mu.Lock()
 		if err == nil && set.olderThan(st.set) {
 			held := st.set
@@ -579,11 +637,16 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 					"issuer", st.cfg.Name, "sequence", set.sequence, "held_sequence", held.sequence)
 			}
 		}
-		if err != nil {
+		switch {
+		case err != nil && closed:
+			// Cut off by Close (the policy was replaced, or the server
+			// stops): not the issuer's failure, neither logged nor counted.
+			st.lastErr = errClosed
+		case err != nil:
 			st.lastErr = err
 			st.jwksURI = "" // rediscover next time
 			v.log.WarnContext(fctx, "authn: jwks fetch failed", "issuer", st.cfg.Name, "err", err)
-		} else {
+		default:
 			set.fetchedAt = v.now()
 			st.set = set
 			st.lastErr = nil
@@ -592,7 +655,7 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 		}
 		st.inflight = nil
 		st.mu.Unlock()
-		if v.onFetch != nil {
+		if v.onFetch != nil && !(err != nil && closed) {
 			v.onFetch(st.cfg.Name, err)
 		}
 		close(call.done)
@@ -613,7 +676,7 @@ func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) (
 		}
 		jwksURI = u
 	}
-	body, err := v.get(ctx, st.client, jwksURI)
+	body, err := v.get(ctx, st.client.Client, jwksURI)
 	if err != nil {
 		return nil, "", fmt.Errorf("jwks: %w", err)
 	}
@@ -630,7 +693,7 @@ func (v *Verifier) fetch(ctx context.Context, st *issuerState, jwksURI string) (
 // one (OpenID Connect Discovery 4.3).
 func (v *Verifier) discover(ctx context.Context, st *issuerState) (string, error) {
 	u := strings.TrimSuffix(st.cfg.Issuer, "/") + "/.well-known/openid-configuration"
-	body, err := v.get(ctx, st.client, u)
+	body, err := v.get(ctx, st.client.Client, u)
 	if err != nil {
 		return "", fmt.Errorf("discovery: %w", err)
 	}
