@@ -119,6 +119,11 @@ type brokerRuntime struct {
 	deployment string
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
+	// verifiersClosed (under verifierMu) is set by the closer that closes
+	// the verifier in force: a reload that swaps in a new one after it
+	// closes that one too (setState).
+	verifierMu      sync.Mutex
+	verifiersClosed bool
 	// shuttingDown is set when the shutdown begins (SIGTERM, the drain
 	// included): no policy reload starts after it.
 	shuttingDown atomic.Bool
@@ -377,8 +382,10 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// (the login, the audit sink's transit checkpoints) has stopped by then.
 	rt.closers = append(rt.closers, func() error { vaultad.CloseIdleConnections(vc); return nil })
 	if err := rt.initPolicy(pol, v); err != nil {
+		v.Close()
 		return err
 	}
+	rt.closers = append(rt.closers, rt.closeVerifiers)
 	lo := vaultad.LoginOptions{Client: vc, Logger: log}
 	switch {
 	case auth != nil && auth.Method == vaultad.LoginAppRole:
@@ -751,6 +758,9 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 			})
 		}
 	}
+	if err != nil && v != nil {
+		v.Close() // never served
+	}
 	if err != nil && aerr == nil {
 		rt.metrics.policyReloads.WithLabelValues("error").Inc()
 		rt.log.Error("policy reload failed; keeping the policy in force", slog.String("why", why), slog.String("error", err.Error()))
@@ -765,7 +775,7 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 			slog.String("why", why), slog.String("policy_hash", pol.Hash()), slog.String("error", aerr.Error()))
 		return fmt.Errorf("audit policy_load: %w", aerr)
 	}
-	rt.state.Store(&policyState{pol: pol, authn: v})
+	rt.setState(&policyState{pol: pol, authn: v})
 	rt.keys.Record(ctx, stored)
 	rt.metrics.setPolicy(pol.Hash())
 	rt.metrics.policyReloads.WithLabelValues("ok").Inc()
@@ -831,7 +841,38 @@ func (rt *brokerRuntime) initPolicy(pol *policies.Policy, v *authn.Verifier) err
 		return err
 	}
 	rt.keys = keys
-	rt.state.Store(&policyState{pol: pol, authn: v})
+	rt.setState(&policyState{pol: pol, authn: v})
+	return nil
+}
+
+// setState puts st in force and closes the verifier it replaces (its
+// running JWKS fetches and the idle connections no verifier in force
+// shares any more: authn.Verifier.Close), or st's own verifier once
+// closeVerifiers has run.
+func (rt *brokerRuntime) setState(st *policyState) {
+	rt.verifierMu.Lock()
+	old := rt.state.Swap(st)
+	closed := rt.verifiersClosed
+	rt.verifierMu.Unlock()
+	if old != nil && old.authn != st.authn {
+		old.authn.Close()
+	}
+	if closed {
+		st.authn.Close()
+	}
+}
+
+// closeVerifiers closes the verifier in force, and any a reload puts in
+// force after it (setState): the shutdown's closer, so no JWKS fetch runs
+// (or logs) past it and no keep-alive connection to an issuer stays.
+func (rt *brokerRuntime) closeVerifiers() error {
+	rt.verifierMu.Lock()
+	rt.verifiersClosed = true
+	st := rt.state.Load()
+	rt.verifierMu.Unlock()
+	if st != nil {
+		st.authn.Close()
+	}
 	return nil
 }
 
