@@ -1662,6 +1662,11 @@ type retryState struct {
 	// last is the write of that result (nil: none yet); the next one is
 	// appended after it has ended.
 	last *auditWrite
+	// swept are ids a sweep found whose revoke_result, naming them under
+	// swept, was not written (held while the decision is left to the
+	// instance that made it, see decisionGrace, or failed): the next
+	// result the worker writes for the revocation names them so.
+	swept []string
 }
 
 // NewRevocationWorker returns a worker over s's store, revokers and audit
@@ -2005,6 +2010,13 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	if len(r.Pending) > 0 {
 		status = 202
 	}
+	// Found by an earlier pass whose result was not written: still the
+	// sweep's, named under swept by the next result.
+	w.mu.Lock()
+	if st := w.retry[r.ID]; st != nil {
+		swept = addIDs(slices.Clone(st.swept), swept)
+	}
+	w.mu.Unlock()
 	var evs []*audit.Event
 	decisionOnly := false // written only because of the held decision
 	switch {
@@ -2043,9 +2055,9 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	if st != nil {
 		prev = st.last
 	}
-	rw := w.startResult(ctx, r.ID, evs, slices.Clone(r.Decision), prev)
+	rw := w.startResult(ctx, r.ID, evs, slices.Clone(r.Decision), swept, prev)
 	if st != nil {
-		st.result, st.last = sum, rw
+		st.result, st.last, st.swept = sum, rw, nil
 	}
 	w.mu.Unlock()
 
@@ -2070,8 +2082,10 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 // it): a result is never written before or without them.
 // When it fails (or is not written) its digest is forgotten, if it is
 // still the last result the worker started for id, so that the next pass
-// writes it again; then it is logged, and done closed.
-func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, decision []*audit.Event, prev *auditWrite) *auditWrite {
+// writes it again, and the ids it named under swept (swept) are kept for
+// the next result, which a later pass, with no sweep of its own, would
+// otherwise write by worker; then it is logged, and done closed.
+func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, decision []*audit.Event, swept []string, prev *auditWrite) *auditWrite {
 	s := w.s
 	rw := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
 	ctx = context.WithoutCancel(ctx)
@@ -2093,8 +2107,11 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 		}
 		if rw.err != nil {
 			w.mu.Lock()
-			if st := w.retry[id]; st != nil && st.last == rw {
-				st.result = [sha256.Size]byte{}
+			if st := w.retry[id]; st != nil {
+				if st.last == rw {
+					st.result = [sha256.Size]byte{}
+				}
+				st.swept = addIDs(st.swept, swept)
 			}
 			w.mu.Unlock()
 			s.d.Logger.LogAttrs(ctx, level, msg,
@@ -2102,6 +2119,16 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 		}
 	}()
 	return rw
+}
+
+// addIDs appends to ids those of more it does not hold yet.
+func addIDs(ids, more []string) []string {
+	for _, id := range more {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // addPending adds to r, as pending, the ids of found it does not list yet
