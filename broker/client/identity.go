@@ -42,7 +42,9 @@ type IdentitySource interface {
 // transient IdentityError (a writer between truncate and write); a missing
 // one is permanent. A pipe (a named one, or /dev/fd/N) is read to its end,
 // its writer waited for until ctx ends, at most DefaultTimeout: then a
-// transient IdentityError.
+// transient IdentityError. Where a pipe cannot be polled (darwin), it is
+// read blocking: a writer that opened it and neither writes nor closes it
+// blocks the call, ctx unheeded.
 // The zero value reads DefaultTokenFile.
 type FileIdentity struct {
 	Path string
