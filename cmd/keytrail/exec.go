@@ -159,8 +159,9 @@ the parent: it forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
 to CMD and exits with CMD's exit status (128+N when CMD was killed by signal
 N; 127 when CMD is not found, 126 when it cannot be run). A Ctrl-C (or
 Ctrl-\) in a terminal reaches CMD once, from the terminal: keytrail does not
-send it again. As PID 1 (a container's entrypoint) or a child subreaper, it
-also reaps the orphaned processes given to it, as an init does.
+send it again. On Linux, as PID 1 (a container's entrypoint) or a child
+subreaper, it also reaps the orphaned processes given to it, as an init
+does.
 
 --env NAME               sets NAME to the access token of the (only) grant
 --env NAME=FIELD         sets NAME to a credential field (username, password,
