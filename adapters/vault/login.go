@@ -769,8 +769,9 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 }
 
 // revokeRefused revokes a token a login got and the broker will not use
-// (auth/token/revoke-self with the token itself, which any token may do,
-// even on its last use), so that it does not stay valid until its TTL; at
+// (auth/token/revoke-self with the token itself: the default policy and
+// MinimumBrokerPolicy allow it, even on a token's last use; without it Vault
+// answers 403), so that it does not stay valid until its TTL; at
 // most cleanupTimeout, even when ctx has ended. A failure is logged, never
 // returned: the login fails anyway. l.loginMu is held.
 func (l *Login) revokeRefused(ctx context.Context, tok, op string) {

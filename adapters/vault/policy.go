@@ -36,9 +36,11 @@ type BrokerPolicyOptions struct {
 // the broker's own token needs to serve pol, and nothing more:
 //
 //   - its own token: read auth/token/lookup-self (the login check, and
-//     TokenChecker for /readyz) and update auth/token/renew-self
-//     (Login.Run's renewals); the "default"
-//     policy has both, but a broker token may be created without it;
+//     TokenChecker for /readyz), update auth/token/renew-self
+//     (Login.Run's renewals) and update auth/token/revoke-self (a login
+//     token the broker will not use: one with a use limit, or one whose
+//     start-up failed before serving); the "default" policy has all
+//     three, but a broker token may be created without it;
 //   - BrokerPolicy: mint orphan tokens (through o.TokenRole when set),
 //     revoke them by accessor, and read and sign with the transit keys the
 //     jwt grants name;
@@ -87,6 +89,7 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 	b.WriteString("# keytrail broker: minimum policy for its own token (generated)\n")
 	b.WriteString("path \"auth/token/lookup-self\" {\n  capabilities = [\"read\"]\n}\n")
 	b.WriteString("path \"auth/token/renew-self\" {\n  capabilities = [\"update\"]\n}\n")
+	b.WriteString("path \"auth/token/revoke-self\" {\n  capabilities = [\"update\"]\n}\n")
 	b.WriteString(brokerPolicy(o.TokenRole, mount, keys...))
 	for _, p := range kv {
 		fmt.Fprintf(&b, "path %q {\n  capabilities = [\"read\"]\n}\n", p)

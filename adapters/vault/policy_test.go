@@ -86,6 +86,9 @@ path "auth/token/lookup-self" {
 path "auth/token/renew-self" {
   capabilities = ["update"]
 }
+path "auth/token/revoke-self" {
+  capabilities = ["update"]
+}
 `
 	hclMint = `path "auth/token/create-orphan" {
   capabilities = ["update"]
