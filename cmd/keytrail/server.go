@@ -152,6 +152,31 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return errors.New(msg)
 	}
 	log := newLogger(cfg.Log, e.stderr)
+	// The listeners are bound, and the serving key pair loaded, before
+	// anything else: a taken port or a bad certificate stops the start-up
+	// before the Vault login, the store, the audit log (no start event)
+	// and the background loops. Nothing is answered before everything is
+	// wired: connections wait in the listen backlog until srv.Serve below.
+	// pprof (a loopback debug listener, apart from the broker's routes)
+	// serves from here on, the start-up included.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close() // a failed start-up's; srv.Serve closes it otherwise
+	var tlsConfig *tls.Config
+	if cfg.TLS != nil {
+		if tlsConfig, err = serverTLS(cfg.TLS, log); err != nil {
+			return err
+		}
+	}
+	if cfg.PprofListen != "" {
+		_, stop, err := servePprof(cfg.PprofListen, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	// SIGHUP is caught from the start to the end, start-up and the final
 	// close included: its default action ends the process at once, without
 	// closing the audit log. One that arrives before serving reloads once
@@ -173,10 +198,6 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
 	srv := &http.Server{
 		Handler:           rt.api.Routes(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -186,22 +207,9 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if cfg.TLS != nil {
-		tc, err := serverTLS(cfg.TLS, log)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		srv.TLSConfig = tc
-		ln = tls.NewListener(ln, tc)
-	}
-	if cfg.PprofListen != "" {
-		_, stop, err := servePprof(cfg.PprofListen, log)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		defer stop()
+	if tlsConfig != nil {
+		srv.TLSConfig = tlsConfig
+		ln = tls.NewListener(ln, tlsConfig)
 	}
 	errc := make(chan error, 1)
 	rt.served = true

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +14,8 @@ import (
 )
 
 // TestFailedStartupRevokesItsLoginToken: a start-up that logged in to
-// Vault with AppRole and then failed (here: its listen address is taken)
+// Vault with AppRole and then failed (here: its audit log cannot be
+// created; a taken listen address fails before the login now)
 // left the token of that login valid for its TTL (an AppRole's default is
 // Vault's, 32 days): a broker in a crash loop piled up a token per start.
 // Nothing was served with it and nobody else holds it, so it is revoked
@@ -52,11 +52,11 @@ func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
 	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	// A regular file where the audit log's directory should be.
+	blocker := filepath.Join(dir, "not-a-dir")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	defer taken.Close()
 
 	tokens := func() int {
 		t.Helper()
@@ -72,16 +72,16 @@ func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
 	e := &env{ctx: context.Background(), stdout: &logs, stderr: &logs, getenv: func(k string) string {
 		return map[string]string{envReconcile: "off"}[k]
 	}}
-	cfg := &Config{Listen: taken.Addr().String(), PublicURL: "http://127.0.0.1:7700", Policy: pol,
+	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
 		Vault: VaultConfig{Address: vp.Addr, Auth: &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}},
-		Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")}, Log: LogConfig{Level: "info", Format: "text"}}
+		Audit: AuditConfig{File: filepath.Join(blocker, "audit.jsonl")}, Log: LogConfig{Level: "info", Format: "text"}}
 	cfg.applyDefaults()
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)
 	}
 	err = runServer(context.Background(), e, cfg, nil)
-	if err == nil || !strings.Contains(err.Error(), "listen") {
-		t.Fatalf("runServer() = %v, want the listen failure\n%s", err, logs.String())
+	if err == nil || !strings.Contains(err.Error(), "audit") {
+		t.Fatalf("runServer() = %v, want the audit log's failure\n%s", err, logs.String())
 	}
 	if !strings.Contains(logs.String(), `msg="vault login"`) {
 		t.Fatalf("the start-up did not log in before it failed\n%s", logs.String())
@@ -94,7 +94,7 @@ func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
 	// minted without an orphan token_role are its children.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cfg.Listen = "127.0.0.1:0"
+	cfg.Audit.File = filepath.Join(dir, "audit.jsonl")
 	errc := make(chan error, 1)
 	go func() { errc <- runServer(ctx, e, cfg, func(string) { cancel() }) }()
 	if err := <-errc; err != nil {
