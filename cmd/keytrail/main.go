@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"regexp"
@@ -81,6 +82,10 @@ type env struct {
 	// exit, when set, stands for os.Exit where the server exits at once
 	// on a second SIGINT/SIGTERM (tests).
 	exit func(code int)
+	// listening, when set, is called with the server's listener once
+	// bound, before the start-up wires anything (tests: a listener that
+	// fails while serving).
+	listening func(net.Listener)
 }
 
 // lineErr is stderr for lines that goroutines running at the same time

@@ -56,8 +56,10 @@ a change that fails is retried 10 times, 4 s doubling to 1 min apart). A
 reload that fails, or whose policy_load audit event cannot be written, keeps
 the policy in force. SIGINT/SIGTERM shut down gracefully: /readyz answers
 503 for shutdown_drain while requests are still served, then in-flight
-requests get shutdown_timeout (a second signal exits at once); from the
-first signal on, no reload starts (SIGHUP and file changes are logged).
+requests get shutdown_timeout (those cut off then get up to 5 s more to
+end, so their audit events are written; a second signal exits at once);
+from the first signal on, no reload starts (SIGHUP and file changes are
+logged).
 The exit status is 0 after a clean shutdown, 1 when start-up fails, when
 requests were still in flight after shutdown_timeout, or when closing failed
 (e.g. the audit log's final signed checkpoint could not be written),
@@ -177,6 +179,9 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		}
 		defer stop()
 	}
+	if e.listening != nil {
+		e.listening(ln)
+	}
 	// SIGHUP is caught from the start to the end, start-up and the final
 	// close included: its default action ends the process at once, without
 	// closing the audit log. One that arrives before serving reloads once
@@ -198,8 +203,11 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return err
 	}
 
+	// Every handler is counted: one that outlives shutdown_timeout (cut
+	// off: srv.Close does not wait for it) still writes audit events.
+	var inflight inFlight
 	srv := &http.Server{
-		Handler:           rt.api.Routes(),
+		Handler:           inflight.wrap(rt.api.Routes()),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      90 * time.Second, // above the proxy's 60s overall upstream timeout
@@ -234,12 +242,12 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 			}
 		}
 	})
+	// serveErr: Serve returned before the shutdown (its listener failed).
+	// The connections already open are still served: the server is shut
+	// as at a signal (without the drain) before the runtime closes.
+	var serveErr error
 	select {
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
 	rt.shuttingDown.Store(true)
@@ -250,8 +258,10 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// shutdown_timeout, then flush and checkpoint the audit log
 	// (rt.close). A second signal exits at once.
 	drain := time.Duration(cfg.ShutdownDrain)
-	log.Info("shutting down", slog.Duration("drain", drain), slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
-	if drain > 0 {
+	if serveErr == nil {
+		log.Info("shutting down", slog.Duration("drain", drain), slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
+	}
+	if drain > 0 && serveErr == nil {
 		rt.api.Drain()
 		// Each connection closes after its current response: keep-alive
 		// clients reconnect, through the load balancer, to another
@@ -260,10 +270,14 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		t := time.NewTimer(drain)
 		select {
 		case <-t.C:
-		case err := <-errc: // nothing closed the server: a failure
+		case serveErr = <-errc: // nothing closed the server: a failure
 			t.Stop()
-			return fmt.Errorf("serve: %w", err)
 		}
+	}
+	if serveErr != nil {
+		serveErr = fmt.Errorf("serve: %w", serveErr)
+		log.Error("serving failed: shutting down", slog.String("error", serveErr.Error()),
+			slog.Duration("timeout", time.Duration(cfg.ShutdownTimeout)))
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
 	defer cancel()
@@ -276,11 +290,81 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		_ = srv.Close()
 		incomplete = fmt.Errorf("shutdown incomplete: requests were still in flight after shutdown_timeout (%s)", time.Duration(cfg.ShutdownTimeout))
 	}
+	// srv.Close does not wait for the handlers it cut off: one still in a
+	// mint, or writing its audit event (a proxied call's use_result), gets
+	// cutOffGrace more before the store and the audit log close under it.
+	if n := inflight.running(); n > 0 {
+		log.Warn("waiting for requests cut off at shutdown_timeout to end, so their audit events are written",
+			slog.Int("requests", n), slog.Duration("grace", cutOffGrace))
+		if n := inflight.wait(cutOffGrace); n > 0 {
+			log.Error("closing the audit log with requests still running: their audit events may be lost",
+				slog.Int("requests", n))
+		}
+	}
 	// The final flush and checkpoint of the audit log run here (the
 	// deferred close is then a no-op); a second signal still exits at
 	// once. A failure is the exit status: every acknowledged event was
 	// durable already, but the last lines lack their signed checkpoint.
-	return errors.Join(incomplete, rt.close())
+	return errors.Join(serveErr, incomplete, rt.close())
+}
+
+// cutOffGrace bounds runServer's wait, after shutdown_timeout, for the
+// handlers it cut off (a mint's default bound, broker.DefaultMintTimeout).
+const cutOffGrace = broker.DefaultMintTimeout
+
+// inFlight counts the server's running handlers.
+type inFlight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0, made by a wait
+}
+
+// wrap counts h's calls while they run.
+func (f *inFlight) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.add(1)
+		defer f.add(-1)
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (f *inFlight) add(d int) {
+	f.mu.Lock()
+	f.n += d
+	if f.n == 0 && f.idle != nil {
+		close(f.idle)
+		f.idle = nil
+	}
+	f.mu.Unlock()
+}
+
+// running is the number of handlers running.
+func (f *inFlight) running() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// wait waits until no handler runs, for at most d; it returns the number
+// still running then.
+func (f *inFlight) wait(d time.Duration) int {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return 0
+	}
+	if f.idle == nil {
+		f.idle = make(chan struct{})
+	}
+	idle := f.idle
+	f.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	}
+	return f.running()
 }
 
 // exitOnSecondSignal waits for ctx to end (the first SIGINT/SIGTERM: main's
