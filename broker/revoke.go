@@ -27,8 +27,10 @@ package broker
 //     restart too, writes its results for the revocation only once the
 //     revoke events are durable, writing them again first, from the
 //     record when the instance that made them is not the one writing them
-//     and decisionGrace has passed (see lateDecision); events written again carry the decision's time
-//     (details.decided_at, see writtenAgain);
+//     and decisionGrace has passed (see lateDecision). Every revoke and
+//     block event carries the decision's time (details.decided_at, the
+//     record's CreatedAt and the marks' RevokedAt): the sink stamps an
+//     event late or written again with the time it writes it;
 //  3. store, durable first: the blocks, the Revocation record with every
 //     issuance pending, then each issuance marked RevokedAt. Until the
 //     record is stored a failure answers ErrUnavailable and the revocation
@@ -227,7 +229,12 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// 2. Audit the decision before anything changes. A revocation naming
 	// more issuances than one audit line holds is written as several
 	// revoke events (see eventParts), all before anything changes.
-	details := map[string]any{"selector": sel, "matched": rev.Matched, "block": block}
+	// decided_at: the time the record and the marks use. The sink stamps
+	// an event with the time it writes it, which for a decision queued
+	// behind a write that hangs (or written again, writtenAgain) is later:
+	// trace and report take revoked_at from it.
+	decidedAt := now.UTC().Format(audit.TimeFormat)
+	details := map[string]any{"selector": sel, "matched": rev.Matched, "block": block, "decided_at": decidedAt}
 	if block {
 		details["blocks"] = blocks
 	}
@@ -256,7 +263,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		decision = append(decision, &audit.Event{
 			Type: audit.TypeBlock, RequestID: requestID, RevocationID: rev.ID, Workload: w,
 			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
-			Outcome: &audit.Outcome{Status: 200},
+			Details: map[string]any{"decided_at": decidedAt}, Outcome: &audit.Outcome{Status: 200},
 		})
 	}
 	// Waited for at most AuditTimeout. Past it (pending) the events stay
@@ -1119,8 +1126,9 @@ func unsealed(evs []*audit.Event) []*audit.Event {
 // sink stamps them with the time they are written now, so each revoke and
 // block event carries the time the decision was made, the revocation's
 // creation, in details.decided_at (RFC 3339, UTC; trace and report take a
-// revoke event's revoked_at from it). Copies that carry it already (a
-// second attempt) keep theirs.
+// revoke event's revoked_at from it). Revoke sets it in every one it makes;
+// this adds it to those that lack it (kept in a record by a version that
+// did not set it); copies that carry it already keep theirs.
 func writtenAgain(evs []*audit.Event, decidedAt time.Time) []*audit.Event {
 	out := unsealed(evs)
 	if decidedAt.IsZero() {

@@ -229,3 +229,104 @@ func TestHeldDecisionLeftToSlowMakerWithinGrace(t *testing.T) {
 		})
 	}
 }
+
+// heldClockSink seals every event into log at the fixture's clock, holding
+// revoke events (and so the block events of the batch behind them) until
+// release is closed: a disk whose writes hang, then recover. added gets
+// each written event's type.
+type heldClockSink struct {
+	log     *clockSink
+	release chan struct{}
+	added   chan string
+}
+
+func (s *heldClockSink) Append(ctx context.Context, ev *audit.Event) error {
+	if ev.Type == audit.TypeRevoke {
+		<-s.release
+	}
+	err := s.log.Append(ctx, ev)
+	s.added <- ev.Type
+	return err
+}
+
+// TestLateDecisionTracedAtDecision: the maker's own late decision (its
+// revoke event queued behind a write that hangs past AuditTimeout, the
+// revocation made all the same) is sealed when the log recovers, ten
+// minutes on. Its revoke and block events carried no decided_at (only a
+// decision written again did): keytrail trace gave the recovery as
+// revoked_at, while the store's mark and the record say the decision's
+// time. Every revoke and block event now carries details.decided_at, the
+// time the record and the marks use.
+func TestLateDecisionTracedAtDecision(t *testing.T) {
+	var clock func() time.Time
+	log := &clockSink{chain: audit.NewChain("instance-a"), now: func() time.Time { return clock() }}
+	sink := &heldClockSink{log: log, release: make(chan struct{}), added: make(chan string, 64)}
+	var once sync.Once
+	release := func() { once.Do(func() { close(sink.release) }) }
+	t.Cleanup(release)
+	f := newRevFixtureDeps(t, nil, func(*brokertest.Sink) broker.AuditSink { return sink },
+		func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond })
+	clock = f.clock
+	ctx := context.Background()
+	is := f.issue(t, "payments")
+	if typ := <-sink.added; typ != audit.TypeIssue {
+		t.Fatalf("first event %s, want issue", typ)
+	}
+	err := within(t, "Revoke()", func() error {
+		_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "leaked", broker.RevokeOptions{Block: true}, "req_late")
+		return err
+	})
+	var made *broker.RevocationMadeError
+	if !errors.As(err, &made) {
+		t.Fatalf("Revoke() = %v, want 503 audit_unavailable naming the revocation made", err)
+	}
+	r, err := f.store.GetRevocation(ctx, made.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark, err := f.store.GetIssuance(ctx, is.ID)
+	if err != nil || !mark.RevokedAt.Equal(r.CreatedAt) {
+		t.Fatalf("issuance mark %v, %v; want revoked at %v (the revocation's creation)", mark.RevokedAt, err, r.CreatedAt)
+	}
+
+	// The log recovers ten minutes later.
+	f.advance(10 * time.Minute)
+	release()
+	for left := map[string]bool{audit.TypeRevoke: true, audit.TypeBlock: true, audit.TypeRevokeResult: true}; len(left) > 0; {
+		select {
+		case typ := <-sink.added:
+			delete(left, typ)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("events still missing after the log recovered: %v", left)
+		}
+	}
+
+	log.mu.Lock()
+	lines := append([][]byte(nil), log.lines...)
+	log.mu.Unlock()
+	want := r.CreatedAt.UTC().Format(audit.TimeFormat)
+	x, err := trace.NewIndex(trace.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lines {
+		ev, err := audit.ParseLine(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (ev.Type == audit.TypeRevoke || ev.Type == audit.TypeBlock) && ev.Details["decided_at"] != want {
+			t.Errorf("late %s event sealed at %s: details.decided_at %v, want %s (the decision)", ev.Type, ev.Time, ev.Details["decided_at"], want)
+		}
+		if err := x.AddLine(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := x.Lookup(is.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Issuance.RevocationID != made.ID || !res.Issuance.RevokedAt.Equal(r.CreatedAt) {
+		t.Errorf("trace: revoked_at %v by %q, want %v (the decision, as the store's mark) by %s",
+			res.Issuance.RevokedAt, res.Issuance.RevocationID, r.CreatedAt, made.ID)
+	}
+}
