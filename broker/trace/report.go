@@ -517,29 +517,38 @@ func (b *reportBuilder) event(ev *audit.Event) {
 
 // denyCount is the number of refusals a deny event records: one, or
 // details.suppressed for a refusal summary (broker.ReasonRefusalsSuppressed:
-// it stands for that many 429s not audited on their own); a summary
-// without a usable count is one.
+// it stands for that many 429s not audited on their own). A summary
+// without a usable count (not a whole number from 1 to maxSuppressed,
+// whatever type it was decoded as) is one, so that no count read from a
+// log can make the report's sums wrap around.
 func denyCount(ev *audit.Event, reason string) int {
 	if reason != broker.ReasonRefusalsSuppressed {
 		return 1
 	}
-	n := 0
+	var n int64
 	switch v := ev.Details["suppressed"].(type) {
 	case int:
-		n = v
+		n = int64(v)
 	case int64:
-		n = int(v)
+		n = v
 	case float64:
-		if v >= 1 && v <= math.MaxInt32 {
-			n = int(v)
+		if v >= 1 && v <= maxSuppressed && v == math.Trunc(v) {
+			n = int64(v)
 		}
 	case json.Number:
-		if i, err := v.Int64(); err == nil && i <= math.MaxInt32 {
-			n = int(i)
+		if i, err := v.Int64(); err == nil {
+			n = i
 		}
 	}
-	return max(n, 1)
+	if n < 1 || n > maxSuppressed {
+		return 1
+	}
+	return int(n)
 }
+
+// maxSuppressed bounds the count one refusal summary may stand for in a
+// report (far above what the refusal guard writes in a summary_every).
+const maxSuppressed = math.MaxInt32
 
 // timeline buckets issuances, uses and revocations per workload from
 // since (at most StaleAfter before now... or the oldest event) to now.
