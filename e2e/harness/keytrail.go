@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,6 +17,10 @@ import (
 )
 
 var (
+	// binOverride, when set, is run instead of the keytrail binary
+	// (the harness's own tests).
+	binOverride string
+
 	buildOnce sync.Once
 	buildPath string
 	buildErr  error
@@ -109,13 +114,18 @@ type Keytrail struct {
 
 // StartKeytrail runs `keytrail server --config cfg` with env appended to the
 // environment and waits until GET url/readyz answers 200. The process is
-// stopped (SIGTERM) when the test ends.
+// stopped (SIGTERM) when the test ends, and the test fails when the server
+// reported a data race (raceReported), also after a Restart or a Kill.
 func StartKeytrail(t testing.TB, url, cfg string, env ...string) *Keytrail {
 	t.Helper()
 	k := &Keytrail{t: t, URL: strings.TrimRight(url, "/"), Config: cfg, Env: env}
 	k.LogPath = filepath.Join(t.TempDir(), "keytrail.log")
 	k.start()
-	t.Cleanup(func() { k.Stop() })
+	t.Cleanup(func() {
+		if race := raceReported(k.Logs(), k.Stop()); race != "" {
+			t.Errorf("harness: keytrail server %s\n--- log ---\n%s", race, k.Logs())
+		}
+	})
 	if err := k.WaitReady(30 * time.Second); err != nil {
 		t.Fatalf("harness: keytrail not ready: %v\n--- log ---\n%s", err, k.Logs())
 	}
@@ -124,7 +134,10 @@ func StartKeytrail(t testing.TB, url, cfg string, env ...string) *Keytrail {
 
 func (k *Keytrail) start() {
 	k.t.Helper()
-	bin := KeytrailBinary(k.t)
+	bin := binOverride
+	if bin == "" {
+		bin = KeytrailBinary(k.t)
+	}
 	logf, err := os.OpenFile(k.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		k.t.Fatalf("harness: %v", err)
@@ -151,6 +164,28 @@ func (k *Keytrail) start() {
 		k.mu.Unlock()
 		close(done)
 	}()
+}
+
+// raceExitCode is the race detector's exit status (GORACE exitcode) of a
+// process that reported a data race and would otherwise have exited 0.
+const raceExitCode = 66
+
+// raceReported says how a server whose log is logs and whose exit error
+// is exitErr reported a data race ("" when it did not): by the race
+// detector's report in its log (written when the race happens, so also
+// when the test killed it) or by its exit status (its reports sent
+// elsewhere by GORACE log_path). GORACE atexit_sleep_ms=0
+// (SkipRaceExitSleep) changes neither: it only skips the wait before the
+// exit.
+func raceReported(logs string, exitErr error) string {
+	if strings.Contains(logs, "WARNING: DATA RACE") {
+		return "reported a DATA RACE in its log"
+	}
+	var ee *exec.ExitError
+	if errors.As(exitErr, &ee) && ee.ExitCode() == raceExitCode {
+		return fmt.Sprintf("exited with the race detector's status %d (a data race)", raceExitCode)
+	}
+	return ""
 }
 
 // WaitReady polls /readyz until it answers 200 or the timeout passes.
