@@ -55,7 +55,7 @@
 // keys stay in use for Options.StaleFor past their CacheTTL. There are no background goroutines
 // beyond the fetch a request starts (bounded by Options.FetchTimeout, and
 // cut off by Close). A verifier that replaces another (Options.Previous)
-// fetches an unchanged issuer's keys with the same HTTP client; Close the
+// fetches an unchanged issuer's keys with the same HTTP client; Retire the
 // replaced one, so the connections only it used are closed.
 //
 // keyfunc/v3 and jwkset's HTTP storage are not used for fetching because they
@@ -147,7 +147,7 @@ type Options struct {
 	// times instead of none, so a reload during the issuer's outage does
 	// not drop keys StaleFor would still serve; with the same HTTPClient
 	// and FetchTimeout it also fetches over Previous's HTTP client (its
-	// keep-alive connection). Close Previous once this one replaces it.
+	// keep-alive connection). Retire Previous once this one replaces it.
 	Previous *Verifier
 }
 
@@ -178,23 +178,37 @@ type Verifier struct {
 	// between verifiers of the same base).
 	base *http.Client
 	// closing is canceled by Close, cutting off the running fetches;
-	// closed (under closeMu) keeps new ones from starting.
+	// closed (under closeMu) keeps new ones from starting; released (under
+	// closeMu) is set once Retire or Close has released v's clients.
 	closing   context.Context
 	stopFetch context.CancelFunc
 	closeMu   sync.Mutex
 	closed    bool
+	released  bool
 }
 
 // errClosed is the fetch error of a closed verifier.
-var errClosed = errors.New("verifier closed (policy replaced or server stopping)")
+var errClosed = errors.New("verifier closed (server stopping)")
 
-// Close retires v: it cuts off v's running JWKS fetches (they are neither
-// logged nor reported to OnFetch) and waits for them to end, starts no
-// more (a token that needs a fetch gets ErrUnavailable "jwks_unavailable";
-// one whose key v holds still verifies), and closes the idle connections
-// of the fetch clients that no verifier in use shares any more. A
-// verifier that replaces v (Options.Previous) keeps its keys and shared
-// clients; close v after it is built. Close is idempotent.
+// Retire is for a verifier a policy reload replaced: the requests that
+// already hold v finish with it, as under the policy they started with. Its
+// running JWKS fetches go on (bounded by FetchTimeout), a request on v that
+// needs one still starts it, and the idle connections of the fetch clients
+// that no verifier in force shares any more are closed, now and after each
+// later fetch of v. Retire does not wait. A verifier that replaces v
+// (Options.Previous) keeps its keys and shared clients: retire v after it
+// is built. Retire after Retire or Close does nothing.
+func (v *Verifier) Retire() {
+	v.releaseClients()
+}
+
+// Close stops v (the server stops, or v never served): it cuts off v's
+// running JWKS fetches (they are neither logged nor reported to OnFetch) and
+// waits for them to end, starts no more (a token that needs a fetch gets
+// ErrUnavailable "jwks_unavailable"; one whose key v holds still
+// verifies), and closes the idle connections of the fetch clients that no
+// verifier in force shares any more. Close is idempotent, and may follow
+// Retire.
 func (v *Verifier) Close() {
 	v.closeMu.Lock()
 	if v.closed {
@@ -205,9 +219,28 @@ func (v *Verifier) Close() {
 	v.closeMu.Unlock()
 	v.stopFetch()
 	v.fetches.Wait()
+	v.releaseClients()
+}
+
+// releaseClients counts v out of the users of its fetch clients, once.
+func (v *Verifier) releaseClients() {
+	v.closeMu.Lock()
+	if v.released {
+		v.closeMu.Unlock()
+		return
+	}
+	v.released = true
+	v.closeMu.Unlock()
 	for _, st := range v.issuers {
 		st.client.release()
 	}
+}
+
+// isReleased reports whether v was retired or closed.
+func (v *Verifier) isReleased() bool {
+	v.closeMu.Lock()
+	defer v.closeMu.Unlock()
+	return v.released
 }
 
 var _ broker.Authenticator = (*Verifier)(nil)

@@ -267,3 +267,57 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestRetiredVerifierStillFetches: a verifier a reload replaced (Retire)
+// still answers a request that held it and needs a fetch (a new kid), over
+// the client its successor shares, whose connection stays open until the
+// successor is retired too.
+func TestRetiredVerifierStillFetches(t *testing.T) {
+	ctx := context.Background()
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, cc := newCountedServer(t, iss.Handler())
+	iss.URL = srv.URL
+	clock := &fakeClock{now: t0}
+	opts := authn.Options{Issuers: []policies.Issuer{closeTestIssuer(srv.URL)}, Now: clock.Now}
+	v1, err := authn.New(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := iss.Token(testSub, "keytrail", t0, 10*time.Minute)
+	if _, err := v1.Authenticate(ctx, tok); err != nil {
+		t.Fatalf("v1.Authenticate() = %v", err)
+	}
+	opts.Previous = v1
+	v2, err := authn.New(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1.Retire()
+	v1.Retire() // no-op
+	clock.Advance(authn.DefaultRefreshInterval + time.Second)
+	if _, err := iss.Rotate("ES256", true); err != nil {
+		t.Fatal(err)
+	}
+	tok2, _ := iss.Token(testSub, "keytrail", clock.Now(), 10*time.Minute)
+	if _, err := v1.Authenticate(ctx, tok2); err != nil {
+		t.Fatalf("retired v1.Authenticate(new kid) = %v, want the identity", err)
+	}
+	if n := iss.JWKSFetches(); n != 2 {
+		t.Fatalf("JWKS fetches = %d, want 2", n)
+	}
+	if o, c := cc.opened.Load(), cc.closed.Load(); o != 1 || c != 0 {
+		t.Fatalf("after a fetch of retired v1: %d connections opened, %d closed; want 1, 0 (v2 shares it)", o, c)
+	}
+	v1.Close() // after Retire: nothing left to release
+	if _, err := v2.Authenticate(ctx, tok); err != nil {
+		t.Fatalf("v2.Authenticate() = %v", err)
+	}
+	if c := cc.closed.Load(); c != 0 {
+		t.Fatalf("v1.Close after Retire closed %d connections, want 0 (v2 shares it)", c)
+	}
+	v2.Retire()
+	cc.waitClosed(t, 1)
+}

@@ -93,8 +93,8 @@ func (v *Verifier) keepKeys(prev *Verifier) {
 		}
 		p.mu.Lock()
 		st.set, st.jwksURI = p.set, p.jwksURI
-		// A fetch running in prev (Close cuts it off), or cut off by
-		// prev's Close: v fetches for itself at once.
+		// A fetch running in prev (it serves prev's requests), or cut off
+		// by prev's Close: v fetches for itself at once.
 		if p.inflight == nil && !errors.Is(p.lastErr, errClosed) {
 			st.lastAttempt, st.lastErr = p.lastAttempt, p.lastErr
 		}
@@ -130,9 +130,21 @@ func (c *sharedClient) share() *sharedClient {
 func (c *sharedClient) release() {
 	c.mu.Lock()
 	c.refs--
-	last := c.refs == 0
 	c.mu.Unlock()
-	if last && c.owned {
+	c.closeIdleIfUnused()
+}
+
+// closeIdleIfUnused closes the idle connections of c's own transport when
+// no verifier in use (not retired or closed) shares c. A connection still
+// busy is closed when it turns idle, unless a request starts on the
+// transport first (net/http's Transport.CloseIdleConnections).
+//
+// It holds c.mu throughout, so a verifier sharing c from now on (share)
+// does not have its connection closed by a decision taken before.
+func (c *sharedClient) closeIdleIfUnused() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refs == 0 && c.owned {
 		c.CloseIdleConnections()
 	}
 }
@@ -659,6 +671,12 @@ func (v *Verifier) startFetch(ctx context.Context, st *issuerState, now time.Tim
 			v.onFetch(st.cfg.Name, err)
 		}
 		close(call.done)
+		if v.isReleased() {
+			// A fetch of a retired verifier (a request that held it when
+			// a reload replaced it): the connection it used goes once
+			// idle, unless a verifier in force shares the client.
+			st.client.closeIdleIfUnused()
+		}
 	}()
 	return call
 }

@@ -937,17 +937,18 @@ func (rt *brokerRuntime) initPolicy(pol *policies.Policy, v *authn.Verifier) err
 	return nil
 }
 
-// setState puts st in force and closes the verifier it replaces (its
-// running JWKS fetches and the idle connections no verifier in force
-// shares any more: authn.Verifier.Close), or st's own verifier once
-// closeVerifiers has run.
+// setState puts st in force and retires the verifier it replaces (the
+// requests holding it finish with it, its fetches included; the idle
+// connections no verifier in force shares any more are closed:
+// authn.Verifier.Retire, which does not wait), or closes st's own verifier
+// once closeVerifiers has run.
 func (rt *brokerRuntime) setState(st *policyState) {
 	rt.verifierMu.Lock()
 	old := rt.state.Swap(st)
 	closed := rt.verifiersClosed
 	rt.verifierMu.Unlock()
 	if old != nil && old.authn != st.authn {
-		old.authn.Close()
+		old.authn.Retire()
 	}
 	if closed {
 		st.authn.Close()
