@@ -152,7 +152,7 @@ func newExecCmd(e *env) *cobra.Command {
 		noStatus bool
 	)
 	c := &cobra.Command{
-		Use:   "exec --grant G [--identity-token-file F] --env NAME[=[GRANT:]FIELD] [...] [--watch [--on-renew restart|signal:HUP]] -- CMD [ARGS...]",
+		Use:   "exec --grant G [--identity-token-file F | --identity-token-env VAR | --github-actions] --env NAME[=[GRANT:]FIELD] [...] [--watch [--on-renew restart|signal:HUP]] -- CMD [ARGS...]",
 		Short: "Run a command with credentials in its environment",
 		Long: `Fetch credentials, then run CMD with them in its environment. keytrail stays
 the parent: it forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
