@@ -330,3 +330,72 @@ func TestLateDecisionTracedAtDecision(t *testing.T) {
 			res.Issuance.RevokedAt, res.Issuance.RevocationID, r.CreatedAt, made.ID)
 	}
 }
+
+// TestRewrittenDecisionFromOlderVersionGetsDecidedAt: a record stored by
+// a version that did not set details.decided_at holds decision events
+// without it. The worker that writes them again (the maker gone, the
+// grace past) adds the revocation's creation to each revoke and block
+// event: the copy is sealed at the time it is written, and trace and
+// report would otherwise take that as the decision's.
+func TestRewrittenDecisionFromOlderVersionGetsDecidedAt(t *testing.T) {
+	f, sink, _ := newHoldRevFixture(t, nil, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
+	f.issue(t, "payments")
+	awaitTypes(t, sink, audit.TypeIssue)
+	ctx := context.Background()
+	err := within(t, "Revoke()", func() error {
+		_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "leaked", broker.RevokeOptions{Block: true}, "req_late")
+		return err
+	})
+	var made *broker.RevocationMadeError
+	if !errors.As(err, &made) {
+		t.Fatalf("Revoke() = %v, want 503 audit_unavailable naming the revocation made", err)
+	}
+	// The record as an older version stored it: no decided_at.
+	if _, err := f.store.UpdateRevocation(ctx, made.ID, func(r *broker.Revocation) error {
+		for _, ev := range r.Decision {
+			delete(ev.Details, "decided_at")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.store.GetRevocation(ctx, made.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, ev := range r.Decision {
+		kinds[ev.Type] = true
+		if _, ok := ev.Details["decided_at"]; ok {
+			t.Fatalf("stored %s event still has details.decided_at %v, want none (an older version's record)", ev.Type, ev.Details["decided_at"])
+		}
+	}
+	if !kinds[audit.TypeRevoke] || !kinds[audit.TypeBlock] {
+		t.Fatalf("stored decision holds %v, want revoke and block events", kinds)
+	}
+
+	// Another instance, past the grace.
+	log := &brokertest.Sink{}
+	w, err := broker.NewRevocationWorker(restarted(t, f, log), broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(10 * time.Minute)
+	if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
+		t.Fatalf("worker pass = %v", err)
+	}
+	want := r.CreatedAt.UTC().Format(audit.TimeFormat)
+	seen := map[string]bool{}
+	for _, ev := range log.Events() {
+		if ev.Type != audit.TypeRevoke && ev.Type != audit.TypeBlock {
+			continue
+		}
+		seen[ev.Type] = true
+		if ev.Details["decided_at"] != want {
+			t.Errorf("%s event written again: details.decided_at %v, want %s (the revocation's creation)", ev.Type, ev.Details["decided_at"], want)
+		}
+	}
+	if !seen[audit.TypeRevoke] || !seen[audit.TypeBlock] {
+		t.Errorf("events written again %v, want the revoke and block events", log.Types())
+	}
+}

@@ -960,16 +960,21 @@ func testRevocationUpdate(t *testing.T, newStore func(t *testing.T) broker.Store
 		// complete, with or without them.
 		s := newStore(t)
 		r := sampleRevocation("rev_d", Epoch())
+		// As Revoke makes them: each revoke and block event carries
+		// details.decided_at, the revocation's creation.
+		decidedAt := r.CreatedAt.UTC().Format(audit.TimeFormat)
 		r.Decision = []*audit.Event{
 			{Type: audit.TypeRevoke, RequestID: "req_1", RevocationID: "rev_d", Workload: "payments-api",
 				Admin: "secops:alice", Identity: &audit.Identity{Iss: "https://idp", Sub: "alice"}, Reason: "key leaked",
 				Details: map[string]any{
 					"selector": map[string]any{"workload": "payments-api"}, "matched": float64(3), "block": true,
 					"issuance_ids": []any{"iss_1", "iss_2", "iss_3"}, "sweep_at": "2026-01-01T00:00:12Z",
+					"decided_at": decidedAt,
 				},
 				Outcome: &audit.Outcome{Status: 200}},
 			{Type: audit.TypeBlock, RequestID: "req_1", RevocationID: "rev_d", Workload: "payments-api",
-				Admin: "secops:alice", Reason: "key leaked", Outcome: &audit.Outcome{Status: 200}},
+				Admin: "secops:alice", Reason: "key leaked", Details: map[string]any{"decided_at": decidedAt},
+				Outcome: &audit.Outcome{Status: 200}},
 		}
 		if err := s.PutRevocation(ctx(t), r); err != nil {
 			t.Fatalf("PutRevocation(rev_d) = %v, want nil", err)
