@@ -64,9 +64,8 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}
-	if err := s.allowIntrospect(pol, caller); err != nil {
-		s.recordDeny(ctx, ev, err)
-		return nil, err
+	if who, err := s.allowIntrospect(pol, caller); err != nil {
+		return nil, s.refuseLimited(ctx, ev, who, err)
 	}
 	fp := Fingerprint(req.Token)
 	ev.Credential = &audit.Credential{Fingerprint: fp}
@@ -168,25 +167,32 @@ func (l IntrospectLimits) withDefaults() IntrospectLimits {
 // its workload's introspection bucket (its own: introspecting does not use
 // up the workload's exchanges), sized by the larger of the workload's rate
 // and the floor (no rate, no limit); one that matches neither, from its
-// identity's bucket, the floor.
-func (s *Service) allowIntrospect(pol *policies.Policy, caller *Identity) error {
+// identity's bucket, the floor. who, with a 429, is the caller whose
+// bucket refused it, as its 429s are counted (refuseLimited).
+func (s *Service) allowIntrospect(pol *policies.Policy, caller *Identity) (who *limitedCaller, err error) {
 	floor := s.introspectLim
 	if floor.PerSecond < 0 {
-		return nil
+		return nil, nil
 	}
 	if pol.Trusts(caller.IssuerName, caller.Iss) {
 		if _, ok := pol.MatchAdmin(caller.IssuerName, caller.Claims, ""); ok {
-			return nil
+			return nil, nil
 		}
 		if wl, err := pol.Match(caller.IssuerName, caller.Claims); err == nil {
 			if wl.Rate == nil || wl.Rate.PerSecond <= 0 {
-				return nil
+				return nil, nil
 			}
 			rt := policies.Rate{PerSecond: max(wl.Rate.PerSecond, floor.PerSecond), Burst: max(wl.Rate.Burst, int(math.Ceil(wl.Rate.PerSecond)), floor.Burst)}
-			return s.allowFrom(&s.introspectLimiters, wl.Name, &rt)
+			if err := s.allowFrom(&s.introspectLimiters, wl.Name, &rt); err != nil {
+				return &limitedCaller{typ: audit.TypeIntrospect, workload: wl.Name}, err
+			}
+			return nil, nil
 		}
 	}
-	return s.introspectCallers.allow(caller.Iss+"\x00"+caller.Sub, policies.Rate{PerSecond: floor.PerSecond, Burst: floor.Burst}, s.d.Now())
+	if err := s.introspectCallers.allow(caller.Iss+"\x00"+caller.Sub, policies.Rate{PerSecond: floor.PerSecond, Burst: floor.Burst}, s.d.Now()); err != nil {
+		return &limitedCaller{typ: audit.TypeIntrospect, iss: caller.Iss, sub: caller.Sub}, err
+	}
+	return nil, nil
 }
 
 // callerLimiters are the introspection buckets of callers that match no
@@ -241,5 +247,5 @@ func rateLimited(lim *rate.Limiter, now time.Time, perSecond float64) error {
 	if lack := 1 - lim.TokensAt(now); lack > 0 {
 		d = time.Duration(math.Ceil(lack / perSecond * float64(time.Second)))
 	}
-	return &Error{Kind: ErrRateLimited, Reason: "rate_limited", Safe: "rate limit exceeded; slow down", RetryAfter: d}
+	return &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, Safe: "rate limit exceeded; slow down", RetryAfter: d}
 }

@@ -58,7 +58,8 @@ func TestIntrospectLimitSPIFFEWithoutIss(t *testing.T) {
 	s.introspectCallers.max = 10
 	pol := spiffePolicy(t, "    rate: {per_second: 0.5, burst: 2}")
 	lim := func(pol *policies.Policy, id *Identity) bool {
-		return errors.Is(s.allowIntrospect(pol, id), ErrRateLimited)
+		_, err := s.allowIntrospect(pol, id)
+		return errors.Is(err, ErrRateLimited)
 	}
 
 	// Same path in two trust domains: two identities, two buckets.

@@ -32,6 +32,15 @@ import (
 // scope "global"), its source's bucket untouched.
 // Authenticated callers never take from these buckets, and neither do
 // refusals that are the broker's own failures (5xx).
+// The 429s of authenticated callers past their own limit (a workload's
+// rate on an exchange, IntrospectLimits on an introspection) are bounded
+// per caller the same way (refuseLimited): each takes a token from its
+// caller's bucket (PerIdentity, refilled at PerIdentity per SummaryEvery)
+// and is audited as before; with that bucket empty it is answered the same
+// 429 with no event of its own, counted by one summary per caller per
+// SummaryEvery (its event's type and reason those of the 429's own event,
+// details scope "identity", suppressed, first, last). Their callers are
+// tracked apart from the sources, at most MaxSources of them.
 type RefusalLimits struct {
 	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
 	PerSecond float64
@@ -47,11 +56,14 @@ type RefusalLimits struct {
 	GlobalPerSecond float64
 	// GlobalBurst is the global bucket's size (0 = the default).
 	GlobalBurst int
+	// PerIdentity is the number of an authenticated caller's 429s audited
+	// on their own per SummaryEvery (0 = the default, negative: every one).
+	PerIdentity int
 }
 
 // DefaultRefusalLimits are the limits where a field is 0.
 var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10000, SummaryEvery: time.Minute,
-	GlobalPerSecond: 200, GlobalBurst: 1000}
+	GlobalPerSecond: 200, GlobalBurst: 1000, PerIdentity: 20}
 
 // The scopes of a suppressed refusal (the bucket that suppressed it): the
 // details.scope of a summary event and the scope label of
@@ -60,6 +72,9 @@ var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10
 const (
 	RefusalScopeSource = "source"
 	RefusalScopeGlobal = "global"
+	// RefusalScopeIdentity: the 429s of one authenticated caller past its
+	// own limit (summary events only: they are answered as before).
+	RefusalScopeIdentity = "identity"
 )
 
 // SuppressedRefusalError is the cause of a 429 source_rate_limited: the
@@ -88,6 +103,10 @@ func SuppressedScope(err error) string {
 // ReasonSourceRateLimited is the reason of a refusal answered 429 because
 // its source refused too many unauthenticated requests.
 const ReasonSourceRateLimited = "source_rate_limited"
+
+// ReasonRateLimited is the reason of a 429 of an authenticated caller past
+// its own limit, and of the summary of those not audited on their own.
+const ReasonRateLimited = "rate_limited"
 
 // ReasonRefusalsSuppressed is the outcome reason of a summary event.
 const ReasonRefusalsSuppressed = "refusals_suppressed"
@@ -123,6 +142,34 @@ type refusalSource struct {
 	first, last time.Time
 	// global: the guard's global bucket (ip "").
 	global bool
+	// who: the authenticated caller whose 429s key counts (an identity
+	// guard's).
+	who *limitedCaller
+}
+
+// limitedCaller is an authenticated caller whose 429s an identity guard
+// counts, and what its summary event says of it: the type of its 429s'
+// events, and the workload it matched or else its identity.
+type limitedCaller struct {
+	typ             string // audit.TypeDeny or audit.TypeIntrospect
+	workload, owner string
+	iss, sub        string
+}
+
+// name is c's workload, else its iss#sub ("" for several callers').
+func (c *limitedCaller) name() string {
+	if c.workload != "" || c.iss == "" {
+		return c.workload
+	}
+	return c.iss + "#" + c.sub
+}
+
+// key is c's entry in an identity guard.
+func (c *limitedCaller) key() string {
+	if c.workload != "" {
+		return c.typ + "\x00wl\x00" + c.workload
+	}
+	return c.typ + "\x00id\x00" + c.iss + "\x00" + c.sub
 }
 
 // refusalSummary is one source's suppressed refusals, or the global
@@ -136,10 +183,18 @@ type refusalSummary struct {
 	mixed bool
 	// global: the global bucket's (ip "").
 	global bool
+	// key is the guard's entry it came from ("" for the aside); who its
+	// caller for an identity guard's (of several: only the type of their
+	// events, when it was the same).
+	key string
+	who *limitedCaller
 }
 
 // scope is the details.scope of s's event.
 func (s refusalSummary) scope() string {
+	if s.who != nil {
+		return RefusalScopeIdentity
+	}
 	if s.global {
 		return RefusalScopeGlobal
 	}
@@ -152,8 +207,15 @@ func (s *refusalSummary) merge(o refusalSummary) {
 		*s = o
 		return
 	}
-	if o.ip != s.ip || o.mixed {
-		s.ip, s.mixed = "", true
+	if o.ip != s.ip || o.key != s.key || o.mixed {
+		s.ip, s.key, s.mixed = "", "", true
+	}
+	if s.who != nil && o.who != nil && *s.who != *o.who {
+		typ := s.who.typ
+		if o.who.typ != typ {
+			typ = audit.TypeDeny
+		}
+		s.who = &limitedCaller{typ: typ}
 	}
 	s.n += o.n
 	if o.first.Before(s.first) {
@@ -192,6 +254,23 @@ func newRefusalGuard(l RefusalLimits) *refusalGuard {
 	return g
 }
 
+// newIdentityGuard is the guard of authenticated callers' 429s that l
+// sets (nil: PerIdentity negative, every one audited): a bucket of
+// PerIdentity per caller, refilled at PerIdentity per SummaryEvery, no
+// global bucket.
+func newIdentityGuard(l RefusalLimits) *refusalGuard {
+	n := l.PerIdentity
+	if n < 0 {
+		return nil
+	}
+	if n == 0 {
+		n = DefaultRefusalLimits.PerIdentity
+	}
+	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: n, MaxSources: l.MaxSources, SummaryEvery: l.SummaryEvery, GlobalPerSecond: -1})
+	g.limit = rate.Limit(float64(n) / g.every.Seconds())
+	return g
+}
+
 // sourceKey is the bucket of an address: an IPv6 address's /64 (one host
 // commonly holds a whole /64), any other address as it is.
 func sourceKey(ip string) string {
@@ -210,7 +289,12 @@ func sourceKey(ip string) string {
 // token is back. out are summaries to write now (a source dropped to make
 // room, or a source whose summary span ended).
 func (g *refusalGuard) take(ip string, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
-	key := sourceKey(ip)
+	return g.takeKey(sourceKey(ip), ip, nil, now)
+}
+
+// takeKey is take for the entry key, ip its address ("" for an identity
+// guard's) and who its caller (nil for a source).
+func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -221,7 +305,7 @@ func (g *refusalGuard) take(ip string, now time.Time) (by string, retry time.Dur
 		g.order.MoveToFront(el)
 		src = el.Value.(*refusalSource)
 	} else {
-		src = &refusalSource{key: key, bucket: rate.NewLimiter(g.limit, g.burst)}
+		src = &refusalSource{key: key, who: who, bucket: rate.NewLimiter(g.limit, g.burst)}
 		g.m[key] = g.order.PushFront(src)
 		for len(g.m) > g.max {
 			old := g.order.Remove(g.order.Back()).(*refusalSource)
@@ -244,6 +328,8 @@ func (g *refusalGuard) take(ip string, now time.Time) (by string, retry time.Dur
 	by = RefusalScopeSource
 	if src.global {
 		by = RefusalScopeGlobal
+	} else if src.who != nil {
+		by = RefusalScopeIdentity
 	}
 	if src.suppressed > 0 && now.Sub(src.first) >= g.every {
 		s, _ := src.summary()
@@ -266,7 +352,7 @@ func (src *refusalSource) summary() (refusalSummary, bool) {
 	if src.suppressed == 0 {
 		return refusalSummary{}, false
 	}
-	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last, global: src.global}
+	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last, global: src.global, key: src.key, who: src.who}
 	src.suppressed, src.first, src.last = 0, time.Time{}, time.Time{}
 	return s, true
 }
@@ -292,13 +378,16 @@ func (g *refusalGuard) restore(sum refusalSummary) (kept bool) {
 		return true
 	}
 	if !sum.mixed {
-		key := sourceKey(sum.ip)
+		key := sum.key
+		if key == "" {
+			key = sourceKey(sum.ip)
+		}
 		if el, found := g.m[key]; found {
 			el.Value.(*refusalSource).restore(sum)
 			return true
 		}
 		if len(g.m) < g.max {
-			src := &refusalSource{key: key, bucket: rate.NewLimiter(g.limit, g.burst)}
+			src := &refusalSource{key: key, who: sum.who, bucket: rate.NewLimiter(g.limit, g.burst)}
 			src.restore(sum)
 			g.m[key] = g.order.PushBack(src)
 			return true
@@ -364,6 +453,9 @@ func (g *refusalGuard) len() int {
 }
 
 func (s refusalSummary) event() *audit.Event {
+	if s.who != nil {
+		return s.identityEvent()
+	}
 	var src *audit.Source
 	if s.ip != "" {
 		src = &audit.Source{IP: s.ip}
@@ -381,6 +473,57 @@ func (s refusalSummary) event() *audit.Event {
 	}
 }
 
+// identityEvent is the event of an identity guard's summary: the type and
+// outcome of its 429s' own events (429 slow_down rate_limited), naming the
+// workload, or the identity (no jti: it counts any of its tokens), of its
+// caller; none for an aside that counts several.
+func (s refusalSummary) identityEvent() *audit.Event {
+	w := s.who
+	ev := &audit.Event{
+		Type:    w.typ,
+		Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: ReasonRateLimited},
+		Details: map[string]any{
+			"scope":      RefusalScopeIdentity,
+			"suppressed": s.n,
+			"first":      s.first.UTC().Format(audit.TimeFormat),
+			"last":       s.last.UTC().Format(audit.TimeFormat),
+		},
+	}
+	switch {
+	case w.typ != audit.TypeIntrospect:
+		ev.Workload, ev.Owner = w.workload, w.owner
+	case w.workload != "":
+		// An introspect event's workload is the introspected
+		// credential's: the caller's is said in details.
+		ev.Details["caller"] = map[string]string{"workload": w.workload}
+	case w.iss != "":
+		// As an introspect event names its caller, but no jti.
+		ev.Identity = &audit.Identity{Iss: w.iss, Sub: w.sub}
+		ev.Admin = w.iss + "#" + w.sub
+		ev.Details["caller"] = map[string]string{"iss": w.iss, "sub": w.sub}
+	}
+	return ev
+}
+
+// refuseLimited records the 429 err of an authenticated caller past its own
+// limit (ev, its deny or introspect event) unless who's bucket of them
+// (RefusalLimits.PerIdentity) is empty: then it is counted by who's
+// summary instead. It returns err either way: the caller
+// gets the same 429, which hands out nothing, so no event need be durable
+// before it is answered. Any other err is recorded as always.
+func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limitedCaller, err error) error {
+	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
+		s.recordDeny(ctx, ev, err)
+		return err
+	}
+	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
+	s.writeSummaries(ctx, s.limited, out, nil)
+	if by == "" {
+		s.recordDeny(ctx, ev, err)
+	}
+	return err
+}
+
 // refuseAnonymous records the refusal err of a request whose caller has not
 // authenticated (ev, its deny or admin event) and returns the error to
 // answer with: err, or a 429 without an event of its own once src, or all
@@ -391,7 +534,7 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		return err
 	}
 	by, retry, out := s.refusals.take(src.IP, s.d.Now())
-	s.writeSummaries(ctx, out, nil)
+	s.writeSummaries(ctx, s.refusals, out, nil)
 	if by == "" {
 		s.recordDeny(ctx, ev, err)
 		return err
@@ -405,14 +548,17 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 // that one may still), is put back to be written by a later sweep, unless
 // the last flush is done (kept false: the log line is all that is left
 // of it). after (not nil) is called once per summary with its outcome
-// known.
-func (s *Service) writeSummaries(ctx context.Context, out []refusalSummary, after func()) {
+// known. g is the guard they came from.
+func (s *Service) writeSummaries(ctx context.Context, g *refusalGuard, out []refusalSummary, after func()) {
 	for _, sum := range out {
 		s.AuditDeferred(ctx, sum.event(), func(aerr error) {
 			if aerr != nil {
-				kept := !errors.Is(aerr, ErrAuditPending) && s.refusals.restore(sum)
-				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed",
-					slog.String("source", sum.ip), slog.String("scope", sum.scope()), slog.Int("suppressed", sum.n), slog.Bool("kept", kept), slog.String("error", aerr.Error()))
+				kept := !errors.Is(aerr, ErrAuditPending) && g.restore(sum)
+				attrs := []slog.Attr{slog.String("source", sum.ip), slog.String("scope", sum.scope()), slog.Int("suppressed", sum.n), slog.Bool("kept", kept), slog.String("error", aerr.Error())}
+				if sum.who != nil {
+					attrs = append(attrs, slog.String("caller", sum.who.name()))
+				}
+				s.d.Logger.LogAttrs(context.Background(), slog.LevelError, "audit refusal summary failed", attrs...)
 			}
 			if after != nil {
 				after()
@@ -451,16 +597,23 @@ func (s *Service) flushRefusalSummaries(ctx context.Context, all, final bool) {
 	if s.refusals == nil {
 		return
 	}
-	out := s.refusals.sweep(s.d.Now(), all, final)
-	if len(out) == 0 {
+	now := s.d.Now()
+	out := s.refusals.sweep(now, all, final)
+	var outLimited []refusalSummary
+	if s.limited != nil {
+		outLimited = s.limited.sweep(now, all, final)
+	}
+	n := len(out) + len(outLimited)
+	if n == 0 {
 		return
 	}
 	// Buffered: an outcome that comes after the wait ended never blocks.
-	written := make(chan struct{}, len(out))
-	s.writeSummaries(ctx, out, func() { written <- struct{}{} })
+	written := make(chan struct{}, n)
+	s.writeSummaries(ctx, s.refusals, out, func() { written <- struct{}{} })
+	s.writeSummaries(ctx, s.limited, outLimited, func() { written <- struct{}{} })
 	t := time.NewTimer(s.d.AuditTimeout)
 	defer t.Stop()
-	for range out {
+	for range n {
 		select {
 		case <-written:
 		case <-t.C:

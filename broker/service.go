@@ -53,7 +53,8 @@ type Deps struct {
 	// event is still pending looks unaudited to a run after the grace.
 	AuditTimeout time.Duration
 	// RefusalLimits bound the audit events of requests refused before
-	// their caller authenticated, per source address; nil (or a negative
+	// their caller authenticated, per source address, and of authenticated
+	// callers' 429s, per caller (PerIdentity); nil (or a negative
 	// PerSecond) = no limit.
 	RefusalLimits *RefusalLimits
 	// IntrospectLimits bound the introspections of authenticated callers
@@ -91,6 +92,9 @@ type Service struct {
 	grants grantViews
 	// refusals limits unauthenticated refusals per source (nil: off).
 	refusals *refusalGuard
+	// limited bounds the audited 429s of authenticated callers per caller
+	// (refuseLimited; nil: off).
+	limited *refusalGuard
 	// lateDecisions are the revocations whose revoke events Revoke stopped
 	// waiting for (AuditTimeout) and that are not durable yet, or whose
 	// record is not told yet (Revocation.Decision): revocation id ->
@@ -194,6 +198,7 @@ func NewService(d Deps) (*Service, error) {
 	svc.introspectCallers.max = svc.introspectLim.MaxCallers
 	if l := d.RefusalLimits; l != nil && l.PerSecond >= 0 {
 		svc.refusals = newRefusalGuard(*l)
+		svc.limited = newIdentityGuard(*l)
 	}
 	return svc, nil
 }
@@ -340,7 +345,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(err)
 	}
 	if err := s.allow(wl); err != nil {
-		return fail(err)
+		return nil, s.refuseLimited(ctx, denyEvent(), &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}, err)
 	}
 
 	ttl := grant.TTLDuration()

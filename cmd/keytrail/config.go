@@ -130,8 +130,9 @@ type AuthnConfig struct {
 }
 
 // RefusalLimitConfig is broker.RefusalLimits; 0 is the default of each
-// field, per_second -1 turns the limit off, global_per_second -1 only the
-// bucket of all sources.
+// field, per_second -1 turns the limit off (per_identity's too),
+// global_per_second -1 only the bucket of all sources, per_identity -1
+// only the bound on authenticated callers' audited 429s.
 type RefusalLimitConfig struct {
 	PerSecond       float64  `yaml:"per_second"`
 	Burst           int      `yaml:"burst"`
@@ -139,6 +140,7 @@ type RefusalLimitConfig struct {
 	SummaryEvery    duration `yaml:"summary_every"`
 	GlobalPerSecond float64  `yaml:"global_per_second"`
 	GlobalBurst     int      `yaml:"global_burst"`
+	PerIdentity     int      `yaml:"per_identity"`
 }
 
 // limits returns the broker's limits, nil when turned off.
@@ -147,7 +149,7 @@ func (c RefusalLimitConfig) limits() *broker.RefusalLimits {
 		return nil
 	}
 	return &broker.RefusalLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxSources: c.MaxSources, SummaryEvery: time.Duration(c.SummaryEvery),
-		GlobalPerSecond: c.GlobalPerSecond, GlobalBurst: c.GlobalBurst}
+		GlobalPerSecond: c.GlobalPerSecond, GlobalBurst: c.GlobalBurst, PerIdentity: c.PerIdentity}
 }
 
 // IntrospectLimitConfig is broker.IntrospectLimits: 0 is the default of
@@ -685,6 +687,9 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	}
 	if c.RefusalLimit.GlobalBurst < 0 {
 		bad("refusal_limit.global_burst", "must not be negative (0: the default, 1000)")
+	}
+	if c.RefusalLimit.PerIdentity < -1 {
+		bad("refusal_limit.per_identity", "must be -1 (every 429 audited), 0 (the default, 20) or more")
 	}
 	if c.RefusalLimit.MaxSources < 0 {
 		bad("refusal_limit.max_sources", "must not be negative (0: the default, 10000)")

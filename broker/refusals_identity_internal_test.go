@@ -1,0 +1,145 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
+)
+
+// TestIdentityGuard: the 429s of an authenticated caller take from its own
+// bucket of PerIdentity, refilled at PerIdentity per SummaryEvery; past it
+// they are counted by its summary, handed out when a suppressed 429 comes
+// after the span ended, when the caller is dropped to make room
+// (MaxSources), and at the final sweep, after which every 429 is audited
+// on its own. Callers are keyed by workload, else by iss and sub, and per
+// event type.
+func TestIdentityGuard(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	g := newIdentityGuard(RefusalLimits{PerIdentity: 2, MaxSources: 2, SummaryEvery: time.Minute})
+	show := func(out []refusalSummary) string {
+		s := ""
+		for _, o := range out {
+			s += fmt.Sprintf("[%s %s %d %s %s]", o.scope(), o.who.name(), o.n, o.first.Sub(t0), o.last.Sub(t0))
+		}
+		return s
+	}
+	pay := &limitedCaller{typ: audit.TypeDeny, workload: "payments-api", owner: "team-payments"}
+	payIntro := &limitedCaller{typ: audit.TypeIntrospect, workload: "payments-api"}
+	verifier := &limitedCaller{typ: audit.TypeIntrospect, iss: "https://k8s.example", sub: "verifier"}
+	step := func(name string, who *limitedCaller, d time.Duration, wantBy, wantOut string) {
+		t.Helper()
+		by, _, out := g.takeKey(who.key(), "", who, at(d))
+		if by != wantBy || show(out) != wantOut {
+			t.Errorf("%s: take(%s, +%s) = %q, %q; want %q, %q", name, who.name(), d, by, show(out), wantBy, wantOut)
+		}
+	}
+	step("pay/1", pay, 0, "", "")
+	step("pay/2", pay, 0, "", "")
+	for range 998 {
+		step("pay/suppressed", pay, time.Second, RefusalScopeIdentity, "")
+	}
+	// 2 per minute: one token back after 30s.
+	step("pay/refilled", pay, 31*time.Second, "", "")
+	step("pay/empty", pay, 31*time.Second, RefusalScopeIdentity, "")
+	step("pay/refilled-again", pay, 61*time.Second, "", "")
+	step("pay/after-span", pay, 61*time.Second, RefusalScopeIdentity, "[identity payments-api 999 1s 31s]")
+	step("pay-introspect/own-entry", payIntro, 62*time.Second, "", "")
+	step("verifier/evicts-pay", verifier, 63*time.Second, "", "[identity payments-api 1 1m1s 1m1s]")
+	step("verifier/2", verifier, 63*time.Second, "", "")
+	step("verifier/suppressed", verifier, 64*time.Second, RefusalScopeIdentity, "")
+	if got, want := show(g.sweep(at(65*time.Second), true, true)), "[identity https://k8s.example#verifier 1 1m4s 1m4s]"; got != want {
+		t.Errorf("final sweep = %s, want %s", got, want)
+	}
+	step("verifier/after-final", verifier, 64*time.Second, "", "")
+	if g := newIdentityGuard(RefusalLimits{PerIdentity: -1}); g != nil {
+		t.Error("PerIdentity -1 made an identity guard")
+	}
+}
+
+// TestIdentitySummaryRestored: an identity summary whose write failed is
+// put back under its caller (not its empty source address) and written
+// again by the next flush, with the same event.
+func TestIdentitySummaryRestored(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	g := newIdentityGuard(RefusalLimits{PerIdentity: 1, SummaryEvery: time.Minute})
+	who := &limitedCaller{typ: audit.TypeIntrospect, iss: "https://k8s.example", sub: "verifier"}
+	g.takeKey(who.key(), "", who, t0)
+	g.takeKey(who.key(), "", who, t0)
+	out := g.sweep(t0, true, false)
+	if len(out) != 1 || out[0].n != 1 {
+		t.Fatalf("sweep = %+v, want one summary of 1", out)
+	}
+	if !g.restore(out[0]) {
+		t.Fatal("restore of a failed summary: not kept")
+	}
+	if g.len() != 1 {
+		t.Errorf("%d entries after the restore, want the caller's 1", g.len())
+	}
+	again := g.sweep(t0, true, false)
+	if len(again) != 1 {
+		t.Fatalf("sweep after the restore = %+v, want one summary", again)
+	}
+	ev := again[0].event()
+	if got, want := fmt.Sprintf("%s %+v %+v %s %v", ev.Type, ev.Outcome, ev.Identity, ev.Admin, ev.Details),
+		"introspect &{Status:429 Error:slow_down Reason:rate_limited} &{Iss:https://k8s.example Sub:verifier JTI:} https://k8s.example#verifier map[caller:map[iss:https://k8s.example sub:verifier] first:2026-11-29T12:00:00.000000000Z last:2026-11-29T12:00:00.000000000Z scope:identity suppressed:1]"; got != want {
+		t.Errorf("restored summary's event = %s\nwant %s", got, want)
+	}
+}
+
+// TestIdentitySummaryAtShutdown: the pending summary of a caller's 429s is
+// written by the last flush (RunRefusalSummaries when its context ends).
+func TestIdentitySummaryAtShutdown(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	sink := &recordingSink{}
+	svc, err := NewService(Deps{Policy: func() *policies.Policy { return nil }, Authn: func() Authenticator { return nil },
+		Store: nopStore{}, Audit: sink, Now: func() time.Time { return t0 },
+		RefusalLimits: &RefusalLimits{PerIdentity: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	who := &limitedCaller{typ: audit.TypeDeny, workload: "payments-api", owner: "team-payments"}
+	ctx := context.Background()
+	for range 5 {
+		ev := &audit.Event{Type: audit.TypeDeny, Workload: "payments-api"}
+		if err := svc.refuseLimited(ctx, ev, who, &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited}); AsError(err).Reason != ReasonRateLimited {
+			t.Fatalf("refuseLimited = %v, want the 429 itself", err)
+		}
+	}
+	if n := len(sink.Events()); n != 1 {
+		t.Fatalf("%d events before shutdown, want the first 429's", n)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := svc.RunRefusalSummaries(cctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	evs := sink.Events()
+	if len(evs) != 2 || evs[1].Details["scope"] != RefusalScopeIdentity || evs[1].Details["suppressed"] != 4 || evs[1].Workload != "payments-api" {
+		t.Fatalf("events after shutdown = %d, last %+v; want the 429's and one summary of 4 naming payments-api", len(evs), evs[len(evs)-1])
+	}
+}
+
+// recordingSink records the events appended to it.
+type recordingSink struct {
+	mu     sync.Mutex
+	events []*audit.Event
+}
+
+func (r *recordingSink) Append(ctx context.Context, ev *audit.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, ev)
+	return nil
+}
+
+func (r *recordingSink) Events() []*audit.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*audit.Event(nil), r.events...)
+}
