@@ -516,13 +516,15 @@ func (b *reportBuilder) event(ev *audit.Event) {
 }
 
 // denyCount is the number of refusals a deny event records: one, or
-// details.suppressed for a refusal summary (broker.ReasonRefusalsSuppressed:
-// it stands for that many 429s not audited on their own). A summary
+// details.suppressed for a refusal summary (broker.ReasonRefusalsSuppressed,
+// or an authenticated caller's 429 summary: reason rate_limited with
+// details.scope broker.RefusalScopeIdentity; either stands for that many
+// 429s not audited on their own). A summary
 // without a usable count (not a whole number from 1 to maxSuppressed,
 // whatever type it was decoded as) is one, so that no count read from a
 // log can make the report's sums wrap around.
 func denyCount(ev *audit.Event, reason string) int {
-	if reason != broker.ReasonRefusalsSuppressed {
+	if reason != broker.ReasonRefusalsSuppressed && ev.Details["scope"] != broker.RefusalScopeIdentity {
 		return 1
 	}
 	var n int64

@@ -33,12 +33,17 @@ func TestReportCountsSuppressedRefusals(t *testing.T) {
 		line(4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"suppressed":"junk"}}`),
 		{Type: audit.TypeDeny, Seq: 5, Chain: "chn_a", Time: at(5 * time.Second).Format(time.RFC3339Nano),
 			Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: broker.ReasonRefusalsSuppressed}, Details: map[string]any{"suppressed": 4}},
+		// An authenticated caller's 429s past its per_identity allowance:
+		// one summary of reason rate_limited standing for 980 of them,
+		// next to one 429 audited on its own.
+		line(6, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
+		line(7, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
 	}
 	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []trace.ReasonCount{{Reason: broker.ReasonRefusalsSuppressed, Count: 35 + 1200 + 1 + 4}, {Reason: "bad_signature", Count: 1}}
+	want := []trace.ReasonCount{{Reason: broker.ReasonRefusalsSuppressed, Count: 35 + 1200 + 1 + 4}, {Reason: "rate_limited", Count: 980 + 1}, {Reason: "bad_signature", Count: 1}}
 	if diff := cmp.Diff(want, rep.Denies); diff != "" {
 		t.Errorf("report denies (-want +got):\n%s", diff)
 	}
