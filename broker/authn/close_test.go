@@ -69,12 +69,20 @@ func closeTestIssuer(url string) policies.Issuer {
 	}
 }
 
-// TestPreviousSharesFetchClient: a verifier that replaces another
-// (Options.Previous) with the issuer's fetch settings unchanged fetches
-// over the previous one's client, so over its keep-alive connection: a
-// reload opens no new connection to the issuer (and leaves none idle
-// behind).
-func TestPreviousSharesFetchClient(t *testing.T) {
+// reloadPair is an issuer behind a counted server, a verifier v1 that has
+// fetched its keys once (for tok), and v2 replacing it (Options.Previous).
+type reloadPair struct {
+	ctx    context.Context
+	iss    *authntest.Issuer
+	cc     *connCounter
+	clock  *fakeClock
+	opts   authn.Options
+	v1, v2 *authn.Verifier
+	tok    string
+}
+
+func newReloadPair(t *testing.T) *reloadPair {
+	t.Helper()
 	ctx := context.Background()
 	iss, err := authntest.NewIssuer("ES256")
 	if err != nil {
@@ -97,12 +105,31 @@ func TestPreviousSharesFetchClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A new kid past RefreshInterval: v2 fetches.
-	clock.Advance(authn.DefaultRefreshInterval + time.Second)
-	if _, err := iss.Rotate("ES256", true); err != nil {
+	return &reloadPair{ctx: ctx, iss: iss, cc: cc, clock: clock, opts: opts, v1: v1, v2: v2, tok: tok}
+}
+
+// rotate moves past RefreshInterval and gives the issuer a new kid, so the
+// next Authenticate fetches; it returns a token signed with the new kid.
+func (r *reloadPair) rotate(t *testing.T) string {
+	t.Helper()
+	r.clock.Advance(authn.DefaultRefreshInterval + time.Second)
+	if _, err := r.iss.Rotate("ES256", true); err != nil {
 		t.Fatal(err)
 	}
-	tok2, _ := iss.Token(testSub, "keytrail", clock.Now(), 10*time.Minute)
+	tok2, _ := r.iss.Token(testSub, "keytrail", r.clock.Now(), 10*time.Minute)
+	return tok2
+}
+
+// TestPreviousSharesFetchClient: a verifier that replaces another
+// (Options.Previous) with the issuer's fetch settings unchanged fetches
+// over the previous one's client, so over its keep-alive connection: a
+// reload opens no new connection to the issuer (and leaves none idle
+// behind).
+func TestPreviousSharesFetchClient(t *testing.T) {
+	r := newReloadPair(t)
+	ctx, iss, cc, v2 := r.ctx, r.iss, r.cc, r.v2
+	// A new kid past RefreshInterval: v2 fetches.
+	tok2 := r.rotate(t)
 	if _, err := v2.Authenticate(ctx, tok2); err != nil {
 		t.Fatalf("v2.Authenticate(new kid) = %v", err)
 	}
@@ -118,35 +145,11 @@ func TestPreviousSharesFetchClient(t *testing.T) {
 // leaves the connection its successor shares open, and closing the last
 // verifier using a client closes its idle connection.
 func TestCloseClosesIdleConnectionOnceUnshared(t *testing.T) {
-	ctx := context.Background()
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, cc := newCountedServer(t, iss.Handler())
-	iss.URL = srv.URL
-	clock := &fakeClock{now: t0}
-	opts := authn.Options{Issuers: []policies.Issuer{closeTestIssuer(srv.URL)}, Now: clock.Now}
-	v1, err := authn.New(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _ := iss.Token(testSub, "keytrail", t0, 10*time.Minute)
-	if _, err := v1.Authenticate(ctx, tok); err != nil {
-		t.Fatalf("v1.Authenticate() = %v", err)
-	}
-	opts.Previous = v1
-	v2, err := authn.New(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newReloadPair(t)
+	ctx, cc, opts, v1, v2 := r.ctx, r.cc, r.opts, r.v1, r.v2
 	v1.Close()
 	v1.Close() // idempotent
-	clock.Advance(authn.DefaultRefreshInterval + time.Second)
-	if _, err := iss.Rotate("ES256", true); err != nil {
-		t.Fatal(err)
-	}
-	tok2, _ := iss.Token(testSub, "keytrail", clock.Now(), 10*time.Minute)
+	tok2 := r.rotate(t)
 	if _, err := v2.Authenticate(ctx, tok2); err != nil {
 		t.Fatalf("v2.Authenticate(new kid) = %v", err)
 	}
@@ -273,35 +276,11 @@ func (s *syncBuffer) String() string {
 // the client its successor shares, whose connection stays open until the
 // successor is retired too.
 func TestRetiredVerifierStillFetches(t *testing.T) {
-	ctx := context.Background()
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, cc := newCountedServer(t, iss.Handler())
-	iss.URL = srv.URL
-	clock := &fakeClock{now: t0}
-	opts := authn.Options{Issuers: []policies.Issuer{closeTestIssuer(srv.URL)}, Now: clock.Now}
-	v1, err := authn.New(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _ := iss.Token(testSub, "keytrail", t0, 10*time.Minute)
-	if _, err := v1.Authenticate(ctx, tok); err != nil {
-		t.Fatalf("v1.Authenticate() = %v", err)
-	}
-	opts.Previous = v1
-	v2, err := authn.New(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newReloadPair(t)
+	ctx, iss, cc, v1, v2, tok := r.ctx, r.iss, r.cc, r.v1, r.v2, r.tok
 	v1.Retire()
 	v1.Retire() // no-op
-	clock.Advance(authn.DefaultRefreshInterval + time.Second)
-	if _, err := iss.Rotate("ES256", true); err != nil {
-		t.Fatal(err)
-	}
-	tok2, _ := iss.Token(testSub, "keytrail", clock.Now(), 10*time.Minute)
+	tok2 := r.rotate(t)
 	if _, err := v1.Authenticate(ctx, tok2); err != nil {
 		t.Fatalf("retired v1.Authenticate(new kid) = %v, want the identity", err)
 	}
