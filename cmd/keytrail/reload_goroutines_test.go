@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 )
@@ -62,27 +58,7 @@ func testReloadGoroutines(t *testing.T, changeURL bool) {
 		}
 	}
 	writePol(0)
-	m, err := newOpsMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink, err := auditfile.Open(auditfile.Options{Path: filepath.Join(dir, "audit.jsonl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	rt := &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
-	pol, err := loadServedPolicy(polFile, rt.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := rt.newVerifier(ctx, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rt.initPolicy(pol, v); err != nil {
-		t.Fatal(err)
-	}
+	rt, m, _ := newPolicyRuntime(t, ctx, dir, polFile)
 	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -152,27 +128,7 @@ func TestCloseVerifiersClosesIssuerConnection(t *testing.T) {
 		}
 	}
 	writePol(0)
-	m, err := newOpsMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink, err := auditfile.Open(auditfile.Options{Path: filepath.Join(dir, "audit.jsonl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	rt := &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
-	pol, err := loadServedPolicy(polFile, rt.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := rt.newVerifier(ctx, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rt.initPolicy(pol, v); err != nil {
-		t.Fatal(err)
-	}
+	rt, _, _ := newPolicyRuntime(t, ctx, dir, polFile)
 	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)

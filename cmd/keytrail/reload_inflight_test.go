@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 )
 
@@ -85,27 +81,7 @@ func newReloadRaceRig(t *testing.T) *reloadRaceRig {
 		}
 	}
 	g.writePol(0)
-	m, err := newOpsMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink, err := auditfile.Open(auditfile.Options{Path: filepath.Join(dir, "audit.jsonl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sink.Close() })
-	g.rt = &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
-	pol, err := loadServedPolicy(polFile, g.rt.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := g.rt.newVerifier(ctx, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.rt.initPolicy(pol, v); err != nil {
-		t.Fatal(err)
-	}
+	g.rt, _, _ = newPolicyRuntime(t, ctx, dir, polFile)
 	t.Cleanup(func() { g.rt.closeVerifiers() })
 	return g
 }

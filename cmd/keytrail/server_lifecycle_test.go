@@ -48,27 +48,13 @@ func TestBadListenerFailsBeforeVault(t *testing.T) {
 	}{
 		{"fail/listen-taken", func(c *Config, _ string) { c.Listen = taken.Addr().String() }, "listen"},
 		{"fail/pprof-taken", func(c *Config, _ string) { c.PprofListen = taken.Addr().String() }, "pprof_listen"},
-		{"fail/bad-key-pair", func(c *Config, dir string) {
-			cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-			for _, f := range []string{cert, key} {
-				if err := os.WriteFile(f, []byte("not PEM\n"), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			c.TLS = &TLSConfig{CertFile: cert, KeyFile: key}
-		}, "tls"},
+		{"fail/bad-key-pair", badKeyPair(t), "tls"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vaultCalls.Store(0)
 			dir := t.TempDir()
-			pol := filepath.Join(dir, "policy.yaml")
-			if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			auditPath := filepath.Join(dir, "audit.jsonl")
-			cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
-				Vault: VaultConfig{Address: vault.URL}, Audit: AuditConfig{File: auditPath},
-				Log: LogConfig{Level: "info", Format: "text"}}
+			cfg := serverTestConfig(t, dir, "127.0.0.1:0", vault.URL)
+			auditPath := cfg.Audit.File
 			tc.mod(cfg, dir)
 			cfg.applyDefaults()
 			var logs brokertest.SyncBuffer
@@ -228,13 +214,7 @@ func TestServeFailureShutsTheServerDown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
-		Vault: VaultConfig{Address: gate.URL}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-		Log: LogConfig{Level: "info", Format: "text"}}
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", gate.URL)
 	cfg.applyDefaults()
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,34 @@ import (
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
+// serverTestConfig writes serverTestPolicy into dir and returns the Config
+// of a broker serving it on listen, with Vault at vaultAddr, its audit log
+// in dir and info text logs; the defaults are not applied yet.
+func serverTestConfig(t *testing.T, dir, listen, vaultAddr string) *Config {
+	t.Helper()
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &Config{Listen: listen, PublicURL: "http://127.0.0.1:7700", Policy: pol,
+		Vault: VaultConfig{Address: vaultAddr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
+		Log: LogConfig{Level: "info", Format: "text"}}
+}
+
+// badKeyPair is a Config change whose serving key pair (written into dir)
+// is not PEM.
+func badKeyPair(t *testing.T) func(c *Config, dir string) {
+	return func(c *Config, dir string) {
+		cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+		for _, f := range []string{cert, key} {
+			if err := os.WriteFile(f, []byte("not PEM\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.TLS = &TLSConfig{CertFile: cert, KeyFile: key}
+	}
+}
+
 // TestFailedStartupReleasesTheListener: the listen address is bound before
 // the start-up, so every start-up that fails after it (a bad serving key
 // pair, a taken pprof_listen, a failure in the wiring after the Vault
@@ -39,15 +67,7 @@ func TestFailedStartupReleasesTheListener(t *testing.T) {
 		mod  func(c *Config, dir string)
 		want string
 	}{
-		{"bad-key-pair", func(c *Config, dir string) {
-			cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-			for _, f := range []string{cert, key} {
-				if err := os.WriteFile(f, []byte("not PEM\n"), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			c.TLS = &TLSConfig{CertFile: cert, KeyFile: key}
-		}, "tls"},
+		{"bad-key-pair", badKeyPair(t), "tls"},
 		{"pprof-taken", func(c *Config, _ string) { c.PprofListen = pprofTaken.Addr().String() }, "pprof_listen"},
 		{"wiring-fails", func(c *Config, dir string) {
 			blocker := filepath.Join(dir, "not-a-dir")
@@ -60,17 +80,8 @@ func TestFailedStartupReleasesTheListener(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			listen := closedLoopbackAddrs(t, 1)[0]
 			dir := t.TempDir()
-			pol := filepath.Join(dir, "policy.yaml")
-			if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-				t.Fatal(err)
-			}
 			var logs brokertest.SyncBuffer
-			newCfg := func() *Config {
-				c := &Config{Listen: listen, PublicURL: "http://127.0.0.1:7700", Policy: pol,
-					Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-					Log: LogConfig{Level: "info", Format: "text"}}
-				return c
-			}
+			newCfg := func() *Config { return serverTestConfig(t, dir, listen, vp.Addr) }
 			e := &env{ctx: context.Background(), stdout: io.Discard, stderr: &logs, getenv: func(k string) string {
 				return map[string]string{"VAULT_TOKEN": vp.RootToken, envReconcile: "off"}[k]
 			}}
@@ -123,13 +134,7 @@ func TestStartupConnectionIsAnsweredOnceServing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
-	pol := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &Config{Listen: "127.0.0.1:0", PublicURL: "http://127.0.0.1:7700", Policy: pol,
-		Vault: VaultConfig{Address: vp.Addr}, Audit: AuditConfig{File: filepath.Join(dir, "audit.jsonl")},
-		Log: LogConfig{Level: "info", Format: "text"}}
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
 	cfg.applyDefaults()
 	var logs brokertest.SyncBuffer
 	conns := make(chan net.Conn, 1)

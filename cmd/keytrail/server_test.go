@@ -256,27 +256,7 @@ func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
 	}
 	writePol("payments-vault")
 
-	m, err := newOpsMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink, err := auditfile.Open(auditfile.Options{Path: filepath.Join(dir, "audit.jsonl")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	rt := &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
-	pol, err := loadServedPolicy(polFile, rt.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := rt.newVerifier(ctx, pol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rt.initPolicy(pol, v); err != nil {
-		t.Fatal(err)
-	}
+	rt, _, pol := newPolicyRuntime(t, ctx, dir, polFile)
 
 	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 	if err != nil {
@@ -298,6 +278,36 @@ func TestPolicyReloadKeepsLastGoodJWKS(t *testing.T) {
 	if _, err := rt.state.Load().authn.Authenticate(ctx, tok); err != nil {
 		t.Fatalf("during the outage, after a reload that left the issuer unchanged: %v; the last good keys must be kept", err)
 	}
+}
+
+// newPolicyRuntime builds the brokerRuntime serving the policy at polFile
+// as runServer does before it serves: metrics, an audit file sink in dir
+// (closed at cleanup) and the policy's verifier in force. It returns the
+// runtime, its metrics and the policy loaded.
+func newPolicyRuntime(t *testing.T, ctx context.Context, dir, polFile string) (*brokerRuntime, *opsMetrics, *policies.Policy) {
+	t.Helper()
+	m, err := newOpsMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := auditfile.Open(auditfile.Options{Path: filepath.Join(dir, "audit.jsonl")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	rt := &brokerRuntime{cfg: &Config{Policy: polFile}, log: slog.New(slog.DiscardHandler), metrics: m, sink: sink}
+	pol, err := loadServedPolicy(polFile, rt.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := rt.newVerifier(ctx, pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.initPolicy(pol, v); err != nil {
+		t.Fatal(err)
+	}
+	return rt, m, pol
 }
 
 const reloadKeysPolicy = reloadPolicyHead + `grants:
