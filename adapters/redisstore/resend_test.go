@@ -225,26 +225,20 @@ func TestDeleteBlockResent(t *testing.T) {
 	}
 }
 
-// TestPutRevocationResentAfterUpdate: a PutRevocation whose script ran and
-// whose reply was lost is sent again by go-redis; an UpdateRevocation made
-// in between (an unblock's time, as Service.Unblock's noteUnblock writes
-// it, which the sweep needs) stays (the resent put used to overwrite the
-// record with the creation copy).
-func TestPutRevocationResentAfterUpdate(t *testing.T) {
+// putRevocationResent puts rev (keys under prefix) through a proxy that
+// loses the reply of its first script call, so that go-redis sends the put
+// again; update is made to the stored record, through a store of its own,
+// between the script and its resend. It returns that direct store.
+func putRevocationResent(t *testing.T, prefix string, rev *broker.Revocation, update func(r *broker.Revocation)) *redisstore.Store {
+	t.Helper()
 	r := harness.StartRedis(t)
-	direct := newStore(t, r, redisstore.Options{Prefix: "{resend}:"})
+	direct := newStore(t, r, redisstore.Options{Prefix: prefix})
 	p := startDropProxy(t, r.Addr())
-	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend}:"})
-
-	at := storetest.Epoch().Add(time.Minute).UTC()
-	rev := &broker.Revocation{
-		ID: "rev_resent", Selector: broker.RevokeSelector{Workload: "w1"}, Block: true,
-		CreatedAt: storetest.Epoch(), SweepAt: storetest.Epoch().Add(time.Hour), Blocks: []string{"w1"},
-	}
+	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: prefix})
 	updated := make(chan error, 1)
 	p.arm(func() {
 		_, err := direct.UpdateRevocation(context.Background(), rev.ID, func(r *broker.Revocation) error {
-			r.Unblocked = map[string]time.Time{"w1": at}
+			update(r)
 			return nil
 		})
 		updated <- err
@@ -259,6 +253,23 @@ func TestPutRevocationResentAfterUpdate(t *testing.T) {
 	if n := p.scriptCalls() - before; n < 2 {
 		t.Fatalf("PutRevocation() made %d script calls, want the one whose reply was lost and its resend", n)
 	}
+	return direct
+}
+
+// TestPutRevocationResentAfterUpdate: a PutRevocation whose script ran and
+// whose reply was lost is sent again by go-redis; an UpdateRevocation made
+// in between (an unblock's time, as Service.Unblock's noteUnblock writes
+// it, which the sweep needs) stays (the resent put used to overwrite the
+// record with the creation copy).
+func TestPutRevocationResentAfterUpdate(t *testing.T) {
+	at := storetest.Epoch().Add(time.Minute).UTC()
+	rev := &broker.Revocation{
+		ID: "rev_resent", Selector: broker.RevokeSelector{Workload: "w1"}, Block: true,
+		CreatedAt: storetest.Epoch(), SweepAt: storetest.Epoch().Add(time.Hour), Blocks: []string{"w1"},
+	}
+	direct := putRevocationResent(t, "{resend}:", rev, func(r *broker.Revocation) {
+		r.Unblocked = map[string]time.Time{"w1": at}
+	})
 	got, err := direct.GetRevocation(t.Context(), rev.ID)
 	if err != nil || !got.Unblocked["w1"].Equal(at) {
 		t.Errorf("GetRevocation() after the resent put = %+v, %v; want the unblock time %v written in between", got, err, at)
@@ -280,35 +291,15 @@ func TestPutRevocationResentAfterUpdate(t *testing.T) {
 // the decision into its log a second time, and keep the record
 // incomplete.
 func TestPutRevocationResentAfterDecisionCleared(t *testing.T) {
-	r := harness.StartRedis(t)
-	direct := newStore(t, r, redisstore.Options{Prefix: "{resend-decision}:"})
-	p := startDropProxy(t, r.Addr())
-	proxied := newStore(t, r, redisstore.Options{URL: "redis://" + p.ln.Addr().String() + "/0", Prefix: "{resend-decision}:"})
-
 	done := storetest.Epoch().Add(time.Minute).UTC()
 	rev := &broker.Revocation{
 		ID: "rev_resent", Selector: broker.RevokeSelector{IssuanceID: "iss_1"}, CreatedAt: storetest.Epoch(),
 		Revoked: []string{"iss_1"}, Pending: []string{}, Failed: []broker.RevokeFailure{},
 		Decision: []*audit.Event{{Type: audit.TypeRevoke, RevocationID: "rev_resent", Reason: "leaked", Details: map[string]any{"issuance_ids": []any{"iss_1"}}}},
 	}
-	updated := make(chan error, 1)
-	p.arm(func() {
-		_, err := direct.UpdateRevocation(context.Background(), rev.ID, func(r *broker.Revocation) error {
-			r.Decision, r.CompletedAt = nil, done
-			return nil
-		})
-		updated <- err
+	direct := putRevocationResent(t, "{resend-decision}:", rev, func(r *broker.Revocation) {
+		r.Decision, r.CompletedAt = nil, done
 	})
-	before := p.scriptCalls()
-	if err := proxied.PutRevocation(t.Context(), rev); err != nil {
-		t.Fatalf("PutRevocation() through the dropping proxy = %v, want nil (sent again)", err)
-	}
-	if err := ran(t, updated); err != nil {
-		t.Fatalf("UpdateRevocation() between = %v", err)
-	}
-	if n := p.scriptCalls() - before; n < 2 {
-		t.Fatalf("PutRevocation() made %d script calls, want the one whose reply was lost and its resend", n)
-	}
 	got, err := direct.GetRevocation(t.Context(), rev.ID)
 	if err != nil || got.Decision != nil || !got.CompletedAt.Equal(done) {
 		t.Errorf("GetRevocation() after the resent put = %+v, %v; want the decision cleared, complete at %v", got, err, done)
