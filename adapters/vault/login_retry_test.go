@@ -77,6 +77,29 @@ func (f *scriptedLoginVault) otherRequests() []string {
 	return append([]string(nil), f.others...)
 }
 
+// waitRecorder is a LoginOptions.After that fires at once and records
+// the waits asked of it.
+type waitRecorder struct {
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (w *waitRecorder) after(d time.Duration) <-chan time.Time {
+	w.mu.Lock()
+	w.waits = append(w.waits, d)
+	w.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	ch <- time.Time{}
+	return ch
+}
+
+// got returns the waits asked so far.
+func (w *waitRecorder) got() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Duration(nil), w.waits...)
+}
+
 // TestLoginRunHonoursRetryAfter: a re-login that Vault's rate limit quota
 // refuses with 429 and Retry-After is retried no sooner than Vault asks
 // (bounded to 1-60 s, as mints pass it on), not after the backoff's
@@ -98,21 +121,12 @@ func TestLoginRunHonoursRetryAfter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var waits []time.Duration
-	after := func(d time.Duration) <-chan time.Time {
-		mu.Lock()
-		waits = append(waits, d)
-		mu.Unlock()
-		ch := make(chan time.Time, 1)
-		ch <- time.Time{}
-		return ch
-	}
+	var waits waitRecorder
 	var logs loginLogBuffer
 	l, err := vault.NewLogin(vault.LoginOptions{
 		Client: c, Method: vault.LoginKubernetes, Role: "keytrail", JWTFile: jwtFile,
 		RetryMin: 100 * time.Millisecond, RetryMax: 400 * time.Millisecond,
-		After: after, Logger: newLoginLogger(&logs),
+		After: waits.after, Logger: newLoginLogger(&logs),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -129,9 +143,7 @@ func TestLoginRunHonoursRetryAfter(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("Run() after cancel = %v, want nil", err)
 	}
-	mu.Lock()
-	got := append([]time.Duration(nil), waits...)
-	mu.Unlock()
+	got := waits.got()
 	// 7 s as Vault asks; 3600 s capped at 60 s; no Retry-After: the
 	// backoff's 400 ms; 0 s: at least 1 s, more than the backoff's 400 ms.
 	want := []time.Duration{7 * time.Second, time.Minute, 400 * time.Millisecond, time.Second}

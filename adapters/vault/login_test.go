@@ -385,21 +385,12 @@ func TestLoginKubernetesRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var waits []time.Duration
-	after := func(d time.Duration) <-chan time.Time {
-		mu.Lock()
-		waits = append(waits, d)
-		mu.Unlock()
-		ch := make(chan time.Time, 1)
-		ch <- time.Time{}
-		return ch
-	}
+	var waits waitRecorder
 	var logs loginLogBuffer
 	l, err := vault.NewLogin(vault.LoginOptions{
 		Client: c, Method: "kubernetes", Role: "keytrail", JWTFile: jwtFile,
 		RetryMin: 100 * time.Millisecond, RetryMax: 250 * time.Millisecond,
-		After: after, Logger: newLoginLogger(&logs),
+		After: waits.after, Logger: newLoginLogger(&logs),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -431,9 +422,7 @@ func TestLoginKubernetesRun(t *testing.T) {
 	if diff := cmp.Diff(vault.LoginStatus{Method: "kubernetes", Logins: 2, Failures: 2, TokenType: "service"}, st); diff != "" {
 		t.Errorf("Status() (-want +got):\n%s", diff)
 	}
-	mu.Lock()
-	gotWaits := append([]time.Duration(nil), waits...)
-	mu.Unlock()
+	gotWaits := waits.got()
 	if diff := cmp.Diff([]time.Duration{100 * time.Millisecond, 200 * time.Millisecond}, gotWaits); diff != "" {
 		t.Errorf("backoff waits (-want +got):\n%s", diff)
 	}
