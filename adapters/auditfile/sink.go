@@ -489,6 +489,18 @@ func (s *Sink) load() error {
 		}
 		seq, _ := c.Head()
 		s.log.Info("audit: chain resumed", "chain", c.ID(), "seq", seq)
+		if sinceCP > 0 {
+			// The next checkpoint signs these lines as this sink's, and
+			// nothing in the files can then tell them from lines it
+			// wrote: say so where the file's writers cannot undo it.
+			first := uint64(1) // seqs that do not count up (an edited file) start it
+			if uint64(sinceCP) <= seq {
+				first = seq - uint64(sinceCP) + 1
+			}
+			s.log.Warn("audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)",
+				"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
+				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq)
+		}
 	} else {
 		id := s.o.ChainID
 		if id == "" {

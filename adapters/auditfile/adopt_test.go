@@ -1,0 +1,151 @@
+package auditfile
+
+import (
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+)
+
+// TestResumeWarnsOfUnsignedTail: lines after a file's last checkpoint when
+// the sink opens it were written before an unclean stop, or added by
+// whoever could write the file while the broker was stopped; either way no
+// checkpoint covers them, and the next one the sink makes signs them as if
+// it had written them. Nothing in the file can tell them apart, so Open
+// says so in the broker's log (kept apart from the file), naming the seqs.
+func TestResumeWarnsOfUnsignedTail(t *testing.T) {
+	signer, keys := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	appendN(t, s, 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path) // 3 events and the final checkpoint, seq 4
+
+	// A clean reopen: nothing to warn of.
+	var logs brokertest.SyncBuffer
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "no checkpoint covers") {
+		t.Errorf("Open() of a file ending with a checkpoint logged %q", logs.String())
+	}
+
+	// While the broker is stopped, a line is added, linked to the last.
+	lines = readLines(t, path)
+	last, err := audit.ParseLine(lines[len(lines)-1])
+	if err != nil || last.Type != audit.TypeCheckpoint {
+		t.Fatalf("last line = %v, %v; want a checkpoint", last, err)
+	}
+	forged, err := json.Marshal(&audit.Event{V: audit.Version, Seq: last.Seq + 1, Time: last.Time, Chain: last.Chain,
+		Prev: audit.HashLine(lines[len(lines)-1]), Type: audit.TypeAdmin, Admin: "someone/else"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(forged, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+
+	logs = brokertest.SyncBuffer{}
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The sink's checkpoint now covers the added line: the files alone
+	// verify.
+	if _, err := verify(t, keys, true, path); err != nil {
+		t.Fatalf("Verify() = %v", err)
+	}
+	got := logs.String()
+	for _, want := range []string{"level=WARN", "no checkpoint covers", "unsigned_lines=1", "last_checkpoint_seq=" + strconv.FormatUint(last.Seq, 10), "first_unsigned_seq=" + strconv.FormatUint(last.Seq+1, 10), "last_unsigned_seq=" + strconv.FormatUint(last.Seq+1, 10)} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Open() after a line was added past the last checkpoint logged %q, want it to contain %q", got, want)
+		}
+	}
+}
+
+// TestResumeWarnsOfUnsignedTailWithoutCheckpoint: a chain with no
+// checkpoint at all (a crash in its first minute) is warned of too, with
+// last_checkpoint_seq 0.
+func TestResumeWarnsOfUnsignedTailWithoutCheckpoint(t *testing.T) {
+	signer, _ := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	c := audit.NewChain("chn_crashed")
+	var file []byte
+	for range 2 {
+		l, err := c.Seal(&audit.Event{Type: audit.TypeUse}, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, l...), '\n')
+	}
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := logs.String()
+	for _, want := range []string{"level=WARN", "unsigned_lines=2", "first_unsigned_seq=1", "last_unsigned_seq=2", "last_checkpoint_seq=0"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Open() of a crashed chain without checkpoint logged %q, want it to contain %q", got, want)
+		}
+	}
+}
+
+// TestResumeWarnsOfUnsignedTailOfEditedSeqs: lines added with seqs that
+// do not count up to the last one do not make first_unsigned_seq wrap
+// around.
+func TestResumeWarnsOfUnsignedTailOfEditedSeqs(t *testing.T) {
+	signer, _ := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	c := audit.NewChain("chn_edited")
+	var file []byte
+	for range 3 {
+		l, err := c.Seal(&audit.Event{Type: audit.TypeUse}, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, l...), '\n')
+	}
+	// Both added lines claim seq 1.
+	for range 2 {
+		l, err := audit.NewChain("chn_edited").Seal(&audit.Event{Type: audit.TypeUse}, clk.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, l...), '\n')
+	}
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs brokertest.SyncBuffer
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := logs.String()
+	for _, want := range []string{"level=WARN", "unsigned_lines=5", "first_unsigned_seq=1 ", "last_unsigned_seq=1 "} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Open() logged %q, want it to contain %q", got, want)
+		}
+	}
+}
