@@ -57,7 +57,8 @@ whoever can write the files can rewrite them whole, hash chain included,
 and they pass every other check. A broker signs a checkpoint at least every
 1,000 events or 60 s and when it stops, so use --require-checkpoint on files
 a broker has stopped writing. A checkpoint by a key none of those given has
-gets a hint: save the JWKS (or public key) while the broker serves it.
+gets a hint (on stderr with --json): save the JWKS (or public key) while
+the broker serves it.
 Lines removed from the end up to a checkpoint, or the newest files removed
 whole, leave no trace in the files: compare each chain's last seq and time,
 printed for it, with a copy kept elsewhere, or give the seq the chain was
@@ -157,6 +158,11 @@ short of them.`,
 				_ = enc.Encode(rep)
 				for _, w := range unsignedWarnings(rep) {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", w)
+				}
+				// The problems name the unknown key only: where to find
+				// it (a rotated-out or changed key) is said here.
+				if hint := unknownKeyHint(rep, opts); hint != "" {
+					fmt.Fprintf(e.stderr, "keytrail: hint: %s\n", hint)
 				}
 			} else {
 				printVerifyReport(e, rep, readErr, opts)

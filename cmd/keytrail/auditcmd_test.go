@@ -654,4 +654,9 @@ func TestAuditVerifyWarnsOfAnUnsignedChain(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, "hint: no key given has checkpoint key(s) "+signer.KeyID()+": a key the broker no longer serves") {
 		t.Errorf("audit verify (another key) = %v, want exit 1 and a hint naming %s\n%s", err, signer.KeyID(), out)
 	}
+	// With --json the hint goes to stderr, as the warnings do.
+	out, stderr, err = runCLI(t, nil, "audit", "verify", "--exact", "--json", "--key", pubFile, signed)
+	if !errors.As(err, &ee) || ee.code != 1 || !json.Valid([]byte(out)) || !strings.Contains(stderr, "keytrail: hint: no key given has checkpoint key(s) "+signer.KeyID()+": a key the broker no longer serves") {
+		t.Errorf("audit verify --json (another key) = %v, want exit 1, JSON on stdout and the hint naming %s on stderr\nstdout:\n%s\nstderr:\n%s", err, signer.KeyID(), out, stderr)
+	}
 }
