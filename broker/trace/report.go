@@ -495,9 +495,11 @@ func (b *reportBuilder) event(ev *audit.Event) {
 				reason = o.Error
 			}
 		}
-		b.denies[reason] += denyCount(ev, reason)
+		n := denyCount(ev, reason)
+		b.denies[reason] += n
 		if ev.Workload != "" {
-			b.workload(ev.Workload, ev.Owner).Denied++
+			// A summary of a workload's 429s stands for n of its denies.
+			b.workload(ev.Workload, ev.Owner).Denied += n
 		}
 		if reason == "no_workload" && ev.Identity != nil {
 			key := ev.Identity.Iss + "\x00" + ev.Identity.Sub

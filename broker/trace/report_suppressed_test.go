@@ -48,3 +48,44 @@ func TestReportCountsSuppressedRefusals(t *testing.T) {
 		t.Errorf("report denies (-want +got):\n%s", diff)
 	}
 }
+
+// TestReportWorkloadDeniedCountsSuppressed429s: an authenticated caller's
+// 429 summary (reason rate_limited, details.scope identity) names its
+// workload and stands for details.suppressed 429s: the workload's denied
+// count adds them up, as the report's deny counts by reason do (each of
+// those 429s was a deny event of that workload before they were bounded).
+func TestReportWorkloadDeniedCountsSuppressed429s(t *testing.T) {
+	line := func(seq int, js string) *audit.Event {
+		var ev audit.Event
+		if err := json.Unmarshal([]byte(js), &ev); err != nil {
+			t.Fatal(err)
+		}
+		ev.Seq, ev.Chain, ev.Time = uint64(seq), "chn_a", at(time.Duration(seq)*time.Second).Format(time.RFC3339Nano)
+		return &ev
+	}
+	evs := []*audit.Event{
+		line(1, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
+		line(2, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
+		line(3, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":403,"error":"access_denied","reason":"grant_not_allowed"}}`),
+	}
+	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var denied, total int
+	found := false
+	for _, wr := range rep.Workloads {
+		if wr.Name == "payments-api" {
+			denied, found = wr.Denied, true
+		}
+	}
+	for _, rc := range rep.Denies {
+		total += rc.Count
+	}
+	if !found {
+		t.Fatalf("no workload payments-api in the report: %+v", rep.Workloads)
+	}
+	if want := 1 + 980 + 1; denied != want || total != want {
+		t.Errorf("payments-api denied %d, report denies in all %d, want both %d", denied, total, want)
+	}
+}
