@@ -526,7 +526,8 @@ func (b *reportBuilder) event(ev *audit.Event) {
 // whatever type it was decoded as) is one, so that no count read from a
 // log can make the report's sums wrap around.
 func denyCount(ev *audit.Event, reason string) int {
-	if reason != broker.ReasonRefusalsSuppressed && ev.Details["scope"] != broker.RefusalScopeIdentity {
+	identitySummary := reason == broker.ReasonRateLimited && ev.Details["scope"] == broker.RefusalScopeIdentity
+	if reason != broker.ReasonRefusalsSuppressed && !identitySummary {
 		return 1
 	}
 	var n int64

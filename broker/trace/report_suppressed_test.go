@@ -38,12 +38,14 @@ func TestReportCountsSuppressedRefusals(t *testing.T) {
 		// next to one 429 audited on its own.
 		line(6, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
 		line(7, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
+		// scope identity on a deny of another reason is no summary: one.
+		line(8, `{"type":"deny","workload":"payments-api","outcome":{"status":403,"error":"access_denied","reason":"workload_blocked"},"details":{"scope":"identity","suppressed":50}}`),
 	}
 	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []trace.ReasonCount{{Reason: broker.ReasonRefusalsSuppressed, Count: 35 + 1200 + 1 + 4}, {Reason: "rate_limited", Count: 980 + 1}, {Reason: "bad_signature", Count: 1}}
+	want := []trace.ReasonCount{{Reason: broker.ReasonRefusalsSuppressed, Count: 35 + 1200 + 1 + 4}, {Reason: "rate_limited", Count: 980 + 1}, {Reason: "bad_signature", Count: 1}, {Reason: "workload_blocked", Count: 1}}
 	if diff := cmp.Diff(want, rep.Denies); diff != "" {
 		t.Errorf("report denies (-want +got):\n%s", diff)
 	}
