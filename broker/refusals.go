@@ -66,9 +66,10 @@ var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10
 	GlobalPerSecond: 200, GlobalBurst: 1000, PerIdentity: 20}
 
 // The scopes of a suppressed refusal (the bucket that suppressed it): the
-// details.scope of a summary event and the scope label of
-// keytrail_refusals_suppressed_total. A global summary names no source:
-// the refusals it counts came from any.
+// details.scope of a summary event; source and global are also the scope
+// labels of keytrail_refusals_suppressed_total (unauthenticated refusals
+// only). A global summary names no source: the refusals it counts came
+// from any.
 const (
 	RefusalScopeSource = "source"
 	RefusalScopeGlobal = "global"
