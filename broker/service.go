@@ -795,6 +795,23 @@ func (s *Service) AllowProxy(wl *policies.Workload) error {
 	return s.allow(wl)
 }
 
+// AuditProxyRateLimited reports whether the deny event of a proxied
+// request of workload wl that AllowProxy refused with err is to be written.
+// A 429 (ErrRateLimited) takes from wl's bucket of audited 429s, the one
+// its exchanges' 429s take from (RefusalLimits.PerIdentity, refuseLimited):
+// false once it is empty, the 429 counted by wl's summary instead (a deny
+// naming wl, details scope "identity"). Any other err: true. The caller
+// answers the same 429 either way; it hands out nothing.
+func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Workload, err error) bool {
+	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
+		return true
+	}
+	who := &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}
+	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
+	s.writeSummaries(ctx, s.limited, out, nil)
+	return by == ""
+}
+
 // sessionID takes the issuer's session_claim when present, else the token's
 // jti, else a hash of iss+sub+iat (SPEC "Concepts"), else of iss+sub+exp.
 func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {

@@ -44,7 +44,9 @@
 //  7. The workload's rate limit applies (429 with Retry-After): the bucket
 //     of its proxy_rate when the policy sets one, else the one its token
 //     exchanges take from (rate). Last, as for a token exchange: a request
-//     refused by a check above takes nothing from it.
+//     refused by a check above takes nothing from it. Its 429s' deny events
+//     are bounded per workload as its exchanges' are (the broker's
+//     RefusalLimits.PerIdentity): past them a summary counts the rest.
 //  8. The secret is read (503 when it cannot be, and 503 secret_unusable,
 //     naming the grant in the log, when it holds a control character other
 //     than a tab: no HTTP header can carry one, so the request could never

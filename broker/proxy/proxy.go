@@ -212,6 +212,9 @@ type call struct {
 	injectHeader string
 	label        string // metrics grant label
 	status       int    // returned to the caller
+	// unaudited: a 429 past the workload's rate counted by its summary
+	// (Service.AuditProxyRateLimited), no deny event of its own.
+	unaudited bool
 
 	tail     string // escaped path after /v1/proxy/{grant}, as sent
 	path     string // tail decoded (what the grant's patterns match)
@@ -428,8 +431,15 @@ func (c *call) check() error {
 	}
 	// Last, as for a token exchange (after the grant and block checks): the
 	// rate meters what goes on to the secret read, the use event and the
-	// upstream; a request refused above takes nothing from it.
-	return svc.AllowProxy(wl)
+	// upstream; a request refused above takes nothing from it. Its 429s
+	// are audited as the workload's exchanges' are: past
+	// RefusalLimits.PerIdentity per span, counted by the workload's
+	// summary instead of a deny each (AuditProxyRateLimited).
+	if err := svc.AllowProxy(wl); err != nil {
+		c.unaudited = !svc.AuditProxyRateLimited(r.Context(), wl, err)
+		return err
+	}
+	return nil
 }
 
 // hostAllowed reports whether the Host header names the broker.
@@ -484,7 +494,8 @@ const reasonAuditUnavailable = "audit_unavailable"
 
 // fail renders a refused request and, when the credential was identified,
 // records a deny event naming its issuance (and its use, once forward has
-// given it a use id).
+// given it a use id), unless it is a 429 counted by its workload's summary
+// (unaudited).
 func (c *call) fail(w http.ResponseWriter, err error) {
 	if c.is == nil {
 		// Missing or unknown credentials are refusals too: a deny event
@@ -502,7 +513,7 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 	}
 	c.status = status
 	c.h.api.Metrics().ObserveRefusal("proxy", err)
-	if c.is != nil {
+	if c.is != nil && !c.unaudited {
 		e := broker.AsError(err)
 		ev := c.event(audit.TypeDeny)
 		// A refusal after the use event (pending, or the request revoked
