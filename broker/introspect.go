@@ -240,12 +240,30 @@ func (c *callerLimiters) allow(key string, rt policies.Rate, now time.Time) erro
 	return rateLimited(lim, now, rt.PerSecond)
 }
 
+// maxRetryAfter bounds the Retry-After of a 429 from a token bucket (a
+// workload's rate or proxy_rate, an introspection caller's, a refusal
+// source's or the global refusal bucket): a rate so small that one token
+// takes longer (below 1/3600 per second) is told to come back in an hour,
+// and is refused again then if its token is not back yet.
+const maxRetryAfter = time.Hour
+
+// tokenWait is the time a bucket refilled at perSecond (> 0) takes to get
+// lack tokens back, rounded up to a nanosecond and at most maxRetryAfter
+// (a wait that does not fit a time.Duration, even +Inf, included).
+func tokenWait(lack, perSecond float64) time.Duration {
+	ns := math.Ceil(lack / perSecond * float64(time.Second))
+	if !(ns < float64(maxRetryAfter)) {
+		return maxRetryAfter
+	}
+	return time.Duration(ns)
+}
+
 // rateLimited is the 429 of a request lim refused at now: Retry-After until
 // one token is back (rounded up to whole seconds when rendered).
 func rateLimited(lim *rate.Limiter, now time.Time, perSecond float64) error {
 	d := time.Second
 	if lack := 1 - lim.TokensAt(now); lack > 0 {
-		d = time.Duration(math.Ceil(lack / perSecond * float64(time.Second)))
+		d = tokenWait(lack, perSecond)
 	}
 	return &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, Safe: "rate limit exceeded; slow down", RetryAfter: d}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -343,7 +342,7 @@ func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, now time.Time
 	src.last = now
 	retry = time.Second
 	if lack, lim := 1-src.bucket.TokensAt(now), float64(src.bucket.Limit()); lack > 0 && lim > 0 {
-		retry = time.Duration(math.Ceil(lack / lim * float64(time.Second)))
+		retry = tokenWait(lack, lim)
 	}
 	return by, retry, out
 }
