@@ -231,6 +231,23 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		}
 	})
 
+	// The static Vault token's Secret is optional: once vault.auth
+	// (Kubernetes) replaces token_file, deleting the Secret must not leave
+	// new pods stuck in ContainerCreating (a token_file still configured
+	// whose file is absent fails the broker's start, naming it).
+	t.Run("ok/vault-token-secret-optional", func(t *testing.T) {
+		v := volumes["vault-token"]
+		if v == nil {
+			t.Fatal("no volume vault-token")
+		}
+		if name := deployDig(v, "secret", "secretName"); name != "keytrail-vault-token" {
+			t.Errorf("volume vault-token secretName = %v, want keytrail-vault-token", name)
+		}
+		if opt := deployDig(v, "secret", "optional"); opt != true {
+			t.Errorf("volume vault-token secret.optional = %v, want true", opt)
+		}
+	})
+
 	t.Run("ok/service-and-pdb-select-the-broker", func(t *testing.T) {
 		svc := deployFind(t, ms, "Service", "keytrail")
 		if !deploySelects(deployObj(deployDig(svc.Obj, "spec", "selector")), podLabels) {

@@ -201,11 +201,18 @@ func TestServerVaultTokenTwice(t *testing.T) {
 		"\naudit: {file: " + audit + "}\n"
 	both := writeFile(t, dir, "both.yaml", head+"vault:\n  address: http://"+addrs[0]+"\n  token_file: "+tokenFile+"\n")
 	neither := writeFile(t, dir, "neither.yaml", head+"vault: {address: http://"+addrs[0]+"}\n")
+	// The deploy manifests' vault-token Secret volume is optional (a pod
+	// started after the switch to vault.auth does not wait for a deleted
+	// Secret): a token_file whose Secret is gone fails the start, before
+	// anything starts, naming the field, the path and the line.
+	gone := filepath.Join(dir, "vault", "token")
+	missing := writeFile(t, dir, "missing.yaml", head+"vault:\n  address: http://"+addrs[0]+"\n  token_file: "+gone+"\n")
 	for _, tc := range []struct {
 		name, cfg, envToken, want string
 	}{
 		{"both", both, "hvs.ENV-TOKEN-MARKER-9", both + ": vault.token_file: set, and so is VAULT_TOKEN: the server takes exactly one (unset VAULT_TOKEN, or remove vault.token_file) (line 7)"},
 		{"neither", neither, "", neither + ": vault: no Vault token here: the server needs VAULT_TOKEN, vault.token_file or vault.auth (AppRole, Kubernetes) to start"},
+		{"missing-token-file", missing, "", missing + ": vault.token_file: stat " + gone + ": no such file or directory (line 7)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := map[string]string{"VAULT_TOKEN": tc.envToken, "KEYTRAIL_RECONCILE": "off"}
