@@ -17,6 +17,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io"
+	"maps"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -142,6 +143,21 @@ func deploySelects(sel, labels map[string]any) bool {
 		}
 	}
 	return true
+}
+
+// deployBytes parses a size written as a number and one of units' suffixes
+// (Redis's "768mb", Kubernetes's "1Gi").
+func deployBytes(s string, units map[string]int64) (int64, error) {
+	for u, m := range units {
+		if n, ok := strings.CutSuffix(s, u); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || v <= 0 {
+				return 0, fmt.Errorf("%q: not a positive number of %s", s, u)
+			}
+			return v * m, nil
+		}
+	}
+	return 0, fmt.Errorf("%q: no unit of %v", s, slices.Sorted(maps.Keys(units)))
 }
 
 func TestDeployKubernetesManifests(t *testing.T) {
@@ -284,6 +300,21 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		got := map[string]string{"--appendonly": flag("--appendonly"), "--maxmemory-policy": flag("--maxmemory-policy")}
 		if diff := cmp.Diff(map[string]string{"--appendonly": "yes", "--maxmemory-policy": "noeviction"}, got); diff != "" {
 			t.Errorf("redis args (-want +got):\n%s", diff)
+		}
+		// An AOF rewrite forks: every page the parent writes meanwhile is
+		// copied, charged to the container's memory limit. maxmemory must
+		// leave room for that (and fragmentation, buffers) under it.
+		maxmem, err := deployBytes(flag("--maxmemory"), map[string]int64{"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30})
+		if err != nil {
+			t.Fatalf("redis --maxmemory: %v", err)
+		}
+		limit, err := deployBytes(fmt.Sprint(deployDig(sts.Obj, "spec", "template", "spec", "containers", "0", "resources", "limits", "memory")),
+			map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30})
+		if err != nil {
+			t.Fatalf("redis limits.memory: %v", err)
+		}
+		if float64(maxmem) > 0.6*float64(limit) {
+			t.Errorf("redis --maxmemory %s is %.0f %% of limits.memory: at most 60 %%, room for an AOF rewrite's copy-on-write", flag("--maxmemory"), 100*float64(maxmem)/float64(limit))
 		}
 		if deployDig(sts.Obj, "spec", "volumeClaimTemplates", "0", "metadata", "name") != "data" {
 			t.Errorf("redis StatefulSet has no volumeClaimTemplate data")
