@@ -637,15 +637,15 @@ func (x *Index) resultFor(id string) *Result {
 	return res
 }
 
-// revokedTime is when ev, an event that revokes, took effect: its time,
-// or for a revoke event written again after its first write (by another
-// instance's revocation worker, after a restart, or after the late write
-// failed) the decision's own time, which it carries in
-// details.decided_at (the sink stamped it with the time it was written
-// again).
+// revokedTime is when ev, an event that revokes (or a block event),
+// took effect: its time, or for a revoke or block event written late or
+// again after its first write (by another instance's revocation worker,
+// after a restart, or after the late write failed) the decision's own
+// time, which it carries in details.decided_at when earlier (the sink
+// stamped it with the time it was written).
 func revokedTime(ev *audit.Event) time.Time {
 	t := parseTime(ev.Time)
-	if ev.Type != audit.TypeRevoke {
+	if ev.Type != audit.TypeRevoke && ev.Type != audit.TypeBlock {
 		return t
 	}
 	if s, ok := ev.Details["decided_at"].(string); ok {

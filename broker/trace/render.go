@@ -110,7 +110,9 @@ func (r *Result) WriteText(w io.Writer) error {
 		lines = append(lines, line{parseTime(ev.Time), eventText(ev)})
 	}
 	for _, ev := range r.Revocations {
-		lines = append(lines, line{parseTime(ev.Time), eventText(ev)})
+		// A revoke or block event written late stands at its decision
+		// (details.decided_at; eventText says when it was written).
+		lines = append(lines, line{revokedTime(ev), eventText(ev)})
 	}
 	sort.SliceStable(lines, func(i, j int) bool { return lines[i].t.Before(lines[j].t) })
 	tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
@@ -259,6 +261,10 @@ func eventText(ev *audit.Event) string {
 	}
 	if s := ev.Source; s != nil {
 		parts = append(parts, "from "+sourceText(s.IP, s.UserAgent))
+	}
+	if t := parseTime(ev.Time); !revokedTime(ev).Equal(t) {
+		// Shown at its decision, earlier (see WriteText).
+		parts = append(parts, "written "+ts(t))
 	}
 	b.WriteString(strings.Join(parts, ", "))
 	return b.String()
