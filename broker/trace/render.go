@@ -262,7 +262,7 @@ func eventText(ev *audit.Event) string {
 	if s := ev.Source; s != nil {
 		parts = append(parts, "from "+sourceText(s.IP, s.UserAgent))
 	}
-	if t := parseTime(ev.Time); !revokedTime(ev).Equal(t) {
+	if t := parseTime(ev.Time); t.Sub(revokedTime(ev)) >= lateWriteShown {
 		// Shown at its decision, earlier (see WriteText).
 		parts = append(parts, "written "+ts(t))
 	}
@@ -339,3 +339,10 @@ func (e *errWriter) Write(p []byte) (int, error) {
 }
 
 func (e *errWriter) printf(format string, a ...any) { fmt.Fprintf(e, format, a...) }
+
+// lateWriteShown is how much later than its decision a revoke or block
+// event must have been written for its timeline line to say when: every
+// decision is sealed a few milliseconds after its decided_at, which is no
+// news; a write that waited (an audit disk that hung, a decision written
+// again by another instance) is.
+const lateWriteShown = time.Second
