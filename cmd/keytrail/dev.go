@@ -191,11 +191,19 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 			e.devUnlocked()
 		}
 	}()
-	probe, err := net.Listen("tcp", o.listen)
+	// The broker's listener, bound here and handed to the broker once
+	// Vault is up: a port checked here and bound only then could be taken
+	// in between, found only after starting Vault. Connections wait in the
+	// listen backlog until the broker serves. The demo issuer's port is
+	// bound (and served) here too.
+	brokerLn, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("dev: --listen %s is in use (another keytrail dev or broker?): %w", o.listen, err)
 	}
-	probe.Close()
+	defer brokerLn.Close() // a failed start's; the broker closes it otherwise
+	if e.devListenHeld != nil {
+		e.devListenHeld()
+	}
 	iss, err := authntest.NewIssuer("ES256")
 	if err != nil {
 		return err
@@ -273,7 +281,7 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	if err := cfg.validate("dev config"); err != nil {
 		return err
 	}
-	devEnv := &env{ctx: ctx, stdout: e.stdout, stderr: e.stderr, getenv: func(k string) string {
+	devEnv := &env{ctx: ctx, stdout: e.stdout, stderr: e.stderr, listener: brokerLn, getenv: func(k string) string {
 		if k == "VAULT_TOKEN" {
 			return vp.RootToken
 		}

@@ -79,6 +79,10 @@ type env struct {
 	// after it released --dir's lock and before it removes the directories
 	// it created (tests: another dev taking the lock then).
 	devUnlocked func()
+	// devListenHeld, when set, is called by dev once it holds --listen,
+	// before it binds the demo issuer's port and starts Vault (tests:
+	// another process taking --listen then).
+	devListenHeld func()
 	// exit, when set, stands for os.Exit where the server exits at once
 	// on a second SIGINT/SIGTERM (tests).
 	exit func(code int)
@@ -86,6 +90,10 @@ type env struct {
 	// bound, before the start-up wires anything (tests: a listener that
 	// fails while serving).
 	listening func(net.Listener)
+	// listener, when set, is the bound listener runServer serves on
+	// instead of binding cfg.Listen (dev binds --listen before it starts
+	// Vault); runServer closes it.
+	listener net.Listener
 }
 
 // lineErr is stderr for lines that goroutines running at the same time

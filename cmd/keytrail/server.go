@@ -161,9 +161,13 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// wired: connections wait in the listen backlog until srv.Serve below.
 	// pprof (a loopback debug listener, apart from the broker's routes)
 	// serves from here on, the start-up included.
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	// dev binds --listen itself, before it starts Vault (e.listener).
+	var err error
+	ln := e.listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
 	}
 	defer ln.Close() // a failed start-up's; srv.Serve closes it otherwise
 	var tlsConfig *tls.Config
