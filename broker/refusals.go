@@ -508,20 +508,29 @@ func (s refusalSummary) identityEvent() *audit.Event {
 // refuseLimited records the 429 err of an authenticated caller past its own
 // limit (ev, its deny or introspect event) unless who's bucket of them
 // (RefusalLimits.PerIdentity) is empty: then it is counted by who's
-// summary instead. It returns err either way: the caller
+// summary instead (limitRefused). It returns err either way: the caller
 // gets the same 429, which hands out nothing, so no event need be durable
 // before it is answered. Any other err is recorded as always.
 func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limitedCaller, err error) error {
-	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
-		s.recordDeny(ctx, ev, err)
-		return err
-	}
-	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
-	s.writeSummaries(ctx, s.limited, out, nil)
-	if by == "" {
+	if s.limitRefused(ctx, who, err) {
 		s.recordDeny(ctx, ev, err)
 	}
 	return err
+}
+
+// limitRefused takes the 429 err (ErrRateLimited) of authenticated caller
+// who from who's bucket of 429s audited on their own
+// (RefusalLimits.PerIdentity) and reports whether its own event is to be
+// written (own). With that bucket empty it is not: the 429 is counted by
+// who's summary (written here when its span ended). Any other err, or no
+// identity guard (PerIdentity negative): own.
+func (s *Service) limitRefused(ctx context.Context, who *limitedCaller, err error) (own bool) {
+	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
+		return true
+	}
+	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
+	s.writeSummaries(ctx, s.limited, out, nil)
+	return by == ""
 }
 
 // refuseAnonymous records the refusal err of a request whose caller has not

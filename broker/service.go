@@ -803,13 +803,7 @@ func (s *Service) AllowProxy(wl *policies.Workload) error {
 // naming wl, details scope "identity"). Any other err: true. The caller
 // answers the same 429 either way; it hands out nothing.
 func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Workload, err error) bool {
-	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
-		return true
-	}
-	who := &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}
-	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
-	s.writeSummaries(ctx, s.limited, out, nil)
-	return by == ""
+	return s.limitRefused(ctx, &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}, err)
 }
 
 // sessionID takes the issuer's session_claim when present, else the token's
