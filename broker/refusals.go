@@ -65,29 +65,36 @@ var DefaultRefusalLimits = RefusalLimits{PerSecond: 1, Burst: 20, MaxSources: 10
 	GlobalPerSecond: 200, GlobalBurst: 1000, PerIdentity: 20}
 
 // The scopes of a suppressed refusal (the bucket that suppressed it): the
-// details.scope of a summary event; source and global are also the scope
-// labels of keytrail_refusals_suppressed_total (unauthenticated refusals
-// only). A global summary names no source: the refusals it counts came
-// from any.
+// details.scope of a summary event and the scope label of
+// keytrail_refusals_suppressed_total (source and global: unauthenticated
+// refusals; identity: authenticated callers' 429s). A global summary names
+// no source: the refusals it counts came from any.
 const (
 	RefusalScopeSource = "source"
 	RefusalScopeGlobal = "global"
 	// RefusalScopeIdentity: the 429s of one authenticated caller past its
-	// own limit (summary events only: they are answered as before).
+	// own limit (answered as before: the same 429, marked only by its
+	// cause).
 	RefusalScopeIdentity = "identity"
 )
 
 // SuppressedRefusalError is the cause of a 429 source_rate_limited: the
 // refusal not audited on its own (its text, for the log only) and the
 // bucket that suppressed it. It does not wrap the refusal, so errors.Is
-// finds the 429's category alone.
+// finds the 429's category alone. It is also a cause of an authenticated
+// caller's 429 rate_limited that has no event of its own (Scope
+// RefusalScopeIdentity, Refusal "": the 429 is the refusal).
 type SuppressedRefusalError struct {
-	Scope   string // RefusalScopeSource or RefusalScopeGlobal
+	Scope   string // RefusalScopeSource, RefusalScopeGlobal or RefusalScopeIdentity
 	Refusal string
 }
 
 func (e *SuppressedRefusalError) Error() string {
-	return "refusal not audited (" + e.Scope + " bucket empty): " + e.Refusal
+	msg := "refusal not audited (" + e.Scope + " bucket empty)"
+	if e.Refusal != "" {
+		msg += ": " + e.Refusal
+	}
+	return msg
 }
 
 // SuppressedScope is the scope of err's suppressed refusal, "" when err is
@@ -508,11 +515,13 @@ func (s refusalSummary) identityEvent() *audit.Event {
 // refuseLimited records the 429 err of an authenticated caller past its own
 // limit (ev, its deny or introspect event) unless who's bucket of them
 // (RefusalLimits.PerIdentity) is empty: then it is counted by who's
-// summary instead (limitRefused). It returns err either way: the caller
-// gets the same 429, which hands out nothing, so no event need be durable
-// before it is answered. Any other err is recorded as always.
+// summary instead (limitRefused). It returns the 429 to answer with either
+// way: the caller gets the same 429, which hands out nothing, so no event
+// need be durable before it is answered. Any other err is recorded as
+// always.
 func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limitedCaller, err error) error {
-	if s.limitRefused(ctx, who, err) {
+	own, err := s.limitRefused(ctx, who, err)
+	if own {
 		s.recordDeny(ctx, ev, err)
 	}
 	return err
@@ -522,15 +531,23 @@ func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limit
 // who from who's bucket of 429s audited on their own
 // (RefusalLimits.PerIdentity) and reports whether its own event is to be
 // written (own). With that bucket empty it is not: the 429 is counted by
-// who's summary (written here when its span ended). Any other err, or no
-// identity guard (PerIdentity negative): own.
-func (s *Service) limitRefused(ctx context.Context, who *limitedCaller, err error) (own bool) {
+// who's summary (written here when its span ended), and answer is the
+// same 429 (kind, reason, text, Retry-After) with a SuppressedRefusalError
+// of scope identity among its causes, for
+// keytrail_refusals_suppressed_total. Any other err, or no identity guard
+// (PerIdentity negative): own, err unchanged.
+func (s *Service) limitRefused(ctx context.Context, who *limitedCaller, err error) (own bool, answer error) {
 	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
-		return true
+		return true, err
 	}
 	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
 	s.writeSummaries(ctx, s.limited, out, nil)
-	return by == ""
+	if by == "" {
+		return true, err
+	}
+	e := *AsError(err)
+	e.Err = errors.Join(&SuppressedRefusalError{Scope: by}, e.Err)
+	return false, &e
 }
 
 // refuseAnonymous records the refusal err of a request whose caller has not

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -105,10 +106,15 @@ func TestIdentitySummaryAtShutdown(t *testing.T) {
 	}
 	who := &limitedCaller{typ: audit.TypeDeny, workload: "payments-api", owner: "team-payments"}
 	ctx := context.Background()
-	for range 5 {
+	for i := range 5 {
 		ev := &audit.Event{Type: audit.TypeDeny, Workload: "payments-api"}
-		if err := svc.refuseLimited(ctx, ev, who, &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited}); AsError(err).Reason != ReasonRateLimited {
+		err := svc.refuseLimited(ctx, ev, who, &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, Safe: "slow down", RetryAfter: 3 * time.Second})
+		if e := AsError(err); !errors.Is(err, ErrRateLimited) || e.Reason != ReasonRateLimited || e.Safe != "slow down" || e.RetryAfter != 3*time.Second {
 			t.Fatalf("refuseLimited = %v, want the 429 itself", err)
+		}
+		// Marked for keytrail_refusals_suppressed_total once not audited.
+		if got, want := SuppressedScope(err), map[bool]string{true: RefusalScopeIdentity}[i > 0]; got != want {
+			t.Errorf("429 %d: SuppressedScope = %q, want %q", i+1, got, want)
 		}
 	}
 	if n := len(sink.Events()); n != 1 {

@@ -796,13 +796,15 @@ func (s *Service) AllowProxy(wl *policies.Workload) error {
 }
 
 // AuditProxyRateLimited reports whether the deny event of a proxied
-// request of workload wl that AllowProxy refused with err is to be written.
-// A 429 (ErrRateLimited) takes from wl's bucket of audited 429s, the one
-// its exchanges' 429s take from (RefusalLimits.PerIdentity, refuseLimited):
-// false once it is empty, the 429 counted by wl's summary instead (a deny
-// naming wl, details scope "identity"). Any other err: true. The caller
-// answers the same 429 either way; it hands out nothing.
-func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Workload, err error) bool {
+// request of workload wl that AllowProxy refused with err is to be written
+// (write), and the error to answer with. A 429 (ErrRateLimited) takes from
+// wl's bucket of audited 429s, the one its exchanges' 429s take from
+// (RefusalLimits.PerIdentity, refuseLimited): false once it is empty, the
+// 429 counted by wl's summary instead (a deny naming wl, details scope
+// "identity"), and answer the same 429 marked so
+// (SuppressedScope(answer) is RefusalScopeIdentity). Any other err: true,
+// err. The caller answers the same 429 either way; it hands out nothing.
+func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Workload, err error) (write bool, answer error) {
 	return s.limitRefused(ctx, &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}, err)
 }
 

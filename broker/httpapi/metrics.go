@@ -15,8 +15,11 @@ type Metrics struct {
 	ExchangeSeconds *prometheus.HistogramVec
 	Denies          *prometheus.CounterVec
 	RateLimited     *prometheus.CounterVec
-	// RefusalsSuppressed counts the 429s source_rate_limited by the bucket
-	// that suppressed them (broker.RefusalScopeSource, RefusalScopeGlobal).
+	// RefusalsSuppressed counts the refusals answered with no audit event
+	// of their own by the bucket that suppressed them: the 429s
+	// source_rate_limited (broker.RefusalScopeSource, RefusalScopeGlobal)
+	// and authenticated callers' 429s rate_limited past
+	// RefusalLimits.PerIdentity (RefusalScopeIdentity).
 	RefusalsSuppressed *prometheus.CounterVec
 }
 
@@ -46,12 +49,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"endpoint"}),
 		RefusalsSuppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_refusals_suppressed_total",
-			Help: "Unauthenticated refusals answered 429 source_rate_limited without an audit event of their own, by the bucket that suppressed them (source, global).",
+			Help: "Refusals answered 429 without an audit event of their own, by the bucket that suppressed them: unauthenticated ones (source_rate_limited; source, global), authenticated callers' 429s past refusal_limit.per_identity (identity).",
 		}, []string{"scope"}),
 	}
-	// Both series exist from the start, so that a rate over them is 0
+	// Every series exists from the start, so that a rate over them is 0
 	// rather than absent before the first flood.
-	for _, scope := range []string{broker.RefusalScopeSource, broker.RefusalScopeGlobal} {
+	for _, scope := range []string{broker.RefusalScopeSource, broker.RefusalScopeGlobal, broker.RefusalScopeIdentity} {
 		m.RefusalsSuppressed.WithLabelValues(scope)
 	}
 	for _, c := range []prometheus.Collector{m.Exchanges, m.ExchangeSeconds, m.Denies, m.RateLimited, m.RefusalsSuppressed} {
@@ -66,7 +69,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // (endpoint: "proxy", "introspect", "admin") refused with err:
 // keytrail_denies_total by its reason, and keytrail_rate_limited_total when
 // it was a 429 slow_down (and keytrail_refusals_suppressed_total by scope
-// when that 429 suppressed an unauthenticated refusal).
+// when that 429 has no audit event of its own: it suppressed an
+// unauthenticated refusal, or was past its caller's
+// RefusalLimits.PerIdentity).
 func (m *Metrics) ObserveRefusal(endpoint string, err error) {
 	m.observeDeny(endpoint, broker.AsError(err))
 }

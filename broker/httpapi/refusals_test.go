@@ -46,11 +46,21 @@ func (f *refusalFixture) advance(d time.Duration) {
 
 func newRefusalFixture(t *testing.T, limits *broker.RefusalLimits) *refusalFixture {
 	t.Helper()
-	pol := testPolicy(t, "", "") // the workload has no rate of its own
+	// The workload has no rate of its own.
+	return newRefusalFixtureWith(t, limits, testPolicy(t, "", ""), broker.IntrospectLimits{})
+}
+
+// newRefusalFixtureWith is newRefusalFixture with policy pol and
+// introspection limits il; callerToken is a trusted identity that matches
+// no workload.
+func newRefusalFixtureWith(t *testing.T, limits *broker.RefusalLimits, pol *policies.Policy, il broker.IntrospectLimits) *refusalFixture {
+	t.Helper()
 	f := &refusalFixture{sink: &brokertest.Sink{}, reg: prometheus.NewRegistry(),
 		now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
 	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
-		Claims: map[string]any{"sub": "repo:acme/deploy"}}}
+		Claims: map[string]any{"sub": "repo:acme/deploy"}},
+		callerToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/verifier", JTI: "caller-jti-1",
+			Claims: map[string]any{"sub": "repo:acme/verifier"}}}
 	minter := &brokertest.Minter{}
 	svc, err := broker.NewService(broker.Deps{
 		Policy:        func() *policies.Policy { return pol },
@@ -61,6 +71,8 @@ func newRefusalFixture(t *testing.T, limits *broker.RefusalLimits) *refusalFixtu
 		Audit:         f.sink,
 		Now:           f.clock,
 		RefusalLimits: limits,
+		// 0: the defaults.
+		IntrospectLimits: il,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -436,8 +436,9 @@ func (c *call) check() error {
 	// RefusalLimits.PerIdentity per span, counted by the workload's
 	// summary instead of a deny each (AuditProxyRateLimited).
 	if err := svc.AllowProxy(wl); err != nil {
-		c.unaudited = !svc.AuditProxyRateLimited(r.Context(), wl, err)
-		return err
+		write, answer := svc.AuditProxyRateLimited(r.Context(), wl, err)
+		c.unaudited = !write
+		return answer
 	}
 	return nil
 }

@@ -69,9 +69,13 @@ func TestProxyRateLimitedAuditBounded(t *testing.T) {
 		t.Errorf("summary workload %q owner %q outcome %+v details %v; want payments, team-payments, slow_down, first and last %s",
 			sum.Workload, sum.Owner, sum.Outcome, sum.Details, ts)
 	}
-	// Every 429 is still counted by the metrics.
+	// Every 429 is still counted by the metrics, and those with no deny
+	// of their own by keytrail_refusals_suppressed_total{scope=identity}.
 	if got := counterValue(t, f, "keytrail_rate_limited_total", map[string]string{"endpoint": "proxy"}); got != refused {
 		t.Errorf("keytrail_rate_limited_total{endpoint=proxy} = %v, want %d", got, refused)
+	}
+	if got := counterValue(t, f, "keytrail_refusals_suppressed_total", map[string]string{"scope": broker.RefusalScopeIdentity}); got != float64(n) {
+		t.Errorf("keytrail_refusals_suppressed_total{scope=identity} = %v, want the summary's %d", got, n)
 	}
 	if hits := f.up.Hits(); hits != 1 {
 		t.Errorf("upstream hits = %d, want 1", hits)
