@@ -16,8 +16,8 @@ import (
 
 // TestRateLimitedExchangeIsAudited pins the README's "Per-source limits"
 // note: a 429 is a refusal like any other, written to the audit log as a
-// deny event (reason rate_limited), so a workload's rate does not bound
-// the audit events its refused requests cost.
+// deny event (reason rate_limited), up to refusal_limit.per_identity per
+// span (past it a summary counts them: broker TestRateLimitedWorkloadAuditBounded).
 func TestRateLimitedExchangeIsAudited(t *testing.T) {
 	f := newFixture(t) // rate: {per_second: 1, burst: 1}
 	f.post(t, "/v1/token", "application/x-www-form-urlencoded", form().Encode())
