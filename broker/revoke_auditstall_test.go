@@ -86,6 +86,24 @@ func awaitTypes(t *testing.T, sink *holdSink, want ...string) {
 	}
 }
 
+// awaitRevocation polls the store (the record's clear is written after the
+// late event lands, with nothing to wait on) until done holds for the
+// revocation, failing the test with what as the wait after 10s.
+func awaitRevocation(t *testing.T, f *revFixture, id, what string, done func(r *broker.Revocation, err error) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := f.store.GetRevocation(context.Background(), id)
+		if done(r, err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10s after the late revoke event landed: stored revocation %+v, %v; want %s", r, err, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestRevokeDecisionAuditStallIsBounded: a revocation whose revoke event is
 // not durable within AuditTimeout (a disk whose writes hang) is made all the
 // same (it takes access away), but not reported done: 503

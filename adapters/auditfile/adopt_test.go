@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
@@ -85,24 +86,8 @@ func TestResumeWarnsOfUnsignedTailWithoutCheckpoint(t *testing.T) {
 	signer, _ := newSigner(t)
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	clk := newClock()
-	c := audit.NewChain("chn_crashed")
-	var file []byte
-	for range 2 {
-		l, err := c.Seal(&audit.Event{Type: audit.TypeUse}, clk.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		file = append(append(file, l...), '\n')
-	}
-	if err := os.WriteFile(path, file, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs brokertest.SyncBuffer
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	got := logs.String()
+	file := sealUses(t, audit.NewChain("chn_crashed"), 2, clk.Now())
+	got := openLogging(t, path, file, Options{Now: clk.Now, Signer: signer})
 	for _, want := range []string{"level=WARN", "unsigned_lines=2", "first_unsigned_seq=1", "last_unsigned_seq=2", "last_checkpoint_seq=0"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("Open() of a crashed chain without checkpoint logged %q, want it to contain %q", got, want)
@@ -117,35 +102,45 @@ func TestResumeWarnsOfUnsignedTailOfEditedSeqs(t *testing.T) {
 	signer, _ := newSigner(t)
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	clk := newClock()
-	c := audit.NewChain("chn_edited")
-	var file []byte
-	for range 3 {
-		l, err := c.Seal(&audit.Event{Type: audit.TypeUse}, clk.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		file = append(append(file, l...), '\n')
-	}
+	file := sealUses(t, audit.NewChain("chn_edited"), 3, clk.Now())
 	// Both added lines claim seq 1.
 	for range 2 {
-		l, err := audit.NewChain("chn_edited").Seal(&audit.Event{Type: audit.TypeUse}, clk.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		file = append(append(file, l...), '\n')
+		file = append(file, sealUses(t, audit.NewChain("chn_edited"), 1, clk.Now())...)
 	}
-	if err := os.WriteFile(path, file, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs brokertest.SyncBuffer
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	got := logs.String()
+	got := openLogging(t, path, file, Options{Now: clk.Now, Signer: signer})
 	for _, want := range []string{"level=WARN", "unsigned_lines=5", "first_unsigned_seq=1 ", "last_unsigned_seq=1 "} {
 		if !strings.Contains(got, want) {
 			t.Errorf("Open() logged %q, want it to contain %q", got, want)
 		}
 	}
+}
+
+// sealUses seals n use events of c at now, as the lines of a file.
+func sealUses(t *testing.T, c *audit.Chain, n int, now time.Time) []byte {
+	t.Helper()
+	var file []byte
+	for range n {
+		l, err := c.Seal(&audit.Event{Type: audit.TypeUse}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file = append(append(file, l...), '\n')
+	}
+	return file
+}
+
+// openLogging writes file at path, opens and closes a sink on it with o
+// (its Path and Logger set here) and returns what the sink logged.
+func openLogging(t *testing.T, path string, file []byte, o Options) string {
+	t.Helper()
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs brokertest.SyncBuffer
+	o.Path, o.Logger = path, slog.New(slog.NewTextHandler(&logs, nil))
+	s := openT(t, o, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return logs.String()
 }
