@@ -376,10 +376,13 @@ type Match struct {
 // Result is the answer of a trace: one issuance, every use and every
 // revocation of it, oldest first (SPEC: {"issuance", "uses", "revocations"}).
 type Result struct {
-	Query       Match            `json:"query"`
-	Issuance    *broker.Issuance `json:"issuance"`
-	Uses        []*audit.Event   `json:"uses"`
-	Revocations []*audit.Event   `json:"revocations"`
+	Query    Match            `json:"query"`
+	Issuance *broker.Issuance `json:"issuance"`
+	Uses     []*audit.Event   `json:"uses"`
+	// Revocations are ordered by when each took effect: a revoke or block
+	// event at its details.decided_at (a late one was written after it),
+	// any other at its time (sortRevocations).
+	Revocations []*audit.Event `json:"revocations"`
 	// AlsoMatched lists other issuances the value points to (a request or
 	// revocation that concerned several), oldest first.
 	AlsoMatched []string `json:"also_matched,omitempty"`
@@ -618,7 +621,7 @@ func (x *Index) resultFor(id string) *Result {
 		}
 	}
 	sortEvents(res.Uses)
-	sortEvents(res.Revocations)
+	sortRevocations(res.Revocations)
 	if res.Issuance == nil {
 		res.Issuance = &broker.Issuance{ID: id}
 	} else {
@@ -693,6 +696,24 @@ func notMadeRevocations(evs []*audit.Event) map[string]bool {
 func sortEvents(evs []*audit.Event) {
 	sort.SliceStable(evs, func(i, j int) bool {
 		ti, tj := parseTime(evs[i].Time), parseTime(evs[j].Time)
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		if evs[i].Chain != evs[j].Chain {
+			return evs[i].Chain < evs[j].Chain
+		}
+		return evs[i].Seq < evs[j].Seq
+	})
+}
+
+// sortRevocations orders a result's revocation events as the text timeline
+// shows them: by when each took effect (revokedTime: a revoke or block
+// event written late or again stands at its details.decided_at), then
+// chain and seq. Ordered by write time, a late decision came after events
+// that followed it.
+func sortRevocations(evs []*audit.Event) {
+	sort.SliceStable(evs, func(i, j int) bool {
+		ti, tj := revokedTime(evs[i]), revokedTime(evs[j])
 		if !ti.Equal(tj) {
 			return ti.Before(tj)
 		}

@@ -44,7 +44,8 @@ type ReportInput struct {
 // Report is the inventory and attribution-gap report.
 type Report struct {
 	GeneratedAt time.Time `json:"generated_at"`
-	// Since is the time of the oldest event covered; findings about
+	// Since is the time of the oldest event covered (or the decided_at of
+	// a revoke or block event written after it); findings about
 	// "never" mean "not since then".
 	Since      time.Time `json:"since,omitzero"`
 	Events     int       `json:"events"`
@@ -213,7 +214,15 @@ func BuildReport(in ReportInput) (*Report, error) {
 	}
 	rep.Notes = append(rep.Notes, b.conflicts...)
 	if len(evs) > 0 {
+		// The oldest event, or a decision it predates: a revoke or block
+		// event written late or again stands at its decided_at, as in
+		// the totals, and the chart starts at Since.
 		rep.Since = parseTime(evs[0].Time)
+		for _, ev := range evs {
+			if t := revokedTime(ev); !t.IsZero() && t.Before(rep.Since) {
+				rep.Since = t
+			}
+		}
 	}
 
 	// Active credentials.
