@@ -1649,7 +1649,9 @@ type WorkerOptions struct {
 // (it may be applied all the same; see retryOne), but not one identical in
 // content to the last it wrote for the revocation, and never before the
 // revocation's revoke event nor waiting on the audit log for more than
-// AuditTimeout (see auditPass). Any number of instances may run one: revokers are
+// AuditTimeout (see auditPass). A result that fails once the record is
+// complete is written again by a later pass (see resultOwed). Any number
+// of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
 type RevocationWorker struct {
@@ -1760,8 +1762,19 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 			due = append(due, r)
 		}
 	}
-	for id := range w.retry {
-		if !seen[id] {
+	// A revocation no longer listed (complete) whose last result from
+	// this worker failed, or is still on its way, is kept: no later pass
+	// would list it, and that result (naming the sweep's finds, or the
+	// end of its pending issuances) would never be written (owed).
+	var owed []string
+	for id, st := range w.retry {
+		if seen[id] {
+			continue
+		}
+		switch inFlight, failed := st.lastResult(); {
+		case failed && !now.Before(st.next):
+			owed = append(owed, id)
+		case !inFlight && !failed:
 			delete(w.retry, id)
 		}
 	}
@@ -1779,7 +1792,12 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		}
 		w.mu.Lock()
 		if done {
-			delete(w.retry, r.ID)
+			if st := w.retry[r.ID]; st != nil && st.owes() {
+				// Complete, its result not written (yet): see owed.
+				st.attempts, st.next = 1, s.d.Now().Add(w.backoff(1))
+			} else {
+				delete(w.retry, r.ID)
+			}
 			if counted[r.ID] {
 				w.pending.Add(-1)
 			}
@@ -1795,7 +1813,71 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		}
 		w.mu.Unlock()
 	}
+	for _, id := range owed {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := w.resultOwed(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// lastResult reports whether the worker's last revoke_result for a
+// revocation (st.last) is still on its way, or ended not written (failed,
+// or held: see startResult).
+func (st *retryState) lastResult() (inFlight, failed bool) {
+	if st.last == nil {
+		return false, false
+	}
+	if !closed(st.last.done) {
+		return true, false
+	}
+	return false, st.last.err != nil
+}
+
+// owes reports whether the worker's last result for a revocation may not
+// be written: still on its way, or failed.
+func (st *retryState) owes() bool {
+	inFlight, failed := st.lastResult()
+	return inFlight || failed
+}
+
+// resultOwed writes again the result of revocation id that the worker's
+// last pass over it failed to write, the record having been complete since
+// (so no pass lists it again): from the record read afresh, naming the
+// sweep's finds its failed result named under swept (kept in its retry
+// state), by worker otherwise. A record gone (retention) drops it; one
+// open again is the passes' again.
+func (w *RevocationWorker) resultOwed(ctx context.Context, id string) error {
+	s := w.s
+	r, err := s.readRevocation(ctx, id)
+	w.mu.Lock()
+	st := w.retry[id]
+	switch {
+	case st == nil:
+		w.mu.Unlock()
+		return nil
+	case errors.Is(err, ErrNotFound):
+		delete(w.retry, id)
+		w.mu.Unlock()
+		return nil
+	case err != nil:
+		st.attempts++
+		st.next = s.d.Now().Add(w.backoff(st.attempts))
+		w.mu.Unlock()
+		return fmt.Errorf("read revocation %s for its unwritten result: %w", id, err)
+	case r.CompletedAt.IsZero():
+		w.mu.Unlock()
+		return nil // listed by the next pass
+	}
+	st.attempts++
+	st.next = s.d.Now().Add(w.backoff(st.attempts))
+	w.mu.Unlock()
+	// hadPending: a result by worker when nothing was swept (auditPass).
+	w.auditPass(ctx, r, true, nil, true)
+	return nil
 }
 
 func (w *RevocationWorker) backoff(attempts int) time.Duration {
