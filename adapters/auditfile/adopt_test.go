@@ -1,6 +1,7 @@
 package auditfile
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -143,4 +144,102 @@ func openLogging(t *testing.T, path string, file []byte, o Options) string {
 		t.Fatal(err)
 	}
 	return logs.String()
+}
+
+// TestResumeForgedCheckpointDoesNotEndUnsignedTail: a line typed
+// checkpoint that the sink's own key did not sign (added to the file while
+// no broker held it) does not end the lines no checkpoint covers: it and
+// the lines before it, back to the last checkpoint the key signed, are
+// the range the sink adopts.
+func TestResumeForgedCheckpointDoesNotEndUnsignedTail(t *testing.T) {
+	signer, _ := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	appendN(t, s, 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path) // 3 events and the final checkpoint, seq 4
+	c, err := audit.ResumeChain(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := sealUses(t, c, 2, clk.Now()) // seq 5, 6
+	// A "checkpoint" of the head, with the sink's key id and a signature
+	// that key did not make (another key's).
+	other, _ := newSigner(t)
+	now := clk.Now()
+	ev, err := c.Checkpoint(context.Background(), other, "", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.Checkpoint.KeyID = signer.KeyID()
+	forged, err := c.Seal(ev, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file = append(append(file, forged...), '\n') // seq 7
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(file); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+
+	var logs brokertest.SyncBuffer
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	got := s.UnsignedResumed()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := &UnsignedRange{FirstSeq: 5, LastSeq: 7, Lines: 3, LastCheckpointSeq: 4}
+	if got == nil || *got != *want {
+		t.Errorf("UnsignedResumed() = %+v, want %+v", got, want)
+	}
+	for _, w := range []string{"level=WARN", "unsigned_lines=3", "first_unsigned_seq=5", "last_unsigned_seq=7", "last_checkpoint_seq=4"} {
+		if !strings.Contains(logs.String(), w) {
+			t.Errorf("Open() logged %q, want it to contain %q", logs.String(), w)
+		}
+	}
+}
+
+// TestUnsignedResumed: the range Open adopted, as UnsignedResumed
+// returns it for the start event; nil after a clean stop and for a new
+// chain.
+func TestUnsignedResumed(t *testing.T) {
+	signer, _ := newSigner(t)
+	dir := t.TempDir()
+	clk := newClock()
+	path := filepath.Join(dir, "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	if r := s.UnsignedResumed(); r != nil {
+		t.Errorf("UnsignedResumed() of a new chain = %+v, want nil", r)
+	}
+	appendN(t, s, 2)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	if r := s.UnsignedResumed(); r != nil {
+		t.Errorf("UnsignedResumed() after a clean stop = %+v, want nil", r)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	crashed := filepath.Join(dir, "crashed.jsonl")
+	if err := os.WriteFile(crashed, sealUses(t, audit.NewChain("chn_crashed"), 2, clk.Now()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, Options{Path: crashed, Now: clk.Now, Signer: signer}, seams{})
+	got := s.UnsignedResumed()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if want := (UnsignedRange{FirstSeq: 1, LastSeq: 2, Lines: 2}); got == nil || *got != want {
+		t.Errorf("UnsignedResumed() of a crashed chain = %+v, want %+v", got, want)
+	}
 }

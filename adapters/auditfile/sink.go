@@ -25,7 +25,9 @@ package auditfile
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -259,6 +261,9 @@ type Sink struct {
 	stats   Stats
 
 	chainID string // set by Open; a rotation continues the same chain
+	// resumed is the range of lines no checkpoint covered when Open
+	// resumed the chain (nil: none); see UnsignedResumed.
+	resumed *UnsignedRange
 
 	// Owned by the writer goroutine (and by Open before it starts).
 	f     file
@@ -475,7 +480,7 @@ func (s *Sink) load() error {
 		if last, sinceCP, cpSeq, err = s.lastRotatedLine(); err != nil {
 			return err
 		}
-	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery); err != nil {
+	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery, s.ownCheckpoint); err != nil {
 		return fmt.Errorf("auditfile: read the lines after the last checkpoint: %w", err)
 	}
 	now := s.o.Now()
@@ -497,6 +502,7 @@ func (s *Sink) load() error {
 			if uint64(sinceCP) <= seq {
 				first = seq - uint64(sinceCP) + 1
 			}
+			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq}
 			s.log.Warn("audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)",
 				"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
 				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq)
@@ -708,7 +714,7 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 	}
 	last, end, err := lastLine(f, fi.Size())
 	if err == nil {
-		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery)
+		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery, s.ownCheckpoint)
 	}
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
@@ -719,10 +725,13 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 // eventsSinceCheckpoint counts the lines after the last checkpoint line in
 // the first end bytes of r (which end with a newline), reading backwards,
 // up to limit (more make no difference: the next event is followed by a
-// checkpoint either way), and returns that checkpoint's seq. A line that
-// does not parse ends the count, as a checkpoint would; cpSeq is then 0, as
-// it is when no checkpoint was found within limit lines.
-func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int) (n int, cpSeq uint64, err error) {
+// checkpoint either way), and returns that checkpoint's seq. Only a
+// checkpoint line that signed reports holding ends the count: one that
+// does not (typed checkpoint, but forged) is counted as any other line, so
+// that it cannot hide the lines before it from the range the sink adopts.
+// A line that does not parse ends the count, as a checkpoint would; cpSeq
+// is then 0, as it is when no checkpoint was found within limit lines.
+func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int, signed func(*audit.Event) bool) (n int, cpSeq uint64, err error) {
 	const chunk = 64 << 10
 	var buf []byte // r[pos:end]: whole lines not counted yet
 	pos := end
@@ -745,7 +754,7 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int) (n int, cpSeq ui
 		if err != nil {
 			break
 		}
-		if ev.Type == audit.TypeCheckpoint {
+		if ev.Type == audit.TypeCheckpoint && signed(ev) {
 			cpSeq = ev.Seq
 			break
 		}
@@ -754,6 +763,36 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int) (n int, cpSeq ui
 		end -= int64(len(line)) + 1
 	}
 	return n, cpSeq, nil
+}
+
+// ownCheckpoint reports whether the checkpoint line ev (found by
+// eventsSinceCheckpoint) ends the lines no checkpoint covers: it must sign
+// the line before it (head_seq, head_hash); and when it names the key of
+// the sink's own Ed25519 signer, its signature must verify with it. A line
+// typed checkpoint that whoever could write the file added, with a
+// signature the key never made, then counts as one of the lines the sink
+// adopts, as do the lines before it. A checkpoint by a key the sink cannot
+// check here (a Vault transit key, or the key before a change of key) ends
+// the count as before: audit verify checks its signature, and a forged one
+// is a problem there.
+func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
+	cp := ev.Checkpoint
+	if cp == nil || cp.HeadSeq+1 != ev.Seq || cp.HeadHash != ev.Prev {
+		return false
+	}
+	k, ok := s.o.Signer.(interface {
+		KeyID() string
+		PublicKey() ed25519.PublicKey
+	})
+	if !ok || cp.KeyID != k.KeyID() {
+		return true
+	}
+	msg, err := audit.CheckpointMessage(ev)
+	if err != nil || cp.Alg != audit.AlgEd25519 {
+		return false
+	}
+	sig, err := base64.StdEncoding.Strict().DecodeString(cp.Signature)
+	return err == nil && ed25519.Verify(k.PublicKey(), msg, sig)
 }
 
 // rotationTime is the timestamp the next rotated file is named with: now,
@@ -1139,6 +1178,33 @@ func (s *Sink) Ping(ctx context.Context) error {
 	case <-ctx.Done():
 		return unavailable(ctx.Err())
 	}
+}
+
+// UnsignedRange is the range of lines that followed the chain's last
+// checkpoint when Open resumed it: lines an unclean stop left unsigned, or
+// lines added to the file while no sink held it. Nothing in the file tells
+// which, and the sink's next checkpoint signs them as if it had written
+// them.
+type UnsignedRange struct {
+	FirstSeq uint64 // seq of the first such line (1 when seqs do not count up to LastSeq: an edited file)
+	LastSeq  uint64 // seq of the last line of the chain when Open resumed it
+	Lines    int    // how many, counted back to that checkpoint but at most CheckpointEvery
+	// LastCheckpointSeq is the seq of the checkpoint before them; 0 when
+	// none was found within CheckpointEvery lines (there may be more).
+	LastCheckpointSeq uint64
+}
+
+// UnsignedResumed returns the range of lines no checkpoint covered when
+// Open resumed the chain, which the next checkpoint signs; nil when there
+// were none (a clean stop, or a new chain). The broker records it in its
+// start event, so that the file itself says which lines were signed only
+// after a restart.
+func (s *Sink) UnsignedResumed() *UnsignedRange {
+	if s.resumed == nil {
+		return nil
+	}
+	r := *s.resumed
+	return &r
 }
 
 // ChainID returns the id of the chain the sink writes: the one its file

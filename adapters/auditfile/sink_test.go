@@ -819,7 +819,7 @@ func TestEventsSinceCheckpoint(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, cpSeq, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), tt.limit)
+			got, cpSeq, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), tt.limit, func(*audit.Event) bool { return true })
 			if err != nil || got != tt.want || cpSeq != tt.wantCPSeq {
 				t.Errorf("eventsSinceCheckpoint(end %d, limit %d) = %d, %d, %v; want %d, %d", tt.end, tt.limit, got, cpSeq, err, tt.want, tt.wantCPSeq)
 			}

@@ -175,6 +175,58 @@ type ChainReport struct {
 	// write the file can add or change them (relinking prev) and remove
 	// lines from the end, and leave no trace.
 	UnsignedTail int `json:"unsigned_tail"`
+	// UnsignedResumed lists, in order, the ranges of lines that no
+	// checkpoint covered when a broker resumed the chain (at its start),
+	// as its start event records them (DetailUnsignedResumed): the
+	// checkpoints after the restart sign them, so nothing else tells
+	// them from lines the broker wrote. An unclean stop leaves such a
+	// range; so does whoever added lines to the file while no broker
+	// held it. A notice, not a problem. At most maxResumedRanges are
+	// kept per chain; UnsignedResumedOmitted counts the others.
+	UnsignedResumed        []ResumedRange `json:"unsigned_resumed,omitempty"`
+	UnsignedResumedOmitted int            `json:"unsigned_resumed_omitted,omitempty"`
+}
+
+// DetailUnsignedResumed is the key, in the details of a broker's start
+// event (policy_load, trigger "start"), of the lines no checkpoint covered
+// when it resumed the chain: {first_seq, last_seq, lines,
+// last_checkpoint_seq}. Absent when there were none.
+const DetailUnsignedResumed = "unsigned_resumed"
+
+// maxResumedRanges caps ChainReport.UnsignedResumed.
+const maxResumedRanges = 100
+
+// ResumedRange is one DetailUnsignedResumed record (ChainReport.UnsignedResumed).
+type ResumedRange struct {
+	// AtSeq is the seq of the start event that records the range.
+	AtSeq    uint64 `json:"at_seq"`
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	Lines    int    `json:"lines"`
+	// LastCheckpointSeq is the seq of the checkpoint before the range; 0
+	// when the broker found none within its checkpoint_every lines
+	// (there may be more lines than Lines).
+	LastCheckpointSeq uint64 `json:"last_checkpoint_seq"`
+}
+
+// resumedRange reads DetailUnsignedResumed from ev's details; ok is false
+// when it is absent or not of that form.
+func resumedRange(ev *Event) (r ResumedRange, ok bool) {
+	v, found := ev.Details[DetailUnsignedResumed]
+	if !found {
+		return r, false
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return r, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, false
+	}
+	r.AtSeq = ev.Seq
+	return r, true
 }
 
 // Report is the result of Verify.
@@ -574,6 +626,15 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	st.lastFile, st.lastLine = file, lineNo
 	cr.Lines++
 	cr.LastSeq, cr.LastHash, cr.LastTime = ev.Seq, st.lastHash, ev.Time
+	if ev.Details != nil {
+		if r, ok := resumedRange(ev); ok {
+			if len(cr.UnsignedResumed) < maxResumedRanges {
+				cr.UnsignedResumed = append(cr.UnsignedResumed, r)
+			} else {
+				cr.UnsignedResumedOmitted++
+			}
+		}
+	}
 	switch {
 	case covered:
 		cr.Checkpoints++

@@ -66,6 +66,11 @@ seen to reach, such as the highest keytrail_audit_last_seq monitoring
 recorded: --expect-seq SEQ (the files hold one chain) or CHAIN=SEQ
 (repeatable) fails when the chain ends before it, or is not in the files.
 
+A broker that restarts signs, with its next checkpoint, the lines after the
+file's last checkpoint (an unclean stop's, or lines added while no broker
+held the file); its start event records them, and verify prints a notice
+naming them (not a failure).
+
 A chain must start at seq 1 in the files. Once retention removed its oldest
 files, --allow-trimmed-start verifies it from its first line present (and
 says from which seq), which must be a file's first line (retention removes
@@ -158,6 +163,9 @@ short of them.`,
 				_ = enc.Encode(rep)
 				for _, w := range unsignedWarnings(rep) {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", w)
+				}
+				for _, n := range resumedNotices(rep) {
+					fmt.Fprintf(e.stderr, "keytrail: notice: %s\n", n)
 				}
 				// The problems name the unknown key only: where to find
 				// it (a rotated-out or changed key) is said here.
@@ -684,6 +692,9 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 	if len(trimmed) > 0 {
 		fmt.Fprintf(w, "hint: chain(s) %s start after seq 1 in the files: if their oldest files were removed on purpose (retention), verify again with --allow-trimmed-start\n", strings.Join(trimmed, ", "))
 	}
+	for _, n := range resumedNotices(rep) {
+		fmt.Fprintln(w, "notice:", n)
+	}
 	warnings := unsignedWarnings(rep)
 	for _, s := range warnings {
 		fmt.Fprintln(w, "WARNING:", s)
@@ -720,6 +731,32 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 		}
 		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup, or the highest keytrail_audit_last_seq monitoring saw, with --expect-seq)")
 	}
+}
+
+// resumedNotices name, per chain, the lines that no checkpoint covered
+// when a broker restarted (its start event records them,
+// audit.ChainReport.UnsignedResumed): the checkpoints after the restart
+// sign them, so the files cannot tell them from lines the broker wrote. A
+// crash leaves such lines legitimately: a notice, not a failure.
+func resumedNotices(rep *audit.Report) []string {
+	var out []string
+	for _, c := range rep.Chains {
+		for _, r := range c.UnsignedResumed {
+			seqs := fmt.Sprintf("seq %d..%d", r.FirstSeq, r.LastSeq)
+			if r.FirstSeq == r.LastSeq {
+				seqs = fmt.Sprintf("seq %d", r.FirstSeq)
+			}
+			after := fmt.Sprintf("after the checkpoint at seq %d", r.LastCheckpointSeq)
+			if r.LastCheckpointSeq == 0 {
+				after = fmt.Sprintf("with no checkpoint in the %d line(s) before them (there may be more such lines)", r.Lines)
+			}
+			out = append(out, fmt.Sprintf("chain %s: %s (%d line(s)), %s, were signed only after the broker restarted (its start event, seq %d, records them): an unclean stop leaves such lines, and so does whoever added lines to the file while no broker held it; nothing in the files tells which", c.Chain, seqs, r.Lines, after, r.AtSeq))
+		}
+		if c.UnsignedResumedOmitted > 0 {
+			out = append(out, fmt.Sprintf("chain %s: %d more start event(s) record lines signed only after a restart (--json lists the first %d)", c.Chain, c.UnsignedResumedOmitted, len(c.UnsignedResumed)))
+		}
+	}
+	return out
 }
 
 // unsignedWarnings says why a log that verifies may still have been

@@ -889,6 +889,13 @@ var errReloadShuttingDown = errors.New("policy reload not started: shutting down
 // gives each one's time of leaving, RFC 3339 UTC.
 func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error, retiring map[string]time.Time) error {
 	details := map[string]any{"path": rt.cfg.Policy, "trigger": why}
+	if r := rt.sink.UnsignedResumed(); r != nil && why == "start" {
+		// The lines no checkpoint covered when the sink resumed its
+		// chain, which its next checkpoint signs as its own: said in the
+		// file, where that checkpoint covers it too (audit verify
+		// reports it), not only in the broker's log.
+		details[audit.DetailUnsignedResumed] = unsignedResumedDetail(r)
+	}
 	ev := &audit.Event{Type: audit.TypePolicyLoad, Details: details}
 	if pol != nil && loadErr == nil {
 		details["hash"] = pol.Hash()
@@ -909,6 +916,12 @@ func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Poli
 		ev.Outcome = &audit.Outcome{Status: 400, Error: "invalid_policy", Reason: truncate(loadErr.Error(), 2000)}
 	}
 	return rt.sink.Append(context.WithoutCancel(ctx), ev)
+}
+
+// unsignedResumedDetail is the start event's audit.DetailUnsignedResumed
+// for the range r the sink adopted when it opened the file.
+func unsignedResumedDetail(r *auditfile.UnsignedRange) map[string]any {
+	return map[string]any{"first_seq": r.FirstSeq, "last_seq": r.LastSeq, "lines": r.Lines, "last_checkpoint_seq": r.LastCheckpointSeq}
 }
 
 func truncate(s string, n int) string {

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// TestAuditVerifyNoticesUnsignedResumed: lines added to a stopped
+// broker's audit file, after its last checkpoint, are signed by the next
+// checkpoint of the broker that resumes the chain, and nothing then tells
+// them from its own. The start event records the range the sink adopted
+// (unsignedResumedDetail), and audit verify reports it, text and --json,
+// as a notice: the log still verifies (a crash leaves such lines too).
+func TestAuditVerifyNoticesUnsignedResumed(t *testing.T) {
+	dir := t.TempDir()
+	signer, pubFile := devCheckpointSigner(t, dir)
+	path, _ := writeSignedAudit(t, dir, signer)
+
+	// While no broker holds the file, a line is added, linked to the
+	// final checkpoint.
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	c, err := audit.ResumeChain([]byte(lines[len(lines)-1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpSeq, _ := c.Head()
+	added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_added", IssuanceID: "iss_ADDED"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(append(data, added...), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The broker starts again: its start event records what it adopted.
+	sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: signer, NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sink.UnsignedResumed()
+	if r == nil {
+		t.Fatal("UnsignedResumed() = nil after a line was added past the last checkpoint")
+	}
+	start := &audit.Event{Type: audit.TypePolicyLoad, Details: map[string]any{"trigger": "start", audit.DetailUnsignedResumed: unsignedResumedDetail(r)}}
+	if err := sink.Append(context.Background(), start); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	want := fmt.Sprintf("notice: chain %s: seq %d (1 line(s)), after the checkpoint at seq %d, were signed only after the broker restarted (its start event, seq %d, records them)", c.ID(), cpSeq+1, cpSeq, cpSeq+2)
+	out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--require-checkpoint", "--exact", path)
+	if err != nil || !strings.Contains(out, want) || !strings.Contains(out, "OK: the chain is intact") {
+		t.Errorf("audit verify = %v, want success with %q\n%s", err, want, out)
+	}
+
+	out, stderr, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--json", "--exact", path)
+	if err != nil {
+		t.Fatalf("audit verify --json = %v\n%s", err, stderr)
+	}
+	var rep audit.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("audit verify --json: %v\n%s", err, out)
+	}
+	wantRange := audit.ResumedRange{AtSeq: cpSeq + 2, FirstSeq: cpSeq + 1, LastSeq: cpSeq + 1, Lines: 1, LastCheckpointSeq: cpSeq}
+	if len(rep.Chains) != 1 || len(rep.Chains[0].UnsignedResumed) != 1 || rep.Chains[0].UnsignedResumed[0] != wantRange {
+		t.Errorf("audit verify --json chains = %+v, want one with unsigned_resumed [%+v]", rep.Chains, wantRange)
+	}
+	if !strings.Contains(out, `"unsigned_resumed": [`) {
+		t.Errorf("audit verify --json does not name unsigned_resumed:\n%s", out)
+	}
+	if !strings.Contains(stderr, "keytrail: notice: chain "+c.ID()) {
+		t.Errorf("audit verify --json stderr = %q, want the notice", stderr)
+	}
+}
