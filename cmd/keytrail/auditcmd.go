@@ -65,11 +65,22 @@ printed for it, with a copy kept elsewhere, or give the seq the chain was
 seen to reach, such as the highest keytrail_audit_last_seq monitoring
 recorded: --expect-seq SEQ (the files hold one chain) or CHAIN=SEQ
 (repeatable) fails when the chain ends before it, or is not in the files.
+SEQ alone does not check the chain's id: files replaced by another chain
+that reaches SEQ pass it; CHAIN=SEQ, with the chain label monitoring saw
+on keytrail_audit_chain_info, checks both.
 
 A broker that restarts signs, with its next checkpoint, the lines after the
 file's last checkpoint (an unclean stop's, or lines added while no broker
 held the file); its start event records them, and verify prints a notice
 naming them (not a failure).
+
+--jwks accepts a checkpoint signed by any key of the JWKS: the broker
+serves its JWT-signing keys and its checkpoint key alike (kid
+"<transit key>:<version>", use sig), so they cannot be told apart there.
+Only a holder of a Vault token allowed transit/sign on one of those keys
+can make such a signature (a JWT's signature cannot pass for a
+checkpoint's: the signed bytes differ in form); to accept the checkpoint
+key only, give a JWKS saved with only its kids.
 
 A chain must start at seq 1 in the files. Once retention removed its oldest
 files, --allow-trimmed-start verifies it from its first line present (and
@@ -728,6 +739,9 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 				name = rep.Chains[0].Chain
 			}
 			fmt.Fprintf(w, "chain %s reaches seq %d, as expected (--expect-seq)\n", name, opts.ExpectSeq[chain])
+			if chain == "" {
+				fmt.Fprintf(w, "note: --expect-seq %d names no chain: it was checked against the only chain in the files, whatever its id; give CHAIN=SEQ (the chain keytrail_audit_chain_info names) to check the id too\n", opts.ExpectSeq[chain])
+			}
 		}
 		fmt.Fprintln(w, "note: lines removed from the end up to a checkpoint, or the newest files removed whole, leave no trace in the files: compare each chain's last seq and time with a copy kept elsewhere (a log shipper's, a backup, or the highest keytrail_audit_last_seq monitoring saw, with --expect-seq)")
 	}

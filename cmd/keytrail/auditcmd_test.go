@@ -153,6 +153,14 @@ func TestAuditVerifyExpectSeq(t *testing.T) {
 	if err != nil || !strings.Contains(out, fmt.Sprintf("chain %s reaches seq %d, as expected", last.Chain, last.Seq)) {
 		t.Fatalf("audit verify --expect-seq %d (the whole log) = %v, want success saying so\n%s", last.Seq, err, out)
 	}
+	// SEQ alone names no chain: the output says the id was not checked.
+	if !strings.Contains(out, "names no chain: it was checked against the only chain in the files, whatever its id") {
+		t.Errorf("audit verify --expect-seq %d does not say the chain id was not checked\n%s", last.Seq, out)
+	}
+	out, _, err = runCLI(t, nil, "audit", "verify", "--key", pubFile, "--exact", "--expect-seq", fmt.Sprintf("%s=%d", last.Chain, last.Seq), path)
+	if err != nil || strings.Contains(out, "names no chain") {
+		t.Errorf("audit verify --expect-seq CHAIN=%d = %v, want success without the note on SEQ alone\n%s", last.Seq, err, out)
+	}
 	cut := -1 // the first checkpoint that is not the last line
 	for i, l := range all[:len(all)-1] {
 		if ev, err := audit.ParseLine(l); err == nil && ev.Type == audit.TypeCheckpoint {
