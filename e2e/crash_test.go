@@ -111,6 +111,20 @@ func testCrashConsistency(t *testing.T, withRedis bool) {
 	} else {
 		t.Logf("restarts that replayed the audit journal: %d of %d", n, rounds)
 	}
+	// Each restart that adopted lines no checkpoint covered (it logs a
+	// WARN) records them in its start event, in the file.
+	warned := strings.Count(s.broker.Logs(), "resuming after lines no checkpoint covers")
+	recorded := 0
+	for _, ev := range auditEvents(t, s.auditPath) {
+		if _, ok := ev.Details[audit.DetailUnsignedResumed]; ok && ev.Type == audit.TypePolicyLoad && ev.Details["trigger"] == "start" {
+			recorded++
+		}
+	}
+	if recorded != warned {
+		t.Errorf("%d start event(s) record lines adopted unsigned, the broker warned of %d restart(s) adopting some", recorded, warned)
+	} else {
+		t.Logf("restarts that adopted unsigned lines, each recorded in its start event: %d of %d", recorded, rounds)
+	}
 	if fi, err := os.Stat(auditfile.JournalPath(s.auditPath)); err != nil || fi.Size() != journalBytes {
 		t.Errorf("audit journal: %v, %v; want %d bytes (audit.journal_bytes)", fi, err, journalBytes)
 	}
