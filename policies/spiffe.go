@@ -10,16 +10,27 @@ import (
 // domain name).
 const spiffeScheme = "spiffe://"
 
+// MaxSPIFFEIDLen is the longest SPIFFE ID taken, in bytes, the whole URI:
+// the SPIFFE ID spec (§2.3) has implementations support IDs up to 2048
+// bytes and generate none longer, so a longer one is not a SPIFFE ID any
+// conforming issuer made.
+const MaxSPIFFEIDLen = 2048
+
 // ParseSPIFFEID parses id strictly per the SPIFFE ID spec (§2): the scheme
 // "spiffe://", a trust domain name of 1 to 255 characters [a-z0-9._-] (so no
 // upper case, port, user info or percent-encoding), then a path of one or
 // more "/"-separated segments of [a-zA-Z0-9._-], none empty, "." or ".."
-// (so no trailing slash, query or fragment). It returns the trust domain
-// name and the path ("" for a trust-domain id, spiffe://<td>).
+// (so no trailing slash, query or fragment), at most MaxSPIFFEIDLen bytes
+// in all. It returns the trust domain name and the path ("" for a
+// trust-domain id, spiffe://<td>). Its errors name the rule broken, never
+// the id.
 func ParseSPIFFEID(id string) (td, path string, err error) {
 	rest, ok := strings.CutPrefix(id, spiffeScheme)
 	if !ok {
 		return "", "", errors.New(`not a SPIFFE ID: must start with "spiffe://"`)
+	}
+	if len(id) > MaxSPIFFEIDLen {
+		return "", "", errors.New("not a SPIFFE ID: longer than 2048 bytes (the SPIFFE ID spec's limit)")
 	}
 	td, path = rest, ""
 	if i := strings.IndexByte(rest, '/'); i >= 0 {

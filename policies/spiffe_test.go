@@ -40,12 +40,19 @@ func TestParseSPIFFEID(t *testing.T) {
 		{"spiffe://example.org/x%2Fy", "", "", false},
 		{"spiffe://example.org/x y", "", "", false},
 		{"spiffe://exa%6dple.org/x", "", "", false},
+		// The SPIFFE ID spec (§2.3): at most 2048 bytes, the whole URI.
+		{"spiffe://example.org/" + strings.Repeat("a", 2048-len("spiffe://example.org/")), "example.org", "/" + strings.Repeat("a", 2048-len("spiffe://example.org/")), true},
+		{"spiffe://example.org/" + strings.Repeat("a", 2049-len("spiffe://example.org/")), "", "", false},
+		{"spiffe://example.org" + strings.Repeat("/a", 1024), "", "", false},
 	}
 	for _, tc := range tests {
 		td, path, err := policies.ParseSPIFFEID(tc.id)
 		if (err == nil) != tc.ok || td != tc.td || path != tc.path {
 			t.Errorf("ParseSPIFFEID(%q) = %q, %q, %v; want %q, %q, ok=%v", tc.id, td, path, err, tc.td, tc.path, tc.ok)
 		}
+	}
+	if _, _, err := policies.ParseSPIFFEID("spiffe://example.org/" + strings.Repeat("a", 2100)); err == nil || !strings.Contains(err.Error(), "2048 bytes") {
+		t.Errorf("ParseSPIFFEID(2121 bytes) error = %v, want one naming the 2048-byte limit", err)
 	}
 	// A workload's id has a path; a trust domain's has none.
 	if td, ok := policies.SPIFFEWorkloadTrustDomain("spiffe://example.org/api"); !ok || td != "example.org" {

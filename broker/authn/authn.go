@@ -480,9 +480,9 @@ func (v *Verifier) issuerFor(claims jwt.MapClaims) (*issuerState, error) {
 	rawIss, hasIss := claims["iss"]
 	if !hasIss {
 		sub, _ := claims["sub"].(string)
-		td, ok := policies.SPIFFEWorkloadTrustDomain(sub)
-		if !ok {
-			return nil, reject(ReasonMissingIssuer, errors.New("iss claim missing and sub is not a SPIFFE ID (a SPIRE server sets iss only with jwt_issuer configured)"))
+		td, err := workloadTrustDomain(sub)
+		if err != nil {
+			return nil, reject(ReasonMissingIssuer, fmt.Errorf("iss claim missing and sub is not a SPIFFE ID (a SPIRE server sets iss only with jwt_issuer configured): %w", err))
 		}
 		st := v.byTrustDomain[td]
 		if st == nil {
@@ -500,11 +500,28 @@ func (v *Verifier) issuerFor(claims jwt.MapClaims) (*issuerState, error) {
 	}
 	if st.trustDomain != "" {
 		sub, _ := claims["sub"].(string)
-		if td, ok := policies.SPIFFEWorkloadTrustDomain(sub); !ok || td != st.trustDomain {
+		td, err := workloadTrustDomain(sub)
+		if err != nil {
+			return nil, reject(ReasonUntrustedIssuer, fmt.Errorf("issuer %s is a SPIFFE trust domain and sub is not a SPIFFE ID in it: %w", st.cfg.Name, err))
+		}
+		if td != st.trustDomain {
 			return nil, reject(ReasonUntrustedIssuer, fmt.Errorf("issuer %s is a SPIFFE trust domain and sub is not a SPIFFE ID in it", st.cfg.Name))
 		}
 	}
 	return st, nil
+}
+
+// workloadTrustDomain returns the trust domain of sub, parsed strictly as
+// the SPIFFE ID of a workload (one with a path), or why it is none: the
+// rule it breaks (policies.ParseSPIFFEID's errors name no value), so the
+// logged cause tells an over-long or malformed id from one of another
+// trust domain.
+func workloadTrustDomain(sub string) (string, error) {
+	td, path, err := policies.ParseSPIFFEID(sub)
+	if err == nil && path == "" {
+		err = errors.New("a trust domain id, without the path a workload's SPIFFE ID has")
+	}
+	return td, err
 }
 
 // authenticateTwoPass is the path for tokens jwt/v5 refused before the key

@@ -626,3 +626,44 @@ func TestSPIFFEIssuerConfusion(t *testing.T) {
 		})
 	}
 }
+
+// TestSPIFFEIDLengthLimit: a sub over the SPIFFE ID spec's 2048 bytes is
+// no SPIFFE ID: a token without iss is not routed by it (missing_issuer),
+// one whose iss is the trust domain id is not the trust domain's
+// (untrusted_issuer), and the logged cause says why. One of 2048 bytes is
+// taken.
+func TestSPIFFEIDLengthLimit(t *testing.T) {
+	v, jwtKey, _ := spiffeVerifier(t)
+	ctx := context.Background()
+	const prefix = "spiffe://example.org/ns/payments/sa/"
+	longest := prefix + strings.Repeat("a", 2048-len(prefix))
+	for _, tc := range []struct {
+		name   string
+		claims jwt.MapClaims
+	}{
+		{"without-iss", svidClaims(set("sub", longest))},
+		{"iss-trust-domain", svidClaims(set("iss", "spiffe://example.org"), set("sub", longest))},
+	} {
+		if id, err := v.Authenticate(ctx, sign(t, jwtKey, nil, tc.claims)); err != nil || id.Sub != longest {
+			t.Errorf("%s: Authenticate(sub of 2048 bytes) = %v, %v; want ok", tc.name, id, err)
+		}
+	}
+	tooLong := longest + "b"
+	for _, tc := range []struct {
+		name   string
+		claims jwt.MapClaims
+		reason string
+	}{
+		{"without-iss", svidClaims(set("sub", tooLong)), "missing_issuer"},
+		{"iss-trust-domain", svidClaims(set("iss", "spiffe://example.org"), set("sub", tooLong)), "untrusted_issuer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := sign(t, jwtKey, nil, tc.claims)
+			_, err := v.Authenticate(ctx, tok)
+			checkRejection(t, err, tok, tc.reason)
+			if err == nil || !strings.Contains(err.Error(), "longer than 2048 bytes") {
+				t.Errorf("Authenticate(sub of 2049 bytes) = %v, want a cause naming the 2048-byte limit", err)
+			}
+		})
+	}
+}
