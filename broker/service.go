@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -809,7 +810,11 @@ func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Worklo
 }
 
 // sessionID takes the issuer's session_claim when present, else the token's
-// jti, else a hash of iss+sub+iat (SPEC "Concepts"), else of iss+sub+exp.
+// jti, else a hash of iss+sub+iat (SPEC "Concepts"), else of iss+sub+exp;
+// the last two with the token's TokenDigest when the Authenticator gives
+// one, so each token is its own session: tokens with equal iss, sub and iat
+// (SPIRE's JWT-SVIDs of one SPIFFE ID issued in one second: no jti) are
+// one instance's no more than any two tokens are.
 func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 	if sc := pol.SessionClaim(id.IssuerName); sc != "" {
 		if v, ok := sessionClaimValue(&policies.Issuer{SessionClaim: sc}, id.Claims); ok {
@@ -819,12 +824,18 @@ func (s *Service) sessionID(pol *policies.Policy, id *Identity) string {
 	if id.JTI != "" {
 		return SessionID(id.IssuerName, "jti:"+id.JTI)
 	}
+	var v string
 	if id.IssuedAt.IsZero() {
 		// Neither jti nor iat: the token's exp (always present) stands in
 		// for iat, so the tokens of one sub do not all share one session.
-		return SessionID(id.IssuerName, "token-exp:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.Expiry.Unix(), 10))
+		v = "token-exp:" + id.Iss + "\x00" + id.Sub + "\x00" + strconv.FormatInt(id.Expiry.Unix(), 10)
+	} else {
+		v = "token:" + id.Iss + "\x00" + id.Sub + "\x00" + strconv.FormatInt(id.IssuedAt.Unix(), 10)
 	}
-	return SessionID(id.IssuerName, "token:"+id.Iss+"\x00"+id.Sub+"\x00"+strconv.FormatInt(id.IssuedAt.Unix(), 10))
+	if id.TokenDigest != ([sha256.Size]byte{}) {
+		v += "\x00" + string(id.TokenDigest[:])
+	}
+	return SessionID(id.IssuerName, v)
 }
 
 // policyAndAuthn returns the policy in force and the authenticator built

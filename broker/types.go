@@ -19,6 +19,13 @@ type Identity struct {
 	IssuedAt   time.Time      // zero when absent
 	Expiry     time.Time      // always set (exp is required)
 	Claims     map[string]any // all claims, decoded from JSON
+	// TokenDigest tells one token from another where its claims may not
+	// (SPIRE's JWT-SVIDs carry no jti; two of one SPIFFE ID issued in one
+	// second have equal iss, sub and iat): the SHA-256 of the token as
+	// signed, its header and payload, and of its signature, of an ECDSA
+	// one its r only, so the twin (r, n-s) its holder can compute is the
+	// same token. Zero when the Authenticator sets none.
+	TokenDigest [sha256.Size]byte
 }
 
 // IdentityRef is the part of an identity recorded on issuances and in audit

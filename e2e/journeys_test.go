@@ -8,6 +8,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -216,7 +218,7 @@ grants:
 
 	t.Run("ok/spiffe-jwt-svid-without-jti", func(t *testing.T) {
 		// A JWT-SVID has no jti and the issuer names no session claim: the
-		// session is one token's (iss+sub+iat).
+		// session is one token's (iss+sub+iat and the token itself).
 		now := time.Now().Unix()
 		svid := spiffe.sign(t, jwt.MapClaims{"sub": "spiffe://example.org/ns/prod/sa/gateway", "iat": now - 60})
 		a := env.issue(t, svid, "j-jwt", nil)
@@ -224,6 +226,11 @@ grants:
 		next := env.issue(t, spiffe.sign(t, jwt.MapClaims{"sub": "spiffe://example.org/ns/prod/sa/gateway", "iat": now}), "j-jwt", nil)
 		if a.Workload != "mesh-gateway" || a.Owner != "team-mesh" || a.SessionID != again.SessionID || next.SessionID == a.SessionID {
 			t.Fatalf("sessions: one SVID %s / %s, the next SVID %s; want the first two equal, the third different", a.SessionID, again.SessionID, next.SessionID)
+		}
+		// A replica's SVID of the same SPIFFE ID, issued in the same
+		// second (the same sub and iat, its own signature): its own session.
+		if replica := env.issue(t, spiffe.sign(t, jwt.MapClaims{"sub": "spiffe://example.org/ns/prod/sa/gateway", "iat": now - 60}), "j-jwt", nil); replica.SessionID == a.SessionID {
+			t.Errorf("two SVIDs of one SPIFFE ID and iat share session %s, want one each", a.SessionID)
 		}
 		if c := jwtClaims(t, a.AccessToken); c["sid"] != a.SessionID || c["sub"] != "mesh-gateway" {
 			t.Errorf("JWT claims = %v, want sid %s", c, a.SessionID)
@@ -236,7 +243,8 @@ grants:
 	t.Run("ok/spiffe-jwt-svid-without-iss", func(t *testing.T) {
 		// A JWT-SVID of a SPIRE server without jwt_issuer: no iss, no
 		// jti. The issuer is the one of its sub's trust domain, and the
-		// session hashes the trust domain id in the place of iss.
+		// session hashes the trust domain id in the place of iss (with
+		// sub, iat and the token as signed, an ES256 signature's r only).
 		const sub = "spiffe://td.example.org/ns/prod/sa/gateway"
 		now := time.Now().Unix()
 		svid := func(sub string, iat int64) string {
@@ -250,7 +258,13 @@ grants:
 		a := env.issue(t, tok, "j-jwt", nil)
 		again := env.issue(t, tok, "j-jwt", nil)
 		next := env.issue(t, svid(sub, now), "j-jwt", nil)
-		want := broker.SessionID("spire-td", "token:spiffe://td.example.org\x00"+sub+"\x00"+strconv.FormatInt(now-60, 10))
+		dot := strings.LastIndexByte(tok, '.')
+		sig, err := base64.RawURLEncoding.DecodeString(tok[dot+1:])
+		if err != nil || len(sig) != 64 {
+			t.Fatalf("not an ES256 signature: %v", err)
+		}
+		digest := sha256.Sum256([]byte(tok[:dot] + "\x00" + string(sig[:32])))
+		want := broker.SessionID("spire-td", "token:spiffe://td.example.org\x00"+sub+"\x00"+strconv.FormatInt(now-60, 10)+"\x00"+string(digest[:]))
 		if a.Workload != "mesh-td-gateway" || a.SessionID != want || again.SessionID != want || next.SessionID == want {
 			t.Fatalf("workload %s, sessions: one SVID %s / %s, the next SVID %s; want mesh-td-gateway, the first two %s, the third different",
 				a.Workload, a.SessionID, again.SessionID, next.SessionID, want)

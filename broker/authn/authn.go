@@ -575,11 +575,12 @@ func (v *Verifier) afterSignature(raw string, r *routed, claims jwt.MapClaims, s
 	if err := r.st.validatorFor(claims).Validate(claims); err != nil {
 		return nil, reject(claimsReason(err), claimsCause(err))
 	}
-	id, err := v.identity(r.st, claims)
+	digest := tokenDigest(raw, r.alg)
+	id, err := v.identity(r.st, claims, digest)
 	if err == nil && v.verified != nil {
 		if _, isSet := r.key.(jwt.VerificationKeySet); !isSet {
 			v.verified.put(sum, &verifiedEntry{st: r.st, kid: r.kid, hasKid: r.hasKid, alg: r.alg, typ: r.typ, hasTyp: r.hasTyp,
-				key: r.key, claims: claims, until: id.Expiry.Add(v.leeway)}, v.now())
+				key: r.key, claims: claims, digest: digest, until: id.Expiry.Add(v.leeway)}, v.now())
 		}
 	}
 	return id, err
@@ -613,11 +614,41 @@ func (v *Verifier) fromCache(ctx context.Context, sum [sha256.Size]byte, e *veri
 		}
 		return nil, reject(claimsReason(err), claimsCause(err))
 	}
-	return v.identity(e.st, e.claims)
+	return v.identity(e.st, e.claims, e.digest)
+}
+
+// tokenDigest is broker.Identity.TokenDigest of raw, a token whose
+// signature verified with alg: the SHA-256 of its signing input (header
+// and payload as written, which the signature covers), a 0 byte, and its
+// decoded signature, of an ECDSA signature (r, s) r only. For a given
+// signing input and r, (r, n-s) is the only other valid signature, and its
+// holder can compute it: both are one token. Other signatures admit no
+// such twin (Ed25519's s is checked canonical; RSA's is the signer's
+// alone), and the signature's base64 is decoded strictly.
+func tokenDigest(raw, alg string) [sha256.Size]byte {
+	i := strings.LastIndexByte(raw, '.')
+	if i < 0 {
+		return sha256.Sum256([]byte(raw))
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(raw[i+1:])
+	if err != nil {
+		sig = []byte(raw[i+1:]) // not reached: the signature verified
+	}
+	switch alg {
+	case "ES256", "ES384", "ES512":
+		sig = sig[:len(sig)/2]
+	}
+	h := sha256.New()
+	h.Write([]byte(raw[:i]))
+	h.Write([]byte{0})
+	h.Write(sig)
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return d
 }
 
 // identity applies the checks jwt/v5 has no option for and builds the result.
-func (v *Verifier) identity(st *issuerState, claims jwt.MapClaims) (*broker.Identity, error) {
+func (v *Verifier) identity(st *issuerState, claims jwt.MapClaims, digest [sha256.Size]byte) (*broker.Identity, error) {
 	exp, _ := claims.GetExpirationTime()
 	if exp == nil {
 		return nil, reject(ReasonMissingExp, errors.New("exp claim missing"))
@@ -636,12 +667,13 @@ func (v *Verifier) identity(st *issuerState, claims jwt.MapClaims) (*broker.Iden
 	}
 	aud, _ := claims.GetAudience()
 	id := &broker.Identity{
-		IssuerName: st.cfg.Name,
-		Iss:        st.cfg.Issuer,
-		Sub:        sub,
-		Audience:   []string(aud),
-		Expiry:     exp.Time,
-		Claims:     map[string]any(claims),
+		IssuerName:  st.cfg.Name,
+		Iss:         st.cfg.Issuer,
+		Sub:         sub,
+		Audience:    []string(aud),
+		Expiry:      exp.Time,
+		Claims:      map[string]any(claims),
+		TokenDigest: digest,
 	}
 	id.JTI, _ = claims["jti"].(string)
 	if iat != nil {

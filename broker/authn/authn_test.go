@@ -531,7 +531,31 @@ func wantIdentity(tb testing.TB, issuerName, tok string) *broker.Identity {
 			id.Audience = append(id.Audience, s.(string))
 		}
 	}
+	id.TokenDigest = wantTokenDigest(tb, tok)
 	return id
+}
+
+// wantTokenDigest is broker.Identity.TokenDigest as documented: SHA-256 of
+// the signing input, a 0 byte and the signature (an ECDSA one's r only).
+func wantTokenDigest(tb testing.TB, tok string) [sha256.Size]byte {
+	tb.Helper()
+	parts := strings.Split(tok, ".")
+	header, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var h struct{ Alg string }
+	if err := json.Unmarshal(header, &h); err != nil {
+		tb.Fatal(err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if strings.HasPrefix(h.Alg, "ES") {
+		sig = sig[:len(sig)/2]
+	}
+	return sha256.Sum256([]byte(parts[0] + "." + parts[1] + "\x00" + string(sig)))
 }
 
 func checkRejection(tb testing.TB, err error, tok, wantReason string) {

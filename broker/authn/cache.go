@@ -50,7 +50,8 @@ type verifiedEntry struct {
 	hasTyp bool
 	key    crypto.PublicKey
 	claims jwt.MapClaims
-	until  time.Time // exp plus the leeway: no use keeping it longer
+	digest [sha256.Size]byte // the identity's TokenDigest
+	until  time.Time         // exp plus the leeway: no use keeping it longer
 }
 
 func newVerifiedCache(max int) *verifiedCache {

@@ -2,6 +2,7 @@ package authn_test
 
 import (
 	"context"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -260,7 +261,8 @@ func TestSPIFFEWithoutIss(t *testing.T) {
 	// Iss is the trust domain id: what the session id of a token without
 	// jti hashes with sub and iat, and what Policy.Trusts compares.
 	want := &broker.Identity{IssuerName: "spire-prod", Iss: "spiffe://example.org", Sub: "spiffe://example.org/ns/payments/sa/api",
-		Audience: []string{"keytrail"}, IssuedAt: t0.Add(-10 * time.Second), Expiry: t0.Add(5 * time.Minute)}
+		Audience: []string{"keytrail"}, IssuedAt: t0.Add(-10 * time.Second), Expiry: t0.Add(5 * time.Minute),
+		TokenDigest: wantTokenDigest(t, tok)}
 	if diff := cmp.Diff(want, id, cmpopts.IgnoreFields(broker.Identity{}, "Claims")); diff != "" {
 		t.Errorf("Authenticate() identity (-want +got):\n%s", diff)
 	}
@@ -665,5 +667,48 @@ func TestSPIFFEIDLengthLimit(t *testing.T) {
 				t.Errorf("Authenticate(sub of 2049 bytes) = %v, want a cause naming the 2048-byte limit", err)
 			}
 		})
+	}
+}
+
+// TestSPIFFETokenDigest: two JWT-SVIDs of one SPIFFE ID with equal claims
+// (no jti; issued in one second) are told apart by TokenDigest, what their
+// session ids hash; one token, verified or from the cache, and its ES256
+// signature twin (r, n-s) have one.
+func TestSPIFFETokenDigest(t *testing.T) {
+	v, jwtKey, _ := spiffeVerifier(t)
+	ctx := context.Background()
+	digest := func(name, tok string) [32]byte {
+		t.Helper()
+		id, err := v.Authenticate(ctx, tok)
+		if err != nil {
+			t.Fatalf("%s: Authenticate() = %v", name, err)
+		}
+		if id.TokenDigest == ([32]byte{}) {
+			t.Fatalf("%s: TokenDigest is zero", name)
+		}
+		return id.TokenDigest
+	}
+	tok := sign(t, jwtKey, nil, svidClaims())
+	first := digest("token", tok)
+	if again := digest("token from the cache", tok); again != first {
+		t.Error("one token, verified then from the cache: two digests")
+	}
+	i := strings.LastIndexByte(tok, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(tok[i+1:])
+	if err != nil || len(sig) != 64 {
+		t.Fatalf("not an ES256 signature: %v", err)
+	}
+	s := new(big.Int).SetBytes(sig[32:])
+	s.Sub(elliptic.P256().Params().N, s)
+	s.FillBytes(sig[32:])
+	if twin := digest("signature twin", tok[:i+1]+base64.RawURLEncoding.EncodeToString(sig)); twin != first {
+		t.Error("the token's signature twin (r, n-s) has another digest")
+	}
+	other := sign(t, jwtKey, nil, svidClaims())
+	if other == tok {
+		t.Fatal("two ES256 signatures of one payload are equal")
+	}
+	if digest("token of equal claims", other) == first {
+		t.Error("two tokens of equal claims have one digest")
 	}
 }

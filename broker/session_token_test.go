@@ -1,0 +1,62 @@
+package broker_test
+
+import (
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+)
+
+// TestSessionOfTokenWithoutJTI: a token without jti (a SPIRE JWT-SVID) and
+// without a session claim is its own session. Two tokens of one sub issued
+// in the same second (two replicas of one workload, one SPIFFE ID) used to
+// share one, their iss+sub+iat being equal: now each token is its own
+// session, while one token presented again, or its ES256 signature twin
+// (r, n-s), which verifies as well and its holder can compute, stays the
+// token's session.
+func TestSessionOfTokenWithoutJTI(t *testing.T) {
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	t.Cleanup(srv.Close)
+	iss.URL = srv.URL
+	exchange := signedService(t, "session.yaml", `version: 1
+issuers:
+  - {name: idp, issuer: `+iss.URL+`, jwks_url: `+iss.URL+authntest.JWKSPath+`, audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: gateway, owner: team-mesh, match: {issuer: idp, subject: "spiffe://example.org/gateway"}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	claims := jwt.MapClaims{"iss": iss.URL, "sub": "spiffe://example.org/gateway", "aud": "keytrail",
+		"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}
+	replica1 := sign(t, iss, claims)
+	replica2 := sign(t, iss, claims) // the same claims; ECDSA signs with a fresh nonce
+	if replica1 == replica2 {
+		t.Fatal("two ES256 signatures of one payload are equal")
+	}
+	session := func(name, tok string) string {
+		t.Helper()
+		is, err := exchange(tok, "g")
+		if err != nil {
+			t.Fatalf("%s: Exchange = %v", name, err)
+		}
+		return is.SessionID
+	}
+	first := session("replica 1", replica1)
+	if again := session("replica 1 again", replica1); again != first {
+		t.Errorf("one token presented twice: sessions %s and %s, want one", first, again)
+	}
+	if twin := session("replica 1's signature twin", signatureTwin(t, replica1)); twin != first {
+		t.Errorf("the token's signature twin (r, n-s): session %s, want the token's %s", twin, first)
+	}
+	if second := session("replica 2", replica2); second == first {
+		t.Errorf("two tokens of one sub, same iat, no jti: both in session %s, want one session each", first)
+	}
+}
