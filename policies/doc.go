@@ -43,7 +43,10 @@
 // numbers in shortest decimal form (3.0 is "3"), bools as "true"/"false".
 // An array claim matches when any of its scalar elements does (so
 // groups: [dev, secops] matches claims: {groups: secops}). Objects and null
-// never match.
+// never match. A token without iss (a JWT-SVID, which only a SPIFFE trust
+// domain's issuer takes) is matched on "iss" as having the issuer's trust
+// domain id, the identity's iss; an entry on "iss" that the issuer's value
+// cannot pass draws a warning: it never matches.
 //
 // Deny by default: no match is ErrNoMatch, and more than one is ErrAmbiguous,
 // never "the first one". Policy authors make workload matches disjoint;

@@ -36,6 +36,12 @@ type matcher struct {
 	subjectRE      *regexp.Regexp
 	claims         []claimCheck // sorted by path
 	patterns       []claimCheck // sorted by path
+	// absentIss is the value a claims or claim_patterns entry on "iss"
+	// sees in a token without iss: the issuer's trust domain id when the
+	// issuer is a SPIFFE trust domain (which takes JWT-SVIDs without iss,
+	// and whose identities' iss is that id), else "" (no token without
+	// iss reaches any other issuer).
+	absentIss string
 }
 
 // Check is one step of a match evaluation, for explanations.
@@ -105,7 +111,7 @@ func (m *matcher) eval(claims map[string]any, explain bool) (bool, []Check) {
 		}
 	}
 	for _, c := range m.claims {
-		pass, why := claimMatches(claims, c, explain)
+		pass, why := claimMatches(claims, c, m.absentIss, explain)
 		if explain {
 			describe(pass, "%s", why)
 		}
@@ -114,7 +120,7 @@ func (m *matcher) eval(claims map[string]any, explain bool) (bool, []Check) {
 		}
 	}
 	for _, c := range m.patterns {
-		pass, why := claimMatches(claims, c, explain)
+		pass, why := claimMatches(claims, c, m.absentIss, explain)
 		if explain {
 			describe(pass, "%s", why)
 		}
@@ -127,8 +133,9 @@ func (m *matcher) eval(claims map[string]any, explain bool) (bool, []Check) {
 
 // claimMatches checks one claim condition. A scalar claim (string, number,
 // bool) is compared in its ClaimString form; an array claim matches when any
-// of its scalar elements does. Objects and null never match.
-func claimMatches(claims map[string]any, c claimCheck, explain bool) (bool, string) {
+// of its scalar elements does. Objects and null never match. A token
+// without iss is checked on "iss" as one whose iss is absentIss, when set.
+func claimMatches(claims map[string]any, c claimCheck, absentIss string, explain bool) (bool, string) {
 	test := func(s string) bool {
 		if c.re != nil {
 			return c.re.MatchString(s)
@@ -151,6 +158,13 @@ func claimMatches(claims map[string]any, c claimCheck, explain bool) (bool, stri
 		}
 	}
 	v, ok := ClaimValue(claims, c.path)
+	stoodIn := ""
+	if !ok && absentIss != "" && c.path == "iss" {
+		v, ok = absentIss, true
+		if explain {
+			stoodIn = " (no iss claim: the trust domain id, the identity's iss)"
+		}
+	}
 	if !ok {
 		if !explain {
 			return false, ""
@@ -198,7 +212,7 @@ func claimMatches(claims map[string]any, c claimCheck, explain bool) (bool, stri
 	if !explain {
 		return pass, "" // no quoted copy of the value: every exchange's match comes here
 	}
-	return pass, what(strconv.Quote(s), pass)
+	return pass, what(strconv.Quote(s)+stoodIn, pass)
 }
 
 // Match returns the one workload of issuer issuerName that the identity's

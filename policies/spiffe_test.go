@@ -70,3 +70,76 @@ func TestParseSPIFFEID(t *testing.T) {
 		}
 	}
 }
+
+// TestMatchIssOfTokenWithoutIss: a SPIFFE trust domain's issuer takes
+// JWT-SVIDs without iss, and the identity's iss is then the trust domain
+// id (audit, introspection, session). A workload or admin match on
+// claims.iss (or claim_patterns.iss) sees the same value: it matches such
+// a token as it matches one whose iss is the trust domain id. A claims.iss
+// that no token of the match's issuer can carry draws a warning.
+func TestMatchIssOfTokenWithoutIss(t *testing.T) {
+	p, err := policies.Parse("p.yaml", []byte(`version: 1
+issuers:
+  - {name: spire, issuer: "spiffe://example.org", jwks_url: "https://spire.example.org/bundle", audiences: [keytrail], algorithms: [ES256]}
+  - {name: idp, issuer: "https://idp.example", jwks_url: "https://idp.example/jwks", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: api, owner: team-a, match: {issuer: spire, subject: "spiffe://example.org/api", claims: {iss: "spiffe://example.org"}}, grants: [g]}
+  - {name: web, owner: team-a, match: {issuer: spire, subject: "spiffe://example.org/web", claim_patterns: {iss: "spiffe://example[.]org"}}, grants: [g]}
+  - {name: dead, owner: team-a, match: {issuer: idp, subject: "x", claims: {iss: "https://other.example"}}, grants: [g]}
+admins:
+  - {name: ops, match: {issuer: spire, claims: {iss: "spiffe://example.org", sub: "spiffe://example.org/ops"}}, roles: [trace]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		claims map[string]any
+		want   string
+	}{
+		{"api without iss", map[string]any{"sub": "spiffe://example.org/api"}, "api"},
+		{"api with iss", map[string]any{"iss": "spiffe://example.org", "sub": "spiffe://example.org/api"}, "api"},
+		{"web without iss", map[string]any{"sub": "spiffe://example.org/web"}, "web"},
+	} {
+		wl, err := p.Match("spire", tc.claims)
+		if err != nil || wl.Name != tc.want {
+			t.Errorf("%s: Match() = %v, %v; want %s", tc.name, wl, err, tc.want)
+		}
+	}
+	if a, ok := p.MatchAdmin("spire", map[string]any{"sub": "spiffe://example.org/ops"}, "trace"); !ok || a.Name != "ops" {
+		t.Errorf("MatchAdmin(no iss) = %v, %v; want ops", a, ok)
+	}
+	// Only where iss is absent: another iss never passes.
+	if wl, err := p.Match("spire", map[string]any{"iss": "spiffe://example.com", "sub": "spiffe://example.org/api"}); err == nil {
+		t.Errorf("Match(iss of another trust domain) = %s, want no match", wl.Name)
+	}
+	// An issuer that is no trust domain routes no token without iss: an
+	// absent iss stays absent.
+	if wl, err := p.Match("idp", map[string]any{"sub": "x"}); err == nil {
+		t.Errorf("Match(idp, no iss) = %s, want no match", wl.Name)
+	}
+	e := p.Explain("spire", map[string]any{"sub": "spiffe://example.org/api"}, "")
+	if e.Matched != "api" {
+		t.Errorf("Explain(no iss) matched %q, want api", e.Matched)
+	}
+	var texts []string
+	for _, w := range e.Workloads {
+		for _, c := range w.Checks {
+			texts = append(texts, c.Text)
+		}
+	}
+	if !strings.Contains(strings.Join(texts, "\n"), "no iss claim: the trust domain id") {
+		t.Errorf("Explain checks %q, want one saying iss was absent and the trust domain id stood in", texts)
+	}
+	var warned []string
+	for _, w := range p.Warnings() {
+		if strings.Contains(w.Path, "iss") {
+			warned = append(warned, w.Path+": "+w.Message)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "workloads[2]") || !strings.Contains(warned[0], "never matches") {
+		t.Errorf("warnings on iss = %q, want one, on workloads[2]'s claims.iss, saying it never matches", warned)
+	}
+}

@@ -208,7 +208,7 @@ func compile(files []parsedFile) (*Policy, error) {
 		} else {
 			checkOwner(&v, l.file, l.path+".owner", w.Owner)
 		}
-		p.workloadMatch[i] = compileMatch(&v, l, &w.Match, p.issuerIdx, false)
+		p.workloadMatch[i] = compileMatch(&v, l, &w.Match, p, false)
 		nullMatchFields(&v, l, roots(l.file))
 		p.allowed[i] = map[string]bool{}
 		for j, g := range w.Grants {
@@ -246,7 +246,7 @@ func compile(files []parsedFile) (*Policy, error) {
 	for i := range p.admins {
 		a := &p.admins[i]
 		l := adminLocs[i]
-		p.adminMatch[i] = compileMatch(&v, l, &a.Match, p.issuerIdx, true)
+		p.adminMatch[i] = compileMatch(&v, l, &a.Match, p, true)
 		nullMatchFields(&v, l, roots(l.file))
 		if len(a.Roles) == 0 {
 			v.add(l.file, l.path+".roles", "required: at least one of %s", strings.Join(roles, ", "))
@@ -655,13 +655,19 @@ func validateRate(v *validator, l loc, field string, r *Rate, burstWritten bool)
 
 // compileMatch validates m and compiles it. Admin matches may omit the
 // subject but must say something.
-func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin bool) *matcher {
+func compileMatch(v *validator, l loc, m *Match, p *Policy, admin bool) *matcher {
 	mp := l.path + ".match"
 	c := &matcher{issuer: m.Issuer, subject: m.Subject, hasSubject: m.Subject != "", subjectPattern: m.SubjectPattern}
+	var is *Issuer
 	if m.Issuer == "" {
 		v.add(l.file, mp+".issuer", "required")
-	} else if _, ok := issuers[m.Issuer]; !ok {
+	} else if i, ok := p.issuerIdx[m.Issuer]; !ok {
 		v.add(l.file, mp+".issuer", "unknown issuer %s", quoted(m.Issuer))
+	} else {
+		is = &p.issuers[i]
+		if is.TrustDomain() != "" {
+			c.absentIss = is.Issuer
+		}
 	}
 	switch {
 	case m.Subject != "" && m.SubjectPattern != "":
@@ -696,7 +702,28 @@ func compileMatch(v *validator, l loc, m *Match, issuers map[string]int, admin b
 		}
 		c.patterns = append(c.patterns, claimCheck{path: k, want: m.ClaimPatterns[k], re: re})
 	}
+	issNeverMatches(v, l, mp, c, is)
 	return c
+}
+
+// issNeverMatches warns of a claims or claim_patterns entry on "iss" that
+// no token of the match's issuer can pass: every token an issuer takes has
+// iss equal to its issuer value (a trust domain's without iss is matched
+// as having it), so any other iss leaves the entry matching nothing.
+func issNeverMatches(v *validator, l loc, mp string, c *matcher, is *Issuer) {
+	if is == nil || is.Issuer == "" {
+		return
+	}
+	for _, cc := range c.claims {
+		if cc.path == "iss" && cc.want != is.Issuer {
+			v.warn(l.file, fmt.Sprintf("%s.claims[%q]", mp, "iss"), "never matches: every token of issuer %s has iss %s (the issuer value; the match's issuer already requires it)", quoted(is.Name), quoted(is.Issuer))
+		}
+	}
+	for _, cc := range c.patterns {
+		if cc.path == "iss" && cc.re != nil && !cc.re.MatchString(is.Issuer) {
+			v.warn(l.file, fmt.Sprintf("%s.claim_patterns[%q]", mp, "iss"), "never matches: every token of issuer %s has iss %s (the issuer value; the match's issuer already requires it)", quoted(is.Name), quoted(is.Issuer))
+		}
+	}
 }
 
 // nullMatchFields refuses a claims or claim_patterns of the match of the
