@@ -56,7 +56,19 @@ func TestClientIP(t *testing.T) {
 		{name: "fail/ipv4-in-brackets", xff: []string{"127.0.0.1, [198.51.100.4]:80"}, trusted: proxies, want: "192.0.2.1"},
 		{name: "fail/unclosed-bracket", xff: []string{"127.0.0.1, [2001:db8::1"}, trusted: proxies, want: "192.0.2.1"},
 		{name: "fail/not-an-address", xff: []string{"127.0.0.1, bogus"}, trusted: proxies, want: "192.0.2.1"},
-		{name: "fail/empty-last-entry", xff: []string{"198.51.100.4, "}, trusted: proxies, want: "192.0.2.1"},
+		// Empty entries are skipped, as nginx's real_ip module does (it
+		// reads a run of commas and spaces as one separator): a proxy that
+		// passed on "a, , b" or a trailing comma does not make every
+		// caller behind it the last trusted hop.
+		{name: "ok/empty-last-entry", xff: []string{"198.51.100.4, "}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/empty-entry-past-a-proxy", xff: []string{"127.0.0.1, 198.51.100.4, , 10.0.0.7"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/empty-entry-between-proxies", xff: []string{"198.51.100.4,,10.0.0.9, ,10.0.0.7"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/empty-header-line", xff: []string{"198.51.100.4", "", "10.0.0.7"}, trusted: proxies, want: "198.51.100.4"},
+		// An empty entry the caller sent is left of the entry its proxy
+		// appended: it chooses nothing.
+		{name: "ok/caller-empty-entry-not-read", xff: []string{"127.0.0.1, , 198.51.100.4"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/only-empty-entries", xff: []string{" , ,,"}, trusted: proxies, want: "192.0.2.1"},
+		{name: "ok/all-trusted-empty-leftmost", xff: []string{", 10.0.0.9, 10.0.0.7"}, trusted: proxies, want: "10.0.0.9"},
 		{name: "fail/not-an-address-past-a-proxy", xff: []string{"bogus, 10.0.0.7"}, trusted: proxies, want: "10.0.0.7"},
 		{name: "fail/peer-not-an-address", peer: "pipe", xff: []string{"198.51.100.4"}, trusted: proxies, want: "pipe"},
 	}

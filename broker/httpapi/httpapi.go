@@ -358,8 +358,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, 
 // entry that is not a trusted proxy itself (nginx's real_ip_recursive,
 // Vault's x_forwarded_for_authorized_addrs). Entries left of it were
 // chosen by the caller and are not read. Were every entry a trusted proxy,
-// the leftmost is the source; at an entry that is not an address the walk
-// stops and the source is the last trusted hop (the peer, or the entry
+// the leftmost is the source; an empty entry ("a, , b", a trailing comma,
+// an empty header line) is skipped, as nginx does; at an entry that is
+// not an address the walk stops and the source is the last trusted hop (the peer, or the entry
 // right of it); an entry may carry a port (forwardedAddr). A peer that is not a trusted proxy is the source whatever
 // X-Forwarded-For it sent: a caller that reaches the broker directly
 // cannot name another address for its audit events or its refusal budget.
@@ -390,7 +391,18 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 			if j >= 0 {
 				entry, v = v[j+1:], v[:j]
 			}
-			ip, ok := forwardedAddr(trimSpace(entry))
+			entry = trimSpace(entry)
+			if entry == "" {
+				// Skipped, as nginx reads a run of commas and
+				// spaces as one separator: a proxy that passed
+				// on "a, , b" does not make its callers the last
+				// trusted hop.
+				if j < 0 {
+					break
+				}
+				continue
+			}
+			ip, ok := forwardedAddr(entry)
 			if !ok {
 				return hopString(hop, host)
 			}
