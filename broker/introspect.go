@@ -29,9 +29,10 @@ type IntrospectResult struct {
 	Issuance *Issuance
 }
 
-// Introspect authenticates the caller (a caller token that is a revoked
-// broker credential is refused, as checkBrokerToken says), applies the
-// caller's rate limit (allowIntrospect), looks the credential up by its
+// Introspect authenticates the caller, applies the caller's rate limit
+// (allowIntrospect; before anything that reads the store or writes an
+// event of its own), refuses a caller token that is a revoked broker
+// credential (as checkBrokerToken says), looks the credential up by its
 // fingerprint and answers whether it is active: unexpired, unrevoked, its
 // workload not blocked and, for a proxy credential, its grant still one the
 // proxy serves it (proxyGrantInForce). Every
@@ -55,6 +56,14 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	ev.Identity = auditIdentity(caller.Ref())
 	ev.Admin = caller.Iss + "#" + caller.Sub
 	ev.Details = map[string]any{"caller": map[string]string{"iss": caller.Iss, "sub": caller.Sub}}
+	// The limit first: what follows costs store reads (the revoked
+	// broker credential check, up to two) or a durable event (every
+	// refusal below), so a caller past it, the holder of a revoked broker
+	// JWT included, gets a 429 whose events are bounded (refuseLimited)
+	// and nothing else.
+	if who, err := s.allowIntrospect(pol, caller); err != nil {
+		return nil, s.refuseLimited(ctx, ev, who, err)
+	}
 	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {
 		s.recordDeny(ctx, ev, err)
 		return nil, err
@@ -63,9 +72,6 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		err := Errorf(ErrInvalidRequest, "missing_token", "token is required", nil)
 		s.recordDeny(ctx, ev, err)
 		return nil, err
-	}
-	if who, err := s.allowIntrospect(pol, caller); err != nil {
-		return nil, s.refuseLimited(ctx, ev, who, err)
 	}
 	fp := Fingerprint(req.Token)
 	ev.Credential = &audit.Credential{Fingerprint: fp}
