@@ -62,7 +62,7 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	// JWT included, gets a 429 whose events are bounded (refuseLimited)
 	// and nothing else.
 	if who, err := s.allowIntrospect(pol, caller); err != nil {
-		return nil, s.refuseLimited(ctx, ev, who, err)
+		return nil, s.refuseLimited(ctx, ev, who, refusalTag{}, err)
 	}
 	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {
 		s.recordDeny(ctx, ev, err)

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"testing"
 	"time"
 
@@ -131,5 +132,59 @@ func TestRateLimitedIntrospectionAuditBounded(t *testing.T) {
 	sum := checkIdentitySummary(t, f.sink.Events(), audit.TypeIntrospect, refused, f.now)
 	if sum.Identity == nil || sum.Identity.Iss != "https://k8s.example" || sum.Identity.Sub != "system:serviceaccount:edge:verifier" || sum.Identity.JTI != "" {
 		t.Errorf("summary identity %+v; want the caller's iss and sub, no jti", sum.Identity)
+	}
+}
+
+// TestRateLimitedWorkloadSummaryCountsGrants: the summary of a workload's
+// 429s, which stands for those of all its grants, exchanges and proxied
+// requests alike, counts them by grant (details.grants) and by endpoint
+// (details.endpoints: token, proxy).
+func TestRateLimitedWorkloadSummaryCountsGrants(t *testing.T) {
+	f := newFixture(t)
+	svc, err := broker.NewService(broker.Deps{
+		Policy:        func() *policies.Policy { return f.pol },
+		Authn:         func() broker.Authenticator { return f.authn },
+		Minters:       map[string]broker.Minter{broker.KindVaultToken: f.minter},
+		Revokers:      map[string]broker.Revoker{broker.KindVaultToken: f.minter},
+		Store:         f.store,
+		Audit:         f.sink,
+		Now:           func() time.Time { return f.now },
+		RefusalLimits: &broker.RefusalLimits{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	req := broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req", Source: broker.Source{IP: "192.0.2.9"}}
+	for range 2 { // rate: {per_second: 1, burst: 2}
+		if _, err := svc.Exchange(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const exchanges, proxied = 50, 30
+	for i := range exchanges {
+		if _, err := svc.Exchange(ctx, req); !errors.Is(err, broker.ErrRateLimited) {
+			t.Fatalf("request %d past the rate: %v, want 429", i+1, err)
+		}
+	}
+	wl, _ := f.pol.Workload("payments-api")
+	for i := range proxied {
+		err := svc.AllowProxy(wl)
+		if !errors.Is(err, broker.ErrRateLimited) {
+			t.Fatalf("proxied request %d past the rate: %v, want 429", i+1, err)
+		}
+		if write, _ := svc.AuditProxyRateLimited(ctx, wl, "payments-upstream", err); write {
+			t.Fatalf("proxied request %d past the rate audited on its own; want it counted by the summary", i+1)
+		}
+	}
+	svc.FlushRefusalSummaries(ctx, true)
+	sum := checkIdentitySummary(t, f.sink.Events(), audit.TypeDeny, exchanges+proxied, f.now)
+	wantGrants := map[string]int{"payments-vault": exchanges - perIdentity, "payments-upstream": proxied}
+	wantEndpoints := map[string]int{"token": exchanges - perIdentity, "proxy": proxied}
+	if g, _ := sum.Details["grants"].(map[string]int); !maps.Equal(g, wantGrants) {
+		t.Errorf("summary details.grants %v, want %v", sum.Details["grants"], wantGrants)
+	}
+	if e, _ := sum.Details["endpoints"].(map[string]int); !maps.Equal(e, wantEndpoints) {
+		t.Errorf("summary details.endpoints %v, want %v", sum.Details["endpoints"], wantEndpoints)
 	}
 }

@@ -152,6 +152,47 @@ type refusalSource struct {
 	// who: the authenticated caller whose 429s key counts (an identity
 	// guard's).
 	who *limitedCaller
+	// tags counts the suppressed refusals by what they were (nil: none
+	// pending).
+	tags map[refusalTag]int
+}
+
+// refusalTag is what a suppressed refusal was, as its summary counts it:
+// the reason of the refusal an unauthenticated caller would have been
+// answered (details.reasons), or the grant and endpoint of a workload's
+// 429 (details.grants, details.endpoints). Their values are bounded: the
+// broker's reasons, the policy's grants, its endpoints.
+type refusalTag struct {
+	reason, grant, endpoint string
+}
+
+// The endpoints of a workload's 429s that its summary counts apart.
+const (
+	refusalEndpointToken = "token"
+	refusalEndpointProxy = "proxy"
+)
+
+// refusalReason is the reason err's deny event would have (its outcome
+// reason, else its error code), as keytrail report reads it.
+func refusalReason(err error) string {
+	e := AsError(err)
+	if e.Reason != "" {
+		return e.Reason
+	}
+	return CodeOf(e)
+}
+
+// addTags adds the counts of from to *to.
+func addTags(to *map[refusalTag]int, from map[refusalTag]int) {
+	if len(from) == 0 {
+		return
+	}
+	if *to == nil {
+		*to = make(map[refusalTag]int, len(from))
+	}
+	for k, n := range from {
+		(*to)[k] += n
+	}
 }
 
 // limitedCaller is an authenticated caller whose 429s an identity guard
@@ -195,6 +236,8 @@ type refusalSummary struct {
 	// events, when it was the same).
 	key string
 	who *limitedCaller
+	// tags counts the refusals by what they were.
+	tags map[refusalTag]int
 }
 
 // scope is the details.scope of s's event.
@@ -212,6 +255,8 @@ func (s refusalSummary) scope() string {
 func (s *refusalSummary) merge(o refusalSummary) {
 	if s.n == 0 {
 		*s = o
+		s.tags = nil
+		addTags(&s.tags, o.tags)
 		return
 	}
 	if o.ip != s.ip || o.key != s.key || o.mixed {
@@ -225,6 +270,7 @@ func (s *refusalSummary) merge(o refusalSummary) {
 		s.who = &limitedCaller{typ: typ}
 	}
 	s.n += o.n
+	addTags(&s.tags, o.tags)
 	if o.first.Before(s.first) {
 		s.first = o.first
 	}
@@ -295,13 +341,15 @@ func sourceKey(ip string) string {
 // one (RefusalScopeGlobal: the global bucket empty), and retry says when a
 // token is back. out are summaries to write now (a source dropped to make
 // room, or a source whose summary span ended).
-func (g *refusalGuard) take(ip string, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
-	return g.takeKey(sourceKey(ip), ip, nil, now)
+// reason is the refusal's (refusalReason), which its summary counts.
+func (g *refusalGuard) take(ip, reason string, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
+	return g.takeKey(sourceKey(ip), ip, nil, refusalTag{reason: reason}, now)
 }
 
 // takeKey is take for the entry key, ip its address ("" for an identity
-// guard's) and who its caller (nil for a source).
-func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
+// guard's), who its caller (nil for a source) and tag what the refusal
+// was.
+func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, tag refusalTag, now time.Time) (by string, retry time.Duration, out []refusalSummary) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -347,6 +395,10 @@ func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, now time.Time
 	}
 	src.suppressed++
 	src.last = now
+	if src.tags == nil {
+		src.tags = make(map[refusalTag]int)
+	}
+	src.tags[tag]++
 	retry = time.Second
 	if lack, lim := 1-src.bucket.TokensAt(now), float64(src.bucket.Limit()); lack > 0 && lim > 0 {
 		retry = tokenWait(lack, lim)
@@ -359,8 +411,8 @@ func (src *refusalSource) summary() (refusalSummary, bool) {
 	if src.suppressed == 0 {
 		return refusalSummary{}, false
 	}
-	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last, global: src.global, key: src.key, who: src.who}
-	src.suppressed, src.first, src.last = 0, time.Time{}, time.Time{}
+	s := refusalSummary{ip: src.ip, n: src.suppressed, first: src.first, last: src.last, global: src.global, key: src.key, who: src.who, tags: src.tags}
+	src.suppressed, src.first, src.last, src.tags = 0, time.Time{}, time.Time{}, nil
 	return s, true
 }
 
@@ -417,6 +469,7 @@ func (src *refusalSource) restore(sum refusalSummary) {
 		src.last = sum.last
 	}
 	src.suppressed += sum.n
+	addTags(&src.tags, sum.tags)
 }
 
 // sweep takes the summaries whose span ended by now (all of them with all)
@@ -467,7 +520,7 @@ func (s refusalSummary) event() *audit.Event {
 	if s.ip != "" {
 		src = &audit.Source{IP: s.ip}
 	}
-	return &audit.Event{
+	ev := &audit.Event{
 		Type:    audit.TypeDeny,
 		Source:  src,
 		Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: ReasonRefusalsSuppressed},
@@ -477,6 +530,26 @@ func (s refusalSummary) event() *audit.Event {
 			"first":      s.first.UTC().Format(audit.TimeFormat),
 			"last":       s.last.UTC().Format(audit.TimeFormat),
 		},
+	}
+	s.countBy(ev.Details, "reasons", func(t refusalTag) string { return t.reason })
+	return ev
+}
+
+// countBy sets details[name] to s's refusals counted by what field says
+// of each (those it says nothing of, "", left out); not at all when it
+// says nothing of any.
+func (s refusalSummary) countBy(details map[string]any, name string, field func(refusalTag) string) {
+	var m map[string]int
+	for t, n := range s.tags {
+		if v := field(t); v != "" {
+			if m == nil {
+				m = make(map[string]int)
+			}
+			m[v] += n
+		}
+	}
+	if m != nil {
+		details[name] = m
 	}
 }
 
@@ -499,6 +572,10 @@ func (s refusalSummary) identityEvent() *audit.Event {
 	switch {
 	case w.typ != audit.TypeIntrospect:
 		ev.Workload, ev.Owner = w.workload, w.owner
+		// Its 429s may be of several grants, exchanges and proxied
+		// requests alike: the summary names none, and counts them.
+		s.countBy(ev.Details, "grants", func(t refusalTag) string { return t.grant })
+		s.countBy(ev.Details, "endpoints", func(t refusalTag) string { return t.endpoint })
 	case w.workload != "":
 		// An introspect event's workload is the introspected
 		// credential's: the caller's is said in details.
@@ -519,8 +596,8 @@ func (s refusalSummary) identityEvent() *audit.Event {
 // way: the caller gets the same 429, which hands out nothing, so no event
 // need be durable before it is answered. Any other err is recorded as
 // always.
-func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limitedCaller, err error) error {
-	own, err := s.limitRefused(ctx, who, err)
+func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limitedCaller, tag refusalTag, err error) error {
+	own, err := s.limitRefused(ctx, who, tag, err)
 	if own {
 		s.recordDeny(ctx, ev, err)
 	}
@@ -536,11 +613,11 @@ func (s *Service) refuseLimited(ctx context.Context, ev *audit.Event, who *limit
 // of scope identity among its causes, for
 // keytrail_refusals_suppressed_total. Any other err, or no identity guard
 // (PerIdentity negative): own, err unchanged.
-func (s *Service) limitRefused(ctx context.Context, who *limitedCaller, err error) (own bool, answer error) {
+func (s *Service) limitRefused(ctx context.Context, who *limitedCaller, tag refusalTag, err error) (own bool, answer error) {
 	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
 		return true, err
 	}
-	by, _, out := s.limited.takeKey(who.key(), "", who, s.d.Now())
+	by, _, out := s.limited.takeKey(who.key(), "", who, tag, s.d.Now())
 	s.writeSummaries(ctx, s.limited, out, nil)
 	if by == "" {
 		return true, err
@@ -559,14 +636,33 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		s.recordDeny(ctx, ev, err)
 		return err
 	}
-	by, retry, out := s.refusals.take(src.IP, s.d.Now())
+	by, retry, out := s.refusals.take(src.IP, refusalReason(err), s.d.Now())
 	s.writeSummaries(ctx, s.refusals, out, nil)
 	if by == "" {
 		s.recordDeny(ctx, ev, err)
 		return err
 	}
-	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: "too many refused requests; slow down", RetryAfter: retry,
+	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: suppressedSafe(by, err), RetryAfter: retry,
 		Err: &SuppressedRefusalError{Scope: by, Refusal: err.Error()}}
+}
+
+// suppressedSafe is the description of the 429 answering the refusal err
+// that the bucket by suppressed: whose refusals were too many (this
+// address's, or all callers' together: not this caller's rate alone), and
+// what the request itself was refused for (err's own description, what
+// it would have been answered without the limit), so that a caller whose
+// token expired is told so.
+func suppressedSafe(by string, err error) string {
+	whose := "too many refused requests from this address; slow down"
+	if by == RefusalScopeGlobal {
+		whose = "too many refused requests to the broker from all addresses; slow down"
+	}
+	e := AsError(err)
+	desc := e.Safe
+	if desc == "" {
+		desc = e.Kind.Error()
+	}
+	return whose + " (this request: " + desc + ")"
 }
 
 // writeSummaries audits summaries, deferred: nobody waits for them here.

@@ -35,7 +35,7 @@ func TestIdentityGuard(t *testing.T) {
 	verifier := &limitedCaller{typ: audit.TypeIntrospect, iss: "https://k8s.example", sub: "verifier"}
 	step := func(name string, who *limitedCaller, d time.Duration, wantBy, wantOut string) {
 		t.Helper()
-		by, _, out := g.takeKey(who.key(), "", who, at(d))
+		by, _, out := g.takeKey(who.key(), "", who, refusalTag{}, at(d))
 		if by != wantBy || show(out) != wantOut {
 			t.Errorf("%s: take(%s, +%s) = %q, %q; want %q, %q", name, who.name(), d, by, show(out), wantBy, wantOut)
 		}
@@ -70,8 +70,8 @@ func TestIdentitySummaryRestored(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	g := newIdentityGuard(RefusalLimits{PerIdentity: 1, SummaryEvery: time.Minute})
 	who := &limitedCaller{typ: audit.TypeIntrospect, iss: "https://k8s.example", sub: "verifier"}
-	g.takeKey(who.key(), "", who, t0)
-	g.takeKey(who.key(), "", who, t0)
+	g.takeKey(who.key(), "", who, refusalTag{}, t0)
+	g.takeKey(who.key(), "", who, refusalTag{}, t0)
 	out := g.sweep(t0, true, false)
 	if len(out) != 1 || out[0].n != 1 {
 		t.Fatalf("sweep = %+v, want one summary of 1", out)
@@ -108,7 +108,7 @@ func TestIdentitySummaryAtShutdown(t *testing.T) {
 	ctx := context.Background()
 	for i := range 5 {
 		ev := &audit.Event{Type: audit.TypeDeny, Workload: "payments-api"}
-		err := svc.refuseLimited(ctx, ev, who, &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, Safe: "slow down", RetryAfter: 3 * time.Second})
+		err := svc.refuseLimited(ctx, ev, who, refusalTag{}, &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, Safe: "slow down", RetryAfter: 3 * time.Second})
 		if e := AsError(err); !errors.Is(err, ErrRateLimited) || e.Reason != ReasonRateLimited || e.Safe != "slow down" || e.RetryAfter != 3*time.Second {
 			t.Fatalf("refuseLimited = %v, want the 429 itself", err)
 		}

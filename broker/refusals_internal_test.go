@@ -33,7 +33,7 @@ func TestRefusalGuardSummaries(t *testing.T) {
 	}
 	step := func(name, ip string, at time.Duration, wantOK bool, wantRetry time.Duration, wantOut string) {
 		t.Helper()
-		by, retry, out := g.take(ip, t0.Add(at))
+		by, retry, out := g.take(ip, "", t0.Add(at))
 		if ok := by == ""; ok != wantOK || retry != wantRetry || show(out) != wantOut {
 			t.Errorf("%s: take(%s, +%s) = %v, %s, %q; want %v, %s, %q", name, ip, at, ok, retry, show(out), wantOK, wantRetry, wantOut)
 		}
@@ -62,8 +62,8 @@ func TestRefusalGuardRestore(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, MaxSources: 2, SummaryEvery: time.Minute})
-	g.take("192.0.2.1", at(0))
-	g.take("192.0.2.1", at(time.Second/2)) // suppressed: pending 1
+	g.take("192.0.2.1", "", at(0))
+	g.take("192.0.2.1", "", at(time.Second/2)) // suppressed: pending 1
 	g.restore(refusalSummary{ip: "192.0.2.1", n: 3, first: at(-time.Second), last: at(-time.Second / 2)})
 	g.restore(refusalSummary{ip: "192.0.2.2", n: 2, first: at(0), last: at(time.Second)}) // room: a new source
 	g.restore(refusalSummary{ip: "192.0.2.3", n: 4, first: at(2 * time.Second), last: at(3 * time.Second)})
@@ -86,7 +86,7 @@ func TestRefusalGuardRestore(t *testing.T) {
 		t.Fatalf("%d sources tracked after the sweep, want 0", n)
 	}
 	g.restore(refusalSummary{ip: "192.0.2.4", n: 1, first: at(0), last: at(0)})
-	g.take("192.0.2.5", at(2*time.Minute))
+	g.take("192.0.2.5", "", at(2*time.Minute))
 	g.restore(refusalSummary{ip: "192.0.2.7", n: 1, first: at(0), last: at(0)})
 	g.restore(refusalSummary{ip: "192.0.2.8", n: 2, first: at(0), last: at(time.Second)})
 	out := g.sweep(at(2*time.Minute), true, false)
@@ -165,8 +165,8 @@ func TestRefusalFlushNotSerial(t *testing.T) {
 	const sources = 3
 	for i := range sources {
 		ip := fmt.Sprintf("192.0.2.%d", i+1)
-		svc.refusals.take(ip, t0)
-		svc.refusals.take(ip, t0) // suppressed
+		svc.refusals.take(ip, "", t0)
+		svc.refusals.take(ip, "", t0) // suppressed
 	}
 	flushed := make(chan struct{})
 	go func() {
@@ -206,7 +206,7 @@ func TestRefusalGuardGlobal(t *testing.T) {
 	}
 	step := func(name, ip string, d time.Duration, wantBy string, wantRetry time.Duration) {
 		t.Helper()
-		by, retry, out := g.take(ip, at(d))
+		by, retry, out := g.take(ip, "", at(d))
 		if by != wantBy || retry != wantRetry || len(out) != 0 {
 			t.Errorf("%s: take(%s, +%s) = %q, %s, %q; want %q, %s, none", name, ip, d, by, retry, show(out), wantBy, wantRetry)
 		}
@@ -250,7 +250,7 @@ func TestRefusalGuardGlobalOff(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, GlobalPerSecond: -1, GlobalBurst: 1})
 	for i := range 100 {
-		if by, _, _ := g.take(fmt.Sprintf("192.0.2.%d", i), t0); by != "" {
+		if by, _, _ := g.take(fmt.Sprintf("192.0.2.%d", i), "", t0); by != "" {
 			t.Fatalf("refusal %d of a new source suppressed with the global bucket off", i+1)
 		}
 	}
@@ -262,14 +262,14 @@ func TestRefusalGuardGlobalOff(t *testing.T) {
 func TestRefusalGuardClosed(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	g := newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 1, SummaryEvery: time.Minute})
-	g.take("192.0.2.1", t0)
-	if by, _, _ := g.take("192.0.2.1", t0); by == "" {
+	g.take("192.0.2.1", "", t0)
+	if by, _, _ := g.take("192.0.2.1", "", t0); by == "" {
 		t.Fatal("second refusal within the span audited; want suppressed")
 	}
 	if out := g.sweep(t0, true, true); len(out) != 1 || out[0].n != 1 {
 		t.Fatalf("final sweep = %+v, want the one summary", out)
 	}
-	if by, _, out := g.take("192.0.2.1", t0); by != "" || len(out) != 0 {
+	if by, _, out := g.take("192.0.2.1", "", t0); by != "" || len(out) != 0 {
 		t.Errorf("refusal after the final sweep: suppressed by %q, %d summaries; want audited on its own", by, len(out))
 	}
 	if out := g.sweep(t0.Add(time.Hour), true, true); len(out) != 0 {
@@ -318,8 +318,8 @@ func TestRefusalSummaryFailedAfterLastFlushNotKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc.refusals.take("192.0.2.1", t0)
-	if by, _, _ := svc.refusals.take("192.0.2.1", t0); by == "" {
+	svc.refusals.take("192.0.2.1", "", t0)
+	if by, _, _ := svc.refusals.take("192.0.2.1", "", t0); by == "" {
 		t.Fatal("second refusal within the burst of 1 audited; want suppressed")
 	}
 	ctx, cancel := context.WithCancel(context.Background())

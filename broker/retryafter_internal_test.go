@@ -55,13 +55,13 @@ func TestRefusalGuardRetryAfterTinyRate(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	for _, ps := range tinyRates {
 		g := newRefusalGuard(RefusalLimits{PerSecond: ps, Burst: 1, MaxSources: 2, SummaryEvery: time.Minute, GlobalPerSecond: -1})
-		g.take("192.0.2.1", t0)
-		if by, retry, _ := g.take("192.0.2.1", t0); by != RefusalScopeSource || retry != maxRetryAfter {
+		g.take("192.0.2.1", "", t0)
+		if by, retry, _ := g.take("192.0.2.1", "", t0); by != RefusalScopeSource || retry != maxRetryAfter {
 			t.Errorf("source per_second %g: take = %q, Retry-After %v; want %q, %v", ps, by, retry, RefusalScopeSource, maxRetryAfter)
 		}
 		g = newRefusalGuard(RefusalLimits{PerSecond: 1, Burst: 5, MaxSources: 2, SummaryEvery: time.Minute, GlobalPerSecond: ps, GlobalBurst: 1})
-		g.take("192.0.2.1", t0)
-		if by, retry, _ := g.take("192.0.2.2", t0); by != RefusalScopeGlobal || retry != maxRetryAfter {
+		g.take("192.0.2.1", "", t0)
+		if by, retry, _ := g.take("192.0.2.2", "", t0); by != RefusalScopeGlobal || retry != maxRetryAfter {
 			t.Errorf("global per_second %g: take = %q, Retry-After %v; want %q, %v", ps, by, retry, RefusalScopeGlobal, maxRetryAfter)
 		}
 	}

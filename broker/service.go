@@ -346,7 +346,8 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(err)
 	}
 	if err := s.allow(wl); err != nil {
-		return nil, s.refuseLimited(ctx, denyEvent(), &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}, err)
+		return nil, s.refuseLimited(ctx, denyEvent(), &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner},
+			refusalTag{grant: grant.Name, endpoint: refusalEndpointToken}, err)
 	}
 
 	ttl := grant.TTLDuration()
@@ -805,8 +806,9 @@ func (s *Service) AllowProxy(wl *policies.Workload) error {
 // "identity"), and answer the same 429 marked so
 // (SuppressedScope(answer) is RefusalScopeIdentity). Any other err: true,
 // err. The caller answers the same 429 either way; it hands out nothing.
-func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Workload, err error) (write bool, answer error) {
-	return s.limitRefused(ctx, &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}, err)
+func (s *Service) AuditProxyRateLimited(ctx context.Context, wl *policies.Workload, grant string, err error) (write bool, answer error) {
+	return s.limitRefused(ctx, &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner},
+		refusalTag{grant: grant, endpoint: refusalEndpointProxy}, err)
 }
 
 // sessionID takes the issuer's session_claim when present, else the token's

@@ -436,7 +436,7 @@ func (c *call) check() error {
 	// RefusalLimits.PerIdentity per span, counted by the workload's
 	// summary instead of a deny each (AuditProxyRateLimited).
 	if err := svc.AllowProxy(wl); err != nil {
-		write, answer := svc.AuditProxyRateLimited(r.Context(), wl, err)
+		write, answer := svc.AuditProxyRateLimited(r.Context(), wl, is.Grant, err)
 		c.unaudited = !write
 		return answer
 	}

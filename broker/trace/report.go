@@ -505,7 +505,7 @@ func (b *reportBuilder) event(ev *audit.Event) {
 			}
 		}
 		n := denyCount(ev, reason)
-		b.denies[reason] += n
+		b.countDenies(ev, reason, n)
 		if ev.Workload != "" {
 			// A summary of a workload's 429s stands for n of its denies.
 			b.workload(ev.Workload, ev.Owner).Denied += n
@@ -526,6 +526,47 @@ func (b *reportBuilder) event(ev *audit.Event) {
 	}
 }
 
+// countDenies adds the n refusals of deny event ev (reason its reason) to
+// the report's counts by reason. A summary of unauthenticated refusals
+// (broker.ReasonRefusalsSuppressed) counts them under the reasons they
+// would have been refused for, as its details.reasons gives them (each a
+// whole number from 1, together at most n; otherwise they are not read),
+// and the rest under its own reason.
+func (b *reportBuilder) countDenies(ev *audit.Event, reason string, n int) {
+	if reason == broker.ReasonRefusalsSuppressed && n > 1 {
+		rs, _ := ev.Details["reasons"].(map[string]any)
+		if m, ok := ev.Details["reasons"].(map[string]int); ok { // as the broker writes it
+			rs = make(map[string]any, len(m))
+			for r, c := range m {
+				rs[r] = c
+			}
+		}
+		if len(rs) > 0 {
+			by := make(map[string]int, len(rs))
+			left := n
+			for r, v := range rs {
+				c := wholeCount(v)
+				if r == "" || c < 1 || c > left {
+					by = nil
+					break
+				}
+				by[r] += c
+				left -= c
+			}
+			if by != nil {
+				for r, c := range by {
+					b.denies[r] += c
+				}
+				if left > 0 {
+					b.denies[reason] += left
+				}
+				return
+			}
+		}
+	}
+	b.denies[reason] += n
+}
+
 // denyCount is the number of refusals a deny event records: one, or
 // details.suppressed for a refusal summary (broker.ReasonRefusalsSuppressed,
 // or an authenticated caller's 429 summary: reason rate_limited with
@@ -539,8 +580,17 @@ func denyCount(ev *audit.Event, reason string) int {
 	if reason != broker.ReasonRefusalsSuppressed && !identitySummary {
 		return 1
 	}
+	if n := wholeCount(ev.Details["suppressed"]); n > 0 {
+		return n
+	}
+	return 1
+}
+
+// wholeCount is v as a count read from a log (a whole number from 1 to
+// maxSuppressed, whatever type it was decoded as), 0 when it is not one.
+func wholeCount(v any) int {
 	var n int64
-	switch v := ev.Details["suppressed"].(type) {
+	switch v := v.(type) {
 	case int:
 		n = int64(v)
 	case int64:
@@ -555,7 +605,7 @@ func denyCount(ev *audit.Event, reason string) int {
 		}
 	}
 	if n < 1 || n > maxSuppressed {
-		return 1
+		return 0
 	}
 	return int(n)
 }
