@@ -51,6 +51,11 @@ const (
 // maxPerSecond bounds a workload rate so the derived burst stays an int.
 const maxPerSecond = 1e6
 
+// minPerSecond is one request an hour: a slower rate draws a warning, as
+// the Retry-After of its 429s is capped at an hour (the broker's
+// maxRetryAfter) and cannot say when its token is back.
+const minPerSecond = 1.0 / 3600
+
 // Upper bounds of durations and bursts (docs/SPEC-ADDITIONS.md). Above
 // maxDuration a ttl or max_token_lifetime is a problem: no short-lived
 // credential or platform identity token lives 10 years, and what is added
@@ -642,6 +647,9 @@ func validateRate(v *validator, l loc, field string, r *Rate, burstWritten bool)
 		v.add(l.file, l.path+"."+field+".per_second", "must be at most %g", maxPerSecond)
 	case r.Burst == 0 && !burstWritten:
 		r.Burst = int(math.Ceil(r.PerSecond))
+	}
+	if r.PerSecond > 0 && r.PerSecond < minPerSecond {
+		v.warn(l.file, l.path+"."+field+".per_second", "%g is less than one request an hour (1/3600): a 429's Retry-After says at most an hour, and a client that comes back then is refused again until its token is back", r.PerSecond)
 	}
 	switch {
 	case r.Burst < 0:

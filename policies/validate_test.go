@@ -1209,6 +1209,13 @@ func TestLongDurationsAndBurstsWarn(t *testing.T) {
 			"workloads": fmt.Sprintf(wl, "1", "100"),
 			"grants":    `[{name: g, kind: jwt, ttl: 24h, jwt: {audience: a, transit_key: k}}, {name: h, kind: vault_token, ttl: 768h, vault_token: {policies: [p]}}, {name: d, kind: vault_dynamic, ttl: 768h, vault_dynamic: {path: database/creds/x}}, {name: c, kind: pki, ttl: 768h, pki: {path: pki/issue/r}}, {name: x, kind: proxy, ttl: 768h, proxy: {` + okProxy + `}}]`}, nil},
 		{"ok/burst-within-a-minute", map[string]string{"workloads": fmt.Sprintf(wl, "50", "3000")}, nil},
+		// One request an hour: Retry-After's cap (an hour) still says when
+		// a token is back. Below, it does not: the rate is slower than
+		// anything a 429 can tell a client.
+		{"ok/one-an-hour", map[string]string{"workloads": fmt.Sprintf(wl, "0.0002777777777777778", "1")}, nil},
+		{"warn/slower-than-one-an-hour", map[string]string{"workloads": fmt.Sprintf(wl, "1e-300", "1")}, []string{
+			"t.yaml: workloads[0].rate.per_second: 1e-300 is less than one request an hour (1/3600): a 429's Retry-After says at most an hour, and a client that comes back then is refused again until its token is back (line 3)",
+		}},
 		{"warn/over-the-bounds", map[string]string{
 			"issuers":   fmt.Sprintf(iss, "169h"),
 			"workloads": fmt.Sprintf(wl, "1", "101"),
