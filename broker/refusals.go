@@ -22,7 +22,8 @@ import (
 // that kind are answered 429 slow_down (reason source_rate_limited) with
 // Retry-After and no event of their own: one summary deny event per source
 // per SummaryEvery counts them (details scope "source", suppressed, first,
-// last).
+// last, and reasons: how many of each reason they would have been refused
+// with).
 // One more bucket over all sources (GlobalPerSecond, GlobalBurst) bounds
 // them however many addresses they come from: a refusal is audited only
 // when its source's bucket and the global one both have a token (it takes
@@ -38,7 +39,8 @@ import (
 // and is audited as before; with that bucket empty it is answered the same
 // 429 with no event of its own, counted by one summary per caller per
 // SummaryEvery (its event's type and reason those of the 429's own event,
-// details scope "identity", suppressed, first, last). Their callers are
+// details scope "identity", suppressed, first, last; a workload's counts
+// them by grant and endpoint too). Their callers are
 // tracked apart from the sources, at most MaxSources of them.
 type RefusalLimits struct {
 	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
