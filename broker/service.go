@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -306,6 +307,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(err)
 	}
 	var act []IdentityRef
+	var actorExp time.Time // the actor token's exp: the delegated credential's latest expiry
 	if req.ActorToken != "" {
 		actor, err := authn.Authenticate(ctx, req.ActorToken)
 		if err == nil {
@@ -316,12 +318,21 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			// known to be true.
 			act = []IdentityRef{actor.Ref()}
 			deny.Act = auditIdentities(act)
+			actorExp = actor.Expiry
 			err = s.checkBrokerToken(ctx, req.ActorToken, actor)
 		}
 		if err != nil {
 			e := AsError(err)
 			e.Reason = "actor_" + e.Reason
 			return fail(e)
+		}
+		if !mayAct(id, actor) {
+			return fail(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
+		}
+		if !actorExp.IsZero() && actorExp.Sub(s.d.Now()) < time.Second {
+			// Accepted within the verifier's leeway past its exp: no time
+			// is left to grant (see the cap below).
+			return fail(errActorExpired())
 		}
 	}
 
@@ -367,6 +378,17 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return fail(Unavailable(OrphanClientGone, time.Second, fmt.Errorf("the caller went away before the mint: %w", cerr)))
 	}
 	now := s.d.Now()
+	if !actorExp.IsZero() {
+		// A delegated credential lives no longer than the actor token it
+		// was granted on (whole seconds, rounded down, as backends take
+		// TTLs). One accepted within the verifier's leeway past its exp,
+		// or with under a second left, leaves nothing to grant.
+		left := actorExp.Sub(now).Truncate(time.Second)
+		if left < time.Second {
+			return fail(errActorExpired())
+		}
+		ttl = min(ttl, left)
+	}
 	issID := NewID(PrefixIssuance)
 	// From the mint on, the caller leaving cuts nothing short: a Vault call
 	// cancelled mid-way may have created the credential all the same, and
@@ -1120,4 +1142,50 @@ type denyParts struct {
 	audit.Event
 	src   audit.Source
 	ident audit.Identity
+}
+
+// errActorExpired refuses an actor token that leaves a delegated
+// credential under a second to live.
+func errActorExpired() error {
+	return Errorf(ErrUnauthenticated, "actor_token_expired", "actor token rejected: expired", nil)
+}
+
+// mayAct reports whether the subject token permits actor as its actor
+// (RFC 8693 §4.4): true when it has no may_act claim; else may_act must be
+// a JSON object naming at least one claim, every member of which the actor
+// token has: iss (when absent, the subject token's own issuer) and sub
+// compared with the actor's verified iss and sub, which must be strings;
+// any other member equal to the actor token's claim of that name (both
+// decoded by the same verifier). A may_act of another shape permits no
+// actor.
+func mayAct(subject, actor *Identity) bool {
+	v, ok := subject.Claims["may_act"]
+	if !ok {
+		return true
+	}
+	m, ok := v.(map[string]any)
+	if !ok || len(m) == 0 {
+		return false
+	}
+	iss := subject.Iss
+	for k, want := range m {
+		switch k {
+		case "iss":
+			s, ok := want.(string)
+			if !ok {
+				return false
+			}
+			iss = s
+		case "sub":
+			if s, ok := want.(string); !ok || s != actor.Sub {
+				return false
+			}
+		default:
+			got, ok := actor.Claims[k]
+			if !ok || !reflect.DeepEqual(got, want) {
+				return false
+			}
+		}
+	}
+	return iss == actor.Iss
 }
