@@ -93,6 +93,9 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		}
 		active = active && s.proxyGrantInForce(pol, is)
 		ev.IssuanceID, ev.Workload, ev.Owner, ev.SessionID, ev.Grant, ev.Kind = is.ID, is.Workload, is.Owner, is.SessionID, is.Grant, is.Kind
+		// The introspected credential's delegation, as recorded at its
+		// issuance (its, as the fields above; identity stays the caller's).
+		ev.Act = auditIdentities(is.Act)
 		if active {
 			res = &IntrospectResult{Active: true, Issuance: is}
 		}

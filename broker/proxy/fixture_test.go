@@ -36,6 +36,7 @@ import (
 
 const (
 	identityToken = "eyJhbGciOiJFUzI1NiJ9.payments.sig"
+	actorToken    = "eyJhbGciOiJFUzI1NiJ9.carol.sig" // a user the workload acts for (ExchangeRequest.ActorToken)
 	upstreamKey   = "sk_live_51HxUpstreamSharedSecret/+=&key"
 	queryKey      = "qk_upstream_query_secret"
 	maxReqBytes   = 1024
@@ -626,7 +627,9 @@ func newFixture(tb testing.TB, fo fixtureOpts) *fixture {
 		svcStore = f.cache.Store()
 	}
 	authn := brokertest.Authn{identityToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/payments",
-		JTI: "jti-1", Claims: map[string]any{"sub": "repo:acme/payments"}}}
+		JTI: "jti-1", Claims: map[string]any{"sub": "repo:acme/payments"}},
+		actorToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "user:carol", JTI: "jti-carol",
+			Expiry: f.clk.Now().Add(time.Hour), Claims: map[string]any{"sub": "user:carol"}}}
 	f.svc, err = broker.NewService(broker.Deps{
 		Policy:   f.pol.Load,
 		Authn:    func() broker.Authenticator { return authn },

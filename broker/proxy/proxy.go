@@ -585,6 +585,15 @@ func (c *call) setEvent(e *callEvent, typ string) {
 		IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner, SessionID: is.SessionID,
 		Grant: is.Grant, Kind: is.Kind, Credential: &e.cred,
 	}
+	if len(is.Act) > 0 {
+		// A delegated credential: the party it was issued to act for, as
+		// its issuance recorded it (docs/SPEC-ADDITIONS.md "Delegation").
+		// Only these allocate.
+		e.Act = make([]audit.Identity, len(is.Act))
+		for i, a := range is.Act {
+			e.Act[i] = audit.Identity{Iss: a.Iss, Sub: a.Sub, JTI: a.JTI}
+		}
+	}
 	if c.src.IP != "" || c.src.UserAgent != "" {
 		e.src = audit.Source{IP: c.src.IP, UserAgent: c.src.UserAgent}
 		e.Source = &e.src
