@@ -421,7 +421,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 
 	is := &Issuance{
 		ID: issID, Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID,
-		Grant: grant.Name, Kind: grant.Kind, Identity: id.Ref(), Act: act,
+		Grant: grant.Name, Kind: grant.Kind, Identity: id.Ref(), Act: act, Audience: jwtAudience(grant),
 		Claims: usedClaims(pol, id, wl), Source: req.Source,
 		IssuedAt: now, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs, RequestID: req.RequestID,
 		AuditChain: s.d.AuditChain,
@@ -1148,6 +1148,15 @@ type denyParts struct {
 // credential under a second to live.
 func errActorExpired() error {
 	return Errorf(ErrUnauthenticated, "actor_token_expired", "actor token rejected: expired", nil)
+}
+
+// jwtAudience is the aud the minter signs into a broker JWT of grant (the
+// grant passed to Mint), "" for other kinds.
+func jwtAudience(g *policies.Grant) string {
+	if g.Kind != KindJWT || g.JWT == nil {
+		return ""
+	}
+	return g.JWT.Audience
 }
 
 // mayAct reports whether the subject token permits actor as its actor

@@ -65,14 +65,18 @@ type CredentialRefs struct {
 
 // Issuance is one minted credential and everything needed to trace and revoke it.
 type Issuance struct {
-	ID        string         `json:"issuance_id"`
-	Workload  string         `json:"workload"`
-	Owner     string         `json:"owner"`
-	SessionID string         `json:"session_id"`
-	Grant     string         `json:"grant"`
-	Kind      string         `json:"kind"`
-	Identity  IdentityRef    `json:"identity"`
-	Act       []IdentityRef  `json:"act,omitempty"`
+	ID        string        `json:"issuance_id"`
+	Workload  string        `json:"workload"`
+	Owner     string        `json:"owner"`
+	SessionID string        `json:"session_id"`
+	Grant     string        `json:"grant"`
+	Kind      string        `json:"kind"`
+	Identity  IdentityRef   `json:"identity"`
+	Act       []IdentityRef `json:"act,omitempty"`
+	// Audience is the aud a broker-signed JWT was minted for (its grant's
+	// at the mint); empty for other kinds, and in records written before
+	// it was kept.
+	Audience  string         `json:"audience,omitempty"`
 	Claims    map[string]any `json:"claims,omitempty"` // the identity claims the match used
 	Source    Source         `json:"source"`
 	IssuedAt  time.Time      `json:"issued_at"`

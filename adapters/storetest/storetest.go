@@ -88,6 +88,7 @@ func SampleIssuance(id string, at time.Time) *broker.Issuance {
 		Kind:      broker.KindVaultToken,
 		Identity:  broker.IdentityRef{Iss: "https://k8s.example", Sub: "system:serviceaccount:payments:api", JTI: "idjti-" + id},
 		Act:       []broker.IdentityRef{{Iss: "https://agents.example", Sub: "agent-7"}},
+		Audience:  "orders-api", // a broker JWT's; every field populated
 		Claims: map[string]any{
 			"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-" + id}},
 			"groups":        []any{"a", "b"},

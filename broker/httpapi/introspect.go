@@ -53,7 +53,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	is := res.Issuance
-	writeJSON(w, http.StatusOK, map[string]any{
+	body := map[string]any{
 		"active":     true,
 		"sub":        is.Workload,
 		"owner":      is.Owner,
@@ -65,7 +65,12 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		"exp":        is.ExpiresAt.Unix(),
 		"iss":        s.o.PublicURL,
 		"token_type": "Bearer",
-	})
+	}
+	if is.Audience != "" {
+		// A broker JWT's aud, as signed (RFC 7662 §2.2); other kinds have none.
+		body["aud"] = is.Audience
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // refuse counts a refused request to endpoint in keytrail_denies_total (so
