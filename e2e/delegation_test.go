@@ -236,6 +236,66 @@ workloads:
 		}
 	})
 
+	// The agent's identity token names in may_act (RFC 8693 §4.4) the one
+	// user it may be exchanged with: carol's token is refused (401
+	// invalid_grant, reason actor_not_permitted, carol named as act),
+	// dave's is taken. Dave's token expires in 2 minutes: the JWT minted
+	// on it lives no longer (the grant's ttl is 5m). Introspecting that
+	// JWT answers its aud, and the introspect event names dave as act,
+	// as the issuance recorded him (docs/SPEC-ADDITIONS.md "Delegation").
+	t.Run("ok/may-act-expiry-and-introspection", func(t *testing.T) {
+		now := time.Now()
+		restricted := env.issuer.token(t, "agent:support", map[string]any{"session": "conv-43",
+			"may_act": map[string]any{"iss": sso.iss, "sub": "user:dave"}})
+		dave := sso.sign(t, jwt.MapClaims{"sub": "user:dave", "jti": "sso-dave-1", "exp": now.Add(2 * time.Minute).Unix()})
+		wantDave := []audit.Identity{{Iss: sso.iss, Sub: "user:dave", JTI: "sso-dave-1"}}
+
+		issuedBefore := len(issueEvents())
+		st, body, hdr := env.exchange(t, restricted, "orders-jwt", onBehalf)
+		var eb map[string]any
+		_ = json.Unmarshal(body, &eb)
+		if _, minted := eb["access_token"]; minted || st != 401 || eb["error"] != "invalid_grant" {
+			t.Errorf("exchange with an actor may_act does not name = %d %s, want 401 invalid_grant", st, body)
+		}
+		if deny := onlyDeny(t, hdr.Get("X-Request-Id")); deny == nil || deny.Outcome == nil || deny.Outcome.Reason != "actor_not_permitted" || !slices.Equal(deny.Act, wantAct) {
+			t.Errorf("deny event %+v (outcome %v), want reason actor_not_permitted naming carol as act", deny, outcomeOf(deny))
+		}
+		if n := len(issueEvents()); n != issuedBefore {
+			t.Errorf("%d issue events after the refusal, %d before", n, issuedBefore)
+		}
+
+		jd := env.issue(t, restricted, "orders-jwt", url.Values{"actor_token": {dave}, "actor_token_type": {jwtTokenType}})
+		if jd.ExpiresIn > 120 || jd.ExpiresIn < 60 {
+			t.Errorf("expires_in of the JWT minted on a 2-minute actor token = %d, want at most 120 (capped at the actor's exp)", jd.ExpiresIn)
+		}
+		claims := jwt.MapClaims{}
+		if _, _, err := jwt.NewParser().ParseUnverified(jd.AccessToken, claims); err != nil {
+			t.Fatal(err)
+		}
+		if exp, _ := claims.GetExpirationTime(); exp == nil || exp.After(now.Add(2*time.Minute)) {
+			t.Errorf("the minted JWT's exp %v is after the actor token's %v", exp, now.Add(2*time.Minute))
+		}
+
+		st, raw := call(t, "POST", env.brokerURL+"/v1/introspect", admin, "application/x-www-form-urlencoded", strings.NewReader(url.Values{"token": {jd.AccessToken}}.Encode()))
+		var intro map[string]any
+		mustJSON(t, raw, &intro)
+		if st != 200 || intro["active"] != true || intro["aud"] != "orders-api" || intro["jti"] != jd.IssuanceID {
+			t.Errorf("introspect the delegated JWT = %d %s, want active with aud orders-api", st, raw)
+		}
+		var found bool
+		for _, ev := range readAudit(t, env.auditPath) {
+			if ev.Type == audit.TypeIntrospect && ev.IssuanceID == jd.IssuanceID {
+				found = true
+				if !slices.Equal(ev.Act, wantDave) || ev.Identity == nil || ev.Identity.Sub != "alice" {
+					t.Errorf("introspect event identity %+v act %+v, want the caller alice and act %+v", ev.Identity, ev.Act, wantDave)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no introspect event for %s", jd.IssuanceID)
+		}
+	})
+
 	// An orchestrator hands the agent a broker JWT of its own (policy
 	// trusts the broker as an issuer): the agent's issuance names the
 	// orchestrator's in its act (jti = issuance id), so the trace goes
