@@ -1763,18 +1763,21 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		}
 	}
 	// A revocation no longer listed (complete) whose last result from
-	// this worker failed, or is still on its way, is kept: no later pass
-	// would list it, and that result (naming the sweep's finds, or the
-	// end of its pending issuances) would never be written (owed).
+	// this worker failed, or is still on its way, or that has sweep finds
+	// no written result named (an earlier result that failed after the
+	// last one had started), is kept: no later pass would list it, and
+	// that result (naming the sweep's finds, or the end of its pending
+	// issuances) would never be written (owed).
 	var owed []string
 	for id, st := range w.retry {
 		if seen[id] {
 			continue
 		}
 		switch inFlight, failed := st.lastResult(); {
-		case failed && !now.Before(st.next):
+		case inFlight:
+		case (failed || len(st.swept) > 0) && !now.Before(st.next):
 			owed = append(owed, id)
-		case !inFlight && !failed:
+		case !failed && len(st.swept) == 0:
 			delete(w.retry, id)
 		}
 	}
@@ -1837,18 +1840,21 @@ func (st *retryState) lastResult() (inFlight, failed bool) {
 	return false, st.last.err != nil
 }
 
-// owes reports whether the worker's last result for a revocation may not
-// be written: still on its way, or failed.
+// owes reports whether a result for a revocation may be owed: the
+// worker's last one still on its way, or failed, or sweep finds left
+// unnamed by a failed one (swept: it may have failed after the last one
+// started, which did not name them).
 func (st *retryState) owes() bool {
 	inFlight, failed := st.lastResult()
-	return inFlight || failed
+	return inFlight || failed || len(st.swept) > 0
 }
 
 // resultOwed writes again the result of revocation id that the worker's
-// last pass over it failed to write, the record having been complete since
-// (so no pass lists it again): from the record read afresh, naming the
-// sweep's finds its failed result named under swept (kept in its retry
-// state), by worker otherwise. A record gone (retention) drops it; one
+// last pass over it failed to write (or an earlier one, naming sweep finds,
+// that failed after the last one had started), the record having been
+// complete since (so no pass lists it again): from the record read afresh,
+// naming the sweep's finds its failed result named under swept (kept in
+// its retry state), by worker otherwise. A record gone (retention) drops it; one
 // open again is the passes' again.
 func (w *RevocationWorker) resultOwed(ctx context.Context, id string) error {
 	s := w.s
