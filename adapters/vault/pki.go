@@ -437,10 +437,31 @@ func parseSerial(s string) (*big.Int, error) {
 // grant with the given issue path: update on the path and on
 // <mount>/revoke, and read on <mount>/roles/<role> (CheckRoles).
 func PKIBrokerPolicy(issuePath string) (string, error) {
+	stanzas, err := pkiStanzas(issuePath)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, s := range stanzas {
+		b.WriteString(s.hcl())
+	}
+	return b.String(), nil
+}
+
+// policyStanza is one path of a Vault policy with one capability.
+type policyStanza struct{ path, capability string }
+
+func (s policyStanza) hcl() string {
+	return fmt.Sprintf("path %q {\n  capabilities = [%q]\n}\n", s.path, s.capability)
+}
+
+// pkiStanzas are PKIBrokerPolicy's paths: update on the issue path and on
+// <mount>/revoke, read on <mount>/roles/<role>.
+func pkiStanzas(issuePath string) ([]policyStanza, error) {
 	mount, ok := PKIMount(issuePath)
 	if !ok {
-		return "", fmt.Errorf("pki path %q is not <mount>/issue/<role>", issuePath)
+		return nil, fmt.Errorf("pki path %q is not <mount>/issue/<role>", issuePath)
 	}
 	role := mount + "/roles/" + issuePath[strings.LastIndex(issuePath, "/")+1:]
-	return fmt.Sprintf("path %q {\n  capabilities = [\"update\"]\n}\npath %q {\n  capabilities = [\"update\"]\n}\npath %q {\n  capabilities = [\"read\"]\n}\n", issuePath, mount+"/revoke", role), nil
+	return []policyStanza{{issuePath, "update"}, {mount + "/revoke", "update"}, {role, "read"}}, nil
 }

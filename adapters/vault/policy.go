@@ -97,12 +97,21 @@ func MinimumBrokerPolicy(pol *policies.Policy, o BrokerPolicyOptions) (string, e
 	if dynamic {
 		b.WriteString(DynamicBrokerPolicy())
 	}
+	// Grants on one mount share <mount>/revoke, and issue paths through
+	// different issuers of one role share <mount>/roles/<role>: each is
+	// listed once, where it first appears.
+	seen := map[string]bool{}
 	for _, p := range pki {
-		h, err := PKIBrokerPolicy(p)
+		stanzas, err := pkiStanzas(p)
 		if err != nil {
 			return "", fmt.Errorf("vault broker policy: %w", err)
 		}
-		b.WriteString(h)
+		for _, s := range stanzas {
+			if !seen[s.path] {
+				seen[s.path] = true
+				b.WriteString(s.hcl())
+			}
+		}
 	}
 	if o.Reconcile {
 		b.WriteString(InventoryPolicy())

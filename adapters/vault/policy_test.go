@@ -76,6 +76,16 @@ const (
     ttl: 5m
     pki: {path: pki/issue/workloads, trust_domain: example.org}
 `
+	grantPKI2 = `  - name: g-pki2
+    kind: pki
+    ttl: 5m
+    pki: {path: pki/issue/web}
+`
+	grantPKI3 = `  - name: g-pki3
+    kind: pki
+    ttl: 5m
+    pki: {path: pki/issuer/root-2026/issue/workloads}
+`
 )
 
 const (
@@ -139,6 +149,32 @@ func TestMinimumBrokerPolicy(t *testing.T) {
 			name: "ok/dynamic-and-pki", grants: []string{"g-db", "g-pki"}, yaml: grantDynamic + grantPKI,
 			want: hclSelf + hclMint + vault.DynamicBrokerPolicy() + mustPKI(t, "pki/issue/workloads"),
 			held: []string{vault.DefaultReaderPolicy},
+		},
+		{
+			// Two grants on one mount share pki/revoke, and an issue path
+			// through a named issuer shares the role's read: each path
+			// once (Vault would merge repeats, but the output says
+			// "listed once", and operators diff it).
+			name: "ok/pki-one-mount-paths-once", grants: []string{"g-pki", "g-pki2", "g-pki3"}, yaml: grantPKI + grantPKI2 + grantPKI3,
+			want: hclSelf + hclMint + `path "pki/issue/web" {
+  capabilities = ["update"]
+}
+path "pki/revoke" {
+  capabilities = ["update"]
+}
+path "pki/roles/web" {
+  capabilities = ["read"]
+}
+path "pki/issue/workloads" {
+  capabilities = ["update"]
+}
+path "pki/roles/workloads" {
+  capabilities = ["read"]
+}
+path "pki/issuer/root-2026/issue/workloads" {
+  capabilities = ["update"]
+}
+`,
 		},
 		{
 			name: "ok/reconcile-adds-inventory", grants: []string{"g-vault"}, yaml: grantVault,
