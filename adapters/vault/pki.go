@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -73,6 +74,71 @@ type PKIMinter struct {
 	skew  time.Duration
 	now   func() time.Time
 	log   *slog.Logger
+	roles pkiRoleStates // CheckRoles: what it last found of each grant's role
+}
+
+// pkiRoleStates remembers, per grant and role path, why the role could not
+// be read at the last check ("" when it could), so that CheckRoles warns
+// once per change rather than at every policy reload.
+type pkiRoleStates struct {
+	mu   sync.Mutex
+	last map[pkiRoleKey]string
+}
+
+type pkiRoleKey struct{ grant, path string }
+
+// set records why (empty: readable) and reports whether it differs from
+// what was recorded; a key not seen before counts as readable. A nil s
+// remembers nothing: every unreadable role is a change.
+func (s *pkiRoleStates) set(k pkiRoleKey, why string) (changed bool, was string) {
+	if s == nil {
+		return why != "", ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		s.last = map[pkiRoleKey]string{}
+	}
+	was = s.last[k]
+	if why == "" {
+		delete(s.last, k)
+	} else {
+		s.last[k] = why
+	}
+	return was != why, was
+}
+
+// keep forgets the grants (and role paths) pol no longer has, so that one
+// added back is warned about anew.
+func (s *pkiRoleStates) keep(grants []policies.Grant) {
+	if s == nil {
+		return
+	}
+	now := map[pkiRoleKey]bool{}
+	for _, g := range grants {
+		if g.PKI == nil {
+			continue
+		}
+		if path, ok := pkiRolePath(g.PKI.Path); ok {
+			now[pkiRoleKey{g.Name, path}] = true
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.last {
+		if !now[k] {
+			delete(s.last, k)
+		}
+	}
+}
+
+// pkiRolePath is <mount>/roles/<role> of a pki issue path.
+func pkiRolePath(issuePath string) (string, bool) {
+	mount, ok := PKIMount(issuePath)
+	if !ok {
+		return "", false
+	}
+	return mount + "/roles/" + issuePath[strings.LastIndex(issuePath, "/")+1:], true
 }
 
 var (
@@ -126,13 +192,21 @@ func NewPKIMinter(o PKIMinterOptions) (*PKIMinter, error) {
 // fail, retried, until then. A role it cannot read (the broker's token
 // lacks read on it, no such role or mount yet, Vault unreachable) is
 // logged at WARN and skipped: issuing through it fails or works as before.
+// That warning is logged once per change (the first check that cannot read
+// the role, or that cannot read it for another reason than the last), not
+// at every policy reload; a role readable again is logged at INFO.
 func (m *PKIMinter) CheckRoles(ctx context.Context, pol *policies.Policy) error {
-	return CheckPKIRoles(ctx, m.c, pol, m.log)
+	return checkPKIRoles(ctx, m.c, pol, m.log, &m.roles)
 }
 
 // CheckPKIRoles is PKIMinter.CheckRoles with the client c, logging to log
-// (nil: slog.Default()), for a policy reload.
+// (nil: slog.Default()), remembering nothing: every role it cannot read is
+// warned about at every call.
 func CheckPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy, log *slog.Logger) error {
+	return checkPKIRoles(ctx, c, pol, log, nil)
+}
+
+func checkPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy, log *slog.Logger, states *pkiRoleStates) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -142,41 +216,47 @@ func CheckPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy
 	const op = "read pki role"
 	var errs []error
 	grants := pol.Grants()
+	states.keep(grants)
 	for i, g := range grants {
 		if g.PKI == nil {
 			continue
 		}
-		mount, ok := PKIMount(g.PKI.Path)
+		path, ok := pkiRolePath(g.PKI.Path)
 		if !ok {
 			continue // policies validation refuses it; Mint says so
 		}
-		role := g.PKI.Path[strings.LastIndex(g.PKI.Path, "/")+1:]
-		path := mount + "/roles/" + role
 		sec, err := c.Logical().ReadWithContext(ctx, path)
 		if err != nil || sec == nil || sec.Data == nil {
 			why := "no such role"
 			if err != nil {
 				why = translate(op, err).Error()
 			}
-			log.Warn("could not check the pki role of a grant (no_store must be false, or its certificates cannot be revoked); the broker's token needs read on it",
-				slog.String("grant", g.Name), slog.String("path", path), slog.String("error", why))
+			changed, _ := states.set(pkiRoleKey{g.Name, path}, why)
+			if changed {
+				log.Warn("could not check the pki role of a grant (no_store must be false, or its certificates cannot be revoked); the broker's token needs read on it (logged again only when this changes)",
+					slog.String("grant", g.Name), slog.String("path", path), slog.String("error", why))
+			}
 			var re *vaultapi.ResponseError
 			if err != nil && !errors.As(err, &re) {
 				// Vault did not answer (down, unreachable, timed out,
 				// ctx ended): each further read would wait as long for
-				// nothing, and a policy reload with it.
+				// nothing, and a policy reload with it. What is known of
+				// the other grants' roles stays as it was.
 				var rest []string
 				for _, g := range grants[i+1:] {
 					if g.PKI != nil {
 						rest = append(rest, g.Name)
 					}
 				}
-				if len(rest) > 0 {
+				if changed && len(rest) > 0 {
 					log.Warn("vault did not answer: the pki roles of the other grants are not checked", slog.Any("grants", rest))
 				}
 				break
 			}
 			continue
+		}
+		if changed, was := states.set(pkiRoleKey{g.Name, path}, ""); changed {
+			log.Info("the pki role of the grant can be read again", slog.String("grant", g.Name), slog.String("path", path), slog.String("was", was))
 		}
 		if noStore, _ := sec.Data["no_store"].(bool); noStore {
 			errs = append(errs, configError("grant %q: pki role %s sets no_store=true: Vault does not store the certificates it issues, so none can be revoked by serial (keytrail's revocation of an issuance of the grant would fail until the certificate expires); set no_store=false on the role", g.Name, path))
@@ -459,9 +539,9 @@ func (s policyStanza) hcl() string {
 // <mount>/revoke, read on <mount>/roles/<role>.
 func pkiStanzas(issuePath string) ([]policyStanza, error) {
 	mount, ok := PKIMount(issuePath)
+	role, _ := pkiRolePath(issuePath)
 	if !ok {
 		return nil, fmt.Errorf("pki path %q is not <mount>/issue/<role>", issuePath)
 	}
-	role := mount + "/roles/" + issuePath[strings.LastIndex(issuePath, "/")+1:]
 	return []policyStanza{{issuePath, "update"}, {mount + "/revoke", "update"}, {role, "read"}}, nil
 }

@@ -225,3 +225,73 @@ func TestPKIRoleCheckStopsWhenVaultDoesNotAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestPKIMinterCheckRolesWarnsOncePerChange: a role the broker cannot read
+// is warned about at the first check, not again at every policy reload
+// while it stays unreadable for the same reason; it becoming readable is
+// logged once, and becoming unreadable again (or for another reason) is
+// warned about again.
+func TestPKIMinterCheckRolesWarnsOncePerChange(t *testing.T) {
+	var mu sync.Mutex
+	status := 403
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		mu.Lock()
+		st := status
+		mu.Unlock()
+		switch r.Method + " " + r.URL.Path {
+		case "GET /v1/pki/roles/web":
+			var data map[string]any
+			if st == 200 {
+				data = map[string]any{"no_store": false}
+			}
+			roleAnswer(st, data)(w)
+		case "GET /v1/pki_int/roles/svc":
+			roleAnswer(200, map[string]any{"no_store": false})(w)
+		default:
+			t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
+			w.WriteHeader(500)
+		}
+	}))
+	defer srv.Close()
+	setStatus := func(s int) { mu.Lock(); status = s; mu.Unlock() }
+	c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs loginLogBuffer
+	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
+	const warned = "could not check the pki role"
+	const readable = "pki role of the grant can be read again"
+	check := func(step string, wantWarnings, wantReadable int) {
+		t.Helper()
+		if err := m.CheckRoles(context.Background(), pol); err != nil {
+			t.Fatalf("%s: CheckRoles() = %v, want nil", step, err)
+		}
+		if n := strings.Count(logs.String(), warned); n != wantWarnings {
+			t.Errorf("%s: %d warnings %q in total, want %d:\n%s", step, n, warned, wantWarnings, logs.String())
+		}
+		if n := strings.Count(logs.String(), readable); n != wantReadable {
+			t.Errorf("%s: %d lines %q in total, want %d:\n%s", step, n, readable, wantReadable, logs.String())
+		}
+	}
+	check("start-up, 403", 1, 0)
+	check("reload, still 403", 1, 0)
+	check("reload, still 403 again", 1, 0)
+	setStatus(404)
+	check("reload, now no such role", 2, 0)
+	setStatus(200)
+	check("reload, readable", 2, 1)
+	check("reload, still readable", 2, 1)
+	setStatus(403)
+	check("reload, 403 again", 3, 1)
+	// A grant dropped from the policy and added back is checked anew.
+	if err := m.CheckRoles(context.Background(), policyWithGrants(t, []string{"g-int"}, pkiRoleGrants[strings.Index(pkiRoleGrants, "  - name: g-int"):])); err != nil {
+		t.Fatal(err)
+	}
+	check("reload with the grant back, 403", 4, 1)
+}

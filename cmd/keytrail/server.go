@@ -113,7 +113,8 @@ type brokerRuntime struct {
 	sink    *auditfile.Sink
 	store   broker.Store
 	vault   *vaultapi.Client
-	login   *vaultad.Login // the broker's own Vault login (token type checked on reload)
+	login   *vaultad.Login     // the broker's own Vault login (token type checked on reload)
+	pki     *vaultad.PKIMinter // its CheckRoles on reload: warns about an unreadable role once per change
 	closers []func() error
 	reg     *prometheus.Registry
 	metrics *opsMetrics
@@ -672,6 +673,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := pkiMinter.CheckRoles(ctx, rt.state.Load().pol); err != nil {
 		return err
 	}
+	rt.pki = pkiMinter
 	svcStore, err := rt.wireRevocationCache(ctx)
 	if err != nil {
 		return err
@@ -833,8 +835,11 @@ func (rt *brokerRuntime) reloadPolicy(ctx context.Context, why string) error {
 		// As at start-up: grants a batch token cannot serve are refused.
 		err = checkTokenType(rt.login.Status().TokenType, pol)
 	}
-	if err == nil && rt.vault != nil {
+	switch {
+	case err == nil && rt.pki != nil:
 		// As at start-up: pki grants whose role sets no_store=true.
+		err = rt.pki.CheckRoles(ctx, pol)
+	case err == nil && rt.vault != nil:
 		err = vaultad.CheckPKIRoles(ctx, rt.vault, pol, rt.log)
 	}
 	var (
