@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ type TransitCheckpointSignerOptions struct {
 	// DefaultPublishDelay (as for JWTMinter).
 	PublishDelay time.Duration
 	Now          func() time.Time // default time.Now
+	// Log gets Vault's warnings on the reads of the key, each once per
+	// warning every 10 minutes; default slog.Default().
+	Log *slog.Logger
 }
 
 // TransitCheckpointSigner signs audit checkpoints with a Vault transit key
@@ -73,7 +77,7 @@ var _ audit.Signer = (*TransitCheckpointSigner)(nil)
 // NewTransitCheckpointSigner validates o and returns a signer. It makes no
 // Vault call; Load checks the key.
 func NewTransitCheckpointSigner(o TransitCheckpointSignerOptions) (*TransitCheckpointSigner, error) {
-	keys, errs := transitKeyCache("vault checkpoint signer", o.Client, o.TransitMount, o.KeyRefresh, o.Now)
+	keys, errs := transitKeyCache("vault checkpoint signer", o.Client, o.TransitMount, o.KeyRefresh, o.Now, o.Log)
 	if !validName(o.Key) || strings.ContainsAny(o.Key, "/:") {
 		errs = append(errs, fmt.Errorf("vault checkpoint signer: bad transit key name %q", o.Key))
 	}

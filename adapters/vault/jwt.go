@@ -49,8 +49,9 @@ type JWTMinterOptions struct {
 	Published broker.PublicKeySource
 	// Log gets Vault's warnings on transit sign (a 200 that signed, with
 	// something about the key or the request Vault would have the
-	// operator know), each once per grant and warning every 10 minutes;
-	// default slog.Default().
+	// operator know), each once per grant and warning every 10 minutes,
+	// and on the reads of the key, each once per key and warning every 10
+	// minutes; default slog.Default().
 	Log *slog.Logger
 	Now func() time.Time // default time.Now; used when req.Now is zero
 }
@@ -109,7 +110,7 @@ var (
 
 // NewJWTMinter validates o and returns a JWTMinter.
 func NewJWTMinter(o JWTMinterOptions) (*JWTMinter, error) {
-	keys, errs := transitKeyCache("vault jwt minter", o.Client, o.TransitMount, o.KeyRefresh, o.Now)
+	keys, errs := transitKeyCache("vault jwt minter", o.Client, o.TransitMount, o.KeyRefresh, o.Now, o.Log)
 	if u, err := url.Parse(o.PublicURL); o.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		errs = append(errs, errors.New("vault jwt minter: public_url must be an absolute http(s) URL"))
 	}

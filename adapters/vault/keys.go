@@ -38,7 +38,8 @@ type TransitKeysOptions struct {
 	Retry time.Duration
 	// Log gets a warning for each key left out of the list because Vault
 	// does not have it, denies reading it or holds a type the broker
-	// cannot use; default slog.Default().
+	// cannot use, and Vault's warnings on the reads of a key (each once
+	// per key and warning every 10 minutes); default slog.Default().
 	Log *slog.Logger
 	Now func() time.Time
 }
@@ -62,6 +63,7 @@ type TransitKeys struct {
 	maxStale time.Duration
 	retry    time.Duration
 	log      *slog.Logger
+	warn     *warnLog // Vault's warnings on key reads
 	now      func() time.Time
 
 	// refresh is held while Vault is read (one refresh at a time): callers
@@ -123,7 +125,7 @@ func NewTransitKeys(o TransitKeysOptions) (*TransitKeys, error) {
 	names = slices.Compact(names)
 	return &TransitKeys{
 		c: o.Client, mount: mount, names: names, ttl: ttl, maxStale: stale, retry: retry,
-		log: cmp.Or(o.Log, slog.Default()), now: now,
+		log: cmp.Or(o.Log, slog.Default()), warn: newWarnLog(o.Log, now), now: now,
 		refresh: make(chan struct{}, 1), known: map[string]knownKey{},
 	}, nil
 }
@@ -194,7 +196,7 @@ func (t *TransitKeys) read(ctx context.Context) ([]broker.PublicKey, error) {
 			results[i].err = outage
 			continue
 		}
-		results[i].k, results[i].err = readTransitKey(ctx, t.c, t.mount, name)
+		results[i].k, results[i].err = readTransitKey(ctx, t.c, t.mount, name, t.warn)
 		if results[i].err != nil && isOutage(results[i].err) {
 			outage = results[i].err
 		}

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
@@ -249,8 +250,9 @@ func asInt(v any) (int, error) {
 	return 0, fmt.Errorf("not a number: %T", v)
 }
 
-// readTransitKey reads and parses mount/keys/name.
-func readTransitKey(ctx context.Context, c *vaultapi.Client, mount, name string) (*transitKey, error) {
+// readTransitKey reads and parses mount/keys/name. Vault's warnings on the
+// answer go to warn (nil: dropped).
+func readTransitKey(ctx context.Context, c *vaultapi.Client, mount, name string, warn *warnLog) (*transitKey, error) {
 	const op = "read transit key"
 	sec, err := c.Logical().ReadWithContext(ctx, mount+"/keys/"+name)
 	if err != nil {
@@ -259,6 +261,7 @@ func readTransitKey(ctx context.Context, c *vaultapi.Client, mount, name string)
 	if sec == nil {
 		return nil, configError("transit key %s/keys/%s does not exist", mount, name)
 	}
+	warn.noteKey(op, mount+"/keys/"+name, sec.Warnings)
 	k, err := parseTransitKey(name, sec.Data)
 	if errors.Is(err, errUnsupportedKey) {
 		return nil, configError("%v", err)
@@ -275,6 +278,7 @@ type keyCache struct {
 	mount string
 	ttl   time.Duration
 	now   func() time.Time
+	warn  *warnLog // Vault's warnings on key reads
 
 	mu   sync.Mutex
 	keys map[string]cachedKey
@@ -285,14 +289,15 @@ type cachedKey struct {
 	at  time.Time
 }
 
-func newKeyCache(c *vaultapi.Client, mount string, ttl time.Duration, now func() time.Time) *keyCache {
-	return &keyCache{c: c, mount: mount, ttl: ttl, now: now, keys: map[string]cachedKey{}}
+func newKeyCache(c *vaultapi.Client, mount string, ttl time.Duration, now func() time.Time, log *slog.Logger) *keyCache {
+	return &keyCache{c: c, mount: mount, ttl: ttl, now: now, warn: newWarnLog(log, now), keys: map[string]cachedKey{}}
 }
 
 // transitKeyCache checks the options every transit-backed signer shares
 // (client, mount, key refresh, clock), applies their defaults and returns
-// the key cache; who prefixes the errors.
-func transitKeyCache(who string, c *vaultapi.Client, mount string, refresh time.Duration, now func() time.Time) (*keyCache, []error) {
+// the key cache, which logs Vault's warnings on key reads to log (nil:
+// slog.Default()); who prefixes the errors.
+func transitKeyCache(who string, c *vaultapi.Client, mount string, refresh time.Duration, now func() time.Time, log *slog.Logger) (*keyCache, []error) {
 	var errs []error
 	if c == nil {
 		errs = append(errs, fmt.Errorf("%s: client is required", who))
@@ -312,7 +317,7 @@ func transitKeyCache(who string, c *vaultapi.Client, mount string, refresh time.
 	if now == nil {
 		now = time.Now
 	}
-	return newKeyCache(c, mount, refresh, now), errs
+	return newKeyCache(c, mount, refresh, now, log), errs
 }
 
 // publishDelay checks a signer's PublishDelay option and applies its default
@@ -335,7 +340,7 @@ func (kc *keyCache) get(ctx context.Context, name string) (*transitKey, error) {
 	if ok && kc.now().Sub(ck.at) < kc.ttl {
 		return ck.key, nil
 	}
-	k, err := readTransitKey(ctx, kc.c, kc.mount, name)
+	k, err := readTransitKey(ctx, kc.c, kc.mount, name, kc.warn)
 	if err != nil {
 		return nil, err
 	}

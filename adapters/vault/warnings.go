@@ -55,23 +55,45 @@ func (w *warnLog) note(op, grant, issuanceID string, warnings []string) {
 	}
 	now := w.now()
 	for _, text := range warnings {
-		k := warnKey{op, grant, text}
-		w.mu.Lock()
-		last, seen := w.last[k]
-		due := !seen || now.Sub(last) >= warnEvery || now.Before(last)
-		if due {
-			if !seen && len(w.last) >= maxWarnKeys {
-				w.forgetOldest()
-			}
-			w.last[k] = now
-		}
-		w.mu.Unlock()
-		if due {
+		if w.due(warnKey{op, grant, text}, now) {
 			w.log.Warn("vault answered with a warning (logged once per grant and warning every "+warnEvery.String()+")",
 				slog.String("op", op), slog.String("grant", grant), slog.String("issuance_id", issuanceID),
 				slog.String("vault_warning", text))
 		}
 	}
+}
+
+// noteKey logs warnings of Vault's answer to op on a transit key (e.g.
+// "read transit key"; key is <mount>/keys/<name>), each (operation, key,
+// warning) at most once per warnEvery, as note does for a grant. A nil w
+// logs nothing.
+func (w *warnLog) noteKey(op, key string, warnings []string) {
+	if w == nil || len(warnings) == 0 {
+		return
+	}
+	now := w.now()
+	for _, text := range warnings {
+		// "key:" keeps a key apart from a grant of the same name.
+		if w.due(warnKey{op, "key:" + key, text}, now) {
+			w.log.Warn("vault answered with a warning (logged once per transit key and warning every "+warnEvery.String()+")",
+				slog.String("op", op), slog.String("transit_key", key), slog.String("vault_warning", text))
+		}
+	}
+}
+
+// due reports whether k is to be logged at now, and if so records it.
+func (w *warnLog) due(k warnKey, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	last, seen := w.last[k]
+	due := !seen || now.Sub(last) >= warnEvery || now.Before(last)
+	if due {
+		if !seen && len(w.last) >= maxWarnKeys {
+			w.forgetOldest()
+		}
+		w.last[k] = now
+	}
+	return due
 }
 
 // forgetOldest drops the oldest half of the remembered warnings. w.mu is held.

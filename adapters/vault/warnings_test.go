@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,5 +207,112 @@ func TestJWTMinterLogsVaultWarnings(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, warnLines(t, &buf, tokens...)); diff != "" {
 		t.Errorf("logged warnings (-want +got):\n%s", diff)
+	}
+}
+
+// TestTransitKeyReadsLogVaultWarnings: the warnings of Vault's answer to a
+// transit key read (a 200 with the key and something Vault would have the
+// operator know) are logged as sign's are, with the transit key instead of
+// a grant, once per key and warning every warnEvery, by each reader of
+// keys: the jwt minter's key cache, the JWKS key list and the audit
+// checkpoint signer.
+func TestTransitKeyReadsLogVaultWarnings(t *testing.T) {
+	t.Parallel()
+	const warning = `Key "sig" is scheduled for deletion review`
+	key := newFakeKey(t, KeyTypeECDSAP256, 1)
+	var reads int
+	mu := new(sync.Mutex)
+	routes := fakeTransit(t, "sig", key, nil)
+	routes["GET /v1/transit/keys/sig"] = func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reads++
+		mu.Unlock()
+		out := key.readReply(t)
+		out["warnings"] = []string{warning}
+		reply(w, 200, out)
+	}
+	f := newFakeVault(t, routes)
+	type keyLine struct{ Op, TransitKey, Warning string }
+	lines := func(buf *bytes.Buffer) []keyLine {
+		t.Helper()
+		var got []keyLine
+		for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+			if l == "" {
+				continue
+			}
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("log line %q: %v", l, err)
+			}
+			if m["level"] != "WARN" {
+				t.Errorf("log line %q: level %v, want WARN", l, m["level"])
+			}
+			str := func(k string) string { s, _ := m[k].(string); return s }
+			got = append(got, keyLine{str("op"), str("transit_key"), str("vault_warning")})
+		}
+		if strings.Contains(buf.String(), brokerToken) {
+			t.Errorf("log contains the broker token:\n%s", buf)
+		}
+		return got
+	}
+	readsSoFar := func() int { mu.Lock(); defer mu.Unlock(); return reads }
+	// Each reader reads the key three times: at t0, once its cache is
+	// stale within warnEvery (not logged again), and at t0+warnEvery.
+	times := []time.Duration{0, time.Minute, warnEvery}
+	want := []keyLine{{"read transit key", "transit/keys/sig", warning}, {"read transit key", "transit/keys/sig", warning}}
+	for _, tc := range []struct {
+		name string
+		read func(t *testing.T, log *slog.Logger, now func() time.Time) func()
+	}{
+		{"jwt-minter", func(t *testing.T, log *slog.Logger, now func() time.Time) func() {
+			m, err := NewJWTMinter(JWTMinterOptions{Client: f.client(t), PublicURL: "https://keytrail.test", KeyRefresh: time.Second, Log: log, Now: now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() {
+				req := jwtReq("sig")
+				req.Now = now()
+				if _, err := m.Mint(context.Background(), req); err != nil {
+					t.Fatalf("Mint() = %v", err)
+				}
+			}
+		}},
+		{"jwks-keys", func(t *testing.T, log *slog.Logger, now func() time.Time) func() {
+			k, err := NewTransitKeys(TransitKeysOptions{Client: f.client(t), Keys: []string{"sig"}, CacheTTL: time.Second, Log: log, Now: now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() {
+				if _, err := k.PublicKeys(context.Background()); err != nil {
+					t.Fatalf("PublicKeys() = %v", err)
+				}
+			}
+		}},
+		{"checkpoint-signer", func(t *testing.T, log *slog.Logger, now func() time.Time) func() {
+			s, err := NewTransitCheckpointSigner(TransitCheckpointSignerOptions{Client: f.client(t), Key: "sig", KeyRefresh: time.Second, Log: log, Now: now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() {
+				if _, err := s.Sign(context.Background(), []byte("checkpoint")); err != nil {
+					t.Fatalf("Sign() = %v", err)
+				}
+			}
+		}},
+	} {
+		var buf bytes.Buffer
+		now := t0
+		read := tc.read(t, slog.New(slog.NewJSONHandler(&buf, nil)), func() time.Time { return now })
+		before := readsSoFar()
+		for _, d := range times {
+			now = t0.Add(d)
+			read()
+		}
+		if n := readsSoFar() - before; n != len(times) {
+			t.Errorf("%s: %d key reads, want %d", tc.name, n, len(times))
+		}
+		if diff := cmp.Diff(want, lines(&buf)); diff != "" {
+			t.Errorf("%s: logged warnings (-want +got):\n%s", tc.name, diff)
+		}
 	}
 }

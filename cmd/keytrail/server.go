@@ -589,7 +589,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		signer = s
 	}
 	if k := cfg.Audit.CheckpointTransitKey; k != "" {
-		ts, err := vaultad.NewTransitCheckpointSigner(vaultad.TransitCheckpointSignerOptions{Client: vc, Key: k})
+		ts, err := vaultad.NewTransitCheckpointSigner(vaultad.TransitCheckpointSignerOptions{Client: vc, Key: k, Log: log})
 		if err != nil {
 			return fmt.Errorf("audit.checkpoint_transit_key: %w", err)
 		}
