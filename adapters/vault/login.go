@@ -147,6 +147,9 @@ type Login struct {
 	log          *slog.Logger
 	now          func() time.Time
 	after        func(time.Duration) <-chan time.Time
+	// renewAfter replaces keepAlive's real-time timer in tests; nil: a
+	// real timer.
+	renewAfter func(time.Duration) <-chan time.Time
 
 	loginMu sync.Mutex // one login at a time (lc's token is set during lookups)
 	// loginNumUses is auth.num_uses of the last answer lc got (vault/api's
@@ -477,6 +480,10 @@ func (l *Login) watch(ctx context.Context, kept <-chan error) error {
 // were failing. A token without a TTL needs no renewal: keepAlive waits for
 // ctx.
 //
+// A failed renewal is retried with backoff between RetryMin and RetryMax,
+// and no sooner than a 429's Retry-After asks (bounded to 1-60 s), but
+// never later than the point where the token is replaced.
+//
 // Its waits follow the token's lease in real time (as vault/api's
 // LifetimeWatcher's did), not the injected After, which paces Run's retries.
 func (l *Login) keepAlive(ctx context.Context, sec *vaultapi.Secret) error {
@@ -494,7 +501,12 @@ func (l *Login) keepAlive(ctx context.Context, sec *vaultapi.Secret) error {
 	grace := lease / 10
 	renewable := a.Renewable
 	retry := l.retryMin
-	var lastErr error
+	var (
+		lastErr error
+		// retryIn is the wait before the next renewal after a failed
+		// one: the backoff, or a 429's Retry-After when longer.
+		retryIn time.Duration
+	)
 	// The first renewal is at once: it shows early whether the token can
 	// be renewed (and has not been revoked meanwhile).
 	first := true
@@ -509,19 +521,14 @@ func (l *Login) keepAlive(ctx context.Context, sec *vaultapi.Secret) error {
 		case first:
 			d = 0
 		case lastErr != nil:
-			d = min(d, retry)
+			// Never past the point where the token is replaced.
+			d = min(d, retryIn)
 		default:
 			d = min(d, rem*2/3, l.maxRenew)
 		}
 		first = false
-		if d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
+		if d > 0 && !l.renewWait(ctx, d) {
+			return nil
 		}
 		if !renewable {
 			continue
@@ -553,7 +560,13 @@ func (l *Login) keepAlive(ctx context.Context, sec *vaultapi.Secret) error {
 		}
 		if err != nil {
 			lastErr = translate(op, err)
-			l.log.Warn("vault token renewal failed; retrying", slog.String("error", lastErr.Error()), slog.Duration("retry_in", retry))
+			// Vault's rate limit quota says when to come back (a 429's
+			// Retry-After, 1-60 s, as for Run's logins): not before then.
+			retryIn = retry
+			if w, ok := vaultWait(err); ok && w > retryIn {
+				retryIn = w
+			}
+			l.log.Warn("vault token renewal failed; retrying", slog.String("error", lastErr.Error()), slog.Duration("retry_in", min(retryIn, max(rem-grace, 0))))
 			retry = min(retry*2, l.retryMax)
 			continue
 		}
@@ -565,6 +578,27 @@ func (l *Login) keepAlive(ctx context.Context, sec *vaultapi.Secret) error {
 			lease, grace = got, got/10
 		}
 		l.renewed(a.ClientToken, s.Auth)
+	}
+}
+
+// renewWait waits d on keepAlive's clock (real time, or renewAfter) and
+// returns false when ctx ends first.
+func (l *Login) renewWait(ctx context.Context, d time.Duration) bool {
+	if l.renewAfter != nil {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-l.renewAfter(d):
+			return true
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
