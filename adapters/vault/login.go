@@ -96,6 +96,12 @@ type LoginOptions struct {
 	// renewable token (default DefaultMaxRenewInterval); otherwise a token
 	// is renewed when two thirds of its lease have passed.
 	MaxRenewInterval time.Duration
+	// RevokeGrace is how long after an AppRole or Kubernetes re-login the
+	// token it replaced is revoked (revoke-self with that token): the
+	// Vault calls sent with it before are over by then. Default: the
+	// client's timeout (which bounds every call) plus a second. A token
+	// the operator gives (token, token_file) is never revoked.
+	RevokeGrace time.Duration
 
 	Logger *slog.Logger                         // default: discard
 	Now    func() time.Time                     // default time.Now
@@ -144,6 +150,7 @@ type Login struct {
 	retryMin     time.Duration
 	retryMax     time.Duration
 	maxRenew     time.Duration
+	revokeGrace  time.Duration
 	log          *slog.Logger
 	now          func() time.Time
 	after        func(time.Duration) <-chan time.Time
@@ -223,7 +230,7 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	if o.Role != "" && !PlainRoleName(o.Role) {
 		bad("role: %q must be a plain name", o.Role)
 	}
-	if o.PollInterval < 0 || o.RetryMin < 0 || o.RetryMax < 0 || o.MaxRenewInterval < 0 {
+	if o.PollInterval < 0 || o.RetryMin < 0 || o.RetryMax < 0 || o.MaxRenewInterval < 0 || o.RevokeGrace < 0 {
 		bad("durations must not be negative")
 	}
 	if len(errs) > 0 {
@@ -251,7 +258,8 @@ func NewLogin(o LoginOptions) (*Login, error) {
 		token: o.Token, file: o.TokenFile, roleIDFile: o.RoleIDFile, secretIDFile: o.SecretIDFile,
 		role: o.Role, jwtFile: o.JWTFile, mount: mount,
 		poll: o.PollInterval, retryMin: o.RetryMin, retryMax: o.RetryMax, maxRenew: o.MaxRenewInterval,
-		log: o.Logger, now: o.Now, after: o.After,
+		revokeGrace: o.RevokeGrace,
+		log:         o.Logger, now: o.Now, after: o.After,
 	}
 	// lc is new: nothing else uses it yet while the callback is set.
 	l.lc = lc.WithResponseCallbacks(noteRetryAfter, l.noteNumUses)
@@ -269,6 +277,15 @@ func NewLogin(o LoginOptions) (*Login, error) {
 	}
 	if l.maxRenew == 0 {
 		l.maxRenew = DefaultMaxRenewInterval
+	}
+	if l.revokeGrace == 0 {
+		// vault/api bounds every call by the client's timeout (as a ctx
+		// deadline), so a call sent with the old token is over by then.
+		timeout := o.Client.ClientTimeout()
+		if timeout <= 0 {
+			timeout = DefaultTimeout
+		}
+		l.revokeGrace = timeout + time.Second
 	}
 	if l.retryMax < l.retryMin {
 		l.retryMax = l.retryMin
@@ -347,6 +364,14 @@ var errTokenRefused = errors.New("vault refused the broker's token")
 // token stays set meanwhile, and is still renewed. With token_file, the
 // file's mtime and size are polled every PollInterval and a new token in
 // it replaces the current one at once.
+//
+// The token an AppRole or Kubernetes re-login replaces is revoked
+// (revoke-self with it, bounded) RevokeGrace after the new one is set, once
+// the calls sent with it are over, rather than left valid until its TTL;
+// at once when ctx ends first, and Run returns after that. One Vault
+// refused (revoked), a batch token (Vault revokes none) and one the
+// operator gave (token, token_file) are left alone. Only its accessor is
+// logged.
 func (l *Login) Run(ctx context.Context) error {
 	l.mu.Lock()
 	started := l.secret != nil
@@ -354,6 +379,8 @@ func (l *Login) Run(ctx context.Context) error {
 	if !started {
 		return errors.New("vault login: Run called before a successful Start")
 	}
+	var revoking sync.WaitGroup
+	defer revoking.Wait()
 	delay := l.retryMin
 	for {
 		began := l.now()
@@ -396,6 +423,9 @@ func (l *Login) Run(ctx context.Context) error {
 		// static token that is about to expire, a token refused as soon as
 		// it was renewed) must not spin: wait first, longer each time. A
 		// watch that lasted resets the backoff.
+		// When the token being replaced ends, as last seen: a revocation
+		// after that is moot.
+		oldEnds := l.Status().ExpiresAt
 		if errors.Is(err, errTokenFileChanged) || l.now().Sub(began) >= l.retryMin {
 			delay = l.retryMin
 		} else {
@@ -434,7 +464,60 @@ func (l *Login) Run(ctx context.Context) error {
 		stop()
 		st := l.Status()
 		l.log.Info("vault login", slog.Int("logins", st.Logins), slog.Time("expires_at", st.ExpiresAt), slog.Bool("renewable", st.Renewable))
+		if old := sec.Auth; l.revokesReplaced() && !errors.Is(err, errTokenRefused) && old.Accessor != "" && old.ClientToken != l.currentToken() {
+			revoking.Add(1)
+			go func() {
+				defer revoking.Done()
+				l.revokeReplaced(ctx, old.ClientToken, old.Accessor, oldEnds)
+			}()
+		}
 	}
+}
+
+// revokesReplaced reports whether the tokens of l's method are the
+// broker's own to revoke: those of its AppRole or Kubernetes logins, not
+// one the operator gave.
+func (l *Login) revokesReplaced() bool {
+	return l.method == LoginAppRole || l.method == LoginKubernetes
+}
+
+func (l *Login) currentToken() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.current
+}
+
+// revokeReplaced revokes tok, a token a re-login replaced, with
+// revoke-self through a clone of the broker's client that holds it, once
+// RevokeGrace has passed (at once when ctx has ended), bounded by
+// cleanupTimeout; not at all once ends (the token's end as last seen; zero:
+// none) has passed. Only accessor is logged; a failure is logged, not
+// returned.
+func (l *Login) revokeReplaced(ctx context.Context, tok, accessor string, ends time.Time) {
+	t := time.NewTimer(l.revokeGrace)
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	t.Stop()
+	if !ends.IsZero() && !l.now().Before(ends) {
+		l.log.Debug("the vault token a new login replaced has ended: nothing to revoke", slog.String("accessor", accessor))
+		return
+	}
+	const op = "revoke-self of the replaced broker token"
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	rc, err := l.c.CloneWithHeaders()
+	if err == nil {
+		rc.SetToken(tok)
+		err = rc.Auth().Token().RevokeSelfWithContext(rctx, "")
+	}
+	if err != nil {
+		l.log.Warn("could not revoke the vault token a new login replaced; it stays valid until its ttl unless it already ended (revoked, expired: 403)",
+			slog.String("accessor", accessor), slog.String("error", translate(op, err).Error()))
+		return
+	}
+	l.log.Info("revoked the vault token a new login replaced", slog.String("accessor", accessor))
 }
 
 // wait returns false when ctx ends first.

@@ -171,6 +171,11 @@ func newFakeLoginVault(t *testing.T, reply func(n int) (int, any)) *fakeLoginVau
 }
 
 func (f *fakeLoginVault) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPut && r.URL.Path == "/v1/auth/token/revoke-self" {
+		// Run revokes a token a new login replaced.
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if r.Method != http.MethodPut || !strings.HasPrefix(r.URL.Path, "/v1/auth/") || !strings.HasSuffix(r.URL.Path, "/login") {
 		f.t.Errorf("fake vault: unexpected request %s %s", r.Method, r.URL.Path)
 		http.Error(w, `{"errors":["unexpected"]}`, http.StatusInternalServerError)
@@ -435,7 +440,8 @@ func TestLoginKubernetesRun(t *testing.T) {
 		t.Errorf("jwt of each login (-want +got):\n%s", diff)
 	}
 	for _, secret := range []string{"hvs.first", "hvs.second", "jwt-one", "jwt-two"} {
-		if strings.Contains(logs.String(), secret) {
+		// The fake's accessors are "acc-" and the token: those may be logged.
+		if strings.Contains(strings.ReplaceAll(logs.String(), "acc-"+secret, ""), secret) {
 			t.Errorf("logs contain %q:\n%s", secret, logs.String())
 		}
 	}
@@ -629,6 +635,79 @@ func TestLoginRealVault(t *testing.T) {
 		}
 	})
 
+	t.Run("ok/approle-replaced-token-revoked", func(t *testing.T) {
+		// token_ttl = token_max_ttl = 10s: Run logs in again a tenth of
+		// the lease (1s) before the first token ends, and revokes it
+		// (revoke-self, which the minimum policy allows) before then.
+		if _, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/keytrail-replace", map[string]any{
+			"token_ttl": "10s", "token_max_ttl": "10s",
+			"token_policies": []string{"keytrail-broker"}, "token_no_default_policy": true,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		rid, err := root.Logical().ReadWithContext(ctx, "auth/approle/role/keytrail-replace/role-id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sid, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/keytrail-replace/secret-id", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		c := newClient(t)
+		var logs loginLogBuffer
+		l, err := vault.NewLogin(vault.LoginOptions{
+			Client: c, Method: "approle", RetryMin: 100 * time.Millisecond, RevokeGrace: 10 * time.Millisecond, Logger: newLoginLogger(&logs),
+			RoleIDFile:   writeLoginFile(t, dir, "role-id", rid.Data["role_id"].(string)),
+			SecretIDFile: writeLoginFile(t, dir, "secret-id", sid.Data["secret_id"].(string)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Start(ctx); err != nil {
+			t.Fatalf("Start() = %v", err)
+		}
+		first := c.Token()
+		look, err := root.Auth().Token().LookupWithContext(ctx, first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		accessor, _ := look.Data["accessor"].(string)
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- l.Run(rctx) }()
+		waitLogin(t, 20*time.Second, "a new login near the first token's max TTL", func() bool { return c.Token() != first })
+		// A success means Vault took revoke-self from the first token while
+		// it was still valid (an ended token gets 403, logged at WARN).
+		revoked := func() bool {
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, `"msg":"revoked the vault token a new login replaced"`) && strings.Contains(line, `"accessor":"`+accessor+`"`) {
+					return true
+				}
+			}
+			return false
+		}
+		waitLogin(t, 10*time.Second, "the first token's revocation", func() bool {
+			return revoked() || strings.Contains(logs.String(), "could not revoke") || strings.Contains(logs.String(), "nothing to revoke")
+		})
+		if !revoked() {
+			t.Errorf("the first token was not revoked while valid:\n%s", logs.String())
+		}
+		if _, err := root.Auth().Token().LookupAccessorWithContext(ctx, accessor); err == nil {
+			t.Errorf("lookup-accessor of the replaced token succeeds; want it revoked")
+		}
+		if diff := cmp.Diff([]string{"keytrail-broker"}, policiesOf(t, c)); diff != "" {
+			t.Errorf("policies of the new token (-want +got):\n%s", diff)
+		}
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run() = %v, want nil", err)
+		}
+		if strings.Contains(logs.String(), first) || strings.Contains(logs.String(), c.Token()) {
+			t.Errorf("logs contain a token:\n%s", logs.String())
+		}
+	})
+
 	t.Run("fail/approle-bad-secret-id", func(t *testing.T) {
 		c := newClient(t)
 		l, err := vault.NewLogin(vault.LoginOptions{Client: c, Method: "approle", RoleIDFile: roleIDFile, SecretIDFile: badSecretFile})
@@ -751,12 +830,13 @@ type ownTokenVault struct {
 	logins  int
 	revoked map[string]bool
 	noRenew map[string]bool // valid, but renew-self is denied (a policy without it)
+	capped  map[string]int  // renew-self answers this lease (its max TTL is near)
 	calls   map[string]int  // path+" "+token -> requests
 }
 
 func newOwnTokenVault(t *testing.T, ttl int) *ownTokenVault {
 	t.Helper()
-	f := &ownTokenVault{t: t, ttl: ttl, revoked: map[string]bool{}, noRenew: map[string]bool{}, calls: map[string]int{}}
+	f := &ownTokenVault{t: t, ttl: ttl, revoked: map[string]bool{}, noRenew: map[string]bool{}, capped: map[string]int{}, calls: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -768,6 +848,7 @@ func (f *ownTokenVault) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.calls[r.URL.Path+" "+tok]++
 	revoked := f.revoked[tok] || (r.URL.Path == "/v1/auth/token/renew-self" && f.noRenew[tok])
+	renewLease, capped := f.capped[tok]
 	f.mu.Unlock()
 	switch r.URL.Path {
 	case "/v1/auth/approle/login":
@@ -787,7 +868,19 @@ func (f *ownTokenVault) serve(w http.ResponseWriter, r *http.Request) {
 			_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{"ttl": f.ttl, "renewable": true}})
 			return
 		}
-		_ = json.NewEncoder(w).Encode(authReply(tok, f.ttl, true))
+		if !capped {
+			renewLease = f.ttl
+		}
+		_ = json.NewEncoder(w).Encode(authReply(tok, renewLease, true))
+		return
+	case "/v1/auth/token/revoke-self":
+		if revoked {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errors":["permission denied"]}`))
+			return
+		}
+		f.revoke(tok)
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	f.t.Errorf("fake vault: unexpected request %s %s", r.Method, r.URL.Path)
@@ -804,6 +897,14 @@ func (f *ownTokenVault) denyRenewal(tok string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.noRenew[tok] = true
+}
+
+// capRenewal makes renew-self of tok answer a lease of secs seconds, as
+// Vault does near a token's max TTL.
+func (f *ownTokenVault) capRenewal(tok string, secs int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.capped[tok] = secs
 }
 
 func (f *ownTokenVault) count(path, tok string) int {
@@ -962,4 +1063,102 @@ func TestLoginTokenFileBadNewTokenKeepsOldRenewed(t *testing.T) {
 		t.Errorf("client token = %q, want the old token kept", c.Token())
 	}
 	stop()
+}
+
+// TestLoginRevokesReplacedToken: a token an AppRole or Kubernetes re-login
+// replaced (here: near its max TTL, its renewal gave it 5 more minutes,
+// less than a tenth of its first lease of 1h) is revoked with revoke-self, made with that token, RevokeGrace
+// after the new one is set, or at once when Run's ctx ends first, rather
+// than left valid until its TTL; only its accessor is logged. A token
+// Vault refused (revoked) is not revoked again, and a token the operator
+// gave (token_file) is never revoked.
+func TestLoginRevokesReplacedToken(t *testing.T) {
+	const revokeSelf = "/v1/auth/token/revoke-self"
+	approle := func(t *testing.T, o vault.LoginOptions) vault.LoginOptions {
+		dir := t.TempDir()
+		o.Method = vault.LoginAppRole
+		o.RoleIDFile = writeLoginFile(t, dir, "role_id", "role-1")
+		o.SecretIDFile = writeLoginFile(t, dir, "secret_id", "secret-1")
+		o.RetryMin, o.RetryMax = 10*time.Millisecond, 50*time.Millisecond
+		return o
+	}
+	noToken := func(t *testing.T, logs string, tokens ...string) {
+		t.Helper()
+		for _, tok := range tokens {
+			if strings.Contains(strings.ReplaceAll(logs, "acc-"+tok, ""), tok) {
+				t.Errorf("logs contain the token %s:\n%s", tok, logs)
+			}
+		}
+	}
+
+	t.Run("ok/approle-replaced-token-revoked-after-grace", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		f.capRenewal("hvs.login-1", 300)
+		var logs loginLogBuffer
+		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: 50 * time.Millisecond, Logger: newLoginLogger(&logs)}), nil)
+		waitLogin(t, 10*time.Second, "the replaced token revoked", func() bool { return f.count(revokeSelf, "hvs.login-1") == 1 })
+		if c.Token() != "hvs.login-2" {
+			t.Errorf("client token = %q, want hvs.login-2", c.Token())
+		}
+		waitLogin(t, 5*time.Second, "the revocation logged", func() bool {
+			return strings.Contains(logs.String(), `"accessor":"acc-hvs.login-1"`)
+		})
+		stop()
+		if n := f.count(revokeSelf, "hvs.login-2"); n != 0 {
+			t.Errorf("revoke-self with the token in use: %d calls, want none", n)
+		}
+		noToken(t, logs.String(), "hvs.login-1", "hvs.login-2")
+	})
+
+	t.Run("ok/not-before-grace-at-once-on-shutdown", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		f.capRenewal("hvs.login-1", 300)
+		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: time.Hour}), nil)
+		waitLogin(t, 10*time.Second, "a new login", func() bool { return c.Token() == "hvs.login-2" })
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 0 {
+			t.Errorf("the replaced token was revoked within its grace (1h): %d calls", n)
+		}
+		stop() // Run returns once the pending revocation is made
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 1 {
+			t.Errorf("revoke-self of the replaced token after Run returned = %d calls, want 1", n)
+		}
+	})
+
+	t.Run("ok/refused-token-not-revoked-again", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: time.Millisecond}), func(*vaultapi.Client) { f.revoke("hvs.login-1") })
+		waitLogin(t, 10*time.Second, "a new login", func() bool { return c.Token() == "hvs.login-2" })
+		stop()
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 0 {
+			t.Errorf("revoke-self of a token Vault already refused = %d calls, want none", n)
+		}
+	})
+
+	t.Run("ok/ended-token-not-revoked", func(t *testing.T) {
+		// Its renewal denied, the 2s token runs to its end: revoking it
+		// after that (a grace of 3s) is moot, and would only log a 403.
+		f := newOwnTokenVault(t, 2)
+		f.denyRenewal("hvs.login-1")
+		var logs loginLogBuffer
+		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: 3 * time.Second, Logger: newLoginLogger(&logs)}), nil)
+		waitLogin(t, 10*time.Second, "a new login", func() bool { return c.Token() == "hvs.login-2" })
+		waitLogin(t, 10*time.Second, "the revocation skipped", func() bool { return strings.Contains(logs.String(), "nothing to revoke") })
+		stop()
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 0 {
+			t.Errorf("revoke-self of an ended token = %d calls, want none", n)
+		}
+	})
+
+	t.Run("ok/token-file-token-never-revoked", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		file := writeLoginFile(t, t.TempDir(), "token", "hvs.operator-1")
+		_, c, stop := startRun(t, f, vault.LoginOptions{Method: vault.LoginTokenFile, TokenFile: file, PollInterval: 20 * time.Millisecond,
+			RetryMin: 10 * time.Millisecond, RevokeGrace: time.Millisecond}, nil)
+		replaceLoginFile(t, file, "hvs.operator-second") // another size: the mtime may not have moved
+		waitLogin(t, 10*time.Second, "the new token file loaded", func() bool { return c.Token() == "hvs.operator-second" })
+		stop()
+		if n := f.count(revokeSelf, "hvs.operator-1"); n != 0 {
+			t.Errorf("revoke-self of the operator's replaced token = %d calls, want none", n)
+		}
+	})
 }

@@ -38,8 +38,9 @@ type BrokerPolicyOptions struct {
 //   - its own token: read auth/token/lookup-self (the login check, and
 //     TokenChecker for /readyz), update auth/token/renew-self
 //     (Login.Run's renewals) and update auth/token/revoke-self (a login
-//     token the broker will not use: one with a use limit, or one whose
-//     start-up failed before serving); the "default" policy has all
+//     token the broker will not use: one with a use limit, one whose
+//     start-up failed before serving, or one a new login replaced); the
+//     "default" policy has all
 //     three, but a broker token may be created without it;
 //   - BrokerPolicy: mint orphan tokens (through o.TokenRole when set),
 //     revoke them by accessor, and read and sign with the transit keys the
