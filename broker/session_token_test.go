@@ -60,3 +60,52 @@ grants:
 		t.Errorf("two tokens of one sub, same iat, no jti: both in session %s, want one session each", first)
 	}
 }
+
+// TestSessionOfDeterministicSignatures: what README "Sessions" says of
+// tokens without jti of equal claims. RS256 signatures are deterministic:
+// two such tokens (two replicas' JWT-SVIDs from a SPIRE server with an RSA
+// jwt_key_type, issued in one second) are the same bytes, one token, one
+// session. PS256 signatures are randomized, as ES256's are: two tokens, two
+// sessions.
+func TestSessionOfDeterministicSignatures(t *testing.T) {
+	for _, tc := range []struct {
+		alg      string
+		wantSame bool
+	}{{"RS256", true}, {"PS256", false}} {
+		t.Run(tc.alg, func(t *testing.T) {
+			iss, err := authntest.NewIssuer(tc.alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(iss.Handler())
+			t.Cleanup(srv.Close)
+			iss.URL = srv.URL
+			exchange := signedService(t, "session.yaml", `version: 1
+issuers:
+  - {name: idp, issuer: `+iss.URL+`, jwks_url: `+iss.URL+authntest.JWKSPath+`, audiences: [keytrail], algorithms: [`+tc.alg+`]}
+workloads:
+  - {name: gateway, owner: team-mesh, match: {issuer: idp, subject: "spiffe://example.org/gateway"}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+			now := time.Now()
+			claims := jwt.MapClaims{"iss": iss.URL, "sub": "spiffe://example.org/gateway", "aud": "keytrail",
+				"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}
+			replica1, replica2 := sign(t, iss, claims), sign(t, iss, claims)
+			if (replica1 == replica2) != tc.wantSame {
+				t.Fatalf("two %s signatures of one payload equal: %v, want %v", tc.alg, replica1 == replica2, tc.wantSame)
+			}
+			a, err := exchange(replica1, "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := exchange(replica2, "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (a.SessionID == b.SessionID) != tc.wantSame {
+				t.Errorf("%s tokens of equal claims: sessions %s and %s; want one session: %v", tc.alg, a.SessionID, b.SessionID, tc.wantSame)
+			}
+		})
+	}
+}
