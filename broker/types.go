@@ -24,7 +24,8 @@ type Identity struct {
 	// second have equal iss, sub and iat): the SHA-256 of the token as
 	// signed, its header and payload, and of its signature, of an ECDSA
 	// one its r only, so the twin (r, n-s) its holder can compute is the
-	// same token. Zero when the Authenticator sets none.
+	// same token. Zero when the Authenticator sets none, and for a token
+	// with a jti (whose session the jti names).
 	TokenDigest [sha256.Size]byte
 }
 

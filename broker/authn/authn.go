@@ -575,7 +575,12 @@ func (v *Verifier) afterSignature(raw string, r *routed, claims jwt.MapClaims, s
 	if err := r.st.validatorFor(claims).Validate(claims); err != nil {
 		return nil, reject(claimsReason(err), claimsCause(err))
 	}
-	digest := tokenDigest(raw, r.alg)
+	// The digest only names the session of a token without a jti (see
+	// broker's sessionID): a token with one is not hashed again.
+	var digest [sha256.Size]byte
+	if jti, _ := claims["jti"].(string); jti == "" {
+		digest = tokenDigest(raw, r.alg)
+	}
 	id, err := v.identity(r.st, claims, digest)
 	if err == nil && v.verified != nil {
 		if _, isSet := r.key.(jwt.VerificationKeySet); !isSet {
