@@ -2,6 +2,9 @@ package httpapi
 
 import (
 	"errors"
+	"maps"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +24,25 @@ type Metrics struct {
 	// and authenticated callers' 429s rate_limited past
 	// RefusalLimits.PerIdentity (RefusalScopeIdentity).
 	RefusalsSuppressed *prometheus.CounterVec
+
+	// exchangeSeries holds the children of Exchanges and ExchangeSeconds
+	// ObserveExchange has used, by their labels: WithLabelValues checks,
+	// hashes and looks up its labels under the vector's lock on every call.
+	// The map is replaced, never changed (copy on write, under seriesMu):
+	// a new label set is rare, a look-up takes no lock. Nothing deletes
+	// these series from the vectors, so a child held here is the one
+	// WithLabelValues would return.
+	exchangeSeries atomic.Pointer[map[exchangeKey]*exchangeChildren]
+	seriesMu       sync.Mutex
+}
+
+// exchangeKey is the labels of one keytrail_exchanges_total series.
+type exchangeKey struct{ grant, kind, outcome string }
+
+// exchangeChildren are the series one exchange outcome updates.
+type exchangeChildren struct {
+	count   prometheus.Counter  // Exchanges{grant, kind, outcome}
+	seconds prometheus.Observer // ExchangeSeconds{outcome}
 }
 
 // NewMetrics registers the metrics with reg.
@@ -99,6 +121,34 @@ func (m *Metrics) ObserveExchange(grant, kind string, err error, d time.Duration
 		}
 		m.observeDeny("token", e)
 	}
-	m.Exchanges.WithLabelValues(grant, kind, outcome).Inc()
-	m.ExchangeSeconds.WithLabelValues(outcome).Observe(d.Seconds())
+	c := m.children(exchangeKey{grant: grant, kind: kind, outcome: outcome})
+	c.count.Inc()
+	c.seconds.Observe(d.Seconds())
+}
+
+// children returns the series of k, looked up in the vectors once.
+func (m *Metrics) children(k exchangeKey) *exchangeChildren {
+	if cur := m.exchangeSeries.Load(); cur != nil {
+		if c := (*cur)[k]; c != nil {
+			return c
+		}
+	}
+	m.seriesMu.Lock()
+	defer m.seriesMu.Unlock()
+	var next map[exchangeKey]*exchangeChildren
+	if cur := m.exchangeSeries.Load(); cur != nil {
+		if c := (*cur)[k]; c != nil {
+			return c
+		}
+		next = maps.Clone(*cur)
+	} else {
+		next = make(map[exchangeKey]*exchangeChildren, 1)
+	}
+	c := &exchangeChildren{
+		count:   m.Exchanges.WithLabelValues(k.grant, k.kind, k.outcome),
+		seconds: m.ExchangeSeconds.WithLabelValues(k.outcome),
+	}
+	next[k] = c
+	m.exchangeSeries.Store(&next)
+	return c
 }
