@@ -1362,12 +1362,10 @@ func (s *Sink) commitEvents(batch []*request) {
 // seal seals ev into work and the batch buffer, followed by a checkpoint
 // when one is due.
 func (s *Sink) seal(work *state, ev *audit.Event, now time.Time) error {
-	line, err := work.chain.Seal(ev, now)
-	if err != nil {
+	// The line and its '\n' go straight into the batch buffer.
+	if err := work.chain.SealTo(&s.buf, ev, now); err != nil {
 		return err
 	}
-	s.buf.Write(line)
-	s.buf.WriteByte('\n')
 	work.sinceCP++
 	if work.sinceCP >= s.o.CheckpointEvery {
 		s.addCheckpoint(work, now)
@@ -1399,9 +1397,8 @@ func (s *Sink) addCheckpoint(work *state, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
 	ev, err := work.chain.Checkpoint(ctx, s.o.Signer, broker.NewID(broker.PrefixRequest), now)
 	cancel()
-	var line []byte
 	if err == nil {
-		line, err = work.chain.Seal(ev, now)
+		err = work.chain.SealTo(&s.buf, ev, now)
 	}
 	if err != nil {
 		s.cpBackoff = now.Add(min(time.Second, s.o.CheckpointInterval))
@@ -1411,8 +1408,6 @@ func (s *Sink) addCheckpoint(work *state, now time.Time) {
 		s.log.Error("audit: checkpoint failed", "err", err)
 		return
 	}
-	s.buf.Write(line)
-	s.buf.WriteByte('\n')
 	work.sinceCP, work.cpAt, work.cpSeq = 0, now, ev.Seq
 	work.cps++
 }

@@ -122,27 +122,56 @@ func (c *Chain) Clone() *Chain {
 // longer than MaxLineBytes is refused. On error the chain does not advance
 // (ev's chain fields may already be overwritten).
 func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
+	c.buf.Reset()
+	line, t, err := c.seal(&c.buf, ev, now)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, len(line))
+	copy(out, line)
+	c.advance(ev.Seq, out, t)
+	return out, nil
+}
+
+// SealTo is Seal writing the line and its '\n' at the end of w instead of
+// returning a copy of it: the same bytes, the same checks, the chain
+// advanced the same way. On error w is as it was. A sink that builds its
+// batch in w seals each event without a copy, and without the chain's own
+// buffer (a Clone starts without one and grew it for every batch).
+func (c *Chain) SealTo(w *bytes.Buffer, ev *Event, now time.Time) error {
+	line, t, err := c.seal(w, ev, now)
+	if err != nil {
+		return err
+	}
+	c.advance(ev.Seq, line, t)
+	return nil
+}
+
+// seal checks ev, fills in its chain fields and appends its line and a
+// '\n' to w, returning the line (aliasing w) and its time; on error w is as
+// it was. The chain does not advance: advance does, with the line.
+func (c *Chain) seal(w *bytes.Buffer, ev *Event, now time.Time) (line []byte, t time.Time, err error) {
 	if ev == nil {
-		return nil, errors.New("audit: seal: nil event")
+		return nil, t, errors.New("audit: seal: nil event")
 	}
 	if err := ValidChainID(c.id); err != nil {
-		return nil, fmt.Errorf("audit: seal: %w", err)
+		return nil, t, fmt.Errorf("audit: seal: %w", err)
 	}
 	if ev.Type == "" {
-		return nil, errors.New("audit: seal: event has no type")
+		return nil, t, errors.New("audit: seal: event has no type")
 	}
 	if (ev.Type == TypeCheckpoint) != (ev.Checkpoint != nil) {
-		return nil, errors.New("audit: seal: the checkpoint field is set on checkpoint events and only on them")
+		return nil, t, errors.New("audit: seal: the checkpoint field is set on checkpoint events and only on them")
 	}
-	t, err := c.sealTime(now)
+	t, err = c.sealTime(now)
 	if err != nil {
-		return nil, fmt.Errorf("audit: seal: %w", err)
+		return nil, t, fmt.Errorf("audit: seal: %w", err)
 	}
 	if cp := ev.Checkpoint; cp != nil && cp.Version >= 2 {
 		// A version 2 checkpoint signed its own time and head: sealed at
 		// another time, or after another line, it would not verify.
 		if ev.Time != t.Format(TimeFormat) || cp.HeadSeq != c.seq || cp.HeadHash != c.head {
-			return nil, errors.New("audit: seal: a checkpoint must be sealed right after it is made, with the same time")
+			return nil, t, errors.New("audit: seal: a checkpoint must be sealed right after it is made, with the same time")
 		}
 	}
 	ev.V = Version
@@ -151,20 +180,24 @@ func (c *Chain) Seal(ev *Event, now time.Time) ([]byte, error) {
 	ev.Chain = c.id
 	ev.Prev = c.head
 
-	line, err := encodeLine(&c.buf, ev)
+	n := w.Len()
+	line, err = appendLine(w, ev)
 	if err != nil {
-		return nil, fmt.Errorf("audit: seal: encode %s event: %w", ev.Type, err)
+		w.Truncate(n)
+		return nil, t, fmt.Errorf("audit: seal: encode %s event: %w", ev.Type, err)
 	}
 	if len(line) > MaxLineBytes {
-		return nil, fmt.Errorf("audit: seal: %s event is %d bytes, more than %d", ev.Type, len(line), MaxLineBytes)
+		w.Truncate(n)
+		return nil, t, fmt.Errorf("audit: seal: %s event is %d bytes, more than %d", ev.Type, len(line), MaxLineBytes)
 	}
-	out := make([]byte, len(line))
-	copy(out, line)
+	return line, t, nil
+}
 
-	c.seq = ev.Seq
-	c.head = HashLine(out)
+// advance makes line, sealed as seq at t, the chain's last line.
+func (c *Chain) advance(seq uint64, line []byte, t time.Time) {
+	c.seq = seq
+	c.head = HashLine(line)
 	c.lastTime = t
-	return out, nil
 }
 
 // sealTime is the time Seal gives a line sealed at now: now in UTC, or the
@@ -178,6 +211,20 @@ func (c *Chain) sealTime(now time.Time) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("year %d cannot be written", y)
 	}
 	return t, nil
+}
+
+// appendLine appends ev's line as Seal writes it (encodeLine's bytes) and
+// a '\n' to w and returns the line, aliasing w. json.Encoder writes nothing
+// on error.
+func appendLine(w *bytes.Buffer, ev *Event) ([]byte, error) {
+	n := w.Len()
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(ev); err != nil {
+		return nil, err
+	}
+	b := w.Bytes()
+	return b[n : len(b)-1], nil
 }
 
 // encodeLine encodes ev as Seal writes it (compact JSON, fields in Event
