@@ -29,6 +29,10 @@ const maxIdentityToken = 64 << 10
 // identity token (the exchange's own bound).
 var pipeReadTimeout = DefaultTimeout
 
+// errPipeEnded is readPipe's for an unnamed pipe (bash's <(cmd),
+// /dev/fd/N) read empty: its writer has exited, and none can come.
+var errPipeEnded = errors.New("a pipe whose writer has exited with nothing left to read")
+
 // IdentitySource supplies the workload's identity token. Implementations
 // MUST honour ctx and MUST NOT put the token in an error.
 type IdentitySource interface {
@@ -42,7 +46,9 @@ type IdentitySource interface {
 // transient IdentityError (a writer between truncate and write); a missing
 // one is permanent. A pipe (a named one, or /dev/fd/N) is read to its end,
 // its writer waited for until ctx ends, at most DefaultTimeout: then a
-// transient IdentityError. Where a pipe cannot be polled (darwin), it is
+// transient IdentityError. An unnamed pipe (bash's <(cmd)) whose writer
+// has exited and that holds nothing (read already, as a renewal does, or
+// never written to) is a permanent IdentityError at once (on Linux). Where a pipe cannot be polled (darwin), it is
 // read blocking: a writer that opened it and neither writes nor closes it
 // blocks the call, ctx unheeded.
 // The zero value reads DefaultTokenFile.
@@ -77,6 +83,13 @@ func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
 	var b []byte
 	if st, serr := fh.Stat(); serr == nil && st.Mode()&fs.ModeNamedPipe != 0 {
 		b, err = readPipe(ctx, fh)
+		if errors.Is(err, errPipeEnded) {
+			// Permanent: nothing will ever be written to it. Under
+			// --watch every renewal reads it again, and finds this.
+			return "", &IdentityError{Source: f.Describe(), Err: errors.New(errPipeEnded.Error() +
+				" (a pipe gives the token once: it was read already, or its command wrote nothing);" +
+				" use a regular file, or a named pipe a helper writes the token to at each read")}
+		}
 		if cerr := ctx.Err(); err != nil && cerr != nil {
 			// Said as what failed (Source.Fetch's last failure); not
 			// wrapping cerr, as a timeout to the broker would.

@@ -17,8 +17,10 @@ import (
 // (os.ErrDeadlineExceeded). Opened without waiting, a pipe with no writer
 // yet reads as its end: that first empty read is taken for "no writer
 // yet", and waited past; once the pipe has been ready (a writer wrote or
-// hung up), an empty read is its end. Where a pipe cannot be waited for
-// (darwin), it is read blocking, as before.
+// hung up), an empty read is its end. An unnamed pipe (bash's <(cmd),
+// /dev/fd/N) is not waited for: read empty, its writer has exited and no
+// other can come; errPipeEnded then, when nothing was read. Where a pipe
+// cannot be waited for (darwin), it is read blocking, as before.
 func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 	rc, err := fh.SyscallConn()
 	if err != nil {
@@ -27,6 +29,10 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 	if err := fh.SetReadDeadline(time.Now().Add(pipeReadTimeout)); err != nil {
 		// Not pollable (darwin's pipes): read blocking.
 		return readPipeBlocking(fh)
+	}
+	unnamed := false
+	if err := rc.Control(func(fd uintptr) { unnamed = unnamedPipe(fd) }); err != nil {
+		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { _ = fh.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -51,6 +57,11 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 				return false // a writer, nothing (more) written yet
 			case err != nil:
 				rerr = err
+				return true
+			case len(b) == 0 && unnamed:
+				// Its writer has exited (a writer open, an empty
+				// pipe reads EAGAIN), and none can come.
+				rerr = errPipeEnded
 				return true
 			default: // the end, or no writer yet
 				return len(b) > 0 || calls > 1

@@ -1,0 +1,108 @@
+//go:build linux
+
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFileIdentityEndedPipeIsAPermanentError: an identity token file that
+// is an unnamed pipe (bash's --identity-token-file <(get-token), named
+// /dev/fd/N) gives the token once. Once its writer has exited and the
+// token was read (fetch --watch and exec --watch read the file again at
+// every renewal), or when its writer exited without writing, reading it
+// again is its end at once, and nothing can ever write to it again: no
+// one can open an unnamed pipe for writing. It was taken for a named pipe
+// whose writer has not come yet and waited for, pipeReadTimeout (30 s) at
+// every renewal, before a transient error said nothing was written within
+// 30s. It is a permanent error, at once, saying what happened. A pipe
+// whose writer is still open keeps the bound (below).
+func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
+	// read is IdentityToken, failing the test if it has not returned
+	// within a minute (a guard, not a measure of speed).
+	read := func(t *testing.T, path string) (string, error) {
+		t.Helper()
+		type result struct {
+			tok string
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			tok, err := FileIdentity{Path: path}.IdentityToken(context.Background())
+			done <- result{tok, err}
+		}()
+		select {
+		case r := <-done:
+			return r.tok, r.err
+		case <-time.After(time.Minute):
+			t.Fatalf("IdentityToken(%s) did not return within a minute", path)
+			return "", nil
+		}
+	}
+	pipe := func(t *testing.T) (path string, w *os.File) {
+		t.Helper()
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close(); w.Close() })
+		return fmt.Sprintf("/dev/fd/%d", r.Fd()), w
+	}
+	permanent := func(t *testing.T, path string, err error) {
+		t.Helper()
+		var ie *IdentityError
+		want := "identity token from file " + path + ": a pipe whose writer has exited with nothing left to read"
+		if !errors.As(err, &ie) || ie.Transient || !IsPermanent(err) || !strings.Contains(err.Error(), want) {
+			t.Errorf("IdentityToken = %v, want a permanent *IdentityError saying %q", err, want)
+		}
+	}
+
+	t.Run("read-again", func(t *testing.T) {
+		path, w := pipe(t)
+		if _, err := w.WriteString("jwt-once\n"); err != nil {
+			t.Fatal(err)
+		}
+		w.Close() // the command ended
+		if tok, err := read(t, path); err != nil || tok != "jwt-once" {
+			t.Fatalf("first IdentityToken = %q, %v, want %q", tok, err, "jwt-once")
+		}
+		// A renewal.
+		_, err := read(t, path)
+		permanent(t, path, err)
+	})
+
+	t.Run("nothing-written", func(t *testing.T) {
+		path, w := pipe(t)
+		w.Close() // <(true)
+		_, err := read(t, path)
+		permanent(t, path, err)
+	})
+
+	t.Run("writer-open-keeps-the-bound", func(t *testing.T) {
+		path, _ := pipe(t) // the writer open, nothing written
+		defer func(d time.Duration) { pipeReadTimeout = d }(pipeReadTimeout)
+		pipeReadTimeout = 200 * time.Millisecond
+		_, err := read(t, path)
+		var ie *IdentityError
+		if !errors.As(err, &ie) || !ie.Transient || !strings.Contains(err.Error(), "nothing was written to within 200ms") {
+			t.Errorf("IdentityToken = %v, want a transient *IdentityError saying nothing was written within 200ms", err)
+		}
+	})
+
+	t.Run("writer-open-writes", func(t *testing.T) {
+		path, w := pipe(t)
+		go func() {
+			_, _ = w.WriteString("jwt-slow\n")
+			w.Close()
+		}()
+		if tok, err := read(t, path); err != nil || tok != "jwt-slow" {
+			t.Errorf("IdentityToken = %q, %v, want %q", tok, err, "jwt-slow")
+		}
+	})
+}
