@@ -183,7 +183,14 @@ then SIGKILL after --restart-grace) or sends it a signal (signal:HUP): the
 latter suits a program that re-reads a file written with --out/--out-dir,
 since a running process's environment cannot change, and is refused
 (usage) without them. A renewal the broker refuses for good is reported on
-stderr and CMD keeps running.
+stderr and CMD keeps running. Restarted CMDs run in a process group of their
+own when keytrail has no controlling terminal (a container, a service, CI):
+a restart then stops the whole group, and waits for it, so that what CMD
+started (a shell script's children) does not run on with the old
+credential; signals keytrail forwards still go to CMD alone, and one sent to
+keytrail's group reaches CMD through keytrail (SIGKILL cannot be
+forwarded). With a controlling terminal CMD stays in keytrail's group, for
+Ctrl-C and job control, and a restart stops CMD alone.
 
 Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
 the exit status before CMD starts: 1 the broker refused for good or its
@@ -317,6 +324,9 @@ type execRun struct {
 	// short-lived credential, not the identity it was exchanged for.
 	dropEnv string
 	reaper  *orphanReaper // when keytrail is PID 1 or a subreaper (run sets it)
+	// ownGroup: each CMD runs in a process group of its own, which a
+	// restart stops as a whole (run sets it: see there).
+	ownGroup bool
 
 	mu       sync.Mutex
 	creds    map[string]*client.Credential
@@ -346,6 +356,9 @@ type child struct {
 	done chan struct{}
 	err  error
 	gen  uint64 // the execRun's gen of the credentials in CMD's environment
+	// group: CMD leads a process group of its own (its pid), which stop
+	// signals and waits for.
+	group bool
 }
 
 // hasLatest reports whether c was started with every credential renewed so
@@ -370,6 +383,9 @@ func (x *execRun) start() (*child, error) {
 	cmd.Stdin = os.Stdin
 	cmd.Stdout = x.e.stdout
 	cmd.Stderr = x.e.stderr
+	if x.ownGroup {
+		setOwnGroup(cmd)
+	}
 	if err := x.reaper.start(cmd); err != nil {
 		code := 126
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
@@ -377,7 +393,7 @@ func (x *execRun) start() (*child, error) {
 		}
 		return nil, exitError{code: code, msg: "exec: " + err.Error()}
 	}
-	ch := &child{cmd: cmd, done: make(chan struct{}), gen: gen}
+	ch := &child{cmd: cmd, done: make(chan struct{}), gen: gen, group: x.ownGroup}
 	go func() {
 		ch.err = cmd.Wait()
 		x.reaper.waited(cmd.Process.Pid)
@@ -422,20 +438,52 @@ func (x *execRun) relay(c *child, sig os.Signal) {
 	x.forward(c, sig)
 }
 
-// stop sends SIGTERM, then SIGKILL after the grace period, and waits.
+// stop ends c for a restart: SIGTERM, then SIGKILL after the grace period,
+// and waits. When c leads a process group of its own, both go to the
+// group, and what CMD started (a shell script's children) is waited for
+// too, until no process of the group is left (a SIGKILLed one that has not
+// gone within another grace period is not waited for further): otherwise
+// it would run on, with the old credential, beside the next CMD.
 func (x *execRun) stop(c *child, sigs <-chan os.Signal) {
-	x.forward(c, syscall.SIGTERM)
+	kill := func(sig syscall.Signal) {
+		x.lastForward = time.Now()
+		if c.group {
+			_ = signalGroup(c.cmd.Process.Pid, sig)
+			return
+		}
+		_ = c.cmd.Process.Signal(sig)
+	}
+	kill(syscall.SIGTERM)
 	t := time.NewTimer(x.grace)
 	defer t.Stop()
+	var poll <-chan time.Time // the group's others, once CMD has ended
+	if c.group {
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		poll = tk.C
+	}
+	done, killed := c.done, false
 	for {
 		select {
-		case <-c.done:
-			return
+		case <-done:
+			done = nil
 		case s := <-sigs:
 			x.relay(c, s)
 		case <-t.C:
-			_ = c.cmd.Process.Kill()
-			<-c.done
+			if killed {
+				// CMD was waited for before the timer was set again.
+				return
+			}
+			killed = true
+			kill(syscall.SIGKILL)
+			if done != nil {
+				<-c.done
+				done = nil
+			}
+			t.Reset(x.grace)
+		case <-poll:
+		}
+		if done == nil && (!c.group || !groupAlive(c.cmd.Process.Pid)) {
 			return
 		}
 	}
@@ -453,6 +501,13 @@ func (x *execRun) run(srcs []*client.Source, id client.IdentitySource, watch boo
 	// reap them, or their zombies pile up.
 	x.reaper = newOrphanReaper()
 	defer x.reaper.close()
+	// A CMD that is restarted runs in a process group of its own, which a
+	// restart stops as a whole, unless keytrail has a controlling
+	// terminal: its Ctrl-C, Ctrl-Z and foreground (reading the terminal)
+	// need CMD in keytrail's group. Without restarts CMD stays in
+	// keytrail's group too: a signal sent to that group (SIGKILL
+	// included, which cannot be forwarded) reaches it directly.
+	x.ownGroup = watch && x.action.restart && !hasControllingTerminal()
 
 	c, err := x.start()
 	if err != nil {

@@ -1,0 +1,108 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestExecRestartStopsWhatCMDStarted: exec --watch restarts CMD at every
+// renewal, and stopped CMD alone (SIGTERM to its pid): a CMD that is a
+// shell script left its children running, with the old credential, beside
+// the new CMD's. Without a controlling terminal (a container, a service,
+// CI: here a session of its own) CMD runs in a process group of its own,
+// and a restart stops and waits for the whole group. With one, CMD shares
+// keytrail's group (TestExecCtrlCReachesCMDOnce).
+func TestExecRestartStopsWhatCMDStarted(t *testing.T) {
+	for _, tc := range []struct {
+		name, grace string
+		// The script CMD runs: it starts a grandchild, notes its pid
+		// in $1 and waits for it. SIGTERM ends the shell (not trapped).
+		script string
+	}{
+		{"child-ends-on-sigterm", "1m", `sleep 1000 & echo $! >> "$1"; wait`},
+		// SIGKILL after --restart-grace.
+		{"child-ignores-sigterm", "1s", `(trap '' TERM; exec sleep 1000) & echo $! >> "$1"; wait`},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testExecRestartStopsWhatCMDStarted(t, tc.grace, tc.script) })
+	}
+}
+
+func testExecRestartStopsWhatCMDStarted(t *testing.T, grace, script string) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := renewingBroker(t, 1)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pids := filepath.Join(dir, "pids")
+	cmd := exec.Command(self, "exec", "--identity-token-file", tokenFile, "--grant", "g", "--env", "T", "--watch", "--restart-grace", grace,
+		"--", "sh", "-c", script, "sh", pids)
+	cmd.Env = append(os.Environ(), benchChildEnv+"=1", "KEYTRAIL_ADDR="+addr)
+	// A file, not a pipe: a grandchild left running would hold a pipe
+	// open, and Wait would wait for it.
+	stderrFile, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stderrFile.Close()
+	cmd.Stderr = stderrFile
+	stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
+	// No controlling terminal, whatever the test's.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	grandchildren := func() []int {
+		b, _ := os.ReadFile(pids)
+		var out []int
+		for _, l := range strings.Split(string(b), "\n") {
+			if p, err := strconv.Atoi(l); err == nil {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		for _, p := range grandchildren() {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+
+	// The second CMD starts once the first is stopped.
+	waitUntil(t, "CMD to be restarted", func() bool { return len(grandchildren()) >= 2 })
+	first := grandchildren()[0]
+	if alive(first) {
+		t.Fatalf("the first CMD's child (pid %d) still runs after the restart\nstderr:\n%s", first, stderr())
+	}
+	if !strings.Contains(stderr(), "restarted sh") {
+		t.Errorf("no restart line\nstderr:\n%s", stderr())
+	}
+}
+
+// alive reports whether pid is a process that has not exited (a zombie,
+// whose parent has not reaped it, has).
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
