@@ -170,7 +170,10 @@ does.
 --env NAME=GRANT:FIELD   the same, naming the grant when several are fetched
 A NAME given twice is a usage error. CMD inherits keytrail's environment
 but for the --identity-token-env variable: CMD gets the credential, not the
-identity token it was exchanged for.
+identity token it was exchanged for. With --github-actions, CMD keeps
+ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN: every step
+of the job has them anyway, and tools CMD runs may need them (npm publish
+--provenance, cosign's keyless signing).
 
 --out FILE or --out-dir DIR also writes the credentials to files, as keytrail
 fetch does (rewritten at each renewal with --watch), in --format (raw, json,

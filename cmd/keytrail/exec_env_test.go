@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keytrail/keytrail/broker/client"
 )
 
 // TestExecDropsIdentityTokenEnv: with --identity-token-env VAR, VAR holds
@@ -70,5 +75,38 @@ func TestExecEnvGivenTwice(t *testing.T) {
 	f.mu.Unlock()
 	if n != 0 {
 		t.Errorf("the broker was asked %d times, want 0 (usage errors are found first)", n)
+	}
+}
+
+// TestExecGitHubActionsKeepsRequestEnv: with --github-actions, unlike
+// --identity-token-env, CMD keeps ACTIONS_ID_TOKEN_REQUEST_URL and
+// ACTIONS_ID_TOKEN_REQUEST_TOKEN. They are not an identity token but the
+// runner's means to ask for one, which every step of the job has anyway
+// (CMD is a build step's command), and tools CMD may run need them (npm
+// publish --provenance, cosign's keyless signing): leaving them out would
+// break those and protect nothing. The choice is stated in exec --help.
+func TestExecGitHubActionsKeepsRequestEnv(t *testing.T) {
+	_, addr := newFakeTokenBroker(t)
+	gh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"count":1,"value":"gh.identity.jwt"}`)
+	}))
+	t.Cleanup(gh.Close)
+	// CMD's environment is keytrail's own (os.Environ), getenv's the flags'.
+	t.Setenv(client.EnvGitHubRequestURL, gh.URL+"/idtoken?api-version=2.0")
+	t.Setenv(client.EnvGitHubRequestToken, "request-token")
+	getenv := func(k string) string {
+		if k == "KEYTRAIL_ADDR" {
+			return addr
+		}
+		return os.Getenv(k)
+	}
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"exec", "--quiet", "--github-actions", "--grant", "payments-db", "--env", "T",
+		"--", "sh", "-c", `printf '%s|%s|%s' "${ACTIONS_ID_TOKEN_REQUEST_URL:+set}" "${ACTIONS_ID_TOKEN_REQUEST_TOKEN-unset}" "$T"`}, getenv, &out, &errb)
+	if err != nil {
+		t.Fatalf("exec = %v\nstderr: %s", err, errb.String())
+	}
+	if got, want := out.String(), "set|request-token|db-token"; got != want {
+		t.Errorf("CMD saw URL|TOKEN|$T = %q, want %q", got, want)
 	}
 }
