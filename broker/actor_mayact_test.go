@@ -166,3 +166,98 @@ func TestDelegatedCredentialCappedAtActorExpiry(t *testing.T) {
 		})
 	}
 }
+
+// TestExchangeHonoursActorMayAct: RFC 8693 §4.4 puts may_act in the token
+// of the party acted for, naming who may act for it. Under keytrail's
+// reading that party is the actor token's (a user's token from an IdP), and
+// the party acting is the subject (the agent): an actor token with a
+// may_act claim is exchanged only with a subject token whose (iss, sub),
+// and any other claim may_act names, match; else 401 invalid_grant, reason
+// subject_not_permitted, nothing minted, the deny event naming the subject
+// and the verified actor as act. A may_act without iss names a subject of
+// the actor token's own issuer; one that is no JSON object, or names
+// nothing, permits no subject. When both tokens carry may_act, both must
+// hold. (The actor token's may_act was ignored: a user's token that named
+// one agent was taken with any.)
+func TestExchangeHonoursActorMayAct(t *testing.T) {
+	exp := time.Date(2026, 11, 26, 13, 0, 0, 0, time.UTC) // an hour after the fixture's clock
+	const agent = "system:serviceaccount:payments:api"
+	user := func(mayAct any) *broker.Identity {
+		u := ssoUser("user:carol", exp)
+		u.Claims["may_act"] = mayAct
+		return u
+	}
+	// A user of the subject's own issuer.
+	k8sUser := func(mayAct any) *broker.Identity {
+		return &broker.Identity{IssuerName: "k8s", Iss: "https://k8s.example", Sub: "user:carol", JTI: "k8s-carol", Expiry: exp,
+			Claims: map[string]any{"iss": "https://k8s.example", "sub": "user:carol", "may_act": mayAct}}
+	}
+	for _, tc := range []struct {
+		name          string
+		actor         *broker.Identity
+		subjectMayAct any // absent when nil
+		reason        string
+	}{
+		{name: "iss-sub/match", actor: user(map[string]any{"iss": "https://k8s.example", "sub": agent})},
+		{name: "iss-sub/other-sub", actor: user(map[string]any{"iss": "https://k8s.example", "sub": "system:serviceaccount:orders:api"}), reason: "subject_not_permitted"},
+		{name: "iss-sub/other-iss", actor: user(map[string]any{"iss": "https://sso.example", "sub": agent}), reason: "subject_not_permitted"},
+		{name: "iss-sub/case", actor: user(map[string]any{"iss": "https://k8s.example", "sub": "System:ServiceAccount:payments:api"}), reason: "subject_not_permitted"},
+		{name: "sub-only/actor-issuer", actor: user(map[string]any{"sub": agent}), reason: "subject_not_permitted"},
+		{name: "sub-only/same-issuer", actor: k8sUser(map[string]any{"sub": agent})},
+		{name: "other-claims/match", actor: user(map[string]any{"iss": "https://k8s.example", "sub": agent, "kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}}})},
+		{name: "other-claims/differ", actor: user(map[string]any{"iss": "https://k8s.example", "sub": agent, "kubernetes.io": map[string]any{"namespace": "payments"}}), reason: "subject_not_permitted"},
+		{name: "other-claims/absent", actor: user(map[string]any{"iss": "https://k8s.example", "sub": agent, "client_id": "app"}), reason: "subject_not_permitted"},
+		{name: "malformed/string", actor: user(agent), reason: "subject_not_permitted"},
+		{name: "malformed/array", actor: user([]any{map[string]any{"iss": "https://k8s.example", "sub": agent}}), reason: "subject_not_permitted"},
+		{name: "malformed/empty", actor: user(map[string]any{}), reason: "subject_not_permitted"},
+		{name: "malformed/null", actor: user(nil), reason: "subject_not_permitted"},
+		{name: "malformed/iss-not-string", actor: user(map[string]any{"iss": []any{"https://k8s.example"}, "sub": agent}), reason: "subject_not_permitted"},
+		{name: "both/match", actor: user(map[string]any{"iss": "https://k8s.example", "sub": agent}),
+			subjectMayAct: map[string]any{"iss": "https://sso.example", "sub": "user:carol"}},
+		{name: "both/actor-refuses", actor: user(map[string]any{"iss": "https://k8s.example", "sub": "system:serviceaccount:orders:api"}),
+			subjectMayAct: map[string]any{"iss": "https://sso.example", "sub": "user:carol"}, reason: "subject_not_permitted"},
+		{name: "both/subject-refuses", actor: user(map[string]any{"iss": "https://k8s.example", "sub": agent}),
+			subjectMayAct: map[string]any{"iss": "https://sso.example", "sub": "user:mallory"}, reason: "actor_not_permitted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			subject := identity(agent, map[string]any{
+				"kubernetes.io": map[string]any{"namespace": "payments", "pod": map[string]any{"uid": "pod-1"}},
+			})
+			if tc.subjectMayAct != nil {
+				subject = mayActSubject(tc.subjectMayAct)
+			}
+			f.authn["subject"], f.authn["actor"] = subject, tc.actor
+			res, err := f.svc.Exchange(context.Background(), broker.ExchangeRequest{SubjectToken: "subject", ActorToken: "actor", Grant: "payments-vault", RequestID: "req_actor_mayact"})
+			if tc.reason == "" {
+				if err != nil {
+					t.Fatalf("exchange = %v, want a credential", err)
+				}
+				if want := []broker.IdentityRef{tc.actor.Ref()}; !slices.Equal(res.Issuance.Act, want) {
+					t.Errorf("issuance act = %+v, want %+v", res.Issuance.Act, want)
+				}
+				return
+			}
+			if !errors.Is(err, broker.ErrUnauthenticated) || broker.AsError(err).Reason != tc.reason {
+				t.Fatalf("exchange = %v, want invalid_grant (%s)", err, tc.reason)
+			}
+			if n := len(f.minter.Calls()); n != 0 {
+				t.Errorf("%d mints for a refused delegation, want none", n)
+			}
+			wantAct := []audit.Identity{{Iss: tc.actor.Iss, Sub: tc.actor.Sub, JTI: tc.actor.JTI}}
+			var deny *audit.Event
+			for _, ev := range f.sink.Events() {
+				if ev.RequestID == "req_actor_mayact" {
+					if ev.Type != audit.TypeDeny || deny != nil {
+						t.Fatalf("event %s of the refused exchange, want one deny", ev.Type)
+					}
+					deny = ev
+				}
+			}
+			if deny == nil || deny.Outcome == nil || deny.Outcome.Status != 401 || deny.Outcome.Reason != tc.reason ||
+				!slices.Equal(deny.Act, wantAct) || deny.Identity == nil || deny.Identity.Sub != agent || deny.Workload != "" {
+				t.Errorf("deny event %+v, want 401 %s naming the subject and act %+v", deny, tc.reason, wantAct)
+			}
+		})
+	}
+}

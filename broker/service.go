@@ -326,8 +326,15 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			e.Reason = "actor_" + e.Reason
 			return fail(e)
 		}
+		// may_act (RFC 8693 §4.4) in either token names the other party
+		// (docs/SPEC-ADDITIONS.md "Delegation"): the actor token's, as
+		// the RFC means it, the agents that may act for its user; the
+		// subject token's, the parties its workload may act for.
 		if !mayAct(id, actor) {
 			return fail(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
+		}
+		if !mayAct(actor, id) {
+			return fail(Errorf(ErrUnauthenticated, "subject_not_permitted", "subject token rejected: not a party the actor token permits to act for it (may_act)", nil))
 		}
 		if !actorExp.IsZero() && actorExp.Sub(s.d.Now()) < time.Second {
 			// Accepted within the verifier's leeway past its exp: no time
@@ -1159,16 +1166,17 @@ func jwtAudience(g *policies.Grant) string {
 	return g.JWT.Audience
 }
 
-// mayAct reports whether the subject token permits actor as its actor
-// (RFC 8693 §4.4): true when it has no may_act claim; else may_act must be
-// a JSON object naming at least one claim, every member of which the actor
-// token has: iss (when absent, the subject token's own issuer) and sub
-// compared with the actor's verified iss and sub, which must be strings;
-// any other member equal to the actor token's claim of that name (both
-// decoded by the same verifier). A may_act of another shape permits no
-// actor.
-func mayAct(subject, actor *Identity) bool {
-	v, ok := subject.Claims["may_act"]
+// mayAct reports whether holder's token permits other as the other party
+// of a delegated exchange (RFC 8693 §4.4; keytrail checks the subject
+// token's may_act against the actor, the actor token's against the
+// subject): true when it has no may_act claim; else may_act must be a JSON
+// object naming at least one claim, every member of which other has: iss
+// (when absent, holder's own issuer) and sub compared with other's
+// verified iss and sub, which must be strings; any other member equal to
+// other's claim of that name (both decoded by the same verifier). A
+// may_act of another shape permits no party.
+func mayAct(holder, other *Identity) bool {
+	v, ok := holder.Claims["may_act"]
 	if !ok {
 		return true
 	}
@@ -1176,7 +1184,7 @@ func mayAct(subject, actor *Identity) bool {
 	if !ok || len(m) == 0 {
 		return false
 	}
-	iss := subject.Iss
+	iss := holder.Iss
 	for k, want := range m {
 		switch k {
 		case "iss":
@@ -1186,15 +1194,15 @@ func mayAct(subject, actor *Identity) bool {
 			}
 			iss = s
 		case "sub":
-			if s, ok := want.(string); !ok || s != actor.Sub {
+			if s, ok := want.(string); !ok || s != other.Sub {
 				return false
 			}
 		default:
-			got, ok := actor.Claims[k]
+			got, ok := other.Claims[k]
 			if !ok || !reflect.DeepEqual(got, want) {
 				return false
 			}
 		}
 	}
-	return iss == actor.Iss
+	return iss == other.Iss
 }

@@ -296,6 +296,38 @@ workloads:
 		}
 	})
 
+	// RFC 8693 §4.4's own direction: the user's token (the actor token)
+	// names in may_act the agent that may act for the user. A token of
+	// erin's naming another agent is refused with this one (401
+	// invalid_grant, reason subject_not_permitted, erin named as act,
+	// nothing minted); erin's token naming this agent is taken.
+	t.Run("ok/actor-may-act", func(t *testing.T) {
+		erinFor := func(jti, agentSub string) url.Values {
+			tok := sso.sign(t, jwt.MapClaims{"sub": "user:erin", "jti": jti,
+				"may_act": map[string]any{"iss": env.issuer.url, "sub": agentSub}})
+			return url.Values{"actor_token": {tok}, "actor_token_type": {jwtTokenType}}
+		}
+		wantErin := func(jti string) []audit.Identity { return []audit.Identity{{Iss: sso.iss, Sub: "user:erin", JTI: jti}} }
+
+		issuedBefore := len(issueEvents())
+		st, body, hdr := env.exchange(t, agent, "payments-vault", erinFor("sso-erin-1", "agent:billing"))
+		var eb map[string]any
+		_ = json.Unmarshal(body, &eb)
+		if _, minted := eb["access_token"]; minted || st != 401 || eb["error"] != "invalid_grant" {
+			t.Errorf("exchange by an agent the actor's may_act does not name = %d %s, want 401 invalid_grant", st, body)
+		}
+		if deny := onlyDeny(t, hdr.Get("X-Request-Id")); deny == nil || deny.Outcome == nil || deny.Outcome.Reason != "subject_not_permitted" || !slices.Equal(deny.Act, wantErin("sso-erin-1")) {
+			t.Errorf("deny event %+v (outcome %v), want reason subject_not_permitted naming erin as act", deny, outcomeOf(deny))
+		}
+		if n := len(issueEvents()); n != issuedBefore {
+			t.Errorf("%d issue events after the refusal, %d before", n, issuedBefore)
+		}
+		r := env.issue(t, agent, "payments-vault", erinFor("sso-erin-2", "agent:support"))
+		if ev := issueEvents()[r.IssuanceID]; ev == nil || !slices.Equal(ev.Act, wantErin("sso-erin-2")) {
+			t.Errorf("issue event %+v, want act %+v", ev, wantErin("sso-erin-2"))
+		}
+	})
+
 	// An orchestrator hands the agent a broker JWT of its own (policy
 	// trusts the broker as an issuer): the agent's issuance names the
 	// orchestrator's in its act (jti = issuance id), so the trace goes
