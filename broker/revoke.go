@@ -122,7 +122,13 @@ package broker
 // a Redis failover lost: its refreshes add to the revoked set and never drop
 // an id before it leaves the Window. When the Store's version goes back, its
 // data was lost or restored, the cache also drops the issuance records it
-// read from it, so none of them is served as active any more.)
+// read from it, so none of them is served as active any more; keeps the
+// blocks it knew that the Store lost, as it keeps revoked ids; logs an
+// ERROR and counts the loss (StoreLosses); and writes back into the Store
+// the lost blocks and the Window's revocation records it read, not
+// audited again (restoreLost), so that an instance started after the loss
+// learns them. A broker JWT whose issuance the Store no longer holds is
+// refused when the cache knows its id revoked (checkBrokerToken).)
 
 import (
 	"cmp"
@@ -2459,6 +2465,38 @@ type RevocationCache struct {
 	// issGen counts the times issues was dropped because the Store's data
 	// went back: a record read before that is not cached after it.
 	issGen uint64
+
+	// What the cache writes back when the Store loses its data (see
+	// restoreLost). lostBlocks (under mu) are the blocks the cache knew
+	// when the Store's version went back that the Store no longer listed:
+	// kept in the blocked set, and written back, until a listing of the
+	// Store holds them again. listGen (under mu) counts the block listings
+	// readChanges started.
+	lostBlocks map[string]lostBlock
+	listGen    uint64
+	losses     atomic.Uint64
+	// recMu guards revs, the Window's revocation records as last read from
+	// the Store, by id, and lostRevs, the records of revs when the Store's
+	// version went back, each written back unless the Store has it again.
+	// Not mu: a full read merges the Window's records, and the hot path's
+	// checks take mu meanwhile. Taken after mu, never before.
+	recMu    sync.Mutex
+	revs     map[string]revEntry
+	lostRevs map[string]*Revocation
+}
+
+// revEntry is a revocation record as read by the listing gen (readChanges)
+// or by a full read (gen 0 for one that started before any listing).
+type revEntry struct {
+	r   *Revocation
+	gen uint64
+}
+
+// lostBlock is a block the Store lost: restored is the listGen current
+// when it was written back (0: not yet).
+type lostBlock struct {
+	b        Block
+	restored uint64
 }
 
 type cachedIssuance struct {
@@ -2504,7 +2542,8 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 		o.MaxIssuances = 20_000
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
-		issues: map[string]cachedIssuance{}}, nil
+		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
+		lostRevs: map[string]*Revocation{}}, nil
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -2690,6 +2729,9 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		if b, ok := c.blocked[w]; ok && (n.RevocationID == "" || b.RevocationID == n.RevocationID) {
 			delete(c.blocked, w)
 		}
+		if lb, ok := c.lostBlocks[w]; ok && (n.RevocationID == "" || lb.b.RevocationID == n.RevocationID) {
+			delete(c.lostBlocks, w) // not to be written back, nor kept
+		}
 	}
 	return learned
 }
@@ -2787,14 +2829,84 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 		}
 	}
 	back, err := c.readChanges(ctx)
-	if err != nil || !back {
+	if err != nil {
 		return err
 	}
-	if err := c.readAll(ctx); err != nil {
-		return err
+	if back {
+		if err := c.readAll(ctx); err != nil {
+			return err
+		}
+		if _, err := c.readChanges(ctx); err != nil {
+			return err
+		}
 	}
-	_, err = c.readChanges(ctx)
-	return err
+	return c.restoreLost(ctx)
+}
+
+// StoreLosses is how many times the cache saw the Store lose data: its
+// revocation change number going back (keytrail_store_data_losses_total).
+func (c *RevocationCache) StoreLosses() uint64 { return c.losses.Load() }
+
+// restoreLost writes back into the Store what it lost that this cache
+// knew (see readChanges): each lost block (PutBlock), then each of the
+// Window's revocation records the Store does not hold (PutRevocation; a
+// record it holds again, written since or by another instance, is left
+// as it is), so that an instance started after the loss learns them, and
+// the RevocationWorker finishes what they list as pending. Nothing is
+// audited: these are the decisions audited when they were made, put back.
+// It stops at the first failure; what is left is written at the next
+// refresh. A block lifted meanwhile (an unblock notice) is not written.
+func (c *RevocationCache) restoreLost(ctx context.Context) error {
+	c.mu.RLock()
+	var blocks []Block
+	for _, lb := range c.lostBlocks {
+		if lb.restored == 0 {
+			blocks = append(blocks, lb.b)
+		}
+	}
+	c.mu.RUnlock()
+	c.recMu.Lock()
+	revs := slices.Collect(maps.Values(c.lostRevs))
+	c.recMu.Unlock()
+	if len(blocks) == 0 && len(revs) == 0 {
+		return nil
+	}
+	slices.SortFunc(blocks, func(a, b Block) int { return strings.Compare(a.Workload, b.Workload) })
+	for _, b := range blocks {
+		if err := c.st.PutBlock(ctx, b); err != nil {
+			return fmt.Errorf("writing back the block of %s: %w", b.Workload, err)
+		}
+		c.mu.Lock()
+		if lb, ok := c.lostBlocks[b.Workload]; ok && lb.restored == 0 && lb.b == b {
+			lb.restored = c.listGen
+			c.lostBlocks[b.Workload] = lb
+		}
+		c.mu.Unlock()
+	}
+	cutoff := c.o.Now().Add(-c.o.Window)
+	slices.SortFunc(revs, func(a, b *Revocation) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	put := 0
+	for _, r := range revs {
+		if !r.CreatedAt.Before(cutoff) {
+			_, err := c.st.GetRevocation(ctx, r.ID)
+			if errors.Is(err, ErrNotFound) {
+				if err = c.st.PutRevocation(ctx, r); err == nil {
+					put++
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("writing back revocation %s: %w", r.ID, err)
+			}
+		}
+		c.recMu.Lock()
+		if c.lostRevs[r.ID] == r {
+			delete(c.lostRevs, r.ID)
+		}
+		c.recMu.Unlock()
+	}
+	c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation store lost data: wrote back what this instance knew",
+		slog.Int("blocks", len(blocks)), slog.Int("revocations", put))
+	return nil
 }
 
 // readChanges re-reads the blocks and the revocations written since the
@@ -2802,12 +2914,21 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 // a full read has loaded the set it reads the blocks only, and it does not
 // mark the view refreshed. back reports that the Store's version went back:
 // a full read is needed.
+//
+// When the version went back, the blocks the cache knew that the Store no
+// longer lists are kept in the blocked set (lostBlocks), and the Window's
+// revocation records it read are queued to be written back (lostRevs):
+// restoreLost writes both into the Store. A lost block stays in the set
+// until a listing holds the workload's block again, or, once written back,
+// a listing that started after the write does not (it was lifted since).
 func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error) {
 	c.sweepIssuances(c.o.Now())
 	c.mu.Lock()
 	start := c.seq
 	c.log = []noticeEntry{}
 	prev, loaded := c.version, !c.fullAt.IsZero()
+	c.listGen++
+	gen := c.listGen
 	c.mu.Unlock()
 
 	blocks, err := c.st.ListBlocks(ctx)
@@ -2824,7 +2945,15 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	}
 	now := c.o.Now()
 	var learners []func()
-	defer func() { tell(learners) }() // after the unlock below
+	var lost []slog.Attr
+	defer func() {
+		tell(learners)
+		if lost != nil {
+			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation store lost data: its revocation change number went back "+
+				"(Redis restarted without persistence, flushed, restored or failed over to a replica that lacked writes); "+
+				"keeping the blocks and revocations this instance knew and writing them back", lost...)
+		}
+	}() // after the unlock below
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	logged := c.log
@@ -2833,14 +2962,38 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		return false, err
 	}
 	learned := false
-	for id, at := range revokedSince(revs, now.Add(-c.o.Window)) {
+	cutoff := now.Add(-c.o.Window)
+	for id, at := range revokedSince(revs, cutoff) {
 		learned = c.learnLocked(id, at) || learned
 	}
+	lostRevs := c.noteRecords(revs, cutoff, gen, back)
 	blocked := make(map[string]Block, len(blocks))
 	for _, b := range blocks {
 		blocked[b.Workload] = b
 		if _, ok := c.blocked[b.Workload]; !ok {
 			learned = true
+		}
+	}
+	if back {
+		for w, b := range c.blocked {
+			if _, ok := blocked[w]; !ok {
+				c.lostBlocks[w] = lostBlock{b: b}
+			}
+		}
+		c.losses.Add(1)
+		lost = []slog.Attr{slog.Uint64("version_was", prev), slog.Uint64("version", version),
+			slog.Int("blocks_lost", len(c.lostBlocks)), slog.Int("revocations_known", lostRevs)}
+	}
+	for w, lb := range c.lostBlocks {
+		_, listed := blocked[w]
+		switch {
+		case listed, lb.restored != 0 && lb.restored < gen:
+			// The Store holds a block of w again; or it held the one
+			// written back before this listing started, and no longer
+			// does: lifted since.
+			delete(c.lostBlocks, w)
+		default:
+			blocked[w] = lb.b
 		}
 	}
 	c.blocked = blocked
@@ -2864,6 +3017,49 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	return back, nil
 }
 
+// noteRecords keeps revs, read by listing gen, among the records to write
+// back should the Store lose them (those created at or after cutoff), and,
+// when back (the Store's version went back), queues every one of them to
+// be written back; it returns how many are queued.
+func (c *RevocationCache) noteRecords(revs []*Revocation, cutoff time.Time, gen uint64, back bool) int {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	for _, r := range revs {
+		if !r.CreatedAt.Before(cutoff) {
+			c.revs[r.ID] = revEntry{r: r, gen: gen}
+		}
+	}
+	if back {
+		for id, e := range c.revs {
+			c.lostRevs[id] = e.r
+		}
+	}
+	return len(c.lostRevs)
+}
+
+// keepRecords replaces the records to write back with a full read's, revs,
+// which started when listGen listings had: kept for the Window like the
+// revoked set (a record the Store no longer lists was lost: it deletes
+// none), so those read before that it did not list stay, and so do those
+// a listing that started after it began read (created since, or a copy as
+// recent as its own).
+func (c *RevocationCache) keepRecords(revs []*Revocation, cutoff time.Time, listGen uint64) {
+	recs := make(map[string]revEntry, len(revs))
+	for _, r := range revs {
+		if !r.CreatedAt.Before(cutoff) {
+			recs[r.ID] = revEntry{r: r, gen: listGen}
+		}
+	}
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	for id, e := range c.revs {
+		if _, listed := recs[id]; (!listed || e.gen > listGen) && !e.r.CreatedAt.Before(cutoff) {
+			recs[id] = e
+		}
+	}
+	c.revs = recs
+}
+
 // readAll reads every revocation of the Window and adds them to the revoked
 // set, dropping the ids older than the Window. An id the set already holds
 // within the Window is kept even if the Store no longer lists it (its data
@@ -2880,7 +3076,7 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 		return errors.New("broker: revocation cache: a full read is already in progress")
 	}
 	c.touched = map[string]struct{}{}
-	epoch := c.epoch
+	epoch, listGen := c.epoch, c.listGen
 	c.mu.Unlock()
 
 	version, err := c.st.RevocationVersion(ctx)
@@ -2899,6 +3095,9 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 				revoked[id] = at
 			}
 		}
+	}
+	if err == nil {
+		c.keepRecords(revs, now.Add(-c.o.Window), listGen)
 	}
 	end := c.o.Now()
 	var learners []func()
@@ -2955,6 +3154,7 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 	subFails := outage{log: c.o.Logger, what: "revocation notices: subscribe", first: "revocation notices: subscribe failed; relying on refresh"}
 	refreshFails := outage{log: c.o.Logger, what: "revocation cache refresh", first: "revocation cache refresh failed"}
 	fullFails := outage{log: c.o.Logger, what: "revocation cache full read", first: "revocation cache full read failed; retrying at the next refresh"}
+	restoreFails := outage{log: c.o.Logger, what: "revocation cache write-back", first: "writing back what the revocation store lost failed; retrying at the next refresh"}
 	subscribe := func() {
 		if c.o.Notifier == nil || notices != nil {
 			return
@@ -2982,6 +3182,18 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 			refreshFails.fail(ctx, c.o.Now(), err)
 		}
 		needFull = needFull || back
+		if err == nil {
+			// Bounded like a refresh: what is left is written at the next.
+			rctx, cancel := context.WithTimeout(ctx, c.o.Interval)
+			err := c.restoreLost(rctx)
+			cancel()
+			switch {
+			case err == nil:
+				restoreFails.ok(ctx, c.o.Now())
+			case ctx.Err() == nil:
+				restoreFails.fail(ctx, c.o.Now(), err)
+			}
+		}
 		if fullDone != nil || !(needFull || c.fullDue(c.o.Now())) {
 			return
 		}

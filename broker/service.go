@@ -693,7 +693,9 @@ func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, 
 // issuance id is looked up, by its fingerprint, else by its jti: an ES256
 // signature (r, s) has a twin (r, n-s) that verifies as well, so the holder
 // of a broker JWT can present a different string than the one issued, with
-// the same (signed) jti. Other tokens cost nothing.
+// the same (signed) jti. Other tokens cost nothing. A token whose issuance
+// the Store does not hold passes (not this deployment's credential), unless
+// the RevocationCache knows its jti revoked: the Store lost its data.
 func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity) error {
 	if !strings.HasPrefix(id.JTI, PrefixIssuance) {
 		return nil
@@ -705,6 +707,11 @@ func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity
 	}
 	cancel()
 	switch {
+	case errors.Is(err, ErrNotFound) && s.cache != nil && s.cache.Revoked(id.JTI):
+		// A credential this instance knows revoked whose record the Store
+		// no longer holds: it lost its data (see RevocationCache).
+		return Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
+			fmt.Errorf("broker credential %s is revoked (the store no longer holds its issuance)", id.JTI))
 	case errors.Is(err, ErrNotFound):
 		return nil // not a credential of this broker
 	case err != nil:

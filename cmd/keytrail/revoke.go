@@ -454,9 +454,10 @@ func unwrapURLError(err error) error {
 
 // wireRevocationCache fronts rt.store with a revocation cache that re-reads
 // the revocation state every second and applies announcements at once
-// (Redis pub/sub with a Redis store, an in-process fan-out otherwise), and
-// starts it. The result is the store the Service uses: checks deny when
-// the store or the cache says so.
+// (Redis pub/sub with a Redis store, an in-process fan-out otherwise),
+// registers keytrail_store_data_losses_total, and starts it. The result is
+// the store the Service uses: checks deny when the store or the cache says
+// so.
 func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store, error) {
 	n, ok := rt.store.(broker.Notifier)
 	if !ok {
@@ -464,6 +465,12 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 	}
 	cache, err := broker.NewRevocationCache(rt.store, broker.CacheOptions{Notifier: n, Logger: rt.log, FastReads: true})
 	if err != nil {
+		return nil, err
+	}
+	if err := rt.reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "keytrail_store_data_losses_total",
+		Help: "Times the revocation cache saw the store lose data (its revocation change number went back: Redis restarted without persistence, flushed, or failed over to a replica that lacked writes); each is logged at ERROR.",
+	}, func() float64 { return float64(cache.StoreLosses()) })); err != nil {
 		return nil, err
 	}
 	rt.goBackground(ctx, cache.Run)

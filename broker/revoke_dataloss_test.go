@@ -1,0 +1,201 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/memstore"
+	"github.com/keytrail/keytrail/broker"
+)
+
+// lossFixture is a RevocationCache over a store the test can swap for an
+// empty one (the Store losing its data), with two workloads blocked by
+// two revocations.
+type lossFixture struct {
+	ctx     context.Context
+	mu      sync.Mutex
+	now     time.Time
+	st      *swapStore
+	c       *broker.RevocationCache
+	logs    *bytes.Buffer
+	logsMu  sync.Mutex
+	revs    []*broker.Revocation
+	blocked []string
+}
+
+func (f *lossFixture) clock() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
+func (f *lossFixture) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func newLossFixture(t *testing.T) *lossFixture {
+	t.Helper()
+	f := &lossFixture{ctx: context.Background(), now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC), logs: &bytes.Buffer{}}
+	f.st = &swapStore{st: memstore.New(f.clock)}
+	log := slog.New(slog.NewTextHandler(lockedWriter{&f.logsMu, f.logs}, nil))
+	c, err := broker.NewRevocationCache(f.st, broker.CacheOptions{FastReads: true, Now: f.clock, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.c = c
+	for i, w := range []string{"w1", "w2"} {
+		id := []string{"rev_1", "rev_2"}[i]
+		if err := f.st.PutBlock(f.ctx, broker.Block{Workload: w, Reason: "INC-" + id, RevocationID: id, CreatedAt: f.clock()}); err != nil {
+			t.Fatal(err)
+		}
+		r := &broker.Revocation{ID: id, Selector: broker.RevokeSelector{Workload: w}, Reason: "INC-" + id, Block: true, CreatedAt: f.clock(),
+			Matched: 1, Revoked: []string{"iss_" + w}, Failed: []broker.RevokeFailure{}, Blocks: []string{w}, CompletedAt: f.clock()}
+		if err := f.st.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		f.revs = append(f.revs, r)
+		f.blocked = append(f.blocked, w)
+	}
+	if err := c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range f.blocked {
+		if !c.Blocked(w) {
+			t.Fatalf("before the loss: Blocked(%s) = false", w)
+		}
+	}
+	return f
+}
+
+func (f *lossFixture) logged() string {
+	f.logsMu.Lock()
+	defer f.logsMu.Unlock()
+	return f.logs.String()
+}
+
+// TestRevocationCacheKeepsBlocksTheStoreLost: the Store loses its data
+// (its RevocationVersion goes back). The cache keeps the blocks it knew,
+// as it keeps the revoked ids, and writes them back into the Store with
+// the Window's revocation records, logging an ERROR and counting the
+// loss; also when a due full read is the first to read the emptied
+// Store. It used to replace its blocked set with the Store's listing:
+// every blocked workload was unblocked on every instance.
+func TestRevocationCacheKeepsBlocksTheStoreLost(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		after time.Duration
+	}{
+		{"seen-by-a-refresh", time.Second},
+		{"seen-first-by-a-due-full-read", 61 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newLossFixture(t)
+			f.st.swap(memstore.New(f.clock)) // Redis restarts without its data
+			f.advance(tt.after)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatalf("Refresh() after the loss = %v", err)
+			}
+			for _, w := range f.blocked {
+				if !f.c.Blocked(w) {
+					t.Errorf("Blocked(%s) = false after the Store lost its block; want the cache to keep it", w)
+				}
+				if _, err := f.c.Store().GetBlock(f.ctx, w); err != nil {
+					t.Errorf("cache Store GetBlock(%s) = %v, want the block", w, err)
+				}
+				if b, err := f.st.GetBlock(f.ctx, w); err != nil || b.RevocationID == "" || b.Reason == "" {
+					t.Errorf("Store GetBlock(%s) after the refresh = %+v, %v; want the block written back as it was", w, b, err)
+				}
+			}
+			for _, r := range f.revs {
+				if got, err := f.st.GetRevocation(f.ctx, r.ID); err != nil || len(got.Revoked) != 1 || got.Revoked[0] != r.Revoked[0] {
+					t.Errorf("Store GetRevocation(%s) after the refresh = %+v, %v; want it written back", r.ID, got, err)
+				}
+			}
+			if n := f.c.StoreLosses(); n != 1 {
+				t.Errorf("StoreLosses() = %d, want 1", n)
+			}
+			if l := f.logged(); !strings.Contains(l, "level=ERROR msg=\"revocation store lost data") {
+				t.Errorf("logs = %q, want an ERROR saying the store lost data", l)
+			}
+			// Another refresh: the Store lists them again; nothing more is
+			// counted.
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range f.blocked {
+				if !f.c.Blocked(w) {
+					t.Errorf("Blocked(%s) = false at the refresh after the write-back", w)
+				}
+			}
+			if n := f.c.StoreLosses(); n != 1 {
+				t.Errorf("StoreLosses() after another refresh = %d, want 1", n)
+			}
+		})
+	}
+}
+
+// TestRevocationCacheLostBlockUnblockedAfterWriteBack: a block the cache
+// wrote back after a loss is lifted later on another instance, whose
+// notice does not arrive: the next listing of the Store, which no longer
+// holds it, drops it (the cache does not keep it, nor write it back,
+// again). An unblock notice that arrives while the block is still to be
+// written back drops it too.
+func TestRevocationCacheLostBlockUnblockedAfterWriteBack(t *testing.T) {
+	f := newLossFixture(t)
+	empty := memstore.New(f.clock)
+	f.st.swap(empty)
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Lifted on another instance: the Store's block goes, no notice.
+	if err := empty.DeleteBlock(f.ctx, "w1", "rev_1"); err != nil {
+		t.Fatalf("DeleteBlock(w1) = %v, want the written-back block deleted", err)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.c.Blocked("w1") {
+		t.Errorf("Blocked(w1) = true after the written-back block was lifted; want it dropped")
+	}
+	if !f.c.Blocked("w2") {
+		t.Errorf("Blocked(w2) = false; want it still blocked")
+	}
+	if _, err := empty.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetBlock(w1) = %v, want not found: not written back again", err)
+	}
+
+	// A second loss; the unblock of w2 is announced before any refresh
+	// reads the Store: the block is neither kept nor written back.
+	f.st.swap(memstore.New(f.clock))
+	f.c.Apply(broker.Notice{RevocationID: "rev_2", Unblocked: []string{"w2"}})
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.c.Blocked("w2") {
+		t.Errorf("Blocked(w2) = true after its unblock notice; want it lifted")
+	}
+	if _, err := f.st.GetBlock(f.ctx, "w2"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetBlock(w2) after the second loss = %v, want not found (unblocked)", err)
+	}
+	if n := f.c.StoreLosses(); n != 2 {
+		t.Errorf("StoreLosses() = %d, want 2", n)
+	}
+}
