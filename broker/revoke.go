@@ -123,7 +123,9 @@ package broker
 // an id before it leaves the Window. When the Store's version goes back, its
 // data was lost or restored, the cache also drops the issuance records it
 // read from it, so none of them is served as active any more; keeps the
-// blocks it knew that the Store lost, as it keeps revoked ids; logs an
+// blocks it knew that the Store lost, as it keeps revoked ids (also a block
+// announced before any refresh read it, when the Store holds neither it
+// nor its revocation: a loss right after the revocation); logs an
 // ERROR and counts the loss (StoreLosses); and writes back into the Store
 // the lost blocks and the Window's revocation records it read, not
 // audited again (restoreLost), so that an instance started after the loss
@@ -2475,6 +2477,13 @@ type RevocationCache struct {
 	lostBlocks map[string]lostBlock
 	listGen    uint64
 	losses     atomic.Uint64
+	// unlisted (under mu) are the blocks learned from notices that no
+	// listing of the Store has held yet, workload -> revocation id: one
+	// that a listing started after the notice lacks, while the Store does
+	// not hold its revocation either (stored before the notice was sent,
+	// and never deleted), was lost with the Store's data, even when its
+	// version did not go back (the loss came before a refresh read it).
+	unlisted map[string]string
 	// recMu guards revs, the Window's revocation records as last read from
 	// the Store, by id, and lostRevs, the records of revs when the Store's
 	// version went back, each written back unless the Store has it again.
@@ -2543,7 +2552,7 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
-		lostRevs: map[string]*Revocation{}}, nil
+		lostRevs: map[string]*Revocation{}, unlisted: map[string]string{}}, nil
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -2721,6 +2730,9 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		}
 		if !ok || b.RevocationID != n.RevocationID {
 			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
+			if n.RevocationID != "" {
+				c.unlisted[w] = n.RevocationID
+			}
 		}
 	}
 	for _, w := range n.Unblocked {
@@ -2731,6 +2743,9 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		}
 		if lb, ok := c.lostBlocks[w]; ok && (n.RevocationID == "" || lb.b.RevocationID == n.RevocationID) {
 			delete(c.lostBlocks, w) // not to be written back, nor kept
+		}
+		if rid, ok := c.unlisted[w]; ok && (n.RevocationID == "" || rid == n.RevocationID) {
+			delete(c.unlisted, w)
 		}
 	}
 	return learned
@@ -2929,6 +2944,10 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	prev, loaded := c.version, !c.fullAt.IsZero()
 	c.listGen++
 	gen := c.listGen
+	var unlisted map[string]string // nil, no allocation, while there are none
+	if len(c.unlisted) > 0 {
+		unlisted = maps.Clone(c.unlisted)
+	}
 	c.mu.Unlock()
 
 	blocks, err := c.st.ListBlocks(ctx)
@@ -2939,6 +2958,36 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		version, err = c.st.RevocationVersion(ctx)
 	}
 	back = err == nil && loaded && version < prev
+	// The blocks announced before this listing started that it lacks,
+	// whose revocation the Store does not hold: lost (see unlisted).
+	var gone, lifted map[string]string
+	if err == nil {
+		for _, b := range blocks {
+			delete(unlisted, b.Workload)
+		}
+	}
+	if err == nil && len(unlisted) > 0 {
+		gone, lifted = map[string]string{}, map[string]string{}
+		read := map[string]error{} // one read per revocation (an owner's blocks many workloads)
+		for w, rid := range unlisted {
+			gerr, ok := read[rid]
+			if !ok {
+				_, gerr = c.st.GetRevocation(ctx, rid)
+				read[rid] = gerr
+			}
+			switch {
+			case errors.Is(gerr, ErrNotFound):
+				gone[w] = rid
+			case gerr == nil:
+				lifted[w] = rid // its revocation stands: unblocked since
+			default:
+				err = gerr // cannot tell lifted from lost: no refresh
+			}
+			if err != nil {
+				break
+			}
+		}
+	}
 	var revs []*Revocation
 	if err == nil && loaded && version > prev {
 		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: c.o.Now().Add(-c.o.Window), ChangedAfter: prev})
@@ -2949,8 +2998,8 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	defer func() {
 		tell(learners)
 		if lost != nil {
-			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation store lost data: its revocation change number went back "+
-				"(Redis restarted without persistence, flushed, restored or failed over to a replica that lacked writes); "+
+			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation store lost data "+
+				"(Redis restarted without persistence, flushed, restored or failed over to a replica that lacked writes): "+
 				"keeping the blocks and revocations this instance knew and writing them back", lost...)
 		}
 	}() // after the unlock below
@@ -2973,15 +3022,36 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		if _, ok := c.blocked[b.Workload]; !ok {
 			learned = true
 		}
+		delete(c.unlisted, b.Workload) // listed: lifting it is an unblock
 	}
-	if back {
+	for w, rid := range lifted {
+		if c.unlisted[w] == rid {
+			delete(c.unlisted, w)
+		}
+	}
+	lostNow := false
+	for w, rid := range gone {
+		// Still the block announced (not lifted, nor replaced, since).
+		if b, ok := c.blocked[w]; ok && b.RevocationID == rid && c.unlisted[w] == rid {
+			if _, listed := blocked[w]; !listed {
+				c.lostBlocks[w] = lostBlock{b: b}
+				lostNow = true
+			}
+		}
+		delete(c.unlisted, w)
+	}
+	if back || lostNow {
 		for w, b := range c.blocked {
-			if _, ok := blocked[w]; !ok {
+			if _, ok := blocked[w]; !ok && back {
 				c.lostBlocks[w] = lostBlock{b: b}
 			}
 		}
 		c.losses.Add(1)
-		lost = []slog.Attr{slog.Uint64("version_was", prev), slog.Uint64("version", version),
+		seen := "revocation change number went back"
+		if !back {
+			seen = "announced block and its revocation missing"
+		}
+		lost = []slog.Attr{slog.String("seen_by", seen), slog.Uint64("version_was", prev), slog.Uint64("version", version),
 			slog.Int("blocks_lost", len(c.lostBlocks)), slog.Int("revocations_known", lostRevs)}
 	}
 	for w, lb := range c.lostBlocks {

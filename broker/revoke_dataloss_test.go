@@ -199,3 +199,72 @@ func TestRevocationCacheLostBlockUnblockedAfterWriteBack(t *testing.T) {
 		t.Errorf("StoreLosses() = %d, want 2", n)
 	}
 }
+
+// TestRevocationCacheKeepsAnnouncedBlockTheStoreLost: a failover loses the
+// last writes, a blocking revocation made here a moment before (its block,
+// its record), before any refresh read them: the Store's version does not
+// go back below what the cache read. The cache knows the block from the
+// revocation's notice; the listing lacks it and the Store does not hold
+// its revocation either (stored before the notice, never deleted): lost,
+// not lifted. It keeps the block and writes it back. (It replaced its
+// blocked set with the listing: the workload was unblocked.) A block
+// announced and lifted since (its revocation stored) is dropped, no loss
+// counted.
+func TestRevocationCacheKeepsAnnouncedBlockTheStoreLost(t *testing.T) {
+	f := newLossFixture(t)
+	// The failover's replica: the state the cache read (rev_1, rev_2).
+	replica := memstore.New(f.clock)
+	for i, r := range f.revs {
+		if err := replica.PutBlock(f.ctx, broker.Block{Workload: f.blocked[i], Reason: r.Reason, RevocationID: r.ID, CreatedAt: r.CreatedAt}); err != nil {
+			t.Fatal(err)
+		}
+		if err := replica.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// rev_3 blocks w3 on the primary and is announced; rev_4 blocks w4,
+	// announced, then w4 is unblocked (its notice lost).
+	for _, x := range []struct{ w, id string }{{"w3", "rev_3"}, {"w4", "rev_4"}} {
+		if err := f.st.PutBlock(f.ctx, broker.Block{Workload: x.w, Reason: "INC", RevocationID: x.id, CreatedAt: f.clock()}); err != nil {
+			t.Fatal(err)
+		}
+		r := &broker.Revocation{ID: x.id, Selector: broker.RevokeSelector{Workload: x.w}, Reason: "INC", Block: true, CreatedAt: f.clock(),
+			Revoked: []string{}, Failed: []broker.RevokeFailure{}, Blocks: []string{x.w}}
+		if err := f.st.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if x.w == "w4" {
+			if err := replica.PutRevocation(f.ctx, r); err != nil { // replicated, then unblocked
+				t.Fatal(err)
+			}
+		}
+		f.c.Apply(broker.Notice{RevocationID: x.id, Blocked: []string{x.w}})
+	}
+	f.st.swap(replica) // the failover
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !f.c.Blocked("w3") {
+		t.Errorf("Blocked(w3) = false after the failover lost its block; want it kept")
+	}
+	if b, err := replica.GetBlock(f.ctx, "w3"); err != nil || b.RevocationID != "rev_3" {
+		t.Errorf("Store GetBlock(w3) = %+v, %v; want rev_3's block written back", b, err)
+	}
+	if f.c.Blocked("w4") {
+		t.Errorf("Blocked(w4) = true, its revocation stored and its block gone; want it taken as lifted")
+	}
+	if n := f.c.StoreLosses(); n != 1 {
+		t.Errorf("StoreLosses() = %d, want 1", n)
+	}
+	if l := f.logged(); !strings.Contains(l, "announced block and its revocation missing") {
+		t.Errorf("logs = %q, want the ERROR to say how the loss was seen", l)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !f.c.Blocked("w3") || f.c.StoreLosses() != 1 {
+		t.Errorf("next refresh: Blocked(w3) = %v, StoreLosses() = %d; want true, 1", f.c.Blocked("w3"), f.c.StoreLosses())
+	}
+}
