@@ -531,9 +531,12 @@ func (b *reportBuilder) event(ev *audit.Event) {
 // (broker.ReasonRefusalsSuppressed) counts them under the reasons they
 // would have been refused for, as its details.reasons gives them (each a
 // whole number from 1, together at most n; otherwise they are not read),
-// and the rest under its own reason.
+// and the rest under its own reason. Its reasons are read whenever its
+// details.suppressed is a usable count, one included (a single refusal
+// past the bucket in a span); not when n is denyCount's stand-in for a
+// count that is not usable.
 func (b *reportBuilder) countDenies(ev *audit.Event, reason string, n int) {
-	if reason == broker.ReasonRefusalsSuppressed && n > 1 {
+	if reason == broker.ReasonRefusalsSuppressed && wholeCount(ev.Details["suppressed"]) == n {
 		rs, _ := ev.Details["reasons"].(map[string]any)
 		if m, ok := ev.Details["reasons"].(map[string]int); ok { // as the broker writes it
 			rs = make(map[string]any, len(m))

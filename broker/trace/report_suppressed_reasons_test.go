@@ -35,6 +35,12 @@ func TestReportCountsSuppressedRefusalsByReason(t *testing.T) {
 		// Not read: more than suppressed; not a whole number.
 		line(4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":3,"reasons":{"token_expired":4}}}`),
 		line(5, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":3,"reasons":{"token_expired":1.5}}}`),
+		// One refusal past the bucket in the span: a summary of one, whose
+		// reason is read as any other's.
+		line(7, `{"type":"deny","source":{"ip":"192.0.2.2"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":1,"reasons":{"bad_signature":1}}}`),
+		// A suppressed that is not a usable count is one refusal; its
+		// reasons are not read.
+		line(8, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":-5,"reasons":{"bad_signature":1}}}`),
 		// As the broker writes it, not read back from a file.
 		{Type: audit.TypeDeny, Seq: 6, Chain: "chn_a", Time: at(6 * time.Second).Format(time.RFC3339Nano),
 			Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: broker.ReasonRefusalsSuppressed},
@@ -46,8 +52,8 @@ func TestReportCountsSuppressedRefusalsByReason(t *testing.T) {
 	}
 	want := []trace.ReasonCount{
 		{Reason: "token_expired", Count: 1 + 812 + 5},
-		{Reason: "bad_signature", Count: 80},
-		{Reason: broker.ReasonRefusalsSuppressed, Count: 8 + 3 + 3},
+		{Reason: "bad_signature", Count: 80 + 1},
+		{Reason: broker.ReasonRefusalsSuppressed, Count: 8 + 3 + 3 + 1},
 		{Reason: "missing_token", Count: 4},
 	}
 	if diff := cmp.Diff(want, rep.Denies, cmpopts.SortSlices(func(a, b trace.ReasonCount) bool { return a.Reason < b.Reason })); diff != "" {
