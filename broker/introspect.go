@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +31,10 @@ type IntrospectResult struct {
 }
 
 // Introspect authenticates the caller, applies the caller's rate limit
-// (allowIntrospect; before anything that reads the store or writes an
-// event of its own), refuses a caller token that is a revoked broker
-// credential (as checkBrokerToken says), looks the credential up by its
+// (before anything that reads the store or writes an event of its own:
+// allowIntrospectToken, then, once a caller token that is a revoked broker
+// credential was refused as checkBrokerToken says, allowIntrospect), looks
+// the credential up by its
 // fingerprint and answers whether it is active: unexpired, unrevoked, its
 // workload not blocked and, for a proxy credential, its grant still one the
 // proxy serves it (proxyGrantInForce). Every
@@ -56,17 +58,24 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	ev.Identity = auditIdentity(caller.Ref())
 	ev.Admin = caller.Iss + "#" + caller.Sub
 	ev.Details = map[string]any{"caller": map[string]string{"iss": caller.Iss, "sub": caller.Sub}}
-	// The limit first: what follows costs store reads (the revoked
+	// The limits first: what follows costs store reads (the revoked
 	// broker credential check, up to two) or a durable event (every
-	// refusal below), so a caller past it, the holder of a revoked broker
-	// JWT included, gets a 429 whose events are bounded (refuseLimited)
-	// and nothing else.
-	if who, err := s.allowIntrospect(pol, caller); err != nil {
+	// refusal below), so a caller past them gets a 429 whose events are
+	// bounded (refuseLimited) and nothing else. A caller token that may
+	// be a broker credential takes from a bucket of its own before that
+	// check, from the one its identity shares only once it passed it:
+	// the holder of a revoked broker JWT is bounded without emptying the
+	// bucket of the workload's live credentials (after a revocation, it
+	// could 429 their introspections until its exp).
+	if who, err := s.allowIntrospectToken(pol, caller); err != nil {
 		return nil, s.refuseLimited(ctx, ev, who, refusalTag{}, err)
 	}
 	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {
 		s.recordDeny(ctx, ev, err)
 		return nil, err
+	}
+	if who, err := s.allowIntrospect(pol, caller); err != nil {
+		return nil, s.refuseLimited(ctx, ev, who, refusalTag{}, err)
 	}
 	if req.Token == "" {
 		err := Errorf(ErrInvalidRequest, "missing_token", "token is required", nil)
@@ -179,27 +188,63 @@ func (l IntrospectLimits) withDefaults() IntrospectLimits {
 // identity's bucket, the floor. who, with a 429, is the caller whose
 // bucket refused it, as its 429s are counted (refuseLimited).
 func (s *Service) allowIntrospect(pol *policies.Policy, caller *Identity) (who *limitedCaller, err error) {
+	rt, workload, who := s.introspectRate(pol, caller)
+	switch {
+	case rt == nil:
+		return nil, nil
+	case workload != "":
+		err = s.allowFrom(&s.introspectLimiters, workload, rt)
+	default:
+		err = s.introspectCallers.allow(caller.Iss+"\x00"+caller.Sub, *rt, s.d.Now())
+	}
+	if err != nil {
+		return who, err
+	}
+	return nil, nil
+}
+
+// introspectRate is the bucket size of caller's introspections, as
+// allowIntrospect says (nil: not limited), the workload it matches ("" for
+// an identity's bucket) and who its 429s are counted as.
+func (s *Service) introspectRate(pol *policies.Policy, caller *Identity) (rt *policies.Rate, workload string, who *limitedCaller) {
 	floor := s.introspectLim
 	if floor.PerSecond < 0 {
-		return nil, nil
+		return nil, "", nil
 	}
 	if pol.Trusts(caller.IssuerName, caller.Iss) {
 		if _, ok := pol.MatchAdmin(caller.IssuerName, caller.Claims, ""); ok {
-			return nil, nil
+			return nil, "", nil
 		}
 		if wl, err := pol.Match(caller.IssuerName, caller.Claims); err == nil {
 			if wl.Rate == nil || wl.Rate.PerSecond <= 0 {
-				return nil, nil
+				return nil, "", nil
 			}
-			rt := policies.Rate{PerSecond: max(wl.Rate.PerSecond, floor.PerSecond), Burst: max(wl.Rate.Burst, int(math.Ceil(wl.Rate.PerSecond)), floor.Burst)}
-			if err := s.allowFrom(&s.introspectLimiters, wl.Name, &rt); err != nil {
-				return &limitedCaller{typ: audit.TypeIntrospect, workload: wl.Name}, err
-			}
-			return nil, nil
+			return &policies.Rate{PerSecond: max(wl.Rate.PerSecond, floor.PerSecond), Burst: max(wl.Rate.Burst, int(math.Ceil(wl.Rate.PerSecond)), floor.Burst)},
+				wl.Name, &limitedCaller{typ: audit.TypeIntrospect, workload: wl.Name}
 		}
 	}
-	if err := s.introspectCallers.allow(caller.Iss+"\x00"+caller.Sub, policies.Rate{PerSecond: floor.PerSecond, Burst: floor.Burst}, s.d.Now()); err != nil {
-		return &limitedCaller{typ: audit.TypeIntrospect, iss: caller.Iss, sub: caller.Sub}, err
+	return &policies.Rate{PerSecond: floor.PerSecond, Burst: floor.Burst}, "", &limitedCaller{typ: audit.TypeIntrospect, iss: caller.Iss, sub: caller.Sub}
+}
+
+// allowIntrospectToken bounds the introspections made with one caller
+// token that may be a broker credential (its jti a broker issuance id:
+// checkBrokerToken reads the store for it, up to twice), by its iss and
+// jti (a signature twin is the same token), in a bucket sized as its
+// identity's (introspectRate): within it, the store tells whether the
+// token is revoked before the bucket its identity shares is taken from,
+// so that a revoked broker JWT's holder, refused there, does not empty
+// the bucket of the workload's live credentials; past it, 429, no store
+// read. Other caller tokens: nothing.
+func (s *Service) allowIntrospectToken(pol *policies.Policy, caller *Identity) (who *limitedCaller, err error) {
+	if !strings.HasPrefix(caller.JTI, PrefixIssuance) {
+		return nil, nil
+	}
+	rt, _, who := s.introspectRate(pol, caller)
+	if rt == nil {
+		return nil, nil
+	}
+	if err := s.introspectTokens.allow(caller.Iss+"\x00"+caller.JTI, *rt, s.d.Now()); err != nil {
+		return who, err
 	}
 	return nil, nil
 }
@@ -229,7 +274,13 @@ func (c *callerLimiters) allow(key string, rt policies.Rate, now time.Time) erro
 	var lim *rate.Limiter
 	if el, ok := c.m[key]; ok {
 		c.order.MoveToFront(el)
-		lim = el.Value.(*callerLimiter).lim
+		cl := el.Value.(*callerLimiter)
+		if cl.lim.Limit() != rate.Limit(rt.PerSecond) || cl.lim.Burst() != rt.Burst {
+			// Its size changed (a token's bucket is its
+			// workload's rate): a new bucket, as allowFrom makes.
+			cl.lim = rate.NewLimiter(rate.Limit(rt.PerSecond), rt.Burst)
+		}
+		lim = cl.lim
 	} else {
 		n := c.max
 		if n <= 0 {

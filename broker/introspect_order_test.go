@@ -3,11 +3,17 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/authn"
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -99,5 +105,85 @@ func TestIntrospectMissingTokenWithinLimit(t *testing.T) {
 	evs := f.sink.Events()
 	if len(evs) != 1 || evs[0].Type != audit.TypeIntrospect || evs[0].Outcome == nil || evs[0].Outcome.Reason != "missing_token" {
 		t.Fatalf("events %+v, want one introspect event, reason missing_token", evs)
+	}
+}
+
+// TestIntrospectRevokedCallerKeepsWorkloadBucket: the holder of a revoked
+// broker JWT, refused 401 credential_revoked and then 429, does not empty
+// the introspection bucket that the workload's live broker JWTs share
+// (they match the same workload): its requests take from a bucket of the
+// token's own before the store says it is revoked. Otherwise, after the
+// revocation of a leaked JWT, its holder could get every introspection of
+// the workload's live credentials refused 429 until the JWT expired.
+func TestIntrospectRevokedCallerKeepsWorkloadBucket(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now } // fixed: no bucket refills
+	self, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(self.Handler())
+	t.Cleanup(srv.Close)
+	self.URL = srv.URL
+	policy := strings.ReplaceAll(chainPolicy, "https://keytrail.example/.well-known/jwks.json", srv.URL+authntest.JWKSPath)
+	policy = strings.ReplaceAll(policy, "https://keytrail.example", srv.URL)
+	// payments-agent, the workload broker JWTs of payments-api match,
+	// introspects from a bucket of one.
+	const agent = "    match: {issuer: keytrail, subject: payments-api}\n"
+	if !strings.Contains(policy, agent) {
+		t.Fatal("chainPolicy has no payments-agent match")
+	}
+	policy = strings.Replace(policy, agent, agent+"    rate: {per_second: 1, burst: 1}\n", 1)
+	pol, err := policies.Parse("revoked.yaml", []byte(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := authn.New(context.Background(), authn.Options{Issuers: pol.Issuers(), Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := twinAuthn{fake: brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}, real: verifier}
+	minter := &brokertest.Minter{}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:           func() *policies.Policy { return pol },
+		Authn:            func() broker.Authenticator { return ids },
+		Minters:          map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: jwtSigner{self}},
+		Revokers:         map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Store:            memstore.New(clock),
+		Audit:            &brokertest.Sink{},
+		Now:              clock,
+		RefusalLimits:    &broker.RefusalLimits{},
+		IntrospectLimits: broker.IntrospectLimits{PerSecond: 1, Burst: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	leaked, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: leaked.Issuance.ID}, "jwt leaked", broker.RevokeOptions{}, "req_r"); err != nil {
+		t.Fatal(err)
+	}
+	live, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		_, err := svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: leaked.AccessToken, Token: "whatever", RequestID: "req_leaked"})
+		switch reason := broker.AsError(err).Reason; {
+		case i == 0 && reason != "credential_revoked":
+			t.Fatalf("Introspect(caller: the revoked JWT) = %v, want invalid_token (credential_revoked)", err)
+		case i > 0 && !errors.Is(err, broker.ErrRateLimited):
+			t.Fatalf("Introspect(caller: the revoked JWT) again (%d) = %v, want 429 (its own bucket empty)", i, err)
+		}
+	}
+	if _, err := svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: live.AccessToken, Token: "whatever", RequestID: "req_live"}); err != nil {
+		t.Errorf("Introspect(caller: a live JWT of the same workload) after the revoked JWT's requests = %v, want an answer (the revoked JWT's holder emptied its workload's bucket)", err)
+	}
+	// The live JWT's bucket is its workload's: one, taken.
+	if _, err := svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: live.AccessToken, Token: "whatever", RequestID: "req_live"}); !errors.Is(err, broker.ErrRateLimited) {
+		t.Errorf("Introspect(caller: the live JWT) again = %v, want 429 (its workload's bucket of one)", err)
 	}
 }

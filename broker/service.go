@@ -86,6 +86,9 @@ type Service struct {
 	introspectLimiters sync.Map
 	// introspectCallers are those of callers that match none.
 	introspectCallers callerLimiters
+	// introspectTokens are those of caller tokens that may be broker
+	// credentials, by iss and jti (allowIntrospectToken).
+	introspectTokens callerLimiters
 	// introspectLim is Deps.IntrospectLimits, defaults applied.
 	introspectLim IntrospectLimits
 	// limitersMu serialises making a limiter (a first use, a rate change).
@@ -198,6 +201,7 @@ func NewService(d Deps) (*Service, error) {
 	svc := &Service{d: d, cache: revocationCacheOf(d.Store)}
 	svc.introspectLim = d.IntrospectLimits.withDefaults()
 	svc.introspectCallers.max = svc.introspectLim.MaxCallers
+	svc.introspectTokens.max = svc.introspectLim.MaxCallers
 	if l := d.RefusalLimits; l != nil && l.PerSecond >= 0 {
 		svc.refusals = newRefusalGuard(*l)
 		svc.limited = newIdentityGuard(*l)
