@@ -243,3 +243,86 @@ func TestUnsignedResumed(t *testing.T) {
 		t.Errorf("UnsignedResumed() of a crashed chain = %+v, want %+v", got, want)
 	}
 }
+
+// TestRecordResumedHoldsCheckpoints: with Options.RecordResumed, a sink
+// that adopted lines no checkpoint covered writes no checkpoint (count,
+// interval, rotation or Close) until ResumedRecorded: a broker whose
+// start-up fails before its start event recorded them must leave them to
+// the next start, not sign them. Once recorded, checkpoints come as usual.
+func TestRecordResumedHoldsCheckpoints(t *testing.T) {
+	signer, keys := newSigner(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.jsonl")
+	clk := newClock()
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	appendN(t, s, 2)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path) // 2 events and the final checkpoint, seq 3
+	c, err := audit.ResumeChain(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(sealUses(t, c, 1, clk.Now())); err != nil { // seq 4
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	want := UnsignedRange{FirstSeq: 4, LastSeq: 4, Lines: 1, LastCheckpointSeq: 3}
+
+	// A start-up that fails: events, a checkpoint count and interval
+	// passed, a rotation due, then Close; no start event was recorded.
+	tick := make(chan time.Time)
+	o := Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 4, RotateBytes: 1, RecordResumed: true}
+	s = openT(t, o, seams{tick: tick})
+	if r := s.UnsignedResumed(); r == nil || *r != want {
+		t.Fatalf("UnsignedResumed() = %+v, want %+v", r, want)
+	}
+	appendN(t, s, 3) // seq 5..7: 4 lines since the checkpoint
+	clk.Advance(2 * DefaultCheckpointInterval)
+	tick <- time.Time{}
+	tick <- time.Time{} // the writer has handled the first tick
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	if st := s.Stats(); st.Checkpoints != 0 || st.CheckpointFailures != 0 || st.Rotations != 0 {
+		t.Errorf("Stats() = %+v, want no checkpoint, no checkpoint failure, no rotation before the adopted lines were recorded", st)
+	}
+	if got, want := strings.Join(types(t, path), " "), "1:use 2:use 3:checkpoint 4:use 5:use 6:use 7:use"; got != want {
+		t.Errorf("file after a start-up that failed = %s, want %s", got, want)
+	}
+
+	// The next start adopts them again, with the lines written since
+	// (counted back to the checkpoint: within CheckpointEvery lines).
+	o.CheckpointEvery = 0
+	s = openT(t, o, seams{tick: tick})
+	want = UnsignedRange{FirstSeq: 4, LastSeq: 7, Lines: 4, LastCheckpointSeq: 3}
+	if r := s.UnsignedResumed(); r == nil || *r != want {
+		t.Fatalf("UnsignedResumed() after a start-up that failed = %+v, want %+v", r, want)
+	}
+	if err := s.Append(context.Background(), &audit.Event{Type: audit.TypePolicyLoad, Details: map[string]any{"trigger": "start"}}); err != nil { // seq 8
+		t.Fatal(err)
+	}
+	s.ResumedRecorded()
+	// The interval checkpoint, due and held until now, comes with the
+	// next tick; the rotation follows it.
+	tick <- time.Time{}
+	tick <- time.Time{}
+	if st := s.Stats(); st.Checkpoints != 1 || st.CheckpointSeq != 9 || st.Rotations != 1 {
+		t.Errorf("Stats() after ResumedRecorded and a tick = %+v, want the checkpoint at seq 9 and a rotation", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, names, err := s.rotatedNames()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("rotated files = %v, %v; want 1", names, err)
+	}
+	if _, err := verify(t, keys, true, filepath.Join(dir, names[0]), path); err != nil {
+		t.Errorf("Verify() = %v", err)
+	}
+}

@@ -39,6 +39,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -133,6 +134,16 @@ type Options struct {
 	// long (checked on writes and on the sink's ticker, at least every
 	// quarter of it). 0 never rotates by age. Either limit rotates.
 	RotateEvery time.Duration
+	// RecordResumed: the caller records the range UnsignedResumed returns
+	// in an event of its own (the broker's start event) and calls
+	// ResumedRecorded once that event is durable. Until then the sink
+	// writes no checkpoint when Open adopted such a range: every
+	// checkpoint would sign those lines, and none would say they were
+	// adopted. Interval, count and rotation checkpoints wait (a rotation
+	// waits with them), and Close writes no final checkpoint, so the next
+	// Open adopts the lines again. Without it (or with no range) the sink
+	// checkpoints as usual.
+	RecordResumed bool
 }
 
 // Stats are counters for metrics.
@@ -264,6 +275,9 @@ type Sink struct {
 	// resumed is the range of lines no checkpoint covered when Open
 	// resumed the chain (nil: none); see UnsignedResumed.
 	resumed *UnsignedRange
+	// holdCP: no checkpoint until the caller recorded resumed
+	// (Options.RecordResumed, ResumedRecorded).
+	holdCP atomic.Bool
 
 	// Owned by the writer goroutine (and by Open before it starts).
 	f     file
@@ -503,6 +517,7 @@ func (s *Sink) load() error {
 				first = seq - uint64(sinceCP) + 1
 			}
 			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq}
+			s.holdCP.Store(s.o.RecordResumed)
 			s.log.Warn("audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)",
 				"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
 				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq)
@@ -1207,6 +1222,18 @@ func (s *Sink) UnsignedResumed() *UnsignedRange {
 	return &r
 }
 
+// ResumedRecorded tells the sink that an event recording the range
+// UnsignedResumed returned is durable (Options.RecordResumed): its
+// checkpoints, held until then, may sign the adopted lines. The next batch
+// or tick writes the checkpoints that are due.
+func (s *Sink) ResumedRecorded() {
+	s.holdCP.Store(false)
+}
+
+// errCheckpointHeld: a checkpoint would sign lines Open adopted before the
+// caller recorded them (Options.RecordResumed).
+var errCheckpointHeld = errors.New("checkpoint held until the start event records the lines the sink adopted when it opened the file")
+
 // ChainID returns the id of the chain the sink writes: the one its file
 // continued, or the one it started.
 func (s *Sink) ChainID() string { return s.chainID }
@@ -1220,7 +1247,8 @@ func (s *Sink) Stats() Stats {
 
 // Close writes what is queued (deferred events held for room in the queue
 // included), a final checkpoint (with a Signer, when there
-// were events since the last one), syncs and closes the file. A file the
+// were events since the last one, unless held: Options.RecordResumed),
+// syncs and closes the file. A file the
 // path no longer names is let go of as the ticker would (its lines copied,
 // displace), and Close reports it. Appends after Close fail with
 // ErrUnavailable. Close is idempotent.
@@ -1391,7 +1419,7 @@ func (s *Sink) sealAll(work *state, evs []*audit.Event, now time.Time) error {
 // addCheckpoint seals a checkpoint of work's head into the batch buffer. A
 // signing failure is logged and retried later; it does not fail the events.
 func (s *Sink) addCheckpoint(work *state, now time.Time) {
-	if s.o.Signer == nil || now.Before(s.cpBackoff) {
+	if s.o.Signer == nil || now.Before(s.cpBackoff) || s.holdCP.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
@@ -2068,7 +2096,7 @@ func (s *Sink) onTick() {
 		return
 	}
 	now := s.o.Now()
-	if s.o.Signer == nil || s.st.sinceCP == 0 || now.Add(s.tickEvery).Sub(s.st.cpAt) < s.o.CheckpointInterval {
+	if s.o.Signer == nil || s.st.sinceCP == 0 || s.holdCP.Load() || now.Add(s.tickEvery).Sub(s.st.cpAt) < s.o.CheckpointInterval {
 		s.maybeRotate(now) // by age, even when idle
 		return
 	}
@@ -2079,6 +2107,9 @@ func (s *Sink) onTick() {
 
 // commitCheckpoint writes a checkpoint alone.
 func (s *Sink) commitCheckpoint(now time.Time) error {
+	if s.holdCP.Load() {
+		return errCheckpointHeld
+	}
 	work := s.st.clone()
 	s.buf.Reset()
 	s.addCheckpoint(&work, now)
@@ -2094,6 +2125,11 @@ func (s *Sink) maybeRotate(now time.Time) {
 	bySize := s.o.RotateBytes > 0 && s.good >= s.o.RotateBytes
 	byAge := s.o.RotateEvery > 0 && s.good > 0 && now.Sub(s.fileStart) >= s.o.RotateEvery
 	if (!bySize && !byAge) || s.f == nil {
+		return
+	}
+	if s.o.Signer != nil && s.st.sinceCP > 0 && s.holdCP.Load() {
+		// The old file must end with a checkpoint, which must wait for
+		// the start event (Options.RecordResumed): so does the rotation.
 		return
 	}
 	if s.o.Signer != nil && s.st.sinceCP > 0 {
@@ -2182,7 +2218,17 @@ func (s *Sink) finish() error {
 			}
 		}
 	}
-	if s.o.Signer != nil && s.st.sinceCP > 0 {
+	switch {
+	case s.o.Signer != nil && s.st.sinceCP > 0 && s.holdCP.Load():
+		// Closed before the caller recorded the lines Open adopted (a
+		// start-up that failed): a final checkpoint would sign them with
+		// no event saying so. Left unsigned, the next Open adopts them
+		// again, with the lines written since.
+		r := s.resumed
+		seq, _ := s.st.chain.Head()
+		s.log.Warn("audit: closing without a final checkpoint: no start event recorded the lines no checkpoint covered when the sink opened the file; the next start records them",
+			"chain", s.chainID, "first_unsigned_seq", r.FirstSeq, "last_unsigned_seq", seq)
+	case s.o.Signer != nil && s.st.sinceCP > 0:
 		if err := s.commitCheckpoint(s.o.Now()); err != nil {
 			errs = append(errs, fmt.Errorf("final checkpoint: %w", err))
 		}

@@ -601,6 +601,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync, Journal: *cfg.Audit.Journal, JournalBytes: cfg.Audit.JournalBytes,
 		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, DeferFor: time.Duration(cfg.Audit.DeferFor), Logger: log,
+		// The lines no checkpoint covered when the sink opened the file
+		// are signed only once the start event recorded them
+		// (auditPolicyLoad): a start-up that fails before leaves them to
+		// the next one.
+		RecordResumed: true,
 		OnWrite: func(d time.Duration) {
 			m.auditSync.Observe(d.Seconds())
 			if e.auditWritten != nil {
@@ -894,7 +899,9 @@ var errReloadShuttingDown = errors.New("policy reload not started: shutting down
 // gives each one's time of leaving, RFC 3339 UTC.
 func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Policy, why string, loadErr error, retiring map[string]time.Time) error {
 	details := map[string]any{"path": rt.cfg.Policy, "trigger": why}
+	resumed := false
 	if r := rt.sink.UnsignedResumed(); r != nil && why == "start" {
+		resumed = true
 		// The lines no checkpoint covered when the sink resumed its
 		// chain, which its next checkpoint signs as its own: said in the
 		// file, where that checkpoint covers it too (audit verify
@@ -920,7 +927,15 @@ func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Poli
 	} else {
 		ev.Outcome = &audit.Outcome{Status: 400, Error: "invalid_policy", Reason: truncate(loadErr.Error(), 2000)}
 	}
-	return rt.sink.Append(context.WithoutCancel(ctx), ev)
+	if err := rt.sink.Append(context.WithoutCancel(ctx), ev); err != nil {
+		return err
+	}
+	if resumed {
+		// Durable: the sink's checkpoints, held until now, may sign
+		// the lines it adopted (auditfile.Options.RecordResumed).
+		rt.sink.ResumedRecorded()
+	}
+	return nil
 }
 
 // unsignedResumedDetail is the start event's audit.DetailUnsignedResumed
