@@ -2,6 +2,7 @@ package auditfile
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -324,5 +325,84 @@ func TestRecordResumedHoldsCheckpoints(t *testing.T) {
 	}
 	if _, err := verify(t, keys, true, filepath.Join(dir, names[0]), path); err != nil {
 		t.Errorf("Verify() = %v", err)
+	}
+}
+
+// selfChecking is a signer that can check its own checkpoints (as
+// vault.TransitCheckpointSigner does with its cached public keys): kid
+// "own:1" is its key, any other kid is unknown to it.
+type selfChecking struct {
+	ed *audit.Ed25519Signer // not embedded: no PublicKey method
+}
+
+func (o selfChecking) KeyID() string { return "own:1" }
+
+func (o selfChecking) Sign(ctx context.Context, msg []byte) ([]byte, error) {
+	return o.ed.Sign(ctx, msg)
+}
+
+func (o selfChecking) Alg() string { return audit.AlgVaultTransit }
+
+func (o selfChecking) VerifyOwn(_ context.Context, kid string, msg, sig []byte) (known, ok bool) {
+	if kid != "own:1" {
+		return false, false
+	}
+	return true, ed25519.Verify(o.ed.PublicKey(), msg, sig)
+}
+
+// TestResumeForgedTransitCheckpointDoesNotEndUnsignedTail: a signer that
+// can check its own checkpoints at Open (VerifyOwn: a Vault transit
+// signer, from the public keys it read) does, so a line typed checkpoint
+// under its kid with a signature its key did not make does not end the
+// range the sink adopts, as for the sink's own Ed25519 key.
+func TestResumeForgedTransitCheckpointDoesNotEndUnsignedTail(t *testing.T) {
+	ed, _ := newSigner(t)
+	signer := selfChecking{ed}
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	appendN(t, s, 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path) // 3 events and the final checkpoint, seq 4
+	c, err := audit.ResumeChain(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := sealUses(t, c, 2, clk.Now()) // seq 5, 6
+	other, _ := newSigner(t)
+	now := clk.Now()
+	ev, err := c.Checkpoint(context.Background(), selfChecking{other}, "", now) // kid own:1, another key
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := c.Seal(ev, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file = append(append(file, forged...), '\n') // seq 7
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(file); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	got := s.UnsignedResumed()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := &UnsignedRange{FirstSeq: 5, LastSeq: 7, Lines: 3, LastCheckpointSeq: 4}
+	if got == nil || *got != *want {
+		t.Errorf("UnsignedResumed() = %+v, want %+v", got, want)
+	}
+	// Its own checkpoints still end the range: a clean stop adopts none.
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	if r := s.UnsignedResumed(); r != nil {
+		t.Errorf("UnsignedResumed() after a clean stop = %+v, want nil", r)
 	}
 }

@@ -786,14 +786,31 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int, signed func(*aud
 // the sink's own Ed25519 signer, its signature must verify with it. A line
 // typed checkpoint that whoever could write the file added, with a
 // signature the key never made, then counts as one of the lines the sink
-// adopts, as do the lines before it. A checkpoint by a key the sink cannot
-// check here (a Vault transit key, or the key before a change of key) ends
-// the count as before: audit verify checks its signature, and a forged one
-// is a problem there.
+// adopts, as do the lines before it. The same for a signer that checks its
+// own (OwnVerifier: a Vault transit key's versions). A checkpoint by a key
+// the sink cannot check here (the key before a change of key) ends the
+// count as before: audit verify checks its signature, and a forged one is
+// a problem there.
 func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 	cp := ev.Checkpoint
 	if cp == nil || cp.HeadSeq+1 != ev.Seq || cp.HeadHash != ev.Prev {
 		return false
+	}
+	if v, ok := s.o.Signer.(OwnVerifier); ok {
+		// A Vault transit signer checks a checkpoint under one of its
+		// key's versions with the public keys it read (Load).
+		msg, err := audit.CheckpointMessage(ev)
+		sig, serr := base64.StdEncoding.Strict().DecodeString(cp.Signature)
+		if err != nil || serr != nil {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
+		known, good := v.VerifyOwn(ctx, cp.KeyID, msg, sig)
+		cancel()
+		if known {
+			return good && cp.Alg == s.o.Signer.Alg()
+		}
+		return true
 	}
 	k, ok := s.o.Signer.(interface {
 		KeyID() string
@@ -808,6 +825,14 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(cp.Signature)
 	return err == nil && ed25519.Verify(k.PublicKey(), msg, sig)
+}
+
+// OwnVerifier is a Signer that can check the checkpoints its key made
+// (vault.TransitCheckpointSigner): known is false when kid is not its
+// key's, or it cannot tell (the checkpoint then ends the count, as one by
+// another key does).
+type OwnVerifier interface {
+	VerifyOwn(ctx context.Context, kid string, msg, sig []byte) (known, ok bool)
 }
 
 // rotationTime is the timestamp the next rotated file is named with: now,

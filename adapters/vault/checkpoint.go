@@ -174,6 +174,32 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 	return sig, nil
 }
 
+// VerifyOwn checks sig over msg, a checkpoint's, with the version of this
+// signer's key that kid ("<key>:<version>") names, from the key cache (Load
+// read it: no Vault call unless it aged out). known is false when kid names
+// another key, a version older than the key's min_decryption_version, or
+// the key cannot be read; a version newer than the key's latest is known,
+// and does not verify (no such signature can exist). The audit sink uses it
+// at Open, so that a forged checkpoint line does not end the lines it adopts.
+func (s *TransitCheckpointSigner) VerifyOwn(ctx context.Context, kid string, msg, sig []byte) (known, ok bool) {
+	name, version, parsed := broker.ParseKeyID(kid)
+	if !parsed || name != s.name {
+		return false, false
+	}
+	k, err := s.keys.get(ctx, s.name)
+	if err != nil {
+		return false, false
+	}
+	if version > k.Latest {
+		return true, false
+	}
+	pub, found := k.Public[version]
+	if !found {
+		return false, false
+	}
+	return true, verifyCheckpointSig(pub, msg, sig) == nil
+}
+
 // CheckpointVerifyFunc returns an audit.VerifyFunc for checkpoints a
 // TransitCheckpointSigner made, given the transit public keys by kid (as
 // TransitKeys lists them, or as read back from the broker's JWKS). The

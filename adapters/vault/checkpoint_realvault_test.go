@@ -232,6 +232,24 @@ func testRealVaultDomainSeparation(ctx context.Context, t *testing.T, bc *vaulta
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The signer checks its own checkpoint with the key Vault
+			// gave (the sink does at Open): a reopen adopts no line.
+			if known, ok := s.VerifyOwn(ctx, cp.KeyID, cpMsg, cpSig); !known || !ok {
+				t.Errorf("VerifyOwn(its checkpoint) = %v, %v; want true, true", known, ok)
+			}
+			if known, ok := s.VerifyOwn(ctx, cp.KeyID, cpMsg, jwtSig); !known || ok {
+				t.Errorf("VerifyOwn(checkpoint, the JWT's signature) = %v, %v; want true, false", known, ok)
+			}
+			sink, err = auditfile.Open(auditfile.Options{Path: path, Signer: s, CheckpointEvery: 1000, NoFsync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := sink.UnsignedResumed(); r != nil {
+				t.Errorf("UnsignedResumed() after a clean stop = %+v, want nil", r)
+			}
+			if err := sink.Close(); err != nil {
+				t.Fatal(err)
+			}
 
 			// Both signatures are good over their own message, with the
 			// same key from the same JWKS: only the messages differ.

@@ -450,3 +450,49 @@ func TestTransitCheckpointSignerSignsOnlyWithPublishedVersions(t *testing.T) {
 		})
 	}
 }
+
+// TestTransitCheckpointSignerVerifyOwn: the sink checks, at Open, a
+// checkpoint line under one of the signer's key versions with the public
+// keys Load read (no further Vault call): a signature its key made
+// verifies, another does not, a version newer than the key's latest is
+// forged, and a kid of another key is not the signer's to tell.
+func TestTransitCheckpointSignerVerifyOwn(t *testing.T) {
+	t.Parallel()
+	key := newFakeKey(t, KeyTypeEd25519, 2)
+	f := newFakeVault(t, fakeTransit(t, "audit-cp", key, nil))
+	s, err := NewTransitCheckpointSigner(TransitCheckpointSignerOptions{Client: f.client(t), Key: "audit-cp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sig, err := s.Sign(ctx, cpMsg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), sig...)
+	bad[0] ^= 1
+	for _, tc := range []struct {
+		name        string
+		kid         string
+		sig         []byte
+		known, good bool
+	}{
+		{"ok/own", kid("audit-cp", 2), sig, true, true},
+		{"fail/changed-signature", kid("audit-cp", 2), bad, true, false},
+		{"fail/other-version", kid("audit-cp", 1), sig, true, false},
+		{"fail/version-after-latest", kid("audit-cp", 3), sig, true, false},
+		{"unknown/other-key", kid("other", 2), sig, false, false},
+		{"unknown/bare-name", "audit-cp", sig, false, false},
+	} {
+		known, good := s.VerifyOwn(ctx, tc.kid, cpMsg, tc.sig)
+		if known != tc.known || good != tc.good {
+			t.Errorf("%s: VerifyOwn(%q) = %v, %v; want %v, %v", tc.name, tc.kid, known, good, tc.known, tc.good)
+		}
+	}
+	if n := f.count("GET /v1/transit/keys/audit-cp"); n != 1 {
+		t.Errorf("key reads = %d, want 1 (Load's, cached)", n)
+	}
+}

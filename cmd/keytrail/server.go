@@ -938,6 +938,10 @@ func (rt *brokerRuntime) auditPolicyLoad(ctx context.Context, pol *policies.Poli
 	return nil
 }
 
+// The audit sink checks, at Open, a transit checkpoint line against the
+// transit key's versions (a forged one does not end the lines it adopts).
+var _ auditfile.OwnVerifier = (*vaultad.TransitCheckpointSigner)(nil)
+
 // unsignedResumedDetail is the start event's audit.DetailUnsignedResumed
 // for the range r the sink adopted when it opened the file.
 func unsignedResumedDetail(r *auditfile.UnsignedRange) map[string]any {
