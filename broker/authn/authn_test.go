@@ -254,6 +254,9 @@ func tokenCases() []tokenCase {
 		{name: "ok/nbf-within-leeway", issuer: "es", token: esTok(set("nbf", t0.Add(20*time.Second).Unix()))},
 		{name: "ok/lifetime-exactly-max", issuer: "es", token: esTok(set("iat", t0.Unix()), set("exp", t0.Add(24*time.Hour).Unix()))},
 		{name: "ok/no-jti", issuer: "es", token: esTok(del("jti"))},
+		// An empty jti names no session (broker's sessionID skips it): the
+		// token is digested as one without jti (wantIdentity expects it).
+		{name: "ok/empty-jti", issuer: "es", token: esTok(set("jti", ""))},
 
 		// Shape.
 		{name: "fail/empty", token: fixed(""), reason: "malformed"},
@@ -1502,6 +1505,16 @@ func TestClaimsNotOneJSONObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The same claims with strings full of escaped quotes, backslashes and
+	// brackets, \u escapes among them, last in the object.
+	ct := claims(f.es)
+	ct["note"] = map[string]any{"a": `x\"}{"]`, "b": []any{`\`, `"}]`, "\u0022}"}}
+	ct["zz"] = `\`
+	tricky, err := json.Marshal(ct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tricky = append(tricky[:len(tricky)-1], `,"u":"\u005c\u0022}"}`...)
 	cases := []struct {
 		name    string
 		payload string
@@ -1513,6 +1526,25 @@ func TestClaimsNotOneJSONObject(t *testing.T) {
 		{name: "fail/trailing-garbage", payload: string(body) + "garbage", reason: "malformed"},
 		{name: "fail/trailing-bracket", payload: string(body) + "]", reason: "malformed"},
 		{name: "fail/trailing-nul", payload: string(body) + "\x00", reason: "malformed"},
+		// Not JSON whitespace after the object: json.Valid refuses them,
+		// and so must the check that finds the object's end by its brackets.
+		{name: "fail/trailing-vertical-tab", payload: string(body) + "\v", reason: "malformed"},
+		{name: "fail/trailing-form-feed", payload: string(body) + "\f", reason: "malformed"},
+		{name: "fail/trailing-nbsp", payload: string(body) + "\u00a0", reason: "malformed"},
+		{name: "fail/trailing-bom", payload: string(body) + "\ufeff", reason: "malformed"},
+		{name: "fail/trailing-line-separator", payload: string(body) + "\u2028", reason: "malformed"},
+		{name: "fail/trailing-invalid-utf8", payload: string(body) + "\xff", reason: "malformed"},
+		{name: "fail/leading-bom", payload: "\ufeff" + string(body), reason: "malformed"},
+		// Strings whose quotes, backslashes and brackets would end the
+		// object early, or late, for a scan that did not skip escapes.
+		{name: "ok/escapes-in-strings", payload: string(tricky) + "\n"},
+		{name: "fail/escapes-in-strings-then-object", payload: string(tricky) + `{"sub":"someone-else"}`, reason: "malformed"},
+		{name: "fail/escapes-in-strings-then-whitespace-and-object", payload: string(tricky) + " \n{}", reason: "malformed"},
+		{name: "fail/escapes-in-strings-then-quote", payload: string(tricky) + `"`, reason: "malformed"},
+		{name: "fail/escapes-in-strings-then-bracket", payload: string(tricky) + "}", reason: "malformed"},
+		// A scan that ended strings at an escaped quote would take the
+		// tail `"}}` for the rest of the object and accept it.
+		{name: "fail/escaped-quote-then-tail-that-closes", payload: string(body[:len(body)-1]) + `,"v":"\"{"}"}}`, reason: "malformed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
