@@ -102,6 +102,11 @@ type LoginOptions struct {
 	// client's timeout (which bounds every call) plus a second. A token
 	// the operator gives (token, token_file) is never revoked.
 	RevokeGrace time.Duration
+	// Leases, when it holds a lease (TokenLeases.Note: a PKI role with
+	// generate_lease=true), stops that revocation: revoking the replaced
+	// token would revoke the leases it owns, and with them the
+	// certificates issued with it. Nil: none known.
+	Leases *TokenLeases
 
 	Logger *slog.Logger                         // default: discard
 	Now    func() time.Time                     // default time.Now
@@ -151,6 +156,7 @@ type Login struct {
 	retryMax     time.Duration
 	maxRenew     time.Duration
 	revokeGrace  time.Duration
+	leases       *TokenLeases
 	log          *slog.Logger
 	now          func() time.Time
 	after        func(time.Duration) <-chan time.Time
@@ -258,8 +264,8 @@ func NewLogin(o LoginOptions) (*Login, error) {
 		token: o.Token, file: o.TokenFile, roleIDFile: o.RoleIDFile, secretIDFile: o.SecretIDFile,
 		role: o.Role, jwtFile: o.JWTFile, mount: mount,
 		poll: o.PollInterval, retryMin: o.RetryMin, retryMax: o.RetryMax, maxRenew: o.MaxRenewInterval,
-		revokeGrace: o.RevokeGrace,
-		log:         o.Logger, now: o.Now, after: o.After,
+		revokeGrace: o.RevokeGrace, leases: o.Leases,
+		log: o.Logger, now: o.Now, after: o.After,
 	}
 	// lc is new: nothing else uses it yet while the callback is set.
 	l.lc = lc.WithResponseCallbacks(noteRetryAfter, l.noteNumUses)
@@ -369,9 +375,10 @@ var errTokenRefused = errors.New("vault refused the broker's token")
 // (revoke-self with it, bounded) RevokeGrace after the new one is set, once
 // the calls sent with it are over, rather than left valid until its TTL;
 // at once when ctx ends first, and Run returns after that. One Vault
-// refused (revoked), a batch token (Vault revokes none) and one the
-// operator gave (token, token_file) are left alone. Only its accessor is
-// logged.
+// refused (revoked), a batch token (Vault revokes none), one the operator
+// gave (token, token_file) and, once Leases holds a lease, every one (its
+// revocation would revoke the certificates issued with it) are left alone.
+// Only its accessor is logged.
 func (l *Login) Run(ctx context.Context) error {
 	l.mu.Lock()
 	started := l.secret != nil
@@ -500,6 +507,13 @@ func (l *Login) revokeReplaced(ctx context.Context, tok, accessor string, ends t
 	case <-t.C:
 	}
 	t.Stop()
+	if l.leases.Held() {
+		// Checked after the grace: a lease noted by a call sent with tok
+		// before the re-login is noted by then.
+		l.log.Warn("left the vault token a new login replaced valid until its ttl: leases may belong to it (a pki role with generate_lease=true), and revoking it would revoke them and their certificates",
+			slog.String("accessor", accessor))
+		return
+	}
 	if !ends.IsZero() && !l.now().Before(ends) {
 		l.log.Debug("the vault token a new login replaced has ended: nothing to revoke", slog.String("accessor", accessor))
 		return

@@ -1149,6 +1149,42 @@ func TestLoginRevokesReplacedToken(t *testing.T) {
 		}
 	})
 
+	// A lease owned by the broker's token (a certificate of a pki role with
+	// generate_lease=true) is revoked with it, and the certificate with the
+	// lease: Login leaves the replaced token alone once one is known,
+	// noted before the re-login or during the grace (a call sent with the
+	// old token just before it), shutdown included.
+	t.Run("ok/token-holding-leases-not-revoked", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		f.capRenewal("hvs.login-1", 300)
+		leases := new(vault.TokenLeases)
+		leases.Note()
+		var logs loginLogBuffer
+		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: 50 * time.Millisecond, Leases: leases, Logger: newLoginLogger(&logs)}), nil)
+		waitLogin(t, 10*time.Second, "a new login", func() bool { return c.Token() == "hvs.login-2" })
+		waitLogin(t, 10*time.Second, "the revocation skipped", func() bool {
+			return strings.Contains(logs.String(), "left the vault token a new login replaced valid") && strings.Contains(logs.String(), `"accessor":"acc-hvs.login-1"`)
+		})
+		stop()
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 0 {
+			t.Errorf("revoke-self of a replaced token owning leases = %d calls, want none", n)
+		}
+		noToken(t, logs.String(), "hvs.login-1", "hvs.login-2")
+	})
+
+	t.Run("ok/lease-noted-during-grace-not-revoked-on-shutdown", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		f.capRenewal("hvs.login-1", 300)
+		leases := new(vault.TokenLeases)
+		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: time.Hour, Leases: leases}), nil)
+		waitLogin(t, 10*time.Second, "a new login", func() bool { return c.Token() == "hvs.login-2" })
+		leases.Note()
+		stop()
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 0 {
+			t.Errorf("revoke-self of a replaced token owning leases = %d calls, want none", n)
+		}
+	})
+
 	t.Run("ok/token-file-token-never-revoked", func(t *testing.T) {
 		f := newOwnTokenVault(t, 3600)
 		file := writeLoginFile(t, t.TempDir(), "token", "hvs.operator-1")

@@ -45,6 +45,10 @@ type PKIMinterOptions struct {
 	Now         func() time.Time // default time.Now
 	// Log gets what CheckRoles could not check; default slog.Default().
 	Log *slog.Logger
+	// Leases is noted when a certificate comes with a Vault lease, or
+	// CheckRoles reads a role with generate_lease=true: that lease belongs
+	// to the broker's token (see TokenLeases; share it with the Login).
+	Leases *TokenLeases
 }
 
 // PKIMinter mints X.509 certificates for grants of kind pki from a Vault PKI
@@ -68,13 +72,14 @@ type PKIMinterOptions struct {
 // ":"), Mount (the mount of the issue path, where Revoke revokes it) and
 // ExpiresAt (the certificate's NotAfter, at most req.Now+TTL).
 type PKIMinter struct {
-	c     *vaultapi.Client
-	grant func(string) (*policies.Grant, bool)
-	td    string
-	skew  time.Duration
-	now   func() time.Time
-	log   *slog.Logger
-	roles pkiRoleStates // CheckRoles: what it last found of each grant's role
+	c      *vaultapi.Client
+	grant  func(string) (*policies.Grant, bool)
+	td     string
+	skew   time.Duration
+	now    func() time.Time
+	log    *slog.Logger
+	leases *TokenLeases
+	roles  pkiRoleStates // CheckRoles: what it last found of each grant's role
 }
 
 // pkiRoleStates remembers, per grant and role path, why the role could not
@@ -180,7 +185,7 @@ func NewPKIMinter(o PKIMinterOptions) (*PKIMinter, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &PKIMinter{c: o.Client, grant: o.Grant, td: td, skew: skew, now: now, log: log}, nil
+	return &PKIMinter{c: o.Client, grant: o.Grant, td: td, skew: skew, now: now, log: log, leases: o.Leases}, nil
 }
 
 // CheckRoles reads the PKI role of each pki grant of pol
@@ -196,17 +201,17 @@ func NewPKIMinter(o PKIMinterOptions) (*PKIMinter, error) {
 // the role, or that cannot read it for another reason than the last), not
 // at every policy reload; a role readable again is logged at INFO.
 func (m *PKIMinter) CheckRoles(ctx context.Context, pol *policies.Policy) error {
-	return checkPKIRoles(ctx, m.c, pol, m.log, &m.roles)
+	return checkPKIRoles(ctx, m.c, pol, m.log, &m.roles, m.leases)
 }
 
 // CheckPKIRoles is PKIMinter.CheckRoles with the client c, logging to log
 // (nil: slog.Default()), remembering nothing: every role it cannot read is
 // warned about at every call.
 func CheckPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy, log *slog.Logger) error {
-	return checkPKIRoles(ctx, c, pol, log, nil)
+	return checkPKIRoles(ctx, c, pol, log, nil, nil)
 }
 
-func checkPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy, log *slog.Logger, states *pkiRoleStates) error {
+func checkPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy, log *slog.Logger, states *pkiRoleStates, leases *TokenLeases) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -258,11 +263,23 @@ func checkPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy
 		if changed, was := states.set(pkiRoleKey{g.Name, path}, ""); changed {
 			log.Info("the pki role of the grant can be read again", slog.String("grant", g.Name), slog.String("path", path), slog.String("was", was))
 		}
+		if gen, _ := sec.Data["generate_lease"].(bool); gen {
+			noteBrokerLease(leases, log, g.Name, "its pki role sets generate_lease=true")
+		}
 		if noStore, _ := sec.Data["no_store"].(bool); noStore {
 			errs = append(errs, configError("grant %q: pki role %s sets no_store=true: Vault does not store the certificates it issues, so none can be revoked by serial (keytrail's revocation of an issuance of the grant would fail until the certificate expires); set no_store=false on the role", g.Name, path))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// noteBrokerLease notes in leases that a lease may belong to the broker's
+// token, warning the first time.
+func noteBrokerLease(leases *TokenLeases, log *slog.Logger, grant, why string) {
+	if leases.Note() {
+		log.Warn("a pki grant's certificates hold vault leases owned by the broker's token (the role's generate_lease=true): vault revokes them, putting the certificates on the crl, when that token ends; tokens a re-login replaces are left valid until their ttl from now on: set generate_lease=false on the role",
+			slog.String("grant", grant), slog.String("why", why))
+	}
 }
 
 // validTrustDomain accepts what SPIFFE allows in a trust domain name.
@@ -354,6 +371,11 @@ func (m *PKIMinter) Mint(ctx context.Context, req broker.MintRequest) (*broker.C
 	sec, err := m.c.Logical().WriteWithContext(ctx, g.Path, issueBody(req.Workload, uriSAN, secs))
 	if err != nil {
 		return nil, translate(op, err)
+	}
+	if sec != nil && sec.LeaseID != "" {
+		// Before any check: the lease exists whatever is done with the
+		// certificate.
+		noteBrokerLease(m.leases, m.log, req.Grant.Name, "a certificate came with a vault lease")
 	}
 	if sec == nil || sec.Data == nil {
 		return nil, badResponse(op, "no data")

@@ -39,6 +39,7 @@ func TestPKIMinterCheckRoles(t *testing.T) {
 		web, svc func(w http.ResponseWriter) // answers of pki/roles/web and pki_int/roles/svc
 		wantErr  []string                    // "" none
 		wantLog  []string
+		leases   bool // Leases noted (a role with generate_lease=true)
 	}{
 		{
 			name: "ok/stored",
@@ -50,6 +51,13 @@ func TestPKIMinterCheckRoles(t *testing.T) {
 			web:     roleAnswer(200, map[string]any{"no_store": false}),
 			svc:     roleAnswer(200, map[string]any{"no_store": true}),
 			wantErr: []string{"vault_config", `grant "g-int"`, "pki_int/roles/svc", "no_store=true", "set no_store=false"},
+		},
+		{
+			name:    "ok/generate-lease-noted",
+			web:     roleAnswer(200, map[string]any{"no_store": false, "generate_lease": false}),
+			svc:     roleAnswer(200, map[string]any{"no_store": false, "generate_lease": true}),
+			wantLog: []string{"g-int", "generate_lease=true", "set generate_lease=false"},
+			leases:  true,
 		},
 		{
 			name:    "ok/unreadable-logged",
@@ -77,13 +85,17 @@ func TestPKIMinterCheckRoles(t *testing.T) {
 				t.Fatal(err)
 			}
 			var logs loginLogBuffer
-			m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
+			leases := new(vault.TokenLeases)
+			m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs), Leases: leases})
 			if err != nil {
 				t.Fatal(err)
 			}
 			pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
 			err = m.CheckRoles(context.Background(), pol)
 			checkContains(t, "CheckRoles()", err, tc.wantErr)
+			if leases.Held() != tc.leases {
+				t.Errorf("Leases.Held() = %v, want %v", leases.Held(), tc.leases)
+			}
 			for _, s := range tc.wantLog {
 				if !strings.Contains(logs.String(), s) {
 					t.Errorf("logs do not say %q:\n%s", s, logs.String())

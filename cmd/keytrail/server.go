@@ -483,7 +483,10 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.closers = append(rt.closers, rt.closeVerifiers)
-	lo := vaultad.LoginOptions{Client: vc, Logger: log}
+	// Leases owned by the broker's token (a pki role with generate_lease)
+	// stop the login from revoking the tokens its re-logins replace.
+	leases := new(vaultad.TokenLeases)
+	lo := vaultad.LoginOptions{Client: vc, Logger: log, Leases: leases}
 	switch {
 	case auth != nil && auth.Method == vaultad.LoginAppRole:
 		lo.Method, lo.RoleIDFile, lo.SecretIDFile, lo.Mount = auth.Method, auth.RoleIDFile, auth.SecretIDFile, auth.Mount
@@ -668,7 +671,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	pkiMinter, err := vaultad.NewPKIMinter(vaultad.PKIMinterOptions{Client: vc, Log: rt.log,
+	pkiMinter, err := vaultad.NewPKIMinter(vaultad.PKIMinterOptions{Client: vc, Log: rt.log, Leases: leases,
 		Grant: func(name string) (*policies.Grant, bool) { return rt.state.Load().pol.Grant(name) }})
 	if err != nil {
 		return err
