@@ -45,7 +45,11 @@ type AdminRequest struct {
 // grants it the role. Every call, allowed or denied, is recorded as an admin event
 // naming the caller and the action, and the target once the caller is
 // authenticated; an allowed call whose event cannot be made durable is
-// refused (ErrUnavailable).
+// refused (ErrUnavailable). Refusals before the caller authenticated are
+// bounded per source (refuseAnonymous), those of an authenticated caller
+// that is no admin per identity (suppressCaller: past
+// RefusalLimits.PerIdentity a 429 counted by a summary); an admin's are
+// never limited.
 func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin, error) {
 	details := map[string]any{"action": req.Action}
 	if req.Role != "" {
@@ -80,12 +84,25 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return deny(errPolicyReloaded(id))
 	}
-	if err := s.checkCallerBrokerToken(ctx, req.Token, id); err != nil {
-		return deny(err)
-	}
 	entry, ok := pol.MatchAdmin(id.IssuerName, id.Claims, req.Role)
 	if !ok {
-		return deny(Errorf(ErrDenied, "not_admin", "this identity is not an admin", nil))
+		// A caller that is no admin is refused whatever follows: its
+		// refusals (not_admin, a revoked broker JWT) take from its
+		// identity's bucket (RefusalLimits.PerIdentity) before the store
+		// is read, and past it are answered 429 with no event of their
+		// own, counted by its summary. An admin is never limited.
+		notAdmin := Errorf(ErrDenied, "not_admin", "this identity is not an admin", nil)
+		who := &limitedCaller{typ: audit.TypeAdmin, iss: id.Iss, sub: id.Sub}
+		if answer := s.suppressCaller(ctx, who, refusalTag{action: req.Action}, notAdmin); answer != nil {
+			return nil, answer
+		}
+		if err := s.checkCallerBrokerToken(ctx, req.Token, id); err != nil {
+			return deny(err)
+		}
+		return deny(notAdmin)
+	}
+	if err := s.checkCallerBrokerToken(ctx, req.Token, id); err != nil {
+		return deny(err)
 	}
 	a := &Admin{Name: entry.Name, Identity: id.Ref(), Roles: entry.Roles}
 	ev.Admin = a.String()

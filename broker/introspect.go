@@ -71,6 +71,13 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		return nil, s.refuseLimited(ctx, ev, who, refusalTag{}, err)
 	}
 	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {
+		// A revoked broker JWT is refused with an event of its own up to
+		// its caller's RefusalLimits.PerIdentity, then a 429 counted by
+		// its summary, as its 429s are: even for a caller that
+		// allowIntrospect does not limit (a workload without rate).
+		if who := introspectCaller(pol, caller); who != nil && errors.Is(err, ErrUnauthenticated) {
+			return nil, s.refuseCaller(ctx, ev, who, refusalTag{reason: refusalReason(err)}, err)
+		}
 		s.recordDeny(ctx, ev, err)
 		return nil, err
 	}
@@ -247,6 +254,21 @@ func (s *Service) allowIntrospectToken(pol *policies.Policy, caller *Identity) (
 		return who, err
 	}
 	return nil, nil
+}
+
+// introspectCaller is the caller whose refused introspections an identity
+// guard counts, keyed as allowIntrospect's 429s: the workload it matches,
+// else its identity; nil for an admin of pol, which is never limited.
+func introspectCaller(pol *policies.Policy, caller *Identity) *limitedCaller {
+	if pol.Trusts(caller.IssuerName, caller.Iss) {
+		if _, ok := pol.MatchAdmin(caller.IssuerName, caller.Claims, ""); ok {
+			return nil
+		}
+		if wl, err := pol.Match(caller.IssuerName, caller.Claims); err == nil {
+			return &limitedCaller{typ: audit.TypeIntrospect, workload: wl.Name}
+		}
+	}
+	return &limitedCaller{typ: audit.TypeIntrospect, iss: caller.Iss, sub: caller.Sub}
 }
 
 // callerLimiters are the introspection buckets of callers that match no

@@ -41,7 +41,10 @@ import (
 // SummaryEvery (its event's type and reason those of the 429's own event,
 // details scope "identity", suppressed, first, last; a workload's counts
 // them by grant and endpoint too). Their callers are
-// tracked apart from the sources, at most MaxSources of them.
+// tracked apart from the sources, at most MaxSources of them. The same
+// buckets bound the refused admin calls of an authenticated caller that is
+// no admin and a revoked broker JWT as introspection caller token
+// (refuseCaller, suppressCaller): past them a 429 rate_limited.
 type RefusalLimits struct {
 	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
 	PerSecond float64
@@ -57,8 +60,10 @@ type RefusalLimits struct {
 	GlobalPerSecond float64
 	// GlobalBurst is the global bucket's size (0 = the default).
 	GlobalBurst int
-	// PerIdentity is the number of an authenticated caller's 429s audited
-	// on their own per SummaryEvery (0 = the default, negative: every one).
+	// PerIdentity is the number of an authenticated caller's 429s (and
+	// refusals as a non-admin on the admin API, or with a revoked broker
+	// JWT as introspection caller token) audited on their own per
+	// SummaryEvery (0 = the default, negative: every one).
 	PerIdentity int
 }
 
@@ -166,6 +171,9 @@ type refusalSource struct {
 // broker's reasons, the policy's grants, its endpoints.
 type refusalTag struct {
 	reason, grant, endpoint string
+	// action: the admin action of a non-admin's refused admin call
+	// (details.actions).
+	action string
 }
 
 // The endpoints of a workload's 429s that its summary counts apart.
@@ -199,9 +207,11 @@ func addTags(to *map[refusalTag]int, from map[refusalTag]int) {
 
 // limitedCaller is an authenticated caller whose 429s an identity guard
 // counts, and what its summary event says of it: the type of its 429s'
-// events, and the workload it matched or else its identity.
+// events, and the workload it matched or else its identity. (Of type
+// audit.TypeAdmin: a caller that is no admin, whose refused admin calls
+// the guard counts, refuseCaller.)
 type limitedCaller struct {
-	typ             string // audit.TypeDeny or audit.TypeIntrospect
+	typ             string // audit.TypeDeny, audit.TypeIntrospect or audit.TypeAdmin
 	workload, owner string
 	iss, sub        string
 }
@@ -571,7 +581,19 @@ func (s refusalSummary) identityEvent() *audit.Event {
 			"last":       s.last.UTC().Format(audit.TimeFormat),
 		},
 	}
+	// What the refusals other than 429s were (a revoked broker JWT as
+	// introspection caller token: credential_revoked); none for 429s.
+	s.countBy(ev.Details, "reasons", func(t refusalTag) string { return t.reason })
 	switch {
+	case w.typ == audit.TypeAdmin:
+		// The refused admin calls of a caller that is no admin: its
+		// identity, as their events name it (no jti: any of its
+		// tokens), and their actions.
+		if w.iss != "" {
+			ev.Identity = &audit.Identity{Iss: w.iss, Sub: w.sub}
+			ev.Details["caller"] = map[string]string{"iss": w.iss, "sub": w.sub}
+		}
+		s.countBy(ev.Details, "actions", func(t refusalTag) string { return t.action })
 	case w.typ != audit.TypeIntrospect:
 		ev.Workload, ev.Owner = w.workload, w.owner
 		// Its 429s may be of several grants, exchanges and proxied
@@ -589,6 +611,51 @@ func (s refusalSummary) identityEvent() *audit.Event {
 		ev.Details["caller"] = map[string]string{"iss": w.iss, "sub": w.sub}
 	}
 	return ev
+}
+
+// refuseCaller records the refusal err of authenticated caller who (ev,
+// its event: a non-admin's refused admin call, a revoked broker JWT
+// presented as caller token) unless who's bucket of refusals audited on
+// their own (RefusalLimits.PerIdentity, shared with its 429s) is empty
+// (suppressCaller): then it answers that 429 instead, with no event of its
+// own. Any other err (a 5xx: the broker's own failure) is recorded as
+// always, and so is every one without an identity guard.
+func (s *Service) refuseCaller(ctx context.Context, ev *audit.Event, who *limitedCaller, tag refusalTag, err error) error {
+	if StatusOf(AsError(err)) < 500 {
+		if answer := s.suppressCaller(ctx, who, tag, err); answer != nil {
+			return answer
+		}
+	}
+	s.recordDeny(ctx, ev, err)
+	return err
+}
+
+// suppressCaller takes one refusal (err, what the request is refused for)
+// of authenticated caller who from who's bucket (RefusalLimits.PerIdentity)
+// and returns nil when it is to be audited on its own. With that bucket
+// empty it is counted by who's summary (written here when its span ended)
+// and the answer is a 429 slow_down (reason rate_limited) with
+// Retry-After until a token is back, err's description in its text, and a
+// SuppressedRefusalError of scope identity among its causes, for
+// keytrail_refusals_suppressed_total. After the last flush (the guard
+// closed) every refusal is audited on its own.
+func (s *Service) suppressCaller(ctx context.Context, who *limitedCaller, tag refusalTag, err error) error {
+	if s.limited == nil {
+		return nil
+	}
+	by, retry, out := s.limited.takeKey(who.key(), "", who, tag, s.d.Now())
+	s.writeSummaries(ctx, s.limited, out, nil)
+	if by == "" {
+		return nil
+	}
+	e := AsError(err)
+	desc := e.Safe
+	if desc == "" {
+		desc = e.Kind.Error()
+	}
+	return &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, RetryAfter: retry,
+		Safe: "too many refused requests by this identity; slow down (this request: " + desc + ")",
+		Err:  &SuppressedRefusalError{Scope: by, Refusal: err.Error()}}
 }
 
 // refuseLimited records the 429 err of an authenticated caller past its own

@@ -156,6 +156,13 @@ admins:
 // issuer whose jti merely looks like an issuance id.
 func chainService(t *testing.T, policy string) (*broker.Service, *brokertest.Sink, *broker.ExchangeResult) {
 	t.Helper()
+	return chainServiceWith(t, policy, nil, nil)
+}
+
+// chainServiceWith is chainService with refusal limits (nil: none) and its
+// store wrapped by wrap (nil: as it is).
+func chainServiceWith(t *testing.T, policy string, limits *broker.RefusalLimits, wrap func(broker.Store) broker.Store) (*broker.Service, *brokertest.Sink, *broker.ExchangeResult) {
+	t.Helper()
 	pol, err := policies.Parse("chain.yaml", []byte(policy))
 	if err != nil {
 		t.Fatal(err)
@@ -165,14 +172,19 @@ func chainService(t *testing.T, policy string) (*broker.Service, *brokertest.Sin
 	minter := &brokertest.Minter{}
 	authn := brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}
 	sink := &brokertest.Sink{}
+	var store broker.Store = memstore.New(clock)
+	if wrap != nil {
+		store = wrap(store)
+	}
 	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Store:    memstore.New(clock),
-		Audit:    sink,
-		Now:      clock,
+		Policy:        func() *policies.Policy { return pol },
+		Authn:         func() broker.Authenticator { return authn },
+		Minters:       map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Revokers:      map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Store:         store,
+		Audit:         sink,
+		Now:           clock,
+		RefusalLimits: limits,
 	})
 	if err != nil {
 		t.Fatal(err)
