@@ -81,7 +81,8 @@ const (
 	RefusalScopeGlobal = "global"
 	// RefusalScopeIdentity: the 429s of one authenticated caller past its
 	// own limit (answered as before: the same 429, marked only by its
-	// cause).
+	// cause), and its refusals suppressCaller answers 429 (a non-admin's
+	// admin calls, a revoked broker JWT as introspection caller token).
 	RefusalScopeIdentity = "identity"
 )
 
@@ -90,7 +91,8 @@ const (
 // bucket that suppressed it. It does not wrap the refusal, so errors.Is
 // finds the 429's category alone. It is also a cause of an authenticated
 // caller's 429 rate_limited that has no event of its own (Scope
-// RefusalScopeIdentity, Refusal "": the 429 is the refusal).
+// RefusalScopeIdentity, Refusal "": the 429 is the refusal; or, from
+// suppressCaller, the refusal the 429 stands for).
 type SuppressedRefusalError struct {
 	Scope   string // RefusalScopeSource, RefusalScopeGlobal or RefusalScopeIdentity
 	Refusal string
