@@ -2484,6 +2484,12 @@ type RevocationCache struct {
 	// and never deleted), was lost with the Store's data, even when its
 	// version did not go back (the loss came before a refresh read it).
 	unlisted map[string]string
+	// undo (under mu) are the lost blocks lifted (an unblock notice) while
+	// or after restoreLost wrote them back, workload -> revocation id: the
+	// unblock's delete may have come before the write landed, so
+	// restoreLost deletes them again (DeleteBlock, that revocation's block
+	// only), and a listing that still holds one ignores it meanwhile.
+	undo map[string]string
 	// recMu guards revs, the Window's revocation records as last read from
 	// the Store, by id, and lostRevs, the records of revs when the Store's
 	// version went back, each written back unless the Store has it again.
@@ -2502,10 +2508,12 @@ type revEntry struct {
 }
 
 // lostBlock is a block the Store lost: restored is the listGen current
-// when it was written back (0: not yet).
+// when it was written back (0: not yet); writing, that restoreLost is
+// writing it back.
 type lostBlock struct {
 	b        Block
 	restored uint64
+	writing  bool
 }
 
 type cachedIssuance struct {
@@ -2552,7 +2560,7 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
-		lostRevs: map[string]*Revocation{}, unlisted: map[string]string{}}, nil
+		lostRevs: map[string]*Revocation{}, unlisted: map[string]string{}, undo: map[string]string{}}, nil
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -2743,6 +2751,11 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		}
 		if lb, ok := c.lostBlocks[w]; ok && (n.RevocationID == "" || lb.b.RevocationID == n.RevocationID) {
 			delete(c.lostBlocks, w) // not to be written back, nor kept
+			if lb.writing || lb.restored != 0 {
+				// Its write-back may land after the unblock's delete:
+				// deleted again (restoreLost).
+				c.undo[w] = lb.b.RevocationID
+			}
 		}
 		if rid, ok := c.unlisted[w]; ok && (n.RevocationID == "" || rid == n.RevocationID) {
 			delete(c.unlisted, w)
@@ -2879,24 +2892,48 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 			blocks = append(blocks, lb.b)
 		}
 	}
+	undo := len(c.undo) > 0
 	c.mu.RUnlock()
 	c.recMu.Lock()
 	revs := slices.Collect(maps.Values(c.lostRevs))
 	c.recMu.Unlock()
-	if len(blocks) == 0 && len(revs) == 0 {
+	if len(blocks) == 0 && len(revs) == 0 && !undo {
 		return nil
 	}
+	if err := c.undoLifted(ctx); err != nil {
+		return err
+	}
 	slices.SortFunc(blocks, func(a, b Block) int { return strings.Compare(a.Workload, b.Workload) })
+	written := 0
 	for _, b := range blocks {
-		if err := c.st.PutBlock(ctx, b); err != nil {
-			return fmt.Errorf("writing back the block of %s: %w", b.Workload, err)
-		}
+		// Not a block lifted since the list was taken; one lifted while
+		// it is written is deleted again (applyLocked, undoLifted).
 		c.mu.Lock()
-		if lb, ok := c.lostBlocks[b.Workload]; ok && lb.restored == 0 && lb.b == b {
-			lb.restored = c.listGen
+		lb, ok := c.lostBlocks[b.Workload]
+		if !ok || lb.restored != 0 || lb.writing || lb.b != b {
+			c.mu.Unlock()
+			continue
+		}
+		lb.writing = true
+		c.lostBlocks[b.Workload] = lb
+		c.mu.Unlock()
+		err := c.st.PutBlock(ctx, b)
+		c.mu.Lock()
+		if lb, ok := c.lostBlocks[b.Workload]; ok && lb.b == b {
+			lb.writing = false
+			if err == nil {
+				lb.restored = c.listGen
+			}
 			c.lostBlocks[b.Workload] = lb
 		}
 		c.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("writing back the block of %s: %w", b.Workload, err)
+		}
+		written++
+	}
+	if err := c.undoLifted(ctx); err != nil {
+		return err
 	}
 	cutoff := c.o.Now().Add(-c.o.Window)
 	slices.SortFunc(revs, func(a, b *Revocation) int { return a.CreatedAt.Compare(b.CreatedAt) })
@@ -2919,8 +2956,31 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		}
 		c.recMu.Unlock()
 	}
-	c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation store lost data: wrote back what this instance knew",
-		slog.Int("blocks", len(blocks)), slog.Int("revocations", put))
+	if written > 0 || put > 0 {
+		c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation store lost data: wrote back what this instance knew",
+			slog.Int("blocks", written), slog.Int("revocations", put))
+	}
+	return nil
+}
+
+// undoLifted deletes again the blocks lifted while or after restoreLost
+// wrote them back (see undo): only that revocation's block, so a block
+// put since by another revocation stands.
+func (c *RevocationCache) undoLifted(ctx context.Context) error {
+	c.mu.RLock()
+	undo := maps.Clone(c.undo)
+	c.mu.RUnlock()
+	for w, rid := range undo {
+		err := c.st.DeleteBlock(ctx, w, rid)
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrBlockChanged) {
+			return fmt.Errorf("deleting the written-back block of %s, unblocked since: %w", w, err)
+		}
+		c.mu.Lock()
+		if c.undo[w] == rid {
+			delete(c.undo, w)
+		}
+		c.mu.Unlock()
+	}
 	return nil
 }
 
@@ -3018,6 +3078,9 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	lostRevs := c.noteRecords(revs, cutoff, gen, back)
 	blocked := make(map[string]Block, len(blocks))
 	for _, b := range blocks {
+		if rid, ok := c.undo[b.Workload]; ok && rid == b.RevocationID {
+			continue // written back here after its unblock: being deleted
+		}
 		blocked[b.Workload] = b
 		if _, ok := c.blocked[b.Workload]; !ok {
 			learned = true

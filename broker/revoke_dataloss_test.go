@@ -268,3 +268,102 @@ func TestRevocationCacheKeepsAnnouncedBlockTheStoreLost(t *testing.T) {
 		t.Errorf("next refresh: Blocked(w3) = %v, StoreLosses() = %d; want true, 1", f.c.Blocked("w3"), f.c.StoreLosses())
 	}
 }
+
+// putHookStore calls onPut before each PutBlock reaches the Store.
+type putHookStore struct {
+	broker.Store
+	mu    sync.Mutex
+	onPut func(b broker.Block)
+}
+
+func (s *putHookStore) PutBlock(ctx context.Context, b broker.Block) error {
+	s.mu.Lock()
+	f := s.onPut
+	s.mu.Unlock()
+	if f != nil {
+		f(b)
+	}
+	return s.Store.PutBlock(ctx, b)
+}
+
+// TestRevocationCacheUnblockDuringWriteBackHolds: after a loss the cache
+// writes back the lost blocks of w1, w2 and w3; an operator unblocks them
+// through this instance: w2's unblock lands while w1's block is being
+// written, w1's own unblock deletes nothing (its block not yet written
+// back) just before the write lands; w3's delete, as w1's, came before
+// its write landed, but its notice arrives after the write-back. The
+// unblocks answered done must hold: no block may be left in the Store,
+// nor come back at the next refresh. (The write-back wrote w2's block all
+// the same, from the list it took before, and put w1's and w3's back
+// after their unblock: the workloads were blocked again.)
+func TestRevocationCacheUnblockDuringWriteBackHolds(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	var clockMu sync.Mutex
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	advance := func() { clockMu.Lock(); now = now.Add(time.Second); clockMu.Unlock() }
+	sw := &swapStore{st: memstore.New(clock)}
+	st := &putHookStore{Store: sw}
+	c, err := broker.NewRevocationCache(st, broker.CacheOptions{FastReads: true, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct{ w, id string }{{"w1", "rev_1"}, {"w2", "rev_2"}, {"w3", "rev_3"}} {
+		if err := sw.PutBlock(ctx, broker.Block{Workload: x.w, Reason: "INC", RevocationID: x.id, CreatedAt: clock()}); err != nil {
+			t.Fatal(err)
+		}
+		r := &broker.Revocation{ID: x.id, Selector: broker.RevokeSelector{Workload: x.w}, Reason: "INC", Block: true, CreatedAt: clock(),
+			Revoked: []string{}, Failed: []broker.RevokeFailure{}, Blocks: []string{x.w}, CompletedAt: clock()}
+		if err := sw.PutRevocation(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	empty := memstore.New(clock)
+	sw.swap(empty) // the loss
+	cs := c.Store()
+	unblock := func(w, rid string) {
+		// What Service.Unblock does once its event is written: the
+		// conditional delete, then the notice.
+		if err := cs.DeleteBlock(ctx, w, rid); err != nil && !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("DeleteBlock(%s) = %v", w, err)
+		}
+		if err := cs.(broker.Notifier).Publish(ctx, broker.Notice{RevocationID: rid, Unblocked: []string{w}}); err != nil {
+			t.Errorf("Publish = %v", err)
+		}
+	}
+	var once sync.Once
+	st.onPut = func(b broker.Block) {
+		once.Do(func() {
+			// The first block being written back: w2 is unblocked, then
+			// this one, before the write lands.
+			other := map[string]string{"w1": "w2", "w2": "w1"}[b.Workload]
+			unblock(other, map[string]string{"w1": "rev_1", "w2": "rev_2"}[other])
+			unblock(b.Workload, b.RevocationID)
+		})
+	}
+	advance()
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatalf("Refresh() after the loss = %v", err)
+	}
+	if _, err := empty.GetBlock(ctx, "w3"); err != nil {
+		t.Fatalf("Store GetBlock(w3) = %v, want it written back", err)
+	}
+	c.Apply(broker.Notice{RevocationID: "rev_3", Unblocked: []string{"w3"}}) // its delete found nothing
+	for i := 0; i < 2; i++ {
+		advance()
+		if err := c.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, w := range []string{"w1", "w2", "w3"} {
+		if b, err := empty.GetBlock(ctx, w); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("Store GetBlock(%s) = %+v, %v after its unblock; want not found", w, b, err)
+		}
+		if c.Blocked(w) {
+			t.Errorf("Blocked(%s) = true after its unblock answered done; want it lifted", w)
+		}
+	}
+}
