@@ -2490,6 +2490,14 @@ type RevocationCache struct {
 	// restoreLost deletes them again (DeleteBlock, that revocation's block
 	// only), and a listing that still holds one ignores it meanwhile.
 	undo map[string]string
+	// lifted (under mu) are the blocks lifted by the unblock notices this
+	// cache applied, for the Window: a revocation's block, once lifted, is
+	// never put again (a new block is a new revocation's) but by the
+	// write-back of an instance that missed the notice (restoreLost), or
+	// by a failover losing the delete. A listing started after the notice
+	// that holds it again ignores it, and restoreLost deletes it again
+	// (undo).
+	lifted map[string]liftedBlock
 	// recMu guards revs, the Window's revocation records as last read from
 	// the Store, by id, and lostRevs, the records of revs when the Store's
 	// version went back, each written back unless the Store has it again.
@@ -2505,6 +2513,14 @@ type RevocationCache struct {
 type revEntry struct {
 	r   *Revocation
 	gen uint64
+}
+
+// liftedBlock is the revocation id of a block an unblock notice lifted,
+// the listGen current when it was applied, and when.
+type liftedBlock struct {
+	rid string
+	gen uint64
+	at  time.Time
 }
 
 // lostBlock is a block the Store lost: restored is the listGen current
@@ -2560,7 +2576,8 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
-		lostRevs: map[string]*Revocation{}, unlisted: map[string]string{}, undo: map[string]string{}}, nil
+		lostRevs: map[string]*Revocation{}, unlisted: map[string]string{}, undo: map[string]string{},
+		lifted: map[string]liftedBlock{}}, nil
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -2744,6 +2761,9 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		}
 	}
 	for _, w := range n.Unblocked {
+		if n.RevocationID != "" {
+			c.lifted[w] = liftedBlock{rid: n.RevocationID, gen: c.listGen, at: now}
+		}
 		// Only the block the unblock lifted (see Notice): a re-block
 		// learned before this notice stands.
 		if b, ok := c.blocked[w]; ok && (n.RevocationID == "" || b.RevocationID == n.RevocationID) {
@@ -3055,8 +3075,14 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	now := c.o.Now()
 	var learners []func()
 	var lost []slog.Attr
+	var cameBack []string
 	defer func() {
 		tell(learners)
+		if len(cameBack) > 0 {
+			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache: blocks lifted here came back into the store "+
+				"(written back after a data loss by an instance that missed the unblock, or the unblock's delete lost in a failover); deleting them again",
+				slog.Int("blocks", len(cameBack)), slog.String("workloads", strings.Join(cameBack[:min(len(cameBack), 10)], ",")))
+		}
 		if lost != nil {
 			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation store lost data "+
 				"(Redis restarted without persistence, flushed, restored or failed over to a replica that lacked writes): "+
@@ -3076,10 +3102,22 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		learned = c.learnLocked(id, at) || learned
 	}
 	lostRevs := c.noteRecords(revs, cutoff, gen, back)
+	for w, l := range c.lifted {
+		if l.at.Before(cutoff) {
+			delete(c.lifted, w)
+		}
+	}
 	blocked := make(map[string]Block, len(blocks))
 	for _, b := range blocks {
 		if rid, ok := c.undo[b.Workload]; ok && rid == b.RevocationID {
-			continue // written back here after its unblock: being deleted
+			continue // written back after its unblock: being deleted
+		}
+		if l, ok := c.lifted[b.Workload]; ok && l.rid == b.RevocationID && gen > l.gen {
+			// Lifted before this listing started, put back since: a
+			// write-back by an instance that missed the unblock.
+			c.undo[b.Workload] = l.rid
+			cameBack = append(cameBack, b.Workload)
+			continue
 		}
 		blocked[b.Workload] = b
 		if _, ok := c.blocked[b.Workload]; !ok {

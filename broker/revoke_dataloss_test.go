@@ -367,3 +367,63 @@ func TestRevocationCacheUnblockDuringWriteBackHolds(t *testing.T) {
 		}
 	}
 }
+
+// TestRevocationCacheLiftedBlockWrittenBackElsewhereIsDeleted: w1 is
+// unblocked through this instance; another instance, which missed the
+// unblock's notice, writes w1's block back after Redis lost its data (a
+// revocation's block, rev_1, is never put again once lifted: a new block
+// is a new revocation's). The next listing holding it must not block w1
+// again here, and this instance deletes it again, so the instances that
+// learned it from the Store drop it too; a new revocation's block of w1
+// stands. (The listing blocked w1 again on every instance.)
+func TestRevocationCacheLiftedBlockWrittenBackElsewhereIsDeleted(t *testing.T) {
+	f := newLossFixture(t)
+	cs := f.c.Store()
+	if err := cs.DeleteBlock(f.ctx, "w1", "rev_1"); err != nil {
+		t.Fatalf("DeleteBlock(w1) = %v", err)
+	}
+	if err := cs.(broker.Notifier).Publish(f.ctx, broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}}); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.c.Blocked("w1") {
+		t.Fatalf("Blocked(w1) = true after its unblock")
+	}
+	// The other instance's write-back.
+	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "w1", Reason: "INC-rev_1", RevocationID: "rev_1", CreatedAt: f.clock()}); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.c.Blocked("w1") {
+		t.Errorf("Blocked(w1) = true: rev_1's block, lifted here, came back from the Store; want it ignored")
+	}
+	if b, err := f.st.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetBlock(w1) = %+v, %v; want rev_1's block deleted again", b, err)
+	}
+	if l := f.logged(); !strings.Contains(l, "level=WARN") || !strings.Contains(l, "came back") {
+		t.Errorf("logs = %q, want a WARN saying the lifted block came back", l)
+	}
+	if !f.c.Blocked("w2") {
+		t.Errorf("Blocked(w2) = false; want it still blocked")
+	}
+	// A new revocation blocks w1 again: in force.
+	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "w1", Reason: "INC-3", RevocationID: "rev_3", CreatedAt: f.clock()}); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !f.c.Blocked("w1") {
+		t.Errorf("Blocked(w1) = false after rev_3 blocked it; want it blocked")
+	}
+	if b, err := f.st.GetBlock(f.ctx, "w1"); err != nil || b.RevocationID != "rev_3" {
+		t.Errorf("Store GetBlock(w1) = %+v, %v; want rev_3's block", b, err)
+	}
+}
