@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"maps"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +18,28 @@ type Metrics struct {
 	Requests  *prometheus.CounterVec   // keytrail_proxy_requests_total{grant,status}
 	Duration  *prometheus.HistogramVec // keytrail_proxy_duration_seconds{grant}
 	SharedUse *prometheus.CounterVec   // keytrail_shared_use_suspected_total{grant}
+
+	// series holds the children of Requests and Duration observe has used,
+	// by grant and status: WithLabelValues checks, hashes and looks up its
+	// labels under the vector's lock on every call (and the status was
+	// formatted for it each time). The map is replaced, never changed (copy
+	// on write, under seriesMu): a new grant and status pair is rare, a
+	// look-up takes no lock. Nothing deletes these series from the vectors,
+	// so a child held here is the one WithLabelValues would return.
+	series   atomic.Pointer[map[seriesKey]*seriesChildren]
+	seriesMu sync.Mutex
+}
+
+// seriesKey is the labels of one keytrail_proxy_requests_total series.
+type seriesKey struct {
+	grant  string
+	status int
+}
+
+// seriesChildren are the series one proxied request's end updates.
+type seriesChildren struct {
+	count   prometheus.Counter  // Requests{grant, status}
+	seconds prometheus.Observer // Duration{grant}
 }
 
 // newMetrics creates the metrics and registers them with reg when it is not
@@ -51,6 +76,34 @@ func newMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 func (m *Metrics) observe(grant string, status int, d time.Duration) {
-	m.Requests.WithLabelValues(grant, strconv.Itoa(status)).Inc()
-	m.Duration.WithLabelValues(grant).Observe(d.Seconds())
+	c := m.children(seriesKey{grant: grant, status: status})
+	c.count.Inc()
+	c.seconds.Observe(d.Seconds())
+}
+
+// children returns the series of k, looked up in the vectors once.
+func (m *Metrics) children(k seriesKey) *seriesChildren {
+	if cur := m.series.Load(); cur != nil {
+		if c := (*cur)[k]; c != nil {
+			return c
+		}
+	}
+	m.seriesMu.Lock()
+	defer m.seriesMu.Unlock()
+	var next map[seriesKey]*seriesChildren
+	if cur := m.series.Load(); cur != nil {
+		if c := (*cur)[k]; c != nil {
+			return c
+		}
+		next = maps.Clone(*cur)
+	} else {
+		next = make(map[seriesKey]*seriesChildren, 1)
+	}
+	c := &seriesChildren{
+		count:   m.Requests.WithLabelValues(k.grant, strconv.Itoa(k.status)),
+		seconds: m.Duration.WithLabelValues(k.grant),
+	}
+	next[k] = c
+	m.series.Store(&next)
+	return c
 }
