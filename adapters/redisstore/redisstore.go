@@ -599,27 +599,38 @@ func (s *Store) MarkRevoked(ctx context.Context, is *broker.Issuance) (*broker.I
 // idxKey write them; ARGV's id, score, TTL and cutoff are pointers into
 // the scriptArgs, which go-redis writes as it writes the values
 // (TestIssuanceScriptArgs compares both with the one-by-one forms).
+//
+// The record's times are written in UTC. is is encoded as it is when its
+// times are at a zero offset from UTC already (the broker's clock in a
+// process whose local zone is UTC): time.Time's JSON is then the same as
+// its UTC()'s, 'Z' and all (TestIssuanceJSONWithoutCopy). Only another
+// offset costs a copy of is with its times made UTC.
 func (s *Store) issuanceScriptArgs(is *broker.Issuance) (keys []string, args []any, revoked bool, err error) {
-	a := &scriptArgs{is: *is}
-	c := &a.is
-	c.IssuedAt, c.ExpiresAt, c.RevokedAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC(), c.RevokedAt.UTC()
-	c.Refs.ExpiresAt = c.Refs.ExpiresAt.UTC()
-	raw, err := json.Marshal(c)
+	enc := is
+	if !zeroOffset(is.IssuedAt) || !zeroOffset(is.ExpiresAt) || !zeroOffset(is.RevokedAt) || !zeroOffset(is.Refs.ExpiresAt) {
+		c := *is
+		c.IssuedAt, c.ExpiresAt, c.RevokedAt = c.IssuedAt.UTC(), c.ExpiresAt.UTC(), c.RevokedAt.UTC()
+		c.Refs.ExpiresAt = c.Refs.ExpiresAt.UTC()
+		enc = &c
+	}
+	raw, err := json.Marshal(enc)
 	if err != nil {
 		return nil, nil, false, invalid(fmt.Sprintf("issuance %s cannot be encoded: %v", is.ID, err))
 	}
-	a.ttl = s.ttl(c.ExpiresAt).Milliseconds()
-	a.score = int64(score(c.ExpiresAt))
+	a := &scriptArgs{id: is.ID}
+	exp := is.ExpiresAt.UTC() // without its monotonic reading, as the copy's
+	a.ttl = s.ttl(exp).Milliseconds()
+	a.score = int64(score(exp))
 
 	var buf [512]byte
 	b := buf[:0]
 	var ends [len(scriptArgs{}.keys) + 1]int
 	n := 0
 	end := func() { ends[n] = len(b); n++ }
-	b = append(append(append(b, s.prefix...), "iss:"...), c.ID...)
+	b = append(append(append(b, s.prefix...), "iss:"...), is.ID...)
 	end()
 	for _, kind := range broker.RefKinds() {
-		if v, _ := c.RefValue(kind); v != "" {
+		if v, _ := is.RefValue(kind); v != "" {
 			b = append(append(append(append(append(b, s.prefix...), "ref:"...), kind...), ':'), v...)
 			end()
 		}
@@ -627,7 +638,7 @@ func (s *Store) issuanceScriptArgs(is *broker.Issuance) (keys []string, args []a
 	refs := n - 1
 	b = append(append(b, s.prefix...), "idx:all"...)
 	end()
-	for _, ix := range [...]struct{ name, v string }{{"workload", c.Workload}, {"owner", c.Owner}, {"session", c.SessionID}} {
+	for _, ix := range [...]struct{ name, v string }{{"workload", is.Workload}, {"owner", is.Owner}, {"session", is.SessionID}} {
 		if ix.v != "" {
 			b = append(append(append(append(append(b, s.prefix...), "idx:"...), ix.name...), ':'), ix.v...)
 			end()
@@ -643,13 +654,21 @@ func (s *Store) issuanceScriptArgs(is *broker.Issuance) (keys []string, args []a
 	}
 	a.cutoff = all[from:ends[n-1]]
 
-	a.args = [...]any{raw, &a.ttl, refs, &c.ID, &a.score, &a.cutoff}
-	return a.keys[:n-1], a.args[:], !c.RevokedAt.IsZero(), nil
+	a.args = [...]any{raw, &a.ttl, refs, &a.id, &a.score, &a.cutoff}
+	return a.keys[:n-1], a.args[:], !is.RevokedAt.IsZero(), nil
+}
+
+// zeroOffset reports whether t is at a zero offset from UTC in its own
+// location: time.Time writes its RFC 3339 form from that offset and the
+// clock time it gives, so such a t and t.UTC() encode alike.
+func zeroOffset(t time.Time) bool {
+	_, off := t.Zone()
+	return off == 0
 }
 
 // scriptArgs holds what issuanceScriptArgs returns, in one allocation.
 type scriptArgs struct {
-	is     broker.Issuance
+	id     string                // the issuance's id (ARGV[4])
 	keys   [1 + 7 + 1 + 3]string // the issuance, its refs (broker.RefKinds), idx:all and three indexes
 	args   [6]any
 	ttl    int64 // ms

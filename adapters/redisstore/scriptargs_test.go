@@ -2,10 +2,13 @@ package redisstore
 
 import (
 	"encoding/json"
+	"math"
 	"reflect"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/keytrail/keytrail/broker"
 )
@@ -74,7 +77,26 @@ func TestIssuanceScriptArgs(t *testing.T) {
 	longs.Workload, longs.Refs.Accessor = long, long
 	revoked := *full
 	revoked.RevokedAt, revoked.RevocationID = now, "rev_1"
-	for name, is := range map[string]*broker.Issuance{"full": full, "bare": bare, "long": &longs, "revoked": &revoked} {
+	// The same times in other locations: UTC, the local zone with a
+	// monotonic reading (the broker's clock), a zone at offset 0 that is
+	// not UTC, and UTC mixed with another offset.
+	inZone := func(is *broker.Issuance, f func(time.Time) time.Time) *broker.Issuance {
+		c := *is
+		c.IssuedAt, c.ExpiresAt, c.RevokedAt, c.Refs.ExpiresAt = f(c.IssuedAt), f(c.ExpiresAt), f(c.RevokedAt), f(c.Refs.ExpiresAt)
+		return &c
+	}
+	zero := time.FixedZone("Z0", 0)
+	mono := time.Now()
+	cases := map[string]*broker.Issuance{"full": full, "bare": bare, "long": &longs, "revoked": &revoked,
+		"utc":         inZone(&revoked, time.Time.UTC),
+		"utc-bare":    inZone(bare, time.Time.UTC),
+		"local":       inZone(&revoked, func(t time.Time) time.Time { return mono.Add(t.Sub(now)) }),
+		"zero-offset": inZone(&revoked, func(t time.Time) time.Time { return t.In(zero) }),
+	}
+	mixed := *cases["utc"]
+	mixed.Refs.ExpiresAt = full.Refs.ExpiresAt
+	cases["mixed"] = &mixed
+	for name, is := range cases {
 		wantKeys, wantArgs := oneByOneScriptArgs(s, is)
 		keys, args, rev, err := s.issuanceScriptArgs(is)
 		if err != nil {
@@ -95,14 +117,52 @@ func TestIssuanceScriptArgs(t *testing.T) {
 			t.Errorf("%s: revoked %v", name, rev)
 		}
 	}
-	n := testing.AllocsPerRun(100, func() { _, _, _, _ = s.issuanceScriptArgs(full) })
+	utc := cases["utc"]
+	n := testing.AllocsPerRun(100, func() { _, _, _, _ = s.issuanceScriptArgs(utc) })
 	// The scriptArgs, the keys' string, ARGV[1]'s box and json.Marshal's own
 	// (measured once: under -race two measurements may differ, raceSlack).
-	m := marshalAllocs(full)
+	// Times at another offset than UTC's cost one more: the UTC copy.
+	m := marshalAllocs(utc)
 	if n > float64(3+m+raceSlack) {
 		t.Errorf("issuanceScriptArgs: %v allocations, json.Marshal %d of them: want at most 3 more", n, m)
 	} else {
 		t.Logf("issuanceScriptArgs: %v allocations, json.Marshal %d of them", n, m)
+	}
+}
+
+// TestIssuanceJSONWithoutCopy: an issuance whose times are UTC already
+// is encoded as it is, without the copy (with its times made UTC) that one
+// at another offset needs, and to the same bytes (TestIssuanceScriptArgs).
+func TestIssuanceJSONWithoutCopy(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	s := &Store{prefix: "kt{a}:", retention: 24 * time.Hour, now: func() time.Time { return now }}
+	utc := &broker.Issuance{ID: "iss_1", Workload: "w", Owner: "o", SessionID: "ses_1", Grant: "g", Kind: "proxy",
+		IssuedAt: now, ExpiresAt: now.Add(15 * time.Minute),
+		Refs:      broker.CredentialRefs{Fingerprint: "sha256:ab", ExpiresAt: now.Add(15 * time.Minute)},
+		RequestID: "req_1"}
+	other := *utc
+	other.IssuedAt = other.IssuedAt.In(time.FixedZone("X", 3600))
+	// The least of three rounds: a goroutine left by another test may
+	// allocate during one.
+	bytesPerCall := func(is *broker.Issuance) int64 {
+		const calls = 1000
+		least := int64(math.MaxInt64)
+		for range 3 {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for range calls {
+				_, _, _, _ = s.issuanceScriptArgs(is)
+			}
+			runtime.ReadMemStats(&after)
+			least = min(least, int64(after.TotalAlloc-before.TotalAlloc)/calls)
+		}
+		return least
+	}
+	u, o := bytesPerCall(utc), bytesPerCall(&other)
+	if size := int64(unsafe.Sizeof(broker.Issuance{})); u > o-size {
+		t.Errorf("issuanceScriptArgs allocates %d B per UTC issuance, %d B for one at +01:00: want at least the issuance's %d B fewer (no copy)", u, o, size)
+	} else {
+		t.Logf("%d B per UTC issuance, %d B at +01:00", u, o)
 	}
 }
 
