@@ -86,11 +86,13 @@ func TestFailedStartupLeavesAdoptedLinesToTheNextStart(t *testing.T) {
 	run("stored", "")
 
 	var starts []*audit.Event
+	var last *audit.Event
 	for _, l := range bytes.Split(bytes.TrimSpace(mustRead(t, auditPath)), []byte("\n")) {
 		ev, err := audit.ParseLine(l)
 		if err != nil {
 			t.Fatal(err)
 		}
+		last = ev
 		if ev.Seq > cpSeq && ev.Type == audit.TypeCheckpoint && len(starts) == 0 {
 			t.Errorf("checkpoint at seq %d signs the added line (seq %d) before any start event recorded it", ev.Seq, cpSeq+1)
 		}
@@ -100,6 +102,12 @@ func TestFailedStartupLeavesAdoptedLinesToTheNextStart(t *testing.T) {
 	}
 	if len(starts) != 1 {
 		t.Fatalf("%d start events after the added line, want 1 (the failed start-up writes none)", len(starts))
+	}
+	// The start that succeeded released the hold: its clean stop signed
+	// everything, the adopted lines and its start event included (a hold
+	// left on would leave the file unsigned for the broker's whole run).
+	if last.Type != audit.TypeCheckpoint || last.Seq <= starts[0].Seq {
+		t.Errorf("last line: %s at seq %d, want the clean stop's checkpoint after the start event (seq %d)", last.Type, last.Seq, starts[0].Seq)
 	}
 	r, ok := starts[0].Details[audit.DetailUnsignedResumed].(map[string]any)
 	if !ok || fmt.Sprint(r["first_seq"]) != fmt.Sprint(cpSeq+1) || fmt.Sprint(r["last_checkpoint_seq"]) != fmt.Sprint(cpSeq) {
