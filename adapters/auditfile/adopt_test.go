@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -153,6 +154,15 @@ func openLogging(t *testing.T, path string, file []byte, o Options) string {
 // the lines before it, back to the last checkpoint the key signed, are
 // the range the sink adopts.
 func TestResumeForgedCheckpointDoesNotEndUnsignedTail(t *testing.T) {
+	// ownKid: the forged line names the sink's key id (its signature does
+	// not verify); otherwise it keeps the other key's id and its genuine
+	// signature, a key the sink cannot check: neither ends the range.
+	for _, ownKid := range []bool{true, false} {
+		t.Run(fmt.Sprintf("own-kid=%v", ownKid), func(t *testing.T) { testResumeForgedCheckpoint(t, ownKid) })
+	}
+}
+
+func testResumeForgedCheckpoint(t *testing.T, ownKid bool) {
 	signer, _ := newSigner(t)
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	clk := newClock()
@@ -175,7 +185,9 @@ func TestResumeForgedCheckpointDoesNotEndUnsignedTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev.Checkpoint.KeyID = signer.KeyID()
+	if ownKid {
+		ev.Checkpoint.KeyID = signer.KeyID()
+	}
 	forged, err := c.Seal(ev, now)
 	if err != nil {
 		t.Fatal(err)

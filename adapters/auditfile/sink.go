@@ -787,10 +787,13 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int, signed func(*aud
 // typed checkpoint that whoever could write the file added, with a
 // signature the key never made, then counts as one of the lines the sink
 // adopts, as do the lines before it. The same for a signer that checks its
-// own (OwnVerifier: a Vault transit key's versions). A checkpoint by a key
-// the sink cannot check here (the key before a change of key) ends the
-// count as before: audit verify checks its signature, and a forged one is
-// a problem there.
+// own (OwnVerifier: a Vault transit key's versions). A checkpoint the sink
+// cannot check here (another key id: one before a change of key, or one a
+// forger named so that it would not be checked; a transit version it
+// cannot read) does not end the count either: the lines it would cover are
+// reported as adopted (at most CheckpointEvery of them), an over-report
+// after a deliberate change of key rather than lines hidden from the start
+// event by a forged line.
 func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 	cp := ev.Checkpoint
 	if cp == nil || cp.HeadSeq+1 != ev.Seq || cp.HeadHash != ev.Prev {
@@ -807,17 +810,17 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 		ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
 		known, good := v.VerifyOwn(ctx, cp.KeyID, msg, sig)
 		cancel()
-		if known {
-			return good && cp.Alg == s.o.Signer.Alg()
-		}
-		return true
+		return known && good && cp.Alg == s.o.Signer.Alg()
 	}
 	k, ok := s.o.Signer.(interface {
 		KeyID() string
 		PublicKey() ed25519.PublicKey
 	})
-	if !ok || cp.KeyID != k.KeyID() {
-		return true
+	if !ok {
+		return true // a signer that cannot check checkpoints (none is built in)
+	}
+	if cp.KeyID != k.KeyID() {
+		return false
 	}
 	msg, err := audit.CheckpointMessage(ev)
 	if err != nil || cp.Alg != audit.AlgEd25519 {
@@ -829,8 +832,8 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 
 // OwnVerifier is a Signer that can check the checkpoints its key made
 // (vault.TransitCheckpointSigner): known is false when kid is not its
-// key's, or it cannot tell (the checkpoint then ends the count, as one by
-// another key does).
+// key's, or it cannot tell; the checkpoint then does not end the count
+// (ownCheckpoint).
 type OwnVerifier interface {
 	VerifyOwn(ctx context.Context, kid string, msg, sig []byte) (known, ok bool)
 }
