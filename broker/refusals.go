@@ -598,6 +598,11 @@ func (s refusalSummary) identityEvent() *audit.Event {
 		s.countBy(ev.Details, "actions", func(t refusalTag) string { return t.action })
 	case w.typ != audit.TypeIntrospect:
 		ev.Workload, ev.Owner = w.workload, w.owner
+		if w.workload == "" && w.iss != "" {
+			// A subject matching no workload whose broker JWT was
+			// refused (exchangeCaller): its identity, no jti.
+			ev.Identity = &audit.Identity{Iss: w.iss, Sub: w.sub}
+		}
 		// Its 429s may be of several grants, exchanges and proxied
 		// requests alike: the summary names none, and counts them.
 		s.countBy(ev.Details, "grants", func(t refusalTag) string { return t.grant })

@@ -89,6 +89,9 @@ type Service struct {
 	// introspectTokens are those of caller tokens that may be broker
 	// credentials, by iss and jti (allowIntrospectToken).
 	introspectTokens callerLimiters
+	// exchangeTokens are those of subject and actor tokens that may be
+	// broker credentials, by workload, iss and jti (allowBrokerToken).
+	exchangeTokens callerLimiters
 	// introspectLim is Deps.IntrospectLimits, defaults applied.
 	introspectLim IntrospectLimits
 	// limitersMu serialises making a limiter (a first use, a rate change).
@@ -202,6 +205,7 @@ func NewService(d Deps) (*Service, error) {
 	svc.introspectLim = d.IntrospectLimits.withDefaults()
 	svc.introspectCallers.max = svc.introspectLim.MaxCallers
 	svc.introspectTokens.max = svc.introspectLim.MaxCallers
+	svc.exchangeTokens.max = svc.introspectLim.MaxCallers
 	if l := d.RefusalLimits; l != nil && l.PerSecond >= 0 {
 		svc.refusals = newRefusalGuard(*l)
 		svc.limited = newIdentityGuard(*l)
@@ -307,8 +311,34 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	if !pol.Trusts(id.IssuerName, id.Iss) {
 		return fail(errPolicyReloaded(id))
 	}
+	// The workload the subject matches (refused no_workload only after
+	// the tokens' checks, as before): a broker JWT presented as subject or
+	// actor token takes from a bucket of its own, sized as its rate,
+	// before checkBrokerToken reads the store, and its refusals count
+	// against its identity guard (RefusalLimits.PerIdentity: past it a 429
+	// counted by its summary), so that the holder of a revoked JWT gets
+	// neither unbounded store reads nor unbounded deny events, and leaves
+	// the workload's own bucket (taken below, past these checks) to its
+	// live credentials.
+	wl, wlErr := pol.Match(id.IssuerName, id.Claims)
+	if wlErr != nil {
+		wl = nil
+	}
+	tokenTag := refusalTag{grant: deny.Grant, endpoint: refusalEndpointToken}
+	// Its 429, as the workload's own (its deny event names the workload).
+	limited := func(err error) (*ExchangeResult, error) {
+		if wl != nil {
+			deny.Workload, deny.Owner = wl.Name, wl.Owner
+		}
+		return nil, s.refuseLimited(ctx, denyEvent(), exchangeCaller(wl, id), tokenTag, err)
+	}
+	if err := s.allowBrokerToken(wl, id); err != nil {
+		return limited(err)
+	}
 	if err := s.checkBrokerToken(ctx, req.SubjectToken, id); err != nil {
-		return fail(err)
+		tag := tokenTag
+		tag.reason = refusalReason(err)
+		return nil, s.refuseCaller(ctx, denyEvent(), exchangeCaller(wl, id), tag, err)
 	}
 	var act []IdentityRef
 	var actorExp time.Time // the actor token's exp: the delegated credential's latest expiry
@@ -323,7 +353,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			act = []IdentityRef{actor.Ref()}
 			deny.Act = auditIdentities(act)
 			actorExp = actor.Expiry
-			err = s.checkBrokerToken(ctx, req.ActorToken, actor)
+			if lerr := s.allowBrokerToken(wl, actor); lerr != nil {
+				return limited(lerr)
+			}
+			if err = s.checkBrokerToken(ctx, req.ActorToken, actor); err != nil {
+				e := AsError(err)
+				e.Reason = "actor_" + e.Reason
+				tag := tokenTag
+				tag.reason = e.Reason
+				return nil, s.refuseCaller(ctx, denyEvent(), exchangeCaller(wl, id), tag, e)
+			}
 		}
 		if err != nil {
 			e := AsError(err)
@@ -347,9 +386,8 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		}
 	}
 
-	wl, err := pol.Match(id.IssuerName, id.Claims)
-	if err != nil {
-		return fail(Errorf(ErrDenied, "no_workload", "no workload matches this identity", err))
+	if wlErr != nil {
+		return fail(Errorf(ErrDenied, "no_workload", "no workload matches this identity", wlErr))
 	}
 	deny.Workload, deny.Owner = wl.Name, wl.Owner
 
@@ -730,6 +768,37 @@ func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity
 			fmt.Errorf("broker credential %s is revoked, expired or its workload blocked", is.ID))
 	}
 	return nil
+}
+
+// exchangeCaller is the caller whose refused exchanges an identity guard
+// counts: the workload wl the subject matches (its 429s' key), else the
+// subject's identity.
+func exchangeCaller(wl *policies.Workload, id *Identity) *limitedCaller {
+	if wl != nil {
+		return &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}
+	}
+	return &limitedCaller{typ: audit.TypeDeny, iss: id.Iss, sub: id.Sub}
+}
+
+// allowBrokerToken bounds the exchanges made with one subject or actor
+// token that may be a broker credential (its jti a broker issuance id:
+// checkBrokerToken reads the store for it, up to twice) by a bucket of
+// its own, by the workload wl the subject matches and the token's iss and
+// jti (a signature twin is the same token), sized as wl's rate: within
+// it the store tells whether the token is revoked before wl's own bucket
+// is taken from, so a revoked JWT's holder, refused there, does not empty
+// it; past it, 429 and no store read. Other tokens, and a subject matching
+// no workload or one without a rate (whose exchanges are not limited):
+// nothing.
+func (s *Service) allowBrokerToken(wl *policies.Workload, id *Identity) error {
+	if wl == nil || wl.Rate == nil || wl.Rate.PerSecond <= 0 || !strings.HasPrefix(id.JTI, PrefixIssuance) {
+		return nil
+	}
+	burst := wl.Rate.Burst
+	if burst < 1 {
+		burst = int(math.Ceil(wl.Rate.PerSecond))
+	}
+	return s.exchangeTokens.allow(wl.Name+"\x00"+id.Iss+"\x00"+id.JTI, policies.Rate{PerSecond: wl.Rate.PerSecond, Burst: burst}, s.d.Now())
 }
 
 // checkCallerBrokerToken is checkBrokerToken for the Bearer token of a
