@@ -534,9 +534,12 @@ func (b *reportBuilder) event(ev *audit.Event) {
 // and the rest under its own reason. Its reasons are read whenever its
 // details.suppressed is a usable count, one included (a single refusal
 // past the bucket in a span); not when n is denyCount's stand-in for a
-// count that is not usable.
+// count that is not usable. So are an authenticated caller's summary's
+// (identitySummary): its refusals other than 429s (a revoked broker JWT
+// presented to /v1/token, credential_revoked) under their reasons, its
+// 429s under rate_limited.
 func (b *reportBuilder) countDenies(ev *audit.Event, reason string, n int) {
-	if reason == broker.ReasonRefusalsSuppressed && wholeCount(ev.Details["suppressed"]) == n {
+	if (reason == broker.ReasonRefusalsSuppressed || identitySummary(ev, reason)) && wholeCount(ev.Details["suppressed"]) == n {
 		rs, _ := ev.Details["reasons"].(map[string]any)
 		if m, ok := ev.Details["reasons"].(map[string]int); ok { // as the broker writes it
 			rs = make(map[string]any, len(m))
@@ -579,14 +582,20 @@ func (b *reportBuilder) countDenies(ev *audit.Event, reason string, n int) {
 // whatever type it was decoded as) is one, so that no count read from a
 // log can make the report's sums wrap around.
 func denyCount(ev *audit.Event, reason string) int {
-	identitySummary := reason == broker.ReasonRateLimited && ev.Details["scope"] == broker.RefusalScopeIdentity
-	if reason != broker.ReasonRefusalsSuppressed && !identitySummary {
+	if reason != broker.ReasonRefusalsSuppressed && !identitySummary(ev, reason) {
 		return 1
 	}
 	if n := wholeCount(ev.Details["suppressed"]); n > 0 {
 		return n
 	}
 	return 1
+}
+
+// identitySummary reports whether deny event ev (reason its reason) is an
+// authenticated caller's summary: reason rate_limited, details.scope
+// broker.RefusalScopeIdentity.
+func identitySummary(ev *audit.Event, reason string) bool {
+	return reason == broker.ReasonRateLimited && ev.Details["scope"] == broker.RefusalScopeIdentity
 }
 
 // wholeCount is v as a count read from a log (a whole number from 1 to
