@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -102,6 +103,14 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return deny(notAdmin)
 	}
 	if err := s.checkCallerBrokerToken(ctx, req.Token, id); err != nil {
+		// A revoked broker JWT matching an admin entry is no admin's
+		// credential any more: its refusals take from its identity's
+		// bucket as a non-admin's do, after the store read (an admin's
+		// own calls never take from it). A 5xx is recorded as always.
+		if errors.Is(err, ErrUnauthenticated) {
+			who := &limitedCaller{typ: audit.TypeAdmin, iss: id.Iss, sub: id.Sub}
+			return nil, s.refuseCaller(ctx, ev, who, refusalTag{action: req.Action, reason: refusalReason(err)}, bearerError(err))
+		}
 		return deny(err)
 	}
 	a := &Admin{Name: entry.Name, Identity: id.Ref(), Roles: entry.Roles}

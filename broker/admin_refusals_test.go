@@ -180,3 +180,56 @@ func TestRevokedCallerTokenIntrospectionBounded(t *testing.T) {
 		t.Errorf("introspection with an active caller token = %v, want ok", err)
 	}
 }
+
+// TestRevokedAdminBrokerJWTBounded: where policy makes a broker JWT's
+// identity an admin, the JWT once revoked is no admin's credential any
+// more, but "admins are never limited" let its holder write one durable
+// event (credential_revoked) per admin call and per introspection, without
+// bound. Its refusals are now audited up to per_identity per span, then
+// answered 429 with no event, counted by a summary of its identity; a live
+// admin of the same identity is not limited.
+func TestRevokedAdminBrokerJWTBounded(t *testing.T) {
+	const calls, perIdentity = 1000, 20
+	svc, sink, handoff := chainServiceWith(t, chainPolicy+`
+admins:
+  - name: agents
+    match: {issuer: keytrail, subject: payments-api}
+    roles: [trace]
+`, &broker.RefusalLimits{PerIdentity: perIdentity}, nil)
+	ctx, jwtTok := context.Background(), handoff.AccessToken
+	if _, err := svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: handoff.Issuance.ID}, "jwt leaked", broker.RevokeOptions{}, "req_r"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		typ  string
+		call func(tok string) error
+	}{
+		{name: "admin", typ: audit.TypeAdmin, call: func(tok string) error {
+			_, err := svc.AuthorizeAdmin(ctx, broker.AdminRequest{Token: tok, Role: broker.RoleTrace, Action: "trace"})
+			return err
+		}},
+		{name: "introspect", typ: audit.TypeIntrospect, call: func(tok string) error {
+			_, err := svc.Introspect(ctx, broker.IntrospectRequest{CallerToken: tok, Token: "whatever"})
+			return err
+		}},
+	} {
+		before := len(sink.Events())
+		got := countRefusals(t, svc, sink, before, calls, func() error { return tc.call(jwtTok) })
+		if got.events != perIdentity || got.unaudited != calls-perIdentity || got.suppressed != calls-perIdentity {
+			t.Errorf("%s: %d calls with a revoked broker JWT of an admin identity: %d events, %d answered 429 unaudited, %d in summaries; want %d, %d, %d",
+				tc.name, calls, got.events, got.unaudited, got.suppressed, perIdentity, calls-perIdentity, calls-perIdentity)
+		}
+		if s := got.summary; s == nil || s.Type != tc.typ || s.Identity == nil || s.Identity.Sub != "payments-api" || s.Identity.JTI != "" ||
+			fmt.Sprint(s.Details["reasons"]) != fmt.Sprintf("map[credential_revoked:%d]", calls-perIdentity) {
+			t.Errorf("%s: summary = %+v, want a %s summary of payments-api's credential_revoked refusals (no jti)", tc.name, s, tc.typ)
+		}
+		// The live admin of the same identity ("lookalike": an outside
+		// token of keytrail, sub payments-api) is not limited.
+		for i := range 3 {
+			if err := tc.call("lookalike"); err != nil {
+				t.Fatalf("%s: call %d of the live admin token = %v, want ok", tc.name, i, err)
+			}
+		}
+	}
+}

@@ -75,7 +75,7 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 		// its caller's RefusalLimits.PerIdentity, then a 429 counted by
 		// its summary, as its 429s are: even for a caller that
 		// allowIntrospect does not limit (a workload without rate).
-		if who := introspectCaller(pol, caller); who != nil && errors.Is(err, ErrUnauthenticated) {
+		if who := introspectCaller(pol, caller); errors.Is(err, ErrUnauthenticated) {
 			return nil, s.refuseCaller(ctx, ev, who, refusalTag{reason: refusalReason(err)}, err)
 		}
 		s.recordDeny(ctx, ev, err)
@@ -258,11 +258,13 @@ func (s *Service) allowIntrospectToken(pol *policies.Policy, caller *Identity) (
 
 // introspectCaller is the caller whose refused introspections an identity
 // guard counts, keyed as allowIntrospect's 429s: the workload it matches,
-// else its identity; nil for an admin of pol, which is never limited.
+// else its identity. (Also for an admin of pol, whose introspections are
+// never limited: a revoked broker JWT matching an admin entry is no
+// admin's credential, and its refusals are counted by its identity.)
 func introspectCaller(pol *policies.Policy, caller *Identity) *limitedCaller {
 	if pol.Trusts(caller.IssuerName, caller.Iss) {
 		if _, ok := pol.MatchAdmin(caller.IssuerName, caller.Claims, ""); ok {
-			return nil
+			return &limitedCaller{typ: audit.TypeIntrospect, iss: caller.Iss, sub: caller.Sub}
 		}
 		if wl, err := pol.Match(caller.IssuerName, caller.Claims); err == nil {
 			return &limitedCaller{typ: audit.TypeIntrospect, workload: wl.Name}
