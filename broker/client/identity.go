@@ -45,8 +45,9 @@ type IdentitySource interface {
 // (kubelet, SPIRE helpers) rotate it in place. An empty file is a
 // transient IdentityError (a writer between truncate and write); a missing
 // one is permanent. A pipe (a named one, or /dev/fd/N) is read to its end,
-// its writer waited for until ctx ends, at most DefaultTimeout: then a
-// transient IdentityError. An unnamed pipe (bash's <(cmd)) whose writer
+// or to the end of the token's line (a writer that lingers after writing
+// it), its writer waited for until ctx ends, at most DefaultTimeout: then
+// a transient IdentityError. An unnamed pipe (bash's <(cmd)) whose writer
 // has exited and that holds nothing (read already, as a renewal does, or
 // never written to) is a permanent IdentityError at once (on Linux). Where a pipe cannot be polled (darwin), it is
 // read blocking: a writer that opened it and neither writes nor closes it
@@ -90,13 +91,19 @@ func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
 				" (a pipe gives the token once: it was read already, or its command wrote nothing);" +
 				" use a regular file, or a named pipe a helper writes the token to at each read")}
 		}
+		// Said as what failed; never with what was read (part of a
+		// token).
+		what := "a named pipe nothing was written to"
+		if len(bytes.TrimSpace(b)) > 0 {
+			what = "a pipe whose writer wrote part of a token (no newline after it) and neither ended the line nor closed the pipe"
+		}
 		if cerr := ctx.Err(); err != nil && cerr != nil {
 			// Said as what failed (Source.Fetch's last failure); not
 			// wrapping cerr, as a timeout to the broker would.
-			return "", &IdentityError{Source: f.Describe(), Err: errors.New("a named pipe nothing was written to"), Transient: true}
+			return "", &IdentityError{Source: f.Describe(), Err: errors.New(what), Transient: true}
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return "", &IdentityError{Source: f.Describe(), Err: fmt.Errorf("a named pipe nothing was written to within %s", pipeReadTimeout), Transient: true}
+			return "", &IdentityError{Source: f.Describe(), Err: fmt.Errorf("%s within %s", what, pipeReadTimeout), Transient: true}
 		}
 	} else {
 		b, err = io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))

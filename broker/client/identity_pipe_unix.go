@@ -3,6 +3,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -17,7 +18,8 @@ import (
 // (os.ErrDeadlineExceeded). Opened without waiting, a pipe with no writer
 // yet reads as its end: that first empty read is taken for "no writer
 // yet", and waited past; once the pipe has been ready (a writer wrote or
-// hung up), an empty read is its end. An unnamed pipe (bash's <(cmd),
+// hung up), an empty read is its end. A token whose line has ended (a
+// newline after it) is the end too, the writer gone or not. An unnamed pipe (bash's <(cmd),
 // /dev/fd/N) is not waited for: read empty, its writer has exited and no
 // other can come; errPipeEnded then, when nothing was read. Where a pipe
 // cannot be waited for (darwin), it is read blocking, as before.
@@ -54,7 +56,11 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 				}
 			case errors.Is(err, syscall.EINTR):
 			case errors.Is(err, syscall.EAGAIN):
-				return false // a writer, nothing (more) written yet
+				// A writer, nothing (more) written yet: done if the
+				// token's line has ended (a writer that wrote it and
+				// lingers); what it would write next could only make
+				// it more than one token.
+				return lineEnded(b)
 			case err != nil:
 				rerr = err
 				return true
@@ -75,14 +81,34 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 }
 
 // readPipeBlocking reads the pipe fh, opened with O_NONBLOCK, in blocking
-// mode, as before: until a writer present writes and hangs up; without
-// one, a pipe reads as its end at once. fh.Fd() does not clear an
-// O_NONBLOCK the caller asked for (only one os set itself), so it is
-// cleared here: left set, a writer that has not written yet read as
+// mode, as before: until a writer present writes a token's line, or hangs
+// up; without one, a pipe reads as its end at once. fh.Fd() does not
+// clear an O_NONBLOCK the caller asked for (only one os set itself), so
+// it is cleared here: left set, a writer that has not written yet read as
 // EAGAIN, a permanent error.
 func readPipeBlocking(fh *os.File) ([]byte, error) {
 	if err := syscall.SetNonblock(int(fh.Fd()), false); err != nil {
 		return nil, err
 	}
-	return io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+	var b []byte
+	buf := make([]byte, 4096)
+	for len(b) <= maxIdentityToken && !lineEnded(b) {
+		n, err := fh.Read(buf)
+		b = append(b, buf[:n]...)
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+	return b, nil
+}
+
+// lineEnded reports whether b holds a token whose line has ended: a
+// newline after something other than white space. A pipe's writer that
+// wrote that much has given the token (checkToken refuses more than one),
+// whether or not it closes the pipe then.
+func lineEnded(b []byte) bool {
+	return bytes.IndexByte(bytes.TrimLeft(b, " \t\r\n"), '\n') >= 0
 }
