@@ -190,9 +190,9 @@ stderr and CMD keeps running. Restarted CMDs run in a process group of their
 own when keytrail has no controlling terminal (a container, a service, CI):
 a restart then stops the whole group, and waits for it, so that what CMD
 started (a shell script's children) does not run on with the old
-credential; signals keytrail forwards still go to CMD alone, and one sent to
-keytrail's group reaches CMD through keytrail (SIGKILL cannot be
-forwarded). With a controlling terminal CMD stays in keytrail's group, for
+credential; so do SIGTERM, SIGINT and SIGQUIT keytrail forwards (one sent
+to keytrail's group reaches CMD's through keytrail; SIGKILL cannot be
+forwarded), while SIGHUP, SIGUSR1 and SIGUSR2 go to CMD alone. With a controlling terminal CMD stays in keytrail's group, for
 Ctrl-C and job control, and a restart stops CMD alone.
 
 Identity, server, --ttl and --timeout work as for keytrail fetch, and so does
@@ -426,8 +426,18 @@ func (c *child) status() int {
 	return ps.ExitCode()
 }
 
+// forward sends sig to CMD. When CMD leads a process group of its own, a
+// stop signal (SIGTERM, SIGINT, SIGQUIT) goes to that group, as a
+// restart's do: one sent to keytrail's group (timeout(1), a CI runner
+// cancelling the job) no longer reaches what CMD started, which would run
+// on, orphaned, with the credential once CMD, a shell script, has gone.
+// Others (SIGHUP, SIGUSR1, SIGUSR2: reload, reopen logs) go to CMD alone.
 func (x *execRun) forward(c *child, sig os.Signal) {
 	x.lastForward = time.Now()
+	if s, ok := sig.(syscall.Signal); ok && c.group && (s == syscall.SIGTERM || s == syscall.SIGINT || s == syscall.SIGQUIT) {
+		_ = signalGroup(c.cmd.Process.Pid, s)
+		return
+	}
 	_ = c.cmd.Process.Signal(sig)
 }
 

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestExecRestartStopsWhatCMDStarted: exec --watch restarts CMD at every
@@ -105,4 +107,78 @@ func alive(pid int) bool {
 	i := bytes.LastIndexByte(b, ')')
 	f := strings.Fields(string(b[i+1:]))
 	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// TestExecStopSignalReachesCMDsGroup: where CMD runs in a process group
+// of its own (--watch restart, no controlling terminal), a SIGTERM sent to
+// keytrail's group (timeout(1), a CI runner cancelling a job, a
+// supervisor signalling the group) no longer reaches what CMD started, and
+// keytrail forwarded it to CMD alone: a shell script CMD died and left its
+// children running, orphaned, with the credential. Stop signals (SIGTERM,
+// SIGINT, SIGQUIT) keytrail forwards now go to CMD's group, as a restart's
+// do; keytrail still exits with CMD's status.
+func TestExecStopSignalReachesCMDsGroup(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := renewingBroker(t, 3600) // no renewal, no restart, during the test
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pids := filepath.Join(dir, "pids")
+	cmd := exec.Command(self, "exec", "--identity-token-file", tokenFile, "--grant", "g", "--env", "T", "--watch",
+		"--", "sh", "-c", `sleep 1000 & echo $! >> "$1"; wait`, "sh", pids)
+	cmd.Env = append(os.Environ(), benchChildEnv+"=1", "KEYTRAIL_ADDR="+addr)
+	stderrFile, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stderrFile.Close()
+	cmd.Stderr = stderrFile
+	stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // no controlling terminal
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	grandchild := 0
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if grandchild > 0 {
+			_ = syscall.Kill(grandchild, syscall.SIGKILL)
+		}
+	})
+	waitUntil(t, "CMD to start its child", func() bool {
+		b, _ := os.ReadFile(pids)
+		grandchild, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return grandchild > 0
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	waitUntil(t, "keytrail to exit", func() bool {
+		select {
+		case werr = <-done:
+			done <- werr // for the clean-up
+			return true
+		default:
+			return false
+		}
+	})
+	var ee *exec.ExitError
+	if !errors.As(werr, &ee) || ee.ExitCode() != 128+int(syscall.SIGTERM) {
+		t.Errorf("keytrail exited with %v, want CMD's status, 143 (SIGTERM)\nstderr:\n%s", werr, stderr())
+	}
+	deadline := time.Now().Add(20 * time.Second) // a guard, not a measure
+	for alive(grandchild) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if alive(grandchild) {
+		t.Fatalf("CMD's child (pid %d) still runs after keytrail was sent SIGTERM and exited\nstderr:\n%s", grandchild, stderr())
+	}
 }
