@@ -8,15 +8,24 @@ import (
 	"syscall"
 )
 
+// procRoot is where groupAlive reads the processes (a test's fake).
+var procRoot = "/proc"
+
 // groupAlive reports whether a process of the group pgid has not exited:
 // a zombie, which its parent has not reaped yet (an init that does not
 // reap), has, though kill(2) still counts it. Without /proc, kill(2) is
-// asked.
+// asked, as it is where /proc is another pid namespace's.
 func groupAlive(pgid int) bool {
 	if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
 		return false
 	}
-	d, err := os.Open("/proc")
+	if self, err := os.Readlink(procRoot + "/self"); err != nil || self != strconv.Itoa(os.Getpid()) {
+		// Not this pid namespace's /proc (unshare -p without
+		// --mount-proc, a sandbox): its pids and groups are not ours.
+		// kill(2) said the group has a process.
+		return true
+	}
+	d, err := os.Open(procRoot)
 	if err != nil {
 		return true
 	}
@@ -29,7 +38,7 @@ func groupAlive(pgid int) bool {
 		if n == "" || n[0] < '0' || n[0] > '9' {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + n + "/stat")
+		b, err := os.ReadFile(procRoot + "/" + n + "/stat")
 		if err != nil {
 			continue // exited meanwhile
 		}
