@@ -194,7 +194,8 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 	// The broker's listener, bound here and handed to the broker once
 	// Vault is up: a port checked here and bound only then could be taken
 	// in between, found only after starting Vault. Connections wait in the
-	// listen backlog until the broker serves. The demo issuer's port is
+	// listen backlog until the broker's start-up takes the listener (then
+	// answered 503 "starting" until it serves). The demo issuer's port is
 	// bound (and served) here too.
 	brokerLn, err := net.Listen("tcp", o.listen)
 	if err != nil {

@@ -158,9 +158,11 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// The listeners are bound, and the serving key pair loaded, before
 	// anything else: a taken port or a bad certificate stops the start-up
 	// before the Vault login, the store, the audit log (no start event)
-	// and the background loops. Nothing is answered before everything is
-	// wired: connections wait in the listen backlog until srv.Serve below.
-	// pprof (a loopback debug listener, apart from the broker's routes)
+	// and the background loops. From then on the listener serves, first
+	// with httpapi.Starting (503 temporarily_unavailable with Retry-After
+	// at once, /healthz 200, /readyz 503 "starting"): no request reaches
+	// the broker's handlers before everything is wired and the start
+	// event is durable (the swap below). pprof (a loopback debug listener, apart from the broker's routes)
 	// serves from here on, the start-up included.
 	// dev binds --listen itself, before it starts Vault (e.listener).
 	var err error
@@ -184,6 +186,43 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		}
 		defer stop()
 	}
+	// Every handler is counted: one that outlives shutdown_timeout (cut
+	// off: srv.Close does not wait for it) still writes audit events. The
+	// handler is read per request (an atomic swap, the http.Server's own
+	// fields untouched once serving): starting until wired.
+	var (
+		inflight inFlight
+		handler  atomic.Pointer[http.Handler]
+	)
+	starting := httpapi.Starting(log, cfg.trustedProxies())
+	handler.Store(&starting)
+	srv := &http.Server{
+		Handler: inflight.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			(*handler.Load()).ServeHTTP(w, r)
+		})),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      90 * time.Second, // above the proxy's 60s overall upstream timeout
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveLn := ln
+	if tlsConfig != nil {
+		srv.TLSConfig = tlsConfig
+		serveLn = tls.NewListener(ln, tlsConfig)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(serveLn) }()
+	// A failed start-up closes the server (its starting answers are
+	// instant) before it returns; the listener with it.
+	wired := false
+	defer func() {
+		if !wired {
+			_ = srv.Close()
+			<-errc
+		}
+	}()
 	if e.listening != nil {
 		e.listening(ln)
 	}
@@ -208,25 +247,13 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return err
 	}
 
-	// Every handler is counted: one that outlives shutdown_timeout (cut
-	// off: srv.Close does not wait for it) still writes audit events.
-	var inflight inFlight
-	srv := &http.Server{
-		Handler:           inflight.wrap(rt.api.Routes()),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      90 * time.Second, // above the proxy's 60s overall upstream timeout
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	if tlsConfig != nil {
-		srv.TLSConfig = tlsConfig
-		ln = tls.NewListener(ln, tlsConfig)
-	}
-	errc := make(chan error, 1)
+	// Wired, the start event durable: the broker's routes serve from the
+	// next request on (those in flight on the starting handler end as
+	// they began).
+	wired = true
+	routes := rt.api.Routes()
 	rt.served = true
-	go func() { errc <- srv.Serve(ln) }()
+	handler.Store(&routes)
 	log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
 		slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.Shared()))
 	if ready != nil {

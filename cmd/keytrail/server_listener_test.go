@@ -125,10 +125,11 @@ func TestFailedStartupReleasesTheListener(t *testing.T) {
 }
 
 // TestStartupConnectionIsAnsweredOnceServing: the listener is bound before
-// the start-up and serving starts only once everything is wired. A client
-// that connects meanwhile is accepted by the kernel (not refused) and its
-// request waits in the backlog: it is answered once the broker serves, on
-// the same connection (docs/WORKLOADS.md says so to workloads).
+// the start-up. A client that connects before anything is wired is
+// accepted by the kernel (not refused) and answered on that connection:
+// /healthz 200 (alive), as during the start-up, the broker's routes once
+// serving (TestRequestDuringStartupIsAnswered503: the other routes answer
+// 503 "starting" meanwhile; docs/WORKLOADS.md says so to workloads).
 func TestStartupConnectionIsAnsweredOnceServing(t *testing.T) {
 	vp := harness.StartVault(t)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,0 +1,44 @@
+package httpapi
+
+import (
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// ReadyStarting is /readyz's error while the broker starts (Starting).
+const ReadyStarting = "starting"
+
+// ReasonStarting is the reason of the 503 every other route answers while
+// the broker starts.
+const ReasonStarting = "starting"
+
+// Starting is the handler of a broker whose listener is bound but that is
+// not serving yet (its Vault login, store, audit log and start event still
+// to come): GET /healthz answers 200 (the process is alive), GET /readyz
+// 503 "starting", and every other route 503 temporarily_unavailable
+// (reason starting) with Retry-After: 1, at once, in the OAuth error shape
+// with a request id, as a sealed or standby Vault answers. Nothing reaches
+// the broker's handlers and nothing is audited: no request is served
+// before the start event is durable. logger and trusted are the server's
+// (its access-log lines and their source addresses).
+func Starting(logger *slog.Logger, trusted []netip.Prefix) http.Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{o: Options{Logger: logger, TrustedProxies: trusted}, log: logger}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.handleHealthz)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": ReadyStarting})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.WriteError(w, r, &broker.Error{Kind: broker.ErrUnavailable, Reason: ReasonStarting,
+			Safe: "the broker is starting; retry shortly", RetryAfter: time.Second})
+	})
+	return s.middleware(mux)
+}
