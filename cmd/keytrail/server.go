@@ -56,8 +56,11 @@ a change that fails is retried 10 times, 4 s doubling to 1 min apart). A
 reload that fails, or whose policy_load audit event cannot be written, keeps
 the policy in force. SIGINT/SIGTERM shut down gracefully: /readyz answers
 503 for shutdown_drain while requests are still served, then in-flight
-requests get shutdown_timeout (those cut off then get up to 5 s more to
-end, so their audit events are written; a second signal exits at once);
+requests get shutdown_timeout (those cut off then get up to twice the
+mint timeout, the longer of 5s and vault.timeout, plus 32s more to end,
+42s by default: an exchange cut off in its mint ends with its credential
+audited, revoked and its orphan_revoked and deny events written; a second
+signal exits at once); until it serves, requests get 503 "starting";
 from the first signal on, no reload starts (SIGHUP and file changes are
 logged).
 The exit status is 0 after a clean shutdown, 1 when start-up fails, when
@@ -324,11 +327,14 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	}
 	// srv.Close does not wait for the handlers it cut off: one still in a
 	// mint, or writing its audit event (a proxied call's use_result), gets
-	// cutOffGrace more before the store and the audit log close under it.
+	// up to cutOffGrace more before the store and the audit log close
+	// under it: long enough for an exchange cut off in its mint to end
+	// with its audit events written.
 	if n := inflight.running(); n > 0 {
+		grace := cutOffGrace(mintTimeout(time.Duration(cfg.Vault.Timeout)))
 		log.Warn("waiting for requests cut off at shutdown_timeout to end, so their audit events are written",
-			slog.Int("requests", n), slog.Duration("grace", cutOffGrace))
-		if n := inflight.wait(cutOffGrace); n > 0 {
+			slog.Int("requests", n), slog.Duration("grace", grace))
+		if n := inflight.wait(grace); n > 0 {
 			log.Error("closing the audit log with requests still running: their audit events may be lost",
 				slog.Int("requests", n))
 		}
@@ -340,9 +346,29 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	return errors.Join(serveErr, incomplete, rt.close())
 }
 
+// The bounds of the broker.Service's store calls and of an exchange's wait
+// for its issue event (broker.Deps.StoreTimeout, AuditTimeout), named here
+// for cutOffGrace.
+const (
+	serviceStoreTimeout = 2 * time.Second
+	serviceAuditTimeout = 10 * time.Second
+)
+
 // cutOffGrace bounds runServer's wait, after shutdown_timeout, for the
-// handlers it cut off (a mint's default bound, broker.DefaultMintTimeout).
-const cutOffGrace = broker.DefaultMintTimeout
+// handlers it cut off, given the mint timeout: the longest an exchange cut
+// off in its mint may still take to end with its audit trail written. A
+// mint cannot be cut short (a Vault call cancelled mid-way may have made
+// the credential all the same), and the credential it makes must be in
+// the audit log: the mint (mint), its store write beside its issue event
+// (serviceAuditTimeout), then, its caller gone, the credential's
+// revocation (mint again), its issuance marked revoked
+// (serviceStoreTimeout) and its orphan_revoked and deny events
+// (serviceAuditTimeout each). It was a fixed 5 s: a credential a slower
+// Vault made after that was in no audit event. The wait ends as soon as
+// the handlers do; a second signal ends it at once.
+func cutOffGrace(mint time.Duration) time.Duration {
+	return 2*mint + serviceStoreTimeout + 3*serviceAuditTimeout
+}
 
 // inFlight counts the server's running handlers.
 type inFlight struct {
@@ -731,6 +757,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		Logger:     log,
 		// A mint may take as long as one Vault request may.
 		MintTimeout:      mintTimeout(time.Duration(cfg.Vault.Timeout)),
+		StoreTimeout:     serviceStoreTimeout,
+		AuditTimeout:     serviceAuditTimeout,
 		RefusalLimits:    cfg.RefusalLimit.limits(),
 		IntrospectLimits: cfg.IntrospectLimit.limits(),
 	})
