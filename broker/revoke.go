@@ -2892,7 +2892,8 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 }
 
 // StoreLosses is how many times the cache saw the Store lose data: its
-// revocation change number going back (keytrail_store_data_losses_total).
+// revocation change number going back, or a block announced to it missing
+// from the Store with its revocation (keytrail_store_data_losses_total).
 func (c *RevocationCache) StoreLosses() uint64 { return c.losses.Load() }
 
 // restoreLost writes back into the Store what it lost that this cache
