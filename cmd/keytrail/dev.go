@@ -473,7 +473,8 @@ func devToken(iss *authntest.Issuer, name, session string) (string, error) {
 }
 
 // devIssuerHandler serves the issuer's JWKS and discovery, and mints demo
-// tokens at /token/{name}.
+// tokens at /token/{name}: the token alone, no newline, so that a file
+// saved from it (curl -o) is what the broker takes as a subject_token.
 func devIssuerHandler(iss *authntest.Issuer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", iss.Handler())
@@ -483,7 +484,7 @@ func devIssuerHandler(iss *authntest.Issuer) http.Handler {
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return
 		}
-		io.WriteString(w, tok+"\n")
+		io.WriteString(w, tok)
 	})
 	return mux
 }
@@ -555,8 +556,8 @@ Try it yourself (in another shell):
     -d subject_token_type=urn:ietf:params:oauth:token-type:jwt -d audience=orders-jwt \
     --data-urlencode subject_token@{TOKEN}
 
-  # a fresh demo identity token (valid 1h)
-  curl -s {ISSUER}/token/payments-api
+  # a fresh demo identity token (valid 1h), written where the commands here read it
+  curl -s {ISSUER}/token/payments-api -o {TOKEN}
 
   # the audit trail, and the check that it is intact up to its last line (seq and time printed)
   tail -n 3 {AUDIT}
