@@ -47,10 +47,18 @@ func TestDevOnce(t *testing.T) {
 		`kind       vault_token, expires in 900s`,
 		`audit log verified: \d+ lines, 1 chain\(s\), every line covered by a signed checkpoint`,
 		`curl -s http://127\.0\.0\.1:\d+/v1/token`,
+		// The admin commands: dev printed none, nor where its admin's
+		// token is, so a new user could not try trace, report or revoke.
+		`export KEYTRAIL_ADDR=http://127\.0\.0\.1:\d+ KEYTRAIL_ADMIN_TOKEN_FILE=\S+/tokens/secops\.jwt\n`,
+		`go run \./cmd/keytrail trace iss_[0-9A-Z]{26}\n`,
+		`go run \./cmd/keytrail revoke --session ses_[a-z0-9]+ --reason`,
 	} {
 		if !regexp.MustCompile(re).Match(out) {
 			t.Errorf("dev output lacks %s:\n%s", re, out)
 		}
+	}
+	if m := regexp.MustCompile(`\{[A-Z]+\}`).Find(out); m != nil {
+		t.Errorf("dev output keeps the placeholder %s", m)
 	}
 	if strings.Contains(string(out), "eyJ") {
 		t.Errorf("dev output prints a JWT")

@@ -321,7 +321,7 @@ func runDev(ctx context.Context, e *env, o devOptions) (retErr error) {
 		"{ISS}", demo.IssuanceID, "{WORKLOAD}", demo.Workload, "{OWNER}", demo.Owner,
 		"{SESSION}", demo.SessionID, "{KIND}", demo.Kind, "{EXPIRES}", fmt.Sprint(demo.ExpiresIn),
 		"{ACCESSOR}", fmt.Sprint(demo.Credential["accessor"]), "{URL}", publicURL,
-		"{TOKEN}", tokens["payments-api"], "{ISSUER}", devIssuerURL, "{AUDIT}", auditPath,
+		"{TOKEN}", tokens["payments-api"], "{ADMIN}", tokens["secops"], "{ISSUER}", devIssuerURL, "{AUDIT}", auditPath,
 		"{VAULTAUDIT}", vp.AuditLogPath, "{POLICY}", o.policy, "{VAULTADDR}", vp.Addr, "{VAULTTOKEN}", vp.RootToken, "{PUB}", pubPath,
 	)
 	fmt.Fprint(out, r.Replace(devNextSteps))
@@ -568,6 +568,12 @@ Try it yourself (in another shell):
 
   # what would this token get, and why?
   go run ./cmd/keytrail policy explain --policy {POLICY} --token {TOKEN} --grant payments-vault
+
+  # as the demo security team (secops, an admin in the policy): trace, report, revoke
+  export KEYTRAIL_ADDR={URL} KEYTRAIL_ADMIN_TOKEN_FILE={ADMIN}
+  go run ./cmd/keytrail trace {ISS}
+  go run ./cmd/keytrail report
+  go run ./cmd/keytrail revoke --session {SESSION} --reason "trying keytrail dev"
 
 Vault: export VAULT_ADDR={VAULTADDR} VAULT_TOKEN={VAULTTOKEN}
 `
