@@ -119,6 +119,11 @@ func CheckAddr(raw string, allowInsecureHTTP bool) (*url.URL, error) {
 // checkURL accepts https URLs, and http URLs of loopback hosts (or any host
 // when insecure is allowed); a query only when query is set.
 func checkURL(raw string, insecure, query bool) error {
+	if !strings.Contains(raw, "://") {
+		// A host:port alone (127.0.0.1:7700) parses as a scheme and an
+		// opaque part, or not at all; either way it has no host.
+		return errors.New("not a URL: write it with its scheme, https://HOST[:PORT] (http:// for a loopback host)")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		// url.Parse's error repeats raw, and an unescaped '/' or '@' in a

@@ -115,7 +115,11 @@ func (w *workloadFlags) identity(e *env) (client.IdentitySource, error) {
 // new credential of a grant (to write it out); retries are reported on
 // stderr.
 func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Credential) error) ([]*client.Source, client.IdentitySource, error) {
-	addr := w.brokerAddr(e)
+	addr, src := w.brokerAddrFrom(e)
+	// Checked as client.New checks it, to name where it came from.
+	if _, err := client.CheckAddr(addr, w.insecureHTTP); err != nil {
+		return nil, nil, fmt.Errorf("broker address (%s): %w", src, err)
+	}
 	cl, err := client.New(client.Options{Addr: addr, AllowInsecureHTTP: w.insecureHTTP, UserAgent: "keytrail/" + version,
 		HTTPClient: &http.Client{Timeout: client.DefaultTimeout, Transport: workloadTransport()}})
 	if err != nil {
@@ -153,14 +157,20 @@ func (w *workloadFlags) sources(e *env, onCred func(grant string, c *client.Cred
 // brokerAddr is the broker address fetch and exec use: --addr, else
 // $KEYTRAIL_ADDR, else the client's default.
 func (w *workloadFlags) brokerAddr(e *env) string {
-	addr := w.addr
+	addr, _ := w.brokerAddrFrom(e)
+	return addr
+}
+
+// brokerAddrFrom is brokerAddr and where it came from, for error messages.
+func (w *workloadFlags) brokerAddrFrom(e *env) (addr, src string) {
+	addr, src = w.addr, "--addr"
 	if addr == "" {
-		addr = e.getenv("KEYTRAIL_ADDR")
+		addr, src = e.getenv("KEYTRAIL_ADDR"), "KEYTRAIL_ADDR"
 	}
 	if strings.TrimSpace(addr) == "" {
-		return client.DefaultAddr
+		return client.DefaultAddr, "the default"
 	}
-	return addr
+	return addr, src
 }
 
 // retryReason names a transient failure in a few words, without secrets:

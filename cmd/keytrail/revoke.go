@@ -254,7 +254,7 @@ func newAdminClient(e *env, addr, tokenFile string, insecureHTTP bool) (*adminCl
 	// no secret); plain HTTP gets the admin token's own message below.
 	u, err := client.CheckAddr(addr, true)
 	if err != nil {
-		return nil, fmt.Errorf("server address: %w", err)
+		return nil, fmt.Errorf("server address (%s): %w", addrSrc, err)
 	}
 	if u.Scheme == "http" && !insecureHTTP && !policies.IsLoopbackHost(u.Hostname()) {
 		return nil, fmt.Errorf("refusing to send the admin token over plain HTTP to %s; use https (or --allow-insecure-http)", u.Host)
