@@ -13,7 +13,7 @@ import (
 // subcommands, and keytrail --help states the exit status shared by all
 // (0 success, 2 usage) and where the others are told.
 func TestGroupHelpHasExamples(t *testing.T) {
-	for _, path := range [][]string{nil, {"audit"}, {"config"}, {"policy"}} {
+	for _, path := range [][]string{nil, {"audit"}, {"config"}, {"policy"}, {"completion"}} {
 		name := strings.Join(append([]string{"keytrail"}, path...), " ")
 		out, _, err := runCLI(t, nil, append(path, "--help")...)
 		if err != nil {

@@ -194,8 +194,10 @@ every command; what 1, 3 and 4 mean is in each command's --help.`,
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {
 		if c.Name() == "completion" {
+			c.Example = "  keytrail completion bash > /etc/bash_completion.d/keytrail\n  keytrail completion zsh > \"${fpath[1]}/_keytrail\""
 			for _, sh := range c.Commands() {
 				sh.Long += "\nExit status: 0 the script is printed; 2 usage.\n"
+				sh.Example = completionExamples[sh.Name()]
 			}
 		}
 	}
@@ -204,15 +206,25 @@ every command; what 1, 3 and 4 mean is in each command's --help.`,
 	return root
 }
 
+// completionExamples are the completion shells' examples: where each
+// shell's script is usually put.
+var completionExamples = map[string]string{
+	"bash":       "  keytrail completion bash > /etc/bash_completion.d/keytrail",
+	"zsh":        "  keytrail completion zsh > \"${fpath[1]}/_keytrail\"",
+	"fish":       "  keytrail completion fish > ~/.config/fish/completions/keytrail.fish",
+	"powershell": "  keytrail completion powershell | Out-String | Invoke-Expression",
+}
+
 // newHelpCmd is "keytrail help [command]": cobra's own shows the main help
 // and exits 0 for a topic it does not know ("keytrail help revok"), which a
 // script cannot tell from success. This one exits 2 for it, as for any
 // other usage mistake.
 func newHelpCmd(root *cobra.Command) *cobra.Command {
 	return &cobra.Command{
-		Use:   "help [command]",
-		Short: "Help about any command",
-		Long:  "Help about any command: keytrail help revoke is keytrail revoke --help.\n\nExit status: 0; 2 for a command that does not exist.",
+		Use:     "help [command]",
+		Short:   "Help about any command",
+		Long:    "Help about any command: keytrail help revoke is keytrail revoke --help.\n\nExit status: 0; 2 for a command that does not exist.",
+		Example: "  keytrail help revoke\n  keytrail help audit verify",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target, rest, err := root.Find(args)
 			if err != nil || target == nil || len(rest) > 0 {
@@ -407,9 +419,11 @@ var version = "dev"
 
 func newVersionCmd(e *env) *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the keytrail version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print the keytrail version",
+		Long:    "Print the keytrail version.\n\nExit status: 0; 2 usage.",
+		Example: "  keytrail version",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fmt.Fprintln(e.stdout, "keytrail", version)
 			return nil
