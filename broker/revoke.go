@@ -2496,8 +2496,14 @@ type RevocationCache struct {
 	// write-back of an instance that missed the notice (restoreLost), or
 	// by a failover losing the delete. A listing started after the notice
 	// that holds it again ignores it, and restoreLost deletes it again
-	// (undo).
+	// (undo), when this cache saw the Store lose data since the notice or
+	// up to liftLossGrace before it; otherwise the Store's block stands
+	// and the lift is forgotten: a notice alone proves no unblock (anyone
+	// who can PUBLISH on the channel can send one).
 	lifted map[string]liftedBlock
+	// lossAt (under mu) is when this cache last saw the Store lose data
+	// (zero: never).
+	lossAt time.Time
 	// recMu guards revs, the Window's revocation records as last read from
 	// the Store, by id, and lostRevs, the records of revs when the Store's
 	// version went back, each written back unless the Store has it again.
@@ -2522,6 +2528,13 @@ type liftedBlock struct {
 	gen uint64
 	at  time.Time
 }
+
+// liftLossGrace: a lifted block that comes back into the Store is deleted
+// again only when the cache saw the Store lose data after its unblock
+// notice or at most this long before it (an unblock made after the loss,
+// before another instance's write-back, which follows its own sight of
+// the loss within a refresh or two).
+const liftLossGrace = time.Minute
 
 // lostBlock is a block the Store lost: restored is the listGen current
 // when it was written back (0: not yet); writing, that restoreLost is
@@ -3076,13 +3089,18 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	now := c.o.Now()
 	var learners []func()
 	var lost []slog.Attr
-	var cameBack []string
+	var cameBack, standing []string
 	defer func() {
 		tell(learners)
 		if len(cameBack) > 0 {
 			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache: blocks lifted here came back into the store "+
 				"(written back after a data loss by an instance that missed the unblock, or the unblock's delete lost in a failover); deleting them again",
 				slog.Int("blocks", len(cameBack)), slog.String("workloads", strings.Join(cameBack[:min(len(cameBack), 10)], ",")))
+		}
+		if len(standing) > 0 {
+			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache: the store holds blocks that unblock notices said were lifted, "+
+				"and no data loss was seen: they stand (a notice lifts nothing; if an unblock was made, its delete was lost: unblock again)",
+				slog.Int("blocks", len(standing)), slog.String("workloads", strings.Join(standing[:min(len(standing), 10)], ",")))
 		}
 		if lost != nil {
 			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation store lost data "+
@@ -3114,11 +3132,19 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 			continue // written back after its unblock: being deleted
 		}
 		if l, ok := c.lifted[b.Workload]; ok && l.rid == b.RevocationID && gen > l.gen {
-			// Lifted before this listing started, put back since: a
-			// write-back by an instance that missed the unblock.
-			c.undo[b.Workload] = l.rid
-			cameBack = append(cameBack, b.Workload)
-			continue
+			if back || (!c.lossAt.IsZero() && !c.lossAt.Before(l.at.Add(-liftLossGrace))) {
+				// Lifted before this listing started, put back since,
+				// around a data loss: a write-back by an instance that
+				// missed the unblock.
+				c.undo[b.Workload] = l.rid
+				cameBack = append(cameBack, b.Workload)
+				continue
+			}
+			// No loss seen: nothing but an unblock's lost delete, or
+			// a notice that was no unblock's (forged, replayed), could
+			// leave it there. The Store's block stands.
+			delete(c.lifted, b.Workload)
+			standing = append(standing, b.Workload)
 		}
 		blocked[b.Workload] = b
 		if _, ok := c.blocked[b.Workload]; !ok {
@@ -3149,6 +3175,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 			}
 		}
 		c.losses.Add(1)
+		c.lossAt = now
 		seen := "revocation change number went back"
 		if !back {
 			seen = "announced block and its revocation missing"

@@ -369,61 +369,170 @@ func TestRevocationCacheUnblockDuringWriteBackHolds(t *testing.T) {
 }
 
 // TestRevocationCacheLiftedBlockWrittenBackElsewhereIsDeleted: w1 is
-// unblocked through this instance; another instance, which missed the
-// unblock's notice, writes w1's block back after Redis lost its data (a
-// revocation's block, rev_1, is never put again once lifted: a new block
-// is a new revocation's). The next listing holding it must not block w1
-// again here, and this instance deletes it again, so the instances that
-// learned it from the Store drop it too; a new revocation's block of w1
-// stands. (The listing blocked w1 again on every instance.)
+// unblocked (through this instance, or another whose notice arrives);
+// another instance, which missed the unblock's notice, writes w1's block
+// back after Redis lost its data (a revocation's block, rev_1, is never
+// put again once lifted: a new block is a new revocation's). The next
+// listing holding it must not block w1 again here, and this instance
+// deletes it again, so the instances that learned it from the Store drop
+// it too; a new revocation's block of w1 stands. (The listing blocked w1
+// again on every instance.) The write-back comes in the listing that
+// first sees the loss, in a later one, or after an unblock made once
+// this instance had seen the loss.
 func TestRevocationCacheLiftedBlockWrittenBackElsewhereIsDeleted(t *testing.T) {
-	f := newLossFixture(t)
+	for _, tt := range []struct {
+		name string
+		run  func(t *testing.T, f *lossFixture) broker.Store // returns the Store after the loss
+	}{
+		{"write-back-in-the-listing-seeing-the-loss", func(t *testing.T, f *lossFixture) broker.Store {
+			unblockHere(t, f, "w1", "rev_1")
+			after := memstore.New(f.clock)
+			writeBack(t, f, after, "w1", "rev_1") // the other instance's
+			writeBack(t, f, after, "w2", "rev_2")
+			f.st.swap(after)
+			return after
+		}},
+		{"write-back-after-the-loss-was-seen", func(t *testing.T, f *lossFixture) broker.Store {
+			unblockHere(t, f, "w1", "rev_1")
+			after := memstore.New(f.clock)
+			f.st.swap(after)
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			writeBack(t, f, after, "w1", "rev_1")
+			return after
+		}},
+		{"unblocked-elsewhere-after-the-loss-was-seen", func(t *testing.T, f *lossFixture) broker.Store {
+			after := memstore.New(f.clock)
+			f.st.swap(after)
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil { // writes back w1, w2
+				t.Fatal(err)
+			}
+			if err := after.DeleteBlock(f.ctx, "w1", "rev_1"); err != nil { // the unblock, on another instance
+				t.Fatal(err)
+			}
+			f.c.Apply(broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}})
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if f.c.Blocked("w1") {
+				t.Fatalf("Blocked(w1) = true after its unblock")
+			}
+			writeBack(t, f, after, "w1", "rev_1") // a third instance's
+			return after
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newLossFixture(t)
+			st := tt.run(t, f)
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if f.c.Blocked("w1") {
+				t.Errorf("Blocked(w1) = true: rev_1's block, lifted here, came back from the Store; want it ignored")
+			}
+			if b, err := st.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
+				t.Errorf("Store GetBlock(w1) = %+v, %v; want rev_1's block deleted again", b, err)
+			}
+			if l := f.logged(); !strings.Contains(l, "level=WARN") || !strings.Contains(l, "came back") {
+				t.Errorf("logs = %q, want a WARN saying the lifted block came back", l)
+			}
+			if !f.c.Blocked("w2") {
+				t.Errorf("Blocked(w2) = false; want it still blocked")
+			}
+			// A new revocation blocks w1 again: in force.
+			if err := st.PutBlock(f.ctx, broker.Block{Workload: "w1", Reason: "INC-3", RevocationID: "rev_3", CreatedAt: f.clock()}); err != nil {
+				t.Fatal(err)
+			}
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !f.c.Blocked("w1") {
+				t.Errorf("Blocked(w1) = false after rev_3 blocked it; want it blocked")
+			}
+			if b, err := st.GetBlock(f.ctx, "w1"); err != nil || b.RevocationID != "rev_3" {
+				t.Errorf("Store GetBlock(w1) = %+v, %v; want rev_3's block", b, err)
+			}
+		})
+	}
+}
+
+// unblockHere unblocks w through f's cache (its delete, then its notice)
+// and refreshes.
+func unblockHere(t *testing.T, f *lossFixture, w, rid string) {
+	t.Helper()
 	cs := f.c.Store()
-	if err := cs.DeleteBlock(f.ctx, "w1", "rev_1"); err != nil {
-		t.Fatalf("DeleteBlock(w1) = %v", err)
+	if err := cs.DeleteBlock(f.ctx, w, rid); err != nil {
+		t.Fatalf("DeleteBlock(%s) = %v", w, err)
 	}
-	if err := cs.(broker.Notifier).Publish(f.ctx, broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}}); err != nil {
+	if err := cs.(broker.Notifier).Publish(f.ctx, broker.Notice{RevocationID: rid, Unblocked: []string{w}}); err != nil {
 		t.Fatal(err)
 	}
 	f.advance(time.Second)
 	if err := f.c.Refresh(f.ctx); err != nil {
 		t.Fatal(err)
 	}
-	if f.c.Blocked("w1") {
-		t.Fatalf("Blocked(w1) = true after its unblock")
+	if f.c.Blocked(w) {
+		t.Fatalf("Blocked(%s) = true after its unblock", w)
 	}
-	// The other instance's write-back.
-	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "w1", Reason: "INC-rev_1", RevocationID: "rev_1", CreatedAt: f.clock()}); err != nil {
+}
+
+// writeBack puts rid's block of w into st, as another instance's
+// write-back after a loss does.
+func writeBack(t *testing.T, f *lossFixture, st broker.Store, w, rid string) {
+	t.Helper()
+	if err := st.PutBlock(f.ctx, broker.Block{Workload: w, Reason: "INC-" + rid, RevocationID: rid, CreatedAt: f.clock()}); err != nil {
 		t.Fatal(err)
 	}
-	f.advance(time.Second)
-	if err := f.c.Refresh(f.ctx); err != nil {
-		t.Fatal(err)
+}
+
+// TestRevocationCacheUnblockNoticeAloneDeletesNoBlock: an unblock notice
+// naming a block the Store still holds, with no data loss seen (a notice
+// forged or replayed by whoever can PUBLISH on the notice channel, which
+// also carries every block's revocation id; no unblock was made), must
+// not lift it: notices only speed the cache up, the Store decides. The
+// block stands in the Store and here, and a later loss keeps and writes
+// it back as any other. (Since 98ede25 the next listing ignored the
+// block, took it for a lifted block come back and deleted it from the
+// Store: the workload got credentials again on every instance, with no
+// unblock event in the audit log.)
+func TestRevocationCacheUnblockNoticeAloneDeletesNoBlock(t *testing.T) {
+	f := newLossFixture(t)
+	f.c.Apply(broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}}) // no delete in the Store
+	for i := 0; i < 2; i++ {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if f.c.Blocked("w1") {
-		t.Errorf("Blocked(w1) = true: rev_1's block, lifted here, came back from the Store; want it ignored")
-	}
-	if b, err := f.st.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
-		t.Errorf("Store GetBlock(w1) = %+v, %v; want rev_1's block deleted again", b, err)
-	}
-	if l := f.logged(); !strings.Contains(l, "level=WARN") || !strings.Contains(l, "came back") {
-		t.Errorf("logs = %q, want a WARN saying the lifted block came back", l)
-	}
-	if !f.c.Blocked("w2") {
-		t.Errorf("Blocked(w2) = false; want it still blocked")
-	}
-	// A new revocation blocks w1 again: in force.
-	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "w1", Reason: "INC-3", RevocationID: "rev_3", CreatedAt: f.clock()}); err != nil {
-		t.Fatal(err)
-	}
-	f.advance(time.Second)
-	if err := f.c.Refresh(f.ctx); err != nil {
-		t.Fatal(err)
+	if b, err := f.st.GetBlock(f.ctx, "w1"); err != nil || b.RevocationID != "rev_1" {
+		t.Fatalf("Store GetBlock(w1) = %+v, %v after a notice alone; want rev_1's block to stand", b, err)
 	}
 	if !f.c.Blocked("w1") {
-		t.Errorf("Blocked(w1) = false after rev_3 blocked it; want it blocked")
+		t.Errorf("Blocked(w1) = false; want the Store's block in force")
 	}
-	if b, err := f.st.GetBlock(f.ctx, "w1"); err != nil || b.RevocationID != "rev_3" {
-		t.Errorf("Store GetBlock(w1) = %+v, %v; want rev_3's block", b, err)
+	if l := f.logged(); !strings.Contains(l, "unblock notices said were lifted") {
+		t.Errorf("logs = %q, want a WARN naming the block the notice did not lift", l)
+	}
+	// A loss later (past the grace): w1's block is kept and written back,
+	// not deleted as lifted.
+	f.advance(2 * time.Minute)
+	f.st.swap(memstore.New(f.clock))
+	for i := 0; i < 2; i++ {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := f.st.GetBlock(f.ctx, "w1"); err != nil || b.RevocationID != "rev_1" {
+		t.Errorf("Store GetBlock(w1) after the loss = %+v, %v; want rev_1's block written back", b, err)
+	}
+	if !f.c.Blocked("w1") {
+		t.Errorf("Blocked(w1) = false after the loss; want it kept")
 	}
 }
