@@ -2917,7 +2917,11 @@ func (c *RevocationCache) StoreLosses() uint64 { return c.losses.Load() }
 // the RevocationWorker finishes what they list as pending. Nothing is
 // audited: these are the decisions audited when they were made, put back.
 // It stops at the first failure; what is left is written at the next
-// refresh. A block lifted meanwhile (an unblock notice) is not written.
+// refresh. A write the Store made but its replicas did not confirm
+// (store_unreplicated, store.min_replicas, as after a failover until the
+// old primary rejoins) is in force, as Revoke takes it: the write-back
+// goes on (counted as unconfirmed in its WARN). A block lifted meanwhile
+// (an unblock notice) is not written.
 func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	c.mu.RLock()
 	var blocks []Block
@@ -2938,7 +2942,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		return err
 	}
 	slices.SortFunc(blocks, func(a, b Block) int { return strings.Compare(a.Workload, b.Workload) })
-	written := 0
+	written, unconfirmed := 0, 0
 	for _, b := range blocks {
 		// Not a block lifted since the list was taken; one lifted while
 		// it is written is deleted again (applyLocked, undoLifted).
@@ -2952,6 +2956,10 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		c.lostBlocks[b.Workload] = lb
 		c.mu.Unlock()
 		err := c.st.PutBlock(ctx, b)
+		if unreplicated(err) { // on the primary: in force
+			err = nil
+			unconfirmed++
+		}
 		c.mu.Lock()
 		if lb, ok := c.lostBlocks[b.Workload]; ok && lb.b == b {
 			lb.writing = false
@@ -2976,7 +2984,11 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		if !r.CreatedAt.Before(cutoff) {
 			_, err := c.st.GetRevocation(ctx, r.ID)
 			if errors.Is(err, ErrNotFound) {
-				if err = c.st.PutRevocation(ctx, r); err == nil {
+				if err = c.st.PutRevocation(ctx, r); unreplicated(err) {
+					err = nil
+					unconfirmed++
+				}
+				if err == nil {
 					put++
 				}
 			}
@@ -2992,7 +3004,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	}
 	if written > 0 || put > 0 {
 		c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation store lost data: wrote back what this instance knew",
-			slog.Int("blocks", written), slog.Int("revocations", put))
+			slog.Int("blocks", written), slog.Int("revocations", put), slog.Int("unconfirmed", unconfirmed))
 	}
 	return nil
 }
@@ -3006,7 +3018,7 @@ func (c *RevocationCache) undoLifted(ctx context.Context) error {
 	c.mu.RUnlock()
 	for w, rid := range undo {
 		err := c.st.DeleteBlock(ctx, w, rid)
-		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrBlockChanged) {
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrBlockChanged) && !unreplicated(err) {
 			return fmt.Errorf("deleting the written-back block of %s, unblocked since: %w", w, err)
 		}
 		c.mu.Lock()

@@ -536,3 +536,77 @@ func TestRevocationCacheUnblockNoticeAloneDeletesNoBlock(t *testing.T) {
 		t.Errorf("Blocked(w1) = false after the loss; want it kept")
 	}
 }
+
+// lossUnconfirmedStore writes blocks, unblocks and revocation records, then
+// answers store_unreplicated, as the Redis store does with
+// store.min_replicas while fewer replicas acknowledge (after a failover,
+// until the old primary rejoins): the write is on the primary, in force.
+type lossUnconfirmedStore struct{ broker.Store }
+
+func lossUnconfirmed(err error) error {
+	if err != nil {
+		return err
+	}
+	return broker.Unavailable(broker.ReasonStoreUnreplicated, time.Second, errors.New("WAIT: 0 of 1 replicas"))
+}
+
+func (s lossUnconfirmedStore) PutBlock(ctx context.Context, b broker.Block) error {
+	return lossUnconfirmed(s.Store.PutBlock(ctx, b))
+}
+
+func (s lossUnconfirmedStore) DeleteBlock(ctx context.Context, w, rid string) error {
+	return lossUnconfirmed(s.Store.DeleteBlock(ctx, w, rid))
+}
+
+func (s lossUnconfirmedStore) PutRevocation(ctx context.Context, r *broker.Revocation) error {
+	return lossUnconfirmed(s.Store.PutRevocation(ctx, r))
+}
+
+// TestRevocationCacheWriteBackGoesOnWhenUnreplicated: after a loss the
+// Store's writes are on its primary but not confirmed by enough replicas
+// (store_unreplicated). Each is in force, as Revoke takes an unconfirmed
+// block: the write-back goes on to the next, and a block to delete again
+// does not hold it up. (It stopped at the first block, w1, written again
+// at every refresh: w2's block and every revocation record were never
+// written back while the replicas lagged; after an unblock of w1 its
+// delete failed first, and nothing at all was written back.)
+func TestRevocationCacheWriteBackGoesOnWhenUnreplicated(t *testing.T) {
+	f := newLossFixture(t)
+	after := memstore.New(f.clock)
+	f.st.swap(lossUnconfirmedStore{after})
+	f.advance(time.Second)
+	_ = f.c.Refresh(f.ctx) // sees the loss and writes back; may report an unconfirmed write
+	for i, w := range f.blocked {
+		if b, err := after.GetBlock(f.ctx, w); err != nil || b.RevocationID != f.revs[i].ID {
+			t.Errorf("Store GetBlock(%s) = %+v, %v; want it written back", w, b, err)
+		}
+	}
+	for _, r := range f.revs {
+		if _, err := after.GetRevocation(f.ctx, r.ID); err != nil {
+			t.Errorf("Store GetRevocation(%s) = %v; want it written back", r.ID, err)
+		}
+	}
+	// A refresh; w1 unblocked; then a restore from a snapshot taken
+	// before the unblock, without w2's block: w1's block is deleted again
+	// (lifted here) and w2's written back.
+	f.advance(time.Second)
+	_ = f.c.Refresh(f.ctx)
+	if err := after.DeleteBlock(f.ctx, "w1", "rev_1"); err != nil {
+		t.Fatal(err)
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}})
+	again := memstore.New(f.clock)
+	writeBack(t, f, again, "w1", "rev_1")
+	f.st.swap(lossUnconfirmedStore{again})
+	f.advance(time.Second)
+	_ = f.c.Refresh(f.ctx)
+	if b, err := again.GetBlock(f.ctx, "w2"); err != nil || b.RevocationID != "rev_2" {
+		t.Errorf("after the restore: Store GetBlock(w2) = %+v, %v; want it written back", b, err)
+	}
+	if b, err := again.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("after the restore: Store GetBlock(w1) = %+v, %v; want it deleted again", b, err)
+	}
+	if !f.c.Blocked("w2") || f.c.Blocked("w1") {
+		t.Errorf("Blocked(w1, w2) = %v, %v; want false, true", f.c.Blocked("w1"), f.c.Blocked("w2"))
+	}
+}
