@@ -2774,7 +2774,12 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		}
 	}
 	for _, w := range n.Unblocked {
-		if n.RevocationID != "" {
+		// Remembered only when it lifts a block this cache knew: a notice
+		// naming blocks nobody made (anyone who may PUBLISH on the
+		// channel can send one) does not grow the set.
+		if b, ok := c.blocked[w]; n.RevocationID != "" && ok && b.RevocationID == n.RevocationID {
+			c.lifted[w] = liftedBlock{rid: n.RevocationID, gen: c.listGen, at: now}
+		} else if lb, ok := c.lostBlocks[w]; n.RevocationID != "" && ok && lb.b.RevocationID == n.RevocationID {
 			c.lifted[w] = liftedBlock{rid: n.RevocationID, gen: c.listGen, at: now}
 		}
 		// Only the block the unblock lifted (see Notice): a re-block

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -608,5 +609,25 @@ func TestRevocationCacheWriteBackGoesOnWhenUnreplicated(t *testing.T) {
 	}
 	if !f.c.Blocked("w2") || f.c.Blocked("w1") {
 		t.Errorf("Blocked(w1, w2) = %v, %v; want false, true", f.c.Blocked("w1"), f.c.Blocked("w2"))
+	}
+}
+
+// TestRevocationCacheRemembersOnlyUnblocksOfKnownBlocks: the unblocks a
+// cache remembers (to delete a lifted block another instance's write-back
+// brings back) are those that lifted a block it knew; notices naming
+// blocks nobody made (anyone who may PUBLISH on the channel can send them)
+// do not grow the set it scans at every refresh.
+func TestRevocationCacheRemembersOnlyUnblocksOfKnownBlocks(t *testing.T) {
+	f := newLossFixture(t)
+	for i := range 1000 {
+		f.c.Apply(broker.Notice{RevocationID: fmt.Sprintf("rev_forged%d", i), Unblocked: []string{fmt.Sprintf("wx%d", i)}})
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_other", Unblocked: []string{"w1"}}) // not w1's block
+	if n := broker.LiftedUnblocks(f.c); n != 0 {
+		t.Errorf("after 1,001 unblock notices of blocks the cache did not know: %d remembered, want 0", n)
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}})
+	if n := broker.LiftedUnblocks(f.c); n != 1 {
+		t.Errorf("after the unblock of w1's known block: %d remembered, want 1", n)
 	}
 }
