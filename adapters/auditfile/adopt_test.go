@@ -418,3 +418,47 @@ func TestResumeForgedTransitCheckpointDoesNotEndUnsignedTail(t *testing.T) {
 		t.Errorf("UnsignedResumed() after a clean stop = %+v, want nil", r)
 	}
 }
+
+// TestResumeAfterKeyChangeWarnsWhy: after a deliberate change of the
+// checkpoint key, the old key's checkpoints do not end the range the sink
+// adopts (ownCheckpoint), so the first start reports up to
+// checkpoint_every lines of a clean stop. Its WARN named only an unclean
+// stop or lines added while no broker held the file; it now names the
+// checkpoint by a key the sink does not check, and that key.
+func TestResumeAfterKeyChangeWarnsWhy(t *testing.T) {
+	oldKey, _ := newSigner(t)
+	newKey, _ := newSigner(t)
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	clk := newClock()
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: oldKey}, seams{})
+	appendN(t, s, 3)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path)
+	last, err := audit.ParseLine(lines[len(lines)-1])
+	if err != nil || last.Type != audit.TypeCheckpoint {
+		t.Fatalf("last line = %v, %v; want a checkpoint", last, err)
+	}
+	var logs brokertest.SyncBuffer
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: newKey, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := logs.String()
+	for _, want := range []string{"level=WARN", "no checkpoint covers", "which this broker does not check",
+		"unchecked_checkpoint_seq=" + strconv.FormatUint(last.Seq, 10), "unchecked_key_id=" + oldKey.KeyID()} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Open() after a change of checkpoint key logged %q, want it to contain %q", got, want)
+		}
+	}
+	// A clean reopen with the same key after that: no such WARN.
+	logs = brokertest.SyncBuffer{}
+	s = openT(t, Options{Path: path, Now: clk.Now, Signer: newKey, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "no checkpoint covers") {
+		t.Errorf("a clean reopen under the new key logged %q", logs.String())
+	}
+}

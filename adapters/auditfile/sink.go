@@ -275,6 +275,12 @@ type Sink struct {
 	// resumed is the range of lines no checkpoint covered when Open
 	// resumed the chain (nil: none); see UnsignedResumed.
 	resumed *UnsignedRange
+	// unchecked is the seq and key id of the newest checkpoint Open passed
+	// over because it names a key the sink cannot check (ownCheckpoint):
+	// said in its WARN, which otherwise names only an unclean stop or
+	// added lines (0: none).
+	unchecked    uint64
+	uncheckedKey string
 	// holdCP: no checkpoint until the caller recorded resumed
 	// (Options.RecordResumed, ResumedRecorded).
 	holdCP atomic.Bool
@@ -518,9 +524,16 @@ func (s *Sink) load() error {
 			}
 			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq}
 			s.holdCP.Store(s.o.RecordResumed)
-			s.log.Warn("audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)",
-				"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
-				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq)
+			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)"
+			attrs := []any{"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
+				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq}
+			if s.unchecked != 0 {
+				// After a deliberate change of checkpoint key the lines
+				// the old key signed are counted too: say why.
+				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report of up to checkpoint_every lines; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)"
+				attrs = append(attrs, "unchecked_checkpoint_seq", s.unchecked, "unchecked_key_id", s.uncheckedKey)
+			}
+			s.log.Warn(msg, attrs...)
 		}
 	} else {
 		id := s.o.ChainID
@@ -810,6 +823,9 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 		ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
 		known, good := v.VerifyOwn(ctx, cp.KeyID, msg, sig)
 		cancel()
+		if !known {
+			s.passedUnchecked(ev)
+		}
 		return known && good && cp.Alg == s.o.Signer.Alg()
 	}
 	k, ok := s.o.Signer.(interface {
@@ -820,6 +836,7 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 		return true // a signer that cannot check checkpoints (none is built in)
 	}
 	if cp.KeyID != k.KeyID() {
+		s.passedUnchecked(ev)
 		return false
 	}
 	msg, err := audit.CheckpointMessage(ev)
@@ -828,6 +845,15 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(cp.Signature)
 	return err == nil && ed25519.Verify(k.PublicKey(), msg, sig)
+}
+
+// passedUnchecked notes the checkpoint ev, by a key the sink cannot
+// check, that ownCheckpoint did not let end the range (the newest only:
+// eventsSinceCheckpoint reads backwards).
+func (s *Sink) passedUnchecked(ev *audit.Event) {
+	if s.unchecked == 0 {
+		s.unchecked, s.uncheckedKey = ev.Seq, ev.Checkpoint.KeyID
+	}
 }
 
 // OwnVerifier is a Signer that can check the checkpoints its key made
