@@ -762,7 +762,11 @@ func resumedNotices(rep *audit.Report) []string {
 			}
 			after := fmt.Sprintf("after the checkpoint at seq %d", r.LastCheckpointSeq)
 			if r.LastCheckpointSeq == 0 {
-				after = fmt.Sprintf("with no checkpoint in the %d line(s) before them (there may be more such lines)", r.Lines)
+				// After a deliberate change of checkpoint key the broker
+				// counts the old key's checkpoints among them too (it
+				// cannot check them): say so, not only a crash or a
+				// forger.
+				after = fmt.Sprintf("with no checkpoint the broker could check as its own in the %d line(s) before them (there may be more such lines; after a change of checkpoint key the old key's checkpoints are among them, an over-report)", r.Lines)
 			}
 			out = append(out, fmt.Sprintf("chain %s: %s (%d line(s)), %s, were signed only after the broker restarted (its start event, seq %d, records them): an unclean stop leaves such lines, and so does whoever added lines to the file while no broker held it; nothing in the files tells which", c.Chain, seqs, r.Lines, after, r.AtSeq))
 		}

@@ -86,3 +86,21 @@ func TestAuditVerifyNoticesUnsignedResumed(t *testing.T) {
 		t.Errorf("audit verify --json stderr = %q, want the notice", stderr)
 	}
 }
+
+// TestResumedNoticeWithoutOwnCheckpointNamesKeyChange: a range the broker
+// found no checkpoint of its own key before (last_checkpoint_seq 0) is, after
+// a deliberate change of checkpoint key, lines a clean stop left under the
+// old key's checkpoints (auditfile ownCheckpoint). The notice said "with no
+// checkpoint in the N line(s) before them", untrue then: it now says no
+// checkpoint the broker could check, and names the change of key.
+func TestResumedNoticeWithoutOwnCheckpointNamesKeyChange(t *testing.T) {
+	rep := &audit.Report{Chains: []audit.ChainReport{{Chain: "chn_x", UnsignedResumed: []audit.ResumedRange{
+		{AtSeq: 1002, FirstSeq: 2, LastSeq: 1001, Lines: 1000},
+	}}}}
+	got := strings.Join(resumedNotices(rep), "\n")
+	for _, want := range []string{"seq 2..1001 (1000 line(s))", "with no checkpoint the broker could check as its own in the 1000 line(s) before them", "change of checkpoint key"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("resumedNotices() = %q, want it to contain %q", got, want)
+		}
+	}
+}
