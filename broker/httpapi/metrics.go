@@ -26,14 +26,45 @@ type Metrics struct {
 	RefusalsSuppressed *prometheus.CounterVec
 
 	// exchangeSeries holds the children of Exchanges and ExchangeSeconds
-	// ObserveExchange has used, by their labels: WithLabelValues checks,
-	// hashes and looks up its labels under the vector's lock on every call.
-	// The map is replaced, never changed (copy on write, under seriesMu):
-	// a new label set is rare, a look-up takes no lock. Nothing deletes
-	// these series from the vectors, so a child held here is the one
-	// WithLabelValues would return.
-	exchangeSeries atomic.Pointer[map[exchangeKey]*exchangeChildren]
-	seriesMu       sync.Mutex
+	// ObserveExchange has used, by their labels (SeriesCache).
+	exchangeSeries SeriesCache[exchangeKey, *exchangeChildren]
+}
+
+// SeriesCache holds the children of metric vectors a hot path updates, by
+// their labels: WithLabelValues checks, hashes and looks up its labels
+// under the vector's lock on every call. The map is replaced, never
+// changed (copy on write, under a mutex): a new label set is rare, a
+// look-up takes no lock and allocates nothing. Nothing deletes series from
+// the vectors, so a child held here is the one WithLabelValues would
+// return. The zero value is empty, ready for use.
+type SeriesCache[K comparable, V any] struct {
+	series atomic.Pointer[map[K]V]
+	mu     sync.Mutex
+}
+
+// Get returns the children of k, made by children(k) the first time k is
+// asked for (under the cache's mutex: once per k).
+func (c *SeriesCache[K, V]) Get(k K, children func(K) V) V {
+	if cur := c.series.Load(); cur != nil {
+		if v, ok := (*cur)[k]; ok {
+			return v
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var next map[K]V
+	if cur := c.series.Load(); cur != nil {
+		if v, ok := (*cur)[k]; ok {
+			return v
+		}
+		next = maps.Clone(*cur)
+	} else {
+		next = make(map[K]V, 1)
+	}
+	v := children(k)
+	next[k] = v
+	c.series.Store(&next)
+	return v
 }
 
 // exchangeKey is the labels of one keytrail_exchanges_total series.
@@ -121,34 +152,15 @@ func (m *Metrics) ObserveExchange(grant, kind string, err error, d time.Duration
 		}
 		m.observeDeny("token", e)
 	}
-	c := m.children(exchangeKey{grant: grant, kind: kind, outcome: outcome})
+	c := m.exchangeSeries.Get(exchangeKey{grant: grant, kind: kind, outcome: outcome}, m.exchangeChildrenOf)
 	c.count.Inc()
 	c.seconds.Observe(d.Seconds())
 }
 
-// children returns the series of k, looked up in the vectors once.
-func (m *Metrics) children(k exchangeKey) *exchangeChildren {
-	if cur := m.exchangeSeries.Load(); cur != nil {
-		if c := (*cur)[k]; c != nil {
-			return c
-		}
-	}
-	m.seriesMu.Lock()
-	defer m.seriesMu.Unlock()
-	var next map[exchangeKey]*exchangeChildren
-	if cur := m.exchangeSeries.Load(); cur != nil {
-		if c := (*cur)[k]; c != nil {
-			return c
-		}
-		next = maps.Clone(*cur)
-	} else {
-		next = make(map[exchangeKey]*exchangeChildren, 1)
-	}
-	c := &exchangeChildren{
+// exchangeChildrenOf returns the series of k, looked up in the vectors.
+func (m *Metrics) exchangeChildrenOf(k exchangeKey) *exchangeChildren {
+	return &exchangeChildren{
 		count:   m.Exchanges.WithLabelValues(k.grant, k.kind, k.outcome),
 		seconds: m.ExchangeSeconds.WithLabelValues(k.outcome),
 	}
-	next[k] = c
-	m.exchangeSeries.Store(&next)
-	return c
 }
