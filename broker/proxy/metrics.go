@@ -2,13 +2,12 @@ package proxy
 
 import (
 	"errors"
-	"maps"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keytrail/keytrail/broker/httpapi"
 )
 
 // Metrics are the proxy's Prometheus metrics. Label values are bounded:
@@ -20,14 +19,9 @@ type Metrics struct {
 	SharedUse *prometheus.CounterVec   // keytrail_shared_use_suspected_total{grant}
 
 	// series holds the children of Requests and Duration observe has used,
-	// by grant and status: WithLabelValues checks, hashes and looks up its
-	// labels under the vector's lock on every call (and the status was
-	// formatted for it each time). The map is replaced, never changed (copy
-	// on write, under seriesMu): a new grant and status pair is rare, a
-	// look-up takes no lock. Nothing deletes these series from the vectors,
-	// so a child held here is the one WithLabelValues would return.
-	series   atomic.Pointer[map[seriesKey]*seriesChildren]
-	seriesMu sync.Mutex
+	// by grant and status (httpapi.SeriesCache): WithLabelValues would
+	// also have the status formatted for it each time.
+	series httpapi.SeriesCache[seriesKey, *seriesChildren]
 }
 
 // seriesKey is the labels of one keytrail_proxy_requests_total series.
@@ -76,34 +70,15 @@ func newMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 func (m *Metrics) observe(grant string, status int, d time.Duration) {
-	c := m.children(seriesKey{grant: grant, status: status})
+	c := m.series.Get(seriesKey{grant: grant, status: status}, m.seriesChildrenOf)
 	c.count.Inc()
 	c.seconds.Observe(d.Seconds())
 }
 
-// children returns the series of k, looked up in the vectors once.
-func (m *Metrics) children(k seriesKey) *seriesChildren {
-	if cur := m.series.Load(); cur != nil {
-		if c := (*cur)[k]; c != nil {
-			return c
-		}
-	}
-	m.seriesMu.Lock()
-	defer m.seriesMu.Unlock()
-	var next map[seriesKey]*seriesChildren
-	if cur := m.series.Load(); cur != nil {
-		if c := (*cur)[k]; c != nil {
-			return c
-		}
-		next = maps.Clone(*cur)
-	} else {
-		next = make(map[seriesKey]*seriesChildren, 1)
-	}
-	c := &seriesChildren{
+// seriesChildrenOf returns the series of k, looked up in the vectors.
+func (m *Metrics) seriesChildrenOf(k seriesKey) *seriesChildren {
+	return &seriesChildren{
 		count:   m.Requests.WithLabelValues(k.grant, strconv.Itoa(k.status)),
 		seconds: m.Duration.WithLabelValues(k.grant),
 	}
-	next[k] = c
-	m.series.Store(&next)
-	return c
 }
