@@ -3,7 +3,6 @@
 package client
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -24,35 +23,9 @@ import (
 // 30s. It is a permanent error, at once, saying what happened. A pipe
 // whose writer is still open keeps the bound (below).
 func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
-	// read is IdentityToken, failing the test if it has not returned
-	// within a minute (a guard, not a measure of speed).
 	read := func(t *testing.T, path string) (string, error) {
 		t.Helper()
-		type result struct {
-			tok string
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			tok, err := FileIdentity{Path: path}.IdentityToken(context.Background())
-			done <- result{tok, err}
-		}()
-		select {
-		case r := <-done:
-			return r.tok, r.err
-		case <-time.After(time.Minute):
-			t.Fatalf("IdentityToken(%s) did not return within a minute", path)
-			return "", nil
-		}
-	}
-	pipe := func(t *testing.T) (path string, w *os.File) {
-		t.Helper()
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Close(); w.Close() })
-		return fmt.Sprintf("/dev/fd/%d", r.Fd()), w
+		return readGuarded(t, path, time.Minute, "a minute")
 	}
 	permanent := func(t *testing.T, path string, err error) {
 		t.Helper()
@@ -64,7 +37,7 @@ func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
 	}
 
 	t.Run("read-again", func(t *testing.T) {
-		path, w := pipe(t)
+		path, w := anonPipe(t)
 		if _, err := w.WriteString("jwt-once\n"); err != nil {
 			t.Fatal(err)
 		}
@@ -78,14 +51,14 @@ func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
 	})
 
 	t.Run("nothing-written", func(t *testing.T) {
-		path, w := pipe(t)
+		path, w := anonPipe(t)
 		w.Close() // <(true)
 		_, err := read(t, path)
 		permanent(t, path, err)
 	})
 
 	t.Run("writer-open-keeps-the-bound", func(t *testing.T) {
-		path, _ := pipe(t) // the writer open, nothing written
+		path, _ := anonPipe(t) // the writer open, nothing written
 		defer func(d time.Duration) { pipeReadTimeout = d }(pipeReadTimeout)
 		pipeReadTimeout = 200 * time.Millisecond
 		_, err := read(t, path)
@@ -96,7 +69,7 @@ func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
 	})
 
 	t.Run("writer-open-writes", func(t *testing.T) {
-		path, w := pipe(t)
+		path, w := anonPipe(t)
 		go func() {
 			_, _ = w.WriteString("jwt-slow\n")
 			w.Close()
@@ -105,4 +78,16 @@ func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
 			t.Errorf("IdentityToken = %q, %v, want %q", tok, err, "jwt-slow")
 		}
 	})
+}
+
+// anonPipe is an unnamed pipe, as bash's <(cmd) gives one: the path of its
+// read end (/dev/fd/N) and its write end, both closed when t ends.
+func anonPipe(t *testing.T) (path string, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return fmt.Sprintf("/dev/fd/%d", r.Fd()), w
 }

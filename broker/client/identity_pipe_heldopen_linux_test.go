@@ -3,11 +3,9 @@
 package client
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,31 +24,7 @@ import (
 func TestFileIdentityPipeWriterKeptOpen(t *testing.T) {
 	read := func(t *testing.T, path string) (string, error) {
 		t.Helper()
-		type result struct {
-			tok string
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			tok, err := FileIdentity{Path: path}.IdentityToken(context.Background())
-			done <- result{tok, err}
-		}()
-		select {
-		case r := <-done:
-			return r.tok, r.err
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("IdentityToken(%s) did not return within two minutes", path)
-			return "", nil
-		}
-	}
-	anon := func(t *testing.T) (string, *os.File) {
-		t.Helper()
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Close(); w.Close() })
-		return "/dev/fd/" + strconv.Itoa(int(r.Fd())), w
+		return readGuarded(t, path, 2*time.Minute, "two minutes")
 	}
 	named := func(t *testing.T) (string, *os.File) {
 		t.Helper()
@@ -71,7 +45,7 @@ func TestFileIdentityPipeWriterKeptOpen(t *testing.T) {
 		t.Cleanup(func() { keep.Close(); w.Close() })
 		return fifo, w
 	}
-	for name, mk := range map[string]func(*testing.T) (string, *os.File){"unnamed": anon, "named": named} {
+	for name, mk := range map[string]func(*testing.T) (string, *os.File){"unnamed": anonPipe, "named": named} {
 		t.Run(name+"/line-ended", func(t *testing.T) {
 			path, w := mk(t)
 			if _, err := w.WriteString("jwt-kept-open\n"); err != nil {

@@ -14,6 +14,29 @@ import (
 	"time"
 )
 
+// readGuarded is FileIdentity{Path: path}.IdentityToken, failing the test
+// if it has not returned within wait (said as waitText): a guard, not a
+// measure of speed.
+func readGuarded(t *testing.T, path string, wait time.Duration, waitText string) (string, error) {
+	t.Helper()
+	type result struct {
+		tok string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tok, err := FileIdentity{Path: path}.IdentityToken(context.Background())
+		done <- result{tok, err}
+	}()
+	select {
+	case r := <-done:
+		return r.tok, r.err
+	case <-time.After(wait):
+		t.Fatalf("IdentityToken(%s) did not return within %s", path, waitText)
+		return "", nil
+	}
+}
+
 // TestFileIdentityReadsAPipe: the identity token file (fetch and exec
 // --identity-token-file) may be a pipe, read to its end: bash process
 // substitution (--identity-token-file <(get-token)) names one as
@@ -21,28 +44,6 @@ import (
 // Unlike the files the server's config and policy name (refused when they
 // are not regular files), this one must keep working.
 func TestFileIdentityReadsAPipe(t *testing.T) {
-	// readGuarded is IdentityToken, failing the test if it has not
-	// returned within a minute (a guard, not a measure of speed).
-	readGuarded := func(t *testing.T, path string) (string, error) {
-		t.Helper()
-		type result struct {
-			tok string
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			tok, err := FileIdentity{Path: path}.IdentityToken(context.Background())
-			done <- result{tok, err}
-		}()
-		select {
-		case r := <-done:
-			return r.tok, r.err
-		case <-time.After(time.Minute):
-			t.Fatalf("IdentityToken(%s) did not return within a minute", path)
-			return "", nil
-		}
-	}
-
 	t.Run("named-pipe", func(t *testing.T) {
 		fifo := filepath.Join(t.TempDir(), "token")
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
@@ -74,7 +75,7 @@ func TestFileIdentityReadsAPipe(t *testing.T) {
 			case <-time.After(time.Minute):
 			}
 		})
-		tok, err := readGuarded(t, fifo)
+		tok, err := readGuarded(t, fifo, time.Minute, "a minute")
 		if err != nil || tok != "jwt-from-fifo" {
 			t.Errorf("IdentityToken(named pipe) = %q, %v, want %q", tok, err, "jwt-from-fifo")
 		}
@@ -94,7 +95,7 @@ func TestFileIdentityReadsAPipe(t *testing.T) {
 			t.Fatal(err)
 		}
 		w.Close() // the command ended: the read sees the end
-		tok, err := readGuarded(t, path)
+		tok, err := readGuarded(t, path, time.Minute, "a minute")
 		if err != nil || tok != "jwt-from-pipe" {
 			t.Errorf("IdentityToken(%s) = %q, %v, want %q", path, tok, err, "jwt-from-pipe")
 		}
