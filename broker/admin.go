@@ -93,8 +93,7 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		// is read, and past it are answered 429 with no event of their
 		// own, counted by its summary. An admin is never limited.
 		notAdmin := Errorf(ErrDenied, "not_admin", "this identity is not an admin", nil)
-		who := &limitedCaller{typ: audit.TypeAdmin, iss: id.Iss, sub: id.Sub}
-		if answer := s.suppressCaller(ctx, who, refusalTag{action: req.Action}, notAdmin); answer != nil {
+		if answer := s.suppressCaller(ctx, adminCaller(id), refusalTag{action: req.Action}, notAdmin); answer != nil {
 			return nil, answer
 		}
 		if err := s.checkCallerBrokerToken(ctx, req.Token, id); err != nil {
@@ -108,8 +107,7 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		// bucket as a non-admin's do, after the store read (an admin's
 		// own calls never take from it). A 5xx is recorded as always.
 		if errors.Is(err, ErrUnauthenticated) {
-			who := &limitedCaller{typ: audit.TypeAdmin, iss: id.Iss, sub: id.Sub}
-			return nil, s.refuseCaller(ctx, ev, who, refusalTag{action: req.Action, reason: refusalReason(err)}, bearerError(err))
+			return nil, s.refuseCaller(ctx, ev, adminCaller(id), refusalTag{action: req.Action, reason: refusalReason(err)}, bearerError(err))
 		}
 		return deny(err)
 	}
@@ -128,6 +126,12 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		return nil, e
 	}
 	return a, nil
+}
+
+// adminCaller is the caller whose refused admin calls an identity guard
+// counts: id, who is no admin (or whose broker JWT was revoked).
+func adminCaller(id *Identity) *limitedCaller {
+	return &limitedCaller{typ: audit.TypeAdmin, iss: id.Iss, sub: id.Sub}
 }
 
 // boundTarget returns target with every string longer than maxSelectorLen

@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"errors"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn"
-	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
@@ -118,15 +116,7 @@ func TestIntrospectMissingTokenWithinLimit(t *testing.T) {
 func TestIntrospectRevokedCallerKeepsWorkloadBucket(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now } // fixed: no bucket refills
-	self, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(self.Handler())
-	t.Cleanup(srv.Close)
-	self.URL = srv.URL
-	policy := strings.ReplaceAll(chainPolicy, "https://keytrail.example/.well-known/jwks.json", srv.URL+authntest.JWKSPath)
-	policy = strings.ReplaceAll(policy, "https://keytrail.example", srv.URL)
+	self, policy := selfSigned(t)
 	// payments-agent, the workload broker JWTs of payments-api match,
 	// introspects from a bucket of one.
 	const agent = "    match: {issuer: keytrail, subject: payments-api}\n"

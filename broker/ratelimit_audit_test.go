@@ -57,13 +57,11 @@ func checkIdentitySummary(t *testing.T, evs []*audit.Event, typ string, refused 
 	return sum
 }
 
-// TestRateLimitedWorkloadAuditBounded: a workload that keeps asking past
-// its rate is answered 429 each time, but only the first of those 429s are
-// audited on their own; one summary deny event names the workload and
-// counts the rest, so a holder of a valid identity token cannot grow the
-// audit log without bound. (Each 429 wrote a deny event of its own.)
-func TestRateLimitedWorkloadAuditBounded(t *testing.T) {
-	f := newFixture(t)
+// workloadAtRate is f's Service with refusal limits (RefusalLimits
+// defaults) and an exchange request of workload payments that has taken
+// its burst: the next one is past its rate.
+func workloadAtRate(t *testing.T, f *fixture) (*broker.Service, broker.ExchangeRequest) {
+	t.Helper()
 	svc, err := broker.NewService(broker.Deps{
 		Policy:        func() *policies.Policy { return f.pol },
 		Authn:         func() broker.Authenticator { return f.authn },
@@ -77,13 +75,24 @@ func TestRateLimitedWorkloadAuditBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	req := broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req", Source: broker.Source{IP: "192.0.2.9"}}
 	for range 2 { // rate: {per_second: 1, burst: 2}
-		if _, err := svc.Exchange(ctx, req); err != nil {
+		if _, err := svc.Exchange(context.Background(), req); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return svc, req
+}
+
+// TestRateLimitedWorkloadAuditBounded: a workload that keeps asking past
+// its rate is answered 429 each time, but only the first of those 429s are
+// audited on their own; one summary deny event names the workload and
+// counts the rest, so a holder of a valid identity token cannot grow the
+// audit log without bound. (Each 429 wrote a deny event of its own.)
+func TestRateLimitedWorkloadAuditBounded(t *testing.T) {
+	f := newFixture(t)
+	svc, req := workloadAtRate(t, f)
+	ctx := context.Background()
 	const refused = 1000
 	for i := range refused {
 		if _, err := svc.Exchange(ctx, req); !errors.Is(err, broker.ErrRateLimited) || broker.AsError(err).RetryAfter <= 0 {
@@ -141,26 +150,8 @@ func TestRateLimitedIntrospectionAuditBounded(t *testing.T) {
 // (details.endpoints: token, proxy).
 func TestRateLimitedWorkloadSummaryCountsGrants(t *testing.T) {
 	f := newFixture(t)
-	svc, err := broker.NewService(broker.Deps{
-		Policy:        func() *policies.Policy { return f.pol },
-		Authn:         func() broker.Authenticator { return f.authn },
-		Minters:       map[string]broker.Minter{broker.KindVaultToken: f.minter},
-		Revokers:      map[string]broker.Revoker{broker.KindVaultToken: f.minter},
-		Store:         f.store,
-		Audit:         f.sink,
-		Now:           func() time.Time { return f.now },
-		RefusalLimits: &broker.RefusalLimits{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, req := workloadAtRate(t, f)
 	ctx := context.Background()
-	req := broker.ExchangeRequest{SubjectToken: "payments", Grant: "payments-vault", RequestID: "req", Source: broker.Source{IP: "192.0.2.9"}}
-	for range 2 { // rate: {per_second: 1, burst: 2}
-		if _, err := svc.Exchange(ctx, req); err != nil {
-			t.Fatal(err)
-		}
-	}
 	const exchanges, proxied = 50, 30
 	for i := range exchanges {
 		if _, err := svc.Exchange(ctx, req); !errors.Is(err, broker.ErrRateLimited) {

@@ -13,14 +13,13 @@ import (
 	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
-// TestHeldSweepResultKeepsSwept: another instance's worker sweeps a
-// revocation whose decision is still left to the instance that made it
-// (within decisionGrace: the sweep, 12 s after the creation by default,
-// always is). Its revoke_result by sweep is held, and the next pass, past
-// the grace, has nothing to sweep: it wrote the decision then a result by
-// worker, and no result ever named the sweep's find under swept. The held
-// finds are kept for the next result.
-func TestHeldSweepResultKeepsSwept(t *testing.T) {
+// heldSweepDue is a revFixture whose log refuses revoke events, the
+// revocation of workload payments made there (a 503 naming it: its
+// decision left to this instance), stored with a sweep due, and an
+// issuance an exchange in flight during the revocation stored (putLate):
+// the sweep's to find.
+func heldSweepDue(t *testing.T) (*revFixture, *broker.Revocation, *broker.Issuance) {
+	t.Helper()
 	f, sink, _ := newHoldRevFixture(t, nil, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
 	is := f.issue(t, "payments")
 	awaitTypes(t, sink, audit.TypeIssue)
@@ -37,17 +36,19 @@ func TestHeldSweepResultKeepsSwept(t *testing.T) {
 	if err != nil || rev.SweepAt.IsZero() {
 		t.Fatalf("stored revocation %+v, %v; want a sweep due", rev, err)
 	}
-	// An exchange in flight during the revocation stores its issuance
-	// (issued at the revocation's creation): the sweep's to find.
-	late, err := f.store.GetIssuance(ctx, is.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	late.ID, late.IssuedAt, late.RevokedAt, late.RevocationID = broker.NewID(broker.PrefixIssuance), rev.CreatedAt, time.Time{}, ""
-	late.Refs = broker.CredentialRefs{}
-	if err := f.store.PutIssuance(ctx, late); err != nil {
-		t.Fatal(err)
-	}
+	return f, rev, putLate(t, f, is, rev)
+}
+
+// TestHeldSweepResultKeepsSwept: another instance's worker sweeps a
+// revocation whose decision is still left to the instance that made it
+// (within decisionGrace: the sweep, 12 s after the creation by default,
+// always is). Its revoke_result by sweep is held, and the next pass, past
+// the grace, has nothing to sweep: it wrote the decision then a result by
+// worker, and no result ever named the sweep's find under swept. The held
+// finds are kept for the next result.
+func TestHeldSweepResultKeepsSwept(t *testing.T) {
+	f, rev, late := heldSweepDue(t)
+	ctx := context.Background()
 
 	// Instance B: AuditTimeout 10 s (the default), grace 30 s.
 	log := &brokertest.Sink{}
@@ -62,8 +63,8 @@ func TestHeldSweepResultKeepsSwept(t *testing.T) {
 	if err := within(t, "worker pass", func() error { return w.Tick(ctx) }); err != nil {
 		t.Fatalf("B's sweep pass = %v", err)
 	}
-	if got, _ := f.store.GetIssuance(ctx, late.ID); got == nil || got.RevocationID != made.ID {
-		t.Fatalf("late issuance after the sweep: %+v; want it revoked by %s", got, made.ID)
+	if got, _ := f.store.GetIssuance(ctx, late.ID); got == nil || got.RevocationID != rev.ID {
+		t.Fatalf("late issuance after the sweep: %+v; want it revoked by %s", got, rev.ID)
 	}
 	if types := log.Types(); len(types) != 0 {
 		t.Fatalf("B's events %v after its sweep within the grace, want none", types)

@@ -21,6 +21,22 @@ import (
 	"github.com/keytrail/keytrail/policies"
 )
 
+// selfSigned is an ES256 issuer served for t, standing for the broker's
+// own JWT signer, and chainPolicy with the keytrail issuer's URLs its own.
+func selfSigned(t *testing.T) (*authntest.Issuer, string) {
+	t.Helper()
+	self, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(self.Handler())
+	t.Cleanup(srv.Close)
+	self.URL = srv.URL
+	policy := strings.ReplaceAll(chainPolicy, "https://keytrail.example/.well-known/jwks.json", srv.URL+authntest.JWKSPath)
+	policy = strings.ReplaceAll(policy, "https://keytrail.example", srv.URL)
+	return self, policy
+}
+
 // An ECDSA signature (r, s) has a twin (r, n-s) that verifies just as well
 // (Go's crypto/ecdsa, and so jwt/v5's ES256, accept both). Whoever holds a
 // broker JWT can thus write a second, different string that every verifier
@@ -31,15 +47,7 @@ import (
 func TestRevokedBrokerJWTSignatureTwinRefused(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	self, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(self.Handler())
-	t.Cleanup(srv.Close)
-	self.URL = srv.URL
-	policy := strings.ReplaceAll(chainPolicy, "https://keytrail.example/.well-known/jwks.json", srv.URL+authntest.JWKSPath)
-	policy = strings.ReplaceAll(policy, "https://keytrail.example", srv.URL)
+	self, policy := selfSigned(t)
 	pol, err := policies.Parse("twin.yaml", []byte(policy+`
 admins:
   - name: agents

@@ -332,13 +332,18 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		}
 		return nil, s.refuseLimited(ctx, denyEvent(), exchangeCaller(wl, id), tokenTag, err)
 	}
+	// A broker JWT's refusal (err, reason included), counted as the
+	// workload's (refuseCaller).
+	refused := func(err error) (*ExchangeResult, error) {
+		tag := tokenTag
+		tag.reason = refusalReason(err)
+		return nil, s.refuseCaller(ctx, denyEvent(), exchangeCaller(wl, id), tag, err)
+	}
 	if err := s.allowBrokerToken(wl, id); err != nil {
 		return limited(err)
 	}
 	if err := s.checkBrokerToken(ctx, req.SubjectToken, id); err != nil {
-		tag := tokenTag
-		tag.reason = refusalReason(err)
-		return nil, s.refuseCaller(ctx, denyEvent(), exchangeCaller(wl, id), tag, err)
+		return refused(err)
 	}
 	var act []IdentityRef
 	var actorExp time.Time // the actor token's exp: the delegated credential's latest expiry
@@ -359,9 +364,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			if err = s.checkBrokerToken(ctx, req.ActorToken, actor); err != nil {
 				e := AsError(err)
 				e.Reason = "actor_" + e.Reason
-				tag := tokenTag
-				tag.reason = e.Reason
-				return nil, s.refuseCaller(ctx, denyEvent(), exchangeCaller(wl, id), tag, e)
+				return refused(e)
 			}
 		}
 		if err != nil {
@@ -794,11 +797,7 @@ func (s *Service) allowBrokerToken(wl *policies.Workload, id *Identity) error {
 	if wl == nil || wl.Rate == nil || wl.Rate.PerSecond <= 0 || !strings.HasPrefix(id.JTI, PrefixIssuance) {
 		return nil
 	}
-	burst := wl.Rate.Burst
-	if burst < 1 {
-		burst = int(math.Ceil(wl.Rate.PerSecond))
-	}
-	return s.exchangeTokens.allow(wl.Name+"\x00"+id.Iss+"\x00"+id.JTI, policies.Rate{PerSecond: wl.Rate.PerSecond, Burst: burst}, s.d.Now())
+	return s.exchangeTokens.allow(wl.Name+"\x00"+id.Iss+"\x00"+id.JTI, policies.Rate{PerSecond: wl.Rate.PerSecond, Burst: burstOf(wl.Rate)}, s.d.Now())
 }
 
 // checkCallerBrokerToken is checkBrokerToken for the Bearer token of a
@@ -853,6 +852,15 @@ func (s *Service) allow(wl *policies.Workload) error {
 	return s.allowFrom(&s.limiters, wl.Name, wl.Rate)
 }
 
+// burstOf is the bucket size of rt: its burst, else (unset) its rate per
+// second rounded up.
+func burstOf(rt *policies.Rate) int {
+	if rt.Burst < 1 {
+		return int(math.Ceil(rt.PerSecond))
+	}
+	return rt.Burst
+}
+
 // allowFrom takes a token from the bucket of workload in limiters, which
 // rt sizes (nil: no limit). Limiters are per process; a policy change of
 // the rate replaces the limiter.
@@ -860,10 +868,7 @@ func (s *Service) allowFrom(limiters *sync.Map, workload string, rt *policies.Ra
 	if rt == nil || rt.PerSecond <= 0 {
 		return nil
 	}
-	burst := rt.Burst
-	if burst < 1 {
-		burst = int(math.Ceil(rt.PerSecond))
-	}
+	burst := burstOf(rt)
 	stale := func(e *limiterEntry) bool {
 		return e == nil || e.perSecond != rt.PerSecond || e.burst != burst
 	}

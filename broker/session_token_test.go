@@ -18,24 +18,7 @@ import (
 // (r, n-s), which verifies as well and its holder can compute, stays the
 // token's session.
 func TestSessionOfTokenWithoutJTI(t *testing.T) {
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(iss.Handler())
-	t.Cleanup(srv.Close)
-	iss.URL = srv.URL
-	exchange := signedService(t, "session.yaml", `version: 1
-issuers:
-  - {name: idp, issuer: `+iss.URL+`, jwks_url: `+iss.URL+authntest.JWKSPath+`, audiences: [keytrail], algorithms: [ES256]}
-workloads:
-  - {name: gateway, owner: team-mesh, match: {issuer: idp, subject: "spiffe://example.org/gateway"}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
-	now := time.Now()
-	claims := jwt.MapClaims{"iss": iss.URL, "sub": "spiffe://example.org/gateway", "aud": "keytrail",
-		"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}
+	iss, exchange, claims := gatewaySessions(t, "ES256")
 	replica1 := sign(t, iss, claims)
 	replica2 := sign(t, iss, claims) // the same claims; ECDSA signs with a fresh nonce
 	if replica1 == replica2 {
@@ -73,24 +56,7 @@ func TestSessionOfDeterministicSignatures(t *testing.T) {
 		wantSame bool
 	}{{"RS256", true}, {"PS256", false}} {
 		t.Run(tc.alg, func(t *testing.T) {
-			iss, err := authntest.NewIssuer(tc.alg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := httptest.NewServer(iss.Handler())
-			t.Cleanup(srv.Close)
-			iss.URL = srv.URL
-			exchange := signedService(t, "session.yaml", `version: 1
-issuers:
-  - {name: idp, issuer: `+iss.URL+`, jwks_url: `+iss.URL+authntest.JWKSPath+`, audiences: [keytrail], algorithms: [`+tc.alg+`]}
-workloads:
-  - {name: gateway, owner: team-mesh, match: {issuer: idp, subject: "spiffe://example.org/gateway"}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
-			now := time.Now()
-			claims := jwt.MapClaims{"iss": iss.URL, "sub": "spiffe://example.org/gateway", "aud": "keytrail",
-				"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}
+			iss, exchange, claims := gatewaySessions(t, tc.alg)
 			replica1, replica2 := sign(t, iss, claims), sign(t, iss, claims)
 			if (replica1 == replica2) != tc.wantSame {
 				t.Fatalf("two %s signatures of one payload equal: %v, want %v", tc.alg, replica1 == replica2, tc.wantSame)
@@ -108,4 +74,30 @@ grants:
 			}
 		})
 	}
+}
+
+// gatewaySessions is an issuer signing with alg, served for t, a Service
+// whose policy trusts it (workload gateway, grant g, no session claim) and
+// the claims of a token of gateway's SPIFFE ID issued now, without jti.
+func gatewaySessions(t *testing.T, alg string) (*authntest.Issuer, signedExchange, jwt.MapClaims) {
+	t.Helper()
+	iss, err := authntest.NewIssuer(alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(iss.Handler())
+	t.Cleanup(srv.Close)
+	iss.URL = srv.URL
+	exchange := signedService(t, "session.yaml", `version: 1
+issuers:
+  - {name: idp, issuer: `+iss.URL+`, jwks_url: `+iss.URL+authntest.JWKSPath+`, audiences: [keytrail], algorithms: [`+alg+`]}
+workloads:
+  - {name: gateway, owner: team-mesh, match: {issuer: idp, subject: "spiffe://example.org/gateway"}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	claims := jwt.MapClaims{"iss": iss.URL, "sub": "spiffe://example.org/gateway", "aud": "keytrail",
+		"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}
+	return iss, exchange, claims
 }

@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"context"
-	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,23 +49,8 @@ func putLate(t *testing.T, f *revFixture, is *broker.Issuance, rev *broker.Revoc
 // and the sweep's find was never named in a revoke_result. The worker
 // keeps a revocation whose last result failed until a pass writes it.
 func TestHeldSweepResultFailedAfterDecisionWritten(t *testing.T) {
-	f, sink, _ := newHoldRevFixture(t, nil, func(ev *audit.Event) bool { return ev.Type == audit.TypeRevoke })
-	is := f.issue(t, "payments")
-	awaitTypes(t, sink, audit.TypeIssue)
+	f, rev, late := heldSweepDue(t)
 	ctx := context.Background()
-	err := within(t, "Revoke()", func() error {
-		_, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{Workload: is.Workload}, "incident 42", broker.RevokeOptions{}, "req_late")
-		return err
-	})
-	var made *broker.RevocationMadeError
-	if !errors.As(err, &made) {
-		t.Fatalf("Revoke() = %v, want 503 audit_unavailable naming the revocation made", err)
-	}
-	rev, err := f.store.GetRevocation(ctx, made.ID)
-	if err != nil || rev.SweepAt.IsZero() {
-		t.Fatalf("stored revocation %+v, %v; want a sweep due", rev, err)
-	}
-	late := putLate(t, f, is, rev)
 
 	// Instance B, whose log refuses revoke_result events while failing is set.
 	var failing atomic.Bool
@@ -85,7 +69,7 @@ func TestHeldSweepResultFailedAfterDecisionWritten(t *testing.T) {
 	failing.Store(true)
 	f.advance(time.Minute)
 	_ = within(t, "worker pass", func() error { return w.Tick(ctx) })
-	got, err := f.store.GetRevocation(ctx, made.ID)
+	got, err := f.store.GetRevocation(ctx, rev.ID)
 	if err != nil || got.CompletedAt.IsZero() || len(got.Decision) > 0 {
 		t.Fatalf("record after the pass past the grace: %+v, %v; want it complete, its decision written", got, err)
 	}
