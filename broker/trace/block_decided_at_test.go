@@ -30,12 +30,7 @@ func TestLateBlockShownAtDecision(t *testing.T) {
 		m["decided_at"] = decided.Format(audit.TimeFormat)
 		return m
 	}
-	c := audit.NewChain("chn_a")
-	var lines [][]byte
-	for _, e := range []struct {
-		ev *audit.Event
-		at time.Time
-	}{
+	lines := sealedAt(t, "chn_a", []timed{
 		{&audit.Event{Type: audit.TypeIssue, RequestID: "req_I", IssuanceID: id, Workload: "payments-api", Owner: "team-payments",
 			Grant: "payments-vault", Kind: broker.KindVaultToken,
 			Credential: &audit.Credential{Accessor: "accBK", ExpiresAt: rfc(at(2 * time.Hour))},
@@ -49,23 +44,9 @@ func TestLateBlockShownAtDecision(t *testing.T) {
 		{&audit.Event{Type: audit.TypeRevokeResult, RevocationID: "rev_BK", Admin: "secops:alice",
 			Details: map[string]any{"matched": 1, "revoked": []any{id}, "pending": []any{}, "failed": []any{}},
 			Outcome: &audit.Outcome{Status: 200}}, written.Add(time.Millisecond)},
-	} {
-		l, err := c.Seal(e.ev, e.at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, l)
-	}
+	})
 
-	x, err := trace.NewIndex(trace.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range lines {
-		if err := x.AddLine(l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	x := indexed(t, lines)
 	off, err := x.Lookup("accBK")
 	if err != nil {
 		t.Fatal(err)

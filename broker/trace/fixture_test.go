@@ -2,6 +2,7 @@ package trace_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/trace"
 )
 
 // The fixture: three issuances of two workloads, their uses, a revocation
@@ -94,6 +96,54 @@ func sealed(t testing.TB, chain string, start time.Duration, evs []*audit.Event)
 		out = append(out, line)
 	}
 	return out
+}
+
+// jsonEvent is the event js (a log line's JSON) as sealed in chain chn_a
+// with seq seq, seq seconds after t0.
+func jsonEvent(t testing.TB, seq int, js string) *audit.Event {
+	t.Helper()
+	var ev audit.Event
+	if err := json.Unmarshal([]byte(js), &ev); err != nil {
+		t.Fatal(err)
+	}
+	ev.Seq, ev.Chain, ev.Time = uint64(seq), "chn_a", at(time.Duration(seq)*time.Second).Format(time.RFC3339Nano)
+	return &ev
+}
+
+// timed is an event and the time it is sealed at.
+type timed struct {
+	ev *audit.Event
+	at time.Time
+}
+
+// sealedAt seals events, each at its own time, into chained audit lines.
+func sealedAt(t testing.TB, chain string, evs []timed) [][]byte {
+	t.Helper()
+	c := audit.NewChain(chain)
+	var out [][]byte
+	for _, e := range evs {
+		l, err := c.Seal(e.ev, e.at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// indexed is an Index of lines.
+func indexed(t testing.TB, lines [][]byte) *trace.Index {
+	t.Helper()
+	x, err := trace.NewIndex(trace.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lines {
+		if err := x.AddLine(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return x
 }
 
 // writeLines writes lines (newline-terminated) to dir/name.

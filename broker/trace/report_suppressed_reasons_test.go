@@ -1,7 +1,6 @@
 package trace_test
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -20,27 +19,19 @@ import (
 // refusals_suppressed; reasons that are not usable counts, or add up to
 // more than the summary's suppressed, are not read.
 func TestReportCountsSuppressedRefusalsByReason(t *testing.T) {
-	line := func(seq int, js string) *audit.Event {
-		var ev audit.Event
-		if err := json.Unmarshal([]byte(js), &ev); err != nil {
-			t.Fatal(err)
-		}
-		ev.Seq, ev.Chain, ev.Time = uint64(seq), "chn_a", at(time.Duration(seq)*time.Second).Format(time.RFC3339Nano)
-		return &ev
-	}
 	evs := []*audit.Event{
-		line(1, `{"type":"deny","outcome":{"status":401,"error":"invalid_grant","reason":"token_expired"}}`),
-		line(2, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":900,"reasons":{"token_expired":812,"bad_signature":80}}}`),
-		line(3, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":5,"reasons":{"token_expired":5}}}`),
+		jsonEvent(t, 1, `{"type":"deny","outcome":{"status":401,"error":"invalid_grant","reason":"token_expired"}}`),
+		jsonEvent(t, 2, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":900,"reasons":{"token_expired":812,"bad_signature":80}}}`),
+		jsonEvent(t, 3, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":5,"reasons":{"token_expired":5}}}`),
 		// Not read: more than suppressed; not a whole number.
-		line(4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":3,"reasons":{"token_expired":4}}}`),
-		line(5, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":3,"reasons":{"token_expired":1.5}}}`),
+		jsonEvent(t, 4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":3,"reasons":{"token_expired":4}}}`),
+		jsonEvent(t, 5, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":3,"reasons":{"token_expired":1.5}}}`),
 		// One refusal past the bucket in the span: a summary of one, whose
 		// reason is read as any other's.
-		line(7, `{"type":"deny","source":{"ip":"192.0.2.2"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":1,"reasons":{"bad_signature":1}}}`),
+		jsonEvent(t, 7, `{"type":"deny","source":{"ip":"192.0.2.2"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":1,"reasons":{"bad_signature":1}}}`),
 		// A suppressed that is not a usable count is one refusal; its
 		// reasons are not read.
-		line(8, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":-5,"reasons":{"bad_signature":1}}}`),
+		jsonEvent(t, 8, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":-5,"reasons":{"bad_signature":1}}}`),
 		// As the broker writes it, not read back from a file.
 		{Type: audit.TypeDeny, Seq: 6, Chain: "chn_a", Time: at(6 * time.Second).Format(time.RFC3339Nano),
 			Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: broker.ReasonRefusalsSuppressed},

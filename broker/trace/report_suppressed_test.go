@@ -1,7 +1,6 @@
 package trace_test
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -18,28 +17,20 @@ import (
 // back from the log (a JSON number) or as written (an int). A summary
 // without a usable count still counts as one.
 func TestReportCountsSuppressedRefusals(t *testing.T) {
-	line := func(seq int, js string) *audit.Event {
-		var ev audit.Event
-		if err := json.Unmarshal([]byte(js), &ev); err != nil {
-			t.Fatal(err)
-		}
-		ev.Seq, ev.Chain, ev.Time = uint64(seq), "chn_a", at(time.Duration(seq)*time.Second).Format(time.RFC3339Nano)
-		return &ev
-	}
 	evs := []*audit.Event{
-		line(1, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":401,"error":"invalid_grant","reason":"bad_signature"}}`),
-		line(2, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":35}}`),
-		line(3, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":1200}}`),
-		line(4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"suppressed":"junk"}}`),
+		jsonEvent(t, 1, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":401,"error":"invalid_grant","reason":"bad_signature"}}`),
+		jsonEvent(t, 2, `{"type":"deny","source":{"ip":"192.0.2.1"},"outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"source","suppressed":35}}`),
+		jsonEvent(t, 3, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"scope":"global","suppressed":1200}}`),
+		jsonEvent(t, 4, `{"type":"deny","outcome":{"status":429,"error":"slow_down","reason":"refusals_suppressed"},"details":{"suppressed":"junk"}}`),
 		{Type: audit.TypeDeny, Seq: 5, Chain: "chn_a", Time: at(5 * time.Second).Format(time.RFC3339Nano),
 			Outcome: &audit.Outcome{Status: 429, Error: "slow_down", Reason: broker.ReasonRefusalsSuppressed}, Details: map[string]any{"suppressed": 4}},
 		// An authenticated caller's 429s past its per_identity allowance:
 		// one summary of reason rate_limited standing for 980 of them,
 		// next to one 429 audited on its own.
-		line(6, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
-		line(7, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
+		jsonEvent(t, 6, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
+		jsonEvent(t, 7, `{"type":"deny","workload":"payments-api","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
 		// scope identity on a deny of another reason is no summary: one.
-		line(8, `{"type":"deny","workload":"payments-api","outcome":{"status":403,"error":"access_denied","reason":"workload_blocked"},"details":{"scope":"identity","suppressed":50}}`),
+		jsonEvent(t, 8, `{"type":"deny","workload":"payments-api","outcome":{"status":403,"error":"access_denied","reason":"workload_blocked"},"details":{"scope":"identity","suppressed":50}}`),
 	}
 	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
 	if err != nil {
@@ -57,18 +48,10 @@ func TestReportCountsSuppressedRefusals(t *testing.T) {
 // count adds them up, as the report's deny counts by reason do (each of
 // those 429s was a deny event of that workload before they were bounded).
 func TestReportWorkloadDeniedCountsSuppressed429s(t *testing.T) {
-	line := func(seq int, js string) *audit.Event {
-		var ev audit.Event
-		if err := json.Unmarshal([]byte(js), &ev); err != nil {
-			t.Fatal(err)
-		}
-		ev.Seq, ev.Chain, ev.Time = uint64(seq), "chn_a", at(time.Duration(seq)*time.Second).Format(time.RFC3339Nano)
-		return &ev
-	}
 	evs := []*audit.Event{
-		line(1, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
-		line(2, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
-		line(3, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":403,"error":"access_denied","reason":"grant_not_allowed"}}`),
+		jsonEvent(t, 1, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"}}`),
+		jsonEvent(t, 2, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":429,"error":"slow_down","reason":"rate_limited"},"details":{"scope":"identity","suppressed":980}}`),
+		jsonEvent(t, 3, `{"type":"deny","workload":"payments-api","owner":"team-pay","outcome":{"status":403,"error":"access_denied","reason":"grant_not_allowed"}}`),
 	}
 	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
 	if err != nil {

@@ -23,12 +23,7 @@ func TestRevocationsOrderedByDecision(t *testing.T) {
 	const id = "iss_01JXD0000000000000000000RO"
 	decided := at(time.Second)
 	written := at(10 * time.Minute)
-	c := audit.NewChain("chn_a")
-	var lines [][]byte
-	for _, e := range []struct {
-		ev *audit.Event
-		at time.Time
-	}{
+	lines := sealedAt(t, "chn_a", []timed{
 		{&audit.Event{Type: audit.TypeIssue, RequestID: "req_I", IssuanceID: id, Workload: "payments-api", Owner: "team-payments",
 			Grant: "payments-vault", Kind: broker.KindVaultToken,
 			Credential: &audit.Credential{Accessor: "accRO", ExpiresAt: rfc(at(2 * time.Hour))},
@@ -47,13 +42,7 @@ func TestRevocationsOrderedByDecision(t *testing.T) {
 		{&audit.Event{Type: audit.TypeRevokeResult, RequestID: "req_L", RevocationID: "rev_LATE", Admin: "secops:alice",
 			Details: map[string]any{"matched": 1, "revoked": []any{id}, "pending": []any{}, "failed": []any{}},
 			Outcome: &audit.Outcome{Status: 200}}, written.Add(time.Millisecond)},
-	} {
-		l, err := c.Seal(e.ev, e.at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, l)
-	}
+	})
 	want := []string{"revoke rev_LATE", "revoke rev_B", "revoke_result rev_B", "revoke_result rev_LATE"}
 	order := func(r *trace.Result) []string {
 		var out []string
@@ -79,15 +68,7 @@ func TestRevocationsOrderedByDecision(t *testing.T) {
 		}
 	}
 
-	x, err := trace.NewIndex(trace.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range lines {
-		if err := x.AddLine(l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	x := indexed(t, lines)
 	off, err := x.Lookup("accRO")
 	if err != nil {
 		t.Fatal(err)
@@ -123,12 +104,7 @@ func TestRevocationsOrderedByDecision(t *testing.T) {
 func TestReportTimelineCountsDecisionBeforeFirstEvent(t *testing.T) {
 	const id = "iss_01JXD0000000000000000000RT"
 	decided := at(0)
-	c := audit.NewChain("chn_b")
-	var lines [][]byte
-	for _, e := range []struct {
-		ev *audit.Event
-		at time.Time
-	}{
+	lines := sealedAt(t, "chn_b", []timed{
 		{&audit.Event{Type: audit.TypeRevoke, RevocationID: "rev_AGAIN", Workload: "payments-api", Admin: "secops:alice", Reason: "leaked",
 			Details: map[string]any{"selector": map[string]any{"workload": "payments-api"}, "matched": 1, "issuance_ids": []any{id}, "decided_at": decided.Format(audit.TimeFormat)},
 			Outcome: &audit.Outcome{Status: 200}}, at(30 * time.Second)},
@@ -139,22 +115,8 @@ func TestReportTimelineCountsDecisionBeforeFirstEvent(t *testing.T) {
 			Grant: "payments-vault", Kind: broker.KindVaultToken,
 			Credential: &audit.Credential{Accessor: "accNW", ExpiresAt: rfc(at(3 * time.Hour))},
 			Outcome:    &audit.Outcome{Status: 200}}, at(2 * time.Hour)},
-	} {
-		l, err := c.Seal(e.ev, e.at)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, l)
-	}
-	x, err := trace.NewIndex(trace.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range lines {
-		if err := x.AddLine(l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
+	x := indexed(t, lines)
 	rep, err := trace.BuildReport(trace.ReportInput{Now: at(2*time.Hour + time.Minute), Events: x.Events()})
 	if err != nil {
 		t.Fatal(err)
