@@ -162,8 +162,12 @@ func TestResumeForgedCheckpointDoesNotEndUnsignedTail(t *testing.T) {
 	}
 }
 
-func testResumeForgedCheckpoint(t *testing.T, ownKid bool) {
-	signer, _ := newSigner(t)
+// forgedCheckpointTail is the file a crashed sink left: 3 events closed
+// by signer's final checkpoint (seq 4), then 2 uses (seq 5, 6) and a line
+// typed checkpoint of their head (seq 7) that forger signed, under kid
+// when not "" (else forger's own). It returns its path and the clock.
+func forgedCheckpointTail(t *testing.T, signer, forger audit.Signer, kid string) (string, *clock) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	clk := newClock()
 	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
@@ -177,16 +181,13 @@ func testResumeForgedCheckpoint(t *testing.T, ownKid bool) {
 		t.Fatal(err)
 	}
 	file := sealUses(t, c, 2, clk.Now()) // seq 5, 6
-	// A "checkpoint" of the head, with the sink's key id and a signature
-	// that key did not make (another key's).
-	other, _ := newSigner(t)
 	now := clk.Now()
-	ev, err := c.Checkpoint(context.Background(), other, "", now)
+	ev, err := c.Checkpoint(context.Background(), forger, "", now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ownKid {
-		ev.Checkpoint.KeyID = signer.KeyID()
+	if kid != "" {
+		ev.Checkpoint.KeyID = kid
 	}
 	forged, err := c.Seal(ev, now)
 	if err != nil {
@@ -201,9 +202,22 @@ func testResumeForgedCheckpoint(t *testing.T, ownKid bool) {
 		t.Fatal(err)
 	}
 	_ = f.Close()
+	return path, clk
+}
+
+func testResumeForgedCheckpoint(t *testing.T, ownKid bool) {
+	signer, _ := newSigner(t)
+	// A "checkpoint" of the head, with the sink's key id and a signature
+	// that key did not make (another key's).
+	other, _ := newSigner(t)
+	kid := ""
+	if ownKid {
+		kid = signer.KeyID()
+	}
+	path, clk := forgedCheckpointTail(t, signer, other, kid)
 
 	var logs brokertest.SyncBuffer
-	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
 	got := s.UnsignedResumed()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -370,40 +384,10 @@ func (o selfChecking) VerifyOwn(_ context.Context, kid string, msg, sig []byte) 
 func TestResumeForgedTransitCheckpointDoesNotEndUnsignedTail(t *testing.T) {
 	ed, _ := newSigner(t)
 	signer := selfChecking{ed}
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	clk := newClock()
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
-	appendN(t, s, 3)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	lines := readLines(t, path) // 3 events and the final checkpoint, seq 4
-	c, err := audit.ResumeChain(lines[len(lines)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := sealUses(t, c, 2, clk.Now()) // seq 5, 6
 	other, _ := newSigner(t)
-	now := clk.Now()
-	ev, err := c.Checkpoint(context.Background(), selfChecking{other}, "", now) // kid own:1, another key
-	if err != nil {
-		t.Fatal(err)
-	}
-	forged, err := c.Seal(ev, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file = append(append(file, forged...), '\n') // seq 7
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(file); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
+	path, clk := forgedCheckpointTail(t, signer, selfChecking{other}, "") // kid own:1, another key
 
-	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
 	got := s.UnsignedResumed()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
