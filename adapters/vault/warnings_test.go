@@ -31,6 +31,18 @@ func warnLines(t *testing.T, buf *bytes.Buffer, secrets ...string) []warnLine {
 		}
 	}
 	var got []warnLine
+	for _, f := range warnFields(t, buf, "op", "grant", "issuance_id", "vault_warning") {
+		got = append(got, warnLine{f[0], f[1], f[2], f[3]})
+	}
+	return got
+}
+
+// warnFields is, for each JSON log line in buf, its string fields keys (""
+// where absent), failing the test on a line that is not JSON or not at
+// level WARN.
+func warnFields(t *testing.T, buf *bytes.Buffer, keys ...string) [][]string {
+	t.Helper()
+	var got [][]string
 	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
 		if l == "" {
 			continue
@@ -42,8 +54,11 @@ func warnLines(t *testing.T, buf *bytes.Buffer, secrets ...string) []warnLine {
 		if m["level"] != "WARN" {
 			t.Errorf("log line %q: level %v, want WARN", l, m["level"])
 		}
-		str := func(k string) string { s, _ := m[k].(string); return s }
-		got = append(got, warnLine{str("op"), str("grant"), str("issuance_id"), str("vault_warning")})
+		f := make([]string, len(keys))
+		for i, k := range keys {
+			f[i], _ = m[k].(string)
+		}
+		got = append(got, f)
 	}
 	return got
 }
@@ -236,19 +251,8 @@ func TestTransitKeyReadsLogVaultWarnings(t *testing.T) {
 	lines := func(buf *bytes.Buffer) []keyLine {
 		t.Helper()
 		var got []keyLine
-		for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-			if l == "" {
-				continue
-			}
-			var m map[string]any
-			if err := json.Unmarshal([]byte(l), &m); err != nil {
-				t.Fatalf("log line %q: %v", l, err)
-			}
-			if m["level"] != "WARN" {
-				t.Errorf("log line %q: level %v, want WARN", l, m["level"])
-			}
-			str := func(k string) string { s, _ := m[k].(string); return s }
-			got = append(got, keyLine{str("op"), str("transit_key"), str("vault_warning")})
+		for _, f := range warnFields(t, buf, "op", "transit_key", "vault_warning") {
+			got = append(got, keyLine{f[0], f[1], f[2]})
 		}
 		if strings.Contains(buf.String(), brokerToken) {
 			t.Errorf("log contains the broker token:\n%s", buf)
