@@ -26,15 +26,7 @@ func TestAuditVerifyNoticesUnsignedResumed(t *testing.T) {
 
 	// While no broker holds the file, a line is added, linked to the
 	// final checkpoint.
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
-	c, err := audit.ResumeChain([]byte(lines[len(lines)-1]))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data, c := resumeAuditFile(t, path)
 	cpSeq, _ := c.Head()
 	added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_added", IssuanceID: "iss_ADDED"}, time.Now())
 	if err != nil {

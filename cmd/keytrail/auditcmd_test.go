@@ -49,6 +49,22 @@ func TestAuditVerifyReadErrorIsNotOK(t *testing.T) {
 	}
 }
 
+// resumeAuditFile is the content of the audit file at path and its chain
+// resumed from its last line, as a writer that appends to it would.
+func resumeAuditFile(t *testing.T, path string) ([]byte, *audit.Chain) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	c, err := audit.ResumeChain(all[len(all)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, c
+}
+
 // TestAuditVerifyWarnsUnsignedLinesMayBeForged: lines after the last
 // verified checkpoint are covered by no signature. Whoever can write the
 // file can add (or change) them, correctly linked; verify cannot tell, and
@@ -59,15 +75,7 @@ func TestAuditVerifyWarnsUnsignedLinesMayBeForged(t *testing.T) {
 	path, lines := writeSignedAudit(t, dir, signer)
 
 	// The attacker appends an issuance, linked to the final checkpoint.
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	all := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
-	c, err := audit.ResumeChain(all[len(all)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	data, c := resumeAuditFile(t, path)
 	forged, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_forged", IssuanceID: "iss_FORGED", Workload: "payments-api", Owner: "someone-else"}, time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -23,13 +23,10 @@ func pkiRolePolicy(role string) string {
 `
 }
 
-// TestServerRefusesPKIRoleWithoutStore: a pki role with no_store=true
-// issues certificates Vault keeps no record of, so none can be revoked by
-// serial and every keytrail revocation of the grant's issuances would fail
-// until expiry. The server refuses to start with such a grant, naming it
-// and the setting, and a policy reload that adds one is refused (the
-// policy in force stays). Real Vault.
-func TestServerRefusesPKIRoleWithoutStore(t *testing.T) {
+// pkiRolesVault is a real Vault with a pki mount and two roles: stored,
+// and unstored (no_store=true).
+func pkiRolesVault(t *testing.T) *harness.Vault {
+	t.Helper()
 	vp := harness.StartVault(t)
 	bg := context.Background()
 	if err := vp.Client.Sys().MountWithContext(bg, "pki", &vaultapi.MountInput{Type: "pki"}); err != nil {
@@ -40,6 +37,17 @@ func TestServerRefusesPKIRoleWithoutStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return vp
+}
+
+// TestServerRefusesPKIRoleWithoutStore: a pki role with no_store=true
+// issues certificates Vault keeps no record of, so none can be revoked by
+// serial and every keytrail revocation of the grant's issuances would fail
+// until expiry. The server refuses to start with such a grant, naming it
+// and the setting, and a policy reload that adds one is refused (the
+// policy in force stays). Real Vault.
+func TestServerRefusesPKIRoleWithoutStore(t *testing.T) {
+	vp := pkiRolesVault(t)
 	for _, tc := range []struct {
 		name, role, wantErr string // wantErr "" = the server starts
 	}{
@@ -47,7 +55,7 @@ func TestServerRefusesPKIRoleWithoutStore(t *testing.T) {
 		{"ok/stored", "stored", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(bg)
+			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			dir := t.TempDir()
 			pol := filepath.Join(dir, "policy.yaml")

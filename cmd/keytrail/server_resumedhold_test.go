@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	vaultapi "github.com/hashicorp/vault/api"
-
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -24,16 +22,7 @@ import (
 // checkpoint either, or no start event would ever record them. The next
 // start that succeeds records them.
 func TestFailedStartupLeavesAdoptedLinesToTheNextStart(t *testing.T) {
-	vp := harness.StartVault(t)
-	bg := context.Background()
-	if err := vp.Client.Sys().MountWithContext(bg, "pki", &vaultapi.MountInput{Type: "pki"}); err != nil {
-		t.Fatal(err)
-	}
-	for role, noStore := range map[string]bool{"stored": false, "unstored": true} {
-		if _, err := vp.Client.Logical().WriteWithContext(bg, "pki/roles/"+role, map[string]any{"allow_any_name": true, "no_store": noStore}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	vp := pkiRolesVault(t)
 	dir := t.TempDir()
 	pol := filepath.Join(dir, "policy.yaml")
 	auditPath := filepath.Join(dir, "audit.jsonl")
@@ -42,7 +31,7 @@ func TestFailedStartupLeavesAdoptedLinesToTheNextStart(t *testing.T) {
 		if err := os.WriteFile(pol, []byte(pkiRolePolicy(role)), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(bg)
+		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, harness.VaultRootToken)
 		select {
@@ -64,15 +53,7 @@ func TestFailedStartupLeavesAdoptedLinesToTheNextStart(t *testing.T) {
 	}
 	run("stored", "") // a clean stop: the file ends with a checkpoint
 
-	data, err := os.ReadFile(auditPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
-	c, err := audit.ResumeChain(lines[len(lines)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	data, c := resumeAuditFile(t, auditPath)
 	cpSeq, _ := c.Head()
 	added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_added", IssuanceID: "iss_ADDED", Workload: "orders"}, time.Now())
 	if err != nil {
