@@ -35,7 +35,7 @@ func (s *holdSink) Append(ctx context.Context, ev *audit.Event) error {
 }
 
 // newHoldRevFixture is a revFixture whose Service waits for an audit event
-// at most 50ms (AuditTimeout) and whose sink holds the events hold picks
+// at most stallAuditTimeout and whose sink holds the events hold picks
 // until release (which the test's cleanup calls too).
 func newHoldRevFixture(t *testing.T, wrap func(*revFixture, broker.Store) broker.Store, hold func(ev *audit.Event) bool) (f *revFixture, sink *holdSink, release func()) {
 	t.Helper()
@@ -46,12 +46,12 @@ func newHoldRevFixture(t *testing.T, wrap func(*revFixture, broker.Store) broker
 	f = newRevFixtureDeps(t, wrap, func(rec *brokertest.Sink) broker.AuditSink {
 		sink.rec = rec
 		return sink
-	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond })
+	}, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout })
 	return f, sink, release
 }
 
 // within runs call and returns its error, failing the test when it is
-// still running after 10s (the audit wait it makes is bounded at 50ms).
+// still running after 10s (the audit wait it makes is bounded by stallAuditTimeout).
 func within(t *testing.T, what string, call func() error) error {
 	t.Helper()
 	done := make(chan error, 1)
@@ -60,7 +60,7 @@ func within(t *testing.T, what string, call func() error) error {
 	case err := <-done:
 		return err
 	case <-time.After(10 * time.Second):
-		t.Fatalf("%s still waiting for its stalled audit event after 10s (AuditTimeout 50ms)", what)
+		t.Fatalf("%s still waiting for its stalled audit event after 10s (AuditTimeout %v)", what, stallAuditTimeout)
 		return nil
 	}
 }
@@ -220,3 +220,9 @@ func TestUnblockFailureAuditStallIsBounded(t *testing.T) {
 	release()
 	awaitTypes(t, sink, audit.TypeUnblock, audit.TypeUnblock)
 }
+
+// stallAuditTimeout is the AuditTimeout of the tests that stall an audit
+// event on purpose: long enough that an event nobody holds is never late on
+// a loaded machine (50ms was, once), short enough that each stalled one
+// costs the test little.
+const stallAuditTimeout = 500 * time.Millisecond

@@ -247,7 +247,7 @@ func TestLateDecisionTracedAtDecision(t *testing.T) {
 	release := func() { once.Do(func() { close(sink.release) }) }
 	t.Cleanup(release)
 	f := newRevFixtureDeps(t, nil, func(*brokertest.Sink) broker.AuditSink { return sink },
-		func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond })
+		func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout })
 	clock = f.clock
 	ctx := context.Background()
 	is := f.issue(t, "payments")

@@ -252,7 +252,7 @@ func TestDecisionFailedTwiceIsWrittenByWorker(t *testing.T) {
 	f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
 		sink.rec = rec
 		return &switchSink{down: &down, failing: sink, healthy: rec}
-	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+	}, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout; d.Logger = slog.New(logs) })
 	ctx := context.Background()
 	is := f.issue(t, "payments")
 	_ = within(t, "Revoke()", func() error {
@@ -348,7 +348,7 @@ func TestOrphanDecisionOneResultInFlightWhileLogHangs(t *testing.T) {
 	var once sync.Once
 	release := func() { once.Do(func() { close(other.release) }) }
 	t.Cleanup(release)
-	svc := restarted(t, f, other, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond })
+	svc := restarted(t, f, other, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout })
 	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
 	if err != nil {
 		t.Fatal(err)

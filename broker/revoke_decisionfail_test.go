@@ -58,7 +58,7 @@ func TestRevokeDecisionPendingThenFailedKeepsOrder(t *testing.T) {
 	f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
 		sink.rec = rec
 		return sink
-	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond })
+	}, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout })
 	is := f.issue(t, "payments")
 	if typ := <-sink.added; typ != audit.TypeIssue {
 		t.Fatalf("first event %s, want issue", typ)
@@ -124,7 +124,7 @@ func TestRevokeDecisionFailedTwiceWritesNoResult(t *testing.T) {
 	f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
 		sink.rec = rec
 		return sink
-	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+	}, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout; d.Logger = slog.New(logs) })
 	is := f.issue(t, "payments")
 	<-sink.added
 	err := within(t, "Revoke()", func() error {

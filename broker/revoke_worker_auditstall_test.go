@@ -101,7 +101,7 @@ func TestWorkerResultWaitsForLateDecision(t *testing.T) {
 			f := newRevFixtureDeps(t, nil, func(rec *brokertest.Sink) broker.AuditSink {
 				sink.rec = rec
 				return sink
-			}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+			}, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout; d.Logger = slog.New(logs) })
 			ctx := context.Background()
 			is := f.issue(t, "payments")
 			<-sink.added
@@ -197,7 +197,7 @@ func TestWorkerResultHeldThenFailedIsWrittenAgain(t *testing.T) {
 	}, func(rec *brokertest.Sink) broker.AuditSink {
 		sink.rec = rec
 		return sink
-	}, func(d *broker.Deps) { d.AuditTimeout = 50 * time.Millisecond; d.Logger = slog.New(logs) })
+	}, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout; d.Logger = slog.New(logs) })
 	ctx := context.Background()
 	is := f.issue(t, "payments")
 	f.rv.setErr(errors.New("vault: connection refused"))
