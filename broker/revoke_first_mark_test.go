@@ -53,7 +53,7 @@ func TestTraceAndStoreNameDifferentFirstRevocation(t *testing.T) {
 			f.advance(2 * time.Second)
 			revB, errB = svcB.Revoke(ctx, secops, broker.RevokeSelector{Workload: "payments-api"}, "incident 44", broker.RevokeOptions{}, "req_B")
 		}}
-	}, func(*brokertest.Sink) broker.AuditSink { return sinkA }, func(d *broker.Deps) { d.AuditTimeout = stallAuditTimeout })
+	}, func(*brokertest.Sink) broker.AuditSink { return sinkA }, func(d *broker.Deps) { d.AuditTimeout = time.Second })
 	clock = f.clock
 	svcB = restarted(t, f, logB, func(d *broker.Deps) { d.Store = f.mem })
 	is := f.issue(t, "payments")
