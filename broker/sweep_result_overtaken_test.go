@@ -55,7 +55,7 @@ func TestSweepResultFailedAfterLaterResultStarted(t *testing.T) {
 	var once sync.Once
 	release := func() { once.Do(func() { close(log.release) }) }
 	t.Cleanup(release)
-	svc := restarted(t, f, log, func(d *broker.Deps) { d.AuditTimeout = 100 * time.Millisecond })
+	svc := restarted(t, f, log, func(d *broker.Deps) { d.AuditTimeout = time.Second })
 	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: time.Second})
 	if err != nil {
 		t.Fatal(err)
