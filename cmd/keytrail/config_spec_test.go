@@ -154,7 +154,7 @@ func TestLoadConfigExtensionKeys(t *testing.T) {
 		{name: "ok/extension-merged-into-top-level", yaml: "x-a: &a {x-b: 1}\n<<: *a\n" + head + "vault: *vault\n"},
 		{name: "ok/extension-and-setting-merged-into-top-level", yaml: "x-a: &a {x-b: 1, vault: {address: http://v, timeout: 7s}}\n<<: *a\n" + head},
 		{name: "fail/unknown-key-merged-into-top-level", yaml: "x-a: &a {x-b: 1, vaults: 2}\n<<: *a\n" + head + "vault: *vault\n",
-			wantErr: "vaults: unknown field (line 1)"},
+			wantErr: "vaults: unknown field, did you mean vault? (line 1)"},
 		// A key written as an alias is the key its anchor names: one
 		// naming a string that is no setting is an unknown field, with
 		// its line, even when the anchor's own name starts with x- (it

@@ -288,6 +288,13 @@ func (c *checker) walk(path string, n *yaml.Node, t reflect.Type) {
 			}
 			ft, ok := field(t, uk.Value)
 			if !ok {
+				// Suggested only for a key written out: one written
+				// as an alias is named by the alias, not by the key
+				// the suggestion would be near.
+				if s := suggest(t, uk.Value); s != "" && k == uk {
+					c.add(join(k.Value), k, "unknown field, did you mean %s?", s)
+					return
+				}
 				c.add(join(k.Value), k, "unknown field")
 				return
 			}
@@ -447,6 +454,92 @@ func field(t reflect.Type, key string) (reflect.Type, bool) {
 		}
 	}
 	return nil, false
+}
+
+// fieldNames is the names the decoder knows for the fields of struct t,
+// inline structs flattened, in field order (see field).
+func fieldNames(t reflect.Type, out []string) []string {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("yaml")
+		if !f.IsExported() || tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		if strings.Contains(","+opts+",", ",inline,") {
+			if ft := f.Type; ft.Kind() == reflect.Struct {
+				out = fieldNames(ft, out)
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// suggest is the field of struct t that key, an unknown field, was most
+// likely meant to be ("sesion_claim": session_claim): one that differs
+// only in case, else the one nearest by edit distance (editDistance), if
+// that is at most 2 (and at most a third of key's length, so a short key is not taken
+// for any short field: "nope" is not "name"), and no other is as near. "" if none is.
+func suggest(t reflect.Type, key string) string {
+	names := fieldNames(t, nil)
+	for _, n := range names {
+		if strings.EqualFold(n, key) {
+			return n
+		}
+	}
+	best, bestD, tie := "", 3, false
+	for _, n := range names {
+		d := editDistance(key, n, bestD)
+		switch {
+		case d < bestD:
+			best, bestD, tie = n, d, false
+		case d == bestD && best != "":
+			tie = true
+		}
+	}
+	if best == "" || tie || 3*bestD > len([]rune(key)) {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the edit distance between a and b (runes): Levenshtein's
+// (a letter inserted, deleted or replaced), with two neighbours swapped
+// ("nmae": name) one edit too, or max+1 when the lengths alone put it
+// over max: a key far longer or shorter than every field name costs
+// nothing to reject.
+func editDistance(a, b string, max int) int {
+	ra, rb := []rune(a), []rune(b)
+	if d := len(ra) - len(rb); d > max || -d > max {
+		return max + 1
+	}
+	// Rows i-2, i-1 and i of the distances between ra[:i] and rb[:j].
+	pp := make([]int, len(rb)+1)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			sub := prev[j-1]
+			if ra[i-1] != rb[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				cur[j] = min(cur[j], pp[j-2]+1)
+			}
+		}
+		pp, prev, cur = prev, cur, pp
+	}
+	return prev[len(rb)]
 }
 
 // scalar checks a value for a field of a scalar kind: the decoder decides

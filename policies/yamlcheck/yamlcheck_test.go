@@ -55,6 +55,26 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+func TestEditDistance(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{
+		{"session_claim", "sesion_claim", 1},
+		{"ttl", "tll", 1},
+		{"name", "nmae", 1},
+		{"nope", "name", 2},
+		{"abc", "ca", 3},
+		{"", "abc", 3},
+		{"naïve", "naive", 1},
+		{"a", "abcdef", 3}, // more than max: max+1
+	} {
+		if got := editDistance(tt.a, tt.b, 2); got != tt.want {
+			t.Errorf("editDistance(%q, %q, 2) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
 func checkString(t testing.TB, src string) []Problem {
 	t.Helper()
 	var n yaml.Node
@@ -101,6 +121,18 @@ var tests = []struct {
 	{"fail/unknown-field", "sub:\n  m: 1\nhidden: x\n", []Problem{
 		{"sub.m", 2, "unknown field"},
 		{"hidden", 3, "unknown field"}}},
+	// An unknown field near a known one of its mapping names it: a field
+	// of the same letters in other case, or one at most 2 edits away (no
+	// more than a third of the key; two neighbours swapped are one), if no
+	// other is as near. A short key is not taken for any short field.
+	{"fail/unknown-field-suggested", "nmae: x\nsub: {wiat: 1s}\nSmall: 1\nsubs: [{N: 1}]\nnope: 1\nxy: 1\nuntaged: x\n", []Problem{
+		{"nmae", 1, "unknown field, did you mean name?"},
+		{"sub.wiat", 2, "unknown field, did you mean wait?"},
+		{"Small", 3, "unknown field, did you mean small?"},
+		{"subs[0].N", 4, "unknown field, did you mean n?"},
+		{"nope", 5, "unknown field"},
+		{"xy", 6, "unknown field"},
+		{"untaged", 7, "unknown field, did you mean untagged?"}}},
 	// A key without a value names no field: the decoder drops the entry,
 	// value and all, even where it refuses unknown fields. Written or
 	// merged, at the top level or below, as an alias too; a merged mapping

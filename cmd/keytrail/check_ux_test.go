@@ -1,0 +1,30 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestPolicyCheckSuggestsField: an unknown field near a known one of its
+// mapping is named with the field meant, keeping file, field path and
+// line; the server configuration's unknown fields too.
+func TestPolicyCheckSuggestsField(t *testing.T) {
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\nissuers:\n  - name: gh\n    issuer: https://token.actions.githubusercontent.com\n    sesion_claim: run_id\n")
+	_, stderr, err := runCLI(t, nil, "policy", "check", pol)
+	if exitCode(err) != 1 {
+		t.Fatalf("policy check = %v, want exit 1", err)
+	}
+	if want := pol + ": issuers[0].sesion_claim: unknown field, did you mean session_claim? (line 5)"; !strings.Contains(stderr, want) {
+		t.Errorf("policy check stderr lacks %q:\n%s", want, stderr)
+	}
+
+	cfg := writeFile(t, dir, "c.yaml", "listen: 127.0.0.1:8080\npolicy: "+pol+"\nlog:\n  levle: debug\n")
+	_, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
+	if exitCode(err) != 1 {
+		t.Fatalf("config check = %v, want exit 1", err)
+	}
+	if want := cfg + ": log.levle: unknown field, did you mean level? (line 4)"; !strings.Contains(stderr, want) {
+		t.Errorf("config check stderr lacks %q:\n%s", want, stderr)
+	}
+}
