@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -26,5 +28,25 @@ func TestPolicyCheckSuggestsField(t *testing.T) {
 	}
 	if want := cfg + ": log.levle: unknown field, did you mean level? (line 4)"; !strings.Contains(stderr, want) {
 		t.Errorf("config check stderr lacks %q:\n%s", want, stderr)
+	}
+}
+
+// TestConfigCheckMissingFile: a configuration that cannot be read is one
+// line, "config check: " and the system's error naming the file, as other
+// commands print theirs (keytrail: audit verify: stat ...), not the
+// error without the command on one line and "configuration not read" on
+// the next.
+func TestConfigCheckMissingFile(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	_, stderr, err := runCLI(t, nil, "config", "check", "--config", missing)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("config check of a missing file = %v, want exit 1", err)
+	}
+	if want := "config check: open " + missing + ": no such file or directory"; ee.msg != want {
+		t.Errorf("config check of a missing file: message %q, want %q", ee.msg, want)
+	}
+	if stderr != "" {
+		t.Errorf("config check of a missing file: stderr %q besides the message, want nothing", stderr)
 	}
 }

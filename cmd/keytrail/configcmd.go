@@ -83,6 +83,11 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 				return exitError{code: exitUsage, msg: "config check: --config is required"}
 			}
 			cfg, doc, err := loadConfigDoc(cfgPath, e.getenv)
+			if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == cfgPath {
+				// The file could not be read: one line, named by the
+				// command as other commands' errors are.
+				return exitError{code: 1, msg: "config check: " + pe.Error()}
+			}
 			if err != nil {
 				return configProblems(e, err)
 			}

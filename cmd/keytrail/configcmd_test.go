@@ -113,8 +113,8 @@ func TestConfigCheck(t *testing.T) {
 	t.Run("fail/no-such-file", func(t *testing.T) {
 		missing := filepath.Join(dir, "missing.yaml")
 		_, stderr, err := runCLI(t, nil, "config", "check", "--config", missing)
-		if exitCode(err) != 1 || !strings.Contains(err.Error(), "configuration not read") || !strings.Contains(stderr, missing+": no such file or directory") {
-			t.Errorf("config check of a missing file = %v (stderr %q), want exit 1, not read, naming the file", err, stderr)
+		if exitCode(err) != 1 || !strings.Contains(err.Error(), "config check: open "+missing+": no such file or directory") || stderr != "" {
+			t.Errorf("config check of a missing file = %v (stderr %q), want exit 1, one message naming the command and the file", err, stderr)
 		}
 	})
 	if n := vaultCalls.Load(); n != 0 {
