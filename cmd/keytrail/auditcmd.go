@@ -44,7 +44,8 @@ func newAuditVerifyCmd(e *env) *cobra.Command {
 first): seq continuity, the prev hash over the exact bytes of the previous
 line, and each checkpoint's head and signature: Ed25519 (--key, a PKIX public
 key PEM as 'openssl pkey -pubout' writes) or Vault transit (--jwks, the
-broker's /.well-known/jwks.json as a URL or a saved file; the key is picked by
+broker's /.well-known/jwks.json as a URL, a saved file or a pipe: <(curl ...),
+or - for standard input, read within 30 s; the key is picked by
 kid, "<transit key>:<version>"; verify trusts it: take it from a saved copy or
 another instance, not from the host whose files are checked). It names the
 first bad line and why,
@@ -196,7 +197,7 @@ short of them.`,
 		},
 	}
 	c.Flags().StringSliceVar(&keyFiles, "key", nil, "Ed25519 checkpoint public key (PEM); repeatable")
-	c.Flags().StringSliceVar(&jwksSrcs, "jwks", nil, "JWKS with the Vault transit checkpoint keys (URL or file); repeatable")
+	c.Flags().StringSliceVar(&jwksSrcs, "jwks", nil, "JWKS with the Vault transit checkpoint keys (URL, file, pipe, or - for stdin); repeatable")
 	c.Flags().BoolVar(&requireCheckpoint, "require-checkpoint", false, "fail when lines follow the last verified checkpoint")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	c.Flags().BoolVar(&exact, "exact", false, "read only the files named, without rotated siblings or directory expansion")

@@ -4,6 +4,7 @@ package main
 // /.well-known/jwks.json, which serves the Vault transit public keys).
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -77,7 +78,9 @@ func jwksShown(src string) string {
 }
 
 // readJWKS reads at most maxJWKSBytes from a URL (https, or http to a
-// loopback address; it must answer 200) or a file.
+// loopback address; it must answer 200), a regular file or a pipe (a
+// named one, bash's <(cmd), or "-" for standard input fed by one; at most
+// jwksPipeTimeout waited for).
 func readJWKS(ctx context.Context, src string) ([]byte, error) {
 	var r io.Reader
 	shown := jwksShown(src)
@@ -114,12 +117,27 @@ func readJWKS(ctx context.Context, src string) ([]byte, error) {
 		}
 		r = resp.Body
 	} else {
-		f, err := policies.OpenRegular(src) // not blocked on a FIFO, nor /dev/zero read
-		if err != nil {
-			return nil, err // names the file
+		path := src
+		if src == "-" {
+			path = "/dev/stdin"
 		}
-		defer f.Close()
-		r = f
+		// A pipe (--jwks <(curl ...), or - fed by one) is read to its
+		// end, within bounds; anything else but a regular file is
+		// refused, not blocked on (a FIFO's open) nor read (/dev/zero).
+		data, ok, err := openJWKSPipe(ctx, path)
+		if ok {
+			if err != nil {
+				return nil, err // names the file
+			}
+			r = bytes.NewReader(data)
+		} else {
+			f, err := policies.OpenRegular(path)
+			if err != nil {
+				return nil, err // names the file
+			}
+			defer f.Close()
+			r = f
+		}
 	}
 	data, err := io.ReadAll(io.LimitReader(r, maxJWKSBytes+1))
 	if err != nil {
