@@ -730,3 +730,28 @@ func TestCheckStringAsDecoder(t *testing.T) {
 		}
 	}
 }
+
+// TestSuggestionsBounded: a field is suggested for the first maxSuggestions
+// unknown fields of a document only (each costs an edit distance to every
+// field of its mapping); later ones are "unknown field" alone, each still
+// named.
+func TestSuggestionsBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("subs:\n")
+	for range maxSuggestions + 1 {
+		b.WriteString("  - {wiat: 1s}\n")
+	}
+	ps := checkString(t, b.String())
+	if len(ps) != maxSuggestions+1 {
+		t.Fatalf("Check: %d problems, want %d", len(ps), maxSuggestions+1)
+	}
+	for i, p := range ps {
+		want := "unknown field, did you mean wait?"
+		if i == maxSuggestions {
+			want = "unknown field"
+		}
+		if p.Message != want {
+			t.Errorf("problem %d = %q, want %q", i, p.Message, want)
+		}
+	}
+}
