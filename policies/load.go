@@ -433,6 +433,11 @@ func notRegular(name string, m fs.FileMode) error {
 	return fmt.Errorf("%s: is %s, not a regular file", printable(name), what)
 }
 
+// NotRegular is the error of a path that names m, not a regular file
+// ("x: is a character device, not a regular file"), for the commands that
+// check a path before writing it.
+func NotRegular(name string, m fs.FileMode) error { return notRegular(name, m) }
+
 // modeKind names what m is when it is not a regular file ("a named pipe"),
 // or is "" for a kind it has no name for.
 func modeKind(m fs.FileMode) string {

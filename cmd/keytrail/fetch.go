@@ -888,7 +888,15 @@ func renderPEM(c *client.Credential) ([]byte, error) {
 // writeAtomic replaces path with data so that a reader sees either the old
 // file or the complete new one, never a part: a temporary file in the same
 // directory (mode 0600), write, fsync, rename, fsync the directory.
+// An existing path that is not a regular file (nor a symbolic link, which
+// the rename replaces as it always did) is refused: renaming over
+// /dev/null, a named pipe or a socket would replace the device itself (as
+// root, /dev/null became a 0600 regular file), and a directory cannot be
+// replaced. Standard output is `--out -`.
 func writeAtomic(path string, data []byte) (err error) {
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() && fi.Mode()&os.ModeSymlink == 0 {
+		return fmt.Errorf("writing %w: it would be replaced, not written to; name a file (or - for standard output where the command takes it)", policies.NotRegular(path, fi.Mode()))
+	}
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
