@@ -286,6 +286,12 @@ func (s *Server) WriteError(w http.ResponseWriter, r *http.Request, err error) {
 // follow the category (no Retry-After when the error's RetryAfter is
 // negative); the log names the status sent.
 func (s *Server) WriteErrorStatus(w http.ResponseWriter, r *http.Request, err error, status int) {
+	s.writeError(w, r, err, status, false)
+}
+
+// writeError is WriteErrorStatus; expected logs a 5xx at INFO, not WARN:
+// an answer every start-up gives (Starting's 503 "starting"), no fault.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error, status int, expected bool) {
 	e := broker.AsError(err)
 	catStatus := broker.StatusOf(e)
 	if status == 0 {
@@ -293,7 +299,7 @@ func (s *Server) WriteErrorStatus(w http.ResponseWriter, r *http.Request, err er
 	}
 	code := broker.CodeOf(e)
 	level := slog.LevelInfo
-	if status >= 500 {
+	if status >= 500 && !expected {
 		level = slog.LevelWarn
 	}
 	s.log.LogAttrs(r.Context(), level, "request failed",

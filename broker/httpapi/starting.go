@@ -21,7 +21,9 @@ const ReasonStarting = "starting"
 // to come): GET /healthz answers 200 (the process is alive), GET /readyz
 // 503 "starting", and every other route 503 temporarily_unavailable
 // (reason starting) with Retry-After: 1, at once, in the OAuth error shape
-// with a request id, as a sealed or standby Vault answers. Nothing reaches
+// with a request id, as a sealed or standby Vault answers; each logged at
+// INFO (the access line and a "request failed" line naming the reason),
+// the expected state of a start-up, not a WARN. Nothing reaches
 // the broker's handlers and nothing is audited: no request is served
 // before the start event is durable. logger and trusted are the server's
 // (its access-log lines and their source addresses).
@@ -37,8 +39,11 @@ func Starting(logger *slog.Logger, trusted []netip.Prefix) http.Handler {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": ReadyStarting})
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.WriteError(w, r, &broker.Error{Kind: broker.ErrUnavailable, Reason: ReasonStarting,
-			Safe: "the broker is starting; retry shortly", RetryAfter: time.Second})
+		// At INFO: every start-up answers so until it serves, and clients
+		// come back each second (Retry-After); a WARN per answer would
+		// flood the log of a start-up with many clients.
+		s.writeError(w, r, &broker.Error{Kind: broker.ErrUnavailable, Reason: ReasonStarting,
+			Safe: "the broker is starting; retry shortly", RetryAfter: time.Second}, 0, true)
 	})
 	return s.middleware(mux)
 }
