@@ -387,8 +387,13 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		if unready := time.Duration(threshold) * period; drain <= unready {
 			t.Errorf("shutdown_drain %v <= readinessProbe failureThreshold x periodSeconds (%d x %v = %v): the pod still looks ready when the listener closes", drain, threshold, period, unready)
 		}
-		if drain+timeout >= grace {
-			t.Errorf("shutdown_drain + shutdown_timeout (%v + %v) >= terminationGracePeriodSeconds (%v): the kubelet kills the broker before its shutdown ends", drain, timeout, grace)
+		vaultTimeout := 5 * time.Second // vault.timeout's default
+		if v := deployDig(cfg, "vault", "timeout"); v != nil {
+			vaultTimeout = deployDuration(t, "vault.timeout", v)
+		}
+		cutOff := deployCutOffGrace(vaultTimeout)
+		if drain+timeout+cutOff >= grace {
+			t.Errorf("shutdown_drain + shutdown_timeout + the cut-off handlers' grace (%v + %v + %v) >= terminationGracePeriodSeconds (%v): the kubelet kills the broker before its shutdown ends", drain, timeout, cutOff, grace)
 		}
 	})
 
@@ -799,6 +804,25 @@ func TestDeploySystemdUnit(t *testing.T) {
 	if a, _ := deployDig(cfg, "audit", "file").(string); path.Dir(a) != got["ReadWritePaths"] {
 		t.Errorf("audit.file %s is not in ReadWritePaths %s", a, got["ReadWritePaths"])
 	}
+
+	// systemd SIGKILLs the broker TimeoutStopSec after its SIGTERM: the
+	// drain, shutdown_timeout and the grace of the handlers cut off then
+	// must end before (a kill loses the audit log's final checkpoint).
+	stop := deployDuration(t, "TimeoutStopSec", last("Service", "TimeoutStopSec"))
+	drain, timeout := time.Duration(0), 20*time.Second // the defaults
+	if v := deployDig(cfg, "shutdown_drain"); v != nil {
+		drain = deployDuration(t, "shutdown_drain", v)
+	}
+	if v := deployDig(cfg, "shutdown_timeout"); v != nil {
+		timeout = deployDuration(t, "shutdown_timeout", v)
+	}
+	vaultTimeout := 5 * time.Second
+	if v := deployDig(cfg, "vault", "timeout"); v != nil {
+		vaultTimeout = deployDuration(t, "vault.timeout", v)
+	}
+	if cutOff := deployCutOffGrace(vaultTimeout); drain+timeout+cutOff >= stop {
+		t.Errorf("shutdown_drain + shutdown_timeout + the cut-off handlers' grace (%v + %v + %v) >= TimeoutStopSec (%v): systemd kills the broker before its shutdown ends", drain, timeout, cutOff, stop)
+	}
 }
 
 // TestMinimumVaultPolicy runs a broker whose Vault token holds only
@@ -990,4 +1014,24 @@ func testMinimumVaultPolicy(t *testing.T, tokenRole string) {
 			}
 		}
 	})
+}
+
+// deployCutOffGrace is keytrail server's wait, after shutdown_timeout,
+// for the handlers it cut off (cmd/keytrail cutOffGrace of mintTimeout):
+// twice the mint timeout (the longer of 5 s and vault.timeout, at most
+// 60 s) plus 2 s for a store write and 3 x 10 s for audit events. A
+// supervisor's stop timeout must leave room for it too.
+func deployCutOffGrace(vaultTimeout time.Duration) time.Duration {
+	mint := min(max(5*time.Second, vaultTimeout), 60*time.Second)
+	return 2*mint + 2*time.Second + 3*10*time.Second
+}
+
+// deployDuration parses a duration v of the config or unit (field names it).
+func deployDuration(t *testing.T, field string, v any) time.Duration {
+	t.Helper()
+	d, err := time.ParseDuration(fmt.Sprint(v))
+	if err != nil {
+		t.Fatalf("config %s = %v: %v", field, v, err)
+	}
+	return d
 }
