@@ -159,8 +159,12 @@ func TestIssuanceJSONWithoutCopy(t *testing.T) {
 		return least
 	}
 	u, o := bytesPerCall(utc), bytesPerCall(&other)
-	if size := int64(unsafe.Sizeof(broker.Issuance{})); u > o-size {
-		t.Errorf("issuanceScriptArgs allocates %d B per UTC issuance, %d B for one at +01:00: want at least the issuance's %d B fewer (no copy)", u, o, size)
+	// Half the issuance's size: the other call's JSON differs too (its
+	// offset), and under -race with other packages' tests running the
+	// difference came out 472 B for the 480 B copy; the copy's absence is
+	// what is asserted (0 B apart on the code that copied).
+	if size := int64(unsafe.Sizeof(broker.Issuance{})); u > o-size/2 {
+		t.Errorf("issuanceScriptArgs allocates %d B per UTC issuance, %d B for one at +01:00: want at least half the issuance's %d B fewer (no copy)", u, o, size)
 	} else {
 		t.Logf("%d B per UTC issuance, %d B at +01:00", u, o)
 	}
