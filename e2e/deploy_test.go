@@ -192,6 +192,7 @@ func TestDeployKubernetesManifests(t *testing.T) {
 			"allowPrivilegeEscalation": deployDig(c, "securityContext", "allowPrivilegeEscalation"),
 			"capabilities.drop":        deployDig(c, "securityContext", "capabilities", "drop"),
 			"liveness":                 deployDig(c, "livenessProbe", "httpGet", "path"),
+			"startup":                  deployDig(c, "startupProbe", "httpGet", "path"),
 			"readiness":                deployDig(c, "readinessProbe", "httpGet", "path"),
 			"automountToken":           pod["automountServiceAccountToken"],
 			"serviceAccount":           pod["serviceAccountName"],
@@ -200,7 +201,7 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		want := map[string]any{
 			"replicas": 3, "pod.runAsNonRoot": true, "pod.runAsUser": 65532,
 			"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false, "capabilities.drop": []any{"ALL"},
-			"liveness": "/healthz", "readiness": "/readyz", "automountToken": false, "serviceAccount": "keytrail",
+			"liveness": "/healthz", "startup": "/readyz", "readiness": "/readyz", "automountToken": false, "serviceAccount": "keytrail",
 			"selector⊆labels": true,
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
