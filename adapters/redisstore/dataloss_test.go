@@ -218,26 +218,16 @@ func TestStoreDataLossRunWritesBack(t *testing.T) {
 	go func() { defer close(done); _ = cache.Run(rctx) }()
 	t.Cleanup(func() { stop(); <-done })
 
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 20 s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitFor("the cache learning the block and the revocation", func() bool { return cache.Blocked("payments-api") && cache.Revoked("iss_9") })
+	waitFor(t, 20*time.Second, "the cache learning the block and the revocation", func() bool { return cache.Blocked("payments-api") && cache.Revoked("iss_9") })
 
 	if err := st.Client().FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the block written back", func() bool {
+	waitFor(t, 20*time.Second, "the block written back", func() bool {
 		got, err := st.GetBlock(ctx, "payments-api")
 		return err == nil && *got == b
 	})
-	waitFor("the revocation written back", func() bool {
+	waitFor(t, 20*time.Second, "the revocation written back", func() bool {
 		got, err := st.GetRevocation(ctx, "rev_9")
 		return err == nil && containsID(got, "iss_9")
 	})

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // TestExecRestartStopsWhatCMDStarted: exec --watch restarts CMD at every
@@ -174,11 +174,6 @@ func TestExecStopSignalReachesCMDsGroup(t *testing.T) {
 	if !errors.As(werr, &ee) || ee.ExitCode() != 128+int(syscall.SIGTERM) {
 		t.Errorf("keytrail exited with %v, want CMD's status, 143 (SIGTERM)\nstderr:\n%s", werr, stderr())
 	}
-	deadline := time.Now().Add(20 * time.Second) // a guard, not a measure
-	for alive(grandchild) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if alive(grandchild) {
-		t.Fatalf("CMD's child (pid %d) still runs after keytrail was sent SIGTERM and exited\nstderr:\n%s", grandchild, stderr())
-	}
+	waitUntil(t, fmt.Sprintf("CMD's child (pid %d) to end after keytrail was sent SIGTERM and exited", grandchild),
+		func() bool { return !alive(grandchild) })
 }

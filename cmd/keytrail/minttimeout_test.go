@@ -48,21 +48,9 @@ func TestMintTimeoutFollowsVaultTimeout(t *testing.T) {
 	}))
 	defer px.Close()
 
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issSrv := httptest.NewServer(iss.Handler())
-	defer issSrv.Close()
-	iss.URL = issSrv.URL
+	iss, dir, polFile := ordersJWTPolicy(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	polFile := filepath.Join(dir, "policy.yaml")
-	p := strings.NewReplacer("{ISS}", issSrv.URL, "{GRANTS}", "orders-jwt", "{EXTRA}", "").Replace(reloadJWKSPolicy)
-	if err := os.WriteFile(polFile, []byte(p), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	readyc, errc := goServer(t, ctx, dir, polFile, px.URL, vp.RootToken, func(c *Config) { c.Vault.Timeout = duration(12 * time.Second) })
 	var base string
 	select {
@@ -155,4 +143,25 @@ func TestExchangeHistogramCoversTheMintTimeout(t *testing.T) {
 		return
 	}
 	t.Fatal("keytrail_exchange_duration_seconds not registered")
+}
+
+// ordersJWTPolicy starts an ES256 identity issuer (closed at the test's
+// end) and writes reloadJWKSPolicy for it with the orders-jwt grant into a
+// new directory: the set-up of the real-Vault server tests that mint a JWT.
+func ordersJWTPolicy(t *testing.T) (iss *authntest.Issuer, dir, polFile string) {
+	t.Helper()
+	iss, err := authntest.NewIssuer("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issSrv := httptest.NewServer(iss.Handler())
+	t.Cleanup(issSrv.Close)
+	iss.URL = issSrv.URL
+	dir = t.TempDir()
+	polFile = filepath.Join(dir, "policy.yaml")
+	p := strings.NewReplacer("{ISS}", issSrv.URL, "{GRANTS}", "orders-jwt", "{EXTRA}", "").Replace(reloadJWKSPolicy)
+	if err := os.WriteFile(polFile, []byte(p), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return iss, dir, polFile
 }

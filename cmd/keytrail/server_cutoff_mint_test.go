@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -54,21 +53,9 @@ func TestMintCutOffAtShutdownKeepsItsAuditTrail(t *testing.T) {
 	}))
 	defer px.Close()
 
-	iss, err := authntest.NewIssuer("ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issSrv := httptest.NewServer(iss.Handler())
-	defer issSrv.Close()
-	iss.URL = issSrv.URL
+	iss, dir, polFile := ordersJWTPolicy(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := t.TempDir()
-	polFile := filepath.Join(dir, "policy.yaml")
-	p := strings.NewReplacer("{ISS}", issSrv.URL, "{GRANTS}", "orders-jwt", "{EXTRA}", "").Replace(reloadJWKSPolicy)
-	if err := os.WriteFile(polFile, []byte(p), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	var logs brokertest.SyncBuffer
 	readyc, errc := goServerLog(t, ctx, &logs, dir, polFile, px.URL, vp.RootToken, func(c *Config) {
 		c.Vault.Timeout = duration(20 * time.Second)
