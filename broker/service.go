@@ -1,13 +1,16 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -342,12 +345,17 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	if err := s.allowBrokerToken(wl, id); err != nil {
 		return limited(err)
 	}
-	if err := s.checkBrokerToken(ctx, req.SubjectToken, id); err != nil {
+	subjectIs, err := s.brokerTokenIssuance(ctx, req.SubjectToken, id)
+	if err != nil {
 		return refused(err)
 	}
 	var act []IdentityRef
-	var actorExp time.Time // the actor token's exp: the delegated credential's latest expiry
+	var actorExp time.Time           // the actor token's exp: the delegated credential's latest expiry
+	var actMayActs []json.RawMessage // Issuance.ActMayAct
 	if req.ActorToken != "" {
+		// A broker JWT actor's kept may_act restrictions: those of the
+		// tokens it was minted from (the subject's and the actor's).
+		var actorKept []json.RawMessage
 		actor, err := authn.Authenticate(ctx, req.ActorToken)
 		if err == nil {
 			// Verified: named as act on the deny events from here on,
@@ -361,11 +369,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			if lerr := s.allowBrokerToken(wl, actor); lerr != nil {
 				return limited(lerr)
 			}
-			if err = s.checkBrokerToken(ctx, req.ActorToken, actor); err != nil {
-				e := AsError(err)
+			actorIs, aerr := s.brokerTokenIssuance(ctx, req.ActorToken, actor)
+			if aerr != nil {
+				e := AsError(aerr)
 				e.Reason = "actor_" + e.Reason
 				return refused(e)
 			}
+			if actorIs != nil {
+				actorKept = slices.Concat(actorIs.MayAct, actorIs.ActMayAct)
+			}
+			actMayActs = append(ownMayAct(nil, actor), actorKept...)
 		}
 		if err != nil {
 			e := AsError(err)
@@ -376,10 +389,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// (docs/SPEC-ADDITIONS.md "Delegation"): the actor token's, as
 		// the RFC means it, the agents that may act for its user; the
 		// subject token's, the parties its workload may act for.
-		if !mayAct(id, actor) {
+		// A broker JWT is held to the may_act claims its issuance kept
+		// (Issuance.MayAct, ActMayAct), as if it carried them.
+		if !mayAct(id, actor) || (subjectIs != nil && !keptMayActsPermit(subjectIs.MayAct, actor)) {
 			return fail(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
 		}
-		if !mayAct(actor, id) {
+		if !mayAct(actor, id) || !keptMayActsPermit(actorKept, id) {
 			return fail(Errorf(ErrUnauthenticated, "subject_not_permitted", "subject token rejected: not a party the actor token permits to act for it (may_act)", nil))
 		}
 		if !actorExp.IsZero() && actorExp.Sub(s.d.Now()) < time.Second {
@@ -474,7 +489,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	is := &Issuance{
 		ID: issID, Workload: wl.Name, Owner: wl.Owner, SessionID: sessionID,
 		Grant: grant.Name, Kind: grant.Kind, Identity: id.Ref(), Act: act, Audience: jwtAudience(grant),
-		Claims: usedClaims(pol, id, wl), Source: req.Source,
+		Claims: usedClaims(pol, id, wl), MayAct: subjectMayActs(id, subjectIs), ActMayAct: actMayActs, Source: req.Source,
 		IssuedAt: now, ExpiresAt: cred.Refs.ExpiresAt, Refs: cred.Refs, RequestID: req.RequestID,
 		AuditChain: s.d.AuditChain,
 	}
@@ -730,7 +745,13 @@ func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, 
 	return nil
 }
 
-// checkBrokerToken refuses an identity token that is a credential this
+// checkBrokerToken is brokerTokenIssuance without the issuance.
+func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity) error {
+	_, err := s.brokerTokenIssuance(ctx, raw, id)
+	return err
+}
+
+// brokerTokenIssuance refuses an identity token that is a credential this
 // broker issued and that is no longer active: a broker JWT, where policy
 // trusts the broker as an issuer (its jti is the issuance id), once revoked
 // or its workload blocked, as introspection would answer for it (SPEC
@@ -740,10 +761,11 @@ func (s *Service) recordWithdrawn(ctx context.Context, is *Issuance, requestID, 
 // of a broker JWT can present a different string than the one issued, with
 // the same (signed) jti. Other tokens cost nothing. A token whose issuance
 // the Store does not hold passes (not this deployment's credential), unless
-// the RevocationCache knows its jti revoked: the Store lost its data.
-func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity) error {
+// the RevocationCache knows its jti revoked: the Store lost its data. It
+// returns the issuance of an active broker credential, else nil.
+func (s *Service) brokerTokenIssuance(ctx context.Context, raw string, id *Identity) (*Issuance, error) {
 	if !strings.HasPrefix(id.JTI, PrefixIssuance) {
-		return nil
+		return nil, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	is, err := s.d.Store.FindIssuance(sctx, RefFingerprint, Fingerprint(raw))
@@ -755,22 +777,22 @@ func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity
 	case errors.Is(err, ErrNotFound) && s.cache != nil && s.cache.Revoked(id.JTI):
 		// A credential this instance knows revoked whose record the Store
 		// no longer holds: it lost its data (see RevocationCache).
-		return Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
+		return nil, Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
 			fmt.Errorf("broker credential %s is revoked (the store no longer holds its issuance)", id.JTI))
 	case errors.Is(err, ErrNotFound):
-		return nil // not a credential of this broker
+		return nil, nil // not a credential of this broker
 	case err != nil:
-		return Unavailable("store_unavailable", time.Second, err)
+		return nil, Unavailable("store_unavailable", time.Second, err)
 	}
 	active, err := s.credentialActive(ctx, is)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !active {
-		return Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
+		return nil, Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
 			fmt.Errorf("broker credential %s is revoked, expired or its workload blocked", is.ID))
 	}
-	return nil
+	return is, nil
 }
 
 // exchangeCaller is the caller whose refused exchanges an identity guard
@@ -1265,11 +1287,17 @@ func mayAct(holder, other *Identity) bool {
 	if !ok {
 		return true
 	}
+	return mayActPermits(v, holder.Iss, other)
+}
+
+// mayActPermits reports whether the may_act value v, of a token of issuer
+// holderIss, permits other (see mayAct).
+func mayActPermits(v any, holderIss string, other *Identity) bool {
 	m, ok := v.(map[string]any)
 	if !ok || len(m) == 0 {
 		return false
 	}
-	iss := holder.Iss
+	iss := holderIss
 	for k, want := range m {
 		switch k {
 		case "iss":
@@ -1290,4 +1318,63 @@ func mayAct(holder, other *Identity) bool {
 		}
 	}
 	return iss == other.Iss
+}
+
+// subjectMayActs is the may_act restrictions a credential minted from the
+// subject token id inherits (Issuance.MayAct): id's own may_act claim
+// (ownMayAct), then those of subjectIs, the issuance of a broker JWT
+// subject (nil: none).
+func subjectMayActs(id *Identity, subjectIs *Issuance) []json.RawMessage {
+	out := ownMayAct(nil, id)
+	if subjectIs != nil {
+		out = append(out, subjectIs.MayAct...)
+	}
+	return out
+}
+
+// ownMayAct appends id's may_act claim, if it has one, to out as JSON: an
+// object without iss given id's iss (the issuer its sub is of). A claim
+// that does not encode (it came from JSON: never) is kept as null, which
+// permits no party.
+func ownMayAct(out []json.RawMessage, id *Identity) []json.RawMessage {
+	v, ok := id.Claims["may_act"]
+	if !ok {
+		return out
+	}
+	if m, ok := v.(map[string]any); ok && len(m) > 0 {
+		if _, ok := m["iss"]; !ok {
+			c := make(map[string]any, len(m)+1)
+			for k, x := range m {
+				c[k] = x
+			}
+			c["iss"] = id.Iss
+			v = c
+		}
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		raw = json.RawMessage("null")
+	}
+	return append(out, raw)
+}
+
+// keptMayActsPermit reports whether every may_act kept on a broker JWT's
+// issuance (Issuance.MayAct) permits other, as mayAct would had the JWT
+// carried it; one that does not decode permits no party.
+func keptMayActsPermit(kept []json.RawMessage, other *Identity) bool {
+	for _, raw := range kept {
+		// As authn decodes claims: numbers as json.Number.
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		var v any
+		if err := d.Decode(&v); err != nil {
+			return false
+		}
+		// iss is filled in when kept: the empty holder issuer matches
+		// no verified token's.
+		if !mayActPermits(v, "", other) {
+			return false
+		}
+	}
+	return true
 }

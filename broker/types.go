@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"time"
 )
 
@@ -77,13 +78,28 @@ type Issuance struct {
 	// Audience is the aud a broker-signed JWT was minted for (its grant's
 	// at the mint); empty for other kinds, and in records written before
 	// it was kept.
-	Audience  string         `json:"audience,omitempty"`
-	Claims    map[string]any `json:"claims,omitempty"` // the identity claims the match used
-	Source    Source         `json:"source"`
-	IssuedAt  time.Time      `json:"issued_at"`
-	ExpiresAt time.Time      `json:"expires_at"`
-	Refs      CredentialRefs `json:"credential"`
-	RequestID string         `json:"request_id,omitempty"`
+	Audience string         `json:"audience,omitempty"`
+	Claims   map[string]any `json:"claims,omitempty"` // the identity claims the match used
+	// MayAct holds the may_act claims (RFC 8693 §4.4) of the subject token
+	// the credential was minted from, each as JSON, an object's iss filled
+	// in from that token when it had none: its own claim, and those its
+	// issuance carried when the subject token was a broker JWT. A broker
+	// JWT presented as subject or actor token is held to each, as if it
+	// carried them (docs/SPEC-ADDITIONS.md "Delegation"). Empty when there
+	// were none, and in records written before it was kept.
+	MayAct []json.RawMessage `json:"may_act,omitempty"`
+	// ActMayAct holds, for a credential minted with an actor token, the
+	// may_act claim of that token (iss filled in likewise) and, when it
+	// was a broker JWT, all those its issuance kept (MayAct, ActMayAct):
+	// the party acted for named who may act for it. A broker JWT
+	// presented as actor token is held to these too, as acting for it is
+	// acting for that party; as subject token, not (it acts itself).
+	ActMayAct []json.RawMessage `json:"act_may_act,omitempty"`
+	Source    Source            `json:"source"`
+	IssuedAt  time.Time         `json:"issued_at"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	Refs      CredentialRefs    `json:"credential"`
+	RequestID string            `json:"request_id,omitempty"`
 	// AuditChain is the chain id of the audit log that holds the issue
 	// event: the issuing instance's own log. An auditor learns from it
 	// whose log to read; with a shared store, each instance's
