@@ -172,6 +172,11 @@ type Revocation struct {
 	Failed    []RevokeFailure `json:"failed"`
 	// Blocks are the workloads the revocation blocked (when Block is set).
 	Blocks []string `json:"blocks,omitempty"`
+	// Act is, for the revocation of one issuance (Selector.IssuanceID)
+	// minted with an actor token, that issuance's act: its revoke events,
+	// and its revoke_result events that name no other issuance, carry it.
+	// Empty otherwise, and in records written before it was kept.
+	Act []IdentityRef `json:"act,omitempty"`
 	// SweepAt is when the revocation's sweep is due: the second selection
 	// that finds the credentials minted while the revocation ran (or, for
 	// a block, by an instance that had not learned the block yet) and

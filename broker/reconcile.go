@@ -467,7 +467,7 @@ func appendWithin(sink AuditSink, ev *audit.Event, d time.Duration) error {
 func orphanRevokedEvent(is *Issuance, why string, out *audit.Outcome) *audit.Event {
 	return &audit.Event{
 		Type: audit.TypeOrphanRevoked, IssuanceID: is.ID, Workload: is.Workload, Owner: is.Owner,
-		SessionID: is.SessionID, Grant: is.Grant, Kind: is.Kind, Reason: why,
+		SessionID: is.SessionID, Grant: is.Grant, Kind: is.Kind, Act: auditIdentities(is.Act), Reason: why,
 		Credential: auditCredential(is.Refs), Outcome: out,
 	}
 }

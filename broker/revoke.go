@@ -228,6 +228,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		Revoked: []string{}, Pending: ids(matched), Failed: []RevokeFailure{},
 		Blocks: blocks,
 	}
+	if sel.IssuanceID != "" && len(matched) == 1 {
+		rev.Act = slices.Clone(matched[0].Act)
+	}
 	if sel.IssuanceID == "" || len(blocks) > 0 {
 		// A scope or a block: credentials minted meanwhile are found by
 		// the sweep (see the file comment).
@@ -263,7 +266,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		decision = append(decision, &audit.Event{
 			Type: audit.TypeRevoke, RequestID: requestID, RevocationID: rev.ID,
 			IssuanceID: sel.IssuanceID, SessionID: sel.SessionID, Workload: sel.Workload, Owner: sel.Owner,
-			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Reason: reason,
+			Admin: rev.Admin, Identity: auditIdentity(admin.Identity), Act: auditIdentities(rev.Act), Reason: reason,
 			Details: part, Outcome: &audit.Outcome{Status: 200},
 		})
 	}
@@ -1225,10 +1228,16 @@ func (s *Service) resultEvents(rev *Revocation, requestID string, status int, re
 		}
 		details[k] = v
 	}
+	// The one issuance's act, while the result names no other (a block's
+	// sweep may have found more).
+	var act []audit.Identity
+	if len(rev.Act) > 0 && namesOnly(rev.Selector.IssuanceID, rev.Failed, lists) {
+		act = auditIdentities(rev.Act)
+	}
 	var evs []*audit.Event
 	for _, part := range eventParts(details, lists, append([]RevokeFailure{}, rev.Failed...)) {
 		ev := &audit.Event{
-			Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin,
+			Type: audit.TypeRevokeResult, RequestID: requestID, RevocationID: rev.ID, Admin: rev.Admin, Act: act,
 			Details: part, Outcome: &audit.Outcome{Status: status, Reason: reason},
 		}
 		if status >= 500 {
@@ -1237,6 +1246,23 @@ func (s *Service) resultEvents(rev *Revocation, requestID string, status int, re
 		evs = append(evs, ev)
 	}
 	return evs
+}
+
+// namesOnly reports whether every issuance id of lists and failed is id.
+func namesOnly(id string, failed []RevokeFailure, lists map[string][]string) bool {
+	for _, ids := range lists {
+		for _, x := range ids {
+			if x != id {
+				return false
+			}
+		}
+	}
+	for _, f := range failed {
+		if f.IssuanceID != id {
+			return false
+		}
+	}
+	return true
 }
 
 // resultDigest is a digest of what evs say (type, revocation, request,

@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 )
 
@@ -96,6 +97,36 @@ func (r *Result) WriteText(w io.Writer) error {
 			ew.printf("  - %s\n", c)
 		}
 	}
+	// The act events about the credential carry, checked against the
+	// record's (a record, r.From, says what was issued): one that names
+	// another is warned about and its line says which; without a record,
+	// the events' act is all there is, shown on their lines.
+	actNote := func(ev *audit.Event) string {
+		if len(ev.Act) == 0 || ev.IssuanceID != "" && ev.IssuanceID != is.ID {
+			return ""
+		}
+		if r.From == "" {
+			return "acting for " + actText(ev.Act)
+		}
+		if !sameAct(ev.Act, is.Act) {
+			return "act " + actText(ev.Act) + " differs from the issuance's"
+		}
+		return ""
+	}
+	var actDiffers []string
+	for _, evs := range [][]*audit.Event{r.Uses, r.Revocations} {
+		for _, ev := range evs {
+			if r.From != "" && actNote(ev) != "" {
+				actDiffers = append(actDiffers, eventID(ev)+" ("+ev.Type+") names act "+actText(ev.Act))
+			}
+		}
+	}
+	if len(actDiffers) > 0 {
+		ew.printf("\nWARNING: events about this credential name another act (acting for) than its record:\n")
+		for _, d := range actDiffers {
+			ew.printf("  - %s\n", d)
+		}
+	}
 
 	ew.printf("\ntimeline (UTC)\n")
 	type line struct {
@@ -106,13 +137,19 @@ func (r *Result) WriteText(w io.Writer) error {
 	if !is.IssuedAt.IsZero() {
 		lines = append(lines, line{is.IssuedAt, fmt.Sprintf("issue\t%s\t%s", is.RequestID, sourceText(is.Source.IP, is.Source.UserAgent))})
 	}
+	withAct := func(ev *audit.Event) string {
+		if n := actNote(ev); n != "" {
+			return eventText(ev) + "  " + n
+		}
+		return eventText(ev)
+	}
 	for _, ev := range r.Uses {
-		lines = append(lines, line{parseTime(ev.Time), eventText(ev)})
+		lines = append(lines, line{parseTime(ev.Time), withAct(ev)})
 	}
 	for _, ev := range r.Revocations {
 		// A revoke or block event written late stands at its decision
 		// (details.decided_at; eventText says when it was written).
-		lines = append(lines, line{revokedTime(ev), eventText(ev)})
+		lines = append(lines, line{revokedTime(ev), withAct(ev)})
 	}
 	sort.SliceStable(lines, func(i, j int) bool { return lines[i].t.Before(lines[j].t) })
 	tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
@@ -192,18 +229,46 @@ func eventPart(ev *audit.Event) (part, parts int, ok bool) {
 	return part, parts, part > 0 && parts > 1
 }
 
+// actText is an act chain as trace shows it.
+func actText(act []audit.Identity) string {
+	parts := make([]string, len(act))
+	for i, a := range act {
+		parts[i] = "iss=" + a.Iss + " sub=" + a.Sub
+	}
+	return strings.Join(parts, ", ")
+}
+
+// sameAct reports whether an event's act names the issuance's (iss, sub,
+// jti each).
+func sameAct(ev []audit.Identity, is []broker.IdentityRef) bool {
+	if len(ev) != len(is) {
+		return false
+	}
+	for i, a := range ev {
+		if a.Iss != is[i].Iss || a.Sub != is[i].Sub || a.JTI != is[i].JTI {
+			return false
+		}
+	}
+	return true
+}
+
+// eventID is the id eventText shows first for ev.
+func eventID(ev *audit.Event) string {
+	switch {
+	case ev.UseID != "":
+		return ev.UseID
+	case ev.RevocationID != "":
+		return ev.RevocationID
+	default:
+		return ev.RequestID
+	}
+}
+
 func eventText(ev *audit.Event) string {
 	var b strings.Builder
 	b.WriteString(ev.Type)
 	b.WriteString("\t")
-	switch {
-	case ev.UseID != "":
-		b.WriteString(ev.UseID)
-	case ev.RevocationID != "":
-		b.WriteString(ev.RevocationID)
-	default:
-		b.WriteString(ev.RequestID)
-	}
+	b.WriteString(eventID(ev))
 	b.WriteString("\t")
 	var parts []string
 	if ev.Type == audit.TypeDeny && ev.UseID != "" {
