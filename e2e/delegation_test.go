@@ -282,6 +282,11 @@ workloads:
 		if st != 200 || intro["active"] != true || intro["aud"] != "orders-api" || intro["jti"] != jd.IssuanceID {
 			t.Errorf("introspect the delegated JWT = %d %s, want active with aud orders-api", st, raw)
 		}
+		// The party acted for, as acting_for; never as RFC 8693's act
+		// (the acting party: here the workload, sub).
+		if af, _ := intro["acting_for"].(map[string]any); af["iss"] != wantDave[0].Iss || af["sub"] != wantDave[0].Sub || intro["act"] != nil {
+			t.Errorf("introspect the delegated JWT: acting_for %v, act %v; want acting_for %s %s and no act", intro["acting_for"], intro["act"], wantDave[0].Iss, wantDave[0].Sub)
+		}
 		var found bool
 		for _, ev := range readAudit(t, env.auditPath) {
 			if ev.Type == audit.TypeIntrospect && ev.IssuanceID == jd.IssuanceID {

@@ -70,6 +70,14 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		// A broker JWT's aud, as signed (RFC 7662 §2.2); other kinds have none.
 		body["aud"] = is.Audience
 	}
+	if len(is.Act) > 0 {
+		// The party the workload acts for (the actor token's; one level
+		// is recorded). Not as act: RFC 8693 §4.1's act names the acting
+		// party, here the workload (sub) itself, and a resource server
+		// reading act by the RFC would take the party acted for for the
+		// actor (docs/SPEC-ADDITIONS.md "Delegation").
+		body["acting_for"] = map[string]string{"iss": is.Act[0].Iss, "sub": is.Act[0].Sub}
+	}
 	writeJSON(w, http.StatusOK, body)
 }
 
