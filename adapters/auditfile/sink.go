@@ -156,8 +156,8 @@ type Stats struct {
 	Rotations          uint64
 	Seq                uint64 // seq of the last durable line
 	// CheckpointSeq is the seq of the last durable checkpoint line; 0
-	// when there is none, or when Open found none in the CheckpointEvery
-	// lines before the chain's end and none was written since.
+	// when there is none, or when Open found none (of its own) in the
+	// file it resumed and none was written since.
 	CheckpointSeq uint64
 	Healthy       bool // the last write succeeded
 }
@@ -281,6 +281,11 @@ type Sink struct {
 	// added lines (0: none).
 	unchecked    uint64
 	uncheckedKey string
+	// unknownKids are the key ids an OwnVerifier answered "unknown" for
+	// while Open read back to the last checkpoint: not asked again (a
+	// Vault call each when it could not read its keys), so that a long
+	// range of another key's checkpoints costs one call per key id.
+	unknownKids map[string]bool
 	// holdCP: no checkpoint until the caller recorded resumed
 	// (Options.RecordResumed, ResumedRecorded).
 	holdCP atomic.Bool
@@ -500,7 +505,7 @@ func (s *Sink) load() error {
 		if last, sinceCP, cpSeq, err = s.lastRotatedLine(); err != nil {
 			return err
 		}
-	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery, s.ownCheckpoint); err != nil {
+	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint); err != nil {
 		return fmt.Errorf("auditfile: read the lines after the last checkpoint: %w", err)
 	}
 	now := s.o.Now()
@@ -524,13 +529,13 @@ func (s *Sink) load() error {
 			}
 			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq}
 			s.holdCP.Store(s.o.RecordResumed)
-			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)"
+			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, the lines counted from its first)"
 			attrs := []any{"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
 				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq}
 			if s.unchecked != 0 {
 				// After a deliberate change of checkpoint key the lines
 				// the old key signed are counted too: say why.
-				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report of up to checkpoint_every lines; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none within checkpoint_every lines, and there may be more)"
+				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report back to the last checkpoint by this broker's key, or to the file's first line; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, the lines counted from its first)"
 				attrs = append(attrs, "unchecked_checkpoint_seq", s.unchecked, "unchecked_key_id", s.uncheckedKey)
 			}
 			s.log.Warn(msg, attrs...)
@@ -742,7 +747,7 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 	}
 	last, end, err := lastLine(f, fi.Size())
 	if err == nil {
-		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.o.CheckpointEvery, s.ownCheckpoint)
+		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint)
 	}
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
@@ -752,19 +757,27 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 
 // eventsSinceCheckpoint counts the lines after the last checkpoint line in
 // the first end bytes of r (which end with a newline), reading backwards,
-// up to limit (more make no difference: the next event is followed by a
-// checkpoint either way), and returns that checkpoint's seq. Only a
+// however many there are (back to the file's first line), and returns that
+// checkpoint's seq: the range the sink adopts is recorded whole (a crash
+// loop lengthens it, each failed start leaving its lines unsigned). Only a
 // checkpoint line that signed reports holding ends the count: one that
 // does not (typed checkpoint, but forged) is counted as any other line, so
 // that it cannot hide the lines before it from the range the sink adopts.
-// A line that does not parse ends the count, as a checkpoint would; cpSeq
-// is then 0, as it is when no checkpoint was found within limit lines.
-func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int, signed func(*audit.Event) bool) (n int, cpSeq uint64, err error) {
+// Only lines that name a checkpoint are parsed (a scan of the rest counts
+// their newlines): one that does not parse is counted too, an over-report
+// rather than an end. cpSeq is 0 when no checkpoint ends the count before
+// the file's first line.
+func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) bool) (n int, cpSeq uint64, err error) {
 	const chunk = 64 << 10
-	var buf []byte // r[pos:end]: whole lines not counted yet
+	word := []byte(audit.TypeCheckpoint)
+	var buf []byte // r[pos:pos+len(buf)]: whole lines not counted yet
 	pos := end
-	for n < limit && end > 0 {
-		if len(buf) == 0 || bytes.LastIndexByte(buf[:len(buf)-1], '\n') < 0 && pos > 0 {
+	for {
+		i := -1 // the newline before buf's last line
+		if len(buf) > 0 {
+			i = bytes.LastIndexByte(buf[:len(buf)-1], '\n')
+		}
+		if i < 0 && pos > 0 {
 			if len(buf) > audit.MaxLineBytes+1 {
 				return 0, 0, fmt.Errorf("line is longer than %d bytes", audit.MaxLineBytes)
 			}
@@ -777,20 +790,18 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int, signed func(*aud
 			buf = append(b, buf...)
 			continue
 		}
-		line := buf[bytes.LastIndexByte(buf[:len(buf)-1], '\n')+1 : len(buf)-1]
-		ev, err := audit.ParseLine(line)
-		if err != nil {
-			break
+		if len(buf) == 0 {
+			return n, 0, nil // the file's first line was counted
 		}
-		if ev.Type == audit.TypeCheckpoint && signed(ev) {
-			cpSeq = ev.Seq
-			break
+		line := buf[i+1 : len(buf)-1]
+		if bytes.Contains(line, word) {
+			if ev, err := audit.ParseLine(line); err == nil && ev.Type == audit.TypeCheckpoint && signed(ev) {
+				return n, ev.Seq, nil
+			}
 		}
 		n++
-		buf = buf[:len(buf)-len(line)-1]
-		end -= int64(len(line)) + 1
+		buf = buf[:i+1]
 	}
-	return n, cpSeq, nil
 }
 
 // ownCheckpoint reports whether the checkpoint line ev (found by
@@ -804,7 +815,7 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, limit int, signed func(*aud
 // cannot check here (another key id: one before a change of key, or one a
 // forger named so that it would not be checked; a transit version it
 // cannot read) does not end the count either: the lines it would cover are
-// reported as adopted (at most CheckpointEvery of them), an over-report
+// reported as adopted (back to the file's first line), an over-report
 // after a deliberate change of key rather than lines hidden from the start
 // event by a forged line.
 func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
@@ -820,10 +831,18 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 		if err != nil || serr != nil {
 			return false
 		}
+		if s.unknownKids[cp.KeyID] {
+			s.passedUnchecked(ev)
+			return false
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
 		known, good := v.VerifyOwn(ctx, cp.KeyID, msg, sig)
 		cancel()
 		if !known {
+			if s.unknownKids == nil {
+				s.unknownKids = map[string]bool{}
+			}
+			s.unknownKids[cp.KeyID] = true
 			s.passedUnchecked(ev)
 		}
 		return known && good && cp.Alg == s.o.Signer.Alg()
@@ -1257,9 +1276,9 @@ func (s *Sink) Ping(ctx context.Context) error {
 type UnsignedRange struct {
 	FirstSeq uint64 // seq of the first such line (1 when seqs do not count up to LastSeq: an edited file)
 	LastSeq  uint64 // seq of the last line of the chain when Open resumed it
-	Lines    int    // how many, counted back to that checkpoint but at most CheckpointEvery
+	Lines    int    // how many, counted back to that checkpoint however many they are
 	// LastCheckpointSeq is the seq of the checkpoint before them; 0 when
-	// none was found within CheckpointEvery lines (there may be more).
+	// none is in the file: they are counted from its first line.
 	LastCheckpointSeq uint64
 }
 

@@ -807,21 +807,19 @@ func TestEventsSinceCheckpoint(t *testing.T) {
 	tests := []struct {
 		name      string
 		end       int
-		limit     int
 		want      int
 		wantCPSeq uint64
 	}{
-		{name: "ok/after-checkpoint", end: len(file), limit: 10, want: 3, wantCPSeq: 3},
-		{name: "ok/limit", end: len(file), limit: 2, want: 2},
-		{name: "ok/checkpoint-last", end: atCheckpoint, limit: 10, want: 0, wantCPSeq: 3},
-		{name: "ok/no-checkpoint", end: noCheckpoint, limit: 10, want: 2},
-		{name: "ok/empty", end: 0, limit: 10, want: 0},
+		{name: "ok/after-checkpoint", end: len(file), want: 3, wantCPSeq: 3},
+		{name: "ok/checkpoint-last", end: atCheckpoint, want: 0, wantCPSeq: 3},
+		{name: "ok/no-checkpoint", end: noCheckpoint, want: 2},
+		{name: "ok/empty", end: 0, want: 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, cpSeq, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), tt.limit, func(*audit.Event) bool { return true })
+			got, cpSeq, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), func(*audit.Event) bool { return true })
 			if err != nil || got != tt.want || cpSeq != tt.wantCPSeq {
-				t.Errorf("eventsSinceCheckpoint(end %d, limit %d) = %d, %d, %v; want %d, %d", tt.end, tt.limit, got, cpSeq, err, tt.want, tt.wantCPSeq)
+				t.Errorf("eventsSinceCheckpoint(end %d) = %d, %d, %v; want %d, %d", tt.end, got, cpSeq, err, tt.want, tt.wantCPSeq)
 			}
 		})
 	}
