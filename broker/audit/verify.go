@@ -185,6 +185,20 @@ type ChainReport struct {
 	// kept per chain; UnsignedResumedOmitted counts the others.
 	UnsignedResumed        []ResumedRange `json:"unsigned_resumed,omitempty"`
 	UnsignedResumedOmitted int            `json:"unsigned_resumed_omitted,omitempty"`
+	// UnrecordedResumed lists the lines no verified checkpoint covers
+	// before a start event (policy_load, trigger "start") that its record
+	// leaves out, as Verify computes them from the files (only when
+	// signatures are checked): all of them when it records none (a broker
+	// before the record, or lines it wrote before its start event), the
+	// first ones when a broker before the whole range was recorded cut it
+	// at 1,000 lines (last_checkpoint_seq 0). AtSeq is the start event's
+	// seq, LastCheckpointSeq the last verified checkpoint before the lines.
+	// A warning, not a problem; a record that names a checkpoint before
+	// its range yet leaves such lines out is a problem. At most
+	// maxResumedRanges are kept per chain; UnrecordedResumedOmitted counts
+	// the others.
+	UnrecordedResumed        []ResumedRange `json:"unrecorded_resumed,omitempty"`
+	UnrecordedResumedOmitted int            `json:"unrecorded_resumed_omitted,omitempty"`
 }
 
 // DetailUnsignedResumed is the key, in the details of a broker's start
@@ -193,8 +207,11 @@ type ChainReport struct {
 // last_checkpoint_seq}. Absent when there were none.
 const DetailUnsignedResumed = "unsigned_resumed"
 
-// maxResumedRanges caps ChainReport.UnsignedResumed.
+// maxResumedRanges caps ChainReport.UnsignedResumed and UnrecordedResumed.
 const maxResumedRanges = 100
+
+// maxTailCPs caps chainState.tailCPs.
+const maxTailCPs = 1024
 
 // ResumedRange is one DetailUnsignedResumed record (ChainReport.UnsignedResumed).
 type ResumedRange struct {
@@ -204,29 +221,62 @@ type ResumedRange struct {
 	LastSeq  uint64 `json:"last_seq"`
 	Lines    int    `json:"lines"`
 	// LastCheckpointSeq is the seq of the checkpoint before the range; 0
-	// when the broker found none within its checkpoint_every lines
-	// (there may be more lines than Lines).
+	// when the broker found none of its own in its file (it counted from
+	// the file's first line; brokers before the whole range was recorded
+	// counted at most checkpoint_every lines: there may be more).
 	LastCheckpointSeq uint64 `json:"last_checkpoint_seq"`
+	// VerifiedCheckpointSeq and VerifiedCheckpointKeyID name the newest
+	// checkpoint inside the range that verified (signatures checked): one
+	// the broker could not check as its own, a key before a change of
+	// checkpoint key (an over-report of the lines it signed).
+	VerifiedCheckpointSeq   uint64 `json:"verified_checkpoint_seq,omitempty"`
+	VerifiedCheckpointKeyID string `json:"verified_checkpoint_key_id,omitempty"`
 }
 
-// resumedRange reads DetailUnsignedResumed from ev's details; ok is false
-// when it is absent or not of that form.
-func resumedRange(ev *Event) (r ResumedRange, ok bool) {
+// resumedRange reads DetailUnsignedResumed from ev's details; present is
+// false when it is absent, err says why it is not a record: an object with
+// first_seq, last_seq, lines and last_checkpoint_seq, non-negative
+// integers, 1 <= first_seq <= last_seq < ev's seq, lines >= 1 and
+// last_checkpoint_seq 0 or before first_seq. Other fields (a later
+// broker's) are ignored.
+func resumedRange(ev *Event) (r ResumedRange, present bool, err error) {
 	v, found := ev.Details[DetailUnsignedResumed]
 	if !found {
-		return r, false
+		return r, false, nil
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
-		return r, false
+		return r, true, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return r, false
+	var raw struct {
+		FirstSeq          *uint64 `json:"first_seq"`
+		LastSeq           *uint64 `json:"last_seq"`
+		Lines             *int    `json:"lines"`
+		LastCheckpointSeq *uint64 `json:"last_checkpoint_seq"`
 	}
-	r.AtSeq = ev.Seq
-	return r, true
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return r, true, errors.New("not an object of non-negative integers first_seq, last_seq, lines, last_checkpoint_seq")
+	}
+	if raw.FirstSeq == nil || raw.LastSeq == nil || raw.Lines == nil || raw.LastCheckpointSeq == nil {
+		return r, true, errors.New("first_seq, last_seq, lines and last_checkpoint_seq are required")
+	}
+	r = ResumedRange{AtSeq: ev.Seq, FirstSeq: *raw.FirstSeq, LastSeq: *raw.LastSeq, Lines: *raw.Lines, LastCheckpointSeq: *raw.LastCheckpointSeq}
+	switch {
+	case r.FirstSeq < 1 || r.FirstSeq > r.LastSeq || r.LastSeq >= ev.Seq:
+		return r, true, fmt.Errorf("seq %d..%d is not a range of lines before the start event (seq %d)", r.FirstSeq, r.LastSeq, ev.Seq)
+	case r.Lines < 1:
+		return r, true, fmt.Errorf("lines %d: a range has at least one", r.Lines)
+	case r.LastCheckpointSeq >= r.FirstSeq:
+		return r, true, fmt.Errorf("last_checkpoint_seq %d is not before first_seq %d", r.LastCheckpointSeq, r.FirstSeq)
+	}
+	return r, true, nil
+}
+
+// isStartEvent reports whether ev is a broker's start event: policy_load
+// with details.trigger "start".
+func isStartEvent(ev *Event) bool {
+	t, _ := ev.Details["trigger"].(string)
+	return ev.Type == TypePolicyLoad && t == "start"
 }
 
 // Report is the result of Verify.
@@ -360,6 +410,14 @@ type chainState struct {
 	tailFile string
 	tailLine int
 	tailSeq  uint64
+	// lastCPKey is the key id of the last verified checkpoint
+	// (ChainReport.LastCheckpointSeq).
+	lastCPKey string
+	// tailCPs are the seqs of the lines typed checkpoint in the unsigned
+	// tail (not verified: each is a problem of its own, or unchecked),
+	// the first maxTailCPs of them (tailCPsFull: more); see resumed.
+	tailCPs     []uint64
+	tailCPsFull bool
 	// unread is verifier.unread when the chain's last line was read: the
 	// lines no chain could be told from since are verifier.unread minus
 	// it.
@@ -627,18 +685,14 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 	cr.Lines++
 	cr.LastSeq, cr.LastHash, cr.LastTime = ev.Seq, st.lastHash, ev.Time
 	if ev.Details != nil {
-		if r, ok := resumedRange(ev); ok {
-			if len(cr.UnsignedResumed) < maxResumedRanges {
-				cr.UnsignedResumed = append(cr.UnsignedResumed, r)
-			} else {
-				cr.UnsignedResumedOmitted++
-			}
-		}
+		v.resumed(file, lineNo, ev, cr, st)
 	}
 	switch {
 	case covered:
 		cr.Checkpoints++
 		cr.LastCheckpointSeq = ev.Seq
+		st.lastCPKey = ev.Checkpoint.KeyID
+		st.tailCPs, st.tailCPsFull = st.tailCPs[:0], false
 		if ev.Checkpoint.Version >= 2 {
 			cr.SignedSeq, cr.SignedTime = ev.Seq, ev.Time
 		} else {
@@ -649,10 +703,77 @@ func (v *verifier) line(file string, lineNo int, raw []byte) {
 		if unchecked {
 			cr.UncheckedCheckpoints++
 		}
+		if ev.Type == TypeCheckpoint {
+			if len(st.tailCPs) < maxTailCPs {
+				st.tailCPs = append(st.tailCPs, ev.Seq)
+			} else {
+				st.tailCPsFull = true
+			}
+		}
 		if cr.UnsignedTail == 0 {
 			st.tailFile, st.tailLine, st.tailSeq = file, lineNo, ev.Seq
 		}
 		cr.UnsignedTail++
+	}
+}
+
+// resumed reads the record of the lines a broker adopted from ev's
+// details (DetailUnsignedResumed) and, when signatures are checked,
+// compares it with the lines before ev that no verified checkpoint covers
+// (the chain's unsigned tail so far): lines the record leaves out are
+// ChainReport.UnrecordedResumed (no record, or one an older broker cut at
+// 1,000 lines), or a problem when the record names a checkpoint before its
+// range and yet leaves them out (no broker writes that record). A record
+// that is not one is a problem. cr and st are ev's chain, its tail not yet
+// counting ev.
+func (v *verifier) resumed(file string, lineNo int, ev *Event, cr *ChainReport, st *chainState) {
+	r, present, err := resumedRange(ev)
+	if err != nil {
+		v.problem(Problem{File: file, Line: lineNo, Chain: ev.Chain, Seq: ev.Seq,
+			Why: fmt.Sprintf("details.%s is not a record of the lines a broker adopted: %v: the line was changed, or not written by a keytrail broker", DetailUnsignedResumed, err)})
+		return
+	}
+	checked := v.rep.SignaturesChecked
+	tail := cr.UnsignedTail // lines before ev no verified checkpoint covers, from st.tailSeq
+	if !present {
+		if checked && tail > 0 && isStartEvent(ev) {
+			v.unrecorded(cr, ResumedRange{AtSeq: ev.Seq, FirstSeq: st.tailSeq, LastSeq: ev.Seq - 1, Lines: tail, LastCheckpointSeq: cr.LastCheckpointSeq})
+		}
+		return
+	}
+	if cp := cr.LastCheckpointSeq; checked && cp >= r.FirstSeq && cp <= r.LastSeq {
+		// A checkpoint inside the range verified: the broker could not
+		// check it as its own (a key before a change of key).
+		r.VerifiedCheckpointSeq, r.VerifiedCheckpointKeyID = cp, st.lastCPKey
+	}
+	if len(cr.UnsignedResumed) < maxResumedRanges {
+		cr.UnsignedResumed = append(cr.UnsignedResumed, r)
+	} else {
+		cr.UnsignedResumedOmitted++
+	}
+	if !checked || tail == 0 || st.tailSeq >= r.FirstSeq {
+		return
+	}
+	left := ResumedRange{AtSeq: ev.Seq, FirstSeq: st.tailSeq, LastSeq: r.FirstSeq - 1, Lines: int(r.FirstSeq - st.tailSeq), LastCheckpointSeq: cr.LastCheckpointSeq}
+	if r.LastCheckpointSeq == 0 {
+		v.unrecorded(cr, left)
+		return
+	}
+	if st.tailCPsFull || slices.Contains(st.tailCPs, r.LastCheckpointSeq) {
+		// The checkpoint the record names is a line typed checkpoint that
+		// did not verify: its own problem says so (one problem per cause).
+		return
+	}
+	v.problem(Problem{File: file, Line: lineNo, Chain: ev.Chain, Seq: ev.Seq,
+		Why: fmt.Sprintf("the start event records seq %d..%d, after the checkpoint at seq %d, as the lines its broker adopted, but no verified checkpoint covers seq %d..%d before them either: the record leaves lines out, so it was not written by a keytrail broker", r.FirstSeq, r.LastSeq, r.LastCheckpointSeq, left.FirstSeq, left.LastSeq)})
+}
+
+// unrecorded adds r to cr.UnrecordedResumed, or counts it past the cap.
+func (v *verifier) unrecorded(cr *ChainReport, r ResumedRange) {
+	if len(cr.UnrecordedResumed) < maxResumedRanges {
+		cr.UnrecordedResumed = append(cr.UnrecordedResumed, r)
+	} else {
+		cr.UnrecordedResumedOmitted++
 	}
 }
 

@@ -73,7 +73,11 @@ on keytrail_audit_chain_info, checks both.
 A broker that restarts signs, with its next checkpoint, the lines after the
 file's last checkpoint (an unclean stop's, or lines added while no broker
 held the file); its start event records them, and verify prints a notice
-naming them (not a failure).
+naming them (not a failure). With a key, verify also finds such lines
+itself (those no verified checkpoint covers before a start event): lines a
+start event does not record are a WARNING (a broker before the record wrote
+none), and a record that names a checkpoint yet leaves such lines out is a
+failure (no broker writes it), as is a record that is not one.
 
 --jwks accepts a checkpoint signed by any key of the JWKS: the broker
 serves its JWT-signing keys and its checkpoint key alike (kid
@@ -174,6 +178,9 @@ short of them.`,
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(rep)
 				for _, w := range unsignedWarnings(rep) {
+					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", w)
+				}
+				for _, w := range resumedWarnings(rep) {
 					fmt.Fprintf(e.stderr, "keytrail: warning: %s\n", w)
 				}
 				for _, n := range resumedNotices(rep) {
@@ -707,6 +714,9 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 	for _, n := range resumedNotices(rep) {
 		fmt.Fprintln(w, "notice:", n)
 	}
+	for _, s := range resumedWarnings(rep) {
+		fmt.Fprintln(w, "WARNING:", s)
+	}
 	warnings := unsignedWarnings(rep)
 	for _, s := range warnings {
 		fmt.Fprintln(w, "WARNING:", s)
@@ -767,12 +777,43 @@ func resumedNotices(rep *audit.Report) []string {
 				// counts the old key's checkpoints among them too (it
 				// cannot check them): say so, not only a crash or a
 				// forger.
-				after = fmt.Sprintf("with no checkpoint the broker could check as its own in the %d line(s) before them (there may be more such lines; after a change of checkpoint key the old key's checkpoints are among them, an over-report)", r.Lines)
+				after = "with no checkpoint the broker could check as its own before them in its file (after a change of checkpoint key the old key's checkpoints are among them, an over-report; a broker before this version counted at most 1,000 lines)"
+			}
+			if r.VerifiedCheckpointSeq != 0 {
+				after += fmt.Sprintf("; the checkpoint at seq %d among them verified with key %s, which the broker did not check as its own (a change of checkpoint key: the lines before it are signed by that key)", r.VerifiedCheckpointSeq, r.VerifiedCheckpointKeyID)
 			}
 			out = append(out, fmt.Sprintf("chain %s: %s (%d line(s)), %s, were signed only after the broker restarted (its start event, seq %d, records them): an unclean stop leaves such lines, and so does whoever added lines to the file while no broker held it; nothing in the files tells which", c.Chain, seqs, r.Lines, after, r.AtSeq))
 		}
 		if c.UnsignedResumedOmitted > 0 {
 			out = append(out, fmt.Sprintf("chain %s: %d more start event(s) record lines signed only after a restart (--json lists the first %d)", c.Chain, c.UnsignedResumedOmitted, len(c.UnsignedResumed)))
+		}
+	}
+	return out
+}
+
+// resumedWarnings names the lines verify found that no verified
+// checkpoint covered before a broker's start event and that its record
+// (audit.DetailUnsignedResumed) leaves out (audit.ChainReport.
+// UnrecordedResumed): a broker before the record wrote none, one before
+// the whole range was recorded cut it at 1,000 lines. A warning, not a
+// failure: a record that names a checkpoint and still leaves lines out is
+// a problem (verify's).
+func resumedWarnings(rep *audit.Report) []string {
+	var out []string
+	for _, c := range rep.Chains {
+		for _, r := range c.UnrecordedResumed {
+			seqs := fmt.Sprintf("seq %d..%d", r.FirstSeq, r.LastSeq)
+			if r.FirstSeq == r.LastSeq {
+				seqs = fmt.Sprintf("seq %d", r.FirstSeq)
+			}
+			after := fmt.Sprintf("after the checkpoint at seq %d", r.LastCheckpointSeq)
+			if r.LastCheckpointSeq == 0 {
+				after = "with no verified checkpoint before them"
+			}
+			out = append(out, fmt.Sprintf("chain %s: %s (%d line(s)), %s, are covered by no verified checkpoint before the start event at seq %d, which does not record them: its broker signed them as its own after it restarted. A broker before this record (or, for the first lines of a range, one that recorded at most 1,000) leaves such lines after an unclean stop, and so does whoever added lines to the file while no broker held it; nothing in the files tells which", c.Chain, seqs, r.Lines, after, r.AtSeq))
+		}
+		if c.UnrecordedResumedOmitted > 0 {
+			out = append(out, fmt.Sprintf("chain %s: %d more start event(s) follow lines no verified checkpoint covers that they do not record (--json lists the first %d)", c.Chain, c.UnrecordedResumedOmitted, len(c.UnrecordedResumed)))
 		}
 	}
 	return out

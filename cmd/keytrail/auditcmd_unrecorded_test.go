@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/adapters/auditfile"
+	"github.com/keytrail/keytrail/broker/audit"
+)
+
+// TestAuditVerifyChecksUnsignedResumed: audit verify computes, from the
+// files, the lines no verified checkpoint covers before a start event, and
+// compares them with what it records. It trusted the record: a start event
+// that records nothing (a broker before the record) passed in silence, and
+// one whose record leaves lines out (naming a checkpoint that is not one)
+// passed with a notice. The first is now a WARNING (exit 0, the OK line
+// not NOT SIGNED), the second a failure (exit 1).
+func TestAuditVerifyChecksUnsignedResumed(t *testing.T) {
+	for _, forged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forged=%v", forged), func(t *testing.T) {
+			dir := t.TempDir()
+			signer, pubFile := devCheckpointSigner(t, dir)
+			path, _ := writeSignedAudit(t, dir, signer)
+			data, c := resumeAuditFile(t, path)
+			cpSeq, _ := c.Head()
+			for i := range 2 {
+				added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: fmt.Sprintf("req_added%d", i), IssuanceID: "iss_ADDED"}, time.Now())
+				if err != nil {
+					t.Fatal(err)
+				}
+				data = append(append(data, added...), '\n')
+			}
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: signer, NoFsync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			details := map[string]any{"trigger": "start"}
+			if forged {
+				// The last added line only, "after the checkpoint" the
+				// first added line is not.
+				details[audit.DetailUnsignedResumed] = map[string]any{"first_seq": cpSeq + 2, "last_seq": cpSeq + 2, "lines": 1, "last_checkpoint_seq": cpSeq + 1}
+			}
+			if err := sink.Append(context.Background(), &audit.Event{Type: audit.TypePolicyLoad, Details: details}); err != nil {
+				t.Fatal(err)
+			}
+			if err := sink.Close(); err != nil {
+				t.Fatal(err)
+			}
+			out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--require-checkpoint", "--exact", path)
+			if forged {
+				want := fmt.Sprintf("no verified checkpoint covers seq %d..%d before them either", cpSeq+1, cpSeq+1)
+				if err == nil || !strings.Contains(out, "FAIL") || !strings.Contains(out, want) {
+					t.Errorf("audit verify of a record that leaves a line out = %v, want exit 1 with %q\n%s", err, want, out)
+				}
+				return
+			}
+			want := fmt.Sprintf("WARNING: chain %s: seq %d..%d (2 line(s)), after the checkpoint at seq %d, are covered by no verified checkpoint before the start event at seq %d, which does not record them", c.ID(), cpSeq+1, cpSeq+2, cpSeq, cpSeq+3)
+			if err != nil || !strings.Contains(out, want) || !strings.Contains(out, "OK: the chain is intact up to its last line (seq above)\n") {
+				t.Errorf("audit verify = %v, want success with %q and a signed OK\n%s", err, want, out)
+			}
+			out, stderr, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--json", "--exact", path)
+			if err != nil {
+				t.Fatalf("audit verify --json = %v\n%s", err, stderr)
+			}
+			var rep audit.Report
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("audit verify --json: %v\n%s", err, out)
+			}
+			wantRange := audit.ResumedRange{AtSeq: cpSeq + 3, FirstSeq: cpSeq + 1, LastSeq: cpSeq + 2, Lines: 2, LastCheckpointSeq: cpSeq}
+			if len(rep.Chains) != 1 || len(rep.Chains[0].UnrecordedResumed) != 1 || rep.Chains[0].UnrecordedResumed[0] != wantRange {
+				t.Errorf("audit verify --json chains = %+v, want one with unrecorded_resumed [%+v]", rep.Chains, wantRange)
+			}
+			if !strings.Contains(stderr, "keytrail: warning: chain "+c.ID()) {
+				t.Errorf("audit verify --json stderr = %q, want the warning", stderr)
+			}
+		})
+	}
+}
+
+// TestResumedNoticeNamesVerifiedCheckpoint: a checkpoint inside a recorded
+// range that verified (the broker could not check it as its own: a key
+// before a change of key) is named in the notice.
+func TestResumedNoticeNamesVerifiedCheckpoint(t *testing.T) {
+	rep := &audit.Report{Chains: []audit.ChainReport{{Chain: "chn_x", UnsignedResumed: []audit.ResumedRange{
+		{AtSeq: 6, FirstSeq: 1, LastSeq: 5, Lines: 5, VerifiedCheckpointSeq: 3, VerifiedCheckpointKeyID: "ed25519:0011223344556677"},
+	}}}}
+	got := strings.Join(resumedNotices(rep), "\n")
+	for _, want := range []string{"the checkpoint at seq 3 among them verified with key ed25519:0011223344556677", "change of checkpoint key"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("resumedNotices() = %q, want it to contain %q", got, want)
+		}
+	}
+}
