@@ -130,6 +130,10 @@ type LoginStatus struct {
 	// serve vault_token or vault_dynamic grants.
 	TokenType string
 	LastError string // of the last failed attempt, "" after a success
+	// ReplacedRevokeFailures counts the revocations of a token a re-login
+	// replaced (AppRole, Kubernetes) that failed: each leaves that token
+	// valid until its TTL, and is logged at WARN.
+	ReplacedRevokeFailures int
 }
 
 // Token types (LoginStatus.TokenType).
@@ -527,6 +531,9 @@ func (l *Login) revokeReplaced(ctx context.Context, tok, accessor string, ends t
 		err = rc.Auth().Token().RevokeSelfWithContext(rctx, "")
 	}
 	if err != nil {
+		l.mu.Lock()
+		l.status.ReplacedRevokeFailures++
+		l.mu.Unlock()
 		l.log.Warn("could not revoke the vault token a new login replaced; it stays valid until its ttl unless it already ended (revoked, expired: 403)",
 			slog.String("accessor", accessor), slog.String("error", translate(op, err).Error()))
 		return

@@ -826,17 +826,18 @@ type ownTokenVault struct {
 	srv *httptest.Server
 	ttl int
 
-	mu      sync.Mutex
-	logins  int
-	revoked map[string]bool
-	noRenew map[string]bool // valid, but renew-self is denied (a policy without it)
-	capped  map[string]int  // renew-self answers this lease (its max TTL is near)
-	calls   map[string]int  // path+" "+token -> requests
+	mu       sync.Mutex
+	logins   int
+	revoked  map[string]bool
+	noRenew  map[string]bool // valid, but renew-self is denied (a policy without it)
+	capped   map[string]int  // renew-self answers this lease (its max TTL is near)
+	noRevoke map[string]bool // revoke-self fails with 500 (Vault's storage failing)
+	calls    map[string]int  // path+" "+token -> requests
 }
 
 func newOwnTokenVault(t *testing.T, ttl int) *ownTokenVault {
 	t.Helper()
-	f := &ownTokenVault{t: t, ttl: ttl, revoked: map[string]bool{}, noRenew: map[string]bool{}, capped: map[string]int{}, calls: map[string]int{}}
+	f := &ownTokenVault{t: t, ttl: ttl, revoked: map[string]bool{}, noRenew: map[string]bool{}, capped: map[string]int{}, noRevoke: map[string]bool{}, calls: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -849,6 +850,7 @@ func (f *ownTokenVault) serve(w http.ResponseWriter, r *http.Request) {
 	f.calls[r.URL.Path+" "+tok]++
 	revoked := f.revoked[tok] || (r.URL.Path == "/v1/auth/token/renew-self" && f.noRenew[tok])
 	renewLease, capped := f.capped[tok]
+	noRevoke := f.noRevoke[tok]
 	f.mu.Unlock()
 	switch r.URL.Path {
 	case "/v1/auth/approle/login":
@@ -879,6 +881,11 @@ func (f *ownTokenVault) serve(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write([]byte(`{"errors":["permission denied"]}`))
 			return
 		}
+		if noRevoke {
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = w.Write([]byte(`{"errors":["failed to revoke token"]}`))
+			return
+		}
 		f.revoke(tok)
 		w.WriteHeader(http.StatusNoContent)
 		return
@@ -905,6 +912,13 @@ func (f *ownTokenVault) capRenewal(tok string, secs int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.capped[tok] = secs
+}
+
+// failRevocation makes revoke-self of tok fail with 500.
+func (f *ownTokenVault) failRevocation(tok string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.noRevoke[tok] = true
 }
 
 func (f *ownTokenVault) count(path, tok string) int {
@@ -1095,7 +1109,7 @@ func TestLoginRevokesReplacedToken(t *testing.T) {
 		f := newOwnTokenVault(t, 3600)
 		f.capRenewal("hvs.login-1", 300)
 		var logs loginLogBuffer
-		_, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: 50 * time.Millisecond, Logger: newLoginLogger(&logs)}), nil)
+		l, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: 50 * time.Millisecond, Logger: newLoginLogger(&logs)}), nil)
 		waitLogin(t, 10*time.Second, "the replaced token revoked", func() bool { return f.count(revokeSelf, "hvs.login-1") == 1 })
 		if c.Token() != "hvs.login-2" {
 			t.Errorf("client token = %q, want hvs.login-2", c.Token())
@@ -1106,6 +1120,39 @@ func TestLoginRevokesReplacedToken(t *testing.T) {
 		stop()
 		if n := f.count(revokeSelf, "hvs.login-2"); n != 0 {
 			t.Errorf("revoke-self with the token in use: %d calls, want none", n)
+		}
+		if n := l.Status().ReplacedRevokeFailures; n != 0 {
+			t.Errorf("ReplacedRevokeFailures after a successful revocation = %d, want 0", n)
+		}
+		noToken(t, logs.String(), "hvs.login-1", "hvs.login-2")
+	})
+
+	// A failed revocation leaves the replaced token valid until its TTL:
+	// it is logged and counted (LoginStatus.ReplacedRevokeFailures, the
+	// metric keytrail_vault_replaced_token_revoke_failures_total), once per
+	// token; a success counts nothing.
+	t.Run("ok/failed-revocation-counted", func(t *testing.T) {
+		f := newOwnTokenVault(t, 3600)
+		f.capRenewal("hvs.login-1", 300)
+		f.failRevocation("hvs.login-1")
+		var logs loginLogBuffer
+		l, c, stop := startRun(t, f, approle(t, vault.LoginOptions{RevokeGrace: 50 * time.Millisecond, Logger: newLoginLogger(&logs)}), nil)
+		if n := l.Status().ReplacedRevokeFailures; n != 0 {
+			t.Errorf("ReplacedRevokeFailures before any re-login = %d, want 0", n)
+		}
+		waitLogin(t, 10*time.Second, "the failed revocation counted", func() bool { return l.Status().ReplacedRevokeFailures == 1 })
+		if c.Token() != "hvs.login-2" {
+			t.Errorf("client token = %q, want hvs.login-2", c.Token())
+		}
+		if !strings.Contains(logs.String(), "could not revoke the vault token a new login replaced") {
+			t.Errorf("the failed revocation is not logged:\n%s", logs.String())
+		}
+		stop()
+		if n := l.Status().ReplacedRevokeFailures; n != 1 {
+			t.Errorf("ReplacedRevokeFailures = %d, want 1 (one failed revocation)", n)
+		}
+		if n := f.count(revokeSelf, "hvs.login-1"); n != 1 {
+			t.Errorf("revoke-self of the replaced token = %d calls, want 1", n)
 		}
 		noToken(t, logs.String(), "hvs.login-1", "hvs.login-2")
 	})

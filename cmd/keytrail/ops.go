@@ -114,6 +114,15 @@ func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sin
 	return nil
 }
 
+// registerLogin exposes counters of the broker's own Vault login, read
+// from status (the Login's Status) at each scrape.
+func registerLogin(reg prometheus.Registerer, status func() vaultad.LoginStatus) error {
+	return reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "keytrail_vault_replaced_token_revoke_failures_total",
+		Help: "Failed revocations of the broker's Vault token an AppRole or Kubernetes re-login replaced (each logged at WARN): that token stays valid until its TTL.",
+	}, func() float64 { return float64(status().ReplacedRevokeFailures) }))
+}
+
 func (m *opsMetrics) onJWKSFetch(issuer string, err error) {
 	outcome := "ok"
 	if err != nil {

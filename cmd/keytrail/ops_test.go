@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
+	vaultad "github.com/keytrail/keytrail/adapters/vault"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
@@ -690,5 +691,37 @@ func TestAuditBucketsBetweenTenthAndHalfSecond(t *testing.T) {
 	}
 	if seen != 2 {
 		t.Fatalf("gathered %d audit histograms, want 2", seen)
+	}
+}
+
+// TestLoginRevokeFailuresMetric: the failed revocations of replaced Vault
+// login tokens (LoginStatus.ReplacedRevokeFailures) are exported as
+// keytrail_vault_replaced_token_revoke_failures_total, read at each scrape.
+func TestLoginRevokeFailuresMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var st vaultad.LoginStatus
+	if err := registerLogin(reg, func() vaultad.LoginStatus { return st }); err != nil {
+		t.Fatal(err)
+	}
+	value := func() float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "keytrail_vault_replaced_token_revoke_failures_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		t.Fatal("keytrail_vault_replaced_token_revoke_failures_total is not registered")
+		return 0
+	}
+	if v := value(); v != 0 {
+		t.Errorf("before any failure: %v, want 0", v)
+	}
+	st.ReplacedRevokeFailures = 2
+	if v := value(); v != 2 {
+		t.Errorf("after two failures: %v, want 2", v)
 	}
 }

@@ -554,6 +554,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return fmt.Errorf("vault login: %w", err)
 	}
+	if err := registerLogin(rt.reg, login.Status); err != nil {
+		return err
+	}
 	if err := login.Start(ctx); err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			// The address's user info (basic auth for a front proxy: the
