@@ -35,9 +35,11 @@ type TransitCheckpointSignerOptions struct {
 	// DefaultPublishDelay (as for JWTMinter).
 	PublishDelay time.Duration
 	Now          func() time.Time // default time.Now
-	// Log gets Vault's warnings on the reads of the key, each once per
-	// warning every 10 minutes, and VerifyOwn's WARN when it cannot read
-	// the key; default slog.Default().
+	// Log gets Vault's warnings on the reads of the key and on its sign
+	// answers, each once per operation and warning every 10 minutes (the
+	// operation, the key's path and Vault's text; never the signature),
+	// and VerifyOwn's WARN when it cannot read the key; default
+	// slog.Default().
 	Log *slog.Logger
 }
 
@@ -165,6 +167,7 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 	if sec == nil || sec.Data == nil {
 		return nil, badResponse(op, "no data")
 	}
+	s.keys.warn.noteKey(op, s.mount+"/keys/"+s.name, sec.Warnings)
 	str, _ := sec.Data["signature"].(string)
 	sig, err := parseVaultSignature(str, version, k.Type)
 	if err != nil {

@@ -320,3 +320,72 @@ func TestTransitKeyReadsLogVaultWarnings(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointSignerLogsVaultWarnings: the warnings of Vault's answer to
+// the audit checkpoint signer's transit sign (a 200 with a signature and
+// something Vault would have the operator know) are logged as the key
+// reads' are: op "sign checkpoint" and the transit key's path, each
+// distinct warning once per warnEvery, never the signature or the token.
+func TestCheckpointSignerLogsVaultWarnings(t *testing.T) {
+	t.Parallel()
+	warnings := []string{`Endpoint ignored these unrecognized parameters: [x]`, `Key "sig" is scheduled for deletion review`}
+	key := newFakeKey(t, KeyTypeEd25519, 1)
+	routes := fakeTransit(t, "sig", key, nil)
+	sign := routes["PUT /v1/transit/sign/sig"]
+	var sigs []string
+	mu := new(sync.Mutex)
+	routes["PUT /v1/transit/sign/sig"] = func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		sign(rec, r)
+		var out map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+			t.Errorf("fake sign answer: %v", err)
+		}
+		if d, ok := out["data"].(map[string]any); ok {
+			s, _ := d["signature"].(string)
+			mu.Lock()
+			sigs = append(sigs, strings.TrimPrefix(s, "vault:v1:"))
+			mu.Unlock()
+		}
+		out["warnings"] = warnings
+		reply(w, rec.Code, out)
+	}
+	f := newFakeVault(t, routes)
+	var buf bytes.Buffer
+	now := t0
+	s, err := NewTransitCheckpointSigner(TransitCheckpointSignerOptions{Client: f.client(t), Key: "sig",
+		Log: slog.New(slog.NewJSONHandler(&buf, nil)), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []time.Duration{0, time.Minute, warnEvery - time.Second, warnEvery} {
+		now = t0.Add(d)
+		if _, err := s.Sign(context.Background(), []byte("checkpoint")); err != nil {
+			t.Fatalf("Sign() at +%s = %v", d, err)
+		}
+	}
+	type keyLine struct{ Op, TransitKey, Warning string }
+	var got []keyLine
+	for _, f := range warnFields(t, &buf, "op", "transit_key", "vault_warning") {
+		got = append(got, keyLine{f[0], f[1], f[2]})
+	}
+	var want []keyLine
+	for range 2 { // at t0, and again once warnEvery has passed
+		for _, w := range warnings {
+			want = append(want, keyLine{"sign checkpoint", "transit/keys/sig", w})
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("logged warnings (-want +got):\n%s", diff)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sigs) != 4 {
+		t.Fatalf("%d signatures, want 4", len(sigs))
+	}
+	for _, sig := range append(sigs, brokerToken) {
+		if sig != "" && strings.Contains(buf.String(), sig) {
+			t.Errorf("log contains %q (a signature or the token):\n%s", sig, &buf)
+		}
+	}
+}
