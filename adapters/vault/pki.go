@@ -82,8 +82,9 @@ type PKIMinter struct {
 	roles  pkiRoleStates // CheckRoles: what it last found of each grant's role
 }
 
-// pkiRoleStates remembers, per grant and role path, why the role could not
-// be read at the last check ("" when it could), so that CheckRoles warns
+// pkiRoleStates remembers, per grant and role path, the stable reason
+// (pkiRoleReason) the role could not be read at the last check ("" when
+// it could), so that CheckRoles warns
 // once per change rather than at every policy reload.
 type pkiRoleStates struct {
 	mu   sync.Mutex
@@ -232,16 +233,17 @@ func checkPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy
 		}
 		sec, err := c.Logical().ReadWithContext(ctx, path)
 		if err != nil || sec == nil || sec.Data == nil {
-			why := "no such role"
+			why, reason := "no such role", pkiRoleNone
+			var re *vaultapi.ResponseError
 			if err != nil {
-				why = translate(op, err).Error()
+				te := translate(op, err)
+				why, reason = te.Error(), pkiRoleReason(te, err)
 			}
-			changed, _ := states.set(pkiRoleKey{g.Name, path}, why)
+			changed, _ := states.set(pkiRoleKey{g.Name, path}, reason)
 			if changed {
 				log.Warn("could not check the pki role of a grant (no_store must be false, or its certificates cannot be revoked); the broker's token needs read on it (logged again only when this changes)",
-					slog.String("grant", g.Name), slog.String("path", path), slog.String("error", why))
+					slog.String("grant", g.Name), slog.String("path", path), slog.String("reason", reason), slog.String("error", why))
 			}
-			var re *vaultapi.ResponseError
 			if err != nil && !errors.As(err, &re) {
 				// Vault did not answer (down, unreachable, timed out,
 				// ctx ended): each further read would wait as long for
@@ -271,6 +273,23 @@ func checkPKIRoles(ctx context.Context, c *vaultapi.Client, pol *policies.Policy
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// pkiRoleNone is the reason of a role read that found no role.
+const pkiRoleNone = "no_such_role"
+
+// pkiRoleReason is the stable reason a role read failed with err (te is
+// err translated), what pkiRoleStates remembers: the translated error's
+// reason and Vault's status, or "no answer" when Vault did not answer;
+// never the error's text, which may differ from one read to the next for
+// the same cause (an address, a request id, a duration).
+func pkiRoleReason(te, err error) string {
+	reason := broker.AsError(te).Reason
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) {
+		return reason + ": status " + strconv.Itoa(re.StatusCode)
+	}
+	return reason + ": no answer"
 }
 
 // noteBrokerLease notes in leases that a lease may belong to the broker's

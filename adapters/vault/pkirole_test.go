@@ -3,6 +3,7 @@ package vault_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -306,4 +307,63 @@ func TestPKIMinterCheckRolesWarnsOncePerChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("reload with the grant back, 403", 4, 1)
+}
+
+// TestPKIMinterCheckRolesKeyedByReason: whether a role's unreadability
+// changed is judged by its stable reason (the error's reason and Vault's
+// status), not by the error's text: Vault's text may differ from one read
+// to the next for the same cause, and must not make every policy reload
+// warn again. Another status is another reason.
+func TestPKIMinterCheckRolesKeyedByReason(t *testing.T) {
+	var mu sync.Mutex
+	status, n := 403, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		mu.Lock()
+		n++
+		st, seq := status, n
+		mu.Unlock()
+		switch r.Method + " " + r.URL.Path {
+		case "GET /v1/pki/roles/web":
+			w.WriteHeader(st)
+			_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{fmt.Sprintf("permission denied (request %d)", seq)}})
+		case "GET /v1/pki_int/roles/svc":
+			roleAnswer(200, map[string]any{"no_store": false})(w)
+		default:
+			t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
+			w.WriteHeader(500)
+		}
+	}))
+	defer srv.Close()
+	c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs loginLogBuffer
+	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
+	const warned = "could not check the pki role"
+	check := func(step string, wantWarnings int) {
+		t.Helper()
+		if err := m.CheckRoles(context.Background(), pol); err != nil {
+			t.Fatalf("%s: CheckRoles() = %v, want nil", step, err)
+		}
+		if n := strings.Count(logs.String(), warned); n != wantWarnings {
+			t.Errorf("%s: %d warnings %q in total, want %d:\n%s", step, n, warned, wantWarnings, logs.String())
+		}
+	}
+	check("start-up, 403", 1)
+	check("reload, 403 with another text", 1)
+	check("reload, 403 with a third text", 1)
+	mu.Lock()
+	status = 400
+	mu.Unlock()
+	check("reload, 400", 2)
+	check("reload, 400 with another text", 2)
+	if !strings.Contains(logs.String(), `"reason":"vault_denied: status 403"`) || !strings.Contains(logs.String(), `"reason":"vault_rejected: status 400"`) {
+		t.Errorf("the warnings do not name their reasons:\n%s", logs.String())
+	}
 }
