@@ -50,3 +50,21 @@ func TestConfigCheckMissingFile(t *testing.T) {
 		t.Errorf("config check of a missing file: stderr %q besides the message, want nothing", stderr)
 	}
 }
+
+// TestConfigCheckDirectory: a --config that is a directory is one line
+// naming it and what it is, as a missing file is, not the reason on one
+// line and "invalid configuration" on the next.
+func TestConfigCheckDirectory(t *testing.T) {
+	dir := t.TempDir()
+	_, stderr, err := runCLI(t, nil, "config", "check", "--config", dir)
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("config check of a directory = %v, want exit 1", err)
+	}
+	if want := "config check: " + dir + ": is a directory, not a regular file"; ee.msg != want {
+		t.Errorf("config check of a directory: message %q, want %q", ee.msg, want)
+	}
+	if stderr != "" {
+		t.Errorf("config check of a directory: stderr %q besides the message, want nothing", stderr)
+	}
+}

@@ -89,6 +89,11 @@ Exit status: 0 the configuration and its policy are valid; 1 they are not
 				return exitError{code: 1, msg: "config check: " + pe.Error()}
 			}
 			if err != nil {
+				if st, serr := os.Stat(cfgPath); serr == nil && !st.Mode().IsRegular() {
+					// A directory, a named pipe...: refused before a
+					// byte was read; one line naming the path too.
+					return exitError{code: 1, msg: "config check: " + policies.NotRegular(cfgPath, st.Mode()).Error()}
+				}
 				return configProblems(e, err)
 			}
 			problems, warnings := checkConfigFiles(cfgPath, cfg, doc, time.Now())

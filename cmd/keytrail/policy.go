@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"time"
@@ -91,8 +92,10 @@ func policyProblems(e *env, err error) error {
 
 // printProblems prints err's problems, one per line, and returns exit
 // status 1 with a summary naming what was checked: how many problems, or
-// "<what> not read" when notRead says the lone error is a file that could
-// not be read, else "invalid <what>".
+// "invalid <what>". When notRead says the lone error is a file that could
+// not be read, nothing is printed: the one line is "<what> not read: " and
+// the system's error naming the file (that of the *fs.PathError in err,
+// without the loader's prefix).
 func printProblems(e *env, err error, what string, notRead func(error) bool) error {
 	var multi interface{ Unwrap() []error }
 	if errors.As(err, &multi) {
@@ -102,10 +105,14 @@ func printProblems(e *env, err error, what string, notRead func(error) bool) err
 		}
 		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) in the %s", len(errs), what)}
 	}
-	fmt.Fprintln(e.stderr, err)
 	if notRead(err) {
-		return exitError{code: 1, msg: what + " not read"}
+		msg := err.Error()
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+			msg = pe.Error()
+		}
+		return exitError{code: 1, msg: what + " not read: " + msg}
 	}
+	fmt.Fprintln(e.stderr, err)
 	return exitError{code: 1, msg: "invalid " + what}
 }
 
