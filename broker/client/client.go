@@ -130,9 +130,10 @@ func checkURL(raw string, insecure, query bool) error {
 		// password makes it quote part of it as the port.
 		return errors.New("not a URL")
 	}
-	// Errors show the address without user info, query or fragment: they
-	// may hold a password or a token, and go to stderr (CI logs).
-	shown := strconv.Quote((&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String())
+	// Errors show the address's scheme and host only: its user info,
+	// path, query or fragment may hold a password or a token (one pasted
+	// into the path too), and errors go to stderr (CI logs).
+	shown := strconv.Quote((&url.URL{Scheme: u.Scheme, Host: u.Host}).String())
 	if u.Host == "" || u.User != nil || (u.RawQuery != "" && !query) || u.Fragment != "" {
 		return fmt.Errorf("%s must be scheme://host[:port][/path] without credentials, query or fragment", shown)
 	}

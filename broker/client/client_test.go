@@ -219,6 +219,13 @@ func TestNewAddressErrorHidesSecrets(t *testing.T) {
 		"https://keytrail.internal/#" + secret,
 		"https://ci:" + secret + "@keytrail.internal:notaport",
 		"ftp://ci:" + secret + "@keytrail.internal",
+		// A token pasted into the path: refused for another reason, the
+		// error shows the scheme and host only.
+		"http://keytrail.example.com/" + secret,
+		"ftp://keytrail.internal/" + secret,
+		"https://keytrail.internal/" + secret + "?q=1",
+		"https://keytrail.internal/" + secret + "#f",
+		"https:///" + secret,
 	} {
 		_, err := New(Options{Addr: addr})
 		if err == nil {
