@@ -83,7 +83,8 @@ func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
 	defer fh.Close()
 	var b []byte
 	if st, serr := fh.Stat(); serr == nil && st.Mode()&fs.ModeNamedPipe != 0 {
-		b, err = readPipe(ctx, fh)
+		var unnamed bool
+		b, unnamed, err = readPipe(ctx, fh)
 		if errors.Is(err, errPipeEnded) {
 			// Permanent: nothing will ever be written to it. Under
 			// --watch every renewal reads it again, and finds this.
@@ -94,6 +95,10 @@ func (f FileIdentity) IdentityToken(ctx context.Context) (string, error) {
 		// Said as what failed; never with what was read (part of a
 		// token).
 		what := "a named pipe nothing was written to"
+		if unnamed {
+			// bash's <(cmd): its command is still running.
+			what = "an unnamed pipe (<(cmd), /dev/fd/N) nothing was written to"
+		}
 		if len(bytes.TrimSpace(b)) > 0 {
 			what = "a pipe whose writer wrote part of a token (no newline after it) and neither ended the line nor closed the pipe"
 		}

@@ -63,8 +63,10 @@ func TestFileIdentityEndedPipeIsAPermanentError(t *testing.T) {
 		pipeReadTimeout = 200 * time.Millisecond
 		_, err := read(t, path)
 		var ie *IdentityError
-		if !errors.As(err, &ie) || !ie.Transient || !strings.Contains(err.Error(), "nothing was written to within 200ms") {
-			t.Errorf("IdentityToken = %v, want a transient *IdentityError saying nothing was written within 200ms", err)
+		// Said as what it is: not a named pipe.
+		want := "identity token from file " + path + ": an unnamed pipe (<(cmd), /dev/fd/N) nothing was written to within 200ms"
+		if !errors.As(err, &ie) || !ie.Transient || !strings.Contains(err.Error(), want) {
+			t.Errorf("IdentityToken = %v, want a transient *IdentityError saying %q", err, want)
 		}
 	})
 

@@ -9,6 +9,8 @@ import (
 )
 
 // readPipe reads the pipe fh to its end (at most maxIdentityToken+1 bytes).
-func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
-	return io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+// An unnamed pipe is not told apart here.
+func readPipe(ctx context.Context, fh *os.File) (b []byte, unnamed bool, err error) {
+	b, err = io.ReadAll(io.LimitReader(fh, maxIdentityToken+1))
+	return b, false, err
 }

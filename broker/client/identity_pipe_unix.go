@@ -22,24 +22,24 @@ import (
 // newline after it) is the end too, the writer gone or not. An unnamed pipe (bash's <(cmd),
 // /dev/fd/N) is not waited for: read empty, its writer has exited and no
 // other can come; errPipeEnded then, when nothing was read. Where a pipe
-// cannot be waited for (darwin), it is read blocking, as before.
-func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
+// cannot be waited for (darwin), it is read blocking, as before. unnamed
+// reports whether fh was told to be an unnamed pipe (Linux only).
+func readPipe(ctx context.Context, fh *os.File) (b []byte, unnamed bool, err error) {
 	rc, err := fh.SyscallConn()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := fh.SetReadDeadline(time.Now().Add(pipeReadTimeout)); err != nil {
 		// Not pollable (darwin's pipes): read blocking.
-		return readPipeBlocking(fh)
+		b, err := readPipeBlocking(fh)
+		return b, false, err
 	}
-	unnamed := false
 	if err := rc.Control(func(fd uintptr) { unnamed = unnamedPipe(fd) }); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	stop := context.AfterFunc(ctx, func() { _ = fh.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var (
-		b     []byte
 		buf   = make([]byte, 4096)
 		calls int
 		rerr  error
@@ -77,7 +77,7 @@ func readPipe(ctx context.Context, fh *os.File) ([]byte, error) {
 	if err == nil {
 		err = rerr
 	}
-	return b, err
+	return b, unnamed, err
 }
 
 // readPipeBlocking reads the pipe fh, opened with O_NONBLOCK, in blocking
