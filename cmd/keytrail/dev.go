@@ -569,6 +569,11 @@ Try it yourself (in another shell):
   # what would this token get, and why?
   go run ./cmd/keytrail policy explain --policy {POLICY} --token {TOKEN} --grant payments-vault
 
+  # a proxy grant (kind: proxy): dev runs no upstream API, so the example policy's demo-api grant is
+  # commented out (see {POLICY}); with it enabled and an API on 127.0.0.1:8081:
+  #   CRED=$(go run ./cmd/keytrail fetch --addr {URL} --grant demo-api --identity-token-file {TOKEN} --out - --format raw)
+  #   curl -s -H "Authorization: Bearer $CRED" {URL}/v1/proxy/demo-api/hello
+
   # as the demo security team (secops, an admin in the policy): trace, report, revoke
   export KEYTRAIL_ADDR={URL} KEYTRAIL_ADMIN_TOKEN_FILE={ADMIN}
   go run ./cmd/keytrail trace {ISS}
