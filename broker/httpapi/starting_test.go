@@ -55,3 +55,41 @@ func TestStartingLogsNoWarnings(t *testing.T) {
 		t.Errorf("%d \"request failed\" lines with reason %q, want 3 (one per 503 but /readyz's)\n%s", reasons, httpapi.ReasonStarting, logs.String())
 	}
 }
+
+// TestStartingMethodNotAllowed: once serving, a method /healthz and
+// /readyz do not serve gets 405 with Allow: GET, HEAD (the broker's
+// routes). During start-up the catch-all answered it 503 "starting" with
+// Retry-After: a client (or a probe misconfigured with POST) was told to
+// retry what will never succeed. The starting handler answers it as the
+// broker's routes will; every other route stays 503 "starting".
+func TestStartingMethodNotAllowed(t *testing.T) {
+	srv := httptest.NewServer(httpapi.Starting(nil, nil))
+	t.Cleanup(srv.Close)
+	for _, c := range []struct {
+		method, path string
+		want         int
+		allow        string
+	}{
+		{http.MethodPost, "/healthz", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodDelete, "/readyz", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodHead, "/healthz", http.StatusOK, ""},
+		{http.MethodPost, "/v1/token", http.StatusServiceUnavailable, ""},
+		{http.MethodGet, "/v1/token", http.StatusServiceUnavailable, ""},
+	} {
+		req, err := http.NewRequest(c.method, srv.URL+c.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want || resp.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s during start-up = %d (Allow %q), want %d (Allow %q)", c.method, c.path, resp.StatusCode, resp.Header.Get("Allow"), c.want, c.allow)
+		}
+		if c.want == http.StatusMethodNotAllowed && resp.Header.Get("Retry-After") != "" {
+			t.Errorf("%s %s during start-up: Retry-After %q on a 405", c.method, c.path, resp.Header.Get("Retry-After"))
+		}
+	}
+}

@@ -252,15 +252,24 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 
 	// Wired, the start event durable: the broker's routes serve from the
 	// next request on (those in flight on the starting handler end as
-	// they began).
+	// they began). serveErr: Serve returned before the shutdown (its
+	// listener failed), during the start-up too: then the broker never
+	// serves (no "serving" line, ready not called) and shuts down below.
+	// The connections already open are still served: the server is shut
+	// as at a signal (without the drain) before the runtime closes.
 	wired = true
-	routes := rt.api.Routes()
-	rt.served = true
-	handler.Store(&routes)
-	log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
-		slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.Shared()))
-	if ready != nil {
-		ready(ln.Addr().String())
+	var serveErr error
+	select {
+	case serveErr = <-errc:
+	default:
+		routes := rt.api.Routes()
+		rt.served = true
+		handler.Store(&routes)
+		log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
+			slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.Shared()))
+		if ready != nil {
+			ready(ln.Addr().String())
+		}
 	}
 
 	// SIGHUP reloads run beside this loop, one at a time (reloadMu), until
@@ -277,13 +286,11 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 			}
 		}
 	})
-	// serveErr: Serve returned before the shutdown (its listener failed).
-	// The connections already open are still served: the server is shut
-	// as at a signal (without the drain) before the runtime closes.
-	var serveErr error
-	select {
-	case serveErr = <-errc:
-	case <-ctx.Done():
+	if serveErr == nil {
+		select {
+		case serveErr = <-errc:
+		case <-ctx.Done():
+		}
 	}
 	rt.shuttingDown.Store(true)
 
