@@ -398,6 +398,27 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		}
 	})
 
+	// A start-up that never ends is stopped by the broker itself
+	// (startup_timeout: an ERROR naming what it waited for, exit 1) before
+	// the startup probe's window (failureThreshold x periodSeconds) ends,
+	// which restarts the pod without a word; the probe is the back-stop,
+	// also for startup_timeout: 0.
+	t.Run("ok/startup-timeout-within-startup-probe", func(t *testing.T) {
+		cfg := checkServerConfig(t, cfgText)
+		startup := 5 * time.Minute // startup_timeout's default
+		if v := deployDig(cfg, "startup_timeout"); v != nil {
+			startup = deployDuration(t, "startup_timeout", v)
+		}
+		period, ok1 := deployDig(c, "startupProbe", "periodSeconds").(int)
+		threshold, ok2 := deployDig(c, "startupProbe", "failureThreshold").(int)
+		if !ok1 || !ok2 {
+			t.Fatalf("startupProbe periodSeconds %v, failureThreshold %v: want numbers", deployDig(c, "startupProbe", "periodSeconds"), deployDig(c, "startupProbe", "failureThreshold"))
+		}
+		if window := time.Duration(threshold*period) * time.Second; startup <= 0 || startup >= window {
+			t.Errorf("startup_timeout %v is not below the startup probe's %d x %ds = %v: the kubelet restarts a stuck start-up before the broker says what it waited for", startup, threshold, period, window)
+		}
+	})
+
 	// GOMEMLIMIT is a soft limit on the Go runtime's own memory; the
 	// container's limits.memory is the kernel's hard one, which also
 	// counts what the runtime does not (the memory-backed emptyDirs, kernel

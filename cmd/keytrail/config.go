@@ -50,6 +50,11 @@ type Config struct {
 	// (httpapi.ParseTrustedProxy), as Vault's
 	// x_forwarded_for_authorized_addrs.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// StartupTimeout bounds the start-up, from the listener bound to the
+	// start event durable: past it the server logs what it was waiting
+	// for and exits 1, so a supervisor restarts it (runServer). Absent:
+	// DefaultStartupTimeout; 0: none.
+	StartupTimeout *duration `yaml:"startup_timeout"`
 	// ShutdownTimeout bounds graceful shutdown (default 20s).
 	ShutdownTimeout duration `yaml:"shutdown_timeout"`
 	// ShutdownDrain is how long, after SIGTERM, /readyz answers 503 while
@@ -452,6 +457,10 @@ func (c *Config) applyEnv(getenv func(string) string) map[string]string {
 	return from
 }
 
+// DefaultStartupTimeout is startup_timeout when the configuration does
+// not set it: the 150 x 2 s of the Kubernetes example's startup probe.
+const DefaultStartupTimeout = 5 * time.Minute
+
 func (c *Config) applyDefaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:7700"
@@ -461,6 +470,10 @@ func (c *Config) applyDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = duration(20 * time.Second)
+	}
+	if c.StartupTimeout == nil {
+		d := duration(DefaultStartupTimeout)
+		c.StartupTimeout = &d
 	}
 	if c.Audit.Fsync == nil {
 		t := true
@@ -662,6 +675,9 @@ func (c *Config) validateFile(file string, doc *yaml.Node, fromEnv map[string]st
 	}
 	if c.Audit.DeferFor < 0 || time.Duration(c.Audit.DeferFor) > time.Second {
 		bad("audit.defer_for", "must be between 0 (the default, 20ms) and 1s")
+	}
+	if c.StartupTimeout != nil && *c.StartupTimeout < 0 {
+		bad("startup_timeout", "must not be negative (0: none; absent: the default, %s)", DefaultStartupTimeout)
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown_timeout", "must not be negative (0: the default, 20s)")

@@ -86,6 +86,8 @@ type env struct {
 	// exit, when set, stands for os.Exit where the server exits at once
 	// on a second SIGINT/SIGTERM (tests).
 	exit func(code int)
+	// startupCloseGrace, when set, stands for startupCloseGrace (tests).
+	startupCloseGrace time.Duration
 	// listening, when set, is called with the server's listener once
 	// bound, before the start-up wires anything (tests: a listener that
 	// fails while serving).

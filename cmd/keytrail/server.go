@@ -63,6 +63,8 @@ audited, revoked and its orphan_revoked and deny events written; a second
 signal exits at once); until it serves, requests get 503 "starting";
 from the first signal on, no reload starts (SIGHUP and file changes are
 logged).
+A start-up not serving within startup_timeout (5m; 0: none) logs an ERROR
+naming what it waited for and exits 1.
 The exit status is 0 after a clean shutdown, 1 when start-up fails, when
 requests were still in flight after shutdown_timeout, or when closing failed
 (e.g. the audit log's final signed checkpoint could not be written),
@@ -143,6 +145,8 @@ type brokerRuntime struct {
 	// keeping a success for a second (one lookup-self per second, however
 	// many probes).
 	tokenHealth *vaultad.TokenChecker
+	// step is what the start-up waits for now (waiting, startStep).
+	step atomic.Pointer[string]
 }
 
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
@@ -246,7 +250,25 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	go exitOnSecondSignal(ctx, e, log, returned, watcherDone)
 	rt := &brokerRuntime{cfg: cfg, log: log}
 	defer rt.close()
-	if err := rt.wire(ctx, e); err != nil {
+	// startup_timeout: a start-up that never ends (Vault or Redis that
+	// never answer, a hung audit disk) is stopped, so a supervisor
+	// restarts it; the bound listener answers /healthz 200 meanwhile.
+	wctx, stopWire := context.WithCancel(ctx)
+	defer stopWire()
+	var startupTimeout time.Duration
+	if cfg.StartupTimeout != nil {
+		startupTimeout = time.Duration(*cfg.StartupTimeout)
+	}
+	deadline := rt.watchStartup(e, startupTimeout, stopWire, returned)
+	err = rt.wire(wctx, e)
+	if deadline.end() {
+		// Stopped by the deadline: whatever wire did after it (its waits
+		// were cancelled; one that finished anyway) is not served. The
+		// closers below run as for any failed start-up: the sink, its
+		// adopted lines unsigned unless the start event recorded them.
+		return errors.Join(fmt.Errorf("start-up did not finish within startup_timeout (%s): waiting for %s", startupTimeout, deadline.waitingFor), err)
+	}
+	if err != nil {
 		return err
 	}
 
@@ -457,6 +479,91 @@ func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned 
 	}
 }
 
+// startupCloseGrace is how long a start-up stopped by startup_timeout may
+// take to close (its Vault waits cancelled, its login token revoked, its
+// audit log closed) before the process exits at once: a wait that ignores
+// the cancel (a write to a hung audit disk) would keep it forever.
+const startupCloseGrace = 30 * time.Second
+
+// startDeadline is runServer's startup_timeout (watchStartup).
+type startDeadline struct {
+	mu         sync.Mutex
+	t          *time.Timer
+	ended      bool
+	expired    bool
+	waitingFor string // what the start-up waited for when it expired
+}
+
+// watchStartup arms the start-up deadline d (none when d <= 0): unless
+// end is called first, it logs an ERROR naming the step the start-up
+// waits for (rt.startStep), calls cancel (wire's context: its Vault,
+// store and key waits end), and, if runServer has not returned
+// startupCloseGrace later, logs again and exits at once (status 1)
+// without closing anything: no checkpoint is written then, so none
+// signs the audit lines the sink adopted and no start event recorded.
+func (rt *brokerRuntime) watchStartup(e *env, d time.Duration, cancel context.CancelFunc, returned <-chan struct{}) *startDeadline {
+	sd := &startDeadline{}
+	if d <= 0 {
+		return sd
+	}
+	sd.t = time.AfterFunc(d, func() {
+		sd.mu.Lock()
+		if sd.ended {
+			sd.mu.Unlock()
+			return
+		}
+		sd.expired = true
+		step := rt.startStep()
+		sd.waitingFor = step
+		sd.mu.Unlock()
+		rt.log.Error("start-up did not finish within startup_timeout: stopping (exit status 1)",
+			slog.Duration("startup_timeout", d), slog.String("waiting_for", step))
+		cancel()
+		grace := startupCloseGrace
+		if e.startupCloseGrace > 0 {
+			grace = e.startupCloseGrace
+		}
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-returned:
+		case <-t.C:
+			rt.log.Error("start-up stopped by startup_timeout did not end: exiting now, the audit log left as it is (no checkpoint written)",
+				slog.Duration("waited", grace), slog.String("waiting_for", rt.startStep()))
+			exit := os.Exit
+			if e.exit != nil {
+				exit = e.exit
+			}
+			exit(1)
+		}
+	})
+	return sd
+}
+
+// end disarms the deadline once wire returned; it reports whether the
+// deadline had expired (the start-up must then fail).
+func (sd *startDeadline) end() bool {
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	sd.ended = true
+	if sd.t != nil {
+		sd.t.Stop()
+	}
+	return sd.expired
+}
+
+// waiting records the step the start-up waits for now (watchStartup's
+// log names it).
+func (rt *brokerRuntime) waiting(step string) { rt.step.Store(&step) }
+
+// startStep is the step the start-up waits for (waiting).
+func (rt *brokerRuntime) startStep() string {
+	if s := rt.step.Load(); s != nil {
+		return *s
+	}
+	return "the start-up to begin"
+}
+
 // loginRevokeTimeout bounds the revoke-self of a failed start-up's login
 // token.
 const loginRevokeTimeout = 5 * time.Second
@@ -499,6 +606,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	rt.metrics = m
 	// The watcher, started later, compares with the files as they were
 	// before this read: a change made while the broker starts is loaded.
+	rt.waiting("the policy (policy) and its issuers' keys")
 	polStamp := policyStamp(cfg.Policy)
 	pol, err := loadServedPolicy(cfg.Policy, log)
 	if err != nil {
@@ -557,6 +665,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	default:
 		lo.Method, lo.Token = vaultad.LoginToken, vaultToken
 	}
+	rt.waiting("the Vault login (vault.address)")
 	login, err := vaultad.NewLogin(lo)
 	if err != nil {
 		return fmt.Errorf("vault login: %w", err)
@@ -614,6 +723,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 			}
 			ro.RootCAs = pool
 		}
+		rt.waiting("the Redis store (store)")
 		rs, err := redisstore.New(ctx, ro)
 		if err != nil {
 			return fmt.Errorf("store: %w", err)
@@ -659,11 +769,13 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		if err != nil {
 			return fmt.Errorf("audit.checkpoint_transit_key: %w", err)
 		}
+		rt.waiting("the checkpoint transit key (audit.checkpoint_transit_key)")
 		if err := ts.Load(ctx); err != nil {
 			return fmt.Errorf("audit.checkpoint_transit_key: %w", err)
 		}
 		signer = ts
 	}
+	rt.waiting("the audit log to open (audit.file)")
 	sink, err := auditfile.Open(auditfile.Options{
 		Path: cfg.Audit.File, Signer: signer, NoFsync: !*cfg.Audit.Fsync, Journal: *cfg.Audit.Journal, JournalBytes: cfg.Audit.JournalBytes,
 		RotateBytes: cfg.Audit.RotateBytes, RotateEvery: time.Duration(cfg.Audit.RotateEvery), MaxBatch: cfg.Audit.MaxBatch, DeferFor: time.Duration(cfg.Audit.DeferFor), Logger: log,
@@ -687,6 +799,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// (policy watcher, clock watch, revocation worker, reconciler) writes
 	// audit events and so must stop before the sink closes.
 	rt.closers = append(rt.closers, sink.Close)
+	rt.waiting("the deployment id (store)")
 	if rt.deployment, err = deploymentID(ctx, cfg, rt.store, sink.ChainID()); err != nil {
 		return err
 	}
@@ -699,6 +812,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// stay in the JWKS here too, read now and at every JWKS refresh; the
 	// keys this one signs with are recorded for the others.
 	rt.keys.SetStore(rt.store)
+	rt.waiting("the JWKS keys (Vault transit)")
 	rt.keys.Refresh(ctx)
 	rt.goBackground(ctx, func(ctx context.Context) error {
 		t := time.NewTicker(jwks.RefreshEvery)
@@ -713,6 +827,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err != nil {
 		return fmt.Errorf("vault.token_role: %w", err)
 	}
+	rt.waiting("the Vault token role (vault.token_role)")
 	if err := tokenMinter.CheckRole(ctx); err != nil {
 		return fmt.Errorf("vault.token_role: %w", err)
 	}
@@ -741,10 +856,12 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	// A pki role with no_store=true issues certificates nobody can revoke
 	// by serial: refused here, and by policy reloads.
+	rt.waiting("the pki roles (Vault)")
 	if err := pkiMinter.CheckRoles(ctx, rt.state.Load().pol); err != nil {
 		return err
 	}
 	rt.pki = pkiMinter
+	rt.waiting("the revocation cache (store)")
 	svcStore, err := rt.wireRevocationCache(ctx)
 	if err != nil {
 		return err
@@ -812,12 +929,14 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.api = api
+	rt.waiting("the revocation worker and the token reconciliation (store, Vault)")
 	if err := rt.startRevocationWorker(ctx, reg); err != nil {
 		return err
 	}
 	if err := rt.startReconciler(ctx, e); err != nil {
 		return err
 	}
+	rt.waiting("the start event to be durable (audit.file)")
 	if err := rt.auditPolicyLoad(ctx, pol, "start", nil, rt.keys.Retiring()); err != nil {
 		return err
 	}

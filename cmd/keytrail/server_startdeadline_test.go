@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// TestStartupTimeoutConfig: startup_timeout defaults to
+// DefaultStartupTimeout when absent, 0 turns it off, and a negative one
+// is refused naming the file and the field.
+func TestStartupTimeoutConfig(t *testing.T) {
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	base := "public_url: http://127.0.0.1:7700\npolicy: " + pol + "\nvault: {address: http://v}\naudit: {file: a}\n"
+	for _, tc := range []struct {
+		name, yaml string
+		want       time.Duration
+		wantErr    string
+	}{
+		{"ok/absent-is-the-default", base, DefaultStartupTimeout, ""},
+		{"ok/zero-is-none", base + "startup_timeout: 0s\n", 0, ""},
+		{"ok/set", base + "startup_timeout: 90s\n", 90 * time.Second, ""},
+		{"fail/negative", base + "startup_timeout: -1s\n", 0, "config.yaml: startup_timeout: must not be negative"},
+		{"fail/not-a-duration", base + "startup_timeout: soon\n", 0, "config.yaml: startup_timeout: \"soon\" is not a duration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := LoadConfig(writeFile(t, t.TempDir(), "config.yaml", tc.yaml), func(string) string { return "" })
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("LoadConfig() = %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.StartupTimeout == nil || time.Duration(*cfg.StartupTimeout) != tc.want {
+				t.Errorf("startup_timeout = %v, want %v", cfg.StartupTimeout, tc.want)
+			}
+		})
+	}
+}
+
+// startupDeadlineEnv is the env of the start-up deadline tests: Vault's
+// root token, no reconciliation, the log in logs and e.exit recorded in
+// exited (never the test process's os.Exit).
+func startupDeadlineEnv(logs io.Writer, exited chan int) *env {
+	return &env{ctx: context.Background(), stdout: io.Discard, stderr: logs, getenv: func(k string) string {
+		return map[string]string{"VAULT_TOKEN": harness.VaultRootToken, envReconcile: "off"}[k]
+	}, exit: func(code int) {
+		select {
+		case exited <- code:
+		default:
+		}
+	}}
+}
+
+// TestStartupTimeoutStopsAStartupThatHangs: a start-up that waits for
+// ever (here Vault answers everything but the read of vault.token_role,
+// which hangs; vault.timeout is long) was never stopped: outside
+// Kubernetes nothing restarted it, and its listener answered /healthz 200
+// all along. Now startup_timeout stops it: an ERROR naming what it waited
+// for, runServer's error (exit status 1), the failed start-up's usual
+// close. The audit sink had already opened the file, adopting a line no
+// checkpoint covered: no start event recorded it, so no checkpoint may
+// sign it (the next start that succeeds records it).
+func TestStartupTimeoutStopsAStartupThatHangs(t *testing.T) {
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	newCfg := func(vaultAddr string) *Config {
+		cfg := serverTestConfig(t, dir, "127.0.0.1:0", vaultAddr)
+		cfg.applyDefaults()
+		return cfg
+	}
+	// A clean first run: the file ends with a checkpoint; then a line is
+	// added that no checkpoint covers.
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	readyc, errc := make(chan string, 1), make(chan error, 1)
+	go func() {
+		errc <- runServer(ctx, startupDeadlineEnv(&logs, exited), newCfg(vp.Addr), func(a string) { readyc <- a })
+	}()
+	select {
+	case <-readyc:
+	case err := <-errc:
+		t.Fatalf("first start: %v\n%s", err, logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatal("first start did not serve")
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	data, c := resumeAuditFile(t, auditPath)
+	cpSeq, _ := c.Head()
+	added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_added", IssuanceID: "iss_ADDED", Workload: "payments-api"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(auditPath, append(append(data, added...), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	target, err := url.Parse(vp.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var hung atomic.Bool
+	unhang := make(chan struct{})
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/auth/token/roles/") {
+			hung.Store(true)
+			select { // until the broker gives up (or the test ends)
+			case <-r.Context().Done():
+			case <-unhang:
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	defer close(unhang) // before Close, which waits for the handlers
+	cfg := newCfg(front.URL)
+	cfg.Vault.TokenRole = "keytrail-hangs"
+	cfg.Vault.Timeout = duration(time.Hour)
+	st := duration(10 * time.Second) // generous: the start-up reaches the role read in about a second
+	cfg.StartupTimeout = &st
+	var logs2 brokertest.SyncBuffer
+	errc = make(chan error, 1)
+	readyc = make(chan string, 1)
+	go func() {
+		errc <- runServer(context.Background(), startupDeadlineEnv(&logs2, exited), cfg, func(a string) { readyc <- a })
+	}()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "startup_timeout") || !strings.Contains(err.Error(), "vault.token_role") {
+			t.Errorf("runServer() = %v, want the start-up timeout naming vault.token_role", err)
+		}
+	case <-readyc:
+		t.Fatal("the start-up served although its token role read hangs")
+	case <-time.After(90 * time.Second):
+		t.Fatalf("a start-up whose Vault read hangs did not end within 90s (startup_timeout 10s)\n%s", logs2.String())
+	}
+	if !hung.Load() {
+		t.Errorf("the start-up never read the token role\n%s", logs2.String())
+	}
+	select {
+	case code := <-exited:
+		t.Errorf("exited at once (%d): a start-up whose waits end on the cancel closes as any failed one", code)
+	default:
+	}
+	if l := logs2.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "start-up did not finish within startup_timeout") ||
+		!strings.Contains(l, `waiting_for="the Vault token role (vault.token_role)"`) {
+		t.Errorf("log has no ERROR naming the step the start-up waited for\n%s", l)
+	}
+	for _, l := range bytes.Split(bytes.TrimSpace(mustRead(t, auditPath)), []byte("\n")) {
+		ev, err := audit.ParseLine(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Seq > cpSeq && ev.Type == audit.TypeCheckpoint {
+			t.Errorf("checkpoint at seq %d signs the adopted line (seq %d) that no start event recorded", ev.Seq, cpSeq+1)
+		}
+		if ev.Seq > cpSeq+1 {
+			t.Errorf("the timed-out start-up wrote %s at seq %d", ev.Type, ev.Seq)
+		}
+	}
+}
+
+// TestStartupTimeoutExitsWhenTheStartupIgnoresIt: a start-up blocked where
+// the cancel does not reach (here: its start event's write to an audit
+// disk that hangs) is ended by the process's exit (status 1) once
+// startupCloseGrace has passed after startup_timeout, with an ERROR naming
+// the step; nothing is closed, so no checkpoint is written.
+func TestStartupTimeoutExitsWhenTheStartupIgnoresIt(t *testing.T) {
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
+	cfg.applyDefaults()
+	st := duration(10 * time.Second)
+	cfg.StartupTimeout = &st
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(&logs, exited)
+	e.startupCloseGrace = 2 * time.Second
+	var hold atomic.Bool
+	hold.Store(true)
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	e.auditWritten = func() {
+		// The first batch (the start's policy_load event) hangs.
+		if hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	t.Cleanup(func() { // let the server end before the next test
+		open()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+		}
+	})
+	select {
+	case <-held:
+	case <-done:
+		t.Fatalf("server ended\n%s", logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the start-up never wrote its start event\n%s", logs.String())
+	}
+	select {
+	case code := <-exited:
+		if code != 1 {
+			t.Errorf("exit status = %d, want 1", code)
+		}
+	case <-done:
+		t.Fatalf("runServer returned while its start event's write hangs\n%s", logs.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("a start-up hung on its audit write did not exit within 90s (startup_timeout 10s)\n%s", logs.String())
+	}
+	if l := logs.String(); !strings.Contains(l, "start-up stopped by startup_timeout did not end: exiting now") ||
+		!strings.Contains(l, `waiting_for="the start event to be durable (audit.file)"`) {
+		t.Errorf("log does not say why the process exits, naming the step\n%s", l)
+	}
+}
