@@ -71,6 +71,37 @@ type Deps struct {
 // DefaultMintTimeout is Deps.MintTimeout when it is not set.
 const DefaultMintTimeout = 5 * time.Second
 
+// DefaultStoreTimeout and DefaultAuditTimeout are Deps.StoreTimeout and
+// Deps.AuditTimeout when they are not set.
+const (
+	DefaultStoreTimeout = 2 * time.Second
+	DefaultAuditTimeout = 10 * time.Second
+)
+
+// MaxMintTimeout caps the mint timeout vault.timeout sets (TimeoutsFor):
+// an exchange (its mint, the store write, the wait for its audit event)
+// must end within keytrail server's 90 s WriteTimeout.
+const MaxMintTimeout = 60 * time.Second
+
+// TimeoutsFor are the Timeouts keytrail server gives its Service for
+// vault.timeout: the mint timeout is the longer of DefaultMintTimeout (a
+// mint may make several Vault requests) and vaultTimeout (one request may
+// take that long), at most MaxMintTimeout; the store and audit ones the
+// defaults.
+func TimeoutsFor(vaultTimeout time.Duration) Timeouts {
+	return Timeouts{Mint: min(max(DefaultMintTimeout, vaultTimeout), MaxMintTimeout), Store: DefaultStoreTimeout, Audit: DefaultAuditTimeout}
+}
+
+// CutOffGrace is the longest an exchange cut off in its mint at shutdown
+// may still take to end with its audit trail written: the mint (Mint),
+// its store write beside its issue event (Audit), then, its caller gone,
+// the credential's revocation (Mint again), its issuance marked revoked
+// (Store) and its orphan_revoked and deny events (Audit each). keytrail
+// server waits that long after shutdown_timeout for the handlers it cut
+// off; a supervisor's stop timeout (and a test harness's) must leave room
+// for it.
+func (t Timeouts) CutOffGrace() time.Duration { return 2*t.Mint + t.Store + 3*t.Audit }
+
 // Service implements the workload-facing operations of the broker.
 type Service struct {
 	d Deps
@@ -193,10 +224,10 @@ func NewService(d Deps) (*Service, error) {
 		d.MintTimeout = DefaultMintTimeout
 	}
 	if d.StoreTimeout <= 0 {
-		d.StoreTimeout = 2 * time.Second
+		d.StoreTimeout = DefaultStoreTimeout
 	}
 	if d.AuditTimeout <= 0 {
-		d.AuditTimeout = 10 * time.Second
+		d.AuditTimeout = DefaultAuditTimeout
 	}
 	if d.Minters == nil {
 		d.Minters = map[string]Minter{}

@@ -38,6 +38,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	vault "github.com/keytrail/keytrail/adapters/vault"
+	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
 	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
@@ -1039,13 +1040,13 @@ func testMinimumVaultPolicy(t *testing.T, tokenRole string) {
 }
 
 // deployCutOffGrace is keytrail server's wait, after shutdown_timeout,
-// for the handlers it cut off (cmd/keytrail cutOffGrace of mintTimeout):
-// twice the mint timeout (the longer of 5 s and vault.timeout, at most
-// 60 s) plus 2 s for a store write and 3 x 10 s for audit events. A
-// supervisor's stop timeout must leave room for it too.
+// for the handlers it cut off (the server's own formula,
+// broker.TimeoutsFor(vault.timeout).CutOffGrace: twice the mint timeout,
+// the longer of 5 s and vault.timeout, at most 60 s, plus 2 s for a store
+// write and 3 x 10 s for audit events). A supervisor's stop timeout must
+// leave room for it too.
 func deployCutOffGrace(vaultTimeout time.Duration) time.Duration {
-	mint := min(max(5*time.Second, vaultTimeout), 60*time.Second)
-	return 2*mint + 2*time.Second + 3*10*time.Second
+	return broker.TimeoutsFor(vaultTimeout).CutOffGrace()
 }
 
 // deployDuration parses a duration v of the config or unit (field names it).

@@ -379,8 +379,8 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 // for its issue event (broker.Deps.StoreTimeout, AuditTimeout), named here
 // for cutOffGrace.
 const (
-	serviceStoreTimeout = 2 * time.Second
-	serviceAuditTimeout = 10 * time.Second
+	serviceStoreTimeout = broker.DefaultStoreTimeout
+	serviceAuditTimeout = broker.DefaultAuditTimeout
 )
 
 // cutOffGrace bounds runServer's wait, after shutdown_timeout, for the
@@ -395,8 +395,10 @@ const (
 // (serviceAuditTimeout each). It was a fixed 5 s: a credential a slower
 // Vault made after that was in no audit event. The wait ends as soon as
 // the handlers do; a second signal ends it at once.
+// The formula is broker.Timeouts.CutOffGrace, shared with the e2e
+// harness (its wait for a broker's stop) and the deploy tests.
 func cutOffGrace(mint time.Duration) time.Duration {
-	return 2*mint + serviceStoreTimeout + 3*serviceAuditTimeout
+	return broker.Timeouts{Mint: mint, Store: serviceStoreTimeout, Audit: serviceAuditTimeout}.CutOffGrace()
 }
 
 // inFlight counts the server's running handlers.
@@ -952,13 +954,14 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 // maxMintTimeout caps the mint timeout vault.timeout sets: an exchange
 // (its mint, the 2 s store write, the 10 s wait for its audit event) must
 // end within the server's 90 s WriteTimeout.
-const maxMintTimeout = 60 * time.Second
+const maxMintTimeout = broker.MaxMintTimeout
 
 // mintTimeout is the bound of one mint: the longer of
 // broker.DefaultMintTimeout (a mint may make several Vault requests) and
-// vault.timeout (one request may take that long), at most maxMintTimeout.
+// vault.timeout (one request may take that long), at most maxMintTimeout
+// (broker.TimeoutsFor, shared with the e2e harness).
 func mintTimeout(vaultTimeout time.Duration) time.Duration {
-	return min(max(broker.DefaultMintTimeout, vaultTimeout), maxMintTimeout)
+	return broker.TimeoutsFor(vaultTimeout).Mint
 }
 
 // ready checks Vault (its health, and that it accepts the broker's own

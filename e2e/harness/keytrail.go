@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/keytrail/keytrail/adapters/vault/devserver"
+	"github.com/keytrail/keytrail/broker"
 )
 
 var (
@@ -245,11 +248,43 @@ func (k *Keytrail) Stop() error {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(StopWait(k.Config)):
 		_ = cmd.Process.Kill()
 		<-done
 	}
 	return k.exitErr()
+}
+
+// stopSlack is what StopWait adds to the broker's own bound of its stop
+// (the race detector's exit, a loaded machine).
+const stopSlack = 15 * time.Second
+
+// StopWait is how long Stop waits after SIGTERM before SIGKILL for a
+// server run with the configuration file cfg: shutdown_drain,
+// shutdown_timeout (20s by default), then the grace keytrail server gives
+// the handlers it cut off (broker.TimeoutsFor(vault.timeout).CutOffGrace,
+// the server's own formula), plus stopSlack. A kill before that would
+// lose what the stop writes (the audit events of cut-off exchanges, the
+// final checkpoint). A file it cannot read counts as the defaults.
+func StopWait(cfg string) time.Duration {
+	var c struct {
+		ShutdownDrain   string `yaml:"shutdown_drain"`
+		ShutdownTimeout string `yaml:"shutdown_timeout"`
+		Vault           struct {
+			Timeout string `yaml:"timeout"`
+		} `yaml:"vault"`
+	}
+	if data, err := os.ReadFile(cfg); err == nil {
+		_ = yaml.Unmarshal(data, &c)
+	}
+	dur := func(s string, def time.Duration) time.Duration {
+		if d, err := time.ParseDuration(s); err == nil && d > 0 {
+			return d
+		}
+		return def
+	}
+	return dur(c.ShutdownDrain, 0) + dur(c.ShutdownTimeout, 20*time.Second) +
+		broker.TimeoutsFor(dur(c.Vault.Timeout, 0)).CutOffGrace() + stopSlack
 }
 
 // Kill sends SIGKILL and waits for the process to end.

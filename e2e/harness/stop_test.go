@@ -1,0 +1,82 @@
+package harness
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/broker"
+)
+
+// TestStopWaitsForTheServersGrace: after shutdown_timeout keytrail server
+// gives the handlers it cut off up to their grace (42 s by default) so
+// their audit events are written; Stop SIGKILLed it 30 s after its
+// SIGTERM, losing them and the final checkpoint (and the test blamed the
+// broker's exit). The stand-in server here takes 35 s to stop, as a broker
+// whose cut-off exchange ends late does: Stop waits for its clean exit.
+func TestStopWaitsForTheServersGrace(t *testing.T) {
+	ready := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer ready.Close()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "keytrail")
+	script := "#!/bin/sh\ntrap 'sleep 35; exit 0' TERM\necho started >&2\nwhile :; do sleep 0.05; done\n"
+	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("shutdown_timeout: 20s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	binOverride = bin
+	defer func() { binOverride = "" }()
+	rec := &recordTB{TB: t}
+	k := StartKeytrail(rec, ready.URL, cfg)
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(k.Logs(), "started"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stand-in server did not start; log:\n%s", k.Logs())
+		}
+		select {
+		case <-k.Done():
+			t.Fatalf("the stand-in server exited: %v", k.exitErr())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := k.Stop(); err != nil {
+		t.Errorf("Stop() = %v, want the stand-in's clean exit after 35 s (StopWait %v)", err, StopWait(cfg))
+	}
+	rec.runCleanups()
+}
+
+// TestStopWait: the wait is the server's own bound of its stop (drain,
+// shutdown_timeout, the cut-off grace of its vault.timeout) plus
+// stopSlack; the defaults for what the file leaves out or cannot be read.
+func TestStopWait(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, yaml string
+		want       time.Duration
+	}{
+		{"ok/defaults", "listen: 127.0.0.1:7700\n", 20*time.Second + broker.TimeoutsFor(0).CutOffGrace()},
+		{"ok/set", "shutdown_drain: 15s\nshutdown_timeout: 30s\nvault: {timeout: 20s}\n", 45*time.Second + 2*20*time.Second + broker.DefaultStoreTimeout + 3*broker.DefaultAuditTimeout},
+		{"ok/missing-file", "", 20*time.Second + broker.TimeoutsFor(0).CutOffGrace()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, "/", "-")+".yaml")
+			if tc.yaml != "" {
+				if err := os.WriteFile(p, []byte(tc.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, want := StopWait(p), tc.want+stopSlack; got != want {
+				t.Errorf("StopWait = %v, want %v", got, want)
+			}
+			if got := StopWait(p); got <= 62*time.Second {
+				t.Errorf("StopWait = %v: not above the default stop bound (20 s + 42 s)", got)
+			}
+		})
+	}
+}
