@@ -43,8 +43,11 @@ import (
 // them by grant and endpoint too). Their callers are
 // tracked apart from the sources, at most MaxSources of them. The same
 // buckets bound the refused admin calls of an authenticated caller that is
-// no admin and a revoked broker JWT as introspection caller token
-// (refuseCaller, suppressCaller): past them a 429 rate_limited.
+// no admin, a revoked broker JWT as introspection caller token, and the
+// 4xx refusals of an exchange once its subject authenticated (no
+// workload, the grant, the actor token, may_act, a block, a revoked
+// broker JWT) (refuseCaller, suppressCaller): past them a 429
+// rate_limited.
 type RefusalLimits struct {
 	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
 	PerSecond float64

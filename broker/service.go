@@ -366,8 +366,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		}
 		return nil, s.refuseLimited(ctx, denyEvent(), exchangeCaller(wl, id), tokenTag, err)
 	}
-	// A broker JWT's refusal (err, reason included), counted as the
-	// workload's (refuseCaller).
+	// A refusal of the authenticated subject (err, reason included: a
+	// broker JWT's, a bad actor token, may_act, no workload, the grant,
+	// a block), counted as its caller's, the workload wl, else its
+	// identity (refuseCaller: its deny events up to
+	// RefusalLimits.PerIdentity per span, then a 429 counted by its
+	// summary). A 5xx (the broker's own failure) is recorded as always.
 	refused := func(err error) (*ExchangeResult, error) {
 		tag := tokenTag
 		tag.reason = refusalReason(err)
@@ -414,7 +418,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		if err != nil {
 			e := AsError(err)
 			e.Reason = "actor_" + e.Reason
-			return fail(e)
+			return refused(e)
 		}
 		// may_act (RFC 8693 §4.4) in either token names the other party
 		// (docs/SPEC-ADDITIONS.md "Delegation"): the actor token's, as
@@ -423,36 +427,36 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// A broker JWT is held to the may_act claims its issuance kept
 		// (Issuance.MayAct, ActMayAct), as if it carried them.
 		if !mayAct(id, actor) || (subjectIs != nil && !keptMayActsPermit(subjectIs.MayAct, actor)) {
-			return fail(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
+			return refused(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
 		}
 		if !mayAct(actor, id) || !keptMayActsPermit(actorKept, id) {
-			return fail(Errorf(ErrUnauthenticated, "subject_not_permitted", "subject token rejected: not a party the actor token permits to act for it (may_act)", nil))
+			return refused(Errorf(ErrUnauthenticated, "subject_not_permitted", "subject token rejected: not a party the actor token permits to act for it (may_act)", nil))
 		}
 		if !actorExp.IsZero() && actorExp.Sub(s.d.Now()) < time.Second {
 			// Accepted within the verifier's leeway past its exp: no time
 			// is left to grant (see the cap below).
-			return fail(errActorExpired())
+			return refused(errActorExpired())
 		}
 	}
 
 	if wlErr != nil {
-		return fail(Errorf(ErrDenied, "no_workload", "no workload matches this identity", wlErr))
+		return refused(Errorf(ErrDenied, "no_workload", "no workload matches this identity", wlErr))
 	}
 	deny.Workload, deny.Owner = wl.Name, wl.Owner
 
 	grant, ok := s.grants.of(pol).grant(req.Grant)
 	if !ok {
-		return fail(&Error{Kind: ErrInvalidTarget, Reason: "unknown_grant", Safe: "unknown grant"})
+		return refused(&Error{Kind: ErrInvalidTarget, Reason: "unknown_grant", Safe: "unknown grant"})
 	}
 	deny.Kind = grant.Kind
 	if !pol.Allowed(wl, grant.Name) {
-		return fail(Errorf(ErrDenied, "grant_not_allowed", "the workload is not allowed this grant", nil))
+		return refused(Errorf(ErrDenied, "grant_not_allowed", "the workload is not allowed this grant", nil))
 	}
 	sessionID := s.sessionID(pol, id)
 	deny.SessionID = sessionID
 
 	if err := s.checkBlocked(ctx, wl.Name); err != nil {
-		return fail(err)
+		return refused(err)
 	}
 	if err := s.allow(wl); err != nil {
 		return nil, s.refuseLimited(ctx, denyEvent(), &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner},
@@ -483,7 +487,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// or with under a second left, leaves nothing to grant.
 		left := actorExp.Sub(now).Truncate(time.Second)
 		if left < time.Second {
-			return fail(errActorExpired())
+			return refused(errActorExpired())
 		}
 		ttl = min(ttl, left)
 	}
