@@ -802,6 +802,14 @@ func (s *Service) brokerTokenIssuance(ctx context.Context, raw string, id *Ident
 	if !strings.HasPrefix(id.JTI, PrefixIssuance) {
 		return nil, nil
 	}
+	if s.cache != nil && s.cache.Revoked(id.JTI) {
+		// Known revoked here (a revocation is never undone): the Store
+		// read could only confirm it (the cache's Store adds this denial
+		// to whatever it answers), so none is made, whatever the
+		// workload's rate.
+		return nil, Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
+			fmt.Errorf("broker credential %s is revoked (this instance's revocation cache)", id.JTI))
+	}
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	is, err := s.d.Store.FindIssuance(sctx, RefFingerprint, Fingerprint(raw))
 	if errors.Is(err, ErrNotFound) {
