@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"math"
 	"net"
 	"net/netip"
@@ -155,6 +156,46 @@ func (c RefusalLimitConfig) limits() *broker.RefusalLimits {
 	}
 	return &broker.RefusalLimits{PerSecond: c.PerSecond, Burst: c.Burst, MaxSources: c.MaxSources, SummaryEvery: time.Duration(c.SummaryEvery),
 		GlobalPerSecond: c.GlobalPerSecond, GlobalBurst: c.GlobalBurst, PerIdentity: c.PerIdentity}
+}
+
+// minLimitPerSecond is the least per_second of a limit that draws no
+// warning: one an hour, the longest Retry-After a 429 says (as a
+// policy's rate).
+const minLimitPerSecond = 1.0 / 3600
+
+// configWarning is a warning of a config field: the server starts with
+// it, and config check prints it.
+type configWarning struct{ field, msg string }
+
+// limitWarnings are the warnings of c's refusal_limit and
+// introspect_limit: a per_second under one an hour (a 429's Retry-After
+// says at most an hour; a client that comes back then is refused again),
+// as a policy's rate or proxy_rate draws.
+func (c *Config) limitWarnings() []configWarning {
+	var out []configWarning
+	tiny := func(field string, v float64) {
+		if v > 0 && v < minLimitPerSecond {
+			out = append(out, configWarning{field, fmt.Sprintf("%g is less than one request an hour (1/3600): a 429's Retry-After says at most an hour, and a client that comes back then is refused again until its token is back", v)})
+		}
+	}
+	tiny("refusal_limit.per_second", c.RefusalLimit.PerSecond)
+	if c.RefusalLimit.PerSecond >= 0 { // -1 turns the global bucket off too
+		tiny("refusal_limit.global_per_second", c.RefusalLimit.GlobalPerSecond)
+	}
+	tiny("introspect_limit.per_second", c.IntrospectLimit.PerSecond)
+	return out
+}
+
+// logConfigWarnings logs c's warnings (limitWarnings), each named by
+// c's file and field, as config check prints them.
+func logConfigWarnings(c *Config, log *slog.Logger) {
+	for _, w := range c.limitWarnings() {
+		problem := w.field + ": " + w.msg
+		if c.file != "" {
+			problem = c.file + ": " + problem
+		}
+		log.Warn("config warning", slog.String("problem", problem))
+	}
 }
 
 // IntrospectLimitConfig is broker.IntrospectLimits: 0 is the default of

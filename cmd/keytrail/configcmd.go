@@ -229,6 +229,9 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 			warn(field, "%s", m)
 		}
 	}
+	for _, w := range c.limitWarnings() {
+		warn(w.field, "%s", w.msg)
+	}
 	caBundle("vault.ca_file", c.Vault.CAFile)
 	// credential reads a file the Vault login reads (a token, an AppRole
 	// id, a service-account token).

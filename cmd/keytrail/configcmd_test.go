@@ -212,6 +212,18 @@ func TestConfigCheckReadsServerFiles(t *testing.T) {
 			tlsBlock(cert, key, cert)+"store: {redis_url: 'rediss://127.0.0.1:1/0', ca_file: "+cert+"}\n")},
 		{name: "ok/approle", yaml: config(", approle: {role_id_file: "+token+", secret_id_file: "+token+"}", auditFile, "")},
 
+		// A limit under one an hour, as a policy's rate draws (a
+		// Retry-After says at most an hour).
+		{name: "warn/limits-under-one-an-hour", yaml: config(", token_file: "+token, auditFile,
+			"refusal_limit: {per_second: 0.0001, global_per_second: 0.0002}\n"+ // 5
+				"introspect_limit: {per_second: 0.00001}\n"), // 6
+			wantWarning: []string{
+				"refusal_limit.per_second: 0.0001 is less than one request an hour (1/3600): a 429's Retry-After says at most an hour, and a client that comes back then is refused again until its token is back (line 5)",
+				"refusal_limit.global_per_second: 0.0002 is less than one request an hour (1/3600)",
+				"introspect_limit.per_second: 1e-05 is less than one request an hour (1/3600)",
+			}},
+		{name: "ok/limits-of-one-an-hour", yaml: config(", token_file: "+token, auditFile,
+			"refusal_limit: {per_second: 0.0002778, global_per_second: -1}\nintrospect_limit: {per_second: -1}\n")},
 		{name: "fail/tls-key-unparsable", yaml: config("", auditFile, tlsBlock(cert, garbage, "")), wantCode: 1,
 			wantStderr: []string{"tls.key_file: " + garbage + ": no PEM private key (line 7)"}},
 		{name: "fail/tls-cert-unparsable", yaml: config("", auditFile, tlsBlock(garbage, key, "")), wantCode: 1,

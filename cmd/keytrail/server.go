@@ -162,6 +162,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return errors.New(msg)
 	}
 	log := newLogger(cfg.Log, e.stderr)
+	logConfigWarnings(cfg, log)
 	// The listeners are bound, and the serving key pair loaded, before
 	// anything else: a taken port or a bad certificate stops the start-up
 	// before the Vault login, the store, the audit log (no start event)
