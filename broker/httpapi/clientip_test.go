@@ -69,6 +69,15 @@ func TestClientIP(t *testing.T) {
 		{name: "ok/caller-empty-entry-not-read", xff: []string{"127.0.0.1, , 198.51.100.4"}, trusted: proxies, want: "198.51.100.4"},
 		{name: "ok/only-empty-entries", xff: []string{" , ,,"}, trusted: proxies, want: "192.0.2.1"},
 		{name: "ok/all-trusted-empty-leftmost", xff: []string{", 10.0.0.9, 10.0.0.7"}, trusted: proxies, want: "10.0.0.9"},
+		// A space separates entries too, as in nginx's real_ip module
+		// (it reads back from the end to a space or a comma): "a b" is
+		// two entries, not one that is not an address (which stopped
+		// the walk at the last trusted hop: the proxy).
+		{name: "ok/space-separated", xff: []string{"127.0.0.1 198.51.100.4"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/space-separated-proxy", xff: []string{"198.51.100.4 10.0.0.7"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/space-separated-caller-entry-not-taken", xff: []string{"203.0.113.9 127.0.0.1, 198.51.100.4"}, trusted: proxies, want: "198.51.100.4"},
+		{name: "ok/space-separated-all-trusted-leftmost", xff: []string{"10.0.0.9  10.0.0.7"}, trusted: proxies, want: "10.0.0.9"},
+		{name: "fail/space-separated-not-an-address-past-a-proxy", xff: []string{"bogus 10.0.0.7"}, trusted: proxies, want: "10.0.0.7"},
 		{name: "fail/not-an-address-past-a-proxy", xff: []string{"bogus, 10.0.0.7"}, trusted: proxies, want: "10.0.0.7"},
 		{name: "fail/peer-not-an-address", peer: "pipe", xff: []string{"198.51.100.4"}, trusted: proxies, want: "pipe"},
 	}
@@ -122,7 +131,7 @@ func TestParseTrustedProxy(t *testing.T) {
 // the peer's host, or an address that is not a trusted proxy, or the last
 // trusted hop; from a peer that is not a trusted proxy, always the peer.
 func FuzzClientIP(f *testing.F) {
-	for _, s := range []string{"198.51.100.4", "127.0.0.1, 198.51.100.4, 10.0.0.7", "bogus, 10.0.0.7", "198.51.100.4, ", "::ffff:10.0.0.7", "fe80::1%eth0, 10.0.0.1", ",,,", "198.51.100.4:5678, [2001:db8::1]:80, 10.0.0.7:443", "[::1]"} {
+	for _, s := range []string{"198.51.100.4", "127.0.0.1, 198.51.100.4, 10.0.0.7", "bogus, 10.0.0.7", "198.51.100.4, ", "::ffff:10.0.0.7", "fe80::1%eth0, 10.0.0.1", ",,,", "198.51.100.4:5678, [2001:db8::1]:80, 10.0.0.7:443", "[::1]", "127.0.0.1 198.51.100.4  10.0.0.7"} {
 		f.Add("192.0.2.1:4711", s)
 		f.Add("203.0.113.66:1", s)
 	}
@@ -137,7 +146,7 @@ func FuzzClientIP(f *testing.F) {
 		if p, err := netip.ParseAddr(host); err != nil || !trustedAddr(trusted, p) {
 			t.Fatalf("clientIP(%q, %q) = %q from a peer that is not a trusted proxy", peer, xff, got)
 		}
-		for _, e := range strings.Split(xff, ",") {
+		for _, e := range strings.FieldsFunc(xff, func(r rune) bool { return r == ',' || r == ' ' }) {
 			e = strings.Trim(e, " \t")
 			a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(e, "["), "]"))
 			if err != nil {

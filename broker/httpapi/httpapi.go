@@ -393,14 +393,14 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 		v := vals[i]
 		for {
 			entry := v
-			j := strings.LastIndexByte(v, ',')
+			j := lastXFFSeparator(v)
 			if j >= 0 {
 				entry, v = v[j+1:], v[:j]
 			}
 			entry = trimSpace(entry)
 			if entry == "" {
 				// Skipped, as nginx reads a run of commas and
-				// spaces as one separator: a proxy that passed
+				// spaces as one separator (lastXFFSeparator): a proxy that passed
 				// on "a, , b" does not make its callers the last
 				// trusted hop.
 				if j < 0 {
@@ -423,6 +423,19 @@ func clientIP(r *http.Request, trusted []netip.Prefix) string {
 		}
 	}
 	return hopString(hop, host)
+}
+
+// lastXFFSeparator is the index of the last separator of X-Forwarded-For
+// entries in v, -1 when there is none: a comma or a space, as nginx's
+// real_ip module reads them (back from the end to either; a run of them
+// leaves empty entries, skipped).
+func lastXFFSeparator(v string) int {
+	for i := len(v) - 1; i >= 0; i-- {
+		if v[i] == ',' || v[i] == ' ' {
+			return i
+		}
+	}
+	return -1
 }
 
 // forwardedAddr reads one X-Forwarded-For entry as nginx's real_ip module
