@@ -721,20 +721,24 @@ func (s *Service) refuseAnonymous(ctx context.Context, ev *audit.Event, src Sour
 		s.recordDeny(ctx, ev, err)
 		return err
 	}
-	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: suppressedSafe(by, err), RetryAfter: retry,
+	return &Error{Kind: ErrRateLimited, Reason: ReasonSourceRateLimited, Safe: suppressedSafe(by, src.IP, err), RetryAfter: retry,
 		Err: &SuppressedRefusalError{Scope: by, Refusal: err.Error()}}
 }
 
 // suppressedSafe is the description of the 429 answering the refusal err
-// that the bucket by suppressed: whose refusals were too many (this
-// address's, or all callers' together: not this caller's rate alone), and
-// what the request itself was refused for (err's own description, what
-// it would have been answered without the limit), so that a caller whose
-// token expired is told so.
-func suppressedSafe(by string, err error) string {
+// of source ip that the bucket by suppressed: whose refusals were too
+// many (this address's, its /64's for an IPv6 address (sourceKey), or all
+// callers' together: not this caller's rate alone), and what the request
+// itself was refused for (err's own description, what it would have been
+// answered without the limit), so that a caller whose token expired is
+// told so.
+func suppressedSafe(by, ip string, err error) string {
 	whose := "too many refused requests from this address; slow down"
-	if by == RefusalScopeGlobal {
+	switch {
+	case by == RefusalScopeGlobal:
 		whose = "too many refused requests to the broker from all addresses; slow down"
+	case sourceKey(ip) != ip:
+		whose = "too many refused requests from this /64 (its IPv6 network); slow down"
 	}
 	e := AsError(err)
 	desc := e.Safe
