@@ -283,7 +283,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// Copies taken before the sink fills in their chain fields: the
 	// record keeps them should the write not be durable in time.
 	unwritten := unsealed(decision)
-	dw := s.startAppend(ctx, rev.ID, "audit revoke event failed", decision, nil)
+	dw := s.startAppend(ctx, rev.ID, "audit revoke event failed", decision, nil, false)
 	var after *auditWrite
 	pending := s.awaitAudit(&dw.auditWait)
 	switch {
@@ -378,7 +378,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	if len(rev.Pending) > 0 {
 		status = 202
 	}
-	s.auditResult(dctx, after, rev, requestID, status, "", "request", nil)
+	s.auditResult(dctx, after, rev, requestID, status, "", "request", nil, true)
 	s.announce(dctx, Notice{RevocationID: rev.ID, Revoked: ids(marked), Blocked: blocks})
 	if after != nil {
 		// Made, but not reported done: its revoke event is not durable.
@@ -417,7 +417,7 @@ func (s *Service) auditNotMade(ctx context.Context, after *auditWrite, rev *Revo
 	none.Pending, none.Failed = []string{}, []RevokeFailure{} // nothing left to do: not made
 	s.auditResult(ctx, after, none, requestID, 503, reason, "", map[string]any{
 		"not_made": true, "blocks_in_force": append([]string{}, blocked...),
-	})
+	}, false)
 }
 
 // unconfirmed audits and returns the failure of a revocation whose record
@@ -426,7 +426,7 @@ func (s *Service) auditNotMade(ctx context.Context, after *auditWrite, rev *Revo
 // failover loses the record; the caller retries to be sure (a retry makes
 // a second revocation, which finds what the first did not).
 func (s *Service) unconfirmed(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, cause error) error {
-	s.auditResult(ctx, after, rev, requestID, 503, ReasonStoreUnreplicated, "", map[string]any{"unconfirmed": true})
+	s.auditResult(ctx, after, rev, requestID, 503, ReasonStoreUnreplicated, "", map[string]any{"unconfirmed": true}, true)
 	e := Unavailable(ReasonStoreUnreplicated, time.Second, cause)
 	e.Safe = "the revocation " + rev.ID + " is stored, but fewer store replicas than store.min_replicas confirmed it: " +
 		"it is finished in the background unless a store failover loses it; retry"
@@ -895,9 +895,11 @@ func (s *Service) updateRevocation(ctx context.Context, id string, fn func(*Revo
 // when after, the request's revoke events, is not nil: those were not
 // durable in time, and the result is written once their write has ended.
 // A list of issuances too long for one event (over maxEventListBytes) is
-// split over several revoke_result events, as eventParts says.
-func (s *Service) auditResult(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any) {
-	w := s.startAppend(ctx, rev.ID, "audit revoke_result failed", s.resultEvents(rev, requestID, status, reason, by, extra), after)
+// split over several revoke_result events, as eventParts says. owe: the
+// revocation has a record, and should the result fail, this instance's
+// RevocationWorker writes one from the record (see owedResults).
+func (s *Service) auditResult(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any, owe bool) {
+	w := s.startAppend(ctx, rev.ID, "audit revoke_result failed", s.resultEvents(rev, requestID, status, reason, by, extra), after, owe)
 	if after == nil {
 		if err := s.awaitAudit(&w.auditWait); errors.Is(err, ErrAuditPending) {
 			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result not durable in time; it may still land",
@@ -1172,12 +1174,21 @@ func writtenAgain(evs []*audit.Event, decidedAt time.Time) []*audit.Event {
 // first, and evs only once they are durable: a revoke_result never lands
 // without its revoke event before it. The caller waits for it at most
 // AuditTimeout (awaitAudit) or not at all: a disk whose writes hang holds
-// the goroutine, not the admin's request.
-func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*audit.Event, after *auditWrite) *auditWrite {
+// the goroutine, not the admin's request. owe: should evs (a request's
+// revoke_result) not be written, the revocation is noted in owedResults
+// (before done is closed), for the worker to write a result in its place.
+func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*audit.Event, after *auditWrite, owe bool) *auditWrite {
 	w := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(w.done)
+		if owe {
+			defer func() {
+				if w.err != nil {
+					s.owedResults.Store(revID, struct{}{})
+				}
+			}()
+		}
 		if after != nil {
 			<-after.done
 			// Whatever is left not durable, once this write has ended
@@ -1684,7 +1695,8 @@ type WorkerOptions struct {
 // content to the last it wrote for the revocation, and never before the
 // revocation's revoke event nor waiting on the audit log for more than
 // AuditTimeout (see auditPass). A result that fails once the record is
-// complete is written again by a later pass (see resultOwed). Any number
+// complete, its own or the request's (Service.owedResults), is written
+// again by a later pass (see resultOwed). Any number
 // of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
@@ -1711,6 +1723,11 @@ type retryState struct {
 	// instance that made it, see decisionGrace, or failed): the next
 	// result the worker writes for the revocation names them so.
 	swept []string
+	// owed: the request's own revoke_result (Revoke's) was not written
+	// (Service.owedResults) and no result of this worker has been started
+	// since: a result is owed, written by the next pass that writes one,
+	// or by resultOwed once the record is complete.
+	owed bool
 }
 
 // NewRevocationWorker returns a worker over s's store, revokers and audit
@@ -1768,6 +1785,19 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 	seen := map[string]bool{}
 	counted := map[string]bool{} // the ones the gauge counts
 	w.mu.Lock()
+	// Revocations whose request's own result was not written: owed (see
+	// retryState.owed), due now (the request has ended).
+	s.owedResults.Range(func(k, _ any) bool {
+		id := k.(string)
+		s.owedResults.Delete(id)
+		st := w.retry[id]
+		if st == nil {
+			st = &retryState{next: now}
+			w.retry[id] = st
+		}
+		st.owed = true
+		return true
+	})
 	for _, r := range revs {
 		if !r.CompletedAt.IsZero() {
 			continue
@@ -1809,9 +1839,9 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		}
 		switch inFlight, failed := st.lastResult(); {
 		case inFlight:
-		case (failed || len(st.swept) > 0) && !now.Before(st.next):
+		case (failed || len(st.swept) > 0 || st.owed) && !now.Before(st.next):
 			owed = append(owed, id)
-		case !failed && len(st.swept) == 0:
+		case !failed && len(st.swept) == 0 && !st.owed:
 			delete(w.retry, id)
 		}
 	}
@@ -1877,15 +1907,17 @@ func (st *retryState) lastResult() (inFlight, failed bool) {
 // owes reports whether a result for a revocation may be owed: the
 // worker's last one still on its way, or failed, or sweep finds left
 // unnamed by a failed one (swept: it may have failed after the last one
-// started, which did not name them).
+// started, which did not name them), or the request's own not written
+// (owed).
 func (st *retryState) owes() bool {
 	inFlight, failed := st.lastResult()
-	return inFlight || failed || len(st.swept) > 0
+	return inFlight || failed || len(st.swept) > 0 || st.owed
 }
 
 // resultOwed writes again the result of revocation id that the worker's
 // last pass over it failed to write (or an earlier one, naming sweep finds,
-// that failed after the last one had started), the record having been
+// that failed after the last one had started, or the request's own: see
+// retryState.owed), the record having been
 // complete since (so no pass lists it again): from the record read afresh,
 // naming the sweep's finds its failed result named under swept (kept in
 // its retry state), by worker otherwise. A record gone (retention) drops it; one
@@ -2187,7 +2219,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	}
 	rw := w.startResult(ctx, r.ID, evs, slices.Clone(r.Decision), swept, prev)
 	if st != nil {
-		st.result, st.last, st.swept = sum, rw, nil
+		st.result, st.last, st.swept, st.owed = sum, rw, nil, false
 	}
 	w.mu.Unlock()
 

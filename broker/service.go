@@ -142,6 +142,12 @@ type Service struct {
 	// record is not told yet (Revocation.Decision): revocation id ->
 	// *lateDecision (see broker/revoke.go).
 	lateDecisions sync.Map
+	// owedResults are the revocations whose request's own revoke_result
+	// was not written (its write failed): revocation id -> struct{}. This
+	// instance's RevocationWorker takes them over (its next pass writes a
+	// result from the record read afresh): a record the request completed
+	// is listed by no pass.
+	owedResults sync.Map
 }
 
 // grantView holds copies of one policy's grants by name: Policy.Grant
