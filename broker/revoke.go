@@ -990,7 +990,11 @@ func (s *Service) lateDecisionOf(id string) *lateDecision {
 // the revocation may be written after them yet.
 func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audit.Event) error {
 	if ld := s.lateDecisionOf(id); ld != nil {
-		<-ld.done
+		select {
+		case <-ld.done:
+		case <-ctx.Done(): // shutdown: a later pass (any instance's, from the record)
+			return ctx.Err()
+		}
 		ld.mu.Lock()
 		if len(ld.left) > 0 {
 			n, err := s.appendAll(ctx, ld.left)
@@ -1706,6 +1710,9 @@ type RevocationWorker struct {
 	mu      sync.Mutex
 	retry   map[string]*retryState
 	pending atomic.Int64
+	// results are the result writes (startResult) that have not called
+	// the audit sink yet: Run waits for them when it ends.
+	results sync.WaitGroup
 }
 
 type retryState struct {
@@ -1754,7 +1761,12 @@ func NewRevocationWorker(s *Service, o WorkerOptions) (*RevocationWorker, error)
 // writing its decision events (Revocation.Decision).
 func (w *RevocationWorker) PendingCount() int { return int(w.pending.Load()) }
 
-// Run makes a pass every Interval until ctx ends.
+// Run makes a pass every Interval until ctx ends. It then returns once
+// none of the revoke_result writes its passes started can still reach the
+// audit sink: they end with ctx, and a result not written is written by a
+// later pass (see startResult). One the sink took before is the sink's
+// (on a disk whose writes hang, its Close ends it): Run's end is what the
+// server waits for before it closes the audit log, and it is not held.
 func (w *RevocationWorker) Run(ctx context.Context) error {
 	t := time.NewTicker(w.o.Interval)
 	defer t.Stop()
@@ -1764,6 +1776,7 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			w.results.Wait()
 			return nil
 		case <-t.C:
 		}
@@ -1771,9 +1784,11 @@ func (w *RevocationWorker) Run(ctx context.Context) error {
 }
 
 // Tick makes one pass: it retries every pending revocation whose backoff
-// has passed.
+// has passed. Its waits for the revoke_results it writes take at most
+// AuditTimeout in all (see auditWaitBudget).
 func (w *RevocationWorker) Tick(ctx context.Context) error {
 	s := w.s
+	ctx = context.WithValue(ctx, auditWaitKey{}, &auditWaitBudget{left: s.d.AuditTimeout})
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	revs, err := s.d.Store.ListRevocations(sctx, RevocationFilter{Pending: true})
 	cancel()
@@ -2224,17 +2239,41 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	w.mu.Unlock()
 
 	// At most AuditTimeout, and not past shutdown: a disk whose writes
-	// hang holds the write's goroutine, not the worker's passes.
-	t := time.NewTimer(s.d.AuditTimeout)
+	// hang holds the write's goroutine, not the worker's passes. And at
+	// most AuditTimeout for all the results of one Tick: on a log that
+	// hangs, the first one waited for spends it, and the others are not
+	// waited for (each a goroutine of its own, one at a time per
+	// revocation: the next pass writes nothing while it is on its way).
+	wait := s.d.AuditTimeout
+	b, _ := ctx.Value(auditWaitKey{}).(*auditWaitBudget)
+	if b != nil {
+		wait = min(wait, b.left)
+	}
+	start := time.Now()
+	t := time.NewTimer(max(wait, 0))
 	defer t.Stop()
 	select {
 	case <-rw.done:
 	case <-ctx.Done():
 	case <-t.C:
-		s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result not durable in time; it may still land",
-			slog.String("revocation_id", r.ID), slog.String("by", "worker"))
+		if wait > 0 {
+			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result not durable in time; it may still land",
+				slog.String("revocation_id", r.ID), slog.String("by", "worker"))
+		}
+	}
+	if b != nil {
+		b.left -= time.Since(start)
 	}
 }
+
+// auditWaitBudget is what is left of a Tick's time for waiting on its
+// revoke_results (AuditTimeout at its start): without it, the first pass
+// on a log that hangs took AuditTimeout per revocation with a result to
+// write (1,000 revocations held the worker for hours, and Run's shutdown
+// as long). Only the Tick's goroutine uses it.
+type auditWaitBudget struct{ left time.Duration }
+
+type auditWaitKey struct{}
 
 // startResult appends evs, a worker pass's revoke_result of revocation id,
 // on a goroutine of its own, once prev (the worker's previous result write
@@ -2247,17 +2286,32 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 // writes it again, and the ids it named under swept (swept) are kept for
 // the next result, which a later pass, with no sweep of its own, would
 // otherwise write by worker; then it is logged, and done closed.
+// It ends with ctx (the worker's Run's: the service shutting down): a
+// result not handed to the audit sink by then is not written, as if it
+// had failed. Run waits until it has ended or called the sink with ctx
+// (which refuses it once ctx has ended, as the audit file does).
 func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, decision []*audit.Event, swept []string, prev *auditWrite) *auditWrite {
 	s := w.s
 	rw := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
-	ctx = context.WithoutCancel(ctx)
+	w.results.Add(1)
 	go func() {
+		var handed sync.Once
+		hand := func() { handed.Do(w.results.Done) }
+		defer hand()
 		defer close(rw.done)
 		if prev != nil {
-			<-prev.done
+			select {
+			case <-prev.done:
+			case <-ctx.Done():
+			}
 		}
 		msg, level := "audit revoke_result failed", slog.LevelError
-		if err := s.decisionDurable(ctx, id, decision); errors.Is(err, errDecisionHeld) {
+		err := ctx.Err()
+		hand() // from here on, every wait ends with ctx, and the sink refuses what comes after it
+		if err != nil {
+			rw.err = err
+			msg, level = "audit revoke_result not written: the revocation worker stopped", slog.LevelWarn
+		} else if err := s.decisionDurable(ctx, id, decision); errors.Is(err, errDecisionHeld) {
 			rw.err = err
 			msg, level = "audit revoke_result held until the revocation's revoke event is written; a later pass writes both", slog.LevelInfo
 		} else if err != nil {
