@@ -1186,12 +1186,12 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(w.done)
-		if owe {
-			defer func() {
-				if w.err != nil {
-					s.owedResults.Store(revID, struct{}{})
-				}
-			}()
+		// Noted before the record can be told the decision is durable
+		// (resolve, deferred below): once it is complete, no pass lists it.
+		failed := func() {
+			if owe {
+				s.owedResults.Store(revID, struct{}{})
+			}
 		}
 		if after != nil {
 			<-after.done
@@ -1209,6 +1209,7 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 				if n, err := s.appendAll(ctx, again); err != nil {
 					left = unsealed(again[n:])
 					w.err = err
+					failed()
 					s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke event failed again: the revocation is in force, "+
 						"but neither its revoke event nor its revoke_result is in the audit log (GET /v1/admin/revocations/{id} shows it)",
 						slog.String("revocation_id", revID), slog.String("error", err.Error()))
@@ -1218,6 +1219,7 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 		}
 		w.written, w.err = s.appendAll(ctx, evs)
 		if w.err != nil {
+			failed()
 			s.d.Logger.LogAttrs(ctx, slog.LevelError, msg,
 				slog.String("revocation_id", revID), slog.String("error", w.err.Error()))
 		}
