@@ -293,7 +293,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		// instance's through lateDecisions, any instance's (after a
 		// restart too) through the record, which keeps the events until
 		// they are (see lateDecision).
-		dw.late = s.noteLateDecision(rev.ID, now)
+		dw.late = s.noteLateDecision(rev.ID, now, rev.Matched)
 		rev.Decision = unwritten
 	case pending != nil:
 		if dw.written > 0 {
@@ -350,7 +350,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// answer says, for the worker to finish. (Not with a store that waits
 	// for no replica: there they are revoked at once.)
 	revoked, failed, found := s.unconfirmedMarks(marked, wrote, revoked, failed)
-	if cur, err := s.storeProgress(dctx, rev.ID, revoked, failed); err != nil {
+	if cur, err := s.storeProgress(dctx, rev.ID, rev.Matched, revoked, failed); err != nil {
 		// The stored record lists as pending what this write did not
 		// settle (all of it, if the write was not applied); the worker
 		// redoes it (revokers are idempotent).
@@ -363,7 +363,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			// Acknowledged, so the found marks are confirmed too: they
 			// are revoked. Should this second write fail, the record
 			// keeps them pending and the worker settles them.
-			if cur, err := s.storeProgress(dctx, rev.ID, found, nil); err != nil {
+			if cur, err := s.storeProgress(dctx, rev.ID, rev.Matched, found, nil); err != nil {
 				s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",
 					slog.String("revocation_id", rev.ID), slog.String("error", err.Error()))
 				settle(rev, found, nil, s.d.Now())
@@ -840,10 +840,11 @@ func settle(rev *Revocation, done []string, failed []RevokeFailure, now time.Tim
 }
 
 // storeProgress stores what one writer did to revocation id (see settle)
-// on the record as stored now, and returns that record.
-func (s *Service) storeProgress(ctx context.Context, id string, done []string, failed []RevokeFailure) (*Revocation, error) {
+// on the record as stored now, and returns that record; size is the
+// issuances the record names (recordTimeout).
+func (s *Service) storeProgress(ctx context.Context, id string, size int, done []string, failed []RevokeFailure) (*Revocation, error) {
 	now := s.d.Now()
-	return s.updateRevocation(ctx, id, func(r *Revocation) error {
+	return s.updateRevocation(ctx, id, size, func(r *Revocation) error {
 		settle(r, done, failed, now)
 		return nil
 	})
@@ -881,11 +882,31 @@ func (s *Service) putRevocation(ctx context.Context, rev *Revocation) error {
 
 // updateRevocation applies fn, which must change only what its writer did,
 // to the stored record id (Store.UpdateRevocation: fn may run more than
-// once) and returns the record as stored.
-func (s *Service) updateRevocation(ctx context.Context, id string, fn func(*Revocation) error) (*Revocation, error) {
-	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+// once) and returns the record as stored, within recordTimeout(size), size
+// being the issuances the record names (Matched; 0 when not known).
+func (s *Service) updateRevocation(ctx context.Context, id string, size int, fn func(*Revocation) error) (*Revocation, error) {
+	sctx, cancel := context.WithTimeout(ctx, s.recordTimeout(size))
 	defer cancel()
 	return s.d.Store.UpdateRevocation(sctx, id, fn)
+}
+
+// recordIDsPerTimeout is how many issuances a revocation record may name
+// per StoreTimeout its update is given on top of the first: an update reads,
+// decodes, encodes and writes the whole record, one JSON value, about 80
+// bytes per issuance pending with a failure (a few more while its decision
+// is held), and its cost grows with it. Measured on the real Redis
+// (BenchmarkUpdateLargeRevocation, 100,000 issuances: 0.3-0.7 s, 2.35 s
+// under load; 6 s with -race), against 2 s + 4 x 2 s = 10 s.
+const recordIDsPerTimeout = 25_000
+
+// recordTimeout bounds one update of a revocation record naming size
+// issuances: StoreTimeout, and one more per recordIDsPerTimeout issuances.
+// The update stays one compare-and-set (settle's outcome, the sweep's
+// finds with its done mark, the decision's clear with the completion land
+// together or not at all), so it is given the time its record needs; a
+// store that hangs holds it as long.
+func (s *Service) recordTimeout(size int) time.Duration {
+	return s.d.StoreTimeout + time.Duration(size/recordIDsPerTimeout)*s.d.StoreTimeout
 }
 
 // auditResult writes the revoke_result event of Revoke's request, with
@@ -947,14 +968,15 @@ type auditWrite struct {
 type lateDecision struct {
 	done      chan struct{}
 	decidedAt time.Time // the revocation's creation (writtenAgain)
+	size      int       // the issuances the record names (recordTimeout)
 	mu        sync.Mutex
 	left      []*audit.Event
 }
 
 // noteLateDecision records that revocation id's revoke events, decided at
 // decidedAt, are not durable yet.
-func (s *Service) noteLateDecision(id string, decidedAt time.Time) *lateDecision {
-	ld := &lateDecision{done: make(chan struct{}), decidedAt: decidedAt}
+func (s *Service) noteLateDecision(id string, decidedAt time.Time, size int) *lateDecision {
+	ld := &lateDecision{done: make(chan struct{}), decidedAt: decidedAt, size: size}
 	s.lateDecisions.Store(id, ld)
 	return ld
 }
@@ -967,7 +989,7 @@ func (ld *lateDecision) resolve(ctx context.Context, s *Service, id string, left
 	ld.mu.Unlock()
 	close(ld.done)
 	if len(left) == 0 {
-		s.clearDecision(ctx, id, ld)
+		s.clearDecision(ctx, id, ld.size, ld)
 	}
 }
 
@@ -1006,7 +1028,7 @@ func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audi
 			ld.left = nil
 		}
 		ld.mu.Unlock()
-		s.clearDecision(ctx, id, ld)
+		s.clearDecision(ctx, id, ld.size, ld)
 		return nil
 	}
 	if len(stored) == 0 {
@@ -1029,7 +1051,7 @@ func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audi
 	if _, err := s.appendAll(ctx, writtenAgain(cur.Decision, cur.CreatedAt)); err != nil {
 		return err
 	}
-	s.clearDecision(ctx, id, nil)
+	s.clearDecision(ctx, id, cur.Matched, nil)
 	return nil
 }
 
@@ -1069,9 +1091,9 @@ var errDecisionClear = errors.New("no decision events to clear")
 // without them). Another failure is logged and leaves both: the record's
 // events keep the revocation incomplete, and the next worker pass clears
 // it (ld, done and with nothing left, tells that no append is needed).
-func (s *Service) clearDecision(ctx context.Context, id string, ld *lateDecision) {
+func (s *Service) clearDecision(ctx context.Context, id string, size int, ld *lateDecision) {
 	now := s.d.Now()
-	_, err := s.updateRevocation(ctx, id, func(r *Revocation) error {
+	_, err := s.updateRevocation(ctx, id, size, func(r *Revocation) error {
 		if len(r.Decision) == 0 {
 			return errDecisionClear
 		}
@@ -1112,7 +1134,7 @@ func (s *Service) decisionOrphaned(ctx context.Context, r *Revocation) bool {
 	if left > 0 {
 		return true
 	}
-	s.clearDecision(ctx, id, ld)
+	s.clearDecision(ctx, id, r.Matched, ld)
 	return false
 }
 
@@ -1620,7 +1642,7 @@ func (s *Service) noteUnblock(ctx context.Context, workload string) error {
 		if r.SweepAt.IsZero() || !slices.Contains(r.Blocks, workload) {
 			continue
 		}
-		_, err := s.updateRevocation(ctx, r.ID, func(rev *Revocation) error {
+		_, err := s.updateRevocation(ctx, r.ID, r.Matched, func(rev *Revocation) error {
 			if rev.SweepAt.IsZero() || !slices.Contains(rev.Blocks, workload) {
 				return errUnchanged // swept meanwhile
 			}
@@ -2000,7 +2022,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		// carries it, not when another instance's sweep, which found the
 		// same issuances, wrote the same lists.
 		by := NewID("sweep_")
-		cur, err := s.updateRevocation(ctx, r.ID, func(c *Revocation) error {
+		cur, err := s.updateRevocation(ctx, r.ID, r.Matched+len(found), func(c *Revocation) error {
 			swept = addPending(c, found)
 			if !c.SweepAt.IsZero() || len(swept) > 0 {
 				if c.SweptBy != "" {
@@ -2087,11 +2109,11 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	// for the next pass.
 	revoked, failed, found := s.unconfirmedMarks(marked, wrote, revoked, failed)
 	done := append(gone, revoked...)
-	cur, err := s.storeProgress(ctx, r.ID, done, failed)
+	cur, err := s.storeProgress(ctx, r.ID, r.Matched, done, failed)
 	if err == nil && len(found) > 0 {
 		*r = *cur
 		done, failed = found, nil
-		cur, err = s.storeProgress(ctx, r.ID, found, nil)
+		cur, err = s.storeProgress(ctx, r.ID, r.Matched, found, nil)
 	}
 	if err != nil {
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation progress failed",

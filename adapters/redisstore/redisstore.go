@@ -124,7 +124,9 @@ type Options struct {
 	// Prefix starts every key; default DefaultPrefix. With Cluster it must
 	// contain a hash tag ("{...}").
 	Prefix string
-	// Timeout bounds each store call; default DefaultTimeout.
+	// Timeout bounds each store call; default DefaultTimeout. An
+	// UpdateRevocation whose ctx has a deadline keeps it, later or not:
+	// the Service sizes it by the record (broker's recordTimeout).
 	Timeout time.Duration
 	// Retention is how long an issuance record is kept after it expires;
 	// default DefaultRetention.
@@ -1007,13 +1009,19 @@ const maxUpdateTries = 16
 // applies fn and writes the result with exactly PutRevocation's script in
 // MULTI/EXEC, so the write happens only if the record was not written
 // meanwhile; on a conflict it starts again from a fresh read (up to
-// maxUpdateTries times, all within one Options.Timeout). Every key is under
-// the prefix's hash tag, so the transaction stays on one Cluster slot.
+// maxUpdateTries times, all within one Options.Timeout, or ctx's deadline
+// when it has one: an update reads, decodes, encodes and writes the whole
+// record, and one naming 100,000 issuances may take longer than the 2 s
+// default, so the Service sizes its deadline by the record). Every key is
+// under the prefix's hash tag, so the transaction stays on one Cluster slot.
 func (s *Store) UpdateRevocation(ctx context.Context, id string, fn func(*broker.Revocation) error) (*broker.Revocation, error) {
 	if id == "" || fn == nil {
 		return nil, invalid("update revocation without id or function")
 	}
-	ctx, cancel := s.ctx(ctx)
+	cancel := context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+	}
 	defer cancel()
 	key := s.revKey(id)
 	for range maxUpdateTries {
