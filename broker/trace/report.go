@@ -181,7 +181,7 @@ func BuildReport(in ReportInput) (*Report, error) {
 	now := in.Now.UTC()
 	b := &reportBuilder{
 		now: now, wl: map[string]*WorkloadReport{}, iss: map[string]*issued{},
-		revoked: map[string]time.Time{}, revokedWL: map[string]string{}, unowned: map[string]*UnownedIdentity{}, shared: map[string]*SharedUse{},
+		revoked: map[string]time.Time{}, revokedWL: map[string]string{}, revokedBy: map[string]eventPos{}, unowned: map[string]*UnownedIdentity{}, shared: map[string]*SharedUse{},
 		denies: map[string]int{},
 	}
 	rep := &Report{GeneratedAt: now, Events: len(in.Events), ActiveFrom: FromAuditLog, Notes: append([]string(nil), in.Notes...)}
@@ -327,6 +327,10 @@ type reportBuilder struct {
 	// issuance (the selector's, for a revoke), for one issued before the
 	// events covered.
 	revokedWL map[string]string
+	// revokedBy is the chain and seq of that event: of two revoking at
+	// the same time, the one first by chain, then seq, as trace's
+	// revocation order (sortRevocations) takes it.
+	revokedBy map[string]eventPos
 	unowned   map[string]*UnownedIdentity
 	shared    map[string]*SharedUse
 	denies    map[string]int
@@ -488,10 +492,10 @@ func (b *reportBuilder) event(ev *audit.Event) {
 		}
 		// When first revoked: a revoke event written again comes later
 		// than its decision (revokedTime).
-		at := revokedTime(ev)
+		at, pos := revokedTime(ev), eventPos{ev.Chain, ev.Seq}
 		for _, id := range ids {
-			if first, ok := b.revoked[id]; !ok || at.Before(first) {
-				b.revoked[id], b.revokedWL[id] = at, ev.Workload
+			if first, ok := b.revoked[id]; !ok || at.Before(first) || (at.Equal(first) && pos.before(b.revokedBy[id])) {
+				b.revoked[id], b.revokedWL[id], b.revokedBy[id] = at, ev.Workload, pos
 			}
 		}
 	case audit.TypeDeny:
@@ -747,4 +751,19 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// eventPos is an event's place in the log: its chain and seq.
+type eventPos struct {
+	chain string
+	seq   uint64
+}
+
+// before orders positions as sortRevocations orders events of one time:
+// by chain, then seq.
+func (p eventPos) before(q eventPos) bool {
+	if p.chain != q.chain {
+		return p.chain < q.chain
+	}
+	return p.seq < q.seq
 }
