@@ -417,9 +417,9 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 				return refused(e)
 			}
 			if actorIs != nil {
-				actorKept = slices.Concat(actorIs.MayAct, actorIs.ActMayAct)
+				actorKept = appendKept(appendKept(nil, actorIs.MayAct), actorIs.ActMayAct)
 			}
-			actMayActs = append(ownMayAct(nil, actor), actorKept...)
+			actMayActs = appendKept(ownMayAct(nil, actor), actorKept)
 		}
 		if err != nil {
 			e := AsError(err)
@@ -1376,7 +1376,20 @@ func mayActPermits(v any, holderIss string, other *Identity) bool {
 func subjectMayActs(id *Identity, subjectIs *Issuance) []json.RawMessage {
 	out := ownMayAct(nil, id)
 	if subjectIs != nil {
-		out = append(out, subjectIs.MayAct...)
+		out = appendKept(out, subjectIs.MayAct)
+	}
+	return out
+}
+
+// appendKept appends to out each may_act of kept that out does not hold
+// already (the same JSON: ownMayAct's encoding, kept as written), so that
+// a restriction inherited along a chain of broker JWTs is kept once, not
+// once more per hop (every one must permit: a copy adds nothing).
+func appendKept(out, kept []json.RawMessage) []json.RawMessage {
+	for _, raw := range kept {
+		if !slices.ContainsFunc(out, func(have json.RawMessage) bool { return bytes.Equal(have, raw) }) {
+			out = append(out, raw)
+		}
 	}
 	return out
 }

@@ -85,8 +85,10 @@ type Issuance struct {
 	// in from that token when it had none: its own claim, and those its
 	// issuance carried when the subject token was a broker JWT. A broker
 	// JWT presented as subject or actor token is held to each, as if it
-	// carried them (docs/SPEC-ADDITIONS.md "Delegation"). Empty when there
-	// were none, and in records written before it was kept.
+	// carried them (docs/SPEC-ADDITIONS.md "Delegation"). Each is kept
+	// once (appendKept): a chain of broker JWTs does not add a copy per
+	// hop. Empty when there were none, and in records written before it
+	// was kept.
 	MayAct []json.RawMessage `json:"may_act,omitempty"`
 	// ActMayAct holds, for a credential minted with an actor token, the
 	// may_act claim of that token (iss filled in likewise) and, when it
