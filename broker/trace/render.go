@@ -3,6 +3,7 @@ package trace
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -100,9 +101,14 @@ func (r *Result) WriteText(w io.Writer) error {
 	// The act events about the credential carry, checked against the
 	// record's (a record, r.From, says what was issued): one that names
 	// another is warned about and its line says which; without a record,
-	// the events' act is all there is, shown on their lines.
+	// the events' act is all there is, shown on their lines. An event
+	// about another issuance adds nothing: one naming none (a
+	// revoke_result) is about this one only if it lists it (a block's
+	// first result, before its sweep found this credential, names the
+	// revoked issuance alone and carries that one's act).
 	actNote := func(ev *audit.Event) string {
-		if len(ev.Act) == 0 || ev.IssuanceID != "" && ev.IssuanceID != is.ID {
+		if len(ev.Act) == 0 || ev.IssuanceID != "" && ev.IssuanceID != is.ID ||
+			ev.IssuanceID == "" && !slices.Contains(listedIssuances(ev), is.ID) {
 			return ""
 		}
 		if r.From == "" {
