@@ -15,3 +15,19 @@ func LiftedUnblocks(c *RevocationCache) int {
 	defer c.mu.RUnlock()
 	return len(c.lifted)
 }
+
+// DropKeptRecords forgets the revocation records c keeps to write back
+// should the Store lose them (RevocationCache.revs), for the tests that
+// measure what they cost.
+func DropKeptRecords(c *RevocationCache) {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	c.revs = map[string]revEntry{}
+}
+
+// KeptRecords is how many revocation records c keeps to write back.
+func KeptRecords(c *RevocationCache) int {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	return len(c.revs)
+}

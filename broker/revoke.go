@@ -2642,18 +2642,19 @@ type RevocationCache struct {
 	lossAt time.Time
 	// recMu guards revs, the Window's revocation records as last read from
 	// the Store, by id, and lostRevs, the records of revs when the Store's
-	// version went back, each written back unless the Store has it again.
-	// Not mu: a full read merges the Window's records, and the hot path's
-	// checks take mu meanwhile. Taken after mu, never before.
+	// version went back (gen: the listing that saw it), each written back
+	// unless the Store has it again. Not mu: a full read merges the
+	// Window's records, and the hot path's checks take mu meanwhile. Taken
+	// after mu, never before. The records are kept encoded (keptRev).
 	recMu    sync.Mutex
 	revs     map[string]revEntry
-	lostRevs map[string]*Revocation
+	lostRevs map[string]revEntry
 }
 
 // revEntry is a revocation record as read by the listing gen (readChanges)
 // or by a full read (gen 0 for one that started before any listing).
 type revEntry struct {
-	r   *Revocation
+	r   keptRev
 	gen uint64
 }
 
@@ -2725,7 +2726,7 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
-		lostRevs: map[string]*Revocation{}, unlisted: map[string]string{}, undo: map[string]string{},
+		lostRevs: map[string]revEntry{}, unlisted: map[string]string{}, undo: map[string]string{},
 		lifted: map[string]liftedBlock{}}, nil
 }
 
@@ -3074,9 +3075,9 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	undo := len(c.undo) > 0
 	c.mu.RUnlock()
 	c.recMu.Lock()
-	revs := slices.Collect(maps.Values(c.lostRevs))
+	lostRevs := maps.Clone(c.lostRevs)
 	c.recMu.Unlock()
-	if len(blocks) == 0 && len(revs) == 0 && !undo {
+	if len(blocks) == 0 && len(lostRevs) == 0 && !undo {
 		return nil
 	}
 	if err := c.undoLifted(ctx); err != nil {
@@ -3119,10 +3120,23 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		return err
 	}
 	cutoff := c.o.Now().Add(-c.o.Window)
-	slices.SortFunc(revs, func(a, b *Revocation) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	type lostRev struct {
+		id string
+		e  revEntry
+		at time.Time
+	}
+	revs := make([]lostRev, 0, len(lostRevs))
+	for id, e := range lostRevs {
+		revs = append(revs, lostRev{id, e, e.r.createdAt()})
+	}
+	slices.SortFunc(revs, func(a, b lostRev) int { return cmp.Or(a.at.Compare(b.at), strings.Compare(a.id, b.id)) })
 	put := 0
-	for _, r := range revs {
-		if !r.CreatedAt.Before(cutoff) {
+	for _, l := range revs {
+		r, err := l.e.r.revocation()
+		if err != nil { // not to happen: dropped, not retried forever
+			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation cache: cannot write back a revocation the store lost",
+				slog.String("revocation_id", l.id), slog.String("error", err.Error()))
+		} else if !r.CreatedAt.Before(cutoff) {
 			_, err := c.st.GetRevocation(ctx, r.ID)
 			if errors.Is(err, ErrNotFound) {
 				if err = c.st.PutRevocation(ctx, r); unreplicated(err) {
@@ -3138,8 +3152,8 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 			}
 		}
 		c.recMu.Lock()
-		if c.lostRevs[r.ID] == r {
-			delete(c.lostRevs, r.ID)
+		if c.lostRevs[l.id] == l.e {
+			delete(c.lostRevs, l.id)
 		}
 		c.recMu.Unlock()
 	}
@@ -3239,6 +3253,10 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	if err == nil && loaded && version > prev {
 		revs, err = c.st.ListRevocations(ctx, RevocationFilter{Since: c.o.Now().Add(-c.o.Window), ChangedAfter: prev})
 	}
+	kept := make([]keptRev, len(revs)) // encoded before taking mu
+	for i, r := range revs {
+		kept[i] = keepRevocation(r)
+	}
 	now := c.o.Now()
 	var learners []func()
 	var lost []slog.Attr
@@ -3273,7 +3291,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	for id, at := range revokedSince(revs, cutoff) {
 		learned = c.learnLocked(id, at) || learned
 	}
-	lostRevs := c.noteRecords(revs, cutoff, gen, back)
+	lostRevs := c.noteRecords(revs, kept, cutoff, gen, back)
 	for w, l := range c.lifted {
 		if l.at.Before(cutoff) {
 			delete(c.lifted, w)
@@ -3373,17 +3391,17 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 // back should the Store lose them (those created at or after cutoff), and,
 // when back (the Store's version went back), queues every one of them to
 // be written back; it returns how many are queued.
-func (c *RevocationCache) noteRecords(revs []*Revocation, cutoff time.Time, gen uint64, back bool) int {
+func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, back bool) int {
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
-	for _, r := range revs {
+	for i, r := range revs {
 		if !r.CreatedAt.Before(cutoff) {
-			c.revs[r.ID] = revEntry{r: r, gen: gen}
+			c.revs[r.ID] = revEntry{r: kept[i], gen: gen}
 		}
 	}
 	if back {
 		for id, e := range c.revs {
-			c.lostRevs[id] = e.r
+			c.lostRevs[id] = revEntry{r: e.r, gen: gen}
 		}
 	}
 	return len(c.lostRevs)
@@ -3399,13 +3417,13 @@ func (c *RevocationCache) keepRecords(revs []*Revocation, cutoff time.Time, list
 	recs := make(map[string]revEntry, len(revs))
 	for _, r := range revs {
 		if !r.CreatedAt.Before(cutoff) {
-			recs[r.ID] = revEntry{r: r, gen: listGen}
+			recs[r.ID] = revEntry{r: keepRevocation(r), gen: listGen}
 		}
 	}
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
 	for id, e := range c.revs {
-		if _, listed := recs[id]; (!listed || e.gen > listGen) && !e.r.CreatedAt.Before(cutoff) {
+		if _, listed := recs[id]; (!listed || e.gen > listGen) && !e.r.createdAt().Before(cutoff) {
 			recs[id] = e
 		}
 	}
