@@ -2675,11 +2675,14 @@ const liftLossGrace = time.Minute
 
 // lostBlock is a block the Store lost: restored is the listGen current
 // when it was written back (0: not yet); writing, that restoreLost is
-// writing it back.
+// writing it back; loss, the listGen of the listing that found it lost.
+// restoreLost runs next to readChanges (Run): a write that ends after
+// another loss was seen (loss changed) does not count as written back.
 type lostBlock struct {
 	b        Block
 	restored uint64
 	writing  bool
+	loss     uint64
 }
 
 type cachedIssuance struct {
@@ -3063,12 +3066,13 @@ func (c *RevocationCache) StoreLosses() uint64 { return c.losses.Load() }
 // (store_unreplicated, store.min_replicas, as after a failover until the
 // old primary rejoins) is in force, as Revoke takes it: the write-back
 // goes on (counted as unconfirmed in its WARN). A block lifted meanwhile
-// (an unblock notice) is not written.
+// (an unblock notice) is not written. Run calls it in the background, one
+// at a time, next to its refreshes and notices (see lostBlock.loss).
 func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	c.mu.RLock()
 	var blocks []Block
 	for _, lb := range c.lostBlocks {
-		if lb.restored == 0 {
+		if lb.restored == 0 && !lb.writing {
 			blocks = append(blocks, lb.b)
 		}
 	}
@@ -3095,6 +3099,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 			continue
 		}
 		lb.writing = true
+		loss := lb.loss
 		c.lostBlocks[b.Workload] = lb
 		c.mu.Unlock()
 		err := c.st.PutBlock(ctx, b)
@@ -3105,7 +3110,9 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		c.mu.Lock()
 		if lb, ok := c.lostBlocks[b.Workload]; ok && lb.b == b {
 			lb.writing = false
-			if err == nil {
+			// Not when the Store was seen losing it again meanwhile:
+			// the write may have been before that loss.
+			if err == nil && lb.loss == loss {
 				lb.restored = c.listGen
 			}
 			c.lostBlocks[b.Workload] = lb
@@ -3162,6 +3169,24 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 			slog.Int("blocks", written), slog.Int("revocations", put), slog.Int("unconfirmed", unconfirmed))
 	}
 	return nil
+}
+
+// restoreDue reports whether restoreLost has anything to write or delete.
+func (c *RevocationCache) restoreDue() bool {
+	c.mu.RLock()
+	due := len(c.undo) > 0
+	for _, lb := range c.lostBlocks {
+		if due = due || (lb.restored == 0 && !lb.writing); due {
+			break
+		}
+	}
+	c.mu.RUnlock()
+	if due {
+		return true
+	}
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	return len(c.lostRevs) > 0
 }
 
 // undoLifted deletes again the blocks lifted while or after restoreLost
@@ -3333,7 +3358,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		// Still the block announced (not lifted, nor replaced, since).
 		if b, ok := c.blocked[w]; ok && b.RevocationID == rid && c.unlisted[w] == rid {
 			if _, listed := blocked[w]; !listed {
-				c.lostBlocks[w] = lostBlock{b: b}
+				c.loseBlockLocked(b, gen)
 				lostNow = true
 			}
 		}
@@ -3342,7 +3367,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	if back || lostNow {
 		for w, b := range c.blocked {
 			if _, ok := blocked[w]; !ok && back {
-				c.lostBlocks[w] = lostBlock{b: b}
+				c.loseBlockLocked(b, gen)
 			}
 		}
 		c.losses.Add(1)
@@ -3385,6 +3410,15 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		learners = c.learners
 	}
 	return back, nil
+}
+
+// loseBlockLocked notes b as lost by the listing gen: to be written back
+// (again). A write-back of it in progress stays marked as such (an unblock
+// applied meanwhile must delete it again, see applyLocked), and does not
+// count as written back when it ends (see lostBlock).
+func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
+	old, ok := c.lostBlocks[b.Workload]
+	c.lostBlocks[b.Workload] = lostBlock{b: b, loss: gen, writing: ok && old.writing && old.b == b}
 }
 
 // noteRecords keeps revs, read by listing gen, among the records to write
@@ -3515,7 +3549,8 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 // Run refreshes every Interval and applies the Notifier's messages until ctx
 // ends. A failing subscription is retried at every refresh. Full reads (see
 // Refresh) run in the background with their own deadline, FullTimeout, so
-// however long one takes the refreshes and notices go on meanwhile.
+// however long one takes the refreshes and notices go on meanwhile; so does
+// the write-back after a data loss (restoreLost, one at a time).
 func (c *RevocationCache) Run(ctx context.Context) error {
 	t := time.NewTicker(c.o.Interval)
 	defer t.Stop()
@@ -3539,8 +3574,9 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 		subFails.ok(ctx, c.o.Now())
 		notices = ch
 	}
-	var fullDone chan error // non-nil while a full read runs
-	needFull := false       // the Store's version went back, or a full read failed
+	var fullDone chan error    // non-nil while a full read runs
+	var restoreDone chan error // non-nil while a write-back runs
+	needFull := false          // the Store's version went back, or a full read failed
 	refresh := func() {
 		rctx, cancel := context.WithTimeout(ctx, c.o.Interval)
 		back, err := c.readChanges(rctx)
@@ -3552,17 +3588,18 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 			refreshFails.fail(ctx, c.o.Now(), err)
 		}
 		needFull = needFull || back
-		if err == nil {
-			// Bounded like a refresh: what is left is written at the next.
-			rctx, cancel := context.WithTimeout(ctx, c.o.Interval)
-			err := c.restoreLost(rctx)
-			cancel()
-			switch {
-			case err == nil:
-				restoreFails.ok(ctx, c.o.Now())
-			case ctx.Err() == nil:
-				restoreFails.fail(ctx, c.o.Now(), err)
-			}
+		if err == nil && restoreDone == nil && c.restoreDue() {
+			// In the background, one at a time, like a full read: a
+			// write-back of many records takes seconds (100,000: some
+			// 17 s), and notices go on being applied meanwhile. A
+			// failure is retried at the next refresh.
+			done := make(chan error, 1)
+			restoreDone = done
+			go func() {
+				rctx, cancel := context.WithTimeout(ctx, c.o.FullTimeout)
+				defer cancel()
+				done <- c.restoreLost(rctx)
+			}()
 		}
 		if fullDone != nil || !(needFull || c.fullDue(c.o.Now())) {
 			return
@@ -3584,7 +3621,18 @@ func (c *RevocationCache) Run(ctx context.Context) error {
 			if fullDone != nil {
 				<-fullDone
 			}
+			if restoreDone != nil {
+				<-restoreDone
+			}
 			return nil
+		case err := <-restoreDone:
+			restoreDone = nil
+			switch {
+			case err == nil:
+				restoreFails.ok(ctx, c.o.Now())
+			case ctx.Err() == nil:
+				restoreFails.fail(ctx, c.o.Now(), err)
+			}
 		case err := <-fullDone:
 			fullDone = nil
 			if err != nil {
