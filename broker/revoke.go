@@ -316,6 +316,9 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		sctx, cancel := context.WithTimeout(dctx, s.d.StoreTimeout)
 		err := s.d.Store.PutBlock(sctx, b)
 		cancel()
+		if err != nil && !unreplicated(err) && s.blockStored(dctx, b) {
+			err = nil // its reply lost (see blockStored)
+		}
 		if err != nil {
 			if unreplicated(err) { // stored all the same, in force
 				blocked = append(blocked, w)
@@ -332,7 +335,11 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 			rev.SweepAt = at
 		}
 	}
-	if err := s.putRevocation(dctx, rev); err != nil {
+	err = s.putRevocation(dctx, rev)
+	if err != nil && !unreplicated(err) && s.revocationStored(dctx, rev.ID) {
+		err = nil // its reply lost (see blockStored)
+	}
+	if err != nil {
 		if unreplicated(err) {
 			return nil, s.unconfirmed(dctx, after, rev, requestID, err)
 		}
@@ -389,6 +396,42 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		return nil, e
 	}
 	return cloneRevocation(rev), nil
+}
+
+// blockStored reports whether the block b, whose PutBlock answered an
+// error (not store_unreplicated), is stored all the same: the reply to a
+// write the store applied was lost (a timeout after Redis wrote it, a
+// connection cut before the answer). The block's revocation id is the new
+// revocation's, so a block found with it is this write's. Then the
+// revocation goes on as if the write had answered: "not made" would be
+// wrong (the block is in force; a stored record, revocationStored, is
+// finished by the worker whatever the answer). A later write of the
+// revocation that the replicas acknowledge confirms it, as for any write
+// (the store replicates in order). Not found, or the read failing: not
+// made, as answered; a write still on its way to the store when this read
+// came (a very slow network) may yet land (docs/RELIABILITY.md).
+func (s *Service) blockStored(ctx context.Context, b Block) bool {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	got, err := s.records().GetBlock(sctx, b.Workload)
+	if err != nil || got.RevocationID != b.RevocationID {
+		return false
+	}
+	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation: the store answered a block write with an error, but the block is stored (its reply was lost)",
+		slog.String("revocation_id", b.RevocationID), slog.String("workload", b.Workload))
+	return true
+}
+
+// revocationStored is blockStored for the record of the new revocation id.
+func (s *Service) revocationStored(ctx context.Context, id string) bool {
+	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	defer cancel()
+	if _, err := s.records().GetRevocation(sctx, id); err != nil {
+		return false
+	}
+	s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation: the store answered the record's write with an error, but the record is stored (its reply was lost)",
+		slog.String("revocation_id", id))
+	return true
 }
 
 // notMade audits and returns the failure of a revocation whose record could
