@@ -61,3 +61,34 @@ func TestRevokeSurvivesRedisDataLoss(t *testing.T) {
 		t.Errorf("exchange of the blocked workload on B restarted after the loss: not refused")
 	}
 }
+
+// TestRedisDataLossWithNoInstanceRunningIsReported: the only instance is
+// stopped, Redis loses every key, the instance starts again. Nothing ran
+// through the loss, so nothing could keep or write back the block; the
+// restarted instance at least reports it (ERROR, and
+// keytrail_store_data_losses_total): the store's deployment id is not the
+// one it last started with. It used to start on the empty store silently.
+func TestRedisDataLossWithNoInstanceRunningIsReported(t *testing.T) {
+	c := startCluster(t, 1)
+	if status, rc := c.revoke(t, nodeA, `{"workload":"payments-api","reason":"INC-1: key leaked","block":true}`); status != 200 {
+		t.Fatalf("revoke on A = %d %+v", status, rc)
+	}
+	if got := metricValue(metrics(t, c.nodes[nodeA].URL), "keytrail_store_data_losses_total"); got != 0 {
+		t.Fatalf("keytrail_store_data_losses_total = %v before any loss", got)
+	}
+	if err := c.nodes[nodeA].Stop(); err != nil {
+		t.Logf("stop: %v", err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: c.redis.Addr()})
+	defer rdb.Close()
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c.nodes[nodeA].Restart()
+	if got := metricValue(metrics(t, c.nodes[nodeA].URL), "keytrail_store_data_losses_total"); got != 1 {
+		t.Errorf("keytrail_store_data_losses_total = %v after a restart on the flushed store, want 1", got)
+	}
+	if !strings.Contains(c.nodes[nodeA].Logs(), "lost data while no instance ran through it") {
+		t.Errorf("no ERROR about the loss in the restarted instance's log")
+	}
+}

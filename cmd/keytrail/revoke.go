@@ -469,8 +469,8 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 	}
 	if err := rt.reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "keytrail_store_data_losses_total",
-		Help: "Times the revocation cache saw the store lose data (its revocation change number went back: Redis restarted without persistence, flushed, or failed over to a replica that lacked writes); each is logged at ERROR.",
-	}, func() float64 { return float64(cache.StoreLosses()) })); err != nil {
+		Help: "Times the revocation cache saw the store lose data (its revocation change number went back: Redis restarted without persistence, flushed, or failed over to a replica that lacked writes), and 1 when this instance started on a store whose deployment id changed since its last start; each is logged at ERROR.",
+	}, func() float64 { return float64(cache.StoreLosses() + rt.storeLostAtStart) })); err != nil {
 		return nil, err
 	}
 	rt.goBackground(ctx, cache.Run)

@@ -125,6 +125,9 @@ type brokerRuntime struct {
 	metrics *opsMetrics
 	// deployment tags the Vault tokens this broker mints (deploymentID).
 	deployment string
+	// storeLostAtStart is 1 when the start-up found that the shared store
+	// lost its data since this instance last started (checkStoreMarker).
+	storeLostAtStart uint64
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
 	// verifiersClosed (under verifierMu) is set by the closer that closes
@@ -807,6 +810,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
+	if cfg.Store.Shared() && checkStoreMarker(ctx, storeMarkerPath(cfg.Audit.File), rt.store, log) {
+		rt.storeLostAtStart = 1 // in keytrail_store_data_losses_total
+	}
 	if err := m.registerSink(rt.reg, sink); err != nil {
 		return err
 	}
