@@ -3121,10 +3121,20 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	}
 	undo := len(c.undo) > 0
 	c.mu.RUnlock()
+	// The records to write back, oldest first (no copy of the map: the
+	// Window may hold hundreds of thousands).
+	type lostRev struct {
+		id string
+		e  revEntry
+		at time.Time
+	}
 	c.recMu.Lock()
-	lostRevs := maps.Clone(c.lostRevs)
+	revs := make([]lostRev, 0, len(c.lostRevs))
+	for id, e := range c.lostRevs {
+		revs = append(revs, lostRev{id, e, e.r.createdAt()})
+	}
 	c.recMu.Unlock()
-	if len(blocks) == 0 && len(lostRevs) == 0 && !undo {
+	if len(blocks) == 0 && len(revs) == 0 && !undo {
 		return nil
 	}
 	if err := c.undoLifted(ctx); err != nil {
@@ -3170,15 +3180,6 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		return err
 	}
 	cutoff := c.o.Now().Add(-c.o.Window)
-	type lostRev struct {
-		id string
-		e  revEntry
-		at time.Time
-	}
-	revs := make([]lostRev, 0, len(lostRevs))
-	for id, e := range lostRevs {
-		revs = append(revs, lostRev{id, e, e.r.createdAt()})
-	}
 	slices.SortFunc(revs, func(a, b lostRev) int { return cmp.Or(a.at.Compare(b.at), strings.Compare(a.id, b.id)) })
 	put := 0
 	for _, l := range revs {
