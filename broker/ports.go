@@ -399,6 +399,19 @@ type DeferredAuditSink interface {
 	AppendDeferred(ev *audit.Event, done func(error))
 }
 
+// QueuingAuditSink is an AuditSink that can hand an event to its writer
+// without waiting for it: Enqueue queues ev as Append would when that needs
+// no wait (room in the queue, the sink open) and reports true; the sink
+// then calls done exactly once, from its own goroutine, with what Append
+// would have returned (nil once ev is durable). done must not block. When
+// Enqueue reports false nothing was queued and done is never called: the
+// caller appends as before. An exchange queues its issue event this way
+// before its store write instead of starting a goroutine to Append it.
+type QueuingAuditSink interface {
+	AuditSink
+	Enqueue(ev *audit.Event, done func(error)) bool
+}
+
 // BoundedAuditSink is an AuditSink that can stop waiting for an event
 // without a goroutine of its own per event: AppendWithin is Append (as for
 // a caller passing context.WithoutCancel) that gives up once d has passed

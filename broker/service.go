@@ -562,10 +562,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	}
 	ev, aw := &ip.Event, &ip.audited
 	aw.done = make(chan struct{})
-	go func() {
-		aw.err = s.d.Audit.Append(bg, ev)
-		close(aw.done)
-	}()
+	// A sink that can queue the event at once (the server's auditfile
+	// sink, its queue not full) tells aw from its writer; otherwise the
+	// append runs on a goroutine of its own, which may wait for room.
+	if q, ok := s.d.Audit.(QueuingAuditSink); !ok || !q.Enqueue(ev, aw.finish) {
+		go func() { aw.finish(s.d.Audit.Append(bg, ev)) }()
+	}
 	sctx, cancel := context.WithTimeout(bg, s.d.StoreTimeout)
 	serr := s.d.Store.PutIssuance(sctx, is)
 	cancel()
@@ -1297,6 +1299,12 @@ type issueParts struct {
 type auditWait struct {
 	done chan struct{}
 	err  error
+}
+
+// finish records the append's result and wakes its waiter; called once.
+func (w *auditWait) finish(err error) {
+	w.err = err
+	close(w.done)
 }
 
 // denyParts is a deny event with its source and identity, allocated

@@ -198,8 +198,12 @@ type request struct {
 	// evs, when not nil, are the events of one AppendBatch (ev is nil):
 	// sealed into the same batch, all or none.
 	evs      []*audit.Event
-	done     chan error  // buffered 1; nil for a deferred request
-	deferred func(error) // called with the outcome of a deferred request
+	done     chan error  // buffered 1; nil for a deferred or Enqueue request
+	deferred func(error) // called with the outcome when done is nil
+	// waits says a caller waits for the outcome through deferred (an
+	// Enqueue): the request is committed at once, as an Append's is, not
+	// held for a later batch as a deferred one is.
+	waits bool
 }
 
 // finish tells the request's caller what happened to its event.
@@ -328,6 +332,7 @@ var (
 	_ broker.BatchAuditSink    = (*Sink)(nil)
 	_ broker.DeferredAuditSink = (*Sink)(nil)
 	_ broker.BoundedAuditSink  = (*Sink)(nil)
+	_ broker.QueuingAuditSink  = (*Sink)(nil)
 	_ broker.Pinger            = (*Sink)(nil)
 )
 
@@ -979,6 +984,35 @@ func (s *Sink) Append(ctx context.Context, ev *audit.Event) error {
 	return <-r.done
 }
 
+// Enqueue hands ev to the writer as Append does when that needs no wait:
+// the sink is open and its queue has room. The writer then calls done
+// once, from its goroutine, with what Append would have returned (nil once
+// the event is durable); done must not block. Enqueue reports whether ev
+// was queued: when not, nothing was written or held and done is never
+// called, and the caller appends as before (broker.QueuingAuditSink). So
+// the caller need not start a goroutine to wait for an Append while it does
+// other work.
+func (s *Sink) Enqueue(ev *audit.Event, done func(error)) bool {
+	if ev == nil || done == nil {
+		return false
+	}
+	if ev.RequestID == "" {
+		ev.RequestID = broker.NewID(broker.PrefixRequest)
+	}
+	r := &request{ev: ev, deferred: done, waits: true}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return false
+	}
+	select {
+	case s.reqs <- r:
+		return true
+	default:
+		return false
+	}
+}
+
 // AppendBatch is Append for several events that must be durable together
 // (the parts of one revocation): they are sealed in order into one batch,
 // written with one write() and made durable with one fsync or journal
@@ -1369,7 +1403,7 @@ func (s *Sink) run() {
 		select {
 		case r := <-s.reqs:
 			batch = s.drain(append(batch[:0], r))
-			waited := slices.ContainsFunc(batch, func(r *request) bool { return r.done != nil })
+			waited := slices.ContainsFunc(batch, func(r *request) bool { return r.done != nil || r.waits })
 			if !waited && len(held)+len(batch) < s.o.MaxBatch {
 				if len(held) == 0 {
 					hold.Reset(s.o.DeferFor)

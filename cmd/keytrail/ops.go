@@ -137,6 +137,8 @@ func (m *opsMetrics) setPolicy(hash string) {
 }
 
 // timedSink measures audit writes and counts failures.
+var _ broker.QueuingAuditSink = timedSink{}
+
 type timedSink struct {
 	broker.AuditSink
 	m *opsMetrics
@@ -219,6 +221,24 @@ func (s timedSink) AppendDeferred(ev *audit.Event, done func(error)) {
 		return
 	}
 	go func() { report(s.AuditSink.Append(context.Background(), ev)) }()
+}
+
+// Enqueue forwards to the sink's queuing append when it has one (auditfile
+// does), measuring from the call to the outcome as Append does; without
+// one nothing is queued and the caller appends through Append.
+func (s timedSink) Enqueue(ev *audit.Event, done func(error)) bool {
+	q, ok := s.AuditSink.(broker.QueuingAuditSink)
+	if !ok {
+		return false
+	}
+	start := time.Now()
+	return q.Enqueue(ev, func(err error) {
+		s.m.auditSeconds.Observe(time.Since(start).Seconds())
+		if err != nil {
+			s.m.auditFailures.Inc()
+		}
+		done(err)
+	})
 }
 
 // countedMinter counts backend errors of a Vault minter.

@@ -34,6 +34,7 @@ import (
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/broker/jwks"
 	"github.com/keytrail/keytrail/e2e/harness"
 	"github.com/keytrail/keytrail/policies"
@@ -723,5 +724,39 @@ func TestLoginRevokeFailuresMetric(t *testing.T) {
 	st.ReplacedRevokeFailures = 2
 	if v := value(); v != 2 {
 		t.Errorf("after two failures: %v, want 2", v)
+	}
+}
+
+// TestTimedSinkQueuing: the metrics wrapper keeps the file sink's queuing
+// append, so that an exchange queues its issue event without a goroutine
+// behind it too, and measures it from the call to the outcome; over a sink
+// without one it queues nothing (the exchange then calls Append).
+func TestTimedSinkQueuing(t *testing.T) {
+	s, fs, reg := timedFileSink(t, auditfile.Options{DeferFor: time.Hour})
+	q, ok := s.(broker.QueuingAuditSink)
+	if !ok {
+		t.Fatal("timedSink does not offer queuing appends")
+	}
+	done := make(chan error, 1)
+	if !q.Enqueue(&audit.Event{Type: audit.TypeIssue}, func(err error) { done <- err }) {
+		t.Fatal("Enqueue() = false on an open file sink")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("outcome = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no outcome within 10s")
+	}
+	if st := fs.Stats(); st.Events != 1 {
+		t.Errorf("file sink stats = %+v, want the event written", st)
+	}
+	if n := writesObserved(t, reg); n != 1 {
+		t.Errorf("audit write observations = %d, want 1", n)
+	}
+	plain := timedSink{AuditSink: &brokertest.Sink{}} // its metrics are not reached
+	if plain.Enqueue(&audit.Event{Type: audit.TypeIssue}, func(error) { t.Error("done called for an event not queued") }) {
+		t.Error("Enqueue() = true over a sink without a queue")
 	}
 }
