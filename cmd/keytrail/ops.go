@@ -520,7 +520,7 @@ func (rt *brokerRuntime) startClockWatch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rt.goBackground(ctx, cw.Run)
+	rt.goAfterStart(cw.Run)
 	return nil
 }
 

@@ -137,7 +137,7 @@ func (rt *brokerRuntime) startReconciler(ctx context.Context, e *env) error {
 	if err := registerReconcileMetrics(rt.reg, rec); err != nil {
 		return err
 	}
-	rt.goBackground(ctx, rec.Run)
+	rt.goAfterStart(rec.Run)
 	return nil
 }
 

@@ -490,8 +490,14 @@ func (rt *brokerRuntime) startRevocationWorker(ctx context.Context, reg promethe
 	}, func() float64 { return float64(w.PendingCount()) })); err != nil {
 		return err
 	}
-	rt.goBackground(ctx, w.Run)
+	rt.goAfterStart(w.Run)
 	return nil
+}
+
+// goAfterStart runs fn as goBackground does once the start event is durable
+// (rt.afterStart); never when the start-up fails before it.
+func (rt *brokerRuntime) goAfterStart(fn func(context.Context) error) {
+	rt.afterStart = append(rt.afterStart, fn)
 }
 
 // goBackground runs fn until the runtime closes (after the HTTP server has

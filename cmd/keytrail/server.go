@@ -121,8 +121,12 @@ type brokerRuntime struct {
 	login   *vaultad.Login     // the broker's own Vault login (token type checked on reload)
 	pki     *vaultad.PKIMinter // its CheckRoles on reload: warns about an unreadable role once per change
 	closers []func() error
-	reg     *prometheus.Registry
-	metrics *opsMetrics
+	// afterStart are the background loops that write audit events (clock
+	// watch, revocation worker, reconciler), started (goBackground) once
+	// the start event is durable (goAfterStart).
+	afterStart []func(context.Context) error
+	reg        *prometheus.Registry
+	metrics    *opsMetrics
 	// deployment tags the Vault tokens this broker mints (deploymentID).
 	deployment string
 	// storeLostAtStart is 1 when the start-up found that the shared store
@@ -949,6 +953,15 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if err := rt.auditPolicyLoad(ctx, pol, "start", nil, rt.keys.Retiring()); err != nil {
 		return err
 	}
+	// The loops that write audit events start after the start event: an
+	// event of theirs before it (a clock_skew at once, a pending
+	// revocation's result) is among the lines no checkpoint covers before
+	// the start event, which records only the lines the sink adopted, and
+	// audit verify warns of such lines as adopted ones (unrecorded_resumed).
+	for _, fn := range rt.afterStart {
+		rt.goBackground(ctx, fn)
+	}
+	rt.afterStart = nil
 	// The policy file watcher starts once the start's policy_load event is
 	// durable: a change seen during the start-up (compared with polStamp,
 	// the files as the policy in force was read from) is loaded after it,
