@@ -1800,7 +1800,8 @@ type retryState struct {
 	// owed: the request's own revoke_result (Revoke's) was not written
 	// (Service.owedResults) and no result of this worker has been started
 	// since: a result is owed, written by the next pass that writes one,
-	// or by resultOwed once the record is complete.
+	// or by resultOwed once the record is complete; not when the last
+	// result this worker wrote or started says the same (auditPass).
 	owed bool
 }
 
@@ -2028,9 +2029,17 @@ func (w *RevocationWorker) resultOwed(ctx context.Context, id string) error {
 	}
 	st.attempts++
 	st.next = s.d.Now().Add(w.backoff(st.attempts))
+	// Its own result to write again (failed, or sweep finds to name):
+	// whatever the last one said. Only the request's owed: not when the
+	// worker's last result says the same (auditPass), written since the
+	// request's failed or on its way (a result of a pass that finished
+	// the issuances, waiting for the revoke event the request's waited
+	// for too): it is the result the request owed.
+	inFlight, failed := st.lastResult()
+	again := inFlight || failed || len(st.swept) > 0
 	w.mu.Unlock()
 	// hadPending: a result by worker when nothing was swept (auditPass).
-	w.auditPass(ctx, r, true, nil, true)
+	w.auditPass(ctx, r, true, nil, again)
 	return nil
 }
 
@@ -2285,6 +2294,10 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	w.mu.Lock()
 	st := w.retry[r.ID]
 	if !stored && ok && st != nil && st.result == sum {
+		// The same as the last result this worker wrote or started (one
+		// that fails is written again: its digest is forgotten), so also
+		// what a result owed for the request would say (retryState.owed).
+		st.owed = false
 		w.mu.Unlock()
 		return
 	}
