@@ -1831,8 +1831,12 @@ func (w *RevocationWorker) PendingCount() int { return int(w.pending.Load()) }
 
 // Run makes a pass every Interval until ctx ends. It then returns once
 // none of the revoke_result writes its passes started can still reach the
-// audit sink: they end with ctx, and a result not written is written by a
-// later pass (see startResult). One the sink took before is the sink's
+// audit sink: they end with ctx (see startResult), not written. A later
+// pass writes such a result only for a revocation still incomplete (any
+// instance's worker lists it); one whose record is complete is lost, as is
+// a request's owed result (Service.owedResults) that fails after Run has
+// returned: no pass lists a complete record after a restart
+// (docs/RELIABILITY.md). One the sink took before is the sink's
 // (on a disk whose writes hang, its Close ends it): Run's end is what the
 // server waits for before it closes the audit log, and it is not held.
 func (w *RevocationWorker) Run(ctx context.Context) error {
