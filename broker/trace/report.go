@@ -514,17 +514,39 @@ func (b *reportBuilder) event(ev *audit.Event) {
 			// A summary of a workload's 429s stands for n of its denies.
 			b.workload(ev.Workload, ev.Owner).Denied += n
 		}
-		if reason == "no_workload" && ev.Identity != nil {
-			key := ev.Identity.Iss + "\x00" + ev.Identity.Sub
-			u := b.unowned[key]
-			if u == nil {
-				u = &UnownedIdentity{Iss: ev.Identity.Iss, Sub: ev.Identity.Sub, Grants: []string{}}
-				b.unowned[key] = u
+		if ev.Identity == nil {
+			break
+		}
+		// An identity's no_workload refusals: each its own event, or
+		// those its summary counts (an identity matching no workload,
+		// past refusal_limit.per_identity: details.reasons no_workload,
+		// details.grants, first).
+		nw, grants, first := 0, []string{ev.Grant}, t
+		switch {
+		case reason == "no_workload":
+			nw = 1
+		case ev.Workload == "" && identitySummary(ev, reason):
+			nw = summaryReasons(ev, reason, n)["no_workload"]
+			grants = summaryKeys(ev.Details["grants"])
+			if fs, _ := ev.Details["first"].(string); fs != "" {
+				first = parseTime(fs)
 			}
-			u.Denies++
-			u.First, u.Last = span(u.First, u.Last, t)
-			if ev.Grant != "" && !contains(u.Grants, ev.Grant) {
-				u.Grants = append(u.Grants, ev.Grant)
+		}
+		if nw == 0 {
+			break
+		}
+		key := ev.Identity.Iss + "\x00" + ev.Identity.Sub
+		u := b.unowned[key]
+		if u == nil {
+			u = &UnownedIdentity{Iss: ev.Identity.Iss, Sub: ev.Identity.Sub, Grants: []string{}}
+			b.unowned[key] = u
+		}
+		u.Denies += nw
+		u.First, u.Last = span(u.First, u.Last, first)
+		u.First, u.Last = span(u.First, u.Last, t)
+		for _, g := range grants {
+			if g != "" && !contains(u.Grants, g) {
+				u.Grants = append(u.Grants, g)
 			}
 		}
 	}
@@ -543,38 +565,69 @@ func (b *reportBuilder) event(ev *audit.Event) {
 // presented to /v1/token, credential_revoked) under their reasons, its
 // 429s under rate_limited.
 func (b *reportBuilder) countDenies(ev *audit.Event, reason string, n int) {
-	if (reason == broker.ReasonRefusalsSuppressed || identitySummary(ev, reason)) && wholeCount(ev.Details["suppressed"]) == n {
-		rs, _ := ev.Details["reasons"].(map[string]any)
-		if m, ok := ev.Details["reasons"].(map[string]int); ok { // as the broker writes it
-			rs = make(map[string]any, len(m))
-			for r, c := range m {
-				rs[r] = c
-			}
+	if by := summaryReasons(ev, reason, n); by != nil {
+		left := n
+		for r, c := range by {
+			b.denies[r] += c
+			left -= c
 		}
-		if len(rs) > 0 {
-			by := make(map[string]int, len(rs))
-			left := n
-			for r, v := range rs {
-				c := wholeCount(v)
-				if r == "" || c < 1 || c > left {
-					by = nil
-					break
-				}
-				by[r] += c
-				left -= c
-			}
-			if by != nil {
-				for r, c := range by {
-					b.denies[r] += c
-				}
-				if left > 0 {
-					b.denies[reason] += left
-				}
-				return
-			}
+		if left > 0 {
+			b.denies[reason] += left
 		}
+		return
 	}
 	b.denies[reason] += n
+}
+
+// summaryReasons is what countDenies reads of deny event ev (reason its
+// reason, n denyCount's): the refusals of a summary (of unauthenticated
+// refusals, or an authenticated caller's) by the reasons they would have
+// been refused for, as its details.reasons gives them; nil when ev is no
+// such summary, its details.suppressed is not a usable count, or its
+// reasons are not each a whole number from 1, together at most n.
+func summaryReasons(ev *audit.Event, reason string, n int) map[string]int {
+	if (reason != broker.ReasonRefusalsSuppressed && !identitySummary(ev, reason)) || wholeCount(ev.Details["suppressed"]) != n {
+		return nil
+	}
+	rs, _ := ev.Details["reasons"].(map[string]any)
+	if m, ok := ev.Details["reasons"].(map[string]int); ok { // as the broker writes it
+		rs = make(map[string]any, len(m))
+		for r, c := range m {
+			rs[r] = c
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	by := make(map[string]int, len(rs))
+	left := n
+	for r, v := range rs {
+		c := wholeCount(v)
+		if r == "" || c < 1 || c > left {
+			return nil
+		}
+		by[r] += c
+		left -= c
+	}
+	return by
+}
+
+// summaryKeys are the names a summary counts by (details.grants: a map
+// of counts, as the broker writes it or as JSON decodes it), sorted.
+func summaryKeys(v any) []string {
+	var out []string
+	switch m := v.(type) {
+	case map[string]int:
+		for k := range m {
+			out = append(out, k)
+		}
+	case map[string]any:
+		for k := range m {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // denyCount is the number of refusals a deny event records: one, or
