@@ -66,6 +66,13 @@ type Deps struct {
 	// (allowIntrospect); a zero field is DefaultIntrospectLimits', a
 	// negative PerSecond turns the limit off.
 	IntrospectLimits IntrospectLimits
+	// Issuer is the iss of the JWTs this broker signs (its public URL, as
+	// the jwt minter writes it: no trailing slash). A JWT of this iss whose
+	// jti is an issuance id but whose issuance the Store does not hold
+	// (lost with the store's data) is refused as an identity token
+	// (brokerTokenIssuance). Empty: every such JWT passes as another
+	// deployment's, unchecked.
+	Issuer string
 }
 
 // DefaultMintTimeout is Deps.MintTimeout when it is not set.
@@ -223,6 +230,8 @@ func NewService(d Deps) (*Service, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
+	// As the jwt minter writes iss.
+	d.Issuer = strings.TrimRight(d.Issuer, "/")
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -803,9 +812,12 @@ func (s *Service) checkBrokerToken(ctx context.Context, raw string, id *Identity
 // signature (r, s) has a twin (r, n-s) that verifies as well, so the holder
 // of a broker JWT can present a different string than the one issued, with
 // the same (signed) jti. Other tokens cost nothing. A token whose issuance
-// the Store does not hold passes (not this deployment's credential), unless
-// the RevocationCache knows its jti revoked: the Store lost its data. It
-// returns the issuance of an active broker credential, else nil.
+// the Store does not hold is refused when the RevocationCache knows its jti
+// revoked (403 credential_revoked: the Store lost its data), else when its
+// iss is this broker's own (Deps.Issuer: 401 unknown_credential, the
+// record lost, its revocation and kept may_act unknown); one of another
+// issuer passes (not this deployment's credential). It returns the
+// issuance of an active broker credential, else nil.
 func (s *Service) brokerTokenIssuance(ctx context.Context, raw string, id *Identity) (*Issuance, error) {
 	if !strings.HasPrefix(id.JTI, PrefixIssuance) {
 		return nil, nil
@@ -830,8 +842,17 @@ func (s *Service) brokerTokenIssuance(ctx context.Context, raw string, id *Ident
 		// no longer holds: it lost its data (see RevocationCache).
 		return nil, Errorf(ErrDenied, "credential_revoked", "the identity token is a revoked credential",
 			fmt.Errorf("broker credential %s is revoked (the store no longer holds its issuance)", id.JTI))
+	case errors.Is(err, ErrNotFound) && s.d.Issuer != "" && id.Iss == s.d.Issuer:
+		// This broker's own JWT (its iss is the one the broker signs
+		// with) with no record: the Store lost it (a data loss, a
+		// failover that lost its write), since a record outlives its
+		// credential's exp by the store's retention. Its revocation and
+		// kept may_act are unknown: refused, as introspection calls it
+		// inactive; its holder exchanges again.
+		return nil, Errorf(ErrUnauthenticated, "unknown_credential", "the identity token is a broker credential this broker holds no record of",
+			fmt.Errorf("broker credential %s of this broker's issuer has no issuance record in the store", id.JTI))
 	case errors.Is(err, ErrNotFound):
-		return nil, nil // not a credential of this broker
+		return nil, nil // another issuer's token: not a credential of this broker
 	case err != nil:
 		return nil, Unavailable("store_unavailable", time.Second, err)
 	}
@@ -876,9 +897,13 @@ func (s *Service) allowBrokerToken(wl *policies.Workload, id *Identity) error {
 // checkCallerBrokerToken is checkBrokerToken for the Bearer token of a
 // protected resource's caller (introspection, the admin API): a revoked
 // broker credential is an invalid Bearer token there, 401 invalid_token
-// (RFC 6750 §3.1 names revoked tokens), with the same reason.
+// (RFC 6750 §3.1 names revoked tokens), with the same reason; so is one
+// whose issuance the store lost (unknown_credential).
 func (s *Service) checkCallerBrokerToken(ctx context.Context, raw string, id *Identity) error {
 	err := s.checkBrokerToken(ctx, raw, id)
+	if errors.Is(err, ErrUnauthenticated) {
+		return bearerError(err) // unknown_credential
+	}
 	if err == nil || !errors.Is(err, ErrDenied) {
 		return err
 	}

@@ -385,6 +385,29 @@ grants:
 			t.Errorf("%d issue events after the refusal, %d before", n, issuedBefore)
 		}
 	})
+
+	// The store loses the orchestrator JWT's issuance record (this stack's
+	// store is in memory: a restart loses it, as a Redis data loss would).
+	// The JWT still verifies (the transit key is Vault's), but its
+	// revocation and kept may_act are unknown: it is refused as actor
+	// token (401 invalid_grant, actor_unknown_credential) as introspection
+	// calls it inactive, where it used to pass unchecked.
+	t.Run("fail/orchestrator-jwt-whose-record-was-lost", func(t *testing.T) {
+		orch := env.issue(t, env.issuer.token(t, "orchestrator:support", map[string]any{"session": "run-10"}), "delegate-jwt", nil)
+		handed := url.Values{"actor_token": {orch.AccessToken}, "actor_token_type": {jwtTokenType}}
+		env.issue(t, agent, "payments-vault", handed) // accepted while its record is held
+		env.broker.Restart()
+		st, body, hdr := env.exchange(t, agent, "payments-vault", handed)
+		var eb map[string]any
+		_ = json.Unmarshal(body, &eb)
+		if _, minted := eb["access_token"]; minted || st != 401 || eb["error"] != "invalid_grant" {
+			t.Errorf("exchange with the orchestrator JWT whose record was lost = %d (error %v, issuance %v), want 401 invalid_grant and no credential", st, eb["error"], eb["issuance_id"])
+		}
+		if deny := onlyDeny(t, hdr.Get("X-Request-Id")); deny == nil || deny.Outcome == nil || deny.Outcome.Reason != "actor_unknown_credential" {
+			t.Errorf("deny event %+v (outcome %v), want reason actor_unknown_credential", deny, outcomeOf(deny))
+		}
+		env.issue(t, agent, "payments-vault", nil) // the agent on its own still exchanges
+	})
 }
 
 func outcomeOf(ev *audit.Event) any {

@@ -901,6 +901,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		AuditTimeout:     serviceAuditTimeout,
 		RefusalLimits:    cfg.RefusalLimit.limits(),
 		IntrospectLimits: cfg.IntrospectLimit.limits(),
+		// The iss of jwtMinter's JWTs: one presented as an identity token
+		// whose issuance the store lost is refused (unknown_credential).
+		Issuer: cfg.PublicURL,
 	})
 	if err != nil {
 		return err
