@@ -337,7 +337,15 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	}
 	err = s.putRevocation(dctx, rev)
 	if err != nil && !unreplicated(err) && s.revocationStored(dctx, rev.ID) {
-		err = nil // its reply lost (see blockStored)
+		// Its reply lost (see blockStored). Read back from the primary:
+		// with store.min_replicas no replica confirmed it (the write may
+		// have ended before its WAIT, or in it), so it is unconfirmed.
+		lost := err
+		err = nil
+		if s.acksReplicas() {
+			err = Unavailable(ReasonStoreUnreplicated, time.Second,
+				fmt.Errorf("the record's write failed, but it is stored (its reply was lost); no replica confirmed it: %w", lost))
+		}
 	}
 	if err != nil {
 		if unreplicated(err) {
@@ -398,6 +406,13 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	return cloneRevocation(rev), nil
 }
 
+// acksReplicas reports whether the store's writes wait for replicas
+// (ReplicaAcker; a Store that does not say is taken to).
+func (s *Service) acksReplicas() bool {
+	a, ok := s.records().(ReplicaAcker)
+	return !ok || a.AcksReplicas()
+}
+
 // blockStored reports whether the block b, whose PutBlock answered an
 // error (not store_unreplicated), is stored all the same: the reply to a
 // write the store applied was lost (a timeout after Redis wrote it, a
@@ -423,6 +438,8 @@ func (s *Service) blockStored(ctx context.Context, b Block) bool {
 }
 
 // revocationStored is blockStored for the record of the new revocation id.
+// With store.min_replicas the record found is not confirmed (acksReplicas):
+// Revoke answers it as a record the replicas did not confirm.
 func (s *Service) revocationStored(ctx context.Context, id string) bool {
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	defer cancel()
@@ -755,7 +772,7 @@ func (s *Service) mark(ctx context.Context, is *Issuance, revID string, now time
 // applies it: a mark found stored is as confirmed as one written, so
 // nothing moves and found is nil (one progress write, answered revoked).
 func (s *Service) unconfirmedMarks(marked []*Issuance, wrote map[string]bool, revoked []string, failed []RevokeFailure) ([]string, []RevokeFailure, []string) {
-	if a, ok := s.records().(ReplicaAcker); ok && !a.AcksReplicas() {
+	if !s.acksReplicas() {
 		return revoked, failed, nil
 	}
 	isFound := map[string]bool{}
