@@ -1612,6 +1612,32 @@ func (s *Store) DeploymentID(ctx context.Context) (string, error) {
 	return id, nil
 }
 
+// KeepDeploymentID puts id back as the deployment id when the store has
+// none (its data was lost while this instance ran: the revocation cache
+// writes back the blocks and revocations, and this the id, so that an
+// instance restarted later does not take the loss for one no instance ran
+// through), and returns the id stored: id, or the one another instance
+// created meanwhile. As DeploymentID's creation, it waits for the replicas
+// with MinReplicas set.
+func (s *Store) KeepDeploymentID(ctx context.Context, id string) (string, error) {
+	if id == "" {
+		return "", invalid("empty deployment id")
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	key := s.deploymentKey()
+	var got string
+	err := s.durably(ctx, key, func(c redis.Cmdable) error {
+		var err error
+		got, err = deploymentScript.Run(ctx, c, []string{key}, id).Text()
+		return err
+	})
+	if err != nil {
+		return "", s.fail("keep deployment id", err)
+	}
+	return got, nil
+}
+
 // deploymentScript: KEYS deployment; ARGV a new id. Returns the stored id,
 // storing ARGV[1] (no TTL) when there is none.
 var deploymentScript = redis.NewScript(`

@@ -1062,3 +1062,28 @@ func TestUpdateRevocationConflict(t *testing.T) {
 		}
 	})
 }
+
+// KeepDeploymentID puts the id back after a loss, and leaves one stored.
+func TestKeepDeploymentID(t *testing.T) {
+	r := harness.StartRedis(t)
+	s := newStore(t, r, redisstore.Options{Prefix: "{keep}:"})
+	ctx := context.Background()
+	id, err := s.DeploymentID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.KeepDeploymentID(ctx, "dep_other"); err != nil || got != id {
+		t.Fatalf("KeepDeploymentID over a stored id = %q, %v; want %q, left as it is", got, err, id)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	defer rdb.Close()
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.KeepDeploymentID(ctx, id); err != nil || got != id {
+		t.Fatalf("KeepDeploymentID after a loss = %q, %v; want %q", got, err, id)
+	}
+	if again, err := s.DeploymentID(ctx); err != nil || again != id {
+		t.Errorf("DeploymentID after KeepDeploymentID = %q, %v; want %q", again, err, id)
+	}
+}

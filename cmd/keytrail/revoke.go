@@ -474,6 +474,9 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 		return nil, err
 	}
 	rt.goBackground(ctx, cache.Run)
+	if rt.keepStoreID != nil {
+		rt.keepStoreID(ctx, cache.StoreLosses)
+	}
 	return cache.Store(), nil
 }
 

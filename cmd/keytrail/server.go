@@ -132,6 +132,9 @@ type brokerRuntime struct {
 	// storeLostAtStart is 1 when the start-up found that the shared store
 	// lost its data since this instance last started (checkStoreMarker).
 	storeLostAtStart uint64
+	// keepStoreID, when set, starts keepStoreID with the revocation
+	// cache's count of losses (wireRevocationCache).
+	keepStoreID func(ctx context.Context, losses func() uint64)
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
 	// verifiersClosed (under verifierMu) is set by the closer that closes
@@ -814,8 +817,20 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
-	if cfg.Store.Shared() && checkStoreMarker(ctx, storeMarkerPath(cfg.Audit.File), rt.store, log) {
-		rt.storeLostAtStart = 1 // in keytrail_store_data_losses_total
+	if cfg.Store.Shared() {
+		lost, id := checkStoreMarker(ctx, storeMarkerPath(cfg.Audit.File), rt.store, log)
+		if lost {
+			rt.storeLostAtStart = 1 // in keytrail_store_data_losses_total
+		}
+		if k, ok := rt.store.(deploymentKeeper); ok && id != "" {
+			rt.keepStoreID = func(ctx context.Context, losses func() uint64) {
+				rt.goBackground(ctx, func(ctx context.Context) error {
+					t := time.NewTicker(time.Second)
+					defer t.Stop()
+					return keepStoreID(ctx, t.C, losses, k, id, storeMarkerPath(cfg.Audit.File), log)
+				})
+			}
+		}
 	}
 	if err := m.registerSink(rt.reg, sink); err != nil {
 		return err

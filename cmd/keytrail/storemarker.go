@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/keytrail/keytrail/broker"
 )
@@ -34,33 +35,82 @@ func storeMarkerPath(auditFile string) string {
 // used: lost (or another Redis or prefix configured). It logs an ERROR and
 // reports true, once: path then holds the new id. A first start (no file)
 // reports nothing and writes it. A failure to read the store or the file
-// is logged at WARN and checks nothing: the start-up goes on.
-func checkStoreMarker(ctx context.Context, path string, st broker.Store, log *slog.Logger) bool {
+// is logged at WARN and checks nothing: the start-up goes on. id is the
+// store's deployment id ("" when it could not be read), which keepStoreID
+// keeps through a loss this instance runs through.
+func checkStoreMarker(ctx context.Context, path string, st broker.Store, log *slog.Logger) (lost bool, id string) {
 	id, err := st.DeploymentID(ctx)
 	if err != nil {
 		log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: reading the store's deployment id failed; not checked",
 			slog.String("error", err.Error()))
-		return false
+		return false, ""
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: reading "+path+" failed; not checked", slog.String("error", err.Error()))
-		return false
+		return false, id
 	}
 	was := strings.TrimSpace(string(raw))
 	if was == id {
-		return false
+		return false, id
 	}
 	if werr := writeAtomic(path, []byte(id+"\n")); werr != nil {
 		log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: keeping the store's deployment id failed", slog.String("error", werr.Error()))
 	}
 	if err != nil { // first start with this audit log
-		return false
+		return false, id
 	}
 	log.LogAttrs(ctx, slog.LevelError, "revocation store lost data while no instance ran through it "+
 		"(its deployment id is not the one this instance last started with: Redis restarted without persistence, "+
 		"flushed, or restored from before the id was made; or another Redis or prefix is configured): the blocks and "+
 		"revocations made before may be gone; block again what the audit log shows blocked (docs/RELIABILITY.md)",
 		slog.String("seen_by", "store deployment id changed"), slog.String("deployment_id_was", was), slog.String("deployment_id", id))
-	return true
+	return true, id
+}
+
+// deploymentKeeper is a shared store that can put its deployment id back
+// after a loss (redisstore.Store.KeepDeploymentID).
+type deploymentKeeper interface {
+	KeepDeploymentID(ctx context.Context, id string) (string, error)
+}
+
+// keepStoreID keeps the store's deployment id through a loss this instance
+// runs through: at each tick after losses (the revocation cache's count)
+// went up, it puts id back into the store (the cache writes back the
+// blocks and revocations; without the id, the next instance to start
+// would create a new one, and every instance that ran through the loss
+// would report it at its next start as one no instance ran through), and
+// keeps in path the id stored (another instance may have created a new
+// one first). A failure is logged at WARN (once while it lasts) and tried again at
+// the next tick.
+func keepStoreID(ctx context.Context, tick <-chan time.Time, losses func() uint64, k deploymentKeeper, id, path string, log *slog.Logger) error {
+	seen, failing := losses(), false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick:
+		}
+		n := losses()
+		if n == seen {
+			continue
+		}
+		got, err := k.KeepDeploymentID(ctx, id)
+		if err != nil {
+			if !failing { // once, not every second while the store is down
+				log.LogAttrs(ctx, slog.LevelWarn, "store data-loss: putting the store's deployment id back failed; trying again every second",
+					slog.String("error", err.Error()))
+			}
+			failing = true
+			continue
+		}
+		seen, failing = n, false
+		if got == id {
+			continue
+		}
+		id = got
+		if err := writeAtomic(path, []byte(id+"\n")); err != nil {
+			log.LogAttrs(ctx, slog.LevelWarn, "store data-loss: keeping the store's deployment id failed", slog.String("error", err.Error()))
+		}
+	}
 }
