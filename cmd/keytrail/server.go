@@ -135,6 +135,9 @@ type brokerRuntime struct {
 	// keepStoreID, when set, starts keepStoreID with the revocation
 	// cache's count of losses (wireRevocationCache).
 	keepStoreID func(ctx context.Context, losses func() uint64)
+	// keepStoreMarker, when set, writes the store's deployment id into the
+	// marker once the start event is durable (checkStoreMarker).
+	keepStoreMarker func()
 	// reloadMu serialises policy reloads (SIGHUP and the file watcher).
 	reloadMu sync.Mutex
 	// verifiersClosed (under verifierMu) is set by the closer that closes
@@ -818,7 +821,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
 	if cfg.Store.Shared() {
-		lost, id := checkStoreMarker(ctx, storeMarkerPath(cfg.Audit.File), rt.store, log)
+		lost, id, keep := checkStoreMarker(ctx, storeMarkerPath(cfg.Audit.File), rt.store, log)
+		rt.keepStoreMarker = keep
 		if lost {
 			rt.storeLostAtStart = 1 // in keytrail_store_data_losses_total
 		}
@@ -980,6 +984,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		rt.goBackground(ctx, fn)
 	}
 	rt.afterStart = nil
+	if rt.keepStoreMarker != nil {
+		// Only now: a start-up failing before this leaves the marker as
+		// it was, and the next attempt reports the loss again.
+		rt.keepStoreMarker()
+	}
 	// The policy file watcher starts once the start's policy_load event is
 	// durable: a change seen during the start-up (compared with polStamp,
 	// the files as the policy in force was read from) is loaded after it,

@@ -33,39 +33,45 @@ func storeMarkerPath(auditFile string) string {
 // last started with in path. A different one now (or, created by this
 // call, a new one) means the store's data is not the data this instance
 // used: lost (or another Redis or prefix configured). It logs an ERROR and
-// reports true, once: path then holds the new id. A first start (no file)
-// reports nothing and writes it. A failure to read the store or the file
-// is logged at WARN and checks nothing: the start-up goes on. id is the
-// store's deployment id ("" when it could not be read), which keepStoreID
-// keeps through a loss this instance runs through.
-func checkStoreMarker(ctx context.Context, path string, st broker.Store, log *slog.Logger) (lost bool, id string) {
+// reports true. A first start (no file) reports nothing. keep, when not
+// nil, writes the id into path: the caller calls it once the start-up
+// succeeded (its start event durable), so that a start-up failing after
+// this check (Vault down in a crash loop) leaves path as it was and the
+// next attempt reports the loss again, until one runs; the loss is then
+// reported once. A failure to read the store or the file is logged at WARN
+// and checks nothing: the start-up goes on. id is the store's deployment
+// id ("" when it could not be read), which keepStoreID keeps through a
+// loss this instance runs through.
+func checkStoreMarker(ctx context.Context, path string, st broker.Store, log *slog.Logger) (lost bool, id string, keep func()) {
 	id, err := st.DeploymentID(ctx)
 	if err != nil {
 		log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: reading the store's deployment id failed; not checked",
 			slog.String("error", err.Error()))
-		return false, ""
+		return false, "", nil
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: reading "+path+" failed; not checked", slog.String("error", err.Error()))
-		return false, id
+		return false, id, nil
 	}
 	was := strings.TrimSpace(string(raw))
 	if was == id {
-		return false, id
+		return false, id, nil
 	}
-	if werr := writeAtomic(path, []byte(id+"\n")); werr != nil {
-		log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: keeping the store's deployment id failed", slog.String("error", werr.Error()))
+	keep = func() {
+		if werr := writeAtomic(path, []byte(id+"\n")); werr != nil {
+			log.LogAttrs(ctx, slog.LevelWarn, "store data-loss check: keeping the store's deployment id failed", slog.String("error", werr.Error()))
+		}
 	}
 	if err != nil { // first start with this audit log
-		return false, id
+		return false, id, keep
 	}
 	log.LogAttrs(ctx, slog.LevelError, "revocation store lost data while no instance ran through it "+
 		"(its deployment id is not the one this instance last started with: Redis restarted without persistence, "+
 		"flushed, or restored from before the id was made; or another Redis or prefix is configured): the blocks and "+
 		"revocations made before may be gone; block again what the audit log shows blocked (docs/RELIABILITY.md)",
 		slog.String("seen_by", "store deployment id changed"), slog.String("deployment_id_was", was), slog.String("deployment_id", id))
-	return true, id
+	return true, id, keep
 }
 
 // deploymentKeeper is a shared store that can put its deployment id back
