@@ -36,24 +36,8 @@ func TestUnsignedResumedLongerThanCheckpointEvery(t *testing.T) {
 
 	// After the sink's own checkpoint: back to it, however far.
 	path := filepath.Join(dir, "audit.jsonl")
-	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 1000}, seams{})
-	appendN(t, s, 3)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	lines := readLines(t, path) // 3 events, the checkpoint at seq 4
-	c, err := audit.ResumeChain(lines[len(lines)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(sealUses(t, c, 2500, clk.Now())); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
+	c := closedChain(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 1000}, 3) // 3 events, the checkpoint at seq 4
+	appendFile(t, path, sealUses(t, c, 2500, clk.Now()))
 	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 1000}, seams{})
 	got = s.UnsignedResumed()
 	if err := s.Close(); err != nil {

@@ -55,14 +55,7 @@ func TestResumeWarnsOfUnsignedTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(append(forged, '\n')); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
+	appendFile(t, path, append(forged, '\n'))
 
 	logs = brokertest.SyncBuffer{}
 	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
@@ -170,16 +163,8 @@ func forgedCheckpointTail(t *testing.T, signer, forger audit.Signer, kid string)
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	clk := newClock()
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
-	appendN(t, s, 3)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	lines := readLines(t, path) // 3 events and the final checkpoint, seq 4
-	c, err := audit.ResumeChain(lines[len(lines)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	// 3 events and the final checkpoint, seq 4
+	c := closedChain(t, Options{Path: path, Now: clk.Now, Signer: signer}, 3)
 	file := sealUses(t, c, 2, clk.Now()) // seq 5, 6
 	now := clk.Now()
 	ev, err := c.Checkpoint(context.Background(), forger, "", now)
@@ -193,15 +178,7 @@ func forgedCheckpointTail(t *testing.T, signer, forger audit.Signer, kid string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	file = append(append(file, forged...), '\n') // seq 7
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(file); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
+	appendFile(t, path, append(append(file, forged...), '\n')) // seq 7
 	return path, clk
 }
 
@@ -281,31 +258,16 @@ func TestRecordResumedHoldsCheckpoints(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.jsonl")
 	clk := newClock()
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
-	appendN(t, s, 2)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	lines := readLines(t, path) // 2 events and the final checkpoint, seq 3
-	c, err := audit.ResumeChain(lines[len(lines)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(sealUses(t, c, 1, clk.Now())); err != nil { // seq 4
-		t.Fatal(err)
-	}
-	_ = f.Close()
+	// 2 events and the final checkpoint, seq 3
+	c := closedChain(t, Options{Path: path, Now: clk.Now, Signer: signer}, 2)
+	appendFile(t, path, sealUses(t, c, 1, clk.Now())) // seq 4
 	want := UnsignedRange{FirstSeq: 4, LastSeq: 4, Lines: 1, LastCheckpointSeq: 3}
 
 	// A start-up that fails: events, a checkpoint count and interval
 	// passed, a rotation due, then Close; no start event was recorded.
 	tick := make(chan time.Time)
 	o := Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 4, RotateBytes: 1, RecordResumed: true}
-	s = openT(t, o, seams{tick: tick})
+	s := openT(t, o, seams{tick: tick})
 	if r := s.UnsignedResumed(); r == nil || *r != want {
 		t.Fatalf("UnsignedResumed() = %+v, want %+v", r, want)
 	}

@@ -103,6 +103,38 @@ func readLines(t testing.TB, path string) [][]byte {
 	return bytes.Split(b, []byte{'\n'})
 }
 
+// closedChain writes n events through a sink opened with o and closes it
+// (its final checkpoint: seq n+1), and returns the chain resumed from that
+// checkpoint, to seal lines added to o.Path after it.
+func closedChain(t testing.TB, o Options, n int) *audit.Chain {
+	t.Helper()
+	s := openT(t, o, seams{})
+	appendN(t, s, n)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, o.Path)
+	c, err := audit.ResumeChain(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// appendFile appends b to the file at path, as a writer other than the
+// sink would (while no sink holds it).
+func appendFile(t testing.TB, path string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+}
+
 func readEvents(t testing.TB, path string) []*audit.Event {
 	t.Helper()
 	var evs []*audit.Event
