@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,24 +27,8 @@ import (
 // Vault behind a proxy that delays the signs once told to.
 func TestMintTimeoutFollowsVaultTimeout(t *testing.T) {
 	vp := harness.StartVault(t)
-	target, err := url.Parse(vp.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const delay = 6 * time.Second // past the old fixed 5 s
-	var slow atomic.Bool
-	rp := httputil.NewSingleHostReverseProxy(target)
-	px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if slow.Load() && strings.HasPrefix(r.URL.Path, "/v1/transit/sign/") {
-			select { // a slow Vault
-			case <-time.After(delay):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	defer px.Close()
+	px := startGatedVaultOn(t, vp, isTransitSign, delay)
 
 	iss, dir, polFile := ordersJWTPolicy(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -84,7 +66,7 @@ func TestMintTimeoutFollowsVaultTimeout(t *testing.T) {
 	if st, m := exchange(); st != 200 {
 		t.Fatalf("exchange with a fast Vault = %d %v, want 200", st, m)
 	}
-	slow.Store(true)
+	px.hold.Store(true)
 	start := time.Now()
 	st, m := exchange()
 	if st != 200 {

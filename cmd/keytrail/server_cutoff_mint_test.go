@@ -4,13 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,29 +26,8 @@ import (
 // it closes. Real Vault behind a proxy that delays the signs once told to.
 func TestMintCutOffAtShutdownKeepsItsAuditTrail(t *testing.T) {
 	vp := harness.StartVault(t)
-	target, err := url.Parse(vp.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const delay = 7 * time.Second // a slow Vault: past the old 5 s grace, within vault.timeout
-	var slow atomic.Bool
-	signing := make(chan struct{}, 1)
-	rp := httputil.NewSingleHostReverseProxy(target)
-	px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if slow.Load() && strings.HasPrefix(r.URL.Path, "/v1/transit/sign/") {
-			select {
-			case signing <- struct{}{}:
-			default:
-			}
-			select {
-			case <-time.After(delay):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	defer px.Close()
+	px := startGatedVaultOn(t, vp, isTransitSign, delay)
 
 	iss, dir, polFile := ordersJWTPolicy(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -88,14 +64,14 @@ func TestMintCutOffAtShutdownKeepsItsAuditTrail(t *testing.T) {
 		t.Fatalf("exchange with a fast Vault = %d, want 200", resp.StatusCode)
 	}
 
-	slow.Store(true)
+	px.hold.Store(true)
 	go func() {
 		if resp, err := exchange(); err == nil { // cut off: no answer
 			resp.Body.Close()
 		}
 	}()
 	select {
-	case <-signing: // the mint is in flight
+	case <-px.arrived: // the mint is in flight
 	case err := <-errc:
 		t.Fatalf("server ended: %v", err)
 	case <-time.After(30 * time.Second):

@@ -5,14 +5,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -30,30 +27,7 @@ import (
 // ctx (signal.NotifyContext); e.exit stands for os.Exit.
 func TestSecondSignalEndsTheCutOffGrace(t *testing.T) {
 	vp := harness.StartVault(t)
-	target, err := url.Parse(vp.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var slow atomic.Bool
-	signing, release := make(chan struct{}, 1), make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	rp := httputil.NewSingleHostReverseProxy(target)
-	px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if slow.Load() && strings.HasPrefix(r.URL.Path, "/v1/transit/sign/") {
-			select {
-			case signing <- struct{}{}:
-			default:
-			}
-			select { // a Vault that hangs until the test ends
-			case <-release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	defer px.Close()
+	px := startGatedVaultOn(t, vp, isTransitSign, 0) // a Vault that hangs until the test ends
 	iss, err := authntest.NewIssuer("ES256")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +64,7 @@ func TestSecondSignalEndsTheCutOffGrace(t *testing.T) {
 	readyc, done := make(chan string, 1), make(chan struct{})
 	go func() { defer close(done); _ = runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
 	defer func() { // before px.Close, which waits for the held sign: let the server end before the next test
-		open()
+		px.open()
 		select {
 		case <-done:
 		case <-time.After(3 * time.Minute):
@@ -106,7 +80,7 @@ func TestSecondSignalEndsTheCutOffGrace(t *testing.T) {
 		t.Fatal("server did not start")
 	}
 
-	slow.Store(true)
+	px.hold.Store(true)
 	go func() {
 		tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 		if err != nil {
@@ -119,7 +93,7 @@ func TestSecondSignalEndsTheCutOffGrace(t *testing.T) {
 		}
 	}()
 	select {
-	case <-signing: // the mint is in flight, held
+	case <-px.arrived: // the mint is in flight, held
 	case <-done:
 		t.Fatalf("server ended\n%s", logs.String())
 	case <-time.After(30 * time.Second):

@@ -7,12 +7,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,31 +88,7 @@ func TestBadListenerFailsBeforeVault(t *testing.T) {
 // transit sign by a proxy in front of a real Vault.
 func TestCutOffExchangeIsAuditedBeforeTheLogCloses(t *testing.T) {
 	vp := harness.StartVault(t)
-	target, err := url.Parse(vp.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hold atomic.Bool
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	var released sync.Once
-	open := func() { released.Do(func() { close(release) }) }
-	rp := httputil.NewSingleHostReverseProxy(target)
-	px := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hold.Load() && strings.HasPrefix(r.URL.Path, "/v1/transit/sign/") {
-			select {
-			case arrived <- struct{}{}:
-			default:
-			}
-			select {
-			case <-release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	defer px.Close()
-	defer open()
+	px := startGatedVaultOn(t, vp, isTransitSign, 0)
 
 	iss, dir, polFile := ordersJWTPolicy(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -134,7 +108,7 @@ func TestCutOffExchangeIsAuditedBeforeTheLogCloses(t *testing.T) {
 		t.Fatal("server did not start")
 	}
 
-	hold.Store(true)
+	px.hold.Store(true)
 	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +123,7 @@ func TestCutOffExchangeIsAuditedBeforeTheLogCloses(t *testing.T) {
 		}
 	}()
 	select {
-	case <-arrived: // the exchange is in its mint, waiting for Vault
+	case <-px.arrived: // the exchange is in its mint, waiting for Vault
 	case err := <-errc:
 		t.Fatalf("server ended: %v", err)
 	case <-time.After(30 * time.Second):
@@ -168,7 +142,7 @@ func TestCutOffExchangeIsAuditedBeforeTheLogCloses(t *testing.T) {
 			t.Fatalf("no wait for the cut-off request logged\n%s", logs.String())
 		}
 	}
-	open() // the mint completes
+	px.open() // the mint completes
 	select {
 	case err = <-errc:
 	case <-time.After(30 * time.Second):

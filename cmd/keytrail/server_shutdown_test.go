@@ -27,9 +27,11 @@ import (
 )
 
 // gatedVault puts a reverse proxy in front of vp: once hold is set, each
-// request to sys/health signals arrived and waits until release is closed
-// (or its caller gives up). /readyz asks sys/health first, so a /readyz
-// request can be held in flight for as long as a test needs.
+// request it holds signals arrived and waits until release is closed, its
+// delay (if any) has passed, or its caller gives up. startGatedVault holds
+// sys/health: /readyz asks it first, so a /readyz request can be held in
+// flight for as long as a test needs; startGatedVaultOn holds the requests
+// a test picks (a slow or hung transit sign, for a mint in flight).
 type gatedVault struct {
 	URL      string
 	hold     atomic.Bool
@@ -40,6 +42,24 @@ type gatedVault struct {
 
 func startGatedVault(t *testing.T, vp *harness.Vault) *gatedVault {
 	t.Helper()
+	// Only /readyz's health check is held: the clock watch's reading
+	// of Vault's time (sys/health too, with standbyok=true) runs in
+	// the background at start-up, and holding it instead would let
+	// the test believe a request was in flight when none was.
+	return startGatedVaultOn(t, vp, func(r *http.Request) bool {
+		return strings.HasPrefix(r.URL.Path, "/v1/sys/health") && r.URL.Query().Get("standbyok") == ""
+	}, 0)
+}
+
+// isTransitSign picks the transit signs, which a JWT mint asks Vault for.
+func isTransitSign(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/transit/sign/") }
+
+// startGatedVaultOn is startGatedVault holding the requests held picks; a
+// delay above 0 lets each go on after that long (a slow Vault) if release
+// has not been closed first. The proxy closes at the test's end, after
+// release is closed.
+func startGatedVaultOn(t *testing.T, vp *harness.Vault, held func(*http.Request) bool, delay time.Duration) *gatedVault {
+	t.Helper()
 	target, err := url.Parse(vp.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -47,17 +67,18 @@ func startGatedVault(t *testing.T, vp *harness.Vault) *gatedVault {
 	g := &gatedVault{arrived: make(chan struct{}, 1), release: make(chan struct{})}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Only /readyz's health check is held: the clock watch's reading
-		// of Vault's time (sys/health too, with standbyok=true) runs in
-		// the background at start-up, and holding it instead would let
-		// the test believe a request was in flight when none was.
-		if g.hold.Load() && strings.HasPrefix(r.URL.Path, "/v1/sys/health") && r.URL.Query().Get("standbyok") == "" {
+		if g.hold.Load() && held(r) {
 			select {
 			case g.arrived <- struct{}{}:
 			default:
 			}
+			var after <-chan time.Time // nil, never ready, without a delay
+			if delay > 0 {
+				after = time.After(delay)
+			}
 			select {
 			case <-g.release:
+			case <-after:
 			case <-r.Context().Done():
 				return
 			}
