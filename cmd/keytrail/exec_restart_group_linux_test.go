@@ -38,36 +38,9 @@ func TestExecRestartStopsWhatCMDStarted(t *testing.T) {
 }
 
 func testExecRestartStopsWhatCMDStarted(t *testing.T, grace, script string) {
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	addr := renewingBroker(t, 1)
 	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "identity")
-	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	pids := filepath.Join(dir, "pids")
-	cmd := exec.Command(self, "exec", "--identity-token-file", tokenFile, "--grant", "g", "--env", "T", "--watch", "--restart-grace", grace,
-		"--", "sh", "-c", script, "sh", pids)
-	cmd.Env = append(os.Environ(), benchChildEnv+"=1", "KEYTRAIL_ADDR="+addr)
-	// A file, not a pipe: a grandchild left running would hold a pipe
-	// open, and Wait would wait for it.
-	stderrFile, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stderrFile.Close()
-	cmd.Stderr = stderrFile
-	stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
-	// No controlling terminal, whatever the test's.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	grandchildren := func() []int {
 		b, _ := os.ReadFile(pids)
 		var out []int
@@ -78,13 +51,12 @@ func testExecRestartStopsWhatCMDStarted(t *testing.T, grace, script string) {
 		}
 		return out
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+	_, _, stderr := startExec(t, addr, dir, func(done chan error) {
 		<-done
 		for _, p := range grandchildren() {
 			_ = syscall.Kill(p, syscall.SIGKILL)
 		}
-	})
+	}, "--grant", "g", "--env", "T", "--watch", "--restart-grace", grace, "--", "sh", "-c", script, "sh", pids)
 
 	// The second CMD starts once the first is stopped.
 	waitUntil(t, "CMD to be restarted", func() bool { return len(grandchildren()) >= 2 })
@@ -118,40 +90,15 @@ func alive(pid int) bool {
 // SIGINT, SIGQUIT) keytrail forwards now go to CMD's group, as a restart's
 // do; keytrail still exits with CMD's status.
 func TestExecStopSignalReachesCMDsGroup(t *testing.T) {
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	addr := renewingBroker(t, 3600) // no renewal, no restart, during the test
 	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "identity")
-	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	pids := filepath.Join(dir, "pids")
-	cmd := exec.Command(self, "exec", "--identity-token-file", tokenFile, "--grant", "g", "--env", "T", "--watch",
-		"--", "sh", "-c", `sleep 1000 & echo $! >> "$1"; wait`, "sh", pids)
-	cmd.Env = append(os.Environ(), benchChildEnv+"=1", "KEYTRAIL_ADDR="+addr)
-	stderrFile, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stderrFile.Close()
-	cmd.Stderr = stderrFile
-	stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // no controlling terminal
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	grandchild := 0
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+	cmd, done, stderr := startExec(t, addr, dir, func(chan error) {
 		if grandchild > 0 {
 			_ = syscall.Kill(grandchild, syscall.SIGKILL)
 		}
-	})
+	}, "--grant", "g", "--env", "T", "--watch", "--", "sh", "-c", `sleep 1000 & echo $! >> "$1"; wait`, "sh", pids)
 	waitUntil(t, "CMD to start its child", func() bool {
 		b, _ := os.ReadFile(pids)
 		grandchild, _ = strconv.Atoi(strings.TrimSpace(string(b)))

@@ -4,7 +4,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,43 +20,13 @@ import (
 // SIGUSR2) or die of them with a goroutine dump, leaving CMD running
 // without its parent (SIGQUIT).
 func TestExecForwardsQuitAndUserSignals(t *testing.T) {
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	_, addr := newFakeTokenBroker(t)
 	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "identity")
-	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	signals, started := filepath.Join(dir, "signals"), filepath.Join(dir, "started")
 	script := `trap 'echo USR1 >> "$1"' USR1; trap 'echo USR2 >> "$1"' USR2; trap 'echo QUIT >> "$1"; exit 0' QUIT
 echo $$ > "$2"; while :; do sleep 0.05; done`
-	cmd := exec.Command(self, "exec", "--quiet", "--identity-token-file", tokenFile, "--grant", "payments-db", "--env", "T",
-		"--", "sh", "-c", script, "sh", signals, started)
-	cmd.Env = append(os.Environ(), benchChildEnv+"=1", "KEYTRAIL_ADDR="+addr)
-	// A file, not a pipe: a CMD left running would hold a pipe open, and
-	// Wait would wait for it.
-	stderrFile, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stderrFile.Close()
-	cmd.Stderr = stderrFile
-	stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
-	// A session of its own, without a controlling terminal: run from a
-	// terminal, the test's would take keytrail's SIGQUIT for Ctrl-\.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
+	cmd, done, stderr := startExec(t, addr, dir, func(done chan error) { <-done },
+		"--quiet", "--grant", "payments-db", "--env", "T", "--", "sh", "-c", script, "sh", signals, started)
 	waitUntil(t, "CMD to start", func() bool { b, _ := os.ReadFile(started); return strings.HasSuffix(string(b), "\n") })
 	b, _ := os.ReadFile(started)
 	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {

@@ -143,6 +143,46 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// startExec starts `keytrail exec --identity-token-file <dir>/identity
+// args...` (this test binary as keytrail) against the broker at addr, in
+// a session of its own: no controlling terminal, whatever the test's
+// (run from a terminal, the test's would take a SIGQUIT for Ctrl-\). Its
+// stderr goes to a file in dir, not a pipe: a CMD or a child of CMD left
+// running would hold a pipe open, and Wait would wait for it. done gets
+// Wait's result. At the test's end keytrail is killed, then afterKill
+// runs (wait for done, kill what CMD left running: what each test needs).
+func startExec(t *testing.T, addr, dir string, afterKill func(done chan error), args ...string) (cmd *exec.Cmd, done chan error, stderr func() string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(self, append([]string{"exec", "--identity-token-file", tokenFile}, args...)...)
+	cmd.Env = append(os.Environ(), benchChildEnv+"=1", "KEYTRAIL_ADDR="+addr)
+	stderrFile, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stderrFile.Close() })
+	cmd.Stderr = stderrFile
+	stderr = func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		afterKill(done)
+	})
+	return cmd, done, stderr
+}
+
 // waitUntil polls cond until it holds, or fails the test after 20 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
