@@ -7,11 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
-	"github.com/keytrail/keytrail/broker/authn"
-	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -128,26 +125,10 @@ func TestIntrospectRevokedCallerKeepsWorkloadBucket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verifier, err := authn.New(context.Background(), authn.Options{Issuers: pol.Issuers(), Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := twinAuthn{fake: brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}, real: verifier}
-	minter := &brokertest.Minter{}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:           func() *policies.Policy { return pol },
-		Authn:            func() broker.Authenticator { return ids },
-		Minters:          map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: jwtSigner{self}},
-		Revokers:         map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Store:            memstore.New(clock),
-		Audit:            &brokertest.Sink{},
-		Now:              clock,
-		RefusalLimits:    &broker.RefusalLimits{},
-		IntrospectLimits: broker.IntrospectLimits{PerSecond: 1, Burst: 1},
+	svc := twinService(t, self, pol, clock, func(d *broker.Deps) {
+		d.RefusalLimits = &broker.RefusalLimits{}
+		d.IntrospectLimits = broker.IntrospectLimits{PerSecond: 1, Burst: 1}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	leaked, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
 	if err != nil {

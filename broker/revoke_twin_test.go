@@ -37,6 +37,38 @@ func selfSigned(t *testing.T) (*authntest.Issuer, string) {
 	return self, policy
 }
 
+// twinService is a Service on pol (a policy of selfSigned's) whose broker
+// JWTs self signs, on a memstore, its time clock's. The k8s token
+// "payments" is a fake; every other token is verified for real, against
+// the JWKS that serves the key broker JWTs are signed with. more, if not
+// nil, sets more of its Deps.
+func twinService(t *testing.T, self *authntest.Issuer, pol *policies.Policy, clock func() time.Time, more func(*broker.Deps)) *broker.Service {
+	t.Helper()
+	verifier, err := authn.New(context.Background(), authn.Options{Issuers: pol.Issuers(), Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := twinAuthn{fake: brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}, real: verifier}
+	minter := &brokertest.Minter{}
+	deps := broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return ids },
+		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: jwtSigner{self}},
+		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
+		Store:    memstore.New(clock),
+		Audit:    &brokertest.Sink{},
+		Now:      clock,
+	}
+	if more != nil {
+		more(&deps)
+	}
+	svc, err := broker.NewService(deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
 // An ECDSA signature (r, s) has a twin (r, n-s) that verifies just as well
 // (Go's crypto/ecdsa, and so jwt/v5's ES256, accept both). Whoever holds a
 // broker JWT can thus write a second, different string that every verifier
@@ -57,26 +89,7 @@ admins:
 	if err != nil {
 		t.Fatal(err)
 	}
-	verifier, err := authn.New(context.Background(), authn.Options{Issuers: pol.Issuers(), Now: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The k8s token is a fake; every other token is verified for real,
-	// against the JWKS that serves the key broker JWTs are signed with.
-	ids := twinAuthn{fake: brokertest.Authn{"payments": identity("system:serviceaccount:payments:api", nil)}, real: verifier}
-	minter := &brokertest.Minter{}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return ids },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: jwtSigner{self}},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Store:    memstore.New(clock),
-		Audit:    &brokertest.Sink{},
-		Now:      clock,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := twinService(t, self, pol, clock, nil)
 	ctx := context.Background()
 	handoff, err := svc.Exchange(ctx, broker.ExchangeRequest{SubjectToken: "payments", Grant: "handoff-jwt"})
 	if err != nil {
