@@ -25,11 +25,7 @@ func TestUnsignedResumedLongerThanCheckpointEvery(t *testing.T) {
 	if err := os.WriteFile(crashed, sealUses(t, audit.NewChain("chn_crashed"), 1500, clk.Now()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := openT(t, Options{Path: crashed, Now: clk.Now, Signer: signer, CheckpointEvery: 1000}, seams{})
-	got := s.UnsignedResumed()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	got := openResumed(t, Options{Path: crashed, Now: clk.Now, Signer: signer, CheckpointEvery: 1000})
 	if want := (UnsignedRange{FirstSeq: 1, LastSeq: 1500, Lines: 1500}); got == nil || *got != want {
 		t.Errorf("UnsignedResumed() of 1500 lines without checkpoint = %+v, want %+v", got, want)
 	}
@@ -38,11 +34,7 @@ func TestUnsignedResumedLongerThanCheckpointEvery(t *testing.T) {
 	path := filepath.Join(dir, "audit.jsonl")
 	c := closedChain(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 1000}, 3) // 3 events, the checkpoint at seq 4
 	appendFile(t, path, sealUses(t, c, 2500, clk.Now()))
-	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 1000}, seams{})
-	got = s.UnsignedResumed()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	got = openResumed(t, Options{Path: path, Now: clk.Now, Signer: signer, CheckpointEvery: 1000})
 	if want := (UnsignedRange{FirstSeq: 5, LastSeq: 2504, Lines: 2500, LastCheckpointSeq: 4}); got == nil || *got != want {
 		t.Errorf("UnsignedResumed() of 2500 lines after the checkpoint at seq 4 = %+v, want %+v", got, want)
 	}
@@ -88,11 +80,7 @@ func TestResumeAsksVerifyOwnOncePerUnknownKid(t *testing.T) {
 		t.Fatal(err)
 	}
 	var calls atomic.Int64
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: countingOwn{selfChecking{ed}, &calls}}, seams{})
-	got := s.UnsignedResumed()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	got := openResumed(t, Options{Path: path, Now: clk.Now, Signer: countingOwn{selfChecking{ed}, &calls}})
 	if want := (UnsignedRange{FirstSeq: 1, LastSeq: 150, Lines: 150}); got == nil || *got != want {
 		t.Errorf("UnsignedResumed() = %+v, want %+v", got, want)
 	}

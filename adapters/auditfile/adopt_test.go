@@ -194,11 +194,7 @@ func testResumeForgedCheckpoint(t *testing.T, ownKid bool) {
 	path, clk := forgedCheckpointTail(t, signer, other, kid)
 
 	var logs brokertest.SyncBuffer
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
-	got := s.UnsignedResumed()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	got := openResumed(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	want := &UnsignedRange{FirstSeq: 5, LastSeq: 7, Lines: 3, LastCheckpointSeq: 4}
 	if got == nil || *got != *want {
 		t.Errorf("UnsignedResumed() = %+v, want %+v", got, want)
@@ -238,11 +234,7 @@ func TestUnsignedResumed(t *testing.T) {
 	if err := os.WriteFile(crashed, sealUses(t, audit.NewChain("chn_crashed"), 2, clk.Now()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s = openT(t, Options{Path: crashed, Now: clk.Now, Signer: signer}, seams{})
-	got := s.UnsignedResumed()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	got := openResumed(t, Options{Path: crashed, Now: clk.Now, Signer: signer})
 	if want := (UnsignedRange{FirstSeq: 1, LastSeq: 2, Lines: 2}); got == nil || *got != want {
 		t.Errorf("UnsignedResumed() of a crashed chain = %+v, want %+v", got, want)
 	}
@@ -349,17 +341,13 @@ func TestResumeForgedTransitCheckpointDoesNotEndUnsignedTail(t *testing.T) {
 	other, _ := newSigner(t)
 	path, clk := forgedCheckpointTail(t, signer, selfChecking{other}, "") // kid own:1, another key
 
-	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
-	got := s.UnsignedResumed()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	got := openResumed(t, Options{Path: path, Now: clk.Now, Signer: signer})
 	want := &UnsignedRange{FirstSeq: 5, LastSeq: 7, Lines: 3, LastCheckpointSeq: 4}
 	if got == nil || *got != *want {
 		t.Errorf("UnsignedResumed() = %+v, want %+v", got, want)
 	}
 	// Its own checkpoints still end the range: a clean stop adopts none.
-	s = openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
+	s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer}, seams{})
 	if r := s.UnsignedResumed(); r != nil {
 		t.Errorf("UnsignedResumed() after a clean stop = %+v, want nil", r)
 	}

@@ -135,6 +135,18 @@ func appendFile(t testing.TB, path string, b []byte) {
 	_ = f.Close()
 }
 
+// openResumed opens a sink with o and closes it, and returns the range of
+// lines no checkpoint covered that it adopted (UnsignedResumed).
+func openResumed(t testing.TB, o Options) *UnsignedRange {
+	t.Helper()
+	s := openT(t, o, seams{})
+	r := s.UnsignedResumed()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func readEvents(t testing.TB, path string) []*audit.Event {
 	t.Helper()
 	var evs []*audit.Event
