@@ -34,15 +34,7 @@ func TestMintTimeoutFollowsVaultTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	readyc, errc := goServer(t, ctx, dir, polFile, px.URL, vp.RootToken, func(c *Config) { c.Vault.Timeout = duration(12 * time.Second) })
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + awaitServing(t, readyc, errc)
 	defer func() { cancel(); <-errc }()
 
 	exchange := func() (int, map[string]any) {

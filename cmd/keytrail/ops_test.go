@@ -408,15 +408,7 @@ func TestReloadedJWTGrantKeyIsInJWKS(t *testing.T) {
 	writePol("orders-jwt", "")
 
 	readyc, errc := goServer(t, ctx, dir, polFile, vp.Addr, vp.RootToken)
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + awaitServing(t, readyc, errc)
 	defer func() { cancel(); <-errc }()
 
 	exchange := func(grant string) (int, map[string]any) {

@@ -38,15 +38,7 @@ func TestMintCutOffAtShutdownKeepsItsAuditTrail(t *testing.T) {
 		c.ShutdownTimeout = duration(500 * time.Millisecond)
 		c.Log.Level = "info"
 	})
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + awaitServing(t, readyc, errc)
 	exchange := func() (*http.Response, error) {
 		tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
 		if err != nil {

@@ -98,15 +98,7 @@ func TestCutOffExchangeIsAuditedBeforeTheLogCloses(t *testing.T) {
 		c.ShutdownTimeout = duration(200 * time.Millisecond)
 		c.Log.Level = "info"
 	})
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + awaitServing(t, readyc, errc)
 
 	px.hold.Store(true)
 	tok, err := iss.Token("system:serviceaccount:payments:api", "keytrail", time.Now(), 10*time.Minute)
@@ -188,15 +180,7 @@ func TestServeFailureShutsTheServerDown(t *testing.T) {
 		}}
 	readyc, errc := make(chan string, 1), make(chan error, 1)
 	go func() { errc <- runServer(ctx, e, cfg, func(a string) { readyc <- a }) }()
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + awaitServing(t, readyc, errc)
 	ln := <-lnc
 
 	gate.hold.Store(true)

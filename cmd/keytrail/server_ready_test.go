@@ -84,13 +84,7 @@ func startTestServer(t *testing.T, ctx context.Context, vaultAddr, token string,
 		t.Fatal(err)
 	}
 	readyc, errc := goServer(t, ctx, dir, pol, vaultAddr, token, mods...)
-	select {
-	case addr = <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	addr = awaitServing(t, readyc, errc)
 	return addr, errc
 }
 

@@ -214,15 +214,7 @@ func TestPolicyChangedDuringStartupIsLoaded(t *testing.T) {
 		t.Fatal(err)
 	}
 	releaseOnce.Do(func() { close(release) })
-	var base string
-	select {
-	case a := <-readyc:
-		base = "http://" + a
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	base := "http://" + awaitServing(t, readyc, errc)
 	defer func() { cancel(); <-errc }()
 
 	// The policy file added during start-up must be loaded (the watcher
@@ -372,13 +364,7 @@ func serveTestPolicy(t *testing.T, mods ...func(*Config)) (vp *harness.Vault, ca
 		t.Fatal(err)
 	}
 	readyc, errc := goServer(t, ctx, dir, pol, vp.Addr, vp.RootToken, mods...)
-	select {
-	case <-readyc:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("server did not start")
-	}
+	awaitServing(t, readyc, errc)
 	return vp, cancel, errc
 }
 
@@ -389,6 +375,20 @@ func serveTestPolicy(t *testing.T, mods ...func(*Config)) (vp *harness.Vault, ca
 func goServer(t *testing.T, ctx context.Context, dir, policy, vaultAddr, token string, mods ...func(*Config)) (readyc chan string, errc chan error) {
 	t.Helper()
 	return goServerLog(t, ctx, io.Discard, dir, policy, vaultAddr, token, mods...)
+}
+
+// awaitServing waits until the server goServer started serves (up to 60
+// s), and returns its address; the test fails if runServer returns first.
+func awaitServing(t *testing.T, readyc chan string, errc chan error) (addr string) {
+	t.Helper()
+	select {
+	case addr = <-readyc:
+	case err := <-errc:
+		t.Fatalf("server: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not start")
+	}
+	return addr
 }
 
 // goServerLog is goServer with the server's log (stderr) on stderr.
