@@ -107,3 +107,90 @@ func TestEnqueueRefusesWhenItWouldWait(t *testing.T) {
 	default:
 	}
 }
+
+// TestEnqueueDoesNotWaitForAClosePending: with the writer stuck (an fsync
+// that hangs) and its queue full, an Append waits for room holding mu's
+// read lock, and a Close (shutdown, after shutdown_timeout and the grace
+// for cut-off requests) waits for the write lock behind it. Enqueue must
+// not queue up behind that Close (a blocking RLock) but report false at
+// once, so that the exchange appends on a goroutine of its own and its
+// AuditTimeout still bounds its wait (it then revokes the credential and
+// answers 503) instead of hanging with the credential minted.
+func TestEnqueueDoesNotWaitForAClosePending(t *testing.T) {
+	fl := &faults{}
+	gate, syncing := make(chan struct{}), make(chan struct{})
+	fl.set(func(f *faults) { f.syncGate = gate; f.onSync = func() { close(syncing) } })
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s := openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 1, DeferFor: time.Hour}, faultSeams(fl))
+	var release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(gate) }) }) // before Close
+	stuck := make(chan error, 1)
+	go func() { stuck <- s.Append(context.Background(), &audit.Event{Type: "stuck"}) }()
+	select { // the writer is in the fsync that hangs
+	case <-syncing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fsync within 10s")
+	}
+	first := make(chan error, 1)
+	if !s.Enqueue(&audit.Event{Type: "first"}, func(err error) { first <- err }) {
+		t.Fatal("Enqueue() = false with room in the queue (MaxBatch 1)")
+	}
+	waiting := make(chan error, 1)
+	go func() { waiting <- s.Append(context.Background(), &audit.Event{Type: "waiting"}) }()
+	poll := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s", what)
+			}
+		}
+	}
+	poll("the Append waits for room holding the read lock", func() bool {
+		if s.mu.TryLock() {
+			s.mu.Unlock()
+			return false
+		}
+		return true
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	poll("Close waits for the write lock", func() bool {
+		if s.mu.TryRLock() {
+			s.mu.RUnlock()
+			return false
+		}
+		return true
+	})
+	queued := make(chan bool, 1)
+	called := make(chan error, 1)
+	go func() { queued <- s.Enqueue(&audit.Event{Type: "late"}, func(err error) { called <- err }) }()
+	var ok, returned bool
+	select {
+	case ok = <-queued:
+		returned = true
+		if ok {
+			t.Error("Enqueue() = true while Close is under way")
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Enqueue() waited (10s) for a Close under way instead of reporting false")
+	}
+	release.Do(func() { close(gate) })
+	for _, c := range []chan error{stuck, first, waiting} {
+		if err := waitDone(t, c); err != nil {
+			t.Errorf("an event queued before Close: %v, want nil", err)
+		}
+	}
+	if err := waitDone(t, closed); err != nil {
+		t.Logf("Close() = %v", err)
+	}
+	if !returned {
+		ok = <-queued // once Close is done
+	}
+	if !ok {
+		select {
+		case err := <-called:
+			t.Errorf("done called (%v) for an event Enqueue refused", err)
+		default:
+		}
+	}
+}

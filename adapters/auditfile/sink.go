@@ -985,7 +985,7 @@ func (s *Sink) Append(ctx context.Context, ev *audit.Event) error {
 }
 
 // Enqueue hands ev to the writer as Append does when that needs no wait:
-// the sink is open and its queue has room. The writer then calls done
+// the sink is open (no Close under way) and its queue has room. The writer then calls done
 // once, from its goroutine, with what Append would have returned (nil once
 // the event is durable); done must not block. Enqueue reports whether ev
 // was queued: when not, nothing was written or held and done is never
@@ -1000,7 +1000,13 @@ func (s *Sink) Enqueue(ev *audit.Event, done func(error)) bool {
 		ev.RequestID = broker.NewID(broker.PrefixRequest)
 	}
 	r := &request{ev: ev, deferred: done, waits: true}
-	s.mu.RLock()
+	// Not RLock: it waits while Close waits for the write lock, which it
+	// does for as long as an Append holds the read lock waiting for room
+	// (a disk whose writes hang). A Close under way is a sink closing:
+	// false, as for a closed one.
+	if !s.mu.TryRLock() {
+		return false
+	}
 	defer s.mu.RUnlock()
 	if s.closed {
 		return false
