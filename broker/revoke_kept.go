@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
 	"time"
 )
@@ -38,7 +39,7 @@ const (
 // keepRevocation encodes r (see keptRev).
 func keepRevocation(r *Revocation) keptRev {
 	b := make([]byte, 8, 128)
-	binary.LittleEndian.PutUint64(b, uint64(r.CreatedAt.UnixNano()))
+	binary.LittleEndian.PutUint64(b, uint64(keptCreatedAt(r.CreatedAt)))
 	if c, ok := compactRevocation(b, r); ok {
 		return keptRev(c)
 	}
@@ -49,6 +50,20 @@ func keepRevocation(r *Revocation) keptRev {
 		return keptRev(b[:8])
 	}
 	return keptRev(append(append(b, keptJSON), raw...))
+}
+
+// keptCreatedAt is t's UnixNano, or, for a time out of its range (before
+// 1678, after 2261; kept in the JSON form), the nearest it holds: on the
+// same side of any Window's cutoff (keepRecords drops a record created
+// before it), as UnixNano's own wrapped value is not.
+func keptCreatedAt(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // keptTime reports whether t is kept exactly as the UnixNano of a UTC
