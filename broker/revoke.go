@@ -3460,6 +3460,15 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	for w, lb := range c.lostBlocks {
 		_, listed := blocked[w]
 		switch {
+		case lb.writing:
+			// Being written back (restoreLost runs next to the
+			// refreshes): kept until the write has answered and a later
+			// listing holds it, so that an unblock whose delete came
+			// before the write landed deletes it again (undo) instead
+			// of leaving it standing.
+			if !listed {
+				blocked[w] = lb.b
+			}
 		case listed, lb.restored != 0 && lb.restored < gen:
 			// The Store holds a block of w again; or it held the one
 			// written back before this listing started, and no longer
