@@ -73,10 +73,18 @@ func keptTime(t time.Time) bool {
 }
 
 func compactRevocation(b []byte, r *Revocation) ([]byte, bool) {
+	// What the compact form does not carry, down to the selector's and
+	// each failure's fields (one added later takes the JSON form).
 	rest := *r
-	rest.ID, rest.Selector, rest.Reason, rest.Block, rest.Admin, rest.Matched = "", RevokeSelector{}, "", false, "", 0
+	rest.ID, rest.Reason, rest.Block, rest.Admin, rest.Matched = "", "", false, "", 0
+	rest.Selector.IssuanceID, rest.Selector.SessionID, rest.Selector.Workload, rest.Selector.Owner = "", "", "", ""
 	rest.CreatedAt, rest.SweepAt, rest.CompletedAt = time.Time{}, time.Time{}, time.Time{}
 	rest.Revoked, rest.Pending, rest.Failed, rest.Blocks, rest.SweptBy, rest.SweptEarlier = nil, nil, nil, nil, "", nil
+	for _, f := range r.Failed {
+		if f.IssuanceID, f.Error = "", ""; !reflect.ValueOf(f).IsZero() {
+			return nil, false
+		}
+	}
 	if !reflect.ValueOf(rest).IsZero() || !keptTime(r.CreatedAt) ||
 		(!r.SweepAt.IsZero() && !keptTime(r.SweepAt)) || (!r.CompletedAt.IsZero() && !keptTime(r.CompletedAt)) {
 		return nil, false

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -133,4 +134,55 @@ func canonJSON(t *testing.T, b []byte) []byte {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// Every field of a selector and of a failure, set alone, survives the
+// kept form: one the compact form does not carry (added later) must take
+// the JSON form, not be dropped, as a top-level field of Revocation does.
+func TestKeptRevocationKeepsEveryNestedField(t *testing.T) {
+	at := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	for _, typ := range []reflect.Type{reflect.TypeFor[RevokeSelector](), reflect.TypeFor[RevokeFailure]()} {
+		for i := range typ.NumField() {
+			v := reflect.New(typ).Elem()
+			if !setNonZero(v.Field(i)) {
+				t.Fatalf("%s.%s: a %s this test cannot set: extend setNonZero", typ.Name(), typ.Field(i).Name, typ.Field(i).Type)
+			}
+			r := &Revocation{ID: "rev_1", CreatedAt: at, Failed: []RevokeFailure{}}
+			if typ == reflect.TypeFor[RevokeSelector]() {
+				r.Selector = v.Interface().(RevokeSelector)
+			} else {
+				r.Failed = []RevokeFailure{v.Interface().(RevokeFailure)}
+			}
+			want, _ := json.Marshal(r)
+			got, err := keepRevocation(r).revocation()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gotJSON, _ := json.Marshal(got); string(gotJSON) != string(want) {
+				t.Errorf("%s.%s set:\n got %s\nwant %s", typ.Name(), typ.Field(i).Name, gotJSON, want)
+			}
+		}
+	}
+}
+
+func setNonZero(v reflect.Value) bool {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		v.SetInt(7)
+	case reflect.Slice:
+		v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+		return setNonZero(v.Index(0)) || true
+	case reflect.Struct:
+		if v.NumField() == 0 || !v.Field(0).CanSet() {
+			return false
+		}
+		return setNonZero(v.Field(0))
+	default:
+		return false
+	}
+	return true
 }
