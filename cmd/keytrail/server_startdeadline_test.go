@@ -245,3 +245,128 @@ func TestStartupTimeoutExitsWhenTheStartupIgnoresIt(t *testing.T) {
 		t.Errorf("log does not say why the process exits, naming the step\n%s", l)
 	}
 }
+
+// TestStartupTimeoutHardExitNextStartResumes: the state a hard exit
+// (startupCloseGrace after startup_timeout, nothing closed) leaves behind
+// is one the next start takes up: here the start-up adopted a line no
+// checkpoint covered and hung on its start event's write (the line
+// written, the writer never told, the journal on). The audit directory as
+// it stood at the exit is put back after the in-process runServer (which
+// cannot os.Exit) ended, and a second start must serve, stop cleanly and
+// leave a file audit verify accepts: every line signed, each start event's
+// unsigned_resumed record matching the lines no checkpoint covered.
+func TestStartupTimeoutHardExitNextStartResumes(t *testing.T) {
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	newCfg := func() *Config {
+		cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
+		cfg.applyDefaults()
+		st := duration(10 * time.Second)
+		cfg.StartupTimeout = &st
+		return cfg
+	}
+	serveAndStop := func(name string) {
+		t.Helper()
+		var logs brokertest.SyncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		readyc, errc := make(chan string, 1), make(chan error, 1)
+		go func() {
+			errc <- runServer(ctx, startupDeadlineEnv(&logs, make(chan int, 1)), newCfg(), func(a string) { readyc <- a })
+		}()
+		select {
+		case <-readyc:
+		case err := <-errc:
+			t.Fatalf("%s: %v\n%s", name, err, logs.String())
+		case <-time.After(60 * time.Second):
+			t.Fatalf("%s did not serve\n%s", name, logs.String())
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, logs.String())
+		}
+	}
+	serveAndStop("first start")
+	data, c := resumeAuditFile(t, auditPath)
+	added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: "req_added", IssuanceID: "iss_ADDED", Workload: "payments-api"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(auditPath, append(append(data, added...), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The start-up that hangs on its start event and is exited.
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(&logs, exited)
+	e.startupCloseGrace = 2 * time.Second
+	var hold atomic.Bool
+	hold.Store(true)
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	defer open()
+	e.auditWritten = func() {
+		if hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = runServer(context.Background(), e, newCfg(), nil) }()
+	select {
+	case <-held:
+	case <-done:
+		t.Fatalf("server ended\n%s", logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the start-up never wrote its start event\n%s", logs.String())
+	}
+	select {
+	case <-exited:
+	case <-done:
+		t.Fatalf("runServer returned while its start event's write hangs\n%s", logs.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no exit within 90s\n%s", logs.String())
+	}
+	// The files as the exit leaves them.
+	snap := map[string][]byte{}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, de := range ents {
+		if de.Type().IsRegular() {
+			snap[de.Name()] = mustRead(t, filepath.Join(dir, de.Name()))
+		}
+	}
+	open()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("runServer did not end once the write was released\n%s", logs.String())
+	}
+	ents, err = os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, de := range ents {
+		if _, ok := snap[de.Name()]; !ok {
+			if err := os.RemoveAll(filepath.Join(dir, de.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for name, b := range snap {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	serveAndStop("the start after the exit")
+	out, stderr, err := runCLI(t, nil, "audit", "verify", "--key", auditPath+".checkpoint.pub", "--require-checkpoint", auditPath)
+	if err != nil || strings.Contains(out+stderr, "WARN") {
+		t.Errorf("audit verify after the exit and a clean restart: %v\n%s%s\n%s", err, out, stderr, mustRead(t, auditPath))
+	}
+}
