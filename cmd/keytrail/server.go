@@ -821,6 +821,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	}
 	log.Info("deployment", slog.String("deployment", rt.deployment), slog.Bool("configured", cfg.Deployment != ""))
 	if cfg.Store.Shared() {
+		// The marker is on the audit log's disk: a hang there is named so.
+		rt.waiting("the store's deployment id kept next to the audit log (store, audit.file)")
 		lost, id, keep := checkStoreMarker(ctx, storeMarkerPath(cfg.Audit.File), rt.store, log)
 		rt.keepStoreMarker = keep
 		if lost {
@@ -987,6 +989,7 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	if rt.keepStoreMarker != nil {
 		// Only now: a start-up failing before this leaves the marker as
 		// it was, and the next attempt reports the loss again.
+		rt.waiting("the store's deployment id kept next to the audit log (store, audit.file)")
 		rt.keepStoreMarker()
 	}
 	// The policy file watcher starts once the start's policy_load event is

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -368,5 +369,55 @@ func TestStartupTimeoutHardExitNextStartResumes(t *testing.T) {
 	out, stderr, err := runCLI(t, nil, "audit", "verify", "--key", auditPath+".checkpoint.pub", "--require-checkpoint", auditPath)
 	if err != nil || strings.Contains(out+stderr, "WARN") {
 		t.Errorf("audit verify after the exit and a clean restart: %v\n%s%s\n%s", err, out, stderr, mustRead(t, auditPath))
+	}
+}
+
+// TestStartupTimeoutNamesTheStoreMarkerWait: with Redis, the start-up
+// reads (and on a first start or a loss writes) the store's deployment id
+// kept next to the audit log (.<audit file>.store, checkStoreMarker), on
+// the audit log's disk, after the deployment id's store read. A start-up
+// stuck there (a disk that hangs; here the marker is a FIFO nobody
+// writes, whose read waits for ever and ignores the cancel) was reported
+// as waiting for "the deployment id (store)": an operator looked at Redis
+// while the audit disk hung. The ERROR names the marker, the store and
+// audit.file.
+func TestStartupTimeoutNamesTheStoreMarkerWait(t *testing.T) {
+	rd := harness.StartRedis(t)
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
+	cfg.Store.RedisURL = rd.URL()
+	cfg.applyDefaults()
+	st := duration(10 * time.Second)
+	cfg.StartupTimeout = &st
+	marker := storeMarkerPath(cfg.Audit.File)
+	if err := syscall.Mkfifo(marker, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(&logs, exited)
+	e.startupCloseGrace = 2 * time.Second
+	done := make(chan struct{})
+	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	t.Cleanup(func() {
+		// A writer that closes at once: the marker's read sees its end.
+		if f, err := os.OpenFile(marker, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+		}
+	})
+	select {
+	case <-exited:
+	case <-done:
+		t.Fatalf("runServer returned while the marker's read hangs\n%s", logs.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no exit within 90s (startup_timeout 10s)\n%s", logs.String())
+	}
+	if l := logs.String(); !strings.Contains(l, `waiting_for="the store's deployment id kept next to the audit log (store, audit.file)"`) {
+		t.Errorf("the ERROR does not name the marker next to the audit log\n%s", l)
 	}
 }
