@@ -758,6 +758,9 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		})
 	}
 
+	// The key files (the default one next to the audit log, on its disk:
+	// the start-up's first touch of it, where a hung disk stops it).
+	rt.waiting("the audit checkpoint key (audit.checkpoint_key_file, or the default next to audit.file)")
 	var signer audit.Signer
 	keyFile := cfg.Audit.CheckpointKeyFile
 	if keyFile == "" && cfg.Audit.CheckpointTransitKey == "" {

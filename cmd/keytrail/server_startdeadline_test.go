@@ -421,3 +421,53 @@ func TestStartupTimeoutNamesTheStoreMarkerWait(t *testing.T) {
 		t.Errorf("the ERROR does not name the marker next to the audit log\n%s", l)
 	}
 }
+
+// TestStartupTimeoutNamesTheCheckpointKeyWait: without a configured key
+// the start-up reads (on a first start creates) the checkpoint key next
+// to the audit log, on its disk, before it opens the log: the first place
+// a hung audit disk stops it. startup_timeout's ERROR named the step
+// before (here "the Vault login (vault.address)"; with Redis the store).
+// Here the public key's path is a FIFO nobody reads, so its write waits
+// for ever and ignores the cancel.
+func TestStartupTimeoutNamesTheCheckpointKeyWait(t *testing.T) {
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
+	cfg.applyDefaults()
+	st := duration(10 * time.Second)
+	cfg.StartupTimeout = &st
+	pub := cfg.Audit.File + ".checkpoint.pub"
+	if err := syscall.Mkfifo(pub, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(&logs, exited)
+	e.startupCloseGrace = 2 * time.Second
+	done := make(chan struct{})
+	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	t.Cleanup(func() {
+		// A reader: the key's write goes through.
+		if f, err := os.OpenFile(pub, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
+			defer f.Close()
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+				select {
+				case <-done:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				_, _ = io.Copy(io.Discard, f)
+			}
+		}
+	})
+	select {
+	case <-exited:
+	case <-done:
+		t.Fatalf("runServer returned while the key's write hangs\n%s", logs.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no exit within 90s (startup_timeout 10s)\n%s", logs.String())
+	}
+	if l := logs.String(); !strings.Contains(l, `waiting_for="the audit checkpoint key (audit.checkpoint_key_file, or the default next to audit.file)"`) {
+		t.Errorf("the ERROR does not name the checkpoint key\n%s", l)
+	}
+}
