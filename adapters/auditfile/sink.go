@@ -157,7 +157,8 @@ type Stats struct {
 	Seq                uint64 // seq of the last durable line
 	// CheckpointSeq is the seq of the last durable checkpoint line; 0
 	// when there is none, or when Open found none (of its own) in the
-	// file it resumed and none was written since.
+	// file it resumed, or checked none (maxFailedChecks), and none was
+	// written since.
 	CheckpointSeq uint64
 	Healthy       bool // the last write succeeded
 }
@@ -290,6 +291,12 @@ type Sink struct {
 	// Vault call each when it could not read its keys), so that a long
 	// range of another key's checkpoints costs one call per key id.
 	unknownKids map[string]bool
+	// failedChecks counts the checkpoint signatures Open checked that did
+	// not end the count (ownCheckpoint); past maxFailedChecks it checks
+	// no more, and capWarned says it logged so.
+	failedChecks int
+	capWarned    bool
+	capSeq       uint64 // the first checkpoint line not checked
 	// holdCP: no checkpoint until the caller recorded resumed
 	// (Options.RecordResumed, ResumedRecorded).
 	holdCP atomic.Bool
@@ -510,7 +517,7 @@ func (s *Sink) load() error {
 		if last, sinceCP, cpSeq, err = s.lastRotatedLine(); err != nil {
 			return err
 		}
-	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint); err != nil {
+	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint, s.scanProgress(s.o.Path, end)); err != nil {
 		return fmt.Errorf("auditfile: read the lines after the last checkpoint: %w", err)
 	}
 	now := s.o.Now()
@@ -542,6 +549,12 @@ func (s *Sink) load() error {
 				// the old key signed are counted too: say why.
 				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report back to the last checkpoint by this broker's key, or to the file's first line; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, the lines counted from its first)"
 				attrs = append(attrs, "unchecked_checkpoint_seq", s.unchecked, "unchecked_key_id", s.uncheckedKey)
+			}
+			if s.capWarned {
+				// A checkpoint of its own may be before the range's first
+				// line: it was not checked (mayCheck).
+				msg += "; the checkpoints from unchecked_from_seq back were counted in without a check (too many after them did not verify: an over-report)"
+				attrs = append(attrs, "unchecked_from_seq", s.capSeq)
 			}
 			s.log.Warn(msg, attrs...)
 		}
@@ -752,7 +765,7 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 	}
 	last, end, err := lastLine(f, fi.Size())
 	if err == nil {
-		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint)
+		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint, s.scanProgress(path, end))
 	}
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
@@ -771,12 +784,16 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 // Only lines that name a checkpoint are parsed (a scan of the rest counts
 // their newlines): one that does not parse is counted too, an over-report
 // rather than an end. cpSeq is 0 when no checkpoint ends the count before
-// the file's first line.
-func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) bool) (n int, cpSeq uint64, err error) {
+// the file's first line. progress is called with the bytes read so far
+// each time they pass another scanLogBytes (a long read back: start-up
+// is not silent while it lasts).
+func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) bool, progress func(read int64)) (n int, cpSeq uint64, err error) {
 	const chunk = 64 << 10
 	word := []byte(audit.TypeCheckpoint)
 	var buf []byte // r[pos:pos+len(buf)]: whole lines not counted yet
 	pos := end
+	every := max(scanLogBytes, 1)
+	next := every // the bytes read at which progress is called next
 	for {
 		i := -1 // the newline before buf's last line
 		if len(buf) > 0 {
@@ -793,6 +810,10 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) b
 				return 0, 0, err
 			}
 			buf = append(b, buf...)
+			if read := end - pos; read >= next && progress != nil {
+				progress(read)
+				next = (read/every + 1) * every
+			}
 			continue
 		}
 		if len(buf) == 0 {
@@ -809,6 +830,50 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) b
 	}
 }
 
+// scanLogBytes is how many bytes Open reads back to the last checkpoint
+// between two INFO lines saying so (eventsSinceCheckpoint): a file with
+// no checkpoint of the sink's (never checkpointed, or the first start
+// after a change of checkpoint key) is read whole, seconds a GB (3.3 s for
+// 1 GB in the page cache on the reference machine). A variable for tests.
+var scanLogBytes int64 = 256 << 20
+
+// scanProgress logs the progress of Open's read back through the first
+// end bytes of the file at path (eventsSinceCheckpoint).
+func (s *Sink) scanProgress(path string, end int64) func(read int64) {
+	var file []any // s.log names s.o.Path
+	if path != s.o.Path {
+		file = []any{"file", path} // the newest rotated file
+	}
+	return func(read int64) {
+		s.log.Info("audit: start-up is reading the audit file back to its last checkpoint, to count the lines no checkpoint covers",
+			append(file, "bytes_read", read, "of_bytes", end)...)
+	}
+}
+
+// maxFailedChecks bounds the checkpoint signatures Open checks that do
+// not end the count (ownCheckpoint): whoever can write the file could
+// otherwise add lines typed checkpoint under the sink's key id, each a
+// signature check (a VerifyOwn for a transit signer, a Vault call when it
+// cannot read its keys), 100,000 of them 17 s of start-up. Past it,
+// further checkpoint lines are counted among the adopted lines
+// unchecked: a genuine checkpoint behind them too, an over-report (the
+// range is longer, never shorter). audit verify checks them all.
+const maxFailedChecks = 100
+
+// mayCheck reports whether ownCheckpoint may check the signature of the
+// checkpoint line ev (maxFailedChecks), and logs once when it may not.
+func (s *Sink) mayCheck(ev *audit.Event) bool {
+	if s.failedChecks < maxFailedChecks {
+		return true
+	}
+	if !s.capWarned {
+		s.capWarned, s.capSeq = true, ev.Seq
+		s.log.Warn("audit: stopped checking checkpoint signatures while reading back to the last checkpoint: failed_checks lines typed checkpoint did not verify (forged, or by a key this broker cannot check); the checkpoints from unchecked_from_seq back are counted among the lines no checkpoint covers without being checked (an over-report; audit verify checks them all)",
+			"failed_checks", s.failedChecks, "unchecked_from_seq", ev.Seq)
+	}
+	return false
+}
+
 // ownCheckpoint reports whether the checkpoint line ev (found by
 // eventsSinceCheckpoint) ends the lines no checkpoint covers: it must sign
 // the line before it (head_seq, head_hash); and when it names the key of
@@ -822,7 +887,8 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) b
 // cannot read) does not end the count either: the lines it would cover are
 // reported as adopted (back to the file's first line), an over-report
 // after a deliberate change of key rather than lines hidden from the start
-// event by a forged line.
+// event by a forged line. Past maxFailedChecks checks that did not end the
+// count, no checkpoint ends it (mayCheck).
 func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 	cp := ev.Checkpoint
 	if cp == nil || cp.HeadSeq+1 != ev.Seq || cp.HeadHash != ev.Prev {
@@ -840,6 +906,9 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 			s.passedUnchecked(ev)
 			return false
 		}
+		if !s.mayCheck(ev) {
+			return false
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), signTimeout)
 		known, good := v.VerifyOwn(ctx, cp.KeyID, msg, sig)
 		cancel()
@@ -850,7 +919,11 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 			s.unknownKids[cp.KeyID] = true
 			s.passedUnchecked(ev)
 		}
-		return known && good && cp.Alg == s.o.Signer.Alg()
+		ok := known && good && cp.Alg == s.o.Signer.Alg()
+		if !ok {
+			s.failedChecks++
+		}
+		return ok
 	}
 	k, ok := s.o.Signer.(interface {
 		KeyID() string
@@ -868,7 +941,14 @@ func (s *Sink) ownCheckpoint(ev *audit.Event) bool {
 		return false
 	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(cp.Signature)
-	return err == nil && ed25519.Verify(k.PublicKey(), msg, sig)
+	if err != nil || !s.mayCheck(ev) {
+		return false
+	}
+	ok = ed25519.Verify(k.PublicKey(), msg, sig)
+	if !ok {
+		s.failedChecks++
+	}
+	return ok
 }
 
 // passedUnchecked notes the checkpoint ev, by a key the sink cannot
@@ -1318,7 +1398,8 @@ type UnsignedRange struct {
 	LastSeq  uint64 // seq of the last line of the chain when Open resumed it
 	Lines    int    // how many, counted back to that checkpoint however many they are
 	// LastCheckpointSeq is the seq of the checkpoint before them; 0 when
-	// none is in the file: they are counted from its first line.
+	// none is in the file, or none that Open checked (maxFailedChecks):
+	// they are counted from its first line.
 	LastCheckpointSeq uint64
 }
 
