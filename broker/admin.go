@@ -49,8 +49,8 @@ type AdminRequest struct {
 // refused (ErrUnavailable). Refusals before the caller authenticated are
 // bounded per source (refuseAnonymous), those of an authenticated caller
 // that is no admin per identity (suppressCaller: past
-// RefusalLimits.PerIdentity a 429 counted by a summary); an admin's are
-// never limited.
+// RefusalLimits.PerIdentity the same refusal with no event, counted by a
+// summary); an admin's are never limited.
 func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin, error) {
 	details := map[string]any{"action": req.Action}
 	if req.Role != "" {
@@ -90,8 +90,9 @@ func (s *Service) AuthorizeAdmin(ctx context.Context, req AdminRequest) (*Admin,
 		// A caller that is no admin is refused whatever follows: its
 		// refusals (not_admin, a revoked broker JWT) take from its
 		// identity's bucket (RefusalLimits.PerIdentity) before the store
-		// is read, and past it are answered 429 with no event of their
-		// own, counted by its summary. An admin is never limited.
+		// is read, and past it are answered not_admin with no event of
+		// their own and no store read, counted by its summary. An admin is
+		// never limited.
 		notAdmin := Errorf(ErrDenied, "not_admin", "this identity is not an admin", nil)
 		if answer := s.suppressCaller(ctx, adminCaller(id), refusalTag{action: req.Action}, notAdmin); answer != nil {
 			return nil, answer

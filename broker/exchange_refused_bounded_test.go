@@ -46,7 +46,7 @@ grants:
 // any holder of a valid identity token made the broker write events as
 // fast as it could send. They are now audited up to
 // refusal_limit.per_identity per span per caller (its workload, else its
-// identity), then answered 429 slow_down (rate_limited, Retry-After) with
+// identity), then answered the same refusal (not a 429: a client retries a 429) with
 // no event, counted by the caller's summary by reason.
 func TestExchangeAuthenticatedRefusalsBounded(t *testing.T) {
 	const calls, perIdentity = 200, 20
@@ -87,7 +87,7 @@ func TestExchangeAuthenticatedRefusalsBounded(t *testing.T) {
 				return err
 			})
 			if got.events != perIdentity || got.unaudited != calls-perIdentity || got.suppressed != calls-perIdentity {
-				t.Fatalf("%d exchanges refused %s: %d events, %d answered 429 unaudited, %d in summaries; want %d, %d, %d",
+				t.Fatalf("%d exchanges refused %s: %d events, %d answered unaudited, %d in summaries; want %d, %d, %d",
 					calls, tc.reason, got.events, got.unaudited, got.suppressed, perIdentity, calls-perIdentity, calls-perIdentity)
 			}
 			for _, ev := range sink.Events()[before : before+perIdentity] {

@@ -32,8 +32,8 @@ func ratedChainPolicy(t *testing.T) string {
 // after up to two store reads and with a durable deny event, for every
 // request, before any limit: its holder could grow the audit log and load
 // the store without bound. Its refusals are now audited up to
-// refusal_limit.per_identity per span (then 429 rate_limited counted by
-// its caller's summary), and, for a workload with a rate, its store reads
+// refusal_limit.per_identity per span (then the same refusal with no
+// event, counted by its caller's summary), and, for a workload with a rate, its store reads
 // bounded by a bucket of the token's own (sized as the workload's rate):
 // the workload's own bucket is left to its live credentials.
 func TestExchangeRevokedBrokerJWTBounded(t *testing.T) {
@@ -95,7 +95,7 @@ func TestExchangeRevokedBrokerJWTBounded(t *testing.T) {
 			})
 			reads := store.finds.Load() - finds
 			if got.events != perIdentity || got.unaudited != calls-perIdentity || got.suppressed != calls-perIdentity || reads > tc.reads {
-				t.Errorf("%d exchanges with a revoked broker JWT as %s: %d events, %d answered 429 unaudited, %d in summaries, %d store reads; want %d, %d, %d, at most %d",
+				t.Errorf("%d exchanges with a revoked broker JWT as %s: %d events, %d answered unaudited, %d in summaries, %d store reads; want %d, %d, %d, at most %d",
 					calls, tc.name, got.events, got.unaudited, got.suppressed, reads, perIdentity, calls-perIdentity, calls-perIdentity, tc.reads)
 			}
 			revoked, limited := 0, 0

@@ -72,8 +72,9 @@ func (s *Service) Introspect(ctx context.Context, req IntrospectRequest) (*Intro
 	}
 	if err := s.checkCallerBrokerToken(ctx, req.CallerToken, caller); err != nil {
 		// A revoked broker JWT is refused with an event of its own up to
-		// its caller's RefusalLimits.PerIdentity, then a 429 counted by
-		// its summary, as its 429s are: even for a caller that
+		// its caller's RefusalLimits.PerIdentity, then the same refusal
+		// with no event, counted by its summary as its 429s are: even for
+		// a caller that
 		// allowIntrospect does not limit (a workload without rate).
 		if who := introspectCaller(pol, caller); errors.Is(err, ErrUnauthenticated) {
 			return nil, s.refuseCaller(ctx, ev, who, refusalTag{reason: refusalReason(err)}, err)

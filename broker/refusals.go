@@ -46,8 +46,8 @@ import (
 // no admin, a revoked broker JWT as introspection caller token, and the
 // 4xx refusals of an exchange once its subject authenticated (no
 // workload, the grant, the actor token, may_act, a block, a revoked
-// broker JWT) (refuseCaller, suppressCaller): past them a 429
-// rate_limited.
+// broker JWT) (refuseCaller, suppressCaller): past them the same refusal
+// (not a 429: a client would retry it) with no event of its own.
 type RefusalLimits struct {
 	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
 	PerSecond float64
@@ -64,9 +64,11 @@ type RefusalLimits struct {
 	// GlobalBurst is the global bucket's size (0 = the default).
 	GlobalBurst int
 	// PerIdentity is the number of an authenticated caller's 429s (and
-	// refusals as a non-admin on the admin API, or with a revoked broker
-	// JWT as introspection caller token) audited on their own per
-	// SummaryEvery (0 = the default, negative: every one).
+	// refusals as a non-admin on the admin API, with a revoked broker
+	// JWT as introspection caller token, or of an exchange once its
+	// subject authenticated) audited on their own per SummaryEvery (0 =
+	// the default, negative: every one); the rest are answered as they
+	// are, with no event of their own.
 	PerIdentity int
 }
 
@@ -84,8 +86,10 @@ const (
 	RefusalScopeGlobal = "global"
 	// RefusalScopeIdentity: the 429s of one authenticated caller past its
 	// own limit (answered as before: the same 429, marked only by its
-	// cause), and its refusals suppressCaller answers 429 (a non-admin's
-	// admin calls, a revoked broker JWT as introspection caller token).
+	// cause), and its refusals suppressCaller leaves unaudited (a
+	// non-admin's admin calls, a revoked broker JWT, an exchange's 4xx once
+	// its subject authenticated: answered as they are, marked only by
+	// their cause).
 	RefusalScopeIdentity = "identity"
 )
 
@@ -93,9 +97,9 @@ const (
 // refusal not audited on its own (its text, for the log only) and the
 // bucket that suppressed it. It does not wrap the refusal, so errors.Is
 // finds the 429's category alone. It is also a cause of an authenticated
-// caller's 429 rate_limited that has no event of its own (Scope
-// RefusalScopeIdentity, Refusal "": the 429 is the refusal; or, from
-// suppressCaller, the refusal the 429 stands for).
+// caller's 429 rate_limited, or of its refusal (suppressCaller), that has
+// no event of its own (Scope RefusalScopeIdentity, Refusal "": the answer
+// is the refusal).
 type SuppressedRefusalError struct {
 	Scope   string // RefusalScopeSource, RefusalScopeGlobal or RefusalScopeIdentity
 	Refusal string
@@ -625,9 +629,10 @@ func (s refusalSummary) identityEvent() *audit.Event {
 
 // refuseCaller records the refusal err of authenticated caller who (ev,
 // its event: a non-admin's refused admin call, a revoked broker JWT
-// presented as caller token) unless who's bucket of refusals audited on
-// their own (RefusalLimits.PerIdentity, shared with its 429s) is empty
-// (suppressCaller): then it answers that 429 instead, with no event of its
+// presented as caller token, an exchange refused once its subject
+// authenticated) unless who's bucket of refusals audited on their own
+// (RefusalLimits.PerIdentity, shared with its 429s) is empty
+// (suppressCaller): then it answers the same err with no event of its
 // own. Any other err (a 5xx: the broker's own failure) is recorded as
 // always, and so is every one without an identity guard.
 func (s *Service) refuseCaller(ctx context.Context, ev *audit.Event, who *limitedCaller, tag refusalTag, err error) error {
@@ -644,28 +649,26 @@ func (s *Service) refuseCaller(ctx context.Context, ev *audit.Event, who *limite
 // of authenticated caller who from who's bucket (RefusalLimits.PerIdentity)
 // and returns nil when it is to be audited on its own. With that bucket
 // empty it is counted by who's summary (written here when its span ended)
-// and the answer is a 429 slow_down (reason rate_limited) with
-// Retry-After until a token is back, err's description in its text, and a
-// SuppressedRefusalError of scope identity among its causes, for
-// keytrail_refusals_suppressed_total. After the last flush (the guard
-// closed) every refusal is audited on its own.
+// and the answer is err itself (its status, code, reason and description;
+// no Retry-After), with a SuppressedRefusalError of scope identity among
+// its causes, for keytrail_refusals_suppressed_total. Not a 429: the
+// refusal is permanent, and a client takes a 429 for a rate limit and
+// retries it (broker/client, keytrail fetch and exec) instead of stopping
+// with what the request was refused for; only its audit event is left
+// out. After the last flush (the guard closed) every refusal is audited on
+// its own.
 func (s *Service) suppressCaller(ctx context.Context, who *limitedCaller, tag refusalTag, err error) error {
 	if s.limited == nil {
 		return nil
 	}
-	by, retry, out := s.limited.takeKey(who.key(), "", who, tag, s.d.Now())
+	by, _, out := s.limited.takeKey(who.key(), "", who, tag, s.d.Now())
 	s.writeSummaries(ctx, s.limited, out, nil)
 	if by == "" {
 		return nil
 	}
-	e := AsError(err)
-	desc := e.Safe
-	if desc == "" {
-		desc = e.Kind.Error()
-	}
-	return &Error{Kind: ErrRateLimited, Reason: ReasonRateLimited, RetryAfter: retry,
-		Safe: "too many refused requests by this identity; slow down (this request: " + desc + ")",
-		Err:  &SuppressedRefusalError{Scope: by, Refusal: err.Error()}}
+	e := *AsError(err)
+	e.Err = errors.Join(&SuppressedRefusalError{Scope: by}, e.Err)
+	return &e
 }
 
 // refuseLimited records the 429 err of an authenticated caller past its own

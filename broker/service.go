@@ -364,8 +364,8 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	// the tokens' checks, as before): a broker JWT presented as subject or
 	// actor token takes from a bucket of its own, sized as its rate,
 	// before checkBrokerToken reads the store, and its refusals count
-	// against its identity guard (RefusalLimits.PerIdentity: past it a 429
-	// counted by its summary), so that the holder of a revoked JWT gets
+	// against its identity guard (RefusalLimits.PerIdentity: past it the
+	// same refusal with no event, counted by its summary), so that the holder of a revoked JWT gets
 	// neither unbounded store reads nor unbounded deny events, and leaves
 	// the workload's own bucket (taken below, past these checks) to its
 	// live credentials.
@@ -385,8 +385,8 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	// broker JWT's, a bad actor token, may_act, no workload, the grant,
 	// a block), counted as its caller's, the workload wl, else its
 	// identity (refuseCaller: its deny events up to
-	// RefusalLimits.PerIdentity per span, then a 429 counted by its
-	// summary). A 5xx (the broker's own failure) is recorded as always.
+	// RefusalLimits.PerIdentity per span, then the same refusal with no
+	// event, counted by its summary). A 5xx (the broker's own failure) is recorded as always.
 	refused := func(err error) (*ExchangeResult, error) {
 		tag := tokenTag
 		tag.reason = refusalReason(err)
