@@ -2415,10 +2415,18 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 		} else if err := s.decisionDurable(ctx, id, decision); errors.Is(err, errDecisionHeld) {
 			rw.err = err
 			msg, level = "audit revoke_result held until the revocation's revoke event is written; a later pass writes both", slog.LevelInfo
+		} else if err != nil && ctx.Err() != nil {
+			// Cut by the shutdown (waiting for the request's late write,
+			// or writing the event again, or reading the record): nothing
+			// failed, and the record keeps the events (the revocation
+			// incomplete) for the next start or another instance.
+			rw.err = err
+			msg, level = "audit revoke_result not written: the revocation worker stopped before the revocation's revoke event was written; "+
+				"the record keeps it, and the next start (or another instance) writes both", slog.LevelWarn
 		} else if err != nil {
 			rw.err = err
 			msg = "audit revoke_result not written: the revocation's revoke event is not in the audit log " +
-				"(written again first, which failed again); the next pass that writes a result for it tries both again"
+				"(writing it again first, or reading the record for it, failed); the next pass that writes a result for it tries both again"
 		} else {
 			rw.written, rw.err = s.appendAll(ctx, evs)
 		}
