@@ -336,7 +336,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 		}
 	}
 	err = s.putRevocation(dctx, rev)
-	if err != nil && !unreplicated(err) && s.revocationStored(dctx, rev.ID) {
+	if err != nil && !unreplicated(err) && s.revocationStored(dctx, rev.ID, rev.Matched) {
 		// Its reply lost (see blockStored). Read back from the primary:
 		// with store.min_replicas no replica confirmed it (the write may
 		// have ended before its WAIT, or in it), so it is unconfirmed.
@@ -437,11 +437,15 @@ func (s *Service) blockStored(ctx context.Context, b Block) bool {
 	return true
 }
 
-// revocationStored is blockStored for the record of the new revocation id.
-// With store.min_replicas the record found is not confirmed (acksReplicas):
-// Revoke answers it as a record the replicas did not confirm.
-func (s *Service) revocationStored(ctx context.Context, id string) bool {
-	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+// revocationStored is blockStored for the record of the new revocation id,
+// naming size issuances: the read fetches and decodes the whole record, so
+// it gets recordTimeout(size), as the write did (a read of a large record
+// timing out answered "not made" for a stored one; redisstore still bounds
+// its round trip by its own Timeout, and decodes after it). With store.min_replicas the
+// record found is not confirmed (acksReplicas): Revoke answers it as a
+// record the replicas did not confirm.
+func (s *Service) revocationStored(ctx context.Context, id string, size int) bool {
+	sctx, cancel := context.WithTimeout(ctx, s.recordTimeout(size))
 	defer cancel()
 	if _, err := s.records().GetRevocation(sctx, id); err != nil {
 		return false
@@ -933,9 +937,10 @@ func (s *Service) records() Store {
 // putRevocation creates a revocation record. Every later change goes
 // through updateRevocation: a writer that put back a whole copy it read
 // earlier would drop what others wrote meanwhile (the ids a sweep added,
-// an unblock time).
+// an unblock time). It gets recordTimeout: the record names every issuance
+// matched, pending, each with its failure.
 func (s *Service) putRevocation(ctx context.Context, rev *Revocation) error {
-	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+	sctx, cancel := context.WithTimeout(ctx, s.recordTimeout(rev.Matched))
 	defer cancel()
 	return s.d.Store.PutRevocation(sctx, rev)
 }
