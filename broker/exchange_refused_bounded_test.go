@@ -132,8 +132,9 @@ func TestExchangeAuthenticatedRefusalsBounded(t *testing.T) {
 
 // refusedService is a Service over refusedPolicy with limits, whose
 // tokens are payments (payments-api), picky (payments-api, its may_act
-// naming only another party), stranger (no workload), user (an actor)
-// and choosy-user (an actor whose may_act names another workload).
+// naming only another party), stranger (no workload), user (an actor),
+// choosy-user (an actor whose may_act names another workload) and
+// late-user (an actor whose token has no time left: actor_token_expired).
 func refusedService(t *testing.T, limits *broker.RefusalLimits) (*broker.Service, *brokertest.Sink) {
 	t.Helper()
 	pol, err := policies.Parse("refused.yaml", []byte(refusedPolicy))
@@ -147,11 +148,13 @@ func refusedService(t *testing.T, limits *broker.RefusalLimits) (*broker.Service
 	user.Expiry = now.Add(time.Hour)
 	choosy := identity("user-2", map[string]any{"may_act": map[string]any{"sub": "system:serviceaccount:other:agent"}})
 	choosy.Expiry = now.Add(time.Hour)
+	late := identity("user-3", nil)
+	late.Expiry = now // verified, but no time left to grant: actor_token_expired
 	authn := brokertest.Authn{
 		"payments": identity("system:serviceaccount:payments:api", nil),
 		"picky":    identity("system:serviceaccount:payments:api", map[string]any{"may_act": map[string]any{"sub": "someone-else"}}),
 		"stranger": identity("system:serviceaccount:other:x", nil),
-		"user":     user, "choosy-user": choosy,
+		"user":     user, "choosy-user": choosy, "late-user": late,
 	}
 	sink := &brokertest.Sink{}
 	svc, err := broker.NewService(broker.Deps{

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -47,7 +48,9 @@ import (
 // 4xx refusals of an exchange once its subject authenticated (no
 // workload, the grant, the actor token, may_act, a block, a revoked
 // broker JWT) (refuseCaller, suppressCaller): past them the same refusal
-// (not a 429: a client would retry it) with no event of its own.
+// (not a 429: a client would retry it) with no event of its own. Those of
+// a verified actor token take from the bucket of the caller acting for
+// that party (exchangeActor; at most maxActorsPerCaller per caller).
 type RefusalLimits struct {
 	// PerSecond refills a source's bucket (0 = DefaultRefusalLimits').
 	PerSecond float64
@@ -154,6 +157,10 @@ type refusalGuard struct {
 	// closed: the last summaries were taken (sweep with final); any later
 	// refusal is audited on its own, as nothing would write its summary.
 	closed bool
+	// actors counts the entries acting for a party (refusalSource.base)
+	// by their caller's own key, at most maxActors each.
+	actors    map[string]int
+	maxActors int
 }
 
 type refusalSource struct {
@@ -171,6 +178,9 @@ type refusalSource struct {
 	// tags counts the suppressed refusals by what they were (nil: none
 	// pending).
 	tags map[refusalTag]int
+	// base: the key of the caller's own entry when who acts for a party
+	// (the guard's actors count), "" otherwise.
+	base string
 }
 
 // refusalTag is what a suppressed refusal was, as its summary counts it:
@@ -223,23 +233,59 @@ type limitedCaller struct {
 	typ             string // audit.TypeDeny, audit.TypeIntrospect or audit.TypeAdmin
 	workload, owner string
 	iss, sub        string
+	// actIss, actSub: the verified actor token an exchange's refusals
+	// were of (exchangeActor): the caller acting for that party, a bucket
+	// and summary of its own ("": the caller's own).
+	actIss, actSub string
 }
 
-// name is c's workload, else its iss#sub ("" for several callers').
+// name is c's workload, else its iss#sub ("" for several callers'), and
+// the party it acted for.
 func (c *limitedCaller) name() string {
-	if c.workload != "" || c.iss == "" {
-		return c.workload
+	n := c.workload
+	if c.workload == "" && c.iss != "" {
+		n = c.iss + "#" + c.sub
 	}
-	return c.iss + "#" + c.sub
+	if c.actIss != "" {
+		n += " acting for " + c.actIss + "#" + c.actSub
+	}
+	return n
 }
 
 // key is c's entry in an identity guard.
 func (c *limitedCaller) key() string {
+	k := c.typ + "\x00id\x00" + c.iss + "\x00" + c.sub
 	if c.workload != "" {
-		return c.typ + "\x00wl\x00" + c.workload
+		k = c.typ + "\x00wl\x00" + c.workload
 	}
-	return c.typ + "\x00id\x00" + c.iss + "\x00" + c.sub
+	if c.actIss != "" {
+		// Lengths first: the actor's claims are whatever its issuer
+		// signed, and no two of them make the same key.
+		k += "\x00act\x00" + strconv.Itoa(len(c.actIss)) + ":" + c.actIss + c.actSub
+	}
+	return k
 }
+
+// base is c's own entry when c acts for a party (nil when it does not):
+// the caller the refusals are counted against past maxActorsPerCaller.
+func (c *limitedCaller) base() *limitedCaller {
+	if c == nil || c.actIss == "" {
+		return nil
+	}
+	b := *c
+	b.actIss, b.actSub = "", ""
+	return &b
+}
+
+// maxActorsPerCaller bounds the parties one caller acting for them has
+// entries of its own for in an identity guard (exchangeActor): a bucket
+// of PerIdentity each, so an agent's refused exchanges for up to this
+// many users are audited up to PerIdentity per user per span; the
+// refusals acting for any further party are counted against the
+// caller's own bucket and summary (naming no actor) until an entry is
+// dropped. One caller holding many parties' tokens cannot take the guard's
+// MaxSources entries, and with them the other callers' buckets, alone.
+const maxActorsPerCaller = 100
 
 // refusalSummary is one source's suppressed refusals, or the global
 // bucket's, to be audited.
@@ -315,7 +361,7 @@ func newRefusalGuard(l RefusalLimits) *refusalGuard {
 		l.SummaryEvery = d.SummaryEvery
 	}
 	g := &refusalGuard{limit: rate.Limit(l.PerSecond), burst: l.Burst, max: l.MaxSources, every: l.SummaryEvery,
-		m: make(map[string]*list.Element)}
+		m: make(map[string]*list.Element), actors: make(map[string]int), maxActors: maxActorsPerCaller}
 	if l.GlobalPerSecond >= 0 {
 		if l.GlobalPerSecond == 0 {
 			l.GlobalPerSecond = d.GlobalPerSecond
@@ -377,15 +423,23 @@ func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, tag refusalTa
 		return "", 0, nil
 	}
 	var src *refusalSource
-	if el, found := g.m[key]; found {
+	el, found := g.m[key]
+	if b := who.base(); !found && b != nil && g.actors[b.key()] >= g.maxActors {
+		// Acting for one party more than it may have entries for:
+		// counted as the caller's own.
+		who = b
+		key = b.key()
+		el, found = g.m[key]
+	}
+	if found {
 		g.order.MoveToFront(el)
 		src = el.Value.(*refusalSource)
 	} else {
 		src = &refusalSource{key: key, who: who, bucket: rate.NewLimiter(g.limit, g.burst)}
-		g.m[key] = g.order.PushFront(src)
+		g.add(src, false)
 		for len(g.m) > g.max {
-			old := g.order.Remove(g.order.Back()).(*refusalSource)
-			delete(g.m, old.key)
+			old := g.order.Back().Value.(*refusalSource)
+			g.remove(g.order.Back())
 			if s, pending := old.summary(); pending {
 				out = append(out, s)
 			}
@@ -427,6 +481,31 @@ func (g *refusalGuard) takeKey(key, ip string, who *limitedCaller, tag refusalTa
 	return by, retry, out
 }
 
+// add tracks src (its key, who and bucket set), most recently seen
+// first, else (back) least.
+func (g *refusalGuard) add(src *refusalSource, back bool) {
+	if b := src.who.base(); b != nil {
+		src.base = b.key()
+		g.actors[src.base]++
+	}
+	if back {
+		g.m[src.key] = g.order.PushBack(src)
+	} else {
+		g.m[src.key] = g.order.PushFront(src)
+	}
+}
+
+// remove stops tracking el's source.
+func (g *refusalGuard) remove(el *list.Element) {
+	src := g.order.Remove(el).(*refusalSource)
+	delete(g.m, src.key)
+	if src.base != "" {
+		if g.actors[src.base]--; g.actors[src.base] <= 0 {
+			delete(g.actors, src.base)
+		}
+	}
+}
+
 // summary takes src's pending summary.
 func (src *refusalSource) summary() (refusalSummary, bool) {
 	if src.suppressed == 0 {
@@ -458,18 +537,26 @@ func (g *refusalGuard) restore(sum refusalSummary) (kept bool) {
 		return true
 	}
 	if !sum.mixed {
-		key := sum.key
+		key, who := sum.key, sum.who
 		if key == "" {
 			key = sourceKey(sum.ip)
 		}
-		if el, found := g.m[key]; found {
+		el, found := g.m[key]
+		if b := who.base(); !found && b != nil && g.actors[b.key()] >= g.maxActors {
+			// No room for another party the caller acted for: its
+			// refusals go to the caller's own summary, naming no actor.
+			key, who = b.key(), b
+			sum.key, sum.who = key, who
+			el, found = g.m[key]
+		}
+		if found {
 			el.Value.(*refusalSource).restore(sum)
 			return true
 		}
 		if len(g.m) < g.max {
-			src := &refusalSource{key: key, who: sum.who, bucket: rate.NewLimiter(g.limit, g.burst)}
+			src := &refusalSource{key: key, who: who, bucket: rate.NewLimiter(g.limit, g.burst)}
 			src.restore(sum)
-			g.m[key] = g.order.PushBack(src)
+			g.add(src, true)
 			return true
 		}
 	}
@@ -514,8 +601,7 @@ func (g *refusalGuard) sweep(now time.Time, all, final bool) []refusalSummary {
 			out = append(out, s)
 		}
 		if src.suppressed == 0 && src.bucket.TokensAt(now) >= float64(g.burst) {
-			g.order.Remove(el)
-			delete(g.m, src.key)
+			g.remove(el)
 		}
 		el = next
 	}
@@ -609,6 +695,12 @@ func (s refusalSummary) identityEvent() *audit.Event {
 			// A subject matching no workload whose broker JWT was
 			// refused (exchangeCaller): its identity, no jti.
 			ev.Identity = &audit.Identity{Iss: w.iss, Sub: w.sub}
+		}
+		if w.actIss != "" {
+			// Refusals of the tokens of one party the caller acted
+			// for (exchangeActor): named as their events name it, act,
+			// without jti (any of its tokens).
+			ev.Act = []audit.Identity{{Iss: w.actIss, Sub: w.actSub}}
 		}
 		// Its 429s may be of several grants, exchanges and proxied
 		// requests alike: the summary names none, and counts them.

@@ -149,3 +149,90 @@ func (r *recordingSink) Events() []*audit.Event {
 	defer r.mu.Unlock()
 	return append([]*audit.Event(nil), r.events...)
 }
+
+// TestIdentityGuardActorsBounded: an exchange's refusals of a verified
+// actor token take from a bucket of the caller acting for that party
+// (exchangeActor), at most maxActors per caller: the refusals acting for
+// any further party take from the caller's own bucket, and its summary
+// names no actor, until an entry is dropped (its bucket full again, or
+// evicted), which makes room again. A summary put back after a failed
+// write respects the bound too.
+func TestIdentityGuardActorsBounded(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	g := newIdentityGuard(RefusalLimits{PerIdentity: 1, MaxSources: 10, SummaryEvery: time.Minute})
+	g.maxActors = 2
+	pay := &limitedCaller{typ: audit.TypeDeny, workload: "payments-api", owner: "team-payments"}
+	acting := func(sub string) *limitedCaller {
+		c := *pay
+		c.actIss, c.actSub = "https://idp.example", sub
+		return &c
+	}
+	take := func(name string, who *limitedCaller, d time.Duration, wantBy string) {
+		t.Helper()
+		if by, _, _ := g.takeKey(who.key(), "", who, refusalTag{reason: "actor_not_permitted"}, at(d)); by != wantBy {
+			t.Errorf("%s: take = %q, want %q", name, by, wantBy)
+		}
+	}
+	take("u1", acting("u1"), 0, "")
+	take("u1/suppressed", acting("u1"), 0, RefusalScopeIdentity)
+	take("u2", acting("u2"), 0, "")
+	// A third party: the caller's own bucket (full: audited), then its
+	// own bucket is empty, for any further party and the caller alike.
+	take("u3/as-caller", acting("u3"), 0, "")
+	take("u4/as-caller", acting("u4"), 0, RefusalScopeIdentity)
+	take("caller", pay, 0, RefusalScopeIdentity)
+	if n := g.actors[pay.key()]; n != 2 || g.len() != 3 {
+		t.Fatalf("actors of payments-api = %d, entries %d; want 2 and 3 (u1, u2, the caller's)", n, g.len())
+	}
+	out := g.sweep(at(2*time.Minute), false, false)
+	names := map[string]int{}
+	for _, s := range out {
+		names[s.who.name()] += s.n
+		if ev := s.event(); (s.who.actIss != "") != (len(ev.Act) == 1) || len(ev.Act) == 1 && (ev.Act[0].Sub != s.who.actSub || ev.Act[0].JTI != "") {
+			t.Errorf("summary of %s names act %+v", s.who.name(), ev.Act)
+		}
+	}
+	if want := map[string]int{"payments-api acting for https://idp.example#u1": 1, "payments-api": 2}; fmt.Sprint(names) != fmt.Sprint(want) {
+		t.Errorf("summaries = %v, want %v", names, want)
+	}
+	// The span over, the entries (their summaries taken, buckets full)
+	// are dropped: room for parties again.
+	g.sweep(at(3*time.Minute), false, false)
+	if n := g.actors[pay.key()]; n != 0 {
+		t.Errorf("actors of payments-api after the sweep = %d, want 0 (every entry dropped)", n)
+	}
+	take("u3/own", acting("u3"), 3*time.Minute, "")
+	take("u3/own-suppressed", acting("u3"), 3*time.Minute, RefusalScopeIdentity)
+	take("u5/own", acting("u5"), 3*time.Minute, "")
+	// A failed summary of a sixth party, put back with no room for it:
+	// counted by the caller's own entry, naming no actor.
+	if !g.restore(refusalSummary{n: 4, first: at(3 * time.Minute), last: at(3 * time.Minute), key: acting("u6").key(), who: acting("u6"),
+		tags: map[refusalTag]int{{reason: "actor_not_permitted"}: 4}}) {
+		t.Fatal("restore not kept")
+	}
+	if n := g.actors[pay.key()]; n != 2 {
+		t.Errorf("actors after restore = %d, want 2", n)
+	}
+	names = map[string]int{}
+	for _, s := range g.sweep(at(4*time.Minute), true, true) {
+		names[s.who.name()] += s.n
+	}
+	if want := map[string]int{"payments-api acting for https://idp.example#u3": 1, "payments-api": 4}; fmt.Sprint(names) != fmt.Sprint(want) {
+		t.Errorf("final summaries = %v, want %v", names, want)
+	}
+
+	// Dropping an entry to make room (MaxSources) frees its place too.
+	g = newIdentityGuard(RefusalLimits{PerIdentity: 1, MaxSources: 2, SummaryEvery: time.Minute})
+	g.maxActors = 1
+	take("e/u1", acting("u1"), 0, "")
+	take("e/other", &limitedCaller{typ: audit.TypeDeny, workload: "other"}, 0, "")
+	take("e/another", &limitedCaller{typ: audit.TypeDeny, workload: "another"}, 0, "") // evicts u1's
+	if n := g.actors[pay.key()]; n != 0 {
+		t.Errorf("actors after u1's entry was evicted = %d, want 0", n)
+	}
+	take("e/u2", acting("u2"), 0, "")
+	if n := g.actors[pay.key()]; n != 1 {
+		t.Errorf("actors after u2's entry = %d, want 1", n)
+	}
+}

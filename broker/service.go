@@ -374,16 +374,19 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		wl = nil
 	}
 	tokenTag := refusalTag{grant: deny.Grant, endpoint: refusalEndpointToken}
-	// Its 429, as the workload's own (its deny event names the workload).
-	limited := func(err error) (*ExchangeResult, error) {
+	// Its 429, as the workload's own (its deny event names the workload);
+	// that of a verified actor token's own bucket (actor not nil) counted
+	// as the caller's acting for that party (exchangeActor).
+	limited := func(actor *Identity, err error) (*ExchangeResult, error) {
 		if wl != nil {
 			deny.Workload, deny.Owner = wl.Name, wl.Owner
 		}
-		return nil, s.refuseLimited(ctx, denyEvent(), exchangeCaller(wl, id), tokenTag, err)
+		return nil, s.refuseLimited(ctx, denyEvent(), exchangeActor(wl, id, actor), tokenTag, err)
 	}
 	// A refusal of the authenticated subject (err, reason included: a
-	// broker JWT's, a bad actor token, may_act, no workload, the grant,
-	// a block), counted as its caller's, the workload wl, else its
+	// broker JWT's, an actor token that does not verify, no workload, the
+	// grant, a block; a verified actor token's: refusedActor), counted as
+	// its caller's, the workload wl, else its
 	// identity (refuseCaller: its deny events up to
 	// RefusalLimits.PerIdentity per span, then the same refusal with no
 	// event, counted by its summary). A 5xx (the broker's own failure) is recorded as always.
@@ -392,8 +395,21 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		tag.reason = refusalReason(err)
 		return nil, s.refuseCaller(ctx, denyEvent(), exchangeCaller(wl, id), tag, err)
 	}
+	// A refusal of the verified actor token actorID (revoked or unknown
+	// broker JWT, may_act either way, no time left): counted as the
+	// caller's acting for that actor (its iss and sub, exchangeActor), so
+	// that each party an agent acts for has its own bucket and summary and
+	// one user's refused tokens leave the next user's refusals audited.
+	// An actor token that does not verify is refused, and counted,
+	// as the caller's own (refused): its claims are not known to be true.
+	var actorID *Identity
+	refusedActor := func(err error) (*ExchangeResult, error) {
+		tag := tokenTag
+		tag.reason = refusalReason(err)
+		return nil, s.refuseCaller(ctx, denyEvent(), exchangeActor(wl, id, actorID), tag, err)
+	}
 	if err := s.allowBrokerToken(wl, id); err != nil {
-		return limited(err)
+		return limited(nil, err)
 	}
 	subjectIs, err := s.brokerTokenIssuance(ctx, req.SubjectToken, id)
 	if err != nil {
@@ -415,15 +431,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			// known to be true.
 			act = []IdentityRef{actor.Ref()}
 			deny.Act = auditIdentities(act)
+			actorID = actor
 			actorExp = actor.Expiry
 			if lerr := s.allowBrokerToken(wl, actor); lerr != nil {
-				return limited(lerr)
+				return limited(actor, lerr)
 			}
 			actorIs, aerr := s.brokerTokenIssuance(ctx, req.ActorToken, actor)
 			if aerr != nil {
 				e := AsError(aerr)
 				e.Reason = "actor_" + e.Reason
-				return refused(e)
+				return refusedActor(e)
 			}
 			if actorIs != nil {
 				actorKept = appendKept(appendKept(nil, actorIs.MayAct), actorIs.ActMayAct)
@@ -442,15 +459,15 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// A broker JWT is held to the may_act claims its issuance kept
 		// (Issuance.MayAct, ActMayAct), as if it carried them.
 		if !mayAct(id, actor) || (subjectIs != nil && !keptMayActsPermit(subjectIs.MayAct, actor)) {
-			return refused(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
+			return refusedActor(Errorf(ErrUnauthenticated, "actor_not_permitted", "actor token rejected: not an actor the subject token permits (may_act)", nil))
 		}
 		if !mayAct(actor, id) || !keptMayActsPermit(actorKept, id) {
-			return refused(Errorf(ErrUnauthenticated, "subject_not_permitted", "subject token rejected: not a party the actor token permits to act for it (may_act)", nil))
+			return refusedActor(Errorf(ErrUnauthenticated, "subject_not_permitted", "subject token rejected: not a party the actor token permits to act for it (may_act)", nil))
 		}
 		if !actorExp.IsZero() && actorExp.Sub(s.d.Now()) < time.Second {
 			// Accepted within the verifier's leeway past its exp: no time
 			// is left to grant (see the cap below).
-			return refused(errActorExpired())
+			return refusedActor(errActorExpired())
 		}
 	}
 
@@ -502,7 +519,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		// or with under a second left, leaves nothing to grant.
 		left := actorExp.Sub(now).Truncate(time.Second)
 		if left < time.Second {
-			return refused(errActorExpired())
+			return refusedActor(errActorExpired())
 		}
 		ttl = min(ttl, left)
 	}
@@ -875,6 +892,20 @@ func exchangeCaller(wl *policies.Workload, id *Identity) *limitedCaller {
 		return &limitedCaller{typ: audit.TypeDeny, workload: wl.Name, owner: wl.Owner}
 	}
 	return &limitedCaller{typ: audit.TypeDeny, iss: id.Iss, sub: id.Sub}
+}
+
+// exchangeActor is the caller whose refusals of the verified actor token
+// actor (and the 429s of its own bucket, allowBrokerToken) an identity
+// guard counts: exchangeCaller's acting for actor (its
+// iss and sub: a bucket and summary of their own in the identity guard,
+// which keeps at most maxActorsPerCaller of them per caller and counts the
+// rest as the caller's own), exchangeCaller's with actor nil.
+func exchangeActor(wl *policies.Workload, id, actor *Identity) *limitedCaller {
+	c := exchangeCaller(wl, id)
+	if actor != nil {
+		c.actIss, c.actSub = actor.Iss, actor.Sub
+	}
+	return c
 }
 
 // allowBrokerToken bounds the exchanges made with one subject or actor
