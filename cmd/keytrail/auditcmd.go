@@ -775,12 +775,14 @@ func resumedNotices(rep *audit.Report) []string {
 			if r.LastCheckpointSeq == 0 {
 				// After a deliberate change of checkpoint key the broker
 				// counts the old key's checkpoints among them too (it
-				// cannot check them): say so, not only a crash or a
-				// forger.
-				after = "with no checkpoint the broker could check as its own before them in its file (after a change of checkpoint key the old key's checkpoints are among them, an over-report; a broker before this version counted at most 1,000 lines)"
+				// cannot check them), and past 100 lines typed checkpoint
+				// that did not verify it checks none (its own too:
+				// auditfile maxFailedChecks): say so, not only a crash
+				// or a forger.
+				after = "with no checkpoint the broker could check as its own before them in its file (after a change of checkpoint key the old key's checkpoints are among them, an over-report; so are its own when more than 100 lines typed checkpoint after them did not verify at that start, as it then stops checking; a broker before this version counted at most 1,000 lines)"
 			}
 			if r.VerifiedCheckpointSeq != 0 {
-				after += fmt.Sprintf("; the checkpoint at seq %d among them verified with key %s, which the broker did not check as its own (a change of checkpoint key: the lines before it are signed by that key)", r.VerifiedCheckpointSeq, r.VerifiedCheckpointKeyID)
+				after += fmt.Sprintf("; the checkpoint at seq %d among them verified with key %s, which the broker did not check as its own (a change of checkpoint key: the lines before it are signed by that key; or its own, when more than 100 lines typed checkpoint after it did not verify at that start, forged lines each a problem, and the broker stopped checking)", r.VerifiedCheckpointSeq, r.VerifiedCheckpointKeyID)
 			}
 			out = append(out, fmt.Sprintf("chain %s: %s (%d line(s)), %s, were signed only after the broker restarted (its start event, seq %d, records them): an unclean stop leaves such lines, and so does whoever added lines to the file while no broker held it; nothing in the files tells which", c.Chain, seqs, r.Lines, after, r.AtSeq))
 		}

@@ -99,3 +99,26 @@ func TestResumedNoticeNamesVerifiedCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestResumedNoticeNamesTheCheckCap: a broker stops checking checkpoint
+// signatures at start-up past 100 lines typed checkpoint that did not verify
+// (auditfile maxFailedChecks) and counts the checkpoints before them in the
+// range, its own too: 100 forged lines after its last checkpoint make the
+// range reach back to the file's first line, that checkpoint inside it
+// verified with the broker's own key. The notice gave a change of key as the
+// only cause, sending the operator to look for a key change nobody made; it
+// names the cap too (the forged lines are problems of their own).
+func TestResumedNoticeNamesTheCheckCap(t *testing.T) {
+	for _, r := range []audit.ResumedRange{
+		{AtSeq: 155, FirstSeq: 1, LastSeq: 154, Lines: 154, VerifiedCheckpointSeq: 4, VerifiedCheckpointKeyID: "ed25519:0011223344556677"},
+		{AtSeq: 155, FirstSeq: 1, LastSeq: 154, Lines: 154},
+	} {
+		rep := &audit.Report{Chains: []audit.ChainReport{{Chain: "chn_x", UnsignedResumed: []audit.ResumedRange{r}}}}
+		got := strings.Join(resumedNotices(rep), "\n")
+		for _, want := range []string{"change of checkpoint key", "more than 100 lines typed checkpoint"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("resumedNotices(%+v) = %q, want it to contain %q", r, got, want)
+			}
+		}
+	}
+}
