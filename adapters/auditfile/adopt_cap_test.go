@@ -210,3 +210,69 @@ func TestResumeScanLogsProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeUncheckableKidsDoNotReachTheCap: lines typed checkpoint by a
+// key id the sink cannot check (the old key's after a change of key, or one
+// a forger named) cost no signature check with the Ed25519 signer and one
+// VerifyOwn per key id with a self-checking one (unknownKids): they are not
+// counted toward maxFailedChecks one per line, so however many there are,
+// the sink's own checkpoint behind them is still checked and ends the range
+// (not over-reported back to the file's first line), with no cap WARN.
+func TestResumeUncheckableKidsDoNotReachTheCap(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		signer    func(*testing.T, *atomic.Int64) audit.Signer
+		maxChecks int64
+	}{
+		{"ed25519", func(t *testing.T, calls *atomic.Int64) audit.Signer {
+			ed, _ := newSigner(t)
+			return countingEd{ed, calls}
+		}, 1},
+		{"verify-own", func(t *testing.T, calls *atomic.Int64) audit.Signer {
+			ed, _ := newSigner(t)
+			return countingOwn{selfChecking{ed}, calls}
+		}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int64
+			signer := tc.signer(t, &calls)
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			clk := newClock()
+			c := closedChain(t, Options{Path: path, Now: clk.Now, Signer: signer}, 3) // the checkpoint at seq 4
+			other, _ := newSigner(t)
+			n := 3 * maxFailedChecks
+			var file []byte
+			for range n {
+				now := clk.Now()
+				ev, err := c.Checkpoint(context.Background(), otherKid{other}, "", now)
+				if err != nil {
+					t.Fatal(err)
+				}
+				l, err := c.Seal(ev, now)
+				if err != nil {
+					t.Fatal(err)
+				}
+				file = append(append(file, l...), '\n')
+			}
+			appendFile(t, path, file)
+			calls.Store(0)
+			var logs brokertest.SyncBuffer
+			s := openT(t, Options{Path: path, Now: clk.Now, Signer: signer, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, seams{})
+			got := s.UnsignedResumed()
+			checks := calls.Load()
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			want := UnsignedRange{FirstSeq: 5, LastSeq: uint64(4 + n), Lines: n, LastCheckpointSeq: 4}
+			if got == nil || *got != want {
+				t.Errorf("UnsignedResumed() after %d checkpoints by another key id = %+v, want %+v", n, got, want)
+			}
+			if checks > tc.maxChecks {
+				t.Errorf("%d checks for %d checkpoints by one other key id and the sink's own, want at most %d", checks, n, tc.maxChecks)
+			}
+			if out := logs.String(); strings.Contains(out, "stopped checking checkpoint signatures") {
+				t.Errorf("Open() logged the cap for checkpoints it could not check: %q", out)
+			}
+		})
+	}
+}
