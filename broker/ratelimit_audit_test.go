@@ -54,6 +54,9 @@ func checkIdentitySummary(t *testing.T, evs []*audit.Event, typ string, refused 
 	if sum.Outcome.Error != "slow_down" || sum.Details["first"] != ts || sum.Details["last"] != ts {
 		t.Errorf("summary outcome %+v details %v; want slow_down, first and last %s", sum.Outcome, sum.Details, ts)
 	}
+	if a, ok := sum.Details["answered"]; ok {
+		t.Errorf("summary of 429s alone has details.answered %v, want none (as before)", a)
+	}
 	return sum
 }
 

@@ -193,6 +193,10 @@ type refusalTag struct {
 	// action: the admin action of a non-admin's refused admin call
 	// (details.actions).
 	action string
+	// status: the HTTP status an identity guard's suppressed request was
+	// answered with (429, or the refusal's own: suppressCaller), which its
+	// summary counts (details.answered); 0 for a source's.
+	status int
 }
 
 // The endpoints of a workload's 429s that its summary counts apart.
@@ -679,6 +683,21 @@ func (s refusalSummary) identityEvent() *audit.Event {
 	// What the refusals other than 429s were (a revoked broker JWT as
 	// introspection caller token: credential_revoked); none for 429s.
 	s.countBy(ev.Details, "reasons", func(t refusalTag) string { return t.reason })
+	// The outcome above is that of the caller's 429s: once any request it
+	// counts was answered otherwise (its own refusal, suppressCaller: 403,
+	// 401, 400), how each was answered, by status (details.answered); a
+	// summary of 429s alone is as it was.
+	for t := range s.tags {
+		if t.status != 0 && t.status != 429 {
+			s.countBy(ev.Details, "answered", func(t refusalTag) string {
+				if t.status == 0 {
+					return ""
+				}
+				return strconv.Itoa(t.status)
+			})
+			break
+		}
+	}
 	switch {
 	case w.typ == audit.TypeAdmin:
 		// The refused admin calls of a caller that is no admin: its
@@ -753,6 +772,7 @@ func (s *Service) suppressCaller(ctx context.Context, who *limitedCaller, tag re
 	if s.limited == nil {
 		return nil
 	}
+	tag.status = StatusOf(AsError(err))
 	by, _, out := s.limited.takeKey(who.key(), "", who, tag, s.d.Now())
 	s.writeSummaries(ctx, s.limited, out, nil)
 	if by == "" {
@@ -791,6 +811,7 @@ func (s *Service) limitRefused(ctx context.Context, who *limitedCaller, tag refu
 	if s.limited == nil || !errors.Is(err, ErrRateLimited) {
 		return true, err
 	}
+	tag.status = StatusOf(AsError(err))
 	by, _, out := s.limited.takeKey(who.key(), "", who, tag, s.d.Now())
 	s.writeSummaries(ctx, s.limited, out, nil)
 	if by == "" {

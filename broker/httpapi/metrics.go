@@ -102,7 +102,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"endpoint"}),
 		RefusalsSuppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_refusals_suppressed_total",
-			Help: "Refusals answered 429 without an audit event of their own, by the bucket that suppressed them: unauthenticated ones (source_rate_limited; source, global), authenticated callers' 429s past refusal_limit.per_identity (identity).",
+			Help: "Refusals answered with no audit event of their own, by the bucket that suppressed them: unauthenticated ones (429 source_rate_limited; source, global), authenticated callers' 429s and refusals past refusal_limit.per_identity (identity; a refusal answered as itself, not 429).",
 		}, []string{"scope"}),
 	}
 	// Every series exists from the start, so that a rate over them is 0
@@ -121,9 +121,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // ObserveRefusal records a request to another endpoint than POST /v1/token
 // (endpoint: "proxy", "introspect", "admin") refused with err:
 // keytrail_denies_total by its reason, and keytrail_rate_limited_total when
-// it was a 429 slow_down (and keytrail_refusals_suppressed_total by scope
-// when that 429 has no audit event of its own: it suppressed an
-// unauthenticated refusal, or was past its caller's
+// it was a 429 slow_down, and keytrail_refusals_suppressed_total by scope
+// when it has no audit event of its own (a 429 that suppressed an
+// unauthenticated refusal; a 429 or refusal past its caller's
 // RefusalLimits.PerIdentity).
 func (m *Metrics) ObserveRefusal(endpoint string, err error) {
 	m.observeDeny(endpoint, broker.AsError(err))
