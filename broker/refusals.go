@@ -263,9 +263,13 @@ func (c *limitedCaller) key() string {
 		k = c.typ + "\x00wl\x00" + c.workload
 	}
 	if c.actIss != "" {
-		// Lengths first: the actor's claims are whatever its issuer
-		// signed, and no two of them make the same key.
-		k += "\x00act\x00" + strconv.Itoa(len(c.actIss)) + ":" + c.actIss + c.actSub
+		// Apart from every caller's own key (which begins with its type),
+		// lengths first: the subject's and the actor's claims are
+		// whatever their issuers signed (a sub may hold any byte, \x00
+		// included), and no two of them make the same key. Appended to
+		// the own key as it is, a sub ending like another caller's actor
+		// part would share that caller's bucket and summary.
+		k = "act\x00" + strconv.Itoa(len(k)) + ":" + k + strconv.Itoa(len(c.actIss)) + ":" + c.actIss + c.actSub
 	}
 	return k
 }
