@@ -160,6 +160,12 @@ type brokerRuntime struct {
 	tokenHealth *vaultad.TokenChecker
 	// step is what the start-up waits for now (waiting, startStep).
 	step atomic.Pointer[string]
+	// revokeUnserved, set once an AppRole or Kubernetes login succeeded,
+	// revokes that login's token, once (revokeLoginToken): the failed
+	// start-up's closer calls it, and so does watchStartup's hard exit,
+	// which does not wait for the closers (a sink.Close on a hung audit
+	// disk) and would otherwise leave the token valid for its TTL.
+	revokeUnserved atomic.Pointer[func()]
 }
 
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
@@ -514,9 +520,10 @@ type startDeadline struct {
 // end is called first, it logs an ERROR naming the step the start-up
 // waits for (rt.startStep), calls cancel (wire's context: its Vault,
 // store and key waits end), and, if runServer has not returned
-// startupCloseGrace later, logs again and exits at once (status 1)
-// without closing anything: no checkpoint is written then, so none
-// signs the audit lines the sink adopted and no start event recorded.
+// startupCloseGrace later, logs again, revokes an AppRole or Kubernetes
+// login's token (revokeUnserved) and exits (status 1) without closing
+// anything: no checkpoint is written then, so none signs the audit lines
+// the sink adopted and no start event recorded.
 func (rt *brokerRuntime) watchStartup(e *env, d time.Duration, cancel context.CancelFunc, returned <-chan struct{}) *startDeadline {
 	sd := &startDeadline{}
 	if d <= 0 {
@@ -546,6 +553,14 @@ func (rt *brokerRuntime) watchStartup(e *env, d time.Duration, cancel context.Ca
 		case <-t.C:
 			rt.log.Error("start-up stopped by startup_timeout did not end: exiting now, the audit log left as it is (no checkpoint written)",
 				slog.Duration("waited", grace), slog.String("waiting_for", rt.startStep()))
+			// The closers did not run (or hang): the login token nothing
+			// was served with is revoked first, bounded by
+			// loginRevokeTimeout (once: a closer already revoking it is
+			// waited for). Nothing audited depends on it: its result is
+			// only logged, and the sink is not waited for.
+			if revoke := rt.revokeUnserved.Load(); revoke != nil {
+				(*revoke)()
+			}
 			exit := os.Exit
 			if e.exit != nil {
 				exit = e.exit
@@ -708,9 +723,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		// (a crash loop would pile them up in Vault). Once serving, it
 		// stays: credentials minted without an orphan token_role are its
 		// children. Runs after the login's renewals stopped (Run below).
+		revoke := sync.OnceFunc(rt.revokeLoginToken)
+		rt.revokeUnserved.Store(&revoke)
 		rt.closers = append(rt.closers, func() error {
 			if !rt.served {
-				rt.revokeLoginToken()
+				revoke()
 			}
 			return nil
 		})

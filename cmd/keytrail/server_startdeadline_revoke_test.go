@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/e2e/harness"
+)
+
+// TestStartupTimeoutHardExitRevokesTheLoginToken: a start-up logged in
+// with AppRole and then hung where the cancel does not reach (here: its
+// start event's write to an audit disk that hangs) was ended by
+// startup_timeout's hard exit without running any closer, the one that
+// revokes the login's token included: an AppRole broker crash-looping on
+// a hung disk left one live token per start in Vault until its TTL (32
+// days by default). The hard exit now revokes it first (bounded by
+// loginRevokeTimeout); the closer that runs once the write is released
+// does not revoke it a second time.
+func TestStartupTimeoutHardExitRevokesTheLoginToken(t *testing.T) {
+	vp := harness.StartVault(t)
+	c := vp.Client
+	if err := c.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sys().PutPolicy("kt-hardexit", `path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo"] }`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Logical().Write("auth/approle/role/kt", map[string]any{"token_policies": "kt-hardexit"}); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := c.Logical().Read("auth/approle/role/kt/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := c.Logical().Write("auth/approle/role/kt/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	roleFile, secretFile := filepath.Join(dir, "role_id"), filepath.Join(dir, "secret_id")
+	if err := os.WriteFile(roleFile, []byte(rid.Data["role_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens := func() int {
+		t.Helper()
+		sec, err := c.Logical().List("auth/token/accessors")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, _ := sec.Data["keys"].([]any)
+		return len(keys)
+	}
+	before := tokens()
+
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
+	cfg.Vault.Auth = &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}
+	cfg.applyDefaults()
+	st := duration(10 * time.Second)
+	cfg.StartupTimeout = &st
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(&logs, exited)
+	e.getenv = func(k string) string { return map[string]string{envReconcile: "off"}[k] }
+	e.startupCloseGrace = 2 * time.Second
+	var hold atomic.Bool
+	hold.Store(true)
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	e.auditWritten = func() {
+		// The first batch (the start's policy_load event) hangs.
+		if hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	t.Cleanup(func() {
+		open()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+		}
+	})
+	select {
+	case <-held:
+	case <-done:
+		t.Fatalf("server ended\n%s", logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the start-up never wrote its start event\n%s", logs.String())
+	}
+	if n := tokens(); n != before+1 {
+		t.Fatalf("Vault tokens: %d before the start-up, %d while it hangs, want its login's one more", before, n)
+	}
+	select {
+	case <-exited:
+	case <-done:
+		t.Fatalf("runServer returned while its start event's write hangs\n%s", logs.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no exit within 90s (startup_timeout 10s)\n%s", logs.String())
+	}
+	if after := tokens(); after != before {
+		t.Errorf("Vault tokens: %d before a start-up that startup_timeout's hard exit ended, %d after: its AppRole login's token was left valid\n%s", before, after, logs.String())
+	}
+	// The in-process runServer (e.exit does not end it) closes once the
+	// write is released: its closer finds the token revoked already.
+	open()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("runServer did not return once the write was released\n%s", logs.String())
+	}
+	l := logs.String()
+	if n := strings.Count(l, "revoked the Vault token the broker logged in for"); n != 1 {
+		t.Errorf("the login token's revocation logged %d times, want 1\n%s", n, l)
+	}
+	if strings.Contains(l, "could not revoke the Vault token the broker logged in for") {
+		t.Errorf("a second revocation was tried\n%s", l)
+	}
+	if exit, revoked := strings.Index(l, "exiting now"), strings.Index(l, "revoked the Vault token the broker logged in for"); exit < 0 || revoked < exit {
+		t.Errorf("the token was not revoked by the hard exit (after its ERROR)\n%s", l)
+	}
+}
