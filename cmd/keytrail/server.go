@@ -279,13 +279,16 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	if cfg.StartupTimeout != nil {
 		startupTimeout = time.Duration(*cfg.StartupTimeout)
 	}
-	deadline := rt.watchStartup(e, startupTimeout, stopWire, returned)
+	deadline := rt.watchStartup(ctx, e, startupTimeout, stopWire, returned)
 	err = rt.wire(wctx, e)
 	if deadline.end() {
 		// Stopped by the deadline: whatever wire did after it (its waits
 		// were cancelled; one that finished anyway) is not served. The
 		// closers below run as for any failed start-up: the sink, its
 		// adopted lines unsigned unless the start event recorded them.
+		if deadline.signalled {
+			return errors.Join(fmt.Errorf("start-up stopped by SIGINT/SIGTERM: still waiting for %s at startup_timeout (%s)", deadline.waitingFor, startupTimeout), err)
+		}
 		return errors.Join(fmt.Errorf("start-up did not finish within startup_timeout (%s): waiting for %s", startupTimeout, deadline.waitingFor), err)
 	}
 	if err != nil {
@@ -514,17 +517,22 @@ type startDeadline struct {
 	ended      bool
 	expired    bool
 	waitingFor string // what the start-up waited for when it expired
+	// signalled: the stop had begun before it expired (ctx ended:
+	// SIGINT/SIGTERM), so the timeout is not what stops the start-up.
+	signalled bool
 }
 
 // watchStartup arms the start-up deadline d (none when d <= 0): unless
 // end is called first, it logs an ERROR naming the step the start-up
-// waits for (rt.startStep), calls cancel (wire's context: its Vault,
+// waits for (rt.startStep) (a WARN saying the signal stops it when ctx,
+// runServer's, had ended before: a start-up whose wait ignores the
+// cancel outlived SIGINT/SIGTERM), calls cancel (wire's context: its Vault,
 // store and key waits end), and, if runServer has not returned
 // startupCloseGrace later, logs again, revokes an AppRole or Kubernetes
 // login's token (revokeUnserved) and exits (status 1) without closing
 // anything: no checkpoint is written then, so none signs the audit lines
 // the sink adopted and no start event recorded.
-func (rt *brokerRuntime) watchStartup(e *env, d time.Duration, cancel context.CancelFunc, returned <-chan struct{}) *startDeadline {
+func (rt *brokerRuntime) watchStartup(ctx context.Context, e *env, d time.Duration, cancel context.CancelFunc, returned <-chan struct{}) *startDeadline {
 	sd := &startDeadline{}
 	if d <= 0 {
 		return sd
@@ -538,9 +546,18 @@ func (rt *brokerRuntime) watchStartup(e *env, d time.Duration, cancel context.Ca
 		sd.expired = true
 		step := rt.startStep()
 		sd.waitingFor = step
+		signalled := ctx.Err() != nil
+		sd.signalled = signalled
 		sd.mu.Unlock()
-		rt.log.Error("start-up did not finish within startup_timeout: stopping (exit status 1)",
-			slog.Duration("startup_timeout", d), slog.String("waiting_for", step))
+		stoppedBy := "startup_timeout"
+		if signalled {
+			stoppedBy = "SIGINT/SIGTERM"
+			rt.log.Warn("start-up stopped by SIGINT/SIGTERM has not ended at startup_timeout: still waiting",
+				slog.Duration("startup_timeout", d), slog.String("waiting_for", step))
+		} else {
+			rt.log.Error("start-up did not finish within startup_timeout: stopping (exit status 1)",
+				slog.Duration("startup_timeout", d), slog.String("waiting_for", step))
+		}
 		cancel()
 		grace := startupCloseGrace
 		if e.startupCloseGrace > 0 {
@@ -551,7 +568,7 @@ func (rt *brokerRuntime) watchStartup(e *env, d time.Duration, cancel context.Ca
 		select {
 		case <-returned:
 		case <-t.C:
-			rt.log.Error("start-up stopped by startup_timeout did not end: exiting now, the audit log left as it is (no checkpoint written)",
+			rt.log.Error("start-up stopped by "+stoppedBy+" did not end: exiting now, the audit log left as it is (no checkpoint written)",
 				slog.Duration("waited", grace), slog.String("waiting_for", rt.startStep()))
 			// The closers did not run (or hang): the login token nothing
 			// was served with is revoked first, bounded by

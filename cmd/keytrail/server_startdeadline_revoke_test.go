@@ -134,3 +134,79 @@ func TestStartupTimeoutHardExitRevokesTheLoginToken(t *testing.T) {
 		t.Errorf("the token was not revoked by the hard exit (after its ERROR)\n%s", l)
 	}
 }
+
+// TestStartupTimeoutAfterASignalSaysSo: SIGINT/SIGTERM during a start-up
+// whose wait ignores the cancel (here: its start event's write to an
+// audit disk that hangs) left it waiting; startup_timeout then logged its
+// ERROR "start-up did not finish within startup_timeout", blaming the
+// timeout for a stop the signal had begun. The log now says the signal
+// stopped it (a WARN naming the step when the timeout passes, the hard
+// exit's ERROR naming the signal), and no timeout ERROR. As in
+// TestSecondSignalExitsDuringStartup, the signal is ctx's end.
+func TestStartupTimeoutAfterASignalSaysSo(t *testing.T) {
+	vp := harness.StartVault(t)
+	dir := t.TempDir()
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
+	cfg.applyDefaults()
+	st := duration(10 * time.Second)
+	cfg.StartupTimeout = &st
+	var logs brokertest.SyncBuffer
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(&logs, exited)
+	e.startupCloseGrace = 2 * time.Second
+	var hold atomic.Bool
+	hold.Store(true)
+	held, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	e.auditWritten = func() {
+		if hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	ctx, signal := context.WithCancel(context.Background())
+	defer signal()
+	var runErr error
+	done := make(chan struct{})
+	go func() { defer close(done); runErr = runServer(ctx, e, cfg, nil) }()
+	t.Cleanup(func() {
+		open()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+		}
+	})
+	select {
+	case <-held:
+	case <-done:
+		t.Fatalf("server ended: %v\n%s", runErr, logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the start-up never wrote its start event\n%s", logs.String())
+	}
+	signal()
+	select {
+	case <-exited:
+	case <-done:
+		t.Fatalf("runServer returned (%v) while its start event's write hangs\n%s", runErr, logs.String())
+	case <-time.After(90 * time.Second):
+		t.Fatalf("no exit within 90s (startup_timeout 10s)\n%s", logs.String())
+	}
+	l := logs.String()
+	if strings.Contains(l, "start-up did not finish within startup_timeout") {
+		t.Errorf("the timeout is blamed for a start-up the signal had stopped\n%s", l)
+	}
+	if !strings.Contains(l, `level=WARN msg="start-up stopped by SIGINT/SIGTERM has not ended at startup_timeout: still waiting" startup_timeout=10s waiting_for="the start event to be durable (audit.file)"`) ||
+		!strings.Contains(l, `level=ERROR msg="start-up stopped by SIGINT/SIGTERM did not end: exiting now`) {
+		t.Errorf("the log does not say the signal stopped the start-up\n%s", l)
+	}
+	open()
+	select {
+	case <-done:
+		if err := runErr; err == nil || !strings.Contains(err.Error(), "start-up stopped by SIGINT/SIGTERM: still waiting for the start event to be durable (audit.file) at startup_timeout (10s)") {
+			t.Errorf("runServer() = %v, want the signal named", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("runServer did not return once the write was released\n%s", logs.String())
+	}
+}
