@@ -167,11 +167,17 @@ const minLimitPerSecond = 1.0 / 3600
 // it, and config check prints it.
 type configWarning struct{ field, msg string }
 
-// limitWarnings are the warnings of c's refusal_limit and
-// introspect_limit: a per_second under one an hour (a 429's Retry-After
+// minStartupTimeout is the least startup_timeout (but 0: none) that
+// draws no warning.
+const minStartupTimeout = 30 * time.Second
+
+// fieldWarnings are the warnings of c's fields: a refusal_limit or
+// introspect_limit per_second under one an hour (a 429's Retry-After
 // says at most an hour; a client that comes back then is refused again),
-// as a policy's rate or proxy_rate draws.
-func (c *Config) limitWarnings() []configWarning {
+// as a policy's rate or proxy_rate draws; a startup_timeout under
+// minStartupTimeout (a start-up that needs longer, a Vault login or an
+// audit log read back slowly, is stopped at every start: a crash loop).
+func (c *Config) fieldWarnings() []configWarning {
 	var out []configWarning
 	tiny := func(field string, v float64) {
 		if v > 0 && v < minLimitPerSecond {
@@ -183,13 +189,17 @@ func (c *Config) limitWarnings() []configWarning {
 		tiny("refusal_limit.global_per_second", c.RefusalLimit.GlobalPerSecond)
 	}
 	tiny("introspect_limit.per_second", c.IntrospectLimit.PerSecond)
+	if c.StartupTimeout != nil && *c.StartupTimeout > 0 && time.Duration(*c.StartupTimeout) < minStartupTimeout {
+		out = append(out, configWarning{"startup_timeout", fmt.Sprintf("%s is less than %s: a start-up that needs longer (a slow Vault login, a long audit log read back to its last checkpoint) is stopped at every start and never serves (0: none; absent: %s)",
+			time.Duration(*c.StartupTimeout), minStartupTimeout, DefaultStartupTimeout)})
+	}
 	return out
 }
 
-// logConfigWarnings logs c's warnings (limitWarnings), each named by
+// logConfigWarnings logs c's warnings (fieldWarnings), each named by
 // c's file and field, as config check prints them.
 func logConfigWarnings(c *Config, log *slog.Logger) {
-	for _, w := range c.limitWarnings() {
+	for _, w := range c.fieldWarnings() {
 		problem := w.field + ": " + w.msg
 		if c.file != "" {
 			problem = c.file + ": " + problem

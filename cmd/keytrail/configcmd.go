@@ -229,7 +229,7 @@ func checkConfigFiles(file string, c *Config, doc *yaml.Node, now time.Time) (pr
 			warn(field, "%s", m)
 		}
 	}
-	for _, w := range c.limitWarnings() {
+	for _, w := range c.fieldWarnings() {
 		warn(w.field, "%s", w.msg)
 	}
 	caBundle("vault.ca_file", c.Vault.CAFile)

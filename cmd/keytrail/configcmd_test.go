@@ -222,6 +222,12 @@ func TestConfigCheckReadsServerFiles(t *testing.T) {
 				"refusal_limit.global_per_second: 0.0002 is less than one request an hour (1/3600)",
 				"introspect_limit.per_second: 1e-05 is less than one request an hour (1/3600)",
 			}},
+		// A startup_timeout so short a start-up that needs longer is
+		// stopped at every start (a crash loop); 0 is none.
+		{name: "warn/startup-timeout-under-30s", yaml: config(", token_file: "+token, auditFile, "startup_timeout: 1s\n"), // 5
+			wantWarning: []string{"startup_timeout: 1s is less than 30s: a start-up that needs longer (a slow Vault login, a long audit log read back to its last checkpoint) is stopped at every start and never serves (0: none; absent: 5m0s) (line 5)"}},
+		{name: "ok/startup-timeout-none", yaml: config(", token_file: "+token, auditFile, "startup_timeout: 0s\n")},
+		{name: "ok/startup-timeout-30s", yaml: config(", token_file: "+token, auditFile, "startup_timeout: 30s\n")},
 		{name: "ok/limits-of-one-an-hour", yaml: config(", token_file: "+token, auditFile,
 			"refusal_limit: {per_second: 0.0002778, global_per_second: -1}\nintrospect_limit: {per_second: -1}\n")},
 		{name: "fail/tls-key-unparsable", yaml: config("", auditFile, tlsBlock(cert, garbage, "")), wantCode: 1,
