@@ -758,6 +758,15 @@ func printVerifyReport(e *env, rep *audit.Report, readErr error, opts audit.Veri
 	}
 }
 
+// seqSpan names the lines first..last of a chain: "seq 5..9", or "seq 5"
+// for one line.
+func seqSpan(first, last uint64) string {
+	if first == last {
+		return fmt.Sprintf("seq %d", first)
+	}
+	return fmt.Sprintf("seq %d..%d", first, last)
+}
+
 // resumedNotices name, per chain, the lines that no checkpoint covered
 // when a broker restarted (its start event records them,
 // audit.ChainReport.UnsignedResumed): the checkpoints after the restart
@@ -767,10 +776,7 @@ func resumedNotices(rep *audit.Report) []string {
 	var out []string
 	for _, c := range rep.Chains {
 		for _, r := range c.UnsignedResumed {
-			seqs := fmt.Sprintf("seq %d..%d", r.FirstSeq, r.LastSeq)
-			if r.FirstSeq == r.LastSeq {
-				seqs = fmt.Sprintf("seq %d", r.FirstSeq)
-			}
+			seqs := seqSpan(r.FirstSeq, r.LastSeq)
 			after := fmt.Sprintf("after the checkpoint at seq %d", r.LastCheckpointSeq)
 			if r.LastCheckpointSeq == 0 {
 				// After a deliberate change of checkpoint key the broker
@@ -804,10 +810,7 @@ func resumedWarnings(rep *audit.Report) []string {
 	var out []string
 	for _, c := range rep.Chains {
 		for _, r := range c.UnrecordedResumed {
-			seqs := fmt.Sprintf("seq %d..%d", r.FirstSeq, r.LastSeq)
-			if r.FirstSeq == r.LastSeq {
-				seqs = fmt.Sprintf("seq %d", r.FirstSeq)
-			}
+			seqs := seqSpan(r.FirstSeq, r.LastSeq)
 			after := fmt.Sprintf("after the checkpoint at seq %d", r.LastCheckpointSeq)
 			if r.LastCheckpointSeq == 0 {
 				after = "with no verified checkpoint before them"
