@@ -65,7 +65,7 @@ func BenchmarkUpdateLargeRevocation(b *testing.B) {
 // same, so the update never fit. It now keeps the caller's deadline.
 func TestUpdateRevocationKeepsCallerDeadline(t *testing.T) {
 	r := harness.StartRedis(t)
-	s := newStore(t, r, redisstore.Options{Prefix: "{slow-update}:", Timeout: 200 * time.Millisecond})
+	s := newStore(t, r, redisstore.Options{Prefix: "{slow-update}:", Timeout: 500 * time.Millisecond})
 	ctx := context.Background()
 	now := storetest.Epoch()
 	rev := &broker.Revocation{ID: "rev_slow", CreatedAt: now, Admin: "secops:alice", Reason: "incident",
@@ -84,7 +84,7 @@ func TestUpdateRevocationKeepsCallerDeadline(t *testing.T) {
 		return nil
 	})
 	if err != nil || got.CompletedAt.IsZero() {
-		t.Fatalf("UpdateRevocation with a 1 m deadline taking 1 s (store Timeout 200 ms) = %+v, %v; want it stored", got, err)
+		t.Fatalf("UpdateRevocation with a 1 m deadline taking 1 s (store Timeout 500 ms) = %+v, %v; want it stored", got, err)
 	}
 	// Without a deadline of its own, the call is bounded by the Timeout.
 	_, err = s.UpdateRevocation(ctx, "rev_slow", func(c *broker.Revocation) error {
@@ -94,6 +94,6 @@ func TestUpdateRevocationKeepsCallerDeadline(t *testing.T) {
 		return nil
 	})
 	if err == nil {
-		t.Fatal("UpdateRevocation without a deadline taking 1 s (store Timeout 200 ms) = nil, want its timeout")
+		t.Fatal("UpdateRevocation without a deadline taking 1 s (store Timeout 500 ms) = nil, want its timeout")
 	}
 }
