@@ -438,9 +438,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			}
 			actorIs, aerr := s.brokerTokenIssuance(ctx, req.ActorToken, actor)
 			if aerr != nil {
-				e := AsError(aerr)
-				e.Reason = "actor_" + e.Reason
-				return refusedActor(e)
+				return refusedActor(actorError(aerr))
 			}
 			if actorIs != nil {
 				actorKept = appendKept(appendKept(nil, actorIs.MayAct), actorIs.ActMayAct)
@@ -448,9 +446,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 			actMayActs = appendKept(ownMayAct(nil, actor), actorKept)
 		}
 		if err != nil {
-			e := AsError(err)
-			e.Reason = "actor_" + e.Reason
-			return refused(e)
+			return refused(actorError(err))
 		}
 		// may_act (RFC 8693 §4.4) in either token names the other party
 		// (docs/SPEC-ADDITIONS.md "Delegation"): the actor token's, as
@@ -882,6 +878,23 @@ func (s *Service) brokerTokenIssuance(ctx context.Context, raw string, id *Ident
 			fmt.Errorf("broker credential %s is revoked, expired or its workload blocked", is.ID))
 	}
 	return is, nil
+}
+
+// actorError is err, a failure of the actor token's check, as the
+// exchange answers it: a refusal of the actor token (a 4xx) has its reason
+// prefixed "actor_" (actor_credential_revoked, actor_bad_signature); the
+// broker's own failure while checking it (a 5xx: store_unavailable,
+// jwks_unavailable) keeps its reason, as the 503s that alerts and
+// keytrail_denies_total name are the same whichever token was checked.
+// err is copied, never changed.
+func actorError(err error) *Error {
+	e := AsError(err)
+	if StatusOf(e) >= 500 {
+		return e
+	}
+	c := *e
+	c.Reason = "actor_" + e.Reason
+	return &c
 }
 
 // exchangeCaller is the caller whose refused exchanges an identity guard
