@@ -126,7 +126,9 @@ type Options struct {
 	Prefix string
 	// Timeout bounds each store call; default DefaultTimeout. An
 	// UpdateRevocation whose ctx has a deadline keeps it, later or not:
-	// the Service sizes it by the record (broker's recordTimeout).
+	// the Service sizes it by the record (broker's recordTimeout). A
+	// PutRevocation gets one more Timeout per 4 MiB of its encoded record,
+	// or its ctx's deadline if nearer.
 	Timeout time.Duration
 	// Retention is how long an issuance record is kept after it expires;
 	// default DefaultRetention.
@@ -398,17 +400,42 @@ func corrupt(what string, err error) error {
 	return broker.Unavailable("store_corrupt", time.Second, fmt.Errorf("redisstore: decode %s: %w", what, err))
 }
 
-// ctx bounds one store call by the store's timeout. A ctx whose deadline is
-// already at least as near is the bound as it is (the Service makes its
-// StoreTimeout, 2 s by default as this timeout, just before each of its
-// store calls): context.WithTimeout would return a cancelable copy with
-// the same deadline, 2 allocations and a registration with the parent per
-// Redis call for nothing.
+// ctx bounds one store call by the store's timeout, whatever later
+// deadline the caller gives (a caller's minutes would let a hung Redis
+// hold the call as long). A ctx whose deadline is already at least as
+// near is the bound as it is (the Service makes its StoreTimeout, 2 s by
+// default as this timeout, just before each of its store calls):
+// context.WithTimeout would return a cancelable copy with the same
+// deadline, 2 allocations and a registration with the parent per Redis
+// call for nothing. Two calls are bounded otherwise: PutRevocation by
+// recordTimeout, sized by the record it sends; UpdateRevocation by the
+// caller's deadline (the Service sizes it by the record).
 func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= s.timeout {
+	return within(ctx, s.timeout)
+}
+
+// within bounds ctx by d from now, returning ctx as it is when its
+// deadline is already at least as near (see Store.ctx).
+func within(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, s.timeout)
+	return context.WithTimeout(ctx, d)
+}
+
+// recordBytesPerTimeout is how many bytes of an encoded revocation record
+// PutRevocation is given one more Options.Timeout for, on top of the
+// first. A record names every issuance its revocation matched (about 80
+// bytes each pending with a failure: 100,000 issuances, some 8 MB), and
+// the one command that sends it takes longer the larger it is; the
+// Service's deadline sized by the record (broker's recordTimeout) would
+// otherwise be cut to the store's Timeout.
+const recordBytesPerTimeout = 4 << 20
+
+// recordTimeout bounds PutRevocation of an encoded record of size bytes:
+// Timeout, and one more per recordBytesPerTimeout bytes.
+func (s *Store) recordTimeout(size int) time.Duration {
+	return s.timeout + time.Duration(size/recordBytesPerTimeout)*s.timeout
 }
 
 // unreplicated is a write the primary applied but fewer than MinReplicas
@@ -977,8 +1004,11 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 	if err != nil {
 		return err
 	}
-	keys, args := s.putRevocationArgs(c, raw, rand.Text())
-	ctx, cancel := s.ctx(ctx)
+	// Sized by the record, within a nearer caller deadline; never the
+	// caller's later one (the revocation cache's write-back gives minutes).
+	bound := s.recordTimeout(len(raw))
+	keys, args := s.putRevocationArgs(c, raw, rand.Text(), bound)
+	ctx, cancel := within(ctx, bound)
 	defer cancel()
 	err = s.durably(ctx, keys[0], func(rc redis.Cmdable) error {
 		return createRevocationScript.Run(ctx, rc, keys, args...).Err()
@@ -1102,9 +1132,9 @@ func (s *Store) revocationScriptArgs(id string, raw []byte, created time.Time, p
 
 // putRevocationArgs are createRevocationScript's KEYS and ARGV for one
 // PutRevocation call of c (encoded as raw), call its id.
-func (s *Store) putRevocationArgs(c *broker.Revocation, raw []byte, call string) ([]string, []any) {
+func (s *Store) putRevocationArgs(c *broker.Revocation, raw []byte, call string, bound time.Duration) ([]string, []any) {
 	keys, args := s.revocationScriptArgs(c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero())
-	return append(keys, s.prefix+"putrev:"+c.ID), append(args, call, s.unblockTTL().Milliseconds())
+	return append(keys, s.prefix+"putrev:"+c.ID), append(args, call, s.putrevTTL(bound).Milliseconds())
 }
 
 // putRevocationScript (putRevocationBody): KEYS as in indexRevocation; ARGV: JSON (empty: keep
@@ -1497,9 +1527,17 @@ func (s *Store) DeleteBlock(ctx context.Context, workload, revocationID string) 
 
 // unblockTTL is how long unblock:<workload> keeps the id of the DeleteBlock
 // call that deleted the block, and putrev:<id> that of the PutRevocation
-// call that wrote the record: longer than any resend of the call, which
-// go-redis makes only within the call's deadline (at most the timeout).
+// call that wrote the record (putrevTTL: longer for a large record):
+// longer than any resend of the call, which go-redis makes only within
+// the call's deadline (at most the timeout).
 func (s *Store) unblockTTL() time.Duration { return max(2*s.timeout, time.Second) }
+
+// putrevTTL is how long putrev:<id> keeps the id of a PutRevocation call
+// bounded by bound (recordTimeout, past the timeout for a large record):
+// unblockTTL, and at least twice the bound, as its resends are within it.
+func (s *Store) putrevTTL(bound time.Duration) time.Duration {
+	return max(s.unblockTTL(), 2*bound)
+}
 
 // deleteBlockArgs are deleteBlockScript's KEYS and ARGV for one DeleteBlock
 // call, call its id.
