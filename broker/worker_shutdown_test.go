@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -91,10 +92,8 @@ func TestWorkerResultsStopWithRun(t *testing.T) {
 		t.Fatal("Run still running 10s after its context ended")
 	}
 	// The write waiting on the log ends with Run's context.
-	for deadline := time.Now().Add(10 * time.Second); sink.waiting.Load() != 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d revoke_result writes still waiting on the log 10s after Run returned, want none", sink.waiting.Load())
-		}
+	if !waitCond(t, "no revoke_result write waiting on the log after Run returned", 10*time.Second, func() bool { return sink.waiting.Load() == 0 }) {
+		t.FailNow()
 	}
 	if res := revokeResults(f.sink.Events(), rev.ID); len(res) != 1 {
 		t.Fatalf("revoke_result events %v, want the request's alone", res)
@@ -158,9 +157,7 @@ func TestTickAuditWaitBounded(t *testing.T) {
 		}
 		return n
 	}
-	for deadline := time.Now().Add(10 * time.Second); byWorker() < len(iss); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d revoke_result events by worker 10s after the log took writes again, want %d", byWorker(), len(iss))
-		}
+	if !waitCond(t, fmt.Sprintf("%d revoke_result events by worker after the log took writes again", len(iss)), 10*time.Second, func() bool { return byWorker() >= len(iss) }) {
+		t.Fatalf("%d revoke_result events by worker, want %d", byWorker(), len(iss))
 	}
 }
