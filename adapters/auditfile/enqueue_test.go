@@ -24,6 +24,35 @@ func waitDone(t *testing.T, done <-chan error) error {
 	}
 }
 
+// stuckWithQueueFull opens a sink (MaxBatch 1, DeferFor an hour) whose
+// writer is stuck in an fsync that hangs, writing an Append ("stuck", its
+// outcome on stuck), with its queue full: one event Enqueued ("first", its
+// done on first). release lets the fsync go on; it is also called at
+// Cleanup, before Close.
+func stuckWithQueueFull(t *testing.T) (s *Sink, release func(), stuck, first chan error) {
+	t.Helper()
+	fl := &faults{}
+	gate, syncing := make(chan struct{}), make(chan struct{})
+	fl.set(func(f *faults) { f.syncGate = gate; f.onSync = func() { close(syncing) } })
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	s = openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 1, DeferFor: time.Hour}, faultSeams(fl))
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release) // before Close
+	stuck = make(chan error, 1)
+	go func() { stuck <- s.Append(context.Background(), &audit.Event{Type: "stuck"}) }()
+	select { // the writer is in the fsync that hangs
+	case <-syncing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no fsync within 10s")
+	}
+	first = make(chan error, 1)
+	if !s.Enqueue(&audit.Event{Type: "first"}, func(err error) { first <- err }) {
+		t.Fatal("Enqueue() = false with room in the queue (MaxBatch 1)")
+	}
+	return s, release, stuck, first
+}
+
 // TestEnqueueCommitsAtOnce: an event handed over by Enqueue is committed
 // at once, as an Append's is (not held for DeferFor as a deferred one is:
 // here an hour), taking the deferred events held before it along, and done
@@ -63,29 +92,12 @@ func TestEnqueueCommitsAtOnce(t *testing.T) {
 // writer goes on. A closed sink, a nil event or a nil
 // done are refused the same way, and done is never called.
 func TestEnqueueRefusesWhenItWouldWait(t *testing.T) {
-	fl := &faults{}
-	gate, syncing := make(chan struct{}), make(chan struct{})
-	fl.set(func(f *faults) { f.syncGate = gate; f.onSync = func() { close(syncing) } })
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	s := openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 1, DeferFor: time.Hour}, faultSeams(fl))
-	var release sync.Once
-	t.Cleanup(func() { release.Do(func() { close(gate) }) }) // before Close
-	stuck := make(chan error, 1)
-	go func() { stuck <- s.Append(context.Background(), &audit.Event{Type: "stuck"}) }()
-	select { // the writer is in the fsync that hangs
-	case <-syncing:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no fsync within 10s")
-	}
-	first := make(chan error, 1)
-	if !s.Enqueue(&audit.Event{Type: "first"}, func(err error) { first <- err }) {
-		t.Fatal("Enqueue() = false with room in the queue (MaxBatch 1)")
-	}
+	s, release, stuck, first := stuckWithQueueFull(t)
 	called := make(chan error, 1)
 	if s.Enqueue(&audit.Event{Type: "second"}, func(err error) { called <- err }) {
 		t.Fatal("Enqueue() = true with the queue full behind a stuck writer")
 	}
-	release.Do(func() { close(gate) })
+	release()
 	if err := waitDone(t, stuck); err != nil {
 		t.Errorf("Append() = %v once the fsync went on", err)
 	}
@@ -117,24 +129,7 @@ func TestEnqueueRefusesWhenItWouldWait(t *testing.T) {
 // AuditTimeout still bounds its wait (it then revokes the credential and
 // answers 503) instead of hanging with the credential minted.
 func TestEnqueueDoesNotWaitForAClosePending(t *testing.T) {
-	fl := &faults{}
-	gate, syncing := make(chan struct{}), make(chan struct{})
-	fl.set(func(f *faults) { f.syncGate = gate; f.onSync = func() { close(syncing) } })
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	s := openT(t, Options{Path: path, Now: newClock().Now, MaxBatch: 1, DeferFor: time.Hour}, faultSeams(fl))
-	var release sync.Once
-	t.Cleanup(func() { release.Do(func() { close(gate) }) }) // before Close
-	stuck := make(chan error, 1)
-	go func() { stuck <- s.Append(context.Background(), &audit.Event{Type: "stuck"}) }()
-	select { // the writer is in the fsync that hangs
-	case <-syncing:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no fsync within 10s")
-	}
-	first := make(chan error, 1)
-	if !s.Enqueue(&audit.Event{Type: "first"}, func(err error) { first <- err }) {
-		t.Fatal("Enqueue() = false with room in the queue (MaxBatch 1)")
-	}
+	s, release, stuck, first := stuckWithQueueFull(t)
 	waiting := make(chan error, 1)
 	go func() { waiting <- s.Append(context.Background(), &audit.Event{Type: "waiting"}) }()
 	poll := func(what string, cond func() bool) {
@@ -174,7 +169,7 @@ func TestEnqueueDoesNotWaitForAClosePending(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("Enqueue() waited (10s) for a Close under way instead of reporting false")
 	}
-	release.Do(func() { close(gate) })
+	release()
 	for _, c := range []chan error{stuck, first, waiting} {
 		if err := waitDone(t, c); err != nil {
 			t.Errorf("an event queued before Close: %v, want nil", err)
