@@ -101,6 +101,46 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// newIntrospectFixture serves pol at https://keytrail.example, always
+// ready, authenticating goodToken and callerToken as newFixture does and
+// extra's tokens besides, with one brokertest.Minter minting and revoking
+// each of kinds.
+func newIntrospectFixture(t *testing.T, pol *policies.Policy, extra brokertest.Authn, kinds ...string) *fixture {
+	t.Helper()
+	f := &fixture{sink: &brokertest.Sink{}, minter: &brokertest.Minter{}}
+	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
+		Claims: map[string]any{"sub": "repo:acme/deploy"}},
+		callerToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/verifier", JTI: "caller-jti-1",
+			Claims: map[string]any{"sub": "repo:acme/verifier"}}}
+	for tok, id := range extra {
+		authn[tok] = id
+	}
+	minters, revokers := map[string]broker.Minter{}, map[string]broker.Revoker{}
+	for _, k := range kinds {
+		minters[k], revokers[k] = f.minter, f.minter
+	}
+	svc, err := broker.NewService(broker.Deps{
+		Policy:   func() *policies.Policy { return pol },
+		Authn:    func() broker.Authenticator { return authn },
+		Minters:  minters,
+		Revokers: revokers,
+		Store:    memstore.New(time.Now),
+		Audit:    f.sink,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
+		Ready: func(ctx context.Context) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.api = api
+	f.srv = httptest.NewServer(api.Routes())
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
 func form(kv ...string) url.Values {
 	v := url.Values{
 		"grant_type":         {broker.GrantTypeTokenExchange},

@@ -1,16 +1,12 @@
 package httpapi_test
 
 import (
-	"context"
-	"net/http/httptest"
 	"reflect"
 	"testing"
 	"time"
 
-	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/brokertest"
-	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -39,31 +35,9 @@ grants:
 	if err != nil {
 		t.Fatal(err)
 	}
-	minter := &brokertest.Minter{}
-	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
-		Claims: map[string]any{"sub": "repo:acme/deploy"}},
-		callerToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/verifier", JTI: "caller-jti-1",
-			Claims: map[string]any{"sub": "repo:acme/verifier"}},
+	f := newIntrospectFixture(t, pol, brokertest.Authn{
 		"user-token": {IssuerName: "sso", Iss: "https://sso.example", Sub: "user:carol", JTI: "sso-jti-1", Expiry: time.Now().Add(time.Hour),
-			Claims: map[string]any{"sub": "user:carol"}}}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter},
-		Store:    memstore.New(time.Now),
-		Audit:    &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
-		Ready: func(ctx context.Context) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{srv: httptest.NewServer(api.Routes())}
-	t.Cleanup(f.srv.Close)
+			Claims: map[string]any{"sub": "user:carol"}}}, broker.KindVaultToken)
 
 	for _, tc := range []struct {
 		name string

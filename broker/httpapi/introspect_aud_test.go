@@ -1,15 +1,9 @@
 package httpapi_test
 
 import (
-	"context"
-	"net/http/httptest"
 	"testing"
-	"time"
 
-	"github.com/keytrail/keytrail/adapters/memstore"
 	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/broker/brokertest"
-	"github.com/keytrail/keytrail/broker/httpapi"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -34,29 +28,7 @@ grants:
 	if err != nil {
 		t.Fatal(err)
 	}
-	minter := &brokertest.Minter{}
-	authn := brokertest.Authn{goodToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/deploy",
-		Claims: map[string]any{"sub": "repo:acme/deploy"}},
-		callerToken: {IssuerName: "ci", Iss: "https://ci.example", Sub: "repo:acme/verifier", JTI: "caller-jti-1",
-			Claims: map[string]any{"sub": "repo:acme/verifier"}}}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:   func() *policies.Policy { return pol },
-		Authn:    func() broker.Authenticator { return authn },
-		Minters:  map[string]broker.Minter{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Revokers: map[string]broker.Revoker{broker.KindVaultToken: minter, broker.KindJWT: minter},
-		Store:    memstore.New(time.Now),
-		Audit:    &brokertest.Sink{},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := httpapi.New(httpapi.Options{Service: svc, PublicURL: "https://keytrail.example",
-		Ready: func(ctx context.Context) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{srv: httptest.NewServer(api.Routes())}
-	t.Cleanup(f.srv.Close)
+	f := newIntrospectFixture(t, pol, nil, broker.KindVaultToken, broker.KindJWT)
 
 	for _, tc := range []struct{ grant, aud string }{{"orders-jwt", "orders-api"}, {"deploy-vault", ""}} {
 		resp, tok := f.post(t, "/v1/token", "application/x-www-form-urlencoded", form("audience", tc.grant).Encode())
