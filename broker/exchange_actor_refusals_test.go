@@ -2,14 +2,11 @@ package broker_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
-	"github.com/keytrail/keytrail/broker/trace"
 )
 
 // TestExchangeActorRefusalsPerActor: in delegation the subject token is
@@ -98,24 +95,7 @@ func TestExchangeActorRefusalsPerActor(t *testing.T) {
 	}
 
 	// keytrail report (offline, from JSON) counts them by reason.
-	var read []*audit.Event
-	for i, ev := range sink.Events() {
-		b, err := json.Marshal(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back audit.Event
-		if err := json.Unmarshal(b, &back); err != nil {
-			t.Fatal(err)
-		}
-		back.Chain, back.Seq = "chn_a", uint64(i+1)
-		back.Time = svc.Now().Format(time.RFC3339Nano)
-		read = append(read, &back)
-	}
-	rep, err := trace.BuildReport(trace.ReportInput{Now: svc.Now().Add(time.Minute), Events: read})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := reportOf(t, svc, sink)
 	denies := map[string]int{}
 	for _, d := range rep.Denies {
 		denies[d.Reason] = d.Count

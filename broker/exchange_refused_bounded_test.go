@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
+	"github.com/keytrail/keytrail/broker/trace"
 	"github.com/keytrail/keytrail/policies"
 )
 
@@ -171,4 +173,30 @@ func refusedService(t *testing.T, limits *broker.RefusalLimits) (*broker.Service
 		t.Fatal(err)
 	}
 	return svc, sink
+}
+
+// reportOf is keytrail report over the events sink holds, read back from
+// JSON as an offline report reads them, stamped chain chn_a, seq in order
+// and svc's time, as of a minute later.
+func reportOf(t *testing.T, svc *broker.Service, sink *brokertest.Sink) *trace.Report {
+	t.Helper()
+	var evs []*audit.Event
+	for i, ev := range sink.Events() {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back audit.Event
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		back.Chain, back.Seq = "chn_a", uint64(i+1)
+		back.Time = svc.Now().Format(time.RFC3339Nano)
+		evs = append(evs, &back)
+	}
+	rep, err := trace.BuildReport(trace.ReportInput{Now: svc.Now().Add(time.Minute), Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

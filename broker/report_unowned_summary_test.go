@@ -2,13 +2,9 @@ package broker_test
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
-	"time"
 
 	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/broker/audit"
-	"github.com/keytrail/keytrail/broker/trace"
 )
 
 // TestReportUnownedIdentityCountsSummarizedRefusals: an identity that
@@ -31,24 +27,7 @@ func TestReportUnownedIdentityCountsSummarizedRefusals(t *testing.T) {
 		}
 	}
 	svc.FlushRefusalSummaries(ctx, true)
-	var evs []*audit.Event
-	for i, ev := range sink.Events() {
-		b, err := json.Marshal(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back audit.Event
-		if err := json.Unmarshal(b, &back); err != nil {
-			t.Fatal(err)
-		}
-		back.Chain, back.Seq = "chn_a", uint64(i+1)
-		back.Time = svc.Now().Format(time.RFC3339Nano)
-		evs = append(evs, &back)
-	}
-	rep, err := trace.BuildReport(trace.ReportInput{Now: svc.Now().Add(time.Minute), Events: evs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := reportOf(t, svc, sink)
 	if len(rep.UnownedIdentities) != 1 {
 		t.Fatalf("unowned identities = %+v, want the stranger", rep.UnownedIdentities)
 	}
