@@ -30,16 +30,7 @@ workloads:
     owner: team-payments
     match: {issuer: k8s, subject: system:serviceaccount:payments:api}
     grants: [handoff-jwt]
-grants:
-  - name: handoff-jwt
-    kind: jwt
-    ttl: 10m
-    jwt: {audience: keytrail, transit_key: k}
-  - name: payments-vault
-    kind: vault_token
-    ttl: 15m
-    vault_token: {policies: [payments-read]}
-`
+` + chainGrants
 
 // TestExchangeAuthenticatedRefusalsBounded: a refusal of /v1/token after
 // the subject authenticated (no workload, an unknown grant, a grant the

@@ -37,7 +37,10 @@ workloads:
     owner: team-payments
     match: {issuer: keytrail, subject: payments-api}
     grants: [payments-vault]
-grants:
+` + chainGrants
+
+// chainGrants is the grants of chainPolicy and refusedPolicy.
+const chainGrants = `grants:
   - name: handoff-jwt
     kind: jwt
     ttl: 10m
