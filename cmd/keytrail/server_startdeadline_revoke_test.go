@@ -2,17 +2,10 @@ package main
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	vaultapi "github.com/hashicorp/vault/api"
-
-	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
 
@@ -28,66 +21,18 @@ import (
 func TestStartupTimeoutHardExitRevokesTheLoginToken(t *testing.T) {
 	vp := harness.StartVault(t)
 	c := vp.Client
-	if err := c.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Sys().PutPolicy("kt-hardexit", `path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo"] }`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Logical().Write("auth/approle/role/kt", map[string]any{"token_policies": "kt-hardexit"}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := c.Logical().Read("auth/approle/role/kt/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := c.Logical().Write("auth/approle/role/kt/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	roleFile, secretFile := filepath.Join(dir, "role_id"), filepath.Join(dir, "secret_id")
-	if err := os.WriteFile(roleFile, []byte(rid.Data["role_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tokens := func() int {
-		t.Helper()
-		sec, err := c.Logical().List("auth/token/accessors")
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys, _ := sec.Data["keys"].([]any)
-		return len(keys)
-	}
+	roleFile, secretFile := approleLogin(t, c, "kt-hardexit", dir)
+	tokens := func() int { t.Helper(); return vaultTokenCount(t, c) }
 	before := tokens()
 
-	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
-	cfg.Vault.Auth = &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}
-	cfg.applyDefaults()
-	st := duration(10 * time.Second)
-	cfg.StartupTimeout = &st
-	var logs brokertest.SyncBuffer
-	exited := make(chan int, 1)
-	e := startupDeadlineEnv(&logs, exited)
+	cfg := startupDeadlineConfig(t, dir, vp.Addr, func(cfg *Config) {
+		cfg.Vault.Auth = &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}
+	})
+	logs, exited, e := hardExitEnv()
 	e.getenv = func(k string) string { return map[string]string{envReconcile: "off"}[k] }
-	e.startupCloseGrace = 2 * time.Second
-	var hold atomic.Bool
-	hold.Store(true)
-	held, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	e.auditWritten = func() {
-		// The first batch (the start's policy_load event) hangs.
-		if hold.CompareAndSwap(true, false) {
-			close(held)
-			<-release
-		}
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	held, open := holdFirstAuditWrite(e)
+	done, _ := goRunServer(context.Background(), e, cfg)
 	t.Cleanup(func() {
 		open()
 		select {
@@ -146,30 +91,12 @@ func TestStartupTimeoutHardExitRevokesTheLoginToken(t *testing.T) {
 func TestStartupTimeoutAfterASignalSaysSo(t *testing.T) {
 	vp := harness.StartVault(t)
 	dir := t.TempDir()
-	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
-	cfg.applyDefaults()
-	st := duration(10 * time.Second)
-	cfg.StartupTimeout = &st
-	var logs brokertest.SyncBuffer
-	exited := make(chan int, 1)
-	e := startupDeadlineEnv(&logs, exited)
-	e.startupCloseGrace = 2 * time.Second
-	var hold atomic.Bool
-	hold.Store(true)
-	held, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	e.auditWritten = func() {
-		if hold.CompareAndSwap(true, false) {
-			close(held)
-			<-release
-		}
-	}
+	cfg := startupDeadlineConfig(t, dir, vp.Addr, nil)
+	logs, exited, e := hardExitEnv()
+	held, open := holdFirstAuditWrite(e)
 	ctx, signal := context.WithCancel(context.Background())
 	defer signal()
-	var runErr error
-	done := make(chan struct{})
-	go func() { defer close(done); runErr = runServer(ctx, e, cfg, nil) }()
+	done, runErr := goRunServer(ctx, e, cfg)
 	t.Cleanup(func() {
 		open()
 		select {
@@ -180,7 +107,7 @@ func TestStartupTimeoutAfterASignalSaysSo(t *testing.T) {
 	select {
 	case <-held:
 	case <-done:
-		t.Fatalf("server ended: %v\n%s", runErr, logs.String())
+		t.Fatalf("server ended: %v\n%s", runErr(), logs.String())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("the start-up never wrote its start event\n%s", logs.String())
 	}
@@ -188,7 +115,7 @@ func TestStartupTimeoutAfterASignalSaysSo(t *testing.T) {
 	select {
 	case <-exited:
 	case <-done:
-		t.Fatalf("runServer returned (%v) while its start event's write hangs\n%s", runErr, logs.String())
+		t.Fatalf("runServer returned (%v) while its start event's write hangs\n%s", runErr(), logs.String())
 	case <-time.After(90 * time.Second):
 		t.Fatalf("no exit within 90s (startup_timeout 10s)\n%s", logs.String())
 	}
@@ -203,7 +130,7 @@ func TestStartupTimeoutAfterASignalSaysSo(t *testing.T) {
 	open()
 	select {
 	case <-done:
-		if err := runErr; err == nil || !strings.Contains(err.Error(), "start-up stopped by SIGINT/SIGTERM: still waiting for the start event to be durable (audit.file) at startup_timeout (10s)") {
+		if err := runErr(); err == nil || !strings.Contains(err.Error(), "start-up stopped by SIGINT/SIGTERM: still waiting for the start event to be durable (audit.file) at startup_timeout (10s)") {
 			t.Errorf("runServer() = %v, want the signal named", err)
 		}
 	case <-time.After(60 * time.Second):

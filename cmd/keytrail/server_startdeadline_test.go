@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	vaultapi "github.com/hashicorp/vault/api"
+
 	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/e2e/harness"
@@ -70,6 +72,103 @@ func startupDeadlineEnv(logs io.Writer, exited chan int) *env {
 		default:
 		}
 	}}
+}
+
+// startupDeadlineConfig is serverTestConfig with startup_timeout 10s
+// (generous for this machine); edit, if not nil, changes it before
+// applyDefaults.
+func startupDeadlineConfig(t *testing.T, dir, vaultAddr string, edit func(*Config)) *Config {
+	t.Helper()
+	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vaultAddr)
+	if edit != nil {
+		edit(cfg)
+	}
+	cfg.applyDefaults()
+	st := duration(10 * time.Second)
+	cfg.StartupTimeout = &st
+	return cfg
+}
+
+// hardExitEnv is startupDeadlineEnv with a fresh log and exit channel and
+// startupCloseGrace 2s: the env of a start-up that startup_timeout's hard
+// exit ends.
+func hardExitEnv() (*brokertest.SyncBuffer, chan int, *env) {
+	logs := new(brokertest.SyncBuffer)
+	exited := make(chan int, 1)
+	e := startupDeadlineEnv(logs, exited)
+	e.startupCloseGrace = 2 * time.Second
+	return logs, exited, e
+}
+
+// holdFirstAuditWrite makes e's first audit write (the start's
+// policy_load event) hang: held is closed when it starts, open (safe to
+// call more than once) lets it go on.
+func holdFirstAuditWrite(e *env) (held <-chan struct{}, open func()) {
+	var hold atomic.Bool
+	hold.Store(true)
+	heldc, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	open = func() { releaseOnce.Do(func() { close(release) }) }
+	e.auditWritten = func() {
+		if hold.CompareAndSwap(true, false) {
+			close(heldc)
+			<-release
+		}
+	}
+	return heldc, open
+}
+
+// goRunServer runs runServer(ctx, e, cfg, nil) in a goroutine: done is
+// closed when it returns, and runErr, once done is closed, is what it
+// returned.
+func goRunServer(ctx context.Context, e *env, cfg *Config) (done <-chan struct{}, runErr func() error) {
+	donec := make(chan struct{})
+	var err error
+	go func() { defer close(donec); err = runServer(ctx, e, cfg, nil) }()
+	return donec, func() error { return err }
+}
+
+// approleLogin enables AppRole in the Vault of c with a role kt whose
+// tokens have policy (allowed everything), and writes its role and secret
+// ids to files in dir.
+func approleLogin(t *testing.T, c *vaultapi.Client, policy, dir string) (roleFile, secretFile string) {
+	t.Helper()
+	if err := c.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sys().PutPolicy(policy, `path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo"] }`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Logical().Write("auth/approle/role/kt", map[string]any{"token_policies": policy}); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := c.Logical().Read("auth/approle/role/kt/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := c.Logical().Write("auth/approle/role/kt/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roleFile, secretFile = filepath.Join(dir, "role_id"), filepath.Join(dir, "secret_id")
+	if err := os.WriteFile(roleFile, []byte(rid.Data["role_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return roleFile, secretFile
+}
+
+// vaultTokenCount is the number of tokens the Vault of c holds.
+func vaultTokenCount(t *testing.T, c *vaultapi.Client) int {
+	t.Helper()
+	sec, err := c.Logical().List("auth/token/accessors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := sec.Data["keys"].([]any)
+	return len(keys)
 }
 
 // TestStartupTimeoutStopsAStartupThatHangs: a start-up that waits for
@@ -195,28 +294,10 @@ func TestStartupTimeoutStopsAStartupThatHangs(t *testing.T) {
 func TestStartupTimeoutExitsWhenTheStartupIgnoresIt(t *testing.T) {
 	vp := harness.StartVault(t)
 	dir := t.TempDir()
-	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
-	cfg.applyDefaults()
-	st := duration(10 * time.Second)
-	cfg.StartupTimeout = &st
-	var logs brokertest.SyncBuffer
-	exited := make(chan int, 1)
-	e := startupDeadlineEnv(&logs, exited)
-	e.startupCloseGrace = 2 * time.Second
-	var hold atomic.Bool
-	hold.Store(true)
-	held, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
-	e.auditWritten = func() {
-		// The first batch (the start's policy_load event) hangs.
-		if hold.CompareAndSwap(true, false) {
-			close(held)
-			<-release
-		}
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	cfg := startupDeadlineConfig(t, dir, vp.Addr, nil)
+	logs, exited, e := hardExitEnv()
+	held, open := holdFirstAuditWrite(e)
+	done, _ := goRunServer(context.Background(), e, cfg)
 	t.Cleanup(func() { // let the server end before the next test
 		open()
 		select {
@@ -260,13 +341,7 @@ func TestStartupTimeoutHardExitNextStartResumes(t *testing.T) {
 	vp := harness.StartVault(t)
 	dir := t.TempDir()
 	auditPath := filepath.Join(dir, "audit.jsonl")
-	newCfg := func() *Config {
-		cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
-		cfg.applyDefaults()
-		st := duration(10 * time.Second)
-		cfg.StartupTimeout = &st
-		return cfg
-	}
+	newCfg := func() *Config { return startupDeadlineConfig(t, dir, vp.Addr, nil) }
 	serveAndStop := func(name string) {
 		t.Helper()
 		var logs brokertest.SyncBuffer
@@ -299,24 +374,10 @@ func TestStartupTimeoutHardExitNextStartResumes(t *testing.T) {
 	}
 
 	// The start-up that hangs on its start event and is exited.
-	var logs brokertest.SyncBuffer
-	exited := make(chan int, 1)
-	e := startupDeadlineEnv(&logs, exited)
-	e.startupCloseGrace = 2 * time.Second
-	var hold atomic.Bool
-	hold.Store(true)
-	held, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
+	logs, exited, e := hardExitEnv()
+	held, open := holdFirstAuditWrite(e)
 	defer open()
-	e.auditWritten = func() {
-		if hold.CompareAndSwap(true, false) {
-			close(held)
-			<-release
-		}
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = runServer(context.Background(), e, newCfg(), nil) }()
+	done, _ := goRunServer(context.Background(), e, newCfg())
 	select {
 	case <-held:
 	case <-done:
@@ -385,21 +446,13 @@ func TestStartupTimeoutNamesTheStoreMarkerWait(t *testing.T) {
 	rd := harness.StartRedis(t)
 	vp := harness.StartVault(t)
 	dir := t.TempDir()
-	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
-	cfg.Store.RedisURL = rd.URL()
-	cfg.applyDefaults()
-	st := duration(10 * time.Second)
-	cfg.StartupTimeout = &st
+	cfg := startupDeadlineConfig(t, dir, vp.Addr, func(cfg *Config) { cfg.Store.RedisURL = rd.URL() })
 	marker := storeMarkerPath(cfg.Audit.File)
 	if err := syscall.Mkfifo(marker, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs brokertest.SyncBuffer
-	exited := make(chan int, 1)
-	e := startupDeadlineEnv(&logs, exited)
-	e.startupCloseGrace = 2 * time.Second
-	done := make(chan struct{})
-	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	logs, exited, e := hardExitEnv()
+	done, _ := goRunServer(context.Background(), e, cfg)
 	t.Cleanup(func() {
 		// A writer that closes at once: the marker's read sees its end.
 		if f, err := os.OpenFile(marker, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
@@ -432,20 +485,13 @@ func TestStartupTimeoutNamesTheStoreMarkerWait(t *testing.T) {
 func TestStartupTimeoutNamesTheCheckpointKeyWait(t *testing.T) {
 	vp := harness.StartVault(t)
 	dir := t.TempDir()
-	cfg := serverTestConfig(t, dir, "127.0.0.1:0", vp.Addr)
-	cfg.applyDefaults()
-	st := duration(10 * time.Second)
-	cfg.StartupTimeout = &st
+	cfg := startupDeadlineConfig(t, dir, vp.Addr, nil)
 	pub := cfg.Audit.File + ".checkpoint.pub"
 	if err := syscall.Mkfifo(pub, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs brokertest.SyncBuffer
-	exited := make(chan int, 1)
-	e := startupDeadlineEnv(&logs, exited)
-	e.startupCloseGrace = 2 * time.Second
-	done := make(chan struct{})
-	go func() { defer close(done); _ = runServer(context.Background(), e, cfg, nil) }()
+	logs, exited, e := hardExitEnv()
+	done, _ := goRunServer(context.Background(), e, cfg)
 	t.Cleanup(func() {
 		// A reader: the key's write goes through.
 		if f, err := os.OpenFile(pub, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	vaultapi "github.com/hashicorp/vault/api"
-
 	"github.com/keytrail/keytrail/broker/brokertest"
 	"github.com/keytrail/keytrail/e2e/harness"
 )
@@ -23,31 +21,8 @@ import (
 func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
 	vp := harness.StartVault(t)
 	c := vp.Client
-	if err := c.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Sys().PutPolicy("kt-startfail", `path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo"] }`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Logical().Write("auth/approle/role/kt", map[string]any{"token_policies": "kt-startfail"}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := c.Logical().Read("auth/approle/role/kt/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := c.Logical().Write("auth/approle/role/kt/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	roleFile, secretFile := filepath.Join(dir, "role_id"), filepath.Join(dir, "secret_id")
-	if err := os.WriteFile(roleFile, []byte(rid.Data["role_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	roleFile, secretFile := approleLogin(t, c, "kt-startfail", dir)
 	pol := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
 		t.Fatal(err)
@@ -58,15 +33,7 @@ func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tokens := func() int {
-		t.Helper()
-		sec, err := c.Logical().List("auth/token/accessors")
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys, _ := sec.Data["keys"].([]any)
-		return len(keys)
-	}
+	tokens := func() int { t.Helper(); return vaultTokenCount(t, c) }
 	before := tokens()
 	var logs brokertest.SyncBuffer
 	e := &env{ctx: context.Background(), stdout: &logs, stderr: &logs, getenv: func(k string) string {
@@ -79,7 +46,7 @@ func TestFailedStartupRevokesItsLoginToken(t *testing.T) {
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)
 	}
-	err = runServer(context.Background(), e, cfg, nil)
+	err := runServer(context.Background(), e, cfg, nil)
 	if err == nil || !strings.Contains(err.Error(), "audit") {
 		t.Fatalf("runServer() = %v, want the audit log's failure\n%s", err, logs.String())
 	}

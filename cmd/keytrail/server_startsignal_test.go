@@ -6,8 +6,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,21 +36,10 @@ func TestSecondSignalExitsDuringStartup(t *testing.T) {
 	if err := os.WriteFile(pol, []byte(serverTestPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var hold atomic.Bool
-	hold.Store(true)
-	held, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	open := func() { releaseOnce.Do(func() { close(release) }) }
 	exited := make(chan int, 1)
 	var logs brokertest.SyncBuffer
 	e := &env{ctx: ctx, stdout: io.Discard, stderr: &logs, getenv: func(k string) string {
 		return map[string]string{"VAULT_TOKEN": vp.RootToken, envReconcile: "off"}[k]
-	}, auditWritten: func() {
-		// The first batch (the start's policy_load event) hangs.
-		if hold.CompareAndSwap(true, false) {
-			close(held)
-			<-release
-		}
 	}, exit: func(code int) {
 		select {
 		case exited <- code:
@@ -66,8 +53,8 @@ func TestSecondSignalExitsDuringStartup(t *testing.T) {
 	if err := cfg.validate("test config"); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = runServer(ctx, e, cfg, nil) }()
+	held, open := holdFirstAuditWrite(e)
+	done, _ := goRunServer(ctx, e, cfg)
 	t.Cleanup(func() { // let the server end before the next test
 		open()
 		select {
