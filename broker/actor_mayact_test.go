@@ -102,8 +102,8 @@ func TestExchangeHonoursMayAct(t *testing.T) {
 				}
 			}
 			if deny == nil || deny.Outcome == nil || deny.Outcome.Status != 401 || deny.Outcome.Reason != "actor_not_permitted" ||
-				!slices.Equal(deny.Act, wantAct) || deny.Identity == nil || deny.Identity.Sub != "system:serviceaccount:payments:api" || deny.Workload != "" {
-				t.Errorf("deny event %+v (outcome %+v), want 401 actor_not_permitted naming the subject and act %+v", deny, deny.Outcome, wantAct)
+				!slices.Equal(deny.Act, wantAct) || deny.Identity == nil || deny.Identity.Sub != "system:serviceaccount:payments:api" || deny.Workload != "payments-api" {
+				t.Errorf("deny event %+v (outcome %+v), want 401 actor_not_permitted naming the subject, its workload and act %+v", deny, deny.Outcome, wantAct)
 			}
 		})
 	}
@@ -255,8 +255,8 @@ func TestExchangeHonoursActorMayAct(t *testing.T) {
 				}
 			}
 			if deny == nil || deny.Outcome == nil || deny.Outcome.Status != 401 || deny.Outcome.Reason != tc.reason ||
-				!slices.Equal(deny.Act, wantAct) || deny.Identity == nil || deny.Identity.Sub != agent || deny.Workload != "" {
-				t.Errorf("deny event %+v, want 401 %s naming the subject and act %+v", deny, tc.reason, wantAct)
+				!slices.Equal(deny.Act, wantAct) || deny.Identity == nil || deny.Identity.Sub != agent || deny.Workload != "payments-api" {
+				t.Errorf("deny event %+v, want 401 %s naming the subject, its workload and act %+v", deny, tc.reason, wantAct)
 			}
 		})
 	}

@@ -372,15 +372,18 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	wl, wlErr := pol.Match(id.IssuerName, id.Claims)
 	if wlErr != nil {
 		wl = nil
+	} else {
+		// Every deny from here on names the subject's workload, also
+		// those decided before no_workload would be (a broker JWT's, the
+		// actor token's), as their summary does (exchangeCaller): keytrail
+		// report counts a workload's denied by the events naming it.
+		deny.Workload, deny.Owner = wl.Name, wl.Owner
 	}
 	tokenTag := refusalTag{grant: deny.Grant, endpoint: refusalEndpointToken}
 	// Its 429, as the workload's own (its deny event names the workload);
 	// that of a verified actor token's own bucket (actor not nil) counted
 	// as the caller's acting for that party (exchangeActor).
 	limited := func(actor *Identity, err error) (*ExchangeResult, error) {
-		if wl != nil {
-			deny.Workload, deny.Owner = wl.Name, wl.Owner
-		}
 		return nil, s.refuseLimited(ctx, denyEvent(), exchangeActor(wl, id, actor), tokenTag, err)
 	}
 	// A refusal of the authenticated subject (err, reason included: a
@@ -470,7 +473,6 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	if wlErr != nil {
 		return refused(Errorf(ErrDenied, "no_workload", "no workload matches this identity", wlErr))
 	}
-	deny.Workload, deny.Owner = wl.Name, wl.Owner
 
 	grant, ok := s.grants.of(pol).grant(req.Grant)
 	if !ok {
