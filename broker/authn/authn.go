@@ -78,6 +78,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -670,6 +672,9 @@ func (v *Verifier) identity(st *issuerState, claims jwt.MapClaims, digest [sha25
 	if sub == "" {
 		return nil, reject(ReasonMissingSubject, errors.New("sub claim missing or empty"))
 	}
+	if at := badSubjectAt(sub); at >= 0 {
+		return nil, reject(ReasonBadSubject, fmt.Errorf("sub claim holds %U at byte %d", []rune(sub[at:])[0], at))
+	}
 	aud, _ := claims.GetAudience()
 	id := &broker.Identity{
 		IssuerName:  st.cfg.Name,
@@ -882,4 +887,28 @@ func claimsReason(err error) string {
 // never their values.
 func claimsCause(err error) error {
 	return fmt.Errorf("claims invalid: %w", err)
+}
+
+// badSubjectAt is the byte offset of the first character of sub that no
+// identifier holds, -1 when there is none: a control character (C0, DEL,
+// C1: a newline forges a log line, an escape sequence rewrites a
+// terminal showing keytrail report or trace), a format character (bidi
+// overrides, zero-width characters, a BOM: text that reads as another
+// identity), a line or paragraph separator, or U+FFFD, what JSON
+// decoding makes of invalid UTF-8 and lone surrogates (different bytes
+// signed, one identity). Spaces and printable non-ASCII characters pass
+// (a GitHub environment name may hold spaces).
+func badSubjectAt(sub string) int {
+	for i, r := range sub {
+		if r < 0x20 || r == 0x7f {
+			return i
+		}
+		if r < 0x80 {
+			continue
+		}
+		if r == utf8.RuneError || unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+			return i
+		}
+	}
+	return -1
 }

@@ -489,7 +489,55 @@ func tokenCases() []tokenCase {
 		{name: "fail/sub-empty", token: esTok(set("sub", "")), reason: "missing_subject"},
 		{name: "fail/sub-number", token: esTok(set("sub", 42)), reason: "malformed"},
 		{name: "fail/jti-number", token: esTok(set("jti", 42)), reason: "malformed"},
+
+		// A sub is written into audit events, logs, report and trace
+		// output, and keys: one with a control, format or separator
+		// character, or the replacement character invalid UTF-8 is
+		// decoded to (two different byte strings, one identity), is
+		// refused whoever signed it.
+		{name: "fail/sub-newline", token: esTok(set("sub", testSub+"\nlevel=INFO msg=forged")), reason: "bad_subject"},
+		{name: "fail/sub-cr", token: esTok(set("sub", testSub+"\r")), reason: "bad_subject"},
+		{name: "fail/sub-tab", token: esTok(set("sub", "system:serviceaccount:\tpayments:api")), reason: "bad_subject"},
+		{name: "fail/sub-nul", token: esTok(set("sub", "system:serviceaccount:payments:api\x00x")), reason: "bad_subject"},
+		{name: "fail/sub-escape", token: esTok(set("sub", "\x1b[2J\x1b[31mroot")), reason: "bad_subject"},
+		{name: "fail/sub-del", token: esTok(set("sub", "repo:o/r\x7f")), reason: "bad_subject"},
+		{name: "fail/sub-c1-nel", token: esTok(set("sub", "repo:o/r\u0085x")), reason: "bad_subject"},
+		{name: "fail/sub-c1-csi", token: esTok(set("sub", "repo:o/r\u009b31m")), reason: "bad_subject"},
+		{name: "fail/sub-bidi-override", token: esTok(set("sub", "user:\u202eevil")), reason: "bad_subject"},
+		{name: "fail/sub-zero-width", token: esTok(set("sub", "system:serviceaccount:payments:a\u200bpi")), reason: "bad_subject"},
+		{name: "fail/sub-bom", token: esTok(set("sub", "\ufeffsystem:serviceaccount:payments:api")), reason: "bad_subject"},
+		{name: "fail/sub-line-separator", token: esTok(set("sub", "a\u2028b")), reason: "bad_subject"},
+		{name: "fail/sub-paragraph-separator", token: esTok(set("sub", "a\u2029b")), reason: "bad_subject"},
+		{name: "fail/sub-replacement-char", token: esTok(set("sub", "a\ufffdb")), reason: "bad_subject"},
+		{name: "fail/sub-invalid-utf8", token: func(tb testing.TB, f *fixture) string {
+			return signPayload(tb, f.es.Key(), payloadWithSub(tb, f, "a\xffb"))
+		}, reason: "bad_subject"},
+		{name: "fail/sub-lone-surrogate", token: func(tb testing.TB, f *fixture) string {
+			return signPayload(tb, f.es.Key(), payloadWithSub(tb, f, `a\ud800b`))
+		}, reason: "bad_subject"},
+		// Real subjects pass: SPIFFE IDs, Kubernetes service accounts,
+		// GitHub Actions (an environment name may hold spaces), e-mail
+		// addresses, printable non-ASCII.
+		{name: "ok/sub-spiffe", issuer: "es", token: esTok(set("sub", "spiffe://example.org/ns/payments/sa/api"))},
+		{name: "ok/sub-k8s", issuer: "es", token: esTok(set("sub", "system:serviceaccount:payments:api"))},
+		{name: "ok/sub-github-ref", issuer: "es", token: esTok(set("sub", "repo:octo-org/octo-repo:ref:refs/heads/main"))},
+		{name: "ok/sub-github-environment", issuer: "es", token: esTok(set("sub", "repo:octo-org/octo-repo:environment:Production East"))},
+		{name: "ok/sub-github-pr", issuer: "es", token: esTok(set("sub", "repo:octo-org/octo-repo:pull_request"))},
+		{name: "ok/sub-email", issuer: "es", token: esTok(set("sub", "alice+ci@example.com"))},
+		{name: "ok/sub-unicode", issuer: "es", token: esTok(set("sub", "user:Zoë Ångström/日本"))},
 	}
+}
+
+// payloadWithSub is valid claims of f's es issuer whose sub is written
+// into the JSON as the exact bytes sub (not escaped: invalid UTF-8 stays
+// as it is).
+func payloadWithSub(tb testing.TB, f *fixture, sub string) string {
+	tb.Helper()
+	b, err := json.Marshal(claims(f.es, set("sub", "SUB-PLACEHOLDER")))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return strings.Replace(string(b), "SUB-PLACEHOLDER", sub, 1)
 }
 
 // wantIdentity builds the identity an accepted token must yield, from the

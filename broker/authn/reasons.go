@@ -21,6 +21,7 @@ const (
 	ReasonLifetimeTooLong  = "lifetime_too_long"
 	ReasonBadAudience      = "bad_audience"
 	ReasonMissingSubject   = "missing_subject"
+	ReasonBadSubject       = "bad_subject" // sub holds a character no identifier has (subjectOK)
 	ReasonMissingExp       = "missing_exp"
 	ReasonJWKSUnavailable  = "jwks_unavailable" // kind broker.ErrUnavailable
 	ReasonContextCancelled = "canceled"         // kind broker.ErrUnavailable
@@ -44,6 +45,7 @@ var safeText = map[string]string{
 	ReasonLifetimeTooLong: "identity token rejected: lifetime too long",
 	ReasonBadAudience:     "identity token rejected: wrong audience",
 	ReasonMissingSubject:  "identity token rejected: missing subject",
+	ReasonBadSubject:      "identity token rejected: subject (sub claim) holds a control or other non-printing character",
 	ReasonMissingExp:      "identity token rejected: missing expiry",
 }
 
