@@ -511,15 +511,27 @@ func (s *Sink) load() error {
 		}
 	}
 	s.good = end
-	var sinceCP int
-	var cpSeq uint64
+	var rb readBack
 	if last == nil {
-		if last, sinceCP, cpSeq, err = s.lastRotatedLine(); err != nil {
+		if last, rb, err = s.lastRotatedLine(); err != nil {
 			return err
 		}
-	} else if sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint, s.scanProgress(s.o.Path, end)); err != nil {
+	} else if rb, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint, s.scanProgress(s.o.Path, end)); err != nil {
 		return fmt.Errorf("auditfile: read the lines after the last checkpoint: %w", err)
+	} else if rb.cpSeq == 0 {
+		// No checkpoint of the sink's in the file: a crash right after
+		// a rotation leaves the last one at the end of the rotated file
+		// it continues.
+		s.logTooLong(s.o.Path, rb)
+		if prev, ok := s.rotatedReadBack(f, end); ok {
+			rb.lines += prev.lines
+			rb.cpSeq = prev.cpSeq
+			rb.tooLong += prev.tooLong
+		}
+	} else {
+		s.logTooLong(s.o.Path, rb)
 	}
+	sinceCP, cpSeq := rb.lines, rb.cpSeq
 	now := s.o.Now()
 	var c *audit.Chain
 	if last != nil {
@@ -539,15 +551,15 @@ func (s *Sink) load() error {
 			if uint64(sinceCP) <= seq {
 				first = seq - uint64(sinceCP) + 1
 			}
-			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq}
+			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq, TooLongLines: rb.tooLong}
 			s.holdCP.Store(s.o.RecordResumed)
-			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, the lines counted from its first)"
+			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, nor at the end of the rotated file it continues; the lines counted from its first)"
 			attrs := []any{"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
 				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq}
 			if s.unchecked != 0 {
 				// After a deliberate change of checkpoint key the lines
 				// the old key signed are counted too: say why.
-				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report back to the last checkpoint by this broker's key, or to the file's first line; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, the lines counted from its first)"
+				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report back to the last checkpoint by this broker's key, or to the file's first line; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, nor at the end of the rotated file it continues; the lines counted from its first)"
 				attrs = append(attrs, "unchecked_checkpoint_seq", s.unchecked, "unchecked_key_id", s.uncheckedKey)
 			}
 			if s.capWarned {
@@ -745,32 +757,129 @@ func (s *Sink) rotatedNames() (dir string, names []string, err error) {
 // empty file right after a rotation continues the chain, and the number of
 // events after that file's last checkpoint and its seq
 // (eventsSinceCheckpoint).
-func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err error) {
+func (s *Sink) lastRotatedLine() (last []byte, rb readBack, err error) {
 	dir, names, err := s.rotatedNames()
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, readBack{}, err
 	}
 	if len(names) == 0 {
-		return nil, 0, 0, nil
+		return nil, readBack{}, nil
 	}
 	path := filepath.Join(dir, names[len(names)-1])
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("auditfile: open rotated file: %w", err)
+		return nil, readBack{}, fmt.Errorf("auditfile: open rotated file: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("auditfile: stat rotated file: %w", err)
+		return nil, readBack{}, fmt.Errorf("auditfile: stat rotated file: %w", err)
 	}
 	last, end, err := lastLine(f, fi.Size())
 	if err == nil {
-		sinceCP, cpSeq, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint, s.scanProgress(path, end))
+		rb, err = eventsSinceCheckpoint(f, end, s.ownCheckpoint, s.scanProgress(path, end))
 	}
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
+		return nil, readBack{}, fmt.Errorf("auditfile: read rotated file %s: %w", path, err)
 	}
-	return last, sinceCP, cpSeq, nil
+	s.logTooLong(path, rb)
+	return last, rb, nil
+}
+
+// logTooLong says, as an ERROR, that reading the file at path back to its
+// last checkpoint passed over lines too long to be read (rb.tooLong).
+func (s *Sink) logTooLong(path string, rb readBack) {
+	if rb.tooLong == 0 {
+		return
+	}
+	s.log.Error("audit: read past lines longer than any line a broker writes while reading the audit file back to its last checkpoint; they are counted among the lines no checkpoint covers (a corrupted or added line: audit verify reports it)",
+		"file", path, "too_long_lines", rb.tooLong, "max_line_bytes", audit.MaxLineBytes, "first_at_byte", rb.tooLongAt)
+}
+
+// rotatedReadBack reads the newest rotated file back to its last
+// checkpoint of the sink's (eventsSinceCheckpoint) when the first end
+// bytes of the live file f, which hold none, continue it (their first line
+// is the next seq of the same chain, its prev the hash of the rotated
+// file's last line): after a crash right after a rotation the lines no
+// checkpoint covers begin after the checkpoint that ends the rotated file.
+// ok is false when f does not continue it, or no checkpoint of the sink's
+// is in it (the range is then counted from f's first line, as before), or
+// it cannot be read (a WARN: the range is then that too). Only the newest
+// rotated file is read: a chain with no checkpoint of the sink's in many
+// (after a change of checkpoint key) must not make every start read them
+// all.
+func (s *Sink) rotatedReadBack(f io.ReaderAt, end int64) (rb readBack, ok bool) {
+	head, err := firstLine(f, end)
+	if err != nil || head == nil {
+		return readBack{}, false
+	}
+	first, err := audit.ParseLine(head)
+	if err != nil || first.Seq < 2 {
+		return readBack{}, false
+	}
+	dir, names, err := s.rotatedNames()
+	if err != nil || len(names) == 0 {
+		return readBack{}, false
+	}
+	path := filepath.Join(dir, names[len(names)-1])
+	warn := func(err error) (readBack, bool) {
+		s.log.Warn("audit: cannot read the newest rotated file back to its last checkpoint; the lines no checkpoint covers are counted from the audit file's first line", "file", path, "err", err)
+		return readBack{}, false
+	}
+	rf, err := os.Open(path)
+	if err != nil {
+		return warn(err)
+	}
+	defer rf.Close()
+	fi, err := rf.Stat()
+	if err != nil {
+		return warn(err)
+	}
+	last, lend, err := lastLine(rf, fi.Size())
+	if err != nil {
+		return warn(err)
+	}
+	if last == nil || audit.HashLine(last) != first.Prev {
+		return readBack{}, false
+	}
+	if ev, err := audit.ParseLine(last); err != nil || ev.Chain != first.Chain || ev.Seq+1 != first.Seq {
+		return readBack{}, false
+	}
+	if rb, err = eventsSinceCheckpoint(rf, lend, s.ownCheckpoint, s.scanProgress(path, lend)); err != nil {
+		return warn(err)
+	}
+	if rb.cpSeq == 0 {
+		return readBack{}, false
+	}
+	s.logTooLong(path, rb)
+	return rb, true
+}
+
+// firstLine returns the first line of the first end bytes of r (without
+// its newline); nil when there is none, or it is longer than
+// audit.MaxLineBytes.
+func firstLine(r io.ReaderAt, end int64) ([]byte, error) {
+	b := make([]byte, min(end, int64(audit.MaxLineBytes)+1))
+	if _, err := r.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return nil, nil
+	}
+	return b[:i], nil
+}
+
+// readBack is what eventsSinceCheckpoint found reading a file back to the
+// last checkpoint.
+type readBack struct {
+	lines int    // the lines after that checkpoint, however many
+	cpSeq uint64 // its seq; 0 when none ends the count before the file's first line
+	// tooLong counts those of the lines longer than audit.MaxLineBytes
+	// (counted in lines, unread); tooLongAt is the byte offset of the
+	// first of them in the file.
+	tooLong   int
+	tooLongAt int64
 }
 
 // eventsSinceCheckpoint counts the lines after the last checkpoint line in
@@ -783,17 +892,38 @@ func (s *Sink) lastRotatedLine() (last []byte, sinceCP int, cpSeq uint64, err er
 // that it cannot hide the lines before it from the range the sink adopts.
 // Only lines that name a checkpoint are parsed (a scan of the rest counts
 // their newlines): one that does not parse is counted too, an over-report
-// rather than an end. cpSeq is 0 when no checkpoint ends the count before
-// the file's first line. progress is called with the bytes read so far
-// each time they pass another scanLogBytes (a long read back: start-up
-// is not silent while it lasts).
-func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) bool, progress func(read int64)) (n int, cpSeq uint64, err error) {
+// rather than an end. So is a line longer than audit.MaxLineBytes (no
+// broker writes one: a corrupted or added line), read past without being
+// held whole (readBack.tooLong): one bad line must not stop the broker from
+// starting (audit verify reports it). cpSeq is 0 when no checkpoint ends
+// the count before the file's first line. progress is called with the
+// bytes read so far each time they pass another scanLogBytes (a long read
+// back: start-up is not silent while it lasts).
+func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) bool, progress func(read int64)) (rb readBack, err error) {
 	const chunk = 64 << 10
 	word := []byte(audit.TypeCheckpoint)
 	var buf []byte // r[pos:pos+len(buf)]: whole lines not counted yet
 	pos := end
 	every := max(scanLogBytes, 1)
 	next := every // the bytes read at which progress is called next
+	read := func() ([]byte, error) {
+		k := min(int64(chunk), pos)
+		pos -= k
+		b := make([]byte, k, int(k)+len(buf))
+		if _, err := r.ReadAt(b, pos); err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		if done := end - pos; done >= next && progress != nil {
+			progress(done)
+			next = (done/every + 1) * every
+		}
+		return b, nil
+	}
+	tooLong := func(at int64) {
+		rb.lines++
+		rb.tooLong++
+		rb.tooLongAt = at // reading backwards: the last one set is the first
+	}
 	for {
 		i := -1 // the newline before buf's last line
 		if len(buf) > 0 {
@@ -801,31 +931,45 @@ func eventsSinceCheckpoint(r io.ReaderAt, end int64, signed func(*audit.Event) b
 		}
 		if i < 0 && pos > 0 {
 			if len(buf) > audit.MaxLineBytes+1 {
-				return 0, 0, fmt.Errorf("line is longer than %d bytes", audit.MaxLineBytes)
+				// buf is the end of a line too long to hold: read
+				// back to its start without keeping it.
+				buf = nil
+				for pos > 0 {
+					b, err := read()
+					if err != nil {
+						return readBack{}, err
+					}
+					if j := bytes.LastIndexByte(b, '\n'); j >= 0 {
+						buf = b[:j+1]
+						break
+					}
+				}
+				tooLong(pos + int64(len(buf)))
+				continue
 			}
-			k := min(int64(chunk), pos)
-			pos -= k
-			b := make([]byte, k, int(k)+len(buf))
-			if _, err := r.ReadAt(b, pos); err != nil && !errors.Is(err, io.EOF) {
-				return 0, 0, err
+			b, err := read()
+			if err != nil {
+				return readBack{}, err
 			}
 			buf = append(b, buf...)
-			if read := end - pos; read >= next && progress != nil {
-				progress(read)
-				next = (read/every + 1) * every
-			}
 			continue
 		}
 		if len(buf) == 0 {
-			return n, 0, nil // the file's first line was counted
+			return rb, nil // the file's first line was counted
 		}
 		line := buf[i+1 : len(buf)-1]
-		if bytes.Contains(line, word) {
-			if ev, err := audit.ParseLine(line); err == nil && ev.Type == audit.TypeCheckpoint && signed(ev) {
-				return n, ev.Seq, nil
+		switch {
+		case len(line) > audit.MaxLineBytes:
+			tooLong(pos + int64(i+1))
+		default:
+			if bytes.Contains(line, word) {
+				if ev, err := audit.ParseLine(line); err == nil && ev.Type == audit.TypeCheckpoint && signed(ev) {
+					rb.cpSeq = ev.Seq
+					return rb, nil
+				}
 			}
+			rb.lines++
 		}
-		n++
 		buf = buf[:i+1]
 	}
 }
@@ -1397,10 +1541,16 @@ type UnsignedRange struct {
 	FirstSeq uint64 // seq of the first such line (1 when seqs do not count up to LastSeq: an edited file)
 	LastSeq  uint64 // seq of the last line of the chain when Open resumed it
 	Lines    int    // how many, counted back to that checkpoint however many they are
-	// LastCheckpointSeq is the seq of the checkpoint before them; 0 when
-	// none is in the file, or none that Open checked (maxFailedChecks):
-	// they are counted from its first line.
+	// LastCheckpointSeq is the seq of the checkpoint before them (in the
+	// newest rotated file when the file, which continues it, holds none:
+	// a crash right after a rotation); 0 when none is in the file (nor
+	// there), or none that Open checked (maxFailedChecks): they are
+	// counted from its first line.
 	LastCheckpointSeq uint64
+	// TooLongLines is how many of them were longer than
+	// audit.MaxLineBytes (no broker writes one: a corrupted or added
+	// line): counted in Lines unread, as a line that does not parse is.
+	TooLongLines int
 }
 
 // UnsignedResumed returns the range of lines no checkpoint covered when

@@ -861,7 +861,8 @@ func TestEventsSinceCheckpoint(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, cpSeq, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), func(*audit.Event) bool { return true }, nil)
+			rb, err := eventsSinceCheckpoint(bytes.NewReader(file), int64(tt.end), func(*audit.Event) bool { return true }, nil)
+			got, cpSeq := rb.lines, rb.cpSeq
 			if err != nil || got != tt.want || cpSeq != tt.wantCPSeq {
 				t.Errorf("eventsSinceCheckpoint(end %d) = %d, %d, %v; want %d, %d", tt.end, got, cpSeq, err, tt.want, tt.wantCPSeq)
 			}

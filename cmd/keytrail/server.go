@@ -1222,7 +1222,13 @@ var _ auditfile.OwnVerifier = (*vaultad.TransitCheckpointSigner)(nil)
 // unsignedResumedDetail is the start event's audit.DetailUnsignedResumed
 // for the range r the sink adopted when it opened the file.
 func unsignedResumedDetail(r *auditfile.UnsignedRange) map[string]any {
-	return map[string]any{"first_seq": r.FirstSeq, "last_seq": r.LastSeq, "lines": r.Lines, "last_checkpoint_seq": r.LastCheckpointSeq}
+	d := map[string]any{"first_seq": r.FirstSeq, "last_seq": r.LastSeq, "lines": r.Lines, "last_checkpoint_seq": r.LastCheckpointSeq}
+	if r.TooLongLines > 0 {
+		// Lines too long to read, counted in lines (audit verify
+		// reports each as a problem).
+		d["too_long_lines"] = r.TooLongLines
+	}
+	return d
 }
 
 func truncate(s string, n int) string {
