@@ -186,8 +186,9 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 // VerifyOwn checks sig over msg, a checkpoint's, with the version of this
 // signer's key that kid ("<key>:<version>") names, from the key cache (Load
 // read it: no Vault call unless it aged out). known is false when kid names
-// another key, a version older than the key's min_decryption_version, or
-// the key cannot be read; a version newer than the key's latest is known,
+// another key, a version older than the key's min_decryption_version (or
+// otherwise not listed), or the key cannot be read (both logged as a WARN
+// naming the kid); a version newer than the key's latest is known,
 // and does not verify (no such signature can exist). The audit sink uses it
 // at Open, so that a forged checkpoint line does not end the lines it adopts.
 func (s *TransitCheckpointSigner) VerifyOwn(ctx context.Context, kid string, msg, sig []byte) (known, ok bool) {
@@ -208,6 +209,11 @@ func (s *TransitCheckpointSigner) VerifyOwn(ctx context.Context, kid string, msg
 	}
 	pub, found := k.Public[version]
 	if !found {
+		// Unknown: a version Vault no longer lists (below the key's
+		// min_decryption_version, or trimmed): said, as for a key that
+		// cannot be read. The sink asks once per kid at Open.
+		s.log.Warn("audit: cannot check a checkpoint by the transit checkpoint key: the version it names is not among those Vault lists for the key (below min_decryption_version, or trimmed); the sink counts the checkpoint among the lines no checkpoint covers (an over-report)",
+			"key", s.name, "kid", kid, "version", version, "min_decryption_version", k.MinDecryption, "latest_version", k.Latest)
 		return false, false
 	}
 	return true, verifyCheckpointSig(pub, msg, sig) == nil
