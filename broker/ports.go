@@ -64,6 +64,21 @@ type Minter interface {
 	Mint(ctx context.Context, req MintRequest) (*Credential, error)
 }
 
+// InProcessMinter is a Minter whose Mint makes no backend call and never
+// waits (the proxy minter: a random credential the store record alone
+// makes valid). Exchange gives its Mint the request's context without a
+// deadline of its own, sparing the deadline's context and timer on every
+// exchange, and bounds it by MintTimeout afterwards instead: a mint that
+// returns MintTimeout or more after the exchange stamped its issued_at is
+// refused as backend_timeout, as the deadline would have had it refused
+// (the sweep relies on that bound, see revoke.go). A credential such a
+// Minter returns exists nowhere until it is stored, so refusing it leaves
+// nothing to revoke. MintsInProcess must always return the same answer.
+type InProcessMinter interface {
+	Minter
+	MintsInProcess() bool
+}
+
 // UnrevokedError is a Minter's failure that left a credential behind: the
 // backend created it, the Minter refused it and its revocation failed.
 // Refs name it (never the secret) so that the deny event records them and

@@ -147,8 +147,14 @@ func (f *Sink) Types() []string {
 }
 
 // QuietMinter mints credentials of the same shape as Minter's and keeps
-// nothing (for benchmarks: a Minter's record grows with every call).
+// nothing (for benchmarks: a Minter's record grows with every call). It
+// calls no backend and never waits, so it is a broker.InProcessMinter, as
+// the proxy minter of scenario C's grant is: the exchange makes no
+// deadline context for it.
 type QuietMinter struct{}
+
+// MintsInProcess implements broker.InProcessMinter.
+func (QuietMinter) MintsInProcess() bool { return true }
 
 // Mint implements broker.Minter.
 func (QuietMinter) Mint(_ context.Context, req broker.MintRequest) (*broker.Credential, error) {

@@ -33,8 +33,8 @@ type Minter struct {
 }
 
 var (
-	_ broker.Minter  = (*Minter)(nil)
-	_ broker.Revoker = (*Minter)(nil)
+	_ broker.InProcessMinter = (*Minter)(nil)
+	_ broker.Revoker         = (*Minter)(nil)
 )
 
 // NewMinter validates o and returns a Minter.
@@ -72,6 +72,10 @@ func (m *Minter) Mint(ctx context.Context, req broker.MintRequest) (*broker.Cred
 		Refs: broker.CredentialRefs{ExpiresAt: req.Now.Add(req.TTL)},
 	}, nil
 }
+
+// MintsInProcess says Mint makes no backend call and never waits: the
+// exchange gives it no deadline context of its own (broker.InProcessMinter).
+func (m *Minter) MintsInProcess() bool { return true }
 
 // Revoke has nothing to do at a backend: a proxy credential is only valid
 // while its issuance is unrevoked in the store, which the proxy checks on
