@@ -672,8 +672,9 @@ func (v *Verifier) identity(st *issuerState, claims jwt.MapClaims, digest [sha25
 	if sub == "" {
 		return nil, reject(ReasonMissingSubject, errors.New("sub claim missing or empty"))
 	}
-	if at := badSubjectAt(sub); at >= 0 {
-		return nil, reject(ReasonBadSubject, fmt.Errorf("sub claim holds %U at byte %d", []rune(sub[at:])[0], at))
+	if at := BadSubjectAt(sub); at >= 0 {
+		r, _ := utf8.DecodeRuneInString(sub[at:])
+		return nil, reject(ReasonBadSubject, fmt.Errorf("sub claim holds %U at byte %d", r, at))
 	}
 	aud, _ := claims.GetAudience()
 	id := &broker.Identity{
@@ -889,7 +890,7 @@ func claimsCause(err error) error {
 	return fmt.Errorf("claims invalid: %w", err)
 }
 
-// badSubjectAt is the byte offset of the first character of sub that no
+// BadSubjectAt is the byte offset of the first character of sub that no
 // identifier holds, -1 when there is none: a control character (C0, DEL,
 // C1: a newline forges a log line, an escape sequence rewrites a
 // terminal showing keytrail report or trace), a format character (bidi
@@ -897,8 +898,9 @@ func claimsCause(err error) error {
 // identity), a line or paragraph separator, or U+FFFD, what JSON
 // decoding makes of invalid UTF-8 and lone surrogates (different bytes
 // signed, one identity). Spaces and printable non-ASCII characters pass
-// (a GitHub environment name may hold spaces).
-func badSubjectAt(sub string) int {
+// (a GitHub environment name may hold spaces). keytrail policy explain
+// --unverified refuses by it as the server does.
+func BadSubjectAt(sub string) int {
 	for i, r := range sub {
 		if r < 0x20 || r == 0x7f {
 			return i

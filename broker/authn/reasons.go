@@ -21,7 +21,7 @@ const (
 	ReasonLifetimeTooLong  = "lifetime_too_long"
 	ReasonBadAudience      = "bad_audience"
 	ReasonMissingSubject   = "missing_subject"
-	ReasonBadSubject       = "bad_subject" // sub holds a character no identifier has (subjectOK)
+	ReasonBadSubject       = "bad_subject" // sub holds a character no identifier has (BadSubjectAt)
 	ReasonMissingExp       = "missing_exp"
 	ReasonJWKSUnavailable  = "jwks_unavailable" // kind broker.ErrUnavailable
 	ReasonContextCancelled = "canceled"         // kind broker.ErrUnavailable

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
@@ -219,6 +220,14 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 					return exitError{code: 1}
 				case typErr != nil:
 					fmt.Fprintf(e.stdout, "token rejected: its typ header is not one of issuer %s's token_types (bad_token_type): nothing would be granted\n", is.Name)
+					return exitError{code: 1}
+				}
+				// The server refuses a sub no identifier holds
+				// (authn.BadSubjectAt) whatever matches it; the sub is
+				// not printed.
+				if at := authn.BadSubjectAt(sub); at >= 0 {
+					r, _ := utf8.DecodeRuneInString(sub[at:])
+					fmt.Fprintf(e.stdout, "token rejected: its sub holds %U at byte %d, a control, format or separator character (bad_subject): nothing would be granted\n", r, at)
 					return exitError{code: 1}
 				}
 				issuerName, claims = is.Name, mc

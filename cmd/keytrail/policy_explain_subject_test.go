@@ -1,0 +1,58 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keytrail/keytrail/broker/authn/authntest"
+)
+
+// TestPolicyExplainUnverifiedBadSubject: the server refuses a token whose
+// sub holds a control, format or separator character (bad_subject, broker/authn), and
+// --unverified, which skips only what needs the key or the clock, must
+// decide as it does. It explained such a token as "grant g: ALLOWED",
+// exit 0, for a workload whose subject_pattern matched it.
+func TestPolicyExplainUnverifiedBadSubject(t *testing.T) {
+	iss := explainIssuer(t, "ES256")
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject_pattern: "s.*"}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	for _, tt := range []struct {
+		name, sub string
+		ok        bool
+	}{
+		{name: "ok-plain", sub: "s:payments:api", ok: true},
+		{name: "ok-non-ascii", sub: "s:Zoë Ångström", ok: true},
+		{name: "escape", sub: "s\x1b[2J"},
+		{name: "bidi-override", sub: "s:\u202eipa"},
+		{name: "zero-width", sub: "s:a\u200bpi"},
+	} {
+		tok, err := iss.Sign(jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": tt.sub, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, tt.name, tok)
+		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
+			want := "grant g: ALLOWED"
+			if !tt.ok {
+				want = "bad_subject"
+			}
+			if (err == nil) != tt.ok || !strings.Contains(out, want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, want, out)
+			}
+			if !tt.ok && (strings.Contains(out, "ALLOWED") || strings.Contains(out, tt.sub)) {
+				t.Errorf("%s: explain %v says ALLOWED or prints the sub as it is for a token the server refuses:\n%s", tt.name, mode, out)
+			}
+		})
+	}
+}
