@@ -9,7 +9,8 @@ import (
 	"io"
 	"os"
 	"syscall"
-	"time"
+
+	"github.com/keytrail/keytrail/internal/piperead"
 )
 
 // readPipe reads the pipe fh, opened with O_NONBLOCK, to its end (at most
@@ -25,57 +26,22 @@ import (
 // cannot be waited for (darwin), it is read blocking, as before. unnamed
 // reports whether fh was told to be an unnamed pipe (Linux only).
 func readPipe(ctx context.Context, fh *os.File) (b []byte, unnamed bool, err error) {
-	rc, err := fh.SyscallConn()
-	if err != nil {
-		return nil, false, err
-	}
-	if err := fh.SetReadDeadline(time.Now().Add(pipeReadTimeout)); err != nil {
+	b, unnamed, err = piperead.Read(ctx, fh, pipeReadTimeout, piperead.Options{
+		Limit: maxIdentityToken,
+		// A writer, nothing (more) written yet: done if the token's
+		// line has ended (a writer that wrote it and lingers); what it
+		// would write next could only make it more than one token.
+		Complete: lineEnded,
+	})
+	switch {
+	case errors.Is(err, piperead.ErrNotPollable):
 		// Not pollable (darwin's pipes): read blocking.
 		b, err := readPipeBlocking(fh)
 		return b, false, err
-	}
-	if err := rc.Control(func(fd uintptr) { unnamed = unnamedPipe(fd) }); err != nil {
-		return nil, false, err
-	}
-	stop := context.AfterFunc(ctx, func() { _ = fh.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	var (
-		buf   = make([]byte, 4096)
-		calls int
-		rerr  error
-	)
-	err = rc.Read(func(fd uintptr) bool {
-		calls++
-		for {
-			n, err := syscall.Read(int(fd), buf)
-			switch {
-			case n > 0:
-				b = append(b, buf[:n]...)
-				if len(b) > maxIdentityToken {
-					return true
-				}
-			case errors.Is(err, syscall.EINTR):
-			case errors.Is(err, syscall.EAGAIN):
-				// A writer, nothing (more) written yet: done if the
-				// token's line has ended (a writer that wrote it and
-				// lingers); what it would write next could only make
-				// it more than one token.
-				return lineEnded(b)
-			case err != nil:
-				rerr = err
-				return true
-			case len(b) == 0 && unnamed:
-				// Its writer has exited (a writer open, an empty
-				// pipe reads EAGAIN), and none can come.
-				rerr = errPipeEnded
-				return true
-			default: // the end, or no writer yet
-				return len(b) > 0 || calls > 1
-			}
-		}
-	})
-	if err == nil {
-		err = rerr
+	case err == nil && unnamed && len(b) == 0:
+		// Its writer has exited (a writer open, an empty pipe reads
+		// EAGAIN), and none can come.
+		return b, unnamed, errPipeEnded
 	}
 	return b, unnamed, err
 }

@@ -9,9 +9,9 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/keytrail/keytrail/broker/client"
+	"github.com/keytrail/keytrail/internal/piperead"
 )
 
 // jwksPipeTimeout bounds the wait for a pipe given to --jwks to be written
@@ -38,56 +38,17 @@ func openJWKSPipe(ctx context.Context, path string) (data []byte, ok bool, err e
 	if st, err := f.Stat(); err != nil || st.Mode().Type() != fs.ModeNamedPipe {
 		return nil, false, nil // replaced since: opened as any file
 	}
-	if err := f.SetReadDeadline(time.Now().Add(jwksPipeTimeout)); err != nil {
+	b, _, err := piperead.Read(ctx, f, jwksPipeTimeout, piperead.Options{Limit: maxJWKSBytes, BufSize: 32 << 10})
+	switch {
+	case errors.Is(err, piperead.ErrNotPollable):
 		// Not pollable here (darwin's pipes): not read blocking.
 		return nil, true, fmt.Errorf("%s: a pipe cannot be read with a time limit on this system: save the JWKS to a file", path)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, true, err
-	}
-	unnamed := false
-	if err := rc.Control(func(fd uintptr) { unnamed = jwksUnnamedPipe(fd) }); err != nil {
-		return nil, true, err
-	}
-	var (
-		b     []byte
-		buf   = make([]byte, 32<<10)
-		calls int
-		rerr  error
-	)
-	err = rc.Read(func(fd uintptr) bool {
-		calls++
-		for {
-			n, err := syscall.Read(int(fd), buf)
-			switch {
-			case n > 0:
-				b = append(b, buf[:n]...)
-				if len(b) > maxJWKSBytes {
-					return true
-				}
-			case errors.Is(err, syscall.EINTR):
-			case errors.Is(err, syscall.EAGAIN):
-				return false // a writer, nothing (more) written yet
-			case err != nil:
-				rerr = err
-				return true
-			default: // the end, or (the first time) no writer yet
-				return len(b) > 0 || calls > 1 || unnamed
-			}
-		}
-	})
-	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil:
 		return nil, true, fmt.Errorf("%s: %w", path, ctx.Err())
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return nil, true, fmt.Errorf("%s: a pipe not written and closed within %s", path, jwksPipeTimeout)
 	case err != nil:
 		return nil, true, fmt.Errorf("%s: %w", path, err)
-	case rerr != nil:
-		return nil, true, fmt.Errorf("%s: %w", path, rerr)
 	case len(b) == 0:
 		return nil, true, fmt.Errorf("%s: a pipe closed with nothing written to it", path)
 	}

@@ -1,4 +1,4 @@
-package client
+package piperead
 
 import "golang.org/x/sys/unix"
 
