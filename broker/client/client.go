@@ -356,17 +356,17 @@ func scrubURLError(err error) error {
 	return err
 }
 
-// redactURL is raw as errors show it: scheme://host[:port]/path, without
-// any user info (url.URL.Redacted masks only the password, and the name may
-// be a token as much as the password), query or fragment, as
-// adapters/vault.DisplayAddress shows the Vault address (not imported
-// here: this package must not pull in the Vault API).
+// redactURL is raw as errors show it: scheme://host[:port] only, as
+// checkURL shows a refused address. Its user info (url.URL.Redacted masks
+// only the password, and the name may be a token as much as the password),
+// path (a token pasted into it), query and fragment may hold a secret, and
+// errors go to stderr (CI logs).
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "<url>"
 	}
-	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}).String()
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 }
 
 // parseResponse turns a /v1/token answer into a Credential or an *Error.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -367,7 +368,7 @@ func TestRetryAfterDateIsReadOnTheBrokersClock(t *testing.T) {
 // TestScrubURLErrorShowsNoUserinfo: scrubURLError quoted a *url.Error's
 // URL as url.URL.Redacted does, which masks only the password: the user
 // name (which may be a token as much as the password) was shown. No user
-// info of the URL is shown now, nor its query or fragment.
+// info of the URL is shown now, nor its path, query or fragment.
 func TestScrubURLErrorShowsNoUserinfo(t *testing.T) {
 	for _, raw := range []string{
 		"https://USER-MARKER:PW-MARKER@keytrail.internal:7700/v1/token",
@@ -375,7 +376,7 @@ func TestScrubURLErrorShowsNoUserinfo(t *testing.T) {
 		"https://keytrail.internal:7700/v1/token?t=PW-MARKER#PW-MARKER",
 	} {
 		err := scrubURLError(&url.Error{Op: "Post", URL: raw, Err: errors.New("connection refused")})
-		want := "Post https://keytrail.internal:7700/v1/token: connection refused"
+		want := "Post https://keytrail.internal:7700: connection refused"
 		if got := err.Error(); got != want {
 			t.Errorf("scrubURLError(%q) = %q, want %q", raw, got, want)
 		}
@@ -403,4 +404,40 @@ func TestIsPermanentAsksTheError(t *testing.T) {
 			t.Errorf("Permanent() = %v: IsPermanent = %v, IsTransient = %v", permanent, IsPermanent(err), IsTransient(err))
 		}
 	}
+}
+
+// TestTransportErrorShowsNoAddressPath: a transport failure quoted the
+// accepted broker address's path (scheme://host/PATH/v1/token), where a
+// token pasted into the address would be printed; the refused-address
+// errors of checkURL already showed its scheme and host only. Now
+// transport errors do too, through a real failed Exchange.
+func TestTransportErrorShowsNoAddressPath(t *testing.T) {
+	host := closedLoopbackAddr(t)
+	c, err := New(Options{Addr: "http://" + host + "/PATH-MARKER-s3cr3t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Exchange(context.Background(), "g", ExchangeOptions{Identity: staticIdentity("jwt")})
+	if err == nil {
+		t.Fatal("Exchange to a closed port succeeded")
+	}
+	if strings.Contains(err.Error(), "MARKER") || strings.Contains(err.Error(), "v1/token") {
+		t.Errorf("Exchange = %q: shows the address's path", err)
+	}
+	if want := "Post http://" + host + ": "; !strings.Contains(err.Error(), want) {
+		t.Errorf("Exchange = %q, want it to name the address as %q", err, want)
+	}
+}
+
+// closedLoopbackAddr is a loopback host:port nothing listens on (a port
+// listened on and closed again).
+func closedLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }

@@ -183,7 +183,7 @@ func readPrefix(r io.Reader, n int) []byte {
 }
 
 // httpsPortError is the error for ErrHTTPSPort, naming the address (addr,
-// an http URL without user info, query or fragment, checkURL).
+// its scheme and host only, redactURL).
 type httpsPortError struct{ addr string }
 
 func (e *httpsPortError) Error() string {
