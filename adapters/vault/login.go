@@ -134,6 +134,11 @@ type LoginStatus struct {
 	// replaced (AppRole, Kubernetes) that failed: each leaves that token
 	// valid until its TTL, and is logged at WARN.
 	ReplacedRevokeFailures int
+	// RefusedRevokeFailures counts the revocations of a token a login got
+	// and the broker refused (a use limit: token_num_uses) that failed:
+	// each leaves that token valid until its TTL or last use, and is
+	// logged at WARN.
+	RefusedRevokeFailures int
 }
 
 // Token types (LoginStatus.TokenType).
@@ -910,14 +915,18 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 // (auth/token/revoke-self with the token itself: the default policy and
 // MinimumBrokerPolicy allow it, even on a token's last use; without it Vault
 // answers 403), so that it does not stay valid until its TTL; at
-// most cleanupTimeout, even when ctx has ended. A failure is logged, never
-// returned: the login fails anyway. l.loginMu is held.
+// most cleanupTimeout, even when ctx has ended. A failure is logged and
+// counted (LoginStatus.RefusedRevokeFailures), never returned: the login
+// fails anyway. l.loginMu is held.
 func (l *Login) revokeRefused(ctx context.Context, tok, op string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	l.lc.SetToken(tok)
 	defer l.lc.ClearToken()
 	if err := l.lc.Auth().Token().RevokeSelfWithContext(rctx, ""); err != nil {
+		l.mu.Lock()
+		l.status.RefusedRevokeFailures++
+		l.mu.Unlock()
 		l.log.Warn("could not revoke the token a login got and the broker refused; it stays valid until its ttl or last use",
 			slog.String("op", op), slog.String("error", translate("revoke-self of a refused login token", err).Error()))
 	}

@@ -158,16 +158,18 @@ func TestLoginRunHonoursRetryAfter(t *testing.T) {
 // TestLoginRevokesUseLimitedToken: a login whose token has a use limit
 // (the role's token_num_uses) is refused as vault_config, and the token it
 // got is revoked with revoke-self (with that token) rather than left valid
-// until its TTL; a revocation Vault refuses is logged and the login error
-// stays the use limit's.
+// until its TTL; a revocation Vault refuses is logged, and counted
+// (LoginStatus.RefusedRevokeFailures: it was only logged, uncounted, unlike
+// a replaced token's), and the login error stays the use limit's.
 func TestLoginRevokesUseLimitedToken(t *testing.T) {
 	for _, tc := range []struct {
-		name        string
-		otherStatus int
-		wantLog     string
+		name         string
+		otherStatus  int
+		wantLog      string
+		wantFailures int
 	}{
 		{name: "revoked", otherStatus: 0},
-		{name: "revoke-refused", otherStatus: http.StatusForbidden, wantLog: "could not revoke the token a login got"},
+		{name: "revoke-refused", otherStatus: http.StatusForbidden, wantLog: "could not revoke the token a login got", wantFailures: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			limited := authReply("hvs.limited", 60, true).(map[string]any)
@@ -204,6 +206,9 @@ func TestLoginRevokesUseLimitedToken(t *testing.T) {
 			}
 			if strings.Contains(logs.String(), "hvs.limited") || strings.Contains(err.Error(), "hvs.limited") {
 				t.Errorf("the token is in the logs or the error:\n%s\n%v", logs.String(), err)
+			}
+			if st := l.Status(); st.RefusedRevokeFailures != tc.wantFailures || st.ReplacedRevokeFailures != 0 {
+				t.Errorf("Status() RefusedRevokeFailures = %d, ReplacedRevokeFailures = %d; want %d, 0", st.RefusedRevokeFailures, st.ReplacedRevokeFailures, tc.wantFailures)
 			}
 		})
 	}

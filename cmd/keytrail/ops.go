@@ -117,10 +117,21 @@ func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sin
 // registerLogin exposes counters of the broker's own Vault login, read
 // from status (the Login's Status) at each scrape.
 func registerLogin(reg prometheus.Registerer, status func() vaultad.LoginStatus) error {
-	return reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "keytrail_vault_replaced_token_revoke_failures_total",
-		Help: "Failed revocations of the broker's Vault token an AppRole or Kubernetes re-login replaced (each logged at WARN): that token stays valid until its TTL.",
-	}, func() float64 { return float64(status().ReplacedRevokeFailures) }))
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "keytrail_vault_replaced_token_revoke_failures_total",
+			Help: "Failed revocations of the broker's Vault token an AppRole or Kubernetes re-login replaced (each logged at WARN): that token stays valid until its TTL.",
+		}, func() float64 { return float64(status().ReplacedRevokeFailures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "keytrail_vault_refused_login_token_revoke_failures_total",
+			Help: "Failed revocations of a Vault token an AppRole or Kubernetes login got and the broker refused (a use limit; each logged at WARN): that token stays valid until its TTL or last use.",
+		}, func() float64 { return float64(status().RefusedRevokeFailures) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (m *opsMetrics) onJWKSFetch(issuer string, err error) {

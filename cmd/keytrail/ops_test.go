@@ -719,6 +719,44 @@ func TestLoginRevokeFailuresMetric(t *testing.T) {
 	}
 }
 
+// TestLoginRefusedRevokeFailuresMetric: the failed revocations of a token a
+// login got and the broker refused (a use limit) were only logged
+// (revokeRefused), with no counter unlike a replaced token's. They are
+// exported as keytrail_vault_refused_login_token_revoke_failures_total
+// (LoginStatus.RefusedRevokeFailures), read at each scrape, apart from the
+// replaced tokens' counter.
+func TestLoginRefusedRevokeFailuresMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var st vaultad.LoginStatus
+	if err := registerLogin(reg, func() vaultad.LoginStatus { return st }); err != nil {
+		t.Fatal(err)
+	}
+	values := func() map[string]float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			got[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+		return got
+	}
+	const name = "keytrail_vault_refused_login_token_revoke_failures_total"
+	if v, ok := values()[name]; !ok || v != 0 {
+		t.Fatalf("before any failure: %s = %v (registered %v), want 0", name, v, ok)
+	}
+	st.RefusedRevokeFailures = 3
+	got := values()
+	if v := got[name]; v != 3 {
+		t.Errorf("after three failures: %s = %v, want 3", name, v)
+	}
+	if v := got["keytrail_vault_replaced_token_revoke_failures_total"]; v != 0 {
+		t.Errorf("keytrail_vault_replaced_token_revoke_failures_total = %v after refused-token failures only, want 0", v)
+	}
+}
+
 // TestTimedSinkQueuing: the metrics wrapper keeps the file sink's queuing
 // append, so that an exchange queues its issue event without a goroutine
 // behind it too, and measures it from the call to the outcome; over a sink
