@@ -86,7 +86,7 @@ func Load(p string) (*Policy, error) {
 	if !st.IsDir() {
 		data, err := ReadFile(p)
 		if err != nil {
-			return nil, fmt.Errorf("policies: %w", err)
+			return nil, readError(err)
 		}
 		return build([]namedData{{name: p, data: data}})
 	}
@@ -116,7 +116,7 @@ func Load(p string) (*Policy, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("policies: %w", err)
+			return nil, readError(err)
 		}
 		files = append(files, namedData{name: name, data: data})
 	}
@@ -140,7 +140,7 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 	if !st.IsDir() {
 		data, err := readFS(fsys, dir)
 		if err != nil {
-			return nil, fmt.Errorf("policies: %w", err)
+			return nil, readError(err)
 		}
 		return build([]namedData{{name: dir, data: data}})
 	}
@@ -172,7 +172,7 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("policies: %w", err)
+			return nil, readError(err)
 		}
 		files = append(files, namedData{name: name, data: data})
 	}
@@ -422,15 +422,32 @@ func readRegular(f fs.File, name string) ([]byte, error) {
 	return data, nil
 }
 
+// notRegularError is the error of a path that is not a regular file
+// (notRegular): it names the path and what it is already.
+type notRegularError struct{ msg string }
+
+func (e *notRegularError) Error() string { return e.msg }
+
 // notRegular is the error of a path that names m, not a regular file; the
 // path quoted when not printable (a ca_file's, a policy file's: problems
 // are one per line).
 func notRegular(name string, m fs.FileMode) error {
 	what := modeKind(m)
 	if what == "" {
-		return fmt.Errorf("%s: not a regular file", printable(name))
+		return &notRegularError{printable(name) + ": not a regular file"}
 	}
-	return fmt.Errorf("%s: is %s, not a regular file", printable(name), what)
+	return &notRegularError{printable(name) + ": is " + what + ", not a regular file"}
+}
+
+// readError is Load's and LoadFS's error for a policy file that could not
+// be read: one that is not a regular file as ReadFile says it ("P: is a
+// named pipe, not a regular file"), as the config file and the files it
+// names are refused, without the "policies: " prefix of the others.
+func readError(err error) error {
+	if _, ok := errors.AsType[*notRegularError](err); ok {
+		return err
+	}
+	return fmt.Errorf("policies: %w", err)
 }
 
 // NotRegular is the error of a path that names m, not a regular file

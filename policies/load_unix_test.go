@@ -47,7 +47,8 @@ func loadGuarded(t *testing.T, p string) (*Policy, error) {
 // device or a directory where a file is read (a *.yaml link to one in a
 // policy directory) is refused before anything is read, naming the path and
 // what it is. Before, Load of a FIFO blocked in open until something wrote
-// to it, and /dev/zero was read up to the size cap.
+// to it, and /dev/zero was read up to the size cap. The error is the
+// config file's, without the "policies: " prefix it had.
 func TestLoadRefusesNonRegularFiles(t *testing.T) {
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "fifo.yaml")
@@ -69,12 +70,12 @@ func TestLoadRefusesNonRegularFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct{ path, want string }{
-		{fifo, "policies: " + fifo + ": is a named pipe, not a regular file"},
-		{linked, "policies: " + filepath.Join(linked, "a.yaml") + ": is a named pipe, not a regular file"},
-		{dirLink, "policies: " + filepath.Join(dirLink, "b.yaml") + ": is a directory, not a regular file"},
+		{fifo, fifo + ": is a named pipe, not a regular file"},
+		{linked, filepath.Join(linked, "a.yaml") + ": is a named pipe, not a regular file"},
+		{dirLink, filepath.Join(dirLink, "b.yaml") + ": is a directory, not a regular file"},
 	}
 	if _, err := os.Stat("/dev/zero"); err == nil {
-		tests = append(tests, struct{ path, want string }{"/dev/zero", "policies: /dev/zero: is a character device, not a regular file"})
+		tests = append(tests, struct{ path, want string }{"/dev/zero", "/dev/zero: is a character device, not a regular file"})
 	}
 	for _, tt := range tests {
 		p, err := loadGuarded(t, tt.path)
@@ -143,7 +144,7 @@ func TestLoadDirectoryRefusesNonRegularEntries(t *testing.T) {
 		if err := tt.make(p); err != nil {
 			t.Fatal(err)
 		}
-		want := "policies: " + p + ": is " + tt.what + ", not a regular file"
+		want := p + ": is " + tt.what + ", not a regular file"
 		if pol, err := loadGuarded(t, dir); err == nil || err.Error() != want {
 			t.Errorf("Load(dir with %s) = %v, %v; want %q", tt.what, pol, err, want)
 		}

@@ -1295,8 +1295,8 @@ func TestLoadFSRefusesNonRegularFiles(t *testing.T) {
 		"d/dev.yaml":  {Mode: fs.ModeDevice | fs.ModeCharDevice, Data: []byte("version: 1\n")},
 	}
 	for _, tt := range []struct{ path, want string }{
-		{"d/fifo.yaml", "policies: d/fifo.yaml: is a named pipe, not a regular file"},
-		{"d/dev.yaml", "policies: d/dev.yaml: is a character device, not a regular file"},
+		{"d/fifo.yaml", "d/fifo.yaml: is a named pipe, not a regular file"},
+		{"d/dev.yaml", "d/dev.yaml: is a character device, not a regular file"},
 	} {
 		p, err := LoadFS(fsys, tt.path)
 		if err == nil || err.Error() != tt.want {
@@ -1316,9 +1316,9 @@ func TestLoadFSDirectoryRefusesNonRegularEntries(t *testing.T) {
 		fsys fstest.MapFS
 		want string
 	}{
-		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/b.yaml": {Mode: fs.ModeNamedPipe}}, "policies: d/b.yaml: is a named pipe, not a regular file"},
-		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/b.yml/x.yaml": {Data: valid}}, "policies: d/b.yml: is a directory, not a regular file"},
-		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/c.yaml": {Mode: fs.ModeDevice | fs.ModeCharDevice}}, "policies: d/c.yaml: is a character device, not a regular file"},
+		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/b.yaml": {Mode: fs.ModeNamedPipe}}, "d/b.yaml: is a named pipe, not a regular file"},
+		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/b.yml/x.yaml": {Data: valid}}, "d/b.yml: is a directory, not a regular file"},
+		{fstest.MapFS{"d/a.yaml": {Data: valid}, "d/c.yaml": {Mode: fs.ModeDevice | fs.ModeCharDevice}}, "d/c.yaml: is a character device, not a regular file"},
 	} {
 		p, err := LoadFS(tt.fsys, "d")
 		if err == nil || err.Error() != tt.want {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -203,5 +204,49 @@ func TestAdminTokenFileSymlink(t *testing.T) {
 	_, _, err = runCLI(t, env, "revoke", "--workload", "w", "--reason", "r", "--token-file", missing)
 	if want := "revoke: admin token (--token-file): open " + missing + ": no such file or directory"; err == nil || err.Error() != want {
 		t.Errorf("revoke --token-file (missing) = %v, want %q", err, want)
+	}
+}
+
+// TestPolicyFilesRefuseNonRegularAsConfigFiles: a policy file (or a
+// policy directory's entry) that is a named pipe was refused with the
+// loader's "policies: " prefix ("policy not read: policies: P: is a named
+// pipe, not a regular file"), unlike the config file and the files it
+// names ("P: is a named pipe, not a regular file"). It is said as they are
+// now, by keytrail policy check and keytrail config check.
+func TestPolicyFilesRefuseNonRegularAsConfigFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := mkfifo(t, dir, "p.yaml")
+	polDir := filepath.Join(dir, "policies")
+	if err := os.Mkdir(polDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, polDir, "a.yaml", "version: 1\n")
+	entry := mkfifo(t, polDir, "b.yaml")
+
+	for _, tt := range []struct{ path, want string }{
+		{fifo, "policy not read: " + fifo + ": is a named pipe, not a regular file"},
+		{polDir, "policy not read: " + entry + ": is a named pipe, not a regular file"},
+	} {
+		err := brokertest.ReturnsWithin(t, "keytrail policy check "+tt.path, func() error {
+			_, _, err := runCLI(t, nil, "policy", "check", tt.path)
+			return err
+		})
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 1 || ee.msg != tt.want {
+			t.Errorf("keytrail policy check %s = %v, want exit 1: %q", tt.path, err, tt.want)
+		}
+	}
+
+	cfg := writeFile(t, dir, "config.yaml", "public_url: https://keytrail.internal\npolicy: "+fifo+
+		"\nvault: {address: https://vault.internal:8200}\naudit: {file: "+filepath.Join(dir, "audit.jsonl")+"}\n")
+	var out, stderr string
+	err := brokertest.ReturnsWithin(t, "keytrail config check", func() error {
+		var err error
+		out, stderr, err = runCLI(t, nil, "config", "check", "--config", cfg)
+		return err
+	})
+	if err == nil || strings.Contains(out+stderr+err.Error(), "policies: ") || !strings.Contains(out+stderr+err.Error(), fifo+": is a named pipe, not a regular file") {
+		t.Errorf("config check (policy a named pipe) = %v\n%s%s\nwant it to say %q without \"policies: \"", err, out, stderr, fifo+": is a named pipe, not a regular file")
 	}
 }
