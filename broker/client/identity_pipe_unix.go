@@ -10,7 +10,7 @@ import (
 	"os"
 	"syscall"
 
-	"github.com/keytrail/keytrail/internal/piperead"
+	"github.com/keytrail/keytrail/broker/piperead"
 )
 
 // readPipe reads the pipe fh, opened with O_NONBLOCK, to its end (at most

@@ -11,7 +11,7 @@ import (
 	"syscall"
 
 	"github.com/keytrail/keytrail/broker/client"
-	"github.com/keytrail/keytrail/internal/piperead"
+	"github.com/keytrail/keytrail/broker/piperead"
 )
 
 // jwksPipeTimeout bounds the wait for a pipe given to --jwks to be written
