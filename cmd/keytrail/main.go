@@ -75,6 +75,9 @@ type env struct {
 	// each batch it wrote, before the batch's writers are told (tests: an
 	// audit disk that hangs).
 	auditWritten func()
+	// auditClosing, when set, is called by the server just before it
+	// closes its audit sink (tests: a Close that hangs on an audit disk).
+	auditClosing func()
 	// devUnlocked, when set, is called by dev when it fails before Vault,
 	// after it released --dir's lock and before it removes the directories
 	// it created (tests: another dev taking the lock then).

@@ -64,7 +64,8 @@ signal exits at once); until it serves, requests get 503 "starting";
 from the first signal on, no reload starts (SIGHUP and file changes are
 logged).
 A start-up not serving within startup_timeout (5m; 0: none) logs an ERROR
-naming what it waited for and exits 1.
+naming what it waited for and exits 1; one whose close then hangs (a hung
+audit disk), or a failed start-up's, exits 30s later.
 The exit status is 0 after a clean shutdown, 1 when start-up fails, when
 requests were still in flight after shutdown_timeout, or when closing failed
 (e.g. the audit log's final signed checkpoint could not be written),
@@ -266,7 +267,8 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// and the close of the runtime, of a failed start-up included (the
 	// deferred rt.close below runs while this watches).
 	returned, watcherDone := make(chan struct{}), make(chan struct{})
-	defer func() { close(returned); <-watcherDone }()
+	var bound sync.WaitGroup // a failed start-up's exitIfNotReturned
+	defer func() { close(returned); <-watcherDone; bound.Wait() }()
 	go exitOnSecondSignal(ctx, e, log, returned, watcherDone)
 	rt := &brokerRuntime{cfg: cfg, log: log}
 	defer rt.close()
@@ -292,6 +294,17 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		return errors.Join(fmt.Errorf("start-up did not finish within startup_timeout (%s): waiting for %s", startupTimeout, deadline.waitingFor), err)
 	}
 	if err != nil {
+		// A failed start-up's close (the deferred rt.close) is bounded as
+		// the deadline's is: one that hangs (a sink.Close on a hung audit
+		// disk) exits startupCloseGrace later, its login token revoked
+		// first. It waited for a second signal before, its login's token
+		// left valid.
+		failed := slog.String("error", vaultad.HideUserinfo(err, cfg.Vault.Address).Error())
+		bound.Add(1)
+		go func() {
+			defer bound.Done()
+			rt.exitIfNotReturned(e, "start-up failed and", returned, func() slog.Attr { return failed })
+		}()
 		return err
 	}
 
@@ -559,33 +572,42 @@ func (rt *brokerRuntime) watchStartup(ctx context.Context, e *env, d time.Durati
 				slog.Duration("startup_timeout", d), slog.String("waiting_for", step))
 		}
 		cancel()
-		grace := startupCloseGrace
-		if e.startupCloseGrace > 0 {
-			grace = e.startupCloseGrace
-		}
-		t := time.NewTimer(grace)
-		defer t.Stop()
-		select {
-		case <-returned:
-		case <-t.C:
-			rt.log.Error("start-up stopped by "+stoppedBy+" did not end: exiting now, the audit log left as it is (no checkpoint written)",
-				slog.Duration("waited", grace), slog.String("waiting_for", rt.startStep()))
-			// The closers did not run (or hang): the login token nothing
-			// was served with is revoked first, bounded by
-			// loginRevokeTimeout (once: a closer already revoking it is
-			// waited for). Nothing audited depends on it: its result is
-			// only logged, and the sink is not waited for.
-			if revoke := rt.revokeUnserved.Load(); revoke != nil {
-				(*revoke)()
-			}
-			exit := os.Exit
-			if e.exit != nil {
-				exit = e.exit
-			}
-			exit(1)
-		}
+		rt.exitIfNotReturned(e, "start-up stopped by "+stoppedBy, returned, func() slog.Attr { return slog.String("waiting_for", rt.startStep()) })
 	})
 	return sd
+}
+
+// exitIfNotReturned waits startupCloseGrace for runServer to return
+// (returned closed) from a start-up that failed or was stopped (what
+// names it in the log); if it has not, it logs an ERROR (with attr),
+// revokes an AppRole or Kubernetes login's token (revokeUnserved) and
+// exits (status 1) without waiting for the closers.
+func (rt *brokerRuntime) exitIfNotReturned(e *env, what string, returned <-chan struct{}, attr func() slog.Attr) {
+	grace := startupCloseGrace
+	if e.startupCloseGrace > 0 {
+		grace = e.startupCloseGrace
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-returned:
+	case <-t.C:
+		rt.log.Error(what+" did not end: exiting now, the audit log left as it is (no checkpoint written)",
+			slog.Duration("waited", grace), attr())
+		// The closers did not run (or hang): the login token nothing
+		// was served with is revoked first, bounded by
+		// loginRevokeTimeout (once: a closer already revoking it is
+		// waited for). Nothing audited depends on it: its result is
+		// only logged, and the sink is not waited for.
+		if revoke := rt.revokeUnserved.Load(); revoke != nil {
+			(*revoke)()
+		}
+		exit := os.Exit
+		if e.exit != nil {
+			exit = e.exit
+		}
+		exit(1)
+	}
 }
 
 // end disarms the deadline once wire returned; it reports whether the
@@ -851,7 +873,11 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// Closers run in reverse: every background loop started from here on
 	// (policy watcher, clock watch, revocation worker, reconciler) writes
 	// audit events and so must stop before the sink closes.
-	rt.closers = append(rt.closers, sink.Close)
+	closeSink := sink.Close
+	if e.auditClosing != nil {
+		closeSink = func() error { e.auditClosing(); return sink.Close() }
+	}
+	rt.closers = append(rt.closers, closeSink)
 	rt.waiting("the deployment id (store)")
 	if rt.deployment, err = deploymentID(ctx, cfg, rt.store, sink.ChainID()); err != nil {
 		return err
