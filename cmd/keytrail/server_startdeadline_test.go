@@ -60,6 +60,16 @@ func TestStartupTimeoutConfig(t *testing.T) {
 	}
 }
 
+// TestHarnessStartWaitsForTheDefaultStartupTimeout: the e2e harness's
+// wait for a broker's /readyz (harness.StartWait) is derived from
+// startup_timeout, whose default it names apart (it cannot import this
+// package): the two stay in step.
+func TestHarnessStartWaitsForTheDefaultStartupTimeout(t *testing.T) {
+	if harness.DefaultStartupTimeout != DefaultStartupTimeout {
+		t.Errorf("harness.DefaultStartupTimeout = %v, want DefaultStartupTimeout (%v)", harness.DefaultStartupTimeout, DefaultStartupTimeout)
+	}
+}
+
 // startupDeadlineEnv is the env of the start-up deadline tests: Vault's
 // root token, no reconciliation, the log in logs and e.exit recorded in
 // exited (never the test process's os.Exit).

@@ -129,7 +129,7 @@ func StartKeytrail(t testing.TB, url, cfg string, env ...string) *Keytrail {
 			t.Errorf("harness: keytrail server %s\n--- log ---\n%s", race, k.Logs())
 		}
 	})
-	if err := k.WaitReady(30 * time.Second); err != nil {
+	if err := k.WaitReady(StartWait(cfg)); err != nil {
 		t.Fatalf("harness: keytrail not ready: %v\n--- log ---\n%s", err, k.Logs())
 	}
 	return k
@@ -287,6 +287,37 @@ func StopWait(cfg string) time.Duration {
 		broker.TimeoutsFor(dur(c.Vault.Timeout, 0)).CutOffGrace() + stopSlack
 }
 
+// DefaultStartupTimeout is keytrail server's startup_timeout when the
+// configuration leaves it out (cmd/keytrail's DefaultStartupTimeout; a
+// test there keeps the two in step).
+const DefaultStartupTimeout = 5 * time.Minute
+
+// startSlack is what StartWait adds to the broker's own bound of its
+// start-up (the process's start under the race detector, a loaded
+// machine).
+const startSlack = 15 * time.Second
+
+// StartWait is how long StartKeytrail and Restart wait for /readyz to
+// answer 200 from a server run with the configuration file cfg: its
+// startup_timeout (absent, 0 or unreadable: DefaultStartupTimeout), by
+// which the server stops a start-up that does not serve (exit 1, which
+// ends the wait at once), plus startSlack. A fixed 30 s wait failed a
+// start-up the server itself would still have let finish (a slow Vault
+// login, a long audit log read back).
+func StartWait(cfg string) time.Duration {
+	var c struct {
+		StartupTimeout string `yaml:"startup_timeout"`
+	}
+	if data, err := os.ReadFile(cfg); err == nil {
+		_ = yaml.Unmarshal(data, &c)
+	}
+	d, err := time.ParseDuration(c.StartupTimeout)
+	if err != nil || d <= 0 {
+		d = DefaultStartupTimeout
+	}
+	return d + startSlack
+}
+
 // Kill sends SIGKILL and waits for the process to end.
 func (k *Keytrail) Kill() {
 	k.mu.Lock()
@@ -304,7 +335,7 @@ func (k *Keytrail) Restart() {
 	k.t.Helper()
 	k.Stop()
 	k.start()
-	if err := k.WaitReady(30 * time.Second); err != nil {
+	if err := k.WaitReady(StartWait(k.Config)); err != nil {
 		k.t.Fatalf("harness: keytrail not ready after restart: %v\n%s", err, k.Logs())
 	}
 }

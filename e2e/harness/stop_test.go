@@ -80,3 +80,31 @@ func TestStopWait(t *testing.T) {
 		})
 	}
 }
+
+// TestStartWait: the wait for /readyz is the server's own bound of its
+// start-up (startup_timeout) plus startSlack; the default for a file that
+// leaves it out, sets none (0) or cannot be read.
+func TestStartWait(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, yaml string
+		want       time.Duration
+	}{
+		{"ok/default", "listen: 127.0.0.1:7700\n", DefaultStartupTimeout},
+		{"ok/set", "startup_timeout: 90s\n", 90 * time.Second},
+		{"ok/none-is-the-default", "startup_timeout: 0s\n", DefaultStartupTimeout},
+		{"ok/missing-file", "", DefaultStartupTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, "/", "-")+".yaml")
+			if tc.yaml != "" {
+				if err := os.WriteFile(p, []byte(tc.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, want := StartWait(p), tc.want+startSlack; got != want {
+				t.Errorf("StartWait = %v, want %v", got, want)
+			}
+		})
+	}
+}
