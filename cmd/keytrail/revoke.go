@@ -506,12 +506,14 @@ func (rt *brokerRuntime) goAfterStart(fn func(context.Context) error) {
 // goBackground runs fn until the runtime closes (after the HTTP server has
 // shut down). Closers run in reverse order, so a loop started after the
 // audit sink opened (as every loop that writes audit events must be) stops
-// before the sink closes.
-func (rt *brokerRuntime) goBackground(ctx context.Context, fn func(context.Context) error) {
+// before the sink closes. stop ends fn's context at once (the closer
+// then only waits), and done is closed when fn has returned.
+func (rt *brokerRuntime) goBackground(ctx context.Context, fn func(context.Context) error) (stop context.CancelFunc, done <-chan struct{}) {
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() { defer close(done); _ = fn(bctx) }()
-	rt.closers = append(rt.closers, func() error { stop(); <-done; return nil })
+	donec := make(chan struct{})
+	go func() { defer close(donec); _ = fn(bctx) }()
+	rt.closers = append(rt.closers, func() error { stop(); <-donec; return nil })
+	return stop, donec
 }
 
 // revokeAccessHelp is the --help paragraph of the commands that call the

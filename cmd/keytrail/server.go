@@ -167,6 +167,16 @@ type brokerRuntime struct {
 	// which does not wait for the closers (a sink.Close on a hung audit
 	// disk) and would otherwise leave the token valid for its TTL.
 	revokeUnserved atomic.Pointer[func()]
+	// loginRun is the login's renewal and re-login loop (login.Run),
+	// stopped before revokeLoginToken revokes its token.
+	loginRun atomic.Pointer[loginLoop]
+}
+
+// loginLoop is a running login.Run: stop ends it, done is closed once it
+// has.
+type loginLoop struct {
+	stop context.CancelFunc
+	done <-chan struct{}
 }
 
 // runServer wires the broker from cfg and serves until ctx ends. ready, when
@@ -641,6 +651,22 @@ const loginRevokeTimeout = 5 * time.Second
 // revokeLoginToken revokes the Vault token the broker logged in for
 // (revoke-self), bounded by loginRevokeTimeout; a failure is only logged.
 func (rt *brokerRuntime) revokeLoginToken() {
+	// The login's loop is stopped first (the failed start-up's closer
+	// has; watchStartup's and exitIfNotReturned's hard exit has not): a
+	// re-login it has in flight would otherwise leave the token it makes
+	// valid, and the token one replaced waits for its revocation
+	// (RevokeGrace) that the exit would cut short; stopped, it revokes
+	// that one at once. Bounded by loginRevokeTimeout too.
+	if l := rt.loginRun.Load(); l != nil {
+		l.stop()
+		t := time.NewTimer(loginRevokeTimeout)
+		select {
+		case <-l.done:
+		case <-t.C:
+			rt.log.Warn("start-up failed: the Vault login's renewals did not stop; revoking its token anyway")
+		}
+		t.Stop()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), loginRevokeTimeout)
 	defer cancel()
 	if err := rt.vault.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
@@ -775,7 +801,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		return err
 	}
 	rt.login = login
-	rt.goBackground(ctx, login.Run)
+	stopRun, runDone := rt.goBackground(ctx, login.Run)
+	rt.loginRun.Store(&loginLoop{stop: stopRun, done: runDone})
 
 	switch {
 	case cfg.Store.Shared():
