@@ -3310,7 +3310,9 @@ func (c *RevocationCache) undoLifted(ctx context.Context) error {
 // When the version went back, the blocks the cache knew that the Store no
 // longer lists are kept in the blocked set (lostBlocks), and the Window's
 // revocation records it read are queued to be written back (lostRevs):
-// restoreLost writes both into the Store. A lost block stays in the set
+// restoreLost writes both into the Store. So are, when a block announced
+// to it is gone with its revocation (a loss the version does not show),
+// that block and the Window's records. A lost block stays in the set
 // until a listing holds the workload's block again, or, once written back,
 // a listing that started after the write does not (it was lifted since).
 func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error) {
@@ -3407,7 +3409,6 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	for id, at := range revokedSince(revs, cutoff) {
 		learned = c.learnLocked(id, at) || learned
 	}
-	lostRevs := c.noteRecords(revs, kept, cutoff, gen, back)
 	for w, l := range c.lifted {
 		if l.at.Before(cutoff) {
 			delete(c.lifted, w)
@@ -3455,6 +3456,10 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		}
 		delete(c.unlisted, w)
 	}
+	// Either way the Store lost writes: the Window's records read from it
+	// are queued to be written back, not only the blocks (restoreLost
+	// writes those the Store does not hold).
+	lostRevs := c.noteRecords(revs, kept, cutoff, gen, back || lostNow)
 	if back || lostNow {
 		for w, b := range c.blocked {
 			if _, ok := blocked[w]; !ok && back {
@@ -3523,9 +3528,10 @@ func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
 
 // noteRecords keeps revs, read by listing gen, among the records to write
 // back should the Store lose them (those created at or after cutoff), and,
-// when back (the Store's version went back), queues every one of them to
-// be written back; it returns how many are queued.
-func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, back bool) int {
+// when lost (the Store's version went back, or an announced block is gone
+// with its revocation), queues every one of them to be written back; it
+// returns how many are queued.
+func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, lost bool) int {
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
 	for i, r := range revs {
@@ -3533,7 +3539,7 @@ func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff
 			c.revs[r.ID] = revEntry{r: kept[i], gen: gen}
 		}
 	}
-	if back {
+	if lost {
 		for id, e := range c.revs {
 			c.lostRevs[id] = revEntry{r: e.r, gen: gen}
 		}

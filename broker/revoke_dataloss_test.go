@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -629,5 +630,83 @@ func TestRevocationCacheRemembersOnlyUnblocksOfKnownBlocks(t *testing.T) {
 	f.c.Apply(broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}})
 	if n := broker.LiftedUnblocks(f.c); n != 1 {
 		t.Errorf("after the unblock of w1's known block: %d remembered, want 1", n)
+	}
+}
+
+// TestRevocationCacheWritesBackRecordsWhenAnnouncedBlockLost: a failover
+// to a replica that lacked the last writes, seen as an announced block
+// missing with its revocation (the Store's version did not go back: more
+// revocations landed on the new primary than it lacked). The cache had
+// read rev_3's record (the blocking revocation; a refresh whose listing
+// came before its block) and rev_5's (a revocation that blocks nothing),
+// both lost with the replica. It writes back the block and both records,
+// as it does when the version goes back, so that `keytrail trace`, the
+// reports and an instance started after it see them. (It wrote back the
+// block only: the records were queued only when the version went back.)
+func TestRevocationCacheWritesBackRecordsWhenAnnouncedBlockLost(t *testing.T) {
+	f := newLossFixture(t)
+	replica := memstore.New(f.clock)
+	for i, r := range f.revs {
+		if err := replica.PutBlock(f.ctx, broker.Block{Workload: f.blocked[i], Reason: r.Reason, RevocationID: r.ID, CreatedAt: r.CreatedAt}); err != nil {
+			t.Fatal(err)
+		}
+		if err := replica.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev5 := &broker.Revocation{ID: "rev_5", Selector: broker.RevokeSelector{IssuanceID: "iss_5"}, Reason: "INC-5", CreatedAt: f.clock(),
+		Matched: 1, Revoked: []string{"iss_5"}, Failed: []broker.RevokeFailure{}, CompletedAt: f.clock()}
+	rev3 := &broker.Revocation{ID: "rev_3", Selector: broker.RevokeSelector{Workload: "w3"}, Reason: "INC-3", Block: true, CreatedAt: f.clock(),
+		Revoked: []string{}, Pending: []string{"iss_w3"}, Failed: []broker.RevokeFailure{}, Blocks: []string{"w3"}}
+	for _, r := range []*broker.Revocation{rev5, rev3} {
+		if err := f.st.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil { // reads rev_5 and rev_3
+		t.Fatal(err)
+	}
+	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "w3", Reason: "INC-3", RevocationID: "rev_3", CreatedAt: f.clock()}); err != nil {
+		t.Fatal(err)
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_3", Blocked: []string{"w3"}})
+	// The failover; two revocations land on the new primary before the
+	// next refresh, so its version is as high as the one the cache read.
+	f.st.swap(replica)
+	for _, id := range []string{"rev_6", "rev_7"} {
+		r := &broker.Revocation{ID: id, Selector: broker.RevokeSelector{IssuanceID: "iss_" + id}, Reason: "INC", CreatedAt: f.clock(),
+			Revoked: []string{}, Pending: []string{"iss_" + id}, Failed: []broker.RevokeFailure{}}
+		if err := replica.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.c.StoreLosses(); n != 1 {
+		t.Fatalf("StoreLosses() = %d, want 1 (the announced block's loss)", n)
+	}
+	if !strings.Contains(f.logged(), "announced block and its revocation missing") {
+		t.Fatalf("logs = %q, want the loss seen by the announced block", f.logged())
+	}
+	if b, err := replica.GetBlock(f.ctx, "w3"); err != nil || b.RevocationID != "rev_3" {
+		t.Errorf("Store GetBlock(w3) = %+v, %v; want rev_3's block written back", b, err)
+	}
+	for _, want := range []*broker.Revocation{rev3, rev5} {
+		got, err := replica.GetRevocation(f.ctx, want.ID)
+		if err != nil {
+			t.Errorf("Store GetRevocation(%s) = %v; want the kept record written back", want.ID, err)
+			continue
+		}
+		gj, _ := json.Marshal(got)
+		wj, _ := json.Marshal(want)
+		if string(gj) != string(wj) {
+			t.Errorf("Store GetRevocation(%s) =\n %s\nwant %s", want.ID, gj, wj)
+		}
+	}
+	if l := f.logged(); !strings.Contains(l, "wrote back what this instance knew") || !strings.Contains(l, "revocations=2") {
+		t.Errorf("logs = %q, want the write-back WARN naming 2 revocations", l)
 	}
 }
