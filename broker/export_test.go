@@ -31,3 +31,18 @@ func KeptRecords(c *RevocationCache) int {
 	defer c.recMu.Unlock()
 	return len(c.revs)
 }
+
+// DamageKeptRecord replaces the encoding of the revocation record id that
+// c keeps to write back with one that does not decode (its first 9
+// bytes: the creation time and the form byte, no fields), for the tests
+// of what the write-back does with it. It reports whether c kept id.
+func DamageKeptRecord(c *RevocationCache, id string) bool {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	e, ok := c.revs[id]
+	if ok {
+		e.r = e.r[:9]
+		c.revs[id] = e
+	}
+	return ok
+}

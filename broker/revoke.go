@@ -2703,6 +2703,9 @@ type RevocationCache struct {
 	lostBlocks map[string]lostBlock
 	listGen    uint64
 	losses     atomic.Uint64
+	// dropped counts the kept revocation records that did not decode when
+	// restoreLost came to write them back (WriteBackDropped).
+	dropped atomic.Uint64
 	// unlisted (under mu) are the blocks learned from notices that no
 	// listing of the Store has held yet, workload -> revocation id: one
 	// that a listing started after the notice lacks, while the Store does
@@ -3144,6 +3147,13 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 // from the Store with its revocation (keytrail_store_data_losses_total).
 func (c *RevocationCache) StoreLosses() uint64 { return c.losses.Load() }
 
+// WriteBackDropped is how many revocation records the cache kept to write
+// back after a data loss that it could not decode, and so dropped from
+// the write-back, each logged at ERROR
+// (keytrail_store_data_loss_records_dropped_total). Not to happen: a
+// record that does is lost with the Store's data.
+func (c *RevocationCache) WriteBackDropped() uint64 { return c.dropped.Load() }
+
 // restoreLost writes back into the Store what it lost that this cache
 // knew (see readChanges): each lost block (PutBlock), then each of the
 // Window's revocation records the Store does not hold (PutRevocation; a
@@ -3232,6 +3242,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	for _, l := range revs {
 		r, err := l.e.r.revocation()
 		if err != nil { // not to happen: dropped, not retried forever
+			c.dropped.Add(1)
 			c.o.Logger.LogAttrs(ctx, slog.LevelError, "revocation cache: cannot write back a revocation the store lost",
 				slog.String("revocation_id", l.id), slog.String("error", err.Error()))
 		} else if !r.CreatedAt.Before(cutoff) {

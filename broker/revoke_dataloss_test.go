@@ -710,3 +710,44 @@ func TestRevocationCacheWritesBackRecordsWhenAnnouncedBlockLost(t *testing.T) {
 		t.Errorf("logs = %q, want the write-back WARN naming 2 revocations", l)
 	}
 }
+
+// TestRevocationCacheCountsKeptRecordsThatDoNotDecode: a kept record that
+// does not decode (not to happen) is dropped from the write-back with an
+// ERROR naming it, and counted (WriteBackDropped,
+// keytrail_store_data_loss_records_dropped_total), so that monitoring
+// sees a revocation record lost for good; the other records are written
+// back. (It was logged only.)
+func TestRevocationCacheCountsKeptRecordsThatDoNotDecode(t *testing.T) {
+	f := newLossFixture(t)
+	if !broker.DamageKeptRecord(f.c, "rev_1") {
+		t.Fatal("the cache keeps no record of rev_1 to damage")
+	}
+	f.st.swap(memstore.New(f.clock)) // Redis restarts without its data
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatalf("Refresh() after the loss = %v", err)
+	}
+	if n := f.c.WriteBackDropped(); n != 1 {
+		t.Errorf("WriteBackDropped() = %d, want 1", n)
+	}
+	l := f.logged()
+	if !strings.Contains(l, "level=ERROR msg=\"revocation cache: cannot write back a revocation the store lost\" revocation_id=rev_1") {
+		t.Errorf("logs = %q, want an ERROR naming rev_1", l)
+	}
+	if _, err := f.st.GetRevocation(f.ctx, "rev_1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetRevocation(rev_1) = %v, want not found (nothing to write back)", err)
+	}
+	if _, err := f.st.GetRevocation(f.ctx, "rev_2"); err != nil {
+		t.Errorf("Store GetRevocation(rev_2) = %v, want it written back", err)
+	}
+	// Dropped once, not counted again at the next refreshes.
+	for range 2 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.c.WriteBackDropped(); n != 1 {
+		t.Errorf("WriteBackDropped() after more refreshes = %d, want 1", n)
+	}
+}

@@ -54,6 +54,11 @@ func TestRevokeSurvivesRedisDataLoss(t *testing.T) {
 	if !strings.Contains(c.nodes[nodeA].Logs()+c.nodes[nodeB].Logs(), `"level":"ERROR","msg":"revocation store lost data`) {
 		t.Errorf("no instance logged an ERROR about the loss")
 	}
+	for _, node := range []int{nodeA, nodeB} {
+		if got := metricValue(metrics(t, c.nodes[node].URL), "keytrail_store_data_loss_records_dropped_total"); got != 0 {
+			t.Errorf("node %d: keytrail_store_data_loss_records_dropped_total = %v, want 0 (exposed, nothing dropped)", node, got)
+		}
+	}
 
 	c.nodes[nodeB].Kill()
 	c.nodes[nodeB].Restart()

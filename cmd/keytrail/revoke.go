@@ -455,7 +455,8 @@ func unwrapURLError(err error) error {
 // wireRevocationCache fronts rt.store with a revocation cache that re-reads
 // the revocation state every second and applies announcements at once
 // (Redis pub/sub with a Redis store, an in-process fan-out otherwise),
-// registers keytrail_store_data_losses_total, and starts it. The result is
+// registers keytrail_store_data_losses_total and
+// keytrail_store_data_loss_records_dropped_total, and starts it. The result is
 // the store the Service uses: checks deny when the store or the cache says
 // so.
 func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store, error) {
@@ -471,6 +472,12 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 		Name: "keytrail_store_data_losses_total",
 		Help: "Times the revocation cache saw the store lose data (its revocation change number went back: Redis restarted without persistence, flushed, or failed over to a replica that lacked writes), and 1 when this instance started on a store whose deployment id changed since its last start; each is logged at ERROR.",
 	}, func() float64 { return float64(cache.StoreLosses() + rt.storeLostAtStart) })); err != nil {
+		return nil, err
+	}
+	if err := rt.reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "keytrail_store_data_loss_records_dropped_total",
+		Help: "Revocation records the revocation cache kept to write back after a store data loss that did not decode, and so were not written back (lost with the store's data); each is logged at ERROR. Not to happen.",
+	}, func() float64 { return float64(cache.WriteBackDropped()) })); err != nil {
 		return nil, err
 	}
 	rt.goBackground(ctx, cache.Run)
