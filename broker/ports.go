@@ -340,6 +340,17 @@ type Store interface {
 	Ping(ctx context.Context) error
 }
 
+// RevocationPager is the optional part of a Store that lists revocations
+// a page at a time. ListRevocationPages calls fn with what
+// ListRevocations(f) lists, in pages, in no particular order, each
+// revocation once; the records of a page are fn's (the store keeps no
+// reference to them). It stops at fn's first error and returns it as is.
+// The revocation cache's full read uses it, when the Store has it, to hold
+// one page of decoded records at a time instead of the Window's all.
+type RevocationPager interface {
+	ListRevocationPages(ctx context.Context, f RevocationFilter, fn func([]*Revocation) error) error
+}
+
 // ReplicaAcker is the optional part of a Store that says whether its
 // writes wait for replicas to acknowledge them (Redis with
 // store.min_replicas). AcksReplicas false means they never do: a write the

@@ -1331,20 +1331,47 @@ func (s *Store) values(ctx context.Context, names []string, key func(string) str
 // for long in one command nor needs to fit in one timeout.
 func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) ([]*broker.Revocation, error) {
 	out := []*broker.Revocation{}
-	var corruptErr error // a record that does not decode: reported as such, not as Redis unavailable
+	if err := s.ListRevocationPages(ctx, f, func(page []*broker.Revocation) error {
+		out = append(out, page...)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b *broker.Revocation) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// ListRevocationPages is ListRevocations a page of the index at a time
+// (broker.RevocationPager): fn gets the revocations f keeps of each page
+// (up to indexPage, in index order, each once), decoded for it alone, so
+// that a caller that keeps less than the decoded records (the revocation
+// cache's full read) never holds the Window's all at once. An error from
+// fn stops it and is returned as is; a record that does not decode stops
+// it too (after fn saw the pages before it).
+func (s *Store) ListRevocationPages(ctx context.Context, f broker.RevocationFilter, fn func([]*broker.Revocation) error) error {
+	var stopErr error // fn's, or a record that does not decode: returned as is, not as Redis unavailable
 	add := func(ids []string) (bool, error) {
 		raws, err := s.values(ctx, ids, s.revKey)
 		if err != nil {
 			return false, err
 		}
+		page := make([]*broker.Revocation, 0, len(raws))
 		for _, raw := range raws {
 			r, err := decodeRevocation(raw)
 			if err != nil {
-				corruptErr = err
+				stopErr = err
 				return false, err
 			}
 			if f.Match(r) {
-				out = append(out, r)
+				page = append(page, r)
+			}
+		}
+		if len(page) > 0 {
+			if err := fn(page); err != nil {
+				stopErr = err
+				return false, err
 			}
 		}
 		return false, nil
@@ -1364,20 +1391,20 @@ func (s *Store) ListRevocations(ctx context.Context, f broker.RevocationFilter) 
 		sctx, cancel := s.ctx(ctx)
 		ids, err = s.client.SMembers(sctx, key).Result()
 		cancel()
-		if err == nil {
-			_, err = add(ids)
+		for chunk := range slices.Chunk(ids, indexPage) {
+			if err != nil {
+				break
+			}
+			_, err = add(chunk)
 		}
 	}
-	if corruptErr != nil {
-		return nil, corruptErr
+	if stopErr != nil {
+		return stopErr
 	}
 	if err != nil {
-		return nil, s.fail("list revocations", err)
+		return s.fail("list revocations", err)
 	}
-	slices.SortFunc(out, func(a, b *broker.Revocation) int {
-		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
-	})
-	return out, nil
+	return nil
 }
 
 // indexPage is how many sorted-set members one round trip of pagesByScore

@@ -311,6 +311,21 @@ func (s countedStore) AcksReplicas() bool {
 	return !ok || a.AcksReplicas()
 }
 
+// ListRevocationPages passes on the wrapped store's paged listing
+// (broker.RevocationPager, Redis's), so that the revocation cache's full
+// read, which cannot see through this wrapper, holds one page of decoded
+// records at a time; a store without one lists them all as one page.
+func (s countedStore) ListRevocationPages(ctx context.Context, f broker.RevocationFilter, fn func([]*broker.Revocation) error) error {
+	if p, ok := s.Store.(broker.RevocationPager); ok {
+		return p.ListRevocationPages(ctx, f, fn)
+	}
+	revs, err := s.Store.ListRevocations(ctx, f)
+	if err != nil || len(revs) == 0 {
+		return err
+	}
+	return fn(revs)
+}
+
 func (s countedStore) GetBlock(ctx context.Context, workload string) (*broker.Block, error) {
 	b, err := s.Store.GetBlock(ctx, workload)
 	return b, s.m.countStoreErr(err)

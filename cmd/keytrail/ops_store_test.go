@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -52,5 +53,67 @@ func TestWrapStoreKeepsReplicaAcker(t *testing.T) {
 				t.Fatalf("AcksReplicas() = %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// pagerStore lists revocations a page (of one) at a time, as redisstore
+// does a page of the index at a time.
+type pagerStore struct {
+	*memstore.Store
+	broker.Notifier
+	pages *int
+}
+
+func (s pagerStore) ListRevocationPages(ctx context.Context, f broker.RevocationFilter, fn func([]*broker.Revocation) error) error {
+	revs, err := s.ListRevocations(ctx, f)
+	for _, r := range revs {
+		if err == nil {
+			*s.pages++
+			err = fn([]*broker.Revocation{r})
+		}
+	}
+	return err
+}
+
+// The revocation cache reads the wrapped store: the wrapper must pass on
+// the store's paged listing (broker.RevocationPager), or the cache's full
+// read holds the Window's decoded records all at once again; a store
+// without one is listed as one page.
+func TestWrapStoreKeepsRevocationPager(t *testing.T) {
+	m, err := newOpsMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, paged := range []bool{true, false} {
+		ms := memstore.New(time.Now)
+		for _, id := range []string{"rev_1", "rev_2", "rev_3"} {
+			if err := ms.PutRevocation(ctx, &broker.Revocation{ID: id, CreatedAt: time.Now().UTC()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pages := 0
+		var st broker.Store = ms
+		if paged {
+			st = pagerStore{Store: ms, Notifier: memstore.NewNotifier(), pages: &pages}
+		}
+		p, ok := m.wrapStore(st).(broker.RevocationPager)
+		if !ok {
+			t.Fatalf("wrapStore(%T) hides broker.RevocationPager", st)
+		}
+		var got, calls int
+		if err := p.ListRevocationPages(ctx, broker.RevocationFilter{}, func(page []*broker.Revocation) error {
+			got, calls = got+len(page), calls+1
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		wantCalls := 1
+		if paged {
+			wantCalls = 3
+		}
+		if got != 3 || calls != wantCalls || (paged && pages != 3) {
+			t.Errorf("paged store %v: %d revocations in %d pages (the store's pages: %d), want 3 in %d", paged, got, calls, pages, wantCalls)
+		}
 	}
 }
