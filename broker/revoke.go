@@ -2766,6 +2766,12 @@ type liftedBlock struct {
 // the loss within a refresh or two).
 const liftLossGrace = time.Minute
 
+// announcedLossSpan: a loss seen by an announced block gone with its
+// revocation, the Store's version not going back (a failover to a replica
+// that lacked the last writes), writes back the records created this long
+// before it at most (see readChanges).
+const announcedLossSpan = time.Minute
+
 // lostBlock is a block the Store lost: restored is the listGen current
 // when it was written back (0: not yet); writing, that restoreLost is
 // writing it back; loss, the listGen of the listing that found it lost.
@@ -3323,7 +3329,7 @@ func (c *RevocationCache) undoLifted(ctx context.Context) error {
 // revocation records it read are queued to be written back (lostRevs):
 // restoreLost writes both into the Store. So are, when a block announced
 // to it is gone with its revocation (a loss the version does not show),
-// that block and the Window's records. A lost block stays in the set
+// that block and the records created in the last announcedLossSpan. A lost block stays in the set
 // until a listing holds the workload's block again, or, once written back,
 // a listing that started after the write does not (it was lifted since).
 func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error) {
@@ -3467,10 +3473,21 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		}
 		delete(c.unlisted, w)
 	}
-	// Either way the Store lost writes: the Window's records read from it
-	// are queued to be written back, not only the blocks (restoreLost
-	// writes those the Store does not hold).
-	lostRevs := c.noteRecords(revs, kept, cutoff, gen, back || lostNow)
+	// Either way the Store lost writes: the records read from it are
+	// queued to be written back, not only the blocks (restoreLost writes
+	// those the Store does not hold). The Window's every one when the
+	// version went back; seen by an announced block alone, a failover to
+	// a replica that lacked the last writes, which can lack only records
+	// created that recently (announcedLossSpan): those (a forged block
+	// notice, which looks the same, so costs no read of the Window).
+	var lostSince time.Time
+	switch {
+	case back:
+		lostSince = cutoff
+	case lostNow:
+		lostSince = now.Add(-announcedLossSpan)
+	}
+	lostRevs := c.noteRecords(revs, kept, cutoff, gen, lostSince)
 	if back || lostNow {
 		for w, b := range c.blocked {
 			if _, ok := blocked[w]; !ok && back {
@@ -3539,10 +3556,10 @@ func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
 
 // noteRecords keeps revs, read by listing gen, among the records to write
 // back should the Store lose them (those created at or after cutoff), and,
-// when lost (the Store's version went back, or an announced block is gone
-// with its revocation), queues every one of them to be written back; it
-// returns how many are queued.
-func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, lost bool) int {
+// when lostSince is not zero (the Store lost data), queues every one of
+// them created at or after lostSince to be written back; it returns how
+// many are queued.
+func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, lostSince time.Time) int {
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
 	for i, r := range revs {
@@ -3550,9 +3567,11 @@ func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff
 			c.revs[r.ID] = revEntry{r: kept[i], gen: gen}
 		}
 	}
-	if lost {
+	if !lostSince.IsZero() {
 		for id, e := range c.revs {
-			c.lostRevs[id] = revEntry{r: e.r, gen: gen}
+			if !e.r.createdAt().Before(lostSince) {
+				c.lostRevs[id] = revEntry{r: e.r, gen: gen}
+			}
 		}
 	}
 	return len(c.lostRevs)

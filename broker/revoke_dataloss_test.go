@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -749,5 +750,49 @@ func TestRevocationCacheCountsKeptRecordsThatDoNotDecode(t *testing.T) {
 	}
 	if n := f.c.WriteBackDropped(); n != 1 {
 		t.Errorf("WriteBackDropped() after more refreshes = %d, want 1", n)
+	}
+}
+
+// getCountStore counts GetRevocation calls.
+type getCountStore struct {
+	broker.Store
+	gets *atomic.Int64
+}
+
+func (s getCountStore) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
+	s.gets.Add(1)
+	return s.Store.GetRevocation(ctx, id)
+}
+
+// TestRevocationCacheForgedBlockNoticeReadsNoWindow: a block notice naming
+// a revocation the Store never held (anyone who can PUBLISH on the
+// channel can send one) looks like an announced block lost with its
+// revocation. A loss seen that way (the version not going back) is a
+// failover to a replica that lacked the last writes: only records created
+// that recently can be missing, so only those are looked up for the
+// write-back, not the Window's every record (which a stream of forged
+// notices would have every instance read again and again).
+func TestRevocationCacheForgedBlockNoticeReadsNoWindow(t *testing.T) {
+	f := newLossFixture(t)
+	for i := range 50 {
+		r := &broker.Revocation{ID: fmt.Sprintf("rev_old_%d", i), Selector: broker.RevokeSelector{IssuanceID: fmt.Sprintf("iss_old_%d", i)},
+			Reason: "INC", CreatedAt: f.clock().Add(-10 * time.Minute), Revoked: []string{fmt.Sprintf("iss_old_%d", i)}, Failed: []broker.RevokeFailure{}}
+		if err := f.st.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	gets := &atomic.Int64{}
+	f.st.swap(getCountStore{Store: f.st.cur(), gets: gets})
+	f.c.Apply(broker.Notice{RevocationID: "rev_forged", Blocked: []string{"wx"}})
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := gets.Load(); n > 10 {
+		t.Errorf("GetRevocation calls after one forged block notice = %d, want a few (not the Window's 52 records)", n)
 	}
 }
