@@ -226,9 +226,22 @@ type Revocation struct {
 	// the RevocationWorker of any instance, after a restart too, appends
 	// them again first when the instance that made them does not (see
 	// broker/revoke.go lateDecision). Stored record only.
-	Decision    []*audit.Event `json:"decision,omitempty"`
-	CompletedAt time.Time      `json:"completed_at,omitzero"`
+	Decision []*audit.Event `json:"decision,omitempty"`
+	// ResultOwed is when a revoke_result of the revocation was last not
+	// written (its write failed, or the stopping worker cut it): a result
+	// is owed. The RevocationWorker of any instance, after a restart too,
+	// lists the record while it is set (RevocationFilter.Pending; a
+	// complete record too) and writes one from it, then clears it; another
+	// instance than the one that set it (or this one after a restart)
+	// waits decisionGrace after it first (see broker/revoke.go
+	// markResultOwed). Zero otherwise. Stored record only.
+	ResultOwed  time.Time `json:"result_owed,omitzero"`
+	CompletedAt time.Time `json:"completed_at,omitzero"`
 }
+
+// Listed reports whether the worker lists r (RevocationFilter.Pending):
+// not complete, or complete with a revoke_result owed (ResultOwed).
+func (r *Revocation) Listed() bool { return r.CompletedAt.IsZero() || !r.ResultOwed.IsZero() }
 
 // Store keeps issuances, revocations and blocks, shared by every broker
 // instance that uses it.
@@ -380,7 +393,9 @@ func RetireMillis(until time.Time) int64 {
 type RevocationFilter struct {
 	// Since keeps revocations created at or after it (zero: any time).
 	Since time.Time
-	// Pending keeps only revocations not completed yet (CompletedAt zero).
+	// Pending keeps only revocations not completed yet (CompletedAt zero)
+	// and those with a revoke_result owed (ResultOwed set): see
+	// Revocation.Listed.
 	Pending bool
 	// ChangedAfter keeps only revocations last written (created or
 	// updated) after the call to RevocationVersion that returned it (zero:
@@ -391,7 +406,7 @@ type RevocationFilter struct {
 
 // Match reports whether r passes f's Since and Pending conditions.
 func (f RevocationFilter) Match(r *Revocation) bool {
-	return (f.Since.IsZero() || !r.CreatedAt.Before(f.Since)) && (!f.Pending || r.CompletedAt.IsZero())
+	return (f.Since.IsZero() || !r.CreatedAt.Before(f.Since)) && (!f.Pending || r.Listed())
 }
 
 // AuditSink makes audit events durable.

@@ -283,7 +283,7 @@ func (s *Service) Revoke(ctx context.Context, admin *Admin, sel RevokeSelector, 
 	// Copies taken before the sink fills in their chain fields: the
 	// record keeps them should the write not be durable in time.
 	unwritten := unsealed(decision)
-	dw := s.startAppend(ctx, rev.ID, "audit revoke event failed", decision, nil, false)
+	dw := s.startAppend(ctx, rev.ID, "audit revoke event failed", decision, nil, false, 0)
 	var after *auditWrite
 	pending := s.awaitAudit(&dw.auditWait)
 	switch {
@@ -982,10 +982,10 @@ func (s *Service) recordTimeout(size int) time.Duration {
 // durable in time, and the result is written once their write has ended.
 // A list of issuances too long for one event (over maxEventListBytes) is
 // split over several revoke_result events, as eventParts says. owe: the
-// revocation has a record, and should the result fail, this instance's
-// RevocationWorker writes one from the record (see owedResults).
+// revocation has a record, and should the result fail, the RevocationWorker
+// writes one from the record (see owedResults, markResultOwed).
 func (s *Service) auditResult(ctx context.Context, after *auditWrite, rev *Revocation, requestID string, status int, reason, by string, extra map[string]any, owe bool) {
-	w := s.startAppend(ctx, rev.ID, "audit revoke_result failed", s.resultEvents(rev, requestID, status, reason, by, extra), after, owe)
+	w := s.startAppend(ctx, rev.ID, "audit revoke_result failed", s.resultEvents(rev, requestID, status, reason, by, extra), after, owe, rev.Matched)
 	if after == nil {
 		if err := s.awaitAudit(&w.auditWait); errors.Is(err, ErrAuditPending) {
 			s.d.Logger.LogAttrs(ctx, slog.LevelError, "audit revoke_result not durable in time; it may still land",
@@ -1001,6 +1001,9 @@ type auditWrite struct {
 	auditWait
 	evs     []*audit.Event
 	written int
+	// at, on a worker's result write that succeeded, is when it was
+	// durable (Deps.Now): it covers a ResultOwed mark made before.
+	at time.Time
 	// late, on the write of revoke events Revoke stopped waiting for, is
 	// resolved once the write after it (the request's revoke_result) has
 	// ended.
@@ -1178,6 +1181,55 @@ func (s *Service) clearDecision(ctx context.Context, id string, size int, ld *la
 	}
 }
 
+// markResultOwed stores on revocation id's record that one of its
+// revoke_results was not written (Revocation.ResultOwed, now), so that the
+// RevocationWorker of any instance, after this one's restart too, lists the
+// record, complete or not, and writes a result from it (see Tick), where
+// this instance's memory of it (owedResults, the worker's retry state) is
+// lost with the process. Called once the write has failed, before the
+// caller's done is closed, with the caller's cancellation detached (a
+// result cut by the shutdown is marked too); size is the issuances the
+// record names (recordTimeout). It reports whether the mark is stored
+// (applied without its replicas confirming it counts, as does a record
+// gone); a failure is logged: the result is then owed in this instance's
+// memory only.
+func (s *Service) markResultOwed(ctx context.Context, id string, size int) bool {
+	ctx = context.WithoutCancel(ctx)
+	now := s.d.Now().UTC()
+	_, err := s.updateRevocation(ctx, id, size, func(r *Revocation) error {
+		r.ResultOwed = now
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) && !unreplicated(err) {
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing that a revocation's revoke_result is owed failed; "+
+			"only this instance's worker writes it, while it runs",
+			slog.String("revocation_id", id), slog.String("error", err.Error()))
+		return false
+	}
+	return true
+}
+
+// clearResultOwed clears revocation id's ResultOwed mark when it is not
+// later than upTo, the time a revoke_result the worker wrote for it since
+// was durable (or the mark this worker's last result was found to say the
+// same as): a mark made after it (a later result that failed) stays. It
+// reports whether the record no longer carries a mark up to upTo.
+func (s *Service) clearResultOwed(ctx context.Context, id string, size int, upTo time.Time) bool {
+	_, err := s.updateRevocation(ctx, id, size, func(r *Revocation) error {
+		if r.ResultOwed.IsZero() || r.ResultOwed.After(upTo) {
+			return errUnchanged
+		}
+		r.ResultOwed = time.Time{}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errUnchanged) && !errors.Is(err, ErrNotFound) && !unreplicated(err) {
+		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing that a revocation's owed revoke_result is written failed; the worker retries",
+			slog.String("revocation_id", id), slog.String("error", err.Error()))
+		return false
+	}
+	return true
+}
+
 // decisionOrphaned reports whether revocation r's decision events, which
 // its record lists as not known durable, are left to the worker: this
 // instance has no entry for them (another instance made them, or this one
@@ -1266,9 +1318,11 @@ func writtenAgain(evs []*audit.Event, decidedAt time.Time) []*audit.Event {
 // without its revoke event before it. The caller waits for it at most
 // AuditTimeout (awaitAudit) or not at all: a disk whose writes hang holds
 // the goroutine, not the admin's request. owe: should evs (a request's
-// revoke_result) not be written, the revocation is noted in owedResults
-// (before done is closed), for the worker to write a result in its place.
-func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*audit.Event, after *auditWrite, owe bool) *auditWrite {
+// revoke_result) not be written, the revocation is noted in owedResults and
+// its record marked (markResultOwed; size: the issuances it names), both
+// before done is closed, for the worker (of any instance, after a restart
+// too) to write a result in its place.
+func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*audit.Event, after *auditWrite, owe bool, size int) *auditWrite {
 	w := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
 	ctx = context.WithoutCancel(ctx)
 	go func() {
@@ -1278,6 +1332,7 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 		failed := func() {
 			if owe {
 				s.owedResults.Store(revID, struct{}{})
+				s.markResultOwed(ctx, revID, size)
 			}
 		}
 		if after != nil {
@@ -1789,7 +1844,9 @@ type WorkerOptions struct {
 // revocation's revoke event nor waiting on the audit log for more than
 // AuditTimeout (see auditPass). A result that fails once the record is
 // complete, its own or the request's (Service.owedResults), is written
-// again by a later pass (see resultOwed). Any number
+// again by a later pass (see resultOwed), and marked in the record
+// (Revocation.ResultOwed) for the worker of any instance, after a restart
+// too (see noteResultOwed). Any number
 // of instances may run one: revokers are
 // idempotent, so two instances retrying the same revocation do no harm
 // (each may write its own revoke_result event).
@@ -1825,6 +1882,10 @@ type retryState struct {
 	// or by resultOwed once the record is complete; not when the last
 	// result this worker wrote or started says the same (auditPass).
 	owed bool
+	// covered is a ResultOwed mark of the record that the last result
+	// this worker wrote was found to say the same as (auditPass): written,
+	// it covers that mark (see Tick).
+	covered time.Time
 }
 
 // NewRevocationWorker returns a worker over s's store, revokers and audit
@@ -1853,12 +1914,12 @@ func (w *RevocationWorker) PendingCount() int { return int(w.pending.Load()) }
 
 // Run makes a pass every Interval until ctx ends. It then returns once
 // none of the revoke_result writes its passes started can still reach the
-// audit sink: they end with ctx (see startResult), not written. A later
-// pass writes such a result only for a revocation still incomplete (any
-// instance's worker lists it); one whose record is complete is lost, as is
-// a request's owed result (Service.owedResults) that fails after Run has
-// returned: no pass lists a complete record after a restart
-// (docs/RELIABILITY.md). One the sink took before is the sink's
+// audit sink: they end with ctx (see startResult), not written, their
+// record marked first (markResultOwed), so that the next start (or any
+// instance's worker) writes them; one the sink then refuses is marked
+// after Run may have returned (a store closed by then loses the mark, and
+// an ERROR says so), as is a request's owed result (Service.owedResults)
+// that fails after Run has returned (docs/RELIABILITY.md). One the sink took before is the sink's
 // (on a disk whose writes hang, its Close ends it): Run's end is what the
 // server waits for before it closes the audit log, and it is not held.
 func (w *RevocationWorker) Run(ctx context.Context) error {
@@ -1907,7 +1968,14 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		st.owed = true
 		return true
 	})
+	// Complete records listed for a ResultOwed mark whose result is
+	// written: the mark is cleared below (clears, with the time that
+	// covers it), and their retry state kept until it is.
+	clears := map[string]time.Time{}
 	for _, r := range revs {
+		if !r.ResultOwed.IsZero() {
+			w.noteResultOwed(r, now, clears)
+		}
 		if !r.CompletedAt.IsZero() {
 			continue
 		}
@@ -1943,7 +2011,7 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 	// issuances) would never be written (owed).
 	var owed []string
 	for id, st := range w.retry {
-		if seen[id] {
+		if _, ok := clears[id]; seen[id] || ok {
 			continue
 		}
 		switch inFlight, failed := st.lastResult(); {
@@ -1968,7 +2036,9 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		}
 		w.mu.Lock()
 		if done {
-			if st := w.retry[r.ID]; st != nil && st.owes() {
+			if st := w.retry[r.ID]; st != nil && (st.owes() || !r.ResultOwed.IsZero()) {
+				// Complete, a result owed (ResultOwed: cleared by a later
+				// pass, once its result is written; see noteResultOwed).
 				// Complete, its result not written (yet): see owed.
 				st.attempts, st.next = 1, s.d.Now().Add(w.backoff(1))
 			} else {
@@ -1997,7 +2067,57 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	for _, r := range revs {
+		upTo, ok := clears[r.ID]
+		if !ok || ctx.Err() != nil {
+			continue
+		}
+		if s.clearResultOwed(ctx, r.ID, r.Matched, upTo) {
+			w.mu.Lock()
+			if st := w.retry[r.ID]; st != nil && !st.owes() {
+				delete(w.retry, r.ID)
+			}
+			w.mu.Unlock()
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// noteResultOwed is Tick's part for a listed record r with a ResultOwed
+// mark (w.mu held). While this worker owes a result for it (its retry
+// state: its own result failed or on its way, or the request's noted in
+// owedResults) its passes write it as before. Once the record is complete
+// and this worker's last result, written, covers the mark (durable after
+// it, or found to say the same as a result owed then), the mark is cleared
+// (clears). Otherwise the result is another's: the instance whose write
+// failed, which may still be running and write it, gets decisionGrace
+// after the mark; past it (that instance gone, or this one restarted) the
+// result is owed here, written by the next pass that writes one, or by
+// resultOwed once the record is complete: should that instance still be
+// running, its result may land too (a duplicate, never none).
+func (w *RevocationWorker) noteResultOwed(r *Revocation, now time.Time, clears map[string]time.Time) {
+	st := w.retry[r.ID]
+	if st != nil && st.owes() {
+		return
+	}
+	if st != nil && !r.CompletedAt.IsZero() {
+		if st.last != nil && st.last.err == nil && closed(st.last.done) && !st.last.at.Before(r.ResultOwed) {
+			clears[r.ID] = st.last.at
+			return
+		}
+		if st.covered.Equal(r.ResultOwed) {
+			clears[r.ID] = st.covered
+			return
+		}
+	}
+	if !w.s.decisionAbandoned(r.ResultOwed) {
+		return
+	}
+	if st == nil {
+		st = &retryState{next: now}
+		w.retry[r.ID] = st
+	}
+	st.owed = true
 }
 
 // lastResult reports whether the worker's last revoke_result for a
@@ -2322,8 +2442,12 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	if !stored && ok && st != nil && st.result == sum {
 		// The same as the last result this worker wrote or started (one
 		// that fails is written again: its digest is forgotten), so also
-		// what a result owed for the request would say (retryState.owed).
+		// what a result owed for the request would say (retryState.owed),
+		// or the record's ResultOwed mark as read (covered, once written).
 		st.owed = false
+		if !r.ResultOwed.IsZero() {
+			st.covered = r.ResultOwed
+		}
 		w.mu.Unlock()
 		return
 	}
@@ -2338,7 +2462,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	if st != nil {
 		prev = st.last
 	}
-	rw := w.startResult(ctx, r.ID, evs, slices.Clone(r.Decision), swept, prev)
+	rw := w.startResult(ctx, r.ID, r.Matched, evs, slices.Clone(r.Decision), swept, prev)
 	if st != nil {
 		st.result, st.last, st.swept, st.owed = sum, rw, nil, false
 	}
@@ -2396,7 +2520,7 @@ type auditWaitKey struct{}
 // result not handed to the audit sink by then is not written, as if it
 // had failed. Run waits until it has ended or called the sink with ctx
 // (which refuses it once ctx has ended, as the audit file does).
-func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, decision []*audit.Event, swept []string, prev *auditWrite) *auditWrite {
+func (w *RevocationWorker) startResult(ctx context.Context, id string, size int, evs, decision []*audit.Event, swept []string, prev *auditWrite) *auditWrite {
 	s := w.s
 	rw := &auditWrite{auditWait: auditWait{done: make(chan struct{})}, evs: evs}
 	w.results.Add(1)
@@ -2413,10 +2537,19 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 		}
 		msg, level := "audit revoke_result failed", slog.LevelError
 		err := ctx.Err()
+		if err != nil {
+			// Not written: the record is marked before Run may return
+			// (the store still open), so the next start writes it.
+			rw.err = err
+			msg, level = "audit revoke_result not written: the revocation worker stopped; "+
+				"the record marks it owed, and the next start (or another instance) writes it", slog.LevelWarn
+			if !s.markResultOwed(ctx, id, size) {
+				msg, level = "audit revoke_result not written: the revocation worker stopped, and marking it owed in the record failed", slog.LevelError
+			}
+		}
 		hand() // from here on, every wait ends with ctx, and the sink refuses what comes after it
 		if err != nil {
-			rw.err = err
-			msg, level = "audit revoke_result not written: the revocation worker stopped", slog.LevelWarn
+			// Stopped: marked above.
 		} else if err := s.decisionDurable(ctx, id, decision); errors.Is(err, errDecisionHeld) {
 			rw.err = err
 			msg, level = "audit revoke_result held until the revocation's revoke event is written; a later pass writes both", slog.LevelInfo
@@ -2434,6 +2567,24 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, evs, deci
 				"(writing it again first, or reading the record for it, failed); the next pass that writes a result for it tries both again"
 		} else {
 			rw.written, rw.err = s.appendAll(ctx, evs)
+			switch {
+			case rw.err == nil:
+				rw.at = s.d.Now()
+			case !s.markResultOwed(ctx, id, size):
+				// Owed in this worker's memory only (the digest forgotten
+				// below): lost should the instance stop first.
+				if ctx.Err() != nil {
+					msg = "audit revoke_result not written: the revocation worker stopped, and marking it owed in the record failed"
+				}
+			case ctx.Err() != nil:
+				// Cut by the shutdown (the sink refuses a write whose
+				// context has ended): nothing failed, and the mark has
+				// the next start (or another instance) write it.
+				msg, level = "audit revoke_result not written: the revocation worker stopped; "+
+					"the record marks it owed, and the next start (or another instance) writes it", slog.LevelWarn
+			default:
+				msg = "audit revoke_result failed; the record marks it owed, and a later pass writes it"
+			}
 		}
 		if rw.err != nil {
 			w.mu.Lock()

@@ -405,7 +405,7 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 // time.
 func encodeRevocation(r *broker.Revocation) ([]byte, time.Time, error) {
 	c := *r
-	c.CreatedAt, c.SweepAt, c.CompletedAt = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC()
+	c.CreatedAt, c.SweepAt, c.CompletedAt, c.ResultOwed = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC(), c.ResultOwed.UTC()
 	raw, err := json.Marshal(&c)
 	if err != nil {
 		return nil, time.Time{}, invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))

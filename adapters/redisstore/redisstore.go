@@ -1023,7 +1023,7 @@ func (s *Store) PutRevocation(ctx context.Context, r *broker.Revocation) error {
 // encodes.
 func encodeRevocation(r *broker.Revocation) ([]byte, *broker.Revocation, error) {
 	c := *r
-	c.CreatedAt, c.SweepAt, c.CompletedAt = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC()
+	c.CreatedAt, c.SweepAt, c.CompletedAt, c.ResultOwed = c.CreatedAt.UTC(), c.SweepAt.UTC(), c.CompletedAt.UTC(), c.ResultOwed.UTC()
 	raw, err := json.Marshal(&c)
 	if err != nil {
 		return nil, nil, invalid(fmt.Sprintf("revocation %s cannot be encoded: %v", r.ID, err))
@@ -1083,7 +1083,7 @@ func (s *Store) UpdateRevocation(ctx context.Context, id string, fn func(*broker
 			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 				// EVAL, not EVALSHA: a script missing from the cache
 				// would fail the whole transaction only at EXEC.
-				keys, args := s.revocationScriptArgs(id, enc, c.CreatedAt, c.CompletedAt.IsZero())
+				keys, args := s.revocationScriptArgs(id, enc, c.CreatedAt, c.Listed())
 				putRevocationScript.Eval(ctx, p, keys, args...)
 				return nil
 			})
@@ -1133,7 +1133,7 @@ func (s *Store) revocationScriptArgs(id string, raw []byte, created time.Time, p
 // putRevocationArgs are createRevocationScript's KEYS and ARGV for one
 // PutRevocation call of c (encoded as raw), call its id.
 func (s *Store) putRevocationArgs(c *broker.Revocation, raw []byte, call string, bound time.Duration) ([]string, []any) {
-	keys, args := s.revocationScriptArgs(c.ID, raw, c.CreatedAt, c.CompletedAt.IsZero())
+	keys, args := s.revocationScriptArgs(c.ID, raw, c.CreatedAt, c.Listed())
 	return append(keys, s.prefix+"putrev:"+c.ID), append(args, call, s.putrevTTL(bound).Milliseconds())
 }
 
@@ -1248,7 +1248,7 @@ func (s *Store) reindexRevocations(ctx context.Context) error {
 					cancel()
 					return err
 				}
-				s.indexRevocation(wctx, pipe, r.ID, nil, r.CreatedAt, r.CompletedAt.IsZero())
+				s.indexRevocation(wctx, pipe, r.ID, nil, r.CreatedAt, r.Listed())
 			}
 			_, err = pipe.Exec(wctx)
 			cancel()

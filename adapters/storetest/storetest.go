@@ -1018,6 +1018,43 @@ func testRevocationUpdate(t *testing.T, newStore func(t *testing.T) broker.Store
 			t.Errorf("pending after the clear (-want +got):\n%s", d)
 		}
 	})
+	t.Run("ok/result-owed-listed-pending", func(t *testing.T) {
+		// A complete record whose revoke_result is owed (ResultOwed) is
+		// listed with Pending, so the worker of any instance writes it
+		// after a restart; once cleared it is not.
+		s := newStore(t)
+		putSampleRevocation(t, s, "rev_o")
+		owed := Epoch().Add(2 * time.Hour)
+		if _, err := s.UpdateRevocation(ctx(t), "rev_o", func(c *broker.Revocation) error {
+			c.Revoked, c.Pending, c.Failed = append(c.Revoked, c.Pending...), []string{}, []broker.RevokeFailure{}
+			c.SweepAt, c.CompletedAt = time.Time{}, Epoch().Add(time.Hour)
+			return nil
+		}); err != nil {
+			t.Fatalf("UpdateRevocation(complete) = %v, want nil", err)
+		}
+		if d := cmp.Diff([]string{}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending once complete (-want +got):\n%s", d)
+		}
+		got, err := s.UpdateRevocation(ctx(t), "rev_o", func(c *broker.Revocation) error {
+			c.ResultOwed = owed
+			return nil
+		})
+		if err != nil || !got.ResultOwed.Equal(owed) || got.CompletedAt.IsZero() {
+			t.Fatalf("UpdateRevocation(owed) = %+v, %v; want it complete with its result owed", got, err)
+		}
+		if d := cmp.Diff([]string{"rev_o"}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending with its result owed (-want +got):\n%s", d)
+		}
+		if _, err := s.UpdateRevocation(ctx(t), "rev_o", func(c *broker.Revocation) error {
+			c.ResultOwed = time.Time{}
+			return nil
+		}); err != nil {
+			t.Fatalf("UpdateRevocation(clear) = %v, want nil", err)
+		}
+		if d := cmp.Diff([]string{}, revocationIDs(t, s, broker.RevocationFilter{Pending: true})); d != "" {
+			t.Errorf("pending after the clear (-want +got):\n%s", d)
+		}
+	})
 	t.Run("fail/fn-error-writes-nothing", func(t *testing.T) {
 		s := newStore(t)
 		v := putSampleRevocation(t, s, "rev_u")
