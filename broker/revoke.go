@@ -440,8 +440,8 @@ func (s *Service) blockStored(ctx context.Context, b Block) bool {
 // revocationStored is blockStored for the record of the new revocation id,
 // naming size issuances: the read fetches and decodes the whole record, so
 // it gets recordTimeout(size), as the write did (a read of a large record
-// timing out answered "not made" for a stored one; redisstore still bounds
-// its round trip by its own Timeout, and decodes after it). With store.min_replicas the
+// timing out answered "not made" for a stored one; redisstore bounds its
+// GET by the record's size too, and decodes after it). With store.min_replicas the
 // record found is not confirmed (acksReplicas): Revoke answers it as a
 // record the replicas did not confirm.
 func (s *Service) revocationStored(ctx context.Context, id string, size int) bool {
@@ -1078,7 +1078,7 @@ func (s *Service) lateDecisionOf(id string) *lateDecision {
 // told (clearDecision). An error (the append failed, or the record could
 // not be read) means they are not known to be in the log: nothing about
 // the revocation may be written after them yet.
-func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audit.Event) error {
+func (s *Service) decisionDurable(ctx context.Context, id string, size int, stored []*audit.Event) error {
 	if ld := s.lateDecisionOf(id); ld != nil {
 		select {
 		case <-ld.done:
@@ -1103,7 +1103,7 @@ func (s *Service) decisionDurable(ctx context.Context, id string, stored []*audi
 		return nil
 	}
 	// Read afresh: another instance may have written them since.
-	cur, err := s.readRevocation(ctx, id)
+	cur, err := s.readRevocation(ctx, id, size)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil
@@ -1882,6 +1882,9 @@ type retryState struct {
 	// or by resultOwed once the record is complete; not when the last
 	// result this worker wrote or started says the same (auditPass).
 	owed bool
+	// size is the issuances the record names, as last seen (Matched), for
+	// resultOwed's read of a record no pass lists (readRevocation).
+	size int
 	// covered is a ResultOwed mark of the record that the last result
 	// this worker wrote was found to say the same as (auditPass): written,
 	// it covers that mark (see Tick).
@@ -1999,6 +2002,7 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 			st = &retryState{next: r.CreatedAt.Add(w.o.Interval)}
 			w.retry[r.ID] = st
 		}
+		st.size = r.Matched
 		if !now.Before(st.next) {
 			due = append(due, r)
 		}
@@ -2117,7 +2121,7 @@ func (w *RevocationWorker) noteResultOwed(r *Revocation, now time.Time, clears m
 		st = &retryState{next: now}
 		w.retry[r.ID] = st
 	}
-	st.owed = true
+	st.owed, st.size = true, r.Matched
 }
 
 // lastResult reports whether the worker's last revoke_result for a
@@ -2153,7 +2157,13 @@ func (st *retryState) owes() bool {
 // open again is the passes' again.
 func (w *RevocationWorker) resultOwed(ctx context.Context, id string) error {
 	s := w.s
-	r, err := s.readRevocation(ctx, id)
+	w.mu.Lock()
+	size := 0
+	if st := w.retry[id]; st != nil {
+		size = st.size
+	}
+	w.mu.Unlock()
+	r, err := s.readRevocation(ctx, id, size)
 	w.mu.Lock()
 	st := w.retry[id]
 	switch {
@@ -2259,7 +2269,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 			// One read tells: go on from the record as read when it shows
 			// the sweep done and what it found listed; otherwise return
 			// with the sweep left due, as for a write refused.
-			if got, ok := s.sweepApplied(ctx, r.ID, by, swept); ok {
+			if got, ok := s.sweepApplied(ctx, r.ID, r.Matched+len(found), by, swept); ok {
 				s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing revocation sweep failed but it is applied; going on",
 					slog.String("revocation_id", r.ID), slog.String("error", err.Error()))
 				*r = *got
@@ -2323,7 +2333,7 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 		// they were. Settling this pass's outcome on it again is what a
 		// write applied already did (settle is idempotent), and what an
 		// unapplied one would have done. A failed read keeps the copy.
-		if cur, rerr := s.readRevocation(ctx, r.ID); rerr == nil {
+		if cur, rerr := s.readRevocation(ctx, r.ID, r.Matched); rerr == nil {
 			*r = *cur
 		}
 		settle(r, done, failed, s.d.Now())
@@ -2341,9 +2351,14 @@ func (w *RevocationWorker) retryOne(ctx context.Context, r *Revocation) (bool, e
 	return true, nil
 }
 
-// readRevocation reads revocation id as stored, within the store timeout.
-func (s *Service) readRevocation(ctx context.Context, id string) (*Revocation, error) {
-	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
+// readRevocation reads revocation id as stored, within recordTimeout(size),
+// size being the issuances the record names as last known (0: not known,
+// the store timeout): the read fetches and decodes the whole record, which
+// for 100,000 issuances takes longer than the store timeout under load,
+// and a worker read cut short left such a record's owed result unwritten
+// and its sweep write taken for unapplied at every pass.
+func (s *Service) readRevocation(ctx context.Context, id string, size int) (*Revocation, error) {
+	sctx, cancel := context.WithTimeout(ctx, s.recordTimeout(size))
 	defer cancel()
 	return s.d.Store.GetRevocation(sctx, id)
 }
@@ -2358,8 +2373,8 @@ func (s *Service) readRevocation(ctx context.Context, id string) (*Revocation, e
 // the later sweep's naming only what it added) and every id it added
 // (swept) listed, pending or revoked. It returns the record as read; a
 // failed read is not applied.
-func (s *Service) sweepApplied(ctx context.Context, id, by string, swept []string) (*Revocation, bool) {
-	got, err := s.readRevocation(ctx, id)
+func (s *Service) sweepApplied(ctx context.Context, id string, size int, by string, swept []string) (*Revocation, bool) {
+	got, err := s.readRevocation(ctx, id, size)
 	if err != nil || !got.SweepAt.IsZero() || (got.SweptBy != by && !slices.Contains(got.SweptEarlier, by)) {
 		return nil, false
 	}
@@ -2464,6 +2479,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	}
 	rw := w.startResult(ctx, r.ID, r.Matched, evs, slices.Clone(r.Decision), swept, prev)
 	if st != nil {
+		st.size = r.Matched
 		st.result, st.last, st.swept, st.owed = sum, rw, nil, false
 	}
 	w.mu.Unlock()
@@ -2550,7 +2566,7 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, size int,
 		hand() // from here on, every wait ends with ctx, and the sink refuses what comes after it
 		if err != nil {
 			// Stopped: marked above.
-		} else if err := s.decisionDurable(ctx, id, decision); errors.Is(err, errDecisionHeld) {
+		} else if err := s.decisionDurable(ctx, id, size, decision); errors.Is(err, errDecisionHeld) {
 			rw.err = err
 			msg, level = "audit revoke_result held until the revocation's revoke event is written; a later pass writes both", slog.LevelInfo
 		} else if err != nil && ctx.Err() != nil {

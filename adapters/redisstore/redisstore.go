@@ -1275,13 +1275,27 @@ func decodeRevocation(raw string) (*broker.Revocation, error) {
 }
 
 // GetRevocation reads one revocation.
+//
+// The read of the record is bounded as PutRevocation's write: by its size
+// (recordTimeout of its length, read first with STRLEN within Timeout),
+// within a nearer caller deadline and never a later one. A record names
+// every issuance its revocation matched (some 8 MB for 100,000), and the
+// Service gives the worker's reads of a large one a deadline sized by it;
+// cut to Timeout, every such read failed on a loaded Redis.
 func (s *Store) GetRevocation(ctx context.Context, id string) (*broker.Revocation, error) {
 	if id == "" {
 		return nil, invalid("empty revocation id")
 	}
-	ctx, cancel := s.ctx(ctx)
+	key := s.revKey(id)
+	lctx, lcancel := s.ctx(ctx)
+	size, err := s.client.StrLen(lctx, key).Result()
+	lcancel()
+	if err != nil {
+		return nil, s.fail("get revocation "+id, err)
+	}
+	gctx, cancel := within(ctx, s.recordTimeout(int(size)))
 	defer cancel()
-	raw, err := s.client.Get(ctx, s.revKey(id)).Result()
+	raw, err := s.client.Get(gctx, key).Result()
 	if err != nil {
 		return nil, s.fail("get revocation "+id, err)
 	}
