@@ -1189,24 +1189,28 @@ func (s *Service) clearDecision(ctx context.Context, id string, size int, ld *la
 // lost with the process. Called once the write has failed, before the
 // caller's done is closed, with the caller's cancellation detached (a
 // result cut by the shutdown is marked too); size is the issuances the
-// record names (recordTimeout). It reports whether the mark is stored
-// (applied without its replicas confirming it counts, as does a record
-// gone); a failure is logged: the result is then owed in this instance's
-// memory only.
-func (s *Service) markResultOwed(ctx context.Context, id string, size int) bool {
+// record names (recordTimeout). It returns the mark as stored (applied
+// without its replicas confirming it counts), zero when none is (a record
+// gone, or a failure, logged: the result is then owed in this instance's
+// memory only), and whether the caller may count on the record (not a
+// failure).
+func (s *Service) markResultOwed(ctx context.Context, id string, size int) (time.Time, bool) {
 	ctx = context.WithoutCancel(ctx)
 	now := s.d.Now().UTC()
 	_, err := s.updateRevocation(ctx, id, size, func(r *Revocation) error {
 		r.ResultOwed = now
 		return nil
 	})
-	if err != nil && !errors.Is(err, ErrNotFound) && !unreplicated(err) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return time.Time{}, true
+	case err != nil && !unreplicated(err):
 		s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "storing that a revocation's revoke_result is owed failed; "+
 			"only this instance's worker writes it, while it runs",
 			slog.String("revocation_id", id), slog.String("error", err.Error()))
-		return false
+		return time.Time{}, false
 	}
-	return true
+	return now, true
 }
 
 // clearResultOwed clears revocation id's ResultOwed mark when it is not
@@ -1331,8 +1335,10 @@ func (s *Service) startAppend(ctx context.Context, revID, msg string, evs []*aud
 		// (resolve, deferred below): once it is complete, no pass lists it.
 		failed := func() {
 			if owe {
-				s.owedResults.Store(revID, struct{}{})
-				s.markResultOwed(ctx, revID, size)
+				s.owedResults.Store(revID, time.Time{})
+				if at, _ := s.markResultOwed(ctx, revID, size); !at.IsZero() {
+					s.owedResults.CompareAndSwap(revID, time.Time{}, at) // unless the worker took it meanwhile
+				}
 			}
 		}
 		if after != nil {
@@ -1885,6 +1891,12 @@ type retryState struct {
 	// size is the issuances the record names, as last seen (Matched), for
 	// resultOwed's read of a record no pass lists (readRevocation).
 	size int
+	// marked is the ResultOwed mark this worker's (or the request's)
+	// failed result stored in the record (zero: none known). A record
+	// found without it, or an earlier one, later on was cleared by a
+	// worker whose result was durable after it, another instance's: the
+	// result is written, and this one owes none (resultOwed).
+	marked time.Time
 	// covered is a ResultOwed mark of the record that the last result
 	// this worker wrote was found to say the same as (auditPass): written,
 	// it covers that mark (see Tick).
@@ -1960,7 +1972,7 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 	w.mu.Lock()
 	// Revocations whose request's own result was not written: owed (see
 	// retryState.owed), due now (the request has ended).
-	s.owedResults.Range(func(k, _ any) bool {
+	s.owedResults.Range(func(k, v any) bool {
 		id := k.(string)
 		s.owedResults.Delete(id)
 		st := w.retry[id]
@@ -1969,6 +1981,9 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 			w.retry[id] = st
 		}
 		st.owed = true
+		if at, _ := v.(time.Time); !at.IsZero() {
+			st.marked = at
+		}
 		return true
 	})
 	// Complete records listed for a ResultOwed mark whose result is
@@ -2041,9 +2056,9 @@ func (w *RevocationWorker) Tick(ctx context.Context) error {
 		w.mu.Lock()
 		if done {
 			if st := w.retry[r.ID]; st != nil && (st.owes() || !r.ResultOwed.IsZero()) {
-				// Complete, a result owed (ResultOwed: cleared by a later
-				// pass, once its result is written; see noteResultOwed).
-				// Complete, its result not written (yet): see owed.
+				// Complete, its result not written (yet): see owed; or
+				// its record's ResultOwed mark still to clear, once a
+				// result is written (noteResultOwed).
 				st.attempts, st.next = 1, s.d.Now().Add(w.backoff(1))
 			} else {
 				delete(w.retry, r.ID)
@@ -2105,7 +2120,8 @@ func (w *RevocationWorker) noteResultOwed(r *Revocation, now time.Time, clears m
 		return
 	}
 	if st != nil && !r.CompletedAt.IsZero() {
-		if st.last != nil && st.last.err == nil && closed(st.last.done) && !st.last.at.Before(r.ResultOwed) {
+		// (err and at are set before done is closed: read after it.)
+		if st.last != nil && closed(st.last.done) && st.last.err == nil && !st.last.at.Before(r.ResultOwed) {
 			clears[r.ID] = st.last.at
 			return
 		}
@@ -2182,6 +2198,14 @@ func (w *RevocationWorker) resultOwed(ctx context.Context, id string) error {
 	case r.CompletedAt.IsZero():
 		w.mu.Unlock()
 		return nil // listed by the next pass
+	case !st.marked.IsZero() && r.ResultOwed.Before(st.marked):
+		// Its mark cleared since (see marked): another instance wrote
+		// the result; writing it here too repeated it, and a failure
+		// here marked it again for that instance to repeat, for as long
+		// as this log fails.
+		delete(w.retry, id)
+		w.mu.Unlock()
+		return nil
 	}
 	st.attempts++
 	st.next = s.d.Now().Add(w.backoff(st.attempts))
@@ -2552,6 +2576,7 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, size int,
 			}
 		}
 		msg, level := "audit revoke_result failed", slog.LevelError
+		var marked time.Time // the record's ResultOwed mark this failure stored
 		err := ctx.Err()
 		if err != nil {
 			// Not written: the record is marked before Run may return
@@ -2559,7 +2584,8 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, size int,
 			rw.err = err
 			msg, level = "audit revoke_result not written: the revocation worker stopped; "+
 				"the record marks it owed, and the next start (or another instance) writes it", slog.LevelWarn
-			if !s.markResultOwed(ctx, id, size) {
+			var ok bool
+			if marked, ok = s.markResultOwed(ctx, id, size); !ok {
 				msg, level = "audit revoke_result not written: the revocation worker stopped, and marking it owed in the record failed", slog.LevelError
 			}
 		}
@@ -2583,10 +2609,14 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, size int,
 				"(writing it again first, or reading the record for it, failed); the next pass that writes a result for it tries both again"
 		} else {
 			rw.written, rw.err = s.appendAll(ctx, evs)
+			var ok bool
+			if rw.err != nil {
+				marked, ok = s.markResultOwed(ctx, id, size)
+			}
 			switch {
 			case rw.err == nil:
 				rw.at = s.d.Now()
-			case !s.markResultOwed(ctx, id, size):
+			case !ok:
 				// Owed in this worker's memory only (the digest forgotten
 				// below): lost should the instance stop first.
 				if ctx.Err() != nil {
@@ -2609,6 +2639,9 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, size int,
 					st.result = [sha256.Size]byte{}
 				}
 				st.swept = addIDs(st.swept, swept)
+				if !marked.IsZero() {
+					st.marked = marked
+				}
 			}
 			w.mu.Unlock()
 			s.d.Logger.LogAttrs(ctx, level, msg,

@@ -249,3 +249,56 @@ func TestWorkerResultCutByShutdownIsWrittenNextStart(t *testing.T) {
 	}
 	assertOwedCleared(t, f, rev.ID)
 }
+
+// TestResultOwedWrittenElsewhereNotRepeated: instance A's request result
+// fails and A's log keeps failing; instance B (its log working), past the
+// grace, writes the result and clears the record's mark. A's worker then
+// finds its mark cleared and owes nothing more: it used to write the
+// result again, fail, mark the record again, and B wrote it once more
+// after every grace for as long as A's log failed.
+func TestResultOwedWrittenElsewhereNotRepeated(t *testing.T) {
+	f := newRevFixture(t, nil)
+	is := f.issue(t, "payments")
+	ctx := context.Background()
+	var failing atomic.Bool
+	failing.Store(true)
+	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
+	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "incident 49", broker.RevokeOptions{}, "req_r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wa, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &brokertest.Sink{}
+	wb, err := broker.NewRevocationWorker(restarted(t, f, other), broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Minute) // past the grace
+	for range 2 {
+		_ = within(t, "B's pass", func() error { return wb.Tick(ctx) })
+	}
+	if res := revokeResults(other.Events(), rev.ID); len(res) != 1 {
+		t.Fatalf("B's revoke_results %v, want one", res)
+	}
+	assertOwedCleared(t, f, rev.ID)
+	for range 4 {
+		f.advance(time.Minute)
+		_ = within(t, "A's pass", func() error { return wa.Tick(ctx) })
+		_ = within(t, "B's pass", func() error { return wb.Tick(ctx) })
+	}
+	failing.Store(false)
+	for range 3 {
+		f.advance(time.Minute)
+		_ = within(t, "A's pass", func() error { return wa.Tick(ctx) })
+		_ = within(t, "B's pass", func() error { return wb.Tick(ctx) })
+	}
+	if res := revokeResults(other.Events(), rev.ID); len(res) != 1 {
+		t.Errorf("B's revoke_results %d, want the one", len(res))
+	}
+	if res := revokeResults(f.sink.Events(), rev.ID); len(res) != 0 {
+		t.Errorf("A's revoke_results %v, want none (B's is written)", res)
+	}
+}
