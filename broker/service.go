@@ -150,10 +150,11 @@ type Service struct {
 	// *lateDecision (see broker/revoke.go).
 	lateDecisions sync.Map
 	// owedResults are the revocations whose request's own revoke_result
-	// was not written (its write failed): revocation id -> struct{}. This
-	// instance's RevocationWorker takes them over (its next pass writes a
-	// result from the record read afresh): a record the request completed
-	// is listed by no pass.
+	// was not written (its write failed): revocation id -> time.Time, the
+	// ResultOwed mark the failure stored in the record (zero: none, or not
+	// yet). This instance's RevocationWorker takes them over (its next
+	// pass writes a result from the record read afresh); the mark has the
+	// worker of any instance write it should this one stop first.
 	owedResults sync.Map
 }
 
