@@ -22,7 +22,7 @@ const CAExpiryWarning = 30 * 24 * time.Hour
 // names the file (quoted when not printable) and the certificate; the
 // caller decides what is a problem.
 func CABundleDates(path string, data []byte, now time.Time) (unusable, warnings []string) {
-	path = printable(path) // one message, one line
+	path = Printable(path) // one message, one line
 	var bad []string
 	valid := 0
 	for rest := data; ; {

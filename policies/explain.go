@@ -85,11 +85,14 @@ func (p *Policy) Explain(issuerName string, claims map[string]any, grant string)
 	return e
 }
 
-// printable is s as it is when every rune of it is printable, else quoted
-// with Go escapes: a token's sub is written by its issuer (or, with
-// --unverified, by anyone), and a newline or terminal escape in it must not
-// forge lines of the explanation.
-func printable(s string) string {
+// Printable is s as it is when it is valid UTF-8 and every rune of it is
+// printable (unicode.IsPrint: no control, format or separator character
+// but the ASCII space), else s quoted with Go escapes (strconv.Quote): a
+// token's sub is written by its issuer (or, with --unverified, by anyone),
+// and a newline or terminal escape in it must not forge lines of the
+// explanation. keytrail trace and report show the values of audit events
+// (a sub, a jti, a claim, a User-Agent) through it too.
+func Printable(s string) string {
 	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
 		return s
 	}
@@ -105,7 +108,7 @@ func (e Explanation) String() string {
 	}
 	b.WriteString("\n")
 	if e.Subject != "" {
-		fmt.Fprintf(&b, "subject: %s\n", printable(e.Subject))
+		fmt.Fprintf(&b, "subject: %s\n", Printable(e.Subject))
 	} else {
 		b.WriteString("subject: (no sub claim)\n")
 	}

@@ -39,16 +39,16 @@ type Problem struct {
 }
 
 // Error is the problem on one line: File as it is when printable, else
-// quoted (printable), so that a file name with a newline (a policy file in a
+// quoted (Printable), so that a file name with a newline (a policy file in a
 // directory, as Load names it) neither splits a problem in two lines nor
 // forges one.
 func (p *Problem) Error() string {
 	var s string
 	switch {
 	case p.Path == "":
-		s = printable(p.File) + ": " + p.Message
+		s = Printable(p.File) + ": " + p.Message
 	default:
-		s = printable(p.File) + ": " + p.Path + ": " + p.Message
+		s = Printable(p.File) + ": " + p.Path + ": " + p.Message
 	}
 	if p.Line > 0 {
 		s += " (line " + strconv.Itoa(p.Line) + ")"
@@ -312,10 +312,10 @@ func fsResolve(link, target string) (string, bool) {
 // line. One whose extension is miscased (miscased) is also told what a
 // policy file is named, so one reading is enough to fix it.
 func danglingProblem(name string, d dangling, miscased bool) *Problem {
-	msg := "not read: is a dangling symlink to " + printable(d.target)
+	msg := "not read: is a dangling symlink to " + Printable(d.target)
 	if d.last != name {
-		msg = "not read: is a chain of symlinks (to " + printable(d.first) + ") ending at " + printable(d.last) +
-			", a dangling symlink to " + printable(d.target)
+		msg = "not read: is a chain of symlinks (to " + Printable(d.first) + ") ending at " + Printable(d.last) +
+			", a dangling symlink to " + Printable(d.target)
 	}
 	if miscased {
 		msg += `; policy files are regular files named *.yaml or *.yml (lowercase)`
@@ -417,7 +417,7 @@ func readRegular(f fs.File, name string) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", printable(name), MaxFileSize)
+		return nil, fmt.Errorf("%s: larger than %d bytes", Printable(name), MaxFileSize)
 	}
 	return data, nil
 }
@@ -434,9 +434,9 @@ func (e *notRegularError) Error() string { return e.msg }
 func notRegular(name string, m fs.FileMode) error {
 	what := modeKind(m)
 	if what == "" {
-		return &notRegularError{printable(name) + ": not a regular file"}
+		return &notRegularError{Printable(name) + ": not a regular file"}
 	}
-	return &notRegularError{printable(name) + ": is " + what + ", not a regular file"}
+	return &notRegularError{Printable(name) + ": is " + what + ", not a regular file"}
 }
 
 // readError is Load's and LoadFS's error for a policy file that could not

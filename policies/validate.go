@@ -125,7 +125,7 @@ func (l loc) String() string { return l.file + ": " + l.path }
 
 // display is String for a message: the file quoted when not printable, as
 // Problem.Error shows it.
-func (l loc) display() string { return printable(l.file) + ": " + l.path }
+func (l loc) display() string { return Printable(l.file) + ": " + l.path }
 
 // compile defaults, validates and compiles decoded files.
 func compile(files []parsedFile) (*Policy, error) {
@@ -1047,7 +1047,7 @@ func fileRoots(files []parsedFile) func(string) *yaml.Node {
 // checkCAFile checks that a ca_file, when set, is readable and holds at
 // least one PEM certificate, and warns of the dates of its certificates
 // at now (CABundleDates). read reads it (ReadFile, once per file). The
-// path is named as it is when printable, else quoted (printable).
+// path is named as it is when printable, else quoted (Printable).
 func checkCAFile(v *validator, file, path, caFile string, now time.Time, read func(string) ([]byte, error)) {
 	if caFile == "" {
 		return
@@ -1059,14 +1059,14 @@ func checkCAFile(v *validator, file, path, caFile string, now time.Time, read fu
 		// directory, and the cap, already do.
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
-			v.add(file, path, "cannot read %s: %v", printable(caFile), pe.Err)
+			v.add(file, path, "cannot read %s: %v", Printable(caFile), pe.Err)
 		} else {
 			v.add(file, path, "cannot read %v", err)
 		}
 		return
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-		v.add(file, path, "%s holds no PEM certificate", printable(caFile))
+		v.add(file, path, "%s holds no PEM certificate", Printable(caFile))
 		return
 	}
 	unusable, warnings := CABundleDates(caFile, pem, now)

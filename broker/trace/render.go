@@ -11,7 +11,26 @@ import (
 
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/broker/audit"
+	"github.com/keytrail/keytrail/policies"
 )
+
+// pr is s for a terminal (policies.Printable): as it is when printable,
+// else quoted with Go escapes. What trace and report show of an event is
+// written by callers (a sub, a jti, a claim, a User-Agent, an upstream's
+// path or request id; an old log holds subs authn refuses now): an escape
+// sequence, a CR or LF, a bidi override or a tab in one must not rewrite
+// the terminal, forge a line or shift a column. The JSON output keeps the
+// exact values.
+func pr(s string) string { return policies.Printable(s) }
+
+// prJoin is ss joined by sep, each shown by pr.
+func prJoin(ss []string, sep string) string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = pr(s)
+	}
+	return strings.Join(out, sep)
+}
 
 // ts formats a time for people: UTC with nanoseconds.
 func ts(t time.Time) string {
@@ -27,7 +46,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	is := r.Issuance
 	ew.printf("issuance %s", is.ID)
 	if r.Query.Kind != "" {
-		ew.printf("   (matched %s %s)", r.Query.Kind, r.Query.Value)
+		ew.printf("   (matched %s %s)", r.Query.Kind, pr(r.Query.Value))
 	}
 	ew.printf("\n")
 	if r.From == "" {
@@ -36,7 +55,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(tw, "  %s\t%s\n", k, v)
+			fmt.Fprintf(tw, "  %s\t%s\n", k, pr(v)) // a value quoted whole unless its parts were
 		}
 	}
 	row("workload", is.Workload)
@@ -46,14 +65,14 @@ func (r *Result) WriteText(w io.Writer) error {
 		row("grant", is.Grant+" ("+is.Kind+")")
 	}
 	if is.Identity.Iss != "" || is.Identity.Sub != "" {
-		id := "iss=" + is.Identity.Iss + " sub=" + is.Identity.Sub
+		id := "iss=" + pr(is.Identity.Iss) + " sub=" + pr(is.Identity.Sub)
 		if is.Identity.JTI != "" {
-			id += " jti=" + is.Identity.JTI
+			id += " jti=" + pr(is.Identity.JTI)
 		}
 		row("identity", id)
 	}
 	for i, a := range is.Act {
-		row(fmt.Sprintf("acting for[%d]", i), "iss="+a.Iss+" sub="+a.Sub)
+		row(fmt.Sprintf("acting for[%d]", i), "iss="+pr(a.Iss)+" sub="+pr(a.Sub))
 	}
 	if len(is.Claims) > 0 {
 		keys := make([]string, 0, len(is.Claims))
@@ -63,7 +82,7 @@ func (r *Result) WriteText(w io.Writer) error {
 		sort.Strings(keys)
 		parts := make([]string, len(keys))
 		for i, k := range keys {
-			parts[i] = fmt.Sprintf("%s=%v", k, is.Claims[k])
+			parts[i] = pr(k) + "=" + pr(fmt.Sprint(is.Claims[k]))
 		}
 		row("claims used", strings.Join(parts, " "))
 	}
@@ -95,7 +114,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	if len(r.Conflicts) > 0 {
 		ew.printf("\nWARNING: records disagree about this issuance (one issuance id names one issuance; a record does not say what was issued):\n")
 		for _, c := range r.Conflicts {
-			ew.printf("  - %s\n", c)
+			ew.printf("  - %s\n", pr(c))
 		}
 	}
 	// The act events about the credential carry, checked against the
@@ -123,7 +142,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	for _, evs := range [][]*audit.Event{r.Uses, r.Revocations} {
 		for _, ev := range evs {
 			if r.From != "" && actNote(ev) != "" {
-				actDiffers = append(actDiffers, eventID(ev)+" ("+ev.Type+") names act "+actText(ev.Act))
+				actDiffers = append(actDiffers, pr(eventID(ev))+" ("+pr(ev.Type)+") names act "+actText(ev.Act))
 			}
 		}
 	}
@@ -141,7 +160,7 @@ func (r *Result) WriteText(w io.Writer) error {
 	}
 	var lines []line
 	if !is.IssuedAt.IsZero() {
-		lines = append(lines, line{is.IssuedAt, fmt.Sprintf("issue\t%s\t%s", is.RequestID, sourceText(is.Source.IP, is.Source.UserAgent))})
+		lines = append(lines, line{is.IssuedAt, fmt.Sprintf("issue\t%s\t%s", pr(is.RequestID), sourceText(is.Source.IP, is.Source.UserAgent))})
 	}
 	withAct := func(ev *audit.Event) string {
 		if n := actNote(ev); n != "" {
@@ -181,7 +200,7 @@ func (r *Result) WriteText(w io.Writer) error {
 		ew.printf("\n")
 		tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
 		for _, e := range r.Vault {
-			fmt.Fprintf(tw, "  %s\t%s %s\tfrom %s\tline %d\n", ts(e.Time), e.Operation, e.Path, orDash(e.RemoteAddress), e.Line)
+			fmt.Fprintf(tw, "  %s\t%s %s\tfrom %s\tline %d\n", ts(e.Time), pr(e.Operation), pr(e.Path), orDash(pr(e.RemoteAddress)), e.Line)
 		}
 		tw.Flush()
 	}
@@ -239,7 +258,7 @@ func eventPart(ev *audit.Event) (part, parts int, ok bool) {
 func actText(act []audit.Identity) string {
 	parts := make([]string, len(act))
 	for i, a := range act {
-		parts[i] = "iss=" + a.Iss + " sub=" + a.Sub
+		parts[i] = "iss=" + pr(a.Iss) + " sub=" + pr(a.Sub)
 	}
 	return strings.Join(parts, ", ")
 }
@@ -272,9 +291,9 @@ func eventID(ev *audit.Event) string {
 
 func eventText(ev *audit.Event) string {
 	var b strings.Builder
-	b.WriteString(ev.Type)
+	b.WriteString(pr(ev.Type))
 	b.WriteString("\t")
-	b.WriteString(eventID(ev))
+	b.WriteString(pr(eventID(ev)))
 	b.WriteString("\t")
 	var parts []string
 	if ev.Type == audit.TypeDeny && ev.UseID != "" {
@@ -288,7 +307,7 @@ func eventText(ev *audit.Event) string {
 		parts = append(parts, "not sent")
 	}
 	if u := ev.Upstream; u != nil {
-		s := strings.TrimSpace(u.Method + " " + u.Host + u.Path)
+		s := pr(strings.TrimSpace(u.Method + " " + u.Host + u.Path))
 		if u.Status != 0 {
 			s += fmt.Sprintf(" -> upstream %d", u.Status)
 		}
@@ -298,10 +317,10 @@ func eventText(ev *audit.Event) string {
 		parts = append(parts, s)
 	}
 	for _, id := range upstreamRequestIDs(ev) {
-		parts = append(parts, "upstream "+id[0]+" "+id[1])
+		parts = append(parts, "upstream "+pr(id[0])+" "+pr(id[1]))
 	}
 	if ev.Admin != "" {
-		parts = append(parts, "by "+ev.Admin)
+		parts = append(parts, "by "+pr(ev.Admin))
 	}
 	if ev.Workload != "" && (ev.Type == audit.TypeBlock || ev.Type == audit.TypeRevoke) {
 		parts = append(parts, "workload "+ev.Workload)
@@ -314,7 +333,7 @@ func eventText(ev *audit.Event) string {
 	}
 	if ev.Type == audit.TypeSharedUse {
 		if a, ok := ev.Details["first_address"].(string); ok {
-			parts = append(parts, "first seen from "+a)
+			parts = append(parts, "first seen from "+pr(a))
 		}
 	}
 	if a, ok := ev.Details["active"].(bool); ok && ev.Type == audit.TypeIntrospect {
@@ -346,9 +365,9 @@ func sourceText(ip, ua string) string {
 	case ip == "" && ua == "":
 		return ""
 	case ua == "":
-		return ip
+		return pr(ip)
 	default:
-		return orDash(ip) + " (" + ua + ")"
+		return orDash(pr(ip)) + " (" + pr(ua) + ")"
 	}
 }
 
@@ -373,7 +392,7 @@ func (r *VaultReport) WriteText(w io.Writer) error {
 		tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  ISSUANCE\tWORKLOAD\tOWNER\tSESSION\tREQUESTS\tBY\tFIRST\tLAST\tPATHS\n")
 		for _, a := range r.Attributions {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", a.IssuanceID, a.Workload, a.Owner, a.SessionID, a.Requests, a.By, ts(a.First), ts(a.Last), strings.Join(a.Paths, "; "))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", pr(a.IssuanceID), pr(a.Workload), pr(a.Owner), pr(a.SessionID), a.Requests, pr(a.By), ts(a.First), ts(a.Last), prJoin(a.Paths, "; "))
 		}
 		tw.Flush()
 	}
@@ -382,11 +401,11 @@ func (r *VaultReport) WriteText(w io.Writer) error {
 		tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "  DISPLAY NAME\tACCESSOR\tREASON\tREQUESTS\tFIRST\tLAST\tPATHS\n")
 		for _, g := range r.Gaps {
-			reason := g.Reason
+			reason := pr(g.Reason)
 			if g.IssuanceID != "" {
-				reason += " (claims " + g.IssuanceID + ")"
+				reason += " (claims " + pr(g.IssuanceID) + ")"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(g.DisplayName), orDash(g.Accessor), reason, g.Requests, ts(g.First), ts(g.Last), strings.Join(g.Paths, "; "))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(pr(g.DisplayName)), orDash(pr(g.Accessor)), reason, g.Requests, ts(g.First), ts(g.Last), prJoin(g.Paths, "; "))
 		}
 		tw.Flush()
 	} else {

@@ -56,12 +56,14 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if section("UNOWNED IDENTITIES (denied: no workload matches)", len(r.UnownedIdentities)) {
 		for _, u := range r.UnownedIdentities {
-			ew.printf("  iss=%s sub=%s: %d deny(s) %s .. %s, asked for %s\n", u.Iss, u.Sub, u.Denies, ts(u.First), ts(u.Last), orDash(strings.Join(u.Grants, ", ")))
+			// iss, sub and the grants asked for are the caller's: an old
+			// log holds subs authn refuses now (pr).
+			ew.printf("  iss=%s sub=%s: %d deny(s) %s .. %s, asked for %s\n", pr(u.Iss), pr(u.Sub), u.Denies, ts(u.First), ts(u.Last), orDash(prJoin(u.Grants, ", ")))
 		}
 	}
 	if section("SHARED-USE SUSPICIONS", len(r.SharedUse)) {
 		for _, s := range r.SharedUse {
-			ew.printf("  %s %s (%s) grant %s: used from %s (%d event(s), %s .. %s)\n", s.IssuanceID, s.Workload, orDash(s.Owner), s.Grant, strings.Join(s.Addresses, ", "), s.Events, ts(s.First), ts(s.Last))
+			ew.printf("  %s %s (%s) grant %s: used from %s (%d event(s), %s .. %s)\n", s.IssuanceID, s.Workload, orDash(s.Owner), s.Grant, prJoin(s.Addresses, ", "), s.Events, ts(s.First), ts(s.Last))
 		}
 	}
 	if section("POLICY EXCEPTIONS EXPIRED OR EXPIRING WITHIN 30 DAYS", len(r.Exceptions)) {
@@ -75,7 +77,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if section(fmt.Sprintf("DENIES BY REASON, %d in all", total), len(r.Denies)) {
 		for _, d := range r.Denies {
-			ew.printf("  %-28s %d\n", d.Reason, d.Count)
+			ew.printf("  %-28s %d\n", pr(d.Reason), d.Count)
 		}
 	}
 	return ew.err
