@@ -894,18 +894,22 @@ func claimsCause(err error) error {
 // identifier holds, -1 when there is none: a control character (C0, DEL,
 // C1: a newline forges a log line, an escape sequence rewrites a
 // terminal showing keytrail report or trace), a format character (bidi
-// overrides, zero-width characters, a BOM: text that reads as another
-// identity), a line or paragraph separator, or U+FFFD, what JSON
+// marks, overrides and isolates, zero-width space, word joiner, invisible
+// operators, a BOM, a soft hyphen: text that reads as another identity)
+// but ZWNJ and ZWJ, a line or paragraph separator, or U+FFFD, what JSON
 // decoding makes of invalid UTF-8 and lone surrogates (different bytes
 // signed, one identity). Spaces and printable non-ASCII characters pass
-// (a GitHub environment name may hold spaces). keytrail policy explain
-// --unverified refuses by it as the server does.
+// (a GitHub environment name may hold spaces), and so do U+200C ZWNJ and
+// U+200D ZWJ, parts of Persian and Indic words and of emoji sequences (a
+// GitHub custom sub template may include a workflow or environment name);
+// trace and report show a sub holding them quoted (policies.Printable).
+// keytrail policy explain --unverified refuses by it as the server does.
 func BadSubjectAt(sub string) int {
 	for i, r := range sub {
 		if r < 0x20 || r == 0x7f {
 			return i
 		}
-		if r < 0x80 {
+		if r < 0x80 || r == zwnj || r == zwj {
 			continue
 		}
 		if r == utf8.RuneError || unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
@@ -914,3 +918,9 @@ func BadSubjectAt(sub string) int {
 	}
 	return -1
 }
+
+// The two format characters a sub may hold (BadSubjectAt).
+const (
+	zwnj = '\u200c' // ZERO WIDTH NON-JOINER
+	zwj  = '\u200d' // ZERO WIDTH JOINER
+)

@@ -525,6 +525,25 @@ func tokenCases() []tokenCase {
 		{name: "ok/sub-github-pr", issuer: "es", token: esTok(set("sub", "repo:octo-org/octo-repo:pull_request"))},
 		{name: "ok/sub-email", issuer: "es", token: esTok(set("sub", "alice+ci@example.com"))},
 		{name: "ok/sub-unicode", issuer: "es", token: esTok(set("sub", "user:Zoë Ångström/日本"))},
+		// ZWNJ and ZWJ (Cf) are parts of text: Persian and Indic words,
+		// emoji sequences, in a workflow or environment name a GitHub
+		// custom sub template includes. trace and report quote them.
+		{name: "ok/sub-zwnj-persian", issuer: "es", token: esTok(set("sub", "repo:o/r:environment:می\u200cخواهم"))},
+		{name: "ok/sub-zwnj-devanagari", issuer: "es", token: esTok(set("sub", "repo:o/r:environment:क्\u200cष"))},
+		{name: "ok/sub-zwj-emoji", issuer: "es", token: esTok(set("sub", "repo:o/r:environment:👩\u200d💻 deploy"))},
+		// Every other format character stays refused: invisible, or
+		// reordering what follows.
+		{name: "fail/sub-lrm", token: esTok(set("sub", "user:\u200eevil")), reason: "bad_subject"},
+		{name: "fail/sub-rlm", token: esTok(set("sub", "user:\u200fevil")), reason: "bad_subject"},
+		{name: "fail/sub-bidi-embedding", token: esTok(set("sub", "user:\u202aevil")), reason: "bad_subject"},
+		{name: "fail/sub-bidi-isolate", token: esTok(set("sub", "user:\u2067evil\u2069")), reason: "bad_subject"},
+		{name: "fail/sub-arabic-letter-mark", token: esTok(set("sub", "user:\u061cevil")), reason: "bad_subject"},
+		{name: "fail/sub-word-joiner", token: esTok(set("sub", "a\u2060pi")), reason: "bad_subject"},
+		{name: "fail/sub-invisible-times", token: esTok(set("sub", "a\u2062pi")), reason: "bad_subject"},
+		{name: "fail/sub-invisible-plus", token: esTok(set("sub", "a\u2064pi")), reason: "bad_subject"},
+		{name: "fail/sub-soft-hyphen", token: esTok(set("sub", "pay\u00adments")), reason: "bad_subject"},
+		{name: "fail/sub-tag-character", token: esTok(set("sub", "api\U000e0041")), reason: "bad_subject"},
+		{name: "fail/sub-zwnj-with-bidi", token: esTok(set("sub", "user:\u200c\u202eevil")), reason: "bad_subject"},
 	}
 }
 

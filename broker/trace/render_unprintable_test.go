@@ -139,7 +139,8 @@ func TestReportTextQuotesUnprintableUnownedIdentity(t *testing.T) {
 			Source:  &audit.Source{IP: "10.0.0.9", UserAgent: hostileEsc},
 			Outcome: &audit.Outcome{Status: 403, Error: "access_denied", Reason: "no_workload"}}
 	}
-	evs := []*audit.Event{deny(1, hostileEsc, "deploy"), deny(2, hostileCRLF, hostileBidi), deny(3, "repo:acme/Zoë:environment:Prod East", "deploy")}
+	evs := []*audit.Event{deny(1, hostileEsc, "deploy"), deny(2, hostileCRLF, hostileBidi), deny(3, "repo:acme/Zoë:environment:Prod East", "deploy"),
+		deny(4, "repo:o/r:environment:👩\u200d💻", "deploy")} // ZWJ: authn takes it, shown quoted
 	rep, err := trace.BuildReport(trace.ReportInput{Now: at(time.Minute), Events: evs})
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +152,7 @@ func TestReportTextQuotesUnprintableUnownedIdentity(t *testing.T) {
 	q := strconv.Quote
 	noRawControl(t, "report WriteText", txt.String(),
 		"sub="+q(hostileEsc)+":", "sub="+q(hostileCRLF)+":", "asked for "+q(hostileBidi),
-		"sub=repo:acme/Zoë:environment:Prod East:")
+		"sub=repo:acme/Zoë:environment:Prod East:", `sub="repo:o/r:environment:👩\u200d💻":`)
 	js, err := json.Marshal(rep)
 	if err != nil {
 		t.Fatal(err)

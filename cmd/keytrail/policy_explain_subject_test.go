@@ -8,6 +8,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/keytrail/keytrail/broker/authn/authntest"
+	"github.com/keytrail/keytrail/policies"
 )
 
 // TestPolicyExplainUnverifiedBadSubject: the server refuses a token whose
@@ -36,6 +37,12 @@ grants:
 		{name: "escape", sub: "s\x1b[2J"},
 		{name: "bidi-override", sub: "s:\u202eipa"},
 		{name: "zero-width", sub: "s:a\u200bpi"},
+		// ZWNJ and ZWJ are allowed (Persian and Indic words, emoji
+		// sequences), shown quoted; every other format character is not.
+		{name: "ok-zwnj", sub: "s:می\u200cخواهم", ok: true},
+		{name: "ok-zwj", sub: "s:👩\u200d💻", ok: true},
+		{name: "word-joiner", sub: "s:a\u2060pi"},
+		{name: "zwj-with-bidi", sub: "s:\u200d\u202eipa"},
 	} {
 		tok, err := iss.Sign(jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": tt.sub, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()})
 		if err != nil {
@@ -49,6 +56,9 @@ grants:
 			}
 			if (err == nil) != tt.ok || !strings.Contains(out, want) {
 				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, tt.ok, want, out)
+			}
+			if tt.ok && !strings.Contains(out, "subject: "+policies.Printable(tt.sub)+"\n") {
+				t.Errorf("%s: explain %v does not show the subject as %s:\n%s", tt.name, mode, policies.Printable(tt.sub), out)
 			}
 			if !tt.ok && (strings.Contains(out, "ALLOWED") || strings.Contains(out, tt.sub)) {
 				t.Errorf("%s: explain %v says ALLOWED or prints the sub as it is for a token the server refuses:\n%s", tt.name, mode, out)
