@@ -30,8 +30,13 @@ grants:
 workloads:
   - name: api
     owner: team-a
-    match: {issuer: k8s, subject: "system:serviceaccount:ns1:api"}
+    match: {issuer: k8s, subject: "system:serviceaccount:ns1:api", claims: {kubernetes.io.namespace: ns1}}
     grants: [g, j]
+  - name: batch
+    owner: team-b
+    match: {issuer: k8s, subject_pattern: "system:serviceaccount:ns1:batch-[a-z]+"}
+    grants: [g]
+    rate: {per_second: 5, burst: 10}
 `
 	pol, err := policies.Parse("p.yaml", []byte(text))
 	if err != nil {
@@ -45,6 +50,24 @@ workloads:
 		if ok != wok || ok && !reflect.DeepEqual(got, want) {
 			t.Errorf("grant(%q) = %+v, %v; Policy.Grant %+v, %v", name, got, ok, want, wok)
 		}
+	}
+	// The workload the view matches is Policy.Match's, its error the same.
+	for _, claims := range []map[string]any{
+		{"sub": "system:serviceaccount:ns1:api", "kubernetes.io": map[string]any{"namespace": "ns1"}},
+		{"sub": "system:serviceaccount:ns1:api", "kubernetes.io": map[string]any{"namespace": "ns2"}},
+		{"sub": "system:serviceaccount:ns1:batch-x"},
+		{"sub": "system:serviceaccount:ns1:batch-X"},
+		{},
+	} {
+		got, err := v.match("k8s", claims)
+		want, werr := pol.Match("k8s", claims)
+		if (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() || !reflect.DeepEqual(got, want) {
+			t.Errorf("match(%v) = %+v, %v; Policy.Match %+v, %v", claims, got, err, want, werr)
+		}
+	}
+	claims := map[string]any{"sub": "system:serviceaccount:ns1:api", "kubernetes.io": map[string]any{"namespace": "ns1"}}
+	if n := testing.AllocsPerRun(100, func() { _, _ = vs.of(pol).match("k8s", claims) }); n != 0 {
+		t.Errorf("a workload from the view: %v allocations, want 0", n)
 	}
 	if vs.of(pol) != v {
 		t.Error("a second look at the same policy built a new view")

@@ -158,15 +158,17 @@ type Service struct {
 	owedResults sync.Map
 }
 
-// grantView holds copies of one policy's grants by name: Policy.Grant
-// copies the grant it returns (3 allocations for a vault_token grant),
-// which an exchange only reads (and a minter, given a copy of the struct,
-// only reads). A view is built once per policy (a reload makes a new
-// Policy value, hence a new view) and never modified after; the grants it
-// hands out must not be modified either.
+// grantView holds copies of one policy's grants by name and of its
+// workloads in declaration order: Policy.Grant copies the grant it returns
+// (3 allocations for a vault_token grant) and Policy.Match the workload (4
+// for one with claims), which an exchange only reads (and a minter, given a
+// copy of the struct, only reads). A view is built once per policy (a
+// reload makes a new Policy value, hence a new view) and never modified
+// after; the grants and workloads it hands out must not be modified either.
 type grantView struct {
-	pol    *policies.Policy
-	grants map[string]*policies.Grant
+	pol       *policies.Policy
+	grants    map[string]*policies.Grant
+	workloads []policies.Workload // Policy.Workloads: MatchIndex's order
 }
 
 // grantViews keeps the view of the policy last asked about.
@@ -183,6 +185,7 @@ func (vs *grantViews) of(pol *policies.Policy) *grantView {
 	for i := range gs {
 		v.grants[gs[i].Name] = &gs[i]
 	}
+	v.workloads = pol.Workloads()
 	vs.cur.Store(v)
 	return v
 }
@@ -191,6 +194,15 @@ func (vs *grantViews) of(pol *policies.Policy) *grantView {
 func (v *grantView) grant(name string) (*policies.Grant, bool) {
 	g, ok := v.grants[name]
 	return g, ok
+}
+
+// match is Policy.Match without the copy: the view's workload.
+func (v *grantView) match(issuerName string, claims map[string]any) (*policies.Workload, error) {
+	i, err := v.pol.MatchIndex(issuerName, claims)
+	if err != nil {
+		return nil, err
+	}
+	return &v.workloads[i], nil
 }
 
 type limiterEntry struct {
@@ -370,7 +382,8 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 	// neither unbounded store reads nor unbounded deny events, and leaves
 	// the workload's own bucket (taken below, past these checks) to its
 	// live credentials.
-	wl, wlErr := pol.Match(id.IssuerName, id.Claims)
+	view := s.grants.of(pol)
+	wl, wlErr := view.match(id.IssuerName, id.Claims)
 	if wlErr != nil {
 		wl = nil
 	} else {
@@ -475,7 +488,7 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*ExchangeR
 		return refused(Errorf(ErrDenied, "no_workload", "no workload matches this identity", wlErr))
 	}
 
-	grant, ok := s.grants.of(pol).grant(req.Grant)
+	grant, ok := view.grant(req.Grant)
 	if !ok {
 		return refused(&Error{Kind: ErrInvalidTarget, Reason: "unknown_grant", Safe: "unknown grant"})
 	}

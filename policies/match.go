@@ -220,6 +220,19 @@ func claimMatches(claims map[string]any, c claimCheck, absentIss string, explain
 // rules. No match is an error wrapping ErrNoMatch, more than one an error
 // wrapping ErrAmbiguous; neither error carries claim values other than sub.
 func (p *Policy) Match(issuerName string, claims map[string]any) (*Workload, error) {
+	i, err := p.MatchIndex(issuerName, claims)
+	if err != nil {
+		return nil, err
+	}
+	w := cloneWorkload(&p.workloads[i])
+	return &w, nil
+}
+
+// MatchIndex is Match without the copy of the workload: it returns the
+// workload's index in Workloads' order (declaration order), or -1 and
+// Match's error. A caller that keeps its own copy of Workloads (one per
+// policy) reads the match from it without copying on every call.
+func (p *Policy) MatchIndex(issuerName string, claims map[string]any) (int, error) {
 	found := -1
 	var more []int // the matches after the first: an error (built only then)
 	candidates := 0
@@ -243,14 +256,13 @@ func (p *Policy) Match(issuerName string, claims map[string]any) (*Workload, err
 		for _, i := range more {
 			names = append(names, strconv.Quote(p.workloads[i].Name))
 		}
-		return nil, fmt.Errorf("%w: issuer %q, %s: workloads %s; policy workload matches must be disjoint",
+		return -1, fmt.Errorf("%w: issuer %q, %s: workloads %s; policy workload matches must be disjoint",
 			ErrAmbiguous, issuerName, subDesc(claims), strings.Join(names, ", "))
 	case found < 0:
-		return nil, fmt.Errorf("%w: issuer %q, %s (%d workloads of this issuer checked)",
+		return -1, fmt.Errorf("%w: issuer %q, %s (%d workloads of this issuer checked)",
 			ErrNoMatch, issuerName, subDesc(claims), candidates)
 	}
-	w := cloneWorkload(&p.workloads[found])
-	return &w, nil
+	return found, nil
 }
 
 func subDesc(claims map[string]any) string {

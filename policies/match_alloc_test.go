@@ -56,6 +56,9 @@ func TestMatchAllocatesOnlyItsResult(t *testing.T) {
 	if match != copyOnly {
 		t.Errorf("Match: %v allocations, want %v (those of the workload's copy)", match, copyOnly)
 	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = p.MatchIndex("k8s", claims) }); n != 0 {
+		t.Errorf("MatchIndex: %v allocations, want 0", n)
+	}
 }
 
 // SessionClaim answers without copying the issuer.

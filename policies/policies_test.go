@@ -359,6 +359,18 @@ func TestMatch(t *testing.T) {
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Fatalf("Match(%s, %v) = %+v, want %+v (-want +got):\n%s", tt.issuer, tt.claims, got, tt.want, diff)
 			}
+			// MatchIndex: the same workload (by its index in Workloads)
+			// or the same error.
+			i, ierr := p.MatchIndex(tt.issuer, tt.claims)
+			if (ierr == nil) != (err == nil) || ierr != nil && ierr.Error() != err.Error() {
+				t.Fatalf("MatchIndex error %v, Match's %v", ierr, err)
+			}
+			switch {
+			case ierr != nil && i != -1:
+				t.Fatalf("MatchIndex = %d with error %v, want -1", i, ierr)
+			case ierr == nil && !cmp.Equal(p.Workloads()[i], *w):
+				t.Fatalf("MatchIndex = %d: %+v, Match %+v", i, p.Workloads()[i], *w)
+			}
 		})
 	}
 }
