@@ -3,6 +3,7 @@ package harness
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -113,6 +114,10 @@ type Keytrail struct {
 	done    chan struct{}
 	waitErr error
 	mu      sync.Mutex
+	// logFrom is the size of LogPath when the process last started
+	// (Restart appends to it): WaitReady looks for its serving line
+	// after it only.
+	logFrom int64
 }
 
 // StartKeytrail runs `keytrail server --config cfg` with env appended to the
@@ -129,7 +134,7 @@ func StartKeytrail(t testing.TB, url, cfg string, env ...string) *Keytrail {
 			t.Errorf("harness: keytrail server %s\n--- log ---\n%s", race, k.Logs())
 		}
 	})
-	if err := k.WaitReady(StartWait(cfg)); err != nil {
+	if err := k.waitStarted(); err != nil {
 		t.Fatalf("harness: keytrail not ready: %v\n--- log ---\n%s", err, k.Logs())
 	}
 	return k
@@ -145,6 +150,10 @@ func (k *Keytrail) start() {
 	if err != nil {
 		k.t.Fatalf("harness: %v", err)
 	}
+	var logFrom int64
+	if fi, err := logf.Stat(); err == nil {
+		logFrom = fi.Size()
+	}
 	cmd := exec.Command(bin, "server", "--config", k.Config)
 	cmd.Env = append(append(os.Environ(), "VAULT_TOKEN="), k.Env...)
 	cmd.SysProcAttr = devserver.DieWithParent()
@@ -156,6 +165,7 @@ func (k *Keytrail) start() {
 	}
 	k.mu.Lock()
 	k.cmd = cmd
+	k.logFrom = logFrom
 	k.done = make(chan struct{})
 	done := k.done
 	k.mu.Unlock()
@@ -191,11 +201,77 @@ func raceReported(logs string, exitErr error) string {
 	return ""
 }
 
-// WaitReady polls /readyz until it answers 200 or the timeout passes.
+// servingLine is the message keytrail server logs once its start-up has
+// ended and it serves the broker's routes.
+const servingLine = "keytrail serving"
+
+// servingReadyWait bounds WaitReady once the server has logged
+// servingLine: its start-up is over, and a /readyz still failing then
+// (Vault, the store or the audit sink unhealthy) is not a start-up the
+// server may still finish within its startup_timeout. Without it, such a
+// broker took the whole StartWait (5m15s by default) to fail its test,
+// and a dozen tests failing so, more than the e2e package's go test
+// -timeout (scripts/test.sh), which then panics instead of failing each.
+var servingReadyWait = 30 * time.Second
+
+// deadlineMargin is what waitStarted leaves before the test binary's
+// deadline (go test -timeout), beyond the stop's bound (StopWait): the
+// test's failure and its other cleanups.
+const deadlineMargin = 30 * time.Second
+
+// waitStarted waits for a process just started (StartKeytrail, Restart)
+// to be ready: StartWait, but no later than the test binary's deadline
+// allows for the test to fail and its cleanup to stop the server (a
+// panic "test timed out" reports neither the failure nor the log), and
+// never less than servingReadyWait (the fixed wait it once was).
+func (k *Keytrail) waitStarted() error {
+	wait := StartWait(k.Config)
+	d, ok := k.t.(interface{ Deadline() (time.Time, bool) })
+	if !ok {
+		return k.WaitReady(wait)
+	}
+	end, ok := d.Deadline()
+	if !ok {
+		return k.WaitReady(wait)
+	}
+	left := max(time.Until(end)-StopWait(k.Config)-deadlineMargin, servingReadyWait)
+	if left >= wait {
+		return k.WaitReady(wait)
+	}
+	if err := k.WaitReady(left); err != nil {
+		return fmt.Errorf("%w (waited %v of StartWait %v: the test binary's deadline, go test -timeout, leaves no more before the stop's %v)",
+			err, left, wait, StopWait(k.Config))
+	}
+	return nil
+}
+
+// serving reports whether the process started last has logged
+// servingLine.
+func (k *Keytrail) serving() bool {
+	k.mu.Lock()
+	from := k.logFrom
+	k.mu.Unlock()
+	f, err := os.Open(k.LogPath)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return false
+	}
+	b, _ := io.ReadAll(f)
+	return strings.Contains(string(b), servingLine)
+}
+
+// WaitReady polls /readyz until it answers 200 or the timeout passes, or
+// servingReadyWait after the server logged that it serves.
 func (k *Keytrail) WaitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	client := &http.Client{Timeout: time.Second}
-	var last error
+	var (
+		last    error
+		serving bool
+	)
 	for time.Now().Before(deadline) {
 		select {
 		case <-k.done:
@@ -212,10 +288,19 @@ func (k *Keytrail) WaitReady(timeout time.Duration) error {
 		} else {
 			last = err
 		}
+		if !serving && k.serving() {
+			serving = true
+			if d := time.Now().Add(servingReadyWait); d.Before(deadline) {
+				deadline = d
+			}
+		}
 		select {
 		case <-k.done:
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+	if serving {
+		return fmt.Errorf("serving (its log says %q) but not ready within %v: %v", servingLine, servingReadyWait, last)
 	}
 	return fmt.Errorf("timed out: %v", last)
 }
@@ -335,7 +420,7 @@ func (k *Keytrail) Restart() {
 	k.t.Helper()
 	k.Stop()
 	k.start()
-	if err := k.WaitReady(StartWait(k.Config)); err != nil {
+	if err := k.waitStarted(); err != nil {
 		k.t.Fatalf("harness: keytrail not ready after restart: %v\n%s", err, k.Logs())
 	}
 }
