@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -52,11 +54,23 @@ func TestHardExitStopsAReloginBeforeRevoking(t *testing.T) {
 				http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
 				return
 			case strings.HasSuffix(r.URL.Path, "/auth/approle/login"):
+				// The body is read first: only then does the server
+				// notice a client that gave up (r.Context ends); a held
+				// request whose client had gone reached Vault at the
+				// release and made a token nobody waited for.
+				body, err := io.ReadAll(r.Body)
+				if err != nil {
+					return
+				}
+				r.Body = io.NopCloser(bytes.NewReader(body))
 				heldOnce.Do(func() { close(loginHeld) })
 				select {
 				case <-loginRelease:
 				case <-r.Context().Done():
 					return // the client gave up: Vault never sees it
+				}
+				if r.Context().Err() != nil {
+					return
 				}
 			}
 		}
@@ -67,6 +81,9 @@ func TestHardExitStopsAReloginBeforeRevoking(t *testing.T) {
 	cfg := startupDeadlineConfig(t, dir, front.URL, func(cfg *Config) {
 		cfg.Vault.Auth = &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}
 		cfg.Vault.TokenRole = "kt-no-such-role"
+		// The held re-login waits until the exit: not given up at
+		// vault.timeout's default 5s, and retried, in the meantime.
+		cfg.Vault.Timeout = duration(2 * time.Minute)
 	})
 	cfg.StartupTimeout = new(duration)
 	logs, exited, e := hardExitEnv()
