@@ -31,26 +31,15 @@ func TestMintedTokenChildrenRealVault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	root := v.Client
-	for name, rules := range map[string]string{
+	putPolicies(t, ctx, root, map[string]string{
 		"payments-read":   `path "secret/data/payments/*" { capabilities = ["read"] }`,
 		"make-children":   `path "auth/token/create" { capabilities = ["update"] }`,
 		"make-orphans":    `path "auth/token/create-orphan" { capabilities = ["update"] }`,
 		"keytrail-broker": vault.BrokerPolicy(""),
-	} {
-		if err := root.Sys().PutPolicyWithContext(ctx, name, rules); err != nil {
-			t.Fatalf("put policy %s: %v", name, err)
-		}
-	}
-	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
-		Policies: []string{"keytrail-broker", "payments-read", "make-children", "make-orphans", "default"}, TTL: "1h",
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bc := newTokenClient(t, ctx, v, &vaultapi.TokenCreateRequest{
+		Policies: []string{"keytrail-broker", "payments-read", "make-children", "make-orphans", "default"}, TTL: "1h",
+	}, 10*time.Second)
 	m, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: bc})
 	if err != nil {
 		t.Fatal(err)

@@ -39,22 +39,13 @@ func TestRealVault(t *testing.T) {
 	defer cancel()
 
 	root := v.Client
-	if err := root.Sys().PutPolicyWithContext(ctx, "payments-read", `path "secret/data/payments/*" { capabilities = ["read"] }`); err != nil {
-		t.Fatal(err)
-	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "keytrail-broker", vault.BrokerPolicy("", harness.VaultSigningKey, harness.VaultEd25519Key)); err != nil {
-		t.Fatal(err)
-	}
-	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
-		Policies: []string{"keytrail-broker", "payments-read", "default"}, TTL: "1h",
+	putPolicies(t, ctx, root, map[string]string{
+		"payments-read":   `path "secret/data/payments/*" { capabilities = ["read"] }`,
+		"keytrail-broker": vault.BrokerPolicy("", harness.VaultSigningKey, harness.VaultEd25519Key),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bc := newTokenClient(t, ctx, v, &vaultapi.TokenCreateRequest{
+		Policies: []string{"keytrail-broker", "payments-read", "default"}, TTL: "1h",
+	}, 10*time.Second)
 
 	t.Run("ok/health", func(t *testing.T) {
 		if err := vault.Health(ctx, bc); err != nil {
@@ -357,7 +348,7 @@ func TestRealVault(t *testing.T) {
 			rp.ServeHTTP(w, r)
 		}))
 		defer px.Close()
-		jc, err := vault.NewClient(vault.ClientOptions{Address: px.URL, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
+		jc, err := vault.NewClient(vault.ClientOptions{Address: px.URL, Token: bc.Token(), Timeout: 10 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -26,12 +26,7 @@ func TestBrokerTokenLeaseRealVault(t *testing.T) {
 	if err := root.Sys().MountWithContext(ctx, "pki", &vaultapi.MountInput{Type: "pki", Config: vaultapi.MountConfigInput{MaxLeaseTTL: "87600h"}}); err != nil {
 		t.Fatal(err)
 	}
-	write := func(path string, data map[string]any) {
-		t.Helper()
-		if _, err := root.Logical().WriteWithContext(ctx, path, data); err != nil {
-			t.Fatalf("write %s: %v", path, err)
-		}
-	}
+	write := func(path string, data map[string]any) { t.Helper(); writeVault(t, ctx, root, path, data) }
 	write("pki/root/generate/internal", map[string]any{"common_name": "keytrail test root", "ttl": "87600h", "key_type": "ec", "key_bits": 256})
 	write("pki/roles/web", map[string]any{"allow_any_name": true, "enforce_hostnames": false, "allowed_uri_sans": "spiffe://keytrail/*",
 		"max_ttl": "1h", "key_type": "ec", "key_bits": 256, "generate_lease": true})
@@ -39,18 +34,9 @@ func TestBrokerTokenLeaseRealVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "keytrail-pki", hcl); err != nil {
-		t.Fatal(err)
-	}
+	putPolicies(t, ctx, root, map[string]string{"keytrail-pki": hcl})
 	// "default" allows revoke-self.
-	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-pki", "default"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newTokenClient(t, ctx, v, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-pki", "default"}, TTL: "1h"}, 10*time.Second)
 	pol := policyWithGrants(t, []string{"g-web"}, "  - name: g-web\n    kind: pki\n    ttl: 5m\n    pki: {path: pki/issue/web}\n")
 	grant, _ := pol.Grant("g-web")
 

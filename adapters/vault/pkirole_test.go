@@ -68,31 +68,10 @@ func TestPKIMinterCheckRoles(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				switch r.Method + " " + r.URL.Path {
-				case "GET /v1/pki/roles/web":
-					tc.web(w)
-				case "GET /v1/pki_int/roles/svc":
-					tc.svc(w)
-				default:
-					t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
-					w.WriteHeader(500)
-				}
-			}))
-			defer srv.Close()
-			c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var logs loginLogBuffer
 			leases := new(vault.TokenLeases)
-			m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs), Leases: leases})
-			if err != nil {
-				t.Fatal(err)
-			}
+			m, logs := pkiMinterOn(t, placeholderClient(t, roleServer(t, tc.web, tc.svc)), leases)
 			pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
-			err = m.CheckRoles(context.Background(), pol)
+			err := m.CheckRoles(context.Background(), pol)
 			checkContains(t, "CheckRoles()", err, tc.wantErr)
 			if leases.Held() != tc.leases {
 				t.Errorf("Leases.Held() = %v, want %v", leases.Held(), tc.leases)
@@ -124,6 +103,50 @@ func roleAnswer(status int, data map[string]any) func(w http.ResponseWriter) {
 }
 
 func noGrant(string) (*policies.Grant, bool) { return nil, false }
+
+// roleServer is a stand-in Vault that answers the reads of pki/roles/web
+// with web and of pki_int/roles/svc with svc (pkiRoleGrants' roles), and
+// fails the test on any other request. It is closed when the test ends.
+func roleServer(t *testing.T, web, svc func(w http.ResponseWriter)) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.Method + " " + r.URL.Path {
+		case "GET /v1/pki/roles/web":
+			web(w)
+		case "GET /v1/pki_int/roles/svc":
+			svc(w)
+		default:
+			t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
+			w.WriteHeader(500)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// placeholderClient is a client of the stand-in Vault at addr, with
+// placeholderToken and a 5s timeout.
+func placeholderClient(t *testing.T, addr string) *vaultapi.Client {
+	t.Helper()
+	c, err := vault.NewClient(vault.ClientOptions{Address: addr, Token: placeholderToken, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// pkiMinterOn is a PKIMinter on c (no grants, leases noted in leases when
+// not nil) and the buffer it logs to.
+func pkiMinterOn(t *testing.T, c *vaultapi.Client, leases *vault.TokenLeases) (*vault.PKIMinter, *loginLogBuffer) {
+	t.Helper()
+	logs := new(loginLogBuffer)
+	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(logs), Leases: leases})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, logs
+}
 
 // checkContains fails unless err says each of want (nil error when want is
 // empty); the error's kind and reason count as said.
@@ -159,12 +182,7 @@ func TestPKIMinterCheckRolesRealVault(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write := func(path string, data map[string]any) {
-		t.Helper()
-		if _, err := root.Logical().WriteWithContext(ctx, path, data); err != nil {
-			t.Fatalf("write %s: %v", path, err)
-		}
-	}
+	write := func(path string, data map[string]any) { t.Helper(); writeVault(t, ctx, root, path, data) }
 	write("pki/roles/web", map[string]any{"allow_any_name": true})
 	write("pki_int/roles/svc", map[string]any{"allow_any_name": true})
 	var hcl strings.Builder
@@ -175,22 +193,9 @@ func TestPKIMinterCheckRolesRealVault(t *testing.T) {
 		}
 		hcl.WriteString(h)
 	}
-	if err := root.Sys().PutPolicyWithContext(ctx, "keytrail-pki", hcl.String()); err != nil {
-		t.Fatal(err)
-	}
-	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-pki"}, NoDefaultPolicy: true, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs loginLogBuffer
-	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	putPolicies(t, ctx, root, map[string]string{"keytrail-pki": hcl.String()})
+	c := newTokenClient(t, ctx, v, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-pki"}, NoDefaultPolicy: true, TTL: "1h"}, 10*time.Second)
+	m, logs := pkiMinterOn(t, c, nil)
 	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
 	checkContains(t, "CheckRoles(stored)", m.CheckRoles(ctx, pol), nil)
 	if logs.String() != "" {
@@ -218,10 +223,7 @@ func TestPKIRoleCheckStopsWhenVaultDoesNotAnswer(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := placeholderClient(t, srv.URL)
 	var logs loginLogBuffer
 	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
 	if err := vault.CheckPKIRoles(context.Background(), c, pol, newLoginLogger(&logs)); err != nil {
@@ -247,36 +249,18 @@ func TestPKIRoleCheckStopsWhenVaultDoesNotAnswer(t *testing.T) {
 func TestPKIMinterCheckRolesWarnsOncePerChange(t *testing.T) {
 	var mu sync.Mutex
 	status := 403
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
+	web := func(w http.ResponseWriter) {
 		mu.Lock()
 		st := status
 		mu.Unlock()
-		switch r.Method + " " + r.URL.Path {
-		case "GET /v1/pki/roles/web":
-			var data map[string]any
-			if st == 200 {
-				data = map[string]any{"no_store": false}
-			}
-			roleAnswer(st, data)(w)
-		case "GET /v1/pki_int/roles/svc":
-			roleAnswer(200, map[string]any{"no_store": false})(w)
-		default:
-			t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
-			w.WriteHeader(500)
+		var data map[string]any
+		if st == 200 {
+			data = map[string]any{"no_store": false}
 		}
-	}))
-	defer srv.Close()
+		roleAnswer(st, data)(w)
+	}
 	setStatus := func(s int) { mu.Lock(); status = s; mu.Unlock() }
-	c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs loginLogBuffer
-	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, logs := pkiMinterOn(t, placeholderClient(t, roleServer(t, web, roleAnswer(200, map[string]any{"no_store": false}))), nil)
 	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
 	const warned = "could not check the pki role"
 	const readable = "pki role of the grant can be read again"
@@ -317,33 +301,15 @@ func TestPKIMinterCheckRolesWarnsOncePerChange(t *testing.T) {
 func TestPKIMinterCheckRolesKeyedByReason(t *testing.T) {
 	var mu sync.Mutex
 	status, n := 403, 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
+	web := func(w http.ResponseWriter) { // each read's text names the read
 		mu.Lock()
 		n++
 		st, seq := status, n
 		mu.Unlock()
-		switch r.Method + " " + r.URL.Path {
-		case "GET /v1/pki/roles/web":
-			w.WriteHeader(st)
-			_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{fmt.Sprintf("permission denied (request %d)", seq)}})
-		case "GET /v1/pki_int/roles/svc":
-			roleAnswer(200, map[string]any{"no_store": false})(w)
-		default:
-			t.Errorf("unexpected request %s %s", r.Method, r.URL.Path)
-			w.WriteHeader(500)
-		}
-	}))
-	defer srv.Close()
-	c, err := vault.NewClient(vault.ClientOptions{Address: srv.URL, Token: placeholderToken, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
+		w.WriteHeader(st)
+		_ = json.NewEncoder(w).Encode(map[string]any{"errors": []string{fmt.Sprintf("permission denied (request %d)", seq)}})
 	}
-	var logs loginLogBuffer
-	m, err := vault.NewPKIMinter(vault.PKIMinterOptions{Client: c, Grant: noGrant, Log: newLoginLogger(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, logs := pkiMinterOn(t, placeholderClient(t, roleServer(t, web, roleAnswer(200, map[string]any{"no_store": false}))), nil)
 	pol := policyWithGrants(t, []string{"g-web", "g-int"}, pkiRoleGrants)
 	const warned = "could not check the pki role"
 	check := func(step string, wantWarnings int) {

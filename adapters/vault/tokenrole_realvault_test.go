@@ -108,16 +108,12 @@ func TestTokenRoleEditedToChildrenRealVault(t *testing.T) {
 	defer cancel()
 	root := v.Client
 	const role = "kt-edited"
-	for name, rules := range map[string]string{
+	putPolicies(t, ctx, root, map[string]string{
 		"payments-read": `path "secret/data/payments/*" { capabilities = ["read"] }`,
 		"keytrail-broker": `path "auth/token/create/` + role + `" { capabilities = ["update"] }
 path "auth/token/roles/` + role + `" { capabilities = ["read"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }`,
-	} {
-		if err := root.Sys().PutPolicyWithContext(ctx, name, rules); err != nil {
-			t.Fatalf("put policy %s: %v", name, err)
-		}
-	}
+	})
 	writeRole := func(orphan bool) {
 		t.Helper()
 		if _, err := root.Logical().WriteWithContext(ctx, "auth/token/roles/"+role, map[string]any{
@@ -127,14 +123,7 @@ path "auth/token/revoke-accessor" { capabilities = ["update"] }`,
 		}
 	}
 	writeRole(true)
-	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-broker"}, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bc := newTokenClient(t, ctx, v, &vaultapi.TokenCreateRequest{Policies: []string{"keytrail-broker"}, TTL: "1h"}, 0)
 	tm, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: bc, Role: role})
 	if err != nil {
 		t.Fatal(err)

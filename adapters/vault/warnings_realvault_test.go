@@ -25,19 +25,10 @@ func TestTokenMinterMisspelledPolicyRealVault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	root := v.Client
-	if err := root.Sys().PutPolicyWithContext(ctx, "keytrail-broker", vault.BrokerPolicy("")); err != nil {
-		t.Fatal(err)
-	}
-	bt, err := root.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
+	putPolicies(t, ctx, root, map[string]string{"keytrail-broker": vault.BrokerPolicy("")})
+	bc := newTokenClient(t, ctx, v, &vaultapi.TokenCreateRequest{
 		Policies: []string{"keytrail-broker", "payments-raed"}, TTL: "1h",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := vault.NewClient(vault.ClientOptions{Address: v.Addr, Token: bt.Auth.ClientToken, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, 10*time.Second)
 	var logs bytes.Buffer
 	m, err := vault.NewTokenMinter(vault.TokenMinterOptions{Client: bc, Log: slog.New(slog.NewJSONHandler(&logs, nil))})
 	if err != nil {
@@ -58,7 +49,7 @@ func TestTokenMinterMisspelledPolicyRealVault(t *testing.T) {
 			t.Errorf("log = %q, want it to contain %s", got, s)
 		}
 	}
-	for _, s := range []string{cred.AccessToken, bt.Auth.ClientToken} {
+	for _, s := range []string{cred.AccessToken, bc.Token()} {
 		if strings.Contains(got, s) {
 			t.Errorf("log contains a token:\n%s", got)
 		}
