@@ -26,25 +26,9 @@ func TestIntrospectLimitBeforeStoreAndDenies(t *testing.T) {
 	// the broker's issuance prefix, found in no issuance.
 	id := identity("system:serviceaccount:edge:verifier", nil)
 	id.JTI = broker.PrefixIssuance + "01JNOTINTHESTORE"
-	f.authn["verifier"] = id
 	store := &countingStore{Store: f.store}
-	svc, err := broker.NewService(broker.Deps{
-		Policy:           func() *policies.Policy { return f.pol },
-		Authn:            func() broker.Authenticator { return f.authn },
-		Store:            store,
-		Audit:            f.sink,
-		Now:              func() time.Time { return f.now },
-		RefusalLimits:    &broker.RefusalLimits{},
-		IntrospectLimits: broker.IntrospectLimits{PerSecond: 1, Burst: 1},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, req := introspectorAtLimit(t, f, id, store)
 	ctx := context.Background()
-	req := broker.IntrospectRequest{CallerToken: "verifier", Token: "hvs.whatever", RequestID: "req", Source: broker.Source{IP: "192.0.2.9"}}
-	if _, err := svc.Introspect(ctx, req); err != nil {
-		t.Fatal(err)
-	}
 	first := store.finds.Load() // the caller token's two lookups, the credential's
 	const n = 200
 	not429 := 0
@@ -82,18 +66,8 @@ func TestIntrospectLimitBeforeStoreAndDenies(t *testing.T) {
 func TestIntrospectMissingTokenWithinLimit(t *testing.T) {
 	f := newFixture(t)
 	f.authn["verifier"] = identity("system:serviceaccount:edge:verifier", nil)
-	svc, err := broker.NewService(broker.Deps{
-		Policy:           func() *policies.Policy { return f.pol },
-		Authn:            func() broker.Authenticator { return f.authn },
-		Store:            f.store,
-		Audit:            f.sink,
-		Now:              func() time.Time { return f.now },
-		IntrospectLimits: broker.IntrospectLimits{PerSecond: 1, Burst: 1},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = svc.Introspect(context.Background(), broker.IntrospectRequest{CallerToken: "verifier", RequestID: "req"})
+	svc := introspectionService(t, f, f.store, nil)
+	_, err := svc.Introspect(context.Background(), broker.IntrospectRequest{CallerToken: "verifier", RequestID: "req"})
 	if !errors.Is(err, broker.ErrInvalidRequest) || broker.AsError(err).Reason != "missing_token" {
 		t.Fatalf("Introspect without token = %v, want invalid_request (missing_token)", err)
 	}

@@ -87,6 +87,40 @@ func workloadAtRate(t *testing.T, f *fixture) (*broker.Service, broker.ExchangeR
 	return svc, req
 }
 
+// introspectionService is f's Service with an introspection limit of one
+// (per_second 1, burst 1), store as its Store and refusal as its refusal
+// limits.
+func introspectionService(t *testing.T, f *fixture, store broker.Store, refusal *broker.RefusalLimits) *broker.Service {
+	t.Helper()
+	svc, err := broker.NewService(broker.Deps{
+		Policy:           func() *policies.Policy { return f.pol },
+		Authn:            func() broker.Authenticator { return f.authn },
+		Store:            store,
+		Audit:            f.sink,
+		Now:              func() time.Time { return f.now },
+		RefusalLimits:    refusal,
+		IntrospectLimits: broker.IntrospectLimits{PerSecond: 1, Burst: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// introspectorAtLimit is introspectionService (refusal limits at their
+// defaults) and an introspection request of caller id (token "verifier")
+// that has taken its burst of one: the next one is past its limit.
+func introspectorAtLimit(t *testing.T, f *fixture, id *broker.Identity, store broker.Store) (*broker.Service, broker.IntrospectRequest) {
+	t.Helper()
+	f.authn["verifier"] = id
+	svc := introspectionService(t, f, store, &broker.RefusalLimits{})
+	req := broker.IntrospectRequest{CallerToken: "verifier", Token: "hvs.whatever", RequestID: "req", Source: broker.Source{IP: "192.0.2.9"}}
+	if _, err := svc.Introspect(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	return svc, req
+}
+
 // TestRateLimitedWorkloadAuditBounded: a workload that keeps asking past
 // its rate is answered 429 each time, but only the first of those 429s are
 // audited on their own; one summary deny event names the workload and
@@ -116,24 +150,8 @@ func TestRateLimitedWorkloadAuditBounded(t *testing.T) {
 func TestRateLimitedIntrospectionAuditBounded(t *testing.T) {
 	f := newFixture(t)
 	// Trusted, but no workload matches it: its identity's bucket.
-	f.authn["verifier"] = identity("system:serviceaccount:edge:verifier", nil)
-	svc, err := broker.NewService(broker.Deps{
-		Policy:           func() *policies.Policy { return f.pol },
-		Authn:            func() broker.Authenticator { return f.authn },
-		Store:            f.store,
-		Audit:            f.sink,
-		Now:              func() time.Time { return f.now },
-		RefusalLimits:    &broker.RefusalLimits{},
-		IntrospectLimits: broker.IntrospectLimits{PerSecond: 1, Burst: 1},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, req := introspectorAtLimit(t, f, identity("system:serviceaccount:edge:verifier", nil), f.store)
 	ctx := context.Background()
-	req := broker.IntrospectRequest{CallerToken: "verifier", Token: "hvs.whatever", RequestID: "req", Source: broker.Source{IP: "192.0.2.9"}}
-	if _, err := svc.Introspect(ctx, req); err != nil {
-		t.Fatal(err)
-	}
 	const refused = 1000
 	for i := range refused {
 		if _, err := svc.Introspect(ctx, req); !errors.Is(err, broker.ErrRateLimited) {
