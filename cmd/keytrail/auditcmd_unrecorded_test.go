@@ -1,13 +1,9 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/keytrail/keytrail/adapters/auditfile"
 	"github.com/keytrail/keytrail/broker/audit"
@@ -23,37 +19,14 @@ import (
 func TestAuditVerifyChecksUnsignedResumed(t *testing.T) {
 	for _, forged := range []bool{false, true} {
 		t.Run(fmt.Sprintf("forged=%v", forged), func(t *testing.T) {
-			dir := t.TempDir()
-			signer, pubFile := devCheckpointSigner(t, dir)
-			path, _ := writeSignedAudit(t, dir, signer)
-			data, c := resumeAuditFile(t, path)
-			cpSeq, _ := c.Head()
-			for i := range 2 {
-				added, err := c.Seal(&audit.Event{Type: audit.TypeIssue, RequestID: fmt.Sprintf("req_added%d", i), IssuanceID: "iss_ADDED"}, time.Now())
-				if err != nil {
-					t.Fatal(err)
+			path, pubFile, c, cpSeq := writeResumedAudit(t, 2, func(_ *auditfile.Sink, cpSeq uint64) any {
+				if !forged {
+					return nil
 				}
-				data = append(append(data, added...), '\n')
-			}
-			if err := os.WriteFile(path, data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: signer, NoFsync: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			details := map[string]any{"trigger": "start"}
-			if forged {
 				// The last added line only, "after the checkpoint" the
 				// first added line is not.
-				details[audit.DetailUnsignedResumed] = map[string]any{"first_seq": cpSeq + 2, "last_seq": cpSeq + 2, "lines": 1, "last_checkpoint_seq": cpSeq + 1}
-			}
-			if err := sink.Append(context.Background(), &audit.Event{Type: audit.TypePolicyLoad, Details: details}); err != nil {
-				t.Fatal(err)
-			}
-			if err := sink.Close(); err != nil {
-				t.Fatal(err)
-			}
+				return map[string]any{"first_seq": cpSeq + 2, "last_seq": cpSeq + 2, "lines": 1, "last_checkpoint_seq": cpSeq + 1}
+			})
 			out, _, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--require-checkpoint", "--exact", path)
 			if forged {
 				want := fmt.Sprintf("no verified checkpoint covers seq %d..%d before them either", cpSeq+1, cpSeq+1)
@@ -66,18 +39,9 @@ func TestAuditVerifyChecksUnsignedResumed(t *testing.T) {
 			if err != nil || !strings.Contains(out, want) || !strings.Contains(out, "OK: the chain is intact up to its last line (seq above)\n") {
 				t.Errorf("audit verify = %v, want success with %q and a signed OK\n%s", err, want, out)
 			}
-			out, stderr, err := runCLI(t, nil, "audit", "verify", "--key", pubFile, "--json", "--exact", path)
-			if err != nil {
-				t.Fatalf("audit verify --json = %v\n%s", err, stderr)
-			}
-			var rep audit.Report
-			if err := json.Unmarshal([]byte(out), &rep); err != nil {
-				t.Fatalf("audit verify --json: %v\n%s", err, out)
-			}
+			rep, _, stderr := verifyJSON(t, pubFile, path)
 			wantRange := audit.ResumedRange{AtSeq: cpSeq + 3, FirstSeq: cpSeq + 1, LastSeq: cpSeq + 2, Lines: 2, LastCheckpointSeq: cpSeq}
-			if len(rep.Chains) != 1 || len(rep.Chains[0].UnrecordedResumed) != 1 || rep.Chains[0].UnrecordedResumed[0] != wantRange {
-				t.Errorf("audit verify --json chains = %+v, want one with unrecorded_resumed [%+v]", rep.Chains, wantRange)
-			}
+			checkOneRange(t, rep, "unrecorded_resumed", func(c audit.ChainReport) []audit.ResumedRange { return c.UnrecordedResumed }, wantRange)
 			if !strings.Contains(stderr, "keytrail: warning: chain "+c.ID()) {
 				t.Errorf("audit verify --json stderr = %q, want the warning", stderr)
 			}
