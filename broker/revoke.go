@@ -1901,6 +1901,12 @@ type retryState struct {
 	// this worker wrote was found to say the same as (auditPass): written,
 	// it covers that mark (see Tick).
 	covered time.Time
+	// claim is another instance's ResultOwed mark, past its grace, that
+	// this worker took over (noteResultOwed): before writing the result
+	// resultOwed replaces it in the record with a mark of its own, only if
+	// it is still there, so that of the instances that took it over one
+	// writes the result (the others see a fresh mark and wait its grace).
+	claim time.Time
 }
 
 // NewRevocationWorker returns a worker over s's store, revokers and audit
@@ -2137,7 +2143,7 @@ func (w *RevocationWorker) noteResultOwed(r *Revocation, now time.Time, clears m
 		st = &retryState{next: now}
 		w.retry[r.ID] = st
 	}
-	st.owed, st.size = true, r.Matched
+	st.owed, st.size, st.claim = true, r.Matched, r.ResultOwed
 }
 
 // lastResult reports whether the worker's last revoke_result for a
@@ -2217,7 +2223,46 @@ func (w *RevocationWorker) resultOwed(ctx context.Context, id string) error {
 	// for too): it is the result the request owed.
 	inFlight, failed := st.lastResult()
 	again := inFlight || failed || len(st.swept) > 0
+	claim := st.claim
+	if again {
+		claim = time.Time{} // its own result to write: the mark is its own
+	}
 	w.mu.Unlock()
+	if !claim.IsZero() {
+		// Another instance's mark, past its grace: taken over only while
+		// it is still there (not written, cleared, or taken over since by
+		// another instance, nor marked again by its owner), replaced by
+		// this worker's own (see claim).
+		at := s.d.Now().UTC()
+		cur, err := s.updateRevocation(ctx, id, r.Matched, func(c *Revocation) error {
+			if !c.ResultOwed.Equal(claim) {
+				return errUnchanged
+			}
+			c.ResultOwed = at
+			return nil
+		})
+		w.mu.Lock()
+		st := w.retry[id]
+		switch {
+		case st == nil:
+			w.mu.Unlock()
+			return nil
+		case errors.Is(err, errUnchanged) || errors.Is(err, ErrNotFound):
+			// Written, or another's again: a later mark is taken over
+			// past its own grace (noteResultOwed).
+			st.owed, st.claim = false, time.Time{}
+			w.mu.Unlock()
+			return nil
+		case err != nil && !unreplicated(err):
+			w.mu.Unlock()
+			return fmt.Errorf("take over the unwritten result of revocation %s: %w", id, err)
+		}
+		st.marked, st.claim = at, time.Time{}
+		w.mu.Unlock()
+		if cur != nil {
+			r = cur
+		}
+	}
 	// hadPending: a result by worker when nothing was swept (auditPass).
 	w.auditPass(ctx, r, true, nil, again)
 	return nil
@@ -2504,7 +2549,7 @@ func (w *RevocationWorker) auditPass(ctx context.Context, r *Revocation, hadPend
 	rw := w.startResult(ctx, r.ID, r.Matched, evs, slices.Clone(r.Decision), swept, prev)
 	if st != nil {
 		st.size = r.Matched
-		st.result, st.last, st.swept, st.owed = sum, rw, nil, false
+		st.result, st.last, st.swept, st.owed, st.claim = sum, rw, nil, false, time.Time{}
 	}
 	w.mu.Unlock()
 
@@ -2640,7 +2685,7 @@ func (w *RevocationWorker) startResult(ctx context.Context, id string, size int,
 				}
 				st.swept = addIDs(st.swept, swept)
 				if !marked.IsZero() {
-					st.marked = marked
+					st.marked, st.claim = marked, time.Time{}
 				}
 			}
 			w.mu.Unlock()
