@@ -2958,6 +2958,15 @@ type RevocationCache struct {
 	// and never deleted), was lost with the Store's data, even when its
 	// version did not go back (the loss came before a refresh read it).
 	unlisted map[string]string
+	// heard (under mu) are the blocks of the blocked set learned from
+	// notices since the last listing, workload -> who announced it: a
+	// notice alone proves no block (anyone who can PUBLISH on the channel
+	// can send one), so such a block, when the Store loses data, is kept
+	// here (fail closed) but written back only when this instance
+	// announced it itself (its Revoke stored it) or the cache read its
+	// revocation's record, naming the workload among its blocks, from the
+	// Store (see backedLocked).
+	heard map[string]heardBlock
 	// undo (under mu) are the lost blocks lifted (an unblock notice) while
 	// or after restoreLost wrote them back, workload -> revocation id: the
 	// unblock's delete may have come before the write landed, so
@@ -2987,6 +2996,13 @@ type RevocationCache struct {
 	recMu    sync.Mutex
 	revs     map[string]revEntry
 	lostRevs map[string]revEntry
+}
+
+// heardBlock is the revocation id of a block learned from a notice, and
+// whether this instance announced it (cachedStore.Publish).
+type heardBlock struct {
+	rid string
+	own bool
 }
 
 // revEntry is a revocation record as read by the listing gen (readChanges)
@@ -3019,14 +3035,17 @@ const announcedLossSpan = time.Minute
 
 // lostBlock is a block the Store lost: restored is the listGen current
 // when it was written back (0: not yet); writing, that restoreLost is
-// writing it back; loss, the listGen of the listing that found it lost.
-// restoreLost runs next to readChanges (Run): a write that ends after
-// another loss was seen (loss changed) does not count as written back.
+// writing it back; loss, the listGen of the listing that found it lost;
+// here, that it is kept in the blocked set only, never written back (a
+// block learned from a notice alone, see heard). restoreLost runs next to
+// readChanges (Run): a write that ends after another loss was seen (loss
+// changed) does not count as written back.
 type lostBlock struct {
 	b        Block
 	restored uint64
 	writing  bool
 	loss     uint64
+	here     bool
 }
 
 type cachedIssuance struct {
@@ -3037,6 +3056,7 @@ type cachedIssuance struct {
 type noticeEntry struct {
 	seq uint64
 	n   Notice
+	own bool // announced by this instance (cachedStore.Publish)
 }
 
 // NewRevocationCache returns an empty cache over st; call Refresh or Run.
@@ -3073,8 +3093,8 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	}
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
-		lostRevs: map[string]revEntry{}, unlisted: map[string]string{}, undo: map[string]string{},
-		lifted: map[string]liftedBlock{}}, nil
+		lostRevs: map[string]revEntry{}, unlisted: map[string]string{}, heard: map[string]heardBlock{},
+		undo: map[string]string{}, lifted: map[string]liftedBlock{}}, nil
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -3220,24 +3240,28 @@ func (c *RevocationCache) Refreshed() time.Time {
 
 // Apply applies a notice, and tells the learners (OnLearn) when it revoked
 // or blocked something new.
-func (c *RevocationCache) Apply(n Notice) {
+func (c *RevocationCache) Apply(n Notice) { c.apply(n, false) }
+
+// apply is Apply; own: n is this instance's own announcement (its Revoke
+// stored what n says before announcing it).
+func (c *RevocationCache) apply(n Notice, own bool) {
 	now := c.o.Now()
 	c.mu.Lock()
 	c.seq++
 	if c.log != nil {
-		c.log = append(c.log, noticeEntry{seq: c.seq, n: n})
+		c.log = append(c.log, noticeEntry{seq: c.seq, n: n, own: own})
 	}
 	var learners []func()
-	if c.applyLocked(n, now) {
+	if c.applyLocked(n, now, own) {
 		learners = c.learners
 	}
 	c.mu.Unlock()
 	tell(learners)
 }
 
-// applyLocked applies n and reports whether it added a revoked issuance or
-// a blocked workload.
-func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
+// applyLocked applies n (own: see apply) and reports whether it added a
+// revoked issuance or a blocked workload.
+func (c *RevocationCache) applyLocked(n Notice, now time.Time, own bool) (learned bool) {
 	for _, id := range n.Revoked {
 		learned = c.learnLocked(id, now) || learned
 	}
@@ -3252,6 +3276,7 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		}
 		if !ok || b.RevocationID != n.RevocationID {
 			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
+			c.heard[w] = heardBlock{rid: n.RevocationID, own: own}
 			if n.RevocationID != "" {
 				c.unlisted[w] = n.RevocationID
 			}
@@ -3270,6 +3295,7 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time) (learned bool) {
 		// learned before this notice stands.
 		if b, ok := c.blocked[w]; ok && (n.RevocationID == "" || b.RevocationID == n.RevocationID) {
 			delete(c.blocked, w)
+			delete(c.heard, w)
 		}
 		if lb, ok := c.lostBlocks[w]; ok && (n.RevocationID == "" || lb.b.RevocationID == n.RevocationID) {
 			delete(c.lostBlocks, w) // not to be written back, nor kept
@@ -3423,7 +3449,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	c.mu.RLock()
 	var blocks []Block
 	for _, lb := range c.lostBlocks {
-		if lb.restored == 0 && !lb.writing {
+		if lb.restored == 0 && !lb.writing && !lb.here {
 			blocks = append(blocks, lb.b)
 		}
 	}
@@ -3455,7 +3481,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		// it is written is deleted again (applyLocked, undoLifted).
 		c.mu.Lock()
 		lb, ok := c.lostBlocks[b.Workload]
-		if !ok || lb.restored != 0 || lb.writing || lb.b != b {
+		if !ok || lb.restored != 0 || lb.writing || lb.b != b || lb.here {
 			c.mu.Unlock()
 			continue
 		}
@@ -3529,7 +3555,7 @@ func (c *RevocationCache) restoreDue() bool {
 	c.mu.RLock()
 	due := len(c.undo) > 0
 	for _, lb := range c.lostBlocks {
-		if due = due || (lb.restored == 0 && !lb.writing); due {
+		if due = due || (lb.restored == 0 && !lb.writing && !lb.here); due {
 			break
 		}
 	}
@@ -3747,6 +3773,15 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		}
 		lost = []slog.Attr{slog.String("seen_by", seen), slog.Uint64("version_was", prev), slog.Uint64("version", version),
 			slog.Int("blocks_lost", len(c.lostBlocks)), slog.Int("revocations_known", lostRevs)}
+		here := 0
+		for _, lb := range c.lostBlocks {
+			if lb.here {
+				here++
+			}
+		}
+		if here > 0 {
+			lost = append(lost, slog.Int("blocks_kept_here_only", here))
+		}
 	}
 	for w, lb := range c.lostBlocks {
 		_, listed := blocked[w]
@@ -3765,11 +3800,17 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 			// written back before this listing started, and no longer
 			// does: lifted since.
 			delete(c.lostBlocks, w)
+		case lb.here && lb.b.CreatedAt.Before(cutoff):
+			// Kept here only (learned from a notice alone) for the
+			// Window, as the revoked ids notices name: forged notices
+			// do not grow the set for good.
+			delete(c.lostBlocks, w)
 		default:
 			blocked[w] = lb.b
 		}
 	}
 	c.blocked = blocked
+	clear(c.heard) // the logged notices below heard again
 	switch {
 	case back:
 		c.version = version
@@ -3781,7 +3822,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	}
 	for _, e := range logged {
 		if e.seq > start {
-			learned = c.applyLocked(e.n, now) || learned
+			learned = c.applyLocked(e.n, now, e.own) || learned
 		}
 	}
 	if learned {
@@ -3790,13 +3831,41 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	return back, nil
 }
 
-// loseBlockLocked notes b as lost by the listing gen: to be written back
-// (again). A write-back of it in progress stays marked as such (an unblock
-// applied meanwhile must delete it again, see applyLocked), and does not
-// count as written back when it ends (see lostBlock).
+// loseBlockLocked notes b, of the blocked set, as lost by the listing gen:
+// to be written back (again), unless the cache has only a notice's word
+// for it (see backedLocked): then kept here only. A write-back of it in
+// progress stays marked as such (an unblock applied meanwhile must delete
+// it again, see applyLocked), and does not count as written back when it
+// ends (see lostBlock).
 func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
 	old, ok := c.lostBlocks[b.Workload]
-	c.lostBlocks[b.Workload] = lostBlock{b: b, loss: gen, writing: ok && old.writing && old.b == b}
+	c.lostBlocks[b.Workload] = lostBlock{b: b, loss: gen, writing: ok && old.writing && old.b == b, here: !c.backedLocked(b)}
+}
+
+// backedLocked reports whether the cache has more than a notice's word for
+// b, a block of its blocked set: read from the Store (by a listing; or
+// lost since, and backed then), announced by this instance (its Revoke
+// stored it first), or named among the blocks of its revocation's record
+// as the cache read it from the Store. A block notice alone proves
+// nothing (anyone who can PUBLISH on the channel can send one, naming a
+// revocation that never was): written back, it would block the workload
+// on every instance for good. Takes recMu.
+func (c *RevocationCache) backedLocked(b Block) bool {
+	if lb, ok := c.lostBlocks[b.Workload]; ok && lb.b == b {
+		return !lb.here
+	}
+	h, ok := c.heard[b.Workload]
+	if !ok || h.rid != b.RevocationID || h.own {
+		return true // not a notice's (see heard), or this instance's own
+	}
+	c.recMu.Lock()
+	e, ok := c.revs[b.RevocationID]
+	c.recMu.Unlock()
+	if !ok {
+		return false
+	}
+	r, err := e.r.revocation()
+	return err == nil && slices.Contains(r.Blocks, b.Workload)
 }
 
 // noteRecords keeps revs, read by listing gen, among the records to write
@@ -4312,7 +4381,7 @@ func (s *cachedStore) DeleteBlock(ctx context.Context, workload, revocationID st
 
 // Publish applies n here, then announces it through the cache's Notifier.
 func (s *cachedStore) Publish(ctx context.Context, n Notice) error {
-	s.c.Apply(n)
+	s.c.apply(n, true)
 	if s.c.o.Notifier == nil {
 		return nil
 	}

@@ -241,7 +241,13 @@ func TestRevocationCacheKeepsAnnouncedBlockTheStoreLost(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		f.c.Apply(broker.Notice{RevocationID: x.id, Blocked: []string{x.w}})
+		// Announced by this instance (its Revoke stored them): a block
+		// another instance announced, whose record this one has not read,
+		// is kept here but not written back (see
+		// TestRevocationCacheForgedBlockNoticeWritesNoBlock).
+		if err := f.c.Store().(broker.Notifier).Publish(f.ctx, broker.Notice{RevocationID: x.id, Blocked: []string{x.w}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f.st.swap(replica) // the failover
 	f.advance(time.Second)
@@ -794,5 +800,99 @@ func TestRevocationCacheForgedBlockNoticeReadsNoWindow(t *testing.T) {
 	}
 	if n := gets.Load(); n > 10 {
 		t.Errorf("GetRevocation calls after one forged block notice = %d, want a few (not the Window's 52 records)", n)
+	}
+}
+
+// TestRevocationCacheForgedBlockNoticeWritesNoBlock: a block notice naming
+// a revocation that never was (anyone who can PUBLISH on the channel can
+// send one) looks like an announced block lost with its revocation. The
+// cache keeps refusing the workload here (fail closed), but writes no
+// block into the Store: a notice alone proves none, and a written block
+// would refuse the workload on every instance for good. Nor when the
+// Store then really loses its data (its version going back): the blocks
+// it had read from the Store (w1, w2) are written back, the notice's
+// (wy) is not. A block another instance announced, whose record this one
+// never read (wz, rev_z, really made: then lost), is kept here only too;
+// the instance that made it writes it back (see
+// TestRevocationCacheKeepsAnnouncedBlockTheStoreLost). (It wrote the
+// forged blocks back.)
+func TestRevocationCacheForgedBlockNoticeWritesNoBlock(t *testing.T) {
+	f := newLossFixture(t)
+	f.c.Apply(broker.Notice{RevocationID: "rev_forged", Blocked: []string{"wx"}})
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := f.st.GetBlock(f.ctx, "wx"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetBlock(wx) = %+v, %v after a forged block notice; want not found (nothing written)", b, err)
+	}
+	if !f.c.Blocked("wx") {
+		t.Errorf("Blocked(wx) = false; want it refused here (fail closed)")
+	}
+	// An unblock (its notice) lifts it here.
+	f.c.Apply(broker.Notice{RevocationID: "rev_forged", Unblocked: []string{"wx"}})
+	if f.c.Blocked("wx") {
+		t.Errorf("Blocked(wx) = true after its unblock notice; want lifted")
+	}
+
+	// Then the Store loses its data, a forged notice and another
+	// instance's (of a block then lost with its record) applied just
+	// before the refresh that sees it.
+	rz := &broker.Revocation{ID: "rev_z", Selector: broker.RevokeSelector{Workload: "wz"}, Reason: "INC", Block: true, CreatedAt: f.clock(),
+		Revoked: []string{}, Failed: []broker.RevokeFailure{}, Blocks: []string{"wz"}}
+	if err := f.st.PutRevocation(f.ctx, rz); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "wz", Reason: "INC", RevocationID: "rev_z", CreatedAt: f.clock()}); err != nil {
+		t.Fatal(err)
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_z", Blocked: []string{"wz"}})
+	f.c.Apply(broker.Notice{RevocationID: "rev_forged2", Blocked: []string{"wy"}})
+	empty := memstore.New(f.clock)
+	f.st.swap(empty)
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.c.StoreLosses(); n < 1 {
+		t.Errorf("StoreLosses() = %d, want the loss seen", n)
+	}
+	for _, w := range []string{"w1", "w2"} {
+		if _, err := empty.GetBlock(f.ctx, w); err != nil {
+			t.Errorf("Store GetBlock(%s) = %v; want the block read from the store written back", w, err)
+		}
+	}
+	for _, w := range []string{"wy", "wz"} {
+		if b, err := empty.GetBlock(f.ctx, w); !errors.Is(err, broker.ErrNotFound) {
+			t.Errorf("Store GetBlock(%s) = %+v, %v; want not found (learned from a notice alone)", w, b, err)
+		}
+		if !f.c.Blocked(w) {
+			t.Errorf("Blocked(%s) = false; want it refused here", w)
+		}
+	}
+	if l := f.logged(); !strings.Contains(l, "blocks_kept_here_only=2") {
+		t.Errorf("logs = %q, want the loss's ERROR to count the blocks kept here only", l)
+	}
+	// Kept here for the Window (as the revoked ids notices name), then
+	// dropped: forged notices do not grow the set for good.
+	f.advance(25 * time.Hour)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"wy", "wz"} {
+		if f.c.Blocked(w) {
+			t.Errorf("Blocked(%s) = true a Window after its notice; want dropped", w)
+		}
+	}
+	for _, w := range []string{"w1", "w2"} {
+		if !f.c.Blocked(w) {
+			t.Errorf("Blocked(%s) = false; want the written-back block standing", w)
+		}
 	}
 }
