@@ -2948,6 +2948,9 @@ type RevocationCache struct {
 	lostBlocks map[string]lostBlock
 	listGen    uint64
 	losses     atomic.Uint64
+	// backDone is the most StoreLosses LossesWrittenBack saw with nothing
+	// left to write back.
+	backDone atomic.Uint64
 	// dropped counts the kept revocation records that did not decode when
 	// restoreLost came to write them back (WriteBackDropped).
 	dropped atomic.Uint64
@@ -3423,6 +3426,43 @@ func (c *RevocationCache) Refresh(ctx context.Context) error {
 // revocation change number going back, or a block announced to it missing
 // from the Store with its revocation (keytrail_store_data_losses_total).
 func (c *RevocationCache) StoreLosses() uint64 { return c.losses.Load() }
+
+// LossesWrittenBack is how many of the losses StoreLosses counts the
+// cache has finished writing back after (restoreLost): the count at the
+// last call that found nothing left to write, nor being written, of what
+// the cache queued (blocks kept here only, see heard, are not written).
+// What puts the store's deployment id back after a loss waits for it:
+// with the id back, an instance started later takes the store for the one
+// it knew, so that id must not come back before the blocks and records.
+// A write-back that keeps failing holds it back.
+func (c *RevocationCache) LossesWrittenBack() uint64 {
+	n := c.losses.Load() // before the check: its queue is complete (see readChanges)
+	if !c.writingBack() {
+		for {
+			d := c.backDone.Load()
+			if d >= n || c.backDone.CompareAndSwap(d, n) {
+				break
+			}
+		}
+	}
+	return c.backDone.Load()
+}
+
+// writingBack reports whether a block or a revocation record queued to be
+// written back is not yet written (being written included).
+func (c *RevocationCache) writingBack() bool {
+	c.mu.RLock()
+	for _, lb := range c.lostBlocks {
+		if lb.restored == 0 && !lb.here {
+			c.mu.RUnlock()
+			return true
+		}
+	}
+	c.mu.RUnlock()
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	return len(c.lostRevs) > 0
+}
 
 // WriteBackDropped is how many revocation records the cache kept to write
 // back after a data loss that it could not decode, and so dropped from

@@ -482,7 +482,10 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 	}
 	rt.goBackground(ctx, cache.Run)
 	if rt.keepStoreID != nil {
-		rt.keepStoreID(ctx, cache.StoreLosses)
+		// The id goes back once the blocks and records are written back,
+		// not at the loss: an instance dying in between leaves the store
+		// without it, so that the next start reports the loss.
+		rt.keepStoreID(ctx, cache.LossesWrittenBack)
 	}
 	return cache.Store(), nil
 }
