@@ -177,20 +177,33 @@ func (w *workloadFlags) brokerAddrFrom(e *env) (addr, src string) {
 // a connection to the broker at addr that failed says that address and the
 // cause, without the Go error's request, operation and resolved address.
 func retryReason(err error, addr string) string {
+	addr = brokerShown(addr)
 	var be *client.Error
 	if errors.As(err, &be) {
 		if be.NotBroker {
-			return fmt.Sprintf("something in front of the broker at %s (not the broker: its answer has no X-Request-Id) answered %d %s", strings.TrimRight(strings.TrimSpace(addr), "/"), be.Status, http.StatusText(be.Status))
+			return fmt.Sprintf("something in front of the broker at %s (not the broker: its answer has no X-Request-Id) answered %d %s", addr, be.Status, http.StatusText(be.Status))
 		}
 		if be.Code != "" {
 			return fmt.Sprintf("broker answered %d %s", be.Status, be.Code)
 		}
 		return fmt.Sprintf("broker answered %d", be.Status)
 	}
-	if why := connectionFailure(err, strings.TrimRight(strings.TrimSpace(addr), "/")); why != "" {
+	if why := connectionFailure(err, addr); why != "" {
 		return why
 	}
 	return err.Error()
+}
+
+// brokerShown is the broker address addr (accepted by client.CheckAddr)
+// as fetch's and exec's failures name it: scheme://host[:port] only, as
+// broker/client's errors do. Its path may hold a token pasted into it, and
+// these messages go to stderr (CI logs).
+func brokerShown(addr string) string {
+	addr = strings.TrimRight(strings.TrimSpace(addr), "/")
+	if u, err := url.Parse(addr); err == nil && u.Host != "" {
+		return (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
+	}
+	return addr
 }
 
 // workloadTransport is the transport fetch and exec reach the broker with:
@@ -563,19 +576,23 @@ func permanentError(grant string, id client.IdentitySource, err error, addr stri
 	var be *client.Error
 	var ie *client.IdentityError
 	var refused *client.ProxyError
+	// The broker named by its scheme and host only (brokerShown), except
+	// where the address to use instead is said (plainHTTPFailure,
+	// httpsPortFailure).
+	shown := brokerShown(addr)
 	switch {
 	case errors.As(err, &refused):
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, proxyRefusal(refused, addr), proxyRefusalHint(refused, addr))}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, proxyRefusal(refused, shown), proxyRefusalHint(refused, shown))}
 	case client.IsCertificateError(err):
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, addr))}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, certificateFailure(err, shown))}
 	case client.IsClientCertificateRefused(err):
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, clientCertificateFailure(err, addr))}
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, clientCertificateFailure(err, shown))}
 	case client.IsPlainHTTPAnswer(err):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, plainHTTPFailure(err, addr))}
 	case errors.Is(err, client.ErrHTTPSPort):
 		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s", grant, httpsPortFailure(addr))}
-	case socksFailure(err, addr) != "":
-		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, socksFailure(err, addr), socksHint(err))}
+	case socksFailure(err, shown) != "":
+		return exitError{code: exitPermanent, msg: fmt.Sprintf("%s: %s: %s", grant, socksFailure(err, shown), socksHint(err))}
 	case errors.As(err, &be) && be.Code == client.CodeInvalidGrant:
 		fix := "check the token " + id.Describe() + ", its audience (" + client.DefaultAudience + ") and expiry"
 		if _, gh := id.(*client.GitHubActionsIdentity); gh {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -1203,5 +1204,54 @@ func TestExecOutputFlags(t *testing.T) {
 		if strings.Contains(line, "--out string") && strings.Contains(line, "stdout") {
 			t.Errorf("exec --help offers --out - (stdout), which exec refuses: %s", line)
 		}
+	}
+}
+
+// TestBrokerFailureShowsNoAddressPath: broker/client's transport errors
+// show the broker address's scheme and host only (a token pasted into its
+// path would otherwise be printed, to CI logs), but fetch and exec said
+// the failure in their own words with the address as given, path and all:
+// "cannot reach the broker at http://H/PATH: connection refused", and a
+// certificate that does not verify as "... of the broker at https://H/PATH".
+// They show its scheme and host only now.
+func TestBrokerFailureShowsNoAddressPath(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "identity")
+	if err := os.WriteFile(tokenFile, []byte("identity.jwt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id := client.FileIdentity{Path: tokenFile}
+	exchange := func(addr string) error {
+		t.Helper()
+		cl, err := client.New(client.Options{Addr: addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = cl.Exchange(context.Background(), "g", client.ExchangeOptions{Identity: id})
+		if err == nil {
+			t.Fatalf("Exchange with %s succeeded", addr)
+		}
+		return err
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	addr := closed + "/PATH-MARKER-s3cr3t/"
+	got := retryReason(exchange(addr), addr)
+	if want := "cannot reach the broker at " + closed + ": connection refused"; got != want {
+		t.Errorf("retryReason (connection refused) = %q, want %q", got, want)
+	}
+
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake refused below
+	srv.StartTLS()                                   // its certificate is not trusted
+	defer srv.Close()
+	addr = srv.URL + "/PATH-MARKER-s3cr3t"
+	perr := permanentError("g", id, exchange(addr), addr)
+	if msg := perr.Error(); strings.Contains(msg, "MARKER") || !strings.Contains(msg, "the broker at "+srv.URL+":") {
+		t.Errorf("permanentError (certificate) = %q, want the broker named as %s, without the address's path", msg, srv.URL)
 	}
 }
