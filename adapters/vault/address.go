@@ -3,23 +3,26 @@ package vault
 import (
 	"errors"
 	"net/url"
+	"path"
 	"regexp"
 	"strings"
 
 	vaultapi "github.com/hashicorp/vault/api"
 )
 
-// DisplayAddress is a Vault address (or any URL) as messages, logs and
-// /readyz show it: scheme://host:port/path, without user info (basic auth
-// for a front proxy: the name may be a token as much as the password), query
-// or fragment. An address that does not parse is shown as "(unparsable
-// address)", since its text may hold either.
+// DisplayAddress is a Vault address (or any URL) as messages and logs show
+// it: scheme://host[:port] only, as broker/client shows the broker's
+// address. Its user info (basic auth for a front proxy: the name may be a
+// token as much as the password), path (a token pasted into it), query and
+// fragment may hold a secret, and messages go to stderr (CI logs). An
+// address that does not parse is shown as "(unparsable address)", since its
+// text may hold any of them.
 func DisplayAddress(addr string) string {
 	u, err := url.Parse(addr)
 	if err != nil {
 		return "(unparsable address)"
 	}
-	bare := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	bare := url.URL{Scheme: u.Scheme, Host: u.Host}
 	return bare.String()
 }
 
@@ -39,7 +42,9 @@ var maskedUserinfoInURL = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.\-]*://)[^\s"
 // (the configured Vault address) is removed wherever it appears in the text
 // (whole, as it was written, with the password masked as url.URL.Redacted
 // and net/http mask it, or the name alone), and so is any other
-// "scheme://...@". The result still unwraps to err (errors.Is and errors.As
+// "scheme://...@". The path of addrs (a token may be pasted into it) is
+// removed from the request URLs that quote it, as DisplayAddress leaves it
+// out too. The result still unwraps to err (errors.Is and errors.As
 // see what they saw), so retry decisions are unchanged; err itself is
 // returned when its text has nothing to hide.
 func HideUserinfo(err error, addrs ...string) error {
@@ -47,7 +52,7 @@ func HideUserinfo(err error, addrs ...string) error {
 		return nil
 	}
 	msg := err.Error()
-	hidden := hideUserinfoText(msg, userinfoURLs(err, addrs)...)
+	hidden := hideAddressPaths(hideUserinfoText(msg, userinfoURLs(err, addrs)...), addrs...)
 	if hidden == msg {
 		return err
 	}
@@ -78,6 +83,35 @@ func hideUserinfoText(msg string, urls ...string) string {
 	}
 	msg = maskedUserinfoInURL.ReplaceAllString(msg, "$1")
 	return userinfoInURL.ReplaceAllString(msg, "$1")
+}
+
+// hideAddressPaths removes from msg (its user info already removed) the
+// path of each of addrs (the configured Vault address: a token may be
+// pasted into it) where a request URL of a client at that address shows
+// it, "//host/PATH/v1/...", leaving "//host/v1/...".
+func hideAddressPaths(msg string, addrs ...string) string {
+	for _, raw := range addrs {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			continue
+		}
+		cleaned := path.Clean("/" + u.Path)
+		if cleaned == "/" {
+			continue
+		}
+		forms := []string{
+			strings.TrimRight(u.EscapedPath(), "/"),
+			(&url.URL{Path: cleaned}).EscapedPath(),
+			strings.TrimRight(u.Path, "/"),
+			cleaned,
+		}
+		for _, p := range forms {
+			if p != "" && p != "/" {
+				msg = strings.ReplaceAll(msg, "//"+u.Host+p+"/", "//"+u.Host+"/")
+			}
+		}
+	}
+	return msg
 }
 
 // userinfoForms lists the texts under which raw's user info may appear in

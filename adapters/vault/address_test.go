@@ -34,12 +34,13 @@ func leaksUserinfo(s string) bool {
 }
 
 // TestDisplayAddressLeavesOutUserinfo: the address as messages show it has
-// no user info, query or fragment.
+// no user info, path (it kept the path, where a token may be pasted), query
+// or fragment: its scheme and host only.
 func TestDisplayAddressLeavesOutUserinfo(t *testing.T) {
 	t.Parallel()
 	for _, c := range userinfoCases {
-		got := DisplayAddress("https://" + c.userinfo + "@vault.internal:8200/prefix?token=" + secretMarker + "#" + secretMarker)
-		if want := "https://vault.internal:8200/prefix"; got != want {
+		got := DisplayAddress("https://" + c.userinfo + "@vault.internal:8200/" + secretMarker + "?token=" + secretMarker + "#" + secretMarker)
+		if want := "https://vault.internal:8200"; got != want {
 			t.Errorf("%s: DisplayAddress = %q, want %q", c.name, got, want)
 		}
 	}
@@ -124,5 +125,41 @@ func TestHideUserinfoKeepsOtherErrors(t *testing.T) {
 	err := errors.New(`Get "http://127.0.0.1:8200/v1/sys/health": dial tcp: connection refused`)
 	if got := HideUserinfo(err, "http://127.0.0.1:8200"); got != err {
 		t.Errorf("HideUserinfo = %v, want err itself", got)
+	}
+}
+
+// TestHideUserinfoHidesAddressPath: a vault.address with a path (a token
+// pasted into it) was quoted whole by the Vault client's errors, in the
+// request URL ('Get "http://host/PATH/v1/sys/health"'). HideUserinfo given
+// the address now leaves its path out of the text, the request (/v1/...)
+// still named, and the error still unwraps to the refused connection.
+func TestHideUserinfoHidesAddressPath(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	for _, p := range []string{"/" + secretMarker, "/" + secretMarker + "/", "/a/" + secretMarker + "%2Fx", "/a//" + secretMarker + "/./b"} {
+		addr := "http://" + userMarker + "@" + closed + p
+		vc, err := NewClient(ClientOptions{Address: addr, Token: brokerToken, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("%s: NewClient: %v", p, err)
+		}
+		healthErr := Health(context.Background(), vc)
+		if healthErr == nil {
+			t.Fatalf("%s: Health of a closed port = nil error", p)
+		}
+		got := HideUserinfo(healthErr, addr)
+		if leaksUserinfo(got.Error()) {
+			t.Errorf("%s: HideUserinfo = %q, quotes the address's path or user info", p, got)
+		}
+		if want := "//" + closed + "/v1/sys/health"; !strings.Contains(got.Error(), want) {
+			t.Errorf("%s: HideUserinfo = %q, want the request named as %q", p, got, want)
+		}
+		if !errors.Is(got, syscall.ECONNREFUSED) {
+			t.Errorf("%s: HideUserinfo = %v, no longer unwraps to the refused connection", p, got)
+		}
 	}
 }

@@ -68,13 +68,19 @@ func jwksIsURL(src string) bool {
 
 // jwksShown is a --jwks source as errors show it: a file as given, a URL
 // without its user info (basic auth for a front proxy: the name may be a
-// token as much as the password), query or fragment, as the Vault address
-// is shown (vaultad.DisplayAddress).
+// token as much as the password), query or fragment. Its path is kept (it
+// tells the sources of one host apart), unlike the Vault address's
+// (vaultad.DisplayAddress); one that does not parse is shown as
+// "(unparsable address)", since its text may hold any of them.
 func jwksShown(src string) string {
 	if !jwksIsURL(src) {
 		return src
 	}
-	return vaultad.DisplayAddress(src)
+	u, err := url.Parse(src)
+	if err != nil {
+		return "(unparsable address)"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}).String()
 }
 
 // readJWKS reads at most maxJWKSBytes from a URL (https, or http to a

@@ -239,3 +239,36 @@ func TestServerVaultTokenTwice(t *testing.T) {
 		})
 	}
 }
+
+// TestServerVaultNotRunningHidesAddressPath: a vault.address with a path (a
+// token pasted into it) was quoted whole in the "is Vault running at ...?"
+// hint and in the client's request URL before it. The hint now names the
+// address's scheme and host only, as broker/client names the broker's, and
+// the client's error names the request without the address's path.
+func TestServerVaultNotRunningHidesAddressPath(t *testing.T) {
+	addrs := closedLoopbackAddrs(t, 2) // distinct: both bound at once
+	hostPort, listen := addrs[0], addrs[1]
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", "version: 1\n")
+	cfg := writeFile(t, dir, "config.yaml", "listen: "+listen+"\npublic_url: http://"+listen+
+		"\npolicy: "+pol+"\naudit: {file: "+dir+"/audit.jsonl}\nvault: {address: \"http://"+hostPort+"/PATH-MARKER-8/\"}\n")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errb strings.Builder
+	err := run(ctx, []string{"server", "--config", cfg}, func(k string) string {
+		return map[string]string{"VAULT_TOKEN": "hvs.x", "KEYTRAIL_RECONCILE": "off"}[k]
+	}, &out, &errb)
+	if err == nil {
+		t.Fatal("server started with no Vault at its address")
+	}
+	if all := err.Error() + out.String() + errb.String(); strings.Contains(all, "PATH-MARKER") {
+		t.Errorf("the Vault address's path is quoted: %q (stderr %q)", err, errb.String())
+	}
+	want := "is Vault running at http://" + hostPort + " (from vault.address in " + cfg + ", line 5)?"
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("server = %q, want it to ask %q", err, want)
+	}
+	if !strings.Contains(err.Error(), "//"+hostPort+"/v1/") || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("server = %q, want the client's refused request to %s", err, hostPort)
+	}
+}
