@@ -124,7 +124,7 @@ func Load(p string) (*Policy, error) {
 		return nil, joinProblems(misnamed)
 	}
 	if len(files) == 0 {
-		return nil, fmt.Errorf("policies: %s: no *.yaml or *.yml files in directory", p)
+		return nil, noPolicyFiles(p)
 	}
 	return build(files)
 }
@@ -180,7 +180,7 @@ func LoadFS(fsys fs.FS, dir string) (*Policy, error) {
 		return nil, joinProblems(misnamed)
 	}
 	if len(files) == 0 {
-		return nil, fmt.Errorf("policies: %s: no *.yaml or *.yml files in directory", dir)
+		return nil, noPolicyFiles(dir)
 	}
 	return build(files)
 }
@@ -417,16 +417,17 @@ func readRegular(f fs.File, name string) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", Printable(name), MaxFileSize)
+		return nil, &namedFileError{fmt.Sprintf("%s: larger than %d bytes", Printable(name), MaxFileSize)}
 	}
 	return data, nil
 }
 
-// notRegularError is the error of a path that is not a regular file
-// (notRegular): it names the path and what it is already.
-type notRegularError struct{ msg string }
+// namedFileError is the error of a file refused for what it is, not for
+// what the system said: not a regular file (notRegular), or larger than
+// MaxFileSize. It names the path already.
+type namedFileError struct{ msg string }
 
-func (e *notRegularError) Error() string { return e.msg }
+func (e *namedFileError) Error() string { return e.msg }
 
 // notRegular is the error of a path that names m, not a regular file; the
 // path quoted when not printable (a ca_file's, a policy file's: problems
@@ -434,20 +435,29 @@ func (e *notRegularError) Error() string { return e.msg }
 func notRegular(name string, m fs.FileMode) error {
 	what := modeKind(m)
 	if what == "" {
-		return &notRegularError{Printable(name) + ": not a regular file"}
+		return &namedFileError{Printable(name) + ": not a regular file"}
 	}
-	return &notRegularError{Printable(name) + ": is " + what + ", not a regular file"}
+	return &namedFileError{Printable(name) + ": is " + what + ", not a regular file"}
 }
 
 // readError is Load's and LoadFS's error for a policy file that could not
-// be read: one that is not a regular file as ReadFile says it ("P: is a
-// named pipe, not a regular file"), as the config file and the files it
-// names are refused, without the "policies: " prefix of the others.
+// be read: one refused for what it is as ReadFile says it ("P: is a named
+// pipe, not a regular file", "P: larger than N bytes"), as the config file
+// and the files it names are refused; the system's errors (which name the
+// file too) with the "policies: " prefix, as the config file's have
+// "config: ".
 func readError(err error) error {
-	if _, ok := errors.AsType[*notRegularError](err); ok {
+	if _, ok := errors.AsType[*namedFileError](err); ok {
 		return err
 	}
 	return fmt.Errorf("policies: %w", err)
+}
+
+// noPolicyFiles is Load's and LoadFS's error for a directory with no policy
+// file, naming it as a file refused for what it is is named (quoted when
+// not printable: problems are one per line).
+func noPolicyFiles(dir string) error {
+	return &namedFileError{Printable(dir) + ": no *.yaml or *.yml files in directory"}
 }
 
 // NotRegular is the error of a path that names m, not a regular file
