@@ -66,3 +66,55 @@ grants:
 		})
 	}
 }
+
+// TestPolicyExplainUnverifiedSubjectShape: the server refuses a token with
+// no sub, or an empty one (missing_subject), and one whose sub or jti is
+// not a string (malformed), whatever matches it; --unverified skipped both
+// checks and explained such a token as "grant g: ALLOWED", exit 0, for a
+// workload whose subject_pattern is ".*".
+func TestPolicyExplainUnverifiedSubjectShape(t *testing.T) {
+	iss := explainIssuer(t, "ES256")
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject_pattern: ".*", claims: {repo: r}}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	for _, tt := range []struct {
+		name   string
+		claims jwt.MapClaims
+		want   string
+	}{
+		{name: "ok", claims: jwt.MapClaims{"sub": "s"}, want: "grant g: ALLOWED"},
+		{name: "no-sub", claims: jwt.MapClaims{}, want: "missing_subject"},
+		{name: "empty-sub", claims: jwt.MapClaims{"sub": ""}, want: "missing_subject"},
+		{name: "number-sub", claims: jwt.MapClaims{"sub": 42}, want: "malformed"},
+		{name: "null-sub", claims: jwt.MapClaims{"sub": nil}, want: "malformed"},
+		{name: "array-sub", claims: jwt.MapClaims{"sub": []string{"s"}}, want: "malformed"},
+		{name: "number-jti", claims: jwt.MapClaims{"sub": "s", "jti": 7}, want: "malformed"},
+		{name: "number-jti-no-sub", claims: jwt.MapClaims{"jti": 7}, want: "malformed"},
+	} {
+		claims := jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "repo": "r", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		for k, v := range tt.claims {
+			claims[k] = v
+		}
+		tok, err := iss.Sign(claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, tt.name, tok)
+		ok := tt.name == "ok"
+		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
+			if (err == nil) != ok || !strings.Contains(out, tt.want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, ok, tt.want, out)
+			}
+			if !ok && strings.Contains(out, "ALLOWED") {
+				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
+			}
+		})
+	}
+}
