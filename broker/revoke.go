@@ -3665,6 +3665,12 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		version, err = c.st.RevocationVersion(ctx)
 	}
 	back = err == nil && loaded && version < prev
+	if back {
+		// The loss may have come between the listing and the version's
+		// read: the listing is then the data from before it, holding the
+		// blocks lost. Listed again, after the read that saw the loss.
+		blocks, err = c.st.ListBlocks(ctx)
+	}
 	// The blocks announced before this listing started that it lacks,
 	// whose revocation the Store does not hold: lost (see unlisted).
 	var gone, lifted map[string]string
