@@ -91,6 +91,9 @@ type env struct {
 	exit func(code int)
 	// startupCloseGrace, when set, stands for startupCloseGrace (tests).
 	startupCloseGrace time.Duration
+	// shutdownCloseGrace, when set, stands for shutdownCloseGrace's
+	// (tests).
+	shutdownCloseGrace time.Duration
 	// listening, when set, is called with the server's listener once
 	// bound, before the start-up wires anything (tests: a listener that
 	// fails while serving).

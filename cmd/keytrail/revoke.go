@@ -522,7 +522,12 @@ func (rt *brokerRuntime) goBackground(ctx context.Context, fn func(context.Conte
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	donec := make(chan struct{})
 	go func() { defer close(donec); _ = fn(bctx) }()
-	rt.closers = append(rt.closers, func() error { stop(); <-donec; return nil })
+	rt.closers = append(rt.closers, func() error {
+		rt.closing("the background loops to stop (policy reloads, revocation worker, reconciler, key refresh)")
+		stop()
+		<-donec
+		return nil
+	})
 	return stop, donec
 }
 

@@ -65,7 +65,11 @@ from the first signal on, no reload starts (SIGHUP and file changes are
 logged).
 A start-up not serving within startup_timeout (5m; 0: none) logs an ERROR
 naming what it waited for and exits 1; one whose close then hangs (a hung
-audit disk), or a failed start-up's, exits 30s later.
+audit disk), or a failed start-up's, exits 30s later, plus up to 10s to
+stop its AppRole or Kubernetes login's renewals and revoke its token
+(also before a second signal's exit). The close after serving is bounded
+too: past 2 x the mint timeout + 42s (52s by default) an ERROR names the
+step it waits for and the process exits 1, its login's token left valid.
 The exit status is 0 after a clean shutdown, 1 when start-up fails, when
 requests were still in flight after shutdown_timeout, or when closing failed
 (e.g. the audit log's final signed checkpoint could not be written),
@@ -151,10 +155,16 @@ type brokerRuntime struct {
 	shuttingDown atomic.Bool
 	// now is the clock of key retirement (keys); nil means time.Now.
 	now func() time.Time
-	// served is set when the listener starts serving (runServer's
-	// goroutine, as the closers): a start-up that failed before revokes
-	// the Vault token it logged in for.
-	served bool
+	// phase is phaseStarting until the listener serves the broker's
+	// routes (phaseServed) or an unserved login's token is being revoked
+	// (phaseRevoking: the routes are never served then): a start-up that
+	// failed, or a process that exits before serving, revokes the Vault
+	// token it logged in for (revokeUnservedLogin); one that served does
+	// not.
+	phase atomic.Int32
+	// stopCause names why an unserved start-up ends (the first one set
+	// wins): revokeLoginToken's log lines say it.
+	stopCause atomic.Pointer[string]
 	// tokenHealth answers /readyz's check of the broker's Vault token,
 	// keeping a success for a second (one lookup-self per second, however
 	// many probes).
@@ -162,14 +172,47 @@ type brokerRuntime struct {
 	// step is what the start-up waits for now (waiting, startStep).
 	step atomic.Pointer[string]
 	// revokeUnserved, set once an AppRole or Kubernetes login succeeded,
-	// revokes that login's token, once (revokeLoginToken): the failed
-	// start-up's closer calls it, and so does watchStartup's hard exit,
-	// which does not wait for the closers (a sink.Close on a hung audit
-	// disk) and would otherwise leave the token valid for its TTL.
+	// revokes that login's token, once (revokeLoginToken), through
+	// revokeUnservedLogin: the failed start-up's closer calls it, and so
+	// do the hard exits (exitIfNotReturned) and a second signal's, which
+	// do not wait for the closers (a sink.Close on a hung audit disk) and
+	// would otherwise leave the token valid for its TTL.
 	revokeUnserved atomic.Pointer[func()]
+	// closeAt is the step the close waits for (closing, closeStep).
+	closeAt atomic.Pointer[string]
+	// sinkClosed is set once the audit sink's Close returned.
+	sinkClosed atomic.Bool
 	// loginRun is the login's renewal and re-login loop (login.Run),
 	// stopped before revokeLoginToken revokes its token.
 	loginRun atomic.Pointer[loginLoop]
+}
+
+// The phases of brokerRuntime.phase.
+const (
+	phaseStarting int32 = iota
+	phaseServed
+	phaseRevoking
+)
+
+// setStopCause records why an unserved start-up ends, unless a cause was
+// recorded already.
+func (rt *brokerRuntime) setStopCause(cause string) { rt.stopCause.CompareAndSwap(nil, &cause) }
+
+// revokeUnservedLogin revokes an AppRole or Kubernetes login's token
+// (revokeUnserved, once; bounded, revokeLoginToken) unless the broker
+// served with it: credentials minted without an orphan token_role, and
+// the leases of a pki role with generate_lease, are its children, which
+// its revocation would revoke too. Once it begins, the routes are never
+// served (phase).
+func (rt *brokerRuntime) revokeUnservedLogin() {
+	revoke := rt.revokeUnserved.Load()
+	if revoke == nil {
+		return
+	}
+	if !rt.phase.CompareAndSwap(phaseStarting, phaseRevoking) && rt.phase.Load() != phaseRevoking {
+		return
+	}
+	(*revoke)()
 }
 
 // loginLoop is a running login.Run: stop ends it, done is closed once it
@@ -276,11 +319,16 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// for a hung audit disk does not notice ctx), the drain, the shutdown
 	// and the close of the runtime, of a failed start-up included (the
 	// deferred rt.close below runs while this watches).
-	returned, watcherDone := make(chan struct{}), make(chan struct{})
-	var bound sync.WaitGroup // a failed start-up's exitIfNotReturned
-	defer func() { close(returned); <-watcherDone; bound.Wait() }()
-	go exitOnSecondSignal(ctx, e, log, returned, watcherDone)
+	// A login token nothing was served with is revoked (bounded) before
+	// that exit.
 	rt := &brokerRuntime{cfg: cfg, log: log}
+	returned, watcherDone := make(chan struct{}), make(chan struct{})
+	var bound sync.WaitGroup // a failed start-up's or the close's exitIfNotReturned
+	defer func() { close(returned); <-watcherDone; bound.Wait() }()
+	go exitOnSecondSignal(ctx, e, log, returned, watcherDone, func() {
+		rt.setStopCause("start-up stopped by SIGINT/SIGTERM")
+		rt.revokeUnservedLogin()
+	})
 	defer rt.close()
 	// startup_timeout: a start-up that never ends (Vault or Redis that
 	// never answer, a hung audit disk) is stopped, so a supervisor
@@ -299,11 +347,18 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		// closers below run as for any failed start-up: the sink, its
 		// adopted lines unsigned unless the start event recorded them.
 		if deadline.signalled {
+			rt.setStopCause("start-up stopped by SIGINT/SIGTERM")
 			return errors.Join(fmt.Errorf("start-up stopped by SIGINT/SIGTERM: still waiting for %s at startup_timeout (%s)", deadline.waitingFor, startupTimeout), err)
 		}
+		rt.setStopCause("start-up stopped by startup_timeout")
 		return errors.Join(fmt.Errorf("start-up did not finish within startup_timeout (%s): waiting for %s", startupTimeout, deadline.waitingFor), err)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			rt.setStopCause("start-up stopped by SIGINT/SIGTERM")
+		} else {
+			rt.setStopCause("start-up failed")
+		}
 		// A failed start-up's close (the deferred rt.close) is bounded as
 		// the deadline's is: one that hangs (a sink.Close on a hung audit
 		// disk) exits startupCloseGrace later, its login token revoked
@@ -313,7 +368,7 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 		bound.Add(1)
 		go func() {
 			defer bound.Done()
-			rt.exitIfNotReturned(e, "start-up failed and", returned, func() slog.Attr { return failed })
+			rt.exitIfNotReturned(e, "start-up failed and", startupGrace(e), returned, func() slog.Attr { return failed })
 		}()
 		return err
 	}
@@ -330,8 +385,12 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	select {
 	case serveErr = <-errc:
 	default:
+		if !rt.phase.CompareAndSwap(phaseStarting, phaseServed) {
+			// A second signal revokes the login's token before it
+			// exits: nothing is served with it.
+			break
+		}
 		routes := rt.api.Routes()
-		rt.served = true
 		handler.Store(&routes)
 		log.Info("keytrail serving", slog.String("listen", ln.Addr().String()), slog.String("public_url", cfg.PublicURL),
 			slog.String("policy_hash", rt.state.Load().pol.Hash()), slog.Bool("redis", cfg.Store.Shared()))
@@ -418,6 +477,31 @@ func runServer(ctx context.Context, e *env, cfg *Config, ready func(addr string)
 	// deferred close is then a no-op); a second signal still exits at
 	// once. A failure is the exit status: every acknowledged event was
 	// durable already, but the last lines lack their signed checkpoint.
+	// The close is bounded (a sink.Close on a hung audit disk, with no
+	// second signal to come): a broker whose Serve failed before it
+	// served exits startupCloseGrace later as a failed start-up does,
+	// its login's token revoked first; one that served exits
+	// shutdownCloseGrace later, its ERROR naming the closing step, its
+	// login's token left valid (credentials and leases hang off it).
+	served := rt.phase.Load() == phaseServed
+	var failed slog.Attr
+	if !served {
+		rt.setStopCause("serving failed before it began")
+		failed = slog.String("error", "second signal: not served")
+		if serveErr != nil {
+			failed = slog.String("error", serveErr.Error())
+		}
+	}
+	closeGrace := shutdownCloseGrace(cfg, e)
+	bound.Add(1)
+	go func() {
+		defer bound.Done()
+		if served {
+			rt.exitIfNotReturned(e, "the shutdown's close", closeGrace, returned, func() slog.Attr { return slog.String("waiting_for", rt.closeStep()) })
+			return
+		}
+		rt.exitIfNotReturned(e, "serving failed before it began and its close", startupGrace(e), returned, func() slog.Attr { return failed })
+	}()
 	return errors.Join(serveErr, incomplete, rt.close())
 }
 
@@ -503,9 +587,10 @@ func (f *inFlight) wait(d time.Duration) int {
 }
 
 // exitOnSecondSignal waits for ctx to end (the first SIGINT/SIGTERM: main's
-// signal.NotifyContext), then exits at once (status 1) on the next one,
-// until returned is closed; it closes done when it ends.
-func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned <-chan struct{}, done chan<- struct{}) {
+// signal.NotifyContext), then exits (status 1) on the next one, until
+// returned is closed, once beforeExit (bounded) returned; it closes done
+// when it ends.
+func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned <-chan struct{}, done chan<- struct{}, beforeExit func()) {
 	defer close(done)
 	select {
 	case <-ctx.Done():
@@ -518,6 +603,7 @@ func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned 
 	select {
 	case <-second:
 		log.Warn("second signal: exiting now")
+		beforeExit()
 		exit := os.Exit
 		if e.exit != nil {
 			exit = e.exit
@@ -529,9 +615,32 @@ func exitOnSecondSignal(ctx context.Context, e *env, log *slog.Logger, returned 
 
 // startupCloseGrace is how long a start-up stopped by startup_timeout may
 // take to close (its Vault waits cancelled, its login token revoked, its
-// audit log closed) before the process exits at once: a wait that ignores
-// the cancel (a write to a hung audit disk) would keep it forever.
+// audit log closed) before the process exits: a wait that ignores the
+// cancel (a write to a hung audit disk) would keep it forever. The exit
+// first stops the login's loop and revokes its token, up to
+// loginRevokeTimeout each: up to 40 s in all.
 const startupCloseGrace = 30 * time.Second
+
+// startupGrace is startupCloseGrace, or e's (tests).
+func startupGrace(e *env) time.Duration {
+	if e.startupCloseGrace > 0 {
+		return e.startupCloseGrace
+	}
+	return startupCloseGrace
+}
+
+// shutdownCloseGrace bounds the close of a broker that served (its
+// background loops stopped, the audit log's final flush and checkpoint):
+// the longest a loop cut off in a Vault call may take to end with its
+// audit events written (cutOffGrace) plus one audit write
+// (serviceAuditTimeout), 52 s by default. Past it the process exits 1,
+// the audit log left as it is.
+func shutdownCloseGrace(cfg *Config, e *env) time.Duration {
+	if e.shutdownCloseGrace > 0 {
+		return e.shutdownCloseGrace
+	}
+	return cutOffGrace(mintTimeout(time.Duration(cfg.Vault.Timeout))) + serviceAuditTimeout
+}
 
 // startDeadline is runServer's startup_timeout (watchStartup).
 type startDeadline struct {
@@ -582,36 +691,35 @@ func (rt *brokerRuntime) watchStartup(ctx context.Context, e *env, d time.Durati
 				slog.Duration("startup_timeout", d), slog.String("waiting_for", step))
 		}
 		cancel()
-		rt.exitIfNotReturned(e, "start-up stopped by "+stoppedBy, returned, func() slog.Attr { return slog.String("waiting_for", rt.startStep()) })
+		rt.setStopCause("start-up stopped by " + stoppedBy)
+		rt.exitIfNotReturned(e, "start-up stopped by "+stoppedBy, startupGrace(e), returned, func() slog.Attr { return slog.String("waiting_for", rt.startStep()) })
 	})
 	return sd
 }
 
-// exitIfNotReturned waits startupCloseGrace for runServer to return
-// (returned closed) from a start-up that failed or was stopped (what
+// exitIfNotReturned waits grace for runServer to return (returned closed)
+// from a start-up that failed or was stopped, or from its close (what
 // names it in the log); if it has not, it logs an ERROR (with attr),
-// revokes an AppRole or Kubernetes login's token (revokeUnserved) and
-// exits (status 1) without waiting for the closers.
-func (rt *brokerRuntime) exitIfNotReturned(e *env, what string, returned <-chan struct{}, attr func() slog.Attr) {
-	grace := startupCloseGrace
-	if e.startupCloseGrace > 0 {
-		grace = e.startupCloseGrace
-	}
+// revokes an AppRole or Kubernetes login's token unless the broker served
+// with it (revokeUnservedLogin) and exits (status 1) without waiting for
+// the closers.
+func (rt *brokerRuntime) exitIfNotReturned(e *env, what string, grace time.Duration, returned <-chan struct{}, attr func() slog.Attr) {
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
 	case <-returned:
 	case <-t.C:
-		rt.log.Error(what+" did not end: exiting now, the audit log left as it is (no checkpoint written)",
-			slog.Duration("waited", grace), attr())
+		left := " did not end: exiting now, the audit log left as it is (no checkpoint written)"
+		if rt.sinkClosed.Load() {
+			left = " did not end: exiting now (the audit log closed)"
+		}
+		rt.log.Error(what+left, slog.Duration("waited", grace), attr())
 		// The closers did not run (or hang): the login token nothing
 		// was served with is revoked first, bounded by
 		// loginRevokeTimeout (once: a closer already revoking it is
 		// waited for). Nothing audited depends on it: its result is
 		// only logged, and the sink is not waited for.
-		if revoke := rt.revokeUnserved.Load(); revoke != nil {
-			(*revoke)()
-		}
+		rt.revokeUnservedLogin()
 		exit := os.Exit
 		if e.exit != nil {
 			exit = e.exit
@@ -651,6 +759,10 @@ const loginRevokeTimeout = 5 * time.Second
 // revokeLoginToken revokes the Vault token the broker logged in for
 // (revoke-self), bounded by loginRevokeTimeout; a failure is only logged.
 func (rt *brokerRuntime) revokeLoginToken() {
+	cause := "start-up failed"
+	if c := rt.stopCause.Load(); c != nil {
+		cause = *c
+	}
 	// The login's loop is stopped first (the failed start-up's closer
 	// has; watchStartup's and exitIfNotReturned's hard exit has not): a
 	// re-login it has in flight would otherwise leave the token it makes
@@ -663,18 +775,29 @@ func (rt *brokerRuntime) revokeLoginToken() {
 		select {
 		case <-l.done:
 		case <-t.C:
-			rt.log.Warn("start-up failed: the Vault login's renewals did not stop; revoking its token anyway")
+			rt.log.Warn(cause + ": the Vault login's renewals did not stop; revoking its token anyway")
 		}
 		t.Stop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), loginRevokeTimeout)
 	defer cancel()
 	if err := rt.vault.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
-		rt.log.Warn("start-up failed: could not revoke the Vault token the broker logged in for; it stays valid until its ttl",
+		rt.log.Warn(cause+": could not revoke the Vault token the broker logged in for; it stays valid until its ttl",
 			slog.String("error", vaultad.HideUserinfo(err, rt.cfg.Vault.Address).Error()))
 		return
 	}
-	rt.log.Info("start-up failed: revoked the Vault token the broker logged in for")
+	rt.log.Info(cause + ": revoked the Vault token the broker logged in for")
+}
+
+// closing records the step the close waits for now (closeStep).
+func (rt *brokerRuntime) closing(step string) { rt.closeAt.Store(&step) }
+
+// closeStep is the step the close waits for (closing).
+func (rt *brokerRuntime) closeStep() string {
+	if s := rt.closeAt.Load(); s != nil {
+		return *s
+	}
+	return "the close to begin"
 }
 
 // close runs the closers newest first, logs each failure and returns them
@@ -682,6 +805,7 @@ func (rt *brokerRuntime) revokeLoginToken() {
 func (rt *brokerRuntime) close() error {
 	var errs []error
 	for i := len(rt.closers) - 1; i >= 0; i-- {
+		rt.closing("the store, the policy verifiers and the Vault client to close")
 		if err := rt.closers[i](); err != nil {
 			rt.log.Error("close", slog.String("error", err.Error()))
 			errs = append(errs, err)
@@ -791,9 +915,8 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 		revoke := sync.OnceFunc(rt.revokeLoginToken)
 		rt.revokeUnserved.Store(&revoke)
 		rt.closers = append(rt.closers, func() error {
-			if !rt.served {
-				revoke()
-			}
+			rt.closing("the revocation of the unserved Vault login's token")
+			rt.revokeUnservedLogin()
 			return nil
 		})
 	}
@@ -900,9 +1023,14 @@ func (rt *brokerRuntime) wire(ctx context.Context, e *env) error {
 	// Closers run in reverse: every background loop started from here on
 	// (policy watcher, clock watch, revocation worker, reconciler) writes
 	// audit events and so must stop before the sink closes.
-	closeSink := sink.Close
-	if e.auditClosing != nil {
-		closeSink = func() error { e.auditClosing(); return sink.Close() }
+	closeSink := func() error {
+		rt.closing("the audit log's final flush and checkpoint (audit.file)")
+		if e.auditClosing != nil {
+			e.auditClosing()
+		}
+		err := sink.Close()
+		rt.sinkClosed.Store(true)
+		return err
 	}
 	rt.closers = append(rt.closers, closeSink)
 	rt.waiting("the deployment id (store)")
