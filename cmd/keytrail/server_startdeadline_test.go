@@ -63,10 +63,16 @@ func TestStartupTimeoutConfig(t *testing.T) {
 // TestHarnessStartWaitsForTheDefaultStartupTimeout: the e2e harness's
 // wait for a broker's /readyz (harness.StartWait) is derived from
 // startup_timeout, whose default it names apart (it cannot import this
-// package): the two stay in step.
+// package): the two stay in step. So does its bound of a stopped
+// start-up's hard exit (harness.StartupExitBound): startupCloseGrace,
+// then the login's renewals stopped and its token revoked
+// (loginRevokeTimeout each); it was a 15 s slack, less than that.
 func TestHarnessStartWaitsForTheDefaultStartupTimeout(t *testing.T) {
 	if harness.DefaultStartupTimeout != DefaultStartupTimeout {
 		t.Errorf("harness.DefaultStartupTimeout = %v, want DefaultStartupTimeout (%v)", harness.DefaultStartupTimeout, DefaultStartupTimeout)
+	}
+	if want := startupCloseGrace + 2*loginRevokeTimeout; harness.StartupExitBound != want {
+		t.Errorf("harness.StartupExitBound = %v, want startupCloseGrace + 2 x loginRevokeTimeout (%v)", harness.StartupExitBound, want)
 	}
 }
 

@@ -209,7 +209,7 @@ const servingLine = "keytrail serving"
 // servingLine: its start-up is over, and a /readyz still failing then
 // (Vault, the store or the audit sink unhealthy) is not a start-up the
 // server may still finish within its startup_timeout. Without it, such a
-// broker took the whole StartWait (5m15s by default) to fail its test,
+// broker took the whole StartWait (5m55s by default) to fail its test,
 // and a dozen tests failing so, more than the e2e package's go test
 // -timeout (scripts/test.sh), which then panics instead of failing each.
 var servingReadyWait = 30 * time.Second
@@ -382,11 +382,18 @@ const DefaultStartupTimeout = 5 * time.Minute
 // machine).
 const startSlack = 15 * time.Second
 
+// StartupExitBound is how long after startup_timeout a stopped start-up
+// whose close hangs still runs: cmd/keytrail's startupCloseGrace (30 s),
+// then the hard exit stops the login's renewals and revokes its token, up
+// to loginRevokeTimeout (5 s) each. A test there keeps them in step.
+const StartupExitBound = 40 * time.Second
+
 // StartWait is how long StartKeytrail and Restart wait for /readyz to
 // answer 200 from a server run with the configuration file cfg: its
 // startup_timeout (absent, 0 or unreadable: DefaultStartupTimeout), by
 // which the server stops a start-up that does not serve (exit 1, which
-// ends the wait at once), plus startSlack. A fixed 30 s wait failed a
+// ends the wait at once; StartupExitBound later if its close hangs), plus
+// StartupExitBound and startSlack. A fixed 30 s wait failed a
 // start-up the server itself would still have let finish (a slow Vault
 // login, a long audit log read back).
 func StartWait(cfg string) time.Duration {
@@ -400,7 +407,7 @@ func StartWait(cfg string) time.Duration {
 	if err != nil || d <= 0 {
 		d = DefaultStartupTimeout
 	}
-	return d + startSlack
+	return d + StartupExitBound + startSlack
 }
 
 // Kill sends SIGKILL and waits for the process to end.

@@ -45,7 +45,7 @@ func notReady(t *testing.T) string {
 // TestWaitReadyEndsSoonAfterServing: a server that logged "keytrail
 // serving" has ended its start-up; a /readyz that still fails then is not
 // a start-up the server may still finish. WaitReady waited the whole
-// StartWait (startup_timeout 5m + 15s) for it, so every e2e test whose
+// StartWait (startup_timeout 5m + 40s + 15s) for it, so every e2e test whose
 // broker serves but never gets ready took 5 minutes to fail (a dozen of
 // them more than the e2e package's go test -timeout of 40m, which then
 // panics instead of failing each test); it ends servingReadyWait after

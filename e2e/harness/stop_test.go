@@ -82,7 +82,7 @@ func TestStopWait(t *testing.T) {
 }
 
 // TestStartWait: the wait for /readyz is the server's own bound of its
-// start-up (startup_timeout) plus startSlack; the default for a file that
+// start-up (startup_timeout, then StartupExitBound) plus startSlack; the default for a file that
 // leaves it out, sets none (0) or cannot be read.
 func TestStartWait(t *testing.T) {
 	dir := t.TempDir()
@@ -102,7 +102,7 @@ func TestStartWait(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got, want := StartWait(p), tc.want+startSlack; got != want {
+			if got, want := StartWait(p), tc.want+StartupExitBound+startSlack; got != want {
 				t.Errorf("StartWait = %v, want %v", got, want)
 			}
 		})
