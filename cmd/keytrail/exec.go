@@ -396,6 +396,9 @@ func (x *execRun) start() (*child, error) {
 		}
 		return nil, exitError{code: code, msg: "exec: " + err.Error()}
 	}
+	if x.e.execStarted != nil {
+		x.e.execStarted(environ)
+	}
 	ch := &child{cmd: cmd, done: make(chan struct{}), gen: gen, group: x.ownGroup}
 	go func() {
 		ch.err = cmd.Wait()

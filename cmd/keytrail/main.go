@@ -86,6 +86,11 @@ type env struct {
 	// before it binds the demo issuer's port and starts Vault (tests:
 	// another process taking --listen then).
 	devListenHeld func()
+	// execStarted, when set, is called by exec with the environment of
+	// each CMD it has started, before anything can stop that CMD (tests:
+	// the credential each CMD was given, which a CMD stopped at once has
+	// no time to tell). It must not change the slice.
+	execStarted func(environ []string)
 	// exit, when set, stands for os.Exit where the server exits at once
 	// on a second SIGINT/SIGTERM (tests).
 	exit func(code int)
