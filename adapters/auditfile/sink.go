@@ -547,10 +547,7 @@ func (s *Sink) load() error {
 			// The next checkpoint signs these lines as this sink's, and
 			// nothing in the files can then tell them from lines it
 			// wrote: say so where the file's writers cannot undo it.
-			first := uint64(1) // seqs that do not count up (an edited file) start it
-			if uint64(sinceCP) <= seq {
-				first = seq - uint64(sinceCP) + 1
-			}
+			first := resumedFirst(seq, uint64(sinceCP), cpSeq)
 			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq, TooLongLines: rb.tooLong}
 			s.holdCP.Store(s.o.RecordResumed)
 			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, nor at the end of the rotated file it continues; the lines counted from its first)"
@@ -588,6 +585,26 @@ func (s *Sink) load() error {
 	s.chainID = c.ID()
 	syncDir(s.o.Path, s.log)
 	return s.startJournal(epoch, fresh)
+}
+
+// resumedFirst is the seq of the first of the lines lines after the
+// checkpoint at cpSeq (0: none) up to the chain's last line, seq: counted
+// back from seq, but not past the checkpoint. More lines than seqs after
+// it (a line that is not the chain's, one that does not parse or is too
+// long to read, added to the file; or seqs that do not count up: an edited
+// file) start the range right after the checkpoint, or at 1 when there is
+// none, so that the record keeps last_checkpoint_seq < first_seq <=
+// last_seq and counts every line read (audit verify then reports the added
+// line, not the start event that records it). A checkpoint at or after seq
+// (an edited file: seqs that go back after it) leaves the count from seq.
+func resumedFirst(seq, lines, cpSeq uint64) uint64 {
+	switch {
+	case cpSeq < seq && lines > seq-cpSeq:
+		return cpSeq + 1
+	case lines > seq:
+		return 1
+	}
+	return seq - lines + 1
 }
 
 // startJournal sets up the journal after load, continuing after epoch; or,
@@ -1538,7 +1555,7 @@ func (s *Sink) Ping(ctx context.Context) error {
 // which, and the sink's next checkpoint signs them as if it had written
 // them.
 type UnsignedRange struct {
-	FirstSeq uint64 // seq of the first such line (1 when seqs do not count up to LastSeq: an edited file)
+	FirstSeq uint64 // seq of the first such line (LastCheckpointSeq+1 when more lines than seqs follow it: added lines, or seqs that do not count up)
 	LastSeq  uint64 // seq of the last line of the chain when Open resumed it
 	Lines    int    // how many, counted back to that checkpoint however many they are
 	// LastCheckpointSeq is the seq of the checkpoint before them (in the

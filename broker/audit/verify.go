@@ -238,9 +238,10 @@ type ResumedRange struct {
 // first_seq, last_seq, lines and last_checkpoint_seq, non-negative
 // integers, 1 <= first_seq <= last_seq < ev's seq, lines >= 1 and
 // last_checkpoint_seq 0 or before first_seq, and lines last_seq - first_seq
-// + 1 (or more when first_seq is 1: a broker counting back through seqs
-// that do not count up, an edited file, starts the range there). Other fields (a later
-// broker's) are ignored.
+// + 1 (or more when first_seq is last_checkpoint_seq + 1: a broker counting
+// back past lines that are not the chain's, added to the file, or through
+// seqs that do not count up, an edited file, starts the range there). Other
+// fields (a later broker's) are ignored.
 func resumedRange(ev *Event) (r ResumedRange, present bool, err error) {
 	v, found := ev.Details[DetailUnsignedResumed]
 	if !found {
@@ -270,10 +271,12 @@ func resumedRange(ev *Event) (r ResumedRange, present bool, err error) {
 		return r, true, fmt.Errorf("lines %d: a range has at least one", r.Lines)
 	case r.LastCheckpointSeq >= r.FirstSeq:
 		return r, true, fmt.Errorf("last_checkpoint_seq %d is not before first_seq %d", r.LastCheckpointSeq, r.FirstSeq)
-	case uint64(r.Lines) != r.LastSeq-r.FirstSeq+1 && (r.FirstSeq != 1 || uint64(r.Lines) < r.LastSeq):
+	case uint64(r.Lines) < r.LastSeq-r.FirstSeq+1 || uint64(r.Lines) > r.LastSeq-r.FirstSeq+1 && r.FirstSeq != r.LastCheckpointSeq+1:
 		// A broker counts the lines back and sets first_seq from the
-		// count; only a count past last_seq (seqs that do not count up:
-		// an edited file) makes it 1.
+		// count; only more lines than seqs after its checkpoint (a line
+		// that is not the chain's added to the file, or seqs that do not
+		// count up: an edited file) start the range right after it (at 1
+		// when there is none).
 		return r, true, fmt.Errorf("lines %d does not match seq %d..%d (%d line(s))", r.Lines, r.FirstSeq, r.LastSeq, r.LastSeq-r.FirstSeq+1)
 	}
 	return r, true, nil
