@@ -550,14 +550,20 @@ func (s *Sink) load() error {
 			first := resumedFirst(seq, uint64(sinceCP), cpSeq)
 			s.resumed = &UnsignedRange{FirstSeq: first, LastSeq: seq, Lines: sinceCP, LastCheckpointSeq: cpSeq, TooLongLines: rb.tooLong}
 			s.holdCP.Store(s.o.RecordResumed)
-			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, nor at the end of the rotated file it continues; the lines counted from its first)"
+			msg := "audit: resuming after lines no checkpoint covers; the next checkpoint signs them: they were written before an unclean stop, or added to the file while no broker held it"
 			attrs := []any{"chain", c.ID(), "unsigned_lines", sinceCP, "first_unsigned_seq", first,
 				"last_unsigned_seq", seq, "last_checkpoint_seq", cpSeq}
 			if s.unchecked != 0 {
 				// After a deliberate change of checkpoint key the lines
 				// the old key signed are counted too: say why.
-				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report back to the last checkpoint by this broker's key, or to the file's first line; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it (last_checkpoint_seq 0: none in the file, nor at the end of the rotated file it continues; the lines counted from its first)"
+				msg = "audit: resuming after lines no checkpoint covers (none by this broker's key); the next checkpoint signs them: the checkpoint at unchecked_checkpoint_seq is signed by key unchecked_key_id, which this broker does not check (after a change of checkpoint key, an over-report back to the last checkpoint by this broker's key, or to the file's first line; a forger could name another key too: audit verify with both keys tells), and the lines may also have been written before an unclean stop, or added to the file while no broker held it"
+				if cpSeq != 0 {
+					msg = strings.Replace(msg, "(none by this broker's key)", "(none by this broker's key after last_checkpoint_seq)", 1)
+				}
 				attrs = append(attrs, "unchecked_checkpoint_seq", s.unchecked, "unchecked_key_id", s.uncheckedKey)
+			}
+			if cpSeq == 0 {
+				msg += " (last_checkpoint_seq 0: none of this broker's in the file, nor in the newest rotated file when the file continues it; the lines counted from the file's first)"
 			}
 			if s.capWarned {
 				// A checkpoint of its own may be before the range's first
@@ -862,10 +868,20 @@ func (s *Sink) rotatedReadBack(f io.ReaderAt, end int64) (rb readBack, ok bool) 
 	if ev, err := audit.ParseLine(last); err != nil || ev.Chain != first.Chain || ev.Seq+1 != first.Seq {
 		return readBack{}, false
 	}
+	// What the read notes of the checkpoints it passes (passedUnchecked,
+	// mayCheck) is kept only when the file is read into the range: a
+	// checkpoint before the range's first line is not one the resume
+	// WARN may name.
+	unchecked, uncheckedKey, capWarned, capSeq := s.unchecked, s.uncheckedKey, s.capWarned, s.capSeq
+	notRead := func() {
+		s.unchecked, s.uncheckedKey, s.capWarned, s.capSeq = unchecked, uncheckedKey, capWarned, capSeq
+	}
 	if rb, err = eventsSinceCheckpoint(rf, lend, s.ownCheckpoint, s.scanProgress(path, lend)); err != nil {
+		notRead()
 		return warn(err)
 	}
 	if rb.cpSeq == 0 {
+		notRead()
 		return readBack{}, false
 	}
 	s.logTooLong(path, rb)
