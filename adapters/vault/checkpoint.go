@@ -74,7 +74,15 @@ type TransitCheckpointSigner struct {
 
 	mu      sync.Mutex
 	version int // of the last signature; 0 before the first
+	// afterLatest are the kids of versions after the key's latest that
+	// VerifyOwn logged (at most maxAfterLatestWarns).
+	afterLatest map[string]bool
 }
+
+// maxAfterLatestWarns bounds the kids of versions after the key's latest
+// that VerifyOwn logs a WARN for: whoever can write the audit file can name
+// any number of them (the sink checks at most 100 lines that fail).
+const maxAfterLatestWarns = 10
 
 var _ audit.Signer = (*TransitCheckpointSigner)(nil)
 
@@ -186,11 +194,13 @@ func (s *TransitCheckpointSigner) Sign(ctx context.Context, msg []byte) ([]byte,
 // VerifyOwn checks sig over msg, a checkpoint's, with the version of this
 // signer's key that kid ("<key>:<version>") names, from the key cache (Load
 // read it: no Vault call unless it aged out). known is false when kid names
-// another key, a version older than the key's min_decryption_version (or
-// otherwise not listed), or the key cannot be read (both logged as a WARN
-// naming the kid); a version newer than the key's latest is known,
-// and does not verify (no such signature can exist). The audit sink uses it
-// at Open, so that a forged checkpoint line does not end the lines it adopts.
+// another key, a version older than the key's min_decryption_version (the
+// broker keeps no public key of those: parseTransitKey), or the key cannot
+// be read (both logged as a WARN naming the kid); a version newer than the
+// key's latest is known, and does not verify (no such signature can exist:
+// a WARN too, once per kid for at most maxAfterLatestWarns kids). The audit
+// sink uses it at Open, so that a forged checkpoint line does not end the
+// lines it adopts.
 func (s *TransitCheckpointSigner) VerifyOwn(ctx context.Context, kid string, msg, sig []byte) (known, ok bool) {
 	name, version, parsed := broker.ParseKeyID(kid)
 	if !parsed || name != s.name {
@@ -205,14 +215,30 @@ func (s *TransitCheckpointSigner) VerifyOwn(ctx context.Context, kid string, msg
 		return false, false
 	}
 	if version > k.Latest {
+		// Known, and forged: no signature by that version can exist.
+		// Said, bounded (a forger picks the kids).
+		s.mu.Lock()
+		warn := !s.afterLatest[kid] && len(s.afterLatest) < maxAfterLatestWarns
+		if warn {
+			if s.afterLatest == nil {
+				s.afterLatest = map[string]bool{}
+			}
+			s.afterLatest[kid] = true
+		}
+		s.mu.Unlock()
+		if warn {
+			s.log.Warn("audit: a checkpoint names a version of the transit checkpoint key after its latest, which cannot have signed it (a forged line); the sink counts the checkpoint among the lines no checkpoint covers",
+				"key", s.name, "kid", kid, "version", version, "latest_version", k.Latest)
+		}
 		return true, false
 	}
 	pub, found := k.Public[version]
 	if !found {
-		// Unknown: a version Vault no longer lists (below the key's
-		// min_decryption_version, or trimmed): said, as for a key that
-		// cannot be read. The sink asks once per kid at Open.
-		s.log.Warn("audit: cannot check a checkpoint by the transit checkpoint key: the version it names is not among those Vault lists for the key (below min_decryption_version, or trimmed); the sink counts the checkpoint among the lines no checkpoint covers (an over-report)",
+		// Unknown: a version below the key's min_decryption_version,
+		// whose public key the broker does not keep (parseTransitKey
+		// drops it, and the JWKS does not serve it): said, as for a key
+		// that cannot be read. The sink asks once per kid at Open.
+		s.log.Warn("audit: cannot check a checkpoint by the transit checkpoint key: the version it names is below the key's min_decryption_version, and the broker keeps no public key of those versions; the sink counts the checkpoint among the lines no checkpoint covers (an over-report)",
 			"key", s.name, "kid", kid, "version", version, "min_decryption_version", k.MinDecryption, "latest_version", k.Latest)
 		return false, false
 	}

@@ -39,7 +39,56 @@ func TestTransitCheckpointSignerVerifyOwnLogsAbsentVersion(t *testing.T) {
 			t.Errorf("VerifyOwn(absent version) logged %q, want it to contain %q", got, want)
 		}
 	}
+	// The broker itself drops the versions below min_decryption_version
+	// (parseTransitKey): the WARN must not say Vault does not list it.
+	if !strings.Contains(got, "below the key's min_decryption_version") || strings.Contains(got, "Vault lists") {
+		t.Errorf("VerifyOwn(absent version) logged %q, want it to say the version is below min_decryption_version, not that Vault does not list it", got)
+	}
 	if strings.Contains(got, brokerToken) {
 		t.Errorf("VerifyOwn logged the token: %q", got)
+	}
+}
+
+// TestTransitCheckpointSignerVerifyOwnLogsAfterLatest: a checkpoint naming
+// a version after the key's latest cannot have been signed by it (a forged
+// line); VerifyOwn answers known and not good, and it said nothing. It now
+// logs a WARN naming the kid, once per kid and for at most
+// maxAfterLatestWarns kids (a forger picks them).
+func TestTransitCheckpointSignerVerifyOwnLogsAfterLatest(t *testing.T) {
+	t.Parallel()
+	key := newFakeKey(t, KeyTypeEd25519, 2)
+	f := newFakeVault(t, fakeTransit(t, "audit-cp", key, nil))
+	var logs brokertest.SyncBuffer
+	s, err := NewTransitCheckpointSigner(TransitCheckpointSignerOptions{Client: f.client(t), Key: "audit-cp",
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if known, good := s.VerifyOwn(ctx, kid("audit-cp", 3), cpMsg, make([]byte, 64)); !known || good {
+			t.Fatalf("VerifyOwn(version after latest) = %v, %v; want true, false", known, good)
+		}
+	}
+	got := logs.String()
+	for _, want := range []string{"level=WARN", "after its latest", "key=audit-cp", "kid=audit-cp:3", "version=3", "latest_version=2"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("VerifyOwn(version after latest) logged %q, want it to contain %q", got, want)
+		}
+	}
+	if n := strings.Count(got, "level=WARN"); n != 1 {
+		t.Errorf("VerifyOwn twice for one kid logged %d WARNs, want 1", n)
+	}
+	for v := 4; v < 4+3*maxAfterLatestWarns; v++ {
+		s.VerifyOwn(ctx, kid("audit-cp", v), cpMsg, make([]byte, 64))
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != maxAfterLatestWarns {
+		t.Errorf("VerifyOwn for %d kids after latest logged %d WARNs, want %d", 1+3*maxAfterLatestWarns, n, maxAfterLatestWarns)
+	}
+	if strings.Contains(logs.String(), brokerToken) {
+		t.Errorf("VerifyOwn logged the token: %q", logs.String())
 	}
 }
