@@ -96,6 +96,13 @@ func (m *opsMetrics) registerSink(reg prometheus.Registerer, sink *auditfile.Sin
 			func() float64 { return float64(sink.Stats().Seq) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_last_checkpoint_seq", Help: "Seq of the last durable signed checkpoint line of the audit chain (0: none known yet)."},
 			func() float64 { return float64(sink.Stats().CheckpointSeq) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_start_too_long_lines", Help: "Lines longer than any a broker writes that start-up read past while reading the audit file back to its last checkpoint (a corrupted or added line; each start logs an ERROR and keytrail audit verify reports them); 0 normally."},
+			func() float64 {
+				if r := sink.UnsignedResumed(); r != nil {
+					return float64(r.TooLongLines)
+				}
+				return 0
+			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_chain_info", Help: "The audit chain this broker writes: 1 for its id.",
 			ConstLabels: prometheus.Labels{"chain": sink.ChainID()}}, func() float64 { return 1 }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keytrail_audit_healthy", Help: "1 when the last audit write succeeded."},

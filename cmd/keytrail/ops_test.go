@@ -790,3 +790,81 @@ func TestTimedSinkQueuing(t *testing.T) {
 		t.Error("Enqueue() = true over a sink without a queue")
 	}
 }
+
+// TestSinkTooLongLinesGauge: lines longer than any a broker writes that
+// start-up read past while reading the audit file back to its last
+// checkpoint (a corrupted or added line: the broker starts, logs an ERROR,
+// and audit verify reports it) are exported, so that monitoring sees them
+// without reading the log: keytrail_audit_start_too_long_lines.
+func TestSinkTooLongLinesGauge(t *testing.T) {
+	dir := t.TempDir()
+	signer, _ := devCheckpointSigner(t, dir)
+	path := filepath.Join(dir, "audit.jsonl")
+	gauge := func(sink *auditfile.Sink) (float64, bool) {
+		t.Helper()
+		reg := prometheus.NewRegistry()
+		m, err := newOpsMetrics(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.registerSink(reg, sink); err != nil {
+			t.Fatal(err)
+		}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "keytrail_audit_start_too_long_lines" && len(mf.GetMetric()) == 1 {
+				return mf.GetMetric()[0].GetGauge().GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	sink, err := auditfile.Open(auditfile.Options{Path: path, Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Append(context.Background(), &audit.Event{Type: audit.TypeUse}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := gauge(sink); !ok || v != 0 {
+		t.Errorf("keytrail_audit_start_too_long_lines of a new file = %v (exported: %v), want 0", v, ok)
+	}
+	if err := sink.Close(); err != nil { // final checkpoint: seq 2
+		t.Fatal(err)
+	}
+	// Two over-long lines added after it, then a line of the chain.
+	lines, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := bytes.Split(bytes.TrimSuffix(lines, []byte{'\n'}), []byte{'\n'})
+	c, err := audit.ResumeChain(last[len(last)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := c.Seal(&audit.Event{Type: audit.TypeUse}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := append(bytes.Repeat([]byte{'x'}, audit.MaxLineBytes+1), '\n')
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(append(append(long, long...), next...), '\n')); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sink, err = auditfile.Open(auditfile.Options{Path: path, Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	if v, ok := gauge(sink); !ok || v != 2 {
+		t.Errorf("keytrail_audit_start_too_long_lines after two over-long lines = %v (exported: %v), want 2", v, ok)
+	}
+}
