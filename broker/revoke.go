@@ -3002,10 +3002,17 @@ type RevocationCache struct {
 }
 
 // heardBlock is the revocation id of a block learned from a notice, and
-// whether this instance announced it (cachedStore.Publish).
+// whether this instance announced it (cachedStore.Publish); prev (when
+// hasPrev) is the block of the workload the notice replaced in the
+// blocked set that the cache had more than a notice's word for (see
+// backedLocked): a loss writes that one back, not the notice's, so that a
+// forged notice naming a blocked workload does not leave its real block
+// unwritten.
 type heardBlock struct {
-	rid string
-	own bool
+	rid     string
+	own     bool
+	prev    Block
+	hasPrev bool
 }
 
 // revEntry is a revocation record as read by the listing gen (readChanges)
@@ -3278,8 +3285,14 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time, own bool) (learne
 			learned = true
 		}
 		if !ok || b.RevocationID != n.RevocationID {
+			h := heardBlock{rid: n.RevocationID, own: own}
+			if ok && c.backedLocked(b) {
+				h.prev, h.hasPrev = b, true
+			} else if old, was := c.heard[w]; ok && was && old.hasPrev {
+				h.prev, h.hasPrev = old.prev, true
+			}
 			c.blocked[w] = Block{Workload: w, RevocationID: n.RevocationID, CreatedAt: now}
-			c.heard[w] = heardBlock{rid: n.RevocationID, own: own}
+			c.heard[w] = h
 			if n.RevocationID != "" {
 				c.unlisted[w] = n.RevocationID
 			}
@@ -3299,6 +3312,11 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time, own bool) (learne
 		if b, ok := c.blocked[w]; ok && (n.RevocationID == "" || b.RevocationID == n.RevocationID) {
 			delete(c.blocked, w)
 			delete(c.heard, w)
+		}
+		if h, ok := c.heard[w]; ok && h.hasPrev && (n.RevocationID == "" || h.prev.RevocationID == n.RevocationID) {
+			// The block a notice displaced is lifted: not written back.
+			h.prev, h.hasPrev = Block{}, false
+			c.heard[w] = h
 		}
 		if lb, ok := c.lostBlocks[w]; ok && (n.RevocationID == "" || lb.b.RevocationID == n.RevocationID) {
 			delete(c.lostBlocks, w) // not to be written back, nor kept
@@ -3884,8 +3902,14 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 // it again, see applyLocked), and does not count as written back when it
 // ends (see lostBlock).
 func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
+	here := !c.backedLocked(b)
+	if h, ok := c.heard[b.Workload]; here && ok && h.rid == b.RevocationID && h.hasPrev {
+		// A notice replaced a block the cache had more than its word
+		// for (see heardBlock): that one is written back.
+		b, here = h.prev, false
+	}
 	old, ok := c.lostBlocks[b.Workload]
-	c.lostBlocks[b.Workload] = lostBlock{b: b, loss: gen, writing: ok && old.writing && old.b == b, here: !c.backedLocked(b)}
+	c.lostBlocks[b.Workload] = lostBlock{b: b, loss: gen, writing: ok && old.writing && old.b == b, here: here}
 }
 
 // backedLocked reports whether the cache has more than a notice's word for

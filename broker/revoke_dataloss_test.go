@@ -930,3 +930,97 @@ func TestRevocationCacheLossesWrittenBack(t *testing.T) {
 		t.Errorf("written back: StoreLosses() = %d, LossesWrittenBack() = %d; want 2, 2", l, w)
 	}
 }
+
+// TestRevocationCacheForgedNoticeDisplacesNoLostBlock: a forged block
+// notice naming a workload whose block the cache read from the Store (or
+// announced itself), with another revocation id, replaces that block in
+// the blocked set until the next listing. The Store losing its data
+// meanwhile must still write back the real block: it used to be taken
+// for the notice's (kept here only, written nowhere), so anyone who can
+// PUBLISH could, sending such notices, leave the real blocks unwritten
+// after a loss, every instance's alike.
+func TestRevocationCacheForgedNoticeDisplacesNoLostBlock(t *testing.T) {
+	for _, back := range []bool{true, false} {
+		t.Run(fmt.Sprintf("version-back=%v", back), func(t *testing.T) {
+			f := newLossFixture(t)
+			// w3: blocked by this instance (its Revoke stored the block,
+			// then announced it) just before.
+			b3 := broker.Block{Workload: "w3", Reason: "INC-3", RevocationID: "rev_3", CreatedAt: f.clock()}
+			if err := f.st.PutBlock(f.ctx, b3); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.c.Store().(broker.Notifier).Publish(f.ctx, broker.Notice{RevocationID: "rev_3", Blocked: []string{"w3"}}); err != nil {
+				t.Fatal(err)
+			}
+			f.c.Apply(broker.Notice{RevocationID: "rev_forged", Blocked: []string{"w1", "w3"}})
+			empty := memstore.New(f.clock)
+			if !back {
+				// A failover to a replica that lacked the last writes:
+				// the version does not go back (w1's block, an older
+				// write, is there; w3's is not).
+				if err := empty.PutBlock(f.ctx, f.revsBlock(0)); err != nil {
+					t.Fatal(err)
+				}
+				for range 5 {
+					if err := empty.PutRevocation(f.ctx, f.revs[0]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			f.st.swap(empty)
+			f.advance(time.Second)
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.c.Refresh(f.ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := f.c.StoreLosses(); n < 1 {
+				t.Fatalf("StoreLosses() = %d, want the loss seen", n)
+			}
+			want := map[string]string{"w3": "rev_3"}
+			if back {
+				want["w1"] = "rev_1"
+			}
+			for w, rid := range want {
+				if b, err := empty.GetBlock(f.ctx, w); err != nil || b.RevocationID != rid {
+					t.Errorf("Store GetBlock(%s) = %+v, %v after a forged notice naming it; want %s's block written back", w, b, err, rid)
+				}
+				if !f.c.Blocked(w) {
+					t.Errorf("Blocked(%s) = false; want it refused", w)
+				}
+			}
+			if got := f.c.LossesWrittenBack(); got != f.c.StoreLosses() {
+				t.Errorf("LossesWrittenBack() = %d, StoreLosses() = %d; want all written back", got, f.c.StoreLosses())
+			}
+		})
+	}
+}
+
+func (f *lossFixture) revsBlock(i int) broker.Block {
+	r := f.revs[i]
+	return broker.Block{Workload: r.Blocks[0], Reason: r.Reason, RevocationID: r.ID, CreatedAt: r.CreatedAt}
+}
+
+// TestRevocationCacheDisplacedBlockUnblockedIsNotWrittenBack: the block a
+// forged notice displaced (see TestRevocationCacheForgedNoticeDisplacesNoLostBlock)
+// is then really unblocked (its delete, its notice): the listing after,
+// which sees the forged notice's block gone with its revocation (counted
+// as a loss, as any forged notice), must not write the lifted block back.
+func TestRevocationCacheDisplacedBlockUnblockedIsNotWrittenBack(t *testing.T) {
+	f := newLossFixture(t)
+	f.c.Apply(broker.Notice{RevocationID: "rev_forged", Blocked: []string{"w1"}})
+	if err := f.c.Store().DeleteBlock(f.ctx, "w1", "rev_1"); err != nil {
+		t.Fatal(err)
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_1", Unblocked: []string{"w1"}})
+	for range 2 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := f.st.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetBlock(w1) = %+v, %v after its unblock; want not found (lifted, not written back)", b, err)
+	}
+}
