@@ -2999,6 +2999,31 @@ type RevocationCache struct {
 	recMu    sync.Mutex
 	revs     map[string]revEntry
 	lostRevs map[string]revEntry
+	// span (under recMu) is the step of a loss seen by an announced block
+	// alone whose records are being written back (see lossSpan); zero
+	// when none.
+	span lossSpan
+}
+
+// lossSpan is the step, by creation time from (inclusive) to (exclusive;
+// zero: no end), of the records queued for the write-back of a loss seen
+// by an announced block alone (a failover to a replica that lacked the
+// last writes): first those created in the last announcedLossSpan. A
+// replica that lagged longer also lacks those created before: while a step
+// finds one of its records missing from the Store (or holds none), the
+// write-back reaches back one more step, the announcedLossSpan before the
+// newest record created before it, and stops once a step finds all of
+// its records there (see extendSpan). A forged block notice, which looks
+// the same, so costs the reads of one or two steps, not the Window's.
+// seen: a record of the step was looked up; missing: one was not there.
+type lossSpan struct {
+	from, to      time.Time
+	seen, missing bool
+}
+
+// holds reports whether a record created at at is of the step.
+func (s lossSpan) holds(at time.Time) bool {
+	return !s.from.IsZero() && !at.Before(s.from) && (s.to.IsZero() || at.Before(s.to))
 }
 
 // heardBlock is the revocation id of a block learned from a notice, and
@@ -3040,7 +3065,8 @@ const liftLossGrace = time.Minute
 // announcedLossSpan: a loss seen by an announced block gone with its
 // revocation, the Store's version not going back (a failover to a replica
 // that lacked the last writes), writes back the records created this long
-// before it at most (see readChanges).
+// before it first, then a step of this length further back at a time while
+// the step before found records missing (see lossSpan).
 const announcedLossSpan = time.Minute
 
 // lostBlock is a block the Store lost: restored is the listGen current
@@ -3479,7 +3505,7 @@ func (c *RevocationCache) writingBack() bool {
 	c.mu.RUnlock()
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
-	return len(c.lostRevs) > 0
+	return len(c.lostRevs) > 0 || !c.span.from.IsZero()
 }
 
 // WriteBackDropped is how many revocation records the cache kept to write
@@ -3526,7 +3552,9 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		revs = append(revs, lostRev{id, e, e.r.createdAt()})
 	}
 	c.recMu.Unlock()
+	cutoff := c.o.Now().Add(-c.o.Window)
 	if len(blocks) == 0 && len(revs) == 0 && !undo {
+		c.extendSpan(cutoff)
 		return nil
 	}
 	if err := c.undoLifted(ctx); err != nil {
@@ -3571,7 +3599,6 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 	if err := c.undoLifted(ctx); err != nil {
 		return err
 	}
-	cutoff := c.o.Now().Add(-c.o.Window)
 	slices.SortFunc(revs, func(a, b lostRev) int { return cmp.Or(a.at.Compare(b.at), strings.Compare(a.id, b.id)) })
 	put := 0
 	for _, l := range revs {
@@ -3582,7 +3609,8 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 				slog.String("revocation_id", l.id), slog.String("error", err.Error()))
 		} else if !r.CreatedAt.Before(cutoff) {
 			_, err := c.st.GetRevocation(ctx, r.ID)
-			if errors.Is(err, ErrNotFound) {
+			missing := errors.Is(err, ErrNotFound)
+			if missing {
 				if err = c.st.PutRevocation(ctx, r); unreplicated(err) {
 					err = nil
 					unconfirmed++
@@ -3594,6 +3622,12 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("writing back revocation %s: %w", r.ID, err)
 			}
+			c.recMu.Lock()
+			if c.span.holds(l.at) {
+				c.span.seen = true
+				c.span.missing = c.span.missing || missing
+			}
+			c.recMu.Unlock()
 		}
 		c.recMu.Lock()
 		if c.lostRevs[l.id] == l.e {
@@ -3601,6 +3635,7 @@ func (c *RevocationCache) restoreLost(ctx context.Context) error {
 		}
 		c.recMu.Unlock()
 	}
+	c.extendSpan(cutoff)
 	if written > 0 || put > 0 {
 		c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation store lost data: wrote back what this instance knew",
 			slog.Int("blocks", written), slog.Int("revocations", put), slog.Int("unconfirmed", unconfirmed))
@@ -3623,7 +3658,7 @@ func (c *RevocationCache) restoreDue() bool {
 	}
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
-	return len(c.lostRevs) > 0
+	return len(c.lostRevs) > 0 || !c.span.from.IsZero()
 }
 
 // undoLifted deletes again the blocks lifted while or after restoreLost
@@ -3812,8 +3847,9 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	// queued to be written back, not only the blocks (restoreLost writes
 	// those the Store does not hold). The Window's every one when the
 	// version went back; seen by an announced block alone, a failover to
-	// a replica that lacked the last writes, which can lack only records
-	// created that recently (announcedLossSpan): those (a forged block
+	// a replica that lacked the last writes, most often only records
+	// created that recently (announcedLossSpan): those, then further back
+	// a step at a time while records are missing (lossSpan; a forged block
 	// notice, which looks the same, so costs no read of the Window).
 	var lostSince time.Time
 	switch {
@@ -3822,7 +3858,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	case lostNow:
 		lostSince = now.Add(-announcedLossSpan)
 	}
-	lostRevs := c.noteRecords(revs, kept, cutoff, gen, lostSince)
+	lostRevs := c.noteRecords(revs, kept, cutoff, gen, lostSince, back)
 	if back || lostNow {
 		for w, b := range c.blocked {
 			if _, ok := blocked[w]; !ok && back {
@@ -3943,9 +3979,17 @@ func (c *RevocationCache) backedLocked(b Block) bool {
 // when lostSince is not zero (the Store lost data), queues every one of
 // them created at or after lostSince to be written back; it returns how
 // many are queued.
-func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, lostSince time.Time) int {
+func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, lostSince time.Time, back bool) int {
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
+	switch {
+	case back:
+		c.span = lossSpan{} // the Window's every record is queued
+	case !lostSince.IsZero() && c.span.from.IsZero():
+		// A step under way stays: a later one (another forged notice
+		// each second) must not restart it.
+		c.span = lossSpan{from: lostSince}
+	}
 	for i, r := range revs {
 		if !r.CreatedAt.Before(cutoff) {
 			c.revs[r.ID] = revEntry{r: kept[i], gen: gen}
@@ -3959,6 +4003,50 @@ func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff
 		}
 	}
 	return len(c.lostRevs)
+}
+
+// extendSpan ends the step of the write-back of a loss seen by an
+// announced block alone once restoreLost looked up every record of it
+// (see lossSpan): when one was missing from the Store, or it held none,
+// it queues the next step, the records created in the announcedLossSpan
+// before the newest one created before it (not before cutoff); otherwise
+// the write-back is over.
+func (c *RevocationCache) extendSpan(cutoff time.Time) {
+	c.recMu.Lock()
+	defer c.recMu.Unlock()
+	sp := c.span
+	if sp.from.IsZero() {
+		return
+	}
+	for _, e := range c.lostRevs {
+		if sp.holds(e.r.createdAt()) {
+			return // still queued (or queued again): not looked up yet
+		}
+	}
+	if sp.seen && !sp.missing {
+		c.span = lossSpan{}
+		return
+	}
+	var newest time.Time
+	for _, e := range c.revs {
+		if at := e.r.createdAt(); at.Before(sp.from) && !at.Before(cutoff) && at.After(newest) {
+			newest = at
+		}
+	}
+	if newest.IsZero() {
+		c.span = lossSpan{} // nothing older known
+		return
+	}
+	next := lossSpan{from: newest.Add(-announcedLossSpan), to: sp.from}
+	if next.from.Before(cutoff) {
+		next.from = cutoff
+	}
+	for id, e := range c.revs {
+		if next.holds(e.r.createdAt()) {
+			c.lostRevs[id] = e
+		}
+	}
+	c.span = next
 }
 
 // keepRecords replaces the records to write back with a full read's, recs

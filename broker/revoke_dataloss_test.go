@@ -1024,3 +1024,79 @@ func TestRevocationCacheDisplacedBlockUnblockedIsNotWrittenBack(t *testing.T) {
 		t.Errorf("Store GetBlock(w1) = %+v, %v after its unblock; want not found (lifted, not written back)", b, err)
 	}
 }
+
+// TestRevocationCacheAnnouncedLossReachesBackWhileRecordsAreMissing: a
+// failover to a replica that lagged more than a minute (the version not
+// going back; seen by an announced block gone with its revocation). The
+// write-back starts with the records created in the last minute
+// (announcedLossSpan); while the earliest of what it looked at was
+// missing too, it reaches back further, a step at a time, and stops once
+// a step finds them all in the Store. It used to stop at the minute: the
+// records of the minutes before were lost for good.
+func TestRevocationCacheAnnouncedLossReachesBackWhileRecordsAreMissing(t *testing.T) {
+	f := newLossFixture(t)
+	f.advance(10 * time.Minute)
+	gets := &atomic.Int64{}
+	base := f.st.cur()
+	f.st.swap(getCountStore{Store: base, gets: gets})
+	var lagged []*broker.Revocation // not on the replica
+	for i, ago := range []time.Duration{4 * time.Minute, 3 * time.Minute, 150 * time.Second, 90 * time.Second, 30 * time.Second} {
+		r := &broker.Revocation{ID: fmt.Sprintf("rev_lag_%d", i), Selector: broker.RevokeSelector{IssuanceID: fmt.Sprintf("iss_lag_%d", i)},
+			Reason: "INC", CreatedAt: f.clock().Add(-ago), Revoked: []string{fmt.Sprintf("iss_lag_%d", i)}, Failed: []broker.RevokeFailure{}}
+		if err := base.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		lagged = append(lagged, r)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The replica: the fixture's blocks and records (10 minutes old), and
+	// as many writes since, so that its version does not go back.
+	replica := memstore.New(f.clock)
+	for i := range f.revs {
+		if err := replica.PutBlock(f.ctx, f.revsBlock(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 10 {
+		for _, r := range f.revs {
+			if err := replica.PutRevocation(f.ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Another instance's block, announced, then lost with its record.
+	f.c.Apply(broker.Notice{RevocationID: "rev_gone", Blocked: []string{"w9"}})
+	f.st.swap(getCountStore{Store: replica, gets: gets})
+	for range 8 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := f.logged(); !strings.Contains(l, "announced block and its revocation missing") {
+		t.Fatalf("logs = %q, want the loss seen by the announced block (the version not going back)", l)
+	}
+	for _, r := range lagged {
+		if _, err := replica.GetRevocation(f.ctx, r.ID); err != nil {
+			t.Errorf("replica GetRevocation(%s, created %s ago) = %v; want it written back", r.ID, f.clock().Sub(r.CreatedAt).Round(time.Second), err)
+		}
+	}
+	if got, n := f.c.LossesWrittenBack(), f.c.StoreLosses(); got != n {
+		t.Errorf("LossesWrittenBack() = %d, StoreLosses() = %d; want the write-back ended", got, n)
+	}
+	// Ended: the fixture's records, 10 minutes old, were there; more
+	// refreshes read nothing more.
+	was := gets.Load()
+	for range 3 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := gets.Load() - was; n != 0 {
+		t.Errorf("GetRevocation calls after the write-back ended = %d, want 0", n)
+	}
+}
