@@ -2947,7 +2947,10 @@ type RevocationCache struct {
 	// readChanges started.
 	lostBlocks map[string]lostBlock
 	listGen    uint64
-	losses     atomic.Uint64
+	// okGen (under mu) is the listGen of the last listing that ended
+	// without error (see backedLocked).
+	okGen  uint64
+	losses atomic.Uint64
 	// backDone is the most StoreLosses LossesWrittenBack saw with nothing
 	// left to write back.
 	backDone atomic.Uint64
@@ -3043,8 +3046,9 @@ type heardBlock struct {
 // revEntry is a revocation record as read by the listing gen (readChanges)
 // or by a full read (gen 0 for one that started before any listing).
 type revEntry struct {
-	r   keptRev
-	gen uint64
+	r    keptRev
+	gen  uint64
+	full bool // read by a full read
 }
 
 // liftedBlock is the revocation id of a block an unblock notice lifted,
@@ -3910,6 +3914,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		}
 	}
 	c.blocked = blocked
+	c.okGen = gen
 	clear(c.heard) // the logged notices below heard again
 	switch {
 	case back:
@@ -3964,10 +3969,16 @@ func (c *RevocationCache) backedLocked(b Block) bool {
 	if !ok || h.rid != b.RevocationID || h.own {
 		return true // not a notice's (see heard), or this instance's own
 	}
+	// The record read by the last listing that ended (or one since): the
+	// block was put just before it, while that listing's block listing
+	// had passed. One read before, or by a full read, proves no block
+	// now: the workload may have been unblocked since (the record keeps
+	// it among its blocks), and a notice naming that revocation again
+	// (replayed) must not block it anew.
 	c.recMu.Lock()
 	e, ok := c.revs[b.RevocationID]
 	c.recMu.Unlock()
-	if !ok {
+	if !ok || e.full || e.gen < c.okGen {
 		return false
 	}
 	r, err := e.r.revocation()
@@ -4094,7 +4105,7 @@ func (c *RevocationCache) readWindow(ctx context.Context, since time.Time, listG
 		}
 		for _, r := range revs {
 			if !r.CreatedAt.Before(cutoff) {
-				recs[r.ID] = revEntry{r: keepRevocation(r), gen: listGen}
+				recs[r.ID] = revEntry{r: keepRevocation(r), gen: listGen, full: true}
 			}
 		}
 		read += len(revs)

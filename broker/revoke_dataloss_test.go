@@ -1100,3 +1100,114 @@ func TestRevocationCacheAnnouncedLossReachesBackWhileRecordsAreMissing(t *testin
 		t.Errorf("GetRevocation calls after the write-back ended = %d, want 0", n)
 	}
 }
+
+// TestRevocationCacheReplayedBlockNoticeOfLiftedBlockWritesNoBlock: a
+// block notice replayed (anyone who can PUBLISH, and read the channel,
+// can send one) naming a revocation of the Window whose block was lifted
+// since, by another instance (this one missed its notice). Its record,
+// read long ago, names the workload among its blocks, but that proves no
+// block now: a loss seen while the notice's block is in the blocked set
+// must not write it back (it did: the workload blocked again on every
+// instance, for good, by a notice).
+func TestRevocationCacheReplayedBlockNoticeOfLiftedBlockWritesNoBlock(t *testing.T) {
+	f := newLossFixture(t)
+	if err := f.st.DeleteBlock(f.ctx, "w1", "rev_1"); err != nil { // another instance's unblock
+		t.Fatal(err)
+	}
+	for range 3 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.c.Blocked("w1") {
+		t.Fatalf("Blocked(w1) = true after its unblock")
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_1", Blocked: []string{"w1"}}) // replayed
+	empty := memstore.New(f.clock)
+	f.st.swap(empty)
+	for range 2 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.c.StoreLosses(); n < 1 {
+		t.Fatalf("StoreLosses() = %d, want the loss seen", n)
+	}
+	if b, err := empty.GetBlock(f.ctx, "w1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Store GetBlock(w1) = %+v, %v after a replayed notice of its lifted block; want not found", b, err)
+	}
+	if b, err := empty.GetBlock(f.ctx, "w2"); err != nil || b.RevocationID != "rev_2" {
+		t.Errorf("Store GetBlock(w2) = %+v, %v; want rev_2's block written back", b, err)
+	}
+}
+
+// downListStore fails ListBlocks while down (Redis unreachable during a
+// failover).
+type downListStore struct {
+	broker.Store
+	down atomic.Bool
+}
+
+func (s *downListStore) ListBlocks(ctx context.Context) ([]broker.Block, error) {
+	if s.down.Load() {
+		return nil, errors.New("store unreachable")
+	}
+	return s.Store.ListBlocks(ctx)
+}
+
+// TestRevocationCacheRecordBackedBlockSurvivesFailingRefreshes: a block
+// another instance made (its notice) whose record the last refresh read
+// but whose block it did not list is written back after a failover, also
+// when refreshes fail while Redis is unreachable before the replica
+// answers (what backs it is the record read by the last refresh that
+// ended, not a count of refreshes).
+func TestRevocationCacheRecordBackedBlockSurvivesFailingRefreshes(t *testing.T) {
+	f := newLossFixture(t)
+	rev3 := &broker.Revocation{ID: "rev_3", Selector: broker.RevokeSelector{Workload: "w3"}, Reason: "INC-3", Block: true, CreatedAt: f.clock(),
+		Revoked: []string{}, Pending: []string{"iss_w3"}, Failed: []broker.RevokeFailure{}, Blocks: []string{"w3"}}
+	if err := f.st.PutRevocation(f.ctx, rev3); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil { // reads rev_3
+		t.Fatal(err)
+	}
+	if err := f.st.PutBlock(f.ctx, broker.Block{Workload: "w3", Reason: "INC-3", RevocationID: "rev_3", CreatedAt: f.clock()}); err != nil {
+		t.Fatal(err)
+	}
+	f.c.Apply(broker.Notice{RevocationID: "rev_3", Blocked: []string{"w3"}})
+	replica := memstore.New(f.clock)
+	for i := range f.revs {
+		if err := replica.PutBlock(f.ctx, f.revsBlock(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 10 {
+		for _, r := range f.revs {
+			if err := replica.PutRevocation(f.ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	down := &downListStore{Store: replica}
+	down.down.Store(true)
+	f.st.swap(down)
+	for range 3 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err == nil {
+			t.Fatal("Refresh() = nil while the store is down")
+		}
+	}
+	down.down.Store(false)
+	for range 2 {
+		f.advance(time.Second)
+		if err := f.c.Refresh(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := replica.GetBlock(f.ctx, "w3"); err != nil || b.RevocationID != "rev_3" {
+		t.Errorf("Store GetBlock(w3) = %+v, %v; want rev_3's block written back", b, err)
+	}
+}
