@@ -5,7 +5,9 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 
 	vaultapi "github.com/hashicorp/vault/api"
 )
@@ -59,6 +61,38 @@ func HideUserinfo(err error, addrs ...string) error {
 	return &maskedError{msg: hidden, err: err}
 }
 
+// clientAddresses are the addresses with a path (a token may be pasted into
+// it) NewClient built a client for, each once, for translate: the errors of
+// every request the adapter makes go through translate, which does not know
+// which client failed, and hides the path of each of them. They come from
+// the configuration (vault.address, VAULT_ADDR), so there are few: one per
+// distinct address a process was configured with. Hiding another client's
+// path too is harmless: it only applies where "//host/PATH/" appears.
+var clientAddresses struct {
+	sync.Mutex
+	addrs []string
+}
+
+// rememberAddress adds addr to clientAddresses if it has a path.
+func rememberAddress(addr string) {
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" || path.Clean("/"+u.Path) == "/" {
+		return
+	}
+	clientAddresses.Lock()
+	defer clientAddresses.Unlock()
+	if !slices.Contains(clientAddresses.addrs, addr) {
+		clientAddresses.addrs = append(clientAddresses.addrs, addr)
+	}
+}
+
+// rememberedAddresses returns a copy of clientAddresses.
+func rememberedAddresses() []string {
+	clientAddresses.Lock()
+	defer clientAddresses.Unlock()
+	return slices.Clone(clientAddresses.addrs)
+}
+
 // userinfoURLs is addrs with the URLs err's chain names.
 func userinfoURLs(err error, addrs []string) []string {
 	urls := append([]string(nil), addrs...)
@@ -88,8 +122,13 @@ func hideUserinfoText(msg string, urls ...string) string {
 // hideAddressPaths removes from msg (its user info already removed) the
 // path of each of addrs (the configured Vault address: a token may be
 // pasted into it) where a request URL of a client at that address shows
-// it, "//host/PATH/v1/...", leaving "//host/v1/...".
+// it, "//host/PATH/v1/...", leaving "//host/v1/...". Longer paths go
+// first: of two addresses of a host, one's path may start with the
+// other's ("/a/TOKEN" and "/a/TOKEN/b"), and hiding the shorter one first
+// would leave the rest of the longer one.
 func hideAddressPaths(msg string, addrs ...string) string {
+	type quoted struct{ host, path string }
+	var all []quoted
 	for _, raw := range addrs {
 		u, err := url.Parse(raw)
 		if err != nil || u.Host == "" {
@@ -107,9 +146,13 @@ func hideAddressPaths(msg string, addrs ...string) string {
 		}
 		for _, p := range forms {
 			if p != "" && p != "/" {
-				msg = strings.ReplaceAll(msg, "//"+u.Host+p+"/", "//"+u.Host+"/")
+				all = append(all, quoted{u.Host, p})
 			}
 		}
+	}
+	slices.SortStableFunc(all, func(a, b quoted) int { return len(b.path) - len(a.path) })
+	for _, q := range all {
+		msg = strings.ReplaceAll(msg, "//"+q.host+q.path+"/", "//"+q.host+"/")
 	}
 	return msg
 }

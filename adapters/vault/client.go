@@ -137,6 +137,8 @@ func NewClient(o ClientOptions) (*vaultapi.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vault: new client: %w", err)
 	}
+	// translate hides this address's path in the errors of its requests.
+	rememberAddress(o.Address)
 	// Vault's Retry-After on a 429 reaches translate (a clone does not keep
 	// callbacks: NewLogin and DynamicMinter set it on theirs).
 	c = c.WithResponseCallbacks(noteRetryAfter)

@@ -38,7 +38,8 @@ const (
 
 // translate turns an error of vault/api into a *broker.Error. op names the
 // operation for the log ("create token"); err's text (which may carry Vault's
-// error messages) goes only into Err, never into Safe.
+// error messages) goes only into Err, never into Safe, with no user info and
+// not the path of an address NewClient built a client for (HideUserinfo).
 func translate(op string, err error) error {
 	if err == nil {
 		return nil
@@ -47,7 +48,9 @@ func translate(op string, err error) error {
 	if errors.As(err, &be) {
 		return err
 	}
-	cause := fmt.Errorf("vault %s: %w", op, HideUserinfo(err))
+	// The path of the client's address (rememberAddress) is hidden as
+	// DisplayAddress hides it: a token may be pasted into it.
+	cause := fmt.Errorf("vault %s: %w", op, HideUserinfo(err, rememberedAddresses()...))
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) {
 		switch {
