@@ -571,7 +571,7 @@ func (v *Verifier) afterSignature(raw string, r *routed, claims jwt.MapClaims, s
 	if err := checkPayloadIsOneValue(raw); err != nil {
 		return nil, reject(ReasonMalformed, err)
 	}
-	if reason, cause := checkClaimShapes(claims); reason != "" {
+	if reason, cause := CheckClaimShapes(claims); reason != "" {
 		return nil, reject(reason, cause)
 	}
 	if err := r.st.validatorFor(claims).Validate(claims); err != nil {
@@ -820,10 +820,15 @@ func endOfObject(b []byte) int {
 // maxNumericDate is 9999-12-31T23:59:59Z: later dates are nonsense.
 const maxNumericDate = 253402300799
 
-// checkClaimShapes checks the types jwt/v5 would otherwise coerce or let
-// through: registered time claims must be numbers within a sane range, sub
-// and jti strings, aud a string or an array of strings.
-func checkClaimShapes(c jwt.MapClaims) (string, error) {
+// CheckClaimShapes checks the types jwt/v5 would otherwise coerce or let
+// through: registered time claims must be numbers (json.Number, as the
+// verifier decodes them) within a sane range, sub and jti strings, aud a
+// string or an array of strings (ReasonMalformed); then that exp is
+// present (ReasonMissingExp). It returns the reason and its cause (which
+// names claims, never their values), or "" and nil. The verifier runs it on
+// every token whose signature verified; keytrail policy explain
+// --unverified runs it too, needing no key.
+func CheckClaimShapes(c jwt.MapClaims) (string, error) {
 	for _, k := range []string{"exp", "iat", "nbf"} {
 		val, ok := c[k]
 		if !ok {

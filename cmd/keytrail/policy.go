@@ -125,8 +125,8 @@ func newPolicyExplainCmd(e *env) *cobra.Command {
 		Short: "Say which workload a token matches (or why none does) and what the grant would mint",
 		Long: `Explain reads an identity token, verifies it against the policy's issuers
 (fetching their JWKS; --unverified skips the signature and time checks for
-offline use, not the issuer's algorithms and token_types nor the sub's
-shape) and prints, for
+offline use, not the issuer's algorithms and token_types nor the claims'
+shapes and a present exp) and prints, for
 every workload of the token's issuer (with the file, path and line that
 declare it), why it matched or not, and what the grant would mint. The
 policy is --policy, else $KEYTRAIL_POLICY; one of them is required. The
@@ -224,16 +224,14 @@ workload's), or the policy or token cannot be read; 2 usage.`,
 					return exitError{code: 1}
 				}
 				// The claims' shapes need no key either: the server
-				// refuses a sub or jti that is not a string (malformed),
+				// refuses an exp, iat or nbf not a number in range, a sub
+				// or jti not a string, an aud not a string or strings
+				// (malformed), then a token with no exp (missing_exp),
 				// then a missing or empty sub (missing_subject), whatever
-				// matches the token (authn's checkClaimShapes, identity).
-				for _, k := range []string{"sub", "jti"} {
-					if v, present := mc[k]; present {
-						if _, isStr := v.(string); !isStr {
-							fmt.Fprintf(e.stdout, "token rejected: its %s claim is not a string (malformed): nothing would be granted\n", k)
-							return exitError{code: 1}
-						}
-					}
+				// matches the token (authn.CheckClaimShapes, identity).
+				if reason, cause := authn.CheckClaimShapes(mc); reason != "" {
+					fmt.Fprintf(e.stdout, "token rejected: %v (%s): nothing would be granted\n", cause, reason)
+					return exitError{code: 1}
 				}
 				if sub == "" {
 					fmt.Fprintln(e.stdout, "token rejected: its sub claim is missing or empty (missing_subject): nothing would be granted")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,6 +109,70 @@ grants:
 		}
 		tf := writeFile(t, dir, tt.name, tok)
 		ok := tt.name == "ok"
+		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
+			if (err == nil) != ok || !strings.Contains(out, tt.want) {
+				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, ok, tt.want, out)
+			}
+			if !ok && strings.Contains(out, "ALLOWED") {
+				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
+			}
+		})
+	}
+}
+
+// TestPolicyExplainUnverifiedTimeAndAudShape: the server refuses a token
+// whose exp, iat or nbf is not a number in [0, 9999-12-31] or whose aud is
+// neither a string nor an array of strings (malformed), and one with no exp
+// (missing_exp), before it looks at the sub (authn's checkClaimShapes);
+// --unverified skipped these checks and explained such a token as "grant g:
+// ALLOWED", exit 0.
+func TestPolicyExplainUnverifiedTimeAndAudShape(t *testing.T) {
+	iss := explainIssuer(t, "ES256")
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, subject_pattern: ".*", claims: {repo: r}}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	now := time.Now()
+	type absent struct{}
+	for _, tt := range []struct {
+		name   string
+		claims jwt.MapClaims
+		want   string
+	}{
+		{name: "ok", claims: jwt.MapClaims{}, want: "grant g: ALLOWED"},
+		{name: "ok-aud-array", claims: jwt.MapClaims{"aud": []string{"x", "keytrail"}}, want: "grant g: ALLOWED"},
+		{name: "no-exp", claims: jwt.MapClaims{"exp": absent{}}, want: "missing_exp"},
+		{name: "no-exp-no-sub", claims: jwt.MapClaims{"exp": absent{}, "sub": absent{}}, want: "missing_exp"},
+		{name: "string-exp", claims: jwt.MapClaims{"exp": strconv.FormatInt(now.Add(time.Hour).Unix(), 10)}, want: "malformed"},
+		{name: "null-exp", claims: jwt.MapClaims{"exp": nil}, want: "malformed"},
+		{name: "negative-exp", claims: jwt.MapClaims{"exp": -1}, want: "malformed"},
+		{name: "huge-exp", claims: jwt.MapClaims{"exp": int64(253402300800)}, want: "malformed"},
+		{name: "string-iat", claims: jwt.MapClaims{"iat": "now"}, want: "malformed"},
+		{name: "bool-nbf", claims: jwt.MapClaims{"nbf": true}, want: "malformed"},
+		{name: "number-aud", claims: jwt.MapClaims{"aud": 1}, want: "malformed"},
+		{name: "aud-array-number", claims: jwt.MapClaims{"aud": []any{"keytrail", 2}}, want: "malformed"},
+		{name: "string-iat-no-sub", claims: jwt.MapClaims{"iat": "now", "sub": absent{}}, want: "malformed"},
+		{name: "no-exp-number-sub", claims: jwt.MapClaims{"exp": absent{}, "sub": 42}, want: "malformed"},
+	} {
+		claims := jwt.MapClaims{"iss": iss.URL, "aud": "keytrail", "sub": "s", "repo": "r", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		for k, v := range tt.claims {
+			if _, del := v.(absent); del {
+				delete(claims, k)
+			} else {
+				claims[k] = v
+			}
+		}
+		tok, err := iss.Sign(claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tf := writeFile(t, dir, tt.name, tok)
+		ok := strings.HasPrefix(tt.name, "ok")
 		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
 			if (err == nil) != ok || !strings.Contains(out, tt.want) {
 				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, ok, tt.want, out)
