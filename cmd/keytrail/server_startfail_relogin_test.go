@@ -46,6 +46,8 @@ func TestHardExitStopsAReloginBeforeRevoking(t *testing.T) {
 	rp := httputil.NewSingleHostReverseProxy(target)
 	var armed atomic.Bool
 	loginHeld, loginRelease := make(chan struct{}), make(chan struct{})
+	// heldGone is closed when the held re-login's client gave up.
+	heldGone := make(chan struct{})
 	var heldOnce sync.Once
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if armed.Load() {
@@ -63,10 +65,14 @@ func TestHardExitStopsAReloginBeforeRevoking(t *testing.T) {
 					return
 				}
 				r.Body = io.NopCloser(bytes.NewReader(body))
-				heldOnce.Do(func() { close(loginHeld) })
+				held := false
+				heldOnce.Do(func() { held = true; close(loginHeld) })
 				select {
 				case <-loginRelease:
 				case <-r.Context().Done():
+					if held {
+						close(heldGone)
+					}
 					return // the client gave up: Vault never sees it
 				}
 				if r.Context().Err() != nil {
@@ -123,6 +129,16 @@ func TestHardExitStopsAReloginBeforeRevoking(t *testing.T) {
 	case <-exited:
 	case <-time.After(60 * time.Second):
 		t.Fatalf("no exit within 60s of a failed start-up whose close hangs\n%s", logs.String())
+	}
+	// The exit stopped the login's loop, whose client then closed the held
+	// re-login's connection; the front notices (its read of that
+	// connection ends) a little later, under load after the exit: the
+	// release waits for that, or it may forward a request whose client is
+	// gone (a token nobody waited for, counted as the server's). A client
+	// still there (a loop not stopped) is released when the wait ends.
+	select {
+	case <-heldGone:
+	case <-time.After(20 * time.Second):
 	}
 	// What the re-login would have got, had it still been waiting.
 	letLogin()
