@@ -2,12 +2,9 @@ package broker_test
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/broker/audit"
 	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
@@ -20,28 +17,15 @@ import (
 // next pass, after the other's had written it too.
 func TestResultOwedTakenOverByOneOfTwoInstances(t *testing.T) {
 	f := newRevFixture(t, nil)
-	is := f.issue(t, "payments")
 	ctx := context.Background()
-	var failing atomic.Bool
-	failing.Store(true)
-	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "incident 51", broker.RevokeOptions{}, "req_r")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, rev, _ := revokeResultRefused(t, f, "incident 51")
 	if got, err := f.store.GetRevocation(ctx, rev.ID); err != nil || got.ResultOwed.IsZero() {
 		t.Fatalf("record after the failed result: %+v, %v; want its result marked owed", got, err)
 	}
 	// The instance is gone (its worker never runs). B and C remain.
 	sinkB, sinkC := &brokertest.Sink{}, &brokertest.Sink{}
-	wb, err := broker.NewRevocationWorker(restarted(t, f, sinkB), broker.WorkerOptions{Interval: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wc, err := broker.NewRevocationWorker(restarted(t, f, sinkC), broker.WorkerOptions{Interval: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	wb := workerEvery(t, restarted(t, f, sinkB), 2*time.Second)
+	wc := workerEvery(t, restarted(t, f, sinkC), 2*time.Second)
 	f.advance(time.Minute) // past the grace
 	for range 4 {
 		_ = within(t, "B's pass", func() error { return wb.Tick(ctx) })

@@ -16,6 +16,33 @@ import (
 	"github.com/keytrail/keytrail/broker/brokertest"
 )
 
+// revokeResultRefused revokes a credential of payments with f's sink
+// refusing revoke_results while the flag it returns is set (it is): the
+// request's own result fails, and is marked owed in the record.
+func revokeResultRefused(t *testing.T, f *revFixture, incident string) (*broker.Issuance, *broker.Revocation, *atomic.Bool) {
+	t.Helper()
+	is := f.issue(t, "payments")
+	failing := new(atomic.Bool)
+	failing.Store(true)
+	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
+	rev, err := f.svc.Revoke(context.Background(), secops, broker.RevokeSelector{IssuanceID: is.ID}, incident, broker.RevokeOptions{}, "req_r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return is, rev, failing
+}
+
+// workerEvery is a RevocationWorker of svc making passes every interval
+// (the tests make them with Tick).
+func workerEvery(t *testing.T, svc *broker.Service, interval time.Duration) *broker.RevocationWorker {
+	t.Helper()
+	w, err := broker.NewRevocationWorker(svc, broker.WorkerOptions{Interval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 // tickUntilResult makes passes of w, a minute apart on f's clock, until
 // sink holds a revoke_result for revocation id (at most 5), then 3 more:
 // it returns that revocation's revoke_results.
@@ -40,15 +67,8 @@ func tickUntilResult(t *testing.T, f *revFixture, w *broker.RevocationWorker, ev
 // log writes the result, once.
 func TestRequestResultFailedSurvivesRestart(t *testing.T) {
 	f := newRevFixture(t, nil)
-	is := f.issue(t, "payments")
 	ctx := context.Background()
-	var failing atomic.Bool
-	failing.Store(true)
-	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "incident 45", broker.RevokeOptions{}, "req_r")
-	if err != nil {
-		t.Fatal(err)
-	}
+	is, rev, failing := revokeResultRefused(t, f, "incident 45")
 	if got, err := f.store.GetRevocation(ctx, rev.ID); err != nil || got.CompletedAt.IsZero() {
 		t.Fatalf("record after Revoke: %+v, %v; want it complete", got, err)
 	}
@@ -61,10 +81,7 @@ func TestRequestResultFailedSurvivesRestart(t *testing.T) {
 
 	// The restart: the old instance's worker never ran.
 	failing.Store(false)
-	w, err := broker.NewRevocationWorker(restarted(t, f, f.sink), broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := workerEvery(t, restarted(t, f, f.sink), time.Second)
 	res := tickUntilResult(t, f, w, f.sink.Events, rev.ID)
 	if len(res) != 1 || !cmp.Equal(res[0].Details["revoked"], []string{is.ID}) || res[0].Outcome.Status != 200 {
 		t.Fatalf("revoke_result events after the restart %v (events %v), want one listing %s revoked, status 200", res, f.sink.Types(), is.ID)
@@ -92,10 +109,7 @@ func TestWorkerResultFailedSurvivesRestart(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
 	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
-	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := workerEvery(t, f.svc, time.Second)
 	f.advance(time.Minute)
 	_ = within(t, "worker pass", func() error { return w.Tick(ctx) })
 	awaitRevocation(t, f, rev.ID, "complete", func(r *broker.Revocation, err error) bool {
@@ -104,10 +118,7 @@ func TestWorkerResultFailedSurvivesRestart(t *testing.T) {
 	n := len(revokeResults(f.sink.Events(), rev.ID)) // the request's 202
 
 	failing.Store(false)
-	w2, err := broker.NewRevocationWorker(restarted(t, f, f.sink), broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w2 := workerEvery(t, restarted(t, f, f.sink), time.Second)
 	res := tickUntilResult(t, f, w2, f.sink.Events, rev.ID)[n:]
 	if len(res) != 1 || !cmp.Equal(res[0].Details["revoked"], []string{is.ID}) || res[0].Outcome.Status != 200 {
 		t.Fatalf("revoke_result events after the restart %v (events %v), want one listing %s revoked, status 200", res, f.sink.Types(), is.ID)
@@ -136,26 +147,13 @@ func assertOwedCleared(t *testing.T, f *revFixture, id string) {
 // the grace) writes another.
 func TestResultOwedSameInstanceClearsMark(t *testing.T) {
 	f := newRevFixture(t, nil)
-	is := f.issue(t, "payments")
 	ctx := context.Background()
-	var failing atomic.Bool
-	failing.Store(true)
-	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "incident 47", broker.RevokeOptions{}, "req_r")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, rev, failing := revokeResultRefused(t, f, "incident 47")
+	w := workerEvery(t, f.svc, time.Second)
 	// Another instance, its own log, within the grace: the result is
 	// left to the instance whose write failed.
 	other := &brokertest.Sink{}
-	w2, err := broker.NewRevocationWorker(restarted(t, f, other), broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w2 := workerEvery(t, restarted(t, f, other), time.Second)
 	_ = within(t, "other worker pass", func() error { return w2.Tick(ctx) })
 	if types := other.Types(); len(types) != 0 {
 		t.Fatalf("other instance wrote %v within the grace, want nothing", types)
@@ -213,10 +211,7 @@ func TestWorkerResultCutByShutdownIsWrittenNextStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.rv.setErr(nil)
-	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := workerEvery(t, f.svc, time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f.advance(time.Minute)
@@ -239,10 +234,7 @@ func TestWorkerResultCutByShutdownIsWrittenNextStart(t *testing.T) {
 	}
 	n := len(revokeResults(f.sink.Events(), rev.ID)) // the request's 202
 
-	w2, err := broker.NewRevocationWorker(restarted(t, f, f.sink), broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w2 := workerEvery(t, restarted(t, f, f.sink), time.Second)
 	res := tickUntilResult(t, f, w2, f.sink.Events, rev.ID)[n:]
 	if len(res) != 1 || !cmp.Equal(res[0].Details["revoked"], []string{is.ID}) || res[0].Outcome.Status != 200 {
 		t.Fatalf("revoke_result events after the restart %v (events %v), want one listing %s revoked, status 200", res, f.sink.Types(), is.ID)
@@ -258,24 +250,11 @@ func TestWorkerResultCutByShutdownIsWrittenNextStart(t *testing.T) {
 // after every grace for as long as A's log failed.
 func TestResultOwedWrittenElsewhereNotRepeated(t *testing.T) {
 	f := newRevFixture(t, nil)
-	is := f.issue(t, "payments")
 	ctx := context.Background()
-	var failing atomic.Bool
-	failing.Store(true)
-	f.sink.Fail = func(ev *audit.Event) bool { return failing.Load() && ev.Type == audit.TypeRevokeResult }
-	rev, err := f.svc.Revoke(ctx, secops, broker.RevokeSelector{IssuanceID: is.ID}, "incident 49", broker.RevokeOptions{}, "req_r")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wa, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, rev, failing := revokeResultRefused(t, f, "incident 49")
+	wa := workerEvery(t, f.svc, time.Second)
 	other := &brokertest.Sink{}
-	wb, err := broker.NewRevocationWorker(restarted(t, f, other), broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	wb := workerEvery(t, restarted(t, f, other), time.Second)
 	f.advance(time.Minute) // past the grace
 	for range 2 {
 		_ = within(t, "B's pass", func() error { return wb.Tick(ctx) })
