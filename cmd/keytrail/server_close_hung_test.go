@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,41 +24,85 @@ type brokenListener struct{ net.Listener }
 
 func (brokenListener) Accept() (net.Conn, error) { return nil, errors.New("accept: listener broken") }
 
-// hungCloseRun starts runServer (ctx) logged in with AppRole, its audit
-// sink's Close hanging (as on an audit disk that hangs) until the test
-// ends; it returns once the Close hangs, with the Vault client, the
-// number of Vault tokens before the start-up, the log, the exit channel,
-// runServer's done and closing, closed once the sink's Close hangs.
-func hungCloseRun(t *testing.T, ctx context.Context, policy string, edit func(*Config, *env)) (c *vaultapi.Client, before int, logs *brokertest.SyncBuffer, exited chan int, done, closing <-chan struct{}) {
+// hungClose is a runServer started by startHungClose.
+type hungClose struct {
+	c       *vaultapi.Client // the Vault's
+	before  int              // Vault tokens before the start-up
+	logs    *brokertest.SyncBuffer
+	exited  chan int        // e.exit's status
+	done    <-chan struct{} // closed when runServer returns
+	closing chan struct{}   // closed once the audit sink's Close hangs
+	runErr  func() error    // runServer's error, once done
+	// release lets the audit sink's Close return (safe to call more
+	// than once; the test's cleanup calls it).
+	release func()
+}
+
+// startHungClose starts runServer (ctx) logged in with AppRole (Vault
+// policy policy), its audit sink's Close hanging (as on an audit disk
+// that hangs) until release or the test's end; edit, if set, changes the
+// configuration and env first.
+func startHungClose(t *testing.T, ctx context.Context, policy string, edit func(*Config, *env)) *hungClose {
 	t.Helper()
 	vp := harness.StartVault(t)
-	c = vp.Client
+	r := &hungClose{c: vp.Client, closing: make(chan struct{})}
 	dir := t.TempDir()
-	roleFile, secretFile := approleLogin(t, c, policy, dir)
-	before = vaultTokenCount(t, c)
+	roleFile, secretFile := approleLogin(t, r.c, policy, dir)
+	r.before = vaultTokenCount(t, r.c)
 	cfg := startupDeadlineConfig(t, dir, vp.Addr, func(cfg *Config) {
 		cfg.Vault.Auth = &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}
 	})
+	// No startup_timeout: the bounds are those of the close.
 	cfg.StartupTimeout = new(duration)
-	logs, exited, e := hardExitEnv()
+	var e *env
+	r.logs, r.exited, e = hardExitEnv()
 	e.getenv = func(k string) string { return map[string]string{envReconcile: "off"}[k] }
-	closingc, release := make(chan struct{}), make(chan struct{})
+	releasec := make(chan struct{})
+	var once sync.Once
+	r.release = func() { once.Do(func() { close(releasec) }) }
 	e.auditClosing = func() {
-		close(closingc)
-		<-release
+		close(r.closing)
+		<-releasec
 	}
 	if edit != nil {
 		edit(cfg, e)
 	}
-	done, _ = goRunServer(ctx, e, cfg)
+	done, runErr := goRunServer(ctx, e, cfg)
+	r.done, r.runErr = done, runErr
 	t.Cleanup(func() {
-		close(release)
+		r.release()
 		select {
 		case <-done:
 		case <-time.After(60 * time.Second):
 		}
 	})
-	return c, before, logs, exited, done, closingc
+	return r
+}
+
+// hungCloseRun is startHungClose returning once the Close hangs, with
+// the Vault client, the number of Vault tokens before the start-up, the
+// log, the exit channel, runServer's done and closing.
+func hungCloseRun(t *testing.T, ctx context.Context, policy string, edit func(*Config, *env)) (c *vaultapi.Client, before int, logs *brokertest.SyncBuffer, exited chan int, done, closing <-chan struct{}) {
+	t.Helper()
+	r := startHungClose(t, ctx, policy, edit)
+	return r.c, r.before, r.logs, r.exited, r.done, r.closing
+}
+
+// awaitHardExit waits for the exit (e.exit) of a runServer whose close
+// hangs, within the bound, and checks its status is 1; what names the
+// run in the failure.
+func awaitHardExit(t *testing.T, logs *brokertest.SyncBuffer, exited <-chan int, done <-chan struct{}, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case code := <-exited:
+		if code != 1 {
+			t.Errorf("exit status %d, want 1", code)
+		}
+	case <-done:
+		t.Fatalf("runServer returned while its audit sink's Close hangs\n%s", logs.String())
+	case <-time.After(within):
+		t.Fatalf("no exit within %v of %s\n%s", within, what, logs.String())
+	}
 }
 
 // awaitClosing waits until the runtime's close reaches the audit sink's
@@ -90,16 +135,7 @@ func TestServeFailedBeforeServingHungCloseExitsAndRevokes(t *testing.T) {
 		e.listener = brokenListener{ln}
 	})
 	awaitClosing(t, logs, done, closing)
-	select {
-	case code := <-exited:
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-	case <-done:
-		t.Fatalf("runServer returned while its audit sink's Close hangs\n%s", logs.String())
-	case <-time.After(45 * time.Second):
-		t.Fatalf("no exit within 45s of a broker whose Serve failed before serving and whose close hangs (grace 2s)\n%s", logs.String())
-	}
+	awaitHardExit(t, logs, exited, done, 45*time.Second, "a broker whose Serve failed before serving and whose close hangs (grace 2s)")
 	if after := vaultTokenCount(t, c); after != before {
 		t.Errorf("Vault tokens: %d before the start-up, %d after the exit: the unserved login's token was left valid\n%s", before, after, logs.String())
 	}
@@ -140,16 +176,7 @@ func TestServedShutdownHungCloseExitsWithoutRevoking(t *testing.T) {
 	}
 	cancel() // SIGTERM
 	awaitClosing(t, logs, done, closing)
-	select {
-	case code := <-exited:
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-	case <-done:
-		t.Fatalf("runServer returned while its audit sink's Close hangs\n%s", logs.String())
-	case <-time.After(45 * time.Second):
-		t.Fatalf("no exit within 45s of a shutdown whose close hangs (grace 2s)\n%s", logs.String())
-	}
+	awaitHardExit(t, logs, exited, done, 45*time.Second, "a shutdown whose close hangs (grace 2s)")
 	if after := vaultTokenCount(t, c); after != before+1 {
 		t.Errorf("Vault tokens: %d serving, %d after the exit: the served login's token was revoked\n%s", before+1, after, logs.String())
 	}

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/keytrail/keytrail/e2e/harness"
 )
 
 // TestFailedStartupHungCloseExitsAndRevokes: a start-up logged in with
@@ -18,61 +16,22 @@ import (
 // startupCloseGrace later it logs an ERROR with the start-up's error,
 // revokes the login's token and exits 1.
 func TestFailedStartupHungCloseExitsAndRevokes(t *testing.T) {
-	vp := harness.StartVault(t)
-	c := vp.Client
-	dir := t.TempDir()
-	roleFile, secretFile := approleLogin(t, c, "kt-failhung", dir)
-	tokens := func() int { t.Helper(); return vaultTokenCount(t, c) }
-	before := tokens()
-
-	cfg := startupDeadlineConfig(t, dir, vp.Addr, func(cfg *Config) {
-		cfg.Vault.Auth = &VaultAuthConfig{Method: "approle", RoleIDFile: roleFile, SecretIDFile: secretFile}
+	r := startHungClose(t, context.Background(), "kt-failhung", func(cfg *Config, e *env) {
 		cfg.Vault.TokenRole = "kt-no-such-role"
 	})
-	// No startup_timeout: the bound is the failed start-up's own.
-	cfg.StartupTimeout = new(duration)
-	logs, exited, e := hardExitEnv()
-	e.getenv = func(k string) string { return map[string]string{envReconcile: "off"}[k] }
-	closing, release := make(chan struct{}), make(chan struct{})
-	e.auditClosing = func() {
-		close(closing)
-		<-release
-	}
-	done, runErr := goRunServer(context.Background(), e, cfg)
-	var released bool
-	open := func() {
-		if !released {
-			released = true
-			close(release)
-		}
-	}
-	t.Cleanup(func() {
-		open()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
-		}
-	})
+	c, before, logs := r.c, r.before, r.logs
+	tokens := func() int { t.Helper(); return vaultTokenCount(t, c) }
 	select {
-	case <-closing:
-	case <-done:
-		t.Fatalf("runServer returned (%v) without closing its audit sink\n%s", runErr(), logs.String())
+	case <-r.closing:
+	case <-r.done:
+		t.Fatalf("runServer returned (%v) without closing its audit sink\n%s", r.runErr(), logs.String())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("the failed start-up never closed its audit sink\n%s", logs.String())
 	}
 	if n := tokens(); n != before+1 {
 		t.Fatalf("Vault tokens: %d before the start-up, %d while its close hangs, want its login's one more", before, n)
 	}
-	select {
-	case code := <-exited:
-		if code != 1 {
-			t.Errorf("exit status %d, want 1", code)
-		}
-	case <-done:
-		t.Fatalf("runServer returned while its audit sink's Close hangs\n%s", logs.String())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("no exit within 60s of a failed start-up whose close hangs (grace 2s)\n%s", logs.String())
-	}
+	awaitHardExit(t, logs, r.exited, r.done, 60*time.Second, "a failed start-up whose close hangs (grace 2s)")
 	if after := tokens(); after != before {
 		t.Errorf("Vault tokens: %d before a failed start-up whose close hung, %d after its exit: its AppRole login's token was left valid\n%s", before, after, logs.String())
 	}
@@ -82,10 +41,10 @@ func TestFailedStartupHungCloseExitsAndRevokes(t *testing.T) {
 	}
 	// The in-process runServer (e.exit does not end it) closes once the
 	// Close is released: its closer finds the token revoked already.
-	open()
+	r.release()
 	select {
-	case <-done:
-		if err := runErr(); err == nil || !strings.Contains(err.Error(), "kt-no-such-role") {
+	case <-r.done:
+		if err := r.runErr(); err == nil || !strings.Contains(err.Error(), "kt-no-such-role") {
 			t.Errorf("runServer() = %v, want the start-up's error", err)
 		}
 	case <-time.After(60 * time.Second):
