@@ -3069,7 +3069,7 @@ const liftLossGrace = time.Minute
 // announcedLossSpan: a loss seen by an announced block gone with its
 // revocation, the Store's version not going back (a failover to a replica
 // that lacked the last writes), writes back the records created this long
-// before it first, then a step of this length further back at a time while
+// before the lost block's notice (or since) first, then a step of this length further back at a time while
 // the step before found records missing (see lossSpan).
 const announcedLossSpan = time.Minute
 
@@ -3837,12 +3837,16 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		}
 	}
 	lostNow := false
+	announced := now // the earliest lost announced block's notice
 	for w, rid := range gone {
 		// Still the block announced (not lifted, nor replaced, since).
 		if b, ok := c.blocked[w]; ok && b.RevocationID == rid && c.unlisted[w] == rid {
 			if _, listed := blocked[w]; !listed {
 				c.loseBlockLocked(b, gen)
 				lostNow = true
+				if b.CreatedAt.Before(announced) {
+					announced = b.CreatedAt
+				}
 			}
 		}
 		delete(c.unlisted, w)
@@ -3860,7 +3864,14 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	case back:
 		lostSince = cutoff
 	case lostNow:
-		lostSince = now.Add(-announcedLossSpan)
+		// From the minute before the lost block was announced, not
+		// before now: the failover may have taken longer than a minute,
+		// and records made on the new primary since (in the Store) must
+		// not make the first step look whole (see lossSpan).
+		lostSince = announced.Add(-announcedLossSpan)
+		if lostSince.Before(cutoff) {
+			lostSince = cutoff
+		}
 	}
 	lostRevs := c.noteRecords(revs, kept, cutoff, gen, lostSince, back)
 	if back || lostNow {
