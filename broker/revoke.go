@@ -4077,7 +4077,8 @@ func (c *RevocationCache) extendSpan(cutoff time.Time) {
 // record the Store no longer lists was lost: it deletes none), so those
 // read before that it did not list stay, and so do those a listing that
 // started after it began read (created since, or a copy as recent as its
-// own). It takes recs over.
+// own; one a listing read before keeps that listing's mark, see
+// backedLocked). It takes recs over.
 func (c *RevocationCache) keepRecords(recs map[string]revEntry, cutoff time.Time, listGen uint64) {
 	for id, e := range recs {
 		if e.r.createdAt().Before(cutoff) {
@@ -4087,8 +4088,14 @@ func (c *RevocationCache) keepRecords(recs map[string]revEntry, cutoff time.Time
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
 	for id, e := range c.revs {
-		if _, listed := recs[id]; (!listed || e.gen > listGen) && !e.r.createdAt().Before(cutoff) {
+		f, listed := recs[id]
+		switch {
+		case (!listed || e.gen > listGen) && !e.r.createdAt().Before(cutoff):
 			recs[id] = e
+		case listed && !e.full:
+			// The full read's copy, as recent, keeps the mark of the
+			// listing of changed records that read it (see backedLocked).
+			recs[id] = revEntry{r: f.r, gen: e.gen}
 		}
 	}
 	c.revs = recs
