@@ -46,3 +46,19 @@ func DamageKeptRecord(c *RevocationCache, id string) bool {
 	}
 	return ok
 }
+
+// SetHeardCap sets the bound on what notices alone keep (maxHeard), for
+// the tests of what happens past it.
+func SetHeardCap(c *RevocationCache, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.heardCap = n
+}
+
+// HeardIDs is how many ids of c's revoked set only notices named
+// (RevocationCache.heardIDs).
+func HeardIDs(c *RevocationCache) int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.heardIDs)
+}

@@ -3006,7 +3006,31 @@ type RevocationCache struct {
 	// alone whose records are being written back (see lossSpan); zero
 	// when none.
 	span lossSpan
+	// heardIDs (under mu) are the ids of the revoked set learned from
+	// notices (not this instance's own) that no read of the Store listed
+	// since. What notices alone keep for the Window (these, the lost
+	// blocks kept here only, lostBlock.here, and the lifted blocks) is
+	// bounded by heardCap (maxHeard) each: anyone who can PUBLISH on the
+	// channel can send notices without limit. Past it a notice's new
+	// entry is refused (not kept; counted in refused, a WARN at most
+	// every refusedWarnEvery): nothing known is dropped, a revocation
+	// really made is still read from the Store at the next refresh, and
+	// a lifted block not remembered stands if it comes back.
+	heardIDs  map[string]struct{}
+	heardCap  int
+	refused   atomic.Uint64
+	refusedAt atomic.Int64 // c.o.Now() of the last refusal WARN, UnixNano (0: none)
 }
+
+// maxHeard bounds each of what notices alone keep for the Window (see
+// heardIDs): the documented scale is 400,000 revocations in the Window,
+// whose ids a refresh reads from the Store within a second of their
+// notice, and blocks and unblocks are far fewer.
+const maxHeard = 400_000
+
+// refusedWarnEvery: the WARN that notices past maxHeard were refused is
+// logged at most this often.
+const refusedWarnEvery = time.Minute
 
 // lossSpan is the step, by creation time from (inclusive) to (exclusive;
 // zero: no end), of the records queued for the write-back of a loss seen
@@ -3134,7 +3158,29 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
 		lostRevs: map[string]revEntry{}, unlisted: map[string]string{}, heard: map[string]heardBlock{},
-		undo: map[string]string{}, lifted: map[string]liftedBlock{}}, nil
+		undo: map[string]string{}, lifted: map[string]liftedBlock{}, heardIDs: map[string]struct{}{}, heardCap: maxHeard}, nil
+}
+
+// NoticesRefused is how many revoked ids, lost blocks and lifted blocks
+// learned from notices alone the cache refused to keep, past maxHeard
+// (see heardIDs).
+func (c *RevocationCache) NoticesRefused() uint64 { return c.refused.Load() }
+
+// warnRefused logs a WARN, at most every refusedWarnEvery, when the cache
+// refused entries since refused was before. Called without mu.
+func (c *RevocationCache) warnRefused(ctx context.Context, before uint64) {
+	n := c.refused.Load()
+	if n == before {
+		return
+	}
+	now, last := c.o.Now().UnixNano(), c.refusedAt.Load()
+	if last != 0 && now-last < int64(refusedWarnEvery) || !c.refusedAt.CompareAndSwap(last, now) {
+		return
+	}
+	c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache: notices past the cap refused: "+
+		"the revoked ids, lost blocks or lifted blocks kept on a notice's word alone are at the cap (forged notices on the channel?); "+
+		"nothing known is dropped, and revocations really made are still read from the store at the next refresh",
+		slog.Uint64("refused_total", n), slog.Int("cap", c.heardCap))
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
@@ -3286,6 +3332,8 @@ func (c *RevocationCache) Apply(n Notice) { c.apply(n, false) }
 // stored what n says before announcing it).
 func (c *RevocationCache) apply(n Notice, own bool) {
 	now := c.o.Now()
+	refused := c.refused.Load()
+	defer c.warnRefused(context.Background(), refused)
 	c.mu.Lock()
 	c.seq++
 	if c.log != nil {
@@ -3303,6 +3351,15 @@ func (c *RevocationCache) apply(n Notice, own bool) {
 // revoked issuance or a blocked workload.
 func (c *RevocationCache) applyLocked(n Notice, now time.Time, own bool) (learned bool) {
 	for _, id := range n.Revoked {
+		if !own {
+			if _, ok := c.revoked[id]; !ok {
+				if len(c.heardIDs) >= c.heardCap {
+					c.refused.Add(1) // past the cap (see heardIDs)
+					continue
+				}
+				c.heardIDs[id] = struct{}{}
+			}
+		}
 		learned = c.learnLocked(id, now) || learned
 	}
 	for _, w := range n.Blocked {
@@ -3332,9 +3389,15 @@ func (c *RevocationCache) applyLocked(n Notice, now time.Time, own bool) (learne
 		// Remembered only when it lifts a block this cache knew: a notice
 		// naming blocks nobody made (anyone who may PUBLISH on the
 		// channel can send one) does not grow the set.
-		if b, ok := c.blocked[w]; n.RevocationID != "" && ok && b.RevocationID == n.RevocationID {
-			c.lifted[w] = liftedBlock{rid: n.RevocationID, gen: c.listGen, at: now}
-		} else if lb, ok := c.lostBlocks[w]; n.RevocationID != "" && ok && lb.b.RevocationID == n.RevocationID {
+		b, ok := c.blocked[w]
+		lb, lost := c.lostBlocks[w]
+		knew := n.RevocationID != "" && (ok && b.RevocationID == n.RevocationID || lost && lb.b.RevocationID == n.RevocationID)
+		if _, was := c.lifted[w]; knew && !was && len(c.lifted) >= c.heardCap {
+			// Past the cap (see heardIDs): not remembered, so a block
+			// that comes back stands (fail closed); the notice still
+			// lifts what it lifts below.
+			c.refused.Add(1)
+		} else if knew {
 			c.lifted[w] = liftedBlock{rid: n.RevocationID, gen: c.listGen, at: now}
 		}
 		// Only the block the unblock lifted (see Notice): a re-block
@@ -3770,8 +3833,10 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	var learners []func()
 	var lost []slog.Attr
 	var cameBack, standing []string
+	refused := c.refused.Load()
 	defer func() {
 		tell(learners)
+		c.warnRefused(ctx, refused)
 		if len(cameBack) > 0 {
 			c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache: blocks lifted here came back into the store "+
 				"(written back after a data loss by an instance that missed the unblock, or the unblock's delete lost in a failover); deleting them again",
@@ -3799,6 +3864,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	cutoff := now.Add(-c.o.Window)
 	for id, at := range revokedSince(revs, cutoff) {
 		learned = c.learnLocked(id, at) || learned
+		delete(c.heardIDs, id) // read from the Store
 	}
 	for w, l := range c.lifted {
 		if l.at.Before(cutoff) {
@@ -3961,6 +4027,10 @@ func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
 		b, here = h.prev, false
 	}
 	old, ok := c.lostBlocks[b.Workload]
+	if here && !ok && len(c.lostBlocks) >= c.heardCap {
+		c.refused.Add(1) // past the cap (see heardIDs): a notice's word alone
+		return
+	}
 	c.lostBlocks[b.Workload] = lostBlock{b: b, loss: gen, writing: ok && old.writing && old.b == b, here: here}
 }
 
@@ -4189,6 +4259,11 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for id := range c.heardIDs {
+		if _, ok := revoked[id]; ok {
+			delete(c.heardIDs, id) // read from the Store
+		}
+	}
 	for id := range touched {
 		if _, ok := revoked[id]; !ok {
 			revoked[id] = c.revoked[id]
@@ -4206,6 +4281,11 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 	}
 	if len(revoked) > kept {
 		learners = c.learners
+	}
+	for id := range c.heardIDs {
+		if _, ok := revoked[id]; !ok {
+			delete(c.heardIDs, id) // left the Window
+		}
 	}
 	// What was read covers every change up to version; readChanges may
 	// continue from there, unless the Store's version went back meanwhile
