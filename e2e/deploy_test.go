@@ -362,7 +362,8 @@ func TestDeployKubernetesManifests(t *testing.T) {
 	// The drain must outlast what the readiness probe needs to see the pod
 	// unready (failureThreshold failed probes, periodSeconds apart, the
 	// first up to a period after the drain began), and the drain plus
-	// shutdown_timeout must end before the kubelet's SIGKILL.
+	// shutdown_timeout, the cut-off grace and the close's bound must end
+	// before the kubelet's SIGKILL.
 	t.Run("ok/drain-outlasts-readiness-probe", func(t *testing.T) {
 		cfg := checkServerConfig(t, cfgText)
 		dur := func(field string) time.Duration {
@@ -396,6 +397,13 @@ func TestDeployKubernetesManifests(t *testing.T) {
 		cutOff := deployCutOffGrace(vaultTimeout)
 		if drain+timeout+cutOff >= grace {
 			t.Errorf("shutdown_drain + shutdown_timeout + the cut-off handlers' grace (%v + %v + %v) >= terminationGracePeriodSeconds (%v): the kubelet kills the broker before its shutdown ends", drain, timeout, cutOff, grace)
+		}
+		// A close that hangs then (a hung audit disk) is bounded by the
+		// broker itself (harness.ShutdownCloseBound, 52 s by default):
+		// an ERROR naming the step it waits for, exit 1. A SIGKILL
+		// before that loses the ERROR.
+		if closeBound := harness.ShutdownCloseBound(vaultTimeout); drain+timeout+cutOff+closeBound >= grace {
+			t.Errorf("shutdown_drain + shutdown_timeout + the cut-off handlers' grace + the close's bound (%v + %v + %v + %v) >= terminationGracePeriodSeconds (%v): the kubelet kills a broker whose close hangs before it logs the step it waits for", drain, timeout, cutOff, closeBound, grace)
 		}
 	})
 

@@ -74,6 +74,16 @@ func TestHarnessStartWaitsForTheDefaultStartupTimeout(t *testing.T) {
 	if want := startupCloseGrace + 2*loginRevokeTimeout; harness.StartupExitBound != want {
 		t.Errorf("harness.StartupExitBound = %v, want startupCloseGrace + 2 x loginRevokeTimeout (%v)", harness.StartupExitBound, want)
 	}
+	// The bound of a served broker's close (shutdownCloseGrace), which
+	// the harness's stop wait (harness.StopWait) and the deploy files'
+	// budgets add to the drain, shutdown_timeout and the cut-off grace.
+	for _, vt := range []time.Duration{0, 5 * time.Second, 20 * time.Second, 2 * time.Minute} {
+		cfg := &Config{}
+		cfg.Vault.Timeout = duration(vt)
+		if got, want := harness.ShutdownCloseBound(vt), shutdownCloseGrace(cfg, &env{}); got != want {
+			t.Errorf("harness.ShutdownCloseBound(%v) = %v, want shutdownCloseGrace (%v)", vt, got, want)
+		}
+	}
 }
 
 // startupDeadlineEnv is the env of the start-up deadline tests: Vault's

@@ -348,9 +348,12 @@ const stopSlack = 15 * time.Second
 // server run with the configuration file cfg: shutdown_drain,
 // shutdown_timeout (20s by default), then the grace keytrail server gives
 // the handlers it cut off (broker.TimeoutsFor(vault.timeout).CutOffGrace,
-// the server's own formula), plus stopSlack. A kill before that would
-// lose what the stop writes (the audit events of cut-off exchanges, the
-// final checkpoint). A file it cannot read counts as the defaults.
+// the server's own formula), then the bound of its close
+// (ShutdownCloseBound; a close after a Serve failed before serving is
+// bounded sooner, StartupExitBound), plus stopSlack. A kill before that
+// would lose what the stop writes (the audit events of cut-off
+// exchanges, the final checkpoint, or the ERROR naming the step a hung
+// close waits for). A file it cannot read counts as the defaults.
 func StopWait(cfg string) time.Duration {
 	var c struct {
 		ShutdownDrain   string `yaml:"shutdown_drain"`
@@ -368,8 +371,20 @@ func StopWait(cfg string) time.Duration {
 		}
 		return def
 	}
+	vaultTimeout := dur(c.Vault.Timeout, 0)
 	return dur(c.ShutdownDrain, 0) + dur(c.ShutdownTimeout, 20*time.Second) +
-		broker.TimeoutsFor(dur(c.Vault.Timeout, 0)).CutOffGrace() + stopSlack
+		broker.TimeoutsFor(vaultTimeout).CutOffGrace() + ShutdownCloseBound(vaultTimeout) + stopSlack
+}
+
+// ShutdownCloseBound is how long a broker that served, run with
+// vault.timeout vaultTimeout (0: its default), may take to close after
+// its cut-off handlers' grace (its loops stopped, the audit log's final
+// flush and checkpoint) before it logs an ERROR naming the step it waits
+// for and exits 1: cmd/keytrail's shutdownCloseGrace, the cut-off grace
+// (broker.TimeoutsFor(vault.timeout).CutOffGrace) plus one audit write,
+// 52 s by default. A test there keeps the two in step.
+func ShutdownCloseBound(vaultTimeout time.Duration) time.Duration {
+	return broker.TimeoutsFor(vaultTimeout).CutOffGrace() + broker.DefaultAuditTimeout
 }
 
 // DefaultStartupTimeout is keytrail server's startup_timeout when the

@@ -52,17 +52,22 @@ func TestStopWaitsForTheServersGrace(t *testing.T) {
 }
 
 // TestStopWait: the wait is the server's own bound of its stop (drain,
-// shutdown_timeout, the cut-off grace of its vault.timeout) plus
-// stopSlack; the defaults for what the file leaves out or cannot be read.
+// shutdown_timeout, the cut-off grace of its vault.timeout, then the
+// bound of its close: ShutdownCloseBound, 52 s by default, past which
+// it logs an ERROR naming the step it waits for and exits 1) plus
+// stopSlack; the defaults for what the file leaves out or cannot be
+// read. Without the close's bound Stop SIGKILLed a broker whose close
+// hung before its own bound, losing that ERROR.
 func TestStopWait(t *testing.T) {
 	dir := t.TempDir()
+	def := broker.TimeoutsFor(0)
 	for _, tc := range []struct {
 		name, yaml string
 		want       time.Duration
 	}{
-		{"ok/defaults", "listen: 127.0.0.1:7700\n", 20*time.Second + broker.TimeoutsFor(0).CutOffGrace()},
-		{"ok/set", "shutdown_drain: 15s\nshutdown_timeout: 30s\nvault: {timeout: 20s}\n", 45*time.Second + 2*20*time.Second + broker.DefaultStoreTimeout + 3*broker.DefaultAuditTimeout},
-		{"ok/missing-file", "", 20*time.Second + broker.TimeoutsFor(0).CutOffGrace()},
+		{"ok/defaults", "listen: 127.0.0.1:7700\n", 20*time.Second + 2*def.CutOffGrace() + broker.DefaultAuditTimeout},
+		{"ok/set", "shutdown_drain: 15s\nshutdown_timeout: 30s\nvault: {timeout: 20s}\n", 45*time.Second + 2*(2*20*time.Second+broker.DefaultStoreTimeout+3*broker.DefaultAuditTimeout) + broker.DefaultAuditTimeout},
+		{"ok/missing-file", "", 20*time.Second + 2*def.CutOffGrace() + broker.DefaultAuditTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, strings.ReplaceAll(tc.name, "/", "-")+".yaml")
@@ -74,10 +79,30 @@ func TestStopWait(t *testing.T) {
 			if got, want := StopWait(p), tc.want+stopSlack; got != want {
 				t.Errorf("StopWait = %v, want %v", got, want)
 			}
-			if got := StopWait(p); got <= 62*time.Second {
-				t.Errorf("StopWait = %v: not above the default stop bound (20 s + 42 s)", got)
+			if got := StopWait(p); got <= 114*time.Second {
+				t.Errorf("StopWait = %v: not above the default stop bound (20 s + 42 s + 52 s)", got)
 			}
 		})
+	}
+}
+
+// TestShutdownCloseBound: the bound of a served broker's close is its
+// cut-off grace plus one audit write (52 s by default), and never less
+// than a close after a Serve failed before serving (StartupExitBound);
+// cmd/keytrail's TestHarnessStartWaitsForTheDefaultStartupTimeout keeps
+// it in step with the server's shutdownCloseGrace.
+func TestShutdownCloseBound(t *testing.T) {
+	for _, vt := range []time.Duration{0, 5 * time.Second, 20 * time.Second, 2 * time.Minute} {
+		want := broker.TimeoutsFor(vt).CutOffGrace() + broker.DefaultAuditTimeout
+		if got := ShutdownCloseBound(vt); got != want {
+			t.Errorf("ShutdownCloseBound(%v) = %v, want %v", vt, got, want)
+		}
+		if got := ShutdownCloseBound(vt); got < StartupExitBound {
+			t.Errorf("ShutdownCloseBound(%v) = %v, below StartupExitBound (%v)", vt, got, StartupExitBound)
+		}
+	}
+	if got := ShutdownCloseBound(0); got != 52*time.Second {
+		t.Errorf("ShutdownCloseBound(0) = %v, want 52s", got)
 	}
 }
 
