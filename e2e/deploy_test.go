@@ -851,8 +851,15 @@ func TestDeploySystemdUnit(t *testing.T) {
 	if v := deployDig(cfg, "vault", "timeout"); v != nil {
 		vaultTimeout = deployDuration(t, "vault.timeout", v)
 	}
-	if cutOff := deployCutOffGrace(vaultTimeout); drain+timeout+cutOff >= stop {
+	cutOff := deployCutOffGrace(vaultTimeout)
+	if drain+timeout+cutOff >= stop {
 		t.Errorf("shutdown_drain + shutdown_timeout + the cut-off handlers' grace (%v + %v + %v) >= TimeoutStopSec (%v): systemd kills the broker before its shutdown ends", drain, timeout, cutOff, stop)
+	}
+	// A close that hangs then (a hung audit disk) ends with an ERROR
+	// naming the step it waits for, exit 1, harness.ShutdownCloseBound
+	// later (52 s by default): a SIGKILL before that loses the ERROR.
+	if closeBound := harness.ShutdownCloseBound(vaultTimeout); drain+timeout+cutOff+closeBound >= stop {
+		t.Errorf("shutdown_drain + shutdown_timeout + the cut-off handlers' grace + the close's bound (%v + %v + %v + %v) >= TimeoutStopSec (%v): systemd kills a broker whose close hangs before it logs the step it waits for", drain, timeout, cutOff, closeBound, stop)
 	}
 }
 
