@@ -135,9 +135,9 @@ type LoginStatus struct {
 	// valid until its TTL, and is logged at WARN.
 	ReplacedRevokeFailures int
 	// RefusedRevokeFailures counts the revocations of a token a login got
-	// and the broker refused (a use limit: token_num_uses) that failed:
-	// each leaves that token valid until its TTL or last use, and is
-	// logged at WARN.
+	// and the broker refused (a use limit: token_num_uses; or a login in
+	// flight when it was stopped) that failed: each leaves that token
+	// valid until its TTL or last use, and is logged at WARN.
 	RefusedRevokeFailures int
 }
 
@@ -387,7 +387,8 @@ var errTokenRefused = errors.New("vault refused the broker's token")
 // refused (revoked), a batch token (Vault revokes none), one the operator
 // gave (token, token_file) and, once Leases holds a lease, every one (its
 // revocation would revoke the certificates issued with it) are left alone.
-// Only its accessor is logged.
+// Only its accessor is logged. A re-login in flight when ctx ends is let
+// finish for up to 2 s, and the token it got is revoked, not used (write).
 func (l *Login) Run(ctx context.Context) error {
 	l.mu.Lock()
 	started := l.secret != nil
@@ -892,12 +893,63 @@ func (l *Login) loginKubernetes(ctx context.Context) (*vaultapi.Secret, error) {
 	return l.write(ctx, "kubernetes", map[string]any{"role": l.role, "jwt": jwt})
 }
 
+// loginStopGrace is how long a login request already sent may go on once
+// its ctx has ended (Run's loop stopped, a start-up stopped), so that a
+// token Vault made meanwhile is known, and revoked (within
+// loginStopRevokeTimeout), rather than left valid until its TTL. Both
+// together stay under the 5 s the server waits for the loop to stop
+// before it revokes the broker's token and exits (cmd/keytrail's
+// loginRevokeTimeout).
+const (
+	loginStopGrace         = 2 * time.Second
+	loginStopRevokeTimeout = 2 * time.Second
+)
+
+// write sends a login (AppRole, Kubernetes) to auth/<mount>/login and
+// returns its answer. A login whose ctx ends once it was sent is let
+// finish (detached from ctx's cancel, still bounded by the client's
+// timeout) for up to loginStopGrace: the token Vault made is then revoked
+// (revokeRefused: counted and logged if that fails), and write fails with
+// ctx's error; one cut off at loginStopGrace is logged at WARN (Vault may
+// have made a token nobody knows). None is sent once ctx has ended.
 func (l *Login) write(ctx context.Context, method string, body map[string]any) (*vaultapi.Secret, error) {
 	path := "auth/" + l.mount + "/login"
 	op := method + " login at " + path
+	if err := ctx.Err(); err != nil {
+		return nil, translate(op, err)
+	}
 	// lc never holds a token here (loginMu is held; lookupToken clears it).
 	l.loginNumUses = 0
-	sec, err := l.lc.Logical().WriteWithContext(ctx, path, body)
+	wctx, cutOff := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutOff()
+	written := make(chan struct{})
+	go func() {
+		select {
+		case <-written:
+			return
+		case <-ctx.Done():
+		}
+		t := time.NewTimer(loginStopGrace)
+		defer t.Stop()
+		select {
+		case <-written:
+		case <-t.C:
+			cutOff()
+		}
+	}()
+	sec, err := l.lc.Logical().WriteWithContext(wctx, path, body)
+	close(written)
+	if ctx.Err() != nil {
+		// Stopped while the login was in flight: its token, if Vault made
+		// one, is not used.
+		if err == nil && sec != nil && sec.Auth != nil && sec.Auth.ClientToken != "" {
+			l.revokeRefusedWithin(ctx, sec.Auth.ClientToken, op+" (stopped while in flight)", loginStopRevokeTimeout)
+		} else if err != nil && wctx.Err() != nil {
+			l.log.Warn("a vault login in flight when the login was stopped did not answer in time; a token Vault made for it, if any, stays valid until its ttl",
+				slog.String("op", op), slog.Duration("waited", loginStopGrace))
+		}
+		return nil, translate(op, context.Cause(ctx))
+	}
 	if err != nil {
 		return nil, translate(op, err)
 	}
@@ -919,7 +971,12 @@ func (l *Login) write(ctx context.Context, method string, body map[string]any) (
 // counted (LoginStatus.RefusedRevokeFailures), never returned: the login
 // fails anyway. l.loginMu is held.
 func (l *Login) revokeRefused(ctx context.Context, tok, op string) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	l.revokeRefusedWithin(ctx, tok, op, cleanupTimeout)
+}
+
+// revokeRefusedWithin is revokeRefused bounded by d.
+func (l *Login) revokeRefusedWithin(ctx context.Context, tok, op string, d time.Duration) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
 	defer cancel()
 	l.lc.SetToken(tok)
 	defer l.lc.ClearToken()

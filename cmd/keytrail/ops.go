@@ -131,7 +131,7 @@ func registerLogin(reg prometheus.Registerer, status func() vaultad.LoginStatus)
 		}, func() float64 { return float64(status().ReplacedRevokeFailures) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "keytrail_vault_refused_login_token_revoke_failures_total",
-			Help: "Failed revocations of a Vault token an AppRole or Kubernetes login got and the broker refused (a use limit; each logged at WARN): that token stays valid until its TTL or last use.",
+			Help: "Failed revocations of a Vault token an AppRole or Kubernetes login got and the broker refused (a use limit, or a login stopped while in flight; each logged at WARN): that token stays valid until its TTL or last use.",
 		}, func() float64 { return float64(status().RefusedRevokeFailures) }),
 	} {
 		if err := reg.Register(c); err != nil {
