@@ -3093,8 +3093,9 @@ const liftLossGrace = time.Minute
 // announcedLossSpan: a loss seen by an announced block gone with its
 // revocation, the Store's version not going back (a failover to a replica
 // that lacked the last writes), writes back the records created this long
-// before the lost block's notice (or since) first, then a step of this length further back at a time while
-// the step before found records missing (see lossSpan).
+// before the lost block's notice (or its record, when read and created
+// before it) or since first, then a step of this length further back at
+// a time while the step before found records missing (see lossSpan).
 const announcedLossSpan = time.Minute
 
 // lostBlock is a block the Store lost: restored is the listGen current
@@ -3903,7 +3904,11 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		}
 	}
 	lostNow := false
-	announced := now // the earliest lost announced block's notice
+	// The earliest lost announced block's notice, or its revocation's
+	// record as read from the Store when created before it (its Revoke
+	// took a while between the record and the notice, or its instance's
+	// clock is behind): that record, missing, must be of the first step.
+	announced := now
 	for w, rid := range gone {
 		// Still the block announced (not lifted, nor replaced, since).
 		if b, ok := c.blocked[w]; ok && b.RevocationID == rid && c.unlisted[w] == rid {
@@ -3912,6 +3917,12 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 				lostNow = true
 				if b.CreatedAt.Before(announced) {
 					announced = b.CreatedAt
+				}
+				c.recMu.Lock()
+				e, read := c.revs[rid]
+				c.recMu.Unlock()
+				if at := e.r.createdAt(); read && at.Before(announced) {
+					announced = at
 				}
 			}
 		}
