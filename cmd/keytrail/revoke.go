@@ -455,8 +455,9 @@ func unwrapURLError(err error) error {
 // wireRevocationCache fronts rt.store with a revocation cache that re-reads
 // the revocation state every second and applies announcements at once
 // (Redis pub/sub with a Redis store, an in-process fan-out otherwise),
-// registers keytrail_store_data_losses_total and
-// keytrail_store_data_loss_records_dropped_total, and starts it. The result is
+// registers keytrail_store_data_losses_total,
+// keytrail_store_data_loss_records_dropped_total and
+// keytrail_revocation_notices_refused_total, and starts it. The result is
 // the store the Service uses: checks deny when the store or the cache says
 // so.
 func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store, error) {
@@ -478,6 +479,12 @@ func (rt *brokerRuntime) wireRevocationCache(ctx context.Context) (broker.Store,
 		Name: "keytrail_store_data_loss_records_dropped_total",
 		Help: "Revocation records the revocation cache kept to write back after a store data loss that did not decode, and so were not written back (lost with the store's data); each is logged at ERROR. Not to happen.",
 	}, func() float64 { return float64(cache.WriteBackDropped()) })); err != nil {
+		return nil, err
+	}
+	if err := rt.reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "keytrail_revocation_notices_refused_total",
+		Help: "Entries notices alone would have had the revocation cache keep that it refused, its cap (400,000 of each kind: revoked ids no store read has listed, blocks kept here only, lifted blocks remembered) being reached; forged notices on the channel, likely. Nothing known is dropped; a WARN at most once a minute. 0 normally.",
+	}, func() float64 { return float64(cache.NoticesRefused()) })); err != nil {
 		return nil, err
 	}
 	rt.goBackground(ctx, cache.Run)
