@@ -62,3 +62,11 @@ func HeardIDs(c *RevocationCache) int {
 	defer c.mu.RUnlock()
 	return len(c.heardIDs)
 }
+
+// LostBlocks is how many blocks c keeps as lost from the Store
+// (RevocationCache.lostBlocks).
+func LostBlocks(c *RevocationCache) int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.lostBlocks)
+}
