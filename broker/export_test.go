@@ -47,12 +47,13 @@ func DamageKeptRecord(c *RevocationCache, id string) bool {
 	return ok
 }
 
-// SetHeardCap sets the bound on what notices alone keep (maxHeard), for
-// the tests of what happens past it.
+// SetHeardCap sets the bounds on what notices alone keep (maxHeard and
+// maxHeardBlocks), for the tests of what happens past them.
 func SetHeardCap(c *RevocationCache, n int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.heardCap = n
+	c.blockCap = n
 }
 
 // HeardIDs is how many ids of c's revoked set only notices named

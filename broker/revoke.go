@@ -3016,8 +3016,11 @@ type RevocationCache struct {
 	// every refusedWarnEvery): nothing known is dropped, a revocation
 	// really made is still read from the Store at the next refresh, and
 	// a lifted block not remembered stands if it comes back.
-	heardIDs  map[string]struct{}
-	heardCap  int
+	heardIDs map[string]struct{}
+	heardCap int
+	// blockCap bounds the lost blocks kept here only (maxHeardBlocks): a
+	// kept block costs about 580 B of heap against an id's 100 B.
+	blockCap  int
 	refused   atomic.Uint64
 	refusedAt atomic.Int64 // c.o.Now() of the last refusal WARN, UnixNano (0: none)
 }
@@ -3027,6 +3030,13 @@ type RevocationCache struct {
 // whose ids a refresh reads from the Store within a second of their
 // notice, and blocks and unblocks are far fewer.
 const maxHeard = 400_000
+
+// maxHeardBlocks bounds the lost blocks kept here only (see heardIDs):
+// about 580 B of heap each (a block in the blocked set and in lostBlocks),
+// so 400,000 of them would take some 230 MB next to a GOMEMLIMIT of
+// 460 MiB; 100,000 (~58 MB) is still far above the workloads a deployment
+// blocks.
+const maxHeardBlocks = 100_000
 
 // refusedWarnEvery: the WARN that notices past maxHeard were refused is
 // logged at most this often.
@@ -3159,7 +3169,7 @@ func NewRevocationCache(st Store, o CacheOptions) (*RevocationCache, error) {
 	return &RevocationCache{st: st, o: o, revoked: map[string]time.Time{}, blocked: map[string]Block{},
 		issues: map[string]cachedIssuance{}, revs: map[string]revEntry{}, lostBlocks: map[string]lostBlock{},
 		lostRevs: map[string]revEntry{}, unlisted: map[string]string{}, heard: map[string]heardBlock{},
-		undo: map[string]string{}, lifted: map[string]liftedBlock{}, heardIDs: map[string]struct{}{}, heardCap: maxHeard}, nil
+		undo: map[string]string{}, lifted: map[string]liftedBlock{}, heardIDs: map[string]struct{}{}, heardCap: maxHeard, blockCap: maxHeardBlocks}, nil
 }
 
 // NoticesRefused is how many revoked ids, lost blocks and lifted blocks
@@ -4038,7 +4048,7 @@ func (c *RevocationCache) loseBlockLocked(b Block, gen uint64) {
 		b, here = h.prev, false
 	}
 	old, ok := c.lostBlocks[b.Workload]
-	if here && !ok && len(c.lostBlocks) >= c.heardCap {
+	if here && !ok && len(c.lostBlocks) >= c.blockCap {
 		c.refused.Add(1) // past the cap (see heardIDs): a notice's word alone
 		return
 	}

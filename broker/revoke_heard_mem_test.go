@@ -122,13 +122,15 @@ func TestRevocationCacheHeardSetsFill(t *testing.T) {
 }
 
 // BenchmarkHeardSetsAtCap reports the heap each set notices alone keep
-// takes at its cap (400,000 entries, maxHeard), in MB, least of three
+// takes at its cap (maxHeard 400,000 ids and lifted blocks,
+// maxHeardBlocks 100,000 blocks kept here only), in MB, least of three
 // fillings, and their sum.
 func BenchmarkHeardSetsAtCap(b *testing.B) {
-	const n = 400_000
+	caps := map[string]int{"ids": 400_000, "lost": 100_000, "lifted": 400_000}
 	for range b.N {
 		var sum float64
 		for _, kind := range []string{"ids", "lost", "lifted"} {
+			n := caps[kind]
 			least := heardSetBytes(b, kind, n)
 			for range 2 {
 				least = min(least, heardSetBytes(b, kind, n))
@@ -138,5 +140,41 @@ func BenchmarkHeardSetsAtCap(b *testing.B) {
 			b.ReportMetric(mb, "MB-"+kind)
 		}
 		b.ReportMetric(sum, "MB-sum")
+	}
+}
+
+// TestRevocationCacheLostBlocksCapped: the blocks kept here only have
+// their own, lower cap (maxHeardBlocks, 100,000: ~580 B each against an
+// id's ~100 B), so forged block notices past it are refused while ids
+// are still kept up to maxHeard.
+func TestRevocationCacheLostBlocksCapped(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	c, err := broker.NewRevocationCache(memstore.New(clock), broker.CacheOptions{FastReads: true, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100_000 + 10
+	for i := range n {
+		c.Apply(broker.Notice{RevocationID: broker.NewID(broker.PrefixRevocation), Blocked: []string{fmt.Sprintf("payments-api-%07d", i)}})
+	}
+	for range 2 {
+		mu.Lock()
+		now = now.Add(time.Second)
+		mu.Unlock()
+		if err := c.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := broker.LostBlocks(c); got != 100_000 {
+		t.Errorf("lostBlocks holds %d after %d forged block notices, want the cap 100,000", got, n)
+	}
+	if got := c.NoticesRefused(); got < 10 {
+		t.Errorf("NoticesRefused() = %d, want at least the 10 past the cap", got)
 	}
 }
