@@ -4076,7 +4076,10 @@ func (c *RevocationCache) backedLocked(b Block) bool {
 	// had passed. One read before, or by a full read, proves no block
 	// now: the workload may have been unblocked since (the record keeps
 	// it among its blocks), and a notice naming that revocation again
-	// (replayed) must not block it anew.
+	// (replayed) must not block it anew. Nor does a record that says the
+	// workload was unblocked (Unblocked): a revocation's block, once
+	// lifted, is never put again, so a block notice read after the
+	// unblock's record is a replayed or late one.
 	c.recMu.Lock()
 	e, ok := c.revs[b.RevocationID]
 	c.recMu.Unlock()
@@ -4084,7 +4087,11 @@ func (c *RevocationCache) backedLocked(b Block) bool {
 		return false
 	}
 	r, err := e.r.revocation()
-	return err == nil && slices.Contains(r.Blocks, b.Workload)
+	if err != nil || !slices.Contains(r.Blocks, b.Workload) {
+		return false
+	}
+	_, unblocked := r.Unblocked[b.Workload]
+	return !unblocked
 }
 
 // noteRecords keeps revs, read by listing gen, among the records to write
