@@ -3078,10 +3078,13 @@ type heardBlock struct {
 }
 
 // revEntry is a revocation record as read by the listing gen (readChanges)
-// or by a full read (gen 0 for one that started before any listing).
+// or by a full read (gen 0 for one that started before any listing); ver
+// is the Store's version that read saw before reading the record (every
+// change the copy lacks has a number above it, see keepRecords).
 type revEntry struct {
 	r    keptRev
 	gen  uint64
+	ver  uint64
 	full bool // read by a full read
 }
 
@@ -3960,7 +3963,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 			lostSince = cutoff
 		}
 	}
-	lostRevs := c.noteRecords(revs, kept, cutoff, gen, lostSince, back)
+	lostRevs := c.noteRecords(revs, kept, cutoff, gen, version, lostSince, back)
 	if back || lostNow {
 		for w, b := range c.blocked {
 			if _, ok := blocked[w]; !ok && back {
@@ -4094,12 +4097,13 @@ func (c *RevocationCache) backedLocked(b Block) bool {
 	return !unblocked
 }
 
-// noteRecords keeps revs, read by listing gen, among the records to write
+// noteRecords keeps revs, read by listing gen after it saw the Store's
+// version ver, among the records to write
 // back should the Store lose them (those created at or after cutoff), and,
 // when lostSince is not zero (the Store lost data), queues every one of
 // them created at or after lostSince to be written back; it returns how
 // many are queued.
-func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen uint64, lostSince time.Time, back bool) int {
+func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff time.Time, gen, ver uint64, lostSince time.Time, back bool) int {
 	c.recMu.Lock()
 	defer c.recMu.Unlock()
 	switch {
@@ -4112,7 +4116,7 @@ func (c *RevocationCache) noteRecords(revs []*Revocation, kept []keptRev, cutoff
 	}
 	for i, r := range revs {
 		if !r.CreatedAt.Before(cutoff) {
-			c.revs[r.ID] = revEntry{r: kept[i], gen: gen}
+			c.revs[r.ID] = revEntry{r: kept[i], gen: gen, ver: ver}
 		}
 	}
 	if !lostSince.IsZero() {
@@ -4173,11 +4177,21 @@ func (c *RevocationCache) extendSpan(cutoff time.Time) {
 // (see readWindow), which started when listGen listings had: kept for the
 // Window like the revoked set (those created before cutoff are dropped; a
 // record the Store no longer lists was lost: it deletes none), so those
-// read before that it did not list stay, and so do those a listing that
-// started after it began read (created since, or a copy as recent as its
-// own; one a listing read before keeps that listing's mark, see
-// backedLocked). It takes recs over.
-func (c *RevocationCache) keepRecords(recs map[string]revEntry, cutoff time.Time, listGen uint64) {
+// read before that it did not list stay. A copy the same as a listing's
+// keeps that listing's mark (see backedLocked). It takes recs over.
+//
+// Of two differing copies of a record, the full read's is the newer when
+// the other was read before it began (an earlier full read's, or a
+// listing's before listGen: listings run one at a time). A listing's since
+// (listGen or later) overlaps it: either may have read the record first,
+// and nothing in the records only moves forward to tell. Every change a
+// copy lacks has a number above the version its read saw first (ver,
+// RevocationVersion's contract), so for such a pair keepRecords reports the
+// lower of their versions (rewind, ok): the listings then continue from it
+// (readAll), and the next one reads the record again, after both reads.
+// Meanwhile the full read's copy is kept, marked as a full read's: it
+// backs no block.
+func (c *RevocationCache) keepRecords(recs map[string]revEntry, cutoff time.Time, listGen uint64) (rewind uint64, ok bool) {
 	for id, e := range recs {
 		if e.r.createdAt().Before(cutoff) {
 			delete(recs, id)
@@ -4188,21 +4202,27 @@ func (c *RevocationCache) keepRecords(recs map[string]revEntry, cutoff time.Time
 	for id, e := range c.revs {
 		f, listed := recs[id]
 		switch {
-		case (!listed || e.gen > listGen) && !e.r.createdAt().Before(cutoff):
-			recs[id] = e
-		case listed && !e.full:
-			// The full read's copy, as recent, keeps the mark of the
-			// listing of changed records that read it (see backedLocked).
-			recs[id] = revEntry{r: f.r, gen: e.gen}
+		case !listed:
+			if !e.r.createdAt().Before(cutoff) {
+				recs[id] = e
+			}
+		case e.full:
+		case f.r == e.r:
+			recs[id] = revEntry{r: f.r, gen: e.gen, ver: max(e.ver, f.ver)}
+		case e.gen >= listGen:
+			if v := min(e.ver, f.ver); !ok || v < rewind {
+				rewind, ok = v, true
+			}
 		}
 	}
 	c.revs = recs
+	return rewind, ok
 }
 
 // readWindow reads the revocations created at or after since (the
 // Window's, as a full read began): the issuances they revoked, each with
 // its earliest revocation's time, and their records, kept encoded
-// (keptRev, listing listGen) for the write-back after a data loss; read
+// (keptRev, listing listGen, version ver) for the write-back after a data loss; read
 // is how many it read. From a Store that lists a page at a time
 // (RevocationPager: Redis) it decodes one page at a time, so that a full
 // read never holds the Window's decoded records at once (some 590 B each
@@ -4211,7 +4231,7 @@ func (c *RevocationCache) keepRecords(recs map[string]revEntry, cutoff time.Time
 // and the read's end less the Window stay in the set until the next full
 // read (the safe side). Otherwise it reads them all (ListRevocations) and
 // keeps what was created in the Window as the read ended.
-func (c *RevocationCache) readWindow(ctx context.Context, since time.Time, listGen uint64) (revoked map[string]time.Time, recs map[string]revEntry, read int, err error) {
+func (c *RevocationCache) readWindow(ctx context.Context, since time.Time, listGen, ver uint64) (revoked map[string]time.Time, recs map[string]revEntry, read int, err error) {
 	revoked, recs = map[string]time.Time{}, map[string]revEntry{}
 	add := func(revs []*Revocation, cutoff time.Time) {
 		for id, at := range revokedSince(revs, cutoff) {
@@ -4221,7 +4241,7 @@ func (c *RevocationCache) readWindow(ctx context.Context, since time.Time, listG
 		}
 		for _, r := range revs {
 			if !r.CreatedAt.Before(cutoff) {
-				recs[r.ID] = revEntry{r: keepRevocation(r), gen: listGen, full: true}
+				recs[r.ID] = revEntry{r: keepRevocation(r), gen: listGen, ver: ver, full: true}
 			}
 		}
 		read += len(revs)
@@ -4271,11 +4291,13 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 	if err == nil {
 		// Built without the lock: a Window of many revocations takes a
 		// while, and the hot path's checks read the set meanwhile.
-		revoked, recs, read, err = c.readWindow(ctx, begin.Add(-c.o.Window), listGen)
+		revoked, recs, read, err = c.readWindow(ctx, begin.Add(-c.o.Window), listGen, version)
 	}
 	now := c.o.Now()
+	var rewind uint64
+	var rewound bool
 	if err == nil {
-		c.keepRecords(recs, now.Add(-c.o.Window), listGen)
+		rewind, rewound = c.keepRecords(recs, now.Add(-c.o.Window), listGen)
 	}
 	end := c.o.Now()
 	var learners []func()
@@ -4317,9 +4339,15 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 	}
 	// What was read covers every change up to version; readChanges may
 	// continue from there, unless the Store's version went back meanwhile
-	// (then it continues from the lower version it saw).
+	// (then it continues from the lower version it saw). When a listing's
+	// copy of a record and this read's differ, it continues from before
+	// the older of the two reads (see keepRecords): the next listing reads
+	// the record again.
 	if epoch == c.epoch {
 		c.version = max(c.version, version)
+		if rewound {
+			c.version = min(c.version, rewind)
+		}
 	}
 	c.revoked, c.fullAt, c.fullCost = revoked, end, end.Sub(begin)
 	if c.fullCost >= c.o.Interval {
