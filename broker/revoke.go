@@ -3194,7 +3194,7 @@ func (c *RevocationCache) warnRefused(ctx context.Context, before uint64) {
 	c.o.Logger.LogAttrs(ctx, slog.LevelWarn, "revocation cache: notices past the cap refused: "+
 		"the revoked ids, lost blocks or lifted blocks kept on a notice's word alone are at the cap (forged notices on the channel?); "+
 		"nothing known is dropped, and revocations really made are still read from the store at the next refresh",
-		slog.Uint64("refused_total", n), slog.Int("cap", c.heardCap))
+		slog.Uint64("refused_total", n), slog.Int("cap", c.heardCap), slog.Int("blocks_cap", c.blockCap))
 }
 
 // Revoked reports whether the cache knows issuance id as revoked.
