@@ -77,7 +77,10 @@ package broker
 // revocation's part; any other (this revocation's own, the unblock having
 // failed after recording its time, or a re-block too close to the unblock
 // to tell) makes the sweep take what the workload got up to now, an
-// over-revocation on the safe side). For a revocation of a
+// over-revocation on the safe side; an unblock that lifted nothing, its
+// audit write failed or the block replaced, takes its time back, so that
+// a later unblock's time bounds the part, not one before it while the
+// block still stood). For a revocation of a
 // session or an issuance that part starts MintTimeout + StoreTimeout +
 // revokeClockSkew before its creation: the workload's other credentials
 // issued earlier were stored when it selected and are not its own. Whatever
@@ -1652,7 +1655,9 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 		return Errorf(ErrNotFound, "block_changed", "the workload is not blocked by "+revocationID+
 			" any more but by "+cmp.Or(b.RevocationID, "a block without revocation")+": nothing was unblocked", nil)
 	}
-	if err := s.noteUnblock(ctx, workload); err != nil {
+	noted, at, err := s.noteUnblock(ctx, workload)
+	if err != nil {
+		s.unnoteUnblock(ctx, workload, noted, at)
 		return Unavailable("store_unavailable", time.Second, err)
 	}
 	ev := &audit.Event{
@@ -1667,6 +1672,7 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 	// audit_unavailable) queued behind it, nobody waiting for it, says the
 	// block was not lifted, as after a failed delete.
 	if err := s.Audit(ctx, ev); err != nil {
+		s.unnoteUnblock(ctx, workload, noted, at) // the block stands
 		e := Unavailable("audit_unavailable", time.Second, err)
 		if errors.Is(err, ErrAuditPending) {
 			log := s.d.Logger
@@ -1688,6 +1694,7 @@ func (s *Service) UnblockIf(ctx context.Context, admin *Admin, workload, revocat
 	err = s.d.Store.DeleteBlock(sctx, workload, b.RevocationID)
 	cancel()
 	if errors.Is(err, ErrBlockChanged) {
+		s.unnoteUnblock(ctx, workload, noted, at) // another revocation's block stands
 		return s.unblockOvertaken(ctx, admin, workload, b.RevocationID, requestID)
 	}
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -1755,15 +1762,17 @@ const notBlocked = "the workload is not blocked: nothing to unblock (an earlier 
 // the workload's credentials. A revocation that already records an unblock
 // keeps the first one: what the workload got between that unblock and a
 // re-block is not that revocation's. Written before the block is deleted:
-// while the block stands the sweep ignores it.
-func (s *Service) noteUnblock(ctx context.Context, workload string) error {
+// while the block stands the sweep ignores it. It returns the revocations
+// it wrote (or tried to write) the time at on, also when it fails part
+// way, for unnoteUnblock.
+func (s *Service) noteUnblock(ctx context.Context, workload string) (noted []*Revocation, at time.Time, err error) {
 	sctx, cancel := context.WithTimeout(ctx, s.d.StoreTimeout)
 	revs, err := s.records().ListRevocations(sctx, RevocationFilter{Pending: true})
 	cancel()
+	at = s.d.Now().UTC()
 	if err != nil {
-		return err
+		return nil, at, err
 	}
-	at := s.d.Now().UTC()
 	for _, r := range revs {
 		if r.SweepAt.IsZero() || !slices.Contains(r.Blocks, workload) {
 			continue
@@ -1781,11 +1790,42 @@ func (s *Service) noteUnblock(ctx context.Context, workload string) error {
 			rev.Unblocked[workload] = at
 			return nil
 		})
-		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, errUnchanged) {
-			return fmt.Errorf("revocation %s: %w", r.ID, err)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, errUnchanged) {
+			continue
+		}
+		// Also when it failed: the write may have been applied (an
+		// unconfirmed one, a lost reply).
+		noted = append(noted, r)
+		if err != nil {
+			return noted, at, fmt.Errorf("revocation %s: %w", r.ID, err)
 		}
 	}
-	return nil
+	return noted, at, nil
+}
+
+// unnoteUnblock takes back the time noteUnblock recorded on noted when the
+// unblock then lifted nothing (its audit write failed, or another
+// revocation's block replaced the one it read): the block still stands, and
+// a later unblock that does lift it would otherwise keep this earlier time
+// as the first, so the sweep would leave what the workload got in between
+// while blocked (an instance that had not learned the block yet). Only a
+// time still equal to at is removed. A failure is logged: the time stays,
+// and the sweep reads the standing block (see lateIssuances).
+func (s *Service) unnoteUnblock(ctx context.Context, workload string, noted []*Revocation, at time.Time) {
+	ctx = context.WithoutCancel(ctx)
+	for _, r := range noted {
+		_, err := s.updateRevocation(ctx, r.ID, r.Matched, func(rev *Revocation) error {
+			if t, ok := rev.Unblocked[workload]; !ok || !t.Equal(at) {
+				return errUnchanged
+			}
+			delete(rev.Unblocked, workload)
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, errUnchanged) {
+			s.d.Logger.LogAttrs(ctx, slog.LevelWarn, "unblock lifted nothing but its time stays recorded on the revocation",
+				slog.String("revocation_id", r.ID), slog.String("workload", workload), slog.String("error", err.Error()))
+		}
+	}
 }
 
 // errUnchanged is an update function's answer when there is nothing to
