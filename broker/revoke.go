@@ -2962,10 +2962,14 @@ type RevocationCache struct {
 	seq       uint64        // notices applied so far
 	log       []noticeEntry // notices applied during the refresh in progress
 	refreshed time.Time
-	version   uint64    // Store's RevocationVersion the revoked set reflects
-	epoch     uint64    // times the Store's version was seen going back
-	fullAt    time.Time // end of the last full read (zero: none yet)
-	fullCost  time.Duration
+	version   uint64 // Store's RevocationVersion the revoked set reflects
+	// seen is the highest RevocationVersion read since the Store's
+	// version last went back: the bound that check uses, as version may
+	// be lowered below what was read (a full read's rewind, keepRecords).
+	seen     uint64
+	epoch    uint64    // times the Store's version was seen going back
+	fullAt   time.Time // end of the last full read (zero: none yet)
+	fullCost time.Duration
 	// touched collects the ids learned while a full read is in progress
 	// (nil otherwise): its result, read before they were, must keep them.
 	touched map[string]struct{}
@@ -3822,7 +3826,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	c.mu.Lock()
 	start := c.seq
 	c.log = []noticeEntry{}
-	prev, loaded := c.version, !c.fullAt.IsZero()
+	prev, high, loaded := c.version, c.seen, !c.fullAt.IsZero()
 	c.listGen++
 	gen := c.listGen
 	var unlisted map[string]string // nil, no allocation, while there are none
@@ -3838,7 +3842,10 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		// up to it is in what follows (RevocationVersion's contract).
 		version, err = c.st.RevocationVersion(ctx)
 	}
-	back = err == nil && loaded && version < prev
+	// Against the highest version read, not prev: a full read may have
+	// lowered that (see keepRecords), and a loss back to between the two
+	// is a loss.
+	back = err == nil && loaded && version < max(prev, high)
 	if back {
 		// The loss may have come between the listing and the version's
 		// read: the listing is then the data from before it, holding the
@@ -4016,7 +4023,7 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 		if !back {
 			seen = "announced block and its revocation missing"
 		}
-		lost = []slog.Attr{slog.String("seen_by", seen), slog.Uint64("version_was", prev), slog.Uint64("version", version),
+		lost = []slog.Attr{slog.String("seen_by", seen), slog.Uint64("version_was", max(prev, high)), slog.Uint64("version", version),
 			slog.Int("blocks_lost", len(c.lostBlocks)), slog.Int("revocations_known", lostRevs)}
 		here := 0
 		for _, lb := range c.lostBlocks {
@@ -4059,11 +4066,12 @@ func (c *RevocationCache) readChanges(ctx context.Context) (back bool, err error
 	clear(c.heard) // the logged notices below heard again
 	switch {
 	case back:
-		c.version = version
+		c.version, c.seen = version, version
 		c.epoch++
 		c.dropIssuances()
 	case loaded:
 		c.version = max(c.version, version)
+		c.seen = max(c.seen, version)
 		c.refreshed = now
 	}
 	for _, e := range logged {
@@ -4385,6 +4393,7 @@ func (c *RevocationCache) readAll(ctx context.Context) error {
 	// the record again.
 	if epoch == c.epoch {
 		c.version = max(c.version, version)
+		c.seen = max(c.seen, version)
 		if rewound {
 			c.version = min(c.version, rewind)
 		}
