@@ -10,9 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/keytrail/keytrail/adapters/storetest"
 	"github.com/keytrail/keytrail/broker"
-	"github.com/keytrail/keytrail/e2e/harness"
 )
 
 // getDeadlineHook records the deadline of every GET naming key.
@@ -56,37 +54,8 @@ func (h *getDeadlineHook) take() []time.Time {
 // later one. Checked on the real Redis by the deadline the GET was sent
 // with (dl-end <= bound <= dl-start however slow the machine is).
 func TestGetRevocationSizedTimeout(t *testing.T) {
-	r := harness.StartRedis(t)
-	const timeout = 10 * time.Second
-	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: "{getrev-size}:", Timeout: timeout, Now: storetest.Epoch})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-
-	const n = 100_000
-	pending := make([]string, n)
-	failed := make([]broker.RevokeFailure, n)
-	for i := range pending {
-		pending[i] = broker.NewID(broker.PrefixIssuance)
-		failed[i] = broker.RevokeFailure{IssuanceID: pending[i], Error: "the backend revocation failed (vault: 503 Service Unavailable); retrying"}
-	}
-	record := func(id string, big bool) *broker.Revocation {
-		rev := &broker.Revocation{ID: id, CreatedAt: storetest.Epoch(), Admin: "secops:alice", Reason: "incident",
-			Selector: broker.RevokeSelector{Workload: "payments"}, Matched: 1, Revoked: []string{}, Pending: []string{"iss_1"}, Failed: []broker.RevokeFailure{}}
-		if big {
-			rev.Matched, rev.Pending, rev.Failed = n, pending, failed
-		}
-		return rev
-	}
-	raw, _, err := encodeRevocation(record("rev_size", true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bigBound := timeout + time.Duration(len(raw)/(4<<20))*timeout
-	if bigBound < 3*timeout {
-		t.Fatalf("the big record is %d bytes, want over 8 MiB", len(raw))
-	}
+	const timeout = sizedRevTimeout
+	s, record, _, bigBound := newSizedRevFixture(t, "{getrev-size}:")
 
 	for _, c := range []struct {
 		name   string

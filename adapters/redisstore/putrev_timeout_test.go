@@ -50,6 +50,54 @@ func (h *deadlineHook) take() []time.Time {
 	return dls
 }
 
+// sizedRevTimeout is the store's Timeout in the sized-timeout tests.
+const sizedRevTimeout = 10 * time.Second
+
+// sizedRevIssuances is the number of issuances a big record names.
+const sizedRevIssuances = 100_000
+
+// newSizedRevFixture starts Redis and a store on it with prefix and
+// Timeout sizedRevTimeout, and returns it, record (the revocation id with
+// one pending issuance, or sizedRevIssuances pending and failed if big: some
+// 8 MB), the big record's encoded size and the bound its size gives.
+func newSizedRevFixture(t *testing.T, prefix string) (s *Store, record func(id string, big bool) *broker.Revocation, rawLen int, bigBound time.Duration) {
+	t.Helper()
+	r := harness.StartRedis(t)
+	const timeout = sizedRevTimeout
+	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: prefix, Timeout: timeout, Now: storetest.Epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+
+	now := storetest.Epoch()
+	const n = sizedRevIssuances
+	pending := make([]string, n)
+	failed := make([]broker.RevokeFailure, n)
+	for i := range pending {
+		pending[i] = broker.NewID(broker.PrefixIssuance)
+		failed[i] = broker.RevokeFailure{IssuanceID: pending[i], Error: "the backend revocation failed (vault: 503 Service Unavailable); retrying"}
+	}
+	record = func(id string, big bool) *broker.Revocation {
+		rev := &broker.Revocation{ID: id, CreatedAt: now, Admin: "secops:alice", Reason: "incident",
+			Selector: broker.RevokeSelector{Workload: "payments"}, Matched: 1, Revoked: []string{}, Pending: []string{"iss_1"}, Failed: []broker.RevokeFailure{}}
+		if big {
+			rev.Matched, rev.Pending, rev.Failed = n, pending, failed
+		}
+		return rev
+	}
+	raw, _, err := encodeRevocation(record("rev_size", true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One more Timeout per 4 MiB (recordBytesPerTimeout).
+	bigBound = timeout + time.Duration(len(raw)/(4<<20))*timeout
+	if bigBound < 3*timeout {
+		t.Fatalf("the big record is %d bytes, want over 8 MiB", len(raw))
+	}
+	return s, record, len(raw), bigBound
+}
+
 // TestPutRevocationSizedTimeout: a revocation record names every issuance
 // matched (100,000 of them: some 8 MB), and the Service gives its
 // PutRevocation a deadline sized by the record; the store cut every call
@@ -63,40 +111,9 @@ func (h *deadlineHook) take() []time.Time {
 // slow the machine is. The putrev:<id> key that makes a resent call
 // write nothing more is kept at least as long as the call's bound.
 func TestPutRevocationSizedTimeout(t *testing.T) {
-	r := harness.StartRedis(t)
-	const timeout = 10 * time.Second
-	s, err := New(t.Context(), Options{URL: r.URL(), Prefix: "{putrev-size}:", Timeout: timeout, Now: storetest.Epoch})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-
-	now := storetest.Epoch()
-	const n = 100_000
-	pending := make([]string, n)
-	failed := make([]broker.RevokeFailure, n)
-	for i := range pending {
-		pending[i] = broker.NewID(broker.PrefixIssuance)
-		failed[i] = broker.RevokeFailure{IssuanceID: pending[i], Error: "the backend revocation failed (vault: 503 Service Unavailable); retrying"}
-	}
-	record := func(id string, big bool) *broker.Revocation {
-		rev := &broker.Revocation{ID: id, CreatedAt: now, Admin: "secops:alice", Reason: "incident",
-			Selector: broker.RevokeSelector{Workload: "payments"}, Matched: 1, Revoked: []string{}, Pending: []string{"iss_1"}, Failed: []broker.RevokeFailure{}}
-		if big {
-			rev.Matched, rev.Pending, rev.Failed = n, pending, failed
-		}
-		return rev
-	}
-	raw, _, err := encodeRevocation(record("rev_size", true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// One more Timeout per 4 MiB (recordBytesPerTimeout).
-	bigBound := timeout + time.Duration(len(raw)/(4<<20))*timeout
-	if bigBound < 3*timeout {
-		t.Fatalf("the big record is %d bytes, want over 8 MiB", len(raw))
-	}
-	t.Logf("record of %d issuances: %d bytes, bound %v", n, len(raw), bigBound)
+	const timeout = sizedRevTimeout
+	s, record, rawLen, bigBound := newSizedRevFixture(t, "{putrev-size}:")
+	t.Logf("record of %d issuances: %d bytes, bound %v", sizedRevIssuances, rawLen, bigBound)
 
 	for _, c := range []struct {
 		name   string
