@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
@@ -21,52 +20,12 @@ func TestRevocationCacheAnnouncedLossReachesBackPastRecordsMadeAfterFailover(t *
 	f := newLossFixture(t)
 	f.advance(10 * time.Minute)
 	base := f.st.cur()
-	var lagged []*broker.Revocation // not on the replica
-	for i, ago := range []time.Duration{4 * time.Minute, 150 * time.Second, 30 * time.Second} {
-		r := &broker.Revocation{ID: fmt.Sprintf("rev_lag_%d", i), Selector: broker.RevokeSelector{IssuanceID: fmt.Sprintf("iss_lag_%d", i)},
-			Reason: "INC", CreatedAt: f.clock().Add(-ago), Revoked: []string{fmt.Sprintf("iss_lag_%d", i)}, Failed: []broker.RevokeFailure{}}
-		if err := base.PutRevocation(f.ctx, r); err != nil {
-			t.Fatal(err)
-		}
-		lagged = append(lagged, r)
-	}
-	f.advance(time.Second)
-	if err := f.c.Refresh(f.ctx); err != nil {
-		t.Fatal(err)
-	}
+	lagged := f.putLagged(t, base, 4*time.Minute, 150*time.Second, 30*time.Second) // not on the replica
 	// Another instance's block, announced, then lost with its record.
 	f.c.Apply(broker.Notice{RevocationID: "rev_gone", Blocked: []string{"w9"}})
 	// The failover: two minutes without a refresh.
 	f.advance(2 * time.Minute)
-	replica := memstore.New(f.clock)
-	for i := range f.revs {
-		if err := replica.PutBlock(f.ctx, f.revsBlock(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range 10 {
-		for _, r := range f.revs {
-			if err := replica.PutRevocation(f.ctx, r); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	// Made on the new primary just before this instance's refresh.
-	after := &broker.Revocation{ID: "rev_after", Selector: broker.RevokeSelector{IssuanceID: "iss_after"},
-		Reason: "INC", CreatedAt: f.clock().Add(-5 * time.Second), Revoked: []string{"iss_after"}, Failed: []broker.RevokeFailure{}}
-	if err := replica.PutRevocation(f.ctx, after); err != nil {
-		t.Fatal(err)
-	}
-	f.st.swap(replica)
-	for range 8 {
-		f.advance(time.Second)
-		if err := f.c.Refresh(f.ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := f.c.StoreLosses(); n < 1 {
-		t.Fatalf("StoreLosses() = %d, want the loss seen", n)
-	}
+	replica := f.failOverWithARecordMadeAfter(t)
 	for _, r := range lagged {
 		if _, err := replica.GetRevocation(f.ctx, r.ID); err != nil {
 			t.Errorf("replica GetRevocation(%s, created %s ago) = %v; want it written back", r.ID, f.clock().Sub(r.CreatedAt).Round(time.Second), err)
@@ -106,6 +65,22 @@ func TestRevocationCacheAnnouncedLossWritesBackTheLostBlocksRecord(t *testing.T)
 	// The failover: thirty seconds without a refresh; the replica lacks
 	// rev_slow and its block.
 	f.advance(30 * time.Second)
+	replica := f.failOverWithARecordMadeAfter(t)
+	if b, err := replica.GetBlock(f.ctx, "w9"); err != nil || b.RevocationID != "rev_slow" {
+		t.Errorf("replica GetBlock(w9) = %+v, %v; want rev_slow's block written back", b, err)
+	}
+	if _, err := replica.GetRevocation(f.ctx, "rev_slow"); err != nil {
+		t.Errorf("replica GetRevocation(rev_slow) = %v; want the record of the block written back with it", err)
+	}
+}
+
+// failOverWithARecordMadeAfter swaps the Store for a replica holding the
+// fixture's blocks and records (written ten times, so that its version
+// does not go back) and rev_after, a revocation made on the new primary
+// five seconds before, then refreshes each second for eight seconds and
+// checks the loss was seen. It returns the replica.
+func (f *lossFixture) failOverWithARecordMadeAfter(t *testing.T) *memstore.Store {
+	t.Helper()
 	replica := memstore.New(f.clock)
 	for i := range f.revs {
 		if err := replica.PutBlock(f.ctx, f.revsBlock(i)); err != nil {
@@ -119,6 +94,7 @@ func TestRevocationCacheAnnouncedLossWritesBackTheLostBlocksRecord(t *testing.T)
 			}
 		}
 	}
+	// Made on the new primary just before this instance's refresh.
 	after := &broker.Revocation{ID: "rev_after", Selector: broker.RevokeSelector{IssuanceID: "iss_after"},
 		Reason: "INC", CreatedAt: f.clock().Add(-5 * time.Second), Revoked: []string{"iss_after"}, Failed: []broker.RevokeFailure{}}
 	if err := replica.PutRevocation(f.ctx, after); err != nil {
@@ -134,10 +110,5 @@ func TestRevocationCacheAnnouncedLossWritesBackTheLostBlocksRecord(t *testing.T)
 	if n := f.c.StoreLosses(); n < 1 {
 		t.Fatalf("StoreLosses() = %d, want the loss seen", n)
 	}
-	if b, err := replica.GetBlock(f.ctx, "w9"); err != nil || b.RevocationID != "rev_slow" {
-		t.Errorf("replica GetBlock(w9) = %+v, %v; want rev_slow's block written back", b, err)
-	}
-	if _, err := replica.GetRevocation(f.ctx, "rev_slow"); err != nil {
-		t.Errorf("replica GetRevocation(rev_slow) = %v; want the record of the block written back with it", err)
-	}
+	return replica
 }

@@ -1002,6 +1002,27 @@ func (f *lossFixture) revsBlock(i int) broker.Block {
 	return broker.Block{Workload: r.Blocks[0], Reason: r.Reason, RevocationID: r.ID, CreatedAt: r.CreatedAt}
 }
 
+// putLagged puts into base one revocation record (rev_lag_<i>, revoking
+// iss_lag_<i>) created each ago before now, then advances a second and
+// refreshes, so that the cache has read them.
+func (f *lossFixture) putLagged(t *testing.T, base broker.Store, agos ...time.Duration) []*broker.Revocation {
+	t.Helper()
+	var lagged []*broker.Revocation
+	for i, ago := range agos {
+		r := &broker.Revocation{ID: fmt.Sprintf("rev_lag_%d", i), Selector: broker.RevokeSelector{IssuanceID: fmt.Sprintf("iss_lag_%d", i)},
+			Reason: "INC", CreatedAt: f.clock().Add(-ago), Revoked: []string{fmt.Sprintf("iss_lag_%d", i)}, Failed: []broker.RevokeFailure{}}
+		if err := base.PutRevocation(f.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		lagged = append(lagged, r)
+	}
+	f.advance(time.Second)
+	if err := f.c.Refresh(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	return lagged
+}
+
 // TestRevocationCacheDisplacedBlockUnblockedIsNotWrittenBack: the block a
 // forged notice displaced (see TestRevocationCacheForgedNoticeDisplacesNoLostBlock)
 // is then really unblocked (its delete, its notice): the listing after,
@@ -1039,19 +1060,7 @@ func TestRevocationCacheAnnouncedLossReachesBackWhileRecordsAreMissing(t *testin
 	gets := &atomic.Int64{}
 	base := f.st.cur()
 	f.st.swap(getCountStore{Store: base, gets: gets})
-	var lagged []*broker.Revocation // not on the replica
-	for i, ago := range []time.Duration{4 * time.Minute, 3 * time.Minute, 150 * time.Second, 90 * time.Second, 30 * time.Second} {
-		r := &broker.Revocation{ID: fmt.Sprintf("rev_lag_%d", i), Selector: broker.RevokeSelector{IssuanceID: fmt.Sprintf("iss_lag_%d", i)},
-			Reason: "INC", CreatedAt: f.clock().Add(-ago), Revoked: []string{fmt.Sprintf("iss_lag_%d", i)}, Failed: []broker.RevokeFailure{}}
-		if err := base.PutRevocation(f.ctx, r); err != nil {
-			t.Fatal(err)
-		}
-		lagged = append(lagged, r)
-	}
-	f.advance(time.Second)
-	if err := f.c.Refresh(f.ctx); err != nil {
-		t.Fatal(err)
-	}
+	lagged := f.putLagged(t, base, 4*time.Minute, 3*time.Minute, 150*time.Second, 90*time.Second, 30*time.Second) // not on the replica
 	// The replica: the fixture's blocks and records (10 minutes old), and
 	// as many writes since, so that its version does not go back.
 	replica := memstore.New(f.clock)
