@@ -44,6 +44,51 @@ func (s *hookedListStore) RevocationVersion(ctx context.Context) (uint64, error)
 	return s.swapStore.RevocationVersion(ctx)
 }
 
+// overlapFullReadAndListing advances a second, holds a refresh's listing
+// before its version read, advances two minutes (a full read is due) and
+// runs that full read. Once the full read has read the revocations, rev_p's
+// progress (iss_p revoked) is written to base, duringFull runs, the listing
+// resumes and ends, then afterListing runs (each hook when not nil). It
+// returns once the full read has ended.
+func overlapFullReadAndListing(ctx context.Context, t *testing.T, st *hookedListStore, base *memstore.Store, c *broker.RevocationCache, advance func(time.Duration), duringFull, afterListing func()) {
+	t.Helper()
+	advance(time.Second)
+	resumeA, doneA, doneB := make(chan struct{}), make(chan error, 1), make(chan error, 1)
+	started := make(chan struct{})
+	st.mu.Lock()
+	st.beforeVersion = func() { close(started); <-resumeA }
+	st.mu.Unlock()
+	go func() { doneA <- c.Refresh(ctx) }() // the listing, held before its version read
+	<-started
+	advance(2 * time.Minute) // a full read is due
+	st.mu.Lock()
+	st.afterFull = func() {
+		// The full read has read rev_p; its progress is written, then
+		// the listing reads it.
+		if _, err := base.UpdateRevocation(ctx, "rev_p", func(r *broker.Revocation) error {
+			r.Pending, r.Revoked = nil, []string{"iss_p"}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		if duringFull != nil {
+			duringFull()
+		}
+		close(resumeA)
+		if err := <-doneA; err != nil {
+			t.Errorf("listing Refresh() = %v", err)
+		}
+		if afterListing != nil {
+			afterListing()
+		}
+	}
+	st.mu.Unlock()
+	go func() { doneB <- c.Refresh(ctx) }()
+	if err := <-doneB; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRevocationCacheFullReadDoesNotReplaceANewerListingCopy: a full read
 // (in the background, as Run does) began while a refresh's listing was
 // under way, read a record, and the record changed (its progress written)
@@ -71,35 +116,7 @@ func TestRevocationCacheFullReadDoesNotReplaceANewerListingCopy(t *testing.T) {
 	if err := c.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	advance(time.Second)
-	resumeA, doneA, doneB := make(chan struct{}), make(chan error, 1), make(chan error, 1)
-	started := make(chan struct{})
-	st.mu.Lock()
-	st.beforeVersion = func() { close(started); <-resumeA }
-	st.mu.Unlock()
-	go func() { doneA <- c.Refresh(ctx) }() // the listing, held before its version read
-	<-started
-	advance(2 * time.Minute) // a full read is due
-	st.mu.Lock()
-	st.afterFull = func() {
-		// The full read has read rev_p; its progress is written, then
-		// the listing reads it.
-		if _, err := base.UpdateRevocation(ctx, "rev_p", func(r *broker.Revocation) error {
-			r.Pending, r.Revoked = nil, []string{"iss_p"}
-			return nil
-		}); err != nil {
-			t.Error(err)
-		}
-		close(resumeA)
-		if err := <-doneA; err != nil {
-			t.Errorf("listing Refresh() = %v", err)
-		}
-	}
-	st.mu.Unlock()
-	go func() { doneB <- c.Refresh(ctx) }()
-	if err := <-doneB; err != nil {
-		t.Fatal(err)
-	}
+	overlapFullReadAndListing(ctx, t, st, base, c, advance, nil, nil)
 	advance(time.Second)
 	if err := c.Refresh(ctx); err != nil {
 		t.Fatal(err)

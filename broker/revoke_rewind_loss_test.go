@@ -43,34 +43,13 @@ func TestRevocationCacheRewindHidesNoLoss(t *testing.T) {
 	if err := lost.PutRevocation(ctx, rev); err != nil {
 		t.Fatal(err)
 	}
-	advance(time.Second)
-	resumeA, doneA, doneB := make(chan struct{}), make(chan error, 1), make(chan error, 1)
-	started := make(chan struct{})
-	st.mu.Lock()
-	st.beforeVersion = func() { close(started); <-resumeA }
-	st.mu.Unlock()
-	go func() { doneA <- c.Refresh(ctx) }() // the listing, held before its version read
-	<-started
-	advance(2 * time.Minute) // a full read is due
-	st.mu.Lock()
-	st.afterFull = func() {
-		// The full read has read rev_p; its progress is written, then
-		// the listing reads it.
-		if _, err := base.UpdateRevocation(ctx, "rev_p", func(r *broker.Revocation) error {
-			r.Pending, r.Revoked = nil, []string{"iss_p"}
-			return nil
-		}); err != nil {
-			t.Error(err)
-		}
+	overlapFullReadAndListing(ctx, t, st, base, c, advance, func() {
 		q := &broker.Revocation{ID: "rev_q", Selector: broker.RevokeSelector{IssuanceID: "iss_q"}, Reason: "INC", CreatedAt: clock(),
 			Matched: 1, Revoked: []string{}, Pending: []string{"iss_q"}, Failed: []broker.RevokeFailure{}}
 		if err := base.PutRevocation(ctx, q); err != nil {
 			t.Error(err)
 		}
-		close(resumeA)
-		if err := <-doneA; err != nil {
-			t.Errorf("listing Refresh() = %v", err)
-		}
+	}, func() {
 		// Redis fails over to a replica that lacks the writes made
 		// during the full read (its version is the one the full read
 		// began at, below what the listing saw), before the next
@@ -78,12 +57,7 @@ func TestRevocationCacheRewindHidesNoLoss(t *testing.T) {
 		st.mu.Lock()
 		st.beforeVersion = func() { st.swap(lost) }
 		st.mu.Unlock()
-	}
-	st.mu.Unlock()
-	go func() { doneB <- c.Refresh(ctx) }()
-	if err := <-doneB; err != nil {
-		t.Fatal(err)
-	}
+	})
 	for range 3 {
 		advance(time.Second)
 		if err := c.Refresh(ctx); err != nil {
