@@ -47,22 +47,7 @@ func TestLargeRecordReadTimeSizedByRecord(t *testing.T) {
 	})
 	ctx := context.Background()
 	const n = 30_000
-	pending := make([]string, n)
-	failed := make([]broker.RevokeFailure, n)
-	for i := range pending {
-		pending[i] = broker.NewID(broker.PrefixIssuance) // past retention: gone
-		failed[i] = broker.RevokeFailure{IssuanceID: pending[i], Error: "retrying"}
-	}
-	rev := &broker.Revocation{ID: broker.NewID(broker.PrefixRevocation), CreatedAt: f.clock(), Admin: "secops:alice", Reason: "incident",
-		Selector: broker.RevokeSelector{Workload: "payments"}, Matched: n, Revoked: []string{}, Pending: pending, Failed: failed}
-	if err := f.mem.PutRevocation(ctx, rev); err != nil {
-		t.Fatal(err)
-	}
-	f.advance(time.Minute)
-	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := largeRecordWorker(t, f, f.mem, n)
 	_ = w.Tick(ctx) // its progress write refused
 	ds.mu.Lock()
 	defer ds.mu.Unlock()

@@ -40,22 +40,7 @@ func TestLargeRecordUpdateTimeSizedByRecord(t *testing.T) {
 	})
 	ctx := context.Background()
 	const n = 30_000
-	pending := make([]string, n)
-	failed := make([]broker.RevokeFailure, n)
-	for i := range pending {
-		pending[i] = broker.NewID(broker.PrefixIssuance) // past retention: gone
-		failed[i] = broker.RevokeFailure{IssuanceID: pending[i], Error: "retrying"}
-	}
-	rev := &broker.Revocation{ID: broker.NewID(broker.PrefixRevocation), CreatedAt: f.clock(), Admin: "secops:alice", Reason: "incident",
-		Selector: broker.RevokeSelector{Workload: "payments"}, Matched: n, Revoked: []string{}, Pending: pending, Failed: failed}
-	if err := f.store.PutRevocation(ctx, rev); err != nil {
-		t.Fatal(err)
-	}
-	f.advance(time.Minute)
-	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := largeRecordWorker(t, f, f.store, n)
 	if err := w.Tick(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -69,4 +54,29 @@ func TestLargeRecordUpdateTimeSizedByRecord(t *testing.T) {
 	if ds.left[0] < 3*time.Second {
 		t.Errorf("the progress write of a %d-issuance record was given %v, want about 4 s", n, ds.left[0])
 	}
+}
+
+// largeRecordWorker puts through put a revocation record naming n issuances,
+// all pending and failed once (past retention: gone), moves f's clock a
+// minute on, and returns a revocation worker on f.svc.
+func largeRecordWorker(t *testing.T, f *revFixture, put broker.Store, n int) *broker.RevocationWorker {
+	t.Helper()
+	ctx := context.Background()
+	pending := make([]string, n)
+	failed := make([]broker.RevokeFailure, n)
+	for i := range pending {
+		pending[i] = broker.NewID(broker.PrefixIssuance) // past retention: gone
+		failed[i] = broker.RevokeFailure{IssuanceID: pending[i], Error: "retrying"}
+	}
+	rev := &broker.Revocation{ID: broker.NewID(broker.PrefixRevocation), CreatedAt: f.clock(), Admin: "secops:alice", Reason: "incident",
+		Selector: broker.RevokeSelector{Workload: "payments"}, Matched: n, Revoked: []string{}, Pending: pending, Failed: failed}
+	if err := put.PutRevocation(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(time.Minute)
+	w, err := broker.NewRevocationWorker(f.svc, broker.WorkerOptions{Interval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
