@@ -18,16 +18,7 @@ import (
 // decide as it does. It explained such a token as "grant g: ALLOWED",
 // exit 0, for a workload whose subject_pattern matched it.
 func TestPolicyExplainUnverifiedBadSubject(t *testing.T) {
-	iss := explainIssuer(t, "ES256")
-	dir := t.TempDir()
-	pol := writeFile(t, dir, "p.yaml", `version: 1
-issuers:
-  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject_pattern: "s.*"}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
+	iss, dir, pol := explainMatchPolicy(t, `subject_pattern: "s.*"`)
 	now := time.Now()
 	for _, tt := range []struct {
 		name, sub string
@@ -74,16 +65,7 @@ grants:
 // checks and explained such a token as "grant g: ALLOWED", exit 0, for a
 // workload whose subject_pattern is ".*".
 func TestPolicyExplainUnverifiedSubjectShape(t *testing.T) {
-	iss := explainIssuer(t, "ES256")
-	dir := t.TempDir()
-	pol := writeFile(t, dir, "p.yaml", `version: 1
-issuers:
-  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject_pattern: ".*", claims: {repo: r}}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
+	iss, dir, pol := explainMatchPolicy(t, `subject_pattern: ".*", claims: {repo: r}`)
 	now := time.Now()
 	for _, tt := range []struct {
 		name   string
@@ -103,20 +85,7 @@ grants:
 		for k, v := range tt.claims {
 			claims[k] = v
 		}
-		tok, err := iss.Sign(claims)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tf := writeFile(t, dir, tt.name, tok)
-		ok := tt.name == "ok"
-		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
-			if (err == nil) != ok || !strings.Contains(out, tt.want) {
-				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, ok, tt.want, out)
-			}
-			if !ok && strings.Contains(out, "ALLOWED") {
-				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
-			}
-		})
+		explainShapeCase(t, iss, dir, pol, tt.name, claims, tt.name == "ok", tt.want)
 	}
 }
 
@@ -127,16 +96,7 @@ grants:
 // --unverified skipped these checks and explained such a token as "grant g:
 // ALLOWED", exit 0.
 func TestPolicyExplainUnverifiedTimeAndAudShape(t *testing.T) {
-	iss := explainIssuer(t, "ES256")
-	dir := t.TempDir()
-	pol := writeFile(t, dir, "p.yaml", `version: 1
-issuers:
-  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
-workloads:
-  - {name: w, owner: team, match: {issuer: i, subject_pattern: ".*", claims: {repo: r}}, grants: [g]}
-grants:
-  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
-`)
+	iss, dir, pol := explainMatchPolicy(t, `subject_pattern: ".*", claims: {repo: r}`)
 	now := time.Now()
 	type absent struct{}
 	for _, tt := range []struct {
@@ -167,19 +127,44 @@ grants:
 				claims[k] = v
 			}
 		}
-		tok, err := iss.Sign(claims)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tf := writeFile(t, dir, tt.name, tok)
-		ok := strings.HasPrefix(tt.name, "ok")
-		explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
-			if (err == nil) != ok || !strings.Contains(out, tt.want) {
-				t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", tt.name, mode, err, ok, tt.want, out)
-			}
-			if !ok && strings.Contains(out, "ALLOWED") {
-				t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", tt.name, mode, out)
-			}
-		})
+		explainShapeCase(t, iss, dir, pol, tt.name, claims, strings.HasPrefix(tt.name, "ok"), tt.want)
 	}
+}
+
+// explainMatchPolicy starts an ES256 issuer i and writes, in a new temp dir,
+// a policy whose workload w matches {issuer: i, <match>} and holds grant g;
+// it returns the issuer, the dir and the policy's path.
+func explainMatchPolicy(t *testing.T, match string) (*authntest.Issuer, string, string) {
+	t.Helper()
+	iss := explainIssuer(t, "ES256")
+	dir := t.TempDir()
+	pol := writeFile(t, dir, "p.yaml", `version: 1
+issuers:
+  - {name: i, issuer: "`+iss.URL+`", jwks_url: "`+iss.URL+authntest.JWKSPath+`", audiences: [keytrail], algorithms: [ES256]}
+workloads:
+  - {name: w, owner: team, match: {issuer: i, `+match+`}, grants: [g]}
+grants:
+  - {name: g, kind: vault_token, ttl: 5m, vault_token: {policies: [p]}}
+`)
+	return iss, dir, pol
+}
+
+// explainShapeCase signs claims, writes the token as name in dir and
+// explains it both ways: ok wants exit 0, otherwise an error and no
+// ALLOWED; either way the output must contain want.
+func explainShapeCase(t *testing.T, iss *authntest.Issuer, dir, pol, name string, claims jwt.MapClaims, ok bool, want string) {
+	t.Helper()
+	tok, err := iss.Sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf := writeFile(t, dir, name, tok)
+	explainBothWays(t, pol, tf, func(mode []string, out string, err error) {
+		if (err == nil) != ok || !strings.Contains(out, want) {
+			t.Errorf("%s: explain %v = %v, want ok %v and output with %q:\n%s", name, mode, err, ok, want, out)
+		}
+		if !ok && strings.Contains(out, "ALLOWED") {
+			t.Errorf("%s: explain %v says ALLOWED for a token the server refuses:\n%s", name, mode, out)
+		}
+	})
 }
